@@ -1,0 +1,49 @@
+"""The one attention call every model makes: write the step's K/V into the paged pool, then attend over it.
+
+The runner fills ``AttentionMetadata`` once per step; the backend (reference jnp path or a GPU kernel) is chosen at
+trace time from its static ``backend`` field, so models never know which path runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from pallas_kernels import ref_ragged_paged_attention, write_kv
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionMetadata:
+    slot_mapping: jax.Array  # [T] int32: pool slot of each new token (padding -> reserved page 0)
+    query_start_loc: jax.Array  # [S + 1] int32: sequence s owns query rows [qsl[s], qsl[s+1])
+    kv_lens: jax.Array  # [S] int32: KV length of each sequence after this step (0 for padding)
+    block_tables: jax.Array  # [S, pages_per_seq] int32: page ids (padding -> 0)
+    backend: str = dataclasses.field(default="reference", metadata={"static": True})
+
+
+def paged_attention(
+    q: jax.Array,  # [T, num_q_heads, head_dim]
+    k: jax.Array,  # [T, num_kv_heads, head_dim]
+    v: jax.Array,  # [T, num_kv_heads, head_dim]
+    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    meta: AttentionMetadata,
+    *,
+    sm_scale: float,
+    sliding_window: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool)."""
+    kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
+    if meta.backend != "reference":
+        raise ValueError(f"attention backend {meta.backend!r} is not available (available: 'reference')")
+    out = ref_ragged_paged_attention(
+        q,
+        kv_pages,
+        meta.kv_lens,
+        meta.block_tables,
+        meta.query_start_loc,
+        sm_scale=sm_scale,
+        sliding_window=sliding_window,
+    )
+    return out, kv_pages

@@ -1,0 +1,55 @@
+"""Save converted parameters with orbax and restore them straight onto a (possibly different) mesh.
+
+A saved directory is a model directory too: config.json, generation_config.json and tokenizer files beside a
+``params/`` orbax checkpoint, so ``load_model`` (``load_format: auto``) reads it back without converting again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from jllm import parallel
+from jllm.loader import LoadedModel
+
+# Files copied beside the parameters so the saved directory is complete.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+def save_model(loaded: LoadedModel, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SIDE_FILES:
+        if (loaded.model_dir / name).is_file():
+            shutil.copy2(loaded.model_dir / name, out_dir / name)
+    state = nnx.state(loaded.model, nnx.Param)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(out_dir / "params", nnx.to_pure_dict(state), force=True)
+    return out_dir
+
+
+def restore_params(params_dir: Path, abstract_state: nnx.State, mesh: Mesh) -> nnx.State:
+    """Restores into ``abstract_state``'s structure, each leaf on its sharding for ``mesh``."""
+    if not params_dir.is_dir():
+        raise FileNotFoundError(f"orbax checkpoint directory {str(params_dir)!r} does not exist")
+    target = {}
+    for path, var in nnx.to_flat_state(abstract_state):
+        abstract = var.get_value()
+        sharding = parallel.param_sharding(mesh, var.axes)
+        target[path] = jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding)
+    target_tree = nnx.to_pure_dict(nnx.from_flat_state(target))
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(params_dir.absolute(), target_tree)
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return abstract_state

@@ -1,0 +1,197 @@
+"""Typed engine settings: one flat namespace of keys (vLLM's long option names), grouped into sections.
+
+Precedence is vLLM's: command line > YAML file > defaults. Every key is validated where it is defined, and a bad
+key or value fails with a message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
+AttentionBackend = Literal["auto", "reference", "pallas"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or out of range; the message names the key and what is allowed."""
+
+
+def _allowed_values(tp: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None, bool]:
+    """(python types accepted, literal choices or None, None allowed) for a field annotation."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        allow_none = type(None) in args
+        inner = [a for a in args if a is not type(None)]
+        kinds, choices, _ = _allowed_values(inner[0])
+        return kinds, choices, allow_none
+    if typing.get_origin(tp) is Literal:
+        return (type(args[0]),), args, False
+    if tp is float:
+        return (int, float), None, False
+    return (tp,), None, False
+
+
+class _Section:
+    """Type-checks every field against its annotation before the section's own range checks run."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            kinds, choices, allow_none = _allowed_values(hints[f.name])
+            if value is None and allow_none:
+                continue
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            if choices is not None and value not in choices:
+                ok = False
+            if not ok:
+                allowed = (
+                    " or ".join(repr(c) for c in choices)
+                    if choices
+                    else " or ".join(k.__name__ for k in kinds) + (" or null" if allow_none else "")
+                )
+                raise ConfigError(f"{f.name}={value!r} is not allowed: expected {allowed}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks of one section."""
+
+    def _require(self, ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}")
+
+
+@dataclass
+class ModelConfig(_Section):
+    model: str | None = None  # path, .gguf file or alias; None = the embedded default model
+    dtype: Dtype = "auto"  # "auto" = the checkpoint's torch_dtype
+    max_model_len: int | None = None  # None = the model's max_position_embeddings
+    load_format: LoadFormat = "auto"
+    seed: int = 0
+    attention_backend: AttentionBackend = "auto"
+
+    def validate(self) -> None:
+        self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")
+
+
+@dataclass
+class CacheConfig(_Section):
+    page_size: int = 16
+    num_pages: int | None = None  # None = size the pool from memory
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None  # explicit pool budget; CPUs default to 1 GiB
+    enable_prefix_caching: bool = True
+
+    def validate(self) -> None:
+        self._require(self.page_size in (8, 16, 32, 64, 128), "page_size", "must be one of 8, 16, 32, 64, 128")
+        self._require(self.num_pages is None or self.num_pages >= 2, "num_pages", "must be >= 2 (page 0 is reserved)")
+        self._require(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        self._require(
+            self.kv_cache_memory_bytes is None or self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes", "must be > 0"
+        )
+
+
+@dataclass
+class SchedulerConfig(_Section):
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+
+    def validate(self) -> None:
+        self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
+        self._require(self.max_num_batched_tokens >= 8, "max_num_batched_tokens", "must be >= 8")
+
+
+@dataclass
+class ParallelConfig(_Section):
+    tensor_parallel_size: int = 1
+
+    def validate(self) -> None:
+        self._require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+
+
+@dataclass
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    served_model_name: str | None = None
+    max_queued_requests: int = 1024
+    shutdown_timeout: float = 30.0
+
+    def validate(self) -> None:
+        self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        self._require(self.max_queued_requests >= 1, "max_queued_requests", "must be >= 1")
+        self._require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0")
+
+
+@dataclass
+class EngineConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> EngineConfig:
+        """Builds the sections from flat keys; dashes and underscores are the same key."""
+        owner = {f.name: name for name, section in _SECTIONS.items() for f in fields(section)}
+        per_section: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in owner:
+                close = difflib.get_close_matches(key, owner, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown key {raw_key!r}{hint}; allowed keys: {', '.join(sorted(owner))}")
+            per_section[owner[key]][key] = value
+        return cls(**{name: _SECTIONS[name](**kw) for name, kw in per_section.items()})
+
+    def to_flat(self) -> dict[str, Any]:
+        return {k: v for s in fields(self) for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
+
+    def replace(self, **overrides: Any) -> EngineConfig:
+        """A copy with some flat keys changed (validated like any other value)."""
+        return EngineConfig.from_flat({**self.to_flat(), **overrides})
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig,
+    "cache": CacheConfig,
+    "scheduler": SchedulerConfig,
+    "parallel": ParallelConfig,
+    "server": ServerConfig,
+}
+
+
+def engine_keys() -> dict[str, dataclasses.Field]:
+    """Every flat key with its field (for building command-line options)."""
+    return {f.name: f for section in _SECTIONS.values() for f in fields(section)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfig:
+    """Defaults, then the YAML file, then overrides whose value is not None (command line > file > defaults)."""
+    values = load_yaml(path) if path is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return EngineConfig.from_flat(values)

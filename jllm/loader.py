@@ -1,0 +1,170 @@
+"""HuggingFace model directory -> a Flax NNX model whose parameters already sit, sharded, on the mesh.
+
+Each parameter is created with ``jax.make_array_from_callback``: every device reads only its own slice of the
+memory-mapped safetensors tensor, so no full copy lands on one device first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from safetensors import safe_open
+
+from jllm import parallel
+from jllm.models.registry import build_args
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Tensors a checkpoint may carry that the model rebuilds or does not need.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: nnx.Module
+    args: Any
+    hf_config: dict[str, Any]
+    generation_config: dict[str, Any]
+    model_dir: Path
+    mesh: Mesh
+
+
+def read_json(path: Path, required: bool = True) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{path.name} not found in model directory {str(path.parent)!r}")
+        return {}
+    return json.loads(path.read_text())
+
+
+def resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> Any:
+    """``auto`` means the checkpoint's own dtype, as in vLLM."""
+    if dtype == "auto":
+        dtype = hf_config.get("torch_dtype") or hf_config.get("dtype") or "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def hf_name(path: tuple[Any, ...]) -> tuple[str, bool]:
+    """NNX parameter path -> (HF tensor name, whether the HF tensor is the transpose of ours)."""
+    *module_path, leaf = (str(p) for p in path)
+    prefix = "" if module_path[0] == "lm_head" else "model."
+    name = prefix + ".".join(module_path) + ("." + ("bias" if leaf == "bias" else "weight"))
+    return name, leaf == "kernel"
+
+
+def abstract_model(hf_config: dict[str, Any], dtype: Any) -> tuple[nnx.GraphDef, nnx.State, Any]:
+    model_cls, args = build_args(hf_config, dtype)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
+    return graphdef, state, args
+
+
+class SafetensorsIndex:
+    """Tensor name -> open safetensors file, over one file or a sharded index."""
+
+    def __init__(self, model_dir: Path, stack: ExitStack):
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (model_dir / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise FileNotFoundError(
+                f"no model.safetensors or model.safetensors.index.json in model directory {str(model_dir)!r}"
+            )
+        self.handles: dict[str, Any] = {}
+        for file in files:
+            if not (model_dir / file).is_file():
+                raise FileNotFoundError(f"checkpoint shard {file!r} listed in the index is missing from {model_dir}")
+            handle = stack.enter_context(safe_open(model_dir / file, framework="flax"))
+            for key in handle.keys():
+                self.handles[key] = handle
+
+    def slice_reader(self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any) -> Callable:
+        if name not in self.handles:
+            raise KeyError(f"checkpoint is missing tensor {name!r}")
+        tensor = self.handles[name].get_slice(name)
+        found = tuple(tensor.get_shape())
+        expected = tuple(reversed(shape)) if transpose else shape
+        if found != expected:
+            raise ValueError(f"tensor {name!r} has shape {list(found)}, expected {list(expected)}")
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            hf_index = tuple(reversed(index)) if transpose else index
+            with jax.default_device(jax.devices("cpu")[0]):
+                part = np.asarray(tensor[hf_index])
+            return (part.T if transpose else part).astype(dtype)
+
+        return read
+
+
+def _place(state: nnx.State, mesh: Mesh, make: Callable[[tuple, Any, NamedSharding], jax.Array]) -> None:
+    """Replaces every abstract leaf of ``state`` with a real array on its sharding."""
+    for path, var in nnx.to_flat_state(state):
+        sharding = parallel.param_sharding(mesh, var.axes)
+        var.set_value(make(path, var.get_value(), sharding))
+
+
+def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh) -> None:
+    with ExitStack() as stack:
+        index = SafetensorsIndex(model_dir, stack)
+
+        def make(path: tuple, abstract: jax.ShapeDtypeStruct, sharding: NamedSharding) -> jax.Array:
+            name, transpose = hf_name(path)
+            read = index.slice_reader(name, abstract.shape, transpose, abstract.dtype)
+            return jax.make_array_from_callback(abstract.shape, sharding, read)
+
+        _place(state, mesh, make)
+
+
+def init_dummy_params(state: nnx.State, mesh: Mesh, seed: int) -> None:
+    """Random weights made on the devices themselves (vLLM's ``load_format: dummy``), for benchmarks."""
+    counter = iter(range(1 << 30))
+
+    def make(path: tuple, abstract: jax.ShapeDtypeStruct, sharding: NamedSharding) -> jax.Array:
+        is_norm = str(path[-1]) == "weight"  # RMSNorm scales: ones keep activations sane
+
+        def init(key: jax.Array) -> jax.Array:
+            if is_norm:
+                return jnp.ones(abstract.shape, abstract.dtype)
+            return (0.02 * jax.random.normal(key, abstract.shape, jnp.float32)).astype(abstract.dtype)
+
+        key = jax.random.fold_in(jax.random.key(seed), next(counter))
+        return jax.jit(init, out_shardings=sharding)(key)
+
+    _place(state, mesh, make)
+
+
+def load_model(
+    model_dir: str | Path, *, mesh: Mesh, dtype: str = "auto", load_format: str = "auto", seed: int = 0
+) -> LoadedModel:
+    """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``."""
+    model_dir = Path(model_dir)
+    hf_config = read_json(model_dir / "config.json")
+    generation_config = read_json(model_dir / "generation_config.json", required=False)
+    graphdef, state, args = abstract_model(hf_config, resolve_dtype(dtype, hf_config))
+    parallel.check_divisible(args.num_heads, args.num_kv_heads, args.vocab_size, mesh.size)
+    if load_format == "auto":
+        load_format = "orbax" if (model_dir / "params").is_dir() else "safetensors"
+    if load_format == "dummy":
+        init_dummy_params(state, mesh, seed)
+    elif load_format == "safetensors":
+        load_safetensors_params(state, model_dir, mesh)
+    elif load_format == "orbax":
+        from jllm.checkpoint import restore_params
+
+        state = restore_params(model_dir / "params", state, mesh)
+    else:
+        raise ValueError(f"load_format {load_format!r} is not supported; choose auto, safetensors, dummy or orbax")
+    return LoadedModel(nnx.merge(graphdef, state), args, hf_config, generation_config, model_dir, mesh)

@@ -1,0 +1,122 @@
+"""`SamplingParams`: what one request asks of the sampler, validated once at the door.
+
+Fields, defaults and ranges follow vLLM's ``SamplingParams`` so OpenAI-style clients behave the same here. Plain
+Python: the scheduler, engine and server import this without JAX. The device sampler lives in ``jllm/sampler.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_EPS = 1e-5  # temperatures below this mean greedy (vLLM's _SAMPLING_EPS)
+MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logits / 1e-5 overflow to inf/NaN
+MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
+
+
+@dataclass
+class SamplingParams:
+    """How to pick each next token and when to stop. ``__post_init__`` validates and normalises in place."""
+
+    n: int = 1  # samples per request, each its own sequence
+    temperature: float = 1.0  # 0 (below SAMPLING_EPS) = greedy
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p; 1 = off
+    top_k: int = 0  # keep the k most likely tokens; 0 or -1 = off
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one; 0 = off
+    presence_penalty: float = 0.0  # subtracted once from every token already in the output
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the output
+    repetition_penalty: float = 1.0  # divides positive / multiplies negative logits of prompt+output tokens; 1 = off
+    seed: int | None = None  # None: the engine draws one (every sample stays reproducible from its Sequence)
+    stop: str | list[str] | None = None  # stop strings; normalised to a list
+    stop_token_ids: list[int] | None = None  # normalised to a de-duplicated list
+    ignore_eos: bool = False  # keep going past EOS (the sampler still bans EOS before min_tokens)
+    max_tokens: int | None = 16  # None = up to the model's context limit
+    min_tokens: int = 0  # EOS and stop_token_ids are banned until this many tokens are out
+    logprobs: int | None = None  # how many top logprobs to return per output token (the sampled one always comes)
+    prompt_logprobs: int | None = None  # how many top logprobs to return per prompt token
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        if self.seed == -1:  # vLLM and OpenAI clients send -1 for "no seed"
+            self.seed = None
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
+            self.stop = [self.stop]
+        else:
+            self.stop = list(self.stop)
+        self.stop_token_ids = [] if self.stop_token_ids is None else list(dict.fromkeys(self.stop_token_ids))
+        if self.top_k == -1:
+            self.top_k = 0
+        self._validate()
+        if self.is_greedy:
+            # Greedy ignores the truncations; resetting them keeps greedy rows off the sort path.
+            self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+        elif self.temperature < MIN_TEMPERATURE:
+            logger.warning(
+                "temperature=%s is below %s, which makes logits overflow; using %s",
+                self.temperature,
+                MIN_TEMPERATURE,
+                MIN_TEMPERATURE,
+            )
+            self.temperature = MIN_TEMPERATURE
+
+    def _validate(self) -> None:
+        _check_int("n", self.n, low=1)
+        _check_real("temperature", self.temperature, "be >= 0", lambda v: v >= 0.0)
+        _check_real("top_p", self.top_p, "be in (0, 1]", lambda v: 0.0 < v <= 1.0)
+        _check_int("top_k", self.top_k, low=0, hint="0 or -1 (off) or at least 1")
+        _check_real("min_p", self.min_p, "be in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_real(name, getattr(self, name), "be in [-2, 2]", lambda v: -2.0 <= v <= 2.0)
+        _check_real("repetition_penalty", self.repetition_penalty, "be > 0 (1 = off)", lambda v: v > 0.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed)
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, low=1, hint="at least 1, or None for the context limit")
+        _check_int("min_tokens", self.min_tokens, low=0)
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must be <= max_tokens={self.max_tokens}, got {self.min_tokens}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, low=0, high=MAX_LOGPROBS)
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
+        if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        if self.n > 1 and self.is_greedy:
+            raise ValueError(f"n must be 1 when temperature is 0 (greedy samples would all be equal), got {self.n}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature < SAMPLING_EPS
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, low: int | None = None, high: int | None = None, hint: str = "") -> None:
+    if low is not None and high is not None:
+        allowed = f"an integer in [{low}, {high}]"
+    elif low is not None:
+        allowed = f"an integer >= {low}"
+    else:
+        allowed = "an integer"
+    if not _is_int(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {hint or allowed}, got {value!r}")
+
+
+def _check_real(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must {allowed}, got {value!r}")

@@ -1,0 +1,199 @@
+"""Continuous batching: which sequences run each step, and how many tokens each. Plain Python, no JAX.
+
+vLLM V1's rule "schedule tokens, not phases": every step has one token budget. Running sequences go first, each
+getting the tokens it has not computed yet (a decode gets 1, a partial prefill its next chunk), then waiting ones
+are admitted in FIFO order with whatever budget is left. When the pool runs out, the newest running sequence is
+preempted by recompute: it drops its pages and goes back to the front of the queue (its full pages stay in the
+prefix cache, so the recompute is often cheap). The oldest running sequence is never preempted for a newer one, so
+a sequence that fits the pool by itself always makes progress.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from jllm.block_manager import BlockManager
+from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(
+        self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int
+    ) -> None:
+        for name, value in [
+            ("max_num_seqs", max_num_seqs),
+            ("max_num_batched_tokens", max_num_batched_tokens),
+            ("max_model_len", max_model_len),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name}={value} must be at least 1")
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order: the last is the newest, preempted first
+        self._requests: dict[str, list[Sequence]] = {}  # unfinished requests' samples, by sample_index
+        self._rejected: list[tuple[Sequence, str]] = []  # reported by the next schedule()
+        self._num_preemptions = 0
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_preemptions(self) -> int:
+        return self._num_preemptions
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self._rejected)
+
+    def add(self, seqs: list[Sequence]) -> None:
+        """Queue one request's samples, or reject them all (status FINISHED_ABORTED, reason in the next output)."""
+        if not seqs:
+            raise ValueError("add() needs at least one sequence")
+        request_id = seqs[0].request_id
+        if any(s.request_id != request_id for s in seqs):
+            raise ValueError(f"add() takes one request's samples, got request ids {sorted({s.request_id for s in seqs})}")
+        if request_id in self._requests:
+            raise ValueError(f"request {request_id!r} is already scheduled")
+        seqs = sorted(seqs, key=lambda s: s.sample_index)
+        reason = self._rejection_reason(seqs[0])
+        if reason is not None:
+            for seq in seqs:
+                seq.status = SequenceStatus.FINISHED_ABORTED
+                self._rejected.append((seq, reason))
+            return
+        self._requests[request_id] = seqs
+        self.waiting.extend(seqs)
+
+    def _rejection_reason(self, seq: Sequence) -> str | None:
+        """Why a request can never run: admitting it anyway could deadlock the pool."""
+        num_prompt, limit = seq.num_prompt_tokens, self.max_model_len
+        max_tokens = seq.sampling_params.max_tokens
+        plus = "" if max_tokens is None else f" plus max_tokens={max_tokens}"
+        if num_prompt == 0:
+            return "prompt is empty: at least one token is needed"
+        if num_prompt >= limit:
+            return f"prompt of {num_prompt} tokens{plus} exceeds max_model_len={limit}; shorten it to {limit - 1} tokens"
+        total = limit if max_tokens is None else min(num_prompt + max_tokens, limit)
+        bm = self.block_manager
+        if bm.num_pages_needed(total) > bm.num_usable_pages:
+            return (
+                f"prompt of {num_prompt} tokens{plus} needs KV cache for {total} tokens "
+                f"({bm.num_pages_needed(total)} pages of {bm.page_size}) but the pool holds {bm.num_usable_pages} "
+                f"pages ({bm.num_usable_pages * bm.page_size} tokens); lower max_tokens or give the KV cache more memory"
+            )
+        return None
+
+    def schedule(self) -> SchedulerOutput:
+        bm = self.block_manager
+        budget = self.max_num_batched_tokens
+        out = SchedulerOutput(scheduled=[], rejected=self._rejected)
+        self._rejected = []
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if num_new <= 0:  # nothing to compute until the engine appends a token
+                i += 1
+                continue
+            while not bm.allocate(seq, num_new):
+                victim = self.running[-1]
+                if victim is seq and i == 0:
+                    raise RuntimeError(
+                        f"sequence {seq.seq_id} of {seq.num_tokens} tokens cannot fit the pool of "
+                        f"{bm.num_usable_pages} pages by itself; did it grow past max_model_len={self.max_model_len}?"
+                    )
+                self.running.pop()
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                out.scheduled.append(ScheduledSequence(seq, num_new))
+                budget -= num_new
+                i += 1
+
+        # Admission waits while anyone is being preempted: pages are short, and the preempted go first next step.
+        i = 0
+        while not out.preempted and i < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[i]
+            wait_for_prompt, parent = self._sibling_source(seq)
+            if wait_for_prompt:  # waits on a sibling, not on pages: don't block the queue
+                i += 1
+                continue
+            if parent is not None:
+                bm.fork(parent, seq)
+            else:
+                bm.match_prefix(seq)
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not bm.allocate(seq, num_new):
+                bm.free(seq)  # give the matched pages back; the head blocks the rest (FIFO, no starvation)
+                seq.num_computed_tokens = 0
+                break
+            del self.waiting[i]
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSequence(seq, num_new))
+            budget -= num_new
+        return out
+
+    def _sibling_source(self, seq: Sequence) -> tuple[bool, Sequence | None]:
+        """(wait, parent) for admitting ``seq``: n samples of one prompt prefill it once.
+
+        A fresh sibling waits until sample 0 has computed the prompt, then forks its pages. If sample 0 finished
+        first, the sibling prefills for itself (the prefix cache may still hold the prompt).
+        """
+        if seq.sample_index == 0 or seq.num_output_tokens:
+            return False, None
+        first = self._requests[seq.request_id][0]
+        if first.is_finished:
+            return False, None
+        if first.status is SequenceStatus.RUNNING and first.num_computed_tokens >= first.num_prompt_tokens:
+            return False, first
+        return True, None
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Recompute, not swap: the pages go back to the pool and the tokens are computed again later."""
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self._num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def on_step_done(self, output: SchedulerOutput) -> None:
+        """The step's K/V are written: advance each sequence and make its newly full pages findable."""
+        for s in output.scheduled:
+            if s.seq.is_finished:  # aborted while the step ran; its pages are already free
+                continue
+            s.seq.num_computed_tokens += s.num_new_tokens
+            self.block_manager.cache_full_pages(s.seq)
+
+    def finish(self, seq: Sequence, status: SequenceStatus) -> None:
+        if not status.is_finished:
+            raise ValueError(f"finish() needs a finished status, got {status}")
+        if seq.is_finished:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        seq.status = status
+        self.block_manager.free(seq)
+        samples = self._requests.get(seq.request_id)
+        if samples is not None and all(s.is_finished for s in samples):
+            del self._requests[seq.request_id]
+
+    def abort(self, request_id: str) -> list[Sequence]:
+        """Finish every unfinished sample of the request at once; returns those it finished."""
+        aborted = [s for s in self._requests.get(request_id, []) if not s.is_finished]
+        for seq in aborted:
+            self.finish(seq, SequenceStatus.FINISHED_ABORTED)
+        return aborted

@@ -1,0 +1,96 @@
+"""One sample's token state as the scheduler sees it: plain Python, no JAX.
+
+vLLM's rule "schedule tokens, not phases": a sequence's ``num_computed_tokens`` (tokens whose K/V sit in the pool)
+catches up with ``num_tokens`` (prompt + output). Prefill chunks, prefix-cache hits, decodes and recompute after
+preemption are all the same move: schedule some of the not-yet-computed tokens.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jllm.sampling import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+
+    @property
+    def is_finished(self) -> bool:
+        return self not in (SequenceStatus.WAITING, SequenceStatus.RUNNING)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One of a request's ``n`` samples. Identity equality: two sequences are never interchangeable."""
+
+    seq_id: int
+    request_id: str
+    sample_index: int  # 0..n-1 within its request
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    arrival_time: float
+    sampling_seed: int  # the request's seed, or one drawn by the engine: every sample is reproducible
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0  # tokens whose K/V are written in the pool
+    num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at the last admission
+    block_table: list[int] = field(default_factory=list)  # page ids, in order
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_preemptions: int = 0
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+
+@dataclass
+class ScheduledSequence:
+    """``num_new_tokens`` of ``seq`` run this step, starting at ``seq.num_computed_tokens``."""
+
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def samples_token(self) -> bool:
+        """True when this step computes the sequence's last known token, so its logits give the next one."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    """What one engine step runs. Running sequences come first, in scheduling order."""
+
+    scheduled: list[ScheduledSequence]
+    preempted: list[Sequence] = field(default_factory=list)  # sent back to waiting this step
+    rejected: list[tuple[Sequence, str]] = field(default_factory=list)  # can never fit: (sequence, reason)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled

@@ -1,0 +1,184 @@
+"""Pure-jnp paged attention and KV write: the oracle every GPU kernel is tested against, and CI's CPU path.
+
+Layout (see ARCHITECTURE.md, "The KV pool"): one pool per layer ``[2, num_kv_heads, num_pages, page_size, head_dim]``,
+K at 0 and V at 1. Token t of a sequence lives in slot ``block_table[t // page_size] * page_size + t % page_size``.
+Page 0 is reserved: padded tokens write there and padded block-table entries point there, so it holds garbage that
+the length mask must hide.
+
+A step's queries are ragged: sequence s owns rows ``[query_start_loc[s], query_start_loc[s + 1])`` of ``q``, and any
+mix of prefill chunks and single-token decodes shares one call. To stay efficient under jit without a static bound on
+any sequence's query length, the attention cuts every sequence's rows into *query blocks* of ``q_block`` rows; each
+block becomes one work item that gathers its sequence's pages and attends densely. The number of items has a static
+bound, ``min(T, (T + S * (q_block - 1)) // q_block)``, so shapes are static; choosing ``q_block`` near ``T / S`` keeps
+both the wasted rows and the gathered K/V within about 2x of the useful work for decode-only, prefill-only and mixed
+batches alike (q_block=1 is "gather per token", q_block=T is "gather per sequence").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Scores outside the mask. Finite so that a fully masked row computes exp(0) rather than NaN (-inf - -inf).
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# Largest query block the heuristic picks: bounds the [items, heads, q_block, context] score tensor.
+_MAX_Q_BLOCK = 512
+
+
+def write_kv(
+    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    k: jax.Array,  # [T, num_kv_heads, head_dim]
+    v: jax.Array,  # [T, num_kv_heads, head_dim]
+    slot_mapping: jax.Array,  # i32[T], slot = page * page_size + offset
+) -> jax.Array:  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    """Scatter this step's new K/V into their slots with one XLA scatter.
+
+    Flattening (page, offset) to one slot axis is a free reshape, so under jit with the pool donated the scatter
+    updates the pool in place. Padded tokens carry slots inside page 0; their duplicate writes land only there.
+    """
+    if kv_pages.ndim != 5 or kv_pages.shape[0] != 2:
+        raise ValueError(
+            f"kv_pages must be [2, num_kv_heads, num_pages, page_size, head_dim], got shape {kv_pages.shape}"
+        )
+    _, num_kv_heads, num_pages, page_size, head_dim = kv_pages.shape
+    if k.shape != v.shape or k.ndim != 3 or k.shape[1:] != (num_kv_heads, head_dim):
+        raise ValueError(
+            f"k and v must both be [T, num_kv_heads={num_kv_heads}, head_dim={head_dim}], got {k.shape} and {v.shape}"
+        )
+    if slot_mapping.shape != (k.shape[0],) or slot_mapping.dtype != jnp.int32:
+        raise ValueError(f"slot_mapping must be i32[{k.shape[0]}], got {slot_mapping.dtype}{list(slot_mapping.shape)}")
+
+    new_kv = jnp.stack([k, v]).astype(kv_pages.dtype)  # [2, T, num_kv_heads, head_dim]
+    new_kv = new_kv.transpose(0, 2, 1, 3)  # [2, num_kv_heads, T, head_dim]
+    slots = kv_pages.reshape(2, num_kv_heads, num_pages * page_size, head_dim)  # [2, Hkv, num_slots, D]
+    slots = slots.at[:, :, slot_mapping].set(new_kv, mode="drop")  # an out-of-range slot is dropped, never clamped
+    return slots.reshape(kv_pages.shape)
+
+
+def ref_ragged_paged_attention(
+    q: jax.Array,  # [T, num_q_heads, head_dim]
+    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    kv_lens: jax.Array,  # i32[S], each sequence's KV length including this step's tokens
+    block_tables: jax.Array,  # i32[S, pages_per_seq], padded entries = 0
+    query_start_loc: jax.Array,  # i32[S + 1], cumulative query offsets
+    *,
+    sm_scale: float,
+    soft_cap: float | None = None,
+    sliding_window: int | None = None,
+    q_block: int | None = None,
+) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
+    """Causal attention of a ragged batch of new tokens over their sequences' paged K/V.
+
+    Query i of sequence s (``q_len = qsl[s+1] - qsl[s]``) sees key column c iff ``c <= kv_len - q_len + i`` (and, with
+    ``sliding_window=w``, ``c > kv_len - q_len + i - w``). GQA groups query heads per KV head (query head h reads KV
+    head ``h // (num_q_heads // num_kv_heads)``) without repeating K/V. Softmax runs in float32; ``soft_cap`` applies
+    Gemma-2's ``soft_cap * tanh(logits / soft_cap)``. ``q_block`` only tunes speed (None picks one from T and S).
+    """
+    _validate(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block)
+    num_tokens, num_q_heads, head_dim = q.shape
+    _, num_kv_heads, _, page_size, _ = kv_pages.shape
+    num_seqs, pages_per_seq = block_tables.shape
+    group = num_q_heads // num_kv_heads
+    context = pages_per_seq * page_size
+    bq = q_block or _pick_q_block(num_tokens, num_seqs)
+    num_items = min(num_tokens, (num_tokens + num_seqs * (bq - 1)) // bq)
+
+    # Work items: sequence s's rows split into ceil(q_len / bq) blocks; item w is block j of sequence seq[w].
+    q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
+    blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
+    block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
+    item = jnp.arange(num_items, dtype=jnp.int32)  # i32[N]
+    seq = jnp.searchsorted(block_ends, item, side="right").astype(jnp.int32)  # i32[N], == S past the last item
+    item_valid = seq < num_seqs  # bool[N]
+    seq = jnp.minimum(seq, num_seqs - 1)  # i32[N]
+    block = item - (block_ends[seq] - blocks_per_seq[seq])  # i32[N], block index within its sequence
+    row_in_seq = block[:, None] * bq + jnp.arange(bq, dtype=jnp.int32)  # i32[N, bq], query index i within seq
+    item_q_len = q_lens[seq][:, None]  # i32[N, 1]
+    row_valid = item_valid[:, None] & (row_in_seq < item_q_len)  # bool[N, bq]
+    row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[N, bq], T = dropped
+
+    # Gather each item's queries and its sequence's pages.
+    q_items = q.astype(jnp.float32)[jnp.minimum(row, num_tokens - 1)]  # [N, bq, Hq, D]
+    q_items = q_items.reshape(num_items, bq, num_kv_heads, group, head_dim)  # [N, bq, Hkv, G, D]
+    pages = block_tables[seq]  # i32[N, pages_per_seq]
+    k = kv_pages[0][:, pages].astype(jnp.float32)  # [Hkv, N, pages_per_seq, page_size, D]
+    v = kv_pages[1][:, pages].astype(jnp.float32)  # [Hkv, N, pages_per_seq, page_size, D]
+    k = k.reshape(num_kv_heads, num_items, context, head_dim)  # [Hkv, N, C, D]
+    v = v.reshape(num_kv_heads, num_items, context, head_dim)  # [Hkv, N, C, D]
+
+    hi = jax.lax.Precision.HIGHEST  # the oracle must not drop to TF32 on GPU
+    logits = jnp.einsum("nqhgd,hncd->nhgqc", q_items, k, precision=hi) * sm_scale  # f32[N, Hkv, G, bq, C]
+    if soft_cap is not None:
+        logits = soft_cap * jnp.tanh(logits / soft_cap)
+
+    # Causal (which also hides everything past kv_len, stale page contents included) and sliding window.
+    col = jnp.arange(context, dtype=jnp.int32)  # i32[C]
+    last_col = kv_lens[seq][:, None] - item_q_len + row_in_seq  # i32[N, bq], last visible column per row
+    visible = col[None, None, :] <= last_col[:, :, None]  # bool[N, bq, C]
+    if sliding_window is not None:
+        visible &= col[None, None, :] > (last_col - sliding_window)[:, :, None]
+    visible = visible[:, None, None]  # bool[N, 1, 1, bq, C]
+
+    logits = jnp.where(visible, logits, _MASK_VALUE)
+    probs = jnp.where(visible, jnp.exp(logits - logits.max(axis=-1, keepdims=True)), 0.0)  # f32[N, Hkv, G, bq, C]
+    denom = probs.sum(axis=-1)  # f32[N, Hkv, G, bq]
+    out = jnp.einsum("nhgqc,hncd->nqhgd", probs, v, precision=hi)  # f32[N, bq, Hkv, G, D]
+    denom = denom.transpose(0, 3, 1, 2)[..., None]  # f32[N, bq, Hkv, G, 1]
+    out = jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1.0), 0.0)
+    out = out.reshape(num_items * bq, num_q_heads, head_dim).astype(q.dtype)  # [N * bq, Hq, D]
+
+    # Rows no item owns (padding) stay exactly zero; out-of-range row T drops the item's spare rows.
+    result = jnp.zeros_like(q)  # [T, Hq, D]
+    return result.at[row.reshape(-1)].set(out, mode="drop")
+
+
+def _pick_q_block(num_tokens: int, num_seqs: int) -> int:
+    """Power of two near the mean query length: decode batches get 1, a lone prefill gets its whole chunk."""
+    mean = -(-num_tokens // max(num_seqs, 1))
+    return min(_MAX_Q_BLOCK, 1 << (mean - 1).bit_length())
+
+
+def _validate(
+    q: jax.Array,
+    kv_pages: jax.Array,
+    kv_lens: jax.Array,
+    block_tables: jax.Array,
+    query_start_loc: jax.Array,
+    soft_cap: float | None,
+    sliding_window: int | None,
+    q_block: int | None,
+) -> None:
+    """Shape and dtype checks at trace time, so a wrong runner input fails with a message instead of a bad gather."""
+    if q.ndim != 3:
+        raise ValueError(f"q must be [T, num_q_heads, head_dim], got shape {q.shape}")
+    if kv_pages.ndim != 5 or kv_pages.shape[0] != 2:
+        raise ValueError(
+            f"kv_pages must be [2, num_kv_heads, num_pages, page_size, head_dim], got shape {kv_pages.shape}"
+        )
+    if q.shape[0] == 0:
+        raise ValueError("q has no rows; pad the step to at least one token")
+    num_q_heads, head_dim = q.shape[1:]
+    num_kv_heads, kv_head_dim = kv_pages.shape[1], kv_pages.shape[4]
+    if kv_head_dim != head_dim:
+        raise ValueError(f"q's head_dim={head_dim} differs from kv_pages' head_dim={kv_head_dim}")
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"num_q_heads={num_q_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    for name, x in (("q", q), ("kv_pages", kv_pages)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must be floating point, got {x.dtype}")
+    if block_tables.ndim != 2 or block_tables.shape[0] == 0:
+        raise ValueError(f"block_tables must be i32[S, pages_per_seq] with S >= 1, got shape {block_tables.shape}")
+    num_seqs = block_tables.shape[0]
+    for name, x, shape in (
+        ("kv_lens", kv_lens, (num_seqs,)),
+        ("block_tables", block_tables, block_tables.shape),
+        ("query_start_loc", query_start_loc, (num_seqs + 1,)),
+    ):
+        if x.dtype != jnp.int32 or x.shape != shape:
+            raise ValueError(f"{name} must be i32{list(shape)} (S={num_seqs}), got {x.dtype}{list(x.shape)}")
+    if soft_cap is not None and not soft_cap > 0:
+        raise ValueError(f"soft_cap must be positive or None, got {soft_cap}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if q_block is not None and q_block < 1:
+        raise ValueError(f"q_block must be >= 1 or None, got {q_block}")

@@ -1,0 +1,60 @@
+"""Helpers for model tests: tiny random HF checkpoints and a one-sequence forward through the paged pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jllm.attention import AttentionMetadata
+from jllm.loader import LoadedModel
+
+
+def save_tiny_checkpoint(model_cls_name: str, config_kwargs: dict, out_dir: Path, seed: int = 0) -> Path:
+    """Builds a random-weight transformers model and saves it as sharded safetensors with an index."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config_cls = getattr(transformers, model_cls_name.replace("ForCausalLM", "Config"))
+    model = getattr(transformers, model_cls_name)(config_cls(**config_kwargs)).eval()
+    model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
+    return out_dir
+
+
+def hf_logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:
+    """transformers' float32 PyTorch logits ``[T, vocab]`` for one sequence."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([token_ids])).logits[0].numpy()
+
+
+def jllm_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 16) -> np.ndarray:
+    """jllm's logits ``[T, vocab]`` for one sequence prefilled in one step through the paged pool."""
+    args = loaded.args
+    t = len(token_ids)
+    pages = -(-t // page_size)
+    num_pages = pages + 2
+    pool = [
+        jnp.zeros((2, args.num_kv_heads, num_pages, page_size, args.head_dim), args.dtype) for _ in range(args.num_layers)
+    ]
+    block_table = np.arange(2, 2 + pages, dtype=np.int32)  # skip page 0 (reserved) and page 1 (unused)
+    positions = np.arange(t, dtype=np.int32)
+    meta = AttentionMetadata(
+        slot_mapping=jnp.asarray(block_table[positions // page_size] * page_size + positions % page_size),
+        query_start_loc=jnp.asarray([0, t], jnp.int32),
+        kv_lens=jnp.asarray([t], jnp.int32),
+        block_tables=jnp.asarray(block_table[None, :]),
+    )
+
+    @jax.jit
+    def forward(ids, pos, pool, meta):
+        hidden, _ = loaded.model(ids, pos, pool, meta)
+        return loaded.model.compute_logits(hidden)
+
+    return np.asarray(forward(jnp.asarray(token_ids, jnp.int32), jnp.asarray(positions), pool, meta))

@@ -1,0 +1,150 @@
+"""Parity of jllm's Flax models with transformers' PyTorch forward, and the loader's clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from model_utils import hf_logits, jllm_logits, save_tiny_checkpoint
+
+from jllm.loader import load_model
+from jllm.parallel import make_mesh
+
+COMMON = dict(
+    vocab_size=160,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+TINY_MODELS = {
+    "llama3": (
+        "LlamaForCausalLM",
+        dict(
+            COMMON,
+            rope_theta=500000.0,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+        ),
+    ),
+    "llama-tied": ("LlamaForCausalLM", dict(COMMON, tie_word_embeddings=True, num_key_value_heads=4)),
+    "mistral": ("MistralForCausalLM", dict(COMMON, sliding_window=None)),
+    "qwen2": ("Qwen2ForCausalLM", dict(COMMON, num_key_value_heads=1, tie_word_embeddings=True)),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: save_tiny_checkpoint(cls, cfg, root / name, seed=i) for i, (name, (cls, cfg)) in enumerate(TINY_MODELS.items())}
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("name", list(TINY_MODELS))
+def test_sharded_checkpoint_logits_match_transformers(tiny_dirs, name):
+    model_dir = tiny_dirs[name]
+    assert (model_dir / "model.safetensors.index.json").is_file(), "the test must exercise a sharded checkpoint"
+    ids = np.random.default_rng(7).integers(0, COMMON["vocab_size"], 70).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < 1e-4
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_qwen2_has_qkv_bias_and_mistral_none(tiny_dirs):
+    qwen = load_model(tiny_dirs["qwen2"], mesh=make_mesh(1)).model
+    mistral = load_model(tiny_dirs["mistral"], mesh=make_mesh(1)).model
+    assert qwen.layers[0].self_attn.q_proj.bias is not None and qwen.layers[0].self_attn.o_proj.bias is None
+    assert mistral.layers[0].self_attn.q_proj.bias is None
+
+
+def test_dummy_load_format_gives_shapes_and_shardings(tiny_dirs):
+    loaded = load_model(tiny_dirs["llama3"], mesh=make_mesh(1), load_format="dummy", dtype="bfloat16")
+    attn = loaded.model.layers[1].self_attn
+    assert attn.q_proj.kernel[...].shape == (64, 4 * 16)
+    assert attn.k_proj.kernel[...].shape == (64, 2 * 16)
+    assert attn.q_proj.kernel[...].dtype == jax.numpy.bfloat16
+    assert loaded.model.lm_head.kernel[...].shape == (64, 160)
+    assert float(np.std(np.asarray(attn.q_proj.kernel[...], np.float32))) > 0.01
+    spec = attn.q_proj.kernel[...].sharding.spec
+    assert tuple(spec) == (None, "tp")
+    assert tuple(loaded.model.embed_tokens.embedding[...].sharding.spec) == ("tp", None)
+
+
+def test_missing_tensor_is_named(tiny_dirs, tmp_path):
+    src = tiny_dirs["mistral"]
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
+        _load_without(bad, "model.layers.1.mlp.up_proj.weight")
+
+
+def _load_without(model_dir: Path, tensor: str):
+    """Rewrites the checkpoint without ``tensor`` (real missing data, not only a missing index entry)."""
+    from safetensors.numpy import load_file, save_file
+
+    for shard in model_dir.glob("*.safetensors"):
+        tensors = load_file(shard)
+        if tensor in tensors:
+            del tensors[tensor]
+            save_file(tensors, shard)
+    return load_model(model_dir, mesh=make_mesh(1))
+
+
+def test_wrong_shape_is_named(tiny_dirs, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dirs["mistral"], bad)
+    name = "model.layers.0.self_attn.k_proj.weight"
+    for shard in bad.glob("*.safetensors"):
+        tensors = load_file(shard)
+        if name in tensors:
+            tensors[name] = np.zeros((5, 64), np.float32)
+            save_file(tensors, shard)
+    with pytest.raises(ValueError, match=r"model.layers.0.self_attn.k_proj.weight.*\[5, 64\].*\[32, 64\]"):
+        load_model(bad, mesh=make_mesh(1))
+
+
+def test_unknown_architecture_is_named(tiny_dirs, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dirs["mistral"], bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["architectures"] = ["GPTBigCodeForCausalLM"]
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="GPTBigCodeForCausalLM"):
+        load_model(bad, mesh=make_mesh(1))
+
+
+def test_missing_files_are_named(tiny_dirs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(tmp_path, mesh=make_mesh(1))
+    bad = tmp_path / "noweights"
+    bad.mkdir()
+    shutil.copy(tiny_dirs["mistral"] / "config.json", bad)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_model(bad, mesh=make_mesh(1))
+    shard = tmp_path / "noshard"
+    shutil.copytree(tiny_dirs["mistral"], shard)
+    next(shard.glob("model-00002-*.safetensors")).unlink()
+    with pytest.raises(FileNotFoundError, match="model-00002"):
+        load_model(shard, mesh=make_mesh(1))
+
+
+def test_bad_dtype_is_named(tiny_dirs):
+    with pytest.raises(ValueError, match="'float8'"):
+        load_model(tiny_dirs["mistral"], mesh=make_mesh(1), dtype="float8")
