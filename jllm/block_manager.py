@@ -36,7 +36,9 @@ class BlockManager:
 
     def __init__(self, num_pages: int, page_size: int, enable_prefix_caching: bool = True) -> None:
         if num_pages < 2:
-            raise ValueError(f"num_pages={num_pages} leaves no usable page: page 0 is reserved, so at least 2 are needed")
+            raise ValueError(
+                f"num_pages={num_pages} leaves no usable page: page 0 is reserved, so at least 2 are needed"
+            )
         if page_size < 1:
             raise ValueError(f"page_size={page_size} must be at least 1 token")
         self.num_pages = num_pages
@@ -137,7 +139,9 @@ class BlockManager:
         for i in range(start, num_full):
             parent = hash_page(parent, tokens[i * ps : (i + 1) * ps])
             self._page_hashes[table[i]] = parent
-            self._cached.setdefault(parent, table[i])  # a twin computed elsewhere keeps the entry; this one stays private
+            self._cached.setdefault(
+                parent, table[i]
+            )  # a twin computed elsewhere keeps the entry; this one stays private
 
     def fork(self, parent: Sequence, child: Sequence) -> int:
         """Share ``parent``'s computed full prompt pages with a page-less sibling; returns tokens covered.
@@ -199,7 +203,9 @@ class BlockManager:
         for page in range(1, self.num_pages):
             rc = self._ref_counts[page]
             check(rc >= 0, f"page {page} has refcount {rc}")
-            check((rc == 0) == (page in self._free), f"page {page}: refcount {rc} but in free queue={page in self._free}")
+            check(
+                (rc == 0) == (page in self._free), f"page {page}: refcount {rc} but in free queue={page in self._free}"
+            )
         for h, page in self._cached.items():
             check(self._page_hashes[page] == h, f"cached hash points at page {page} that no longer holds it")
         if seqs is None:
@@ -212,7 +218,10 @@ class BlockManager:
                 holders.setdefault(page, []).append((seq, i))
         for page in range(1, self.num_pages):
             held = holders.get(page, [])
-            check(len(held) == self._ref_counts[page], f"page {page}: refcount {self._ref_counts[page]}, {len(held)} holders")
+            check(
+                len(held) == self._ref_counts[page],
+                f"page {page}: refcount {self._ref_counts[page]}, {len(held)} holders",
+            )
             if len(held) > 1:
                 for seq, i in held:
                     full = (i + 1) * self.page_size <= seq.num_computed_tokens

@@ -77,6 +77,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         save_file(_hf_tensors(reader, config), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _build_tokenizer(meta).save(str(tmp / "tokenizer.json"))
         _write_json(tmp / "tokenizer_config.json", _tokenizer_config(meta))
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only files; a cache is shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
         _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,6 +129,7 @@ def _hf_config(meta: dict[str, Any], has_lm_head: bool) -> dict[str, Any]:
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
+        "unk_token_id": meta.get("tokenizer.ggml.unknown_token_id"),
         "torch_dtype": "float32",
     }
 
@@ -217,15 +220,14 @@ def _build_tokenizer(meta: dict[str, Any]) -> Tokenizer:
 def _post_processor(meta: dict[str, Any]) -> processors.TemplateProcessing:
     """BOS/EOS insertion as the file asks, in the template form transformers writes."""
     tokens = meta["tokenizer.ggml.tokens"]
-    single, pair, special = "$A:0", "$B:1", []
-    for which, prepend in (("bos", True), ("eos", False)):
-        token_id = meta.get(f"tokenizer.ggml.{which}_token_id")
-        if meta.get(f"tokenizer.ggml.add_{which}_token", False) and token_id is not None:
-            tok = tokens[token_id]
-            single = f"{tok}:0 {single}" if prepend else f"{single} {tok}:0"
-            pair = f"{tok}:1 {pair}" if prepend else f"{pair} {tok}:1"
-            special.append((tok, token_id))
-    return processors.TemplateProcessing(single=single, pair=f"{single} {pair}", special_tokens=special)
+    bos_id, eos_id = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    bos = tokens[bos_id] if meta.get("tokenizer.ggml.add_bos_token", False) and bos_id is not None else None
+    eos = tokens[eos_id] if meta.get("tokenizer.ggml.add_eos_token", False) and eos_id is not None else None
+
+    single = " ".join(f"{p}:0" for p in (bos, "$A", eos) if p is not None)
+    pair = single + " " + " ".join(f"{p}:1" for p in (bos, "$B", eos) if p is not None)
+    special = [(tok, i) for tok, i in ((bos, bos_id), (eos, eos_id)) if tok is not None]
+    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
 def _tokenizer_config(meta: dict[str, Any]) -> dict[str, Any]:

@@ -4,11 +4,12 @@ vLLM V1's order: min-tokens ban -> penalties -> argmax for greedy rows; for rand
 top-k -> top-p -> draw. Logprobs come from the raw logits (vLLM's default ``raw_logprobs``).
 
 Two choices keep it cheap on a GPU:
-- Every truncation keeps a prefix of the tokens sorted by logit, so one sort of the batch plus one cumulative sum
-  gives each row's kept count ``n``; the draw is an inverse-CDF lookup in that prefix. One uniform per row instead
-  of ``V`` Gumbel draws, and nothing is scattered back to vocabulary order.
-- The sort runs only when some row asks for top-k or top-p (``lax.cond``), and nothing random runs for an
-  all-greedy batch.
+- min-p, top-k and top-p each keep a prefix of the tokens sorted by probability, so together they reduce to one
+  threshold per row: one sort of the batch (values only) and one cumulative sum find it, and nothing is scattered
+  back to vocabulary order. The sort runs only when some row asks for top-k or top-p (``lax.cond``); nothing random
+  runs for an all-greedy batch.
+- The draw is an inverse-CDF lookup in vocabulary order with one uniform per row, instead of ``V`` Gumbel draws.
+  Its result depends only on the row's logits, settings and key, never on which ``lax.cond`` branch ran.
 
 Reproducibility: a row's uniform comes from ``fold_in(fold_in(key(seed), sample_index), step)``, so a seeded sample
 draws the same tokens whatever else is in the batch, wherever its row sits, and after preemption and recompute.
@@ -74,7 +75,7 @@ def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int) 
     logits = logits.astype(jnp.float32)  # [S, V]
     lse = jax.nn.logsumexp(logits, axis=-1)  # [S]
     if num_top_logprobs:
-        top_values, top_ids = lax.top_k(logits, num_top_logprobs)  # [S, K]
+        top_values, top_ids = _top_k(logits, num_top_logprobs)  # [S, K]
         top_logprobs = top_values - lse[:, None]
     else:
         top_ids = jnp.zeros((logits.shape[0], 0), jnp.int32)
@@ -86,10 +87,24 @@ def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int) 
     token_ids = lax.cond(
         jnp.all(is_greedy),
         lambda: greedy_ids,
-        lambda: jnp.where(is_greedy, greedy_ids, _sample_random(x, meta, is_greedy)),
+        lambda: jnp.where(is_greedy, greedy_ids, _sample_random(x, meta, is_greedy, greedy_ids)),
     )
     logprobs = jnp.take_along_axis(logits, token_ids[:, None], axis=-1)[:, 0] - lse
     return SamplerOutput(token_ids, logprobs, top_ids.astype(jnp.int32), top_logprobs)
+
+
+def _top_k(x: jax.Array, k: int, chunk: int = 256) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k`` in two stages: per chunk of the vocabulary, then over the chunks' winners. Same result and the
+    same tie order (lower id first); on an H200 with V=152k it takes 0.2 ms instead of 0.55 at S=8, 1.9 ms instead
+    of 2.8 at S=256, because one long row per thread block leaves most of the GPU idle."""
+    num_rows, vocab = x.shape
+    if vocab <= 16 * chunk or k > chunk:
+        return lax.top_k(x, k)
+    x = jnp.pad(x, ((0, 0), (0, -vocab % chunk)), constant_values=-jnp.inf).reshape(num_rows, -1, chunk)
+    values, ids = lax.top_k(x, k)  # [S, V / chunk, k]
+    ids = ids + (jnp.arange(x.shape[1], dtype=ids.dtype) * chunk)[None, :, None]
+    values, pick = lax.top_k(values.reshape(num_rows, -1), k)  # [S, k]
+    return values, jnp.take_along_axis(ids.reshape(num_rows, -1), pick, axis=1)
 
 
 def ban_tokens(logits: jax.Array, banned_ids: jax.Array) -> jax.Array:
@@ -118,17 +133,22 @@ def apply_penalties(logits: jax.Array, meta: SamplingMetadata) -> jax.Array:
     return logits - meta.presence_penalty[:, None] * in_output
 
 
-def _sample_random(x: jax.Array, meta: SamplingMetadata, is_greedy: jax.Array) -> jax.Array:
-    """Temperature, then min-p/top-k/top-p, then an inverse-CDF draw. ``x`` [S, V] -> token ids [S]."""
-    vocab = x.shape[1]
+def _sample_random(x: jax.Array, meta: SamplingMetadata, is_greedy: jax.Array, greedy_ids: jax.Array) -> jax.Array:
+    """Temperature, then min-p/top-k/top-p as one threshold per row, then an inverse-CDF draw. -> token ids [S]."""
     x = x / jnp.where(is_greedy, 1.0, meta.temperature)[:, None]
-    uniforms = jax.vmap(_row_uniform)(meta.seeds, meta.sample_index, meta.step)  # [S] in [0, 1)
-    truncates = ~is_greedy & (((meta.top_k > 0) & (meta.top_k < vocab)) | (meta.top_p < 1.0))
-    return lax.cond(
+    e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))  # [S, V] p / p_max
+    truncates = ~is_greedy & (((meta.top_k > 0) & (meta.top_k < x.shape[1])) | (meta.top_p < 1.0))
+    threshold = lax.cond(
         jnp.any(truncates),
-        lambda: _draw_sorted(x, uniforms, meta.top_k, meta.top_p, meta.min_p),
-        lambda: _draw_unsorted(x, uniforms, meta.min_p),
+        lambda: truncation_threshold(e, meta.top_k, meta.top_p, meta.min_p),
+        lambda: meta.min_p,  # min-p alone needs no sort, and gives the same kept set as the sorted branch
     )
+    uniforms = jax.vmap(_row_uniform)(meta.seeds, meta.sample_index, meta.step)  # [S] in [0, 1)
+    w = jnp.where(e >= threshold[:, None], e, 0.0)  # [S, V] unnormalised kept probabilities
+    cs = jnp.cumsum(w, axis=1)  # [S, V], in vocabulary order: the draw never depends on the branch taken
+    pos = jnp.sum(cs <= (uniforms * cs[:, -1])[:, None], axis=1)  # first position with cs > target
+    # pos == V only if u * total rounds up to total (odds ~2^-24): take the argmax, which is always kept.
+    return jnp.where(pos < x.shape[1], pos, greedy_ids).astype(jnp.int32)
 
 
 def _row_uniform(seed: jax.Array, sample_index: jax.Array, step: jax.Array) -> jax.Array:
@@ -136,37 +156,29 @@ def _row_uniform(seed: jax.Array, sample_index: jax.Array, step: jax.Array) -> j
     return jax.random.uniform(key, (), jnp.float32)
 
 
-def _draw_sorted(x: jax.Array, u: jax.Array, top_k: jax.Array, top_p: jax.Array, min_p: jax.Array) -> jax.Array:
-    """Sort once; min-p, top-k and top-p each keep a prefix, so each row only needs its kept count."""
-    num_rows, vocab = x.shape
-    iota = lax.broadcasted_iota(jnp.int32, x.shape, 1)
-    neg_sorted, order = lax.sort((-x, iota), dimension=1, num_keys=1)  # ascending -x = descending x
-    s = -neg_sorted  # [S, V] descending
-    e = jnp.exp(s - s[:, :1])  # [S, V] probabilities / p_max, descending; e[:, 0] = 1
-    cs = jnp.cumsum(e, axis=1)  # [S, V]
+def truncation_threshold(e: jax.Array, top_k: jax.Array, top_p: jax.Array, min_p: jax.Array) -> jax.Array:
+    """The smallest kept ``e`` [S, V] (probability / p_max) per row after min-p, top-k, then top-p -> [S].
+
+    Each truncation keeps a prefix of the descending order, so one sort and one cumulative sum give the kept count
+    ``n`` and the threshold is the n-th largest value. Tokens tied with it are kept, as vLLM's top-k keeps ties.
+    """
+    vocab = e.shape[1]
+    # e >= 0, so its bits sort like its values; integer keys take XLA's radix sort (H200, V=152k, S=256: 1.6 ms
+    # against 3.0 ms for f32 keys). Sorting ~bits ascending gives descending values.
+    bits = lax.bitcast_convert_type(e, jnp.uint32)
+    desc = lax.bitcast_convert_type(~jnp.sort(~bits, axis=1), jnp.float32)  # [S, V]; desc[:, 0] = 1
+    cs = jnp.cumsum(desc, axis=1)  # [S, V]
 
     def at(a: jax.Array, pos: jax.Array) -> jax.Array:  # a[row, pos[row]]
         return jnp.take_along_axis(a, pos[:, None], axis=1)[:, 0]
 
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-    n = jnp.sum(s >= at(s, k - 1)[:, None], axis=1)  # top-k, ties at the k-th value kept (as vLLM)
-    n = jnp.minimum(n, jnp.sum(e >= min_p[:, None], axis=1))  # min-p: p >= min_p * p_max
+    threshold = jnp.maximum(at(desc, k - 1), min_p)  # top-k and min-p (p >= min_p * p_max)
+    n = jnp.sum(desc >= threshold[:, None], axis=1)  # >= 1: desc[:, 0] = 1 >= threshold
     kept_mass = at(cs, n - 1)
     # top-p over the renormalised survivors: keep while the mass strictly before a token is below top_p
-    n = jnp.minimum(n, jnp.sum(cs - e < (top_p * kept_mass)[:, None], axis=1))
-    target = u * at(cs, n - 1)
-    pos = jnp.minimum(jnp.sum(cs <= target[:, None], axis=1), n - 1)  # first position with cs > target
-    return at(order, pos)
-
-
-def _draw_unsorted(x: jax.Array, u: jax.Array, min_p: jax.Array) -> jax.Array:
-    """Inverse-CDF draw in vocabulary order: min-p needs no sort."""
-    vocab = x.shape[1]
-    e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))  # [S, V] probabilities / p_max
-    cs = jnp.cumsum(jnp.where(e >= min_p[:, None], e, 0.0), axis=1)  # [S, V]
-    pos = jnp.sum(cs <= (u * cs[:, -1])[:, None], axis=1)  # first position with cs > target
-    # pos == vocab only when u * total rounds up to total (odds ~2^-24): fall back to the argmax, always kept.
-    return jnp.where(pos < vocab, pos, jnp.argmax(x, axis=1)).astype(jnp.int32)
+    n = jnp.minimum(n, jnp.sum(cs - desc < (top_p * kept_mass)[:, None], axis=1))
+    return at(desc, n - 1)
 
 
 # ---------------------------------------------------------------- host side

@@ -58,7 +58,9 @@ class Scheduler:
             raise ValueError("add() needs at least one sequence")
         request_id = seqs[0].request_id
         if any(s.request_id != request_id for s in seqs):
-            raise ValueError(f"add() takes one request's samples, got request ids {sorted({s.request_id for s in seqs})}")
+            raise ValueError(
+                f"add() takes one request's samples, got request ids {sorted({s.request_id for s in seqs})}"
+            )
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already scheduled")
         seqs = sorted(seqs, key=lambda s: s.sample_index)
@@ -79,18 +81,22 @@ class Scheduler:
         if num_prompt == 0:
             return "prompt is empty: at least one token is needed"
         if num_prompt >= limit:
-            return f"prompt of {num_prompt} tokens{plus} exceeds max_model_len={limit}; shorten it to {limit - 1} tokens"
+            return (
+                f"prompt of {num_prompt} tokens{plus} exceeds max_model_len={limit}; shorten it to {limit - 1} tokens"
+            )
         total = limit if max_tokens is None else min(num_prompt + max_tokens, limit)
         bm = self.block_manager
         if bm.num_pages_needed(total) > bm.num_usable_pages:
             return (
                 f"prompt of {num_prompt} tokens{plus} needs KV cache for {total} tokens "
                 f"({bm.num_pages_needed(total)} pages of {bm.page_size}) but the pool holds {bm.num_usable_pages} "
-                f"pages ({bm.num_usable_pages * bm.page_size} tokens); lower max_tokens or give the KV cache more memory"
+                f"pages ({bm.num_usable_pages * bm.page_size} tokens); lower max_tokens or give the KV cache more "
+                "memory"
             )
         return None
 
     def schedule(self) -> SchedulerOutput:
+        """One step's work: running sequences first (preempting the newest when pages run out), then admissions."""
         bm = self.block_manager
         budget = self.max_num_batched_tokens
         out = SchedulerOutput(scheduled=[], rejected=self._rejected)
@@ -104,8 +110,8 @@ class Scheduler:
                 i += 1
                 continue
             while not bm.allocate(seq, num_new):
-                victim = self.running[-1]
-                if victim is seq and i == 0:
+                victim = self.running[-1]  # the newest; never one already scheduled this step (those sit before i)
+                if victim is seq and i == 0:  # alone and still short: admission promised it fits, so a bug
                     raise RuntimeError(
                         f"sequence {seq.seq_id} of {seq.num_tokens} tokens cannot fit the pool of "
                         f"{bm.num_usable_pages} pages by itself; did it grow past max_model_len={self.max_model_len}?"
@@ -115,7 +121,7 @@ class Scheduler:
                 out.preempted.append(victim)
                 if victim is seq:
                     break
-            else:
+            else:  # allocated
                 out.scheduled.append(ScheduledSequence(seq, num_new))
                 budget -= num_new
                 i += 1

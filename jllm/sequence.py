@@ -72,11 +72,14 @@ class ScheduledSequence:
 
     seq: Sequence
     num_new_tokens: int
+    # Frozen at scheduling time: on_step_done advances seq.num_computed_tokens and the engine then appends the sampled
+    # token, so recomputing these from ``seq`` after the step would give the wrong answer.
+    start: int = field(init=False)  # first position computed this step: seq.num_computed_tokens when scheduled
+    samples_token: bool = field(init=False)  # this step computes the last known token, so its logits give the next
 
-    @property
-    def samples_token(self) -> bool:
-        """True when this step computes the sequence's last known token, so its logits give the next one."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+    def __post_init__(self) -> None:
+        self.start = self.seq.num_computed_tokens
+        self.samples_token = self.start + self.num_new_tokens == self.seq.num_tokens
 
 
 @dataclass

@@ -8,10 +8,11 @@ the length mask must hide.
 A step's queries are ragged: sequence s owns rows ``[query_start_loc[s], query_start_loc[s + 1])`` of ``q``, and any
 mix of prefill chunks and single-token decodes shares one call. To stay efficient under jit without a static bound on
 any sequence's query length, the attention cuts every sequence's rows into *query blocks* of ``q_block`` rows; each
-block becomes one work item that gathers its sequence's pages and attends densely. The number of items has a static
-bound, ``min(T, (T + S * (q_block - 1)) // q_block)``, so shapes are static; choosing ``q_block`` near ``T / S`` keeps
-both the wasted rows and the gathered K/V within about 2x of the useful work for decode-only, prefill-only and mixed
-batches alike (q_block=1 is "gather per token", q_block=T is "gather per sequence").
+block is one work item that gathers its sequence's pages and attends densely. The number of items has a static bound,
+``min(T, (T + S * (q_block - 1)) // q_block)``, and ``q_block`` near ``T / S`` keeps both the wasted rows and the
+gathered K/V within about 2x of the useful work for decode-only, prefill-only and mixed batches alike (q_block=1 is
+"gather per token", a large q_block "gather per sequence"). Items run a few at a time in a ``lax.map`` so that the
+intermediates stay cache-sized: on the CPU, fresh multi-GB buffers cost more in page faults than the maths.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import jax.numpy as jnp
 
 # Scores outside the mask. Finite so that a fully masked row computes exp(0) rather than NaN (-inf - -inf).
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-# Largest query block the heuristic picks: bounds the [items, heads, q_block, context] score tensor.
-_MAX_Q_BLOCK = 512
+# Largest query block the heuristic picks (CPU-measured: 64 beat 32, 128 and 256 for a 512-token prefill).
+_MAX_Q_BLOCK = 64
+# Elements of f32 intermediates (scores, probabilities, gathered K/V) per loop iteration over work items.
+_BATCH_ELEMS = 1 << 22
 
 
 def write_kv(
@@ -78,10 +81,14 @@ def ref_ragged_paged_attention(
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
-    group = num_q_heads // num_kv_heads
     context = pages_per_seq * page_size
     bq = q_block or _pick_q_block(num_tokens, num_seqs)
-    num_items = min(num_tokens, (num_tokens + num_seqs * (bq - 1)) // bq)
+    max_items = min(num_tokens, (num_tokens + num_seqs * (bq - 1)) // bq)
+    # Items run `per_batch` at a time in a loop, so no batch's intermediates outgrow the budget.
+    item_elems = 2 * num_q_heads * bq * context + 2 * num_kv_heads * context * head_dim
+    per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
+    num_batches = -(-max_items // per_batch)
+    num_items = num_batches * per_batch
 
     # Work items: sequence s's rows split into ceil(q_len / bq) blocks; item w is block j of sequence seq[w].
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
@@ -96,44 +103,72 @@ def ref_ragged_paged_attention(
     item_q_len = q_lens[seq][:, None]  # i32[N, 1]
     row_valid = item_valid[:, None] & (row_in_seq < item_q_len)  # bool[N, bq]
     row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[N, bq], T = dropped
-
-    # Gather each item's queries and its sequence's pages.
-    q_items = q.astype(jnp.float32)[jnp.minimum(row, num_tokens - 1)]  # [N, bq, Hq, D]
-    q_items = q_items.reshape(num_items, bq, num_kv_heads, group, head_dim)  # [N, bq, Hkv, G, D]
+    last_col = kv_lens[seq][:, None] - item_q_len + row_in_seq  # i32[N, bq], last key column each row sees
+    q_items = q[jnp.minimum(row, num_tokens - 1)]  # [N, bq, Hq, D]
     pages = block_tables[seq]  # i32[N, pages_per_seq]
-    k = kv_pages[0][:, pages].astype(jnp.float32)  # [Hkv, N, pages_per_seq, page_size, D]
-    v = kv_pages[1][:, pages].astype(jnp.float32)  # [Hkv, N, pages_per_seq, page_size, D]
-    k = k.reshape(num_kv_heads, num_items, context, head_dim)  # [Hkv, N, C, D]
-    v = v.reshape(num_kv_heads, num_items, context, head_dim)  # [Hkv, N, C, D]
+
+    def attend(batch: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        return _attend_items(*batch, kv_pages, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
+
+    batches = (  # leading axis = batch of items, looped over by lax.map
+        q_items.reshape(num_batches, per_batch, bq, num_q_heads, head_dim),
+        pages.reshape(num_batches, per_batch, pages_per_seq),
+        last_col.reshape(num_batches, per_batch, bq),
+    )
+    out = jax.lax.map(attend, batches)  # [num_batches, per_batch, bq, Hq, D]
+    out = out.reshape(num_items * bq, num_q_heads, head_dim)  # [N * bq, Hq, D]
+
+    # Rows no item owns (padding) stay exactly zero; out-of-range row T drops the items' spare rows.
+    result = jnp.zeros_like(q)  # [T, Hq, D]
+    return result.at[row.reshape(-1)].set(out, mode="drop")
+
+
+def _attend_items(
+    q: jax.Array,  # [B, bq, Hq, D], B items of bq query rows
+    pages: jax.Array,  # i32[B, pages_per_seq], each item's sequence's block table
+    last_col: jax.Array,  # i32[B, bq], last key column each row may see
+    kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
+    *,
+    sm_scale: float,
+    soft_cap: float | None,
+    sliding_window: int | None,
+) -> jax.Array:  # [B, bq, Hq, D] in q's dtype
+    """Dense attention of a few work items over their sequences' gathered pages; fp32 softmax."""
+    num_items, bq, num_q_heads, head_dim = q.shape
+    out_dtype = q.dtype
+    num_kv_heads = kv_pages.shape[1]
+    group = num_q_heads // num_kv_heads
+    context = pages.shape[1] * kv_pages.shape[3]
+
+    q = q.astype(jnp.float32).reshape(num_items, bq, num_kv_heads, group, head_dim)  # f32[B, bq, Hkv, G, D]
+    q = q.transpose(2, 0, 3, 1, 4)  # f32[Hkv, B, G, bq, D]: batch axes lead, as in k, for fast CPU dots
+    # One gather straight from the pool: slicing K/V out first would copy the whole pool on every loop iteration.
+    kv = kv_pages[:, :, pages].astype(jnp.float32)  # f32[2, Hkv, B, pages_per_seq, page_size, D]
+    k, v = kv.reshape(2, num_kv_heads, num_items, context, head_dim)  # f32[Hkv, B, C, D] each
 
     hi = jax.lax.Precision.HIGHEST  # the oracle must not drop to TF32 on GPU
-    logits = jnp.einsum("nqhgd,hncd->nhgqc", q_items, k, precision=hi) * sm_scale  # f32[N, Hkv, G, bq, C]
+    logits = jnp.einsum("hngqd,hncd->hngqc", q, k, precision=hi) * sm_scale  # f32[Hkv, B, G, bq, C]
     if soft_cap is not None:
         logits = soft_cap * jnp.tanh(logits / soft_cap)
 
     # Causal (which also hides everything past kv_len, stale page contents included) and sliding window.
     col = jnp.arange(context, dtype=jnp.int32)  # i32[C]
-    last_col = kv_lens[seq][:, None] - item_q_len + row_in_seq  # i32[N, bq], last visible column per row
-    visible = col[None, None, :] <= last_col[:, :, None]  # bool[N, bq, C]
+    visible = col <= last_col[:, :, None]  # bool[B, bq, C]
     if sliding_window is not None:
-        visible &= col[None, None, :] > (last_col - sliding_window)[:, :, None]
-    visible = visible[:, None, None]  # bool[N, 1, 1, bq, C]
+        visible &= col > (last_col - sliding_window)[:, :, None]
+    visible = visible[None, :, None]  # bool[1, B, 1, bq, C]
 
     logits = jnp.where(visible, logits, _MASK_VALUE)
-    probs = jnp.where(visible, jnp.exp(logits - logits.max(axis=-1, keepdims=True)), 0.0)  # f32[N, Hkv, G, bq, C]
-    denom = probs.sum(axis=-1)  # f32[N, Hkv, G, bq]
-    out = jnp.einsum("nhgqc,hncd->nqhgd", probs, v, precision=hi)  # f32[N, bq, Hkv, G, D]
-    denom = denom.transpose(0, 3, 1, 2)[..., None]  # f32[N, bq, Hkv, G, 1]
+    probs = jnp.where(visible, jnp.exp(logits - logits.max(axis=-1, keepdims=True)), 0.0)  # f32[Hkv, B, G, bq, C]
+    denom = probs.sum(axis=-1, keepdims=True)  # f32[Hkv, B, G, bq, 1], 0 only for rows that see nothing
+    out = jnp.einsum("hngqc,hncd->hngqd", probs, v, precision=hi)  # f32[Hkv, B, G, bq, D]
     out = jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1.0), 0.0)
-    out = out.reshape(num_items * bq, num_q_heads, head_dim).astype(q.dtype)  # [N * bq, Hq, D]
-
-    # Rows no item owns (padding) stay exactly zero; out-of-range row T drops the item's spare rows.
-    result = jnp.zeros_like(q)  # [T, Hq, D]
-    return result.at[row.reshape(-1)].set(out, mode="drop")
+    out = out.transpose(1, 3, 0, 2, 4).reshape(num_items, bq, num_q_heads, head_dim)  # f32[B, bq, Hq, D]
+    return out.astype(out_dtype)
 
 
 def _pick_q_block(num_tokens: int, num_seqs: int) -> int:
-    """Power of two near the mean query length: decode batches get 1, a lone prefill gets its whole chunk."""
+    """Power of two near the mean query length, capped: decode batches get 1, a lone prefill _MAX_Q_BLOCK."""
     mean = -(-num_tokens // max(num_seqs, 1))
     return min(_MAX_Q_BLOCK, 1 << (mean - 1).bit_length())
 

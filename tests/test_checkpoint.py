@@ -15,8 +15,14 @@ from jllm.parallel import make_mesh
 def test_orbax_round_trip_is_bit_identical(tmp_path):
     src = save_tiny_checkpoint(
         "Qwen2ForCausalLM",
-        dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2),
+        dict(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
         tmp_path / "hf",
     )
     original = load_model(src, mesh=make_mesh(1), dtype="bfloat16")
@@ -31,4 +37,6 @@ def test_orbax_round_trip_is_bit_identical(tmp_path):
         a, b = var.get_value(), after[path].get_value()
         assert a.dtype == b.dtype == jax.numpy.bfloat16, path
         assert b.sharding == a.sharding, path
-        np.testing.assert_array_equal(np.asarray(a.astype(np.float32)), np.asarray(b.astype(np.float32)), err_msg=str(path))
+        np.testing.assert_array_equal(
+            np.asarray(a.astype(np.float32)), np.asarray(b.astype(np.float32)), err_msg=str(path)
+        )

@@ -47,7 +47,10 @@ TINY_MODELS = {
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    return {name: save_tiny_checkpoint(cls, cfg, root / name, seed=i) for i, (name, (cls, cfg)) in enumerate(TINY_MODELS.items())}
+    return {
+        name: save_tiny_checkpoint(cls, cfg, root / name, seed=i)
+        for i, (name, (cls, cfg)) in enumerate(TINY_MODELS.items())
+    }
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -23,7 +23,9 @@ def param(shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...]
 class Linear(nnx.Module):
     """``y = x @ kernel (+ bias)`` with the kernel stored ``[in, out]``."""
 
-    def __init__(self, d_in: int, d_out: int, axes: tuple[str | None, str | None], dtype: jnp.dtype, bias: bool = False):
+    def __init__(
+        self, d_in: int, d_out: int, axes: tuple[str | None, str | None], dtype: jnp.dtype, bias: bool = False
+    ):
         self.kernel = param((d_in, d_out), dtype, axes)
         self.bias = param((d_out,), dtype, (axes[1],)) if bias else None
 

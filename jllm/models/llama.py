@@ -106,7 +106,9 @@ class LlamaForCausalLM(nnx.Module):
         self.layers = nnx.List([DecoderLayer(args) for _ in range(args.num_layers)])
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, args.dtype)
         self.lm_head = (
-            None if args.tie_word_embeddings else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype)
+            None
+            if args.tie_word_embeddings
+            else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype)
         )
         self.args = args
 

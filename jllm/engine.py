@@ -1,0 +1,293 @@
+"""The step loop: schedule -> run -> append tokens -> stop checks -> detokenize -> outputs.
+
+``LLMEngine`` is synchronous and single-threaded; the offline API and the async server engine both drive it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from jllm import kv_cache, parallel
+from jllm.block_manager import BlockManager
+from jllm.config import EngineConfig
+from jllm.loader import LoadedModel, load_model
+from jllm.model_source import resolve_model
+from jllm.outputs import CompletionOutput, Logprob, RequestOutput
+from jllm.runner import ModelRunner, SampledToken
+from jllm.sampling import SamplingParams
+from jllm.scheduler import Scheduler
+from jllm.sequence import Sequence, SequenceStatus
+from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 1 << 30  # a CPU has no free-memory reading to size the pool from
+
+
+class ContextLengthError(ValueError):
+    """The prompt (plus max_tokens) does not fit the model's context; the server maps it to a 400."""
+
+
+@dataclass
+class SampleState:
+    """Per-sample output bookkeeping beside its ``Sequence``."""
+
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    samples: list[SampleState]
+    arrival_time: float
+    first_token_time: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.samples)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, *, show_progress: bool = True):
+        self.config = config
+        model_dir = resolve_model(config.model.model)
+        self.mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)
+        self.loaded: LoadedModel = load_model(
+            model_dir,
+            mesh=self.mesh,
+            dtype=config.model.dtype,
+            load_format=config.model.load_format,
+            seed=config.model.seed,
+        )
+        self.tokenizer = Tokenizer.from_pretrained(model_dir)
+        args = self.loaded.args
+        self.max_model_len = config.model.max_model_len or args.max_position_embeddings
+        if self.max_model_len > args.max_position_embeddings:
+            raise ValueError(
+                f"max_model_len={self.max_model_len} exceeds the model's max_position_embeddings="
+                f"{args.max_position_embeddings}"
+            )
+        page_size = config.cache.page_size
+        spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, args.dtype)
+        num_pages = self._num_pages(spec)
+        if (num_pages - 1) * page_size < self.max_model_len:
+            raise ValueError(
+                f"the KV pool of {num_pages} pages x {page_size} tokens cannot hold one sequence of max_model_len="
+                f"{self.max_model_len} tokens; raise num_pages / kv_cache_memory_bytes or lower max_model_len"
+            )
+        pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(self.mesh))
+        self.block_manager = BlockManager(num_pages, page_size, config.cache.enable_prefix_caching)
+        sched = config.scheduler
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_num_seqs=sched.max_num_seqs,
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+        )
+        self.runner = ModelRunner(
+            self.loaded,
+            pool,
+            page_size=page_size,
+            max_model_len=self.max_model_len,
+            max_num_seqs=sched.max_num_seqs,
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            eos_token_ids=self.tokenizer.eos_token_ids,
+            attention_backend=self._attention_backend(),
+        )
+        self.runner.warmup(show_progress=show_progress)
+        self.requests: dict[str, RequestState] = {}
+        self._seq_ids = itertools.count()
+        self._rng = np.random.default_rng(config.model.seed)
+        self.stats = {"prompt_tokens": 0, "generation_tokens": 0}
+
+    def _num_pages(self, spec: kv_cache.KVCacheSpec) -> int:
+        cache = self.config.cache
+        if cache.num_pages is not None:
+            return cache.num_pages
+        if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
+            return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES)
+        params_bytes = sum(x.nbytes for x in jax.tree.leaves(self.loaded.model))
+        return kv_cache.num_pages_from_device_memory(spec, cache.gpu_memory_utilization, params_bytes)
+
+    def _attention_backend(self) -> str:
+        backend = self.config.model.attention_backend
+        return "reference" if backend == "auto" else backend
+
+    # ------------------------------------------------------------------ requests
+
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, *, prompt_text: str | None = None
+    ) -> None:
+        """Queues a request; bad input raises ``ValueError`` here, never later in the step loop."""
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if isinstance(prompt, str):
+            prompt_text, token_ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            token_ids = list(prompt)
+        self._check_prompt(token_ids, params)
+        seed = params.seed if params.seed is not None else int(self._rng.integers(2**32))
+        now = time.monotonic()
+        samples = []
+        for i in range(params.n):
+            seq = Sequence(
+                seq_id=next(self._seq_ids),
+                request_id=request_id,
+                sample_index=i,
+                prompt_token_ids=token_ids,
+                sampling_params=params,
+                arrival_time=now,
+                sampling_seed=seed,
+            )
+            detok = IncrementalDetokenizer(
+                self.tokenizer,
+                token_ids,
+                skip_special_tokens=params.skip_special_tokens,
+                stop=params.stop,
+                include_stop_str_in_output=params.include_stop_str_in_output,
+            )
+            samples.append(SampleState(seq, detok, [] if params.logprobs is not None else None))
+        self.requests[request_id] = RequestState(request_id, prompt_text, token_ids, params, samples, now)
+        self.scheduler.add([s.seq for s in samples])
+
+    def _check_prompt(self, token_ids: list[int], params: SamplingParams) -> None:
+        if not token_ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        vocab = self.loaded.args.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        requested = len(token_ids) + (params.max_tokens or 1)
+        if len(token_ids) >= self.max_model_len or requested > self.max_model_len:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{requested} tokens ({len(token_ids)} in the prompt, {params.max_tokens or 1} for the completion). "
+                "Please reduce the length of the prompt or the completion."
+            )
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Frees the request's pages at once; returns its final output (finish_reason "abort")."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        self.scheduler.abort(request_id)
+        for sample in state.samples:
+            if sample.finish_reason is None:
+                sample.finish_reason = "abort"
+        return self._output(state)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one step; returns an output for every request that got new tokens or finished."""
+        out = self.scheduler.schedule()
+        touched: dict[str, RequestState] = {}
+        for seq, reason in out.rejected:
+            logger.error("request %s rejected: %s", seq.request_id, reason)
+            state = self.requests.get(seq.request_id)
+            if state is not None:
+                state.samples[seq.sample_index].finish_reason = "abort"
+                touched[state.request_id] = state
+        if not out.is_empty:
+            tokens = self.runner.execute(out)
+            self.scheduler.on_step_done(out)
+            now = time.monotonic()
+            for sched, token in zip(out.scheduled, tokens, strict=True):
+                if token is None:
+                    continue
+                state = self.requests[sched.seq.request_id]
+                state.first_token_time = state.first_token_time or now
+                self._append(state.samples[sched.seq.sample_index], token)
+                touched[state.request_id] = state
+        outputs = []
+        for state in touched.values():
+            outputs.append(self._output(state))
+            if state.finished:
+                del self.requests[state.request_id]
+        return outputs
+
+    def _append(self, sample: SampleState, token: SampledToken) -> None:
+        seq, params = sample.seq, sample.seq.sampling_params
+        seq.output_token_ids.append(token.token_id)
+        self.stats["generation_tokens"] += 1
+        if seq.num_output_tokens == 1:
+            self.stats["prompt_tokens"] += seq.num_prompt_tokens
+        sample.cumulative_logprob += token.logprob
+        if sample.logprobs is not None:
+            sample.logprobs.append(self._logprob_entry(token))
+        sample.detokenizer.add_tokens([token.token_id])
+        reason = self._finish_reason(sample, token.token_id)
+        if reason is not None:
+            sample.finish_reason = reason
+            status = SequenceStatus.FINISHED_LENGTH if reason == "length" else SequenceStatus.FINISHED_STOPPED
+            self.scheduler.finish(seq, status)
+
+    def _finish_reason(self, sample: SampleState, token_id: int) -> str | None:
+        seq, params = sample.seq, sample.seq.sampling_params
+        if seq.num_output_tokens >= params.min_tokens:
+            if token_id in self.tokenizer.eos_token_ids and not params.ignore_eos:
+                return "stop"
+            if token_id in params.stop_token_ids:
+                sample.stop_reason = token_id
+                return "stop"
+            if sample.detokenizer.finished:
+                sample.stop_reason = sample.detokenizer.stop_reason
+                return "stop"
+        if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+            return "length"
+        if seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _logprob_entry(self, token: SampledToken) -> dict[int, Logprob]:
+        entry = {
+            tid: Logprob(lp, rank=i + 1, decoded_token=self.tokenizer.decode([tid], skip_special_tokens=False))
+            for i, (tid, lp) in enumerate(zip(token.top_ids, token.top_logprobs, strict=True))
+        }
+        if token.token_id not in entry:
+            rank = None
+            entry[token.token_id] = Logprob(
+                token.logprob, rank, self.tokenizer.decode([token.token_id], skip_special_tokens=False)
+            )
+        return entry
+
+    def _output(self, state: RequestState) -> RequestOutput:
+        completions = [
+            CompletionOutput(
+                index=i,
+                text=s.detokenizer.text,
+                token_ids=list(s.seq.output_token_ids),
+                cumulative_logprob=s.cumulative_logprob if s.logprobs is not None else None,
+                logprobs=s.logprobs,
+                finish_reason=s.finish_reason,
+                stop_reason=s.stop_reason,
+            )
+            for i, s in enumerate(state.samples)
+        ]
+        return RequestOutput(
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=None,
+            outputs=completions,
+            finished=state.finished,
+            num_cached_tokens=state.samples[0].seq.num_cached_tokens,
+        )

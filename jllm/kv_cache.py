@@ -1,0 +1,122 @@
+"""The paged KV pool: its shape, dtype and size (see ARCHITECTURE.md, "The KV pool").
+
+One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1). The pool is allocated
+once, zero-filled and donated to every step. Which request owns which page is the block manager's business; this
+module only decides how many pages fit and creates them where the sharding says, without staging a host copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+# Page 0 is reserved for padding, so a usable pool needs at least one more.
+MIN_NUM_PAGES = 2
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    """What one page holds, across all layers; enough to size and allocate the pool."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    page_size: int  # tokens per page
+    dtype: DTypeLike = jnp.bfloat16
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"KVCacheSpec.{name} must be a positive int, got {value!r}")
+        dtype = jnp.dtype(self.dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"KVCacheSpec.dtype must be a floating dtype (e.g. bfloat16), got {dtype}")
+        object.__setattr__(self, "dtype", dtype)  # normalise "bfloat16" / jnp.bfloat16 to one np.dtype
+
+    def layer_shape(self, num_pages: int) -> tuple[int, int, int, int, int]:
+        """One layer's pool shape: ``[2, num_kv_heads, num_pages, page_size, head_dim]``."""
+        return (2, self.num_kv_heads, num_pages, self.page_size, self.head_dim)
+
+    @property
+    def bytes_per_page(self) -> int:
+        """Bytes one page costs across all layers, K and V together."""
+        itemsize = jnp.dtype(self.dtype).itemsize
+        return self.num_layers * 2 * self.num_kv_heads * self.page_size * self.head_dim * itemsize
+
+
+def num_pages_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
+    """How many whole pages fit in ``budget_bytes`` (the CPU's way to size the pool: an explicit byte budget)."""
+    num_pages = int(budget_bytes) // spec.bytes_per_page
+    if num_pages < MIN_NUM_PAGES:
+        raise ValueError(
+            f"a KV budget of {int(budget_bytes):,} bytes holds {max(num_pages, 0)} pages of {spec.bytes_per_page:,} "
+            f"bytes ({spec.num_layers} layers x {spec.num_kv_heads} KV heads x {spec.page_size} tokens x "
+            f"head_dim {spec.head_dim} x K/V in {jnp.dtype(spec.dtype).name}); at least {MIN_NUM_PAGES} are needed "
+            f"(page 0 is reserved): raise the budget to >= {MIN_NUM_PAGES * spec.bytes_per_page:,} bytes "
+            "or lower page_size"
+        )
+    return num_pages
+
+
+def num_pages_from_device_memory(
+    spec: KVCacheSpec,
+    gpu_memory_utilization: float,
+    params_bytes: int,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    kv_shards: int = 1,
+) -> int:
+    """Size the pool from free accelerator memory, as vLLM's ``gpu_memory_utilization`` does.
+
+    Each device may use ``gpu_memory_utilization`` of its memory in all; what is already in use, or the weights'
+    ``params_bytes`` on that device if they are not loaded yet (the larger of the two), is taken off first. The rest
+    of that fraction goes to KV pages; the remaining ``1 - gpu_memory_utilization`` is headroom for activations and
+    XLA's workspace. ``kv_shards`` is how many devices split the pool's head axis (tensor parallelism), so each device
+    holds ``1 / kv_shards`` of every page. The tightest of ``devices`` (default: all local devices) decides.
+    """
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    if kv_shards < 1:
+        raise ValueError(f"kv_shards must be >= 1, got {kv_shards}")
+    devices = list(devices) if devices is not None else jax.local_devices()
+    budgets = []
+    for device in devices:
+        stats = device.memory_stats()
+        if not stats or "bytes_limit" not in stats:
+            raise RuntimeError(
+                f"{device} ({device.platform}) reports no memory stats, so the KV pool cannot be sized from free "
+                "memory; give it an explicit number of pages or a KV byte budget instead"
+            )
+        usable = int(stats["bytes_limit"] * gpu_memory_utilization)
+        in_use = max(int(stats.get("bytes_in_use", 0)), int(params_bytes))
+        budgets.append(usable - in_use)
+    budget = min(budgets)
+    if budget * kv_shards < MIN_NUM_PAGES * spec.bytes_per_page:
+        raise ValueError(
+            f"no room for the KV pool: gpu_memory_utilization={gpu_memory_utilization} leaves {budget:,} bytes per "
+            f"device after {int(params_bytes):,} bytes of weights, below {MIN_NUM_PAGES} pages of "
+            f"{spec.bytes_per_page // kv_shards:,} bytes each; raise gpu_memory_utilization, shard over more devices "
+            "or use a smaller model"
+        )
+    return num_pages_for_budget(spec, budget * kv_shards)
+
+
+def allocate_kv_pool(
+    spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.Sharding | None = None
+) -> list[jax.Array]:
+    """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None).
+
+    Zeros are produced by a jitted computation with ``out_shardings``, so each shard is filled where it lives and no
+    full-size host copy ever exists. Zero-filled, not empty: ``jnp.empty`` returns uninitialised memory since JAX 0.11.
+    """
+    if num_pages < MIN_NUM_PAGES:
+        raise ValueError(f"num_pages={num_pages} is too small: page 0 is reserved, so at least {MIN_NUM_PAGES}")
+    shape = spec.layer_shape(num_pages)  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    shardings = {} if sharding is None else {"out_shardings": sharding}
+    zeros = jax.jit(lambda: jnp.zeros(shape, spec.dtype), **shardings)
+    return [zeros() for _ in range(spec.num_layers)]

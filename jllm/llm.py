@@ -1,0 +1,96 @@
+"""The offline API, vLLM's shape: ``LLM(model).generate(prompts, SamplingParams(...))``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from jllm.config import load_config
+from jllm.engine import LLMEngine
+from jllm.outputs import RequestOutput
+from jllm.sampling import SamplingParams
+from jllm.tokenizer import Tokenizer
+
+Prompt = str | list[int]
+Message = dict[str, str]
+
+
+class LLM:
+    """Loads a model once and generates for batches of prompts with continuous batching.
+
+    ``model`` is a model directory, a ``.gguf`` file, an alias, or None for the embedded default model;
+    ``config`` a YAML file of engine keys; ``overrides`` any engine key (``max_model_len=2048``, ``seed=1`` ...).
+    """
+
+    def __init__(self, model: str | None = None, config: str | Path | None = None, **overrides: Any):
+        self.engine = LLMEngine(load_config(config, model=model, **overrides))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: Prompt | Seq[Prompt],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Completes every prompt; outputs come back in input order."""
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        params = self._per_prompt_params(sampling_params, len(prompts))
+        request_ids = [f"req-{next(self._ids)}" for _ in prompts]
+        try:
+            for rid, prompt, p in zip(request_ids, prompts, params, strict=True):
+                self.engine.add_request(rid, prompt, p)
+        except Exception:
+            for rid in request_ids:
+                self.engine.abort_request(rid)
+            raise
+        return self._run(request_ids, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Applies the model's chat template to one conversation or a list of them, then generates."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [
+            self.engine.tokenizer.encode(
+                self.engine.tokenizer.apply_chat_template(conv, add_generation_prompt=add_generation_prompt),
+                add_special_tokens=False,
+            )
+            for conv in conversations
+        ]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    @staticmethod
+    def _per_prompt_params(
+        sampling_params: SamplingParams | Seq[SamplingParams] | None, count: int
+    ) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [SamplingParams()] * count
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * count
+        if len(sampling_params) != count:
+            raise ValueError(f"got {len(sampling_params)} sampling_params for {count} prompts; give one or one each")
+        return list(sampling_params)
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        wanted = set(request_ids)
+        with tqdm(total=len(request_ids), desc="generating", disable=not use_tqdm) as bar:
+            while len(finished) < len(request_ids):
+                for output in self.engine.step():
+                    if output.finished and output.request_id in wanted:
+                        finished[output.request_id] = output
+                        bar.update(1)
+        return [finished[rid] for rid in request_ids]

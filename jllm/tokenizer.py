@@ -1,0 +1,158 @@
+"""Tokenizer, chat template and the incremental detokenizer with stop strings.
+
+Encoding and decoding go straight to the Rust `tokenizers` backend (fast, and one definition of "the text" that
+streaming and full decodes share); transformers is used for loading and for its chat-template engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as BackendTokenizer
+
+_REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
+
+
+class Tokenizer:
+    """A model directory's tokenizer: ids in, ids out, chat prompts, and the ids that end a sequence."""
+
+    def __init__(self, hf_tokenizer: Any, generation_eos: int | list[int] | None = None) -> None:
+        self.hf = hf_tokenizer
+        self.backend: BackendTokenizer = hf_tokenizer.backend_tokenizer
+        self.vocab_size: int = len(hf_tokenizer)  # every id encode can return, added tokens included
+        special = {i for i, tok in self.backend.get_added_tokens_decoder().items() if tok.special}
+        self.all_special_ids: list[int] = sorted(special | set(hf_tokenizer.all_special_ids))
+        self.bos_token_id: int | None = hf_tokenizer.bos_token_id
+        self.pad_token_id: int | None = hf_tokenizer.pad_token_id
+        eos = [hf_tokenizer.eos_token_id]
+        eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        self.eos_token_ids: set[int] = {i for i in eos if i is not None}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
+        """Load the tokenizer of the HF-style model directory `path`.
+
+        With a tokenizer.json the generic fast class is enough and keeps torch out of the process (AutoTokenizer
+        imports it when installed); otherwise AutoTokenizer builds one from whatever the directory has.
+        """
+        path = Path(path)
+        if (path / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast as loader
+        else:
+            from transformers import AutoTokenizer as loader
+        hf = loader.from_pretrained(str(path))
+        if getattr(hf, "backend_tokenizer", None) is None:
+            raise ValueError(f"{path}: the tokenizer has no fast (Rust) backend; add a tokenizer.json to the directory")
+        gen_config = path / "generation_config.json"
+        eos = json.loads(gen_config.read_text()).get("eos_token_id") if gen_config.is_file() else None
+        return cls(hf, eos)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of `ids`, without transformers' optional space clean-up, so streaming can reproduce it."""
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs) -> str:
+        """Render `messages` with the model's chat template (transformers' sandboxed Jinja engine)."""
+        if not self.hf.chat_template and "chat_template" not in kwargs:
+            raise ValueError(f"{self.hf.name_or_path}: this tokenizer has no chat template; send a plain prompt")
+        return self.hf.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+
+
+class IncrementalDetokenizer:
+    """Turns one sequence's generated ids into text deltas as they arrive, and applies its stop strings.
+
+    Decoding follows vLLM's prefix/read offsets: re-decode a small window of recent ids and release only what the
+    window adds, and only once it no longer ends in an incomplete UTF-8 character. Because the window starts
+    where the previous release ended, the deltas concatenate to exactly `tokenizer.decode(output_ids)`.
+
+    Text is decoded from the output ids alone (the prompt is accepted for API parity with vLLM but does not seed
+    the window), so the result equals the full decode of the output for every tokenizer, sentencepiece included.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt_ids: Sequence[int],
+        skip_special_tokens: bool = True,
+        stop: Sequence[str] | str | None = (),
+        include_stop_str_in_output: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = len(prompt_ids)
+        self.skip_special_tokens = skip_special_tokens
+        self.stop = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s]
+        self.include_stop_str_in_output = include_stop_str_in_output
+        self.output_ids: list[int] = []
+        self.finished = False  # a stop string matched; later tokens are ignored
+        self.stop_reason: str | None = None
+        self._prefix_offset = 0  # output_ids[prefix:read] were decoded last time, as context for the next window
+        self._read_offset = 0
+        self._decoded = ""  # all decoded text, stop strings not yet cut
+        self._released = 0  # chars of _decoded handed out so far
+
+    @property
+    def text(self) -> str:
+        """The output text released so far: the concatenation of every delta returned."""
+        return self._decoded[: self._released]
+
+    def add_tokens(self, new_ids: Sequence[int]) -> str:
+        """Append generated ids; return the text they finalise (possibly empty)."""
+        if self.finished:
+            return ""
+        self.output_ids.extend(new_ids)
+        checked = len(self._decoded)
+        self._decode_window(final=False)
+        return self._release(checked, final=False)
+
+    def flush(self) -> str:
+        """Release everything still held back (a trailing partial character, a possible stop-string start).
+
+        Call once when the sequence ends for a reason other than a stop string (EOS, max_tokens, abort).
+        """
+        if self.finished:
+            return ""
+        checked = len(self._decoded)
+        self._decode_window(final=True)
+        return self._release(checked, final=True)
+
+    def _decode_window(self, final: bool) -> None:
+        ids, skip = self.output_ids, self.skip_special_tokens
+        prefix_text = self.tokenizer.decode(ids[self._prefix_offset : self._read_offset], skip)
+        new_text = self.tokenizer.decode(ids[self._prefix_offset :], skip)
+        if len(new_text) > len(prefix_text) and (final or not new_text.endswith(_REPLACEMENT)):
+            self._decoded += new_text[len(prefix_text) :]
+            self._prefix_offset, self._read_offset = self._read_offset, len(ids)
+
+    def _release(self, checked: int, final: bool) -> str:
+        """Cut at the first stop string that ends in the new text, else release all that cannot start one."""
+        end = len(self._decoded)
+        if self.stop:
+            # A match must end in the new text, so it starts at most len(stop) - 1 chars before it.
+            start = max(0, checked - max(len(s) for s in self.stop) + 1)
+            hits = [(i, s) for s in self.stop if (i := self._decoded.find(s, start)) != -1]
+            if hits:
+                index, stop = min(hits, key=lambda hit: (hit[0], -len(hit[1])))
+                end = index + len(stop) if self.include_stop_str_in_output else index
+                self._decoded = self._decoded[:end]
+                self.finished, self.stop_reason = True, stop
+            elif not final and not self.include_stop_str_in_output:
+                end -= self._partial_stop_len()
+        delta = self._decoded[self._released : max(end, self._released)]
+        self._released += len(delta)
+        return delta
+
+    def _partial_stop_len(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of some stop string."""
+        text = self._decoded
+        return max(
+            (k for s in self.stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+            default=0,
+        )

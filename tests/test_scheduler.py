@@ -1,0 +1,333 @@
+"""The scheduler driven by a fake engine whose fake KV pool checks every token reads back its own prefix's K/V."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from jllm.block_manager import BlockManager
+from jllm.scheduler import Scheduler
+from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
+
+_ids = itertools.count()
+
+
+def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, request_id: str | None = None):
+    request_id = request_id or f"req{next(_ids)}"
+    params = SimpleNamespace(max_tokens=max_tokens, n=n)
+    return [
+        Sequence(
+            seq_id=next(_ids),
+            request_id=request_id,
+            sample_index=i,
+            prompt_token_ids=list(prompt),
+            sampling_params=params,
+            arrival_time=0.0,
+            sampling_seed=i,
+        )
+        for i in range(n)
+    ]
+
+
+def make_scheduler(num_pages=64, page_size=4, caching=True, max_num_seqs=8, budget=64, max_model_len=128):
+    bm = BlockManager(num_pages, page_size, caching)
+    return Scheduler(bm, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len)
+
+
+def fingerprints(tokens: list[int]) -> list[int]:
+    """What a token's K/V depends on: the token, its position and everything before it."""
+    out, h = [], 0
+    for t in tokens:
+        h = hash((h, t))
+        out.append(h)
+    return out
+
+
+class FakeEngine:
+    """The engine's side of the contract, with a KV pool of fingerprints instead of arrays."""
+
+    def __init__(self, sched: Scheduler, rng: random.Random | None = None, stop_prob: float = 0.0) -> None:
+        self.sched, self.bm = sched, sched.block_manager
+        self.rng, self.stop_prob = rng or random.Random(0), stop_prob
+        self.pool: dict[tuple[int, int], int] = {}  # (page, offset) -> fingerprint
+        self.seqs: list[Sequence] = []
+
+    def add(self, seqs: list[Sequence]) -> None:
+        self.seqs.extend(seqs)
+        self.sched.add(seqs)
+
+    def slot(self, seq: Sequence, t: int) -> tuple[int, int]:
+        return seq.block_table[t // self.bm.page_size], t % self.bm.page_size
+
+    def step(self) -> SchedulerOutput:
+        sched = self.sched
+        out = sched.schedule()
+        assert out.num_batched_tokens <= sched.max_num_batched_tokens
+        assert sched.num_running <= sched.max_num_seqs
+        assert len({id(s.seq) for s in out.scheduled}) == len(out.scheduled)
+        for s in out.scheduled:
+            seq = s.seq
+            assert seq.status is SequenceStatus.RUNNING and s.num_new_tokens > 0
+            end = seq.num_computed_tokens + s.num_new_tokens
+            assert end <= seq.num_tokens and len(seq.block_table) >= self.bm.num_pages_needed(end)
+            fps = fingerprints(seq.token_ids[:end])
+            for t in range(seq.num_computed_tokens):  # attention reads the cached/shared/earlier K/V
+                assert self.pool.get(self.slot(seq, t)) == fps[t], f"seq {seq.seq_id} reads wrong K/V at {t}"
+            for t in range(seq.num_computed_tokens, end):
+                assert self.bm.ref_count(self.slot(seq, t)[0]) == 1, "write into a shared page"
+                self.pool[self.slot(seq, t)] = fps[t]
+        sched.on_step_done(out)
+        for s in out.scheduled:
+            seq = s.seq
+            if seq.is_finished or not s.samples_token:
+                continue
+            seq.output_token_ids.append((seq.sampling_seed * 31 + seq.num_tokens * 17 + seq.seq_id) % 7)
+            max_tokens = seq.sampling_params.max_tokens or sched.max_model_len
+            if seq.num_output_tokens >= max_tokens or seq.num_tokens >= sched.max_model_len:
+                sched.finish(seq, SequenceStatus.FINISHED_LENGTH)
+            elif self.rng.random() < self.stop_prob:
+                sched.finish(seq, SequenceStatus.FINISHED_STOPPED)
+        self.check()
+        return out
+
+    def check(self) -> None:
+        self.bm.check_invariants(self.sched.running)
+        for seq in self.sched.waiting:
+            assert seq.status is SequenceStatus.WAITING and not seq.block_table
+        for seq in self.sched.running:
+            assert seq.status is SequenceStatus.RUNNING
+
+    def run_until_done(self, max_steps: int = 10_000) -> int:
+        for step in range(max_steps):
+            if not self.sched.has_unfinished():
+                return step
+            self.step()
+        raise AssertionError(f"still unfinished after {max_steps} steps: livelock?")
+
+
+def chunks(out: SchedulerOutput) -> list[tuple[str, int]]:
+    return [(s.seq.request_id, s.num_new_tokens) for s in out.scheduled]
+
+
+def test_chunked_prefill_splits_prompt_by_budget() -> None:
+    engine = FakeEngine(make_scheduler(budget=16))
+    [seq] = make_request(list(range(40)), max_tokens=3, request_id="a")
+    engine.add([seq])
+    outs = [engine.step() for _ in range(5)]
+    assert [chunks(o) for o in outs] == [[("a", 16)], [("a", 16)], [("a", 8)], [("a", 1)], [("a", 1)]]
+    assert [o.scheduled[0].samples_token for o in outs] == [False, False, True, True, True]
+    assert seq.status is SequenceStatus.FINISHED_LENGTH and seq.num_output_tokens == 3
+    assert not engine.sched.has_unfinished()
+    assert engine.bm.num_allocated_pages == 0
+
+
+def test_decode_and_prefill_mixed_in_one_step() -> None:
+    engine = FakeEngine(make_scheduler(budget=16))
+    engine.add(make_request(list(range(10)), max_tokens=20, request_id="a"))
+    assert chunks(engine.step()) == [("a", 10)]
+    engine.add(make_request(list(range(50, 80)), max_tokens=20, request_id="b"))
+    assert chunks(engine.step()) == [("a", 1), ("b", 15)]
+    assert chunks(engine.step()) == [("a", 1), ("b", 15)]
+    assert chunks(engine.step()) == [("a", 1), ("b", 1)]
+
+
+def test_max_num_seqs_caps_running() -> None:
+    engine = FakeEngine(make_scheduler(max_num_seqs=2))
+    for rid in "abc":
+        engine.add(make_request([1, 2, 3], max_tokens=2, request_id=rid))
+    assert chunks(engine.step()) == [("a", 3), ("b", 3)]
+    assert engine.sched.num_waiting == 1
+    assert chunks(engine.step()) == [("a", 1), ("b", 1)]  # both finish at max_tokens=2
+    assert chunks(engine.step()) == [("c", 3)]
+
+
+def test_waiting_head_blocks_later_requests() -> None:
+    engine = FakeEngine(make_scheduler(num_pages=9, page_size=4))  # 8 usable pages
+    engine.add(make_request(list(range(20)), max_tokens=10, request_id="a"))  # 5 pages
+    engine.add(make_request(list(range(100, 116)), max_tokens=10, request_id="b"))  # 4 pages: does not fit yet
+    engine.add(make_request([7], max_tokens=2, request_id="c"))  # would fit, but must not overtake b
+    assert chunks(engine.step()) == [("a", 20)]
+    assert [s.request_id for s in engine.sched.waiting] == ["b", "c"]
+    engine.run_until_done()
+
+
+def test_prefix_hit_on_second_request_shares_pages() -> None:
+    engine = FakeEngine(make_scheduler(page_size=4))
+    system = list(range(100, 116))
+    [a] = make_request(system + [1, 2, 3], max_tokens=5, request_id="a")
+    engine.add([a])
+    engine.step()
+    [b] = make_request(system + [9], max_tokens=5, request_id="b")
+    engine.add([b])
+    out = engine.step()
+    assert chunks(out) == [("a", 1), ("b", 1)]
+    assert b.num_cached_tokens == 16 and b.block_table[:4] == a.block_table[:4]
+    assert engine.bm.prefix_cache_hits == 16
+    engine.run_until_done()
+    assert engine.bm.num_allocated_pages == 0
+
+
+def test_siblings_prefill_prompt_once_then_fork() -> None:
+    engine = FakeEngine(make_scheduler(page_size=4, caching=False))
+    seqs = make_request(list(range(10)), n=3, max_tokens=4, request_id="a")
+    engine.add(seqs)
+    out = engine.step()
+    assert [(s.seq.sample_index, s.num_new_tokens) for s in out.scheduled] == [(0, 10)]
+    out = engine.step()
+    assert [(s.seq.sample_index, s.num_new_tokens) for s in out.scheduled] == [(0, 1), (1, 2), (2, 2)]
+    shared = seqs[0].block_table[:2]
+    assert all(s.block_table[:2] == shared and s.num_cached_tokens == 8 for s in seqs[1:])
+    assert [engine.bm.ref_count(p) for p in shared] == [3, 3]
+    engine.run_until_done()
+    assert all(s.status is SequenceStatus.FINISHED_LENGTH for s in seqs)
+    assert engine.bm.num_allocated_pages == 0
+
+
+def test_sibling_prefills_itself_when_sample_zero_finished_first() -> None:
+    engine = FakeEngine(make_scheduler(page_size=4, max_num_seqs=1))
+    seqs = make_request(list(range(10)), n=2, max_tokens=1, request_id="a")
+    engine.add(seqs)
+    assert [s.seq.sample_index for s in engine.step().scheduled] == [0]
+    assert seqs[0].is_finished
+    out = engine.step()
+    assert [(s.seq.sample_index, s.num_new_tokens) for s in out.scheduled] == [(1, 2)]  # prefix cache hit
+    assert not engine.sched.has_unfinished()
+
+
+def test_preemption_takes_newest_first_and_resumes_to_same_state() -> None:
+    sched = make_scheduler(num_pages=7, page_size=4, max_num_seqs=3)  # 6 usable pages
+    engine = FakeEngine(sched)
+    a, b, c = (make_request([i] * 8, max_tokens=12, request_id=r)[0] for i, r in enumerate("abc"))
+    for seq in (a, b, c):
+        engine.add([seq])
+    assert chunks(engine.step()) == [("a", 8), ("b", 8), ("c", 8)]  # all 6 pages
+    c_tokens = list(c.token_ids)
+    out = engine.step()  # a's 9th token needs a page: c, the newest, goes
+    assert out.preempted == [c] and chunks(out) == [("a", 1), ("b", 1)]
+    assert c.status is SequenceStatus.WAITING and c.num_computed_tokens == 0 and c.block_table == []
+    assert c.num_preemptions == 1 and sched.num_preemptions == 1 and sched.waiting[0] is c
+    preempted = [o.preempted for o in (engine.step() for _ in range(4))]
+    assert [p for p in preempted if p] == [[b]]  # the next page shortage takes b, never a
+    assert list(sched.waiting) == [b, c]
+    resumed = {}
+    while sched.has_unfinished():
+        for s in engine.step().scheduled:
+            resumed.setdefault(s.seq.request_id, s.num_new_tokens if s.seq.num_preemptions else 0)
+    assert c.token_ids[: len(c_tokens)] == c_tokens  # recompute reproduced the state the fake pool checked
+    assert resumed["c"] == len(c_tokens)  # recomputes prompt + its first output token in one chunk
+    assert a.num_preemptions == 0 and all(s.status is SequenceStatus.FINISHED_LENGTH for s in (a, b, c))
+    assert engine.bm.num_allocated_pages == 0
+
+
+def test_sequence_filling_the_pool_alone_always_progresses() -> None:
+    sched = make_scheduler(num_pages=5, page_size=4, budget=8, max_model_len=64)  # 16 tokens of KV
+    engine = FakeEngine(sched)
+    for r in "abcd":
+        engine.add(make_request([ord(r)] * 6, max_tokens=10, request_id=r))
+    engine.run_until_done(max_steps=500)
+    assert sched.num_preemptions > 0
+    assert engine.bm.num_allocated_pages == 0
+
+
+def test_abort_frees_pages_at_once() -> None:
+    sched = make_scheduler(page_size=4)
+    engine = FakeEngine(sched)
+    engine.add(make_request(list(range(10)), n=2, max_tokens=50, request_id="a"))
+    engine.add(make_request(list(range(20, 30)), max_tokens=50, request_id="b"))
+    engine.step()
+    engine.step()
+    out = sched.schedule()  # abort arrives while this step runs
+    aborted = sched.abort("a")
+    assert len(aborted) == 2 and all(s.status is SequenceStatus.FINISHED_ABORTED and not s.block_table for s in aborted)
+    assert sched.abort("a") == []
+    [b] = sched.running
+    assert engine.bm.num_allocated_pages == len(b.block_table)
+    sched.on_step_done(out)  # must skip the aborted ones
+    engine.bm.check_invariants(sched.running)
+    engine.add(make_request([1] * 100, max_tokens=20, request_id="c"))  # still waiting: no step ran
+    assert [s.status for s in sched.abort("c")] == [SequenceStatus.FINISHED_ABORTED]
+    sched.abort("b")
+    assert not sched.has_unfinished()
+    engine.bm.check_invariants([])
+    assert engine.bm.num_free_pages == engine.bm.num_usable_pages
+
+
+def test_rejection_reasons() -> None:
+    big = make_scheduler(num_pages=1024, page_size=16, max_model_len=8192)
+    [long] = make_request([1] * 9000, max_tokens=100)
+    big.add([long])
+    assert big.has_unfinished()
+    out = big.schedule()
+    assert out.rejected == [
+        (long, "prompt of 9000 tokens plus max_tokens=100 exceeds max_model_len=8192; shorten it to 8191 tokens")
+    ]
+    assert long.status is SequenceStatus.FINISHED_ABORTED
+    assert big.schedule().rejected == [] and not big.has_unfinished()
+
+    small = make_scheduler(num_pages=9, page_size=4, max_model_len=64)  # 32 tokens of KV
+    seqs = make_request([1] * 20, n=2, max_tokens=20)
+    small.add(seqs)
+    out = small.schedule()
+    assert [s for s, _ in out.rejected] == seqs
+    assert "needs KV cache for 40 tokens (10 pages of 4) but the pool holds 8 pages (32 tokens)" in out.rejected[0][1]
+    small.add(make_request([1] * 20, max_tokens=None))  # None means up to max_model_len=64
+    assert "needs KV cache for 64 tokens" in small.schedule().rejected[0][1]
+    small.add(make_request([1] * 20, max_tokens=12))  # 32 tokens: fits exactly
+    small.add(make_request([], max_tokens=12))
+    out = small.schedule()
+    assert len(out.scheduled) == 1 and out.rejected[0][1] == "prompt is empty: at least one token is needed"
+
+    capped = make_scheduler(num_pages=9, page_size=4, max_model_len=32)
+    capped.add(make_request([1] * 20, max_tokens=None))  # min(20 + inf, 32) fits the pool
+    capped.add(make_request([1] * 20, max_tokens=1000))
+    assert capped.schedule().rejected == [] and capped.num_running + capped.num_waiting == 2
+
+
+def test_add_rejects_mixed_or_duplicate_requests() -> None:
+    sched = make_scheduler()
+    a, b = make_request([1]), make_request([2])
+    with pytest.raises(ValueError, match="one request's samples"):
+        sched.add(a + b)
+    sched.add(a)
+    with pytest.raises(ValueError, match="already scheduled"):
+        sched.add(make_request([1], request_id=a[0].request_id))
+
+
+CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_len
+    (12, 4, True, 4, 16, 48),  # max_model_len past the pool: max_tokens=None is rejected
+    (12, 4, False, 4, 16, 40),
+    (6, 2, True, 3, 5, 10),  # one sequence can fill the whole pool
+    (40, 8, True, 8, 64, 96),
+    (20, 1, True, 6, 4, 24),
+    (12, 16, False, 2, 32, 160),
+]
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("config", CONFIGS)
+def test_random_workload_keeps_invariants_and_finishes(config: tuple, seed: int) -> None:
+    num_pages, page_size, caching, max_num_seqs, budget, max_model_len = config
+    rng = random.Random(seed)
+    sched = make_scheduler(num_pages, page_size, caching, max_num_seqs, budget, max_model_len)
+    engine = FakeEngine(sched, rng, stop_prob=0.05)
+    prefixes = [[rng.randrange(5) for _ in range(rng.randrange(1, 3 * page_size))] for _ in range(3)]
+    requests: list[list[Sequence]] = []
+    for _ in range(300):
+        if rng.random() < 0.3:
+            prompt = rng.choice(prefixes) + [rng.randrange(5) for _ in range(rng.randrange(max_model_len // 2))]
+            prompt = prompt[: rng.randrange(1, max_model_len + 2)]
+            max_tokens = rng.choice([None, rng.randrange(1, max_model_len // 2), rng.randrange(1, 2 * max_model_len)])
+            seqs = make_request(prompt, n=rng.randrange(1, 4), max_tokens=max_tokens)
+            requests.append(seqs)
+            engine.add(seqs)
+        if requests and rng.random() < 0.03:
+            sched.abort(rng.choice(requests)[0].request_id)
+            engine.check()
+        engine.step()
+    engine.run_until_done(max_steps=5_000)
+    assert all(s.is_finished for seqs in requests for s in seqs)
+    engine.bm.check_invariants([])
+    assert engine.bm.num_free_pages == engine.bm.num_usable_pages
