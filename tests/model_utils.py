@@ -11,6 +11,17 @@ import numpy as np
 from jllm.attention import AttentionMetadata
 from jllm.loader import LoadedModel
 
+# The shape of every tiny random checkpoint the tests build: small enough for the CPU, GQA with 4 query / 2 KV heads.
+TINY_CONFIG = dict(
+    vocab_size=160,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
 
 def save_tiny_checkpoint(model_cls_name: str, config_kwargs: dict, out_dir: Path, seed: int = 0) -> Path:
     """Builds a random-weight transformers model and saves it as sharded safetensors with an index."""
@@ -40,9 +51,8 @@ def jllm_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 16) 
     t = len(token_ids)
     pages = -(-t // page_size)
     num_pages = pages + 2
-    pool = [
-        jnp.zeros((2, args.num_kv_heads, num_pages, page_size, args.head_dim), args.dtype) for _ in range(args.num_layers)
-    ]
+    layer_shape = (2, args.num_kv_heads, num_pages, page_size, args.head_dim)
+    pool = [jnp.zeros(layer_shape, args.dtype) for _ in range(args.num_layers)]
     block_table = np.arange(2, 2 + pages, dtype=np.int32)  # skip page 0 (reserved) and page 1 (unused)
     positions = np.arange(t, dtype=np.int32)
     meta = AttentionMetadata(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 from flax import nnx
-from model_utils import save_tiny_checkpoint
+from model_utils import TINY_CONFIG, save_tiny_checkpoint
 
 from jllm.checkpoint import save_model
 from jllm.loader import load_model
@@ -15,14 +15,7 @@ from jllm.parallel import make_mesh
 def test_orbax_round_trip_is_bit_identical(tmp_path):
     src = save_tiny_checkpoint(
         "Qwen2ForCausalLM",
-        dict(
-            vocab_size=96,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        ),
+        TINY_CONFIG,
         tmp_path / "hf",
     )
     original = load_model(src, mesh=make_mesh(1), dtype="bfloat16")

@@ -9,20 +9,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from model_utils import hf_logits, jllm_logits, save_tiny_checkpoint
+from model_utils import TINY_CONFIG, hf_logits, jllm_logits, save_tiny_checkpoint
 
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 
-COMMON = dict(
-    vocab_size=160,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
+COMMON = TINY_CONFIG
 TINY_MODELS = {
     "llama3": (
         "LlamaForCausalLM",
