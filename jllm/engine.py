@@ -160,6 +160,7 @@ class LLMEngine:
                 skip_special_tokens=params.skip_special_tokens,
                 stop=params.stop,
                 include_stop_str_in_output=params.include_stop_str_in_output,
+                min_tokens=params.min_tokens,
             )
             samples.append(SampleState(seq, detok, [] if params.logprobs is not None else None))
         self.requests[request_id] = RequestState(request_id, prompt_text, token_ids, params, samples, now)
@@ -225,7 +226,7 @@ class LLMEngine:
         return outputs
 
     def _append(self, sample: SampleState, token: SampledToken) -> None:
-        seq, params = sample.seq, sample.seq.sampling_params
+        seq = sample.seq
         seq.output_token_ids.append(token.token_id)
         self.stats["generation_tokens"] += 1
         if seq.num_output_tokens == 1:
@@ -233,7 +234,6 @@ class LLMEngine:
         sample.cumulative_logprob += token.logprob
         if sample.logprobs is not None:
             sample.logprobs.append(self._logprob_entry(token))
-        sample.detokenizer.add_tokens([token.token_id])
         reason = self._finish_reason(sample, token.token_id)
         if reason is not None:
             sample.finish_reason = reason
@@ -241,19 +241,23 @@ class LLMEngine:
             self.scheduler.finish(seq, status)
 
     def _finish_reason(self, sample: SampleState, token_id: int) -> str | None:
-        seq, params = sample.seq, sample.seq.sampling_params
-        if seq.num_output_tokens >= params.min_tokens:
-            if token_id in self.tokenizer.eos_token_ids and not params.ignore_eos:
-                return "stop"
-            if token_id in params.stop_token_ids:
-                sample.stop_reason = token_id
-                return "stop"
-            if sample.detokenizer.finished:
-                sample.stop_reason = sample.detokenizer.stop_reason
-                return "stop"
-        if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
-            return "length"
-        if seq.num_tokens >= self.max_model_len:
+        """Stop checks in vLLM's order: stop token (its text is never shown), stop string, then length."""
+        seq, params, detok = sample.seq, sample.seq.sampling_params, sample.detokenizer
+        is_eos = token_id in self.tokenizer.eos_token_ids
+        if seq.num_output_tokens >= params.min_tokens and (
+            token_id in params.stop_token_ids or (is_eos and not params.ignore_eos)
+        ):
+            sample.stop_reason = None if is_eos else token_id
+            detok.flush()
+            return "stop"
+        detok.add_tokens([token_id])
+        if detok.finished:
+            sample.stop_reason = detok.stop_reason
+            return "stop"
+        if (params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens) or (
+            seq.num_tokens >= self.max_model_len
+        ):
+            detok.flush()
             return "length"
         return None
 

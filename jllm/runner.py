@@ -22,7 +22,7 @@ from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
 from jllm.sampler import SamplerOutput, SamplingMetadata
-from jllm.sequence import Sequence, SchedulerOutput
+from jllm.sequence import SchedulerOutput, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class ModelRunner:
     def warmup(self, show_progress: bool = True) -> None:
         """Compiles every bucket's base variant now, so no request waits on the compiler."""
         for bucket in tqdm(self.buckets, desc="compiling step buckets", disable=not show_progress):
-            self._run(self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=0), 0)
+            self._run(self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH), 0)
 
     def execute(self, output: SchedulerOutput) -> list[SampledToken | None]:
         """Runs one step; entry i is the token sampled for ``output.scheduled[i]`` (None mid-prefill)."""
@@ -148,7 +148,7 @@ class ModelRunner:
         offset = 0
         for i, sched in enumerate(scheduled):
             seq: Sequence = sched.seq
-            start, n = seq.num_computed_tokens, sched.num_new_tokens
+            start, n = sched.start, sched.num_new_tokens
             pos = np.arange(start, start + n, dtype=np.int32)
             table = np.asarray(seq.block_table, np.int32)
             input_ids[offset : offset + n] = seq.token_ids[start : start + n]

@@ -84,12 +84,14 @@ class IncrementalDetokenizer:
         skip_special_tokens: bool = True,
         stop: Sequence[str] | str | None = (),
         include_stop_str_in_output: bool = False,
+        min_tokens: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.prompt_len = len(prompt_ids)
         self.skip_special_tokens = skip_special_tokens
         self.stop = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s]
         self.include_stop_str_in_output = include_stop_str_in_output
+        self.min_tokens = min_tokens  # stop strings count only once this many ids were generated (vLLM)
         self.output_ids: list[int] = []
         self.finished = False  # a stop string matched; later tokens are ignored
         self.stop_reason: str | None = None
@@ -137,7 +139,8 @@ class IncrementalDetokenizer:
         if self.stop:
             # A match must end in the new text, so it starts at most len(stop) - 1 chars before it.
             start = max(0, checked - max(len(s) for s in self.stop) + 1)
-            hits = [(i, s) for s in self.stop if (i := self._decoded.find(s, start)) != -1]
+            may_stop = len(self.output_ids) >= self.min_tokens
+            hits = [(i, s) for s in self.stop if may_stop and (i := self._decoded.find(s, start)) != -1]
             if hits:
                 index, stop = min(hits, key=lambda hit: (hit[0], -len(hit[1])))
                 end = index + len(stop) if self.include_stop_str_in_output else index
