@@ -1,0 +1,30 @@
+"""jllm: a JAX/XLA inference engine for large language models.
+
+``from jllm import LLM, SamplingParams`` mirrors vLLM. The names load lazily so ``import jllm`` (the CLI's argument
+parsing, the server's schemas) does not pay for importing JAX.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jllm.llm import LLM
+    from jllm.outputs import CompletionOutput, RequestOutput
+    from jllm.sampling import SamplingParams
+
+_EXPORTS = {
+    "LLM": "jllm.llm",
+    "SamplingParams": "jllm.sampling",
+    "RequestOutput": "jllm.outputs",
+    "CompletionOutput": "jllm.outputs",
+}
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jllm' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -10,7 +10,23 @@ import dataclasses
 
 import jax
 
-from pallas_kernels import ref_ragged_paged_attention, write_kv
+from pallas_kernels import ragged_paged_attention, ref_ragged_paged_attention, write_kv
+
+BACKENDS = ("reference", "pallas")
+# JAX platform names on which the Pallas (Triton) kernel compiles; elsewhere it can only run interpreted.
+_KERNEL_PLATFORMS = ("gpu", "cuda")
+
+
+def resolve_backend(name: str, platform: str) -> str:
+    """The backend a configured name means on a JAX platform (``jax.default_backend()``).
+
+    "auto" takes the Pallas kernel where it compiles (NVIDIA GPUs) and the reference everywhere else.
+    """
+    if name == "auto":
+        return "pallas" if platform in _KERNEL_PLATFORMS else "reference"
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
+    return name
 
 
 @jax.tree_util.register_dataclass
@@ -33,17 +49,17 @@ def paged_attention(
     sm_scale: float,
     sliding_window: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool)."""
+    """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool).
+
+    Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only.
+    """
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
-    if meta.backend != "reference":
-        raise ValueError(f"attention backend {meta.backend!r} is not available (available: 'reference')")
-    out = ref_ragged_paged_attention(
-        q,
-        kv_pages,
-        meta.kv_lens,
-        meta.block_tables,
-        meta.query_start_loc,
-        sm_scale=sm_scale,
-        sliding_window=sliding_window,
-    )
+    args = (q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc)
+    if meta.backend == "reference":
+        out = ref_ragged_paged_attention(*args, sm_scale=sm_scale, sliding_window=sliding_window)
+    elif meta.backend == "pallas":
+        interpret = jax.default_backend() not in _KERNEL_PLATFORMS
+        out = ragged_paged_attention(*args, sm_scale=sm_scale, sliding_window=sliding_window, interpret=interpret)
+    else:
+        raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")
     return out, kv_pages

@@ -175,6 +175,12 @@ class BlockManager:
                 self._free.move_to_end(page, last=False)
         seq.block_table.clear()
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached page that nobody holds (vLLM's ``reset_prefix_cache``); held pages stay findable."""
+        for page in list(self._free):
+            if self._page_hashes[page] is not None:
+                self._forget_hash(page)
+
     # ---- internals ----
     def _acquire(self, page: int) -> None:
         if self._ref_counts[page] == 0:

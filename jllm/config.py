@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,15 @@ AttentionBackend = Literal["auto", "reference", "pallas"]
 
 class ConfigError(ValueError):
     """A setting is unknown or out of range; the message names the key and what is allowed."""
+
+
+def unknown_key_error(key: str, allowed: Iterable[str], where: str = "key") -> ConfigError:
+    """The error for a misspelt key: names it, suggests the closest allowed key, lists them all."""
+    allowed = sorted(allowed)
+    spelt = {a.replace("-", "_"): a for a in allowed}  # dashes and underscores count as the same letter
+    close = difflib.get_close_matches(str(key).replace("-", "_"), spelt, n=1)
+    hint = f" (did you mean {spelt[close[0]]!r}?)" if close else ""
+    return ConfigError(f"unknown {where} {key!r}{hint}; allowed: {', '.join(allowed)}")
 
 
 def _allowed_values(tp: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None, bool]:
@@ -60,6 +70,8 @@ class _Section:
                     else " or ".join(k.__name__ for k in kinds) + (" or null" if allow_none else "")
                 )
                 raise ConfigError(f"{f.name}={value!r} is not allowed: expected {allowed}")
+            if float in kinds and isinstance(value, int):
+                setattr(self, f.name, float(value))  # YAML's `1` for a float key
         self.validate()
 
     def validate(self) -> None:
@@ -149,9 +161,9 @@ class EngineConfig:
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
             if key not in owner:
-                close = difflib.get_close_matches(key, owner, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"unknown key {raw_key!r}{hint}; allowed keys: {', '.join(sorted(owner))}")
+                raise unknown_key_error(raw_key, owner)
+            if key in per_section[owner[key]]:
+                raise ConfigError(f"key {key!r} is given twice (dashes and underscores name the same key)")
             per_section[owner[key]][key] = value
         return cls(**{name: _SECTIONS[name](**kw) for name, kw in per_section.items()})
 
@@ -160,7 +172,7 @@ class EngineConfig:
 
     def replace(self, **overrides: Any) -> EngineConfig:
         """A copy with some flat keys changed (validated like any other value)."""
-        return EngineConfig.from_flat({**self.to_flat(), **overrides})
+        return EngineConfig.from_flat({**self.to_flat(), **{k.replace("-", "_"): v for k, v in overrides.items()}})
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -172,26 +184,47 @@ _SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-def engine_keys() -> dict[str, dataclasses.Field]:
-    """Every flat key with its field (for building command-line options)."""
-    return {f.name: f for section in _SECTIONS.values() for f in fields(section)}
+def engine_keys(*sections: str) -> dict[str, dataclasses.Field]:
+    """Every flat key (or those of the named sections) with its field, for building command-line options."""
+    for name in sections:
+        if name not in _SECTIONS:
+            raise unknown_key_error(name, _SECTIONS, where="section")
+    chosen = sections or tuple(_SECTIONS)
+    return {f.name: f for name in chosen for f in fields(_SECTIONS[name])}
+
+
+def key_type(key: str) -> tuple[type, tuple[Any, ...] | None]:
+    """The type a key's command-line value parses to (int, float, str or bool) and its choices, if a fixed set."""
+    for section in _SECTIONS.values():
+        if key in {f.name for f in fields(section)}:
+            kinds, choices, _ = _allowed_values(typing.get_type_hints(section)[key])
+            return kinds[-1], choices
+    raise unknown_key_error(key, engine_keys())
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; every way of failing is a ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {str(path)!r} is not readable YAML: {e}") from e
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
     return data
 
 
+def merge_config(file_values: dict[str, Any], **overrides: Any) -> EngineConfig:
+    """File values, then overrides whose value is not None (None means "not given on the command line")."""
+    given = {k.replace("-", "_"): v for k, v in overrides.items() if v is not None}
+    kept = {k: v for k, v in file_values.items() if str(k).replace("-", "_") not in given}
+    return EngineConfig.from_flat({**kept, **given})
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfig:
-    """Defaults, then the YAML file, then overrides whose value is not None (command line > file > defaults)."""
-    values = load_yaml(path) if path is not None else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return EngineConfig.from_flat(values)
+    """Defaults, then the YAML file, then the overrides (command line > file > defaults)."""
+    return merge_config(load_yaml(path) if path is not None else {}, **overrides)

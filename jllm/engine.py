@@ -14,12 +14,13 @@ import jax
 import numpy as np
 
 from jllm import kv_cache, parallel
+from jllm.attention import resolve_backend
 from jllm.block_manager import BlockManager
 from jllm.config import EngineConfig
 from jllm.loader import LoadedModel, load_model
-from jllm.model_source import resolve_model
+from jllm.model_source import cache_dir, resolve_model
 from jllm.outputs import CompletionOutput, Logprob, RequestOutput
-from jllm.runner import ModelRunner, SampledToken
+from jllm.runner import ModelRunner, PromptTokenLogprob, SampledToken
 from jllm.sampling import SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import Sequence, SequenceStatus
@@ -54,6 +55,7 @@ class RequestState:
     params: SamplingParams
     samples: list[SampleState]
     arrival_time: float
+    prompt_logprobs: list[dict[int, Logprob] | None] | None  # vLLM's shape: None for the first prompt token
     first_token_time: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -62,9 +64,17 @@ class RequestState:
         return all(s.finish_reason is not None for s in self.samples)
 
 
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache under the jllm cache, unless the user already pointed it elsewhere:
+    a restart with the same model and shapes then loads its step programs instead of compiling them."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, *, show_progress: bool = True):
         self.config = config
+        enable_compilation_cache()
         model_dir = resolve_model(config.model.model)
         self.mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)
         self.loaded: LoadedModel = load_model(
@@ -125,8 +135,7 @@ class LLMEngine:
         return kv_cache.num_pages_from_device_memory(spec, cache.gpu_memory_utilization, params_bytes)
 
     def _attention_backend(self) -> str:
-        backend = self.config.model.attention_backend
-        return "reference" if backend == "auto" else backend
+        return resolve_backend(self.config.model.attention_backend, jax.default_backend())
 
     # ------------------------------------------------------------------ requests
 
@@ -163,7 +172,10 @@ class LLMEngine:
                 min_tokens=params.min_tokens,
             )
             samples.append(SampleState(seq, detok, [] if params.logprobs is not None else None))
-        self.requests[request_id] = RequestState(request_id, prompt_text, token_ids, params, samples, now)
+        prompt_logprobs = None if params.prompt_logprobs is None else [None]
+        self.requests[request_id] = RequestState(
+            request_id, prompt_text, token_ids, params, samples, now, prompt_logprobs
+        )
         self.scheduler.add([s.seq for s in samples])
 
     def _check_prompt(self, token_ids: list[int], params: SamplingParams) -> None:
@@ -208,13 +220,15 @@ class LLMEngine:
                 state.samples[seq.sample_index].finish_reason = "abort"
                 touched[state.request_id] = state
         if not out.is_empty:
-            tokens = self.runner.execute(out)
+            result = self.runner.execute(out)
             self.scheduler.on_step_done(out)
             now = time.monotonic()
-            for sched, token in zip(out.scheduled, tokens, strict=True):
+            for sched, token, prompt in zip(out.scheduled, result.tokens, result.prompt_logprobs, strict=True):
+                state = self.requests[sched.seq.request_id]
+                if prompt and sched.seq.sample_index == 0:
+                    self._append_prompt_logprobs(state, prompt)
                 if token is None:
                     continue
-                state = self.requests[sched.seq.request_id]
                 state.first_token_time = state.first_token_time or now
                 self._append(state.samples[sched.seq.sample_index], token)
                 touched[state.request_id] = state
@@ -233,7 +247,9 @@ class LLMEngine:
             self.stats["prompt_tokens"] += seq.num_prompt_tokens
         sample.cumulative_logprob += token.logprob
         if sample.logprobs is not None:
-            sample.logprobs.append(self._logprob_entry(token))
+            sample.logprobs.append(
+                self._logprob_entry(token.token_id, token.logprob, token.top_ids, token.top_logprobs)
+            )
         reason = self._finish_reason(sample, token.token_id)
         if reason is not None:
             sample.finish_reason = reason
@@ -261,16 +277,26 @@ class LLMEngine:
             return "length"
         return None
 
-    def _logprob_entry(self, token: SampledToken) -> dict[int, Logprob]:
+    def _append_prompt_logprobs(self, state: RequestState, chunk: list[PromptTokenLogprob]) -> None:
+        """Positions already recorded (recomputed after a preemption) are skipped."""
+        assert state.prompt_logprobs is not None
+        for entry in chunk:
+            if entry.position == len(state.prompt_logprobs):
+                state.prompt_logprobs.append(
+                    self._logprob_entry(entry.token_id, entry.logprob, entry.top_ids, entry.top_logprobs)
+                )
+
+    def _logprob_entry(
+        self, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]
+    ) -> dict[int, Logprob]:
+        """The top tokens by rank, then the chosen one if it is not among them (rank unknown)."""
+        decode = self.tokenizer.decode
         entry = {
-            tid: Logprob(lp, rank=i + 1, decoded_token=self.tokenizer.decode([tid], skip_special_tokens=False))
-            for i, (tid, lp) in enumerate(zip(token.top_ids, token.top_logprobs, strict=True))
+            tid: Logprob(lp, rank=i + 1, decoded_token=decode([tid], skip_special_tokens=False))
+            for i, (tid, lp) in enumerate(zip(top_ids, top_logprobs, strict=True))
         }
-        if token.token_id not in entry:
-            rank = None
-            entry[token.token_id] = Logprob(
-                token.logprob, rank, self.tokenizer.decode([token.token_id], skip_special_tokens=False)
-            )
+        if token_id not in entry:
+            entry[token_id] = Logprob(logprob, None, decode([token_id], skip_special_tokens=False))
         return entry
 
     def _output(self, state: RequestState) -> RequestOutput:
@@ -280,7 +306,7 @@ class LLMEngine:
                 text=s.detokenizer.text,
                 token_ids=list(s.seq.output_token_ids),
                 cumulative_logprob=s.cumulative_logprob if s.logprobs is not None else None,
-                logprobs=s.logprobs,
+                logprobs=None if s.logprobs is None else list(s.logprobs),
                 finish_reason=s.finish_reason,
                 stop_reason=s.stop_reason,
             )
@@ -290,7 +316,7 @@ class LLMEngine:
             request_id=state.request_id,
             prompt=state.prompt,
             prompt_token_ids=state.prompt_token_ids,
-            prompt_logprobs=None,
+            prompt_logprobs=None if state.prompt_logprobs is None else list(state.prompt_logprobs),
             outputs=completions,
             finished=state.finished,
             num_cached_tokens=state.samples[0].seq.num_cached_tokens,

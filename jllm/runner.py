@@ -21,8 +21,8 @@ from jllm import sampler
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
-from jllm.sampler import SamplerOutput, SamplingMetadata
-from jllm.sequence import SchedulerOutput, Sequence
+from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata
+from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class StepInputs:
     attn: AttentionMetadata  # slot mapping, query starts [S+1], KV lengths [S], block tables [S, P]
     logits_indices: jax.Array  # [S] int32: row of each sequence's last new token (0 for padding)
     sampling: SamplingMetadata  # per-row sampling settings [S, ...]
+    prompt_targets: jax.Array  # [T] int32: the next prompt token where prompt logprobs are wanted, else -1
 
 
 @dataclasses.dataclass
@@ -47,17 +48,45 @@ class SampledToken:
     top_logprobs: list[float]
 
 
+@dataclasses.dataclass
+class PromptTokenLogprob:
+    """Logprobs of prompt token ``position`` given the tokens before it."""
+
+    position: int
+    token_id: int
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
+@dataclasses.dataclass
+class StepResult:
+    tokens: list[SampledToken | None]  # per scheduled sequence; None mid-prefill
+    prompt_logprobs: list[list[PromptTokenLogprob]]  # per scheduled sequence; empty unless it asked for them
+
+
+Variant = tuple[int, int | None]  # (num_top_logprobs, num_prompt_logprobs or None): static arguments of the step
+
+
 def _step(
     graphdef: nnx.GraphDef,
-    num_top_logprobs: int,
+    kv_sharding: jax.sharding.Sharding,
+    variant: Variant,
     state: nnx.State,
     kv_caches: list[jax.Array],
     inputs: StepInputs,
-) -> tuple[SamplerOutput, list[jax.Array]]:
+) -> tuple[SamplerOutput, PromptLogprobsOutput | None, list[jax.Array]]:
+    num_top_logprobs, num_prompt_logprobs = variant
     model = nnx.merge(graphdef, state)
     hidden, kv_caches = model(inputs.input_ids, inputs.positions, kv_caches, inputs.attn)  # [T, hidden]
     logits = model.compute_logits(hidden[inputs.logits_indices])  # [S, vocab] f32
-    return sampler.sample(logits, inputs.sampling, num_top_logprobs=num_top_logprobs), kv_caches
+    prompt = None
+    if num_prompt_logprobs is not None:
+        all_logits = model.compute_logits(hidden)  # [T, vocab]
+        prompt = sampler.prompt_logprobs(all_logits, inputs.prompt_targets, num_top_logprobs=num_prompt_logprobs)
+    # Pin the pool's sharding: an output sharding XLA picks itself would change the next call's cache key.
+    kv_caches = [jax.lax.with_sharding_constraint(kv, kv_sharding) for kv in kv_caches]
+    return sampler.sample(logits, inputs.sampling, num_top_logprobs=num_top_logprobs), prompt, kv_caches
 
 
 class ModelRunner:
@@ -75,31 +104,37 @@ class ModelRunner:
     ):
         self.graphdef, self.state = nnx.split(loaded.model)
         self.kv_caches = kv_caches
+        self.kv_sharding = kv_caches[0].sharding  # as allocated: the tensor-parallel layout
         self.page_size = page_size
         self.pages_per_seq = -(-max_model_len // page_size)
         self.buckets = step_buckets(max_num_batched_tokens, max_num_seqs)
         self.eos_token_ids = eos_token_ids
         self.attention_backend = attention_backend
-        self._steps: dict[int, jax.stages.Wrapped] = {}  # num_top_logprobs -> jitted step
+        # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
+        # ``num_compilations`` counts real XLA compilations.
+        self._compiled: dict[tuple, jax.stages.Compiled] = {}
 
-    def _jitted(self, num_top_logprobs: int) -> jax.stages.Wrapped:
-        if num_top_logprobs not in self._steps:
-            fn = functools.partial(_step, self.graphdef, num_top_logprobs)
-            self._steps[num_top_logprobs] = jax.jit(fn, donate_argnums=(1,))
-        return self._steps[num_top_logprobs]
+    def _executable(self, variant: Variant, inputs: StepInputs) -> jax.stages.Compiled:
+        key = (variant, tuple(x.shape for x in jax.tree.leaves(inputs)))
+        if key not in self._compiled:
+            fn = functools.partial(_step, self.graphdef, self.kv_sharding, variant)
+            jitted = jax.jit(fn, donate_argnums=(1,))
+            self._compiled[key] = jitted.lower(self.state, self.kv_caches, inputs).compile()
+        return self._compiled[key]
 
     @property
     def num_compilations(self) -> int:
-        """Programs compiled so far (one per bucket and sampler variant actually used)."""
-        return sum(step._cache_size() for step in self._steps.values())
+        """Programs compiled so far: one per bucket, plus one per sampler variant (penalties, logprobs) used."""
+        return len(self._compiled)
 
     def warmup(self, show_progress: bool = True) -> None:
         """Compiles every bucket's base variant now, so no request waits on the compiler."""
         for bucket in tqdm(self.buckets, desc="compiling step buckets", disable=not show_progress):
-            self._run(self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH), 0)
+            inputs = self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
+            self._run(inputs, (0, None))
 
-    def execute(self, output: SchedulerOutput) -> list[SampledToken | None]:
-        """Runs one step; entry i is the token sampled for ``output.scheduled[i]`` (None mid-prefill)."""
+    def execute(self, output: SchedulerOutput) -> StepResult:
+        """Runs one step; entry i of each list belongs to ``output.scheduled[i]``."""
         scheduled = output.scheduled
         seqs = [s.seq for s in scheduled]
         bucket = pick_bucket(self.buckets, output.num_batched_tokens, len(scheduled))
@@ -111,8 +146,12 @@ class ModelRunner:
             penalty_width=sampler.penalty_width(seqs) if with_penalties else 0,
             banned=max(MIN_BANNED_WIDTH, sampler.banned_width(seqs, self.eos_token_ids)),
         )
-        k = sampler.num_top_logprobs(seqs)
-        result = jax.device_get(self._run(inputs, k))
+        variant = (sampler.num_top_logprobs(seqs), sampler.num_prompt_logprobs(scheduled))
+        result, prompt = jax.device_get(self._run(inputs, variant))
+        return StepResult(self._tokens(scheduled, result), self._prompt_logprobs(scheduled, prompt))
+
+    @staticmethod
+    def _tokens(scheduled: Seq[ScheduledSequence], result: SamplerOutput) -> list[SampledToken | None]:
         tokens: list[SampledToken | None] = []
         for i, sched in enumerate(scheduled):
             if not sched.samples_token:
@@ -129,9 +168,36 @@ class ModelRunner:
             )
         return tokens
 
-    def _run(self, inputs: StepInputs, num_top_logprobs: int) -> SamplerOutput:
-        out, self.kv_caches = self._jitted(num_top_logprobs)(self.state, self.kv_caches, inputs)
-        return out
+    @staticmethod
+    def _prompt_logprobs(
+        scheduled: Seq[ScheduledSequence], prompt: PromptLogprobsOutput | None
+    ) -> list[list[PromptTokenLogprob]]:
+        """Rows follow the flattened batch: sequence i's rows start where the earlier sequences' tokens end."""
+        chunks: list[list[PromptTokenLogprob]] = []
+        offset = 0
+        for sched in scheduled:
+            seq, k = sched.seq, sched.seq.sampling_params.prompt_logprobs
+            entries = []
+            if prompt is not None and k is not None:
+                last = min(sched.start + sched.num_new_tokens, seq.num_prompt_tokens - 1)
+                for pos in range(sched.start, last):
+                    row = offset + pos - sched.start
+                    entries.append(
+                        PromptTokenLogprob(
+                            position=pos + 1,
+                            token_id=seq.prompt_token_ids[pos + 1],
+                            logprob=float(prompt.target_logprobs[row]),
+                            top_ids=prompt.top_ids[row, :k].tolist(),
+                            top_logprobs=prompt.top_logprobs[row, :k].tolist(),
+                        )
+                    )
+            chunks.append(entries)
+            offset += sched.num_new_tokens
+        return chunks
+
+    def _run(self, inputs: StepInputs, variant: Variant) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
+        out, prompt, self.kv_caches = self._executable(variant, inputs)(self.state, self.kv_caches, inputs)
+        return out, prompt
 
     def _build_inputs(
         self, scheduled: Seq, bucket: StepBucket, *, with_penalties: bool, penalty_width: int, banned: int
@@ -145,6 +211,7 @@ class ModelRunner:
         kv_lens = np.zeros(s, np.int32)
         block_tables = np.zeros((s, p), np.int32)
         logits_indices = np.zeros(s, np.int32)
+        prompt_targets = np.full(t, -1, np.int32)
         offset = 0
         for i, sched in enumerate(scheduled):
             seq: Sequence = sched.seq
@@ -156,6 +223,9 @@ class ModelRunner:
             slot_mapping[offset : offset + n] = table[pos // self.page_size] * self.page_size + pos % self.page_size
             block_tables[i, : len(table)] = table
             kv_lens[i] = start + n
+            if seq.sampling_params.prompt_logprobs is not None:
+                wanted = pos[pos + 1 < seq.num_prompt_tokens]
+                prompt_targets[offset : offset + len(wanted)] = np.asarray(seq.prompt_token_ids)[wanted + 1]
             offset += n
             query_start_loc[i + 1] = offset
             logits_indices[i] = offset - 1
@@ -175,4 +245,5 @@ class ModelRunner:
             block_tables=block_tables,
             backend=self.attention_backend,
         )
-        return jax.tree.map(jnp.asarray, StepInputs(input_ids, positions, attn, logits_indices, sampling))
+        inputs = StepInputs(input_ids, positions, attn, logits_indices, sampling, prompt_targets)
+        return jax.tree.map(jnp.asarray, inputs)

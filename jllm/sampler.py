@@ -33,7 +33,7 @@ from jax import lax
 from jllm.sampling import MAX_LOGPROBS, SAMPLING_EPS
 
 if TYPE_CHECKING:
-    from jllm.sequence import Sequence
+    from jllm.sequence import ScheduledSequence, Sequence
 
 Array = jax.Array | np.ndarray  # NumPy when built on the host, jax.Array inside the step
 
@@ -91,6 +91,31 @@ def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int) 
     )
     logprobs = jnp.take_along_axis(logits, token_ids[:, None], axis=-1)[:, 0] - lse
     return SamplerOutput(token_ids, logprobs, top_ids.astype(jnp.int32), top_logprobs)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class PromptLogprobsOutput:
+    target_logprobs: jax.Array  # [T] f32; log_softmax at each row's target (the next prompt token)
+    top_ids: jax.Array  # [T, K] i32
+    top_logprobs: jax.Array  # [T, K] f32
+
+
+def prompt_logprobs(logits: jax.Array, targets: jax.Array, *, num_top_logprobs: int) -> PromptLogprobsOutput:
+    """Logprobs of the prompt's own next tokens, for every row; ``targets`` [T] (-1 rows are computed, then unused)."""
+    logits = logits.astype(jnp.float32)  # [T, V]
+    lse = jax.nn.logsumexp(logits, axis=-1)  # [T]
+    target = jnp.take_along_axis(logits, jnp.maximum(targets, 0)[:, None], axis=-1)[:, 0] - lse
+    top_values, top_ids = _top_k(logits, num_top_logprobs)  # [T, K]
+    return PromptLogprobsOutput(target, top_ids.astype(jnp.int32), top_values - lse[:, None])
+
+
+def num_prompt_logprobs(scheduled: Iterable[ScheduledSequence]) -> int | None:
+    """None when no row this step needs prompt logprobs, else MAX_LOGPROBS (one compiled variant)."""
+    wanted = any(
+        s.seq.sampling_params.prompt_logprobs is not None and s.start < s.seq.num_prompt_tokens - 1 for s in scheduled
+    )
+    return MAX_LOGPROBS if wanted else None
 
 
 def _top_k(x: jax.Array, k: int, chunk: int = 256) -> tuple[jax.Array, jax.Array]:

@@ -136,7 +136,7 @@ class Scheduler:
                 continue
             if parent is not None:
                 bm.fork(parent, seq)
-            else:
+            elif seq.sampling_params.prompt_logprobs is None:  # cached tokens would have no prompt logprobs (vLLM)
                 bm.match_prefix(seq)
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not bm.allocate(seq, num_new):

@@ -33,3 +33,10 @@ def test_orbax_round_trip_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(
             np.asarray(a.astype(np.float32)), np.asarray(b.astype(np.float32)), err_msg=str(path)
         )
+
+
+def test_saved_directory_keeps_the_chat_template_file(tmp_path):
+    src = save_tiny_checkpoint("LlamaForCausalLM", TINY_CONFIG, tmp_path / "hf")
+    (src / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    saved = save_model(load_model(src, mesh=make_mesh(1)), tmp_path / "converted")
+    assert (saved / "chat_template.jinja").read_text() == (src / "chat_template.jinja").read_text()

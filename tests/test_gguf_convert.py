@@ -142,7 +142,63 @@ def test_config_has_the_known_smollm2_shape(default_model_dir: Path) -> None:
     assert generation["bos_token_id"] == 1 and generation["eos_token_id"] == 2
 
 
-def test_default_model_equals_transformers_gguf_loader(default_model_dir: Path, gguf_path: Path) -> None:
+def torch_last_logits(config: dict, state: dict[str, np.ndarray], prompts: list[list[int]]) -> np.ndarray:
+    """transformers' float32 PyTorch last-position logits ``[S, vocab]``, one forward per prompt."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32).eval()
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected  # the head is tied to the embedding, not loaded
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        return np.stack([model(torch.tensor([ids])).logits[0, -1].numpy() for ids in prompts])
+
+
+def jllm_last_logits(loaded, prompts: list[list[int]], page_size: int = 16) -> np.ndarray:
+    """jllm's last-position logits ``[S, vocab]``, every prompt prefilled together in one ragged step (one compile)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jllm.attention import AttentionMetadata
+
+    args = loaded.args
+    lens = np.array([len(ids) for ids in prompts])
+    pages_per_seq = int(-(-lens.max() // page_size))
+    block_tables = 1 + np.arange(len(prompts) * pages_per_seq, dtype=np.int32).reshape(len(prompts), -1)  # page 0 free
+    positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
+    seq_of_token = np.repeat(np.arange(len(prompts)), lens)
+    slots = block_tables[seq_of_token, positions // page_size] * page_size + positions % page_size
+    query_start_loc = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    meta = AttentionMetadata(
+        slot_mapping=jnp.asarray(slots, jnp.int32),
+        query_start_loc=jnp.asarray(query_start_loc),
+        kv_lens=jnp.asarray(lens, jnp.int32),
+        block_tables=jnp.asarray(block_tables),
+    )
+    layer_shape = (2, args.num_kv_heads, 1 + block_tables.size, page_size, args.head_dim)
+    pool = [jnp.zeros(layer_shape, args.dtype) for _ in range(args.num_layers)]
+
+    @jax.jit
+    def forward(ids, pos, pool, meta):
+        hidden, _ = loaded.model(ids, pos, pool, meta)
+        return loaded.model.compute_logits(hidden[meta.query_start_loc[1:] - 1])
+
+    ids = jnp.asarray(np.concatenate(prompts), jnp.int32)
+    return np.asarray(forward(ids, jnp.asarray(positions), pool, meta))
+
+
+def test_default_model_equals_transformers_gguf_loader(
+    default_model_dir: Path, gguf_path: Path, reference_tokenizer
+) -> None:
+    """Config, tensors and float32 CPU logits of the converted default model equal transformers' GGUF reader's.
+
+    For each varied prompt the last-position logits agree to relative error ``max|ours - theirs| / max|theirs|``
+    below 1e-4, and the top-1 token is the same.
+    """
+    from jllm.loader import load_model
+    from jllm.parallel import make_mesh
+
     config, theirs = transformers_gguf_load(gguf_path)
     assert_same_config(default_model_dir, config)
     ours = assert_same_tensors(default_model_dir, theirs)
@@ -150,6 +206,24 @@ def test_default_model_equals_transformers_gguf_loader(default_model_dir: Path, 
     assert len(ours) == 272 and "lm_head.weight" not in ours  # tied to model.embed_tokens.weight
     assert ours["model.layers.0.self_attn.q_proj.weight"].shape == (576, 576)
     assert ours["model.layers.0.self_attn.k_proj.weight"].shape == (192, 576)
+    del ours
+
+    chat = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "2+2?"}]
+    texts = [
+        "def quicksort(xs: list[int]) -> list[int]:\n    if len(xs) <= 1:\n        return xs\n    pivot = ",
+        "서울은 대한민국의 수도이며, 가장 큰 도시는",
+        "北京是中国的首都，它的历史可以追溯到",
+        "La tour Eiffel a été construite en 1889 pour l'Exposition universelle, et elle",
+        reference_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+        "I love pizza 🍕 and rockets 🚀! My favourite emoji is",
+    ]
+    prompts = [reference_tokenizer.encode(text) for text in texts]
+    expected = torch_last_logits(config, theirs, prompts)
+    del theirs
+    got = jllm_last_logits(load_model(default_model_dir, mesh=make_mesh(1), dtype="float32"), prompts)
+    for text, a, b in zip(texts, got, expected, strict=True):
+        assert np.abs(a - b).max() / np.abs(b).max() < 1e-4, text
+        assert a.argmax() == b.argmax(), text
 
 
 @pytest.mark.parametrize("pre", ["default", "llama-bpe"])

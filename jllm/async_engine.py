@@ -1,0 +1,290 @@
+"""The asyncio face of ``LLMEngine``: its step loop runs on a dedicated thread, each request gets an async stream.
+
+A step blocks for as long as the device takes, so it must never run on the event loop: the loop would stop
+answering every other connection meanwhile. ``LLMEngine`` is not thread-safe, so only the engine thread touches
+it; the event loop sends it commands through a thread-safe inbox (drained before every step), and the engine
+thread hands outputs back with ``loop.call_soon_threadsafe``. The per-request streams and the admission checks
+live on the event loop, so they need no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from jllm.engine import LLMEngine
+from jllm.outputs import RequestOutput
+from jllm.sampling import SamplingParams
+from jllm.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 10.0  # how long stopping waits on a step before giving up on the engine thread
+
+# A command runs on the engine thread; an output it returns (an abort's final one) goes to the request's stream.
+Command = Callable[[], RequestOutput | None]
+
+
+class QueueFullError(RuntimeError):
+    """``max_queued_requests`` requests already wait for a slot; the client should retry later (HTTP 429)."""
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine is draining for shutdown or its loop has died; no request can run (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """Counters read on the engine thread after each loop turn, published whole so readers never see them torn."""
+
+    num_running: int = 0  # requests with a sample in the running batch
+    num_waiting: int = 0  # requests with a sample waiting for a slot (new or preempted)
+    kv_cache_usage: float = 0.0  # fraction of usable KV pages held by unfinished sequences
+    num_pages_in_use: int = 0
+    num_preemptions: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of those, tokens found
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+
+class RequestStream:
+    """One request's outputs in step order (cumulative, like ``RequestOutput``); the last has ``finished=True``."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.finished = False
+        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        self.finished = item.finished
+        return item
+
+
+class AsyncEngine:
+    """Drives an ``LLMEngine`` from its own thread; every public method is called from the event loop.
+
+    ``stall_timeout``: seconds without a finished loop turn, while requests are in flight, after which
+    ``health_problem`` reports the engine as stuck (a first compile of a new step shape can take a while).
+    """
+
+    def __init__(self, engine: LLMEngine, *, max_queued_requests: int = 1024, stall_timeout: float = 120.0) -> None:
+        self.engine = engine
+        self.max_queued_requests = max_queued_requests
+        self.stall_timeout = stall_timeout
+        self.snapshot = EngineSnapshot()
+        self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None stops the thread
+        self._streams: dict[str, RequestStream] = {}  # every request in flight, from admission to its last output
+        self._admitting: dict[str, asyncio.Future[None]] = {}  # adds the engine thread has not acknowledged yet
+        self._accepting = True
+        self._error: BaseException | None = None
+        self._heartbeat = time.monotonic()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="jllm-engine", daemon=True)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """Encoding and decoding are read-only, so handlers may use it from any thread."""
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def accepting(self) -> bool:
+        """False once draining or stopped: new requests get ``EngineUnavailableError``."""
+        return self._accepting
+
+    def start(self) -> None:
+        """Starts the engine thread; call from the event loop that will consume the streams."""
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    # ------------------------------------------------------------------ event-loop side
+
+    async def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, *, prompt_text: str | None = None
+    ) -> RequestStream:
+        """Admits a request; raises here (not in the stream) on bad input, a full queue, or while draining."""
+        if self._error is not None or not self._thread.is_alive():
+            raise EngineUnavailableError(f"the engine loop is not running ({self._error!r})")
+        if not self._accepting:
+            raise EngineUnavailableError("the server is shutting down and admits no new requests")
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use; send a unique X-Request-Id")
+        # Requests in flight minus those running: a snapshot older than the streams only over-counts the queue.
+        queued = len(self._streams) - self.snapshot.num_running
+        if queued >= self.max_queued_requests:
+            raise QueueFullError(
+                f"{queued} requests are already waiting (max_queued_requests={self.max_queued_requests}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+
+        def add() -> None:
+            try:
+                self.engine.add_request(request_id, prompt, params, prompt_text=prompt_text)
+            except Exception as e:  # handed to the caller, who maps it to a status
+                loop.call_soon_threadsafe(self._settle_add, request_id, e)
+            else:
+                loop.call_soon_threadsafe(self._settle_add, request_id, None)
+
+        stream = RequestStream(request_id)
+        self._streams[request_id] = stream
+        self._idle.clear()
+        self._admitting[request_id] = ack = loop.create_future()
+        self._inbox.put(add)
+        try:
+            await ack
+        except asyncio.CancelledError:
+            self.abort(request_id)  # the add may still land; the abort queued behind it undoes it
+            raise
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """Frees the request's pages on the next loop turn; its stream then ends with finish_reason "abort"."""
+        if request_id in self._streams:
+            self._inbox.put(lambda: self.engine.abort_request(request_id))
+
+    def health_problem(self) -> str | None:
+        """Why the engine cannot serve (loop died, or no progress while requests run), or None when healthy."""
+        if self._error is not None:
+            return f"the engine loop died: {self._error!r}"
+        if not self._thread.is_alive():
+            return "the engine loop is not running"
+        stalled = time.monotonic() - self._heartbeat
+        if self._streams and stalled > self.stall_timeout:
+            return f"the engine made no progress for {stalled:.0f} s while {len(self._streams)} requests are in flight"
+        return None
+
+    async def drain(self, timeout: float) -> None:
+        """Stops admitting, lets in-flight requests finish for up to ``timeout`` seconds, then aborts the rest."""
+        self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        if self._streams:
+            logger.warning("aborting %d requests still running after %.1f s of draining", len(self._streams), timeout)
+            for request_id in list(self._streams):
+                self.abort(request_id)
+            try:
+                await asyncio.wait_for(self._idle.wait(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                logger.error("the engine did not take the aborts within %.0f s; it may be stuck", STOP_GRACE_SECONDS)
+
+    async def shutdown(self) -> None:
+        """Stops the engine thread (aborting whatever still runs) and waits for it (a daemon: a stuck one is left)."""
+        self._accepting = False
+        self._inbox.put(None)
+        await asyncio.to_thread(self._thread.join, STOP_GRACE_SECONDS)  # a stuck step must not block the exit
+
+    def _settle_add(self, request_id: str, error: Exception | None) -> None:
+        ack = self._admitting.pop(request_id, None)
+        if error is not None:
+            self._forget(request_id)
+        if ack is None or ack.done():  # the caller was cancelled, or the engine died, meanwhile
+            return
+        if error is None:
+            ack.set_result(None)
+        else:
+            ack.set_exception(error)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            stream.put(output)
+            if output.finished:
+                self._forget(output.request_id)
+
+    def _forget(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+        if not self._streams:
+            self._idle.set()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for request_id, stream in list(self._streams.items()):
+            failure = EngineUnavailableError(f"the engine loop died: {error!r}")
+            ack = self._admitting.pop(request_id, None)
+            if ack is not None and not ack.done():
+                ack.set_exception(failure)
+            stream.put(failure)
+            self._forget(request_id)
+
+    # ------------------------------------------------------------------ engine-thread side
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        try:
+            while self._turn():
+                pass
+        except BaseException as e:  # anything that kills the loop must reach the waiting clients
+            logger.exception("the engine loop died")
+            self._error = e
+            self._loop.call_soon_threadsafe(self._fail_all, e)
+
+    def _turn(self) -> bool:
+        """Runs the queued commands, then one step if anything is unfinished; False once told to stop."""
+        engine = self.engine
+        outputs: list[RequestOutput] = []
+        for command in self._commands(block=not engine.has_unfinished_requests()):
+            if command is None:
+                outputs += [o for rid in list(engine.requests) if (o := engine.abort_request(rid)) is not None]
+                self._publish(outputs)
+                return False
+            if (output := command()) is not None:
+                outputs.append(output)
+        if engine.has_unfinished_requests():
+            outputs += engine.step()
+        self._publish(outputs)
+        return True
+
+    def _commands(self, block: bool) -> Iterator[Command | None]:
+        """Everything in the inbox now; when idle, first waits for something to arrive."""
+        if block:
+            command = self._inbox.get()
+            self._heartbeat = time.monotonic()  # idle time is not a stall
+            yield command
+        while True:
+            try:
+                yield self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _publish(self, outputs: list[RequestOutput]) -> None:
+        scheduler, pages = self.engine.scheduler, self.engine.block_manager
+        self.snapshot = EngineSnapshot(
+            num_running=len({s.request_id for s in scheduler.running}),
+            num_waiting=len({s.request_id for s in scheduler.waiting}),
+            kv_cache_usage=pages.usage,
+            num_pages_in_use=pages.num_allocated_pages,
+            num_preemptions=scheduler.num_preemptions,
+            prefix_cache_queries=pages.prefix_cache_queries,
+            prefix_cache_hits=pages.prefix_cache_hits,
+            prompt_tokens=self.engine.stats["prompt_tokens"],
+            generation_tokens=self.engine.stats["generation_tokens"],
+        )
+        self._heartbeat = time.monotonic()
+        if outputs:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, outputs)

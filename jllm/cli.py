@@ -1,0 +1,178 @@
+"""The `jllm` command: generate, chat, run (a batch job from YAML) and serve.
+
+    jllm generate --temperature 0 "The capital of France is"
+    jllm chat --config configs/smollm2-cpu.yaml
+    jllm run configs/example-run.yaml
+    jllm serve /models/llama --port 8000 --api-key secret
+
+Engine options (``--max-model-len``, ``--dtype``, ``--num-pages`` ...) are made from ``jllm.config``'s keys, so every
+key a config file takes is also an option, spelt with dashes. They default to "not given", which keeps vLLM's
+precedence: command line > ``--config`` file > defaults. ``--seed`` is the engine's seed, from which every request
+without its own seed draws one, so a run is reproducible. Bad input exits with status 2 and ``jllm: error:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jllm.config import ConfigError, EngineConfig, engine_keys, key_type, load_config, unknown_key_error
+from jllm.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from jllm.llm import LLM
+
+# Sections whose keys each command takes as options (the server's only matter to `serve`).
+OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel")
+ALL_SECTIONS = (*OFFLINE_SECTIONS, "server")
+DEFAULT_MAX_TOKENS = 256  # SamplingParams' own 16 is an API default, too short for a person reading the reply
+
+
+def add_engine_options(parser: argparse.ArgumentParser, sections: tuple[str, ...], config_file: bool = True) -> None:
+    """One option per engine key of ``sections``, plus ``--config`` unless the command's file is the config."""
+    if config_file:
+        parser.add_argument("--config", type=Path, metavar="C.yaml", help="YAML file of engine keys")
+    group = parser.add_argument_group("engine options (command line > config file > defaults)")
+    for key, f in engine_keys(*sections).items():
+        option = "--" + key.replace("_", "-")
+        kind, choices = key_type(key)
+        help_text = f"default: {f.default}"
+        if kind is bool:
+            group.add_argument(option, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            metavar = None if choices else key.upper()
+            group.add_argument(
+                option, dest=key, type=kind, choices=choices, default=None, metavar=metavar, help=help_text
+            )
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="default: %(default)s")
+    group.add_argument("--temperature", type=float, help="0 = greedy; default: 1.0")
+    group.add_argument("--top-p", type=float, help="default: 1.0 (off)")
+
+
+def engine_config(args: argparse.Namespace, sections: tuple[str, ...] = OFFLINE_SECTIONS) -> EngineConfig:
+    """The config from ``--config`` and the engine options given (None = not given)."""
+    return load_config(args.config, **{key: getattr(args, key) for key in engine_keys(*sections)})
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    given = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+def make_llm(config: EngineConfig) -> LLM:
+    from jllm.llm import LLM  # the engine and JAX load only once the input is known to be good
+
+    return LLM(**config.to_flat())
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    config, params = engine_config(args), sampling_params(args)
+    outputs = make_llm(config).generate(args.prompts, params)
+    for i, out in enumerate(outputs, 1):
+        print(f"=== prompt {i} ===\n{out.prompt}")
+        for c in out.outputs:
+            label = f"{i}" if len(out.outputs) == 1 else f"{i}.{c.index + 1}"
+            print(f"=== completion {label} ({c.finish_reason}) ===\n{c.text}")
+        print(flush=True)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    config, params = engine_config(args), sampling_params(args)
+    llm = make_llm(config)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("type a message; /exit or Ctrl-D ends the chat", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        try:
+            reply = llm.chat(history, params, use_tqdm=False)[0].outputs[0].text
+        except ValueError as e:  # e.g. the conversation outgrew the context: say so and let the user go on
+            history.pop()
+            print(f"jllm: error: {e}", file=sys.stderr)
+            continue
+        history.append({"role": "assistant", "content": reply})
+        print(reply, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from jllm.batch_run import load_job, run_job
+
+    config, spec = load_job(args.job, **{key: getattr(args, key) for key in engine_keys(*OFFLINE_SECTIONS)})
+    run_job(make_llm(config), spec)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    if args.model_arg is not None and args.model is not None and args.model_arg != args.model:
+        raise ConfigError(f"the model is given twice: {args.model_arg!r} and --model {args.model!r}; give one")
+    if args.model_arg is not None:
+        args.model = args.model_arg
+    config = engine_config(args, ALL_SECTIONS)
+    from jllm.server.app import run_server  # the server (aiohttp) loads only for `serve`
+
+    run_server(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options are never abbreviated: a prefix that is unique today could name two keys tomorrow."""
+    parser = argparse.ArgumentParser(prog="jllm", description="JAX/XLA LLM inference engine.", allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        sub.set_defaults(handler=handler, parser=sub)
+        return sub
+
+    generate = command("generate", cmd_generate, "Complete each prompt and print prompt and completion.")
+    generate.add_argument("prompts", nargs="+", metavar="PROMPT")
+    add_sampling_options(generate)
+    add_engine_options(generate, OFFLINE_SECTIONS)
+
+    chat = command("chat", cmd_chat, "Chat on stdin/stdout through the model's chat template; /exit or EOF ends.")
+    chat.add_argument("--system", help="a system message to start the conversation with")
+    add_sampling_options(chat)
+    add_engine_options(chat, OFFLINE_SECTIONS)
+
+    run = command("run", cmd_run, "Run a batch job from YAML (engine keys plus a run: section).")
+    run.add_argument("job", type=Path, metavar="JOB.yaml")
+    add_engine_options(run, OFFLINE_SECTIONS, config_file=False)  # the job file is the config file
+
+    serve = command("serve", cmd_serve, "Serve the OpenAI-compatible HTTP API.")
+    serve.add_argument("model_arg", nargs="?", metavar="MODEL", help="model directory, .gguf file or alias")
+    add_engine_options(serve, ALL_SECTIONS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        options = [o for action in args.parser._actions for o in action.option_strings]  # argparse has no public list
+        if unknown[0].startswith("-"):
+            parser.exit(2, f"jllm: error: {unknown_key_error(unknown[0].split('=')[0], options, where='option')}\n")
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        args.handler(args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:  # ConfigError is a ValueError
+        parser.exit(2, f"jllm: error: {e}\n")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""``POST /v1/chat/completions``: the model's chat template, then generation, streamed or not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import jinja2
+from aiohttp import web
+
+from jllm.outputs import Logprob
+from jllm.server.errors import bad_request
+from jllm.server.generation import Delta, Generation, Prompt
+from jllm.server.middleware import request_id
+from jllm.server.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessage,
+    DeltaMessage,
+    TokenLogprob,
+    TopLogprob,
+)
+from jllm.server.sse import send_events
+from jllm.server.state import server_state
+from jllm.tokenizer import Tokenizer
+
+
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    state = server_state(request)
+    body = ChatCompletionRequest.model_validate_json(await request.read())
+    state.check_model(body.model)
+    engine = state.require_engine()
+    params = body.sampling_params()
+    prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages, True)
+    generation = await Generation.start(engine, request_id(request), [prompt], params, state.metrics)
+    response_id, created = f"chatcmpl-{request_id(request)}", int(time.time())
+    top = body.top_logprobs or 0
+    try:
+        if body.stream:
+            return await send_events(request, _chunks(body, generation, response_id, created, state.model_name))
+        choices = [
+            ChatChoice(
+                index=d.index,
+                message=AssistantMessage(content=d.text),
+                logprobs=_logprobs(d, top),
+                finish_reason=d.finish_reason,
+            )
+            for d in await generation.wait()
+        ]
+        response = ChatCompletionResponse(
+            id=response_id, created=created, model=state.model_name, choices=choices, usage=generation.usage()
+        )
+        return web.json_response(text=response.model_dump_json())
+    finally:
+        generation.close()
+
+
+def render_chat(tokenizer: Tokenizer, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
+    """The prompt's token ids through the model's chat template (a template that rejects the messages is a 400)."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [m.for_template() for m in messages], add_generation_prompt=add_generation_prompt
+        )
+    except jinja2.TemplateError as e:
+        raise bad_request(f"the chat template rejected these messages: {e}", param="messages") from e
+    return Prompt(tokenizer.encode(text, add_special_tokens=False), text)
+
+
+async def _chunks(
+    body: ChatCompletionRequest, generation: Generation, response_id: str, created: int, model: str
+) -> AsyncIterator[str]:
+    """OpenAI's chunk sequence: the role first for every choice, then content deltas (the last with the finish
+    reason), then, with ``include_usage``, one chunk of usage and no choices."""
+    exclude = None if body.include_usage else {"usage"}
+    top = body.top_logprobs or 0
+
+    def chunk(choice: ChatChunkChoice) -> str:
+        return ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]).model_dump_json(
+            exclude=exclude
+        )
+
+    for index in range(body.n):
+        yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
+    async for d in generation.deltas():
+        choice = ChatChunkChoice(
+            index=d.index, delta=DeltaMessage(content=d.text), logprobs=_logprobs(d, top), finish_reason=d.finish_reason
+        )
+        yield chunk(choice)
+    if body.include_usage:
+        usage = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=generation.usage())
+        yield usage.model_dump_json()
+
+
+def _logprobs(delta: Delta, top: int) -> ChatLogprobs | None:
+    if delta.logprobs is None:
+        return None
+    return ChatLogprobs(
+        content=[
+            _token_logprob(entry, token_id, top)
+            for token_id, entry in zip(delta.token_ids, delta.logprobs, strict=True)
+        ]
+    )
+
+
+def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int) -> TokenLogprob:
+    ranked = sorted((lp for lp in entry.values() if lp.rank is not None), key=lambda lp: lp.rank or 0)[:top]
+    return TokenLogprob(**_top(entry[token_id]).model_dump(), top_logprobs=[_top(lp) for lp in ranked])
+
+
+def _top(lp: Logprob) -> TopLogprob:
+    token = lp.decoded_token or ""
+    return TopLogprob(token=token, logprob=lp.logprob, bytes=list(token.encode()))

@@ -1,0 +1,108 @@
+"""OpenAI's error body for every non-2xx answer, and the mapping from what went wrong to a status.
+
+Clients (the ``openai`` package among them) read ``error.message`` and branch on the status, so every failure,
+from a router 404 to an engine that died mid-stream, must come back in the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from jllm.async_engine import EngineUnavailableError, QueueFullError
+from jllm.engine import ContextLengthError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1  # a full queue drains within a few steps
+
+
+class APIError(Exception):
+    """A failure with its HTTP status and OpenAI error fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status, headers=self.headers)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def from_validation_error(error: ValidationError) -> APIError:
+    """A pydantic failure as a 400 naming the first bad field (``param`` is its top-level name)."""
+    problems = error.errors(include_url=False)
+    if problems[0]["type"] == "json_invalid":
+        return bad_request(f"the request body is not valid JSON: {problems[0]['msg']}")
+    described = [f"{'.'.join(map(str, p['loc'])) or 'body'}: {p['msg']}" for p in problems[:3]]
+    more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
+    loc = problems[0]["loc"]
+    return bad_request("; ".join(described) + more, param=str(loc[0]) if loc else None)
+
+
+def from_engine_error(error: Exception) -> APIError:
+    """Maps what ``AsyncEngine.add_request`` and the request streams raise to a status; anything else is a 500."""
+    if isinstance(error, ContextLengthError):
+        return bad_request(str(error), code="context_length_exceeded")
+    if isinstance(error, QueueFullError):
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return APIError(429, str(error), type="rate_limit_error", code="queue_full", headers=retry)
+    if isinstance(error, EngineUnavailableError):
+        return APIError(503, str(error), type="server_error", code="engine_unavailable")
+    if isinstance(error, ValueError):
+        return bad_request(str(error))
+    logger.exception("request failed", exc_info=error)
+    return APIError(500, f"internal error: {error!r}", type="server_error", code="internal_error")
+
+
+def _from_http_exception(error: web.HTTPException, request: web.Request) -> APIError:
+    if error.status == 404:
+        return APIError(404, f"no route for {request.method} {request.path}", code="not_found")
+    if error.status == 405:
+        return APIError(405, f"{request.method} is not allowed on {request.path}", code="method_not_allowed")
+    if error.status == 413:
+        return APIError(413, error.text or "the request body is too large", code="request_too_large")
+    return APIError(error.status, error.reason, code=None)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Whatever a handler, the auth check or the router raises leaves as OpenAI error JSON."""
+    try:
+        return await handler(request)
+    except APIError as e:
+        return e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _from_http_exception(e, request).response()
+    except ValidationError as e:
+        return from_validation_error(e).response()
+    except Exception as e:
+        return from_engine_error(e).response()

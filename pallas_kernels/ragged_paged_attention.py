@@ -1,0 +1,333 @@
+"""Ragged paged attention as one Pallas kernel (Triton backend): a step's prefill chunks and decodes in one call.
+
+Work items are those of the reference: each sequence's query rows are cut into blocks of ``q_block`` rows. A program
+owns one item, one KV head and one KV split, and holds the item's rows for all of that KV head's query heads as one
+``[q_block * group, head_dim]`` tile, so each K/V page is read once per item however many query heads share it (GQA).
+It walks the item's visible pages ``kv_block`` tokens at a time with an online (flash) softmax in base 2. Split-K
+shares each item's visible blocks evenly, at run time, among ``num_splits`` programs, so that a few long decodes still
+fill the GPU; an XLA epilogue merges the splits by their running max and sum.
+
+Decode steps (``q_block == 1``) skip the item bookkeeping: item r is query row r. Everything else in the wrapper is a
+few small XLA gathers over the step's rows and block tables; the kernel reads the pool in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.reference import _validate as _validate_reference_inputs
+
+_LOG2E = math.log2(math.e)
+# Scores outside the mask; finite so a row that sees nothing yet computes exp2(0), never NaN (as in the reference).
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# Most tile rows (q_block * group) per program: the f32 accumulator [rows, head_dim] must stay in registers.
+_MAX_TILE_ROWS = 128
+# Fewest tile rows: Triton's tensor-core dot needs M >= 16, so small groups are padded up to it.
+_MIN_TILE_ROWS = 16
+# Bytes of one K tile in a decode-shaped program (x2 for V, x num_stages when pipelined: must fit shared memory).
+_DECODE_TILE_BYTES = 32 * 1024
+# Programs to aim for before adding KV splits: about 4 per SM on an H100 (132 SMs). Not yet tuned: on an H200 a
+# 32 x 4k-token decode ran in 184 us with one split against 199 us with the two this picks (2026-11-26).
+_TARGET_PROGRAMS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Static tiling of one call; hashable so it can be a jit static argument."""
+
+    q_block: int  # query rows of one sequence per work item (1 = decode layout)
+    kv_block: int  # keys per inner-loop step, a multiple of page_size
+    num_splits: int  # programs sharing one item's keys (split-K)
+    num_warps: int
+    num_stages: int  # Triton software-pipelining depth of the K/V loads
+
+    def __post_init__(self) -> None:
+        for name in ("q_block", "kv_block", "num_splits", "num_warps", "num_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"KernelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not _is_pow2(self.kv_block):
+            raise ValueError(f"KernelConfig.kv_block={self.kv_block} must be a power of two (Triton tile sizes are)")
+
+
+def default_config(
+    num_tokens: int,
+    num_seqs: int,
+    num_q_heads: int,
+    num_kv_heads: int,
+    page_size: int,
+    pages_per_seq: int,
+    head_dim: int,
+    itemsize: int,
+) -> KernelConfig:
+    """Tiling from the step's static shape: q_block near the mean query length, split-K when programs are few."""
+    group = num_q_heads // num_kv_heads
+    mean_q_len = -(-num_tokens // num_seqs)
+    q_block = min(_pow2_ceil(mean_q_len), max(1, _pow2_floor(_MAX_TILE_ROWS // group)))
+    rows = _tile_rows(q_block, group)
+    # One K tile of 32 KiB for decode tiles (memory-bound: long loads), 16 KiB next to a big query tile.
+    tile_bytes = _DECODE_TILE_BYTES if rows < 64 else _DECODE_TILE_BYTES // 2
+    kv_block = max(page_size, _pow2_floor(tile_bytes // (head_dim * itemsize)))
+    num_items = _num_items(num_tokens, num_seqs, q_block)
+    max_blocks = -(-pages_per_seq * page_size // kv_block)
+    num_splits = max(1, min(_pow2_floor(max(1, _TARGET_PROGRAMS // (num_items * num_kv_heads))), max_blocks))
+    return KernelConfig(
+        q_block=q_block, kv_block=kv_block, num_splits=num_splits, num_warps=8 if rows >= 64 else 4, num_stages=2
+    )
+
+
+def ragged_paged_attention(
+    q: jax.Array,  # [T, num_q_heads, head_dim]
+    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    kv_lens: jax.Array,  # i32[S], each sequence's KV length including this step's tokens
+    block_tables: jax.Array,  # i32[S, pages_per_seq], padded entries = 0
+    query_start_loc: jax.Array,  # i32[S + 1], cumulative query offsets
+    *,
+    sm_scale: float,
+    soft_cap: float | None = None,
+    sliding_window: int | None = None,
+    config: KernelConfig | None = None,
+    interpret: bool = False,
+) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
+    """Same contract as ``ref_ragged_paged_attention``; ``interpret=True`` runs the kernel on any backend (CI).
+
+    Block-table entries a sequence's length reaches, and the padded ones after them, must be valid page ids: the
+    kernel reads them unchecked (the reference's gather would clamp them instead).
+    """
+    _validate_reference_inputs(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None)
+    num_tokens, num_q_heads, head_dim = q.shape
+    _, num_kv_heads, _, page_size, _ = kv_pages.shape
+    num_seqs, pages_per_seq = block_tables.shape
+    if q.dtype != kv_pages.dtype:
+        raise ValueError(f"q's dtype {q.dtype} differs from kv_pages' {kv_pages.dtype}; the kernel needs them equal")
+    if not _is_pow2(head_dim) or head_dim < 16:
+        raise ValueError(f"head_dim={head_dim} must be a power of two >= 16 for the Pallas kernel; use 'reference'")
+    if not _is_pow2(page_size):
+        raise ValueError(f"page_size={page_size} must be a power of two for the Pallas kernel; use 'reference'")
+    cfg = config or default_config(
+        num_tokens, num_seqs, num_q_heads, num_kv_heads, page_size, pages_per_seq, head_dim, q.dtype.itemsize
+    )
+    if cfg.kv_block % page_size:
+        raise ValueError(f"kv_block={cfg.kv_block} must be a multiple of page_size={page_size}")
+
+    group = num_q_heads // num_kv_heads
+    rows = _tile_rows(cfg.q_block, group)
+    pages_per_block = cfg.kv_block // page_size
+    table_width = -(-pages_per_seq // pages_per_block) * pages_per_block
+    q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
+
+    if cfg.q_block == 1:
+        num_items = num_tokens
+        row = jnp.arange(num_tokens, dtype=jnp.int32)  # i32[N]: item r is query row r
+        seq = jnp.searchsorted(query_start_loc[1:], row, side="right").astype(jnp.int32)  # i32[N], S past the last
+        valid = seq < num_seqs  # bool[N]
+        seq = jnp.minimum(seq, num_seqs - 1)
+        valid &= row >= query_start_loc[seq]
+        base = kv_lens[seq] - query_start_loc[seq + 1] + row  # i32[N], = kv_len - q_len + i
+        q_tiles = q.reshape(num_tokens, num_kv_heads, group, head_dim)  # [N, Hkv, G, D]
+        q_tiles = jnp.pad(q_tiles, ((0, 0), (0, 0), (0, rows - group), (0, 0)))  # [N, Hkv, rows, D]
+    else:
+        bq = cfg.q_block
+        num_items = _num_items(num_tokens, num_seqs, bq)
+        blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
+        block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
+        item = jnp.arange(num_items, dtype=jnp.int32)  # i32[N]
+        seq = jnp.searchsorted(block_ends, item, side="right").astype(jnp.int32)  # i32[N], S past the last item
+        valid = seq < num_seqs  # bool[N]
+        seq = jnp.minimum(seq, num_seqs - 1)
+        first = (item - (block_ends[seq] - blocks_per_seq[seq])) * bq  # i32[N], first query index i of the item
+        row_in_seq = first[:, None] + jnp.arange(bq, dtype=jnp.int32)  # i32[N, bq]
+        row_valid = valid[:, None] & (row_in_seq < q_lens[seq][:, None])  # bool[N, bq]
+        row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[N, bq], T = none
+        base = kv_lens[seq] - q_lens[seq] + first  # i32[N]
+        q_tiles = q.at[row].get(mode="fill", fill_value=0)  # [N, bq, Hq, D]
+        q_tiles = q_tiles.reshape(num_items, bq, num_kv_heads, group, head_dim).transpose(0, 2, 1, 3, 4)
+        q_tiles = q_tiles.reshape(num_items, num_kv_heads, bq * group, head_dim)  # [N, Hkv, bq * G, D]
+        q_tiles = jnp.pad(q_tiles, ((0, 0), (0, 0), (0, rows - bq * group), (0, 0)))  # [N, Hkv, rows, D]
+
+    item_kv_len = jnp.where(valid, kv_lens[seq], 0)  # i32[N]; 0 makes a padding item attend to nothing
+    tables = jnp.pad(block_tables, ((0, 0), (0, table_width - pages_per_seq)))[seq]  # i32[N, table_width]
+
+    tiles = _call_kernel(
+        q_tiles, kv_pages, group, base, item_kv_len, tables, cfg, sm_scale, soft_cap, sliding_window, interpret
+    )  # [N, Hkv, rows, D]
+    if cfg.q_block == 1:
+        return tiles[:, :, :group].reshape(num_tokens, num_q_heads, head_dim)
+    bq = cfg.q_block
+    out = tiles[:, :, : bq * group].reshape(num_items, num_kv_heads, bq, group, head_dim).transpose(0, 2, 1, 3, 4)
+    out = out.reshape(num_items * bq, num_q_heads, head_dim)  # [N * bq, Hq, D]
+    return jnp.zeros_like(q).at[row.reshape(-1)].set(out, mode="drop")
+
+
+def _call_kernel(
+    q_tiles: jax.Array,  # [N, Hkv, rows, D]
+    kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
+    group: int,
+    base: jax.Array,  # i32[N]
+    item_kv_len: jax.Array,  # i32[N]
+    tables: jax.Array,  # i32[N, table_width]
+    cfg: KernelConfig,
+    sm_scale: float,
+    soft_cap: float | None,
+    sliding_window: int | None,
+    interpret: bool,
+) -> jax.Array:  # [N, Hkv, rows, D] in q's dtype
+    """One pallas_call over (item, KV head, split), then the split-K merge when there is more than one split."""
+    num_items, num_kv_heads, rows, head_dim = q_tiles.shape
+    _, _, num_pages, page_size, _ = kv_pages.shape
+    splits = cfg.num_splits
+    kernel = functools.partial(
+        _kernel,
+        sm_scale=sm_scale,
+        soft_cap=soft_cap,
+        sliding_window=sliding_window,
+        group=group,
+        q_block=cfg.q_block,
+        kv_block=cfg.kv_block,
+        num_splits=splits,
+    )
+    in_specs = [
+        pl.BlockSpec((None,), lambda i, h, s: (i,)),  # base
+        pl.BlockSpec((None,), lambda i, h, s: (i,)),  # item_kv_len
+        pl.BlockSpec((None, tables.shape[1]), lambda i, h, s: (i, 0)),  # tables
+        pl.BlockSpec((None, None, rows, head_dim), lambda i, h, s: (i, h, 0, 0)),  # q_tiles
+        pl.BlockSpec((None, None, num_pages, page_size, head_dim), lambda i, h, s: (0, h, 0, 0, 0)),  # K
+        pl.BlockSpec((None, None, num_pages, page_size, head_dim), lambda i, h, s: (1, h, 0, 0, 0)),  # V
+    ]
+    if splits == 1:
+        out_shape = [jax.ShapeDtypeStruct(q_tiles.shape, q_tiles.dtype)]
+        out_specs = [pl.BlockSpec((None, None, rows, head_dim), lambda i, h, s: (i, h, 0, 0))]
+    else:
+        out_shape = [
+            jax.ShapeDtypeStruct((splits, *q_tiles.shape), jnp.float32),  # acc
+            jax.ShapeDtypeStruct((splits, num_items, num_kv_heads, rows), jnp.float32),  # m
+            jax.ShapeDtypeStruct((splits, num_items, num_kv_heads, rows), jnp.float32),  # l
+        ]
+        out_specs = [
+            pl.BlockSpec((None, None, None, rows, head_dim), lambda i, h, s: (s, i, h, 0, 0)),
+            pl.BlockSpec((None, None, None, rows), lambda i, h, s: (s, i, h, 0)),
+            pl.BlockSpec((None, None, None, rows), lambda i, h, s: (s, i, h, 0)),
+        ]
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(num_items, num_kv_heads, splits),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+        name=f"ragged_paged_attention_q{cfg.q_block}_kv{cfg.kv_block}_s{splits}",
+    )(base, item_kv_len, tables, q_tiles, kv_pages, kv_pages)
+    if splits == 1:
+        return outs[0]
+    acc, row_max, row_sum = outs  # f32[splits, N, Hkv, rows, D], f32[splits, N, Hkv, rows] x 2
+    weight = jnp.exp2(row_max - row_max.max(axis=0))  # f32[splits, N, Hkv, rows]
+    total = (weight * row_sum).sum(axis=0)  # f32[N, Hkv, rows], 0 only for rows that see nothing
+    out = (weight[..., None] * acc).sum(axis=0) / jnp.where(total > 0, total, 1.0)[..., None]
+    return out.astype(q_tiles.dtype)
+
+
+def _kernel(
+    base_ref,  # i32[], last key column the item's first query row sees (kv_len - q_len + its index i)
+    kv_len_ref,  # i32[], the item's KV length; 0 for a padding item
+    pages_ref,  # i32[table_width], the item's block table, padded with page 0
+    q_ref,  # [rows, D], row r = query row r // group of the item, query head r % group of this KV head
+    k_ref,  # [num_pages, page_size, D], this KV head's keys
+    v_ref,  # [num_pages, page_size, D], this KV head's values
+    *out_refs,  # one split: o [rows, D]; several: acc f32[rows, D], row max f32[rows], row sum f32[rows]
+    sm_scale: float,
+    soft_cap: float | None,
+    sliding_window: int | None,
+    group: int,
+    q_block: int,
+    kv_block: int,
+    num_splits: int,
+) -> None:
+    rows, head_dim = q_ref.shape
+    page_size = k_ref.shape[1]
+    pages_per_block = kv_block // page_size
+    base = base_ref[()]
+    kv_len = kv_len_ref[()]
+    # Last key column each tile row sees; clipped so that padded rows never reach past the sequence either.
+    row_index = lax.div(lax.broadcasted_iota(jnp.int32, (rows,), 0), jnp.int32(group))  # i32[rows]
+    row_last = jnp.minimum(base + row_index, kv_len - 1)  # i32[rows]
+
+    # Key blocks [first, end) hold every column some row sees; this split takes its even share of them.
+    hi = jnp.maximum(jnp.minimum(base + q_block, kv_len), 0)  # i32[], one past the item's last visible column
+    lo = jnp.int32(0) if sliding_window is None else jnp.clip(base - sliding_window + 1, 0, hi)
+    first = lax.div(lo, jnp.int32(kv_block))
+    num_blocks = lax.div(hi + kv_block - 1, jnp.int32(kv_block)) - first
+    per_split = lax.div(num_blocks + num_splits - 1, jnp.int32(num_splits))
+    start = first + pl.program_id(2) * per_split
+    end = jnp.minimum(start + per_split, first + num_blocks)
+
+    q = q_ref[...]  # [rows, D]
+    scale = sm_scale if soft_cap is not None else sm_scale * _LOG2E
+    hi_prec = lax.Precision.HIGHEST  # f32 inputs: IEEE dots, not TF32; no effect on bf16
+
+    # K/V rows are gathered as one [kv_block, D] load with a page id per row. Loading [pages, page_size, D] and
+    # reshaping measured 1.3-1.7x slower on an H200 (2026-11-26): the reshape gets in the way of Triton's pipelining.
+    token = lax.broadcasted_iota(jnp.int32, (kv_block,), 0)  # i32[kv_block], key row within a block
+    token_page, token_slot = lax.div(token, jnp.int32(page_size)), lax.rem(token, jnp.int32(page_size))
+
+    def body(block: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+        acc, row_max, row_sum = carry  # f32[rows, D], f32[rows], f32[rows]
+        page = pages_ref[block * pages_per_block + token_page]  # i32[kv_block], page of each key row
+        k = k_ref[page, token_slot]  # [kv_block, D]
+        v = v_ref[page, token_slot]  # [kv_block, D]
+        s = plgpu.dot(q, k, trans_b=True, precision=hi_prec) * scale  # f32[rows, kv_block], base-2 logits
+        if soft_cap is not None:
+            s = (soft_cap * _LOG2E) * jnp.tanh(s / soft_cap)
+        col = block * kv_block + lax.broadcasted_iota(jnp.int32, (1, kv_block), 1)  # i32[1, kv_block]
+        visible = col <= row_last[:, None]  # bool[rows, kv_block]; hides stale slots past kv_len too
+        if sliding_window is not None:
+            visible &= col > row_last[:, None] - sliding_window
+        s = jnp.where(visible, s, _MASK_VALUE)
+        new_max = jnp.maximum(row_max, s.max(axis=1))  # f32[rows]
+        p = jnp.where(visible, jnp.exp2(s - new_max[:, None]), 0.0)  # f32[rows, kv_block]
+        alpha = jnp.exp2(row_max - new_max)  # f32[rows]
+        acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=hi_prec)
+        return acc, new_max, row_sum * alpha + p.sum(axis=1)
+
+    init = (
+        jnp.zeros((rows, head_dim), jnp.float32),
+        jnp.full((rows,), _MASK_VALUE, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+    )
+    acc, row_max, row_sum = lax.fori_loop(start, end, body, init)
+    if num_splits == 1:
+        (o_ref,) = out_refs
+        o_ref[...] = (acc / jnp.where(row_sum > 0, row_sum, 1.0)[:, None]).astype(o_ref.dtype)
+    else:
+        acc_ref, max_ref, sum_ref = out_refs
+        acc_ref[...] = acc
+        max_ref[...] = row_max
+        sum_ref[...] = row_sum
+
+
+def _num_items(num_tokens: int, num_seqs: int, q_block: int) -> int:
+    """Static bound on the work items: sum_s ceil(q_len_s / q_block) <= (T + S * (q_block - 1)) / q_block."""
+    return min(num_tokens, (num_tokens + num_seqs * (q_block - 1)) // q_block)
+
+
+def _tile_rows(q_block: int, group: int) -> int:
+    return max(_MIN_TILE_ROWS, _pow2_ceil(q_block * group))
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)

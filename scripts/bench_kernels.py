@@ -1,0 +1,255 @@
+"""Paged attention speed on one GPU: the Pallas kernel vs the reference path and JAX's stock Pallas paged_attention.
+
+Decode steps (batch x context, 32 query / 8 KV heads, head_dim 128, bf16, pages scattered at random over the pool)
+report time and KV bytes read / time next to the device copy bandwidth measured in the same run; prefill chunks report
+attention TFLOP/s next to a measured bf16 matmul rate. ``--tune`` also times a few kernel tilings on chosen shapes.
+Every time is the median of several back-to-back batches of calls (dispatch overlapped, as in a serving loop).
+
+    python scripts/bench_kernels.py --tune          # logs bench_kernels.{txt,json} to $OUT when set
+    python scripts/bench_kernels.py --smoke         # CPU dry run of the script: tiny shapes, interpret mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
+
+NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
+DTYPE = jnp.bfloat16
+TUNE_TILES = [  # (kv_block, num_warps, num_stages), each with the default's split-K
+    (64, 4, 2),
+    (64, 4, 3),
+    (64, 8, 4),
+    (128, 4, 2),
+    (128, 8, 2),
+    (128, 4, 3),
+]
+
+
+def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> float:
+    """Median seconds per call over `reps` batches of back-to-back calls, each batch about `budget_s` long."""
+    jax.block_until_ready(fn())  # compile and warm up
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    once = time.perf_counter() - start
+    calls = max(1, min(200, int(budget_s / max(once, 1e-6))))
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        outs = [fn() for _ in range(calls)]
+        jax.block_until_ready(outs)
+        samples.append((time.perf_counter() - start) / calls)
+        del outs
+    return statistics.median(samples)
+
+
+def copy_bandwidth(num_bytes: int) -> float:
+    """Bytes/s of a jitted elementwise pass over a large bf16 array (reads and writes it once)."""
+    x = jnp.ones((num_bytes // 2,), DTYPE)
+    f = jax.jit(lambda x: x + 1)
+    return 2 * num_bytes / timeit(lambda: f(x))
+
+
+def matmul_rate(n: int) -> float:
+    """FLOP/s of a jitted n x n x n bf16 matmul with f32 accumulation."""
+    a = jnp.ones((n, n), DTYPE)
+    f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
+    return 2 * n**3 / timeit(lambda: f(a))
+
+
+class Pool:
+    """One bf16 KV pool, allocated once, whose pages every shape draws from at random."""
+
+    def __init__(self, num_tokens: int, page_size: int) -> None:
+        self.page_size = page_size
+        self.num_pages = 1 + -(-num_tokens // page_size)
+        # 1024 random pages tiled over the pool: a full-size jax.random draw can pass 2**32 elements.
+        tile = jax.random.normal(jax.random.key(0), (2, NUM_KV_HEADS, 1024, page_size, HEAD_DIM), DTYPE)
+        reps = -(-self.num_pages // 1024)
+        fill = jax.jit(lambda t: jnp.tile(t, (1, 1, reps, 1, 1))[:, :, : self.num_pages])
+        self.kv = fill(tile)  # [2, Hkv, P, page_size, D]
+        self.rng = np.random.default_rng(0)
+
+    def step(self, q_lens: list[int], kv_lens: list[int]) -> tuple[jax.Array, ...]:
+        """(q, kv_pages, kv_lens, block_tables, query_start_loc) for one step; tables padded to the longest context."""
+        width = -(-max(kv_lens) // self.page_size)
+        tables = np.zeros((len(kv_lens), width), np.int32)
+        pages = 1 + self.rng.permutation(self.num_pages - 1)
+        used = 0
+        for s, n in enumerate(kv_lens):
+            need = -(-n // self.page_size)
+            tables[s, :need] = pages[used : used + need]
+            used += need
+        q = jax.random.normal(jax.random.key(1), (sum(q_lens), NUM_Q_HEADS, HEAD_DIM), DTYPE)
+        qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+        return q, self.kv, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(tables), jnp.asarray(qsl)
+
+
+def kernel_fn(
+    step: tuple[jax.Array, ...], config: KernelConfig | None = None, interpret: bool = False
+) -> Callable[[], jax.Array]:
+    f = jax.jit(lambda *a: ragged_paged_attention(*a, sm_scale=HEAD_DIM**-0.5, config=config, interpret=interpret))
+    return lambda: f(*step)
+
+
+def reference_fn(step: tuple[jax.Array, ...]) -> Callable[[], jax.Array]:
+    f = jax.jit(lambda *a: ref_ragged_paged_attention(*a, sm_scale=HEAD_DIM**-0.5))
+    return lambda: f(*step)
+
+
+def stock_fn(
+    step: tuple[jax.Array, ...], k_pages: jax.Array, v_pages: jax.Array, interpret: bool
+) -> Callable[[], jax.Array] | None:
+    """JAX's stock Pallas decode kernel (Triton backend) on the same pages, with its default tiling."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention
+    q, _, kv_lens, tables, _ = step
+    if tables.shape[1] % 16:  # its default k_splits=16 must divide pages_per_sequence
+        return None
+    f = jax.jit(lambda q, k, v, t, n: paged_attention(q * HEAD_DIM**-0.5, k, v, t, n, interpret=interpret))
+    return lambda: f(q, k_pages, v_pages, tables, kv_lens)  # pages as arguments: closed over, they would be constants
+
+
+def config_of(step: tuple[jax.Array, ...]) -> KernelConfig:
+    q, kv, _, tables, qsl = step
+    return default_config(
+        q.shape[0], len(qsl) - 1, NUM_Q_HEADS, NUM_KV_HEADS, kv.shape[3], tables.shape[1], HEAD_DIM, 2
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="1,32,64,128,256")
+    parser.add_argument("--contexts", default="1024,2048,4096,8192")
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference path")
+    parser.add_argument("--no-stock", action="store_true", help="skip JAX's stock paged_attention")
+    parser.add_argument("--tune", action="store_true", help="also time a few tilings on batch 1/32/128 decode shapes")
+    parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if args.smoke:
+        args.batches, args.contexts = "1,2", "256"
+    batches = [int(b) for b in args.batches.split(",")]
+    contexts = [int(c) for c in args.contexts.split(",")]
+    chunks = ((16, 0), (16, 64)) if args.smoke else ((512, 0), (512, 4096), (2048, 0), (2048, 4096))
+    tune_shapes = ((1, 256), (2, 256)) if args.smoke else ((32, 4096), (128, 2048), (1, 8192))
+    interpret = args.smoke
+    lines: list[str] = []
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+        if args.out:  # rewritten as we go, so a run cut short still leaves its table
+            (args.out / "bench_kernels.txt").write_text("\n".join(lines) + "\n")
+
+    say(f"{jax.devices()[0].device_kind} | jax {jax.__version__} | {datetime.date.today()} | bench_kernels")
+    copy_bw = copy_bandwidth(1 << 24 if args.smoke else 4 << 30)
+    mm = matmul_rate(256 if args.smoke else 8192)
+    say(f"device copy bandwidth {copy_bw / 1e12:.2f} TB/s; bf16 matmul {mm / 1e12:.0f} TFLOP/s")
+    say(f"decode: Hq={NUM_Q_HEADS} Hkv={NUM_KV_HEADS} D={HEAD_DIM} bf16 page_size={args.page_size}")
+    say(
+        f"{'batch':>5} {'ctx':>5} | {'kernel us':>9} {'TB/s':>5} {'%copy':>5} | {'stock us':>8} {'TB/s':>5} | "
+        f"{'ref us':>8} {'TB/s':>5} | {'x stock':>7} config"
+    )
+    pool = Pool(max(batches) * max(contexts) + max(c + p for c, p in chunks), args.page_size)
+    k_pages, v_pages = (None, None) if args.no_stock else (pool.kv[0], pool.kv[1])
+    rows = []
+    for ctx in contexts:
+        for batch in batches:
+            step = pool.step([1] * batch, [ctx] * batch)
+            kv_bytes = batch * ctx * NUM_KV_HEADS * HEAD_DIM * 2 * 2
+            row = {"batch": batch, "context": ctx, "kv_bytes": kv_bytes, "config": dataclasses.asdict(config_of(step))}
+            row["kernel_s"] = timeit(kernel_fn(step, interpret=interpret))
+            stock = None if args.no_stock else stock_fn(step, k_pages, v_pages, interpret)
+            row["stock_s"] = timeit(stock) if stock else None
+            row["reference_s"] = None if args.no_reference else timeit(reference_fn(step), reps=3)
+            rows.append(row)
+
+            def cell(seconds: float | None, kv_bytes: int = kv_bytes) -> str:
+                return (
+                    f"{'-':>8} {'-':>5}"
+                    if seconds is None
+                    else f"{seconds * 1e6:8.1f} {kv_bytes / seconds / 1e12:5.2f}"
+                )
+
+            k_s = row["kernel_s"]
+            speedup = f"{row['stock_s'] / k_s:7.2f}" if row["stock_s"] else f"{'-':>7}"
+            cfg = row["config"]
+            say(
+                f"{batch:5d} {ctx:5d} | {k_s * 1e6:9.1f} {kv_bytes / k_s / 1e12:5.2f} "
+                f"{100 * kv_bytes / k_s / copy_bw:5.0f} | {cell(row['stock_s'])} | {cell(row['reference_s'])} | "
+                f"{speedup} q{cfg['q_block']}/kv{cfg['kv_block']}/s{cfg['num_splits']}/w{cfg['num_warps']}"
+            )
+
+    say("prefill chunks (one sequence; TFLOP/s counts causal QK^T and PV)")
+    prefill = []
+    for chunk, prefix in chunks:
+        step = pool.step([chunk], [prefix + chunk])
+        flops = 4 * NUM_Q_HEADS * HEAD_DIM * sum(prefix + i + 1 for i in range(chunk))
+        seconds = timeit(kernel_fn(step, interpret=interpret))
+        ref_s = None if args.no_reference else timeit(reference_fn(step), reps=3)
+        cfg = config_of(step)
+        prefill.append({"chunk": chunk, "prefix": prefix, "kernel_s": seconds, "reference_s": ref_s, "flops": flops})
+        ref_cell = "-" if ref_s is None else f"{ref_s * 1e6:.1f} us"
+        say(
+            f"chunk {chunk:5d} prefix {prefix:5d} | {seconds * 1e6:9.1f} us {flops / seconds / 1e12:6.1f} TFLOP/s "
+            f"({100 * flops / seconds / mm:3.0f}% of matmul) | ref {ref_cell} | q{cfg.q_block}/kv{cfg.kv_block}"
+            f"/s{cfg.num_splits}/w{cfg.num_warps}"
+        )
+
+    tuning = []
+    if args.tune:
+        say("tilings (decode): batch ctx kv_block warps stages splits -> us TB/s")
+        for batch, ctx in tune_shapes:
+            if time.perf_counter() - started > args.deadline_s:
+                break
+            step = pool.step([1] * batch, [ctx] * batch)
+            kv_bytes = batch * ctx * NUM_KV_HEADS * HEAD_DIM * 4
+            base = config_of(step)
+            tilings = [KernelConfig(1, kb, base.num_splits, w, st) for kb, w, st in TUNE_TILES]
+            tilings += [
+                dataclasses.replace(base, num_splits=n) for n in (base.num_splits // 2, 2 * base.num_splits) if n
+            ]
+            for cfg in tilings:
+                if time.perf_counter() - started > args.deadline_s:
+                    say(f"  deadline of {args.deadline_s:.0f} s reached; remaining tilings skipped")
+                    break
+                label = (
+                    f"  {batch:4d} {ctx:5d} {cfg.kv_block:4d} {cfg.num_warps} {cfg.num_stages} {cfg.num_splits:3d} ->"
+                )
+                try:
+                    seconds = timeit(kernel_fn(step, cfg, interpret), reps=3)
+                except Exception as e:  # a tiling that does not compile (e.g. out of shared memory) is skipped
+                    say(f"{label} {type(e).__name__}: {str(e)[:200]}")
+                    continue
+                tuning.append({"batch": batch, "context": ctx, **dataclasses.asdict(cfg), "kernel_s": seconds})
+                say(f"{label} {seconds * 1e6:8.1f} {kv_bytes / seconds / 1e12:5.2f}")
+
+    if args.out:
+        result = {"header": lines[0], "copy_bytes_per_s": copy_bw, "matmul_flops": mm}
+        result |= {"decode": rows, "prefill": prefill, "tuning": tuning}
+        (args.out / "bench_kernels.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

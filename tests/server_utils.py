@@ -1,0 +1,124 @@
+"""Helpers for the server tests: a tiny chat model and the real app on a free loopback port.
+
+The model is a 2-layer random-weight Llama carrying the default model's tokenizer and chat template: real BPE text
+(multi-byte characters, special tokens) with steps of a few milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+from model_utils import TINY_CONFIG, save_tiny_checkpoint
+from prometheus_client.parser import text_string_to_metric_families
+
+from jllm.async_engine import AsyncEngine
+from jllm.config import EngineConfig, load_config
+from jllm.engine import LLMEngine
+from jllm.server.app import bound_port, build_app, start_app, stop_app
+
+API_KEY = "sk-test-key"
+# Four step buckets (16/32 tokens x 1/4 sequences): compiles in seconds; a 96-page pool holds every test's load.
+ENGINE_ARGS = dict(dtype="float32", max_model_len=256, max_num_batched_tokens=32, max_num_seqs=4, num_pages=96)
+T = TypeVar("T")
+
+
+def tiny_chat_model(root: Path, tokenizer_dir: Path) -> Path:
+    """The tiny model under ``root`` (built once; later calls in the session reuse it)."""
+    out = root / "tiny_chat_model"
+    if not (out / "config.json").is_file():
+        building = root / "tiny_chat_model.partial"
+        shutil.rmtree(building, ignore_errors=True)
+        config = {**TINY_CONFIG, "vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": True}
+        save_tiny_checkpoint("LlamaForCausalLM", config, building)
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            shutil.copy(tokenizer_dir / name, building / name)
+        building.rename(out)
+    return out
+
+
+def engine_config(model_dir: Path, **overrides: Any) -> EngineConfig:
+    return load_config(None, model=str(model_dir), **{**ENGINE_ARGS, **overrides})
+
+
+class RunningServer:
+    """The app and an ``AsyncEngine`` over ``engine``, serving on 127.0.0.1 from an event loop on its own thread,
+    so tests can use blocking clients (the ``openai`` package) and ``asyncio.run`` clients alike."""
+
+    def __init__(self, engine: LLMEngine, config: EngineConfig, **async_engine_args: Any) -> None:
+        self.engine = engine
+        self.config = config
+        self.async_engine_args = async_engine_args
+        self.runner: web.AppRunner | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+
+    def __enter__(self) -> RunningServer:
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(drain_timeout=0)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Runs ``coro`` on the server's loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, drain_timeout: float) -> None:
+        """The graceful stop ``run_server`` does on SIGTERM; idempotent."""
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            self.call(stop_app(self.app, runner, drain_timeout))
+
+    async def _start(self) -> None:
+        self.async_engine = AsyncEngine(self.engine, **self.async_engine_args)
+        self.async_engine.start()
+        self.app = build_app(self.config, self.async_engine)
+        self.runner = await start_app(self.app, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{bound_port(self.runner)}"
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(
+    method: str, url: str, *, data: bytes | None = None, json_body: Any = None, headers: dict | None = None
+) -> Reply:
+    """One request with a fresh connection, read to the end."""
+
+    async def go() -> Reply:
+        async with aiohttp.ClientSession() as session:
+            async with session.request(method, url, data=data, json=json_body, headers=headers) as response:
+                return Reply(response.status, dict(response.headers), await response.read())
+
+    return asyncio.run(go())
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The server's /metrics as {name: value}; a sample with labels besides model_name is keyed ``name{value}``."""
+    text = http("GET", f"{url}/metrics").body.decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            extra = [v for k, v in sample.labels.items() if k not in ("model_name", "le")]
+            out[f"{sample.name}{{{','.join(extra)}}}" if extra else sample.name] = sample.value
+    return out

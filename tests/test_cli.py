@@ -1,0 +1,344 @@
+"""The `jllm` command: options made from the config keys, precedence, clean errors, and end-to-end runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from model_utils import TINY_CONFIG, save_tiny_checkpoint
+
+from jllm import cli
+from jllm.batch_run import load_job, parse_run, read_prompts
+from jllm.config import ServerConfig, engine_keys, key_type
+from jllm.outputs import CompletionOutput, RequestOutput
+
+# Small enough that engine start-up compiles only four step buckets of the tiny model.
+ENGINE_ARGS = ["--max-model-len", "64", "--max-num-batched-tokens", "32", "--max-num-seqs", "4", "--num-pages", "32"]
+ENGINE_KEYS = dict(max_model_len=64, max_num_batched_tokens=32, max_num_seqs=4, num_pages=32)
+PROMPTS = ["Hello world", "x = [1, 2]"]
+MAX_TOKENS = 8
+
+
+def save_char_tokenizer(out_dir: Path, vocab_size: int) -> None:
+    """A character-level tokenizer whose ids fill exactly ``vocab_size``, with a chat template."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]  # Llama's ids: bos 1, eos 2, as the tiny config's generation_config says
+    chars = ["\n", *(chr(c) for c in range(32, 127))]
+    chars += [chr(0xA1 + i) for i in range(vocab_size - len(specials) - len(chars))]
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    tok.save_pretrained(out_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = save_tiny_checkpoint("LlamaForCausalLM", TINY_CONFIG, tmp_path_factory.mktemp("cli") / "tiny")
+    save_char_tokenizer(out, TINY_CONFIG["vocab_size"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_model: Path) -> dict[str, CompletionOutput]:
+    """Greedy completions of PROMPTS from the Python API, with the same engine settings the CLI gets."""
+    from jllm.llm import LLM
+    from jllm.sampling import SamplingParams
+
+    llm = LLM(str(tiny_model), **ENGINE_KEYS)
+    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_TOKENS), use_tqdm=False)
+    completions = {p: out.outputs[0] for p, out in zip(PROMPTS, outputs, strict=True)}
+    assert all(c.text and c.token_ids for c in completions.values())
+    return completions
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JLLM_CACHE": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "jllm.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def write_yaml(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def fail(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Runs the CLI in-process expecting a usage error; returns stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+# ------------------------------------------------------------------ options and precedence
+
+
+@pytest.mark.parametrize(
+    ("command", "required"), [("generate", ["hi"]), ("chat", []), ("run", ["j.yaml"]), ("serve", [])]
+)
+def test_every_engine_key_is_an_option_of_its_type(command: str, required: list[str]) -> None:
+    parser = cli.build_parser()
+    sections = cli.ALL_SECTIONS if command == "serve" else cli.OFFLINE_SECTIONS
+    samples = {int: ("8", 8), float: ("0.5", 0.5), str: ("x", "x")}
+    for key in engine_keys(*sections):
+        option = "--" + key.replace("_", "-")
+        kind, choices = key_type(key)
+        if kind is bool:
+            assert getattr(parser.parse_args([command, "--no-" + option[2:], *required]), key) is False
+            given, value = [option], True
+        else:
+            text, value = (choices[-1], choices[-1]) if choices else samples[kind]
+            given = [option, text]
+        assert getattr(parser.parse_args([command, *given, *required]), key) == value, key
+        assert getattr(parser.parse_args([command, *required]), key) is None, key  # absent = not given
+    assert hasattr(parser.parse_args([command, *required]), "port") == (command == "serve")
+
+
+def test_command_line_beats_config_file_beats_defaults(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "c.yaml", {"max_num_seqs": 8, "max_model_len": 1024, "enable_prefix_caching": False})
+    args = cli.build_parser().parse_args(["generate", "--config", str(config), "--max-num-seqs", "4", "hi"])
+    engine = cli.engine_config(args)
+    assert engine.scheduler.max_num_seqs == 4  # command line over file
+    assert engine.model.max_model_len == 1024  # file over default
+    assert engine.cache.enable_prefix_caching is False  # an absent flag does not reset the file's value
+    assert engine.cache.page_size == 16  # default
+    args = cli.build_parser().parse_args(["generate", "--config", str(config), "--enable-prefix-caching", "hi"])
+    assert cli.engine_config(args).cache.enable_prefix_caching is True
+
+
+def test_sampling_options_default_to_sampling_params() -> None:
+    args = cli.build_parser().parse_args(["generate", "--temperature", "0", "hi"])
+    params = cli.sampling_params(args)
+    assert (params.temperature, params.max_tokens, params.top_p) == (0, cli.DEFAULT_MAX_TOKENS, 1.0)
+    args = cli.build_parser().parse_args(["generate", "--top-p", "0.5", "--max-tokens", "3", "hi"])
+    params = cli.sampling_params(args)
+    assert (params.temperature, params.top_p, params.max_tokens) == (1.0, 0.5, 3)
+
+
+# ------------------------------------------------------------------ errors: exit 2, the field named, no traceback
+
+
+def test_unknown_option_suggests_the_close_one(capsys: pytest.CaptureFixture) -> None:
+    err = fail(["generate", "--max-num-seq", "4", "hi"], capsys)
+    assert "jllm: error: unknown option '--max-num-seq' (did you mean '--max-num-seqs'?)" in err
+
+
+def test_options_are_not_abbreviated(capsys: pytest.CaptureFixture) -> None:
+    assert "unknown option '--temp'" in fail(["generate", "--temp", "0", "hi"], capsys)
+
+
+def test_out_of_range_option_names_key_and_value(capsys: pytest.CaptureFixture) -> None:
+    err = fail(["generate", "--max-num-seqs", "0", "hi"], capsys)
+    assert err == "jllm: error: max_num_seqs=0 is not allowed: must be >= 1\n"
+
+
+def test_badly_typed_option_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:
+    assert "argument --max-num-seqs: invalid int value: 'many'" in fail(
+        ["generate", "--max-num-seqs", "many", "x"], capsys
+    )
+    assert "argument --dtype: invalid choice: 'bf16'" in fail(["generate", "--dtype", "bf16", "x"], capsys)
+
+
+def test_bad_sampling_value_names_the_field(capsys: pytest.CaptureFixture) -> None:
+    assert "jllm: error: top_p must be in (0, 1], got 2.0" in fail(["generate", "--top-p", "2", "hi"], capsys)
+
+
+def test_unknown_key_in_config_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = write_yaml(tmp_path / "c.yaml", {"max_num_seq": 4})
+    err = fail(["chat", "--config", str(config)], capsys)
+    assert "jllm: error: unknown key 'max_num_seq' (did you mean 'max_num_seqs'?)" in err
+
+
+def test_missing_and_malformed_config_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert "does not exist" in fail(["generate", "--config", str(tmp_path / "nope.yaml"), "hi"], capsys)
+    (tmp_path / "bad.yaml").write_text("max_num_seqs: [4\n")
+    assert "is not readable YAML" in fail(["generate", "--config", str(tmp_path / "bad.yaml"), "hi"], capsys)
+
+
+# ------------------------------------------------------------------ jllm run: the job file
+
+
+def job(tmp_path: Path, run: object, **engine: object) -> Path:
+    return write_yaml(tmp_path / "job.yaml", {**engine, "run": run})
+
+
+def test_job_splits_engine_keys_from_the_run_section(tmp_path: Path) -> None:
+    path = job(tmp_path, {"prompts": ["a", "b"], "chat": True, "sampling": {"temperature": 0}}, max_num_seqs=8)
+    config, spec = load_job(path, max_num_seqs=None, max_model_len=128)
+    assert (config.scheduler.max_num_seqs, config.model.max_model_len) == (8, 128)
+    assert spec.prompts == ["a", "b"] and spec.chat is True and spec.output is None
+    assert spec.sampling.is_greedy and spec.sampling.max_tokens == 16
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ({"prompt": ["a"]}, "unknown run key 'prompt' (did you mean 'prompts'?)"),
+        ({"prompts": ["a"], "sampling": {"temprature": 0}}, "unknown sampling key 'temprature' (did you mean"),
+        ({"prompts": ["a"], "sampling": {"temperature": -1}}, "run.sampling: temperature must be >= 0, got -1"),
+        ({"prompts": ["a"], "prompts_file": "p.txt"}, "exactly one of prompts"),
+        ({"chat": True}, "exactly one of prompts"),
+        ({"prompts": "a"}, "run.prompts must be a non-empty list"),
+        ({"prompts": []}, "run.prompts must be a non-empty list"),
+        ({"prompts": ["a"], "chat": "yes"}, "run.chat='yes' is not allowed"),
+        ({"prompts": ["a"], "output": "no/such/dir/out.jsonl"}, "directory 'no/such/dir' does not exist"),
+        ({"prompts_file": "missing.txt"}, "run.prompts_file='missing.txt' cannot be read"),
+        (["a"], "run must be a mapping"),
+    ],
+)
+def test_bad_run_section_names_the_field(tmp_path: Path, run: object, message: str, capsys) -> None:
+    path = job(tmp_path, run)
+    assert message in fail(["run", str(path)], capsys)
+
+
+def test_example_job_file_is_valid() -> None:
+    config, spec = load_job(Path(__file__).parents[1] / "configs" / "example-run.yaml")
+    assert config.model.model == "smollm2-135m-instruct" and config.scheduler.max_num_seqs == 4
+    assert len(spec.prompts) == 3 and spec.chat and spec.sampling.is_greedy and spec.sampling.max_tokens == 64
+    assert spec.output == Path("example-run.jsonl")
+
+
+def test_job_file_without_run_section(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_yaml(tmp_path / "job.yaml", {"max_num_seqs": 4})
+    assert "has no `run:` section" in fail(["run", str(path)], capsys)
+
+
+def test_unknown_engine_key_in_job_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = job(tmp_path, {"prompts": ["a"]}, max_modl_len=64)
+    assert "unknown key 'max_modl_len' (did you mean 'max_model_len'?)" in fail(["run", str(path)], capsys)
+
+
+def test_prompts_file_text_and_jsonl(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("first prompt\n\n  second  \n")
+    assert read_prompts(tmp_path / "p.txt") == ["first prompt", "  second  "]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "one"}\n\n{"prompt": "two\\nlines", "id": 3}\n')
+    assert read_prompts(tmp_path / "p.jsonl") == ["one", "two\nlines"]
+    assert parse_run({"prompts_file": str(tmp_path / "p.jsonl")}).prompts == ["one", "two\nlines"]
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match="empty.txt' holds no prompts"):
+        parse_run({"prompts_file": str(tmp_path / "empty.txt")})
+
+
+@pytest.mark.parametrize(("line", "message"), [("{oops", "p.jsonl:2: not valid JSON"), ('{"text": "a"}', "p.jsonl:2")])
+def test_bad_jsonl_line_is_named(tmp_path: Path, line: str, message: str) -> None:
+    (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_prompts(tmp_path / "p.jsonl")
+
+
+# ------------------------------------------------------------------ serve and chat, without an engine
+
+
+def test_serve_builds_the_config_and_calls_run_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    monkeypatch.setitem(sys.modules, "jllm.server.app", types.SimpleNamespace(run_server=seen.append))
+    config = write_yaml(tmp_path / "c.yaml", {"port": 7000, "host": "0.0.0.0", "max_num_seqs": 8})
+    argv = [
+        "serve",
+        "/models/x",
+        "--config",
+        str(config),
+        "--port",
+        "9001",
+        "--api-key",
+        "k",
+        "--served-model-name",
+        "m",
+    ]
+    assert cli.main(argv) == 0
+    [engine] = seen
+    assert (engine.model.model, engine.server.port, engine.server.host) == ("/models/x", 9001, "0.0.0.0")
+    assert (engine.server.api_key, engine.server.served_model_name, engine.scheduler.max_num_seqs) == ("k", "m", 8)
+    assert engine.server.shutdown_timeout == ServerConfig().shutdown_timeout
+
+
+def test_serve_rejects_two_different_models(capsys: pytest.CaptureFixture) -> None:
+    assert "the model is given twice" in fail(["serve", "/a", "--model", "/b"], capsys)
+
+
+class FakeLLM:
+    """Replies with the number of messages it was given; fails on the message "too long"."""
+
+    def __init__(self) -> None:
+        self.conversations: list[list[dict]] = []
+
+    def chat(self, messages, sampling_params, use_tqdm=True):
+        self.conversations.append([dict(m) for m in messages])
+        if messages[-1]["content"] == "too long":
+            raise ValueError("This model's maximum context length is 64 tokens")
+        reply = CompletionOutput(0, f"reply to {len(messages)}", [5], None, None, "stop")
+        return [RequestOutput("r", None, [1], None, [reply], True)]
+
+
+def test_chat_keeps_history_and_ends_at_exit(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    llm = FakeLLM()
+    monkeypatch.setattr(cli, "make_llm", lambda config: llm)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n\ntoo long\nagain\n/exit\nnever read\n"))
+    assert cli.main(["chat", "--system", "be brief", "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "reply to 2\nreply to 4\n"
+    assert "jllm: error: This model's maximum context length is 64 tokens" in err
+    assert llm.conversations[-1] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "reply to 2"},
+        {"role": "user", "content": "again"},  # the failed message was dropped from the history
+    ]
+
+
+def test_chat_ends_at_eof(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    llm = FakeLLM()
+    monkeypatch.setattr(cli, "make_llm", lambda config: llm)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("only line"))
+    assert cli.main(["chat"]) == 0
+    assert capsys.readouterr().out == "reply to 1\n"
+    assert llm.conversations == [[{"role": "user", "content": "only line"}]]
+
+
+# ------------------------------------------------------------------ end to end on a tiny random model
+
+
+def test_generate_prints_the_python_api_greedy_completions(tiny_model: Path, expected, tmp_path: Path) -> None:
+    result = run_cli(
+        "generate", "--model", str(tiny_model), *ENGINE_ARGS, "--temperature", "0", "--max-tokens", str(MAX_TOKENS),
+        *PROMPTS, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for i, prompt in enumerate(PROMPTS, 1):
+        c = expected[prompt]
+        assert f"=== prompt {i} ===\n{prompt}\n=== completion {i} ({c.finish_reason}) ===\n{c.text}\n" in result.stdout
+
+
+def test_run_writes_one_json_line_per_prompt(tiny_model: Path, expected, tmp_path: Path) -> None:
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    run = {"prompts_file": "prompts.txt", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}, "output": "o.jsonl"}
+    path = job(tmp_path, run, model=str(tiny_model), **ENGINE_KEYS)
+    result = run_cli("run", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == PROMPTS
+    for record in records:
+        c = expected[record["prompt"]]
+        assert record == {
+            "prompt": record["prompt"],
+            "index": 0,
+            "text": c.text,
+            "token_ids": c.token_ids,
+            "finish_reason": c.finish_reason,
+        }

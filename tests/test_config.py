@@ -1,0 +1,220 @@
+"""Engine settings: YAML loading, precedence (command line > file > defaults) and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jllm.config import (
+    CacheConfig,
+    ConfigError,
+    EngineConfig,
+    ServerConfig,
+    engine_keys,
+    load_config,
+    merge_config,
+)
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_overrides() -> None:
+    config = load_config()
+    assert config == EngineConfig()
+    assert (config.model.model, config.model.dtype, config.cache.page_size) == (None, "auto", 16)
+    assert (config.scheduler.max_num_seqs, config.server.port) == (64, 8000)
+
+
+def test_yaml_keys_land_in_their_sections(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.yaml",
+        "model: /models/x\ndtype: bfloat16\nmax-model-len: 2048\npage_size: 32\nmax_num_seqs: 8\n"
+        "tensor_parallel_size: 2\nport: 9000\nenable_prefix_caching: false\nkv_cache_memory_bytes: null\n",
+    )
+    config = load_config(path)
+    assert (config.model.model, config.model.dtype, config.model.max_model_len) == ("/models/x", "bfloat16", 2048)
+    assert (config.cache.page_size, config.cache.enable_prefix_caching) == (32, False)
+    assert config.cache.kv_cache_memory_bytes is None
+    assert (config.scheduler.max_num_seqs, config.parallel.tensor_parallel_size, config.server.port) == (8, 2, 9000)
+
+
+def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path / "c.yaml", "# only a comment\n")) == EngineConfig()
+
+
+def test_override_beats_file_beats_default(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "max_num_seqs: 8\nmax-model-len: 1024\n")
+    config = load_config(path, max_num_seqs=4, page_size=None)
+    assert config.scheduler.max_num_seqs == 4  # keyword over file
+    assert config.model.max_model_len == 1024  # file over default
+    assert config.cache.page_size == 16  # default, since the None override means "not given"
+    # An override spelt with underscores replaces the file's dashed spelling of the same key.
+    assert load_config(path, max_model_len=512).model.max_model_len == 512
+
+
+def test_none_override_keeps_the_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "max_model_len: 1024\nenable_prefix_caching: false\n")
+    config = load_config(path, max_model_len=None, enable_prefix_caching=None, model=None)
+    assert config.model.max_model_len == 1024 and config.cache.enable_prefix_caching is False
+
+
+def test_false_override_is_given_not_missing(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "enable_prefix_caching: true\nseed: 5\n")
+    config = load_config(path, enable_prefix_caching=False, seed=0)
+    assert config.cache.enable_prefix_caching is False and config.model.seed == 0
+
+
+def test_unknown_yaml_key_names_it_and_suggests_the_close_one(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "max_model_lenght: 2048\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'max_model_lenght' \(did you mean 'max_model_len'\?\)"):
+        load_config(path)
+
+
+def test_unknown_override_names_it_and_suggests_the_close_one() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'max_num_seq' \(did you mean 'max_num_seqs'\?\)"):
+        load_config(max_num_seq=4)
+
+
+def test_unknown_key_far_from_any_lists_the_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(zzz=1)
+    message = str(err.value)
+    assert "'zzz'" in message and "did you mean" not in message
+    assert "max_model_len" in message and "page_size" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("max_num_seqs", "8", "expected int"),
+        ("max_num_seqs", True, "expected int"),
+        ("max_num_seqs", 2.5, "expected int"),
+        ("enable_prefix_caching", "yes", "expected bool"),
+        ("dtype", "bf16", "expected 'auto' or 'bfloat16' or 'float16' or 'float32'"),
+        ("load_format", "pickle", "'safetensors'"),
+        ("max_model_len", "long", "expected int or null"),
+        ("gpu_memory_utilization", "high", "expected int or float"),
+        ("model", 7, "expected str or null"),
+        ("page_size", None, "expected int"),
+    ],
+)
+def test_bad_type_names_key_value_and_allowed(key: str, value: object, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        EngineConfig.from_flat({key: value})
+    message = str(err.value)
+    assert f"{key}={value!r}" in message and allowed in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("max_model_len", 0, "must be >= 1"),
+        ("page_size", 24, "must be one of 8, 16, 32, 64, 128"),
+        ("num_pages", 1, "must be >= 2"),
+        ("gpu_memory_utilization", 1.5, "must be in (0, 1]"),
+        ("gpu_memory_utilization", 0, "must be in (0, 1]"),
+        ("kv_cache_memory_bytes", 0, "must be > 0"),
+        ("max_num_seqs", 0, "must be >= 1"),
+        ("max_num_batched_tokens", 4, "must be >= 8"),
+        ("tensor_parallel_size", 0, "must be >= 1"),
+        ("port", 70000, "must be in 0..65535"),
+        ("max_queued_requests", 0, "must be >= 1"),
+        ("shutdown_timeout", -1.0, "must be >= 0"),
+    ],
+)
+def test_out_of_range_names_key_value_and_allowed(key: str, value: object, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(**{key: value})
+    assert f"{key}={value!r}" in str(err.value) and allowed in str(err.value)
+
+
+def test_bad_value_in_yaml_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"page_size=17 is not allowed"):
+        load_config(write(tmp_path / "c.yaml", "page_size: 17\n"))
+
+
+def test_integer_for_a_float_key_becomes_float() -> None:
+    config = load_config(gpu_memory_utilization=1, shutdown_timeout=5)
+    assert config.cache.gpu_memory_utilization == 1.0 and isinstance(config.cache.gpu_memory_utilization, float)
+    assert isinstance(config.server.shutdown_timeout, float)
+
+
+def test_the_same_key_twice_in_one_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'max_model_len' is given twice"):
+        load_config(write(tmp_path / "c.yaml", "max_model_len: 10\nmax-model-len: 20\n"))
+
+
+def test_missing_yaml_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=f"config file '{path}' does not exist"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_model_len: [1, 2\n", "is not readable YAML"),
+        ("a: b: c\n", "is not readable YAML"),
+        ("- max_model_len\n- 10\n", "must hold a mapping of keys to values, got list"),
+        ("just a string\n", "must hold a mapping of keys to values, got str"),
+    ],
+)
+def test_malformed_yaml_is_a_config_error_naming_the_file(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_non_utf8_yaml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not readable YAML"):
+        load_config(path)
+
+
+def test_merge_config_takes_already_read_values() -> None:
+    config = merge_config({"max_num_seqs": 8, "page-size": 32}, page_size=64, max_model_len=None)
+    assert (config.scheduler.max_num_seqs, config.cache.page_size, config.model.max_model_len) == (8, 64, None)
+
+
+def test_replace_validates_and_round_trips_to_flat() -> None:
+    config = load_config(max_num_seqs=8)
+    assert EngineConfig.from_flat(config.to_flat()) == config
+    assert config.replace(port=1234).server.port == 1234 and config.server.port == 8000
+    assert config.replace(**{"max-num-seqs": 2}).scheduler.max_num_seqs == 2
+    with pytest.raises(ConfigError, match="port=-1"):
+        config.replace(port=-1)
+
+
+def test_engine_keys_cover_every_section_field() -> None:
+    keys = engine_keys()
+    assert {"model", "dtype", "max_model_len", "page_size", "max_num_seqs", "tensor_parallel_size", "port"} <= set(keys)
+    assert len(keys) == len(EngineConfig().to_flat())
+    assert keys["page_size"].default == CacheConfig().page_size
+
+
+def test_engine_keys_of_chosen_sections() -> None:
+    server_keys = engine_keys("server")
+    assert set(server_keys) == set(ServerConfig().__dict__)
+    assert "port" not in engine_keys("model", "cache", "scheduler", "parallel")
+    with pytest.raises(ConfigError, match=r"unknown section 'servr' \(did you mean 'server'\?\)"):
+        engine_keys("servr")
+
+
+def test_default_yaml_lists_every_key_with_its_default() -> None:
+    assert set(yaml.safe_load((CONFIGS / "default.yaml").read_text())) == set(engine_keys())
+    assert load_config(CONFIGS / "default.yaml") == EngineConfig()
+
+
+def test_cpu_yaml_is_a_small_valid_config() -> None:
+    config = load_config(CONFIGS / "smollm2-cpu.yaml")
+    assert (config.model.dtype, config.model.max_model_len, config.scheduler.max_num_seqs) == ("float32", 2048, 4)
+    assert (config.cache.num_pages - 1) * config.cache.page_size >= config.model.max_model_len

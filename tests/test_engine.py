@@ -1,0 +1,292 @@
+"""The paged engine end to end on the default model: greedy output equals transformers' greedy ``generate``.
+
+Every scheduling regime must leave the tokens unchanged: one request at a time, one mixed batch, a token budget of 16
+(chunked prefill mixed with decodes), prefix-cache hits, and a pool so small that sequences are preempted and
+recomputed. After each test the pool is whole again. float32 on the CPU, so greedy argmax agrees exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jllm.llm import LLM
+from jllm.sampling import SamplingParams
+
+NEW_TOKENS = 32
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "서울은 대한민국의",
+    "List three colours of the rainbow:\n1.",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "Translate to French: 'Good morning, my friend.'\nFrench:",
+]
+CHAT = [{"role": "user", "content": "What is 2 + 2? Answer briefly."}]
+ENGINE_ARGS = dict(dtype="float32", max_model_len=256, page_size=16, max_num_seqs=8, max_num_batched_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def llm(default_model_dir: Path) -> LLM:
+    return LLM(str(default_model_dir), **ENGINE_ARGS)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(llm: LLM) -> list[list[int]]:
+    tok = llm.get_tokenizer()
+    chat = tok.encode(tok.apply_chat_template(CHAT), add_special_tokens=False)
+    return [tok.encode(p) for p in PROMPTS] + [chat]
+
+
+@pytest.fixture(scope="module")
+def hf_model(default_model_dir: Path):
+    """transformers' PyTorch model of the same checkpoint, float32: the reference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()
+
+
+def hf_log_softmax(hf_model, ids: list[int]):
+    """[len(ids), vocab] log-probabilities of the next token after each prefix, as NumPy."""
+    import torch
+
+    with torch.no_grad():
+        return torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def reference(hf_model, prompt_ids: list[list[int]], llm: LLM) -> list[list[int]]:
+    """transformers' greedy continuation of each prompt, cut after the first EOS as jllm stops there."""
+    import torch
+
+    model = hf_model
+    eos = llm.get_tokenizer().eos_token_ids
+    out = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            seq = model.generate(
+                torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=sorted(eos)
+            )[0, len(ids) :].tolist()
+            cut = next((i + 1 for i, t in enumerate(seq) if t in eos), len(seq))
+            out.append(seq[:cut])
+    return out
+
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS)
+
+
+def token_ids(outputs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def assert_pool_whole(llm: LLM) -> None:
+    engine = llm.engine
+    assert not engine.has_unfinished_requests()
+    assert engine.block_manager.num_allocated_pages == 0
+    engine.block_manager.check_invariants([])
+
+
+def test_one_request_at_a_time_equals_transformers(llm, prompt_ids, reference):
+    for ids, ref in zip(prompt_ids, reference, strict=True):
+        assert token_ids(llm.generate([ids], GREEDY, use_tqdm=False)) == [ref]
+    assert_pool_whole(llm)
+
+
+def test_one_mixed_batch_equals_transformers(llm, prompt_ids, reference):
+    outputs = llm.generate(prompt_ids, GREEDY, use_tqdm=False)
+    assert token_ids(outputs) == reference
+    for out, ref in zip(outputs, reference, strict=True):
+        expected = "length" if len(ref) == NEW_TOKENS and ref[-1] not in llm.get_tokenizer().eos_token_ids else "stop"
+        assert out.outputs[0].finish_reason == expected
+    assert_pool_whole(llm)
+
+
+def test_string_prompts_and_text_match_the_tokenizer(llm, prompt_ids, reference):
+    outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    tok = llm.get_tokenizer()
+    n = len(PROMPTS)
+    for out, ids, ref in zip(outputs, prompt_ids[:n], reference[:n], strict=True):
+        assert out.prompt_token_ids == ids
+        assert out.outputs[0].token_ids == ref
+        assert out.outputs[0].text == tok.decode(ref, skip_special_tokens=True)
+    assert_pool_whole(llm)
+
+
+def test_chat_applies_the_template(llm, prompt_ids, reference):
+    (out,) = llm.chat(CHAT, GREEDY, use_tqdm=False)
+    assert out.prompt_token_ids == prompt_ids[-1]
+    assert out.outputs[0].token_ids == reference[-1]
+
+
+def test_shared_prefix_hits_the_cache(llm):
+    prefix = "You are a careful assistant. Answer every question with one short sentence and no lists. " * 3
+    first, second = prefix + "Question: what colour is the sky?", prefix + "Question: what is ice made of?"
+    (a,) = llm.generate([first], GREEDY, use_tqdm=False)
+    (b,) = llm.generate([second], GREEDY, use_tqdm=False)
+    page = ENGINE_ARGS["page_size"]
+    shared = len(llm.get_tokenizer().encode(prefix)) // page * page
+    assert a.num_cached_tokens == 0 or a.num_cached_tokens < shared
+    assert b.num_cached_tokens >= shared - page > 0
+    assert_pool_whole(llm)
+    # The hit changes nothing: the same prompt without a warm cache gives the same tokens.
+    llm.engine.block_manager.reset_prefix_cache()
+    (c,) = llm.generate([second], GREEDY, use_tqdm=False)
+    assert c.num_cached_tokens == 0
+    assert c.outputs[0].token_ids == b.outputs[0].token_ids
+
+
+def test_abort_mid_generation_frees_every_page(llm, prompt_ids):
+    engine = llm.engine
+    for i, ids in enumerate(prompt_ids):
+        engine.add_request(f"abort-{i}", ids, SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS))
+    for _ in range(4):
+        engine.step()
+    assert engine.block_manager.num_allocated_pages > 0
+    for i in range(len(prompt_ids)):
+        final = engine.abort_request(f"abort-{i}")
+        assert final is not None and final.finished
+        assert {o.finish_reason for o in final.outputs} <= {"abort", "stop", "length"}
+    assert_pool_whole(llm)
+
+
+def test_token_budget_16_chunks_prefill(default_model_dir, prompt_ids, reference):
+    small = LLM(str(default_model_dir), **{**ENGINE_ARGS, "max_num_batched_tokens": 16, "max_num_seqs": 4})
+    outputs = small.generate(prompt_ids, GREEDY, use_tqdm=False)
+    assert max(len(ids) for ids in prompt_ids) > 16  # at least one prompt really was split into chunks
+    assert token_ids(outputs) == reference
+    assert small.engine.runner.num_compilations <= len(small.engine.runner.buckets)
+    assert_pool_whole(small)
+
+
+def test_tiny_pool_preempts_without_changing_outputs(default_model_dir, prompt_ids, reference):
+    longest = max(len(ids) for ids in prompt_ids) + NEW_TOKENS
+    pages_for_one = -(-longest // ENGINE_ARGS["page_size"])
+    tiny = LLM(str(default_model_dir), **{**ENGINE_ARGS, "max_model_len": longest, "num_pages": 2 * pages_for_one + 1})
+    outputs = tiny.generate(prompt_ids, GREEDY, use_tqdm=False)
+    assert tiny.engine.scheduler.num_preemptions > 0
+    assert token_ids(outputs) == reference
+    assert_pool_whole(tiny)
+
+
+# ---------------------------------------------------------------- sampling parameters end to end
+
+
+def test_logprobs_and_prompt_logprobs_equal_transformers(llm, hf_model):
+    tok = llm.get_tokenizer()
+    prompt = tok.encode(" ".join([PROMPTS[4]] * 4))
+    assert len(prompt) > ENGINE_ARGS["max_num_batched_tokens"]  # prompt logprobs span prefill chunks
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=3, prompt_logprobs=2)
+    for _ in range(2):  # the second run would hit the prefix cache, which prompt logprobs must bypass
+        (out,) = llm.generate([prompt], params, use_tqdm=False)
+        completion = out.outputs[0]
+        ref = hf_log_softmax(hf_model, prompt + completion.token_ids)  # ref[i] predicts token i + 1
+        assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+        for i in range(1, len(prompt)):
+            entry = out.prompt_logprobs[i]
+            assert entry[prompt[i]].logprob == pytest.approx(ref[i - 1, prompt[i]], abs=1e-4)
+            top = [t for t, lp in entry.items() if lp.rank in (1, 2)]
+            assert sorted(top) == sorted(ref[i - 1].argsort()[-2:].tolist())
+        for j, (token, entry) in enumerate(zip(completion.token_ids, completion.logprobs, strict=True)):
+            row = ref[len(prompt) + j - 1]
+            assert token == row.argmax()
+            assert entry[token].rank == 1 and entry[token].logprob == pytest.approx(row[token], abs=1e-4)
+            assert len(entry) == 3
+        assert completion.cumulative_logprob == pytest.approx(
+            sum(e[t].logprob for t, e in zip(completion.token_ids, completion.logprobs, strict=True)), abs=1e-4
+        )
+        assert out.num_cached_tokens == 0
+    assert_pool_whole(llm)
+
+
+def test_stop_string_across_a_token_boundary_is_cut(llm, prompt_ids, reference):
+    tok = llm.get_tokenizer()
+    ids, ref = prompt_ids[1], reference[1]
+    k = next(i for i in range(3, len(ref)) if tok.decode([ref[i - 1]]).strip() and tok.decode([ref[i]]).strip())
+    before = tok.decode(ref[:k])
+    stop = before[-1] + tok.decode(ref[: k + 1])[len(before)]
+    assert len(stop) == 2  # its first char ends token k - 1, its second starts token k
+    for include in (False, True):
+        params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, stop=[stop], include_stop_str_in_output=include)
+        (out,) = llm.generate([ids], params, use_tqdm=False)
+        text = tok.decode(ref)
+        cut = text.index(stop)
+        completion = out.outputs[0]
+        assert completion.text == text[: cut + (len(stop) if include else 0)]
+        assert completion.finish_reason == "stop" and completion.stop_reason == stop
+        assert completion.token_ids == ref[: len(completion.token_ids)]
+    assert_pool_whole(llm)
+
+
+def test_stop_token_ids_end_the_output_and_hide_the_token_text(llm, prompt_ids, reference):
+    tok = llm.get_tokenizer()
+    ids, ref = prompt_ids[0], reference[0]
+    k = next(i for i in range(2, len(ref)) if ref[i] not in ref[:i])
+    (out,) = llm.generate(
+        [ids], SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, stop_token_ids=[ref[k]]), use_tqdm=False
+    )
+    completion = out.outputs[0]
+    assert completion.token_ids == ref[: k + 1]
+    assert completion.finish_reason == "stop" and completion.stop_reason == ref[k]
+    assert completion.text == tok.decode(ref[:k])
+
+
+def test_min_tokens_bans_the_stop_token_and_defers_stop_strings(llm, prompt_ids, reference):
+    ids, ref = prompt_ids[0], reference[0]
+    stop_id = ref[1]
+    params = SamplingParams(temperature=0.0, max_tokens=12, min_tokens=6, stop_token_ids=[stop_id])
+    (out,) = llm.generate([ids], params, use_tqdm=False)
+    tokens = out.outputs[0].token_ids
+    assert len(tokens) >= 6 and stop_id not in tokens[:6]
+    assert tokens[0] == ref[0]  # nothing was banned before the stop id came up
+    tok = llm.get_tokenizer()
+    first_word = tok.decode(ref[:1])
+    params = SamplingParams(temperature=0.0, max_tokens=8, min_tokens=4, stop=[first_word])
+    (out,) = llm.generate([ids], params, use_tqdm=False)
+    assert out.outputs[0].token_ids[:4] == ref[:4]  # a stop string inside the first min_tokens does not count
+
+
+def test_eos_ignore_eos_and_max_tokens(llm, prompt_ids, reference):
+    eos = llm.get_tokenizer().eos_token_ids
+    stopped = [i for i, ref in enumerate(reference) if ref[-1] in eos]
+    assert stopped, "no prompt ends in EOS within the window; pick prompts that do"
+    i = stopped[0]
+    (out,) = llm.generate([prompt_ids[i]], SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS), use_tqdm=False)
+    assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason is None
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    (out,) = llm.generate([prompt_ids[i]], params, use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == NEW_TOKENS and out.outputs[0].finish_reason == "length"
+    assert out.outputs[0].token_ids[: len(reference[i])] == reference[i]
+    (out,) = llm.generate([prompt_ids[0]], SamplingParams(temperature=0.0, max_tokens=5), use_tqdm=False)
+    assert out.outputs[0].token_ids == reference[0][:5] and out.outputs[0].finish_reason == "length"
+
+
+def test_n_samples_are_seeded_and_independent_of_the_batch(llm, prompt_ids):
+    params = SamplingParams(n=3, temperature=0.9, top_p=0.95, seed=1234, max_tokens=12, ignore_eos=True)
+    (alone,) = llm.generate([prompt_ids[2]], params, use_tqdm=False)
+    crowd = llm.generate(
+        [prompt_ids[0], prompt_ids[2], prompt_ids[3]],
+        [SamplingParams(temperature=1.0, max_tokens=20), params, SamplingParams(temperature=0.0, max_tokens=9)],
+        use_tqdm=False,
+    )
+    assert [c.index for c in alone.outputs] == [0, 1, 2]
+    assert all(len(c.token_ids) == 12 for c in alone.outputs)
+    assert len({tuple(c.token_ids) for c in alone.outputs}) > 1  # the samples differ from each other
+    assert [c.token_ids for c in crowd[1].outputs] == [c.token_ids for c in alone.outputs]
+    assert_pool_whole(llm)
+
+
+def test_streamed_text_of_cjk_and_emoji_equals_the_full_decode(llm):
+    tok = llm.get_tokenizer()
+    engine = llm.engine
+    prompt = "请用中文和表情符号回答：你今天好吗？😀🎉 答："
+    engine.add_request("stream", prompt, SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True))
+    texts = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            texts.append(out.outputs[0].text)
+    final_ids = out.outputs[0].token_ids
+    assert texts[-1] == tok.decode(final_ids)
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))  # text only ever grows
+    assert "\ufffd" not in "".join(texts[:-1]) or "\ufffd" in texts[-1]  # no broken character shown mid-stream

@@ -1,0 +1,191 @@
+"""The Pallas ragged paged attention kernel, run in interpret mode, against the float32 reference.
+
+Inputs are fresh random numbers on randomly permuted pages; every case mixes decodes, prefill chunks over a cached
+prefix and an empty padding sequence, with KV lengths on and just past page (and KV block) boundaries. Shapes stay
+small: interpret mode runs every program of the grid one after another on the CPU.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jllm.attention import AttentionMetadata, paged_attention, resolve_backend
+from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
+
+# (q_len, kv_len) per sequence, in units of page_size p: decode on a boundary and just past one, a prefill chunk
+# over a cached prefix ending just past a boundary, a whole prompt ending on a boundary, an empty padding sequence.
+MIXED = [(1, lambda p: 2 * p), (1, lambda p: p + 1), (5, lambda p: 2 * p + 1), (0, lambda p: 0), (9, lambda p: p)]
+
+
+def make_inputs(
+    seed: int,
+    q_lens: list[int],
+    kv_lens: list[int],
+    *,
+    page_size: int,
+    head_dim: int,
+    group: int,
+    dtype: jnp.dtype,
+    num_kv_heads: int = 2,
+    pad_rows: int = 2,
+    q_scale: float = 1.0,
+) -> tuple[jax.Array, ...]:
+    """(q, kv_pages, kv_lens, block_tables, query_start_loc) over a pool whose pages are randomly permuted."""
+    rng = np.random.default_rng(seed)
+    pages_needed = [-(-n // page_size) for n in kv_lens]
+    pages_per_seq = max(pages_needed) + 1  # a spare column: every table ends in padded (page 0) entries
+    num_pages = 1 + sum(pages_needed) + 2  # page 0, the sequences' pages, two never-used pages
+    free = 1 + rng.permutation(num_pages - 1)
+    block_tables = np.zeros((len(kv_lens), pages_per_seq), np.int32)
+    for s, n in enumerate(pages_needed):
+        block_tables[s, :n], free = free[:n], free[n:]
+    pool = rng.standard_normal((2, num_kv_heads, num_pages, page_size, head_dim))  # [2, Hkv, P, page_size, D]
+    q = q_scale * rng.standard_normal((sum(q_lens) + pad_rows, num_kv_heads * group, head_dim))  # [T, Hq, D]
+    return (
+        jnp.asarray(q, dtype),
+        jnp.asarray(pool, dtype),
+        jnp.asarray(kv_lens, jnp.int32),
+        jnp.asarray(block_tables),
+        jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32),
+    )
+
+
+def mixed_inputs(seed: int, page_size: int, **kw: object) -> tuple[jax.Array, ...]:
+    q_lens = [q_len for q_len, _ in MIXED]
+    kv_lens = [kv_len(page_size) for _, kv_len in MIXED]
+    return make_inputs(seed, q_lens, kv_lens, page_size=page_size, **kw)
+
+
+def f32_reference(inputs: tuple[jax.Array, ...], **kw: object) -> np.ndarray:
+    q, kv_pages, *rest = inputs
+    return np.asarray(ref_ragged_paged_attention(q.astype(jnp.float32), kv_pages.astype(jnp.float32), *rest, **kw))
+
+
+def run_kernel(inputs: tuple[jax.Array, ...], **kw: object) -> np.ndarray:
+    """The kernel's output as f32, after poisoning the allocator with NaN so an unwritten element would show."""
+    jnp.full((1 << 16,), jnp.nan).block_until_ready()
+    out = ragged_paged_attention(*inputs, interpret=True, **kw)
+    assert out.dtype == inputs[0].dtype and out.shape == inputs[0].shape
+    return np.asarray(out.astype(jnp.float32))
+
+
+def assert_matches(out: np.ndarray, ref: np.ndarray, dtype: jnp.dtype) -> None:
+    assert np.isfinite(out).all(), "kernel output has non-finite values (unwritten or NaN)"
+    tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+    err = np.abs(out - ref).max() / np.abs(ref).max()
+    assert err <= tol, f"max error {err:.2e} relative to max |ref| exceeds {tol:.0e}"
+    pad = np.abs(ref).reshape(len(ref), -1).max(axis=1) == 0  # rows no sequence owns
+    assert pad.any() and (out[pad] == 0).all(), "padding rows must be exactly zero"
+
+
+@pytest.mark.parametrize(
+    ("page_size", "head_dim", "group", "dtype"),
+    [(16, 64, 1, jnp.float32), (32, 128, 4, jnp.bfloat16), (16, 128, 8, jnp.bfloat16), (32, 64, 4, jnp.float32)],
+)
+def test_mixed_prefill_and_decode_batch_matches_reference(page_size: int, head_dim: int, group: int, dtype) -> None:
+    inputs = mixed_inputs(0, page_size, head_dim=head_dim, group=group, dtype=dtype)
+    kw = {"sm_scale": head_dim**-0.5}
+    assert_matches(run_kernel(inputs, **kw), f32_reference(inputs, **kw), dtype)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        KernelConfig(q_block=1, kv_block=16, num_splits=1, num_warps=4, num_stages=2),  # prefill rows as decodes
+        KernelConfig(q_block=1, kv_block=32, num_splits=3, num_warps=4, num_stages=2),  # uneven split-K
+        KernelConfig(q_block=4, kv_block=16, num_splits=2, num_warps=4, num_stages=2),  # partial query blocks
+        KernelConfig(q_block=16, kv_block=64, num_splits=1, num_warps=4, num_stages=2),  # one block per sequence
+    ],
+)
+def test_every_tiling_matches_reference(config: KernelConfig) -> None:
+    """KV blocks of one and several pages, KV splits that leave some programs without work, ragged query blocks."""
+    inputs = mixed_inputs(1, 16, head_dim=64, group=4, dtype=jnp.float32, q_scale=3.0)  # peaky softmax
+    kw = {"sm_scale": 0.125}
+    assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
+
+
+def test_long_decode_batch_with_split_kv_matches_reference() -> None:
+    kv_lens = [300, 257, 1, 0]
+    inputs = make_inputs(2, [1, 1, 1, 0], kv_lens, page_size=16, head_dim=128, group=4, dtype=jnp.bfloat16, pad_rows=1)
+    config = default_config(4, 4, 8, 2, 16, inputs[3].shape[1], 128, 2)
+    assert config.q_block == 1 and config.num_splits > 1
+    assert_matches(run_kernel(inputs, sm_scale=0.09), f32_reference(inputs, sm_scale=0.09), jnp.bfloat16)
+
+
+@pytest.mark.parametrize(("soft_cap", "sliding_window"), [(5.0, None), (None, 7), (20.0, 16)])
+def test_soft_cap_and_sliding_window_match_reference(soft_cap: float | None, sliding_window: int | None) -> None:
+    inputs = mixed_inputs(3, 16, head_dim=64, group=4, dtype=jnp.float32, q_scale=2.0)
+    kw = {"sm_scale": 0.125, "soft_cap": soft_cap, "sliding_window": sliding_window}
+    config = KernelConfig(q_block=4, kv_block=16, num_splits=2, num_warps=4, num_stages=2)
+    assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
+
+
+def test_recycled_page_stale_contents_never_leak() -> None:
+    """Every slot no sequence has written (page 0, the tails of last pages, free pages) is rewritten with huge values,
+    as a page freed by one request and handed to another still holds the old one's K/V: the output must not move."""
+    page_size = 16
+    inputs = mixed_inputs(4, page_size, head_dim=64, group=4, dtype=jnp.float32)
+    q, kv_pages, kv_lens, block_tables, qsl = inputs
+    written = np.zeros(kv_pages.shape[2:4], bool)  # [num_pages, page_size]
+    for table, kv_len in zip(np.asarray(block_tables), np.asarray(kv_lens), strict=True):
+        for t in range(kv_len):
+            written[table[t // page_size], t % page_size] = True
+    stale = 1e4 * np.random.default_rng(5).standard_normal(kv_pages.shape)
+    dirty = jnp.asarray(np.where(written[None, None, :, :, None], np.asarray(kv_pages), stale), jnp.float32)
+    config = KernelConfig(q_block=2, kv_block=32, num_splits=2, num_warps=4, num_stages=2)
+    for kw in ({}, {"config": config}):
+        clean = run_kernel(inputs, sm_scale=0.125, **kw)
+        np.testing.assert_array_equal(run_kernel((q, dirty, kv_lens, block_tables, qsl), sm_scale=0.125, **kw), clean)
+
+
+def test_default_config_picks_decode_layout_and_split_kv_by_batch() -> None:
+    big = default_config(128, 128, 32, 8, 16, 512, 128, 2)
+    one = default_config(1, 1, 32, 8, 16, 512, 128, 2)
+    assert big.q_block == one.q_block == 1
+    assert big.num_splits == 1 and one.num_splits > 1 and one.kv_block % 16 == 0
+    prefill = default_config(512, 1, 32, 8, 16, 512, 128, 2)
+    assert prefill.q_block * 4 <= 128 and prefill.q_block > 1
+
+
+def test_invalid_inputs_raise_clear_errors() -> None:
+    inputs = mixed_inputs(6, 16, head_dim=64, group=2, dtype=jnp.float32)
+    q, kv_pages, *rest = inputs
+    with pytest.raises(ValueError, match="differs from kv_pages"):
+        ragged_paged_attention(q.astype(jnp.bfloat16), kv_pages, *rest, sm_scale=1.0, interpret=True)
+    with pytest.raises(ValueError, match="head_dim=48"):
+        ragged_paged_attention(q[..., :48], kv_pages[..., :48], *rest, sm_scale=1.0, interpret=True)
+    with pytest.raises(ValueError, match="page_size=12"):
+        ragged_paged_attention(q, kv_pages[:, :, :, :12], *rest, sm_scale=1.0, interpret=True)
+    with pytest.raises(ValueError, match="multiple of page_size"):
+        config = KernelConfig(q_block=1, kv_block=8, num_splits=1, num_warps=4, num_stages=2)
+        ragged_paged_attention(*inputs, sm_scale=1.0, config=config, interpret=True)
+    with pytest.raises(ValueError, match="num_q_heads=3"):
+        ragged_paged_attention(q[:, :3], kv_pages, *rest, sm_scale=1.0, interpret=True)
+    with pytest.raises(ValueError, match="power of two"):
+        KernelConfig(q_block=1, kv_block=48, num_splits=1, num_warps=4, num_stages=2)
+    with pytest.raises(ValueError, match="num_splits must be >= 1"):
+        KernelConfig(q_block=1, kv_block=16, num_splits=0, num_warps=4, num_stages=2)
+
+
+def test_auto_backend_resolves_to_kernel_on_gpu_only() -> None:
+    assert resolve_backend("auto", "gpu") == resolve_backend("auto", "cuda") == "pallas"
+    assert resolve_backend("auto", "cpu") == "reference"
+    assert resolve_backend("pallas", "cpu") == "pallas"
+    with pytest.raises(ValueError, match="'triton' is unknown"):
+        resolve_backend("triton", "gpu")
+
+
+def test_pallas_backend_writes_kv_then_matches_reference_backend() -> None:
+    q, kv_pages, kv_lens, block_tables, qsl = mixed_inputs(7, 16, head_dim=64, group=2, dtype=jnp.float32)
+    rng = np.random.default_rng(8)
+    k, v = (jnp.asarray(rng.standard_normal((q.shape[0], 2, 64)), jnp.float32) for _ in range(2))
+    slots = jnp.arange(q.shape[0], dtype=jnp.int32) + 16  # somewhere in page 1; enough to compare two backends
+    outs = []
+    for backend in ("reference", "pallas"):
+        meta = AttentionMetadata(slots, qsl, kv_lens, block_tables, backend=backend)
+        outs.append(paged_attention(q, k, v, kv_pages, meta, sm_scale=0.125))
+    np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(outs[1][1], outs[0][1])

@@ -1,0 +1,105 @@
+"""``run_server`` in a real process: 503 while the model loads, and on SIGTERM a drain that lets the running request
+finish, refuses new ones, and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from server_utils import ENGINE_ARGS, http, tiny_chat_model
+
+# One step bucket (16 tokens x 1 sequence): the process is serving a few seconds after it starts.
+SERVER_ARGS = {**ENGINE_ARGS, "max_num_batched_tokens": 16, "max_num_seqs": 1, "port": 0, "shutdown_timeout": 60.0}
+LAUNCH = """
+import json, sys
+from jllm.config import load_config
+from jllm.server.app import run_server
+run_server(load_config(None, model=sys.argv[1], **json.loads(sys.argv[2])))
+"""
+
+
+@pytest.fixture
+def server_process(
+    default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str]]]:
+    """``run_server`` in a child process, and its stderr lines as they come."""
+    model_dir = tiny_chat_model(tmp_path_factory.getbasetemp(), default_model_dir)
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, str(model_dir), json.dumps(SERVER_ARGS)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_pump, args=(process, lines), daemon=True).start()
+    yield process, lines
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _pump(process: subprocess.Popen[str], lines: queue.Queue[str]) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        lines.put(line)
+
+
+def _wait_for_line(lines: queue.Queue[str], pattern: str, timeout: float = 120) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"the server never logged {pattern!r}")
+
+
+def test_sigterm_drains_running_requests_and_exits_zero(
+    server_process: tuple[subprocess.Popen[str], queue.Queue[str]],
+) -> None:
+    process, lines = server_process
+    port = _wait_for_line(lines, r"listening on http://[\d.]+:(\d+)").group(1)
+    url = f"http://127.0.0.1:{port}"
+
+    starting = http("GET", f"{url}/ready")  # the port opens before the model has loaded
+    assert starting.status == 503 and starting.json()["error"]["code"] == "server_starting"
+    assert http("POST", f"{url}/v1/completions", json_body={"prompt": "hi"}).status == 503
+    _wait_for_line(lines, "jllm ready")
+    assert http("GET", f"{url}/ready").status == 200
+
+    async def drain() -> list[dict]:
+        body = {"prompt": "hi", "max_tokens": 150, "ignore_eos": True, "stream": True}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{url}/v1/completions", json=body, headers={"X-Request-Id": "drain-me"}) as stream:
+                await stream.content.readuntil(b"\n\n")  # running now
+                process.send_signal(signal.SIGTERM)
+                while await _status(session, f"{url}/ready") == 200:  # until the signal has landed
+                    await asyncio.sleep(0.01)
+                async with session.post(f"{url}/v1/completions", json={"prompt": "hi"}) as refused:
+                    assert refused.status == 503
+                    assert (await refused.json())["error"]["code"] == "engine_unavailable"
+                rest = (await stream.read()).split(b"\n\n")
+        assert rest[-2:] == [b"data: [DONE]", b""]
+        return [json.loads(event.removeprefix(b"data: ")) for event in rest[:-2]]
+
+    events = asyncio.run(drain())
+    assert events[-1]["choices"][0]["finish_reason"] == "length"  # finished in full, not aborted
+    _wait_for_line(lines, r"request drain-me finished \(length\): \d+ prompt \+ 150 generated tokens, first token")
+    assert process.wait(timeout=60) == 0
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as response:
+        return response.status
