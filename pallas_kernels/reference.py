@@ -8,7 +8,8 @@ the length mask must hide.
 A step's queries are ragged: sequence s owns rows ``[query_start_loc[s], query_start_loc[s + 1])`` of ``q``, and any
 mix of prefill chunks and single-token decodes shares one call. To stay efficient under jit without a static bound on
 any sequence's query length, the attention cuts every sequence's rows into *query blocks* of ``q_block`` rows; each
-block is one work item that gathers its sequence's pages and attends densely. The number of items has a static bound,
+block is one work item that walks its sequence's pages a chunk at a time (online softmax), only as far as its
+length reaches. The number of items has a static bound,
 ``min(T, (T + S * (q_block - 1)) // q_block)``, and ``q_block`` near ``T / S`` keeps both the wasted rows and the
 gathered K/V within about 2x of the useful work for decode-only, prefill-only and mixed batches alike (q_block=1 is
 "gather per token", a large q_block "gather per sequence"). Items run a few at a time in a ``lax.map`` so that the
@@ -26,6 +27,8 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _MAX_Q_BLOCK = 64
 # Elements of f32 intermediates (scores, probabilities, gathered K/V) per loop iteration over work items.
 _BATCH_ELEMS = 1 << 22
+# Keys per iteration of the loop over a sequence's pages.
+_CHUNK_TOKENS = 256
 
 
 def write_kv(
@@ -81,11 +84,11 @@ def ref_ragged_paged_attention(
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
-    context = pages_per_seq * page_size
+    chunk_len = _chunk_pages(pages_per_seq, page_size) * page_size  # keys per iteration of the page loop
     bq = q_block or _pick_q_block(num_tokens, num_seqs)
     max_items = min(num_tokens, (num_tokens + num_seqs * (bq - 1)) // bq)
     # Items run `per_batch` at a time in a loop, so no batch's intermediates outgrow the budget.
-    item_elems = 2 * num_q_heads * bq * context + 2 * num_kv_heads * context * head_dim
+    item_elems = 2 * num_q_heads * bq * chunk_len + 2 * num_kv_heads * chunk_len * head_dim
     per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
     num_batches = -(-max_items // per_batch)
     num_items = num_batches * per_batch
@@ -133,43 +136,63 @@ def _attend_items(
     soft_cap: float | None,
     sliding_window: int | None,
 ) -> jax.Array:  # [B, bq, Hq, D] in q's dtype
-    """Dense attention of a few work items over their sequences' gathered pages; fp32 softmax."""
+    """Attention of a few work items over their sequences' pages, one chunk of pages at a time; fp32 softmax.
+
+    The chunk loop runs only as far as the furthest visible column of these items, so a step costs what its live
+    lengths need, not what ``max_model_len`` allows; and each chunk's gathered K/V stay cache-sized (on the CPU,
+    gathering whole contexts first moved 3x the bytes). Chunks merge with the usual online-softmax rescaling.
+    """
     num_items, bq, num_q_heads, head_dim = q.shape
     out_dtype = q.dtype
-    num_kv_heads = kv_pages.shape[1]
+    _, num_kv_heads, num_pages, page_size, _ = kv_pages.shape
     group = num_q_heads // num_kv_heads
-    context = pages.shape[1] * kv_pages.shape[3]
+    chunk_pages = _chunk_pages(pages.shape[1], page_size)
+    pages = jnp.pad(pages, ((0, 0), (0, -pages.shape[1] % chunk_pages)))  # i32[B, C * chunk_pages], pad -> page 0
+    chunk_len = chunk_pages * page_size
+    num_chunks = jnp.clip(jnp.max(last_col) // chunk_len + 1, 0, pages.shape[1] // chunk_pages)  # i32[], dynamic
 
     q = q.astype(jnp.float32).reshape(num_items, bq, num_kv_heads, group, head_dim)  # f32[B, bq, Hkv, G, D]
     q = q.transpose(2, 0, 3, 1, 4)  # f32[Hkv, B, G, bq, D]: batch axes lead, as in k, for fast CPU dots
-    # One gather straight from the pool: slicing K/V out first would copy the whole pool on every loop iteration.
-    _, _, num_pages, page_size, _ = kv_pages.shape
-    # Whole pages as rows of a 2-D gather: XLA's CPU gather copies such rows 5x faster than it gathers [ps, D] tiles
-    # from the 5-D pool, and this gather is most of the reference's time on the CPU.
+    # Whole pages as rows of a 2-D gather: XLA's CPU gather copies such rows 5x faster than [ps, D] tiles of the pool.
     rows = kv_pages.reshape(2 * num_kv_heads, num_pages, page_size * head_dim)  # [2 * Hkv, num_pages, ps * D]
-    kv = jnp.take(rows, pages.reshape(-1), axis=1, mode="clip")  # [2 * Hkv, B * pages_per_seq, ps * D]
-    kv = kv.astype(jnp.float32).reshape(2, num_kv_heads, num_items, context, head_dim)
-    k, v = kv  # f32[Hkv, B, C, D] each
-
     hi = jax.lax.Precision.HIGHEST  # the oracle must not drop to TF32 on GPU
-    logits = jnp.einsum("hngqd,hncd->hngqc", q, k, precision=hi) * sm_scale  # f32[Hkv, B, G, bq, C]
-    if soft_cap is not None:
-        logits = soft_cap * jnp.tanh(logits / soft_cap)
 
-    # Causal (which also hides everything past kv_len, stale page contents included) and sliding window.
-    col = jnp.arange(context, dtype=jnp.int32)  # i32[C]
-    visible = col <= last_col[:, :, None]  # bool[B, bq, C]
-    if sliding_window is not None:
-        visible &= col > (last_col - sliding_window)[:, :, None]
-    visible = visible[None, :, None]  # bool[1, B, 1, bq, C]
+    def attend_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
+        row_max, denom, acc = carry  # f32[Hkv, B, G, bq], f32[Hkv, B, G, bq], f32[Hkv, B, G, bq, D]
+        chunk = jax.lax.dynamic_slice_in_dim(pages, c * chunk_pages, chunk_pages, axis=1)  # i32[B, chunk_pages]
+        kv = jnp.take(rows, chunk.reshape(-1), axis=1, mode="clip")  # [2 * Hkv, B * chunk_pages, ps * D]
+        k, v = kv.astype(jnp.float32).reshape(2, num_kv_heads, num_items, chunk_len, head_dim)  # f32[Hkv, B, L, D]
+        logits = jnp.einsum("hngqd,hncd->hngqc", q, k, precision=hi) * sm_scale  # f32[Hkv, B, G, bq, L]
+        if soft_cap is not None:
+            logits = soft_cap * jnp.tanh(logits / soft_cap)
+        col = c * chunk_len + jnp.arange(chunk_len, dtype=jnp.int32)  # i32[L]
+        visible = col <= last_col[:, :, None]  # bool[B, bq, L]
+        if sliding_window is not None:
+            visible &= col > (last_col - sliding_window)[:, :, None]
+        visible = visible[None, :, None]  # bool[1, B, 1, bq, L]
+        logits = jnp.where(visible, logits, _MASK_VALUE)
+        new_max = jnp.maximum(row_max, logits.max(axis=-1))  # f32[Hkv, B, G, bq]
+        probs = jnp.where(visible, jnp.exp(logits - new_max[..., None]), 0.0)  # f32[Hkv, B, G, bq, L]
+        rescale = jnp.exp(row_max - new_max)  # 0 once a real score replaces the mask value, else 1
+        denom = denom * rescale + probs.sum(axis=-1)
+        acc = acc * rescale[..., None] + jnp.einsum("hngqc,hncd->hngqd", probs, v, precision=hi)
+        return new_max, denom, acc
 
-    logits = jnp.where(visible, logits, _MASK_VALUE)
-    probs = jnp.where(visible, jnp.exp(logits - logits.max(axis=-1, keepdims=True)), 0.0)  # f32[Hkv, B, G, bq, C]
-    denom = probs.sum(axis=-1, keepdims=True)  # f32[Hkv, B, G, bq, 1], 0 only for rows that see nothing
-    out = jnp.einsum("hngqc,hncd->hngqd", probs, v, precision=hi)  # f32[Hkv, B, G, bq, D]
-    out = jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1.0), 0.0)
+    stats_shape = (num_kv_heads, num_items, group, bq)
+    init = (
+        jnp.full(stats_shape, _MASK_VALUE, jnp.float32),
+        jnp.zeros(stats_shape, jnp.float32),
+        jnp.zeros((*stats_shape, head_dim), jnp.float32),
+    )
+    _, denom, acc = jax.lax.fori_loop(0, num_chunks, attend_chunk, init)
+    out = jnp.where(denom[..., None] > 0, acc / jnp.where(denom > 0, denom, 1.0)[..., None], 0.0)  # rows seeing none: 0
     out = out.transpose(1, 3, 0, 2, 4).reshape(num_items, bq, num_q_heads, head_dim)  # f32[B, bq, Hq, D]
     return out.astype(out_dtype)
+
+
+def _chunk_pages(pages_per_seq: int, page_size: int) -> int:
+    """Pages per loop iteration: about _CHUNK_TOKENS keys, never more than a sequence's block table holds."""
+    return max(1, min(pages_per_seq, _CHUNK_TOKENS // page_size))
 
 
 def _pick_q_block(num_tokens: int, num_seqs: int) -> int:
