@@ -17,7 +17,7 @@ _ids = itertools.count()
 
 def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, request_id: str | None = None):
     request_id = request_id or f"req{next(_ids)}"
-    params = SimpleNamespace(max_tokens=max_tokens, n=n)
+    params = SimpleNamespace(max_tokens=max_tokens, n=n, prompt_logprobs=None)
     return [
         Sequence(
             seq_id=next(_ids),
