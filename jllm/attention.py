@@ -1,15 +1,21 @@
 """The one attention call every model makes: write the step's K/V into the paged pool, then attend over it.
 
 The runner fills ``AttentionMetadata`` once per step; the backend (reference jnp path or a GPU kernel) is chosen at
-trace time from its static ``backend`` field, so models never know which path runs.
+trace time from its static ``backend`` field, so models never know which path runs. Under tensor parallelism both
+paths run per device under ``shard_map`` over the static ``mesh`` field, each device attending with its own query and
+KV heads: the Pallas kernel is opaque to XLA, and the reference's page gather would otherwise make XLA all-gather
+the pool.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
+from jax.sharding import Mesh, PartitionSpec
 
+from jllm.parallel import TP_AXIS
 from pallas_kernels import ragged_paged_attention, ref_ragged_paged_attention, write_kv
 
 BACKENDS = ("reference", "pallas")
@@ -37,6 +43,7 @@ class AttentionMetadata:
     kv_lens: jax.Array  # [S] int32: KV length of each sequence after this step (0 for padding)
     block_tables: jax.Array  # [S, pages_per_seq] int32: page ids (padding -> 0)
     backend: str = dataclasses.field(default="reference", metadata={"static": True})
+    mesh: Mesh | None = dataclasses.field(default=None, metadata={"static": True})  # the TP mesh; None = one device
 
 
 def paged_attention(
@@ -54,12 +61,23 @@ def paged_attention(
     Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only.
     """
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
-    args = (q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc)
     if meta.backend == "reference":
-        out = ref_ragged_paged_attention(*args, sm_scale=sm_scale, sliding_window=sliding_window)
+        attend = functools.partial(ref_ragged_paged_attention, sm_scale=sm_scale, sliding_window=sliding_window)
     elif meta.backend == "pallas":
         interpret = jax.default_backend() not in _KERNEL_PLATFORMS
-        out = ragged_paged_attention(*args, sm_scale=sm_scale, sliding_window=sliding_window, interpret=interpret)
+        attend = functools.partial(
+            ragged_paged_attention, sm_scale=sm_scale, sliding_window=sliding_window, interpret=interpret
+        )
     else:
         raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")
+    if meta.mesh is not None and meta.mesh.size > 1:
+        heads = PartitionSpec(None, TP_AXIS)  # q [T, Hq, D] and the pool [2, Hkv, ...] split by heads
+        attend = jax.shard_map(
+            attend,
+            mesh=meta.mesh,
+            in_specs=(heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec()),
+            out_specs=heads,
+            check_vma=False,  # neither the kernel's out_shape nor the reference's loop carry names varying axes
+        )
+    out = attend(q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc)
     return out, kv_pages

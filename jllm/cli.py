@@ -66,15 +66,19 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(**{k: v for k, v in given.items() if v is not None})
 
 
-def make_llm(config: EngineConfig) -> LLM:
+def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
+    """``max_concurrent``: sequences this command can ever run at once. Capping ``max_num_seqs`` there changes no
+    output, but skips compiling step buckets for batches that cannot happen (minutes on a CPU)."""
     from jllm.llm import LLM  # the engine and JAX load only once the input is known to be good
 
+    if max_concurrent is not None:
+        config = config.replace(max_num_seqs=min(config.scheduler.max_num_seqs, max_concurrent))
     return LLM(**config.to_flat())
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     config, params = engine_config(args), sampling_params(args)
-    outputs = make_llm(config).generate(args.prompts, params)
+    outputs = make_llm(config, len(args.prompts)).generate(args.prompts, params)
     for i, out in enumerate(outputs, 1):
         print(f"=== prompt {i} ===\n{out.prompt}")
         for c in out.outputs:
@@ -85,7 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> None:
     config, params = engine_config(args), sampling_params(args)
-    llm = make_llm(config)
+    llm = make_llm(config, 1)
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     if interactive:

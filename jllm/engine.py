@@ -131,8 +131,15 @@ class LLMEngine:
             return cache.num_pages
         if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
             return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES)
-        params_bytes = sum(x.nbytes for x in jax.tree.leaves(self.loaded.model))
-        return kv_cache.num_pages_from_device_memory(spec, cache.gpu_memory_utilization, params_bytes)
+        leaves = jax.tree.leaves(self.loaded.model)
+        params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device
+        return kv_cache.num_pages_from_device_memory(
+            spec,
+            cache.gpu_memory_utilization,
+            params_bytes,
+            devices=list(self.mesh.devices.flat),
+            kv_shards=self.mesh.size,
+        )
 
     def _attention_backend(self) -> str:
         return resolve_backend(self.config.model.attention_backend, jax.default_backend())

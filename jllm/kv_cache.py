@@ -23,7 +23,7 @@ class KVCacheSpec:
     """What one page holds, across all layers; enough to size and allocate the pool."""
 
     num_layers: int
-    num_kv_heads: int
+    num_kv_heads: int  # as the model holds them: with KV heads replicated for tensor parallelism, the copies count
     head_dim: int
     page_size: int  # tokens per page
     dtype: DTypeLike = jnp.bfloat16

@@ -1,7 +1,8 @@
 """HuggingFace model directory -> a Flax NNX model whose parameters already sit, sharded, on the mesh.
 
 Each parameter is created with ``jax.make_array_from_callback``: every device reads only its own slice of the
-memory-mapped safetensors tensor, so no full copy lands on one device first.
+memory-mapped safetensors tensor, so no full copy lands on one device first. With KV heads replicated over more
+devices than there are heads (``jllm.parallel``), each device reads the one checkpoint head it holds.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from safetensors import safe_open
 
 from jllm import parallel
@@ -36,6 +37,7 @@ class LoadedModel:
     generation_config: dict[str, Any]
     model_dir: Path
     mesh: Mesh
+    kv_replicas: int  # devices holding a copy of each checkpoint KV head (args.num_kv_heads counts the copies)
 
 
 def read_json(path: Path, required: bool = True) -> dict[str, Any]:
@@ -63,10 +65,26 @@ def hf_name(path: tuple[Any, ...]) -> tuple[str, bool]:
     return name, leaf == "kernel"
 
 
-def abstract_model(hf_config: dict[str, Any], dtype: Any) -> tuple[nnx.GraphDef, nnx.State, Any]:
+def abstract_model(
+    hf_config: dict[str, Any], dtype: Any, tensor_parallel_size: int = 1
+) -> tuple[nnx.GraphDef, nnx.State, Any, int]:
+    """The model's structure without memory, and how many copies of each KV head ``tensor_parallel_size`` needs.
+
+    With replicated KV heads the model is built with ``num_kv_heads * kv_replicas`` heads, so that every device owns
+    whole KV heads and the attention maths stays the plain GQA of one device.
+    """
     model_cls, args = build_args(hf_config, dtype)
+    parallel.check_divisible(
+        tensor_parallel_size,
+        num_heads=args.num_heads,
+        num_kv_heads=args.num_kv_heads,
+        vocab_size=args.vocab_size,
+        intermediate_size=args.intermediate_size,
+    )
+    kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
+    args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
-    return graphdef, state, args
+    return graphdef, state, args, kv_replicas
 
 
 class SafetensorsIndex:
@@ -109,41 +127,43 @@ class SafetensorsIndex:
         return read
 
 
-def _place(state: nnx.State, mesh: Mesh, make: Callable[[tuple, Any, NamedSharding], jax.Array]) -> None:
-    """Replaces every abstract leaf of ``state`` with a real array on its sharding."""
+def _place(
+    state: nnx.State, mesh: Mesh, kv_replicas: int, make: Callable[[tuple, jax.ShapeDtypeStruct], jax.Array]
+) -> None:
+    """Replaces every abstract leaf of ``state`` with the array ``make`` builds in the leaf's stored layout."""
     for path, var in nnx.to_flat_state(state):
-        sharding = parallel.param_sharding(mesh, var.axes)
-        var.set_value(make(path, var.get_value(), sharding))
+        stored = make(path, parallel.stored_struct(var.get_value(), mesh, var.axes, kv_replicas))
+        var.set_value(parallel.to_model_layout(stored, mesh, var.axes, kv_replicas))
 
 
-def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh) -> None:
+def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int) -> None:
     with ExitStack() as stack:
         index = SafetensorsIndex(model_dir, stack)
 
-        def make(path: tuple, abstract: jax.ShapeDtypeStruct, sharding: NamedSharding) -> jax.Array:
+        def make(path: tuple, stored: jax.ShapeDtypeStruct) -> jax.Array:
             name, transpose = hf_name(path)
-            read = index.slice_reader(name, abstract.shape, transpose, abstract.dtype)
-            return jax.make_array_from_callback(abstract.shape, sharding, read)
+            read = index.slice_reader(name, stored.shape, transpose, stored.dtype)
+            return jax.make_array_from_callback(stored.shape, stored.sharding, read)
 
-        _place(state, mesh, make)
+        _place(state, mesh, kv_replicas, make)
 
 
-def init_dummy_params(state: nnx.State, mesh: Mesh, seed: int) -> None:
+def init_dummy_params(state: nnx.State, mesh: Mesh, kv_replicas: int, seed: int) -> None:
     """Random weights made on the devices themselves (vLLM's ``load_format: dummy``), for benchmarks."""
     counter = iter(range(1 << 30))
 
-    def make(path: tuple, abstract: jax.ShapeDtypeStruct, sharding: NamedSharding) -> jax.Array:
+    def make(path: tuple, stored: jax.ShapeDtypeStruct) -> jax.Array:
         is_norm = str(path[-1]) == "weight"  # RMSNorm scales: ones keep activations sane
 
         def init(key: jax.Array) -> jax.Array:
             if is_norm:
-                return jnp.ones(abstract.shape, abstract.dtype)
-            return (0.02 * jax.random.normal(key, abstract.shape, jnp.float32)).astype(abstract.dtype)
+                return jnp.ones(stored.shape, stored.dtype)
+            return (0.02 * jax.random.normal(key, stored.shape, jnp.float32)).astype(stored.dtype)
 
         key = jax.random.fold_in(jax.random.key(seed), next(counter))
-        return jax.jit(init, out_shardings=sharding)(key)
+        return jax.jit(init, out_shardings=stored.sharding)(key)
 
-    _place(state, mesh, make)
+    _place(state, mesh, kv_replicas, make)
 
 
 def load_model(
@@ -153,18 +173,17 @@ def load_model(
     model_dir = Path(model_dir)
     hf_config = read_json(model_dir / "config.json")
     generation_config = read_json(model_dir / "generation_config.json", required=False)
-    graphdef, state, args = abstract_model(hf_config, resolve_dtype(dtype, hf_config))
-    parallel.check_divisible(args.num_heads, args.num_kv_heads, args.vocab_size, mesh.size)
+    graphdef, state, args, kv_replicas = abstract_model(hf_config, resolve_dtype(dtype, hf_config), mesh.size)
     if load_format == "auto":
         load_format = "orbax" if (model_dir / "params").is_dir() else "safetensors"
     if load_format == "dummy":
-        init_dummy_params(state, mesh, seed)
+        init_dummy_params(state, mesh, kv_replicas, seed)
     elif load_format == "safetensors":
-        load_safetensors_params(state, model_dir, mesh)
+        load_safetensors_params(state, model_dir, mesh, kv_replicas)
     elif load_format == "orbax":
         from jllm.checkpoint import restore_params
 
-        state = restore_params(model_dir / "params", state, mesh)
+        state = restore_params(model_dir / "params", state, mesh, kv_replicas)
     else:
         raise ValueError(f"load_format {load_format!r} is not supported; choose auto, safetensors, dummy or orbax")
-    return LoadedModel(nnx.merge(graphdef, state), args, hf_config, generation_config, model_dir, mesh)
+    return LoadedModel(nnx.merge(graphdef, state), args, hf_config, generation_config, model_dir, mesh, kv_replicas)

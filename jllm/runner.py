@@ -105,6 +105,7 @@ class ModelRunner:
         self.graphdef, self.state = nnx.split(loaded.model)
         self.kv_caches = kv_caches
         self.kv_sharding = kv_caches[0].sharding  # as allocated: the tensor-parallel layout
+        self.mesh = loaded.mesh
         self.page_size = page_size
         self.pages_per_seq = -(-max_model_len // page_size)
         self.buckets = step_buckets(max_num_batched_tokens, max_num_seqs)
@@ -244,6 +245,7 @@ class ModelRunner:
             kv_lens=kv_lens,
             block_tables=block_tables,
             backend=self.attention_backend,
+            mesh=self.mesh,
         )
         inputs = StepInputs(input_ids, positions, attn, logits_indices, sampling, prompt_targets)
         return jax.tree.map(jnp.asarray, inputs)

@@ -288,7 +288,7 @@ class FakeLLM:
 
 def test_chat_keeps_history_and_ends_at_exit(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     llm = FakeLLM()
-    monkeypatch.setattr(cli, "make_llm", lambda config: llm)
+    monkeypatch.setattr(cli, "make_llm", lambda config, *_: llm)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n\ntoo long\nagain\n/exit\nnever read\n"))
     assert cli.main(["chat", "--system", "be brief", "--temperature", "0"]) == 0
     out, err = capsys.readouterr()
@@ -304,7 +304,7 @@ def test_chat_keeps_history_and_ends_at_exit(monkeypatch: pytest.MonkeyPatch, ca
 
 def test_chat_ends_at_eof(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     llm = FakeLLM()
-    monkeypatch.setattr(cli, "make_llm", lambda config: llm)
+    monkeypatch.setattr(cli, "make_llm", lambda config, *_: llm)
     monkeypatch.setattr(sys, "stdin", io.StringIO("only line"))
     assert cli.main(["chat"]) == 0
     assert capsys.readouterr().out == "reply to 1\n"

@@ -1,0 +1,175 @@
+"""Tensor parallelism on 8 fake CPU devices: same tokens and logits as one device, parameters and pool really sharded.
+
+The checks run in one subprocess (tests/tp_worker.py), since the fake devices must be configured before JAX starts;
+each test below asserts on one part of its JSON findings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from model_utils import TINY_CONFIG, save_tiny_checkpoint
+
+from jllm import parallel
+
+WORKER = Path(__file__).with_name("tp_worker.py")
+# Tensors split by tensor parallelism (the rest, RMSNorm scales, are replicated).
+SHARDED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
+
+
+def random_llama(root: Path, tokenizer_dir: Path, num_heads: int, num_kv_heads: int) -> Path:
+    """A 2-layer random Llama with head_dim 16 and the default model's tokenizer (so ``LLM`` can serve it).
+
+    A wide initializer keeps greedy decoding off a single repeated token, so token equality means something.
+    """
+    config = {
+        **TINY_CONFIG,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": 16,
+        "intermediate_size": 64,
+        "vocab_size": 49152,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": True,
+        "initializer_range": 0.3,
+    }
+    out = save_tiny_checkpoint("LlamaForCausalLM", config, root / f"llama_{num_heads}q_{num_kv_heads}kv")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(tokenizer_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("tp")
+    spec = {
+        "default_model": str(default_model_dir),
+        "model_32q_8kv": str(random_llama(tmp, default_model_dir, 32, 8)),
+        "model_16q_2kv": str(random_llama(tmp, default_model_dir, 16, 2)),
+        "cache_dir": str(tmp / "jllm_cache"),
+        "tmp_dir": str(tmp),
+    }
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp / "spec.json"), str(tmp / "out.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = json.loads((tmp / "out.json").read_text())
+    assert results["devices"] == 8
+    return results
+
+
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [2, 4, 8])])
+def test_every_tp_size_gives_tp1_greedy_tokens_and_logits(found, case, sizes):
+    runs = found["generate"][case]
+    assert sorted(runs) == sorted(map(str, [1, *sizes]))
+    for tp in map(str, sizes):
+        assert runs[tp]["tokens"] == runs["1"]["tokens"], f"{case} at TP={tp}"
+        # float32 tolerance: only the order of the partial sums in the all-reduces differs
+        assert runs[tp]["logits_max_abs_diff"] <= 1e-5 * max(1.0, runs["1"]["logits_max_abs"]), f"{case} TP={tp}"
+    assert len({t for tokens in runs["1"]["tokens"] for t in tokens}) > 3, "degenerate greedy output proves little"
+
+
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [2, 4, 8])])
+def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
+    for tp in sizes:
+        params = found["generate"][case][str(tp)]["params"]
+        for name, p in params.items():
+            assert len(p["device_nbytes"]) == tp, name
+            is_sharded = any(part in name for part in SHARDED)
+            share = p["nbytes"] // tp if is_sharded else p["nbytes"]
+            assert p["device_nbytes"] == [share] * tp, f"{case} TP={tp} {name}: {p}"
+            assert ("'tp'" in p["spec"]) == is_sharded, f"{name}: {p['spec']}"
+        assert {part for part in SHARDED for name in params if part in name} == set(SHARDED)
+
+
+@pytest.mark.parametrize(
+    "case, kv_heads, sizes", [("default", 3, [3]), ("32q_8kv", 8, [2, 4, 8]), ("16q_2kv", 2, [2, 4, 8])]
+)
+def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(found, case, kv_heads, sizes):
+    for tp in sizes:
+        run = found["generate"][case][str(tp)]
+        pool, replicas = run["pool"], max(1, tp // kv_heads)
+        assert run["pool_sharding_ok"], pool["spec"]
+        assert run["kv_replicas"] == replicas
+        assert pool["shape"][1] == kv_heads * replicas  # [2, num_kv_heads (with copies), num_pages, page_size, D]
+        assert pool["device_nbytes"] == [pool["nbytes"] // tp] * tp
+        assert {shape[1] for shape in pool["device_shapes"]} == {kv_heads * replicas // tp}
+        if replicas > 1:  # each device holds exactly the one KV head its query heads read
+            k_proj = run["params"]["layers/0/self_attn/k_proj/kernel"]
+            assert k_proj["device_shapes"] == [[k_proj["shape"][0], 16]] * tp
+
+
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [4, 8])])
+def test_xla_splits_the_matmuls_megatron_style(found, case, sizes):
+    """Each compiled step all-reduces the hidden states twice a layer (after the row-split O and down projections)
+    and once for the vocabulary-split embedding lookup; the column-split matmuls need no communication."""
+    for tp in sizes:
+        run = found["generate"][case][str(tp)]
+        assert run["step_collectives"], "the engine compiled no step programs"
+        for program in run["step_collectives"]:
+            hidden = Counter(op for op, dims in program if len(dims) == 2 and dims[1] == run["hidden_size"])
+            assert hidden == {"all-reduce": 2 * run["num_layers"] + 1}, program
+
+
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [4, 8])])
+def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
+    """No parameter or pool is assembled whole on a device: the only all-gathers are of ``[S, ...]`` rows for
+    sampling (the vocabulary-split logits of the scheduled sequences and their per-device candidates)."""
+    max_num_seqs = found["engine_args"]["max_num_seqs"]
+    for tp in sizes:
+        for program in found["generate"][case][str(tp)]["step_collectives"]:
+            gathered = [dims for op, dims in program if op == "all-gather"]
+            assert all(len(dims) == 2 and dims[0] <= max_num_seqs for dims in gathered), gathered
+
+
+def test_loader_reads_only_each_devices_slice(found):
+    for case, tp in (("32q_8kv_tp4", 4), ("16q_2kv_tp8", 8)):
+        for name, (largest, total, _) in found["loader_reads"][case].items():
+            if "norm" in name:
+                assert largest == total, name
+            elif case.startswith("16q_2kv") and ("k_proj" in name or "v_proj" in name):
+                assert largest == total // 2, name  # one of the two KV heads, read by the 4 devices that hold it
+            else:
+                assert largest == total // tp, name
+
+
+def test_orbax_restore_onto_a_different_mesh_gives_identical_values(found):
+    for case, restores in found["orbax"].items():
+        for tp, r in restores.items():
+            assert r["same_keys"] and r["same_shardings"], (case, tp, r)
+            assert r["max_abs_diff"] == 0.0, (case, tp, r)
+            assert max(r["devices"]) == int(tp), (case, tp, r)
+
+
+def test_pallas_kernel_runs_per_device_under_shard_map(found):
+    for tp, diff in found["pallas_shard_map"].items():
+        assert diff < 1e-5, f"TP={tp}: {diff}"
+
+
+def test_tp_size_the_heads_do_not_divide_is_refused_naming_key_and_heads(found):
+    refused = found["refused"]
+    for key, heads in (("default_tp2", (9, 3)), ("default_tp4", (9, 3)), ("16q_2kv_tp3", (16, 2))):
+        message = refused[key]
+        tp = key.rsplit("tp", 1)[1]
+        assert f"tensor_parallel_size={tp}" in message, message
+        assert f"{heads[0]} attention heads and {heads[1]} KV heads" in message, message
+    assert "[1, 3, 9]" in refused["default_tp2"]
+
+
+def test_valid_sizes_follow_vllms_kv_replication_rule():
+    assert parallel.valid_sizes(9, 3) == [1, 3, 9]
+    assert parallel.valid_sizes(32, 8) == [1, 2, 4, 8, 16, 32]
+    assert parallel.valid_sizes(16, 2) == [1, 2, 4, 8, 16]
+    assert parallel.valid_sizes(12, 4) == [1, 2, 4, 12]  # 6 divides 12 query heads but neither divides nor covers 4
