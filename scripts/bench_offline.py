@@ -219,6 +219,7 @@ def main() -> None:
             f"--max-tokens={args.max_tokens}; raise it to {MAX_PROMPT + args.max_tokens}"
         )
 
+    load_at_start = os.getloadavg()
     import torch
     import transformers
 
@@ -241,13 +242,17 @@ def main() -> None:
     info = dict(
         machine=machine(), processor=platform.processor(), cpu_count=os.cpu_count(),
         device_kind=jax.devices()[0].device_kind, date=datetime.date.today().isoformat(),
-        load_average=os.getloadavg(), versions=versions, model=f"{args.model or 'default'} ({model_dir})",
+        load_average=dict(start=load_at_start, end=os.getloadavg()), versions=versions,
+        model=f"{args.model or 'default'} ({model_dir})",
         config={k: v for k, v in vars(args).items() if k != "json"},
         prompt_tokens=dict(total=sum(lengths), min=min(lengths), max=max(lengths), mean=float(np.mean(lengths))),
     )  # fmt: skip
     print(f"\nmachine: {info['machine']} (platform.processor()={info['processor']!r}); date {info['date']}")
     print(f"versions: jax {jax.__version__}, transformers {transformers.__version__}, torch {torch.__version__}")
-    print(f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in info['load_average'])}")
+    print(
+        "load average (1, 5, 15 min) at the start: {}, at the end: {} (above ~1.5: other processes shared the cores)"
+        .format(*(", ".join(f"{x:.2f}" for x in info["load_average"][k]) for k in ("start", "end")))
+    )  # fmt: skip
     print(f"model: {info['model']}, dtype {args.dtype}")
     print(
         f"{args.num_prompts} prompts of {min(lengths)}..{max(lengths)} tokens (total {sum(lengths)}), "
