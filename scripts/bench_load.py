@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import jax
 from flax import nnx
+from machine_info import cpu_name
 
 from jllm.checkpoint import save_model
 from jllm.loader import load_model
@@ -29,13 +28,8 @@ from jllm.parallel import make_mesh
 
 
 def machine() -> str:
-    """CPU model name and core count (``platform.processor()`` is often empty on Linux)."""
-    name = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        name = models[0] if models else name
-    return f"{name or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}"
+    """The CPU and the JAX platform the numbers came from."""
+    return f"{cpu_name()}, jax {jax.__version__} on {jax.devices()[0].platform}"
 
 
 def random_llama(out_dir: Path, layers: int, hidden: int, dtype: str) -> Path:

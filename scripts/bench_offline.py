@@ -25,18 +25,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from machine_info import cpu_name
 
 MIN_PROMPT, MAX_PROMPT = 8, 200
 
 
 def machine() -> str:
-    """CPU model name and core count (``platform.processor()`` is often empty on Linux)."""
-    name = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        name = models[0] if models else name
-    return f"{name or platform.machine()}, {os.cpu_count()} cores, jax on {jax.devices()[0].device_kind}"
+    """The CPU and the JAX platform the numbers came from."""
+    return f"{cpu_name()}, jax on {jax.devices()[0].device_kind}"
 
 
 def corpus_text() -> str:

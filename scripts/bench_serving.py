@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from machine_info import cpu_name
 
 PERCENTILES = (50, 90, 99)
 TIMEOUT = aiohttp.ClientTimeout(total=6 * 3600)  # vLLM's: a long benchmark must not time out
@@ -236,12 +236,7 @@ def machine() -> str:
                 return f"{len(names)} x {names[0]}, {os.cpu_count()} CPU cores"
         except (OSError, subprocess.SubprocessError):
             pass
-    name = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        name = models[0] if models else name
-    return f"{name or platform.machine()}, {os.cpu_count()} cores (no GPU)"
+    return f"{cpu_name()} (no GPU)"
 
 
 async def fetch_model(session: aiohttp.ClientSession, base_url: str, headers: dict[str, str]) -> str:

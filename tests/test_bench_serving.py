@@ -15,8 +15,9 @@ from server_utils import RunningServer, engine_config, tiny_chat_model
 
 from jllm.engine import LLMEngine
 
-_PATH = Path(__file__).resolve().parent.parent / "scripts" / "bench_serving.py"
-_spec = importlib.util.spec_from_file_location("bench_serving", _PATH)
+_SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(_SCRIPTS))  # as when run as `python scripts/bench_serving.py`: its sibling modules import
+_spec = importlib.util.spec_from_file_location("bench_serving", _SCRIPTS / "bench_serving.py")
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench_serving"] = bench  # dataclasses look their module up
 _spec.loader.exec_module(bench)
