@@ -1,14 +1,14 @@
 """Shape buckets: the small fixed set of (tokens, sequences) shapes the step is compiled for.
 
-Token counts double from ``MIN_TOKENS`` up to the token budget; sequence counts grow by 4x up to ``max_num_seqs``.
-Every step pads to the smallest bucket that holds it, so the number of compiled programs stays bounded.
+Token counts double from 1 up to the token budget, and each bucket holds as many sequences as it has tokens (up to
+``max_num_seqs``): a step of t tokens never has more than t sequences, so the token count alone picks the bucket and
+a budget of 2048 needs 12 programs. Padding sequences cost little (an empty row of block table, one logits row), while
+every extra program costs seconds of start-up compiling a large model.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
-
-MIN_TOKENS = 16
 
 
 class StepBucket(NamedTuple):
@@ -16,19 +16,14 @@ class StepBucket(NamedTuple):
     num_seqs: int
 
 
-def _growing(start: int, factor: int, limit: int) -> list[int]:
-    sizes, n = [], start
-    while n < limit:
-        sizes.append(n)
-        n *= factor
-    return [*sizes, limit]
-
-
 def step_buckets(max_num_batched_tokens: int, max_num_seqs: int) -> list[StepBucket]:
-    """Every bucket, sorted by tokens then sequences; a step never has more sequences than tokens."""
-    token_sizes = _growing(min(MIN_TOKENS, max_num_batched_tokens), 2, max_num_batched_tokens)
-    seq_sizes = _growing(1, 4, max_num_seqs)
-    return [StepBucket(t, s) for t in token_sizes for s in seq_sizes if s <= t]
+    """Every bucket, smallest first: token counts 1, 2, 4, ... and the budget itself."""
+    token_sizes, n = [], 1
+    while n < max_num_batched_tokens:
+        token_sizes.append(n)
+        n *= 2
+    token_sizes.append(max_num_batched_tokens)
+    return [StepBucket(t, min(t, max_num_seqs)) for t in token_sizes]
 
 
 def pick_bucket(buckets: list[StepBucket], num_tokens: int, num_seqs: int) -> StepBucket:

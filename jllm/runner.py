@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Sequence as Seq
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,7 @@ from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence
 
 logger = logging.getLogger(__name__)
 
+MAX_COMPILE_THREADS = 8
 MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variant
 
 
@@ -116,12 +119,18 @@ class ModelRunner:
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
 
     def _executable(self, variant: Variant, inputs: StepInputs) -> jax.stages.Compiled:
-        key = (variant, tuple(x.shape for x in jax.tree.leaves(inputs)))
+        key = self._key(variant, inputs)
         if key not in self._compiled:
-            fn = functools.partial(_step, self.graphdef, self.kv_sharding, variant)
-            jitted = jax.jit(fn, donate_argnums=(1,))
-            self._compiled[key] = jitted.lower(self.state, self.kv_caches, inputs).compile()
+            self._compiled[key] = self._lower(variant, inputs).compile()
         return self._compiled[key]
+
+    @staticmethod
+    def _key(variant: Variant, inputs: StepInputs) -> tuple:
+        return variant, tuple(x.shape for x in jax.tree.leaves(inputs))
+
+    def _lower(self, variant: Variant, inputs: StepInputs) -> jax.stages.Lowered:
+        fn = functools.partial(_step, self.graphdef, self.kv_sharding, variant)
+        return jax.jit(fn, donate_argnums=(1,)).lower(self.state, self.kv_caches, inputs)
 
     @property
     def num_compilations(self) -> int:
@@ -129,10 +138,28 @@ class ModelRunner:
         return len(self._compiled)
 
     def warmup(self, show_progress: bool = True) -> None:
-        """Compiles every bucket's base variant now, so no request waits on the compiler."""
-        for bucket in tqdm(self.buckets, desc="compiling step buckets", disable=not show_progress):
+        """Compiles every bucket's base variant now, so no request waits on the compiler.
+
+        Tracing holds the GIL but XLA compiles without it, so each bucket's compile runs on a worker thread while
+        the next one is traced: on a many-core host the buckets of a large model compile side by side.
+        """
+        variant: Variant = (0, None)
+        workers = min(MAX_COMPILE_THREADS, os.cpu_count() or 1, len(self.buckets))
+        with (
+            ThreadPoolExecutor(workers) as pool,
+            tqdm(total=len(self.buckets), desc="compiling step buckets", disable=not show_progress) as bar,
+        ):
+            pending = []
+            for bucket in self.buckets:
+                inputs = self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
+                if self._key(variant, inputs) not in self._compiled:
+                    pending.append((inputs, pool.submit(self._lower(variant, inputs).compile)))
+            for inputs, future in pending:
+                self._compiled[self._key(variant, inputs)] = future.result()
+                bar.update()
+        for bucket in self.buckets:  # one run each: loads the programs onto the devices
             inputs = self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
-            self._run(inputs, (0, None))
+            self._run(inputs, variant)
 
     def execute(self, output: SchedulerOutput) -> StepResult:
         """Runs one step; entry i of each list belongs to ``output.scheduled[i]``."""
