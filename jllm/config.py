@@ -125,9 +125,35 @@ class SchedulerConfig(_Section):
 @dataclass
 class ParallelConfig(_Section):
     tensor_parallel_size: int = 1
+    # jax.distributed: "host:port" of process 0's coordinator, "auto" for JAX's cluster detection, None = one process
+    distributed_coordinator: str | None = None
+    num_processes: int | None = None  # None = detected (auto only)
+    process_id: int | None = None  # this process's rank, 0 = the lead; None = detected (auto only)
 
     def validate(self) -> None:
         self._require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        coordinator = self.distributed_coordinator
+        if coordinator is None:
+            for key in ("num_processes", "process_id"):
+                self._require(getattr(self, key) is None, key, "needs distributed_coordinator (host:port of process 0)")
+            return
+        detected = coordinator == "auto"  # JAX's cluster detection fills in what is not given
+        host, _, port = coordinator.rpartition(":")
+        self._require(
+            detected or (host != "" and port.isdigit() and 0 < int(port) < 65536),
+            "distributed_coordinator",
+            "expected host:port of process 0 (e.g. 10.0.0.1:1234), auto or null",
+        )
+        for key in ("num_processes", "process_id"):
+            needs = f"distributed_coordinator={coordinator!r} needs it (only auto detects it)"
+            self._require(detected or getattr(self, key) is not None, key, needs)
+        n, rank = self.num_processes, self.process_id
+        self._require(n is None or n >= 1, "num_processes", "must be >= 1")
+        self._require(
+            rank is None or (rank >= 0 and (n is None or rank < n)),
+            "process_id",
+            f"must be in 0..{n - 1} for num_processes={n}" if n else "must be >= 0",
+        )
 
 
 @dataclass

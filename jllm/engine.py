@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from jllm import kv_cache, parallel
+from jllm import distributed, kv_cache, parallel
 from jllm.attention import resolve_backend
 from jllm.block_manager import BlockManager
 from jllm.config import EngineConfig
@@ -21,7 +21,7 @@ from jllm.loader import LoadedModel, load_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.outputs import CompletionOutput, Logprob, RequestOutput
 from jllm.runner import ModelRunner, PromptTokenLogprob, SampledToken
-from jllm.sampling import SamplingParams
+from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import Sequence, SequenceStatus
 from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -74,6 +74,7 @@ def enable_compilation_cache() -> None:
 class LLMEngine:
     def __init__(self, config: EngineConfig, *, show_progress: bool = True):
         self.config = config
+        distributed.initialize(config.parallel)  # before anything touches a device
         enable_compilation_cache()
         model_dir = resolve_model(config.model.model)
         self.mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)
@@ -133,13 +134,14 @@ class LLMEngine:
             return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES)
         leaves = jax.tree.leaves(self.loaded.model)
         params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device
-        return kv_cache.num_pages_from_device_memory(
+        num_pages = kv_cache.num_pages_from_device_memory(
             spec,
             cache.gpu_memory_utilization,
             params_bytes,
-            devices=list(self.mesh.devices.flat),
+            devices=self.mesh.local_devices,  # only this process's devices report their memory
             kv_shards=self.mesh.size,
         )
+        return distributed.min_over_processes(num_pages)  # one pool: every process allocates the same pages
 
     def _attention_backend(self) -> str:
         return resolve_backend(self.config.model.attention_backend, jax.default_backend())
@@ -177,6 +179,7 @@ class LLMEngine:
                 stop=params.stop,
                 include_stop_str_in_output=params.include_stop_str_in_output,
                 min_tokens=params.min_tokens,
+                final_only=params.output_kind is RequestOutputKind.FINAL_ONLY,
             )
             samples.append(SampleState(seq, detok, [] if params.logprobs is not None else None))
         prompt_logprobs = None if params.prompt_logprobs is None else [None]
@@ -209,6 +212,7 @@ class LLMEngine:
         for sample in state.samples:
             if sample.finish_reason is None:
                 sample.finish_reason = "abort"
+                sample.detokenizer.flush()
         return self._output(state)
 
     def has_unfinished_requests(self) -> bool:
@@ -217,7 +221,8 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
 
     def step(self) -> list[RequestOutput]:
-        """Runs one step; returns an output for every request that got new tokens or finished."""
+        """Runs one step; returns an output for every request that finished, and for every streaming
+        (``RequestOutputKind.CUMULATIVE``) request that got new tokens."""
         out = self.scheduler.schedule()
         touched: dict[str, RequestState] = {}
         for seq, reason in out.rejected:
@@ -225,6 +230,7 @@ class LLMEngine:
             state = self.requests.get(seq.request_id)
             if state is not None:
                 state.samples[seq.sample_index].finish_reason = "abort"
+                state.samples[seq.sample_index].detokenizer.flush()
                 touched[state.request_id] = state
         if not out.is_empty:
             result = self.runner.execute(out)
@@ -241,9 +247,11 @@ class LLMEngine:
                 touched[state.request_id] = state
         outputs = []
         for state in touched.values():
-            outputs.append(self._output(state))
             if state.finished:
                 del self.requests[state.request_id]
+            elif state.params.output_kind is RequestOutputKind.FINAL_ONLY:
+                continue
+            outputs.append(self._output(state))
         return outputs
 
     def _append(self, sample: SampleState, token: SampledToken) -> None:

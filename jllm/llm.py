@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -9,10 +10,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from jllm import distributed
 from jllm.config import load_config
 from jllm.engine import LLMEngine
 from jllm.outputs import RequestOutput
-from jllm.sampling import SamplingParams
+from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.tokenizer import Tokenizer
 
 Prompt = str | list[int]
@@ -24,10 +26,16 @@ class LLM:
 
     ``model`` is a model directory, a ``.gguf`` file, an alias, or None for the embedded default model;
     ``config`` a YAML file of engine keys; ``overrides`` any engine key (``max_model_len=2048``, ``seed=1`` ...).
+
+    Under ``jax.distributed`` (``distributed_coordinator``) the same script runs on every process, and only the
+    lead's (process 0) goes past this constructor: on a follower it runs the lead's steps, then exits the process.
     """
 
     def __init__(self, model: str | None = None, config: str | Path | None = None, **overrides: Any):
         self.engine = LLMEngine(load_config(config, model=model, **overrides))
+        if not distributed.is_lead():
+            distributed.run_follower(self.engine.runner)
+            raise SystemExit(0)
         self._ids = itertools.count()
 
     def get_tokenizer(self) -> Tokenizer:
@@ -76,13 +84,15 @@ class LLM:
     def _per_prompt_params(
         sampling_params: SamplingParams | Seq[SamplingParams] | None, count: int
     ) -> list[SamplingParams]:
+        """One SamplingParams per prompt, each asking for its final output only (nothing here streams)."""
         if sampling_params is None:
-            return [SamplingParams()] * count
+            sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
-            return [sampling_params] * count
+            sampling_params = [sampling_params] * count
         if len(sampling_params) != count:
             raise ValueError(f"got {len(sampling_params)} sampling_params for {count} prompts; give one or one each")
-        return list(sampling_params)
+        final = {id(p): dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in sampling_params}
+        return [final[id(p)] for p in sampling_params]
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}

@@ -1,8 +1,9 @@
 """HuggingFace model directory -> a Flax NNX model whose parameters already sit, sharded, on the mesh.
 
 Each parameter is created with ``jax.make_array_from_callback``: every device reads only its own slice of the
-memory-mapped safetensors tensor, so no full copy lands on one device first. With KV heads replicated over more
-devices than there are heads (``jllm.parallel``), each device reads the one checkpoint head it holds.
+memory-mapped safetensors tensors, so no full copy lands on one device first. Fused projections (QKV, gate/up) are
+assembled slice by slice from their checkpoint parts, and with KV heads replicated over more devices than there are
+heads (``jllm.parallel``), each device reads the one checkpoint KV head it holds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jllm import parallel
 from jllm.models.registry import build_args
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (our orientation) -> its values
 # Tensors a checkpoint may carry that the model rebuilds or does not need.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -58,12 +60,17 @@ def resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> Any:
     return DTYPES[dtype]
 
 
-def hf_name(path: tuple[Any, ...]) -> tuple[str, bool]:
-    """NNX parameter path -> (HF tensor name, whether the HF tensor is the transpose of ours)."""
+# Our fused projections and the checkpoint tensors they are made of, in the order of their parts.
+FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+def hf_names(path: tuple[Any, ...]) -> tuple[list[str], bool]:
+    """NNX parameter path -> (the HF tensor names it is made of, whether each HF tensor is the transpose of ours)."""
     *module_path, leaf = (str(p) for p in path)
     prefix = "" if module_path[0] == "lm_head" else "model."
-    name = prefix + ".".join(module_path) + ("." + ("bias" if leaf == "bias" else "weight"))
-    return name, leaf == "kernel"
+    suffix = "bias" if leaf == "bias" else "weight"
+    parts = FUSED_PARTS.get(module_path[-1], (module_path[-1],))
+    return [prefix + ".".join([*module_path[:-1], part, suffix]) for part in parts], leaf == "kernel"
 
 
 def abstract_model(
@@ -110,7 +117,8 @@ class SafetensorsIndex:
             for key in handle.keys():
                 self.handles[key] = handle
 
-    def slice_reader(self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any) -> Callable:
+    def slice_reader(self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any) -> Reader:
+        """Reads any slice (in our orientation) of one tensor, checking its shape once here."""
         if name not in self.handles:
             raise KeyError(f"checkpoint is missing tensor {name!r}")
         tensor = self.handles[name].get_slice(name)
@@ -121,35 +129,75 @@ class SafetensorsIndex:
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
             hf_index = tuple(reversed(index)) if transpose else index
-            with jax.default_device(jax.devices("cpu")[0]):
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):  # this process's host memory
                 part = np.asarray(tensor[hf_index])
             return (part.T if transpose else part).astype(dtype)
 
         return read
 
+    def param_reader(self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int) -> Reader:
+        """Reads any slice of one model parameter, assembling fused projections from their checkpoint parts."""
+        names, transpose = hf_names(path)
+        if len(names) == 1:
+            return self.slice_reader(names[0], shape, transpose, dtype)
+        if len(names) == 2:  # gate/up: [*lead, 2, mlp]
+            *lead, _, width = shape
+            gate, up = (self.slice_reader(n, (*lead, width), transpose, dtype) for n in names)
+            return lambda index: np.stack([gate((*index[:-2], index[-1])), up((*index[:-2], index[-1]))], -2)[
+                ..., index[-2], :
+            ]
+        return self._qkv_reader(names, shape, transpose, dtype, kv_replicas)
 
-def _place(
-    state: nnx.State, mesh: Mesh, kv_replicas: int, make: Callable[[tuple, jax.ShapeDtypeStruct], jax.Array]
-) -> None:
-    """Replaces every abstract leaf of ``state`` with the array ``make`` builds in the leaf's stored layout."""
+    def _qkv_reader(
+        self, names: list[str], shape: tuple[int, ...], transpose: bool, dtype: Any, replicas: int
+    ) -> Reader:
+        """``[*lead, kv_heads, group + 2, head_dim]`` from q/k/v: model KV head m is checkpoint KV head
+        ``m // replicas`` with its ``m % replicas``-th share of that head's query group."""
+        *lead, heads, width, head_dim = shape
+        group = width - 2  # query heads per model KV head
+        kv = heads // replicas  # the checkpoint's KV heads
+        q, k, v = (
+            self.slice_reader(name, (*lead, n * head_dim), transpose, dtype)
+            for name, n in zip(names, (kv * replicas * group, kv, kv), strict=True)
+        )
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            *lead_index, head_index, width_index, dim_index = index
+            blocks = []
+            for m in range(*head_index.indices(heads)):
+                c, j = divmod(m, replicas)
+                q0 = (c * replicas + j) * group * head_dim
+                parts = [
+                    q((*lead_index, slice(q0, q0 + group * head_dim))),
+                    k((*lead_index, slice(c * head_dim, (c + 1) * head_dim))),
+                    v((*lead_index, slice(c * head_dim, (c + 1) * head_dim))),
+                ]
+                blocks.append(np.concatenate([p.reshape(*p.shape[:-1], -1, head_dim) for p in parts], axis=-2))
+            return np.stack(blocks, axis=-3)[..., width_index, dim_index]
+
+        return read
+
+
+def _place(state: nnx.State, mesh: Mesh, make: Callable[[tuple, jax.ShapeDtypeStruct], jax.Array]) -> None:
+    """Replaces every abstract leaf of ``state`` with the array ``make`` builds on the leaf's sharding."""
     for path, var in nnx.to_flat_state(state):
-        stored = make(path, parallel.stored_struct(var.get_value(), mesh, var.axes, kv_replicas))
-        var.set_value(parallel.to_model_layout(stored, mesh, var.axes, kv_replicas))
+        abstract = var.get_value()
+        sharding = parallel.param_sharding(mesh, var.axes)
+        var.set_value(make(path, jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding)))
 
 
 def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int) -> None:
     with ExitStack() as stack:
         index = SafetensorsIndex(model_dir, stack)
 
-        def make(path: tuple, stored: jax.ShapeDtypeStruct) -> jax.Array:
-            name, transpose = hf_name(path)
-            read = index.slice_reader(name, stored.shape, transpose, stored.dtype)
-            return jax.make_array_from_callback(stored.shape, stored.sharding, read)
+        def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:
+            read = index.param_reader(path, target.shape, target.dtype, kv_replicas)
+            return jax.make_array_from_callback(target.shape, target.sharding, read)
 
-        _place(state, mesh, kv_replicas, make)
+        _place(state, mesh, make)
 
 
-def init_dummy_params(state: nnx.State, mesh: Mesh, kv_replicas: int, seed: int) -> None:
+def init_dummy_params(state: nnx.State, mesh: Mesh, seed: int) -> None:
     """Random weights made on the devices themselves (vLLM's ``load_format: dummy``), for benchmarks."""
     counter = iter(range(1 << 30))
 
@@ -164,12 +212,12 @@ def init_dummy_params(state: nnx.State, mesh: Mesh, kv_replicas: int, seed: int)
 
         return jax.jit(init, out_shardings=sharding)
 
-    def make(path: tuple, stored: jax.ShapeDtypeStruct) -> jax.Array:
+    def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:
         is_norm = str(path[-1]) == "weight"  # RMSNorm scales: ones keep activations sane
         key = jax.random.fold_in(jax.random.key(seed), next(counter))
-        return initializer(stored.shape, stored.dtype, stored.sharding, is_norm)(key)
+        return initializer(target.shape, target.dtype, target.sharding, is_norm)(key)
 
-    _place(state, mesh, kv_replicas, make)
+    _place(state, mesh, make)
 
 
 def load_model(
@@ -183,7 +231,7 @@ def load_model(
     if load_format == "auto":
         load_format = "orbax" if (model_dir / "params").is_dir() else "safetensors"
     if load_format == "dummy":
-        init_dummy_params(state, mesh, kv_replicas, seed)
+        init_dummy_params(state, mesh, seed)
     elif load_format == "safetensors":
         load_safetensors_params(state, model_dir, mesh, kv_replicas)
     elif load_format == "orbax":

@@ -6,13 +6,15 @@ LM head by vocabulary, the KV pool on its KV-head axis. XLA inserts the collecti
 
 With fewer KV heads than devices, KV heads are replicated as vLLM does: the model is built with ``tp`` KV heads
 (each of the checkpoint's heads repeated ``tp / num_kv_heads`` times), so device d holds exactly the one KV head its
-query heads read and a pool page costs every device ``1 / tp`` of its bytes. Checkpoints (safetensors and orbax)
-keep the model's own KV heads; the "stored" layout below maps one to the other without moving a byte.
+query heads read and a pool page costs every device ``1 / tp`` of its bytes. The only parameter with a KV-head axis
+is the fused QKV projection ``[.., kv_heads, group + 2, head_dim]``; orbax checkpoints keep it in a "stored" layout
+with the checkpoint's own KV heads, each with its whole query group, so they restore at any TP size.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -89,15 +91,20 @@ def kv_head_replicas(num_kv_heads: int, tensor_parallel_size: int) -> int:
 
 
 def _stored_shape(shape: tuple[int, ...], axes: tuple[str | None, ...], kv_replicas: int) -> tuple[int, ...]:
-    """A parameter's shape in the checkpoint: the KV-head axis without its replicas."""
-    return tuple(n // kv_replicas if a == KV_HEADS else n for n, a in zip(shape, axes, strict=True))
+    """A parameter's shape as saved: the fused QKV axes ``[kv_heads, group + 2]`` without KV-head copies, so each
+    stored KV head carries its whole query group (``replicas x`` the model's)."""
+    if kv_replicas == 1 or KV_HEADS not in axes:
+        return shape
+    i = axes.index(KV_HEADS)
+    heads, width = shape[i], shape[i + 1]
+    return (*shape[:i], heads // kv_replicas, (width - 2) * kv_replicas + 2, *shape[i + 2 :])
 
 
 def _stored_sharding(mesh: Mesh, axes: tuple[str | None, ...], kv_replicas: int) -> NamedSharding:
-    """Sharding of a parameter in its stored shape that gives every device the same bytes as the model's.
+    """Sharding of a stored parameter that gives each device the stored KV head its model KV head comes from.
 
-    The KV-head axis splits over the first axis of a ``(tp / replicas, replicas)`` view of the mesh, so that device
-    d holds stored KV head ``d // replicas``: the one that model KV head d repeats.
+    The KV-head axis splits over the first axis of a ``(tp / replicas, replicas)`` view of the mesh, so device d
+    holds stored KV head ``d // replicas``.
     """
     if kv_replicas == 1 or KV_HEADS not in axes:
         return param_sharding(mesh, axes)
@@ -108,26 +115,39 @@ def _stored_sharding(mesh: Mesh, axes: tuple[str | None, ...], kv_replicas: int)
 def stored_struct(
     abstract: jax.ShapeDtypeStruct, mesh: Mesh, axes: tuple[str | None, ...], kv_replicas: int
 ) -> jax.ShapeDtypeStruct:
-    """A model parameter's shape, dtype and sharding in its stored layout: what loaders read and orbax writes."""
+    """A model parameter's shape, dtype and sharding in its stored layout: what orbax writes and restores."""
     shape = _stored_shape(abstract.shape, axes, kv_replicas)
     return jax.ShapeDtypeStruct(shape, abstract.dtype, sharding=_stored_sharding(mesh, axes, kv_replicas))
 
 
 def to_model_layout(x: jax.Array, mesh: Mesh, axes: tuple[str | None, ...], kv_replicas: int) -> jax.Array:
-    """A parameter in its stored layout -> the model's (KV heads repeated), reusing each device's buffer."""
+    """A stored parameter -> the model's: stored KV head c becomes model heads ``c * replicas + j``, each with the
+    j-th share of c's query group and a copy of c's K and V."""
     if kv_replicas == 1 or KV_HEADS not in axes:
         return x
-    shape = tuple(n * kv_replicas if a == KV_HEADS else n for n, a in zip(x.shape, axes, strict=True))
-    return _relayout(x, shape, param_sharding(mesh, axes))
+    i = axes.index(KV_HEADS)
+
+    def split(stored: jax.Array) -> jax.Array:
+        s = jnp.moveaxis(stored, (i, i + 1), (0, 1))  # [kv, group + 2, ...]
+        kv, width = s.shape[:2]
+        q = s[:, : width - 2].reshape(kv * kv_replicas, (width - 2) // kv_replicas, *s.shape[2:])
+        k_v = jnp.repeat(s[:, width - 2 :], kv_replicas, axis=0)
+        return jnp.moveaxis(jnp.concatenate([q, k_v], axis=1), (0, 1), (i, i + 1))
+
+    return jax.jit(split, out_shardings=param_sharding(mesh, axes))(x)
 
 
 def to_stored_layout(x: jax.Array, mesh: Mesh, axes: tuple[str | None, ...], kv_replicas: int) -> jax.Array:
-    """The inverse of ``to_model_layout``: one copy of each KV head, for saving."""
+    """The inverse of ``to_model_layout``: one copy of each KV head with its whole query group, for saving."""
     if kv_replicas == 1 or KV_HEADS not in axes:
         return x
-    return _relayout(x, _stored_shape(x.shape, axes, kv_replicas), _stored_sharding(mesh, axes, kv_replicas))
+    i = axes.index(KV_HEADS)
 
+    def merge(model: jax.Array) -> jax.Array:
+        m = jnp.moveaxis(model, (i, i + 1), (0, 1))  # [kv * replicas, group / replicas + 2, ...]
+        heads, width = m.shape[:2]
+        q = m[:, : width - 2].reshape(heads // kv_replicas, (width - 2) * kv_replicas, *m.shape[2:])
+        k_v = m[::kv_replicas, width - 2 :]
+        return jnp.moveaxis(jnp.concatenate([q, k_v], axis=1), (0, 1), (i, i + 1))
 
-def _relayout(x: jax.Array, shape: tuple[int, ...], sharding: NamedSharding) -> jax.Array:
-    """The same per-device buffers seen as another global array: both layouts put identical data on each device."""
-    return jax.make_array_from_single_device_arrays(shape, sharding, [s.data for s in x.addressable_shards])
+    return jax.jit(merge, out_shardings=_stored_sharding(mesh, axes, kv_replicas))(x)

@@ -10,16 +10,16 @@ import dataclasses
 import functools
 import logging
 import os
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jllm import sampler
+from jllm import distributed, parallel, sampler
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
@@ -167,7 +167,7 @@ class ModelRunner:
         seqs = [s.seq for s in scheduled]
         bucket = pick_bucket(self.buckets, output.num_batched_tokens, len(scheduled))
         with_penalties = sampler.needs_penalties(seqs)
-        inputs = self._build_inputs(
+        inputs = self._host_inputs(
             output.scheduled,
             bucket,
             with_penalties=with_penalties,
@@ -175,7 +175,9 @@ class ModelRunner:
             banned=max(MIN_BANNED_WIDTH, sampler.banned_width(seqs, self.eos_token_ids)),
         )
         variant = (sampler.num_top_logprobs(seqs), sampler.num_prompt_logprobs(scheduled))
-        result, prompt = jax.device_get(self._run(inputs, variant))
+        if distributed.is_multiprocess():  # the lead: every follower must run this step too
+            distributed.publish_plan(jax.tree.leaves(inputs), variant)
+        result, prompt = jax.device_get(self._run(self._device_inputs(inputs), variant))
         return StepResult(self._tokens(scheduled, result), self._prompt_logprobs(scheduled, prompt))
 
     @staticmethod
@@ -227,10 +229,33 @@ class ModelRunner:
         out, prompt, self.kv_caches = self._executable(variant, inputs)(self.state, self.kv_caches, inputs)
         return out, prompt
 
+    # ---------------------------------------------------------------- multi-process (jllm.distributed)
+
+    def follow(self, plans: Iterable[tuple[list[np.ndarray], Variant]]) -> None:
+        """A follower's step loop: runs each step the lead published (flattened host inputs, variant), in order."""
+        empty = self._host_inputs([], self.buckets[0], with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
+        structure = jax.tree.structure(empty)  # every step's inputs share it; only the shapes change
+        for leaves, variant in plans:
+            self._run(self._device_inputs(jax.tree.unflatten(structure, leaves)), variant)
+
+    def _device_inputs(self, inputs: StepInputs) -> StepInputs:
+        """Host arrays -> one transfer to arrays replicated over the mesh. Each process gives the whole array for
+        its own devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local device)."""
+        return jax.make_array_from_process_local_data(parallel.replicated(self.mesh), inputs)
+
     def _build_inputs(
         self, scheduled: Seq, bucket: StepBucket, *, with_penalties: bool, penalty_width: int, banned: int
     ) -> StepInputs:
-        """Flattens the scheduled sequences into one padded ragged batch (NumPy, then one transfer)."""
+        """Device inputs for a batch every process builds alike (warm-up's), so no plan need cross."""
+        host = self._host_inputs(
+            scheduled, bucket, with_penalties=with_penalties, penalty_width=penalty_width, banned=banned
+        )
+        return self._device_inputs(host)
+
+    def _host_inputs(
+        self, scheduled: Seq, bucket: StepBucket, *, with_penalties: bool, penalty_width: int, banned: int
+    ) -> StepInputs:
+        """Flattens the scheduled sequences into one padded ragged batch, in NumPy: what the lead publishes."""
         t, s, p = bucket.num_tokens, bucket.num_seqs, self.pages_per_seq
         input_ids = np.zeros(t, np.int32)
         positions = np.zeros(t, np.int32)
@@ -274,5 +299,4 @@ class ModelRunner:
             backend=self.attention_backend,
             mesh=self.mesh,
         )
-        inputs = StepInputs(input_ids, positions, attn, logits_indices, sampling, prompt_targets)
-        return jax.tree.map(jnp.asarray, inputs)
+        return StepInputs(input_ids, positions, attn, logits_indices, sampling, prompt_targets)

@@ -10,12 +10,20 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 logger = logging.getLogger(__name__)
 
 SAMPLING_EPS = 1e-5  # temperatures below this mean greedy (vLLM's _SAMPLING_EPS)
 MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logits / 1e-5 overflow to inf/NaN
 MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
+
+
+class RequestOutputKind(Enum):
+    """Which outputs ``LLMEngine.step`` returns for a request (vLLM's names)."""
+
+    CUMULATIVE = 0  # after every step that adds tokens: the whole output so far (streaming)
+    FINAL_ONLY = 1  # once, when the request finishes: no per-step output objects, text decoded once at the end
 
 
 @dataclass
@@ -40,6 +48,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # how many top logprobs to return per prompt token
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE  # LLM.generate asks for FINAL_ONLY
 
     def __post_init__(self) -> None:
         if self.seed == -1:  # vLLM and OpenAI clients send -1 for "no seed"

@@ -85,6 +85,7 @@ class IncrementalDetokenizer:
         stop: Sequence[str] | str | None = (),
         include_stop_str_in_output: bool = False,
         min_tokens: int = 0,
+        final_only: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.prompt_len = len(prompt_ids)
@@ -92,6 +93,8 @@ class IncrementalDetokenizer:
         self.stop = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s]
         self.include_stop_str_in_output = include_stop_str_in_output
         self.min_tokens = min_tokens  # stop strings count only once this many ids were generated (vLLM)
+        # Nobody reads deltas and no stop string needs the text: decode once, in flush.
+        self.defer = final_only and not self.stop
         self.output_ids: list[int] = []
         self.finished = False  # a stop string matched; later tokens are ignored
         self.stop_reason: str | None = None
@@ -110,6 +113,8 @@ class IncrementalDetokenizer:
         if self.finished:
             return ""
         self.output_ids.extend(new_ids)
+        if self.defer:
+            return ""
         checked = len(self._decoded)
         self._decode_window(final=False)
         return self._release(checked, final=False)

@@ -13,18 +13,17 @@ with transformers' batch-size-1 tokens, the only run without padding.
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import inspect
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
 import numpy as np
+from bench_common import StepTimes, agreement, hf_generate, load_hf_model
 from machine_info import cpu_name
 
 MIN_PROMPT, MAX_PROMPT = 8, 200
@@ -63,50 +62,6 @@ def make_prompts(token_ids: list[int], count: int, seed: int) -> list[list[int]]
     return [token_ids[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
 
 
-@dataclass
-class StepTimes:
-    """Where jllm's wall time goes, accumulated by wrapping the engine's methods during the timed run."""
-
-    steps: int = 0
-    step_s: float = 0.0  # the whole ``engine.step``
-    execute_s: float = 0.0  # ``runner.execute``: inputs + device step + device_get + token unpacking
-    build_s: float = 0.0  # ``runner._build_inputs``: NumPy batch and its transfer
-    buckets: collections.Counter = field(default_factory=collections.Counter)
-
-    def wrap(self, engine) -> None:
-        runner = engine.runner
-        step, execute, build = engine.step, runner.execute, runner._build_inputs
-
-        def timed_step():
-            start = time.perf_counter()
-            out = step()
-            self.step_s += time.perf_counter() - start
-            self.steps += 1
-            return out
-
-        def timed_execute(output):
-            start = time.perf_counter()
-            out = execute(output)
-            self.execute_s += time.perf_counter() - start
-            return out
-
-        def timed_build(scheduled, bucket, **kw):
-            start = time.perf_counter()
-            out = build(scheduled, bucket, **kw)
-            self.build_s += time.perf_counter() - start
-            self.buckets[f"{bucket.num_tokens}x{bucket.num_seqs}"] += 1
-            return out
-
-        engine.step, runner.execute, runner._build_inputs = timed_step, timed_execute, timed_build
-
-    def summary(self) -> dict:
-        model_s = self.execute_s - self.build_s
-        return dict(
-            steps=self.steps, step_ms=1e3 * self.step_s / max(self.steps, 1), model_s=model_s,
-            build_inputs_s=self.build_s, engine_host_s=self.step_s - self.execute_s, buckets=dict(self.buckets),
-        )  # fmt: skip
-
-
 def run_jllm(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[dict, list[list[int]]]:
     from jllm import LLM, SamplingParams
 
@@ -140,56 +95,30 @@ def run_jllm(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[dict, 
 def run_transformers(
     args: argparse.Namespace, model_dir: Path, prompts: list[list[int]]
 ) -> tuple[list[dict], dict[int, list[list[int]]]]:
-    import torch
-    import transformers
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype)).eval()
-    pad_id = model.config.pad_token_id
-    if pad_id is None:
-        eos = model.config.eos_token_id
-        pad_id = eos[0] if isinstance(eos, list) else eos
+    model = load_hf_model(model_dir, args.dtype)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch: less padding
 
     def generate(batch: list[list[int]]) -> list[list[int]]:
-        width = max(len(p) for p in batch)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch])  # [B, width], left-padded
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])  # [B, width]
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=args.max_tokens,
-            min_new_tokens=args.max_tokens, pad_token_id=pad_id, temperature=None, top_p=None, top_k=None,
-        )  # fmt: skip
-        return out[:, width:].tolist()
+        return hf_generate(model, batch, args.max_tokens, min_new_tokens=args.max_tokens)
 
     results, tokens_by_batch = [], {}
-    with torch.no_grad():
-        generate([prompts[0][:8]])  # warm-up: first-call allocations and lazy imports
-        for batch_size in args.hf_batch_sizes:
-            tokens: list[list[int]] = [[] for _ in prompts]
-            start = time.perf_counter()
-            for i in range(0, len(order), batch_size):
-                chunk = order[i : i + batch_size]
-                for j, out in zip(chunk, generate([prompts[j] for j in chunk]), strict=True):
-                    tokens[j] = out
-            wall_s = time.perf_counter() - start
-            generated = sum(len(t) for t in tokens)
-            results.append(
-                dict(engine="transformers", batch=str(batch_size), tokens=generated, wall_s=wall_s,
-                     tokens_per_s=generated / wall_s)
-            )  # fmt: skip
-            tokens_by_batch[batch_size] = tokens
-            print(f"transformers batch {batch_size}: {generated / wall_s:.1f} tokens/s", flush=True)
+    generate([prompts[0][:8]])  # warm-up: first-call allocations and lazy imports
+    for batch_size in args.hf_batch_sizes:
+        tokens: list[list[int]] = [[] for _ in prompts]
+        start = time.perf_counter()
+        for i in range(0, len(order), batch_size):
+            chunk = order[i : i + batch_size]
+            for j, out in zip(chunk, generate([prompts[j] for j in chunk]), strict=True):
+                tokens[j] = out
+        wall_s = time.perf_counter() - start
+        generated = sum(len(t) for t in tokens)
+        results.append(
+            dict(engine="transformers", batch=str(batch_size), tokens=generated, wall_s=wall_s,
+                 tokens_per_s=generated / wall_s)
+        )  # fmt: skip
+        tokens_by_batch[batch_size] = tokens
+        print(f"transformers batch {batch_size}: {generated / wall_s:.1f} tokens/s", flush=True)
     return results, tokens_by_batch
-
-
-def agreement(jllm_tokens: list[list[int]], hf_tokens: list[list[int]]) -> dict:
-    """Exact-match fraction, and the mean fraction of output tokens before the first difference."""
-    exact = sum(a == b for a, b in zip(jllm_tokens, hf_tokens, strict=True))
-    prefix = []
-    for a, b in zip(jllm_tokens, hf_tokens, strict=True):
-        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        prefix.append(same / max(len(b), 1))
-    return dict(exact=exact, prompts=len(hf_tokens), mean_common_prefix=float(np.mean(prefix)))
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """The engine's first run on a GPU, in one process: greedy agreement of the attention backends, then speed.
 
-1. A random-weight Llama (hidden 1024, 8 layers, 16 query / 4 KV heads of 64, vocab 32000) saved by transformers
-   as bf16 safetensors, with the character-level tokenizer the CLI tests build (the engine loads a tokenizer).
+1. A random-weight Llama (hidden 2048, 8 layers, 32 query / 8 KV heads of 64, vocab 32000) saved by transformers
+   as bf16 safetensors, with the benchmarks' 128-id character-level tokenizer (the engine loads a tokenizer).
    Greedy, 32 tokens, EOS ignored, 8 random token-id prompts of mixed lengths, run in float32 (matmuls at
    "highest" precision, so only attention differs): attention_backend "reference" against "pallas", and with two
    or more devices, pallas at tensor_parallel_size=2 against 1. Per prompt: identical or the first differing
    output position, with the reference's top-1/top-2 logprob gap there (a near-tie flips on rounding alone).
-2. A Llama-3-8B-shaped model (config.json only, ``load_format="dummy"``, bf16): start-up time (load + compiling
+2. A Llama-3-8B-shaped model (configs/models/llama3-8b, ``load_format="dummy"``, bf16): start-up (load + compiling
    every step bucket), batch-1 time per output token ((generate 128 tokens - generate 1 token) / 127, prompt 128)
    and offline throughput of 64 prompts x 128 tokens -> 128 new tokens; at TP=1, and TP=2 where two devices are
    and the time budget allows. Beside them, same process: device copy bandwidth (jitted ``x + 1`` of a 4 GB bf16
@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import importlib
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,23 +33,32 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from bench_common import (  # noqa: E402 - needs the path above
+    ModelShape,
+    StepTimes,
+    device_ceilings,
+    generation_roofline,
+    jllm_generator,
+    load_hf_model,
+    nvidia_smi,
+    random_prompts,
+    save_hf_model,
+    versions,
+    write_dummy_model,
+)
+from bench_latency import measure_latency  # noqa: E402
 
 SMALL_CONFIG = dict(
-    vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
-    num_key_value_heads=4, head_dim=64, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
+    vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=64, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
     tie_word_embeddings=False,
 )  # fmt: skip
-LLAMA3_8B_CONFIG = dict(
-    architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128256, hidden_size=4096,
-    intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-    rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192, torch_dtype="bfloat16",
-    tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
-)  # fmt: skip
+LLAMA3_8B_CONFIG = json.loads((ROOT / "configs" / "models" / "llama3-8b" / "config.json").read_text())
 # --smoke: the same code paths with shapes a CPU runs in seconds.
 SMOKE_SMALL = {
     **SMALL_CONFIG, "vocab_size": 256, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -62,30 +68,9 @@ SMOKE_BIG = {
     **LLAMA3_8B_CONFIG, "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
     "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32, "max_position_embeddings": 512,
 }  # fmt: skip
-TOKENIZER_VOCAB = 32000  # the char tokenizer's ids; ids past it (the 8B's vocabulary) decode to nothing
 
 
-# ---------------------------------------------------------------------------------------------------- environment
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "numpy", "transformers", "torch", "tokenizers", "triton", "gguf"):
-        try:
-            out[name] = getattr(importlib.import_module(name), "__version__", "?")
-        except Exception:  # noqa: BLE001 - a missing package is a fact to record, not an error
-            out[name] = "not installed"
-    return out
-
-
-def nvidia_smi() -> str | None:
-    try:
-        q = "name,driver_version,memory.total,clocks.max.sm"
-        res = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)  # fmt: skip
-        return res.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+# ---------------------------------------------------------------------------------------------------- report
 
 
 class Report:
@@ -130,34 +115,9 @@ def live_bytes() -> int:
 # ---------------------------------------------------------------------------------------------------- models
 
 
-def save_tokenizer(out_dir: Path, vocab: int) -> None:
-    from test_cli import save_char_tokenizer  # tests/test_cli.py: the CLI tests' character-level tokenizer
-
-    save_char_tokenizer(out_dir, vocab)
-
-
 def build_small_checkpoint(out_dir: Path, config: dict[str, Any]) -> Path:
     """Random transformers Llama, saved as bf16 safetensors, with a tokenizer."""
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).to(torch.bfloat16).eval()
-    model.save_pretrained(out_dir, safe_serialization=True)
-    save_tokenizer(out_dir, min(config["vocab_size"], TOKENIZER_VOCAB))
-    return out_dir
-
-
-def write_dummy_model(out_dir: Path, config: dict[str, Any]) -> Path:
-    """config.json only (weights come from ``load_format="dummy"``), plus a tokenizer."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
-    save_tokenizer(out_dir, min(config["vocab_size"], TOKENIZER_VOCAB))
-    return out_dir
-
-
-def random_prompts(rng: np.random.Generator, lengths: list[int], vocab: int) -> list[list[int]]:
-    return [rng.integers(3, vocab, size=n).tolist() for n in lengths]
+    return save_hf_model(load_hf_model({"model_type": "llama", **config}, "bfloat16"), out_dir)
 
 
 def start_engine(model_dir: Path, **keys: Any) -> tuple[Any, dict[str, Any]]:
@@ -222,15 +182,12 @@ def nnx_state(model: Any) -> Any:
     return nnx.state(model)
 
 
-def weight_bytes(eng: Any, per_device: bool, skip_embedding: bool = False) -> int:
-    """Parameter bytes (one device's shards, or the whole arrays); optionally without the input embedding, of which
-    a decode step reads only its tokens' rows."""
+def weight_bytes(eng: Any, per_device: bool) -> int:
+    """Parameter bytes: one device's shards, or the whole arrays."""
     from flax import nnx
 
     total = 0
-    for path, var in nnx.to_flat_state(nnx.state(eng.loaded.model)):
-        if skip_embedding and "embed_tokens" in (str(p) for p in path):
-            continue
+    for _, var in nnx.to_flat_state(nnx.state(eng.loaded.model)):
         x = var.get_value()
         total += x.addressable_shards[0].data.nbytes if per_device else x.nbytes
     return total
@@ -314,44 +271,7 @@ def correctness(args: argparse.Namespace, model_dir: Path, report: Report) -> No
 # ---------------------------------------------------------------------------------------------------- phase 2
 
 
-def timed(fn: Callable[[], Any], iters: int) -> list[float]:
-    jax.block_until_ready(fn())
-    out = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def device_ceilings(args: argparse.Namespace) -> dict[str, Any]:
-    """Copy bandwidth of every device (read + write counted) and a bf16 matmul rate on device 0."""
-    rows, cols = (32768, 61440) if not args.smoke else (256, 32768)  # 4.03 GB of bf16 (16.8 MB for --smoke)
-    result: dict[str, Any] = {"copy_bytes": rows * cols * 2}
-    for i, dev in enumerate(jax.devices()[: args.tp_max]):
-        with jax.default_device(dev):
-            x = jax.random.uniform(jax.random.key(i), (rows, cols), jnp.bfloat16)
-            copy = jax.jit(lambda a: a + 1)
-            ts = timed(lambda x=x, copy=copy: copy(x), 10)
-            del x
-        result[f"copy_gbps_dev{i}"] = round(2 * rows * cols * 2 / statistics.median(ts) / 1e9, 1)
-    n = 8192 if not args.smoke else 256
-    with jax.default_device(jax.devices()[0]):
-        a = jax.random.normal(jax.random.key(7), (n, n), jnp.bfloat16)
-        b = jax.random.normal(jax.random.key(8), (n, n), jnp.bfloat16)
-        mm = jax.jit(lambda x, y: x @ y)
-        ts = timed(lambda a=a, b=b: mm(a, b), 20)
-        del a, b
-    result["matmul_tflops_dev0"] = round(2 * n**3 / statistics.median(ts) / 1e12, 1)
-    gc.collect()
-    return result
-
-
 def speed(args: argparse.Namespace, model_dir: Path, tp: int, batched_tokens: int, ceilings: dict[str, Any]) -> dict:
-    from bench_offline import StepTimes
-
-    from jllm import SamplingParams
-
     cfg = SMOKE_BIG if args.smoke else LLAMA3_8B_CONFIG
     prompt_len, new = (16, 16) if args.smoke else (128, 128)
     num_prompts = 8 if args.smoke else 64
@@ -366,34 +286,24 @@ def speed(args: argparse.Namespace, model_dir: Path, tp: int, batched_tokens: in
     )  # fmt: skip
     info["live_bytes_before_start"] = before
     try:
-        greedy_n = lambda n: SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)  # noqa: E731
+        generate = jllm_generator(llm)
+        batches = [random_prompts(rng, [prompt_len], vocab) for _ in range(1 + 2 * args.repeats)]
+        lat = measure_latency(generate, batches, new)
+        info["batch1"] = {"prompt": prompt_len, "new_tokens": new, "gen1_s": lat["gen1_s"],
+                          "gen_full_s": lat["gen_full_s"], "tpot_ms": [round(t, 3) for t in lat["tpot_ms_all"]],
+                          "tpot_ms_median": round(lat["tpot_ms"], 3)}  # fmt: skip
 
-        def gen(prompts: list[list[int]], n: int) -> float:
-            t = time.perf_counter()
-            outs = llm.generate(prompts, greedy_n(n), use_tqdm=False)
-            wall = time.perf_counter() - t
-            assert all(len(o.outputs[0].token_ids) == n for o in outs), "a request stopped early"
-            return wall
-
-        gen(random_prompts(rng, [prompt_len], vocab), 8)  # warm-up
-        one, full = [], []
-        for _ in range(args.repeats):
-            one.append(gen(random_prompts(rng, [prompt_len], vocab), 1))
-            full.append(gen(random_prompts(rng, [prompt_len], vocab), new))
-        tpot = [(f - o) / (new - 1) for f, o in zip(full, one, strict=True)]
-        info["batch1"] = {"prompt": prompt_len, "new_tokens": new, "gen1_s": one, "gen_full_s": full,
-                          "tpot_ms": [round(1e3 * t, 3) for t in tpot],
-                          "tpot_ms_median": round(1e3 * statistics.median(tpot), 3)}  # fmt: skip
-
-        gen(random_prompts(rng, [prompt_len] * num_prompts, vocab), 2)  # warm-up of the batch shapes
+        generate(random_prompts(rng, [prompt_len] * num_prompts, vocab), [2] * num_prompts)  # warm-up: batch shapes
         runs = []
         for _ in range(2):
             times = StepTimes()
             times.wrap(llm.engine)
-            wall = gen(random_prompts(rng, [prompt_len] * num_prompts, vocab), new)
+            t = time.perf_counter()
+            generate(random_prompts(rng, [prompt_len] * num_prompts, vocab), [new] * num_prompts)
+            wall = time.perf_counter() - t
             for attr in ("step",):
                 llm.engine.__dict__.pop(attr, None)
-            for attr in ("execute", "_build_inputs"):
+            for attr in ("execute", "_host_inputs"):
                 llm.engine.runner.__dict__.pop(attr, None)
             runs.append({"wall_s": round(wall, 3), "tokens_per_s": round(num_prompts * new / wall, 1),
                          "profile": times.summary()})  # fmt: skip
@@ -401,21 +311,17 @@ def speed(args: argparse.Namespace, model_dir: Path, tp: int, batched_tokens: in
                               "tokens_per_s_best": max(r["tokens_per_s"] for r in runs)}  # fmt: skip
 
         # Rooflines from this process's own ceilings (device 0's copy bandwidth; TP's all-reduces not counted).
-        bw = ceilings.get("copy_gbps_dev0", 0) * 1e9
-        rate = ceilings.get("matmul_tflops_dev0", 0) * 1e12
-        streamed = weight_bytes(llm.engine, per_device=True, skip_embedding=True)
-        args_ = llm.engine.loaded.args
-        kv_token = 2 * args_.num_layers * args_.num_kv_heads * args_.head_dim * 2 // tp  # bf16 K+V per device
-        roof: dict[str, Any] = {"streamed_weight_bytes_per_device": streamed, "kv_bytes_per_token_per_device": kv_token}
-        if bw and rate:
-            roof["batch1_tpot_ms"] = round(1e3 * streamed / bw, 3)
-            decode_s = sum(
-                (streamed + num_prompts * (prompt_len + k) * kv_token) / bw for k in range(1, new)
-            )  # 127 decode steps, each reads the weights once and every sequence's KV so far
-            flops = 2 * (weight_bytes(llm.engine, per_device=False, skip_embedding=True) / 2) * num_prompts * prompt_len
-            prefill_s = flops / tp / rate
-            roof["throughput_tokens_per_s"] = round(num_prompts * new / (decode_s + prefill_s), 1)
-            roof["throughput_parts_s"] = {"decode": round(decode_s, 4), "prefill": round(prefill_s, 4)}
+        shape = ModelShape.from_hf_config(llm.engine.loaded.hf_config, "bfloat16")
+        roof = {"streamed_weight_bytes_per_device": shape.streamed_params * shape.dtype_bytes // tp,
+                "kv_bytes_per_token_per_device": shape.kv_bytes_per_token // tp}  # fmt: skip
+        if ceilings.get("copy_gbps_dev0") and ceilings.get("matmul_tflops_dev0"):
+            keys = dict(max_num_batched_tokens=batched_tokens, ceilings=ceilings, tensor_parallel_size=tp)
+            one = generation_roofline(shape, [prompt_len], [new], max_num_seqs=1, **keys)
+            many = generation_roofline(shape, [prompt_len] * num_prompts, [new] * num_prompts, max_num_seqs=max_seqs,
+                                       **keys)  # fmt: skip
+            roof["batch1_tpot_ms"] = round(one["tpot_ms"], 3)
+            roof["throughput_tokens_per_s"] = round(many["output_tokens_per_s"], 1)
+            roof["throughput_parts_s"] = {"decode": round(many["decode_s"], 4), "prefill": round(many["prefill_s"], 4)}
         info["roofline"] = roof
         info["batch1"]["pct_of_roofline"] = (
             round(100 * roof["batch1_tpot_ms"] / info["batch1"]["tpot_ms_median"], 1)
@@ -479,7 +385,9 @@ def main() -> None:
 
         if "big" not in skip:
             big_dir = write_dummy_model(tmp_dir / "llama3_8b", SMOKE_BIG if args.smoke else LLAMA3_8B_CONFIG)
-            ceilings = phase(report, "device_ceilings", lambda: device_ceilings(args))
+            ceilings = phase(
+                report, "device_ceilings", lambda: device_ceilings(num_devices=args.tp_max, small=args.smoke)
+            )
             tp1 = phase(report, "big_tp1", lambda: speed(args, big_dir, 1, args.batched_tokens, ceilings))
             if len(jax.devices()) >= 2 and args.tp_max >= 2 and "tp2" not in skip:
                 # Predict TP=2's cost from TP=1's (compile time scales with the bucket count) and fit the budget.

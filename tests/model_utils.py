@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import jax
@@ -33,6 +34,29 @@ def save_tiny_checkpoint(model_cls_name: str, config_kwargs: dict, out_dir: Path
     model = getattr(transformers, model_cls_name)(config_cls(**config_kwargs)).eval()
     model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
     return out_dir
+
+
+def random_llama(root: Path, tokenizer_dir: Path, num_heads: int, num_kv_heads: int) -> Path:
+    """A 2-layer random Llama with head_dim 16 and the default model's tokenizer (so ``LLM`` can serve it).
+
+    A wide initializer keeps greedy decoding off a single repeated token, so token equality means something.
+    """
+    config = {
+        **TINY_CONFIG,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": 16,
+        "intermediate_size": 64,
+        "vocab_size": 49152,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "tie_word_embeddings": True,
+        "initializer_range": 0.3,
+    }
+    out = save_tiny_checkpoint("LlamaForCausalLM", config, root / f"llama_{num_heads}q_{num_kv_heads}kv")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(tokenizer_dir / name, out / name)
+    return out
 
 
 def hf_logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:

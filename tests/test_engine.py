@@ -7,12 +7,13 @@ recomputed. After each test the pool is whole again. float32 on the CPU, so gree
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from jllm.llm import LLM
-from jllm.sampling import SamplingParams
+from jllm.sampling import RequestOutputKind, SamplingParams
 
 NEW_TOKENS = 32
 PROMPTS = [
@@ -111,6 +112,21 @@ def test_string_prompts_and_text_match_the_tokenizer(llm, prompt_ids, reference)
         assert out.prompt_token_ids == ids
         assert out.outputs[0].token_ids == ref
         assert out.outputs[0].text == tok.decode(ref, skip_special_tokens=True)
+    assert_pool_whole(llm)
+
+
+def test_final_only_requests_report_once_with_the_streamed_text(llm, prompt_ids, reference):
+    engine = llm.engine
+    for kind in (RequestOutputKind.CUMULATIVE, RequestOutputKind.FINAL_ONLY):
+        engine.add_request(f"kind-{kind.name}", prompt_ids[0], dataclasses.replace(GREEDY, output_kind=kind))
+    reports: dict[str, list] = {"kind-CUMULATIVE": [], "kind-FINAL_ONLY": []}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            reports[out.request_id].append(out)
+    streamed, final = reports["kind-CUMULATIVE"], reports["kind-FINAL_ONLY"]
+    assert len(streamed) == len(reference[0]) and len(final) == 1 and final[0].finished
+    assert final[0].outputs[0].token_ids == streamed[-1].outputs[0].token_ids == reference[0]
+    assert final[0].outputs[0].text == streamed[-1].outputs[0].text == llm.get_tokenizer().decode(reference[0])
     assert_pool_whole(llm)
 
 

@@ -63,20 +63,44 @@ def test_sharded_checkpoint_logits_match_transformers(tiny_dirs, name):
 def test_qwen2_has_qkv_bias_and_mistral_none(tiny_dirs):
     qwen = load_model(tiny_dirs["qwen2"], mesh=make_mesh(1)).model
     mistral = load_model(tiny_dirs["mistral"], mesh=make_mesh(1)).model
-    assert qwen.layers[0].self_attn.q_proj.bias is not None and qwen.layers[0].self_attn.o_proj.bias is None
-    assert mistral.layers[0].self_attn.q_proj.bias is None
+    assert qwen.layers[0].self_attn.qkv_proj.bias is not None and qwen.layers[0].self_attn.o_proj.bias is None
+    assert mistral.layers[0].self_attn.qkv_proj.bias is None
+
+
+def test_fused_projections_hold_the_checkpoint_tensors_in_their_documented_layout(tiny_dirs):
+    """qkv_proj[:, c] = (query heads c*group.., K head c, V head c); gate_up_proj[:, 0 / 1] = gate / up."""
+    from safetensors.numpy import load_file
+
+    model_dir = tiny_dirs["qwen2"]
+    hf = {k: v for f in model_dir.glob("*.safetensors") for k, v in load_file(f).items()}
+    attn = load_model(model_dir, mesh=make_mesh(1)).model.layers[1].self_attn
+    qkv, bias = np.asarray(attn.qkv_proj.kernel[...]), np.asarray(attn.qkv_proj.bias[...])
+    kv, width, head_dim = qkv.shape[1:]
+    group = width - 2
+    prefix = "model.layers.1.self_attn."
+    q = hf[prefix + "q_proj.weight"].T.reshape(-1, kv, group, head_dim)
+    k = hf[prefix + "k_proj.weight"].T.reshape(-1, kv, head_dim)
+    v = hf[prefix + "v_proj.weight"].T.reshape(-1, kv, head_dim)
+    np.testing.assert_array_equal(qkv[:, :, :group], q)
+    np.testing.assert_array_equal(qkv[:, :, group], k)
+    np.testing.assert_array_equal(qkv[:, :, group + 1], v)
+    np.testing.assert_array_equal(bias[:, group], hf[prefix + "k_proj.bias"].reshape(kv, head_dim))
+    mlp = load_model(model_dir, mesh=make_mesh(1)).model.layers[0].mlp
+    gate_up = np.asarray(mlp.gate_up_proj.kernel[...])
+    np.testing.assert_array_equal(gate_up[:, 0], hf["model.layers.0.mlp.gate_proj.weight"].T)
+    np.testing.assert_array_equal(gate_up[:, 1], hf["model.layers.0.mlp.up_proj.weight"].T)
 
 
 def test_dummy_load_format_gives_shapes_and_shardings(tiny_dirs):
     loaded = load_model(tiny_dirs["llama3"], mesh=make_mesh(1), load_format="dummy", dtype="bfloat16")
     attn = loaded.model.layers[1].self_attn
-    assert attn.q_proj.kernel[...].shape == (64, 4 * 16)
-    assert attn.k_proj.kernel[...].shape == (64, 2 * 16)
-    assert attn.q_proj.kernel[...].dtype == jax.numpy.bfloat16
+    assert attn.qkv_proj.kernel[...].shape == (64, 2, 4 // 2 + 2, 16)  # 4 query heads over 2 KV heads
+    assert attn.qkv_proj.kernel[...].dtype == jax.numpy.bfloat16
+    assert loaded.model.layers[1].mlp.gate_up_proj.kernel[...].shape == (64, 2, 96)
     assert loaded.model.lm_head.kernel[...].shape == (64, 160)
-    assert float(np.std(np.asarray(attn.q_proj.kernel[...], np.float32))) > 0.01
-    spec = attn.q_proj.kernel[...].sharding.spec
-    assert tuple(spec) == (None, "tp")
+    assert float(np.std(np.asarray(attn.qkv_proj.kernel[...], np.float32))) > 0.01
+    assert tuple(attn.qkv_proj.kernel[...].sharding.spec) == (None, "tp", None, None)
+    assert tuple(attn.o_proj.kernel[...].sharding.spec) == ("tp", None)
     assert tuple(loaded.model.embed_tokens.embedding[...].sharding.spec) == ("tp", None)
 
 

@@ -7,7 +7,6 @@ each test below asserts on one part of its JSON findings.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -15,36 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from model_utils import TINY_CONFIG, save_tiny_checkpoint
+from model_utils import random_llama
 
 from jllm import parallel
 
 WORKER = Path(__file__).with_name("tp_worker.py")
 # Tensors split by tensor parallelism (the rest, RMSNorm scales, are replicated).
-SHARDED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens")
-
-
-def random_llama(root: Path, tokenizer_dir: Path, num_heads: int, num_kv_heads: int) -> Path:
-    """A 2-layer random Llama with head_dim 16 and the default model's tokenizer (so ``LLM`` can serve it).
-
-    A wide initializer keeps greedy decoding off a single repeated token, so token equality means something.
-    """
-    config = {
-        **TINY_CONFIG,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_kv_heads,
-        "head_dim": 16,
-        "intermediate_size": 64,
-        "vocab_size": 49152,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "tie_word_embeddings": True,
-        "initializer_range": 0.3,
-    }
-    out = save_tiny_checkpoint("LlamaForCausalLM", config, root / f"llama_{num_heads}q_{num_kv_heads}kv")
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(tokenizer_dir / name, out / name)
-    return out
+SHARDED = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "embed_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +83,10 @@ def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(
         assert pool["device_nbytes"] == [pool["nbytes"] // tp] * tp
         assert {shape[1] for shape in pool["device_shapes"]} == {kv_heads * replicas // tp}
         if replicas > 1:  # each device holds exactly the one KV head its query heads read
-            k_proj = run["params"]["layers/0/self_attn/k_proj/kernel"]
-            assert k_proj["device_shapes"] == [[k_proj["shape"][0], 16]] * tp
+            qkv = run["params"]["layers/0/self_attn/qkv_proj/kernel"]  # [hidden, kv_heads, group + 2, head_dim]
+            hidden, _, width, head_dim = qkv["shape"]
+            assert width == 16 // (kv_heads * replicas) + 2
+            assert qkv["device_shapes"] == [[hidden, 1, width, head_dim]] * tp
 
 
 @pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [4, 8])])
@@ -135,12 +113,16 @@ def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
 
 
 def test_loader_reads_only_each_devices_slice(found):
-    for case, tp in (("32q_8kv_tp4", 4), ("16q_2kv_tp8", 8)):
+    """The fused QKV is read one model KV head at a time: its query group, and its checkpoint K/V head (which the
+    devices holding copies of a replicated head each read)."""
+    for case, tp, kv_heads in (("32q_8kv_tp4", 4, 8), ("16q_2kv_tp8", 8, 2)):
         for name, (largest, total, _) in found["loader_reads"][case].items():
             if "norm" in name:
                 assert largest == total, name
-            elif case.startswith("16q_2kv") and ("k_proj" in name or "v_proj" in name):
-                assert largest == total // 2, name  # one of the two KV heads, read by the 4 devices that hold it
+            elif "q_proj" in name:
+                assert largest == total // max(tp, kv_heads), name
+            elif "k_proj" in name or "v_proj" in name:
+                assert largest == total // kv_heads, name
             else:
                 assert largest == total // tp, name
 

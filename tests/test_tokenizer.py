@@ -80,6 +80,22 @@ def test_streamed_deltas_equal_full_decode(tok: Tokenizer, text: str) -> None:
         assert not any("\ufffd" in delta for delta in deltas)  # never half a character
 
 
+@pytest.mark.parametrize("text", STREAM_TEXTS)
+def test_final_only_decodes_once_at_flush(tok: Tokenizer, text: str) -> None:
+    ids = tok.encode(text)
+    detok = IncrementalDetokenizer(tok, prompt_ids=[1], final_only=True)
+    assert detok.defer
+    assert stream(detok, ids) == [""] * len(ids) + [text]  # every add releases nothing; the flush all of it
+    assert detok.text == text and detok.flush() == ""
+
+
+def test_final_only_with_stop_strings_still_decodes_as_tokens_arrive(tok: Tokenizer) -> None:
+    detok = IncrementalDetokenizer(tok, prompt_ids=[1], stop=["world"], final_only=True)
+    assert not detok.defer
+    stream(detok, tok.encode("hello world and more"))
+    assert detok.finished and detok.text == "hello "
+
+
 def test_streaming_keeps_special_tokens_when_asked(tok: Tokenizer) -> None:
     ids = tok.encode("<|im_start|>assistant\nSure 👍<|im_end|>")
     for skip in (True, False):

@@ -21,16 +21,23 @@ def param(shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...]
 
 
 class Linear(nnx.Module):
-    """``y = x @ kernel (+ bias)`` with the kernel stored ``[in, out]``."""
+    """``y = x @ kernel (+ bias)`` with the kernel stored ``[in, *out]``: a fused projection keeps its parts as
+    separate output axes (``[in, 2, mlp]`` for gate/up), so each device's shard holds whole parts."""
 
     def __init__(
-        self, d_in: int, d_out: int, axes: tuple[str | None, str | None], dtype: jnp.dtype, bias: bool = False
+        self,
+        d_in: int,
+        d_out: int | tuple[int, ...],
+        axes: tuple[str | None, ...],
+        dtype: jnp.dtype,
+        bias: bool = False,
     ):
-        self.kernel = param((d_in, d_out), dtype, axes)
-        self.bias = param((d_out,), dtype, (axes[1],)) if bias else None
+        out = (d_out,) if isinstance(d_out, int) else d_out
+        self.kernel = param((d_in, *out), dtype, axes)
+        self.bias = param(out, dtype, axes[1:]) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = x @ self.kernel[...]
+        y = jax.lax.dot_general(x, self.kernel[...], (((x.ndim - 1,), (0,)), ((), ())))
         return y + self.bias[...] if self.bias is not None else y
 
 
@@ -59,15 +66,16 @@ class RMSNorm(nnx.Module):
 
 
 class GatedMLP(nnx.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``; columns of gate/up and rows of down split across devices."""
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``, gate and up as one matmul (one weight read, one kernel launch);
+    the MLP axis of gate/up and the rows of down split across devices."""
 
     def __init__(self, dim: int, hidden: int, dtype: jnp.dtype):
-        self.gate_proj = Linear(dim, hidden, ("embed", "mlp"), dtype)
-        self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype)
+        self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate_up = self.gate_up_proj(x)  # [T, 2, hidden]
+        return self.down_proj(jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1])
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> np.ndarray:

@@ -16,6 +16,7 @@ from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
 from jllm.models.layers import Embedding, GatedMLP, Linear, RMSNorm, apply_rotary, rope_inv_freq
+from jllm.parallel import KV_HEADS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,23 +63,30 @@ class LlamaArgs:
 
 
 class Attention(nnx.Module):
+    """Q, K and V come from one matmul whose kernel is laid out ``[hidden, kv_heads, group + 2, head_dim]``: for
+    each KV head, its ``group`` query heads, then its K and its V. One weight read and one kernel instead of three
+    (XLA turns the small K and V matmuls of a one-token step into slow reductions), and splitting the KV-head axis
+    gives every device whole query groups with their K/V head."""
+
     def __init__(self, args: LlamaArgs):
         d, hd, dt = args.hidden_size, args.head_dim, args.dtype
-        self.q_proj = Linear(d, args.num_heads * hd, ("embed", "q_heads"), dt, bias=args.qkv_bias)
-        self.k_proj = Linear(d, args.num_kv_heads * hd, ("embed", "kv_heads"), dt, bias=args.qkv_bias)
-        self.v_proj = Linear(d, args.num_kv_heads * hd, ("embed", "kv_heads"), dt, bias=args.qkv_bias)
+        self.group = args.num_heads // args.num_kv_heads
+        self.qkv_proj = Linear(
+            d, (args.num_kv_heads, self.group + 2, hd), ("embed", KV_HEADS, None, None), dt, bias=args.qkv_bias
+        )
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt)
         self.args = args
 
     def __call__(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
-        a = self.args
+        a, g = self.args, self.group
         t = x.shape[0]
         inv_freq = rope_inv_freq(a.head_dim, a.rope_theta, dict(a.rope_scaling or ()))
-        q = apply_rotary(self.q_proj(x).reshape(t, a.num_heads, a.head_dim), positions, inv_freq)
-        k = apply_rotary(self.k_proj(x).reshape(t, a.num_kv_heads, a.head_dim), positions, inv_freq)
-        v = self.v_proj(x).reshape(t, a.num_kv_heads, a.head_dim)
+        qkv = self.qkv_proj(x)  # [T, kv_heads, group + 2, head_dim]
+        q = apply_rotary(qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim), positions, inv_freq)
+        k = apply_rotary(qkv[:, :, g], positions, inv_freq)
+        v = qkv[:, :, g + 1]
         out, kv_pages = paged_attention(
             q, k, v, kv_pages, meta, sm_scale=a.head_dim**-0.5, sliding_window=a.sliding_window
         )

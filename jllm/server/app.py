@@ -14,6 +14,7 @@ import threading
 
 from aiohttp import web
 
+from jllm import distributed
 from jllm.async_engine import AsyncEngine
 from jllm.config import EngineConfig
 from jllm.engine import LLMEngine
@@ -76,8 +77,14 @@ def run_server(config: EngineConfig) -> None:
     """Serves ``config`` until SIGTERM or SIGINT, then drains and returns. Blocks.
 
     Logs at INFO to stderr unless the caller configured logging: an operator needs the address and request lines.
+    Under ``jax.distributed`` only the lead (process 0) listens; a follower runs the lead's steps until it stops.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    distributed.initialize(config.parallel)
+    if not distributed.is_lead():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the lead drains on SIGTERM and needs its followers for it
+        distributed.run_follower(LLMEngine(config).runner)
+        return
     asyncio.run(_serve(config))
 
 

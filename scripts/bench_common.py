@@ -1,0 +1,494 @@
+"""What the benchmark scripts share, so that each measures the same way: the machine line, device ceilings, random
+prompts, the engine config and model a YAML names, the transformers baseline, greedy agreement and the roofline.
+
+Order matters on a GPU: JAX reserves most of the device's memory when it first touches it, so a script runs
+transformers first and frees it (``run_baseline``), and only then any JAX work (``start_jllm``: the machine facts,
+the device ceilings, the engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from machine_info import cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
+# A 128-id character tokenizer (tests/test_cli.py's save_char_tokenizer) that every benchmark model dir carries:
+# the engine needs one, the benchmarks feed token ids, and ids past its vocabulary decode to nothing.
+TOKENIZER_DIR = ROOT / "configs" / "models" / "llama3-8b"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+# Greedy generation of exactly ``lengths[i]`` new tokens for ``prompts[i]``; returns the new tokens.
+Generate = Callable[[list[list[int]], list[int]], list[list[int]]]
+
+
+# ---------------------------------------------------------------------------------------------------- machine
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "numpy", "transformers", "torch", "tokenizers", "triton", "gguf"):
+        try:
+            out[name] = getattr(importlib.import_module(name), "__version__", "?")
+        except Exception:  # noqa: BLE001 - a missing package is a fact to record, not an error
+            out[name] = "not installed"
+    return out
+
+
+def nvidia_smi() -> str | None:
+    """One CSV line per GPU (name, driver, memory, max SM clock), or None without nvidia-smi."""
+    try:
+        q = "name,driver_version,memory.total,clocks.max.sm"
+        res = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)  # fmt: skip
+        return res.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers came from. Touches JAX's devices: on a GPU, call it after transformers has run."""
+    import jax
+
+    dev = jax.devices()[0]
+    smi = nvidia_smi()
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "card": smi.splitlines()[0].split(",")[0].strip() if smi else dev.device_kind,
+        "device_kind": dev.device_kind, "platform": dev.platform, "num_devices": len(jax.devices()),
+        "nvidia_smi": smi, "cpu": cpu_name(), "host": platform.node(), "load_average": os.getloadavg(),
+        "versions": versions(),
+    }  # fmt: skip
+
+
+def print_header(result: dict[str, Any], workload: str) -> None:
+    """The lines above every benchmark's table: machine, model and config, workload, start-up, ceilings."""
+    env, c, v = result["environment"], result["ceilings"], result["environment"]["versions"]
+    print(
+        f"\ncard: {env['card']} (jax device kind {env['device_kind']!r}, {env['num_devices']} device(s)); "
+        f"CPU {env['cpu']}; jax {v['jax']}, torch {v['torch']}, transformers {v['transformers']}; {env['date']}; "
+        f"load average {', '.join(f'{x:.2f}' for x in env['load_average'])}"
+    )
+    print(result["model"])
+    print(
+        f"{workload}; jllm start-up {result['jllm_startup_s']:.1f} s; ceilings: copy {c['copy_gbps_dev0']} GB/s, "
+        f"{c['matmul_dtype']} matmul {c['matmul_tflops_dev0']} TFLOP/s"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- ceilings
+
+
+def timed(fn: Callable[[], Any], iters: int) -> list[float]:
+    """Seconds per call of ``fn`` (a JAX computation), after one untimed call that compiles it."""
+    import jax
+
+    jax.block_until_ready(fn())
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def device_ceilings(matmul_dtype: str = "bfloat16", num_devices: int = 1, small: bool | None = None) -> dict[str, Any]:
+    """Copy bandwidth of each device (jitted ``x + 1`` on bf16, read + write counted) and the matmul rate of
+    device 0 in ``matmul_dtype``: the two numbers a roofline divides by. ``small`` (default: on a CPU) shrinks the
+    arrays from 4 GB and 8192^3 to 16.8 MB and 512^3."""
+    import jax
+    import jax.numpy as jnp
+
+    small = jax.devices()[0].platform == "cpu" if small is None else small
+    rows, cols = (256, 32768) if small else (32768, 61440)
+    result: dict[str, Any] = {"copy_bytes": rows * cols * 2, "matmul_dtype": matmul_dtype}
+    for i, dev in enumerate(jax.devices()[:num_devices]):
+        with jax.default_device(dev):
+            x = jax.random.uniform(jax.random.key(i), (rows, cols), jnp.bfloat16)
+            copy = jax.jit(lambda a: a + 1)
+            ts = timed(lambda x=x, copy=copy: copy(x), 10)
+            del x
+        result[f"copy_gbps_dev{i}"] = round(2 * rows * cols * 2 / statistics.median(ts) / 1e9, 1)
+    n = 512 if small else 8192
+    with jax.default_device(jax.devices()[0]):
+        a = jax.random.normal(jax.random.key(7), (n, n), matmul_dtype)
+        b = jax.random.normal(jax.random.key(8), (n, n), matmul_dtype)
+        mm = jax.jit(lambda x, y: x @ y)
+        ts = timed(lambda a=a, b=b: mm(a, b), 20)
+        del a, b
+    result["matmul_tflops_dev0"] = round(2 * n**3 / statistics.median(ts) / 1e12, 3 if small else 1)
+    gc.collect()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def copy_tokenizer(out_dir: Path, src_dir: Path = TOKENIZER_DIR) -> None:
+    for name in TOKENIZER_FILES:
+        shutil.copy(src_dir / name, out_dir / name)
+
+
+def write_dummy_model(out_dir: Path, config: dict[str, Any]) -> Path:
+    """config.json only (weights come from ``load_format="dummy"``), plus a tokenizer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+    copy_tokenizer(out_dir)
+    return out_dir
+
+
+def random_prompts(rng: np.random.Generator, lengths: list[int], vocab: int) -> list[list[int]]:
+    """Uniform token ids past the char tokenizer's special ids (0-2), one prompt per length."""
+    return [rng.integers(3, vocab, size=n).tolist() for n in lengths]
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """The engine config a benchmark YAML gives and the model it names, read without starting JAX."""
+
+    config_path: Path
+    engine: Any  # jllm.config.EngineConfig
+    model_dir: Path
+    hf_config: dict[str, Any]
+    dtype: str  # the engine's dtype, "auto" resolved: "bfloat16", "float32" ...
+
+    @property
+    def vocab(self) -> int:
+        return self.hf_config["vocab_size"]
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.model.max_model_len or self.hf_config["max_position_embeddings"]
+
+    def roofline(
+        self, input_lens: list[int], output_lens: list[int], max_num_seqs: int, ceilings: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``generation_roofline`` of this model and engine config."""
+        return generation_roofline(
+            ModelShape.from_hf_config(self.hf_config, self.dtype), input_lens, output_lens,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=self.engine.scheduler.max_num_batched_tokens,
+            ceilings=ceilings, tensor_parallel_size=self.engine.parallel.tensor_parallel_size,
+        )  # fmt: skip
+
+    def describe(self, same_weights: bool) -> str:
+        e, c = self.engine, self.hf_config
+        weights = (
+            "transformers' random weights (--same-weights)" if same_weights else f"load_format {e.model.load_format}"
+        )
+        return (
+            f"config {self.config_path}: model {self.model_dir} ({c['num_hidden_layers']} layers, hidden "
+            f"{c['hidden_size']}, vocab {c['vocab_size']}), {self.dtype}, {weights}, max_model_len "
+            f"{e.model.max_model_len}, max_num_seqs {e.scheduler.max_num_seqs}, max_num_batched_tokens "
+            f"{e.scheduler.max_num_batched_tokens}, TP {e.parallel.tensor_parallel_size}"
+        )
+
+
+def load_bench_model(config_path: Path) -> BenchModel:
+    """A relative ``model:`` path resolves against the working directory, as everywhere in jllm."""
+    from jllm.config import load_config
+    from jllm.loader import resolve_dtype
+    from jllm.model_source import resolve_model
+
+    engine = load_config(config_path)
+    model_dir = resolve_model(engine.model.model)
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    dtype = np.dtype(resolve_dtype(engine.model.dtype, hf_config)).name
+    return BenchModel(Path(config_path), engine, model_dir, hf_config, dtype)
+
+
+def start_jllm(bench: BenchModel, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """jllm's part starts here, after transformers' (see the module's docstring): the machine, the device ceilings,
+    then ``LLM`` from the benchmark's YAML plus ``overrides``. Returns it and those facts, start-up seconds (load +
+    compiling every step bucket) included."""
+    from jllm import LLM
+
+    facts = {"environment": environment(), "ceilings": device_ceilings(bench.dtype)}
+    start = time.perf_counter()
+    llm = LLM(config=bench.config_path, **overrides)
+    facts["jllm_startup_s"] = time.perf_counter() - start
+    print(f"jllm (start-up {facts['jllm_startup_s']:.1f} s):", flush=True)
+    return llm, facts
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    default = Path("configs/llama3-8b-h100.yaml")
+    parser.add_argument("--config", type=Path, default=default, help=f"engine YAML (default {default})")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the prompts and transformers' weights")
+    parser.add_argument("--skip-hf", action="store_true", help="no transformers baseline")
+    parser.add_argument("--same-weights", action="store_true",
+                        help="jllm loads transformers' random weights (a checkpoint write: 16 GB for the 8B) instead "
+                             "of the YAML's load_format, and their greedy tokens are compared")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write the results here")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, BenchModel]:
+    args = parser.parse_args(argv)
+    if args.same_weights and args.skip_hf:
+        parser.error("--same-weights needs the transformers baseline: drop --skip-hf")
+    return args, load_bench_model(args.config)
+
+
+def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=str))
+
+
+def jllm_generator(llm: Any) -> Generate:
+    """Greedy with ``ignore_eos``: EOS neither stops a sequence nor is banned, so every token is the argmax."""
+    from jllm import SamplingParams
+
+    def generate(prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
+        tokens = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert [len(t) for t in tokens] == list(lengths), "a jllm request stopped early"
+        return tokens
+
+    return generate
+
+
+# ---------------------------------------------------------------------------------------------------- transformers
+
+
+def load_hf_model(source: Path | dict[str, Any], dtype: str, device: str = "cpu", seed: int = 0) -> Any:
+    """A transformers causal LM in eval mode: a checkpoint directory, or random weights (seeded, made on
+    ``device``) for a config.json's dict."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    if device == "cuda":
+        # cuDNN's attention builds a plan per new sequence length: on an H100 that made generate 25-80 ms a step on
+        # fresh lengths against 3-4 ms with the flash / memory-efficient kernels, which have no such cost.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if isinstance(source, Path):
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+        return model.to(device).eval()
+    torch.manual_seed(seed)
+    config = transformers.AutoConfig.for_model(**source)
+    with torch.device(device):
+        return transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).eval()
+
+
+def save_hf_model(model: Any, out_dir: Path) -> Path:
+    """The model as safetensors plus the tokenizer, so jllm can load the very same weights."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    copy_tokenizer(out_dir)
+    return out_dir
+
+
+def run_baseline(
+    args: argparse.Namespace, bench: BenchModel, tmp: Path, measure: Callable[[Generate], Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """transformers' part of a benchmark: random weights of the benchmark's config (on CUDA in the engine's dtype,
+    on the CPU in float32), ``measure(generate)`` on them, then the device memory given back for JAX (see the
+    module's docstring). Returns (what was measured and how; None under ``--skip-hf``) and the engine overrides that
+    make jllm load the same weights under ``--same-weights`` (saved into ``tmp``)."""
+    if args.skip_hf:
+        return None, {}
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = bench.dtype if device == "cuda" else "float32"
+    model = load_hf_model(bench.hf_config, dtype, device, seed=args.seed)
+    overrides = {"model": str(save_hf_model(model, tmp / "hf")), "load_format": "auto"} if args.same_weights else {}
+    info = {"device": device, "dtype": dtype, "attn_implementation": model.config._attn_implementation}
+    print(f"transformers ({device}, {dtype}, attention {info['attn_implementation']}):", flush=True)
+    info["results"] = measure(hf_generator(model))
+    del model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return info, overrides
+
+
+def hf_generate(model: Any, prompts: list[list[int]], new_tokens: int, **kwargs: Any) -> list[list[int]]:
+    """transformers' greedy ``generate`` on one batch, left-padded with an attention mask; ``new_tokens`` for every
+    prompt (the batch runs as long as its longest), ``kwargs`` go to ``generate``."""
+    import torch
+
+    pad_id = model.config.pad_token_id
+    if pad_id is None:
+        eos = model.config.eos_token_id
+        pad_id = (eos[0] if isinstance(eos, list) else eos) or 0
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)  # [B, width]
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)  # [B, width]
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens, pad_token_id=pad_id,
+            temperature=None, top_p=None, top_k=None, **kwargs,
+        )  # fmt: skip
+    assert out.shape[1] - width == new_tokens, f"transformers stopped after {out.shape[1] - width} of {new_tokens}"
+    return out[:, width:].tolist()  # .tolist() waits for the device
+
+
+def hf_generator(model: Any) -> Generate:
+    """Greedy to the last token as jllm's ``ignore_eos`` is: no EOS stops a sequence, and none is banned."""
+    model.generation_config.eos_token_id = None
+
+    def generate(prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        return [t[:n] for t, n in zip(hf_generate(model, prompts, max(lengths)), lengths, strict=True)]
+
+    return generate
+
+
+def agreement(jllm_tokens: list[list[int]], hf_tokens: list[list[int]]) -> dict[str, Any]:
+    """Exact-match count, and the mean fraction of output tokens before the first difference."""
+    exact = sum(a == b for a, b in zip(jllm_tokens, hf_tokens, strict=True))
+    prefix = []
+    for a, b in zip(jllm_tokens, hf_tokens, strict=True):
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        prefix.append(same / max(len(b), 1))
+    return dict(exact=exact, prompts=len(hf_tokens), mean_common_prefix=float(np.mean(prefix)))
+
+
+# ---------------------------------------------------------------------------------------------------- jllm profile
+
+
+@dataclass
+class StepTimes:
+    """Where jllm's wall time goes, accumulated by wrapping the engine's methods during the timed run (private
+    runner methods: rename them here when the runner's change)."""
+
+    steps: int = 0
+    step_s: float = 0.0  # the whole ``engine.step``
+    execute_s: float = 0.0  # ``runner.execute``: inputs + device step + device_get + token unpacking
+    build_s: float = 0.0  # ``runner._host_inputs``: the step's NumPy batch
+    buckets: collections.Counter = field(default_factory=collections.Counter)
+
+    def wrap(self, engine: Any) -> None:
+        runner = engine.runner
+        step, execute, build = engine.step, runner.execute, runner._host_inputs
+
+        def timed_step():
+            start = time.perf_counter()
+            out = step()
+            self.step_s += time.perf_counter() - start
+            self.steps += 1
+            return out
+
+        def timed_execute(output):
+            start = time.perf_counter()
+            out = execute(output)
+            self.execute_s += time.perf_counter() - start
+            return out
+
+        def timed_build(scheduled, bucket, **kw):
+            start = time.perf_counter()
+            out = build(scheduled, bucket, **kw)
+            self.build_s += time.perf_counter() - start
+            self.buckets[f"{bucket.num_tokens}x{bucket.num_seqs}"] += 1
+            return out
+
+        engine.step, runner.execute, runner._host_inputs = timed_step, timed_execute, timed_build
+
+    def summary(self) -> dict:
+        model_s = self.execute_s - self.build_s
+        return dict(
+            steps=self.steps, step_ms=1e3 * self.step_s / max(self.steps, 1), model_s=model_s,
+            build_inputs_s=self.build_s, engine_host_s=self.step_s - self.execute_s, buckets=dict(self.buckets),
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- roofline
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What generation must move and compute, from a Llama-family config.json (dense, GQA, gated MLP)."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    dtype_bytes: int  # weights and KV cache
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any], dtype: str) -> ModelShape:
+        heads = cfg["num_attention_heads"]
+        return cls(
+            layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
+            vocab=cfg["vocab_size"], q_heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, dtype_bytes=np.dtype(dtype).itemsize,
+        )  # fmt: skip
+
+    @property
+    def streamed_params(self) -> int:
+        """Parameters every step reads: all but the input embedding, of which a step reads only its tokens' rows
+        (the LM head counts once, tied or not). Each is also one multiply-add per token."""
+        attention = self.hidden * self.head_dim * 2 * (self.q_heads + self.kv_heads)  # q, o; k, v
+        mlp = 3 * self.hidden * self.intermediate  # gate, up, down
+        return self.layers * (attention + mlp + 2 * self.hidden) + self.hidden + self.vocab * self.hidden
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def attention_flops_per_pair(self) -> int:
+        """QK^T and PV for one (query token, context token) pair, all layers and heads."""
+        return 4 * self.layers * self.q_heads * self.head_dim
+
+
+def generation_roofline(
+    shape: ModelShape,
+    input_lens: list[int],
+    output_lens: list[int],
+    *,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    ceilings: dict[str, Any],
+    tensor_parallel_size: int = 1,
+) -> dict[str, Any]:
+    """The fastest these prompts could be served: prefill and decode each take the longer of bytes / copy bandwidth
+    and FLOPs / matmul rate; nothing else costs time (no launch, host or all-reduce time).
+
+    Prefill reads the weights once per ``max_num_batched_tokens`` chunk and writes every prompt token's KV; its
+    first token is the TTFT. Decode needs at least ``max(output) - 1`` steps, and at least ``sum(output - 1) /
+    max_num_seqs``; each step reads the weights once, and every sequence reads its whole KV so far.
+    """
+    bw = ceilings["copy_gbps_dev0"] * 1e9 * tensor_parallel_size
+    rate = ceilings["matmul_tflops_dev0"] * 1e12 * tensor_parallel_size
+    weights, kv, params = shape.streamed_params * shape.dtype_bytes, shape.kv_bytes_per_token, shape.streamed_params
+    prompt = sum(input_lens)
+    prefill_bytes = math.ceil(prompt / max_num_batched_tokens) * weights + prompt * kv
+    causal_pairs = sum(n * (n + 1) // 2 for n in input_lens)
+    prefill_flops = 2 * params * prompt + shape.attention_flops_per_pair * causal_pairs
+    decode_tokens = sum(o - 1 for o in output_lens)
+    steps = max(max(output_lens) - 1, math.ceil(decode_tokens / max_num_seqs))
+    context = sum((o - 1) * i + (o - 1) * o // 2 for i, o in zip(input_lens, output_lens, strict=True))
+    decode_bytes = steps * weights + (context + decode_tokens) * kv
+    decode_flops = 2 * params * decode_tokens + shape.attention_flops_per_pair * context
+    prefill_s = max(prefill_bytes / bw, prefill_flops / rate)
+    decode_s = max(decode_bytes / bw, decode_flops / rate)
+    return {
+        "ttft_ms": 1e3 * prefill_s,
+        "tpot_ms": 1e3 * decode_s / steps if steps else None,
+        "output_tokens_per_s": sum(output_lens) / (prefill_s + decode_s),
+        "total_tokens_per_s": (prompt + sum(output_lens)) / (prefill_s + decode_s),
+        "prefill_s": prefill_s, "decode_s": decode_s, "decode_steps": steps,
+        "prefill_bound": "compute" if prefill_flops / rate > prefill_bytes / bw else "memory",
+        "decode_bound": "compute" if decode_flops / rate > decode_bytes / bw else "memory",
+        "streamed_weight_bytes": weights, "kv_bytes_per_token": kv,
+    }  # fmt: skip

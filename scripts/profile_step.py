@@ -1,0 +1,255 @@
+"""Where a decode step's time goes: host work against device work, and the device's time by kernel.
+
+For each batch size, ``batch`` requests (random prompts of ``--prompt`` tokens, EOS ignored) are stepped until all of
+them decode; then ``--steps`` engine steps are timed three ways:
+
+1. the engine as it runs (``engine.step``), split by wrapping its parts: scheduling, the step's NumPy inputs, their
+   transfer to the devices, dispatch, waiting for the results, and the rest (token bookkeeping, detokenizing);
+2. the compiled step alone, called back to back on one decode step's device-resident inputs: the device's time per
+   step with the host out of the way (dispatch is asynchronous, so the calls queue up);
+3. a JAX profiler trace of a few engine steps: GPU kernel time per step, grouped by kernel name.
+
+Step wall time minus device time is what overlapping the host with the device could win.
+
+    PYTHONPATH=. python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16
+    PYTHONPATH=. python scripts/profile_step.py --smoke                                               # CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
+
+from jllm import LLM, SamplingParams  # noqa: E402
+
+SMOKE_MODEL = dict(
+    architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+    bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, torch_dtype="float32",
+)  # fmt: skip
+PARTS = ("schedule", "host_inputs", "device_inputs", "dispatch", "wait_results", "other")
+
+
+class PartTimer:
+    """Accumulates the wall time of named methods by wrapping them on their instances."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self._undo: list[tuple[Any, str]] = []
+
+    def wrap(self, obj: Any, attr: str, part: str) -> None:
+        fn = getattr(obj, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+
+        setattr(obj, attr, timed)
+        self._undo.append((obj, attr))
+
+    def unwrap(self) -> None:
+        for obj, attr in self._undo:
+            obj.__dict__.pop(attr, None)
+        self._undo.clear()
+
+
+def start_decoding(llm: LLM, batch: int, prompt_len: int, rng: np.random.Generator) -> None:
+    """Adds ``batch`` requests and steps until each has a token, so every later step is a pure decode."""
+    eng = llm.engine
+    vocab = min(eng.loaded.args.vocab_size, 32000)
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=eng.max_model_len - prompt_len)
+    for i in range(batch):
+        eng.add_request(f"prof-{batch}-{i}", rng.integers(3, vocab, size=prompt_len).tolist(), params)
+    while any(not s.seq.output_token_ids for r in eng.requests.values() for s in r.samples):
+        eng.step()
+
+
+def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
+    """Per-step milliseconds of ``engine.step`` and of its parts."""
+    eng, runner = llm.engine, llm.engine.runner
+    timer = PartTimer()
+    timer.wrap(eng.scheduler, "schedule", "schedule")
+    timer.wrap(runner, "_host_inputs", "host_inputs")
+    timer.wrap(runner, "_device_inputs", "device_inputs")
+    timer.wrap(runner, "_run", "dispatch")
+    get = jax.device_get
+    jax.device_get = lambda x: _timed_call(timer, "wait_results", get, x)  # type: ignore[assignment]
+    try:
+        start = time.perf_counter()
+        for _ in range(steps):
+            eng.step()
+        wall = time.perf_counter() - start
+    finally:
+        jax.device_get = get
+        timer.unwrap()
+    out = {part: 1e3 * timer.seconds[part] / steps for part in PARTS[:-1]}
+    out["other"] = 1e3 * wall / steps - sum(out.values())
+    out["step"] = 1e3 * wall / steps
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def _timed_call(timer: PartTimer, part: str, fn: Callable[..., Any], *args: Any) -> Any:
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        timer.seconds[part] += time.perf_counter() - start
+
+
+def device_only(llm: LLM, steps: int) -> dict[str, float]:
+    """The compiled step on one decode step's device inputs: back to back (device time) and one at a time."""
+    runner = llm.engine.runner
+    captured: list[tuple[Any, Any]] = []
+    run = runner._run
+
+    def capture(inputs: Any, variant: Any) -> Any:
+        captured.append((inputs, variant))
+        return run(inputs, variant)
+
+    runner._run = capture
+    try:
+        llm.engine.step()
+    finally:
+        runner.__dict__.pop("_run", None)
+    inputs, variant = captured[-1]
+    exe = runner._executable(variant, inputs)
+
+    def call() -> Any:
+        out, _, runner.kv_caches = exe(runner.state, runner.kv_caches, inputs)
+        return out
+
+    jax.block_until_ready(call())
+    start = time.perf_counter()
+    outs = [call() for _ in range(steps)]
+    jax.block_until_ready(outs)
+    back_to_back = (time.perf_counter() - start) / steps
+    single, dispatch = [], []
+    for _ in range(min(steps, 20)):
+        start = time.perf_counter()
+        out = call()
+        dispatch.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
+        single.append(time.perf_counter() - start)
+    return {
+        "device_ms": round(1e3 * back_to_back, 3),
+        "call_and_sync_ms": round(1e3 * statistics.median(single), 3),
+        "call_returns_ms": round(1e3 * statistics.median(dispatch), 3),  # host time to launch one step
+    }
+
+
+def kernel_profile(llm: LLM, steps: int, trace_dir: Path) -> dict[str, Any]:
+    """GPU time per engine step by kernel name (top 15), from a profiler trace of ``steps`` steps."""
+    from jax.profiler import ProfileData
+
+    with jax.profiler.trace(str(trace_dir)):
+        for _ in range(steps):
+            llm.engine.step()
+    files = sorted(glob.glob(str(trace_dir / "**" / "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    if not files:
+        return {"error": "no trace written"}
+    kernels: collections.Counter[str] = collections.Counter()
+    host: collections.Counter[str] = collections.Counter()
+    for plane in ProfileData.from_file(files[-1]).planes:
+        for line in plane.lines:
+            if plane.name.startswith("/device:GPU:0") and line.name.startswith("Stream"):
+                for event in line.events:
+                    kernels[event.name] += event.duration_ns
+            elif plane.name.startswith("/host:CPU") and line.name != "python":
+                for event in line.events:
+                    host[f"{line.name[:24]}: {event.name}"] += event.duration_ns
+    per_step = lambda counter: {k[:100]: round(ns / 1e6 / steps, 4) for k, ns in counter.most_common(15)}  # noqa: E731
+    out = {"host_threads_ms_per_step": per_step(host)}
+    if kernels:
+        out |= {"gpu_busy_ms_per_step": round(sum(kernels.values()) / 1e6 / steps, 3), "kernels": per_step(kernels)}
+    return out
+
+
+def finish_all(llm: LLM) -> None:
+    for rid in list(llm.engine.requests):
+        llm.engine.abort_request(rid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model directory (config.json + tokenizer)")
+    parser.add_argument("--load-format", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--batch-sizes", default="1,64", help="comma list of decode batch sizes")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per request")
+    parser.add_argument("--steps", type=int, default=50, help="steps timed per measurement")
+    parser.add_argument("--trace-steps", type=int, default=5, help="steps under the profiler")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model on the CPU")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--dump-hlo", type=Path, help="write the optimized HLO of each profiled step program here")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
+        model = args.model
+        if args.smoke:
+            from bench_common import write_dummy_model
+
+            model = str(write_dummy_model(Path(tmp) / "model", SMOKE_MODEL))
+            args.load_format, args.max_model_len, args.max_num_batched_tokens = "dummy", 256, 64
+            args.steps, args.trace_steps, args.prompt = min(args.steps, 5), min(args.trace_steps, 2), 16
+        llm = LLM(
+            model, load_format=args.load_format, dtype=args.dtype, max_model_len=args.max_model_len,
+            max_num_seqs=max(batches), max_num_batched_tokens=args.max_num_batched_tokens,
+            gpu_memory_utilization=0.85,
+        )  # fmt: skip
+        dev = jax.devices()[0]
+        report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d"), "device": dev.device_kind, "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "model": model, "backend": llm.engine.runner.attention_backend, "prompt": args.prompt, "batches": {},
+        }  # fmt: skip
+        rng = np.random.default_rng(0)
+        for batch in batches:
+            start_decoding(llm, batch, args.prompt, rng)
+            engine_steps(llm, 3)  # warm
+            row = {"engine_ms": engine_steps(llm, args.steps), **device_only(llm, args.steps)}
+            row["host_gap_ms"] = round(row["engine_ms"]["step"] - row["device_ms"], 3)
+            row["kernels"] = kernel_profile(llm, args.trace_steps, Path(tmp) / f"trace{batch}")
+            if args.dump_hlo:
+                args.dump_hlo.mkdir(parents=True, exist_ok=True)
+                for key, exe in llm.engine.runner._compiled.items():
+                    tokens = key[1][0][0]  # the first leaf is input_ids [T]
+                    if tokens == batch:
+                        (args.dump_hlo / f"step_t{tokens}.hlo.txt").write_text(exe.as_text())
+            report["batches"][batch] = row
+            finish_all(llm)
+            print(json.dumps({batch: row}, indent=1), flush=True)
+
+    print(f"\n{report['device']}  jax {report['jax']}  backend {report['backend']}  prompt {args.prompt}")
+    print(f"{'batch':>5} {'step ms':>8} {'device ms':>9} {'gap ms':>7}  " + " ".join(f"{p:>13}" for p in PARTS))
+    for batch, row in report["batches"].items():
+        parts = " ".join(f"{row['engine_ms'][p]:>13.3f}" for p in PARTS)
+        step, device, gap = row["engine_ms"]["step"], row["device_ms"], row["host_gap_ms"]
+        print(f"{batch:>5} {step:>8.3f} {device:>9.3f} {gap:>7.3f}  {parts}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

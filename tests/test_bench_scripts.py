@@ -1,0 +1,119 @@
+"""scripts/bench_latency.py and scripts/bench_throughput.py end to end on the tiny CPU config, with transformers on
+the same random weights (``--same-weights``), plus the ShareGPT-like length sampler and the roofline's model size."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))  # as when run as `python scripts/bench_latency.py`: its siblings import
+bench_common = importlib.import_module("bench_common")
+bench_latency = importlib.import_module("bench_latency")
+bench_throughput = importlib.import_module("bench_throughput")
+
+CONFIG = "configs/bench-tiny-cpu.yaml"  # relative, as documented: the scripts run from the repository root
+
+
+def assert_positive(*values: Any) -> None:
+    for v in values:
+        assert isinstance(v, int | float) and math.isfinite(v) and v > 0, values
+
+
+@pytest.fixture(scope="module")
+def in_repo_root(tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("JLLM_CACHE", str(tmp_path_factory.mktemp("jllm_cache")))
+        yield tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="module")
+def latency(in_repo_root: Path) -> dict[str, Any]:
+    out = in_repo_root / "latency.json"
+    argv = ["--config", CONFIG, "--batch-sizes", "1,3", "--input-len", "12", "--output-len", "16", "--repeats", "3",
+            "--same-weights", "--json", str(out)]  # fmt: skip
+    bench_latency.main(argv)
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def throughput(in_repo_root: Path) -> dict[str, Any]:
+    out = in_repo_root / "throughput.json"
+    argv = ["--config", CONFIG, "--num-prompts", "12", "--hf-num-prompts", "3", "--hf-batch-sizes", "1,2",
+            "--same-weights", "--json", str(out)]  # fmt: skip
+    bench_throughput.main(argv)
+    return json.loads(out.read_text())
+
+
+def test_latency_reports_ttft_and_tpot_of_both_engines_and_the_roofline(latency: dict[str, Any]) -> None:
+    assert latency["environment"]["card"] and latency["environment"]["versions"]["jax"]
+    assert_positive(latency["ceilings"]["copy_gbps_dev0"], latency["ceilings"]["matmul_tflops_dev0"])
+    assert_positive(latency["jllm_startup_s"])
+    assert [r["batch_size"] for r in latency["results"]] == [1, 3]
+    for row in latency["results"]:
+        for side in ("jllm", "transformers", "roofline"):
+            assert_positive(row[side]["ttft_ms"], row[side]["tpot_ms"])
+        assert len(row["jllm"]["tpot_ms_all"]) == 3
+
+
+def test_latency_greedy_tokens_match_transformers_on_the_same_weights(latency: dict[str, Any]) -> None:
+    for row in latency["results"]:
+        agree = row["agreement"]
+        assert agree["prompts"] == 3 * row["batch_size"]  # one full-length batch per repeat
+        assert agree["exact"] == agree["prompts"], agree
+
+
+def test_throughput_reports_tokens_per_second_of_both_engines_and_the_roofline(throughput: dict[str, Any]) -> None:
+    j, hf, roof = throughput["jllm"], throughput["transformers"], throughput["roofline"]
+    assert j["prompts"] == 12 and j["output_tokens"] == throughput["dataset"]["output"]["total"]
+    assert_positive(j["output_tokens_per_s"], j["total_tokens_per_s"], j["wall_s"], throughput["jllm_startup_s"])
+    assert j["total_tokens_per_s"] > j["output_tokens_per_s"]
+    assert [r["batch_size"] for r in hf["runs"]] == [1, 2]
+    for r in hf["runs"]:
+        assert r["prompts"] == 3
+        assert_positive(r["output_tokens_per_s"], r["total_tokens_per_s"])
+    assert hf["best"]["output_tokens_per_s"] == max(r["output_tokens_per_s"] for r in hf["runs"])
+    assert_positive(roof["output_tokens_per_s"], roof["total_tokens_per_s"], roof["prefill_s"], roof["decode_s"])
+
+
+def test_throughput_greedy_tokens_match_transformers_batch_1(throughput: dict[str, Any]) -> None:
+    agree = throughput["agreement"]
+    assert agree["hf_batch_size"] == 1 and agree["prompts"] == 3
+    assert agree["exact"] == agree["prompts"], agree
+
+
+def test_random_dataset_lengths_must_fit_the_context(in_repo_root: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["--config", CONFIG, "--dataset", "random", "--input-len", "500", "--output-len", "13", "--skip-hf"]
+    with pytest.raises(SystemExit):
+        bench_throughput.main(argv)
+    assert "--input-len 500 + --output-len 13 exceed max_model_len=512" in capsys.readouterr().err
+
+
+def test_sharegpt_like_lengths_are_seeded_with_the_target_means() -> None:
+    sample = bench_throughput.sharegpt_like_lengths
+    assert sample(1000, seed=3, max_model_len=8192) == sample(1000, seed=3, max_model_len=8192)
+    assert sample(1000, seed=3, max_model_len=8192) != sample(1000, seed=4, max_model_len=8192)
+    inputs, outputs = sample(1000, seed=3, max_model_len=8192)
+    assert abs(np.mean(inputs) / 200 - 1) < 0.15 and abs(np.mean(outputs) / 180 - 1) < 0.15
+    assert max(inputs) > 1000  # the long tail
+
+
+def test_sharegpt_like_lengths_fit_the_context() -> None:
+    inputs, outputs = bench_throughput.sharegpt_like_lengths(1000, seed=0, max_model_len=256)
+    assert min(inputs) >= 4 and min(outputs) >= 4
+    assert max(i + o for i, o in zip(inputs, outputs, strict=True)) <= 256
+
+
+def test_roofline_model_size_matches_llama3_8b() -> None:
+    cfg = json.loads((ROOT / "configs" / "models" / "llama3-8b" / "config.json").read_text())
+    shape = bench_common.ModelShape.from_hf_config(cfg, "bfloat16")
+    assert shape.streamed_params + cfg["vocab_size"] * cfg["hidden_size"] == 8_030_261_248  # the published count
+    assert shape.kv_bytes_per_token == 131_072  # 32 layers x K and V x 8 heads x 128 x 2 bytes

@@ -1,0 +1,178 @@
+"""Multi-host under ``jax.distributed``, as CI can run it: CPU processes of one device each on loopback (gloo).
+
+Two processes at tensor_parallel_size=2 generate one process's tokens: the lead (``jllm run``) schedules and
+publishes each step, the follower (``jllm serve`` or ``LLM(...)``) runs it on its half of the model and takes no
+requests. Every process gets a timeout, so a hang fails the test instead of stalling CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from model_utils import random_llama
+
+from jllm import cli
+from jllm.config import ConfigError, EngineConfig
+from jllm.distributed import _decode, _encode
+
+# Two step buckets (16 tokens x 1 / 4 sequences); the long prompt is prefilled in 16-token chunks beside decodes.
+ENGINE_ARGS = dict(dtype="float32", max_model_len=128, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "A long prompt that is prefilled in several chunks of sixteen tokens beside the decodes of the other prompts, "
+    "so that chunked prefill and decoding share the steps that both processes run.",
+]
+GREEDY = dict(temperature=0, max_tokens=12, ignore_eos=True)
+TIMEOUT_S = 300  # per process; the two-process run takes ~15 s on two cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def options(values: dict) -> list[str]:
+    return [arg for key, value in values.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def run_group(commands: dict[str, list[str]], tmp_path: Path, cache: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Starts one CPU process of one device per command; returns their exit statuses and logs by name.
+
+    On a timeout all are killed and the test fails with their logs. ``cache``: the compilation cache they share.
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1", "JLLM_CACHE": str(cache)}
+    logs = {name: tmp_path / f"{name}.log" for name in commands}
+    procs = {
+        name: subprocess.Popen([sys.executable, *args], env=env, stdout=logs[name].open("w"), stderr=subprocess.STDOUT)
+        for name, args in commands.items()
+    }
+    try:
+        status = {name: proc.wait(timeout=TIMEOUT_S) for name, proc in procs.items()}
+    except subprocess.TimeoutExpired:
+        for proc in procs.values():
+            proc.kill()
+        tails = "\n".join(f"--- {name}\n{log.read_text()[-3000:]}" for name, log in logs.items())
+        pytest.fail(f"a process hung past {TIMEOUT_S} s\n{tails}")
+    return status, {name: log.read_text() for name, log in logs.items()}
+
+
+@pytest.fixture(scope="module")
+def model_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_llama(tmp_path_factory.mktemp("model"), default_model_dir, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One persistent compilation cache for every process group here: later groups load the step programs."""
+    return tmp_path_factory.mktemp("jllm_cache")
+
+
+@pytest.fixture(scope="module")
+def one_process_tokens(model_dir: Path) -> list[list[int]]:
+    from jllm import LLM, SamplingParams
+
+    outputs = LLM(str(model_dir), **ENGINE_ARGS).generate(PROMPTS, SamplingParams(**GREEDY), use_tqdm=False)
+    tokens = [o.outputs[0].token_ids for o in outputs]
+    assert len({t for seq in tokens for t in seq}) > 3, "degenerate greedy output proves little"
+    return tokens
+
+
+@pytest.mark.parametrize("follower", ["serve", "LLM"])
+def test_two_processes_generate_the_tokens_of_one(
+    follower: str, model_dir: Path, one_process_tokens: list[list[int]], cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"run": {"prompts": PROMPTS, "sampling": GREEDY, "output": str(out)}}))
+    group = dict(distributed_coordinator=f"127.0.0.1:{free_port()}", num_processes=2)
+    engine = dict(model=str(model_dir), **ENGINE_ARGS, tensor_parallel_size=2, **group)
+    with socket.socket() as http:  # the port the follower is told to serve on stays ours: listening there fails
+        http.bind(("127.0.0.1", 0))
+        http.listen()
+        if follower == "serve":
+            follower_args = ["-m", "jllm.cli", "serve", *options(engine), "--process-id", "1"]
+            follower_args += ["--port", str(http.getsockname()[1])]
+        else:  # the same script on every process: on a follower, LLM(...) never returns
+            script = "import json, logging, sys; from jllm import LLM; logging.basicConfig(level=logging.INFO); "
+            script += "LLM(**json.loads(sys.argv[1])); sys.exit(3)"
+            follower_args = ["-c", script, json.dumps({**engine, "process_id": 1})]
+        lead_args = ["-m", "jllm.cli", "run", str(job), *options(engine), "--process-id", "0"]
+        status, logs = run_group({"lead": lead_args, "follower": follower_args}, tmp_path, cache)
+    assert status == {"lead": 0, "follower": 0}, logs
+    assert "process 1 follows the lead's steps" in logs["follower"], logs["follower"]
+    tokens = [json.loads(line)["token_ids"] for line in out.read_text().splitlines()]
+    assert tokens == one_process_tokens
+
+
+def test_mesh_that_leaves_a_process_out_is_refused_naming_the_key(model_dir: Path, cache: Path, tmp_path: Path) -> None:
+    group = dict(distributed_coordinator=f"127.0.0.1:{free_port()}", num_processes=2, tensor_parallel_size=1)
+    args = ["-m", "jllm.cli", "generate", "--model", str(model_dir), *options(group), "--max-tokens", "2", "hi"]
+    status, logs = run_group({f"p{rank}": [*args, "--process-id", str(rank)] for rank in (0, 1)}, tmp_path, cache)
+    assert status == {"p0": 2, "p1": 2}, logs
+    for log in logs.values():
+        assert "tensor_parallel_size=1 is not allowed with 2 processes" in log, log
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"distributed_coordinator": "10.0.0.1:1234", "num_processes": 2, "process_id": 2}, "process_id=2"),
+        ({"distributed_coordinator": "10.0.0.1:1234", "num_processes": 2, "process_id": -1}, "process_id=-1"),
+        ({"distributed_coordinator": "10.0.0.1:1234", "process_id": 0}, "num_processes=None"),
+        ({"distributed_coordinator": "10.0.0.1:1234", "num_processes": 2}, "process_id=None"),
+        ({"distributed_coordinator": "10.0.0.1:1234", "num_processes": 0, "process_id": 0}, "num_processes=0"),
+        ({"distributed_coordinator": "10.0.0.1", "num_processes": 2, "process_id": 0}, "distributed_coordinator="),
+        ({"process_id": 1}, "process_id=1"),
+        ({"num_processes": 2}, "num_processes=2"),
+    ],
+)
+def test_bad_process_group_is_refused_naming_the_key(values: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        EngineConfig.from_flat(values)
+
+
+def test_auto_detection_needs_no_count_or_rank() -> None:
+    parallel = EngineConfig.from_flat({"distributed_coordinator": "auto"}).parallel
+    assert (parallel.num_processes, parallel.process_id) == (None, None)
+
+
+def test_cli_refuses_a_coordinator_without_the_process_count(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--distributed-coordinator", "127.0.0.1:1234", "--process-id", "0", "hi"])
+    assert exit_info.value.code == 2
+    assert "num_processes=None is not allowed" in capsys.readouterr().err
+
+
+def test_plan_round_trips_exactly_and_leaves_padding_behind() -> None:
+    rng = np.random.default_rng(0)
+    block_tables = np.zeros((64, 8192), np.int32)  # [S, pages]: a 128k context, three sequences of <= 40 pages
+    block_tables[:3, :40] = rng.integers(1, 1000, (3, 40))
+    token_lists = np.full((4, 300), -1, np.int32)
+    token_lists[0, :10] = 5
+    leaves = [
+        np.arange(16, dtype=np.int32),
+        block_tables,
+        token_lists,
+        rng.random((4, 6)).astype(np.float32),
+        np.full((3, 5), np.nan, np.float32),  # NaN equals nothing: kept whole, still exact
+        np.zeros((4, 0), np.int32),  # no penalties: zero-width token lists
+        np.zeros(4, np.uint32),
+    ]
+    for variant in [(0, None), (3, 2), (1, 0)]:
+        data = _encode(leaves, variant)
+        decoded, got = _decode(data)
+        assert got == variant
+        for sent, back in zip(leaves, decoded, strict=True):
+            assert sent.dtype == back.dtype and sent.shape == back.shape
+            np.testing.assert_array_equal(sent, back)
+    assert len(data) < 20_000 < block_tables.nbytes
