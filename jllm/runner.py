@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
@@ -29,6 +30,9 @@ from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence
 logger = logging.getLogger(__name__)
 
 MAX_COMPILE_THREADS = 8
+# Without XLA's CUDA-graph command buffers an H100 decode step ran faster: 6.7 vs 8.1 ms per step for Llama-3-8B
+# at batch 1, 10.7 vs 12.6 ms at batch 64 (scripts/profile_step.py, docs/benchmarks.md). CPU compiles ignore it.
+COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
 MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variant
 
 
@@ -71,15 +75,47 @@ class StepResult:
 Variant = tuple[int, int | None]  # (num_top_logprobs, num_prompt_logprobs or None): static arguments of the step
 
 
+@dataclasses.dataclass(frozen=True)
+class InputLayout:
+    """Where each leaf of a step's ``StepInputs`` sits in its packed host buffers (one flat buffer per dtype):
+    a step's twenty-odd small arrays cross to the device in two or three transfers instead of one each."""
+
+    treedef: jax.tree_util.PyTreeDef
+    dtypes: tuple[np.dtype, ...]  # one per buffer
+    slots: tuple[tuple[int, int, tuple[int, ...]], ...]  # per leaf: (buffer, offset, shape)
+
+
+def pack_inputs(inputs: StepInputs) -> tuple[InputLayout, list[np.ndarray]]:
+    leaves, treedef = jax.tree.flatten(inputs)
+    dtypes = tuple(sorted({np.dtype(x.dtype) for x in leaves}, key=str))
+    parts: list[list[np.ndarray]] = [[] for _ in dtypes]
+    sizes = [0] * len(dtypes)
+    slots = []
+    for x in leaves:
+        b = dtypes.index(np.dtype(x.dtype))
+        slots.append((b, sizes[b], tuple(x.shape)))
+        parts[b].append(np.ravel(x))
+        sizes[b] += x.size
+    return InputLayout(treedef, dtypes, tuple(slots)), [np.concatenate(p) for p in parts]
+
+
+def unpack_inputs(layout: InputLayout, buffers: Seq[jax.Array]) -> StepInputs:
+    """Inside the step: static slices of the packed buffers, which XLA fuses into their uses."""
+    leaves = [buffers[b][offset : offset + math.prod(shape)].reshape(shape) for b, offset, shape in layout.slots]
+    return jax.tree.unflatten(layout.treedef, leaves)
+
+
 def _step(
     graphdef: nnx.GraphDef,
     kv_sharding: jax.sharding.Sharding,
     variant: Variant,
+    layout: InputLayout,
     state: nnx.State,
     kv_caches: list[jax.Array],
-    inputs: StepInputs,
+    buffers: list[jax.Array],
 ) -> tuple[SamplerOutput, PromptLogprobsOutput | None, list[jax.Array]]:
     num_top_logprobs, num_prompt_logprobs = variant
+    inputs = unpack_inputs(layout, buffers)
     model = nnx.merge(graphdef, state)
     hidden, kv_caches = model(inputs.input_ids, inputs.positions, kv_caches, inputs.attn)  # [T, hidden]
     logits = model.compute_logits(hidden[inputs.logits_indices])  # [S, vocab] f32
@@ -118,19 +154,15 @@ class ModelRunner:
         # ``num_compilations`` counts real XLA compilations.
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
 
-    def _executable(self, variant: Variant, inputs: StepInputs) -> jax.stages.Compiled:
-        key = self._key(variant, inputs)
+    def _executable(self, variant: Variant, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Compiled:
+        key = (variant, layout)
         if key not in self._compiled:
-            self._compiled[key] = self._lower(variant, inputs).compile()
+            self._compiled[key] = self._lower(variant, layout, buffers).compile(COMPILER_OPTIONS)
         return self._compiled[key]
 
-    @staticmethod
-    def _key(variant: Variant, inputs: StepInputs) -> tuple:
-        return variant, tuple(x.shape for x in jax.tree.leaves(inputs))
-
-    def _lower(self, variant: Variant, inputs: StepInputs) -> jax.stages.Lowered:
-        fn = functools.partial(_step, self.graphdef, self.kv_sharding, variant)
-        return jax.jit(fn, donate_argnums=(1,)).lower(self.state, self.kv_caches, inputs)
+    def _lower(self, variant: Variant, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Lowered:
+        fn = functools.partial(_step, self.graphdef, self.kv_sharding, variant, layout)
+        return jax.jit(fn, donate_argnums=(1,)).lower(self.state, self.kv_caches, buffers)
 
     @property
     def num_compilations(self) -> int:
@@ -151,15 +183,21 @@ class ModelRunner:
         ):
             pending = []
             for bucket in self.buckets:
-                inputs = self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
-                if self._key(variant, inputs) not in self._compiled:
-                    pending.append((inputs, pool.submit(self._lower(variant, inputs).compile)))
-            for inputs, future in pending:
-                self._compiled[self._key(variant, inputs)] = future.result()
+                layout, buffers = self._empty_step(bucket)
+                if (variant, layout) not in self._compiled:
+                    lowered = self._lower(variant, layout, buffers)
+                    pending.append((layout, pool.submit(lowered.compile, COMPILER_OPTIONS)))
+            for layout, future in pending:
+                self._compiled[(variant, layout)] = future.result()
                 bar.update()
         for bucket in self.buckets:  # one run each: loads the programs onto the devices
-            inputs = self._build_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
-            self._run(inputs, variant)
+            self._call(variant, *self._empty_step(bucket))
+
+    def _empty_step(self, bucket: StepBucket) -> tuple[InputLayout, list[jax.Array]]:
+        """A bucket's inputs with no sequences (all padding): what warm-up compiles and runs, alike on every process."""
+        host = self._host_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
+        layout, buffers = pack_inputs(host)
+        return layout, self._device_inputs(buffers)
 
     def execute(self, output: SchedulerOutput) -> StepResult:
         """Runs one step; entry i of each list belongs to ``output.scheduled[i]``."""
@@ -177,7 +215,7 @@ class ModelRunner:
         variant = (sampler.num_top_logprobs(seqs), sampler.num_prompt_logprobs(scheduled))
         if distributed.is_multiprocess():  # the lead: every follower must run this step too
             distributed.publish_plan(jax.tree.leaves(inputs), variant)
-        result, prompt = jax.device_get(self._run(self._device_inputs(inputs), variant))
+        result, prompt = jax.device_get(self._run(inputs, variant))
         return StepResult(self._tokens(scheduled, result), self._prompt_logprobs(scheduled, prompt))
 
     @staticmethod
@@ -226,7 +264,14 @@ class ModelRunner:
         return chunks
 
     def _run(self, inputs: StepInputs, variant: Variant) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
-        out, prompt, self.kv_caches = self._executable(variant, inputs)(self.state, self.kv_caches, inputs)
+        """Host inputs -> packed device buffers -> the bucket's program; the results stay on the device."""
+        layout, buffers = pack_inputs(inputs)
+        return self._call(variant, layout, self._device_inputs(buffers))
+
+    def _call(
+        self, variant: Variant, layout: InputLayout, buffers: list[jax.Array]
+    ) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
+        out, prompt, self.kv_caches = self._executable(variant, layout, buffers)(self.state, self.kv_caches, buffers)
         return out, prompt
 
     # ---------------------------------------------------------------- multi-process (jllm.distributed)
@@ -236,21 +281,12 @@ class ModelRunner:
         empty = self._host_inputs([], self.buckets[0], with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
         structure = jax.tree.structure(empty)  # every step's inputs share it; only the shapes change
         for leaves, variant in plans:
-            self._run(self._device_inputs(jax.tree.unflatten(structure, leaves)), variant)
+            self._run(jax.tree.unflatten(structure, leaves), variant)
 
-    def _device_inputs(self, inputs: StepInputs) -> StepInputs:
-        """Host arrays -> one transfer to arrays replicated over the mesh. Each process gives the whole array for
-        its own devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local device)."""
-        return jax.make_array_from_process_local_data(parallel.replicated(self.mesh), inputs)
-
-    def _build_inputs(
-        self, scheduled: Seq, bucket: StepBucket, *, with_penalties: bool, penalty_width: int, banned: int
-    ) -> StepInputs:
-        """Device inputs for a batch every process builds alike (warm-up's), so no plan need cross."""
-        host = self._host_inputs(
-            scheduled, bucket, with_penalties=with_penalties, penalty_width=penalty_width, banned=banned
-        )
-        return self._device_inputs(host)
+    def _device_inputs(self, buffers: list[np.ndarray]) -> list[jax.Array]:
+        """Packed host buffers -> arrays replicated over the mesh. Each process gives the whole array for its own
+        devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local device)."""
+        return jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
 
     def _host_inputs(
         self, scheduled: Seq, bucket: StepBucket, *, with_penalties: bool, penalty_width: int, banned: int
@@ -258,31 +294,33 @@ class ModelRunner:
         """Flattens the scheduled sequences into one padded ragged batch, in NumPy: what the lead publishes."""
         t, s, p = bucket.num_tokens, bucket.num_seqs, self.pages_per_seq
         input_ids = np.zeros(t, np.int32)
-        positions = np.zeros(t, np.int32)
-        slot_mapping = np.arange(t, dtype=np.int32) % self.page_size  # padding writes land in reserved page 0
         query_start_loc = np.zeros(s + 1, np.int32)
         kv_lens = np.zeros(s, np.int32)
         block_tables = np.zeros((s, p), np.int32)
-        logits_indices = np.zeros(s, np.int32)
         prompt_targets = np.full(t, -1, np.int32)
+        starts = np.zeros(len(scheduled), np.int32)
         offset = 0
-        for i, sched in enumerate(scheduled):
+        for i, sched in enumerate(scheduled):  # per sequence only what needs its Python lists
             seq: Sequence = sched.seq
             start, n = sched.start, sched.num_new_tokens
-            pos = np.arange(start, start + n, dtype=np.int32)
-            table = np.asarray(seq.block_table, np.int32)
-            input_ids[offset : offset + n] = seq.token_ids[start : start + n]
-            positions[offset : offset + n] = pos
-            slot_mapping[offset : offset + n] = table[pos // self.page_size] * self.page_size + pos % self.page_size
-            block_tables[i, : len(table)] = table
-            kv_lens[i] = start + n
+            input_ids[offset : offset + n] = seq.token_slice(start, start + n)
+            block_tables[i, : len(seq.block_table)] = seq.block_table
+            starts[i], kv_lens[i] = start, start + n
             if seq.sampling_params.prompt_logprobs is not None:
-                wanted = pos[pos + 1 < seq.num_prompt_tokens]
-                prompt_targets[offset : offset + len(wanted)] = np.asarray(seq.prompt_token_ids)[wanted + 1]
+                targets = seq.prompt_token_ids[start + 1 : start + n + 1]
+                prompt_targets[offset : offset + len(targets)] = targets
             offset += n
             query_start_loc[i + 1] = offset
-            logits_indices[i] = offset - 1
         query_start_loc[len(scheduled) + 1 :] = offset
+        # Per token, vectorised: its sequence, position and pool slot; padding writes land in reserved page 0.
+        row = np.repeat(np.arange(len(scheduled)), np.diff(query_start_loc[: len(scheduled) + 1]))
+        positions = np.zeros(t, np.int32)
+        positions[:offset] = starts[row] + np.arange(offset, dtype=np.int32) - query_start_loc[row]
+        slot_mapping = np.arange(t, dtype=np.int32) % self.page_size
+        pages = block_tables[row, positions[:offset] // self.page_size]
+        slot_mapping[:offset] = pages * self.page_size + positions[:offset] % self.page_size
+        logits_indices = np.maximum(query_start_loc[1:] - 1, 0)
+        logits_indices[len(scheduled) :] = 0
         sampling = sampler.build_sampling_metadata(
             [sched.seq for sched in scheduled],
             s,

@@ -49,6 +49,14 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
+    def token_slice(self, start: int, stop: int) -> list[int]:
+        """``token_ids[start:stop]`` without building ``token_ids``: a decode step needs one token of a long list."""
+        prompt = self.prompt_token_ids
+        if stop <= len(prompt):
+            return prompt[start:stop]
+        tail = self.output_token_ids[max(0, start - len(prompt)) : stop - len(prompt)]
+        return prompt[start:] + tail if start < len(prompt) else tail
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)

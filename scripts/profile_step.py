@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from jllm import LLM, SamplingParams  # noqa: E402
+from jllm.runner import pack_inputs  # noqa: E402
+from jllm.sampling import RequestOutputKind  # noqa: E402
 
 SMOKE_MODEL = dict(
     architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128,
@@ -76,7 +78,12 @@ def start_decoding(llm: LLM, batch: int, prompt_len: int, rng: np.random.Generat
     """Adds ``batch`` requests and steps until each has a token, so every later step is a pure decode."""
     eng = llm.engine
     vocab = min(eng.loaded.args.vocab_size, 32000)
-    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=eng.max_model_len - prompt_len)
+    params = SamplingParams(
+        temperature=0,
+        ignore_eos=True,
+        max_tokens=eng.max_model_len - prompt_len,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )  # as LLM.generate asks
     for i in range(batch):
         eng.add_request(f"prof-{batch}-{i}", rng.integers(3, vocab, size=prompt_len).tolist(), params)
     while any(not s.seq.output_token_ids for r in eng.requests.values() for s in r.samples):
@@ -90,7 +97,7 @@ def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
     timer.wrap(eng.scheduler, "schedule", "schedule")
     timer.wrap(runner, "_host_inputs", "host_inputs")
     timer.wrap(runner, "_device_inputs", "device_inputs")
-    timer.wrap(runner, "_run", "dispatch")
+    timer.wrap(runner, "_call", "dispatch")
     get = jax.device_get
     jax.device_get = lambda x: _timed_call(timer, "wait_results", get, x)  # type: ignore[assignment]
     try:
@@ -131,10 +138,12 @@ def device_only(llm: LLM, steps: int) -> dict[str, float]:
     finally:
         runner.__dict__.pop("_run", None)
     inputs, variant = captured[-1]
-    exe = runner._executable(variant, inputs)
+    layout, host_buffers = pack_inputs(inputs)
+    buffers = runner._device_inputs(host_buffers)
+    exe = runner._executable(variant, layout, buffers)
 
     def call() -> Any:
-        out, _, runner.kv_caches = exe(runner.state, runner.kv_caches, inputs)
+        out, _, runner.kv_caches = exe(runner.state, runner.kv_caches, buffers)
         return out
 
     jax.block_until_ready(call())
