@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import numpy as np
@@ -56,8 +56,8 @@ class RequestState:
     samples: list[SampleState]
     arrival_time: float
     prompt_logprobs: list[dict[int, Logprob] | None] | None  # vLLM's shape: None for the first prompt token
-    first_token_time: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    first_token_time: float | None = None  # time.monotonic() seconds, as arrival_time
+    last_token_time: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -243,6 +243,7 @@ class LLMEngine:
                 if token is None:
                     continue
                 state.first_token_time = state.first_token_time or now
+                state.last_token_time = now
                 self._append(state.samples[sched.seq.sample_index], token)
                 touched[state.request_id] = state
         outputs = []
@@ -314,6 +315,18 @@ class LLMEngine:
             entry[token_id] = Logprob(logprob, None, decode([token_id], skip_special_tokens=False))
         return entry
 
+    @staticmethod
+    def _metrics(state: RequestState) -> dict[str, float]:
+        """vLLM's request timings (``time.monotonic()`` seconds), with the time to first token worked out."""
+        metrics = {"arrival_time": state.arrival_time}
+        if state.first_token_time is not None and state.last_token_time is not None:
+            metrics |= {
+                "first_token_time": state.first_token_time,
+                "last_token_time": state.last_token_time,
+                "time_to_first_token": state.first_token_time - state.arrival_time,
+            }
+        return metrics
+
     def _output(self, state: RequestState) -> RequestOutput:
         completions = [
             CompletionOutput(
@@ -335,4 +348,5 @@ class LLMEngine:
             outputs=completions,
             finished=state.finished,
             num_cached_tokens=state.samples[0].seq.num_cached_tokens,
+            metrics=self._metrics(state),
         )

@@ -40,4 +40,5 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
+    # arrival_time, first_token_time, last_token_time (time.monotonic() seconds) and time_to_first_token
     metrics: dict[str, float] = field(default_factory=dict)

@@ -127,6 +127,11 @@ def test_final_only_requests_report_once_with_the_streamed_text(llm, prompt_ids,
     assert len(streamed) == len(reference[0]) and len(final) == 1 and final[0].finished
     assert final[0].outputs[0].token_ids == streamed[-1].outputs[0].token_ids == reference[0]
     assert final[0].outputs[0].text == streamed[-1].outputs[0].text == llm.get_tokenizer().decode(reference[0])
+    for out in (final[0], streamed[-1]):  # request timings, as vLLM's RequestOutput.metrics
+        m = out.metrics
+        assert m["arrival_time"] <= m["first_token_time"] <= m["last_token_time"]
+        assert m["time_to_first_token"] == m["first_token_time"] - m["arrival_time"] > 0
+    assert streamed[0].metrics["first_token_time"] == streamed[0].metrics["last_token_time"]
     assert_pool_whole(llm)
 
 
