@@ -38,6 +38,7 @@ PLAN_KEY = "jllm/plan/{}"  # the n-th plan the lead published; an empty value me
 POLL_MS = 60_000  # an idle follower's wait for the next plan is cut into waits this long
 
 _published = itertools.count()  # plans the lead has published
+_engine_started = False  # followers serve the first engine's steps until the lead stops: there is no second one
 
 
 def initialize(config: ParallelConfig) -> None:
@@ -67,6 +68,18 @@ def initialize(config: ParallelConfig) -> None:
     if is_lead():
         atexit.register(_publish_stop)  # runs before JAX's own exit hook, while the coordination service is up
     logger.info("process %d of %d joined %s", jax.process_index(), jax.process_count(), config.distributed_coordinator)
+
+
+def claim_engine() -> None:
+    """Refuses a second engine in a process group: the followers stay in the first one's step loop, so a second
+    engine's start-up would wait on them for ever."""
+    global _engine_started
+    if is_multiprocess() and _engine_started:
+        raise RuntimeError(
+            "one engine per process under jax.distributed: the followers run the first engine's steps until the lead "
+            "process exits; reuse that engine (LLM object) instead of building another"
+        )
+    _engine_started = True
 
 
 def is_multiprocess() -> bool:

@@ -75,6 +75,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, *, show_progress: bool = True):
         self.config = config
         distributed.initialize(config.parallel)  # before anything touches a device
+        distributed.claim_engine()
         enable_compilation_cache()
         model_dir = resolve_model(config.model.model)
         self.mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)

@@ -176,3 +176,16 @@ def test_plan_round_trips_exactly_and_leaves_padding_behind() -> None:
             assert sent.dtype == back.dtype and sent.shape == back.shape
             np.testing.assert_array_equal(sent, back)
     assert len(data) < 20_000 < block_tables.nbytes
+
+
+def test_a_second_engine_in_a_process_group_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Followers serve the first engine until the lead exits, so a second one would wait on them for ever."""
+    from jllm import distributed
+
+    monkeypatch.setattr(distributed, "_engine_started", False)
+    monkeypatch.setattr(distributed, "is_multiprocess", lambda: True)
+    distributed.claim_engine()
+    with pytest.raises(RuntimeError, match="one engine per process"):
+        distributed.claim_engine()
+    monkeypatch.setattr(distributed, "is_multiprocess", lambda: False)
+    distributed.claim_engine()  # one process: engines come and go freely
