@@ -181,23 +181,26 @@ class ModelRunner:
             ThreadPoolExecutor(workers) as pool,
             tqdm(total=len(self.buckets), desc="compiling step buckets", disable=not show_progress) as bar,
         ):
+            steps = [self._empty_step(bucket) for bucket in self.buckets]
             pending = []
-            for bucket in self.buckets:
-                layout, buffers = self._empty_step(bucket)
+            for layout, buffers in steps:
                 if (variant, layout) not in self._compiled:
                     lowered = self._lower(variant, layout, buffers)
                     pending.append((layout, pool.submit(lowered.compile, COMPILER_OPTIONS)))
             for layout, future in pending:
                 self._compiled[(variant, layout)] = future.result()
                 bar.update()
-        for bucket in self.buckets:  # one run each: loads the programs onto the devices
-            self._call(variant, *self._empty_step(bucket))
+        for layout, buffers in steps:  # one run each: loads the programs onto the devices
+            self._call(variant, layout, buffers)
 
     def _empty_step(self, bucket: StepBucket) -> tuple[InputLayout, list[jax.Array]]:
-        """A bucket's inputs with no sequences (all padding): what warm-up compiles and runs, alike on every process."""
-        host = self._host_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
-        layout, buffers = pack_inputs(host)
+        """A bucket's inputs with no sequences, packed and on the devices: what warm-up compiles and runs."""
+        layout, buffers = pack_inputs(self._empty_host_inputs(bucket))
         return layout, self._device_inputs(buffers)
+
+    def _empty_host_inputs(self, bucket: StepBucket) -> StepInputs:
+        """A bucket's host inputs with no sequences (all padding), alike on every process."""
+        return self._host_inputs([], bucket, with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
 
     def execute(self, output: SchedulerOutput) -> StepResult:
         """Runs one step; entry i of each list belongs to ``output.scheduled[i]``."""
@@ -278,8 +281,8 @@ class ModelRunner:
 
     def follow(self, plans: Iterable[tuple[list[np.ndarray], Variant]]) -> None:
         """A follower's step loop: runs each step the lead published (flattened host inputs, variant), in order."""
-        empty = self._host_inputs([], self.buckets[0], with_penalties=False, penalty_width=0, banned=MIN_BANNED_WIDTH)
-        structure = jax.tree.structure(empty)  # every step's inputs share it; only the shapes change
+        # Every step's inputs share one structure; only the shapes change.
+        structure = jax.tree.structure(self._empty_host_inputs(self.buckets[0]))
         for leaves, variant in plans:
             self._run(jax.tree.unflatten(structure, leaves), variant)
 

@@ -19,7 +19,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine_info import cpu_name
+from machine_info import cpu_name, nvidia_smi
 
 ROOT = Path(__file__).resolve().parents[1]
 # A 128-id character tokenizer (tests/test_cli.py's save_char_tokenizer) that every benchmark model dir carries:
@@ -50,17 +49,6 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - a missing package is a fact to record, not an error
             out[name] = "not installed"
     return out
-
-
-def nvidia_smi() -> str | None:
-    """One CSV line per GPU (name, driver, memory, max SM clock), or None without nvidia-smi."""
-    try:
-        q = "name,driver_version,memory.total,clocks.max.sm"
-        res = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)  # fmt: skip
-        return res.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def environment() -> dict[str, Any]:
@@ -363,48 +351,68 @@ def agreement(jllm_tokens: list[list[int]], hf_tokens: list[list[int]]) -> dict[
 # ---------------------------------------------------------------------------------------------------- jllm profile
 
 
+class PartTimer:
+    """Accumulates the wall time and calls of named parts by wrapping methods (or module functions) in place;
+    ``unwrap`` puts the originals back."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, obj: Any, attr: str, part: str, note: Callable[..., None] | None = None) -> None:
+        """Times ``obj.attr`` as ``part``; ``note`` sees each call's arguments first."""
+        fn = getattr(obj, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if note is not None:
+                note(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+                self.calls[part] += 1
+
+        self._undo.append((obj, attr, obj.__dict__.get(attr)))  # an instance's method is its class's: no own entry
+        setattr(obj, attr, timed)
+
+    def unwrap(self) -> None:
+        for obj, attr, own in reversed(self._undo):
+            if own is None:
+                del obj.__dict__[attr]
+            else:
+                setattr(obj, attr, own)
+        self._undo.clear()
+
+
 @dataclass
 class StepTimes:
     """Where jllm's wall time goes, accumulated by wrapping the engine's methods during the timed run (private
     runner methods: rename them here when the runner's change)."""
 
-    steps: int = 0
-    step_s: float = 0.0  # the whole ``engine.step``
-    execute_s: float = 0.0  # ``runner.execute``: inputs + device step + device_get + token unpacking
-    build_s: float = 0.0  # ``runner._host_inputs``: the step's NumPy batch
+    timer: PartTimer = field(default_factory=PartTimer)
     buckets: collections.Counter = field(default_factory=collections.Counter)
 
     def wrap(self, engine: Any) -> None:
+        """Times ``engine.step``, ``runner.execute`` (inputs + device step + device_get + token unpacking) and
+        ``runner._host_inputs`` (the step's NumPy batch), counting the buckets used."""
         runner = engine.runner
-        step, execute, build = engine.step, runner.execute, runner._host_inputs
+        self.timer.wrap(engine, "step", "step")
+        self.timer.wrap(runner, "execute", "execute")
+        self.timer.wrap(runner, "_host_inputs", "build", note=self._count_bucket)
 
-        def timed_step():
-            start = time.perf_counter()
-            out = step()
-            self.step_s += time.perf_counter() - start
-            self.steps += 1
-            return out
+    def _count_bucket(self, scheduled: Any, bucket: Any, **kwargs: Any) -> None:
+        self.buckets[f"{bucket.num_tokens}x{bucket.num_seqs}"] += 1
 
-        def timed_execute(output):
-            start = time.perf_counter()
-            out = execute(output)
-            self.execute_s += time.perf_counter() - start
-            return out
-
-        def timed_build(scheduled, bucket, **kw):
-            start = time.perf_counter()
-            out = build(scheduled, bucket, **kw)
-            self.build_s += time.perf_counter() - start
-            self.buckets[f"{bucket.num_tokens}x{bucket.num_seqs}"] += 1
-            return out
-
-        engine.step, runner.execute, runner._host_inputs = timed_step, timed_execute, timed_build
+    def unwrap(self) -> None:
+        self.timer.unwrap()
 
     def summary(self) -> dict:
-        model_s = self.execute_s - self.build_s
+        s, steps = self.timer.seconds, self.timer.calls["step"]
         return dict(
-            steps=self.steps, step_ms=1e3 * self.step_s / max(self.steps, 1), model_s=model_s,
-            build_inputs_s=self.build_s, engine_host_s=self.step_s - self.execute_s, buckets=dict(self.buckets),
+            steps=steps, step_ms=1e3 * s["step"] / max(steps, 1), model_s=s["execute"] - s["build"],
+            build_inputs_s=s["build"], engine_host_s=s["step"] - s["execute"], buckets=dict(self.buckets),
         )  # fmt: skip
 
 

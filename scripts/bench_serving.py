@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from machine_info import cpu_name
+from machine_info import cpu_name, nvidia_smi
 
 PERCENTILES = (50, 90, 99)
 TIMEOUT = aiohttp.ClientTimeout(total=6 * 3600)  # vLLM's: a long benchmark must not time out
@@ -223,20 +221,10 @@ def random_prompts(n: int, input_len: int, max_token_id: int, rng: np.random.Gen
 
 def machine() -> str:
     """The GPUs nvidia-smi names, else the CPU's model and cores (of this host: run the client beside the server)."""
-    if shutil.which("nvidia-smi"):
-        try:
-            names = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.split("\n")
-            names = [n.strip() for n in names if n.strip()]
-            if names:
-                return f"{len(names)} x {names[0]}, {os.cpu_count()} CPU cores"
-        except (OSError, subprocess.SubprocessError):
-            pass
+    smi = nvidia_smi()
+    if smi:
+        names = [line.split(",")[0].strip() for line in smi.splitlines()]
+        return f"{len(names)} x {names[0]}, {os.cpu_count()} CPU cores"
     return f"{cpu_name()} (no GPU)"
 
 

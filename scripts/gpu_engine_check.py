@@ -45,13 +45,13 @@ from bench_common import (  # noqa: E402 - needs the path above
     generation_roofline,
     jllm_generator,
     load_hf_model,
-    nvidia_smi,
     random_prompts,
     save_hf_model,
     versions,
     write_dummy_model,
 )
 from bench_latency import measure_latency  # noqa: E402
+from machine_info import nvidia_smi  # noqa: E402
 
 SMALL_CONFIG = dict(
     vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=32,
@@ -301,10 +301,7 @@ def speed(args: argparse.Namespace, model_dir: Path, tp: int, batched_tokens: in
             t = time.perf_counter()
             generate(random_prompts(rng, [prompt_len] * num_prompts, vocab), [new] * num_prompts)
             wall = time.perf_counter() - t
-            for attr in ("step",):
-                llm.engine.__dict__.pop(attr, None)
-            for attr in ("execute", "_host_inputs"):
-                llm.engine.runner.__dict__.pop(attr, None)
+            times.unwrap()
             runs.append({"wall_s": round(wall, 3), "tokens_per_s": round(num_prompts * new / wall, 1),
                          "profile": times.summary()})  # fmt: skip
         info["throughput"] = {"prompts": num_prompts, "prompt": prompt_len, "new_tokens": new, "runs": runs,

@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
+
+from bench_common import PartTimer, write_dummy_model  # noqa: E402
 
 from jllm import LLM, SamplingParams  # noqa: E402
 from jllm.runner import pack_inputs  # noqa: E402
@@ -46,32 +47,6 @@ SMOKE_MODEL = dict(
     bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, torch_dtype="float32",
 )  # fmt: skip
 PARTS = ("schedule", "host_inputs", "device_inputs", "dispatch", "wait_results", "other")
-
-
-class PartTimer:
-    """Accumulates the wall time of named methods by wrapping them on their instances."""
-
-    def __init__(self) -> None:
-        self.seconds: collections.Counter[str] = collections.Counter()
-        self._undo: list[tuple[Any, str]] = []
-
-    def wrap(self, obj: Any, attr: str, part: str) -> None:
-        fn = getattr(obj, attr)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[part] += time.perf_counter() - start
-
-        setattr(obj, attr, timed)
-        self._undo.append((obj, attr))
-
-    def unwrap(self) -> None:
-        for obj, attr in self._undo:
-            obj.__dict__.pop(attr, None)
-        self._undo.clear()
 
 
 def start_decoding(llm: LLM, batch: int, prompt_len: int, rng: np.random.Generator) -> None:
@@ -98,28 +73,18 @@ def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
     timer.wrap(runner, "_host_inputs", "host_inputs")
     timer.wrap(runner, "_device_inputs", "device_inputs")
     timer.wrap(runner, "_call", "dispatch")
-    get = jax.device_get
-    jax.device_get = lambda x: _timed_call(timer, "wait_results", get, x)  # type: ignore[assignment]
+    timer.wrap(jax, "device_get", "wait_results")
     try:
         start = time.perf_counter()
         for _ in range(steps):
             eng.step()
         wall = time.perf_counter() - start
     finally:
-        jax.device_get = get
         timer.unwrap()
     out = {part: 1e3 * timer.seconds[part] / steps for part in PARTS[:-1]}
     out["other"] = 1e3 * wall / steps - sum(out.values())
     out["step"] = 1e3 * wall / steps
     return {k: round(v, 3) for k, v in out.items()}
-
-
-def _timed_call(timer: PartTimer, part: str, fn: Callable[..., Any], *args: Any) -> Any:
-    start = time.perf_counter()
-    try:
-        return fn(*args)
-    finally:
-        timer.seconds[part] += time.perf_counter() - start
 
 
 def device_only(llm: LLM, steps: int) -> dict[str, float]:
@@ -217,8 +182,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
         model = args.model
         if args.smoke:
-            from bench_common import write_dummy_model
-
             model = str(write_dummy_model(Path(tmp) / "model", SMOKE_MODEL))
             args.load_format, args.max_model_len, args.max_num_batched_tokens = "dummy", 256, 64
             args.steps, args.trace_steps, args.prompt = min(args.steps, 5), min(args.trace_steps, 2), 16
