@@ -128,7 +128,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         table, ps = seq.block_table, self.page_size
-        num_full = min(seq.num_computed_tokens // ps, len(table))
+        # Computed and known: under async scheduling a launched step may compute a token the host has not seen yet.
+        num_full = min(min(seq.num_computed_tokens, seq.num_tokens) // ps, len(table))
         start = num_full
         while start > 0 and self._page_hashes[table[start - 1]] is None:
             start -= 1

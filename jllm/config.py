@@ -116,6 +116,8 @@ class CacheConfig(_Section):
 class SchedulerConfig(_Section):
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
+    # Schedule and launch each step while the device still runs the one before (vLLM's --async-scheduling)
+    async_scheduling: bool = True
 
     def validate(self) -> None:
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")

@@ -28,6 +28,7 @@ from jax._src import distributed as jax_distributed  # the coordination service 
 from jax.experimental import multihost_utils
 
 from jllm.config import ConfigError, ParallelConfig
+from jllm.sampler import SamplingMode
 
 if TYPE_CHECKING:
     from jllm.runner import ModelRunner, Variant
@@ -103,8 +104,8 @@ def publish_plan(leaves: Sequence[np.ndarray], variant: Variant) -> None:
     n = next(_published)
     client = _client()
     client.key_value_set_bytes(PLAN_KEY.format(n), _encode(leaves, variant))
-    if n:  # the lead finished step n - 1, so its collectives met: every follower has read that plan
-        client.key_value_delete(PLAN_KEY.format(n - 1))
+    if n >= 2:  # the lead has collected step n - 2 (step n - 1 may still run), so its collectives met: every
+        client.key_value_delete(PLAN_KEY.format(n - 2))  # follower has read that plan
 
 
 def run_follower(runner: ModelRunner) -> None:
@@ -145,8 +146,8 @@ def _decode(data: bytes) -> tuple[list[np.ndarray], Variant]:
         x = np.frombuffer(data, dtype, count=math.prod(shape), offset=offset).reshape(shape)
         offset += x.nbytes
         leaves.append(x if width < 0 else np.concatenate([x, np.repeat(x[:, -1:], width - x.shape[1], axis=1)], 1))
-    top_logprobs, prompt_logprobs = header["variant"]
-    return leaves, (top_logprobs, prompt_logprobs)
+    top_logprobs, prompt_logprobs, mode = header["variant"]
+    return leaves, (top_logprobs, prompt_logprobs, SamplingMode(mode))
 
 
 def _kept_columns(x: np.ndarray) -> int:

@@ -1,6 +1,8 @@
-"""The step loop: schedule -> run -> append tokens -> stop checks -> detokenize -> outputs.
+"""The step loop: schedule -> launch -> (previous step's) tokens -> stop checks -> detokenize -> outputs.
 
-``LLMEngine`` is synchronous and single-threaded; the offline API and the async server engine both drive it.
+``LLMEngine`` is single-threaded; the offline API and the async server engine both drive it. With async scheduling
+(the default) each call schedules and launches a step, then waits for and processes the step launched by the call
+before, so the host's work for step N+1 overlaps the device's for step N; a step's outputs come one call later.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jllm.config import EngineConfig
 from jllm.loader import LoadedModel, load_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.outputs import CompletionOutput, Logprob, RequestOutput
-from jllm.runner import ModelRunner, PromptTokenLogprob, SampledToken
+from jllm.runner import LaunchedStep, ModelRunner, PromptTokenLogprob, SampledToken
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import Sequence, SequenceStatus
@@ -123,6 +125,7 @@ class LLMEngine:
         )
         self.runner.warmup(show_progress=show_progress)
         self.requests: dict[str, RequestState] = {}
+        self._in_flight: LaunchedStep | None = None  # launched, its tokens not yet processed
         self._seq_ids = itertools.count()
         self._rng = np.random.default_rng(config.model.seed)
         self.stats = {"prompt_tokens": 0, "generation_tokens": 0}
@@ -214,18 +217,22 @@ class LLMEngine:
             if sample.finish_reason is None:
                 sample.finish_reason = "abort"
                 sample.detokenizer.flush()
+        self._drop_moot_step()
         return self._output(state)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests) or self._in_flight is not None
 
     # ------------------------------------------------------------------ the step
 
     def step(self) -> list[RequestOutput]:
         """Runs one step; returns an output for every request that finished, and for every streaming
         (``RequestOutputKind.CUMULATIVE``) request that got new tokens."""
-        out = self.scheduler.schedule()
         touched: dict[str, RequestState] = {}
+        if self._in_flight is not None and self._needs_tokens_first(self._in_flight):
+            self._process(self._in_flight, touched)
+            self._in_flight = None
+        out = self.scheduler.schedule()
         for seq, reason in out.rejected:
             logger.error("request %s rejected: %s", seq.request_id, reason)
             state = self.requests.get(seq.request_id)
@@ -233,20 +240,16 @@ class LLMEngine:
                 state.samples[seq.sample_index].finish_reason = "abort"
                 state.samples[seq.sample_index].detokenizer.flush()
                 touched[state.request_id] = state
+        launched = None
         if not out.is_empty:
-            result = self.runner.execute(out)
-            self.scheduler.on_step_done(out)
-            now = time.monotonic()
-            for sched, token, prompt in zip(out.scheduled, result.tokens, result.prompt_logprobs, strict=True):
-                state = self.requests[sched.seq.request_id]
-                if prompt and sched.seq.sample_index == 0:
-                    self._append_prompt_logprobs(state, prompt)
-                if token is None:
-                    continue
-                state.first_token_time = state.first_token_time or now
-                state.last_token_time = now
-                self._append(state.samples[sched.seq.sample_index], token)
-                touched[state.request_id] = state
+            launched = self.runner.launch(out)
+            self.scheduler.on_step_launched(out)
+        if self._in_flight is not None:  # the device ran it while this step was scheduled and launched
+            self._process(self._in_flight, touched)
+        self._in_flight = launched
+        if launched is not None and not self.config.scheduler.async_scheduling:
+            self._process(launched, touched)
+            self._in_flight = None
         outputs = []
         for state in touched.values():
             if state.finished:
@@ -254,7 +257,40 @@ class LLMEngine:
             elif state.params.output_kind is RequestOutputKind.FINAL_ONLY:
                 continue
             outputs.append(self._output(state))
+        self._drop_moot_step()
         return outputs
+
+    def _drop_moot_step(self) -> None:
+        """Once every request has ended, the step in flight only computes tokens nobody will read."""
+        if not self.requests:
+            self._in_flight = None
+
+    @staticmethod
+    def _needs_tokens_first(launched: LaunchedStep) -> bool:
+        """Penalties count every output token, so the next step's inputs need the tokens this one samples."""
+        return any(s.seq.sampling_params.uses_penalties for s in launched.output.scheduled)
+
+    def _process(self, launched: LaunchedStep, touched: dict[str, RequestState]) -> None:
+        """Waits for a launched step and appends its tokens. A sequence that stopped or was aborted after the step
+        was scheduled drops the token the step computed for it."""
+        result = self.runner.collect(launched)
+        self.scheduler.on_step_finished(launched.output)
+        now = time.monotonic()
+        for sched, token, prompt in zip(launched.output.scheduled, result.tokens, result.prompt_logprobs, strict=True):
+            seq = sched.seq
+            seq.num_pending_tokens -= sched.samples_token
+            state = self.requests.get(seq.request_id)
+            if state is None:  # aborted
+                continue
+            if prompt and seq.sample_index == 0:
+                self._append_prompt_logprobs(state, prompt)
+            sample = state.samples[seq.sample_index]
+            if token is None or sample.finish_reason is not None:
+                continue
+            state.first_token_time = state.first_token_time or now
+            state.last_token_time = now
+            self._append(sample, token)
+            touched[state.request_id] = state
 
     def _append(self, sample: SampleState, token: SampledToken) -> None:
         seq = sample.seq

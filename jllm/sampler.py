@@ -3,13 +3,15 @@
 vLLM V1's order: min-tokens ban -> penalties -> argmax for greedy rows; for random rows temperature -> min-p ->
 top-k -> top-p -> draw. Logprobs come from the raw logits (vLLM's default ``raw_logprobs``).
 
-Two choices keep it cheap on a GPU:
+Three choices keep it cheap on a GPU:
+- The host knows every row's settings, so it picks the program: ``SamplingMode.GREEDY`` (argmax only), ``RANDOM``
+  (temperature and min-p, no sort) or ``TRUNCATED`` (top-k / top-p too). The step never branches on device values:
+  an XLA conditional makes the host wait for the GPU to reach it, which stalls the launch of every later step.
 - min-p, top-k and top-p each keep a prefix of the tokens sorted by probability, so together they reduce to one
   threshold per row: one sort of the batch (values only) and one cumulative sum find it, and nothing is scattered
-  back to vocabulary order. The sort runs only when some row asks for top-k or top-p (``lax.cond``); nothing random
-  runs for an all-greedy batch.
+  back to vocabulary order.
 - The draw is an inverse-CDF lookup in vocabulary order with one uniform per row, instead of ``V`` Gumbel draws.
-  Its result depends only on the row's logits, settings and key, never on which ``lax.cond`` branch ran.
+  Its result depends only on the row's logits, settings and key, never on the mode the batch ran in.
 
 Reproducibility: a row's uniform comes from ``fold_in(fold_in(key(seed), sample_index), step)``, so a seeded sample
 draws the same tokens whatever else is in the batch, wherever its row sits, and after preemption and recompute.
@@ -20,6 +22,7 @@ static widths (penalty width, banned width, top logprobs) pick the compiled vari
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -36,6 +39,14 @@ if TYPE_CHECKING:
     from jllm.sequence import ScheduledSequence, Sequence
 
 Array = jax.Array | np.ndarray  # NumPy when built on the host, jax.Array inside the step
+
+
+class SamplingMode(enum.StrEnum):
+    """What the batch's rows need, decided on the host; a static argument of the sampler program."""
+
+    GREEDY = "greedy"  # every row takes the argmax
+    RANDOM = "random"  # some row draws; none truncates by top-k or top-p (min-p needs no sort)
+    TRUNCATED = "truncated"  # some drawing row truncates by top-k or top-p: one sort of the batch
 
 
 @jax.tree_util.register_dataclass
@@ -70,8 +81,8 @@ class SamplerOutput:
 # ---------------------------------------------------------------- device side
 
 
-def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int) -> SamplerOutput:
-    """One token per row. ``logits`` [S, V]; ``num_top_logprobs`` is static (0 skips the top-k pass)."""
+def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int, mode: SamplingMode) -> SamplerOutput:
+    """One token per row. ``logits`` [S, V]; ``num_top_logprobs`` and ``mode`` are static (0 skips the top-k pass)."""
     logits = logits.astype(jnp.float32)  # [S, V]
     lse = jax.nn.logsumexp(logits, axis=-1)  # [S]
     if num_top_logprobs:
@@ -82,13 +93,11 @@ def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int) 
         top_logprobs = jnp.zeros((logits.shape[0], 0), jnp.float32)
 
     x = apply_penalties(ban_tokens(logits, meta.banned_ids), meta)  # [S, V]
-    greedy_ids = jnp.argmax(x, axis=-1).astype(jnp.int32)  # [S]
-    is_greedy = meta.temperature < SAMPLING_EPS  # [S]
-    token_ids = lax.cond(
-        jnp.all(is_greedy),
-        lambda: greedy_ids,
-        lambda: jnp.where(is_greedy, greedy_ids, _sample_random(x, meta, is_greedy, greedy_ids)),
-    )
+    token_ids = jnp.argmax(x, axis=-1).astype(jnp.int32)  # [S]
+    if mode is not SamplingMode.GREEDY:
+        is_greedy = meta.temperature < SAMPLING_EPS  # [S]
+        drawn = _sample_random(x, meta, is_greedy, token_ids, truncate=mode is SamplingMode.TRUNCATED)
+        token_ids = jnp.where(is_greedy, token_ids, drawn)
     logprobs = jnp.take_along_axis(logits, token_ids[:, None], axis=-1)[:, 0] - lse
     return SamplerOutput(token_ids, logprobs, top_ids.astype(jnp.int32), top_logprobs)
 
@@ -158,19 +167,17 @@ def apply_penalties(logits: jax.Array, meta: SamplingMetadata) -> jax.Array:
     return logits - meta.presence_penalty[:, None] * in_output
 
 
-def _sample_random(x: jax.Array, meta: SamplingMetadata, is_greedy: jax.Array, greedy_ids: jax.Array) -> jax.Array:
+def _sample_random(
+    x: jax.Array, meta: SamplingMetadata, is_greedy: jax.Array, greedy_ids: jax.Array, *, truncate: bool
+) -> jax.Array:
     """Temperature, then min-p/top-k/top-p as one threshold per row, then an inverse-CDF draw. -> token ids [S]."""
     x = x / jnp.where(is_greedy, 1.0, meta.temperature)[:, None]
     e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))  # [S, V] p / p_max
-    truncates = ~is_greedy & (((meta.top_k > 0) & (meta.top_k < x.shape[1])) | (meta.top_p < 1.0))
-    threshold = lax.cond(
-        jnp.any(truncates),
-        lambda: truncation_threshold(e, meta.top_k, meta.top_p, meta.min_p),
-        lambda: meta.min_p,  # min-p alone needs no sort, and gives the same kept set as the sorted branch
-    )
+    # Without top-k / top-p, min-p alone needs no sort and gives the same kept set as the sorted path.
+    threshold = truncation_threshold(e, meta.top_k, meta.top_p, meta.min_p) if truncate else meta.min_p
     uniforms = jax.vmap(_row_uniform)(meta.seeds, meta.sample_index, meta.step)  # [S] in [0, 1)
     w = jnp.where(e >= threshold[:, None], e, 0.0)  # [S, V] unnormalised kept probabilities
-    cs = jnp.cumsum(w, axis=1)  # [S, V], in vocabulary order: the draw never depends on the branch taken
+    cs = jnp.cumsum(w, axis=1)  # [S, V], in vocabulary order: the draw never depends on the mode
     pos = jnp.sum(cs <= (uniforms * cs[:, -1])[:, None], axis=1)  # first position with cs > target
     # pos == V only if u * total rounds up to total (odds ~2^-24): take the argmax, which is always kept.
     return jnp.where(pos < x.shape[1], pos, greedy_ids).astype(jnp.int32)
@@ -233,6 +240,17 @@ def banned_width(seqs: Iterable[Sequence], eos_token_ids: set[int], *, minimum: 
     return _bucket(need, minimum) if need else 0
 
 
+def sampling_mode(meta: SamplingMetadata, vocab_size: int) -> SamplingMode:
+    """The cheapest program that serves every row of the host-built ``meta``; top-k >= the vocabulary is off."""
+    drawing = np.asarray(meta.temperature) >= SAMPLING_EPS
+    if not drawing.any():
+        return SamplingMode.GREEDY
+    top_k, top_p = np.asarray(meta.top_k)[drawing], np.asarray(meta.top_p)[drawing]
+    if (((top_k > 0) & (top_k < vocab_size)) | (top_p < 1.0)).any():
+        return SamplingMode.TRUNCATED
+    return SamplingMode.RANDOM
+
+
 def num_top_logprobs(seqs: Iterable[Sequence]) -> int:
     """0, or MAX_LOGPROBS when any row asks for top logprobs (the host slices each row's own count)."""
     return MAX_LOGPROBS if any(s.sampling_params.logprobs for s in seqs) else 0
@@ -267,7 +285,9 @@ def build_sampling_metadata(
     for i, s in enumerate(seqs):
         p = s.sampling_params
         temperature[i], top_k[i], top_p[i], min_p[i] = p.temperature, p.top_k, p.top_p, p.min_p
-        seeds[i], sample_index[i], step[i] = s.sampling_seed % 2**32, s.sample_index, s.num_output_tokens
+        # A token still sampled on the device counts: the key and min_tokens follow the output's true length.
+        num_output = s.num_output_tokens + s.num_pending_tokens
+        seeds[i], sample_index[i], step[i] = s.sampling_seed % 2**32, s.sample_index, num_output
         banned = _banned(s, eos_token_ids)
         if len(banned) > max_banned:
             raise ValueError(f"seq {s.seq_id} bans {len(banned)} ids, over max_banned={max_banned}: use banned_width")
@@ -276,6 +296,8 @@ def build_sampling_metadata(
             continue
         if not with_penalties:
             raise ValueError(f"seq {s.seq_id} uses penalties but with_penalties=False: use needs_penalties")
+        if s.num_pending_tokens:
+            raise ValueError(f"seq {s.seq_id} uses penalties, which count every output token: finish its pending step")
         presence[i], frequency[i], repetition[i] = p.presence_penalty, p.frequency_penalty, p.repetition_penalty
         prompt = s.prompt_token_ids if p.repetition_penalty != 1.0 else []
         if max(len(prompt), s.num_output_tokens) > width:
@@ -305,7 +327,7 @@ def build_sampling_metadata(
 def _banned(seq: Sequence, eos_token_ids: set[int]) -> list[int]:
     """vLLM's min_tokens: EOS (even with ignore_eos) and stop_token_ids are banned until min_tokens are out."""
     p = seq.sampling_params
-    if seq.num_output_tokens >= p.min_tokens:
+    if seq.num_output_tokens + seq.num_pending_tokens >= p.min_tokens:
         return []
     return sorted(set(eos_token_ids) | set(p.stop_token_ids))
 

@@ -6,6 +6,11 @@ are admitted in FIFO order with whatever budget is left. When the pool runs out,
 preempted by recompute: it drops its pages and goes back to the front of the queue (its full pages stay in the
 prefix cache, so the recompute is often cheap). The oldest running sequence is never preempted for a newer one, so
 a sequence that fits the pool by itself always makes progress.
+
+Async scheduling: the next step is scheduled while the device still runs the last one, whose sampled tokens are
+"pending" (``Sequence.num_pending_tokens``): a decode's input may be a token only the device knows yet, and a sequence
+that a pending token ends by length is not scheduled again. Tokens a pending EOS or stop string makes moot are
+computed once and dropped, as in vLLM.
 """
 
 from __future__ import annotations
@@ -105,8 +110,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
-            if num_new <= 0:  # nothing to compute until the engine appends a token
+            num_new = min(seq.num_tokens_with_pending - seq.num_computed_tokens, budget)
+            if num_new <= 0 or self._ends_with_pending(seq):  # nothing to compute until the engine appends a token
                 i += 1
                 continue
             while not bm.allocate(seq, num_new):
@@ -131,7 +136,7 @@ class Scheduler:
         while not out.preempted and i < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[i]
             wait_for_prompt, parent = self._sibling_source(seq)
-            if wait_for_prompt:  # waits on a sibling, not on pages: don't block the queue
+            if wait_for_prompt or seq.num_pending_tokens:  # waits on a sibling or a token, not on pages: don't block
                 i += 1
                 continue
             if parent is not None:
@@ -174,13 +179,30 @@ class Scheduler:
         self._num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def on_step_done(self, output: SchedulerOutput) -> None:
-        """The step's K/V are written: advance each sequence and make its newly full pages findable."""
+    def _ends_with_pending(self, seq: Sequence) -> bool:
+        """The token a launched step is sampling ends ``seq`` by length: computing past it would be waste, and could
+        pass max_model_len."""
+        if not seq.num_pending_tokens:
+            return False
+        max_tokens = seq.sampling_params.max_tokens
+        return seq.num_tokens_with_pending >= self.max_model_len or (
+            max_tokens is not None and seq.num_output_tokens + seq.num_pending_tokens >= max_tokens
+        )
+
+    def on_step_launched(self, output: SchedulerOutput) -> None:
+        """The step is on the device, which runs steps in order: its K/V are written before any later step reads
+        them, so its tokens count as computed now, and the tokens it samples are pending until the engine appends
+        them."""
         for s in output.scheduled:
-            if s.seq.is_finished:  # aborted while the step ran; its pages are already free
-                continue
             s.seq.num_computed_tokens += s.num_new_tokens
-            self.block_manager.cache_full_pages(s.seq)
+            s.seq.num_pending_tokens += s.samples_token
+
+    def on_step_finished(self, output: SchedulerOutput) -> None:
+        """The step's results are back, its sampled tokens not yet appended (so a sequence they finish still
+        leaves its full pages in the prefix cache): make each sequence's newly full, known pages findable."""
+        for s in output.scheduled:
+            if not s.seq.is_finished:  # a finished one (stopped, aborted) has its pages freed already
+                self.block_manager.cache_full_pages(s.seq)
 
     def finish(self, seq: Sequence, status: SequenceStatus) -> None:
         if not status.is_finished:

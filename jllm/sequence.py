@@ -39,7 +39,8 @@ class Sequence:
     arrival_time: float
     sampling_seed: int  # the request's seed, or one drawn by the engine: every sample is reproducible
     output_token_ids: list[int] = field(default_factory=list)
-    num_computed_tokens: int = 0  # tokens whose K/V are written in the pool
+    num_computed_tokens: int = 0  # tokens whose K/V are written in the pool (or will be, by a launched step)
+    num_pending_tokens: int = 0  # 0 or 1: sampled by a launched step, not yet known here (async scheduling)
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at the last admission
     block_table: list[int] = field(default_factory=list)  # page ids, in order
     status: SequenceStatus = SequenceStatus.WAITING
@@ -62,6 +63,11 @@ class Sequence:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
+    def num_tokens_with_pending(self) -> int:
+        """What the scheduler computes up to: known tokens plus the one a launched step is sampling."""
+        return self.num_tokens + self.num_pending_tokens
+
+    @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
 
@@ -80,14 +86,17 @@ class ScheduledSequence:
 
     seq: Sequence
     num_new_tokens: int
-    # Frozen at scheduling time: on_step_done advances seq.num_computed_tokens and the engine then appends the sampled
-    # token, so recomputing these from ``seq`` after the step would give the wrong answer.
+    # Frozen at scheduling time: on_step_launched advances seq.num_computed_tokens and the engine later appends the
+    # sampled token, so recomputing these from ``seq`` after the step would give the wrong answer.
     start: int = field(init=False)  # first position computed this step: seq.num_computed_tokens when scheduled
-    samples_token: bool = field(init=False)  # this step computes the last known token, so its logits give the next
+    samples_token: bool = field(init=False)  # this step computes the last token, so its logits give the next
+    pending_input: bool = field(init=False)  # its last input is the token the previous step is still sampling
 
     def __post_init__(self) -> None:
         self.start = self.seq.num_computed_tokens
-        self.samples_token = self.start + self.num_new_tokens == self.seq.num_tokens
+        end = self.start + self.num_new_tokens
+        self.samples_token = end == self.seq.num_tokens_with_pending
+        self.pending_input = end > self.seq.num_tokens
 
 
 @dataclass

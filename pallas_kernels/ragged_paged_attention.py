@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.reference import _validate as _validate_reference_inputs
+from pallas_kernels.reference import sequence_of
 
 _LOG2E = math.log2(math.e)
 # Scores outside the mask; finite so a row that sees nothing yet computes exp2(0), never NaN (as in the reference).
@@ -126,7 +127,7 @@ def ragged_paged_attention(
     if cfg.q_block == 1:
         num_items = num_tokens
         row = jnp.arange(num_tokens, dtype=jnp.int32)  # i32[N]: item r is query row r
-        seq = jnp.searchsorted(query_start_loc[1:], row, side="right").astype(jnp.int32)  # i32[N], S past the last
+        seq = sequence_of(query_start_loc[1:], row)  # i32[N], S past the last
         valid = seq < num_seqs  # bool[N]
         seq = jnp.minimum(seq, num_seqs - 1)
         valid &= row >= query_start_loc[seq]
@@ -139,7 +140,7 @@ def ragged_paged_attention(
         blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
         block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
         item = jnp.arange(num_items, dtype=jnp.int32)  # i32[N]
-        seq = jnp.searchsorted(block_ends, item, side="right").astype(jnp.int32)  # i32[N], S past the last item
+        seq = sequence_of(block_ends, item)  # i32[N], S past the last item
         valid = seq < num_seqs  # bool[N]
         seq = jnp.minimum(seq, num_seqs - 1)
         first = (item - (block_ends[seq] - blocks_per_seq[seq])) * bq  # i32[N], first query index i of the item

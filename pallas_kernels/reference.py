@@ -99,7 +99,7 @@ def ref_ragged_paged_attention(
     blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
     block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
     item = jnp.arange(num_items, dtype=jnp.int32)  # i32[N]
-    seq = jnp.searchsorted(block_ends, item, side="right").astype(jnp.int32)  # i32[N], == S past the last item
+    seq = sequence_of(block_ends, item)  # i32[N], == S past the last item
     item_valid = seq < num_seqs  # bool[N]
     seq = jnp.minimum(seq, num_seqs - 1)  # i32[N]
     block = item - (block_ends[seq] - blocks_per_seq[seq])  # i32[N], block index within its sequence
@@ -189,6 +189,13 @@ def _attend_items(
     out = jnp.where(denom[..., None] > 0, acc / jnp.where(denom > 0, denom, 1.0)[..., None], 0.0)  # rows seeing none: 0
     out = out.transpose(1, 3, 0, 2, 4).reshape(num_items, bq, num_q_heads, head_dim)  # f32[B, bq, Hq, D]
     return out.astype(out_dtype)
+
+
+def sequence_of(ends: jax.Array, index: jax.Array) -> jax.Array:
+    """i32[N]: for each ``index`` [N], the first sequence whose cumulative end ``ends`` [S] exceeds it (S past the
+    last). Compares all pairs: ``jnp.searchsorted``'s binary search is an XLA while loop, and each trip of one makes
+    the host wait for the GPU before it can launch anything after it."""
+    return jnp.sum(ends[None, :] <= index[:, None], axis=1, dtype=jnp.int32)
 
 
 def _chunk_pages(pages_per_seq: int, page_size: int) -> int:

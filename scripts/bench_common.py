@@ -395,11 +395,13 @@ class StepTimes:
     buckets: collections.Counter = field(default_factory=collections.Counter)
 
     def wrap(self, engine: Any) -> None:
-        """Times ``engine.step``, ``runner.execute`` (inputs + device step + device_get + token unpacking) and
-        ``runner._host_inputs`` (the step's NumPy batch), counting the buckets used."""
+        """Times ``engine.step``, ``runner.launch`` (the step's NumPy batch, its transfer and the programs' dispatch),
+        ``runner._host_inputs`` (the NumPy batch alone) and ``runner.collect`` (waiting for the device, unpacking the
+        tokens), counting the buckets used."""
         runner = engine.runner
         self.timer.wrap(engine, "step", "step")
-        self.timer.wrap(runner, "execute", "execute")
+        self.timer.wrap(runner, "launch", "launch")
+        self.timer.wrap(runner, "collect", "collect")
         self.timer.wrap(runner, "_host_inputs", "build", note=self._count_bucket)
 
     def _count_bucket(self, scheduled: Any, bucket: Any, **kwargs: Any) -> None:
@@ -411,8 +413,9 @@ class StepTimes:
     def summary(self) -> dict:
         s, steps = self.timer.seconds, self.timer.calls["step"]
         return dict(
-            steps=steps, step_ms=1e3 * s["step"] / max(steps, 1), model_s=s["execute"] - s["build"],
-            build_inputs_s=s["build"], engine_host_s=s["step"] - s["execute"], buckets=dict(self.buckets),
+            steps=steps, step_ms=1e3 * s["step"] / max(steps, 1), build_inputs_s=s["build"],
+            dispatch_s=s["launch"] - s["build"], wait_s=s["collect"],
+            engine_host_s=s["step"] - s["launch"] - s["collect"], buckets=dict(self.buckets),
         )  # fmt: skip
 
 

@@ -30,14 +30,11 @@ from pallas_kernels import KernelConfig, default_config, ragged_paged_attention,
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 DTYPE = jnp.bfloat16
-TUNE_TILES = [  # (kv_block, num_warps, num_stages), each with the default's split-K
-    (64, 4, 2),
-    (64, 4, 3),
-    (64, 8, 4),
-    (128, 4, 2),
-    (128, 8, 2),
-    (128, 4, 3),
-]
+# --tune's grids. Decode: kv_block x (num_warps, num_stages) x num_splits. Prefill: q_block x kv_block x the same.
+TUNE_KV_BLOCKS = (32, 64, 128)
+TUNE_WARPS_STAGES = ((4, 2), (4, 3), (4, 4), (8, 2), (8, 3))
+TUNE_SPLITS = (1, 2, 4, 8)
+TUNE_Q_BLOCKS = (16, 32)
 
 
 def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> float:
@@ -139,7 +136,10 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=16)
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference path")
     parser.add_argument("--no-stock", action="store_true", help="skip JAX's stock paged_attention")
-    parser.add_argument("--tune", action="store_true", help="also time a few tilings on batch 1/32/128 decode shapes")
+    parser.add_argument(
+        "--tune", action="store_true", help="also time a grid of tilings on a few decode and prefill shapes"
+    )
+    parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
@@ -150,7 +150,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     contexts = [int(c) for c in args.contexts.split(",")]
     chunks = ((16, 0), (16, 64)) if args.smoke else ((512, 0), (512, 4096), (2048, 0), (2048, 4096))
-    tune_shapes = ((1, 256), (2, 256)) if args.smoke else ((32, 4096), (128, 2048), (1, 8192))
+    tune_shapes = ((1, 256), (2, 256)) if args.smoke else ((32, 2048), (32, 4096), (64, 2048), (128, 2048))
+    tune_chunks = chunks[:1] if args.smoke else ((2048, 0), (2048, 4096))
     interpret = args.smoke
     lines: list[str] = []
     if args.out:
@@ -174,7 +175,7 @@ def main() -> None:
     pool = Pool(max(batches) * max(contexts) + max(c + p for c, p in chunks), args.page_size)
     k_pages, v_pages = (None, None) if args.no_stock else (pool.kv[0], pool.kv[1])
     rows = []
-    for ctx in contexts:
+    for ctx in [] if args.tune_only else contexts:
         for batch in batches:
             step = pool.step([1] * batch, [ctx] * batch)
             kv_bytes = batch * ctx * NUM_KV_HEADS * HEAD_DIM * 2 * 2
@@ -203,7 +204,7 @@ def main() -> None:
 
     say("prefill chunks (one sequence; TFLOP/s counts causal QK^T and PV)")
     prefill = []
-    for chunk, prefix in chunks:
+    for chunk, prefix in [] if args.tune_only else chunks:
         step = pool.step([chunk], [prefix + chunk])
         flops = 4 * NUM_Q_HEADS * HEAD_DIM * sum(prefix + i + 1 for i in range(chunk))
         seconds = timeit(kernel_fn(step, interpret=interpret))
@@ -218,32 +219,41 @@ def main() -> None:
         )
 
     tuning = []
-    if args.tune:
-        say("tilings (decode): batch ctx kv_block warps stages splits -> us TB/s")
-        for batch, ctx in tune_shapes:
-            if time.perf_counter() - started > args.deadline_s:
-                break
+    if args.tune or args.tune_only:
+        say("tilings: shape q_block kv_block warps stages splits -> us, TB/s (decode) or TFLOP/s (prefill)")
+        grid = [(w, st, kb) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
+        cases = []
+        for batch, ctx in tune_shapes:  # decode: the KV read is the work
             step = pool.step([1] * batch, [ctx] * batch)
-            kv_bytes = batch * ctx * NUM_KV_HEADS * HEAD_DIM * 4
-            base = config_of(step)
-            tilings = [KernelConfig(1, kb, base.num_splits, w, st) for kb, w, st in TUNE_TILES]
-            tilings += [
-                dataclasses.replace(base, num_splits=n) for n in (base.num_splits // 2, 2 * base.num_splits) if n
-            ]
-            for cfg in tilings:
+            work = batch * ctx * NUM_KV_HEADS * HEAD_DIM * 4
+            configs = [KernelConfig(1, kb, n, w, st) for w, st, kb in grid for n in TUNE_SPLITS]
+            cases.append((f"decode {batch}x{ctx}", step, work, "TB/s", configs))
+        for chunk, prefix in tune_chunks:  # prefill: the attention FLOPs are the work
+            step = pool.step([chunk], [prefix + chunk])
+            work = 4 * NUM_Q_HEADS * HEAD_DIM * sum(prefix + i + 1 for i in range(chunk))
+            configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for w, st, kb in grid]
+            cases.append((f"prefill {chunk}+{prefix}", step, work, "TFLOP/s", configs))
+        for name, step, work, unit, configs in cases:
+            best = None
+            for cfg in configs:
                 if time.perf_counter() - started > args.deadline_s:
                     say(f"  deadline of {args.deadline_s:.0f} s reached; remaining tilings skipped")
                     break
-                label = (
-                    f"  {batch:4d} {ctx:5d} {cfg.kv_block:4d} {cfg.num_warps} {cfg.num_stages} {cfg.num_splits:3d} ->"
-                )
+                label = f"  {name:>18} q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages}"
+                label += f" s{cfg.num_splits}"
                 try:
                     seconds = timeit(kernel_fn(step, cfg, interpret), reps=3)
                 except Exception as e:  # a tiling that does not compile (e.g. out of shared memory) is skipped
-                    say(f"{label} {type(e).__name__}: {str(e)[:200]}")
+                    say(f"{label} -> {type(e).__name__}: {str(e)[:120]}")
                     continue
-                tuning.append({"batch": batch, "context": ctx, **dataclasses.asdict(cfg), "kernel_s": seconds})
-                say(f"{label} {seconds * 1e6:8.1f} {kv_bytes / seconds / 1e12:5.2f}")
+                tuning.append({"shape": name, **dataclasses.asdict(cfg), "kernel_s": seconds})
+                say(f"{label} -> {seconds * 1e6:8.1f} us {work / seconds / 1e12:6.2f} {unit}")
+                best = min(best or (seconds, cfg), (seconds, cfg), key=lambda b: b[0])
+            if best:
+                say(
+                    f"  best {name}: {best[0] * 1e6:.1f} us {work / best[0] / 1e12:.2f} {unit} with {best[1]}; "
+                    f"default {config_of(step)}"
+                )
 
     if args.out:
         result = {"header": lines[0], "copy_bytes_per_s": copy_bw, "matmul_flops": mm}

@@ -190,8 +190,8 @@ def main() -> None:
     )
     prof = jllm_result["profile"]
     print(
-        f"jllm steps: {prof['steps']}, {prof['step_ms']:.1f} ms each; model (device step + fetch) "
-        f"{prof['model_s']:.2f} s, building inputs {prof['build_inputs_s']:.2f} s, rest of the engine "
+        f"jllm steps: {prof['steps']}, {prof['step_ms']:.1f} ms each; building inputs {prof['build_inputs_s']:.2f} s, "
+        f"dispatch {prof['dispatch_s']:.2f} s, waiting for the device {prof['wait_s']:.2f} s, rest of the engine "
         f"(scheduler, detokenizer, outputs) {prof['engine_host_s']:.2f} s; buckets (tokens x seqs): {prof['buckets']}"
     )
     print("\n| engine | batch | tokens/s | wall s |\n| --- | --- | --- | --- |")

@@ -167,12 +167,12 @@ MEM_KEYS = ("bytes_in_use", "peak_bytes_in_use", "bytes_limit")
 
 
 def pool_copies(eng: Any) -> int:
-    """Copies of a whole KV-pool shard in the first compiled step program (the donated pool should be updated in
+    """Copies of a whole KV-pool shard in the first compiled forward program (the donated pool should be updated in
     place: any such copy costs a pass over the pool every step)."""
     kv = eng.runner.kv_caches[0]
     shard = kv.addressable_shards[0].data.shape
     pattern = "[" + ",".join(str(n) for n in shard) + "]"
-    text = next(iter(eng.runner._compiled.values())).as_text()
+    text = next(iter(eng.runner._forward_programs.values())).as_text()
     return sum(1 for line in text.splitlines() if " copy(" in line and pattern in line)
 
 

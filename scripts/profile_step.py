@@ -5,8 +5,8 @@ them decode; then ``--steps`` engine steps are timed three ways:
 
 1. the engine as it runs (``engine.step``), split by wrapping its parts: scheduling, the step's NumPy inputs, their
    transfer to the devices, dispatch, waiting for the results, and the rest (token bookkeeping, detokenizing);
-2. the compiled step alone, called back to back on one decode step's device-resident inputs: the device's time per
-   step with the host out of the way (dispatch is asynchronous, so the calls queue up);
+2. the compiled step (forward and sampler programs) alone, called back to back on one decode step's device-resident
+   inputs: the device's time per step with the host out of the way (dispatch is asynchronous, so the calls queue up);
 3. a JAX profiler trace of a few engine steps: GPU kernel time per step, grouped by kernel name.
 
 Step wall time minus device time is what overlapping the host with the device could win.
@@ -37,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from bench_common import PartTimer, write_dummy_model  # noqa: E402
 
+import jllm.runner  # noqa: E402
 from jllm import LLM, SamplingParams  # noqa: E402
 from jllm.runner import pack_inputs  # noqa: E402
 from jllm.sampling import RequestOutputKind  # noqa: E402
@@ -105,11 +106,9 @@ def device_only(llm: LLM, steps: int) -> dict[str, float]:
     inputs, variant = captured[-1]
     layout, host_buffers = pack_inputs(inputs)
     buffers = runner._device_inputs(host_buffers)
-    exe = runner._executable(variant, layout, buffers)
 
     def call() -> Any:
-        out, _, runner.kv_caches = exe(runner.state, runner.kv_caches, buffers)
-        return out
+        return runner._call(variant, layout, buffers)[0]
 
     jax.block_until_ready(call())
     start = time.perf_counter()
@@ -175,9 +174,17 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--smoke", action="store_true", help="a tiny random model on the CPU")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--compiler-options",
+        type=json.loads,
+        help="JSON object replacing jllm.runner.COMPILER_OPTIONS for this run, e.g. '{}' for XLA's "
+        "defaults: how command-buffer settings were compared",
+    )
     parser.add_argument("--dump-hlo", type=Path, help="write the optimized HLO of each profiled step program here")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
+    if args.compiler_options is not None:
+        jllm.runner.COMPILER_OPTIONS = args.compiler_options
 
     with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
         model = args.model
@@ -193,7 +200,7 @@ def main() -> None:
         dev = jax.devices()[0]
         report: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"), "device": dev.device_kind, "jax": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": jllm.runner.COMPILER_OPTIONS,
             "model": model, "backend": llm.engine.runner.attention_backend, "prompt": args.prompt, "batches": {},
         }  # fmt: skip
         rng = np.random.default_rng(0)
@@ -205,10 +212,13 @@ def main() -> None:
             row["kernels"] = kernel_profile(llm, args.trace_steps, Path(tmp) / f"trace{batch}")
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
-                for key, exe in llm.engine.runner._compiled.items():
-                    tokens = key[1][0][0]  # the first leaf is input_ids [T]
+                programs = llm.engine.runner._sampler_programs | llm.engine.runner._forward_programs
+                for key, exe in programs.items():
+                    variant, layout = key if isinstance(key, tuple) else (None, key)
+                    tokens = layout.slots[0][2][0]  # the layout's first leaf is input_ids [T]
                     if tokens == batch:
-                        (args.dump_hlo / f"step_t{tokens}.hlo.txt").write_text(exe.as_text())
+                        name = "forward" if variant is None else "sampler_" + "_".join(map(str, variant))
+                        (args.dump_hlo / f"{name}_t{tokens}.hlo.txt").write_text(exe.as_text())
             report["batches"][batch] = row
             finish_all(llm)
             print(json.dumps({batch: row}, indent=1), flush=True)

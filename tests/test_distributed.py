@@ -22,6 +22,7 @@ from model_utils import random_llama
 from jllm import cli
 from jllm.config import ConfigError, EngineConfig
 from jllm.distributed import _decode, _encode
+from jllm.sampler import SamplingMode
 
 # Two step buckets (16 tokens x 1 / 4 sequences); the long prompt is prefilled in 16-token chunks beside decodes.
 ENGINE_ARGS = dict(dtype="float32", max_model_len=128, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
@@ -168,7 +169,7 @@ def test_plan_round_trips_exactly_and_leaves_padding_behind() -> None:
         np.zeros((4, 0), np.int32),  # no penalties: zero-width token lists
         np.zeros(4, np.uint32),
     ]
-    for variant in [(0, None), (3, 2), (1, 0)]:
+    for variant in [(0, None, SamplingMode.GREEDY), (3, 2, SamplingMode.TRUNCATED), (1, 0, SamplingMode.RANDOM)]:
         data = _encode(leaves, variant)
         decoded, got = _decode(data)
         assert got == variant

@@ -321,3 +321,15 @@ def test_bad_options_are_rejected() -> None:
         ref_ragged_paged_attention(*args, sm_scale=0.1, sliding_window=0)
     with pytest.raises(ValueError, match="slot_mapping"):
         write_kv(case.kv_pages, case.q, case.q, jnp.zeros((2,), jnp.int32))
+
+
+def test_sequence_of_matches_searchsorted():
+    """The loop-free search the kernels' wrappers use, against NumPy on random cumulative ends with empty sequences."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        ends = np.cumsum(rng.integers(0, 4, size=rng.integers(1, 9))).astype(np.int32)
+        index = np.arange(ends[-1] + 3, dtype=np.int32)
+        expected = np.searchsorted(ends, index, side="right")
+        np.testing.assert_array_equal(
+            np.asarray(reference.sequence_of(jnp.asarray(ends), jnp.asarray(index))), expected
+        )

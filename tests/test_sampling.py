@@ -11,6 +11,7 @@ from scipy.special import log_softmax, softmax
 
 from jllm.sampler import (
     SamplingMetadata,
+    SamplingMode,
     _top_k,
     apply_penalties,
     banned_width,
@@ -19,12 +20,21 @@ from jllm.sampler import (
     num_top_logprobs,
     penalty_width,
     sample,
+    sampling_mode,
     truncation_threshold,
 )
 from jllm.sampling import MAX_LOGPROBS, SamplingParams
 from jllm.sequence import Sequence
 
-SAMPLE = jax.jit(sample, static_argnames=("num_top_logprobs",))
+_SAMPLE_IN_MODE = jax.jit(sample, static_argnames=("num_top_logprobs", "mode"))
+
+
+def SAMPLE(logits: np.ndarray, meta: SamplingMetadata, *, num_top_logprobs: int, mode: SamplingMode | None = None):
+    """The sampler in the mode the runner would pick for ``meta`` (or the one given)."""
+    mode = mode or sampling_mode(meta, np.shape(logits)[1])
+    return _SAMPLE_IN_MODE(logits, meta, num_top_logprobs=num_top_logprobs, mode=mode)
+
+
 EOS = 2
 
 
@@ -355,6 +365,32 @@ def test_sample_index_and_seed_change_the_draws():
     assert len(set(draws[:, 0])) > 1  # and the step moves the key
 
 
+def test_mode_is_the_cheapest_that_serves_every_row_and_never_changes_a_token():
+    """Greedy rows, min-p rows and top-k >= vocab rows need no sort; any mode that serves a batch gives its tokens."""
+    rng = np.random.default_rng(10)
+    rows, vocab = 6, 300
+    logits = _logits(rng, rows, vocab, scale=0.5)
+    cases = [
+        (_raw_metadata(rows, temperature=0.0), SamplingMode.GREEDY),
+        (_raw_metadata(rows, temperature=[0.0, 0.8, 1.0, 0.0, 1.2, 0.7], min_p=0.05), SamplingMode.RANDOM),
+        (_raw_metadata(rows, temperature=0.9, top_k=vocab), SamplingMode.RANDOM),
+        (_raw_metadata(rows, temperature=[0.0, 0.0, 0.0, 0.0, 0.0, 1.0], top_p=0.9), SamplingMode.TRUNCATED),
+        (
+            _raw_metadata(rows, temperature=[0.0, 0.0, 0.0, 0.0, 0.0, 1.0], top_k=[5, 0, 0, 0, 0, 0]),
+            SamplingMode.RANDOM,
+        ),
+    ]
+    order = list(SamplingMode)
+    for meta, expected in cases:
+        assert sampling_mode(meta, vocab) is expected
+        tokens = [
+            np.asarray(SAMPLE(logits, meta, num_top_logprobs=0, mode=mode).token_ids)
+            for mode in order[order.index(expected) :]
+        ]
+        for other in tokens[1:]:
+            np.testing.assert_array_equal(other, tokens[0])
+
+
 # ---------------------------------------------------------------- host helpers
 
 
@@ -387,3 +423,15 @@ def test_static_widths_and_metadata_checks():
     assert meta.seeds.dtype == np.uint32 and meta.seeds[0] == 7 and meta.step[0] == 1 and meta.sample_index[0] == 2
     np.testing.assert_array_equal(meta.temperature, [0.5, 0, 0, 0])  # padding rows are greedy
     assert meta.prompt_ids.shape == (4, 0) and meta.banned_ids.shape == (4, 0)
+
+
+@pytest.mark.parametrize("mode", list(SamplingMode))
+def test_sampler_has_no_device_control_flow_on_gpu(mode):
+    """Lowered for CUDA, no mode holds an XLA conditional or loop: each makes the host wait for the GPU before it can
+    launch what follows, which would stall the launch of the next step."""
+    rows, vocab = 4, 1000
+    logits = _logits(np.random.default_rng(11), rows, vocab)
+    meta = _raw_metadata(rows, temperature=0.8, top_p=0.9)
+    text = _SAMPLE_IN_MODE.trace(logits, meta, num_top_logprobs=5, mode=mode).lower(lowering_platforms=("cuda",))
+    text = text.as_text()
+    assert not [op for op in ("stablehlo.while", "stablehlo.case", "stablehlo.if") if op in text]

@@ -47,13 +47,22 @@ def fingerprints(tokens: list[int]) -> list[int]:
 
 
 class FakeEngine:
-    """The engine's side of the contract, with a KV pool of fingerprints instead of arrays."""
+    """The engine's side of the contract, with a KV pool of fingerprints instead of arrays.
 
-    def __init__(self, sched: Scheduler, rng: random.Random | None = None, stop_prob: float = 0.0) -> None:
+    ``pipelined``: async scheduling, as ``LLMEngine`` does it: each step is launched before the previous one's
+    sampled tokens are appended, so a decode's input may be a token only the fake device knows yet.
+    """
+
+    def __init__(
+        self, sched: Scheduler, rng: random.Random | None = None, stop_prob: float = 0.0, pipelined: bool = False
+    ) -> None:
         self.sched, self.bm = sched, sched.block_manager
-        self.rng, self.stop_prob = rng or random.Random(0), stop_prob
+        self.rng, self.stop_prob, self.pipelined = rng or random.Random(0), stop_prob, pipelined
         self.pool: dict[tuple[int, int], int] = {}  # (page, offset) -> fingerprint
         self.seqs: list[Sequence] = []
+        # The launched step whose tokens the host has not appended yet, and those tokens by seq_id.
+        self.in_flight: SchedulerOutput | None = None
+        self.in_flight_tokens: dict[int, int] = {}
 
     def add(self, seqs: list[Sequence]) -> None:
         self.seqs.extend(seqs)
@@ -62,36 +71,59 @@ class FakeEngine:
     def slot(self, seq: Sequence, t: int) -> tuple[int, int]:
         return seq.block_table[t // self.bm.page_size], t % self.bm.page_size
 
+    def device_tokens(self, seq: Sequence) -> list[int]:
+        """Every token the device knows: the host's, plus the one it sampled and the host has not appended yet."""
+        return seq.token_ids + ([self.in_flight_tokens[seq.seq_id]] if seq.num_pending_tokens else [])
+
     def step(self) -> SchedulerOutput:
         sched = self.sched
         out = sched.schedule()
         assert out.num_batched_tokens <= sched.max_num_batched_tokens
         assert sched.num_running <= sched.max_num_seqs
         assert len({id(s.seq) for s in out.scheduled}) == len(out.scheduled)
+        sampled = {}
         for s in out.scheduled:
             seq = s.seq
             assert seq.status is SequenceStatus.RUNNING and s.num_new_tokens > 0
             end = seq.num_computed_tokens + s.num_new_tokens
-            assert end <= seq.num_tokens and len(seq.block_table) >= self.bm.num_pages_needed(end)
-            fps = fingerprints(seq.token_ids[:end])
+            assert end <= seq.num_tokens_with_pending and len(seq.block_table) >= self.bm.num_pages_needed(end)
+            assert end <= sched.max_model_len
+            fps = fingerprints(self.device_tokens(seq)[:end])
             for t in range(seq.num_computed_tokens):  # attention reads the cached/shared/earlier K/V
                 assert self.pool.get(self.slot(seq, t)) == fps[t], f"seq {seq.seq_id} reads wrong K/V at {t}"
             for t in range(seq.num_computed_tokens, end):
                 assert self.bm.ref_count(self.slot(seq, t)[0]) == 1, "write into a shared page"
                 self.pool[self.slot(seq, t)] = fps[t]
-        sched.on_step_done(out)
+            if s.samples_token:  # what the device samples from this step's logits
+                sampled[seq.seq_id] = (seq.sampling_seed * 31 + end * 17 + seq.seq_id) % 7
+        sched.on_step_launched(out)
+        if self.pipelined:
+            finished, tokens = self.in_flight, self.in_flight_tokens
+            self.in_flight, self.in_flight_tokens = (out, sampled) if out.scheduled else (None, {})
+        else:
+            finished, tokens = out, sampled
+        if finished is not None:
+            self.finish(finished, tokens)
+        self.check()
+        return out
+
+    def finish(self, out: SchedulerOutput, tokens: dict[int, int]) -> None:
+        """The host learns the step's sampled tokens: append them and stop sequences, as the engine does."""
+        sched = self.sched
+        sched.on_step_finished(out)
         for s in out.scheduled:
             seq = s.seq
-            if seq.is_finished or not s.samples_token:
+            if not s.samples_token:
                 continue
-            seq.output_token_ids.append((seq.sampling_seed * 31 + seq.num_tokens * 17 + seq.seq_id) % 7)
+            seq.num_pending_tokens -= 1
+            if seq.is_finished:  # aborted, or stopped by the token before this one
+                continue
+            seq.output_token_ids.append(tokens[seq.seq_id])
             max_tokens = seq.sampling_params.max_tokens or sched.max_model_len
             if seq.num_output_tokens >= max_tokens or seq.num_tokens >= sched.max_model_len:
                 sched.finish(seq, SequenceStatus.FINISHED_LENGTH)
             elif self.rng.random() < self.stop_prob:
                 sched.finish(seq, SequenceStatus.FINISHED_STOPPED)
-        self.check()
-        return out
 
     def check(self) -> None:
         self.bm.check_invariants(self.sched.running)
@@ -102,7 +134,7 @@ class FakeEngine:
 
     def run_until_done(self, max_steps: int = 10_000) -> int:
         for step in range(max_steps):
-            if not self.sched.has_unfinished():
+            if not self.sched.has_unfinished() and self.in_flight is None:
                 return step
             self.step()
         raise AssertionError(f"still unfinished after {max_steps} steps: livelock?")
@@ -240,12 +272,13 @@ def test_abort_frees_pages_at_once() -> None:
     engine.step()
     engine.step()
     out = sched.schedule()  # abort arrives while this step runs
+    sched.on_step_launched(out)
     aborted = sched.abort("a")
     assert len(aborted) == 2 and all(s.status is SequenceStatus.FINISHED_ABORTED and not s.block_table for s in aborted)
     assert sched.abort("a") == []
     [b] = sched.running
     assert engine.bm.num_allocated_pages == len(b.block_table)
-    sched.on_step_done(out)  # must skip the aborted ones
+    sched.on_step_finished(out)  # must skip the aborted ones
     engine.bm.check_invariants(sched.running)
     engine.add(make_request([1] * 100, max_tokens=20, request_id="c"))  # still waiting: no step ran
     assert [s.status for s in sched.abort("c")] == [SequenceStatus.FINISHED_ABORTED]
@@ -306,13 +339,14 @@ CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_le
 ]
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("config", CONFIGS)
-def test_random_workload_keeps_invariants_and_finishes(config: tuple, seed: int) -> None:
+def test_random_workload_keeps_invariants_and_finishes(config: tuple, seed: int, pipelined: bool) -> None:
     num_pages, page_size, caching, max_num_seqs, budget, max_model_len = config
     rng = random.Random(seed)
     sched = make_scheduler(num_pages, page_size, caching, max_num_seqs, budget, max_model_len)
-    engine = FakeEngine(sched, rng, stop_prob=0.05)
+    engine = FakeEngine(sched, rng, stop_prob=0.05, pipelined=pipelined)
     prefixes = [[rng.randrange(5) for _ in range(rng.randrange(1, 3 * page_size))] for _ in range(3)]
     requests: list[list[Sequence]] = []
     for _ in range(300):
