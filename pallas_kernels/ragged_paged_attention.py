@@ -35,9 +35,12 @@ _MAX_TILE_ROWS = 128
 _MIN_TILE_ROWS = 16
 # Bytes of one K tile in a decode-shaped program (x2 for V, x num_stages when pipelined: must fit shared memory).
 _DECODE_TILE_BYTES = 32 * 1024
-# Programs to aim for before adding KV splits: about 4 per SM on an H100 (132 SMs). Not yet tuned: on an H200 a
-# 32 x 4k-token decode ran in 184 us with one split against 199 us with the two this picks (2026-11-26).
-_TARGET_PROGRAMS = 512
+# Programs to aim for before adding KV splits: about 2 per SM on an H100 (132 SMs). H100, 32 query / 8 KV heads,
+# 2026-11-26 (scripts/bench_kernels.py --tune): batch 32 x 2k-token decode 106.5 us with one split against 113.2 us
+# with the two that 512 picked; the long single decodes still split (32 x 8 KV heads at batch 1).
+_TARGET_PROGRAMS = 256
+# Software-pipelining depth of a decode tile's K/V loads: 3 stages beat 2 on every decode shape tuned (same run).
+_DECODE_STAGES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +83,11 @@ def default_config(
     max_blocks = -(-pages_per_seq * page_size // kv_block)
     num_splits = max(1, min(_pow2_floor(max(1, _TARGET_PROGRAMS // (num_items * num_kv_heads))), max_blocks))
     return KernelConfig(
-        q_block=q_block, kv_block=kv_block, num_splits=num_splits, num_warps=8 if rows >= 64 else 4, num_stages=2
+        q_block=q_block,
+        kv_block=kv_block,
+        num_splits=num_splits,
+        num_warps=8 if rows >= 64 else 4,
+        num_stages=_DECODE_STAGES if q_block == 1 else 2,
     )
 
 
