@@ -122,8 +122,6 @@ class LLMEngine:
             max_num_batched_tokens=sched.max_num_batched_tokens,
             eos_token_ids=self.tokenizer.eos_token_ids,
             attention_backend=self._attention_backend(),
-            # One process's programs only: under jax.distributed each process compiles its own.
-            program_cache_dir=None if distributed.is_multiprocess() else cache_dir() / "programs",
         )
         self.runner.warmup(show_progress=show_progress)
         self.requests: dict[str, RequestState] = {}

@@ -13,10 +13,9 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -29,7 +28,6 @@ from jllm import distributed, parallel, sampler
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
-from jllm.program_cache import ProgramCache, fingerprint
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, SamplingMode
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence
 
@@ -190,9 +188,7 @@ class ModelRunner:
         max_num_batched_tokens: int,
         eos_token_ids: set[int],
         attention_backend: str = "reference",
-        program_cache_dir: Path | None = None,
     ):
-        """``program_cache_dir``: where compiled programs are kept across starts (``jllm.program_cache``)."""
         self.graphdef, self.state = nnx.split(loaded.model)
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches
@@ -208,44 +204,10 @@ class ModelRunner:
         num_rows = max(bucket.num_seqs for bucket in self.buckets)
         self._last_tokens = jax.device_put(np.zeros(num_rows, np.int32), parallel.replicated(self.mesh))
         self._last_rows: dict[int, int] = {}
-        # Compiled (or loaded from disk) ahead of time and keyed by every input shape, so each program is made exactly
-        # once and ``num_compilations`` counts them: forward programs by layout, samplers by (variant, layout).
+        # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
+        # ``num_compilations`` counts real XLA compilations: forward programs by layout, samplers by (variant, layout).
         self._forward_programs: dict[InputLayout, jax.stages.Compiled] = {}
         self._sampler_programs: dict[tuple[Variant, InputLayout], jax.stages.Compiled] = {}
-        self._disk = None if program_cache_dir is None else ProgramCache(program_cache_dir, self._fingerprint(loaded))
-        self.num_lowered = 0  # programs traced and lowered (not found on disk)
-
-    def _fingerprint(self, loaded: LoadedModel) -> str:
-        """What every program's tracing depends on besides its layout and variant."""
-        avals = [
-            (jax.tree_util.keystr(path), x.shape, str(x.dtype), str(x.sharding))
-            for path, x in jax.tree_util.tree_flatten_with_path((self.state, self.kv_caches))[0]
-        ]
-        model = (type(loaded.model).__qualname__, loaded.args, loaded.kv_replicas)
-        return fingerprint(model, avals, self._last_tokens.shape, sorted(COMPILER_OPTIONS.items()))
-
-    def _program(
-        self, key: tuple, lower: Callable[[], jax.stages.Lowered], pool: ThreadPoolExecutor | None = None
-    ) -> tuple[Future, Any]:
-        """(the program, its output info): from disk, else lowered here and compiled on ``pool`` (or now) and saved."""
-        compiled = self._disk.load(key) if self._disk else None
-        if compiled is not None:
-            done: Future = Future()
-            done.set_result(compiled)
-            return done, compiled.out_info
-        self.num_lowered += 1
-        lowered = lower()
-        if pool is None:
-            done = Future()
-            done.set_result(self._compile_and_store(key, lowered))
-            return done, lowered.out_info
-        return pool.submit(self._compile_and_store, key, lowered), lowered.out_info
-
-    def _compile_and_store(self, key: tuple, lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-        compiled = lowered.compile(COMPILER_OPTIONS)
-        if self._disk:
-            self._disk.store(key, compiled)
-        return compiled
 
     def _lower_forward(self, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Lowered:
         fn = functools.partial(_forward, self.graphdef, self.kv_sharding, layout)
@@ -258,8 +220,7 @@ class ModelRunner:
 
     def _forward_program(self, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Compiled:
         if layout not in self._forward_programs:
-            lower = functools.partial(self._lower_forward, layout, buffers)
-            self._forward_programs[layout] = self._program(("forward", layout), lower)[0].result()
+            self._forward_programs[layout] = self._lower_forward(layout, buffers).compile(COMPILER_OPTIONS)
         return self._forward_programs[layout]
 
     def _sampler_program(
@@ -267,14 +228,14 @@ class ModelRunner:
     ) -> jax.stages.Compiled:
         key = (variant, layout)
         if key not in self._sampler_programs:
-            lower = functools.partial(self._lower_sampler, variant, layout, buffers, hidden)
-            self._sampler_programs[key] = self._program(("sampler", *key), lower)[0].result()
+            lowered = self._lower_sampler(variant, layout, buffers, hidden)
+            self._sampler_programs[key] = lowered.compile(COMPILER_OPTIONS)
         return self._sampler_programs[key]
 
     @property
     def num_compilations(self) -> int:
-        """Programs made so far (compiled, or loaded from disk): per bucket one forward and the base samplers, plus any
-        other sampler variant (penalties, logprobs, top-k/top-p) used."""
+        """Programs compiled so far: per bucket one forward and the base samplers, plus any other sampler variant
+        (penalties, logprobs, top-k/top-p) used."""
         return len(self._forward_programs) + len(self._sampler_programs)
 
     def warmup(self, show_progress: bool = True) -> None:
@@ -291,20 +252,18 @@ class ModelRunner:
             steps = [self._empty_step(bucket) for bucket in self.buckets]
             pending = []
             for layout, buffers in steps:
-                forward, info = self._program(
-                    ("forward", layout), functools.partial(self._lower_forward, layout, buffers), pool
+                forward = self._lower_forward(layout, buffers)
+                hidden = jax.ShapeDtypeStruct(
+                    forward.out_info[0].shape, forward.out_info[0].dtype, sharding=parallel.replicated(self.mesh)
                 )
-                hidden = jax.ShapeDtypeStruct(info[0].shape, info[0].dtype, sharding=parallel.replicated(self.mesh))
-                samplers = [
-                    self._program(
-                        ("sampler", v, layout), functools.partial(self._lower_sampler, v, layout, buffers, hidden), pool
-                    )[0]
-                    for v in BASE_VARIANTS
+                samplers = [(v, self._lower_sampler(v, layout, buffers, hidden)) for v in BASE_VARIANTS]
+                compiles = [
+                    pool.submit(lowered.compile, COMPILER_OPTIONS) for _, lowered in [(None, forward)] + samplers
                 ]
-                pending.append((layout, forward, samplers))
-            for layout, forward, samplers in pending:
+                pending.append((layout, [v for v, _ in samplers], compiles))
+            for layout, variants, (forward, *samplers) in pending:
                 self._forward_programs[layout] = forward.result()
-                for variant, future in zip(BASE_VARIANTS, samplers, strict=True):
+                for variant, future in zip(variants, samplers, strict=True):
                     self._sampler_programs[(variant, layout)] = future.result()
                 bar.update()
         if self.mesh.devices.flat[0].platform == "cpu":
