@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from jllm import distributed, kv_cache, parallel
+from jllm import distributed, kv_cache, parallel, sampler
 from jllm.attention import resolve_backend
 from jllm.block_manager import BlockManager
 from jllm.config import EngineConfig
@@ -268,7 +268,7 @@ class LLMEngine:
     @staticmethod
     def _needs_tokens_first(launched: LaunchedStep) -> bool:
         """Penalties count every output token, so the next step's inputs need the tokens this one samples."""
-        return any(s.seq.sampling_params.uses_penalties for s in launched.output.scheduled)
+        return sampler.needs_penalties(s.seq for s in launched.output.scheduled)
 
     def _process(self, launched: LaunchedStep, touched: dict[str, RequestState]) -> None:
         """Waits for a launched step and appends its tokens. A sequence that stopped or was aborted after the step
@@ -323,9 +323,7 @@ class LLMEngine:
         if detok.finished:
             sample.stop_reason = detok.stop_reason
             return "stop"
-        if (params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens) or (
-            seq.num_tokens >= self.max_model_len
-        ):
+        if seq.reaches_length_limit(self.max_model_len):
             detok.flush()
             return "length"
         return None

@@ -182,12 +182,7 @@ class Scheduler:
     def _ends_with_pending(self, seq: Sequence) -> bool:
         """The token a launched step is sampling ends ``seq`` by length: computing past it would be waste, and could
         pass max_model_len."""
-        if not seq.num_pending_tokens:
-            return False
-        max_tokens = seq.sampling_params.max_tokens
-        return seq.num_tokens_with_pending >= self.max_model_len or (
-            max_tokens is not None and seq.num_output_tokens + seq.num_pending_tokens >= max_tokens
-        )
+        return bool(seq.num_pending_tokens) and seq.reaches_length_limit(self.max_model_len, with_pending=True)
 
     def on_step_launched(self, output: SchedulerOutput) -> None:
         """The step is on the device, which runs steps in order: its K/V are written before any later step reads

@@ -67,6 +67,14 @@ class Sequence:
         """What the scheduler computes up to: known tokens plus the one a launched step is sampling."""
         return self.num_tokens + self.num_pending_tokens
 
+    def reaches_length_limit(self, max_model_len: int, *, with_pending: bool = False) -> bool:
+        """max_tokens or max_model_len reached by the known tokens (plus the pending one with ``with_pending``)."""
+        extra = self.num_pending_tokens if with_pending else 0
+        max_tokens = self.sampling_params.max_tokens
+        return self.num_tokens + extra >= max_model_len or (
+            max_tokens is not None and self.num_output_tokens + extra >= max_tokens
+        )
+
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
