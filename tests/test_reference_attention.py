@@ -8,6 +8,8 @@ pages all hold junk that the masks must hide.
 from __future__ import annotations
 
 import functools
+import math
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -274,6 +276,26 @@ def test_write_kv_puts_each_token_at_its_slot_and_padding_only_touches_page_0() 
     np.testing.assert_array_equal(after[:, :, 1:], expected[:, :, 1:])
     untouched_in_page_0 = np.setdiff1d(np.arange(page_size), pad_slots)
     np.testing.assert_array_equal(after[:, :, 0, untouched_in_page_0], pool[:, :, 0, untouched_in_page_0])
+
+
+@pytest.mark.parametrize("num_seqs", [1, 4])
+def test_decode_step_with_a_donated_pool_never_copies_the_pool(num_seqs: int) -> None:
+    # One-token steps once copied the whole pool four times (XLA duplicated the scatter into each of its readers).
+    # Copies only show in the optimized HLO: none may be as large as the pool, which dwarfs every gathered chunk.
+    # Block tables of 32 pages (more than one chunk of the page loop) are where the copies appeared.
+    pool = jax.ShapeDtypeStruct((2, 2, 1024, 16, 64), jnp.float32)  # [2, Hkv, num_pages, page_size, D]
+    q = jax.ShapeDtypeStruct((num_seqs, 8, 64), jnp.float32)  # [T, Hq, D], one token per sequence
+    kv = jax.ShapeDtypeStruct((num_seqs, 2, 64), jnp.float32)  # [T, Hkv, D]
+    i32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.int32)
+    meta = (i32((num_seqs,)), i32((num_seqs,)), i32((num_seqs, 32)), i32((num_seqs + 1,)))
+
+    def step(pool, q, k, v, slots, kv_lens, tables, qsl):
+        pool = write_kv(pool, k, v, slots)
+        return ref_ragged_paged_attention(q, pool, kv_lens, tables, qsl, sm_scale=0.125), pool
+
+    hlo = jax.jit(step, donate_argnums=0).lower(pool, q, kv, kv, *meta).compile().as_text()
+    copies = [math.prod(map(int, dims.split(","))) for dims in re.findall(r"= \w+\[([\d,]+)\]\S* copy\(", hlo)]
+    assert max(copies, default=0) < math.prod(pool.shape), f"the step copies the pool: copy sizes {sorted(copies)}"
 
 
 def test_write_kv_casts_to_the_pool_dtype() -> None:
