@@ -205,8 +205,9 @@ def start_jllm(bench: BenchModel, overrides: dict[str, Any]) -> tuple[Any, dict[
     """jllm's part starts here, after transformers' (see the module's docstring): the machine, the device ceilings,
     then ``LLM`` from the benchmark's YAML plus ``overrides``. Returns it and those facts, start-up seconds (load +
     compiling every step bucket) included."""
-    from jllm import LLM
+    from jllm import LLM, distributed
 
+    distributed.initialize(bench.engine.parallel)  # under jax.distributed, before the facts touch a device
     facts = {"environment": environment(), "ceilings": device_ceilings(bench.dtype)}
     start = time.perf_counter()
     llm = LLM(config=bench.config_path, **overrides)

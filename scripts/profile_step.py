@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--trace-steps", type=int, default=5, help="steps under the profiler")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model on the CPU")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument(
@@ -195,13 +196,14 @@ def main() -> None:
         llm = LLM(
             model, load_format=args.load_format, dtype=args.dtype, max_model_len=args.max_model_len,
             max_num_seqs=max(batches), max_num_batched_tokens=args.max_num_batched_tokens,
-            gpu_memory_utilization=0.85,
+            gpu_memory_utilization=0.85, tensor_parallel_size=args.tensor_parallel_size,
         )  # fmt: skip
         dev = jax.devices()[0]
         report: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"), "device": dev.device_kind, "jax": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": jllm.runner.COMPILER_OPTIONS,
-            "model": model, "backend": llm.engine.runner.attention_backend, "prompt": args.prompt, "batches": {},
+            "model": model, "backend": llm.engine.runner.attention_backend, "prompt": args.prompt,
+            "tensor_parallel_size": args.tensor_parallel_size, "batches": {},
         }  # fmt: skip
         rng = np.random.default_rng(0)
         for batch in batches:
