@@ -310,7 +310,8 @@ def run_baseline(
 
 def hf_generate(model: Any, prompts: list[list[int]], new_tokens: int, **kwargs: Any) -> list[list[int]]:
     """transformers' greedy ``generate`` on one batch, left-padded with an attention mask; ``new_tokens`` for every
-    prompt (the batch runs as long as its longest), ``kwargs`` go to ``generate``."""
+    prompt (the batch runs as long as its longest), ``kwargs`` go to ``generate``: with ``max_time`` it may stop
+    sooner, and returns the tokens made until then."""
     import torch
 
     pad_id = model.config.pad_token_id
@@ -325,7 +326,8 @@ def hf_generate(model: Any, prompts: list[list[int]], new_tokens: int, **kwargs:
             input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens, pad_token_id=pad_id,
             temperature=None, top_p=None, top_k=None, **kwargs,
         )  # fmt: skip
-    assert out.shape[1] - width == new_tokens, f"transformers stopped after {out.shape[1] - width} of {new_tokens}"
+    made = out.shape[1] - width
+    assert made == new_tokens or kwargs.get("max_time"), f"transformers stopped after {made} of {new_tokens}"
     return out[:, width:].tolist()  # .tolist() waits for the device
 
 
@@ -333,8 +335,10 @@ def hf_generator(model: Any) -> Generate:
     """Greedy to the last token as jllm's ``ignore_eos`` is: no EOS stops a sequence, and none is banned."""
     model.generation_config.eos_token_id = None
 
-    def generate(prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
-        return [t[:n] for t, n in zip(hf_generate(model, prompts, max(lengths)), lengths, strict=True)]
+    def generate(prompts: list[list[int]], lengths: list[int], max_time: float | None = None) -> list[list[int]]:
+        """``max_time``: seconds after which transformers stops the batch (each row then has what it made)."""
+        extra = {} if max_time is None else {"max_time": max_time}
+        return [t[:n] for t, n in zip(hf_generate(model, prompts, max(lengths), **extra), lengths, strict=True)]
 
     return generate
 

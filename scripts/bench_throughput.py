@@ -13,8 +13,8 @@ jllm gets every prompt at once after start-up and one warm-up call: output token
 tokens/s over the call's wall time. transformers (eager PyTorch ``generate``; on CUDA in jllm's dtype, on the CPU
 in float32; random weights of the same config) runs the first ``--hf-num-prompts`` prompts, in their random order,
 at each of ``--hf-batch-sizes``, left-padded, each batch as long as its longest output (static batching: shorter
-outputs count only their own length, the rest is waste), a batch size stopping after the batch that passes
-``--hf-max-seconds``; its best output tokens/s is reported. The roofline is ``bench_common.generation_roofline``
+outputs count only their own length, the rest is waste), each batch size for ``--hf-max-seconds`` at most (the
+batch then running is cut, its tokens so far counted); its best output tokens/s is reported. The roofline is ``bench_common.generation_roofline``
 at the YAML's ``max_num_seqs``. With ``--same-weights`` jllm loads transformers' random weights and its greedy
 tokens are compared with those of transformers' smallest batch size.
 
@@ -28,6 +28,7 @@ import argparse
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,19 @@ def stats(lengths: list[int]) -> dict[str, float]:
 
 
 def hf_throughput(
-    generate: common.Generate,
+    generate: Callable[..., list[list[int]]],
     prompts: list[list[int]],
     inputs: list[int],
     outputs: list[int],
     batch_sizes: list[int],
     max_seconds: float,
 ) -> list[dict[str, Any]]:
-    """Per batch size: output and total tokens/s over the batches done before ``max_seconds`` passed."""
+    """Per batch size: output and total tokens/s over ``max_seconds`` at most.
+
+    ``generate(prompts, lengths, max_time=s)`` is transformers' (``bench_common.hf_generator``). A static batch runs
+    as long as its longest output, so one batch of the long tail could take minutes: the batch running at the
+    deadline is cut there, and the tokens it made so far count. Only whole batches' tokens are kept for agreement.
+    """
     import torch
 
     k = len(prompts)
@@ -75,27 +81,33 @@ def hf_throughput(
     runs = []
     for b in batch_sizes:
         b = min(b, k)
-        tokens: list[list[int]] = []
+        whole: list[list[int]] = []  # tokens of the batches that finished
+        out_tokens = in_tokens = 0
         start = time.perf_counter()
         try:
             for i in range(0, k, b):
-                tokens += generate(prompts[i : i + b], outputs[i : i + b])
-                if time.perf_counter() - start > max_seconds:
+                left = max_seconds - (time.perf_counter() - start)
+                if left <= 0:
                     break
+                batch = generate(prompts[i : i + b], outputs[i : i + b], max_time=left)
+                out_tokens += sum(map(len, batch))
+                in_tokens += sum(inputs[i : i + b])
+                if any(len(t) < n for t, n in zip(batch, outputs[i : i + b], strict=True)):
+                    break  # cut by the deadline
+                whole += batch
         except torch.OutOfMemoryError as e:
             torch.cuda.empty_cache()
             runs.append({"batch_size": b, "error": f"out of memory: {e}"[:300]})
             print(f"  batch {b}: out of memory", flush=True)
             continue
         wall = time.perf_counter() - start
-        done = len(tokens)
-        out_tokens = sum(outputs[:done])
         runs.append({
-            "batch_size": b, "prompts": done, "output_tokens": out_tokens, "wall_s": wall,
-            "output_tokens_per_s": out_tokens / wall, "total_tokens_per_s": (out_tokens + sum(inputs[:done])) / wall,
-            "time_limited": done < k, "tokens": tokens,
+            "batch_size": b, "prompts": len(whole), "output_tokens": out_tokens, "wall_s": wall,
+            "output_tokens_per_s": out_tokens / wall, "total_tokens_per_s": (out_tokens + in_tokens) / wall,
+            "time_limited": len(whole) < k, "tokens": whole,
         })  # fmt: skip
-        print(f"  batch {b}: {out_tokens / wall:.1f} output tokens/s ({done} prompts, {wall:.1f} s)", flush=True)
+        print(f"  batch {b}: {out_tokens / wall:.1f} output tokens/s ({len(whole)} whole prompts, {wall:.1f} s)",
+              flush=True)  # fmt: skip
     return runs
 
 
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="transformers: comma-separated batch sizes (default 1,8,32,128)")  # fmt: skip
     parser.add_argument("--hf-num-prompts", type=int, default=128, help="transformers: the first N prompts (128)")
     parser.add_argument("--hf-max-seconds", type=float, default=60.0,
-                        help="transformers: each batch size stops after the batch past this (default 60)")  # fmt: skip
+                        help="transformers: seconds per batch size; the batch then running is cut (60)")  # fmt: skip
     args, bench = common.parse_args(parser, argv)
     if args.dataset == "random" and args.input_len + args.output_len > bench.max_model_len:
         parser.error(f"--input-len {args.input_len} + --output-len {args.output_len} exceed max_model_len="

@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,22 @@ def test_random_dataset_lengths_must_fit_the_context(in_repo_root: Path, capsys:
     with pytest.raises(SystemExit):
         bench_throughput.main(argv)
     assert "--input-len 500 + --output-len 13 exceed max_model_len=512" in capsys.readouterr().err
+
+
+def test_transformers_batch_running_at_the_deadline_is_cut_and_its_tokens_count() -> None:
+    # A fake transformers at 1 ms a step that honours max_time as generate does: a batch of the long tail (1000
+    # tokens) would take 1 s, past the 0.1 s budget, so it stops there with the tokens made so far.
+    def generate(prompts: list[list[int]], lengths: list[int], max_time: float | None = None) -> list[list[int]]:
+        steps = max(lengths) if max_time is None else min(max(lengths), int(max_time / 1e-3))
+        time.sleep(steps * 1e-3)
+        return [[7] * min(n, steps) for n in lengths]
+
+    outputs = [10, 10, 10, 1000]
+    (run,) = bench_throughput.hf_throughput(generate, [[1, 2]] * 4, [2] * 4, outputs, [2], max_seconds=0.1)
+    assert run["prompts"] == 2 and run["tokens"] == [[7] * 10] * 2 and run["time_limited"]
+    assert 20 + 10 < run["output_tokens"] < sum(outputs)  # the cut batch's partial tokens count
+    assert run["wall_s"] < 0.5 * sum(outputs) * 1e-3  # never the whole long tail
+    assert run["output_tokens_per_s"] == run["output_tokens"] / run["wall_s"]
 
 
 def test_sharegpt_like_lengths_are_seeded_with_the_target_means() -> None:
