@@ -14,9 +14,9 @@ tokens/s over the call's wall time. transformers (eager PyTorch ``generate``; on
 in float32; random weights of the same config) runs the first ``--hf-num-prompts`` prompts, in their random order,
 at each of ``--hf-batch-sizes``, left-padded, each batch as long as its longest output (static batching: shorter
 outputs count only their own length, the rest is waste), each batch size for ``--hf-max-seconds`` at most (the
-batch then running is cut, its tokens so far counted); its best output tokens/s is reported. The roofline is ``bench_common.generation_roofline``
-at the YAML's ``max_num_seqs``. With ``--same-weights`` jllm loads transformers' random weights and its greedy
-tokens are compared with those of transformers' smallest batch size.
+batch then running is cut, its tokens so far counted); its best output tokens/s is reported. The roofline is
+``bench_common.generation_roofline`` at the YAML's ``max_num_seqs``. With ``--same-weights`` jllm loads
+transformers' random weights and its greedy tokens are compared with those of transformers' smallest batch size.
 
     PYTHONPATH=. python scripts/bench_throughput.py --config configs/llama3-8b-h100.yaml --json tput.json
     PYTHONPATH=. python scripts/bench_throughput.py --dataset random --input-len 1024 --output-len 128

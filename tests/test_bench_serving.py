@@ -21,6 +21,7 @@ _spec = importlib.util.spec_from_file_location("bench_serving", _SCRIPTS / "benc
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench_serving"] = bench  # dataclasses look their module up
 _spec.loader.exec_module(bench)
+sweep = importlib.import_module("sweep_serving")
 
 
 def _trace() -> list:
@@ -120,3 +121,31 @@ def test_end_to_end_against_the_real_server(
     assert json.loads(out.read_text())["completed"] == 8
     table = capsys.readouterr().out
     assert "Serving Benchmark Result" in table and "P99 TPOT (ms):" in table and "Failed requests:" in table
+
+
+def test_sweep_runs_each_point_and_plots_both_figures(
+    default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    model = tiny_chat_model(tmp_path_factory.getbasetemp(), default_model_dir)
+    config = engine_config(model, served_model_name="tiny-sweep")
+    with RunningServer(LLMEngine(config), config) as server:
+        result = sweep.main(
+            ["--base-url", server.url, "--concurrencies", "1,3", "--request-rates", "50,400", "--num-prompts", "4"]
+            + ["--input-len", "8", "--output-len", "4", "--max-token-id", "49152", "--out-dir", str(tmp_path)]
+            + ["--json", str(tmp_path / "sweep.json")]
+        )
+    assert [p["max_concurrency"] for p in result["concurrency"]] == [1, 3]
+    assert [p["request_rate"] for p in result["request_rate"]] == [50.0, 400.0]
+    for p in result["concurrency"] + result["request_rate"]:
+        assert (p["completed"], p["num_errors"], p["total_output_tokens"]) == (4, 0, 16)
+        assert 0 < p["median_ttft_ms"] <= p["p99_ttft_ms"] and p["output_throughput"] > 0
+        assert "ttfts" not in p  # summaries only
+    assert json.loads((tmp_path / "sweep.json").read_text())["concurrency"][1]["max_concurrency"] == 3
+    for name in ("serving_vs_concurrency.png", "serving_vs_request_rate.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
+
+
+def test_sweep_refuses_a_bad_list() -> None:
+    with pytest.raises(SystemExit):
+        sweep.build_parser().parse_args(["--concurrencies", "4,0"])
