@@ -64,7 +64,9 @@ def parse_run(run: Any) -> RunSpec:
     if ("prompts" in run) == ("prompts_file" in run):
         raise ConfigError("run needs exactly one of prompts (a list of strings) and prompts_file (a path)")
     if "prompts_file" in run:
-        prompts = read_prompts(Path(str(run["prompts_file"])))
+        if not isinstance(run["prompts_file"], str):
+            raise ConfigError(f"run.prompts_file must be a path, got {run['prompts_file']!r}")
+        prompts = read_prompts(Path(run["prompts_file"]))
         if not prompts:
             raise ConfigError(f"run.prompts_file={str(run['prompts_file'])!r} holds no prompts")
     else:
@@ -79,13 +81,15 @@ def parse_run(run: Any) -> RunSpec:
         output = Path(str(output))
         if not output.parent.is_dir():
             raise ConfigError(f"run.output={str(output)!r}: directory {str(output.parent)!r} does not exist")
+        if output.is_dir():  # found now, not when writing after the whole batch has run
+            raise ConfigError(f"run.output={str(output)!r} is a directory; give a file path")
     return RunSpec(prompts, chat, parse_sampling(run.get("sampling") or {}), output)
 
 
 def parse_sampling(values: Any) -> SamplingParams:
     if not isinstance(values, dict):
         raise ConfigError(f"run.sampling must be a mapping of SamplingParams fields, got {type(values).__name__}")
-    names = [f.name for f in dataclasses.fields(SamplingParams)]
+    names = [f.name for f in dataclasses.fields(SamplingParams) if f.name != "output_kind"]  # LLM.generate sets it
     for key in values:
         if key not in names:
             raise unknown_key_error(key, names, where="sampling key")

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -169,6 +169,8 @@ class ServerConfig(_Section):
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        # An empty key (often an unset environment variable) would otherwise switch authentication off unnoticed.
+        self._require(self.api_key != "", "api_key", "must be non-empty; leave it out to serve without a key")
         self._require(self.max_queued_requests >= 1, "max_queued_requests", "must be >= 1")
         self._require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0")
 
@@ -230,13 +232,29 @@ def key_type(key: str) -> tuple[type, tuple[Any, ...] | None]:
     raise unknown_key_error(key, engine_keys())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a config file that says a key twice is a mistake to point out."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                break  # SafeLoader's own check names the unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file's top-level mapping; every way of failing is a ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {what}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"config file {str(path)!r} is not readable YAML: {e}") from e
     if data is None:

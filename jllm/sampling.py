@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 SAMPLING_EPS = 1e-5  # temperatures below this mean greedy (vLLM's _SAMPLING_EPS)
 MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logits / 1e-5 overflow to inf/NaN
 MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
+MAX_INT32 = 2**31 - 1  # top_k and token ids go to the device as int32: a larger one would kill the step loop
+SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as vLLM and OpenAI accept
 
 
 class RequestOutputKind(Enum):
@@ -58,8 +60,9 @@ class SamplingParams:
         elif isinstance(self.stop, str):
             self.stop = [self.stop]
         else:
-            self.stop = list(self.stop)
-        self.stop_token_ids = [] if self.stop_token_ids is None else list(dict.fromkeys(self.stop_token_ids))
+            self.stop = _as_list("stop", self.stop, "a string or a list of non-empty strings")
+        ids = [] if self.stop_token_ids is None else _as_list("stop_token_ids", self.stop_token_ids, "a list of ids")
+        self.stop_token_ids = list(dict.fromkeys(ids))
         if self.top_k == -1:
             self.top_k = 0
         self._validate()
@@ -79,13 +82,13 @@ class SamplingParams:
         _check_int("n", self.n, low=1)
         _check_real("temperature", self.temperature, "be >= 0", lambda v: v >= 0.0)
         _check_real("top_p", self.top_p, "be in (0, 1]", lambda v: 0.0 < v <= 1.0)
-        _check_int("top_k", self.top_k, low=0, hint="0 or -1 (off) or at least 1")
+        _check_int("top_k", self.top_k, low=0, high=MAX_INT32, hint=f"0 or -1 (off) or in [1, {MAX_INT32}]")
         _check_real("min_p", self.min_p, "be in [0, 1]", lambda v: 0.0 <= v <= 1.0)
         for name in ("presence_penalty", "frequency_penalty"):
             _check_real(name, getattr(self, name), "be in [-2, 2]", lambda v: -2.0 <= v <= 2.0)
         _check_real("repetition_penalty", self.repetition_penalty, "be > 0 (1 = off)", lambda v: v > 0.0)
         if self.seed is not None:
-            _check_int("seed", self.seed)
+            _check_int("seed", self.seed, *SEED_RANGE)
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, low=1, hint="at least 1, or None for the context limit")
         _check_int("min_tokens", self.min_tokens, low=0)
@@ -97,8 +100,15 @@ class SamplingParams:
                 _check_int(name, value, low=0, high=MAX_LOGPROBS)
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
-        if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        if not all(_is_int(t) and 0 <= t <= MAX_INT32 for t in self.stop_token_ids):
+            raise ValueError(
+                f"stop_token_ids must be non-negative integers up to {MAX_INT32}, got {self.stop_token_ids!r}"
+            )
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
         if self.n > 1 and self.is_greedy:
             raise ValueError(f"n must be 1 when temperature is 0 (greedy samples would all be equal), got {self.n}")
 
@@ -109,6 +119,13 @@ class SamplingParams:
     @property
     def uses_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+def _as_list(name: str, value: object, allowed: str) -> list:
+    """``value`` as a list, when it is a list or tuple (a YAML or Python caller may send anything)."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return list(value)
 
 
 def _is_int(value: object) -> bool:

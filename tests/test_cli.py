@@ -200,6 +200,12 @@ def test_job_splits_engine_keys_from_the_run_section(tmp_path: Path) -> None:
         ({"prompts": ["a"], "output": "no/such/dir/out.jsonl"}, "directory 'no/such/dir' does not exist"),
         ({"prompts_file": "missing.txt"}, "run.prompts_file='missing.txt' cannot be read"),
         (["a"], "run must be a mapping"),
+        ({"prompts": ["a"], "sampling": {"stop": 5}}, "run.sampling: stop must be a string or a list"),
+        ({"prompts": ["a"], "sampling": {"stop_token_ids": 5}}, "run.sampling: stop_token_ids must be a list"),
+        ({"prompts": ["a"], "sampling": {"ignore_eos": "yes"}}, "run.sampling: ignore_eos must be true or false"),
+        ({"prompts": ["a"], "sampling": {"output_kind": 1}}, "unknown sampling key 'output_kind'"),
+        ({"prompts": ["a"], "output": "."}, "run.output='.' is a directory"),
+        ({"prompts_file": None}, "run.prompts_file must be a path, got None"),
     ],
 )
 def test_bad_run_section_names_the_field(tmp_path: Path, run: object, message: str, capsys) -> None:

@@ -151,6 +151,21 @@ def test_the_same_key_twice_in_one_file_is_an_error(tmp_path: Path) -> None:
         load_config(write(tmp_path / "c.yaml", "max_model_len: 10\nmax-model-len: 20\n"))
 
 
+def test_a_key_repeated_verbatim_in_yaml_is_an_error_not_the_last_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key 'max_num_seqs' is given twice"):
+        load_config(write(tmp_path / "c.yaml", "max_num_seqs: 4\nmax_num_seqs: 8\n"))
+
+
+def test_empty_api_key_is_refused_instead_of_turning_auth_off() -> None:
+    with pytest.raises(ConfigError, match="api_key='' is not allowed: must be non-empty"):
+        load_config(api_key="")
+
+
+def test_config_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_config(tmp_path)
+
+
 def test_missing_yaml_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match=f"config file '{path}' does not exist"):

@@ -210,6 +210,38 @@ def test_models_tokenize_and_detokenize(client: openai.OpenAI, server: RunningSe
     assert chat_tokens["count"] == usage.prompt_tokens
 
 
+def test_neutral_values_of_unsupported_fields_are_accepted(client: openai.OpenAI) -> None:
+    """Clients that always send these fields, at values asking for nothing this server lacks, keep working."""
+    chat = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=2, tools=[], tool_choice="none", response_format={"type": "text"}
+    )
+    assert chat.usage.completion_tokens == 2
+    completion = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, best_of=1, logit_bias={})
+    assert completion.usage.completion_tokens == 2
+
+
+def test_chat_without_generation_prompt_renders_like_tokenize(client: openai.OpenAI, server: RunningServer) -> None:
+    async def tokenize(add_generation_prompt: bool) -> int:
+        body = {"messages": CHAT, "add_generation_prompt": add_generation_prompt}
+        async with aiohttp.ClientSession(headers=AUTH) as session:
+            async with session.post(f"{server.url}/tokenize", json=body) as response:
+                return (await response.json())["count"]
+
+    usage = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=1, extra_body={"add_generation_prompt": False}
+    ).usage
+    assert usage.prompt_tokens == asyncio.run(tokenize(False)) < asyncio.run(tokenize(True))
+
+
+def test_text_parts_read_like_one_string(client: openai.OpenAI) -> None:
+    parts = [{"type": "text", "text": "Say hi "}, {"type": "text", "text": "in French."}]
+    as_parts = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": parts}], max_tokens=6, temperature=0
+    )
+    as_string = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, temperature=0)
+    assert as_parts.choices[0].message.content == as_string.choices[0].message.content
+
+
 def test_sse_framing_byte_for_byte(server: RunningServer) -> None:
     body = {
         "model": MODEL,

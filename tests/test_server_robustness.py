@@ -102,7 +102,8 @@ BAD_INPUTS = [
     Case("missing prompt", _with(COMPLETION, prompt=DROP), 400, "prompt"),
     Case("prompt is a number", _with(COMPLETION, prompt=5), 400, "prompt"),
     Case("prompt list is empty", _with(COMPLETION, prompt=[]), 400, "prompt"),
-    Case("prompt is an empty string", _with(COMPLETION, prompt=""), 400),
+    Case("prompt is an empty string", _with(COMPLETION, prompt=""), 400, "prompt"),
+    Case("one of the prompts is empty", _with(COMPLETION, prompt=["hi", ""]), 400, "prompt"),
     Case("prompt token outside the vocabulary", _with(COMPLETION, prompt=[1, 10**6]), 400, "prompt"),
     Case("negative prompt token", _with(COMPLETION, prompt=[[5], [-1]]), 400, "prompt"),
     Case("prompt token beyond 64 bits", _with(COMPLETION, prompt=[2**70], echo=True), 400, "prompt"),
@@ -121,7 +122,17 @@ BAD_INPUTS = [
     Case("stop is an empty string", _with(COMPLETION, stop=[""]), 400, "stop"),
     Case("min_tokens above max_tokens", _with(COMPLETION, min_tokens=5), 400, "min_tokens"),
     Case("stream is a string", _with(COMPLETION, stream="yes"), 400, "stream"),
-    Case("stream_options without stream", _with(COMPLETION, stream_options={"include_usage": True}), 400),
+    Case("stream_options without stream", _with(COMPLETION, stream_options={"include_usage": True}), 400,
+         "stream_options", message_start="stream_options: is only allowed when stream is true"),
+    Case("seed beyond 64 bits", _with(COMPLETION, seed=2**63), 400, "seed"),
+    Case("top_k beyond 32 bits", _with(COMPLETION, top_k=2**31), 400, "top_k"),
+    Case("stop_token_ids beyond 32 bits", _with(COMPLETION, stop_token_ids=[2**31]), 400, "stop_token_ids"),
+    Case("best_of above n", _with(COMPLETION, best_of=2), 400, "best_of"),
+    Case("best_of is zero", _with(COMPLETION, best_of=0), 400, "best_of"),
+    Case("logit_bias is given", _with(COMPLETION, logit_bias={"5": 10}), 400, "logit_bias"),
+    Case("suffix is given", _with(COMPLETION, suffix="def f():"), 400, "suffix"),
+    Case("response_format asks for JSON", _with(COMPLETION, response_format={"type": "json_object"}), 400,
+         "response_format"),
     Case("prompt over the context", _with(COMPLETION, prompt="hello " * 300), 400, None, "context_length_exceeded",
          message_start=TOO_LONG),
     Case("unknown model", _with(COMPLETION, model="gpt-5"), 404, "model", "model_not_found"),
@@ -132,6 +143,14 @@ BAD_INPUTS = [
     Case("image content part", _message(content=[{"type": "image_url", "image_url": {"url": "x"}}]), 400, "messages",
          path=CHAT_PATH),
     Case("top_logprobs without logprobs", _with(CHAT, top_logprobs=2), 400, "top_logprobs", path=CHAT_PATH),
+    Case("top_logprobs over 20", _with(CHAT, logprobs=True, top_logprobs=21), 400, "top_logprobs", path=CHAT_PATH),
+    Case("max_completion_tokens is zero", _with(CHAT, max_completion_tokens=0), 400, "max_completion_tokens",
+         path=CHAT_PATH),
+    Case("tools are given", _with(CHAT, tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools",
+         path=CHAT_PATH),
+    Case("tool_choice is auto", _with(CHAT, tool_choice="auto"), 400, "tool_choice", path=CHAT_PATH),
+    Case("unknown response_format", _with(CHAT, response_format={"type": "yaml"}), 400, "response_format",
+         path=CHAT_PATH),
     Case("chat over the context", _message(content="hello " * 300), 400, None, "context_length_exceeded",
          path=CHAT_PATH, message_start=TOO_LONG),
     Case("unknown chat model", _with(CHAT, model="gpt-5"), 404, "model", "model_not_found", path=CHAT_PATH),
@@ -166,7 +185,7 @@ def test_bad_input_gets_its_status_and_openai_error_json(shared_server: RunningS
     assert isinstance(error["message"], str) and error["message"].startswith(case.message_start)
     assert error["type"] == "invalid_request_error"
     if case.param is not None:
-        assert error["param"] == case.param, error
+        assert error["param"] == case.param and case.param in error["message"], error
     if case.code is not None:
         assert error["code"] == case.code, error
 
@@ -179,6 +198,20 @@ def test_server_still_answers_after_bad_inputs(shared_server: RunningServer, eng
     assert reply.status == 200 and reply.json()["usage"]["completion_tokens"] == 2
     assert http("GET", f"{shared_server.url}/health").status == 200
     assert not engine.requests
+
+
+@pytest.mark.parametrize(
+    "changes", [{"top_k": 2**40}, {"seed": 2**64}, {"stop_token_ids": [2**40], "min_tokens": 1}], ids=str
+)
+def test_integers_too_wide_for_the_device_are_refused_before_they_reach_the_engine(
+    shared_server: RunningServer, engine: LLMEngine, changes: dict
+) -> None:
+    """A top_k beyond int32 used to reach the step's NumPy arrays and kill the engine loop for every client."""
+    body = {**COMPLETION, "temperature": 1.0, **changes}
+    refused = http("POST", f"{shared_server.url}/v1/completions", json_body=body, headers=AUTH)
+    assert refused.status == 400 and refused.json()["error"]["param"] == next(iter(changes))
+    reply = http("POST", f"{shared_server.url}/v1/completions", json_body=COMPLETION, headers=AUTH)
+    assert reply.status == 200 and not engine.requests
 
 
 async def _read_until_content(response: aiohttp.ClientResponse) -> None:

@@ -37,7 +37,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state.check_model(body.model)
     engine = state.require_engine()
     params = body.sampling_params()
-    prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages, True)
+    prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages, body.add_generation_prompt)
     generation = await Generation.start(engine, request_id(request), [prompt], params, state.metrics)
     response_id, created = f"chatcmpl-{request_id(request)}", int(time.time())
     top = body.top_logprobs or 0

@@ -42,7 +42,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
 
 
 def _to_prompts(tokenizer: Tokenizer, prompts: list[str | list[int]], echo: bool) -> list[Prompt]:
-    """Tokenizes off the event loop (a long prompt takes a while); token-id prompts are decoded only for ``echo``."""
+    """Tokenizes off the event loop (a long prompt takes a while); token-id prompts are decoded only for ``echo``.
+    A prompt of no tokens is a 400 (the engine needs one to start from)."""
     out = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -50,6 +51,8 @@ def _to_prompts(tokenizer: Tokenizer, prompts: list[str | list[int]], echo: bool
         else:
             check_token_ids(tokenizer, prompt, "prompt")
             out.append(Prompt(prompt, tokenizer.decode(prompt) if echo else None))
+        if not out[-1].token_ids:
+            raise bad_request("prompt is empty: give at least one token", param="prompt")
     return out
 
 

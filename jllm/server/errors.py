@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from jllm.async_engine import EngineUnavailableError, QueueFullError
 from jllm.engine import ContextLengthError
@@ -57,10 +58,15 @@ def from_validation_error(error: ValidationError) -> APIError:
     problems = error.errors(include_url=False)
     if problems[0]["type"] == "json_invalid":
         return bad_request(f"the request body is not valid JSON: {problems[0]['msg']}")
-    described = [f"{'.'.join(map(str, p['loc'])) or 'body'}: {p['msg']}" for p in problems[:3]]
+    described = [f"{'.'.join(map(str, p['loc'])) or 'body'}: {_message(p)}" for p in problems[:3]]
     more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
     loc = problems[0]["loc"]
     return bad_request("; ".join(described) + more, param=str(loc[0]) if loc else None)
+
+
+def _message(problem: ErrorDetails) -> str:
+    """pydantic's message, less the "Value error, " it puts before our own validators' messages."""
+    return problem["msg"].removeprefix("Value error, ")
 
 
 def from_engine_error(error: Exception) -> APIError:

@@ -29,7 +29,9 @@ def check_token_ids(tokenizer: Tokenizer, token_ids: list[int], param: str) -> N
     """Client token ids must be in the vocabulary before anything decodes them (the decoder overflows on -1)."""
     bad = [t for t in token_ids if not 0 <= t < tokenizer.vocab_size]
     if bad:
-        raise bad_request(f"token id {bad[0]} is outside the vocabulary [0, {tokenizer.vocab_size})", param=param)
+        raise bad_request(
+            f"{param}: token id {bad[0]} is outside the vocabulary [0, {tokenizer.vocab_size})", param=param
+        )
 
 
 @dataclass

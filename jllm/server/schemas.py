@@ -1,8 +1,10 @@
 """Request and response bodies of the OpenAI API (plus vLLM's extra sampling fields), as pydantic models.
 
 Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. Unknown fields are
-ignored, as vLLM does, so clients that send newer OpenAI fields keep working. Range checks stay in
-``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming the field.
+ignored, as vLLM does, so clients that send newer OpenAI fields keep working; but a known field asking for what this
+server cannot do (``logit_bias``, ``tools``, JSON ``response_format``, ``suffix``, ``best_of`` > n) is a 400 naming
+it, since ignoring it would return something else than asked for. Range checks stay in ``SamplingParams`` (one
+definition of what is allowed); a violation there becomes a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer
 
-from jllm.sampling import SamplingParams
+from jllm.sampling import MAX_LOGPROBS, SamplingParams
 from jllm.server.errors import bad_request
 
 MAX_N = 128  # OpenAI's limit on choices per request; also bounds the sequences one request can create
@@ -23,6 +25,17 @@ class _Request(BaseModel):
 
 class StreamOptions(_Request):
     include_usage: bool = False
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+
+    @field_validator("type")
+    @classmethod
+    def _only_text(cls, value: str) -> str:
+        if value != "text":
+            raise ValueError(f"{value!r} is not supported: this server has no guided decoding; use 'text'")
+        return value
 
 
 class _GenerationRequest(_Request):
@@ -47,12 +60,30 @@ class _GenerationRequest(_Request):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
+    best_of: int | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n")
+        if value is not None and n is not None and value != n:
+            raise ValueError(f"must equal n={n}, got {value}: ranking more samples than are returned is not supported")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("is not supported by this server; leave it out")
+        return value
 
     @field_validator("stream_options")
     @classmethod
     def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
         if value is not None and not info.data.get("stream"):
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise ValueError("is only allowed when stream is true")
         return value
 
     @property
@@ -60,8 +91,14 @@ class _GenerationRequest(_Request):
         return self.stream_options is not None and self.stream_options.include_usage
 
     def _sampling_params(
-        self, *, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None
+        self,
+        *,
+        max_tokens: int | None,
+        logprobs: int | None,
+        prompt_logprobs: int | None = None,
+        sent_as: dict[str, str] | None = None,
     ) -> SamplingParams:
+        """``sent_as`` renames a SamplingParams field in errors to the request field it came from."""
         optional = {
             name: getattr(self, name)
             for name in (
@@ -87,8 +124,9 @@ class _GenerationRequest(_Request):
                 n=self.n, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **optional
             )
         except ValueError as e:  # SamplingParams' messages start with the field's name
-            field = str(e).split(maxsplit=1)[0]
-            raise bad_request(str(e), param=field if field in type(self).model_fields else None) from e
+            field, _, rest = str(e).partition(" ")
+            field = (sent_as or {}).get(field, field)
+            raise bad_request(f"{field} {rest}", param=field if field in type(self).model_fields else None) from e
 
 
 class TextPart(_Request):
@@ -110,25 +148,51 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens; wins when both are given
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    add_generation_prompt: bool = True  # vLLM's: False renders the messages without the assistant's opening
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_calls(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value not in (None, "none"):
+            raise ValueError(f"{value!r} is not supported: this server does not call tools; use 'none'")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("are not supported: this server does not call tools; leave them out")
+        return value
 
     @field_validator("top_logprobs")
     @classmethod
     def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None and not info.data.get("logprobs"):
-            raise ValueError("top_logprobs needs logprobs set to true")
+            raise ValueError("needs logprobs set to true")
         return value
 
     def sampling_params(self) -> SamplingParams:
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._sampling_params(max_tokens=max_tokens, logprobs=logprobs)
+        sent_as = {"max_tokens": "max_completion_tokens"} if self.max_completion_tokens is not None else None
+        return self._sampling_params(max_tokens=max_tokens, logprobs=logprobs, sent_as=sent_as)
 
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = None
     echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("is not supported: the served models do not fill in the middle")
+        return value
 
     def sampling_params(self) -> SamplingParams:
         echo_logprobs = self.logprobs if self.echo else None
