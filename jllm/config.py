@@ -169,6 +169,8 @@ class ServerConfig(_Section):
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        # aiohttp reads an empty host as every interface: say 0.0.0.0 for that, so it is never an accident.
+        self._require(self.host.strip() != "", "host", "must be non-empty (0.0.0.0 listens on every interface)")
         # An empty key (often an unset environment variable) would otherwise switch authentication off unnoticed.
         self._require(self.api_key != "", "api_key", "must be non-empty; leave it out to serve without a key")
         self._require(self.max_queued_requests >= 1, "max_queued_requests", "must be >= 1")

@@ -161,6 +161,11 @@ def test_empty_api_key_is_refused_instead_of_turning_auth_off() -> None:
         load_config(api_key="")
 
 
+def test_empty_host_is_refused_instead_of_listening_everywhere() -> None:
+    with pytest.raises(ConfigError, match="host='' is not allowed: must be non-empty"):
+        load_config(host="")
+
+
 def test_config_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory, not a file"):
         load_config(tmp_path)

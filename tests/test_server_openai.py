@@ -233,6 +233,26 @@ def test_chat_without_generation_prompt_renders_like_tokenize(client: openai.Ope
     assert usage.prompt_tokens == asyncio.run(tokenize(False)) < asyncio.run(tokenize(True))
 
 
+def test_continue_final_message_leaves_the_last_message_open(client: openai.OpenAI, server: RunningServer) -> None:
+    opened = [*CHAT, {"role": "assistant", "content": "Bonjour"}]
+
+    async def tokenize(**options: bool) -> int:
+        async with aiohttp.ClientSession(headers=AUTH) as session:
+            async with session.post(f"{server.url}/tokenize", json={"messages": opened, **options}) as response:
+                return (await response.json())["count"]
+
+    extra = {"add_generation_prompt": False, "continue_final_message": True}
+    usage = client.chat.completions.create(model=MODEL, messages=opened, max_tokens=1, extra_body=extra).usage
+    closed = asyncio.run(tokenize(add_generation_prompt=False))  # the assistant's turn ends after "Bonjour"
+    assert 0 < usage.prompt_tokens < closed  # the same messages, less the end-of-turn tokens
+
+
+def test_an_assistant_message_may_have_null_content(client: openai.OpenAI) -> None:
+    messages = [*CHAT, {"role": "assistant", "content": None}, {"role": "user", "content": "Again."}]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+
+
 def test_text_parts_read_like_one_string(client: openai.OpenAI) -> None:
     parts = [{"type": "text", "text": "Say hi "}, {"type": "text", "text": "in French."}]
     as_parts = client.chat.completions.create(

@@ -37,7 +37,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state.check_model(body.model)
     engine = state.require_engine()
     params = body.sampling_params()
-    prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages, body.add_generation_prompt)
+    prompt = await asyncio.to_thread(
+        render_chat, engine.tokenizer, body.messages, body.add_generation_prompt, body.continue_final_message
+    )
     generation = await Generation.start(engine, request_id(request), [prompt], params, state.metrics)
     response_id, created = f"chatcmpl-{request_id(request)}", int(time.time())
     top = body.top_logprobs or 0
@@ -61,13 +63,17 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         generation.close()
 
 
-def render_chat(tokenizer: Tokenizer, messages: list[ChatMessage], add_generation_prompt: bool) -> Prompt:
+def render_chat(
+    tokenizer: Tokenizer, messages: list[ChatMessage], add_generation_prompt: bool, continue_final_message: bool = False
+) -> Prompt:
     """The prompt's token ids through the model's chat template (a template that rejects the messages is a 400)."""
     try:
         text = tokenizer.apply_chat_template(
-            [m.for_template() for m in messages], add_generation_prompt=add_generation_prompt
+            [m.for_template() for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
         )
-    except jinja2.TemplateError as e:
+    except (jinja2.TemplateError, ValueError) as e:  # transformers: ValueError when the last message is not found
         raise bad_request(f"the chat template rejected these messages: {e}", param="messages") from e
     return Prompt(tokenizer.encode(text, add_special_tokens=False), text)
 

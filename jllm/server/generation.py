@@ -71,7 +71,15 @@ class Generation:
         params: SamplingParams,
         metrics: ServerMetrics,
     ) -> Generation:
-        """Admits every prompt or none: bad input in any prompt raises, and the ones already admitted are aborted."""
+        """Admits every prompt or none: bad input in any prompt raises, and the ones already admitted are aborted.
+
+        More prompts than the queue can ever hold is a 400, not a 429: retrying would fail the same way."""
+        if len(prompts) > engine.max_queued_requests:
+            raise bad_request(
+                f"prompt: {len(prompts)} prompts in one request exceed the server's max_queued_requests="
+                f"{engine.max_queued_requests}; send them in smaller requests",
+                param="prompt",
+            )
         streams: list[RequestStream] = []
         try:
             for i, prompt in enumerate(prompts):

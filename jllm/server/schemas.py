@@ -136,11 +136,19 @@ class TextPart(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None = None  # None only for the assistant (OpenAI's, beside tool calls)
+
+    @field_validator("content")
+    @classmethod
+    def _only_the_assistant_says_nothing(cls, value: str | list[TextPart] | None, info: ValidationInfo) -> Any:
+        if value is None and info.data.get("role") != "assistant":
+            raise ValueError("is required (null is only allowed in an assistant message)")
+        return value
 
     def for_template(self) -> dict[str, str]:
         """The plain {role, content} a chat template expects ("developer" is OpenAI's newer name for "system")."""
-        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(part.text for part in content)
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
@@ -150,8 +158,24 @@ class ChatCompletionRequest(_GenerationRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True  # vLLM's: False renders the messages without the assistant's opening
+    continue_final_message: bool = False  # vLLM's: the reply continues the last message, left open
+    echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
     tool_choice: str | dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+
+    @field_validator("continue_final_message")
+    @classmethod
+    def _continue_without_generation_prompt(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("add_generation_prompt", True):
+            raise ValueError("needs add_generation_prompt set to false (the reply continues the last message)")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _no_chat_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("is not supported for chat completions; leave it out")
+        return value
 
     @field_validator("tool_choice")
     @classmethod
