@@ -27,6 +27,18 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+def _refused_when_set(field: str, why: str) -> Any:
+    """A validator for a known field this server cannot honour: any non-empty value is a 400 saying ``why``
+    (ignoring it would return something else than asked for); an empty one (``{}``, ``""``, false) passes."""
+
+    def refuse(cls: type, value: Any) -> Any:
+        if value:
+            raise ValueError(why)
+        return value
+
+    return field_validator(field)(classmethod(refuse))
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
 
@@ -72,12 +84,7 @@ class _GenerationRequest(_Request):
             raise ValueError(f"must equal n={n}, got {value}: ranking more samples than are returned is not supported")
         return value
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("is not supported by this server; leave it out")
-        return value
+    _no_logit_bias = _refused_when_set("logit_bias", "is not supported by this server; leave it out")
 
     @field_validator("stream_options")
     @classmethod
@@ -170,25 +177,14 @@ class ChatCompletionRequest(_GenerationRequest):
             raise ValueError("needs add_generation_prompt set to false (the reply continues the last message)")
         return value
 
-    @field_validator("echo")
-    @classmethod
-    def _no_chat_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("is not supported for chat completions; leave it out")
-        return value
+    _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
+    _no_tools = _refused_when_set("tools", "are not supported: this server does not call tools; leave them out")
 
     @field_validator("tool_choice")
     @classmethod
     def _no_tool_calls(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
         if value not in (None, "none"):
             raise ValueError(f"{value!r} is not supported: this server does not call tools; use 'none'")
-        return value
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("are not supported: this server does not call tools; leave them out")
         return value
 
     @field_validator("top_logprobs")
@@ -211,12 +207,7 @@ class CompletionRequest(_GenerationRequest):
     echo: bool = False
     suffix: str | None = None
 
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("is not supported: the served models do not fill in the middle")
-        return value
+    _no_suffix = _refused_when_set("suffix", "is not supported: the served models do not fill in the middle")
 
     def sampling_params(self) -> SamplingParams:
         echo_logprobs = self.logprobs if self.echo else None
