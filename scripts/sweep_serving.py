@@ -6,8 +6,9 @@ then two plots (matplotlib PNGs) of how the server behaves under load.
 - ``serving_vs_request_rate.png``: TTFT and TPOT percentiles (p50, p90, p99) against the request rate (Poisson
   arrivals, or gamma with ``--burstiness``; no concurrency cap).
 
-Every point is one ``bench_serving.py`` run with the same prompts options, so its definitions (vLLM's ``bench
-serve``) hold. The JSON keeps each point's summary (no per-request lists). Needs matplotlib (the ``bench`` extra).
+Every point is one ``bench_serving.py`` run, so its definitions (vLLM's ``bench serve``) hold; every option this
+script does not know (``--base-url``, ``--num-prompts``, ``--input-len`` ...) goes to each of those runs as it is.
+The JSON keeps each point's summary (no per-request lists). Needs matplotlib (the ``bench`` extra).
 
     jllm serve --config configs/llama3-8b-h100.yaml &
     python scripts/sweep_serving.py --concurrencies 1,8,32,64,128 --request-rates 4,8,16,32 --num-prompts 256 \\
@@ -26,6 +27,8 @@ import bench_serving
 
 PER_REQUEST = ("input_lens", "output_lens", "ttfts", "e2els", "itls", "errors")  # left out of a point's summary
 PERCENTILES = ("median", "p90", "p99")
+# bench_serving.py options the sweep defaults to (smaller than one run's, as a sweep makes many runs); given ones win
+SWEEP_DEFAULTS = ["--num-prompts", "256", "--input-len", "128", "--output-len", "128"]
 
 
 def numbers(text: str, kind: type) -> list:
@@ -41,14 +44,8 @@ def run_point(common: list[str], extra: list[str]) -> dict[str, Any]:
     return summary | {"num_errors": len(result["errors"])}
 
 
-def sweep(args: argparse.Namespace) -> dict[str, Any]:
-    common = ["--base-url", args.base_url, "--num-prompts", str(args.num_prompts), "--input-len", str(args.input_len),
-              "--output-len", str(args.output_len), "--max-token-id", str(args.max_token_id), "--seed", str(args.seed),
-              "--burstiness", str(args.burstiness)]  # fmt: skip
-    if args.model:
-        common += ["--model", args.model]
-    if args.api_key:
-        common += ["--api-key", args.api_key]
+def sweep(args: argparse.Namespace, common: list[str]) -> dict[str, Any]:
+    """``common``: the bench_serving.py options every point shares."""
     return {
         "title": args.title,
         "concurrency": [run_point(common, ["--max-concurrency", str(c)]) for c in args.concurrencies],
@@ -105,20 +102,16 @@ def _save(fig: Any, title: str, path: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="default: %(default)s")
-    parser.add_argument("--model", help="the model name to send; default: the first of GET /v1/models")
-    parser.add_argument("--api-key", help="bearer token; default: $OPENAI_API_KEY if set")
+    # No abbreviations: --request-rate, bench_serving's, must not be taken for --request-rates.
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=f"Other options go to bench_serving.py; unless given: {' '.join(SWEEP_DEFAULTS)}.",
+        allow_abbrev=False,
+    )
     parser.add_argument("--concurrencies", type=lambda s: numbers(s, int), default=[1, 8, 32, 64, 128],
                         help="comma-separated --max-concurrency values (default 1,8,32,64,128)")  # fmt: skip
     parser.add_argument("--request-rates", type=lambda s: numbers(s, float), default=[4.0, 8.0, 16.0, 32.0],
                         help="comma-separated requests/s (default 4,8,16,32)")  # fmt: skip
-    parser.add_argument("--num-prompts", type=int, default=256, help="per point; default: %(default)s")
-    parser.add_argument("--input-len", type=int, default=128, help="default: %(default)s")
-    parser.add_argument("--output-len", type=int, default=128, help="default: %(default)s")
-    parser.add_argument("--max-token-id", type=int, default=32000, help="default: %(default)s")
-    parser.add_argument("--burstiness", type=float, default=1.0, help="of the rate sweep's arrivals; 1 = Poisson")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--title", default="", help="the plots' title (default: the served model's name)")
     parser.add_argument("--out-dir", type=Path, default=Path("."), help="where the PNGs go (default: here)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every point's summary here")
@@ -126,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    result = sweep(args)
+    args, common = build_parser().parse_known_args(argv)
+    result = sweep(args, SWEEP_DEFAULTS + common)  # argparse keeps an option's last value
     result["plots"] = [str(p) for p in plot(result, args.out_dir)]
     print("\n| max concurrency | output tok/s | median TTFT ms | median TPOT ms |\n| --- | --- | --- | --- |")
     for p in result["concurrency"]:
