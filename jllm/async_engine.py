@@ -90,7 +90,7 @@ class AsyncEngine:
         self.engine = engine
         self.max_queued_requests = max_queued_requests
         self.stall_timeout = stall_timeout
-        self.snapshot = EngineSnapshot()
+        self.snapshot = self._take_snapshot()  # an engine reused by a new server keeps its counters
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None stops the thread
         self._streams: dict[str, RequestStream] = {}  # every request in flight, from admission to its last output
         self._admitting: dict[str, asyncio.Future[None]] = {}  # adds the engine thread has not acknowledged yet
@@ -271,9 +271,9 @@ class AsyncEngine:
             except queue.Empty:
                 return
 
-    def _publish(self, outputs: list[RequestOutput]) -> None:
+    def _take_snapshot(self) -> EngineSnapshot:
         scheduler, pages = self.engine.scheduler, self.engine.block_manager
-        self.snapshot = EngineSnapshot(
+        return EngineSnapshot(
             num_running=len({s.request_id for s in scheduler.running}),
             num_waiting=len({s.request_id for s in scheduler.waiting}),
             kv_cache_usage=pages.usage,
@@ -284,6 +284,9 @@ class AsyncEngine:
             prompt_tokens=self.engine.stats["prompt_tokens"],
             generation_tokens=self.engine.stats["generation_tokens"],
         )
+
+    def _publish(self, outputs: list[RequestOutput]) -> None:
+        self.snapshot = self._take_snapshot()
         self._heartbeat = time.monotonic()
         if outputs:
             assert self._loop is not None

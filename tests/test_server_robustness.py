@@ -264,6 +264,17 @@ def _wait_for_idle(url: str, timeout: float = 20) -> dict[str, float]:
         time.sleep(0.05)
 
 
+def test_a_new_server_over_a_used_engine_reports_its_token_counts_before_its_first_step(
+    serve: Callable[..., RunningServer], engine: LLMEngine
+) -> None:
+    """The counters are cumulative: a fresh server's first scrape must not read 0 for an engine that has worked."""
+    first = serve()
+    assert http("POST", f"{first.url}/v1/completions", json_body=COMPLETION, headers=AUTH).status == 200
+    counted = metrics(serve().url)
+    assert counted["jllm:generation_tokens_total"] == engine.stats["generation_tokens"] >= 2
+    assert counted["jllm:prompt_tokens_total"] == engine.stats["prompt_tokens"] >= 1
+
+
 def test_a_non_streaming_client_that_hangs_up_aborts_its_request(
     serve: Callable[..., RunningServer], engine: LLMEngine, slow_steps: Callable[[float], None]
 ) -> None:
