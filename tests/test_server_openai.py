@@ -245,6 +245,7 @@ def test_continue_final_message_leaves_the_last_message_open(client: openai.Open
     usage = client.chat.completions.create(model=MODEL, messages=opened, max_tokens=1, extra_body=extra).usage
     closed = asyncio.run(tokenize(add_generation_prompt=False))  # the assistant's turn ends after "Bonjour"
     assert 0 < usage.prompt_tokens < closed  # the same messages, less the end-of-turn tokens
+    assert asyncio.run(tokenize(**extra)) == usage.prompt_tokens  # /tokenize renders it the same way
 
 
 def test_an_assistant_message_may_have_null_content(client: openai.OpenAI) -> None:

@@ -167,6 +167,9 @@ BAD_INPUTS = [
     Case("GET on a POST route", b"", 405, method="GET"),
     Case("oversized body", _with(COMPLETION, prompt="x" * (17 << 20)), 413),
     Case("tokenize without prompt or messages", {}, 400, path="/tokenize"),
+    Case("tokenize continuing a message beside a generation prompt",
+         {"messages": CHAT["messages"], "continue_final_message": True}, 400, "continue_final_message",
+         path="/tokenize"),
     Case("detokenize outside the vocabulary", {"tokens": [-1]}, 400, "tokens", path="/detokenize"),
     Case("detokenize beyond 64 bits", {"tokens": [2**70]}, 400, "tokens", path="/detokenize"),
 ]  # fmt: skip

@@ -64,7 +64,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 
 
 def render_chat(
-    tokenizer: Tokenizer, messages: list[ChatMessage], add_generation_prompt: bool, continue_final_message: bool = False
+    tokenizer: Tokenizer, messages: list[ChatMessage], add_generation_prompt: bool, continue_final_message: bool
 ) -> Prompt:
     """The prompt's token ids through the model's chat template (a template that rejects the messages is a 400)."""
     try:

@@ -39,7 +39,9 @@ async def tokenize(request: web.Request) -> web.Response:
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body.messages, body.add_generation_prompt)
+        prompt = await asyncio.to_thread(
+            render_chat, engine.tokenizer, body.messages, body.add_generation_prompt, body.continue_final_message
+        )
         tokens = prompt.token_ids
     else:
         tokens = await asyncio.to_thread(engine.tokenizer.encode, body.prompt, body.add_special_tokens)

@@ -159,16 +159,11 @@ class ChatMessage(_Request):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
-class ChatCompletionRequest(_GenerationRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens; wins when both are given
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    add_generation_prompt: bool = True  # vLLM's: False renders the messages without the assistant's opening
-    continue_final_message: bool = False  # vLLM's: the reply continues the last message, left open
-    echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+class _ChatTemplateOptions(_Request):
+    """vLLM's switches for how chat messages render through the template (chat completions and /tokenize)."""
+
+    add_generation_prompt: bool = True  # False renders the messages without the assistant's opening
+    continue_final_message: bool = False  # the reply continues the last message, left open
 
     @field_validator("continue_final_message")
     @classmethod
@@ -176,6 +171,16 @@ class ChatCompletionRequest(_GenerationRequest):
         if value and info.data.get("add_generation_prompt", True):
             raise ValueError("needs add_generation_prompt set to false (the reply continues the last message)")
         return value
+
+
+class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens; wins when both are given
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
     _no_tools = _refused_when_set("tools", "are not supported: this server does not call tools; leave them out")
@@ -224,12 +229,11 @@ class CompletionRequest(_GenerationRequest):
         return list(self.prompt)
 
 
-class TokenizeRequest(_Request):
+class TokenizeRequest(_ChatTemplateOptions):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
-    add_generation_prompt: bool = True
 
 
 class DetokenizeRequest(_Request):
