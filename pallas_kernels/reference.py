@@ -7,16 +7,17 @@ the length mask must hide.
 
 A step's queries are ragged: sequence s owns rows ``[query_start_loc[s], query_start_loc[s + 1])`` of ``q``, and any
 mix of prefill chunks and single-token decodes shares one call. To stay efficient under jit without a static bound on
-any sequence's query length, the attention cuts every sequence's rows into *query blocks* of ``q_block`` rows; each
-block is one work item that walks its sequence's pages a chunk at a time (online softmax), only as far as its
-length reaches. The number of items has a static bound,
-``min(T, (T + S * (q_block - 1)) // q_block)``, and ``q_block`` near ``T / S`` keeps both the wasted rows and the
-gathered K/V within about 2x of the useful work for decode-only, prefill-only and mixed batches alike (q_block=1 is
-"gather per token", a large q_block "gather per sequence"). Items run a few at a time in a ``lax.map`` so that the
-intermediates stay cache-sized: on the CPU, fresh multi-GB buffers cost more in page faults than the maths.
+any sequence's query length, the attention cuts every sequence's rows into *query blocks*; each block is one work item
+that walks its sequence's pages a chunk at a time (online softmax), only as far as its length reaches. A decode's
+row is an item of its own; a sequence with many new tokens is cut into blocks of up to _MAX_Q_BLOCK rows, so its
+K/V are gathered once per block rather than once per row. Items run a few at a time in a loop that stops after the
+last real item, so that the intermediates stay cache-sized (on the CPU, fresh multi-GB buffers cost more in page
+faults than the maths) and a step's cost follows its real tokens, not the padded bucket it runs in.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,12 @@ import jax.numpy as jnp
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # Largest query block the heuristic picks (CPU-measured: 64 beat 32, 128 and 256 for a 512-token prefill).
 _MAX_Q_BLOCK = 64
-# Elements of f32 intermediates (scores, probabilities, gathered K/V) per loop iteration over work items.
-_BATCH_ELEMS = 1 << 22
+# New tokens from which a sequence's rows go in blocks rather than one row per item (a decode has 1).
+_LONG_QUERY = 16
+# Elements of f32 intermediates (scores, probabilities, gathered K/V) per loop iteration over work items. Small, so
+# that the spare items padding a step's last batch cost little (CPU, default model's shapes: a lone 64-token prefill
+# in a 64-sequence bucket took 1.2 ms a layer at 2**19, 3.9 ms at 2**21; 32 decodes 3.3-3.6 ms at either).
+_BATCH_ELEMS = 1 << 19
 # Keys per iteration of the loop over a sequence's pages.
 _CHUNK_TOKENS = 256
 
@@ -83,52 +88,85 @@ def ref_ragged_paged_attention(
     Query i of sequence s (``q_len = qsl[s+1] - qsl[s]``) sees key column c iff ``c <= kv_len - q_len + i`` (and, with
     ``sliding_window=w``, ``c > kv_len - q_len + i - w``). GQA groups query heads per KV head (query head h reads KV
     head ``h // (num_q_heads // num_kv_heads)``) without repeating K/V. Softmax runs in float32; ``soft_cap`` applies
-    Gemma-2's ``soft_cap * tanh(logits / soft_cap)``. ``q_block`` only tunes speed (None picks one from T and S).
+    Gemma-2's ``soft_cap * tanh(logits / soft_cap)``. ``q_block`` only tunes speed: None gives sequences of fewer
+    than _LONG_QUERY new tokens one-row items and longer ones blocks of up to _MAX_Q_BLOCK rows; a number cuts every
+    sequence into blocks of that many rows.
     """
     _validate(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block)
+    num_tokens = q.shape[0]
+    num_seqs = block_tables.shape[0]
+    q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
+    attend = functools.partial(
+        _attend_blocks, q, kv_pages, kv_lens, block_tables, query_start_loc,
+        sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window,
+    )  # fmt: skip
+    out = jnp.zeros_like(q)  # [T, Hq, D]; rows no item owns (padding) stay exactly zero
+    if q_block is not None:
+        max_items = min(num_tokens, (num_tokens + num_seqs * (q_block - 1)) // q_block)
+        return attend(out, q_lens, q_block, max_items=max_items)
+    # The bucket's shape says little about the step: a lone prefill and a batch of decodes share a (T, S) bucket, so
+    # each sequence's own length picks its block size, and each loop below runs only over the items that exist.
+    is_long = q_lens >= _LONG_QUERY  # bool[S]
+    out = attend(out, jnp.where(is_long, 0, q_lens), 1, max_items=min(num_tokens, num_seqs * (_LONG_QUERY - 1)))
+    num_long = min(num_seqs, num_tokens // _LONG_QUERY)  # static bound on long sequences
+    if num_long:
+        bq = min(_MAX_Q_BLOCK, 1 << (num_tokens - 1).bit_length())
+        out = attend(out, jnp.where(is_long, q_lens, 0), bq, max_items=(num_tokens + num_long * (bq - 1)) // bq)
+    return out
+
+
+def _attend_blocks(
+    q: jax.Array,  # [T, Hq, D]
+    kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
+    kv_lens: jax.Array,  # i32[S]
+    block_tables: jax.Array,  # i32[S, pages_per_seq]
+    query_start_loc: jax.Array,  # i32[S + 1]
+    out: jax.Array,  # [T, Hq, D], the rows written so far
+    q_lens: jax.Array,  # i32[S], the sequences' new tokens, 0 for those another call handles
+    bq: int,
+    *,
+    max_items: int,
+    sm_scale: float,
+    soft_cap: float | None,
+    sliding_window: int | None,
+) -> jax.Array:  # [T, Hq, D], ``out`` with these sequences' rows written
+    """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows.
+
+    Items run ``per_batch`` at a time in a loop, so no batch's intermediates outgrow the budget, and the loop stops
+    after the last real item: a step pays for the items it has, not for ``max_items`` (which only sizes a batch).
+    """
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
     chunk_len = _chunk_pages(pages_per_seq, page_size) * page_size  # keys per iteration of the page loop
-    bq = q_block or _pick_q_block(num_tokens, num_seqs)
-    max_items = min(num_tokens, (num_tokens + num_seqs * (bq - 1)) // bq)
-    # Items run `per_batch` at a time in a loop, so no batch's intermediates outgrow the budget.
     item_elems = 2 * num_q_heads * bq * chunk_len + 2 * num_kv_heads * chunk_len * head_dim
     per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
-    num_batches = -(-max_items // per_batch)
-    num_items = num_batches * per_batch
 
     # Work items: sequence s's rows split into ceil(q_len / bq) blocks; item w is block j of sequence seq[w].
-    q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
     blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
     block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
-    item = jnp.arange(num_items, dtype=jnp.int32)  # i32[N]
-    seq = sequence_of(block_ends, item)  # i32[N], == S past the last item
-    item_valid = seq < num_seqs  # bool[N]
-    seq = jnp.minimum(seq, num_seqs - 1)  # i32[N]
-    block = item - (block_ends[seq] - blocks_per_seq[seq])  # i32[N], block index within its sequence
-    row_in_seq = block[:, None] * bq + jnp.arange(bq, dtype=jnp.int32)  # i32[N, bq], query index i within seq
-    item_q_len = q_lens[seq][:, None]  # i32[N, 1]
-    row_valid = item_valid[:, None] & (row_in_seq < item_q_len)  # bool[N, bq]
-    row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[N, bq], T = dropped
-    last_col = kv_lens[seq][:, None] - item_q_len + row_in_seq  # i32[N, bq], last key column each row sees
-    q_items = q[jnp.minimum(row, num_tokens - 1)]  # [N, bq, Hq, D]
-    pages = block_tables[seq]  # i32[N, pages_per_seq]
+    num_batches = (block_ends[-1] + per_batch - 1) // per_batch  # i32[], dynamic
 
-    def attend(batch: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-        return _attend_items(*batch, kv_pages, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window)
+    def attend_batch(b: jax.Array, out: jax.Array) -> jax.Array:
+        item = b * per_batch + jnp.arange(per_batch, dtype=jnp.int32)  # i32[B]
+        seq = sequence_of(block_ends, item)  # i32[B], == S past the last item
+        item_valid = seq < num_seqs  # bool[B]
+        seq = jnp.minimum(seq, num_seqs - 1)  # i32[B]
+        block = item - (block_ends[seq] - blocks_per_seq[seq])  # i32[B], block index within its sequence
+        row_in_seq = block[:, None] * bq + jnp.arange(bq, dtype=jnp.int32)  # i32[B, bq], query index i within seq
+        item_q_len = q_lens[seq][:, None]  # i32[B, 1]
+        row_valid = item_valid[:, None] & (row_in_seq < item_q_len)  # bool[B, bq]
+        row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[B, bq], T = dropped
+        # Last key column each row sees; -1 (none) for spare rows, so they add no trips to the page loop.
+        last_col = jnp.where(row_valid, kv_lens[seq][:, None] - item_q_len + row_in_seq, -1)  # i32[B, bq]
+        q_items = q[jnp.minimum(row, num_tokens - 1)]  # [B, bq, Hq, D]
+        res = _attend_items(
+            q_items, block_tables[seq], last_col, kv_pages,
+            sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window,
+        )  # fmt: skip
+        return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, head_dim), mode="drop")
 
-    batches = (  # leading axis = batch of items, looped over by lax.map
-        q_items.reshape(num_batches, per_batch, bq, num_q_heads, head_dim),
-        pages.reshape(num_batches, per_batch, pages_per_seq),
-        last_col.reshape(num_batches, per_batch, bq),
-    )
-    out = jax.lax.map(attend, batches)  # [num_batches, per_batch, bq, Hq, D]
-    out = out.reshape(num_items * bq, num_q_heads, head_dim)  # [N * bq, Hq, D]
-
-    # Rows no item owns (padding) stay exactly zero; out-of-range row T drops the items' spare rows.
-    result = jnp.zeros_like(q)  # [T, Hq, D]
-    return result.at[row.reshape(-1)].set(out, mode="drop")
+    return jax.lax.fori_loop(0, num_batches, attend_batch, out)
 
 
 def _attend_items(
@@ -159,14 +197,22 @@ def _attend_items(
     q = q.astype(jnp.float32).reshape(num_items, bq, num_kv_heads, group, head_dim)  # f32[B, bq, Hkv, G, D]
     q = q.transpose(2, 0, 3, 1, 4)  # f32[Hkv, B, G, bq, D]: batch axes lead, as in k, for fast CPU dots
     # Whole pages as rows of a 2-D gather: XLA's CPU gather copies such rows 5x faster than [ps, D] tiles of the pool.
-    rows = kv_pages.reshape(2 * num_kv_heads, num_pages, page_size * head_dim)  # [2 * Hkv, num_pages, ps * D]
+    # K and V gathered apart, each straight from the flat pool: slicing them out of one gathered array copied both
+    # halves again (1.4 of 4.2 ms for 32 decodes), and slicing the pool first copied the pool.
+    rows = kv_pages.reshape(2 * num_kv_heads * num_pages, page_size * head_dim)  # [2 * Hkv * num_pages, ps * D]
+    head_base = jnp.arange(num_kv_heads, dtype=jnp.int32)[:, None] * num_pages  # i32[Hkv, 1], K's row of page 0
     hi = jax.lax.Precision.HIGHEST  # the oracle must not drop to TF32 on GPU
 
     def attend_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
         row_max, denom, acc = carry  # f32[Hkv, B, G, bq], f32[Hkv, B, G, bq], f32[Hkv, B, G, bq, D]
         chunk = jax.lax.dynamic_slice_in_dim(pages, c * chunk_pages, chunk_pages, axis=1)  # i32[B, chunk_pages]
-        kv = jnp.take(rows, chunk.reshape(-1), axis=1, mode="clip")  # [2 * Hkv, B * chunk_pages, ps * D]
-        k, v = kv.astype(jnp.float32).reshape(2, num_kv_heads, num_items, chunk_len, head_dim)  # f32[Hkv, B, L, D]
+        k_index = head_base + jnp.clip(chunk.reshape(1, -1), 0, num_pages - 1)  # i32[Hkv, B * chunk_pages]
+        k, v = (
+            jnp.take(rows, index.reshape(-1), axis=0, mode="clip")  # [Hkv * B * chunk_pages, ps * D]
+            .astype(jnp.float32)
+            .reshape(num_kv_heads, num_items, chunk_len, head_dim)  # f32[Hkv, B, L, D]
+            for index in (k_index, k_index + num_kv_heads * num_pages)
+        )
         logits = jnp.einsum("hngqd,hncd->hngqc", q, k, precision=hi) * sm_scale  # f32[Hkv, B, G, bq, L]
         if soft_cap is not None:
             logits = soft_cap * jnp.tanh(logits / soft_cap)
@@ -205,12 +251,6 @@ def sequence_of(ends: jax.Array, index: jax.Array) -> jax.Array:
 def _chunk_pages(pages_per_seq: int, page_size: int) -> int:
     """Pages per loop iteration: about _CHUNK_TOKENS keys, never more than a sequence's block table holds."""
     return max(1, min(pages_per_seq, _CHUNK_TOKENS // page_size))
-
-
-def _pick_q_block(num_tokens: int, num_seqs: int) -> int:
-    """Power of two near the mean query length, capped: decode batches get 1, a lone prefill _MAX_Q_BLOCK."""
-    mean = -(-num_tokens // max(num_seqs, 1))
-    return min(_MAX_Q_BLOCK, 1 << (mean - 1).bit_length())
 
 
 def _validate(
