@@ -76,6 +76,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
             right.plot(x, [p[f"median_{key}_ms"] for p in points], "o-", label=f"median {key.upper()}")
         right.set(xlabel="max concurrency", ylabel="ms", xscale="log", yscale="log", title="latency")
         right.legend()
+        _label_ticks((left, right), x)
         paths.append(_save(fig, title, out_dir / "serving_vs_concurrency.png"))
 
     points = result["request_rate"]
@@ -87,8 +88,16 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
                 ax.plot(x, [p[f"{pct}_{key}_ms"] for p in points], "o-", label=pct.replace("median", "p50"))
             ax.set(xlabel="request rate (req/s)", ylabel="ms", xscale="log", title=key.upper())
             ax.legend()
+        _label_ticks(axes, x)
         paths.append(_save(fig, title, out_dir / "serving_vs_request_rate.png"))
     return paths
+
+
+def _label_ticks(axes: Any, x: list[float]) -> None:
+    """Ticks at the measured points, written plainly (a log axis would print 2x10^0)."""
+    for ax in axes:
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.minorticks_off()
 
 
 def _save(fig: Any, title: str, path: Path) -> Path:
