@@ -1,5 +1,6 @@
 """scripts/bench_latency.py and scripts/bench_throughput.py end to end on the tiny CPU config, with transformers on
-the same random weights (``--same-weights``), plus the ShareGPT-like length sampler and the roofline's model size."""
+the same random weights (``--same-weights``), plus the ShareGPT-like length sampler, the roofline's model size and
+scripts/bench_reference_attention.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # as when run as `python scripts/benc
 bench_common = importlib.import_module("bench_common")
 bench_latency = importlib.import_module("bench_latency")
 bench_throughput = importlib.import_module("bench_throughput")
+bench_reference_attention = importlib.import_module("bench_reference_attention")
 
 CONFIG = "configs/bench-tiny-cpu.yaml"  # relative, as documented: the scripts run from the repository root
 
@@ -134,3 +136,14 @@ def test_roofline_model_size_matches_llama3_8b() -> None:
     shape = bench_common.ModelShape.from_hf_config(cfg, "bfloat16")
     assert shape.streamed_params + cfg["vocab_size"] * cfg["hidden_size"] == 8_030_261_248  # the published count
     assert shape.kv_bytes_per_token == 131_072  # 32 layers x K and V x 8 heads x 128 x 2 bytes
+
+
+def test_reference_attention_bench_times_every_step_kind_beside_torch(tmp_path: Path) -> None:
+    out = tmp_path / "attention.json"
+    rows = bench_reference_attention.main(
+        ["--repeats", "1", "--num-pages", "1024", "--max-model-len", "512", "--json", str(out)]
+    )
+    assert [r["step"] for r in rows] == [case.name for case in bench_reference_attention.CASES]
+    for row in rows:
+        assert_positive(row["reference_ms"], row["torch_dense_ms"])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
