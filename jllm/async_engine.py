@@ -41,7 +41,8 @@ class EngineUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineSnapshot:
-    """Counters read on the engine thread after each loop turn, published whole so readers never see them torn."""
+    """Counters read when the engine starts and on its thread after each loop turn, published whole so readers
+    never see them torn."""
 
     num_running: int = 0  # requests with a sample in the running batch
     num_waiting: int = 0  # requests with a sample waiting for a slot (new or preempted)

@@ -29,8 +29,8 @@ _MAX_Q_BLOCK = 64
 # New tokens from which a sequence's rows go in blocks rather than one row per item (a decode has 1).
 _LONG_QUERY = 16
 # Elements of f32 intermediates (scores, probabilities, gathered K/V) per loop iteration over work items. Small, so
-# that the spare items padding a step's last batch cost little (CPU, default model's shapes: a lone 64-token prefill
-# in a 64-sequence bucket took 1.2 ms a layer at 2**19, 3.9 ms at 2**21; 32 decodes 3.3-3.6 ms at either).
+# that the spare items padding a step's last batch cost little: on the CPU a lone 64-token prefill in a 64-sequence
+# bucket ran ~3x faster at 2**19 than at 2**21, 32 decodes alike (scripts/bench_reference_attention.py).
 _BATCH_ELEMS = 1 << 19
 # Keys per iteration of the loop over a sequence's pages.
 _CHUNK_TOKENS = 256
@@ -166,6 +166,8 @@ def _attend_blocks(
         )  # fmt: skip
         return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, head_dim), mode="drop")
 
+    # A dynamic trip count, like the page loop's: on a GPU each trip waits for the device (the reference is the
+    # oracle and CI's path there, not the engine's GPU path).
     return jax.lax.fori_loop(0, num_batches, attend_batch, out)
 
 

@@ -84,6 +84,25 @@ def print_header(result: dict[str, Any], workload: str) -> None:
 # ---------------------------------------------------------------------------------------------------- ceilings
 
 
+def random_block_tables(
+    rng: np.random.Generator, num_pages: int, page_size: int, kv_lens: list[int], width: int
+) -> np.ndarray:
+    """i32[S, width]: each sequence's pages, distinct and scattered at random over pages 1.. (page 0 is reserved),
+    zero-padded; a step the table or the pool cannot hold is refused with the numbers."""
+    need = [-(-n // page_size) for n in kv_lens]
+    if max(need, default=0) > width:
+        raise ValueError(f"a context of {max(kv_lens)} tokens needs {max(need)} pages; the block table holds {width}")
+    if sum(need) > num_pages - 1:
+        raise ValueError(f"the step needs {sum(need)} pages; the pool has {num_pages - 1} besides the reserved one")
+    pages = 1 + rng.permutation(num_pages - 1)
+    tables = np.zeros((len(kv_lens), width), np.int32)
+    used = 0
+    for s, n in enumerate(need):
+        tables[s, :n] = pages[used : used + n]
+        used += n
+    return tables
+
+
 def timed(fn: Callable[[], Any], iters: int) -> list[float]:
     """Seconds per call of ``fn`` (a JAX computation), after one untimed call that compiles it."""
     import jax

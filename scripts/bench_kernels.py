@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_common import random_block_tables
 
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
 
@@ -84,13 +85,7 @@ class Pool:
     def step(self, q_lens: list[int], kv_lens: list[int]) -> tuple[jax.Array, ...]:
         """(q, kv_pages, kv_lens, block_tables, query_start_loc) for one step; tables padded to the longest context."""
         width = -(-max(kv_lens) // self.page_size)
-        tables = np.zeros((len(kv_lens), width), np.int32)
-        pages = 1 + self.rng.permutation(self.num_pages - 1)
-        used = 0
-        for s, n in enumerate(kv_lens):
-            need = -(-n // self.page_size)
-            tables[s, :need] = pages[used : used + need]
-            used += need
+        tables = random_block_tables(self.rng, self.num_pages, self.page_size, kv_lens, width)
         q = jax.random.normal(jax.random.key(1), (sum(q_lens), NUM_Q_HEADS, HEAD_DIM), DTYPE)
         qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
         return q, self.kv, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(tables), jnp.asarray(qsl)

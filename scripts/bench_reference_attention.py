@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_common import random_block_tables, timed
 from machine_info import cpu_name
 
 from pallas_kernels.reference import ref_ragged_paged_attention
@@ -43,13 +44,7 @@ CASES = [
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return 1e3 * float(np.median(timed(fn, repeats)))
 
 
 def paged_inputs(case: StepCase, rng: np.random.Generator, args: argparse.Namespace, pool: jax.Array) -> tuple:
@@ -58,13 +53,7 @@ def paged_inputs(case: StepCase, rng: np.random.Generator, args: argparse.Namesp
     page_size, pages_per_seq = args.page_size, -(-args.max_model_len // args.page_size)
     q_lens = [q for q, _ in case.seqs] + [0] * (num_seqs - len(case.seqs))
     kv_lens = [c for _, c in case.seqs] + [0] * (num_seqs - len(case.seqs))
-    free_pages = rng.permutation(np.arange(1, pool.shape[2]))  # page 0 is reserved
-    block_tables = np.zeros((num_seqs, pages_per_seq), np.int32)
-    used = 0
-    for s, kv_len in enumerate(kv_lens):
-        n = -(-kv_len // page_size)
-        block_tables[s, :n] = free_pages[used : used + n]
-        used += n
+    block_tables = random_block_tables(rng, pool.shape[2], page_size, kv_lens, pages_per_seq)
     q = rng.standard_normal((num_tokens, args.num_q_heads, args.head_dim), np.float32)
     query_start_loc = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
     return jnp.asarray(q), jnp.asarray(kv_lens, jnp.int32), jnp.asarray(block_tables), jnp.asarray(query_start_loc)
@@ -102,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--num-pages", type=int, default=1456, help="pool pages (the default model's 1 GiB pool)")
     parser.add_argument("--max-model-len", type=int, default=2048, help="sets the block table's width")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the baseline")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: every core)")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
@@ -115,12 +104,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     print(f"machine: {cpu_name()}, jax {jax.__version__} on {jax.devices()[0].platform}; "
           f"{args.num_q_heads} query / {args.num_kv_heads} KV heads, head_dim {args.head_dim}, float32, "
-          f"page size {args.page_size}, median of {args.repeats}")  # fmt: skip
+          f"page size {args.page_size}, median of {args.repeats}; torch threads {args.threads}")  # fmt: skip
     print("\n| step | bucket (tokens x seqs) | reference ms | torch dense ms | reference / torch |")
     print("| --- | --- | --- | --- | --- |")
     rows = []
     for case in CASES:
-        q, kv_lens, tables, qsl = paged_inputs(case, rng, args, pool)
+        try:
+            q, kv_lens, tables, qsl = paged_inputs(case, rng, args, pool)
+        except ValueError as e:
+            parser.error(f"{case.name}: {e} (raise --max-model-len or --num-pages)")
         ref_ms = median_ms(lambda: attend(q, pool, kv_lens, tables, qsl), args.repeats)  # noqa: B023
         dense_ms = None if args.skip_torch else torch_dense_ms(case, rng, args)
         ratio = f"{ref_ms / dense_ms:.2f}x" if dense_ms else "-"

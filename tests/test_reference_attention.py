@@ -171,13 +171,16 @@ def test_any_query_block_gives_the_same_answer(q_block: int) -> None:
     assert_matches_oracle(case, sm_scale=0.125, q_block=q_block)
 
 
+@pytest.mark.parametrize("q_block", [4, None])
 @pytest.mark.parametrize("batch_elems", [1, 300_000])
-def test_items_looped_in_batches_with_a_ragged_tail_match(monkeypatch: pytest.MonkeyPatch, batch_elems: int) -> None:
+def test_items_looped_in_batches_with_a_ragged_tail_match(
+    monkeypatch: pytest.MonkeyPatch, batch_elems: int, q_block: int | None
+) -> None:
     # One item per loop iteration, and several items per iteration with spare (invalid) items padding the last one.
     monkeypatch.setattr(reference, "_BATCH_ELEMS", batch_elems)
     q_lens, kv_lens = batch("mixed", 16)
     case = make_case(2, q_lens, kv_lens, page_size=16, group=4, pad_rows=2)
-    assert_matches_oracle(case, sm_scale=0.125, q_block=4)
+    assert_matches_oracle(case, sm_scale=0.125, q_block=q_block)
 
 
 def test_bf16_inputs_match_within_one_percent() -> None:

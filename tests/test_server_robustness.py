@@ -273,6 +273,7 @@ def test_a_new_server_over_a_used_engine_reports_its_token_counts_before_its_fir
     """The counters are cumulative: a fresh server's first scrape must not read 0 for an engine that has worked."""
     first = serve()
     assert http("POST", f"{first.url}/v1/completions", json_body=COMPLETION, headers=AUTH).status == 200
+    first.stop(drain_timeout=0)  # one engine thread at a time
     counted = metrics(serve().url)
     assert counted["jllm:generation_tokens_total"] == engine.stats["generation_tokens"] >= 2
     assert counted["jllm:prompt_tokens_total"] == engine.stats["prompt_tokens"] >= 1
