@@ -34,6 +34,8 @@ _LONG_QUERY = 16
 _BATCH_ELEMS = 1 << 19
 # Keys per iteration of the loop over a sequence's pages.
 _CHUNK_TOKENS = 256
+_MIN_CHUNK_TOKENS = 64
+_CHUNK_ELEMS = 4096  # query rows x keys per head and iteration, for blocks of rows
 
 
 def write_kv(
@@ -138,7 +140,7 @@ def _attend_blocks(
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
-    chunk_len = _chunk_pages(pages_per_seq, page_size) * page_size  # keys per iteration of the page loop
+    chunk_len = _chunk_pages(pages_per_seq, page_size, bq) * page_size  # keys per iteration of the page loop
     item_elems = 2 * num_q_heads * bq * chunk_len + 2 * num_kv_heads * chunk_len * head_dim
     per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
 
@@ -191,7 +193,7 @@ def _attend_items(
     out_dtype = q.dtype
     _, num_kv_heads, num_pages, page_size, _ = kv_pages.shape
     group = num_q_heads // num_kv_heads
-    chunk_pages = _chunk_pages(pages.shape[1], page_size)
+    chunk_pages = _chunk_pages(pages.shape[1], page_size, bq)
     pages = jnp.pad(pages, ((0, 0), (0, -pages.shape[1] % chunk_pages)))  # i32[B, C * chunk_pages], pad -> page 0
     chunk_len = chunk_pages * page_size
     num_chunks = jnp.clip(jnp.max(last_col) // chunk_len + 1, 0, pages.shape[1] // chunk_pages)  # i32[], dynamic
@@ -250,9 +252,11 @@ def sequence_of(ends: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.sum(ends[None, :] <= index[:, None], axis=1, dtype=jnp.int32)
 
 
-def _chunk_pages(pages_per_seq: int, page_size: int) -> int:
-    """Pages per loop iteration: about _CHUNK_TOKENS keys, never more than a sequence's block table holds."""
-    return max(1, min(pages_per_seq, _CHUNK_TOKENS // page_size))
+def _chunk_pages(pages_per_seq: int, page_size: int, bq: int) -> int:
+    """Pages per loop iteration: about _CHUNK_TOKENS keys for one-row items, fewer for blocks of rows (whose
+    sequences are often as short as the block), never more than a sequence's block table holds."""
+    keys = max(_MIN_CHUNK_TOKENS, min(_CHUNK_TOKENS, _CHUNK_ELEMS // bq))
+    return max(1, min(pages_per_seq, keys // page_size))
 
 
 def _validate(
