@@ -104,8 +104,7 @@ def ref_ragged_paged_attention(
     )  # fmt: skip
     out = jnp.zeros_like(q)  # [T, Hq, D]; rows no item owns (padding) stay exactly zero
     if q_block is not None:
-        max_items = min(num_tokens, (num_tokens + num_seqs * (q_block - 1)) // q_block)
-        return attend(out, q_lens, q_block, max_items=max_items)
+        return attend(out, q_lens, q_block, max_items=_max_items(num_tokens, num_seqs, q_block))
     # The bucket's shape says little about the step: a lone prefill and a batch of decodes share a (T, S) bucket, so
     # each sequence's own length picks its block size, and each loop below runs only over the items that exist.
     is_long = q_lens >= _LONG_QUERY  # bool[S]
@@ -113,7 +112,7 @@ def ref_ragged_paged_attention(
     num_long = min(num_seqs, num_tokens // _LONG_QUERY)  # static bound on long sequences
     if num_long:
         bq = min(_MAX_Q_BLOCK, 1 << (num_tokens - 1).bit_length())
-        out = attend(out, jnp.where(is_long, q_lens, 0), bq, max_items=(num_tokens + num_long * (bq - 1)) // bq)
+        out = attend(out, jnp.where(is_long, q_lens, 0), bq, max_items=_max_items(num_tokens, num_long, bq))
     return out
 
 
@@ -140,7 +139,8 @@ def _attend_blocks(
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
-    chunk_len = _chunk_pages(pages_per_seq, page_size, bq) * page_size  # keys per iteration of the page loop
+    chunk_pages = _chunk_pages(pages_per_seq, page_size, bq)
+    chunk_len = chunk_pages * page_size  # keys per iteration of the page loop
     item_elems = 2 * num_q_heads * bq * chunk_len + 2 * num_kv_heads * chunk_len * head_dim
     per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
 
@@ -163,7 +163,7 @@ def _attend_blocks(
         last_col = jnp.where(row_valid, kv_lens[seq][:, None] - item_q_len + row_in_seq, -1)  # i32[B, bq]
         q_items = q[jnp.minimum(row, num_tokens - 1)]  # [B, bq, Hq, D]
         res = _attend_items(
-            q_items, block_tables[seq], last_col, kv_pages,
+            q_items, block_tables[seq], last_col, kv_pages, chunk_pages,
             sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window,
         )  # fmt: skip
         return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, head_dim), mode="drop")
@@ -178,6 +178,7 @@ def _attend_items(
     pages: jax.Array,  # i32[B, pages_per_seq], each item's sequence's block table
     last_col: jax.Array,  # i32[B, bq], last key column each row may see
     kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
+    chunk_pages: int,  # pages per iteration of the page loop
     *,
     sm_scale: float,
     soft_cap: float | None,
@@ -193,7 +194,6 @@ def _attend_items(
     out_dtype = q.dtype
     _, num_kv_heads, num_pages, page_size, _ = kv_pages.shape
     group = num_q_heads // num_kv_heads
-    chunk_pages = _chunk_pages(pages.shape[1], page_size, bq)
     pages = jnp.pad(pages, ((0, 0), (0, -pages.shape[1] % chunk_pages)))  # i32[B, C * chunk_pages], pad -> page 0
     chunk_len = chunk_pages * page_size
     num_chunks = jnp.clip(jnp.max(last_col) // chunk_len + 1, 0, pages.shape[1] // chunk_pages)  # i32[], dynamic
@@ -250,6 +250,11 @@ def sequence_of(ends: jax.Array, index: jax.Array) -> jax.Array:
     last). Compares all pairs: ``jnp.searchsorted``'s binary search is an XLA while loop, and each trip of one makes
     the host wait for the GPU before it can launch anything after it."""
     return jnp.sum(ends[None, :] <= index[:, None], axis=1, dtype=jnp.int32)
+
+
+def _max_items(num_tokens: int, num_seqs: int, bq: int) -> int:
+    """Static bound on work items when ``num_seqs`` sequences share ``num_tokens`` rows in blocks of ``bq``."""
+    return min(num_tokens, (num_tokens + num_seqs * (bq - 1)) // bq)
 
 
 def _chunk_pages(pages_per_seq: int, page_size: int, bq: int) -> int:
