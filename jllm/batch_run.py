@@ -61,6 +61,16 @@ def parse_run(run: Any) -> RunSpec:
     for key in run:
         if key not in RUN_KEYS:
             raise unknown_key_error(key, RUN_KEYS, where="run key")
+    prompts = parse_prompts(run)
+    chat = run.get("chat", False)
+    if not isinstance(chat, bool):
+        raise ConfigError(f"run.chat={chat!r} is not allowed: expected true or false")
+    output = parse_output(run.get("output"))
+    return RunSpec(prompts, chat, parse_sampling(run.get("sampling") or {}), output)
+
+
+def parse_prompts(run: dict[str, Any]) -> list[str]:
+    """The prompts given inline or in ``prompts_file`` (exactly one of the two); either way, non-empty strings."""
     if ("prompts" in run) == ("prompts_file" in run):
         raise ConfigError("run needs exactly one of prompts (a list of strings) and prompts_file (a path)")
     if "prompts_file" in run:
@@ -73,17 +83,19 @@ def parse_run(run: Any) -> RunSpec:
         prompts = run["prompts"]
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ConfigError(f"run.prompts must be a non-empty list of non-empty strings, got {prompts!r}")
-    chat = run.get("chat", False)
-    if not isinstance(chat, bool):
-        raise ConfigError(f"run.chat={chat!r} is not allowed: expected true or false")
-    output = run.get("output")
-    if output is not None:
-        output = Path(str(output))
-        if not output.parent.is_dir():
-            raise ConfigError(f"run.output={str(output)!r}: directory {str(output.parent)!r} does not exist")
-        if output.is_dir():  # found now, not when writing after the whole batch has run
-            raise ConfigError(f"run.output={str(output)!r} is a directory; give a file path")
-    return RunSpec(prompts, chat, parse_sampling(run.get("sampling") or {}), output)
+    return prompts
+
+
+def parse_output(output: Any) -> Path | None:
+    """The output file, checked now rather than when writing it after the whole batch has run; None = stdout."""
+    if output is None:
+        return None
+    path = Path(str(output))
+    if not path.parent.is_dir():
+        raise ConfigError(f"run.output={str(path)!r}: directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"run.output={str(path)!r} is a directory; give a file path")
+    return path
 
 
 def parse_sampling(values: Any) -> SamplingParams:
