@@ -201,35 +201,49 @@ class BlockManager:
         With ``seqs`` (every sequence holding pages), also check each page's refcount equals the number of block
         tables listing it, and that a page listed twice is a full, computed (read-only) page in every holder.
         """
+        self._check_pool()
+        if seqs is not None:
+            self._check_holders(seqs)
 
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise AssertionError(msg)
-
-        check(self._ref_counts[0] == 0 and 0 not in self._free, "reserved page 0 was handed out")
+    def _check_pool(self) -> None:
+        """The pool on its own: page 0 never handed out, free exactly when unheld, cached hashes still current."""
+        _check(self._ref_counts[0] == 0 and 0 not in self._free, "reserved page 0 was handed out")
         for page in range(1, self.num_pages):
             rc = self._ref_counts[page]
-            check(rc >= 0, f"page {page} has refcount {rc}")
-            check(
+            _check(rc >= 0, f"page {page} has refcount {rc}")
+            _check(
                 (rc == 0) == (page in self._free), f"page {page}: refcount {rc} but in free queue={page in self._free}"
             )
         for h, page in self._cached.items():
-            check(self._page_hashes[page] == h, f"cached hash points at page {page} that no longer holds it")
-        if seqs is None:
-            return
-        holders: dict[int, list[tuple[Sequence, int]]] = {}
-        for seq in seqs:
-            check(len(set(seq.block_table)) == len(seq.block_table), f"sequence {seq.seq_id} lists a page twice")
-            check(0 not in seq.block_table, f"sequence {seq.seq_id} holds reserved page 0")
-            for i, page in enumerate(seq.block_table):
-                holders.setdefault(page, []).append((seq, i))
+            _check(self._page_hashes[page] == h, f"cached hash points at page {page} that no longer holds it")
+
+    def _check_holders(self, seqs: Iterable[Sequence]) -> None:
+        """The pool against the block tables: refcounts count holders, and a shared page is read-only in each."""
+        holders = _holders(seqs)
         for page in range(1, self.num_pages):
             held = holders.get(page, [])
-            check(
+            _check(
                 len(held) == self._ref_counts[page],
                 f"page {page}: refcount {self._ref_counts[page]}, {len(held)} holders",
             )
             if len(held) > 1:
                 for seq, i in held:
                     full = (i + 1) * self.page_size <= seq.num_computed_tokens
-                    check(full, f"page {page} is shared but not full and computed in sequence {seq.seq_id}")
+                    _check(full, f"page {page} is shared but not full and computed in sequence {seq.seq_id}")
+
+
+def _holders(seqs: Iterable[Sequence]) -> dict[int, list[tuple[Sequence, int]]]:
+    """Each page's (sequence, index in its block table) pairs, once each table is checked to list real pages once."""
+    holders: dict[int, list[tuple[Sequence, int]]] = {}
+    for seq in seqs:
+        _check(len(set(seq.block_table)) == len(seq.block_table), f"sequence {seq.seq_id} lists a page twice")
+        _check(0 not in seq.block_table, f"sequence {seq.seq_id} holds reserved page 0")
+        for i, page in enumerate(seq.block_table):
+            holders.setdefault(page, []).append((seq, i))
+    return holders
+
+
+def _check(ok: bool, msg: str) -> None:
+    """An ``assert`` that ``python -O`` keeps."""
+    if not ok:
+        raise AssertionError(msg)
