@@ -79,6 +79,17 @@ class SamplingParams:
             self.temperature = MIN_TEMPERATURE
 
     def _validate(self) -> None:
+        """Field families in a fixed order, so a request with several bad fields always reports the same one first."""
+        self._validate_sampling()
+        self._validate_lengths()
+        self._validate_logprobs()
+        self._validate_stops()
+        self._validate_flags()
+        if self.n > 1 and self.is_greedy:
+            raise ValueError(f"n must be 1 when temperature is 0 (greedy samples would all be equal), got {self.n}")
+
+    def _validate_sampling(self) -> None:
+        """How each token is drawn: sample count, temperature, truncations, penalties and seed."""
         _check_int("n", self.n, low=1)
         _check_real("temperature", self.temperature, "be >= 0", lambda v: v >= 0.0)
         _check_real("top_p", self.top_p, "be in (0, 1]", lambda v: 0.0 < v <= 1.0)
@@ -89,28 +100,35 @@ class SamplingParams:
         _check_real("repetition_penalty", self.repetition_penalty, "be > 0 (1 = off)", lambda v: v > 0.0)
         if self.seed is not None:
             _check_int("seed", self.seed, *SEED_RANGE)
+
+    def _validate_lengths(self) -> None:
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, low=1, hint="at least 1, or None for the context limit")
         _check_int("min_tokens", self.min_tokens, low=0)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens must be <= max_tokens={self.max_tokens}, got {self.min_tokens}")
+
+    def _validate_logprobs(self) -> None:
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None:
                 _check_int(name, value, low=0, high=MAX_LOGPROBS)
+
+    def _validate_stops(self) -> None:
+        """After ``__post_init__`` made both lists: what is in them."""
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop must be non-empty strings, got {self.stop!r}")
         if not all(_is_int(t) and 0 <= t <= MAX_INT32 for t in self.stop_token_ids):
             raise ValueError(
                 f"stop_token_ids must be non-negative integers up to {MAX_INT32}, got {self.stop_token_ids!r}"
             )
+
+    def _validate_flags(self) -> None:
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.output_kind, RequestOutputKind):
             raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
-        if self.n > 1 and self.is_greedy:
-            raise ValueError(f"n must be 1 when temperature is 0 (greedy samples would all be equal), got {self.n}")
 
     @property
     def is_greedy(self) -> bool:
