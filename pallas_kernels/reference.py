@@ -275,6 +275,12 @@ def _validate(
     q_block: int | None,
 ) -> None:
     """Shape and dtype checks at trace time, so a wrong runner input fails with a message instead of a bad gather."""
+    _validate_q_and_kv(q, kv_pages)
+    _validate_metadata(kv_lens, block_tables, query_start_loc)
+    _validate_options(soft_cap, sliding_window, q_block)
+
+
+def _validate_q_and_kv(q: jax.Array, kv_pages: jax.Array) -> None:
     if q.ndim != 3:
         raise ValueError(f"q must be [T, num_q_heads, head_dim], got shape {q.shape}")
     if kv_pages.ndim != 5 or kv_pages.shape[0] != 2:
@@ -292,6 +298,10 @@ def _validate(
     for name, x in (("q", q), ("kv_pages", kv_pages)):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise ValueError(f"{name} must be floating point, got {x.dtype}")
+
+
+def _validate_metadata(kv_lens: jax.Array, block_tables: jax.Array, query_start_loc: jax.Array) -> None:
+    """The per-sequence int32 arrays, all sized by block_tables' S."""
     if block_tables.ndim != 2 or block_tables.shape[0] == 0:
         raise ValueError(f"block_tables must be i32[S, pages_per_seq] with S >= 1, got shape {block_tables.shape}")
     num_seqs = block_tables.shape[0]
@@ -302,6 +312,9 @@ def _validate(
     ):
         if x.dtype != jnp.int32 or x.shape != shape:
             raise ValueError(f"{name} must be i32{list(shape)} (S={num_seqs}), got {x.dtype}{list(x.shape)}")
+
+
+def _validate_options(soft_cap: float | None, sliding_window: int | None, q_block: int | None) -> None:
     if soft_cap is not None and not soft_cap > 0:
         raise ValueError(f"soft_cap must be positive or None, got {soft_cap}")
     if sliding_window is not None and sliding_window < 1:
