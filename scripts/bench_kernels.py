@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +125,48 @@ def config_of(step: tuple[jax.Array, ...]) -> KernelConfig:
     )
 
 
-def main() -> None:
+def decode_bytes(batch: int, ctx: int) -> int:
+    """KV bytes one decode step reads: K and V of every context token, bf16."""
+    return batch * ctx * NUM_KV_HEADS * HEAD_DIM * 2 * 2
+
+
+def prefill_flops(chunk: int, prefix: int) -> int:
+    """FLOPs of one chunk's causal attention after `prefix` tokens: QK^T and PV over the keys each row sees."""
+    return 4 * NUM_Q_HEADS * HEAD_DIM * sum(prefix + i + 1 for i in range(chunk))
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """What one run times: the full grid, or tiny shapes for --smoke (which ignores --batches and --contexts)."""
+
+    batches: list[int]
+    contexts: list[int]
+    chunks: tuple[tuple[int, int], ...]  # (chunk, prefix) of each prefill row
+    tune_shapes: tuple[tuple[int, int], ...]  # (batch, context) of each decode tiling case
+    tune_chunks: tuple[tuple[int, int], ...]  # (chunk, prefix) of each prefill tiling case
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Shapes:
+        if args.smoke:
+            return cls([1, 2], [256], ((16, 0), (16, 64)), ((1, 256), (2, 256)), ((16, 0),))
+        return cls(
+            [int(b) for b in args.batches.split(",")],
+            [int(c) for c in args.contexts.split(",")],
+            ((512, 0), (512, 4096), (2048, 0), (2048, 4096)),
+            ((32, 2048), (64, 2048), (32, 4096)),
+            ((2048, 0), (2048, 4096)),
+        )
+
+
+class TuneCase(NamedTuple):
+    name: str
+    step: tuple[jax.Array, ...]
+    work: int  # per call: KV bytes read (decode) or attention FLOPs (prefill)
+    unit: str  # the rate's unit, for work / seconds
+    configs: list[KernelConfig]
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="1,32,64,128,256")
     parser.add_argument("--contexts", default="1024,2048,4096,8192")
@@ -138,16 +180,134 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def bench_decode(
+    args: argparse.Namespace, shapes: Shapes, pool: Pool, copy_bw: float, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """The decode table: one row per context and batch size (none with --tune-only)."""
+    k_pages, v_pages = (None, None) if args.no_stock else (pool.kv[0], pool.kv[1])
+    rows = []
+    for ctx in [] if args.tune_only else shapes.contexts:
+        for batch in shapes.batches:
+            rows.append(time_decode(args, pool, batch, ctx, k_pages, v_pages))
+            say(decode_line(rows[-1], copy_bw))
+    return rows
+
+
+def time_decode(
+    args: argparse.Namespace, pool: Pool, batch: int, ctx: int, k_pages: jax.Array | None, v_pages: jax.Array | None
+) -> dict[str, Any]:
+    """Seconds per call of the kernel, the stock kernel and the reference on one decode shape (None: not run)."""
+    step = pool.step([1] * batch, [ctx] * batch)
+    row: dict[str, Any] = {"batch": batch, "context": ctx, "kv_bytes": decode_bytes(batch, ctx)}
+    row["config"] = dataclasses.asdict(config_of(step))
+    row["kernel_s"] = timeit(kernel_fn(step, interpret=args.smoke))
+    stock = None if args.no_stock else stock_fn(step, k_pages, v_pages, args.smoke)
+    row["stock_s"] = timeit(stock) if stock else None
+    row["reference_s"] = None if args.no_reference else timeit(reference_fn(step), reps=3)
+    return row
+
+
+def decode_line(row: dict[str, Any], copy_bw: float) -> str:
+    """One decode row of the table; the kernel's read rate also as a share of the device's copy bandwidth."""
+    kv_bytes, k_s, cfg = row["kv_bytes"], row["kernel_s"], row["config"]
+    speedup = f"{row['stock_s'] / k_s:7.2f}" if row["stock_s"] else f"{'-':>7}"
+    return (
+        f"{row['batch']:5d} {row['context']:5d} | {k_s * 1e6:9.1f} {kv_bytes / k_s / 1e12:5.2f} "
+        f"{100 * kv_bytes / k_s / copy_bw:5.0f} | {rate_cell(row['stock_s'], kv_bytes)} | "
+        f"{rate_cell(row['reference_s'], kv_bytes)} | "
+        f"{speedup} q{cfg['q_block']}/kv{cfg['kv_block']}/s{cfg['num_splits']}/w{cfg['num_warps']}"
+    )
+
+
+def rate_cell(seconds: float | None, kv_bytes: int) -> str:
+    """Microseconds and TB/s of a path, or dashes where it did not run."""
+    return f"{'-':>8} {'-':>5}" if seconds is None else f"{seconds * 1e6:8.1f} {kv_bytes / seconds / 1e12:5.2f}"
+
+
+def bench_prefill(
+    args: argparse.Namespace, shapes: Shapes, pool: Pool, mm: float, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """The prefill table: one row per chunk of one sequence (none with --tune-only), its rate against matmul's."""
+    prefill = []
+    for chunk, prefix in [] if args.tune_only else shapes.chunks:
+        step = pool.step([chunk], [prefix + chunk])
+        flops = prefill_flops(chunk, prefix)
+        seconds = timeit(kernel_fn(step, interpret=args.smoke))
+        ref_s = None if args.no_reference else timeit(reference_fn(step), reps=3)
+        cfg = config_of(step)
+        prefill.append({"chunk": chunk, "prefix": prefix, "kernel_s": seconds, "reference_s": ref_s, "flops": flops})
+        ref_cell = "-" if ref_s is None else f"{ref_s * 1e6:.1f} us"
+        say(
+            f"chunk {chunk:5d} prefix {prefix:5d} | {seconds * 1e6:9.1f} us {flops / seconds / 1e12:6.1f} TFLOP/s "
+            f"({100 * flops / seconds / mm:3.0f}% of matmul) | ref {ref_cell} | q{cfg.q_block}/kv{cfg.kv_block}"
+            f"/s{cfg.num_splits}/w{cfg.num_warps}"
+        )
+    return prefill
+
+
+def bench_tilings(
+    args: argparse.Namespace, shapes: Shapes, pool: Pool, started: float, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """--tune: every tiling of every case, until --deadline-s after the run started."""
+    if not (args.tune or args.tune_only):
+        return []
+    say("tilings: shape q_block kv_block warps stages splits -> us, TB/s (decode) or TFLOP/s (prefill)")
+    tuning = []
+    for case in tune_cases(shapes, pool):
+        tuning += time_tilings(case, args, started, say)
+    return tuning
+
+
+def tune_cases(shapes: Shapes, pool: Pool) -> list[TuneCase]:
+    """Decode shapes try every split count, prefill chunks every q_block, both over the same kv_block x warps grid."""
+    grid = [(w, st, kb) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
+    cases = []
+    for batch, ctx in shapes.tune_shapes:  # decode: the KV read is the work
+        step = pool.step([1] * batch, [ctx] * batch)
+        configs = [KernelConfig(1, kb, n, w, st) for w, st, kb in grid for n in TUNE_SPLITS]
+        cases.append(TuneCase(f"decode {batch}x{ctx}", step, decode_bytes(batch, ctx), "TB/s", configs))
+    for chunk, prefix in shapes.tune_chunks:  # prefill: the attention FLOPs are the work
+        step = pool.step([chunk], [prefix + chunk])
+        configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for w, st, kb in grid]
+        cases.append(TuneCase(f"prefill {chunk}+{prefix}", step, prefill_flops(chunk, prefix), "TFLOP/s", configs))
+    return cases
+
+
+def time_tilings(
+    case: TuneCase, args: argparse.Namespace, started: float, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """One case's tilings, then the fastest beside the default config."""
+    timed = []
+    best = None
+    for cfg in case.configs:
+        if time.perf_counter() - started > args.deadline_s:
+            say(f"  deadline of {args.deadline_s:.0f} s reached; remaining tilings skipped")
+            break
+        label = f"  {case.name:>18} q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages}"
+        label += f" s{cfg.num_splits}"
+        try:
+            seconds = timeit(kernel_fn(case.step, cfg, args.smoke), reps=3)
+        except Exception as e:  # a tiling that does not compile (e.g. out of shared memory) is skipped
+            say(f"{label} -> {type(e).__name__}: {str(e)[:120]}")
+            continue
+        timed.append({"shape": case.name, **dataclasses.asdict(cfg), "kernel_s": seconds})
+        say(f"{label} -> {seconds * 1e6:8.1f} us {case.work / seconds / 1e12:6.2f} {case.unit}")
+        best = min(best or (seconds, cfg), (seconds, cfg), key=lambda b: b[0])
+    if best:
+        say(
+            f"  best {case.name}: {best[0] * 1e6:.1f} us {case.work / best[0] / 1e12:.2f} {case.unit} with {best[1]}; "
+            f"default {config_of(case.step)}"
+        )
+    return timed
+
+
+def main() -> None:
+    args = parse_args()
     started = time.perf_counter()
-    if args.smoke:
-        args.batches, args.contexts = "1,2", "256"
-    batches = [int(b) for b in args.batches.split(",")]
-    contexts = [int(c) for c in args.contexts.split(",")]
-    chunks = ((16, 0), (16, 64)) if args.smoke else ((512, 0), (512, 4096), (2048, 0), (2048, 4096))
-    tune_shapes = ((1, 256), (2, 256)) if args.smoke else ((32, 2048), (64, 2048), (32, 4096))
-    tune_chunks = chunks[:1] if args.smoke else ((2048, 0), (2048, 4096))
-    interpret = args.smoke
+    shapes = Shapes.of(args)
     lines: list[str] = []
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -167,89 +327,11 @@ def main() -> None:
         f"{'batch':>5} {'ctx':>5} | {'kernel us':>9} {'TB/s':>5} {'%copy':>5} | {'stock us':>8} {'TB/s':>5} | "
         f"{'ref us':>8} {'TB/s':>5} | {'x stock':>7} config"
     )
-    pool = Pool(max(batches) * max(contexts) + max(c + p for c, p in chunks), args.page_size)
-    k_pages, v_pages = (None, None) if args.no_stock else (pool.kv[0], pool.kv[1])
-    rows = []
-    for ctx in [] if args.tune_only else contexts:
-        for batch in batches:
-            step = pool.step([1] * batch, [ctx] * batch)
-            kv_bytes = batch * ctx * NUM_KV_HEADS * HEAD_DIM * 2 * 2
-            row = {"batch": batch, "context": ctx, "kv_bytes": kv_bytes, "config": dataclasses.asdict(config_of(step))}
-            row["kernel_s"] = timeit(kernel_fn(step, interpret=interpret))
-            stock = None if args.no_stock else stock_fn(step, k_pages, v_pages, interpret)
-            row["stock_s"] = timeit(stock) if stock else None
-            row["reference_s"] = None if args.no_reference else timeit(reference_fn(step), reps=3)
-            rows.append(row)
-
-            def cell(seconds: float | None, kv_bytes: int = kv_bytes) -> str:
-                return (
-                    f"{'-':>8} {'-':>5}"
-                    if seconds is None
-                    else f"{seconds * 1e6:8.1f} {kv_bytes / seconds / 1e12:5.2f}"
-                )
-
-            k_s = row["kernel_s"]
-            speedup = f"{row['stock_s'] / k_s:7.2f}" if row["stock_s"] else f"{'-':>7}"
-            cfg = row["config"]
-            say(
-                f"{batch:5d} {ctx:5d} | {k_s * 1e6:9.1f} {kv_bytes / k_s / 1e12:5.2f} "
-                f"{100 * kv_bytes / k_s / copy_bw:5.0f} | {cell(row['stock_s'])} | {cell(row['reference_s'])} | "
-                f"{speedup} q{cfg['q_block']}/kv{cfg['kv_block']}/s{cfg['num_splits']}/w{cfg['num_warps']}"
-            )
-
+    pool = Pool(max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks), args.page_size)
+    rows = bench_decode(args, shapes, pool, copy_bw, say)
     say("prefill chunks (one sequence; TFLOP/s counts causal QK^T and PV)")
-    prefill = []
-    for chunk, prefix in [] if args.tune_only else chunks:
-        step = pool.step([chunk], [prefix + chunk])
-        flops = 4 * NUM_Q_HEADS * HEAD_DIM * sum(prefix + i + 1 for i in range(chunk))
-        seconds = timeit(kernel_fn(step, interpret=interpret))
-        ref_s = None if args.no_reference else timeit(reference_fn(step), reps=3)
-        cfg = config_of(step)
-        prefill.append({"chunk": chunk, "prefix": prefix, "kernel_s": seconds, "reference_s": ref_s, "flops": flops})
-        ref_cell = "-" if ref_s is None else f"{ref_s * 1e6:.1f} us"
-        say(
-            f"chunk {chunk:5d} prefix {prefix:5d} | {seconds * 1e6:9.1f} us {flops / seconds / 1e12:6.1f} TFLOP/s "
-            f"({100 * flops / seconds / mm:3.0f}% of matmul) | ref {ref_cell} | q{cfg.q_block}/kv{cfg.kv_block}"
-            f"/s{cfg.num_splits}/w{cfg.num_warps}"
-        )
-
-    tuning = []
-    if args.tune or args.tune_only:
-        say("tilings: shape q_block kv_block warps stages splits -> us, TB/s (decode) or TFLOP/s (prefill)")
-        grid = [(w, st, kb) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
-        cases = []
-        for batch, ctx in tune_shapes:  # decode: the KV read is the work
-            step = pool.step([1] * batch, [ctx] * batch)
-            work = batch * ctx * NUM_KV_HEADS * HEAD_DIM * 4
-            configs = [KernelConfig(1, kb, n, w, st) for w, st, kb in grid for n in TUNE_SPLITS]
-            cases.append((f"decode {batch}x{ctx}", step, work, "TB/s", configs))
-        for chunk, prefix in tune_chunks:  # prefill: the attention FLOPs are the work
-            step = pool.step([chunk], [prefix + chunk])
-            work = 4 * NUM_Q_HEADS * HEAD_DIM * sum(prefix + i + 1 for i in range(chunk))
-            configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for w, st, kb in grid]
-            cases.append((f"prefill {chunk}+{prefix}", step, work, "TFLOP/s", configs))
-        for name, step, work, unit, configs in cases:
-            best = None
-            for cfg in configs:
-                if time.perf_counter() - started > args.deadline_s:
-                    say(f"  deadline of {args.deadline_s:.0f} s reached; remaining tilings skipped")
-                    break
-                label = f"  {name:>18} q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages}"
-                label += f" s{cfg.num_splits}"
-                try:
-                    seconds = timeit(kernel_fn(step, cfg, interpret), reps=3)
-                except Exception as e:  # a tiling that does not compile (e.g. out of shared memory) is skipped
-                    say(f"{label} -> {type(e).__name__}: {str(e)[:120]}")
-                    continue
-                tuning.append({"shape": name, **dataclasses.asdict(cfg), "kernel_s": seconds})
-                say(f"{label} -> {seconds * 1e6:8.1f} us {work / seconds / 1e12:6.2f} {unit}")
-                best = min(best or (seconds, cfg), (seconds, cfg), key=lambda b: b[0])
-            if best:
-                say(
-                    f"  best {name}: {best[0] * 1e6:.1f} us {work / best[0] / 1e12:.2f} {unit} with {best[1]}; "
-                    f"default {config_of(step)}"
-                )
-
+    prefill = bench_prefill(args, shapes, pool, mm, say)
+    tuning = bench_tilings(args, shapes, pool, started, say)
     if args.out:
         result = {"header": lines[0], "copy_bytes_per_s": copy_bw, "matmul_flops": mm}
         result |= {"decode": rows, "prefill": prefill, "tuning": tuning}
