@@ -56,6 +56,7 @@ def throughput(in_repo_root: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_latency_reports_ttft_and_tpot_of_both_engines_and_the_roofline(latency: dict[str, Any]) -> None:
     assert latency["environment"]["card"] and latency["environment"]["versions"]["jax"]
     assert_positive(latency["ceilings"]["copy_gbps_dev0"], latency["ceilings"]["matmul_tflops_dev0"])
@@ -67,6 +68,7 @@ def test_latency_reports_ttft_and_tpot_of_both_engines_and_the_roofline(latency:
         assert len(row["jllm"]["tpot_ms_all"]) == 3
 
 
+@pytest.mark.slow
 def test_latency_greedy_tokens_match_transformers_on_the_same_weights(latency: dict[str, Any]) -> None:
     for row in latency["results"]:
         agree = row["agreement"]
@@ -74,6 +76,7 @@ def test_latency_greedy_tokens_match_transformers_on_the_same_weights(latency: d
         assert agree["exact"] == agree["prompts"], agree
 
 
+@pytest.mark.slow
 def test_throughput_reports_tokens_per_second_of_both_engines_and_the_roofline(throughput: dict[str, Any]) -> None:
     j, hf, roof = throughput["jllm"], throughput["transformers"], throughput["roofline"]
     assert j["prompts"] == 12 and j["output_tokens"] == throughput["dataset"]["output"]["total"]
@@ -87,6 +90,7 @@ def test_throughput_reports_tokens_per_second_of_both_engines_and_the_roofline(t
     assert_positive(roof["output_tokens_per_s"], roof["total_tokens_per_s"], roof["prefill_s"], roof["decode_s"])
 
 
+@pytest.mark.slow
 def test_throughput_greedy_tokens_match_transformers_batch_1(throughput: dict[str, Any]) -> None:
     agree = throughput["agreement"]
     assert agree["hf_batch_size"] == 1 and agree["prompts"] == 3
@@ -138,6 +142,7 @@ def test_roofline_model_size_matches_llama3_8b() -> None:
     assert shape.kv_bytes_per_token == 131_072  # 32 layers x K and V x 8 heads x 128 x 2 bytes
 
 
+@pytest.mark.slow
 def test_reference_attention_bench_times_every_step_kind_beside_torch(tmp_path: Path) -> None:
     out = tmp_path / "attention.json"
     rows = bench_reference_attention.main(

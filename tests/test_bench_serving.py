@@ -100,6 +100,7 @@ def test_arrivals_are_rescaled_to_n_over_rate() -> None:
         assert times == sorted(times) and times[0] > 0 and times[-1] == pytest.approx(5.0)
 
 
+@pytest.mark.slow
 def test_end_to_end_against_the_real_server(
     default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -123,6 +124,7 @@ def test_end_to_end_against_the_real_server(
     assert "Serving Benchmark Result" in table and "P99 TPOT (ms):" in table and "Failed requests:" in table
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_point_and_plots_both_figures(
     default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:

@@ -320,6 +320,7 @@ def test_chat_ends_at_eof(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
 # ------------------------------------------------------------------ end to end on a tiny random model
 
 
+@pytest.mark.slow
 def test_generate_prints_the_python_api_greedy_completions(tiny_model: Path, expected, tmp_path: Path) -> None:
     result = run_cli(
         "generate", "--model", str(tiny_model), *ENGINE_ARGS, "--temperature", "0", "--max-tokens", str(MAX_TOKENS),
@@ -331,6 +332,7 @@ def test_generate_prints_the_python_api_greedy_completions(tiny_model: Path, exp
         assert f"=== prompt {i} ===\n{prompt}\n=== completion {i} ({c.finish_reason}) ===\n{c.text}\n" in result.stdout
 
 
+@pytest.mark.slow
 def test_run_writes_one_json_line_per_prompt(tiny_model: Path, expected, tmp_path: Path) -> None:
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     run = {"prompts_file": "prompts.txt", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}, "output": "o.jsonl"}

@@ -88,6 +88,7 @@ def one_process_tokens(model_dir: Path) -> list[list[int]]:
     return tokens
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("follower", ["serve", "LLM"])
 def test_two_processes_generate_the_tokens_of_one(
     follower: str, model_dir: Path, one_process_tokens: list[list[int]], cache: Path, tmp_path: Path
@@ -115,6 +116,7 @@ def test_two_processes_generate_the_tokens_of_one(
     assert tokens == one_process_tokens
 
 
+@pytest.mark.slow
 def test_mesh_that_leaves_a_process_out_is_refused_naming_the_key(model_dir: Path, cache: Path, tmp_path: Path) -> None:
     group = dict(distributed_coordinator=f"127.0.0.1:{free_port()}", num_processes=2, tensor_parallel_size=1)
     args = ["-m", "jllm.cli", "generate", "--model", str(model_dir), *options(group), "--max-tokens", "2", "hi"]

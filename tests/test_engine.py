@@ -16,6 +16,8 @@ from jllm.llm import LLM
 from jllm.runner import BASE_VARIANTS
 from jllm.sampling import RequestOutputKind, SamplingParams
 
+pytestmark = pytest.mark.slow  # every test runs the default model's engine, most beside transformers
+
 NEW_TOKENS = 32
 PROMPTS = [
     "The capital of France is",

@@ -188,6 +188,7 @@ def jllm_last_logits(loaded, prompts: list[list[int]], page_size: int = 16) -> n
     return np.asarray(forward(ids, jnp.asarray(positions), pool, meta))
 
 
+@pytest.mark.slow
 def test_default_model_equals_transformers_gguf_loader(
     default_model_dir: Path, gguf_path: Path, reference_tokenizer
 ) -> None:
@@ -256,6 +257,7 @@ def test_rotary_unpermute_inverts_llama_cpp_permute() -> None:
     np.testing.assert_array_equal(gguf_convert._unpermute_rotary(permuted, n_head), w)
 
 
+@pytest.mark.slow
 def test_tokenizer_ids_equal_transformers_gguf_tokenizer(default_model_dir: Path, reference_tokenizer) -> None:
     from transformers import PreTrainedTokenizerFast
 
@@ -276,6 +278,7 @@ def test_tokenizer_config_carries_special_tokens_and_template(default_model_dir:
     assert config["chat_template"].startswith("{% for message in messages %}")
 
 
+@pytest.mark.slow
 def test_chat_template_equals_transformers(default_model_dir: Path, reference_tokenizer) -> None:
     from jllm.tokenizer import Tokenizer
 

@@ -81,6 +81,7 @@ def assert_matches(out: np.ndarray, ref: np.ndarray, dtype: jnp.dtype) -> None:
     assert pad.any() and (out[pad] == 0).all(), "padding rows must be exactly zero"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("page_size", "head_dim", "group", "dtype"),
     [(16, 64, 1, jnp.float32), (32, 128, 4, jnp.bfloat16), (16, 128, 8, jnp.bfloat16), (32, 64, 4, jnp.float32)],
@@ -91,6 +92,7 @@ def test_mixed_prefill_and_decode_batch_matches_reference(page_size: int, head_d
     assert_matches(run_kernel(inputs, **kw), f32_reference(inputs, **kw), dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config",
     [
@@ -107,6 +109,7 @@ def test_every_tiling_matches_reference(config: KernelConfig) -> None:
     assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
 
 
+@pytest.mark.slow
 def test_long_decode_batch_with_split_kv_matches_reference() -> None:
     kv_lens = [300, 257, 1, 0]
     inputs = make_inputs(2, [1, 1, 1, 0], kv_lens, page_size=16, head_dim=128, group=4, dtype=jnp.bfloat16, pad_rows=1)
@@ -115,6 +118,7 @@ def test_long_decode_batch_with_split_kv_matches_reference() -> None:
     assert_matches(run_kernel(inputs, sm_scale=0.09), f32_reference(inputs, sm_scale=0.09), jnp.bfloat16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("soft_cap", "sliding_window"), [(5.0, None), (None, 7), (20.0, 16)])
 def test_soft_cap_and_sliding_window_match_reference(soft_cap: float | None, sliding_window: int | None) -> None:
     inputs = mixed_inputs(3, 16, head_dim=64, group=4, dtype=jnp.float32, q_scale=2.0)
@@ -123,6 +127,7 @@ def test_soft_cap_and_sliding_window_match_reference(soft_cap: float | None, sli
     assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
 
 
+@pytest.mark.slow
 def test_recycled_page_stale_contents_never_leak() -> None:
     """Every slot no sequence has written (page 0, the tails of last pages, free pages) is rewritten with huge values,
     as a page freed by one request and handed to another still holds the old one's K/V: the output must not move."""
@@ -178,6 +183,7 @@ def test_auto_backend_resolves_to_kernel_on_gpu_only() -> None:
         resolve_backend("triton", "gpu")
 
 
+@pytest.mark.slow
 def test_pallas_backend_writes_kv_then_matches_reference_backend() -> None:
     q, kv_pages, kv_lens, block_tables, qsl = mixed_inputs(7, 16, head_dim=64, group=2, dtype=jnp.float32)
     rng = np.random.default_rng(8)

@@ -49,6 +49,7 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TINY_MODELS))
 def test_sharded_checkpoint_logits_match_transformers(tiny_dirs, name):
     model_dir = tiny_dirs[name]
@@ -91,6 +92,7 @@ def test_fused_projections_hold_the_checkpoint_tensors_in_their_documented_layou
     np.testing.assert_array_equal(gate_up[:, 1], hf["model.layers.0.mlp.up_proj.weight"].T)
 
 
+@pytest.mark.slow
 def test_dummy_load_format_gives_shapes_and_shardings(tiny_dirs):
     loaded = load_model(tiny_dirs["llama3"], mesh=make_mesh(1), load_format="dummy", dtype="bfloat16")
     attn = loaded.model.layers[1].self_attn

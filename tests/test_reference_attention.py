@@ -146,6 +146,7 @@ LAYOUTS = [  # (page_size, head_dim, num_kv_heads, group): every page size, head
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["decode", "prefill", "mixed", "padded"])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lo: "ps{}-d{}-kv{}-g{}".format(*lo))
 def test_matches_numpy_oracle_over_batch_kinds_and_layouts(kind: str, layout: tuple[int, int, int, int]) -> None:
@@ -164,6 +165,7 @@ def test_matches_numpy_oracle_over_batch_kinds_and_layouts(kind: str, layout: tu
     assert_matches_oracle(case, sm_scale=head_dim**-0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("q_block", [1, 3, 8, 64])
 def test_any_query_block_gives_the_same_answer(q_block: int) -> None:
     q_lens, kv_lens = batch("mixed", 16)
@@ -171,6 +173,7 @@ def test_any_query_block_gives_the_same_answer(q_block: int) -> None:
     assert_matches_oracle(case, sm_scale=0.125, q_block=q_block)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("q_block", [4, None])
 @pytest.mark.parametrize("batch_elems", [1, 300_000])
 def test_items_looped_in_batches_with_a_ragged_tail_match(
@@ -183,12 +186,14 @@ def test_items_looped_in_batches_with_a_ragged_tail_match(
     assert_matches_oracle(case, sm_scale=0.125, q_block=q_block)
 
 
+@pytest.mark.slow
 def test_bf16_inputs_match_within_one_percent() -> None:
     q_lens, kv_lens = batch("mixed", 32)
     case = make_case(3, q_lens, kv_lens, page_size=32, head_dim=128, group=4, pad_rows=3, dtype=jnp.bfloat16)
     assert_matches_oracle(case, sm_scale=128**-0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("soft_cap", "sliding_window"), [(5.0, None), (None, 1), (None, 7), (None, 20), (5.0, 20)], ids=str
 )
@@ -202,6 +207,7 @@ def test_soft_cap_and_sliding_window(soft_cap: float | None, sliding_window: int
         assert not np.allclose(uncapped, run_attention(case, sm_scale=64**-0.5, soft_cap=soft_cap)), "cap had no effect"
 
 
+@pytest.mark.slow
 def test_stale_page_contents_never_leak() -> None:
     # Two pools agree on every written slot and differ everywhere else: outputs must be bit-identical.
     q_lens, kv_lens = batch("padded", 16)
@@ -214,6 +220,7 @@ def test_stale_page_contents_never_leak() -> None:
     np.testing.assert_array_equal(out_a, out_b)
 
 
+@pytest.mark.slow
 def test_chunked_prefill_then_decode_through_write_kv() -> None:
     # Two steps the way the runner drives them: write this step's K/V with write_kv, then attend.
     rng = np.random.default_rng(6)

@@ -19,6 +19,8 @@ from server_utils import API_KEY, ENGINE_ARGS, RunningServer, engine_config, met
 from jllm.llm import LLM
 from jllm.sampling import SamplingParams
 
+pytestmark = pytest.mark.slow  # every test talks to a server over an engine of the tiny model and compares it offline
+
 MODEL = "tiny-chat"
 PROMPT = "The capital of France is"
 CHAT = [{"role": "user", "content": "Say hi in French."}]

@@ -21,6 +21,8 @@ from server_utils import API_KEY, RunningServer, engine_config, http, metrics, t
 from jllm.engine import LLMEngine
 from jllm.outputs import RequestOutput
 
+pytestmark = pytest.mark.slow  # every test serves over an engine of the tiny model
+
 MODEL = "tiny-chat"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 from server_utils import ENGINE_ARGS, http, tiny_chat_model
 
+pytestmark = pytest.mark.slow  # the test starts `jllm serve` in a subprocess
+
 # One step bucket (16 tokens x 1 sequence): the process is serving a few seconds after it starts.
 SERVER_ARGS = {**ENGINE_ARGS, "max_num_batched_tokens": 16, "max_num_seqs": 1, "port": 0, "shutdown_timeout": 60.0}
 LAUNCH = """

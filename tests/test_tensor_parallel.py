@@ -46,6 +46,7 @@ def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [2, 4, 8])])
 def test_every_tp_size_gives_tp1_greedy_tokens_and_logits(found, case, sizes):
     runs = found["generate"][case]
@@ -57,6 +58,7 @@ def test_every_tp_size_gives_tp1_greedy_tokens_and_logits(found, case, sizes):
     assert len({t for tokens in runs["1"]["tokens"] for t in tokens}) > 3, "degenerate greedy output proves little"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [2, 4, 8])])
 def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
     for tp in sizes:
@@ -70,6 +72,7 @@ def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
         assert {part for part in SHARDED for name in params if part in name} == set(SHARDED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, kv_heads, sizes", [("default", 3, [3]), ("32q_8kv", 8, [2, 4, 8]), ("16q_2kv", 2, [2, 4, 8])]
 )
@@ -89,6 +92,7 @@ def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(
             assert qkv["device_shapes"] == [[hidden, 1, width, head_dim]] * tp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [4, 8])])
 def test_xla_splits_the_matmuls_megatron_style(found, case, sizes):
     """Each compiled forward program all-reduces the hidden states twice a layer (after the row-split O and down
@@ -107,6 +111,7 @@ def test_xla_splits_the_matmuls_megatron_style(found, case, sizes):
             assert hidden == {"all-reduce": 2 * run["num_layers"] + 1}, hidden
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [4, 8])])
 def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
     """No parameter or pool is assembled whole on a device: the only all-gathers are of ``[S, ...]`` rows for
@@ -118,6 +123,7 @@ def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
             assert all(len(dims) == 2 and dims[0] <= max_num_seqs for dims in gathered), gathered
 
 
+@pytest.mark.slow
 def test_loader_reads_only_each_devices_slice(found):
     """The fused QKV is read one model KV head at a time: its query group, and its checkpoint K/V head (which the
     devices holding copies of a replicated head each read)."""
@@ -133,6 +139,7 @@ def test_loader_reads_only_each_devices_slice(found):
                 assert largest == total // tp, name
 
 
+@pytest.mark.slow
 def test_orbax_restore_onto_a_different_mesh_gives_identical_values(found):
     for case, restores in found["orbax"].items():
         for tp, r in restores.items():
@@ -141,11 +148,13 @@ def test_orbax_restore_onto_a_different_mesh_gives_identical_values(found):
             assert max(r["devices"]) == int(tp), (case, tp, r)
 
 
+@pytest.mark.slow
 def test_pallas_kernel_runs_per_device_under_shard_map(found):
     for tp, diff in found["pallas_shard_map"].items():
         assert diff < 1e-5, f"TP={tp}: {diff}"
 
 
+@pytest.mark.slow
 def test_tp_size_the_heads_do_not_divide_is_refused_naming_key_and_heads(found):
     refused = found["refused"]
     for key, heads in (("default_tp2", (9, 3)), ("default_tp4", (9, 3)), ("16q_2kv_tp3", (16, 2))):

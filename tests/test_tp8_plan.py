@@ -82,12 +82,14 @@ def test_tp8_divides_70b_heads_vocabulary_and_mlp() -> None:
     assert parallel.valid_sizes(64, 8) == [1, 2, 4, 8, 16, 32, 64]
 
 
+@pytest.mark.slow
 def test_abstract_model_has_the_published_parameter_count(found) -> None:
     assert found["param_count"] == PARAMS
     assert found["weights_nbytes"] == 2 * PARAMS  # bf16
     assert found["kv_replicas"] == 1  # 8 KV heads over 8 devices: no copies
 
 
+@pytest.mark.slow
 def test_every_matrix_is_split_eight_ways_megatron_style(found) -> None:
     """QKV on its KV-head axis (each device: one KV head with its 8 query heads, K and V), O by rows, gate/up on
     the MLP axis, down by rows, embedding and LM head by vocabulary; RMSNorm scales replicated."""
@@ -111,6 +113,7 @@ def test_every_matrix_is_split_eight_ways_megatron_style(found) -> None:
     assert kinds == {kind: 1 if i < 3 else HF["num_hidden_layers"] for i, kind in enumerate(expected)}
 
 
+@pytest.mark.slow
 def test_each_device_holds_an_eighth_of_the_weights_plus_the_norms(found) -> None:
     for name, p in found["params"].items():
         sharded = p["shape"] != p["shard_shape"]
@@ -119,6 +122,7 @@ def test_each_device_holds_an_eighth_of_the_weights_plus_the_norms(found) -> Non
     assert found["weights_shard_nbytes"] == WEIGHT_BYTES_PER_DEVICE  # 17.64 GB, 16.43 GiB
 
 
+@pytest.mark.slow
 def test_kv_pool_is_split_by_kv_head(found) -> None:
     for pool in [found["full_length_pool"], *found["engine_pool"].values()]:
         pages = pool["num_pages"]
@@ -129,6 +133,7 @@ def test_kv_pool_is_split_by_kv_head(found) -> None:
     assert found["bytes_per_page"] == 16 * KV_BYTES_PER_TOKEN_PER_DEVICE * TP  # 5 MiB a page, 640 KiB a device
 
 
+@pytest.mark.slow
 def test_every_sequence_at_max_model_len_fits_with_activation_headroom(found) -> None:
     """max_num_seqs sequences of max_model_len tokens, no preemption: weights + that pool + the stated headroom
     stay within gpu_memory_utilization of an 80 GiB card, and of JAX's default cap of 0.75 of it."""
@@ -142,6 +147,7 @@ def test_every_sequence_at_max_model_len_fits_with_activation_headroom(found) ->
         assert need <= c["gpu_memory_utilization"] * limit
 
 
+@pytest.mark.slow
 def test_engine_sizes_a_pool_that_holds_every_sequence_at_max_model_len(found) -> None:
     """The engine's own sizing (``num_pages_from_device_memory`` on 8 fake GPUs) fills gpu_memory_utilization with
     weights and pages, and leaves the rest, at least the stated activation headroom."""
@@ -156,6 +162,7 @@ def test_engine_sizes_a_pool_that_holds_every_sequence_at_max_model_len(found) -
         assert pool["tokens"] >= c["max_num_seqs"] * c["max_model_len"] >= c["max_model_len"]
 
 
+@pytest.mark.slow
 def test_scaled_down_70b_at_tp8_gives_tp1_greedy_tokens(found) -> None:
     """Same ratios as 70B (64 q / 8 KV heads, MLP 3.5 x hidden, untied head), dummy weights from one seed: the
     weights are identical at both sizes, so the tokens must be too."""
