@@ -22,10 +22,11 @@ from jllm.config import EngineConfig
 from jllm.loader import LoadedModel, load_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.outputs import CompletionOutput, Logprob, RequestOutput
-from jllm.runner import LaunchedStep, ModelRunner, PromptTokenLogprob, SampledToken
+from jllm.runner import LaunchedStep, ModelRunner
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import Sequence, SequenceStatus
+from jllm.step_results import PromptTokenLogprob, SampledToken
 from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
