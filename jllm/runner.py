@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,12 +20,20 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jllm import distributed, parallel, step_programs
+from jllm import parallel, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode
 from jllm.sequence import ScheduledSequence, SchedulerOutput
-from jllm.step_inputs import InputLayout, StepInputs, Variant, host_inputs, pack_inputs, pick_variant
+from jllm.step_inputs import (
+    InputLayout,
+    StepInputs,
+    StepPlan,
+    Variant,
+    host_inputs,
+    pack_inputs,
+    pick_variant,
+)
 from jllm.step_results import StepResult, step_result
 
 MAX_COMPILE_THREADS = 8
@@ -36,6 +43,15 @@ MAX_COMPILE_THREADS = 8
 # CPU compiles ignore it.
 COMPILER_OPTIONS = {"xla_gpu_command_buffer_update_mode": "SKIP_PROFILED"}
 BASE_VARIANTS: tuple[Variant, ...] = ((0, None, SamplingMode.GREEDY), (0, None, SamplingMode.RANDOM))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceStep:
+    """A plan on the devices: its inputs packed and transferred, ready for the step's programs (``dispatch``)."""
+
+    layout: InputLayout
+    buffers: list[jax.Array]  # one flat buffer per dtype, replicated over the mesh
+    variant: Variant
 
 
 @dataclasses.dataclass
@@ -75,6 +91,8 @@ class ModelRunner:
         num_rows = max(bucket.num_seqs for bucket in self.buckets)
         self._last_tokens = jax.device_put(np.zeros(num_rows, np.int32), parallel.replicated(self.mesh))
         self._last_rows: dict[int, int] = {}
+        # Every plan's StepInputs share one tree; only the shapes change: what a follower decodes plans into.
+        self.input_structure = jax.tree.structure(self._host_inputs([], self.buckets[0]))
         # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
         # ``num_compilations`` counts real XLA compilations: forward programs by layout, samplers by (variant, layout).
         self._forward_programs: dict[InputLayout, jax.stages.Compiled] = {}
@@ -121,18 +139,19 @@ class ModelRunner:
             ThreadPoolExecutor(workers) as pool,
             tqdm(total=len(self.buckets), desc="compiling step buckets", disable=not show_progress) as bar,
         ):
-            steps = [self._empty_step(bucket) for bucket in self.buckets]
+            # Each bucket's inputs with no sequences (all padding), alike on every process.
+            steps = [self.put(StepPlan(self._host_inputs([], b), BASE_VARIANTS[0])) for b in self.buckets]
             pending = []
-            for layout, buffers in steps:
-                forward = self._lower_forward(layout, buffers)
+            for step in steps:
+                forward = self._lower_forward(step.layout, step.buffers)
                 hidden = jax.ShapeDtypeStruct(
                     forward.out_info[0].shape, forward.out_info[0].dtype, sharding=parallel.replicated(self.mesh)
                 )
-                samplers = [(v, self._lower_sampler(v, layout, buffers, hidden)) for v in BASE_VARIANTS]
+                samplers = [(v, self._lower_sampler(v, step.layout, step.buffers, hidden)) for v in BASE_VARIANTS]
                 compiles = [
                     pool.submit(lowered.compile, COMPILER_OPTIONS) for _, lowered in [(None, forward)] + samplers
                 ]
-                pending.append((layout, [v for v, _ in samplers], compiles))
+                pending.append((step.layout, [v for v, _ in samplers], compiles))
             for layout, variants, (forward, *samplers) in pending:
                 self._forward_programs[layout] = forward.result()
                 for variant, future in zip(variants, samplers, strict=True):
@@ -140,29 +159,26 @@ class ModelRunner:
                 bar.update()
         if self.mesh.devices.flat[0].platform == "cpu":
             return  # no first-run cost to pay ahead on a CPU, where running every bucket's padding takes ~20 s
-        for layout, buffers in steps:  # one run each: loads the programs onto the devices
+        for step in steps:  # one run each: loads the programs onto the devices
             for variant in BASE_VARIANTS:
-                self._call(variant, layout, buffers)
+                self.dispatch(dataclasses.replace(step, variant=variant))
 
-    def _empty_step(self, bucket: StepBucket) -> tuple[InputLayout, list[jax.Array]]:
-        """A bucket's inputs with no sequences (all padding, alike on every process), packed and on the devices:
-        what warm-up compiles and runs."""
-        layout, buffers = pack_inputs(self._host_inputs([], bucket))
-        return layout, self._device_inputs(buffers)
+    # ---------------------------------------------------------------- the lead
 
-    def launch(self, output: SchedulerOutput) -> LaunchedStep:
-        """Builds the step's inputs and dispatches its programs; returns as soon as they are queued on the device.
+    def plan(self, output: SchedulerOutput) -> StepPlan:
+        """The step's host inputs and sampler variant: host work only, which the lead publishes before running it."""
+        bucket = pick_bucket(self.buckets, output.num_batched_tokens, len(output.scheduled))
+        inputs = self._host_inputs(output.scheduled, bucket)
+        return StepPlan(inputs, pick_variant(output.scheduled, inputs, self.vocab_size))
+
+    def launch(self, output: SchedulerOutput, plan: StepPlan) -> LaunchedStep:
+        """Runs ``plan`` (made from ``output``); returns as soon as its programs are queued on the device.
 
         A sequence whose last input the previous launch is still sampling gets it on the device
         (``ScheduledSequence.pending_input``), so a step can be launched before the one before it has finished.
         """
-        scheduled = output.scheduled
-        inputs = self._host_inputs(scheduled, pick_bucket(self.buckets, output.num_batched_tokens, len(scheduled)))
-        variant = pick_variant(scheduled, inputs, self.vocab_size)
-        if distributed.is_multiprocess():  # the lead: every follower must run this step too
-            distributed.publish_plan(jax.tree.leaves(inputs), variant)
-        result, prompt = self._run(inputs, variant)
-        self._last_rows = {s.seq.seq_id: i for i, s in enumerate(scheduled) if s.samples_token}
+        result, prompt = self.run(plan)
+        self._last_rows = {s.seq.seq_id: i for i, s in enumerate(output.scheduled) if s.samples_token}
         for x in jax.tree.leaves((result, prompt)):
             x.copy_to_host_async()  # starts when the step ends, so collect() need not wait for the transfer
         return LaunchedStep(output, result, prompt)
@@ -171,35 +187,6 @@ class ModelRunner:
         """Waits for a launched step; entry i of each list belongs to ``launched.output.scheduled[i]``."""
         result, prompt = jax.device_get((launched.result, launched.prompt))
         return step_result(launched.output.scheduled, result, prompt)
-
-    def _run(self, inputs: StepInputs, variant: Variant) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
-        """Host inputs -> packed device buffers -> the bucket's program; the results stay on the device."""
-        layout, buffers = pack_inputs(inputs)
-        return self._call(variant, layout, self._device_inputs(buffers))
-
-    def _call(
-        self, variant: Variant, layout: InputLayout, buffers: list[jax.Array]
-    ) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
-        forward = self._forward_program(layout, buffers)
-        hidden, self.kv_caches = forward(self.state, self.kv_caches, buffers, self._last_tokens)
-        out, prompt, self._last_tokens = self._sampler_program(variant, layout, buffers, hidden)(
-            self.state, hidden, buffers
-        )
-        return out, prompt
-
-    # ---------------------------------------------------------------- multi-process (jllm.distributed)
-
-    def follow(self, plans: Iterable[tuple[list[np.ndarray], Variant]]) -> None:
-        """A follower's step loop: runs each step the lead published (flattened host inputs, variant), in order."""
-        # Every step's inputs share one structure; only the shapes change.
-        structure = jax.tree.structure(self._host_inputs([], self.buckets[0]))
-        for leaves, variant in plans:
-            self._run(jax.tree.unflatten(structure, leaves), variant)
-
-    def _device_inputs(self, buffers: list[np.ndarray]) -> list[jax.Array]:
-        """Packed host buffers -> arrays replicated over the mesh. Each process gives the whole array for its own
-        devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local device)."""
-        return jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
 
     def _host_inputs(self, scheduled: list[ScheduledSequence], bucket: StepBucket) -> StepInputs:
         return host_inputs(
@@ -212,3 +199,27 @@ class ModelRunner:
             attention_backend=self.attention_backend,
             mesh=self.mesh,
         )
+
+    # ---------------------------------------------------------------- every process
+
+    def run(self, plan: StepPlan) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
+        """Runs a step on every process alike (a follower runs each plan the lead publishes); the results stay on
+        the device."""
+        return self.dispatch(self.put(plan))
+
+    def put(self, plan: StepPlan) -> DeviceStep:
+        """Packs the plan's host inputs and transfers them, replicated over the mesh. Each process gives the whole
+        array for its own devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local
+        device)."""
+        layout, buffers = pack_inputs(plan.inputs)
+        device_buffers = jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
+        return DeviceStep(layout, device_buffers, plan.variant)
+
+    def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
+        """Queues the step's forward and sampler programs (compiling them on first use) on inputs already on the
+        devices; scripts call it back to back to time the compiled step alone."""
+        forward = self._forward_program(step.layout, step.buffers)
+        hidden, self.kv_caches = forward(self.state, self.kv_caches, step.buffers, self._last_tokens)
+        sample = self._sampler_program(step.variant, step.layout, step.buffers, hidden)
+        out, prompt, self._last_tokens = sample(self.state, hidden, step.buffers)
+        return out, prompt

@@ -1,8 +1,8 @@
 """One step's inputs as plain data: the host batch the scheduler's output becomes, its packing, and the step plan.
 
 Everything here is NumPy over plain arguments (no device arrays, no runner), so the index maths is tested on its
-own and every process can rebuild the same step from the lead's published host inputs. The runner turns them into
-device arrays and runs them; ``jllm.distributed`` carries them from the lead to its followers.
+own and every process can rebuild the same step from the lead's published ``StepPlan``. The runner turns a plan into
+device arrays and runs it; ``jllm.distributed`` carries plans from the lead to its followers.
 """
 
 from __future__ import annotations
@@ -40,6 +40,19 @@ class StepInputs:
     logits_indices: jax.Array  # [S] int32: row of each sequence's last new token (0 for padding)
     sampling: SamplingMetadata  # per-row sampling settings [S, ...]
     prompt_targets: jax.Array  # [T] int32: the next prompt token where prompt logprobs are wanted, else -1
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """What every process needs to run one step, decided by the lead alone: a value, so the lead can publish it and
+    a follower run exactly what the lead runs."""
+
+    inputs: StepInputs  # NumPy leaves, padded to the step's bucket
+    variant: Variant
+
+    @property
+    def bucket(self) -> StepBucket:
+        return StepBucket(self.inputs.input_ids.shape[0], self.inputs.logits_indices.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)

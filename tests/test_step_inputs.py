@@ -9,7 +9,7 @@ from jllm.buckets import StepBucket
 from jllm.sampler import MAX_LOGPROBS, SamplingMode
 from jllm.sampling import SamplingParams
 from jllm.sequence import ScheduledSequence, Sequence
-from jllm.step_inputs import StepInputs, host_inputs, pack_inputs, pick_variant, unpack_inputs
+from jllm.step_inputs import StepInputs, StepPlan, host_inputs, pack_inputs, pick_variant, unpack_inputs
 
 PAGE_SIZE = 4
 PAGES_PER_SEQ = 4
@@ -177,9 +177,10 @@ def test_packed_inputs_unpack_to_the_same_arrays_in_one_buffer_per_dtype() -> No
         assert got.dtype == want.dtype
 
 
-def test_the_cheapest_sampler_variant_is_picked() -> None:
+def test_plan_names_its_bucket_and_the_cheapest_sampler_variant() -> None:
     greedy = [scheduled(0, [11, 12], 2, pages=[3])]
     inputs = build(greedy, StepBucket(8, 4))
+    assert StepPlan(inputs, pick_variant(greedy, inputs, 512)).bucket == StepBucket(8, 4)
     assert pick_variant(greedy, inputs, 512) == (0, None, SamplingMode.GREEDY)
     logprobs = [scheduled(0, [11, 12], 2, pages=[3], logprobs=1, prompt_logprobs=1)]
     assert pick_variant(logprobs, build(logprobs, StepBucket(8, 4)), 512) == (
