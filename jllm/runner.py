@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -127,6 +128,14 @@ class ModelRunner:
         """Programs compiled so far: per bucket one forward and the base samplers, plus any other sampler variant
         (penalties, logprobs, top-k/top-p) used."""
         return len(self._forward_programs) + len(self._sampler_programs)
+
+    def compiled_programs(self) -> Iterator[tuple[Variant | None, InputLayout, jax.stages.Compiled]]:
+        """Every program compiled so far, for inspection (HLO dumps): the forwards with variant None, then the
+        samplers with theirs."""
+        for layout, compiled in self._forward_programs.items():
+            yield None, layout, compiled
+        for (variant, layout), compiled in self._sampler_programs.items():
+            yield variant, layout, compiled
 
     def warmup(self, show_progress: bool = True) -> None:
         """Compiles every bucket's forward and base samplers now, so no request waits on the compiler.
