@@ -1,9 +1,10 @@
-"""One engine over several processes (hosts): ``jax.distributed`` start-up and the lead's step plans.
+"""One engine over several processes (hosts): ``jax.distributed`` start-up, the one-engine claim, and step plans.
 
 Under ``jax.distributed`` the tensor-parallel mesh spans every process's devices, so every process must run every
 step program, in the same order, or the collectives inside them never meet. Only the lead (process 0) takes
-requests and schedules: before each step it publishes the step's host inputs (the plan) and every follower runs the
-same program on them. Start-up (loading, the KV pool, warm-up) needs no plan: it is the same on every process.
+requests and schedules: before each step its ``PlanPublisher`` publishes the step's ``StepPlan`` and every follower
+(``run_follower``) runs the same programs on it. Start-up (loading, the KV pool, warm-up) needs no plan: it is the
+same on every process.
 
 Plans travel through the coordination service's key-value store that ``jax.distributed`` already runs, not through a
 device broadcast (``multihost_utils.broadcast_one_to_all``): a broadcast needs the array shapes agreed beforehand,
@@ -19,8 +20,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -29,17 +30,21 @@ from jax.experimental import multihost_utils
 
 from jllm.config import ConfigError, ParallelConfig
 from jllm.sampler import SamplingMode
-
-if TYPE_CHECKING:
-    from jllm.runner import ModelRunner, Variant
+from jllm.step_inputs import StepPlan
 
 logger = logging.getLogger(__name__)
 
+ENGINE_KEY = "jllm/engine/{}"  # set once process n has built its engine: there is no second one
 PLAN_KEY = "jllm/plan/{}"  # the n-th plan the lead published; an empty value means "stop"
 POLL_MS = 60_000  # an idle follower's wait for the next plan is cut into waits this long
 
-_published = itertools.count()  # plans the lead has published
-_engine_started = False  # followers serve the first engine's steps until the lead stops: there is no second one
+
+class Follower(Protocol):
+    """What a follower needs of its engine's runner (``jllm.runner.ModelRunner``)."""
+
+    input_structure: jax.tree_util.PyTreeDef  # the tree of every plan's StepInputs, which a plan's leaves fill
+
+    def run(self, plan: StepPlan) -> object: ...
 
 
 def initialize(config: ParallelConfig) -> None:
@@ -66,21 +71,28 @@ def initialize(config: ParallelConfig) -> None:
             f"tensor_parallel_size={config.tensor_parallel_size} is not allowed with {jax.process_count()} processes: "
             f"the mesh must span every process, so it must equal their {jax.device_count()} devices in all"
         )
-    if is_lead():
-        atexit.register(_publish_stop)  # runs before JAX's own exit hook, while the coordination service is up
     logger.info("process %d of %d joined %s", jax.process_index(), jax.process_count(), config.distributed_coordinator)
 
 
-def claim_engine() -> None:
-    """Refuses a second engine in a process group: the followers stay in the first one's step loop, so a second
-    engine's start-up would wait on them for ever."""
-    global _engine_started
-    if is_multiprocess() and _engine_started:
+def claim_engine() -> PlanPublisher | None:
+    """Claims this process's engine in a process group; the lead gets the publisher of the engine's step plans.
+
+    A second engine is refused: the followers stay in the first one's step loop, so a second engine's start-up would
+    wait on them for ever. The claim is a key in the coordination service, which refuses to set a key twice.
+    """
+    if not is_multiprocess():
+        return None  # one process: engines come and go freely
+    client = _client()
+    try:
+        client.key_value_set(ENGINE_KEY.format(jax.process_index()), "claimed")
+    except jax.errors.JaxRuntimeError as e:
+        if "ALREADY_EXISTS" not in str(e):
+            raise
         raise RuntimeError(
             "one engine per process under jax.distributed: the followers run the first engine's steps until the lead "
             "process exits; reuse that engine (LLM object) instead of building another"
-        )
-    _engine_started = True
+        ) from e
+    return PlanPublisher(client) if is_lead() else None
 
 
 def is_multiprocess() -> bool:
@@ -99,46 +111,59 @@ def min_over_processes(value: int) -> int:
     return int(multihost_utils.process_allgather(np.int64(value)).min())
 
 
-def publish_plan(leaves: Sequence[np.ndarray], variant: Variant) -> None:
-    """The lead: the next step's flattened host inputs and variant, for the followers to run too."""
-    n = next(_published)
-    client = _client()
-    client.key_value_set_bytes(PLAN_KEY.format(n), _encode(leaves, variant))
-    if n >= 2:  # the lead has collected step n - 2 (step n - 1 may still run), so its collectives met: every
-        client.key_value_delete(PLAN_KEY.format(n - 2))  # follower has read that plan
+class PlanPublisher:
+    """The lead's side of the step loop: each step's plan, in order, then "stop" when the lead process exits."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._published = itertools.count()  # plans published so far
+        atexit.register(self.stop)  # runs before JAX's own exit hook, while the coordination service is up
+
+    def publish(self, plan: StepPlan) -> None:
+        """The next step, for the followers to run too; before the lead runs it."""
+        n = next(self._published)
+        self._client.key_value_set_bytes(PLAN_KEY.format(n), _encode(plan))
+        if n >= 2:  # the lead has collected step n - 2 (step n - 1 may still run), so its collectives met: every
+            self._client.key_value_delete(PLAN_KEY.format(n - 2))  # follower has read that plan
+
+    def stop(self) -> None:
+        self._client.key_value_set_bytes(PLAN_KEY.format(next(self._published)), b"")
 
 
-def run_follower(runner: ModelRunner) -> None:
-    """A follower's whole job after start-up: run the lead's steps until the lead stops."""
+def run_follower(runner: Follower) -> None:
+    """A follower's whole job after start-up: run the lead's steps, in order, until the lead stops."""
     logger.info("process %d follows the lead's steps; only process 0 takes requests", jax.process_index())
-    runner.follow(_plans())
+    for plan in _plans(runner.input_structure):
+        runner.run(plan)
     logger.info("process %d: the lead stopped", jax.process_index())
 
 
-def _plans() -> Iterator[tuple[list[np.ndarray], Variant]]:
+def _plans(structure: jax.tree_util.PyTreeDef) -> Iterator[StepPlan]:
     client = _client()
     for n in itertools.count():
         data = _wait_for(client, PLAN_KEY.format(n))
         if not data:
             return
-        yield _decode(data)
+        yield _decode(data, structure)
 
 
-def _encode(leaves: Sequence[np.ndarray], variant: Variant) -> bytes:
-    """A JSON header (variant; each leaf's dtype, shape and full width), then the leaves' bytes.
+def _encode(plan: StepPlan) -> bytes:
+    """A JSON header (variant; each input leaf's dtype, shape and full width), then the leaves' bytes.
 
     2-D leaves leave behind their trailing columns that repeat the last one (a block table's unused pages, the -1
     padding of token lists): with long contexts MBs of padding would otherwise cross every step. Plain JSON and raw
     bytes, not pickle, so nothing executable crosses; no zip container, whose parsing costs a follower a millisecond.
     """
+    leaves = jax.tree.leaves(plan.inputs)
     widths = [x.shape[1] if x.ndim == 2 and x.shape[1] else -1 for x in leaves]
     kept = [np.ascontiguousarray(x if w < 0 else x[:, : _kept_columns(x)]) for x, w in zip(leaves, widths, strict=True)]
     arrays = [[x.dtype.str, x.shape, w] for x, w in zip(kept, widths, strict=True)]
-    header = json.dumps({"variant": variant, "arrays": arrays}).encode()
+    header = json.dumps({"variant": plan.variant, "arrays": arrays}).encode()
     return b"".join([len(header).to_bytes(4, "little"), header, *(x.tobytes() for x in kept)])
 
 
-def _decode(data: bytes) -> tuple[list[np.ndarray], Variant]:
+def _decode(data: bytes, structure: jax.tree_util.PyTreeDef) -> StepPlan:
+    """``structure``: the follower's own tree of ``StepInputs`` (its static fields, the mesh included, are local)."""
     size = int.from_bytes(data[:4], "little")
     header, offset = json.loads(data[4 : 4 + size]), 4 + size
     leaves = []
@@ -147,7 +172,7 @@ def _decode(data: bytes) -> tuple[list[np.ndarray], Variant]:
         offset += x.nbytes
         leaves.append(x if width < 0 else np.concatenate([x, np.repeat(x[:, -1:], width - x.shape[1], axis=1)], 1))
     top_logprobs, prompt_logprobs, mode = header["variant"]
-    return leaves, (top_logprobs, prompt_logprobs, SamplingMode(mode))
+    return StepPlan(jax.tree.unflatten(structure, leaves), (top_logprobs, prompt_logprobs, SamplingMode(mode)))
 
 
 def _kept_columns(x: np.ndarray) -> int:
@@ -164,10 +189,6 @@ def _wait_for(client: Any, key: str) -> bytes:
         except jax.errors.JaxRuntimeError as e:
             if "DEADLINE_EXCEEDED" not in str(e):
                 raise
-
-
-def _publish_stop() -> None:
-    _client().key_value_set_bytes(PLAN_KEY.format(next(_published)), b"")
 
 
 def _client() -> Any:

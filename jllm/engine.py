@@ -22,10 +22,11 @@ from jllm.config import EngineConfig
 from jllm.loader import LoadedModel, load_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.outputs import CompletionOutput, Logprob, RequestOutput
-from jllm.runner import LaunchedStep, ModelRunner, PromptTokenLogprob, SampledToken
+from jllm.runner import LaunchedStep, ModelRunner
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import Sequence, SequenceStatus
+from jllm.step_results import PromptTokenLogprob, SampledToken
 from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, *, show_progress: bool = True):
         self.config = config
         distributed.initialize(config.parallel)  # before anything touches a device
-        distributed.claim_engine()
+        self.publisher = distributed.claim_engine()  # the lead of several processes publishes each step's plan
         enable_compilation_cache()
         model_dir = resolve_model(config.model.model)
         self.mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)
@@ -242,7 +243,10 @@ class LLMEngine:
                 touched[state.request_id] = state
         launched = None
         if not out.is_empty:
-            launched = self.runner.launch(out)
+            plan = self.runner.plan(out)
+            if self.publisher is not None:  # every follower runs this step too
+                self.publisher.publish(plan)
+            launched = self.runner.launch(out, plan)
             self.scheduler.on_step_launched(out)
         if self._in_flight is not None:  # the device ran it while this step was scheduled and launched
             self._process(self._in_flight, touched)

@@ -4,6 +4,9 @@ Each parameter is created with ``jax.make_array_from_callback``: every device re
 memory-mapped safetensors tensors, so no full copy lands on one device first. Fused projections (QKV, gate/up) are
 assembled slice by slice from their checkpoint parts, and with KV heads replicated over more devices than there are
 heads (``jllm.parallel``), each device reads the one checkpoint KV head it holds.
+
+``save_model`` writes the other kind of model directory it reads: the same config and tokenizer files beside an
+orbax checkpoint of the converted parameters (``jllm.checkpoint``), which loads without converting again.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,12 +28,22 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 
 from jllm import parallel
+from jllm.checkpoint import restore_params, save_params
 from jllm.models.registry import build_args
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (our orientation) -> its values
 # Tensors a checkpoint may carry that the model rebuilds or does not need.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Files copied beside the saved parameters so the saved directory is a complete model directory.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",  # where transformers >= 4.50 saves the chat template
+)
 
 
 @dataclasses.dataclass
@@ -235,9 +249,18 @@ def load_model(
     elif load_format == "safetensors":
         load_safetensors_params(state, model_dir, mesh, kv_replicas)
     elif load_format == "orbax":
-        from jllm.checkpoint import restore_params
-
         state = restore_params(model_dir / "params", state, mesh, kv_replicas)
     else:
         raise ValueError(f"load_format {load_format!r} is not supported; choose auto, safetensors, dummy or orbax")
     return LoadedModel(nnx.merge(graphdef, state), args, hf_config, generation_config, model_dir, mesh, kv_replicas)
+
+
+def save_model(loaded: LoadedModel, out_dir: str | Path) -> Path:
+    """Writes ``loaded`` as a model directory that ``load_model`` (``load_format: auto``) restores from ``params/``."""
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SIDE_FILES:
+        if (loaded.model_dir / name).is_file():
+            shutil.copy2(loaded.model_dir / name, out_dir / name)
+    save_params(nnx.state(loaded.model, nnx.Param), out_dir / "params", loaded.mesh, loaded.kv_replicas)
+    return out_dir

@@ -412,24 +412,25 @@ class PartTimer:
 
 @dataclass
 class StepTimes:
-    """Where jllm's wall time goes, accumulated by wrapping the engine's methods during the timed run (private
-    runner methods: rename them here when the runner's change)."""
+    """Where jllm's wall time goes, accumulated by wrapping the engine's and its runner's public step methods during
+    the timed run."""
 
     timer: PartTimer = field(default_factory=PartTimer)
     buckets: collections.Counter = field(default_factory=collections.Counter)
 
     def wrap(self, engine: Any) -> None:
-        """Times ``engine.step``, ``runner.launch`` (the step's NumPy batch, its transfer and the programs' dispatch),
-        ``runner._host_inputs`` (the NumPy batch alone) and ``runner.collect`` (waiting for the device, unpacking the
-        tokens), counting the buckets used."""
+        """Times ``engine.step``, ``runner.plan`` (the step's NumPy batch), ``runner.launch`` (its transfer and the
+        programs' dispatch) and ``runner.collect`` (waiting for the device, unpacking the tokens), counting the
+        buckets used."""
         runner = engine.runner
         self.timer.wrap(engine, "step", "step")
-        self.timer.wrap(runner, "launch", "launch")
+        self.timer.wrap(runner, "plan", "build")
+        self.timer.wrap(runner, "launch", "launch", note=self._count_bucket)
         self.timer.wrap(runner, "collect", "collect")
-        self.timer.wrap(runner, "_host_inputs", "build", note=self._count_bucket)
 
-    def _count_bucket(self, scheduled: Any, bucket: Any, **kwargs: Any) -> None:
-        self.buckets[f"{bucket.num_tokens}x{bucket.num_seqs}"] += 1
+    def _count_bucket(self, output: Any, plan: Any) -> None:
+        """``plan``: the launched ``jllm.step_inputs.StepPlan``."""
+        self.buckets[f"{plan.bucket.num_tokens}x{plan.bucket.num_seqs}"] += 1
 
     def unwrap(self) -> None:
         self.timer.unwrap()
@@ -438,8 +439,8 @@ class StepTimes:
         s, steps = self.timer.seconds, self.timer.calls["step"]
         return dict(
             steps=steps, step_ms=1e3 * s["step"] / max(steps, 1), build_inputs_s=s["build"],
-            dispatch_s=s["launch"] - s["build"], wait_s=s["collect"],
-            engine_host_s=s["step"] - s["launch"] - s["collect"], buckets=dict(self.buckets),
+            dispatch_s=s["launch"], wait_s=s["collect"],
+            engine_host_s=s["step"] - s["build"] - s["launch"] - s["collect"], buckets=dict(self.buckets),
         )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
 For the default model and for a random-weight Llama built with transformers (saved sharded), times
 ``jllm.loader.load_model(hf_dir)`` (safetensors -> params) against ``load_model(saved_dir)`` where ``saved_dir`` was
-written by ``jllm.checkpoint.save_model`` (orbax restore). Best of ``--repeats`` runs each, after the files are in the
+written by ``jllm.loader.save_model`` (orbax restore). Best of ``--repeats`` runs each, after the files are in the
 OS page cache (the first run reads them), so the numbers compare the loaders rather than the disk.
 
     python scripts/bench_load.py --json load.json
@@ -21,8 +21,7 @@ import jax
 from flax import nnx
 from machine_info import cpu_name
 
-from jllm.checkpoint import save_model
-from jllm.loader import load_model
+from jllm.loader import load_model, save_model
 from jllm.model_source import DEFAULT_MODEL, resolve_model
 from jllm.parallel import make_mesh
 

@@ -39,7 +39,7 @@ from bench_common import PartTimer, write_dummy_model  # noqa: E402
 
 import jllm.runner  # noqa: E402
 from jllm import LLM, SamplingParams  # noqa: E402
-from jllm.runner import pack_inputs  # noqa: E402
+from jllm.runner import DeviceStep  # noqa: E402
 from jllm.sampling import RequestOutputKind  # noqa: E402
 
 SMOKE_MODEL = dict(
@@ -71,9 +71,9 @@ def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
     eng, runner = llm.engine, llm.engine.runner
     timer = PartTimer()
     timer.wrap(eng.scheduler, "schedule", "schedule")
-    timer.wrap(runner, "_host_inputs", "host_inputs")
-    timer.wrap(runner, "_device_inputs", "device_inputs")
-    timer.wrap(runner, "_call", "dispatch")
+    timer.wrap(runner, "plan", "host_inputs")
+    timer.wrap(runner, "put", "device_inputs")
+    timer.wrap(runner, "dispatch", "dispatch")
     timer.wrap(jax, "device_get", "wait_results")
     try:
         start = time.perf_counter()
@@ -91,24 +91,17 @@ def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
 def device_only(llm: LLM, steps: int) -> dict[str, float]:
     """The compiled step on one decode step's device inputs: back to back (device time) and one at a time."""
     runner = llm.engine.runner
-    captured: list[tuple[Any, Any]] = []
-    run = runner._run
-
-    def capture(inputs: Any, variant: Any) -> Any:
-        captured.append((inputs, variant))
-        return run(inputs, variant)
-
-    runner._run = capture
+    captured: list[DeviceStep] = []
+    timer = PartTimer()
+    timer.wrap(runner, "dispatch", "dispatch", note=captured.append)
     try:
         llm.engine.step()
     finally:
-        runner.__dict__.pop("_run", None)
-    inputs, variant = captured[-1]
-    layout, host_buffers = pack_inputs(inputs)
-    buffers = runner._device_inputs(host_buffers)
+        timer.unwrap()
+    step = captured[-1]
 
     def call() -> Any:
-        return runner._call(variant, layout, buffers)[0]
+        return runner.dispatch(step)[0]
 
     jax.block_until_ready(call())
     start = time.perf_counter()
@@ -214,13 +207,8 @@ def main() -> None:
             row["kernels"] = kernel_profile(llm, args.trace_steps, Path(tmp) / f"trace{batch}")
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
-                runner = llm.engine.runner
-                programs = [("forward", layout, exe) for layout, exe in runner._forward_programs.items()]
-                programs += [
-                    ("sampler_" + "_".join(map(str, variant)), layout, exe)
-                    for (variant, layout), exe in runner._sampler_programs.items()
-                ]
-                for name, layout, exe in programs:
+                for variant, layout, exe in llm.engine.runner.compiled_programs():
+                    name = "forward" if variant is None else "sampler_" + "_".join(map(str, variant))
                     tokens = layout.slots[0][2][0]  # the layout's first leaf is input_ids [T]
                     if tokens == batch:
                         (args.dump_hlo / f"{name}_t{tokens}.hlo.txt").write_text(exe.as_text())

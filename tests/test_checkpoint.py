@@ -7,8 +7,7 @@ import numpy as np
 from flax import nnx
 from model_utils import TINY_CONFIG, save_tiny_checkpoint
 
-from jllm.checkpoint import save_model
-from jllm.loader import load_model
+from jllm.loader import load_model, save_model
 from jllm.parallel import make_mesh
 
 

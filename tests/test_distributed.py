@@ -7,6 +7,7 @@ requests. Every process gets a timeout, so a hang fails the test instead of stal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -14,15 +15,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import yaml
 from model_utils import random_llama
 
-from jllm import cli
+from jllm import cli, distributed
+from jllm.buckets import StepBucket
 from jllm.config import ConfigError, EngineConfig
 from jllm.distributed import _decode, _encode
 from jllm.sampler import SamplingMode
+from jllm.step_inputs import StepPlan, host_inputs
 
 # Two step buckets (16 tokens x 1 / 4 sequences); the long prompt is prefilled in 16-token chunks beside decodes.
 ENGINE_ARGS = dict(dtype="float32", max_model_len=128, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
@@ -158,37 +162,60 @@ def test_cli_refuses_a_coordinator_without_the_process_count(capsys: pytest.Capt
 
 def test_plan_round_trips_exactly_and_leaves_padding_behind() -> None:
     rng = np.random.default_rng(0)
-    block_tables = np.zeros((64, 8192), np.int32)  # [S, pages]: a 128k context, three sequences of <= 40 pages
+    # A 128k context in 16-token pages: block tables [64, 8192], of which three sequences use <= 40 pages.
+    empty = host_inputs([], StepBucket(16, 64), page_size=16, pages_per_seq=8192, last_rows={}, eos_token_ids={2})
+    block_tables = empty.attn.block_tables.copy()
     block_tables[:3, :40] = rng.integers(1, 1000, (3, 40))
-    token_lists = np.full((4, 300), -1, np.int32)
-    token_lists[0, :10] = 5
-    leaves = [
-        np.arange(16, dtype=np.int32),
-        block_tables,
-        token_lists,
-        rng.random((4, 6)).astype(np.float32),
-        np.full((3, 5), np.nan, np.float32),  # NaN equals nothing: kept whole, still exact
-        np.zeros((4, 0), np.int32),  # no penalties: zero-width token lists
-        np.zeros(4, np.uint32),
-    ]
+    banned_ids = empty.sampling.banned_ids.copy()  # [64, 8], -1 padded
+    banned_ids[0, :2] = [2, 7]
+    inputs = dataclasses.replace(
+        empty,
+        input_ids=rng.integers(0, 500, 16).astype(np.int32),
+        attn=dataclasses.replace(empty.attn, block_tables=block_tables),
+        sampling=dataclasses.replace(
+            empty.sampling,
+            banned_ids=banned_ids,
+            temperature=np.where(np.arange(64) == 5, np.nan, rng.random(64)).astype(np.float32),  # NaN stays exact
+            seeds=rng.integers(0, 2**32, 64, dtype=np.uint32),
+        ),
+    )
+    assert empty.sampling.prompt_ids.shape == (64, 0)  # no penalties: zero-width token lists
+    structure = jax.tree.structure(inputs)
     for variant in [(0, None, SamplingMode.GREEDY), (3, 2, SamplingMode.TRUNCATED), (1, 0, SamplingMode.RANDOM)]:
-        data = _encode(leaves, variant)
-        decoded, got = _decode(data)
-        assert got == variant
-        for sent, back in zip(leaves, decoded, strict=True):
+        data = _encode(StepPlan(inputs, variant))
+        got = _decode(data, structure)
+        assert got.variant == variant
+        assert jax.tree.structure(got.inputs) == structure
+        for sent, back in zip(jax.tree.leaves(inputs), jax.tree.leaves(got.inputs), strict=True):
             assert sent.dtype == back.dtype and sent.shape == back.shape
             np.testing.assert_array_equal(sent, back)
     assert len(data) < 20_000 < block_tables.nbytes
 
 
-def test_a_second_engine_in_a_process_group_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Followers serve the first engine until the lead exits, so a second one would wait on them for ever."""
-    from jllm import distributed
+CLAIM_TWICE = """
+import sys
+from jllm import distributed
+from jllm.config import ParallelConfig
 
-    monkeypatch.setattr(distributed, "_engine_started", False)
-    monkeypatch.setattr(distributed, "is_multiprocess", lambda: True)
+group = dict(distributed_coordinator=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+distributed.initialize(ParallelConfig(tensor_parallel_size=2, **group))
+publisher = distributed.claim_engine()
+print("publisher:", type(publisher).__name__)
+try:
     distributed.claim_engine()
-    with pytest.raises(RuntimeError, match="one engine per process"):
-        distributed.claim_engine()
-    monkeypatch.setattr(distributed, "is_multiprocess", lambda: False)
-    distributed.claim_engine()  # one process: engines come and go freely
+except RuntimeError as e:
+    print("second:", e)
+"""
+
+
+def test_a_second_engine_in_a_process_group_is_refused(cache: Path, tmp_path: Path) -> None:
+    """Followers serve the first engine until the lead exits, so a second one would wait on them for ever."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    commands = {f"p{rank}": ["-c", CLAIM_TWICE, coordinator, str(rank)] for rank in (0, 1)}
+    status, logs = run_group(commands, tmp_path, cache)
+    assert status == {"p0": 0, "p1": 0}, logs
+    assert "publisher: PlanPublisher" in logs["p0"] and "publisher: NoneType" in logs["p1"], logs
+    for log in logs.values():
+        assert "second: one engine per process" in log, log
+    assert distributed.claim_engine() is None  # one process: engines come and go freely
+    assert distributed.claim_engine() is None

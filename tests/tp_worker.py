@@ -31,8 +31,7 @@ from test_kernels import make_inputs  # noqa: E402
 
 from jllm import LLM, SamplingParams, kv_cache, loader, parallel  # noqa: E402
 from jllm.attention import AttentionMetadata, paged_attention  # noqa: E402
-from jllm.checkpoint import save_model  # noqa: E402
-from jllm.loader import LoadedModel, load_model  # noqa: E402
+from jllm.loader import LoadedModel, load_model, save_model  # noqa: E402
 
 # Small engine: 2 step buckets (16 tokens x 1/4 sequences) compile in seconds; 10 engines are built in all.
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)

@@ -1,0 +1,164 @@
+"""One step's inputs as plain data: the host batch the scheduler's output becomes, its packing, and the step plan.
+
+Everything here is NumPy over plain arguments (no device arrays, no runner), so the index maths is tested on its
+own and every process can rebuild the same step from the lead's published ``StepPlan``. The runner turns a plan into
+device arrays and runs it; ``jllm.distributed`` carries plans from the lead to its followers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from collections.abc import Sequence as Seq
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jllm import sampler
+from jllm.attention import AttentionMetadata
+from jllm.buckets import StepBucket
+from jllm.sampler import SamplingMetadata, SamplingMode
+from jllm.sequence import ScheduledSequence
+
+MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variant
+
+# (num_top_logprobs, num_prompt_logprobs or None, sampling mode): static arguments of the sampler program
+Variant = tuple[int, int | None, SamplingMode]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StepInputs:
+    input_ids: jax.Array  # [T] int32: the step's new tokens, all sequences flattened, padding 0
+    # [T] int32: where a token is still being sampled by the previous step (async scheduling), its row in that step's
+    # sampled tokens, which the step reads on the device; -1 where ``input_ids`` holds the token
+    pending_rows: jax.Array
+    positions: jax.Array  # [T] int32: each token's position in its sequence
+    attn: AttentionMetadata  # slot mapping, query starts [S+1], KV lengths [S], block tables [S, P]
+    logits_indices: jax.Array  # [S] int32: row of each sequence's last new token (0 for padding)
+    sampling: SamplingMetadata  # per-row sampling settings [S, ...]
+    prompt_targets: jax.Array  # [T] int32: the next prompt token where prompt logprobs are wanted, else -1
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """What every process needs to run one step, decided by the lead alone: a value, so the lead can publish it and
+    a follower run exactly what the lead runs."""
+
+    inputs: StepInputs  # NumPy leaves, padded to the step's bucket
+    variant: Variant
+
+    @property
+    def bucket(self) -> StepBucket:
+        return StepBucket(self.inputs.input_ids.shape[0], self.inputs.logits_indices.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class InputLayout:
+    """Where each leaf of a step's ``StepInputs`` sits in its packed host buffers (one flat buffer per dtype):
+    a step's twenty-odd small arrays cross to the device in two or three transfers instead of one each."""
+
+    treedef: jax.tree_util.PyTreeDef
+    dtypes: tuple[np.dtype, ...]  # one per buffer
+    slots: tuple[tuple[int, int, tuple[int, ...]], ...]  # per leaf: (buffer, offset, shape)
+
+
+def pack_inputs(inputs: StepInputs) -> tuple[InputLayout, list[np.ndarray]]:
+    leaves, treedef = jax.tree.flatten(inputs)
+    dtypes = tuple(sorted({np.dtype(x.dtype) for x in leaves}, key=str))
+    parts: list[list[np.ndarray]] = [[] for _ in dtypes]
+    sizes = [0] * len(dtypes)
+    slots = []
+    for x in leaves:
+        b = dtypes.index(np.dtype(x.dtype))
+        slots.append((b, sizes[b], tuple(x.shape)))
+        parts[b].append(np.ravel(x))
+        sizes[b] += x.size
+    return InputLayout(treedef, dtypes, tuple(slots)), [np.concatenate(p) for p in parts]
+
+
+def unpack_inputs(layout: InputLayout, buffers: Seq[jax.Array]) -> StepInputs:
+    """Inside the step: static slices of the packed buffers, which XLA fuses into their uses."""
+    leaves = [buffers[b][offset : offset + math.prod(shape)].reshape(shape) for b, offset, shape in layout.slots]
+    return jax.tree.unflatten(layout.treedef, leaves)
+
+
+def host_inputs(
+    scheduled: Seq[ScheduledSequence],
+    bucket: StepBucket,
+    *,
+    page_size: int,
+    pages_per_seq: int,
+    last_rows: Mapping[int, int],
+    eos_token_ids: set[int],
+    attention_backend: str = "reference",
+    mesh: Mesh | None = None,
+) -> StepInputs:
+    """Flattens the scheduled sequences into one ragged batch padded to ``bucket``: what the lead publishes.
+
+    ``last_rows``: seq_id -> the row each sequence sampled in the previous step, where a pending input is read from.
+    With no sequences it is a bucket's all-padding batch, alike on every process: what warm-up compiles.
+    """
+    t, s, p = bucket.num_tokens, bucket.num_seqs, pages_per_seq
+    input_ids = np.zeros(t, np.int32)
+    query_start_loc = np.zeros(s + 1, np.int32)
+    kv_lens = np.zeros(s, np.int32)
+    block_tables = np.zeros((s, p), np.int32)
+    prompt_targets = np.full(t, -1, np.int32)
+    pending_rows = np.full(t, -1, np.int32)
+    starts = np.zeros(len(scheduled), np.int32)
+    offset = 0
+    for i, sched in enumerate(scheduled):  # per sequence only what needs its Python lists
+        seq = sched.seq
+        start, n = sched.start, sched.num_new_tokens
+        known = n - sched.pending_input  # the pending token, always the last input, is read on the device
+        input_ids[offset : offset + known] = seq.token_slice(start, start + known)
+        if sched.pending_input:
+            pending_rows[offset + n - 1] = last_rows[seq.seq_id]
+        block_tables[i, : len(seq.block_table)] = seq.block_table
+        starts[i], kv_lens[i] = start, start + n
+        if seq.sampling_params.prompt_logprobs is not None:
+            targets = seq.prompt_token_ids[start + 1 : start + n + 1]
+            prompt_targets[offset : offset + len(targets)] = targets
+        offset += n
+        query_start_loc[i + 1] = offset
+    query_start_loc[len(scheduled) + 1 :] = offset
+    # Per token, vectorised: its sequence, position and pool slot; padding writes land in reserved page 0.
+    row = np.repeat(np.arange(len(scheduled)), np.diff(query_start_loc[: len(scheduled) + 1]))
+    positions = np.zeros(t, np.int32)
+    positions[:offset] = starts[row] + np.arange(offset, dtype=np.int32) - query_start_loc[row]
+    slot_mapping = np.arange(t, dtype=np.int32) % page_size
+    pages = block_tables[row, positions[:offset] // page_size]
+    slot_mapping[:offset] = pages * page_size + positions[:offset] % page_size
+    logits_indices = np.maximum(query_start_loc[1:] - 1, 0)
+    logits_indices[len(scheduled) :] = 0
+    seqs = [sched.seq for sched in scheduled]
+    with_penalties = sampler.needs_penalties(seqs)
+    sampling = sampler.build_sampling_metadata(
+        seqs,
+        s,
+        with_penalties=with_penalties,
+        penalty_width=sampler.penalty_width(seqs) if with_penalties else 0,
+        max_banned=max(MIN_BANNED_WIDTH, sampler.banned_width(seqs, eos_token_ids)),
+        eos_token_ids=eos_token_ids,
+    )
+    attn = AttentionMetadata(
+        slot_mapping=slot_mapping,
+        query_start_loc=query_start_loc,
+        kv_lens=kv_lens,
+        block_tables=block_tables,
+        backend=attention_backend,
+        mesh=mesh,
+    )
+    return StepInputs(input_ids, pending_rows, positions, attn, logits_indices, sampling, prompt_targets)
+
+
+def pick_variant(scheduled: Seq[ScheduledSequence], inputs: StepInputs, vocab_size: int) -> Variant:
+    """The cheapest sampler program that serves every row of the step."""
+    return (
+        sampler.num_top_logprobs(s.seq for s in scheduled),
+        sampler.num_prompt_logprobs(scheduled),
+        sampler.sampling_mode(inputs.sampling, vocab_size),
+    )

@@ -1,0 +1,89 @@
+"""One step's results as the engine reads them: the sampler's fetched arrays, unpacked per scheduled sequence.
+
+Plain NumPy to Python, no device: what ``ModelRunner.collect`` returns once a step's results are on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence as Seq
+
+from jllm.sampler import PromptLogprobsOutput, SamplerOutput
+from jllm.sequence import ScheduledSequence
+
+
+@dataclasses.dataclass
+class SampledToken:
+    token_id: int
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
+@dataclasses.dataclass
+class PromptTokenLogprob:
+    """Logprobs of prompt token ``position`` given the tokens before it."""
+
+    position: int
+    token_id: int
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
+@dataclasses.dataclass
+class StepResult:
+    tokens: list[SampledToken | None]  # per scheduled sequence; None mid-prefill
+    prompt_logprobs: list[list[PromptTokenLogprob]]  # per scheduled sequence; empty unless it asked for them
+
+
+def step_result(
+    scheduled: Seq[ScheduledSequence], result: SamplerOutput, prompt: PromptLogprobsOutput | None
+) -> StepResult:
+    """Entry i of each list belongs to ``scheduled[i]``; ``result`` and ``prompt`` hold host arrays."""
+    return StepResult(_tokens(scheduled, result), _prompt_logprobs(scheduled, prompt))
+
+
+def _tokens(scheduled: Seq[ScheduledSequence], result: SamplerOutput) -> list[SampledToken | None]:
+    tokens: list[SampledToken | None] = []
+    for i, sched in enumerate(scheduled):
+        if not sched.samples_token:
+            tokens.append(None)
+            continue
+        n = sched.seq.sampling_params.logprobs or 0
+        tokens.append(
+            SampledToken(
+                token_id=int(result.token_ids[i]),
+                logprob=float(result.logprobs[i]),
+                top_ids=result.top_ids[i, :n].tolist(),
+                top_logprobs=result.top_logprobs[i, :n].tolist(),
+            )
+        )
+    return tokens
+
+
+def _prompt_logprobs(
+    scheduled: Seq[ScheduledSequence], prompt: PromptLogprobsOutput | None
+) -> list[list[PromptTokenLogprob]]:
+    """Rows follow the flattened batch: sequence i's rows start where the earlier sequences' tokens end."""
+    chunks: list[list[PromptTokenLogprob]] = []
+    offset = 0
+    for sched in scheduled:
+        seq, k = sched.seq, sched.seq.sampling_params.prompt_logprobs
+        entries = []
+        if prompt is not None and k is not None:
+            last = min(sched.start + sched.num_new_tokens, seq.num_prompt_tokens - 1)
+            for pos in range(sched.start, last):
+                row = offset + pos - sched.start
+                entries.append(
+                    PromptTokenLogprob(
+                        position=pos + 1,
+                        token_id=seq.prompt_token_ids[pos + 1],
+                        logprob=float(prompt.target_logprobs[row]),
+                        top_ids=prompt.top_ids[row, :k].tolist(),
+                        top_logprobs=prompt.top_logprobs[row, :k].tolist(),
+                    )
+                )
+        chunks.append(entries)
+        offset += sched.num_new_tokens
+    return chunks
