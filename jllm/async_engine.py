@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from jllm.engine import LLMEngine
+from jllm.errors import EngineUnavailableError, QueueFullError
+from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import RequestOutput
 from jllm.sampling import SamplingParams
-from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +30,6 @@ STOP_GRACE_SECONDS = 10.0  # how long stopping waits on a step before giving up 
 
 # A command runs on the engine thread; an output it returns (an abort's final one) goes to the request's stream.
 Command = Callable[[], RequestOutput | None]
-
-
-class QueueFullError(RuntimeError):
-    """``max_queued_requests`` requests already wait for a slot; the client should retry later (HTTP 429)."""
-
-
-class EngineUnavailableError(RuntimeError):
-    """The engine is draining for shutdown or its loop has died; no request can run (HTTP 503)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,7 @@ class EngineSnapshot:
 
 
 class RequestStream:
-    """One request's outputs in step order (cumulative, like ``RequestOutput``); the last has ``finished=True``."""
+    """One request's outputs in step order, as its ``output_kind`` asks; the last has ``finished=True``."""
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
@@ -104,9 +97,9 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._run, name="jllm-engine", daemon=True)
 
     @property
-    def tokenizer(self) -> Tokenizer:
-        """Encoding and decoding are read-only, so handlers may use it from any thread."""
-        return self.engine.tokenizer
+    def inputs(self) -> InputProcessor:
+        """The engine's input door: read-only (encoding, checks), so handlers may use it from any thread."""
+        return self.engine.inputs
 
     @property
     def max_model_len(self) -> int:
@@ -124,10 +117,9 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ event-loop side
 
-    async def add_request(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams, *, prompt_text: str | None = None
-    ) -> RequestStream:
-        """Admits a request; raises here (not in the stream) on bad input, a full queue, or while draining."""
+    async def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> RequestStream:
+        """Admits a prompt checked by ``inputs``; raises here (not in the stream) on a full queue, while draining,
+        or on a request id in use."""
         if self._error is not None or not self._thread.is_alive():
             raise EngineUnavailableError(f"the engine loop is not running ({self._error!r})")
         if not self._accepting:
@@ -144,7 +136,7 @@ class AsyncEngine:
 
         def add() -> None:
             try:
-                self.engine.add_request(request_id, prompt, params, prompt_text=prompt_text)
+                self.engine.add_request(request_id, prompt, params)
             except Exception as e:  # handed to the caller, who maps it to a status
                 loop.call_soon_threadsafe(self._settle_add, request_id, e)
             else:
@@ -282,8 +274,8 @@ class AsyncEngine:
             num_preemptions=scheduler.num_preemptions,
             prefix_cache_queries=pages.prefix_cache_queries,
             prefix_cache_hits=pages.prefix_cache_hits,
-            prompt_tokens=self.engine.stats["prompt_tokens"],
-            generation_tokens=self.engine.stats["generation_tokens"],
+            prompt_tokens=scheduler.num_prompt_tokens,
+            generation_tokens=scheduler.num_generation_tokens,
         )
 
     def _publish(self, outputs: list[RequestOutput]) -> None:

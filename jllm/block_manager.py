@@ -93,7 +93,8 @@ class BlockManager:
         return True
 
     def match_prefix(self, seq: Sequence) -> int:
-        """Attach cached pages covering the longest cached prefix of a page-less ``seq``; returns tokens covered.
+        """Attach cached pages covering the longest cached prefix of a page-less ``seq``; returns the tokens they
+        cover, which the scheduler counts as computed.
 
         Never covers every token: the last one must be computed to give logits for the next.
         """
@@ -114,7 +115,6 @@ class BlockManager:
             self._acquire(page)
         seq.block_table.extend(pages)
         covered = len(pages) * ps
-        seq.num_computed_tokens = seq.num_cached_tokens = covered
         self.prefix_cache_queries += len(tokens)
         self.prefix_cache_hits += covered
         return covered
@@ -145,7 +145,7 @@ class BlockManager:
             )  # a twin computed elsewhere keeps the entry; this one stays private
 
     def fork(self, parent: Sequence, child: Sequence) -> int:
-        """Share ``parent``'s computed full prompt pages with a page-less sibling; returns tokens covered.
+        """Share ``parent``'s computed full prompt pages with a page-less sibling; returns the tokens they cover.
 
         Works with prefix caching off too: n samples of one prompt prefill it once. Shared pages are full and
         computed, so nobody writes them again; the child computes its own tail into its own pages.
@@ -159,9 +159,7 @@ class BlockManager:
         for page in pages:
             self._acquire(page)
         child.block_table.extend(pages)
-        covered = num_shared * self.page_size
-        child.num_computed_tokens = child.num_cached_tokens = covered
-        return covered
+        return num_shared * self.page_size
 
     def free(self, seq: Sequence) -> None:
         """Drop ``seq``'s claim on its pages, tail first, so a cached prefix's tail is evicted before its head."""

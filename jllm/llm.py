@@ -11,13 +11,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from jllm import distributed
+from jllm.build import build_engine, build_worker
 from jllm.config import load_config
-from jllm.engine import LLMEngine
+from jllm.inputs import PromptInput
 from jllm.outputs import RequestOutput
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.tokenizer import Tokenizer
 
-Prompt = str | list[int]
 Message = dict[str, str]
 
 
@@ -32,10 +32,12 @@ class LLM:
     """
 
     def __init__(self, model: str | None = None, config: str | Path | None = None, **overrides: Any):
-        self.engine = LLMEngine(load_config(config, model=model, **overrides))
+        self.config = load_config(config, model=model, **overrides)
+        distributed.initialize(self.config.parallel)
         if not distributed.is_lead():
-            distributed.run_follower(self.engine.runner)
+            distributed.run_follower(build_worker(self.config).runner)
             raise SystemExit(0)
+        self.engine = build_engine(self.config)
         self._ids = itertools.count()
 
     def get_tokenizer(self) -> Tokenizer:
@@ -43,23 +45,19 @@ class LLM:
 
     def generate(
         self,
-        prompts: Prompt | Seq[Prompt],
+        prompts: PromptInput | Seq[PromptInput],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Completes every prompt; outputs come back in input order."""
+        """Completes every prompt; outputs come back in input order. A bad prompt raises before any runs."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
+        checked = [self.engine.inputs.process(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
         request_ids = [f"req-{next(self._ids)}" for _ in prompts]
-        try:
-            for rid, prompt, p in zip(request_ids, prompts, params, strict=True):
-                self.engine.add_request(rid, prompt, p)
-        except Exception:
-            for rid in request_ids:
-                self.engine.abort_request(rid)
-            raise
+        for rid, prompt, p in zip(request_ids, checked, params, strict=True):
+            self.engine.add_request(rid, prompt, p)
         return self._run(request_ids, use_tqdm)
 
     def chat(
@@ -72,11 +70,7 @@ class LLM:
         """Applies the model's chat template to one conversation or a list of them, then generates."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [
-            self.engine.tokenizer.encode(
-                self.engine.tokenizer.apply_chat_template(conv, add_generation_prompt=add_generation_prompt),
-                add_special_tokens=False,
-            )
-            for conv in conversations
+            self.engine.inputs.render_chat(conv, add_generation_prompt=add_generation_prompt) for conv in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm)
 

@@ -77,6 +77,7 @@ class ModelRunner:
         eos_token_ids: set[int],
         attention_backend: str = "reference",
     ):
+        self.loaded = loaded  # the model it runs: its settings, HF config and mesh
         self.graphdef, self.state = nnx.split(loaded.model)
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches

@@ -24,8 +24,9 @@ SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as vLLM and OpenAI accept
 class RequestOutputKind(Enum):
     """Which outputs ``LLMEngine.step`` returns for a request (vLLM's names)."""
 
-    CUMULATIVE = 0  # after every step that adds tokens: the whole output so far (streaming)
-    FINAL_ONLY = 1  # once, when the request finishes: no per-step output objects, text decoded once at the end
+    CUMULATIVE = 0  # after every step that adds tokens: the whole output so far
+    DELTA = 1  # after every step that adds tokens: only what is new since the last output (what a stream sends)
+    FINAL_ONLY = 2  # once, when the request finishes: no per-step output objects, text decoded once at the end
 
 
 @dataclass

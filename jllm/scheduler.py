@@ -11,11 +11,19 @@ Async scheduling: the next step is scheduled while the device still runs the las
 "pending" (``Sequence.num_pending_tokens``): a decode's input may be a token only the device knows yet, and a sequence
 that a pending token ends by length is not scheduled again. Tokens a pending EOS or stop string makes moot are
 computed once and dropped, as in vLLM.
+
+The scheduler is the one owner of a sequence's progress: it counts computed tokens when a step launches, appends the
+step's sampled tokens when it returns (``update_from_output``), ends sequences on token-level stops (EOS, stop ids,
+length) and frees their pages. The engine only detokenizes and reports stop strings back through ``finish``.
+Prompts reach it checked by ``jllm.inputs`` (at least one token, inside the context); it refuses only what the pool
+can never hold.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
+from collections.abc import Sequence as Seq
 
 from jllm.block_manager import BlockManager
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
@@ -23,7 +31,13 @@ from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, Sequence
 
 class Scheduler:
     def __init__(
-        self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int
+        self,
+        block_manager: BlockManager,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        eos_token_ids: Collection[int] = (),
     ) -> None:
         for name, value in [
             ("max_num_seqs", max_num_seqs),
@@ -36,11 +50,14 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the last is the newest, preempted first
         self._requests: dict[str, list[Sequence]] = {}  # unfinished requests' samples, by sample_index
         self._rejected: list[tuple[Sequence, str]] = []  # reported by the next schedule()
         self._num_preemptions = 0
+        self.num_prompt_tokens = 0  # prompt tokens of sequences that produced their first token (vLLM's metric)
+        self.num_generation_tokens = 0  # sampled tokens appended
 
     @property
     def num_running(self) -> int:
@@ -83,12 +100,6 @@ class Scheduler:
         num_prompt, limit = seq.num_prompt_tokens, self.max_model_len
         max_tokens = seq.sampling_params.max_tokens
         plus = "" if max_tokens is None else f" plus max_tokens={max_tokens}"
-        if num_prompt == 0:
-            return "prompt is empty: at least one token is needed"
-        if num_prompt >= limit:
-            return (
-                f"prompt of {num_prompt} tokens{plus} exceeds max_model_len={limit}; shorten it to {limit - 1} tokens"
-            )
         total = limit if max_tokens is None else min(num_prompt + max_tokens, limit)
         bm = self.block_manager
         if bm.num_pages_needed(total) > bm.num_usable_pages:
@@ -102,11 +113,16 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         """One step's work: running sequences first (preempting the newest when pages run out), then admissions."""
-        bm = self.block_manager
-        budget = self.max_num_batched_tokens
         out = SchedulerOutput(scheduled=[], rejected=self._rejected)
         self._rejected = []
+        budget = self._schedule_running(out, self.max_num_batched_tokens)
+        if not out.preempted:  # pages are short while anyone is preempted, and the preempted go first next step
+            self._admit_waiting(out, budget)
+        return out
 
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        """Gives each running sequence the tokens it has not computed, in admission order; returns the budget left."""
+        bm = self.block_manager
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -130,30 +146,33 @@ class Scheduler:
                 out.scheduled.append(ScheduledSequence(seq, num_new))
                 budget -= num_new
                 i += 1
+        return budget
 
-        # Admission waits while anyone is being preempted: pages are short, and the preempted go first next step.
+    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        """Admits waiting sequences in FIFO order while budget, slots and pages last; the first that does not fit
+        blocks the rest, so none starves."""
+        bm = self.block_manager
         i = 0
-        while not out.preempted and i < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+        while i < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[i]
             wait_for_prompt, parent = self._sibling_source(seq)
             if wait_for_prompt or seq.num_pending_tokens:  # waits on a sibling or a token, not on pages: don't block
                 i += 1
                 continue
             if parent is not None:
-                bm.fork(parent, seq)
+                seq.num_computed_tokens = seq.num_cached_tokens = bm.fork(parent, seq)
             elif seq.sampling_params.prompt_logprobs is None:  # cached tokens would have no prompt logprobs (vLLM)
-                bm.match_prefix(seq)
+                seq.num_computed_tokens = seq.num_cached_tokens = bm.match_prefix(seq)
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not bm.allocate(seq, num_new):
-                bm.free(seq)  # give the matched pages back; the head blocks the rest (FIFO, no starvation)
+                bm.free(seq)  # give the matched pages back
                 seq.num_computed_tokens = 0
-                break
+                return
             del self.waiting[i]
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
-        return out
 
     def _sibling_source(self, seq: Sequence) -> tuple[bool, Sequence | None]:
         """(wait, parent) for admitting ``seq``: n samples of one prompt prefill it once.
@@ -192,12 +211,43 @@ class Scheduler:
             s.seq.num_computed_tokens += s.num_new_tokens
             s.seq.num_pending_tokens += s.samples_token
 
-    def on_step_finished(self, output: SchedulerOutput) -> None:
-        """The step's results are back, its sampled tokens not yet appended (so a sequence they finish still
-        leaves its full pages in the prefix cache): make each sequence's newly full, known pages findable."""
+    def update_from_output(self, output: SchedulerOutput, sampled: Seq[int | None]) -> list[int]:
+        """A launched step's sampled token ids are back (``sampled[i]`` for ``output.scheduled[i]``, None where it
+        sampled nothing): append each to its sequence and end the sequences a token ends. Returns the rows whose
+        token was appended; a sequence that stopped or was aborted since the step was scheduled drops its token.
+
+        Newly full pages are made findable first, so a sequence its token finishes still leaves them cached.
+        """
         for s in output.scheduled:
             if not s.seq.is_finished:  # a finished one (stopped, aborted) has its pages freed already
                 self.block_manager.cache_full_pages(s.seq)
+        appended = []
+        for row, (s, token_id) in enumerate(zip(output.scheduled, sampled, strict=True)):
+            seq = s.seq
+            seq.num_pending_tokens -= s.samples_token
+            if token_id is None or seq.is_finished:
+                continue
+            seq.output_token_ids.append(token_id)
+            self.num_generation_tokens += 1
+            if seq.num_output_tokens == 1:
+                self.num_prompt_tokens += seq.num_prompt_tokens
+            status = self._stop_status(seq, token_id)
+            if status is not None:
+                self.finish(seq, status)
+            appended.append(row)
+        return appended
+
+    def _stop_status(self, seq: Sequence, token_id: int) -> SequenceStatus | None:
+        """Token-level stops in vLLM's order: a stop token (EOS unless ignored, or a stop id; only once min_tokens
+        are out), then the length limit. Stop strings need the text: the engine checks those."""
+        params = seq.sampling_params
+        if seq.num_output_tokens >= params.min_tokens and (
+            token_id in params.stop_token_ids or (token_id in self.eos_token_ids and not params.ignore_eos)
+        ):
+            return SequenceStatus.FINISHED_STOPPED
+        if seq.reaches_length_limit(self.max_model_len):
+            return SequenceStatus.FINISHED_LENGTH
+        return None
 
     def finish(self, seq: Sequence, status: SequenceStatus) -> None:
         if not status.is_finished:

@@ -122,10 +122,10 @@ def build_small_checkpoint(out_dir: Path, config: dict[str, Any]) -> Path:
 
 def start_engine(model_dir: Path, **keys: Any) -> tuple[Any, dict[str, Any]]:
     """``LLM(model_dir, **keys)``, timed as a whole and split into weight loading and bucket compilation."""
-    from jllm import LLM, engine, runner
+    from jllm import LLM, build, runner
 
     times: dict[str, float] = {}
-    load, warmup = engine.load_model, runner.ModelRunner.warmup
+    load, warmup = build.load_model, runner.ModelRunner.warmup
 
     def timed_load(*a: Any, **kw: Any) -> Any:
         t = time.perf_counter()
@@ -139,13 +139,13 @@ def start_engine(model_dir: Path, **keys: Any) -> tuple[Any, dict[str, Any]]:
         warmup(self, *a, **kw)
         times["compile_s"] = time.perf_counter() - t
 
-    engine.load_model, runner.ModelRunner.warmup = timed_load, timed_warmup
+    build.load_model, runner.ModelRunner.warmup = timed_load, timed_warmup
     try:
         start = time.perf_counter()
         llm = LLM(str(model_dir), **keys)
         times["startup_s"] = time.perf_counter() - start
     finally:
-        engine.load_model, runner.ModelRunner.warmup = load, warmup
+        build.load_model, runner.ModelRunner.warmup = load, warmup
     eng = llm.engine
     info = {
         "keys": keys,
@@ -187,7 +187,7 @@ def weight_bytes(eng: Any, per_device: bool) -> int:
     from flax import nnx
 
     total = 0
-    for _, var in nnx.to_flat_state(nnx.state(eng.loaded.model)):
+    for _, var in nnx.to_flat_state(nnx.state(eng.runner.loaded.model)):
         x = var.get_value()
         total += x.addressable_shards[0].data.nbytes if per_device else x.nbytes
     return total
@@ -308,7 +308,7 @@ def speed(args: argparse.Namespace, model_dir: Path, tp: int, batched_tokens: in
                               "tokens_per_s_best": max(r["tokens_per_s"] for r in runs)}  # fmt: skip
 
         # Rooflines from this process's own ceilings (device 0's copy bandwidth; TP's all-reduces not counted).
-        shape = ModelShape.from_hf_config(llm.engine.loaded.hf_config, "bfloat16")
+        shape = ModelShape.from_hf_config(llm.engine.runner.loaded.hf_config, "bfloat16")
         roof = {"streamed_weight_bytes_per_device": shape.streamed_params * shape.dtype_bytes // tp,
                 "kv_bytes_per_token_per_device": shape.kv_bytes_per_token // tp}  # fmt: skip
         if ceilings.get("copy_gbps_dev0") and ceilings.get("matmul_tflops_dev0"):

@@ -53,7 +53,7 @@ PARTS = ("schedule", "host_inputs", "device_inputs", "dispatch", "wait_results",
 def start_decoding(llm: LLM, batch: int, prompt_len: int, rng: np.random.Generator) -> None:
     """Adds ``batch`` requests and steps until each has a token, so every later step is a pure decode."""
     eng = llm.engine
-    vocab = min(eng.loaded.args.vocab_size, 32000)
+    vocab = min(eng.inputs.vocab_size, 32000)
     params = SamplingParams(
         temperature=0,
         ignore_eos=True,
@@ -61,7 +61,8 @@ def start_decoding(llm: LLM, batch: int, prompt_len: int, rng: np.random.Generat
         output_kind=RequestOutputKind.FINAL_ONLY,
     )  # as LLM.generate asks
     for i in range(batch):
-        eng.add_request(f"prof-{batch}-{i}", rng.integers(3, vocab, size=prompt_len).tolist(), params)
+        prompt = eng.inputs.process(rng.integers(3, vocab, size=prompt_len).tolist(), params)
+        eng.add_request(f"prof-{batch}-{i}", prompt, params)
     while any(not s.seq.output_token_ids for r in eng.requests.values() for s in r.samples):
         eng.step()
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from server_utils import RunningServer, engine_config, tiny_chat_model
 
-from jllm.engine import LLMEngine
+from jllm.build import build_engine
 
 _SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(_SCRIPTS))  # as when run as `python scripts/bench_serving.py`: its sibling modules import
@@ -107,7 +107,7 @@ def test_end_to_end_against_the_real_server(
     model = tiny_chat_model(tmp_path_factory.getbasetemp(), default_model_dir)
     config = engine_config(model, served_model_name="tiny-bench")
     output_len = 6
-    with RunningServer(LLMEngine(config), config) as server:
+    with RunningServer(build_engine(config), config) as server:
         out = tmp_path / "result.json"
         result = bench.main(
             ["--base-url", server.url, "--num-prompts", "8", "--request-rate", "inf", "--input-len", "12"]
@@ -130,7 +130,7 @@ def test_sweep_runs_each_point_and_plots_both_figures(
 ) -> None:
     model = tiny_chat_model(tmp_path_factory.getbasetemp(), default_model_dir)
     config = engine_config(model, served_model_name="tiny-sweep")
-    with RunningServer(LLMEngine(config), config) as server:
+    with RunningServer(build_engine(config), config) as server:
         result = sweep.main(
             ["--base-url", server.url, "--concurrencies", "1,3", "--request-rates", "50,400", "--num-prompts", "4"]
             + ["--input-len", "8", "--output-len", "4", "--max-token-id", "49152", "--out-dir", str(tmp_path)]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jllm.inputs import Prompt
 from jllm.llm import LLM
 from jllm.runner import BASE_VARIANTS
 from jllm.sampling import RequestOutputKind, SamplingParams
@@ -121,7 +122,7 @@ def test_string_prompts_and_text_match_the_tokenizer(llm, prompt_ids, reference)
 def test_final_only_requests_report_once_with_the_streamed_text(llm, prompt_ids, reference):
     engine = llm.engine
     for kind in (RequestOutputKind.CUMULATIVE, RequestOutputKind.FINAL_ONLY):
-        engine.add_request(f"kind-{kind.name}", prompt_ids[0], dataclasses.replace(GREEDY, output_kind=kind))
+        engine.add_request(f"kind-{kind.name}", Prompt(prompt_ids[0]), dataclasses.replace(GREEDY, output_kind=kind))
     reports: dict[str, list] = {"kind-CUMULATIVE": [], "kind-FINAL_ONLY": []}
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -164,7 +165,7 @@ def test_shared_prefix_hits_the_cache(llm):
 def test_abort_mid_generation_frees_every_page(llm, prompt_ids):
     engine = llm.engine
     for i, ids in enumerate(prompt_ids):
-        engine.add_request(f"abort-{i}", ids, SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS))
+        engine.add_request(f"abort-{i}", Prompt(ids), SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS))
     for _ in range(4):
         engine.step()
     assert engine.block_manager.num_allocated_pages > 0
@@ -306,7 +307,8 @@ def test_streamed_text_of_cjk_and_emoji_equals_the_full_decode(llm):
     tok = llm.get_tokenizer()
     engine = llm.engine
     prompt = "请用中文和表情符号回答：你今天好吗？😀🎉 答："
-    engine.add_request("stream", prompt, SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True))
+    params = SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True)
+    engine.add_request("stream", engine.inputs.process(prompt, params), params)
     texts = []
     while engine.has_unfinished_requests():
         for out in engine.step():

@@ -17,7 +17,9 @@ _ids = itertools.count()
 
 def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, request_id: str | None = None):
     request_id = request_id or f"req{next(_ids)}"
-    params = SimpleNamespace(max_tokens=max_tokens, n=n, prompt_logprobs=None)
+    params = SimpleNamespace(
+        max_tokens=max_tokens, n=n, prompt_logprobs=None, min_tokens=0, stop_token_ids=[], ignore_eos=False
+    )
     return [
         Sequence(
             seq_id=next(_ids),
@@ -108,21 +110,17 @@ class FakeEngine:
         return out
 
     def finish(self, out: SchedulerOutput, tokens: dict[int, int]) -> None:
-        """The host learns the step's sampled tokens: append them and stop sequences, as the engine does."""
+        """The host learns the step's sampled tokens: the scheduler appends them and ends sequences by length;
+        a random stop stands for a stop string, which the engine reports back."""
         sched = self.sched
-        sched.on_step_finished(out)
-        for s in out.scheduled:
-            seq = s.seq
-            if not s.samples_token:
-                continue
-            seq.num_pending_tokens -= 1
-            if seq.is_finished:  # aborted, or stopped by the token before this one
-                continue
-            seq.output_token_ids.append(tokens[seq.seq_id])
+        sampled = [tokens[s.seq.seq_id] if s.samples_token else None for s in out.scheduled]
+        for row in sched.update_from_output(out, sampled):
+            seq = out.scheduled[row].seq
+            assert seq.output_token_ids[-1] == tokens[seq.seq_id]
             max_tokens = seq.sampling_params.max_tokens or sched.max_model_len
-            if seq.num_output_tokens >= max_tokens or seq.num_tokens >= sched.max_model_len:
-                sched.finish(seq, SequenceStatus.FINISHED_LENGTH)
-            elif self.rng.random() < self.stop_prob:
+            ends = seq.num_output_tokens >= max_tokens or seq.num_tokens >= sched.max_model_len
+            assert (seq.status is SequenceStatus.FINISHED_LENGTH) == ends
+            if not ends and self.rng.random() < self.stop_prob:
                 sched.finish(seq, SequenceStatus.FINISHED_STOPPED)
 
     def check(self) -> None:
@@ -278,7 +276,8 @@ def test_abort_frees_pages_at_once() -> None:
     assert sched.abort("a") == []
     [b] = sched.running
     assert engine.bm.num_allocated_pages == len(b.block_table)
-    sched.on_step_finished(out)  # must skip the aborted ones
+    appended = sched.update_from_output(out, [7 if s.samples_token else None for s in out.scheduled])
+    assert [out.scheduled[row].seq for row in appended] == [b]  # the aborted ones drop their tokens
     engine.bm.check_invariants(sched.running)
     engine.add(make_request([1] * 100, max_tokens=20, request_id="c"))  # still waiting: no step ran
     assert [s.status for s in sched.abort("c")] == [SequenceStatus.FINISHED_ABORTED]
@@ -288,18 +287,9 @@ def test_abort_frees_pages_at_once() -> None:
     assert engine.bm.num_free_pages == engine.bm.num_usable_pages
 
 
-def test_rejection_reasons() -> None:
-    big = make_scheduler(num_pages=1024, page_size=16, max_model_len=8192)
-    [long] = make_request([1] * 9000, max_tokens=100)
-    big.add([long])
-    assert big.has_unfinished()
-    out = big.schedule()
-    assert out.rejected == [
-        (long, "prompt of 9000 tokens plus max_tokens=100 exceeds max_model_len=8192; shorten it to 8191 tokens")
-    ]
-    assert long.status is SequenceStatus.FINISHED_ABORTED
-    assert big.schedule().rejected == [] and not big.has_unfinished()
-
+def test_requests_the_pool_can_never_hold_are_rejected() -> None:
+    """Prompts too long for the context never get here (``jllm.inputs`` refuses them); the pool is the
+    scheduler's own limit."""
     small = make_scheduler(num_pages=9, page_size=4, max_model_len=64)  # 32 tokens of KV
     seqs = make_request([1] * 20, n=2, max_tokens=20)
     small.add(seqs)
@@ -308,10 +298,12 @@ def test_rejection_reasons() -> None:
     assert "needs KV cache for 40 tokens (10 pages of 4) but the pool holds 8 pages (32 tokens)" in out.rejected[0][1]
     small.add(make_request([1] * 20, max_tokens=None))  # None means up to max_model_len=64
     assert "needs KV cache for 64 tokens" in small.schedule().rejected[0][1]
+    [rejected] = make_request([1] * 20, max_tokens=40)
+    small.add([rejected])
     small.add(make_request([1] * 20, max_tokens=12))  # 32 tokens: fits exactly
-    small.add(make_request([], max_tokens=12))
     out = small.schedule()
-    assert len(out.scheduled) == 1 and out.rejected[0][1] == "prompt is empty: at least one token is needed"
+    assert len(out.scheduled) == 1 and [s for s, _ in out.rejected] == [rejected]
+    assert rejected.status is SequenceStatus.FINISHED_ABORTED and small.schedule().rejected == []
 
     capped = make_scheduler(num_pages=9, page_size=4, max_model_len=32)
     capped.add(make_request([1] * 20, max_tokens=None))  # min(20 + inf, 32) fits the pool

@@ -45,7 +45,7 @@ def offline(llm: LLM) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(llm: LLM, offline: dict[str, str]) -> Iterator[RunningServer]:
-    config = engine_config(Path(llm.engine.config.model.model), api_key=API_KEY, served_model_name=MODEL)
+    config = engine_config(Path(llm.config.model.model), api_key=API_KEY, served_model_name=MODEL)
     with RunningServer(llm.engine, config) as running:
         yield running
 

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from server_utils import API_KEY, RunningServer, engine_config, http, metrics, tiny_chat_model
 
+from jllm.build import build_engine
 from jllm.engine import LLMEngine
 from jllm.outputs import RequestOutput
 
@@ -38,7 +39,7 @@ def model_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def engine(model_dir: Path) -> LLMEngine:
-    return LLMEngine(engine_config(model_dir), show_progress=False)
+    return build_engine(engine_config(model_dir), show_progress=False)
 
 
 @pytest.fixture
@@ -277,8 +278,8 @@ def test_a_new_server_over_a_used_engine_reports_its_token_counts_before_its_fir
     assert http("POST", f"{first.url}/v1/completions", json_body=COMPLETION, headers=AUTH).status == 200
     first.stop(drain_timeout=0)  # one engine thread at a time
     counted = metrics(serve().url)
-    assert counted["jllm:generation_tokens_total"] == engine.stats["generation_tokens"] >= 2
-    assert counted["jllm:prompt_tokens_total"] == engine.stats["prompt_tokens"] >= 1
+    assert counted["jllm:generation_tokens_total"] == engine.scheduler.num_generation_tokens >= 2
+    assert counted["jllm:prompt_tokens_total"] == engine.scheduler.num_prompt_tokens >= 1
 
 
 def test_a_non_streaming_client_that_hangs_up_aborts_its_request(

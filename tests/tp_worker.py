@@ -111,7 +111,7 @@ def placement(llm: LLM) -> dict[str, Any]:
     return {
         "params": params,
         "pool": describe(pool),
-        "pool_sharding_ok": pool.sharding.is_equivalent_to(parallel.kv_pool_sharding(engine.mesh), pool.ndim),
+        "pool_sharding_ok": pool.sharding.is_equivalent_to(parallel.kv_pool_sharding(engine.runner.mesh), pool.ndim),
     }
 
 
@@ -124,16 +124,16 @@ def generate_case(model_dir: str, sizes: list[int]) -> dict[str, Any]:
         with collectives_of_compiled_programs() as step_collectives:
             llm = LLM(model_dir, tensor_parallel_size=tp, **ENGINE_ARGS)
         tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
-        logits = prefill_logits(llm.engine.loaded, PROMPTS[2])
+        logits = prefill_logits(llm.engine.runner.loaded, PROMPTS[2])
         reference = logits if reference is None else reference
         results[str(tp)] = {
             "tokens": tokens,
             "logits_max_abs_diff": float(np.abs(logits - reference).max()),
             "logits_max_abs": float(np.abs(reference).max()),
             "step_collectives": step_collectives,
-            "num_layers": llm.engine.loaded.args.num_layers,
-            "hidden_size": llm.engine.loaded.args.hidden_size,
-            "kv_replicas": llm.engine.loaded.kv_replicas,
+            "num_layers": llm.engine.runner.loaded.args.num_layers,
+            "hidden_size": llm.engine.runner.loaded.args.hidden_size,
+            "kv_replicas": llm.engine.runner.loaded.kv_replicas,
             **placement(llm),
         }
         del llm

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from jllm import distributed
 from jllm.async_engine import AsyncEngine
+from jllm.build import build_engine, build_worker
 from jllm.config import EngineConfig
 from jllm.engine import LLMEngine
 from jllm.server import info
@@ -83,7 +84,7 @@ def run_server(config: EngineConfig) -> None:
     distributed.initialize(config.parallel)
     if not distributed.is_lead():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the lead drains on SIGTERM and needs its followers for it
-        distributed.run_follower(LLMEngine(config).runner)
+        distributed.run_follower(build_worker(config).runner)
         return
     asyncio.run(_serve(config))
 
@@ -121,7 +122,7 @@ def _load_engine(config: EngineConfig) -> asyncio.Future[LLMEngine]:
 
     def load() -> None:
         try:
-            engine = LLMEngine(config)
+            engine = build_engine(config)
         except BaseException as e:
             outcome = functools.partial(future.set_exception, e)
         else:

@@ -6,12 +6,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import jinja2
 from aiohttp import web
 
+from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
-from jllm.server.errors import bad_request
-from jllm.server.generation import Delta, Generation, Prompt
+from jllm.sampling import SamplingParams
+from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import request_id
 from jllm.server.schemas import (
     AssistantMessage,
@@ -21,14 +21,13 @@ from jllm.server.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
-    ChatMessage,
     DeltaMessage,
+    TokenizeRequest,
     TokenLogprob,
     TopLogprob,
 )
 from jllm.server.sse import send_events
 from jllm.server.state import server_state
-from jllm.tokenizer import Tokenizer
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -37,9 +36,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state.check_model(body.model)
     engine = state.require_engine()
     params = body.sampling_params()
-    prompt = await asyncio.to_thread(
-        render_chat, engine.tokenizer, body.messages, body.add_generation_prompt, body.continue_final_message
-    )
+    prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params)
     generation = await Generation.start(engine, request_id(request), [prompt], params, state.metrics)
     response_id, created = f"chatcmpl-{request_id(request)}", int(time.time())
     top = body.top_logprobs or 0
@@ -63,19 +60,20 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         generation.close()
 
 
-def render_chat(
-    tokenizer: Tokenizer, messages: list[ChatMessage], add_generation_prompt: bool, continue_final_message: bool
-) -> Prompt:
-    """The prompt's token ids through the model's chat template (a template that rejects the messages is a 400)."""
-    try:
-        text = tokenizer.apply_chat_template(
-            [m.for_template() for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
-        )
-    except (jinja2.TemplateError, ValueError) as e:  # transformers: ValueError when the last message is not found
-        raise bad_request(f"the chat template rejected these messages: {e}", param="messages") from e
-    return Prompt(tokenizer.encode(text, add_special_tokens=False), text)
+def render_chat(inputs: InputProcessor, body: ChatCompletionRequest | TokenizeRequest) -> Prompt:
+    """The request's messages through the model's chat template, with its template switches."""
+    assert body.messages is not None
+    return inputs.render_chat(
+        [m.for_template() for m in body.messages],
+        add_generation_prompt=body.add_generation_prompt,
+        continue_final_message=body.continue_final_message,
+    )
+
+
+def _checked_prompt(inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams) -> Prompt:
+    prompt = render_chat(inputs, body)
+    inputs.check(prompt, params, param="messages")
+    return prompt
 
 
 async def _chunks(

@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
+from jllm.sampling import SamplingParams
 from jllm.server.errors import bad_request
-from jllm.server.generation import Delta, Generation, Prompt, check_token_ids
+from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import request_id
 from jllm.server.schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from jllm.server.sse import send_events
 from jllm.server.state import server_state
-from jllm.tokenizer import Tokenizer
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
@@ -26,7 +27,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         raise bad_request("echo together with logprobs is not supported yet (it needs prompt logprobs)", "echo")
     engine = state.require_engine()
     params = body.sampling_params()
-    prompts = await asyncio.to_thread(_to_prompts, engine.tokenizer, body.prompts(), body.echo)
+    prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body.prompts(), params, body.echo)
     generation = await Generation.start(engine, request_id(request), prompts, params, state.metrics)
     view = _CompletionView(body, prompts, f"cmpl-{request_id(request)}", state.model_name)
     try:
@@ -41,19 +42,12 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         generation.close()
 
 
-def _to_prompts(tokenizer: Tokenizer, prompts: list[str | list[int]], echo: bool) -> list[Prompt]:
-    """Tokenizes off the event loop (a long prompt takes a while); token-id prompts are decoded only for ``echo``.
-    A prompt of no tokens is a 400 (the engine needs one to start from)."""
-    out = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            out.append(Prompt(tokenizer.encode(prompt), prompt))
-        else:
-            check_token_ids(tokenizer, prompt, "prompt")
-            out.append(Prompt(prompt, tokenizer.decode(prompt) if echo else None))
-        if not out[-1].token_ids:
-            raise bad_request("prompt is empty: give at least one token", param="prompt")
-    return out
+def _to_prompts(
+    inputs: InputProcessor, prompts: list[str | list[int]], params: SamplingParams, echo: bool
+) -> list[Prompt]:
+    """Through the input door off the event loop (a long prompt takes a while to encode); token-id prompts are
+    decoded only for ``echo``."""
+    return [inputs.process(prompt, params, with_text=echo) for prompt in prompts]
 
 
 class _CompletionView:

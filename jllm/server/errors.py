@@ -13,8 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from jllm.async_engine import EngineUnavailableError, QueueFullError
-from jllm.engine import ContextLengthError
+from jllm.errors import ContextLengthError, EngineUnavailableError, InputError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +69,12 @@ def _message(problem: ErrorDetails) -> str:
 
 
 def from_engine_error(error: Exception) -> APIError:
-    """Maps what ``AsyncEngine.add_request`` and the request streams raise to a status; anything else is a 500."""
+    """Maps what the input door, ``AsyncEngine.add_request`` and the request streams raise to a status; anything
+    else is a 500."""
     if isinstance(error, ContextLengthError):
-        return bad_request(str(error), code="context_length_exceeded")
+        return bad_request(str(error), param=error.param, code="context_length_exceeded")
+    if isinstance(error, InputError):
+        return bad_request(str(error), param=error.param)
     if isinstance(error, QueueFullError):
         retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         return APIError(429, str(error), type="rate_limit_error", code="queue_full", headers=retry)

@@ -9,7 +9,6 @@ from aiohttp import web
 
 from jllm.server.chat import render_chat
 from jllm.server.errors import APIError, bad_request
-from jllm.server.generation import check_token_ids
 from jllm.server.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -39,12 +38,9 @@ async def tokenize(request: web.Request) -> web.Response:
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        prompt = await asyncio.to_thread(
-            render_chat, engine.tokenizer, body.messages, body.add_generation_prompt, body.continue_final_message
-        )
-        tokens = prompt.token_ids
+        tokens = (await asyncio.to_thread(render_chat, engine.inputs, body)).token_ids
     else:
-        tokens = await asyncio.to_thread(engine.tokenizer.encode, body.prompt, body.add_special_tokens)
+        tokens = await asyncio.to_thread(engine.inputs.tokenizer.encode, body.prompt, body.add_special_tokens)
     response = TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
     return web.json_response(text=response.model_dump_json())
 
@@ -53,9 +49,7 @@ async def detokenize(request: web.Request) -> web.Response:
     state = server_state(request)
     body = DetokenizeRequest.model_validate_json(await request.read())
     state.check_model(body.model)
-    tokenizer = state.require_engine().tokenizer
-    check_token_ids(tokenizer, body.tokens, "tokens")
-    text = await asyncio.to_thread(tokenizer.decode, body.tokens)
+    text = await asyncio.to_thread(state.require_engine().inputs.decode, body.tokens, param="tokens")
     return web.json_response(text=DetokenizeResponse(prompt=text).model_dump_json())
 
 

@@ -112,21 +112,25 @@ class RequestTimer:
         self.last_token = self.start
         self.num_tokens = 0
         self.num_prompt_tokens = 0
+        self.reason: str | None = None  # the first sample's finish reason, once it has one
         self.done = False
 
     def observe(self, output: RequestOutput) -> None:
+        """``output`` holds only what is new since the last one (``RequestOutputKind.DELTA``)."""
         now = time.monotonic()
-        num_tokens = sum(len(c.token_ids) for c in output.outputs)
+        num_new = sum(len(c.token_ids) for c in output.outputs)
         self.num_prompt_tokens = len(output.prompt_token_ids)
-        if num_tokens > self.num_tokens:
+        if num_new:
             if self.first_token is None:
                 self.first_token = now
                 self.metrics.ttft.observe(now - self.start)
             else:
                 self.metrics.inter_token_latency.observe(now - self.last_token)
-            self.last_token, self.num_tokens = now, num_tokens
+            self.last_token = now
+            self.num_tokens += num_new
+        self.reason = next((c.finish_reason for c in output.outputs if c.index == 0), None) or self.reason
         if output.finished:
-            self.finish(output.outputs[0].finish_reason or "abort")
+            self.finish(self.reason or "abort")
 
     def finish(self, reason: str) -> None:
         """Records the end (a finish reason, or "abort" when the client left first); later calls do nothing."""

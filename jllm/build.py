@@ -1,0 +1,129 @@
+"""Start-up, in one place: from an ``EngineConfig`` to a worker (every process) or an engine (the lead).
+
+The start-up path: join the process group, turn on the compilation cache, find the model, load it onto the mesh,
+size and allocate the KV pool, compile the step buckets (``build_worker``); then, on the process that takes
+requests, the block manager, scheduler and input door around that worker's runner (``build_engine``). A follower
+under ``jax.distributed`` builds only the worker and runs the lead's step plans on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+
+from jllm import distributed, kv_cache, parallel
+from jllm.attention import resolve_backend
+from jllm.block_manager import BlockManager
+from jllm.config import EngineConfig
+from jllm.engine import LLMEngine
+from jllm.inputs import InputProcessor
+from jllm.loader import LoadedModel, load_model
+from jllm.model_source import cache_dir, resolve_model
+from jllm.runner import ModelRunner
+from jllm.scheduler import Scheduler
+from jllm.tokenizer import Tokenizer
+
+CPU_KV_CACHE_BYTES = 1 << 30  # a CPU has no free-memory reading to size the pool from
+
+
+@dataclass
+class Worker:
+    """What every process holds: the model on the mesh, its tokenizer, and the runner over the KV pool."""
+
+    loaded: LoadedModel
+    tokenizer: Tokenizer
+    runner: ModelRunner
+    num_pages: int
+    max_model_len: int
+    publisher: distributed.PlanPublisher | None  # the lead's, under jax.distributed: followers run its plans
+
+
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache under the jllm cache, unless the user already pointed it elsewhere:
+    a restart with the same model and shapes then loads its step programs instead of compiling them."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+
+
+def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
+    """Loads the model, allocates the KV pool and compiles the step programs; the same on every process."""
+    distributed.initialize(config.parallel)  # before anything touches a device
+    publisher = distributed.claim_engine()
+    enable_compilation_cache()
+    model_dir = resolve_model(config.model.model)
+    mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)
+    loaded = load_model(
+        model_dir, mesh=mesh, dtype=config.model.dtype, load_format=config.model.load_format, seed=config.model.seed
+    )
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    args = loaded.args
+    max_model_len = config.model.max_model_len or args.max_position_embeddings
+    if max_model_len > args.max_position_embeddings:
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the model's max_position_embeddings={args.max_position_embeddings}"
+        )
+    page_size = config.cache.page_size
+    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, args.dtype)
+    num_pages = _num_pages(config, spec, loaded)
+    if (num_pages - 1) * page_size < max_model_len:
+        raise ValueError(
+            f"the KV pool of {num_pages} pages x {page_size} tokens cannot hold one sequence of max_model_len="
+            f"{max_model_len} tokens; raise num_pages / kv_cache_memory_bytes or lower max_model_len"
+        )
+    pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(mesh))
+    sched = config.scheduler
+    runner = ModelRunner(
+        loaded,
+        pool,
+        page_size=page_size,
+        max_model_len=max_model_len,
+        max_num_seqs=sched.max_num_seqs,
+        max_num_batched_tokens=sched.max_num_batched_tokens,
+        eos_token_ids=tokenizer.eos_token_ids,
+        attention_backend=resolve_backend(config.model.attention_backend, jax.default_backend()),
+    )
+    runner.warmup(show_progress=show_progress)
+    return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
+
+
+def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngine:
+    """The lead's engine: a worker, plus the scheduler over its pages and the input door for its limits."""
+    worker = build_worker(config, show_progress=show_progress)
+    sched = config.scheduler
+    scheduler = Scheduler(
+        BlockManager(worker.num_pages, config.cache.page_size, config.cache.enable_prefix_caching),
+        max_num_seqs=sched.max_num_seqs,
+        max_num_batched_tokens=sched.max_num_batched_tokens,
+        max_model_len=worker.max_model_len,
+        eos_token_ids=worker.tokenizer.eos_token_ids,
+    )
+    inputs = InputProcessor(
+        worker.tokenizer, vocab_size=worker.loaded.args.vocab_size, max_model_len=worker.max_model_len
+    )
+    return LLMEngine(
+        scheduler,
+        worker.runner,
+        inputs,
+        async_scheduling=sched.async_scheduling,
+        seed=config.model.seed,
+        publish=None if worker.publisher is None else worker.publisher.publish,
+    )
+
+
+def _num_pages(config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel) -> int:
+    cache = config.cache
+    if cache.num_pages is not None:
+        return cache.num_pages
+    if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
+        return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES)
+    leaves = jax.tree.leaves(loaded.model)
+    params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device
+    num_pages = kv_cache.num_pages_from_device_memory(
+        spec,
+        cache.gpu_memory_utilization,
+        params_bytes,
+        devices=loaded.mesh.local_devices,  # only this process's devices report their memory
+        kv_shards=loaded.mesh.size,
+    )
+    return distributed.min_over_processes(num_pages)  # one pool: every process allocates the same pages

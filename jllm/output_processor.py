@@ -1,0 +1,259 @@
+"""What each request has produced, as its clients see it: text, logprobs, finish reasons, and the outputs emitted.
+
+The scheduler owns a sequence's tokens; this module owns everything derived from them for the client: incremental
+detokenization and stop strings (a stop string ends a sequence: the engine passes that back to the scheduler),
+logprob entries with decoded tokens, request timings, and the ``RequestOutput`` objects. A request asks for its
+outputs as vLLM's ``RequestOutputKind`` says: every step's new part (``DELTA``, what a stream sends), the whole so far
+(``CUMULATIVE``), or one output when it ends (``FINAL_ONLY``). Plain Python, no JAX.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jllm.inputs import Prompt
+from jllm.outputs import CompletionOutput, Logprob, RequestOutput
+from jllm.sampling import RequestOutputKind, SamplingParams
+from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
+from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
+
+if TYPE_CHECKING:  # the runner's host-side result types; importing them would load JAX
+    from jllm.step_results import PromptTokenLogprob, StepResult
+
+
+@dataclass
+class SampleState:
+    """One sample's client-facing state beside its ``Sequence``, and how much of it was already emitted."""
+
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_sent_tokens: int = 0  # DELTA: tokens (and logprob entries) already emitted
+    num_sent_chars: int = 0  # DELTA: characters of text already emitted
+    finish_sent: bool = False  # DELTA: the finish reason went out; the sample is not reported again
+
+    def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
+        """Ends the sample's text: releases what the detokenizer still holds back (not after a stop string)."""
+        self.finish_reason, self.stop_reason = reason, stop_reason
+        self.detokenizer.flush()
+
+
+@dataclass
+class RequestState:
+    request_id: str
+    prompt: Prompt
+    params: SamplingParams
+    samples: list[SampleState]
+    arrival_time: float  # time.monotonic() seconds, as the token times
+    prompt_logprobs: list[dict[int, Logprob] | None] | None  # vLLM's shape: None for the first prompt token
+    num_sent_prompt_logprobs: int = 0  # DELTA: entries already emitted
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.samples)
+
+
+class OutputProcessor:
+    """Request state for one engine, fed with each step's results after the scheduler has appended the tokens."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.requests: dict[str, RequestState] = {}
+
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, seqs: list[Sequence], *, arrival_time: float
+    ) -> None:
+        samples = [
+            SampleState(
+                seq,
+                IncrementalDetokenizer(
+                    self.tokenizer,
+                    prompt.token_ids,
+                    skip_special_tokens=params.skip_special_tokens,
+                    stop=params.stop,
+                    include_stop_str_in_output=params.include_stop_str_in_output,
+                    min_tokens=params.min_tokens,
+                    final_only=params.output_kind is RequestOutputKind.FINAL_ONLY,
+                ),
+                [] if params.logprobs is not None else None,
+            )
+            for seq in seqs
+        ]
+        prompt_logprobs = None if params.prompt_logprobs is None else [None]
+        self.requests[request_id] = RequestState(request_id, prompt, params, samples, arrival_time, prompt_logprobs)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Ends every unfinished sample with finish_reason "abort"; returns the request's last output."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        for sample in state.samples:
+            if sample.finish_reason is None:
+                sample.finish("abort")
+        return self._output(state)
+
+    def reject(self, seq: Sequence) -> str | None:
+        """A sample the scheduler refused ends as aborted; returns its request id when that request still exists."""
+        state = self.requests.get(seq.request_id)
+        if state is None:
+            return None
+        state.samples[seq.sample_index].finish("abort")
+        return state.request_id
+
+    def process(
+        self, output: SchedulerOutput, result: StepResult, appended: Iterable[int]
+    ) -> tuple[dict[str, None], list[Sequence]]:
+        """Takes a step's results: prompt logprobs, then for each row whose token the scheduler appended its
+        logprobs, text and finish. Returns the requests that changed (in step order) and the sequences a stop
+        string ended (the scheduler must finish those)."""
+        touched: dict[str, None] = {}
+        for sched, chunk in zip(output.scheduled, result.prompt_logprobs, strict=True):
+            state = self.requests.get(sched.seq.request_id)
+            if chunk and state is not None and sched.seq.sample_index == 0:
+                self._append_prompt_logprobs(state, chunk)
+        now = time.monotonic()
+        stopped = []
+        for row in appended:
+            seq = output.scheduled[row].seq
+            state = self.requests[seq.request_id]
+            token = result.tokens[row]
+            assert token is not None, "the scheduler appended a token the step did not sample"
+            state.first_token_time = state.first_token_time or now
+            state.last_token_time = now
+            touched[state.request_id] = None
+            sample = state.samples[seq.sample_index]
+            sample.cumulative_logprob += token.logprob
+            if sample.logprobs is not None:
+                sample.logprobs.append(
+                    self._logprob_entry(token.token_id, token.logprob, token.top_ids, token.top_logprobs)
+                )
+            if self._update_text(sample, token.token_id):
+                stopped.append(seq)
+        return touched, stopped
+
+    def _update_text(self, sample: SampleState, token_id: int) -> bool:
+        """Detokenizes the new token and settles the finish reason; True when a stop string ended a sequence the
+        scheduler still runs. A stop token's text is never shown; a stop string wins over the length limit."""
+        seq = sample.seq
+        if seq.status is SequenceStatus.FINISHED_STOPPED:  # EOS or a stop id
+            sample.finish("stop", None if token_id in self.tokenizer.eos_token_ids else token_id)
+            return False
+        sample.detokenizer.add_tokens([token_id])
+        if sample.detokenizer.finished:
+            sample.finish_reason, sample.stop_reason = "stop", sample.detokenizer.stop_reason
+            return not seq.is_finished
+        if seq.status is SequenceStatus.FINISHED_LENGTH:
+            sample.finish("length")
+        return False
+
+    def _append_prompt_logprobs(self, state: RequestState, chunk: list[PromptTokenLogprob]) -> None:
+        """Positions already recorded (recomputed after a preemption) are skipped."""
+        assert state.prompt_logprobs is not None
+        for entry in chunk:
+            if entry.position == len(state.prompt_logprobs):
+                state.prompt_logprobs.append(
+                    self._logprob_entry(entry.token_id, entry.logprob, entry.top_ids, entry.top_logprobs)
+                )
+
+    def _logprob_entry(
+        self, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]
+    ) -> dict[int, Logprob]:
+        """The top tokens by rank, then the chosen one if it is not among them (rank unknown)."""
+        decode = self.tokenizer.decode
+        entry = {
+            tid: Logprob(lp, rank=i + 1, decoded_token=decode([tid], skip_special_tokens=False))
+            for i, (tid, lp) in enumerate(zip(top_ids, top_logprobs, strict=True))
+        }
+        if token_id not in entry:
+            entry[token_id] = Logprob(logprob, None, decode([token_id], skip_special_tokens=False))
+        return entry
+
+    def outputs(self, request_ids: Iterable[str]) -> list[RequestOutput]:
+        """The outputs due for these requests, as each asked (a FINAL_ONLY one only once it has finished);
+        finished requests are forgotten."""
+        outputs = []
+        for request_id in request_ids:
+            state = self.requests.get(request_id)
+            if state is None:
+                continue
+            if state.finished:
+                del self.requests[request_id]
+            elif state.params.output_kind is RequestOutputKind.FINAL_ONLY:
+                continue
+            outputs.append(self._output(state))
+        return outputs
+
+    def _output(self, state: RequestState) -> RequestOutput:
+        delta = state.params.output_kind is RequestOutputKind.DELTA
+        completions = [
+            _delta_completion(i, s) if delta else _whole_completion(i, s)
+            for i, s in enumerate(state.samples)
+            if not (delta and s.finish_sent)
+        ]
+        prompt_logprobs = state.prompt_logprobs
+        if prompt_logprobs is not None and delta:
+            prompt_logprobs, state.num_sent_prompt_logprobs = (
+                prompt_logprobs[state.num_sent_prompt_logprobs :],
+                len(prompt_logprobs),
+            )
+        return RequestOutput(
+            request_id=state.request_id,
+            prompt=state.prompt.text,
+            prompt_token_ids=state.prompt.token_ids,
+            prompt_logprobs=None if prompt_logprobs is None else list(prompt_logprobs),
+            outputs=[c for c in completions if c is not None],
+            finished=state.finished,
+            num_cached_tokens=state.samples[0].seq.num_cached_tokens,
+            metrics=_metrics(state),
+        )
+
+
+def _whole_completion(index: int, sample: SampleState) -> CompletionOutput:
+    return CompletionOutput(
+        index=index,
+        text=sample.detokenizer.text,
+        token_ids=list(sample.seq.output_token_ids),
+        cumulative_logprob=sample.cumulative_logprob if sample.logprobs is not None else None,
+        logprobs=None if sample.logprobs is None else list(sample.logprobs),
+        finish_reason=sample.finish_reason,
+        stop_reason=sample.stop_reason,
+    )
+
+
+def _delta_completion(index: int, sample: SampleState) -> CompletionOutput | None:
+    """What the sample gained since its last output, or None when nothing did; its finish goes out once."""
+    tokens, text = sample.seq.output_token_ids, sample.detokenizer.text
+    start, chars = sample.num_sent_tokens, sample.num_sent_chars
+    if len(tokens) == start and len(text) == chars and sample.finish_reason is None:
+        return None
+    sample.num_sent_tokens, sample.num_sent_chars = len(tokens), len(text)
+    sample.finish_sent = sample.finish_reason is not None
+    return CompletionOutput(
+        index=index,
+        text=text[chars:],
+        token_ids=tokens[start:],
+        cumulative_logprob=sample.cumulative_logprob if sample.logprobs is not None else None,
+        logprobs=None if sample.logprobs is None else sample.logprobs[start:],
+        finish_reason=sample.finish_reason,
+        stop_reason=sample.stop_reason,
+    )
+
+
+def _metrics(state: RequestState) -> dict[str, float]:
+    """vLLM's request timings (``time.monotonic()`` seconds), with the time to first token worked out."""
+    metrics = {"arrival_time": state.arrival_time}
+    if state.first_token_time is not None and state.last_token_time is not None:
+        metrics |= {
+            "first_token_time": state.first_token_time,
+            "last_token_time": state.last_token_time,
+            "time_to_first_token": state.first_token_time - state.arrival_time,
+        }
+    return metrics

@@ -1,0 +1,96 @@
+"""A scripted runner: the engine loop, abort, async pipelining, preemption and the server tested in milliseconds.
+
+No model and no device: the token a sequence samples at position ``p`` is ``script(prompt, p)``, a pure function,
+so every output is known in advance however steps are batched, chunked, pipelined or preempted, and a test can
+compare what the engine did against it. Pages are still allocated by the real block manager and scheduler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jllm.block_manager import BlockManager
+from jllm.engine import LLMEngine
+from jllm.inputs import InputProcessor
+from jllm.scheduler import Scheduler
+from jllm.sequence import SchedulerOutput
+from jllm.step_results import PromptTokenLogprob, SampledToken, StepResult
+from jllm.tokenizer import Tokenizer
+
+TINY_TOKENIZER = Path(__file__).parents[1] / "configs" / "models" / "tiny-llama"  # 512 ids, EOS 2, chat template
+Script = Callable[[Sequence[int], int], int]  # (prompt token ids, position of the sampled token) -> token id
+
+
+def counting_script(prompt: Sequence[int], position: int) -> int:
+    """Ids 100, 101, ... after the prompt (offset by its first token): never EOS (2), always decodable."""
+    return 100 + (prompt[0] + position) % 300
+
+
+@dataclass
+class FakeLaunch:
+    output: SchedulerOutput
+    result: StepResult
+
+
+@dataclass
+class ScriptedRunner:
+    """``launch`` computes the step's tokens at once (the fake device knows every token it sampled, pending ones
+    included, because the script needs only the position); ``collect`` hands them over after ``step_seconds``."""
+
+    script: Script = counting_script
+    step_seconds: float = 0.0
+    launched: list[SchedulerOutput] = field(default_factory=list)
+
+    def plan(self, output: SchedulerOutput) -> SchedulerOutput:
+        return output
+
+    def launch(self, output: SchedulerOutput, plan: SchedulerOutput) -> FakeLaunch:
+        self.launched.append(output)
+        tokens, prompt_logprobs = [], []
+        for s in output.scheduled:
+            seq, end = s.seq, s.start + s.num_new_tokens
+            prompt = seq.prompt_token_ids
+            token = None
+            if s.samples_token:
+                token_id = self.script(prompt, end)
+                top = [token_id, (token_id + 1) % 512][: seq.sampling_params.logprobs or 0]
+                token = SampledToken(token_id, -0.5, top, [-0.5, -1.5][: len(top)])
+            tokens.append(token)
+            chunk = []
+            if seq.sampling_params.prompt_logprobs is not None:
+                for pos in range(s.start, min(end, seq.num_prompt_tokens - 1)):
+                    chunk.append(PromptTokenLogprob(pos + 1, prompt[pos + 1], -1.0, [], []))
+            prompt_logprobs.append(chunk)
+        return FakeLaunch(output, StepResult(tokens, prompt_logprobs))
+
+    def collect(self, launched: FakeLaunch) -> StepResult:
+        time.sleep(self.step_seconds)
+        return launched.result
+
+
+def fake_engine(
+    *,
+    script: Script = counting_script,
+    num_pages: int = 64,
+    page_size: int = 4,
+    max_num_seqs: int = 8,
+    max_num_batched_tokens: int = 32,
+    max_model_len: int = 128,
+    async_scheduling: bool = True,
+    step_seconds: float = 0.0,
+) -> LLMEngine:
+    """An ``LLMEngine`` over the scripted runner, the tiny tokenizer and a real scheduler and block manager."""
+    tokenizer = Tokenizer.from_pretrained(TINY_TOKENIZER)
+    scheduler = Scheduler(
+        BlockManager(num_pages, page_size),
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=max_model_len,
+        eos_token_ids=tokenizer.eos_token_ids,
+    )
+    inputs = InputProcessor(tokenizer, vocab_size=512, max_model_len=max_model_len)
+    runner = ScriptedRunner(script, step_seconds)
+    return LLMEngine(scheduler, runner, inputs, async_scheduling=async_scheduling, seed=0)

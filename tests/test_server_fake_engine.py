@@ -1,0 +1,101 @@
+"""The server's streaming, choices and disconnect handling over the scripted engine: no model, milliseconds a step.
+
+The scripted runner's tokens are known in advance, so what a client receives is checked against the script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from fake_runner import counting_script, fake_engine
+from server_utils import RunningServer, http
+
+from jllm.config import load_config
+from jllm.engine import LLMEngine
+
+MODEL = "scripted"
+
+
+@pytest.fixture
+def engine() -> LLMEngine:
+    return fake_engine(step_seconds=0.002)
+
+
+@pytest.fixture
+def server(engine: LLMEngine) -> Iterator[RunningServer]:
+    with RunningServer(engine, load_config(None, served_model_name=MODEL)) as running:
+        yield running
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+
+
+def expected_text(engine: LLMEngine, prompt: str, count: int) -> str:
+    ids = engine.inputs.encode(prompt).token_ids
+    return engine.tokenizer.decode([counting_script(ids, len(ids) + k) for k in range(count)])
+
+
+def stream(url: str, body: dict) -> list[dict]:
+    """The SSE events of one streamed request, [DONE] checked and dropped."""
+    raw = http("POST", url, json_body={**body, "stream": True}).body
+    events = raw.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    return [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+
+
+def test_streamed_and_whole_completions_carry_the_scripted_text(server: RunningServer, engine: LLMEngine) -> None:
+    body = {"model": MODEL, "prompt": ["hello", "world"], "max_tokens": 7, "n": 2, "temperature": 1.0}
+    whole = http("POST", f"{server.url}/v1/completions", json_body=body).json()
+    texts = {c["index"]: c["text"] for c in whole["choices"]}
+    expected = {i: expected_text(engine, ["hello", "world"][i // 2], 7) for i in range(4)}
+    assert texts == expected and {c["finish_reason"] for c in whole["choices"]} == {"length"}
+    assert whole["usage"]["completion_tokens"] == 28
+
+    chunks = stream(f"{server.url}/v1/completions", body)
+    streamed: dict[int, str] = {}
+    finishes: dict[int, list] = {}
+    for chunk in chunks:
+        [choice] = chunk["choices"]
+        streamed[choice["index"]] = streamed.get(choice["index"], "") + choice["text"]
+        finishes.setdefault(choice["index"], []).append(choice["finish_reason"])
+    assert streamed == expected
+    for reasons in finishes.values():  # each choice reports its finish once, in its last chunk
+        assert reasons[-1] == "length" and reasons[:-1] == [None] * (len(reasons) - 1)
+
+
+def test_chat_stream_sends_the_role_then_the_scripted_content(server: RunningServer, engine: LLMEngine) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    chunks = stream(f"{server.url}/v1/chat/completions", body)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = "".join(c["choices"][0]["delta"]["content"] for c in chunks[1:])
+    prompt = engine.inputs.render_chat([{"role": "user", "content": "hi"}])
+    ids = prompt.token_ids
+    assert content == engine.tokenizer.decode([counting_script(ids, len(ids) + k) for k in range(5)])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_streaming_client_that_hangs_up_frees_its_pages(server: RunningServer, engine: LLMEngine) -> None:
+    body = {"model": MODEL, "prompt": "hello", "max_tokens": 100, "stream": True}
+
+    async def read_two_chunks_and_leave() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{server.url}/v1/completions", json=body) as response:
+                assert response.status == 200
+                await response.content.readuntil(b"\n\n")
+                await response.content.readuntil(b"\n\n")
+
+    asyncio.run(read_two_chunks_and_leave())
+    for _ in range(500):  # the abort reaches the engine thread within a few steps
+        if not engine.requests:
+            break
+        asyncio.run(asyncio.sleep(0.01))
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert engine.scheduler.num_generation_tokens < 100
+
+
+def test_a_prompt_over_the_context_is_a_400_before_the_engine_sees_it(server: RunningServer) -> None:
+    reply = http("POST", f"{server.url}/v1/completions", json_body={"prompt": [5] * 200, "max_tokens": 1})
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["code"] == "context_length_exceeded" and error["param"] == "prompt"
