@@ -2,6 +2,8 @@
 
 ``from jllm import LLM, SamplingParams`` mirrors vLLM. The names load lazily so ``import jllm`` (the CLI's argument
 parsing, the server's schemas) does not pay for importing JAX.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

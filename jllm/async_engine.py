@@ -5,6 +5,8 @@ answering every other connection meanwhile. ``LLMEngine`` is not thread-safe, so
 it; the event loop sends it commands through a thread-safe inbox (drained before every step), and the engine
 thread hands outputs back with ``loop.call_soon_threadsafe``. The per-request streams and the admission checks
 live on the event loop, so they need no locks.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

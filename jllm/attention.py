@@ -5,6 +5,8 @@ trace time from its static ``backend`` field, so models never know which path ru
 paths run per device under ``shard_map`` over the static ``mesh`` field, each device attending with its own query and
 KV heads: the Pallas kernel is opaque to XLA, and the reference's page gather would otherwise make XLA all-gather
 the pool.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

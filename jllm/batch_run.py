@@ -18,6 +18,8 @@ mapping::
 Each completion becomes one JSON line ``{"prompt", "index", "text", "token_ids", "finish_reason"}`` (``index`` is
 the sample number, 0 unless ``sampling.n`` > 1), in prompt order. Relative paths are relative to the working
 directory, as ``model`` is. Everything is checked before the engine starts; a bad key fails naming it.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

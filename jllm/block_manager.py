@@ -9,6 +9,8 @@ A freed page that is findable by hash keeps its K/V: it goes to the back of the 
 take it back (a prefix-cache hit) until the allocator reuses it. Freed pages without a hash go to the front, and
 allocation takes from the front, so empty pages are used before cached ones and cached ones are evicted least
 recently freed first.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

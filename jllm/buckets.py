@@ -4,6 +4,8 @@ Token counts double from 1 up to the token budget, and each bucket holds as many
 ``max_num_seqs``): a step of t tokens never has more than t sequences, so the token count alone picks the bucket and
 a budget of 2048 needs 12 programs. Padding sequences cost little (an empty row of block table, one logits row), while
 every extra program costs seconds of start-up compiling a large model.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

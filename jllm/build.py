@@ -4,6 +4,8 @@ The start-up path: join the process group, turn on the compilation cache, find t
 size and allocate the KV pool, compile the step buckets (``build_worker``); then, on the process that takes
 requests, the block manager, scheduler and input door around that worker's runner (``build_engine``). A follower
 under ``jax.distributed`` builds only the worker and runs the lead's step plans on it.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

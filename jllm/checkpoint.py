@@ -3,6 +3,8 @@
 Parameters are saved in their stored layout (one copy of each KV head, as in the HF checkpoint), so a model saved at
 one tensor-parallel size restores at any other. ``jllm.loader`` puts them in a model directory (``save_model``) and
 reads them back (``load_format: orbax``).
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Engine options (``--max-model-len``, ``--dtype``, ``--num-pages`` ...) are made 
 key a config file takes is also an option, spelt with dashes. They default to "not given", which keeps vLLM's
 precedence: command line > ``--config`` file > defaults. ``--seed`` is the engine's seed, from which every request
 without its own seed draws one, so a run is reproducible. Bad input exits with status 2 and ``jllm: error:``.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Precedence is vLLM's: command line > YAML file > defaults. Every key is validated where it is defined, and a bad
 key or value fails with a message naming the key, the value and what is allowed.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ device broadcast (``multihost_utils.broadcast_one_to_all``): a broadcast needs t
 while a plan's shapes change with its bucket, and an idle follower would wait inside a collective, which times out
 (gloo after 30 minutes) while a server waits for requests. A plan is one message of a few KB (its padding stays
 behind): no compilation, no device transfer, one key-value write and one delete per step.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ and their progress, the runner the device, the output processor what clients see
 offline API and the async server engine both drive it. With async scheduling (the default) each call schedules and
 launches a step, then waits for and processes the step launched by the call before, so the host's work for step
 N+1 overlaps the device's for step N; a step's outputs come one call later.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 ``InputError`` and its subclasses are the client's fault (a 400 naming ``param``); ``QueueFullError`` asks the client
 to retry (429); ``EngineUnavailableError`` means no request can run now (503).
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
 front: weights dequantized to float32, llama.cpp's rotary row order undone, the tokenizer rebuilt from the metadata.
 Every step mirrors what transformers' own GGUF loader does, and the tests hold us to its output.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 encoded one way and held to one set of limits (not empty, inside the model's vocabulary, fitting the context with
 its ``max_tokens``) whichever front end sent it; the engine takes the resulting token ids and checks nothing again.
 Failures raise ``InputError`` naming the request field, which the server turns into a 400. Plain Python, no JAX.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

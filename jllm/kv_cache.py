@@ -1,8 +1,10 @@
-"""The paged KV pool: its shape, dtype and size (see ARCHITECTURE.md, "The KV pool").
+"""The paged KV pool: its shape, dtype and size (see docs/architecture.md, "The KV pool").
 
 One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1). The pool is allocated
 once, zero-filled and donated to every step. Which request owns which page is the block manager's business; this
 module only decides how many pages fit and creates them where the sharding says, without staging a host copy.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

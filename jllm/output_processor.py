@@ -5,6 +5,8 @@ detokenization and stop strings (a stop string ends a sequence: the engine passe
 logprob entries with decoded tokens, request timings, and the ``RequestOutput`` objects. A request asks for its
 outputs as vLLM's ``RequestOutputKind`` says: every step's new part (``DELTA``, what a stream sends), the whole so far
 (``CUMULATIVE``), or one output when it ends (``FINAL_ONLY``). Plain Python, no JAX.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""What a request returns, shaped like vLLM's ``RequestOutput`` so users switch by changing an import."""
+"""What a request returns, shaped like vLLM's ``RequestOutput`` so users switch by changing an import.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ With fewer KV heads than devices, KV heads are replicated as vLLM does: the mode
 query heads read and a pool page costs every device ``1 / tp`` of its bytes. The only parameter with a KV-head axis
 is the fused QKV projection ``[.., kv_heads, group + 2, head_dim]``; orbax checkpoints keep it in a "stored" layout
 with the checkpoint's own KV heads, each with its whole query group, so they restore at any TP size.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

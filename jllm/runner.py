@@ -5,6 +5,8 @@ K/V writes happen in place, and the sampler, one per sampling variant, so only a
 Each is compiled once, the base variants at start-up. Neither branches on device values, so launching a step never
 waits for the GPU. The step's host inputs and plan are ``jllm.step_inputs``; unpacking its results is
 ``jllm.step_results``.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ draws the same tokens whatever else is in the batch, wherever its row sits, and 
 
 The host half, ``build_sampling_metadata`` and its width helpers, turns ``Sequence``s into padded NumPy arrays; the
 static widths (penalty width, banned width, top logprobs) pick the compiled variant.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

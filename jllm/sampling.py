@@ -2,6 +2,8 @@
 
 Fields, defaults and ranges follow vLLM's ``SamplingParams`` so OpenAI-style clients behave the same here. Plain
 Python: the scheduler, engine and server import this without JAX. The device sampler lives in ``jllm/sampler.py``.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ step's sampled tokens when it returns (``update_from_output``), ends sequences o
 length) and frees their pages. The engine only detokenizes and reports stop strings back through ``finish``.
 Prompts reach it checked by ``jllm.inputs`` (at least one token, inside the context); it refuses only what the pool
 can never hold.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 vLLM's rule "schedule tokens, not phases": a sequence's ``num_computed_tokens`` (tokens whose K/V sit in the pool)
 catches up with ``num_tokens`` (prompt + output). Prefill chunks, prefix-cache hits, decodes and recompute after
 preemption are all the same move: schedule some of the not-yet-computed tokens.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

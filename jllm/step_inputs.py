@@ -3,6 +3,8 @@
 Everything here is NumPy over plain arguments (no device arrays, no runner), so the index maths is tested on its
 own and every process can rebuild the same step from the lead's published ``StepPlan``. The runner turns a plan into
 device arrays and runs it; ``jllm.distributed`` carries plans from the lead to its followers.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

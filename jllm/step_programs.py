@@ -2,6 +2,8 @@
 
 Both are pure functions of (graphdef, static settings, state, packed step buffers), so ``jax.jit`` of a
 ``functools.partial`` is the whole program: ``jllm.runner`` lowers, compiles and calls them, and owns their cache.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

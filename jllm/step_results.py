@@ -1,6 +1,8 @@
 """One step's results as the engine reads them: the sampler's fetched arrays, unpacked per scheduled sequence.
 
 Plain NumPy to Python, no device: what ``ModelRunner.collect`` returns once a step's results are on the host.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

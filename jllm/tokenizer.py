@@ -2,6 +2,8 @@
 
 Encoding and decoding go straight to the Rust `tokenizers` backend (fast, and one definition of "the text" that
 streaming and full decodes share); transformers is used for loading and for its chat-template engine.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

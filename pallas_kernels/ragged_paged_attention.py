@@ -9,6 +9,8 @@ fill the GPU; an XLA epilogue merges the splits by their running max and sum.
 
 Decode steps (``q_block == 1``) skip the item bookkeeping: item r is query row r. Everything else in the wrapper is a
 few small XLA gathers over the step's rows and block tables; the kernel reads the pool in place.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Pure-jnp paged attention and KV write: the oracle every GPU kernel is tested against, and CI's CPU path.
 
-Layout (see ARCHITECTURE.md, "The KV pool"): one pool per layer ``[2, num_kv_heads, num_pages, page_size, head_dim]``,
-K at 0 and V at 1. Token t of a sequence lives in slot ``block_table[t // page_size] * page_size + t % page_size``.
-Page 0 is reserved: padded tokens write there and padded block-table entries point there, so it holds garbage that
-the length mask must hide.
+Layout (see docs/architecture.md, "The KV pool"): one pool per layer
+``[2, num_kv_heads, num_pages, page_size, head_dim]``, K at 0 and V at 1. Token t of a sequence lives in slot
+``block_table[t // page_size] * page_size + t % page_size``. Page 0 is reserved: padded tokens write there and padded
+block-table entries point there, so it holds garbage that the length mask must hide.
 
 A step's queries are ragged: sequence s owns rows ``[query_start_loc[s], query_start_loc[s + 1])`` of ``q``, and any
 mix of prefill chunks and single-token decodes shares one call. To stay efficient under jit without a static bound on
@@ -13,6 +13,8 @@ row is an item of its own; a sequence with many new tokens is cut into blocks of
 K/V are gathered once per block rather than once per row. Items run a few at a time in a loop that stops after the
 last real item, so that the intermediates stay cache-sized (on the CPU, fresh multi-GB buffers cost more in page
 faults than the maths) and a step's cost follows its real tokens, not the padded bucket it runs in.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

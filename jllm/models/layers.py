@@ -2,6 +2,8 @@
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ bias (Qwen2), sliding window (Mistral), tied embeddings. Layers are a Python lis
 H100 an unrolled decode step ran 2.7x faster than a ``lax.scan`` over stacked layers. Each layer runs through one
 nested ``jit`` (``_decoder_layer``), so a step program traces and lowers a layer once, not once per layer; XLA inlines
 the calls, so the compiled program is the unrolled one.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Which NNX model class and settings serve a checkpoint, keyed by ``config.json``'s ``architectures``."""
+"""Which NNX model class and settings serve a checkpoint, keyed by ``config.json``'s ``architectures``.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

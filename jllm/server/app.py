@@ -2,6 +2,8 @@
 
 ``build_app`` makes the app around an ``AsyncEngine`` (or none yet: every engine route answers 503 while the model
 loads), so tests can run it in-process; ``run_server`` is the blocking entry point ``jllm serve`` calls.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

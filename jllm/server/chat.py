@@ -1,4 +1,7 @@
-"""``POST /v1/chat/completions``: the model's chat template, then generation, streamed or not."""
+"""``POST /v1/chat/completions``: the model's chat template, then generation, streamed or not.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``POST /v1/completions``: text or token-id prompts (one or a list), streamed or not, with echo and logprobs."""
+"""``POST /v1/completions``: text or token-id prompts (one or a list), streamed or not, with echo and logprobs.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

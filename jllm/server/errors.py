@@ -2,6 +2,8 @@
 
 Clients (the ``openai`` package among them) read ``error.message`` and branch on the status, so every failure,
 from a router 404 to an engine that died mid-stream, must come back in the same shape.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Both generation endpoints share this: it hands on the engine's per-step deltas as per-choice deltas, times each
 engine request for the metrics, and guarantees that a request whose client is gone stops using the engine.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The routes around generation: the model list, tokenizer access, and the probes and metrics for operators."""
+"""The routes around generation: the model list, tokenizer access, and the probes and metrics for operators.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Engine counters (running, waiting, KV usage, prefix cache, preemptions, tokens) are read from the engine's latest
 snapshot at scrape time; latencies are observed per request as its outputs reach the server.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Per-request plumbing every route shares: the request id and the API key check."""
+"""Per-request plumbing every route shares: the request id and the API key check.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

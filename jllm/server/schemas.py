@@ -5,6 +5,8 @@ ignored, as vLLM does, so clients that send newer OpenAI fields keep working; bu
 server cannot do (``logit_bias``, ``tools``, JSON ``response_format``, ``suffix``, ``best_of`` > n) is a 400 naming
 it, since ignoring it would return something else than asked for. Range checks stay in ``SamplingParams`` (one
 definition of what is allowed); a violation there becomes a 400 naming the field.
+
+Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations

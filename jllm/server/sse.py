@@ -1,4 +1,7 @@
-"""Server-sent events exactly as OpenAI sends them: ``data: {json}\\n\\n`` per chunk, then ``data: [DONE]\\n\\n``."""
+"""Server-sent events exactly as OpenAI sends them: ``data: {json}\\n\\n`` per chunk, then ``data: [DONE]\\n\\n``.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 

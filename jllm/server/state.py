@@ -1,4 +1,7 @@
-"""What every handler reads: the settings, the served model's name, the metrics and (once loaded) the engine."""
+"""What every handler reads: the settings, the served model's name, the metrics and (once loaded) the engine.
+
+Where this module sits: docs/architecture.md.
+"""
 
 from __future__ import annotations
 
