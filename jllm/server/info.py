@@ -43,7 +43,8 @@ async def tokenize(request: web.Request) -> web.Response:
     if body.messages is not None:
         tokens = (await asyncio.to_thread(render_chat, engine.inputs, body)).token_ids
     else:
-        tokens = await asyncio.to_thread(engine.inputs.tokenizer.encode, body.prompt, body.add_special_tokens)
+        add_special_tokens = body.add_special_tokens is not False  # a prompt's default: true
+        tokens = await asyncio.to_thread(engine.inputs.tokenizer.encode, body.prompt, add_special_tokens)
     response = TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
     return web.json_response(text=response.model_dump_json())
 
