@@ -16,7 +16,6 @@ from aiohttp import web
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
-from jllm.server.errors import bad_request
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import request_id
 from jllm.server.schemas import (
@@ -35,8 +34,6 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     state = server_state(request)
     body = CompletionRequest.model_validate_json(await request.read())
     state.check_model(body.model)
-    if body.echo and body.logprobs is not None:
-        raise bad_request("echo together with logprobs is not supported yet", "echo")
     engine = state.require_engine()
     params = body.sampling_params()
     prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body, params)
