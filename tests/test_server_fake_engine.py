@@ -6,6 +6,7 @@ The scripted runner's tokens are known in advance, so what a client receives is 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 from collections.abc import Iterator
 
@@ -149,3 +150,13 @@ def test_echo_with_max_tokens_zero_returns_the_prompt_alone(server: RunningServe
     assert _rows(choice["logprobs"]) == _prompt_rows(engine, ids, 0)
     refused = http("POST", f"{server.url}/v1/completions", json_body={**body, "echo": False})
     assert refused.status == 400 and refused.json()["error"]["param"] == "max_tokens"
+
+
+def test_a_model_card_by_id_and_the_version(server: RunningServer, engine: LLMEngine) -> None:
+    card = http("GET", f"{server.url}/v1/models/{MODEL}").json()
+    assert card == {**card, "id": MODEL, "object": "model", "owned_by": "jllm", "max_model_len": engine.max_model_len}
+    unknown = http("GET", f"{server.url}/v1/models/org/other-model")
+    error = unknown.json()["error"]
+    assert unknown.status == 404 and error["code"] == "model_not_found" and error["param"] == "model"
+    assert "org/other-model" in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert http("GET", f"{server.url}/version").json() == {"version": importlib.metadata.version("jllm")}

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 
 from jllm.server.errors import APIError, Handler
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapers carry no key
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/version"})  # probes, scrapers and /version: no key (vLLM)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
