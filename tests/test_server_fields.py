@@ -217,22 +217,29 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
 }  # fmt: skip
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine() -> LLMEngine:
+    """A tokenizer that adds BOS (id 1) and the template above: what add_special_tokens and the template fields
+    change shows in the prompt."""
     engine = fake_engine()
     engine.tokenizer.backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     engine.tokenizer.hf.chat_template = TEMPLATE
     return engine
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(engine: LLMEngine) -> Iterator[RunningServer]:
     with RunningServer(engine, load_config(None, served_model_name=MODEL)) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def engine_is_left_empty(engine: LLMEngine) -> Iterator[None]:
+    yield
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
 
 
-def _send(server: RunningServer, engine: LLMEngine, body: dict, chat: bool) -> Seen:
+def _send(server: RunningServer, engine: LLMEngine, body: dict, chat: bool, monkeypatch: pytest.MonkeyPatch) -> Seen:
     added: list[tuple[Prompt, SamplingParams]] = []
     add_request = engine.add_request
 
@@ -240,7 +247,7 @@ def _send(server: RunningServer, engine: LLMEngine, body: dict, chat: bool) -> S
         added.append((prompt, params))
         add_request(request_id, prompt, params)
 
-    engine.add_request = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(engine, "add_request", spy)
     path = "/v1/chat/completions" if chat else "/v1/completions"
     reply = http("POST", f"{server.url}{path}", json_body=body)
     assert reply.status == 200, reply.body[:500]
@@ -257,8 +264,10 @@ def test_every_vllm_field_is_honoured_or_refused() -> None:
 
 
 @pytest.mark.parametrize("case", HONOURED, ids=lambda case: case.field)
-def test_honoured_field_does_what_it_asks(server: RunningServer, engine: LLMEngine, case: Honoured) -> None:
-    seen = _send(server, engine, case.body, case.chat)
+def test_honoured_field_does_what_it_asks(
+    server: RunningServer, engine: LLMEngine, case: Honoured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _send(server, engine, case.body, case.chat, monkeypatch)
     assert case.check(seen, engine), (seen.prompt, seen.params, seen.reply)
 
 
