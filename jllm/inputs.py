@@ -30,11 +30,21 @@ class Prompt:
     text: str | None = None
 
 
-PromptInput = str | list[int] | Prompt  # what the offline API takes: text, token ids, or an already checked prompt
+# What the offline API takes: text, token ids, vLLM's {"prompt": text} / {"prompt_token_ids": ids}, or a checked prompt.
+PromptInput = str | list[int] | dict[str, Any] | Prompt
+PROMPT_KEYS = ("prompt", "prompt_token_ids")
+# apply_chat_template's own arguments: chat_template_kwargs may not set them (the rest reach the template as variables)
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"conversation", "messages", "tokenize", "chat_template", "padding", "truncation", "max_length",
+     "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"}
+)  # fmt: skip
 
 
 def check_token_ids(token_ids: Sequence[int], vocab_size: int, param: str) -> None:
     """Client ids must be in the vocabulary before anything embeds or decodes them (the decoder overflows on -1)."""
+    not_int = [t for t in token_ids if not isinstance(t, int) or isinstance(t, bool)]
+    if not_int:
+        raise InputError(f"{param}: token ids must be integers, got {not_int[0]!r}", param=param)
     bad = [t for t in token_ids if not 0 <= t < vocab_size]
     if bad:
         raise InputError(f"{param}: token id {bad[0]} is outside the vocabulary [0, {vocab_size})", param=param)
@@ -48,16 +58,37 @@ class InputProcessor:
         self.vocab_size = vocab_size  # the model's embedding rows: every id the engine can run
         self.max_model_len = max_model_len
 
-    def encode(self, prompt: PromptInput, *, with_text: bool = False, param: str = "prompt") -> Prompt:
-        """Text is encoded (special tokens added, as the tokenizer defines); token ids are checked against the
-        vocabulary, and decoded only ``with_text`` (echo needs it)."""
+    def encode(
+        self, prompt: PromptInput, *, with_text: bool = False, add_special_tokens: bool = True, param: str = "prompt"
+    ) -> Prompt:
+        """Text is encoded (special tokens added, as the tokenizer defines, unless ``add_special_tokens`` is false);
+        token ids are checked against the vocabulary, and decoded only ``with_text`` (echo needs it)."""
         if isinstance(prompt, Prompt):
             return prompt
+        if isinstance(prompt, dict):
+            prompt = _unwrap(prompt, param)
         if isinstance(prompt, str):
-            return Prompt(self.tokenizer.encode(prompt), prompt)
+            return Prompt(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens), prompt)
+        if not isinstance(prompt, list | tuple):
+            raise InputError(
+                f"{param} must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids', "
+                f"got {type(prompt).__name__}",
+                param=param,
+            )
         token_ids = list(prompt)
         check_token_ids(token_ids, self.vocab_size, param)
         return Prompt(token_ids, self.tokenizer.decode(token_ids) if with_text else None)
+
+    def truncate(self, prompt: Prompt, params: SamplingParams) -> Prompt:
+        """vLLM's ``truncate_prompt_tokens``: keep the last k tokens (-1: the model's context length); the text of a
+        truncated prompt is what its kept tokens decode to."""
+        keep = params.truncate_prompt_tokens
+        if keep == -1:
+            keep = self.max_model_len
+        if keep is None or len(prompt.token_ids) <= keep:
+            return prompt
+        token_ids = prompt.token_ids[-keep:]
+        return Prompt(token_ids, None if prompt.text is None else self.tokenizer.decode(token_ids))
 
     def decode(self, token_ids: list[int], *, param: str = "tokens") -> str:
         check_token_ids(token_ids, self.vocab_size, param)
@@ -69,16 +100,33 @@ class InputProcessor:
         *,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        add_special_tokens: bool = False,
+        **template_options: Any,
     ) -> Prompt:
         """The conversation through the model's chat template; a template that rejects the messages (or a model
-        without one) is the client's error."""
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message
+        without one) is the client's error. Content given as OpenAI's text parts reads as one string;
+        ``chat_template_kwargs`` reach the template as variables (and may override the two switches, as in vLLM);
+        ``template_options`` are further arguments of the template call (``documents``, ``chat_template``).
+        The template adds the special tokens it wants; ``add_special_tokens`` adds the tokenizer's on top."""
+        kwargs = {
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": continue_final_message,
+            **template_options,
+            **_template_kwargs(chat_template_kwargs),
+        }
+        if kwargs["continue_final_message"] and kwargs["add_generation_prompt"]:
+            raise InputError(
+                "continue_final_message needs add_generation_prompt set to false (the reply continues the last "
+                "message)",
+                param="continue_final_message",
             )
+        conversation = [_message_for_template(m, i) for i, m in enumerate(messages)]
+        try:
+            text = self.tokenizer.apply_chat_template(conversation, **kwargs)
         except (jinja2.TemplateError, ValueError) as e:  # transformers: ValueError when the last message is not found
             raise InputError(f"the chat template rejected these messages: {e}", param="messages") from e
-        return Prompt(self.tokenizer.encode(text, add_special_tokens=False), text)
+        return Prompt(self.tokenizer.encode(text, add_special_tokens=add_special_tokens), text)
 
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:
         """A prompt the engine can run with ``params``: at least one token (the first step needs one to start
@@ -96,8 +144,72 @@ class InputProcessor:
                 param=param,
             )
 
-    def process(self, prompt: PromptInput, params: SamplingParams, *, with_text: bool = False) -> Prompt:
-        """``encode`` then ``check``: what a front end calls for each prompt before handing it to the engine."""
-        encoded = self.encode(prompt, with_text=with_text)
-        self.check(encoded, params)
-        return encoded
+    def process(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams,
+        *,
+        with_text: bool = False,
+        add_special_tokens: bool = True,
+        param: str = "prompt",
+    ) -> Prompt:
+        """``encode``, ``truncate`` then ``check``: what a front end calls for each prompt before handing it to the
+        engine (a rendered chat ``Prompt`` goes through the same truncation and checks)."""
+        encoded = self.encode(prompt, with_text=with_text, add_special_tokens=add_special_tokens, param=param)
+        truncated = self.truncate(encoded, params)
+        self.check(truncated, params, param=param)
+        return truncated
+
+
+def _unwrap(prompt: dict[str, Any], param: str) -> Any:
+    """vLLM's ``TextPrompt`` / ``TokensPrompt``: exactly one of ``prompt`` and ``prompt_token_ids``."""
+    unknown = [key for key in prompt if key not in PROMPT_KEYS]
+    if unknown:
+        raise InputError(
+            f"{param}: {unknown[0]!r} is not supported (a prompt dict takes 'prompt' or 'prompt_token_ids')",
+            param=param,
+        )
+    given = [key for key in PROMPT_KEYS if key in prompt]
+    if len(given) != 1:
+        raise InputError(f"{param}: give exactly one of 'prompt' or 'prompt_token_ids', got {given}", param=param)
+    value = prompt[given[0]]
+    if given[0] == "prompt" and not isinstance(value, str):
+        raise InputError(f"{param}: 'prompt' must be a string, got {type(value).__name__}", param=param)
+    if given[0] == "prompt_token_ids" and not isinstance(value, list | tuple):
+        raise InputError(f"{param}: 'prompt_token_ids' must be a list of ints, got {type(value).__name__}", param=param)
+    return value
+
+
+def _template_kwargs(chat_template_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    if chat_template_kwargs is None:
+        return {}
+    if not isinstance(chat_template_kwargs, dict):
+        raise InputError("chat_template_kwargs must be a mapping", param="chat_template_kwargs")
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & chat_template_kwargs.keys())
+    if reserved:
+        raise InputError(
+            f"chat_template_kwargs may not set {reserved[0]!r}: it is an argument of the template call, "
+            "not a template variable",
+            param="chat_template_kwargs",
+        )
+    return chat_template_kwargs
+
+
+def _message_for_template(message: Any, index: int) -> dict[str, Any]:
+    """A message as chat templates expect it: string content (OpenAI's text parts joined; null as empty)."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise InputError(f"messages[{index}] must be a mapping with a string 'role'", param="messages")
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = [p.get("text") if isinstance(p, dict) and p.get("type") == "text" else None for p in content]
+        if any(not isinstance(t, str) for t in texts):
+            raise InputError(
+                f"messages[{index}].content: only text parts ({{'type': 'text', 'text': ...}}) are supported",
+                param="messages",
+            )
+        content = "".join(texts)
+    elif content is None:
+        content = ""
+    elif not isinstance(content, str):
+        raise InputError(f"messages[{index}].content must be a string or a list of text parts", param="messages")
+    return {**message, "content": content}

@@ -1,5 +1,9 @@
 """The offline API, vLLM's shape: ``LLM(model).generate(prompts, SamplingParams(...))``.
 
+Prompts come as vLLM takes them (text, token ids, ``{"prompt": ...}`` / ``{"prompt_token_ids": ...}``, one or a
+list); chats as OpenAI messages (text parts included) with vLLM's template switches; ``get_tokenizer`` returns the
+model's transformers tokenizer, as vLLM's does.
+
 Where this module sits: docs/architecture.md.
 """
 
@@ -9,19 +13,22 @@ import dataclasses
 import itertools
 from collections.abc import Sequence as Seq
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from jllm import distributed
 from jllm.build import build_engine, build_worker
 from jllm.config import load_config
+from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
 from jllm.outputs import RequestOutput
 from jllm.sampling import RequestOutputKind, SamplingParams
-from jllm.tokenizer import Tokenizer
 
-Message = dict[str, str]
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Message = dict[str, Any]  # {"role": ..., "content": a string or OpenAI text parts}
 
 
 class LLM:
@@ -43,8 +50,10 @@ class LLM:
         self.engine = build_engine(self.config)
         self._ids = itertools.count()
 
-    def get_tokenizer(self) -> Tokenizer:
-        return self.engine.tokenizer
+    def get_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The model's transformers tokenizer (``encode``, ``decode``, ``apply_chat_template`` ...), as vLLM's
+        ``LLM.get_tokenizer``; the engine decodes with its Rust backend (``self.engine.tokenizer``)."""
+        return self.engine.tokenizer.hf
 
     def generate(
         self,
@@ -52,29 +61,55 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Completes every prompt; outputs come back in input order. A bad prompt raises before any runs."""
-        if isinstance(prompts, str | Prompt) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        """Completes every prompt; outputs come back in input order. A bad prompt raises a ValueError naming its
+        index before any runs."""
+        if isinstance(prompts, str | dict | Prompt) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
             prompts = [prompts]
         prompts = list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
-        checked = [self.engine.inputs.process(prompt, p) for prompt, p in zip(prompts, params, strict=True)]
+        checked = [self._checked(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
         request_ids = [f"req-{next(self._ids)}" for _ in prompts]
         for rid, prompt, p in zip(request_ids, checked, params, strict=True):
             self.engine.add_request(rid, prompt, p)
         return self._run(request_ids, use_tqdm)
+
+    def _checked(self, index: int, prompt: PromptInput, params: SamplingParams) -> Prompt:
+        param = f"prompts[{index}]"
+        try:
+            return self.engine.inputs.process(prompt, params, param=param)
+        except InputError as e:
+            message = str(e) if str(e).startswith(param) else f"{param}: {e}"
+            raise type(e)(message, param=param) from e
 
     def chat(
         self,
         messages: list[Message] | list[list[Message]],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        chat_template: str | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
-        """Applies the model's chat template to one conversation or a list of them, then generates."""
+        """Applies the model's chat template (or ``chat_template``) to one conversation or a list of them, then
+        generates. ``chat_template_kwargs`` reach the template as variables, as in vLLM."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [
-            self.engine.inputs.render_chat(conv, add_generation_prompt=add_generation_prompt) for conv in conversations
-        ]
+        options: dict[str, Any] = {
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": continue_final_message,
+            "chat_template_kwargs": chat_template_kwargs,
+        }
+        if chat_template is not None:
+            options["chat_template"] = chat_template
+        prompts = []
+        for i, conversation in enumerate(conversations):
+            try:
+                prompts.append(self.engine.inputs.render_chat(conversation, **options))
+            except InputError as e:
+                where = f"conversation {i}: " if len(conversations) > 1 else ""
+                raise type(e)(f"{where}{e}", param=e.param) from e
         return self.generate(prompts, sampling_params, use_tqdm)
 
     @staticmethod

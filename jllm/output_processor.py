@@ -119,7 +119,7 @@ class OutputProcessor:
         touched: dict[str, None] = {}
         for sched, chunk in zip(output.scheduled, result.prompt_logprobs, strict=True):
             state = self.requests.get(sched.seq.request_id)
-            if chunk and state is not None and sched.seq.sample_index == 0:
+            if chunk and state is not None:  # any sample's prefill: positions already recorded are skipped
                 self._append_prompt_logprobs(state, chunk)
         now = time.monotonic()
         stopped = []
@@ -143,9 +143,13 @@ class OutputProcessor:
 
     def _update_text(self, sample: SampleState, token_id: int) -> bool:
         """Detokenizes the new token and settles the finish reason; True when a stop string ended a sequence the
-        scheduler still runs. A stop token's text is never shown; a stop string wins over the length limit."""
+        scheduler still runs. A stop token's text (EOS or a stop id) is shown only with include_stop_str_in_output
+        (vLLM's rule; a special token's text stays hidden unless skip_special_tokens is false); a stop string wins
+        over the length limit."""
         seq = sample.seq
         if seq.status is SequenceStatus.FINISHED_STOPPED:  # EOS or a stop id
+            if seq.sampling_params.include_stop_str_in_output:
+                sample.detokenizer.add_tokens([token_id])
             sample.finish("stop", None if token_id in self.tokenizer.eos_token_ids else token_id)
             return False
         sample.detokenizer.add_tokens([token_id])

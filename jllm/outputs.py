@@ -29,8 +29,8 @@ class CompletionOutput:
     finish_reason: str | None = None  # "stop", "length" or "abort"; None while running
     stop_reason: int | str | None = None  # the stop string or stop token id that ended it
 
-    @property
     def finished(self) -> bool:
+        """A method, as vLLM's (``RequestOutput.finished`` is an attribute there and here)."""
         return self.finish_reason is not None
 
 

@@ -21,6 +21,15 @@ MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logi
 MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
 MAX_INT32 = 2**31 - 1  # top_k and token ids go to the device as int32: a larger one would kill the step loop
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as vLLM and OpenAI accept
+UNSUPPORTED = {  # vLLM SamplingParams fields jllm refuses when set, and why
+    "logit_bias": "the sampler has no per-token bias",
+    "allowed_token_ids": "the sampler cannot restrict the vocabulary",
+    "bad_words": "the sampler cannot ban word sequences",
+    "structured_outputs": "there is no grammar engine",
+    "guided_decoding": "there is no grammar engine",
+    "logits_processors": "custom logits processors cannot run inside the compiled sampler",
+    "logprob_token_ids": "logprobs come for the top tokens only",
+}
 
 
 class RequestOutputKind(Enum):
@@ -52,8 +61,18 @@ class SamplingParams:
     logprobs: int | None = None  # how many top logprobs to return per output token (the sampled one always comes)
     prompt_logprobs: int | None = None  # how many top logprobs to return per prompt token
     skip_special_tokens: bool = True
-    include_stop_str_in_output: bool = False
+    include_stop_str_in_output: bool = False  # also shows the text of a stop token (EOS or a stop id), as vLLM
+    spaces_between_special_tokens: bool = True  # vLLM's; only the default is supported
+    truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: the model's context length)
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE  # LLM.generate asks for FINAL_ONLY
+    # vLLM's names for what jllm cannot do yet: accepted as arguments only to be refused by name when set.
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    structured_outputs: object | None = None
+    guided_decoding: object | None = None  # vLLM's earlier name for structured_outputs
+    logits_processors: list | None = None
+    logprob_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.seed == -1:  # vLLM and OpenAI clients send -1 for "no seed"
@@ -88,8 +107,7 @@ class SamplingParams:
         self._validate_logprobs()
         self._validate_stops()
         self._validate_flags()
-        if self.n > 1 and self.is_greedy:
-            raise ValueError(f"n must be 1 when temperature is 0 (greedy samples would all be equal), got {self.n}")
+        self._refuse_unsupported()
 
     def _validate_sampling(self) -> None:
         """How each token is drawn: sample count, temperature, truncations, penalties and seed."""
@@ -105,6 +123,10 @@ class SamplingParams:
             _check_int("seed", self.seed, *SEED_RANGE)
 
     def _validate_lengths(self) -> None:
+        if self.truncate_prompt_tokens is not None and self.truncate_prompt_tokens != -1:
+            _check_int(
+                "truncate_prompt_tokens", self.truncate_prompt_tokens, low=1, hint="at least 1, or -1 (the context)"
+            )
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, low=1, hint="at least 1, or None for the context limit")
         _check_int("min_tokens", self.min_tokens, low=0)
@@ -132,6 +154,18 @@ class SamplingParams:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.output_kind, RequestOutputKind):
             raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
+        if self.spaces_between_special_tokens is not True:
+            raise ValueError(
+                f"spaces_between_special_tokens must be true (the only spacing jllm decodes with), "
+                f"got {self.spaces_between_special_tokens!r}"
+            )
+
+    def _refuse_unsupported(self) -> None:
+        """vLLM's arguments for what jllm cannot do yet: set to anything but "nothing", they are refused by name
+        rather than ignored, since ignoring them would return something else than asked for."""
+        for name, why in UNSUPPORTED.items():
+            if getattr(self, name) not in (None, {}, []):
+                raise ValueError(f"{name} is not supported by jllm yet ({why}); leave it out")
 
     @property
     def is_greedy(self) -> bool:

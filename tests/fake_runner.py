@@ -29,6 +29,18 @@ def counting_script(prompt: Sequence[int], position: int) -> int:
     return 100 + (prompt[0] + position) % 300
 
 
+def scripted_prompt_logprobs(start: int, end: int, prompt: Sequence[int], k: int | None) -> list[PromptTokenLogprob]:
+    """Prompt token p+1 given the tokens before it: logprob -1.0, ranked second behind id ``(t + 1) % 512`` at -0.5
+    (so a top 1 leaves the prompt's own token out, as a real model often does)."""
+    if k is None:
+        return []
+    entries = []
+    for pos in range(start, min(end, len(prompt) - 1)):
+        token = prompt[pos + 1]
+        entries.append(PromptTokenLogprob(pos + 1, token, -1.0, [(token + 1) % 512, token][:k], [-0.5, -1.0][:k]))
+    return entries
+
+
 @dataclass
 class FakeLaunch:
     output: SchedulerOutput
@@ -59,11 +71,7 @@ class ScriptedRunner:
                 top = [token_id, (token_id + 1) % 512][: seq.sampling_params.logprobs or 0]
                 token = SampledToken(token_id, -0.5, top, [-0.5, -1.5][: len(top)])
             tokens.append(token)
-            chunk = []
-            if seq.sampling_params.prompt_logprobs is not None:
-                for pos in range(s.start, min(end, seq.num_prompt_tokens - 1)):
-                    chunk.append(PromptTokenLogprob(pos + 1, prompt[pos + 1], -1.0, [], []))
-            prompt_logprobs.append(chunk)
+            prompt_logprobs.append(scripted_prompt_logprobs(s.start, end, prompt, seq.sampling_params.prompt_logprobs))
         return FakeLaunch(output, StepResult(tokens, prompt_logprobs))
 
     def collect(self, launched: FakeLaunch) -> StepResult:

@@ -39,7 +39,7 @@ def llm(default_model_dir: Path) -> LLM:
 
 @pytest.fixture(scope="module")
 def prompt_ids(llm: LLM) -> list[list[int]]:
-    tok = llm.get_tokenizer()
+    tok = llm.engine.tokenizer
     chat = tok.encode(tok.apply_chat_template(CHAT), add_special_tokens=False)
     return [tok.encode(p) for p in PROMPTS] + [chat]
 
@@ -67,7 +67,7 @@ def reference(hf_model, prompt_ids: list[list[int]], llm: LLM) -> list[list[int]
     import torch
 
     model = hf_model
-    eos = llm.get_tokenizer().eos_token_ids
+    eos = llm.engine.tokenizer.eos_token_ids
     out = []
     with torch.no_grad():
         for ids in prompt_ids:
@@ -103,14 +103,14 @@ def test_one_mixed_batch_equals_transformers(llm, prompt_ids, reference):
     outputs = llm.generate(prompt_ids, GREEDY, use_tqdm=False)
     assert token_ids(outputs) == reference
     for out, ref in zip(outputs, reference, strict=True):
-        expected = "length" if len(ref) == NEW_TOKENS and ref[-1] not in llm.get_tokenizer().eos_token_ids else "stop"
+        expected = "length" if len(ref) == NEW_TOKENS and ref[-1] not in llm.engine.tokenizer.eos_token_ids else "stop"
         assert out.outputs[0].finish_reason == expected
     assert_pool_whole(llm)
 
 
 def test_string_prompts_and_text_match_the_tokenizer(llm, prompt_ids, reference):
     outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
-    tok = llm.get_tokenizer()
+    tok = llm.engine.tokenizer
     n = len(PROMPTS)
     for out, ids, ref in zip(outputs, prompt_ids[:n], reference[:n], strict=True):
         assert out.prompt_token_ids == ids
@@ -130,7 +130,7 @@ def test_final_only_requests_report_once_with_the_streamed_text(llm, prompt_ids,
     streamed, final = reports["kind-CUMULATIVE"], reports["kind-FINAL_ONLY"]
     assert len(streamed) == len(reference[0]) and len(final) == 1 and final[0].finished
     assert final[0].outputs[0].token_ids == streamed[-1].outputs[0].token_ids == reference[0]
-    assert final[0].outputs[0].text == streamed[-1].outputs[0].text == llm.get_tokenizer().decode(reference[0])
+    assert final[0].outputs[0].text == streamed[-1].outputs[0].text == llm.engine.tokenizer.decode(reference[0])
     for out in (final[0], streamed[-1]):  # request timings, as vLLM's RequestOutput.metrics
         m = out.metrics
         assert m["arrival_time"] <= m["first_token_time"] <= m["last_token_time"]
@@ -151,7 +151,7 @@ def test_shared_prefix_hits_the_cache(llm):
     (a,) = llm.generate([first], GREEDY, use_tqdm=False)
     (b,) = llm.generate([second], GREEDY, use_tqdm=False)
     page = ENGINE_ARGS["page_size"]
-    shared = len(llm.get_tokenizer().encode(prefix)) // page * page
+    shared = len(llm.engine.tokenizer.encode(prefix)) // page * page
     assert a.num_cached_tokens == 0 or a.num_cached_tokens < shared
     assert b.num_cached_tokens >= shared - page > 0
     assert_pool_whole(llm)
@@ -200,7 +200,7 @@ def test_tiny_pool_preempts_without_changing_outputs(default_model_dir, prompt_i
 
 
 def test_logprobs_and_prompt_logprobs_equal_transformers(llm, hf_model):
-    tok = llm.get_tokenizer()
+    tok = llm.engine.tokenizer
     prompt = tok.encode(" ".join([PROMPTS[4]] * 4))
     assert len(prompt) > ENGINE_ARGS["max_num_batched_tokens"]  # prompt logprobs span prefill chunks
     params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=3, prompt_logprobs=2)
@@ -227,7 +227,7 @@ def test_logprobs_and_prompt_logprobs_equal_transformers(llm, hf_model):
 
 
 def test_stop_string_across_a_token_boundary_is_cut(llm, prompt_ids, reference):
-    tok = llm.get_tokenizer()
+    tok = llm.engine.tokenizer
     ids, ref = prompt_ids[1], reference[1]
     k = next(i for i in range(3, len(ref)) if tok.decode([ref[i - 1]]).strip() and tok.decode([ref[i]]).strip())
     before = tok.decode(ref[:k])
@@ -246,7 +246,7 @@ def test_stop_string_across_a_token_boundary_is_cut(llm, prompt_ids, reference):
 
 
 def test_stop_token_ids_end_the_output_and_hide_the_token_text(llm, prompt_ids, reference):
-    tok = llm.get_tokenizer()
+    tok = llm.engine.tokenizer
     ids, ref = prompt_ids[0], reference[0]
     k = next(i for i in range(2, len(ref)) if ref[i] not in ref[:i])
     (out,) = llm.generate(
@@ -266,7 +266,7 @@ def test_min_tokens_bans_the_stop_token_and_defers_stop_strings(llm, prompt_ids,
     tokens = out.outputs[0].token_ids
     assert len(tokens) >= 6 and stop_id not in tokens[:6]
     assert tokens[0] == ref[0]  # nothing was banned before the stop id came up
-    tok = llm.get_tokenizer()
+    tok = llm.engine.tokenizer
     first_word = tok.decode(ref[:1])
     params = SamplingParams(temperature=0.0, max_tokens=8, min_tokens=4, stop=[first_word])
     (out,) = llm.generate([ids], params, use_tqdm=False)
@@ -274,7 +274,7 @@ def test_min_tokens_bans_the_stop_token_and_defers_stop_strings(llm, prompt_ids,
 
 
 def test_eos_ignore_eos_and_max_tokens(llm, prompt_ids, reference):
-    eos = llm.get_tokenizer().eos_token_ids
+    eos = llm.engine.tokenizer.eos_token_ids
     stopped = [i for i, ref in enumerate(reference) if ref[-1] in eos]
     assert stopped, "no prompt ends in EOS within the window; pick prompts that do"
     i = stopped[0]
@@ -304,7 +304,7 @@ def test_n_samples_are_seeded_and_independent_of_the_batch(llm, prompt_ids):
 
 
 def test_streamed_text_of_cjk_and_emoji_equals_the_full_decode(llm):
-    tok = llm.get_tokenizer()
+    tok = llm.engine.tokenizer
     engine = llm.engine
     prompt = "请用中文和表情符号回答：你今天好吗？😀🎉 答："
     params = SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True)

@@ -162,3 +162,24 @@ def test_the_runner_sees_pending_inputs_only_under_async_scheduling() -> None:
         assert isinstance(runner, ScriptedRunner)
         pending = [s.pending_input for out in runner.launched for s in out.scheduled]
         assert any(pending) is async_scheduling
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_a_stop_tokens_text_shows_only_with_include_stop_str_in_output(include: bool) -> None:
+    """vLLM's rule: the token that stopped a sequence (EOS or a stop id) is dropped from the text unless
+    include_stop_str_in_output; the token itself stays in token_ids."""
+    prompt = [5, 6, 7]
+    tokens = scripted(prompt, 6)
+    params = dataclasses.replace(FINAL, stop_token_ids=[tokens[3]], include_stop_str_in_output=include)
+    [output] = run(fake_engine(), {"a": (prompt, params)})["a"]
+    [completion] = output.outputs
+    assert completion.token_ids == tokens[:4] and completion.stop_reason == tokens[3]
+    tokenizer = fake_engine().tokenizer
+    assert completion.text == tokenizer.decode(tokens[:4] if include else tokens[:3])
+
+
+def test_greedy_samples_of_one_prompt_are_equal() -> None:
+    params = SamplingParams(n=3, temperature=0, max_tokens=5, output_kind=RequestOutputKind.FINAL_ONLY)
+    [output] = run(fake_engine(), {"a": ([9] * 6, params)})["a"]
+    assert [c.index for c in output.outputs] == [0, 1, 2]
+    assert all(c.token_ids == scripted([9] * 6, 5) and c.finish_reason == "length" for c in output.outputs)

@@ -73,3 +73,70 @@ def test_decode_checks_the_ids_first(inputs: InputProcessor) -> None:
         inputs.decode([-1])
     assert caught.value.param == "tokens"
     check_token_ids([0, 511], 512, "prompt")
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(inputs: InputProcessor) -> None:
+    ids = list(range(10, 40))
+    kept = inputs.process(ids, SamplingParams(max_tokens=4, truncate_prompt_tokens=5), with_text=True)
+    assert kept == Prompt(ids[-5:], inputs.tokenizer.decode(ids[-5:]))
+    assert inputs.process(ids, SamplingParams(max_tokens=4, truncate_prompt_tokens=50)).token_ids == ids
+    text = "hello world, " * 10  # 130 tokens: over the context of 64 until truncated to it
+    truncated = inputs.process(text, SamplingParams(max_tokens=None, truncate_prompt_tokens=63))
+    assert truncated.token_ids == inputs.tokenizer.encode(text)[-63:]
+    assert truncated.text == inputs.tokenizer.decode(truncated.token_ids)
+    with pytest.raises(ContextLengthError):  # -1 keeps the context's worth: no room left for the completion
+        inputs.process(text, SamplingParams(max_tokens=None, truncate_prompt_tokens=-1))
+
+
+def test_add_special_tokens_false_leaves_out_what_the_tokenizer_adds() -> None:
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = Tokenizer.from_pretrained(TINY)
+    tokenizer.backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    inputs = InputProcessor(tokenizer, vocab_size=512, max_model_len=64)
+    plain = tokenizer.encode("hi", add_special_tokens=False)
+    assert inputs.process("hi", SamplingParams()).token_ids == [1, *plain]
+    assert inputs.process("hi", SamplingParams(), add_special_tokens=False).token_ids == plain
+    chat = [{"role": "user", "content": "hi"}]
+    assert inputs.render_chat(chat, add_special_tokens=True).token_ids == [1, *inputs.render_chat(chat).token_ids]
+
+
+def test_vllm_prompt_dicts_are_read_and_bad_ones_named(inputs: InputProcessor) -> None:
+    ids = inputs.tokenizer.encode("hello")
+    assert inputs.encode({"prompt": "hello"}) == inputs.encode("hello")
+    assert inputs.encode({"prompt_token_ids": ids}) == Prompt(ids)
+    bad = [
+        ({"prompt": "a", "prompt_token_ids": [1]}, "exactly one of"),
+        ({}, "exactly one of"),
+        ({"prompt": "a", "multi_modal_data": {}}, "'multi_modal_data' is not supported"),
+        ({"prompt": 5}, "'prompt' must be a string"),
+        ({"prompt_token_ids": "abc"}, "'prompt_token_ids' must be a list"),
+        ({"prompt_token_ids": [1, "2"]}, "token ids must be integers"),
+        (3.5, "must be a string, a list of token ids, or a dict"),
+    ]
+    for prompt, message in bad:
+        with pytest.raises(InputError, match=message):
+            inputs.encode(prompt, param="prompts[3]")
+
+
+def test_chat_content_parts_template_variables_and_documents(inputs: InputProcessor) -> None:
+    as_parts = [{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}]
+    assert inputs.render_chat(as_parts) == inputs.render_chat([{"role": "user", "content": "hi there"}])
+    with pytest.raises(InputError, match=r"messages\[0\].content: only text parts"):
+        inputs.render_chat([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}])
+    tokenizer = Tokenizer.from_pretrained(TINY)
+    tokenizer.hf.chat_template = (
+        "{{ greeting }}{% for d in documents %}[{{ d.title }}]{% endfor %}{{ messages[0].content }}"
+    )
+    custom = InputProcessor(tokenizer, vocab_size=512, max_model_len=64)
+    prompt = custom.render_chat(
+        [{"role": "user", "content": "hi"}], chat_template_kwargs={"greeting": "hey "}, documents=[{"title": "doc"}]
+    )
+    assert prompt.text == "hey [doc]hi"
+    overridden = inputs.render_chat(
+        [{"role": "user", "content": "hi"}], chat_template_kwargs={"add_generation_prompt": False}
+    )
+    assert overridden == inputs.render_chat([{"role": "user", "content": "hi"}], add_generation_prompt=False)
+    with pytest.raises(InputError, match="chat_template_kwargs may not set 'tokenize'") as caught:
+        inputs.render_chat([{"role": "user", "content": "hi"}], chat_template_kwargs={"tokenize": True})
+    assert caught.value.param == "chat_template_kwargs"

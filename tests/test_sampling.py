@@ -145,12 +145,37 @@ def test_invalid_sampling_params_name_field_value_and_allowed_range(field, value
     assert message.startswith(field) and repr(value) in message and allowed in message, message
 
 
-def test_min_tokens_above_max_tokens_and_greedy_n_are_rejected():
+def test_min_tokens_above_max_tokens_is_rejected_and_greedy_n_accepted():
     with pytest.raises(ValueError, match=r"min_tokens must be <= max_tokens=4, got 5"):
         SamplingParams(max_tokens=4, min_tokens=5)
-    with pytest.raises(ValueError, match=r"^n must be 1 when temperature is 0"):
-        SamplingParams(n=2, temperature=0.0)
     SamplingParams(max_tokens=None, min_tokens=10_000)  # no limit: fine
+    assert SamplingParams(n=3, temperature=0.0).n == 3  # equal samples, as OpenAI and vLLM return them
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("logit_bias", {5: 1.0}),
+        ("allowed_token_ids", [1, 2]),
+        ("bad_words", ["bad"]),
+        ("structured_outputs", {"json": {}}),
+        ("guided_decoding", {"regex": "a+"}),
+        ("logits_processors", [lambda ids, logits: logits]),
+        ("logprob_token_ids", [3]),
+    ],
+)
+def test_vllm_arguments_jllm_cannot_honour_are_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} is not supported by jllm yet"):
+        SamplingParams(**{field: value})
+    SamplingParams(**{field: None})  # asking for nothing is fine
+
+
+def test_truncate_prompt_tokens_and_special_token_spacing_are_checked():
+    assert SamplingParams(truncate_prompt_tokens=-1).truncate_prompt_tokens == -1
+    with pytest.raises(ValueError, match=r"^truncate_prompt_tokens must be at least 1, or -1"):
+        SamplingParams(truncate_prompt_tokens=0)
+    with pytest.raises(ValueError, match=r"^spaces_between_special_tokens must be true"):
+        SamplingParams(spaces_between_special_tokens=False)
 
 
 def test_sampling_params_normalise_like_vllm():

@@ -6,6 +6,7 @@ The scripted runner's tokens are known in advance, so what a client receives is 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 from collections.abc import Iterator
 
@@ -99,3 +100,63 @@ def test_a_prompt_over_the_context_is_a_400_before_the_engine_sees_it(server: Ru
     reply = http("POST", f"{server.url}/v1/completions", json_body={"prompt": [5] * 200, "max_tokens": 1})
     error = reply.json()["error"]
     assert reply.status == 400 and error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+
+
+def _prompt_rows(engine: LLMEngine, prompt_ids: list[int], k: int) -> list[tuple[str, float | None, dict | None]]:
+    """(token, logprob, top_logprobs) of each prompt token as the scripted runner computes them: the first has none;
+    token t has logprob -1.0 behind id (t + 1) % 512 at -0.5 (``fake_runner.scripted_prompt_logprobs``)."""
+
+    def text(token_id: int) -> str:
+        return engine.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    rows: list[tuple[str, float | None, dict | None]] = [(text(prompt_ids[0]), None, None)]
+    for t in prompt_ids[1:]:
+        top = {text((t + 1) % 512): -0.5, text(t): -1.0} if k else {text(t): -1.0}  # the top k, and the token
+        rows.append((text(t), -1.0, top))
+    return rows
+
+
+def _rows(logprobs: dict) -> list[tuple[str, float | None, dict | None]]:
+    return list(zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True))
+
+
+def test_echo_with_logprobs_returns_the_prompts_tokens_and_logprobs(server: RunningServer, engine: LLMEngine) -> None:
+    prompt_ids = [40, 41, 42, 43]
+    body = {"model": MODEL, "prompt": prompt_ids, "max_tokens": 3, "echo": True, "logprobs": 1}
+    [choice] = http("POST", f"{server.url}/v1/completions", json_body=body).json()["choices"]
+    logprobs = choice["logprobs"]
+    assert _rows(logprobs)[:4] == _prompt_rows(engine, prompt_ids, 1)
+    generated = [counting_script(prompt_ids, len(prompt_ids) + k) for k in range(3)]
+    assert logprobs["tokens"][4:] == [engine.tokenizer.decode([t]) for t in generated]
+    assert logprobs["token_logprobs"][4:] == [-0.5] * 3  # the scripted sampler's logprob
+    assert choice["text"] == engine.tokenizer.decode(prompt_ids) + engine.tokenizer.decode(generated)
+    assert logprobs["text_offset"] == [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(7)]
+    assert choice["prompt_logprobs"][0] is None and len(choice["prompt_logprobs"]) == 4  # vLLM's field too
+
+    chunks = stream(f"{server.url}/v1/completions", body)
+    streamed = [row for chunk in chunks for row in _rows(chunk["choices"][0]["logprobs"])]
+    assert streamed == _rows(logprobs)
+    assert "prompt_logprobs" not in chunks[0]["choices"][0]  # not streamed, as vLLM
+    offsets = [o for chunk in chunks for o in chunk["choices"][0]["logprobs"]["text_offset"]]
+    assert offsets == logprobs["text_offset"]
+
+
+def test_echo_with_max_tokens_zero_returns_the_prompt_alone(server: RunningServer, engine: LLMEngine) -> None:
+    """lm-eval's loglikelihood request: the prompt's logprobs and nothing generated."""
+    body = {"model": MODEL, "prompt": "hello there", "max_tokens": 0, "echo": True, "logprobs": 0}
+    [choice] = http("POST", f"{server.url}/v1/completions", json_body=body).json()["choices"]
+    ids = engine.inputs.encode("hello there").token_ids
+    assert choice["text"] == "hello there"
+    assert _rows(choice["logprobs"]) == _prompt_rows(engine, ids, 0)
+    refused = http("POST", f"{server.url}/v1/completions", json_body={**body, "echo": False})
+    assert refused.status == 400 and refused.json()["error"]["param"] == "max_tokens"
+
+
+def test_a_model_card_by_id_and_the_version(server: RunningServer, engine: LLMEngine) -> None:
+    card = http("GET", f"{server.url}/v1/models/{MODEL}").json()
+    assert card == {**card, "id": MODEL, "object": "model", "owned_by": "jllm", "max_model_len": engine.max_model_len}
+    unknown = http("GET", f"{server.url}/v1/models/org/other-model")
+    error = unknown.json()["error"]
+    assert unknown.status == 404 and error["code"] == "model_not_found" and error["param"] == "model"
+    assert "org/other-model" in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert http("GET", f"{server.url}/version").json() == {"version": importlib.metadata.version("jllm")}

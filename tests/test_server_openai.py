@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -34,17 +35,21 @@ def llm(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LL
 
 
 @pytest.fixture(scope="module")
-def offline(llm: LLM) -> dict[str, str]:
-    """``LLM.generate`` / ``LLM.chat`` greedy texts, taken before the server drives the same engine."""
+def offline(llm: LLM) -> dict[str, Any]:
+    """``LLM.generate`` / ``LLM.chat`` greedy texts and the prompt's logprobs, taken before the server drives the
+    same engine."""
     greedy = SamplingParams(temperature=0, max_tokens=24)
     return {
         "completion": llm.generate(PROMPT, greedy, use_tqdm=False)[0].outputs[0].text,
         "chat": llm.chat(CHAT, greedy, use_tqdm=False)[0].outputs[0].text,
+        "prompt_logprobs": llm.generate(
+            PROMPT, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=2), use_tqdm=False
+        )[0],
     }
 
 
 @pytest.fixture(scope="module")
-def server(llm: LLM, offline: dict[str, str]) -> Iterator[RunningServer]:
+def server(llm: LLM, offline: dict[str, Any]) -> Iterator[RunningServer]:
     config = engine_config(Path(llm.config.model.model), api_key=API_KEY, served_model_name=MODEL)
     with RunningServer(llm.engine, config) as running:
         yield running
@@ -55,7 +60,7 @@ def client(server: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
-def test_greedy_completion_matches_offline_generate(client: openai.OpenAI, offline: dict[str, str]) -> None:
+def test_greedy_completion_matches_offline_generate(client: openai.OpenAI, offline: dict[str, Any]) -> None:
     whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0)
     assert whole.choices[0].text == offline["completion"]
     assert whole.choices[0].finish_reason == "length"
@@ -67,7 +72,7 @@ def test_greedy_completion_matches_offline_generate(client: openai.OpenAI, offli
     assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
 
 
-def test_greedy_chat_matches_offline_chat(client: openai.OpenAI, offline: dict[str, str]) -> None:
+def test_greedy_chat_matches_offline_chat(client: openai.OpenAI, offline: dict[str, Any]) -> None:
     whole = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, temperature=0)
     assert whole.choices[0].message.role == "assistant"
     assert whole.choices[0].message.content == offline["chat"]
@@ -151,6 +156,28 @@ def test_completion_logprobs(client: openai.OpenAI) -> None:
     )
     assert [t for c in chunks for t in c.choices[0].logprobs.tokens] == logprobs.tokens
     assert [o for c in chunks for o in c.choices[0].logprobs.text_offset] == logprobs.text_offset
+
+
+def test_echo_with_logprobs_matches_offline_prompt_logprobs(client: openai.OpenAI, offline: dict[str, Any]) -> None:
+    """lm-eval's loglikelihood request: echo, logprobs and one generated token."""
+    reference = offline["prompt_logprobs"]
+    n = len(reference.prompt_token_ids)
+    for stream in (False, True):
+        reply = client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=1, temperature=0, echo=True, logprobs=2, stream=stream
+        )
+        chunks = list(reply) if stream else [reply]
+        logprobs = {key: [v for c in chunks for v in getattr(c.choices[0].logprobs, key)] for key in
+                    ("tokens", "token_logprobs", "top_logprobs")}  # fmt: skip
+        assert len(logprobs["tokens"]) == n + 1 and logprobs["token_logprobs"][0] is None
+        assert logprobs["top_logprobs"][0] is None
+        rows = zip(reference.prompt_token_ids[1:], reference.prompt_logprobs[1:], strict=True)
+        for i, (token_id, entry) in enumerate(rows, 1):
+            assert logprobs["tokens"][i] == entry[token_id].decoded_token
+            assert logprobs["token_logprobs"][i] == pytest.approx(entry[token_id].logprob, abs=1e-4)
+            expected_top = {lp.decoded_token: lp.logprob for lp in entry.values()}
+            assert logprobs["top_logprobs"][i] == pytest.approx(expected_top, abs=1e-4)
+        assert "".join(c.choices[0].text for c in chunks).startswith(PROMPT)
 
 
 def test_include_usage_sends_one_usage_chunk_last(client: openai.OpenAI) -> None:

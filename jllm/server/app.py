@@ -44,6 +44,8 @@ def build_app(config: EngineConfig, engine: AsyncEngine | None = None) -> web.Ap
     app.router.add_post("/v1/completions", create_completion)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
     app.router.add_get("/v1/models", info.list_models)
+    app.router.add_get("/v1/models/{model:.+}", info.retrieve_model)  # ids may hold slashes ("org/name")
+    app.router.add_get("/version", info.version)
     app.router.add_post("/tokenize", info.tokenize)
     app.router.add_post("/detokenize", info.detokenize)
     app.router.add_get("/health", info.health)

@@ -28,6 +28,7 @@ from jllm.server.schemas import (
     TokenizeRequest,
     TokenLogprob,
     TopLogprob,
+    prompt_logprobs_json,
 )
 from jllm.server.sse import send_events
 from jllm.server.state import server_state
@@ -40,23 +41,31 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     engine = state.require_engine()
     params = body.sampling_params()
     prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params)
-    generation = await Generation.start(engine, request_id(request), [prompt], params, state.metrics)
-    response_id, created = f"chatcmpl-{request_id(request)}", int(time.time())
+    rid = request_id(request, body.request_id)
+    generation = await Generation.start(engine, rid, [prompt], params, state.metrics)
+    response_id, created = f"chatcmpl-{rid}", int(time.time())
     top = body.top_logprobs or 0
     try:
         if body.stream:
             return await send_events(request, _chunks(body, generation, response_id, created, state.model_name))
+        deltas = await generation.wait()
         choices = [
             ChatChoice(
                 index=d.index,
                 message=AssistantMessage(content=d.text),
                 logprobs=_logprobs(d, top),
                 finish_reason=d.finish_reason,
+                stop_reason=d.stop_reason,
             )
-            for d in await generation.wait()
+            for d in deltas
         ]
         response = ChatCompletionResponse(
-            id=response_id, created=created, model=state.model_name, choices=choices, usage=generation.usage()
+            id=response_id,
+            created=created,
+            model=state.model_name,
+            choices=choices,
+            usage=generation.usage(),
+            prompt_logprobs=prompt_logprobs_json(deltas[0].prompt_logprobs) if deltas else None,
         )
         return web.json_response(text=response.model_dump_json())
     finally:
@@ -64,19 +73,18 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 
 
 def render_chat(inputs: InputProcessor, body: ChatCompletionRequest | TokenizeRequest) -> Prompt:
-    """The request's messages through the model's chat template, with its template switches."""
+    """The request's messages through the model's chat template, with its template switches and variables."""
     assert body.messages is not None
     return inputs.render_chat(
         [m.for_template() for m in body.messages],
-        add_generation_prompt=body.add_generation_prompt,
-        continue_final_message=body.continue_final_message,
+        add_special_tokens=bool(body.add_special_tokens),
+        **body.template_options(),
     )
 
 
 def _checked_prompt(inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams) -> Prompt:
-    prompt = render_chat(inputs, body)
-    inputs.check(prompt, params, param="messages")
-    return prompt
+    """Rendered, then truncated and checked by the input door like any prompt."""
+    return inputs.process(render_chat(inputs, body), params, param="messages")
 
 
 async def _chunks(

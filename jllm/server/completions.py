@@ -1,4 +1,5 @@
-"""``POST /v1/completions``: text or token-id prompts (one or a list), streamed or not, with echo and logprobs.
+"""``POST /v1/completions``: text or token-id prompts (one or a list), streamed or not, with echo and logprobs
+(echo with logprobs returns the prompt's tokens and logprobs too, in the legacy layout vLLM returns).
 
 Where this module sits: docs/architecture.md.
 """
@@ -6,18 +7,25 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
-from jllm.server.errors import bad_request
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import request_id
-from jllm.server.schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
+from jllm.server.schemas import (
+    MIN_LOGPROB,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    prompt_logprobs_json,
+)
 from jllm.server.sse import send_events
 from jllm.server.state import server_state
 
@@ -26,13 +34,13 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     state = server_state(request)
     body = CompletionRequest.model_validate_json(await request.read())
     state.check_model(body.model)
-    if body.echo and body.logprobs is not None:
-        raise bad_request("echo together with logprobs is not supported yet (it needs prompt logprobs)", "echo")
     engine = state.require_engine()
     params = body.sampling_params()
-    prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body.prompts(), params, body.echo)
-    generation = await Generation.start(engine, request_id(request), prompts, params, state.metrics)
-    view = _CompletionView(body, prompts, f"cmpl-{request_id(request)}", state.model_name)
+    prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body, params)
+    rid = request_id(request, body.request_id)
+    generation = await Generation.start(engine, rid, prompts, params, state.metrics)
+    decode = functools.partial(engine.inputs.tokenizer.decode, skip_special_tokens=False)
+    view = _CompletionView(body, prompts, f"cmpl-{rid}", state.model_name, decode)
     try:
         if body.stream:
             return await send_events(request, view.chunks(generation))
@@ -45,27 +53,38 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         generation.close()
 
 
-def _to_prompts(
-    inputs: InputProcessor, prompts: list[str | list[int]], params: SamplingParams, echo: bool
-) -> list[Prompt]:
+def _to_prompts(inputs: InputProcessor, body: CompletionRequest, params: SamplingParams) -> list[Prompt]:
     """Through the input door off the event loop (a long prompt takes a while to encode); token-id prompts are
     decoded only for ``echo``."""
-    return [inputs.process(prompt, params, with_text=echo) for prompt in prompts]
+    return [
+        inputs.process(prompt, params, with_text=body.echo, add_special_tokens=body.add_special_tokens)
+        for prompt in body.prompts()
+    ]
 
 
 class _CompletionView:
     """Renders one request's deltas as OpenAI completion choices and stream chunks."""
 
-    def __init__(self, body: CompletionRequest, prompts: list[Prompt], response_id: str, model: str) -> None:
+    def __init__(
+        self,
+        body: CompletionRequest,
+        prompts: list[Prompt],
+        response_id: str,
+        model: str,
+        decode: Callable[[list[int]], str],
+    ) -> None:
         self.body = body
         self.prompts = prompts
         self.id = response_id
         self.model = model
+        self.decode = decode  # a token's text where no logprob entry carries it (the prompt's first token)
         self.created = int(time.time())
         self._offsets: dict[int, int] = {}  # choice index -> characters of its text sent so far
 
     async def chunks(self, generation: Generation) -> AsyncIterator[str]:
-        exclude = None if self.body.include_usage else {"usage"}
+        exclude: dict = {"choices": {"__all__": {"prompt_logprobs"}}}  # vLLM streams no prompt_logprobs
+        if not self.body.include_usage:
+            exclude["usage"] = True
         async for delta in generation.deltas():
             chunk = CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[self.choice(delta)])
             yield chunk.model_dump_json(exclude=exclude)
@@ -76,26 +95,46 @@ class _CompletionView:
             yield last.model_dump_json()
 
     def choice(self, delta: Delta) -> CompletionChoice:
-        """The choice for ``delta``; a choice's first piece carries the echoed prompt."""
+        """The choice for ``delta``; with ``echo``, a choice's first piece carries the prompt first (its text, and
+        with logprobs its tokens, the first one's logprob null). ``echo`` with ``max_tokens`` 0 returns the prompt
+        alone (one token is generated and dropped, as vLLM does)."""
         first = delta.index not in self._offsets
-        text = (self.prompts[delta.prompt_index].text or "") + delta.text if first and self.body.echo else delta.text
+        text, token_ids, entries = delta.text, delta.token_ids, delta.logprobs
+        if self.body.echo and self.body.max_tokens == 0:
+            text, token_ids, entries = "", [], [] if entries is not None else None
+        if first and self.body.echo:
+            prompt = self.prompts[delta.prompt_index]
+            text = (prompt.text or "") + text
+            token_ids = prompt.token_ids + token_ids
+            if entries is not None:
+                entries = (delta.prompt_logprobs or [None] * len(prompt.token_ids)) + entries
         offset = self._offsets.get(delta.index, 0)
         self._offsets[delta.index] = offset + len(text)
-        logprobs = None
-        if delta.logprobs is not None:
-            logprobs = _logprobs(delta.token_ids, delta.logprobs, offset)
-        return CompletionChoice(index=delta.index, text=text, logprobs=logprobs, finish_reason=delta.finish_reason)
+        return CompletionChoice(
+            index=delta.index,
+            text=text,
+            logprobs=None if entries is None else self._logprobs(token_ids, entries, offset),
+            finish_reason=delta.finish_reason,
+            stop_reason=delta.stop_reason,
+            prompt_logprobs=prompt_logprobs_json(delta.prompt_logprobs) if first else None,
+        )
 
-
-def _logprobs(token_ids: list[int], entries: list[dict[int, Logprob]], offset: int) -> CompletionLogprobs:
-    """OpenAI's legacy layout: parallel lists, one row per token; ``top_logprobs`` holds the top k and the chosen."""
-    out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
-    for token_id, entry in zip(token_ids, entries, strict=True):
-        chosen = entry[token_id]
-        token = chosen.decoded_token or ""
-        out.tokens.append(token)
-        out.token_logprobs.append(chosen.logprob)
-        out.top_logprobs.append({lp.decoded_token or "": lp.logprob for lp in entry.values()})
-        out.text_offset.append(offset)
-        offset += len(token)
-    return out
+    def _logprobs(
+        self, token_ids: list[int], entries: list[dict[int, Logprob] | None], offset: int
+    ) -> CompletionLogprobs:
+        """OpenAI's legacy layout: parallel lists, one row per token; ``top_logprobs`` holds the top k and the
+        chosen one; a token without logprobs (the prompt's first) has null in both."""
+        out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        for token_id, entry in zip(token_ids, entries, strict=True):
+            if entry is None:
+                token, logprob, top = self.decode([token_id]), None, None
+            else:
+                chosen = entry[token_id]
+                token, logprob = chosen.decoded_token or "", max(chosen.logprob, MIN_LOGPROB)
+                top = {lp.decoded_token or "": max(lp.logprob, MIN_LOGPROB) for lp in entry.values()}
+            out.tokens.append(token)
+            out.token_logprobs.append(logprob)
+            out.top_logprobs.append(top)
+            out.text_offset.append(offset)
+            offset += len(token)
+        return out

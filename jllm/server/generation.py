@@ -32,6 +32,10 @@ class Delta:
     token_ids: list[int]
     logprobs: list[dict[int, Logprob]] | None  # one entry per new token, when logprobs were asked for
     finish_reason: str | None
+    stop_reason: int | str | None = None
+    # The prompt's logprobs (None for its first token), when asked for: complete by a choice's first delta, since
+    # a sample's first token comes in the step that ends the prompt.
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     def extend(self, later: Delta) -> None:
         """Appends a later delta of the same choice (for a response that is not streamed)."""
@@ -39,7 +43,7 @@ class Delta:
         self.token_ids += later.token_ids
         if self.logprobs is not None and later.logprobs is not None:
             self.logprobs += later.logprobs
-        self.finish_reason = later.finish_reason
+        self.finish_reason, self.stop_reason = later.finish_reason, later.stop_reason
 
 
 class Generation:
@@ -54,6 +58,7 @@ class Generation:
         self.timers = [RequestTimer(metrics, s.request_id) for s in streams]
         self._prompt_tokens = [0] * len(streams)  # per prompt, once its first output arrived
         self._completion_tokens = 0
+        self._prompt_logprobs: list[list[dict[int, Logprob] | None] | None] = [None] * len(streams)  # per prompt
         self._pending: dict[asyncio.Future[RequestOutput], int] = {}  # next-output waits -> prompt index
 
     @classmethod
@@ -99,11 +104,22 @@ class Generation:
                 output = task.result()
                 self.timers[i].observe(output)
                 self._prompt_tokens[i] = len(output.prompt_token_ids)
+                if output.prompt_logprobs is not None:  # DELTA: the entries new since the last output
+                    self._prompt_logprobs[i] = (self._prompt_logprobs[i] or []) + output.prompt_logprobs
                 if not output.finished:
                     pending[asyncio.ensure_future(anext(self.streams[i]))] = i
                 for c in output.outputs:
                     self._completion_tokens += len(c.token_ids)
-                    yield Delta(i * self.params.n + c.index, i, c.text, c.token_ids, c.logprobs, c.finish_reason)
+                    yield Delta(
+                        i * self.params.n + c.index,
+                        i,
+                        c.text,
+                        c.token_ids,
+                        c.logprobs,
+                        c.finish_reason,
+                        c.stop_reason,
+                        self._prompt_logprobs[i],
+                    )
 
     async def wait(self) -> list[Delta]:
         """Runs to the end; returns every choice whole, in index order (for a response that is not streamed)."""

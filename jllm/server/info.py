@@ -1,4 +1,5 @@
-"""The routes around generation: the model list, tokenizer access, and the probes and metrics for operators.
+"""The routes around generation: the model list and card, tokenizer access, the version, and the probes and metrics
+for operators.
 
 Where this module sits: docs/architecture.md.
 """
@@ -6,6 +7,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 
 from aiohttp import web
@@ -23,6 +25,7 @@ from jllm.server.schemas import (
 from jllm.server.state import server_state
 
 _CREATED = int(time.time())
+_VERSION = importlib.metadata.version("jllm")
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -30,6 +33,20 @@ async def list_models(request: web.Request) -> web.Response:
     engine = state.require_engine()
     card = ModelCard(id=state.model_name, created=_CREATED, max_model_len=engine.max_model_len)
     return web.json_response(text=ModelList(data=[card]).model_dump_json())
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """OpenAI's ``GET /v1/models/{model}``: the served model's card, or a 404 for any other id."""
+    state = server_state(request)
+    state.check_model(request.match_info["model"])
+    engine = state.require_engine()
+    card = ModelCard(id=state.model_name, created=_CREATED, max_model_len=engine.max_model_len)
+    return web.json_response(text=card.model_dump_json())
+
+
+async def version(request: web.Request) -> web.Response:
+    """vLLM's ``GET /version``: the installed jllm's version."""
+    return web.json_response({"version": _VERSION})
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -43,7 +60,8 @@ async def tokenize(request: web.Request) -> web.Response:
     if body.messages is not None:
         tokens = (await asyncio.to_thread(render_chat, engine.inputs, body)).token_ids
     else:
-        tokens = await asyncio.to_thread(engine.inputs.tokenizer.encode, body.prompt, body.add_special_tokens)
+        add_special_tokens = body.add_special_tokens is not False  # a prompt's default: true
+        tokens = await asyncio.to_thread(engine.inputs.tokenizer.encode, body.prompt, add_special_tokens)
     response = TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
     return web.json_response(text=response.model_dump_json())
 

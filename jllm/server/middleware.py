@@ -13,11 +13,14 @@ from aiohttp.typedefs import Middleware
 
 from jllm.server.errors import APIError, Handler
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapers carry no key
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/version"})  # probes, scrapers and /version: no key (vLLM)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
-def request_id(request: web.Request) -> str:
+def request_id(request: web.Request, from_body: str | None = None) -> str:
+    """The request's id: the ``X-Request-Id`` header's, else the body's ``request_id`` (vLLM's field), else ours."""
+    if from_body and "X-Request-Id" not in request.headers:
+        request[REQUEST_ID] = from_body
     return request[REQUEST_ID]
 
 

@@ -1,10 +1,12 @@
-"""Request and response bodies of the OpenAI API (plus vLLM's extra sampling fields), as pydantic models.
+"""Request and response bodies of the OpenAI API (plus vLLM's extra fields), as pydantic models.
 
-Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. Unknown fields are
-ignored, as vLLM does, so clients that send newer OpenAI fields keep working; but a known field asking for what this
-server cannot do (``logit_bias``, ``tools``, JSON ``response_format``, ``suffix``, ``best_of`` > n) is a 400 naming
-it, since ignoring it would return something else than asked for. Range checks stay in ``SamplingParams`` (one
-definition of what is allowed); a violation there becomes a 400 naming the field.
+Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. No field of vLLM's
+``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what
+this server cannot do (``UNSUPPORTED_FIELDS``: beam search, guided decoding, logits processors ...), a 400 naming it
+unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field keep
+working. Fields vLLM does not know are ignored, as vLLM does, so clients sending newer OpenAI fields keep working.
+Range checks stay in ``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming
+the field.
 
 Where this module sits: docs/architecture.md.
 """
@@ -13,16 +15,64 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
+from jllm.outputs import Logprob
 from jllm.sampling import MAX_LOGPROBS, SamplingParams
 from jllm.server.errors import bad_request
 
 MAX_N = 128  # OpenAI's limit on choices per request; also bounds the sequences one request can create
+MIN_LOGPROB = -9999.0  # what -inf becomes in JSON (OpenAI's and vLLM's clamp)
+
+_NOTHING = (None, False, {}, [])
+_NO_GRAMMAR = "structured output is not supported yet: this server has no grammar engine"
+# vLLM request fields this server cannot honour: (the values that ask for nothing, why a request asking more is refused)
+UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "use_beam_search": (_NOTHING, "beam search is not supported yet"),
+    "length_penalty": ((None, 1, 1.0), "applies to beam search only, which is not supported yet"),
+    "logit_bias": (_NOTHING, "is not supported by this server: the sampler has no per-token bias"),
+    "allowed_token_ids": ((None,), "is not supported by this server: the sampler cannot restrict the vocabulary"),
+    "bad_words": (_NOTHING, "is not supported by this server: the sampler cannot ban word sequences"),
+    "logprob_token_ids": (_NOTHING, "is not supported: logprobs come for the top tokens only"),
+    "logits_processors": (_NOTHING, "are not supported: custom code cannot run inside the compiled sampler"),
+    "structured_outputs": ((None, {}), _NO_GRAMMAR),
+    "guided_json": ((None,), _NO_GRAMMAR),
+    "guided_regex": ((None,), _NO_GRAMMAR),
+    "guided_choice": ((None,), _NO_GRAMMAR),
+    "guided_grammar": ((None,), _NO_GRAMMAR),
+    "structural_tag": ((None,), _NO_GRAMMAR),
+    "guided_decoding_backend": ((None,), _NO_GRAMMAR),
+    "guided_whitespace_pattern": ((None,), _NO_GRAMMAR),
+    "prompt_embeds": (_NOTHING, "are not supported: prompts are text or token ids"),
+    "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
+    "media_io_kwargs": (_NOTHING, "is not supported: the served models take text only"),
+    "priority": ((None, 0), "is not supported: this server schedules first come, first served"),
+    "cache_salt": ((None,), "is not supported yet: the prefix cache has no per-request salt"),
+    "kv_transfer_params": (_NOTHING, "is not supported: this server does not disaggregate prefill and decode"),
+    "ec_transfer_params": (_NOTHING, "is not supported: this server has no encoder cache"),
+    "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
+    "repetition_detection": ((None,), "is not supported yet"),
+    "thinking_token_budget": ((None, -1), "is not supported: this server has no reasoning parser"),
+    "return_tokens_as_token_ids": (_NOTHING, "is not supported yet; logprob tokens come as text"),
+    "return_token_ids": (_NOTHING, "is not supported yet; use /tokenize for the prompt's ids"),
+    "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
+    "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
+    "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
+    "reasoning_effort": ((None,), "is not supported: this server has no reasoning parser"),
+}
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+
+def refuse_unsupported(data: Any) -> Any:
+    """A 400 naming the first field of ``UNSUPPORTED_FIELDS`` that asks for something (in the table's order)."""
+    if isinstance(data, dict):
+        for name, (nothing, why) in UNSUPPORTED_FIELDS.items():
+            if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in nothing):
+                raise bad_request(f"{name} {why}; leave it out", param=name)
+    return data
 
 
 class StreamOptions(_Request):
@@ -75,8 +125,16 @@ class _GenerationRequest(_Request):
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
     best_of: int | None = None
-    logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
+    prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
+    truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
+    user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
+    request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data)
 
     @field_validator("best_of")
     @classmethod
@@ -86,13 +144,18 @@ class _GenerationRequest(_Request):
             raise ValueError(f"must equal n={n}, got {value}: ranking more samples than are returned is not supported")
         return value
 
-    _no_logit_bias = _refused_when_set("logit_bias", "is not supported by this server; leave it out")
-
     @field_validator("stream_options")
     @classmethod
     def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
         if value is not None and not info.data.get("stream"):
             raise ValueError("is only allowed when stream is true")
+        return value
+
+    @field_validator("prompt_logprobs")
+    @classmethod
+    def _not_streamed(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and info.data.get("stream"):
+            raise ValueError("is not available when stream is true (vLLM's rule); ask without streaming")
         return value
 
     @property
@@ -111,6 +174,7 @@ class _GenerationRequest(_Request):
         optional = {
             name: getattr(self, name)
             for name in (
+                "truncate_prompt_tokens",
                 "temperature",
                 "top_p",
                 "seed",
@@ -166,6 +230,19 @@ class _ChatTemplateOptions(_Request):
 
     add_generation_prompt: bool = True  # False renders the messages without the assistant's opening
     continue_final_message: bool = False  # the reply continues the last message, left open
+    chat_template_kwargs: dict[str, Any] | None = None  # variables for the template (may override the two above)
+    documents: list[dict[str, str]] | None = None  # for templates that render retrieved documents (RAG)
+
+    def template_options(self) -> dict[str, Any]:
+        """The arguments of ``InputProcessor.render_chat`` these fields ask for."""
+        options: dict[str, Any] = {
+            "add_generation_prompt": self.add_generation_prompt,
+            "continue_final_message": self.continue_final_message,
+            "chat_template_kwargs": self.chat_template_kwargs,
+        }
+        if self.documents is not None:
+            options["documents"] = self.documents
+        return options
 
     @field_validator("continue_final_message")
     @classmethod
@@ -183,6 +260,9 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
     tool_choice: str | dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+    parallel_tool_calls: bool | None = None  # about tool calls, which never come: accepted, as vLLM without tools
+    include_reasoning: bool = True  # no reasoning parser: there is no reasoning to leave out (vLLM without one)
+    add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
     _no_tools = _refused_when_set("tools", "are not supported: this server does not call tools; leave them out")
@@ -197,7 +277,7 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     @field_validator("top_logprobs")
     @classmethod
     def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and not info.data.get("logprobs"):
+        if value and not info.data.get("logprobs"):  # 0 asks for nothing (vLLM accepts it alone)
             raise ValueError("needs logprobs set to true")
         return value
 
@@ -205,7 +285,9 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         sent_as = {"max_tokens": "max_completion_tokens"} if self.max_completion_tokens is not None else None
-        return self._sampling_params(max_tokens=max_tokens, logprobs=logprobs, sent_as=sent_as)
+        return self._sampling_params(
+            max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=self.prompt_logprobs, sent_as=sent_as
+        )
 
 
 class CompletionRequest(_GenerationRequest):
@@ -213,12 +295,17 @@ class CompletionRequest(_GenerationRequest):
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None
+    add_special_tokens: bool = True  # vLLM's: false encodes text prompts without BOS and the like
 
     _no_suffix = _refused_when_set("suffix", "is not supported: the served models do not fill in the middle")
 
     def sampling_params(self) -> SamplingParams:
-        echo_logprobs = self.logprobs if self.echo else None
-        return self._sampling_params(max_tokens=self.max_tokens, logprobs=self.logprobs, prompt_logprobs=echo_logprobs)
+        """Echo with logprobs needs the prompt's logprobs: as many top ones as the output's, unless asked apart."""
+        prompt_logprobs = self.prompt_logprobs
+        if prompt_logprobs is None and self.echo:
+            prompt_logprobs = self.logprobs
+        max_tokens = 1 if self.echo and self.max_tokens == 0 else self.max_tokens  # the prompt alone (vLLM)
+        return self._sampling_params(max_tokens=max_tokens, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs)
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per engine request; an empty prompt list is a 400."""
@@ -235,7 +322,7 @@ class TokenizeRequest(_ChatTemplateOptions):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_special_tokens: bool = True
+    add_special_tokens: bool | None = None  # None: true for a prompt, false for messages (vLLM's two defaults)
 
 
 class DetokenizeRequest(_Request):
@@ -250,6 +337,28 @@ class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+class PromptLogprob(BaseModel):
+    """vLLM's ``Logprob`` as its responses carry it in ``prompt_logprobs`` (keyed by token id)."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str | None
+
+    @classmethod
+    def of(cls, lp: Logprob) -> PromptLogprob:
+        return cls(logprob=max(lp.logprob, MIN_LOGPROB), rank=lp.rank, decoded_token=lp.decoded_token)
+
+
+PromptLogprobs = list[dict[int, PromptLogprob] | None]
+
+
+def prompt_logprobs_json(entries: list[dict[int, Logprob] | None] | None) -> PromptLogprobs | None:
+    """The engine's prompt logprobs as vLLM returns them: None for the first token, then one dict per token."""
+    if entries is None:
+        return None
+    return [None if e is None else {tid: PromptLogprob.of(lp) for tid, lp in e.items()} for e in entries]
 
 
 class TopLogprob(BaseModel):
@@ -276,6 +385,7 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     logprobs: ChatLogprobs | None
     finish_reason: str | None
+    stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
 
 
 class ChatCompletionResponse(BaseModel):
@@ -285,6 +395,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs asked for
 
 
 class DeltaMessage(BaseModel):
@@ -326,6 +437,8 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs or echo with logprobs; not streamed
 
 
 class CompletionResponse(BaseModel):

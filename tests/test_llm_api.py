@@ -1,0 +1,105 @@
+"""The offline API's vLLM surface over the scripted engine: prompt forms, chat options, outputs and the tokenizer.
+
+``LLM`` is built around a scripted engine (no model), so only the API's own handling is under test here; the
+real-model runs are in tests/test_engine.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from fake_runner import counting_script, fake_engine
+
+from jllm.errors import ContextLengthError, InputError
+from jllm.llm import LLM
+from jllm.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=3)
+
+
+@pytest.fixture
+def llm() -> LLM:
+    llm = LLM.__new__(LLM)  # the constructor builds a real engine; the scripted one stands in
+    llm.engine = fake_engine()
+    llm._ids = itertools.count()
+    return llm
+
+
+def scripted(prompt: list[int], count: int) -> list[int]:
+    return [counting_script(prompt, len(prompt) + k) for k in range(count)]
+
+
+def test_generate_takes_every_vllm_prompt_form(llm: LLM) -> None:
+    ids = llm.engine.inputs.encode("hello").token_ids
+    forms = ["hello", ids, {"prompt": "hello"}, {"prompt_token_ids": ids}]
+    outputs = llm.generate(forms, GREEDY, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outputs] == [ids] * 4
+    assert all(o.outputs[0].token_ids == scripted(ids, 3) for o in outputs)
+    assert [o.prompt for o in outputs] == ["hello", None, "hello", None]
+    for single in ("hello", ids, {"prompt": "hello"}):  # one prompt, not a list of them
+        [output] = llm.generate(single, GREEDY, use_tqdm=False)
+        assert output.prompt_token_ids == ids
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        ({"prompt": "a", "multi_modal_data": {}}, InputError, r"^prompts\[1\]: 'multi_modal_data' is not supported"),
+        ({"prompt_token_ids": [1, 10**6]}, InputError, r"^prompts\[1\]: token id 1000000 is outside the vocabulary"),
+        (None, InputError, r"^prompts\[1\] must be a string, a list of token ids, or a dict"),
+        ("", InputError, r"^prompts\[1\] is empty"),
+        ([5] * 200, ContextLengthError, r"^prompts\[1\]: This model's maximum context length is 128"),
+    ],
+)
+def test_a_bad_prompt_is_named_by_its_index_and_nothing_runs(llm: LLM, bad: object, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        llm.generate(["fine", bad], GREEDY, use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests()
+
+
+def test_chat_takes_text_parts_template_switches_and_variables(llm: LLM) -> None:
+    inputs = llm.engine.inputs
+    plain = [{"role": "user", "content": "hi there"}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}]
+    [a, b] = llm.chat([plain, parts], GREEDY, use_tqdm=False)
+    assert a.prompt_token_ids == b.prompt_token_ids == inputs.render_chat(plain).token_ids
+    opened = [*plain, {"role": "assistant", "content": "Bon"}]
+    [c] = llm.chat(opened, GREEDY, use_tqdm=False, add_generation_prompt=False, continue_final_message=True)
+    assert c.prompt.endswith("assistant: Bon")
+    template = "{{ greeting }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    [d] = llm.chat(plain, GREEDY, use_tqdm=False, chat_template=template, chat_template_kwargs={"greeting": "hey "})
+    assert d.prompt == "hey hi there"
+    with pytest.raises(InputError, match=r"^conversation 1: messages\[0\].content: only text parts"):
+        llm.chat([plain, [{"role": "user", "content": [{"type": "image_url"}]}]], GREEDY, use_tqdm=False)
+    with pytest.raises(InputError, match="continue_final_message needs add_generation_prompt set to false"):
+        llm.chat(opened, GREEDY, use_tqdm=False, continue_final_message=True)
+
+
+def test_completion_output_finished_is_a_method_and_greedy_n_samples_are_equal(llm: LLM) -> None:
+    [output] = llm.generate([7, 8], SamplingParams(n=2, temperature=0, max_tokens=3), use_tqdm=False)
+    assert output.finished is True  # RequestOutput: an attribute, as vLLM's
+    assert all(c.finished() for c in output.outputs)
+    assert output.outputs[0].token_ids == output.outputs[1].token_ids == scripted([7, 8], 3)
+
+
+def test_get_tokenizer_has_the_transformers_surface(llm: LLM) -> None:
+    tokenizer = llm.get_tokenizer()
+    ids = tokenizer.encode("hello world")
+    assert ids == llm.engine.tokenizer.encode("hello world") and tokenizer.decode(ids) == "hello world"
+    assert tokenizer("hello world")["input_ids"] == ids
+    assert len(tokenizer) == llm.engine.tokenizer.vocab_size and tokenizer.eos_token_id == 2
+    assert tokenizer.convert_ids_to_tokens([ids[0]]) == [tokenizer.convert_ids_to_tokens(ids[0])]
+    assert tokenizer.get_vocab()["</s>"] == 2
+    messages = [{"role": "user", "content": "hi"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == llm.engine.inputs.render_chat(messages).text
+    tokenized = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if hasattr(tokenized, "keys"):  # transformers 5 returns a BatchEncoding unless return_dict=False
+        tokenized = tokenized["input_ids"]
+    assert tokenized == tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_sampling_params_refuse_vllm_arguments_by_name(llm: LLM) -> None:
+    with pytest.raises(ValueError, match="^allowed_token_ids is not supported by jllm yet"):
+        llm.generate("hello", SamplingParams(allowed_token_ids=[5]), use_tqdm=False)

@@ -1,0 +1,304 @@
+"""Every field of vLLM's ``CompletionRequest`` / ``ChatCompletionRequest``, and what this server does with it.
+
+No field is silently ignored: each is honoured (a behaviour check below, over the scripted engine) or refused with
+a 400 naming it. ``VLLM_*_FIELDS`` are vLLM's request fields (``vllm/entrypoints/openai/protocol.py``, old guided_*
+names included); a test fails when one of them is in neither table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fake_runner import counting_script, fake_engine
+from server_utils import RunningServer, http
+from tokenizers.processors import TemplateProcessing
+
+from jllm.config import load_config
+from jllm.engine import LLMEngine
+from jllm.inputs import Prompt
+from jllm.sampling import SamplingParams
+from jllm.server.schemas import UNSUPPORTED_FIELDS
+
+MODEL = "scripted"
+COMPLETION = {"model": MODEL, "prompt": "hello", "max_tokens": 3}
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+# The test engine's template shows what reaches it: documents, a variable, the messages, the generation prompt.
+TEMPLATE = (
+    "{% for d in documents or [] %}[{{ d.title }}]{% endfor %}{{ greeting or '' }}"
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+VLLM_COMPLETION_FIELDS = """
+    model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n presence_penalty seed
+    stop stream stream_options suffix temperature top_p user use_beam_search top_k min_p
+    repetition_penalty length_penalty stop_token_ids include_stop_str_in_output ignore_eos min_tokens
+    skip_special_tokens spaces_between_special_tokens truncate_prompt_tokens truncation_side
+    allowed_token_ids prompt_logprobs logprob_token_ids bad_words prompt_embeds add_special_tokens
+    response_format structured_outputs guided_json guided_regex guided_choice guided_grammar
+    guided_decoding_backend guided_whitespace_pattern priority request_id logits_processors
+    return_tokens_as_token_ids return_token_ids return_token_offsets cache_salt kv_transfer_params
+    ec_transfer_params vllm_xargs repetition_detection thinking_token_budget
+""".split()
+
+VLLM_CHAT_FIELDS = """
+    messages model frequency_penalty logit_bias logprobs top_logprobs max_tokens max_completion_tokens n
+    presence_penalty response_format seed stop stream stream_options temperature top_p tools tool_choice
+    reasoning_effort include_reasoning parallel_tool_calls user best_of use_beam_search top_k min_p
+    repetition_penalty length_penalty stop_token_ids include_stop_str_in_output ignore_eos min_tokens
+    skip_special_tokens spaces_between_special_tokens truncate_prompt_tokens prompt_logprobs
+    allowed_token_ids bad_words echo add_generation_prompt continue_final_message add_special_tokens
+    documents chat_template chat_template_kwargs media_io_kwargs mm_processor_kwargs structured_outputs
+    guided_json guided_regex guided_choice guided_grammar structural_tag guided_decoding_backend
+    guided_whitespace_pattern priority request_id logits_processors return_tokens_as_token_ids
+    return_token_ids cache_salt kv_transfer_params vllm_xargs repetition_detection
+""".split()
+
+
+@dataclass
+class Seen:
+    """What one request handed the engine."""
+
+    prompt: Prompt
+    params: SamplingParams
+    reply: dict
+    raw: bytes
+
+
+Check = Callable[[Seen, LLMEngine], bool]
+
+
+@dataclass
+class Honoured:
+    field: str
+    changes: dict[str, Any]
+    check: Check
+    chat: bool = False  # True: the chat endpoint, else completions
+
+    @property
+    def body(self) -> dict:
+        return {**(CHAT if self.chat else COMPLETION), **self.changes}
+
+
+def _choice(seen: Seen) -> dict:
+    return seen.reply["choices"][0]
+
+
+def _scripted(engine: LLMEngine, prompt: Prompt, count: int) -> list[int]:
+    ids = prompt.token_ids
+    return [counting_script(ids, len(ids) + k) for k in range(count)]
+
+
+def _params(field: str, value: Any, **changes: Any) -> Honoured:
+    """A sampling knob honoured by handing it to the sampler (whose behaviour tests/test_sampling.py checks)."""
+    return Honoured(field, {field: value, **changes}, lambda seen, _: getattr(seen.params, field) == value)
+
+
+def _prompt_logprobs_follow_the_script(entries: list, prompt: Prompt) -> bool:
+    expected = [None] + [
+        {str((t + 1) % 512): {"logprob": -0.5, "rank": 1}, str(t): {"logprob": -1.0, "rank": None}}
+        for t in prompt.token_ids[1:]
+    ]
+    got = [
+        None if e is None else {k: {"logprob": v["logprob"], "rank": v["rank"]} for k, v in e.items()} for e in entries
+    ]
+    return got == expected
+
+
+def _stop_token(seen: Seen, engine: LLMEngine) -> bool:
+    tokens = _scripted(engine, seen.prompt, 3)
+    choice = _choice(seen)
+    return (
+        choice["finish_reason"] == "stop"
+        and choice["stop_reason"] == tokens[1]
+        and choice["text"] == engine.tokenizer.decode(tokens[:1])  # vLLM: a stop token's text is left out
+    )
+
+
+def _document_and_variable(seen: Seen, _: LLMEngine) -> bool:
+    return seen.prompt.text == "[doc]hey user: hi\nassistant:"
+
+
+HONOURED = [
+    Honoured("model", {}, lambda seen, _: seen.reply["model"] == MODEL),
+    Honoured("prompt", {"prompt": [7, 8, 9]}, lambda seen, _: seen.prompt.token_ids == [7, 8, 9]),
+    Honoured("max_tokens", {"max_tokens": 2}, lambda seen, _: seen.reply["usage"]["completion_tokens"] == 2),
+    Honoured("n", {"n": 3, "temperature": 0},  # greedy samples, all equal (OpenAI and vLLM accept it)
+             lambda seen, _: len({c["text"] for c in seen.reply["choices"]}) == 1 == len(seen.reply["choices"]) - 2),
+    Honoured("best_of", {"best_of": 1}, lambda seen, _: len(seen.reply["choices"]) == 1),
+    Honoured("echo", {"echo": True}, lambda seen, _: _choice(seen)["text"].startswith("hello")),
+    Honoured("logprobs", {"logprobs": 1}, lambda seen, _: len(_choice(seen)["logprobs"]["tokens"]) == 3),
+    Honoured("stream", {"stream": True}, lambda seen, _: seen.raw.endswith(b"data: [DONE]\n\n")),
+    Honoured("stream_options", {"stream": True, "stream_options": {"include_usage": True}},
+             lambda seen, _: b'"usage":{"prompt_tokens"' in seen.raw),
+    Honoured("stop", {"stop": ["\u00ab"], "prompt": [7]},  # after [7] the script samples ids 108, 109, 110: "ª«¬"
+             lambda seen, _: _choice(seen)["stop_reason"] == "\u00ab" and _choice(seen)["text"] == "\u00aa"),
+    Honoured("stop_token_ids", {"stop_token_ids": [109], "prompt": [7]}, _stop_token),
+    Honoured("include_stop_str_in_output", {"stop_token_ids": [109], "prompt": [7], "include_stop_str_in_output": True},
+             lambda seen, engine: _choice(seen)["text"] == engine.tokenizer.decode(_scripted(engine, seen.prompt, 2))),
+    _params("temperature", 0.5),
+    _params("top_p", 0.5, temperature=1.0),
+    _params("top_k", 5, temperature=1.0),
+    _params("min_p", 0.1, temperature=1.0),
+    _params("presence_penalty", 0.5),
+    _params("frequency_penalty", 0.5),
+    _params("repetition_penalty", 1.2),
+    _params("seed", 7),
+    _params("min_tokens", 2),
+    _params("ignore_eos", True),
+    _params("skip_special_tokens", False),
+    _params("spaces_between_special_tokens", True),
+    Honoured("truncate_prompt_tokens", {"prompt": list(range(10, 30)), "truncate_prompt_tokens": 4},
+             lambda seen, _: seen.prompt.token_ids == [26, 27, 28, 29]),
+    Honoured("truncation_side", {"prompt": [5, 6, 7], "truncate_prompt_tokens": 2, "truncation_side": "left"},
+             lambda seen, _: seen.prompt.token_ids == [6, 7]),
+    Honoured("prompt_logprobs", {"prompt_logprobs": 1},
+             lambda seen, _: _prompt_logprobs_follow_the_script(_choice(seen)["prompt_logprobs"], seen.prompt)),
+    Honoured("add_special_tokens", {"add_special_tokens": False},  # the test tokenizer adds BOS (1) by default
+             lambda seen, engine: seen.prompt.token_ids == engine.tokenizer.encode("hello", add_special_tokens=False)),
+    Honoured("user", {"user": "someone"}, lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3),
+    Honoured("request_id", {"request_id": "mine"}, lambda seen, _: seen.reply["id"] == "cmpl-mine"),
+    Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
+             lambda seen, _: "token_offsets" not in _choice(seen)),
+    # chat
+    Honoured("messages", {}, lambda seen, _: seen.prompt.text == "user: hi\nassistant:", chat=True),
+    Honoured("max_completion_tokens", {"max_completion_tokens": 2},
+             lambda seen, _: seen.reply["usage"]["completion_tokens"] == 2, chat=True),
+    Honoured("top_logprobs", {"logprobs": True, "top_logprobs": 2},
+             lambda seen, _: len(_choice(seen)["logprobs"]["content"][0]["top_logprobs"]) == 2, chat=True),
+    Honoured("add_generation_prompt", {"add_generation_prompt": False},
+             lambda seen, _: seen.prompt.text == "user: hi\n", chat=True),
+    Honoured("continue_final_message",
+             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Bon"}],
+              "add_generation_prompt": False, "continue_final_message": True},
+             lambda seen, _: seen.prompt.text.endswith("assistant: Bon"), chat=True),
+    Honoured("chat_template_kwargs", {"chat_template_kwargs": {"greeting": "hey "}},
+             lambda seen, _: seen.prompt.text == "hey user: hi\nassistant:", chat=True),
+    Honoured("documents", {"documents": [{"title": "doc", "text": "x"}], "chat_template_kwargs": {"greeting": "hey "}},
+             _document_and_variable, chat=True),
+    Honoured("include_reasoning", {"include_reasoning": False},  # no reasoning parser: nothing to leave out
+             lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3, chat=True),
+    Honoured("parallel_tool_calls", {"parallel_tool_calls": False},  # no tools: no calls to limit
+             lambda seen, _: "tool_calls" not in _choice(seen)["message"], chat=True),
+    Honoured("tools", {"tools": [], "tool_choice": "none"}, lambda seen, _: seen.params.n == 1, chat=True),
+    Honoured("tool_choice", {"tool_choice": "none"}, lambda seen, _: seen.params.n == 1, chat=True),
+    Honoured("response_format", {"response_format": {"type": "text"}}, lambda seen, _: seen.params.n == 1, chat=True),
+    Honoured("chat prompt_logprobs", {"prompt_logprobs": 1},
+             lambda seen, _: _prompt_logprobs_follow_the_script(seen.reply["prompt_logprobs"], seen.prompt), chat=True),
+    Honoured("chat add_special_tokens", {"add_special_tokens": True},
+             lambda seen, _: seen.prompt.token_ids[0] == 1 and seen.prompt.token_ids[1] != 1, chat=True),
+    Honoured("chat truncate_prompt_tokens", {"truncate_prompt_tokens": 3},
+             lambda seen, _: len(seen.prompt.token_ids) == 3, chat=True),
+]  # fmt: skip
+
+REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value that is refused, and where
+    "suffix": ("def f():", False),
+    "logit_bias": ({"5": 10}, False),
+    "response_format": ({"type": "json_object"}, False),
+    "tools": ([{"type": "function", "function": {"name": "f"}}], True),
+    "tool_choice": ("auto", True),
+    "echo": (True, True),  # chat echo
+    "best_of": (2, False),  # above n
+}
+REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
+    "use_beam_search": True, "length_penalty": 0.5, "logit_bias": {"5": 1.0}, "allowed_token_ids": [1],
+    "bad_words": ["x"], "logprob_token_ids": [3], "logits_processors": ["my.Processor"],
+    "structured_outputs": {"json": {"type": "object"}}, "guided_json": {"type": "object"}, "guided_regex": "a+",
+    "guided_choice": ["a", "b"], "guided_grammar": "root ::= 'a'", "structural_tag": "{}",
+    "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
+    "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1, "cache_salt": "salt",
+    "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},
+    "repetition_detection": {"max_pattern_size": 4}, "thinking_token_budget": 10, "return_tokens_as_token_ids": True,
+    "return_token_ids": True, "spaces_between_special_tokens": False, "truncation_side": "right",
+    "chat_template": "{{ messages }}", "reasoning_effort": "low",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engine() -> LLMEngine:
+    """A tokenizer that adds BOS (id 1) and the template above: what add_special_tokens and the template fields
+    change shows in the prompt."""
+    engine = fake_engine()
+    engine.tokenizer.backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    engine.tokenizer.hf.chat_template = TEMPLATE
+    return engine
+
+
+@pytest.fixture(scope="module")
+def server(engine: LLMEngine) -> Iterator[RunningServer]:
+    with RunningServer(engine, load_config(None, served_model_name=MODEL)) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def engine_is_left_empty(engine: LLMEngine) -> Iterator[None]:
+    yield
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+
+
+def _send(server: RunningServer, engine: LLMEngine, body: dict, chat: bool, monkeypatch: pytest.MonkeyPatch) -> Seen:
+    added: list[tuple[Prompt, SamplingParams]] = []
+    add_request = engine.add_request
+
+    def spy(request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+        added.append((prompt, params))
+        add_request(request_id, prompt, params)
+
+    monkeypatch.setattr(engine, "add_request", spy)
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    reply = http("POST", f"{server.url}{path}", json_body=body)
+    assert reply.status == 200, reply.body[:500]
+    reply_json = {} if body.get("stream") else reply.json()
+    return Seen(added[0][0], added[0][1], reply_json, reply.body)
+
+
+def test_every_vllm_field_is_honoured_or_refused() -> None:
+    honoured = {h.field.removeprefix("chat ") for h in HONOURED}
+    refused = set(UNSUPPORTED_FIELDS) | set(REFUSED_ELSEWHERE)
+    assert set(REFUSED_VALUES) == set(UNSUPPORTED_FIELDS)
+    for field in VLLM_COMPLETION_FIELDS + VLLM_CHAT_FIELDS:
+        assert field in honoured | refused, f"{field}: neither honoured nor refused"
+
+
+@pytest.mark.parametrize("case", HONOURED, ids=lambda case: case.field)
+def test_honoured_field_does_what_it_asks(
+    server: RunningServer, engine: LLMEngine, case: Honoured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _send(server, engine, case.body, case.chat, monkeypatch)
+    assert case.check(seen, engine), (seen.prompt, seen.params, seen.reply)
+
+
+REFUSALS = [(f, v, chat) for f, v in REFUSED_VALUES.items() for chat in (False, True)] + [
+    (f, v, chat) for f, (v, chat) in REFUSED_ELSEWHERE.items()
+]
+
+
+@pytest.mark.parametrize("field, value, chat", REFUSALS, ids=lambda x: x if isinstance(x, str) else None)
+def test_refused_field_is_a_400_naming_it(server: RunningServer, field: str, value: Any, chat: bool) -> None:
+    body = {**(CHAT if chat else COMPLETION), field: value}
+    reply = http("POST", f"{server.url}{'/v1/chat/completions' if chat else '/v1/completions'}", json_body=body)
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == field and field in error["message"], error
+
+
+@pytest.mark.parametrize("field", sorted(UNSUPPORTED_FIELDS))
+def test_a_refused_fields_nothing_value_is_accepted(server: RunningServer, field: str) -> None:
+    """Clients that always send a field, at the value asking for nothing, keep working."""
+    nothing = UNSUPPORTED_FIELDS[field][0][-1]
+    reply = http("POST", f"{server.url}/v1/completions", json_body={**COMPLETION, field: nothing})
+    assert reply.status == 200, reply.body
+
+
+def test_prompt_logprobs_are_not_streamed_and_chat_template_kwargs_may_not_set_call_arguments(
+    server: RunningServer,
+) -> None:
+    streamed = http(
+        "POST", f"{server.url}/v1/completions", json_body={**COMPLETION, "stream": True, "prompt_logprobs": 1}
+    )
+    assert streamed.status == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
+    body = {**CHAT, "chat_template_kwargs": {"tokenize": True}}
+    reserved = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
+    assert reserved.status == 400 and reserved.json()["error"]["param"] == "chat_template_kwargs"
