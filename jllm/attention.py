@@ -56,6 +56,7 @@ def paged_attention(
     meta: AttentionMetadata,
     *,
     sm_scale: float,
+    soft_cap: float | None = None,
     sliding_window: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool).
@@ -64,11 +65,17 @@ def paged_attention(
     """
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
     if meta.backend == "reference":
-        attend = functools.partial(ref_ragged_paged_attention, sm_scale=sm_scale, sliding_window=sliding_window)
+        attend = functools.partial(
+            ref_ragged_paged_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window
+        )
     elif meta.backend == "pallas":
         interpret = jax.default_backend() not in _KERNEL_PLATFORMS
         attend = functools.partial(
-            ragged_paged_attention, sm_scale=sm_scale, sliding_window=sliding_window, interpret=interpret
+            ragged_paged_attention,
+            sm_scale=sm_scale,
+            soft_cap=soft_cap,
+            sliding_window=sliding_window,
+            interpret=interpret,
         )
     else:
         raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")

@@ -31,6 +31,7 @@ from safetensors import safe_open
 
 from jllm import parallel
 from jllm.checkpoint import restore_params, save_params
+from jllm.models.decoder import WeightMap
 from jllm.models.registry import build_args
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -76,17 +77,22 @@ def resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> Any:
     return DTYPES[dtype]
 
 
-# Our fused projections and the checkpoint tensors they are made of, in the order of their parts.
-FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-
-
-def hf_names(path: tuple[Any, ...]) -> tuple[list[str], bool]:
+def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool]:
     """NNX parameter path -> (the HF tensor names it is made of, whether each HF tensor is the transpose of ours)."""
     *module_path, leaf = (str(p) for p in path)
-    prefix = "" if module_path[0] == "lm_head" else "model."
+    rename = dict(weights.rename)
+    prefix = "" if module_path[0] == "lm_head" else weights.prefix
     suffix = "bias" if leaf == "bias" else "weight"
-    parts = FUSED_PARTS.get(module_path[-1], (module_path[-1],))
-    return [prefix + ".".join([*module_path[:-1], part, suffix]) for part in parts], leaf == "kernel"
+    module = module_path[-1]
+    parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
+    parents = [rename.get(m, m) for m in module_path[:-1]]
+    return [prefix + ".".join([*parents, part, suffix]) for part in parts], leaf == "kernel"
+
+
+def _shift(index: slice, size: int, offset: int) -> slice:
+    """``index`` over an axis of ``size``, moved ``offset`` along (a part's place inside a fused tensor)."""
+    start, stop, step = index.indices(size)
+    return slice(start + offset, stop + offset, step)
 
 
 def abstract_model(
@@ -114,7 +120,8 @@ def abstract_model(
 class SafetensorsIndex:
     """Tensor name -> open safetensors file, over one file or a sharded index."""
 
-    def __init__(self, model_dir: Path, stack: ExitStack):
+    def __init__(self, model_dir: Path, stack: ExitStack, weights: WeightMap):
+        self.weights = weights
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():
             weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
@@ -153,16 +160,29 @@ class SafetensorsIndex:
 
     def param_reader(self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int) -> Reader:
         """Reads any slice of one model parameter, assembling fused projections from their checkpoint parts."""
-        names, transpose = hf_names(path)
-        if len(names) == 1:
-            return self.slice_reader(names[0], shape, transpose, dtype)
-        if len(names) == 2:  # gate/up: [*lead, 2, mlp]
-            *lead, _, width = shape
-            gate, up = (self.slice_reader(n, (*lead, width), transpose, dtype) for n in names)
-            return lambda index: np.stack([gate((*index[:-2], index[-1])), up((*index[:-2], index[-1]))], -2)[
-                ..., index[-2], :
-            ]
-        return self._qkv_reader(names, shape, transpose, dtype, kv_replicas)
+        names, transpose = hf_names(path, self.weights)
+        module = str(path[-2])
+        if module == "qkv_proj":
+            return self._qkv_reader(names, shape, transpose, dtype, kv_replicas)
+        if module == "gate_up_proj":
+            return self._gate_up_reader(names, shape, transpose, dtype)
+        return self.slice_reader(names[0], shape, transpose, dtype)
+
+    def _gate_up_reader(self, names: list[str], shape: tuple[int, ...], transpose: bool, dtype: Any) -> Reader:
+        """``[*lead, 2, mlp]`` from gate and up: two tensors, or one with the gate's rows first (Phi-3)."""
+        *lead, _, width = shape
+        if len(names) == 2:
+            parts = [(self.slice_reader(name, (*lead, width), transpose, dtype), 0) for name in names]
+        else:
+            fused = self.slice_reader(names[0], (*lead, 2 * width), transpose, dtype)
+            parts = [(fused, 0), (fused, width)]
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            *lead_index, part_index, width_index = index
+            chosen = parts[part_index]
+            return np.stack([r((*lead_index, _shift(width_index, width, at))) for r, at in chosen], axis=-2)
+
+        return read
 
     def _qkv_reader(
         self, names: list[str], shape: tuple[int, ...], transpose: bool, dtype: Any, replicas: int
@@ -172,26 +192,45 @@ class SafetensorsIndex:
         *lead, heads, width, head_dim = shape
         group = width - 2  # query heads per model KV head
         kv = heads // replicas  # the checkpoint's KV heads
-        q, k, v = (
-            self.slice_reader(name, (*lead, n * head_dim), transpose, dtype)
-            for name, n in zip(names, (kv * replicas * group, kv, kv), strict=True)
-        )
+        rows = self._qkv_rows(names, (*lead,), transpose, dtype, kv * replicas * group, kv, head_dim)
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
             *lead_index, head_index, width_index, dim_index = index
             blocks = []
             for m in range(*head_index.indices(heads)):
                 c, j = divmod(m, replicas)
-                q0 = (c * replicas + j) * group * head_dim
                 parts = [
-                    q((*lead_index, slice(q0, q0 + group * head_dim))),
-                    k((*lead_index, slice(c * head_dim, (c + 1) * head_dim))),
-                    v((*lead_index, slice(c * head_dim, (c + 1) * head_dim))),
+                    rows(lead_index, "q", (c * replicas + j) * group, group),
+                    rows(lead_index, "k", c, 1),
+                    rows(lead_index, "v", c, 1),
                 ]
                 blocks.append(np.concatenate([p.reshape(*p.shape[:-1], -1, head_dim) for p in parts], axis=-2))
             return np.stack(blocks, axis=-3)[..., width_index, dim_index]
 
         return read
+
+    def _qkv_rows(
+        self, names: list[str], lead: tuple[int, ...], transpose: bool, dtype: Any, q_heads: int, kv: int, hd: int
+    ) -> Callable[[list[slice], str, int, int], np.ndarray]:
+        """``rows(lead_index, part, first_head, n)``: ``n`` heads of q, k or v, wherever the layout keeps them."""
+        layout = self.weights.qkv_layout
+        if layout == "separate":
+            sizes = (q_heads, kv, kv)
+            readers = [
+                self.slice_reader(n, (*lead, s * hd), transpose, dtype) for n, s in zip(names, sizes, strict=True)
+            ]
+            first = {"q": (0, 0), "k": (1, 0), "v": (2, 0)}  # part -> (tensor, its first head's row / head_dim)
+        elif layout == "concat":
+            readers = [self.slice_reader(names[0], (*lead, (q_heads + 2 * kv) * hd), transpose, dtype)]
+            first = {"q": (0, 0), "k": (0, q_heads), "v": (0, q_heads + kv)}
+        else:
+            raise ValueError(f"qkv layout {layout!r} is not supported (supported: 'separate', 'concat')")
+
+        def rows(lead_index: list[slice], part: str, head: int, n: int) -> np.ndarray:
+            tensor, at = first[part]
+            return readers[tensor]((*lead_index, slice((at + head) * hd, (at + head + n) * hd)))
+
+        return rows
 
 
 def _place(state: nnx.State, mesh: Mesh, make: Callable[[tuple, jax.ShapeDtypeStruct], jax.Array]) -> None:
@@ -202,9 +241,11 @@ def _place(state: nnx.State, mesh: Mesh, make: Callable[[tuple, jax.ShapeDtypeSt
         var.set_value(make(path, jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding)))
 
 
-def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int) -> None:
+def load_safetensors_params(
+    state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int, weights: WeightMap
+) -> None:
     with ExitStack() as stack:
-        index = SafetensorsIndex(model_dir, stack)
+        index = SafetensorsIndex(model_dir, stack, weights)
 
         def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:
             read = index.param_reader(path, target.shape, target.dtype, kv_replicas)
@@ -249,7 +290,7 @@ def load_model(
     if load_format == "dummy":
         init_dummy_params(state, mesh, seed)
     elif load_format == "safetensors":
-        load_safetensors_params(state, model_dir, mesh, kv_replicas)
+        load_safetensors_params(state, model_dir, mesh, kv_replicas, args.weights)
     elif load_format == "orbax":
         state = restore_params(model_dir / "params", state, mesh, kv_replicas)
     else:

@@ -3,7 +3,9 @@
 ``XLA_FLAGS`` must be set before JAX starts, so these checks cannot share the pytest process. Every check runs here
 once and the findings go to one JSON file, so the test pays for JAX start-up and each compilation only once.
 
-Usage: ``python tests/tp_worker.py SPEC.json OUT.json`` where SPEC names the model directories (see ``main``).
+Usage: ``python tests/tp_worker.py SPEC.json OUT.json`` where SPEC names the model directories (see ``main``); a
+SPEC with ``families`` (name -> [model directory, TP sizes]) runs only ``generate_case`` for each
+(tests/test_families.py).
 """
 
 from __future__ import annotations
@@ -227,6 +229,10 @@ def pallas_under_shard_map(sizes: list[int], num_kv_heads: int = 4) -> dict[str,
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     os.environ["JLLM_CACHE"] = spec["cache_dir"]  # keeps the persistent compilation cache out of the user's home
+    if "families" in spec:
+        found = {name: generate_case(model_dir, sizes) for name, (model_dir, sizes) in spec["families"].items()}
+        Path(sys.argv[2]).write_text(json.dumps({"devices": jax.device_count(), "generate": found}))
+        return
     default, gqa, replicated = spec["default_model"], spec["model_32q_8kv"], spec["model_16q_2kv"]
     tmp = Path(spec["tmp_dir"])
     results = {

@@ -1,4 +1,5 @@
-"""Layers every Llama-family model shares: linear, embedding, RMSNorm, SwiGLU MLP and rotary embeddings.
+"""Layers the decoder families share: linear, embedding, RMSNorm (Llama's and Gemma's ``1 + w``), LayerNorm and the
+gated MLP (SwiGLU or GeGLU).
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -8,11 +9,8 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 
@@ -44,11 +42,16 @@ class Linear(nnx.Module):
 
 
 class Embedding(nnx.Module):
-    def __init__(self, vocab_size: int, dim: int, dtype: jnp.dtype):
+    """``scale`` multiplies the looked-up rows (Gemma's ``sqrt(hidden)``), rounded to the model dtype first as
+    transformers does."""
+
+    def __init__(self, vocab_size: int, dim: int, dtype: jnp.dtype, scale: float | None = None):
         self.embedding = param((vocab_size, dim), dtype, ("vocab", "embed"))
+        self.scale = scale
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0)
+        x = jnp.take(self.embedding[...], ids, axis=0)
+        return x if self.scale is None else x * jnp.asarray(self.scale, x.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Tied LM head: logits against the embedding table."""
@@ -56,57 +59,54 @@ class Embedding(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, dtype: jnp.dtype):
+    """Llama's RMSNorm, or with ``unit_offset`` Gemma's, whose stored weight is the scale minus one."""
+
+    def __init__(self, dim: int, eps: float, dtype: jnp.dtype, unit_offset: bool = False):
         self.weight = param((dim,), dtype, ("embed",))
         self.eps = eps
+        self.unit_offset = unit_offset
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # Normalise in float32 and cast back before the weight, exactly as transformers' LlamaRMSNorm does.
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.unit_offset:  # Gemma scales in float32, then casts: (x * (1 + w)).to(dtype)
+            return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+        # Llama casts back before the weight: w * x.to(dtype)
         return self.weight[...] * x32.astype(x.dtype)
 
 
-class GatedMLP(nnx.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``, gate and up as one matmul (one weight read, one kernel launch);
-    the MLP axis of gate/up and the rows of down split across devices."""
+class LayerNorm(nnx.Module):
+    """``torch.nn.LayerNorm`` with weight and bias, statistics in float32."""
 
-    def __init__(self, dim: int, hidden: int, dtype: jnp.dtype):
+    def __init__(self, dim: int, eps: float, dtype: jnp.dtype):
+        self.weight = param((dim,), dtype, ("embed",))
+        self.bias = param((dim,), dtype, ("embed",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU / GeGLU: ``down(act(gate(x)) * up(x))``, gate and up as one matmul (one weight read, one kernel
+    launch); the MLP axis of gate/up and the rows of down split across devices."""
+
+    def __init__(self, dim: int, hidden: int, dtype: jnp.dtype, act: str = "silu"):
         self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype)
+        self.act = act
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gate_up = self.gate_up_proj(x)  # [T, 2, hidden]
-        return self.down_proj(jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1])
-
-
-def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> np.ndarray:
-    """Inverse frequencies ``[head_dim // 2]``, with Llama 3's piecewise rescaling when the config asks for it."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
-    if kind in (None, "default"):
-        return inv_freq.astype(np.float32)
-    if kind != "llama3":
-        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: 'default', 'llama3')")
-    factor = scaling["factor"]
-    low_freq_factor = scaling.get("low_freq_factor", 1.0)
-    high_freq_factor = scaling.get("high_freq_factor", 4.0)
-    old_len = scaling["original_max_position_embeddings"]
-    low_freq_wavelen = old_len / low_freq_factor
-    high_freq_wavelen = old_len / high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return np.where(is_medium, smoothed, scaled).astype(np.float32)
-
-
-def apply_rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotates ``x [T, heads, head_dim]`` by ``positions [T]`` in the half-split layout transformers uses."""
-    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]  # [T, head_dim/2]
-    cos = jnp.cos(freqs)[:, None, :]  # [T, 1, head_dim/2]
-    sin = jnp.sin(freqs)[:, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+        return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1])

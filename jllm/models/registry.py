@@ -1,25 +1,31 @@
-"""Which NNX model class and settings serve a checkpoint, keyed by ``config.json``'s ``architectures``.
+"""Which family description serves a checkpoint, keyed by ``config.json``'s ``architectures``.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flax import nnx
 
-from jllm.models.llama import LlamaArgs, LlamaForCausalLM
+from jllm.models import families
+from jllm.models.decoder import CausalLM, ModelArgs
 
-# architecture name -> (model class, its args class, model_type used to read settings)
-ARCHITECTURES: dict[str, tuple[type[nnx.Module], type, str]] = {
-    "LlamaForCausalLM": (LlamaForCausalLM, LlamaArgs, "llama"),
-    "MistralForCausalLM": (LlamaForCausalLM, LlamaArgs, "mistral"),
-    "Qwen2ForCausalLM": (LlamaForCausalLM, LlamaArgs, "qwen2"),
+# architecture name -> the family reader that turns its config.json into ModelArgs
+ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
+    "LlamaForCausalLM": families.llama,
+    "MistralForCausalLM": families.mistral,
+    "Qwen2ForCausalLM": families.qwen2,
+    "Qwen3ForCausalLM": families.qwen3,
+    "Gemma2ForCausalLM": families.gemma2,
+    "Gemma3ForCausalLM": families.gemma3,
+    "Phi3ForCausalLM": families.phi3,
 }
 
 
-def resolve_architecture(hf_config: dict[str, Any]) -> tuple[type[nnx.Module], type, str]:
+def resolve_architecture(hf_config: dict[str, Any]) -> Callable[[dict[str, Any], Any], ModelArgs]:
     names = hf_config.get("architectures") or []
     for name in names:
         if name in ARCHITECTURES:
@@ -29,6 +35,5 @@ def resolve_architecture(hf_config: dict[str, Any]) -> tuple[type[nnx.Module], t
     )
 
 
-def build_args(hf_config: dict[str, Any], dtype: Any) -> tuple[type[nnx.Module], Any]:
-    model_cls, args_cls, model_type = resolve_architecture(hf_config)
-    return model_cls, args_cls.from_hf(hf_config, dtype, model_type)
+def build_args(hf_config: dict[str, Any], dtype: Any) -> tuple[type[nnx.Module], ModelArgs]:
+    return CausalLM, resolve_architecture(hf_config)(hf_config, dtype)

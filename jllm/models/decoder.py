@@ -1,0 +1,197 @@
+"""The one decoder-only transformer every supported family runs as, driven by a ``ModelArgs`` description.
+
+A family (``jllm.models.families``) is only what differs: norm kind, extra norms (q/k per head, Gemma's sandwich),
+residual layout, MLP activation, biases, rotary fraction and scaling, soft-caps, per-layer sliding windows, and the
+checkpoint's tensor names. The maths they share lives here once.
+
+Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
+``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
+traces and lowers a layer once per distinct layer kind (Gemma's sliding and global layers are two), not once per
+layer; XLA inlines the calls, so the compiled program is the unrolled one.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jllm.attention import AttentionMetadata, paged_attention
+from jllm.models.layers import Embedding, GatedMLP, LayerNorm, Linear, RMSNorm
+from jllm.models.rope import Rope
+from jllm.parallel import KV_HEADS
+
+NORMS = ("rms", "rms_unit_offset", "layer")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightMap:
+    """Where the checkpoint keeps each of our parameters.
+
+    ``qkv``: the tensors our fused QKV is read from and their layout: "separate" (``q_proj``, ``k_proj``,
+    ``v_proj``) or "concat" (one tensor, all query rows, then K's, then V's: Phi-3). ``gate_up`` likewise: "separate"
+    (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module name -> the
+    checkpoint's, for every other module whose name differs.
+    """
+
+    qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    qkv_layout: str = "separate"
+    gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
+    rename: tuple[tuple[str, str], ...] = ()
+    prefix: str = "model."  # before every tensor name but the untied LM head's
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What may differ between the layers of one model (Gemma alternates sliding and global layers)."""
+
+    rope: Rope
+    sliding_window: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArgs:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    layers: tuple[LayerSpec, ...]  # one per layer
+    norm: str = "rms"  # one of NORMS
+    qk_norm: bool = False  # a norm over head_dim on each query and key head before the rotary (Qwen3, Gemma 3)
+    sandwich_norms: bool = False  # Gemma: norms on the attention and MLP outputs too, before the residual adds
+    qkv_bias: bool = False
+    mlp_act: str = "silu"
+    embed_scale: float | None = None  # Gemma: sqrt(hidden)
+    sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    weights: WeightMap = WeightMap()
+    dtype: Any = jnp.float32
+
+    def make_norm(self, dim: int | None = None) -> nnx.Module:
+        dim = dim or self.hidden_size
+        if self.norm == "layer":
+            return LayerNorm(dim, self.norm_eps, self.dtype)
+        return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=self.norm == "rms_unit_offset")
+
+    @property
+    def sliding_windows(self) -> list[int | None]:
+        return [spec.sliding_window for spec in self.layers]
+
+
+class Attention(nnx.Module):
+    """Q, K and V come from one matmul whose kernel is laid out ``[hidden, kv_heads, group + 2, head_dim]``: for
+    each KV head, its ``group`` query heads, then its K and its V. One weight read and one kernel instead of three
+    (XLA turns the small K and V matmuls of a one-token step into slow reductions), and splitting the KV-head axis
+    gives every device whole query groups with their K/V head."""
+
+    def __init__(self, args: ModelArgs, spec: LayerSpec):
+        d, hd, dt = args.hidden_size, args.head_dim, args.dtype
+        self.group = args.num_heads // args.num_kv_heads
+        self.qkv_proj = Linear(
+            d, (args.num_kv_heads, self.group + 2, hd), ("embed", KV_HEADS, None, None), dt, bias=args.qkv_bias
+        )
+        self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt)
+        self.q_norm = args.make_norm(hd) if args.qk_norm else None
+        self.k_norm = args.make_norm(hd) if args.qk_norm else None
+        self.args, self.spec = args, spec
+
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
+    ) -> tuple[jax.Array, jax.Array]:
+        a, g = self.args, self.group
+        t = x.shape[0]
+        qkv = self.qkv_proj(x)  # [T, kv_heads, group + 2, head_dim]
+        q = qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim)
+        k, v = qkv[:, :, g], qkv[:, :, g + 1]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
+        out, kv_pages = paged_attention(
+            q,
+            k,
+            v,
+            kv_pages,
+            meta,
+            sm_scale=a.sm_scale or a.head_dim**-0.5,
+            soft_cap=a.attn_softcap,
+            sliding_window=self.spec.sliding_window,
+        )
+        return self.o_proj(out.reshape(t, a.num_heads * a.head_dim)), kv_pages
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm residual blocks; with ``sandwich_norms`` each block's output is normed too before it is added."""
+
+    def __init__(self, args: ModelArgs, spec: LayerSpec):
+        self.input_layernorm = args.make_norm()
+        self.self_attn = Attention(args, spec)
+        self.post_attention_layernorm = args.make_norm()  # the MLP's input norm (Llama's name)
+        self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.dtype, args.mlp_act)
+        self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
+        self.mlp_out_norm = args.make_norm() if args.sandwich_norms else None
+
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
+    ) -> tuple[jax.Array, jax.Array]:
+        h, kv_pages = self.self_attn(self.input_layernorm(x), positions, kv_pages, meta)
+        x = x + (h if self.attn_out_norm is None else self.attn_out_norm(h))
+        h = self.mlp(self.post_attention_layernorm(x))
+        return x + (h if self.mlp_out_norm is None else self.mlp_out_norm(h)), kv_pages
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decoder_layer(
+    graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: Any
+) -> tuple[jax.Array, jax.Array]:
+    """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
+    once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
+    2026-11-26)."""
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta)
+
+
+class CausalLM(nnx.Module):
+    def __init__(self, args: ModelArgs):
+        self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.dtype, args.embed_scale)
+        self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
+        self.norm = args.make_norm()
+        self.lm_head = (
+            None
+            if args.tie_word_embeddings
+            else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype)
+        )
+        self.args = args
+
+    def __call__(
+        self,
+        input_ids: jax.Array,  # [T] int32
+        positions: jax.Array,  # [T] int32
+        kv_caches: list[jax.Array],  # per layer [2, num_kv_heads, num_pages, page_size, head_dim]
+        meta: AttentionMetadata,
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """Final hidden states ``[T, hidden]`` (normed) and the updated pool."""
+        x = self.embed_tokens(input_ids)
+        new_caches = []
+        for layer, kv_pages in zip(self.layers, kv_caches, strict=True):
+            x, kv_pages = _decoder_layer(*nnx.split(layer), x, positions, kv_pages, meta)
+            new_caches.append(kv_pages)
+        return self.norm(x), new_caches
+
+    def compute_logits(self, hidden: jax.Array) -> jax.Array:
+        """``[N, hidden] -> [N, vocab]`` float32 logits (soft-capped where the family caps them)."""
+        logits = self.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        logits = logits.astype(jnp.float32)
+        cap = self.args.final_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)

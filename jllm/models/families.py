@@ -1,0 +1,158 @@
+"""Each supported family as a description: what its ``config.json`` means for ``ModelArgs``, and its tensor names.
+
+A family reader takes the checkpoint's config dict and returns the ``ModelArgs`` the one decoder
+(``jllm.models.decoder``) runs; options the decoder does not implement are refused here, at load, by name.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
+from jllm.models.rope import Rope
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+def _base(cfg: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """The settings every family reads the same way."""
+    heads = cfg["num_attention_heads"]
+    return dict(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        dtype=dtype,
+    )
+
+
+def _rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = None) -> Rope:
+    """The rotary settings from old (``rope_theta`` + ``rope_scaling``) or new (``rope_parameters``) configs."""
+    params = dict(params if params is not None else cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    theta = params.get("rope_theta") or cfg.get("rope_theta") or 10000.0
+    fraction = params.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0
+    if "original_max_position_embeddings" in cfg:
+        params.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
+    return Rope.from_hf(theta, int(head_dim * fraction), params, cfg.get("max_position_embeddings", 4096))
+
+
+def _windows(cfg: dict[str, Any], default: list[str]) -> list[int | None]:
+    """Each layer's sliding window: ``layer_types`` where the config has them, else the family's ``default``."""
+    window = cfg.get("sliding_window")
+    types = cfg.get("layer_types") or default
+    return [window if window and kind == SLIDING else None for kind in types]
+
+
+def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:
+    """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder."""
+    base = _base(cfg, dtype)
+    n = base["num_layers"]
+    all_sliding = model_type == "mistral" or cfg.get("use_sliding_window")
+    rope = _rope(cfg, base["head_dim"])
+    windows = _windows(cfg, [SLIDING if all_sliding else FULL] * n)
+    return ModelArgs(
+        **base,
+        layers=tuple(LayerSpec(rope, w) for w in windows),
+        qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
+    )
+
+
+def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    return llama(cfg, dtype, "mistral")
+
+
+def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    return llama(cfg, dtype, "qwen2")
+
+
+def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3 (dense): Llama plus an RMSNorm on each query and key head."""
+    base = _base(cfg, dtype)
+    rope = _rope(cfg, base["head_dim"])
+    windows = _windows(cfg, [FULL] * base["num_layers"])
+    return ModelArgs(
+        **base,
+        layers=tuple(LayerSpec(rope, w) for w in windows),
+        qk_norm=True,
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+    )
+
+
+# Gemma's norms before and after each block: our module name -> the checkpoint's.
+GEMMA_WEIGHTS = WeightMap(
+    rename=(
+        ("post_attention_layernorm", "pre_feedforward_layernorm"),
+        ("attn_out_norm", "post_attention_layernorm"),
+        ("mlp_out_norm", "post_feedforward_layernorm"),
+    )
+)
+
+
+def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **extra: Any) -> ModelArgs:
+    base = _base(cfg, dtype)
+    base["tie_word_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ValueError(f"Gemma hidden_activation {act!r} is not supported (supported: 'gelu_pytorch_tanh')")
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="rms_unit_offset",
+        sandwich_norms=True,
+        mlp_act="gelu_tanh",
+        embed_scale=math.sqrt(base["hidden_size"]),
+        sm_scale=cfg.get("query_pre_attn_scalar", base["head_dim"]) ** -0.5,
+        attn_softcap=cfg.get("attn_logit_softcapping"),
+        final_softcap=cfg.get("final_logit_softcapping"),
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        weights=GEMMA_WEIGHTS,
+        **extra,
+    )
+
+
+def gemma2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 2: sliding (even) and global (odd) layers, soft-capped attention and logits, sandwich norms, GeGLU."""
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    rope = _rope(cfg, head_dim)
+    default = [SLIDING if i % 2 == 0 else FULL for i in range(cfg["num_hidden_layers"])]
+    return _gemma(cfg, dtype, tuple(LayerSpec(rope, w) for w in _windows(cfg, default)))
+
+
+def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base."""
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    pattern = cfg.get("sliding_window_pattern", 6)
+    default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
+    params = cfg.get("rope_parameters") or {}
+    if FULL in params:  # transformers >= 5: one rope per layer type
+        ropes = {kind: _rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING)}
+    else:  # rope_theta (+ rope_scaling) for global layers, rope_local_base_freq unscaled for sliding ones
+        ropes = {
+            FULL: _rope(cfg, head_dim, {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", 1e6)}),
+            SLIDING: _rope(cfg, head_dim, {"rope_theta": cfg.get("rope_local_base_freq", 10000.0)}),
+        }
+    types = cfg.get("layer_types") or default
+    window = cfg.get("sliding_window")
+    layers = tuple(LayerSpec(ropes[kind], window if kind == SLIDING else None) for kind in types)
+    return _gemma(cfg, dtype, layers, qk_norm=True)
+
+
+def phi3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv and gate_up tensors, longrope scaling, partial rotary (Phi-4-mini)."""
+    base = _base(cfg, dtype)
+    rope = _rope(cfg, base["head_dim"])
+    windows = _windows(cfg, [SLIDING] * base["num_layers"])
+    return ModelArgs(
+        **base,
+        layers=tuple(LayerSpec(rope, w) for w in windows),
+        weights=WeightMap(qkv=("qkv_proj",), qkv_layout="concat", gate_up=("gate_up_proj",)),
+    )

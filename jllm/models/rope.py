@@ -1,0 +1,101 @@
+"""Rotary position embeddings: the inverse frequencies of each scaling kind, and their application to a head's first
+``rotary_dim`` channels (all of them, or a fraction as in GPT-NeoX and Phi-4-mini).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCALING_KINDS = ("default", "linear", "llama3", "longrope")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+    """One layer's rotary settings; hashable, since models keep their settings as static data."""
+
+    theta: float
+    rotary_dim: int  # leading channels of each head that rotate; the rest pass through
+    scaling: tuple[tuple[str, Any], ...] = ()  # the checkpoint's rope_scaling, lists made tuples
+
+    @classmethod
+    def from_hf(cls, theta: float, rotary_dim: int, scaling: dict[str, Any] | None, max_positions: int) -> Rope:
+        """Checks the scaling kind at load, naming the supported ones."""
+        scaling = {k: tuple(v) if isinstance(v, list) else v for k, v in (scaling or {}).items() if k != "rope_theta"}
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        kind = "longrope" if kind == "su" else kind  # Phi-3's first name for it
+        if kind not in SCALING_KINDS:
+            raise ValueError(f"rope scaling type {kind!r} is not supported (supported: {', '.join(SCALING_KINDS)})")
+        scaling = {**scaling, "rope_type": kind}
+        if kind == "longrope":
+            scaling.setdefault("max_position_embeddings", max_positions)
+        return cls(float(theta), rotary_dim, tuple(sorted(scaling.items())))
+
+    def inv_freq(self) -> np.ndarray:
+        """``[rotary_dim // 2]`` float32 inverse frequencies after scaling."""
+        base = 1.0 / (self.theta ** (np.arange(0, self.rotary_dim, 2, dtype=np.float64) / self.rotary_dim))
+        s = dict(self.scaling)
+        kind = s.get("rope_type", "default")
+        if kind == "linear":
+            base = base / s["factor"]
+        elif kind == "llama3":
+            base = _llama3(base, s)
+        elif kind == "longrope":
+            # transformers switches to long_factor once a forward's length passes the original context; jllm keeps
+            # short_factor, exact up to original_max_position_embeddings (vLLM switches per batch).
+            base = base / np.asarray(s["short_factor"], np.float64)
+        return base.astype(np.float32)
+
+    def attention_scaling(self) -> float:
+        """The factor on cos and sin (longrope's attention factor), 1 otherwise."""
+        s = dict(self.scaling)
+        if s.get("rope_type") != "longrope":
+            return 1.0
+        original = s["original_max_position_embeddings"]
+        factor = s.get("factor") or s["max_position_embeddings"] / original
+        if s.get("attention_factor") is not None:
+            return float(s["attention_factor"])
+        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+    def apply(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Rotates ``x [T, heads, head_dim]`` by ``positions [T]`` in the half-split layout transformers uses."""
+        return apply_rotary(x, positions, self.inv_freq(), self.rotary_dim, self.attention_scaling())
+
+
+def _llama3(inv_freq: np.ndarray, s: dict[str, Any]) -> np.ndarray:
+    """Llama 3's piecewise rescaling of the low frequencies."""
+    factor = s["factor"]
+    low_freq_factor = s.get("low_freq_factor", 1.0)
+    high_freq_factor = s.get("high_freq_factor", 4.0)
+    old_len = s["original_max_position_embeddings"]
+    low_freq_wavelen = old_len / low_freq_factor
+    high_freq_wavelen = old_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled)
+
+
+def apply_rotary(
+    x: jax.Array, positions: jax.Array, inv_freq: np.ndarray, rotary_dim: int | None = None, scale: float = 1.0
+) -> jax.Array:
+    """Rotates the first ``rotary_dim`` channels of ``x [T, heads, head_dim]`` by ``positions [T]``."""
+    rotary_dim = rotary_dim or x.shape[-1]
+    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]  # [T, rotary_dim/2]
+    cos = jnp.cos(freqs)[:, None, :]  # [T, 1, rotary_dim/2]
+    sin = jnp.sin(freqs)[:, None, :]
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    rot, rest = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
+    x1, x2 = jnp.split(rot, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+    return out if rotary_dim == x.shape[-1] else jnp.concatenate([out, rest], axis=-1)

@@ -1,0 +1,184 @@
+"""Every model family beyond Llama against transformers: tiny random-weight checkpoints built from a config.
+
+For each family: full-sequence float32 logits within ``LOGITS_RTOL`` of transformers' PyTorch forward (sliding windows
+shorter than the prompt, so both kinds of layer are exercised); greedy ``LLM.generate`` of 24 tokens for a batch of
+three prompts (one longer than the window) identical to transformers' ``generate``; and greedy tokens at tensor
+parallel 2 and 4 on fake CPU devices identical to TP 1 (one subprocess, ``tests/tp_worker.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from model_utils import TINY_CONFIG, hf_logits, jllm_logits, save_tiny_checkpoint
+
+from jllm import LLM, SamplingParams
+from jllm.loader import load_model
+from jllm.parallel import make_mesh
+
+# Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
+LOGITS_RTOL = 1e-5
+WINDOW = 16
+# The default model's tokenizer (49152 tokens) lets LLM serve the tiny models; a wide initializer keeps greedy
+# decoding off a single repeated token.
+BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
+BASE["pad_token_id"] = 0
+# name -> (architecture, config class or None for the architecture's, config overrides, TP sizes to check)
+FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
+    "qwen3": ("Qwen3ForCausalLM", None, {}, [2, 4]),
+    "gemma2": (
+        "Gemma2ForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=False,  # tied, the random model only repeats its last prompt token
+        ),
+        [2, 4],
+    ),
+    "gemma3": (
+        "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        dict(
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            tie_word_embeddings=False,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        ),
+        [2, 4],
+    ),
+    "phi3": (
+        "Phi3ForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW,
+            original_max_position_embeddings=128,  # max_position_embeddings 512: longrope's attention factor > 1
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 1e4,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0, 1.5, 2.0, 3.0],
+                "long_factor": [2.0, 3.0, 4.0, 5.0],
+            },
+        ),
+        [2, 4],
+    ),
+}
+PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]  # the last > WINDOW
+NEW_TOKENS = 24
+# Two step buckets (16 tokens x 1 / 4 sequences): the 40-token prompt is prefilled in chunks beside the decodes.
+ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    dirs = {}
+    for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
+        out = save_tiny_checkpoint(
+            arch, {**BASE, **overrides}, root / name, seed=i, config_cls_name=config_cls, perturb_norms=True
+        )
+        for file in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(default_model_dir / file, out / file)
+        dirs[name] = out
+    return dirs
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_logits_match_transformers(family_dirs, name):
+    model_dir = family_dirs[name]
+    assert (model_dir / "model.safetensors.index.json").is_file(), "the test must exercise a sharded checkpoint"
+    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < LOGITS_RTOL
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """transformers' greedy ``generate`` of each prompt alone (no padding), never stopping early."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for ids in prompts:
+        seq = model.generate(
+            torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+        out.append(seq[0, len(ids) :].tolist())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_greedy_batch_equals_transformers_generate(family_dirs, name):
+    llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
+    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
+    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+
+
+@pytest.fixture(scope="module")
+def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tests/tp_worker.py's greedy runs of each family at TP 1 and its sizes, on 8 fake CPU devices."""
+    tmp = tmp_path_factory.mktemp("families_tp")
+    spec = {
+        "families": {name: [str(family_dirs[name]), sizes] for name, (*_, sizes) in FAMILIES.items()},
+        "cache_dir": str(tmp / "jllm_cache"),
+    }
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    worker = Path(__file__).with_name("tp_worker.py")
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(tmp / "spec.json"), str(tmp / "out.json")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads((tmp / "out.json").read_text())["generate"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_tensor_parallel_gives_tp1_greedy_tokens(tp_found, name):
+    runs = tp_found[name]
+    sizes = FAMILIES[name][3]
+    assert sorted(runs) == sorted(map(str, [1, *sizes]))
+    for tp in map(str, sizes):
+        assert runs[tp]["tokens"] == runs["1"]["tokens"], f"{name} at TP={tp}"
+        assert runs[tp]["logits_max_abs_diff"] <= 1e-5 * max(1.0, runs["1"]["logits_max_abs"]), f"{name} TP={tp}"
+
+
+@pytest.mark.parametrize(
+    "arch, change, message",
+    [
+        ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
+        ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
+        ("GPTBigCodeForCausalLM", {}, "GPTBigCodeForCausalLM.*supported.*Gemma2ForCausalLM"),
+    ],
+)
+def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):
+    config = {**TINY_CONFIG, "architectures": [arch], **change}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
