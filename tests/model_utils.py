@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -108,3 +112,22 @@ def jllm_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 16) 
         return loaded.model.compute_logits(hidden)
 
     return np.asarray(forward(jnp.asarray(token_ids, jnp.int32), jnp.asarray(positions), pool, meta))
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Frobenius-norm error of ``a`` relative to the reference ``b``."""
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
+    """tests/tp_worker.py on ``spec`` in a subprocess (the fake CPU devices must be set before JAX starts)."""
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    worker = Path(__file__).with_name("tp_worker.py")
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(tmp / "spec.json"), str(tmp / "out.json")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads((tmp / "out.json").read_text())

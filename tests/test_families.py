@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from model_utils import TINY_CONFIG, hf_logits, jllm_logits, save_tiny_checkpoint
+from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
@@ -97,10 +95,6 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return dirs
 
 
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers(family_dirs, name):
@@ -146,16 +140,7 @@ def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "families": {name: [str(family_dirs[name]), sizes] for name, (*_, sizes) in FAMILIES.items()},
         "cache_dir": str(tmp / "jllm_cache"),
     }
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    worker = Path(__file__).with_name("tp_worker.py")
-    proc = subprocess.run(
-        [sys.executable, str(worker), str(tmp / "spec.json"), str(tmp / "out.json")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads((tmp / "out.json").read_text())["generate"]
+    return run_tp_worker(spec, tmp, timeout=900)["generate"]
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from model_utils import TINY_CONFIG, hf_logits, jllm_logits, save_tiny_checkpoint
+from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, save_tiny_checkpoint
 
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
@@ -43,10 +43,6 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
         name: save_tiny_checkpoint(cls, cfg, root / name, seed=i)
         for i, (name, (cls, cfg)) in enumerate(TINY_MODELS.items())
     }
-
-
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.mark.slow

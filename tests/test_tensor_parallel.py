@@ -6,19 +6,15 @@ each test below asserts on one part of its JSON findings.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from model_utils import random_llama
+from model_utils import random_llama, run_tp_worker
 
 from jllm import parallel
 
-WORKER = Path(__file__).with_name("tp_worker.py")
 # Tensors split by tensor parallelism (the rest, RMSNorm scales, are replicated).
 SHARDED = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "embed_tokens")
 
@@ -33,15 +29,7 @@ def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "cache_dir": str(tmp / "jllm_cache"),
         "tmp_dir": str(tmp),
     }
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(tmp / "spec.json"), str(tmp / "out.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    results = json.loads((tmp / "out.json").read_text())
+    results = run_tp_worker(spec, tmp, timeout=600)
     assert results["devices"] == 8
     return results
 
