@@ -20,21 +20,44 @@ from jax.sharding import Mesh, PartitionSpec
 from jllm.parallel import TP_AXIS
 from pallas_kernels import ragged_paged_attention, ref_ragged_paged_attention, write_kv
 
-BACKENDS = ("reference", "pallas")
-# JAX platform names on which the Pallas (Triton) kernel compiles; elsewhere it can only run interpreted.
+# "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
+# "triton-prefill": steps with prefill rows run the jax-triton FlashAttention kernel, decode-only steps the Pallas one.
+BACKENDS = ("reference", "pallas", "triton-prefill")
+# JAX platform names on which the kernels compile; elsewhere Pallas can only run interpreted, jax-triton not at all.
 _KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
 def resolve_backend(name: str, platform: str) -> str:
     """The backend a configured name means on a JAX platform (``jax.default_backend()``).
 
-    "auto" takes the Pallas kernel where it compiles (NVIDIA GPUs) and the reference everywhere else.
+    "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
+    "pallas") and the reference everywhere else.
     """
     if name == "auto":
-        return "pallas" if platform in _KERNEL_PLATFORMS else "reference"
+        if platform not in _KERNEL_PLATFORMS:
+            return "reference"
+        return "triton-prefill" if _has_jax_triton() else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
+    if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
+        raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
     return name
+
+
+def describe_backend(backend: str) -> str:
+    """Which attention code each kind of step runs, for the start-up log."""
+    kernel = "Pallas ragged kernel"
+    decode = {"reference": "reference (jnp)", "pallas": kernel, "triton-prefill": kernel}
+    prefill = dict(decode, **{"triton-prefill": "jax-triton FlashAttention kernel"})
+    return f"attention '{backend}': decode steps -> {decode[backend]}, steps with prefill rows -> {prefill[backend]}"
+
+
+def _has_jax_triton() -> bool:
+    try:
+        import jax_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @jax.tree_util.register_dataclass
@@ -61,14 +84,21 @@ def paged_attention(
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool).
 
-    Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only.
+    Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only. A step has
+    prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S).
     """
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
     if meta.backend == "reference":
         attend = functools.partial(
             ref_ragged_paged_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window
         )
-    elif meta.backend == "pallas":
+    elif meta.backend == "triton-prefill" and q.shape[0] > meta.block_tables.shape[0]:  # more rows than sequences
+        from pallas_kernels.triton_prefill import prefill_attention
+
+        attend = functools.partial(
+            prefill_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window
+        )
+    elif meta.backend in ("pallas", "triton-prefill"):
         interpret = jax.default_backend() not in _KERNEL_PLATFORMS
         attend = functools.partial(
             ragged_paged_attention,

@@ -10,12 +10,13 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import jax
 
 from jllm import distributed, kv_cache, parallel
-from jllm.attention import resolve_backend
+from jllm.attention import describe_backend, resolve_backend
 from jllm.block_manager import BlockManager
 from jllm.config import EngineConfig
 from jllm.engine import LLMEngine
@@ -26,6 +27,7 @@ from jllm.runner import ModelRunner
 from jllm.scheduler import Scheduler
 from jllm.tokenizer import Tokenizer
 
+logger = logging.getLogger(__name__)
 CPU_KV_CACHE_BYTES = 1 << 30  # a CPU has no free-memory reading to size the pool from
 
 
@@ -75,6 +77,8 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         )
     pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(mesh))
     sched = config.scheduler
+    backend = resolve_backend(config.model.attention_backend, jax.default_backend())
+    logger.info(describe_backend(backend))
     runner = ModelRunner(
         loaded,
         pool,
@@ -83,7 +87,7 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         max_num_seqs=sched.max_num_seqs,
         max_num_batched_tokens=sched.max_num_batched_tokens,
         eos_token_ids=tokenizer.eos_token_ids,
-        attention_backend=resolve_backend(config.model.attention_backend, jax.default_backend()),
+        attention_backend=backend,
     )
     runner.warmup(show_progress=show_progress)
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)

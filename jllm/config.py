@@ -21,7 +21,7 @@ import yaml
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
-AttentionBackend = Literal["auto", "reference", "pallas"]
+AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
 
 
 class ConfigError(ValueError):

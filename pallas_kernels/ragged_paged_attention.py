@@ -26,7 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.reference import _validate as _validate_reference_inputs
-from pallas_kernels.reference import sequence_of
+from pallas_kernels.reference import max_items, query_blocks, sequence_of
 
 _LOG2E = math.log2(math.e)
 # Scores outside the mask; finite so a row that sees nothing yet computes exp2(0), never NaN (as in the reference).
@@ -81,7 +81,7 @@ def default_config(
     # One K tile of 32 KiB for decode tiles (memory-bound: long loads), 16 KiB next to a big query tile.
     tile_bytes = _DECODE_TILE_BYTES if rows < 64 else _DECODE_TILE_BYTES // 2
     kv_block = max(page_size, _pow2_floor(tile_bytes // (head_dim * itemsize)))
-    num_items = _num_items(num_tokens, num_seqs, q_block)
+    num_items = max_items(num_tokens, num_seqs, q_block)
     max_blocks = -(-pages_per_seq * page_size // kv_block)
     num_splits = max(1, min(_pow2_floor(max(1, _TARGET_PROGRAMS // (num_items * num_kv_heads))), max_blocks))
     return KernelConfig(
@@ -145,14 +145,8 @@ def ragged_paged_attention(
         q_tiles = jnp.pad(q_tiles, ((0, 0), (0, 0), (0, rows - group), (0, 0)))  # [N, Hkv, rows, D]
     else:
         bq = cfg.q_block
-        num_items = _num_items(num_tokens, num_seqs, bq)
-        blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
-        block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
-        item = jnp.arange(num_items, dtype=jnp.int32)  # i32[N]
-        seq = sequence_of(block_ends, item)  # i32[N], S past the last item
-        valid = seq < num_seqs  # bool[N]
-        seq = jnp.minimum(seq, num_seqs - 1)
-        first = (item - (block_ends[seq] - blocks_per_seq[seq])) * bq  # i32[N], first query index i of the item
+        num_items = max_items(num_tokens, num_seqs, bq)
+        seq, first, valid = query_blocks(q_lens, jnp.arange(num_items, dtype=jnp.int32), bq)  # i32[N] x 2, bool[N]
         row_in_seq = first[:, None] + jnp.arange(bq, dtype=jnp.int32)  # i32[N, bq]
         row_valid = valid[:, None] & (row_in_seq < q_lens[seq][:, None])  # bool[N, bq]
         row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[N, bq], T = none
@@ -320,11 +314,6 @@ def _kernel(
         acc_ref[...] = acc
         max_ref[...] = row_max
         sum_ref[...] = row_sum
-
-
-def _num_items(num_tokens: int, num_seqs: int, q_block: int) -> int:
-    """Static bound on the work items: sum_s ceil(q_len_s / q_block) <= (T + S * (q_block - 1)) / q_block."""
-    return min(num_tokens, (num_tokens + num_seqs * (q_block - 1)) // q_block)
 
 
 def _tile_rows(q_block: int, group: int) -> int:

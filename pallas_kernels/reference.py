@@ -106,7 +106,7 @@ def ref_ragged_paged_attention(
     )  # fmt: skip
     out = jnp.zeros_like(q)  # [T, Hq, D]; rows no item owns (padding) stay exactly zero
     if q_block is not None:
-        return attend(out, q_lens, q_block, max_items=_max_items(num_tokens, num_seqs, q_block))
+        return attend(out, q_lens, q_block, max_items=max_items(num_tokens, num_seqs, q_block))
     # The bucket's shape says little about the step: a lone prefill and a batch of decodes share a (T, S) bucket, so
     # each sequence's own length picks its block size, and each loop below runs only over the items that exist.
     is_long = q_lens >= _LONG_QUERY  # bool[S]
@@ -114,7 +114,7 @@ def ref_ragged_paged_attention(
     num_long = min(num_seqs, num_tokens // _LONG_QUERY)  # static bound on long sequences
     if num_long:
         bq = min(_MAX_Q_BLOCK, 1 << (num_tokens - 1).bit_length())
-        out = attend(out, jnp.where(is_long, q_lens, 0), bq, max_items=_max_items(num_tokens, num_long, bq))
+        out = attend(out, jnp.where(is_long, q_lens, 0), bq, max_items=max_items(num_tokens, num_long, bq))
     return out
 
 
@@ -146,18 +146,13 @@ def _attend_blocks(
     item_elems = 2 * num_q_heads * bq * chunk_len + 2 * num_kv_heads * chunk_len * head_dim
     per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
 
-    # Work items: sequence s's rows split into ceil(q_len / bq) blocks; item w is block j of sequence seq[w].
-    blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
-    block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
-    num_batches = (block_ends[-1] + per_batch - 1) // per_batch  # i32[], dynamic
+    # Work items: sequence s's rows split into ceil(q_len / bq) blocks (query_blocks).
+    num_batches = (jnp.sum((q_lens + bq - 1) // bq) + per_batch - 1) // per_batch  # i32[], dynamic
 
     def attend_batch(b: jax.Array, out: jax.Array) -> jax.Array:
         item = b * per_batch + jnp.arange(per_batch, dtype=jnp.int32)  # i32[B]
-        seq = sequence_of(block_ends, item)  # i32[B], == S past the last item
-        item_valid = seq < num_seqs  # bool[B]
-        seq = jnp.minimum(seq, num_seqs - 1)  # i32[B]
-        block = item - (block_ends[seq] - blocks_per_seq[seq])  # i32[B], block index within its sequence
-        row_in_seq = block[:, None] * bq + jnp.arange(bq, dtype=jnp.int32)  # i32[B, bq], query index i within seq
+        seq, first, item_valid = query_blocks(q_lens, item, bq)  # i32[B] x 2, bool[B]
+        row_in_seq = first[:, None] + jnp.arange(bq, dtype=jnp.int32)  # i32[B, bq], query index i within seq
         item_q_len = q_lens[seq][:, None]  # i32[B, 1]
         row_valid = item_valid[:, None] & (row_in_seq < item_q_len)  # bool[B, bq]
         row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[B, bq], T = dropped
@@ -254,9 +249,26 @@ def sequence_of(ends: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.sum(ends[None, :] <= index[:, None], axis=1, dtype=jnp.int32)
 
 
-def _max_items(num_tokens: int, num_seqs: int, bq: int) -> int:
-    """Static bound on work items when ``num_seqs`` sequences share ``num_tokens`` rows in blocks of ``bq``."""
+def max_items(num_tokens: int, num_seqs: int, bq: int) -> int:
+    """Static bound on work items when ``num_seqs`` sequences share ``num_tokens`` rows in blocks of ``bq``:
+    sum_s ceil(q_len_s / bq) <= (T + S * (bq - 1)) / bq."""
     return min(num_tokens, (num_tokens + num_seqs * (bq - 1)) // bq)
+
+
+def query_blocks(q_lens: jax.Array, item: jax.Array, bq: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Work items of a ragged step: each sequence's ``q_lens`` [S] query rows cut into blocks of ``bq``, in order.
+
+    For each item index [N]: (i32 sequence, i32 first query index within it, bool valid). Items past the last real
+    block are invalid and carry the last sequence, so that gathers through them stay in bounds.
+    """
+    num_seqs = q_lens.shape[0]
+    blocks_per_seq = (q_lens + bq - 1) // bq  # i32[S]
+    block_ends = jnp.cumsum(blocks_per_seq)  # i32[S]
+    seq = sequence_of(block_ends, item)  # i32[N], == S past the last item
+    valid = seq < num_seqs  # bool[N]
+    seq = jnp.minimum(seq, num_seqs - 1)
+    first = (item - (block_ends[seq] - blocks_per_seq[seq])) * bq  # i32[N]
+    return seq, first, valid
 
 
 def _chunk_pages(pages_per_seq: int, page_size: int, bq: int) -> int:

@@ -26,9 +26,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_common import random_block_tables
+from bench_common import describe_ceilings, device_ceilings, random_block_tables
 
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
+from pallas_kernels.triton_prefill import PrefillConfig, prefill_attention
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 DTYPE = jnp.bfloat16
@@ -37,6 +38,9 @@ TUNE_KV_BLOCKS = (32, 64, 128)
 TUNE_WARPS_STAGES = ((4, 2), (4, 3), (8, 2), (8, 3))
 TUNE_SPLITS = (1, 2, 4, 8)
 TUNE_Q_BLOCKS = (16, 32)
+# The jax-triton prefill kernel's grid: (block_m, block_n, num_warps, num_stages).
+TUNE_PREFILL = ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 128, 4, 3),
+                (128, 64, 8, 2), (128, 128, 8, 2))  # fmt: skip
 
 
 def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> float:
@@ -54,20 +58,6 @@ def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> f
         jax.block_until_ready(out)
         samples.append((time.perf_counter() - start) / calls)
     return statistics.median(samples)
-
-
-def copy_bandwidth(num_bytes: int) -> float:
-    """Bytes/s of a jitted elementwise pass over a large bf16 array (reads and writes it once)."""
-    x = jnp.ones((num_bytes // 2,), DTYPE)
-    f = jax.jit(lambda x: x + 1)
-    return 2 * num_bytes / timeit(lambda: f(x))
-
-
-def matmul_rate(n: int) -> float:
-    """FLOP/s of a jitted n x n x n bf16 matmul with f32 accumulation."""
-    a = jnp.ones((n, n), DTYPE)
-    f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
-    return 2 * n**3 / timeit(lambda: f(a))
 
 
 class Pool:
@@ -97,6 +87,35 @@ def kernel_fn(
 ) -> Callable[[], jax.Array]:
     f = jax.jit(lambda *a: ragged_paged_attention(*a, sm_scale=HEAD_DIM**-0.5, config=config, interpret=interpret))
     return lambda: f(*step)
+
+
+def in_step_fn(pool: Pool, q_lens: list[int], kv_lens: list[int], layers: int = 32) -> Callable[[], jax.Array]:
+    """``layers`` kernel calls in one jitted function, each over its own random pages and fed the previous output,
+    as a model step runs them (one launch stream, no host in between); time / layers is the per-call figure."""
+    steps = [pool.step(q_lens, kv_lens) for _ in range(layers)]
+    q, kv, lens, _, qsl = steps[0]
+    tables = [s[3] for s in steps]
+
+    @jax.jit
+    def run(q: jax.Array, kv: jax.Array, lens: jax.Array, tables: list[jax.Array], qsl: jax.Array) -> jax.Array:
+        for t in tables:
+            q = ragged_paged_attention(q, kv, lens, t, qsl, sm_scale=HEAD_DIM**-0.5)
+        return q
+
+    return lambda: run(q, kv, lens, tables, qsl)
+
+
+def triton_fn(step: tuple[jax.Array, ...], config: PrefillConfig | None = None) -> Callable[[], jax.Array]:
+    f = jax.jit(lambda *a: prefill_attention(*a, sm_scale=HEAD_DIM**-0.5, config=config))
+    return lambda: f(*step)
+
+
+def has_jax_triton() -> bool:
+    try:
+        import jax_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def reference_fn(step: tuple[jax.Array, ...]) -> Callable[[], jax.Array]:
@@ -176,6 +195,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--tune", action="store_true", help="also time a grid of tilings on a few decode and prefill shapes"
     )
+    parser.add_argument("--tune-kinds", default="decode,prefill", help="which shapes --tune times")
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
@@ -204,6 +224,7 @@ def time_decode(
     row: dict[str, Any] = {"batch": batch, "context": ctx, "kv_bytes": decode_bytes(batch, ctx)}
     row["config"] = dataclasses.asdict(config_of(step))
     row["kernel_s"] = timeit(kernel_fn(step, interpret=args.smoke))
+    row["in_step_s"] = None if args.smoke else timeit(in_step_fn(pool, [1] * batch, [ctx] * batch)) / 32
     stock = None if args.no_stock else stock_fn(step, k_pages, v_pages, args.smoke)
     row["stock_s"] = timeit(stock) if stock else None
     row["reference_s"] = None if args.no_reference else timeit(reference_fn(step), reps=3)
@@ -214,9 +235,13 @@ def decode_line(row: dict[str, Any], copy_bw: float) -> str:
     """One decode row of the table; the kernel's read rate also as a share of the device's copy bandwidth."""
     kv_bytes, k_s, cfg = row["kv_bytes"], row["kernel_s"], row["config"]
     speedup = f"{row['stock_s'] / k_s:7.2f}" if row["stock_s"] else f"{'-':>7}"
+    in_step = row["in_step_s"]
+    step_cell = f"{'-':>8} {'-':>5}"
+    if in_step is not None:
+        step_cell = f"{in_step * 1e6:8.1f} {100 * kv_bytes / in_step / copy_bw:5.0f}"
     return (
         f"{row['batch']:5d} {row['context']:5d} | {k_s * 1e6:9.1f} {kv_bytes / k_s / 1e12:5.2f} "
-        f"{100 * kv_bytes / k_s / copy_bw:5.0f} | {rate_cell(row['stock_s'], kv_bytes)} | "
+        f"{100 * kv_bytes / k_s / copy_bw:5.0f} | {step_cell} | {rate_cell(row['stock_s'], kv_bytes)} | "
         f"{rate_cell(row['reference_s'], kv_bytes)} | "
         f"{speedup} q{cfg['q_block']}/kv{cfg['kv_block']}/s{cfg['num_splits']}/w{cfg['num_warps']}"
     )
@@ -236,16 +261,25 @@ def bench_prefill(
         step = pool.step([chunk], [prefix + chunk])
         flops = prefill_flops(chunk, prefix)
         seconds = timeit(kernel_fn(step, interpret=args.smoke))
+        triton_s = timeit(triton_fn(step)) if has_jax_triton() and not args.smoke else None
         ref_s = None if args.no_reference else timeit(reference_fn(step), reps=3)
         cfg = config_of(step)
-        prefill.append({"chunk": chunk, "prefix": prefix, "kernel_s": seconds, "reference_s": ref_s, "flops": flops})
+        row = {"chunk": chunk, "prefix": prefix, "kernel_s": seconds, "triton_s": triton_s, "reference_s": ref_s}
+        prefill.append(row | {"flops": flops})
         ref_cell = "-" if ref_s is None else f"{ref_s * 1e6:.1f} us"
         say(
-            f"chunk {chunk:5d} prefix {prefix:5d} | {seconds * 1e6:9.1f} us {flops / seconds / 1e12:6.1f} TFLOP/s "
-            f"({100 * flops / seconds / mm:3.0f}% of matmul) | ref {ref_cell} | q{cfg.q_block}/kv{cfg.kv_block}"
+            f"chunk {chunk:5d} prefix {prefix:5d} | pallas {flops_cell(seconds, flops, mm)} | "
+            f"jax-triton {flops_cell(triton_s, flops, mm)} | ref {ref_cell} | pallas q{cfg.q_block}/kv{cfg.kv_block}"
             f"/s{cfg.num_splits}/w{cfg.num_warps}"
         )
     return prefill
+
+
+def flops_cell(seconds: float | None, flops: int, mm: float) -> str:
+    """Microseconds, TFLOP/s and share of the matmul ceiling of a path, or a dash where it did not run."""
+    if seconds is None:
+        return f"{'-':>28}"
+    return f"{seconds * 1e6:8.1f} us {flops / seconds / 1e12:6.1f} TF {100 * flops / seconds / mm:3.0f}%"
 
 
 def bench_tilings(
@@ -256,22 +290,24 @@ def bench_tilings(
         return []
     say("tilings: shape q_block kv_block warps stages splits -> us, TB/s (decode) or TFLOP/s (prefill)")
     tuning = []
-    for case in tune_cases(shapes, pool):
+    for case in tune_cases(shapes, pool, args.tune_kinds, with_triton=has_jax_triton() and not args.smoke):
         tuning += time_tilings(case, args, started, say)
     return tuning
 
 
-def tune_cases(shapes: Shapes, pool: Pool) -> list[TuneCase]:
+def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool) -> list[TuneCase]:
     """Decode shapes try every split count, prefill chunks every q_block, both over the same kv_block x warps grid."""
     grid = [(w, st, kb) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
     cases = []
-    for batch, ctx in shapes.tune_shapes:  # decode: the KV read is the work
+    for batch, ctx in shapes.tune_shapes if "decode" in kinds else ():  # decode: the KV read is the work
         step = pool.step([1] * batch, [ctx] * batch)
         configs = [KernelConfig(1, kb, n, w, st) for w, st, kb in grid for n in TUNE_SPLITS]
         cases.append(TuneCase(f"decode {batch}x{ctx}", step, decode_bytes(batch, ctx), "TB/s", configs))
-    for chunk, prefix in shapes.tune_chunks:  # prefill: the attention FLOPs are the work
+    for chunk, prefix in shapes.tune_chunks if "prefill" in kinds else ():  # prefill: the attention FLOPs are the work
         step = pool.step([chunk], [prefix + chunk])
         configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for w, st, kb in grid]
+        if with_triton:
+            configs += [PrefillConfig(m, n, w, st) for m, n, w, st in TUNE_PREFILL]
         cases.append(TuneCase(f"prefill {chunk}+{prefix}", step, prefill_flops(chunk, prefix), "TFLOP/s", configs))
     return cases
 
@@ -286,14 +322,14 @@ def time_tilings(
         if time.perf_counter() - started > args.deadline_s:
             say(f"  deadline of {args.deadline_s:.0f} s reached; remaining tilings skipped")
             break
-        label = f"  {case.name:>18} q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages}"
-        label += f" s{cfg.num_splits}"
+        label = f"  {case.name:>18} {tiling_label(cfg)}"
         try:
-            seconds = timeit(kernel_fn(case.step, cfg, args.smoke), reps=3)
+            fn = triton_fn(case.step, cfg) if isinstance(cfg, PrefillConfig) else kernel_fn(case.step, cfg, args.smoke)
+            seconds = timeit(fn, reps=3)
         except Exception as e:  # a tiling that does not compile (e.g. out of shared memory) is skipped
             say(f"{label} -> {type(e).__name__}: {str(e)[:120]}")
             continue
-        timed.append({"shape": case.name, **dataclasses.asdict(cfg), "kernel_s": seconds})
+        timed.append({"shape": case.name, "kernel": type(cfg).__name__, **dataclasses.asdict(cfg), "kernel_s": seconds})
         say(f"{label} -> {seconds * 1e6:8.1f} us {case.work / seconds / 1e12:6.2f} {case.unit}")
         best = min(best or (seconds, cfg), (seconds, cfg), key=lambda b: b[0])
     if best:
@@ -302,6 +338,12 @@ def time_tilings(
             f"default {config_of(case.step)}"
         )
     return timed
+
+
+def tiling_label(cfg: KernelConfig | PrefillConfig) -> str:
+    if isinstance(cfg, PrefillConfig):
+        return f"jax-triton m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} st{cfg.num_stages}"
+    return f"pallas q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages} s{cfg.num_splits}"
 
 
 def main() -> None:
@@ -319,12 +361,13 @@ def main() -> None:
             (args.out / "bench_kernels.txt").write_text("\n".join(lines) + "\n")
 
     say(f"{jax.devices()[0].device_kind} | jax {jax.__version__} | {datetime.date.today()} | bench_kernels")
-    copy_bw = copy_bandwidth(1 << 24 if args.smoke else 4 << 30)
-    mm = matmul_rate(256 if args.smoke else 8192)
-    say(f"device copy bandwidth {copy_bw / 1e12:.2f} TB/s; bf16 matmul {mm / 1e12:.0f} TFLOP/s")
+    ceilings = device_ceilings("bfloat16", small=args.smoke)
+    copy_bw, mm = ceilings["copy_gbps_dev0"] * 1e9, ceilings["matmul_tflops_dev0"] * 1e12
+    say(describe_ceilings(ceilings) + "; every % below is of these measured ceilings")
     say(f"decode: Hq={NUM_Q_HEADS} Hkv={NUM_KV_HEADS} D={HEAD_DIM} bf16 page_size={args.page_size}")
     say(
-        f"{'batch':>5} {'ctx':>5} | {'kernel us':>9} {'TB/s':>5} {'%copy':>5} | {'stock us':>8} {'TB/s':>5} | "
+        f"{'batch':>5} {'ctx':>5} | {'kernel us':>9} {'TB/s':>5} {'%copy':>5} | {'in-step':>8} {'%copy':>5} | "
+        f"{'stock us':>8} {'TB/s':>5} | "
         f"{'ref us':>8} {'TB/s':>5} | {'x stock':>7} config"
     )
     pool = Pool(max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks), args.page_size)
@@ -333,7 +376,7 @@ def main() -> None:
     prefill = bench_prefill(args, shapes, pool, mm, say)
     tuning = bench_tilings(args, shapes, pool, started, say)
     if args.out:
-        result = {"header": lines[0], "copy_bytes_per_s": copy_bw, "matmul_flops": mm}
+        result = {"header": lines[0], "ceilings": ceilings}
         result |= {"decode": rows, "prefill": prefill, "tuning": tuning}
         (args.out / "bench_kernels.json").write_text(json.dumps(result, indent=1))
 

@@ -1,4 +1,5 @@
-"""Correctness sweep of the Pallas ragged paged attention kernel against the float32 reference, on the GPU.
+"""Correctness sweep of the paged attention kernels against the float32 reference, on the GPU: the Pallas ragged
+kernel on every case, and the jax-triton prefill kernel (``triton-prefill``) on every case with prefill rows.
 
 Cases cover decode batches of 1 to 256 over contexts of 1 to 32k tokens, page sizes 16/32/64, head_dim 64/128,
 GQA 1/4/8, KV lengths on and just past page boundaries, prefill chunks with and without a cached prefix, mixed
@@ -26,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
+from pallas_kernels.triton_prefill import PrefillConfig, default_prefill_config, prefill_attention
 
 # A tiling no default picks: ragged query blocks, several pages per KV block, split-K.
 ODD_TILING = KernelConfig(q_block=8, kv_block=64, num_splits=2, num_warps=4, num_stages=2)
+ODD_PREFILL_TILING = PrefillConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
 
 
 @dataclasses.dataclass
@@ -45,7 +48,8 @@ class Case:
     soft_cap: float | None = None
     sliding_window: int | None = None
     leak: bool = False  # also rewrite unwritten slots with garbage and require the same output
-    config: KernelConfig | None = None  # None: the default tiling for the shape
+    config: KernelConfig | PrefillConfig | None = None  # None: the default tiling for the shape
+    kernel: str = "pallas"  # or "triton-prefill"
 
 
 def decode(name: str, kv_lens: list[int], **kw: object) -> Case:
@@ -112,6 +116,21 @@ def cases(quick: bool) -> list[Case]:
             sliding_window=512,
         ),
     ]
+    return out + triton_cases(out)
+
+
+def triton_cases(pallas_cases: list[Case]) -> list[Case]:
+    """The jax-triton prefill kernel on every case with prefill rows (jax-triton installed), plus an odd tiling."""
+    try:
+        import jax_triton  # noqa: F401
+    except ImportError:
+        return []
+    out = []
+    for case in pallas_cases:
+        if max(case.q_lens) > 1:
+            out.append(dataclasses.replace(case, name=f"triton {case.name}", kernel="triton-prefill", config=None))
+    mixed = [c for c in out if c.name.startswith("triton mixed leak")]
+    out += [dataclasses.replace(c, name=f"{c.name} m64/n32", config=ODD_PREFILL_TILING) for c in mixed]
     return out
 
 
@@ -157,7 +176,10 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
     inputs = build(case, seed)
     q = inputs[0]
     kw = {"sm_scale": case.head_dim**-0.5, "soft_cap": case.soft_cap, "sliding_window": case.sliding_window}
-    kernel = jax.jit(lambda *a: ragged_paged_attention(*a, config=case.config, interpret=interpret, **kw))
+    if case.kernel == "triton-prefill":
+        kernel = jax.jit(lambda *a: prefill_attention(*a, config=case.config, **kw))
+    else:
+        kernel = jax.jit(lambda *a: ragged_paged_attention(*a, config=case.config, interpret=interpret, **kw))
     reference = jax.jit(lambda q, pool, *rest: ref_ragged_paged_attention(q, pool, *rest, **kw))
     start = time.perf_counter()
     poison(4 * q.size * 4)
@@ -178,27 +200,27 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
         stale_out = np.asarray(kernel(*with_stale_slots(inputs, seed + 1)).astype(jnp.float32))
         if not np.array_equal(stale_out, out):
             problems.append(f"stale slots leak (max change {np.abs(stale_out - out).max():.2e})")
-    cfg = case.config or default_config(
-        q.shape[0],
-        len(case.q_lens),
-        q.shape[1],
-        case.num_kv_heads,
-        case.page_size,
-        inputs[3].shape[1],
-        case.head_dim,
-        q.dtype.itemsize,
-    )
+    return {"case": case.name, **case_facts(case, inputs), "rel_err": err, "ok": not problems, "problems": problems,
+            "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+
+
+def case_facts(case: Case, inputs: tuple[jax.Array, ...]) -> dict[str, object]:
+    """The case's shape and the tiling that ran (the default for the shape unless the case names one)."""
+    q, tables = inputs[0], inputs[3]
+    if case.kernel == "triton-prefill":
+        cfg = case.config or default_prefill_config(q.shape[0], len(case.q_lens))
+    else:
+        cfg = case.config or default_config(
+            q.shape[0], len(case.q_lens), q.shape[1], case.num_kv_heads, case.page_size, tables.shape[1],
+            case.head_dim, q.dtype.itemsize,
+        )  # fmt: skip
     return {
-        "case": case.name,
+        "kernel": case.kernel,
         "tokens": int(q.shape[0]),
         "seqs": len(case.q_lens),
         "max_kv_len": max(case.kv_lens),
         "dtype": case.dtype,
         "config": dataclasses.asdict(cfg),
-        "rel_err": err,
-        "ok": not problems,
-        "problems": problems,
-        "seconds": round(time.perf_counter() - start, 2),
     }
 
 
@@ -225,7 +247,10 @@ def main() -> int:
         detail = ""
         if "rel_err" in row:
             c = row["config"]
-            tiling = f"q{c['q_block']}/kv{c['kv_block']}/s{c['num_splits']}/w{c['num_warps']}"
+            if row["kernel"] == "triton-prefill":
+                tiling = f"m{c['block_m']}/n{c['block_n']}/w{c['num_warps']}/st{c['num_stages']}"
+            else:
+                tiling = f"q{c['q_block']}/kv{c['kv_block']}/s{c['num_splits']}/w{c['num_warps']}"
             detail = f"err={row['rel_err']:.1e} {tiling} {row['seconds']}s"
         print(f"{'ok  ' if row['ok'] else 'FAIL'} {case.name:38s} {detail} {'; '.join(row['problems'])}", flush=True)
     failed = [r["case"] for r in results if not r["ok"]]

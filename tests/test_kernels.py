@@ -176,9 +176,11 @@ def test_invalid_inputs_raise_clear_errors() -> None:
 
 
 def test_auto_backend_resolves_to_kernel_on_gpu_only() -> None:
-    assert resolve_backend("auto", "gpu") == resolve_backend("auto", "cuda") == "pallas"
+    assert resolve_backend("auto", "gpu") == resolve_backend("auto", "cuda") in ("pallas", "triton-prefill")
     assert resolve_backend("auto", "cpu") == "reference"
     assert resolve_backend("pallas", "cpu") == "pallas"
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_backend("triton-prefill", "cpu")
     with pytest.raises(ValueError, match="'triton' is unknown"):
         resolve_backend("triton", "gpu")
 

@@ -1,0 +1,271 @@
+"""Ragged paged attention for steps with prefill rows: a hand-written Triton kernel, called from JAX by jax-triton.
+
+The Pallas kernel (``ragged_paged_attention``) packs a KV head's query heads into one tile so that decodes read each
+page once; that layout leaves prefill far below the tensor cores' rate. Here a program owns ``block_m`` query rows
+of one sequence and one query head, the tiling of FlashAttention: a ``[block_m, head_dim]`` query tile against
+``[block_n, head_dim]`` key tiles gathered row by row from the pool through the block table, online softmax in base
+2. Key blocks that every row of the tile sees wholly run without a mask; only the blocks on the causal diagonal (and,
+with a sliding window, every block) are masked, and blocks past the tile's last row are never visited. GQA's shared
+K/V are re-read per query head from L2. Work items are the reference's (``query_blocks``); rows no item owns
+(padding) come out zero.
+
+``prefill_attention`` is the jitted JAX entry (GPU only: jax-triton launches compiled Triton); ``work_items`` and
+``kernel_params`` are the host logic it shares with the CPU tests, which run ``_prefill_kernel`` itself in Triton's
+interpreter on torch CPU tensors.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import triton
+import triton.language as tl
+
+from pallas_kernels.reference import _validate as _validate_reference_inputs
+from pallas_kernels.reference import max_items, query_blocks
+
+_LOG2E = tl.constexpr(math.log2(math.e))
+# Scores outside the mask; finite so that a row that sees nothing yet computes exp2(0), never NaN.
+_MASK_VALUE = tl.constexpr(-0.7 * float(jnp.finfo(jnp.float32).max))
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefillConfig:
+    """Static tiling of one call (hashable: a jit static argument)."""
+
+    block_m: int = 128  # query rows of one sequence per program
+    block_n: int = 64  # keys per inner-loop step
+    num_warps: int = 8
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"PrefillConfig.{name}={value} must be a power of two >= 16 (Triton's dot needs it)")
+
+
+def default_prefill_config(num_tokens: int, num_seqs: int) -> PrefillConfig:
+    """128-row tiles for long chunks; smaller when the step's mean query is short (mixed steps, small chunks)."""
+    mean_q_len = -(-num_tokens // num_seqs)
+    block_m = 128 if mean_q_len >= 128 else 64 if mean_q_len >= 48 else 16
+    return PrefillConfig(block_m=block_m, num_warps=8 if block_m == 128 else 4)
+
+
+def kernel_params(
+    q_shape: tuple[int, ...],
+    kv_shape: tuple[int, ...],
+    table_width: int,
+    num_seqs: int,
+    *,
+    sm_scale: float,
+    soft_cap: float | None,
+    sliding_window: int | None,
+    dot_precision: str,
+    config: PrefillConfig,
+) -> dict[str, Any]:
+    """The kernel's compile-time parameters (Triton constexprs) for one call's static shapes and options."""
+    _, num_q_heads, head_dim = q_shape
+    _, num_kv_heads, num_pages, page_size, _ = kv_shape
+    return dict(
+        NUM_SEQS=num_seqs,
+        TABLE_WIDTH=table_width,
+        NUM_Q_HEADS=num_q_heads,
+        GROUP=num_q_heads // num_kv_heads,
+        HEAD_DIM=head_dim,
+        PAGE_SIZE=page_size,
+        HEAD_STRIDE=num_pages * page_size * head_dim,
+        V_OFFSET=num_kv_heads * num_pages * page_size * head_dim,
+        SM_SCALE=float(sm_scale),
+        SOFT_CAP=float(soft_cap or 0.0),
+        WINDOW=int(sliding_window or 0),
+        DOT_PRECISION=dot_precision,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+    )
+
+
+def work_items(query_start_loc: jax.Array, num_tokens: int, config: PrefillConfig) -> tuple[jax.Array, jax.Array]:
+    """(i32[N] sequence, i32[N] first query index) of each program row of the grid; S marks an item past the last."""
+    num_seqs = query_start_loc.shape[0] - 1
+    n = max_items(num_tokens, num_seqs, config.block_m)
+    q_lens = query_start_loc[1:] - query_start_loc[:-1]
+    seq, first, valid = query_blocks(q_lens, jnp.arange(n, dtype=jnp.int32), config.block_m)
+    return jnp.where(valid, seq, num_seqs).astype(jnp.int32), first.astype(jnp.int32)
+
+
+def prefill_attention(
+    q: jax.Array,  # [T, num_q_heads, head_dim]
+    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    kv_lens: jax.Array,  # i32[S]
+    block_tables: jax.Array,  # i32[S, pages_per_seq]
+    query_start_loc: jax.Array,  # i32[S + 1]
+    *,
+    sm_scale: float,
+    soft_cap: float | None = None,
+    sliding_window: int | None = None,
+    config: PrefillConfig | None = None,
+) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
+    """Same contract as ``ref_ragged_paged_attention``; compiles only for a CUDA device (jax-triton)."""
+    import jax_triton
+
+    _validate_reference_inputs(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None)
+    check_shapes(q, kv_pages)
+    num_tokens, num_q_heads, _ = q.shape
+    num_seqs, table_width = block_tables.shape
+    cfg = config or default_prefill_config(num_tokens, num_seqs)
+    item_seq, item_first = work_items(query_start_loc, num_tokens, cfg)
+    params = kernel_params(
+        q.shape, kv_pages.shape, table_width, num_seqs, sm_scale=sm_scale, soft_cap=soft_cap,
+        sliding_window=sliding_window, dot_precision="ieee" if q.dtype == jnp.float32 else "tf32", config=cfg,
+    )  # fmt: skip
+    return jax_triton.triton_call(
+        q, kv_pages, block_tables.astype(jnp.int32), item_seq, item_first, query_start_loc.astype(jnp.int32),
+        kv_lens.astype(jnp.int32),
+        kernel=_prefill_kernel,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        grid=(item_seq.shape[0], num_q_heads),
+        zeroed_outputs=(0,),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        name=f"triton_prefill_m{cfg.block_m}_n{cfg.block_n}",
+        **params,
+    )  # fmt: skip
+
+
+def check_shapes(q: jax.Array, kv_pages: jax.Array) -> None:
+    """What the kernel needs beyond the reference's contract: one dtype, power-of-two head_dim and page_size."""
+    head_dim, page_size = q.shape[-1], kv_pages.shape[3]
+    if q.dtype != kv_pages.dtype:
+        raise ValueError(f"q's dtype {q.dtype} differs from kv_pages' {kv_pages.dtype}; the kernel needs them equal")
+    for name, value in (("head_dim", head_dim), ("page_size", page_size)):
+        if value < 1 or value & (value - 1) or (name == "head_dim" and value < 16):
+            raise ValueError(f"{name}={value} must be a power of two (head_dim >= 16) for the Triton prefill kernel")
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr,  # [T, Hq, D]
+    kv_ptr,  # [2, Hkv, P, page_size, D]
+    tables_ptr,  # i32[S, TABLE_WIDTH]
+    item_seq_ptr,  # i32[N], NUM_SEQS for an invalid item
+    item_first_ptr,  # i32[N]
+    qsl_ptr,  # i32[S + 1]
+    kv_lens_ptr,  # i32[S]
+    out_ptr,  # [T, Hq, D], zeroed before the launch
+    NUM_SEQS: tl.constexpr,
+    TABLE_WIDTH: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_STRIDE: tl.constexpr,
+    V_OFFSET: tl.constexpr,
+    SM_SCALE: tl.constexpr,
+    SOFT_CAP: tl.constexpr,
+    WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    item = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_or_none = tl.load(item_seq_ptr + item)
+    valid = seq_or_none < NUM_SEQS
+    seq = tl.minimum(seq_or_none, NUM_SEQS - 1)
+    first = tl.load(item_first_ptr + item)
+    q_start = tl.load(qsl_ptr + seq)
+    q_len = tl.load(qsl_ptr + seq + 1) - q_start
+    kv_len = tl.load(kv_lens_ptr + seq)
+    context = kv_len - q_len  # keys before this step's rows
+
+    offs_m = first + tl.arange(0, BLOCK_M)  # query index within the sequence
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = (offs_m < q_len) & valid
+    q_rows = (q_start + offs_m).to(tl.int64) * (NUM_Q_HEADS * HEAD_DIM) + head * HEAD_DIM
+    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    # Last key each row sees, clipped so that rows past the chunk never reach beyond the sequence.
+    row_last = tl.minimum(context + offs_m, kv_len - 1)
+
+    # Keys [lo, hi) hold every column a row of the tile sees; [lo, full_end) is seen by every row, unmasked.
+    hi = tl.where(valid, tl.minimum(context + first + BLOCK_M, kv_len), 0)
+    if WINDOW > 0:
+        lo = tl.maximum(context + first - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+        full_end = lo
+    else:
+        lo = 0
+        full_end = tl.minimum((context + first + 1) // BLOCK_N * BLOCK_N, hi)
+    k_base = kv_ptr + (head // GROUP).to(tl.int64) * HEAD_STRIDE
+    table = tables_ptr + seq.to(tl.int64) * TABLE_WIDTH
+    if SOFT_CAP > 0:
+        qk_scale = SM_SCALE
+    else:
+        qk_scale = SM_SCALE * _LOG2E  # log2(e): the softmax runs in base 2
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    row_max = tl.full([BLOCK_M], _MASK_VALUE, dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start in range(lo, full_end, BLOCK_N):
+        acc, row_max, row_sum = _attend_block(
+            acc, row_max, row_sum, q, k_base, table, start, offs_n, offs_d, row_last, kv_len, qk_scale,
+            V_OFFSET, PAGE_SIZE, HEAD_DIM, SOFT_CAP, WINDOW, DOT_PRECISION, False,
+        )  # fmt: skip
+    for start in range(full_end, hi, BLOCK_N):
+        acc, row_max, row_sum = _attend_block(
+            acc, row_max, row_sum, q, k_base, table, start, offs_n, offs_d, row_last, kv_len, qk_scale,
+            V_OFFSET, PAGE_SIZE, HEAD_DIM, SOFT_CAP, WINDOW, DOT_PRECISION, True,
+        )  # fmt: skip
+    out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
+    tl.store(out_ptr + q_rows[:, None] + offs_d[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _attend_block(
+    acc,
+    row_max,
+    row_sum,
+    q,
+    k_base,
+    table,
+    start,
+    offs_n,
+    offs_d,
+    row_last,
+    kv_len,
+    qk_scale,
+    V_OFFSET: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    SOFT_CAP: tl.constexpr,
+    WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """One key block of the online softmax: gather its K/V rows by page, score, rescale, accumulate."""
+    cols = start + offs_n
+    page = tl.load(table + cols // PAGE_SIZE, mask=cols < kv_len, other=0)  # page 0 is reserved: always readable
+    kv_rows = page.to(tl.int64) * (PAGE_SIZE * HEAD_DIM) + (cols % PAGE_SIZE) * HEAD_DIM
+    k = tl.load(k_base + kv_rows[None, :] + offs_d[:, None])  # [D, BLOCK_N]
+    s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # f32[BLOCK_M, BLOCK_N]
+    if SOFT_CAP > 0:
+        s = (SOFT_CAP * _LOG2E) * (2.0 * tl.sigmoid(2.0 * s / SOFT_CAP) - 1.0)  # cap * tanh(s / cap)
+    if MASKED:
+        visible = cols[None, :] <= row_last[:, None]
+        if WINDOW > 0:
+            visible = visible & (cols[None, :] > row_last[:, None] - WINDOW)
+        s = tl.where(visible, s, _MASK_VALUE)
+    new_max = tl.maximum(row_max, tl.max(s, axis=1))
+    p = tl.math.exp2(s - new_max[:, None])
+    if MASKED:
+        p = tl.where(visible, p, 0.0)
+    alpha = tl.math.exp2(row_max - new_max)
+    v = tl.load(k_base + V_OFFSET + kv_rows[:, None] + offs_d[None, :])  # [BLOCK_N, D]
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, new_max, row_sum * alpha + tl.sum(p, axis=1)

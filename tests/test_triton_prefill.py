@@ -1,0 +1,97 @@
+"""The jax-triton prefill kernel: its host logic on the CPU, and the kernel itself in Triton's interpreter.
+
+jax-triton launches compiled Triton only on a CUDA device, so CI checks the kernel's own code by running
+``_prefill_kernel`` in Triton's interpreter on torch CPU tensors (``tests/triton_prefill_worker.py``, one subprocess
+for all cases) against the float32 reference, on fresh random inputs over randomly permuted pages. Its numerics on
+the GPU, in bf16, are ``scripts/check_kernels.py``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.triton_prefill import PrefillConfig, check_shapes, default_prefill_config, work_items
+
+TESTS = Path(__file__).resolve().parent
+# Relative (Frobenius) error of the kernel's float32 output ("ieee" dots) against the reference; measured 1e-7 .. 1e-6.
+RTOL = 1e-5
+
+
+def case(seed: int, q_lens: list[int], context: list[int], **kw: object) -> dict:
+    kv_lens = [q + c for q, c in zip(q_lens, context, strict=True)]
+    base = dict(page_size=4, head_dim=16, group=2, block_m=16, block_n=16)
+    return dict(base, seed=seed, q_lens=q_lens, kv_lens=kv_lens, **kw)
+
+
+CASES = [
+    # a chunk over a prefix, a decode, a fresh prompt, an empty padding sequence; tiles cut mid-chunk
+    case(0, [37, 1, 20, 0], [5, 30, 0, 0]),
+    # several 16-key blocks per page group (page 4, block_n 32), a chunk longer than two tiles, GQA group 4
+    case(1, [70, 3], [41, 0], block_n=32, group=4),
+    # page size 16 (one page a key block), tiles of 32 rows
+    case(2, [50, 17], [13, 64], page_size=16, block_m=32, block_n=16),
+    case(3, [37, 1, 20], [5, 30, 0], soft_cap=30.0),
+    case(4, [37, 1, 20], [5, 30, 0], window=8),
+    case(5, [45, 2], [30, 9], window=21, block_n=32, soft_cap=20.0),
+]
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> list[dict]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "triton_prefill_worker.py"), json.dumps(CASES)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_interpreted_kernel_matches_reference(interpreted: list[dict], index: int) -> None:
+    result = interpreted[index]
+    assert result["case"] == CASES[index]
+    assert result["finite"], "a row was neither written nor zeroed (NaN poison left)"
+    assert result["rel_err"] < RTOL, result
+    assert result["pad_max"] == 0.0
+
+
+@pytest.mark.parametrize("block_m", [16, 64])
+def test_work_items_cover_every_query_row_once(block_m: int) -> None:
+    rng = np.random.default_rng(block_m)
+    q_lens = [int(n) for n in rng.integers(0, 3 * block_m, size=7)]
+    qsl = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
+    num_tokens = sum(q_lens) + 5
+    seq, first = (np.asarray(a) for a in work_items(qsl, num_tokens, PrefillConfig(block_m=block_m)))
+    covered = []
+    for s, f in zip(seq, first, strict=True):
+        if s < len(q_lens):
+            assert f % block_m == 0 and 0 <= f < q_lens[s]
+            covered += [(int(s), int(f) + i) for i in range(min(block_m, q_lens[s] - f))]
+    assert sorted(covered) == [(s, i) for s in range(len(q_lens)) for i in range(q_lens[s])]
+    assert len(seq) >= sum(-(-n // block_m) for n in q_lens)  # the static grid holds every real item
+
+
+def test_default_config_follows_the_mean_query_length() -> None:
+    assert default_prefill_config(2048, 1).block_m == 128
+    assert default_prefill_config(512, 8).block_m == 64
+    assert default_prefill_config(64, 32).block_m == 16
+
+
+def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        PrefillConfig(block_m=48)
+    q = jnp.zeros((4, 2, 24), jnp.float32)
+    with pytest.raises(ValueError, match="head_dim=24"):
+        check_shapes(q, jnp.zeros((2, 1, 3, 4, 24), jnp.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        check_shapes(q, jnp.zeros((2, 1, 3, 4, 24), jnp.bfloat16))
