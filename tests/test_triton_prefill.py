@@ -83,6 +83,7 @@ def test_work_items_cover_every_query_row_once(block_m: int) -> None:
 
 def test_default_config_follows_the_mean_query_length() -> None:
     assert default_prefill_config(2048, 1).block_m == 128
+    assert default_prefill_config(512, 1).block_m == 64
     assert default_prefill_config(512, 8).block_m == 64
     assert default_prefill_config(64, 32).block_m == 16
 
