@@ -52,14 +52,16 @@ class PrefillConfig:
 
 
 def default_prefill_config(num_tokens: int, num_seqs: int) -> PrefillConfig:
-    """Tiling by the step's mean query length. H200, 32 q / 8 KV heads, d 128, bf16, 2026-12-03 (bench_kernels
-    --tune): 128 x 128 tiles, 8 warps, 2 stages were fastest for a 2048 chunk fresh and over a 4k prefix (234 and 341
-    TFLOP/s against 208 and 297 for 128 x 64 / 8 / 3); 64-row tiles were within 1-4 % and give short chunks twice the
-    programs; 16-row tiles keep mixed steps' decode rows from padding a tile each."""
-    mean_q_len = -(-num_tokens // num_seqs)
-    if mean_q_len > 512:
+    """Tiling by the step's token count, not its mean query length: the runner's buckets pad sequences (a lone
+    2000-token prefill runs in the (2048 tokens, 256 sequences) bucket), and a decode row in a big tile costs about
+    what it costs in a small one (its program streams the same K/V; the tensor cores are idle either way). Unused
+    items exit at once. H200, 32 q / 8 KV heads, d 128, bf16, 2026-12-03 (bench_kernels --tune): 128 x 128 tiles,
+    8 warps, 2 stages were fastest for a 2048 chunk fresh and over a 4k prefix (234 and 341 TFLOP/s against 208
+    and 297 for 128 x 64 / 8 / 3); 64 x 64 / 4 / 3 was within 1-4 % and gives short chunks twice the programs."""
+    del num_seqs  # see above: the bucket's sequence count says little about the rows a tile will hold
+    if num_tokens > 512:
         return PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2)
-    if mean_q_len >= 48:
+    if num_tokens >= 64:
         return PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
     return PrefillConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
 

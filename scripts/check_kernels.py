@@ -228,6 +228,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small subset (for a CPU dry run)")
     parser.add_argument("--interpret", action="store_true", help="run the kernel in Pallas interpret mode")
+    parser.add_argument("--kernel", choices=("pallas", "triton-prefill"), help="check only this kernel's cases")
     parser.add_argument("--json", type=Path, help="results file (default: $OUT/check_kernels.json when $OUT is set)")
     args = parser.parse_args()
     out_dir = os.environ.get("OUT")
@@ -237,6 +238,8 @@ def main() -> int:
     print(header, flush=True)
     results = []
     for i, case in enumerate(cases(args.quick)):
+        if args.kernel and case.kernel != args.kernel:
+            continue
         try:
             row = run_case(case, seed=i, interpret=args.interpret)
         except Exception as e:  # one broken case (e.g. a compile error) must not hide the others' results

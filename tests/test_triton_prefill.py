@@ -81,11 +81,10 @@ def test_work_items_cover_every_query_row_once(block_m: int) -> None:
     assert len(seq) >= sum(-(-n // block_m) for n in q_lens)  # the static grid holds every real item
 
 
-def test_default_config_follows_the_mean_query_length() -> None:
-    assert default_prefill_config(2048, 1).block_m == 128
-    assert default_prefill_config(512, 1).block_m == 64
-    assert default_prefill_config(512, 8).block_m == 64
-    assert default_prefill_config(64, 32).block_m == 16
+def test_default_config_follows_the_bucket_token_count() -> None:
+    assert default_prefill_config(2048, 1).block_m == default_prefill_config(2048, 256).block_m == 128
+    assert default_prefill_config(512, 1).block_m == default_prefill_config(512, 256).block_m == 64
+    assert default_prefill_config(32, 32).block_m == 16
 
 
 def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
