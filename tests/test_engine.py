@@ -176,24 +176,27 @@ def test_abort_mid_generation_frees_every_page(llm, prompt_ids):
     assert_pool_whole(llm)
 
 
-def test_token_budget_16_chunks_prefill(default_model_dir, prompt_ids, reference):
-    small = LLM(str(default_model_dir), **{**ENGINE_ARGS, "max_num_batched_tokens": 16, "max_num_seqs": 4})
-    outputs = small.generate(prompt_ids, GREEDY, use_tqdm=False)
-    assert max(len(ids) for ids in prompt_ids) > 16  # at least one prompt really was split into chunks
-    assert token_ids(outputs) == reference
-    runner = small.engine.runner
-    assert runner.num_compilations == len(runner.buckets) * (1 + len(BASE_VARIANTS))  # nothing past warm-up
-    assert_pool_whole(small)
-
-
-def test_tiny_pool_preempts_without_changing_outputs(default_model_dir, prompt_ids, reference):
+def constrained_args(prompt_ids: list[list[int]]) -> dict:
+    """A 16-token budget over 4 sequences (prompts are prefilled in chunks) and a pool of about two sequences'
+    worth of pages (sequences are preempted, some with a token pending under async scheduling)."""
     longest = max(len(ids) for ids in prompt_ids) + NEW_TOKENS
-    pages_for_one = -(-longest // ENGINE_ARGS["page_size"])
-    tiny = LLM(str(default_model_dir), **{**ENGINE_ARGS, "max_model_len": longest, "num_pages": 2 * pages_for_one + 1})
-    outputs = tiny.generate(prompt_ids, GREEDY, use_tqdm=False)
-    assert tiny.engine.scheduler.num_preemptions > 0
+    num_pages = 2 * -(-longest // ENGINE_ARGS["page_size"]) + 2
+    return dict(ENGINE_ARGS, max_num_batched_tokens=16, max_num_seqs=4, max_model_len=longest + 16, num_pages=num_pages)
+
+
+@pytest.fixture(scope="module")
+def constrained(default_model_dir: Path, prompt_ids: list[list[int]]) -> LLM:
+    return LLM(str(default_model_dir), **constrained_args(prompt_ids))
+
+
+def test_chunked_prefill_and_preemption_change_no_greedy_output(constrained, prompt_ids, reference):
+    outputs = constrained.generate(prompt_ids, GREEDY, use_tqdm=False)
+    assert max(len(ids) for ids in prompt_ids) > 16  # at least one prompt really was split into chunks
+    assert constrained.engine.scheduler.num_preemptions > 0
     assert token_ids(outputs) == reference
-    assert_pool_whole(tiny)
+    runner = constrained.engine.runner
+    assert runner.num_compilations == len(runner.buckets) * (1 + len(BASE_VARIANTS))  # nothing past warm-up
+    assert_pool_whole(constrained)
 
 
 # ---------------------------------------------------------------- sampling parameters end to end
@@ -344,18 +347,17 @@ def _summary(outputs) -> list:
     ]
 
 
-def test_async_scheduling_changes_no_output(default_model_dir, prompt_ids):
-    """The same mixed workload with and without async scheduling, in a pool so small that sequences are preempted
-    (with a token still pending, under async scheduling): identical tokens, text, finish reasons and logprobs."""
-    longest = max(len(ids) for ids in prompt_ids) + 32
-    args = dict(ENGINE_ARGS, max_model_len=longest + 16, num_pages=2 * -(-longest // ENGINE_ARGS["page_size"]) + 2)
+def test_async_scheduling_changes_no_output(default_model_dir, constrained, prompt_ids):
+    """The same mixed workload with and without async scheduling (``constrained`` has it on), in a pool so small that
+    sequences are preempted: identical tokens, text, finish reasons and logprobs."""
+    assert constrained.engine.async_scheduling
     workload = _mixed_workload(prompt_ids)
     results = {}
-    for async_scheduling in (False, True):
-        llm = LLM(str(default_model_dir), async_scheduling=async_scheduling, **args)
+    synchronous = LLM(str(default_model_dir), async_scheduling=False, **constrained_args(prompt_ids))
+    for llm in (constrained, synchronous):
+        preemptions = llm.engine.scheduler.num_preemptions
         outputs = llm.generate([ids for ids, _ in workload], [p for _, p in workload], use_tqdm=False)
-        results[async_scheduling] = _summary(outputs)
-        assert llm.engine.scheduler.num_preemptions > 0
+        results[llm.engine.async_scheduling] = _summary(outputs)
+        assert llm.engine.scheduler.num_preemptions > preemptions
         assert_pool_whole(llm)
-        del llm
     assert results[True] == results[False]

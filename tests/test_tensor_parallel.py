@@ -35,7 +35,7 @@ def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [2, 4, 8])])
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_every_tp_size_gives_tp1_greedy_tokens_and_logits(found, case, sizes):
     runs = found["generate"][case]
     assert sorted(runs) == sorted(map(str, [1, *sizes]))
@@ -47,7 +47,7 @@ def test_every_tp_size_gives_tp1_greedy_tokens_and_logits(found, case, sizes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [2, 4, 8])])
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
     for tp in sizes:
         params = found["generate"][case][str(tp)]["params"]
@@ -62,7 +62,7 @@ def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "case, kv_heads, sizes", [("default", 3, [3]), ("32q_8kv", 8, [2, 4, 8]), ("16q_2kv", 2, [2, 4, 8])]
+    "case, kv_heads, sizes", [("default", 3, [3]), ("32q_8kv", 8, [2, 8]), ("16q_2kv", 2, [4, 8])]
 )
 def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(found, case, kv_heads, sizes):
     for tp in sizes:
@@ -81,7 +81,7 @@ def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [4, 8])])
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_xla_splits_the_matmuls_megatron_style(found, case, sizes):
     """Each compiled forward program all-reduces the hidden states twice a layer (after the row-split O and down
     projections) and once for the vocabulary-split embedding lookup; the column-split matmuls need no communication.
@@ -100,7 +100,7 @@ def test_xla_splits_the_matmuls_megatron_style(found, case, sizes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 4, 8]), ("16q_2kv", [4, 8])])
+@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
     """No parameter or pool is assembled whole on a device: the only all-gathers are of ``[S, ...]`` rows for
     sampling (the vocabulary-split logits of the scheduled sequences and their per-device candidates)."""

@@ -251,8 +251,8 @@ def main() -> None:
         "pallas_shard_map": pallas_under_shard_map([2, 4]),
         "generate": {
             "default": generate_case(default, [3]),
-            "32q_8kv": generate_case(gqa, [2, 4, 8]),
-            "16q_2kv": generate_case(replicated, [2, 4, 8]),
+            "32q_8kv": generate_case(gqa, [2, 8]),
+            "16q_2kv": generate_case(replicated, [4, 8]),
         },
     }
     Path(sys.argv[2]).write_text(json.dumps(results))
