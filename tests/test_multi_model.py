@@ -368,3 +368,170 @@ def test_unload_waits_for_running_requests_within_the_drain_timeout(server: Runn
     events, status = asyncio.run(scenario())
     assert status == 200 and all("error" not in e for e in events)
     assert "".join(e["choices"][0]["text"] for e in events) == scripted_text(other_script, "hi", 20)
+
+
+# ------------------------------------------------------------------ two real models (slow)
+# The default model (SmolLM2-135M) beside a random-weight tiny Llama, float32 on the CPU; small step buckets and pools
+# (5 buckets each: a first run compiles for about a minute on 2 busy cores, later runs load the compilation cache).
+
+GIB = 1 << 30
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):"]
+GREEDY = {"temperature": 0, "max_tokens": 8}
+SMOL_KEYS = dict(dtype="float32", max_model_len=256, max_num_batched_tokens=16, max_num_seqs=4, num_pages=96)
+TINY_ENTRY = {
+    "served_model_name": "tiny",
+    "model": str(TINY_LLAMA),
+    "load_format": "dummy",
+    "dtype": "float32",
+    "max_model_len": 256,
+    "max_num_batched_tokens": 16,  # 5 step buckets (1 ... 16 tokens): seconds to compile
+    "max_num_seqs": 8,
+    "num_pages": 96,
+}
+ARRAY_TOLERANCE_BYTES = 64 << 10  # live-array bytes after unload vs. before load less the plan: sampler scratch
+
+
+@dataclass
+class TwoModels:
+    server: RunningServer
+    expected: dict[str, list[str]]  # model -> LLM.generate's greedy texts of PROMPTS
+    plans: dict[str, ModelMemory]
+
+
+def live_bytes() -> int:
+    import gc
+
+    import jax
+
+    gc.collect()
+    return sum(a.nbytes for a in jax.live_arrays())
+
+
+@pytest.fixture(scope="module")
+def two_models(default_model_dir: Path) -> Iterator[TwoModels]:
+    """Each model's ``LLM`` answers first; then one server serves both engines (with their plans, so the admin API
+    counts their memory) and can load more through the real ``ModelBuilder``."""
+    from jllm.build import ModelBuilder
+    from jllm.llm import LLM
+    from jllm.sampling import SamplingParams
+
+    defaults = load_config(None, api_key=API_KEY, host_memory_budget_bytes=4 * GIB)
+    entries = {
+        "smol": parse_entry({"served_model_name": "smol", "model": str(default_model_dir), **SMOL_KEYS}, defaults),
+        "tiny": parse_entry(TINY_ENTRY, defaults),
+    }
+    builder = ModelBuilder(4 * GIB)
+    models, expected, plans = [], {}, {}
+    for name, entry in entries.items():
+        llm = LLM(**entry.config.to_flat())
+        outputs = llm.generate(PROMPTS, SamplingParams(**GREEDY), use_tqdm=False)
+        expected[name] = [o.outputs[0].text for o in outputs]
+        plans[name] = builder.plan(entry)
+        models.append((entry, llm.engine, plans[name]))
+    with RunningServer(None, defaults, models=models, factory=builder) as running:
+        yield TwoModels(running, expected, plans)
+
+
+async def timed_stream(url: str, body: dict) -> tuple[float, str, list[dict]]:
+    """(seconds to the first token's event, the whole text, every event) of one streamed completion."""
+    start = asyncio.get_running_loop().time()
+    first, text, events = None, "", []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/v1/completions", json={**body, "stream": True}, headers=AUTH) as response:
+            async for line in response.content:
+                if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                events.append(event)
+                if "choices" in event and event["choices"][0]["text"] and first is None:
+                    first = asyncio.get_running_loop().time() - start
+                text += event["choices"][0]["text"] if "choices" in event else ""
+    return first if first is not None else float("inf"), text, events
+
+
+@pytest.mark.slow
+def test_each_model_answers_as_its_own_llm_generate(two_models: TwoModels) -> None:
+    for model, texts in two_models.expected.items():
+        for prompt, text in zip(PROMPTS, texts, strict=True):
+            assert complete(two_models.server, model, prompt, **GREEDY).json()["choices"][0]["text"] == text
+    assert two_models.expected["smol"] != two_models.expected["tiny"]
+
+
+@pytest.mark.slow
+def test_32_concurrent_streams_over_both_models(two_models: TwoModels) -> None:
+    url = two_models.server.url
+    asks = [(model, i % len(PROMPTS)) for i in range(16) for model in ("smol", "tiny")]
+
+    async def run() -> list[tuple[float, str, list[dict]]]:
+        bodies = [{"model": m, "prompt": PROMPTS[p], **GREEDY} for m, p in asks]
+        return await asyncio.gather(*(timed_stream(url, body) for body in bodies))
+
+    for (model, p), (_, text, events) in zip(asks, asyncio.run(run()), strict=True):
+        assert all("error" not in e for e in events) and events[-1]["choices"][0]["finish_reason"] == "length"
+        assert text == two_models.expected[model][p], (model, p)
+
+
+@pytest.mark.slow
+def test_a_flood_on_one_model_keeps_the_other_s_ttft_within_twice_idle(two_models: TwoModels) -> None:
+    """Model B's time to first token (median of 5, one at a time) with A idle, then under a flood of 24 streams to
+    A; the figures are printed (pytest -s) and B's flooded median must stay within 2x its idle one."""
+    url = two_models.server.url
+    probe = {"model": "tiny", "prompt": PROMPTS[0], "temperature": 0, "max_tokens": 2}
+    flood = {"model": "smol", "prompt": PROMPTS[1], "temperature": 0, "max_tokens": 48}
+
+    async def median_ttft() -> float:
+        ttfts = sorted([(await timed_stream(url, probe))[0] for _ in range(5)])
+        return ttfts[2]
+
+    async def run() -> tuple[float, float]:
+        idle = await median_ttft()
+        flooding = [asyncio.ensure_future(timed_stream(url, flood)) for _ in range(24)]
+        await asyncio.sleep(0.5)  # the flood's prefills are under way and its queue is full
+        flooded = await median_ttft()
+        assert not any(f.done() for f in flooding), "the flood ended before the probe: make it longer"
+        for f in flooding:
+            f.cancel()  # the clients hang up: the server aborts their requests
+        await asyncio.gather(*flooding, return_exceptions=True)
+        return idle, flooded
+
+    idle, flooded = asyncio.run(run())
+    print(f"\ntiny's TTFT: idle {idle * 1000:.1f} ms, during a 24-stream flood on smol {flooded * 1000:.1f} ms")
+    assert flooded <= 2 * idle, (idle, flooded)
+
+
+@pytest.mark.slow
+def test_unload_frees_the_model_while_the_other_keeps_streaming(two_models: TwoModels) -> None:
+    server = two_models.server
+    before = live_bytes()
+
+    async def run() -> tuple[list, tuple[int, dict]]:
+        bodies = [{"model": "smol", "prompt": p, "temperature": 0, "max_tokens": 24} for p in PROMPTS]
+        streams = [asyncio.ensure_future(timed_stream(server.url, body)) for body in bodies]
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as session:
+            async with session.delete(f"{server.url}/v1/admin/models/tiny", headers=AUTH) as r:
+                unloaded = (r.status, await r.json())
+        return await asyncio.gather(*streams), unloaded
+
+    results, (status, body) = asyncio.run(run())
+    assert status == 200 and body["freed_bytes"] == two_models.plans["tiny"].total_bytes
+    assert not any(done for *_, done in [(r[0], False) for r in results])
+    for prompt_index, (_, text, events) in enumerate(results):
+        assert all("error" not in e for e in events) and events[-1]["choices"][0]["finish_reason"] == "length"
+        assert text.startswith(two_models.expected["smol"][prompt_index])
+    freed = before - live_bytes()
+    print(f"\nunloading tiny freed {freed:,} live-array bytes; planned {two_models.plans['tiny'].total_bytes:,}")
+    assert abs(freed - two_models.plans["tiny"].total_bytes) <= ARRAY_TOLERANCE_BYTES
+    assert complete(server, "tiny").status == 404
+
+
+@pytest.mark.slow
+def test_reload_answers_the_same(two_models: TwoModels) -> None:
+    server = two_models.server
+    before = live_bytes()
+    loaded = http("POST", f"{server.url}/v1/admin/models", json_body=TINY_ENTRY, headers=AUTH)
+    assert loaded.status == 201, loaded.body
+    print(f"\nreloading tiny took {loaded.json()['load_seconds']:.2f} s (warm: compilation cache)")
+    for prompt, text in zip(PROMPTS, two_models.expected["tiny"], strict=True):
+        assert complete(server, "tiny", prompt, **GREEDY).json()["choices"][0]["text"] == text
+    assert abs(live_bytes() - before - two_models.plans["tiny"].total_bytes) <= ARRAY_TOLERANCE_BYTES
