@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,31 +472,48 @@ def test_32_concurrent_streams_over_both_models(two_models: TwoModels) -> None:
         assert text == two_models.expected[model][p], (model, p)
 
 
+async def ttfts(url: str, body: dict, count: int) -> list[float]:
+    """Times to first token of ``count`` streamed requests sent one after another."""
+    return [(await timed_stream(url, body))[0] for _ in range(count)]
+
+
+async def flooded_ttfts(url: str, flood: dict, probe: dict, count: int, clients: int = 16) -> list[float]:
+    """``ttfts`` of ``probe`` while ``clients`` clients each send ``flood`` requests back to back."""
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            _, _, events = await timed_stream(url, flood)
+            assert events[-1]["choices"][0]["finish_reason"] == "length", events[-1]
+
+    flooding = [asyncio.ensure_future(client()) for _ in range(clients)]
+    await asyncio.sleep(0.5)  # the flood's queue is full and its batch running
+    times = await ttfts(url, probe, count)
+    assert not any(f.done() for f in flooding)  # still flooding (a failed request would have ended its client)
+    stop.set()
+    await asyncio.gather(*flooding)
+    return times
+
+
 @pytest.mark.slow
 def test_a_flood_on_one_model_keeps_the_other_s_ttft_within_twice_idle(two_models: TwoModels) -> None:
-    """Model B's time to first token (median of 5, one at a time) with A idle, then under a flood of 24 streams to
-    A; the figures are printed (pytest -s) and B's flooded median must stay within 2x its idle one."""
+    """The tiny model's time to first token, one request at a time, with the default model idle and while 16
+    clients flood it (its batch always full, a queue behind it). Idle and flooded rounds alternate three times, so
+    that the load other processes put on the machine falls on both alike; the medians of each (15 requests) are
+    printed (pytest -s), and the flooded one must stay within 2x the idle one."""
     url = two_models.server.url
     probe = {"model": "tiny", "prompt": PROMPTS[0], "temperature": 0, "max_tokens": 2}
-    flood = {"model": "smol", "prompt": PROMPTS[1], "temperature": 0, "max_tokens": 48}
+    flood = {"model": "smol", "prompt": PROMPTS[1], "temperature": 0, "max_tokens": 16}
 
-    async def median_ttft() -> float:
-        ttfts = sorted([(await timed_stream(url, probe))[0] for _ in range(5)])
-        return ttfts[2]
-
-    async def run() -> tuple[float, float]:
-        idle = await median_ttft()
-        flooding = [asyncio.ensure_future(timed_stream(url, flood)) for _ in range(24)]
-        await asyncio.sleep(0.5)  # the flood's prefills are under way and its queue is full
-        flooded = await median_ttft()
-        assert not any(f.done() for f in flooding), "the flood ended before the probe: make it longer"
-        for f in flooding:
-            f.cancel()  # the clients hang up: the server aborts their requests
-        await asyncio.gather(*flooding, return_exceptions=True)
+    async def run() -> tuple[list[float], list[float]]:
+        idle, flooded = [], []
+        for _ in range(3):
+            idle += await ttfts(url, probe, 5)
+            flooded += await flooded_ttfts(url, flood, probe, 5)
         return idle, flooded
 
-    idle, flooded = asyncio.run(run())
-    print(f"\ntiny's TTFT: idle {idle * 1000:.1f} ms, during a 24-stream flood on smol {flooded * 1000:.1f} ms")
+    idle, flooded = (statistics.median(times) for times in asyncio.run(run()))
+    print(f"\ntiny's TTFT (median of 15): idle {idle * 1000:.1f} ms, smol flooded {flooded * 1000:.1f} ms")
     assert flooded <= 2 * idle, (idle, flooded)
 
 
