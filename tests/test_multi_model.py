@@ -26,6 +26,7 @@ from jllm.loader import read_json
 from jllm.memory_plan import MemoryPlanError, ModelMemory, check_fits, plan_model
 from jllm.model_source import resolve_model
 from jllm.serve_config import ModelEntry, load_serve_config, parse_entry
+from jllm.server.registry import ModelRegistry
 from jllm.server.state import STATE
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -168,6 +169,15 @@ class ScriptedFactory:
 
 def scripted_entry(names: tuple[str, ...], **keys: Any) -> ModelEntry:
     return ModelEntry(names, load_config(None, model=str(TINY_TOKENIZER), api_key=API_KEY, **keys))
+
+
+def test_a_server_whose_models_do_not_fit_together_loads_none_of_them() -> None:
+    factory = ScriptedFactory(capacity_bytes=14_000)  # each model plans 7,400 bytes: one fits, two do not
+    registry = ModelRegistry(factory)
+    entries = (scripted_entry(("a",)), scripted_entry(("b",)))
+    with pytest.raises(MemoryPlanError, match=r"need 14,800 bytes .* a: 1,000 \+ 6,400, b: 1,000 \+ 6,400"):
+        asyncio.run(registry.load_all(entries))
+    assert factory.built == [] and registry.models == [] and not registry.starting
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ async def health(request: web.Request) -> web.Response:
     model whose engine loop died or stopped making progress."""
     registry = server_state(request).registry
     report = {m.name: m.engine.health_problem() or "ok" for m in registry.models}
-    if not report or registry.pending:
+    if not report or registry.starting:
         raise _starting()
     failing = {name: problem for name, problem in report.items() if problem != "ok"}
     if failing:
@@ -100,7 +100,7 @@ async def ready(request: web.Request) -> web.Response:
     draining for shutdown); a model being unloaded does not count, the others go on serving."""
     registry = server_state(request).registry
     models = [m for m in registry.models if not m.unloading]
-    if not models or registry.pending:
+    if not models or registry.starting:
         raise _starting()
     if not all(m.engine.accepting for m in models):
         raise APIError(503, "the server is draining for shutdown", type="server_error", code="server_draining")

@@ -70,6 +70,7 @@ class ModelRegistry:
         self.factory = factory
         self.max_queued_requests = max_queued_requests
         self.pending: set[str] = set()  # names of models being loaded: their requests get 503, not 404
+        self.starting = False  # the server's own models are loading (probes answer 503; an admin load does not count)
         self._models: dict[str, ServedModel] = {}  # by first name, in load order
         self._by_name: dict[str, ServedModel] = {}
         self._changing = asyncio.Lock()  # one load or unload at a time: memory and names are checked, then used
@@ -118,6 +119,7 @@ class ModelRegistry:
         factory = self._factory()
         async with self._changing:
             self.pending.update(name for entry in entries for name in entry.names)
+            self.starting = True
             try:
                 plans = await in_daemon_thread(lambda: {entry.name: factory.plan(entry) for entry in entries})
                 check_fits(plans, factory.capacity_bytes, in_use=self.used_bytes)
@@ -125,6 +127,7 @@ class ModelRegistry:
                     await self._load(entry, factory)
             finally:
                 self.pending.clear()
+                self.starting = False
 
     async def load(self, entry: ModelEntry) -> ServedModel:
         """Plans, builds (off the event loop) and starts the entry's engine; 409 for a name in use, 400 for a bad
