@@ -21,6 +21,7 @@ import pytest
 from fake_runner import TINY_TOKENIZER, Script, counting_script, fake_engine
 from server_utils import API_KEY, RunningServer, http
 
+from jllm import cli
 from jllm.config import ConfigError, load_config
 from jllm.loader import read_json
 from jllm.memory_plan import MemoryPlanError, ModelMemory, check_fits, plan_model
@@ -68,6 +69,11 @@ def test_models_list_gives_each_model_its_names_and_keys_over_the_top_level_defa
     assert (b.names, b.config.model.dtype, b.config.scheduler.max_num_seqs) == (("m2",), "bfloat16", 8)
     assert b.config.parallel.tensor_parallel_size == 2
     assert a.config.scheduler.max_num_batched_tokens == b.config.scheduler.max_num_batched_tokens == 256
+
+
+def test_served_model_name_takes_a_name_and_aliases_on_the_command_line() -> None:
+    args = cli.build_parser().parse_args(["serve", "/m", "--served-model-name", "pub", "alias"])
+    assert args.served_model_name == ["pub", "alias"]
 
 
 def test_a_single_model_config_is_a_list_of_one() -> None:

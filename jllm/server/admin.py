@@ -12,6 +12,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -73,7 +74,7 @@ async def load_model(request: web.Request) -> web.Response:
         entry = parse_entry(raw, state.config)
     except ConfigError as e:
         raise bad_request(str(e), code="bad_model_entry") from e
-    served = await state.registry.load(entry)
+    served = await asyncio.shield(state.registry.load(entry))  # a client that hangs up leaves the load whole
     return web.json_response(_describe(served), status=201)
 
 
@@ -88,6 +89,6 @@ async def unload_model(request: web.Request) -> web.Response:
             timeout = -1.0
         if not timeout >= 0:  # also refuses nan
             raise bad_request(f"drain_timeout_s={given!r} must be a number of seconds >= 0", param="drain_timeout_s")
-    served = await state.registry.unload(request.match_info["name"], timeout)
+    served = await asyncio.shield(state.registry.unload(request.match_info["name"], timeout))
     freed = served.memory.total_bytes if served.memory else None
     return web.json_response({"id": served.name, "object": "model", "deleted": True, "freed_bytes": freed})

@@ -102,7 +102,10 @@ class ModelRegistry:
     def route(self, name: str | None) -> ServedModel:
         """The model a request names (None: the first); 404 naming the served models for any other name, 503
         while it loads or unloads."""
-        served = self._by_name.get(name) if name is not None else next(iter(self._models.values()), None)
+        if name is None:
+            served = next((m for m in self._models.values() if not m.unloading), None)
+        else:
+            served = self._by_name.get(name)
         if served is None and (name in self.pending or (name is None and self.pending)):
             raise APIError(503, "the model is still loading", type="server_error", code="server_starting")
         if served is None:
