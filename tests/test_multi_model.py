@@ -197,7 +197,7 @@ def server(factory: ScriptedFactory) -> Iterator[RunningServer]:
     b = scripted_entry(("b",))
     models = [
         (a, fake_engine(script=counting_script, max_model_len=128, step_seconds=0.002), ModelMemory(1000, 6400, 64)),
-        (b, fake_engine(script=other_script, max_model_len=96, step_seconds=0.002), ModelMemory(1000, 6400, 64)),
+        (b, fake_engine(script=other_script, max_model_len=96, step_seconds=0.01), ModelMemory(1000, 6400, 64)),
     ]
     with RunningServer(None, load_config(None, api_key=API_KEY), models=models, factory=factory) as running:
         yield running
@@ -349,7 +349,7 @@ def test_unload_fails_streams_still_running_after_the_drain_timeout_and_others_k
     b_engine = server.app[STATE].registry.route("b").engine.engine
 
     async def scenario() -> tuple[list[dict], list[dict], Any]:
-        long_body = {"model": "b", "prompt": "hi", "max_tokens": 90}  # 90 steps of 2 ms: still running at the unload
+        long_body = {"model": "b", "prompt": "hi", "max_tokens": 90}  # 90 steps of 10 ms: still running at the unload
         started = asyncio.Event()
         doomed = asyncio.ensure_future(stream_events(f"{server.url}/v1/completions", long_body, started))
         other = asyncio.ensure_future(
