@@ -109,8 +109,9 @@ class ModelRegistry:
         if served is None and (name in self.pending or (name is None and self.pending)):
             raise APIError(503, "the model is still loading", type="server_error", code="server_starting")
         if served is None:
-            names = ", ".join(f"`{n}`" for n in self._by_name) or "no models"
-            message = f"The model `{name}` does not exist; this server serves {names}."
+            names = ", ".join(f"`{n}`" for n in self._by_name) or "no models yet"
+            loading = f" (loading: {', '.join(f'`{n}`' for n in sorted(self.pending))})" if self.pending else ""
+            message = f"The model `{name}` does not exist; this server serves {names}{loading}."
             raise APIError(404, message, param="model", code="model_not_found")
         if served.unloading:
             raise APIError(503, f"the model `{name}` is being unloaded", type="server_error", code="model_unloading")
