@@ -196,6 +196,12 @@ class AsyncEngine:
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join, STOP_GRACE_SECONDS)  # a stuck step must not block the exit
 
+    def release(self) -> None:
+        """Frees the engine's device memory (weights, KV pool) after ``shutdown``: a model being unloaded."""
+        if self._thread.is_alive():
+            raise RuntimeError("the engine thread is still running (stuck in a step?); its memory cannot be freed")
+        self.engine.release()
+
     def _settle_add(self, request_id: str, error: Exception | None) -> None:
         ack = self._admitting.pop(request_id, None)
         if error is not None:

@@ -177,7 +177,10 @@ class ModelRegistry:
             error = EngineUnavailableError(f"the model `{served.name}` was unloaded before this request finished")
             await served.engine.drain(drain_timeout, error=error)
             await served.engine.shutdown()
-            await asyncio.to_thread(served.engine.engine.release)
+            try:
+                await asyncio.to_thread(served.engine.release)
+            except RuntimeError:
+                logger.exception("model %r is unloaded but its memory could not be freed", served.name)
             del self._models[served.name]
             for alias in served.entry.names:
                 del self._by_name[alias]
