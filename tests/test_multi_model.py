@@ -373,18 +373,29 @@ def test_unload_fails_streams_still_running_after_the_drain_timeout_and_others_k
 
 
 def test_unload_waits_for_running_requests_within_the_drain_timeout(server: RunningServer) -> None:
-    async def scenario() -> tuple[list[dict], int]:
+    """20 steps of 10 ms still to go when the unload starts: the stream finishes whole, while a new request to the
+    draining model gets 503 and the other model answers."""
+
+    async def scenario() -> tuple[list[dict], int, list[tuple[int, Any]]]:
         started = asyncio.Event()
         body = {"model": "b", "prompt": "hi", "max_tokens": 20}
         running = asyncio.ensure_future(stream_events(f"{server.url}/v1/completions", body, started))
         await started.wait()
-        async with aiohttp.ClientSession() as session:
-            async with session.delete(f"{server.url}/v1/admin/models/b?drain_timeout_s=30", headers=AUTH) as r:
-                return await running, r.status
+        async with aiohttp.ClientSession(headers=AUTH) as session:
+            unloading = asyncio.ensure_future(session.delete(f"{server.url}/v1/admin/models/b?drain_timeout_s=30"))
+            await asyncio.sleep(0.05)
+            during = []
+            for model in ("b", "a"):
+                async with session.post(f"{server.url}/v1/completions", json={"model": model, "prompt": "x"}) as r:
+                    during.append((r.status, await r.json()))
+            async with await unloading as r:
+                return await running, r.status, during
 
-    events, status = asyncio.run(scenario())
+    events, status, during = asyncio.run(scenario())
     assert status == 200 and all("error" not in e for e in events)
     assert "".join(e["choices"][0]["text"] for e in events) == scripted_text(other_script, "hi", 20)
+    (b_status, b_body), (a_status, _) = during
+    assert (b_status, b_body["error"]["code"], a_status) == (503, "model_unloading", 200)
 
 
 # ------------------------------------------------------------------ two real models (slow)
