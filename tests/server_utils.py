@@ -107,7 +107,6 @@ class RunningServer:
         self.runner = await start_app(self.app, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{bound_port(self.runner)}"
 
-
     def _started(self, engine: LLMEngine) -> AsyncEngine:
         async_engine = AsyncEngine(engine, **self.async_engine_args)
         async_engine.start()
