@@ -31,7 +31,10 @@ _VERSION = importlib.metadata.version("jllm")
 
 async def list_models(request: web.Request) -> web.Response:
     """Every served model under each name it answers to (aliases included), with its ``max_model_len``."""
-    models = server_state(request).registry.models
+    registry = server_state(request).registry
+    models = registry.models
+    if not models and registry.starting:
+        raise _starting()
     cards = [_card(name, m.engine.max_model_len) for m in models if not m.unloading for name in m.entry.names]
     return web.json_response(text=ModelList(data=cards).model_dump_json())
 
