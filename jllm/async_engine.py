@@ -172,15 +172,19 @@ class AsyncEngine:
             return f"the engine made no progress for {stalled:.0f} s while {len(self._streams)} requests are in flight"
         return None
 
-    async def drain(self, timeout: float) -> None:
-        """Stops admitting, lets in-flight requests finish for up to ``timeout`` seconds, then aborts the rest."""
+    async def drain(self, timeout: float, error: Exception | None = None) -> None:
+        """Stops admitting, lets in-flight requests finish for up to ``timeout`` seconds, then aborts the rest: each
+        stream ends with finish_reason "abort", or raises ``error`` when one is given (a model being unloaded)."""
         self._accepting = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         if self._streams:
             logger.warning("aborting %d requests still running after %.1f s of draining", len(self._streams), timeout)
-            for request_id in list(self._streams):
+            for request_id, stream in list(self._streams.items()):
                 self.abort(request_id)
+                if error is not None:
+                    stream.put(error)
+                    self._forget(request_id)
             try:
                 await asyncio.wait_for(self._idle.wait(), STOP_GRACE_SECONDS)
             except TimeoutError:
@@ -191,6 +195,12 @@ class AsyncEngine:
         self._accepting = False
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join, STOP_GRACE_SECONDS)  # a stuck step must not block the exit
+
+    def release(self) -> None:
+        """Frees the engine's device memory (weights, KV pool) after ``shutdown``: a model being unloaded."""
+        if self._thread.is_alive():
+            raise RuntimeError("the engine thread is still running (stuck in a step?); its memory cannot be freed")
+        self.engine.release()
 
     def _settle_add(self, request_id: str, error: Exception | None) -> None:
         ack = self._admitting.pop(request_id, None)

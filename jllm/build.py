@@ -18,17 +18,18 @@ import jax
 from jllm import distributed, kv_cache, parallel
 from jllm.attention import describe_backend, resolve_backend
 from jllm.block_manager import BlockManager
-from jllm.config import EngineConfig
+from jllm.config import EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
 from jllm.inputs import InputProcessor
 from jllm.loader import LoadedModel, load_model
+from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.runner import ModelRunner
 from jllm.scheduler import Scheduler
+from jllm.serve_config import ModelEntry
 from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
-CPU_KV_CACHE_BYTES = 1 << 30  # a CPU has no free-memory reading to size the pool from
 
 
 @dataclass
@@ -70,11 +71,7 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
     page_size = config.cache.page_size
     spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, args.dtype)
     num_pages = _num_pages(config, spec, loaded)
-    if (num_pages - 1) * page_size < max_model_len:
-        raise ValueError(
-            f"the KV pool of {num_pages} pages x {page_size} tokens cannot hold one sequence of max_model_len="
-            f"{max_model_len} tokens; raise num_pages / kv_cache_memory_bytes or lower max_model_len"
-        )
+    kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
     pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(mesh))
     sched = config.scheduler
     backend = resolve_backend(config.model.attention_backend, jax.default_backend())
@@ -117,12 +114,33 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
     )
 
 
+@dataclass(frozen=True)
+class ModelBuilder:
+    """A server's models: planned against the device's ``capacity_bytes`` before anything loads, then built with
+    the planned pool (under ``jax.distributed`` the pool is sized as ``build_worker`` sizes it on every process)."""
+
+    capacity_bytes: int
+
+    @classmethod
+    def for_server(cls, server: ServerConfig) -> ModelBuilder:
+        return cls(device_capacity(server))
+
+    def plan(self, entry: ModelEntry) -> ModelMemory:
+        return plan_model(entry.config, self.capacity_bytes, entry.name)
+
+    def build(self, entry: ModelEntry, memory: ModelMemory) -> LLMEngine:
+        config = entry.config
+        if config.parallel.distributed_coordinator is None:
+            config = config.replace(num_pages=memory.num_pages)
+        return build_engine(config)
+
+
 def _num_pages(config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel) -> int:
     cache = config.cache
     if cache.num_pages is not None:
         return cache.num_pages
     if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
-        return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or CPU_KV_CACHE_BYTES)
+        return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or kv_cache.CPU_KV_CACHE_BYTES)
     leaves = jax.tree.leaves(loaded.model)
     params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device
     num_pages = kv_cache.num_pages_from_device_memory(

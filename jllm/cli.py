@@ -3,7 +3,8 @@
     jllm generate --temperature 0 "The capital of France is"
     jllm chat --config configs/smollm2-cpu.yaml
     jllm run configs/example-run.yaml
-    jllm serve /models/llama --port 8000 --api-key secret
+    jllm serve /models/llama --port 8000 --api-key secret --served-model-name llama my-llama
+    jllm serve --config configs/multi-model.yaml      (a models: list: several models, one server)
 
 Engine options (``--max-model-len``, ``--dtype``, ``--num-pages`` ...) are made from ``jllm.config``'s keys, so every
 key a config file takes is also an option, spelt with dashes. They default to "not given", which keeps vLLM's
@@ -44,6 +45,8 @@ def add_engine_options(parser: argparse.ArgumentParser, sections: tuple[str, ...
         help_text = f"default: {f.default}"
         if kind is bool:
             group.add_argument(option, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is list:  # vLLM's --served-model-name takes the name and its aliases
+            group.add_argument(option, dest=key, nargs="+", default=None, metavar=key.upper(), help=help_text)
         else:
             metavar = None if choices else key.upper()
             group.add_argument(
@@ -127,10 +130,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"the model is given twice: {args.model_arg!r} and --model {args.model!r}; give one")
     if args.model_arg is not None:
         args.model = args.model_arg
-    config = engine_config(args, ALL_SECTIONS)
+    from jllm.serve_config import load_serve_config
+
+    serve = load_serve_config(args.config, **{key: getattr(args, key) for key in engine_keys(*ALL_SECTIONS)})
     from jllm.server.app import run_server  # the server (aiohttp) loads only for `serve`
 
-    run_server(config)
+    run_server(serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

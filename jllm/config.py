@@ -42,9 +42,10 @@ def _allowed_values(tp: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None, 
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         allow_none = type(None) in args
-        inner = [a for a in args if a is not type(None)]
-        kinds, choices, _ = _allowed_values(inner[0])
-        return kinds, choices, allow_none
+        inner = [_allowed_values(a) for a in args if a is not type(None)]
+        return tuple(k for kinds, _, _ in inner for k in kinds), inner[0][1], allow_none
+    if typing.get_origin(tp) is list:  # the elements are the section's own check
+        return (list,), None, False
     if typing.get_origin(tp) is Literal:
         return (type(args[0]),), args, False
     if tp is float:
@@ -165,9 +166,14 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    served_model_name: str | None = None
+    served_model_name: str | list[str] | None = None  # the `model` clients send; a list: the first and its aliases
     max_queued_requests: int = 1024
     shutdown_timeout: float = 30.0
+    # Unloading a model at run time (the admin API): seconds its running requests get before they are failed.
+    drain_timeout_s: float = 30.0
+    # The memory models are planned against on a CPU (weights + KV pools of every served model); None = the host's
+    # physical memory, with each KV pool of 1 GiB unless sized by num_pages or kv_cache_memory_bytes.
+    host_memory_budget_bytes: int | None = None
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -177,6 +183,28 @@ class ServerConfig(_Section):
         self._require(self.api_key != "", "api_key", "must be non-empty; leave it out to serve without a key")
         self._require(self.max_queued_requests >= 1, "max_queued_requests", "must be >= 1")
         self._require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0")
+        self._require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
+        budget = self.host_memory_budget_bytes
+        self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
+        names = self.served_model_name
+        self._require(
+            names is None
+            or (isinstance(names, str) and names.strip() != "")
+            or (
+                isinstance(names, list)
+                and names != []
+                and all(isinstance(n, str) and n.strip() != "" for n in names)
+                and len(set(names)) == len(names)
+            ),
+            "served_model_name",
+            "must be a non-empty name or a non-empty list of distinct non-empty names",
+        )
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        """The names clients may send as ``model`` (empty: derive it from the model)."""
+        names = self.served_model_name
+        return () if names is None else (names,) if isinstance(names, str) else tuple(names)
 
 
 @dataclass
@@ -228,7 +256,8 @@ def engine_keys(*sections: str) -> dict[str, dataclasses.Field]:
 
 
 def key_type(key: str) -> tuple[type, tuple[Any, ...] | None]:
-    """The type a key's command-line value parses to (int, float, str or bool) and its choices, if a fixed set."""
+    """The type a key's command-line value parses to (int, float, str, bool, or list: one or more strings) and its
+    choices, if a fixed set."""
     for section in _SECTIONS.values():
         if key in {f.name for f in fields(section)}:
             kinds, choices, _ = _allowed_values(typing.get_type_hints(section)[key])

@@ -44,6 +44,8 @@ class StepRunner(Protocol):
 
     def collect(self, launched: LaunchedStep) -> StepResult: ...
 
+    def release(self) -> None: ...
+
 
 class LLMEngine:
     """``publish``: under ``jax.distributed``, hands each step's plan to the followers before the lead runs it."""
@@ -116,6 +118,12 @@ class LLMEngine:
         self.scheduler.abort(request_id)
         self._drop_moot_step()
         return output
+
+    def release(self) -> None:
+        """Frees the device memory (weights, KV pool) at once, even where a reference to an array lingers; the
+        engine cannot run again. For unloading a model from a server that goes on serving others."""
+        self._in_flight = None
+        self.runner.release()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.outputs.requests) or self._in_flight is not None

@@ -18,6 +18,7 @@ from jax.typing import DTypeLike
 
 # Page 0 is reserved for padding, so a usable pool needs at least one more.
 MIN_NUM_PAGES = 2
+CPU_KV_CACHE_BYTES = 1 << 30  # a CPU has no free-memory reading to size the pool from: its default budget
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,15 @@ def num_pages_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
             "or lower page_size"
         )
     return num_pages
+
+
+def check_pool_holds(num_pages: int, page_size: int, max_model_len: int) -> None:
+    """A pool must hold one sequence of ``max_model_len`` tokens (page 0 is reserved)."""
+    if (num_pages - 1) * page_size < max_model_len:
+        raise ValueError(
+            f"the KV pool of {num_pages} pages x {page_size} tokens cannot hold one sequence of max_model_len="
+            f"{max_model_len} tokens; raise num_pages / kv_cache_memory_bytes or lower max_model_len"
+        )
 
 
 def num_pages_from_device_memory(

@@ -140,6 +140,16 @@ class ModelRunner:
         for (variant, layout), compiled in self._sampler_programs.items():
             yield variant, layout, compiled
 
+    def release(self) -> None:
+        """Deletes the weights, the KV pool and the last sampled tokens on the device (the engine unloading a
+        model): their memory is free at once, whoever still holds a reference; the runner cannot run after."""
+        arrays = [*jax.tree.leaves((self.state, nnx.state(self.loaded.model))), *self.kv_caches, self._last_tokens]
+        for array in arrays:
+            if isinstance(array, jax.Array) and not array.is_deleted():
+                array.delete()
+        self._forward_programs.clear()
+        self._sampler_programs.clear()
+
     def warmup(self, show_progress: bool = True) -> None:
         """Compiles every bucket's forward and base samplers now, so no request waits on the compiler.
 

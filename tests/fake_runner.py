@@ -55,6 +55,7 @@ class ScriptedRunner:
     script: Script = counting_script
     step_seconds: float = 0.0
     launched: list[SchedulerOutput] = field(default_factory=list)
+    released: bool = False  # set by release(): tests read it to see that an unload got this far
 
     def plan(self, output: SchedulerOutput) -> SchedulerOutput:
         return output
@@ -77,6 +78,9 @@ class ScriptedRunner:
     def collect(self, launched: FakeLaunch) -> StepResult:
         time.sleep(self.step_seconds)
         return launched.result
+
+    def release(self) -> None:
+        self.released = True  # no device memory to free
 
 
 def fake_engine(

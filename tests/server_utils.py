@@ -10,7 +10,7 @@ import asyncio
 import json
 import shutil
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from jllm.async_engine import AsyncEngine
 from jllm.config import EngineConfig, load_config
 from jllm.engine import LLMEngine
+from jllm.memory_plan import ModelMemory
+from jllm.serve_config import ModelEntry
 from jllm.server.app import bound_port, build_app, start_app, stop_app
+from jllm.server.registry import EngineFactory
+from jllm.server.state import STATE
 
 API_KEY = "sk-test-key"
 # Four step buckets (16/32 tokens x 1/4 sequences): compiles in seconds; a 96-page pool holds every test's load.
@@ -51,11 +55,24 @@ def engine_config(model_dir: Path, **overrides: Any) -> EngineConfig:
 
 class RunningServer:
     """The app and an ``AsyncEngine`` over ``engine``, serving on 127.0.0.1 from an event loop on its own thread,
-    so tests can use blocking clients (the ``openai`` package) and ``asyncio.run`` clients alike."""
+    so tests can use blocking clients (the ``openai`` package) and ``asyncio.run`` clients alike.
 
-    def __init__(self, engine: LLMEngine, config: EngineConfig, **async_engine_args: Any) -> None:
+    Several models: ``engine`` None and ``models`` of (entry, engine, planned memory or None); ``factory`` plans and
+    builds what the admin API loads."""
+
+    def __init__(
+        self,
+        engine: LLMEngine | None,
+        config: EngineConfig,
+        *,
+        models: Sequence[tuple[ModelEntry, LLMEngine, ModelMemory | None]] = (),
+        factory: EngineFactory | None = None,
+        **async_engine_args: Any,
+    ) -> None:
         self.engine = engine
         self.config = config
+        self.models = models
+        self.factory = factory
         self.async_engine_args = async_engine_args
         self.runner: web.AppRunner | None = None
         self.loop = asyncio.new_event_loop()
@@ -83,11 +100,17 @@ class RunningServer:
             self.call(stop_app(self.app, runner, drain_timeout))
 
     async def _start(self) -> None:
-        self.async_engine = AsyncEngine(self.engine, **self.async_engine_args)
-        self.async_engine.start()
-        self.app = build_app(self.config, self.async_engine)
+        self.async_engine = self._started(self.engine) if self.engine is not None else None
+        self.app = build_app(self.config, self.async_engine, factory=self.factory)
+        for entry, engine, memory in self.models:
+            self.app[STATE].registry.add(entry, self._started(engine), memory)
         self.runner = await start_app(self.app, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{bound_port(self.runner)}"
+
+    def _started(self, engine: LLMEngine) -> AsyncEngine:
+        async_engine = AsyncEngine(engine, **self.async_engine_args)
+        async_engine.start()
+        return async_engine
 
 
 @dataclass

@@ -95,7 +95,7 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture) -> str:
 def test_every_engine_key_is_an_option_of_its_type(command: str, required: list[str]) -> None:
     parser = cli.build_parser()
     sections = cli.ALL_SECTIONS if command == "serve" else cli.OFFLINE_SECTIONS
-    samples = {int: ("8", 8), float: ("0.5", 0.5), str: ("x", "x")}
+    samples = {int: ("8", 8), float: ("0.5", 0.5), str: ("x", "x"), list: ("x", ["x"])}
     for key in engine_keys(*sections):
         option = "--" + key.replace("_", "-")
         kind, choices = key_type(key)
@@ -268,10 +268,12 @@ def test_serve_builds_the_config_and_calls_run_server(tmp_path: Path, monkeypatc
         "m",
     ]
     assert cli.main(argv) == 0
-    [engine] = seen
-    assert (engine.model.model, engine.server.port, engine.server.host) == ("/models/x", 9001, "0.0.0.0")
-    assert (engine.server.api_key, engine.server.served_model_name, engine.scheduler.max_num_seqs) == ("k", "m", 8)
-    assert engine.server.shutdown_timeout == ServerConfig().shutdown_timeout
+    [serve] = seen
+    [entry] = serve.models
+    engine = entry.config
+    assert (engine.model.model, serve.server.port, serve.server.host) == ("/models/x", 9001, "0.0.0.0")
+    assert (serve.server.api_key, entry.names, engine.scheduler.max_num_seqs) == ("k", ("m",), 8)
+    assert serve.server.shutdown_timeout == ServerConfig().shutdown_timeout
 
 
 def test_serve_rejects_two_different_models(capsys: pytest.CaptureFixture) -> None:

@@ -61,9 +61,7 @@ def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "case, kv_heads, sizes", [("default", 3, [3]), ("32q_8kv", 8, [2, 8]), ("16q_2kv", 2, [4, 8])]
-)
+@pytest.mark.parametrize("case, kv_heads, sizes", [("default", 3, [3]), ("32q_8kv", 8, [2, 8]), ("16q_2kv", 2, [4, 8])])
 def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(found, case, kv_heads, sizes):
     for tp in sizes:
         run = found["generate"][case][str(tp)]

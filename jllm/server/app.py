@@ -1,6 +1,6 @@
-"""The aiohttp application and its life: listen first, load the model, serve, and drain on SIGTERM.
+"""The aiohttp application and its life: listen first, load the models, serve, and drain on SIGTERM.
 
-``build_app`` makes the app around an ``AsyncEngine`` (or none yet: every engine route answers 503 while the model
+``build_app`` makes the app around a registry of served models (empty at first: a model's routes answer 503 while it
 loads), so tests can run it in-process; ``run_server`` is the blocking entry point ``jllm serve`` calls.
 
 Where this module sits: docs/architecture.md.
@@ -9,23 +9,22 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
-import threading
 
 from aiohttp import web
 
 from jllm import distributed
 from jllm.async_engine import AsyncEngine
-from jllm.build import build_engine, build_worker
+from jllm.build import ModelBuilder, build_worker
 from jllm.config import EngineConfig
-from jllm.engine import LLMEngine
-from jllm.server import info
+from jllm.serve_config import ServeConfig, entry_of
+from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
 from jllm.server.errors import error_middleware
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
+from jllm.server.registry import EngineFactory, ModelRegistry
 from jllm.server.state import STATE, ServerState
 
 logger = logging.getLogger(__name__)
@@ -34,12 +33,20 @@ MAX_BODY_BYTES = 16 << 20  # room for a long context as JSON token ids; larger b
 HANDLER_GRACE_SECONDS = 5.0  # after draining, how long handlers get to flush their last bytes
 
 
-def build_app(config: EngineConfig, engine: AsyncEngine | None = None) -> web.Application:
+def build_app(
+    config: EngineConfig, engine: AsyncEngine | None = None, *, factory: EngineFactory | None = None
+) -> web.Application:
+    """The app for ``config``'s server settings. ``engine``: a started engine served as ``config``'s one model;
+    ``factory``: how models are planned and built (at start-up and through the admin API). Tests add ready-made
+    engines to ``app[STATE].registry`` directly."""
     middlewares = [request_id_middleware, error_middleware]
     if config.server.api_key:
         middlewares.append(auth_middleware(config.server.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-    app[STATE] = ServerState(config, engine)
+    registry = ModelRegistry(factory, max_queued_requests=config.server.max_queued_requests)
+    if engine is not None:
+        registry.add(entry_of(config), engine)
+    app[STATE] = ServerState(config, registry)
     app.on_response_prepare.append(echo_request_id)
     app.router.add_post("/v1/completions", create_completion)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
@@ -51,6 +58,9 @@ def build_app(config: EngineConfig, engine: AsyncEngine | None = None) -> web.Ap
     app.router.add_get("/health", info.health)
     app.router.add_get("/ready", info.ready)
     app.router.add_get("/metrics", info.metrics)
+    app.router.add_get("/v1/admin/models", admin.list_models)
+    app.router.add_post("/v1/admin/models", admin.load_model)
+    app.router.add_delete("/v1/admin/models/{name:.+}", admin.unload_model)
     return app
 
 
@@ -69,70 +79,52 @@ def bound_port(runner: web.AppRunner) -> int:
 
 async def stop_app(app: web.Application, runner: web.AppRunner, drain_timeout: float) -> None:
     """Graceful stop: refuse new requests (503), let running ones finish for up to ``drain_timeout`` seconds,
-    abort the rest, then close the listener and the engine thread."""
-    engine = app[STATE].engine
-    if engine is not None:
-        await engine.drain(drain_timeout)
+    abort the rest, then close the listener and the engine threads."""
+    registry = app[STATE].registry
+    await registry.drain(drain_timeout)
     await runner.cleanup()
-    if engine is not None:
-        await engine.shutdown()
+    await registry.shutdown()
 
 
-def run_server(config: EngineConfig) -> None:
-    """Serves ``config`` until SIGTERM or SIGINT, then drains and returns. Blocks.
+def run_server(config: EngineConfig | ServeConfig) -> None:
+    """Serves ``config`` (one model, or a ``ServeConfig``'s models) until SIGTERM or SIGINT, then drains and
+    returns. Blocks.
 
     Logs at INFO to stderr unless the caller configured logging: an operator needs the address and request lines.
     Under ``jax.distributed`` only the lead (process 0) listens; a follower runs the lead's steps until it stops.
     """
+    serve = config if isinstance(config, ServeConfig) else ServeConfig(config, (entry_of(config),))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    distributed.initialize(config.parallel)
+    distributed.initialize(serve.config.parallel)
     if not distributed.is_lead():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the lead drains on SIGTERM and needs its followers for it
-        distributed.run_follower(build_worker(config).runner)
+        distributed.run_follower(build_worker(serve.models[0].config).runner)
         return
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(serve))
 
 
-async def _serve(config: EngineConfig) -> None:
-    app = build_app(config)
-    runner = await start_app(app, config.server.host, config.server.port)
-    logger.info("jllm listening on http://%s:%d; loading the model", config.server.host, bound_port(runner))
+async def _serve(serve: ServeConfig) -> None:
+    server = serve.server
+    app = build_app(serve.config, factory=ModelBuilder.for_server(server))
+    runner = await start_app(app, server.host, server.port)
+    logger.info(
+        "jllm listening on http://%s:%d; loading %d model(s)", server.host, bound_port(runner), len(serve.models)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loading = _load_engine(config)
+    loading = asyncio.ensure_future(app[STATE].registry.load_all(serve.models))
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
-            engine = AsyncEngine(loading.result(), max_queued_requests=config.server.max_queued_requests)
-            engine.start()
-            app[STATE].engine = engine
-            logger.info("jllm ready: serving %r", app[STATE].model_name)
+            loading.result()  # a model that failed to load ends the server with its error
+            logger.info("jllm ready: serving %s", ", ".join(repr(m.name) for m in app[STATE].registry.models))
             await stopping
-            logger.info("draining: finishing running requests for up to %.0f s", config.server.shutdown_timeout)
+            logger.info("draining: finishing running requests for up to %.0f s", server.shutdown_timeout)
     finally:
         stopping.cancel()
-        await stop_app(app, runner, config.server.shutdown_timeout)
+        loading.cancel()
+        await stop_app(app, runner, server.shutdown_timeout)
     logger.info("jllm stopped")
-
-
-def _load_engine(config: EngineConfig) -> asyncio.Future[LLMEngine]:
-    """Builds the engine on a daemon thread, so the port answers (503) meanwhile and a SIGTERM during a long load
-    exits at once instead of waiting for it."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[LLMEngine] = loop.create_future()
-
-    def load() -> None:
-        try:
-            engine = build_engine(config)
-        except BaseException as e:
-            outcome = functools.partial(future.set_exception, e)
-        else:
-            outcome = functools.partial(future.set_result, engine)
-        if not loop.is_closed():  # closed when a signal ended the server during the load
-            loop.call_soon_threadsafe(outcome)
-
-    threading.Thread(target=load, name="jllm-load", daemon=True).start()
-    return future

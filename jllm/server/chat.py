@@ -37,17 +37,19 @@ from jllm.server.state import server_state
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state = server_state(request)
     body = ChatCompletionRequest.model_validate_json(await request.read())
-    state.check_model(body.model)
-    engine = state.require_engine()
+    served = state.route(body.model)
+    engine = served.engine
     params = body.sampling_params()
     prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params)
     rid = request_id(request, body.request_id)
-    generation = await Generation.start(engine, rid, [prompt], params, state.metrics)
+    generation = await Generation.start(engine, rid, [prompt], params, served.metrics)
     response_id, created = f"chatcmpl-{rid}", int(time.time())
     top = body.top_logprobs or 0
     try:
         if body.stream:
-            return await send_events(request, _chunks(body, generation, response_id, created, state.model_name))
+            return await send_events(
+                request, _chunks(body, generation, response_id, created, body.model or served.name)
+            )
         deltas = await generation.wait()
         choices = [
             ChatChoice(
@@ -62,7 +64,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         response = ChatCompletionResponse(
             id=response_id,
             created=created,
-            model=state.model_name,
+            model=body.model or served.name,
             choices=choices,
             usage=generation.usage(),
             prompt_logprobs=prompt_logprobs_json(deltas[0].prompt_logprobs) if deltas else None,

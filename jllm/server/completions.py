@@ -33,14 +33,14 @@ from jllm.server.state import server_state
 async def create_completion(request: web.Request) -> web.StreamResponse:
     state = server_state(request)
     body = CompletionRequest.model_validate_json(await request.read())
-    state.check_model(body.model)
-    engine = state.require_engine()
+    served = state.route(body.model)
+    engine = served.engine
     params = body.sampling_params()
     prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body, params)
     rid = request_id(request, body.request_id)
-    generation = await Generation.start(engine, rid, prompts, params, state.metrics)
+    generation = await Generation.start(engine, rid, prompts, params, served.metrics)
     decode = functools.partial(engine.inputs.tokenizer.decode, skip_special_tokens=False)
-    view = _CompletionView(body, prompts, f"cmpl-{rid}", state.model_name, decode)
+    view = _CompletionView(body, prompts, f"cmpl-{rid}", body.model or served.name, decode)
     try:
         if body.stream:
             return await send_events(request, view.chunks(generation))

@@ -18,7 +18,7 @@ from jllm.inputs import Prompt
 from jllm.outputs import Logprob, RequestOutput
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.server.errors import bad_request
-from jllm.server.metrics import RequestTimer, ServerMetrics
+from jllm.server.metrics import ModelMetrics, RequestTimer
 from jllm.server.schemas import UsageInfo
 
 
@@ -50,7 +50,7 @@ class Generation:
     """The engine requests behind one API request; the engine sends each step's new part (``DELTA`` outputs)."""
 
     def __init__(
-        self, engine: AsyncEngine, streams: list[RequestStream], params: SamplingParams, metrics: ServerMetrics
+        self, engine: AsyncEngine, streams: list[RequestStream], params: SamplingParams, metrics: ModelMetrics
     ) -> None:
         self.engine = engine
         self.streams = streams
@@ -68,7 +68,7 @@ class Generation:
         request_id: str,
         prompts: list[Prompt],
         params: SamplingParams,
-        metrics: ServerMetrics,
+        metrics: ModelMetrics,
     ) -> Generation:
         """Admits every prompt (checked by the engine's input door) or none: if one fails, the ones already
         admitted are aborted.

@@ -25,23 +25,29 @@ from jllm.server.schemas import (
 from jllm.server.state import server_state
 
 _CREATED = int(time.time())
+
 _VERSION = importlib.metadata.version("jllm")
 
 
 async def list_models(request: web.Request) -> web.Response:
-    state = server_state(request)
-    engine = state.require_engine()
-    card = ModelCard(id=state.model_name, created=_CREATED, max_model_len=engine.max_model_len)
-    return web.json_response(text=ModelList(data=[card]).model_dump_json())
+    """Every served model under each name it answers to (aliases included), with its ``max_model_len``."""
+    registry = server_state(request).registry
+    models = registry.models
+    if not models and registry.starting:
+        raise _starting()
+    cards = [_card(name, m.engine.max_model_len) for m in models if not m.unloading for name in m.entry.names]
+    return web.json_response(text=ModelList(data=cards).model_dump_json())
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    """OpenAI's ``GET /v1/models/{model}``: the served model's card, or a 404 for any other id."""
-    state = server_state(request)
-    state.check_model(request.match_info["model"])
-    engine = state.require_engine()
-    card = ModelCard(id=state.model_name, created=_CREATED, max_model_len=engine.max_model_len)
-    return web.json_response(text=card.model_dump_json())
+    """OpenAI's ``GET /v1/models/{model}``: a served model's card, or a 404 naming the served models."""
+    name = request.match_info["model"]
+    served = server_state(request).route(name)
+    return web.json_response(text=_card(name, served.engine.max_model_len).model_dump_json())
+
+
+def _card(name: str, max_model_len: int) -> ModelCard:
+    return ModelCard(id=name, created=_CREATED, max_model_len=max_model_len)
 
 
 async def version(request: web.Request) -> web.Response:
@@ -53,8 +59,7 @@ async def tokenize(request: web.Request) -> web.Response:
     """vLLM's ``/tokenize``: a prompt, or chat messages through the chat template."""
     state = server_state(request)
     body = TokenizeRequest.model_validate_json(await request.read())
-    state.check_model(body.model)
-    engine = state.require_engine()
+    engine = state.route(body.model).engine
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
@@ -69,27 +74,42 @@ async def tokenize(request: web.Request) -> web.Response:
 async def detokenize(request: web.Request) -> web.Response:
     state = server_state(request)
     body = DetokenizeRequest.model_validate_json(await request.read())
-    state.check_model(body.model)
-    text = await asyncio.to_thread(state.require_engine().inputs.decode, body.tokens, param="tokens")
+    engine = state.route(body.model).engine
+    text = await asyncio.to_thread(engine.inputs.decode, body.tokens, param="tokens")
     return web.json_response(text=DetokenizeResponse(prompt=text).model_dump_json())
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness: 503 while loading, or when the engine loop died or stopped making progress."""
-    problem = server_state(request).require_engine().health_problem()
-    if problem is not None:
-        raise APIError(503, problem, type="server_error", code="engine_unhealthy")
-    return web.Response()
+    """Liveness, per model: ``{"models": {name: "ok" or its problem}}``; 503 while the models load, or naming each
+    model whose engine loop died or stopped making progress."""
+    registry = server_state(request).registry
+    report = {m.name: m.engine.health_problem() or "ok" for m in registry.models}
+    if not report or registry.starting:
+        raise _starting()
+    failing = {name: problem for name, problem in report.items() if problem != "ok"}
+    if failing:
+        message = "; ".join(f"model `{name}`: {problem}" for name, problem in failing.items())
+        raise APIError(503, message, type="server_error", code="engine_unhealthy")
+    return web.json_response({"models": report})
+
+
+def _starting() -> APIError:
+    message = "the server is starting: a model is still loading"
+    return APIError(503, message, type="server_error", code="server_starting")
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: 200 only while new requests are admitted (503 while loading or draining)."""
-    engine = server_state(request).require_engine()
-    if not engine.accepting:
+    """Readiness: 200 only while every served model admits requests and is healthy (503 while loading or
+    draining for shutdown); a model being unloaded does not count, the others go on serving."""
+    registry = server_state(request).registry
+    models = [m for m in registry.models if not m.unloading]
+    if not models or registry.starting:
+        raise _starting()
+    if not all(m.engine.accepting for m in models):
         raise APIError(503, "the server is draining for shutdown", type="server_error", code="server_draining")
-    problem = engine.health_problem()
-    if problem is not None:
-        raise APIError(503, problem, type="server_error", code="engine_unhealthy")
+    problems = [f"model `{m.name}`: {p}" for m in models if (p := m.engine.health_problem()) is not None]
+    if problems:
+        raise APIError(503, "; ".join(problems), type="server_error", code="engine_unhealthy")
     return web.Response()
 
 

@@ -1,7 +1,8 @@
 """Prometheus metrics under vLLM's names with a ``jllm:`` prefix, so existing dashboards need one rename.
 
-Engine counters (running, waiting, KV usage, prefix cache, preemptions, tokens) are read from the engine's latest
-snapshot at scrape time; latencies are observed per request as its outputs reach the server.
+Engine counters (running, waiting, KV usage, prefix cache, preemptions, tokens) are read from each served model's
+latest engine snapshot at scrape time; latencies are observed per request as its outputs reach the server. Every
+metric carries the ``model_name`` label (a model's first served name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,76 +30,93 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 
 
 class _EngineCollector(Collector):
-    """Turns the engine's latest snapshot into gauges and counters on every scrape."""
+    """Turns each served model's latest engine snapshot into gauges and counters on every scrape."""
 
-    def __init__(self, snapshot: Callable[[], EngineSnapshot | None], model_name: str) -> None:
-        self._snapshot = snapshot
-        self._model_name = model_name
+    def __init__(self, snapshots: Callable[[], dict[str, EngineSnapshot]]) -> None:
+        self._snapshots = snapshots
 
     def collect(self) -> Iterator[Metric]:
-        snap = self._snapshot()
-        if snap is None:  # still loading
+        snaps = self._snapshots()  # model name -> snapshot; empty while the models load
+        if not snaps:
             return
         gauges = [
-            ("jllm:num_requests_running", "Requests in the running batch.", snap.num_running),
-            ("jllm:num_requests_waiting", "Requests waiting for a slot.", snap.num_waiting),
-            ("jllm:kv_cache_usage_perc", "Fraction of KV-cache pages in use (1 = full).", snap.kv_cache_usage),
-            ("jllm:kv_cache_pages_in_use", "KV-cache pages held by unfinished sequences.", snap.num_pages_in_use),
+            ("jllm:num_requests_running", "Requests in the running batch.", "num_running"),
+            ("jllm:num_requests_waiting", "Requests waiting for a slot.", "num_waiting"),
+            ("jllm:kv_cache_usage_perc", "Fraction of KV-cache pages in use (1 = full).", "kv_cache_usage"),
+            ("jllm:kv_cache_pages_in_use", "KV-cache pages held by unfinished sequences.", "num_pages_in_use"),
         ]
         counters = [
-            ("jllm:num_preemptions", "Sequences preempted for KV-cache pages.", snap.num_preemptions),
-            ("jllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", snap.prefix_cache_queries),
-            ("jllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", snap.prefix_cache_hits),
-            ("jllm:prompt_tokens", "Prompt tokens processed.", snap.prompt_tokens),
-            ("jllm:generation_tokens", "Tokens generated.", snap.generation_tokens),
+            ("jllm:num_preemptions", "Sequences preempted for KV-cache pages.", "num_preemptions"),
+            ("jllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", "prefix_cache_queries"),
+            ("jllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", "prefix_cache_hits"),
+            ("jllm:prompt_tokens", "Prompt tokens processed.", "prompt_tokens"),
+            ("jllm:generation_tokens", "Tokens generated.", "generation_tokens"),
         ]
-        for name, doc, value in gauges:
-            family = GaugeMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([self._model_name], value)
-            yield family
-        for name, doc, value in counters:
-            family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([self._model_name], value)
-            yield family
+        for kind, table in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
+            for name, doc, field in table:
+                family = kind(name, doc, labels=["model_name"])
+                for model_name, snap in snaps.items():
+                    family.add_metric([model_name], getattr(snap, field))
+                yield family
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's request latencies and outcomes: the server's histograms under its ``model_name`` label."""
+
+    model_name: str
+    ttft: Histogram
+    inter_token_latency: Histogram
+    e2e_latency: Histogram
+    _finished: Counter
+
+    def request_finished(self, reason: str) -> None:
+        self._finished.labels(self.model_name, reason).inc()
 
 
 class ServerMetrics:
-    """One registry per app (not the process-global one), so several servers can live in one process."""
+    """One registry per app (not the process-global one), so several servers can live in one process. Every metric
+    carries the ``model_name`` label; a model's series stay after it is unloaded (counters do not go back)."""
 
-    def __init__(self, model_name: str, snapshot: Callable[[], EngineSnapshot | None]) -> None:
+    def __init__(self, snapshots: Callable[[], dict[str, EngineSnapshot]]) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_EngineCollector(snapshot, model_name))
-        self.ttft = Histogram(
+        self.registry.register(_EngineCollector(snapshots))
+        self._ttft = Histogram(
             "jllm:time_to_first_token_seconds",
             "Time from admission to the first generated token.",
             ["model_name"],
             buckets=TTFT_BUCKETS,
             registry=self.registry,
-        ).labels(model_name)
-        self.inter_token_latency = Histogram(
+        )
+        self._inter_token_latency = Histogram(
             "jllm:inter_token_latency_seconds",
             "Time between consecutive outputs of one request.",
             ["model_name"],
             buckets=ITL_BUCKETS,
             registry=self.registry,
-        ).labels(model_name)
-        self.e2e_latency = Histogram(
+        )
+        self._e2e_latency = Histogram(
             "jllm:e2e_request_latency_seconds",
             "Time from admission to the last output.",
             ["model_name"],
             buckets=E2E_BUCKETS,
             registry=self.registry,
-        ).labels(model_name)
+        )
         self._finished = Counter(
             "jllm:request_success",
             "Requests finished, by finish reason.",
             ["model_name", "finished_reason"],
             registry=self.registry,
         )
-        self._model_name = model_name
 
-    def request_finished(self, reason: str) -> None:
-        self._finished.labels(self._model_name, reason).inc()
+    def for_model(self, model_name: str) -> ModelMetrics:
+        return ModelMetrics(
+            model_name,
+            self._ttft.labels(model_name),
+            self._inter_token_latency.labels(model_name),
+            self._e2e_latency.labels(model_name),
+            self._finished,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -106,7 +125,7 @@ class ServerMetrics:
 class RequestTimer:
     """One engine request's latencies, observed as its outputs arrive; logs the request once it ends."""
 
-    def __init__(self, metrics: ServerMetrics, request_id: str) -> None:
+    def __init__(self, metrics: ModelMetrics, request_id: str) -> None:
         self.metrics = metrics
         self.request_id = request_id
         self.start = time.monotonic()

@@ -1,0 +1,109 @@
+"""What `jllm serve` serves: the server's settings and a list of models, each a full engine config of its own.
+
+A config file without a ``models:`` key is one model, exactly as before (command line > file > defaults). With
+``models:``, the top-level keys are the server's settings and every model's defaults, and each entry holds one
+model's own engine keys (``served_model_name`` as a name or a list of name and aliases, ``model``, ``dtype``,
+``tensor_parallel_size``, ``gpu_memory_utilization`` / ``num_pages``, scheduler limits ...), which win over the
+defaults. Command-line engine options are defaults too: they win over the file's top level, not over an entry.
+The admin API's ``POST /v1/admin/models`` takes one entry in the same form.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from jllm.config import ConfigError, EngineConfig, ServerConfig, engine_keys, load_yaml, merge_config, unknown_key_error
+from jllm.model_source import DEFAULT_MODEL
+
+# The keys a `models:` entry may hold: every engine key but the server's, plus the model's public name(s).
+ENTRY_KEYS = frozenset(engine_keys("model", "cache", "scheduler", "parallel")) | {"served_model_name"}
+SERVER_KEYS = frozenset(f.name for f in fields(ServerConfig)) - {"served_model_name"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One served model: the names clients send as ``model`` (the first is its name in metrics and logs) and the
+    engine config it is built from."""
+
+    names: tuple[str, ...]
+    config: EngineConfig
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The server's settings (``config.server``, with every model's defaults in ``config``'s other sections) and
+    the models it starts with."""
+
+    config: EngineConfig
+    models: tuple[ModelEntry, ...]
+
+    @property
+    def server(self) -> ServerConfig:
+        return self.config.server
+
+
+def entry_of(config: EngineConfig) -> ModelEntry:
+    """A single-model config as a model entry: its served name(s), else the model's path or alias."""
+    names = config.server.served_names or (config.model.model or DEFAULT_MODEL,)
+    return ModelEntry(names, config)
+
+
+def parse_entry(raw: Any, defaults: EngineConfig, where: str = "model entry") -> ModelEntry:
+    """One ``models:`` entry (or an admin request's body) over ``defaults``; errors name ``where`` and the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of engine keys, got {type(raw).__name__}")
+    own = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    for key in own:
+        if key in SERVER_KEYS:
+            raise ConfigError(f"{where}: {key!r} is a server setting; give it at the top level, not per model")
+        if key not in ENTRY_KEYS:
+            raise ConfigError(f"{where}: {unknown_key_error(key, ENTRY_KEYS)}")
+    if "model" not in own:
+        raise ConfigError(f"{where}: 'model' is required (a model directory, a .gguf file or {DEFAULT_MODEL!r})")
+    base = {k: v for k, v in defaults.to_flat().items() if k not in ("model", "served_model_name")}
+    try:
+        config = EngineConfig.from_flat({**base, **own})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    return entry_of(config)
+
+
+def load_serve_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig:
+    """The file's models (or the one model of a flat config) with the command line's options; every bad key or
+    value is a ConfigError naming it (and the entry, for a key of ``models:``)."""
+    values = load_yaml(path) if path is not None else {}
+    raw_models = values.pop("models", None)
+    if raw_models is None:
+        config = merge_config(values, **overrides)
+        return ServeConfig(config, (entry_of(config),))
+    for key in ("model", "served_model_name"):
+        if values.get(key) is not None or overrides.get(key) is not None:
+            raise ConfigError(f"{key!r} cannot be given beside a models: list; give it in each entry of models:")
+    if not isinstance(raw_models, list) or not raw_models:
+        raise ConfigError("models must be a non-empty list of model entries (each a mapping of engine keys)")
+    defaults = merge_config(values, **overrides)
+    if defaults.parallel.distributed_coordinator is not None and len(raw_models) > 1:
+        raise ConfigError("distributed_coordinator: a multi-process server (jax.distributed) serves one model")
+    entries = tuple(parse_entry(raw, defaults, f"models[{i}]") for i, raw in enumerate(raw_models))
+    check_unique_names(entries)
+    return ServeConfig(defaults, entries)
+
+
+def check_unique_names(entries: tuple[ModelEntry, ...]) -> None:
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        for name in entry.names:
+            if name in seen:
+                raise ConfigError(
+                    f"models[{i}]: served_model_name {name!r} is already the name of models[{seen[name]}]; "
+                    "every served name must be unique"
+                )
+            seen[name] = i
