@@ -3,7 +3,10 @@
 For each family: full-sequence float32 logits within ``LOGITS_RTOL`` of transformers' PyTorch forward (sliding windows
 shorter than the prompt, so both kinds of layer are exercised); greedy ``LLM.generate`` of 24 tokens for a batch of
 three prompts (one longer than the window) identical to transformers' ``generate``; and greedy tokens at tensor
-parallel 2 and 4 on fake CPU devices identical to TP 1 (one subprocess, ``tests/tp_worker.py``).
+parallel 2 and 4 on fake CPU devices identical to TP 1 (one subprocess, ``tests/tp_worker.py``). GPT-NeoX, Falcon and
+Mixtral, added later, check TP 2 only (each TP size costs an engine's compile). Layouts a family's other options pick
+(NeoX's sequential residual, Falcon's multi-query and sequential layers) are checked on their logits only
+(``VARIANTS``), and the mixture of experts' grouped matmul against a per-token loop.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
+from jllm.models.moe import SparseMoE
 from jllm.parallel import make_mesh
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
@@ -28,7 +33,8 @@ WINDOW = 16
 # decoding off a single repeated token.
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 BASE["pad_token_id"] = 0
-# name -> (architecture, config class or None for the architecture's, config overrides, TP sizes to check)
+# name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
+# sizes to check)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2, 4]),
     "gemma2": (
@@ -74,6 +80,26 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2, 4],
     ),
+    "gpt_neox": ("GPTNeoXForCausalLM", None, dict(rotary_pct=0.5, use_parallel_residual=True), [2]),
+    "falcon": (  # Falcon-40B's layout: grouped KV heads, ln_attn / ln_mlp; with biases
+        "FalconForCausalLM",
+        None,
+        dict(head_dim=None, new_decoder_architecture=True, num_kv_heads=2, ffn_hidden_size=96, bias=True),
+        [2],
+    ),
+    "mixtral": ("MixtralForCausalLM", None, dict(num_local_experts=4, sliding_window=WINDOW), [2]),
+}
+# Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpt_neox_sequential_no_bias": (
+        "GPTNeoXForCausalLM",
+        dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False),
+    ),
+    "falcon_multi_query": ("FalconForCausalLM", dict(multi_query=True, parallel_attn=True, ffn_hidden_size=96)),
+    "falcon_sequential_mha_bias": (
+        "FalconForCausalLM",
+        dict(multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
+    ),
 }
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]  # the last > WINDOW
 NEW_TOKENS = 24
@@ -86,9 +112,8 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("families")
     dirs = {}
     for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
-        out = save_tiny_checkpoint(
-            arch, {**BASE, **overrides}, root / name, seed=i, config_cls_name=config_cls, perturb_norms=True
-        )
+        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+        out = save_tiny_checkpoint(arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_norms=True)
         for file in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(default_model_dir / file, out / file)
         dirs[name] = out
@@ -105,6 +130,60 @@ def test_logits_match_transformers(family_dirs, name):
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
     assert relative_error(got, expected) < LOGITS_RTOL
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_logits_match_transformers(tmp_path, name):
+    arch, overrides = VARIANTS[name]
+    config = dict(TINY_CONFIG, initializer_range=0.3, **overrides)
+    model_dir = save_tiny_checkpoint(arch, config, tmp_path / name, perturb_norms=True)
+    ids = np.random.default_rng(8).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < LOGITS_RTOL
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_mixture_of_experts_equals_a_loop_over_tokens():
+    """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time."""
+    dim, hidden, experts, t = 16, 24, 6, 40
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32)
+    rng = np.random.default_rng(3)
+    router = rng.normal(size=(dim, experts)).astype(np.float32)
+    gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
+    down = rng.normal(size=(experts, hidden, dim)).astype(np.float32) / 4
+    moe.gate.kernel.set_value(router)
+    moe.gate_up_proj.kernel.set_value(gate_up)
+    moe.down_proj.kernel.set_value(down)
+    x = rng.normal(size=(t, dim)).astype(np.float32)
+
+    expected = np.zeros_like(x)
+    used = set()
+    for i in range(t):
+        logits = x[i] @ router
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        top = np.argsort(-probs)[:2]
+        used.update(top.tolist())
+        for e, w in zip(top, probs[top] / probs[top].sum(), strict=True):
+            g, u = x[i] @ gate_up[e, :, 0], x[i] @ gate_up[e, :, 1]
+            expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
+    assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
+    assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
+
+
+def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
+    """Per layer, the experts transformers' router picks for any token of ``prompts``."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    used: list[set[int]] = [set() for _ in range(model.config.num_hidden_layers)]
+    with torch.no_grad():
+        for ids in prompts:
+            for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
+                used[layer].update(torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist())
+    return used
 
 
 def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -130,6 +209,8 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+    if name == "mixtral":  # the batch's tokens go to different experts in every layer
+        assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +241,9 @@ def test_tensor_parallel_gives_tp1_greedy_tokens(tp_found, name):
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
         ("GPTBigCodeForCausalLM", {}, "GPTBigCodeForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
+        ("GPTNeoXForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*gelu"),
+        ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):
