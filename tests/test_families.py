@@ -4,7 +4,8 @@ For each family: full-sequence float32 logits within ``LOGITS_RTOL`` of transfor
 shorter than the prompt, so both kinds of layer are exercised); greedy ``LLM.generate`` of 24 tokens for a batch of
 three prompts (one longer than the window) identical to transformers' ``generate``; and greedy tokens at tensor
 parallel 2 and 4 on fake CPU devices identical to TP 1 (one subprocess, ``tests/tp_worker.py``). GPT-NeoX, Falcon and
-Mixtral, added later, check TP 2 only (each TP size costs an engine's compile). Layouts a family's other options pick
+Mixtral, added later, check one TP size each (each size costs an engine's compile, ~30 s on a loaded 2-core machine):
+2 for GPT-NeoX and Mixtral, 4 for Falcon (KV heads replicated). Layouts a family's other options pick
 (NeoX's sequential residual, Falcon's multi-query and sequential layers) are checked on their logits only
 (``VARIANTS``), and the mixture of experts' grouped matmul against a per-token loop.
 """
@@ -85,7 +86,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         "FalconForCausalLM",
         None,
         dict(head_dim=None, new_decoder_architecture=True, num_kv_heads=2, ffn_hidden_size=96, bias=True),
-        [2],
+        [4],  # 4 devices over 2 KV heads: replicated KV heads read from the grouped fused tensor
     ),
     "mixtral": ("MixtralForCausalLM", None, dict(num_local_experts=4, sliding_window=WINDOW), [2]),
 }
