@@ -74,7 +74,9 @@ def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelAr
     """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder."""
     all_sliding = model_type == "mistral" or cfg.get("use_sliding_window")
     base, layers = _uniform(cfg, dtype, SLIDING if all_sliding else FULL)
-    return ModelArgs(**base, layers=layers, qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)))
+    qkv_bias = model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+    act = _activation(cfg, "hidden_act", "silu", model_type)
+    return ModelArgs(**base, layers=layers, qkv_bias=qkv_bias, mlp_act=act)
 
 
 def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -88,7 +90,9 @@ def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3 (dense): Llama plus an RMSNorm on each query and key head."""
     base, layers = _uniform(cfg, dtype, FULL)
-    return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=bool(cfg.get("attention_bias", False)))
+    qkv_bias = bool(cfg.get("attention_bias", False))
+    act = _activation(cfg, "hidden_act", "silu", "Qwen3")
+    return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=qkv_bias, mlp_act=act)
 
 
 # Gemma's norms before and after each block: our module name -> the checkpoint's.
@@ -156,6 +160,7 @@ def phi3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return ModelArgs(
         **base,
         layers=layers,
+        mlp_act=_activation(cfg, "hidden_act", "silu", "Phi-3"),
         weights=WeightMap(qkv=("qkv_proj",), qkv_layout="concat", gate_up=("gate_up_proj",)),
     )
 
