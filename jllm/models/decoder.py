@@ -92,6 +92,10 @@ class ModelArgs:
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
 
+    def __post_init__(self) -> None:
+        if self.shared_input_norm and not self.parallel_residual:
+            raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
+
     def make_mlp(self) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts:

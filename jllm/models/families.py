@@ -257,13 +257,16 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def mixtral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mixtral: Mistral's attention with a routed mixture of SwiGLU experts (top ``num_experts_per_tok`` of
     ``num_local_experts``) in place of the MLP."""
+    experts, top_k = cfg["num_local_experts"], cfg.get("num_experts_per_tok", 2)
+    if not 0 < top_k <= experts:
+        raise ValueError(f"Mixtral num_experts_per_tok={top_k} must be between 1 and num_local_experts={experts}")
     base, layers = _uniform(cfg, dtype, SLIDING)
     return ModelArgs(
         **base,
         layers=layers,
         mlp_act=_activation(cfg, "hidden_act", "silu", "Mixtral"),
-        num_experts=cfg["num_local_experts"],
-        experts_per_token=cfg.get("num_experts_per_tok", 2),
+        num_experts=experts,
+        experts_per_token=top_k,
         weights=WeightMap(
             gate_up=("experts.{e}.w1", "experts.{e}.w3"),
             rename=(("mlp", "block_sparse_moe"), ("down_proj", "experts.{e}.w2")),
