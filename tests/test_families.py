@@ -254,3 +254,15 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
+
+
+def test_pythia_config_names_read_as_transformers_5_writes_them():
+    """Hub Pythia configs say ``rotary_pct`` / ``rotary_emb_base``; transformers 5 saves ``rope_parameters``."""
+    from jllm.models.families import gpt_neox
+
+    common = dict(TINY_CONFIG, architectures=["GPTNeoXForCausalLM"])
+    old = gpt_neox(dict(common, rotary_pct=0.5, rotary_emb_base=500.0), np.float32)
+    new = gpt_neox(dict(common, rope_parameters={"rope_theta": 500.0, "partial_rotary_factor": 0.5}), np.float32)
+    assert old == new
+    assert old.layers[0].rope.rotary_dim == 8 and old.layers[0].rope.theta == 500.0
+    assert gpt_neox(common, np.float32).layers[0].rope.rotary_dim == 4  # rotary_pct defaults to 0.25
