@@ -2,18 +2,20 @@
 
 For each family: full-sequence float32 logits within ``LOGITS_RTOL`` of transformers' PyTorch forward (sliding windows
 shorter than the prompt, so both kinds of layer are exercised); greedy ``LLM.generate`` of 24 tokens for a batch of
-three prompts (one longer than the window) identical to transformers' ``generate``; and greedy tokens at tensor
-parallel 2 and 4 on fake CPU devices identical to TP 1 (one subprocess, ``tests/tp_worker.py``). GPT-NeoX, Falcon and
-Mixtral, added later, check one TP size each (each size costs an engine's compile, ~30 s on a loaded 2-core machine):
-2 for GPT-NeoX and Mixtral, 4 for Falcon (KV heads replicated). Layouts a family's other options pick
-(NeoX's sequential residual, Falcon's multi-query and sequential layers) are checked on their logits only
-(``VARIANTS``), and the mixture of experts' grouped matmul against a per-token loop.
+three prompts (one longer than the window) identical to transformers' ``generate``; and, at tensor parallel 2 and 4
+on fake CPU devices (one subprocess, ``tests/tp_worker.py``), greedy tokens identical to transformers' (so to TP 1's)
+and prefill logits within ``LOGITS_RTOL`` of transformers'. GPT-NeoX, Falcon and Mixtral, added later, check one TP
+size each (each size costs an engine's compile, ~30 s on a loaded 2-core machine): 2 for GPT-NeoX and Mixtral, 4 for
+Falcon (KV heads replicated). Layouts a family's other options pick (NeoX's sequential residual, Falcon's one-norm,
+multi-query and sequential layers) are checked on their logits only (``VARIANTS``), and the mixture of experts'
+grouped matmul against a per-token loop.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "GPTNeoXForCausalLM",
         dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False),
     ),
+    "falcon_grouped_one_norm": (  # Falcon-11B's layout: the MLP shares the attention's input norm
+        "FalconForCausalLM",
+        dict(new_decoder_architecture=True, num_kv_heads=2, num_ln_in_parallel_attn=1, ffn_hidden_size=96),
+    ),
     "falcon_multi_query": ("FalconForCausalLM", dict(multi_query=True, parallel_attn=True, ffn_hidden_size=96)),
     "falcon_sequential_mha_bias": (
         "FalconForCausalLM",
@@ -104,6 +110,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]  # the last > WINDOW
 NEW_TOKENS = 24
+TP_NEW_TOKENS = 12  # tests/tp_worker.py's GREEDY.max_tokens
 # Two step buckets (16 tokens x 1 / 4 sequences): the 40-token prompt is prefilled in chunks beside the decodes.
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
 
@@ -202,13 +209,26 @@ def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> lis
     return out
 
 
+@pytest.fixture(scope="module")
+def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
+    """transformers' greedy tokens for ``PROMPTS`` per family, computed once for the greedy and the TP tests."""
+    found: dict[str, list[list[int]]] = {}
+
+    def get(name: str) -> list[list[int]]:
+        if name not in found:
+            found[name] = hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+        return found[name]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_greedy_batch_equals_transformers_generate(family_dirs, name):
+def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
     greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
-    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    assert got == hf_tokens(name)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
     if name == "mixtral":  # the batch's tokens go to different experts in every layer
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
@@ -216,7 +236,7 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
 
 @pytest.fixture(scope="module")
 def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """tests/tp_worker.py's greedy runs of each family at TP 1 and its sizes, on 8 fake CPU devices."""
+    """tests/tp_worker.py's greedy runs and prefill logits of each family at its TP sizes, on 8 fake CPU devices."""
     tmp = tmp_path_factory.mktemp("families_tp")
     spec = {
         "families": {name: [str(family_dirs[name]), sizes] for name, (*_, sizes) in FAMILIES.items()},
@@ -227,13 +247,15 @@ def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_tensor_parallel_gives_tp1_greedy_tokens(tp_found, name):
+def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, name):
     runs = tp_found[name]
     sizes = FAMILIES[name][3]
-    assert sorted(runs) == sorted(map(str, [1, *sizes]))
+    assert sorted(runs) == sorted(map(str, sizes))
+    expected_tokens = [tokens[:TP_NEW_TOKENS] for tokens in hf_tokens(name)]
+    expected_logits = hf_logits(family_dirs[name], PROMPTS[2])
     for tp in map(str, sizes):
-        assert runs[tp]["tokens"] == runs["1"]["tokens"], f"{name} at TP={tp}"
-        assert runs[tp]["logits_max_abs_diff"] <= 1e-5 * max(1.0, runs["1"]["logits_max_abs"]), f"{name} TP={tp}"
+        assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"
+        assert relative_error(np.load(runs[tp]["logits_file"]), expected_logits) < LOGITS_RTOL, f"{name} TP={tp}"
 
 
 @pytest.mark.parametrize(
