@@ -161,7 +161,27 @@ class SafetensorsIndex:
     def param_reader(self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int) -> Reader:
         """Reads any slice of one model parameter, assembling fused projections from their checkpoint parts."""
         names, transpose = hf_names(path, self.weights)
-        module = str(path[-2])
+        if "{e}" in names[0]:
+            return self._experts_reader(names, str(path[-2]), shape, transpose, dtype)
+        return self._reader(names, str(path[-2]), shape, transpose, dtype, kv_replicas)
+
+    def _experts_reader(
+        self, names: list[str], module: str, shape: tuple[int, ...], transpose: bool, dtype: Any
+    ) -> Reader:
+        """``[experts, *per_expert]`` stacked from one checkpoint tensor (or fused part) per expert."""
+        experts = [
+            self._reader([n.format(e=e) for n in names], module, shape[1:], transpose, dtype, 1)
+            for e in range(shape[0])
+        ]
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            return np.stack([experts[e](index[1:]) for e in range(*index[0].indices(shape[0]))])
+
+        return read
+
+    def _reader(
+        self, names: list[str], module: str, shape: tuple[int, ...], transpose: bool, dtype: Any, kv_replicas: int
+    ) -> Reader:
         if module == "qkv_proj":
             return self._qkv_reader(names, shape, transpose, dtype, kv_replicas)
         if module == "gate_up_proj":
@@ -220,15 +240,25 @@ class SafetensorsIndex:
                 self.slice_reader(n, (*lead, s * hd), transpose, dtype) for n, s in zip(names, sizes, strict=True)
             ]
             first = {"q": (0, 0), "k": (1, 0), "v": (2, 0)}  # part -> (tensor, its first head's row / head_dim)
-        elif layout == "concat":
+        elif layout in ("concat", "grouped"):
             readers = [self.slice_reader(names[0], (*lead, (q_heads + 2 * kv) * hd), transpose, dtype)]
             first = {"q": (0, 0), "k": (0, q_heads), "v": (0, q_heads + kv)}
         else:
-            raise ValueError(f"qkv layout {layout!r} is not supported (supported: 'separate', 'concat')")
+            raise ValueError(f"qkv layout {layout!r} is not supported (supported: 'separate', 'concat', 'grouped')")
+        group = q_heads // kv
+
+        def start(part: str, head: int) -> tuple[int, int]:
+            """(tensor, first row in head_dim units) of ``head`` of ``part``."""
+            if layout != "grouped":
+                tensor, at = first[part]
+                return tensor, at + head
+            if part == "q":  # KV head c's block: its group's query heads, then its K, then its V
+                return 0, head // group * (group + 2) + head % group
+            return 0, head * (group + 2) + group + (part == "v")
 
         def rows(lead_index: list[slice], part: str, head: int, n: int) -> np.ndarray:
-            tensor, at = first[part]
-            return readers[tensor]((*lead_index, slice((at + head) * hd, (at + head + n) * hd)))
+            tensor, at = start(part, head)
+            return readers[tensor]((*lead_index, slice(at * hd, (at + n) * hd)))
 
         return rows
 

@@ -2,7 +2,8 @@
 
 Models name logical axes only (``("embed", "q_heads")``); this table turns them into ``PartitionSpec``s.
 Megatron-style tensor parallelism: QKV and gate/up split by columns (heads), O and down by rows, embedding and
-LM head by vocabulary, the KV pool on its KV-head axis. XLA inserts the collectives from these shardings.
+LM head by vocabulary, the KV pool on its KV-head axis; a mixture of experts' kernels like a dense MLP's, along each
+expert's inner axis, with the router replicated. XLA inserts the collectives from these shardings.
 
 With fewer KV heads than devices, KV heads are replicated as vLLM does: the model is built with ``tp`` KV heads
 (each of the checkpoint's heads repeated ``tp / num_kv_heads`` times), so device d holds exactly the one KV head its
@@ -31,7 +32,8 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
     "embed": None,
     "q_heads": TP_AXIS,
     KV_HEADS: TP_AXIS,
-    "mlp": TP_AXIS,
+    "mlp": TP_AXIS,  # a dense MLP's inner axis, and each expert's (experts split along their inner dimension)
+    "experts": None,  # every device holds a slice of every expert: no expert parallelism
 }
 
 

@@ -2,23 +2,31 @@
 
 For each family: full-sequence float32 logits within ``LOGITS_RTOL`` of transformers' PyTorch forward (sliding windows
 shorter than the prompt, so both kinds of layer are exercised); greedy ``LLM.generate`` of 24 tokens for a batch of
-three prompts (one longer than the window) identical to transformers' ``generate``; and greedy tokens at tensor
-parallel 2 and 4 on fake CPU devices identical to TP 1 (one subprocess, ``tests/tp_worker.py``).
+three prompts (one longer than the window) identical to transformers' ``generate``; and, at tensor parallel 2 and 4
+on fake CPU devices (one subprocess, ``tests/tp_worker.py``), greedy tokens identical to transformers' (so to TP 1's)
+and prefill logits within ``LOGITS_RTOL`` of transformers'. GPT-NeoX, Falcon and Mixtral, added later, check one TP
+size each (each size costs an engine's compile, ~30 s on a loaded 2-core machine): 2 for GPT-NeoX and Mixtral, 4 for
+Falcon (KV heads replicated). Layouts a family's other options pick (NeoX's sequential residual, Falcon's one-norm,
+multi-query and sequential layers) are checked on their logits only (``VARIANTS``), and the mixture of experts'
+grouped matmul against a per-token loop.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
+from jllm.models.moe import SparseMoE
 from jllm.parallel import make_mesh
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
@@ -28,7 +36,8 @@ WINDOW = 16
 # decoding off a single repeated token.
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 BASE["pad_token_id"] = 0
-# name -> (architecture, config class or None for the architecture's, config overrides, TP sizes to check)
+# name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
+# sizes to check)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2, 4]),
     "gemma2": (
@@ -74,9 +83,34 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2, 4],
     ),
+    "gpt_neox": ("GPTNeoXForCausalLM", None, dict(rotary_pct=0.5, use_parallel_residual=True), [2]),
+    "falcon": (  # Falcon-40B's layout: grouped KV heads, ln_attn / ln_mlp; with biases
+        "FalconForCausalLM",
+        None,
+        dict(head_dim=None, new_decoder_architecture=True, num_kv_heads=2, ffn_hidden_size=96, bias=True),
+        [4],  # 4 devices over 2 KV heads: replicated KV heads read from the grouped fused tensor
+    ),
+    "mixtral": ("MixtralForCausalLM", None, dict(num_local_experts=4, sliding_window=WINDOW), [2]),
+}
+# Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpt_neox_sequential_no_bias": (
+        "GPTNeoXForCausalLM",
+        dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False),
+    ),
+    "falcon_grouped_one_norm": (  # Falcon-11B's layout: the MLP shares the attention's input norm
+        "FalconForCausalLM",
+        dict(new_decoder_architecture=True, num_kv_heads=2, num_ln_in_parallel_attn=1, ffn_hidden_size=96),
+    ),
+    "falcon_multi_query": ("FalconForCausalLM", dict(multi_query=True, parallel_attn=True, ffn_hidden_size=96)),
+    "falcon_sequential_mha_bias": (
+        "FalconForCausalLM",
+        dict(multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
+    ),
 }
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]  # the last > WINDOW
 NEW_TOKENS = 24
+TP_NEW_TOKENS = 12  # tests/tp_worker.py's GREEDY.max_tokens
 # Two step buckets (16 tokens x 1 / 4 sequences): the 40-token prompt is prefilled in chunks beside the decodes.
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
 
@@ -86,9 +120,8 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("families")
     dirs = {}
     for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
-        out = save_tiny_checkpoint(
-            arch, {**BASE, **overrides}, root / name, seed=i, config_cls_name=config_cls, perturb_norms=True
-        )
+        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+        out = save_tiny_checkpoint(arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_norms=True)
         for file in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(default_model_dir / file, out / file)
         dirs[name] = out
@@ -107,6 +140,60 @@ def test_logits_match_transformers(family_dirs, name):
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_logits_match_transformers(tmp_path, name):
+    arch, overrides = VARIANTS[name]
+    config = dict(TINY_CONFIG, initializer_range=0.3, **overrides)
+    model_dir = save_tiny_checkpoint(arch, config, tmp_path / name, perturb_norms=True)
+    ids = np.random.default_rng(8).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < LOGITS_RTOL
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_mixture_of_experts_equals_a_loop_over_tokens():
+    """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time."""
+    dim, hidden, experts, t = 16, 24, 6, 40
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32)
+    rng = np.random.default_rng(3)
+    router = rng.normal(size=(dim, experts)).astype(np.float32)
+    gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
+    down = rng.normal(size=(experts, hidden, dim)).astype(np.float32) / 4
+    moe.gate.kernel.set_value(router)
+    moe.gate_up_proj.kernel.set_value(gate_up)
+    moe.down_proj.kernel.set_value(down)
+    x = rng.normal(size=(t, dim)).astype(np.float32)
+
+    expected = np.zeros_like(x)
+    used = set()
+    for i in range(t):
+        logits = x[i] @ router
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        top = np.argsort(-probs)[:2]
+        used.update(top.tolist())
+        for e, w in zip(top, probs[top] / probs[top].sum(), strict=True):
+            g, u = x[i] @ gate_up[e, :, 0], x[i] @ gate_up[e, :, 1]
+            expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
+    assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
+    assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
+
+
+def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
+    """Per layer, the experts transformers' router picks for any token of ``prompts``."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    used: list[set[int]] = [set() for _ in range(model.config.num_hidden_layers)]
+    with torch.no_grad():
+        for ids in prompts:
+            for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
+                used[layer].update(torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist())
+    return used
+
+
 def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     """transformers' greedy ``generate`` of each prompt alone (no padding), never stopping early."""
     import torch
@@ -122,19 +209,34 @@ def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> lis
     return out
 
 
+@pytest.fixture(scope="module")
+def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
+    """transformers' greedy tokens for ``PROMPTS`` per family, computed once for the greedy and the TP tests."""
+    found: dict[str, list[list[int]]] = {}
+
+    def get(name: str) -> list[list[int]]:
+        if name not in found:
+            found[name] = hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+        return found[name]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_greedy_batch_equals_transformers_generate(family_dirs, name):
+def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
     greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
-    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    assert got == hf_tokens(name)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+    if name == "mixtral":  # the batch's tokens go to different experts in every layer
+        assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
 
 
 @pytest.fixture(scope="module")
 def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """tests/tp_worker.py's greedy runs of each family at TP 1 and its sizes, on 8 fake CPU devices."""
+    """tests/tp_worker.py's greedy runs and prefill logits of each family at its TP sizes, on 8 fake CPU devices."""
     tmp = tmp_path_factory.mktemp("families_tp")
     spec = {
         "families": {name: [str(family_dirs[name]), sizes] for name, (*_, sizes) in FAMILIES.items()},
@@ -145,13 +247,15 @@ def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_tensor_parallel_gives_tp1_greedy_tokens(tp_found, name):
+def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, name):
     runs = tp_found[name]
     sizes = FAMILIES[name][3]
-    assert sorted(runs) == sorted(map(str, [1, *sizes]))
+    assert sorted(runs) == sorted(map(str, sizes))
+    expected_tokens = [tokens[:TP_NEW_TOKENS] for tokens in hf_tokens(name)]
+    expected_logits = hf_logits(family_dirs[name], PROMPTS[2])
     for tp in map(str, sizes):
-        assert runs[tp]["tokens"] == runs["1"]["tokens"], f"{name} at TP={tp}"
-        assert runs[tp]["logits_max_abs_diff"] <= 1e-5 * max(1.0, runs["1"]["logits_max_abs"]), f"{name} TP={tp}"
+        assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"
+        assert relative_error(np.load(runs[tp]["logits_file"]), expected_logits) < LOGITS_RTOL, f"{name} TP={tp}"
 
 
 @pytest.mark.parametrize(
@@ -160,6 +264,11 @@ def test_tensor_parallel_gives_tp1_greedy_tokens(tp_found, name):
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
         ("GPTBigCodeForCausalLM", {}, "GPTBigCodeForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
+        ("GPTNeoXForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*gelu"),
+        ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),
+        ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
+        ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):
@@ -167,3 +276,15 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
+
+
+def test_pythia_config_names_read_as_transformers_5_writes_them():
+    """Hub Pythia configs say ``rotary_pct`` / ``rotary_emb_base``; transformers 5 saves ``rope_parameters``."""
+    from jllm.models.families import gpt_neox
+
+    common = dict(TINY_CONFIG, architectures=["GPTNeoXForCausalLM"])
+    old = gpt_neox(dict(common, rotary_pct=0.5, rotary_emb_base=500.0), np.float32)
+    new = gpt_neox(dict(common, rope_parameters={"rope_theta": 500.0, "partial_rotary_factor": 0.5}), np.float32)
+    assert old == new
+    assert old.layers[0].rope.rotary_dim == 8 and old.layers[0].rope.theta == 500.0
+    assert gpt_neox(common, np.float32).layers[0].rope.rotary_dim == 4  # rotary_pct defaults to 0.25

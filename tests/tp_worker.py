@@ -4,7 +4,7 @@
 once and the findings go to one JSON file, so the test pays for JAX start-up and each compilation only once.
 
 Usage: ``python tests/tp_worker.py SPEC.json OUT.json`` where SPEC names the model directories (see ``main``); a
-SPEC with ``families`` (name -> [model directory, TP sizes]) runs only ``generate_case`` for each
+SPEC with ``families`` (name -> [model directory, TP sizes]) runs only ``family_case`` for each
 (tests/test_families.py).
 """
 
@@ -142,6 +142,20 @@ def generate_case(model_dir: str, sizes: list[int]) -> dict[str, Any]:
     return results
 
 
+def family_case(model_dir: str, sizes: list[int], out: Path) -> dict[str, Any]:
+    """Greedy tokens and the last prompt's prefill logits (an .npy file in ``out``) at each TP size, which
+    tests/test_families.py compares with transformers' own (no TP 1 run: its engine would cost a compile)."""
+    results: dict[str, Any] = {}
+    for tp in sizes:
+        llm = LLM(model_dir, tensor_parallel_size=tp, **ENGINE_ARGS)
+        logits = out / f"{Path(model_dir).name}_tp{tp}.npy"
+        np.save(logits, prefill_logits(llm.engine.runner.loaded, PROMPTS[2]))
+        tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+        results[str(tp)] = {"tokens": tokens, "logits_file": str(logits)}
+        del llm
+    return results
+
+
 def refused(model_dir: str, tp: int) -> str:
     try:
         LLM(model_dir, tensor_parallel_size=tp, **ENGINE_ARGS)
@@ -230,7 +244,8 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     os.environ["JLLM_CACHE"] = spec["cache_dir"]  # keeps the persistent compilation cache out of the user's home
     if "families" in spec:
-        found = {name: generate_case(model_dir, sizes) for name, (model_dir, sizes) in spec["families"].items()}
+        out = Path(sys.argv[2]).parent
+        found = {name: family_case(model_dir, sizes, out) for name, (model_dir, sizes) in spec["families"].items()}
         Path(sys.argv[2]).write_text(json.dumps({"devices": jax.device_count(), "generate": found}))
         return
     default, gqa, replicated = spec["default_model"], spec["model_32q_8kv"], spec["model_16q_2kv"]

@@ -15,6 +15,8 @@ from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.rope import Rope
 
 SLIDING, FULL = "sliding_attention", "full_attention"
+# transformers' activation names -> ours (``jllm.models.layers.ACTIVATIONS``)
+HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 def _base(cfg: dict[str, Any], dtype: Any) -> dict[str, Any]:
@@ -52,18 +54,29 @@ def _windows(cfg: dict[str, Any], default: list[str]) -> list[int | None]:
     return [window if window and kind == SLIDING else None for kind in types]
 
 
+def _uniform(cfg: dict[str, Any], dtype: Any, default: str) -> tuple[dict[str, Any], tuple[LayerSpec, ...]]:
+    """The base settings and the layers of a family whose layers share one rope; ``default``: each layer's kind
+    where the config has no ``layer_types``."""
+    base = _base(cfg, dtype)
+    rope = _rope(cfg, base["head_dim"])
+    return base, tuple(LayerSpec(rope, w) for w in _windows(cfg, [default] * base["num_layers"]))
+
+
+def _activation(cfg: dict[str, Any], key: str, default: str, family: str) -> str:
+    """The config's activation name as one of ``layers.ACTIVATIONS``, refusing others by name."""
+    name = cfg.get(key) or default
+    if name not in HF_ACTIVATIONS:
+        raise ValueError(f"{family} {key} {name!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]
+
+
 def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:
     """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder."""
-    base = _base(cfg, dtype)
-    n = base["num_layers"]
     all_sliding = model_type == "mistral" or cfg.get("use_sliding_window")
-    rope = _rope(cfg, base["head_dim"])
-    windows = _windows(cfg, [SLIDING if all_sliding else FULL] * n)
-    return ModelArgs(
-        **base,
-        layers=tuple(LayerSpec(rope, w) for w in windows),
-        qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-    )
+    base, layers = _uniform(cfg, dtype, SLIDING if all_sliding else FULL)
+    qkv_bias = model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+    act = _activation(cfg, "hidden_act", "silu", model_type)
+    return ModelArgs(**base, layers=layers, qkv_bias=qkv_bias, mlp_act=act)
 
 
 def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -76,15 +89,10 @@ def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3 (dense): Llama plus an RMSNorm on each query and key head."""
-    base = _base(cfg, dtype)
-    rope = _rope(cfg, base["head_dim"])
-    windows = _windows(cfg, [FULL] * base["num_layers"])
-    return ModelArgs(
-        **base,
-        layers=tuple(LayerSpec(rope, w) for w in windows),
-        qk_norm=True,
-        qkv_bias=bool(cfg.get("attention_bias", False)),
-    )
+    base, layers = _uniform(cfg, dtype, FULL)
+    qkv_bias = bool(cfg.get("attention_bias", False))
+    act = _activation(cfg, "hidden_act", "silu", "Qwen3")
+    return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=qkv_bias, mlp_act=act)
 
 
 # Gemma's norms before and after each block: our module name -> the checkpoint's.
@@ -148,11 +156,119 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def phi3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv and gate_up tensors, longrope scaling, partial rotary (Phi-4-mini)."""
-    base = _base(cfg, dtype)
-    rope = _rope(cfg, base["head_dim"])
-    windows = _windows(cfg, [SLIDING] * base["num_layers"])
+    base, layers = _uniform(cfg, dtype, SLIDING)
     return ModelArgs(
         **base,
-        layers=tuple(LayerSpec(rope, w) for w in windows),
+        layers=layers,
+        mlp_act=_activation(cfg, "hidden_act", "silu", "Phi-3"),
         weights=WeightMap(qkv=("qkv_proj",), qkv_layout="concat", gate_up=("gate_up_proj",)),
+    )
+
+
+# GPT-NeoX's and Falcon's plain MLP; the attention's output projection is called ``dense`` in both.
+DENSE_NAMES = (("o_proj", "dense"), ("up_proj", "dense_h_to_4h"), ("down_proj", "dense_4h_to_h"))
+
+
+def gpt_neox(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GPT-NeoX / Pythia: LayerNorms with bias, a per-head fused ``query_key_value`` ``[q, k, v]``, partial rotary
+    (``rotary_pct``), biased linears, a plain gelu MLP, and parallel or sequential residuals."""
+    heads = cfg["num_attention_heads"]
+    cfg = {
+        "rope_theta": cfg.get("rotary_emb_base", 10000.0),
+        "partial_rotary_factor": cfg.get("rotary_pct", 0.25),  # older configs' names and defaults
+        **cfg,
+        "num_key_value_heads": heads,  # always multi-head
+        "head_dim": cfg["hidden_size"] // heads,
+        "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5),
+    }
+    base, layers = _uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", True))
+    rename = (("embed_tokens", "embed_in"), ("self_attn", "attention"), ("norm", "final_layer_norm"))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=True,
+        mlp_gated=False,
+        mlp_act=_activation(cfg, "hidden_act", "gelu", "GPT-NeoX"),
+        parallel_residual=bool(cfg.get("use_parallel_residual", True)),
+        weights=WeightMap(
+            qkv=("query_key_value",),
+            qkv_layout="grouped",
+            rename=(*rename, *DENSE_NAMES, ("lm_head", "embed_out")),
+            prefix="gpt_neox.",
+        ),
+    )
+
+
+def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Falcon: multi-query (``multi_query``) or grouped (``new_decoder_architecture`` with ``num_kv_heads``) heads in
+    one fused ``query_key_value``, attention and MLP in parallel (one shared norm or ``ln_attn`` / ``ln_mlp``) or
+    sequential, optional biases, a plain gelu MLP. ALiBi is refused."""
+    if cfg.get("alibi"):
+        raise ValueError(
+            "Falcon alibi=True is not supported (supported: alibi=False, rotary position embeddings, as in "
+            "Falcon-7B/40B/180B and Falcon-11B)"
+        )
+    heads = cfg["num_attention_heads"]
+    new_arch = bool(cfg.get("new_decoder_architecture", False))
+    if new_arch:
+        kv = cfg.get("num_kv_heads") or heads
+    else:
+        kv = 1 if cfg.get("multi_query", True) else heads
+    hidden = cfg["hidden_size"]
+    cfg = {
+        **cfg,
+        "num_key_value_heads": kv,
+        "head_dim": hidden // heads,
+        "intermediate_size": cfg.get("ffn_hidden_size") or 4 * hidden,
+        "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
+        "max_position_embeddings": cfg.get("max_position_embeddings", 2048),
+        "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
+    }
+    base, layers = _uniform(cfg, dtype, FULL)
+    parallel = new_arch or bool(cfg.get("parallel_attn", True))
+    two_norms = new_arch and (cfg.get("num_ln_in_parallel_attn") or 2) == 2
+    norms = (("input_layernorm", "ln_attn"), ("post_attention_layernorm", "ln_mlp")) if two_norms else ()
+    rename = (("embed_tokens", "word_embeddings"), ("layers", "h"), ("self_attn", "self_attention"), ("norm", "ln_f"))
+    bias = bool(cfg.get("bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        mlp_gated=False,
+        mlp_act=_activation(cfg, "activation", "gelu", "Falcon"),
+        parallel_residual=parallel,
+        shared_input_norm=parallel and not two_norms,
+        weights=WeightMap(
+            qkv=("query_key_value",),
+            qkv_layout="grouped",
+            rename=(*rename, *norms, *DENSE_NAMES),
+            prefix="transformer.",
+        ),
+    )
+
+
+def mixtral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Mixtral: Mistral's attention with a routed mixture of SwiGLU experts (top ``num_experts_per_tok`` of
+    ``num_local_experts``) in place of the MLP."""
+    experts, top_k = cfg["num_local_experts"], cfg.get("num_experts_per_tok", 2)
+    if not 0 < top_k <= experts:
+        raise ValueError(f"Mixtral num_experts_per_tok={top_k} must be between 1 and num_local_experts={experts}")
+    base, layers = _uniform(cfg, dtype, SLIDING)
+    return ModelArgs(
+        **base,
+        layers=layers,
+        mlp_act=_activation(cfg, "hidden_act", "silu", "Mixtral"),
+        num_experts=experts,
+        experts_per_token=top_k,
+        weights=WeightMap(
+            gate_up=("experts.{e}.w1", "experts.{e}.w3"),
+            rename=(("mlp", "block_sparse_moe"), ("down_proj", "experts.{e}.w2")),
+        ),
     )

@@ -1,5 +1,5 @@
 """Layers the decoder families share: linear, embedding, RMSNorm (Llama's and Gemma's ``1 + w``), LayerNorm and the
-gated MLP (SwiGLU or GeGLU).
+MLP (gated SwiGLU / GeGLU or plain); the mixture of experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -98,15 +98,23 @@ ACTIVATIONS = {
 }
 
 
-class GatedMLP(nnx.Module):
-    """SwiGLU / GeGLU: ``down(act(gate(x)) * up(x))``, gate and up as one matmul (one weight read, one kernel
-    launch); the MLP axis of gate/up and the rows of down split across devices."""
+class MLP(nnx.Module):
+    """The feed-forward block: gated (SwiGLU / GeGLU, ``down(act(gate(x)) * up(x))``, gate and up as one matmul: one
+    weight read, one kernel launch) or plain (GPT-NeoX, Falcon: ``down(act(up(x)))``, with biases). The MLP axis of
+    gate/up and the rows of down split across devices."""
 
-    def __init__(self, dim: int, hidden: int, dtype: jnp.dtype, act: str = "silu"):
-        self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype)
-        self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype)
-        self.act = act
+    def __init__(
+        self, dim: int, hidden: int, dtype: jnp.dtype, act: str = "silu", gated: bool = True, bias: bool = False
+    ):
+        if gated:
+            self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias)
+        else:
+            self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias)
+        self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias)
+        self.act, self.gated = act, gated
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.gated:
+            return self.down_proj(ACTIVATIONS[self.act](self.up_proj(x)))
         gate_up = self.gate_up_proj(x)  # [T, 2, hidden]
         return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1])

@@ -22,6 +22,9 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Gemma2ForCausalLM": families.gemma2,
     "Gemma3ForCausalLM": families.gemma3,
     "Phi3ForCausalLM": families.phi3,
+    "GPTNeoXForCausalLM": families.gpt_neox,
+    "FalconForCausalLM": families.falcon,
+    "MixtralForCausalLM": families.mixtral,
 }
 
 

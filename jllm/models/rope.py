@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 SCALING_KINDS = ("default", "linear", "llama3", "longrope")
+# rope settings the caller has already turned into `theta` and `rotary_dim`
+APPLIED = ("rope_theta", "partial_rotary_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +30,7 @@ class Rope:
     @classmethod
     def from_hf(cls, theta: float, rotary_dim: int, scaling: dict[str, Any] | None, max_positions: int) -> Rope:
         """Checks the scaling kind at load, naming the supported ones."""
-        scaling = {k: tuple(v) if isinstance(v, list) else v for k, v in (scaling or {}).items() if k != "rope_theta"}
+        scaling = {k: tuple(v) if isinstance(v, list) else v for k, v in (scaling or {}).items() if k not in APPLIED}
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         kind = "longrope" if kind == "su" else kind  # Phi-3's first name for it
         if kind not in SCALING_KINDS:
