@@ -30,6 +30,7 @@ from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 from jllm.step_inputs import StepPlan
 from jllm.step_results import StepResult
+from jllm.structured_output import GrammarCompiler
 from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class LLMEngine:
         self._in_flight: LaunchedStep | None = None  # launched, its tokens not yet processed
         self._seq_ids = itertools.count()
         self._rng = np.random.default_rng(seed)
+        self.grammars = GrammarCompiler(inputs.tokenizer.hf, inputs.vocab_size, inputs.tokenizer.eos_token_ids)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -93,6 +95,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**32))
         now = time.monotonic()
+        grammar = None if params.structured_outputs is None else self.grammars.matcher(params.structured_outputs)
         seqs = [
             Sequence(
                 seq_id=next(self._seq_ids),
@@ -102,6 +105,7 @@ class LLMEngine:
                 sampling_params=params,
                 arrival_time=now,
                 sampling_seed=seed,
+                grammar=grammar if grammar is None or i == 0 else grammar.fork(),
             )
             for i in range(params.n)
         ]
@@ -158,8 +162,10 @@ class LLMEngine:
 
     @staticmethod
     def _needs_tokens_first(launched: LaunchedStep) -> bool:
-        """Penalties count every output token, so the next step's inputs need the tokens this one samples."""
-        return sampler.needs_penalties(s.seq for s in launched.output.scheduled)
+        """Penalties count every output token and a grammar's mask follows from the last one, so the next step's
+        inputs need the tokens this one samples."""
+        seqs = [s.seq for s in launched.output.scheduled]
+        return sampler.needs_penalties(seqs) or any(s.grammar is not None for s in seqs)
 
     def _process(self, launched: LaunchedStep) -> dict[str, None]:
         """Waits for a launched step; the scheduler appends its tokens, the output processor turns them into text.
