@@ -129,13 +129,41 @@ class GrammarCompiler:
 
     @functools.cached_property
     def tokenizer(self) -> llguidance.LLTokenizer:
-        return llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids)
+        try:
+            return llguidance.hf.from_tokenizer(
+                self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids
+            )
+        except ValueError as e:  # a decoder llguidance cannot read (a bare Fuse, say)
+            logger.warning("llguidance cannot read this tokenizer (%s); taking each token's text as its bytes", e)
+            texts = _TokenTexts(self.hf_tokenizer, self.eos_token_ids[0], self.vocab_size)
+            wrapper = llguidance.TokenizerWrapper(texts)
+            return llguidance.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=self.eos_token_ids)
 
     def matcher(self, params: StructuredOutputsParams) -> GrammarMatcher:
         matcher = llguidance.LLMatcher(self.tokenizer, params.grammar_text())
         if matcher.is_error():
             raise ValueError(f"structured_outputs.{params.kind} is invalid: {matcher.get_error()}")
         return GrammarMatcher(matcher)
+
+
+class _TokenTexts:
+    """The tokenizer surface llguidance's ``TokenizerWrapper`` reads: each token's bytes from decoding it alone,
+    which is exact for tokenizers whose tokens are whole text pieces (not byte-level BPE, which llguidance reads)."""
+
+    def __init__(self, hf_tokenizer: Any, eos_token_id: int, vocab_size: int) -> None:
+        """Ids past the tokenizer's, up to the model's ``vocab_size``, are special tokens no grammar allows."""
+        self.hf = hf_tokenizer
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = hf_tokenizer.bos_token_id
+        known = len(hf_tokenizer)
+        self.tokens = [hf_tokenizer.decode([i]).encode() for i in range(known)]
+        self.tokens += [f"<|unused_{i}|>".encode() for i in range(known, vocab_size)]
+        self.special_token_ids = sorted(set(hf_tokenizer.all_special_ids) | set(range(known, vocab_size)))
+
+    def __call__(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError("text only")
+        return self.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
 
 @functools.cache

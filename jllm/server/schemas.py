@@ -2,11 +2,12 @@
 
 Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. No field of vLLM's
 ``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what
-this server cannot do (``UNSUPPORTED_FIELDS``: beam search, guided decoding, logits processors ...), a 400 naming it
+this server cannot do (``UNSUPPORTED_FIELDS``: beam search, bad words, logits processors ...), a 400 naming it
 unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field keep
 working. Fields vLLM does not know are ignored, as vLLM does, so clients sending newer OpenAI fields keep working.
 Range checks stay in ``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming
-the field.
+the field. Structured output comes under several names (``response_format``, ``structured_outputs``, the older
+``guided_*``): one of them per request becomes ``SamplingParams.structured_outputs``.
 
 Where this module sits: docs/architecture.md.
 """
@@ -25,24 +26,16 @@ MAX_N = 128  # OpenAI's limit on choices per request; also bounds the sequences 
 MIN_LOGPROB = -9999.0  # what -inf becomes in JSON (OpenAI's and vLLM's clamp)
 
 _NOTHING = (None, False, {}, [])
-_NO_GRAMMAR = "structured output is not supported yet: this server has no grammar engine"
 # vLLM request fields this server cannot honour: (the values that ask for nothing, why a request asking more is refused)
 UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "use_beam_search": (_NOTHING, "beam search is not supported yet"),
     "length_penalty": ((None, 1, 1.0), "applies to beam search only, which is not supported yet"),
-    "logit_bias": (_NOTHING, "is not supported by this server: the sampler has no per-token bias"),
-    "allowed_token_ids": ((None,), "is not supported by this server: the sampler cannot restrict the vocabulary"),
     "bad_words": (_NOTHING, "is not supported by this server: the sampler cannot ban word sequences"),
     "logprob_token_ids": (_NOTHING, "is not supported: logprobs come for the top tokens only"),
     "logits_processors": (_NOTHING, "are not supported: custom code cannot run inside the compiled sampler"),
-    "structured_outputs": ((None, {}), _NO_GRAMMAR),
-    "guided_json": ((None,), _NO_GRAMMAR),
-    "guided_regex": ((None,), _NO_GRAMMAR),
-    "guided_choice": ((None,), _NO_GRAMMAR),
-    "guided_grammar": ((None,), _NO_GRAMMAR),
-    "structural_tag": ((None,), _NO_GRAMMAR),
-    "guided_decoding_backend": ((None,), _NO_GRAMMAR),
-    "guided_whitespace_pattern": ((None,), _NO_GRAMMAR),
+    "structural_tag": ((None,), "is not supported: structured output takes json, regex, choice and grammar"),
+    "guided_decoding_backend": ((None, "auto", "guidance"), "names the grammar engine: this server has 'guidance'"),
+    "guided_whitespace_pattern": ((None,), "is not supported: structured JSON is compact (no optional whitespace)"),
     "prompt_embeds": (_NOTHING, "are not supported: prompts are text or token ids"),
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
     "media_io_kwargs": (_NOTHING, "is not supported: the served models take text only"),
@@ -91,15 +84,29 @@ def _refused_when_set(field: str, why: str) -> Any:
     return field_validator(field)(classmethod(refuse))
 
 
+class JsonSchemaFormat(_Request):
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None  # the output always follows the schema: strict or not, it is enforced
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
-    @field_validator("type")
-    @classmethod
-    def _only_text(cls, value: str) -> str:
-        if value != "text":
-            raise ValueError(f"{value!r} is not supported: this server has no guided decoding; use 'text'")
-        return value
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.json_schema is None) == (self.type == "json_schema"):
+            raise ValueError("json_schema is required with type 'json_schema', and only with it")
+        return self
+
+    def structured_outputs(self) -> dict[str, Any] | None:
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.json_schema is not None:
+            return {"json": self.json_schema.json_schema}
+        return None
 
 
 class _GenerationRequest(_Request):
@@ -126,6 +133,14 @@ class _GenerationRequest(_Request):
     include_stop_str_in_output: bool | None = None
     best_of: int | None = None
     response_format: ResponseFormat | None = None
+    logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias in [-100, 100]
+    allowed_token_ids: list[int] | None = None  # vLLM's: only these ids may be sampled
+    # vLLM's structured output (its StructuredOutputsParams' keys), and its older guided_* names
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
@@ -189,17 +204,48 @@ class _GenerationRequest(_Request):
                 "stop_token_ids",
                 "skip_special_tokens",
                 "include_stop_str_in_output",
+                "logit_bias",
+                "allowed_token_ids",
             )
             if getattr(self, name) is not None
         }
+        source, structured = self._structured_outputs()
+        sent_as = {**(sent_as or {}), "structured_outputs": source}
         try:
             return SamplingParams(
-                n=self.n, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **optional
+                n=self.n,
+                max_tokens=max_tokens,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
+                structured_outputs=structured,
+                **optional,
             )
-        except ValueError as e:  # SamplingParams' messages start with the field's name
+        except ValueError as e:  # SamplingParams' messages start with the field's name (structured_outputs.<kind>)
             field, _, rest = str(e).partition(" ")
-            field = (sent_as or {}).get(field, field)
-            raise bad_request(f"{field} {rest}", param=field if field in type(self).model_fields else None) from e
+            name = sent_as.get(field.split(".")[0], field)
+            field = field if name == "structured_outputs" else name
+            raise bad_request(f"{field} {rest}", param=name if name in type(self).model_fields else None) from e
+
+    def _structured_outputs(self) -> tuple[str, dict[str, Any] | None]:
+        """The one structured-output constraint asked for, and the field that asked (vLLM's several names)."""
+        given = {
+            name: value
+            for name, value in [
+                ("response_format", self.response_format and self.response_format.structured_outputs()),
+                ("structured_outputs", self.structured_outputs or None),
+                ("guided_json", None if self.guided_json is None else {"json": self.guided_json}),
+                ("guided_regex", None if self.guided_regex is None else {"regex": self.guided_regex}),
+                ("guided_choice", None if self.guided_choice is None else {"choice": self.guided_choice}),
+                ("guided_grammar", None if self.guided_grammar is None else {"grammar": self.guided_grammar}),
+            ]
+            if value is not None
+        }
+        if len(given) > 1:
+            names = sorted(given)
+            raise bad_request(
+                f"{names[1]}: give one structured-output constraint, got {', '.join(names)}", param=names[1]
+            )
+        return next(iter(given.items()), ("structured_outputs", None))
 
 
 class TextPart(_Request):
