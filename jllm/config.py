@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
+
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas"]
@@ -168,6 +170,8 @@ class ServerConfig(_Section):
     served_model_name: str | None = None
     max_queued_requests: int = 1024
     shutdown_timeout: float = 30.0
+    tool_call_parser: str | None = None  # the served family's tool-call format: hermes, llama3_json or mistral
+    enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -177,6 +181,16 @@ class ServerConfig(_Section):
         self._require(self.api_key != "", "api_key", "must be non-empty; leave it out to serve without a key")
         self._require(self.max_queued_requests >= 1, "max_queued_requests", "must be >= 1")
         self._require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0")
+        self._require(
+            self.tool_call_parser in (None, *TOOL_CALL_PARSERS),
+            "tool_call_parser",
+            f"must be one of {', '.join(TOOL_CALL_PARSERS)}",
+        )
+        self._require(
+            not self.enable_auto_tool_choice or self.tool_call_parser is not None,
+            "enable_auto_tool_choice",
+            "needs tool_call_parser (the format to read calls in)",
+        )
 
 
 @dataclass

@@ -7,6 +7,7 @@ names included); a test fails when one of them is in neither table.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,18 @@ from jllm.sampling import SamplingParams
 from jllm.server.schemas import UNSUPPORTED_FIELDS
 
 MODEL = "scripted"
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "pick",
+        "parameters": {
+            "type": "object",
+            "properties": {"x": {"enum": [1]}},
+            "required": ["x"],
+            "additionalProperties": False,
+        },
+    },
+}
 COMPLETION = {"model": MODEL, "prompt": "hello", "max_tokens": 3}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 # The test engine's template shows what reaches it: documents, a variable, the messages, the generation prompt.
@@ -119,6 +132,15 @@ def _stop_token(seen: Seen, engine: LLMEngine) -> bool:
     )
 
 
+def _calls(seen: Seen) -> list[tuple[str, Any]]:
+    """The reply's calls as (name, arguments), when it ended for them."""
+    if _choice(seen)["finish_reason"] != "tool_calls":
+        return []
+    return [
+        (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in _choice(seen)["message"]["tool_calls"]
+    ]
+
+
 def _document_and_variable(seen: Seen, _: LLMEngine) -> bool:
     return seen.prompt.text == "[doc]hey user: hi\nassistant:"
 
@@ -197,10 +219,16 @@ HONOURED = [
              _document_and_variable, chat=True),
     Honoured("include_reasoning", {"include_reasoning": False},  # no reasoning parser: nothing to leave out
              lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3, chat=True),
-    Honoured("parallel_tool_calls", {"parallel_tool_calls": False},  # no tools: no calls to limit
-             lambda seen, _: "tool_calls" not in _choice(seen)["message"], chat=True),
-    Honoured("tools", {"tools": [], "tool_choice": "none"}, lambda seen, _: seen.params.n == 1, chat=True),
-    Honoured("tool_choice", {"tool_choice": "none"}, lambda seen, _: seen.params.n == 1, chat=True),
+    # forced calls follow their schema (the scripted runner samples inside the mask); tests/test_tool_calls.py has more
+    Honoured("tools", {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "pick"}},
+                       "max_tokens": 20},
+             lambda seen, _: _calls(seen) == [("pick", {"x": 1})], chat=True),
+    Honoured("tool_choice", {"tools": [TOOL], "tool_choice": "none"},
+             lambda seen, _: seen.params.structured_outputs is None and not _choice(seen)["message"]["tool_calls"],
+             chat=True),
+    Honoured("parallel_tool_calls", {"tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False,
+                                     "max_tokens": 40},
+             lambda seen, _: _calls(seen) == [("pick", {"x": 1})], chat=True),
     Honoured("response_format", {"response_format": {"type": "text"}},
              lambda seen, _: seen.params.structured_outputs is None, chat=True),
     Honoured("chat response_format", {"response_format": {"type": "json_object"}},
@@ -225,8 +253,8 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "guided_json": ({"type": "nonsense"}, True),
     "guided_choice": ([], False),
     "structured_outputs": ({"regex": "a", "choice": ["a"]}, True),  # two constraints in one
-    "tools": ([{"type": "function", "function": {"name": "f"}}], True),
-    "tool_choice": ("auto", True),
+    "tools": ([{"type": "function"}], True),  # no function
+    "tool_choice": ({"type": "function", "function": {"name": "absent"}}, True),  # not among the tools
     "echo": (True, True),  # chat echo
     "best_of": (2, False),  # above n
 }

@@ -14,6 +14,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
@@ -184,6 +185,7 @@ class _GenerationRequest(_Request):
         logprobs: int | None,
         prompt_logprobs: int | None = None,
         sent_as: dict[str, str] | None = None,
+        forced_call: dict[str, Any] | None = None,
     ) -> SamplingParams:
         """``sent_as`` renames a SamplingParams field in errors to the request field it came from."""
         optional = {
@@ -209,7 +211,7 @@ class _GenerationRequest(_Request):
             )
             if getattr(self, name) is not None
         }
-        source, structured = self._structured_outputs()
+        source, structured = self._structured_outputs(forced_call)
         sent_as = {**(sent_as or {}), "structured_outputs": source}
         try:
             return SamplingParams(
@@ -226,11 +228,13 @@ class _GenerationRequest(_Request):
             field = field if name == "structured_outputs" else name
             raise bad_request(f"{field} {rest}", param=name if name in type(self).model_fields else None) from e
 
-    def _structured_outputs(self) -> tuple[str, dict[str, Any] | None]:
-        """The one structured-output constraint asked for, and the field that asked (vLLM's several names)."""
+    def _structured_outputs(self, forced_call: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+        """The one structured-output constraint asked for, and the field that asked (vLLM's several names, or a
+        forced tool call's schema)."""
         given = {
             name: value
             for name, value in [
+                ("tool_choice", None if forced_call is None else {"json": forced_call}),
                 ("response_format", self.response_format and self.response_format.structured_outputs()),
                 ("structured_outputs", self.structured_outputs or None),
                 ("guided_json", None if self.guided_json is None else {"json": self.guided_json}),
@@ -253,9 +257,35 @@ class TextPart(_Request):
     text: str
 
 
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Request):
+    """A call the assistant made earlier in the conversation."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def for_template(self) -> dict[str, Any]:
+        """Templates read the arguments as a mapping (vLLM parses them the same way)."""
+        try:
+            arguments = json.loads(self.function.arguments)
+        except json.JSONDecodeError as e:
+            raise bad_request(
+                f"messages: tool call {self.id!r} has arguments that are not JSON: {e}", "messages"
+            ) from e
+        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None  # None only for the assistant (OpenAI's, beside tool calls)
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     @field_validator("content")
     @classmethod
@@ -264,11 +294,47 @@ class ChatMessage(_Request):
             raise ValueError("is required (null is only allowed in an assistant message)")
         return value
 
-    def for_template(self) -> dict[str, str]:
-        """The plain {role, content} a chat template expects ("developer" is OpenAI's newer name for "system")."""
+    @model_validator(mode="after")
+    def _tool_fields_by_role(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls are only allowed in an assistant message")
+        if (self.tool_call_id is None) == (self.role == "tool"):
+            raise ValueError("tool_call_id is required in a tool message, and only there")
+        return self
+
+    def for_template(self) -> dict[str, Any]:
+        """What a chat template expects: {role, content} ("developer" is OpenAI's newer name for "system"), plus
+        the assistant's tool calls or the tool result's call id when present."""
         content = self.content or ""
         text = content if isinstance(content, str) else "".join(part.text for part in content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        for key in ("tool_call_id", "name"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
+        return message
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments
+    strict: bool | None = None  # forced calls always follow the schema; auto calls are parsed as generated
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class _ChatTemplateOptions(_Request):
@@ -304,21 +370,30 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    parallel_tool_calls: bool | None = None  # about tool calls, which never come: accepted, as vLLM without tools
+    tools: list[ToolDefinition] | None = None
+    # None: "auto" with tools, else "none" (OpenAI's default)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # None or true: several calls in one reply may come
     include_reasoning: bool = True  # no reasoning parser: there is no reasoning to leave out (vLLM without one)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
-    _no_tools = _refused_when_set("tools", "are not supported: this server does not call tools; leave them out")
 
     @field_validator("tool_choice")
     @classmethod
-    def _no_tool_calls(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if value not in (None, "none"):
-            raise ValueError(f"{value!r} is not supported: this server does not call tools; use 'none'")
+    def _choice_among_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        names = [t.function.name for t in info.data.get("tools") or []]
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
+            raise ValueError(f"names the function {value.function.name!r}, which is not among tools {names}")
+        if value == "required" and not names:
+            raise ValueError("'required' needs at least one tool in tools")
         return value
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
 
     @field_validator("top_logprobs")
     @classmethod
@@ -327,12 +402,17 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
             raise ValueError("needs logprobs set to true")
         return value
 
-    def sampling_params(self) -> SamplingParams:
+    def sampling_params(self, forced_call: dict[str, Any] | None = None) -> SamplingParams:
+        """``forced_call``: the JSON schema a forced tool call is generated under (``tool_choice``)."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         sent_as = {"max_tokens": "max_completion_tokens"} if self.max_completion_tokens is not None else None
         return self._sampling_params(
-            max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=self.prompt_logprobs, sent_as=sent_as
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=self.prompt_logprobs,
+            sent_as=sent_as,
+            forced_call=forced_call,
         )
 
 
@@ -421,9 +501,21 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)  # vLLM's: always a list, empty without calls
 
 
 class ChatChoice(BaseModel):
@@ -444,15 +536,40 @@ class ChatCompletionResponse(BaseModel):
     prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs asked for
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None  # in a call's first delta
+    arguments: str = ""  # a fragment of the arguments' JSON text
+
+
+class DeltaToolCall(BaseModel):
+    """OpenAI's streamed call: the first delta of call ``index`` has its id, type and name; later ones add to its
+    arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+    @model_serializer
+    def _present_only(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            out |= {"id": self.id, "type": self.type}
+        function = {"arguments": self.function.arguments}
+        return out | {"function": function if self.function.name is None else {"name": self.function.name, **function}}
+
+
 class DeltaMessage(BaseModel):
     """A streamed piece of the assistant message: the role comes once, first; absent keys are left out."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer
     def _present_only(self) -> dict[str, Any]:
-        return {k: v for k, v in (("role", self.role), ("content", self.content)) if v is not None}
+        fields = (("role", self.role), ("content", self.content), ("tool_calls", self.tool_calls))
+        return {k: v for k, v in fields if v is not None}
 
 
 class ChatChunkChoice(BaseModel):
