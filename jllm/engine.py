@@ -39,9 +39,11 @@ logger = logging.getLogger(__name__)
 class StepRunner(Protocol):
     """What the loop needs of a runner (``jllm.runner.ModelRunner``, or a scripted fake in tests)."""
 
-    def plan(self, output: SchedulerOutput) -> StepPlan: ...
+    def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> StepPlan: ...
 
-    def launch(self, output: SchedulerOutput, plan: StepPlan) -> LaunchedStep: ...
+    def launch(
+        self, output: SchedulerOutput, plan: StepPlan, before_sampling: Callable[[], None] | None = None
+    ) -> LaunchedStep: ...
 
     def collect(self, launched: LaunchedStep) -> StepResult: ...
 
@@ -140,10 +142,17 @@ class LLMEngine:
                 touched[request_id] = None
         launched = None
         if not out.is_empty:
-            plan = self.runner.plan(out)
+            masks_wait = self._in_flight is not None and self._masks_wait_for(self._in_flight)
+            plan = self.runner.plan(out, constraints_later=masks_wait)
             if self.publish is not None:
                 self.publish(plan)
-            launched = self.runner.launch(out, plan)
+
+            def take_tokens() -> None:  # the grammars' next masks follow from the step in flight's tokens
+                assert self._in_flight is not None
+                touched.update(self._process(self._in_flight))
+                self._in_flight = None
+
+            launched = self.runner.launch(out, plan, take_tokens if masks_wait else None)
             self.scheduler.on_step_launched(out)
         if self._in_flight is not None:  # the device ran it while this step was scheduled and launched
             touched |= self._process(self._in_flight)
@@ -160,12 +169,17 @@ class LLMEngine:
         if not self.outputs.requests:
             self._in_flight = None
 
-    @staticmethod
-    def _needs_tokens_first(launched: LaunchedStep) -> bool:
-        """Penalties count every output token and a grammar's mask follows from the last one, so the next step's
-        inputs need the tokens this one samples."""
+    def _needs_tokens_first(self, launched: LaunchedStep) -> bool:
+        """Penalties count every output token, so the next step's inputs need the tokens this one samples; so does
+        a grammar's mask when the plan is published (followers get the mask in the plan)."""
         seqs = [s.seq for s in launched.output.scheduled]
-        return sampler.needs_penalties(seqs) or any(s.grammar is not None for s in seqs)
+        return sampler.needs_penalties(seqs) or (self.publish is not None and self._masks_wait_for(launched))
+
+    @staticmethod
+    def _masks_wait_for(launched: LaunchedStep) -> bool:
+        """A grammar's next mask follows from the token this step samples: the next step's sampler waits for it,
+        its forward does not (``ModelRunner.launch``'s ``before_sampling``)."""
+        return any(s.seq.grammar is not None for s in launched.output.scheduled)
 
     def _process(self, launched: LaunchedStep) -> dict[str, None]:
         """Waits for a launched step; the scheduler appends its tokens, the output processor turns them into text.

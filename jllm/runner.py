@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
-from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode
+from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode, TokenConstraints
 from jllm.sequence import ScheduledSequence, SchedulerOutput
 from jllm.step_inputs import (
     InputLayout,
@@ -180,21 +180,34 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- the lead
 
-    def plan(self, output: SchedulerOutput) -> StepPlan:
+    def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> StepPlan:
         """The step's host inputs, sampler variant and token constraints: host work only, which the lead publishes
-        before running it."""
+        before running it. ``constraints_later``: the token mask waits for tokens still being sampled, so
+        ``launch`` fills it once the forward is queued (the plan then has none: a single process only)."""
         bucket = pick_bucket(self.buckets, output.num_batched_tokens, len(output.scheduled))
         inputs = self._host_inputs(output.scheduled, bucket)
-        constraints = host_constraints(output.scheduled, bucket.num_seqs, self.vocab_size)
+        constraints = (
+            None if constraints_later else host_constraints(output.scheduled, bucket.num_seqs, self.vocab_size)
+        )
         return StepPlan(inputs, pick_variant(output.scheduled, inputs, self.vocab_size), constraints)
 
-    def launch(self, output: SchedulerOutput, plan: StepPlan) -> LaunchedStep:
+    def launch(
+        self, output: SchedulerOutput, plan: StepPlan, before_sampling: Callable[[], None] | None = None
+    ) -> LaunchedStep:
         """Runs ``plan`` (made from ``output``); returns as soon as its programs are queued on the device.
 
         A sequence whose last input the previous launch is still sampling gets it on the device
         (``ScheduledSequence.pending_input``), so a step can be launched before the one before it has finished.
+        ``before_sampling`` (with a plan made ``constraints_later``) runs once the forward is queued: the engine
+        takes the previous step's tokens there, then the token mask is filled while the device runs the forward.
         """
-        result, prompt = self.run(plan)
+        step = self.put(plan)
+        hidden = self._forward(step)
+        if before_sampling is not None:
+            before_sampling()
+            constraints = host_constraints(output.scheduled, plan.bucket.num_seqs, self.vocab_size)
+            step = self._with_constraints(step, constraints or sampler.no_constraints(plan.bucket.num_seqs))
+        result, prompt = self._sample(step, hidden)
         self._last_rows = {s.seq.seq_id: i for i, s in enumerate(output.scheduled) if s.samples_token}
         for x in jax.tree.leaves((result, prompt)):
             x.copy_to_host_async()  # starts when the step ends, so collect() need not wait for the transfer
@@ -229,18 +242,26 @@ class ModelRunner:
         array for its own devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local
         device)."""
         layout, buffers = pack_inputs(plan.inputs)
-        constraints = plan.constraints or sampler.no_constraints(plan.bucket.num_seqs)
-        constraints_layout, constraint_buffers = pack_inputs(constraints)
-        replicated = parallel.replicated(self.mesh)
-        device_buffers = jax.make_array_from_process_local_data(replicated, buffers)
-        constraint_buffers = jax.make_array_from_process_local_data(replicated, constraint_buffers)
-        return DeviceStep(layout, device_buffers, plan.variant, constraints_layout, constraint_buffers)
+        device_buffers = jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
+        step = DeviceStep(layout, device_buffers, plan.variant, layout, [])
+        return self._with_constraints(step, plan.constraints or sampler.no_constraints(plan.bucket.num_seqs))
+
+    def _with_constraints(self, step: DeviceStep, constraints: TokenConstraints) -> DeviceStep:
+        layout, buffers = pack_inputs(constraints)
+        device_buffers = jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
+        return dataclasses.replace(step, constraints_layout=layout, constraint_buffers=device_buffers)
 
     def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         """Queues the step's forward and sampler programs (compiling them on first use) on inputs already on the
         devices; scripts call it back to back to time the compiled step alone."""
+        return self._sample(step, self._forward(step))
+
+    def _forward(self, step: DeviceStep) -> jax.Array:
         forward = self._forward_program(step.layout, step.buffers)
         hidden, self.kv_caches = forward(self.state, self.kv_caches, step.buffers, self._last_tokens)
+        return hidden
+
+    def _sample(self, step: DeviceStep, hidden: jax.Array) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         sample = self._sampler_program(step, hidden)
         out, prompt, self._last_tokens = sample(self.state, hidden, step.buffers, step.constraint_buffers)
         return out, prompt

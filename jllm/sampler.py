@@ -373,9 +373,13 @@ def build_sampling_metadata(
 def build_constraints(seqs: Seq[Sequence], num_rows: int, vocab_size: int) -> TokenConstraints:
     """Row i's mask and logit bias for ``seqs[i]``: zero widths when no row has them. A row with a grammar must have
     its last token appended (the engine processes a step with grammars before planning the next)."""
-    masked = [(i, s.grammar, s.sampling_params.allowed_token_ids) for i, s in enumerate(seqs) if _is_masked(s)]
+    masked = [
+        (i, s.grammar if _follows_grammar(s) else None, s.sampling_params.allowed_token_ids)
+        for i, s in enumerate(seqs)
+        if _is_masked(s)
+    ]
     for s in seqs:
-        if s.grammar is not None and s.num_pending_tokens:
+        if _follows_grammar(s) and s.num_pending_tokens:
             raise ValueError(f"seq {s.seq_id} follows a grammar, whose mask needs its pending token: finish that step")
     bitmask = fill_bitmask(masked, num_rows, vocab_size) if masked else np.zeros((num_rows, 0), np.int32)
     biases = [s.sampling_params.logit_bias or {} for s in seqs]
@@ -396,7 +400,12 @@ def no_constraints(num_rows: int) -> TokenConstraints:
 
 
 def _is_masked(seq: Sequence) -> bool:
-    return seq.grammar is not None or seq.sampling_params.allowed_token_ids is not None
+    return _follows_grammar(seq) or seq.sampling_params.allowed_token_ids is not None
+
+
+def _follows_grammar(seq: Sequence) -> bool:
+    """A finished sequence's token is dropped: its grammar, maybe complete, masks nothing."""
+    return seq.grammar is not None and not seq.is_finished
 
 
 def _banned(seq: Sequence, eos_token_ids: set[int]) -> list[int]:

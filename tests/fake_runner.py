@@ -62,11 +62,15 @@ class ScriptedRunner:
     step_seconds: float = 0.0
     launched: list[SchedulerOutput] = field(default_factory=list)
 
-    def plan(self, output: SchedulerOutput) -> SchedulerOutput:
+    def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> SchedulerOutput:
         return output
 
-    def launch(self, output: SchedulerOutput, plan: SchedulerOutput) -> FakeLaunch:
+    def launch(
+        self, output: SchedulerOutput, plan: SchedulerOutput, before_sampling: Callable[[], None] | None = None
+    ) -> FakeLaunch:
         self.launched.append(output)
+        if before_sampling is not None:  # the real runner's forward is queued by now
+            before_sampling()
         tokens, prompt_logprobs = [], []
         constraints = host_constraints(output.scheduled, len(output.scheduled), VOCAB_SIZE)
         for row, s in enumerate(output.scheduled):

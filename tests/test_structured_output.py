@@ -171,3 +171,25 @@ def test_engine_follows_grammars_beside_free_rows_and_ends_when_a_grammar_is_com
     assert done["free"].outputs[0].token_ids == alone["free-alone"].outputs[0].token_ids
     assert set(done["allowed"].outputs[0].token_ids) <= {40, 41}
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+
+
+@pytest.mark.parametrize("published", [False, True])
+def test_a_grammar_steps_mask_waits_for_the_last_token_but_its_forward_does_not(published: bool) -> None:
+    """Async scheduling keeps launching a grammar's step before the previous step's token is back: the runner
+    queues the forward, then the engine takes that token (``before_sampling``) and the mask is filled. A published
+    plan (multi-process) carries its mask, so there the engine takes the token before planning."""
+    engine = fake_engine()
+    if published:
+        engine.publish = lambda plan: None
+    deferred: list[bool] = []
+    launch = engine.runner.launch
+
+    def spy(output, plan, before_sampling=None):  # noqa: ANN001, ANN202 - the runner's own signature
+        deferred.append(before_sampling is not None)
+        return launch(output, plan, before_sampling)
+
+    engine.runner.launch = spy
+    done = _run(engine, {"r": ([9], SamplingParams(max_tokens=30, structured_outputs={"regex": "[0-9]{5}"}))})
+    assert len(done["r"].outputs[0].text) == 5 and done["r"].outputs[0].text.isdigit()
+    assert deferred[0] is False  # the prefill: nothing in flight
+    assert all(d is not published for d in deferred[1:]) and len(deferred) >= 5
