@@ -4,7 +4,9 @@
 and their progress, the runner the device, the output processor what clients see. It is single-threaded; the
 offline API and the async server engine both drive it. With async scheduling (the default) each call schedules and
 launches a step, then waits for and processes the step launched by the call before, so the host's work for step
-N+1 overlaps the device's for step N; a step's outputs come one call later.
+N+1 overlaps the device's for step N; a step's outputs come one call later. Two things need step N's tokens first:
+penalties (step N+1's inputs count them), processed before scheduling; and a grammar's mask, which only step N+1's
+sampler needs, so the runner queues N+1's forward and then calls back for them (``before_sampling``).
 
 Where this module sits: docs/architecture.md.
 """

@@ -8,8 +8,8 @@ expressions, Lark grammars (GBNF converted) and choices; ``StructuredOutputsPara
 
 A matcher consumes every token its sequence appends (``GrammarMatcher.accept``, called by the scheduler); once its
 grammar is complete (no token but EOS could follow) the sequence ends with finish reason "stop". The mask for a
-step depends on the token the step before sampled, so a step with masked rows is planned after the previous step's
-tokens are back (the engine's ``_needs_tokens_first``).
+step depends on the token the step before sampled: the runner queues the step's forward first, the engine takes that
+token meanwhile, and the mask is filled while the device runs the forward (``ModelRunner.launch``).
 
 Where this module sits: docs/architecture.md.
 """

@@ -3,8 +3,8 @@
 Host: 32 llguidance matchers of a JSON schema, each walked through a valid document token by token; per step the
 packed bitmask of the batch is filled (``jllm.structured_output.fill_bitmask``), then each matcher consumes its
 token, as the engine does. Device: the jitted sampler (``jllm.sampler.sample``, greedy) over ``[32, vocab]`` logits
-with zero-width constraints (what an unconstrained batch runs) and with the bitmask. The engine plans a masked step
-after the previous step's tokens are back, so the host fill adds to the step's time rather than overlapping it.
+with zero-width constraints (what an unconstrained batch runs) and with the bitmask. In the engine the host's part
+runs while the device runs the step's forward (the sampler waits for it); this script times each part alone.
 
     python scripts/bench_structured_output.py                      # the default model's tokenizer (49,152 ids)
     python scripts/bench_structured_output.py --tokenizer DIR --out result.json
