@@ -206,7 +206,8 @@ class ModelRunner:
         if before_sampling is not None:
             before_sampling()
             constraints = host_constraints(output.scheduled, plan.bucket.num_seqs, self.vocab_size)
-            step = self._with_constraints(step, constraints or sampler.no_constraints(plan.bucket.num_seqs))
+            layout, buffers = self._put_tree(constraints or sampler.no_constraints(plan.bucket.num_seqs))
+            step = dataclasses.replace(step, constraints_layout=layout, constraint_buffers=buffers)
         result, prompt = self._sample(step, hidden)
         self._last_rows = {s.seq.seq_id: i for i, s in enumerate(output.scheduled) if s.samples_token}
         for x in jax.tree.leaves((result, prompt)):
@@ -241,15 +242,12 @@ class ModelRunner:
         """Packs the plan's host inputs and transfers them, replicated over the mesh. Each process gives the whole
         array for its own devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local
         device)."""
-        layout, buffers = pack_inputs(plan.inputs)
-        device_buffers = jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
-        step = DeviceStep(layout, device_buffers, plan.variant, layout, [])
-        return self._with_constraints(step, plan.constraints or sampler.no_constraints(plan.bucket.num_seqs))
+        constraints = plan.constraints or sampler.no_constraints(plan.bucket.num_seqs)
+        return DeviceStep(*self._put_tree(plan.inputs), plan.variant, *self._put_tree(constraints))
 
-    def _with_constraints(self, step: DeviceStep, constraints: TokenConstraints) -> DeviceStep:
-        layout, buffers = pack_inputs(constraints)
-        device_buffers = jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
-        return dataclasses.replace(step, constraints_layout=layout, constraint_buffers=device_buffers)
+    def _put_tree(self, tree: StepInputs | TokenConstraints) -> tuple[InputLayout, list[jax.Array]]:
+        layout, buffers = pack_inputs(tree)
+        return layout, jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
 
     def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         """Queues the step's forward and sampler programs (compiling them on first use) on inputs already on the

@@ -16,6 +16,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import json
@@ -168,6 +169,9 @@ class _TokenTexts:
 
 @functools.cache
 def _executor() -> llguidance.LLExecutor:
+    # Dropped before the interpreter's teardown: its threads destroyed during finalisation abort the process
+    # ("terminate called without an active exception") once JAX's runtime is up.
+    atexit.register(_executor.cache_clear)
     return llguidance.LLExecutor()
 
 
