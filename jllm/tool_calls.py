@@ -227,7 +227,7 @@ def forced_calls(text: str, name: str | None) -> list[ToolCall] | None:
     """The calls in output generated under ``forced_call_schema`` (None if it was cut short: not valid JSON)."""
     if name is not None:
         values, clean = _json_values(text)
-        return [ToolCall(name, json.dumps(values[0], ensure_ascii=False))] if len(values) == 1 and clean else None
+        return [ToolCall(name, text.strip())] if len(values) == 1 and clean else None  # as generated (and streamed)
     values, clean = _json_values(text)
     if len(values) != 1 or not clean or not isinstance(values[0], list):
         return None

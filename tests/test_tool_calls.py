@@ -205,3 +205,29 @@ def test_auto_without_a_parser_is_a_400_naming_the_flag(engine: LLMEngine) -> No
         reply = http("POST", f"{plain.url}/v1/chat/completions", json_body=body)
     error = reply.json()["error"]
     assert reply.status == 400 and error["param"] == "tool_choice" and "--enable-auto-tool-choice" in error["message"]
+
+
+ONE_X = {"type": "object", "properties": {"x": {"enum": [1]}}, "required": ["x"], "additionalProperties": False}
+PICK = {"type": "function", "function": {"name": "pick", "parameters": ONE_X}}
+
+
+def test_a_named_call_streams_its_arguments_as_generated(client: openai.OpenAI) -> None:
+    named = {"type": "function", "function": {"name": "pick"}}
+    ask = dict(model=MODEL, messages=MESSAGES, tools=[PICK, *TOOLS], tool_choice=named, max_tokens=30)
+    whole = client.chat.completions.create(**ask)
+    [call] = whole.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("pick", {"x": 1})
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].id.startswith("call_") and deltas[0].function.name == "pick"
+    assert len(deltas) > 2 and all(d.id is None and d.function.name is None for d in deltas[1:])  # fragments
+    assert "".join(d.function.arguments for d in deltas) == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls" == whole.choices[0].finish_reason
+
+
+def test_a_forced_call_cut_short_comes_back_as_text(client: openai.OpenAI) -> None:
+    ask = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=3)
+    whole = client.chat.completions.create(**ask)
+    assert whole.choices[0].finish_reason == "length" and not whole.choices[0].message.tool_calls
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content != ""

@@ -117,8 +117,10 @@ class ToolDeltas:
             return None, self._named(text)
         if self.plan.forced:
             self._text += text
-            calls = forced_calls(self._text, None) if finished else None
-            return None, self._deltas(calls or [])
+            if not finished:
+                return None, []
+            calls = forced_calls(self._text, None)
+            return (self._text, []) if calls is None else (None, self._deltas(calls))  # None: cut short
         if self._auto is None:
             return text, []
         content, calls = self._auto.feed(text)
