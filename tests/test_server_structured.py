@@ -59,11 +59,17 @@ def _is_person(value: Any) -> bool:
     )
 
 
+ARGS = {**ENGINE_ARGS, "max_num_seqs": 8, "max_model_len": 512, "num_pages": 160}
+
+
 @pytest.fixture(scope="module")
-def client(default_model_dir: Path) -> Iterator[openai.OpenAI]:
-    args = {**ENGINE_ARGS, "max_num_seqs": 8, "max_model_len": 512, "num_pages": 160}
-    llm = LLM(str(default_model_dir), **args)
-    config = engine_config(default_model_dir, served_model_name=MODEL, **args)
+def llm(default_model_dir: Path) -> LLM:
+    return LLM(str(default_model_dir), **ARGS)
+
+
+@pytest.fixture(scope="module")
+def client(llm: LLM, default_model_dir: Path) -> Iterator[openai.OpenAI]:
+    config = engine_config(default_model_dir, served_model_name=MODEL, **ARGS)
     with RunningServer(llm.engine, config) as running:
         yield openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
 
@@ -156,3 +162,13 @@ def test_tool_call_round_trip(client: openai.OpenAI, stream: bool) -> None:
         reply = client.chat.completions.create(messages=messages, tool_choice="none", **ask)
         answer, finish = reply.choices[0].message.content, reply.choices[0].finish_reason
     assert answer.strip() and finish in ("stop", "length")
+
+
+def test_constrained_steps_compiled_no_forward_program(llm: LLM, client: openai.OpenAI) -> None:
+    """Masks and biases travel apart from the step's inputs: after the tests above, the forward programs are still
+    the ones warm-up compiled, one per bucket (only sampler variants were added)."""
+    client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, logit_bias={"28": 5})
+    runner = llm.engine.runner
+    forwards = [layout for variant, layout, _ in runner.compiled_programs() if variant is None]
+    assert len(forwards) == len(runner.buckets)
+    assert runner.num_compilations > len(runner.buckets) * 3  # forward + 2 base samplers each, and the masked ones
