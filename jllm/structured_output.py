@@ -53,7 +53,7 @@ class StructuredOutputsParams:
         given = [kind for kind in KINDS if getattr(self, kind) not in (None, False)]
         if len(given) != 1:
             raise ValueError(f"structured_outputs must set exactly one of {', '.join(KINDS)}, got {given or 'none'}")
-        self.grammar_text()  # validates: a bad schema, regex or grammar is refused at the door
+        self._grammar = self._compile()  # validates: a bad schema, regex or grammar is refused at the door
 
     @property
     def kind(self) -> str:
@@ -72,7 +72,11 @@ class StructuredOutputsParams:
         return cls(**value)
 
     def grammar_text(self) -> str:
-        """The llguidance grammar for the constraint, checked (without a tokenizer); ValueError names the key."""
+        """The llguidance grammar for the constraint."""
+        return self._grammar
+
+    def _compile(self) -> str:
+        """The grammar, checked (without a tokenizer); ValueError names the key."""
         kind = self.kind
         try:
             text = _grammar(kind, getattr(self, kind), self.disable_any_whitespace)

@@ -3,7 +3,7 @@ and the JSON schemas that force a call through structured output.
 
 Parsers follow vLLM's (``vllm/entrypoints/openai/tool_parsers/``), chosen by ``--tool-call-parser``:
 - ``hermes`` (Hermes, Qwen 2.5/3): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call,
-  text before the first block is the message's content;
+  text before the first block is the message's content (special tokens kept: some models mark the tags special);
 - ``llama3_json`` (Llama 3.1-3.3): the whole output is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>``
   first, which decoding drops as a special token), several separated by ``;``;
 - ``mistral``: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` (the marker is a special token, so requests
@@ -86,6 +86,7 @@ class ToolParser:
 
 class HermesParser(ToolParser):
     start = "<tool_call>"
+    keep_special_tokens = True  # some models mark <tool_call> special (vLLM's hermes parser keeps them too)
     _block = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:

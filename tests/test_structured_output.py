@@ -3,6 +3,8 @@ logit bias against NumPy on fresh random logits, and the engine loop (scripted r
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -193,3 +195,15 @@ def test_a_grammar_steps_mask_waits_for_the_last_token_but_its_forward_does_not(
     assert len(done["r"].outputs[0].text) == 5 and done["r"].outputs[0].text.isdigit()
     assert deferred[0] is False  # the prefill: nothing in flight
     assert all(d is not published for d in deferred[1:]) and len(deferred) >= 5
+
+
+def test_grammars_survive_preemption() -> None:
+    """A pool too small for every sequence at once: preempted grammar sequences recompute and go on where their
+    matcher is (it consumed each token once)."""
+    engine = fake_engine(num_pages=12, page_size=4, max_model_len=48)
+    requests = {f"r{i}": ([9, i + 3], SamplingParams(max_tokens=30, structured_outputs={"regex": "[0-9]{20}"}))
+                for i in range(4)}  # fmt: skip
+    done = _run(engine, requests)
+    assert engine.scheduler.num_preemptions > 0
+    for output in done.values():
+        assert output.outputs[0].finish_reason == "stop" and re.fullmatch("[0-9]{20}", output.outputs[0].text)

@@ -70,7 +70,7 @@ class ToolPlan:
 
     @property
     def keep_special_tokens(self) -> bool:
-        """Mistral's call marker is a special token, which the parser must see."""
+        """A call marker may be a special token (Mistral's, some Hermes models'), which the parser must see."""
         return self.parser is not None and self.parser.keep_special_tokens
 
     def forced_schema(self) -> dict[str, Any] | None:
