@@ -55,7 +55,8 @@ class ToolPlan:
         if choice == "auto" and tools:
             if not server.enable_auto_tool_choice or server.tool_call_parser is None:
                 raise bad_request(
-                    '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+                    'tool_choice "auto" (the default with tools) requires the server flags --enable-auto-tool-choice '
+                    "and --tool-call-parser (vLLM's rule); or send tool_choice 'none', 'required' or a named function",
                     param="tool_choice",
                 )
             return cls(tools, make_parser(server.tool_call_parser), False, None, parallel)
