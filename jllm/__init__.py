@@ -14,14 +14,16 @@ if TYPE_CHECKING:
     from jllm.llm import LLM
     from jllm.outputs import CompletionOutput, RequestOutput
     from jllm.sampling import SamplingParams
+    from jllm.structured_output import StructuredOutputsParams
 
 _EXPORTS = {
     "LLM": "jllm.llm",
     "SamplingParams": "jllm.sampling",
+    "StructuredOutputsParams": "jllm.structured_output",
     "RequestOutput": "jllm.outputs",
     "CompletionOutput": "jllm.outputs",
 }
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput"]
 
 
 def __getattr__(name: str) -> Any:

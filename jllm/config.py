@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
+
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
@@ -174,6 +176,8 @@ class ServerConfig(_Section):
     # The memory models are planned against on a CPU (weights + KV pools of every served model); None = the host's
     # physical memory, with each KV pool of 1 GiB unless sized by num_pages or kv_cache_memory_bytes.
     host_memory_budget_bytes: int | None = None
+    tool_call_parser: str | None = None  # the served family's tool-call format: hermes, llama3_json or mistral
+    enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -186,6 +190,19 @@ class ServerConfig(_Section):
         self._require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
         budget = self.host_memory_budget_bytes
         self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
+        self._require(
+            self.tool_call_parser in (None, *TOOL_CALL_PARSERS),
+            "tool_call_parser",
+            f"must be one of {', '.join(TOOL_CALL_PARSERS)}",
+        )
+        self._require(
+            not self.enable_auto_tool_choice or self.tool_call_parser is not None,
+            "enable_auto_tool_choice",
+            "needs tool_call_parser (the format to read calls in)",
+        )
+        self._validate_names()
+
+    def _validate_names(self) -> None:
         names = self.served_model_name
         self._require(
             names is None

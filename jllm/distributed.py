@@ -31,7 +31,7 @@ from jax._src import distributed as jax_distributed  # the coordination service 
 from jax.experimental import multihost_utils
 
 from jllm.config import ConfigError, ParallelConfig
-from jllm.sampler import SamplingMode
+from jllm.sampler import SamplingMode, TokenConstraints
 from jllm.step_inputs import StepPlan
 
 logger = logging.getLogger(__name__)
@@ -150,17 +150,19 @@ def _plans(structure: jax.tree_util.PyTreeDef) -> Iterator[StepPlan]:
 
 
 def _encode(plan: StepPlan) -> bytes:
-    """A JSON header (variant; each input leaf's dtype, shape and full width), then the leaves' bytes.
+    """A JSON header (variant; each input leaf's dtype, shape and full width; whether token constraints follow the
+    inputs' leaves), then the leaves' bytes.
 
     2-D leaves leave behind their trailing columns that repeat the last one (a block table's unused pages, the -1
     padding of token lists): with long contexts MBs of padding would otherwise cross every step. Plain JSON and raw
     bytes, not pickle, so nothing executable crosses; no zip container, whose parsing costs a follower a millisecond.
     """
-    leaves = jax.tree.leaves(plan.inputs)
+    leaves = jax.tree.leaves(plan.inputs) + jax.tree.leaves(plan.constraints)  # no constraints: no leaves
     widths = [x.shape[1] if x.ndim == 2 and x.shape[1] else -1 for x in leaves]
     kept = [np.ascontiguousarray(x if w < 0 else x[:, : _kept_columns(x)]) for x, w in zip(leaves, widths, strict=True)]
     arrays = [[x.dtype.str, x.shape, w] for x, w in zip(kept, widths, strict=True)]
-    header = json.dumps({"variant": plan.variant, "arrays": arrays}).encode()
+    header = json.dumps({"variant": plan.variant, "arrays": arrays, "constraints": plan.constraints is not None})
+    header = header.encode()
     return b"".join([len(header).to_bytes(4, "little"), header, *(x.tobytes() for x in kept)])
 
 
@@ -174,7 +176,11 @@ def _decode(data: bytes, structure: jax.tree_util.PyTreeDef) -> StepPlan:
         offset += x.nbytes
         leaves.append(x if width < 0 else np.concatenate([x, np.repeat(x[:, -1:], width - x.shape[1], axis=1)], 1))
     top_logprobs, prompt_logprobs, mode = header["variant"]
-    return StepPlan(jax.tree.unflatten(structure, leaves), (top_logprobs, prompt_logprobs, SamplingMode(mode)))
+    constraints = None
+    if header["constraints"]:
+        constraints, leaves = TokenConstraints(*leaves[-3:]), leaves[:-3]
+    variant = (top_logprobs, prompt_logprobs, SamplingMode(mode))
+    return StepPlan(jax.tree.unflatten(structure, leaves), variant, constraints)
 
 
 def _kept_columns(x: np.ndarray) -> int:

@@ -4,7 +4,9 @@
 and their progress, the runner the device, the output processor what clients see. It is single-threaded; the
 offline API and the async server engine both drive it. With async scheduling (the default) each call schedules and
 launches a step, then waits for and processes the step launched by the call before, so the host's work for step
-N+1 overlaps the device's for step N; a step's outputs come one call later.
+N+1 overlaps the device's for step N; a step's outputs come one call later. Two things need step N's tokens first:
+penalties (step N+1's inputs count them), processed before scheduling; and a grammar's mask, which only step N+1's
+sampler needs, so the runner queues N+1's forward and then calls back for them (``before_sampling``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -30,6 +32,7 @@ from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 from jllm.step_inputs import StepPlan
 from jllm.step_results import StepResult
+from jllm.structured_output import GrammarCompiler
 from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -38,9 +41,11 @@ logger = logging.getLogger(__name__)
 class StepRunner(Protocol):
     """What the loop needs of a runner (``jllm.runner.ModelRunner``, or a scripted fake in tests)."""
 
-    def plan(self, output: SchedulerOutput) -> StepPlan: ...
+    def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> StepPlan: ...
 
-    def launch(self, output: SchedulerOutput, plan: StepPlan) -> LaunchedStep: ...
+    def launch(
+        self, output: SchedulerOutput, plan: StepPlan, before_sampling: Callable[[], None] | None = None
+    ) -> LaunchedStep: ...
 
     def collect(self, launched: LaunchedStep) -> StepResult: ...
 
@@ -69,6 +74,7 @@ class LLMEngine:
         self._in_flight: LaunchedStep | None = None  # launched, its tokens not yet processed
         self._seq_ids = itertools.count()
         self._rng = np.random.default_rng(seed)
+        self.grammars = GrammarCompiler(inputs.tokenizer.hf, inputs.vocab_size, inputs.tokenizer.eos_token_ids)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -95,6 +101,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**32))
         now = time.monotonic()
+        grammar = None if params.structured_outputs is None else self.grammars.matcher(params.structured_outputs)
         seqs = [
             Sequence(
                 seq_id=next(self._seq_ids),
@@ -104,6 +111,7 @@ class LLMEngine:
                 sampling_params=params,
                 arrival_time=now,
                 sampling_seed=seed,
+                grammar=grammar if grammar is None or i == 0 else grammar.fork(),
             )
             for i in range(params.n)
         ]
@@ -144,10 +152,17 @@ class LLMEngine:
                 touched[request_id] = None
         launched = None
         if not out.is_empty:
-            plan = self.runner.plan(out)
+            masks_wait = self._in_flight is not None and self._masks_wait_for(self._in_flight)
+            plan = self.runner.plan(out, constraints_later=masks_wait)
             if self.publish is not None:
                 self.publish(plan)
-            launched = self.runner.launch(out, plan)
+
+            def take_tokens() -> None:  # the grammars' next masks follow from the step in flight's tokens
+                assert self._in_flight is not None
+                touched.update(self._process(self._in_flight))
+                self._in_flight = None
+
+            launched = self.runner.launch(out, plan, take_tokens if masks_wait else None)
             self.scheduler.on_step_launched(out)
         if self._in_flight is not None:  # the device ran it while this step was scheduled and launched
             touched |= self._process(self._in_flight)
@@ -164,10 +179,17 @@ class LLMEngine:
         if not self.outputs.requests:
             self._in_flight = None
 
+    def _needs_tokens_first(self, launched: LaunchedStep) -> bool:
+        """Penalties count every output token, so the next step's inputs need the tokens this one samples; so does
+        a grammar's mask when the plan is published (followers get the mask in the plan)."""
+        seqs = [s.seq for s in launched.output.scheduled]
+        return sampler.needs_penalties(seqs) or (self.publish is not None and self._masks_wait_for(launched))
+
     @staticmethod
-    def _needs_tokens_first(launched: LaunchedStep) -> bool:
-        """Penalties count every output token, so the next step's inputs need the tokens this one samples."""
-        return sampler.needs_penalties(s.seq for s in launched.output.scheduled)
+    def _masks_wait_for(launched: LaunchedStep) -> bool:
+        """A grammar's next mask follows from the token this step samples: the next step's sampler waits for it,
+        its forward does not (``ModelRunner.launch``'s ``before_sampling``)."""
+        return any(s.seq.grammar is not None for s in launched.output.scheduled)
 
     def _process(self, launched: LaunchedStep) -> dict[str, None]:
         """Waits for a launched step; the scheduler appends its tokens, the output processor turns them into text.

@@ -130,7 +130,12 @@ class InputProcessor:
 
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:
         """A prompt the engine can run with ``params``: at least one token (the first step needs one to start
-        from), and room in the context for the prompt plus ``max_tokens`` (one, when it is None)."""
+        from), room in the context for the prompt plus ``max_tokens`` (one, when it is None), and the ids of
+        ``allowed_token_ids`` / ``logit_bias`` in the vocabulary."""
+        if params.allowed_token_ids is not None:
+            check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
+        if params.logit_bias:
+            check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
         num_prompt = len(prompt.token_ids)
         if not num_prompt:
             raise InputError(f"{param} is empty: give at least one token", param=param)

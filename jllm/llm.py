@@ -92,9 +92,11 @@ class LLM:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         """Applies the model's chat template (or ``chat_template``) to one conversation or a list of them, then
-        generates. ``chat_template_kwargs`` reach the template as variables, as in vLLM."""
+        generates. ``chat_template_kwargs`` reach the template as variables and ``tools`` (OpenAI's tool objects)
+        reach it as ``tools``, as in vLLM; calls in the output are not parsed offline (vLLM's ``chat`` neither)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options: dict[str, Any] = {
             "add_generation_prompt": add_generation_prompt,
@@ -103,6 +105,8 @@ class LLM:
         }
         if chat_template is not None:
             options["chat_template"] = chat_template
+        if tools:
+            options["tools"] = tools
         prompts = []
         for i, conversation in enumerate(conversations):
             try:

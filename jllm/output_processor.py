@@ -144,19 +144,23 @@ class OutputProcessor:
     def _update_text(self, sample: SampleState, token_id: int) -> bool:
         """Detokenizes the new token and settles the finish reason; True when a stop string ended a sequence the
         scheduler still runs. A stop token's text (EOS or a stop id) is shown only with include_stop_str_in_output
-        (vLLM's rule; a special token's text stays hidden unless skip_special_tokens is false); a stop string wins
-        over the length limit."""
+        (vLLM's rule; a special token's text stays hidden unless skip_special_tokens is false); the token that completes
+        a grammar is output; a stop string wins over the length limit."""
         seq = sample.seq
-        if seq.status is SequenceStatus.FINISHED_STOPPED:  # EOS or a stop id
+        eos = token_id in self.tokenizer.eos_token_ids
+        stopped = seq.status is SequenceStatus.FINISHED_STOPPED
+        if stopped and (eos or token_id in seq.sampling_params.stop_token_ids):  # a stop token
             if seq.sampling_params.include_stop_str_in_output:
                 sample.detokenizer.add_tokens([token_id])
-            sample.finish("stop", None if token_id in self.tokenizer.eos_token_ids else token_id)
+            sample.finish("stop", None if eos else token_id)
             return False
         sample.detokenizer.add_tokens([token_id])
         if sample.detokenizer.finished:
             sample.finish_reason, sample.stop_reason = "stop", sample.detokenizer.stop_reason
             return not seq.is_finished
-        if seq.status is SequenceStatus.FINISHED_LENGTH:
+        if stopped:  # its grammar is complete: the token is part of the output
+            sample.finish("stop")
+        elif seq.status is SequenceStatus.FINISHED_LENGTH:
             sample.finish("length")
         return False
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,16 +23,17 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jllm import parallel, step_programs
+from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
-from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode
+from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode, TokenConstraints
 from jllm.sequence import ScheduledSequence, SchedulerOutput
 from jllm.step_inputs import (
     InputLayout,
     StepInputs,
     StepPlan,
     Variant,
+    host_constraints,
     host_inputs,
     pack_inputs,
     pick_variant,
@@ -55,6 +56,8 @@ class DeviceStep:
     layout: InputLayout
     buffers: list[jax.Array]  # one flat buffer per dtype, replicated over the mesh
     variant: Variant
+    constraints_layout: InputLayout  # the sampler's TokenConstraints, packed apart (zero widths without any)
+    constraint_buffers: list[jax.Array]
 
 
 @dataclasses.dataclass
@@ -98,38 +101,38 @@ class ModelRunner:
         # Every plan's StepInputs share one tree; only the shapes change: what a follower decodes plans into.
         self.input_structure = jax.tree.structure(self._host_inputs([], self.buckets[0]))
         # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
-        # ``num_compilations`` counts real XLA compilations: forward programs by layout, samplers by (variant, layout).
+        # ``num_compilations`` counts real XLA compilations: forward programs by layout, samplers by (variant, layout,
+        # constraints layout).
         self._forward_programs: dict[InputLayout, jax.stages.Compiled] = {}
-        self._sampler_programs: dict[tuple[Variant, InputLayout], jax.stages.Compiled] = {}
+        self._sampler_programs: dict[tuple[Variant, InputLayout, InputLayout], jax.stages.Compiled] = {}
 
     def _lower_forward(self, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Lowered:
         fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, layout)
         return jax.jit(fn, donate_argnums=(1,)).lower(self.state, self.kv_caches, buffers, self._last_tokens)
 
-    def _lower_sampler(self, variant: Variant, layout: InputLayout, buffers: list, hidden: Any) -> jax.stages.Lowered:
+    def _lower_sampler(self, step: DeviceStep, variant: Variant, hidden: Any) -> jax.stages.Lowered:
         """``hidden``: the forward's output, or its ``ShapeDtypeStruct`` (warm-up lowers before anything runs)."""
         num_rows = self._last_tokens.shape[0]
-        fn = functools.partial(step_programs.sample, self.graphdef, variant, layout, num_rows=num_rows)
-        return jax.jit(fn).lower(self.state, hidden, buffers)
+        fn = functools.partial(
+            step_programs.sample, self.graphdef, variant, step.layout, step.constraints_layout, num_rows=num_rows
+        )
+        return jax.jit(fn).lower(self.state, hidden, step.buffers, step.constraint_buffers)
 
     def _forward_program(self, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Compiled:
         if layout not in self._forward_programs:
             self._forward_programs[layout] = self._lower_forward(layout, buffers).compile(COMPILER_OPTIONS)
         return self._forward_programs[layout]
 
-    def _sampler_program(
-        self, variant: Variant, layout: InputLayout, buffers: list[jax.Array], hidden: jax.Array
-    ) -> jax.stages.Compiled:
-        key = (variant, layout)
+    def _sampler_program(self, step: DeviceStep, hidden: jax.Array) -> jax.stages.Compiled:
+        key = (step.variant, step.layout, step.constraints_layout)
         if key not in self._sampler_programs:
-            lowered = self._lower_sampler(variant, layout, buffers, hidden)
-            self._sampler_programs[key] = lowered.compile(COMPILER_OPTIONS)
+            self._sampler_programs[key] = self._lower_sampler(step, step.variant, hidden).compile(COMPILER_OPTIONS)
         return self._sampler_programs[key]
 
     @property
     def num_compilations(self) -> int:
         """Programs compiled so far: per bucket one forward and the base samplers, plus any other sampler variant
-        (penalties, logprobs, top-k/top-p) used."""
+        (penalties, logprobs, top-k/top-p, token mask, logit bias width) used."""
         return len(self._forward_programs) + len(self._sampler_programs)
 
     def compiled_programs(self) -> Iterator[tuple[Variant | None, InputLayout, jax.stages.Compiled]]:
@@ -137,7 +140,7 @@ class ModelRunner:
         samplers with theirs."""
         for layout, compiled in self._forward_programs.items():
             yield None, layout, compiled
-        for (variant, layout), compiled in self._sampler_programs.items():
+        for (variant, layout, _), compiled in self._sampler_programs.items():
             yield variant, layout, compiled
 
     def release(self) -> None:
@@ -169,15 +172,15 @@ class ModelRunner:
                 hidden = jax.ShapeDtypeStruct(
                     forward.out_info[0].shape, forward.out_info[0].dtype, sharding=parallel.replicated(self.mesh)
                 )
-                samplers = [(v, self._lower_sampler(v, step.layout, step.buffers, hidden)) for v in BASE_VARIANTS]
+                samplers = [(v, self._lower_sampler(step, v, hidden)) for v in BASE_VARIANTS]
                 compiles = [
                     pool.submit(lowered.compile, COMPILER_OPTIONS) for _, lowered in [(None, forward)] + samplers
                 ]
-                pending.append((step.layout, [v for v, _ in samplers], compiles))
-            for layout, variants, (forward, *samplers) in pending:
-                self._forward_programs[layout] = forward.result()
+                pending.append((step, [v for v, _ in samplers], compiles))
+            for step, variants, (forward, *samplers) in pending:
+                self._forward_programs[step.layout] = forward.result()
                 for variant, future in zip(variants, samplers, strict=True):
-                    self._sampler_programs[(variant, layout)] = future.result()
+                    self._sampler_programs[(variant, step.layout, step.constraints_layout)] = future.result()
                 bar.update()
         if self.mesh.devices.flat[0].platform == "cpu":
             return  # no first-run cost to pay ahead on a CPU, where running every bucket's padding takes ~20 s
@@ -187,19 +190,35 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- the lead
 
-    def plan(self, output: SchedulerOutput) -> StepPlan:
-        """The step's host inputs and sampler variant: host work only, which the lead publishes before running it."""
+    def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> StepPlan:
+        """The step's host inputs, sampler variant and token constraints: host work only, which the lead publishes
+        before running it. ``constraints_later``: the token mask waits for tokens still being sampled, so
+        ``launch`` fills it once the forward is queued (the plan then has none: a single process only)."""
         bucket = pick_bucket(self.buckets, output.num_batched_tokens, len(output.scheduled))
         inputs = self._host_inputs(output.scheduled, bucket)
-        return StepPlan(inputs, pick_variant(output.scheduled, inputs, self.vocab_size))
+        constraints = (
+            None if constraints_later else host_constraints(output.scheduled, bucket.num_seqs, self.vocab_size)
+        )
+        return StepPlan(inputs, pick_variant(output.scheduled, inputs, self.vocab_size), constraints)
 
-    def launch(self, output: SchedulerOutput, plan: StepPlan) -> LaunchedStep:
+    def launch(
+        self, output: SchedulerOutput, plan: StepPlan, before_sampling: Callable[[], None] | None = None
+    ) -> LaunchedStep:
         """Runs ``plan`` (made from ``output``); returns as soon as its programs are queued on the device.
 
         A sequence whose last input the previous launch is still sampling gets it on the device
         (``ScheduledSequence.pending_input``), so a step can be launched before the one before it has finished.
+        ``before_sampling`` (with a plan made ``constraints_later``) runs once the forward is queued: the engine
+        takes the previous step's tokens there, then the token mask is filled while the device runs the forward.
         """
-        result, prompt = self.run(plan)
+        step = self.put(plan)
+        hidden = self._forward(step)
+        if before_sampling is not None:
+            before_sampling()
+            constraints = host_constraints(output.scheduled, plan.bucket.num_seqs, self.vocab_size)
+            layout, buffers = self._put_tree(constraints or sampler.no_constraints(plan.bucket.num_seqs))
+            step = dataclasses.replace(step, constraints_layout=layout, constraint_buffers=buffers)
+        result, prompt = self._sample(step, hidden)
         self._last_rows = {s.seq.seq_id: i for i, s in enumerate(output.scheduled) if s.samples_token}
         for x in jax.tree.leaves((result, prompt)):
             x.copy_to_host_async()  # starts when the step ends, so collect() need not wait for the transfer
@@ -233,15 +252,24 @@ class ModelRunner:
         """Packs the plan's host inputs and transfers them, replicated over the mesh. Each process gives the whole
         array for its own devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local
         device)."""
-        layout, buffers = pack_inputs(plan.inputs)
-        device_buffers = jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
-        return DeviceStep(layout, device_buffers, plan.variant)
+        constraints = plan.constraints or sampler.no_constraints(plan.bucket.num_seqs)
+        return DeviceStep(*self._put_tree(plan.inputs), plan.variant, *self._put_tree(constraints))
+
+    def _put_tree(self, tree: StepInputs | TokenConstraints) -> tuple[InputLayout, list[jax.Array]]:
+        layout, buffers = pack_inputs(tree)
+        return layout, jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
 
     def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         """Queues the step's forward and sampler programs (compiling them on first use) on inputs already on the
         devices; scripts call it back to back to time the compiled step alone."""
+        return self._sample(step, self._forward(step))
+
+    def _forward(self, step: DeviceStep) -> jax.Array:
         forward = self._forward_program(step.layout, step.buffers)
         hidden, self.kv_caches = forward(self.state, self.kv_caches, step.buffers, self._last_tokens)
-        sample = self._sampler_program(step.variant, step.layout, step.buffers, hidden)
-        out, prompt, self._last_tokens = sample(self.state, hidden, step.buffers)
+        return hidden
+
+    def _sample(self, step: DeviceStep, hidden: jax.Array) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
+        sample = self._sampler_program(step, hidden)
+        out, prompt, self._last_tokens = sample(self.state, hidden, step.buffers, step.constraint_buffers)
         return out, prompt

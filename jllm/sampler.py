@@ -1,7 +1,8 @@
 """The on-device sampler: a pure function of (logits, SamplingMetadata) that runs inside the engine's jit step.
 
-vLLM V1's order: min-tokens ban -> penalties -> argmax for greedy rows; for random rows temperature -> min-p ->
-top-k -> top-p -> draw. Logprobs come from the raw logits (vLLM's default ``raw_logprobs``).
+vLLM V1's order: the token mask (structured output, ``allowed_token_ids``) -> min-tokens ban -> logit bias ->
+penalties -> argmax for greedy rows; for random rows temperature -> min-p -> top-k -> top-p -> draw. Logprobs come
+from the logits after the mask (vLLM applies the grammar's bitmask before its sampler and returns ``raw_logprobs``).
 
 Three choices keep it cheap on a GPU:
 - The host knows every row's settings, so it picks the program: ``SamplingMode.GREEDY`` (argmax only), ``RANDOM``
@@ -17,7 +18,9 @@ Reproducibility: a row's uniform comes from ``fold_in(fold_in(key(seed), sample_
 draws the same tokens whatever else is in the batch, wherever its row sits, and after preemption and recompute.
 
 The host half, ``build_sampling_metadata`` and its width helpers, turns ``Sequence``s into padded NumPy arrays; the
-static widths (penalty width, banned width, top logprobs) pick the compiled variant.
+static widths (penalty width, banned width, top logprobs) pick the compiled variant. ``TokenConstraints`` (the
+bitmask and the logit bias) travel apart from the step's other inputs, so the forward program never sees their
+shapes: a batch without them has zero-width arrays, and the sampler compiles to exactly what it was before.
 
 Where this module sits: docs/architecture.md.
 """
@@ -36,6 +39,7 @@ import numpy as np
 from jax import lax
 
 from jllm.sampling import MAX_LOGPROBS, SAMPLING_EPS
+from jllm.structured_output import fill_bitmask
 
 if TYPE_CHECKING:
     from jllm.sequence import ScheduledSequence, Sequence
@@ -73,6 +77,17 @@ class SamplingMetadata:
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
+class TokenConstraints:
+    """Per-row limits on the next token; zero-width arrays when no row of the batch has them (a separate compiled
+    sampler, so unconstrained batches pay nothing)."""
+
+    bitmask: Array  # [S, W] i32; W = ceil(V / 32) or 0; bit t % 32 of word t // 32 set: token t allowed
+    bias_ids: Array  # [S, B] i32, -1 padded; B = 0 when no row has a logit bias
+    bias_values: Array  # [S, B] f32; added to the logits of bias_ids
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
 class SamplerOutput:
     token_ids: jax.Array  # [S] i32
     logprobs: jax.Array  # [S] f32; log_softmax(raw logits) at token_ids
@@ -83,9 +98,18 @@ class SamplerOutput:
 # ---------------------------------------------------------------- device side
 
 
-def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int, mode: SamplingMode) -> SamplerOutput:
-    """One token per row. ``logits`` [S, V]; ``num_top_logprobs`` and ``mode`` are static (0 skips the top-k pass)."""
-    logits = logits.astype(jnp.float32)  # [S, V]
+def sample(
+    logits: jax.Array,
+    meta: SamplingMetadata,
+    constraints: TokenConstraints | None = None,
+    *,
+    num_top_logprobs: int,
+    mode: SamplingMode,
+) -> SamplerOutput:
+    """One token per row. ``logits`` [S, V]; ``num_top_logprobs`` and ``mode`` are static (0 skips the top-k pass);
+    ``constraints`` None: no mask, no bias."""
+    constraints = constraints or no_constraints(logits.shape[0])
+    logits = apply_bitmask(logits.astype(jnp.float32), constraints.bitmask)  # [S, V]
     lse = jax.nn.logsumexp(logits, axis=-1)  # [S]
     if num_top_logprobs:
         top_values, top_ids = _top_k(logits, num_top_logprobs)  # [S, K]
@@ -94,7 +118,8 @@ def sample(logits: jax.Array, meta: SamplingMetadata, *, num_top_logprobs: int, 
         top_ids = jnp.zeros((logits.shape[0], 0), jnp.int32)
         top_logprobs = jnp.zeros((logits.shape[0], 0), jnp.float32)
 
-    x = apply_penalties(ban_tokens(logits, meta.banned_ids), meta)  # [S, V]
+    x = ban_tokens(logits, meta.banned_ids)
+    x = apply_penalties(add_bias(x, constraints.bias_ids, constraints.bias_values), meta)  # [S, V]
     token_ids = jnp.argmax(x, axis=-1).astype(jnp.int32)  # [S]
     if mode is not SamplingMode.GREEDY:
         is_greedy = meta.temperature < SAMPLING_EPS  # [S]
@@ -150,6 +175,25 @@ def ban_tokens(logits: jax.Array, banned_ids: jax.Array) -> jax.Array:
         return logits
     ids = jnp.where(banned_ids < 0, vocab, banned_ids)  # out of range: dropped
     return logits.at[jnp.arange(num_rows)[:, None], ids].set(-jnp.inf, mode="drop")
+
+
+def apply_bitmask(logits: jax.Array, bitmask: jax.Array) -> jax.Array:
+    """-inf where the row's bit is 0; ``bitmask`` [S, ceil(V / 32)] packed int32, width 0 compiles to nothing."""
+    num_rows, vocab = logits.shape
+    if bitmask.shape[1] == 0:
+        return logits
+    bits = (bitmask[:, :, None] >> jnp.arange(32, dtype=jnp.int32)) & 1  # [S, W, 32]
+    allowed = bits.reshape(num_rows, -1)[:, :vocab] != 0  # [S, V]
+    return jnp.where(allowed, logits, -jnp.inf)
+
+
+def add_bias(logits: jax.Array, bias_ids: jax.Array, bias_values: jax.Array) -> jax.Array:
+    """OpenAI's ``logit_bias``: ``bias_values`` [S, B] added at ``bias_ids`` [S, B] (-1 padded); B = 0 is a no-op."""
+    num_rows, vocab = logits.shape
+    if bias_ids.shape[1] == 0:
+        return logits
+    ids = jnp.where(bias_ids < 0, vocab, bias_ids)  # out of range: dropped
+    return logits.at[jnp.arange(num_rows)[:, None], ids].add(bias_values, mode="drop")
 
 
 def apply_penalties(logits: jax.Array, meta: SamplingMetadata) -> jax.Array:
@@ -324,6 +368,44 @@ def build_sampling_metadata(
         prompt_ids=prompt_ids,
         output_ids=output_ids,
     )
+
+
+def build_constraints(seqs: Seq[Sequence], num_rows: int, vocab_size: int) -> TokenConstraints:
+    """Row i's mask and logit bias for ``seqs[i]``: zero widths when no row has them. A row with a grammar must have
+    its last token appended (the engine processes a step with grammars before planning the next)."""
+    masked = [
+        (i, s.grammar if _follows_grammar(s) else None, s.sampling_params.allowed_token_ids)
+        for i, s in enumerate(seqs)
+        if _is_masked(s)
+    ]
+    for s in seqs:
+        if _follows_grammar(s) and s.num_pending_tokens:
+            raise ValueError(f"seq {s.seq_id} follows a grammar, whose mask needs its pending token: finish that step")
+    bitmask = fill_bitmask(masked, num_rows, vocab_size) if masked else np.zeros((num_rows, 0), np.int32)
+    biases = [s.sampling_params.logit_bias or {} for s in seqs]
+    width = _bucket(max(map(len, biases)), 16) if any(biases) else 0
+    bias_ids = np.full((num_rows, width), -1, np.int32)
+    bias_values = np.zeros((num_rows, width), np.float32)
+    for i, bias in enumerate(biases):
+        bias_ids[i, : len(bias)] = list(bias)
+        bias_values[i, : len(bias)] = list(bias.values())
+    return TokenConstraints(bitmask, bias_ids, bias_values)
+
+
+def no_constraints(num_rows: int) -> TokenConstraints:
+    """What a batch without masks or biases carries (warm-up's and the base variants' shapes)."""
+    return TokenConstraints(
+        np.zeros((num_rows, 0), np.int32), np.full((num_rows, 0), -1, np.int32), np.zeros((num_rows, 0), np.float32)
+    )
+
+
+def _is_masked(seq: Sequence) -> bool:
+    return _follows_grammar(seq) or seq.sampling_params.allowed_token_ids is not None
+
+
+def _follows_grammar(seq: Sequence) -> bool:
+    """A finished sequence's token is dropped: its grammar, maybe complete, masks nothing."""
+    return seq.grammar is not None and not seq.is_finished
 
 
 def _banned(seq: Sequence, eos_token_ids: set[int]) -> list[int]:

@@ -13,6 +13,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+from jllm.structured_output import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +24,11 @@ MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logi
 MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
 MAX_INT32 = 2**31 - 1  # top_k and token ids go to the device as int32: a larger one would kill the step loop
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as vLLM and OpenAI accept
+MAX_LOGIT_BIAS = 1024  # entries per request: bounds the logit-bias widths the sampler compiles for (16 ... 1024)
+LOGIT_BIAS_RANGE = 100.0  # OpenAI's: each bias in [-100, 100]
 UNSUPPORTED = {  # vLLM SamplingParams fields jllm refuses when set, and why
-    "logit_bias": "the sampler has no per-token bias",
-    "allowed_token_ids": "the sampler cannot restrict the vocabulary",
     "bad_words": "the sampler cannot ban word sequences",
-    "structured_outputs": "there is no grammar engine",
-    "guided_decoding": "there is no grammar engine",
+    "guided_decoding": "it is vLLM's earlier name: use structured_outputs",
     "logits_processors": "custom logits processors cannot run inside the compiled sampler",
     "logprob_token_ids": "logprobs come for the top tokens only",
 }
@@ -65,11 +67,12 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True  # vLLM's; only the default is supported
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: the model's context length)
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE  # LLM.generate asks for FINAL_ONLY
+    logit_bias: dict[int, float] | None = None  # OpenAI's: token id -> bias in [-100, 100] added to its logit
+    allowed_token_ids: list[int] | None = None  # vLLM's: only these ids may be sampled
+    # a grammar the output must follow: a StructuredOutputsParams or a dict of its fields (vLLM's names)
+    structured_outputs: StructuredOutputsParams | dict[str, Any] | None = None
     # vLLM's names for what jllm cannot do yet: accepted as arguments only to be refused by name when set.
-    logit_bias: dict[int, float] | None = None
-    allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
-    structured_outputs: object | None = None
     guided_decoding: object | None = None  # vLLM's earlier name for structured_outputs
     logits_processors: list | None = None
     logprob_token_ids: list[int] | None = None
@@ -107,6 +110,7 @@ class SamplingParams:
         self._validate_logprobs()
         self._validate_stops()
         self._validate_flags()
+        self._validate_constraints()
         self._refuse_unsupported()
 
     def _validate_sampling(self) -> None:
@@ -160,6 +164,18 @@ class SamplingParams:
                 f"got {self.spaces_between_special_tokens!r}"
             )
 
+    def _validate_constraints(self) -> None:
+        """The token mask and bias: ids must be token ids (the input door checks them against the vocabulary)."""
+        if self.structured_outputs is not None:
+            self.structured_outputs = StructuredOutputsParams.of(self.structured_outputs)
+        if self.allowed_token_ids is not None:
+            ids = _as_list("allowed_token_ids", self.allowed_token_ids, "a non-empty list of token ids")
+            if not ids or not all(_is_int(t) and 0 <= t <= MAX_INT32 for t in ids):
+                raise ValueError(f"allowed_token_ids must be a non-empty list of token ids, got {ids!r}")
+            self.allowed_token_ids = sorted(set(ids))
+        if self.logit_bias is not None:
+            self.logit_bias = _logit_bias(self.logit_bias)
+
     def _refuse_unsupported(self) -> None:
         """vLLM's arguments for what jllm cannot do yet: set to anything but "nothing", they are refused by name
         rather than ignored, since ignoring them would return something else than asked for."""
@@ -174,6 +190,25 @@ class SamplingParams:
     @property
     def uses_penalties(self) -> bool:
         return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+def _logit_bias(value: object) -> dict[int, float]:
+    """Token id (an int, or its decimal string as JSON sends it) -> bias in [-100, 100]."""
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise ValueError(f"logit_bias must map at most {MAX_LOGIT_BIAS} token ids to biases, got {value!r:.200}")
+    bias = {}
+    for key, b in value.items():
+        token = int(key) if isinstance(key, str) and key.isdigit() else key
+        if not _is_int(token) or not 0 <= token <= MAX_INT32:
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        _check_real(
+            "logit_bias",
+            b,
+            f"map to biases in [-{LOGIT_BIAS_RANGE:g}, {LOGIT_BIAS_RANGE:g}]",
+            lambda v: abs(v) <= LOGIT_BIAS_RANGE,
+        )
+        bias[token] = float(b)
+    return bias
 
 
 def _as_list(name: str, value: object, allowed: str) -> list:

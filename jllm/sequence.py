@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from jllm.sampling import SamplingParams
+    from jllm.structured_output import GrammarMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -47,6 +48,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)  # page ids, in order
     status: SequenceStatus = SequenceStatus.WAITING
     num_preemptions: int = 0
+    grammar: GrammarMatcher | None = None  # structured output: consumes each appended token, masks the next
 
     @property
     def token_ids(self) -> list[int]:

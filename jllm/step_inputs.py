@@ -13,6 +13,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from collections.abc import Sequence as Seq
+from typing import Any
 
 import jax
 import numpy as np
@@ -21,7 +22,7 @@ from jax.sharding import Mesh
 from jllm import sampler
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket
-from jllm.sampler import SamplingMetadata, SamplingMode
+from jllm.sampler import SamplingMetadata, SamplingMode, TokenConstraints
 from jllm.sequence import ScheduledSequence
 
 MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variant
@@ -51,6 +52,9 @@ class StepPlan:
 
     inputs: StepInputs  # NumPy leaves, padded to the step's bucket
     variant: Variant
+    # The sampler's token mask and logit bias, NumPy leaves [S, ...]; None: the batch has neither (zero widths).
+    # Apart from ``inputs`` so the forward program never depends on their shapes.
+    constraints: TokenConstraints | None = None
 
     @property
     def bucket(self) -> StepBucket:
@@ -67,7 +71,7 @@ class InputLayout:
     slots: tuple[tuple[int, int, tuple[int, ...]], ...]  # per leaf: (buffer, offset, shape)
 
 
-def pack_inputs(inputs: StepInputs) -> tuple[InputLayout, list[np.ndarray]]:
+def pack_inputs(inputs: StepInputs | TokenConstraints) -> tuple[InputLayout, list[np.ndarray]]:
     leaves, treedef = jax.tree.flatten(inputs)
     dtypes = tuple(sorted({np.dtype(x.dtype) for x in leaves}, key=str))
     parts: list[list[np.ndarray]] = [[] for _ in dtypes]
@@ -81,8 +85,9 @@ def pack_inputs(inputs: StepInputs) -> tuple[InputLayout, list[np.ndarray]]:
     return InputLayout(treedef, dtypes, tuple(slots)), [np.concatenate(p) for p in parts]
 
 
-def unpack_inputs(layout: InputLayout, buffers: Seq[jax.Array]) -> StepInputs:
-    """Inside the step: static slices of the packed buffers, which XLA fuses into their uses."""
+def unpack_inputs(layout: InputLayout, buffers: Seq[jax.Array]) -> Any:
+    """Inside the step: static slices of the packed buffers, which XLA fuses into their uses (the packed tree:
+    ``StepInputs`` or ``TokenConstraints``)."""
     leaves = [buffers[b][offset : offset + math.prod(shape)].reshape(shape) for b, offset, shape in layout.slots]
     return jax.tree.unflatten(layout.treedef, leaves)
 
@@ -155,6 +160,16 @@ def host_inputs(
         mesh=mesh,
     )
     return StepInputs(input_ids, pending_rows, positions, attn, logits_indices, sampling, prompt_targets)
+
+
+def host_constraints(scheduled: Seq[ScheduledSequence], num_rows: int, vocab_size: int) -> TokenConstraints | None:
+    """The step's token mask and logit bias, or None when no row has either (the unconstrained sampler)."""
+    seqs = [s.seq for s in scheduled]
+    if not any(
+        s.grammar is not None or s.sampling_params.allowed_token_ids or s.sampling_params.logit_bias for s in seqs
+    ):
+        return None
+    return sampler.build_constraints(seqs, num_rows, vocab_size)
 
 
 def pick_variant(scheduled: Seq[ScheduledSequence], inputs: StepInputs, vocab_size: int) -> Variant:

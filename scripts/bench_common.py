@@ -484,8 +484,9 @@ class StepTimes:
         self.timer.wrap(runner, "launch", "launch", note=self._count_bucket)
         self.timer.wrap(runner, "collect", "collect")
 
-    def _count_bucket(self, output: Any, plan: Any) -> None:
-        """``plan``: the launched ``jllm.step_inputs.StepPlan``."""
+    def _count_bucket(self, output: Any, plan: Any, before_sampling: Any = None) -> None:
+        """``plan``: the launched ``jllm.step_inputs.StepPlan`` (``before_sampling``: a grammar step's callback, whose
+        time, taking the previous step's tokens, counts in "launch")."""
         self.buckets[f"{plan.bucket.num_tokens}x{plan.bucket.num_seqs}"] += 1
 
     def unwrap(self) -> None:

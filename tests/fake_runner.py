@@ -3,6 +3,8 @@
 No model and no device: the token a sequence samples at position ``p`` is ``script(prompt, p)``, a pure function,
 so every output is known in advance however steps are batched, chunked, pipelined or preempted, and a test can
 compare what the engine did against it. Pages are still allocated by the real block manager and scheduler.
+Where a row's token mask (structured output, ``allowed_token_ids``) forbids the scripted token, the row samples the
+lowest allowed id instead, as a greedy sampler over constant logits would.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from jllm.block_manager import BlockManager
 from jllm.engine import LLMEngine
 from jllm.inputs import InputProcessor
 from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput
+from jllm.step_inputs import host_constraints
 from jllm.step_results import PromptTokenLogprob, SampledToken, StepResult
 from jllm.tokenizer import Tokenizer
 
 TINY_TOKENIZER = Path(__file__).parents[1] / "configs" / "models" / "tiny-llama"  # 512 ids, EOS 2, chat template
+VOCAB_SIZE = 512
 Script = Callable[[Sequence[int], int], int]  # (prompt token ids, position of the sampled token) -> token id
 
 
@@ -57,18 +63,25 @@ class ScriptedRunner:
     launched: list[SchedulerOutput] = field(default_factory=list)
     released: bool = False  # set by release(): tests read it to see that an unload got this far
 
-    def plan(self, output: SchedulerOutput) -> SchedulerOutput:
+    def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> SchedulerOutput:
         return output
 
-    def launch(self, output: SchedulerOutput, plan: SchedulerOutput) -> FakeLaunch:
+    def launch(
+        self, output: SchedulerOutput, plan: SchedulerOutput, before_sampling: Callable[[], None] | None = None
+    ) -> FakeLaunch:
         self.launched.append(output)
+        if before_sampling is not None:  # the real runner's forward is queued by now
+            before_sampling()
         tokens, prompt_logprobs = [], []
-        for s in output.scheduled:
+        constraints = host_constraints(output.scheduled, len(output.scheduled), VOCAB_SIZE)
+        for row, s in enumerate(output.scheduled):
             seq, end = s.seq, s.start + s.num_new_tokens
             prompt = seq.prompt_token_ids
             token = None
             if s.samples_token:
                 token_id = self.script(prompt, end)
+                if constraints is not None and constraints.bitmask.shape[1]:
+                    token_id = _allowed(constraints.bitmask[row], token_id)
                 top = [token_id, (token_id + 1) % 512][: seq.sampling_params.logprobs or 0]
                 token = SampledToken(token_id, -0.5, top, [-0.5, -1.5][: len(top)])
             tokens.append(token)
@@ -81,6 +94,12 @@ class ScriptedRunner:
 
     def release(self) -> None:
         self.released = True  # no device memory to free
+
+
+def _allowed(mask_row: np.ndarray, token_id: int) -> int:
+    """``token_id`` if the packed mask row allows it, else the lowest id it allows."""
+    allowed = np.unpackbits(mask_row.view(np.uint8), bitorder="little")
+    return token_id if allowed[token_id] else int(np.flatnonzero(allowed)[0])
 
 
 def fake_engine(
@@ -103,6 +122,6 @@ def fake_engine(
         max_model_len=max_model_len,
         eos_token_ids=tokenizer.eos_token_ids,
     )
-    inputs = InputProcessor(tokenizer, vocab_size=512, max_model_len=max_model_len)
+    inputs = InputProcessor(tokenizer, vocab_size=VOCAB_SIZE, max_model_len=max_model_len)
     runner = ScriptedRunner(script, step_seconds)
     return LLMEngine(scheduler, runner, inputs, async_scheduling=async_scheduling, seed=0)

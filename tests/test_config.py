@@ -238,3 +238,11 @@ def test_cpu_yaml_is_a_small_valid_config() -> None:
     config = load_config(CONFIGS / "smollm2-cpu.yaml")
     assert (config.model.dtype, config.model.max_model_len, config.scheduler.max_num_seqs) == ("float32", 2048, 4)
     assert (config.cache.num_pages - 1) * config.cache.page_size >= config.model.max_model_len
+
+
+def test_tool_call_settings_are_checked_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^tool_call_parser='qwen' is not allowed: must be one of hermes"):
+        load_config(None, tool_call_parser="qwen")
+    with pytest.raises(ConfigError, match=r"^enable_auto_tool_choice=True is not allowed: needs tool_call_parser"):
+        load_config(None, enable_auto_tool_choice=True)
+    assert load_config(None, tool_call_parser="mistral", enable_auto_tool_choice=True).server.tool_call_parser

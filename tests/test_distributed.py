@@ -25,7 +25,7 @@ from jllm import cli, distributed
 from jllm.buckets import StepBucket
 from jllm.config import ConfigError, EngineConfig
 from jllm.distributed import _decode, _encode
-from jllm.sampler import SamplingMode
+from jllm.sampler import SamplingMode, TokenConstraints
 from jllm.step_inputs import StepPlan, host_inputs
 
 # Two step buckets (16 tokens x 1 / 4 sequences); the long prompt is prefilled in 16-token chunks beside decodes.
@@ -190,6 +190,15 @@ def test_plan_round_trips_exactly_and_leaves_padding_behind() -> None:
             assert sent.dtype == back.dtype and sent.shape == back.shape
             np.testing.assert_array_equal(sent, back)
     assert len(data) < 20_000 < block_tables.nbytes
+    bitmask = rng.integers(-(2**31), 2**31, (64, 1536), dtype=np.int64).astype(np.int32)  # a vocabulary of 49152
+    bias_ids = np.full((64, 16), -1, np.int32)
+    bias_ids[3, :2] = [11, 12]
+    constraints = TokenConstraints(bitmask, bias_ids, rng.random((64, 16)).astype(np.float32))
+    got = _decode(_encode(StepPlan(inputs, (0, None, SamplingMode.GREEDY), constraints)), structure)
+    assert got.constraints is not None and jax.tree.structure(got.inputs) == structure
+    for sent, back in zip(jax.tree.leaves(constraints), jax.tree.leaves(got.constraints), strict=True):
+        assert sent.dtype == back.dtype and sent.shape == back.shape
+        np.testing.assert_array_equal(sent, back)
 
 
 CLAIM_TWICE = """

@@ -11,6 +11,7 @@ import itertools
 import pytest
 from fake_runner import counting_script, fake_engine
 
+from jllm import StructuredOutputsParams
 from jllm.errors import ContextLengthError, InputError
 from jllm.llm import LLM
 from jllm.sampling import SamplingParams
@@ -101,5 +102,22 @@ def test_get_tokenizer_has_the_transformers_surface(llm: LLM) -> None:
 
 
 def test_sampling_params_refuse_vllm_arguments_by_name(llm: LLM) -> None:
-    with pytest.raises(ValueError, match="^allowed_token_ids is not supported by jllm yet"):
-        llm.generate("hello", SamplingParams(allowed_token_ids=[5]), use_tqdm=False)
+    with pytest.raises(ValueError, match="^bad_words is not supported by jllm yet"):
+        llm.generate("hello", SamplingParams(bad_words=["x"]), use_tqdm=False)
+    with pytest.raises(InputError, match=r"allowed_token_ids: token id 600 is outside the vocabulary \[0, 512\)"):
+        llm.generate("hello", SamplingParams(allowed_token_ids=[5, 600]), use_tqdm=False)
+
+
+def test_structured_outputs_offline_as_vllm_and_tools_reach_the_template(llm: LLM) -> None:
+    """vLLM's ``SamplingParams(structured_outputs=StructuredOutputsParams(...))``, or a dict of its keys."""
+    choices = ["hello world", "bye"]
+    for structured in (StructuredOutputsParams(choice=choices), {"choice": choices}):
+        params = SamplingParams(max_tokens=30, structured_outputs=structured)
+        [output] = llm.generate("hello", params, use_tqdm=False)
+        assert output.outputs[0].text in choices and output.outputs[0].finish_reason == "stop"
+    template = (
+        "{% for t in tools %}{{ t.function.name }};{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    tools = [{"type": "function", "function": {"name": "lookup"}}]
+    [chat] = llm.chat([{"role": "user", "content": "hi"}], GREEDY, use_tqdm=False, chat_template=template, tools=tools)
+    assert chat.prompt == "lookup;hi"

@@ -155,10 +155,7 @@ def test_min_tokens_above_max_tokens_is_rejected_and_greedy_n_accepted():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("logit_bias", {5: 1.0}),
-        ("allowed_token_ids", [1, 2]),
         ("bad_words", ["bad"]),
-        ("structured_outputs", {"json": {}}),
         ("guided_decoding", {"regex": "a+"}),
         ("logits_processors", [lambda ids, logits: logits]),
         ("logprob_token_ids", [3]),

@@ -7,6 +7,8 @@ names included); a test fails when one of them is in neither table.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,18 @@ from jllm.sampling import SamplingParams
 from jllm.server.schemas import UNSUPPORTED_FIELDS
 
 MODEL = "scripted"
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "pick",
+        "parameters": {
+            "type": "object",
+            "properties": {"x": {"enum": [1]}},
+            "required": ["x"],
+            "additionalProperties": False,
+        },
+    },
+}
 COMPLETION = {"model": MODEL, "prompt": "hello", "max_tokens": 3}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 # The test engine's template shows what reaches it: documents, a variable, the messages, the generation prompt.
@@ -118,6 +132,15 @@ def _stop_token(seen: Seen, engine: LLMEngine) -> bool:
     )
 
 
+def _calls(seen: Seen) -> list[tuple[str, Any]]:
+    """The reply's calls as (name, arguments), when it ended for them."""
+    if _choice(seen)["finish_reason"] != "tool_calls":
+        return []
+    return [
+        (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in _choice(seen)["message"]["tool_calls"]
+    ]
+
+
 def _document_and_variable(seen: Seen, _: LLMEngine) -> bool:
     return seen.prompt.text == "[doc]hey user: hi\nassistant:"
 
@@ -163,6 +186,21 @@ HONOURED = [
     Honoured("request_id", {"request_id": "mine"}, lambda seen, _: seen.reply["id"] == "cmpl-mine"),
     Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
              lambda seen, _: "token_offsets" not in _choice(seen)),
+    # the token mask: the scripted runner samples the lowest allowed id where the mask forbids the script's token
+    Honoured("allowed_token_ids", {"allowed_token_ids": [41, 40], "prompt": [7]},
+             lambda seen, engine: _choice(seen)["text"] == engine.tokenizer.decode([40] * 3)),
+    Honoured("logit_bias", {"logit_bias": {"5": 10, "6": -100}},  # numerics: tests/test_structured_output.py
+             lambda seen, _: seen.params.logit_bias == {5: 10.0, 6: -100.0}),
+    Honoured("guided_regex", {"guided_regex": "[0-9]{2}", "max_tokens": 8},
+             lambda seen, _: re.fullmatch("[0-9]{2}", _choice(seen)["text"]) is not None),
+    Honoured("guided_choice", {"guided_choice": ["no", "yes"], "max_tokens": 8},
+             lambda seen, _: _choice(seen)["text"] in ("no", "yes") and _choice(seen)["finish_reason"] == "stop"),
+    Honoured("guided_grammar", {"guided_grammar": 'start: "ab" | "cd"', "max_tokens": 8},
+             lambda seen, _: _choice(seen)["text"] in ("ab", "cd")),
+    Honoured("guided_json", {"guided_json": {"type": "object"}, "max_tokens": 2},
+             lambda seen, _: seen.params.structured_outputs.json == {"type": "object"}),
+    Honoured("structured_outputs", {"structured_outputs": {"choice": ["left", "right"]}, "max_tokens": 8},
+             lambda seen, _: _choice(seen)["text"] in ("left", "right")),
     # chat
     Honoured("messages", {}, lambda seen, _: seen.prompt.text == "user: hi\nassistant:", chat=True),
     Honoured("max_completion_tokens", {"max_completion_tokens": 2},
@@ -181,11 +219,23 @@ HONOURED = [
              _document_and_variable, chat=True),
     Honoured("include_reasoning", {"include_reasoning": False},  # no reasoning parser: nothing to leave out
              lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3, chat=True),
-    Honoured("parallel_tool_calls", {"parallel_tool_calls": False},  # no tools: no calls to limit
-             lambda seen, _: "tool_calls" not in _choice(seen)["message"], chat=True),
-    Honoured("tools", {"tools": [], "tool_choice": "none"}, lambda seen, _: seen.params.n == 1, chat=True),
-    Honoured("tool_choice", {"tool_choice": "none"}, lambda seen, _: seen.params.n == 1, chat=True),
-    Honoured("response_format", {"response_format": {"type": "text"}}, lambda seen, _: seen.params.n == 1, chat=True),
+    # forced calls follow their schema (the scripted runner samples inside the mask); tests/test_tool_calls.py has more
+    Honoured("tools", {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "pick"}},
+                       "max_tokens": 20},
+             lambda seen, _: _calls(seen) == [("pick", {"x": 1})], chat=True),
+    Honoured("tool_choice", {"tools": [TOOL], "tool_choice": "none"},
+             lambda seen, _: seen.params.structured_outputs is None and not _choice(seen)["message"]["tool_calls"],
+             chat=True),
+    Honoured("parallel_tool_calls", {"tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False,
+                                     "max_tokens": 40},
+             lambda seen, _: _calls(seen) == [("pick", {"x": 1})], chat=True),
+    Honoured("response_format", {"response_format": {"type": "text"}},
+             lambda seen, _: seen.params.structured_outputs is None, chat=True),
+    Honoured("chat response_format", {"response_format": {"type": "json_object"}},
+             lambda seen, _: _choice(seen)["message"]["content"].startswith("{"), chat=True),
+    Honoured("chat response_format", {"response_format": {"type": "json_schema", "json_schema": {
+                 "name": "n", "schema": {"enum": ["a"]}, "strict": True}}},
+             lambda seen, _: _choice(seen)["message"]["content"] == '"a"', chat=True),
     Honoured("chat prompt_logprobs", {"prompt_logprobs": 1},
              lambda seen, _: _prompt_logprobs_follow_the_script(seen.reply["prompt_logprobs"], seen.prompt), chat=True),
     Honoured("chat add_special_tokens", {"add_special_tokens": True},
@@ -196,18 +246,21 @@ HONOURED = [
 
 REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value that is refused, and where
     "suffix": ("def f():", False),
-    "logit_bias": ({"5": 10}, False),
-    "response_format": ({"type": "json_object"}, False),
-    "tools": ([{"type": "function", "function": {"name": "f"}}], True),
-    "tool_choice": ("auto", True),
+    "logit_bias": ({"5": 101}, False),  # out of OpenAI's [-100, 100]
+    "allowed_token_ids": ([100_000], False),  # outside the vocabulary
+    "response_format": ({"type": "json_schema"}, False),  # without its schema
+    "guided_regex": ("(", False),  # not a regex
+    "guided_json": ({"type": "nonsense"}, True),
+    "guided_choice": ([], False),
+    "structured_outputs": ({"regex": "a", "choice": ["a"]}, True),  # two constraints in one
+    "tools": ([{"type": "function"}], True),  # no function
+    "tool_choice": ({"type": "function", "function": {"name": "absent"}}, True),  # not among the tools
     "echo": (True, True),  # chat echo
     "best_of": (2, False),  # above n
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
-    "use_beam_search": True, "length_penalty": 0.5, "logit_bias": {"5": 1.0}, "allowed_token_ids": [1],
-    "bad_words": ["x"], "logprob_token_ids": [3], "logits_processors": ["my.Processor"],
-    "structured_outputs": {"json": {"type": "object"}}, "guided_json": {"type": "object"}, "guided_regex": "a+",
-    "guided_choice": ["a", "b"], "guided_grammar": "root ::= 'a'", "structural_tag": "{}",
+    "use_beam_search": True, "length_penalty": 0.5,
+    "bad_words": ["x"], "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
     "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1, "cache_salt": "salt",
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},

@@ -1,4 +1,5 @@
-"""``POST /v1/chat/completions``: the model's chat template, then generation, streamed or not.
+"""``POST /v1/chat/completions``: the model's chat template (with the request's tools), then generation, streamed or
+not; tool calls in the output come back as OpenAI's ``tool_calls`` (``jllm.server.tools``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -6,6 +7,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -32,6 +34,7 @@ from jllm.server.schemas import (
 )
 from jllm.server.sse import send_events
 from jllm.server.state import server_state
+from jllm.server.tools import ToolDeltas, ToolPlan
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -39,28 +42,21 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     body = ChatCompletionRequest.model_validate_json(await request.read())
     served = state.route(body.model)
     engine = served.engine
-    params = body.sampling_params()
-    prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params)
+    tools = ToolPlan.of(body, state.config.server)
+    params = body.sampling_params(forced_call=tools.forced_schema())
+    if tools.keep_special_tokens:
+        params = dataclasses.replace(params, skip_special_tokens=False)
+    prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params, tools)
     rid = request_id(request, body.request_id)
     generation = await Generation.start(engine, rid, [prompt], params, served.metrics)
     response_id, created = f"chatcmpl-{rid}", int(time.time())
     top = body.top_logprobs or 0
     try:
         if body.stream:
-            return await send_events(
-                request, _chunks(body, generation, response_id, created, body.model or served.name)
-            )
+            chunks = _chunks(body, tools, generation, response_id, created, body.model or served.name)
+            return await send_events(request, chunks)
         deltas = await generation.wait()
-        choices = [
-            ChatChoice(
-                index=d.index,
-                message=AssistantMessage(content=d.text),
-                logprobs=_logprobs(d, top),
-                finish_reason=d.finish_reason,
-                stop_reason=d.stop_reason,
-            )
-            for d in deltas
-        ]
+        choices = [_choice(d, tools.message(d.text), top) for d in deltas]
         response = ChatCompletionResponse(
             id=response_id,
             created=created,
@@ -74,26 +70,43 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         generation.close()
 
 
-def render_chat(inputs: InputProcessor, body: ChatCompletionRequest | TokenizeRequest) -> Prompt:
-    """The request's messages through the model's chat template, with its template switches and variables."""
-    assert body.messages is not None
-    return inputs.render_chat(
-        [m.for_template() for m in body.messages],
-        add_special_tokens=bool(body.add_special_tokens),
-        **body.template_options(),
+def _choice(delta: Delta, message: AssistantMessage, top: int) -> ChatChoice:
+    finish_reason = "tool_calls" if message.tool_calls else delta.finish_reason
+    return ChatChoice(
+        index=delta.index,
+        message=message,
+        logprobs=_logprobs(delta, top),
+        finish_reason=finish_reason,
+        stop_reason=delta.stop_reason,
     )
 
 
-def _checked_prompt(inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams) -> Prompt:
+def render_chat(
+    inputs: InputProcessor, body: ChatCompletionRequest | TokenizeRequest, tools: list[dict] | None = None
+) -> Prompt:
+    """The request's messages through the model's chat template, with its template switches and variables, and the
+    tools (transformers' ``apply_chat_template(tools=...)``)."""
+    assert body.messages is not None
+    options = body.template_options()
+    if tools:
+        options["tools"] = tools
+    return inputs.render_chat(
+        [m.for_template() for m in body.messages], add_special_tokens=bool(body.add_special_tokens), **options
+    )
+
+
+def _checked_prompt(
+    inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams, tools: ToolPlan
+) -> Prompt:
     """Rendered, then truncated and checked by the input door like any prompt."""
-    return inputs.process(render_chat(inputs, body), params, param="messages")
+    return inputs.process(render_chat(inputs, body, tools.tools), params, param="messages")
 
 
 async def _chunks(
-    body: ChatCompletionRequest, generation: Generation, response_id: str, created: int, model: str
+    body: ChatCompletionRequest, tools: ToolPlan, generation: Generation, response_id: str, created: int, model: str
 ) -> AsyncIterator[str]:
-    """OpenAI's chunk sequence: the role first for every choice, then content deltas (the last with the finish
-    reason), then, with ``include_usage``, one chunk of usage and no choices."""
+    """OpenAI's chunk sequence: the role first for every choice, then content and tool call deltas (the last with
+    the finish reason), then, with ``include_usage``, one chunk of usage and no choices."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
@@ -102,13 +115,17 @@ async def _chunks(
             exclude=exclude
         )
 
+    streams: dict[int, ToolDeltas] = {}
     for index in range(body.n):
         yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
     async for d in generation.deltas():
-        choice = ChatChunkChoice(
-            index=d.index, delta=DeltaMessage(content=d.text), logprobs=_logprobs(d, top), finish_reason=d.finish_reason
+        stream = streams.setdefault(d.index, tools.stream())
+        content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
+        finish_reason = "tool_calls" if d.finish_reason and stream.num_calls else d.finish_reason
+        delta = DeltaMessage(content=content, tool_calls=calls or None)
+        yield chunk(
+            ChatChunkChoice(index=d.index, delta=delta, logprobs=_logprobs(d, top), finish_reason=finish_reason)
         )
-        yield chunk(choice)
     if body.include_usage:
         usage = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=generation.usage())
         yield usage.model_dump_json()

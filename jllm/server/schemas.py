@@ -2,17 +2,19 @@
 
 Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. No field of vLLM's
 ``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what
-this server cannot do (``UNSUPPORTED_FIELDS``: beam search, guided decoding, logits processors ...), a 400 naming it
+this server cannot do (``UNSUPPORTED_FIELDS``: beam search, bad words, logits processors ...), a 400 naming it
 unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field keep
 working. Fields vLLM does not know are ignored, as vLLM does, so clients sending newer OpenAI fields keep working.
 Range checks stay in ``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming
-the field.
+the field. Structured output comes under several names (``response_format``, ``structured_outputs``, the older
+``guided_*``): one of them per request becomes ``SamplingParams.structured_outputs``.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
@@ -25,24 +27,16 @@ MAX_N = 128  # OpenAI's limit on choices per request; also bounds the sequences 
 MIN_LOGPROB = -9999.0  # what -inf becomes in JSON (OpenAI's and vLLM's clamp)
 
 _NOTHING = (None, False, {}, [])
-_NO_GRAMMAR = "structured output is not supported yet: this server has no grammar engine"
 # vLLM request fields this server cannot honour: (the values that ask for nothing, why a request asking more is refused)
 UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "use_beam_search": (_NOTHING, "beam search is not supported yet"),
     "length_penalty": ((None, 1, 1.0), "applies to beam search only, which is not supported yet"),
-    "logit_bias": (_NOTHING, "is not supported by this server: the sampler has no per-token bias"),
-    "allowed_token_ids": ((None,), "is not supported by this server: the sampler cannot restrict the vocabulary"),
     "bad_words": (_NOTHING, "is not supported by this server: the sampler cannot ban word sequences"),
     "logprob_token_ids": (_NOTHING, "is not supported: logprobs come for the top tokens only"),
     "logits_processors": (_NOTHING, "are not supported: custom code cannot run inside the compiled sampler"),
-    "structured_outputs": ((None, {}), _NO_GRAMMAR),
-    "guided_json": ((None,), _NO_GRAMMAR),
-    "guided_regex": ((None,), _NO_GRAMMAR),
-    "guided_choice": ((None,), _NO_GRAMMAR),
-    "guided_grammar": ((None,), _NO_GRAMMAR),
-    "structural_tag": ((None,), _NO_GRAMMAR),
-    "guided_decoding_backend": ((None,), _NO_GRAMMAR),
-    "guided_whitespace_pattern": ((None,), _NO_GRAMMAR),
+    "structural_tag": ((None,), "is not supported: structured output takes json, regex, choice and grammar"),
+    "guided_decoding_backend": ((None, "auto", "guidance"), "names the grammar engine: this server has 'guidance'"),
+    "guided_whitespace_pattern": ((None,), "is not supported: structured JSON is compact (no optional whitespace)"),
     "prompt_embeds": (_NOTHING, "are not supported: prompts are text or token ids"),
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
     "media_io_kwargs": (_NOTHING, "is not supported: the served models take text only"),
@@ -91,15 +85,29 @@ def _refused_when_set(field: str, why: str) -> Any:
     return field_validator(field)(classmethod(refuse))
 
 
+class JsonSchemaFormat(_Request):
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None  # the output always follows the schema: strict or not, it is enforced
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
-    @field_validator("type")
-    @classmethod
-    def _only_text(cls, value: str) -> str:
-        if value != "text":
-            raise ValueError(f"{value!r} is not supported: this server has no guided decoding; use 'text'")
-        return value
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.json_schema is None) == (self.type == "json_schema"):
+            raise ValueError("json_schema is required with type 'json_schema', and only with it")
+        return self
+
+    def structured_outputs(self) -> dict[str, Any] | None:
+        if self.type == "json_object":
+            return {"json_object": True}
+        if self.json_schema is not None:
+            return {"json": self.json_schema.json_schema}
+        return None
 
 
 class _GenerationRequest(_Request):
@@ -126,6 +134,14 @@ class _GenerationRequest(_Request):
     include_stop_str_in_output: bool | None = None
     best_of: int | None = None
     response_format: ResponseFormat | None = None
+    logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias in [-100, 100]
+    allowed_token_ids: list[int] | None = None  # vLLM's: only these ids may be sampled
+    # vLLM's structured output (its StructuredOutputsParams' keys), and its older guided_* names
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
@@ -169,6 +185,7 @@ class _GenerationRequest(_Request):
         logprobs: int | None,
         prompt_logprobs: int | None = None,
         sent_as: dict[str, str] | None = None,
+        forced_call: dict[str, Any] | None = None,
     ) -> SamplingParams:
         """``sent_as`` renames a SamplingParams field in errors to the request field it came from."""
         optional = {
@@ -189,17 +206,50 @@ class _GenerationRequest(_Request):
                 "stop_token_ids",
                 "skip_special_tokens",
                 "include_stop_str_in_output",
+                "logit_bias",
+                "allowed_token_ids",
             )
             if getattr(self, name) is not None
         }
+        source, structured = self._structured_outputs(forced_call)
+        sent_as = {**(sent_as or {}), "structured_outputs": source}
         try:
             return SamplingParams(
-                n=self.n, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs, **optional
+                n=self.n,
+                max_tokens=max_tokens,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
+                structured_outputs=structured,
+                **optional,
             )
-        except ValueError as e:  # SamplingParams' messages start with the field's name
+        except ValueError as e:  # SamplingParams' messages start with the field's name (structured_outputs.<kind>)
             field, _, rest = str(e).partition(" ")
-            field = (sent_as or {}).get(field, field)
-            raise bad_request(f"{field} {rest}", param=field if field in type(self).model_fields else None) from e
+            name = sent_as.get(field.split(".")[0], field)
+            field = field if name == "structured_outputs" else name
+            raise bad_request(f"{field} {rest}", param=name if name in type(self).model_fields else None) from e
+
+    def _structured_outputs(self, forced_call: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+        """The one structured-output constraint asked for, and the field that asked (vLLM's several names, or a
+        forced tool call's schema)."""
+        given = {
+            name: value
+            for name, value in [
+                ("tool_choice", None if forced_call is None else {"json": forced_call}),
+                ("response_format", self.response_format and self.response_format.structured_outputs()),
+                ("structured_outputs", self.structured_outputs or None),
+                ("guided_json", None if self.guided_json is None else {"json": self.guided_json}),
+                ("guided_regex", None if self.guided_regex is None else {"regex": self.guided_regex}),
+                ("guided_choice", None if self.guided_choice is None else {"choice": self.guided_choice}),
+                ("guided_grammar", None if self.guided_grammar is None else {"grammar": self.guided_grammar}),
+            ]
+            if value is not None
+        }
+        if len(given) > 1:
+            names = sorted(given)
+            raise bad_request(
+                f"{names[1]}: give one structured-output constraint, got {', '.join(names)}", param=names[1]
+            )
+        return next(iter(given.items()), ("structured_outputs", None))
 
 
 class TextPart(_Request):
@@ -207,9 +257,35 @@ class TextPart(_Request):
     text: str
 
 
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Request):
+    """A call the assistant made earlier in the conversation."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def for_template(self) -> dict[str, Any]:
+        """Templates read the arguments as a mapping (vLLM parses them the same way)."""
+        try:
+            arguments = json.loads(self.function.arguments)
+        except json.JSONDecodeError as e:
+            raise bad_request(
+                f"messages: tool call {self.id!r} has arguments that are not JSON: {e}", "messages"
+            ) from e
+        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None  # None only for the assistant (OpenAI's, beside tool calls)
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     @field_validator("content")
     @classmethod
@@ -218,11 +294,47 @@ class ChatMessage(_Request):
             raise ValueError("is required (null is only allowed in an assistant message)")
         return value
 
-    def for_template(self) -> dict[str, str]:
-        """The plain {role, content} a chat template expects ("developer" is OpenAI's newer name for "system")."""
+    @model_validator(mode="after")
+    def _tool_fields_by_role(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls are only allowed in an assistant message")
+        if (self.tool_call_id is None) == (self.role == "tool"):
+            raise ValueError("tool_call_id is required in a tool message, and only there")
+        return self
+
+    def for_template(self) -> dict[str, Any]:
+        """What a chat template expects: {role, content} ("developer" is OpenAI's newer name for "system"), plus
+        the assistant's tool calls or the tool result's call id when present."""
         content = self.content or ""
         text = content if isinstance(content, str) else "".join(part.text for part in content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        for key in ("tool_call_id", "name"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
+        return message
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments
+    strict: bool | None = None  # forced calls always follow the schema; auto calls are parsed as generated
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class _ChatTemplateOptions(_Request):
@@ -258,21 +370,30 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
-    tool_choice: str | dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    parallel_tool_calls: bool | None = None  # about tool calls, which never come: accepted, as vLLM without tools
+    tools: list[ToolDefinition] | None = None
+    # None: "auto" with tools, else "none" (OpenAI's default)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # None or true: several calls in one reply may come
     include_reasoning: bool = True  # no reasoning parser: there is no reasoning to leave out (vLLM without one)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
-    _no_tools = _refused_when_set("tools", "are not supported: this server does not call tools; leave them out")
 
     @field_validator("tool_choice")
     @classmethod
-    def _no_tool_calls(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if value not in (None, "none"):
-            raise ValueError(f"{value!r} is not supported: this server does not call tools; use 'none'")
+    def _choice_among_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        names = [t.function.name for t in info.data.get("tools") or []]
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
+            raise ValueError(f"names the function {value.function.name!r}, which is not among tools {names}")
+        if value == "required" and not names:
+            raise ValueError("'required' needs at least one tool in tools")
         return value
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
 
     @field_validator("top_logprobs")
     @classmethod
@@ -281,12 +402,17 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
             raise ValueError("needs logprobs set to true")
         return value
 
-    def sampling_params(self) -> SamplingParams:
+    def sampling_params(self, forced_call: dict[str, Any] | None = None) -> SamplingParams:
+        """``forced_call``: the JSON schema a forced tool call is generated under (``tool_choice``)."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         sent_as = {"max_tokens": "max_completion_tokens"} if self.max_completion_tokens is not None else None
         return self._sampling_params(
-            max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=self.prompt_logprobs, sent_as=sent_as
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=self.prompt_logprobs,
+            sent_as=sent_as,
+            forced_call=forced_call,
         )
 
 
@@ -375,9 +501,21 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)  # vLLM's: always a list, empty without calls
 
 
 class ChatChoice(BaseModel):
@@ -398,15 +536,40 @@ class ChatCompletionResponse(BaseModel):
     prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs asked for
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None  # in a call's first delta
+    arguments: str = ""  # a fragment of the arguments' JSON text
+
+
+class DeltaToolCall(BaseModel):
+    """OpenAI's streamed call: the first delta of call ``index`` has its id, type and name; later ones add to its
+    arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+    @model_serializer
+    def _present_only(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            out |= {"id": self.id, "type": self.type}
+        function = {"arguments": self.function.arguments}
+        return out | {"function": function if self.function.name is None else {"name": self.function.name, **function}}
+
+
 class DeltaMessage(BaseModel):
     """A streamed piece of the assistant message: the role comes once, first; absent keys are left out."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer
     def _present_only(self) -> dict[str, Any]:
-        return {k: v for k, v in (("role", self.role), ("content", self.content)) if v is not None}
+        fields = (("role", self.role), ("content", self.content), ("tool_calls", self.tool_calls))
+        return {k: v for k, v in fields if v is not None}
 
 
 class ChatChunkChoice(BaseModel):

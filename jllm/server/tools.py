@@ -1,0 +1,154 @@
+"""Tool calling on ``/v1/chat/completions``: what a request's ``tools`` / ``tool_choice`` ask of generation, and the
+calls its output holds, as OpenAI's ``message.tool_calls`` or streamed ``tool_calls`` deltas.
+
+``tool_choice`` (vLLM's rules): "none" generates text (the template still sees the tools); "auto" (the default with
+tools) generates freely and parses calls with the server's ``--tool-call-parser``, which needs
+``--enable-auto-tool-choice``; "required" and a named function are forced: the output is generated under a JSON
+schema (``jllm.tool_calls.forced_call_schema``), so it always parses. A reply with calls ends with finish reason
+"tool_calls".
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jllm.config import ServerConfig
+from jllm.server.errors import bad_request
+from jllm.server.schemas import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    DeltaFunction,
+    DeltaToolCall,
+    FunctionCallOut,
+    NamedToolChoice,
+    ToolCallOut,
+)
+from jllm.tool_calls import (
+    ToolCall,
+    ToolCallStream,
+    ToolParser,
+    forced_call_schema,
+    forced_calls,
+    make_parser,
+    parse_tool_calls,
+)
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """One request's tool handling."""
+
+    tools: list[dict[str, Any]] | None  # for the chat template (OpenAI's tool objects)
+    parser: ToolParser | None  # tool_choice "auto": the family's format
+    forced: bool  # "required" or a named function: generated under forced_call_schema
+    forced_name: str | None  # the named function
+    parallel: bool
+
+    @classmethod
+    def of(cls, body: ChatCompletionRequest, server: ServerConfig) -> ToolPlan:
+        choice = body.effective_tool_choice
+        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+        parallel = body.parallel_tool_calls is not False
+        if choice == "auto" and tools:
+            if not server.enable_auto_tool_choice or server.tool_call_parser is None:
+                raise bad_request(
+                    'tool_choice "auto" (the default with tools) requires the server flags --enable-auto-tool-choice '
+                    "and --tool-call-parser (vLLM's rule); or send tool_choice 'none', 'required' or a named function",
+                    param="tool_choice",
+                )
+            return cls(tools, make_parser(server.tool_call_parser), False, None, parallel)
+        if choice in ("none", "auto"):  # "auto" without tools: nothing to call
+            return cls(tools, None, False, None, parallel)
+        name = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        return cls(tools, None, True, name, parallel)
+
+    @property
+    def calls_tools(self) -> bool:
+        return self.parser is not None or self.forced
+
+    @property
+    def keep_special_tokens(self) -> bool:
+        """A call marker may be a special token (Mistral's, some Hermes models'), which the parser must see."""
+        return self.parser is not None and self.parser.keep_special_tokens
+
+    def forced_schema(self) -> dict[str, Any] | None:
+        if not self.forced:
+            return None
+        assert self.tools is not None
+        return forced_call_schema(self.tools, self.forced_name, self.parallel)
+
+    def message(self, text: str) -> AssistantMessage:
+        """A whole reply as OpenAI's assistant message: its content and its calls."""
+        content, calls = self._parse(text)
+        return AssistantMessage(content=content, tool_calls=[_out(c) for c in calls])
+
+    def _parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        if self.forced:
+            calls = forced_calls(text, self.forced_name)  # None only when cut short by max_tokens
+            return (text, []) if calls is None else (None, calls)
+        if self.parser is None:
+            return text, []
+        content, calls = parse_tool_calls(self.parser, text)
+        return content, calls if self.parallel else calls[:1]
+
+    def stream(self) -> ToolDeltas:
+        return ToolDeltas(self)
+
+
+def _out(call: ToolCall) -> ToolCallOut:
+    return ToolCallOut(id=call.id, function=FunctionCallOut(name=call.name, arguments=call.arguments))
+
+
+class ToolDeltas:
+    """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out. A named function streams
+    its arguments as they come (its name first); "required" and "auto" send each call once it is complete."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self.num_calls = 0
+        self._text = ""
+        self._auto = ToolCallStream(plan.parser) if plan.parser is not None else None
+
+    def feed(self, text: str, finished: bool) -> tuple[str | None, list[DeltaToolCall]]:
+        """(content to send or None, tool call deltas) for one text delta; ``finished`` on the choice's last."""
+        if self.plan.forced_name is not None:
+            return None, self._named(text)
+        if self.plan.forced:
+            self._text += text
+            if not finished:
+                return None, []
+            calls = forced_calls(self._text, None)
+            return (self._text, []) if calls is None else (None, self._deltas(calls))  # None: cut short
+        if self._auto is None:
+            return text, []
+        content, calls = self._auto.feed(text)
+        if finished:
+            rest, more = self._auto.finish()
+            content, calls = content + rest, calls + more
+        return content or None, self._deltas(calls)
+
+    def _named(self, text: str) -> list[DeltaToolCall]:
+        """The named function's arguments stream as generated: the first delta names the call."""
+        first = self.num_calls == 0
+        self.num_calls = 1
+        if first:
+            call = ToolCall(self.plan.forced_name or "", "")
+            return [DeltaToolCall(index=0, id=call.id, type="function", function=DeltaFunction(name=call.name))] + (
+                [DeltaToolCall(index=0, function=DeltaFunction(arguments=text))] if text else []
+            )
+        return [DeltaToolCall(index=0, function=DeltaFunction(arguments=text))] if text else []
+
+    def _deltas(self, calls: list[ToolCall]) -> list[DeltaToolCall]:
+        """Each complete call as two deltas: id and name, then its arguments."""
+        if not self.plan.parallel:
+            calls = calls[: max(0, 1 - self.num_calls)]
+        out = []
+        for call in calls:
+            index = self.num_calls
+            self.num_calls += 1
+            out.append(DeltaToolCall(index=index, id=call.id, type="function", function=DeltaFunction(name=call.name)))
+            out.append(DeltaToolCall(index=index, function=DeltaFunction(arguments=call.arguments)))
+        return out

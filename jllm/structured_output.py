@@ -1,0 +1,206 @@
+"""Structured output on the host: a request's constraint becomes a grammar, each sequence's grammar a matcher, and
+each step the matchers fill a packed token bitmask the device sampler applies.
+
+The grammar engine is llguidance (what vLLM uses by default for many cases): a Rust library with no torch
+dependency, a NumPy bitmask API (``[rows, ceil(vocab / 32)]`` int32, bit ``t % 32`` of word ``t // 32`` set when
+token ``t`` is allowed) and a thread pool that fills a batch's rows in parallel. It takes JSON schemas, regular
+expressions, Lark grammars (GBNF converted) and choices; ``StructuredOutputsParams`` carries vLLM's names for them.
+
+A matcher consumes every token its sequence appends (``GrammarMatcher.accept``, called by the scheduler); once its
+grammar is complete (no token but EOS could follow) the sequence ends with finish reason "stop". The mask for a
+step depends on the token the step before sampled: the runner queues the step's forward first, the engine takes that
+token meanwhile, and the mask is filled while the device runs the forward (``ModelRunner.launch``).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Collection, Iterable
+from typing import Any
+
+import llguidance
+import llguidance.hf
+import llguidance.numpy
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("json", "regex", "choice", "grammar", "json_object")  # vLLM's StructuredOutputsParams constraints
+# Compact JSON: no optional whitespace between tokens. A small model let free to emit whitespace tends to loop on
+# newlines until max_tokens, leaving the JSON unfinished; vLLM's ``disable_any_whitespace`` switches it back.
+JSON_OPTIONS = {"whitespace_flexible": False}
+
+
+@dataclasses.dataclass
+class StructuredOutputsParams:
+    """vLLM's ``StructuredOutputsParams``: exactly one constraint. ``json`` is a JSON schema (a dict or its JSON
+    text); ``grammar`` is Lark or GBNF/EBNF (llguidance's grammar syntax); ``json_object`` any JSON object."""
+
+    json: str | dict[str, Any] | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = True  # jllm's default is compact JSON (see JSON_OPTIONS); false allows whitespace
+
+    def __post_init__(self) -> None:
+        given = [kind for kind in KINDS if getattr(self, kind) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError(f"structured_outputs must set exactly one of {', '.join(KINDS)}, got {given or 'none'}")
+        self._grammar = self._compile()  # validates: a bad schema, regex or grammar is refused at the door
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in KINDS if getattr(self, kind) not in (None, False))
+
+    @classmethod
+    def of(cls, value: Any) -> StructuredOutputsParams:
+        """From an instance or a dict of vLLM's keys (the offline API accepts both)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"structured_outputs must be a StructuredOutputsParams or a dict, got {value!r}")
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"structured_outputs: {unknown[0]!r} is not supported; the keys are {', '.join(KINDS)}")
+        return cls(**value)
+
+    def grammar_text(self) -> str:
+        """The llguidance grammar for the constraint."""
+        return self._grammar
+
+    def _compile(self) -> str:
+        """The grammar, checked (without a tokenizer); ValueError names the key."""
+        kind = self.kind
+        try:
+            text = _grammar(kind, getattr(self, kind), self.disable_any_whitespace)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"structured_outputs.{kind} is invalid: {e}") from e
+        error = llguidance.LLMatcher.validate_grammar(text)
+        if error:
+            raise ValueError(f"structured_outputs.{kind} is invalid: {error.strip()}")
+        return text
+
+
+def _grammar(kind: str, value: Any, compact: bool) -> str:
+    options = JSON_OPTIONS if compact else None
+    if kind == "json":
+        schema = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(schema, dict):
+            raise ValueError(f"a JSON schema is an object, got {type(schema).__name__}")
+        return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=options)
+    if kind == "json_object":
+        return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, overrides=options)
+    if kind == "choice":
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+            raise ValueError("choice must be a non-empty list of non-empty strings")
+        return llguidance.grammar_from("choice", value)
+    if not isinstance(value, str):
+        raise ValueError(f"{kind} must be a string")
+    return llguidance.grammar_from("regex" if kind == "regex" else "grammar", value)
+
+
+class GrammarMatcher:
+    """One sequence's place in its grammar: what it may sample next, and whether the grammar is complete."""
+
+    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+        self.matcher = matcher
+
+    def accept(self, token_id: int) -> bool:
+        """Consumes a sampled token; True when the sequence must end here (grammar complete, or broken)."""
+        if not self.matcher.consume_token(token_id):
+            logger.error("grammar rejected sampled token %d: %s", token_id, self.matcher.get_error())
+            return True
+        return self.matcher.is_stopped()
+
+    def fork(self) -> GrammarMatcher:
+        return GrammarMatcher(self.matcher.deep_copy())
+
+
+class GrammarCompiler:
+    """Matchers for one engine's tokenizer. The llguidance tokenizer takes about a second to build, so it is built
+    on the first structured request, not at start-up."""
+
+    def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_token_ids: Collection[int]) -> None:
+        self.hf_tokenizer = hf_tokenizer
+        self.vocab_size = vocab_size  # the model's logit width: the mask's
+        self.eos_token_ids = sorted(eos_token_ids)
+
+    @functools.cached_property
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        try:
+            return llguidance.hf.from_tokenizer(
+                self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids
+            )
+        except ValueError as e:  # a decoder llguidance cannot read (a bare Fuse, say)
+            logger.warning("llguidance cannot read this tokenizer (%s); taking each token's text as its bytes", e)
+            texts = _TokenTexts(self.hf_tokenizer, self.eos_token_ids[0], self.vocab_size)
+            wrapper = llguidance.TokenizerWrapper(texts)
+            return llguidance.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=self.eos_token_ids)
+
+    def matcher(self, params: StructuredOutputsParams) -> GrammarMatcher:
+        matcher = llguidance.LLMatcher(self.tokenizer, params.grammar_text())
+        if matcher.is_error():
+            raise ValueError(f"structured_outputs.{params.kind} is invalid: {matcher.get_error()}")
+        return GrammarMatcher(matcher)
+
+
+class _TokenTexts:
+    """The tokenizer surface llguidance's ``TokenizerWrapper`` reads: each token's bytes from decoding it alone,
+    which is exact for tokenizers whose tokens are whole text pieces (not byte-level BPE, which llguidance reads)."""
+
+    def __init__(self, hf_tokenizer: Any, eos_token_id: int, vocab_size: int) -> None:
+        """Ids past the tokenizer's, up to the model's ``vocab_size``, are special tokens no grammar allows."""
+        self.hf = hf_tokenizer
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = hf_tokenizer.bos_token_id
+        known = len(hf_tokenizer)
+        self.tokens = [hf_tokenizer.decode([i]).encode() for i in range(known)]
+        self.tokens += [f"<|unused_{i}|>".encode() for i in range(known, vocab_size)]
+        self.special_token_ids = sorted(set(hf_tokenizer.all_special_ids) | set(range(known, vocab_size)))
+
+    def __call__(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError("text only")
+        return self.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
+
+
+@functools.cache
+def _executor() -> llguidance.LLExecutor:
+    # Dropped before the interpreter's teardown: its threads destroyed during finalisation abort the process
+    # ("terminate called without an active exception") once JAX's runtime is up.
+    atexit.register(_executor.cache_clear)
+    return llguidance.LLExecutor()
+
+
+def bitmask_words(vocab_size: int) -> int:
+    return (vocab_size + 31) // 32
+
+
+MaskRow = tuple[int, GrammarMatcher | None, list[int] | None]  # (row, its matcher, its allowed_token_ids)
+
+
+def fill_bitmask(rows: list[MaskRow], num_rows: int, vocab_size: int) -> np.ndarray:
+    """The step's packed mask ``[num_rows, ceil(vocab / 32)]`` int32; rows not in ``rows`` (padding included) and
+    rows with neither constraint allow every token (-1: all bits set). Matchers fill their rows in parallel."""
+    mask = np.full((num_rows, bitmask_words(vocab_size)), -1, np.int32)
+    matchers = [(matcher.matcher, row) for row, matcher, _ in rows if matcher is not None]
+    if matchers:
+        llguidance.numpy.fill_next_token_bitmask_par(_executor(), matchers, mask)
+    for row, _, allowed in rows:
+        if allowed is not None:
+            mask[row] &= allowed_bitmask(allowed, vocab_size)
+    return mask
+
+
+def allowed_bitmask(token_ids: Iterable[int], vocab_size: int) -> np.ndarray:
+    """vLLM's ``allowed_token_ids`` as one packed mask row ``[ceil(vocab / 32)]`` int32."""
+    bits = np.zeros(bitmask_words(vocab_size) * 32, np.bool_)
+    bits[list(token_ids)] = True
+    return np.packbits(bits, bitorder="little").view(np.int32)
