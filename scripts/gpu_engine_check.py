@@ -235,7 +235,7 @@ def correctness(args: argparse.Namespace, model_dir: Path, report: Report) -> No
     lengths = [3, 9, 16, 31, 64, 97, 150, 255] if not args.smoke else [5, 40]
     prompts = random_prompts(rng, lengths, SMALL_CONFIG["vocab_size"] if not args.smoke else SMOKE_SMALL["vocab_size"])
     keys = dict(dtype="float32", max_model_len=512, max_num_seqs=8, max_num_batched_tokens=64, num_pages=256)
-    candidate = "reference" if args.smoke else "pallas"
+    candidate = "reference" if args.smoke else args.candidate
     runs: dict[str, list[dict[str, Any]]] = {}
 
     def run(name: str, **extra: Any) -> Callable[[], dict[str, Any]]:
@@ -341,6 +341,7 @@ def speed(args: argparse.Namespace, model_dir: Path, tp: int, batched_tokens: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models, reference backend, 2 prompts (CPU)")
+    parser.add_argument("--candidate", default="pallas", help="attention backend checked against the reference")
     parser.add_argument("--max-tokens", type=int, default=32, help="greedy tokens per prompt in the agreement check")
     parser.add_argument("--repeats", type=int, default=3, help="batch-1 measurements (median reported)")
     parser.add_argument("--batched-tokens", type=int, default=2048, help="max_num_batched_tokens of the 8B runs")
