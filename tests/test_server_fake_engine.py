@@ -160,3 +160,29 @@ def test_a_model_card_by_id_and_the_version(server: RunningServer, engine: LLMEn
     assert unknown.status == 404 and error["code"] == "model_not_found" and error["param"] == "model"
     assert "org/other-model" in error["message"] and set(error) == {"message", "type", "param", "code"}
     assert http("GET", f"{server.url}/version").json() == {"version": importlib.metadata.version("jllm")}
+
+
+def test_client_request_ids_are_echoed_but_never_the_engines(server: RunningServer, engine: LLMEngine) -> None:
+    """Two concurrent requests with one X-Request-Id both succeed (the engine's ids are the server's own), and the
+    client's id comes back in the header and the response id; a malformed id is a 400 naming the header."""
+    body = {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 20, "temperature": 0.0}
+
+    async def both() -> list[tuple[int, str, dict]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> tuple[int, str, dict]:
+                headers = {"X-Request-Id": "foo"}
+                async with session.post(f"{server.url}/v1/completions", json=body, headers=headers) as r:
+                    return r.status, r.headers["X-Request-Id"], await r.json()
+
+            return await asyncio.gather(one(), one())
+
+    for status, echoed, reply in asyncio.run(both()):
+        assert (status, echoed, reply["id"]) == (200, "foo", "cmpl-foo")
+        assert len(reply["choices"]) == 2
+    assert http("POST", f"{server.url}/v1/completions", json_body=body, headers={"X-Request-Id": "foo-1"}).status == 200
+    bad = http("POST", f"{server.url}/v1/completions", json_body=body, headers={"X-Request-Id": "x" * 300})
+    assert bad.status == 400 and bad.json()["error"]["param"] == "X-Request-Id"
+    plain = http("POST", f"{server.url}/v1/completions", json_body=body)
+    ours = {k.lower(): v for k, v in plain.headers.items()}["x-request-id"]  # header names are case-insensitive
+    assert plain.status == 200 and plain.json()["id"] == f"cmpl-{ours}"

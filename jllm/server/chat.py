@@ -17,7 +17,7 @@ from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.generation import Delta, Generation
-from jllm.server.middleware import request_id
+from jllm.server.middleware import public_id, request_id
 from jllm.server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -47,9 +47,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if tools.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
     prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params, tools)
-    rid = request_id(request, body.request_id)
+    rid = request_id(request)
     generation = await Generation.start(engine, rid, [prompt], params, served.metrics)
-    response_id, created = f"chatcmpl-{rid}", int(time.time())
+    response_id, created = f"chatcmpl-{public_id(request, body.request_id)}", int(time.time())
     top = body.top_logprobs or 0
     try:
         if body.stream:

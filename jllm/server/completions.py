@@ -17,7 +17,7 @@ from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.generation import Delta, Generation
-from jllm.server.middleware import request_id
+from jllm.server.middleware import public_id, request_id
 from jllm.server.schemas import (
     MIN_LOGPROB,
     CompletionChoice,
@@ -37,10 +37,12 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     engine = served.engine
     params = body.sampling_params()
     prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body, params)
-    rid = request_id(request, body.request_id)
+    rid = request_id(request)
     generation = await Generation.start(engine, rid, prompts, params, served.metrics)
     decode = functools.partial(engine.inputs.tokenizer.decode, skip_special_tokens=False)
-    view = _CompletionView(body, prompts, f"cmpl-{rid}", body.model or served.name, decode)
+    view = _CompletionView(
+        body, prompts, f"cmpl-{public_id(request, body.request_id)}", body.model or served.name, decode
+    )
     try:
         if body.stream:
             return await send_events(request, view.chunks(generation))

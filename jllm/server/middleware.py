@@ -14,27 +14,44 @@ from aiohttp.typedefs import Middleware
 from jllm.server.errors import APIError, Handler
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/version"})  # probes, scrapers and /version: no key (vLLM)
-REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID = web.RequestKey("request_id", str)  # the engine's id: always ours, so clients can never collide
+CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)  # the client's X-Request-Id, echoed and logged only
+MAX_CLIENT_ID_LEN = 256
 
 
-def request_id(request: web.Request, from_body: str | None = None) -> str:
-    """The request's id: the ``X-Request-Id`` header's, else the body's ``request_id`` (vLLM's field), else ours."""
-    if from_body and "X-Request-Id" not in request.headers:
-        request[REQUEST_ID] = from_body
+def request_id(request: web.Request) -> str:
+    """The engine's id of this request: server-made, unique whatever ids clients send."""
     return request[REQUEST_ID]
+
+
+def public_id(request: web.Request, from_body: str | None = None) -> str:
+    """The id a response carries (``chatcmpl-<id>``): the client's ``X-Request-Id``, else the body's ``request_id``
+    (vLLM's field), else the engine's."""
+    return request.get(CLIENT_REQUEST_ID) or from_body or request[REQUEST_ID]
+
+
+def _is_valid_client_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_CLIENT_ID_LEN and all(" " <= c <= "~" for c in value)
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Honours the client's ``X-Request-Id`` (so its logs and ours line up), else makes one."""
-    request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    """Makes the engine's id; keeps a valid client ``X-Request-Id`` to echo (so its logs and ours line up) and
+    answers an invalid one with a 400 (outermost middleware: the error is built here, not by error_middleware)."""
+    request[REQUEST_ID] = uuid.uuid4().hex
+    if "X-Request-Id" in request.headers:
+        client_id = request.headers["X-Request-Id"]
+        if not _is_valid_client_id(client_id):
+            message = f"X-Request-Id must be 1-{MAX_CLIENT_ID_LEN} printable ASCII characters"
+            return APIError(400, message, param="X-Request-Id").response()
+        request[CLIENT_REQUEST_ID] = client_id
     return await handler(request)
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: every response, streamed or error, carries the request id."""
-    if REQUEST_ID in request:
-        response.headers["X-Request-Id"] = request[REQUEST_ID]
+    """``on_response_prepare`` hook: every response, streamed or error, carries the client's id, else ours."""
+    if CLIENT_REQUEST_ID in request or REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request.get(CLIENT_REQUEST_ID) or request[REQUEST_ID]
 
 
 def auth_middleware(api_key: str) -> Middleware:
