@@ -47,9 +47,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if tools.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
     prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params, tools)
-    rid = request_id(request)
-    generation = await Generation.start(engine, rid, [prompt], params, served.metrics)
-    response_id, created = f"chatcmpl-{public_id(request, body.request_id)}", int(time.time())
+    public = public_id(request, body.request_id)
+    generation = await Generation.start(engine, request_id(request), [prompt], params, served.metrics, public)
+    response_id, created = f"chatcmpl-{public}", int(time.time())
     top = body.top_logprobs or 0
     try:
         if body.stream:

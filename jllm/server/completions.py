@@ -37,12 +37,10 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     engine = served.engine
     params = body.sampling_params()
     prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body, params)
-    rid = request_id(request)
-    generation = await Generation.start(engine, rid, prompts, params, served.metrics)
+    public = public_id(request, body.request_id)
+    generation = await Generation.start(engine, request_id(request), prompts, params, served.metrics, public)
     decode = functools.partial(engine.inputs.tokenizer.decode, skip_special_tokens=False)
-    view = _CompletionView(
-        body, prompts, f"cmpl-{public_id(request, body.request_id)}", body.model or served.name, decode
-    )
+    view = _CompletionView(body, prompts, f"cmpl-{public}", body.model or served.name, decode)
     try:
         if body.stream:
             return await send_events(request, view.chunks(generation))

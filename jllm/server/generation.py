@@ -50,12 +50,18 @@ class Generation:
     """The engine requests behind one API request; the engine sends each step's new part (``DELTA`` outputs)."""
 
     def __init__(
-        self, engine: AsyncEngine, streams: list[RequestStream], params: SamplingParams, metrics: ModelMetrics
+        self,
+        engine: AsyncEngine,
+        streams: list[RequestStream],
+        params: SamplingParams,
+        metrics: ModelMetrics,
+        public_id: str,
     ) -> None:
         self.engine = engine
         self.streams = streams
         self.params = params
-        self.timers = [RequestTimer(metrics, s.request_id) for s in streams]
+        names = [public_id] if len(streams) == 1 else [f"{public_id}-{i}" for i in range(len(streams))]
+        self.timers = [RequestTimer(metrics, name) for name in names]  # logged under the id the client knows
         self._prompt_tokens = [0] * len(streams)  # per prompt, once its first output arrived
         self._completion_tokens = 0
         self._prompt_logprobs: list[list[dict[int, Logprob] | None] | None] = [None] * len(streams)  # per prompt
@@ -69,6 +75,7 @@ class Generation:
         prompts: list[Prompt],
         params: SamplingParams,
         metrics: ModelMetrics,
+        public_id: str,
     ) -> Generation:
         """Admits every prompt (checked by the engine's input door) or none: if one fails, the ones already
         admitted are aborted.
@@ -90,7 +97,7 @@ class Generation:
             for stream in streams:
                 engine.abort(stream.request_id)
             raise
-        return cls(engine, streams, params, metrics)
+        return cls(engine, streams, params, metrics, public_id)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """Each choice's new text and tokens as they arrive, across all prompts, until every one has finished;
