@@ -167,6 +167,7 @@ class ParallelConfig(_Section):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None  # also serve the gRPC API (proto/jllm/v1/generate.proto) here; None = off, 0 = any
     api_key: str | None = None
     served_model_name: str | list[str] | None = None  # the `model` clients send; a list: the first and its aliases
     max_queued_requests: int = 1024
@@ -181,6 +182,12 @@ class ServerConfig(_Section):
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        self._require(self.grpc_port is None or 0 <= self.grpc_port <= 65535, "grpc_port", "must be in 0..65535")
+        self._require(
+            self.grpc_port is None or self.grpc_port == 0 or self.grpc_port != self.port,
+            "grpc_port",
+            f"must differ from port={self.port} (the HTTP API's)",
+        )
         # aiohttp reads an empty host as every interface: say 0.0.0.0 for that, so it is never an accident.
         self._require(self.host.strip() != "", "host", "must be non-empty (0.0.0.0 listens on every interface)")
         # An empty key (often an unset environment variable) would otherwise switch authentication off unnoticed.

@@ -1,4 +1,4 @@
-"""Helpers for the server tests: a tiny chat model and the real app on a free loopback port.
+"""Helpers for the server tests: a tiny chat model and the real app (and gRPC API) on a free loopback port.
 
 The model is a 2-layer random-weight Llama carrying the default model's tokenizer and chat template: real BPE text
 (multi-byte characters, special tokens) with steps of a few milliseconds on a CPU.
@@ -25,7 +25,8 @@ from jllm.config import EngineConfig, load_config
 from jllm.engine import LLMEngine
 from jllm.memory_plan import ModelMemory
 from jllm.serve_config import ModelEntry
-from jllm.server.app import bound_port, build_app, start_app, stop_app
+from jllm.server.app import bound_port, build_app, start_app, start_grpc, stop_app
+from jllm.server.grpc_server import GrpcServer
 from jllm.server.registry import EngineFactory
 from jllm.server.state import STATE
 
@@ -67,14 +68,17 @@ class RunningServer:
         *,
         models: Sequence[tuple[ModelEntry, LLMEngine, ModelMemory | None]] = (),
         factory: EngineFactory | None = None,
+        grpc: bool = False,
         **async_engine_args: Any,
     ) -> None:
         self.engine = engine
         self.config = config
         self.models = models
         self.factory = factory
+        self.grpc = grpc
         self.async_engine_args = async_engine_args
         self.runner: web.AppRunner | None = None
+        self.grpc_server: GrpcServer | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
 
@@ -97,7 +101,7 @@ class RunningServer:
         """The graceful stop ``run_server`` does on SIGTERM; idempotent."""
         if self.runner is not None:
             runner, self.runner = self.runner, None
-            self.call(stop_app(self.app, runner, drain_timeout))
+            self.call(stop_app(self.app, runner, drain_timeout, self.grpc_server), timeout=drain_timeout + 60)
 
     async def _start(self) -> None:
         self.async_engine = self._started(self.engine) if self.engine is not None else None
@@ -106,6 +110,10 @@ class RunningServer:
             self.app[STATE].registry.add(entry, self._started(engine), memory)
         self.runner = await start_app(self.app, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{bound_port(self.runner)}"
+        if self.grpc:  # started as `jllm serve --grpc-port` does, with its models already loaded
+            self.grpc_server = await start_grpc(self.app, "127.0.0.1", 0)
+            await self.grpc_server.set_serving(True)
+            self.grpc_target = f"127.0.0.1:{self.grpc_server.port}"
 
     def _started(self, engine: LLMEngine) -> AsyncEngine:
         async_engine = AsyncEngine(engine, **self.async_engine_args)

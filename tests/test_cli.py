@@ -266,6 +266,8 @@ def test_serve_builds_the_config_and_calls_run_server(tmp_path: Path, monkeypatc
         "k",
         "--served-model-name",
         "m",
+        "--grpc-port",
+        "9002",
     ]
     assert cli.main(argv) == 0
     [serve] = seen
@@ -274,6 +276,7 @@ def test_serve_builds_the_config_and_calls_run_server(tmp_path: Path, monkeypatc
     assert (engine.model.model, serve.server.port, serve.server.host) == ("/models/x", 9001, "0.0.0.0")
     assert (serve.server.api_key, entry.names, engine.scheduler.max_num_seqs) == ("k", ("m",), 8)
     assert serve.server.shutdown_timeout == ServerConfig().shutdown_timeout
+    assert (serve.server.grpc_port, ServerConfig().grpc_port) == (9002, None)  # gRPC is off unless asked for
 
 
 def test_serve_rejects_two_different_models(capsys: pytest.CaptureFixture) -> None:

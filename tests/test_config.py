@@ -125,6 +125,8 @@ def test_bad_type_names_key_value_and_allowed(key: str, value: object, allowed: 
         ("max_num_batched_tokens", 4, "must be >= 8"),
         ("tensor_parallel_size", 0, "must be >= 1"),
         ("port", 70000, "must be in 0..65535"),
+        ("grpc_port", -1, "must be in 0..65535"),
+        ("grpc_port", 8000, "must differ from port=8000"),
         ("max_queued_requests", 0, "must be >= 1"),
         ("shutdown_timeout", -1.0, "must be >= 0"),
     ],

@@ -1,4 +1,5 @@
-"""The aiohttp application and its life: listen first, load the models, serve, and drain on SIGTERM.
+"""The aiohttp application and its life: listen first (HTTP, and gRPC when asked), load the models, serve, and
+drain on SIGTERM.
 
 ``build_app`` makes the app around a registry of served models (empty at first: a model's routes answer 503 while it
 loads), so tests can run it in-process; ``run_server`` is the blocking entry point ``jllm serve`` calls.
@@ -23,6 +24,7 @@ from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
 from jllm.server.errors import error_middleware
+from jllm.server.grpc_server import GrpcServer
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
 from jllm.server.state import STATE, ServerState
@@ -77,12 +79,25 @@ def bound_port(runner: web.AppRunner) -> int:
     return runner.addresses[0][1]
 
 
-async def stop_app(app: web.Application, runner: web.AppRunner, drain_timeout: float) -> None:
-    """Graceful stop: refuse new requests (503), let running ones finish for up to ``drain_timeout`` seconds,
-    abort the rest, then close the listener and the engine threads."""
+async def start_grpc(app: web.Application, host: str, port: int) -> GrpcServer:
+    """The gRPC API on ``host:port`` (0: any free port) over the app's served models, in this event loop."""
+    return await GrpcServer.start(app[STATE], host, port)
+
+
+async def stop_app(
+    app: web.Application, runner: web.AppRunner, drain_timeout: float, grpc_server: GrpcServer | None = None
+) -> None:
+    """Graceful stop of both listeners: refuse new requests (503 / UNAVAILABLE, gRPC health NOT_SERVING), let
+    running ones finish for up to ``drain_timeout`` seconds, abort the rest, then close the listeners and the
+    engine threads."""
     registry = app[STATE].registry
+    if grpc_server is not None:
+        await grpc_server.begin_drain()
     await registry.drain(drain_timeout)
-    await runner.cleanup()
+    closing = [runner.cleanup()]
+    if grpc_server is not None:
+        closing.append(grpc_server.stop(HANDLER_GRACE_SECONDS))
+    await asyncio.gather(*closing)
     await registry.shutdown()
 
 
@@ -107,6 +122,10 @@ async def _serve(serve: ServeConfig) -> None:
     server = serve.server
     app = build_app(serve.config, factory=ModelBuilder.for_server(server))
     runner = await start_app(app, server.host, server.port)
+    grpc_server = None
+    if server.grpc_port is not None:
+        grpc_server = await start_grpc(app, server.host, server.grpc_port)
+        logger.info("jllm gRPC listening on %s:%d", server.host, grpc_server.port)
     logger.info(
         "jllm listening on http://%s:%d; loading %d model(s)", server.host, bound_port(runner), len(serve.models)
     )
@@ -120,11 +139,13 @@ async def _serve(serve: ServeConfig) -> None:
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
             loading.result()  # a model that failed to load ends the server with its error
+            if grpc_server is not None:
+                await grpc_server.set_serving(True)
             logger.info("jllm ready: serving %s", ", ".join(repr(m.name) for m in app[STATE].registry.models))
             await stopping
             logger.info("draining: finishing running requests for up to %.0f s", server.shutdown_timeout)
     finally:
         stopping.cancel()
         loading.cancel()
-        await stop_app(app, runner, server.shutdown_timeout)
+        await stop_app(app, runner, server.shutdown_timeout, grpc_server)
     logger.info("jllm stopped")

@@ -18,6 +18,7 @@ from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
+from jllm.server.registry import ServedModel
 from jllm.server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -33,22 +34,14 @@ from jllm.server.schemas import (
     prompt_logprobs_json,
 )
 from jllm.server.sse import send_events
-from jllm.server.state import server_state
+from jllm.server.state import ServerState, server_state
 from jllm.server.tools import ToolDeltas, ToolPlan
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    state = server_state(request)
     body = ChatCompletionRequest.model_validate_json(await request.read())
-    served = state.route(body.model)
-    engine = served.engine
-    tools = ToolPlan.of(body, state.config.server)
-    params = body.sampling_params(forced_call=tools.forced_schema())
-    if tools.keep_special_tokens:
-        params = dataclasses.replace(params, skip_special_tokens=False)
-    prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params, tools)
     public = public_id(request, body.request_id)
-    generation = await Generation.start(engine, request_id(request), [prompt], params, served.metrics, public)
+    served, tools, generation = await start_chat(server_state(request), body, request_id(request), public)
     response_id, created = f"chatcmpl-{public}", int(time.time())
     top = body.top_logprobs or 0
     try:
@@ -68,6 +61,21 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         return web.json_response(text=response.model_dump_json())
     finally:
         generation.close()
+
+
+async def start_chat(
+    state: ServerState, body: ChatCompletionRequest, engine_id: str, public: str
+) -> tuple[ServedModel, ToolPlan, Generation]:
+    """Routes the request, plans its tools, checks its sampling fields and rendered prompt, and admits it; what
+    this route and the gRPC ``Generate`` share, so both refuse a bad request with the same message."""
+    served = state.route(body.model)
+    tools = ToolPlan.of(body, state.config.server)
+    params = body.sampling_params(forced_call=tools.forced_schema())
+    if tools.keep_special_tokens:
+        params = dataclasses.replace(params, skip_special_tokens=False)
+    prompt = await asyncio.to_thread(_checked_prompt, served.engine.inputs, body, params, tools)
+    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public)
+    return served, tools, generation
 
 
 def _choice(delta: Delta, message: AssistantMessage, top: int) -> ChatChoice:

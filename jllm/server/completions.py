@@ -18,6 +18,7 @@ from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
+from jllm.server.registry import ServedModel
 from jllm.server.schemas import (
     MIN_LOGPROB,
     CompletionChoice,
@@ -27,19 +28,14 @@ from jllm.server.schemas import (
     prompt_logprobs_json,
 )
 from jllm.server.sse import send_events
-from jllm.server.state import server_state
+from jllm.server.state import ServerState, server_state
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
-    state = server_state(request)
     body = CompletionRequest.model_validate_json(await request.read())
-    served = state.route(body.model)
-    engine = served.engine
-    params = body.sampling_params()
-    prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body, params)
     public = public_id(request, body.request_id)
-    generation = await Generation.start(engine, request_id(request), prompts, params, served.metrics, public)
-    decode = functools.partial(engine.inputs.tokenizer.decode, skip_special_tokens=False)
+    served, prompts, generation = await start_completion(server_state(request), body, request_id(request), public)
+    decode = functools.partial(served.engine.inputs.tokenizer.decode, skip_special_tokens=False)
     view = _CompletionView(body, prompts, f"cmpl-{public}", body.model or served.name, decode)
     try:
         if body.stream:
@@ -51,6 +47,18 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
         return web.json_response(text=response.model_dump_json())
     finally:
         generation.close()
+
+
+async def start_completion(
+    state: ServerState, body: CompletionRequest, engine_id: str, public: str
+) -> tuple[ServedModel, list[Prompt], Generation]:
+    """Routes the request, checks its sampling fields and prompts, and admits it; what this route and the gRPC
+    ``Generate`` share, so both refuse a bad request with the same message."""
+    served = state.route(body.model)
+    params = body.sampling_params()
+    prompts = await asyncio.to_thread(_to_prompts, served.engine.inputs, body, params)
+    generation = await Generation.start(served.engine, engine_id, prompts, params, served.metrics, public)
+    return served, prompts, generation
 
 
 def _to_prompts(inputs: InputProcessor, body: CompletionRequest, params: SamplingParams) -> list[Prompt]:

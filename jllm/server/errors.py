@@ -88,6 +88,15 @@ def from_engine_error(error: Exception) -> APIError:
     return APIError(500, f"internal error: {error!r}", type="server_error", code="internal_error")
 
 
+def as_api_error(error: Exception) -> APIError:
+    """Whatever a handler (HTTP or gRPC) raised, as the status and message the client gets."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, ValidationError):
+        return from_validation_error(error)
+    return from_engine_error(error)
+
+
 def _from_http_exception(error: web.HTTPException, request: web.Request) -> APIError:
     if error.status == 404:
         return APIError(404, f"no route for {request.method} {request.path}", code="not_found")
@@ -106,13 +115,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Whatever a handler, the auth check or the router raises leaves as OpenAI error JSON."""
     try:
         return await handler(request)
-    except APIError as e:
-        return e.response()
     except web.HTTPException as e:
         if e.status < 400:
             raise
         return _from_http_exception(e, request).response()
-    except ValidationError as e:
-        return from_validation_error(e).response()
     except Exception as e:
-        return from_engine_error(e).response()
+        return as_api_error(e).response()

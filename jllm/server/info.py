@@ -1,5 +1,6 @@
 """The routes around generation: the model list and card, tokenizer access, the version, and the probes and metrics
-for operators.
+for operators. The model list and tokenizer access are plain functions of the server state too, which the gRPC
+service calls.
 
 Where this module sits: docs/architecture.md.
 """
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from jllm.server.chat import render_chat
 from jllm.server.errors import APIError, bad_request
+from jllm.server.registry import ModelRegistry
 from jllm.server.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -22,7 +24,7 @@ from jllm.server.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from jllm.server.state import server_state
+from jllm.server.state import ServerState, server_state
 
 _CREATED = int(time.time())
 
@@ -30,13 +32,17 @@ _VERSION = importlib.metadata.version("jllm")
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """Every served model under each name it answers to (aliases included), with its ``max_model_len``."""
-    registry = server_state(request).registry
+    return web.json_response(text=model_list(server_state(request).registry).model_dump_json())
+
+
+def model_list(registry: ModelRegistry) -> ModelList:
+    """Every served model under each name it answers to (aliases included), with its ``max_model_len``; a 503
+    while the server's models load."""
     models = registry.models
     if not models and registry.starting:
         raise _starting()
     cards = [_card(name, m.engine.max_model_len) for m in models if not m.unloading for name in m.entry.names]
-    return web.json_response(text=ModelList(data=cards).model_dump_json())
+    return ModelList(data=cards)
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
@@ -56,9 +62,13 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    """vLLM's ``/tokenize``: a prompt, or chat messages through the chat template."""
-    state = server_state(request)
     body = TokenizeRequest.model_validate_json(await request.read())
+    response = await tokenize_body(server_state(request), body)
+    return web.json_response(text=response.model_dump_json())
+
+
+async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeResponse:
+    """vLLM's ``/tokenize`` (and the gRPC ``Tokenize``): a prompt, or chat messages through the chat template."""
     engine = state.route(body.model).engine
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
@@ -67,16 +77,19 @@ async def tokenize(request: web.Request) -> web.Response:
     else:
         add_special_tokens = body.add_special_tokens is not False  # a prompt's default: true
         tokens = await asyncio.to_thread(engine.inputs.tokenizer.encode, body.prompt, add_special_tokens)
-    response = TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
-    return web.json_response(text=response.model_dump_json())
+    return TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
 
 
 async def detokenize(request: web.Request) -> web.Response:
-    state = server_state(request)
     body = DetokenizeRequest.model_validate_json(await request.read())
+    response = await detokenize_body(server_state(request), body)
+    return web.json_response(text=response.model_dump_json())
+
+
+async def detokenize_body(state: ServerState, body: DetokenizeRequest) -> DetokenizeResponse:
     engine = state.route(body.model).engine
     text = await asyncio.to_thread(engine.inputs.decode, body.tokens, param="tokens")
-    return web.json_response(text=DetokenizeResponse(prompt=text).model_dump_json())
+    return DetokenizeResponse(prompt=text)
 
 
 async def health(request: web.Request) -> web.Response:

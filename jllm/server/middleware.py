@@ -1,4 +1,4 @@
-"""Per-request plumbing every route shares: the request id and the API key check.
+"""Per-request plumbing every route shares: the request id and the API key check (the gRPC service's too).
 
 Where this module sits: docs/architecture.md.
 """
@@ -54,20 +54,22 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers["X-Request-Id"] = request.get(CLIENT_REQUEST_ID) or request[REQUEST_ID]
 
 
+def check_api_key(given: str, api_key: str) -> None:
+    """A 401 unless ``given`` (an ``Authorization`` header or gRPC metadata value) is ``Bearer <api_key>``;
+    compared in constant time, so the time taken says nothing about how much of the key was right."""
+    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        raise APIError(
+            401, "missing or incorrect API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
+        )
+
+
 def auth_middleware(api_key: str) -> Middleware:
-    """Bearer-key check on every route but ``OPEN_PATHS``, compared in constant time."""
-    expected = f"Bearer {api_key}".encode()
+    """Bearer-key check on every route but ``OPEN_PATHS``."""
 
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                raise APIError(
-                    401,
-                    "missing or incorrect API key: send it as 'Authorization: Bearer <key>'",
-                    code="invalid_api_key",
-                )
+            check_api_key(request.headers.get("Authorization", ""), api_key)
         return await handler(request)
 
     return check_key
