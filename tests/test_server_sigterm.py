@@ -1,5 +1,5 @@
-"""``run_server`` in a real process: 503 while the model loads, and on SIGTERM a drain that lets the running request
-finish, refuses new ones, and exits 0."""
+"""``run_server`` in a real process, with the gRPC API on too: 503 (UNAVAILABLE, health NOT_SERVING) while the model
+loads, and on SIGTERM a drain of both servers that lets the running request finish, refuses new ones, and exits 0."""
 
 from __future__ import annotations
 
@@ -16,13 +16,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_utils import ENGINE_ARGS, http, tiny_chat_model
 
+from jllm.v1 import generate_pb2 as pb
+from jllm.v1 import generate_pb2_grpc
+
 pytestmark = pytest.mark.slow  # the test starts `jllm serve` in a subprocess
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # One step bucket (16 tokens x 1 sequence): the process is serving a few seconds after it starts.
-SERVER_ARGS = {**ENGINE_ARGS, "max_num_batched_tokens": 16, "max_num_seqs": 1, "port": 0, "shutdown_timeout": 60.0}
+SERVER_ARGS = {
+    **ENGINE_ARGS,
+    "max_num_batched_tokens": 16,
+    "max_num_seqs": 1,
+    "port": 0,
+    "grpc_port": 0,
+    "shutdown_timeout": 60.0,
+}
 LAUNCH = """
 import json, sys
 from jllm.config import load_config
@@ -72,14 +85,19 @@ def test_sigterm_drains_running_requests_and_exits_zero(
     server_process: tuple[subprocess.Popen[str], queue.Queue[str]],
 ) -> None:
     process, lines = server_process
+    grpc_target = "127.0.0.1:" + _wait_for_line(lines, r"gRPC listening on [\d.]+:(\d+)").group(1)
     port = _wait_for_line(lines, r"listening on http://[\d.]+:(\d+)").group(1)
     url = f"http://127.0.0.1:{port}"
 
     starting = http("GET", f"{url}/ready")  # the port opens before the model has loaded
     assert starting.status == 503 and starting.json()["error"]["code"] == "server_starting"
     assert http("POST", f"{url}/v1/completions", json_body={"prompt": "hi"}).status == 503
+    assert asyncio.run(_grpc_health(grpc_target)) == NOT_SERVING
+    refused = asyncio.run(_grpc_generate(grpc_target))
+    assert (refused.code(), refused.details()) == (grpc.StatusCode.UNAVAILABLE, "the model is still loading")
     _wait_for_line(lines, "jllm ready")
     assert http("GET", f"{url}/ready").status == 200
+    assert asyncio.run(_grpc_health(grpc_target)) == health_pb2.HealthCheckResponse.SERVING
 
     async def drain() -> list[dict]:
         body = {"prompt": "hi", "max_tokens": 150, "ignore_eos": True, "stream": True}
@@ -92,6 +110,8 @@ def test_sigterm_drains_running_requests_and_exits_zero(
                 async with session.post(f"{url}/v1/completions", json={"prompt": "hi"}) as refused:
                     assert refused.status == 503
                     assert (await refused.json())["error"]["code"] == "engine_unavailable"
+                assert await _grpc_health(grpc_target) == NOT_SERVING  # both servers drain
+                assert (await _grpc_generate(grpc_target)).code() == grpc.StatusCode.UNAVAILABLE
                 rest = (await stream.read()).split(b"\n\n")
         assert rest[-2:] == [b"data: [DONE]", b""]
         return [json.loads(event.removeprefix(b"data: ")) for event in rest[:-2]]
@@ -100,6 +120,20 @@ def test_sigterm_drains_running_requests_and_exits_zero(
     assert events[-1]["choices"][0]["finish_reason"] == "length"  # finished in full, not aborted
     _wait_for_line(lines, r"request drain-me finished \(length\): \d+ prompt \+ 150 generated tokens, first token")
     assert process.wait(timeout=60) == 0
+
+
+async def _grpc_health(target: str) -> int:
+    async with grpc.aio.insecure_channel(target) as channel:
+        return (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())).status
+
+
+async def _grpc_generate(target: str) -> grpc.aio.AioRpcError:
+    """The error a Generate call ends with (the server is starting or draining)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stream = generate_pb2_grpc.GenerationStub(channel).Generate(pb.GenerateRequest(text="hi"))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            [_ async for _ in stream]
+        return error.value
 
 
 async def _status(session: aiohttp.ClientSession, url: str) -> int:
