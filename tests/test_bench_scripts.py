@@ -152,3 +152,15 @@ def test_reference_attention_bench_times_every_step_kind_beside_torch(tmp_path: 
     for row in rows:
         assert_positive(row["reference_ms"], row["torch_dense_ms"])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
+
+
+def test_bench_grpc_vs_sse_streams_every_token_over_both_and_reports_both(tmp_path: Path) -> None:
+    """The script checks each stream's usage counts every asked token, over SSE and over gRPC."""
+    bench = importlib.import_module("bench_grpc_vs_sse")
+    out = tmp_path / "grpc_vs_sse.json"
+    bench.main(["--streams", "2", "--tokens", "16", "--rounds", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    us = result["us_per_token"]
+    assert_positive(us["sse"], us["grpc"])
+    assert result["grpc_minus_sse_us_per_token"] == pytest.approx(us["grpc"] - us["sse"])
+    assert [len(v) for v in result["rounds_us_per_token"].values()] == [2, 2]
