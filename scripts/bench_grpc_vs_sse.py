@@ -5,9 +5,10 @@ tests/fake_runner.py: no model, every step returns at once, so the time a stream
 client's work per token (the engine thread's bookkeeping, the delta, its serialization, the transport, the client's
 parsing), the part that differs between the two transports. Each round streams ``--streams`` concurrent greedy
 requests of ``--tokens`` tokens over SSE (``/v1/completions``, aiohttp client) and over gRPC (``Generate``,
-grpc.aio client), alternating which goes first; the figure is the median over rounds of wall time per token. The
-clients run in the server's event loop (one process, as bench_multi_model.py does), so both figures include both
-ends.
+grpc.aio client), alternating which goes first. Two figures per transport, medians over rounds: wall time per
+token, and the process's CPU time per token (server, engine thread and client together; on a machine shared with
+other jobs, the steadier of the two). The clients run in the server's event loop (one process, as
+bench_multi_model.py does), so both figures include both ends.
 
     python scripts/bench_grpc_vs_sse.py --json grpc_vs_sse.json
 """
@@ -66,17 +67,17 @@ async def grpc_stream(stub: generate_pb2_grpc.GenerationStub, tokens: int) -> in
     return last.usage.completion_tokens
 
 
-async def timed(streams: int, tokens: int, one: Callable[[], Awaitable[int]]) -> float:
-    """Seconds per token of ``streams`` concurrent streams."""
-    start = time.perf_counter()
+async def timed(streams: int, tokens: int, one: Callable[[], Awaitable[int]]) -> dict[str, float]:
+    """Wall and CPU microseconds per token of ``streams`` concurrent streams."""
+    wall, cpu = time.perf_counter(), time.process_time()
     received = await asyncio.gather(*(one() for _ in range(streams)))
-    elapsed = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if sum(received) != streams * tokens:
         raise RuntimeError(f"expected {streams * tokens} tokens, got {sum(received)}")
-    return elapsed / (streams * tokens)
+    return {"wall": wall * 1e6 / (streams * tokens), "cpu": cpu * 1e6 / (streams * tokens)}
 
 
-async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+async def measure(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     engine = fake_engine(
         max_num_seqs=args.streams,
         max_num_batched_tokens=max(32, args.streams * 8),
@@ -89,7 +90,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     runner = await start_app(app, "127.0.0.1", 0)
     grpc_server = await start_grpc(app, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{bound_port(runner)}"
-    figures: dict[str, list[float]] = {"sse": [], "grpc": []}
+    figures: dict[str, list[dict[str, float]]] = {"sse": [], "grpc": []}  # per round
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -118,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     figures = asyncio.run(measure(args))
-    us = {name: statistics.median(values) * 1e6 for name, values in figures.items()}
+    medians = {
+        name: {kind: statistics.median(r[kind] for r in rounds) for kind in ("wall", "cpu")}
+        for name, rounds in figures.items()
+    }
     result: dict[str, Any] = {
         "machine": cpu_name(),
         "load_average": os.getloadavg()[0],
@@ -127,19 +131,20 @@ def main(argv: list[str] | None = None) -> None:
         "grpcio": grpc.__version__,
         "aiohttp": aiohttp.__version__,
         "config": {"streams": args.streams, "tokens": args.tokens, "rounds": args.rounds, "engine": "scripted"},
-        "us_per_token": us,
-        "grpc_minus_sse_us_per_token": us["grpc"] - us["sse"],
-        "rounds_us_per_token": {name: [v * 1e6 for v in values] for name, values in figures.items()},
+        "us_per_token": medians,
+        "grpc_minus_sse_us_per_token": {k: medians["grpc"][k] - medians["sse"][k] for k in ("wall", "cpu")},
+        "rounds_us_per_token": figures,
     }
     print(f"machine: {result['machine']} (load average {result['load_average']:.1f}), python {result['python']}, "
           f"grpcio {result['grpcio']}, aiohttp {result['aiohttp']}")  # fmt: skip
     print(f"config: {args.streams} concurrent streams x {args.tokens} tokens, {args.rounds} rounds, scripted engine")
-    print("| transport | us per token (median) | rounds |")
-    print("| --- | --- | --- |")
+    print("| transport | wall us per token (median) | CPU us per token (median) | wall, each round |")
+    print("| --- | --- | --- | --- |")
     for name in ("sse", "grpc"):
-        rounds = ", ".join(f"{v:.1f}" for v in result["rounds_us_per_token"][name])
-        print(f"| {name} | {us[name]:.1f} | {rounds} |")
-    print(f"gRPC - SSE: {result['grpc_minus_sse_us_per_token']:+.1f} us per token")
+        rounds = ", ".join(f"{r['wall']:.0f}" for r in figures[name])
+        print(f"| {name} | {medians[name]['wall']:.1f} | {medians[name]['cpu']:.1f} | {rounds} |")
+    diff = result["grpc_minus_sse_us_per_token"]
+    print(f"gRPC - SSE per token: {diff['wall']:+.1f} us wall, {diff['cpu']:+.1f} us CPU")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -161,6 +161,7 @@ def test_bench_grpc_vs_sse_streams_every_token_over_both_and_reports_both(tmp_pa
     bench.main(["--streams", "2", "--tokens", "16", "--rounds", "2", "--json", str(out)])
     result = json.loads(out.read_text())
     us = result["us_per_token"]
-    assert_positive(us["sse"], us["grpc"])
-    assert result["grpc_minus_sse_us_per_token"] == pytest.approx(us["grpc"] - us["sse"])
+    for kind in ("wall", "cpu"):
+        assert_positive(us["sse"][kind], us["grpc"][kind])
+        assert result["grpc_minus_sse_us_per_token"][kind] == pytest.approx(us["grpc"][kind] - us["sse"][kind])
     assert [len(v) for v in result["rounds_us_per_token"].values()] == [2, 2]
