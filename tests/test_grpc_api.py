@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-grpc-test"
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 MODEL, OTHER = "scripted", "other"
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def other_script(prompt: Sequence[int], position: int) -> int:
@@ -417,3 +418,24 @@ def test_health_serves_then_not_serving_while_draining_as_running_streams_finish
     finally:
         server.__exit__(None, None, None)
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+
+
+def test_health_is_not_serving_while_an_engine_stalls() -> None:
+    """A step longer than the stall timeout: NOT_SERVING inside it (as /ready's 503), SERVING once it moves on."""
+    engine = fake_engine(step_seconds=1.2)
+    with _serve({MODEL: engine}, stall_timeout=0.2) as server:
+
+        async def stall(stub: generate_pb2_grpc.GenerationStub) -> list[int]:
+            sampling = pb.SamplingParameters(max_tokens=1)
+            stream = stub.Generate(pb.GenerateRequest(text="a", sampling=sampling), metadata=AUTH)
+            await stream.initial_metadata()  # admitted: the engine is inside its first step
+            seen = []
+            for _ in range(20):  # within the step's 1.2 s
+                seen.append(await asyncio.to_thread(_health, server.grpc_target))
+                if seen[-1] == NOT_SERVING:
+                    break
+                await asyncio.sleep(0.03)
+            await read_to_end(stream)
+            return [seen[-1], await asyncio.to_thread(_health, server.grpc_target)]
+
+        assert run(server.grpc_target, stall) == [NOT_SERVING, health_pb2.HealthCheckResponse.SERVING]
