@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from fake_runner import counting_script, fake_engine
+from fake_runner import fake_engine
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from server_utils import RunningServer, http
@@ -36,15 +36,20 @@ MODEL, OTHER = "scripted", "other"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def letters_script(prompt: Sequence[int], position: int) -> int:
+    """Ids 40..99, each one printable character in the tiny tokenizer (so texts are compared, not only ids)."""
+    return 40 + (prompt[0] + position) % 60
+
+
 def other_script(prompt: Sequence[int], position: int) -> int:
-    """The second model's tokens: a different run of ids, so a reply shows which model made it."""
-    return 400 - (prompt[0] + position) % 200
+    """The second model's tokens: another run of printable ids, so a reply shows which model made it."""
+    return 100 - (prompt[0] + position) % 50
 
 
 @pytest.fixture(scope="module")
 def engines() -> dict[str, LLMEngine]:
     return {
-        MODEL: fake_engine(step_seconds=0.002, max_num_seqs=16, num_pages=256),
+        MODEL: fake_engine(script=letters_script, step_seconds=0.002, max_num_seqs=16, num_pages=256),
         OTHER: fake_engine(script=other_script, step_seconds=0.002),
     }
 
@@ -110,7 +115,7 @@ async def read_to_end(stream: Any) -> list[pb.GenerateResponse]:
     return messages
 
 
-def scripted(engine: LLMEngine, prompt_ids: list[int], count: int, script: Any = counting_script) -> list[int]:
+def scripted(engine: LLMEngine, prompt_ids: list[int], count: int, script: Any = letters_script) -> list[int]:
     return [script(prompt_ids, len(prompt_ids) + k) for k in range(count)]
 
 
@@ -159,7 +164,7 @@ def test_streamed_deltas_carry_the_scripted_text_ids_logprobs_then_usage(
     got = choices(messages)
     assert sorted(got) == [0, 1]
     for c in got.values():
-        assert list(c.token_ids) == ids and c.text == engine.tokenizer.decode(ids)
+        assert list(c.token_ids) == ids and c.text == engine.tokenizer.decode(ids) != ""
         assert c.finish_reason == "length"
         # The scripted sampler: the token at -0.5, the next id at -1.5 (fake_runner.ScriptedRunner.launch).
         assert [(lp.token_id, lp.logprob) for lp in c.logprobs] == [(t, -0.5) for t in ids]
@@ -198,10 +203,41 @@ def test_text_token_and_chat_prompts_stream_what_the_http_api_returns(
         choice = reply["choices"][0]
         expected = choice["text"] if "text" in choice else choice["message"]["content"]
         [got] = choices(run(server.grpc_target, lambda stub, r=request: collect(stub, r))).values()
-        assert got.text == expected and got.finish_reason == choice["finish_reason"] == "length"
+        assert got.text == expected != "" and got.finish_reason == choice["finish_reason"] == "length"
     engine = engines[OTHER]
     [other] = choices(run(server.grpc_target, lambda stub: collect(stub, cases[2][0]))).values()
     assert list(other.token_ids) == scripted(engine, engine.inputs.encode("hello").token_ids, 5, other_script)
+
+
+def test_structured_output_and_stop_strings_end_as_over_http(server: RunningServer) -> None:
+    """A choice constraint (the output is one of the choices) and a stop string (named in the stop reason), each
+    against the same request over HTTP."""
+    long_text = http("POST", f"{server.url}/v1/completions", json_body={"prompt": "hello", "max_tokens": 8},
+                     headers={"Authorization": AUTH[0][1]}).json()["choices"][0]["text"]  # fmt: skip
+    stop = long_text[len(long_text) // 2 :][:2]
+    assert stop.strip()
+    choice = pb.StructuredOutput(choice=pb.StructuredOutput.Choices(choices=["yes", "no"]))
+    cases = [
+        (pb.GenerateRequest(text="hello", structured_output=choice, sampling=pb.SamplingParameters(max_tokens=8)),
+         {"structured_outputs": {"choice": ["yes", "no"]}}),
+        (pb.GenerateRequest(text="hello", sampling=pb.SamplingParameters(max_tokens=8, stop=[stop])),
+         {"stop": [stop]}),
+    ]  # fmt: skip
+    results = []
+    for request, fields in cases:
+        body = {"prompt": "hello", "max_tokens": 8, **fields}
+        want = http("POST", f"{server.url}/v1/completions", json_body=body, headers={"Authorization": AUTH[0][1]})
+        want_choice = want.json()["choices"][0]
+        [got] = choices(run(server.grpc_target, lambda stub, r=request: collect(stub, r))).values()
+        stop_reason = got.stop_string if got.WhichOneof("stop_reason") == "stop_string" else None
+        assert (got.text, got.finish_reason, stop_reason) == (
+            want_choice["text"],
+            want_choice["finish_reason"],
+            want_choice["stop_reason"],
+        )
+        results.append(got)
+    assert results[0].text in ("yes", "no") and results[0].finish_reason == "stop"
+    assert results[1].stop_string == stop and stop not in results[1].text and results[1].finish_reason == "stop"
 
 
 def test_64_concurrent_streams_each_get_their_scripted_text(
@@ -216,7 +252,8 @@ def test_64_concurrent_streams_each_get_their_scripted_text(
 
     for prompt, messages in zip(prompts, run(server.grpc_target, all_at_once), strict=True):
         [got] = choices(messages).values()
-        assert list(got.token_ids) == scripted(engine, engine.inputs.encode(prompt).token_ids, 12)
+        ids = scripted(engine, engine.inputs.encode(prompt).token_ids, 12)
+        assert list(got.token_ids) == ids and got.text == engine.tokenizer.decode(ids)
         assert got.finish_reason == "length" and messages[-1].usage.completion_tokens == 12
 
 
