@@ -1,5 +1,6 @@
-"""The gRPC API on the default model (SmolLM2-135M-Instruct): greedy text streamed over gRPC equals the HTTP API's
-streamed text and ``LLM.generate`` / ``LLM.chat``'s for the same prompts, all from one engine."""
+"""The gRPC API on a real model (the tests' tiny chat model: random weights, the default model's tokenizer and chat
+template): greedy text streamed over gRPC equals the HTTP API's streamed text and ``LLM.generate`` / ``LLM.chat``'s
+for the same prompts, all from one engine. Random weights emit any token, multi-byte pieces included."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_utils import ENGINE_ARGS, RunningServer, engine_config, http
+from server_utils import ENGINE_ARGS, RunningServer, engine_config, http, tiny_chat_model
 
 from jllm.llm import LLM
 from jllm.sampling import SamplingParams
 from jllm.v1 import generate_pb2 as pb
 from jllm.v1 import generate_pb2_grpc
 
-pytestmark = pytest.mark.slow  # builds the default model (60-100 s on 2 CPU cores)
+pytestmark = pytest.mark.slow  # builds a real engine and two servers
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a small robot"]
 CHAT = [{"role": "user", "content": "Name three colours."}]
@@ -45,18 +46,21 @@ def sse_text(url: str, body: dict) -> str:
     return "".join(c["text"] if "text" in c else c["delta"].get("content", "") for c in choices)
 
 
-def test_greedy_grpc_stream_equals_http_stream_and_llm_generate(default_model_dir: Path) -> None:
-    llm = LLM(str(default_model_dir), **ENGINE_ARGS)
+def test_greedy_grpc_stream_equals_http_stream_and_llm_generate(
+    default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    model_dir = tiny_chat_model(tmp_path_factory.getbasetemp(), default_model_dir)
+    llm = LLM(str(model_dir), **ENGINE_ARGS)
     greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
     offline = [o.outputs[0].text for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     offline.append(llm.chat(CHAT, greedy, use_tqdm=False)[0].outputs[0].text)
-    assert all(offline)  # the default model says something for each
+    assert all(offline)
 
     sampling = pb.SamplingParameters(temperature=0.0, max_tokens=MAX_TOKENS)
     chat = pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in CHAT])
     requests = [pb.GenerateRequest(text=p, sampling=sampling) for p in PROMPTS]
     requests.append(pb.GenerateRequest(chat=chat, sampling=sampling))
-    with RunningServer(llm.engine, engine_config(default_model_dir), grpc=True) as server:
+    with RunningServer(llm.engine, engine_config(model_dir), grpc=True) as server:
         over_grpc = grpc_texts(server.grpc_target, requests)
         greedy_body = {"temperature": 0, "max_tokens": MAX_TOKENS}
         over_http = [sse_text(f"{server.url}/v1/completions", {**greedy_body, "prompt": p}) for p in PROMPTS]
