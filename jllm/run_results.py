@@ -78,6 +78,8 @@ def append_results(output_dir: Path, records: list[Record]) -> None:
 def make_record(item: RunInput, output: RequestOutput, record: RecordSpec) -> Record:
     """One input's line: id, inputs, outputs, token counts, timings, and the logprobs asked for."""
     line: Record = {"id": item.id, "inputs": item.inputs(), "prompt_tokens": len(output.prompt_token_ids)}
+    if record.token_ids:
+        line["prompt_token_ids"] = output.prompt_token_ids
     line["outputs"] = [_completion(c, record) for c in output.outputs]
     line["completion_tokens"] = sum(len(c.token_ids) for c in output.outputs)
     if output.prompt_logprobs is not None:

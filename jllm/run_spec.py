@@ -40,7 +40,7 @@ NOT_AVAILABLE = {"score": "LLM.score", "hidden_states": "LLM.encode"}
 @dataclass(frozen=True)
 class RecordSpec:
     text: bool = True
-    token_ids: bool = True
+    token_ids: bool = True  # the prompt's and each output's
     logprobs: int | None = None  # top-k alternatives per generated token (0: the chosen token's logprob only)
     prompt_logprobs: int | None = None  # the same per prompt token
     perplexity: bool = False  # exp(-mean prompt token logprob)

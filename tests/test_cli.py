@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from model_utils import TINY_CONFIG, save_tiny_checkpoint
 
 from jllm import cli
 from jllm.config import ServerConfig, engine_keys, key_type
@@ -23,31 +22,6 @@ ENGINE_ARGS = ["--max-model-len", "64", "--max-num-batched-tokens", "32", "--max
 ENGINE_KEYS = dict(max_model_len=64, max_num_batched_tokens=32, max_num_seqs=4, num_pages=32)
 PROMPTS = ["Hello world", "x = [1, 2]"]
 MAX_TOKENS = 8
-
-
-def save_char_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """A character-level tokenizer whose ids fill exactly ``vocab_size``, with a chat template."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>"]  # Llama's ids: bos 1, eos 2, as the tiny config's generation_config says
-    chars = ["\n", *(chr(c) for c in range(32, 127))]
-    chars += [chr(0xA1 + i) for i in range(vocab_size - len(specials) - len(chars))]
-    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tok.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:{% endif %}"
-    )
-    tok.save_pretrained(out_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = save_tiny_checkpoint("LlamaForCausalLM", TINY_CONFIG, tmp_path_factory.mktemp("cli") / "tiny")
-    save_char_tokenizer(out, TINY_CONFIG["vocab_size"])
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_run_writes_one_line_per_input_with_what_was_asked(job: Path, tmp_path: 
     for i, r in enumerate(records):
         assert r["inputs"] == {"prompt": f"Question number {i}?"}
         prompt_ids = tokenizer.encode(f"Question number {i}?")
-        assert r["prompt_tokens"] == len(prompt_ids)
+        assert r["prompt_tokens"] == len(prompt_ids) and r["prompt_token_ids"] == prompt_ids
         [out] = r["outputs"]
         assert out["completion_tokens"] == len(out["token_ids"]) == 5 == r["completion_tokens"]
         assert out["text"] == tokenizer.decode(out["token_ids"])
