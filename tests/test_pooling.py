@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_utils import random_llama, relative_error
+from model_utils import random_llama, relative_error, run_tp_worker
 
 from jllm.buckets import StepBucket
 from jllm.errors import ContextLengthError, InputError
@@ -167,3 +167,17 @@ def test_bad_inputs_are_named_before_anything_runs(llm) -> None:
         llm.score("fine", [""])
     with pytest.raises(ValueError, match="got 2 continuations for 1 prompts"):
         llm.score("fine", ["a", "b"])
+
+
+@pytest.mark.slow
+def test_encode_at_tensor_parallel_2_equals_transformers(model_dir, prompts, reference, tmp_path) -> None:
+    """Three prompts in one bucket, on a small engine: one subprocess compiles as little as it can."""
+    layers = [0, 1, -1]
+    engine_args = {**ENGINE_ARGS, "max_num_batched_tokens": 8, "max_num_seqs": 2}
+    spec = {"model": str(model_dir), "engine_args": engine_args, "prompts": prompts[:3], "layers": layers}
+    found = run_tp_worker(spec, tmp_path, timeout=600, worker="pooling_tp_worker.py")
+    assert found == {"pool_devices": 2, "mesh": 2}
+    saved = np.load(tmp_path / "states.npz")
+    for i, ref in enumerate(reference[:3]):
+        for row, layer in enumerate(layers):
+            assert relative_error(saved[f"arr_{i}"][row], ref[layer]) < STATE_RTOL, (i, layer)
