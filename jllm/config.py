@@ -24,6 +24,7 @@ from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
+Pooling = Literal["last", "mean"]
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,9 @@ class ModelConfig(_Section):
     load_format: LoadFormat = "auto"
     seed: int = 0
     attention_backend: AttentionBackend = "auto"
+    # How an embedding is pooled from the final normed hidden states (vLLM's pooler_config pooling_type, for a
+    # decoder LM): the last token's state, or the mean over the prompt's tokens
+    pooling: Pooling = "last"
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")

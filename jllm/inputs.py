@@ -165,6 +165,21 @@ class InputProcessor:
         self.check(truncated, params, param=param)
         return truncated
 
+    def process_whole(self, prompt: PromptInput, *, param: str = "prompt") -> Prompt:
+        """A prompt run once over, nothing generated (hidden states, embeddings): at least one token, and at most
+        the model's context length."""
+        encoded = self.encode(prompt, param=param)
+        num_prompt = len(encoded.token_ids)
+        if not num_prompt:
+            raise InputError(f"{param} is empty: give at least one token", param=param)
+        if num_prompt > self.max_model_len:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{num_prompt} tokens in the input. Please reduce the length of the input.",
+                param=param,
+            )
+        return encoded
+
 
 def _unwrap(prompt: dict[str, Any], param: str) -> Any:
     """vLLM's ``TextPrompt`` / ``TokensPrompt``: exactly one of ``prompt`` and ``prompt_token_ids``."""

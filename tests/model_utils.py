@@ -119,10 +119,11 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
-    """tests/tp_worker.py on ``spec`` in a subprocess (the fake CPU devices must be set before JAX starts)."""
+def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float, worker: str = "tp_worker.py") -> dict[str, Any]:
+    """tests/tp_worker.py (or another ``worker`` script beside it) on ``spec`` in a subprocess (the fake CPU devices
+    must be set before JAX starts)."""
     (tmp / "spec.json").write_text(json.dumps(spec))
-    worker = Path(__file__).with_name("tp_worker.py")
+    worker = Path(__file__).with_name(worker)
     proc = subprocess.run(
         [sys.executable, str(worker), str(tmp / "spec.json"), str(tmp / "out.json")],
         capture_output=True,
