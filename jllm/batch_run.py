@@ -30,6 +30,8 @@ from jllm.run_results import (
     format_table,
     make_record,
     read_results,
+    save_hidden_states,
+    score_entry,
     summarize,
     write_config,
     write_summary,
@@ -77,12 +79,30 @@ def run_point(llm: LLM, spec: RunSpec, resolved: dict[str, Any]) -> dict[str, An
             batch = pending[first : first + spec.batch_size]
             outputs = _generate(llm, spec, batch)
             records = [make_record(item, o, spec.record) for item, o in zip(batch, outputs, strict=True)]
+            _add_pooled(llm, spec, batch, outputs, records)
             append_results(spec.output_dir, records)
             new_records += records
             bar.update(len(batch))
     summary = summarize(read_results(spec.output_dir), len(spec.inputs), new_records, time.monotonic() - start)
     write_summary(spec.output_dir, summary)
     return summary
+
+
+def _add_pooled(
+    llm: LLM, spec: RunSpec, batch: list[RunInput], outputs: list[RequestOutput], records: list[dict[str, Any]]
+) -> None:
+    """The reference's score and the prompt's hidden states, over the very prompt tokens the batch generated from
+    (a chat's rendered template included)."""
+    prompts = [o.prompt_token_ids for o in outputs]
+    if spec.record.score:
+        scores = llm.score(prompts, [item.reference for item in batch], use_tqdm=False)
+        for record, score in zip(records, scores, strict=True):
+            record["score"] = score_entry(score)
+    if spec.record.hidden_layers is not None:
+        encoded = llm.encode(prompts, layers=spec.record.hidden_layers)
+        refs = save_hidden_states(spec.output_dir, batch, encoded, spec.record.hidden_format)
+        for record, ref in zip(records, refs, strict=True):
+            record["hidden_states"] = ref
 
 
 def _generate(llm: LLM, spec: RunSpec, batch: list[RunInput]) -> list[RequestOutput]:

@@ -25,6 +25,7 @@ Row = dict[str, Any]
 class RunInput:
     """One dataset row as the run sees it."""
 
+    row: int  # the row's number in the dataset (names its hidden-state file)
     id: str | int  # the id_field's value, or the row's number
     prompt: str | None  # a plain prompt (or the single user message when `chat` is on) ...
     messages: list[dict[str, Any]] | None  # ... or a whole conversation
@@ -156,6 +157,7 @@ def _input(index: int, row: Row, fields: FieldMap) -> RunInput:
 
     messages = value("messages_field", _is_conversation, "a list of {role, content} messages")
     return RunInput(
+        row=index,
         id=index if fields.id_field is None else value("id_field", is_id, "a string or an integer"),
         prompt=value("prompt_field", lambda v: isinstance(v, str) and v != "", "a non-empty string"),
         messages=messages,

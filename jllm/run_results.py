@@ -15,14 +15,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from jllm.config import ConfigError
 from jllm.datasets import RunInput
-from jllm.outputs import CompletionOutput, Logprob, RequestOutput
+from jllm.outputs import CompletionOutput, ContinuationScore, Logprob, PoolingRequestOutput, RequestOutput
 from jllm.run_spec import RecordSpec
 
-RESULTS, SUMMARY, CONFIG = "results.jsonl", "summary.json", "config.yaml"
+RESULTS, SUMMARY, CONFIG, HIDDEN = "results.jsonl", "summary.json", "config.yaml", "hidden_states"
 Record = dict[str, Any]
 
 
@@ -98,6 +99,41 @@ def make_record(item: RunInput, output: RequestOutput, record: RecordSpec) -> Re
     return line
 
 
+def score_entry(score: ContinuationScore) -> Record:
+    """The reference continuation's log-probability given the prompt, summed and per token."""
+    return {
+        "logprob": score.logprob,
+        "token_logprobs": score.token_logprobs,
+        "tokens": len(score.continuation_token_ids),
+        "is_greedy": score.is_greedy,
+    }
+
+
+def save_hidden_states(
+    output_dir: Path, items: list[RunInput], encoded: list[PoolingRequestOutput], form: str
+) -> list[Record]:
+    """Writes a batch's hidden states (``[layers, prompt tokens, hidden]`` float32 per input) before its lines, so
+    a line never names a missing file; returns each line's reference: file (relative to output_dir), key in a .npz."""
+    folder = output_dir / HIDDEN
+    folder.mkdir(exist_ok=True)
+    refs: list[Record] = []
+    if form == "npz":
+        name = f"{HIDDEN}/batch-{items[0].row:06d}.npz"
+        np.savez(
+            output_dir / name, **{str(item.row): out.outputs.data for item, out in zip(items, encoded, strict=True)}
+        )
+        refs = [{"file": name, "key": str(item.row)} for item in items]
+    else:
+        for item, out in zip(items, encoded, strict=True):
+            name = f"{HIDDEN}/{item.row:06d}.npy"
+            np.save(output_dir / name, out.outputs.data)
+            refs.append({"file": name})
+    return [
+        {**ref, "layers": out.layers, "shape": list(out.outputs.data.shape)}
+        for ref, out in zip(refs, encoded, strict=True)
+    ]
+
+
 def _completion(c: CompletionOutput, record: RecordSpec) -> Record:
     out: Record = {"index": c.index}
     if record.text:
@@ -146,6 +182,8 @@ def summarize(records: list[Record], total_inputs: int, new_records: list[Record
     perplexities = [r["perplexity"] for r in records if r.get("perplexity") is not None]
     if any("perplexity" in r for r in records):
         summary["mean_perplexity"] = sum(perplexities) / len(perplexities) if perplexities else None
+    if any("score" in r for r in records):
+        summary["mean_score"] = sum(r["score"]["logprob"] for r in records) / len(records)
     return summary
 
 
@@ -154,12 +192,11 @@ def write_summary(output_dir: Path, summary: Record) -> None:
 
 
 def format_table(rows: list[tuple[str, Record]]) -> str:
-    """One line per run: its folder, counts, throughput, and mean perplexity where asked."""
-    header = ("run", "inputs", "prompt tok", "output tok", "out tok/s", "mean ppl")
+    """One line per run: its folder, counts, throughput, and mean perplexity and score where asked."""
+    header = ("run", "inputs", "prompt tok", "output tok", "out tok/s", "mean ppl", "mean score")
     lines = [header]
     for name, s in rows:
-        ppl = s.get("mean_perplexity")
-        rate = s["output_tokens_per_s"]
+        ppl, score, rate = s.get("mean_perplexity"), s.get("mean_score"), s["output_tokens_per_s"]
         lines.append(
             (
                 name,
@@ -168,6 +205,7 @@ def format_table(rows: list[tuple[str, Record]]) -> str:
                 str(s["completion_tokens"]),
                 "-" if rate is None else f"{rate:.1f}",
                 "-" if ppl is None else f"{ppl:.3f}",
+                "-" if score is None else f"{score:.3f}",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -33,8 +33,7 @@ RUN_SCHEMA: dict[str, Any] = {
     "sampling": dict.fromkeys(SAMPLING_KEYS),
     "record": {**dict.fromkeys(RECORD_KEYS), "hidden_states": dict.fromkeys(HIDDEN_KEYS)},
 }
-# Record kinds that need branch `pooling`'s LLM.score / LLM.encode, which this engine does not have yet.
-NOT_AVAILABLE = {"score": "LLM.score", "hidden_states": "LLM.encode"}
+HIDDEN_FORMATS = ("npy", "npz")  # one .npy per input, or one .npz per batch
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,9 @@ class RecordSpec:
     logprobs: int | None = None  # top-k alternatives per generated token (0: the chosen token's logprob only)
     prompt_logprobs: int | None = None  # the same per prompt token
     perplexity: bool = False  # exp(-mean prompt token logprob)
+    score: bool = False  # the reference continuation's logprob given the prompt (LLM.score)
+    hidden_layers: list[int] | None = None  # hidden states of these layers (LLM.encode's indices), or none
+    hidden_format: str = "npy"
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,6 @@ def _check_keys(values: dict[str, Any], schema: dict[str, Any], where: str) -> N
         if key not in schema:
             error = unknown_key_error(key, schema, where=f"{where} key")
             raise ConfigError(str(error), key=f"{where}.{key}")
-        if key in NOT_AVAILABLE and where == "run.record" and value not in (None, False):
-            raise ConfigError(
-                f"run.record.{key} is not available yet: it needs {NOT_AVAILABLE[key]}, which this jllm does not "
-                "have; leave it out",
-                key=f"run.record.{key}",
-            )
         if isinstance(schema[key], dict) and isinstance(value, dict):
             _check_keys(value, schema[key], f"{where}.{key}")
 
@@ -141,8 +137,36 @@ def _record(values: Any, fields: FieldMap) -> RecordSpec:
                 key=f"{where}.{key}",
             )
         counts[key] = value
-    perplexity = _typed(values, "perplexity", bool, False, "true or false", where)
-    return RecordSpec(**flags, **counts, perplexity=perplexity)
+    flags |= {k: _typed(values, k, bool, False, "true or false", where) for k in ("perplexity", "score")}
+    if flags["score"] and fields.reference_field is None:
+        raise ConfigError(
+            "run.record.score needs run.reference_field: the dataset field holding the continuation to score",
+            key=f"{where}.score",
+        )
+    return RecordSpec(**flags, **counts, **_hidden(values.get("hidden_states")))
+
+
+def _hidden(values: Any) -> dict[str, Any]:
+    """``hidden_states: {layers: [0, -1], format: npy}`` (layers as LLM.encode: 0 = embeddings, -1 = final normed)."""
+    where = "run.record.hidden_states"
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or "layers" not in values:
+        raise ConfigError(f"{where} must be a mapping with layers (and format), got {values!r}", key=where)
+    layers = values["layers"]
+    if not isinstance(layers, list) or not layers or not all(type(x) is int for x in layers):
+        raise ConfigError(
+            f"{where}.layers={layers!r} is not allowed: expected a non-empty list of layer indices "
+            "(0 = embeddings, i = after layer i, -1 = the final normed states)",
+            key=f"{where}.layers",
+        )
+    form = values.get("format", "npy")
+    if form not in HIDDEN_FORMATS:
+        raise ConfigError(
+            f"{where}.format={form!r} is not allowed: expected npy (a file per input) or npz (a file per batch)",
+            key=f"{where}.format",
+        )
+    return {"hidden_layers": layers, "hidden_format": form}
 
 
 def _sampling(values: Any, record: RecordSpec) -> SamplingParams:

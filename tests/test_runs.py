@@ -8,8 +8,10 @@ import io
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from fake_runner import fake_engine
@@ -19,6 +21,7 @@ from jllm.batch_run import input_seed, run_job
 from jllm.config import ConfigError, EngineConfig
 from jllm.job_file import apply_sets, load_job_file, plan_job
 from jllm.llm import LLM
+from jllm.outputs import PoolingOutput, PoolingRequestOutput
 from jllm.run_results import read_results
 
 
@@ -277,11 +280,69 @@ def test_bad_sweep_names_its_key_and_line(job: Path) -> None:
         plan(job)
 
 
-def test_score_and_hidden_states_are_refused_until_available(job: Path) -> None:
-    with pytest.raises(ConfigError, match=r"--set run.record.score=true: run.record.score is not available yet"):
-        plan(job, "run.record.score=true")
-    with pytest.raises(ConfigError, match=r"run.record.hidden_states is not available yet: it needs LLM.encode"):
-        plan(job, "run.record.hidden_states={layers: [0]}")
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("run.record.score=true",), "run.record.score needs run.reference_field"),
+        (("run.record.hidden_states={layers: []}",), "run.record.hidden_states.layers=[] is not allowed"),
+        (("run.record.hidden_states={layers: [0], format: pt}",), "run.record.hidden_states.format='pt' is not"),
+        (("run.record.hidden_states=[0]",), "run.record.hidden_states must be a mapping with layers"),
+    ],
+)
+def test_bad_score_and_hidden_state_records(job: Path, sets: tuple, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"--set {re.escape(sets[0])}: {re.escape(message)}"):
+        plan(job, *sets)
+
+
+# ------------------------------------------------------------------ scores and hidden states: the file plumbing
+
+
+def test_score_records_the_reference_continuation(job: Path, tmp_path: Path) -> None:
+    rows = [{"qid": i, "question": f"Q{i}?", "answer": "ab" * (i + 1)} for i in range(3)]
+    write(tmp_path / "data.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    run(job, "run.reference_field=answer", "run.record.score=true")
+    records = lines(tmp_path / "out")
+    for i, r in enumerate(records):
+        assert r["inputs"] == {"prompt": f"Q{i}?", "reference": "ab" * (i + 1)}
+        # the fake model gives every prompt token after the first logprob -1, ranked second (tests/fake_runner.py)
+        tokens = 2 * (i + 1)  # one id per character
+        assert r["score"] == {
+            "logprob": -tokens,
+            "token_logprobs": [-1.0] * tokens,
+            "tokens": tokens,
+            "is_greedy": False,
+        }
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mean_score"] == pytest.approx(-4.0)
+
+
+@pytest.mark.parametrize("form", ["npy", "npz"])
+def test_hidden_states_are_saved_and_referenced_from_each_line(
+    form: str, job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LLM.encode's values are tested against transformers in tests/test_pooling.py; here: what it returns for the
+    prompt the batch generated from lands in the file the line names."""
+    returned: dict[tuple[int, ...], np.ndarray] = {}
+
+    def encode(self, prompts, layers):
+        outputs = []
+        for ids in prompts:
+            data = np.random.default_rng(len(returned)).standard_normal((len(layers), len(ids), 8)).astype(np.float32)
+            returned[tuple(ids)] = data
+            outputs.append(PoolingRequestOutput("e", list(ids), PoolingOutput(data), list(layers)))
+        return outputs
+
+    monkeypatch.setattr(LLM, "encode", encode)
+    run(job, f"run.record.hidden_states={{layers: [0, -1], format: {form}}}")
+    for r in lines(tmp_path / "out"):
+        ref = r["hidden_states"]
+        stored = np.load(tmp_path / "out" / ref["file"])
+        data = stored[ref["key"]] if form == "npz" else stored
+        np.testing.assert_array_equal(data, returned[tuple(r["prompt_token_ids"])])
+        assert ref["layers"] == [0, -1] and ref["shape"] == [2, r["prompt_tokens"], 8]
+    files = sorted(p.name for p in (tmp_path / "out" / "hidden_states").iterdir())
+    expected = ["batch-000000.npz", "batch-000002.npz", "batch-000004.npz"] if form == "npz" else None
+    assert files == (expected or [f"{i:06d}.npy" for i in range(5)])
 
 
 def test_cli_run_fails_before_any_engine_with_exit_2(job: Path, monkeypatch, capsys) -> None:
@@ -312,5 +373,7 @@ def test_cli_run_with_set_and_engine_option(job: Path, tmp_path: Path, monkeypat
         "tok/s",
         "mean",
         "ppl",
+        "mean",
+        "score",
     ]
     assert out.splitlines()[1].split()[:4] == ["o2", "5/5", "90", "15"]
