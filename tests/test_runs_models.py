@@ -3,6 +3,7 @@ resumed, and every example in configs/examples/ on the default model (one engine
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -14,24 +15,41 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from model_utils import hf_logits
 
 from jllm import cli
 from jllm.batch_run import run_job
-from jllm.job_file import load_job_file, plan_job
+from jllm.config import EngineConfig
+from jllm.job_file import apply_sets, load_job_file, plan_job
 from jllm.run_results import read_results
 
 pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).parents[1] / "configs" / "examples"
-TINY_ENGINE = dict(max_model_len=128, max_num_batched_tokens=32, max_num_seqs=4, num_pages=64)
+TINY_ENGINE = dict(max_model_len=64, max_num_batched_tokens=16, max_num_seqs=2, num_pages=32)  # few buckets to compile
 LOGPROB_ATOL = 2e-4  # float32 on both sides: per-token logprob
 PERPLEXITY_RTOL = 1e-4
 
 
+@functools.cache
+def hf_model(model_dir: Path):
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def hf_forward(model_dir: Path, token_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' float32 logits ``[T, vocab]`` and ``output_hidden_states`` ``[layers + 1, T, hidden]``."""
+    import torch
+
+    with torch.no_grad():
+        out = hf_model(model_dir)(torch.tensor([token_ids]), output_hidden_states=True)
+    return out.logits[0].numpy(), torch.stack(out.hidden_states)[:, 0].numpy()
+
+
 def reference_logprobs(model_dir: Path, token_ids: list[int]) -> np.ndarray:
     """log p(token t | tokens before it) for t >= 1, from transformers' float32 logits."""
-    logits = hf_logits(model_dir, token_ids).astype(np.float64)
+    logits = hf_forward(model_dir, token_ids)[0].astype(np.float64)
     logits -= logits.max(-1, keepdims=True)
     logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     return logprobs[np.arange(len(token_ids) - 1), token_ids[1:]]
@@ -46,6 +64,17 @@ def assert_perplexity_matches(model_dir: Path, records: list[dict], atol: float,
         np.testing.assert_allclose(record["perplexity"], np.exp(-expected.mean()), rtol=rtol)
 
 
+def assert_hidden_states_match(model_dir: Path, folder: Path, records: list[dict], atol: float) -> None:
+    """Each line's file holds transformers' hidden states of the line's prompt at the asked layers."""
+    for record in records:
+        ref = record["hidden_states"]
+        stored = np.load(folder / ref["file"])
+        data = stored[ref["key"]] if "key" in ref else stored
+        expected = hf_forward(model_dir, record["prompt_token_ids"])[1][ref["layers"]]
+        assert data.shape == expected.shape == tuple(ref["shape"])
+        np.testing.assert_allclose(data, expected, atol=atol, rtol=atol)
+
+
 def random_texts(count: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     alphabet = list("abcdefghijklmnopqrstuvwxyz ,.ABCDE0123456789")
@@ -57,20 +86,50 @@ def write_job(path: Path, model: Path, run: dict) -> Path:
     return path
 
 
-def test_perplexity_equals_transformers_on_a_tiny_llama(tiny_model: Path, tmp_path: Path) -> None:
-    texts = random_texts(5, seed=int(time.time()))
+@pytest.fixture(scope="module")
+def tiny_llm(tiny_model: Path):
+    """One engine for the tiny model's runs in this process (a job with TINY_ENGINE's keys gets this config)."""
+    return cli.make_llm(EngineConfig.from_flat({"model": str(tiny_model), **TINY_ENGINE}))
+
+
+def run_in_process(job: Path, llm, *sets: str) -> None:
+    loaded = load_job_file(job)
+    apply_sets(loaded, list(sets))
+
+    def same_engine(config: EngineConfig):
+        assert config == llm.config
+        return llm
+
+    run_job(plan_job(loaded), same_engine)
+
+
+def test_perplexity_score_and_hidden_states_equal_transformers_on_a_tiny_llama(
+    tiny_model: Path, tiny_llm, tmp_path: Path
+) -> None:
+    texts = random_texts(6, seed=int(time.time()))
     run = {
-        "dataset": texts,
+        "dataset": [{"text": t[:-5], "rest": t[-5:]} for t in texts],
+        "prompt_field": "text",
+        "reference_field": "rest",
         "sampling": {"temperature": 0, "max_tokens": 1},
-        "record": {"perplexity": True, "prompt_logprobs": 0},
+        "record": {"perplexity": True, "prompt_logprobs": 0, "score": True, "hidden_states": {"layers": [0, 1, -1]}},
+        "batch_size": 4,
         "output_dir": str(tmp_path / "out"),
     }
-    run_job(plan_job(load_job_file(write_job(tmp_path / "job.yaml", tiny_model, run))), cli.make_llm)
+    run_in_process(write_job(tmp_path / "job.yaml", tiny_model, run), tiny_llm)
     records = read_results(tmp_path / "out")
-    assert [r["inputs"]["prompt"] for r in records] == texts
+    assert [r["inputs"] for r in records] == [{"prompt": t[:-5], "reference": t[-5:]} for t in texts]
     assert_perplexity_matches(tiny_model, records, LOGPROB_ATOL, PERPLEXITY_RTOL)
+    assert_hidden_states_match(tiny_model, tmp_path / "out", records, atol=1e-4)
+    for record in records:  # the character tokenizer: one id per character of the reference
+        continuation = tiny_llm.get_tokenizer().encode(record["inputs"]["reference"], add_special_tokens=False)
+        whole = reference_logprobs(tiny_model, record["prompt_token_ids"] + continuation)
+        expected = whole[len(record["prompt_token_ids"]) - 1 :]
+        np.testing.assert_allclose(record["score"]["token_logprobs"], expected, atol=LOGPROB_ATOL, rtol=0)
+        assert record["score"]["logprob"] == pytest.approx(expected.sum(), abs=5 * LOGPROB_ATOL)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["mean_perplexity"] == pytest.approx(np.mean([r["perplexity"] for r in records]))
+    assert summary["mean_score"] == pytest.approx(np.mean([r["score"]["logprob"] for r in records]))
 
 
 def run_cli(job: Path, *args: str, cache: Path) -> subprocess.CompletedProcess:
@@ -79,11 +138,13 @@ def run_cli(job: Path, *args: str, cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=job.parent, env=env, capture_output=True, text=True, timeout=400)
 
 
-def test_killed_run_resumes_to_the_file_of_an_uninterrupted_one(tiny_model: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_file_of_an_uninterrupted_one(
+    tiny_model: Path, tiny_llm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Sampled (temperature 1), so equal files show the per-input seeds, not greedy decoding, make them equal."""
     run = {
-        "dataset": random_texts(24, seed=1),
-        "sampling": {"temperature": 1.0, "max_tokens": 24, "ignore_eos": True},
+        "dataset": random_texts(16, seed=1),
+        "sampling": {"temperature": 1.0, "max_tokens": 16, "ignore_eos": True},
         "record": {"logprobs": 1},
         "batch_size": 2,
         "output_dir": "killed",
@@ -103,25 +164,25 @@ def test_killed_run_resumes_to_the_file_of_an_uninterrupted_one(tiny_model: Path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_at_kill = len(read_results(tmp_path / "killed"))
-    assert 4 <= done_at_kill < 24
+    assert 4 <= done_at_kill < 16
     resumed = run_cli(job, cache=cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = run_cli(job, "--set", "run.output_dir=whole", cache=cache)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    run_in_process(job, tiny_llm, "run.output_dir=whole")
 
     def without_timing(folder: str) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "timing"} for r in read_results(tmp_path / folder)]
 
     assert without_timing("killed") == without_timing("whole")
-    assert len(without_timing("whole")) == 24
+    assert len(without_timing("whole")) == 16
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    assert (summary["completed"], summary["resumed"]) == (24, done_at_kill)
+    assert (summary["completed"], summary["resumed"]) == (16, done_at_kill)
 
 
 def test_every_example_runs_on_the_default_model(default_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     jobs = {f.stem: plan_job(load_job_file(f), model=str(default_model_dir)) for f in sorted(EXAMPLES.glob("*.yaml"))}
-    assert set(jobs) == {"chat", "perplexity", "sampling-sweep"}
+    assert set(jobs) == {"chat", "hidden-states", "perplexity", "sampling-sweep"}
     engine = jobs["perplexity"][0].engine
     assert all(point.engine == engine for points in jobs.values() for point in points), "examples share an engine"
     llm = cli.make_llm(engine)
@@ -132,6 +193,10 @@ def test_every_example_runs_on_the_default_model(default_model_dir: Path, tmp_pa
     assert len(perplexity) == len((EXAMPLES / "tiny-text.txt").read_text().splitlines())
     # 30 layers in float32: per-token logprobs agree to 1e-3, perplexity to 1e-3 relative
     assert_perplexity_matches(default_model_dir, perplexity, atol=1e-3, rtol=1e-3)
+
+    hidden = read_results(tmp_path / "runs" / "hidden-states")
+    assert [r["hidden_states"]["layers"] for r in hidden] == [[0, 15, -1]] * 2
+    assert_hidden_states_match(default_model_dir, tmp_path / "runs" / "hidden-states", hidden, atol=1e-3)
 
     sweep = sorted((tmp_path / "runs" / "sampling-sweep").iterdir())
     assert len(sweep) == 4
