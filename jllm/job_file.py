@@ -123,6 +123,8 @@ def set_value(values: dict[str, Any], key: KeyPath, value: Any) -> None:
         at = at.setdefault(part, {})
         if not isinstance(at, dict):
             raise ConfigError(f"{'.'.join(key[: i + 1])} must be a mapping to set {'.'.join(key)}", key=".".join(key))
+    for written in [k for k in at if k != key[-1] and _norm(str(k)) == key[-1]]:
+        del at[written]  # the file spelt it with dashes: the new value replaces it, not joins it
     at[key[-1]] = value
 
 

@@ -345,6 +345,14 @@ def test_hidden_states_are_saved_and_referenced_from_each_line(
     assert files == (expected or [f"{i:06d}.npy" for i in range(5)])
 
 
+def test_set_replaces_a_key_the_file_spelt_with_dashes(job: Path) -> None:
+    job.write_text(job.read_text().replace("max_num_seqs: 4", "max-num-seqs: 4"))
+    [point] = plan(job, "max_num_seqs=3")
+    assert point.engine.scheduler.max_num_seqs == 3
+    [point] = plan(job, max_num_seqs=2)  # a command-line engine option
+    assert point.engine.scheduler.max_num_seqs == 2
+
+
 def test_cli_run_fails_before_any_engine_with_exit_2(job: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(cli, "make_llm", lambda *a: pytest.fail("an engine was built for a bad job"))
     with pytest.raises(SystemExit) as exit_info:
