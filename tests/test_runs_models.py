@@ -152,13 +152,15 @@ def test_killed_run_resumes_to_the_file_of_an_uninterrupted_one(
     job = write_job(tmp_path / "job.yaml", tiny_model, run)
     cache = tmp_path / "cache"
     env = {**os.environ, "JLLM_CACHE": str(cache)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jllm.cli", "run", str(job)], cwd=tmp_path, env=env, stderr=subprocess.PIPE
-    )
+    log = tmp_path / "killed.log"  # a file, not a pipe: tqdm's output must never block the run
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jllm.cli", "run", str(job)], cwd=tmp_path, env=env, stderr=stderr
+        )
     results = tmp_path / "killed" / "results.jsonl"
     deadline = time.monotonic() + 400
     while not (results.is_file() and results.read_text().count("\n") >= 4):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
