@@ -30,7 +30,7 @@ from jllm.outputs import (
     PoolingRequestOutput,
     RequestOutput,
 )
-from jllm.pooling import pool, resolve_layers
+from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
@@ -100,11 +100,12 @@ class LLM:
         """One vector per prompt (``outputs.embedding``), vLLM's ``LLM.embed``: the final normed hidden states
         pooled as ``pooling`` says ("last" token or "mean"; None: the model's ``pooling`` key), unit L2 norm with
         ``normalize``."""
+        checked = [self._checked(i, prompt) for i, prompt in enumerate(_prompt_list(prompts))]
         how = pooling or self.config.model.pooling
+        vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize)
         return [
-            EmbeddingRequestOutput(out.request_id, out.prompt_token_ids, EmbeddingOutput(vector.tolist()))
-            for out in self.encode(prompts, layers=[-1])
-            for vector in [pool(out.outputs.data[0], how, normalize)]
+            EmbeddingRequestOutput(f"embd-{next(self._ids)}", p.token_ids, EmbeddingOutput(vector.tolist()))
+            for p, vector in zip(checked, vectors, strict=True)
         ]
 
     def score(

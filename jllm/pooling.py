@@ -138,6 +138,12 @@ class Encoder:
             results += [states[:, a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
         return results
 
+    def embed(self, prompts: Seq[Seq[int]], how: Pooling, normalize: bool) -> list[np.ndarray]:
+        """One float32 vector per prompt, pooled from its final normed states (``pool``)."""
+        if how not in POOLING:
+            raise InputError(f"pooling={how!r} is unknown; choose one of {', '.join(POOLING)}", param="pooling")
+        return [pool(states[0], how, normalize) for states in self.hidden_states(prompts, (self.num_layers,))]
+
     def _batches(self, prompts: Seq[Seq[int]]) -> list[list[Seq[int]]]:
         """Consecutive prompts packed while the largest bucket holds them."""
         largest = self.buckets[-1]
@@ -179,8 +185,6 @@ class Encoder:
 def pool(states: np.ndarray, how: Pooling, normalize: bool) -> np.ndarray:
     """One prompt's final hidden states ``[T, hidden]`` to one vector (float32): its last token's, or the mean over
     its tokens; unit L2 norm with ``normalize``."""
-    if how not in POOLING:
-        raise InputError(f"pooling={how!r} is unknown; choose one of {', '.join(POOLING)}", param="pooling")
     states = states.astype(np.float32)
     vector = states[-1] if how == "last" else states.mean(axis=0)
     return vector / np.linalg.norm(vector) if normalize else vector
