@@ -174,8 +174,13 @@ class InputProcessor:
     ) -> Prompt:
         """A prompt run once over, nothing generated (hidden states, embeddings): encoded, truncated as asked, then
         at least one token and at most the model's context length."""
-        encoded = self.encode(prompt, add_special_tokens=add_special_tokens, param=param)
-        encoded = self.truncate(encoded, truncate_prompt_tokens)
+        keep = truncate_prompt_tokens
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or (keep < 1 and keep != -1)):
+            raise InputError(
+                f"truncate_prompt_tokens must be at least 1, or -1 (the context length), got {keep!r}",
+                param="truncate_prompt_tokens",
+            )
+        encoded = self.truncate(self.encode(prompt, add_special_tokens=add_special_tokens, param=param), keep)
         num_prompt = len(encoded.token_ids)
         if not num_prompt:
             raise InputError(f"{param} is empty: give at least one token", param=param)

@@ -79,30 +79,42 @@ class LLM:
             self.engine.add_request(rid, prompt, p)
         return self._run(request_ids, use_tqdm)
 
-    def encode(self, prompts: PromptInput | Seq[PromptInput], layers: Seq[int] = (-1,)) -> list[PoolingRequestOutput]:
+    def encode(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        layers: Seq[int] = (-1,),
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput]:
         """Hidden states of ``layers`` for every prompt, gathered to the host whatever the tensor-parallel size:
         ``outputs.data`` is ``[len(layers), num_tokens, hidden]`` float32 (``hidden_states[layer]`` one of them).
 
         Indices are transformers' ``output_hidden_states``: 0 the embeddings, ``i`` the output of layer ``i``,
-        ``num_layers`` (or -1) the last layer's after the final norm. A bad prompt or index raises before any runs.
+        ``num_layers`` (or -1) the last layer's after the final norm. ``truncate_prompt_tokens`` keeps each
+        prompt's last k tokens (-1: the context length). A bad prompt or index raises before any runs.
         """
-        checked = [self._checked(i, prompt) for i, prompt in enumerate(_prompt_list(prompts))]
+        checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         resolved = resolve_layers(layers, self.engine.encoder.num_layers)
-        states = self.engine.encoder.hidden_states([p.token_ids for p in checked], resolved)
+        states = self.engine.encoder.hidden_states([p.token_ids for p in checked], resolved, use_tqdm)
         return [
             PoolingRequestOutput(f"encode-{next(self._ids)}", p.token_ids, PoolingOutput(data), list(layers))
             for p, data in zip(checked, states, strict=True)
         ]
 
     def embed(
-        self, prompts: PromptInput | Seq[PromptInput], pooling: Pooling | None = None, normalize: bool = True
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        pooling: Pooling | None = None,
+        normalize: bool = True,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One vector per prompt (``outputs.embedding``), vLLM's ``LLM.embed``: the final normed hidden states
         pooled as ``pooling`` says ("last" token or "mean"; None: the model's ``pooling`` key), unit L2 norm with
         ``normalize``."""
-        checked = [self._checked(i, prompt) for i, prompt in enumerate(_prompt_list(prompts))]
+        checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         how = pooling or self.config.model.pooling
-        vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize)
+        vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize, use_tqdm)
         return [
             EmbeddingRequestOutput(f"embd-{next(self._ids)}", p.token_ids, EmbeddingOutput(vector.tolist()))
             for p, vector in zip(checked, vectors, strict=True)
@@ -141,12 +153,18 @@ class LLM:
             raise InputError(f"{param} is empty: give at least one token to score", param=param)
         return self._checked(index, prompt).token_ids, tokens
 
-    def _checked(self, index: int, prompt: PromptInput, params: SamplingParams | None = None) -> Prompt:
-        """The prompt through the input door (for generation with ``params``, else to be run over whole)."""
+    def _whole_prompts(self, prompts: PromptInput | Seq[PromptInput], truncate: int | None) -> list[Prompt]:
+        return [self._checked(i, prompt, truncate=truncate) for i, prompt in enumerate(_prompt_list(prompts))]
+
+    def _checked(
+        self, index: int, prompt: PromptInput, params: SamplingParams | None = None, truncate: int | None = None
+    ) -> Prompt:
+        """The prompt through the input door: for generation with ``params``, else to be run over whole (its
+        last ``truncate`` tokens kept, if given)."""
         param = f"prompts[{index}]"
         try:
             if params is None:
-                return self.engine.inputs.process_whole(prompt, param=param)
+                return self.engine.inputs.process_whole(prompt, truncate_prompt_tokens=truncate, param=param)
             return self.engine.inputs.process(prompt, params, param=param)
         except InputError as e:
             message = str(e) if str(e).startswith(param) else f"{param}: {e}"

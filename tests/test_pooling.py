@@ -84,7 +84,7 @@ def test_prompts_get_contiguous_pages_and_padding_writes_page_zero() -> None:
 @pytest.mark.slow
 def test_encode_equals_transformers_output_hidden_states(llm, prompts, reference) -> None:
     layers = [0, 1, 2, -1, -2]
-    outputs = llm.encode(prompts, layers=layers)
+    outputs = llm.encode(prompts, layers=layers, use_tqdm=False)
     for prompt, out, ref in zip(prompts, outputs, reference, strict=True):
         assert out.prompt_token_ids == prompt and out.layers == layers
         assert out.outputs.data.shape == (len(layers), len(prompt), 64) and out.outputs.data.dtype == np.float32
@@ -97,7 +97,7 @@ def test_encode_equals_transformers_output_hidden_states(llm, prompts, reference
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_embed_pools_the_final_normed_states_to_unit_vectors(llm, prompts, reference, pooling) -> None:
     for normalize in (True, False):
-        outputs = llm.embed(prompts, pooling=pooling, normalize=normalize)
+        outputs = llm.embed(prompts, pooling=pooling, normalize=normalize, use_tqdm=False)
         for out, ref in zip(outputs, reference, strict=True):
             final = ref[-1].astype(np.float64)
             expected = final[-1] if pooling == "last" else final.mean(axis=0)
@@ -148,7 +148,7 @@ def test_encode_leaves_the_step_programs_and_pool_alone(llm, prompts) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     before = [o.outputs[0].token_ids for o in llm.generate(prompts[:2], params, use_tqdm=False)]
     compiled = llm.engine.runner.num_compilations
-    llm.encode(prompts, layers=[1])
+    llm.encode(prompts, layers=[1], use_tqdm=False)
     after = [o.outputs[0].token_ids for o in llm.generate(prompts[:2], params, use_tqdm=False)]
     assert after == before and llm.engine.runner.num_compilations == compiled
 
@@ -167,6 +167,18 @@ def test_bad_inputs_are_named_before_anything_runs(llm) -> None:
         llm.score("fine", [""])
     with pytest.raises(ValueError, match="got 2 continuations for 1 prompts"):
         llm.score("fine", ["a", "b"])
+    with pytest.raises(InputError, match="truncate_prompt_tokens must be at least 1, or -1"):
+        llm.embed("fine", truncate_prompt_tokens=0)
+
+
+@pytest.mark.slow
+def test_truncate_prompt_tokens_keeps_each_prompts_last_tokens(llm, prompts) -> None:
+    [kept] = llm.encode(prompts[3], layers=[0], use_tqdm=False, truncate_prompt_tokens=5)
+    [alone] = llm.encode(prompts[3][-5:], layers=[0], use_tqdm=False)
+    assert kept.prompt_token_ids == prompts[3][-5:]
+    np.testing.assert_array_equal(kept.outputs.data, alone.outputs.data)
+    [whole] = llm.embed(prompts[3], use_tqdm=False, truncate_prompt_tokens=-1)  # -1: up to the context length
+    assert whole.prompt_token_ids == prompts[3]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from jllm.inputs import InputProcessor, Prompt
 from jllm.server.errors import bad_request
@@ -56,13 +56,6 @@ class EmbeddingRequest(_Request):
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         return refuse_unsupported(data, UNSUPPORTED_EMBEDDING_FIELDS)
-
-    @field_validator("truncate_prompt_tokens")
-    @classmethod
-    def _keep_at_least_one(cls, value: int | None) -> int | None:
-        if value is not None and value != -1 and value < 1:
-            raise ValueError(f"must be at least 1, or -1 (the context length), got {value}")
-        return value
 
     @model_validator(mode="after")
     def _one_normalize(self) -> EmbeddingRequest:
