@@ -130,7 +130,8 @@ class LLM:
         float32 values of the raw logits, from the engine's prompt-logprobs path (no prefix cache there).
 
         A text continuation is encoded on its own without special tokens and appended to the prompt's tokens; give
-        token ids to control the split (lm-evaluation-harness style)."""
+        token ids to control the split (lm-evaluation-harness style). Prompt and continuation together must leave one
+        token of the context free: the engine samples one token after them, which is dropped."""
         prompts = _prompt_list(prompts)
         if isinstance(continuations, str) or (continuations and isinstance(continuations[0], int)):
             continuations = [continuations]  # type: ignore[list-item]
