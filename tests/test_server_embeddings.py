@@ -66,7 +66,8 @@ def engines() -> dict[str, LLMEngine]:
 @pytest.fixture
 def server(engines: dict[str, LLMEngine]) -> Iterator[RunningServer]:
     def entry(name: str, pooling: str) -> ModelEntry:
-        return ModelEntry((name,), load_config(None, model=str(TINY_TOKENIZER), api_key=API_KEY, pooling=pooling))
+        config = load_config(None, model=str(TINY_TOKENIZER), api_key=API_KEY, pooling=pooling, max_num_seqs=4)
+        return ModelEntry((name,), config)
 
     models = [(entry("a", "last"), engines["a"], None), (entry("b", "mean"), engines["b"], None)]
     with RunningServer(None, load_config(None, api_key=API_KEY), models=models) as running:
@@ -100,6 +101,15 @@ def test_every_input_form_in_float_and_base64_runs_on_the_engine_thread(client, 
             assert response.usage.prompt_tokens == response.usage.total_tokens == tokens
             assert response.model == "a" and response.object == "list"
     assert set(engines["a"].encoder.threads) == {"jllm-engine"}
+
+
+def test_a_long_list_of_inputs_goes_to_the_engine_thread_in_groups_of_max_num_seqs(client, engines) -> None:
+    texts = [f"input number {i}" for i in range(10)]
+    response = client.embeddings.create(model="a", input=texts, encoding_format="float")
+    for data, text in zip(response.data, texts, strict=True):
+        expected = scripted(engines["a"].inputs.encode(text).token_ids, "last")
+        np.testing.assert_array_equal(vector(data.embedding), np.float32(expected))
+    assert engines["a"].encoder.threads == ["jllm-engine"] * 3  # 4 + 4 + 2
 
 
 def test_each_model_pools_as_its_config_says(client, engines) -> None:

@@ -2,7 +2,8 @@
 
 Each input is pooled from the model's final normed hidden states as the served model's ``pooling`` key says (the
 last token's state, or the mean), unit-normed unless ``normalize`` / ``use_activation`` is false. The forward runs on
-the model's engine thread between two steps (``AsyncEngine.call``), so it shares the device with generation safely.
+the model's engine thread between two steps (``AsyncEngine.call``), so it shares the device with generation safely;
+a long list of inputs goes in groups of ``max_num_seqs``, with steps between them.
 Every field is honoured or refused with a 400 naming it, as on the generation routes.
 
 Where this module sits: docs/architecture.md.
@@ -107,7 +108,12 @@ async def create_embedding(request: web.Request) -> web.Response:
     prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body)
     token_ids = [p.token_ids for p in prompts]
     how, unit_norm = served.entry.config.model.pooling, body.unit_norm
-    vectors = await engine.call(lambda llm_engine: llm_engine.encoder.embed(token_ids, how, unit_norm))
+    # At most a step's sequences per call, so a long list of inputs lets the model's generation steps run between
+    group = served.entry.config.scheduler.max_num_seqs
+    vectors: list[np.ndarray] = []
+    for start in range(0, len(token_ids), group):
+        chunk = token_ids[start : start + group]
+        vectors += await engine.call(lambda llm_engine, chunk=chunk: llm_engine.encoder.embed(chunk, how, unit_norm))
     dtype = np.dtype(f"{BYTE_ORDER[body.endianness]}f4")
     data = [
         EmbeddingData(
