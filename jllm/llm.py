@@ -145,11 +145,8 @@ class LLM:
     def _score_pair(
         self, index: int, prompt: PromptInput, continuation: str | list[int]
     ) -> tuple[list[int], list[int]]:
-        inputs, param = self.engine.inputs, f"continuations[{index}]"
-        if isinstance(continuation, str):
-            tokens = inputs.encode(continuation, add_special_tokens=False, param=param).token_ids
-        else:
-            tokens = inputs.encode(list(continuation), param=param).token_ids
+        param = f"continuations[{index}]"
+        tokens = self.engine.inputs.encode(continuation, add_special_tokens=False, param=param).token_ids
         if not tokens:
             raise InputError(f"{param} is empty: give at least one token to score", param=param)
         return self._checked(index, prompt).token_ids, tokens

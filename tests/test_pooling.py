@@ -165,6 +165,10 @@ def test_bad_inputs_are_named_before_anything_runs(llm) -> None:
         llm.embed("fine", pooling="max")
     with pytest.raises(InputError, match=r"^continuations\[0\] is empty"):
         llm.score("fine", [""])
+    with pytest.raises(InputError, match=r"^continuations\[0\] must be a string, a list of token ids"):
+        llm.score("fine", [None])
+    with pytest.raises(InputError, match=r"^continuations\[0\]: token id 1000000 is outside the vocabulary"):
+        llm.score("fine", [[5, 10**6]])
     with pytest.raises(ValueError, match="got 2 continuations for 1 prompts"):
         llm.score("fine", ["a", "b"])
     with pytest.raises(InputError, match="truncate_prompt_tokens must be at least 1, or -1"):
