@@ -197,3 +197,14 @@ def test_encode_at_tensor_parallel_2_equals_transformers(model_dir, prompts, ref
     for i, ref in enumerate(reference[:3]):
         for row, layer in enumerate(layers):
             assert relative_error(saved[f"arr_{i}"][row], ref[layer]) < STATE_RTOL, (i, layer)
+
+
+@pytest.mark.slow
+def test_the_pallas_kernel_reads_the_scratch_pool_as_the_reference_does(model_dir, prompts, reference) -> None:
+    """The GPU kernel's path (interpreted on the CPU) over the encoder's page layout: a bucket of several prompts,
+    one longer than the step budget."""
+    pallas = LLM(str(model_dir), attention_backend="pallas", **ENGINE_ARGS)
+    outputs = pallas.encode(prompts, layers=[1, -1], use_tqdm=False)
+    for out, ref in zip(outputs, reference, strict=True):
+        assert relative_error(out.outputs.data[0], ref[1]) < STATE_RTOL
+        assert relative_error(out.outputs.data[1], ref[-1]) < STATE_RTOL
