@@ -21,7 +21,8 @@ from jllm.sampling import SamplingParams
 
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
 LENGTHS = [7, 1, 23, 40, 5]  # 40 > the token budget of 16: the pass is not chunked
-# float32 both sides; only the order of sums differs (measured: relative error ~1e-7 per layer)
+# float32 both sides; only the order of sums differs (measured: relative error <= 1.3e-6 per layer, the final normed
+# states the largest; max abs error 4.6e-5 on values up to 50)
 STATE_RTOL = 1e-5
 
 
