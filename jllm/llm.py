@@ -30,7 +30,7 @@ from jllm.outputs import (
     PoolingRequestOutput,
     RequestOutput,
 )
-from jllm.pooling import pool, resolve_layers
+from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
@@ -79,32 +79,45 @@ class LLM:
             self.engine.add_request(rid, prompt, p)
         return self._run(request_ids, use_tqdm)
 
-    def encode(self, prompts: PromptInput | Seq[PromptInput], layers: Seq[int] = (-1,)) -> list[PoolingRequestOutput]:
+    def encode(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        layers: Seq[int] = (-1,),
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput]:
         """Hidden states of ``layers`` for every prompt, gathered to the host whatever the tensor-parallel size:
         ``outputs.data`` is ``[len(layers), num_tokens, hidden]`` float32 (``hidden_states[layer]`` one of them).
 
         Indices are transformers' ``output_hidden_states``: 0 the embeddings, ``i`` the output of layer ``i``,
-        ``num_layers`` (or -1) the last layer's after the final norm. A bad prompt or index raises before any runs.
+        ``num_layers`` (or -1) the last layer's after the final norm. ``truncate_prompt_tokens`` keeps each
+        prompt's last k tokens (-1: the context length). A bad prompt or index raises before any runs.
         """
-        checked = [self._checked(i, prompt) for i, prompt in enumerate(_prompt_list(prompts))]
+        checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         resolved = resolve_layers(layers, self.engine.encoder.num_layers)
-        states = self.engine.encoder.hidden_states([p.token_ids for p in checked], resolved)
+        states = self.engine.encoder.hidden_states([p.token_ids for p in checked], resolved, use_tqdm)
         return [
             PoolingRequestOutput(f"encode-{next(self._ids)}", p.token_ids, PoolingOutput(data), list(layers))
             for p, data in zip(checked, states, strict=True)
         ]
 
     def embed(
-        self, prompts: PromptInput | Seq[PromptInput], pooling: Pooling | None = None, normalize: bool = True
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        pooling: Pooling | None = None,
+        normalize: bool = True,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One vector per prompt (``outputs.embedding``), vLLM's ``LLM.embed``: the final normed hidden states
         pooled as ``pooling`` says ("last" token or "mean"; None: the model's ``pooling`` key), unit L2 norm with
         ``normalize``."""
+        checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         how = pooling or self.config.model.pooling
+        vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize, use_tqdm)
         return [
-            EmbeddingRequestOutput(out.request_id, out.prompt_token_ids, EmbeddingOutput(vector.tolist()))
-            for out in self.encode(prompts, layers=[-1])
-            for vector in [pool(out.outputs.data[0], how, normalize)]
+            EmbeddingRequestOutput(f"embd-{next(self._ids)}", p.token_ids, EmbeddingOutput(vector.tolist()))
+            for p, vector in zip(checked, vectors, strict=True)
         ]
 
     def score(
@@ -117,7 +130,8 @@ class LLM:
         float32 values of the raw logits, from the engine's prompt-logprobs path (no prefix cache there).
 
         A text continuation is encoded on its own without special tokens and appended to the prompt's tokens; give
-        token ids to control the split (lm-evaluation-harness style)."""
+        token ids to control the split (lm-evaluation-harness style). Prompt and continuation together must leave one
+        token of the context free: the engine samples one token after them, which is dropped."""
         prompts = _prompt_list(prompts)
         if isinstance(continuations, str) or (continuations and isinstance(continuations[0], int)):
             continuations = [continuations]  # type: ignore[list-item]
@@ -131,21 +145,24 @@ class LLM:
     def _score_pair(
         self, index: int, prompt: PromptInput, continuation: str | list[int]
     ) -> tuple[list[int], list[int]]:
-        inputs, param = self.engine.inputs, f"continuations[{index}]"
-        if isinstance(continuation, str):
-            tokens = inputs.encode(continuation, add_special_tokens=False, param=param).token_ids
-        else:
-            tokens = inputs.encode(list(continuation), param=param).token_ids
+        param = f"continuations[{index}]"
+        tokens = self.engine.inputs.encode(continuation, add_special_tokens=False, param=param).token_ids
         if not tokens:
             raise InputError(f"{param} is empty: give at least one token to score", param=param)
         return self._checked(index, prompt).token_ids, tokens
 
-    def _checked(self, index: int, prompt: PromptInput, params: SamplingParams | None = None) -> Prompt:
-        """The prompt through the input door (for generation with ``params``, else to be run over whole)."""
+    def _whole_prompts(self, prompts: PromptInput | Seq[PromptInput], truncate: int | None) -> list[Prompt]:
+        return [self._checked(i, prompt, truncate=truncate) for i, prompt in enumerate(_prompt_list(prompts))]
+
+    def _checked(
+        self, index: int, prompt: PromptInput, params: SamplingParams | None = None, truncate: int | None = None
+    ) -> Prompt:
+        """The prompt through the input door: for generation with ``params``, else to be run over whole (its
+        last ``truncate`` tokens kept, if given)."""
         param = f"prompts[{index}]"
         try:
             if params is None:
-                return self.engine.inputs.process_whole(prompt, param=param)
+                return self.engine.inputs.process_whole(prompt, truncate_prompt_tokens=truncate, param=param)
             return self.engine.inputs.process(prompt, params, param=param)
         except InputError as e:
             message = str(e) if str(e).startswith(param) else f"{param}: {e}"

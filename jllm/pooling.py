@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from jllm import parallel
 from jllm.attention import AttentionMetadata
@@ -85,7 +86,7 @@ def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> 
     slot_mapping = np.arange(t, dtype=np.int32) % page_size  # padding writes land in page 0
     slot_mapping[:total] = block_tables[row, positions[:total] // page_size] * page_size + positions[:total] % page_size
     input_ids = np.zeros(t, np.int32)
-    input_ids[:total] = [t for p in prompts for t in p]
+    input_ids[:total] = [token for p in prompts for token in p]
     attn = AttentionMetadata(slot_mapping, query_start_loc, kv_lens, block_tables)
     return EncodeBatch(input_ids, positions, attn)
 
@@ -129,14 +130,25 @@ class Encoder:
         self.buckets = step_buckets(max(largest.num_tokens, max_model_len), max_num_seqs)
         self._programs: dict[tuple[StepBucket, tuple[int, ...]], jax.stages.Wrapped] = {}
 
-    def hidden_states(self, prompts: Seq[Seq[int]], layers: tuple[int, ...]) -> list[np.ndarray]:
+    def hidden_states(
+        self, prompts: Seq[Seq[int]], layers: tuple[int, ...], show_progress: bool = False
+    ) -> list[np.ndarray]:
         """Per prompt, its hidden states at ``layers`` (resolved, 0..num_layers): ``[len(layers), T_i, hidden]``."""
         results: list[np.ndarray] = []
-        for batch in self._batches(prompts):
+        for batch in tqdm(self._batches(prompts), desc="encoding batches", disable=not show_progress):
             states = self._run(batch, layers)  # [len(layers), T, hidden]
             starts = np.cumsum([0] + [len(p) for p in batch])
             results += [states[:, a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
         return results
+
+    def embed(
+        self, prompts: Seq[Seq[int]], how: Pooling, normalize: bool, show_progress: bool = False
+    ) -> list[np.ndarray]:
+        """One float32 vector per prompt, pooled from its final normed states (``pool``)."""
+        if how not in POOLING:
+            raise InputError(f"pooling={how!r} is unknown; choose one of {', '.join(POOLING)}", param="pooling")
+        final = self.hidden_states(prompts, (self.num_layers,), show_progress)
+        return [pool(states[0], how, normalize) for states in final]
 
     def _batches(self, prompts: Seq[Seq[int]]) -> list[list[Seq[int]]]:
         """Consecutive prompts packed while the largest bucket holds them."""
@@ -179,8 +191,6 @@ class Encoder:
 def pool(states: np.ndarray, how: Pooling, normalize: bool) -> np.ndarray:
     """One prompt's final hidden states ``[T, hidden]`` to one vector (float32): its last token's, or the mean over
     its tokens; unit L2 norm with ``normalize``."""
-    if how not in POOLING:
-        raise InputError(f"pooling={how!r} is unknown; choose one of {', '.join(POOLING)}", param="pooling")
     states = states.astype(np.float32)
     vector = states[-1] if how == "last" else states.mean(axis=0)
     return vector / np.linalg.norm(vector) if normalize else vector
