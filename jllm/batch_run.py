@@ -99,7 +99,7 @@ def _add_pooled(
         for record, score in zip(records, scores, strict=True):
             record["score"] = score_entry(score)
     if spec.record.hidden_layers is not None:
-        encoded = llm.encode(prompts, layers=spec.record.hidden_layers)
+        encoded = llm.encode(prompts, layers=spec.record.hidden_layers, use_tqdm=False)
         refs = save_hidden_states(spec.output_dir, batch, encoded, spec.record.hidden_format)
         for record, ref in zip(records, refs, strict=True):
             record["hidden_states"] = ref

@@ -324,7 +324,7 @@ def test_hidden_states_are_saved_and_referenced_from_each_line(
     prompt the batch generated from lands in the file the line names."""
     returned: dict[tuple[int, ...], np.ndarray] = {}
 
-    def encode(self, prompts, layers):
+    def encode(self, prompts, layers, use_tqdm=True):
         outputs = []
         for ids in prompts:
             data = np.random.default_rng(len(returned)).standard_normal((len(layers), len(ids), 8)).astype(np.float32)
