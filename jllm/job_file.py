@@ -78,11 +78,23 @@ def load_job_file(path: str | Path) -> JobFile:
         raise ConfigError(f"job file {str(path)!r} must hold a mapping of keys to values, got {type(values).__name__}")
     origins: dict[KeyPath, str] = {}
     _note_lines(node, (), origins, path.name)
-    job = JobFile(path, values, origins)
-    run = values.get("run")
-    if isinstance(run, dict) and isinstance(run.get("dataset"), str):  # a file is found beside its job file
-        run["dataset"] = str(path.parent / Path(run["dataset"]).expanduser())
-    return job
+    _datasets_beside(values, path.parent)
+    return JobFile(path, values, origins)
+
+
+def _datasets_beside(values: dict[str, Any], folder: Path) -> None:
+    """A dataset path written in the file (``run.dataset`` or a sweep over it) is relative to the file's folder."""
+
+    def beside(value: Any) -> Any:
+        return str(folder / Path(value).expanduser()) if isinstance(value, str) else value
+
+    run, sweep = values.get("run"), values.get("sweep")
+    if isinstance(run, dict) and "dataset" in run:
+        run["dataset"] = beside(run["dataset"])
+    if isinstance(sweep, dict):
+        for key, swept in sweep.items():
+            if isinstance(swept, list) and str(key) in ("dataset", "run.dataset"):
+                sweep[key] = [beside(v) for v in swept]
 
 
 def _note_lines(node: yaml.Node | None, at: KeyPath, origins: dict[KeyPath, str], name: str) -> None:

@@ -224,6 +224,14 @@ def test_two_by_two_sweep_runs_four_points_and_builds_one_engine_per_engine_valu
         assert len(read_results(tmp_path / "out" / name)) == 5
 
 
+def test_swept_datasets_are_found_beside_the_job_file(job: Path, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "job.yaml").write_text(job.read_text() + "sweep:\n  dataset: [../data.jsonl, ../data.csv]\n")
+    write(tmp_path / "data.csv", "qid,question\nc0,From the CSV?\n")
+    points = plan(tmp_path / "sub" / "job.yaml")
+    assert [len(p.run.inputs) for p in points] == [5, 1]
+
+
 def test_sweeping_only_run_keys_builds_one_engine(job: Path) -> None:
     with job.open("a") as f:
         f.write("sweep:\n  run.sampling.top_p: [0.5, 1.0]\n  run.record.logprobs: [0, 1]\n")

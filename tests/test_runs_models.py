@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -132,10 +131,10 @@ def test_perplexity_score_and_hidden_states_equal_transformers_on_a_tiny_llama(
     assert summary["mean_score"] == pytest.approx(np.mean([r["score"]["logprob"] for r in records]))
 
 
-def run_cli(job: Path, *args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JLLM_CACHE": str(cache)}
+def run_cli(job: Path, *args: str) -> subprocess.CompletedProcess:
+    """The same jllm cache (and so XLA's compilation cache) as this process: tiny_llm's programs are reused."""
     command = [sys.executable, "-m", "jllm.cli", "run", str(job), *args]
-    return subprocess.run(command, cwd=job.parent, env=env, capture_output=True, text=True, timeout=400)
+    return subprocess.run(command, cwd=job.parent, capture_output=True, text=True, timeout=400)
 
 
 def test_killed_run_resumes_to_the_file_of_an_uninterrupted_one(
@@ -150,13 +149,9 @@ def test_killed_run_resumes_to_the_file_of_an_uninterrupted_one(
         "output_dir": "killed",
     }
     job = write_job(tmp_path / "job.yaml", tiny_model, run)
-    cache = tmp_path / "cache"
-    env = {**os.environ, "JLLM_CACHE": str(cache)}
     log = tmp_path / "killed.log"  # a file, not a pipe: tqdm's output must never block the run
     with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jllm.cli", "run", str(job)], cwd=tmp_path, env=env, stderr=stderr
-        )
+        proc = subprocess.Popen([sys.executable, "-m", "jllm.cli", "run", str(job)], cwd=tmp_path, stderr=stderr)
     results = tmp_path / "killed" / "results.jsonl"
     deadline = time.monotonic() + 400
     while not (results.is_file() and results.read_text().count("\n") >= 4):
@@ -167,7 +162,7 @@ def test_killed_run_resumes_to_the_file_of_an_uninterrupted_one(
     proc.wait()
     done_at_kill = len(read_results(tmp_path / "killed"))
     assert 4 <= done_at_kill < 16
-    resumed = run_cli(job, cache=cache)
+    resumed = run_cli(job)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     monkeypatch.chdir(tmp_path)
     run_in_process(job, tiny_llm, "run.output_dir=whole")
