@@ -33,6 +33,8 @@ RUN_SCHEMA: dict[str, Any] = {
     "sampling": dict.fromkeys(SAMPLING_KEYS),
     "record": {**dict.fromkeys(RECORD_KEYS), "hidden_states": dict.fromkeys(HIDDEN_KEYS)},
 }
+# SamplingParams fields a run sets elsewhere: what to record, and one seed per input derived from the run's.
+MOVED = {"logprobs": "run.record.logprobs", "prompt_logprobs": "run.record.prompt_logprobs", "seed": "run.seed"}
 HIDDEN_FORMATS = ("npy", "npz")  # one .npy per input, or one .npz per batch
 
 
@@ -94,6 +96,8 @@ def parse_run(run: Any, engine_seed: int) -> RunSpec:
 
 def _check_keys(values: dict[str, Any], schema: dict[str, Any], where: str) -> None:
     for key, value in values.items():
+        if where == "run.sampling" and key in MOVED:
+            raise ConfigError(f"run.sampling.{key}: give it as {MOVED[key]} in a run", key=f"{where}.{key}")
         if key not in schema:
             error = unknown_key_error(key, schema, where=f"{where} key")
             raise ConfigError(str(error), key=f"{where}.{key}")

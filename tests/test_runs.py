@@ -261,6 +261,7 @@ def test_sweeping_only_run_keys_builds_one_engine(job: Path) -> None:
         ((), ("temperature=-1",), "--set temperature=-1: run.sampling.temperature must be >= 0"),
         ((), ("run.sampling.temprature=1",), "--set run.sampling.temprature=1: unknown run.sampling key 'temprature'"),
         ((), ("nosuchkey=1",), "--set nosuchkey=1: unknown key 'nosuchkey'"),
+        (("max_tokens: 5", "seed: 3"), (), "job.yaml line 8: run.sampling.seed: give it as run.seed in a run"),
         ((), ("temperature",), "expected KEY=VALUE"),
         ((), ("run.id_field=extra",), "--set run.id_field=extra: run.id_field='extra': row 0 holds 0.5, expected"),
     ],
