@@ -139,6 +139,7 @@ class LLMEngine:
         """Frees the device memory (weights, KV pool) at once, even where a reference to an array lingers; the
         engine cannot run again. For unloading a model from a server that goes on serving others."""
         self._in_flight = None
+        self.__dict__.pop("encoder", None)  # its compiled programs go with it
         self.runner.release()
 
     def has_unfinished_requests(self) -> bool:
