@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jllm.llm import LLM
-    from jllm.outputs import CompletionOutput, RequestOutput
+    from jllm.outputs import (
+        CompletionOutput,
+        ContinuationScore,
+        EmbeddingRequestOutput,
+        PoolingRequestOutput,
+        RequestOutput,
+    )
     from jllm.sampling import SamplingParams
     from jllm.structured_output import StructuredOutputsParams
 
@@ -22,8 +28,20 @@ _EXPORTS = {
     "StructuredOutputsParams": "jllm.structured_output",
     "RequestOutput": "jllm.outputs",
     "CompletionOutput": "jllm.outputs",
+    "PoolingRequestOutput": "jllm.outputs",
+    "EmbeddingRequestOutput": "jllm.outputs",
+    "ContinuationScore": "jllm.outputs",
 }
-__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput"]
+__all__ = [
+    "LLM",
+    "SamplingParams",
+    "StructuredOutputsParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "PoolingRequestOutput",
+    "EmbeddingRequestOutput",
+    "ContinuationScore",
+]
 
 
 def __getattr__(name: str) -> Any:

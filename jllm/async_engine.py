@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from jllm.engine import LLMEngine
 from jllm.errors import EngineUnavailableError, QueueFullError
@@ -32,6 +33,7 @@ STOP_GRACE_SECONDS = 10.0  # how long stopping waits on a step before giving up 
 
 # A command runs on the engine thread; an output it returns (an abort's final one) goes to the request's stream.
 Command = Callable[[], RequestOutput | None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class AsyncEngine:
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None stops the thread
         self._streams: dict[str, RequestStream] = {}  # every request in flight, from admission to its last output
         self._admitting: dict[str, asyncio.Future[None]] = {}  # adds the engine thread has not acknowledged yet
+        self._calls: set[asyncio.Future[Any]] = set()  # ``call``s queued or running on the engine thread
         self._accepting = True
         self._error: BaseException | None = None
         self._heartbeat = time.monotonic()
@@ -122,10 +125,7 @@ class AsyncEngine:
     async def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> RequestStream:
         """Admits a prompt checked by ``inputs``; raises here (not in the stream) on a full queue, while draining,
         or on a request id in use."""
-        if self._error is not None or not self._thread.is_alive():
-            raise EngineUnavailableError(f"the engine loop is not running ({self._error!r})")
-        if not self._accepting:
-            raise EngineUnavailableError("the server is shutting down and admits no new requests")
+        self._check_open()
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use; send a unique X-Request-Id")
         # Requests in flight minus those running: a snapshot older than the streams only over-counts the queue.
@@ -155,6 +155,42 @@ class AsyncEngine:
             self.abort(request_id)  # the add may still land; the abort queued behind it undoes it
             raise
         return stream
+
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """``fn(engine)`` on the engine thread between two steps, for work that shares the device with them
+        (embeddings): it never runs beside a step, and the loop goes on meanwhile. Its exception is raised here."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if done.done():  # the caller was cancelled, or the engine died, meanwhile
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)
+
+        def command() -> None:
+            try:
+                result = fn(self.engine)
+            except Exception as e:  # handed to the caller, who maps it to a status
+                loop.call_soon_threadsafe(settle, None, e)
+            else:
+                loop.call_soon_threadsafe(settle, result, None)
+
+        self._calls.add(done)
+        self._inbox.put(command)
+        try:
+            return await done
+        finally:
+            self._calls.discard(done)
+
+    def _check_open(self) -> None:
+        if self._error is not None or not self._thread.is_alive():
+            raise EngineUnavailableError(f"the engine loop is not running ({self._error!r})")
+        if not self._accepting:
+            raise EngineUnavailableError("the server is shutting down and admits no new requests")
 
     def abort(self, request_id: str) -> None:
         """Frees the request's pages on the next loop turn; its stream then ends with finish_reason "abort"."""
@@ -228,6 +264,9 @@ class AsyncEngine:
             self._idle.set()
 
     def _fail_all(self, error: BaseException) -> None:
+        for call in self._calls:
+            if not call.done():
+                call.set_exception(EngineUnavailableError(f"the engine loop died: {error!r}"))
         for request_id, stream in list(self._streams.items()):
             failure = EngineUnavailableError(f"the engine loop died: {error!r}")
             ack = self._admitting.pop(request_id, None)

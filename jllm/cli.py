@@ -2,7 +2,7 @@
 
     jllm generate --temperature 0 "The capital of France is"
     jllm chat --config configs/smollm2-cpu.yaml
-    jllm run configs/example-run.yaml
+    jllm run configs/examples/perplexity.yaml --set run.output_dir=out/ppl
     jllm serve /models/llama --port 8000 --api-key secret --served-model-name llama my-llama
     jllm serve --config configs/multi-model.yaml      (a models: list: several models, one server)
 
@@ -119,10 +119,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from jllm.batch_run import load_job, run_job
+    from jllm.batch_run import run_job
+    from jllm.job_file import apply_sets, load_job_file, plan_job
 
-    config, spec = load_job(args.job, **{key: getattr(args, key) for key in engine_keys(*OFFLINE_SECTIONS)})
-    run_job(make_llm(config), spec)
+    job = load_job_file(args.job)
+    apply_sets(job, args.set)
+    points = plan_job(job, **{key: getattr(args, key) for key in engine_keys(*OFFLINE_SECTIONS)})
+    run_job(points, make_llm)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -158,8 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_options(chat)
     add_engine_options(chat, OFFLINE_SECTIONS)
 
-    run = command("run", cmd_run, "Run a batch job from YAML (engine keys plus a run: section).")
+    run = command("run", cmd_run, "Run an experiment from YAML (engine keys, a run: section, an optional sweep:).")
     run.add_argument("job", type=Path, metavar="JOB.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the file (dotted: run.output_dir=out/, or a short name: temperature=0.7); repeatable",
+    )
     add_engine_options(run, OFFLINE_SECTIONS, config_file=False)  # the job file is the config file
 
     serve = command("serve", cmd_serve, "Serve the OpenAI-compatible HTTP API.")

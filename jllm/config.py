@@ -24,10 +24,16 @@ from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
+Pooling = Literal["last", "mean"]
 
 
 class ConfigError(ValueError):
-    """A setting is unknown or out of range; the message names the key and what is allowed."""
+    """A setting is unknown or out of range; the message names the key and what is allowed. ``key`` is the key's
+    name (dotted inside a job file's sections), so a job file can add the line it was written on."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def unknown_key_error(key: str, allowed: Iterable[str], where: str = "key") -> ConfigError:
@@ -36,7 +42,7 @@ def unknown_key_error(key: str, allowed: Iterable[str], where: str = "key") -> C
     spelt = {a.replace("-", "_"): a for a in allowed}  # dashes and underscores count as the same letter
     close = difflib.get_close_matches(str(key).replace("-", "_"), spelt, n=1)
     hint = f" (did you mean {spelt[close[0]]!r}?)" if close else ""
-    return ConfigError(f"unknown {where} {key!r}{hint}; allowed: {', '.join(allowed)}")
+    return ConfigError(f"unknown {where} {key!r}{hint}; allowed: {', '.join(allowed)}", key=str(key))
 
 
 def _allowed_values(tp: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None, bool]:
@@ -74,7 +80,7 @@ class _Section:
                     if choices
                     else " or ".join(k.__name__ for k in kinds) + (" or null" if allow_none else "")
                 )
-                raise ConfigError(f"{f.name}={value!r} is not allowed: expected {allowed}")
+                raise ConfigError(f"{f.name}={value!r} is not allowed: expected {allowed}", key=f.name)
             if float in kinds and isinstance(value, int):
                 setattr(self, f.name, float(value))  # YAML's `1` for a float key
         self.validate()
@@ -84,7 +90,7 @@ class _Section:
 
     def _require(self, ok: bool, key: str, allowed: str) -> None:
         if not ok:
-            raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}")
+            raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}", key=key)
 
 
 @dataclass
@@ -95,6 +101,9 @@ class ModelConfig(_Section):
     load_format: LoadFormat = "auto"
     seed: int = 0
     attention_backend: AttentionBackend = "auto"
+    # How an embedding is pooled from the final normed hidden states (vLLM's pooler_config pooling_type, for a
+    # decoder LM): the last token's state, or the mean over the prompt's tokens
+    pooling: Pooling = "last"
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")
@@ -249,7 +258,7 @@ class EngineConfig:
             if key not in owner:
                 raise unknown_key_error(raw_key, owner)
             if key in per_section[owner[key]]:
-                raise ConfigError(f"key {key!r} is given twice (dashes and underscores name the same key)")
+                raise ConfigError(f"key {key!r} is given twice (dashes and underscores name the same key)", key=key)
             per_section[owner[key]][key] = value
         return cls(**{name: _SECTIONS[name](**kw) for name, kw in per_section.items()})
 

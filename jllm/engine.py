@@ -13,6 +13,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -26,6 +27,7 @@ from jllm.block_manager import BlockManager
 from jllm.inputs import InputProcessor, Prompt
 from jllm.output_processor import OutputProcessor, RequestState
 from jllm.outputs import RequestOutput
+from jllm.pooling import Encoder
 from jllm.runner import LaunchedStep
 from jllm.sampling import SamplingParams
 from jllm.scheduler import Scheduler
@@ -75,6 +77,12 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._rng = np.random.default_rng(seed)
         self.grammars = GrammarCompiler(inputs.tokenizer.hf, inputs.vocab_size, inputs.tokenizer.eos_token_ids)
+
+    @functools.cached_property
+    def encoder(self) -> Encoder:
+        """Hidden states and embeddings on the runner's model, outside the step loop; built on first use (a
+        ``ModelRunner`` only). Call it where the steps run: it shares the runner's weights and device queue."""
+        return Encoder(self.runner, self.max_model_len)  # type: ignore[arg-type]
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -131,6 +139,7 @@ class LLMEngine:
         """Frees the device memory (weights, KV pool) at once, even where a reference to an array lingers; the
         engine cannot run again. For unloading a model from a server that goes on serving others."""
         self._in_flight = None
+        self.__dict__.pop("encoder", None)  # its compiled programs go with it
         self.runner.release()
 
     def has_unfinished_requests(self) -> bool:

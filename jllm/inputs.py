@@ -79,10 +79,9 @@ class InputProcessor:
         check_token_ids(token_ids, self.vocab_size, param)
         return Prompt(token_ids, self.tokenizer.decode(token_ids) if with_text else None)
 
-    def truncate(self, prompt: Prompt, params: SamplingParams) -> Prompt:
-        """vLLM's ``truncate_prompt_tokens``: keep the last k tokens (-1: the model's context length); the text of a
-        truncated prompt is what its kept tokens decode to."""
-        keep = params.truncate_prompt_tokens
+    def truncate(self, prompt: Prompt, keep: int | None) -> Prompt:
+        """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: the model's context length); the
+        text of a truncated prompt is what its kept tokens decode to."""
         if keep == -1:
             keep = self.max_model_len
         if keep is None or len(prompt.token_ids) <= keep:
@@ -161,9 +160,37 @@ class InputProcessor:
         """``encode``, ``truncate`` then ``check``: what a front end calls for each prompt before handing it to the
         engine (a rendered chat ``Prompt`` goes through the same truncation and checks)."""
         encoded = self.encode(prompt, with_text=with_text, add_special_tokens=add_special_tokens, param=param)
-        truncated = self.truncate(encoded, params)
+        truncated = self.truncate(encoded, params.truncate_prompt_tokens)
         self.check(truncated, params, param=param)
         return truncated
+
+    def process_whole(
+        self,
+        prompt: PromptInput,
+        *,
+        add_special_tokens: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        param: str = "prompt",
+    ) -> Prompt:
+        """A prompt run once over, nothing generated (hidden states, embeddings): encoded, truncated as asked, then
+        at least one token and at most the model's context length."""
+        keep = truncate_prompt_tokens
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or (keep < 1 and keep != -1)):
+            raise InputError(
+                f"truncate_prompt_tokens must be at least 1, or -1 (the context length), got {keep!r}",
+                param="truncate_prompt_tokens",
+            )
+        encoded = self.truncate(self.encode(prompt, add_special_tokens=add_special_tokens, param=param), keep)
+        num_prompt = len(encoded.token_ids)
+        if not num_prompt:
+            raise InputError(f"{param} is empty: give at least one token", param=param)
+        if num_prompt > self.max_model_len:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{num_prompt} tokens in the input. Please reduce the length of the input.",
+                param=param,
+            )
+        return encoded
 
 
 def _unwrap(prompt: dict[str, Any], param: str) -> Any:

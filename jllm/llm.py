@@ -19,10 +19,18 @@ from tqdm.auto import tqdm
 
 from jllm import distributed
 from jllm.build import build_engine, build_worker
-from jllm.config import load_config
+from jllm.config import Pooling, load_config
 from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
-from jllm.outputs import RequestOutput
+from jllm.outputs import (
+    ContinuationScore,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+)
+from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
 
 if TYPE_CHECKING:
@@ -63,11 +71,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Completes every prompt; outputs come back in input order. A bad prompt raises a ValueError naming its
         index before any runs."""
-        if isinstance(prompts, str | dict | Prompt) or (
-            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
-        ):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = _prompt_list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
         checked = [self._checked(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
         request_ids = [f"req-{next(self._ids)}" for _ in prompts]
@@ -75,9 +79,90 @@ class LLM:
             self.engine.add_request(rid, prompt, p)
         return self._run(request_ids, use_tqdm)
 
-    def _checked(self, index: int, prompt: PromptInput, params: SamplingParams) -> Prompt:
+    def encode(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        layers: Seq[int] = (-1,),
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[PoolingRequestOutput]:
+        """Hidden states of ``layers`` for every prompt, gathered to the host whatever the tensor-parallel size:
+        ``outputs.data`` is ``[len(layers), num_tokens, hidden]`` float32 (``hidden_states[layer]`` one of them).
+
+        Indices are transformers' ``output_hidden_states``: 0 the embeddings, ``i`` the output of layer ``i``,
+        ``num_layers`` (or -1) the last layer's after the final norm. ``truncate_prompt_tokens`` keeps each
+        prompt's last k tokens (-1: the context length). A bad prompt or index raises before any runs.
+        """
+        checked = self._whole_prompts(prompts, truncate_prompt_tokens)
+        resolved = resolve_layers(layers, self.engine.encoder.num_layers)
+        states = self.engine.encoder.hidden_states([p.token_ids for p in checked], resolved, use_tqdm)
+        return [
+            PoolingRequestOutput(f"encode-{next(self._ids)}", p.token_ids, PoolingOutput(data), list(layers))
+            for p, data in zip(checked, states, strict=True)
+        ]
+
+    def embed(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        pooling: Pooling | None = None,
+        normalize: bool = True,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """One vector per prompt (``outputs.embedding``), vLLM's ``LLM.embed``: the final normed hidden states
+        pooled as ``pooling`` says ("last" token or "mean"; None: the model's ``pooling`` key), unit L2 norm with
+        ``normalize``."""
+        checked = self._whole_prompts(prompts, truncate_prompt_tokens)
+        how = pooling or self.config.model.pooling
+        vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize, use_tqdm)
+        return [
+            EmbeddingRequestOutput(f"embd-{next(self._ids)}", p.token_ids, EmbeddingOutput(vector.tolist()))
+            for p, vector in zip(checked, vectors, strict=True)
+        ]
+
+    def score(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        continuations: str | list[int] | Seq[str | list[int]],
+        use_tqdm: bool = True,
+    ) -> list[ContinuationScore]:
+        """Log-probabilities of each continuation's tokens given its prompt (one continuation per prompt): exact
+        float32 values of the raw logits, from the engine's prompt-logprobs path (no prefix cache there).
+
+        A text continuation is encoded on its own without special tokens and appended to the prompt's tokens; give
+        token ids to control the split (lm-evaluation-harness style). Prompt and continuation together must leave one
+        token of the context free: the engine samples one token after them, which is dropped."""
+        prompts = _prompt_list(prompts)
+        if isinstance(continuations, str) or (continuations and isinstance(continuations[0], int)):
+            continuations = [continuations]  # type: ignore[list-item]
+        if len(continuations) != len(prompts):
+            raise ValueError(f"got {len(continuations)} continuations for {len(prompts)} prompts; give one each")
+        pairs = [self._score_pair(i, p, c) for i, (p, c) in enumerate(zip(prompts, continuations, strict=True))]
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
+        outputs = self.generate([Prompt(p + c) for p, c in pairs], params, use_tqdm)
+        return [_continuation_score(p, c, out) for (p, c), out in zip(pairs, outputs, strict=True)]
+
+    def _score_pair(
+        self, index: int, prompt: PromptInput, continuation: str | list[int]
+    ) -> tuple[list[int], list[int]]:
+        param = f"continuations[{index}]"
+        tokens = self.engine.inputs.encode(continuation, add_special_tokens=False, param=param).token_ids
+        if not tokens:
+            raise InputError(f"{param} is empty: give at least one token to score", param=param)
+        return self._checked(index, prompt).token_ids, tokens
+
+    def _whole_prompts(self, prompts: PromptInput | Seq[PromptInput], truncate: int | None) -> list[Prompt]:
+        return [self._checked(i, prompt, truncate=truncate) for i, prompt in enumerate(_prompt_list(prompts))]
+
+    def _checked(
+        self, index: int, prompt: PromptInput, params: SamplingParams | None = None, truncate: int | None = None
+    ) -> Prompt:
+        """The prompt through the input door: for generation with ``params``, else to be run over whole (its
+        last ``truncate`` tokens kept, if given)."""
         param = f"prompts[{index}]"
         try:
+            if params is None:
+                return self.engine.inputs.process_whole(prompt, truncate_prompt_tokens=truncate, param=param)
             return self.engine.inputs.process(prompt, params, param=param)
         except InputError as e:
             message = str(e) if str(e).startswith(param) else f"{param}: {e}"
@@ -140,3 +225,21 @@ class LLM:
                         finished[output.request_id] = output
                         bar.update(1)
         return [finished[rid] for rid in request_ids]
+
+
+def _prompt_list(prompts: PromptInput | Seq[PromptInput]) -> list[PromptInput]:
+    """One prompt (text, token ids, a dict, a ``Prompt``) or a list of them, as a list."""
+    if isinstance(prompts, str | dict | Prompt) or (
+        isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+    ):
+        return [prompts]
+    return list(prompts)
+
+
+def _continuation_score(prompt: list[int], continuation: list[int], output: RequestOutput) -> ContinuationScore:
+    """The continuation's entries of the prompt logprobs (``prompt_logprobs=1``: the top token has rank 1)."""
+    assert output.prompt_logprobs is not None
+    entries = [output.prompt_logprobs[len(prompt) + i] for i in range(len(continuation))]
+    picked = [entry[token] for entry, token in zip(entries, continuation, strict=True)]  # type: ignore[index]
+    logprobs = [lp.logprob for lp in picked]
+    return ContinuationScore(prompt, continuation, logprobs, float(sum(logprobs)), all(lp.rank == 1 for lp in picked))

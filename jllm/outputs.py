@@ -6,6 +6,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -45,3 +46,55 @@ class RequestOutput:
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
     # arrival_time, first_token_time, last_token_time (time.monotonic() seconds) and time_to_first_token
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PoolingOutput:
+    data: Any  # np.ndarray [len(layers), num_tokens, hidden] float32: the asked hidden states, in the asked order
+
+
+@dataclass
+class PoolingRequestOutput:
+    """What ``LLM.encode`` returns per prompt, vLLM's shape; ``hidden_states`` reads one layer's ``[T, hidden]``."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: PoolingOutput
+    layers: list[int]  # as asked (negative ones from the end), one per row of ``outputs.data``
+    finished: bool = True
+
+    @property
+    def hidden_states(self) -> dict[int, Any]:
+        """Asked layer index -> its states ``[num_tokens, hidden]``."""
+        return dict(zip(self.layers, self.outputs.data, strict=True))
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    """What ``LLM.embed`` returns per prompt, vLLM's shape: ``outputs.embedding``."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
+    finished: bool = True
+
+
+@dataclass
+class ContinuationScore:
+    """What ``LLM.score`` returns per (prompt, continuation): the continuation's log-probability given the prompt
+    (lm-evaluation-harness's log-likelihood), token by token and summed."""
+
+    prompt_token_ids: list[int]
+    continuation_token_ids: list[int]
+    token_logprobs: list[float]  # one per continuation token, natural log, from the raw logits
+    logprob: float  # their sum
+    is_greedy: bool  # every continuation token is the most likely one at its position

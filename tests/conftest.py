@@ -13,3 +13,13 @@ def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JLLM_CACHE", str(tmp_path_factory.mktemp("jllm_cache")))
         return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (tests/model_utils.py's TINY_CONFIG) with a character-level tokenizer and chat template."""
+    from model_utils import TINY_CONFIG, save_char_tokenizer, save_tiny_checkpoint
+
+    out = save_tiny_checkpoint("LlamaForCausalLM", TINY_CONFIG, tmp_path_factory.mktemp("tiny_char") / "tiny")
+    save_char_tokenizer(out, TINY_CONFIG["vocab_size"])
+    return out

@@ -119,10 +119,11 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, Any]:
-    """tests/tp_worker.py on ``spec`` in a subprocess (the fake CPU devices must be set before JAX starts)."""
+def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float, worker: str = "tp_worker.py") -> dict[str, Any]:
+    """tests/tp_worker.py (or another ``worker`` script beside it) on ``spec`` in a subprocess (the fake CPU devices
+    must be set before JAX starts)."""
     (tmp / "spec.json").write_text(json.dumps(spec))
-    worker = Path(__file__).with_name("tp_worker.py")
+    worker = Path(__file__).with_name(worker)
     proc = subprocess.run(
         [sys.executable, str(worker), str(tmp / "spec.json"), str(tmp / "out.json")],
         capture_output=True,
@@ -131,3 +132,21 @@ def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float) -> dict[str, 
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads((tmp / "out.json").read_text())
+
+
+def save_char_tokenizer(out_dir: Path, vocab_size: int) -> None:
+    """A character-level tokenizer whose ids fill exactly ``vocab_size``, with a chat template."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]  # Llama's ids: bos 1, eos 2, as the tiny config's generation_config says
+    chars = ["\n", *(chr(c) for c in range(32, 127))]
+    chars += [chr(0xA1 + i) for i in range(vocab_size - len(specials) - len(chars))]
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    tok.save_pretrained(out_dir)

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from model_utils import TINY_CONFIG, save_tiny_checkpoint
 
 from jllm import cli
-from jllm.batch_run import load_job, parse_run, read_prompts
 from jllm.config import ServerConfig, engine_keys, key_type
 from jllm.outputs import CompletionOutput, RequestOutput
 
@@ -24,31 +22,6 @@ ENGINE_ARGS = ["--max-model-len", "64", "--max-num-batched-tokens", "32", "--max
 ENGINE_KEYS = dict(max_model_len=64, max_num_batched_tokens=32, max_num_seqs=4, num_pages=32)
 PROMPTS = ["Hello world", "x = [1, 2]"]
 MAX_TOKENS = 8
-
-
-def save_char_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """A character-level tokenizer whose ids fill exactly ``vocab_size``, with a chat template."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>"]  # Llama's ids: bos 1, eos 2, as the tiny config's generation_config says
-    chars = ["\n", *(chr(c) for c in range(32, 127))]
-    chars += [chr(0xA1 + i) for i in range(vocab_size - len(specials) - len(chars))]
-    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tok.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:{% endif %}"
-    )
-    tok.save_pretrained(out_dir)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = save_tiny_checkpoint("LlamaForCausalLM", TINY_CONFIG, tmp_path_factory.mktemp("cli") / "tiny")
-    save_char_tokenizer(out, TINY_CONFIG["vocab_size"])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -178,74 +151,15 @@ def job(tmp_path: Path, run: object, **engine: object) -> Path:
     return write_yaml(tmp_path / "job.yaml", {**engine, "run": run})
 
 
-def test_job_splits_engine_keys_from_the_run_section(tmp_path: Path) -> None:
-    path = job(tmp_path, {"prompts": ["a", "b"], "chat": True, "sampling": {"temperature": 0}}, max_num_seqs=8)
-    config, spec = load_job(path, max_num_seqs=None, max_model_len=128)
-    assert (config.scheduler.max_num_seqs, config.model.max_model_len) == (8, 128)
-    assert spec.prompts == ["a", "b"] and spec.chat is True and spec.output is None
-    assert spec.sampling.is_greedy and spec.sampling.max_tokens == 16
-
-
-@pytest.mark.parametrize(
-    ("run", "message"),
-    [
-        ({"prompt": ["a"]}, "unknown run key 'prompt' (did you mean 'prompts'?)"),
-        ({"prompts": ["a"], "sampling": {"temprature": 0}}, "unknown sampling key 'temprature' (did you mean"),
-        ({"prompts": ["a"], "sampling": {"temperature": -1}}, "run.sampling: temperature must be >= 0, got -1"),
-        ({"prompts": ["a"], "prompts_file": "p.txt"}, "exactly one of prompts"),
-        ({"chat": True}, "exactly one of prompts"),
-        ({"prompts": "a"}, "run.prompts must be a non-empty list"),
-        ({"prompts": []}, "run.prompts must be a non-empty list"),
-        ({"prompts": ["a"], "chat": "yes"}, "run.chat='yes' is not allowed"),
-        ({"prompts": ["a"], "output": "no/such/dir/out.jsonl"}, "directory 'no/such/dir' does not exist"),
-        ({"prompts_file": "missing.txt"}, "run.prompts_file='missing.txt' cannot be read"),
-        (["a"], "run must be a mapping"),
-        ({"prompts": ["a"], "sampling": {"stop": 5}}, "run.sampling: stop must be a string or a list"),
-        ({"prompts": ["a"], "sampling": {"stop_token_ids": 5}}, "run.sampling: stop_token_ids must be a list"),
-        ({"prompts": ["a"], "sampling": {"ignore_eos": "yes"}}, "run.sampling: ignore_eos must be true or false"),
-        ({"prompts": ["a"], "sampling": {"output_kind": 1}}, "unknown sampling key 'output_kind'"),
-        ({"prompts": ["a"], "output": "."}, "run.output='.' is a directory"),
-        ({"prompts_file": None}, "run.prompts_file must be a path, got None"),
-    ],
-)
-def test_bad_run_section_names_the_field(tmp_path: Path, run: object, message: str, capsys) -> None:
-    path = job(tmp_path, run)
-    assert message in fail(["run", str(path)], capsys)
-
-
-def test_example_job_file_is_valid() -> None:
-    config, spec = load_job(Path(__file__).parents[1] / "configs" / "example-run.yaml")
-    assert config.model.model == "smollm2-135m-instruct" and config.scheduler.max_num_seqs == 4
-    assert len(spec.prompts) == 3 and spec.chat and spec.sampling.is_greedy and spec.sampling.max_tokens == 64
-    assert spec.output == Path("example-run.jsonl")
-
-
 def test_job_file_without_run_section(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write_yaml(tmp_path / "job.yaml", {"max_num_seqs": 4})
     assert "has no `run:` section" in fail(["run", str(path)], capsys)
 
 
 def test_unknown_engine_key_in_job_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    path = job(tmp_path, {"prompts": ["a"]}, max_modl_len=64)
-    assert "unknown key 'max_modl_len' (did you mean 'max_model_len'?)" in fail(["run", str(path)], capsys)
-
-
-def test_prompts_file_text_and_jsonl(tmp_path: Path) -> None:
-    (tmp_path / "p.txt").write_text("first prompt\n\n  second  \n")
-    assert read_prompts(tmp_path / "p.txt") == ["first prompt", "  second  "]
-    (tmp_path / "p.jsonl").write_text('{"prompt": "one"}\n\n{"prompt": "two\\nlines", "id": 3}\n')
-    assert read_prompts(tmp_path / "p.jsonl") == ["one", "two\nlines"]
-    assert parse_run({"prompts_file": str(tmp_path / "p.jsonl")}).prompts == ["one", "two\nlines"]
-    (tmp_path / "empty.txt").write_text("\n  \n")
-    with pytest.raises(ValueError, match="empty.txt' holds no prompts"):
-        parse_run({"prompts_file": str(tmp_path / "empty.txt")})
-
-
-@pytest.mark.parametrize(("line", "message"), [("{oops", "p.jsonl:2: not valid JSON"), ('{"text": "a"}', "p.jsonl:2")])
-def test_bad_jsonl_line_is_named(tmp_path: Path, line: str, message: str) -> None:
-    (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n' + line + "\n")
-    with pytest.raises(ValueError, match=message):
-        read_prompts(tmp_path / "p.jsonl")
+    path = job(tmp_path, {"dataset": ["a"], "output_dir": "o"}, max_modl_len=64)
+    err = fail(["run", str(path)], capsys)
+    assert "job.yaml line 1: unknown key 'max_modl_len' (did you mean 'max_model_len'?)" in err
 
 
 # ------------------------------------------------------------------ serve and chat, without an engine
@@ -340,18 +254,15 @@ def test_generate_prints_the_python_api_greedy_completions(tiny_model: Path, exp
 @pytest.mark.slow
 def test_run_writes_one_json_line_per_prompt(tiny_model: Path, expected, tmp_path: Path) -> None:
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    run = {"prompts_file": "prompts.txt", "sampling": {"temperature": 0, "max_tokens": MAX_TOKENS}, "output": "o.jsonl"}
+    sampling = {"temperature": 0, "max_tokens": MAX_TOKENS}
+    run = {"dataset": "prompts.txt", "sampling": sampling, "record": {"logprobs": 0}, "output_dir": "o"}
     path = job(tmp_path, run, model=str(tiny_model), **ENGINE_KEYS)
     result = run_cli("run", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    records = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in records] == PROMPTS
+    records = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert [r["inputs"]["prompt"] for r in records] == PROMPTS
     for record in records:
-        c = expected[record["prompt"]]
-        assert record == {
-            "prompt": record["prompt"],
-            "index": 0,
-            "text": c.text,
-            "token_ids": c.token_ids,
-            "finish_reason": c.finish_reason,
-        }
+        c = expected[record["inputs"]["prompt"]]
+        [out] = record["outputs"]
+        assert (out["text"], out["token_ids"], out["finish_reason"]) == (c.text, c.token_ids, c.finish_reason)
+        assert len(out["logprobs"]) == len(c.token_ids) and all(lp <= 0 for lp in out["logprobs"])

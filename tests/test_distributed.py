@@ -97,9 +97,9 @@ def one_process_tokens(model_dir: Path) -> list[list[int]]:
 def test_two_processes_generate_the_tokens_of_one(
     follower: str, model_dir: Path, one_process_tokens: list[list[int]], cache: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "out.jsonl"
+    out = tmp_path / "out"
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"run": {"prompts": PROMPTS, "sampling": GREEDY, "output": str(out)}}))
+    job.write_text(yaml.safe_dump({"run": {"dataset": PROMPTS, "sampling": GREEDY, "output_dir": str(out)}}))
     group = dict(distributed_coordinator=f"127.0.0.1:{free_port()}", num_processes=2)
     engine = dict(model=str(model_dir), **ENGINE_ARGS, tensor_parallel_size=2, **group)
     with socket.socket() as http:  # the port the follower is told to serve on stays ours: listening there fails
@@ -116,7 +116,7 @@ def test_two_processes_generate_the_tokens_of_one(
         status, logs = run_group({"lead": lead_args, "follower": follower_args}, tmp_path, cache)
     assert status == {"lead": 0, "follower": 0}, logs
     assert "process 1 follows the lead's steps" in logs["follower"], logs["follower"]
-    tokens = [json.loads(line)["token_ids"] for line in out.read_text().splitlines()]
+    tokens = [json.loads(line)["outputs"][0]["token_ids"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert tokens == one_process_tokens
 
 

@@ -216,12 +216,28 @@ class CausalLM(nnx.Module):
         meta: AttentionMetadata,
     ) -> tuple[jax.Array, list[jax.Array]]:
         """Final hidden states ``[T, hidden]`` (normed) and the updated pool."""
-        x = self.embed_tokens(input_ids)
+        states, new_caches = self._residual_stream(input_ids, positions, kv_caches, meta)
+        return self.norm(states[-1]), new_caches
+
+    def hidden_states(
+        self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[jax.Array], meta: AttentionMetadata
+    ) -> list[jax.Array]:
+        """transformers' ``output_hidden_states``: ``num_layers + 1`` arrays ``[T, hidden]``, the embeddings, then
+        each layer's output, the last one after the final norm (``jllm.pooling`` reads them; the pool is scratch)."""
+        states, _ = self._residual_stream(input_ids, positions, kv_caches, meta)
+        return [*states[:-1], self.norm(states[-1])]
+
+    def _residual_stream(
+        self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[jax.Array], meta: AttentionMetadata
+    ) -> tuple[list[jax.Array], list[jax.Array]]:
+        """The residual stream before the first layer and after each (not normed), and the updated pool."""
+        states = [self.embed_tokens(input_ids)]
         new_caches = []
         for layer, kv_pages in zip(self.layers, kv_caches, strict=True):
-            x, kv_pages = _decoder_layer(*nnx.split(layer), x, positions, kv_pages, meta)
+            x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta)
+            states.append(x)
             new_caches.append(kv_pages)
-        return self.norm(x), new_caches
+        return states, new_caches
 
     def compute_logits(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits (soft-capped where the family caps them)."""

@@ -23,6 +23,7 @@ from jllm.serve_config import ServeConfig, entry_of
 from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
+from jllm.server.embeddings import create_embedding
 from jllm.server.errors import error_middleware
 from jllm.server.grpc_server import GrpcServer
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
@@ -52,6 +53,7 @@ def build_app(
     app.on_response_prepare.append(echo_request_id)
     app.router.add_post("/v1/completions", create_completion)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
+    app.router.add_post("/v1/embeddings", create_embedding)
     app.router.add_get("/v1/models", info.list_models)
     app.router.add_get("/v1/models/{model:.+}", info.retrieve_model)  # ids may hold slashes ("org/name")
     app.router.add_get("/version", info.version)

@@ -60,10 +60,10 @@ class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
-def refuse_unsupported(data: Any) -> Any:
-    """A 400 naming the first field of ``UNSUPPORTED_FIELDS`` that asks for something (in the table's order)."""
+def refuse_unsupported(data: Any, table: dict[str, tuple[tuple[Any, ...], str]] = UNSUPPORTED_FIELDS) -> Any:
+    """A 400 naming the first field of ``table`` that asks for something (in the table's order)."""
     if isinstance(data, dict):
-        for name, (nothing, why) in UNSUPPORTED_FIELDS.items():
+        for name, (nothing, why) in table.items():
             if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in nothing):
                 raise bad_request(f"{name} {why}; leave it out", param=name)
     return data

@@ -1,0 +1,196 @@
+"""Hidden states and pooled embeddings: the engine's own model and weights run over whole prompts, no KV pool kept.
+
+``Encoder`` packs prompts into the runner's shape buckets (``jllm.buckets``, up to the context length), runs one
+jit-compiled forward per (bucket, layers) that returns the asked hidden states, and gathers them to the host. The
+attention still goes through the paged call every model makes, over a scratch pool born and dropped inside the
+program: the engine's pool and its step programs are never touched, so nothing they compiled is compiled again.
+
+Layer indices are transformers' ``output_hidden_states``: 0 is the embeddings' output, ``i`` the output of layer
+``i`` (1-based), ``num_layers`` the last layer's output after the final norm; negative ones count from that end
+(-1 is the normed final state, the one embeddings pool).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence as Seq
+from typing import NamedTuple, get_args
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jllm import parallel
+from jllm.attention import AttentionMetadata
+from jllm.buckets import StepBucket, pick_bucket, step_buckets
+from jllm.config import Pooling
+from jllm.errors import InputError
+from jllm.runner import ModelRunner
+
+POOLING: tuple[str, ...] = get_args(Pooling)
+
+
+class EncodeBatch(NamedTuple):
+    """Prompts packed back to back in one bucket, each on its own contiguous pages of the scratch pool."""
+
+    input_ids: np.ndarray  # [T] int32, padding 0
+    positions: np.ndarray  # [T] int32
+    attn: AttentionMetadata  # NumPy leaves: slot mapping [T], query starts [S+1], KV lengths [S], block tables [S, P]
+
+
+def resolve_layers(layers: Seq[int], num_layers: int) -> tuple[int, ...]:
+    """Asked indices (negative from the end) as 0..num_layers; a bad one is an InputError naming ``layers``."""
+    if isinstance(layers, int) or not layers:
+        raise InputError("layers must be a non-empty list of layer indices", param="layers")
+    resolved = []
+    for layer in layers:
+        is_int = isinstance(layer, int | np.integer) and not isinstance(layer, bool)
+        if not is_int or not -num_layers - 1 <= layer <= num_layers:
+            raise InputError(
+                f"layers: {layer!r} is not a hidden-state index of this {num_layers}-layer model: use 0..{num_layers} "
+                f"(0 = embeddings, {num_layers} = final normed) or -{num_layers + 1}..-1",
+                param="layers",
+            )
+        resolved.append(int(layer) % (num_layers + 1))
+    return tuple(resolved)
+
+
+def scratch_pages(bucket: StepBucket, page_size: int) -> int:
+    """Pages any batch of ``bucket`` fits in: reserved page 0, then each prompt's, at most one part-filled each."""
+    return 1 + -(-bucket.num_tokens // page_size) + bucket.num_seqs
+
+
+def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> EncodeBatch:
+    """Host inputs for ``prompts`` (at most the bucket's tokens and sequences) padded to ``bucket``."""
+    t, s = bucket.num_tokens, bucket.num_seqs
+    pages_per_seq = -(-t // page_size)
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    query_start_loc = np.zeros(s + 1, np.int32)
+    query_start_loc[1 : len(prompts) + 1] = np.cumsum(lengths)
+    query_start_loc[len(prompts) + 1 :] = query_start_loc[len(prompts)]
+    kv_lens = np.zeros(s, np.int32)
+    kv_lens[: len(prompts)] = lengths
+    num_pages = -(-lengths // page_size)
+    first_page = 1 + np.cumsum(num_pages) - num_pages
+    page = np.arange(pages_per_seq, dtype=np.int32)
+    block_tables = np.zeros((s, pages_per_seq), np.int32)
+    block_tables[: len(prompts)] = np.where(page < num_pages[:, None], first_page[:, None] + page, 0)
+    total = int(lengths.sum())
+    row = np.repeat(np.arange(len(prompts)), lengths)
+    positions = np.zeros(t, np.int32)
+    positions[:total] = np.arange(total, dtype=np.int32) - query_start_loc[row]
+    slot_mapping = np.arange(t, dtype=np.int32) % page_size  # padding writes land in page 0
+    slot_mapping[:total] = block_tables[row, positions[:total] // page_size] * page_size + positions[:total] % page_size
+    input_ids = np.zeros(t, np.int32)
+    input_ids[:total] = [token for p in prompts for token in p]
+    attn = AttentionMetadata(slot_mapping, query_start_loc, kv_lens, block_tables)
+    return EncodeBatch(input_ids, positions, attn)
+
+
+def hidden_states_program(
+    graphdef: nnx.GraphDef,
+    kv_sharding: jax.sharding.NamedSharding,
+    pool_shape: tuple[int, ...],  # one layer's pool [2, num_kv_heads, num_pages, page_size, head_dim]
+    pool_dtype: jnp.dtype,
+    layers: tuple[int, ...],
+    state: nnx.State,
+    input_ids: jax.Array,
+    positions: jax.Array,
+    attn: AttentionMetadata,
+) -> jax.Array:
+    """The asked hidden states ``[len(layers), T, hidden]``, replicated (so one fetch gathers them)."""
+    model = nnx.merge(graphdef, state)
+    pool = [
+        jax.lax.with_sharding_constraint(jnp.zeros(pool_shape, pool_dtype), kv_sharding)
+        for _ in range(len(model.layers))
+    ]
+    states = model.hidden_states(input_ids, positions, pool, attn)
+    picked = jnp.stack([states[i] for i in layers])
+    return jax.lax.with_sharding_constraint(picked, parallel.replicated(kv_sharding.mesh))
+
+
+class Encoder:
+    """Runs prompts' forward passes on a runner's model and weights; results come back as host arrays.
+
+    Not thread-safe: call it where the engine's steps run (the offline API, or the server's engine thread).
+    """
+
+    def __init__(self, runner: ModelRunner, max_model_len: int) -> None:
+        if jax.process_count() > 1:  # the followers run only published step plans
+            raise NotImplementedError("hidden states and embeddings need a single-process engine (no jax.distributed)")
+        self.runner = runner
+        self.num_layers = runner.loaded.args.num_layers
+        largest = runner.buckets[-1]
+        max_num_seqs = max(b.num_seqs for b in runner.buckets)
+        # A prompt may fill the context, beyond the step's token budget (prefill is chunked, this pass is not).
+        self.buckets = step_buckets(max(largest.num_tokens, max_model_len), max_num_seqs)
+        self._programs: dict[tuple[StepBucket, tuple[int, ...]], jax.stages.Wrapped] = {}
+
+    def hidden_states(
+        self, prompts: Seq[Seq[int]], layers: tuple[int, ...], show_progress: bool = False
+    ) -> list[np.ndarray]:
+        """Per prompt, its hidden states at ``layers`` (resolved, 0..num_layers): ``[len(layers), T_i, hidden]``."""
+        results: list[np.ndarray] = []
+        for batch in tqdm(self._batches(prompts), desc="encoding batches", disable=not show_progress):
+            states = self._run(batch, layers)  # [len(layers), T, hidden]
+            starts = np.cumsum([0] + [len(p) for p in batch])
+            results += [states[:, a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        return results
+
+    def embed(
+        self, prompts: Seq[Seq[int]], how: Pooling, normalize: bool, show_progress: bool = False
+    ) -> list[np.ndarray]:
+        """One float32 vector per prompt, pooled from its final normed states (``pool``)."""
+        if how not in POOLING:
+            raise InputError(f"pooling={how!r} is unknown; choose one of {', '.join(POOLING)}", param="pooling")
+        final = self.hidden_states(prompts, (self.num_layers,), show_progress)
+        return [pool(states[0], how, normalize) for states in final]
+
+    def _batches(self, prompts: Seq[Seq[int]]) -> list[list[Seq[int]]]:
+        """Consecutive prompts packed while the largest bucket holds them."""
+        largest = self.buckets[-1]
+        batches: list[list[Seq[int]]] = []
+        tokens = 0
+        for prompt in prompts:
+            if not batches or tokens + len(prompt) > largest.num_tokens or len(batches[-1]) == largest.num_seqs:
+                batches.append([])
+                tokens = 0
+            batches[-1].append(prompt)
+            tokens += len(prompt)
+        return batches
+
+    def _run(self, prompts: list[Seq[int]], layers: tuple[int, ...]) -> np.ndarray:
+        runner = self.runner
+        bucket = pick_bucket(self.buckets, sum(len(p) for p in prompts), len(prompts))
+        batch = encode_batch(prompts, bucket, runner.page_size)
+        key = (bucket, layers)
+        if key not in self._programs:
+            pool = runner.kv_caches[0]  # the engine's: [2, num_kv_heads, num_pages, page_size, head_dim]
+            pool_shape = (*pool.shape[:2], scratch_pages(bucket, runner.page_size), *pool.shape[3:])
+            program = functools.partial(
+                hidden_states_program, runner.graphdef, runner.kv_sharding, pool_shape, pool.dtype, layers
+            )
+            self._programs[key] = jax.jit(program)
+        replicated = parallel.replicated(runner.mesh)
+        attn = AttentionMetadata(
+            *jax.device_put(
+                (batch.attn.slot_mapping, batch.attn.query_start_loc, batch.attn.kv_lens, batch.attn.block_tables),
+                replicated,
+            ),
+            backend=runner.attention_backend,
+            mesh=runner.mesh,
+        )
+        ids, positions = jax.device_put((batch.input_ids, batch.positions), replicated)
+        return np.asarray(jax.device_get(self._programs[key](runner.state, ids, positions, attn)))
+
+
+def pool(states: np.ndarray, how: Pooling, normalize: bool) -> np.ndarray:
+    """One prompt's final hidden states ``[T, hidden]`` to one vector (float32): its last token's, or the mean over
+    its tokens; unit L2 norm with ``normalize``."""
+    states = states.astype(np.float32)
+    vector = states[-1] if how == "last" else states.mean(axis=0)
+    return vector / np.linalg.norm(vector) if normalize else vector

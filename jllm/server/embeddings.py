@@ -1,0 +1,149 @@
+"""``POST /v1/embeddings``: OpenAI's request and response bodies (with vLLM's extra fields) and the route.
+
+Each input is pooled from the model's final normed hidden states as the served model's ``pooling`` key says (the
+last token's state, or the mean), unit-normed unless ``normalize`` / ``use_activation`` is false. The forward runs on
+the model's engine thread between two steps (``AsyncEngine.call``), so it shares the device with generation safely;
+a long list of inputs goes in groups of ``max_num_seqs``, with steps between them.
+Every field is honoured or refused with a 400 naming it, as on the generation routes.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any, Literal
+
+import numpy as np
+from aiohttp import web
+from pydantic import BaseModel, Field, model_validator
+
+from jllm.inputs import InputProcessor, Prompt
+from jllm.server.errors import bad_request
+from jllm.server.middleware import public_id
+from jllm.server.schemas import _NOTHING, _Request, refuse_unsupported
+from jllm.server.state import server_state
+
+# Fields of vLLM's embedding request this server cannot honour: (the values that ask for nothing, why more is refused)
+UNSUPPORTED_EMBEDDING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "dimensions": ((None,), "is not supported: the served models' embeddings have one size, their hidden size"),
+    "messages": (_NOTHING, "are not supported for embeddings: send the text (or token ids) as input"),
+    "embed_dtype": ((None, "float32"), "must be float32, the only dtype embeddings are encoded in"),
+    "priority": ((None, 0), "is not supported: this server schedules first come, first served"),
+    "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
+    "padding": ((None, "do_not_pad"), "is not supported: inputs are embedded unpadded"),
+    "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
+}
+BYTE_ORDER = {"native": "=", "little": "<", "big": ">"}  # numpy's byte-order marks
+
+
+class EmbeddingRequest(_Request):
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"  # base64: the float32 bytes (the openai client's default)
+    user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
+    # vLLM's extras
+    request_id: str | None = None  # the response's id when no X-Request-Id header names one
+    add_special_tokens: bool = True  # false encodes text inputs without BOS and the like
+    truncate_prompt_tokens: int | None = None  # keep the last k tokens of each input (-1: the context length)
+    normalize: bool | None = None  # vLLM's older name of use_activation; None: true
+    use_activation: bool | None = None  # false: the pooled vectors as they are, not unit-normed
+    endianness: Literal["native", "little", "big"] = "native"  # of base64's float32 bytes
+    cache_salt: str | None = Field(None, min_length=1, max_length=1024)  # embeddings never read the prefix cache
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, UNSUPPORTED_EMBEDDING_FIELDS)
+
+    @model_validator(mode="after")
+    def _one_normalize(self) -> EmbeddingRequest:
+        if None not in (self.normalize, self.use_activation) and self.normalize != self.use_activation:
+            raise bad_request("normalize and use_activation disagree; give one of them", param="normalize")
+        return self
+
+    @property
+    def unit_norm(self) -> bool:
+        chosen = self.use_activation if self.use_activation is not None else self.normalize
+        return chosen is not False
+
+    def inputs(self) -> list[str | list[int]]:
+        """One entry per vector; an empty list is a 400."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if not self.input:
+            raise bad_request("input is empty: give a string, a list of strings, or token ids", param="input")
+        if isinstance(self.input[0], int):
+            return [self.input]  # one input of token ids
+        return list(self.input)
+
+
+class EmbeddingData(BaseModel):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str  # a base64 string with encoding_format base64
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage
+
+
+async def create_embedding(request: web.Request) -> web.Response:
+    state = server_state(request)
+    body = EmbeddingRequest.model_validate_json(await request.read())
+    served = state.route(body.model)
+    engine = served.engine
+    prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body)
+    token_ids = [p.token_ids for p in prompts]
+    how, unit_norm = served.entry.config.model.pooling, body.unit_norm
+    # At most a step's sequences per call, so a long list of inputs lets the model's generation steps run between
+    group = served.entry.config.scheduler.max_num_seqs
+    vectors: list[np.ndarray] = []
+    for start in range(0, len(token_ids), group):
+        chunk = token_ids[start : start + group]
+        vectors += await engine.call(lambda llm_engine, chunk=chunk: llm_engine.encoder.embed(chunk, how, unit_norm))
+    dtype = np.dtype(f"{BYTE_ORDER[body.endianness]}f4")
+    data = [
+        EmbeddingData(
+            index=i,
+            embedding=vector.tolist()
+            if body.encoding_format == "float"
+            else base64.b64encode(vector.astype(dtype).tobytes()).decode("ascii"),
+        )
+        for i, vector in enumerate(vectors)
+    ]
+    num_tokens = sum(map(len, token_ids))
+    response = EmbeddingResponse(
+        id=f"embd-{public_id(request, body.request_id)}",
+        created=int(time.time()),
+        model=body.model or served.name,
+        data=data,
+        usage=EmbeddingUsage(prompt_tokens=num_tokens, total_tokens=num_tokens),
+    )
+    return web.json_response(text=response.model_dump_json())
+
+
+def _to_prompts(inputs: InputProcessor, body: EmbeddingRequest) -> list[Prompt]:
+    """Through the input door off the event loop (long inputs take a while to encode)."""
+    entries = body.inputs()
+    return [
+        inputs.process_whole(
+            entry,
+            add_special_tokens=body.add_special_tokens,
+            truncate_prompt_tokens=body.truncate_prompt_tokens,
+            param="input" if len(entries) == 1 else f"input[{i}]",
+        )
+        for i, entry in enumerate(entries)
+    ]
