@@ -130,6 +130,20 @@ class SchedulerConfig(_Section):
 
 
 @dataclass
+class LimitsConfig(_Section):
+    """Bounds on the work one request may ask of the engine's shared thread; beyond them a request is refused (a
+    400 naming the limit) rather than slowing every other stream."""
+
+    # Stop strings (vLLM sets no limit, OpenAI allows 4): each token's text is checked against every one.
+    max_stop_strings: int = 64
+    max_stop_string_chars: int = 512
+
+    def validate(self) -> None:
+        for key in ("max_stop_strings", "max_stop_string_chars"):
+            self._require(getattr(self, key) >= 1, key, "must be >= 1")
+
+
+@dataclass
 class ParallelConfig(_Section):
     tensor_parallel_size: int = 1
     # jax.distributed: "host:port" of process 0's coordinator, "auto" for JAX's cluster detection, None = one process
@@ -230,6 +244,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
     @classmethod
@@ -259,6 +274,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "cache": CacheConfig,
     "scheduler": SchedulerConfig,
     "parallel": ParallelConfig,
+    "limits": LimitsConfig,
     "server": ServerConfig,
 }
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 
+from jllm.config import LimitsConfig
 from jllm.errors import ContextLengthError, InputError
 from jllm.sampling import SamplingParams
 from jllm.tokenizer import Tokenizer
@@ -53,10 +54,13 @@ def check_token_ids(token_ids: Sequence[int], vocab_size: int, param: str) -> No
 class InputProcessor:
     """Encodes and checks prompts for one engine: its tokenizer, the model's vocabulary and its context length."""
 
-    def __init__(self, tokenizer: Tokenizer, *, vocab_size: int, max_model_len: int) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, *, vocab_size: int, max_model_len: int, limits: LimitsConfig | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size  # the model's embedding rows: every id the engine can run
         self.max_model_len = max_model_len
+        self.limits = limits or LimitsConfig()
 
     def encode(
         self, prompt: PromptInput, *, with_text: bool = False, add_special_tokens: bool = True, param: str = "prompt"
@@ -131,7 +135,8 @@ class InputProcessor:
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:
         """A prompt the engine can run with ``params``: at least one token (the first step needs one to start
         from), room in the context for the prompt plus ``max_tokens`` (one, when it is None), and the ids of
-        ``allowed_token_ids`` / ``logit_bias`` in the vocabulary."""
+        ``allowed_token_ids`` / ``logit_bias`` in the vocabulary, and the request's bounded work (``limits``)."""
+        self.check_limits(params)
         if params.allowed_token_ids is not None:
             check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
         if params.logit_bias:
@@ -147,6 +152,22 @@ class InputProcessor:
                 f"{requested} tokens ({num_prompt} in the prompt, {completion} for the completion). "
                 "Please reduce the length of the prompt or the completion.",
                 param=param,
+            )
+
+    def check_limits(self, params: SamplingParams) -> None:
+        """The ``limits`` section: refused by name, since each would cost every other stream time."""
+        stops, limits = params.stop or [], self.limits
+        if len(stops) > limits.max_stop_strings:
+            raise InputError(
+                f"stop: {len(stops)} stop strings exceed the server's limit max_stop_strings={limits.max_stop_strings}",
+                param="stop",
+            )
+        longest = max(map(len, stops), default=0)
+        if longest > limits.max_stop_string_chars:
+            raise InputError(
+                f"stop: a stop string of {longest} characters exceeds the server's limit "
+                f"max_stop_string_chars={limits.max_stop_string_chars}",
+                param="stop",
             )
 
     def process(
