@@ -40,6 +40,7 @@ class EngineSnapshot:
     never see them torn."""
 
     num_running: int = 0  # requests with a sample in the running batch
+    num_running_seqs: int = 0  # sequences (samples) in the running batch
     num_waiting: int = 0  # requests with a sample waiting for a slot (new or preempted)
     kv_cache_usage: float = 0.0  # fraction of usable KV pages held by unfinished sequences
     num_pages_in_use: int = 0
@@ -78,8 +79,10 @@ class RequestStream:
 class AsyncEngine:
     """Drives an ``LLMEngine`` from its own thread; every public method is called from the event loop.
 
-    ``stall_timeout``: seconds without a finished loop turn, while requests are in flight, after which
-    ``health_problem`` reports the engine as stuck (a first compile of a new step shape can take a while).
+    ``max_queued_requests`` bounds the sequences waiting for a slot (a request counts its ``n`` samples: the
+    engine's work grows with sequences, not requests). ``stall_timeout``: seconds without a finished loop turn,
+    while requests are in flight, after which ``health_problem`` reports the engine as stuck (a first compile of a
+    new step shape can take a while).
     """
 
     def __init__(self, engine: LLMEngine, *, max_queued_requests: int = 1024, stall_timeout: float = 120.0) -> None:
@@ -89,6 +92,8 @@ class AsyncEngine:
         self.snapshot = self._take_snapshot()  # an engine reused by a new server keeps its counters
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None stops the thread
         self._streams: dict[str, RequestStream] = {}  # every request in flight, from admission to its last output
+        self._num_seqs: dict[str, int] = {}  # each in-flight request's sequences (its n)
+        self._in_flight_seqs = 0  # their sum
         self._admitting: dict[str, asyncio.Future[None]] = {}  # adds the engine thread has not acknowledged yet
         self._accepting = True
         self._error: BaseException | None = None
@@ -128,11 +133,12 @@ class AsyncEngine:
             raise EngineUnavailableError("the server is shutting down and admits no new requests")
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use; send a unique X-Request-Id")
-        # Requests in flight minus those running: a snapshot older than the streams only over-counts the queue.
-        queued = len(self._streams) - self.snapshot.num_running
-        if queued >= self.max_queued_requests:
+        # Sequences in flight minus those running: a snapshot older than the streams only over-counts the queue.
+        queued = self._in_flight_seqs - self.snapshot.num_running_seqs
+        if queued + params.n > self.max_queued_requests:
             raise QueueFullError(
-                f"{queued} requests are already waiting (max_queued_requests={self.max_queued_requests}); retry later"
+                f"{queued} sequences are already waiting and this request adds {params.n} "
+                f"(max_queued_requests={self.max_queued_requests} counts prompts x n); retry later"
             )
         loop = asyncio.get_running_loop()
 
@@ -146,6 +152,8 @@ class AsyncEngine:
 
         stream = RequestStream(request_id)
         self._streams[request_id] = stream
+        self._num_seqs[request_id] = params.n
+        self._in_flight_seqs += params.n
         self._idle.clear()
         self._admitting[request_id] = ack = loop.create_future()
         self._inbox.put(add)
@@ -224,6 +232,7 @@ class AsyncEngine:
 
     def _forget(self, request_id: str) -> None:
         self._streams.pop(request_id, None)
+        self._in_flight_seqs -= self._num_seqs.pop(request_id, 0)
         if not self._streams:
             self._idle.set()
 
@@ -280,6 +289,7 @@ class AsyncEngine:
         scheduler, pages = self.engine.scheduler, self.engine.block_manager
         return EngineSnapshot(
             num_running=len({s.request_id for s in scheduler.running}),
+            num_running_seqs=len(scheduler.running),
             num_waiting=len({s.request_id for s in scheduler.waiting}),
             kv_cache_usage=pages.usage,
             num_pages_in_use=pages.num_allocated_pages,

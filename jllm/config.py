@@ -183,7 +183,7 @@ class ServerConfig(_Section):
     port: int = 8000
     api_key: str | None = None
     served_model_name: str | list[str] | None = None  # the `model` clients send; a list: the first and its aliases
-    max_queued_requests: int = 1024
+    max_queued_requests: int = 1024  # sequences (prompts x n) waiting per model; beyond: 429, or 400 for one request
     shutdown_timeout: float = 30.0
     # Unloading a model at run time (the admin API): seconds its running requests get before they are failed.
     drain_timeout_s: float = 30.0
