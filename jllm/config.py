@@ -138,9 +138,14 @@ class LimitsConfig(_Section):
     max_stop_strings: int = 64
     max_stop_string_chars: int = 512
 
+    # Characters of prompt text (prompts, or every string of the messages) in one request, checked before any
+    # tokenization; None = 32 per token of the model's context.
+    max_prompt_chars: int | None = None
+
     def validate(self) -> None:
         for key in ("max_stop_strings", "max_stop_string_chars"):
             self._require(getattr(self, key) >= 1, key, "must be >= 1")
+        self._require(self.max_prompt_chars is None or self.max_prompt_chars >= 1, "max_prompt_chars", "must be >= 1")
 
 
 @dataclass
@@ -190,6 +195,7 @@ class ServerConfig(_Section):
     # The memory models are planned against on a CPU (weights + KV pools of every served model); None = the host's
     # physical memory, with each KV pool of 1 GiB unless sized by num_pages or kv_cache_memory_bytes.
     host_memory_budget_bytes: int | None = None
+    tokenizer_workers: int = 2  # threads that tokenize and render long prompts (short ones are done inline)
     tool_call_parser: str | None = None  # the served family's tool-call format: hermes, llama3_json or mistral
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
 
@@ -202,6 +208,7 @@ class ServerConfig(_Section):
         self._require(self.max_queued_requests >= 1, "max_queued_requests", "must be >= 1")
         self._require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0")
         self._require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
+        self._require(self.tokenizer_workers >= 1, "tokenizer_workers", "must be >= 1")
         budget = self.host_memory_budget_bytes
         self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
         self._require(

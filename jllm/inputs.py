@@ -34,6 +34,7 @@ class Prompt:
 # What the offline API takes: text, token ids, vLLM's {"prompt": text} / {"prompt_token_ids": ids}, or a checked prompt.
 PromptInput = str | list[int] | dict[str, Any] | Prompt
 PROMPT_KEYS = ("prompt", "prompt_token_ids")
+PROMPT_CHARS_PER_TOKEN = 32  # max_prompt_chars's default per token of context: far above any tokenizer's average
 # apply_chat_template's own arguments: chat_template_kwargs may not set them (the rest reach the template as variables)
 RESERVED_TEMPLATE_KWARGS = frozenset(
     {"conversation", "messages", "tokenize", "chat_template", "padding", "truncation", "max_length",
@@ -170,6 +171,22 @@ class InputProcessor:
                 param="stop",
             )
 
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * self.max_model_len
+
+    def check_prompt_size(self, value: object, param: str) -> int:
+        """Refuses a request whose prompt text (every string in ``value``: prompts, prompt dicts, messages) is longer
+        than ``max_prompt_chars``, before anything tokenizes it; returns the characters counted."""
+        chars = text_chars(value)
+        if chars > self.max_prompt_chars:
+            raise InputError(
+                f"{param}: {chars} characters of prompt text exceed the server's limit max_prompt_chars="
+                f"{self.max_prompt_chars}",
+                param=param,
+            )
+        return chars
+
     def process(
         self,
         prompt: PromptInput,
@@ -185,6 +202,20 @@ class InputProcessor:
         truncated = self.truncate(encoded, params)
         self.check(truncated, params, param=param)
         return truncated
+
+
+def text_chars(value: object) -> int:
+    """Characters in every string inside ``value`` (nested lists and dicts: prompts, messages, their parts); a token
+    id counts as one."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int):
+        return 1
+    if isinstance(value, dict):
+        return sum(text_chars(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(text_chars(v) for v in value)
+    return 0
 
 
 def _unwrap(prompt: dict[str, Any], param: str) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 from tokenizers import Tokenizer as BackendTokenizer
 
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
+GIL_FREE_ENCODE_CHARS = 4096  # longer texts are encoded with the GIL released
 
 
 class Tokenizer:
@@ -54,7 +55,11 @@ class Tokenizer:
         return cls(hf, eos)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        """Long texts go through ``encode_batch``, which releases the GIL (``encode`` holds it throughout: seconds
+        for a megabyte, during which the event loop and the engine thread stand still)."""
+        if len(text) <= GIL_FREE_ENCODE_CHARS:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of `ids`, without transformers' optional space clean-up, so streaming can reproduce it."""

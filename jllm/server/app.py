@@ -23,6 +23,7 @@ from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
 from jllm.server.errors import error_middleware
+from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
 from jllm.server.state import STATE, ServerState
@@ -46,7 +47,7 @@ def build_app(
     registry = ModelRegistry(factory, max_queued_requests=config.server.max_queued_requests)
     if engine is not None:
         registry.add(entry_of(config), engine)
-    app[STATE] = ServerState(config, registry)
+    app[STATE] = ServerState(config, registry, HostWork(config.server.tokenizer_workers))
     app.on_response_prepare.append(echo_request_id)
     app.router.add_post("/v1/completions", create_completion)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
@@ -84,6 +85,7 @@ async def stop_app(app: web.Application, runner: web.AppRunner, drain_timeout: f
     await registry.drain(drain_timeout)
     await runner.cleanup()
     await registry.shutdown()
+    app[STATE].host_work.shutdown()
 
 
 def run_server(config: EngineConfig | ServeConfig) -> None:

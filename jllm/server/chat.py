@@ -6,7 +6,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +45,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     params = body.sampling_params(forced_call=tools.forced_schema())
     if tools.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
-    prompt = await asyncio.to_thread(_checked_prompt, engine.inputs, body, params, tools)
+    chars = engine.inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
+    prompt = await state.host_work.run(chars, _checked_prompt, engine.inputs, body, params, tools)
     public = public_id(request, body.request_id)
     generation = await Generation.start(engine, request_id(request), [prompt], params, served.metrics, public)
     response_id, created = f"chatcmpl-{public}", int(time.time())

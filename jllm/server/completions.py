@@ -6,7 +6,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,7 +35,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     served = state.route(body.model)
     engine = served.engine
     params = body.sampling_params()
-    prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body, params)
+    chars = engine.inputs.check_prompt_size(body.prompts(), "prompt")
+    prompts = await state.host_work.run(chars, _to_prompts, engine.inputs, body, params)
     public = public_id(request, body.request_id)
     generation = await Generation.start(engine, request_id(request), prompts, params, served.metrics, public)
     decode = functools.partial(engine.inputs.tokenizer.decode, skip_special_tokens=False)
