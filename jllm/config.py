@@ -137,13 +137,15 @@ class LimitsConfig(_Section):
     # Stop strings (vLLM sets no limit, OpenAI allows 4): each token's text is checked against every one.
     max_stop_strings: int = 64
     max_stop_string_chars: int = 512
+    # stop_token_ids per request: their count (with EOS) is a width of the compiled sampler, so it is capped
+    max_stop_token_ids: int = 32
 
     # Characters of prompt text (prompts, or every string of the messages) in one request, checked before any
     # tokenization; None = 32 per token of the model's context.
     max_prompt_chars: int | None = None
 
     def validate(self) -> None:
-        for key in ("max_stop_strings", "max_stop_string_chars"):
+        for key in ("max_stop_strings", "max_stop_string_chars", "max_stop_token_ids"):
             self._require(getattr(self, key) >= 1, key, "must be >= 1")
         self._require(self.max_prompt_chars is None or self.max_prompt_chars >= 1, "max_prompt_chars", "must be >= 1")
 

@@ -163,6 +163,12 @@ class InputProcessor:
                 f"stop: {len(stops)} stop strings exceed the server's limit max_stop_strings={limits.max_stop_strings}",
                 param="stop",
             )
+        if len(params.stop_token_ids or []) > limits.max_stop_token_ids:
+            raise InputError(
+                f"stop_token_ids: {len(params.stop_token_ids or [])} ids exceed the server's limit "
+                f"max_stop_token_ids={limits.max_stop_token_ids}",
+                param="stop_token_ids",
+            )
         longest = max(map(len, stops), default=0)
         if longest > limits.max_stop_string_chars:
             raise InputError(

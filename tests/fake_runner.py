@@ -63,6 +63,7 @@ class ScriptedRunner:
     step_seconds: float = 0.0
     launched: list[SchedulerOutput] = field(default_factory=list)
     released: bool = False  # set by release(): tests read it to see that an unload got this far
+    num_compilations: int = 0  # nothing is compiled; the counter the server's metrics read
 
     def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> SchedulerOutput:
         return output
