@@ -197,6 +197,11 @@ class ServerConfig(_Section):
     # The memory models are planned against on a CPU (weights + KV pools of every served model); None = the host's
     # physical memory, with each KV pool of 1 GiB unless sized by num_pages or kv_cache_memory_bytes.
     host_memory_budget_bytes: int | None = None
+    # Connections: every one must send its first request's headers within header_timeout_s; an idle keep-alive one
+    # is closed after keepalive_timeout_s; at max_connections the oldest idle one makes room, else a newcomer gets 503.
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
+    max_connections: int = 2048
     tokenizer_workers: int = 2  # threads that tokenize and render long prompts (short ones are done inline)
     tool_call_parser: str | None = None  # the served family's tool-call format: hermes, llama3_json or mistral
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
@@ -211,6 +216,9 @@ class ServerConfig(_Section):
         self._require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0")
         self._require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
         self._require(self.tokenizer_workers >= 1, "tokenizer_workers", "must be >= 1")
+        self._require(self.header_timeout_s > 0, "header_timeout_s", "must be > 0")
+        self._require(self.keepalive_timeout_s > 0, "keepalive_timeout_s", "must be > 0")
+        self._require(self.max_connections >= 1, "max_connections", "must be >= 1")
         budget = self.host_memory_budget_bytes
         self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
         self._require(

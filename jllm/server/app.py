@@ -22,6 +22,7 @@ from jllm.serve_config import ServeConfig, entry_of
 from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
+from jllm.server.connections import ConnectionGuard, GuardedSite, fit_descriptor_limit
 from jllm.server.errors import error_middleware
 from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
@@ -40,14 +41,16 @@ def build_app(
     """The app for ``config``'s server settings. ``engine``: a started engine served as ``config``'s one model;
     ``factory``: how models are planned and built (at start-up and through the admin API). Tests add ready-made
     engines to ``app[STATE].registry`` directly."""
-    middlewares = [request_id_middleware, error_middleware]
+    server = config.server
+    guard = ConnectionGuard(fit_descriptor_limit(server.max_connections), server.header_timeout_s)
+    middlewares = [guard.middleware, request_id_middleware, error_middleware]
     if config.server.api_key:
         middlewares.append(auth_middleware(config.server.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     registry = ModelRegistry(factory, max_queued_requests=config.server.max_queued_requests)
     if engine is not None:
         registry.add(entry_of(config), engine)
-    app[STATE] = ServerState(config, registry, HostWork(config.server.tokenizer_workers))
+    app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard)
     app.on_response_prepare.append(echo_request_id)
     app.router.add_post("/v1/completions", create_completion)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
@@ -68,9 +71,15 @@ def build_app(
 async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Listens on ``host:port`` (0 = any free port; read it back with ``bound_port``)."""
     # handler_cancellation: a client that hangs up cancels its handler, whose cleanup aborts the request.
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=HANDLER_GRACE_SECONDS)
+    state = app[STATE]
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=HANDLER_GRACE_SECONDS,
+        keepalive_timeout=state.config.server.keepalive_timeout_s,
+    )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await GuardedSite(runner, host, port, state.connections).start()
     return runner
 
 
