@@ -52,16 +52,44 @@ class EngineSnapshot:
     compilations_after_startup: int = 0  # step programs the runner compiled since this AsyncEngine started
 
 
-class RequestStream:
-    """One request's outputs in step order, as its ``output_kind`` asks; the last has ``finished=True``."""
+@dataclass(frozen=True)
+class StreamLimits:
+    """Backpressure: a stream holding more than ``max_buffered`` outputs its client has not taken for
+    ``stall_timeout`` seconds, or four times that many at any time, has its request aborted (its pages freed, its
+    outputs no longer made), so a client that stops reading costs a bounded amount of memory."""
 
-    def __init__(self, request_id: str) -> None:
+    max_buffered: int = 256
+    stall_timeout: float = 30.0
+
+
+class RequestStream:
+    """One request's outputs in step order, as its ``output_kind`` asks; the last has ``finished=True``.
+
+    ``on_stall`` is called once when the client stops taking outputs (see ``StreamLimits``)."""
+
+    def __init__(
+        self, request_id: str, limits: StreamLimits = StreamLimits(), on_stall: Callable[[], None] | None = None
+    ) -> None:
         self.request_id = request_id
         self.finished = False
+        self.limits = limits
+        self._on_stall = on_stall
+        self._over_since: float | None = None  # when the buffer last went over max_buffered
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
     def put(self, item: RequestOutput | BaseException) -> None:
         self._queue.put_nowait(item)
+        size, limits = self._queue.qsize(), self.limits
+        if size <= limits.max_buffered or self._on_stall is None:
+            return
+        now = time.monotonic()
+        self._over_since = self._over_since or now
+        if size >= 4 * limits.max_buffered or now - self._over_since >= limits.stall_timeout:
+            logger.warning(
+                "request %s: its client took no output while %d were buffered; aborting it", self.request_id, size
+            )
+            on_stall, self._on_stall = self._on_stall, None
+            on_stall()
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -70,6 +98,8 @@ class RequestStream:
         if self.finished:
             raise StopAsyncIteration
         item = await self._queue.get()
+        if self._queue.qsize() <= self.limits.max_buffered:
+            self._over_since = None
         if isinstance(item, BaseException):
             self.finished = True
             raise item
@@ -86,9 +116,17 @@ class AsyncEngine:
     new step shape can take a while).
     """
 
-    def __init__(self, engine: LLMEngine, *, max_queued_requests: int = 1024, stall_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        *,
+        max_queued_requests: int = 1024,
+        stall_timeout: float = 120.0,
+        stream_limits: StreamLimits = StreamLimits(),
+    ) -> None:
         self.engine = engine
         self.max_queued_requests = max_queued_requests
+        self.stream_limits = stream_limits
         self.stall_timeout = stall_timeout
         self._compilations_at_start = engine.runner.num_compilations  # warm-up's, and any before this server
         self.snapshot = self._take_snapshot()  # an engine reused by a new server keeps its counters
@@ -152,7 +190,7 @@ class AsyncEngine:
             else:
                 loop.call_soon_threadsafe(self._settle_add, request_id, None)
 
-        stream = RequestStream(request_id)
+        stream = RequestStream(request_id, self.stream_limits, lambda: self.abort(request_id))
         self._streams[request_id] = stream
         self._num_seqs[request_id] = params.n
         self._in_flight_seqs += params.n

@@ -202,6 +202,10 @@ class ServerConfig(_Section):
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 15.0
     max_connections: int = 2048
+    # Backpressure: a stream whose client leaves more than stream_buffer_outputs outputs untaken for
+    # stream_stall_timeout_s (or four times as many at once) is aborted; a blocked write is given up after as long.
+    stream_buffer_outputs: int = 256
+    stream_stall_timeout_s: float = 30.0
     tokenizer_workers: int = 2  # threads that tokenize and render long prompts (short ones are done inline)
     tool_call_parser: str | None = None  # the served family's tool-call format: hermes, llama3_json or mistral
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
@@ -219,6 +223,8 @@ class ServerConfig(_Section):
         self._require(self.header_timeout_s > 0, "header_timeout_s", "must be > 0")
         self._require(self.keepalive_timeout_s > 0, "keepalive_timeout_s", "must be > 0")
         self._require(self.max_connections >= 1, "max_connections", "must be >= 1")
+        self._require(self.stream_buffer_outputs >= 1, "stream_buffer_outputs", "must be >= 1")
+        self._require(self.stream_stall_timeout_s > 0, "stream_stall_timeout_s", "must be > 0")
         budget = self.host_memory_budget_bytes
         self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
         self._require(

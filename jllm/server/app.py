@@ -15,7 +15,7 @@ import signal
 from aiohttp import web
 
 from jllm import distributed
-from jllm.async_engine import AsyncEngine
+from jllm.async_engine import AsyncEngine, StreamLimits
 from jllm.build import ModelBuilder, build_worker
 from jllm.config import EngineConfig
 from jllm.serve_config import ServeConfig, entry_of
@@ -47,7 +47,8 @@ def build_app(
     if config.server.api_key:
         middlewares.append(auth_middleware(config.server.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-    registry = ModelRegistry(factory, max_queued_requests=config.server.max_queued_requests)
+    limits = StreamLimits(server.stream_buffer_outputs, server.stream_stall_timeout_s)
+    registry = ModelRegistry(factory, max_queued_requests=server.max_queued_requests, stream_limits=limits)
     if engine is not None:
         registry.add(entry_of(config), engine)
     app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard)
