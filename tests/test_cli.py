@@ -156,7 +156,9 @@ def test_badly_typed_option_is_an_argparse_error(capsys: pytest.CaptureFixture) 
 
 
 def test_bad_sampling_value_names_the_field(capsys: pytest.CaptureFixture) -> None:
-    assert "jllm: error: top_p must be in (0, 1], got 2.0" in fail(["generate", "--top-p", "2", "hi"], capsys)
+    assert "jllm: error: top_p must be in [1.18e-38, 1] (float32, as the sampler), got 2.0" in fail(
+        ["generate", "--top-p", "2", "hi"], capsys
+    )
 
 
 def test_unknown_key_in_config_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -191,7 +193,10 @@ def test_job_splits_engine_keys_from_the_run_section(tmp_path: Path) -> None:
     [
         ({"prompt": ["a"]}, "unknown run key 'prompt' (did you mean 'prompts'?)"),
         ({"prompts": ["a"], "sampling": {"temprature": 0}}, "unknown sampling key 'temprature' (did you mean"),
-        ({"prompts": ["a"], "sampling": {"temperature": -1}}, "run.sampling: temperature must be >= 0, got -1"),
+        (
+            {"prompts": ["a"], "sampling": {"temperature": -1}},
+            "run.sampling: temperature must be in [0, 3.4e+38] (float32), got -1",
+        ),
         ({"prompts": ["a"], "prompts_file": "p.txt"}, "exactly one of prompts"),
         ({"chat": True}, "exactly one of prompts"),
         ({"prompts": "a"}, "run.prompts must be a non-empty list"),

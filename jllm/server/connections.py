@@ -18,11 +18,13 @@ import logging
 import resource
 from collections import Counter
 from collections.abc import Callable
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
-from jllm.server.errors import Handler
+from jllm.server.errors import APIError, Handler
 
 logger = logging.getLogger(__name__)
 LOG_INTERVAL_SECONDS = 10.0
@@ -53,6 +55,23 @@ class _Refusal(asyncio.Protocol):
         transport.close()
 
 
+class JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering what fails before routing (a malformed request line or header, an
+    oversize header or URL, a bad Content-Length) in OpenAI's error JSON, with one log line and no traceback."""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        logger.info("protocol error from %s: %d %s", request.remote, status, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response is already partly sent; the connection is broken")
+        phrase = HTTPStatus(status).phrase
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        response = APIError(status, f"{phrase}: {message or exc or 'malformed request'}", type=kind).response()
+        response.force_close()
+        return response
+
+
 class ConnectionGuard:
     """Counts connections and the requests in progress on each (its ``middleware`` sees every request)."""
 
@@ -77,7 +96,8 @@ class ConnectionGuard:
             if len(connections) >= self.max_connections and not self._make_room(connections):
                 self._note("refused (every connection busy)")
                 return _Refusal()
-            handler = server()
+            # Built as web.Server.__call__ builds aiohttp's own handler (its settings are the server's _kwargs).
+            handler = JsonErrorHandler(server, loop=loop, **server._kwargs)
             self._opened[handler] = loop.time()
             loop.call_later(self.header_timeout, self._check_headers, handler)
             return handler

@@ -61,7 +61,8 @@ def auth_middleware(api_key: str) -> Middleware:
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "").encode()
+            # aiohttp keeps undecodable header bytes as surrogates: encoded back, they simply do not match.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 raise APIError(
                     401,

@@ -30,8 +30,8 @@ async def send_events(request: web.Request, payloads: AsyncIterator[str]) -> web
     response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
     response.content_type = "text/event-stream"
     response.charset = "utf-8"
-    await response.prepare(request)
     try:
+        await response.prepare(request)  # a client gone while the headers go out is a hang-up, not a 500
         async with contextlib.aclosing(payloads):
             try:
                 async for payload in payloads:
