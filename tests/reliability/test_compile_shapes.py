@@ -8,13 +8,18 @@ apiece, every stream waiting); ``stop_token_ids`` lists of 2^k ids a new banned 
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from fake_runner import fake_engine
+from fake_runner import TINY_TOKENIZER, fake_engine
+from model_utils import TINY_CONFIG, save_tiny_checkpoint
 from server_utils import RunningServer, http, metrics
 
+from jllm.build import build_engine
 from jllm.config import LimitsConfig, load_config
+from jllm.inputs import Prompt
 from jllm.sampler import banned_width, penalty_width
 from jllm.sampling import SamplingParams
 from jllm.sequence import Sequence
@@ -73,3 +78,26 @@ def test_metrics_count_programs_compiled_after_startup(server: RunningServer) ->
     server.engine.runner.num_compilations += 3  # as a runner meeting three new shapes would
     http("POST", f"{server.url}/v1/completions", json_body={"model": "scripted", "prompt": "hi", "max_tokens": 2})
     assert metrics(server.url)["jllm:programs_compiled_after_startup_total"] == before + 3
+
+
+@pytest.mark.slow  # builds and warms a tiny model's engine (seconds of compiling on the CPU)
+def test_repetition_penalty_over_client_chosen_prompt_lengths_compiles_nothing_new(tmp_path: Path) -> None:
+    """Prompts of 2^k - 1 tokens (k = 4..7) with a repetition penalty on a real runner: once the buckets they use
+    have their penalty programs (k = 5 adds the 32-token bucket's), 63 and 127 tokens compile nothing (before, each
+    length was a new penalty width: a new forward and sampler per bucket). Measured: [22, 24, 24, 24]."""
+    model_dir = save_tiny_checkpoint("LlamaForCausalLM", {**TINY_CONFIG, "vocab_size": 512}, tmp_path / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_TOKENIZER / name, model_dir / name)
+    config = load_config(
+        None, model=str(model_dir), dtype="float32", max_model_len=256, max_num_batched_tokens=32, max_num_seqs=4,
+        num_pages=96,
+    )  # fmt: skip
+    engine = build_engine(config, show_progress=False)
+    params = SamplingParams(repetition_penalty=1.3, max_tokens=3, temperature=0.0)
+    counts = []
+    for k in range(4, 8):
+        engine.add_request(f"r{k}", Prompt(list(range(3, 3 + 2**k - 1))), params)
+        while engine.has_unfinished_requests():
+            engine.step()
+        counts.append(engine.runner.num_compilations)
+    assert counts[1] == counts[2] == counts[3], counts
