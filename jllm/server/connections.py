@@ -90,7 +90,7 @@ class ConnectionGuard:
         loop = asyncio.get_running_loop()
 
         def make() -> asyncio.Protocol:
-            connections = server.connections
+            connections = [h for h in server.connections if h.transport is not None]  # closed ones linger a while
             if len(self._opened) > 2 * len(connections) + 64:
                 self._prune(connections)
             if len(connections) >= self.max_connections and not self._make_room(connections):
@@ -122,7 +122,7 @@ class ConnectionGuard:
         self._seen &= live
 
     def _make_room(self, connections: list[RequestHandler]) -> bool:
-        idle = [h for h in connections if not self._active.get(h) and h.transport is not None]
+        idle = [h for h in connections if not self._active.get(h)]
         if not idle:
             return False
         oldest = min(idle, key=lambda h: self._opened.get(h, 0.0))

@@ -108,3 +108,16 @@ def test_when_every_connection_serves_a_request_a_newcomer_gets_a_json_503(serve
                 response.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.slow  # ~5 s: a thousand sockets opened and read to their end
+def test_a_thousand_idle_connections_are_closed_by_the_header_timeout() -> None:
+    config = load_config(None, served_model_name="scripted", header_timeout_s=HEADER_TIMEOUT)
+    with RunningServer(fake_engine(), config) as server:
+        idle = [_connect(server.url) for _ in range(1000)]
+        start = time.monotonic()
+        assert all(_closed_by_server(s) for s in idle)
+        assert time.monotonic() - start < HEADER_TIMEOUT + 5
+        assert http("GET", f"{server.url}/health").status == 200
+        for sock in idle:
+            sock.close()
