@@ -5,16 +5,18 @@ rejected 10 MB body leaves no memory behind."""
 from __future__ import annotations
 
 import asyncio
+import random
 import resource
 from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from fake_runner import fake_engine
+from fake_runner import TINY_TOKENIZER, fake_engine
 from server_utils import RunningServer, http
 from victim import assert_victim_unharmed, printable_script, victim_ttft
 
 from jllm.config import LimitsConfig, load_config
+from jllm.tokenizer import GIL_FREE_ENCODE_CHARS, Tokenizer
 
 LIMIT = 200_000
 
@@ -79,3 +81,15 @@ def test_long_tokenize_calls_do_not_delay_a_victim_stream(server: RunningServer)
     idle = victim_ttft(server.url)
     loaded = victim_ttft(server.url, hostile, head_start=0.1)
     assert_victim_unharmed(idle, loaded, "8 x /tokenize of 200,000 characters", slack=0.05)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_long_texts_encode_to_the_same_ids_with_the_gil_released(seed: int) -> None:
+    """Texts past GIL_FREE_ENCODE_CHARS go through encode_batch: the ids must be the backend's plain encode's."""
+    rng = random.Random(seed)
+    tokenizer = Tokenizer.from_pretrained(TINY_TOKENIZER)
+    words = ["héllo", "world", "naïve", "日本", "\n", "  ", "code()", "x" * 30]
+    text = " ".join(rng.choice(words) for _ in range(GIL_FREE_ENCODE_CHARS // 3))
+    assert len(text) > GIL_FREE_ENCODE_CHARS
+    for special in (True, False):
+        assert tokenizer.encode(text, special) == tokenizer.backend.encode(text, add_special_tokens=special).ids
