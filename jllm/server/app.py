@@ -23,7 +23,7 @@ from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
 from jllm.server.connections import ConnectionGuard, GuardedSite, fit_descriptor_limit
-from jllm.server.errors import error_middleware
+from jllm.server.errors import error_middleware, expect_handler
 from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
@@ -53,18 +53,18 @@ def build_app(
         registry.add(entry_of(config), engine)
     app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard)
     app.on_response_prepare.append(echo_request_id)
-    app.router.add_post("/v1/completions", create_completion)
-    app.router.add_post("/v1/chat/completions", create_chat_completion)
+    app.router.add_post("/v1/completions", create_completion, expect_handler=expect_handler)
+    app.router.add_post("/v1/chat/completions", create_chat_completion, expect_handler=expect_handler)
     app.router.add_get("/v1/models", info.list_models)
     app.router.add_get("/v1/models/{model:.+}", info.retrieve_model)  # ids may hold slashes ("org/name")
     app.router.add_get("/version", info.version)
-    app.router.add_post("/tokenize", info.tokenize)
-    app.router.add_post("/detokenize", info.detokenize)
+    app.router.add_post("/tokenize", info.tokenize, expect_handler=expect_handler)
+    app.router.add_post("/detokenize", info.detokenize, expect_handler=expect_handler)
     app.router.add_get("/health", info.health)
     app.router.add_get("/ready", info.ready)
     app.router.add_get("/metrics", info.metrics)
     app.router.add_get("/v1/admin/models", admin.list_models)
-    app.router.add_post("/v1/admin/models", admin.load_model)
+    app.router.add_post("/v1/admin/models", admin.load_model, expect_handler=expect_handler)
     app.router.add_delete("/v1/admin/models/{name:.+}", admin.unload_model)
     return app
 

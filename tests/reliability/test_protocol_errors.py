@@ -51,8 +51,10 @@ def raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
         b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
         b"GET /" + b"u" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"FOO /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nContent-Length: 2\r\n\r\n{}",
     ],
-    ids=["bad-content-length", "oversize-header", "oversize-url", "malformed-header"],
+    ids=["bad-content-length", "oversize-header", "oversize-url", "malformed-header", "unknown-method", "expect"],
 )
 def test_protocol_rejections_are_openai_json_without_tracebacks(
     server: RunningServer, request_bytes: bytes, caplog: pytest.LogCaptureFixture
@@ -63,6 +65,17 @@ def test_protocol_rejections_are_openai_json_without_tracebacks(
     assert headers["content-type"].startswith("application/json")
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_expect_100_continue_still_continues(server: RunningServer) -> None:
+    body = b'{"model": "scripted", "prompt": "hi", "max_tokens": 2}'
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    status, _, rest = raw(server.url, head + body)
+    assert status == 100 and b"HTTP/1.1 200 OK" in rest
 
 
 def test_non_ascii_authorization_is_a_401(server: RunningServer) -> None:
