@@ -42,6 +42,7 @@ class EngineSnapshot:
     never see them torn."""
 
     num_running: int = 0  # requests with a sample in the running batch
+    num_running_seqs: int = 0  # sequences (samples) in the running batch
     num_waiting: int = 0  # requests with a sample waiting for a slot (new or preempted)
     kv_cache_usage: float = 0.0  # fraction of usable KV pages held by unfinished sequences
     num_pages_in_use: int = 0
@@ -50,18 +51,47 @@ class EngineSnapshot:
     prefix_cache_hits: int = 0  # of those, tokens found
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    compilations_after_startup: int = 0  # step programs the runner compiled since this AsyncEngine started
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Backpressure: a stream holding more than ``max_buffered`` outputs its client has not taken for
+    ``stall_timeout`` seconds, or four times that many at any time, has its request aborted (its pages freed, its
+    outputs no longer made), so a client that stops reading costs a bounded amount of memory."""
+
+    max_buffered: int = 256
+    stall_timeout: float = 30.0
 
 
 class RequestStream:
-    """One request's outputs in step order, as its ``output_kind`` asks; the last has ``finished=True``."""
+    """One request's outputs in step order, as its ``output_kind`` asks; the last has ``finished=True``.
 
-    def __init__(self, request_id: str) -> None:
+    ``on_stall`` is called once when the client stops taking outputs (see ``StreamLimits``)."""
+
+    def __init__(
+        self, request_id: str, limits: StreamLimits = StreamLimits(), on_stall: Callable[[], None] | None = None
+    ) -> None:
         self.request_id = request_id
         self.finished = False
+        self.limits = limits
+        self._on_stall = on_stall
+        self._over_since: float | None = None  # when the buffer last went over max_buffered
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
     def put(self, item: RequestOutput | BaseException) -> None:
         self._queue.put_nowait(item)
+        size, limits = self._queue.qsize(), self.limits
+        if size <= limits.max_buffered or self._on_stall is None:
+            return
+        now = time.monotonic()
+        self._over_since = self._over_since or now
+        if size >= 4 * limits.max_buffered or now - self._over_since >= limits.stall_timeout:
+            logger.warning(
+                "request %s: its client took no output while %d were buffered; aborting it", self.request_id, size
+            )
+            on_stall, self._on_stall = self._on_stall, None
+            on_stall()
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -70,6 +100,8 @@ class RequestStream:
         if self.finished:
             raise StopAsyncIteration
         item = await self._queue.get()
+        if self._queue.qsize() <= self.limits.max_buffered:
+            self._over_since = None
         if isinstance(item, BaseException):
             self.finished = True
             raise item
@@ -80,17 +112,30 @@ class RequestStream:
 class AsyncEngine:
     """Drives an ``LLMEngine`` from its own thread; every public method is called from the event loop.
 
-    ``stall_timeout``: seconds without a finished loop turn, while requests are in flight, after which
-    ``health_problem`` reports the engine as stuck (a first compile of a new step shape can take a while).
+    ``max_queued_requests`` bounds the sequences waiting for a slot (a request counts its ``n`` samples: the
+    engine's work grows with sequences, not requests). ``stall_timeout``: seconds without a finished loop turn,
+    while requests are in flight, after which ``health_problem`` reports the engine as stuck (a first compile of a
+    new step shape can take a while).
     """
 
-    def __init__(self, engine: LLMEngine, *, max_queued_requests: int = 1024, stall_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        *,
+        max_queued_requests: int = 1024,
+        stall_timeout: float = 120.0,
+        stream_limits: StreamLimits = StreamLimits(),
+    ) -> None:
         self.engine = engine
         self.max_queued_requests = max_queued_requests
+        self.stream_limits = stream_limits
         self.stall_timeout = stall_timeout
+        self._compilations_at_start = engine.runner.num_compilations  # warm-up's, and any before this server
         self.snapshot = self._take_snapshot()  # an engine reused by a new server keeps its counters
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None stops the thread
         self._streams: dict[str, RequestStream] = {}  # every request in flight, from admission to its last output
+        self._num_seqs: dict[str, int] = {}  # each in-flight request's sequences (its n)
+        self._in_flight_seqs = 0  # their sum
         self._admitting: dict[str, asyncio.Future[None]] = {}  # adds the engine thread has not acknowledged yet
         self._calls: set[asyncio.Future[Any]] = set()  # ``call``s queued or running on the engine thread
         self._accepting = True
@@ -128,11 +173,12 @@ class AsyncEngine:
         self._check_open()
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use; send a unique X-Request-Id")
-        # Requests in flight minus those running: a snapshot older than the streams only over-counts the queue.
-        queued = len(self._streams) - self.snapshot.num_running
-        if queued >= self.max_queued_requests:
+        # Sequences in flight minus those running: a snapshot older than the streams only over-counts the queue.
+        queued = self._in_flight_seqs - self.snapshot.num_running_seqs
+        if queued + params.n > self.max_queued_requests:
             raise QueueFullError(
-                f"{queued} requests are already waiting (max_queued_requests={self.max_queued_requests}); retry later"
+                f"{queued} sequences are already waiting and this request adds {params.n} "
+                f"(max_queued_requests={self.max_queued_requests} counts prompts x n); retry later"
             )
         loop = asyncio.get_running_loop()
 
@@ -144,8 +190,10 @@ class AsyncEngine:
             else:
                 loop.call_soon_threadsafe(self._settle_add, request_id, None)
 
-        stream = RequestStream(request_id)
+        stream = RequestStream(request_id, self.stream_limits, lambda: self.abort(request_id))
         self._streams[request_id] = stream
+        self._num_seqs[request_id] = params.n
+        self._in_flight_seqs += params.n
         self._idle.clear()
         self._admitting[request_id] = ack = loop.create_future()
         self._inbox.put(add)
@@ -260,6 +308,7 @@ class AsyncEngine:
 
     def _forget(self, request_id: str) -> None:
         self._streams.pop(request_id, None)
+        self._in_flight_seqs -= self._num_seqs.pop(request_id, 0)
         if not self._streams:
             self._idle.set()
 
@@ -319,6 +368,7 @@ class AsyncEngine:
         scheduler, pages = self.engine.scheduler, self.engine.block_manager
         return EngineSnapshot(
             num_running=len({s.request_id for s in scheduler.running}),
+            num_running_seqs=len(scheduler.running),
             num_waiting=len({s.request_id for s in scheduler.waiting}),
             kv_cache_usage=pages.usage,
             num_pages_in_use=pages.num_allocated_pages,
@@ -327,6 +377,7 @@ class AsyncEngine:
             prefix_cache_hits=pages.prefix_cache_hits,
             prompt_tokens=scheduler.num_prompt_tokens,
             generation_tokens=scheduler.num_generation_tokens,
+            compilations_after_startup=self.engine.runner.num_compilations - self._compilations_at_start,
         )
 
     def _publish(self, outputs: list[RequestOutput]) -> None:

@@ -102,7 +102,10 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         eos_token_ids=worker.tokenizer.eos_token_ids,
     )
     inputs = InputProcessor(
-        worker.tokenizer, vocab_size=worker.loaded.args.vocab_size, max_model_len=worker.max_model_len
+        worker.tokenizer,
+        vocab_size=worker.loaded.args.vocab_size,
+        max_model_len=worker.max_model_len,
+        limits=config.limits,
     )
     return LLMEngine(
         scheduler,

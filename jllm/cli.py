@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from jllm.llm import LLM
 
 # Sections whose keys each command takes as options (the server's only matter to `serve`).
-OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel")
+OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel", "limits")
 ALL_SECTIONS = (*OFFLINE_SECTIONS, "server")
 DEFAULT_MAX_TOKENS = 256  # SamplingParams' own 16 is an API default, too short for a person reading the reply
 

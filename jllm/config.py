@@ -139,6 +139,27 @@ class SchedulerConfig(_Section):
 
 
 @dataclass
+class LimitsConfig(_Section):
+    """Bounds on the work one request may ask of the engine's shared thread; beyond them a request is refused (a
+    400 naming the limit) rather than slowing every other stream."""
+
+    # Stop strings (vLLM sets no limit, OpenAI allows 4): each token's text is checked against every one.
+    max_stop_strings: int = 64
+    max_stop_string_chars: int = 512
+    # stop_token_ids per request: their count (with EOS) is a width of the compiled sampler, so it is capped
+    max_stop_token_ids: int = 32
+
+    # Characters of prompt text (prompts, or every string of the messages) in one request, checked before any
+    # tokenization; None = 32 per token of the model's context.
+    max_prompt_chars: int | None = None
+
+    def validate(self) -> None:
+        for key in ("max_stop_strings", "max_stop_string_chars", "max_stop_token_ids"):
+            self._require(getattr(self, key) >= 1, key, "must be >= 1")
+        self._require(self.max_prompt_chars is None or self.max_prompt_chars >= 1, "max_prompt_chars", "must be >= 1")
+
+
+@dataclass
 class ParallelConfig(_Section):
     tensor_parallel_size: int = 1
     # jax.distributed: "host:port" of process 0's coordinator, "auto" for JAX's cluster detection, None = one process
@@ -179,13 +200,23 @@ class ServerConfig(_Section):
     grpc_port: int | None = None  # also serve the gRPC API (proto/jllm/v1/generate.proto) here; None = off, 0 = any
     api_key: str | None = None
     served_model_name: str | list[str] | None = None  # the `model` clients send; a list: the first and its aliases
-    max_queued_requests: int = 1024
+    max_queued_requests: int = 1024  # sequences (prompts x n) waiting per model; beyond: 429, or 400 for one request
     shutdown_timeout: float = 30.0
     # Unloading a model at run time (the admin API): seconds its running requests get before they are failed.
     drain_timeout_s: float = 30.0
     # The memory models are planned against on a CPU (weights + KV pools of every served model); None = the host's
     # physical memory, with each KV pool of 1 GiB unless sized by num_pages or kv_cache_memory_bytes.
     host_memory_budget_bytes: int | None = None
+    # Connections: every one must send its first request's headers within header_timeout_s; an idle keep-alive one
+    # is closed after keepalive_timeout_s; at max_connections the oldest idle one makes room, else a newcomer gets 503.
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
+    max_connections: int = 2048
+    # Backpressure: a stream whose client leaves more than stream_buffer_outputs outputs untaken for
+    # stream_stall_timeout_s (or four times as many at once) is aborted; a blocked write is given up after as long.
+    stream_buffer_outputs: int = 256
+    stream_stall_timeout_s: float = 30.0
+    tokenizer_workers: int = 2  # threads that tokenize and render long prompts (short ones are done inline)
     tool_call_parser: str | None = None  # the served family's tool-call format: hermes, llama3_json or mistral
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
 
@@ -204,6 +235,12 @@ class ServerConfig(_Section):
         self._require(self.max_queued_requests >= 1, "max_queued_requests", "must be >= 1")
         self._require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0")
         self._require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
+        self._require(self.tokenizer_workers >= 1, "tokenizer_workers", "must be >= 1")
+        self._require(self.header_timeout_s > 0, "header_timeout_s", "must be > 0")
+        self._require(self.keepalive_timeout_s > 0, "keepalive_timeout_s", "must be > 0")
+        self._require(self.max_connections >= 1, "max_connections", "must be >= 1")
+        self._require(self.stream_buffer_outputs >= 1, "stream_buffer_outputs", "must be >= 1")
+        self._require(self.stream_stall_timeout_s > 0, "stream_stall_timeout_s", "must be > 0")
         budget = self.host_memory_budget_bytes
         self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
         self._require(
@@ -246,6 +283,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
     @classmethod
@@ -275,6 +313,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "cache": CacheConfig,
     "scheduler": SchedulerConfig,
     "parallel": ParallelConfig,
+    "limits": LimitsConfig,
     "server": ServerConfig,
 }
 

@@ -53,6 +53,11 @@ class StepRunner(Protocol):
 
     def release(self) -> None: ...
 
+    @property
+    def num_compilations(self) -> int:
+        """Programs compiled so far (the server reports those after start-up)."""
+        ...
+
 
 class LLMEngine:
     """``publish``: under ``jax.distributed``, hands each step's plan to the followers before the lead runs it."""

@@ -22,7 +22,7 @@ class ContextLengthError(InputError):
 
 
 class QueueFullError(RuntimeError):
-    """``max_queued_requests`` requests already wait for a slot; the client should retry later (HTTP 429)."""
+    """``max_queued_requests`` sequences already wait for a slot; the client should retry later (HTTP 429)."""
 
 
 class EngineUnavailableError(RuntimeError):

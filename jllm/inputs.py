@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 
+from jllm.config import LimitsConfig
 from jllm.errors import ContextLengthError, InputError
 from jllm.sampling import SamplingParams
 from jllm.tokenizer import Tokenizer
@@ -33,6 +34,7 @@ class Prompt:
 # What the offline API takes: text, token ids, vLLM's {"prompt": text} / {"prompt_token_ids": ids}, or a checked prompt.
 PromptInput = str | list[int] | dict[str, Any] | Prompt
 PROMPT_KEYS = ("prompt", "prompt_token_ids")
+PROMPT_CHARS_PER_TOKEN = 32  # max_prompt_chars's default per token of context: far above any tokenizer's average
 # apply_chat_template's own arguments: chat_template_kwargs may not set them (the rest reach the template as variables)
 RESERVED_TEMPLATE_KWARGS = frozenset(
     {"conversation", "messages", "tokenize", "chat_template", "padding", "truncation", "max_length",
@@ -53,10 +55,13 @@ def check_token_ids(token_ids: Sequence[int], vocab_size: int, param: str) -> No
 class InputProcessor:
     """Encodes and checks prompts for one engine: its tokenizer, the model's vocabulary and its context length."""
 
-    def __init__(self, tokenizer: Tokenizer, *, vocab_size: int, max_model_len: int) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, *, vocab_size: int, max_model_len: int, limits: LimitsConfig | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size  # the model's embedding rows: every id the engine can run
         self.max_model_len = max_model_len
+        self.limits = limits or LimitsConfig()
 
     def encode(
         self, prompt: PromptInput, *, with_text: bool = False, add_special_tokens: bool = True, param: str = "prompt"
@@ -130,7 +135,8 @@ class InputProcessor:
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:
         """A prompt the engine can run with ``params``: at least one token (the first step needs one to start
         from), room in the context for the prompt plus ``max_tokens`` (one, when it is None), and the ids of
-        ``allowed_token_ids`` / ``logit_bias`` in the vocabulary."""
+        ``allowed_token_ids`` / ``logit_bias`` in the vocabulary, and the request's bounded work (``limits``)."""
+        self.check_limits(params)
         if params.allowed_token_ids is not None:
             check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
         if params.logit_bias:
@@ -147,6 +153,44 @@ class InputProcessor:
                 "Please reduce the length of the prompt or the completion.",
                 param=param,
             )
+
+    def check_limits(self, params: SamplingParams) -> None:
+        """The ``limits`` section: refused by name, since each would cost every other stream time."""
+        stops, limits = params.stop or [], self.limits
+        if len(stops) > limits.max_stop_strings:
+            raise InputError(
+                f"stop: {len(stops)} stop strings exceed the server's limit max_stop_strings={limits.max_stop_strings}",
+                param="stop",
+            )
+        if len(params.stop_token_ids or []) > limits.max_stop_token_ids:
+            raise InputError(
+                f"stop_token_ids: {len(params.stop_token_ids or [])} ids exceed the server's limit "
+                f"max_stop_token_ids={limits.max_stop_token_ids}",
+                param="stop_token_ids",
+            )
+        longest = max(map(len, stops), default=0)
+        if longest > limits.max_stop_string_chars:
+            raise InputError(
+                f"stop: a stop string of {longest} characters exceeds the server's limit "
+                f"max_stop_string_chars={limits.max_stop_string_chars}",
+                param="stop",
+            )
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.limits.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * self.max_model_len
+
+    def check_prompt_size(self, value: object, param: str) -> int:
+        """Refuses a request whose prompt text (every string in ``value``: prompts, prompt dicts, messages) is longer
+        than ``max_prompt_chars``, before anything tokenizes it; returns the characters counted."""
+        chars = text_chars(value)
+        if chars > self.max_prompt_chars:
+            raise InputError(
+                f"{param}: {chars} characters of prompt text exceed the server's limit max_prompt_chars="
+                f"{self.max_prompt_chars}",
+                param=param,
+            )
+        return chars
 
     def process(
         self,
@@ -191,6 +235,20 @@ class InputProcessor:
                 param=param,
             )
         return encoded
+
+
+def text_chars(value: object) -> int:
+    """Characters in every string inside ``value`` (nested lists and dicts: prompts, messages, their parts); a token
+    id counts as one."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int):
+        return 1
+    if isinstance(value, dict):
+        return sum(text_chars(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(text_chars(v) for v in value)
+    return 0
 
 
 def _unwrap(prompt: dict[str, Any], param: str) -> Any:

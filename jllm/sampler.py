@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from jllm.sequence import ScheduledSequence, Sequence
 
 Array = jax.Array | np.ndarray  # NumPy when built on the host, jax.Array inside the step
+SHORT_PENALTY_WIDTH = 128  # penalised rows whose lists fit this use it; longer ones the whole context
 
 
 class SamplingMode(enum.StrEnum):
@@ -267,8 +268,10 @@ def needs_penalties(seqs: Iterable[Sequence]) -> bool:
     return any(s.sampling_params.uses_penalties for s in seqs)
 
 
-def penalty_width(seqs: Iterable[Sequence], *, minimum: int = 16) -> int:
-    """The id-array width for the penalties variant: the longest list a penalised row needs, to a power of two.
+def penalty_width(seqs: Iterable[Sequence], max_model_len: int) -> int:
+    """The id-array width for the penalties variant: ``SHORT_PENALTY_WIDTH`` when every penalised row's list fits
+    it, else the whole context (as a power of two). Two widths, not one per power of two: a width is part of the
+    step's shapes, so a client choosing prompt lengths must not choose what gets compiled.
 
     Only rows with a repetition penalty need their prompt; presence/frequency only look at the output.
     """
@@ -277,11 +280,14 @@ def penalty_width(seqs: Iterable[Sequence], *, minimum: int = 16) -> int:
         for s in seqs
         if s.sampling_params.uses_penalties
     ]
-    return _bucket(max(needs), minimum) if needs else 0
+    if not needs:
+        return 0
+    return SHORT_PENALTY_WIDTH if max(needs) <= SHORT_PENALTY_WIDTH else _bucket(max_model_len, SHORT_PENALTY_WIDTH)
 
 
 def banned_width(seqs: Iterable[Sequence], eos_token_ids: set[int], *, minimum: int = 8) -> int:
-    """The banned-id width: 0 when no row is inside its min_tokens window, else a power of two."""
+    """The banned-id width: 0 when no row is inside its min_tokens window, else a power of two (a few: the input
+    door caps ``stop_token_ids`` at ``max_stop_token_ids``)."""
     need = max((len(_banned(s, eos_token_ids)) for s in seqs), default=0)
     return _bucket(need, minimum) if need else 0
 

@@ -19,6 +19,8 @@ from jllm.structured_output import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
 
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: device maths flushes smaller values to 0
+FLOAT32_MAX = 3.4028234663852886e38
 SAMPLING_EPS = 1e-5  # temperatures below this mean greedy (vLLM's _SAMPLING_EPS)
 MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logits / 1e-5 overflow to inf/NaN
 MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
@@ -116,13 +118,20 @@ class SamplingParams:
     def _validate_sampling(self) -> None:
         """How each token is drawn: sample count, temperature, truncations, penalties and seed."""
         _check_int("n", self.n, low=1)
-        _check_real("temperature", self.temperature, "be >= 0", lambda v: v >= 0.0)
-        _check_real("top_p", self.top_p, "be in (0, 1]", lambda v: 0.0 < v <= 1.0)
+        _check_real(
+            "temperature", self.temperature, f"be in [0, {FLOAT32_MAX:.3g}] (float32)", lambda v: 0 <= v <= FLOAT32_MAX
+        )
+        _check_real("top_p", self.top_p, f"be in [{FLOAT32_TINY:.3g}, 1] (float32, as the sampler)", _in_float32(1.0))
         _check_int("top_k", self.top_k, low=0, high=MAX_INT32, hint=f"0 or -1 (off) or in [1, {MAX_INT32}]")
         _check_real("min_p", self.min_p, "be in [0, 1]", lambda v: 0.0 <= v <= 1.0)
         for name in ("presence_penalty", "frequency_penalty"):
             _check_real(name, getattr(self, name), "be in [-2, 2]", lambda v: -2.0 <= v <= 2.0)
-        _check_real("repetition_penalty", self.repetition_penalty, "be > 0 (1 = off)", lambda v: v > 0.0)
+        _check_real(
+            "repetition_penalty",
+            self.repetition_penalty,
+            f"be in [{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}] (float32, as the sampler; 1 = off)",
+            _in_float32(FLOAT32_MAX),
+        )
         if self.seed is not None:
             _check_int("seed", self.seed, *SEED_RANGE)
 
@@ -216,6 +225,12 @@ def _as_list(name: str, value: object, allowed: str) -> list:
     if not isinstance(value, list | tuple):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return list(value)
+
+
+def _in_float32(high: float) -> Callable[[float], bool]:
+    """A positive value the device's float32 keeps as a normal number (a subnormal flushes to 0, flipping the
+    meaning of top_p or repetition_penalty), up to ``high``."""
+    return lambda v: FLOAT32_TINY <= v <= high
 
 
 def _is_int(value: object) -> bool:

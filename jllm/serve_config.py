@@ -20,7 +20,7 @@ from jllm.config import ConfigError, EngineConfig, ServerConfig, engine_keys, lo
 from jllm.model_source import DEFAULT_MODEL
 
 # The keys a `models:` entry may hold: every engine key but the server's, plus the model's public name(s).
-ENTRY_KEYS = frozenset(engine_keys("model", "cache", "scheduler", "parallel")) | {"served_model_name"}
+ENTRY_KEYS = frozenset(engine_keys("model", "cache", "scheduler", "parallel", "limits")) | {"served_model_name"}
 SERVER_KEYS = frozenset(f.name for f in fields(ServerConfig)) - {"served_model_name"}
 
 

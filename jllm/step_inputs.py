@@ -147,7 +147,7 @@ def host_inputs(
         seqs,
         s,
         with_penalties=with_penalties,
-        penalty_width=sampler.penalty_width(seqs) if with_penalties else 0,
+        penalty_width=sampler.penalty_width(seqs, pages_per_seq * page_size) if with_penalties else 0,
         max_banned=max(MIN_BANNED_WIDTH, sampler.banned_width(seqs, eos_token_ids)),
         eos_token_ids=eos_token_ids,
     )

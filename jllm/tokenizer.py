@@ -8,6 +8,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from tokenizers import Tokenizer as BackendTokenizer
 
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
+GIL_FREE_ENCODE_CHARS = 4096  # longer texts are encoded with the GIL released
 
 
 class Tokenizer:
@@ -53,7 +55,11 @@ class Tokenizer:
         return cls(hf, eos)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        """Long texts go through ``encode_batch``, which releases the GIL (``encode`` holds it throughout: seconds
+        for a megabyte, during which the event loop and the engine thread stand still)."""
+        if len(text) <= GIL_FREE_ENCODE_CHARS:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of `ids`, without transformers' optional space clean-up, so streaming can reproduce it."""
@@ -93,6 +99,7 @@ class IncrementalDetokenizer:
         self.prompt_len = len(prompt_ids)
         self.skip_special_tokens = skip_special_tokens
         self.stop = [s for s in ([stop] if isinstance(stop, str) else stop or ()) if s]
+        self._stops = StopStrings(self.stop)
         self.include_stop_str_in_output = include_stop_str_in_output
         self.min_tokens = min_tokens  # stop strings count only once this many ids were generated (vLLM)
         # Nobody reads deltas and no stop string needs the text: decode once, in flush.
@@ -143,26 +150,52 @@ class IncrementalDetokenizer:
     def _release(self, checked: int, final: bool) -> str:
         """Cut at the first stop string that ends in the new text, else release all that cannot start one."""
         end = len(self._decoded)
-        if self.stop:
-            # A match must end in the new text, so it starts at most len(stop) - 1 chars before it.
-            start = max(0, checked - max(len(s) for s in self.stop) + 1)
-            may_stop = len(self.output_ids) >= self.min_tokens
-            hits = [(i, s) for s in self.stop if may_stop and (i := self._decoded.find(s, start)) != -1]
-            if hits:
-                index, stop = min(hits, key=lambda hit: (hit[0], -len(hit[1])))
+        if self.stop and end > checked:
+            hit = self._stops.first_match(self._decoded, checked) if len(self.output_ids) >= self.min_tokens else None
+            if hit is not None:
+                index, stop = hit
                 end = index + len(stop) if self.include_stop_str_in_output else index
                 self._decoded = self._decoded[:end]
                 self.finished, self.stop_reason = True, stop
             elif not final and not self.include_stop_str_in_output:
-                end -= self._partial_stop_len()
+                end -= self._stops.partial_len(self._decoded)
+        elif self.stop and not final and not self.include_stop_str_in_output:
+            end = self._released  # no new text: what was held back stays held back
         delta = self._decoded[self._released : max(end, self._released)]
         self._released += len(delta)
         return delta
 
-    def _partial_stop_len(self) -> int:
-        """Length of the longest tail of the text that is a proper prefix of some stop string."""
-        text = self._decoded
-        return max(
-            (k for s in self.stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
-            default=0,
-        )
+
+class StopStrings:
+    """A request's stop strings, matched incrementally: a token's cost depends on the new text and the stops, never
+    on how long the output has grown.
+
+    A match must end in the new text, so ``first_match`` looks up, for each new end position and each distinct stop
+    length, one slice in a set; ``partial_len`` finds the longest tail that begins a stop by bisecting the sorted
+    stops for each tail shorter than the longest stop. Both run their inner work in C (hashing, comparing)."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self._set = frozenset(stops)
+        self._sorted = sorted(self._set)
+        self._lengths = sorted({len(s) for s in self._set}, reverse=True)  # longest first: it wins a tie
+        self._longest = self._lengths[0] if self._lengths else 0
+
+    def first_match(self, text: str, checked: int) -> tuple[int, str] | None:
+        """(start, stop) of the earliest match ending after ``text[:checked]`` (the longest stop at that start)."""
+        best: tuple[int, str] | None = None
+        for end in range(checked + 1, len(text) + 1):
+            for length in self._lengths:
+                start = end - length
+                if start >= 0 and (best is None or (start, -length) < (best[0], -len(best[1]))):
+                    if text[start:end] in self._set:
+                        best = (start, text[start:end])
+        return best
+
+    def partial_len(self, text: str) -> int:
+        """Length of the longest tail of ``text`` that is a proper prefix of some stop string."""
+        for start in range(max(0, len(text) - self._longest + 1), len(text)):
+            tail = text[start:]
+            i = bisect.bisect_right(self._sorted, tail)  # the stops after ``tail``: those it may begin
+            if i < len(self._sorted) and self._sorted[i].startswith(tail):
+                return len(tail)
+        return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from jllm.block_manager import BlockManager
+from jllm.config import LimitsConfig
 from jllm.engine import LLMEngine
 from jllm.inputs import InputProcessor
 from jllm.scheduler import Scheduler
@@ -62,6 +63,7 @@ class ScriptedRunner:
     step_seconds: float = 0.0
     launched: list[SchedulerOutput] = field(default_factory=list)
     released: bool = False  # set by release(): tests read it to see that an unload got this far
+    num_compilations: int = 0  # nothing is compiled; the counter the server's metrics read
 
     def plan(self, output: SchedulerOutput, *, constraints_later: bool = False) -> SchedulerOutput:
         return output
@@ -112,6 +114,7 @@ def fake_engine(
     max_model_len: int = 128,
     async_scheduling: bool = True,
     step_seconds: float = 0.0,
+    limits: LimitsConfig | None = None,
 ) -> LLMEngine:
     """An ``LLMEngine`` over the scripted runner, the tiny tokenizer and a real scheduler and block manager."""
     tokenizer = Tokenizer.from_pretrained(TINY_TOKENIZER)
@@ -122,6 +125,6 @@ def fake_engine(
         max_model_len=max_model_len,
         eos_token_ids=tokenizer.eos_token_ids,
     )
-    inputs = InputProcessor(tokenizer, vocab_size=VOCAB_SIZE, max_model_len=max_model_len)
+    inputs = InputProcessor(tokenizer, vocab_size=VOCAB_SIZE, max_model_len=max_model_len, limits=limits)
     runner = ScriptedRunner(script, step_seconds)
     return LLMEngine(scheduler, runner, inputs, async_scheduling=async_scheduling, seed=0)

@@ -129,7 +129,9 @@ def test_badly_typed_option_is_an_argparse_error(capsys: pytest.CaptureFixture) 
 
 
 def test_bad_sampling_value_names_the_field(capsys: pytest.CaptureFixture) -> None:
-    assert "jllm: error: top_p must be in (0, 1], got 2.0" in fail(["generate", "--top-p", "2", "hi"], capsys)
+    assert "jllm: error: top_p must be in [1.18e-38, 1] (float32, as the sampler), got 2.0" in fail(
+        ["generate", "--top-p", "2", "hi"], capsys
+    )
 
 
 def test_unknown_key_in_config_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

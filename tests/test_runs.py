@@ -258,7 +258,11 @@ def test_sweeping_only_run_keys_builds_one_engine(job: Path) -> None:
         (("perplexity: true", "perplexity: 1"), (), "job.yaml line 12: run.record.perplexity=1 is not allowed"),
         (("  batch_size: 2", "  batch_size: 0"), (), "job.yaml line 13: run.batch_size=0 is not allowed"),
         (("max_num_seqs: 4", "max_num_seq: 4"), (), "job.yaml line 1: unknown key 'max_num_seq' (did you mean"),
-        ((), ("temperature=-1",), "--set temperature=-1: run.sampling.temperature must be >= 0"),
+        (
+            (),
+            ("temperature=-1",),
+            "--set temperature=-1: run.sampling.temperature must be in [0, 3.4e+38] (float32), got -1",
+        ),
         ((), ("run.sampling.temprature=1",), "--set run.sampling.temprature=1: unknown run.sampling key 'temprature'"),
         ((), ("nosuchkey=1",), "--set nosuchkey=1: unknown key 'nosuchkey'"),
         (("max_tokens: 5", "seed: 3"), (), "job.yaml line 8: run.sampling.seed: give it as run.seed in a run"),
@@ -281,7 +285,8 @@ def test_bad_sweep_names_its_key_and_line(job: Path) -> None:
         plan(job)
     write(job, text + "sweep:\n  temperature: [0, -1]\n")
     with pytest.raises(
-        ConfigError, match=r"job.yaml line 16 \(sweep value -1\): run.sampling.temperature must be >= 0"
+        ConfigError,
+        match=r"job.yaml line 16 \(sweep value -1\): run.sampling.temperature must be in \[0, 3.4e\+38\] \(float32\), got -1",
     ):
         plan(job)
     write(job, text + "sweep:\n  temperature: 0.5\n")

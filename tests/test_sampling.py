@@ -57,7 +57,7 @@ def _metadata(seqs: list[Sequence], num_rows: int | None = None) -> SamplingMeta
         seqs,
         num_rows or len(seqs),
         with_penalties=needs_penalties(seqs),
-        penalty_width=penalty_width(seqs),
+        penalty_width=penalty_width(seqs, 4096),
         max_banned=banned_width(seqs, {EOS}),
         eos_token_ids={EOS},
     )
@@ -119,16 +119,16 @@ def _ref_penalties(logits, prompt, output, presence, frequency, repetition) -> n
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
-        ("temperature", -1.0, ">= 0"),
-        ("temperature", float("nan"), ">= 0"),
-        ("top_p", 0.0, "(0, 1]"),
-        ("top_p", 1.5, "(0, 1]"),
+        ("temperature", -1.0, "[0, 3.4e+38]"),
+        ("temperature", float("nan"), "[0, 3.4e+38]"),
+        ("top_p", 0.0, "[1.18e-38, 1]"),
+        ("top_p", 1.5, "[1.18e-38, 1]"),
         ("top_k", -2, "0 or -1"),
         ("top_k", 2.5, "0 or -1"),
         ("min_p", 1.5, "[0, 1]"),
         ("presence_penalty", 2.5, "[-2, 2]"),
         ("frequency_penalty", -3.0, "[-2, 2]"),
-        ("repetition_penalty", 0.0, "> 0"),
+        ("repetition_penalty", 0.0, "[1.18e-38, 3.4e+38]"),
         ("n", 0, ">= 1"),
         ("max_tokens", 0, "at least 1"),
         ("min_tokens", -1, ">= 0"),
@@ -420,10 +420,10 @@ def test_static_widths_and_metadata_checks():
     rep = SamplingParams(repetition_penalty=1.2)
     pres = SamplingParams(presence_penalty=0.4)
     plain = SamplingParams()
-    assert not needs_penalties([_seq(plain)]) and penalty_width([_seq(plain)]) == 0
-    assert penalty_width([_seq(rep, prompt=range(20))]) == 32  # the prompt counts for repetition
-    assert penalty_width([_seq(pres, prompt=range(100), output=[1, 2, 3])]) == 16  # only the output for presence
-    assert penalty_width([_seq(pres, output=range(40)), _seq(plain, prompt=range(500))]) == 64
+    assert not needs_penalties([_seq(plain)]) and penalty_width([_seq(plain)], 1000) == 0
+    assert penalty_width([_seq(rep, prompt=range(200))], 1000) == 1024  # the prompt counts for repetition
+    assert penalty_width([_seq(pres, prompt=range(200), output=[1, 2, 3])], 1000) == 128  # the output for presence
+    assert penalty_width([_seq(pres, output=range(40)), _seq(plain, prompt=range(500))], 1000) == 128
     with pytest.raises(ValueError, match="with_penalties=False"):
         build_sampling_metadata(
             [_seq(rep)], 2, with_penalties=False, penalty_width=0, max_banned=0, eos_token_ids={EOS}

@@ -16,16 +16,18 @@ import signal
 from aiohttp import web
 
 from jllm import distributed
-from jllm.async_engine import AsyncEngine
+from jllm.async_engine import AsyncEngine, StreamLimits
 from jllm.build import ModelBuilder, build_worker
 from jllm.config import EngineConfig
 from jllm.serve_config import ServeConfig, entry_of
 from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
+from jllm.server.connections import ConnectionGuard, GuardedSite, fit_descriptor_limit
 from jllm.server.embeddings import create_embedding
-from jllm.server.errors import error_middleware
+from jllm.server.errors import error_middleware, expect_handler
 from jllm.server.grpc_server import GrpcServer
+from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
 from jllm.server.state import STATE, ServerState
@@ -42,28 +44,31 @@ def build_app(
     """The app for ``config``'s server settings. ``engine``: a started engine served as ``config``'s one model;
     ``factory``: how models are planned and built (at start-up and through the admin API). Tests add ready-made
     engines to ``app[STATE].registry`` directly."""
-    middlewares = [request_id_middleware, error_middleware]
+    server = config.server
+    guard = ConnectionGuard(fit_descriptor_limit(server.max_connections), server.header_timeout_s)
+    middlewares = [guard.middleware, request_id_middleware, error_middleware]
     if config.server.api_key:
         middlewares.append(auth_middleware(config.server.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-    registry = ModelRegistry(factory, max_queued_requests=config.server.max_queued_requests)
+    limits = StreamLimits(server.stream_buffer_outputs, server.stream_stall_timeout_s)
+    registry = ModelRegistry(factory, max_queued_requests=server.max_queued_requests, stream_limits=limits)
     if engine is not None:
         registry.add(entry_of(config), engine)
-    app[STATE] = ServerState(config, registry)
+    app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard)
     app.on_response_prepare.append(echo_request_id)
-    app.router.add_post("/v1/completions", create_completion)
-    app.router.add_post("/v1/chat/completions", create_chat_completion)
-    app.router.add_post("/v1/embeddings", create_embedding)
+    app.router.add_post("/v1/completions", create_completion, expect_handler=expect_handler)
+    app.router.add_post("/v1/chat/completions", create_chat_completion, expect_handler=expect_handler)
+    app.router.add_post("/v1/embeddings", create_embedding, expect_handler=expect_handler)
     app.router.add_get("/v1/models", info.list_models)
     app.router.add_get("/v1/models/{model:.+}", info.retrieve_model)  # ids may hold slashes ("org/name")
     app.router.add_get("/version", info.version)
-    app.router.add_post("/tokenize", info.tokenize)
-    app.router.add_post("/detokenize", info.detokenize)
+    app.router.add_post("/tokenize", info.tokenize, expect_handler=expect_handler)
+    app.router.add_post("/detokenize", info.detokenize, expect_handler=expect_handler)
     app.router.add_get("/health", info.health)
     app.router.add_get("/ready", info.ready)
     app.router.add_get("/metrics", info.metrics)
     app.router.add_get("/v1/admin/models", admin.list_models)
-    app.router.add_post("/v1/admin/models", admin.load_model)
+    app.router.add_post("/v1/admin/models", admin.load_model, expect_handler=expect_handler)
     app.router.add_delete("/v1/admin/models/{name:.+}", admin.unload_model)
     return app
 
@@ -71,9 +76,15 @@ def build_app(
 async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Listens on ``host:port`` (0 = any free port; read it back with ``bound_port``)."""
     # handler_cancellation: a client that hangs up cancels its handler, whose cleanup aborts the request.
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=HANDLER_GRACE_SECONDS)
+    state = app[STATE]
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=HANDLER_GRACE_SECONDS,
+        keepalive_timeout=state.config.server.keepalive_timeout_s,
+    )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await GuardedSite(runner, host, port, state.connections).start()
     return runner
 
 
@@ -101,6 +112,7 @@ async def stop_app(
         closing.append(grpc_server.stop(HANDLER_GRACE_SECONDS))
     await asyncio.gather(*closing)
     await registry.shutdown()
+    app[STATE].host_work.shutdown()
 
 
 def run_server(config: EngineConfig | ServeConfig) -> None:

@@ -6,7 +6,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -73,7 +72,9 @@ async def start_chat(
     params = body.sampling_params(forced_call=tools.forced_schema())
     if tools.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
-    prompt = await asyncio.to_thread(_checked_prompt, served.engine.inputs, body, params, tools)
+    inputs = served.engine.inputs
+    chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
+    prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools)
     generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public)
     return served, tools, generation
 

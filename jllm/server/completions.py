@@ -6,7 +6,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -56,7 +55,9 @@ async def start_completion(
     ``Generate`` share, so both refuse a bad request with the same message."""
     served = state.route(body.model)
     params = body.sampling_params()
-    prompts = await asyncio.to_thread(_to_prompts, served.engine.inputs, body, params)
+    inputs = served.engine.inputs
+    chars = inputs.check_prompt_size(body.prompts(), "prompt")
+    prompts = await state.host_work.run(chars, _to_prompts, inputs, body, params)
     generation = await Generation.start(served.engine, engine_id, prompts, params, served.metrics, public)
     return served, prompts, generation
 

@@ -11,7 +11,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from typing import Any, Literal
@@ -105,7 +104,8 @@ async def create_embedding(request: web.Request) -> web.Response:
     body = EmbeddingRequest.model_validate_json(await request.read())
     served = state.route(body.model)
     engine = served.engine
-    prompts = await asyncio.to_thread(_to_prompts, engine.inputs, body)
+    chars = engine.inputs.check_prompt_size(body.input, "input")
+    prompts = await state.host_work.run(chars, _to_prompts, engine.inputs, body)
     token_ids = [p.token_ids for p in prompts]
     how, unit_norm = served.entry.config.model.pooling, body.unit_norm
     # At most a step's sequences per call, so a long list of inputs lets the model's generation steps run between

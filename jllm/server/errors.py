@@ -50,6 +50,20 @@ class APIError(Exception):
         return web.json_response(self.body(), status=self.status, headers=self.headers)
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """HTTP's ``Expect`` on the POST routes: ``100-continue`` as aiohttp answers it; anything else a 417 in OpenAI's
+    JSON (aiohttp's own answer is plain text, sent before any middleware runs)."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() == "100-continue":
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the response proper has not started
+        return None
+    response = APIError(417, f"Expect: {expect!r} is not supported (only 100-continue)", param="Expect").response()
+    response.force_close()  # the client may be sending the body it asked about: the connection cannot go on
+    return response
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

@@ -80,12 +80,14 @@ class Generation:
         """Admits every prompt (checked by the engine's input door) or none: if one fails, the ones already
         admitted are aborted.
 
-        More prompts than the queue can ever hold is a 400, not a 429: retrying would fail the same way."""
-        if len(prompts) > engine.max_queued_requests:
+        More sequences (prompts x n) than the queue can ever hold is a 400, not a 429: retrying would fail the same
+        way."""
+        if len(prompts) * params.n > engine.max_queued_requests:
+            param = "n" if params.n > 1 else "prompt"
             raise bad_request(
-                f"prompt: {len(prompts)} prompts in one request exceed the server's max_queued_requests="
-                f"{engine.max_queued_requests}; send them in smaller requests",
-                param="prompt",
+                f"{param}: {len(prompts)} prompts x n={params.n} = {len(prompts) * params.n} sequences in one request "
+                f"exceed the server's max_queued_requests={engine.max_queued_requests}; send smaller requests",
+                param=param,
             )
         params = dataclasses.replace(params, output_kind=RequestOutputKind.DELTA)
         streams: list[RequestStream] = []

@@ -72,11 +72,14 @@ async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeRe
     engine = state.route(body.model).engine
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
+    work = state.host_work
     if body.messages is not None:
-        tokens = (await asyncio.to_thread(render_chat, engine.inputs, body)).token_ids
+        chars = engine.inputs.check_prompt_size([m.for_template() for m in body.messages], "messages")
+        tokens = (await work.run(chars, render_chat, engine.inputs, body)).token_ids
     else:
         add_special_tokens = body.add_special_tokens is not False  # a prompt's default: true
-        tokens = await asyncio.to_thread(engine.inputs.tokenizer.encode, body.prompt, add_special_tokens)
+        chars = engine.inputs.check_prompt_size(body.prompt, "prompt")
+        tokens = await work.run(chars, engine.inputs.tokenizer.encode, body.prompt, add_special_tokens)
     return TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
 
 

@@ -51,6 +51,11 @@ class _EngineCollector(Collector):
             ("jllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", "prefix_cache_hits"),
             ("jllm:prompt_tokens", "Prompt tokens processed.", "prompt_tokens"),
             ("jllm:generation_tokens", "Tokens generated.", "generation_tokens"),
+            (
+                "jllm:programs_compiled_after_startup",
+                "Step programs compiled after warm-up (each stalls every stream while it compiles; 0 is the goal).",
+                "compilations_after_startup",
+            ),
         ]
         for kind, table in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
             for name, doc, field in table:

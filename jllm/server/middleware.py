@@ -56,8 +56,9 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
 
 def check_api_key(given: str, api_key: str) -> None:
     """A 401 unless ``given`` (an ``Authorization`` header or gRPC metadata value) is ``Bearer <api_key>``;
-    compared in constant time, so the time taken says nothing about how much of the key was right."""
-    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+    compared in constant time, so the time taken says nothing about how much of the key was right. aiohttp keeps
+    undecodable header bytes as surrogates: encoded back, they simply do not match."""
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {api_key}".encode()):
         raise APIError(
             401, "missing or incorrect API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
         )

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from jllm.async_engine import AsyncEngine, EngineSnapshot
+from jllm.async_engine import AsyncEngine, EngineSnapshot, StreamLimits
 from jllm.config import ConfigError
 from jllm.engine import LLMEngine
 from jllm.errors import EngineUnavailableError
@@ -65,10 +65,17 @@ class ModelRegistry:
     """Served models by every name they answer to, in the order they were loaded (the first answers requests that
     name no model, as in vLLM). Used from the event loop only."""
 
-    def __init__(self, factory: EngineFactory | None = None, *, max_queued_requests: int = 1024) -> None:
+    def __init__(
+        self,
+        factory: EngineFactory | None = None,
+        *,
+        max_queued_requests: int = 1024,
+        stream_limits: StreamLimits | None = None,
+    ) -> None:
         self.metrics = ServerMetrics(self.snapshots)
         self.factory = factory
         self.max_queued_requests = max_queued_requests
+        self.stream_limits = stream_limits or StreamLimits()
         self.pending: set[str] = set()  # names of models being loaded: their requests get 503, not 404
         self.starting = False  # the server's own models are loading (probes answer 503; an admin load does not count)
         self._models: dict[str, ServedModel] = {}  # by first name, in load order
@@ -159,7 +166,9 @@ class ModelRegistry:
             engine = await in_daemon_thread(factory.build, entry, memory)
         finally:
             self.pending.difference_update(entry.names)
-        async_engine = AsyncEngine(engine, max_queued_requests=self.max_queued_requests)
+        async_engine = AsyncEngine(
+            engine, max_queued_requests=self.max_queued_requests, stream_limits=self.stream_limits
+        )
         async_engine.start()
         served = self.add(entry, async_engine, memory)
         served.load_seconds = time.monotonic() - started

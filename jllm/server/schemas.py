@@ -287,15 +287,10 @@ class ChatMessage(_Request):
     tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
 
-    @field_validator("content")
-    @classmethod
-    def _only_the_assistant_says_nothing(cls, value: str | list[TextPart] | None, info: ValidationInfo) -> Any:
-        if value is None and info.data.get("role") != "assistant":
-            raise ValueError("is required (null is only allowed in an assistant message)")
-        return value
-
     @model_validator(mode="after")
     def _tool_fields_by_role(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":  # missing or null: a field validator sees only null
+            raise ValueError(f"content is required in a {self.role} message (only an assistant's may be left out)")
         if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("tool_calls are only allowed in an assistant message")
         if (self.tool_call_id is None) == (self.role == "tool"):

@@ -5,6 +5,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from jllm.server.errors import from_engine_error
+from jllm.server.state import STATE
 
 logger = logging.getLogger(__name__)
 
@@ -22,26 +24,35 @@ async def send_events(request: web.Request, payloads: AsyncIterator[str]) -> web
 
     A failure once the headers are out can no longer change the status, so it goes out as an error event (OpenAI's
     error body) before ``[DONE]``. A client that hangs up ends the stream quietly; the caller aborts its request.
+    So does one that stops reading: a write blocked for ``stream_stall_timeout_s`` closes the connection.
     """
+    write_timeout = request.app[STATE].config.server.stream_stall_timeout_s
     response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
     response.content_type = "text/event-stream"
     response.charset = "utf-8"
-    await response.prepare(request)
     try:
+        await response.prepare(request)  # a client gone while the headers go out is a hang-up, not a 500
         async with contextlib.aclosing(payloads):
             try:
                 async for payload in payloads:
-                    await _write(response, payload)
+                    await _write(request, response, write_timeout, payload)
             except ConnectionResetError:
                 raise
             except Exception as e:
-                await _write(response, json.dumps(from_engine_error(e).body(), separators=(",", ":")))
-        await _write(response, "[DONE]")
+                await _write(
+                    request, response, write_timeout, json.dumps(from_engine_error(e).body(), separators=(",", ":"))
+                )
+        await _write(request, response, write_timeout, "[DONE]")
         await response.write_eof()
     except ConnectionResetError:
         logger.info("client of %s %s hung up mid-stream", request.method, request.path)
     return response
 
 
-async def _write(response: web.StreamResponse, payload: str) -> None:
-    await response.write(f"data: {payload}\n\n".encode())
+async def _write(request: web.Request, response: web.StreamResponse, timeout: float, payload: str) -> None:
+    try:
+        await asyncio.wait_for(response.write(f"data: {payload}\n\n".encode()), timeout)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.close()
+        raise ConnectionResetError(f"the client read nothing for {timeout:g} s") from None

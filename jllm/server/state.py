@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from jllm.config import EngineConfig
+from jllm.server.connections import ConnectionGuard
+from jllm.server.host_work import HostWork
 from jllm.server.metrics import ServerMetrics
 from jllm.server.registry import ModelRegistry, ServedModel
 
@@ -18,6 +20,8 @@ from jllm.server.registry import ModelRegistry, ServedModel
 class ServerState:
     config: EngineConfig  # the server section; the other sections are every model's defaults
     registry: ModelRegistry
+    host_work: HostWork  # tokenization and chat rendering of long prompts
+    connections: ConnectionGuard
 
     @property
     def metrics(self) -> ServerMetrics:

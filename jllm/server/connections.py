@@ -1,0 +1,178 @@
+"""Connection limits: a header-read timeout, a bounded number of open connections, and refusal that stays quiet.
+
+aiohttp closes a connection idle past ``keepalive_timeout`` (counted from its opening too), but by default after an
+hour, and it accepts connections until the process runs out of file descriptors, after which asyncio logs a
+traceback per failed accept. Here every connection must finish its first request's headers within
+``header_timeout_s``; at ``max_connections`` the oldest connection with no request in progress is closed to make
+room (an idle or slowloris one), and only when every connection is serving a request is a newcomer answered 503
+and closed. What was closed or refused is logged as one line per interval, never per connection.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from collections import Counter
+from collections.abc import Callable
+from http import HTTPStatus
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from jllm.server.errors import APIError, Handler
+
+logger = logging.getLogger(__name__)
+LOG_INTERVAL_SECONDS = 10.0
+FD_HEADROOM = 256  # descriptors kept for the model files, the engine and logs beyond the connections
+_REFUSAL_BODY = json.dumps(
+    {
+        "error": {
+            "message": "the server holds its maximum of open connections, all serving requests; retry later",
+            "type": "server_error",
+            "param": None,
+            "code": "too_many_connections",
+        }
+    }
+).encode()
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_REFUSAL_BODY)}\r\n\r\n".encode()
+    + _REFUSAL_BODY
+)
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers one connection with the 503 and closes it, reading nothing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(REFUSAL)
+        transport.close()
+
+
+class JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering what fails before routing (a malformed request line or header, an
+    oversize header or URL, a bad Content-Length) in OpenAI's error JSON, with one log line and no traceback."""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        logger.info("protocol error from %s: %d %s", request.remote, status, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response is already partly sent; the connection is broken")
+        phrase = HTTPStatus(status).phrase
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        response = APIError(status, f"{phrase}: {message or exc or 'malformed request'}", type=kind).response()
+        response.force_close()
+        return response
+
+
+class ConnectionGuard:
+    """Counts connections and the requests in progress on each (its ``middleware`` sees every request)."""
+
+    def __init__(self, max_connections: int, header_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        # aiohttp's handlers take no weak references: these are pruned to the live connections as they grow.
+        self._opened: dict[RequestHandler, float] = {}  # when each connection opened
+        self._active: dict[RequestHandler, int] = {}  # requests in progress on a connection
+        self._seen: set[RequestHandler] = set()  # connections that sent a request's headers at least once
+        self._events: Counter[str] = Counter()
+        self._last_log = 0.0
+
+    def factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory to listen with, around aiohttp's."""
+        loop = asyncio.get_running_loop()
+
+        def make() -> asyncio.Protocol:
+            connections = [h for h in server.connections if h.transport is not None]  # closed ones linger a while
+            if len(self._opened) > 2 * len(connections) + 64:
+                self._prune(connections)
+            if len(connections) >= self.max_connections and not self._make_room(connections):
+                self._note("refused (every connection busy)")
+                return _Refusal()
+            # Built as web.Server.__call__ builds aiohttp's own handler (its settings are the server's _kwargs).
+            handler = JsonErrorHandler(server, loop=loop, **server._kwargs)
+            self._opened[handler] = loop.time()
+            loop.call_later(self.header_timeout, self._check_headers, handler)
+            return handler
+
+        return make
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol = request.protocol
+        self._seen.add(protocol)
+        self._active[protocol] = self._active.get(protocol, 0) + 1
+        try:
+            return await handler(request)
+        finally:
+            self._active[protocol] -= 1
+            if not self._active[protocol]:
+                del self._active[protocol]
+
+    def _prune(self, connections: list[RequestHandler]) -> None:
+        live = set(connections)
+        self._opened = {h: t for h, t in self._opened.items() if h in live}
+        self._seen &= live
+
+    def _make_room(self, connections: list[RequestHandler]) -> bool:
+        idle = [h for h in connections if not self._active.get(h)]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda h: self._opened.get(h, 0.0))
+        oldest.force_close()
+        self._note("closed to make room (idle)")
+        return True
+
+    def _check_headers(self, handler: RequestHandler) -> None:
+        if handler not in self._seen and handler.transport is not None:
+            handler.force_close()
+            self._note(f"closed (no request headers within {self.header_timeout:g} s)")
+
+    def _note(self, event: str) -> None:
+        self._events[event] += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._last_log >= LOG_INTERVAL_SECONDS:
+            summary = ", ".join(f"{count} {what}" for what, count in self._events.items())
+            logger.warning("connections: %s (max_connections=%d)", summary, self.max_connections)
+            self._events.clear()
+            self._last_log = now
+
+
+class GuardedSite(web.TCPSite):
+    """``web.TCPSite`` listening through a ``ConnectionGuard``."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard) -> None:
+        super().__init__(runner, host, port)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard.factory(server), self._host, self._port, backlog=self._backlog
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+def fit_descriptor_limit(max_connections: int) -> int:
+    """Raises the soft open-file limit to fit ``max_connections`` (up to the hard limit, as vLLM does); returns the
+    connections that fit when the hard limit is lower, with a warning."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FD_HEADROOM
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    if soft != resource.RLIM_INFINITY and soft < want:
+        fitted = max(1, soft - FD_HEADROOM)
+        logger.warning("max_connections=%d lowered to %d: the open-file limit is %d", max_connections, fitted, soft)
+        return fitted
+    return max_connections
