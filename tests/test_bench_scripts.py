@@ -104,6 +104,7 @@ def test_random_dataset_lengths_must_fit_the_context(in_repo_root: Path, capsys:
     assert "--input-len 500 + --output-len 13 exceed max_model_len=512" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # runs transformers generate against a deadline (~10 s)
 def test_transformers_batch_running_at_the_deadline_is_cut_and_its_tokens_count() -> None:
     # A fake transformers at 1 ms a step that honours max_time as generate does: a batch of the long tail (1000
     # tokens) would take 1 s, past the 0.1 s budget, so it stops there with the tokens made so far.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from model_utils import TINY_CONFIG, save_tiny_checkpoint
 
@@ -11,6 +12,7 @@ from jllm.loader import load_model, save_model
 from jllm.parallel import make_mesh
 
 
+@pytest.mark.slow  # orbax save and restore (its thread pools and checks, ~10 s)
 def test_orbax_round_trip_is_bit_identical(tmp_path):
     src = save_tiny_checkpoint(
         "Qwen2ForCausalLM",

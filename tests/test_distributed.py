@@ -217,6 +217,7 @@ except RuntimeError as e:
 """
 
 
+@pytest.mark.slow  # starts a process group and an engine
 def test_a_second_engine_in_a_process_group_is_refused(cache: Path, tmp_path: Path) -> None:
     """Followers serve the first engine until the lead exits, so a second one would wait on them for ever."""
     coordinator = f"127.0.0.1:{free_port()}"

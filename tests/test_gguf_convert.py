@@ -130,6 +130,7 @@ def assert_same_tensors(model_dir: Path, theirs: dict[str, np.ndarray]) -> dict[
     return ours
 
 
+@pytest.mark.slow  # converts the default model (~15 s) when no slow test has yet
 def test_config_has_the_known_smollm2_shape(default_model_dir: Path) -> None:
     config = json.loads((default_model_dir / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
