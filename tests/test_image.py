@@ -30,9 +30,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def image_dir() -> Path:
-    """Builds the image and runs its smoke test once (JLLM_IMAGE_DIR, default /tmp/jllm-image, holds the outputs)."""
+    """Builds the image (JLLM_IMAGE_BUILT=1: the one already in the directory) and runs its smoke test once;
+    JLLM_IMAGE_DIR (default /tmp/jllm-image) holds the outputs."""
     out = Path(os.environ.get("JLLM_IMAGE_DIR", "/tmp/jllm-image"))
-    subprocess.run(["bash", "scripts/build_image.sh", str(out)], check=True, cwd=ROOT)
+    if os.environ.get("JLLM_IMAGE_BUILT") != "1":
+        subprocess.run(["bash", "scripts/build_image.sh", str(out)], check=True, cwd=ROOT)
     subprocess.run(["bash", "scripts/smoke_image.sh", str(out), PROMPT], check=True, cwd=ROOT)
     return out
 
