@@ -19,12 +19,10 @@ for tool in mmdebstrap umoci; do
     command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install mmdebstrap umoci" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "run as root: mmdebstrap's root mode and umoci keep file owners" >&2; exit 1; }
-rm -rf "$ROOTFS" "$OUT/oci" "$OUT/jllm-oci.tar"
-mkdir -p "$OUT/src"
+rm -rf "$ROOTFS" "$OUT/oci" "$OUT/jllm-oci.tar" "$OUT/src"
 start=$(date +%s)
 
 # The checkout's tracked files as they are in the working tree (no .venv, no caches).
-rm -rf "$OUT/src/jllm"
 mkdir -p "$OUT/src/jllm"
 git ls-files -z | tar --null -T - -c | tar -x -C "$OUT/src/jllm"
 
