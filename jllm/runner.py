@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
-from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode, TokenConstraints
+from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, SamplingMode, TokenConstraints
 from jllm.sequence import ScheduledSequence, SchedulerOutput
 from jllm.step_inputs import (
     InputLayout,
@@ -56,8 +56,10 @@ class DeviceStep:
     layout: InputLayout
     buffers: list[jax.Array]  # one flat buffer per dtype, replicated over the mesh
     variant: Variant
-    constraints_layout: InputLayout  # the sampler's TokenConstraints, packed apart (zero widths without any)
-    constraint_buffers: list[jax.Array]
+    # The sampler's own per-row inputs, packed apart: (SamplingMetadata, TokenConstraints) — penalty lists, stop-id
+    # bans, token mask and logit bias have request-chosen widths, which must never change the forward's program.
+    sampler_layout: InputLayout
+    sampler_buffers: list[jax.Array]
 
 
 @dataclasses.dataclass
@@ -102,7 +104,7 @@ class ModelRunner:
         self.input_structure = jax.tree.structure(self._host_inputs([], self.buckets[0]))
         # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
         # ``num_compilations`` counts real XLA compilations: forward programs by layout, samplers by (variant, layout,
-        # constraints layout).
+        # sampler-inputs layout): a penalty or mask width compiles a sampler, never a forward.
         self._forward_programs: dict[InputLayout, jax.stages.Compiled] = {}
         self._sampler_programs: dict[tuple[Variant, InputLayout, InputLayout], jax.stages.Compiled] = {}
 
@@ -114,9 +116,9 @@ class ModelRunner:
         """``hidden``: the forward's output, or its ``ShapeDtypeStruct`` (warm-up lowers before anything runs)."""
         num_rows = self._last_tokens.shape[0]
         fn = functools.partial(
-            step_programs.sample, self.graphdef, variant, step.layout, step.constraints_layout, num_rows=num_rows
+            step_programs.sample, self.graphdef, variant, step.layout, step.sampler_layout, num_rows=num_rows
         )
-        return jax.jit(fn).lower(self.state, hidden, step.buffers, step.constraint_buffers)
+        return jax.jit(fn).lower(self.state, hidden, step.buffers, step.sampler_buffers)
 
     def _forward_program(self, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Compiled:
         if layout not in self._forward_programs:
@@ -124,7 +126,7 @@ class ModelRunner:
         return self._forward_programs[layout]
 
     def _sampler_program(self, step: DeviceStep, hidden: jax.Array) -> jax.stages.Compiled:
-        key = (step.variant, step.layout, step.constraints_layout)
+        key = (step.variant, step.layout, step.sampler_layout)
         if key not in self._sampler_programs:
             self._sampler_programs[key] = self._lower_sampler(step, step.variant, hidden).compile(COMPILER_OPTIONS)
         return self._sampler_programs[key]
@@ -180,7 +182,7 @@ class ModelRunner:
             for step, variants, (forward, *samplers) in pending:
                 self._forward_programs[step.layout] = forward.result()
                 for variant, future in zip(variants, samplers, strict=True):
-                    self._sampler_programs[(variant, step.layout, step.constraints_layout)] = future.result()
+                    self._sampler_programs[(variant, step.layout, step.sampler_layout)] = future.result()
                 bar.update()
         if self.mesh.devices.flat[0].platform == "cpu":
             return  # no first-run cost to pay ahead on a CPU, where running every bucket's padding takes ~20 s
@@ -216,8 +218,8 @@ class ModelRunner:
         if before_sampling is not None:
             before_sampling()
             constraints = host_constraints(output.scheduled, plan.bucket.num_seqs, self.vocab_size)
-            layout, buffers = self._put_tree(constraints or sampler.no_constraints(plan.bucket.num_seqs))
-            step = dataclasses.replace(step, constraints_layout=layout, constraint_buffers=buffers)
+            layout, buffers = self._put_tree(_sampler_tree(plan, constraints))
+            step = dataclasses.replace(step, sampler_layout=layout, sampler_buffers=buffers)
         result, prompt = self._sample(step, hidden)
         self._last_rows = {s.seq.seq_id: i for i, s in enumerate(output.scheduled) if s.samples_token}
         for x in jax.tree.leaves((result, prompt)):
@@ -252,10 +254,12 @@ class ModelRunner:
         """Packs the plan's host inputs and transfers them, replicated over the mesh. Each process gives the whole
         array for its own devices, which holds when the mesh spans processes too (``jnp.asarray`` fills one local
         device)."""
-        constraints = plan.constraints or sampler.no_constraints(plan.bucket.num_seqs)
-        return DeviceStep(*self._put_tree(plan.inputs), plan.variant, *self._put_tree(constraints))
+        forward_inputs = dataclasses.replace(plan.inputs, sampling=None)
+        return DeviceStep(
+            *self._put_tree(forward_inputs), plan.variant, *self._put_tree(_sampler_tree(plan, plan.constraints))
+        )
 
-    def _put_tree(self, tree: StepInputs | TokenConstraints) -> tuple[InputLayout, list[jax.Array]]:
+    def _put_tree(self, tree: Any) -> tuple[InputLayout, list[jax.Array]]:
         layout, buffers = pack_inputs(tree)
         return layout, jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
 
@@ -271,5 +275,10 @@ class ModelRunner:
 
     def _sample(self, step: DeviceStep, hidden: jax.Array) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         sample = self._sampler_program(step, hidden)
-        out, prompt, self._last_tokens = sample(self.state, hidden, step.buffers, step.constraint_buffers)
+        out, prompt, self._last_tokens = sample(self.state, hidden, step.buffers, step.sampler_buffers)
         return out, prompt
+
+
+def _sampler_tree(plan: StepPlan, constraints: TokenConstraints | None) -> tuple[SamplingMetadata, TokenConstraints]:
+    """What only the sampler reads, packed apart from the forward's inputs (zero-width constraints without any)."""
+    return plan.inputs.sampling, constraints or sampler.no_constraints(plan.bucket.num_seqs)

@@ -45,17 +45,18 @@ def sample(
     graphdef: nnx.GraphDef,
     variant: Variant,
     layout: InputLayout,
-    constraints_layout: InputLayout,
+    sampler_layout: InputLayout,
     state: nnx.State,
     hidden: jax.Array,
     buffers: list[jax.Array],
-    constraint_buffers: list[jax.Array],
+    sampler_buffers: list[jax.Array],
     num_rows: int,
 ) -> tuple[SamplerOutput, PromptLogprobsOutput | None, jax.Array]:
     """Logits of the rows that sample (all rows for prompt logprobs), then the sampler: a program of its own, so a
     new sampling variant compiles in a fraction of the model's time. Only the LM head's parameters are used.
 
-    ``constraint_buffers`` hold the packed ``TokenConstraints`` (mask and logit bias; zero-width without them).
+    ``sampler_buffers`` hold the packed ``(SamplingMetadata, TokenConstraints)``: the per-row settings and the mask
+    and logit bias (zero-width without them), apart from the forward's ``buffers`` so their widths never change it.
     Also returns the sampled tokens padded to ``num_rows`` (every bucket's rows fit): the next step's
     ``last_tokens``, one shape whatever this step's bucket.
     """
@@ -67,6 +68,6 @@ def sample(
     if num_prompt_logprobs is not None:
         all_logits = model.compute_logits(hidden)  # [T, vocab]
         prompt = sampler.prompt_logprobs(all_logits, inputs.prompt_targets, num_top_logprobs=num_prompt_logprobs)
-    constraints = unpack_inputs(constraints_layout, constraint_buffers)
-    out = sampler.sample(logits, inputs.sampling, constraints, num_top_logprobs=num_top_logprobs, mode=mode)
+    sampling, constraints = unpack_inputs(sampler_layout, sampler_buffers)
+    out = sampler.sample(logits, sampling, constraints, num_top_logprobs=num_top_logprobs, mode=mode)
     return out, prompt, jnp.zeros(num_rows, jnp.int32).at[: out.token_ids.shape[0]].set(out.token_ids)

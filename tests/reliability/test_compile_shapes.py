@@ -84,7 +84,8 @@ def test_metrics_count_programs_compiled_after_startup(server: RunningServer) ->
 def test_repetition_penalty_over_client_chosen_prompt_lengths_compiles_nothing_new(tmp_path: Path) -> None:
     """Prompts of 2^k - 1 tokens (k = 4..7) with a repetition penalty on a real runner: once the buckets they use
     have their penalty programs (k = 5 adds the 32-token bucket's), 63 and 127 tokens compile nothing (before, each
-    length was a new penalty width: a new forward and sampler per bucket). Measured: [22, 24, 24, 24]."""
+    length was a new penalty width: a new forward and sampler per bucket). Penalty widths reach only the sampler's
+    packed inputs, so the forwards stay the ones warm-up compiled, one per bucket."""
     model_dir = save_tiny_checkpoint("LlamaForCausalLM", {**TINY_CONFIG, "vocab_size": 512}, tmp_path / "model")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY_TOKENIZER / name, model_dir / name)
@@ -101,3 +102,5 @@ def test_repetition_penalty_over_client_chosen_prompt_lengths_compiles_nothing_n
             engine.step()
         counts.append(engine.runner.num_compilations)
     assert counts[1] == counts[2] == counts[3], counts
+    forwards = [layout for variant, layout, _ in engine.runner.compiled_programs() if variant is None]
+    assert len(forwards) == len(engine.runner.buckets)
