@@ -167,7 +167,7 @@ BAD_INPUTS = [
     Case("wrong API key", CHAT, 401, code="invalid_api_key", path=CHAT_PATH, headers={"Authorization": "Bearer x"}),
     Case("API key without Bearer", CHAT, 401, code="invalid_api_key", path=CHAT_PATH,
          headers={"Authorization": API_KEY}),
-    Case("unknown route", COMPLETION, 404, code="not_found", path="/v1/embeddings"),
+    Case("unknown route", COMPLETION, 404, code="not_found", path="/v1/audio/transcriptions"),
     Case("GET on a POST route", b"", 405, method="GET"),
     Case("oversized body", _with(COMPLETION, prompt="x" * (17 << 20)), 413),
     Case("tokenize without prompt or messages", {}, 400, path="/tokenize"),
