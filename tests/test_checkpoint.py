@@ -36,6 +36,7 @@ def test_orbax_round_trip_is_bit_identical(tmp_path):
         )
 
 
+@pytest.mark.slow  # an orbax save (~10 s)
 def test_saved_directory_keeps_the_chat_template_file(tmp_path):
     src = save_tiny_checkpoint("LlamaForCausalLM", TINY_CONFIG, tmp_path / "hf")
     (src / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")

@@ -358,7 +358,7 @@ def test_bad_options_are_rejected() -> None:
 def test_sequence_of_matches_searchsorted():
     """The loop-free search the kernels' wrappers use, against NumPy on random cumulative ends with empty sequences."""
     rng = np.random.default_rng(5)
-    for _ in range(20):
+    for _ in range(8):  # each shape compiles anew
         ends = np.cumsum(rng.integers(0, 4, size=rng.integers(1, 9))).astype(np.int32)
         index = np.arange(ends[-1] + 3, dtype=np.int32)
         expected = np.searchsorted(ends, index, side="right")
