@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 from jllm.inputs import InputProcessor, Prompt
 from jllm.server.errors import bad_request
 from jllm.server.middleware import public_id
-from jllm.server.schemas import _NOTHING, _Request, refuse_unsupported
+from jllm.server.schemas import _NOTHING, _Request, prompt_list, refuse_unsupported
 from jllm.server.state import server_state
 
 # Fields of vLLM's embedding request this server cannot honour: (the values that ask for nothing, why more is refused)
@@ -70,13 +70,7 @@ class EmbeddingRequest(_Request):
 
     def inputs(self) -> list[str | list[int]]:
         """One entry per vector; an empty list is a 400."""
-        if isinstance(self.input, str):
-            return [self.input]
-        if not self.input:
-            raise bad_request("input is empty: give a string, a list of strings, or token ids", param="input")
-        if isinstance(self.input[0], int):
-            return [self.input]  # one input of token ids
-        return list(self.input)
+        return prompt_list(self.input, "input")
 
 
 class EmbeddingData(BaseModel):

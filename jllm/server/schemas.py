@@ -430,13 +430,19 @@ class CompletionRequest(_GenerationRequest):
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per engine request; an empty prompt list is a 400."""
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        if not self.prompt:
-            raise bad_request("prompt is empty: give a string, a list of strings, or token ids", param="prompt")
-        if isinstance(self.prompt[0], int):
-            return [self.prompt]  # one prompt of token ids
-        return list(self.prompt)
+        return prompt_list(self.prompt, "prompt")
+
+
+def prompt_list(value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str | list[int]]:
+    """OpenAI's prompt-or-input field as one entry per engine request: a string, strings, one token-id list or
+    several; an empty list is a 400 naming ``param``."""
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        raise bad_request(f"{param} is empty: give a string, a list of strings, or token ids", param=param)
+    if isinstance(value[0], int):
+        return [value]  # one prompt of token ids
+    return list(value)
 
 
 class TokenizeRequest(_ChatTemplateOptions):
