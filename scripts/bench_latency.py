@@ -1,5 +1,5 @@
 """Latency of small batches: time to first token (TTFT) and time per output token (TPOT), jllm beside transformers
-and the roofline, in one process.
+and the roofline (transformers in a child process that exits before jllm starts).
 
 For each of ``--batch-sizes``: that many random token-id prompts of ``--input-len`` tokens, greedy, EOS ignored.
 TTFT is the wall time of a generate of 1 token; TPOT = (generate ``--output-len`` tokens - generate 1 token) /
@@ -18,6 +18,7 @@ weights (saved as safetensors) instead of ``load_format: dummy``, and the greedy
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench_latency_") as tmp:
         hf, overrides = common.run_baseline(
-            args, bench, Path(tmp), lambda gen: run_engine(gen, batches, args.output_len)
+            args, bench, Path(tmp), functools.partial(run_engine, batches=batches, output_len=args.output_len)
         )
         llm, facts = common.start_jllm(bench, overrides)
         jllm = run_engine(common.jllm_generator(llm), batches, args.output_len)

@@ -1,4 +1,5 @@
-"""Offline throughput: jllm's ``LLM.generate`` on many prompts beside transformers and the roofline, in one process.
+"""Offline throughput: jllm's ``LLM.generate`` on many prompts beside transformers (in a child process
+that exits before jllm starts) and the roofline.
 
 Datasets (random token ids; every prompt generates exactly its output length, greedy, EOS ignored):
 
@@ -25,6 +26,7 @@ transformers' random weights and its greedy tokens are compared with those of tr
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import tempfile
 import time
@@ -139,9 +141,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args,
             bench,
             Path(tmp),
-            lambda gen: hf_throughput(
-                gen, prompts[:k], inputs[:k], outputs[:k], args.hf_batch_sizes, args.hf_max_seconds
-            ),
+            functools.partial(
+                hf_throughput,
+                prompts=prompts[:k],
+                inputs=inputs[:k],
+                outputs=outputs[:k],
+                batch_sizes=args.hf_batch_sizes,
+                max_seconds=args.hf_max_seconds,
+            ),  # fmt: skip
         )
         llm, facts = common.start_jllm(bench, overrides)
         generate = common.jllm_generator(llm)

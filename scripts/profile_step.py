@@ -22,6 +22,7 @@ import collections
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -74,7 +75,8 @@ def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
     timer.wrap(eng.scheduler, "schedule", "schedule")
     timer.wrap(runner, "plan", "host_inputs")
     timer.wrap(runner, "put", "device_inputs")
-    timer.wrap(runner, "dispatch", "dispatch")
+    timer.wrap(runner, "_forward", "dispatch")  # launch() queues the forward, then the sampler
+    timer.wrap(runner, "_sample", "dispatch")
     timer.wrap(jax, "device_get", "wait_results")
     try:
         start = time.perf_counter()
@@ -94,7 +96,7 @@ def device_only(llm: LLM, steps: int) -> dict[str, float]:
     runner = llm.engine.runner
     captured: list[DeviceStep] = []
     timer = PartTimer()
-    timer.wrap(runner, "dispatch", "dispatch", note=captured.append)
+    timer.wrap(runner, "_forward", "dispatch", note=captured.append)  # the step's inputs, as launch() put them
     try:
         llm.engine.step()
     finally:
@@ -134,12 +136,14 @@ def kernel_profile(llm: LLM, steps: int, trace_dir: Path) -> dict[str, Any]:
     if not files:
         return {"error": "no trace written"}
     kernels: collections.Counter[str] = collections.Counter()
+    launches: collections.Counter[str] = collections.Counter()
     host: collections.Counter[str] = collections.Counter()
     for plane in ProfileData.from_file(files[-1]).planes:
         for line in plane.lines:
             if plane.name.startswith("/device:GPU:0") and line.name.startswith("Stream"):
                 for event in line.events:
                     kernels[event.name] += event.duration_ns
+                    launches[event.name] += 1
             elif plane.name.startswith("/host:CPU") and line.name != "python":
                 for event in line.events:
                     host[f"{line.name[:24]}: {event.name}"] += event.duration_ns
@@ -147,7 +151,23 @@ def kernel_profile(llm: LLM, steps: int, trace_dir: Path) -> dict[str, Any]:
     out = {"host_threads_ms_per_step": per_step(host)}
     if kernels:
         out |= {"gpu_busy_ms_per_step": round(sum(kernels.values()) / 1e6 / steps, 3), "kernels": per_step(kernels)}
+        out["kernel_kinds"] = kernel_kinds(kernels, launches, steps)
+        out["all_kernels_ms_per_step"] = {k: round(ns / 1e6 / steps, 5) for k, ns in kernels.most_common()}
     return out
+
+
+def kernel_kinds(
+    kernels: collections.Counter[str], launches: collections.Counter[str], steps: int
+) -> dict[str, dict[str, float]]:
+    """Kernels grouped by name without their numbering (an unrolled step has one ``loop_add_fusion_N`` per layer):
+    launches and milliseconds per step, so the many small fusions show as one line."""
+    time_ns: collections.Counter[str] = collections.Counter()
+    count: collections.Counter[str] = collections.Counter()
+    for name, ns in kernels.items():
+        kind = re.sub(r"([._]\d+)+$", "", name)[:80]
+        time_ns[kind] += ns
+        count[kind] += launches[name]
+    return {k: {"ms": round(ns / 1e6 / steps, 4), "launches": count[k] / steps} for k, ns in time_ns.most_common(25)}
 
 
 def finish_all(llm: LLM) -> None:
