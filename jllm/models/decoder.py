@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
-from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm
+from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear
 from jllm.models.moe import SparseMoE
 from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
@@ -131,11 +131,12 @@ class Attention(nnx.Module):
         self.args, self.spec = args, spec
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
+        self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
+        """Attention over ``norm(x)``."""
         a, g = self.args, self.group
         t = x.shape[0]
-        qkv = self.qkv_proj(x)  # [T, kv_heads, group + 2, head_dim]
+        qkv = normed_linear(norm, self.qkv_proj, x)  # [T, kv_heads, group + 2, head_dim]
         q = qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim)
         k, v = qkv[:, :, g], qkv[:, :, g + 1]
         if self.q_norm is not None:
@@ -172,17 +173,18 @@ class DecoderLayer(nnx.Module):
     def __call__(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
-        normed = self.input_layernorm(x)
-        h, kv_pages = self.self_attn(normed, positions, kv_pages, meta)
+        h, kv_pages = self.self_attn(x, self.input_layernorm, positions, kv_pages, meta)
         h = h if self.attn_out_norm is None else self.attn_out_norm(h)
         if self.parallel_residual:
-            mlp_in = normed if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
-            return x + (self._mlp(mlp_in) + h), kv_pages
+            shared = self.post_attention_layernorm is None
+            return x + (self._mlp(x, self.input_layernorm if shared else self.post_attention_layernorm) + h), kv_pages
         x = x + h
-        return x + self._mlp(self.post_attention_layernorm(x)), kv_pages
+        return x + self._mlp(x, self.post_attention_layernorm), kv_pages
 
-    def _mlp(self, x: jax.Array) -> jax.Array:
-        h = self.mlp(x)
+    def _mlp(self, x: jax.Array, norm: nnx.Module) -> jax.Array:
+        """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
+        of experts reads the normed states."""
+        h = self.mlp(x, norm) if isinstance(self.mlp, MLP) else self.mlp(norm(x))
         return h if self.mlp_out_norm is None else self.mlp_out_norm(h)
 
 

@@ -66,6 +66,14 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.unit_offset = unit_offset
 
+    def factored(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The norm as (``x`` times its weight, in ``x``'s dtype; the per-row factor ``rsqrt(mean(x^2) + eps)``
+        ``[..., 1]`` float32), so that a linear map of it is ``linear(x * w) * factor`` (``normed_linear``)."""
+        x32 = x.astype(jnp.float32)
+        factor = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        w32 = self.weight[...].astype(jnp.float32)
+        return (x32 * (1.0 + w32 if self.unit_offset else w32)).astype(x.dtype), factor
+
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -73,6 +81,21 @@ class RMSNorm(nnx.Module):
             return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
         # Llama casts back before the weight: w * x.to(dtype)
         return self.weight[...] * x32.astype(x.dtype)
+
+
+def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.Array:
+    """``linear(norm(x))`` (``linear(x)`` without a norm). An RMS norm's per-row factor goes after the GEMM:
+    ``(x * w) @ W * factor``, so the GEMM reads ``x * w``, which XLA computes in the fusion that made ``x`` (the
+    residual add), and the factor joins the fusion that reads the GEMM's output: one small kernel less per norm,
+    where the one-token decode step of a GPU is mostly small kernels besides its GEMMs (docs/benchmarks.md)."""
+    if norm is None:
+        return linear(x)
+    if not isinstance(norm, RMSNorm) or linear.bias is not None:  # a bias must not be scaled
+        return linear(norm(x))
+    scaled, factor = norm.factored(x)
+    y = linear(scaled)
+    factor = factor.reshape(factor.shape + (1,) * (y.ndim - factor.ndim))  # [T, 1, ...] against y [T, *out]
+    return (y.astype(jnp.float32) * factor).astype(y.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -113,8 +136,9 @@ class MLP(nnx.Module):
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias)
         self.act, self.gated = act, gated
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, norm: nnx.Module | None = None) -> jax.Array:
+        """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``."""
         if not self.gated:
-            return self.down_proj(ACTIVATIONS[self.act](self.up_proj(x)))
-        gate_up = self.gate_up_proj(x)  # [T, 2, hidden]
+            return self.down_proj(ACTIVATIONS[self.act](normed_linear(norm, self.up_proj, x)))
+        gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
         return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1])
