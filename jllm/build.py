@@ -58,8 +58,15 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
     enable_compilation_cache()
     model_dir = resolve_model(config.model.model)
     mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)
+    m = config.model
     loaded = load_model(
-        model_dir, mesh=mesh, dtype=config.model.dtype, load_format=config.model.load_format, seed=config.model.seed
+        model_dir,
+        mesh=mesh,
+        dtype=m.dtype,
+        load_format=m.load_format,
+        seed=m.seed,
+        quantization=m.quantization,
+        fp8_dot_min_tokens=m.fp8_dot_min_tokens,
     )
     tokenizer = Tokenizer.from_pretrained(model_dir)
     args = loaded.args

@@ -25,6 +25,7 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
 Pooling = Literal["last", "mean"]
+Quantization = Literal["int8", "fp8"]  # vLLM's names (jllm.quantization)
 
 
 class ConfigError(ValueError):
@@ -104,9 +105,18 @@ class ModelConfig(_Section):
     # How an embedding is pooled from the final normed hidden states (vLLM's pooler_config pooling_type, for a
     # decoder LM): the last token's state, or the mean over the prompt's tokens
     pooling: Pooling = "last"
+    # Linear weights of the decoder layers quantized per output channel: int8 (weight-only) or fp8 (e4m3); None =
+    # the model dtype, unless the checkpoint is stored in FP8 (then fp8). jllm.quantization says what each does.
+    quantization: Quantization | None = None
+    # fp8: steps of at least this many tokens (the shape bucket's) multiply FP8 x FP8 with per-token activation
+    # scales; smaller ones (decodes) read FP8 weights and multiply in the model dtype; None = weight-only always
+    fp8_dot_min_tokens: int | None = 512
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")
+        self._require(
+            self.fp8_dot_min_tokens is None or self.fp8_dot_min_tokens >= 1, "fp8_dot_min_tokens", "must be >= 1"
+        )
 
 
 @dataclass

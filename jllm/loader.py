@@ -5,6 +5,11 @@ memory-mapped safetensors tensors, so no full copy lands on one device first. Fu
 assembled slice by slice from their checkpoint parts, and with KV heads replicated over more devices than there are
 heads (``jllm.parallel``), each device reads the one checkpoint KV head it holds.
 
+Quantized models (``jllm.quantization``): a quantized linear's kernel is read in float and quantized on its own
+devices, one tensor at a time (from safetensors, dummy weights, or a float orbax copy, which is restored whole
+first), unless the checkpoint stores it in FP8: then the e4m3 values are read as stored (memory-mapped: safetensors'
+own readers have no float8 type) with their ``weight_scale`` (a per-tensor scale repeated over its rows).
+
 ``save_model`` writes the other kind of model directory it reads: the same config and tokenizer files beside an
 orbax checkpoint of the converted parameters (``jllm.checkpoint``), which loads without converting again.
 
@@ -33,6 +38,7 @@ from jllm import parallel
 from jllm.checkpoint import restore_params, save_params
 from jllm.models.decoder import WeightMap
 from jllm.models.registry import build_args
+from jllm.quantization import FP8, QuantScheme, resolve_scheme
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (our orientation) -> its values
@@ -82,7 +88,7 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     *module_path, leaf = (str(p) for p in path)
     rename = dict(weights.rename)
     prefix = "" if module_path[0] == "lm_head" else weights.prefix
-    suffix = "bias" if leaf == "bias" else "weight"
+    suffix = {"bias": "bias", "scale": "weight_scale"}.get(leaf, "weight")
     module = module_path[-1]
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
     parents = [rename.get(m, m) for m in module_path[:-1]]
@@ -96,7 +102,7 @@ def _shift(index: slice, size: int, offset: int) -> slice:
 
 
 def abstract_model(
-    hf_config: dict[str, Any], dtype: Any, tensor_parallel_size: int = 1
+    hf_config: dict[str, Any], dtype: Any, tensor_parallel_size: int = 1, quant: QuantScheme | None = None
 ) -> tuple[nnx.GraphDef, nnx.State, Any, int]:
     """The model's structure without memory, and how many copies of each KV head ``tensor_parallel_size`` needs.
 
@@ -112,7 +118,7 @@ def abstract_model(
         intermediate_size=args.intermediate_size,
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
-    args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas)
+    args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
     return graphdef, state, args, kv_replicas
 
@@ -133,19 +139,30 @@ class SafetensorsIndex:
                 f"no model.safetensors or model.safetensors.index.json in model directory {str(model_dir)!r}"
             )
         self.handles: dict[str, Any] = {}
+        self.files: dict[str, Path] = {}
         for file in files:
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"checkpoint shard {file!r} listed in the index is missing from {model_dir}")
             handle = stack.enter_context(safe_open(model_dir / file, framework="flax"))
             for key in handle.keys():
                 self.handles[key] = handle
+                self.files[key] = model_dir / file
+
+    def stores_fp8(self, path: tuple[Any, ...]) -> bool:
+        """Whether a kernel's (first) checkpoint tensor is stored in e4m3, to be read as stored."""
+        name = hf_names(path, self.weights)[0][0]
+        return name in self.handles and self.handles[name].get_slice(name).get_dtype() == "F8_E4M3"
 
     def slice_reader(self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any) -> Reader:
         """Reads any slice (in our orientation) of one tensor, checking its shape once here."""
+        if name.endswith(".weight_scale"):
+            return self._scale_reader(name, shape)
         if name not in self.handles:
             raise KeyError(f"checkpoint is missing tensor {name!r}")
         tensor = self.handles[name].get_slice(name)
-        found = tuple(tensor.get_shape())
+        if tensor.get_dtype().startswith("F8"):
+            tensor = _fp8_tensor(self.files[name], name, tensor.get_dtype())
+        found = tuple(tensor.get_shape() if hasattr(tensor, "get_shape") else tensor.shape)
         expected = tuple(reversed(shape)) if transpose else shape
         if found != expected:
             raise ValueError(f"tensor {name!r} has shape {list(found)}, expected {list(expected)}")
@@ -157,6 +174,27 @@ class SafetensorsIndex:
             return (part.T if transpose else part).astype(dtype)
 
         return read
+
+    def _scale_reader(self, name: str, shape: tuple[int, ...]) -> Reader:
+        """An FP8 weight's scale as one value per output channel: a per-tensor scale repeated over the weight's rows
+        (exact), or a per-channel ``[out]`` / ``[out, 1]`` column. transformers' ``weight_scale_inv`` is the same
+        multiplier under another name."""
+        if name not in self.handles and name + "_inv" in self.handles:
+            name += "_inv"
+        if name not in self.handles:
+            raise KeyError(f"checkpoint is missing tensor {name!r} (the scale of an FP8 weight)")
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            values = np.asarray(self.handles[name].get_tensor(name), np.float32)
+        if values.size == 1:
+            values = np.full(shape, values.reshape(()), np.float32)
+        elif values.size == int(np.prod(shape)):
+            values = values.reshape(shape)
+        else:
+            raise ValueError(
+                f"scale {name!r} has shape {list(values.shape)}; expected one value (per tensor) or {list(shape)} "
+                "(per output channel)"
+            )
+        return lambda index: values[index]
 
     def param_reader(self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int) -> Reader:
         """Reads any slice of one model parameter, assembling fused projections from their checkpoint parts."""
@@ -263,29 +301,73 @@ class SafetensorsIndex:
         return rows
 
 
-def _place(state: nnx.State, mesh: Mesh, make: Callable[[tuple, jax.ShapeDtypeStruct], jax.Array]) -> None:
-    """Replaces every abstract leaf of ``state`` with the array ``make`` builds on the leaf's sharding."""
-    for path, var in nnx.to_flat_state(state):
-        abstract = var.get_value()
-        sharding = parallel.param_sharding(mesh, var.axes)
-        var.set_value(make(path, jax.ShapeDtypeStruct(abstract.shape, abstract.dtype, sharding=sharding)))
+def _fp8_tensor(path: Path, name: str, dtype: str) -> np.ndarray:
+    """An e4m3 tensor memory-mapped from its safetensors file (its 8-byte header length, JSON header, then data)."""
+    if dtype != "F8_E4M3":
+        raise ValueError(f"tensor {name!r} is stored as {dtype}; the only float8 type read is F8_E4M3 (e4m3fn)")
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        info = json.loads(f.read(header_len))[name]
+    start, end = info["data_offsets"]
+    raw = np.memmap(path, np.uint8, "r", offset=8 + header_len + start, shape=(end - start,))
+    return raw.view(FP8).reshape(info["shape"])
 
 
-def load_safetensors_params(
-    state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int, weights: WeightMap
+@functools.cache
+def _quantizer(quant: QuantScheme, kernel: jax.sharding.Sharding, scale: jax.sharding.Sharding) -> Callable:
+    """One compiled per-channel quantizer per (scheme, shardings): the float kernel never leaves its devices."""
+    return jax.jit(quant.quantize, out_shardings=(kernel, scale))
+
+
+def _target(var: nnx.Variable, mesh: Mesh, dtype: Any = None) -> jax.ShapeDtypeStruct:
+    abstract = var.get_value()
+    sharding = parallel.param_sharding(mesh, var.axes)
+    return jax.ShapeDtypeStruct(abstract.shape, dtype or abstract.dtype, sharding=sharding)
+
+
+def _place(
+    state: nnx.State,
+    mesh: Mesh,
+    make: Callable[[tuple, jax.ShapeDtypeStruct], jax.Array],
+    quant: QuantScheme | None = None,
+    float_dtype: Any = None,
+    stored: Callable[[tuple], bool] = lambda path: False,
 ) -> None:
+    """Replaces every abstract leaf of ``state`` with the array ``make`` builds on the leaf's sharding.
+
+    A quantized linear's kernel that the source does not store quantized (``stored``) is made in ``float_dtype``
+    and quantized where it lies, filling the linear's scale too: one float tensor at a time."""
+    flat = dict(nnx.to_flat_state(state))
+    for path, var in flat.items():
+        module, leaf = path[:-1], str(path[-1])
+        at_load = quant is not None and (*module, "scale") in flat and not stored((*module, "kernel"))
+        if at_load and leaf == "scale":
+            continue  # made with its kernel
+        if not (at_load and leaf == "kernel"):
+            var.set_value(make(path, _target(var, mesh)))
+            continue
+        scale = flat[(*module, "scale")]
+        w = make(path, _target(var, mesh, float_dtype))
+        q, s = _quantizer(quant, _target(var, mesh).sharding, _target(scale, mesh).sharding)(w)
+        w.delete()
+        var.set_value(q)
+        scale.set_value(s)
+
+
+def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int, args: Any) -> None:
     with ExitStack() as stack:
-        index = SafetensorsIndex(model_dir, stack, weights)
+        index = SafetensorsIndex(model_dir, stack, args.weights)
 
         def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:
             read = index.param_reader(path, target.shape, target.dtype, kv_replicas)
             return jax.make_array_from_callback(target.shape, target.sharding, read)
 
-        _place(state, mesh, make)
+        _place(state, mesh, make, args.quant, args.dtype, index.stores_fp8)
 
 
-def init_dummy_params(state: nnx.State, mesh: Mesh, seed: int) -> None:
-    """Random weights made on the devices themselves (vLLM's ``load_format: dummy``), for benchmarks."""
+def init_dummy_params(state: nnx.State, mesh: Mesh, seed: int, args: Any) -> None:
+    """Random weights made on the devices themselves (vLLM's ``load_format: dummy``), for benchmarks; quantized
+    linears are made in float and quantized like a checkpoint's."""
     counter = iter(range(1 << 30))
 
     @functools.cache
@@ -304,23 +386,45 @@ def init_dummy_params(state: nnx.State, mesh: Mesh, seed: int) -> None:
         key = jax.random.fold_in(jax.random.key(seed), next(counter))
         return initializer(target.shape, target.dtype, target.sharding, is_norm)(key)
 
-    _place(state, mesh, make)
+    _place(state, mesh, make, args.quant, args.dtype)
+
+
+def restore_quantized(
+    state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int, hf_config: dict[str, Any], args: Any
+) -> None:
+    """A saved float model restored whole (orbax restores a tree), then its decoder linears quantized one at a time,
+    each float kernel freed once quantized."""
+    _, float_state, _, _ = abstract_model(hf_config, args.dtype, mesh.size)
+    restored = dict(nnx.to_flat_state(restore_params(model_dir / "params", float_state, mesh, kv_replicas)))
+    _place(state, mesh, lambda path, target: restored.pop(path).get_value(), args.quant, args.dtype)
 
 
 def load_model(
-    model_dir: str | Path, *, mesh: Mesh, dtype: str = "auto", load_format: str = "auto", seed: int = 0
+    model_dir: str | Path,
+    *,
+    mesh: Mesh,
+    dtype: str = "auto",
+    load_format: str = "auto",
+    seed: int = 0,
+    quantization: str | None = None,
+    fp8_dot_min_tokens: int | None = 512,
 ) -> LoadedModel:
-    """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``."""
+    """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``, quantizing the decoder's
+    linears when ``quantization`` asks (or the checkpoint is stored in FP8)."""
     model_dir = Path(model_dir)
     hf_config = read_json(model_dir / "config.json")
     generation_config = read_json(model_dir / "generation_config.json", required=False)
-    graphdef, state, args, kv_replicas = abstract_model(hf_config, resolve_dtype(dtype, hf_config), mesh.size)
+    quant = resolve_scheme(quantization, hf_config, fp8_dot_min_tokens)
+    float_dtype = resolve_dtype(dtype, hf_config)
+    graphdef, state, args, kv_replicas = abstract_model(hf_config, float_dtype, mesh.size, quant)
     if load_format == "auto":
         load_format = "orbax" if (model_dir / "params").is_dir() else "safetensors"
     if load_format == "dummy":
-        init_dummy_params(state, mesh, seed)
+        init_dummy_params(state, mesh, seed, args)
     elif load_format == "safetensors":
-        load_safetensors_params(state, model_dir, mesh, kv_replicas, args.weights)
+        load_safetensors_params(state, model_dir, mesh, kv_replicas, args)
+    elif load_format == "orbax" and quant is not None:
+        restore_quantized(state, model_dir, mesh, kv_replicas, hf_config, args)
     elif load_format == "orbax":
         state = restore_params(model_dir / "params", state, mesh, kv_replicas)
     else:
@@ -330,6 +434,11 @@ def load_model(
 
 def save_model(loaded: LoadedModel, out_dir: str | Path) -> Path:
     """Writes ``loaded`` as a model directory that ``load_model`` (``load_format: auto``) restores from ``params/``."""
+    if loaded.args.quant is not None:
+        raise ValueError(
+            f"save_model writes float models only; this one is quantized ({loaded.args.quant.name}): save it "
+            "unquantized and pass quantization when loading the saved copy"
+        )
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SIDE_FILES:

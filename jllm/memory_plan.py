@@ -1,7 +1,8 @@
 """Memory planning for the served models, before anything is loaded: each model's weights and KV pool in bytes, and
 whether they all fit on the device.
 
-The weights' size comes from the model's structure (``loader.abstract_model``: shapes and dtypes, no memory); the
+The weights' size comes from the model's structure (``loader.abstract_model``: shapes and dtypes, no memory, so a
+quantized model counts its int8 / e4m3 kernels and float32 scales); the
 pool's from its page count, given (``num_pages``, ``kv_cache_memory_bytes``) or taken from the model's share of the
 device (``gpu_memory_utilization`` x the device's memory, less the weights). The device is the first accelerator's
 ``bytes_limit``, or on a CPU ``host_memory_budget_bytes`` (default: the host's physical memory, and a 1 GiB pool per
@@ -23,6 +24,7 @@ from jllm import kv_cache
 from jllm.config import EngineConfig, ServerConfig
 from jllm.loader import abstract_model, read_json, resolve_dtype
 from jllm.model_source import resolve_model
+from jllm.quantization import resolve_scheme
 
 
 class MemoryPlanError(ValueError):
@@ -63,7 +65,8 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
     a pool too small for one sequence of ``max_model_len``."""
     hf_config = read_json(resolve_model(config.model.model) / "config.json")
     tp = config.parallel.tensor_parallel_size
-    _, state, args, _ = abstract_model(hf_config, resolve_dtype(config.model.dtype, hf_config), tp)
+    quant = resolve_scheme(config.model.quantization, hf_config, config.model.fp8_dot_min_tokens)
+    _, state, args, _ = abstract_model(hf_config, resolve_dtype(config.model.dtype, hf_config), tp, quant)
     weights = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)) // tp
     cache = config.cache
     spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, cache.page_size, args.dtype)

@@ -91,27 +91,38 @@ def hf_logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:
 
 def jllm_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 16) -> np.ndarray:
     """jllm's logits ``[T, vocab]`` for one sequence prefilled in one step through the paged pool."""
+    return jllm_batch_logits(loaded, [token_ids], page_size)[0]
+
+
+def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size: int = 16) -> list[np.ndarray]:
+    """jllm's logits ``[T_s, vocab]`` of each sequence, all prefilled in one ragged step (one compile)."""
     args = loaded.args
-    t = len(token_ids)
-    pages = -(-t // page_size)
-    num_pages = pages + 2
-    layer_shape = (2, args.num_kv_heads, num_pages, page_size, args.head_dim)
+    pages = [-(-len(seq) // page_size) for seq in sequences]
+    first = np.cumsum([2, *pages])  # skip page 0 (reserved) and page 1 (unused)
+    block_tables = np.zeros((len(sequences), max(pages)), np.int32)
+    slots = []
+    for s, seq in enumerate(sequences):
+        block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
+        positions = np.arange(len(seq))
+        slots.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
+    layer_shape = (2, args.num_kv_heads, int(first[-1]), page_size, args.head_dim)
     pool = [jnp.zeros(layer_shape, args.dtype) for _ in range(args.num_layers)]
-    block_table = np.arange(2, 2 + pages, dtype=np.int32)  # skip page 0 (reserved) and page 1 (unused)
-    positions = np.arange(t, dtype=np.int32)
     meta = AttentionMetadata(
-        slot_mapping=jnp.asarray(block_table[positions // page_size] * page_size + positions % page_size),
-        query_start_loc=jnp.asarray([0, t], jnp.int32),
-        kv_lens=jnp.asarray([t], jnp.int32),
-        block_tables=jnp.asarray(block_table[None, :]),
+        slot_mapping=jnp.asarray(np.concatenate(slots), jnp.int32),
+        query_start_loc=jnp.asarray(np.cumsum([0, *map(len, sequences)]), jnp.int32),
+        kv_lens=jnp.asarray([len(seq) for seq in sequences], jnp.int32),
+        block_tables=jnp.asarray(block_tables),
     )
+    ids = jnp.asarray(np.concatenate(sequences), jnp.int32)
+    positions = jnp.asarray(np.concatenate([np.arange(len(seq)) for seq in sequences]), jnp.int32)
 
     @jax.jit
     def forward(ids, pos, pool, meta):
         hidden, _ = loaded.model(ids, pos, pool, meta)
         return loaded.model.compute_logits(hidden)
 
-    return np.asarray(forward(jnp.asarray(token_ids, jnp.int32), jnp.asarray(positions), pool, meta))
+    logits = np.asarray(forward(ids, positions, pool, meta))
+    return np.split(logits, np.cumsum([len(seq) for seq in sequences])[:-1])
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:

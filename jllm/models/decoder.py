@@ -28,6 +28,7 @@ from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, norme
 from jllm.models.moe import SparseMoE
 from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
+from jllm.quantization import QuantScheme
 
 NORMS = ("rms", "rms_unit_offset", "layer")
 
@@ -91,16 +92,22 @@ class ModelArgs:
     final_softcap: float | None = None
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
+    quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
 
     def __post_init__(self) -> None:
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
+        if self.quant is not None and self.num_experts:
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for mixture-of-experts models (their experts' "
+                "grouped matmuls have no quantized form yet); leave quantization unset"
+            )
 
     def make_mlp(self) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts:
             return SparseMoE(d, hidden, self.num_experts, self.experts_per_token, dt, self.mlp_act)
-        return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias)
+        return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
     def make_norm(self, dim: int | None = None) -> nnx.Module:
         dim = dim or self.hidden_size
@@ -122,10 +129,10 @@ class Attention(nnx.Module):
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         d, hd, dt = args.hidden_size, args.head_dim, args.dtype
         self.group = args.num_heads // args.num_kv_heads
-        self.qkv_proj = Linear(
-            d, (args.num_kv_heads, self.group + 2, hd), ("embed", KV_HEADS, None, None), dt, bias=args.qkv_bias
-        )
-        self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias)
+        heads = (args.num_kv_heads, self.group + 2, hd)
+        axes = ("embed", KV_HEADS, None, None)
+        self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
+        self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm = args.make_norm(hd) if args.qk_norm else None
         self.k_norm = args.make_norm(hd) if args.qk_norm else None
         self.args, self.spec = args, spec

@@ -1,5 +1,6 @@
-"""Layers the decoder families share: linear, embedding, RMSNorm (Llama's and Gemma's ``1 + w``), LayerNorm and the
-MLP (gated SwiGLU / GeGLU or plain); the mixture of experts lives in ``jllm.models.moe``.
+"""Layers the decoder families share: linear (float, or quantized per ``jllm.quantization``), embedding, RMSNorm
+(Llama's and Gemma's ``1 + w``), LayerNorm and the MLP (gated SwiGLU / GeGLU or plain); the mixture of experts lives
+in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -13,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jllm.quantization import QuantScheme
+
 
 def param(shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...]) -> nnx.Param:
     """A parameter tagged with logical axis names; ``jllm.parallel`` maps them to mesh axes."""
@@ -22,7 +25,10 @@ def param(shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...]
 
 class Linear(nnx.Module):
     """``y = x @ kernel (+ bias)`` with the kernel stored ``[in, *out]``: a fused projection keeps its parts as
-    separate output axes (``[in, 2, mlp]`` for gate/up), so each device's shard holds whole parts."""
+    separate output axes (``[in, 2, mlp]`` for gate/up), so each device's shard holds whole parts.
+
+    Quantized (``quant``), the kernel holds int8 or e4m3 values and ``scale [*out]`` (float32) one scale per output
+    channel, on the output axes' logical names, so tensor parallelism splits it with its columns."""
 
     def __init__(
         self,
@@ -31,13 +37,19 @@ class Linear(nnx.Module):
         axes: tuple[str | None, ...],
         dtype: jnp.dtype,
         bias: bool = False,
+        quant: QuantScheme | None = None,
     ):
         out = (d_out,) if isinstance(d_out, int) else d_out
-        self.kernel = param((d_in, *out), dtype, axes)
+        self.kernel = param((d_in, *out), dtype if quant is None else quant.weight_dtype, axes)
+        self.scale = None if quant is None else param(out, jnp.float32, axes[1:])
         self.bias = param(out, dtype, axes[1:]) if bias else None
+        self.quant = quant
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.dot_general(x, self.kernel[...], (((x.ndim - 1,), (0,)), ((), ())))
+        if self.quant is None:
+            y = jax.lax.dot_general(x, self.kernel[...], (((x.ndim - 1,), (0,)), ((), ())))
+        else:
+            y = self.quant.matmul(x, self.kernel[...], self.scale[...])
         return y + self.bias[...] if self.bias is not None else y
 
 
@@ -127,13 +139,20 @@ class MLP(nnx.Module):
     gate/up and the rows of down split across devices."""
 
     def __init__(
-        self, dim: int, hidden: int, dtype: jnp.dtype, act: str = "silu", gated: bool = True, bias: bool = False
+        self,
+        dim: int,
+        hidden: int,
+        dtype: jnp.dtype,
+        act: str = "silu",
+        gated: bool = True,
+        bias: bool = False,
+        quant: QuantScheme | None = None,
     ):
         if gated:
-            self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias)
+            self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias, quant=quant)
         else:
-            self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias)
-        self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias)
+            self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias, quant=quant)
+        self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
         self.act, self.gated = act, gated
 
     def __call__(self, x: jax.Array, norm: nnx.Module | None = None) -> jax.Array:

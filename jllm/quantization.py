@@ -1,0 +1,148 @@
+"""Quantized linear weights: the schemes (``quantization: int8 | fp8``), per-output-channel quantization, the
+quantized matmuls, and which stored checkpoint formats are read as stored.
+
+- ``int8``: weight-only, symmetric, one float32 scale per output channel; ``y = (x @ q.astype(dtype)) * scale``
+  (the convert sits in the matmul's operand, where XLA fuses it). The portable scheme: runs everywhere.
+- ``fp8``: ``float8_e4m3fn`` weights with one float32 scale per output channel (a checkpoint's per-tensor scale is
+  repeated over its rows, which is exact). Steps of at least ``fp8_dot_min_tokens`` tokens quantize the activations
+  too, per token (``absmax / 448``), and multiply FP8 x FP8 into float32 (``dot_general`` of two e4m3 operands:
+  cuBLASLt's FP8 GEMM on Hopper, an upcast on the CPU); smaller steps (decodes) convert the weights to the
+  activation dtype and multiply there. The step's token count is static, so each shape bucket compiles one mode.
+
+Scales multiply after the matmul: ``x @ (q * s) == (x @ q) * s`` for a per-output-channel ``s``.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+SCHEMES = ("int8", "fp8")
+FP8 = jnp.float8_e4m3fn
+FP8_MAX = 448.0  # the largest finite e4m3fn value
+INT8_MAX = 127.0
+# Stored checkpoint formats read as stored (anything else quantized is refused at load, by name)
+SUPPORTED_STORED = (
+    "quant_method 'fp8' with per-tensor weight scales and dynamic activations",
+    "quant_method 'compressed-tensors' with float8 weights (strategy 'tensor' or 'channel') and dynamic or no "
+    "activation quantization",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantScheme:
+    """How a model's decoder linears are quantized; static, so it is part of every compiled program's structure."""
+
+    name: str  # one of SCHEMES
+    fp8_dot_min_tokens: int | None = 512  # fp8: FP8 x FP8 for steps of at least this many tokens; None = never
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEMES:
+            raise ValueError(f"quantization={self.name!r} is not supported; choose one of {', '.join(SCHEMES)}")
+
+    @property
+    def weight_dtype(self) -> Any:
+        return jnp.int8 if self.name == "int8" else FP8
+
+    def uses_fp8_dot(self, num_tokens: int) -> bool:
+        """Whether a step of ``num_tokens`` tokens multiplies FP8 x FP8 (else weight-only)."""
+        return self.name == "fp8" and self.fp8_dot_min_tokens is not None and num_tokens >= self.fp8_dot_min_tokens
+
+    def quantize(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``w [in, *out]`` -> (``q [in, *out]`` in ``weight_dtype``, float32 ``scale [*out]``), symmetric per
+        output channel: each column's absmax maps to the format's largest value."""
+        top = INT8_MAX if self.name == "int8" else FP8_MAX
+        absmax = jnp.max(jnp.abs(w.astype(jnp.float32)), axis=0)
+        scale = jnp.where(absmax > 0, absmax / top, 1.0)
+        scaled = w.astype(jnp.float32) / scale
+        if self.name == "int8":
+            return jnp.clip(jnp.round(scaled), -INT8_MAX, INT8_MAX).astype(jnp.int8), scale
+        return jnp.clip(scaled, -FP8_MAX, FP8_MAX).astype(FP8), scale
+
+    def matmul(self, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+        """``x [..., in] @ (q * scale) [in, *out]`` in ``x``'s dtype, accumulated in float32."""
+        if self.uses_fp8_dot(x.shape[0]):
+            return fp8_dot(x, q, scale)
+        y = _contract(x, q.astype(x.dtype))
+        return (y * scale).astype(x.dtype)
+
+
+def _contract(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x [..., in]`` with ``w [in, *out]`` over ``in``, into float32."""
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Dynamic per-token activation quantization: ``x [..., in]`` -> (e4m3 ``[..., in]``, float32 ``[..., 1]``)."""
+    x32 = x.astype(jnp.float32)
+    absmax = jnp.max(jnp.abs(x32), axis=-1, keepdims=True)
+    scale = jnp.where(absmax > 0, absmax / FP8_MAX, 1.0)
+    return jnp.clip(x32 / scale, -FP8_MAX, FP8_MAX).astype(FP8), scale
+
+
+def fp8_dot(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+    """FP8 x FP8: activations quantized per token, one e4m3 dot into float32, both scales applied after."""
+    xq, x_scale = quantize_rows(x)
+    y = _contract(xq, q)  # [..., *out]
+    x_scale = x_scale.reshape(*x_scale.shape[:-1], *(1,) * (q.ndim - 1))
+    return (y * x_scale * scale).astype(x.dtype)
+
+
+def stored_scheme(hf_config: dict[str, Any]) -> str | None:
+    """The scheme a checkpoint's weights are stored in (``"fp8"``), or None for a float checkpoint; a quantized
+    format jllm does not read fails here, naming it and what is supported."""
+    qc = hf_config.get("quantization_config")
+    if not qc:
+        return None
+    method = qc.get("quant_method")
+    if method == "fp8":
+        _check_hf_fp8(qc)
+    elif method == "compressed-tensors":
+        for name, group in (qc.get("config_groups") or {}).items():
+            _check_compressed_group(name, group)
+    else:
+        _refuse(f"quant_method {method!r}")
+    return "fp8"
+
+
+def _refuse(what: str) -> None:
+    raise ValueError(
+        f"the checkpoint's quantization_config ({what}) is not supported; supported: {'; '.join(SUPPORTED_STORED)}"
+    )
+
+
+def _check_hf_fp8(qc: dict[str, Any]) -> None:
+    if qc.get("weight_block_size"):
+        _refuse(f"quant_method 'fp8' with block-wise weight scales, weight_block_size={qc['weight_block_size']}")
+    if qc.get("activation_scheme", "dynamic") != "dynamic":
+        _refuse(f"quant_method 'fp8' with activation_scheme={qc['activation_scheme']!r} (static input_scale)")
+
+
+def _check_compressed_group(name: str, group: dict[str, Any]) -> None:
+    w = group.get("weights") or {}
+    if (w.get("type"), w.get("num_bits")) != ("float", 8):
+        _refuse(f"compressed-tensors group {name!r}: {w.get('type')} {w.get('num_bits')}-bit weights")
+    if w.get("strategy") not in ("tensor", "channel"):
+        _refuse(f"compressed-tensors group {name!r}: float8 weights with strategy {w.get('strategy')!r}")
+    acts = group.get("input_activations")
+    if acts and not acts.get("dynamic"):
+        _refuse(f"compressed-tensors group {name!r}: static activation scales (input_scale)")
+
+
+def resolve_scheme(
+    requested: str | None, hf_config: dict[str, Any], fp8_dot_min_tokens: int | None = 512
+) -> QuantScheme | None:
+    """The scheme to run: the one asked for, or the checkpoint's own (an FP8 checkpoint runs as fp8, as in vLLM)."""
+    stored = stored_scheme(hf_config)
+    if stored is not None and requested not in (None, stored):
+        raise ValueError(
+            f"quantization={requested!r} does not fit this checkpoint, which is stored as {stored}; "
+            f"leave quantization unset or set it to {stored!r}"
+        )
+    name = requested or stored
+    return None if name is None else QuantScheme(name, fp8_dot_min_tokens)
