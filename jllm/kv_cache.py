@@ -46,7 +46,7 @@ class KVCacheSpec:
     num_kv_heads: int  # as the model holds them: with KV heads replicated for tensor parallelism, the copies count
     head_dim: int
     page_size: int  # tokens per page
-    dtype: DTypeLike = jnp.bfloat16
+    dtype: DTypeLike = jnp.bfloat16  # the model's, or float8_e4m3fn (``pool_dtype``)
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):

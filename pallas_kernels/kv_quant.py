@@ -2,8 +2,9 @@
 
 A pool in ``FP8_DTYPE`` stores ``x / scale`` saturated to +-``FP8_MAX`` (so an outlier becomes the largest finite
 value, never NaN: e4m3fn has no infinity and casts an overflow to NaN); a read gives ``stored * scale`` in the compute
-dtype. ``scale`` is one float32 scalar per layer for K and one for V (1.0 unless a checkpoint gives one, as in
-vLLM). A pool of any other dtype stores K/V as they are (a cast) and its scales must be 1.0.
+dtype. ``scale`` is one float32 scalar per layer for K and one for V (1.0 where a checkpoint gives none, as in vLLM;
+the engine reads none yet, so it passes 1.0). A pool of any other dtype stores K/V as they are (a cast) and its
+scales must be 1.0.
 
 Where this module sits: docs/architecture.md.
 """
@@ -42,14 +43,19 @@ def dequantize(stored: jax.Array, dtype: DTypeLike, scale: Scale = 1.0) -> jax.A
 
 def rescale(x: jax.Array, scale: Scale) -> jax.Array:
     """``x * scale`` in ``x``'s dtype, free when the scale is the Python float 1.0 (the usual case)."""
-    if isinstance(scale, float | int) and scale == 1.0:
+    if _is_one(scale):
         return x
     return (x.astype(jnp.float32) * scale).astype(x.dtype)
 
 
 def check_scales(pool_dtype: DTypeLike, *scales: Scale) -> None:
     """Scales other than 1.0 only mean something for an FP8 pool; elsewhere they are a caller's mistake."""
-    if not is_fp8(pool_dtype) and any(not (isinstance(s, float | int) and s == 1.0) for s in scales):
+    if not is_fp8(pool_dtype) and not all(_is_one(s) for s in scales):
         raise ValueError(
             f"KV scales apply to an FP8 ({FP8_DTYPE.name}) pool only; this pool is {jnp.dtype(pool_dtype)}"
         )
+
+
+def _is_one(scale: Scale) -> bool:
+    """The Python number 1 (a traced scale is never known to be)."""
+    return isinstance(scale, float | int) and scale == 1.0
