@@ -16,9 +16,11 @@ import functools
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
+from jax.typing import DTypeLike
 
 from jllm.parallel import TP_AXIS
 from pallas_kernels import ragged_paged_attention, ref_ragged_paged_attention, write_kv
+from pallas_kernels.kv_quant import is_fp8
 
 # "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
 # "triton-prefill": steps with prefill rows run the jax-triton FlashAttention kernel, decode-only steps the Pallas one.
@@ -27,20 +29,27 @@ BACKENDS = ("reference", "pallas", "triton-prefill")
 _KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
-def resolve_backend(name: str, platform: str) -> str:
-    """The backend a configured name means on a JAX platform (``jax.default_backend()``).
+def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None) -> str:
+    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
-    "pallas") and the reference everywhere else.
+    "pallas") and the reference everywhere else. The jax-triton prefill kernel does not read an FP8 pool, so with one
+    "auto" takes "pallas" and "triton-prefill" is refused.
     """
+    fp8 = pool_dtype is not None and is_fp8(pool_dtype)
     if name == "auto":
         if platform not in _KERNEL_PLATFORMS:
             return "reference"
-        return "triton-prefill" if _has_jax_triton() else "pallas"
+        return "triton-prefill" if _has_jax_triton() and not fp8 else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
+    if name == "triton-prefill" and fp8:
+        raise ValueError(
+            "attention_backend='triton-prefill' cannot read an FP8 KV cache (kv_cache_dtype fp8); "
+            "use attention_backend 'pallas' or 'auto', or kv_cache_dtype 'auto'"
+        )
     return name
 
 

@@ -76,12 +76,14 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
             f"max_model_len={max_model_len} exceeds the model's max_position_embeddings={args.max_position_embeddings}"
         )
     page_size = config.cache.page_size
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, args.dtype)
+    dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
+    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, dtype)
+    backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype)  # before any allocation
     num_pages = _num_pages(config, spec, loaded)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
     pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(mesh))
     sched = config.scheduler
-    backend = resolve_backend(config.model.attention_backend, jax.default_backend())
+    logger.info("KV pool: %d pages of %d tokens in %s", num_pages, page_size, spec.dtype.name)
     logger.info(describe_backend(backend))
     runner = ModelRunner(
         loaded,

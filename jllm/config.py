@@ -24,6 +24,7 @@ from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
+KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3"]  # vLLM's names: auto = the model's dtype, fp8 = fp8_e4m3
 Pooling = Literal["last", "mean"]
 Quantization = Literal["int8", "fp8"]  # vLLM's names (jllm.quantization)
 
@@ -126,6 +127,7 @@ class CacheConfig(_Section):
     gpu_memory_utilization: float = 0.9
     kv_cache_memory_bytes: int | None = None  # explicit pool budget; CPUs default to 1 GiB
     enable_prefix_caching: bool = True
+    kv_cache_dtype: KVCacheDtype = "auto"  # fp8 / fp8_e4m3: pages in float8_e4m3fn, half the bytes (jllm.kv_cache)
 
     def validate(self) -> None:
         self._require(self.page_size in (8, 16, 32, 64, 128), "page_size", "must be one of 8, 16, 32, 64, 128")

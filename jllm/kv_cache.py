@@ -16,9 +16,26 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from pallas_kernels.kv_quant import FP8_DTYPE
+
 # Page 0 is reserved for padding, so a usable pool needs at least one more.
 MIN_NUM_PAGES = 2
 CPU_KV_CACHE_BYTES = 1 << 30  # a CPU has no free-memory reading to size the pool from: its default budget
+# The cache config's kv_cache_dtype (vLLM's names) to the pool's dtype; "auto" is the model's.
+_KV_CACHE_DTYPES = {"fp8": FP8_DTYPE, "fp8_e4m3": FP8_DTYPE}
+
+
+def pool_dtype(kv_cache_dtype: str, model_dtype: DTypeLike) -> jnp.dtype:
+    """The pool's dtype for a ``kv_cache_dtype`` key: the model's for "auto", float8_e4m3fn for "fp8" / "fp8_e4m3"
+    (one byte an element, so a memory budget holds twice the pages of bf16; written and read by
+    ``pallas_kernels.kv_quant``)."""
+    if kv_cache_dtype == "auto":
+        return jnp.dtype(model_dtype)
+    if kv_cache_dtype not in _KV_CACHE_DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r} is not supported; choose auto, {', '.join(_KV_CACHE_DTYPES)}"
+        )
+    return _KV_CACHE_DTYPES[kv_cache_dtype]
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,7 @@ class KVCacheSpec:
     num_kv_heads: int  # as the model holds them: with KV heads replicated for tensor parallelism, the copies count
     head_dim: int
     page_size: int  # tokens per page
-    dtype: DTypeLike = jnp.bfloat16
+    dtype: DTypeLike = jnp.bfloat16  # the model's, or float8_e4m3fn (``pool_dtype``)
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):

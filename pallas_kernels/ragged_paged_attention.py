@@ -26,6 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels.kv_quant import Scale, check_scales, is_fp8, rescale
 from pallas_kernels.reference import _validate as _validate_reference_inputs
 from pallas_kernels.reference import max_items, query_blocks, sequence_of
 
@@ -106,18 +107,23 @@ def ragged_paged_attention(
     sliding_window: int | None = None,
     config: KernelConfig | None = None,
     interpret: bool = False,
+    k_scale: Scale = 1.0,
+    v_scale: Scale = 1.0,
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
     """Same contract as ``ref_ragged_paged_attention``; ``interpret=True`` runs the kernel on any backend (CI).
 
     Block-table entries a sequence's length reaches, and the padded ones after them, must be valid page ids: the
-    kernel reads them unchecked (the reference's gather would clamp them instead).
+    kernel reads them unchecked (the reference's gather would clamp them instead). An FP8 pool's K/V tiles are cast
+    to q's dtype as they are loaded; their scales stay outside the kernel, since ``q . (k_scale * k) = (k_scale * q)
+    . k`` and ``p . (v_scale * v) = v_scale * (p . v)``: q is scaled before the call and the output after it.
     """
     _validate_reference_inputs(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None)
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
-    if q.dtype != kv_pages.dtype:
-        raise ValueError(f"q's dtype {q.dtype} differs from kv_pages' {kv_pages.dtype}; the kernel needs them equal")
+    if q.dtype != kv_pages.dtype and not is_fp8(kv_pages.dtype):
+        raise ValueError(f"kv_pages' dtype {kv_pages.dtype} must be q's ({q.dtype}) or float8_e4m3fn (an FP8 pool)")
+    check_scales(kv_pages.dtype, k_scale, v_scale)
     if not _is_pow2(head_dim) or head_dim < 16:
         raise ValueError(f"head_dim={head_dim} must be a power of two >= 16 for the Pallas kernel; use 'reference'")
     if not _is_pow2(page_size):
@@ -160,9 +166,11 @@ def ragged_paged_attention(
     item_kv_len = jnp.where(valid, kv_lens[seq], 0)  # i32[N]; 0 makes a padding item attend to nothing
     tables = jnp.pad(block_tables, ((0, 0), (0, table_width - pages_per_seq)))[seq]  # i32[N, table_width]
 
+    q_tiles = rescale(q_tiles, k_scale)  # K's scale, folded into q
     tiles = _call_kernel(
         q_tiles, kv_pages, group, base, item_kv_len, tables, cfg, sm_scale, soft_cap, sliding_window, interpret
     )  # [N, Hkv, rows, D]
+    tiles = rescale(tiles, v_scale)  # V's scale, on the output
     if cfg.q_block == 1:
         return tiles[:, :, :group].reshape(num_tokens, num_q_heads, head_dim)
     bq = cfg.q_block
@@ -320,8 +328,8 @@ def _kernel(
     def body(block: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
         acc, row_max, row_sum = carry  # f32[rows, D], f32[rows], f32[rows]
         page = pages_ref[block * pages_per_block + token_page]  # i32[kv_block], page of each key row
-        k = k_ref[page, token_slot]  # [kv_block, D]
-        v = v_ref[page, token_slot]  # [kv_block, D]
+        k = k_ref[page, token_slot].astype(q.dtype)  # [kv_block, D]; an FP8 pool's tile dequantized (scale outside)
+        v = v_ref[page, token_slot].astype(q.dtype)  # [kv_block, D]
         s = plgpu.dot(q, k, trans_b=True, precision=hi_prec) * scale  # f32[rows, kv_block], base-2 logits
         if soft_cap is not None:
             s = (soft_cap * _LOG2E) * jnp.tanh(s / soft_cap)

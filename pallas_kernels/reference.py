@@ -24,6 +24,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.kv_quant import Scale, dequantize, quantize
+
 # Scores outside the mask. Finite so that a fully masked row computes exp(0) rather than NaN (-inf - -inf).
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # Largest query block the heuristic picks (CPU-measured: 64 beat 32, 128 and 256 for a 512-token prefill).
@@ -45,8 +47,12 @@ def write_kv(
     k: jax.Array,  # [T, num_kv_heads, head_dim]
     v: jax.Array,  # [T, num_kv_heads, head_dim]
     slot_mapping: jax.Array,  # i32[T], slot = page * page_size + offset
+    *,
+    k_scale: Scale = 1.0,
+    v_scale: Scale = 1.0,
 ) -> jax.Array:  # [2, num_kv_heads, num_pages, page_size, head_dim]
-    """Scatter this step's new K/V into their slots with one XLA scatter.
+    """Scatter this step's new K/V into their slots with one XLA scatter (quantized first for an FP8 pool:
+    ``kv_quant.quantize`` with the layer's K and V scales).
 
     Flattening (page, offset) to one slot axis is a free reshape, so under jit with the pool donated the scatter
     updates the pool in place. Padded tokens carry slots inside page 0; their duplicate writes land only there.
@@ -63,7 +69,7 @@ def write_kv(
     if slot_mapping.shape != (k.shape[0],) or slot_mapping.dtype != jnp.int32:
         raise ValueError(f"slot_mapping must be i32[{k.shape[0]}], got {slot_mapping.dtype}{list(slot_mapping.shape)}")
 
-    new_kv = jnp.stack([k, v]).astype(kv_pages.dtype)  # [2, T, num_kv_heads, head_dim]
+    new_kv = jnp.stack([quantize(k, kv_pages.dtype, k_scale), quantize(v, kv_pages.dtype, v_scale)])  # [2, T, Hkv, D]
     new_kv = new_kv.transpose(0, 2, 1, 3)  # [2, num_kv_heads, T, head_dim]
     # Index (page, offset) in the 5-D pool rather than reshaping it to slots: with one KV head per device, XLA
     # copied the whole pool shard around that reshape twice a step. A slot past the pool is dropped, never clamped.
@@ -86,6 +92,8 @@ def ref_ragged_paged_attention(
     soft_cap: float | None = None,
     sliding_window: int | None = None,
     q_block: int | None = None,
+    k_scale: Scale = 1.0,
+    v_scale: Scale = 1.0,
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
     """Causal attention of a ragged batch of new tokens over their sequences' paged K/V.
 
@@ -94,7 +102,8 @@ def ref_ragged_paged_attention(
     head ``h // (num_q_heads // num_kv_heads)``) without repeating K/V. Softmax runs in float32; ``soft_cap`` applies
     Gemma-2's ``soft_cap * tanh(logits / soft_cap)``. ``q_block`` only tunes speed: None gives sequences of fewer
     than _LONG_QUERY new tokens one-row items and longer ones blocks of up to _MAX_Q_BLOCK rows; a number cuts every
-    sequence into blocks of that many rows.
+    sequence into blocks of that many rows. An FP8 pool's pages are dequantized (``kv_quant.dequantize`` with
+    ``k_scale`` / ``v_scale``) to float32 as each chunk is gathered.
     """
     _validate(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block)
     num_tokens = q.shape[0]
@@ -102,7 +111,7 @@ def ref_ragged_paged_attention(
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
     attend = functools.partial(
         _attend_blocks, q, kv_pages, kv_lens, block_tables, query_start_loc,
-        sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window,
+        sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=(k_scale, v_scale),
     )  # fmt: skip
     out = jnp.zeros_like(q)  # [T, Hq, D]; rows no item owns (padding) stay exactly zero
     if q_block is not None:
@@ -132,6 +141,7 @@ def _attend_blocks(
     sm_scale: float,
     soft_cap: float | None,
     sliding_window: int | None,
+    kv_scales: tuple[Scale, Scale],
 ) -> jax.Array:  # [T, Hq, D], ``out`` with these sequences' rows written
     """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows.
 
@@ -161,7 +171,7 @@ def _attend_blocks(
         q_items = q[jnp.minimum(row, num_tokens - 1)]  # [B, bq, Hq, D]
         res = _attend_items(
             q_items, block_tables[seq], last_col, kv_pages, chunk_pages,
-            sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window,
+            sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=kv_scales,
         )  # fmt: skip
         return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, head_dim), mode="drop")
 
@@ -180,6 +190,7 @@ def _attend_items(
     sm_scale: float,
     soft_cap: float | None,
     sliding_window: int | None,
+    kv_scales: tuple[Scale, Scale],  # K's and V's, for an FP8 pool
 ) -> jax.Array:  # [B, bq, Hq, D] in q's dtype
     """Attention of a few work items over their sequences' pages, one chunk of pages at a time; fp32 softmax.
 
@@ -209,10 +220,10 @@ def _attend_items(
         chunk = jax.lax.dynamic_slice_in_dim(pages, c * chunk_pages, chunk_pages, axis=1)  # i32[B, chunk_pages]
         k_index = head_base + jnp.clip(chunk.reshape(1, -1), 0, num_pages - 1)  # i32[Hkv, B * chunk_pages]
         k, v = (
-            jnp.take(rows, index.reshape(-1), axis=0, mode="clip")  # [Hkv * B * chunk_pages, ps * D]
-            .astype(jnp.float32)
-            .reshape(num_kv_heads, num_items, chunk_len, head_dim)  # f32[Hkv, B, L, D]
-            for index in (k_index, k_index + num_kv_heads * num_pages)
+            dequantize(
+                jnp.take(rows, index.reshape(-1), axis=0, mode="clip"), jnp.float32, scale
+            ).reshape(num_kv_heads, num_items, chunk_len, head_dim)  # [.., ps * D]  # f32[Hkv, B, L, D]
+            for index, scale in zip((k_index, k_index + num_kv_heads * num_pages), kv_scales, strict=True)
         )
         logits = jnp.einsum("hngqd,hncd->hngqc", q, k, precision=hi) * sm_scale  # f32[Hkv, B, G, bq, L]
         if soft_cap is not None:

@@ -3,9 +3,11 @@
 Decode steps (batch x context, 32 query / 8 KV heads, head_dim 128, bf16, pages scattered at random over the pool)
 report time and KV bytes read / time next to the device copy bandwidth measured in the same run; prefill chunks report
 attention TFLOP/s next to a measured bf16 matmul rate. ``--tune`` also times a few kernel tilings on chosen shapes.
+``--kv-fp8`` times every decode shape again over an FP8 (float8_e4m3fn) copy of the same pool, in the same process.
 Every time is the median of several back-to-back batches of calls (dispatch overlapped, as in a serving loop).
 
     python scripts/bench_kernels.py --tune          # logs bench_kernels.{txt,json} to $OUT when set
+    python scripts/bench_kernels.py --batches 64 --contexts 8192 --kv-fp8 --no-reference --no-stock
     python scripts/bench_kernels.py --smoke         # CPU dry run of the script: tiny shapes, interpret mode
 """
 
@@ -29,6 +31,7 @@ import numpy as np
 from bench_common import describe_ceilings, device_ceilings, random_block_tables
 
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
+from pallas_kernels.kv_quant import FP8_DTYPE, quantize
 from pallas_kernels.triton_prefill import PrefillConfig, prefill_attention
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
@@ -61,9 +64,10 @@ def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> f
 
 
 class Pool:
-    """One bf16 KV pool, allocated once, whose pages every shape draws from at random."""
+    """One bf16 KV pool, allocated once, whose pages every shape draws from at random; with ``fp8`` also its
+    float8_e4m3fn copy (scale 1: the random values sit well inside e4m3's range)."""
 
-    def __init__(self, num_tokens: int, page_size: int) -> None:
+    def __init__(self, num_tokens: int, page_size: int, fp8: bool = False) -> None:
         self.page_size = page_size
         self.num_pages = 1 + -(-num_tokens // page_size)
         # 1024 random pages tiled over the pool: a full-size jax.random draw can pass 2**32 elements.
@@ -71,6 +75,7 @@ class Pool:
         reps = -(-self.num_pages // 1024)
         fill = jax.jit(lambda t: jnp.tile(t, (1, 1, reps, 1, 1))[:, :, : self.num_pages])
         self.kv = fill(tile)  # [2, Hkv, P, page_size, D]
+        self.kv_fp8 = jax.jit(lambda kv: quantize(kv, FP8_DTYPE))(self.kv) if fp8 else None  # same shape, 1 byte
         self.rng = np.random.default_rng(0)
 
     def step(self, q_lens: list[int], kv_lens: list[int]) -> tuple[jax.Array, ...]:
@@ -89,11 +94,14 @@ def kernel_fn(
     return lambda: f(*step)
 
 
-def in_step_fn(pool: Pool, q_lens: list[int], kv_lens: list[int], layers: int = 32) -> Callable[[], jax.Array]:
+def in_step_fn(
+    pool: Pool, q_lens: list[int], kv_lens: list[int], layers: int = 32, fp8: bool = False
+) -> Callable[[], jax.Array]:
     """``layers`` kernel calls in one jitted function, each over its own random pages and fed the previous output,
     as a model step runs them (one launch stream, no host in between); time / layers is the per-call figure."""
     steps = [pool.step(q_lens, kv_lens) for _ in range(layers)]
     q, kv, lens, _, qsl = steps[0]
+    kv = pool.kv_fp8 if fp8 else kv
     tables = [s[3] for s in steps]
 
     @jax.jit
@@ -198,6 +206,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tune-kinds", default="decode,prefill", help="which shapes --tune times")
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
+    parser.add_argument("--kv-fp8", action="store_true", help="also time each decode shape over an FP8 pool")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     return parser.parse_args()
@@ -213,6 +222,8 @@ def bench_decode(
         for batch in shapes.batches:
             rows.append(time_decode(args, pool, batch, ctx, k_pages, v_pages))
             say(decode_line(rows[-1], copy_bw))
+            if args.kv_fp8:
+                say(fp8_line(rows[-1], copy_bw))
     return rows
 
 
@@ -228,6 +239,12 @@ def time_decode(
     stock = None if args.no_stock else stock_fn(step, k_pages, v_pages, args.smoke)
     row["stock_s"] = timeit(stock) if stock else None
     row["reference_s"] = None if args.no_reference else timeit(reference_fn(step), reps=3)
+    if args.kv_fp8:  # the same shape and tiling over the FP8 copy of the pool
+        fp8_step = (step[0], pool.kv_fp8, *step[2:])
+        row["fp8_kernel_s"] = timeit(kernel_fn(fp8_step, interpret=args.smoke))
+        row["fp8_in_step_s"] = (
+            None if args.smoke else timeit(in_step_fn(pool, [1] * batch, [ctx] * batch, fp8=True)) / 32
+        )
     return row
 
 
@@ -245,6 +262,18 @@ def decode_line(row: dict[str, Any], copy_bw: float) -> str:
         f"{rate_cell(row['reference_s'], kv_bytes)} | "
         f"{speedup} q{cfg['q_block']}/kv{cfg['kv_block']}/s{cfg['num_splits']}/w{cfg['num_warps']}"
     )
+
+
+def fp8_line(row: dict[str, Any], copy_bw: float) -> str:
+    """The FP8 pool's times under the bf16 row: speed-up over bf16, its read rate (half the bytes) against copy."""
+    kv_bytes, fp8_s, in_step = row["kv_bytes"] // 2, row["fp8_kernel_s"], row["fp8_in_step_s"]
+    line = (
+        f"{'':>5} {'fp8':>5} | {fp8_s * 1e6:9.1f} {kv_bytes / fp8_s / 1e12:5.2f} "
+        f"{100 * kv_bytes / fp8_s / copy_bw:5.0f} | x{row['kernel_s'] / fp8_s:.2f} vs the bf16 pool"
+    )
+    if in_step is not None:
+        line += f"; in-step {in_step * 1e6:.1f} us, x{row['in_step_s'] / in_step:.2f}"
+    return line
 
 
 def rate_cell(seconds: float | None, kv_bytes: int) -> str:
@@ -370,7 +399,9 @@ def main() -> None:
         f"{'stock us':>8} {'TB/s':>5} | "
         f"{'ref us':>8} {'TB/s':>5} | {'x stock':>7} config"
     )
-    pool = Pool(max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks), args.page_size)
+    pool = Pool(
+        max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks), args.page_size, args.kv_fp8
+    )
     rows = bench_decode(args, shapes, pool, copy_bw, say)
     say("prefill chunks (one sequence; TFLOP/s counts causal QK^T and PV)")
     prefill = bench_prefill(args, shapes, pool, mm, say)
