@@ -220,9 +220,9 @@ def _attend_items(
         chunk = jax.lax.dynamic_slice_in_dim(pages, c * chunk_pages, chunk_pages, axis=1)  # i32[B, chunk_pages]
         k_index = head_base + jnp.clip(chunk.reshape(1, -1), 0, num_pages - 1)  # i32[Hkv, B * chunk_pages]
         k, v = (
-            dequantize(
-                jnp.take(rows, index.reshape(-1), axis=0, mode="clip"), jnp.float32, scale
-            ).reshape(num_kv_heads, num_items, chunk_len, head_dim)  # [.., ps * D]  # f32[Hkv, B, L, D]
+            dequantize(jnp.take(rows, index.reshape(-1), axis=0, mode="clip"), jnp.float32, scale).reshape(
+                num_kv_heads, num_items, chunk_len, head_dim
+            )  # [.., ps * D]  # f32[Hkv, B, L, D]
             for index, scale in zip((k_index, k_index + num_kv_heads * num_pages), kv_scales, strict=True)
         )
         logits = jnp.einsum("hngqd,hncd->hngqc", q, k, precision=hi) * sm_scale  # f32[Hkv, B, G, bq, L]
