@@ -2,7 +2,8 @@
 
 A step is two compiled programs per bucket (``jllm.step_programs``): the forward pass, with the pool donated so the
 K/V writes happen in place, and the sampler, one per sampling variant, so only a few integers per row come back.
-Each is compiled once, the base variants at start-up. Neither branches on device values, so launching a step never
+Every program a request can pick is compiled at start-up (per bucket: the forward, two base samplers and four
+general ones), so no request waits on the compiler. Neither branches on device values, so launching a step never
 waits for the GPU. The step's host inputs and plan are ``jllm.step_inputs``; unpacking its results is
 ``jllm.step_results``.
 
@@ -26,9 +27,11 @@ from tqdm.auto import tqdm
 from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
-from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, SamplingMode, TokenConstraints
+from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, TokenConstraints
 from jllm.sequence import ScheduledSequence, SchedulerOutput
 from jllm.step_inputs import (
+    BASE_VARIANTS,
+    GENERAL_VARIANTS,
     InputLayout,
     StepInputs,
     StepPlan,
@@ -37,6 +40,7 @@ from jllm.step_inputs import (
     host_inputs,
     pack_inputs,
     pick_variant,
+    sampler_widths,
 )
 from jllm.step_results import StepResult, step_result
 
@@ -46,7 +50,6 @@ MAX_COMPILE_THREADS = 8
 # at batch 1 (the call returns after 1.34 ms) against 6.44 ms with command buffers off (returns after 3.14 ms).
 # CPU compiles ignore it.
 COMPILER_OPTIONS = {"xla_gpu_command_buffer_update_mode": "SKIP_PROFILED"}
-BASE_VARIANTS: tuple[Variant, ...] = ((0, None, SamplingMode.GREEDY), (0, None, SamplingMode.RANDOM))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,7 @@ class ModelRunner:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         eos_token_ids: set[int],
+        max_stop_token_ids: int,
         attention_backend: str = "reference",
     ):
         self.loaded = loaded  # the model it runs: its settings, HF config and mesh
@@ -94,6 +98,7 @@ class ModelRunner:
         self.pages_per_seq = -(-max_model_len // page_size)
         self.buckets = step_buckets(max_num_batched_tokens, max_num_seqs)
         self.eos_token_ids = eos_token_ids
+        self.general_banned = sampler.banned_cap(max_stop_token_ids, eos_token_ids)
         self.attention_backend = attention_backend
         # The last launched step's sampled tokens on the device (padded to every bucket's rows), and the row of each
         # sequence that sampled in it: the next step reads its pending inputs from there.
@@ -101,7 +106,7 @@ class ModelRunner:
         self._last_tokens = jax.device_put(np.zeros(num_rows, np.int32), parallel.replicated(self.mesh))
         self._last_rows: dict[int, int] = {}
         # Every plan's StepInputs share one tree; only the shapes change: what a follower decodes plans into.
-        self.input_structure = jax.tree.structure(self._host_inputs([], self.buckets[0]))
+        self.input_structure = jax.tree.structure(self._host_inputs([], self.buckets[0], BASE_VARIANTS[0]))
         # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
         # ``num_compilations`` counts real XLA compilations: forward programs by layout, samplers by (variant, layout,
         # sampler-inputs layout): a penalty or mask width compiles a sampler, never a forward.
@@ -133,8 +138,8 @@ class ModelRunner:
 
     @property
     def num_compilations(self) -> int:
-        """Programs compiled so far: per bucket one forward and the base samplers, plus any other sampler variant
-        (penalties, logprobs, top-k/top-p, token mask, logit bias width) used."""
+        """Programs compiled so far: per bucket one forward and six samplers at warm-up; any more is a shape warm-up
+        missed (``jllm:programs_compiled_after_startup`` counts them)."""
         return len(self._forward_programs) + len(self._sampler_programs)
 
     def compiled_programs(self) -> Iterator[tuple[Variant | None, InputLayout, jax.stages.Compiled]]:
@@ -156,7 +161,8 @@ class ModelRunner:
         self._sampler_programs.clear()
 
     def warmup(self, show_progress: bool = True) -> None:
-        """Compiles every bucket's forward and base samplers now, so no request waits on the compiler.
+        """Compiles every bucket's forward and every sampler a request can pick (``warmup_plans``) now, so no request
+        waits on the compiler.
 
         Tracing holds the GIL but XLA compiles without it, so each program compiles on a worker thread while the
         next one is traced: on a many-core host the buckets of a large model compile side by side.
@@ -166,29 +172,39 @@ class ModelRunner:
             ThreadPoolExecutor(workers) as pool,
             tqdm(total=len(self.buckets), desc="compiling step buckets", disable=not show_progress) as bar,
         ):
-            # Each bucket's inputs with no sequences (all padding), alike on every process.
-            steps = [self.put(StepPlan(self._host_inputs([], b), BASE_VARIANTS[0])) for b in self.buckets]
             pending = []
-            for step in steps:
-                forward = self._lower_forward(step.layout, step.buffers)
+            for bucket in self.buckets:
+                steps = [self.put(plan) for plan in self.warmup_plans(bucket)]
+                forward = self._lower_forward(steps[0].layout, steps[0].buffers)
                 hidden = jax.ShapeDtypeStruct(
                     forward.out_info[0].shape, forward.out_info[0].dtype, sharding=parallel.replicated(self.mesh)
                 )
-                samplers = [(v, self._lower_sampler(step, v, hidden)) for v in BASE_VARIANTS]
-                compiles = [
-                    pool.submit(lowered.compile, COMPILER_OPTIONS) for _, lowered in [(None, forward)] + samplers
-                ]
-                pending.append((step, [v for v, _ in samplers], compiles))
-            for step, variants, (forward, *samplers) in pending:
-                self._forward_programs[step.layout] = forward.result()
-                for variant, future in zip(variants, samplers, strict=True):
-                    self._sampler_programs[(variant, step.layout, step.sampler_layout)] = future.result()
+                samplers = [self._lower_sampler(step, step.variant, hidden) for step in steps]
+                compiles = [pool.submit(lowered.compile, COMPILER_OPTIONS) for lowered in [forward, *samplers]]
+                pending.append((steps, compiles))
+            for steps, (forward, *samplers) in pending:
+                self._forward_programs[steps[0].layout] = forward.result()
+                for step, future in zip(steps, samplers, strict=True):
+                    self._sampler_programs[(step.variant, step.layout, step.sampler_layout)] = future.result()
                 bar.update()
         if self.mesh.devices.flat[0].platform == "cpu":
             return  # no first-run cost to pay ahead on a CPU, where running every bucket's padding takes ~20 s
-        for step in steps:  # one run each: loads the programs onto the devices
-            for variant in BASE_VARIANTS:
-                self.dispatch(dataclasses.replace(step, variant=variant))
+        for steps, _ in pending:  # one run each: loads the programs onto the devices
+            for step in steps:
+                self.dispatch(step)
+
+    def warmup_plans(self, bucket: StepBucket) -> list[StepPlan]:
+        """One all-padding plan (alike on every process) per sampler program a step of ``bucket`` can pick: the base
+        variants, and each general one with penalty lists 128 wide and the whole context's."""
+        plans = [StepPlan(self._host_inputs([], bucket, v), v) for v in BASE_VARIANTS]
+        constraints = host_constraints([], GENERAL_VARIANTS[0], bucket.num_seqs, self.vocab_size)
+        for variant in GENERAL_VARIANTS:
+            for penalty in (
+                sampler.SHORT_PENALTY_WIDTH,
+                sampler.long_penalty_width(self.pages_per_seq * self.page_size),
+            ):
+                plans.append(StepPlan(self._host_inputs([], bucket, variant, penalty), variant, constraints))
+        return plans
 
     # ---------------------------------------------------------------- the lead
 
@@ -197,11 +213,12 @@ class ModelRunner:
         before running it. ``constraints_later``: the token mask waits for tokens still being sampled, so
         ``launch`` fills it once the forward is queued (the plan then has none: a single process only)."""
         bucket = pick_bucket(self.buckets, output.num_batched_tokens, len(output.scheduled))
-        inputs = self._host_inputs(output.scheduled, bucket)
+        variant = pick_variant(output.scheduled, self.vocab_size, self.eos_token_ids)
+        inputs = self._host_inputs(output.scheduled, bucket, variant)
         constraints = (
-            None if constraints_later else host_constraints(output.scheduled, bucket.num_seqs, self.vocab_size)
+            None if constraints_later else host_constraints(output.scheduled, variant, bucket.num_seqs, self.vocab_size)
         )
-        return StepPlan(inputs, pick_variant(output.scheduled, inputs, self.vocab_size), constraints)
+        return StepPlan(inputs, variant, constraints)
 
     def launch(
         self, output: SchedulerOutput, plan: StepPlan, before_sampling: Callable[[], None] | None = None
@@ -217,7 +234,7 @@ class ModelRunner:
         hidden = self._forward(step)
         if before_sampling is not None:
             before_sampling()
-            constraints = host_constraints(output.scheduled, plan.bucket.num_seqs, self.vocab_size)
+            constraints = host_constraints(output.scheduled, plan.variant, plan.bucket.num_seqs, self.vocab_size)
             layout, buffers = self._put_tree(_sampler_tree(plan, constraints))
             step = dataclasses.replace(step, sampler_layout=layout, sampler_buffers=buffers)
         result, prompt = self._sample(step, hidden)
@@ -231,7 +248,17 @@ class ModelRunner:
         result, prompt = jax.device_get((launched.result, launched.prompt))
         return step_result(launched.output.scheduled, result, prompt)
 
-    def _host_inputs(self, scheduled: list[ScheduledSequence], bucket: StepBucket) -> StepInputs:
+    def _host_inputs(
+        self, scheduled: list[ScheduledSequence], bucket: StepBucket, variant: Variant, penalty_width: int = 0
+    ) -> StepInputs:
+        """``penalty_width``: warm-up's choice of a general variant's width (0: the one the sequences need)."""
+        widths = sampler_widths(
+            [s.seq for s in scheduled],
+            variant,
+            context_len=self.pages_per_seq * self.page_size,
+            eos_token_ids=self.eos_token_ids,
+            general_banned=self.general_banned,
+        )
         return host_inputs(
             scheduled,
             bucket,
@@ -239,6 +266,7 @@ class ModelRunner:
             pages_per_seq=self.pages_per_seq,
             last_rows=self._last_rows,
             eos_token_ids=self.eos_token_ids,
+            widths=(penalty_width or widths[0], widths[1]),
             attention_backend=self.attention_backend,
             mesh=self.mesh,
         )
