@@ -28,17 +28,14 @@ from jllm.sequence import ScheduledSequence, Sequence
 
 MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variants
 
-# (num_top_logprobs, num_prompt_logprobs or None, sampling mode): static arguments of the sampler program. A step
-# takes one of a fixed few, so warm-up compiles every program a request can pick: a base variant (greedy or drawing
-# without truncation, nothing else), or else a general one, which does everything (top logprobs, top-k/top-p,
-# penalties, full-width bans, mask and bias; rows that ask for none of it are unchanged by it), with or without
-# prompt logprobs.
+# (num_top_logprobs, num_prompt_logprobs or None, sampling mode): what a step's sampler programs are. Its sampler is
+# one of a fixed few, so warm-up compiles every program a request can pick: a base sampler (greedy, or drawing
+# without truncation, nothing else), or else the general one, which does everything (top logprobs, top-k/top-p,
+# penalties, full-width bans, mask and bias; rows that ask for none of it are unchanged by it). Prompt logprobs are a
+# program of their own, run beside either.
 Variant = tuple[int, int | None, SamplingMode]
-BASE_VARIANTS: tuple[Variant, ...] = ((0, None, SamplingMode.GREEDY), (0, None, SamplingMode.RANDOM))
-GENERAL_VARIANTS: tuple[Variant, ...] = (
-    (MAX_LOGPROBS, None, SamplingMode.TRUNCATED),
-    (MAX_LOGPROBS, MAX_LOGPROBS, SamplingMode.TRUNCATED),
-)
+BASE_SAMPLERS: tuple[tuple[int, SamplingMode], ...] = ((0, SamplingMode.GREEDY), (0, SamplingMode.RANDOM))
+GENERAL_SAMPLER: tuple[int, SamplingMode] = (MAX_LOGPROBS, SamplingMode.TRUNCATED)
 
 
 @jax.tree_util.register_dataclass
@@ -180,12 +177,14 @@ def is_general(variant: Variant) -> bool:
 def pick_variant(
     scheduled: Seq[ScheduledSequence], vocab_size: int, eos_token_ids: set[int], *, base_banned: int = MIN_BANNED_WIDTH
 ) -> Variant:
-    """The cheapest of the few sampler programs that serves every row of the step."""
+    """The cheapest of the few samplers that serves every row of the step, and whether prompt logprobs run."""
     seqs = [s.seq for s in scheduled]
     prompt = sampler.num_prompt_logprobs(scheduled)
-    if prompt is not None or sampler.needs_general(seqs, vocab_size, eos_token_ids, base_banned=base_banned):
-        return GENERAL_VARIANTS[prompt is not None]
-    return BASE_VARIANTS[any(not s.sampling_params.is_greedy for s in seqs)]
+    if sampler.needs_general(seqs, vocab_size, eos_token_ids, base_banned=base_banned):
+        top, mode = GENERAL_SAMPLER
+    else:
+        top, mode = BASE_SAMPLERS[any(not s.sampling_params.is_greedy for s in seqs)]
+    return top, prompt, mode
 
 
 def sampler_widths(

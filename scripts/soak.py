@@ -112,12 +112,15 @@ async def worker(soak: Soak, kind: str, until: float, seed: int) -> None:
 
 
 async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float | None:
-    """One unlabelled series of the server's /metrics (None if absent)."""
+    """A series of the server's /metrics, summed over its labels (a real server labels each by model); None if
+    absent."""
     async with session.get(f"{url}/metrics") as response:
-        for line in (await response.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-    return None
+        values = [
+            float(ln.split()[-1])
+            for ln in (await response.text()).splitlines()
+            if re.split(r"[{ ]", ln, maxsplit=1)[0] == name
+        ]
+    return sum(values) if values else None
 
 
 async def sample(soak: Soak, pid: int | None, until: float, interval: float, rows: list[dict[str, float]]) -> None:

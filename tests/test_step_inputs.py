@@ -10,8 +10,8 @@ from jllm.sampler import MAX_LOGPROBS, SamplingMode
 from jllm.sampling import SamplingParams
 from jllm.sequence import ScheduledSequence, Sequence
 from jllm.step_inputs import (
-    BASE_VARIANTS,
-    GENERAL_VARIANTS,
+    BASE_SAMPLERS,
+    GENERAL_SAMPLER,
     StepInputs,
     StepPlan,
     host_inputs,
@@ -193,17 +193,16 @@ def test_packed_inputs_unpack_to_the_same_arrays_in_one_buffer_per_dtype() -> No
         assert got.dtype == want.dtype
 
 
-def test_plan_names_its_bucket_and_the_cheapest_of_the_few_sampler_variants() -> None:
+def test_plan_names_its_bucket_and_the_cheapest_of_the_few_samplers() -> None:
     greedy = [scheduled(0, [11, 12], 2, pages=[3])]
     inputs = build(greedy, StepBucket(8, 4))
     assert StepPlan(inputs, pick_variant(greedy, 512, {EOS})).bucket == StepBucket(8, 4)
-    assert pick_variant(greedy, 512, {EOS}) == BASE_VARIANTS[0] == (0, None, SamplingMode.GREEDY)
+    assert pick_variant(greedy, 512, {EOS}) == (0, None, SamplingMode.GREEDY)
     drawing = [*greedy, scheduled(1, [11, 12], 2, pages=[4], temperature=0.7, min_p=0.1)]
-    assert pick_variant(drawing, 512, {EOS}) == BASE_VARIANTS[1] == (0, None, SamplingMode.RANDOM)
-    assert (
-        pick_variant([scheduled(0, [1], 1, pages=[3], min_tokens=2, stop_token_ids=[5, 6])], 512, {EOS})
-        in BASE_VARIANTS
-    )
+    assert pick_variant(drawing, 512, {EOS}) == (0, None, SamplingMode.RANDOM)
+    assert (0, SamplingMode.GREEDY) == BASE_SAMPLERS[0] and (0, SamplingMode.RANDOM) == BASE_SAMPLERS[1]
+    bans = [scheduled(0, [1], 1, pages=[3], min_tokens=2, stop_token_ids=[5, 6])]
+    assert pick_variant(bans, 512, {EOS}) == (0, None, SamplingMode.GREEDY)  # 3 banned ids fit the base samplers
     general = [
         {"logprobs": 1},
         {"temperature": 0.7, "top_p": 0.9},
@@ -212,16 +211,17 @@ def test_plan_names_its_bucket_and_the_cheapest_of_the_few_sampler_variants() ->
         {"presence_penalty": 0.5},
         {"logit_bias": {3: 1.0}},
         {"allowed_token_ids": [3, 4]},
-        {"min_tokens": 2, "stop_token_ids": list(range(3, 13))},  # bans 11 ids: more than the base variants' 8
+        {"min_tokens": 2, "stop_token_ids": list(range(3, 13))},  # bans 11 ids: more than the base samplers' 8
     ]
+    top, mode = GENERAL_SAMPLER
+    assert (top, mode) == (MAX_LOGPROBS, SamplingMode.TRUNCATED)
     for params in general:
-        assert (
-            pick_variant([*greedy, scheduled(1, [11, 12], 2, pages=[4], **params)], 512, {EOS}) == GENERAL_VARIANTS[0]
-        )
+        assert pick_variant([*greedy, scheduled(1, [11, 12], 2, pages=[4], **params)], 512, {EOS}) == (top, None, mode)
+    # Prompt logprobs are a program beside either sampler.
     prompt = [scheduled(0, [11, 12], 2, pages=[3], prompt_logprobs=1)]
-    assert (
-        pick_variant(prompt, 512, {EOS}) == GENERAL_VARIANTS[1] == (MAX_LOGPROBS, MAX_LOGPROBS, SamplingMode.TRUNCATED)
-    )
+    assert pick_variant(prompt, 512, {EOS}) == (0, MAX_LOGPROBS, SamplingMode.GREEDY)
+    prompt.append(scheduled(1, [11, 12], 2, pages=[4], logprobs=2))
+    assert pick_variant(prompt, 512, {EOS}) == (top, MAX_LOGPROBS, mode)
 
 
 def test_each_variant_has_fixed_sampler_widths_whatever_the_rows_ask() -> None:
@@ -235,6 +235,10 @@ def test_each_variant_has_fixed_sampler_widths_whatever_the_rows_ask() -> None:
     assert layouts == {((4, 0), (4, 8)), ((4, 128), (4, 64))}
     long = [scheduled(0, list(range(3, 200)), 16, pages=[3], repetition_penalty=1.1)]  # a prompt over 128 ids
     widths = sampler_widths(
-        [s.seq for s in long], GENERAL_VARIANTS[0], context_len=256, eos_token_ids={EOS}, general_banned=64
+        [s.seq for s in long],
+        (*GENERAL_SAMPLER[:1], None, GENERAL_SAMPLER[1]),
+        context_len=256,
+        eos_token_ids={EOS},
+        general_banned=64,
     )
     assert widths == (256, 64)
