@@ -95,11 +95,12 @@ def test_metrics_count_programs_compiled_after_startup(server: RunningServer) ->
 
 @pytest.mark.slow  # builds and warms a tiny model's engine (seconds of compiling on the CPU)
 def test_no_request_mix_compiles_a_program_after_warm_up(tmp_path: Path) -> None:
-    """A tiny real model's engine, then requests with and without penalties over prompt lengths 1..200 (both penalty
-    widths), logit biases of 1..1024 ids, stop ids with min_tokens, logprobs, prompt logprobs, allowed ids, grammars,
-    top-k/top-p and n > 1, mixed in the same steps: not one program is compiled after warm-up (before, each penalty
-    width, banned width, bias width and sampler variant compiled on first use, every stream waiting). The general
-    sampler leaves a plain row alone: a greedy request gives the tokens beside the mix that it gives alone."""
+    """A tiny real model's engine, then requests with and without penalties over prompt lengths 1..200 (both
+    penalty widths), logit biases up to the whole vocabulary, stop ids with min_tokens, logprobs, prompt logprobs,
+    allowed ids, grammars, top-k/top-p and n > 1, mixed in the same steps: not one program is compiled after warm-up
+    (before, each penalty width, banned width, bias width and sampler variant compiled on first use, every stream
+    waiting). The general sampler leaves a plain row alone: a greedy request gives the tokens beside the mix that it
+    gives alone."""
     model_dir = save_tiny_checkpoint("LlamaForCausalLM", {**TINY_CONFIG, "vocab_size": VOCAB}, tmp_path / "model")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY_TOKENIZER / name, model_dir / name)
@@ -112,7 +113,11 @@ def test_no_request_mix_compiles_a_program_after_warm_up(tmp_path: Path) -> None
     plain = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     alone = _generate(engine, {"plain": ([5, 6, 7], plain)})["plain"]
     rng = random.Random(0)
-    requests = {f"r{i}": _random_request(rng) for i in range(40)} | {"plain": ([5, 6, 7], plain)}
+    requests = {f"r{i}": _random_request(rng) for i in range(40)} | {
+        "plain": ([5, 6, 7], plain),
+        "long-penalty": (list(range(3, 203)), SamplingParams(repetition_penalty=1.2, max_tokens=4)),  # 256 wide
+        "widest-bias": ([9], SamplingParams(logit_bias=dict.fromkeys(range(VOCAB), 0.5), max_tokens=4)),
+    }
     done = _generate(engine, requests)
     assert len(done) == len(requests)
     assert done["plain"] == alone
