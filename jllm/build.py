@@ -93,6 +93,7 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         max_num_seqs=sched.max_num_seqs,
         max_num_batched_tokens=sched.max_num_batched_tokens,
         eos_token_ids=tokenizer.eos_token_ids,
+        max_stop_token_ids=config.limits.max_stop_token_ids,
         attention_backend=backend,
     )
     runner.warmup(show_progress=show_progress)

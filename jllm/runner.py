@@ -2,7 +2,8 @@
 
 A step is two compiled programs per bucket (``jllm.step_programs``): the forward pass, with the pool donated so the
 K/V writes happen in place, and the sampler, one per sampling variant, so only a few integers per row come back.
-Each is compiled once, the base variants at start-up. Neither branches on device values, so launching a step never
+Every program a request can pick is compiled at start-up (per bucket: the forward, two base samplers and four
+general ones), so no request waits on the compiler. Neither branches on device values, so launching a step never
 waits for the GPU. The step's host inputs and plan are ``jllm.step_inputs``; unpacking its results is
 ``jllm.step_results``.
 
@@ -15,7 +16,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -27,8 +28,11 @@ from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.loader import LoadedModel
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, SamplingMode, TokenConstraints
+from jllm.sampling import MAX_LOGPROBS
 from jllm.sequence import ScheduledSequence, SchedulerOutput
 from jllm.step_inputs import (
+    BASE_SAMPLERS,
+    GENERAL_SAMPLER,
     InputLayout,
     StepInputs,
     StepPlan,
@@ -37,6 +41,7 @@ from jllm.step_inputs import (
     host_inputs,
     pack_inputs,
     pick_variant,
+    sampler_widths,
 )
 from jllm.step_results import StepResult, step_result
 
@@ -46,7 +51,7 @@ MAX_COMPILE_THREADS = 8
 # at batch 1 (the call returns after 1.34 ms) against 6.44 ms with command buffers off (returns after 3.14 ms).
 # CPU compiles ignore it.
 COMPILER_OPTIONS = {"xla_gpu_command_buffer_update_mode": "SKIP_PROFILED"}
-BASE_VARIANTS: tuple[Variant, ...] = ((0, None, SamplingMode.GREEDY), (0, None, SamplingMode.RANDOM))
+ProgramKey = tuple[str, tuple[int, SamplingMode] | None, InputLayout]  # (kind, static variant, input layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +87,7 @@ class ModelRunner:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         eos_token_ids: set[int],
+        max_stop_token_ids: int,
         attention_backend: str = "reference",
     ):
         self.loaded = loaded  # the model it runs: its settings, HF config and mesh
@@ -94,6 +100,8 @@ class ModelRunner:
         self.pages_per_seq = -(-max_model_len // page_size)
         self.buckets = step_buckets(max_num_batched_tokens, max_num_seqs)
         self.eos_token_ids = eos_token_ids
+        self.general_banned = sampler.banned_cap(max_stop_token_ids, eos_token_ids)
+        self.long_penalty_width = sampler.long_penalty_width(self.pages_per_seq * page_size)
         self.attention_backend = attention_backend
         # The last launched step's sampled tokens on the device (padded to every bucket's rows), and the row of each
         # sequence that sampled in it: the next step reads its pending inputs from there.
@@ -101,49 +109,54 @@ class ModelRunner:
         self._last_tokens = jax.device_put(np.zeros(num_rows, np.int32), parallel.replicated(self.mesh))
         self._last_rows: dict[int, int] = {}
         # Every plan's StepInputs share one tree; only the shapes change: what a follower decodes plans into.
-        self.input_structure = jax.tree.structure(self._host_inputs([], self.buckets[0]))
-        # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
-        # ``num_compilations`` counts real XLA compilations: forward programs by layout, samplers by (variant, layout,
-        # sampler-inputs layout): a penalty or mask width compiles a sampler, never a forward.
-        self._forward_programs: dict[InputLayout, jax.stages.Compiled] = {}
-        self._sampler_programs: dict[tuple[Variant, InputLayout, InputLayout], jax.stages.Compiled] = {}
-
-    def _lower_forward(self, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Lowered:
-        fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, layout)
-        return jax.jit(fn, donate_argnums=(1,)).lower(self.state, self.kv_caches, buffers, self._last_tokens)
-
-    def _lower_sampler(self, step: DeviceStep, variant: Variant, hidden: Any) -> jax.stages.Lowered:
-        """``hidden``: the forward's output, or its ``ShapeDtypeStruct`` (warm-up lowers before anything runs)."""
-        num_rows = self._last_tokens.shape[0]
-        fn = functools.partial(
-            step_programs.sample, self.graphdef, variant, step.layout, step.sampler_layout, num_rows=num_rows
+        self.input_structure = jax.tree.structure(
+            self._host_inputs([], self.buckets[0], (0, None, SamplingMode.GREEDY))
         )
-        return jax.jit(fn).lower(self.state, hidden, step.buffers, step.sampler_buffers)
+        # Compiled ahead of time and keyed by every input shape, so each program is compiled exactly once and
+        # ``num_compilations`` counts real XLA compilations: (kind, static variant, input layout) -> program. Forwards
+        # and prompt logprobs by the step's layout, samplers by their own inputs' (whose shapes give S, not T): a
+        # penalty or mask width would compile a sampler, never a forward.
+        self._programs: dict[ProgramKey, jax.stages.Compiled] = {}
 
-    def _forward_program(self, layout: InputLayout, buffers: list[jax.Array]) -> jax.stages.Compiled:
-        if layout not in self._forward_programs:
-            self._forward_programs[layout] = self._lower_forward(layout, buffers).compile(COMPILER_OPTIONS)
-        return self._forward_programs[layout]
+    def _program_keys(self, step: DeviceStep) -> list[ProgramKey]:
+        """The programs ``step`` runs: its forward, its sampler, and the prompt logprobs if a row asks for them."""
+        top, prompt, mode = step.variant
+        keys = [("forward", None, step.layout), ("sampler", (top, mode), step.sampler_layout)]
+        return keys + ([("prompt_logprobs", None, step.layout)] if prompt is not None else [])
 
-    def _sampler_program(self, step: DeviceStep, hidden: jax.Array) -> jax.stages.Compiled:
-        key = (step.variant, step.layout, step.sampler_layout)
-        if key not in self._sampler_programs:
-            self._sampler_programs[key] = self._lower_sampler(step, step.variant, hidden).compile(COMPILER_OPTIONS)
-        return self._sampler_programs[key]
+    def _lower(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> jax.stages.Lowered:
+        """``outputs``: the forward's (hidden, rows), or their ``ShapeDtypeStruct``s (warm-up lowers before anything
+        runs); unused for the forward itself."""
+        kind, variant, _ = key
+        if kind == "forward":
+            fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, step.layout)
+            return jax.jit(fn, donate_argnums=(1,)).lower(self.state, self.kv_caches, step.buffers, self._last_tokens)
+        hidden, rows = outputs
+        if kind == "sampler":
+            num_rows = self._last_tokens.shape[0]
+            fn = functools.partial(step_programs.sample, self.graphdef, variant, step.sampler_layout, num_rows=num_rows)
+            return jax.jit(fn).lower(self.state, rows, step.sampler_buffers)
+        fn = functools.partial(step_programs.prompt_logprobs, self.graphdef, step.layout)
+        return jax.jit(fn).lower(self.state, hidden, step.buffers)
+
+    def _program(
+        self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None = None
+    ) -> jax.stages.Compiled:
+        if key not in self._programs:  # a shape warm-up missed: compiled here, while the step waits
+            self._programs[key] = self._lower(key, step, outputs).compile(COMPILER_OPTIONS)
+        return self._programs[key]
 
     @property
     def num_compilations(self) -> int:
-        """Programs compiled so far: per bucket one forward and the base samplers, plus any other sampler variant
-        (penalties, logprobs, top-k/top-p, token mask, logit bias width) used."""
-        return len(self._forward_programs) + len(self._sampler_programs)
+        """Programs compiled so far: at warm-up per bucket a forward and the prompt logprobs, per row count the
+        samplers (``warmup_plans``); any more is a shape warm-up missed (``jllm:programs_compiled_after_startup``)."""
+        return len(self._programs)
 
-    def compiled_programs(self) -> Iterator[tuple[Variant | None, InputLayout, jax.stages.Compiled]]:
-        """Every program compiled so far, for inspection (HLO dumps): the forwards with variant None, then the
-        samplers with theirs."""
-        for layout, compiled in self._forward_programs.items():
-            yield None, layout, compiled
-        for (variant, layout, _), compiled in self._sampler_programs.items():
-            yield variant, layout, compiled
+    def compiled_programs(self) -> Iterator[tuple[str, InputLayout, jax.stages.Compiled]]:
+        """Every program compiled so far, for inspection (HLO dumps): its name ("forward", "prompt_logprobs",
+        "sampler_<top logprobs>_<mode>"), its input layout (the step's, or the sampler's own inputs')."""
+        for (kind, variant, layout), compiled in self._programs.items():
+            yield ("_".join(map(str, (kind, *variant))) if variant else kind), layout, compiled
 
     def release(self) -> None:
         """Deletes the weights, the KV pool and the last sampled tokens on the device (the engine unloading a
@@ -152,43 +165,52 @@ class ModelRunner:
         for array in arrays:
             if isinstance(array, jax.Array) and not array.is_deleted():
                 array.delete()
-        self._forward_programs.clear()
-        self._sampler_programs.clear()
+        self._programs.clear()
 
     def warmup(self, show_progress: bool = True) -> None:
-        """Compiles every bucket's forward and base samplers now, so no request waits on the compiler.
+        """Compiles every program a request can pick (``warmup_plans``) now, so no request waits on the compiler.
 
         Tracing holds the GIL but XLA compiles without it, so each program compiles on a worker thread while the
         next one is traced: on a many-core host the buckets of a large model compile side by side.
         """
         workers = min(MAX_COMPILE_THREADS, os.cpu_count() or 1, len(self.buckets))
-        with (
-            ThreadPoolExecutor(workers) as pool,
-            tqdm(total=len(self.buckets), desc="compiling step buckets", disable=not show_progress) as bar,
-        ):
-            # Each bucket's inputs with no sequences (all padding), alike on every process.
-            steps = [self.put(StepPlan(self._host_inputs([], b), BASE_VARIANTS[0])) for b in self.buckets]
-            pending = []
-            for step in steps:
-                forward = self._lower_forward(step.layout, step.buffers)
-                hidden = jax.ShapeDtypeStruct(
-                    forward.out_info[0].shape, forward.out_info[0].dtype, sharding=parallel.replicated(self.mesh)
-                )
-                samplers = [(v, self._lower_sampler(step, v, hidden)) for v in BASE_VARIANTS]
-                compiles = [
-                    pool.submit(lowered.compile, COMPILER_OPTIONS) for _, lowered in [(None, forward)] + samplers
-                ]
-                pending.append((step, [v for v, _ in samplers], compiles))
-            for step, variants, (forward, *samplers) in pending:
-                self._forward_programs[step.layout] = forward.result()
-                for variant, future in zip(variants, samplers, strict=True):
-                    self._sampler_programs[(variant, step.layout, step.sampler_layout)] = future.result()
-                bar.update()
+        replicated = parallel.replicated(self.mesh)
+        pending: dict[ProgramKey, Future[jax.stages.Compiled]] = {}
+        steps = []
+        with ThreadPoolExecutor(workers) as pool:
+            for bucket in self.buckets:
+                outputs = None
+                for step in map(self.put, self.warmup_plans(bucket)):
+                    steps.append(step)
+                    for key in self._program_keys(step):
+                        if key in pending:
+                            continue
+                        lowered = self._lower(key, step, outputs)
+                        if key[0] == "forward":  # the others are lowered on its outputs' shapes
+                            outputs = tuple(
+                                jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=replicated)
+                                for o in lowered.out_info[:2]
+                            )
+                        pending[key] = pool.submit(lowered.compile, COMPILER_OPTIONS)
+            for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
+                self._programs[key] = future.result()
         if self.mesh.devices.flat[0].platform == "cpu":
             return  # no first-run cost to pay ahead on a CPU, where running every bucket's padding takes ~20 s
         for step in steps:  # one run each: loads the programs onto the devices
-            for variant in BASE_VARIANTS:
-                self.dispatch(dataclasses.replace(step, variant=variant))
+            self.dispatch(step)
+
+    def warmup_plans(self, bucket: StepBucket) -> list[StepPlan]:
+        """All-padding plans (alike on every process) that run every program a step of ``bucket`` can pick: the base
+        samplers, the general one with penalty lists 128 wide and the whole context's, and the prompt logprobs."""
+        plans = [
+            StepPlan(self._host_inputs([], bucket, (top, None, mode)), (top, None, mode)) for top, mode in BASE_SAMPLERS
+        ]
+        top, mode = GENERAL_SAMPLER
+        constraints = host_constraints([], (top, None, mode), bucket.num_seqs, self.vocab_size)
+        for penalty, prompt in [(sampler.SHORT_PENALTY_WIDTH, None), (self.long_penalty_width, MAX_LOGPROBS)]:
+            variant = (top, prompt, mode)
+            plans.append(StepPlan(self._host_inputs([], bucket, variant, penalty), variant, constraints))
+        return plans
 
     # ---------------------------------------------------------------- the lead
 
@@ -197,11 +219,12 @@ class ModelRunner:
         before running it. ``constraints_later``: the token mask waits for tokens still being sampled, so
         ``launch`` fills it once the forward is queued (the plan then has none: a single process only)."""
         bucket = pick_bucket(self.buckets, output.num_batched_tokens, len(output.scheduled))
-        inputs = self._host_inputs(output.scheduled, bucket)
+        variant = pick_variant(output.scheduled, self.vocab_size, self.eos_token_ids)
+        inputs = self._host_inputs(output.scheduled, bucket, variant)
         constraints = (
-            None if constraints_later else host_constraints(output.scheduled, bucket.num_seqs, self.vocab_size)
+            None if constraints_later else host_constraints(output.scheduled, variant, bucket.num_seqs, self.vocab_size)
         )
-        return StepPlan(inputs, pick_variant(output.scheduled, inputs, self.vocab_size), constraints)
+        return StepPlan(inputs, variant, constraints)
 
     def launch(
         self, output: SchedulerOutput, plan: StepPlan, before_sampling: Callable[[], None] | None = None
@@ -214,13 +237,13 @@ class ModelRunner:
         takes the previous step's tokens there, then the token mask is filled while the device runs the forward.
         """
         step = self.put(plan)
-        hidden = self._forward(step)
+        outputs = self._forward(step)
         if before_sampling is not None:
             before_sampling()
-            constraints = host_constraints(output.scheduled, plan.bucket.num_seqs, self.vocab_size)
+            constraints = host_constraints(output.scheduled, plan.variant, plan.bucket.num_seqs, self.vocab_size)
             layout, buffers = self._put_tree(_sampler_tree(plan, constraints))
             step = dataclasses.replace(step, sampler_layout=layout, sampler_buffers=buffers)
-        result, prompt = self._sample(step, hidden)
+        result, prompt = self._sample(step, outputs)
         self._last_rows = {s.seq.seq_id: i for i, s in enumerate(output.scheduled) if s.samples_token}
         for x in jax.tree.leaves((result, prompt)):
             x.copy_to_host_async()  # starts when the step ends, so collect() need not wait for the transfer
@@ -231,7 +254,17 @@ class ModelRunner:
         result, prompt = jax.device_get((launched.result, launched.prompt))
         return step_result(launched.output.scheduled, result, prompt)
 
-    def _host_inputs(self, scheduled: list[ScheduledSequence], bucket: StepBucket) -> StepInputs:
+    def _host_inputs(
+        self, scheduled: list[ScheduledSequence], bucket: StepBucket, variant: Variant, penalty_width: int = 0
+    ) -> StepInputs:
+        """``penalty_width``: warm-up's choice of a general variant's width (0: the one the sequences need)."""
+        widths = sampler_widths(
+            [s.seq for s in scheduled],
+            variant,
+            context_len=self.pages_per_seq * self.page_size,
+            eos_token_ids=self.eos_token_ids,
+            general_banned=self.general_banned,
+        )
         return host_inputs(
             scheduled,
             bucket,
@@ -239,6 +272,7 @@ class ModelRunner:
             pages_per_seq=self.pages_per_seq,
             last_rows=self._last_rows,
             eos_token_ids=self.eos_token_ids,
+            widths=(penalty_width or widths[0], widths[1]),
             attention_backend=self.attention_backend,
             mesh=self.mesh,
         )
@@ -264,18 +298,22 @@ class ModelRunner:
         return layout, jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
 
     def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
-        """Queues the step's forward and sampler programs (compiling them on first use) on inputs already on the
-        devices; scripts call it back to back to time the compiled step alone."""
+        """Queues the step's programs (compiling any warm-up missed) on inputs already on the devices; scripts call
+        it back to back to time the compiled step alone."""
         return self._sample(step, self._forward(step))
 
-    def _forward(self, step: DeviceStep) -> jax.Array:
-        forward = self._forward_program(step.layout, step.buffers)
-        hidden, self.kv_caches = forward(self.state, self.kv_caches, step.buffers, self._last_tokens)
-        return hidden
+    def _forward(self, step: DeviceStep) -> tuple[jax.Array, jax.Array]:
+        """The hidden states of every token [T, hidden] and of the rows that sample [S, hidden]."""
+        forward = self._program(("forward", None, step.layout), step)
+        hidden, rows, self.kv_caches = forward(self.state, self.kv_caches, step.buffers, self._last_tokens)
+        return hidden, rows
 
-    def _sample(self, step: DeviceStep, hidden: jax.Array) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
-        sample = self._sampler_program(step, hidden)
-        out, prompt, self._last_tokens = sample(self.state, hidden, step.buffers, step.sampler_buffers)
+    def _sample(
+        self, step: DeviceStep, outputs: tuple[jax.Array, jax.Array]
+    ) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
+        (hidden, rows), (_, sampler_key, *prompt_key) = outputs, self._program_keys(step)
+        out, self._last_tokens = self._program(sampler_key, step, outputs)(self.state, rows, step.sampler_buffers)
+        prompt = self._program(prompt_key[0], step, outputs)(self.state, hidden, step.buffers) if prompt_key else None
         return out, prompt
 
 

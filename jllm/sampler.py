@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jllm.sampling import MAX_LOGPROBS, SAMPLING_EPS
+from jllm.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, SAMPLING_EPS
 from jllm.structured_output import fill_bitmask
 
 if TYPE_CHECKING:
@@ -282,7 +282,12 @@ def penalty_width(seqs: Iterable[Sequence], max_model_len: int) -> int:
     ]
     if not needs:
         return 0
-    return SHORT_PENALTY_WIDTH if max(needs) <= SHORT_PENALTY_WIDTH else _bucket(max_model_len, SHORT_PENALTY_WIDTH)
+    return SHORT_PENALTY_WIDTH if max(needs) <= SHORT_PENALTY_WIDTH else long_penalty_width(max_model_len)
+
+
+def long_penalty_width(max_model_len: int) -> int:
+    """The penalty width of a row whose lists outgrow ``SHORT_PENALTY_WIDTH``: the whole context's."""
+    return _bucket(max_model_len, SHORT_PENALTY_WIDTH)
 
 
 def banned_width(seqs: Iterable[Sequence], eos_token_ids: set[int], *, minimum: int = 8) -> int:
@@ -290,6 +295,24 @@ def banned_width(seqs: Iterable[Sequence], eos_token_ids: set[int], *, minimum: 
     door caps ``stop_token_ids`` at ``max_stop_token_ids``)."""
     need = max((len(_banned(s, eos_token_ids)) for s in seqs), default=0)
     return _bucket(need, minimum) if need else 0
+
+
+def banned_cap(max_stop_token_ids: int, eos_token_ids: set[int]) -> int:
+    """The banned-id width every row fits once the input door caps ``stop_token_ids`` at ``max_stop_token_ids``: the
+    general sampler's, so no stop-id count a client picks is a new shape."""
+    return _bucket(max_stop_token_ids + len(eos_token_ids), 8)
+
+
+def needs_general(seqs: Iterable[Sequence], vocab_size: int, eos_token_ids: set[int], *, base_banned: int) -> bool:
+    """Whether some row needs more than the base samplers (greedy / untruncated draws, no logprobs, penalties,
+    mask or bias, and at most ``base_banned`` banned ids): then the step takes the general sampler."""
+    for s in seqs:
+        p = s.sampling_params
+        truncates = not p.is_greedy and (0 < p.top_k < vocab_size or p.top_p < 1.0)
+        constrained = s.grammar is not None or p.allowed_token_ids is not None or bool(p.logit_bias)
+        if truncates or constrained or p.logprobs or p.uses_penalties or len(_banned(s, eos_token_ids)) > base_banned:
+            return True
+    return False
 
 
 def sampling_mode(meta: SamplingMetadata, vocab_size: int) -> SamplingMode:
@@ -377,8 +400,9 @@ def build_sampling_metadata(
 
 
 def build_constraints(seqs: Seq[Sequence], num_rows: int, vocab_size: int) -> TokenConstraints:
-    """Row i's mask and logit bias for ``seqs[i]``: zero widths when no row has them. A row with a grammar must have
-    its last token appended (the engine processes a step with grammars before planning the next)."""
+    """Row i's mask and logit bias for ``seqs[i]``, always full widths (a mask word per 32 tokens, ``MAX_LOGIT_BIAS``
+    biases), so which rows have them never changes a shape; a row without either allows every token. A row with a
+    grammar must have its last token appended (the engine processes a step with grammars before planning the next)."""
     masked = [
         (i, s.grammar if _follows_grammar(s) else None, s.sampling_params.allowed_token_ids)
         for i, s in enumerate(seqs)
@@ -387,11 +411,10 @@ def build_constraints(seqs: Seq[Sequence], num_rows: int, vocab_size: int) -> To
     for s in seqs:
         if _follows_grammar(s) and s.num_pending_tokens:
             raise ValueError(f"seq {s.seq_id} follows a grammar, whose mask needs its pending token: finish that step")
-    bitmask = fill_bitmask(masked, num_rows, vocab_size) if masked else np.zeros((num_rows, 0), np.int32)
+    bitmask = fill_bitmask(masked, num_rows, vocab_size)
     biases = [s.sampling_params.logit_bias or {} for s in seqs]
-    width = _bucket(max(map(len, biases)), 16) if any(biases) else 0
-    bias_ids = np.full((num_rows, width), -1, np.int32)
-    bias_values = np.zeros((num_rows, width), np.float32)
+    bias_ids = np.full((num_rows, MAX_LOGIT_BIAS), -1, np.int32)
+    bias_values = np.zeros((num_rows, MAX_LOGIT_BIAS), np.float32)
     for i, bias in enumerate(biases):
         bias_ids[i, : len(bias)] = list(bias)
         bias_values[i, : len(bias)] = list(bias.values())

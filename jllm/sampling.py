@@ -26,7 +26,9 @@ MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logi
 MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
 MAX_INT32 = 2**31 - 1  # top_k and token ids go to the device as int32: a larger one would kill the step loop
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as vLLM and OpenAI accept
-MAX_LOGIT_BIAS = 1024  # entries per request: bounds the logit-bias widths the sampler compiles for (16 ... 1024)
+MAX_LOGIT_BIAS = (
+    1024  # entries per request: the general sampler's logit-bias width (one shape, whatever a request sends)
+)
 LOGIT_BIAS_RANGE = 100.0  # OpenAI's: each bias in [-100, 100]
 UNSUPPORTED = {  # vLLM SamplingParams fields jllm refuses when set, and why
     "bad_words": "the sampler cannot ban word sequences",

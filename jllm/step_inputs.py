@@ -23,12 +23,19 @@ from jllm import sampler
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket
 from jllm.sampler import SamplingMetadata, SamplingMode, TokenConstraints
-from jllm.sequence import ScheduledSequence
+from jllm.sampling import MAX_LOGPROBS
+from jllm.sequence import ScheduledSequence, Sequence
 
-MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variant
+MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variants
 
-# (num_top_logprobs, num_prompt_logprobs or None, sampling mode): static arguments of the sampler program
+# (num_top_logprobs, num_prompt_logprobs or None, sampling mode): what a step's sampler programs are. Its sampler is
+# one of a fixed few, so warm-up compiles every program a request can pick: a base sampler (greedy, or drawing
+# without truncation, nothing else), or else the general one, which does everything (top logprobs, top-k/top-p,
+# penalties, full-width bans, mask and bias; rows that ask for none of it are unchanged by it). Prompt logprobs are a
+# program of their own, run beside either.
 Variant = tuple[int, int | None, SamplingMode]
+BASE_SAMPLERS: tuple[tuple[int, SamplingMode], ...] = ((0, SamplingMode.GREEDY), (0, SamplingMode.RANDOM))
+GENERAL_SAMPLER: tuple[int, SamplingMode] = (MAX_LOGPROBS, SamplingMode.TRUNCATED)
 
 
 @jax.tree_util.register_dataclass
@@ -100,12 +107,14 @@ def host_inputs(
     pages_per_seq: int,
     last_rows: Mapping[int, int],
     eos_token_ids: set[int],
+    widths: tuple[int, int],
     attention_backend: str = "reference",
     mesh: Mesh | None = None,
 ) -> StepInputs:
     """Flattens the scheduled sequences into one ragged batch padded to ``bucket``: what the lead publishes.
 
     ``last_rows``: seq_id -> the row each sequence sampled in the previous step, where a pending input is read from.
+    ``widths``: the penalty and banned-id widths of the step's sampler variant (``sampler_widths``).
     With no sequences it is a bucket's all-padding batch, alike on every process: what warm-up compiles.
     """
     t, s, p = bucket.num_tokens, bucket.num_seqs, pages_per_seq
@@ -141,14 +150,13 @@ def host_inputs(
     slot_mapping[:offset] = pages * page_size + positions[:offset] % page_size
     logits_indices = np.maximum(query_start_loc[1:] - 1, 0)
     logits_indices[len(scheduled) :] = 0
-    seqs = [sched.seq for sched in scheduled]
-    with_penalties = sampler.needs_penalties(seqs)
+    penalty_width, banned_width = widths
     sampling = sampler.build_sampling_metadata(
-        seqs,
+        [sched.seq for sched in scheduled],
         s,
-        with_penalties=with_penalties,
-        penalty_width=sampler.penalty_width(seqs, pages_per_seq * page_size) if with_penalties else 0,
-        max_banned=max(MIN_BANNED_WIDTH, sampler.banned_width(seqs, eos_token_ids)),
+        with_penalties=penalty_width > 0,
+        penalty_width=penalty_width,
+        max_banned=banned_width,
         eos_token_ids=eos_token_ids,
     )
     attn = AttentionMetadata(
@@ -162,20 +170,38 @@ def host_inputs(
     return StepInputs(input_ids, pending_rows, positions, attn, logits_indices, sampling, prompt_targets)
 
 
-def host_constraints(scheduled: Seq[ScheduledSequence], num_rows: int, vocab_size: int) -> TokenConstraints | None:
-    """The step's token mask and logit bias, or None when no row has either (the unconstrained sampler)."""
+def is_general(variant: Variant) -> bool:
+    return variant[2] is SamplingMode.TRUNCATED
+
+
+def pick_variant(
+    scheduled: Seq[ScheduledSequence], vocab_size: int, eos_token_ids: set[int], *, base_banned: int = MIN_BANNED_WIDTH
+) -> Variant:
+    """The cheapest of the few samplers that serves every row of the step, and whether prompt logprobs run."""
     seqs = [s.seq for s in scheduled]
-    if not any(
-        s.grammar is not None or s.sampling_params.allowed_token_ids or s.sampling_params.logit_bias for s in seqs
-    ):
-        return None
-    return sampler.build_constraints(seqs, num_rows, vocab_size)
+    prompt = sampler.num_prompt_logprobs(scheduled)
+    if sampler.needs_general(seqs, vocab_size, eos_token_ids, base_banned=base_banned):
+        top, mode = GENERAL_SAMPLER
+    else:
+        top, mode = BASE_SAMPLERS[any(not s.sampling_params.is_greedy for s in seqs)]
+    return top, prompt, mode
 
 
-def pick_variant(scheduled: Seq[ScheduledSequence], inputs: StepInputs, vocab_size: int) -> Variant:
-    """The cheapest sampler program that serves every row of the step."""
-    return (
-        sampler.num_top_logprobs(s.seq for s in scheduled),
-        sampler.num_prompt_logprobs(scheduled),
-        sampler.sampling_mode(inputs.sampling, vocab_size),
-    )
+def sampler_widths(
+    seqs: Seq[Sequence], variant: Variant, *, context_len: int, eos_token_ids: set[int], general_banned: int
+) -> tuple[int, int]:
+    """(penalty width, banned-id width) of ``variant``'s program: the base variants carry no penalty lists and
+    ``MIN_BANNED_WIDTH`` bans; the general ones penalty lists 128 wide, or the whole context's when a row needs
+    more (a second program), and ``general_banned`` bans (``sampler.banned_cap``)."""
+    if not is_general(variant):
+        return 0, MIN_BANNED_WIDTH
+    penalty = sampler.penalty_width(seqs, context_len) or sampler.SHORT_PENALTY_WIDTH
+    return penalty, max(general_banned, sampler.banned_width(seqs, eos_token_ids))
+
+
+def host_constraints(
+    scheduled: Seq[ScheduledSequence], variant: Variant, num_rows: int, vocab_size: int
+) -> TokenConstraints | None:
+    """The step's token mask and logit bias (full widths) for a general variant; None for a base one (no mask, no
+    bias: zero widths)."""
+    return sampler.build_constraints([s.seq for s in scheduled], num_rows, vocab_size) if is_general(variant) else None

@@ -172,7 +172,7 @@ def pool_copies(eng: Any) -> int:
     kv = eng.runner.kv_caches[0]
     shard = kv.addressable_shards[0].data.shape
     pattern = "[" + ",".join(str(n) for n in shard) + "]"
-    text = next(exe for variant, _, exe in eng.runner.compiled_programs() if variant is None).as_text()
+    text = next(exe for name, _, exe in eng.runner.compiled_programs() if name == "forward").as_text()
     return sum(1 for line in text.splitlines() if " copy(" in line and pattern in line)
 
 

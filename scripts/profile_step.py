@@ -228,9 +228,8 @@ def main() -> None:
             row["kernels"] = kernel_profile(llm, args.trace_steps, Path(tmp) / f"trace{batch}")
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
-                for variant, layout, exe in llm.engine.runner.compiled_programs():
-                    name = "forward" if variant is None else "sampler_" + "_".join(map(str, variant))
-                    tokens = layout.slots[0][2][0]  # the layout's first leaf is input_ids [T]
+                for name, layout, exe in llm.engine.runner.compiled_programs():
+                    tokens = layout.slots[0][2][0]  # the first leaf: input_ids [T], or a sampler's temperature [S]
                     if tokens == batch:
                         (args.dump_hlo / f"{name}_t{tokens}.hlo.txt").write_text(exe.as_text())
             report["batches"][batch] = row

@@ -3,7 +3,8 @@
 Workers run side by side against ``--url``: ordinary streams and whole completions (timed), clients that hang up
 mid-stream, slow readers, non-reading streams, idle connections, and bad inputs (each should be a 4xx). Every
 ``--interval`` seconds it samples the server's RSS (``--pid``, from /proc) and KV pages in use (/metrics). It prints
-completed requests, errors by kind, p50/p99 latency, and RSS and pool use over time; ``--json`` writes them.
+completed requests, errors by kind, p50/p99 latency, RSS and pool use over time, the 5xx count, and the programs
+compiled after start-up (/metrics at the end); ``--json`` writes them.
 
     jllm serve --port 8000 &
     python scripts/soak.py --url http://127.0.0.1:8000 --pid $! --minutes 30 --json soak.json
@@ -16,6 +17,7 @@ import asyncio
 import collections
 import json
 import random
+import re
 import socket
 import statistics
 import time
@@ -109,6 +111,18 @@ async def worker(soak: Soak, kind: str, until: float, seed: int) -> None:
                 await asyncio.sleep(0.5)
 
 
+async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float | None:
+    """A series of the server's /metrics, summed over its labels (a real server labels each by model); None if
+    absent."""
+    async with session.get(f"{url}/metrics") as response:
+        values = [
+            float(ln.split()[-1])
+            for ln in (await response.text()).splitlines()
+            if re.split(r"[{ ]", ln, maxsplit=1)[0] == name
+        ]
+    return sum(values) if values else None
+
+
 async def sample(soak: Soak, pid: int | None, until: float, interval: float, rows: list[dict[str, float]]) -> None:
     start = time.monotonic()
     async with aiohttp.ClientSession(headers=soak.headers) as session:
@@ -117,10 +131,7 @@ async def sample(soak: Soak, pid: int | None, until: float, interval: float, row
             if pid is not None:
                 rss = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmRSS"))
                 row["rss_mib"] = int(rss.split()[1]) // 1024
-            async with session.get(f"{soak.url}/metrics") as response:
-                for line in (await response.text()).splitlines():
-                    if line.startswith("jllm:kv_cache_pages_in_use"):
-                        row["pages_in_use"] = float(line.split()[-1])
+            row["pages_in_use"] = await metric(session, soak.url, "jllm:kv_cache_pages_in_use")
             rows.append(row)
             print(row, flush=True)
             await asyncio.sleep(interval)
@@ -134,6 +145,8 @@ async def soak_for(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, float]] = []
     tasks = [worker(soak, kind, until, seed=i * 100 + j) for i, (kind, n) in enumerate(mix.items()) for j in range(n)]
     await asyncio.gather(sample(soak, args.pid, until, args.interval, rows), *tasks)
+    async with aiohttp.ClientSession(headers=headers) as session:
+        compiled = await metric(session, soak.url, "jllm:programs_compiled_after_startup_total")
     lat = sorted(soak.latencies)
     return {
         "minutes": args.minutes,
@@ -141,6 +154,8 @@ async def soak_for(args: argparse.Namespace) -> dict[str, Any]:
         "outcomes": dict(soak.outcomes),
         "latency_p50_s": statistics.median(lat) if lat else None,
         "latency_p99_s": lat[int(0.99 * (len(lat) - 1))] if lat else None,
+        "responses_5xx": sum(n for outcome, n in soak.outcomes.items() if re.fullmatch(r".* 5(\d\d|xx)", outcome)),
+        "programs_compiled_after_startup": compiled,
         "samples": rows,
     }
 
@@ -159,6 +174,9 @@ def main() -> None:
     report = asyncio.run(soak_for(args))
     print(f"completed {report['completed']} in {args.minutes:g} min")
     print(f"latency p50 {report['latency_p50_s']} s, p99 {report['latency_p99_s']} s")
+    print(
+        f"5xx {report['responses_5xx']}, programs compiled after start-up {report['programs_compiled_after_startup']}"
+    )
     for outcome, count in sorted(report["outcomes"].items()):
         print(f"  {outcome}: {count}")
     if args.json:

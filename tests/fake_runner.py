@@ -20,9 +20,9 @@ from jllm.block_manager import BlockManager
 from jllm.config import LimitsConfig
 from jllm.engine import LLMEngine
 from jllm.inputs import InputProcessor
+from jllm.sampler import build_constraints
 from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput
-from jllm.step_inputs import host_constraints
 from jllm.step_results import PromptTokenLogprob, SampledToken, StepResult
 from jllm.tokenizer import Tokenizer
 
@@ -75,15 +75,14 @@ class ScriptedRunner:
         if before_sampling is not None:  # the real runner's forward is queued by now
             before_sampling()
         tokens, prompt_logprobs = [], []
-        constraints = host_constraints(output.scheduled, len(output.scheduled), VOCAB_SIZE)
+        constraints = build_constraints([s.seq for s in output.scheduled], len(output.scheduled), VOCAB_SIZE)
         for row, s in enumerate(output.scheduled):
             seq, end = s.seq, s.start + s.num_new_tokens
             prompt = seq.prompt_token_ids
             token = None
             if s.samples_token:
                 token_id = self.script(prompt, end)
-                if constraints is not None and constraints.bitmask.shape[1]:
-                    token_id = _allowed(constraints.bitmask[row], token_id)
+                token_id = _allowed(constraints.bitmask[row], token_id)
                 top = [token_id, (token_id + 1) % 512][: seq.sampling_params.logprobs or 0]
                 token = SampledToken(token_id, -0.5, top, [-0.5, -1.5][: len(top)])
             tokens.append(token)

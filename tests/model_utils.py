@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ import numpy as np
 
 from jllm.attention import AttentionMetadata
 from jllm.loader import LoadedModel
+from jllm.runner import ModelRunner
+from jllm.sampler import SHORT_PENALTY_WIDTH
 
 # The shape of every tiny random checkpoint the tests build: small enough for the CPU, GQA with 4 query / 2 KV heads.
 TINY_CONFIG = dict(
@@ -161,3 +164,18 @@ def save_char_tokenizer(out_dir: Path, vocab_size: int) -> None:
         "{% if add_generation_prompt %}assistant:{% endif %}"
     )
     tok.save_pretrained(out_dir)
+
+
+def assert_only_warmup_programs(runner: ModelRunner) -> None:
+    """The runner compiled what warm-up does and nothing since: per bucket a forward and the prompt logprobs, per row
+    count the two base samplers and the general one at two penalty widths (one where the context fits 128 ids)."""
+    rows = len({bucket.num_seqs for bucket in runner.buckets})
+    widths = len({SHORT_PENALTY_WIDTH, runner.long_penalty_width})
+    names = collections.Counter(name for name, _, _ in runner.compiled_programs())
+    assert names == {
+        "forward": len(runner.buckets),
+        "prompt_logprobs": len(runner.buckets),
+        "sampler_0_greedy": rows,
+        "sampler_0_random": rows,
+        "sampler_20_truncated": widths * rows,
+    }, names

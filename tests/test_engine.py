@@ -11,10 +11,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from model_utils import assert_only_warmup_programs
 
 from jllm.inputs import Prompt
 from jllm.llm import LLM
-from jllm.runner import BASE_VARIANTS
 from jllm.sampling import RequestOutputKind, SamplingParams
 
 pytestmark = pytest.mark.slow  # every test runs the default model's engine, most beside transformers
@@ -195,7 +195,7 @@ def test_chunked_prefill_and_preemption_change_no_greedy_output(constrained, pro
     assert constrained.engine.scheduler.num_preemptions > 0
     assert token_ids(outputs) == reference
     runner = constrained.engine.runner
-    assert runner.num_compilations == len(runner.buckets) * (1 + len(BASE_VARIANTS))  # nothing past warm-up
+    assert_only_warmup_programs(runner)
     assert_pool_whole(constrained)
 
 

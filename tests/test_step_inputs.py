@@ -9,7 +9,17 @@ from jllm.buckets import StepBucket
 from jllm.sampler import MAX_LOGPROBS, SamplingMode
 from jllm.sampling import SamplingParams
 from jllm.sequence import ScheduledSequence, Sequence
-from jllm.step_inputs import StepInputs, StepPlan, host_inputs, pack_inputs, pick_variant, unpack_inputs
+from jllm.step_inputs import (
+    BASE_SAMPLERS,
+    GENERAL_SAMPLER,
+    StepInputs,
+    StepPlan,
+    host_inputs,
+    pack_inputs,
+    pick_variant,
+    sampler_widths,
+    unpack_inputs,
+)
 
 PAGE_SIZE = 4
 PAGES_PER_SEQ = 4
@@ -34,7 +44,7 @@ def scheduled(
         request_id=f"req-{seq_id}",
         sample_index=0,
         prompt_token_ids=prompt,
-        sampling_params=SamplingParams(temperature=0, **params),
+        sampling_params=SamplingParams(**{"temperature": 0, **params}),
         arrival_time=0.0,
         sampling_seed=0,
         output_token_ids=list(output),
@@ -46,6 +56,11 @@ def scheduled(
 
 
 def build(batch: list[ScheduledSequence], bucket: StepBucket, last_rows: dict[int, int] | None = None) -> StepInputs:
+    """The batch's inputs for the variant the runner would pick."""
+    seqs, variant = [s.seq for s in batch], pick_variant(batch, 512, {EOS})
+    widths = sampler_widths(
+        seqs, variant, context_len=PAGE_SIZE * PAGES_PER_SEQ, eos_token_ids={EOS}, general_banned=64
+    )
     return host_inputs(
         batch,
         bucket,
@@ -53,6 +68,7 @@ def build(batch: list[ScheduledSequence], bucket: StepBucket, last_rows: dict[in
         pages_per_seq=PAGES_PER_SEQ,
         last_rows=last_rows or {},
         eos_token_ids={EOS},
+        widths=widths,
     )
 
 
@@ -177,14 +193,52 @@ def test_packed_inputs_unpack_to_the_same_arrays_in_one_buffer_per_dtype() -> No
         assert got.dtype == want.dtype
 
 
-def test_plan_names_its_bucket_and_the_cheapest_sampler_variant() -> None:
+def test_plan_names_its_bucket_and_the_cheapest_of_the_few_samplers() -> None:
     greedy = [scheduled(0, [11, 12], 2, pages=[3])]
     inputs = build(greedy, StepBucket(8, 4))
-    assert StepPlan(inputs, pick_variant(greedy, inputs, 512)).bucket == StepBucket(8, 4)
-    assert pick_variant(greedy, inputs, 512) == (0, None, SamplingMode.GREEDY)
-    logprobs = [scheduled(0, [11, 12], 2, pages=[3], logprobs=1, prompt_logprobs=1)]
-    assert pick_variant(logprobs, build(logprobs, StepBucket(8, 4)), 512) == (
-        MAX_LOGPROBS,
-        MAX_LOGPROBS,
-        SamplingMode.GREEDY,
+    assert StepPlan(inputs, pick_variant(greedy, 512, {EOS})).bucket == StepBucket(8, 4)
+    assert pick_variant(greedy, 512, {EOS}) == (0, None, SamplingMode.GREEDY)
+    drawing = [*greedy, scheduled(1, [11, 12], 2, pages=[4], temperature=0.7, min_p=0.1)]
+    assert pick_variant(drawing, 512, {EOS}) == (0, None, SamplingMode.RANDOM)
+    assert (0, SamplingMode.GREEDY) == BASE_SAMPLERS[0] and (0, SamplingMode.RANDOM) == BASE_SAMPLERS[1]
+    bans = [scheduled(0, [1], 1, pages=[3], min_tokens=2, stop_token_ids=[5, 6])]
+    assert pick_variant(bans, 512, {EOS}) == (0, None, SamplingMode.GREEDY)  # 3 banned ids fit the base samplers
+    general = [
+        {"logprobs": 1},
+        {"temperature": 0.7, "top_p": 0.9},
+        {"temperature": 0.7, "top_k": 5},
+        {"repetition_penalty": 1.2},
+        {"presence_penalty": 0.5},
+        {"logit_bias": {3: 1.0}},
+        {"allowed_token_ids": [3, 4]},
+        {"min_tokens": 2, "stop_token_ids": list(range(3, 13))},  # bans 11 ids: more than the base samplers' 8
+    ]
+    top, mode = GENERAL_SAMPLER
+    assert (top, mode) == (MAX_LOGPROBS, SamplingMode.TRUNCATED)
+    for params in general:
+        assert pick_variant([*greedy, scheduled(1, [11, 12], 2, pages=[4], **params)], 512, {EOS}) == (top, None, mode)
+    # Prompt logprobs are a program beside either sampler.
+    prompt = [scheduled(0, [11, 12], 2, pages=[3], prompt_logprobs=1)]
+    assert pick_variant(prompt, 512, {EOS}) == (0, MAX_LOGPROBS, SamplingMode.GREEDY)
+    prompt.append(scheduled(1, [11, 12], 2, pages=[4], logprobs=2))
+    assert pick_variant(prompt, 512, {EOS}) == (top, MAX_LOGPROBS, mode)
+
+
+def test_each_variant_has_fixed_sampler_widths_whatever_the_rows_ask() -> None:
+    """Penalty lists 0 wide (base), 128 or the whole context's (general); bans 8 (base) or the stop-id cap's."""
+    layouts = set()
+    for params in [{}, {"temperature": 0.5}, {"presence_penalty": 0.3}, {"logit_bias": {5: 2.0}}, {"logprobs": 3}]:
+        for n in (1, 3):
+            batch = [scheduled(i, [11, 12, 13], 3, pages=[3 + i], **params) for i in range(n)]
+            sampling = build(batch, StepBucket(16, 4)).sampling
+            layouts.add((sampling.prompt_ids.shape, sampling.banned_ids.shape))
+    assert layouts == {((4, 0), (4, 8)), ((4, 128), (4, 64))}
+    long = [scheduled(0, list(range(3, 200)), 16, pages=[3], repetition_penalty=1.1)]  # a prompt over 128 ids
+    widths = sampler_widths(
+        [s.seq for s in long],
+        (*GENERAL_SAMPLER[:1], None, GENERAL_SAMPLER[1]),
+        context_len=256,
+        eos_token_ids={EOS},
+        general_banned=64,
     )
+    assert widths == (256, 64)

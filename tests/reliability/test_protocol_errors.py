@@ -10,11 +10,13 @@ import logging
 import socket
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from fake_runner import fake_engine
 from server_utils import RunningServer, http
+from victim import assert_victim_unharmed, printable_script, victim_gap
 
 from jllm.config import load_config
 from jllm.server import sse
@@ -44,18 +46,20 @@ def raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
-@pytest.mark.parametrize(
-    "request_bytes",
-    [
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
-        b"GET /" + b"u" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-        b"FOO /health HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nContent-Length: 2\r\n\r\n{}",
-    ],
-    ids=["bad-content-length", "oversize-header", "oversize-url", "malformed-header", "unknown-method", "expect"],
+PROTOCOL_REJECTIONS = {
+    "bad-content-length": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    "oversize-header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    "oversize-url": b"GET /" + b"u" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "malformed-header": b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    "unknown-method": b"FOO /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "expect": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nContent-Length: 2\r\n\r\n{}",
+}
+NON_ASCII_AUTHORIZATION = (
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xc3\r\nConnection: close\r\n\r\n"
 )
+
+
+@pytest.mark.parametrize("request_bytes", PROTOCOL_REJECTIONS.values(), ids=PROTOCOL_REJECTIONS.keys())
 def test_protocol_rejections_are_openai_json_without_tracebacks(
     server: RunningServer, request_bytes: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -79,8 +83,7 @@ def test_expect_100_continue_still_continues(server: RunningServer) -> None:
 
 
 def test_non_ascii_authorization_is_a_401(server: RunningServer) -> None:
-    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xc3\r\nConnection: close\r\n\r\n"
-    status, _, body = raw(server.url, request)
+    status, _, body = raw(server.url, NON_ASCII_AUTHORIZATION)
     assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
 
 
@@ -137,3 +140,48 @@ def test_a_client_gone_while_the_headers_go_out_is_no_error(
     asyncio.run(run())
     assert any("hung up" in r.getMessage() for r in caplog.records)
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
+def test_the_hostile_inputs_of_finding_8_do_not_slow_a_victim_stream() -> None:
+    """Every input of finding 8, sent over and over while a victim streams: protocol rejections, a bad
+    ``Authorization``, a message without content, float32 underflows, and clients hanging up as the headers go out.
+    Each answer is a 4xx, and the victim keeps its pace."""
+    bodies = [
+        ("/v1/chat/completions", {"messages": [{"role": "user"}], "max_tokens": 2}),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "temperature": 1.0, "top_p": 1e-44}),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "repetition_penalty": 1e-46}),
+    ]
+    statuses: list[int] = []
+
+    async def exchange(url: str, request: bytes, *, hang_up: bool = False) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        await writer.drain()
+        if not hang_up:
+            statuses.append(int((await asyncio.wait_for(reader.readline(), 5)).split()[1]))
+        writer.close()
+
+    async def hostile(session: aiohttp.ClientSession, url: str) -> None:
+        stream = json.dumps({"model": "scripted", "prompt": "bye", "max_tokens": 50, "stream": True}).encode()
+        while True:
+            for request in [*PROTOCOL_REJECTIONS.values(), NON_ASCII_AUTHORIZATION]:
+                await exchange(url, request)
+            for route, body in bodies:
+                async with session.post(f"{url}{route}", json={"model": "scripted", **body}) as response:
+                    statuses.append(response.status)
+            await exchange(url, _post("/v1/completions", stream), hang_up=True)
+
+    engine = fake_engine(script=printable_script, step_seconds=0.02, max_num_seqs=16, num_pages=256)
+    with RunningServer(engine, load_config(None, served_model_name="scripted", api_key=KEY)) as running:
+        idle = victim_gap(running.url, headers=AUTH)
+        loaded = victim_gap(running.url, hostile, headers=AUTH)
+    assert len(statuses) > len(PROTOCOL_REJECTIONS) + len(bodies) and all(400 <= s < 500 for s in statuses), statuses
+    assert_victim_unharmed(idle, loaded, f"finding 8's inputs, {len(statuses)} answered")
+
+
+def _post(route: str, body: bytes) -> bytes:
+    return (
+        f"POST {route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body

@@ -1,5 +1,5 @@
 """The queue limit counts sequences (prompts x n), not requests (issue 23, finding 6): one request of 1,024 prompts
-x n=128 used to queue 131,072 sequences under a limit of 1,024 requests."""
+x n=128 used to queue 131,072 sequences under a limit of 1,024 requests (and 500 x n=16 held the engine 106 s)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from fake_runner import fake_engine
 from server_utils import RunningServer, http
+from victim import assert_victim_unharmed, printable_script, victim_gap
 
 from jllm.config import load_config
 
@@ -60,3 +61,24 @@ def test_waiting_samples_fill_the_queue_and_the_next_request_gets_429(server: Ru
             waiting.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(("prompts", "n"), [(1024, 128), (500, 16)])
+def test_one_request_of_many_prompts_times_n_does_not_slow_a_victim_stream(prompts: int, n: int) -> None:
+    """The issue's hostile requests, sent back to back while a victim streams, under the default limit of 1,024
+    queued sequences: each is refused whole (before, they queued 131,072 and 8,000 sequences ahead of everyone)."""
+    statuses: list[int] = []
+
+    async def hostile(session: aiohttp.ClientSession, url: str) -> None:
+        body = {"model": "scripted", "prompt": ["hostile"] * prompts, "n": n, "max_tokens": 16, "temperature": 1.0}
+        while True:
+            async with session.post(f"{url}/v1/completions", json=body) as response:
+                statuses.append(response.status)
+
+    engine = fake_engine(script=printable_script, step_seconds=0.02, max_num_seqs=16, num_pages=256)
+    config = load_config(None, served_model_name="scripted")
+    with RunningServer(engine, config, max_queued_requests=1024) as running:
+        idle = victim_gap(running.url)
+        loaded = victim_gap(running.url, hostile)
+    assert statuses and set(statuses) == {400}
+    assert_victim_unharmed(idle, loaded, f"{prompts} prompts x n={n}, {len(statuses)} times")

@@ -31,9 +31,12 @@ async def stream_times(session: aiohttp.ClientSession, url: str, body: dict = VI
     return times
 
 
-def victim_gap(url: str, hostile: Hostile | None = None, head_start: float = 0.3) -> float:
-    """The victim's median inter-token gap, alone or while ``hostile`` runs (started ``head_start`` s earlier)."""
-    times = victim_times(url, hostile, head_start)[1:]
+def victim_gap(
+    url: str, hostile: Hostile | None = None, head_start: float = 0.3, headers: dict[str, str] | None = None
+) -> float:
+    """The victim's median inter-token gap, alone or while ``hostile`` runs (started ``head_start`` s earlier);
+    ``headers`` go with every request of the session (an API key)."""
+    times = victim_times(url, hostile, head_start, headers)[1:]
     return statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
 
 
@@ -43,9 +46,11 @@ def victim_ttft(url: str, hostile: Hostile | None = None, head_start: float = 0.
     return times[1] - times[0]
 
 
-def victim_times(url: str, hostile: Hostile | None, head_start: float) -> list[float]:
+def victim_times(
+    url: str, hostile: Hostile | None, head_start: float, headers: dict[str, str] | None = None
+) -> list[float]:
     async def go() -> list[float]:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=headers) as session:
             attack = asyncio.ensure_future(hostile(session, url)) if hostile is not None else None
             if attack is not None:
                 await asyncio.sleep(head_start)
