@@ -346,6 +346,6 @@ def test_default_model_quantized_keeps_perplexity_and_greedy_tokens(default_mode
 def test_quantized_model_at_tp2_equals_tp1(tiny_float, tmp_path):
     found = run_tp_worker({"model_dir": str(tiny_float)}, tmp_path, timeout=300, worker="quant_tp_worker.py")
     for name, run in found.items():
-        assert run["shardings"]["qkv_scale"] == "PartitionSpec('tp', None, None)", name
+        assert run["shardings"]["qkv_scale"] == "P('tp', None, None)", name
         # float32 accumulation either way: only the all-reduces' summation order differs
         assert run["max_abs_diff"] <= 1e-5 * max(1.0, run["max_abs"]), name
