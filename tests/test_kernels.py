@@ -158,7 +158,7 @@ def test_default_config_picks_decode_layout_and_split_kv_by_batch() -> None:
 def test_invalid_inputs_raise_clear_errors() -> None:
     inputs = mixed_inputs(6, 16, head_dim=64, group=2, dtype=jnp.float32)
     q, kv_pages, *rest = inputs
-    with pytest.raises(ValueError, match="differs from kv_pages"):
+    with pytest.raises(ValueError, match=r"must be q's \(bfloat16\) or float8_e4m3fn"):
         ragged_paged_attention(q.astype(jnp.bfloat16), kv_pages, *rest, sm_scale=1.0, interpret=True)
     with pytest.raises(ValueError, match="head_dim=48"):
         ragged_paged_attention(q[..., :48], kv_pages[..., :48], *rest, sm_scale=1.0, interpret=True)

@@ -318,11 +318,12 @@ def hf_greedy(model_dir: Path, prompt_ids: list[list[int]], max_tokens: int) -> 
 @pytest.mark.slow
 def test_default_model_with_an_fp8_pool_agrees_with_transformers(default_model_dir: Path) -> None:
     """SmolLM2-135M in float32 with an FP8 pool (one engine) against transformers' float32 greedy tokens. Measured
-    (5 prompts x 32 tokens, vs a float32-pool engine, 2026-12-03): top-1 agreement 96.9 %, mean |logprob diff| 0.042,
-    largest 0.41; greedy tokens identical for 55 % before the first parting (one near tie changes all after it)."""
+    (5 prompts x 32 tokens, 2026-12-03): top-1 agreement 96.9 %, mean |logprob diff| 0.042, largest 0.41; greedy
+    tokens identical for 59 % before the first parting (one near tie changes all after it). ~20 min on 2 loaded
+    CPU cores, mostly compiling the 30-layer step buckets."""
     from jllm.llm import LLM
 
-    keys = dict(dtype="float32", max_model_len=128, max_num_seqs=4, max_num_batched_tokens=32)
+    keys = dict(dtype="float32", max_model_len=64, max_num_seqs=4, max_num_batched_tokens=32)
     fp8 = LLM(str(default_model_dir), kv_cache_dtype="fp8", **keys)
     prompt_ids, fp8_tokens = greedy(fp8, DEFAULT_PROMPTS, 32)
     reference, ref_logprobs = hf_greedy(default_model_dir, prompt_ids, 32)
