@@ -59,7 +59,7 @@ class StepPlan:
 
     inputs: StepInputs  # NumPy leaves, padded to the step's bucket
     variant: Variant
-    # The sampler's token mask and logit bias, NumPy leaves [S, ...]; None: the batch has neither (zero widths).
+    # The sampler's token mask and logit bias, NumPy leaves [S, ...]; None: a base sampler's (zero widths).
     # Apart from ``inputs`` so the forward program never depends on their shapes.
     constraints: TokenConstraints | None = None
 
