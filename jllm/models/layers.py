@@ -78,17 +78,21 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.unit_offset = unit_offset
 
+    def _inv_rms(self, x32: jax.Array) -> jax.Array:
+        """``rsqrt(mean(x^2) + eps)`` per row, ``[..., 1]`` float32."""
+        return jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+
     def factored(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The norm as (``x`` times its weight, in ``x``'s dtype; the per-row factor ``rsqrt(mean(x^2) + eps)``
         ``[..., 1]`` float32), so that a linear map of it is ``linear(x * w) * factor`` (``normed_linear``)."""
         x32 = x.astype(jnp.float32)
-        factor = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        factor = self._inv_rms(x32)
         w32 = self.weight[...].astype(jnp.float32)
         return (x32 * (1.0 + w32 if self.unit_offset else w32)).astype(x.dtype), factor
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        x32 = x32 * self._inv_rms(x32)
         if self.unit_offset:  # Gemma scales in float32, then casts: (x * (1 + w)).to(dtype)
             return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
         # Llama casts back before the weight: w * x.to(dtype)
