@@ -1,0 +1,151 @@
+"""FP8-weight matmul for few rows (decode steps): a hand-written Triton kernel, called from JAX by jax-triton.
+
+A decode step multiplies a handful of activation rows by every weight of the model, so its time is the weights'
+bytes over the memory bandwidth; FP8 weights halve those bytes only if nothing widens them on the way. XLA's
+``x @ w.astype(bf16)`` fuses the convert into a Triton GEMM tuned for big tiles, which streams e4m3 weights slower
+than cuBLAS streams bf16 ones (H200, 2026-12-03: 4.77 ms a Llama-3-8B step against 4.28). Here a program owns
+``block_n`` output columns of one ``block_m``-row tile and a ``1 / split_k`` share of the input dimension: it loads
+``[block_k, block_n]`` e4m3 tiles (columns contiguous: 16-byte vector loads), widens them to the activations' dtype
+in registers and feeds the tensor cores (``tl.dot``; rows past ``M`` are masked to zero). With ``split_k == 1`` the
+program applies the per-output-channel scale and writes the result; otherwise it writes float32 partial sums
+``[split_k, M, N]`` that ``fp8_matmul`` adds and scales in one XLA fusion (deterministic, unlike atomics).
+
+``fp8_matmul`` is the JAX entry (GPU only: jax-triton launches compiled Triton); ``GemvConfig``,
+``default_gemv_config`` and ``check_shapes`` are the host logic the CPU tests share, which run ``_gemv_kernel``
+itself in Triton's interpreter on torch CPU tensors.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import triton
+import triton.language as tl
+
+_TARGET_PROGRAMS = 264  # two programs per SM of an H200 (132 SMs)
+
+
+@dataclasses.dataclass(frozen=True)
+class GemvConfig:
+    """Static tiling of one call (hashable: a jit static argument)."""
+
+    block_m: int = 16  # activation rows per program (tl.dot needs >= 16; rows past M are masked)
+    block_n: int = 128  # output columns per program
+    block_k: int = 128  # input rows per inner-loop step
+    split_k: int = 1  # programs sharing one column block's input dimension
+    num_warps: int = 4
+    num_stages: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "block_k"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"GemvConfig.{name}={value} must be a power of two >= 16 (Triton's dot needs it)")
+        if self.split_k < 1:
+            raise ValueError(f"GemvConfig.split_k={self.split_k} must be >= 1")
+
+
+def default_gemv_config(m: int, k: int, n: int) -> GemvConfig:
+    """The tiling for ``[m, k] @ [k, n]``: enough programs to keep every SM streaming (two per SM of an H200),
+    splitting the input dimension while the column blocks alone are too few and each split keeps >= 4 steps."""
+    cfg = GemvConfig(block_m=max(16, min(64, 1 << (max(m, 1) - 1).bit_length())))
+    split_k = 1
+    while (n // cfg.block_n) * split_k < _TARGET_PROGRAMS and k % (cfg.block_k * split_k * 2) == 0:
+        if k // (cfg.block_k * split_k * 2) < 4:
+            break
+        split_k *= 2
+    return dataclasses.replace(cfg, split_k=split_k)
+
+
+def check_shapes(m: int, k: int, n: int, config: GemvConfig) -> None:
+    """What the kernel needs: whole column blocks and whole input blocks in every split."""
+    if n % config.block_n:
+        raise ValueError(f"output width {n} is not a multiple of block_n={config.block_n}")
+    if k % (config.block_k * config.split_k):
+        raise ValueError(f"input width {k} is not a multiple of block_k * split_k = {config.block_k * config.split_k}")
+
+
+def supports(m: int, k: int, n: int, config: GemvConfig | None = None) -> bool:
+    """Whether ``fp8_matmul`` takes these shapes (the caller falls back to XLA otherwise)."""
+    try:
+        check_shapes(m, k, n, config or default_gemv_config(m, k, n))
+    except ValueError:
+        return False
+    return True
+
+
+def fp8_matmul(
+    x: jax.Array,  # [..., K] bf16 / f16 / f32
+    w: jax.Array,  # [K, *out] float8_e4m3fn
+    scale: jax.Array,  # f32[*out]
+    config: GemvConfig | None = None,
+) -> jax.Array:  # [..., *out] in x's dtype
+    """``x @ (w * scale)``, accumulated in float32; compiles only for a CUDA device (jax-triton)."""
+    import jax_triton
+
+    k, out_dims = w.shape[0], w.shape[1:]
+    n = scale.size
+    rows = x.reshape(-1, k)
+    m = rows.shape[0]
+    cfg = config or default_gemv_config(m, k, n)
+    check_shapes(m, k, n, cfg)
+    grid = (n // cfg.block_n, cfg.split_k, -(-m // cfg.block_m))
+    out_dtype = x.dtype if cfg.split_k == 1 else jnp.float32
+    out_shape = (m, n) if cfg.split_k == 1 else (cfg.split_k, m, n)
+    y = jax_triton.triton_call(
+        rows, w.reshape(k, n), scale.reshape(n).astype(jnp.float32),
+        kernel=_gemv_kernel,
+        out_shape=jax.ShapeDtypeStruct(out_shape, out_dtype),
+        grid=grid,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        name=f"fp8_gemv_m{cfg.block_m}_n{cfg.block_n}_k{cfg.block_k}_s{cfg.split_k}",
+        M=m, K=k, N=n, K_PER_SPLIT=k // cfg.split_k, SPLIT_K=cfg.split_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+    )  # fmt: skip
+    if cfg.split_k > 1:
+        y = (y.sum(axis=0) * scale.reshape(n)).astype(x.dtype)
+    return y.reshape(*x.shape[:-1], *out_dims)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr,  # [M, K]
+    w_ptr,  # e4m3 [K, N]
+    scale_ptr,  # f32[N]
+    out_ptr,  # [M, N] in x's dtype (SPLIT_K == 1) or f32[SPLIT_K, M, N]
+    M: tl.constexpr,
+    K: tl.constexpr,
+    N: tl.constexpr,
+    K_PER_SPLIT: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k * K_PER_SPLIT + tl.arange(0, BLOCK_K)
+    row_ok = offs_m < M
+    x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
+    w_ptrs = w_ptr + offs_k[:, None].to(tl.int64) * N + offs_n[None, :]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for _ in range(0, K_PER_SPLIT, BLOCK_K):
+        x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+        w = tl.load(w_ptrs)
+        acc += tl.dot(x, w.to(x.dtype))
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * N
+    out_rows = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+    if SPLIT_K == 1:
+        y = acc * tl.load(scale_ptr + offs_n)[None, :]
+        tl.store(out_ptr + out_rows, y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(out_ptr + pid_k * M * N + out_rows, acc, mask=row_ok[:, None])

@@ -1,0 +1,58 @@
+"""A stand-in for ``jax_triton.triton_call`` that runs the kernel in Triton's interpreter on torch CPU tensors.
+
+jax-triton launches compiled Triton only on a CUDA device; with this module installed as ``jax_triton`` (and
+``TRITON_INTERPRET=1`` set before Triton is imported) a kernel's JAX entry point runs whole on the CPU, under jit
+too (``jax.pure_callback``): its host
+logic (shapes, grid, constexprs, the XLA work around the call) and the kernel's own code. Outputs start as NaN, so
+an element the kernel should write and does not shows up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+# dtypes numpy holds only through ml_dtypes: moved between numpy and torch as raw bits of the same width
+_RAW_BITS = {
+    jnp.dtype(jnp.float8_e4m3fn): (np.uint8, torch.float8_e4m3fn, torch.uint8),
+    jnp.dtype(jnp.bfloat16): (np.int16, torch.bfloat16, torch.int16),
+}
+
+
+def _to_torch(a: np.ndarray) -> torch.Tensor:
+    host = np.asarray(a)
+    if host.dtype in _RAW_BITS:
+        raw, dtype, _ = _RAW_BITS[host.dtype]
+        return torch.from_numpy(host.view(raw).copy()).view(dtype)
+    return torch.from_numpy(host.copy())
+
+
+def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    if dtype in _RAW_BITS:
+        return t.view(_RAW_BITS[dtype][2]).numpy().view(dtype)
+    return t.numpy()
+
+
+def triton_call(
+    *args: jax.Array,
+    kernel: Any,
+    out_shape: jax.ShapeDtypeStruct,
+    grid: tuple[int, ...],
+    num_warps: int = 4,
+    num_stages: int = 3,
+    name: str = "",
+    **params: Any,
+) -> jax.Array:
+    del num_warps, num_stages, name  # compile options: the interpreter has none
+
+    def launch(*host_args: np.ndarray) -> np.ndarray:
+        dtype = jnp.dtype(out_shape.dtype)
+        out = _to_torch(np.full(out_shape.shape, np.nan, dtype))
+        kernel[grid](*(_to_torch(a) for a in host_args), out, **params)
+        return _to_numpy(out, dtype)
+
+    return jax.pure_callback(launch, out_shape, *args)

@@ -1,0 +1,75 @@
+"""The jax-triton FP8-weight matmul: its host logic on the CPU, and the whole entry point with its kernel in Triton's
+interpreter.
+
+jax-triton launches compiled Triton only on a CUDA device, so CI runs ``fp8_matmul`` under jit with
+``tests/fake_jax_triton.py`` standing in for jax-triton (``tests/fp8_gemv_worker.py``, one subprocess for all
+cases): float32 activations on fresh random inputs against a float64 product with the dequantized weights. Its
+numerics in bf16 and its speed on the GPU are ``scripts/bench_fp8_gemv.py``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pallas_kernels.fp8_gemv import GemvConfig, check_shapes, default_gemv_config, supports
+
+TESTS = Path(__file__).resolve().parent
+# Relative (Frobenius) error of float32 activations times e4m3 weights, accumulated in float32, against float64.
+RTOL = 1e-5
+CASES = [
+    # one row (a batch-1 decode), the kernel's own scale and write
+    dict(seed=0, lead=[1], k=256, out=[128], config=dict(block_n=64, block_k=32, split_k=1)),
+    # rows past a 16-row tile (two row blocks, the second masked), split-K partial sums added in XLA
+    dict(seed=1, lead=[20], k=512, out=[192], config=dict(block_n=64, block_k=64, split_k=4)),
+    # leading batch dims and a 2-D output (a fused projection's [in, heads, head_dim] kernel)
+    dict(seed=2, lead=[2, 3], k=256, out=[4, 32], config=dict(block_n=32, block_k=32, split_k=2)),
+    # the default tiling
+    dict(seed=3, lead=[5], k=1024, out=[256]),
+]
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> list[dict]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "fp8_gemv_worker.py"), json.dumps(CASES)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_interpreted_matmul_matches_float64(interpreted: list[dict], index: int) -> None:
+    result = interpreted[index]
+    case = result["case"]
+    assert result["shape"] == [*case["lead"], *case["out"]]
+    assert result["finite"]
+    assert result["rel_err"] < RTOL, result
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 4096, 6144), (1, 4096, 4096), (32, 4096, 28672), (8, 14336, 4096)])
+def test_default_tiling_fits_llama3_8b_and_fills_the_sms(m: int, k: int, n: int) -> None:
+    cfg = default_gemv_config(m, k, n)
+    check_shapes(m, k, n, cfg)
+    assert cfg.block_m >= max(16, m) or cfg.block_m == 64
+    assert n // cfg.block_n * cfg.split_k >= 132  # an H200's SMs
+    assert k // (cfg.block_k * cfg.split_k) >= 2  # each program streams more than one tile
+
+
+def test_shapes_the_kernel_cannot_take_are_refused_by_name() -> None:
+    cfg = GemvConfig(block_n=128, block_k=128, split_k=2)
+    with pytest.raises(ValueError, match="output width 100"):
+        check_shapes(1, 512, 100, cfg)
+    with pytest.raises(ValueError, match="input width 384"):
+        check_shapes(1, 384, 128, cfg)
+    assert not supports(1, 384, 128, cfg) and supports(1, 512, 128, cfg)
+    with pytest.raises(ValueError, match="block_n=48"):
+        GemvConfig(block_n=48)
