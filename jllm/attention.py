@@ -19,7 +19,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jax.typing import DTypeLike
 
 from jllm.parallel import TP_AXIS
-from pallas_kernels import ragged_paged_attention, ref_ragged_paged_attention, write_kv
+from pallas_kernels import has_jax_triton, ragged_paged_attention, ref_ragged_paged_attention, write_kv
 from pallas_kernels.kv_quant import is_fp8
 
 # "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
@@ -40,7 +40,7 @@ def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None) -> s
     if name == "auto":
         if platform not in _KERNEL_PLATFORMS:
             return "reference"
-        return "triton-prefill" if _has_jax_triton() and not fp8 else "pallas"
+        return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
@@ -59,14 +59,6 @@ def describe_backend(backend: str) -> str:
     decode = {"reference": "reference (jnp)", "pallas": kernel, "triton-prefill": kernel}
     prefill = dict(decode, **{"triton-prefill": "jax-triton FlashAttention kernel"})
     return f"attention '{backend}': decode steps -> {decode[backend]}, steps with prefill rows -> {prefill[backend]}"
-
-
-def _has_jax_triton() -> bool:
-    try:
-        import jax_triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @jax.tree_util.register_dataclass

@@ -67,6 +67,7 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         seed=m.seed,
         quantization=m.quantization,
         fp8_dot_min_tokens=m.fp8_dot_min_tokens,
+        fp8_kernel_max_tokens=m.fp8_kernel_max_tokens,
     )
     tokenizer = Tokenizer.from_pretrained(model_dir)
     args = loaded.args

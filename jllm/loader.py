@@ -39,6 +39,7 @@ from jllm.checkpoint import restore_params, save_params
 from jllm.models.decoder import WeightMap
 from jllm.models.registry import build_args
 from jllm.quantization import FP8, QuantScheme, resolve_scheme
+from pallas_kernels import has_jax_triton
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (our orientation) -> its values
@@ -408,13 +409,16 @@ def load_model(
     seed: int = 0,
     quantization: str | None = None,
     fp8_dot_min_tokens: int | None = 512,
+    fp8_kernel_max_tokens: int | None = 64,
 ) -> LoadedModel:
     """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``, quantizing the decoder's
-    linears when ``quantization`` asks (or the checkpoint is stored in FP8)."""
+    linears when ``quantization`` asks (or the checkpoint is stored in FP8). The Triton FP8-weight kernel runs on one
+    CUDA device only (its custom call has no sharding rule; under tensor parallelism XLA's dot runs)."""
     model_dir = Path(model_dir)
     hf_config = read_json(model_dir / "config.json")
     generation_config = read_json(model_dir / "generation_config.json", required=False)
-    quant = resolve_scheme(quantization, hf_config, fp8_dot_min_tokens)
+    kernel_runs = mesh.size == 1 and mesh.devices.flat[0].platform == "gpu" and has_jax_triton()
+    quant = resolve_scheme(quantization, hf_config, fp8_dot_min_tokens, fp8_kernel_max_tokens if kernel_runs else None)
     float_dtype = resolve_dtype(dtype, hf_config)
     graphdef, state, args, kv_replicas = abstract_model(hf_config, float_dtype, mesh.size, quant)
     if load_format == "auto":

@@ -7,7 +7,10 @@ quantized matmuls, and which stored checkpoint formats are read as stored.
   repeated over its rows, which is exact). Steps of at least ``fp8_dot_min_tokens`` tokens quantize the activations
   too, per token (``absmax / 448``), and multiply FP8 x FP8 into float32 (``dot_general`` of two e4m3 operands:
   cuBLASLt's FP8 GEMM on Hopper, an upcast on the CPU); smaller steps (decodes) convert the weights to the
-  activation dtype and multiply there. The step's token count is static, so each shape bucket compiles one mode.
+  activation dtype and multiply there: on one CUDA device with jax-triton, steps of at most ``fp8_kernel_max_tokens``
+  tokens in ``pallas_kernels.fp8_gemv``, which widens the weights in registers (XLA's fused convert streams e4m3
+  weights slower than cuBLAS streams bf16 ones), elsewhere in XLA's dot. The step's token count is static, so each
+  shape bucket compiles one mode.
 
 Scales multiply after the matmul: ``x @ (q * s) == (x @ q) * s`` for a per-output-channel ``s``.
 
@@ -40,6 +43,9 @@ class QuantScheme:
 
     name: str  # one of SCHEMES
     fp8_dot_min_tokens: int | None = 512  # fp8: FP8 x FP8 for steps of at least this many tokens; None = never
+    # fp8 weight-only steps of at most this many tokens multiply in pallas_kernels.fp8_gemv (jax-triton; the loader
+    # sets it only for one CUDA device); None = XLA's dot with the weights widened
+    fp8_kernel_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCHEMES:
@@ -52,6 +58,15 @@ class QuantScheme:
     def uses_fp8_dot(self, num_tokens: int) -> bool:
         """Whether a step of ``num_tokens`` tokens multiplies FP8 x FP8 (else weight-only)."""
         return self.name == "fp8" and self.fp8_dot_min_tokens is not None and num_tokens >= self.fp8_dot_min_tokens
+
+    def uses_fp8_kernel(self, x: jax.Array, q: jax.Array) -> bool:
+        """Whether ``x @ q`` runs in the Triton FP8-weight kernel (else XLA's dot)."""
+        rows = x.size // x.shape[-1]
+        if self.name != "fp8" or self.fp8_kernel_max_tokens is None or rows > self.fp8_kernel_max_tokens:
+            return False
+        from pallas_kernels.fp8_gemv import supports  # imports Triton: only where the loader enabled the kernel
+
+        return supports(rows, q.shape[0], q.size // q.shape[0])
 
     def quantize(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``w [in, *out]`` -> (``q [in, *out]`` in ``weight_dtype``, float32 ``scale [*out]``), symmetric per
@@ -68,6 +83,10 @@ class QuantScheme:
         """``x [..., in] @ (q * scale) [in, *out]`` in ``x``'s dtype, accumulated in float32."""
         if self.uses_fp8_dot(x.shape[0]):
             return fp8_dot(x, q, scale)
+        if self.uses_fp8_kernel(x, q):
+            from pallas_kernels.fp8_gemv import fp8_matmul
+
+            return fp8_matmul(x, q, scale)
         y = _contract(x, q.astype(x.dtype))
         return (y * scale).astype(x.dtype)
 
@@ -135,7 +154,10 @@ def _check_compressed_group(name: str, group: dict[str, Any]) -> None:
 
 
 def resolve_scheme(
-    requested: str | None, hf_config: dict[str, Any], fp8_dot_min_tokens: int | None = 512
+    requested: str | None,
+    hf_config: dict[str, Any],
+    fp8_dot_min_tokens: int | None = 512,
+    fp8_kernel_max_tokens: int | None = None,
 ) -> QuantScheme | None:
     """The scheme to run: the one asked for, or the checkpoint's own (an FP8 checkpoint runs as fp8, as in vLLM)."""
     stored = stored_scheme(hf_config)
@@ -145,4 +167,4 @@ def resolve_scheme(
             f"leave quantization unset or set it to {stored!r}"
         )
     name = requested or stored
-    return None if name is None else QuantScheme(name, fp8_dot_min_tokens)
+    return None if name is None else QuantScheme(name, fp8_dot_min_tokens, fp8_kernel_max_tokens)

@@ -27,21 +27,31 @@ import triton
 import triton.language as tl
 
 _TARGET_PROGRAMS = 264  # two programs per SM of an H200 (132 SMs)
+# How a tile is multiplied: "dot" widens e4m3 to the activations' dtype for tl.dot; "dot_f16" widens both operands
+# to float16 (e4m3 -> f16 is one instruction per pair on Hopper; to bf16 it goes through f16 and f32; activations
+# saturate at f16's 65504); "fma": one row, e4m3 -> f16 -> f32 multiply-adds, no tensor cores.
+COMPUTE = ("dot", "dot_f16", "fma")
+_F16_MAX = tl.constexpr(65504.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class GemvConfig:
     """Static tiling of one call (hashable: a jit static argument)."""
 
-    block_m: int = 16  # activation rows per program (tl.dot needs >= 16; rows past M are masked)
+    block_m: int = 16  # activation rows per program (tl.dot needs >= 16, rows past M masked; "fma" takes 1)
     block_n: int = 128  # output columns per program
     block_k: int = 128  # input rows per inner-loop step
     split_k: int = 1  # programs sharing one column block's input dimension
     num_warps: int = 4
     num_stages: int = 4
+    compute: str = "dot_f16"  # one of COMPUTE
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "block_n", "block_k"):
+        if self.compute not in COMPUTE:
+            raise ValueError(f"GemvConfig.compute={self.compute!r} is not one of {COMPUTE}")
+        if self.compute == "fma" and self.block_m != 1:
+            raise ValueError(f"GemvConfig.block_m={self.block_m} must be 1 with compute='fma'")
+        for name in ("block_m", "block_n", "block_k")[self.compute == "fma" :]:
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"GemvConfig.{name}={value} must be a power of two >= 16 (Triton's dot needs it)")
@@ -103,9 +113,9 @@ def fp8_matmul(
         grid=grid,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
-        name=f"fp8_gemv_m{cfg.block_m}_n{cfg.block_n}_k{cfg.block_k}_s{cfg.split_k}",
+        name=f"fp8_gemv_{cfg.compute}_m{cfg.block_m}_n{cfg.block_n}_k{cfg.block_k}_s{cfg.split_k}",
         M=m, K=k, N=n, K_PER_SPLIT=k // cfg.split_k, SPLIT_K=cfg.split_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, COMPUTE=cfg.compute,
     )  # fmt: skip
     if cfg.split_k > 1:
         y = (y.sum(axis=0) * scale.reshape(n)).astype(x.dtype)
@@ -126,6 +136,7 @@ def _gemv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -136,13 +147,24 @@ def _gemv_kernel(
     row_ok = offs_m < M
     x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
     w_ptrs = w_ptr + offs_k[:, None].to(tl.int64) * N + offs_n[None, :]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if COMPUTE == "fma":
+        acc = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)  # summed over k once, after the loop
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for _ in range(0, K_PER_SPLIT, BLOCK_K):
         x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
         w = tl.load(w_ptrs)
-        acc += tl.dot(x, w.to(x.dtype))
+        if COMPUTE == "fma":
+            acc += tl.reshape(x.to(tl.float32), [BLOCK_K, 1]) * w.to(tl.float16).to(tl.float32)
+        elif COMPUTE == "dot_f16":
+            x16 = tl.clamp(x.to(tl.float32), -_F16_MAX, _F16_MAX).to(tl.float16)
+            acc += tl.dot(x16, w.to(tl.float16))
+        else:
+            acc += tl.dot(x, w.to(x.dtype))
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * N
+    if COMPUTE == "fma":
+        acc = tl.reshape(tl.sum(acc, axis=0), [1, BLOCK_N])
     out_rows = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
     if SPLIT_K == 1:
         y = acc * tl.load(scale_ptr + offs_n)[None, :]

@@ -34,6 +34,7 @@ SHAPES = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672),
 TUNE_TILES = ((64, 128), (128, 128), (128, 256), (256, 64))  # (block_n, block_k)
 TUNE_SPLITS = (1, 2, 4, 8, 16)
 TUNE_WARPS_STAGES = ((4, 4), (8, 3))
+TUNE_COMPUTE = ("dot_f16", "fma", "dot")
 WEIGHT_ONLY = QuantScheme("fp8", fp8_dot_min_tokens=None)
 FP8_DOT = QuantScheme("fp8", fp8_dot_min_tokens=1)
 
@@ -44,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tune-rows", default="1,32", help="row counts --tune sweeps tilings at")
     p.add_argument("--layers", type=int, default=32, help="distinct weights per timed call")
     p.add_argument("--tune", action="store_true")
-    p.add_argument("--tune-budget-s", type=float, default=35, help="per shape and row count: stop timing tilings after this long")
+    p.add_argument("--tune-budget-s", type=float, default=35, help="per shape and row count, seconds")
     p.add_argument("--json", type=Path)
     return p.parse_args()
 
@@ -80,17 +81,25 @@ VARIANTS: dict[str, Callable[..., jax.Array]] = {
     "bf16 XLA": lambda x, w: x @ w,
     "fp8 weight-only XLA": WEIGHT_ONLY.matmul,
     "fp8 x fp8 XLA": FP8_DOT.matmul,
+    "fp8 weight-only XLA f16": lambda x, q, s: WEIGHT_ONLY.matmul(x.astype(jnp.float16), q, s).astype(x.dtype),
     "triton default": fp8_matmul,
 }
 
 
 def tune_configs(m: int, k: int, n: int) -> list[GemvConfig]:
-    block_m = default_gemv_config(m, k, n).block_m
+    """The tilings --tune times, most promising first (the sweep stops at its time budget)."""
+    block_m = max(16, default_gemv_config(m, k, n).block_m)
     grid = []
-    for (bn, bk), split, (warps, stages) in itertools.product(TUNE_TILES, TUNE_SPLITS, TUNE_WARPS_STAGES):
-        cfg = GemvConfig(block_m=block_m, block_n=bn, block_k=bk, split_k=split, num_warps=warps, num_stages=stages)
+    product = itertools.product(TUNE_COMPUTE, TUNE_SPLITS[::-1], TUNE_TILES, TUNE_WARPS_STAGES)
+    for compute, split, (bn, bk), (warps, stages) in product:
+        if compute == "fma" and m > 1:
+            continue
+        cfg = GemvConfig(
+            block_m=1 if compute == "fma" else block_m, block_n=bn, block_k=bk, split_k=split, num_warps=warps,
+            num_stages=stages, compute=compute,
+        )  # fmt: skip
         programs = n // bn * split
-        if supports(m, k, n, cfg) and 64 <= programs <= 1100 and k // (bk * split) >= 2:
+        if supports(m, k, n, cfg) and 100 <= programs <= 1100 and k // (bk * split) >= 2:
             grid.append(cfg)
     return grid
 
@@ -119,7 +128,8 @@ def bench_shape(
         except Exception as e:  # noqa: BLE001 - a tiling Triton cannot compile is a row of the table
             rows.append(dict(shape=name, rows=m, variant=label, config=_cfg(cfg), error=str(e)[:200]))
             continue
-        row = dict(shape=name, rows=m, variant=label, config=_cfg(cfg), us=seconds * 1e6)
+        row = dict(shape=name, rows=m, variant=label if cfg is None else f"triton {cfg.compute}", config=_cfg(cfg))
+        row["us"] = seconds * 1e6
         weight_bytes = k * n * (1 if quantized else 2)
         row["gbps"] = weight_bytes / seconds / 1e9
         row["pct_copy"] = 100 * row["gbps"] / bw
@@ -137,16 +147,29 @@ def _cfg(cfg: GemvConfig | None) -> dict[str, int] | None:
 def print_rows(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         cfg = r["config"]
-        tiling = "" if cfg is None else "n{block_n} k{block_k} s{split_k} w{num_warps} st{num_stages}".format(**cfg)
+        tiling = (
+            ""
+            if cfg is None
+            else "{compute} n{block_n} k{block_k} s{split_k} w{num_warps} st{num_stages}".format(**cfg)
+        )
         if "error" in r:
-            print(f"  {r['shape']:8} M={r['rows']:<3} {r['variant']:22} {tiling:24} ERROR {r['error'][:80]}")
+            print(f"  {r['shape']:8} M={r['rows']:<3} {r['variant']:22} {tiling:30} ERROR {r['error'][:80]}")
             continue
         err = f" err {r['rel_err']:.1e}" if "rel_err" in r else ""
         print(
-            f"  {r['shape']:8} M={r['rows']:<3} {r['variant']:22} {tiling:24} {r['us']:8.2f} us "
+            f"  {r['shape']:8} M={r['rows']:<3} {r['variant']:22} {tiling:30} {r['us']:8.2f} us "
             f"{r['gbps']:7.0f} GB/s {r['pct_copy']:5.1f}%{err}",
             flush=True,
         )
+
+
+def best_tilings(rows: list[dict[str, Any]], top: int = 2) -> list[dict[str, Any]]:
+    """The ``top`` fastest tuned tilings of each compute mode (and any that failed to compile)."""
+    tuned = [r for r in rows if r["config"] is not None]
+    out = [r for r in tuned if "error" in r]
+    for variant in sorted({r["variant"] for r in tuned}):
+        out += sorted((r for r in tuned if r["variant"] == variant and "us" in r), key=lambda r: r["us"])[:top]
+    return out
 
 
 def step_table(rows: list[dict[str, Any]], row_counts: list[int]) -> list[dict[str, Any]]:
@@ -162,7 +185,7 @@ def step_table(rows: list[dict[str, Any]], row_counts: list[int]) -> list[dict[s
                 if times:
                     per_shape[name] = min(times)
             if len(per_shape) == len(SHAPES):
-                name = "triton tuned" if label == "triton" else label
+                name = f"{label} tuned" if label.startswith("triton ") and label != "triton default" else label
                 table.append(dict(rows=m, variant=name, step_ms=32 * sum(per_shape.values()) / 1e3, **per_shape))
     return table
 
@@ -181,7 +204,7 @@ def main() -> None:
         w = Weights(k, n, args.layers)
         for m in row_counts:
             shape_rows = bench_shape(name, w, m, args.layers, bw, m in tune_rows, args.tune_budget_s)
-            print_rows(shape_rows)
+            print_rows([r for r in shape_rows if r["config"] is None] + best_tilings(shape_rows))
             rows += shape_rows
         del w
     table = step_table(rows, row_counts)

@@ -210,7 +210,7 @@ def test_cli_refuses_an_unsupported_kv_cache_dtype(capsys: pytest.CaptureFixture
 
 def test_fp8_pool_takes_the_pallas_kernel_for_prefill_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The jax-triton prefill kernel reads no FP8 pool: "auto" falls back to Pallas, naming it outright fails."""
-    monkeypatch.setattr(attention, "_has_jax_triton", lambda: True)
+    monkeypatch.setattr(attention, "has_jax_triton", lambda: True)
     assert attention.resolve_backend("auto", "gpu", jnp.bfloat16) == "triton-prefill"
     assert attention.resolve_backend("auto", "gpu", FP8_DTYPE) == "pallas"
     assert attention.resolve_backend("auto", "cpu", FP8_DTYPE) == "reference"
