@@ -64,9 +64,9 @@ class QuantScheme:
         rows = x.size // x.shape[-1]
         if self.name != "fp8" or self.fp8_kernel_max_tokens is None or rows > self.fp8_kernel_max_tokens:
             return False
-        from pallas_kernels.fp8_gemv import supports  # imports Triton: only where the loader enabled the kernel
+        from pallas_kernels.fp8_gemv import pays_off  # imports Triton: only where the loader enabled the kernel
 
-        return supports(rows, q.shape[0], q.size // q.shape[0])
+        return pays_off(rows, q.shape[0], q.size // q.shape[0])
 
     def quantize(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``w [in, *out]`` -> (``q [in, *out]`` in ``weight_dtype``, float32 ``scale [*out]``), symmetric per

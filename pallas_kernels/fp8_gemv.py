@@ -26,11 +26,15 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-_TARGET_PROGRAMS = 264  # two programs per SM of an H200 (132 SMs)
-# How a tile is multiplied: "dot" widens e4m3 to the activations' dtype for tl.dot; "dot_f16" widens both operands
-# to float16 (e4m3 -> f16 is one instruction per pair on Hopper; to bf16 it goes through f16 and f32; activations
-# saturate at f16's 65504); "fma": one row, e4m3 -> f16 -> f32 multiply-adds, no tensor cores.
-COMPUTE = ("dot", "dot_f16", "fma")
+_TARGET_PROGRAMS = 512  # about four programs per SM of an H200 (132 SMs)
+# How a tile is multiplied. "fma": one activation row, e4m3 -> f16 -> f32 multiply-adds into a [block_k, block_n]
+# accumulator summed once at the end, no tensor cores. "dot_f16": tl.dot with both operands widened to float16
+# (e4m3 -> f16 is one instruction per pair on Hopper, -> bf16 goes on through f32; activations saturate at f16's
+# 65504). Widening e4m3 to bf16 for tl.dot streamed 10-30 % slower than "dot_f16" on an H200 (2026-12-03).
+COMPUTE = ("fma", "dot_f16")
+# Weights smaller than this many elements multiply in XLA: o_proj-sized ones (4096 x 4096) took 19.7 us in the
+# kernel against 14.9 in XLA's fused-convert dot (H200, one row), QKV-sized ones (4096 x 6144) 18.5 against 20.8.
+MIN_WEIGHT_ELEMENTS = 20_000_000
 _F16_MAX = tl.constexpr(65504.0)
 
 
@@ -38,13 +42,13 @@ _F16_MAX = tl.constexpr(65504.0)
 class GemvConfig:
     """Static tiling of one call (hashable: a jit static argument)."""
 
-    block_m: int = 16  # activation rows per program (tl.dot needs >= 16, rows past M masked; "fma" takes 1)
-    block_n: int = 128  # output columns per program
+    block_m: int = 1  # activation rows per program ("fma" takes 1; tl.dot needs >= 16, rows past M masked)
+    block_n: int = 64  # output columns per program
     block_k: int = 128  # input rows per inner-loop step
     split_k: int = 1  # programs sharing one column block's input dimension
     num_warps: int = 4
     num_stages: int = 4
-    compute: str = "dot_f16"  # one of COMPUTE
+    compute: str = "fma"  # one of COMPUTE
 
     def __post_init__(self) -> None:
         if self.compute not in COMPUTE:
@@ -60,9 +64,15 @@ class GemvConfig:
 
 
 def default_gemv_config(m: int, k: int, n: int) -> GemvConfig:
-    """The tiling for ``[m, k] @ [k, n]``: enough programs to keep every SM streaming (two per SM of an H200),
-    splitting the input dimension while the column blocks alone are too few and each split keeps >= 4 steps."""
-    cfg = GemvConfig(block_m=max(16, min(64, 1 << (max(m, 1) - 1).bit_length())))
+    """The tiling for ``[m, k] @ [k, n]``: one row multiplies in "fma" tiles of 64 columns x 128 inputs, more rows
+    in "dot_f16" tiles of 256 x 64; the input dimension splits until there are ``_TARGET_PROGRAMS`` programs (while
+    each split keeps >= 4 steps). The fastest one-row tilings of an H200 sweep (2026-12-03, bench_fp8_gemv --tune)
+    were these: Llama-3-8B's gate-up (28672 columns) at split 2, down (4096) at 8, QKV (6144) at 8."""
+    if m == 1:
+        cfg = GemvConfig()
+    else:
+        block_m = max(16, min(64, 1 << (m - 1).bit_length()))
+        cfg = GemvConfig(block_m=block_m, block_n=256, block_k=64, compute="dot_f16")
     split_k = 1
     while (n // cfg.block_n) * split_k < _TARGET_PROGRAMS and k % (cfg.block_k * split_k * 2) == 0:
         if k // (cfg.block_k * split_k * 2) < 4:
@@ -86,6 +96,11 @@ def supports(m: int, k: int, n: int, config: GemvConfig | None = None) -> bool:
     except ValueError:
         return False
     return True
+
+
+def pays_off(m: int, k: int, n: int) -> bool:
+    """Whether a step should multiply these shapes here rather than in XLA: supported, and a weight big enough."""
+    return k * n >= MIN_WEIGHT_ELEMENTS and supports(m, k, n)
 
 
 def fp8_matmul(
@@ -156,11 +171,9 @@ def _gemv_kernel(
         w = tl.load(w_ptrs)
         if COMPUTE == "fma":
             acc += tl.reshape(x.to(tl.float32), [BLOCK_K, 1]) * w.to(tl.float16).to(tl.float32)
-        elif COMPUTE == "dot_f16":
+        else:
             x16 = tl.clamp(x.to(tl.float32), -_F16_MAX, _F16_MAX).to(tl.float16)
             acc += tl.dot(x16, w.to(tl.float16))
-        else:
-            acc += tl.dot(x, w.to(x.dtype))
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * N
     if COMPUTE == "fma":
