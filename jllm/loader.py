@@ -409,7 +409,7 @@ def load_model(
     seed: int = 0,
     quantization: str | None = None,
     fp8_dot_min_tokens: int | None = 512,
-    fp8_kernel_max_tokens: int | None = 64,
+    fp8_kernel_max_tokens: int | None = 1,
 ) -> LoadedModel:
     """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``, quantizing the decoder's
     linears when ``quantization`` asks (or the checkpoint is stored in FP8). The Triton FP8-weight kernel runs on one
