@@ -15,8 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
+from model_utils import TINY_CONFIG
 
+from jllm.config import ConfigError, load_config
+from jllm.loader import load_model
+from jllm.parallel import make_mesh
+from jllm.quantization import FP8, QuantScheme
+from pallas_kernels import fp8_gemv
 from pallas_kernels.fp8_gemv import GemvConfig, check_shapes, default_gemv_config, pays_off, supports
 
 TESTS = Path(__file__).resolve().parent
@@ -94,3 +102,39 @@ def test_shapes_the_kernel_cannot_take_are_refused_by_name() -> None:
         GemvConfig(block_m=16)
     with pytest.raises(ValueError, match="compute='dot'"):
         GemvConfig(compute="dot")
+
+
+@pytest.mark.parametrize(
+    ("rows", "shape", "max_tokens", "taken"),
+    [
+        (1, (4096, 6144), 1, True),  # batch-1 decode, QKV-sized: the kernel
+        (1, (4096, 2, 14336), 1, True),  # a fused [in, 2, mlp] gate-up kernel counts its whole width
+        (2, (4096, 6144), 1, False),  # more rows than fp8_kernel_max_tokens: XLA
+        (1, (4096, 4096), 1, False),  # o_proj-sized: XLA was faster
+        (1, (4096, 6144), None, False),  # not enabled (CPU, tensor parallel, or the key set to null)
+    ],
+)
+def test_the_fp8_matmul_takes_the_kernel_only_where_it_pays(monkeypatch, rows, shape, max_tokens, taken) -> None:
+    calls = []
+
+    def spy(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+        calls.append((x.shape, q.shape))
+        return jnp.zeros((*x.shape[:-1], *q.shape[1:]), x.dtype)
+
+    monkeypatch.setattr(fp8_gemv, "fp8_matmul", spy)
+    scheme = QuantScheme("fp8", fp8_dot_min_tokens=None, fp8_kernel_max_tokens=max_tokens)
+    q = jax.ShapeDtypeStruct(shape, FP8)
+    x = jax.ShapeDtypeStruct((rows, shape[0]), jnp.bfloat16)
+    out = jax.eval_shape(scheme.matmul, x, q, jax.ShapeDtypeStruct(shape[1:], jnp.float32))
+    assert out.shape == (rows, *shape[1:])
+    assert calls == ([((rows, shape[0]), shape)] if taken else [])
+
+
+def test_the_loader_enables_the_kernel_on_one_cuda_device_only(tmp_path: Path) -> None:
+    model = tmp_path / "tiny"  # config.json alone: enough for dummy weights
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": ["LlamaForCausalLM"]}))
+    loaded = load_model(model, mesh=make_mesh(1), load_format="dummy", quantization="fp8")
+    assert loaded.args.quant.fp8_kernel_max_tokens is None  # a CPU here: XLA's dot
+    with pytest.raises(ConfigError, match="fp8_kernel_max_tokens=0 is not allowed: must be >= 1"):
+        load_config(fp8_kernel_max_tokens=0)
