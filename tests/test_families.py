@@ -110,7 +110,10 @@ PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100,
 NEW_TOKENS = 24
 TP_NEW_TOKENS = 12  # tests/tp_worker.py's GREEDY.max_tokens
 # Two step buckets (16 tokens x 1 / 4 sequences): the 40-token prompt is prefilled in chunks beside the decodes.
-ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
+# Programs compiled on first use: greedy decoding needs the forwards and one sampler, not warm-up's dozen programs.
+ENGINE_ARGS = dict(
+    dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40, compile_at_start=False
+)
 
 
 @pytest.fixture(scope="module")
