@@ -34,8 +34,7 @@ ENGINE_ARGS = dict(dtype="float32", max_model_len=256, page_size=16, max_num_seq
 
 @pytest.fixture(scope="module")
 def llm(default_model_dir: Path) -> LLM:
-    """Programs compiled on first use (``constrained`` checks warm-up's set): each test compiles the few it runs."""
-    return LLM(str(default_model_dir), compile_at_start=False, **ENGINE_ARGS)
+    return LLM(str(default_model_dir), **ENGINE_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +357,7 @@ def test_async_scheduling_changes_no_output(default_model_dir, prompt_ids):
     workload = _mixed_workload(prompt_ids)
     results = {}
     for async_scheduling in (False, True):
-        llm = LLM(str(default_model_dir), async_scheduling=async_scheduling, compile_at_start=False, **args)
+        llm = LLM(str(default_model_dir), async_scheduling=async_scheduling, **args)
         outputs = llm.generate([ids for ids, _ in workload], [p for _, p in workload], use_tqdm=False)
         results[async_scheduling] = _summary(outputs)
         assert llm.engine.scheduler.num_preemptions > 0
