@@ -230,9 +230,12 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
+    assert llm.engine.runner.num_compilations == 0  # compile_at_start=False: nothing compiled before the first step
     greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     assert got == hf_tokens(name)
+    # each bucket's forward and the greedy sampler, compiled on first use: none of warm-up's other programs
+    assert {kind for kind, _, _ in llm.engine.runner.compiled_programs()} == {"forward", "sampler_0_greedy"}
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
     if name == "mixtral":  # the batch's tokens go to different experts in every layer
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
