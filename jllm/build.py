@@ -97,7 +97,8 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         max_stop_token_ids=config.limits.max_stop_token_ids,
         attention_backend=backend,
     )
-    runner.warmup(show_progress=show_progress)
+    if sched.compile_at_start:
+        runner.warmup(show_progress=show_progress)
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
 
 

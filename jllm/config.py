@@ -153,6 +153,9 @@ class SchedulerConfig(_Section):
     max_num_batched_tokens: int = 2048
     # Schedule and launch each step while the device still runs the one before (vLLM's --async-scheduling)
     async_scheduling: bool = True
+    # Compile every step program a request can pick at start-up (warm-up), so no request waits on the compiler;
+    # False compiles each on its first use (tests whose engines run a few shapes start in a fraction of the time)
+    compile_at_start: bool = True
 
     def validate(self) -> None:
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")

@@ -156,39 +156,6 @@ def torch_last_logits(config: dict, state: dict[str, np.ndarray], prompts: list[
         return np.stack([model(torch.tensor([ids])).logits[0, -1].numpy() for ids in prompts])
 
 
-def jllm_last_logits(loaded, prompts: list[list[int]], page_size: int = 16) -> np.ndarray:
-    """jllm's last-position logits ``[S, vocab]``, every prompt prefilled together in one ragged step (one compile)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jllm.attention import AttentionMetadata
-
-    args = loaded.args
-    lens = np.array([len(ids) for ids in prompts])
-    pages_per_seq = int(-(-lens.max() // page_size))
-    block_tables = 1 + np.arange(len(prompts) * pages_per_seq, dtype=np.int32).reshape(len(prompts), -1)  # page 0 free
-    positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
-    seq_of_token = np.repeat(np.arange(len(prompts)), lens)
-    slots = block_tables[seq_of_token, positions // page_size] * page_size + positions % page_size
-    query_start_loc = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-    meta = AttentionMetadata(
-        slot_mapping=jnp.asarray(slots, jnp.int32),
-        query_start_loc=jnp.asarray(query_start_loc),
-        kv_lens=jnp.asarray(lens, jnp.int32),
-        block_tables=jnp.asarray(block_tables),
-    )
-    layer_shape = (2, args.num_kv_heads, 1 + block_tables.size, page_size, args.head_dim)
-    pool = [jnp.zeros(layer_shape, args.dtype) for _ in range(args.num_layers)]
-
-    @jax.jit
-    def forward(ids, pos, pool, meta):
-        hidden, _ = loaded.model(ids, pos, pool, meta)
-        return loaded.model.compute_logits(hidden[meta.query_start_loc[1:] - 1])
-
-    ids = jnp.asarray(np.concatenate(prompts), jnp.int32)
-    return np.asarray(forward(ids, jnp.asarray(positions), pool, meta))
-
-
 @pytest.mark.slow
 def test_default_model_equals_transformers_gguf_loader(
     default_model_dir: Path, gguf_path: Path, reference_tokenizer
@@ -198,6 +165,8 @@ def test_default_model_equals_transformers_gguf_loader(
     For each varied prompt the last-position logits agree to relative error ``max|ours - theirs| / max|theirs|``
     below 1e-4, and the top-1 token is the same.
     """
+    from model_utils import jllm_batch_logits
+
     from jllm.loader import load_model
     from jllm.parallel import make_mesh
 
@@ -222,7 +191,8 @@ def test_default_model_equals_transformers_gguf_loader(
     prompts = [reference_tokenizer.encode(text) for text in texts]
     expected = torch_last_logits(config, theirs, prompts)
     del theirs
-    got = jllm_last_logits(load_model(default_model_dir, mesh=make_mesh(1), dtype="float32"), prompts)
+    loaded = load_model(default_model_dir, mesh=make_mesh(1), dtype="float32")
+    got = [logits[-1] for logits in jllm_batch_logits(loaded, prompts)]  # one ragged prefill of every prompt
     for text, a, b in zip(texts, got, expected, strict=True):
         assert np.abs(a - b).max() / np.abs(b).max() < 1e-4, text
         assert a.argmax() == b.argmax(), text

@@ -51,8 +51,11 @@ ACTIVATION_HEADROOM = 2 * GIB
 # The scaled-down twin: 70B's ratios (64 q / 8 KV heads, head_dim x heads = hidden, MLP 3.5 x hidden, untied head).
 SCALED = dict(hidden_size=512, head_dim=8, intermediate_size=1792, num_hidden_layers=4, vocab_size=1024)
 # Small engine, as in tests/tp_worker.py but with 4 step buckets of up to 8 tokens; float32 so that only the order
-# of the all-reduces' partial sums differs between TP sizes.
-ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=8, max_num_seqs=4, num_pages=40)
+# of the all-reduces' partial sums differs between TP sizes. Programs compiled on first use: greedy decoding needs the
+# forwards and one sampler, not warm-up's set (tests/test_tensor_parallel.py inspects that).
+ENGINE_ARGS = dict(
+    dtype="float32", max_model_len=64, max_num_batched_tokens=8, max_num_seqs=4, num_pages=40, compile_at_start=False
+)
 PROMPTS = [[1, 5, 77, 300, 900, 12, 40], [1, 200, 300, 400], list(range(100, 140))]  # the last is prefilled in chunks
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 

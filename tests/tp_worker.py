@@ -146,8 +146,8 @@ def family_case(model_dir: str, sizes: list[int], out: Path) -> dict[str, Any]:
     """Greedy tokens and the last prompt's prefill logits (an .npy file in ``out``) at each TP size, which
     tests/test_families.py compares with transformers' own (no TP 1 run: its engine would cost a compile)."""
     results: dict[str, Any] = {}
-    for tp in sizes:
-        llm = LLM(model_dir, tensor_parallel_size=tp, **ENGINE_ARGS)
+    for tp in sizes:  # programs compiled on first use: only generate_case inspects warm-up's
+        llm = LLM(model_dir, tensor_parallel_size=tp, compile_at_start=False, **ENGINE_ARGS)
         logits = out / f"{Path(model_dir).name}_tp{tp}.npy"
         np.save(logits, prefill_logits(llm.engine.runner.loaded, PROMPTS[2]))
         tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
