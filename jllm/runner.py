@@ -59,12 +59,12 @@ class DeviceStep:
     """A plan on the devices: its inputs packed and transferred, ready for the step's programs (``dispatch``)."""
 
     layout: InputLayout
-    buffers: list[jax.Array]  # one flat buffer per dtype, replicated over the mesh
+    buffer: jax.Array  # the packed inputs (uint32 words), replicated over the mesh
     variant: Variant
     # The sampler's own per-row inputs, packed apart: (SamplingMetadata, TokenConstraints) — penalty lists, stop-id
     # bans, token mask and logit bias have request-chosen widths, which must never change the forward's program.
     sampler_layout: InputLayout
-    sampler_buffers: list[jax.Array]
+    sampler_buffer: jax.Array
 
 
 @dataclasses.dataclass
@@ -134,15 +134,15 @@ class ModelRunner:
         if kind == "forward":
             fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, step.layout)
             return jax.jit(self._on_params(fn), donate_argnums=(1,)).lower(
-                self.params, self.kv_caches, step.buffers, self._last_tokens
+                self.params, self.kv_caches, step.buffer, self._last_tokens
             )
         hidden, rows = outputs
         if kind == "sampler":
             num_rows = self._last_tokens.shape[0]
             fn = functools.partial(step_programs.sample, self.graphdef, variant, step.sampler_layout, num_rows=num_rows)
-            return jax.jit(self._on_params(fn)).lower(self.params, rows, step.sampler_buffers)
+            return jax.jit(self._on_params(fn)).lower(self.params, rows, step.sampler_buffer)
         fn = functools.partial(step_programs.prompt_logprobs, self.graphdef, step.layout)
-        return jax.jit(self._on_params(fn)).lower(self.params, hidden, step.buffers)
+        return jax.jit(self._on_params(fn)).lower(self.params, hidden, step.buffer)
 
     def _on_params(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn(state, *args)`` as a function of the state's leaves (``self.params``)."""
@@ -250,8 +250,8 @@ class ModelRunner:
         if before_sampling is not None:
             before_sampling()
             constraints = host_constraints(output.scheduled, plan.variant, plan.bucket.num_seqs, self.vocab_size)
-            layout, buffers = self._put_tree(_sampler_tree(plan, constraints))
-            step = dataclasses.replace(step, sampler_layout=layout, sampler_buffers=buffers)
+            layout, buffer = self._put_tree(_sampler_tree(plan, constraints))
+            step = dataclasses.replace(step, sampler_layout=layout, sampler_buffer=buffer)
         result, prompt = self._sample(step, outputs)
         self._last_rows = {s.seq.seq_id: i for i, s in enumerate(output.scheduled) if s.samples_token}
         for x in jax.tree.leaves((result, prompt)):
@@ -302,9 +302,9 @@ class ModelRunner:
             *self._put_tree(forward_inputs), plan.variant, *self._put_tree(_sampler_tree(plan, plan.constraints))
         )
 
-    def _put_tree(self, tree: Any) -> tuple[InputLayout, list[jax.Array]]:
-        layout, buffers = pack_inputs(tree)
-        return layout, jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffers)
+    def _put_tree(self, tree: Any) -> tuple[InputLayout, jax.Array]:
+        layout, buffer = pack_inputs(tree)
+        return layout, jax.make_array_from_process_local_data(parallel.replicated(self.mesh), buffer)
 
     def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         """Queues the step's programs (compiling any warm-up missed) on inputs already on the devices; scripts call
@@ -314,15 +314,15 @@ class ModelRunner:
     def _forward(self, step: DeviceStep) -> tuple[jax.Array, jax.Array]:
         """The hidden states of every token [T, hidden] and of the rows that sample [S, hidden]."""
         forward = self._program(("forward", None, step.layout), step)
-        hidden, rows, self.kv_caches = forward(self.params, self.kv_caches, step.buffers, self._last_tokens)
+        hidden, rows, self.kv_caches = forward(self.params, self.kv_caches, step.buffer, self._last_tokens)
         return hidden, rows
 
     def _sample(
         self, step: DeviceStep, outputs: tuple[jax.Array, jax.Array]
     ) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         (hidden, rows), (_, sampler_key, *prompt_key) = outputs, self._program_keys(step)
-        out, self._last_tokens = self._program(sampler_key, step, outputs)(self.params, rows, step.sampler_buffers)
-        prompt = self._program(prompt_key[0], step, outputs)(self.params, hidden, step.buffers) if prompt_key else None
+        out, self._last_tokens = self._program(sampler_key, step, outputs)(self.params, rows, step.sampler_buffer)
+        prompt = self._program(prompt_key[0], step, outputs)(self.params, hidden, step.buffer) if prompt_key else None
         return out, prompt
 
 

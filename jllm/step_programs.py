@@ -1,7 +1,7 @@
 """The pure functions a step compiles to: the model's forward pass over the packed inputs, the sampler, and the
 prompt logprobs when a row asks for them.
 
-Each is a pure function of (graphdef, static settings, state, packed step buffers), so ``jax.jit`` of a
+Each is a pure function of (graphdef, static settings, state, a packed step buffer), so ``jax.jit`` of a
 ``functools.partial`` is the whole program: ``jllm.runner`` lowers, compiles and calls them, and owns their cache.
 
 Where this module sits: docs/architecture.md.
@@ -25,7 +25,7 @@ def forward(
     layout: InputLayout,
     state: nnx.State,
     kv_caches: list[jax.Array],
-    buffers: list[jax.Array],
+    buffer: jax.Array,
     last_tokens: jax.Array,
 ) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
     """The model over the step's tokens: final hidden states [T, hidden], those of each sequence's last new token
@@ -34,7 +34,7 @@ def forward(
 
     ``last_tokens`` [R] are the previous step's sampled tokens, still on the device: the inputs still pending there.
     """
-    inputs = unpack_inputs(layout, buffers)
+    inputs = unpack_inputs(layout, buffer)
     pending = inputs.pending_rows >= 0
     input_ids = jnp.where(pending, last_tokens[jnp.where(pending, inputs.pending_rows, 0)], inputs.input_ids)
     model = nnx.merge(graphdef, state)
@@ -53,30 +53,30 @@ def sample(
     sampler_layout: InputLayout,
     state: nnx.State,
     rows: jax.Array,
-    sampler_buffers: list[jax.Array],
+    sampler_buffer: jax.Array,
     num_rows: int,
 ) -> tuple[SamplerOutput, jax.Array]:
     """Logits of the sampling rows ``rows`` [S, hidden], then the sampler: a program of its own, so a sampling
     variant compiles in a fraction of the model's time, once per row count S (not per bucket). Only the LM head's
     parameters are used. ``variant``: (num_top_logprobs, mode), static.
 
-    ``sampler_buffers`` hold the packed ``(SamplingMetadata, TokenConstraints)``: the per-row settings and the mask
-    and logit bias, apart from the forward's buffers so their widths never change it. Also returns the sampled
+    ``sampler_buffer`` holds the packed ``(SamplingMetadata, TokenConstraints)``: the per-row settings and the mask
+    and logit bias, apart from the forward's buffer so their widths never change it. Also returns the sampled
     tokens padded to ``num_rows`` (every bucket's rows fit): the next step's ``last_tokens``, one shape whatever this
     step's bucket.
     """
     num_top_logprobs, mode = variant
     logits = nnx.merge(graphdef, state).compute_logits(rows)  # [S, vocab] f32
-    sampling, constraints = unpack_inputs(sampler_layout, sampler_buffers)
+    sampling, constraints = unpack_inputs(sampler_layout, sampler_buffer)
     out = sampler.sample(logits, sampling, constraints, num_top_logprobs=num_top_logprobs, mode=mode)
     return out, jnp.zeros(num_rows, jnp.int32).at[: out.token_ids.shape[0]].set(out.token_ids)
 
 
 def prompt_logprobs(
-    graphdef: nnx.GraphDef, layout: InputLayout, state: nnx.State, hidden: jax.Array, buffers: list[jax.Array]
+    graphdef: nnx.GraphDef, layout: InputLayout, state: nnx.State, hidden: jax.Array, buffer: jax.Array
 ) -> PromptLogprobsOutput:
     """The logprobs of each prompt token's successor and the top ``MAX_LOGPROBS`` [T]: a program of its own per
     bucket, run beside whichever sampler the step takes when some row asks for prompt logprobs."""
-    inputs = unpack_inputs(layout, buffers)
+    inputs = unpack_inputs(layout, buffer)
     logits = nnx.merge(graphdef, state).compute_logits(hidden)  # [T, vocab]
     return sampler.prompt_logprobs(logits, inputs.prompt_targets, num_top_logprobs=MAX_LOGPROBS)

@@ -229,7 +229,7 @@ def main() -> None:
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
                 for name, layout, exe in llm.engine.runner.compiled_programs():
-                    tokens = layout.slots[0][2][0]  # the first leaf: input_ids [T], or a sampler's temperature [S]
+                    tokens = layout.slots[0][1][0]  # the first leaf: input_ids [T], or a sampler's temperature [S]
                     if tokens == batch:
                         (args.dump_hlo / f"{name}_t{tokens}.hlo.txt").write_text(exe.as_text())
             report["batches"][batch] = row

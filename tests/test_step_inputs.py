@@ -181,12 +181,13 @@ def test_a_bucket_with_no_sequences_is_all_padding() -> None:
     assert inputs.sampling.banned_ids.shape == (2, 8) and inputs.sampling.prompt_ids.shape == (2, 0)
 
 
-def test_packed_inputs_unpack_to_the_same_arrays_in_one_buffer_per_dtype() -> None:
+def test_packed_inputs_unpack_to_the_same_arrays_from_one_buffer() -> None:
     batch = [scheduled(0, [11, 12, 13], 3, pages=[3]), scheduled(1, [21], 1, pages=[5], output=(22,), computed=1)]
     inputs = build(batch, StepBucket(8, 4))
-    layout, buffers = pack_inputs(inputs)
-    assert [b.dtype for b in buffers] == [np.float32, np.int32, np.uint32]
-    unpacked = unpack_inputs(layout, buffers)
+    layout, buffer = pack_inputs(inputs)
+    assert buffer.dtype == np.uint32 and buffer.size == sum(x.size for x in jax.tree.leaves(inputs))
+    assert {np.dtype(x.dtype) for x in jax.tree.leaves(inputs)} == {np.dtype(t) for t in ("float32", "int32", "uint32")}
+    unpacked = jax.jit(lambda b: unpack_inputs(layout, b))(buffer)  # as inside a step program
     assert jax.tree.structure(unpacked) == jax.tree.structure(inputs)
     for want, got in zip(jax.tree.leaves(inputs), jax.tree.leaves(unpacked), strict=True):
         np.testing.assert_array_equal(got, want)
