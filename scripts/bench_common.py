@@ -165,7 +165,7 @@ def _best_copy(device: Any, rows: int, cols: int, seed: int) -> tuple[float, str
     kernels = {"jnp.copy": jax.jit(jnp.copy), "x + 1": jax.jit(lambda a: a + 1)}
     with jax.default_device(device):
         x = jax.random.uniform(jax.random.key(seed), (rows, cols), jnp.bfloat16)
-        rates = {name: 2 * x.nbytes / _back_to_back(lambda f=f, x=x: f(x)) for name, f in kernels.items()}
+        rates = {name: 2 * x.nbytes / back_to_back(lambda f=f, x=x: f(x)) for name, f in kernels.items()}
         del x
     name = max(rates, key=rates.__getitem__)
     return rates[name], name
@@ -182,13 +182,13 @@ def _best_matmul(device: Any, dtype: str, small: bool) -> tuple[float, str]:
         for m, k, n in shapes:
             a = jax.random.normal(jax.random.key(7), (m, k), dtype)
             b = jax.random.normal(jax.random.key(8), (k, n), dtype)
-            rates[f"{m}x{k}x{n}"] = 2 * m * k * n / _back_to_back(lambda a=a, b=b: mm(a, b))
+            rates[f"{m}x{k}x{n}"] = 2 * m * k * n / back_to_back(lambda a=a, b=b: mm(a, b))
             del a, b
     name = max(rates, key=rates.__getitem__)
     return rates[name], name
 
 
-def _back_to_back(fn: Callable[[], Any], calls: int = 20, rounds: int = 3) -> float:
+def back_to_back(fn: Callable[[], Any], calls: int = 20, rounds: int = 3) -> float:
     """Best seconds per call over ``rounds`` runs of ``calls`` queued calls with one wait at the end: the device's
     own time, without a host round trip per call (one device runs its calls in order)."""
     import jax

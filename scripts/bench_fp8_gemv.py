@@ -25,16 +25,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from bench_common import describe_ceilings, device_ceilings, environment
+from bench_common import back_to_back, describe_ceilings, device_ceilings, environment
 
 from jllm.quantization import QuantScheme
-from pallas_kernels.fp8_gemv import GemvConfig, default_gemv_config, fp8_matmul, supports
+from pallas_kernels.fp8_gemv import COMPUTE, GemvConfig, default_gemv_config, fp8_matmul, supports
 
 SHAPES = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 TUNE_TILES = ((64, 128), (128, 128), (128, 256), (256, 64))  # (block_n, block_k)
 TUNE_SPLITS = (1, 2, 4, 8, 16)
 TUNE_WARPS_STAGES = ((4, 4), (8, 3))
-TUNE_COMPUTE = ("dot_f16", "fma", "dot")
 WEIGHT_ONLY = QuantScheme("fp8", fp8_dot_min_tokens=None)
 FP8_DOT = QuantScheme("fp8", fp8_dot_min_tokens=1)
 
@@ -50,17 +49,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def per_call_seconds(fn: Callable[[], Any], layers: int, calls: int = 10, rounds: int = 5) -> float:
-    """Best seconds per matmul: ``rounds`` runs of ``calls`` queued calls of a ``layers``-matmul program."""
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            out = fn()
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / calls / layers)
-    return best
+def per_call_seconds(fn: Callable[[], Any], layers: int) -> float:
+    """Best seconds per matmul of a ``layers``-matmul program called back to back."""
+    return back_to_back(fn, calls=10, rounds=5) / layers
 
 
 class Weights:
@@ -90,7 +81,7 @@ def tune_configs(m: int, k: int, n: int) -> list[GemvConfig]:
     """The tilings --tune times, most promising first (the sweep stops at its time budget)."""
     block_m = max(16, default_gemv_config(m, k, n).block_m)
     grid = []
-    product = itertools.product(TUNE_COMPUTE, TUNE_SPLITS[::-1], TUNE_TILES, TUNE_WARPS_STAGES)
+    product = itertools.product(COMPUTE, TUNE_SPLITS[::-1], TUNE_TILES, TUNE_WARPS_STAGES)
     for compute, split, (bn, bk), (warps, stages) in product:
         if compute == "fma" and m > 1:
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,19 @@ def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float, worker: str =
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads((tmp / "out.json").read_text())
+
+
+def run_interpreter_worker(worker: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A ``worker`` script beside this file that runs Triton kernels in Triton's interpreter on ``cases`` (JSON on
+    argv[1], one JSON line per case back), in a subprocess: ``TRITON_INTERPRET`` must be set before Triton compiles
+    anything, and the rest of the suite must not see it."""
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent)]), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, str(tests / worker), json.dumps(cases)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def save_char_tokenizer(out_dir: Path, vocab_size: int) -> None:

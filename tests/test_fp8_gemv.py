@@ -10,15 +10,12 @@ numerics in bf16 and its speed on the GPU are ``scripts/bench_fp8_gemv.py``'s.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
-from model_utils import TINY_CONFIG
+from model_utils import TINY_CONFIG, run_interpreter_worker
 
 from jllm.config import ConfigError, load_config
 from jllm.loader import load_model
@@ -27,7 +24,6 @@ from jllm.quantization import FP8, QuantScheme
 from pallas_kernels import fp8_gemv
 from pallas_kernels.fp8_gemv import GemvConfig, check_shapes, default_gemv_config, pays_off, supports
 
-TESTS = Path(__file__).resolve().parent
 # Relative (Frobenius) error against float64 of float32 activations times e4m3 weights accumulated in float32: "fma"
 # multiplies in float32 (measured ~3e-7); "dot_f16" rounds the activations to float16 first (2^-11 an element)
 RTOL = {"fma": 1e-5, "dot_f16": 2e-3}
@@ -59,13 +55,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def interpreted() -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]), JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, str(TESTS / "fp8_gemv_worker.py"), json.dumps(CASES)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return run_interpreter_worker("fp8_gemv_worker.py", CASES)
 
 
 @pytest.mark.slow

@@ -8,19 +8,13 @@ the GPU, in bf16, are ``scripts/check_kernels.py``'s.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_utils import run_interpreter_worker
 
 from pallas_kernels.triton_prefill import PrefillConfig, check_shapes, default_prefill_config, work_items
 
-TESTS = Path(__file__).resolve().parent
 # Relative (Frobenius) error of the kernel's float32 output ("ieee" dots) against the reference; measured 1e-7 .. 1e-6.
 RTOL = 1e-5
 
@@ -46,13 +40,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def interpreted() -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]), JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, str(TESTS / "triton_prefill_worker.py"), json.dumps(CASES)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return run_interpreter_worker("triton_prefill_worker.py", CASES)
 
 
 @pytest.mark.slow
