@@ -5,8 +5,9 @@ bytes over the memory bandwidth; FP8 weights halve those bytes only if nothing w
 ``x @ w.astype(bf16)`` fuses the convert into a Triton GEMM tuned for big tiles, which streams e4m3 weights slower
 than cuBLAS streams bf16 ones (H200, 2026-12-03: 4.77 ms a Llama-3-8B step against 4.28). Here a program owns
 ``block_n`` output columns of one ``block_m``-row tile and a ``1 / split_k`` share of the input dimension: it loads
-``[block_k, block_n]`` e4m3 tiles (columns contiguous: 16-byte vector loads), widens them to the activations' dtype
-in registers and feeds the tensor cores (``tl.dot``; rows past ``M`` are masked to zero). With ``split_k == 1`` the
+``[block_k, block_n]`` e4m3 tiles (columns contiguous), widens them in registers and multiplies them in one of
+``COMPUTE``'s ways (one row: float32 multiply-adds; more: float16 ``tl.dot``, rows past ``M`` masked to zero); the
+widening, not the bytes, bounds it on an H200 (2.9 TB/s of e4m3 at best, docs/benchmarks.md). With ``split_k == 1`` the
 program applies the per-output-channel scale and writes the result; otherwise it writes float32 partial sums
 ``[split_k, M, N]`` that ``fp8_matmul`` adds and scales in one XLA fusion (deterministic, unlike atomics).
 
