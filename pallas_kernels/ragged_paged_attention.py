@@ -5,7 +5,7 @@ owns one item, one KV head and one KV split, and holds the item's rows for all o
 ``[q_block * group, head_dim]`` tile, so each K/V page is read once per item however many query heads share it (GQA).
 It walks the item's visible pages ``kv_block`` tokens at a time with an online (flash) softmax in base 2. Split-K
 shares each item's visible blocks evenly, at run time, among ``num_splits`` programs, so that a few long decodes still
-fill the GPU; an XLA epilogue merges the splits by their running max and sum.
+fill the GPU; a second small kernel merges the splits by their running max and sum.
 
 Decode steps (``q_block == 1``) skip the item bookkeeping: item r is query row r. Everything else in the wrapper is a
 few small XLA gathers over the step's rows and block tables; the kernel reads the pool in place.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -239,11 +240,46 @@ def _call_kernel(
     )(base, item_kv_len, tables, q_tiles, kv_pages, kv_pages)
     if splits == 1:
         return outs[0]
-    acc, row_max, row_sum = outs  # f32[splits, N, Hkv, rows, D], f32[splits, N, Hkv, rows] x 2
-    weight = jnp.exp2(row_max - row_max.max(axis=0))  # f32[splits, N, Hkv, rows]
-    total = (weight * row_sum).sum(axis=0)  # f32[N, Hkv, rows], 0 only for rows that see nothing
-    out = (weight[..., None] * acc).sum(axis=0) / jnp.where(total > 0, total, 1.0)[..., None]
-    return out.astype(q_tiles.dtype)
+    used = group * cfg.q_block  # the rows that hold queries; the rest are the tile's padding
+    return _merge_splits(*outs, used if _is_pow2(used) else rows, q_tiles.dtype, interpret)
+
+
+def _merge_splits(
+    acc: jax.Array,  # f32[splits, N, Hkv, rows, D], each split's unnormalized output
+    row_max: jax.Array,  # f32[splits, N, Hkv, rows], base-2
+    row_sum: jax.Array,  # f32[splits, N, Hkv, rows]
+    out_rows: int,  # the leading rows to merge (a power of two)
+    dtype: jnp.dtype,
+    interpret: bool,
+) -> jax.Array:  # [N, Hkv, out_rows, D]
+    """The split-K merge by each split's running max and sum, as one kernel over (item, KV head). As XLA ops it was
+    three fusions (weights, the sum, the weighted outputs): six of a batch-1 Llama-3-8B step's ~19 kernels a layer
+    on an H200 were such ~1.4 us fusions (docs/benchmarks.md)."""
+    splits, num_items, num_kv_heads, _, head_dim = acc.shape
+    stats = pl.BlockSpec((splits, None, None, out_rows), lambda i, h: (0, i, h, 0))
+    return pl.pallas_call(
+        functools.partial(_merge_kernel, num_splits=splits),
+        out_shape=jax.ShapeDtypeStruct((num_items, num_kv_heads, out_rows, head_dim), dtype),
+        grid=(num_items, num_kv_heads),
+        in_specs=[pl.BlockSpec((splits, None, None, out_rows, head_dim), lambda i, h: (0, i, h, 0, 0)), stats, stats],
+        out_specs=pl.BlockSpec((None, None, out_rows, head_dim), lambda i, h: (i, h, 0, 0)),
+        interpret=interpret,
+        name=f"ragged_paged_attention_merge_s{splits}",
+    )(acc, row_max, row_sum)
+
+
+def _merge_kernel(acc_ref: Any, max_ref: Any, sum_ref: Any, o_ref: Any, *, num_splits: int) -> None:
+    """One (item, KV head): splits are read one at a time, so no tensor has a split axis (any split count)."""
+    top = max_ref[0]  # f32[rows]
+    for split in range(1, num_splits):
+        top = jnp.maximum(top, max_ref[split])
+    total = jnp.zeros_like(top)  # stays 0 for a row that saw nothing
+    out = jnp.zeros(o_ref.shape, jnp.float32)
+    for split in range(num_splits):
+        weight = jnp.exp2(max_ref[split] - top)
+        total += weight * sum_ref[split]
+        out += weight[:, None] * acc_ref[split]
+    o_ref[...] = (out / jnp.where(total > 0, total, 1.0)[:, None]).astype(o_ref.dtype)
 
 
 def _kernel(

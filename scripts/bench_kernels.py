@@ -38,7 +38,7 @@ NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 DTYPE = jnp.bfloat16
 # --tune's grids. Decode: kv_block x (num_warps, num_stages) x num_splits. Prefill: q_block x kv_block x the same.
 TUNE_KV_BLOCKS = (32, 64, 128)
-TUNE_WARPS_STAGES = ((4, 2), (4, 3), (8, 2), (8, 3))
+TUNE_WARPS_STAGES = ((2, 2), (4, 1), (4, 2), (4, 3), (8, 2), (8, 3))
 TUNE_SPLITS = (1, 2, 4, 8)
 TUNE_Q_BLOCKS = (16, 32)
 # The jax-triton prefill kernel's grid: (block_m, block_n, num_warps, num_stages).
@@ -180,7 +180,7 @@ class Shapes:
             [int(b) for b in args.batches.split(",")],
             [int(c) for c in args.contexts.split(",")],
             ((512, 0), (512, 4096), (2048, 0), (2048, 4096)),
-            ((32, 2048), (64, 2048), (32, 4096)),
+            tuple(tuple(int(n) for n in shape.split("x")) for shape in args.tune_shapes.split(",")),
             ((2048, 0), (2048, 4096)),
         )
 
@@ -202,6 +202,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-stock", action="store_true", help="skip JAX's stock paged_attention")
     parser.add_argument(
         "--tune", action="store_true", help="also time a grid of tilings on a few decode and prefill shapes"
+    )
+    parser.add_argument(
+        "--tune-shapes", default="32x2048,64x2048,32x4096", help="decode shapes --tune times, as BATCHxCONTEXT,..."
     )
     parser.add_argument("--tune-kinds", default="decode,prefill", help="which shapes --tune times")
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
