@@ -36,10 +36,13 @@ from pallas_kernels.triton_prefill import PrefillConfig, prefill_attention
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
 DTYPE = jnp.bfloat16
+IN_STEP_LAYERS = 32  # kernel calls per timed function "as the step runs them" (Llama-3-8B's layers)
 # --tune's grids. Decode: kv_block x (num_warps, num_stages) x num_splits. Prefill: q_block x kv_block x the same.
 TUNE_KV_BLOCKS = (32, 64, 128)
 TUNE_WARPS_STAGES = ((2, 2), (4, 1), (4, 2), (4, 3), (8, 2), (8, 3))
 TUNE_SPLITS = (1, 2, 4, 8)
+TUNE_MIN_DECODE_KV_BLOCK = 64  # smaller decode tiles lost on every H200 shape tuned (2026-12-03)
+TUNE_MAX_DECODE_PROGRAMS = 1024  # decode splits past this many programs (8 per SM on an H200) are not tried
 TUNE_Q_BLOCKS = (16, 32)
 # The jax-triton prefill kernel's grid: (block_m, block_n, num_warps, num_stages).
 TUNE_PREFILL = ((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 4, 2),
@@ -95,7 +98,12 @@ def kernel_fn(
 
 
 def in_step_fn(
-    pool: Pool, q_lens: list[int], kv_lens: list[int], layers: int = 32, fp8: bool = False
+    pool: Pool,
+    q_lens: list[int],
+    kv_lens: list[int],
+    layers: int = IN_STEP_LAYERS,
+    fp8: bool = False,
+    config: KernelConfig | None = None,
 ) -> Callable[[], jax.Array]:
     """``layers`` kernel calls in one jitted function, each over its own random pages and fed the previous output,
     as a model step runs them (one launch stream, no host in between); time / layers is the per-call figure."""
@@ -107,7 +115,7 @@ def in_step_fn(
     @jax.jit
     def run(q: jax.Array, kv: jax.Array, lens: jax.Array, tables: list[jax.Array], qsl: jax.Array) -> jax.Array:
         for t in tables:
-            q = ragged_paged_attention(q, kv, lens, t, qsl, sm_scale=HEAD_DIM**-0.5)
+            q = ragged_paged_attention(q, kv, lens, t, qsl, sm_scale=HEAD_DIM**-0.5, config=config)
         return q
 
     return lambda: run(q, kv, lens, tables, qsl)
@@ -188,6 +196,7 @@ class Shapes:
 class TuneCase(NamedTuple):
     name: str
     step: tuple[jax.Array, ...]
+    lens: tuple[list[int], list[int]] | None  # a decode case's (q_lens, kv_lens): timed in-step, as the step runs
     work: int  # per call: KV bytes read (decode) or attention FLOPs (prefill)
     unit: str  # the rate's unit, for work / seconds
     configs: list[KernelConfig]
@@ -238,7 +247,7 @@ def time_decode(
     row: dict[str, Any] = {"batch": batch, "context": ctx, "kv_bytes": decode_bytes(batch, ctx)}
     row["config"] = dataclasses.asdict(config_of(step))
     row["kernel_s"] = timeit(kernel_fn(step, interpret=args.smoke))
-    row["in_step_s"] = None if args.smoke else timeit(in_step_fn(pool, [1] * batch, [ctx] * batch)) / 32
+    row["in_step_s"] = None if args.smoke else timeit(in_step_fn(pool, [1] * batch, [ctx] * batch)) / IN_STEP_LAYERS
     stock = None if args.no_stock else stock_fn(step, k_pages, v_pages, args.smoke)
     row["stock_s"] = timeit(stock) if stock else None
     row["reference_s"] = None if args.no_reference else timeit(reference_fn(step), reps=3)
@@ -246,7 +255,7 @@ def time_decode(
         fp8_step = (step[0], pool.kv_fp8, *step[2:])
         row["fp8_kernel_s"] = timeit(kernel_fn(fp8_step, interpret=args.smoke))
         row["fp8_in_step_s"] = (
-            None if args.smoke else timeit(in_step_fn(pool, [1] * batch, [ctx] * batch, fp8=True)) / 32
+            None if args.smoke else timeit(in_step_fn(pool, [1] * batch, [ctx] * batch, fp8=True)) / IN_STEP_LAYERS
         )
     return row
 
@@ -323,29 +332,38 @@ def bench_tilings(
     say("tilings: shape q_block kv_block warps stages splits -> us, TB/s (decode) or TFLOP/s (prefill)")
     tuning = []
     for case in tune_cases(shapes, pool, args.tune_kinds, with_triton=has_jax_triton() and not args.smoke):
-        tuning += time_tilings(case, args, started, say)
+        tuning += time_tilings(case, pool, args, started, say)
     return tuning
 
 
 def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool) -> list[TuneCase]:
     """Decode shapes try every split count, prefill chunks every q_block, both over the same kv_block x warps grid."""
-    grid = [(w, st, kb) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
+    grid = [(kb, w, st) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
+    decode_grid = [(kb, w, st) for kb, w, st in grid if kb >= TUNE_MIN_DECODE_KV_BLOCK]
     cases = []
     for batch, ctx in shapes.tune_shapes if "decode" in kinds else ():  # decode: the KV read is the work
         step = pool.step([1] * batch, [ctx] * batch)
-        configs = [KernelConfig(1, kb, n, w, st) for w, st, kb in grid for n in TUNE_SPLITS]
-        cases.append(TuneCase(f"decode {batch}x{ctx}", step, decode_bytes(batch, ctx), "TB/s", configs))
+        default = config_of(step)  # first, so the best is read against it
+        splits = [n for n in TUNE_SPLITS if n == 1 or batch * NUM_KV_HEADS * n <= TUNE_MAX_DECODE_PROGRAMS]
+        configs = [
+            default,
+            *(c for kb, w, st in decode_grid for n in splits if (c := KernelConfig(1, kb, n, w, st)) != default),
+        ]
+        lens = ([1] * batch, [ctx] * batch)
+        cases.append(TuneCase(f"decode {batch}x{ctx}", step, lens, decode_bytes(batch, ctx), "TB/s", configs))
     for chunk, prefix in shapes.tune_chunks if "prefill" in kinds else ():  # prefill: the attention FLOPs are the work
         step = pool.step([chunk], [prefix + chunk])
-        configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for w, st, kb in grid]
+        configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for kb, w, st in grid]
         if with_triton:
             configs += [PrefillConfig(m, n, w, st) for m, n, w, st in TUNE_PREFILL]
-        cases.append(TuneCase(f"prefill {chunk}+{prefix}", step, prefill_flops(chunk, prefix), "TFLOP/s", configs))
+        cases.append(
+            TuneCase(f"prefill {chunk}+{prefix}", step, None, prefill_flops(chunk, prefix), "TFLOP/s", configs)
+        )
     return cases
 
 
 def time_tilings(
-    case: TuneCase, args: argparse.Namespace, started: float, say: Callable[[str], None]
+    case: TuneCase, pool: Pool, args: argparse.Namespace, started: float, say: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """One case's tilings, then the fastest beside the default config."""
     timed = []
@@ -356,8 +374,8 @@ def time_tilings(
             break
         label = f"  {case.name:>18} {tiling_label(cfg)}"
         try:
-            fn = triton_fn(case.step, cfg) if isinstance(cfg, PrefillConfig) else kernel_fn(case.step, cfg, args.smoke)
-            seconds = timeit(fn, reps=3)
+            calls = IN_STEP_LAYERS if in_step(case, args) else 1
+            seconds = timeit(tiling_fn(case, cfg, pool, args), reps=3) / calls
         except Exception as e:  # a tiling that does not compile (e.g. out of shared memory) is skipped
             say(f"{label} -> {type(e).__name__}: {str(e)[:120]}")
             continue
@@ -370,6 +388,22 @@ def time_tilings(
             f"default {config_of(case.step)}"
         )
     return timed
+
+
+def in_step(case: TuneCase, args: argparse.Namespace) -> bool:
+    """Decode tilings are timed as the step runs them: one call alone is mostly launch time (40-80 us on an H200
+    where 32 calls in one program take 6-25 us each); --smoke keeps to one call (interpret mode is slow)."""
+    return case.lens is not None and not args.smoke
+
+
+def tiling_fn(
+    case: TuneCase, cfg: KernelConfig | PrefillConfig, pool: Pool, args: argparse.Namespace
+) -> Callable[[], jax.Array]:
+    if isinstance(cfg, PrefillConfig):
+        return triton_fn(case.step, cfg)
+    if in_step(case, args):
+        return in_step_fn(pool, *case.lens, config=cfg)
+    return kernel_fn(case.step, cfg, args.smoke)
 
 
 def tiling_label(cfg: KernelConfig | PrefillConfig) -> str:
