@@ -1,8 +1,10 @@
 """The Pallas ragged paged attention kernel, run in interpret mode, against the float32 reference.
 
-Inputs are fresh random numbers on randomly permuted pages; every case mixes decodes, prefill chunks over a cached
-prefix and an empty padding sequence, with KV lengths on and just past page (and KV block) boundaries. Shapes stay
-small: interpret mode runs every program of the grid one after another on the CPU.
+Inputs are fresh random numbers on randomly permuted pages; mixed cases hold decodes, prefill chunks over a cached
+prefix and an empty padding sequence, with KV lengths on and just past page (and KV block) boundaries; decode cases
+are decode steps as the runner pads them. Shapes stay small: interpret mode runs every program of the grid one after
+another on the CPU, so it cannot show a race between programs (an unmasked store past a program's own rows would pass
+here): the Triton IR lowered for a GPU is checked for masks apart.
 """
 
 from __future__ import annotations
@@ -174,28 +176,50 @@ def test_decode_step_matches_reference(case: Decode) -> None:
     assert_matches(out, f32_reference(ref_inputs, **ref_kw), case.dtype, padded=0 in case.kv_lens)
 
 
-def test_decode_kernel_lowers_to_triton_and_copies_no_query_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No GPU runs the suite, so each program is lowered here for an H200 (CUDA, on the CPU): the kernel and its
-    split-K merge must lower to Triton IR, and a decode step around them must move no bf16 query or output rows (no
-    pad, no slice: the programs read and write [T * Hq, D] in place). Triton's own compile to PTX is not run."""
+@pytest.fixture
+def h200_lowering(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pallas lowers for an H200 here, on the CPU (jit(...).trace(...).lower(lowering_platforms=("cuda",))); the
+    Triton IR of each kernel it lowers is appended to the list returned."""
     monkeypatch.setattr(
         triton_call.gpu_info_lib, "get_gpu_info", lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
     )
+    modules: list[str] = []
+    lower = triton_call.lowering.lower_jaxpr_to_triton_module
+
+    def keep(*args: Any, **kw: Any) -> Any:
+        result = lower(*args, **kw)
+        modules.append(result.module.operation.get_asm())
+        return result
+
+    monkeypatch.setattr(triton_call.lowering, "lower_jaxpr_to_triton_module", keep)
+    return modules
+
+
+def test_decode_kernel_lowers_to_triton_with_masked_rows_and_no_copies(h200_lowering: list[str]) -> None:
+    """No GPU runs the suite, so the programs are lowered for one: the kernel and its split-K merge must lower to
+    Triton IR; every load and store of the step's bf16 rows must be masked (a window runs past its program's rows, and
+    past the array's end: interpret mode, one program after another, cannot show that); and around the kernels a decode
+    step must move no bf16 query or output rows (no pad, no slice). Triton's own compile to PTX is not run."""
     spec = jax.ShapeDtypeStruct
-    # (T, Hq, Hkv, config): Llama-3-8B decodes at batch 32 (one split) and 1 (split-K), a group of 3, a tiny model.
+    # (T, Hq, Hkv, splits): Llama-3-8B decodes at batch 32 (one split) and 1 (split-K), a group of 3, a tiny model.
     for num_tokens, num_q_heads, num_kv_heads, splits in ((32, 32, 8, 1), (1, 32, 8, 4), (5, 6, 2, 2), (1, 2, 1, 1)):
+        h200_lowering.clear()
         config = KernelConfig(q_block=1, kv_block=64, num_splits=splits, num_warps=4, num_stages=3)
         step = jax.jit(functools.partial(ragged_paged_attention, sm_scale=0.1, config=config, k_scale=0.5, v_scale=2.0))
         text = (
             step.trace(
                 spec((num_tokens, num_q_heads, 128), jnp.bfloat16),
-                spec((2, num_kv_heads, 64, 16, 128), jnp.float8_e4m3fn),
+                spec((2, num_kv_heads, 64, 16, 128), jnp.float8_e4m3fn),  # so every bf16 access is q's or o's
                 *(spec(shape, jnp.int32) for shape in ((num_tokens,), (num_tokens, 8), (num_tokens + 1,))),
             )
             .lower(lowering_platforms=("cuda",))
             .as_text()
         )
-        assert text.count("__gpu$xla.gpu.triton") == (1 if splits == 1 else 2)
+        assert len(h200_lowering) == text.count("__gpu$xla.gpu.triton") == (1 if splits == 1 else 2)
+        accesses = re.findall(r"tt\.(load|store) ([^:]*): tensor<\d+x128x!tt\.ptr<bf16>>", "".join(h200_lowering))
+        assert {op for op, _ in accesses} == {"load", "store"}
+        # Masked: `tt.load ptr, mask, other` and `tt.store ptr, value, mask`.
+        assert all(operands.count(",") == 2 for _, operands in accesses), accesses
         copies = [line for line in text.splitlines() if re.search(r"stablehlo\.(pad|slice)\b.*xbf16>", line)]
         assert not copies, f"T={num_tokens}, Hq={num_q_heads}: {copies}"
 
