@@ -228,7 +228,7 @@ def _call_kernel(
     if splits == 1:
         out_shape = [jax.ShapeDtypeStruct(q_in.shape, q_in.dtype)]
         out_specs = [rows_spec]
-    else:  # each split's partial results as [rows, D] tiles, whatever q's layout
+    else:  # partials as [rows, D] tiles in any layout: scratch between two of our kernels, no XLA copy to save
         tile_shape = (num_items, num_kv_heads, rows)
         out_shape = [
             jax.ShapeDtypeStruct((splits, *tile_shape, head_dim), jnp.float32),  # acc
