@@ -7,8 +7,13 @@ It walks the item's visible pages ``kv_block`` tokens at a time with an online (
 shares each item's visible blocks evenly, at run time, among ``num_splits`` programs, so that a few long decodes still
 fill the GPU; a second small kernel merges the splits by their running max and sum.
 
-Decode steps (``q_block == 1``) skip the item bookkeeping: item r is query row r. Everything else in the wrapper is a
-few small XLA gathers over the step's rows and block tables; the kernel reads the pool in place.
+Decode steps (``q_block == 1``) skip the item bookkeeping: item r is query row r, and q and the output stay
+``[T * Hq, D]`` (a free reshape): program (token t, KV head h) loads its ``group`` rows from t's first query head of h
+into its tile with a masked load (the tile's other rows 0) and stores them back with a masked store, so no padded copy
+of q or slice of the output runs around the kernel (an H200 profile of a batch-32 Llama-3-8B step had them at ~4 %);
+split-K keeps its f32 partials as tiles and its merge stores into ``[T * Hq, D]`` the same way. Prefill tiles are
+gathered and padded by XLA. Everything else in the wrapper is a few small XLA gathers over the step's rows and block
+tables; the kernel reads the pool in place.
 
 Where this module sits: docs/architecture.md.
 """
@@ -35,7 +40,7 @@ _LOG2E = math.log2(math.e)
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # Most tile rows (q_block * group) per program: the f32 accumulator [rows, head_dim] must stay in registers.
 _MAX_TILE_ROWS = 128
-# Fewest tile rows: Triton's tensor-core dot needs M >= 16, so small groups are padded up to it.
+# Fewest tile rows: Triton's tensor-core dot needs M >= 16, so small groups are padded up to it (with zeros).
 _MIN_TILE_ROWS = 16
 # Bytes of one K tile in a decode-shaped program (x2 for V, x num_stages when pipelined: must fit shared memory).
 _DECODE_TILE_BYTES = 32 * 1024
@@ -141,15 +146,13 @@ def ragged_paged_attention(
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
 
     if cfg.q_block == 1:
-        num_items = num_tokens
         row = jnp.arange(num_tokens, dtype=jnp.int32)  # i32[N]: item r is query row r
         seq = sequence_of(query_start_loc[1:], row)  # i32[N], S past the last
         valid = seq < num_seqs  # bool[N]
         seq = jnp.minimum(seq, num_seqs - 1)
         valid &= row >= query_start_loc[seq]
         base = kv_lens[seq] - query_start_loc[seq + 1] + row  # i32[N], = kv_len - q_len + i
-        q_tiles = q.reshape(num_tokens, num_kv_heads, group, head_dim)  # [N, Hkv, G, D]
-        q_tiles = jnp.pad(q_tiles, ((0, 0), (0, 0), (0, rows - group), (0, 0)))  # [N, Hkv, rows, D]
+        q_in = q.reshape(num_tokens * num_q_heads, head_dim)  # [T * Hq, D], a free view: programs find their rows
     else:
         bq = cfg.q_block
         num_items = max_items(num_tokens, num_seqs, bq)
@@ -158,31 +161,32 @@ def ragged_paged_attention(
         row_valid = valid[:, None] & (row_in_seq < q_lens[seq][:, None])  # bool[N, bq]
         row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[N, bq], T = none
         base = kv_lens[seq] - q_lens[seq] + first  # i32[N]
-        q_tiles = q.at[row].get(mode="fill", fill_value=0)  # [N, bq, Hq, D]
-        q_tiles = q_tiles.reshape(num_items, bq, num_kv_heads, group, head_dim).transpose(0, 2, 1, 3, 4)
-        q_tiles = q_tiles.reshape(num_items, num_kv_heads, bq * group, head_dim)  # [N, Hkv, bq * G, D]
-        q_tiles = jnp.pad(q_tiles, ((0, 0), (0, 0), (0, rows - bq * group), (0, 0)))  # [N, Hkv, rows, D]
+        q_in = q.at[row].get(mode="fill", fill_value=0)  # [N, bq, Hq, D]
+        q_in = q_in.reshape(num_items, bq, num_kv_heads, group, head_dim).transpose(0, 2, 1, 3, 4)
+        q_in = q_in.reshape(num_items, num_kv_heads, bq * group, head_dim)  # [N, Hkv, bq * G, D]
+        q_in = jnp.pad(q_in, ((0, 0), (0, 0), (0, rows - bq * group), (0, 0)))  # [N, Hkv, rows, D]
 
     item_kv_len = jnp.where(valid, kv_lens[seq], 0)  # i32[N]; 0 makes a padding item attend to nothing
     tables = jnp.pad(block_tables, ((0, 0), (0, table_width - pages_per_seq)))[seq]  # i32[N, table_width]
 
-    q_tiles = rescale(q_tiles, k_scale)  # K's scale, folded into q
-    tiles = _call_kernel(
-        q_tiles, kv_pages, group, base, item_kv_len, tables, cfg, sm_scale, soft_cap, sliding_window, interpret
-    )  # [N, Hkv, rows, D]
-    tiles = rescale(tiles, v_scale)  # V's scale, on the output
+    q_in = rescale(q_in, k_scale)  # K's scale, folded into q
+    out = _call_kernel(
+        q_in, kv_pages, group, rows, base, item_kv_len, tables, cfg, sm_scale, soft_cap, sliding_window, interpret
+    )  # decode: [T * Hq, D]; else [N, Hkv, >= bq * G, D]
+    out = rescale(out, v_scale)  # V's scale, on the output
     if cfg.q_block == 1:
-        return tiles[:, :, :group].reshape(num_tokens, num_q_heads, head_dim)
+        return out.reshape(num_tokens, num_q_heads, head_dim)
     bq = cfg.q_block
-    out = tiles[:, :, : bq * group].reshape(num_items, num_kv_heads, bq, group, head_dim).transpose(0, 2, 1, 3, 4)
+    out = out[:, :, : bq * group].reshape(num_items, num_kv_heads, bq, group, head_dim).transpose(0, 2, 1, 3, 4)
     out = out.reshape(num_items * bq, num_q_heads, head_dim)  # [N * bq, Hq, D]
     return jnp.zeros_like(q).at[row.reshape(-1)].set(out, mode="drop")
 
 
 def _call_kernel(
-    q_tiles: jax.Array,  # [N, Hkv, rows, D]
+    q_in: jax.Array,  # decode: [T * Hq, D]; else [N, Hkv, rows, D]
     kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
     group: int,
+    rows: int,
     base: jax.Array,  # i32[N]
     item_kv_len: jax.Array,  # i32[N]
     tables: jax.Array,  # i32[N, table_width]
@@ -191,37 +195,45 @@ def _call_kernel(
     soft_cap: float | None,
     sliding_window: int | None,
     interpret: bool,
-) -> jax.Array:  # [N, Hkv, rows, D] in q's dtype
+) -> jax.Array:  # q_in's layout and dtype (a merged tile may keep fewer rows: the leading power of two >= bq * G)
     """One pallas_call over (item, KV head, split), then the split-K merge when there is more than one split."""
-    num_items, num_kv_heads, rows, head_dim = q_tiles.shape
-    _, _, num_pages, page_size, _ = kv_pages.shape
+    num_items = base.shape[0]
+    _, num_kv_heads, num_pages, page_size, head_dim = kv_pages.shape
     splits = cfg.num_splits
+    num_q_heads = num_kv_heads * group if cfg.q_block == 1 else None  # decode: rows found in [T * Hq, D]
     kernel = functools.partial(
         _kernel,
         sm_scale=sm_scale,
         soft_cap=soft_cap,
         sliding_window=sliding_window,
         group=group,
+        rows=rows,
+        num_q_heads=num_q_heads,
         q_block=cfg.q_block,
         kv_block=cfg.kv_block,
         num_splits=splits,
     )
+    if num_q_heads is None:
+        rows_spec = pl.BlockSpec((None, None, rows, head_dim), lambda i, h, s: (i, h, 0, 0))  # [rows, D] tiles
+    else:
+        rows_spec = pl.BlockSpec(q_in.shape, lambda i, h, s: (0, 0))  # all of [T * Hq, D]
     in_specs = [
         pl.BlockSpec((None,), lambda i, h, s: (i,)),  # base
         pl.BlockSpec((None,), lambda i, h, s: (i,)),  # item_kv_len
         pl.BlockSpec((None, tables.shape[1]), lambda i, h, s: (i, 0)),  # tables
-        pl.BlockSpec((None, None, rows, head_dim), lambda i, h, s: (i, h, 0, 0)),  # q_tiles
+        rows_spec,  # q_in
         pl.BlockSpec((None, None, num_pages, page_size, head_dim), lambda i, h, s: (0, h, 0, 0, 0)),  # K
         pl.BlockSpec((None, None, num_pages, page_size, head_dim), lambda i, h, s: (1, h, 0, 0, 0)),  # V
     ]
     if splits == 1:
-        out_shape = [jax.ShapeDtypeStruct(q_tiles.shape, q_tiles.dtype)]
-        out_specs = [pl.BlockSpec((None, None, rows, head_dim), lambda i, h, s: (i, h, 0, 0))]
-    else:
+        out_shape = [jax.ShapeDtypeStruct(q_in.shape, q_in.dtype)]
+        out_specs = [rows_spec]
+    else:  # partials as [rows, D] tiles in any layout: scratch between two of our kernels, no XLA copy to save
+        tile_shape = (num_items, num_kv_heads, rows)
         out_shape = [
-            jax.ShapeDtypeStruct((splits, *q_tiles.shape), jnp.float32),  # acc
-            jax.ShapeDtypeStruct((splits, num_items, num_kv_heads, rows), jnp.float32),  # m
-            jax.ShapeDtypeStruct((splits, num_items, num_kv_heads, rows), jnp.float32),  # l
+            jax.ShapeDtypeStruct((splits, *tile_shape, head_dim), jnp.float32),  # acc
+            jax.ShapeDtypeStruct((splits, *tile_shape), jnp.float32),  # m
+            jax.ShapeDtypeStruct((splits, *tile_shape), jnp.float32),  # l
         ]
         out_specs = [
             pl.BlockSpec((None, None, None, rows, head_dim), lambda i, h, s: (s, i, h, 0, 0)),
@@ -237,11 +249,12 @@ def _call_kernel(
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
         name=f"ragged_paged_attention_q{cfg.q_block}_kv{cfg.kv_block}_s{splits}",
-    )(base, item_kv_len, tables, q_tiles, kv_pages, kv_pages)
+    )(base, item_kv_len, tables, q_in, kv_pages, kv_pages)
     if splits == 1:
         return outs[0]
     used = group * cfg.q_block  # the rows that hold queries; the rest are the tile's padding
-    return _merge_splits(*outs, used if _is_pow2(used) else rows, q_tiles.dtype, interpret)
+    out_rows = used if _is_pow2(used) else rows
+    return _merge_splits(*outs, out_rows, q_in.dtype, group, num_q_heads, interpret)
 
 
 def _merge_splits(
@@ -250,55 +263,91 @@ def _merge_splits(
     row_sum: jax.Array,  # f32[splits, N, Hkv, rows]
     out_rows: int,  # the leading rows to merge (a power of two)
     dtype: jnp.dtype,
+    group: int,
+    num_q_heads: int | None,  # decode: written straight into [T * Hq, D]
     interpret: bool,
-) -> jax.Array:  # [N, Hkv, out_rows, D]
+) -> jax.Array:  # decode: [T * Hq, D]; else [N, Hkv, out_rows, D]
     """The split-K merge by each split's running max and sum, as one kernel over (item, KV head). As XLA ops it was
     three fusions (weights, the sum, the weighted outputs): six of a batch-1 Llama-3-8B step's ~19 kernels a layer
     on an H200 were such ~1.4 us fusions (docs/benchmarks.md)."""
     splits, num_items, num_kv_heads, _, head_dim = acc.shape
     stats = pl.BlockSpec((splits, None, None, out_rows), lambda i, h: (0, i, h, 0))
+    if num_q_heads is None:
+        out_shape = (num_items, num_kv_heads, out_rows, head_dim)
+        out_spec = pl.BlockSpec((None, None, out_rows, head_dim), lambda i, h: (i, h, 0, 0))
+    else:
+        out_shape = (num_items * num_q_heads, head_dim)
+        out_spec = pl.BlockSpec(out_shape, lambda i, h: (0, 0))
     return pl.pallas_call(
-        functools.partial(_merge_kernel, num_splits=splits),
-        out_shape=jax.ShapeDtypeStruct((num_items, num_kv_heads, out_rows, head_dim), dtype),
+        functools.partial(_merge_kernel, num_splits=splits, group=group, num_q_heads=num_q_heads),
+        out_shape=jax.ShapeDtypeStruct(out_shape, dtype),
         grid=(num_items, num_kv_heads),
         in_specs=[pl.BlockSpec((splits, None, None, out_rows, head_dim), lambda i, h: (0, i, h, 0, 0)), stats, stats],
-        out_specs=pl.BlockSpec((None, None, out_rows, head_dim), lambda i, h: (i, h, 0, 0)),
+        out_specs=out_spec,
         interpret=interpret,
         name=f"ragged_paged_attention_merge_s{splits}",
     )(acc, row_max, row_sum)
 
 
-def _merge_kernel(acc_ref: Any, max_ref: Any, sum_ref: Any, o_ref: Any, *, num_splits: int) -> None:
+def _merge_kernel(
+    acc_ref: Any, max_ref: Any, sum_ref: Any, o_ref: Any, *, num_splits: int, group: int, num_q_heads: int | None
+) -> None:
     """One (item, KV head): splits are read one at a time, so no tensor has a split axis (any split count)."""
     top = max_ref[0]  # f32[rows]
     for split in range(1, num_splits):
         top = jnp.maximum(top, max_ref[split])
     total = jnp.zeros_like(top)  # stays 0 for a row that saw nothing
-    out = jnp.zeros(o_ref.shape, jnp.float32)
+    out = jnp.zeros(acc_ref.shape[1:], jnp.float32)  # [rows, D]
     for split in range(num_splits):
         weight = jnp.exp2(max_ref[split] - top)
         total += weight * sum_ref[split]
         out += weight[:, None] * acc_ref[split]
-    o_ref[...] = (out / jnp.where(total > 0, total, 1.0)[:, None]).astype(o_ref.dtype)
+    _store_rows(o_ref, out / jnp.where(total > 0, total, 1.0)[:, None], group, num_q_heads)
+
+
+def _own_rows(rows: int, group: int, num_q_heads: int) -> tuple[pl.Slice, jax.Array]:
+    """Decode program (token t, KV head h)'s window of the [T * Hq, D] query and output rows: ``rows`` rows from t's
+    first query head of h, of which the first ``group`` are its own. The rest are masked: never read (0 instead, as
+    in a padded tile) nor written, so a window may run past the array's end; a masked row's address is never used."""
+    first = pl.program_id(0) * num_q_heads + pl.program_id(1) * group
+    return pl.ds(first, rows), lax.broadcasted_iota(jnp.int32, (rows, 1), 0) < group
+
+
+def _load_rows(q_ref: Any, rows: int, group: int, num_q_heads: int | None) -> jax.Array:  # [rows, D]
+    if num_q_heads is None:
+        return q_ref[...]
+    window, own = _own_rows(rows, group, num_q_heads)
+    return plgpu.load(q_ref.at[window, :], mask=own, other=0.0)
+
+
+def _store_rows(o_ref: Any, out: jax.Array, group: int, num_q_heads: int | None) -> None:
+    if num_q_heads is None:
+        o_ref[...] = out.astype(o_ref.dtype)
+        return
+    window, own = _own_rows(out.shape[0], group, num_q_heads)
+    plgpu.store(o_ref.at[window, :], out.astype(o_ref.dtype), mask=own)
 
 
 def _kernel(
     base_ref,  # i32[], last key column the item's first query row sees (kv_len - q_len + its index i)
     kv_len_ref,  # i32[], the item's KV length; 0 for a padding item
     pages_ref,  # i32[table_width], the item's block table, padded with page 0
-    q_ref,  # [rows, D], row r = query row r // group of the item, query head r % group of this KV head
+    q_ref,  # tiles: [rows, D], row r = query row r // group of the item, query head r % group of this KV head;
+    # decode: all of q as [T * Hq, D], the program's rows found by _own_rows
     k_ref,  # [num_pages, page_size, D], this KV head's keys
     v_ref,  # [num_pages, page_size, D], this KV head's values
-    *out_refs,  # one split: o [rows, D]; several: acc f32[rows, D], row max f32[rows], row sum f32[rows]
+    *out_refs,  # one split: o in q_ref's layout; several: acc f32[rows, D], row max f32[rows], row sum f32[rows]
     sm_scale: float,
     soft_cap: float | None,
     sliding_window: int | None,
     group: int,
+    rows: int,
+    num_q_heads: int | None,  # decode layout (q_block == 1): q and o are [T * num_q_heads, D]
     q_block: int,
     kv_block: int,
     num_splits: int,
 ) -> None:
-    rows, head_dim = q_ref.shape
+    head_dim = q_ref.shape[-1]
     page_size = k_ref.shape[1]
     pages_per_block = kv_block // page_size
     base = base_ref[()]
@@ -316,7 +365,7 @@ def _kernel(
     start = first + pl.program_id(2) * per_split
     end = jnp.minimum(start + per_split, first + num_blocks)
 
-    q = q_ref[...]  # [rows, D]
+    q = _load_rows(q_ref, rows, group, num_q_heads)  # [rows, D]
     scale = sm_scale if soft_cap is not None else sm_scale * _LOG2E
     hi_prec = lax.Precision.HIGHEST  # f32 inputs: IEEE dots, not TF32; no effect on bf16
 
@@ -352,7 +401,7 @@ def _kernel(
     acc, row_max, row_sum = lax.fori_loop(start, end, body, init)
     if num_splits == 1:
         (o_ref,) = out_refs
-        o_ref[...] = (acc / jnp.where(row_sum > 0, row_sum, 1.0)[:, None]).astype(o_ref.dtype)
+        _store_rows(o_ref, acc / jnp.where(row_sum > 0, row_sum, 1.0)[:, None], group, num_q_heads)
     else:
         acc_ref, max_ref, sum_ref = out_refs
         acc_ref[...] = acc

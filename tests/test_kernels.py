@@ -1,19 +1,28 @@
 """The Pallas ragged paged attention kernel, run in interpret mode, against the float32 reference.
 
-Inputs are fresh random numbers on randomly permuted pages; every case mixes decodes, prefill chunks over a cached
-prefix and an empty padding sequence, with KV lengths on and just past page (and KV block) boundaries. Shapes stay
-small: interpret mode runs every program of the grid one after another on the CPU.
+Inputs are fresh random numbers on randomly permuted pages; mixed cases hold decodes, prefill chunks over a cached
+prefix and an empty padding sequence, with KV lengths on and just past page (and KV block) boundaries; decode cases
+are decode steps as the runner pads them. Shapes stay small: interpret mode runs every program of the grid one after
+another on the CPU, so it cannot show a race between programs (an unmasked store past a program's own rows would pass
+here): the Triton IR lowered for a GPU is checked for masks apart.
 """
 
 from __future__ import annotations
+
+import functools
+import re
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src.pallas.triton import gpu_info
+from jax._src.pallas.triton import pallas_call_registration as triton_call
 
 from jllm.attention import AttentionMetadata, paged_attention, resolve_backend
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
+from pallas_kernels.kv_quant import FP8_DTYPE, quantize
 
 # (q_len, kv_len) per sequence, in units of page_size p: decode on a boundary and just past one, a prefill chunk
 # over a cached prefix ending just past a boundary, a whole prompt ending on a boundary, an empty padding sequence.
@@ -72,13 +81,13 @@ def run_kernel(inputs: tuple[jax.Array, ...], **kw: object) -> np.ndarray:
     return np.asarray(out.astype(jnp.float32))
 
 
-def assert_matches(out: np.ndarray, ref: np.ndarray, dtype: jnp.dtype) -> None:
+def assert_matches(out: np.ndarray, ref: np.ndarray, dtype: jnp.dtype, *, padded: bool = True) -> None:
     assert np.isfinite(out).all(), "kernel output has non-finite values (unwritten or NaN)"
     tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
     err = np.abs(out - ref).max() / np.abs(ref).max()
     assert err <= tol, f"max error {err:.2e} relative to max |ref| exceeds {tol:.0e}"
     pad = np.abs(ref).reshape(len(ref), -1).max(axis=1) == 0  # rows no sequence owns
-    assert pad.any() and (out[pad] == 0).all(), "padding rows must be exactly zero"
+    assert pad.any() == padded and (out[pad] == 0).all(), "padding rows must be exactly zero"
 
 
 @pytest.mark.slow
@@ -109,13 +118,111 @@ def test_every_tiling_matches_reference(config: KernelConfig) -> None:
     assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
 
 
+class Decode(NamedTuple):
+    """A decode step as the runner pads it: one row per sequence slot, an empty slot (KV length 0) a padding row."""
+
+    kv_lens: list[int]
+    num_kv_heads: int
+    group: int
+    splits: int | None  # None: the default tiling
+    dtype: Any = jnp.float32
+    head_dim: int = 64
+    extra: dict[str, Any] = {}  # soft_cap / sliding_window; k_scale and v_scale make the pool FP8
+
+
+# Windows of 16 rows from each program's first query head; with no empty slot the last row is a real decode, so the
+# last programs' windows run past the array's end over rows that matter. "tiny": T * Hq < 16, every window does.
+DECODES = {
+    "llama3-8b-shape-batch1-default-split": Decode([150], 8, 4, None, jnp.bfloat16, 128),
+    "g4-batch3-one-split-fp8": Decode([40, 16, 71], 4, 4, 1, extra={"k_scale": 0.6, "v_scale": 1.7}),
+    "g4-batch5-padded-uneven-splits-softcap-window": Decode(
+        [17, 64, 0, 90, 1], 4, 4, 3, extra={"soft_cap": 5.0, "sliding_window": 20}
+    ),
+    "g8-batch4-bf16": Decode([16, 50, 33, 2], 2, 8, 1, jnp.bfloat16),
+    "g2-batch3-split": Decode([48, 17, 5], 4, 2, 2),
+    "g3-batch3-split": Decode([31, 64, 9], 2, 3, 2),  # a group that is no power of two: the merge stores 16 rows
+    "g1-tiny-batch3-split": Decode([20, 33, 7], 2, 1, 2),
+}
+
+
 @pytest.mark.slow
-def test_long_decode_batch_with_split_kv_matches_reference() -> None:
-    kv_lens = [300, 257, 1, 0]
-    inputs = make_inputs(2, [1, 1, 1, 0], kv_lens, page_size=16, head_dim=128, group=4, dtype=jnp.bfloat16, pad_rows=1)
-    config = default_config(4, 4, 8, 2, 16, inputs[3].shape[1], 128, 2)
-    assert config.q_block == 1 and config.num_splits > 1
-    assert_matches(run_kernel(inputs, sm_scale=0.09), f32_reference(inputs, sm_scale=0.09), jnp.bfloat16)
+@pytest.mark.parametrize("case", DECODES.values(), ids=DECODES)
+def test_decode_step_matches_reference(case: Decode) -> None:
+    """Decode programs read their query rows from q viewed as [T * Hq, D] and store their output rows into the
+    output's [T * Hq, D] (the split-K merge too): no padded copies. An FP8 pool's reference is the dequantized pool,
+    computed here apart from the kernel's path (K's scale folded into q, V's on the output). Tolerances: 1e-5 (f32)
+    and 1e-2 (bf16) of max |reference|; padding rows exactly 0."""
+    q_lens = [1 if n else 0 for n in case.kv_lens]
+    inputs = make_inputs(
+        sum(case.kv_lens), q_lens, case.kv_lens, page_size=16, head_dim=case.head_dim,
+        group=case.group, dtype=case.dtype, num_kv_heads=case.num_kv_heads, pad_rows=q_lens.count(0), q_scale=2.0,
+    )  # fmt: skip
+    kw = {"sm_scale": case.head_dim**-0.5, **case.extra}
+    ref_inputs, ref_kw = inputs, kw
+    if "k_scale" in kw:
+        q, pool, *meta = inputs
+        scales = (kw["k_scale"], kw["v_scale"])
+        stored = jnp.stack([quantize(pool[half], FP8_DTYPE, scales[half]) for half in (0, 1)])
+        dequantized = np.asarray(stored.astype(jnp.float32)) * np.reshape(scales, (2, 1, 1, 1, 1))
+        inputs, ref_inputs = (q, stored, *meta), (q, jnp.asarray(dequantized, jnp.float32), *meta)
+        ref_kw = {"sm_scale": kw["sm_scale"]}
+    config = None
+    if case.splits is None:
+        T, Hq, P = len(q_lens), case.num_kv_heads * case.group, inputs[3].shape[1]
+        default = default_config(T, T, Hq, case.num_kv_heads, 16, P, case.head_dim, jnp.dtype(case.dtype).itemsize)
+        assert default.q_block == 1 and default.num_splits > 1
+    else:
+        config = KernelConfig(q_block=1, kv_block=32, num_splits=case.splits, num_warps=4, num_stages=2)
+    out = run_kernel(inputs, config=config, **kw)
+    assert_matches(out, f32_reference(ref_inputs, **ref_kw), case.dtype, padded=0 in case.kv_lens)
+
+
+@pytest.fixture
+def h200_lowering(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pallas lowers for an H200 here, on the CPU (jit(...).trace(...).lower(lowering_platforms=("cuda",))); the
+    Triton IR of each kernel it lowers is appended to the list returned."""
+    monkeypatch.setattr(
+        triton_call.gpu_info_lib, "get_gpu_info", lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
+    )
+    modules: list[str] = []
+    lower = triton_call.lowering.lower_jaxpr_to_triton_module
+
+    def keep(*args: Any, **kw: Any) -> Any:
+        result = lower(*args, **kw)
+        modules.append(result.module.operation.get_asm())
+        return result
+
+    monkeypatch.setattr(triton_call.lowering, "lower_jaxpr_to_triton_module", keep)
+    return modules
+
+
+def test_decode_kernel_lowers_to_triton_with_masked_rows_and_no_copies(h200_lowering: list[str]) -> None:
+    """No GPU runs the suite, so the programs are lowered for one: the kernel and its split-K merge must lower to
+    Triton IR; every load and store of the step's bf16 rows must be masked (a window runs past its program's rows, and
+    past the array's end: interpret mode, one program after another, cannot show that); and around the kernels a decode
+    step must move no bf16 query or output rows (no pad, no slice). Triton's own compile to PTX is not run."""
+    spec = jax.ShapeDtypeStruct
+    # (T, Hq, Hkv, splits): Llama-3-8B decodes at batch 32 (one split) and 1 (split-K), a group of 3, a tiny model.
+    for num_tokens, num_q_heads, num_kv_heads, splits in ((32, 32, 8, 1), (1, 32, 8, 4), (5, 6, 2, 2), (1, 2, 1, 1)):
+        h200_lowering.clear()
+        config = KernelConfig(q_block=1, kv_block=64, num_splits=splits, num_warps=4, num_stages=3)
+        step = jax.jit(functools.partial(ragged_paged_attention, sm_scale=0.1, config=config, k_scale=0.5, v_scale=2.0))
+        text = (
+            step.trace(
+                spec((num_tokens, num_q_heads, 128), jnp.bfloat16),
+                spec((2, num_kv_heads, 64, 16, 128), jnp.float8_e4m3fn),  # so every bf16 access is q's or o's
+                *(spec(shape, jnp.int32) for shape in ((num_tokens,), (num_tokens, 8), (num_tokens + 1,))),
+            )
+            .lower(lowering_platforms=("cuda",))
+            .as_text()
+        )
+        assert len(h200_lowering) == text.count("__gpu$xla.gpu.triton") == (1 if splits == 1 else 2)
+        accesses = re.findall(r"tt\.(load|store) ([^:]*): tensor<\d+x128x!tt\.ptr<bf16>>", "".join(h200_lowering))
+        assert {op for op, _ in accesses} == {"load", "store"}
+        # Masked: `tt.load ptr, mask, other` and `tt.store ptr, value, mask`.
+        assert all(operands.count(",") == 2 for _, operands in accesses), accesses
+        copies = [line for line in text.splitlines() if re.search(r"stablehlo\.(pad|slice)\b.*xbf16>", line)]
+        assert not copies, f"T={num_tokens}, Hq={num_q_heads}: {copies}"
 
 
 @pytest.mark.slow
