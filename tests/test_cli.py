@@ -107,6 +107,22 @@ def test_sampling_options_default_to_sampling_params() -> None:
 # ------------------------------------------------------------------ errors: exit 2, the field named, no traceback
 
 
+@pytest.mark.slow  # a fresh interpreter imports jax: ~7 s
+def test_python_dash_m_jllm_is_the_cli(tmp_path: Path) -> None:
+    """``python -m jllm serve ...`` works where the console script is not installed (a checkout, the GPU image)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "jllm", "serve", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--max-num-seqs" in done.stdout
+
+
 def test_unknown_option_suggests_the_close_one(capsys: pytest.CaptureFixture) -> None:
     err = fail(["generate", "--max-num-seq", "4", "hi"], capsys)
     assert "jllm: error: unknown option '--max-num-seq' (did you mean '--max-num-seqs'?)" in err
