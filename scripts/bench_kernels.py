@@ -103,19 +103,22 @@ def in_step_fn(
     kv_lens: list[int],
     layers: int = IN_STEP_LAYERS,
     fp8: bool = False,
-    config: KernelConfig | None = None,
+    config: KernelConfig | PrefillConfig | None = None,
+    triton: bool = False,
 ) -> Callable[[], jax.Array]:
     """``layers`` kernel calls in one jitted function, each over its own random pages and fed the previous output,
-    as a model step runs them (one launch stream, no host in between); time / layers is the per-call figure."""
+    as a model step runs them (one launch stream, no host in between); time / layers is the per-call figure.
+    ``triton`` (or a ``PrefillConfig``) times the jax-triton prefill kernel, else the Pallas kernel."""
     steps = [pool.step(q_lens, kv_lens) for _ in range(layers)]
     q, kv, lens, _, qsl = steps[0]
     kv = pool.kv_fp8 if fp8 else kv
     tables = [s[3] for s in steps]
+    kernel = prefill_attention if triton or isinstance(config, PrefillConfig) else ragged_paged_attention
 
     @jax.jit
     def run(q: jax.Array, kv: jax.Array, lens: jax.Array, tables: list[jax.Array], qsl: jax.Array) -> jax.Array:
         for t in tables:
-            q = ragged_paged_attention(q, kv, lens, t, qsl, sm_scale=HEAD_DIM**-0.5, config=config)
+            q = kernel(q, kv, lens, t, qsl, sm_scale=HEAD_DIM**-0.5, config=config)
         return q
 
     return lambda: run(q, kv, lens, tables, qsl)
@@ -196,7 +199,7 @@ class Shapes:
 class TuneCase(NamedTuple):
     name: str
     step: tuple[jax.Array, ...]
-    lens: tuple[list[int], list[int]] | None  # a decode case's (q_lens, kv_lens): timed in-step, as the step runs
+    lens: tuple[list[int], list[int]]  # (q_lens, kv_lens): tilings are timed in-step, as the step runs them
     work: int  # per call: KV bytes read (decode) or attention FLOPs (prefill)
     unit: str  # the rate's unit, for work / seconds
     configs: list[KernelConfig]
@@ -302,15 +305,20 @@ def bench_prefill(
         step = pool.step([chunk], [prefix + chunk])
         flops = prefill_flops(chunk, prefix)
         seconds = timeit(kernel_fn(step, interpret=args.smoke))
-        triton_s = timeit(triton_fn(step)) if has_jax_triton() and not args.smoke else None
+        with_triton = has_jax_triton() and not args.smoke
+        triton_s = timeit(triton_fn(step)) if with_triton else None
+        lens = ([chunk], [prefix + chunk])
+        in_step_s = None if args.smoke else timeit(in_step_fn(pool, *lens)) / IN_STEP_LAYERS
+        triton_in_step_s = timeit(in_step_fn(pool, *lens, triton=True)) / IN_STEP_LAYERS if with_triton else None
         ref_s = None if args.no_reference else timeit(reference_fn(step), reps=3)
         cfg = config_of(step)
         row = {"chunk": chunk, "prefix": prefix, "kernel_s": seconds, "triton_s": triton_s, "reference_s": ref_s}
-        prefill.append(row | {"flops": flops})
+        prefill.append(row | {"in_step_s": in_step_s, "triton_in_step_s": triton_in_step_s, "flops": flops})
         ref_cell = "-" if ref_s is None else f"{ref_s * 1e6:.1f} us"
         say(
-            f"chunk {chunk:5d} prefix {prefix:5d} | pallas {flops_cell(seconds, flops, mm)} | "
-            f"jax-triton {flops_cell(triton_s, flops, mm)} | ref {ref_cell} | pallas q{cfg.q_block}/kv{cfg.kv_block}"
+            f"chunk {chunk:5d} prefix {prefix:5d} | pallas {flops_cell(seconds, flops, mm)} in-step "
+            f"{flops_cell(in_step_s, flops, mm)} | jax-triton {flops_cell(triton_s, flops, mm)} in-step "
+            f"{flops_cell(triton_in_step_s, flops, mm)} | ref {ref_cell} | pallas q{cfg.q_block}/kv{cfg.kv_block}"
             f"/s{cfg.num_splits}/w{cfg.num_warps}"
         )
     return prefill
@@ -352,12 +360,13 @@ def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool) -> lis
         lens = ([1] * batch, [ctx] * batch)
         cases.append(TuneCase(f"decode {batch}x{ctx}", step, lens, decode_bytes(batch, ctx), "TB/s", configs))
     for chunk, prefix in shapes.tune_chunks if "prefill" in kinds else ():  # prefill: the attention FLOPs are the work
-        step = pool.step([chunk], [prefix + chunk])
+        lens = ([chunk], [prefix + chunk])
+        step = pool.step(*lens)
         configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for kb, w, st in grid]
         if with_triton:
             configs += [PrefillConfig(m, n, w, st) for m, n, w, st in TUNE_PREFILL]
         cases.append(
-            TuneCase(f"prefill {chunk}+{prefix}", step, None, prefill_flops(chunk, prefix), "TFLOP/s", configs)
+            TuneCase(f"prefill {chunk}+{prefix}", step, lens, prefill_flops(chunk, prefix), "TFLOP/s", configs)
         )
     return cases
 
@@ -374,7 +383,7 @@ def time_tilings(
             break
         label = f"  {case.name:>18} {tiling_label(cfg)}"
         try:
-            calls = IN_STEP_LAYERS if in_step(case, args) else 1
+            calls = 1 if args.smoke else IN_STEP_LAYERS
             seconds = timeit(tiling_fn(case, cfg, pool, args), reps=3) / calls
         except Exception as e:  # a tiling that does not compile (e.g. out of shared memory) is skipped
             say(f"{label} -> {type(e).__name__}: {str(e)[:120]}")
@@ -390,19 +399,15 @@ def time_tilings(
     return timed
 
 
-def in_step(case: TuneCase, args: argparse.Namespace) -> bool:
-    """Decode tilings are timed as the step runs them: one call alone is mostly launch time (40-80 us on an H200
-    where 32 calls in one program take 6-25 us each); --smoke keeps to one call (interpret mode is slow)."""
-    return case.lens is not None and not args.smoke
-
-
 def tiling_fn(
     case: TuneCase, cfg: KernelConfig | PrefillConfig, pool: Pool, args: argparse.Namespace
 ) -> Callable[[], jax.Array]:
+    """Tilings are timed as the step runs them: one call alone is mostly launch time (40-80 us on an H200 where 32
+    decode calls in one program take 6-25 us each); --smoke keeps to one call (interpret mode is slow)."""
+    if not args.smoke:
+        return in_step_fn(pool, *case.lens, config=cfg)
     if isinstance(cfg, PrefillConfig):
         return triton_fn(case.step, cfg)
-    if in_step(case, args):
-        return in_step_fn(pool, *case.lens, config=cfg)
     return kernel_fn(case.step, cfg, args.smoke)
 
 
