@@ -94,16 +94,17 @@ def describe_ceilings(c: dict[str, Any]) -> str:
 
 
 def random_block_tables(
-    rng: np.random.Generator, num_pages: int, page_size: int, kv_lens: list[int], width: int
+    rng: np.random.Generator, num_pages: int, page_size: int, kv_lens: list[int], width: int, scattered: bool = True
 ) -> np.ndarray:
     """i32[S, width]: each sequence's pages, distinct and scattered at random over pages 1.. (page 0 is reserved),
-    zero-padded; a step the table or the pool cannot hold is refused with the numbers."""
+    zero-padded; a step the table or the pool cannot hold is refused with the numbers. ``scattered=False`` hands
+    out pages 1, 2, 3 ... in order instead, as a fresh engine's allocator does."""
     need = [-(-n // page_size) for n in kv_lens]
     if max(need, default=0) > width:
         raise ValueError(f"a context of {max(kv_lens)} tokens needs {max(need)} pages; the block table holds {width}")
     if sum(need) > num_pages - 1:
         raise ValueError(f"the step needs {sum(need)} pages; the pool has {num_pages - 1} besides the reserved one")
-    pages = 1 + rng.permutation(num_pages - 1)
+    pages = 1 + (rng.permutation(num_pages - 1) if scattered else np.arange(num_pages - 1))
     tables = np.zeros((len(kv_lens), width), np.int32)
     used = 0
     for s, n in enumerate(need):

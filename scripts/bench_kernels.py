@@ -67,10 +67,11 @@ def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> f
 
 
 class Pool:
-    """One bf16 KV pool, allocated once, whose pages every shape draws from at random; with ``fp8`` also its
-    float8_e4m3fn copy (scale 1: the random values sit well inside e4m3's range)."""
+    """One bf16 KV pool, allocated once, whose pages every shape draws from (at random, or in order with
+    ``scattered=False``); with ``fp8`` also its float8_e4m3fn copy (scale 1: the random values sit well inside
+    e4m3's range)."""
 
-    def __init__(self, num_tokens: int, page_size: int, fp8: bool = False) -> None:
+    def __init__(self, num_tokens: int, page_size: int, fp8: bool = False, scattered: bool = True) -> None:
         self.page_size = page_size
         self.num_pages = 1 + -(-num_tokens // page_size)
         # 1024 random pages tiled over the pool: a full-size jax.random draw can pass 2**32 elements.
@@ -80,11 +81,17 @@ class Pool:
         self.kv = fill(tile)  # [2, Hkv, P, page_size, D]
         self.kv_fp8 = jax.jit(lambda kv: quantize(kv, FP8_DTYPE))(self.kv) if fp8 else None  # same shape, 1 byte
         self.rng = np.random.default_rng(0)
+        self.scattered = scattered
+        self.next_page = 0  # in-order pages: where the next step's begin, so steps (layers) do not share pages
 
     def step(self, q_lens: list[int], kv_lens: list[int]) -> tuple[jax.Array, ...]:
         """(q, kv_pages, kv_lens, block_tables, query_start_loc) for one step; tables padded to the longest context."""
         width = -(-max(kv_lens) // self.page_size)
-        tables = random_block_tables(self.rng, self.num_pages, self.page_size, kv_lens, width)
+        tables = random_block_tables(self.rng, self.num_pages, self.page_size, kv_lens, width, self.scattered)
+        if not self.scattered:  # pages 1, 2, ... shifted past the previous step's, as a per-layer pool would be
+            used = tables > 0
+            tables[used] = 1 + (tables[used] - 1 + self.next_page) % (self.num_pages - 1)
+            self.next_page += int(used.sum())
         q = jax.random.normal(jax.random.key(1), (sum(q_lens), NUM_Q_HEADS, HEAD_DIM), DTYPE)
         qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
         return q, self.kv, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(tables), jnp.asarray(qsl)
@@ -210,6 +217,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", default="1,32,64,128,256")
     parser.add_argument("--contexts", default="1024,2048,4096,8192")
     parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument(
+        "--page-order",
+        choices=("random", "in-order"),
+        default="random",
+        help="pages of each sequence scattered at random over the pool, or handed out in order (a fresh engine)",
+    )
+    parser.add_argument(
+        "--pool-gb", type=float, default=0.0, help="make the pool at least this big (an engine's is ~3 GB a layer)"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference path")
     parser.add_argument("--no-stock", action="store_true", help="skip JAX's stock paged_attention")
     parser.add_argument(
@@ -441,9 +457,9 @@ def main() -> None:
         f"{'stock us':>8} {'TB/s':>5} | "
         f"{'ref us':>8} {'TB/s':>5} | {'x stock':>7} config"
     )
-    pool = Pool(
-        max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks), args.page_size, args.kv_fp8
-    )
+    tokens = max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks)
+    tokens = max(tokens, int(args.pool_gb * 1e9) // (2 * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(DTYPE).itemsize))
+    pool = Pool(tokens, args.page_size, args.kv_fp8, scattered=args.page_order == "random")
     rows = bench_decode(args, shapes, pool, copy_bw, say)
     say("prefill chunks (one sequence; TFLOP/s counts causal QK^T and PV)")
     prefill = bench_prefill(args, shapes, pool, mm, say)
