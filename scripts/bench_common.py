@@ -296,7 +296,7 @@ def start_jllm(bench: BenchModel, overrides: dict[str, Any]) -> tuple[Any, dict[
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    default = Path("configs/llama3-8b-h100.yaml")
+    default = Path("configs/llama3-8b-h200.yaml")
     parser.add_argument("--config", type=Path, default=default, help=f"engine YAML (default {default})")
     parser.add_argument("--seed", type=int, default=0, help="seeds the prompts and transformers' weights")
     parser.add_argument("--skip-hf", action="store_true", help="no transformers baseline")

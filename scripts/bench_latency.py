@@ -11,7 +11,7 @@ The roofline divides what must move (weights, KV) by the measured copy bandwidth
 measured matmul rate (``bench_common.generation_roofline``). With ``--same-weights`` jllm loads transformers' random
 weights (saved as safetensors) instead of ``load_format: dummy``, and the greedy tokens of both are compared.
 
-    PYTHONPATH=. python scripts/bench_latency.py --config configs/llama3-8b-h100.yaml --batch-sizes 1,8 --json l.json
+    PYTHONPATH=. python scripts/bench_latency.py --config configs/llama3-8b-h200.yaml --batch-sizes 1,8 --json l.json
     PYTHONPATH=. python scripts/bench_latency.py --config configs/bench-tiny-cpu.yaml --input-len 16 --output-len 16
 """
 

@@ -12,7 +12,7 @@ the Triton FP8-weight kernel; ``fp8 weight-only XLA`` keeps them in XLA), ``fp8 
 the table shows each mode at every batch size; the engine's default (FP8 x FP8 from ``fp8_dot_min_tokens`` tokens)
 is then the faster of the two per bucket, to be read off here.
 
-    PYTHONPATH=. python scripts/bench_quantization.py --config configs/llama3-8b-h100.yaml --json q.json
+    PYTHONPATH=. python scripts/bench_quantization.py --config configs/llama3-8b-h200.yaml --json q.json
     PYTHONPATH=. python scripts/bench_quantization.py --config configs/bench-tiny-cpu.yaml --batch-sizes 1,4 \\
         --input-len 16 --output-len 8 --prefill-len 64 --prefill-batch 2 --repeats 1
 """
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from jllm import LLM, distributed
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = Path("configs/llama3-8b-h100.yaml")
+    default = Path("configs/llama3-8b-h200.yaml")
     parser.add_argument("--config", type=Path, default=default, help=f"engine YAML (default {default})")
     parser.add_argument("--schemes", type=lambda s: s.split(","), default=list(SCHEMES),
                         help=f"comma-separated, of: {', '.join(SCHEMES)} (default all)")  # fmt: skip

@@ -14,7 +14,7 @@ with ``--request-rate inf``, else a gamma process (Poisson when ``--burstiness 1
 so the last request arrives at ``num_prompts / request_rate`` seconds, as in vLLM; ``--max-concurrency`` caps the
 requests in flight. One test request goes first (not counted), as vLLM's initial test run.
 
-    jllm serve --config configs/llama3-8b-h100.yaml &
+    jllm serve --config configs/llama3-8b-h200.yaml &
     python scripts/bench_serving.py --num-prompts 200 --request-rate 8 --input-len 1024 --output-len 128 --json out.json
 """
 

@@ -19,7 +19,7 @@ batch then running is cut, its tokens so far counted); its best output tokens/s 
 ``bench_common.generation_roofline`` at the YAML's ``max_num_seqs``. With ``--same-weights`` jllm loads
 transformers' random weights and its greedy tokens are compared with those of transformers' smallest batch size.
 
-    PYTHONPATH=. python scripts/bench_throughput.py --config configs/llama3-8b-h100.yaml --json tput.json
+    PYTHONPATH=. python scripts/bench_throughput.py --config configs/llama3-8b-h200.yaml --json tput.json
     PYTHONPATH=. python scripts/bench_throughput.py --dataset random --input-len 1024 --output-len 128
 """
 

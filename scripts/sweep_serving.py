@@ -10,7 +10,7 @@ Every point is one ``bench_serving.py`` run, so its definitions (vLLM's ``bench 
 script does not know (``--base-url``, ``--num-prompts``, ``--input-len`` ...) goes to each of those runs as it is.
 The JSON keeps each point's summary (no per-request lists). Needs matplotlib (the ``bench`` extra).
 
-    jllm serve --config configs/llama3-8b-h100.yaml &
+    jllm serve --config configs/llama3-8b-h200.yaml &
     python scripts/sweep_serving.py --concurrencies 1,8,32,64,128 --request-rates 4,8,16,32 --num-prompts 256 \\
         --input-len 128 --output-len 128 --max-token-id 128 --out-dir docs/img --json sweep.json
 """
