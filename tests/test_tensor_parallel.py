@@ -108,6 +108,8 @@ def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
     args = found["engine_args"]
     max_rows = max(args["max_num_seqs"], args["max_num_batched_tokens"])
     for tp in sizes:
+        programs = {"forward", "prompt_logprobs", "sampler_0_greedy", "sampler_0_random", "sampler_20_truncated"}
+        assert found["generate"][case][str(tp)]["programs"] == sorted(programs), "a kind of program went unchecked"
         for program in found["generate"][case][str(tp)]["step_collectives"]:
             gathered = [dims for op, dims in program if op == "all-gather"]
             assert all(len(dims) in (2, 3) and dims[0] <= max_rows for dims in gathered), gathered

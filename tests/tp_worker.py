@@ -40,6 +40,12 @@ ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16,
 # Ragged on purpose: the 40-token prompt is prefilled in 16-token chunks beside the decodes of the others.
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+# Requests that compile, on first use, the step programs greedy decoding leaves out: the random base sampler, and the
+# general sampler (top-k, logprobs, a penalty) with the prompt-logprobs program.
+OTHER_PROGRAMS = [
+    SamplingParams(temperature=1.0, seed=0, max_tokens=2),
+    SamplingParams(temperature=1.0, top_k=5, seed=0, max_tokens=2, logprobs=2, prompt_logprobs=2, presence_penalty=0.5),
+]
 # "%x = f32[16,576]{1,0} all-reduce(" -> ("f32", "16,576", "all-reduce")
 COLLECTIVE = re.compile(
     r"= (\w+)\[([\d,]*)\]\S* (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\("
@@ -118,15 +124,17 @@ def placement(llm: LLM) -> dict[str, Any]:
 
 
 def generate_case(model_dir: str, sizes: list[int]) -> dict[str, Any]:
-    """Greedy tokens, prefill logits, placements and the collectives of the engine's step programs (compiled at
-    start-up) at each TP size above 1; tokens and logits compared with TP=1's (logits here)."""
+    """Greedy tokens, prefill logits, placements, and the names and collectives of the engine's step programs
+    (compiled on first use: greedy decoding's, and above TP 1 ``OTHER_PROGRAMS``') at each TP size; logits compared
+    with TP=1's here."""
     results: dict[str, Any] = {}
     reference = None
     for tp in [1, *sizes]:
-        # TP 1 is only the reference for tokens and logits: its programs compile on first use
+        llm = LLM(model_dir, tensor_parallel_size=tp, compile_at_start=False, **ENGINE_ARGS)
         with collectives_of_compiled_programs() as step_collectives:
-            llm = LLM(model_dir, tensor_parallel_size=tp, compile_at_start=tp > 1, **ENGINE_ARGS)
-        tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+            tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+            for params in OTHER_PROGRAMS if tp > 1 else []:  # TP 1 is only the tokens' and logits' reference
+                llm.generate([PROMPTS[1]], params, use_tqdm=False)
         logits = prefill_logits(llm.engine.runner.loaded, PROMPTS[2])
         reference = logits if reference is None else reference
         results[str(tp)] = {
@@ -134,6 +142,7 @@ def generate_case(model_dir: str, sizes: list[int]) -> dict[str, Any]:
             "logits_max_abs_diff": float(np.abs(logits - reference).max()),
             "logits_max_abs": float(np.abs(reference).max()),
             "step_collectives": step_collectives,
+            "programs": sorted({name for name, _, _ in llm.engine.runner.compiled_programs()}),
             "num_layers": llm.engine.runner.loaded.args.num_layers,
             "hidden_size": llm.engine.runner.loaded.args.hidden_size,
             "kv_replicas": llm.engine.runner.loaded.kv_replicas,
