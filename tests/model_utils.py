@@ -61,10 +61,11 @@ def save_tiny_checkpoint(
     return out_dir
 
 
-def random_llama(root: Path, tokenizer_dir: Path, num_heads: int, num_kv_heads: int) -> Path:
+def random_llama(root: Path, tokenizer_dir: Path, num_heads: int, num_kv_heads: int, **overrides: int) -> Path:
     """A 2-layer random Llama with head_dim 16 and the default model's tokenizer (so ``LLM`` can serve it).
 
     A wide initializer keeps greedy decoding off a single repeated token, so token equality means something.
+    ``overrides``: config keys, e.g. sizes a tensor-parallel size must divide.
     """
     config = {
         **TINY_CONFIG,
@@ -77,6 +78,7 @@ def random_llama(root: Path, tokenizer_dir: Path, num_heads: int, num_kv_heads: 
         "eos_token_id": 2,
         "tie_word_embeddings": True,
         "initializer_range": 0.3,
+        **overrides,
     }
     out = save_tiny_checkpoint("LlamaForCausalLM", config, root / f"llama_{num_heads}q_{num_kv_heads}kv")
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):

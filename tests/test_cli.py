@@ -10,6 +10,7 @@ import sys
 import types
 from pathlib import Path
 
+import jax
 import pytest
 import yaml
 
@@ -39,6 +40,8 @@ def expected(tiny_model: Path) -> dict[str, CompletionOutput]:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "JLLM_CACHE": str(cwd / "cache")}
+    if jax.config.jax_compilation_cache_dir:  # where `expected`'s engine left its programs: the CLI's loads them
+        env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     return subprocess.run(
         [sys.executable, "-m", "jllm.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )

@@ -23,7 +23,8 @@ SHARDED = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "embed_tokens")
 def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("tp")
     spec = {
-        "default_model": str(default_model_dir),
+        # the default model's heads (9 query, 3 KV) on 2 layers; its hidden size and MLP are multiples of 9 and 3 too
+        "model_9q_3kv": str(random_llama(tmp, default_model_dir, 9, 3, hidden_size=144, intermediate_size=96)),
         "model_32q_8kv": str(random_llama(tmp, default_model_dir, 32, 8)),
         "model_16q_2kv": str(random_llama(tmp, default_model_dir, 16, 2)),
         "cache_dir": str(tmp / "jllm_cache"),
@@ -35,7 +36,7 @@ def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
+@pytest.mark.parametrize("case, sizes", [("9q_3kv", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_every_tp_size_gives_tp1_greedy_tokens_and_logits(found, case, sizes):
     runs = found["generate"][case]
     assert sorted(runs) == sorted(map(str, [1, *sizes]))
@@ -47,7 +48,7 @@ def test_every_tp_size_gives_tp1_greedy_tokens_and_logits(found, case, sizes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
+@pytest.mark.parametrize("case, sizes", [("9q_3kv", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
     for tp in sizes:
         params = found["generate"][case][str(tp)]["params"]
@@ -61,7 +62,7 @@ def test_parameters_are_sharded_over_the_tp_devices(found, case, sizes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, kv_heads, sizes", [("default", 3, [3]), ("32q_8kv", 8, [2, 8]), ("16q_2kv", 2, [4, 8])])
+@pytest.mark.parametrize("case, kv_heads, sizes", [("9q_3kv", 3, [3]), ("32q_8kv", 8, [2, 8]), ("16q_2kv", 2, [4, 8])])
 def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(found, case, kv_heads, sizes):
     for tp in sizes:
         run = found["generate"][case][str(tp)]
@@ -79,7 +80,7 @@ def test_pool_is_split_by_kv_head_and_replicated_heads_cost_one_head_per_device(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
+@pytest.mark.parametrize("case, sizes", [("9q_3kv", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_xla_splits_the_matmuls_megatron_style(found, case, sizes):
     """Each compiled forward program all-reduces the hidden states twice a layer (after the row-split O and down
     projections) and once for the vocabulary-split embedding lookup; the column-split matmuls need no communication.
@@ -98,7 +99,7 @@ def test_xla_splits_the_matmuls_megatron_style(found, case, sizes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, sizes", [("default", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
+@pytest.mark.parametrize("case, sizes", [("9q_3kv", [3]), ("32q_8kv", [2, 8]), ("16q_2kv", [4, 8])])
 def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
     """No parameter or pool is assembled whole on a device: the only all-gathers are of ``[S, ...]`` rows for
     sampling (the vocabulary-split logits of the scheduled sequences and their per-device candidates; the general
@@ -107,6 +108,8 @@ def test_step_gathers_only_the_sampled_rows_logits(found, case, sizes):
     args = found["engine_args"]
     max_rows = max(args["max_num_seqs"], args["max_num_batched_tokens"])
     for tp in sizes:
+        programs = {"forward", "prompt_logprobs", "sampler_0_greedy", "sampler_0_random", "sampler_20_truncated"}
+        assert found["generate"][case][str(tp)]["programs"] == sorted(programs), "a kind of program went unchecked"
         for program in found["generate"][case][str(tp)]["step_collectives"]:
             gathered = [dims for op, dims in program if op == "all-gather"]
             assert all(len(dims) in (2, 3) and dims[0] <= max_rows for dims in gathered), gathered
@@ -146,12 +149,12 @@ def test_pallas_kernel_runs_per_device_under_shard_map(found):
 @pytest.mark.slow
 def test_tp_size_the_heads_do_not_divide_is_refused_naming_key_and_heads(found):
     refused = found["refused"]
-    for key, heads in (("default_tp2", (9, 3)), ("default_tp4", (9, 3)), ("16q_2kv_tp3", (16, 2))):
+    for key, heads in (("9q_3kv_tp2", (9, 3)), ("9q_3kv_tp4", (9, 3)), ("16q_2kv_tp3", (16, 2))):
         message = refused[key]
         tp = key.rsplit("tp", 1)[1]
         assert f"tensor_parallel_size={tp}" in message, message
         assert f"{heads[0]} attention heads and {heads[1]} KV heads" in message, message
-    assert "[1, 3, 9]" in refused["default_tp2"]
+    assert "[1, 3, 9]" in refused["9q_3kv_tp2"]
 
 
 def test_valid_sizes_follow_vllms_kv_replication_rule():

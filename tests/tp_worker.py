@@ -35,11 +35,17 @@ from jllm import LLM, SamplingParams, kv_cache, loader, parallel  # noqa: E402
 from jllm.attention import AttentionMetadata, paged_attention  # noqa: E402
 from jllm.loader import LoadedModel, load_model, save_model  # noqa: E402
 
-# Small engine: 2 step buckets (16 tokens x 1/4 sequences) compile in seconds; 10 engines are built in all.
+# Small engine: 2 step buckets (16 tokens x 1/4 sequences) compile in seconds.
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
 # Ragged on purpose: the 40-token prompt is prefilled in 16-token chunks beside the decodes of the others.
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+# Requests that compile, on first use, the step programs greedy decoding leaves out: the random base sampler, and the
+# general sampler (top-k, logprobs, a penalty) with the prompt-logprobs program.
+OTHER_PROGRAMS = [
+    SamplingParams(temperature=1.0, seed=0, max_tokens=2),
+    SamplingParams(temperature=1.0, top_k=5, seed=0, max_tokens=2, logprobs=2, prompt_logprobs=2, presence_penalty=0.5),
+]
 # "%x = f32[16,576]{1,0} all-reduce(" -> ("f32", "16,576", "all-reduce")
 COLLECTIVE = re.compile(
     r"= (\w+)\[([\d,]*)\]\S* (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\("
@@ -118,14 +124,17 @@ def placement(llm: LLM) -> dict[str, Any]:
 
 
 def generate_case(model_dir: str, sizes: list[int]) -> dict[str, Any]:
-    """Greedy tokens, prefill logits, placements and the collectives of the engine's step programs (compiled at
-    start-up) at each TP size; logits compared with TP=1's here."""
+    """Greedy tokens, prefill logits, placements, and the names and collectives of the engine's step programs
+    (compiled on first use: greedy decoding's, and above TP 1 ``OTHER_PROGRAMS``') at each TP size; logits compared
+    with TP=1's here."""
     results: dict[str, Any] = {}
     reference = None
     for tp in [1, *sizes]:
+        llm = LLM(model_dir, tensor_parallel_size=tp, compile_at_start=False, **ENGINE_ARGS)
         with collectives_of_compiled_programs() as step_collectives:
-            llm = LLM(model_dir, tensor_parallel_size=tp, **ENGINE_ARGS)
-        tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+            tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+            for params in OTHER_PROGRAMS if tp > 1 else []:  # TP 1 is only the tokens' and logits' reference
+                llm.generate([PROMPTS[1]], params, use_tqdm=False)
         logits = prefill_logits(llm.engine.runner.loaded, PROMPTS[2])
         reference = logits if reference is None else reference
         results[str(tp)] = {
@@ -133,6 +142,7 @@ def generate_case(model_dir: str, sizes: list[int]) -> dict[str, Any]:
             "logits_max_abs_diff": float(np.abs(logits - reference).max()),
             "logits_max_abs": float(np.abs(reference).max()),
             "step_collectives": step_collectives,
+            "programs": sorted({name for name, _, _ in llm.engine.runner.compiled_programs()}),
             "num_layers": llm.engine.runner.loaded.args.num_layers,
             "hidden_size": llm.engine.runner.loaded.args.hidden_size,
             "kv_replicas": llm.engine.runner.loaded.kv_replicas,
@@ -248,14 +258,14 @@ def main() -> None:
         found = {name: family_case(model_dir, sizes, out) for name, (model_dir, sizes) in spec["families"].items()}
         Path(sys.argv[2]).write_text(json.dumps({"devices": jax.device_count(), "generate": found}))
         return
-    default, gqa, replicated = spec["default_model"], spec["model_32q_8kv"], spec["model_16q_2kv"]
+    odd, gqa, replicated = spec["model_9q_3kv"], spec["model_32q_8kv"], spec["model_16q_2kv"]
     tmp = Path(spec["tmp_dir"])
     results = {
         "devices": jax.device_count(),
         "engine_args": ENGINE_ARGS,
         "refused": {
-            "default_tp2": refused(default, 2),
-            "default_tp4": refused(default, 4),
+            "9q_3kv_tp2": refused(odd, 2),
+            "9q_3kv_tp4": refused(odd, 4),
             "16q_2kv_tp3": refused(replicated, 3),
         },
         "loader_reads": {"32q_8kv_tp4": loader_reads(gqa, 4), "16q_2kv_tp8": loader_reads(replicated, 8)},
@@ -265,7 +275,7 @@ def main() -> None:
         },
         "pallas_shard_map": pallas_under_shard_map([2, 4]),
         "generate": {
-            "default": generate_case(default, [3]),
+            "9q_3kv": generate_case(odd, [3]),
             "32q_8kv": generate_case(gqa, [2, 8]),
             "16q_2kv": generate_case(replicated, [4, 8]),
         },
