@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from jllm.config import ConfigError, EngineConfig, engine_keys, key_type, load_config, unknown_key_error
 from jllm.sampling import SamplingParams
+from jllm.timing import show_info_logs
 
 if TYPE_CHECKING:
     from jllm.llm import LLM
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown[0].startswith("-"):
             parser.exit(2, f"jllm: error: {unknown_key_error(unknown[0].split('=')[0], options, where='option')}\n")
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    show_info_logs()  # the start-up phases' lines, as vLLM's command shows them
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:  # ConfigError is a ValueError
