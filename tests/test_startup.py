@@ -81,6 +81,11 @@ def test_warmup_compiles_exactly_what_steps_compile_on_first_use(warmed, lazy):
     runner = warmed[0].engine.runner
     assert_only_warmup_programs(runner)
     assert sorted(f"{name} {layout}" for name, layout, _ in runner.compiled_programs()) == lazy["programs"]
+    # The logits programs take the LM head's kernel alone (the model's own array), not every parameter.
+    assert len(runner.head_params) == 1 and any(runner.head_params[0] is p for p in runner.params)
+    for name, _, compiled in runner.compiled_programs():
+        forward_inputs = len(runner.params) + len(runner.kv_caches) + 2  # the pool, the step buffer, the last tokens
+        assert compiled.in_tree.num_leaves == (forward_inputs if name == "forward" else 3), name
 
 
 @pytest.mark.slow
