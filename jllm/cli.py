@@ -77,6 +77,7 @@ def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
     output, but skips compiling step buckets for batches that cannot happen (minutes on a CPU)."""
     from jllm.llm import LLM  # the engine and JAX load only once the input is known to be good
 
+    show_info_logs("jllm")  # the start-up phases' lines (other libraries' INFO stays quiet), as vLLM's command shows
     if max_concurrent is not None:
         config = config.replace(max_num_seqs=min(config.scheduler.max_num_seqs, max_concurrent))
     return LLM(**config.to_flat())
@@ -187,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         if unknown[0].startswith("-"):
             parser.exit(2, f"jllm: error: {unknown_key_error(unknown[0].split('=')[0], options, where='option')}\n")
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    show_info_logs()  # the start-up phases' lines, as vLLM's command shows them
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:  # ConfigError is a ValueError

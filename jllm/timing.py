@@ -21,10 +21,13 @@ from collections.abc import Iterator
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # jax.monitoring's, once per program read from the cache
 
 
-def show_info_logs() -> None:
-    """INFO lines to stderr, unless the caller configured logging: the `jllm` command's start-up phases, the
-    server's address and requests."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def show_info_logs(name: str | None = None) -> None:
+    """INFO lines of logger ``name`` (None: every logger) to stderr, unless the caller configured logging: the
+    `jllm` command's start-up phases (``"jllm"``), the server's address and request lines (every logger)."""
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(name).setLevel(logging.INFO)
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -191,3 +192,16 @@ def test_profile_startup_script_reads_a_cold_start_then_a_warm_one_from_the_cach
     for run in (cold, warm):
         assert set(run["phases"]) == PHASES
         assert run["ready_s"] > run["phases"]["worker ready"] > run["phases"]["warm-up"] > 0
+
+
+def test_the_jllm_command_shows_jllm_info_lines_and_keeps_other_libraries_quiet():
+    """In a fresh interpreter: logging is configured once, before anything else (a configured root is left alone)."""
+    code = (
+        "import logging; from jllm.timing import show_info_logs; show_info_logs('jllm');"
+        "logging.getLogger('jllm.build').info('weights loaded'); logging.getLogger('jax').info('tpu probe');"
+        "logging.getLogger('jax').warning('a warning'); show_info_logs(); logging.getLogger('aiohttp').info('request')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["INFO jllm.build: weights loaded", "WARNING jax: a warning"]
