@@ -181,17 +181,16 @@ class ModelRunner:
         """Compiles every program a request can pick (``warmup_plans``) now, so no request waits on the compiler.
 
         Tracing and lowering hold the GIL but XLA compiles without it, so each program compiles on a worker thread
-        while the next one is traced: on a many-core host the buckets of a large model compile side by side. The
-        largest bucket goes first: its forward is the longest compile, so it no longer starts after everything else
-        has been traced. ``run`` (default: off a CPU, where running every bucket's padding takes ~20 s and pays no
-        first-run cost ahead) then runs each bucket's forward once and every sampler on it, which loads the programs
-        onto the devices.
+        while the next one is traced: on a many-core host the buckets of a large model compile side by side.
+        ``run`` (default: off a CPU, where running every bucket's padding takes ~20 s and pays no first-run cost
+        ahead) then runs each bucket's forward once and every sampler on it, which loads the programs onto the
+        devices.
         """
         report = WarmupReport(threads=min(MAX_COMPILE_THREADS, os.cpu_count() or 1, len(self.buckets)))
         pending: dict[ProgramKey, Future[jax.stages.Compiled]] = {}
         runs = []
         with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
-            for bucket in reversed(self.buckets):
+            for bucket in self.buckets:
                 steps = [self.put(plan) for plan in self.warmup_plans(bucket)]
                 self._submit_compiles(steps, pending, pool, report)
                 runs.append(steps)

@@ -1,7 +1,8 @@
 """Start-up time, cold and warm: ``LLM(...)`` in fresh processes, the first on an empty persistent compilation cache
 (a temporary directory), the rest on the same directory again. Per run: the time to import jllm, each start-up
 phase (the INFO lines of ``jllm.build``, read from their log records), and within the warm-up, per program kind,
-tracing, lowering and compiling (compile seconds summed over the compiling threads), and cache hits.
+tracing, lowering and compiling (compile seconds summed over the compiling threads), and cache hits; and the
+process's CPU seconds at ready (all threads), steadier than wall time where other work shares the cores.
 
     PYTHONPATH=. python scripts/profile_startup.py                       # the default model, 1 cold + 1 warm
     PYTHONPATH=. python scripts/profile_startup.py --config configs/bench-tiny-cpu.yaml --warm-runs 2 --json s.json
@@ -53,7 +54,8 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> d
     logging.getLogger("jllm").setLevel(logging.INFO)
     jllm.llm.LLM(model, config=config, **overrides)
     ready = time.perf_counter() - start
-    out: dict[str, Any] = {"import_s": imported, "ready_s": ready, "phases": {}}
+    # CPU seconds of every thread since the process started: steadier than wall time on a machine shared with other work
+    out: dict[str, Any] = {"import_s": imported, "ready_s": ready, "cpu_s": time.process_time(), "phases": {}}
     for phase, figures in records.phases.items():
         out["phases"][phase] = figures["seconds"]
         report = figures["warmup"]
@@ -79,10 +81,11 @@ def run_once(args: argparse.Namespace, cache: str) -> dict[str, Any]:
 
 def print_table(runs: list[dict[str, Any]]) -> None:
     phases = list(dict.fromkeys(p for run in runs for p in run["phases"]))
-    print("| run | import s | " + " | ".join(f"{p} s" for p in phases) + " | ready s |")
-    print("| --- " * (len(phases) + 3) + "|")
+    print("| run | import s | " + " | ".join(f"{p} s" for p in phases) + " | ready s | CPU s |")
+    print("| --- " * (len(phases) + 4) + "|")
     for run in runs:
-        cells = [f"{run['import_s']:.2f}", *(f"{run['phases'].get(p, 0):.2f}" for p in phases), f"{run['ready_s']:.2f}"]
+        cells = [f"{run['import_s']:.2f}", *(f"{run['phases'].get(p, 0):.2f}" for p in phases)]
+        cells += [f"{run['ready_s']:.2f}", f"{run['cpu_s']:.1f}"]
         print(f"| {run['name']} | " + " | ".join(cells) + " |")
     print("\n| run | kind | programs | trace s | lower s | compile s (summed over threads) |")
     print("| --- | --- | --- | --- | --- | --- |")
