@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 
@@ -27,6 +28,7 @@ from jllm.model_source import cache_dir, resolve_model
 from jllm.runner import ModelRunner
 from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry
+from jllm.timing import log_phase, timed
 from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -46,30 +48,60 @@ class Worker:
 
 def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache under the jllm cache, unless the user already pointed it elsewhere:
-    a restart with the same model and shapes then loads its step programs instead of compiling them."""
+    a restart with the same model and shapes then loads its step programs instead of compiling them. Every program,
+    however quick its compile: JAX skips those under a second by default, which left 26 of the default model's 52
+    step programs (the samplers, the small buckets) to compile again at every warm start (CPU, 2026-12-03)."""
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
-    """Loads the model, allocates the KV pool and compiles the step programs; the same on every process."""
-    distributed.initialize(config.parallel)  # before anything touches a device
-    publisher = distributed.claim_engine()
-    enable_compilation_cache()
-    model_dir = resolve_model(config.model.model)
-    mesh = parallel.make_mesh(config.parallel.tensor_parallel_size)
+    """Loads the model, allocates the KV pool and compiles the step programs; the same on every process. Each phase
+    logs its time at INFO (``jllm.timing``)."""
+    with timed() as ready:
+        distributed.initialize(config.parallel)  # before anything touches a device
+        publisher = distributed.claim_engine()
+        enable_compilation_cache()
+        with timed() as elapsed:
+            model_dir = resolve_model(config.model.model)
+        log_phase(logger, "model found", elapsed.seconds, str(model_dir))
+        loaded = _load(config, model_dir)
+        with timed() as elapsed:
+            tokenizer = Tokenizer.from_pretrained(model_dir)
+        log_phase(logger, "tokenizer loaded", elapsed.seconds)
+        worker = _worker(config, loaded, tokenizer, publisher, show_progress=show_progress)
+    log_phase(logger, "worker ready", ready.seconds)
+    return worker
+
+
+def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:
     m = config.model
-    loaded = load_model(
-        model_dir,
-        mesh=mesh,
-        dtype=m.dtype,
-        load_format=m.load_format,
-        seed=m.seed,
-        quantization=m.quantization,
-        fp8_dot_min_tokens=m.fp8_dot_min_tokens,
-        fp8_kernel_max_tokens=m.fp8_kernel_max_tokens,
-    )
-    tokenizer = Tokenizer.from_pretrained(model_dir)
+    with timed() as elapsed:
+        loaded = load_model(
+            model_dir,
+            mesh=parallel.make_mesh(config.parallel.tensor_parallel_size),
+            dtype=m.dtype,
+            load_format=m.load_format,
+            seed=m.seed,
+            quantization=m.quantization,
+            fp8_dot_min_tokens=m.fp8_dot_min_tokens,
+            fp8_kernel_max_tokens=m.fp8_kernel_max_tokens,
+        )
+    gigabytes = sum(x.nbytes for x in jax.tree.leaves(loaded.model)) / 1e9
+    log_phase(logger, "weights loaded", elapsed.seconds, f"{gigabytes:.3g} GB, {m.load_format}")
+    return loaded
+
+
+def _worker(
+    config: EngineConfig,
+    loaded: LoadedModel,
+    tokenizer: Tokenizer,
+    publisher: distributed.PlanPublisher | None,
+    *,
+    show_progress: bool,
+) -> Worker:
+    """The KV pool and the runner over it, warmed up."""
     args = loaded.args
     max_model_len = config.model.max_model_len or args.max_position_embeddings
     if max_model_len > args.max_position_embeddings:
@@ -82,9 +114,12 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
     backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype)  # before any allocation
     num_pages = _num_pages(config, spec, loaded)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
-    pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(mesh))
+    with timed() as elapsed:
+        pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(loaded.mesh))
+    gigabytes = num_pages * spec.bytes_per_page / 1e9
+    pages = f"{num_pages} pages of {page_size} tokens in {spec.dtype.name}, {gigabytes:.3g} GB"
+    log_phase(logger, "KV pool allocated", elapsed.seconds, pages)
     sched = config.scheduler
-    logger.info("KV pool: %d pages of %d tokens in %s", num_pages, page_size, spec.dtype.name)
     logger.info(describe_backend(backend))
     runner = ModelRunner(
         loaded,
@@ -98,7 +133,9 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         attention_backend=backend,
     )
     if sched.compile_at_start:
-        runner.warmup(show_progress=show_progress)
+        with timed() as elapsed:
+            report = runner.warmup(show_progress=show_progress)
+        report.log(logger, elapsed.seconds)
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
 
 

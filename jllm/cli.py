@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from jllm.config import ConfigError, EngineConfig, engine_keys, key_type, load_config, unknown_key_error
 from jllm.sampling import SamplingParams
+from jllm.timing import show_info_logs
 
 if TYPE_CHECKING:
     from jllm.llm import LLM
@@ -76,6 +77,7 @@ def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
     output, but skips compiling step buckets for batches that cannot happen (minutes on a CPU)."""
     from jllm.llm import LLM  # the engine and JAX load only once the input is known to be good
 
+    show_info_logs("jllm")  # the start-up phases' lines (other libraries' INFO stays quiet), as vLLM's command shows
     if max_concurrent is not None:
         config = config.replace(max_num_seqs=min(config.scheduler.max_num_seqs, max_concurrent))
     return LLM(**config.to_flat())

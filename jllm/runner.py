@@ -44,6 +44,7 @@ from jllm.step_inputs import (
     sampler_widths,
 )
 from jllm.step_results import StepResult, step_result
+from jllm.timing import WarmupReport, timed
 
 MAX_COMPILE_THREADS = 8
 # XLA's CUDA-graph command buffers, re-pointed at each call's buffers by remapping virtual addresses instead of
@@ -95,6 +96,9 @@ class ModelRunner:
         # The programs take the state's leaves: flattening a list of arrays costs microseconds a call, the nnx.State
         # ~0.56 ms (Llama-3-8B's 195 leaves, this CPU), paid by every program a step runs.
         self.params, self.state_def = jax.tree.flatten(self.state)
+        # The sampler's and prompt logprobs' programs take the LM head's leaves alone (shared with ``params``).
+        self.head_graphdef, head_state = nnx.split(loaded.model.logits_head())
+        self.head_params, self.head_def = jax.tree.flatten(head_state)
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches
         self.kv_sharding = kv_caches[0].sharding  # as allocated: the tensor-parallel layout
@@ -127,32 +131,29 @@ class ModelRunner:
         keys = [("forward", None, step.layout), ("sampler", (top, mode), step.sampler_layout)]
         return keys + ([("prompt_logprobs", None, step.layout)] if prompt is not None else [])
 
-    def _lower(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> jax.stages.Lowered:
-        """``outputs``: the forward's (hidden, rows), or their ``ShapeDtypeStruct``s (warm-up lowers before anything
+    def _trace(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> jax.stages.Traced:
+        """``outputs``: the forward's (hidden, rows), or their ``ShapeDtypeStruct``s (warm-up traces before anything
         runs); unused for the forward itself."""
         kind, variant, _ = key
         if kind == "forward":
             fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, step.layout)
-            return jax.jit(self._on_params(fn), donate_argnums=(1,)).lower(
+            return jax.jit(_on_leaves(fn, self.state_def), donate_argnums=(1,)).trace(
                 self.params, self.kv_caches, step.buffer, self._last_tokens
             )
         hidden, rows = outputs
         if kind == "sampler":
             num_rows = self._last_tokens.shape[0]
-            fn = functools.partial(step_programs.sample, self.graphdef, variant, step.sampler_layout, num_rows=num_rows)
-            return jax.jit(self._on_params(fn)).lower(self.params, rows, step.sampler_buffer)
-        fn = functools.partial(step_programs.prompt_logprobs, self.graphdef, step.layout)
-        return jax.jit(self._on_params(fn)).lower(self.params, hidden, step.buffer)
-
-    def _on_params(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn(state, *args)`` as a function of the state's leaves (``self.params``)."""
-        return lambda params, *args: fn(jax.tree.unflatten(self.state_def, params), *args)
+            head = self.head_graphdef
+            fn = functools.partial(step_programs.sample, head, variant, step.sampler_layout, num_rows=num_rows)
+            return jax.jit(_on_leaves(fn, self.head_def)).trace(self.head_params, rows, step.sampler_buffer)
+        fn = functools.partial(step_programs.prompt_logprobs, self.head_graphdef, step.layout)
+        return jax.jit(_on_leaves(fn, self.head_def)).trace(self.head_params, hidden, step.buffer)
 
     def _program(
         self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None = None
     ) -> jax.stages.Compiled:
         if key not in self._programs:  # a shape warm-up missed: compiled here, while the step waits
-            self._programs[key] = self._lower(key, step, outputs).compile(COMPILER_OPTIONS)
+            self._programs[key] = self._trace(key, step, outputs).lower().compile(COMPILER_OPTIONS)
         return self._programs[key]
 
     @property
@@ -176,37 +177,62 @@ class ModelRunner:
                 array.delete()
         self._programs.clear()
 
-    def warmup(self, show_progress: bool = True) -> None:
+    def warmup(self, show_progress: bool = True, run: bool | None = None) -> WarmupReport:
         """Compiles every program a request can pick (``warmup_plans``) now, so no request waits on the compiler.
 
-        Tracing holds the GIL but XLA compiles without it, so each program compiles on a worker thread while the
-        next one is traced: on a many-core host the buckets of a large model compile side by side.
+        Tracing and lowering hold the GIL but XLA compiles without it, so each program compiles on a worker thread
+        while the next one is traced: on a many-core host the buckets of a large model compile side by side.
+        ``run`` (default: off a CPU, where running every bucket's padding takes ~20 s and pays no first-run cost
+        ahead) then runs each bucket's forward once and every sampler on it, which loads the programs onto the
+        devices.
         """
-        workers = min(MAX_COMPILE_THREADS, os.cpu_count() or 1, len(self.buckets))
-        replicated = parallel.replicated(self.mesh)
+        report = WarmupReport(threads=min(MAX_COMPILE_THREADS, os.cpu_count() or 1, len(self.buckets)))
         pending: dict[ProgramKey, Future[jax.stages.Compiled]] = {}
-        steps = []
-        with ThreadPoolExecutor(workers) as pool:
+        runs = []
+        with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
             for bucket in self.buckets:
-                outputs = None
-                for step in map(self.put, self.warmup_plans(bucket)):
-                    steps.append(step)
-                    for key in self._program_keys(step):
-                        if key in pending:
-                            continue
-                        lowered = self._lower(key, step, outputs)
-                        if key[0] == "forward":  # the others are lowered on its outputs' shapes
-                            outputs = tuple(
-                                jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=replicated)
-                                for o in lowered.out_info[:2]
-                            )
-                        pending[key] = pool.submit(lowered.compile, COMPILER_OPTIONS)
+                steps = [self.put(plan) for plan in self.warmup_plans(bucket)]
+                self._submit_compiles(steps, pending, pool, report)
+                runs.append(steps)
             for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
                 self._programs[key] = future.result()
-        if self.mesh.devices.flat[0].platform == "cpu":
-            return  # no first-run cost to pay ahead on a CPU, where running every bucket's padding takes ~20 s
-        for step in steps:  # one run each: loads the programs onto the devices
-            self.dispatch(step)
+        if run if run is not None else self.mesh.devices.flat[0].platform != "cpu":
+            with timed() as elapsed:
+                for steps in runs:
+                    outputs = self._forward(steps[0])  # the plans of a bucket differ only in what they sample
+                    for step in steps:
+                        self._sample(step, outputs)
+                jax.block_until_ready(self._last_tokens)
+            report.run_s = elapsed.seconds
+        return report
+
+    def _submit_compiles(
+        self,
+        steps: list[DeviceStep],
+        pending: dict[ProgramKey, Future[jax.stages.Compiled]],
+        pool: ThreadPoolExecutor,
+        report: WarmupReport,
+    ) -> None:
+        """Traces and lowers (here, timed) each program of ``steps`` not yet ``pending``, and queues its compile."""
+        outputs = None
+        for step in steps:
+            for key in self._program_keys(step):
+                if key in pending:
+                    continue
+                times = report.kinds[key[0]]
+                with timed() as trace:
+                    traced = self._trace(key, step, outputs)
+                with timed() as lower:
+                    lowered = traced.lower()
+                times.programs += 1
+                times.trace_s += trace.seconds
+                times.lower_s += lower.seconds
+                if key[0] == "forward":  # the others are traced on its outputs' shapes
+                    replicated = parallel.replicated(self.mesh)
+                    outputs = tuple(
+                        jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=replicated) for o in traced.out_info[:2]
+                    )
+                pending[key] = pool.submit(_compile, lowered, key[0], report)
 
     def warmup_plans(self, bucket: StepBucket) -> list[StepPlan]:
         """All-padding plans (alike on every process) that run every program a step of ``bucket`` can pick: the base
@@ -321,9 +347,25 @@ class ModelRunner:
         self, step: DeviceStep, outputs: tuple[jax.Array, jax.Array]
     ) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         (hidden, rows), (_, sampler_key, *prompt_key) = outputs, self._program_keys(step)
-        out, self._last_tokens = self._program(sampler_key, step, outputs)(self.params, rows, step.sampler_buffer)
-        prompt = self._program(prompt_key[0], step, outputs)(self.params, hidden, step.buffer) if prompt_key else None
+        sampler = self._program(sampler_key, step, outputs)
+        out, self._last_tokens = sampler(self.head_params, rows, step.sampler_buffer)
+        prompt = None
+        if prompt_key:
+            prompt = self._program(prompt_key[0], step, outputs)(self.head_params, hidden, step.buffer)
         return out, prompt
+
+
+def _on_leaves(fn: Callable[..., Any], treedef: Any) -> Callable[..., Any]:
+    """``fn(state, *args)`` as a function of the state's leaves (``treedef`` flattened)."""
+    return lambda leaves, *args: fn(jax.tree.unflatten(treedef, leaves), *args)
+
+
+def _compile(lowered: jax.stages.Lowered, kind: str, report: WarmupReport) -> jax.stages.Compiled:
+    """On a worker thread: XLA's compile, timed into ``report``."""
+    with timed() as elapsed:
+        compiled = lowered.compile(COMPILER_OPTIONS)
+    report.add_compile(kind, elapsed.seconds)
+    return compiled
 
 
 def _sampler_tree(plan: StepPlan, constraints: TokenConstraints | None) -> tuple[SamplingMetadata, TokenConstraints]:

@@ -48,17 +48,17 @@ def forward(
 
 
 def sample(
-    graphdef: nnx.GraphDef,
+    head_graphdef: nnx.GraphDef,
     variant: tuple[int, SamplingMode],
     sampler_layout: InputLayout,
-    state: nnx.State,
+    head_state: nnx.State,
     rows: jax.Array,
     sampler_buffer: jax.Array,
     num_rows: int,
 ) -> tuple[SamplerOutput, jax.Array]:
     """Logits of the sampling rows ``rows`` [S, hidden], then the sampler: a program of its own, so a sampling
-    variant compiles in a fraction of the model's time, once per row count S (not per bucket). Only the LM head's
-    parameters are used. ``variant``: (num_top_logprobs, mode), static.
+    variant compiles in a fraction of the model's time, once per row count S (not per bucket). It takes only the LM
+    head's parameters (``decoder.LogitsHead``). ``variant``: (num_top_logprobs, mode), static.
 
     ``sampler_buffer`` holds the packed ``(SamplingMetadata, TokenConstraints)``: the per-row settings and the mask
     and logit bias, apart from the forward's buffer so their widths never change it. Also returns the sampled
@@ -66,17 +66,17 @@ def sample(
     step's bucket.
     """
     num_top_logprobs, mode = variant
-    logits = nnx.merge(graphdef, state).compute_logits(rows)  # [S, vocab] f32
+    logits = nnx.merge(head_graphdef, head_state)(rows)  # [S, vocab] f32
     sampling, constraints = unpack_inputs(sampler_layout, sampler_buffer)
     out = sampler.sample(logits, sampling, constraints, num_top_logprobs=num_top_logprobs, mode=mode)
     return out, jnp.zeros(num_rows, jnp.int32).at[: out.token_ids.shape[0]].set(out.token_ids)
 
 
 def prompt_logprobs(
-    graphdef: nnx.GraphDef, layout: InputLayout, state: nnx.State, hidden: jax.Array, buffer: jax.Array
+    head_graphdef: nnx.GraphDef, layout: InputLayout, head_state: nnx.State, hidden: jax.Array, buffer: jax.Array
 ) -> PromptLogprobsOutput:
     """The logprobs of each prompt token's successor and the top ``MAX_LOGPROBS`` [T]: a program of its own per
     bucket, run beside whichever sampler the step takes when some row asks for prompt logprobs."""
     inputs = unpack_inputs(layout, buffer)
-    logits = nnx.merge(graphdef, state).compute_logits(hidden)  # [T, vocab]
+    logits = nnx.merge(head_graphdef, head_state)(hidden)  # [T, vocab]
     return sampler.prompt_logprobs(logits, inputs.prompt_targets, num_top_logprobs=MAX_LOGPROBS)

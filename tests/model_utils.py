@@ -157,12 +157,13 @@ def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float, worker: str =
     return json.loads((tmp / "out.json").read_text())
 
 
-def run_interpreter_worker(worker: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A ``worker`` script beside this file that runs Triton kernels in Triton's interpreter on ``cases`` (JSON on
-    argv[1], one JSON line per case back), in a subprocess: ``TRITON_INTERPRET`` must be set before Triton compiles
-    anything, and the rest of the suite must not see it."""
+def run_worker(worker: str, cases: list[dict[str, Any]], **env_vars: str) -> list[dict[str, Any]]:
+    """A ``worker`` script beside this file run on ``cases`` (JSON on argv[1], one JSON line per case back) in a
+    subprocess, for settings that must hold before Triton or JAX start and that the rest of the suite must not see:
+    ``TRITON_INTERPRET`` (Triton kernels in Triton's interpreter), ``JAX_ENABLE_COMPILATION_CACHE``."""
     tests = Path(__file__).resolve().parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent)]), JAX_PLATFORMS="cpu")
+    env.update(env_vars)
     proc = subprocess.run(
         [sys.executable, str(tests / worker), json.dumps(cases)], capture_output=True, text=True, timeout=600, env=env
     )

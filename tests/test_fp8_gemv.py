@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from model_utils import TINY_CONFIG, run_interpreter_worker
+from model_utils import TINY_CONFIG, run_worker
 
 from jllm.config import ConfigError, load_config
 from jllm.loader import load_model
@@ -55,7 +55,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def interpreted() -> list[dict]:
-    return run_interpreter_worker("fp8_gemv_worker.py", CASES)
+    return run_worker("fp8_gemv_worker.py", CASES)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_utils import run_interpreter_worker
+from model_utils import run_worker
 
 from pallas_kernels.triton_prefill import PrefillConfig, check_shapes, default_prefill_config, work_items
 
@@ -40,7 +40,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def interpreted() -> list[dict]:
-    return run_interpreter_worker("triton_prefill_worker.py", CASES)
+    return run_worker("triton_prefill_worker.py", CASES)
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
 from jllm.server.state import STATE, ServerState
+from jllm.timing import show_info_logs
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def run_server(config: EngineConfig | ServeConfig) -> None:
     Under ``jax.distributed`` only the lead (process 0) listens; a follower runs the lead's steps until it stops.
     """
     serve = config if isinstance(config, ServeConfig) else ServeConfig(config, (entry_of(config),))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    show_info_logs()
     distributed.initialize(serve.config.parallel)
     if not distributed.is_lead():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the lead drains on SIGTERM and needs its followers for it

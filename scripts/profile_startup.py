@@ -1,0 +1,134 @@
+"""Start-up time, cold and warm: ``LLM(...)`` in fresh processes, the first on an empty persistent compilation cache
+(a temporary directory), the rest on the same directory again. Per run: the time to import jllm, each start-up
+phase (the INFO lines of ``jllm.build``, read from their log records), and within the warm-up, per program kind,
+tracing, lowering and compiling (compile seconds summed over the compiling threads), and cache hits; and the
+process's CPU seconds at ready (all threads), steadier than wall time where other work shares the cores.
+
+    PYTHONPATH=. python scripts/profile_startup.py                       # the default model, 1 cold + 1 warm
+    PYTHONPATH=. python scripts/profile_startup.py --config configs/bench-tiny-cpu.yaml --warm-runs 2 --json s.json
+    PYTHONPATH=. python scripts/profile_startup.py --set max_model_len=2048 --set max_num_batched_tokens=512
+
+The converted default model stays in ``$JLLM_CACHE``; only the XLA cache is fresh (``JAX_COMPILATION_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bench_common as common
+import yaml
+
+KINDS = ("forward", "sampler", "prompt_logprobs")
+
+
+class PhaseRecords(logging.Handler):
+    """Keeps the figures of each start-up phase's log record (``jllm.timing.log_phase``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.phases: dict[str, dict[str, Any]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        phase = getattr(record, "startup_phase", None)
+        if phase is not None:
+            self.phases[phase] = {"seconds": record.seconds, "warmup": getattr(record, "warmup", None)}
+
+
+def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One start-up in this (fresh) process; its figures, JSON-ready."""
+    start = time.perf_counter()
+    import jllm.llm
+
+    imported = time.perf_counter() - start
+    records = PhaseRecords()
+    logging.getLogger("jllm").addHandler(records)
+    logging.getLogger("jllm").setLevel(logging.INFO)
+    jllm.llm.LLM(model, config=config, **overrides)
+    ready = time.perf_counter() - start
+    # CPU seconds of every thread since the process started: steadier than wall time on a machine shared with other work
+    out: dict[str, Any] = {"import_s": imported, "ready_s": ready, "cpu_s": time.process_time(), "phases": {}}
+    for phase, figures in records.phases.items():
+        out["phases"][phase] = figures["seconds"]
+        report = figures["warmup"]
+        if report is not None:
+            out["warmup"] = {
+                "programs": report.programs,
+                "threads": report.threads,
+                "cache_hits": report.cache_hits,
+                "run_s": report.run_s,
+                "kinds": {kind: vars(times) for kind, times in report.kinds.items()},
+            }
+    return out
+
+
+def run_once(args: argparse.Namespace, cache: str) -> dict[str, Any]:
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "PYTHONPATH": str(common.ROOT)}
+    cmd = [sys.executable, __file__, "--child", json.dumps([args.model, args.config, args.overrides])]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"start-up failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_table(runs: list[dict[str, Any]]) -> None:
+    phases = list(dict.fromkeys(p for run in runs for p in run["phases"]))
+    print("| run | import s | " + " | ".join(f"{p} s" for p in phases) + " | ready s | CPU s |")
+    print("| --- " * (len(phases) + 4) + "|")
+    for run in runs:
+        cells = [f"{run['import_s']:.2f}", *(f"{run['phases'].get(p, 0):.2f}" for p in phases)]
+        cells += [f"{run['ready_s']:.2f}", f"{run['cpu_s']:.1f}"]
+        print(f"| {run['name']} | " + " | ".join(cells) + " |")
+    print("\n| run | kind | programs | trace s | lower s | compile s (summed over threads) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for run in runs:
+        warmup = run.get("warmup")
+        if warmup is None:
+            continue
+        for kind in KINDS:
+            t = warmup["kinds"].get(kind)
+            if t:
+                row = [run["name"], kind, t["programs"], f"{t['trace_s']:.2f}", f"{t['lower_s']:.2f}"]
+                print("| " + " | ".join(map(str, [*row, f"{t['compile_s']:.2f}"])) + " |")
+        print(f"| {run['name']} | cache hits | {warmup['cache_hits']} of {warmup['programs']} | | | |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model (default: the default model)")
+    parser.add_argument("--config", default=None, help="a YAML of engine keys")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an engine key (repeat)")
+    parser.add_argument("--warm-runs", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(child(*json.loads(args.child))))
+        return
+    args.overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        args.overrides[key] = yaml.safe_load(value)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="jllm-xla-") as cache:
+        for name in ["cold", *(f"warm {i + 1}" for i in range(args.warm_runs))]:
+            runs.append({"name": name, **run_once(args, cache)})
+            print(f"{name}: ready in {runs[-1]['ready_s']:.2f} s", file=sys.stderr)
+    print_table(runs)
+    common.write_json(
+        args.json, {"model": args.model, "config": args.config, "overrides": args.overrides, "runs": runs}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Start-up: the warm-up compiles (on a thread pool) exactly the programs steps would compile on first use, and they
+compute the same; its optional first runs run each bucket's forward once; each phase logs a
+line with its figures (``jllm.timing``); ``scripts/profile_startup.py`` reads a cold start, then a warm one whose
+every program comes from the persistent compilation cache."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from model_utils import assert_only_warmup_programs, run_worker
+from startup_lazy_worker import request
+
+from jllm import SamplingParams
+from jllm.llm import LLM
+from jllm.timing import CACHE_HIT_EVENT, StageTimes, WarmupReport, log_phase, timed
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "models" / "tiny-llama")
+# Buckets of 1, 2, 4 and 8 tokens, row counts 1 and 2: 14 programs, a few seconds of compiling.
+ARGS = dict(
+    load_format="dummy", dtype="float32", max_model_len=64, num_pages=16, max_num_seqs=2, max_num_batched_tokens=8
+)
+PHASES = {"model found", "weights loaded", "tokenizer loaded", "KV pool allocated", "warm-up", "worker ready"}
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def warmed() -> tuple[LLM, list[logging.LogRecord]]:
+    """An engine warmed up at start-up, and the log records of its start-up."""
+    handler, logger = Records(), logging.getLogger("jllm")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        llm = LLM(TINY, **ARGS)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return llm, handler.records
+
+
+SAMPLING = [
+    dict(max_tokens=6, temperature=0, logprobs=3, prompt_logprobs=2),
+    dict(max_tokens=6, temperature=0.8, top_p=0.9, top_k=40, seed=7, logprobs=2),
+]
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[int]]:
+    rng = np.random.default_rng(int(time.time()))
+    return [rng.integers(3, 512, size=n).tolist() for n in (3, 9, 14)]
+
+
+@pytest.fixture(scope="module")
+def lazy(prompts) -> dict:
+    """The same engine without warm-up in a subprocess with the persistent cache off (tests/startup_lazy_worker.py):
+    every program compiled serially on first use, none read from what ``warmed`` wrote; its programs and outputs."""
+    case = {"model": TINY, "engine_args": ARGS, "prompts": prompts, "sampling": SAMPLING}
+    (result,) = run_worker("startup_lazy_worker.py", [case], JAX_ENABLE_COMPILATION_CACHE="false")
+    return result
+
+
+@pytest.mark.slow
+def test_warmup_compiles_exactly_what_steps_compile_on_first_use(warmed, lazy):
+    runner = warmed[0].engine.runner
+    assert_only_warmup_programs(runner)
+    assert sorted(f"{name} {layout}" for name, layout, _ in runner.compiled_programs()) == lazy["programs"]
+    # The logits programs take the LM head's kernel alone (the model's own array), not every parameter.
+    assert len(runner.head_params) == 1 and any(runner.head_params[0] is p for p in runner.params)
+    for name, _, compiled in runner.compiled_programs():
+        forward_inputs = len(runner.params) + len(runner.kv_caches) + 2  # the pool, the step buffer, the last tokens
+        assert compiled.in_tree.num_leaves == (forward_inputs if name == "forward" else 3), name
+
+
+@pytest.mark.slow
+def test_concurrently_compiled_programs_compute_what_serially_compiled_ones_do(warmed, lazy, prompts):
+    """Greedy and seeded random samples with logprobs and prompt logprobs, on fresh random prompts: the same tokens
+    and the same logprobs (to 1e-6) from the warm-up's programs as from the serially compiled ones."""
+    llm = warmed[0]
+    for params, theirs in zip(SAMPLING, lazy["outputs"], strict=True):
+        ours = [request(out) for out in llm.generate(prompts, SamplingParams(**params), use_tqdm=False)]
+        for a, b in zip(ours, theirs, strict=True):
+            assert a["tokens"] == b["tokens"]
+            for ours_step, their_step in zip(a["logprobs"] + a["prompt"], b["logprobs"] + b["prompt"], strict=True):
+                assert (ours_step or {}).keys() == (their_step or {}).keys()
+                for token, logprob in (ours_step or {}).items():
+                    assert logprob == pytest.approx(their_step[token], abs=1e-6)
+    assert_only_warmup_programs(llm.engine.runner)  # and nothing compiled since
+
+
+@pytest.mark.slow
+def test_first_runs_run_each_bucket_forward_once_and_compile_nothing(warmed, monkeypatch):
+    runner = warmed[0].engine.runner
+    calls: collections.Counter[str] = collections.Counter()
+
+    def counted(name: str):
+        method = getattr(runner, name)
+
+        def call(*args):
+            calls[name] += 1
+            return method(*args)
+
+        return call
+
+    for name in ("_forward", "_sample"):
+        monkeypatch.setattr(runner, name, counted(name))
+    compiled = runner.num_compilations
+    report = runner.warmup(show_progress=False, run=True)
+    plans = sum(len(runner.warmup_plans(bucket)) for bucket in runner.buckets)
+    assert calls == {"_forward": len(runner.buckets), "_sample": plans}
+    assert runner.num_compilations == compiled and report.programs == compiled
+    assert report.run_s > 0
+
+
+@pytest.mark.slow
+def test_each_start_up_phase_logs_its_time_and_the_warmup_its_stages(warmed):
+    llm, records = warmed
+    phases = {r.startup_phase: r for r in records if hasattr(r, "startup_phase")}
+    assert set(phases) == PHASES
+    assert all(r.seconds >= 0 and f"{r.startup_phase} in " in r.getMessage() for r in phases.values())
+    assert phases["worker ready"].seconds >= sum(phases[p].seconds for p in PHASES - {"worker ready"})
+    report = phases["warm-up"].warmup
+    assert report.programs == llm.engine.runner.num_compilations == 14
+    assert set(report.kinds) == {"forward", "sampler", "prompt_logprobs"}
+    assert all(t.trace_s > 0 and t.lower_s > 0 and t.compile_s > 0 for t in report.kinds.values())
+    assert f"{report.programs} programs" in phases["warm-up"].getMessage()
+    assert {r.getMessage().split(":")[0] for r in records if r.getMessage().startswith("warm-up ")} >= {
+        "warm-up forward",
+        "warm-up sampler",
+        "warm-up prompt_logprobs",
+    }
+
+
+def test_timed_measures_the_block_and_log_phase_carries_its_figures(caplog):
+    with timed() as elapsed:
+        time.sleep(0.05)
+    assert 0.05 <= elapsed.seconds < 1.0
+    with caplog.at_level(logging.INFO, logger="jllm.test"):
+        log_phase(logging.getLogger("jllm.test"), "weights loaded", 1.234, "2.5 GB", extra_figure=3)
+    (record,) = caplog.records
+    assert record.getMessage() == "weights loaded in 1.23 s (2.5 GB)"
+    assert (record.startup_phase, record.seconds, record.extra_figure) == ("weights loaded", 1.234, 3)
+
+
+def test_warmup_report_counts_cache_hits_only_inside_its_block():
+    report = WarmupReport(threads=2)
+    jax.monitoring.record_event(CACHE_HIT_EVENT)
+    with report.counting_cache_hits():
+        jax.monitoring.record_event(CACHE_HIT_EVENT)
+        jax.monitoring.record_event("/jax/compilation_cache/cache_misses")
+        jax.monitoring.record_event(CACHE_HIT_EVENT)
+    jax.monitoring.record_event(CACHE_HIT_EVENT)
+    assert report.cache_hits == 2
+    report.kinds["forward"] = StageTimes(2, 0.5, 0.25, 3.0)
+    report.kinds["sampler"] = StageTimes(3, 0.25, 0.5, 1.0)
+    report.add_compile("sampler", 0.5)
+    assert report.summary() == (
+        "5 programs, trace 0.75 s, lower 0.75 s, compile 4.50 s over 2 threads, 2 from the compilation cache"
+    )
+
+
+@pytest.mark.slow
+def test_profile_startup_script_reads_a_cold_start_then_a_warm_one_from_the_cache(tmp_path, monkeypatch):
+    """The warm start reads every program from the cache: JAX's default would skip programs compiled under 1 s."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    profile_startup = __import__("profile_startup")
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "startup.json"
+    sets = [f"--set={key}={value}" for key, value in ARGS.items()]
+    profile_startup.main(["--model", TINY, *sets, "--json", str(out)])
+    cold, warm = json.loads(out.read_text())["runs"]
+    assert (cold["name"], warm["name"]) == ("cold", "warm 1")
+    assert cold["warmup"]["programs"] == warm["warmup"]["programs"] == 14
+    assert cold["warmup"]["cache_hits"] == 0 and warm["warmup"]["cache_hits"] == 14
+    for run in (cold, warm):
+        assert set(run["phases"]) == PHASES
+        assert run["ready_s"] > run["phases"]["worker ready"] > run["phases"]["warm-up"] > 0 and run["cpu_s"] > 0
+
+
+def test_the_jllm_command_shows_jllm_info_lines_and_keeps_other_libraries_quiet():
+    """In a fresh interpreter: logging is configured once, before anything else (a configured root is left alone)."""
+    code = (
+        "import logging; from jllm.timing import show_info_logs; show_info_logs('jllm');"
+        "logging.getLogger('jllm.build').info('weights loaded'); logging.getLogger('jax').info('tpu probe');"
+        "logging.getLogger('jax').warning('a warning'); show_info_logs(); logging.getLogger('aiohttp').info('request')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["INFO jllm.build: weights loaded", "WARNING jax: a warning"]
