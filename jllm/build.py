@@ -49,8 +49,8 @@ class Worker:
 def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache under the jllm cache, unless the user already pointed it elsewhere:
     a restart with the same model and shapes then loads its step programs instead of compiling them. Every program,
-    however quick its compile: JAX skips those under a second by default, which left 26 of the default model's 52
-    step programs (the samplers, the small buckets) to compile again at every warm start (CPU, 2026-12-03)."""
+    however quick its compile: JAX skips those under a second by default, which left 26 of the default model's 60
+    compiles (samplers, small buckets, weight initializers) to run again at every warm start (CPU, 2026-12-03)."""
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

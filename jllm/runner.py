@@ -196,7 +196,9 @@ class ModelRunner:
                 runs.append(steps)
             for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
                 self._programs[key] = future.result()
-        if run if run is not None else self.mesh.devices.flat[0].platform != "cpu":
+        if run is None:
+            run = self.mesh.devices.flat[0].platform != "cpu"
+        if run:
             with timed() as elapsed:
                 for steps in runs:
                     outputs = self._forward(steps[0])  # the plans of a bucket differ only in what they sample
