@@ -198,7 +198,7 @@ class Shapes:
             [int(b) for b in args.batches.split(",")],
             [int(c) for c in args.contexts.split(",")],
             ((512, 0), (512, 4096), (2048, 0), (2048, 4096)),
-            tuple(tuple(int(n) for n in shape.split("x")) for shape in args.tune_shapes.split(",")),
+            args.tune_shapes,
             ((2048, 0), (2048, 4096)),
         )
 
@@ -210,6 +210,17 @@ class TuneCase(NamedTuple):
     work: int  # per call: KV bytes read (decode) or attention FLOPs (prefill)
     unit: str  # the rate's unit, for work / seconds
     configs: list[KernelConfig]
+
+
+def decode_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``32x2048,64x512`` -> ((32, 2048), (64, 512)); anything else is an argparse error naming the bad shape."""
+    shapes = []
+    for shape in text.split(","):
+        batch, _, context = shape.partition("x")
+        if not (batch.isdigit() and context.isdigit() and int(batch) > 0 and int(context) > 0):
+            raise argparse.ArgumentTypeError(f"{shape!r} is not BATCHxCONTEXT with positive integers (e.g. 32x2048)")
+        shapes.append((int(batch), int(context)))
+    return tuple(shapes)
 
 
 def parse_args() -> argparse.Namespace:
@@ -232,7 +243,10 @@ def parse_args() -> argparse.Namespace:
         "--tune", action="store_true", help="also time a grid of tilings on a few decode and prefill shapes"
     )
     parser.add_argument(
-        "--tune-shapes", default="32x2048,64x2048,32x4096", help="decode shapes --tune times, as BATCHxCONTEXT,..."
+        "--tune-shapes",
+        type=decode_shapes,
+        default="32x2048,64x2048,32x4096",
+        help="decode shapes --tune times, as BATCHxCONTEXT,...",
     )
     parser.add_argument("--tune-kinds", default="decode,prefill", help="which shapes --tune times")
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
