@@ -87,9 +87,10 @@ def describe_ceilings(c: dict[str, Any]) -> str:
     """The measured ceilings (which kernel and shape reached them) beside the card's published peaks."""
     spec = c.get("spec")
     peaks = f" (spec: {spec['copy_gbps']} GB/s, {spec['bfloat16_tflops']} TFLOP/s bf16)" if spec else ""
+    fp8 = f", e4m3 matmul {c['matmul_fp8_tflops_dev0']} TFLOP/s" if "matmul_fp8_tflops_dev0" in c else ""
     return (
         f"ceilings: copy {c['copy_gbps_dev0']} GB/s ({c['copy_kernel_dev0']}), {c['matmul_dtype']} matmul "
-        f"{c['matmul_tflops_dev0']} TFLOP/s ({c['matmul_shape_dev0']}){peaks}"
+        f"{c['matmul_tflops_dev0']} TFLOP/s ({c['matmul_shape_dev0']}){fp8}{peaks}"
     )
 
 
@@ -133,7 +134,9 @@ SPEC_SHEET = {
 }
 
 
-def device_ceilings(matmul_dtype: str = "bfloat16", num_devices: int = 1, small: bool | None = None) -> dict[str, Any]:
+def device_ceilings(
+    matmul_dtype: str = "bfloat16", num_devices: int = 1, small: bool | None = None, fp8: bool = False
+) -> dict[str, Any]:
     """The two numbers a roofline divides by, measured as the best a device did, not one kernel's figure.
 
     Copy bandwidth of each device: the best of ``jnp.copy`` and a jitted ``x + 1`` over the same random bf16 array
@@ -141,6 +144,7 @@ def device_ceilings(matmul_dtype: str = "bfloat16", num_devices: int = 1, small:
     0 in ``matmul_dtype``: the best of several square and rectangular products on random data after a warm-up. Both
     time calls queued back to back (a wait per call cost an H200 copy ~20 % in one run).
     ``small`` (default: on a CPU) shrinks the arrays from 4 GB and 8192-wide matrices to 16.8 MB and 512.
+    ``fp8`` also measures e4m3 x e4m3 products into float32 (what ``quantization: fp8`` prefills run).
     """
     import jax
 
@@ -153,6 +157,9 @@ def device_ceilings(matmul_dtype: str = "bfloat16", num_devices: int = 1, small:
         result[f"copy_gbps_dev{i}"], result[f"copy_kernel_dev{i}"] = round(best / 1e9, 1), how
     best, how = _best_matmul(jax.devices()[0], matmul_dtype, small)
     result["matmul_tflops_dev0"], result["matmul_shape_dev0"] = round(best / 1e12, 3 if small else 1), how
+    if fp8:
+        best, how = _best_matmul(jax.devices()[0], "float8_e4m3fn", small)
+        result["matmul_fp8_tflops_dev0"], result["matmul_fp8_shape_dev0"] = round(best / 1e12, 3 if small else 1), how
     result["spec"] = SPEC_SHEET.get(jax.devices()[0].device_kind)
     gc.collect()
     return result
@@ -179,10 +186,12 @@ def _best_matmul(device: Any, dtype: str, small: bool) -> tuple[float, str]:
     shapes = [(512, 512, 512)] if small else [(8192, 8192, 8192), (4096, 8192, 8192), (8192, 8192, 16384)]
     rates = {}
     with jax.default_device(device):
-        mm = jax.jit(lambda x, y: x @ y)
+        # Into float32 where the operands are FP8 (as jllm.quantization.fp8_dot), else in their own dtype.
+        out = "float32" if "float8" in dtype else None
+        mm = jax.jit(lambda x, y: jax.lax.dot(x, y, preferred_element_type=out))
         for m, k, n in shapes:
-            a = jax.random.normal(jax.random.key(7), (m, k), dtype)
-            b = jax.random.normal(jax.random.key(8), (k, n), dtype)
+            a = jax.random.normal(jax.random.key(7), (m, k)).astype(dtype)
+            b = jax.random.normal(jax.random.key(8), (k, n)).astype(dtype)
             rates[f"{m}x{k}x{n}"] = 2 * m * k * n / back_to_back(lambda a=a, b=b: mm(a, b))
             del a, b
     name = max(rates, key=rates.__getitem__)
@@ -249,10 +258,16 @@ class BenchModel:
     ) -> dict[str, Any]:
         """``generation_roofline`` of this model and engine config."""
         return generation_roofline(
-            ModelShape.from_hf_config(self.hf_config, self.dtype), input_lens, output_lens,
+            self.shape, input_lens, output_lens,
             max_num_seqs=max_num_seqs, max_num_batched_tokens=self.engine.scheduler.max_num_batched_tokens,
             ceilings=ceilings, tensor_parallel_size=self.engine.parallel.tensor_parallel_size,
         )  # fmt: skip
+
+    @property
+    def shape(self) -> ModelShape:
+        """What a step moves and computes, with the YAML's quantization and KV cache dtype."""
+        e = self.engine
+        return ModelShape.from_hf_config(self.hf_config, self.dtype, e.model.quantization, e.cache.kv_cache_dtype)
 
     def describe(self, same_weights: bool) -> str:
         e, c = self.engine, self.hf_config
@@ -263,7 +278,8 @@ class BenchModel:
             f"config {self.config_path}: model {self.model_dir} ({c['num_hidden_layers']} layers, hidden "
             f"{c['hidden_size']}, vocab {c['vocab_size']}), {self.dtype}, {weights}, max_model_len "
             f"{e.model.max_model_len}, max_num_seqs {e.scheduler.max_num_seqs}, max_num_batched_tokens "
-            f"{e.scheduler.max_num_batched_tokens}, TP {e.parallel.tensor_parallel_size}"
+            f"{e.scheduler.max_num_batched_tokens}, TP {e.parallel.tensor_parallel_size}, quantization "
+            f"{e.model.quantization or 'none'}, KV cache {e.cache.kv_cache_dtype}"
         )
 
 
@@ -287,7 +303,7 @@ def start_jllm(bench: BenchModel, overrides: dict[str, Any]) -> tuple[Any, dict[
     from jllm import LLM, distributed
 
     distributed.initialize(bench.engine.parallel)  # under jax.distributed, before the facts touch a device
-    facts = {"environment": environment(), "ceilings": device_ceilings(bench.dtype)}
+    facts = {"environment": environment(), "ceilings": device_ceilings(bench.dtype, fp8=bench.shape.fp8_matmuls)}
     start = time.perf_counter()
     llm = LLM(config=bench.config_path, **overrides)
     facts["jllm_startup_s"] = time.perf_counter() - start
@@ -530,28 +546,46 @@ class ModelShape:
     q_heads: int
     kv_heads: int
     head_dim: int
-    dtype_bytes: int  # weights and KV cache
+    dtype_bytes: int  # embeddings, norms, LM head (and everything when nothing is quantized)
+    linear_bytes: int | None = None  # the decoder linears' weights (1 with int8 / fp8); None: dtype_bytes
+    kv_dtype_bytes: int | None = None  # the KV pool's element (1 with an fp8 cache); None: dtype_bytes
+    fp8_matmuls: bool = False  # prefill steps multiply FP8 x FP8 (quantization fp8), at the FP8 matmul rate
 
     @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any], dtype: str) -> ModelShape:
+    def from_hf_config(
+        cls, cfg: dict[str, Any], dtype: str, quantization: str | None = None, kv_cache_dtype: str = "auto"
+    ) -> ModelShape:
         heads = cfg["num_attention_heads"]
         return cls(
             layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
             vocab=cfg["vocab_size"], q_heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, dtype_bytes=np.dtype(dtype).itemsize,
+            linear_bytes=1 if quantization else None, kv_dtype_bytes=1 if kv_cache_dtype.startswith("fp8") else None,
+            fp8_matmuls=quantization == "fp8",
         )  # fmt: skip
+
+    @property
+    def linear_params(self) -> int:
+        """The decoder layers' linear weights (q, k, v, o; gate, up, down): what quantization shrinks."""
+        attention = self.hidden * self.head_dim * 2 * (self.q_heads + self.kv_heads)  # q, o; k, v
+        return self.layers * (attention + 3 * self.hidden * self.intermediate)
 
     @property
     def streamed_params(self) -> int:
         """Parameters every step reads: all but the input embedding, of which a step reads only its tokens' rows
         (the LM head counts once, tied or not). Each is also one multiply-add per token."""
-        attention = self.hidden * self.head_dim * 2 * (self.q_heads + self.kv_heads)  # q, o; k, v
-        mlp = 3 * self.hidden * self.intermediate  # gate, up, down
-        return self.layers * (attention + mlp + 2 * self.hidden) + self.hidden + self.vocab * self.hidden
+        return self.linear_params + self.layers * 2 * self.hidden + self.hidden + self.vocab * self.hidden
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Bytes of ``streamed_params`` (per-channel scales of quantized weights left out: < 0.1 %)."""
+        linear = self.dtype_bytes if self.linear_bytes is None else self.linear_bytes
+        return self.linear_params * linear + (self.streamed_params - self.linear_params) * self.dtype_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+        kv = self.dtype_bytes if self.kv_dtype_bytes is None else self.kv_dtype_bytes
+        return 2 * self.layers * self.kv_heads * self.head_dim * kv
 
     @property
     def attention_flops_per_pair(self) -> int:
@@ -578,11 +612,16 @@ def generation_roofline(
     """
     bw = ceilings["copy_gbps_dev0"] * 1e9 * tensor_parallel_size
     rate = ceilings["matmul_tflops_dev0"] * 1e12 * tensor_parallel_size
-    weights, kv, params = shape.streamed_params * shape.dtype_bytes, shape.kv_bytes_per_token, shape.streamed_params
+    fp8_rate = ceilings.get("matmul_fp8_tflops_dev0") if shape.fp8_matmuls else None
+    linear_rate = fp8_rate * 1e12 * tensor_parallel_size if fp8_rate else rate
+    weights, kv, params = shape.streamed_bytes, shape.kv_bytes_per_token, shape.streamed_params
     prompt = sum(input_lens)
     prefill_bytes = math.ceil(prompt / max_num_batched_tokens) * weights + prompt * kv
     causal_pairs = sum(n * (n + 1) // 2 for n in input_lens)
-    prefill_flops = 2 * params * prompt + shape.attention_flops_per_pair * causal_pairs
+    # Prefill's time at the FLOP ceiling: the linears at their rate (FP8 x FP8 with fp8), the rest at the model
+    # dtype's; expressed as the FLOPs the model-dtype rate would take the same time for.
+    prefill_flops = 2 * shape.linear_params * prompt * rate / linear_rate
+    prefill_flops += 2 * (params - shape.linear_params) * prompt + shape.attention_flops_per_pair * causal_pairs
     decode_tokens = sum(o - 1 for o in output_lens)
     steps = max(max(output_lens) - 1, math.ceil(decode_tokens / max_num_seqs))
     context = sum((o - 1) * i + (o - 1) * o // 2 for i, o in zip(input_lens, output_lens, strict=True))

@@ -143,6 +143,29 @@ def test_roofline_model_size_matches_llama3_8b() -> None:
     assert shape.kv_bytes_per_token == 131_072  # 32 layers x K and V x 8 heads x 128 x 2 bytes
 
 
+def test_fp8_roofline_counts_one_byte_weights_and_the_fp8_matmul_rate() -> None:
+    """Llama-3-8B in FP8 streams ~8.0 GB a step (issue 21): decoder linears at 1 byte, embeddings, norms and the LM
+    head in bf16; an fp8 KV cache halves the bytes per token; prefill's linears run at the e4m3 matmul ceiling."""
+    cfg = json.loads((ROOT / "configs" / "models" / "llama3-8b" / "config.json").read_text())
+    bf16 = bench_common.ModelShape.from_hf_config(cfg, "bfloat16")
+    fp8 = bench_common.ModelShape.from_hf_config(cfg, "bfloat16", "fp8", "fp8")
+    linear = 32 * (4096 * 128 * 2 * (32 + 8) + 3 * 4096 * 14336)
+    assert fp8.linear_params == linear
+    assert fp8.streamed_bytes == linear + (bf16.streamed_params - linear) * 2 == 8_030_527_488
+    assert bf16.streamed_bytes == 2 * bf16.streamed_params
+    assert fp8.kv_bytes_per_token == bf16.kv_bytes_per_token // 2
+    ceilings = {"copy_gbps_dev0": 4000.0, "matmul_tflops_dev0": 800.0, "matmul_fp8_tflops_dev0": 1600.0}
+    keys = dict(max_num_seqs=1, max_num_batched_tokens=2048, ceilings=ceilings)
+    one_token = bench_common.generation_roofline(fp8, [128], [129], **keys)
+    read_per_step = fp8.streamed_bytes + (128 + 64.5 + 1) * fp8.kv_bytes_per_token  # mean context + the new token
+    assert one_token["tpot_ms"] == pytest.approx(1e3 * read_per_step / 4e12)
+    long_prompt = [bench_common.generation_roofline(s, [2048], [2], **keys)["prefill_s"] for s in (bf16, fp8)]
+    attention = fp8.attention_flops_per_pair * 2048 * 2049 // 2
+    other = 2 * (fp8.streamed_params - linear) * 2048 + attention
+    assert long_prompt[0] == pytest.approx((2 * linear * 2048 + other) / 800e12)
+    assert long_prompt[1] == pytest.approx(2 * linear * 2048 / 1600e12 + other / 800e12)
+
+
 @pytest.mark.slow
 def test_reference_attention_bench_times_every_step_kind_beside_torch(tmp_path: Path) -> None:
     out = tmp_path / "attention.json"
