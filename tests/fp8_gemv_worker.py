@@ -2,8 +2,11 @@
 given as JSON on argv[1].
 
 A subprocess of tests/test_fp8_gemv.py: ``TRITON_INTERPRET`` must be set before Triton compiles anything, and the
-rest of the suite must not see it; ``tests/fake_jax_triton.py`` stands in for jax-triton. Prints one JSON line per
-case: its relative error against a float64 reference, whether every output is finite, and the output's shape.
+rest of the suite must not see it; ``tests/fake_jax_triton.py`` stands in for jax-triton, with the interpreter's
+float32 -> e4m3 rounding made the GPU's (``exact_fp8_casts``). Prints one JSON line per case: its relative error
+against a float64 product with the dequantized weights (``rel_err``), for "dot_fp8" also against a float64 product of
+exactly the quantized activations the kernel should make (``rel_err_exact``), whether every output is finite, and the
+output's shape.
 """
 
 from __future__ import annotations
@@ -17,30 +20,62 @@ os.environ["TRITON_INTERPRET"] = "1"
 import fake_jax_triton  # noqa: E402
 
 sys.modules["jax_triton"] = fake_jax_triton
+fake_jax_triton.exact_fp8_casts()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jllm.quantization import QuantScheme  # noqa: E402
+from jllm.quantization import FP8_MAX, QuantScheme  # noqa: E402
 from pallas_kernels.fp8_gemv import GemvConfig, fp8_matmul  # noqa: E402
+
+
+def quantized_rows(x: np.ndarray) -> np.ndarray:
+    """float64 ``[M, K]``: the activations as "dot_fp8" should quantize them, in its float32 arithmetic (scale
+    ``absmax / 448``, 1 for a zero row; ``x * (1 / scale)`` clamped to +-448, rounded to e4m3 to nearest even), times
+    their scale, so ``quantized_rows(x) @ w`` is what the kernel must compute."""
+    x32 = x.astype(np.float32)
+    absmax = np.abs(x32).max(axis=1, keepdims=True)
+    scale = np.where(absmax > 0, absmax / np.float32(FP8_MAX), np.float32(1)).astype(np.float32)
+    inv = (np.float32(1) / scale).astype(np.float32)
+    xq = np.clip(x32 * inv, -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
+    return xq.astype(np.float64) * scale.astype(np.float64)
+
+
+def matmul(case: dict, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+    """The kernel's output: through ``QuantScheme.matmul`` (the engine's selection) or ``fp8_matmul`` with the case's
+    tiling and weight layout (``[*out, K]`` passed for ``w_kmajor``)."""
+    if "scheme" in case:
+        scheme = QuantScheme("fp8", fp8_dot_min_tokens=None, **case["scheme"])
+        assert scheme.uses_fp8_kernel(x, q)
+        return jax.jit(scheme.matmul)(x, q, scale)
+    cfg = GemvConfig(**case["config"]) if case.get("config") else None
+    if case.get("w_kmajor"):
+        q = jnp.moveaxis(q, 0, -1)
+    return jax.jit(lambda x, q, s: fp8_matmul(x, q, s, cfg, w_kmajor=case.get("w_kmajor", False)))(x, q, scale)
 
 
 def run(case: dict) -> dict:
     lead, k, out_dims = case["lead"], case["k"], case["out"]
-    kx, kw = jax.random.split(jax.random.key(case["seed"]))
-    x = jax.random.normal(kx, (*lead, k), jnp.float32)
+    kx, kr, kw = jax.random.split(jax.random.key(case["seed"]), 3)
+    x = jax.random.normal(kx, (*lead, k), jnp.float32) * jnp.exp(jax.random.normal(kr, (*lead, 1)))  # rows' scales
+    x = x.reshape(-1, k).at[jnp.asarray(case.get("zero_rows", []), int)].set(0).reshape(x.shape)
     q, scale = QuantScheme("fp8").quantize(jax.random.normal(kw, (k, *out_dims), jnp.float32) * 0.05)
-    cfg = GemvConfig(**case["config"]) if case.get("config") else None
-    got = np.asarray(jax.jit(lambda x, q, s: fp8_matmul(x, q, s, cfg))(x, q, scale), np.float64)
+    got = np.asarray(matmul(case, x, q, scale), np.float64)
     w = np.asarray(q.astype(jnp.float32), np.float64) * np.asarray(scale, np.float64)
-    ref = np.tensordot(np.asarray(x, np.float64), w, axes=1)
-    return {
-        "case": case,
-        "rel_err": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)),
-        "finite": bool(np.isfinite(got).all()),
-        "shape": list(got.shape),
-    }
+    x64 = np.asarray(x, np.float64)
+    result = {"case": case, "finite": bool(np.isfinite(got).all()), "shape": list(got.shape)}
+    result["rel_err"] = _rel(got, np.tensordot(x64, w, axes=1))
+    exact = np.tensordot(quantized_rows(x64.reshape(-1, k)).reshape(x64.shape), w, axes=1)
+    result["rel_err_exact"] = _rel(got, exact)
+    zero = np.asarray(case.get("zero_rows", []), int)
+    result["zero_rows_zero"] = bool((got.reshape(-1, *out_dims)[zero] == 0).all())
+    return result
+
+
+def _rel(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
 if __name__ == "__main__":

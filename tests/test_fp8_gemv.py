@@ -3,30 +3,59 @@ interpreter.
 
 jax-triton launches compiled Triton only on a CUDA device, so CI runs ``fp8_matmul`` under jit with
 ``tests/fake_jax_triton.py`` standing in for jax-triton (``tests/fp8_gemv_worker.py``, one subprocess for all
-cases): float32 activations on fresh random inputs against a float64 product with the dequantized weights. Its
-numerics in bf16 and its speed on the GPU are ``scripts/bench_fp8_gemv.py``'s.
+cases): float32 activations on fresh random inputs (each row at its own scale) against float64 products. The
+interpreter runs "dot_fp8"'s e4m3 ``tl.dot`` (it widens both operands to float16, exactly, and multiplies in
+float32), but rounds float32 -> e4m3 wrongly (triton-lang/triton issue 8322), so the worker mends that cast to the
+GPU's rounding first. Numerics in bf16 and speed on the GPU are ``scripts/bench_fp8_gemv.py``'s (``--check``).
 """
 
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import pytest
 from model_utils import TINY_CONFIG, run_worker
 
-from jllm.config import ConfigError, load_config
+from jllm.config import ConfigError, Fp8KernelCompute, load_config
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 from jllm.quantization import FP8, QuantScheme
 from pallas_kernels import fp8_gemv
-from pallas_kernels.fp8_gemv import GemvConfig, check_shapes, default_gemv_config, pays_off, supports
+from pallas_kernels.fp8_gemv import (
+    COMPUTE,
+    GemvConfig,
+    amax_block,
+    check_shapes,
+    default_gemv_config,
+    pays_off,
+    supports,
+)
 
 # Relative (Frobenius) error against float64 of float32 activations times e4m3 weights accumulated in float32: "fma"
-# multiplies in float32 (measured ~3e-7); "dot_f16" rounds the activations to float16 first (2^-11 an element)
-RTOL = {"fma": 1e-5, "dot_f16": 2e-3}
+# multiplies in float32 (measured ~3e-7); "dot_f16" rounds the activations to float16 first (2^-11 an element).
+# "dot_fp8" rounds them to e4m3 (3 mantissa bits: at most 2^-4 an element, ~2.5e-2 measured over a product), so
+# against the unquantized product its error must lie between DOT_FP8_ROUNDED (it did round) and 2^-4; against the
+# product of exactly the e4m3 rows it should make (``rel_err_exact``) only float32 accumulation is left: one e4m3
+# element rounded the other way would move a row by ~1/(8 sqrt(K)) > 3e-3.
+RTOL = {"fma": 1e-5, "dot_f16": 2e-3, "dot_fp8": 2**-4}
+RTOL_EXACT = 1e-5
+DOT_FP8_ROUNDED = 5e-3
+W8A8 = "dot_fp8"
+
+
+def w8a8(
+    seed: int, lead: list[int], k: int, out: list[int], w_kmajor: bool = False, zero_rows: tuple = (), **config: Any
+) -> dict:
+    """A "dot_fp8" case of ``fp8_matmul`` (16-row tiles unless ``config`` says otherwise)."""
+    config = {"block_m": 16, **config, "compute": W8A8}
+    return dict(seed=seed, lead=lead, k=k, out=out, w_kmajor=w_kmajor, zero_rows=list(zero_rows), config=config)
+
+
 CASES = [
     # one row (a batch-1 decode) in "fma", the kernel's own scale and write
     dict(seed=0, lead=[1], k=256, out=[128], config=dict(block_n=64, block_k=32, split_k=1)),
@@ -50,7 +79,30 @@ CASES = [
     dict(seed=3, lead=[1], k=1024, out=[256]),
     dict(seed=4, lead=[5], k=1024, out=[256]),
     dict(seed=5, lead=[3], k=512, out=[128], config=dict(block_m=1, block_n=64, block_k=64, split_k=2)),
-]
+    # the widening modes read [N, K] weights too
+    dict(seed=6, lead=[1], k=256, out=[128], w_kmajor=True, config=dict(block_n=64, block_k=64, split_k=2)),
+    dict(seed=7, lead=[3], k=256, out=[64], w_kmajor=True, config=dict(block_m=16, block_n=32, compute="dot_f16")),
+    # "dot_fp8" (W8A8): rows 1, 5, 16, 33; one split and several; [K, N] and [N, K] weights; plain and swapped MMAs
+    w8a8(8, [1], 256, [128], block_n=32, block_k=64, swap_ab=True),
+    w8a8(9, [1], 512, [64], block_n=64, block_k=64, split_k=4),
+    w8a8(10, [5], 512, [64], w_kmajor=True, block_n=32, block_k=32, split_k=2),
+    # zero rows (scale 1, output 0) among 16, four splits
+    w8a8(11, [16], 256, [64], zero_rows=[3, 7], block_n=32, block_k=32, split_k=4, swap_ab=True),
+    # 33 rows in one 64-row tile (31 masked), a zero row, the row absmax read in 8 steps of 128
+    w8a8(12, [33], 1024, [64], w_kmajor=True, zero_rows=[32], block_m=64, block_n=32, block_k=32, swap_ab=True),
+    # 33 rows in three 16-row tiles, two splits
+    w8a8(13, [33], 256, [64], block_n=64, block_k=64, split_k=2),
+    # leading dims and a 2-D output, its [*out, K] transpose passed
+    w8a8(14, [2, 3], 256, [4, 32], w_kmajor=True, block_n=32, block_k=64, split_k=2, swap_ab=True),
+    # the engine's path: QuantScheme picks the kernel in "dot_fp8" with its default tiling
+    dict(seed=15, lead=[5], k=1024, out=[256], scheme=dict(fp8_kernel_max_tokens=16, fp8_kernel_compute=W8A8)),
+]  # fmt: skip
+
+
+def case_compute(case: dict) -> str:
+    if "scheme" in case:
+        return case["scheme"]["fp8_kernel_compute"]
+    return (case.get("config") or {}).get("compute", "fma" if case["lead"] == [1] else "dot_f16")
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +116,12 @@ def test_interpreted_matmul_matches_float64(interpreted: list[dict], index: int)
     result = interpreted[index]
     case = result["case"]
     assert result["shape"] == [*case["lead"], *case["out"]]
-    assert result["finite"]
-    compute = (case.get("config") or {}).get("compute", "fma" if case["lead"] == [1] else "dot_f16")
+    assert result["finite"] and result["zero_rows_zero"]
+    compute = case_compute(case)
     assert result["rel_err"] < RTOL[compute], result
+    if compute == W8A8:
+        assert result["rel_err_exact"] < RTOL_EXACT, result
+        assert result["rel_err"] > DOT_FP8_ROUNDED, result  # the activations were rounded to e4m3
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 4096, 6144), (1, 4096, 4096), (32, 4096, 28672), (8, 14336, 4096)])
@@ -81,6 +136,7 @@ def test_default_tiling_fits_llama3_8b_and_fills_the_sms(m: int, k: int, n: int)
 def test_shapes_the_kernel_cannot_take_are_refused_by_name() -> None:
     cfg = GemvConfig(block_n=128, block_k=128, split_k=2)
     assert not pays_off(1, 4096, 4096) and pays_off(1, 4096, 6144)  # o_proj-sized weights stay in XLA
+    assert pays_off(1, 4096, 4096, "dot_fp8")  # ... unless the kernel is W8A8 (MIN_WEIGHT_ELEMENTS per mode)
     with pytest.raises(ValueError, match="output width 100"):
         check_shapes(1, 512, 100, cfg)
     with pytest.raises(ValueError, match="input width 384"):
@@ -94,37 +150,71 @@ def test_shapes_the_kernel_cannot_take_are_refused_by_name() -> None:
         GemvConfig(compute="dot")
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 4096, 6144), (1, 4096, 4096), (8, 4096, 28672), (48, 14336, 4096)])
+def test_the_w8a8_tiling_swaps_to_the_fp8_mma_and_fills_the_sms(m: int, k: int, n: int) -> None:
+    cfg = default_gemv_config(m, k, n, "dot_fp8")
+    check_shapes(m, k, n, cfg)
+    assert (cfg.compute, cfg.swap_ab, cfg.block_m) == ("dot_fp8", True, 16 if m <= 16 else 64)
+    assert n // cfg.block_n * cfg.split_k >= 3 * 132 and k // (cfg.block_k * cfg.split_k) >= 4
+    # the row-absmax pass reads whole [block_m, amax_block] slices of each row, at most 8192 elements a step
+    block = amax_block(k, cfg)
+    assert k % block == 0 and block >= cfg.block_k and block * cfg.block_m <= 8192 and block & (block - 1) == 0
+
+
+def test_the_config_key_names_every_compute_mode_and_checks_it() -> None:
+    assert typing.get_args(Fp8KernelCompute) == COMPUTE
+    assert load_config(fp8_kernel_compute="dot_fp8", fp8_kernel_max_tokens=64).model.fp8_kernel_compute == "dot_fp8"
+    with pytest.raises(ConfigError, match="fp8_kernel_compute='dot' is not allowed: expected 'fma' or 'dot_f16'"):
+        load_config(fp8_kernel_compute="dot")
+    with pytest.raises(ConfigError, match="fp8_kernel_compute='fma' .* fp8_kernel_max_tokens=4"):
+        load_config(fp8_kernel_compute="fma", fp8_kernel_max_tokens=4)
+    with pytest.raises(ValueError, match="fp8_kernel_compute='fma' multiplies one row"):
+        QuantScheme("fp8", fp8_kernel_max_tokens=2, fp8_kernel_compute="fma")
+    with pytest.raises(ValueError, match="fp8_kernel_compute='w8a8' is not one of fma, dot_f16, dot_fp8"):
+        QuantScheme("fp8", fp8_kernel_compute="w8a8")
+    with pytest.raises(ValueError, match="swap_ab=True needs compute='dot_fp8'"):
+        GemvConfig(block_m=16, block_n=64, block_k=64, compute="dot_f16", swap_ab=True)
+    with pytest.raises(ValueError, match="block_k=16 must be >= 32 with compute='dot_fp8'"):
+        GemvConfig(block_m=16, block_n=64, block_k=16, compute="dot_fp8")
+
+
 @pytest.mark.parametrize(
-    ("rows", "shape", "max_tokens", "taken"),
+    ("rows", "shape", "max_tokens", "compute", "taken"),
     [
-        (1, (4096, 6144), 1, True),  # batch-1 decode, QKV-sized: the kernel
-        (1, (4096, 2, 14336), 1, True),  # a fused [in, 2, mlp] gate-up kernel counts its whole width
-        (2, (4096, 6144), 1, False),  # more rows than fp8_kernel_max_tokens: XLA
-        (1, (4096, 4096), 1, False),  # o_proj-sized: XLA was faster
-        (1, (4096, 6144), None, False),  # not enabled (CPU, tensor parallel, or the key set to null)
+        (1, (4096, 6144), 1, None, "fma"),  # batch-1 decode, QKV-sized: the kernel
+        (1, (4096, 2, 14336), 1, None, "fma"),  # a fused [in, 2, mlp] gate-up kernel counts its whole width
+        (2, (4096, 6144), 1, None, None),  # more rows than fp8_kernel_max_tokens: XLA
+        (1, (4096, 4096), 1, None, None),  # o_proj-sized: XLA was faster than widening in the kernel
+        (1, (4096, 6144), None, "dot_fp8", None),  # not enabled (CPU, tensor parallel, or the key set to null)
+        (1, (4096, 4096), 1, "dot_fp8", "dot_fp8"),  # W8A8 takes every weight size, o_proj too
+        (32, (14336, 4096), 64, "dot_fp8", "dot_fp8"),  # a batch-32 decode
+        (8, (4096, 6144), 8, "dot_f16", "dot_f16"),
     ],
 )
-def test_the_fp8_matmul_takes_the_kernel_only_where_it_pays(monkeypatch, rows, shape, max_tokens, taken) -> None:
+def test_the_fp8_matmul_takes_the_kernel_only_where_it_pays(
+    monkeypatch, rows, shape, max_tokens, compute, taken
+) -> None:  # fmt: skip
     calls = []
 
-    def spy(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
-        calls.append((x.shape, q.shape))
+    def spy(x: jax.Array, q: jax.Array, scale: jax.Array, config: GemvConfig) -> jax.Array:
+        calls.append((x.shape, q.shape, config.compute))
         return jnp.zeros((*x.shape[:-1], *q.shape[1:]), x.dtype)
 
     monkeypatch.setattr(fp8_gemv, "fp8_matmul", spy)
-    scheme = QuantScheme("fp8", fp8_dot_min_tokens=None, fp8_kernel_max_tokens=max_tokens)
+    scheme = QuantScheme("fp8", None, fp8_kernel_max_tokens=max_tokens, fp8_kernel_compute=compute)
     q = jax.ShapeDtypeStruct(shape, FP8)
     x = jax.ShapeDtypeStruct((rows, shape[0]), jnp.bfloat16)
     out = jax.eval_shape(scheme.matmul, x, q, jax.ShapeDtypeStruct(shape[1:], jnp.float32))
     assert out.shape == (rows, *shape[1:])
-    assert calls == ([((rows, shape[0]), shape)] if taken else [])
+    assert calls == ([((rows, shape[0]), shape, taken)] if taken else [])
 
 
 def test_the_loader_enables_the_kernel_on_one_cuda_device_only(tmp_path: Path) -> None:
     model = tmp_path / "tiny"  # config.json alone: enough for dummy weights
     model.mkdir()
     (model / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": ["LlamaForCausalLM"]}))
-    loaded = load_model(model, mesh=make_mesh(1), load_format="dummy", quantization="fp8")
+    loaded = load_model(model, mesh=make_mesh(1), load_format="dummy", quantization="fp8", fp8_kernel_compute="dot_fp8")
     assert loaded.args.quant.fp8_kernel_max_tokens is None  # a CPU here: XLA's dot
+    assert loaded.args.quant.fp8_kernel_compute == "dot_fp8"  # carried, for where the kernel runs
     with pytest.raises(ConfigError, match="fp8_kernel_max_tokens=0 is not allowed: must be >= 1"):
         load_config(fp8_kernel_max_tokens=0)
