@@ -174,6 +174,45 @@ def fp8_matmul(
     return y.reshape(*x.shape[:-1], *out_dims)
 
 
+def ref_quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """ "dot_fp8"'s activation quantization in its own float32 arithmetic: ``x [M, K]`` -> (e4m3 ``[M, K]``, f32
+    ``[M, 1]`` scales ``absmax / 448``, 1 for a zero row), each row times ``1 / scale``, clamped, rounded to nearest
+    even (``jllm.quantization.quantize_rows`` divides by the scale instead: equal but for a last-bit tie)."""
+    x32 = x.astype(jnp.float32)
+    absmax = jnp.max(jnp.abs(x32), axis=-1, keepdims=True)
+    scale = jnp.where(absmax > 0, absmax / _E4M3_MAX.value, 1.0)
+    top = _E4M3_MAX.value
+    return jnp.clip(x32 * (1.0 / scale), -top, top).astype(jnp.float8_e4m3fn), scale
+
+
+def ref_fp8_matmul(
+    x: jax.Array,  # [..., K]
+    w: jax.Array,  # float8_e4m3fn [K, *out], or [*out, K] with w_kmajor
+    scale: jax.Array,  # f32[*out]
+    compute: str = "fma",
+    *,
+    w_kmajor: bool = False,
+) -> jax.Array:  # f32[..., *out]
+    """What ``fp8_matmul`` computes in ``compute``, in pure jnp at float32's full precision (the oracle of the tests
+    and of ``bench_fp8_gemv --check``): the activations as the kernel rounds them (float16 for "dot_f16", e4m3 rows
+    for "dot_fp8"), times the e4m3 weights, then the scales."""
+    if compute not in COMPUTE:
+        raise ValueError(f"compute={compute!r} is not one of {COMPUTE}")
+    if w_kmajor:
+        w = jnp.moveaxis(w, -1, 0)
+    k = w.shape[0]
+    rows = x.reshape(-1, k).astype(jnp.float32)
+    row_scale = jnp.ones((rows.shape[0], 1), jnp.float32)
+    if compute == "dot_f16":
+        rows = jnp.clip(rows, -_F16_MAX.value, _F16_MAX.value).astype(jnp.float16).astype(jnp.float32)
+    elif compute == "dot_fp8":
+        xq, row_scale = ref_quantize_rows(rows)
+        rows = xq.astype(jnp.float32)
+    y = jnp.matmul(rows, w.reshape(k, -1).astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    y = y * row_scale * scale.reshape(-1)
+    return y.reshape(*x.shape[:-1], *w.shape[1:])
+
+
 @triton.jit
 def _gemv_kernel(
     x_ptr,  # [M, K]

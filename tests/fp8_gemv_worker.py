@@ -4,9 +4,9 @@ given as JSON on argv[1].
 A subprocess of tests/test_fp8_gemv.py: ``TRITON_INTERPRET`` must be set before Triton compiles anything, and the
 rest of the suite must not see it; ``tests/fake_jax_triton.py`` stands in for jax-triton, with the interpreter's
 float32 -> e4m3 rounding made the GPU's (``exact_fp8_casts``). Prints one JSON line per case: its relative error
-against a float64 product with the dequantized weights (``rel_err``), for "dot_fp8" also against a float64 product of
-exactly the quantized activations the kernel should make (``rel_err_exact``), whether every output is finite, and the
-output's shape.
+against a float64 product of the unrounded activations and the dequantized weights (``rel_err``) and against
+``ref_fp8_matmul``, the activations rounded as its compute mode must (``rel_err_exact``), whether every output is
+finite, whether the zero rows came out zero, and the output's shape.
 """
 
 from __future__ import annotations
@@ -24,23 +24,10 @@ fake_jax_triton.exact_fp8_casts()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jllm.quantization import FP8_MAX, QuantScheme  # noqa: E402
-from pallas_kernels.fp8_gemv import GemvConfig, fp8_matmul  # noqa: E402
-
-
-def quantized_rows(x: np.ndarray) -> np.ndarray:
-    """float64 ``[M, K]``: the activations as "dot_fp8" should quantize them, in its float32 arithmetic (scale
-    ``absmax / 448``, 1 for a zero row; ``x * (1 / scale)`` clamped to +-448, rounded to e4m3 to nearest even), times
-    their scale, so ``quantized_rows(x) @ w`` is what the kernel must compute."""
-    x32 = x.astype(np.float32)
-    absmax = np.abs(x32).max(axis=1, keepdims=True)
-    scale = np.where(absmax > 0, absmax / np.float32(FP8_MAX), np.float32(1)).astype(np.float32)
-    inv = (np.float32(1) / scale).astype(np.float32)
-    xq = np.clip(x32 * inv, -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
-    return xq.astype(np.float64) * scale.astype(np.float64)
+from jllm.quantization import QuantScheme  # noqa: E402
+from pallas_kernels.fp8_gemv import GemvConfig, default_gemv_config, fp8_matmul, ref_fp8_matmul  # noqa: E402
 
 
 def matmul(case: dict, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
@@ -56,6 +43,16 @@ def matmul(case: dict, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Arra
     return jax.jit(lambda x, q, s: fp8_matmul(x, q, s, cfg, w_kmajor=case.get("w_kmajor", False)))(x, q, scale)
 
 
+def case_compute(case: dict) -> str:
+    """The compute mode a case runs in: its config's, its scheme's choice, or the default tiling's."""
+    if case.get("config"):
+        return GemvConfig(**case["config"]).compute
+    m = int(np.prod(case["lead"]))
+    return default_gemv_config(
+        m, case["k"], int(np.prod(case["out"])), case.get("scheme", {}).get("fp8_kernel_compute")
+    ).compute
+
+
 def run(case: dict) -> dict:
     lead, k, out_dims = case["lead"], case["k"], case["out"]
     kx, kr, kw = jax.random.split(jax.random.key(case["seed"]), 3)
@@ -64,11 +61,14 @@ def run(case: dict) -> dict:
     q, scale = QuantScheme("fp8").quantize(jax.random.normal(kw, (k, *out_dims), jnp.float32) * 0.05)
     got = np.asarray(matmul(case, x, q, scale), np.float64)
     w = np.asarray(q.astype(jnp.float32), np.float64) * np.asarray(scale, np.float64)
-    x64 = np.asarray(x, np.float64)
-    result = {"case": case, "finite": bool(np.isfinite(got).all()), "shape": list(got.shape)}
-    result["rel_err"] = _rel(got, np.tensordot(x64, w, axes=1))
-    exact = np.tensordot(quantized_rows(x64.reshape(-1, k)).reshape(x64.shape), w, axes=1)
-    result["rel_err_exact"] = _rel(got, exact)
+    result = {
+        "case": case,
+        "compute": case_compute(case),
+        "finite": bool(np.isfinite(got).all()),
+        "shape": list(got.shape),
+    }
+    result["rel_err"] = _rel(got, np.tensordot(np.asarray(x, np.float64), w, axes=1))
+    result["rel_err_exact"] = _rel(got, np.asarray(ref_fp8_matmul(x, q, scale, result["compute"]), np.float64))
     zero = np.asarray(case.get("zero_rows", []), int)
     result["zero_rows_zero"] = bool((got.reshape(-1, *out_dims)[zero] == 0).all())
     return result

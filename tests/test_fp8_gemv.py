@@ -24,7 +24,7 @@ from model_utils import TINY_CONFIG, run_worker
 from jllm.config import ConfigError, Fp8KernelCompute, load_config
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
-from jllm.quantization import FP8, QuantScheme
+from jllm.quantization import FP8, QuantScheme, quantize_rows
 from pallas_kernels import fp8_gemv
 from pallas_kernels.fp8_gemv import (
     COMPUTE,
@@ -33,15 +33,16 @@ from pallas_kernels.fp8_gemv import (
     check_shapes,
     default_gemv_config,
     pays_off,
+    ref_quantize_rows,
     supports,
 )
 
 # Relative (Frobenius) error against float64 of float32 activations times e4m3 weights accumulated in float32: "fma"
 # multiplies in float32 (measured ~3e-7); "dot_f16" rounds the activations to float16 first (2^-11 an element).
-# "dot_fp8" rounds them to e4m3 (3 mantissa bits: at most 2^-4 an element, ~2.5e-2 measured over a product), so
-# against the unquantized product its error must lie between DOT_FP8_ROUNDED (it did round) and 2^-4; against the
-# product of exactly the e4m3 rows it should make (``rel_err_exact``) only float32 accumulation is left: one e4m3
-# element rounded the other way would move a row by ~1/(8 sqrt(K)) > 3e-3.
+# "dot_fp8" rounds them to e4m3 (3 mantissa bits: at most 2^-4 an element, 2.4-3.0e-2 measured over a product), so
+# against the unquantized product its error must lie between DOT_FP8_ROUNDED (it did round) and 2^-4. Against
+# ``ref_fp8_matmul`` (the activations rounded as the mode must) only float32 accumulation order is left (measured
+# < 1e-7): one e4m3 element rounded the other way would move its row by ~1/(8 sqrt(K)) > 3e-3.
 RTOL = {"fma": 1e-5, "dot_f16": 2e-3, "dot_fp8": 2**-4}
 RTOL_EXACT = 1e-5
 DOT_FP8_ROUNDED = 5e-3
@@ -99,12 +100,6 @@ CASES = [
 ]  # fmt: skip
 
 
-def case_compute(case: dict) -> str:
-    if "scheme" in case:
-        return case["scheme"]["fp8_kernel_compute"]
-    return (case.get("config") or {}).get("compute", "fma" if case["lead"] == [1] else "dot_f16")
-
-
 @pytest.fixture(scope="module")
 def interpreted() -> list[dict]:
     return run_worker("fp8_gemv_worker.py", CASES)
@@ -117,11 +112,22 @@ def test_interpreted_matmul_matches_float64(interpreted: list[dict], index: int)
     case = result["case"]
     assert result["shape"] == [*case["lead"], *case["out"]]
     assert result["finite"] and result["zero_rows_zero"]
-    compute = case_compute(case)
+    compute = result["compute"]  # the case's config's, or the default tiling's
     assert result["rel_err"] < RTOL[compute], result
+    assert result["rel_err_exact"] < RTOL_EXACT, result  # against ref_fp8_matmul in the same mode
     if compute == W8A8:
-        assert result["rel_err_exact"] < RTOL_EXACT, result
         assert result["rel_err"] > DOT_FP8_ROUNDED, result  # the activations were rounded to e4m3
+
+
+def test_the_reference_quantizes_rows_as_the_engine_does() -> None:
+    """``ref_fp8_matmul``'s e4m3 rows (the kernel's arithmetic: times ``1 / scale``) against the engine's XLA path
+    (``quantize_rows``: divided by the scale), on rows of different magnitudes and a zero row."""
+    kx, kr = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (64, 4096), jnp.float32) * jnp.exp(4 * jax.random.normal(kr, (64, 1)))
+    x = x.at[5].set(0).astype(jnp.bfloat16)
+    (got, got_scale), (want, want_scale) = ref_quantize_rows(x), quantize_rows(x)
+    assert jnp.array_equal(got_scale, want_scale) and got_scale[5, 0] == 1
+    assert jnp.array_equal(got.astype(jnp.float32), want.astype(jnp.float32))
 
 
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 4096, 6144), (1, 4096, 4096), (32, 4096, 28672), (8, 14336, 4096)])
