@@ -132,12 +132,6 @@ class ModelConfig(_Section):
             "fp8_kernel_max_tokens",
             "must be >= 1",
         )
-        self._require(
-            self.fp8_kernel_compute != "fma" or (self.fp8_kernel_max_tokens or 1) == 1,
-            "fp8_kernel_compute",
-            f"'fma' multiplies one row, but fp8_kernel_max_tokens={self.fp8_kernel_max_tokens}; use 'dot_f16' or "
-            "'dot_fp8', or set fp8_kernel_max_tokens to 1",
-        )
 
 
 @dataclass

@@ -59,10 +59,6 @@ class QuantScheme:
         computes = typing.get_args(Fp8KernelCompute)
         if self.fp8_kernel_compute not in (None, *computes):
             raise ValueError(f"fp8_kernel_compute={self.fp8_kernel_compute!r} is not one of {', '.join(computes)}")
-        if self.fp8_kernel_compute == "fma" and (self.fp8_kernel_max_tokens or 1) > 1:
-            raise ValueError(
-                f"fp8_kernel_compute='fma' multiplies one row, but fp8_kernel_max_tokens={self.fp8_kernel_max_tokens}"
-            )
 
     @property
     def weight_dtype(self) -> Any:

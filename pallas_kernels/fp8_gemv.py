@@ -25,6 +25,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -165,13 +166,37 @@ def fp8_matmul(
         num_stages=cfg.num_stages,
         name=f"fp8_gemv_{cfg.compute}{'_swap' * cfg.swap_ab}{'_kmajor' * w_kmajor}_m{cfg.block_m}_n{cfg.block_n}"
         f"_k{cfg.block_k}_s{cfg.split_k}",
-        M=m, K=k, N=n, K_PER_SPLIT=k // cfg.split_k, SPLIT_K=cfg.split_k,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, COMPUTE=cfg.compute,
-        W_KMAJOR=w_kmajor, SWAP_AB=cfg.swap_ab, AMAX_BLOCK=amax_block(k, cfg),
+        **kernel_params(m, k, n, cfg, w_kmajor),
     )  # fmt: skip
     if cfg.split_k > 1:
         y = (y.sum(axis=0) * scale.reshape(n)).astype(x.dtype)
     return y.reshape(*x.shape[:-1], *out_dims)
+
+
+def kernel_params(m: int, k: int, n: int, config: GemvConfig, w_kmajor: bool = False) -> dict[str, int | str | bool]:
+    """The kernel's compile-time parameters for ``[m, k] @ [k, n]`` in ``config``."""
+    return dict(
+        M=m, K=k, N=n, K_PER_SPLIT=k // config.split_k, SPLIT_K=config.split_k, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, COMPUTE=config.compute, W_KMAJOR=w_kmajor,
+        SWAP_AB=config.swap_ab, AMAX_BLOCK=amax_block(k, config),
+    )  # fmt: skip
+
+
+def compile_for_cuda(m: int, k: int, n: int, config: GemvConfig, w_kmajor: bool = False, capability: int = 90) -> Any:
+    """The kernel compiled ahead of time for a CUDA ``capability`` (no GPU needed: Triton ships ptxas) with bf16
+    activations, as jax-triton compiles it (every array 16-byte aligned): a ``triton.compile`` result whose ``asm``
+    holds the TTGIR, PTX and cubin, for ``scripts/inspect_fp8_gemv.py`` (which MMA instructions a tiling gets)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    out = "*bf16" if config.split_k == 1 else "*fp32"
+    signature = {"x_ptr": "*bf16", "w_ptr": "*fp8e4nv", "scale_ptr": "*fp32", "out_ptr": out}
+    params = kernel_params(m, k, n, config, w_kmajor)
+    signature.update(dict.fromkeys(params, "constexpr"))
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(4)}
+    source = ASTSource(fn=_gemv_kernel, signature=signature, constexprs=params, attrs=aligned)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
 
 
 def ref_quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
