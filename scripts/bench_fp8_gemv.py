@@ -28,7 +28,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +116,17 @@ def check_variants(m: int, k: int, n: int) -> list[Variant]:
     ]
 
 
-def tune_grid(m: int, k: int, n: int, computes: list[str]) -> list[Variant]:
-    """The tilings --tune times, nearest to each mode's default tiling first (fields that differ, the layout
-    counted), in a seeded shuffle within a distance, so a time budget covers every knob once before pairs of them."""
+def tune_grid(m: int, k: int, n: int, computes: list[str], timed: Sequence[Variant] = ()) -> list[Variant]:
+    """The tilings --tune times (but those ``timed`` already), nearest to each mode's default tiling first (fields
+    that differ, the layout counted), in a seeded shuffle within a distance, so a time budget covers every knob once
+    before pairs of them."""
+    skip = {(v.config, v.weights) for v in timed}
     candidates = []
     for compute in computes:
         default = default_gemv_config(m, k, n, compute)
         for cfg, kmajor in _grid(m, k, n, compute):
+            if (cfg, "fp8_t" if kmajor else "fp8") in skip:
+                continue
             distance = sum(getattr(cfg, f.name) != getattr(default, f.name) for f in dataclasses.fields(cfg))
             candidates.append((distance + kmajor, kernel(f"triton {compute}", cfg, kmajor, tuned=True)))
     random.Random(0).shuffle(candidates)
@@ -131,11 +135,13 @@ def tune_grid(m: int, k: int, n: int, computes: list[str]) -> list[Variant]:
 
 def _grid(m: int, k: int, n: int, compute: str) -> list[tuple[GemvConfig, bool]]:
     w8a8 = compute == "dot_fp8"
-    block_ms = (1,) if compute == "fma" else (16, 64) if w8a8 else (max(16, default_gemv_config(m, k, n).block_m),)
+    block_ms = {1} if compute == "fma" else {max(16, default_gemv_config(m, k, n, "dot_f16").block_m)}
+    if w8a8:  # beside the default's: 16 rows (a swapped wgmma's N) and 64 (an unswapped one's M)
+        block_ms |= {16, 64}
     layouts = swaps = (False, True) if w8a8 else (False,)
     grid = []
     product = itertools.product(
-        block_ms, TUNE_TILES[compute], TUNE_SPLITS, TUNE_WARPS_STAGES[compute], swaps, layouts
+        sorted(block_ms), TUNE_TILES[compute], TUNE_SPLITS, TUNE_WARPS_STAGES[compute], swaps, layouts
     )  # fmt: skip
     for block_m, (bn, bk), split, (warps, stages), swap, kmajor in product:
         cfg = GemvConfig(
@@ -295,7 +301,7 @@ def run(args: argparse.Namespace, bw: float | None) -> list[dict[str, Any]]:
                 variants = check_variants(m, k, n)
             else:
                 variants = default_variants(m, k, n)
-                variants += tune_grid(m, k, n, args.tune_compute) if m in args.tune_rows else []
+                variants += tune_grid(m, k, n, args.tune_compute, variants) if m in args.tune_rows else []
             shape_rows = measure(name, w, variants, m, args, bw)
             print_rows([r for r in shape_rows if not r["variant"].endswith(" tuned")] + best_tilings(shape_rows))
             rows += shape_rows

@@ -4,8 +4,8 @@ jax-triton launches compiled Triton only on a CUDA device; with this module inst
 ``TRITON_INTERPRET=1`` set before Triton is imported) a kernel's JAX entry point runs whole on the CPU, under jit
 too (``jax.pure_callback``): its host
 logic (shapes, grid, constexprs, the XLA work around the call) and the kernel's own code. Outputs start as NaN, so
-an element the kernel should write and does not shows up. ``exact_fp8_casts`` mends the interpreter's float32 ->
-e4m3 rounding for kernels that quantize in registers.
+an element the kernel should write and does not shows up. ``exact_float_casts`` mends the interpreter's float32 ->
+e4m3 and -> bf16 rounding.
 """
 
 from __future__ import annotations
@@ -63,19 +63,27 @@ def triton_call(
     return jax.pure_callback(launch, out_shape, *args)
 
 
-def exact_fp8_casts() -> None:
-    """Makes the interpreter round float32 -> e4m3 (``.to(tl.float8e4nv)``) as the GPU's ``cvt.rn.satfinite`` does:
-    to nearest even, saturating at +-448. Triton's own interpreter (3.8 here) rounds ties away from zero and drops the
-    carry when rounding overflows the mantissa of an odd exponent (1.97 -> 1.0, 126.2 -> 64.0; triton-lang/triton
-    issue 8322, fixes not merged), which no kernel run on a GPU would do. Other casts are left as they are."""
-    original = interpreter.InterpreterBuilder.create_fp_to_fp
+def exact_float_casts() -> None:
+    """Makes the interpreter round float32 down to e4m3 and bf16 as a GPU does (``cvt.rn.satfinite.e4m3x2.f32``,
+    ``cvt.rn.bf16.f32``): to nearest even, e4m3 saturating at +-448. Triton's own interpreter (3.8 here) rounds
+    float32 -> e4m3 ties away from zero and drops the carry when rounding overflows the mantissa of an odd exponent
+    (1.97 -> 1.0, 126.2 -> 64.0; triton-lang/triton issue 8322, fixes not merged), and truncates float32 -> bf16.
+    Other casts are left as they are."""
+    e4m3_cast = interpreter.InterpreterBuilder.create_fp_to_fp
+    plain_cast = interpreter.InterpreterBuilder.cast_impl
     top = float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)
 
     def create_fp_to_fp(self: Any, src: Any, dst_type: Any, rounding_mode: Any) -> Any:
         to_e4m3 = dst_type.scalar == tl.float8e4nv and src.dtype.scalar == tl.float32
         if not to_e4m3 or rounding_mode != ir.ROUNDING_MODE.RTNE:
-            return original(self, src, dst_type, rounding_mode)
+            return e4m3_cast(self, src, dst_type, rounding_mode)
         data = np.clip(src.data, -top, top).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
         return interpreter.TensorHandle(data, dst_type.scalar)
 
+    def cast_impl(self: Any, src: Any, dst_type: Any) -> Any:
+        if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:
+            return plain_cast(self, src, dst_type)
+        return interpreter.TensorHandle(src.data.astype(ml_dtypes.bfloat16).view(np.uint16), dst_type.scalar)
+
     interpreter.InterpreterBuilder.create_fp_to_fp = create_fp_to_fp
+    interpreter.InterpreterBuilder.cast_impl = cast_impl

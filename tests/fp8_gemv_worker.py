@@ -3,24 +3,27 @@ given as JSON on argv[1].
 
 A subprocess of tests/test_fp8_gemv.py: ``TRITON_INTERPRET`` must be set before Triton compiles anything, and the
 rest of the suite must not see it; ``tests/fake_jax_triton.py`` stands in for jax-triton, with the interpreter's
-float32 -> e4m3 rounding made the GPU's (``exact_fp8_casts``). Prints one JSON line per case: its relative error
-against a float64 product of the unrounded activations and the dequantized weights (``rel_err``) and against
-``ref_fp8_matmul``, the activations rounded as its compute mode must (``rel_err_exact``), whether every output is
-finite, whether the zero rows came out zero, and the output's shape.
+float32 -> e4m3 and -> bf16 rounding made the GPU's (``exact_float_casts``). Prints one JSON line per case: its
+relative error against a float64 product of the unrounded activations and the dequantized weights (``rel_err``)
+and against ``ref_fp8_matmul``, the activations rounded as its compute mode must (``rel_err_exact``), whether every
+output is finite, whether the zero rows came out zero, and the output's shape. A case with ``bench`` runs
+``scripts/bench_fp8_gemv.py``'s ``--check`` path instead and prints its rows.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
 
 import fake_jax_triton  # noqa: E402
 
 sys.modules["jax_triton"] = fake_jax_triton
-fake_jax_triton.exact_fp8_casts()
+fake_jax_triton.exact_float_casts()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -78,6 +81,21 @@ def _rel(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
+def run_bench_check(case: dict) -> dict:
+    """``scripts/bench_fp8_gemv.py --check``'s path (every variant it checks, the references, the error rows) on a
+    small shape: the script's CPU dry run, its kernel variants in the interpreter."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import bench_fp8_gemv
+
+    k, n = case["bench"]
+    w = bench_fp8_gemv.Weights(k, n, layers=2)
+    args = argparse.Namespace(layers=2, tune_budget_s=0.0)
+    rows = []
+    for m in case["rows"]:
+        rows += bench_fp8_gemv.measure("small", w, bench_fp8_gemv.check_variants(m, k, n), m, args, None)
+    return {"case": case, "rows": rows}
+
+
 if __name__ == "__main__":
     for case in json.loads(sys.argv[1]):
-        print(json.dumps(run(case)), flush=True)
+        print(json.dumps(run_bench_check(case) if "bench" in case else run(case)), flush=True)

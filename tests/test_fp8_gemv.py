@@ -5,13 +5,17 @@ jax-triton launches compiled Triton only on a CUDA device, so CI runs ``fp8_matm
 ``tests/fake_jax_triton.py`` standing in for jax-triton (``tests/fp8_gemv_worker.py``, one subprocess for all
 cases): float32 activations on fresh random inputs (each row at its own scale) against float64 products. The
 interpreter runs "dot_fp8"'s e4m3 ``tl.dot`` (it widens both operands to float16, exactly, and multiplies in
-float32), but rounds float32 -> e4m3 wrongly (triton-lang/triton issue 8322), so the worker mends that cast to the
-GPU's rounding first. Numerics in bf16 and speed on the GPU are ``scripts/bench_fp8_gemv.py``'s (``--check``).
+float32), but rounds float32 -> e4m3 wrongly (triton-lang/triton issue 8322) and truncates float32 -> bf16, so the
+worker mends both casts to the GPU's rounding first. Numerics in bf16 and speed on the GPU are
+``scripts/bench_fp8_gemv.py``'s (``--check``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,9 @@ from pallas_kernels.fp8_gemv import (
     ref_quantize_rows,
     supports,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # as `python scripts/bench_fp8_gemv.py`
+bench = importlib.import_module("bench_fp8_gemv")
 
 # Relative (Frobenius) error against float64 of float32 activations times e4m3 weights accumulated in float32: "fma"
 # multiplies in float32 (measured ~3e-7); "dot_f16" rounds the activations to float16 first (2^-11 an element).
@@ -97,6 +104,8 @@ CASES = [
     w8a8(14, [2, 3], 256, [4, 32], w_kmajor=True, block_n=32, block_k=64, split_k=2, swap_ab=True),
     # the engine's path: QuantScheme picks the kernel in "dot_fp8" with its default tiling
     dict(seed=15, lead=[5], k=1024, out=[256], scheme=dict(fp8_kernel_max_tokens=16, fp8_kernel_compute=W8A8)),
+    # scripts/bench_fp8_gemv.py --check's path on a small shape: every variant it checks, kernels interpreted
+    dict(bench=[256, 256], rows=[1, 33]),
 ]  # fmt: skip
 
 
@@ -105,8 +114,11 @@ def interpreted() -> list[dict]:
     return run_worker("fp8_gemv_worker.py", CASES)
 
 
+MATMULS = [i for i, case in enumerate(CASES) if "bench" not in case]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(CASES)))
+@pytest.mark.parametrize("index", MATMULS)
 def test_interpreted_matmul_matches_float64(interpreted: list[dict], index: int) -> None:
     result = interpreted[index]
     case = result["case"]
@@ -123,7 +135,7 @@ def test_the_reference_quantizes_rows_as_the_engine_does() -> None:
     """``ref_fp8_matmul``'s e4m3 rows (the kernel's arithmetic: times ``1 / scale``) against the engine's XLA path
     (``quantize_rows``: divided by the scale), on rows of different magnitudes and a zero row."""
     kx, kr = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (64, 4096), jnp.float32) * jnp.exp(4 * jax.random.normal(kr, (64, 1)))
+    x = jax.random.normal(kx, (16, 2048), jnp.float32) * jnp.exp(4 * jax.random.normal(kr, (16, 1)))
     x = x.at[5].set(0).astype(jnp.bfloat16)
     (got, got_scale), (want, want_scale) = ref_quantize_rows(x), quantize_rows(x)
     assert jnp.array_equal(got_scale, want_scale) and got_scale[5, 0] == 1
@@ -220,3 +232,59 @@ def test_the_loader_enables_the_kernel_on_one_cuda_device_only(tmp_path: Path) -
     assert loaded.args.quant.fp8_kernel_compute == "dot_fp8"  # carried, for where the kernel runs
     with pytest.raises(ConfigError, match="fp8_kernel_max_tokens=0 is not allowed: must be >= 1"):
         load_config(fp8_kernel_max_tokens=0)
+
+
+@pytest.mark.slow
+def test_the_bench_check_runs_every_variant_within_its_bound(interpreted: list[dict]) -> None:
+    rows = next(r for r in interpreted if "bench" in r["case"])["rows"]
+    for m in (1, 33):
+        assert {r["variant"] for r in rows if r["rows"] == m} == {v.name for v in bench.check_variants(m, 256, 256)}
+    for row in rows:
+        assert "error" not in row and row["rel_err"] < bench.CHECK_BOUND and row["max_err"] < 4 * bench.CHECK_BOUND
+    assert all(r["variant"].startswith("triton") == (r["config"] is not None) for r in rows)
+
+
+def test_the_bench_checks_w8a8_on_both_layouts_swapped_and_not() -> None:
+    variants = bench.check_variants(32, 4096, 28672)
+    assert len({v.name for v in variants}) == len(variants)
+    w8a8 = {(v.weights, v.config.swap_ab) for v in variants if v.reference == W8A8 and v.config is not None}
+    assert w8a8 == {("fp8", True), ("fp8", False), ("fp8_t", True), ("fp8_t", False)}
+
+
+@pytest.mark.parametrize(("m", "shape"), [(1, "gate_up"), (32, "down")])
+def test_the_tune_grid_tries_each_knob_before_pairs_of_them(m: int, shape: str) -> None:
+    k, n = bench.SHAPES[shape]
+    timed = bench.default_variants(m, k, n)
+    grid = bench.tune_grid(m, k, n, [W8A8], timed)
+    assert len(grid) > 500 and all(supports(m, k, n, v.config) and v.tuned for v in grid)
+    assert not {(v.config, v.weights) for v in timed} & {(v.config, v.weights) for v in grid}
+    default = default_gemv_config(m, k, n, W8A8)
+
+    def changed(v: bench.Variant) -> set[str]:
+        fields = {f for f, value in dataclasses.asdict(v.config).items() if getattr(default, f) != value}
+        return fields | ({"layout"} if v.weights == "fp8_t" else set())
+
+    ones = [changed(v) for v in grid if len(changed(v)) == 1]
+    assert [changed(v) for v in grid[: len(ones)]] == ones  # one knob at a time first, then pairs, ...
+    knobs = {"swap_ab", "block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"}
+    assert set().union(*ones) == knobs  # (the [N, K] layout alone is a default variant, timed already)
+    assert any(changed(v) == {"layout", "swap_ab"} for v in grid)
+
+
+def test_the_step_table_sums_four_shapes_of_32_layers_at_each_variants_best() -> None:
+    rows = [
+        dict(rows=1, variant=variant, shape=shape, us=us)
+        for shape in bench.SHAPES
+        for variant, us in (("bf16 XLA", 10.0), ("triton dot_fp8 tuned", 6.0), ("triton dot_fp8 tuned", 5.0))
+    ] + [dict(rows=1, variant="triton dot_fp8 kmajor", shape="qkv", us=1.0)]  # one shape only: no total
+    table = bench.step_table(rows, [1])
+    assert {t["variant"]: t["step_ms"] for t in table} == {
+        "bf16 XLA": 32 * 40 / 1e3,
+        "triton dot_fp8 tuned": 32 * 20 / 1e3,
+    }
+
+
+def test_the_bench_refuses_an_unknown_compute_mode_by_name(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tune", "--tune-compute", "dot_fp8,dot_bf16"])
+    assert "--tune-compute: unknown ['dot_bf16']" in capsys.readouterr().err
