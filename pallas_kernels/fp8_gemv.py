@@ -85,7 +85,7 @@ def default_gemv_config(m: int, k: int, n: int, compute: str | None = None) -> G
     steps). The fastest one-row tilings of an H200 sweep (2026-12-03, bench_fp8_gemv --tune) were these: Llama-3-8B's
     gate-up (28672 columns) at split 2, down (4096) at 8, QKV (6144) at 8. "dot_fp8"'s is a first guess, not yet
     timed; swapped because Triton compiles a 16-row e4m3 ``tl.dot`` for sm_90 to ``mma.sync`` on operands widened to
-    float16, the swapped one to an e4m3 ``wgmma`` (m64n16k32; ``bench_fp8_gemv --inspect``, Triton 3.8)."""
+    float16, the swapped one to an e4m3 ``wgmma`` (m64n16k32; scripts/inspect_fp8_gemv.py, Triton 3.6 and 3.8)."""
     compute = compute or ("fma" if m == 1 else "dot_f16")
     if compute == "fma":
         cfg = GemvConfig()

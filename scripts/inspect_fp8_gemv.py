@@ -5,7 +5,8 @@ Per Llama-3-8B shape, row count and kernel variant of ``scripts/bench_fp8_gemv.p
 W8A8 swapped and not, ``[K, N]`` and ``[N, K]`` weights, 64-row tiles): the MMA instructions (``wgmma`` with e4m3
 operands is Hopper's FP8 tensor-core path; ``mma.sync`` on f16 means the e4m3 operands were widened), how many
 e4m3 -> f16 widening and f32 -> e4m3 quantizing converts the PTX holds, asynchronous copies (the pipelined loads),
-shared memory and registers. Triton's version is the machine's: run it where the kernel runs.
+byte permutes (a tile transposed in registers), shared memory and registers. Triton's version is the machine's: run
+it where the kernel runs (or put that version first on PYTHONPATH: only ``triton`` itself is needed).
 
     python scripts/inspect_fp8_gemv.py --rows 1,32 --shapes gate_up,down --json $OUT/inspect.json
 """
@@ -31,6 +32,7 @@ PTX_COUNTS = {  # what each count means: PTX instruction patterns
     "widen": r"cvt\.rn\.f16x2\.e4m3x2",  # e4m3 -> f16, two at a time
     "quantize": r"cvt\.rn\.satfinite\.e4m3x2\.f32",  # f32 -> e4m3, two at a time
     "cp_async": r"cp\.async\.(?:ca|cg)|cp\.async\.bulk",  # loads copied asynchronously into shared memory
+    "permute": r"\bprmt\.b32",  # byte permutes: e4m3 tiles transposed in registers on their way to shared memory
 }
 
 
@@ -103,7 +105,7 @@ def print_row(r: dict[str, Any]) -> None:
         return
     print(
         f"{head} {','.join(r['mma']) or 'no MMA'}; widen {r['widen']} quantize {r['quantize']} cp.async "
-        f"{r['cp_async']}; shared {r['shared']} B, {r['registers']} regs",
+        f"{r['cp_async']} prmt {r['permute']}; shared {r['shared']} B, {r['registers']} regs",
         flush=True,
     )
 

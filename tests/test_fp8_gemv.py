@@ -35,6 +35,7 @@ from pallas_kernels.fp8_gemv import (
     GemvConfig,
     amax_block,
     check_shapes,
+    compile_for_cuda,
     default_gemv_config,
     pays_off,
     ref_quantize_rows,
@@ -288,3 +289,18 @@ def test_the_bench_refuses_an_unknown_compute_mode_by_name(capsys: pytest.Captur
     with pytest.raises(SystemExit):
         bench.parse_args(["--tune", "--tune-compute", "dot_fp8,dot_bf16"])
     assert "--tune-compute: unknown ['dot_bf16']" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two compiles for sm_90 (~5 s)
+def test_the_default_w8a8_tiling_compiles_to_an_fp8_wgmma_without_widening() -> None:
+    """What ``default_gemv_config``'s swap rests on, with this machine's Triton and no GPU: swapped, the e4m3
+    ``tl.dot`` of one row is a wgmma on e4m3 operands, nothing widened ([N, K] weights: nothing transposed in
+    registers either); unswapped at 16 rows it is ``mma.sync`` on operands widened to float16."""
+    inspector = importlib.import_module("inspect_fp8_gemv")
+    m, (k, n) = 1, bench.SHAPES["o_proj"]
+    cfg = default_gemv_config(m, k, n, W8A8)
+    swapped = inspector.summarise(compile_for_cuda(m, k, n, cfg, w_kmajor=True))
+    assert swapped["mma"] == ["wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3"], swapped
+    assert swapped["widen"] == 0 and swapped["permute"] == 0 and swapped["quantize"] > 0 and swapped["cp_async"] > 0
+    plain = inspector.summarise(compile_for_cuda(m, k, n, dataclasses.replace(cfg, swap_ab=False)))
+    assert plain["mma"] and all(".f16.f16." in mma for mma in plain["mma"]) and plain["widen"] > 0, plain
