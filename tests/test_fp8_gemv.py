@@ -304,3 +304,17 @@ def test_the_default_w8a8_tiling_compiles_to_an_fp8_wgmma_without_widening() -> 
     assert swapped["widen"] == 0 and swapped["permute"] == 0 and swapped["quantize"] > 0 and swapped["cp_async"] > 0
     plain = inspector.summarise(compile_for_cuda(m, k, n, dataclasses.replace(cfg, swap_ab=False)))
     assert plain["mma"] and all(".f16.f16." in mma for mma in plain["mma"]) and plain["widen"] > 0, plain
+
+
+@pytest.mark.slow  # a dozen small XLA compiles (~5 s)
+def test_the_bench_times_the_xla_variants_and_their_errors_on_the_cpu() -> None:
+    """The timing path of ``bench_fp8_gemv.measure`` (the kernel's rows need a GPU: here they are error rows)."""
+    w = bench.Weights(256, 128, layers=2)
+    variants = bench.default_variants(1, 256, 128)
+    rows = bench.measure("small", w, variants, 1, bench.parse_args(["--layers", "2"]), bw=1000.0)
+    xla = [r for r in rows if r["config"] is None]
+    assert [r["variant"] for r in xla] == list(bench.XLA) and len(rows) == len(variants)
+    for r in xla:
+        assert r["us"] > 0 and r["gbps"] > 0 and r["pct_copy"] == pytest.approx(100 * r["gbps"] / 1000.0)
+        assert r["rel_err"] < bench.CHECK_BOUND, r
+    assert all("error" in r or r["rel_err"] < bench.CHECK_BOUND for r in rows if r["config"] is not None)
