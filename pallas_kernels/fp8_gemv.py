@@ -333,7 +333,9 @@ def _fp8_partial(
 ):  # fmt: skip
     """f32[BLOCK_M, BLOCK_N]: this split's ``quantize(x) @ w`` in e4m3 x e4m3 MMAs (before the activation scale).
     Each ``[BLOCK_M, BLOCK_K]`` chunk is multiplied by its rows' ``1 / scale``, clamped to +-448 and rounded to e4m3
-    (round to nearest even, as XLA's convert); ``SWAP_AB`` multiplies ``w^T @ x^T`` instead."""
+    (round to nearest even, as XLA's convert); ``SWAP_AB`` multiplies ``w^T @ x^T`` instead. On Hopper Triton lets
+    the e4m3 wgmma accumulate at its own reduced precision over the whole loop (``max_num_imprecise_acc`` defaults
+    to 2^30 on sm_90); ``bench_fp8_gemv.py --check`` measures what that costs against float32."""
     if SWAP_AB:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     else:
