@@ -87,6 +87,7 @@ def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:
             quantization=m.quantization,
             fp8_dot_min_tokens=m.fp8_dot_min_tokens,
             fp8_kernel_max_tokens=m.fp8_kernel_max_tokens,
+            fp8_kernel_compute=m.fp8_kernel_compute,
         )
     gigabytes = sum(x.nbytes for x in jax.tree.leaves(loaded.model)) / 1e9
     log_phase(logger, "weights loaded", elapsed.seconds, f"{gigabytes:.3g} GB, {m.load_format}")

@@ -27,6 +27,7 @@ AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3"]  # vLLM's names: auto = the model's dtype, fp8 = fp8_e4m3
 Pooling = Literal["last", "mean"]
 Quantization = Literal["int8", "fp8"]  # vLLM's names (jllm.quantization)
+Fp8KernelCompute = Literal["fma", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_gemv.COMPUTE (a test keeps them equal)
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,10 @@ class ModelConfig(_Section):
     # decodes, where it measured faster) multiply in jllm's Triton FP8-weight kernel (pallas_kernels/fp8_gemv.py);
     # elsewhere, or None, XLA's dot widens the weights
     fp8_kernel_max_tokens: int | None = 1
+    # How that kernel multiplies: None = its default per step size ("fma" for one row, "dot_f16" for more: the
+    # weights widened in registers); "dot_fp8" = W8A8, activations quantized per token (absmax / 448) in the kernel
+    # and multiplied e4m3 x e4m3 on the FP8 tensor cores, for every weight size
+    fp8_kernel_compute: Fp8KernelCompute | None = None
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")

@@ -410,6 +410,7 @@ def load_model(
     quantization: str | None = None,
     fp8_dot_min_tokens: int | None = 512,
     fp8_kernel_max_tokens: int | None = 1,
+    fp8_kernel_compute: str | None = None,
 ) -> LoadedModel:
     """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``, quantizing the decoder's
     linears when ``quantization`` asks (or the checkpoint is stored in FP8). The Triton FP8-weight kernel runs on one
@@ -418,7 +419,9 @@ def load_model(
     hf_config = read_json(model_dir / "config.json")
     generation_config = read_json(model_dir / "generation_config.json", required=False)
     kernel_runs = mesh.size == 1 and mesh.devices.flat[0].platform == "gpu" and has_jax_triton()
-    quant = resolve_scheme(quantization, hf_config, fp8_dot_min_tokens, fp8_kernel_max_tokens if kernel_runs else None)
+    quant = resolve_scheme(
+        quantization, hf_config, fp8_dot_min_tokens, fp8_kernel_max_tokens if kernel_runs else None, fp8_kernel_compute
+    )
     float_dtype = resolve_dtype(dtype, hf_config)
     graphdef, state, args, kv_replicas = abstract_model(hf_config, float_dtype, mesh.size, quant)
     if load_format == "auto":

@@ -9,8 +9,9 @@ quantized matmuls, and which stored checkpoint formats are read as stored.
   cuBLASLt's FP8 GEMM on Hopper, an upcast on the CPU); smaller steps (decodes) convert the weights to the
   activation dtype and multiply there: on one CUDA device with jax-triton, steps of at most ``fp8_kernel_max_tokens``
   tokens in ``pallas_kernels.fp8_gemv``, which widens the weights in registers (XLA's fused convert streams e4m3
-  weights slower than cuBLAS streams bf16 ones), elsewhere in XLA's dot. The step's token count is static, so each
-  shape bucket compiles one mode.
+  weights slower than cuBLAS streams bf16 ones) or, with ``fp8_kernel_compute: dot_fp8``, quantizes the activations
+  per token as above and multiplies e4m3 x e4m3 on the FP8 tensor cores (W8A8 for decodes too); elsewhere in XLA's
+  dot. The step's token count is static, so each shape bucket compiles one mode.
 
 Scales multiply after the matmul: ``x @ (q * s) == (x @ q) * s`` for a per-output-channel ``s``.
 
@@ -20,10 +21,13 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jllm.config import Fp8KernelCompute
 
 SCHEMES = ("int8", "fp8")
 FP8 = jnp.float8_e4m3fn
@@ -46,10 +50,15 @@ class QuantScheme:
     # fp8 weight-only steps of at most this many tokens multiply in pallas_kernels.fp8_gemv (jax-triton; the loader
     # sets it only for one CUDA device); None = XLA's dot with the weights widened
     fp8_kernel_max_tokens: int | None = None
+    # how the kernel multiplies (pallas_kernels.fp8_gemv.COMPUTE); None = its default per row count
+    fp8_kernel_compute: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCHEMES:
             raise ValueError(f"quantization={self.name!r} is not supported; choose one of {', '.join(SCHEMES)}")
+        computes = typing.get_args(Fp8KernelCompute)
+        if self.fp8_kernel_compute not in (None, *computes):
+            raise ValueError(f"fp8_kernel_compute={self.fp8_kernel_compute!r} is not one of {', '.join(computes)}")
 
     @property
     def weight_dtype(self) -> Any:
@@ -66,7 +75,7 @@ class QuantScheme:
             return False
         from pallas_kernels.fp8_gemv import pays_off  # imports Triton: only where the loader enabled the kernel
 
-        return pays_off(rows, q.shape[0], q.size // q.shape[0])
+        return pays_off(rows, q.shape[0], q.size // q.shape[0], self.fp8_kernel_compute)
 
     def quantize(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``w [in, *out]`` -> (``q [in, *out]`` in ``weight_dtype``, float32 ``scale [*out]``), symmetric per
@@ -84,9 +93,10 @@ class QuantScheme:
         if self.uses_fp8_dot(x.shape[0]):
             return fp8_dot(x, q, scale)
         if self.uses_fp8_kernel(x, q):
-            from pallas_kernels.fp8_gemv import fp8_matmul
+            from pallas_kernels.fp8_gemv import default_gemv_config, fp8_matmul
 
-            return fp8_matmul(x, q, scale)
+            cfg = default_gemv_config(x.size // x.shape[-1], q.shape[0], scale.size, self.fp8_kernel_compute)
+            return fp8_matmul(x, q, scale, cfg)
         y = _contract(x, q.astype(x.dtype))
         return (y * scale).astype(x.dtype)
 
@@ -158,6 +168,7 @@ def resolve_scheme(
     hf_config: dict[str, Any],
     fp8_dot_min_tokens: int | None = 512,
     fp8_kernel_max_tokens: int | None = None,
+    fp8_kernel_compute: str | None = None,
 ) -> QuantScheme | None:
     """The scheme to run: the one asked for, or the checkpoint's own (an FP8 checkpoint runs as fp8, as in vLLM)."""
     stored = stored_scheme(hf_config)
@@ -167,4 +178,4 @@ def resolve_scheme(
             f"leave quantization unset or set it to {stored!r}"
         )
     name = requested or stored
-    return None if name is None else QuantScheme(name, fp8_dot_min_tokens, fp8_kernel_max_tokens)
+    return None if name is None else QuantScheme(name, fp8_dot_min_tokens, fp8_kernel_max_tokens, fp8_kernel_compute)

@@ -4,7 +4,8 @@ jax-triton launches compiled Triton only on a CUDA device; with this module inst
 ``TRITON_INTERPRET=1`` set before Triton is imported) a kernel's JAX entry point runs whole on the CPU, under jit
 too (``jax.pure_callback``): its host
 logic (shapes, grid, constexprs, the XLA work around the call) and the kernel's own code. Outputs start as NaN, so
-an element the kernel should write and does not shows up.
+an element the kernel should write and does not shows up. ``exact_float_casts`` mends the interpreter's float32 ->
+e4m3 and -> bf16 rounding.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import torch
+import triton.language as tl
+from triton._C.libtriton import ir
+from triton.runtime import interpreter
 
 # dtypes numpy holds only through ml_dtypes: moved between numpy and torch as raw bits of the same width
 _RAW_BITS = {
@@ -56,3 +61,29 @@ def triton_call(
         return _to_numpy(out, dtype)
 
     return jax.pure_callback(launch, out_shape, *args)
+
+
+def exact_float_casts() -> None:
+    """Makes the interpreter round float32 down to e4m3 and bf16 as a GPU does (``cvt.rn.satfinite.e4m3x2.f32``,
+    ``cvt.rn.bf16.f32``): to nearest even, e4m3 saturating at +-448. Triton's own interpreter (3.8 here) rounds
+    float32 -> e4m3 ties away from zero and drops the carry when rounding overflows the mantissa of an odd exponent
+    (1.97 -> 1.0, 126.2 -> 64.0; triton-lang/triton issue 8322, fixes not merged), and truncates float32 -> bf16.
+    Other casts are left as they are."""
+    e4m3_cast = interpreter.InterpreterBuilder.create_fp_to_fp
+    plain_cast = interpreter.InterpreterBuilder.cast_impl
+    top = float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)
+
+    def create_fp_to_fp(self: Any, src: Any, dst_type: Any, rounding_mode: Any) -> Any:
+        to_e4m3 = dst_type.scalar == tl.float8e4nv and src.dtype.scalar == tl.float32
+        if not to_e4m3 or rounding_mode != ir.ROUNDING_MODE.RTNE:
+            return e4m3_cast(self, src, dst_type, rounding_mode)
+        data = np.clip(src.data, -top, top).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+        return interpreter.TensorHandle(data, dst_type.scalar)
+
+    def cast_impl(self: Any, src: Any, dst_type: Any) -> Any:
+        if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:
+            return plain_cast(self, src, dst_type)
+        return interpreter.TensorHandle(src.data.astype(ml_dtypes.bfloat16).view(np.uint16), dst_type.scalar)
+
+    interpreter.InterpreterBuilder.create_fp_to_fp = create_fp_to_fp
+    interpreter.InterpreterBuilder.cast_impl = cast_impl
