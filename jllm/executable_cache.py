@@ -196,7 +196,9 @@ class ExecutableCache:
         except FileNotFoundError:
             return None
         except Exception as e:  # a cut or corrupt file, a class renamed since: traced and compiled again
-            logger.warning("executable cache entry %s is unreadable (%s: %s); compiling it again", path, type(e), e)
+            logger.warning(
+                "executable cache entry %s is unreadable (%s: %s); compiling it again", path, type(e).__name__, e
+            )
             return None
         return entry if entry.key == key else None  # another key of the same hash: a miss
 
@@ -210,7 +212,9 @@ class ExecutableCache:
             )
         except Exception as e:
             path = self.path(entry.key)
-            logger.warning("executable cache entry %s did not load (%s: %s); compiling it again", path, type(e), e)
+            logger.warning(
+                "executable cache entry %s did not load (%s: %s); compiling it again", path, type(e).__name__, e
+            )
             return None
 
     def store(self, key: str, compiled: jax.stages.Compiled) -> None:
@@ -218,14 +222,17 @@ class ExecutableCache:
         try:
             executable, in_tree, out_tree = serialize_executable.serialize(compiled)
             out_avals = tuple((tuple(o.shape), o.dtype) for o in jax.tree.leaves(compiled.out_info))
-            device_ids = tuple(d.id for d in compiled._executable._unloaded_executable.device_list)  # noqa: SLF001
+            # The devices it runs on, in its order: what JAX's own cache hands back to the loader too.
+            device_ids = tuple(d.id for d in compiled._executable._unloaded_executable.device_list)
             entry = Entry(key, executable, in_tree, out_tree, out_avals, device_ids)
             _write_atomically(self.path(key), pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
         except Exception as e:
             with self._lock:
                 warn, self._store_failed = not self._store_failed, True
             if warn:
-                logger.warning("executable cache: cannot store programs in %s (%s: %s)", self.directory, type(e), e)
+                logger.warning(
+                    "executable cache: cannot store programs in %s (%s: %s)", self.directory, type(e).__name__, e
+                )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

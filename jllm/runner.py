@@ -3,9 +3,9 @@
 A step is two compiled programs per bucket (``jllm.step_programs``): the forward pass, with the pool donated so the
 K/V writes happen in place, and the sampler, one per sampling variant, so only a few integers per row come back.
 Every program a request can pick is compiled at start-up (per bucket: the forward, two base samplers and four
-general ones), so no request waits on the compiler. Neither branches on device values, so launching a step never
-waits for the GPU. The step's host inputs and plan are ``jllm.step_inputs``; unpacking its results is
-``jllm.step_results``.
+general ones), so no request waits on the compiler; a warm start loads them from ``jllm.executable_cache``. Neither
+branches on device values, so launching a step never waits for the GPU. The step's host inputs and plan are
+``jllm.step_inputs``; unpacking its results is ``jllm.step_results``.
 
 Where this module sits: docs/architecture.md.
 """
