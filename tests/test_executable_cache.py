@@ -50,13 +50,14 @@ def cold(xla_dir: Path, prompts: list[list[int]]) -> dict:
     return start(xla_dir, prompts)
 
 
+def entries(xla_dir: Path) -> list[str]:
+    return sorted(map(str, (xla_dir / executable_cache.SUBDIRECTORY).glob("*.jllm")))
+
+
 @pytest.fixture(scope="module")
 def warm(xla_dir: Path, prompts: list[list[int]], cold: dict) -> dict:
-    return start(xla_dir, prompts)
-
-
-def entries(xla_dir: Path) -> list[Path]:
-    return sorted((xla_dir / executable_cache.SUBDIRECTORY).glob("*.jllm"))
+    """The second start, and the entries the first one wrote (other tests add their own)."""
+    return start(xla_dir, prompts) | {"entries": entries(xla_dir)}
 
 
 @pytest.mark.slow
@@ -67,7 +68,7 @@ def test_a_warm_start_loads_every_program_untraced_and_samples_what_the_cold_one
     for times in warm["kinds"].values():
         assert times["trace_s"] == times["lower_s"] == times["compile_s"] == 0 < times["load_s"]
         assert times["loaded"] == times["programs"]
-    assert len(entries(xla_dir)) == PROGRAMS and not cold["warnings"] and not warm["warnings"]
+    assert len(warm["entries"]) == PROGRAMS and not cold["warnings"] and not warm["warnings"]
     # Greedy and seeded random samples with logprobs and prompt logprobs on fresh random prompts: the loaded
     # executables are the compiled ones, so tokens and logprobs match exactly.
     assert warm["outputs"] == cold["outputs"]
@@ -84,7 +85,7 @@ def test_a_changed_setting_misses_though_the_program_is_the_same(xla_dir, prompt
 
 @pytest.mark.slow
 def test_a_corrupt_entry_is_compiled_again_with_one_warning_and_written_again(xla_dir, prompts, warm):
-    cut, broken = entries(xla_dir)[:2]
+    cut, broken = map(Path, warm["entries"][:2])
     cut.write_bytes(cut.read_bytes()[:100])  # unreadable: a cut file
     entry = pickle.loads(broken.read_bytes())  # readable, but its executable does not load
     broken.write_bytes(pickle.dumps(dataclasses.replace(entry, executable=b"not an executable")))
@@ -229,3 +230,14 @@ def test_an_entry_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         executable_cache._write_atomically(path, b"new")
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.slow
+def test_a_tensor_parallel_warm_start_loads_every_program_and_samples_the_same(tmp_path, prompts):
+    """TP 2 over 8 fake CPU devices: the programs' shardings and device lists come back as they were stored."""
+    case = {"model": TINY, "engine_args": {**ARGS, "tensor_parallel_size": 2}, "prompts": prompts, "sampling": SAMPLING}
+    env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    (cold,) = run_worker("executable_cache_worker.py", [case], **env)
+    (warm,) = run_worker("executable_cache_worker.py", [case], **env)
+    assert (cold["loaded"], warm["loaded"], warm["programs"]) == (0, PROGRAMS, PROGRAMS)
+    assert warm["outputs"] == cold["outputs"] and not warm["warnings"]
