@@ -13,13 +13,20 @@ function of, and an entry keeps that text (its file name is its SHA-256; a diffe
   GPU libraries read, the platform, its version and every device (id, kind, process), and the engine's settings
   (the model's config.json, its ``ModelArgs``, every engine key but the server's).
 A text that names an object by its address ("at 0x..."), which another process may reuse for something else, is
-never cached. Entries are written whole (a temporary file renamed over the entry); an unreadable or corrupt one is
-logged once at WARNING and its program traced and compiled as before, then written again.
+never cached. The source is read from disk: code patched in memory (a test's monkeypatch of a traced function) is
+not in the key, so an engine built over such a patch needs ``executable_cache: false``. Entries are written whole
+(a temporary file renamed over the entry); an unreadable or corrupt one is logged once at WARNING and its program
+traced and compiled as before, then written again.
 
 Off (``open_cache`` gives None) without JAX's cache, with ``executable_cache: false``, with a remote cache
 directory, and under ``jax.distributed`` (more than one process): there each process loads programs that span other
-processes' devices, which JAX's own cache coordinates and a per-process file cannot. Like JAX's cache, an entry is
-unpickled on load: the directory must be one only this user writes.
+processes' devices, which JAX's own cache coordinates and a per-process file cannot. Off on a CPU unless
+``executable_cache: true``: an XLA:CPU program compiled in a process that already held another engine's programs was
+stored without some of its kernels (it ran where compiled, but loaded, even into a fresh process, it failed with
+"Function concatenate_bitcast_fusion not found"; 2026-12-03, jax 0.11.2, tests/test_multi_model.py's reload). A
+process that compiles its one engine's step programs first (a fresh ``jllm serve`` or ``LLM`` of one model) stores
+whole programs, which is where the tests and ``scripts/profile_startup.py --set executable_cache=true`` turn it
+on. Like JAX's cache, an entry is unpickled on load: the directory must be one only this user writes.
 
 Where this module sits: docs/architecture.md.
 """
@@ -247,10 +254,12 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def open_cache(enabled: bool, settings: Callable[[], Mapping[str, Any]]) -> ExecutableCache | None:
-    """The executable cache beside JAX's compilation cache, or None where it is off (the module's docstring).
-    ``settings``: the engine's, called only when the cache is on."""
+def open_cache(enabled: bool | None, settings: Callable[[], Mapping[str, Any]]) -> ExecutableCache | None:
+    """The executable cache beside JAX's compilation cache, or None where it is off (the module's docstring):
+    ``enabled`` None means on except on a CPU. ``settings``: the engine's, called only when the cache is on."""
     directory = jax.config.jax_compilation_cache_dir
+    if enabled is None:
+        enabled = jax.devices()[0].platform != "cpu"
     if not (enabled and jax.config.jax_enable_compilation_cache and directory) or jax.process_count() > 1:
         return None
     if "://" in str(directory):

@@ -40,7 +40,8 @@ def prompts() -> list[list[int]]:
 def start(xla_dir: Path, prompts: list[list[int]], **overrides: object) -> dict:
     """An engine started in a fresh process on ``xla_dir`` (JAX's cache, and the executable cache inside it); its
     warm-up figures, warnings and outputs (tests/executable_cache_worker.py)."""
-    case = {"model": TINY, "engine_args": {**ARGS, **overrides}, "prompts": prompts, "sampling": SAMPLING}
+    args = {**ARGS, "executable_cache": True, **overrides}  # on the CPU, for a fresh process's one engine
+    case = {"model": TINY, "engine_args": args, "prompts": prompts, "sampling": SAMPLING}
     (result,) = run_worker("executable_cache_worker.py", [case], JAX_COMPILATION_CACHE_DIR=str(xla_dir))
     return result
 
@@ -204,11 +205,14 @@ def jax_cache_dir(tmp_path: Path):
     jax.config.update("jax_compilation_cache_dir", before)
 
 
-def test_the_cache_is_off_when_asked_without_jax_s_cache_and_over_several_processes(jax_cache_dir, monkeypatch):
+def test_the_cache_is_off_when_asked_on_a_cpu_by_default_without_jax_s_cache_and_over_processes(
+    jax_cache_dir, monkeypatch
+):
     settings = dict  # the engine's settings, read only when the cache is on
     cache = open_cache(True, settings)
     assert cache is not None and cache.directory == jax_cache_dir / executable_cache.SUBDIRECTORY
     assert open_cache(False, settings) is None
+    assert open_cache(None, settings) is None  # the default is off on a CPU (the module's docstring says why)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     assert open_cache(True, settings) is None
     monkeypatch.undo()
@@ -235,7 +239,8 @@ def test_an_entry_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_tensor_parallel_warm_start_loads_every_program_and_samples_the_same(tmp_path, prompts):
     """TP 2 over 8 fake CPU devices: the programs' shardings and device lists come back as they were stored."""
-    case = {"model": TINY, "engine_args": {**ARGS, "tensor_parallel_size": 2}, "prompts": prompts, "sampling": SAMPLING}
+    args = {**ARGS, "tensor_parallel_size": 2, "executable_cache": True}
+    case = {"model": TINY, "engine_args": args, "prompts": prompts, "sampling": SAMPLING}
     env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     (cold,) = run_worker("executable_cache_worker.py", [case], **env)
     (warm,) = run_worker("executable_cache_worker.py", [case], **env)

@@ -34,14 +34,14 @@ PHASES = {"model found", "weights loaded", "tokenizer loaded", "KV pool allocate
 
 @pytest.fixture(scope="module")
 def warmed() -> tuple[LLM, list[logging.LogRecord]]:
-    """An engine warmed up at start-up, every program traced and compiled (none loaded from the executable cache:
-    tests/test_executable_cache.py has those), and the log records of its start-up."""
+    """An engine warmed up at start-up, every program traced and compiled (the executable cache is off on a CPU:
+    tests/test_executable_cache.py turns it on), and the log records of its start-up."""
     handler, logger = Records(), logging.getLogger("jllm")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        llm = LLM(TINY, executable_cache=False, **ARGS)
+        llm = LLM(TINY, **ARGS)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -179,7 +179,7 @@ def test_profile_startup_script_reads_a_cold_start_then_a_warm_one_from_the_cach
     profile_startup = __import__("profile_startup")
     monkeypatch.chdir(ROOT)
     out = tmp_path / "startup.json"
-    sets = [f"--set={key}={value}" for key, value in ARGS.items()]
+    sets = [f"--set={key}={value}" for key, value in {**ARGS, "executable_cache": True}.items()]
     profile_startup.main(["--model", TINY, *sets, "--json", str(out)])
     cold, warm = json.loads(out.read_text())["runs"]
     assert (cold["name"], warm["name"]) == ("cold", "warm 1")
