@@ -10,8 +10,8 @@ CPU seconds at ready (all threads), steadier than wall time where other work sha
     PYTHONPATH=. python scripts/profile_startup.py --set max_model_len=2048 --set max_num_batched_tokens=512
 
 The converted default model stays in ``$JLLM_CACHE``; only the XLA cache is fresh (``JAX_COMPILATION_CACHE_DIR``),
-and with it jllm's executable cache (a folder inside it). ``--set executable_cache=false`` times warm starts that
-trace every program and read only JAX's cache.
+and with it jllm's executable cache (a folder inside it; off on a CPU unless ``--set executable_cache=true``).
+``--set executable_cache=false`` times warm starts that trace every program and read only JAX's cache.
 """
 
 from __future__ import annotations
