@@ -10,6 +10,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from jllm.attention import describe_backend, resolve_backend
 from jllm.block_manager import BlockManager
 from jllm.config import EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
+from jllm.executable_cache import open_cache
 from jllm.inputs import InputProcessor
 from jllm.loader import LoadedModel, load_model
 from jllm.memory_plan import ModelMemory, device_capacity, plan_model
@@ -122,6 +124,7 @@ def _worker(
     log_phase(logger, "KV pool allocated", elapsed.seconds, pages)
     sched = config.scheduler
     logger.info(describe_backend(backend))
+    executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded))
     runner = ModelRunner(
         loaded,
         pool,
@@ -132,12 +135,20 @@ def _worker(
         eos_token_ids=tokenizer.eos_token_ids,
         max_stop_token_ids=config.limits.max_stop_token_ids,
         attention_backend=backend,
+        executable_cache=executable_cache,
     )
     if sched.compile_at_start:
         with timed() as elapsed:
             report = runner.warmup(show_progress=show_progress)
         report.log(logger, elapsed.seconds)
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
+
+
+def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, object]:
+    """What the executable cache's key takes from the engine: every key but the server's, and the model's config."""
+    server = {f.name for f in dataclasses.fields(config.server)}
+    engine = {k: v for k, v in config.to_flat().items() if k not in server}
+    return {"engine": engine, "hf_config": loaded.hf_config, "args": loaded.args, "kv_replicas": loaded.kv_replicas}
 
 
 def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngine:

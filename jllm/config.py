@@ -161,6 +161,10 @@ class SchedulerConfig(_Section):
     # Compile every step program a request can pick at start-up (warm-up), so no request waits on the compiler;
     # False compiles each on its first use (tests whose engines run a few shapes start in a fraction of the time)
     compile_at_start: bool = True
+    # Warm-up loads the step programs an earlier start compiled from jllm's executable cache (a folder in JAX's
+    # compilation cache) instead of tracing them; null = on wherever that cache is, except on a CPU (XLA:CPU's stored
+    # programs can miss kernels: jllm.executable_cache says when true is safe there); false = off
+    executable_cache: bool | None = None
 
     def validate(self) -> None:
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")

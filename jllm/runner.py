@@ -3,9 +3,9 @@
 A step is two compiled programs per bucket (``jllm.step_programs``): the forward pass, with the pool donated so the
 K/V writes happen in place, and the sampler, one per sampling variant, so only a few integers per row come back.
 Every program a request can pick is compiled at start-up (per bucket: the forward, two base samplers and four
-general ones), so no request waits on the compiler. Neither branches on device values, so launching a step never
-waits for the GPU. The step's host inputs and plan are ``jllm.step_inputs``; unpacking its results is
-``jllm.step_results``.
+general ones), so no request waits on the compiler; a warm start loads them from ``jllm.executable_cache``. Neither
+branches on device values, so launching a step never waits for the GPU. The step's host inputs and plan are
+``jllm.step_inputs``; unpacking its results is ``jllm.step_results``.
 
 Where this module sits: docs/architecture.md.
 """
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
+from jllm.executable_cache import Entry, ExecutableCache, ProgramCall, describe_program
 from jllm.loader import LoadedModel
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, SamplingMode, TokenConstraints
 from jllm.sampling import MAX_LOGPROBS
@@ -90,6 +91,7 @@ class ModelRunner:
         eos_token_ids: set[int],
         max_stop_token_ids: int,
         attention_backend: str = "reference",
+        executable_cache: ExecutableCache | None = None,
     ):
         self.loaded = loaded  # the model it runs: its settings, HF config and mesh
         self.graphdef, self.state = nnx.split(loaded.model)
@@ -110,6 +112,7 @@ class ModelRunner:
         self.general_banned = sampler.banned_cap(max_stop_token_ids, eos_token_ids)
         self.long_penalty_width = sampler.long_penalty_width(self.pages_per_seq * page_size)
         self.attention_backend = attention_backend
+        self.executable_cache = executable_cache  # warm-up loads the programs it holds instead of tracing them
         # The last launched step's sampled tokens on the device (padded to every bucket's rows), and the row of each
         # sequence that sampled in it: the next step reads its pending inputs from there.
         num_rows = max(bucket.num_seqs for bucket in self.buckets)
@@ -131,23 +134,26 @@ class ModelRunner:
         keys = [("forward", None, step.layout), ("sampler", (top, mode), step.sampler_layout)]
         return keys + ([("prompt_logprobs", None, step.layout)] if prompt is not None else [])
 
-    def _trace(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> jax.stages.Traced:
-        """``outputs``: the forward's (hidden, rows), or their ``ShapeDtypeStruct``s (warm-up traces before anything
-        runs); unused for the forward itself."""
+    def _call(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> ProgramCall:
+        """The program ``key`` as jit traces it. ``outputs``: the forward's (hidden, rows), or their
+        ``ShapeDtypeStruct``s (warm-up traces before anything runs); unused for the forward itself."""
         kind, variant, _ = key
         if kind == "forward":
             fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, step.layout)
-            return jax.jit(_on_leaves(fn, self.state_def), donate_argnums=(1,)).trace(
-                self.params, self.kv_caches, step.buffer, self._last_tokens
-            )
+            args = (self.params, self.kv_caches, step.buffer, self._last_tokens)
+            return ProgramCall(fn, self.state_def, (1,), args)
         hidden, rows = outputs
         if kind == "sampler":
             num_rows = self._last_tokens.shape[0]
             head = self.head_graphdef
             fn = functools.partial(step_programs.sample, head, variant, step.sampler_layout, num_rows=num_rows)
-            return jax.jit(_on_leaves(fn, self.head_def)).trace(self.head_params, rows, step.sampler_buffer)
+            return ProgramCall(fn, self.head_def, (), (self.head_params, rows, step.sampler_buffer))
         fn = functools.partial(step_programs.prompt_logprobs, self.head_graphdef, step.layout)
-        return jax.jit(_on_leaves(fn, self.head_def)).trace(self.head_params, hidden, step.buffer)
+        return ProgramCall(fn, self.head_def, (), (self.head_params, hidden, step.buffer))
+
+    def _trace(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> jax.stages.Traced:
+        call = self._call(key, step, outputs)
+        return jax.jit(_on_leaves(call.fn, call.treedef), donate_argnums=call.donate).trace(*call.args)
 
     def _program(
         self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None = None
@@ -180,22 +186,28 @@ class ModelRunner:
     def warmup(self, show_progress: bool = True, run: bool | None = None) -> WarmupReport:
         """Compiles every program a request can pick (``warmup_plans``) now, so no request waits on the compiler.
 
-        Tracing and lowering hold the GIL but XLA compiles without it, so each program compiles on a worker thread
-        while the next one is traced: on a many-core host the buckets of a large model compile side by side.
-        ``run`` (default: off a CPU, where running every bucket's padding takes ~20 s and pays no first-run cost
-        ahead) then runs each bucket's forward once and every sampler on it, which loads the programs onto the
-        devices.
+        A program the executable cache holds (``jllm.executable_cache``) is loaded from it, neither traced nor
+        lowered. Tracing and lowering hold the GIL but XLA compiles (and loads) without it, so each program compiles
+        on a worker thread while the next one is traced: on a many-core host the buckets of a large model compile
+        side by side. ``run`` (default: off a CPU, where running every bucket's padding takes ~20 s and pays no
+        first-run cost ahead) then runs each bucket's forward once and every sampler on it, which loads the programs
+        onto the devices.
         """
         report = WarmupReport(threads=min(MAX_COMPILE_THREADS, os.cpu_count() or 1, len(self.buckets)))
-        pending: dict[ProgramKey, Future[jax.stages.Compiled]] = {}
+        pending: dict[ProgramKey, Future[jax.stages.Compiled | None]] = {}
+        loading: dict[ProgramKey, tuple[DeviceStep, Any, str]] = {}  # what a cached program is traced on, if it fails
         runs = []
         with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
             for bucket in self.buckets:
                 steps = [self.put(plan) for plan in self.warmup_plans(bucket)]
-                self._submit_compiles(steps, pending, pool, report)
+                self._submit_compiles(steps, pending, loading, pool, report)
                 runs.append(steps)
             for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
-                self._programs[key] = future.result()
+                compiled = future.result()
+                if compiled is None:  # a cached entry that did not load (logged): compiled as before
+                    step, outputs, cache_key = loading[key]
+                    compiled = self._compile(self._lower(key, step, outputs, report)[1], key[0], cache_key, report)
+                self._programs[key] = compiled
         if run is None:
             run = self.mesh.devices.flat[0].platform != "cpu"
         if run:
@@ -211,30 +223,73 @@ class ModelRunner:
     def _submit_compiles(
         self,
         steps: list[DeviceStep],
-        pending: dict[ProgramKey, Future[jax.stages.Compiled]],
+        pending: dict[ProgramKey, Future[jax.stages.Compiled | None]],
+        loading: dict[ProgramKey, tuple[DeviceStep, Any, str]],
         pool: ThreadPoolExecutor,
         report: WarmupReport,
     ) -> None:
-        """Traces and lowers (here, timed) each program of ``steps`` not yet ``pending``, and queues its compile."""
+        """Queues, for each program of ``steps`` not yet ``pending``, the load of its executable-cache entry, or else
+        its compile after tracing and lowering it here."""
         outputs = None
         for step in steps:
             for key in self._program_keys(step):
                 if key in pending:
                     continue
-                times = report.kinds[key[0]]
-                with timed() as trace:
-                    traced = self._trace(key, step, outputs)
-                with timed() as lower:
-                    lowered = traced.lower()
-                times.programs += 1
-                times.trace_s += trace.seconds
-                times.lower_s += lower.seconds
-                if key[0] == "forward":  # the others are traced on its outputs' shapes
+                cache_key, entry = self._cached(key, step, outputs)
+                if entry is not None:
+                    pending[key] = pool.submit(self._load, entry, key[0], report)
+                    loading[key] = (step, outputs, cache_key)
+                    avals = entry.out_avals
+                else:
+                    traced, lowered = self._lower(key, step, outputs, report)
+                    pending[key] = pool.submit(self._compile, lowered, key[0], cache_key, report)
+                    avals = tuple((o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info))
+                if key[0] == "forward":  # the others are traced on its outputs' (hidden, rows) shapes
                     replicated = parallel.replicated(self.mesh)
-                    outputs = tuple(
-                        jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=replicated) for o in traced.out_info[:2]
-                    )
-                pending[key] = pool.submit(_compile, lowered, key[0], report)
+                    outputs = tuple(jax.ShapeDtypeStruct(s, dtype, sharding=replicated) for s, dtype in avals[:2])
+
+    def _cached(
+        self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None
+    ) -> tuple[str | None, Entry | None]:
+        """The program's executable-cache key (None: no cache, or not cacheable) and its entry (None: a miss)."""
+        if self.executable_cache is None:
+            return None, None
+        program = describe_program(self._call(key, step, outputs), COMPILER_OPTIONS)
+        cache_key = self.executable_cache.key(program)
+        return cache_key, None if cache_key is None else self.executable_cache.read(cache_key)
+
+    def _lower(
+        self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None, report: WarmupReport
+    ) -> tuple[jax.stages.Traced, jax.stages.Lowered]:
+        """Traces and lowers (on this thread, timed into ``report``)."""
+        times = report.kinds[key[0]]
+        with timed() as trace:
+            traced = self._trace(key, step, outputs)
+        with timed() as lower:
+            lowered = traced.lower()
+        times.programs += 1
+        times.trace_s += trace.seconds
+        times.lower_s += lower.seconds
+        return traced, lowered
+
+    def _compile(
+        self, lowered: jax.stages.Lowered, kind: str, cache_key: str | None, report: WarmupReport
+    ) -> jax.stages.Compiled:
+        """On a worker thread: XLA's compile, timed into ``report``, then stored under ``cache_key`` (if any)."""
+        with timed() as elapsed:
+            compiled = lowered.compile(COMPILER_OPTIONS)
+        report.add_compile(kind, elapsed.seconds)
+        if cache_key is not None:
+            self.executable_cache.store(cache_key, compiled)
+        return compiled
+
+    def _load(self, entry: Entry, kind: str, report: WarmupReport) -> jax.stages.Compiled | None:
+        """On a worker thread: an executable-cache entry loaded, timed into ``report``; None if it did not load."""
+        with timed() as elapsed:
+            compiled = self.executable_cache.load(entry)
+        if compiled is not None:
+            report.add_load(kind, elapsed.seconds)
+        return compiled
 
     def warmup_plans(self, bucket: StepBucket) -> list[StepPlan]:
         """All-padding plans (alike on every process) that run every program a step of ``bucket`` can pick: the base
@@ -360,14 +415,6 @@ class ModelRunner:
 def _on_leaves(fn: Callable[..., Any], treedef: Any) -> Callable[..., Any]:
     """``fn(state, *args)`` as a function of the state's leaves (``treedef`` flattened)."""
     return lambda leaves, *args: fn(jax.tree.unflatten(treedef, leaves), *args)
-
-
-def _compile(lowered: jax.stages.Lowered, kind: str, report: WarmupReport) -> jax.stages.Compiled:
-    """On a worker thread: XLA's compile, timed into ``report``."""
-    with timed() as elapsed:
-        compiled = lowered.compile(COMPILER_OPTIONS)
-    report.add_compile(kind, elapsed.seconds)
-    return compiled
 
 
 def _sampler_tree(plan: StepPlan, constraints: TokenConstraints | None) -> tuple[SamplingMetadata, TokenConstraints]:

@@ -1,6 +1,7 @@
 """Start-up's clock: how long each phase took, said in the INFO lines a user reads (as vLLM says "Loading weights
 took 2.3 s"), and the warm-up's tally per program kind: tracing and lowering (Python, on the calling thread) against
-compiling (XLA, on worker threads), and how many programs came from the persistent compilation cache.
+compiling (XLA, on worker threads), how many programs came from the persistent compilation cache, and how many were
+loaded from jllm's executable cache (neither traced, lowered nor compiled) and in how long.
 
 Each phase's line carries its figures as log-record attributes (``startup_phase``, ``seconds``, ``warmup``), so a
 script reads them from a logging handler instead of parsing text (``scripts/profile_startup.py``).
@@ -53,13 +54,16 @@ def log_phase(logger: logging.Logger, phase: str, seconds: float, detail: str = 
 
 @dataclasses.dataclass
 class StageTimes:
-    """One program kind's warm-up: how many, and seconds spent tracing, lowering and compiling them (compile seconds
-    are summed over the worker threads, so they can exceed the warm-up's wall time)."""
+    """One program kind's warm-up: how many, how many of them loaded from the executable cache, and seconds spent
+    tracing, lowering and compiling the others and loading those (compile and load seconds are summed over the worker
+    threads, so they can exceed the warm-up's wall time)."""
 
     programs: int = 0
     trace_s: float = 0.0
     lower_s: float = 0.0
     compile_s: float = 0.0
+    loaded: int = 0
+    load_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -76,10 +80,23 @@ class WarmupReport:
     def programs(self) -> int:
         return sum(k.programs for k in self.kinds.values())
 
+    @property
+    def loaded(self) -> int:
+        """Programs loaded from the executable cache (neither traced nor compiled)."""
+        return sum(k.loaded for k in self.kinds.values())
+
     def add_compile(self, kind: str, seconds: float) -> None:
         """From a compiling worker thread."""
         with self._lock:
             self.kinds[kind].compile_s += seconds
+
+    def add_load(self, kind: str, seconds: float) -> None:
+        """From a loading worker thread: one program of ``kind`` loaded from the executable cache."""
+        with self._lock:
+            times = self.kinds[kind]
+            times.programs += 1
+            times.loaded += 1
+            times.load_s += seconds
 
     @contextlib.contextmanager
     def counting_cache_hits(self) -> Iterator[None]:
@@ -98,11 +115,10 @@ class WarmupReport:
             jax.monitoring.unregister_event_listener(listener)
 
     def summary(self) -> str:
-        """``N programs, trace a s, lower b s, compile c s over t threads, h from the compilation cache``."""
-        total = StageTimes(
-            self.programs,
-            *(sum(getattr(k, f) for k in self.kinds.values()) for f in ("trace_s", "lower_s", "compile_s")),
-        )
+        """``N programs, e from the executable cache (load l s), trace a s, lower b s, compile c s over t threads,
+        h from the compilation cache``."""
+        fields = [f.name for f in dataclasses.fields(StageTimes)]
+        total = StageTimes(*(sum(getattr(k, f) for k in self.kinds.values()) for f in fields))
         runs = f", first runs {self.run_s:.2f} s" if self.run_s else ""
         return f"{_stages(total)} over {self.threads} threads, {self.cache_hits} from the compilation cache{runs}"
 
@@ -115,6 +131,6 @@ class WarmupReport:
 
 def _stages(times: StageTimes) -> str:
     return (
-        f"{times.programs} programs, trace {times.trace_s:.2f} s, lower {times.lower_s:.2f} s, "
-        f"compile {times.compile_s:.2f} s"
+        f"{times.programs} programs, {times.loaded} from the executable cache (load {times.load_s:.2f} s), "
+        f"trace {times.trace_s:.2f} s, lower {times.lower_s:.2f} s, compile {times.compile_s:.2f} s"
     )

@@ -3,7 +3,7 @@
 Serves a config's ``models:`` (default: configs/multi-model.yaml) in-process through the server's own registry and
 ``ModelBuilder`` (the path ``jllm serve`` and the admin API take), on a fresh persistent compilation cache unless
 ``--keep-compile-cache``, so the first load is cold. For every model, in turn: unload it (the others keep serving)
-and load it again (warm: its programs come from the compilation cache); then the same model from an orbax copy of its
+and load it again (warm: its programs come from the executable cache); then the same model from an orbax copy of its
 parameters (``save_model``: the orbax cache the single-model path also loads from). Fairness: each model's time to
 first token, one request at a time, idle and while ``--flood-clients`` clients flood another model. The HTTP clients
 share the server's event loop here.

@@ -1,14 +1,17 @@
 """Start-up time, cold and warm: ``LLM(...)`` in fresh processes, the first on an empty persistent compilation cache
 (a temporary directory), the rest on the same directory again. Per run: the time to import jllm, each start-up
 phase (the INFO lines of ``jllm.build``, read from their log records), and within the warm-up, per program kind,
-tracing, lowering and compiling (compile seconds summed over the compiling threads), and cache hits; and the
-process's CPU seconds at ready (all threads), steadier than wall time where other work shares the cores.
+tracing, lowering and compiling (compile seconds summed over the compiling threads), programs loaded from jllm's
+executable cache (and the seconds loading them, summed over the threads), and JAX's cache hits; and the process's
+CPU seconds at ready (all threads), steadier than wall time where other work shares the cores.
 
     PYTHONPATH=. python scripts/profile_startup.py                       # the default model, 1 cold + 1 warm
     PYTHONPATH=. python scripts/profile_startup.py --config configs/bench-tiny-cpu.yaml --warm-runs 2 --json s.json
     PYTHONPATH=. python scripts/profile_startup.py --set max_model_len=2048 --set max_num_batched_tokens=512
 
-The converted default model stays in ``$JLLM_CACHE``; only the XLA cache is fresh (``JAX_COMPILATION_CACHE_DIR``).
+The converted default model stays in ``$JLLM_CACHE``; only the XLA cache is fresh (``JAX_COMPILATION_CACHE_DIR``),
+and with it jllm's executable cache (a folder inside it; off on a CPU unless ``--set executable_cache=true``).
+``--set executable_cache=false`` times warm starts that trace every program and read only JAX's cache.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> d
                 "programs": report.programs,
                 "threads": report.threads,
                 "cache_hits": report.cache_hits,
+                "loaded": report.loaded,
                 "run_s": report.run_s,
                 "kinds": {kind: vars(times) for kind, times in report.kinds.items()},
             }
@@ -87,8 +91,8 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         cells = [f"{run['import_s']:.2f}", *(f"{run['phases'].get(p, 0):.2f}" for p in phases)]
         cells += [f"{run['ready_s']:.2f}", f"{run['cpu_s']:.1f}"]
         print(f"| {run['name']} | " + " | ".join(cells) + " |")
-    print("\n| run | kind | programs | trace s | lower s | compile s (summed over threads) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| run | kind | programs | loaded | load s (threads) | trace s | lower s | compile s (threads) |")
+    print("| --- " * 8 + "|")
     for run in runs:
         warmup = run.get("warmup")
         if warmup is None:
@@ -96,9 +100,10 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         for kind in KINDS:
             t = warmup["kinds"].get(kind)
             if t:
-                row = [run["name"], kind, t["programs"], f"{t['trace_s']:.2f}", f"{t['lower_s']:.2f}"]
-                print("| " + " | ".join(map(str, [*row, f"{t['compile_s']:.2f}"])) + " |")
-        print(f"| {run['name']} | cache hits | {warmup['cache_hits']} of {warmup['programs']} | | | |")
+                row = [run["name"], kind, t["programs"], t["loaded"]]
+                row += [f"{t[k]:.2f}" for k in ("load_s", "trace_s", "lower_s", "compile_s")]
+                print("| " + " | ".join(map(str, row)) + " |")
+        print(f"| {run['name']} | JAX cache hits | {warmup['cache_hits']} of {warmup['programs']} |" + " |" * 5)
 
 
 def main(argv: list[str] | None = None) -> None:

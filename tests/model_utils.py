@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -155,6 +156,17 @@ def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float, worker: str =
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads((tmp / "out.json").read_text())
+
+
+class Records(logging.Handler):
+    """Keeps every log record it is given (from INFO up), for tests that read start-up's figures."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def run_worker(worker: str, cases: list[dict[str, Any]], **env_vars: str) -> list[dict[str, Any]]:

@@ -98,6 +98,7 @@ def test_unknown_key_far_from_any_lists_the_allowed_keys() -> None:
         ("max_num_seqs", 2.5, "expected int"),
         ("enable_prefix_caching", "yes", "expected bool"),
         ("compile_at_start", "no", "expected bool"),
+        ("executable_cache", 1, "expected bool or null"),
         ("dtype", "bf16", "expected 'auto' or 'bfloat16' or 'float16' or 'float32'"),
         ("load_format", "pickle", "'safetensors'"),
         ("max_model_len", "long", "expected int or null"),

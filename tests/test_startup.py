@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from model_utils import assert_only_warmup_programs, run_worker
+from model_utils import Records, assert_only_warmup_programs, run_worker
 from startup_lazy_worker import request
 
 from jllm import SamplingParams
@@ -32,18 +32,10 @@ ARGS = dict(
 PHASES = {"model found", "weights loaded", "tokenizer loaded", "KV pool allocated", "warm-up", "worker ready"}
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def warmed() -> tuple[LLM, list[logging.LogRecord]]:
-    """An engine warmed up at start-up, and the log records of its start-up."""
+    """An engine warmed up at start-up, every program traced and compiled (the executable cache is off on a CPU:
+    tests/test_executable_cache.py turns it on), and the log records of its start-up."""
     handler, logger = Records(), logging.getLogger("jllm")
     level = logger.level
     logger.addHandler(handler)
@@ -171,24 +163,32 @@ def test_warmup_report_counts_cache_hits_only_inside_its_block():
     report.kinds["forward"] = StageTimes(2, 0.5, 0.25, 3.0)
     report.kinds["sampler"] = StageTimes(3, 0.25, 0.5, 1.0)
     report.add_compile("sampler", 0.5)
+    report.add_load("forward", 0.25)
     assert report.summary() == (
-        "5 programs, trace 0.75 s, lower 0.75 s, compile 4.50 s over 2 threads, 2 from the compilation cache"
+        "6 programs, 1 from the executable cache (load 0.25 s), trace 0.75 s, lower 0.75 s, compile 4.50 s over 2 "
+        "threads, 2 from the compilation cache"
     )
+    assert (report.programs, report.loaded, report.kinds["forward"].programs) == (6, 1, 3)
 
 
 @pytest.mark.slow
 def test_profile_startup_script_reads_a_cold_start_then_a_warm_one_from_the_cache(tmp_path, monkeypatch):
-    """The warm start reads every program from the cache: JAX's default would skip programs compiled under 1 s."""
+    """The warm start loads every program from the executable cache (none traced, none read from JAX's cache); the
+    cold one wrote each there, and to JAX's cache (whose default would skip programs compiled under 1 s)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     profile_startup = __import__("profile_startup")
     monkeypatch.chdir(ROOT)
     out = tmp_path / "startup.json"
-    sets = [f"--set={key}={value}" for key, value in ARGS.items()]
+    sets = [f"--set={key}={value}" for key, value in {**ARGS, "executable_cache": True}.items()]
     profile_startup.main(["--model", TINY, *sets, "--json", str(out)])
     cold, warm = json.loads(out.read_text())["runs"]
     assert (cold["name"], warm["name"]) == ("cold", "warm 1")
     assert cold["warmup"]["programs"] == warm["warmup"]["programs"] == 14
-    assert cold["warmup"]["cache_hits"] == 0 and warm["warmup"]["cache_hits"] == 14
+    assert cold["warmup"]["cache_hits"] == 0 and cold["warmup"]["loaded"] == 0
+    assert warm["warmup"]["loaded"] == 14 and warm["warmup"]["cache_hits"] == 0
+    assert all(
+        k["trace_s"] == k["lower_s"] == k["compile_s"] == 0 < k["load_s"] for k in warm["warmup"]["kinds"].values()
+    )
     for run in (cold, warm):
         assert set(run["phases"]) == PHASES
         assert run["ready_s"] > run["phases"]["worker ready"] > run["phases"]["warm-up"] > 0 and run["cpu_s"] > 0

@@ -1,0 +1,44 @@
+"""One engine start for tests/test_executable_cache.py, in a fresh process whose ``JAX_COMPILATION_CACHE_DIR`` the
+caller sets: prints one JSON line per case with the warm-up's figures (programs, loaded from the executable cache,
+seconds traced / lowered / compiled, persistent-cache hits), the executable cache's WARNING lines, and each request's
+tokens, logprobs and prompt logprobs (``startup_lazy_worker.request``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+
+from model_utils import Records
+from startup_lazy_worker import request
+
+from jllm import SamplingParams
+from jllm.llm import LLM
+
+
+def run(case: dict) -> dict:
+    records, logger = Records(), logging.getLogger("jllm")
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    llm = LLM(case["model"], **case["engine_args"])
+    logger.removeHandler(records)
+    (report,) = [r.warmup for r in records.records if getattr(r, "startup_phase", None) == "warm-up"]
+    outputs = [
+        [request(out) for out in llm.generate(case["prompts"], SamplingParams(**params), use_tqdm=False)]
+        for params in case["sampling"]
+    ]
+    return {
+        "programs": report.programs,
+        "loaded": report.loaded,
+        "cache_hits": report.cache_hits,
+        "kinds": {kind: dataclasses.asdict(times) for kind, times in report.kinds.items()},
+        "compiled": llm.engine.runner.num_compilations,
+        "warnings": [r.getMessage() for r in records.records if r.levelno >= logging.WARNING],
+        "outputs": outputs,
+    }
+
+
+if __name__ == "__main__":
+    for case in json.loads(sys.argv[1]):
+        print(json.dumps(run(case)))
