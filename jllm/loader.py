@@ -320,6 +320,20 @@ def _quantizer(quant: QuantScheme, kernel: jax.sharding.Sharding, scale: jax.sha
     return jax.jit(quant.quantize, out_shardings=(kernel, scale))
 
 
+@functools.cache
+def _input_last(kernel: jax.sharding.Sharding) -> Callable:
+    """A stored quantized kernel ``[in, *out]`` -> ``[*out, in]`` on its devices."""
+    return jax.jit(lambda w: jnp.moveaxis(w, 0, -1), out_shardings=kernel)
+
+
+def _source_target(var: nnx.Variable, mesh: Mesh, dtype: Any = None) -> jax.ShapeDtypeStruct:
+    """A quantized kernel ``[*out, in]`` as sources give it, ``[in, *out]``, sharded by the same axis names."""
+    abstract = var.get_value()
+    shape, axes = abstract.shape, tuple(var.axes)
+    sharding = parallel.param_sharding(mesh, (axes[-1], *axes[:-1]))
+    return jax.ShapeDtypeStruct((shape[-1], *shape[:-1]), dtype or abstract.dtype, sharding=sharding)
+
+
 def _target(var: nnx.Variable, mesh: Mesh, dtype: Any = None) -> jax.ShapeDtypeStruct:
     abstract = var.get_value()
     sharding = parallel.param_sharding(mesh, var.axes)
@@ -336,23 +350,30 @@ def _place(
 ) -> None:
     """Replaces every abstract leaf of ``state`` with the array ``make`` builds on the leaf's sharding.
 
-    A quantized linear's kernel that the source does not store quantized (``stored``) is made in ``float_dtype``
-    and quantized where it lies, filling the linear's scale too: one float tensor at a time."""
+    Sources give every kernel ``[in, *out]``; a quantized linear keeps its kernel ``[*out, in]`` (``layers.Linear``),
+    so ``make`` builds it in the source's orientation and the device moves the axis. One the source does not store
+    quantized (``stored``) is made in ``float_dtype`` and quantized where it lies, filling the linear's scale too:
+    one float tensor at a time."""
     flat = dict(nnx.to_flat_state(state))
     for path, var in flat.items():
         module, leaf = path[:-1], str(path[-1])
-        at_load = quant is not None and (*module, "scale") in flat and not stored((*module, "kernel"))
+        quantized = quant is not None and (*module, "scale") in flat
+        at_load = quantized and not stored((*module, "kernel"))
         if at_load and leaf == "scale":
             continue  # made with its kernel
-        if not (at_load and leaf == "kernel"):
+        if not (quantized and leaf == "kernel"):
             var.set_value(make(path, _target(var, mesh)))
             continue
-        scale = flat[(*module, "scale")]
-        w = make(path, _target(var, mesh, float_dtype))
-        q, s = _quantizer(quant, _target(var, mesh).sharding, _target(scale, mesh).sharding)(w)
+        source = _source_target(var, mesh, float_dtype if at_load else None)
+        w = make(path, source)
+        if at_load:
+            scale = flat[(*module, "scale")]
+            q, s = _quantizer(quant, _target(var, mesh).sharding, _target(scale, mesh).sharding)(w)
+            scale.set_value(s)
+        else:
+            q = _input_last(_target(var, mesh).sharding)(w)
         w.delete()
         var.set_value(q)
-        scale.set_value(s)
 
 
 def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int, args: Any) -> None:

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from bench_common import back_to_back, describe_ceilings, device_ceilings, environment
 
-from jllm.quantization import QuantScheme
+from jllm.quantization import QuantScheme, fp8_dot
 from pallas_kernels.fp8_gemv import COMPUTE, GemvConfig, default_gemv_config, fp8_matmul, ref_fp8_matmul, supports
 
 SHAPES = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
@@ -58,14 +58,18 @@ TUNE_WARPS_STAGES = {
 CHECK_BOUND = 4e-3
 WEIGHT_ONLY = QuantScheme("fp8", fp8_dot_min_tokens=None)
 FP8_DOT = QuantScheme("fp8", fp8_dot_min_tokens=1)
-XLA: dict[str, tuple[Callable[..., jax.Array], str]] = {  # label: (matmul, the reference it must match)
-    "bf16 XLA": (lambda x, w: x @ w, "bf16"),
-    "fp8 weight-only XLA": (WEIGHT_ONLY.matmul, "fma"),
-    "fp8 x fp8 XLA": (FP8_DOT.matmul, "dot_fp8"),
+XLA: dict[str, tuple[Callable[..., jax.Array], str, str]] = {  # label: (matmul, its reference, weight layout)
+    "bf16 XLA": (lambda x, w: x @ w, "bf16", "bf16"),
+    "fp8 weight-only XLA": (WEIGHT_ONLY.matmul, "fma", "fp8_t"),  # the engine's: kernels [N, K]
+    "fp8 x fp8 XLA": (FP8_DOT.matmul, "dot_fp8", "fp8_t"),
     "fp8 weight-only XLA f16": (
         lambda x, q, s: WEIGHT_ONLY.matmul(x.astype(jnp.float16), q, s).astype(x.dtype),
         "dot_f16",
+        "fp8_t",
     ),
+    # the same two on [K, N] kernels (the engine's layout before 2026-12-03)
+    "fp8 weight-only XLA [K,N]": (lambda x, q, s: ((x @ q.astype(x.dtype)) * s).astype(x.dtype), "fma", "fp8"),
+    "fp8 x fp8 XLA [K,N]": (lambda x, q, s: fp8_dot(x, q.T, s), "dot_fp8", "fp8"),
 }
 
 
@@ -96,10 +100,11 @@ def kernel(label: str, cfg: GemvConfig, kmajor: bool = False, tuned: bool = Fals
 
 def default_variants(m: int, k: int, n: int) -> list[Variant]:
     """The XLA matmuls and the kernel's default tilings: widening, W8A8 on both layouts."""
-    xla = [Variant(label, ref, "bf16" if ref == "bf16" else "fp8") for label, (_, ref) in XLA.items()]
+    xla = [Variant(label, ref, weights) for label, (_, ref, weights) in XLA.items()]
     w8a8 = default_gemv_config(m, k, n, "dot_fp8")
     return xla + [
         kernel("triton default", default_gemv_config(m, k, n)),
+        kernel("triton default", default_gemv_config(m, k, n), kmajor=True),
         kernel("triton dot_fp8", w8a8),
         kernel("triton dot_fp8", w8a8, kmajor=True),
     ]
@@ -155,17 +160,17 @@ def _grid(m: int, k: int, n: int, compute: str) -> list[tuple[GemvConfig, bool]]
 
 
 class Weights:
-    """``layers`` random weights of one shape: bf16, their e4m3 quantization with per-column scales, and (on first
-    use) the e4m3 ones transposed to ``[N, K]``."""
+    """``layers`` random weights of one shape: bf16, their e4m3 quantization with per-column scales as the engine
+    keeps it (``[N, K]``, "fp8_t"), and (on first use) the e4m3 ones as ``[K, N]`` ("fp8")."""
 
     def __init__(self, k: int, n: int, layers: int, seed: int = 0):
         keys = jax.random.split(jax.random.key(seed), layers)
         self.arrays = {"bf16": [(jax.random.normal(key, (k, n), jnp.bfloat16) * 0.02,) for key in keys]}
-        self.arrays["fp8"] = [jax.jit(WEIGHT_ONLY.quantize)(w) for (w,) in self.arrays["bf16"]]
+        self.arrays["fp8_t"] = [jax.jit(WEIGHT_ONLY.quantize)(w) for (w,) in self.arrays["bf16"]]
 
     def get(self, kind: str) -> list[tuple[jax.Array, ...]]:
-        if kind not in self.arrays:  # "fp8_t"
-            self.arrays[kind] = [(q.T, s) for q, s in self.arrays["fp8"]]
+        if kind not in self.arrays:  # "fp8"
+            self.arrays[kind] = [(q.T, s) for q, s in self.arrays["fp8_t"]]
         return self.arrays[kind]
 
     def program(self, variant: Variant, x: jax.Array) -> Callable[[], list[jax.Array]]:

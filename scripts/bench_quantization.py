@@ -8,7 +8,8 @@ generate 1, over ``--output-len - 1``, median of ``--repeats`` pairs after a war
 ``--input-len`` tokens). Prefill throughput: prompt tokens per second of a 1-token generate of ``--prefill-batch``
 prompts of ``--prefill-len`` tokens (one decode step included), median of ``--repeats`` after a warm-up.
 
-``fp8 weight-only`` sets ``fp8_dot_min_tokens`` past every bucket (on one GPU with jax-triton its one-row steps run
+``fp8`` is the engine's defaults (what ``quantization: fp8`` alone gives); ``fp8 weight-only`` sets
+``fp8_dot_min_tokens`` past every bucket (on one GPU with jax-triton its one-row steps run
 the Triton FP8-weight kernel; ``fp8 weight-only XLA`` keeps them in XLA), ``fp8 x fp8`` sets it to 1 (decodes too), so
 the table shows each mode at every batch size; the engine's default (FP8 x FP8 from ``fp8_dot_min_tokens`` tokens)
 is then the faster of the two per bucket, to be read off here. ``fp8 w8a8 kernel`` runs steps of up to 64 tokens
@@ -36,6 +37,7 @@ NEVER = 1 << 30  # an fp8_dot_min_tokens no bucket reaches
 SCHEMES: dict[str, dict[str, Any]] = {
     "model dtype": {"quantization": None},
     "int8": {"quantization": "int8"},
+    "fp8": {"quantization": "fp8"},  # the engine's defaults: FP8 x FP8 from fp8_dot_min_tokens, weight-only below
     "fp8 weight-only": {"quantization": "fp8", "fp8_dot_min_tokens": NEVER},
     "fp8 weight-only XLA": {"quantization": "fp8", "fp8_dot_min_tokens": NEVER, "fp8_kernel_max_tokens": None},
     "fp8 x fp8": {"quantization": "fp8", "fp8_dot_min_tokens": 1},

@@ -36,8 +36,9 @@ from pallas_kernels.fp8_gemv import GemvConfig, default_gemv_config, fp8_matmul,
 def matmul(case: dict, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
     """The kernel's output: through ``QuantScheme.matmul`` (the engine's selection) or ``fp8_matmul`` with the case's
     tiling and weight layout (``[*out, K]`` passed for ``w_kmajor``)."""
-    if "scheme" in case:
+    if "scheme" in case:  # the engine keeps quantized kernels input dimension last
         scheme = QuantScheme("fp8", fp8_dot_min_tokens=None, **case["scheme"])
+        q = jnp.moveaxis(q, 0, -1)
         assert scheme.uses_fp8_kernel(x, q)
         return jax.jit(scheme.matmul)(x, q, scale)
     cfg = GemvConfig(**case["config"]) if case.get("config") else None
@@ -62,6 +63,7 @@ def run(case: dict) -> dict:
     x = jax.random.normal(kx, (*lead, k), jnp.float32) * jnp.exp(jax.random.normal(kr, (*lead, 1)))  # rows' scales
     x = x.reshape(-1, k).at[jnp.asarray(case.get("zero_rows", []), int)].set(0).reshape(x.shape)
     q, scale = QuantScheme("fp8").quantize(jax.random.normal(kw, (k, *out_dims), jnp.float32) * 0.05)
+    q = jnp.moveaxis(q, -1, 0)  # [K, *out]: the kernel's default layout
     got = np.asarray(matmul(case, x, q, scale), np.float64)
     w = np.asarray(q.astype(jnp.float32), np.float64) * np.asarray(scale, np.float64)
     result = {

@@ -211,13 +211,14 @@ def test_the_fp8_matmul_takes_the_kernel_only_where_it_pays(
 ) -> None:  # fmt: skip
     calls = []
 
-    def spy(x: jax.Array, q: jax.Array, scale: jax.Array, config: GemvConfig) -> jax.Array:
-        calls.append((x.shape, q.shape, config.compute))
-        return jnp.zeros((*x.shape[:-1], *q.shape[1:]), x.dtype)
+    def spy(x: jax.Array, q: jax.Array, scale: jax.Array, config: GemvConfig, w_kmajor: bool) -> jax.Array:
+        assert w_kmajor  # the engine's quantized kernels are [*out, in]
+        calls.append((x.shape, (q.shape[-1], *q.shape[:-1]), config.compute))
+        return jnp.zeros((*x.shape[:-1], *q.shape[:-1]), x.dtype)
 
     monkeypatch.setattr(fp8_gemv, "fp8_matmul", spy)
     scheme = QuantScheme("fp8", None, fp8_kernel_max_tokens=max_tokens, fp8_kernel_compute=compute)
-    q = jax.ShapeDtypeStruct(shape, FP8)
+    q = jax.ShapeDtypeStruct((*shape[1:], shape[0]), FP8)  # shape is [in, *out]; stored input dimension last
     x = jax.ShapeDtypeStruct((rows, shape[0]), jnp.bfloat16)
     out = jax.eval_shape(scheme.matmul, x, q, jax.ShapeDtypeStruct(shape[1:], jnp.float32))
     assert out.shape == (rows, *shape[1:])

@@ -62,6 +62,11 @@ def make_linear(quant: QuantScheme | None, w: np.ndarray) -> Linear:
     return layer
 
 
+def kernel_in_out(layer: Linear) -> np.ndarray:
+    """A quantized linear's kernel values as ``[in, *out]`` float32 (it stores ``[*out, in]``)."""
+    return np.moveaxis(np.asarray(layer.kernel[...].astype(jnp.float32)), -1, 0)
+
+
 @pytest.mark.parametrize("out", [(48,), (3, 5, 8)])
 def test_quantized_linear_is_the_float32_matmul_of_its_dequantized_weights(out):
     rng = np.random.default_rng(len(out))
@@ -69,7 +74,7 @@ def test_quantized_linear_is_the_float32_matmul_of_its_dequantized_weights(out):
     x = rng.standard_normal((7, 64)).astype(np.float32)
     for name in ("int8", "fp8"):
         layer = make_linear(QuantScheme(name, fp8_dot_min_tokens=None), w)
-        q, scale = np.asarray(layer.kernel[...].astype(jnp.float32)), np.asarray(layer.scale[...])
+        q, scale = kernel_in_out(layer), np.asarray(layer.scale[...])
         dequantized = q * scale
         if name == "int8":  # round to nearest: at most half a step off, per output channel
             assert np.all(np.abs(dequantized - w) <= scale / 2 * (1 + 1e-6))
@@ -85,7 +90,7 @@ def test_fp8_x_fp8_is_the_matmul_of_the_per_token_quantized_activations():
     w = rng.standard_normal((64, 40)).astype(np.float32)
     x = rng.standard_normal((9, 64)).astype(np.float32) * rng.uniform(0.1, 10.0, (9, 1)).astype(np.float32)
     layer = make_linear(QuantScheme("fp8", fp8_dot_min_tokens=8), w)
-    dequantized = np.asarray(layer.kernel[...].astype(jnp.float32)) * np.asarray(layer.scale[...])
+    dequantized = kernel_in_out(layer) * np.asarray(layer.scale[...])
     xq, x_scale = quantize_rows(jnp.asarray(x))
     x_dequantized = np.asarray(xq.astype(jnp.float32)) * np.asarray(x_scale)
     assert np.all(np.abs(x_dequantized - x) <= np.maximum(np.abs(x) * 2**-4, np.asarray(x_scale) * 2**-10))

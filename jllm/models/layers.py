@@ -27,8 +27,9 @@ class Linear(nnx.Module):
     """``y = x @ kernel (+ bias)`` with the kernel stored ``[in, *out]``: a fused projection keeps its parts as
     separate output axes (``[in, 2, mlp]`` for gate/up), so each device's shard holds whole parts.
 
-    Quantized (``quant``), the kernel holds int8 or e4m3 values and ``scale [*out]`` (float32) one scale per output
-    channel, on the output axes' logical names, so tensor parallelism splits it with its columns."""
+    Quantized (``quant``), the kernel holds int8 or e4m3 values input dimension last, ``[*out, in]`` (the layout FP8
+    GEMMs want, ``jllm.quantization``), and ``scale [*out]`` (float32) one scale per output channel, on the output
+    axes' logical names, so tensor parallelism splits it with its columns."""
 
     def __init__(
         self,
@@ -40,7 +41,10 @@ class Linear(nnx.Module):
         quant: QuantScheme | None = None,
     ):
         out = (d_out,) if isinstance(d_out, int) else d_out
-        self.kernel = param((d_in, *out), dtype if quant is None else quant.weight_dtype, axes)
+        if quant is None:
+            self.kernel = param((d_in, *out), dtype, axes)
+        else:
+            self.kernel = param((*out, d_in), quant.weight_dtype, (*axes[1:], axes[0]))
         self.scale = None if quant is None else param(out, jnp.float32, axes[1:])
         self.bias = param(out, dtype, axes[1:]) if bias else None
         self.quant = quant
