@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,22 +68,13 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         with timed() as elapsed:
             model_dir = resolve_model(config.model.model)
         log_phase(logger, "model found", elapsed.seconds, str(model_dir))
-        with ThreadPoolExecutor(1, thread_name_prefix="jllm-tokenizer") as pool:
-            # transformers' import (~1 s) and the tokenizer's build beside the weights (device work, compiled
-            # programs' loads); its error, if any, raised here, after the weights' own
-            tokenizer_loaded = pool.submit(_load_tokenizer, model_dir)
-            loaded = _load(config, model_dir)
-            tokenizer = tokenizer_loaded.result()
+        loaded = _load(config, model_dir)
+        with timed() as elapsed:
+            tokenizer = Tokenizer.from_pretrained(model_dir)
+        log_phase(logger, "tokenizer loaded", elapsed.seconds)
         worker = _worker(config, loaded, tokenizer, publisher, show_progress=show_progress)
     log_phase(logger, "worker ready", ready.seconds)
     return worker
-
-
-def _load_tokenizer(model_dir: Path) -> Tokenizer:
-    with timed() as elapsed:
-        tokenizer = Tokenizer.from_pretrained(model_dir)
-    log_phase(logger, "tokenizer loaded", elapsed.seconds, "beside the weights")
-    return tokenizer
 
 
 def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,6 @@ from startup_lazy_worker import request
 from jllm import SamplingParams
 from jllm.llm import LLM
 from jllm.timing import CACHE_HIT_EVENT, StageTimes, WarmupReport, log_phase, timed
-from jllm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "models" / "tiny-llama")
@@ -220,16 +218,3 @@ def test_importing_jllm_and_its_llm_leaves_transformers_unimported():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]"]
-
-
-@pytest.mark.slow  # the dummy weights' programs compiled: ~5-9 s
-def test_a_broken_tokenizer_loaded_beside_the_weights_fails_the_start_with_its_own_error(tmp_path):
-    """The tokenizer loads on a thread while the weights load: its error still ends the start, unchanged."""
-    bad = tmp_path / "model"
-    shutil.copytree(TINY, bad)
-    (bad / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "NoSuchModel"}}')
-    with pytest.raises(Exception) as direct:
-        Tokenizer.from_pretrained(bad)
-    with pytest.raises(type(direct.value)) as started:
-        LLM(str(bad), **ARGS, compile_at_start=False)
-    assert str(started.value) == str(direct.value)
