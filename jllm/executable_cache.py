@@ -2,6 +2,8 @@
 step program's serialized executable without tracing or lowering it. JAX's cache needs the lowered module to form
 its key, so a warm start still traced and lowered all 52 programs of the default model (~17 s of a ~29 s start on
 this CPU); here the key is computed from what the program is made of, before any tracing.
+The loader's dummy-weight programs come through it too (``load_or_compile``), keyed without the engine's
+settings: each is described whole by its statics.
 
 A wrong hit must be impossible by construction, so the key is the full text of everything a traced program is a
 function of, and an entry keeps that text (its file name is its SHA-256; a different text read back is a miss):
