@@ -78,8 +78,11 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
 
 
 def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:
+    """The weights; dummy ones' initializers through the executable cache, whose key for them needs no engine
+    setting (each is described whole by its shape, dtype, sharding and kind)."""
     m = config.model
     with timed() as elapsed:
+        initializers = open_cache(config.scheduler.executable_cache, dict) if m.load_format == "dummy" else None
         loaded = load_model(
             model_dir,
             mesh=parallel.make_mesh(config.parallel.tensor_parallel_size),
@@ -90,6 +93,7 @@ def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:
             fp8_dot_min_tokens=m.fp8_dot_min_tokens,
             fp8_kernel_max_tokens=m.fp8_kernel_max_tokens,
             fp8_kernel_compute=m.fp8_kernel_compute,
+            executable_cache=initializers,
         )
     gigabytes = sum(x.nbytes for x in jax.tree.leaves(loaded.model)) / 1e9
     log_phase(logger, "weights loaded", elapsed.seconds, f"{gigabytes:.3g} GB, {m.load_format}")

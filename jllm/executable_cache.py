@@ -2,6 +2,8 @@
 step program's serialized executable without tracing or lowering it. JAX's cache needs the lowered module to form
 its key, so a warm start still traced and lowered all 52 programs of the default model (~17 s of a ~29 s start on
 this CPU); here the key is computed from what the program is made of, before any tracing.
+The loader's dummy-weight programs come through it too (``load_or_compile``), keyed without the engine's
+settings: each is described whole by its statics.
 
 A wrong hit must be impossible by construction, so the key is the full text of everything a traced program is a
 function of, and an entry keeps that text (its file name is its SHA-256; a different text read back is a miss):
@@ -65,10 +67,11 @@ ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 @dataclasses.dataclass(frozen=True)
 class ProgramCall:
-    """A step program as jit will trace it: ``jax.jit(fn on treedef's leaves, donate_argnums=donate)(*args)``."""
+    """A program as jit will trace it: ``jax.jit(fn on treedef's leaves, donate_argnums=donate)(*args)``, or with
+    ``treedef`` None, ``jax.jit(fn, donate_argnums=donate)(*args)``."""
 
     fn: functools.partial  # the pure function with its statics bound
-    treedef: Any  # the state's tree, whose leaves come first in ``args``
+    treedef: Any  # the state's tree, whose leaves come first in ``args``; None: no state
     donate: tuple[int, ...]
     args: tuple[Any, ...]
 
@@ -240,6 +243,22 @@ class ExecutableCache:
                 logger.warning(
                     "executable cache: cannot store programs in %s (%s: %s)", self.directory, type(e).__name__, e
                 )
+
+
+def load_or_compile(cache: ExecutableCache | None, call: ProgramCall, out_sharding: Any = None) -> jax.stages.Compiled:
+    """A stateless program (``call.treedef`` None, default compiler options; its output on ``out_sharding``) from
+    ``cache``, or else traced and compiled here (through JAX's cache) and stored in ``cache``: the loader's
+    dummy-weight initializers, whose tracing a warm start would otherwise pay for each of them."""
+    program = f"{describe_program(call, {})}\nout sharding: {_describe(out_sharding)}"
+    key = None if cache is None else cache.key(program)
+    entry = None if key is None else cache.read(key)
+    compiled = None if entry is None else cache.load(entry)
+    if compiled is None:
+        jitted = jax.jit(call.fn, donate_argnums=call.donate, out_shardings=out_sharding)
+        compiled = jitted.lower(*call.args).compile()
+        if key is not None:
+            cache.store(key, compiled)
+    return compiled
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -36,6 +36,7 @@ from safetensors import safe_open
 
 from jllm import parallel
 from jllm.checkpoint import restore_params, save_params
+from jllm.executable_cache import ExecutableCache, ProgramCall, load_or_compile
 from jllm.models.decoder import WeightMap
 from jllm.models.registry import build_args
 from jllm.quantization import FP8, QuantScheme, resolve_scheme
@@ -387,26 +388,43 @@ def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_re
         _place(state, mesh, make, args.quant, args.dtype, index.stores_fp8)
 
 
-def init_dummy_params(state: nnx.State, mesh: Mesh, seed: int, args: Any) -> None:
+def dummy_keys(seed: int, count: int) -> jax.Array:
+    """The key data (``[count, 2]`` uint32) of parameters 0 to ``count - 1``: the seed's key folded with each index."""
+    indices = jnp.arange(count, dtype=jnp.uint32)
+    return jax.random.key_data(jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), indices))
+
+
+def dummy_values(shape: tuple[int, ...], dtype: Any, is_norm: bool, key: jax.Array) -> jax.Array:
+    """One parameter's dummy values from its key data: ``0.02 * normal`` (ones for an RMSNorm scale, which keep
+    activations sane)."""
+    if is_norm:
+        return jnp.ones(shape, dtype)
+    return (0.02 * jax.random.normal(jax.random.wrap_key_data(key), shape, jnp.float32)).astype(dtype)
+
+
+def init_dummy_params(
+    state: nnx.State, mesh: Mesh, seed: int, args: Any, executable_cache: ExecutableCache | None = None
+) -> None:
     """Random weights made on the devices themselves (vLLM's ``load_format: dummy``), for benchmarks; quantized
-    linears are made in float and quantized like a checkpoint's."""
-    counter = iter(range(1 << 30))
+    linears are made in float and quantized like a checkpoint's.
+
+    Every parameter's key comes from one program, then one compiled initializer per distinct parameter kind (not
+    per parameter: hundreds in a big model) takes it as an argument; a warm start loads these programs from
+    ``executable_cache`` instead of tracing them."""
+    count = len(jax.tree.leaves(state))
+    keys_call = ProgramCall(functools.partial(dummy_keys, seed, count), None, (), ())
+    keys = np.asarray(load_or_compile(executable_cache, keys_call)())  # [count, 2] uint32, on the host
+    key_type = jax.ShapeDtypeStruct(keys.shape[1:], keys.dtype)
+    counter = iter(range(count))
 
     @functools.cache
-    def initializer(shape: tuple[int, ...], dtype: jnp.dtype, sharding: jax.sharding.Sharding, is_norm: bool):
-        """One compiled initializer per distinct parameter kind, not per parameter (hundreds in a big model)."""
-
-        def init(key: jax.Array) -> jax.Array:
-            if is_norm:
-                return jnp.ones(shape, dtype)
-            return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-        return jax.jit(init, out_shardings=sharding)
+    def initializer(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Sharding, is_norm: bool) -> Callable:
+        fn = functools.partial(dummy_values, shape, dtype, is_norm)
+        return load_or_compile(executable_cache, ProgramCall(fn, None, (), (key_type,)), sharding)
 
     def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:
-        is_norm = str(path[-1]) == "weight"  # RMSNorm scales: ones keep activations sane
-        key = jax.random.fold_in(jax.random.key(seed), next(counter))
-        return initializer(target.shape, target.dtype, target.sharding, is_norm)(key)
+        is_norm = str(path[-1]) == "weight"
+        return initializer(target.shape, jnp.dtype(target.dtype), target.sharding, is_norm)(keys[next(counter)])
 
     _place(state, mesh, make, args.quant, args.dtype)
 
@@ -432,10 +450,12 @@ def load_model(
     fp8_dot_min_tokens: int | None = 512,
     fp8_kernel_max_tokens: int | None = 1,
     fp8_kernel_compute: str | None = None,
+    executable_cache: ExecutableCache | None = None,
 ) -> LoadedModel:
     """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``, quantizing the decoder's
     linears when ``quantization`` asks (or the checkpoint is stored in FP8). The Triton FP8-weight kernel runs on one
-    CUDA device only (its custom call has no sharding rule; under tensor parallelism XLA's dot runs)."""
+    CUDA device only (its custom call has no sharding rule; under tensor parallelism XLA's dot runs). Dummy weights'
+    initializers come from ``executable_cache`` where it holds them."""
     model_dir = Path(model_dir)
     hf_config = read_json(model_dir / "config.json")
     generation_config = read_json(model_dir / "generation_config.json", required=False)
@@ -448,7 +468,7 @@ def load_model(
     if load_format == "auto":
         load_format = "orbax" if (model_dir / "params").is_dir() else "safetensors"
     if load_format == "dummy":
-        init_dummy_params(state, mesh, seed, args)
+        init_dummy_params(state, mesh, seed, args, executable_cache)
     elif load_format == "safetensors":
         load_safetensors_params(state, model_dir, mesh, kv_replicas, args)
     elif load_format == "orbax" and quant is not None:

@@ -25,7 +25,6 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 import llguidance
-import llguidance.hf
 import llguidance.numpy
 import numpy as np
 
@@ -134,6 +133,8 @@ class GrammarCompiler:
 
     @functools.cached_property
     def tokenizer(self) -> llguidance.LLTokenizer:
+        import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_imports.py)
+
         try:
             return llguidance.hf.from_tokenizer(
                 self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids

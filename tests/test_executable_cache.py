@@ -51,14 +51,16 @@ def cold(xla_dir: Path, prompts: list[list[int]]) -> dict:
     return start(xla_dir, prompts)
 
 
-def entries(xla_dir: Path) -> list[str]:
-    return sorted(map(str, (xla_dir / executable_cache.SUBDIRECTORY).glob("*.jllm")))
+def entries(xla_dir: Path, module: str = "jllm.step_programs") -> list[str]:
+    """The entries of ``module``'s programs: the step programs, or the loader's dummy-weight initializers."""
+    paths = sorted((xla_dir / executable_cache.SUBDIRECTORY).glob("*.jllm"))
+    return [str(p) for p in paths if f"\nfunction: {module}." in pickle.loads(p.read_bytes()).key]
 
 
 @pytest.fixture(scope="module")
 def warm(xla_dir: Path, prompts: list[list[int]], cold: dict) -> dict:
     """The second start, and the entries the first one wrote (other tests add their own)."""
-    return start(xla_dir, prompts) | {"entries": entries(xla_dir)}
+    return start(xla_dir, prompts) | {"entries": entries(xla_dir), "initializers": entries(xla_dir, "jllm.loader")}
 
 
 @pytest.mark.slow
@@ -70,6 +72,9 @@ def test_a_warm_start_loads_every_program_untraced_and_samples_what_the_cold_one
         assert times["trace_s"] == times["lower_s"] == times["compile_s"] == 0 < times["load_s"]
         assert times["loaded"] == times["programs"]
     assert len(warm["entries"]) == PROGRAMS and not cold["warnings"] and not warm["warnings"]
+    # The dummy weights' programs: every parameter's key, and an initializer per kind (embedding, qkv, o, gate-up,
+    # down, LM head, norm scales), loaded by the warm start (tests/test_models.py checks the values)
+    assert len(warm["initializers"]) == 8
     # Greedy and seeded random samples with logprobs and prompt logprobs on fresh random prompts: the loaded
     # executables are the compiled ones, so tokens and logprobs match exactly.
     assert warm["outputs"] == cold["outputs"]
@@ -82,6 +87,7 @@ def test_a_changed_setting_misses_though_the_program_is_the_same(xla_dir, prompt
     changed = start(xla_dir, prompts, attention_backend="reference")
     assert (changed["programs"], changed["loaded"], changed["cache_hits"]) == (PROGRAMS, 0, PROGRAMS)
     assert len(entries(xla_dir)) == 2 * PROGRAMS and changed["outputs"] == warm["outputs"]
+    assert entries(xla_dir, "jllm.loader") == warm["initializers"]  # no engine setting in their keys: shared
 
 
 @pytest.mark.slow

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, save_tiny_checkpoint
 
+from jllm.executable_cache import ExecutableCache
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 
@@ -100,6 +104,63 @@ def test_dummy_load_format_gives_shapes_and_shardings(tiny_dirs):
     assert tuple(attn.qkv_proj.kernel[...].sharding.spec) == (None, "tp", None, None)
     assert tuple(attn.o_proj.kernel[...].sharding.spec) == ("tp", None)
     assert tuple(loaded.model.embed_tokens.embedding[...].sharding.spec) == ("tp", None)
+
+
+def dummy_reference(model: nnx.Module, seed: int) -> list[np.ndarray]:
+    """Each parameter as ``load_format: dummy`` defines it, computed alone: ``0.02 * normal`` (in float32, then the
+    model's dtype) from the seed's key folded with the parameter's place in the model's flat state; ones for an RMS
+    norm's scale."""
+    expected = []
+    for i, (path, var) in enumerate(nnx.to_flat_state(nnx.split(model)[1])):
+        x = var.get_value()
+        if str(path[-1]) == "weight":
+            expected.append(np.ones(x.shape, x.dtype))
+        else:
+            key = jax.random.fold_in(jax.random.key(seed), i)
+            expected.append(np.asarray((0.02 * jax.random.normal(key, x.shape, jnp.float32)).astype(x.dtype)))
+    return expected
+
+
+@pytest.mark.slow  # three loads, ~8 s
+def test_dummy_weights_are_the_seeds_normal_values_per_parameter_and_load_untraced_from_the_cache(
+    tiny_dirs, tmp_path, monkeypatch
+):
+    seed = int(time.time()) % 1000
+    cache = ExecutableCache(tmp_path / "cache", "context")
+    loaded = load_model(
+        tiny_dirs["llama3"], mesh=make_mesh(1), dtype="float32", load_format="dummy", seed=seed, executable_cache=cache
+    )
+    got = [np.asarray(x) for x in jax.tree.leaves(nnx.split(loaded.model)[1])]
+    for g, e in zip(got, dummy_reference(loaded.model, seed), strict=True):  # float32: one rounding apart at most
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=0)
+    # every parameter's key, and one initializer per kind (embedding, qkv, o, gate-up, down, LM head, norm scales)
+    assert len(list(cache.directory.iterdir())) == 8
+
+    other = load_model(
+        tiny_dirs["llama3"],
+        mesh=make_mesh(1),
+        dtype="float32",
+        load_format="dummy",
+        seed=seed + 1,
+        executable_cache=ExecutableCache(cache.directory, "context"),
+    )
+    assert not np.array_equal(np.asarray(other.model.embed_tokens.embedding[...]), got[0])
+
+    def untraced(*args: object) -> None:
+        raise AssertionError("traced: the executable cache held this program")
+
+    monkeypatch.setattr(jax.random, "fold_in", untraced)  # what the keys' program traces
+    monkeypatch.setattr(jax.random, "normal", untraced)  # what the initializers trace
+    again = load_model(
+        tiny_dirs["llama3"],
+        mesh=make_mesh(1),
+        dtype="float32",
+        load_format="dummy",
+        seed=seed,
+        executable_cache=ExecutableCache(cache.directory, "context"),
+    )
+    for g, x in zip(got, jax.tree.leaves(nnx.split(again.model)[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), g)
 
 
 def test_missing_tensor_is_named(tiny_dirs, tmp_path):

@@ -205,3 +205,16 @@ def test_the_jllm_command_shows_jllm_info_lines_and_keeps_other_libraries_quiet(
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert [line.split(" ", 2)[2] for line in lines] == ["INFO jllm.build: weights loaded", "WARNING jax: a warning"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing JAX and flax: ~3 s
+def test_importing_jllm_and_its_llm_leaves_transformers_unimported():
+    """transformers takes ~1 s to import (1.5 s on the H200's host): only building a tokenizer imports it, so that a
+    start can load it beside the weights, and the CLI's argument parsing never pays for it."""
+    code = (
+        "import sys, jllm; from jllm import LLM, SamplingParams, StructuredOutputsParams;"
+        "print([m for m in ('transformers', 'torch') if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]"]
