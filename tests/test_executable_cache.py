@@ -172,17 +172,13 @@ def test_a_key_that_names_an_object_by_its_address_is_never_cached(tmp_path):
 
 
 def test_a_stored_program_loads_and_computes_the_same_and_a_cut_entry_is_a_miss(tmp_path, caplog):
-    cache = ExecutableCache(tmp_path / "cache", "context")
-    x = jnp.asarray(np.random.default_rng(int(time.time())).normal(size=(4, 2)), jnp.float32)
-    call = program(2.5, x)
-    key = cache.key(describe_program(call, {}))
-    compiled = compiled_program(call)
-    cache.store(key, compiled)
-    entry = cache.read(key)
-    assert entry.key == key and entry.out_avals == (((4, 2), np.dtype("float32")),)
-    loaded = cache.load(entry)
-    np.testing.assert_array_equal(np.asarray(loaded([], x)), np.asarray(x) * 2.5)
-    assert cache.read(key + " ") is None  # another key: a miss, without a warning
+    # stored, read, loaded and run in a fresh process, JAX's own cache off (see the worker's docstring)
+    case = {"cache": str(tmp_path / "cache"), "seed": int(time.time())}
+    (result,) = run_worker("executable_roundtrip_worker.py", [case], JAX_ENABLE_COMPILATION_CACHE="false")
+    assert result["key_matches"] and result["out_avals"] == [[[4, 2], "float32"]]
+    np.testing.assert_array_equal(np.asarray(result["got"]), np.asarray(result["want"]))
+    cache, key = ExecutableCache(tmp_path / "cache", "context"), result["key"]
+    assert cache.read(key) is not None and cache.read(key + " ") is None  # another key: a miss, without a warning
     cache.path(key).write_bytes(cache.path(key).read_bytes()[:-10])
     with caplog.at_level(logging.WARNING, logger="jllm.executable_cache"):
         assert cache.read(key) is None
