@@ -133,7 +133,7 @@ class GrammarCompiler:
 
     @functools.cached_property
     def tokenizer(self) -> llguidance.LLTokenizer:
-        import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_imports.py)
+        import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_startup.py)
 
         try:
             return llguidance.hf.from_tokenizer(
