@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
+from pallas_kernels.triton_call import triton_call
+
 _TARGET_PROGRAMS = 512  # about four programs per SM of an H200 (132 SMs)
 # How a tile is multiplied. "fma": one activation row, e4m3 -> f16 -> f32 multiply-adds into a [block_k, block_n]
 # accumulator summed once at the end, no tensor cores. "dot_f16": tl.dot with both operands widened to float16
@@ -146,8 +148,6 @@ def fp8_matmul(
     """``x @ (w * scale)``, accumulated in float32 (with ``config.compute == "dot_fp8"``: ``x`` quantized to e4m3 per
     row first); ``w_kmajor``: ``w`` is the transposed weight, input dimension last. Compiles only for a CUDA device
     (jax-triton)."""
-    import jax_triton
-
     k, out_dims = (w.shape[-1], w.shape[:-1]) if w_kmajor else (w.shape[0], w.shape[1:])
     n = scale.size
     rows = x.reshape(-1, k)
@@ -157,7 +157,7 @@ def fp8_matmul(
     grid = (n // cfg.block_n, cfg.split_k, -(-m // cfg.block_m))
     out_dtype = x.dtype if cfg.split_k == 1 else jnp.float32
     out_shape = (m, n) if cfg.split_k == 1 else (cfg.split_k, m, n)
-    y = jax_triton.triton_call(
+    y = triton_call(
         rows, w.reshape((n, k) if w_kmajor else (k, n)), scale.reshape(n).astype(jnp.float32),
         kernel=_gemv_kernel,
         out_shape=jax.ShapeDtypeStruct(out_shape, out_dtype),

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from pallas_kernels.reference import _validate as _validate_reference_inputs
 from pallas_kernels.reference import max_items, query_blocks
+from pallas_kernels.triton_call import triton_call
 
 _LOG2E = tl.constexpr(math.log2(math.e))
 # Scores outside the mask; finite so that a row that sees nothing yet computes exp2(0), never NaN.
@@ -121,8 +122,6 @@ def prefill_attention(
     config: PrefillConfig | None = None,
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
     """Same contract as ``ref_ragged_paged_attention``; compiles only for a CUDA device (jax-triton)."""
-    import jax_triton
-
     _validate_reference_inputs(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None)
     check_shapes(q, kv_pages)
     num_tokens, num_q_heads, _ = q.shape
@@ -133,7 +132,7 @@ def prefill_attention(
         q.shape, kv_pages.shape, table_width, num_seqs, sm_scale=sm_scale, soft_cap=soft_cap,
         sliding_window=sliding_window, dot_precision="ieee" if q.dtype == jnp.float32 else "tf32", config=cfg,
     )  # fmt: skip
-    return jax_triton.triton_call(
+    return triton_call(
         q, kv_pages, block_tables.astype(jnp.int32), item_seq, item_first, query_start_loc.astype(jnp.int32),
         kv_lens.astype(jnp.int32),
         kernel=_prefill_kernel,

@@ -329,6 +329,19 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple
     return args, load_bench_model(args.config)
 
 
+def engine_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as engine keys, each value read as YAML (``null``, ``512``, ``fp8``)."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def write_json(path: Path | None, result: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

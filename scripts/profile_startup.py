@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import bench_common as common
-import yaml
 
 KINDS = ("forward", "sampler", "prompt_logprobs")
 
@@ -118,12 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:
         print(json.dumps(child(*json.loads(args.child))))
         return
-    args.overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        args.overrides[key] = yaml.safe_load(value)
+    args.overrides = common.engine_overrides(parser, args.set)
     runs = []
     with tempfile.TemporaryDirectory(prefix="jllm-xla-") as cache:
         for name in ["cold", *(f"warm {i + 1}" for i in range(args.warm_runs))]:

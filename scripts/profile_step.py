@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
-from bench_common import PartTimer, write_dummy_model  # noqa: E402
+from bench_common import PartTimer, engine_overrides, write_dummy_model  # noqa: E402
 
 import jllm.runner  # noqa: E402
 from jllm import LLM, SamplingParams  # noqa: E402
@@ -195,6 +195,8 @@ def main() -> None:
         help="JSON object replacing jllm.runner.COMPILER_OPTIONS for this run, e.g. '{}' for XLA's "
         "defaults: how command-buffer settings were compared",
     )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an engine key (repeat), e.g. quantization=fp8")  # fmt: skip
     parser.add_argument("--dump-hlo", type=Path, help="write the optimized HLO of each profiled step program here")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -211,6 +213,7 @@ def main() -> None:
             model, load_format=args.load_format, dtype=args.dtype, max_model_len=args.max_model_len,
             max_num_seqs=max(batches), max_num_batched_tokens=args.max_num_batched_tokens,
             gpu_memory_utilization=0.85, tensor_parallel_size=args.tensor_parallel_size,
+            **engine_overrides(parser, args.set),
         )  # fmt: skip
         dev = jax.devices()[0]
         report: dict[str, Any] = {

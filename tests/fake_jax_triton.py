@@ -10,9 +10,11 @@ e4m3 and -> bf16 rounding.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -40,6 +42,19 @@ def _to_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     if dtype in _RAW_BITS:
         return t.view(_RAW_BITS[dtype][2]).numpy().view(dtype)
     return t.numpy()
+
+
+def _never_lowered(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the fake's primitive is never bound, so never lowered")
+
+
+# what pallas_kernels.triton_call re-registers for CUDA (jax-triton's primitive and its lowering): a primitive that
+# nothing binds, since the fake's triton_call runs the kernel through a callback instead
+triton_lib = types.SimpleNamespace(
+    triton_kernel_call_p=jax.extend.core.Primitive("fake_triton_kernel_call"),
+    triton_kernel_call_lowering=_never_lowered,
+    get_cuda_backend=None,
+)
 
 
 def triton_call(

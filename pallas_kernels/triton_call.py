@@ -1,0 +1,56 @@
+"""``jax_triton.triton_call``, lowered as the XLA FFI call that command buffers capture.
+
+jax-triton 0.3.1 lowers every kernel as the legacy custom call ``triton_kernel_call`` (``api_version=2``). XLA's
+command buffers (the CUDA graphs a compiled step runs as) do not capture legacy calls, so each of a step's Triton
+calls splits its graph into pieces launched from the host. The CUDA plugin of jax >= 0.10.1 also registers
+``triton_kernel_call_ffi``: the same kernel-call proto, passed as the ``opaque`` attribute of a typed FFI call, which
+command buffers do capture (jax-triton's own main branch lowers to it). ``triton_call`` here lowers through
+jax-triton as before, then swaps its legacy op for that FFI call.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from jax.interpreters import mlir
+from jaxlib.mlir import ir
+
+LEGACY_TARGET = "triton_kernel_call"
+FFI_TARGET = "triton_kernel_call_ffi"
+
+
+def triton_call(*args: Any, **kwargs: Any) -> Any:
+    """``jax_triton.triton_call`` with the FFI lowering installed (see the module's docstring)."""
+    import jax_triton
+
+    _install_ffi_lowering()
+    return jax_triton.triton_call(*args, **kwargs)
+
+
+@functools.cache
+def _install_ffi_lowering() -> None:
+    """Replaces jax-triton's CUDA lowering rule of its primitive, once per process."""
+    from jax_triton import triton_lib
+
+    legacy = functools.partial(triton_lib.triton_kernel_call_lowering, triton_lib.get_cuda_backend)
+    mlir.register_lowering(triton_lib.triton_kernel_call_p, functools.partial(lower_as_ffi, legacy), platform="cuda")
+
+
+def lower_as_ffi(
+    legacy_rule: Callable[..., Sequence[ir.Value]], ctx: mlir.LoweringRuleContext, *args: ir.Value, **params: Any
+) -> Sequence[ir.Value]:
+    """Lowers with ``legacy_rule`` (which compiles the kernel and emits the legacy custom call), then emits the FFI
+    call with the legacy op's kernel-call proto and the same operands and aliases, and erases the legacy op."""
+    legacy_results = legacy_rule(ctx, *args, **params)
+    op = legacy_results[0].owner.operation
+    target = ir.StringAttr(op.attributes["call_target_name"]).value
+    if target != LEGACY_TARGET:
+        raise ValueError(f"expected jax-triton to emit the custom call {LEGACY_TARGET!r}, got {target!r}")
+    opaque = ir.StringAttr(op.attributes["backend_config"]).value_bytes
+    aliases = dict(params.get("input_output_aliases") or ())
+    results = jax.ffi.ffi_lowering(FFI_TARGET, operand_output_aliases=aliases or None)(ctx, *args, opaque=opaque)
+    op.erase()
+    return results
