@@ -77,8 +77,15 @@ class InputLayout:
     slots: tuple[tuple[int, tuple[int, ...], np.dtype], ...]  # per leaf: (offset, shape, dtype)
 
 
+# Words between leaf starts: XLA may hand a kernel a leaf as a slice of the packed buffer rather than a copy, and
+# jax-triton compiles its kernels for 16-byte aligned pointers (its FFI call refuses others: "Parameter 2 (...) is
+# not divisible by 16").
+SLOT_ALIGN_WORDS = 4
+
+
 def pack_inputs(inputs: Any) -> tuple[InputLayout, np.ndarray]:
-    """Every leaf's bits in one uint32 buffer (the leaves are int32, uint32 and float32: 4-byte words)."""
+    """Every leaf's bits in one uint32 buffer (the leaves are int32, uint32 and float32: 4-byte words), each leaf
+    starting at a multiple of ``SLOT_ALIGN_WORDS`` words."""
     leaves, treedef = jax.tree.flatten(inputs)
     slots, parts, offset = [], [], 0
     for x in leaves:
@@ -86,8 +93,9 @@ def pack_inputs(inputs: Any) -> tuple[InputLayout, np.ndarray]:
         if x.dtype.itemsize != 4:
             raise ValueError(f"a packed step input is {x.dtype} {x.shape}; the packing takes 4-byte dtypes only")
         slots.append((offset, tuple(x.shape), x.dtype))
-        parts.append(np.ravel(x).view(np.uint32))
-        offset += x.size
+        padding = -x.size % SLOT_ALIGN_WORDS
+        parts.append(np.concatenate([np.ravel(x).view(np.uint32), np.zeros(padding, np.uint32)]))
+        offset += x.size + padding
     buffer = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
     return InputLayout(treedef, tuple(slots)), buffer
 

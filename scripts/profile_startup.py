@@ -74,7 +74,8 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> d
 
 
 def run_once(args: argparse.Namespace, cache: str) -> dict[str, Any]:
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "PYTHONPATH": str(common.ROOT)}
+    path = os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")])  # the caller's packages too
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "PYTHONPATH": path}
     cmd = [sys.executable, __file__, "--child", json.dumps([args.model, args.config, args.overrides])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

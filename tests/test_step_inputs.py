@@ -12,6 +12,7 @@ from jllm.sequence import ScheduledSequence, Sequence
 from jllm.step_inputs import (
     BASE_SAMPLERS,
     GENERAL_SAMPLER,
+    SLOT_ALIGN_WORDS,
     StepInputs,
     StepPlan,
     host_inputs,
@@ -185,7 +186,10 @@ def test_packed_inputs_unpack_to_the_same_arrays_from_one_buffer() -> None:
     batch = [scheduled(0, [11, 12, 13], 3, pages=[3]), scheduled(1, [21], 1, pages=[5], output=(22,), computed=1)]
     inputs = build(batch, StepBucket(8, 4))
     layout, buffer = pack_inputs(inputs)
-    assert buffer.dtype == np.uint32 and buffer.size == sum(x.size for x in jax.tree.leaves(inputs))
+    sizes = [x.size for x in jax.tree.leaves(inputs)]
+    assert buffer.dtype == np.uint32 and sum(sizes) <= buffer.size < sum(sizes) + SLOT_ALIGN_WORDS * len(sizes)
+    # every leaf starts 16-byte aligned: a slice of the buffer handed to a jax-triton kernel must be
+    assert all(offset % SLOT_ALIGN_WORDS == 0 for offset, _, _ in layout.slots) and SLOT_ALIGN_WORDS * 4 == 16
     assert {np.dtype(x.dtype) for x in jax.tree.leaves(inputs)} == {np.dtype(t) for t in ("float32", "int32", "uint32")}
     unpacked = jax.jit(lambda b: unpack_inputs(layout, b))(buffer)  # as inside a step program
     assert jax.tree.structure(unpacked) == jax.tree.structure(inputs)

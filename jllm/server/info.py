@@ -28,7 +28,10 @@ from jllm.server.state import ServerState, server_state
 
 _CREATED = int(time.time())
 
-_VERSION = importlib.metadata.version("jllm")
+try:
+    _VERSION = importlib.metadata.version("jllm")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree on PYTHONPATH, not installed
+    _VERSION = "0+source"
 
 
 async def list_models(request: web.Request) -> web.Response:
