@@ -22,7 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jllm.config import ConfigError, EngineConfig, engine_keys, key_type, load_config, unknown_key_error
+from jllm.config import (
+    ConfigError,
+    EngineConfig,
+    engine_keys,
+    given_options,
+    key_type,
+    load_config,
+    unknown_key_error,
+)
 from jllm.sampling import SamplingParams
 from jllm.timing import show_info_logs
 
@@ -64,7 +72,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 def engine_config(args: argparse.Namespace, sections: tuple[str, ...] = OFFLINE_SECTIONS) -> EngineConfig:
     """The config from ``--config`` and the engine options given (None = not given)."""
-    return load_config(args.config, **{key: getattr(args, key) for key in engine_keys(*sections)})
+    return load_config(args.config, **given_options({key: getattr(args, key) for key in engine_keys(*sections)}))
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -137,7 +145,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.model = args.model_arg
     from jllm.serve_config import load_serve_config
 
-    serve = load_serve_config(args.config, **{key: getattr(args, key) for key in engine_keys(*ALL_SECTIONS)})
+    serve = load_serve_config(
+        args.config, **given_options({key: getattr(args, key) for key in engine_keys(*ALL_SECTIONS)})
+    )
     from jllm.server.app import run_server  # the server (aiohttp) loads only for `serve`
 
     run_server(serve)

@@ -403,10 +403,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def merge_config(file_values: dict[str, Any], **overrides: Any) -> EngineConfig:
-    """File values, then overrides whose value is not None (None means "not given on the command line")."""
-    given = {k.replace("-", "_"): v for k, v in overrides.items() if v is not None}
+    """File values, then the overrides, None included (``fp8_kernel_max_tokens=None`` turns the kernel off); the
+    command line drops the options it was not given first (``given_options``)."""
+    given = {k.replace("-", "_"): v for k, v in overrides.items()}
     kept = {k: v for k, v in file_values.items() if str(k).replace("-", "_") not in given}
     return EngineConfig.from_flat({**kept, **given})
+
+
+def given_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The command-line options given: argparse leaves the others None."""
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfig:

@@ -50,7 +50,7 @@ class LLM:
     """
 
     def __init__(self, model: str | None = None, config: str | Path | None = None, **overrides: Any):
-        self.config = load_config(config, model=model, **overrides)
+        self.config = load_config(config, **({} if model is None else {"model": model}), **overrides)
         distributed.initialize(self.config.parallel)
         if not distributed.is_lead():
             distributed.run_follower(build_worker(self.config).runner)

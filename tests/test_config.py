@@ -13,6 +13,7 @@ from jllm.config import (
     EngineConfig,
     ServerConfig,
     engine_keys,
+    given_options,
     load_config,
     merge_config,
 )
@@ -51,18 +52,28 @@ def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
 
 def test_override_beats_file_beats_default(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", "max_num_seqs: 8\nmax-model-len: 1024\n")
-    config = load_config(path, max_num_seqs=4, page_size=None)
+    config = load_config(path, max_num_seqs=4)
     assert config.scheduler.max_num_seqs == 4  # keyword over file
     assert config.model.max_model_len == 1024  # file over default
-    assert config.cache.page_size == 16  # default, since the None override means "not given"
+    assert config.cache.page_size == 16  # default
     # An override spelt with underscores replaces the file's dashed spelling of the same key.
     assert load_config(path, max_model_len=512).model.max_model_len == 512
 
 
-def test_none_override_keeps_the_file_value(tmp_path: Path) -> None:
+def test_options_not_given_on_the_command_line_keep_the_file_value(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", "max_model_len: 1024\nenable_prefix_caching: false\n")
-    config = load_config(path, max_model_len=None, enable_prefix_caching=None, model=None)
+    options = {"max_model_len": None, "enable_prefix_caching": None, "model": None, "max_num_seqs": 4}
+    config = load_config(path, **given_options(options))
     assert config.model.max_model_len == 1024 and config.cache.enable_prefix_caching is False
+    assert config.scheduler.max_num_seqs == 4
+
+
+def test_an_explicit_none_override_is_honoured(tmp_path: Path) -> None:
+    """``LLM(..., fp8_kernel_max_tokens=None)`` turns the kernel off rather than being dropped as "not given"."""
+    path = write(tmp_path / "c.yaml", "fp8_kernel_max_tokens: 4\nfp8_dot_min_tokens: 256\n")
+    assert load_config(path).model.fp8_kernel_max_tokens == 4
+    config = load_config(path, fp8_kernel_max_tokens=None, fp8_dot_min_tokens=None)
+    assert config.model.fp8_kernel_max_tokens is None and config.model.fp8_dot_min_tokens is None
 
 
 def test_false_override_is_given_not_missing(tmp_path: Path) -> None:
