@@ -104,6 +104,11 @@ class Generation:
     async def deltas(self) -> AsyncIterator[Delta]:
         """Each choice's new text and tokens as they arrive, across all prompts, until every one has finished;
         a choice's last delta carries its finish reason."""
+        if len(self.streams) == 1:  # most requests: read the one stream directly, no task per output
+            async for output in self.streams[0]:
+                for delta in self._deltas_of(0, output):
+                    yield delta
+            return
         pending = self._pending
         pending.update({asyncio.ensure_future(anext(s)): i for i, s in enumerate(self.streams)})
         while pending:
@@ -111,24 +116,33 @@ class Generation:
             for task in done:
                 i = pending.pop(task)
                 output = task.result()
-                self.timers[i].observe(output)
-                self._prompt_tokens[i] = len(output.prompt_token_ids)
-                if output.prompt_logprobs is not None:  # DELTA: the entries new since the last output
-                    self._prompt_logprobs[i] = (self._prompt_logprobs[i] or []) + output.prompt_logprobs
                 if not output.finished:
                     pending[asyncio.ensure_future(anext(self.streams[i]))] = i
-                for c in output.outputs:
-                    self._completion_tokens += len(c.token_ids)
-                    yield Delta(
-                        i * self.params.n + c.index,
-                        i,
-                        c.text,
-                        c.token_ids,
-                        c.logprobs,
-                        c.finish_reason,
-                        c.stop_reason,
-                        self._prompt_logprobs[i],
-                    )
+                for delta in self._deltas_of(i, output):
+                    yield delta
+
+    def _deltas_of(self, i: int, output: RequestOutput) -> list[Delta]:
+        """Books prompt ``i``'s output (its timer, token counts, prompt logprobs) and returns its choices' deltas."""
+        self.timers[i].observe(output)
+        self._prompt_tokens[i] = len(output.prompt_token_ids)
+        if output.prompt_logprobs is not None:  # DELTA: the entries new since the last output
+            self._prompt_logprobs[i] = (self._prompt_logprobs[i] or []) + output.prompt_logprobs
+        deltas = []
+        for c in output.outputs:
+            self._completion_tokens += len(c.token_ids)
+            deltas.append(
+                Delta(
+                    i * self.params.n + c.index,
+                    i,
+                    c.text,
+                    c.token_ids,
+                    c.logprobs,
+                    c.finish_reason,
+                    c.stop_reason,
+                    self._prompt_logprobs[i],
+                )
+            )
+        return deltas
 
     async def wait(self) -> list[Delta]:
         """Runs to the end; returns every choice whole, in index order (for a response that is not streamed)."""

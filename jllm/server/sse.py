@@ -50,8 +50,18 @@ async def send_events(request: web.Request, payloads: AsyncIterator[str]) -> web
 
 
 async def _write(request: web.Request, response: web.StreamResponse, timeout: float, payload: str) -> None:
+    """Writes one event. A write waits for the client only while the connection's writing is paused (its transport
+    buffer passed the high-water mark, and has not drained to the low one); only a write that may pause it or finds
+    it paused runs under the stall timeout: a timer per event cost the event loop ~5 % of its time with 32 streams
+    (py-spy, CPU, 2026-12-04)."""
+    data = f"data: {payload}\n\n".encode()
+    transport = request.transport
+    if transport is not None and not request.protocol.writing_paused:
+        if transport.get_write_buffer_size() + len(data) < transport.get_write_buffer_limits()[1]:
+            await response.write(data)  # stays under the high-water mark: aiohttp's drain returns at once
+            return
     try:
-        await asyncio.wait_for(response.write(f"data: {payload}\n\n".encode()), timeout)
+        await asyncio.wait_for(response.write(data), timeout)
     except TimeoutError:
         if request.transport is not None:
             request.transport.close()
