@@ -189,3 +189,19 @@ def test_bench_grpc_vs_sse_streams_every_token_over_both_and_reports_both(tmp_pa
         assert_positive(us["sse"][kind], us["grpc"][kind])
         assert result["grpc_minus_sse_us_per_token"][kind] == pytest.approx(us["grpc"][kind] - us["sse"][kind])
     assert [len(v) for v in result["rounds_us_per_token"].values()] == [2, 2]
+
+
+@pytest.mark.slow  # a server process and two load levels (~15 s)
+def test_bench_stream_overhead_streams_every_token_and_never_beats_the_step(tmp_path: Path) -> None:
+    """Every asked token arrives, and no stream's inter-token time is shorter than the scripted step it waits on."""
+    bench = importlib.import_module("bench_stream_overhead")
+    out = tmp_path / "overhead.json"
+    step_ms = 5.0
+    bench.main(["--step-ms", str(step_ms), "--concurrency", "1,2", "--prompts-per-stream", "2", "--output-len", "8",
+                "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["failed"] == 0 and row["tokens"] == row["requests"] * 8
+        assert row["itl_p50_ms"] >= step_ms * 0.95 and row["tpot_p50_ms"] >= step_ms * 0.95
+        assert_positive(row["server_cpu_us_per_token"])
