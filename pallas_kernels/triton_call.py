@@ -1,11 +1,13 @@
 """``jax_triton.triton_call``, lowered as the XLA FFI call that command buffers capture.
 
 jax-triton 0.3.1 lowers every kernel as the legacy custom call ``triton_kernel_call`` (``api_version=2``). XLA's
-command buffers (the CUDA graphs a compiled step runs as) do not capture legacy calls, so each of a step's Triton
-calls splits its graph into pieces launched from the host. The CUDA plugin of jax >= 0.10.1 also registers
+command buffers (the CUDA graphs a compiled step runs as) do not take legacy calls, so each of a step's Triton calls
+splits its graph into pieces launched from the host. The CUDA plugin of jax >= 0.10.1 also registers
 ``triton_kernel_call_ffi``: the same kernel-call proto, passed as the ``opaque`` attribute of a typed FFI call, which
-command buffers do capture (jax-triton's own main branch lowers to it). ``triton_call`` here lowers through
-jax-triton as before, then swaps its legacy op for that FFI call.
+command buffers record by tracing the call (again whenever its buffers move; jax-triton's own main branch lowers to
+it). ``triton_call`` here lowers through jax-triton as before, then swaps its legacy op for that FFI call. On an H200
+(2026-12-04, docs/benchmarks.md) the FP8 decode step ran no faster either way: its host launch cost stayed 1.2-2.7 ms.
+The FFI handler checks that every pointer is 16-byte aligned, as jax-triton compiles kernels to assume.
 """
 
 from __future__ import annotations
