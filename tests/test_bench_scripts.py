@@ -205,3 +205,12 @@ def test_bench_stream_overhead_streams_every_token_and_never_beats_the_step(tmp_
         assert row["failed"] == 0 and row["tokens"] == row["requests"] * 8
         assert row["itl_p50_ms"] >= step_ms * 0.95 and row["tpot_p50_ms"] >= step_ms * 0.95
         assert_positive(row["server_cpu_us_per_token"])
+
+
+def test_bench_host_transfer_times_every_way_at_every_size(tmp_path: Path) -> None:
+    bench = importlib.import_module("bench_host_transfer")
+    out = tmp_path / "transfer.json"
+    bench.main(["--words", "64,256", "--calls", "5", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["words"], r["way"]) for r in rows] == [(w, way) for w in (64, 256) for way in bench.ways(w)]
+    assert_positive(*(r["host_us"] for r in rows))
