@@ -37,7 +37,8 @@ import jax.numpy as jnp
 from bench_common import back_to_back, describe_ceilings, device_ceilings, environment
 
 from jllm.quantization import QuantScheme, fp8_dot
-from pallas_kernels.fp8_gemv import COMPUTE, GemvConfig, default_gemv_config, fp8_matmul, ref_fp8_matmul, supports
+from pallas_kernels.fp8_gemv import fp8_matmul
+from pallas_kernels.fp8_gemv_spec import COMPUTE, GemvConfig, default_gemv_config, ref_fp8_matmul, supports
 
 SHAPES = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 TUNE_SPLITS = (1, 2, 4, 8, 16)

@@ -30,12 +30,11 @@ from jllm.loader import load_model
 from jllm.parallel import make_mesh
 from jllm.quantization import FP8, QuantScheme, quantize_rows
 from pallas_kernels import fp8_gemv
-from pallas_kernels.fp8_gemv import (
+from pallas_kernels.fp8_gemv import amax_block, compile_for_cuda
+from pallas_kernels.fp8_gemv_spec import (
     COMPUTE,
     GemvConfig,
-    amax_block,
     check_shapes,
-    compile_for_cuda,
     default_gemv_config,
     pays_off,
     ref_quantize_rows,
