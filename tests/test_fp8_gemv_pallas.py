@@ -11,8 +11,10 @@ compiling it to PTX, its numerics on a GPU and its speed are ``scripts/bench_fp8
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -28,6 +30,8 @@ from jllm.quantization import QuantScheme, resolve_scheme
 from pallas_kernels import fp8_gemv, fp8_gemv_pallas, fp8_gemv_spec
 from pallas_kernels.fp8_gemv_pallas import fp8_matmul_pallas
 from pallas_kernels.fp8_gemv_spec import GemvConfig, default_gemv_config, ref_fp8_matmul
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # as `python scripts/bench_fp8_gemv.py`
 
 RTOL_F32 = 1e-5
 RTOL_BF16 = 4e-3
@@ -190,3 +194,24 @@ def test_the_loader_passes_the_backend_and_keeps_xla_off_gpus(tmp_path: Path) ->
     )  # fmt: skip
     assert loaded.args.quant.fp8_kernel_backend == "pallas"
     assert loaded.args.quant.fp8_kernel_max_tokens is None  # a CPU here: XLA's dot
+
+
+def test_the_bench_times_and_checks_the_pallas_kernel_beside_jax_triton() -> None:
+    """``scripts/bench_fp8_gemv.py``: the Pallas kernel is a default variant at one row (beside jax-triton's "fma" on
+    the same [N, K] weights), a --check variant at more rows, a --tune mode; its --check row on the CPU (interpreted)
+    is within the script's bound."""
+    bench = importlib.import_module("bench_fp8_gemv")
+    k, n = bench.SHAPES["qkv"]
+    one = {v.name: v for v in bench.default_variants(1, k, n)}
+    assert one["pallas fma"].config == one["triton default kmajor"].config == default_gemv_config(1, k, n)
+    assert one["pallas fma"].weights == "fp8_t" and "pallas fma" not in {
+        v.name for v in bench.default_variants(8, k, n)
+    }
+    assert sum(v.backend == "pallas" for v in bench.check_variants(33, k, n)) == 1
+    grid = bench.tune_grid(1, k, n, ["pallas"], list(one.values()))
+    assert grid and all(v.name == "pallas fma tuned" and v.weights == "fp8_t" for v in grid)
+    assert bench.parse_args(["--tune", "--tune-compute", "fma,pallas"]).tune_compute == ["fma", "pallas"]
+    w = bench.Weights(256, 128, layers=2)
+    args = bench.parse_args(["--layers", "2"])
+    (row,) = bench.measure("small", w, [bench.pallas_kernel(default_gemv_config(1, 256, 128))], 1, args, None)
+    assert "error" not in row and row["rel_err"] < bench.CHECK_BOUND, row
