@@ -103,24 +103,14 @@ def test_the_pallas_kernel_refuses_what_it_cannot_take_by_name() -> None:
 
 @pytest.mark.parametrize(("k", "n", "split_k"), [(4096, 6144, 8), (14336, 4096, 1)])
 def test_the_pallas_kernel_lowers_to_xla_native_triton_for_an_h200(k: int, n: int, split_k: int) -> None:
-    """With no GPU: an abstract H200 makes Pallas lower the kernel to Triton IR for sm_90, inside XLA's own Triton
-    call (``__gpu$xla.gpu.triton``, a kernel XLA emits natively), not a custom call such as jax-triton's
-    ``triton_kernel_call_ffi``; its grid is (column blocks, splits, rows)."""
-    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
-    mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
-    cfg = GemvConfig(split_k=split_k)
-    args = (
-        jax.ShapeDtypeStruct((1, k), jnp.bfloat16),
-        jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn),
-        jax.ShapeDtypeStruct((n,), jnp.float32),
-    )
-    with jax.sharding.use_abstract_mesh(mesh):
-        program = jax.jit(lambda x, q, s: fp8_matmul_pallas(x, q, s, cfg)).trace(*args)
-        text = program.lower(lowering_platforms=("cuda",)).as_text()
+    """With no GPU: an abstract H200 makes Pallas lower the kernel to Triton IR for sm_90, under XLA's own Triton
+    target (``__gpu$xla.gpu.triton``, which XLA's GPU compiler emits as a kernel of its own), not an FFI target such
+    as jax-triton's ``triton_kernel_call_ffi``; its grid is (column blocks, splits, rows)."""
+    text = lower_for_h200(k, n, GemvConfig(split_k=split_k))
     calls = re.findall(r"custom_call @(\S+)\(", text)
     assert calls == ["__gpu$xla.gpu.triton"], calls
     grid = tuple(int(g) for g in re.findall(r"grid_[xyz] = (\d+)", text))
-    assert grid == (n // cfg.block_n, split_k, 1)
+    assert grid == (n // GemvConfig().block_n, split_k, 1)
 
 
 @pytest.mark.parametrize(
@@ -215,3 +205,60 @@ def test_the_bench_times_and_checks_the_pallas_kernel_beside_jax_triton() -> Non
     args = bench.parse_args(["--layers", "2"])
     (row,) = bench.measure("small", w, [bench.pallas_kernel(default_gemv_config(1, 256, 128))], 1, args, None)
     assert "error" not in row and row["rel_err"] < bench.CHECK_BOUND, row
+
+
+def lower_for_h200(k: int, n: int, config: GemvConfig) -> str:
+    """The one-row kernel's program lowered for an abstract H200 (no GPU needed), as StableHLO text."""
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
+    args = (
+        jax.ShapeDtypeStruct((1, k), jnp.bfloat16),
+        jax.ShapeDtypeStruct((n, k), jnp.float8_e4m3fn),
+        jax.ShapeDtypeStruct((n,), jnp.float32),
+    )
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
+        program = jax.jit(lambda x, q, s: fp8_matmul_pallas(x, q, s, config)).trace(*args)
+        return program.lower(lowering_platforms=("cuda",)).as_text()
+
+
+def pallas_ttir(k: int, n: int, config: GemvConfig, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The Triton IR Pallas emits for the one-row kernel for an H200, caught from its lowering (a private hook:
+    the lowered HLO holds it as bytecode of jaxlib's own MLIR)."""
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    modules = []
+    lower = registration.lowering.lower_jaxpr_to_triton_module
+
+    def keep(*args, **kwargs):
+        result = lower(*args, **kwargs)
+        modules.append(result.module.operation.get_asm())
+        return result
+
+    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", keep)
+    lower_for_h200(k, n, config)
+    (module,) = modules
+    return module
+
+
+@pytest.mark.slow  # two compiles for sm_90 (~5 s)
+def test_the_pallas_kernel_compiles_to_the_jax_triton_kernels_instructions(tmp_path, monkeypatch) -> None:
+    """With this machine's Triton (3.8; XLA compiles with the Triton it bundles) and no GPU: the IR Pallas emits
+    compiles for sm_90 to the jax-triton "fma" kernel's arithmetic on the same [N, K] weights and tiling, instruction
+    for instruction: 16-byte weight loads, paired e4m3 -> f16 converts, float32 FMAs, the warp-shuffle sum; only the
+    address arithmetic differs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    k, n = bench_shapes()["qkv"]
+    cfg = default_gemv_config(1, k, n)
+    path = tmp_path / "fp8_gemv_pallas.ttir"
+    path.write_text(pallas_ttir(k, n, cfg, monkeypatch))
+    options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    pallas = triton.compile(str(path), target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    jax_triton = fp8_gemv.compile_for_cuda(1, k, n, cfg, w_kmajor=True).asm["ptx"]
+    maths = ("ld.global.v4.b32", "cvt.rn.f16x2.e4m3x2", "cvt.f32.f16", "fma.rn.f32", "add.f32", "shfl.sync.bfly.b32")
+    counts = [{op: len(re.findall(rf"\b{re.escape(op)}\b", ptx)) for op in maths} for ptx in (pallas, jax_triton)]
+    assert counts[0] == counts[1] and all(counts[0].values()), counts
+
+
+def bench_shapes() -> dict[str, tuple[int, int]]:
+    return importlib.import_module("bench_fp8_gemv").SHAPES
