@@ -65,8 +65,13 @@ CASES = [
 ]
 
 
-# every case in float32; in bf16 one that casts in the kernel (one split) and one that casts in XLA (split-K)
-DTYPE_CASES = [(*case, jnp.float32) for case in CASES] + [(*CASES[i], jnp.bfloat16) for i in (0, 1)]
+# every case in float32; in bf16 one that casts in the kernel (one split) and one that casts in XLA (split-K). An
+# interpreted case compiles for 1-3 s: the fast subset keeps one split, split-K, several rows, and a bf16 output
+FAST = {(0, "float32"), (1, "float32"), (4, "float32"), (0, "bfloat16")}
+DTYPE_CASES = [
+    pytest.param(*CASES[i], dtype, marks=() if (i, jnp.dtype(dtype).name) in FAST else pytest.mark.slow)
+    for i, dtype in [(i, jnp.float32) for i in range(len(CASES))] + [(0, jnp.bfloat16), (1, jnp.bfloat16)]
+]
 
 
 @pytest.mark.parametrize(("lead", "k", "out", "config", "dtype"), DTYPE_CASES)
@@ -186,10 +191,9 @@ def test_the_loader_passes_the_backend_and_keeps_xla_off_gpus(tmp_path: Path) ->
     assert loaded.args.quant.fp8_kernel_max_tokens is None  # a CPU here: XLA's dot
 
 
-def test_the_bench_times_and_checks_the_pallas_kernel_beside_jax_triton() -> None:
+def test_the_bench_times_the_pallas_kernel_beside_jax_triton() -> None:
     """``scripts/bench_fp8_gemv.py``: the Pallas kernel is a default variant at one row (beside jax-triton's "fma" on
-    the same [N, K] weights), a --check variant at more rows, a --tune mode; its --check row on the CPU (interpreted)
-    is within the script's bound."""
+    the same [N, K] weights and tiling), a --check variant at more rows, and a --tune mode."""
     bench = importlib.import_module("bench_fp8_gemv")
     k, n = bench.SHAPES["qkv"]
     one = {v.name: v for v in bench.default_variants(1, k, n)}
@@ -201,6 +205,12 @@ def test_the_bench_times_and_checks_the_pallas_kernel_beside_jax_triton() -> Non
     grid = bench.tune_grid(1, k, n, ["pallas"], list(one.values()))
     assert grid and all(v.name == "pallas fma tuned" and v.weights == "fp8_t" for v in grid)
     assert bench.parse_args(["--tune", "--tune-compute", "fma,pallas"]).tune_compute == ["fma", "pallas"]
+
+
+@pytest.mark.slow  # an interpreted compile (~3 s)
+def test_the_bench_checks_the_pallas_kernel_within_its_bound_on_the_cpu() -> None:
+    """The --check path's row for the Pallas kernel, interpreted on the CPU: no error, within ``CHECK_BOUND``."""
+    bench = importlib.import_module("bench_fp8_gemv")
     w = bench.Weights(256, 128, layers=2)
     args = bench.parse_args(["--layers", "2"])
     (row,) = bench.measure("small", w, [bench.pallas_kernel(default_gemv_config(1, 256, 128))], 1, args, None)
