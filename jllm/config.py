@@ -114,9 +114,9 @@ class ModelConfig(_Section):
     # fp8: steps of at least this many tokens (the shape bucket's) multiply FP8 x FP8 with per-token activation
     # scales; smaller ones (decodes) read FP8 weights and multiply in the model dtype; None = weight-only always
     fp8_dot_min_tokens: int | None = 512
-    # fp8 on one NVIDIA GPU with jax-triton: weight-only steps of at most this many tokens (default 1: batch-1
-    # decodes, where it measured faster) multiply in jllm's Triton FP8-weight kernel (pallas_kernels/fp8_gemv.py);
-    # elsewhere, or None, XLA's dot widens the weights
+    # fp8 on one NVIDIA GPU with jax-triton (or fp8_kernel_backend pallas): weight-only steps of at most this many
+    # tokens (default 1: batch-1 decodes, where it measured faster) multiply in jllm's Triton FP8-weight kernel
+    # (pallas_kernels/fp8_gemv.py, or its Pallas port); elsewhere, or None, XLA's dot widens the weights
     fp8_kernel_max_tokens: int | None = 1
     # How that kernel multiplies: None = its default per step size ("fma" for one row, "dot_f16" for more: the
     # weights widened in registers); "dot_fp8" = W8A8, activations quantized per token (absmax / 448) in the kernel

@@ -52,8 +52,8 @@ class QuantScheme:
 
     name: str  # one of SCHEMES
     fp8_dot_min_tokens: int | None = 512  # fp8: FP8 x FP8 for steps of at least this many tokens; None = never
-    # fp8 weight-only steps of at most this many tokens multiply in pallas_kernels.fp8_gemv (jax-triton; the loader
-    # sets it only for one CUDA device); None = XLA's dot with the weights widened
+    # fp8 weight-only steps of at most this many tokens multiply in an FP8-weight kernel (the loader sets it only for
+    # one CUDA device, with jax-triton or the pallas backend); None = XLA's dot with the weights widened
     fp8_kernel_max_tokens: int | None = None
     # how the kernel multiplies (pallas_kernels.fp8_gemv_spec.COMPUTE); None = its default per row count
     fp8_kernel_compute: str | None = None
