@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -167,6 +169,18 @@ def test_the_scheme_runs_the_pallas_kernel_interpreted_against_the_reference(mon
     ref = ref_fp8_matmul(x, q, scale, "fma", w_kmajor=True)
     assert got.shape == (1, 2, 64) and got.dtype == jnp.bfloat16
     assert rel_err(got, ref) < RTOL_BF16
+
+
+def test_the_pallas_path_imports_neither_triton_nor_jax_triton() -> None:
+    """Where the GPU image lacks the ``gpu`` extra's jax-triton (and with it Triton's Python package), the pallas
+    backend still runs: its kernel, the shared tiling and the scheme's choice import neither."""
+    code = (
+        "import sys, jllm.quantization, pallas_kernels.fp8_gemv_pallas, pallas_kernels.fp8_gemv_spec; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('triton', 'jax_triton')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_the_backend_key_is_checked_and_reaches_the_scheme() -> None:
