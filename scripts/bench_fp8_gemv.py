@@ -309,7 +309,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", default="1,8,32,64", help="activation rows (decode batch sizes)")
     p.add_argument("--tune-rows", default="1,32", help="row counts --tune sweeps tilings at")
     p.add_argument(
-        "--tune-compute", default=",".join(COMPUTE), help=f"compute modes --tune sweeps, of {(*COMPUTE, PALLAS)}"
+        "--tune-compute",
+        default=",".join(COMPUTE),
+        help=f"what --tune sweeps: compute modes of jax-triton's kernel ({', '.join(COMPUTE)}) and/or {PALLAS} (the "
+        "Pallas kernel's fma tilings)",
     )
     p.add_argument("--layers", type=int, default=32, help="distinct weights per timed call")
     p.add_argument("--tune", action="store_true")
