@@ -93,6 +93,7 @@ def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:
             fp8_dot_min_tokens=m.fp8_dot_min_tokens,
             fp8_kernel_max_tokens=m.fp8_kernel_max_tokens,
             fp8_kernel_compute=m.fp8_kernel_compute,
+            fp8_kernel_backend=m.fp8_kernel_backend,
             executable_cache=initializers,
         )
     gigabytes = sum(x.nbytes for x in jax.tree.leaves(loaded.model)) / 1e9

@@ -27,7 +27,8 @@ AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3"]  # vLLM's names: auto = the model's dtype, fp8 = fp8_e4m3
 Pooling = Literal["last", "mean"]
 Quantization = Literal["int8", "fp8"]  # vLLM's names (jllm.quantization)
-Fp8KernelCompute = Literal["fma", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_gemv.COMPUTE (a test keeps them equal)
+Fp8KernelCompute = Literal["fma", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_gemv_spec.COMPUTE (tested equal)
+Fp8KernelBackend = Literal["triton", "pallas"]  # jllm.quantization.QuantScheme.fp8_kernel_backend
 
 
 class ConfigError(ValueError):
@@ -113,14 +114,20 @@ class ModelConfig(_Section):
     # fp8: steps of at least this many tokens (the shape bucket's) multiply FP8 x FP8 with per-token activation
     # scales; smaller ones (decodes) read FP8 weights and multiply in the model dtype; None = weight-only always
     fp8_dot_min_tokens: int | None = 512
-    # fp8 on one NVIDIA GPU with jax-triton: weight-only steps of at most this many tokens (default 1: batch-1
-    # decodes, where it measured faster) multiply in jllm's Triton FP8-weight kernel (pallas_kernels/fp8_gemv.py);
-    # elsewhere, or None, XLA's dot widens the weights
+    # fp8 on one NVIDIA GPU with jax-triton (or fp8_kernel_backend pallas): weight-only steps of at most this many
+    # tokens (default 1: batch-1 decodes, where it measured faster) multiply in jllm's Triton FP8-weight kernel
+    # (pallas_kernels/fp8_gemv.py, or its Pallas port); elsewhere, or None, XLA's dot widens the weights
     fp8_kernel_max_tokens: int | None = 1
     # How that kernel multiplies: None = its default per step size ("fma" for one row, "dot_f16" for more: the
     # weights widened in registers); "dot_fp8" = W8A8, activations quantized per token (absmax / 448) in the kernel
     # and multiplied e4m3 x e4m3 on the FP8 tensor cores, for every weight size
     fp8_kernel_compute: Fp8KernelCompute | None = None
+    # Which kernel multiplies in "fma" (one row): "triton", the jax-triton kernel (an XLA custom call, which XLA's
+    # CUDA graphs re-trace every step: an H200 batch-1 FP8 step spent 1.6-2.7 ms launching against ~1.0 ms for bf16,
+    # 2026-12-04), or "pallas", the same arithmetic as a Pallas kernel (pallas_kernels/fp8_gemv_pallas.py) that XLA
+    # lowers as a native kernel and that needs no jax-triton; "dot_f16" / "dot_fp8" stay jax-triton. The default
+    # stays "triton" until a GPU has timed the Pallas kernel (scripts/bench_fp8_gemv.py, bench_quantization.py)
+    fp8_kernel_backend: Fp8KernelBackend = "triton"
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")

@@ -450,18 +450,22 @@ def load_model(
     fp8_dot_min_tokens: int | None = 512,
     fp8_kernel_max_tokens: int | None = 1,
     fp8_kernel_compute: str | None = None,
+    fp8_kernel_backend: str = "triton",
     executable_cache: ExecutableCache | None = None,
 ) -> LoadedModel:
     """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``, quantizing the decoder's
-    linears when ``quantization`` asks (or the checkpoint is stored in FP8). The Triton FP8-weight kernel runs on one
-    CUDA device only (its custom call has no sharding rule; under tensor parallelism XLA's dot runs). Dummy weights'
+    linears when ``quantization`` asks (or the checkpoint is stored in FP8). The FP8-weight kernels run on one CUDA
+    device only (neither kernel call has a sharding rule; under tensor parallelism XLA's dot runs): the jax-triton
+    one where jax-triton is installed, the Pallas one (``fp8_kernel_backend: pallas``) without it too. Dummy weights'
     initializers come from ``executable_cache`` where it holds them."""
     model_dir = Path(model_dir)
     hf_config = read_json(model_dir / "config.json")
     generation_config = read_json(model_dir / "generation_config.json", required=False)
-    kernel_runs = mesh.size == 1 and mesh.devices.flat[0].platform == "gpu" and has_jax_triton()
+    one_gpu = mesh.size == 1 and mesh.devices.flat[0].platform == "gpu"
+    kernel_runs = one_gpu and (fp8_kernel_backend == "pallas" or has_jax_triton())  # Pallas needs no jax-triton
+    max_tokens = fp8_kernel_max_tokens if kernel_runs else None
     quant = resolve_scheme(
-        quantization, hf_config, fp8_dot_min_tokens, fp8_kernel_max_tokens if kernel_runs else None, fp8_kernel_compute
+        quantization, hf_config, fp8_dot_min_tokens, max_tokens, fp8_kernel_compute, fp8_kernel_backend
     )
     float_dtype = resolve_dtype(dtype, hf_config)
     graphdef, state, args, kv_replicas = abstract_model(hf_config, float_dtype, mesh.size, quant)

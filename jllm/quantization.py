@@ -11,7 +11,9 @@ quantized matmuls, and which stored checkpoint formats are read as stored.
   tokens in ``pallas_kernels.fp8_gemv``, which widens the weights in registers (XLA's fused convert streams e4m3
   weights slower than cuBLAS streams bf16 ones) or, with ``fp8_kernel_compute: dot_fp8``, quantizes the activations
   per token as above and multiplies e4m3 x e4m3 on the FP8 tensor cores (W8A8 for decodes too); elsewhere in XLA's
-  dot. The step's token count is static, so each shape bucket compiles one mode.
+  dot. With ``fp8_kernel_backend: pallas`` the one-row "fma" mode runs the same arithmetic as a Pallas kernel
+  instead (``pallas_kernels.fp8_gemv_pallas``: lowered by XLA itself, so CUDA graphs need not re-trace it each step,
+  and no jax-triton needed). The step's token count is static, so each shape bucket compiles one mode.
 
 Scales multiply after the matmul: ``x @ (q * s) == (x @ q) * s`` for a per-output-channel ``s``. Quantized kernels
 are stored input dimension last, ``q [*out, in]`` (as HF checkpoints store weights): an FP8 GEMM wants both operands
@@ -30,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jllm.config import Fp8KernelCompute
+from jllm.config import Fp8KernelBackend, Fp8KernelCompute
 
 SCHEMES = ("int8", "fp8")
 FP8 = jnp.float8_e4m3fn
@@ -50,11 +52,16 @@ class QuantScheme:
 
     name: str  # one of SCHEMES
     fp8_dot_min_tokens: int | None = 512  # fp8: FP8 x FP8 for steps of at least this many tokens; None = never
-    # fp8 weight-only steps of at most this many tokens multiply in pallas_kernels.fp8_gemv (jax-triton; the loader
-    # sets it only for one CUDA device); None = XLA's dot with the weights widened
+    # fp8 weight-only steps of at most this many tokens multiply in an FP8-weight kernel (the loader sets it only for
+    # one CUDA device, with jax-triton or the pallas backend); None = XLA's dot with the weights widened
     fp8_kernel_max_tokens: int | None = None
-    # how the kernel multiplies (pallas_kernels.fp8_gemv.COMPUTE); None = its default per row count
+    # how the kernel multiplies (pallas_kernels.fp8_gemv_spec.COMPUTE); None = its default per row count
     fp8_kernel_compute: str | None = None
+    # which kernel multiplies in "fma" (one row): "triton" (pallas_kernels.fp8_gemv, jax-triton) or "pallas"
+    # (pallas_kernels.fp8_gemv_pallas, lowered by XLA itself); the other modes are jax-triton's either way
+    fp8_kernel_backend: str = "triton"
+    # the Pallas kernel in Pallas' interpreter: the CPU tests' hook, not an engine key
+    fp8_kernel_interpret: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in SCHEMES:
@@ -62,6 +69,9 @@ class QuantScheme:
         computes = typing.get_args(Fp8KernelCompute)
         if self.fp8_kernel_compute not in (None, *computes):
             raise ValueError(f"fp8_kernel_compute={self.fp8_kernel_compute!r} is not one of {', '.join(computes)}")
+        backends = typing.get_args(Fp8KernelBackend)
+        if self.fp8_kernel_backend not in backends:
+            raise ValueError(f"fp8_kernel_backend={self.fp8_kernel_backend!r} is not one of {', '.join(backends)}")
 
     @property
     def weight_dtype(self) -> Any:
@@ -72,13 +82,27 @@ class QuantScheme:
         return self.name == "fp8" and self.fp8_dot_min_tokens is not None and num_tokens >= self.fp8_dot_min_tokens
 
     def uses_fp8_kernel(self, x: jax.Array, q: jax.Array) -> bool:
-        """Whether ``x @ q`` runs in the Triton FP8-weight kernel (else XLA's dot)."""
-        rows = x.size // x.shape[-1]
-        if self.name != "fp8" or self.fp8_kernel_max_tokens is None or rows > self.fp8_kernel_max_tokens:
-            return False
-        from pallas_kernels.fp8_gemv import pays_off  # imports Triton: only where the loader enabled the kernel
+        """Whether ``x @ q`` runs in an FP8-weight kernel (else XLA's dot)."""
+        return self.fp8_kernel(x, q) is not None
 
-        return pays_off(rows, q.shape[-1], q.size // q.shape[-1], self.fp8_kernel_compute)
+    def fp8_kernel(self, x: jax.Array, q: jax.Array) -> str | None:
+        """Which kernel multiplies ``x @ q``: "pallas", "triton" (jax-triton) or None (XLA's dot). Under the pallas
+        backend a mode the Pallas kernel lacks runs in jax-triton where it is installed (the loader enables the
+        pallas backend without it)."""
+        rows, k, n = x.size // x.shape[-1], q.shape[-1], q.size // q.shape[-1]
+        if self.name != "fp8" or self.fp8_kernel_max_tokens is None or rows > self.fp8_kernel_max_tokens:
+            return None
+        from pallas_kernels.fp8_gemv_spec import default_gemv_config, pays_off
+
+        if not pays_off(rows, k, n, self.fp8_kernel_compute):
+            return None
+        if self.fp8_kernel_backend == "triton":
+            return "triton"
+        if default_gemv_config(rows, k, n, self.fp8_kernel_compute).compute == "fma":
+            return "pallas"
+        from pallas_kernels import has_jax_triton
+
+        return "triton" if has_jax_triton() else None
 
     def quantize(self, w: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``w [in, *out]`` -> (``q [*out, in]`` in ``weight_dtype``, float32 ``scale [*out]``), symmetric per
@@ -97,10 +121,17 @@ class QuantScheme:
         """``x [..., in]`` times ``q * scale`` (``q [*out, in]``) in ``x``'s dtype, accumulated in float32."""
         if self.uses_fp8_dot(x.shape[0]):
             return fp8_dot(x, q, scale)
-        if self.uses_fp8_kernel(x, q):
-            from pallas_kernels.fp8_gemv import default_gemv_config, fp8_matmul
+        kernel = self.fp8_kernel(x, q)
+        if kernel is not None:
+            from pallas_kernels.fp8_gemv_spec import default_gemv_config
 
             cfg = default_gemv_config(x.size // x.shape[-1], q.shape[-1], scale.size, self.fp8_kernel_compute)
+            if kernel == "pallas":
+                from pallas_kernels.fp8_gemv_pallas import fp8_matmul_pallas
+
+                return fp8_matmul_pallas(x, q, scale, cfg, interpret=self.fp8_kernel_interpret)
+            from pallas_kernels.fp8_gemv import fp8_matmul  # imports Triton: only where the loader enabled it
+
             return fp8_matmul(x, q, scale, cfg, w_kmajor=True)
         y = _contract(x, q.astype(x.dtype))
         return (y * scale).astype(x.dtype)
@@ -174,6 +205,7 @@ def resolve_scheme(
     fp8_dot_min_tokens: int | None = 512,
     fp8_kernel_max_tokens: int | None = None,
     fp8_kernel_compute: str | None = None,
+    fp8_kernel_backend: str = "triton",
 ) -> QuantScheme | None:
     """The scheme to run: the one asked for, or the checkpoint's own (an FP8 checkpoint runs as fp8, as in vLLM)."""
     stored = stored_scheme(hf_config)
@@ -183,4 +215,6 @@ def resolve_scheme(
             f"leave quantization unset or set it to {stored!r}"
         )
     name = requested or stored
-    return None if name is None else QuantScheme(name, fp8_dot_min_tokens, fp8_kernel_max_tokens, fp8_kernel_compute)
+    if name is None:
+        return None
+    return QuantScheme(name, fp8_dot_min_tokens, fp8_kernel_max_tokens, fp8_kernel_compute, fp8_kernel_backend)

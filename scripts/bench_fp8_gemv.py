@@ -1,4 +1,5 @@
-"""FP8-weight matmuls of a decode step on one GPU: the Triton kernel (``pallas_kernels.fp8_gemv``) against XLA.
+"""FP8-weight matmuls of a decode step on one GPU: the Triton kernel (``pallas_kernels.fp8_gemv``) and its Pallas
+port (``pallas_kernels.fp8_gemv_pallas``) against XLA.
 
 For each Llama-3-8B linear shape (QKV, o_proj, gate-up, down) and a few row counts it times, per matmul, as the step
 runs them (``--layers`` distinct weights called inside one jitted function, so no call finds its weights in L2 and
@@ -6,17 +7,22 @@ no call pays a launch from the host): bf16 weights through XLA (the model-dtype 
 XLA's dot (``QuantScheme`` weight-only), FP8 x FP8 through XLA (per-token activation scales), the Triton kernel with
 its default widening tiling ("triton default": "fma" at one row, "dot_f16" above) and W8A8 ("triton dot_fp8":
 activations quantized per row in the kernel, e4m3 x e4m3 MMAs) on ``[K, N]`` and on ``[N, K]`` ("kmajor") weights,
-and with ``--tune`` a grid of tilings (the default's one-field neighbours first, then farther ones, until
-``--tune-budget-s``). Each figure is weight bytes over time beside the device's measured copy bandwidth, and each
-output's relative Frobenius error against ``ref_fp8_matmul`` (float32, the activations rounded as that mode must:
-bf16 activations, bf16 output). The last table sums the four shapes over 32 layers: the GEMM time of a decode step
-without the LM head.
+the Pallas "fma" kernel at one row ("pallas fma": the jax-triton "triton default kmajor"'s arithmetic and tiling,
+lowered by XLA itself), and with ``--tune`` a grid of tilings (the default's one-field neighbours first, then farther
+ones, until ``--tune-budget-s``). Each figure is weight bytes over time beside the device's measured copy bandwidth,
+and each output's relative Frobenius error against ``ref_fp8_matmul`` (float32, the activations rounded as that mode
+must: bf16 activations, bf16 output). The last table sums the four shapes over 32 layers: the GEMM time of a decode
+step without the LM head.
 
-``--check`` times nothing: every default variant and the W8A8 kernel's layouts, swapped or not and 64-row tiles, on
-one weight per shape, against the float32 reference; exit status 1 if any error exceeds ``CHECK_BOUND``.
+``--check`` times nothing: every default variant, the W8A8 kernel's layouts, swapped or not and 64-row tiles, and the
+Pallas kernel at every row count (one program row per activation row), on one weight per shape, against the
+float32 reference; exit status 1 if any error exceeds ``CHECK_BOUND``.
 
     python scripts/bench_fp8_gemv.py --check --rows 1,33
     python scripts/bench_fp8_gemv.py --rows 1,8,32,64 --tune --tune-compute dot_fp8 --json $OUT/fp8_gemv.json
+    python scripts/bench_fp8_gemv.py --rows 1 --tune --tune-rows 1 --tune-compute fma,pallas  # jax-triton vs Pallas
+
+On a CPU (the tests' dry run) the Pallas kernel runs in Pallas' interpreter.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ import jax.numpy as jnp
 from bench_common import back_to_back, describe_ceilings, device_ceilings, environment
 
 from jllm.quantization import QuantScheme, fp8_dot
-from pallas_kernels.fp8_gemv import COMPUTE, GemvConfig, default_gemv_config, fp8_matmul, ref_fp8_matmul, supports
+from pallas_kernels.fp8_gemv import fp8_matmul
+from pallas_kernels.fp8_gemv_pallas import fp8_matmul_pallas
+from pallas_kernels.fp8_gemv_spec import COMPUTE, GemvConfig, default_gemv_config, ref_fp8_matmul, supports
 
 SHAPES = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 TUNE_SPLITS = (1, 2, 4, 8, 16)
@@ -56,6 +64,7 @@ TUNE_WARPS_STAGES = {
 # Relative Frobenius error allowed against the float32 reference of the same rounding: the bf16 output's own rounding
 # is ~1e-3 (2^-9 an element); an e4m3 activation rounded the other way moves its row by ~1/(8 sqrt(K)) >= 1e-3
 CHECK_BOUND = 4e-3
+PALLAS = "pallas"  # --tune-compute's name for the Pallas kernel's "fma" tilings
 WEIGHT_ONLY = QuantScheme("fp8", fp8_dot_min_tokens=None)
 FP8_DOT = QuantScheme("fp8", fp8_dot_min_tokens=1)
 XLA: dict[str, tuple[Callable[..., jax.Array], str, str]] = {  # label: (matmul, its reference, weight layout)
@@ -75,13 +84,15 @@ XLA: dict[str, tuple[Callable[..., jax.Array], str, str]] = {  # label: (matmul,
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One timed matmul: an XLA one (``config`` None) or the Triton kernel with a tiling and a weight layout."""
+    """One timed matmul: an XLA one (``config`` None) or a kernel (``backend``: the jax-triton one, or the Pallas
+    one, which reads ``[N, K]`` weights only) with a tiling and a weight layout."""
 
     label: str
     reference: str  # "bf16", or the ref_fp8_matmul compute mode its output must match
     weights: str = "fp8"  # "bf16", "fp8" ([K, N]) or "fp8_t" ([N, K], the kernel's w_kmajor)
     config: GemvConfig | None = None
     tuned: bool = False
+    backend: str = "triton"  # or "pallas"
 
     @property
     def name(self) -> str:
@@ -91,6 +102,9 @@ class Variant:
         if self.config is None:
             return XLA[self.label][0]
         cfg, kmajor = self.config, self.weights == "fp8_t"
+        if self.backend == PALLAS:
+            interpret = jax.default_backend() == "cpu"
+            return lambda x, q, s: fp8_matmul_pallas(x, q, s, cfg, interpret=interpret)
         return lambda x, q, s: fp8_matmul(x, q, s, cfg, w_kmajor=kmajor)
 
 
@@ -98,26 +112,36 @@ def kernel(label: str, cfg: GemvConfig, kmajor: bool = False, tuned: bool = Fals
     return Variant(label + " kmajor" * kmajor, cfg.compute, "fp8_t" if kmajor else "fp8", cfg, tuned)
 
 
+def pallas_kernel(cfg: GemvConfig, tuned: bool = False) -> Variant:
+    return Variant("pallas fma", "fma", "fp8_t", cfg, tuned, backend=PALLAS)
+
+
 def default_variants(m: int, k: int, n: int) -> list[Variant]:
-    """The XLA matmuls and the kernel's default tilings: widening, W8A8 on both layouts."""
+    """The XLA matmuls and the kernels' default tilings: widening, W8A8 on both layouts, and at one row the Pallas
+    "fma" kernel (which at more rows streams the weights once per row)."""
     xla = [Variant(label, ref, weights) for label, (_, ref, weights) in XLA.items()]
     w8a8 = default_gemv_config(m, k, n, "dot_fp8")
+    pallas = [pallas_kernel(default_gemv_config(m, k, n, "fma"))] if m == 1 else []
     return xla + [
         kernel("triton default", default_gemv_config(m, k, n)),
         kernel("triton default", default_gemv_config(m, k, n), kmajor=True),
         kernel("triton dot_fp8", w8a8),
         kernel("triton dot_fp8", w8a8, kmajor=True),
+        *pallas,
     ]
 
 
 def check_variants(m: int, k: int, n: int) -> list[Variant]:
-    """``default_variants`` and the W8A8 kernel unswapped on both layouts, and in 64-row tiles (a Hopper wgmma's M)."""
+    """``default_variants``, the W8A8 kernel unswapped on both layouts and in 64-row tiles (a Hopper wgmma's M), and
+    the Pallas kernel at any row count."""
     w8a8 = default_gemv_config(m, k, n, "dot_fp8")
     plain = dataclasses.replace(w8a8, swap_ab=False)
+    pallas = [] if m == 1 else [pallas_kernel(default_gemv_config(m, k, n, "fma"))]  # at one row: a default one
     return default_variants(m, k, n) + [
         kernel("triton dot_fp8 plain", plain),
         kernel("triton dot_fp8 plain", plain, kmajor=True),
         kernel("triton dot_fp8 plain m64", dataclasses.replace(plain, block_m=64)),
+        *pallas,
     ]
 
 
@@ -125,15 +149,17 @@ def tune_grid(m: int, k: int, n: int, computes: list[str], timed: Sequence[Varia
     """The tilings --tune times (but those ``timed`` already), nearest to each mode's default tiling first (fields
     that differ, the layout counted), in a seeded shuffle within a distance, so a time budget covers every knob once
     before pairs of them."""
-    skip = {(v.config, v.weights) for v in timed}
+    skip = {(v.config, v.weights, v.backend) for v in timed}
     candidates = []
     for compute in computes:
-        default = default_gemv_config(m, k, n, compute)
-        for cfg, kmajor in _grid(m, k, n, compute):
-            if (cfg, "fp8_t" if kmajor else "fp8") in skip:
+        pallas = compute == PALLAS  # the "fma" grid, on [N, K] weights
+        default = default_gemv_config(m, k, n, "fma" if pallas else compute)
+        for cfg, kmajor in _grid(m, k, n, "fma" if pallas else compute):
+            variant = pallas_kernel(cfg, tuned=True) if pallas else kernel(f"triton {compute}", cfg, kmajor, True)
+            if (cfg, variant.weights, variant.backend) in skip:
                 continue
             distance = sum(getattr(cfg, f.name) != getattr(default, f.name) for f in dataclasses.fields(cfg))
-            candidates.append((distance + kmajor, kernel(f"triton {compute}", cfg, kmajor, tuned=True)))
+            candidates.append((distance + kmajor, variant))
     random.Random(0).shuffle(candidates)
     return [variant for _, variant in sorted(candidates, key=lambda c: c[0])]
 
@@ -282,7 +308,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="1,8,32,64", help="activation rows (decode batch sizes)")
     p.add_argument("--tune-rows", default="1,32", help="row counts --tune sweeps tilings at")
-    p.add_argument("--tune-compute", default=",".join(COMPUTE), help=f"compute modes --tune sweeps, of {COMPUTE}")
+    p.add_argument(
+        "--tune-compute",
+        default=",".join(COMPUTE),
+        help=f"what --tune sweeps: compute modes of jax-triton's kernel ({', '.join(COMPUTE)}) and/or {PALLAS} (the "
+        "Pallas kernel's fma tilings)",
+    )
     p.add_argument("--layers", type=int, default=32, help="distinct weights per timed call")
     p.add_argument("--tune", action="store_true")
     p.add_argument("--tune-budget-s", type=float, default=35, help="per shape and row count, seconds")
@@ -292,8 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.row_counts = [int(r) for r in args.rows.split(",")]
     args.tune_rows = {int(r) for r in args.tune_rows.split(",")} if args.tune else set()
     args.tune_compute = args.tune_compute.split(",")
-    if unknown := set(args.tune_compute) - set(COMPUTE):
-        p.error(f"--tune-compute: unknown {sorted(unknown)}; choose from {', '.join(COMPUTE)}")
+    if unknown := set(args.tune_compute) - {*COMPUTE, PALLAS}:
+        p.error(f"--tune-compute: unknown {sorted(unknown)}; choose from {', '.join((*COMPUTE, PALLAS))}")
     return args
 
 

@@ -1,6 +1,6 @@
 """Quantized weights beside the model dtype, in one process: decode TPOT at a few batch sizes and prefill
 throughput for each scheme (the model dtype, ``int8``, ``fp8`` weight-only, ``fp8`` FP8 x FP8, ``fp8`` W8A8 decodes in
-the Triton kernel).
+the Triton kernel, ``fp8`` with the one-row kernel in Pallas).
 
 Each scheme is one engine built from the YAML (``load_format: dummy`` works with every scheme) plus its keys, run
 and released before the next. TPOT is ``bench_latency``'s measurement (generate ``--output-len`` tokens minus
@@ -15,6 +15,8 @@ the table shows each mode at every batch size; the engine's default (FP8 x FP8 f
 is then the faster of the two per bucket, to be read off here. ``fp8 w8a8 kernel`` runs steps of up to 64 tokens
 (decodes of up to 64 sequences) in the Triton kernel's W8A8 mode (``fp8_kernel_compute: dot_fp8``: activations
 quantized per token in the kernel, e4m3 x e4m3 MMAs) and the rest as the engine's default (prefill FP8 x FP8 in XLA).
+``fp8 pallas kernel`` is ``fp8`` with its one-row steps in the Pallas port of the kernel (``fp8_kernel_backend:
+pallas``: the same arithmetic, lowered by XLA as a native kernel rather than a custom call its CUDA graphs re-trace).
 
     PYTHONPATH=. python scripts/bench_quantization.py --config configs/llama3-8b-h200.yaml --json q.json
     PYTHONPATH=. python scripts/bench_quantization.py --config configs/bench-tiny-cpu.yaml --batch-sizes 1,4 \\
@@ -42,6 +44,9 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "fp8 weight-only XLA": {"quantization": "fp8", "fp8_dot_min_tokens": NEVER, "fp8_kernel_max_tokens": None},
     "fp8 x fp8": {"quantization": "fp8", "fp8_dot_min_tokens": 1},
     "fp8 w8a8 kernel": {"quantization": "fp8", "fp8_kernel_compute": "dot_fp8", "fp8_kernel_max_tokens": 64},
+    # the engine's defaults with the one-row kernel as Pallas (lowered by XLA itself) instead of jax-triton: "fp8"
+    # beside it shows whether the host's per-step launch cost of the jax-triton calls goes away
+    "fp8 pallas kernel": {"quantization": "fp8", "fp8_kernel_backend": "pallas"},
 }
 
 

@@ -30,7 +30,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jllm.quantization import QuantScheme  # noqa: E402
-from pallas_kernels.fp8_gemv import GemvConfig, default_gemv_config, fp8_matmul, ref_fp8_matmul  # noqa: E402
+from pallas_kernels.fp8_gemv import fp8_matmul  # noqa: E402
+from pallas_kernels.fp8_gemv_spec import GemvConfig, default_gemv_config, ref_fp8_matmul  # noqa: E402
 
 
 def matmul(case: dict, x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
