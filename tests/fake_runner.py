@@ -52,16 +52,21 @@ def scripted_prompt_logprobs(start: int, end: int, prompt: Sequence[int], k: int
 class FakeLaunch:
     output: SchedulerOutput
     result: StepResult
+    done_at: float = 0.0  # time.monotonic() when the fake device finishes this step
 
 
 @dataclass
 class ScriptedRunner:
     """``launch`` computes the step's tokens at once (the fake device knows every token it sampled, pending ones
-    included, because the script needs only the position); ``collect`` hands them over after ``step_seconds``."""
+    included, because the script needs only the position); ``collect`` hands them over once the fake device has
+    spent ``step_seconds`` on the step. Like a device, it runs steps one after another from their launch: a step
+    launched while the one before is still running starts when that one ends, so the host's work between launch and
+    collect overlaps the device's as it does on a GPU."""
 
     script: Script = counting_script
     step_seconds: float = 0.0
     launched: list[SchedulerOutput] = field(default_factory=list)
+    device_free_at: float = 0.0  # time.monotonic() when the fake device finishes the last launched step
     released: bool = False  # set by release(): tests read it to see that an unload got this far
     num_compilations: int = 0  # nothing is compiled; the counter the server's metrics read
 
@@ -87,10 +92,11 @@ class ScriptedRunner:
                 token = SampledToken(token_id, -0.5, top, [-0.5, -1.5][: len(top)])
             tokens.append(token)
             prompt_logprobs.append(scripted_prompt_logprobs(s.start, end, prompt, seq.sampling_params.prompt_logprobs))
-        return FakeLaunch(output, StepResult(tokens, prompt_logprobs))
+        self.device_free_at = max(time.monotonic(), self.device_free_at) + self.step_seconds
+        return FakeLaunch(output, StepResult(tokens, prompt_logprobs), self.device_free_at)
 
     def collect(self, launched: FakeLaunch) -> StepResult:
-        time.sleep(self.step_seconds)
+        time.sleep(max(0.0, launched.done_at - time.monotonic()))
         return launched.result
 
     def release(self) -> None:
