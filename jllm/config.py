@@ -124,9 +124,10 @@ class ModelConfig(_Section):
     fp8_kernel_compute: Fp8KernelCompute | None = None
     # Which kernel multiplies in "fma" (one row): "triton", the jax-triton kernel (an XLA custom call, which XLA's
     # CUDA graphs record by tracing it again whenever its buffers move: an H200 batch-1 FP8 step spent 1.2-2.7 ms
-    # launching against ~1.0 ms for bf16, 2026-12-04), or "pallas", the same arithmetic as a Pallas kernel (pallas_kernels/fp8_gemv_pallas.py) that XLA
-    # lowers as a native kernel and that needs no jax-triton; "dot_f16" / "dot_fp8" stay jax-triton. The default
-    # stays "triton" until a GPU has timed the Pallas kernel (scripts/bench_fp8_gemv.py, bench_quantization.py)
+    # launching against ~1.0 ms for bf16, 2026-12-04), or "pallas", the same arithmetic as a Pallas kernel
+    # (pallas_kernels/fp8_gemv_pallas.py) that XLA lowers as a native kernel and that needs no jax-triton; "dot_f16"
+    # / "dot_fp8" stay jax-triton. The default stays "triton" until a GPU has timed the Pallas kernel
+    # (scripts/bench_fp8_gemv.py, bench_quantization.py)
     fp8_kernel_backend: Fp8KernelBackend = "triton"
 
     def validate(self) -> None:
