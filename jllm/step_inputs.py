@@ -94,7 +94,7 @@ def pack_inputs(inputs: Any) -> tuple[InputLayout, np.ndarray]:
             raise ValueError(f"a packed step input is {x.dtype} {x.shape}; the packing takes 4-byte dtypes only")
         slots.append((offset, tuple(x.shape), x.dtype))
         padding = -x.size % SLOT_ALIGN_WORDS
-        parts.append(np.concatenate([np.ravel(x).view(np.uint32), np.zeros(padding, np.uint32)]))
+        parts += [np.ravel(x).view(np.uint32), np.zeros(padding, np.uint32)]  # one concatenate below copies all
         offset += x.size + padding
     buffer = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
     return InputLayout(treedef, tuple(slots)), buffer
