@@ -32,7 +32,14 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from pallas_kernels.fp8_gemv_spec import E4M3_MAX, F16_MAX, GemvConfig, check_shapes, default_gemv_config
+from pallas_kernels.fp8_gemv_spec import (
+    E4M3_MAX,
+    F16_MAX,
+    GemvConfig,
+    check_shapes,
+    default_gemv_config,
+    sum_splits,
+)
 from pallas_kernels.triton_call import triton_call
 
 _F16_MAX = tl.constexpr(F16_MAX)
@@ -81,7 +88,7 @@ def fp8_matmul(
         **kernel_params(m, k, n, cfg, w_kmajor),
     )  # fmt: skip
     if cfg.split_k > 1:
-        y = (y.sum(axis=0) * scale.reshape(n)).astype(x.dtype)
+        y = sum_splits(y, scale, x.dtype)
     return y.reshape(*x.shape[:-1], *out_dims)
 
 

@@ -31,7 +31,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.fp8_gemv_spec import GemvConfig, check_shapes, default_gemv_config
+from pallas_kernels.fp8_gemv_spec import GemvConfig, check_shapes, default_gemv_config, sum_splits
 
 
 def fp8_matmul_pallas(
@@ -85,7 +85,7 @@ def fp8_matmul_pallas(
         name=f"fp8_gemv_pallas_fma_n{cfg.block_n}_k{cfg.block_k}_s{split}",
     )(rows, w.reshape(n, k), scale.reshape(n).astype(jnp.float32))
     if split > 1:
-        y = (y.sum(axis=0) * scale.reshape(n)).astype(x.dtype)
+        y = sum_splits(y, scale, x.dtype)
     return y.reshape(*x.shape[:-1], *out_dims)
 
 

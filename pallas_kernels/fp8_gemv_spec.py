@@ -10,6 +10,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,12 @@ def check_shapes(m: int, k: int, n: int, config: GemvConfig) -> None:
         raise ValueError(f"output width {n} is not a multiple of block_n={config.block_n}")
     if k % (config.block_k * config.split_k):
         raise ValueError(f"input width {k} is not a multiple of block_k * split_k = {config.block_k * config.split_k}")
+
+
+def sum_splits(partials: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:
+    """Both kernels' split-K epilogue, in one XLA fusion: float32 partial sums ``[split_k, M, N]`` added (in a fixed
+    order, unlike atomics), scaled per column (``scale`` f32 with N elements) and cast to ``dtype``."""
+    return (partials.sum(axis=0) * scale.reshape(-1)).astype(dtype)
 
 
 def supports(m: int, k: int, n: int, config: GemvConfig | None = None) -> bool:
