@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,14 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def serve(step_ms: float, max_seqs: int, port: int) -> None:
-    """The server process: the scripted engine behind the real app until killed."""
+def serve(step_ms: float, max_seqs: int) -> None:
+    """The server process: the scripted engine behind the real app on a free port (printed) until killed."""
     sys.path.insert(0, str(ROOT / "tests"))  # the scripted engine lives with the tests that use it
     from fake_runner import fake_engine
 
     from jllm.async_engine import AsyncEngine
     from jllm.config import load_config
-    from jllm.server.app import build_app, start_app
+    from jllm.server.app import bound_port, build_app, start_app
 
     async def run() -> None:
         engine = fake_engine(
@@ -46,8 +45,9 @@ def serve(step_ms: float, max_seqs: int, port: int) -> None:
         )  # fmt: skip
         async_engine = AsyncEngine(engine)
         async_engine.start()
-        await start_app(build_app(load_config(None, served_model_name="scripted"), async_engine), "127.0.0.1", port)
-        print("ready", flush=True)
+        app = build_app(load_config(None, served_model_name="scripted"), async_engine)
+        runner = await start_app(app, "127.0.0.1", 0)
+        print(f"ready {bound_port(runner)}", flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(run())
@@ -56,12 +56,6 @@ def serve(step_ms: float, max_seqs: int, port: int) -> None:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of stat)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(url: str, pid: int, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -89,19 +83,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-len", type=int, default=16)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server process's port
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # be the server process
     args = parser.parse_args(argv)
-    if args.serve is not None:
-        serve(args.step_ms, max(args.concurrency), args.serve)
+    if args.serve:
+        serve(args.step_ms, max(args.concurrency))
         return
-    port = free_port()
-    cmd = [sys.executable, __file__, "--serve", str(port), "--step-ms", str(args.step_ms), "--concurrency",
+    cmd = [sys.executable, __file__, "--serve", "--step-ms", str(args.step_ms), "--concurrency",
            ",".join(map(str, args.concurrency))]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
-        if server.stdout.readline().strip() != "ready":
+        word, _, port = server.stdout.readline().strip().partition(" ")
+        if word != "ready":
             raise SystemExit("the scripted server did not start")
         url = f"http://127.0.0.1:{port}"
         measure(url, server.pid, max(args.concurrency), args)  # warm-up: connections, first-call paths
