@@ -122,12 +122,10 @@ class ModelConfig(_Section):
     # weights widened in registers); "dot_fp8" = W8A8, activations quantized per token (absmax / 448) in the kernel
     # and multiplied e4m3 x e4m3 on the FP8 tensor cores, for every weight size
     fp8_kernel_compute: Fp8KernelCompute | None = None
-    # Which kernel multiplies in "fma" (one row): "triton", the jax-triton kernel (an XLA custom call, which XLA's
-    # CUDA graphs record by tracing it again whenever its buffers move: an H200 batch-1 FP8 step spent 1.2-2.7 ms
-    # launching against ~1.0 ms for bf16, 2026-12-04), or "pallas", the same arithmetic as a Pallas kernel
-    # (pallas_kernels/fp8_gemv_pallas.py) that XLA lowers as a native kernel and that needs no jax-triton; "dot_f16"
-    # / "dot_fp8" stay jax-triton. The default stays "triton" until a GPU has timed the Pallas kernel
-    # (scripts/bench_fp8_gemv.py, bench_quantization.py)
+    # Which kernel multiplies in "fma" (one row): "triton", the jax-triton kernel, or "pallas", the same arithmetic
+    # as a Pallas kernel (pallas_kernels/fp8_gemv_pallas.py) that XLA lowers itself and that needs no jax-triton;
+    # "dot_f16" / "dot_fp8" stay jax-triton. H200, Llama-3-8B batch-1 FP8 step (2026-12-04): 3.11 ms with Triton,
+    # 3.39 with Pallas (its kernels 6 % slower; the host's launch cost the same)
     fp8_kernel_backend: Fp8KernelBackend = "triton"
 
     def validate(self) -> None:

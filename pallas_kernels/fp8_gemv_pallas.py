@@ -1,9 +1,9 @@
 """The one-row ("fma") FP8-weight matmul of ``pallas_kernels.fp8_gemv`` as a Pallas kernel on the Triton backend.
 
-Why a second copy: the jax-triton kernel is an XLA custom call (the FFI call ``triton_kernel_call_ffi``), which
-XLA's command buffers can only trace, again whenever the buffers' addresses change, i.e. every step; on an H200 a
-batch-1 FP8 Llama-3-8B step spent 1.6-2.7 ms launching its program against ~1.0 ms for bf16 (2026-12-04). A Pallas
-kernel is lowered by XLA itself as a native kernel, like the decode attention kernel, which costs no such host time.
+Why a second copy: it needs no jax-triton (XLA lowers a Pallas kernel itself, like the decode attention kernel),
+and it was built to test whether the jax-triton custom call was what made an FP8 step's launch cost the host ~1.5 ms
+against bf16's ~1.0. It was not: on an H200 (2026-12-04) a batch-1 FP8 Llama-3-8B step took 3.39 ms with this kernel
+against 3.11 with jax-triton's, the launch cost unchanged (docs/benchmarks.md), so ``triton`` stays the default.
 
 The arithmetic is the jax-triton kernel's "fma" mode: a program owns ``block_n`` output columns of one activation row
 and a ``1 / split_k`` share of the input dimension; it loads ``[block_n, block_k]`` e4m3 tiles of the ``[N, K]``
