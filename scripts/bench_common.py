@@ -244,6 +244,7 @@ class BenchModel:
     model_dir: Path
     hf_config: dict[str, Any]
     dtype: str  # the engine's dtype, "auto" resolved: "bfloat16", "float32" ...
+    overrides: dict[str, Any] = field(default_factory=dict)  # engine keys over the YAML's (--set)
 
     @property
     def vocab(self) -> int:
@@ -280,32 +281,35 @@ class BenchModel:
             f"{e.model.max_model_len}, max_num_seqs {e.scheduler.max_num_seqs}, max_num_batched_tokens "
             f"{e.scheduler.max_num_batched_tokens}, TP {e.parallel.tensor_parallel_size}, quantization "
             f"{e.model.quantization or 'none'}, KV cache {e.cache.kv_cache_dtype}"
+            + "".join(f", --set {key}={value}" for key, value in self.overrides.items())
         )
 
 
-def load_bench_model(config_path: Path) -> BenchModel:
-    """A relative ``model:`` path resolves against the working directory, as everywhere in jllm."""
+def load_bench_model(config_path: Path, overrides: dict[str, Any] | None = None) -> BenchModel:
+    """The YAML's engine config with ``overrides`` (engine keys) over it. A relative ``model:`` path resolves against
+    the working directory, as everywhere in jllm."""
     from jllm.config import load_config
     from jllm.loader import resolve_dtype
     from jllm.model_source import resolve_model
 
-    engine = load_config(config_path)
+    overrides = overrides or {}
+    engine = load_config(config_path, **overrides)
     model_dir = resolve_model(engine.model.model)
     hf_config = json.loads((model_dir / "config.json").read_text())
     dtype = np.dtype(resolve_dtype(engine.model.dtype, hf_config)).name
-    return BenchModel(Path(config_path), engine, model_dir, hf_config, dtype)
+    return BenchModel(Path(config_path), engine, model_dir, hf_config, dtype, overrides)
 
 
 def start_jllm(bench: BenchModel, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """jllm's part starts here, after transformers' (see the module's docstring): the machine, the device ceilings,
-    then ``LLM`` from the benchmark's YAML plus ``overrides``. Returns it and those facts, start-up seconds (load +
-    compiling every step bucket) included."""
+    then ``LLM`` from the benchmark's YAML, its ``--set`` keys and ``overrides``. Returns it and those facts, start-up
+    seconds (load + compiling every step bucket) included."""
     from jllm import LLM, distributed
 
     distributed.initialize(bench.engine.parallel)  # under jax.distributed, before the facts touch a device
     facts = {"environment": environment(), "ceilings": device_ceilings(bench.dtype, fp8=bench.shape.fp8_matmuls)}
     start = time.perf_counter()
-    llm = LLM(config=bench.config_path, **overrides)
+    llm = LLM(config=bench.config_path, **{**bench.overrides, **overrides})
     facts["jllm_startup_s"] = time.perf_counter() - start
     print(f"jllm (start-up {facts['jllm_startup_s']:.1f} s):", flush=True)
     return llm, facts
@@ -320,13 +324,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="jllm loads transformers' random weights (a checkpoint write: 16 GB for the 8B) instead "
                              "of the YAML's load_format, and their greedy tokens are compared")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an engine key over the YAML's (repeat): --set kv_cache_dtype=fp8")  # fmt: skip
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, BenchModel]:
     args = parser.parse_args(argv)
     if args.same_weights and args.skip_hf:
         parser.error("--same-weights needs the transformers baseline: drop --skip-hf")
-    return args, load_bench_model(args.config)
+    return args, load_bench_model(args.config, engine_overrides(parser, args.set))
 
 
 def engine_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ weights (saved as safetensors) instead of ``load_format: dummy``, and the greedy
 
     PYTHONPATH=. python scripts/bench_latency.py --config configs/llama3-8b-h200.yaml --batch-sizes 1,8 --json l.json
     PYTHONPATH=. python scripts/bench_latency.py --config configs/bench-tiny-cpu.yaml --input-len 16 --output-len 16
+    PYTHONPATH=. python scripts/bench_latency.py --config configs/llama3-8b-fp8-h200.yaml --skip-hf --batch-sizes 64 \
+        --input-len 8000 --set max_model_len=8192 --set kv_cache_dtype=fp8   # --set: any engine key over the YAML's
 """
 
 from __future__ import annotations

@@ -104,6 +104,18 @@ def test_random_dataset_lengths_must_fit_the_context(in_repo_root: Path, capsys:
     assert "--input-len 500 + --output-len 13 exceed max_model_len=512" in capsys.readouterr().err
 
 
+def test_set_puts_engine_keys_over_the_yaml(in_repo_root: Path, capsys: pytest.CaptureFixture) -> None:
+    # the YAML's max_model_len is 512: 250 + 13 fits it, not the 256 that --set asks for
+    argv = ["--config", CONFIG, "--dataset", "random", "--input-len", "250", "--output-len", "13", "--skip-hf",
+            "--set", "max_model_len=256"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        bench_throughput.main(argv)
+    assert "--input-len 250 + --output-len 13 exceed max_model_len=256" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_latency.main(["--config", CONFIG, "--skip-hf", "--set", "max_model_len"])
+    assert "--set 'max_model_len': expected KEY=VALUE" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # runs transformers generate against a deadline (~10 s)
 def test_transformers_batch_running_at_the_deadline_is_cut_and_its_tokens_count() -> None:
     # A fake transformers at 1 ms a step that honours max_time as generate does: a batch of the long tail (1000
