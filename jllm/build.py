@@ -61,8 +61,9 @@ def enable_compilation_cache() -> None:
 
 def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
     """Loads the model, allocates the KV pool and compiles the step programs; the same on every process. Each phase
-    logs its time at INFO (``jllm.timing``). The tokenizer loads on a thread while the weights do: on an H200 host
-    it took 4-6 s (transformers' import and loader), as long as Llama-3-8B's dummy weights (2026-12-04)."""
+    logs its time at INFO (``jllm.timing``). The tokenizer loads on a thread while the weights do: through
+    transformers it took 4-6 s on an H200 host (2026-12-04), as long as Llama-3-8B's dummy weights; a tokenizer.json
+    is now read without transformers (``jllm.tokenizer_files``), whose import waits for the first chat prompt."""
     with timed() as ready:
         distributed.initialize(config.parallel)  # before anything touches a device
         publisher = distributed.claim_engine()

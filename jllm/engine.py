@@ -81,7 +81,7 @@ class LLMEngine:
         self._in_flight: LaunchedStep | None = None  # launched, its tokens not yet processed
         self._seq_ids = itertools.count()
         self._rng = np.random.default_rng(seed)
-        self.grammars = GrammarCompiler(inputs.tokenizer.hf, inputs.vocab_size, inputs.tokenizer.eos_token_ids)
+        self.grammars = GrammarCompiler(inputs.tokenizer, inputs.vocab_size, inputs.tokenizer.eos_token_ids)
 
     @functools.cached_property
     def encoder(self) -> Encoder:

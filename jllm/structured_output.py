@@ -22,11 +22,14 @@ import functools
 import json
 import logging
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.numpy
 import numpy as np
+
+if TYPE_CHECKING:
+    from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +126,12 @@ class GrammarMatcher:
 
 
 class GrammarCompiler:
-    """Matchers for one engine's tokenizer. The llguidance tokenizer takes about a second to build, so it is built
-    on the first structured request, not at start-up."""
+    """Matchers for one engine's tokenizer. The llguidance tokenizer takes about a second to build, from
+    transformers' tokenizer (``Tokenizer.hf``, itself loaded on first use), so it is built on the first structured
+    request, not at start-up."""
 
-    def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_token_ids: Collection[int]) -> None:
-        self.hf_tokenizer = hf_tokenizer
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Collection[int]) -> None:
+        self.source = tokenizer
         self.vocab_size = vocab_size  # the model's logit width: the mask's
         self.eos_token_ids = sorted(eos_token_ids)
 
@@ -135,13 +139,12 @@ class GrammarCompiler:
     def tokenizer(self) -> llguidance.LLTokenizer:
         import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_startup.py)
 
+        hf_tokenizer = self.source.hf
         try:
-            return llguidance.hf.from_tokenizer(
-                self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids
-            )
+            return llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids)
         except ValueError as e:  # a decoder llguidance cannot read (a bare Fuse, say)
             logger.warning("llguidance cannot read this tokenizer (%s); taking each token's text as its bytes", e)
-            texts = _TokenTexts(self.hf_tokenizer, self.eos_token_ids[0], self.vocab_size)
+            texts = _TokenTexts(hf_tokenizer, self.eos_token_ids[0], self.vocab_size)
             wrapper = llguidance.TokenizerWrapper(texts)
             return llguidance.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=self.eos_token_ids)
 

@@ -1,7 +1,11 @@
 """Tokenizer, chat template and the incremental detokenizer with stop strings.
 
 Encoding and decoding go straight to the Rust `tokenizers` backend (fast, and one definition of "the text" that
-streaming and full decodes share); transformers is used for loading and for its chat-template engine.
+streaming and full decodes share). A directory with a tokenizer.json loads without transformers (its import took 4-6 s
+of every start on an H200 host): `jllm.tokenizer_files` reads it as transformers' loader does. transformers' own
+tokenizer (`Tokenizer.hf`) loads on first use: chat templates render with its sandboxed Jinja engine,
+`LLM.get_tokenizer` returns it, llguidance reads it. A directory without tokenizer.json, or with a setting
+`jllm.tokenizer_files` does not read, loads through transformers at once.
 
 Where this module sits: docs/architecture.md.
 """
@@ -10,11 +14,17 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as BackendTokenizer
+
+from jllm.tokenizer_files import NeedsTransformers, TokenizerInfo, read_tokenizer_files
+
+logger = logging.getLogger(__name__)
 
 _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
 GIL_FREE_ENCODE_CHARS = 4096  # longer texts are encoded with the GIL released
@@ -23,36 +33,55 @@ GIL_FREE_ENCODE_CHARS = 4096  # longer texts are encoded with the GIL released
 class Tokenizer:
     """A model directory's tokenizer: ids in, ids out, chat prompts, and the ids that end a sequence."""
 
-    def __init__(self, hf_tokenizer: Any, generation_eos: int | list[int] | None = None) -> None:
-        self.hf = hf_tokenizer
-        self.backend: BackendTokenizer = hf_tokenizer.backend_tokenizer
-        self.vocab_size: int = len(hf_tokenizer)  # every id encode can return, added tokens included
-        special = {i for i, tok in self.backend.get_added_tokens_decoder().items() if tok.special}
-        self.all_special_ids: list[int] = sorted(special | set(hf_tokenizer.all_special_ids))
-        self.bos_token_id: int | None = hf_tokenizer.bos_token_id
-        self.pad_token_id: int | None = hf_tokenizer.pad_token_id
-        eos = [hf_tokenizer.eos_token_id]
+    def __init__(
+        self,
+        path: Path,
+        backend: BackendTokenizer,
+        info: TokenizerInfo,
+        generation_eos: int | list[int] | None = None,
+        hf_tokenizer: Any = None,
+    ) -> None:
+        self.path = path
+        self.backend = backend
+        self.name_or_path = info.name_or_path
+        self.chat_template = info.chat_template  # as loaded; rendering reads the transformers tokenizer's
+        self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)  # every id encode can return
+        special = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
+        self.all_special_ids: list[int] = sorted(special | {i for i in info.all_special_ids if i is not None})
+        self.bos_token_id = info.bos_token_id
+        self.pad_token_id = info.pad_token_id
+        eos = [info.eos_token_id]
         eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
         self.eos_token_ids: set[int] = {i for i in eos if i is not None}
+        self._hf = hf_tokenizer
+        self._hf_lock = threading.Lock()  # the first chat requests may race to load it
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
-        """Load the tokenizer of the HF-style model directory `path`.
-
-        With a tokenizer.json the generic fast class is enough and keeps torch out of the process (AutoTokenizer
-        imports it when installed); otherwise AutoTokenizer builds one from whatever the directory has.
-        """
+        """Load the tokenizer of the HF-style model directory `path`; transformers only where the files need it."""
         path = Path(path)
-        if (path / "tokenizer.json").is_file():
-            from transformers import PreTrainedTokenizerFast as loader
-        else:
-            from transformers import AutoTokenizer as loader
-        hf = loader.from_pretrained(str(path))
-        if getattr(hf, "backend_tokenizer", None) is None:
-            raise ValueError(f"{path}: the tokenizer has no fast (Rust) backend; add a tokenizer.json to the directory")
         gen_config = path / "generation_config.json"
         eos = json.loads(gen_config.read_text()).get("eos_token_id") if gen_config.is_file() else None
-        return cls(hf, eos)
+        if (path / "tokenizer.json").is_file():
+            try:
+                return cls(path, *read_tokenizer_files(path), eos)
+            except NeedsTransformers as e:
+                logger.info("%s: %s, which only transformers' loader reads: loading it with transformers", path, e)
+        hf = _load_transformers(path)
+        info = TokenizerInfo(
+            hf.name_or_path, hf.chat_template, hf.all_special_ids, hf.bos_token_id, hf.pad_token_id, hf.eos_token_id
+        )
+        return cls(path, hf.backend_tokenizer, info, eos, hf)
+
+    @property
+    def hf(self) -> Any:
+        """transformers' tokenizer of the directory, loaded on first use (its import takes seconds): the chat
+        template renders with it, ``LLM.get_tokenizer`` returns it, llguidance reads it. Where the files were read
+        without transformers its backend is a second copy; ``encode`` and ``decode`` use ``backend``."""
+        with self._hf_lock:
+            if self._hf is None:
+                self._hf = _load_transformers(self.path)
+            return self._hf
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Long texts go through ``encode_batch``, which releases the GIL (``encode`` holds it throughout: seconds
@@ -72,6 +101,19 @@ class Tokenizer:
         return self.hf.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
+
+
+def _load_transformers(path: Path) -> Any:
+    """With a tokenizer.json the generic fast class is enough and keeps torch out of the process (AutoTokenizer
+    imports it when installed); otherwise AutoTokenizer builds one from whatever the directory has."""
+    if (path / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast as loader
+    else:
+        from transformers import AutoTokenizer as loader
+    hf = loader.from_pretrained(str(path))
+    if getattr(hf, "backend_tokenizer", None) is None:
+        raise ValueError(f"{path}: the tokenizer has no fast (Rust) backend; add a tokenizer.json to the directory")
+    return hf
 
 
 class IncrementalDetokenizer:

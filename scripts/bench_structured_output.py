@@ -42,8 +42,8 @@ DOCUMENT = '{"name":"Ada Lovelace","age":36,"tags":["math","engines","poetry"],"
 
 def host_step_times(tokenizer: Tokenizer, rows: int) -> tuple[list[float], list[float]]:
     """Seconds per step to fill the batch's mask, and to advance every matcher by one token."""
-    vocab = len(tokenizer.hf)
-    compiler = GrammarCompiler(tokenizer.hf, vocab, tokenizer.eos_token_ids)
+    vocab = tokenizer.vocab_size
+    compiler = GrammarCompiler(tokenizer, vocab, tokenizer.eos_token_ids)
     first = compiler.matcher(StructuredOutputsParams(json=SCHEMA))
     matchers = [first] + [first.fork() for _ in range(rows - 1)]
     fills, advances = [], []
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     tokenizer = Tokenizer.from_pretrained(args.tokenizer or resolve_model(None))
-    vocab = len(tokenizer.hf)
+    vocab = tokenizer.vocab_size
     fills, advances = host_step_times(tokenizer, args.rows)
     device = sampler_times(vocab, args.rows, args.iters)
     ms = {

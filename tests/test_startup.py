@@ -218,3 +218,20 @@ def test_importing_jllm_and_its_llm_leaves_transformers_unimported():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]"]
+
+
+@pytest.mark.slow  # a fresh interpreter building an engine (programs compiled on first use): ~10 s
+def test_building_an_engine_and_generating_leave_transformers_unimported():
+    """A tokenizer.json is read without transformers (jllm.tokenizer_files); its import (4-6 s of a start on an H200
+    host, torch included) waits for a feature that needs it: here the first chat prompt."""
+    code = (
+        "import sys; from jllm import LLM, SamplingParams;"
+        f"llm = LLM({TINY!r}, compile_at_start=False, **{ARGS!r});"
+        "llm.generate([[5, 6, 7]], SamplingParams(max_tokens=2), use_tqdm=False);"
+        "print('transformers' in sys.modules);"
+        "llm.chat([{'role': 'user', 'content': 'Hi'}], SamplingParams(max_tokens=2), use_tqdm=False);"
+        "print('transformers' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
