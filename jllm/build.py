@@ -207,10 +207,14 @@ class ModelBuilder:
         return plan_model(entry.config, self.capacity_bytes, entry.name)
 
     def build(self, entry: ModelEntry, memory: ModelMemory) -> LLMEngine:
+        """The served engine; its chat template's renderer (transformers) starts loading on a thread, so the first
+        chat request does not import transformers on the event loop."""
         config = entry.config
         if config.parallel.distributed_coordinator is None:
             config = config.replace(num_pages=memory.num_pages)
-        return build_engine(config)
+        engine = build_engine(config)
+        engine.inputs.tokenizer.load_chat_renderer_in_background()
+        return engine
 
 
 def _num_pages(config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel) -> int:

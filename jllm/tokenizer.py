@@ -94,18 +94,24 @@ class Tokenizer:
         """The text of `ids`, without transformers' optional space clean-up, so streaming can reproduce it."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def load_chat_renderer_in_background(self) -> None:
+        """Loads ``hf`` on a daemon thread if the model has a chat template (a server, once its model is up): its
+        import took 4-6 s on an H200 host, which the first chat request would otherwise spend on the event loop."""
+        if self.chat_template:
+            threading.Thread(target=lambda: self.hf, name="jllm-chat-renderer", daemon=True).start()
+
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs) -> str:
         """Render `messages` with the model's chat template (transformers' sandboxed Jinja engine)."""
-        if not self.hf.chat_template and "chat_template" not in kwargs:
-            raise ValueError(f"{self.hf.name_or_path}: this tokenizer has no chat template; send a plain prompt")
+        if not self.chat_template and "chat_template" not in kwargs:
+            raise ValueError(f"{self.name_or_path}: this tokenizer has no chat template; send a plain prompt")
         return self.hf.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
 
 
 def _load_transformers(path: Path) -> Any:
-    """With a tokenizer.json the generic fast class is enough and keeps torch out of the process (AutoTokenizer
-    imports it when installed); otherwise AutoTokenizer builds one from whatever the directory has."""
+    """With a tokenizer.json the generic fast class is enough; otherwise AutoTokenizer builds one from whatever the
+    directory has. (transformers 5 imports torch either way where it is installed.)"""
     if (path / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast as loader
     else:
