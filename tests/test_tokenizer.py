@@ -3,9 +3,11 @@
 import json
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+from model_utils import save_char_tokenizer
 
 from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -167,3 +169,29 @@ def test_stop_found_when_all_tokens_arrive_at_once(tok: Tokenizer) -> None:
     detok = IncrementalDetokenizer(tok, [], stop=["\n\n"])
     assert detok.add_tokens(ids_of(tok, "para one\n\npara two")) == "para one"
     assert detok.finished and detok.stop_reason == "\n\n"
+
+
+def test_the_chat_renderer_loads_in_the_background_only_for_a_model_with_a_template(tmp_path: Path) -> None:
+    def renderer_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "jllm-chat-renderer"]
+
+    save_char_tokenizer(tmp_path / "chat", 64)
+    with_template = Tokenizer.from_pretrained(tmp_path / "chat")
+    assert with_template.chat_template and with_template._hf is None  # read without transformers
+    with_template.load_chat_renderer_in_background()
+    for thread in renderer_threads():
+        thread.join(timeout=60)
+    assert with_template._hf is not None and with_template._hf.chat_template == with_template.chat_template
+
+    plain_dir = tmp_path / "plain"
+    shutil.copytree(tmp_path / "chat", plain_dir)
+    config = json.loads((plain_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    (plain_dir / "chat_template.jinja").unlink(missing_ok=True)
+    plain = Tokenizer.from_pretrained(plain_dir)
+    plain.load_chat_renderer_in_background()
+    assert plain.chat_template is None and not renderer_threads() and plain._hf is None
+    with pytest.raises(ValueError, match="no chat template"):
+        plain.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert plain._hf is None  # refused without loading transformers' tokenizer
