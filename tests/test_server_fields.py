@@ -355,3 +355,19 @@ def test_prompt_logprobs_are_not_streamed_and_chat_template_kwargs_may_not_set_c
     body = {**CHAT, "chat_template_kwargs": {"tokenize": True}}
     reserved = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
     assert reserved.status == 400 and reserved.json()["error"]["param"] == "chat_template_kwargs"
+
+
+def test_null_for_a_field_with_a_default_means_the_default(server: RunningServer) -> None:
+    """OpenAI's optional fields are nullable and clients send null for "not set"; ``n``, ``stream``, ``logprobs``,
+    ``echo``, ``include_usage`` and the template switches were a 400 ("Input should be a valid integer")."""
+    nulls = dict.fromkeys(["n", "logprobs", "echo", "add_generation_prompt", "continue_final_message"])
+    chat = http("POST", f"{server.url}/v1/chat/completions", json_body={**CHAT, **nulls, "stream": None})
+    assert chat.status == 200 and len(chat.json()["choices"]) == 1 and chat.json()["choices"][0]["logprobs"] is None
+    body = {**COMPLETION, "n": None, "echo": None, "add_special_tokens": None, "stream": True}
+    streamed = http(
+        "POST", f"{server.url}/v1/completions", json_body={**body, "stream_options": {"include_usage": None}}
+    )
+    assert streamed.status == 200 and b'"usage"' not in streamed.body and streamed.body.endswith(b"data: [DONE]\n\n")
+    refused = http("POST", f"{server.url}/v1/completions", json_body={**COMPLETION, "prompt": None})
+    assert refused.status == 400 and refused.json()["error"]["param"] == "prompt"  # a required field stays required
+

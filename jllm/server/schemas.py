@@ -14,6 +14,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Literal
 
@@ -58,6 +59,25 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        """OpenAI's API makes its optional fields nullable, and clients send null for "not set" (``"n": null``,
+        ``"stream": null``, ``"stream_options": {"include_usage": null}``): a null field that has a default takes
+        it, as if left out."""
+        if not isinstance(data, dict):
+            return data
+        defaulted = _defaulted_fields(cls)
+        return {k: v for k, v in data.items() if v is not None or k not in defaulted}
+
+
+@functools.cache
+def _defaulted_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that are optional with a default other than None."""
+    return frozenset(
+        name for name, info in model.model_fields.items() if not info.is_required() and info.default is not None
+    )
 
 
 def refuse_unsupported(data: Any, table: dict[str, tuple[tuple[Any, ...], str]] = UNSUPPORTED_FIELDS) -> Any:
