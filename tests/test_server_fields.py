@@ -371,3 +371,11 @@ def test_null_for_a_field_with_a_default_means_the_default(server: RunningServer
     refused = http("POST", f"{server.url}/v1/completions", json_body={**COMPLETION, "prompt": None})
     assert refused.status == 400 and refused.json()["error"]["param"] == "prompt"  # a required field stays required
 
+
+@pytest.mark.parametrize("variables", [{"tools": 5}, {"documents": 5}, {"documents": [5]}], ids=str)
+def test_template_variables_of_the_wrong_type_are_a_400(server: RunningServer, variables: dict) -> None:
+    """transformers raises TypeError for tools or documents that are not lists of mappings: it was a 500."""
+    body = {**CHAT, "chat_template_kwargs": variables}
+    for path in ("/v1/chat/completions", "/tokenize"):
+        reply = http("POST", f"{server.url}{path}", json_body=body)
+        assert reply.status == 400 and reply.json()["error"]["param"] == "messages", reply.body
