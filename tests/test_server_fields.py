@@ -267,6 +267,8 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "repetition_detection": {"max_pattern_size": 4}, "thinking_token_budget": 10, "return_tokens_as_token_ids": True,
     "return_token_ids": True, "spaces_between_special_tokens": False, "truncation_side": "right",
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
+    "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True,
 }  # fmt: skip
 
 
@@ -379,3 +381,13 @@ def test_template_variables_of_the_wrong_type_are_a_400(server: RunningServer, v
     for path in ("/v1/chat/completions", "/tokenize"):
         reply = http("POST", f"{server.url}{path}", json_body=body)
         assert reply.status == 400 and reply.json()["error"]["param"] == "messages", reply.body
+
+
+def test_usage_in_every_chunk_is_refused_not_ignored(server: RunningServer) -> None:
+    """vLLM's ``continuous_usage_stats`` was silently ignored (usage came once, at the end)."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    reply = http(
+        "POST", f"{server.url}/v1/chat/completions", json_body={**CHAT, "stream": True, "stream_options": options}
+    )
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == "stream_options" and "continuous_usage_stats" in error["message"]

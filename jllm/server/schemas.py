@@ -4,7 +4,9 @@ Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not
 ``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what
 this server cannot do (``UNSUPPORTED_FIELDS``: beam search, bad words, logits processors ...), a 400 naming it
 unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field keep
-working. Fields vLLM does not know are ignored, as vLLM does, so clients sending newer OpenAI fields keep working.
+working; so are OpenAI's fields asking for what this server does not do (``functions``, ``audio``, ``store`` ...).
+Other fields are ignored, as vLLM does, so clients sending newer OpenAI fields keep working (``metadata``,
+``service_tier``, ``prediction``: ignoring them changes nothing in the answer).
 Range checks stay in ``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming
 the field. Structured output comes under several names (``response_format``, ``structured_outputs``, the older
 ``guided_*``): one of them per request becomes ``SamplingParams.structured_outputs``.
@@ -54,6 +56,13 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
     "reasoning_effort": ((None,), "is not supported: this server has no reasoning parser"),
+    # OpenAI's fields that ask for what this server does not do (ignoring them would answer something else)
+    "functions": (_NOTHING, "is OpenAI's deprecated function calling: send tools instead"),
+    "function_call": ((None, "none", "auto"), "is OpenAI's deprecated function calling: send tool_choice instead"),
+    "modalities": ((None, ["text"]), "is not supported: the served models generate text only"),
+    "audio": ((None,), "is not supported: the served models generate text only"),
+    "web_search_options": ((None,), "is not supported: this server cannot search the web"),
+    "store": ((None, False), "is not supported: this server stores no completions"),
 }
 
 
@@ -89,10 +98,6 @@ def refuse_unsupported(data: Any, table: dict[str, tuple[tuple[Any, ...], str]] 
     return data
 
 
-class StreamOptions(_Request):
-    include_usage: bool = False
-
-
 def _refused_when_set(field: str, why: str) -> Any:
     """A validator for a known field this server cannot honour: any non-empty value is a 400 saying ``why``
     (ignoring it would return something else than asked for); an empty one (``{}``, ``""``, false) passes."""
@@ -103,6 +108,15 @@ def _refused_when_set(field: str, why: str) -> Any:
         return value
 
     return field_validator(field)(classmethod(refuse))
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage in every chunk
+
+    _usage_once = _refused_when_set(
+        "continuous_usage_stats", "is not supported: usage comes once, in the last chunk (include_usage)"
+    )
 
 
 class JsonSchemaFormat(_Request):
