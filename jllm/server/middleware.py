@@ -17,6 +17,7 @@ OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/version"})  # probes,
 REQUEST_ID = web.RequestKey("request_id", str)  # the engine's id: always ours, so clients can never collide
 CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)  # the client's X-Request-Id, echoed and logged only
 MAX_CLIENT_ID_LEN = 256
+_CLIENT_ID_RULE = f"1-{MAX_CLIENT_ID_LEN} printable ASCII characters"
 
 
 def request_id(request: web.Request) -> str:
@@ -26,7 +27,10 @@ def request_id(request: web.Request) -> str:
 
 def public_id(request: web.Request, from_body: str | None = None) -> str:
     """The id a response carries (``chatcmpl-<id>``): the client's ``X-Request-Id``, else the body's ``request_id``
-    (vLLM's field), else the engine's."""
+    (vLLM's field; the header's rule, or a 400: it is logged, so a newline in it would forge log lines), else the
+    engine's."""
+    if from_body is not None and not _is_valid_client_id(from_body):
+        raise APIError(400, f"request_id must be {_CLIENT_ID_RULE}", param="request_id")
     return request.get(CLIENT_REQUEST_ID) or from_body or request[REQUEST_ID]
 
 
@@ -42,7 +46,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     if "X-Request-Id" in request.headers:
         client_id = request.headers["X-Request-Id"]
         if not _is_valid_client_id(client_id):
-            message = f"X-Request-Id must be 1-{MAX_CLIENT_ID_LEN} printable ASCII characters"
+            message = f"X-Request-Id must be {_CLIENT_ID_RULE}"
             return APIError(400, message, param="X-Request-Id").response()
         request[CLIENT_REQUEST_ID] = client_id
     return await handler(request)
