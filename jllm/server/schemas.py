@@ -357,6 +357,11 @@ class ToolDefinition(_Request):
     function: FunctionDefinition
 
 
+def tools_for_template(tools: list[ToolDefinition] | None) -> list[dict[str, Any]] | None:
+    """A request's tools as chat templates take them: OpenAI's tool objects, unset keys left out."""
+    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
+
+
 class NamedFunction(_Request):
     name: str
 
@@ -483,7 +488,19 @@ class TokenizeRequest(_ChatTemplateOptions):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[ToolDefinition] | None = None  # rendered with the messages, as a chat request's are
     add_special_tokens: bool | None = None  # None: true for a prompt, false for messages (vLLM's two defaults)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, TOKENIZE_UNSUPPORTED_FIELDS)
+
+
+# vLLM's /tokenize fields this server cannot honour
+TOKENIZE_UNSUPPORTED_FIELDS = {name: UNSUPPORTED_FIELDS[name] for name in ("chat_template", "mm_processor_kwargs")} | {
+    "return_token_strs": (_NOTHING, "is not supported yet; /detokenize gives the ids' text")
+}
 
 
 class DetokenizeRequest(_Request):
