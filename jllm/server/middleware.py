@@ -27,11 +27,16 @@ def request_id(request: web.Request) -> str:
 
 def public_id(request: web.Request, from_body: str | None = None) -> str:
     """The id a response carries (``chatcmpl-<id>``): the client's ``X-Request-Id``, else the body's ``request_id``
-    (vLLM's field; the header's rule, or a 400: it is logged, so a newline in it would forge log lines), else the
-    engine's."""
-    if from_body is not None and not _is_valid_client_id(from_body):
+    (vLLM's field), else the engine's."""
+    return request.get(CLIENT_REQUEST_ID) or checked_body_id(from_body) or request[REQUEST_ID]
+
+
+def checked_body_id(value: str | None) -> str | None:
+    """A body's ``request_id`` (HTTP or gRPC), under X-Request-Id's rule or a 400 naming it: it names the response
+    and the log lines, so a newline in it would forge lines."""
+    if value is not None and not _is_valid_client_id(value):
         raise APIError(400, f"request_id must be {_CLIENT_ID_RULE}", param="request_id")
-    return request.get(CLIENT_REQUEST_ID) or from_body or request[REQUEST_ID]
+    return value
 
 
 def _is_valid_client_id(value: str) -> bool:
