@@ -128,7 +128,9 @@ class InputProcessor:
         conversation = [_message_for_template(m, i) for i, m in enumerate(messages)]
         try:
             text = self.tokenizer.apply_chat_template(conversation, **kwargs)
-        except (jinja2.TemplateError, ValueError) as e:  # transformers: ValueError when the last message is not found
+        # transformers: ValueError when the last message is not found, TypeError for tools or documents that are
+        # not lists of mappings (chat_template_kwargs may set them)
+        except (jinja2.TemplateError, TypeError, ValueError) as e:
             raise InputError(f"the chat template rejected these messages: {e}", param="messages") from e
         return Prompt(self.tokenizer.encode(text, add_special_tokens=add_special_tokens), text)
 

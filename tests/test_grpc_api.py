@@ -327,6 +327,8 @@ BAD_INPUTS = [
      grpc.StatusCode.INVALID_ARGUMENT, 400),
     ("Generate", pb.GenerateRequest(model="nope", text="a"), "/v1/completions", {"model": "nope", "prompt": "a"},
      grpc.StatusCode.NOT_FOUND, 404),
+    ("Generate", pb.GenerateRequest(text="a", request_id="a\nb"), "/v1/completions",
+     {"prompt": "a", "request_id": "a\nb"}, grpc.StatusCode.INVALID_ARGUMENT, 400),  # it names the log lines
     ("Tokenize", pb.TokenizeRequest(), "/tokenize", {}, grpc.StatusCode.INVALID_ARGUMENT, 400),
     ("Tokenize", pb.TokenizeRequest(model="nope", text="a"), "/tokenize", {"model": "nope", "prompt": "a"},
      grpc.StatusCode.NOT_FOUND, 404),

@@ -186,3 +186,23 @@ def test_client_request_ids_are_echoed_but_never_the_engines(server: RunningServ
     plain = http("POST", f"{server.url}/v1/completions", json_body=body)
     ours = {k.lower(): v for k, v in plain.headers.items()}["x-request-id"]  # header names are case-insensitive
     assert plain.status == 200 and plain.json()["id"] == f"cmpl-{ours}"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 2}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+        ("/v1/embeddings", {"input": "hi"}),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_a_body_request_id_follows_the_headers_rule(server: RunningServer, path: str, body: dict) -> None:
+    """vLLM's body ``request_id`` names the response and the log lines: a newline in it forged log lines and
+    100,000 characters went into every one; it now takes X-Request-Id's rule, or a 400 naming it."""
+    for bad in ("a\nb", "x" * 300, ""):
+        reply = http("POST", f"{server.url}{path}", json_body={**body, "model": MODEL, "request_id": bad})
+        assert reply.status == 400 and reply.json()["error"]["param"] == "request_id", reply.body
+    if path != "/v1/embeddings":  # the scripted engine has no encoder
+        reply = http("POST", f"{server.url}{path}", json_body={**body, "model": MODEL, "request_id": "mine-1"})
+        assert reply.status == 200 and reply.json()["id"].endswith("-mine-1")

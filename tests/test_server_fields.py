@@ -267,6 +267,8 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "repetition_detection": {"max_pattern_size": 4}, "thinking_token_budget": 10, "return_tokens_as_token_ids": True,
     "return_token_ids": True, "spaces_between_special_tokens": False, "truncation_side": "right",
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
+    "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True,
 }  # fmt: skip
 
 
@@ -355,3 +357,37 @@ def test_prompt_logprobs_are_not_streamed_and_chat_template_kwargs_may_not_set_c
     body = {**CHAT, "chat_template_kwargs": {"tokenize": True}}
     reserved = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
     assert reserved.status == 400 and reserved.json()["error"]["param"] == "chat_template_kwargs"
+
+
+def test_null_for_a_field_with_a_default_means_the_default(server: RunningServer) -> None:
+    """OpenAI's optional fields are nullable and clients send null for "not set"; ``n``, ``stream``, ``logprobs``,
+    ``echo``, ``include_usage`` and the template switches were a 400 ("Input should be a valid integer")."""
+    nulls = dict.fromkeys(["n", "logprobs", "echo", "add_generation_prompt", "continue_final_message"])
+    chat = http("POST", f"{server.url}/v1/chat/completions", json_body={**CHAT, **nulls, "stream": None})
+    assert chat.status == 200 and len(chat.json()["choices"]) == 1 and chat.json()["choices"][0]["logprobs"] is None
+    body = {**COMPLETION, "n": None, "echo": None, "add_special_tokens": None, "stream": True}
+    streamed = http(
+        "POST", f"{server.url}/v1/completions", json_body={**body, "stream_options": {"include_usage": None}}
+    )
+    assert streamed.status == 200 and b'"usage"' not in streamed.body and streamed.body.endswith(b"data: [DONE]\n\n")
+    refused = http("POST", f"{server.url}/v1/completions", json_body={**COMPLETION, "prompt": None})
+    assert refused.status == 400 and refused.json()["error"]["param"] == "prompt"  # a required field stays required
+
+
+@pytest.mark.parametrize("variables", [{"tools": 5}, {"documents": 5}, {"documents": [5]}], ids=str)
+def test_template_variables_of_the_wrong_type_are_a_400(server: RunningServer, variables: dict) -> None:
+    """transformers raises TypeError for tools or documents that are not lists of mappings: it was a 500."""
+    body = {**CHAT, "chat_template_kwargs": variables}
+    for path in ("/v1/chat/completions", "/tokenize"):
+        reply = http("POST", f"{server.url}{path}", json_body=body)
+        assert reply.status == 400 and reply.json()["error"]["param"] == "messages", reply.body
+
+
+def test_usage_in_every_chunk_is_refused_not_ignored(server: RunningServer) -> None:
+    """vLLM's ``continuous_usage_stats`` was silently ignored (usage came once, at the end)."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    reply = http(
+        "POST", f"{server.url}/v1/chat/completions", json_body={**CHAT, "stream": True, "stream_options": options}
+    )
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == "stream_options" and "continuous_usage_stats" in error["message"]

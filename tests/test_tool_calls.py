@@ -231,3 +231,17 @@ def test_a_forced_call_cut_short_comes_back_as_text(client: openai.OpenAI) -> No
     assert whole.choices[0].finish_reason == "length" and not whole.choices[0].message.tool_calls
     chunks = list(client.chat.completions.create(**ask, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content != ""
+
+
+def test_tokenize_renders_the_tools_as_the_chat_route_does(server: RunningServer) -> None:
+    """/tokenize ignored ``tools`` (vLLM's tokenize takes them), so its count was not the chat prompt's; the fields
+    it cannot honour are a 400 naming them."""
+    body = {"model": MODEL, "messages": MESSAGES, "tools": TOOLS}
+    tokens = http("POST", f"{server.url}/tokenize", json_body=body).json()["tokens"]
+    chat = {**body, "tool_choice": "none", "max_tokens": 1}
+    usage = http("POST", f"{server.url}/v1/chat/completions", json_body=chat).json()["usage"]
+    without = http("POST", f"{server.url}/tokenize", json_body={**body, "tools": None}).json()["count"]
+    assert len(tokens) == usage["prompt_tokens"] > without
+    for field, value in [("return_token_strs", True), ("chat_template", "{{ messages }}")]:
+        refused = http("POST", f"{server.url}/tokenize", json_body={**body, field: value})
+        assert refused.status == 400 and refused.json()["error"]["param"] == field

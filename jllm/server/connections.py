@@ -19,6 +19,7 @@ import resource
 from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -70,6 +71,16 @@ class JsonErrorHandler(RequestHandler):
         response = APIError(status, f"{phrase}: {message or exc or 'malformed request'}", type=kind).response()
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body that cannot be read (not in its ``Content-Encoding``) fails again when aiohttp reads what the
+        handler left unread, after the answer went out (a 401 before the body was read, say): one line, not a
+        traceback per request."""
+        error = kw.get("exc_info")
+        if isinstance(error, web.RequestPayloadError):
+            logger.info("unreadable request body: %s", str(error.__cause__ or error).strip())
+            return
+        super().log_exception(*args, **kw)
 
 
 class ConnectionGuard:

@@ -96,6 +96,7 @@ class EmbeddingResponse(BaseModel):
 async def create_embedding(request: web.Request) -> web.Response:
     state = server_state(request)
     body = EmbeddingRequest.model_validate_json(await request.read())
+    response_id = f"embd-{public_id(request, body.request_id)}"
     served = state.route(body.model)
     engine = served.engine
     chars = engine.inputs.check_prompt_size(body.input, "input")
@@ -120,7 +121,7 @@ async def create_embedding(request: web.Request) -> web.Response:
     ]
     num_tokens = sum(map(len, token_ids))
     response = EmbeddingResponse(
-        id=f"embd-{public_id(request, body.request_id)}",
+        id=response_id,
         created=int(time.time()),
         model=body.model or served.name,
         data=data,

@@ -121,6 +121,14 @@ def _from_http_exception(error: web.HTTPException, request: web.Request) -> APIE
     return APIError(error.status, error.reason, code=None)
 
 
+def _unreadable_body(error: web.RequestPayloadError) -> web.Response:
+    """A body aiohttp could not read (bytes not in the ``Content-Encoding`` they claim, a broken chunked body) is a
+    400; the connection's later bytes are unusable, so it closes after the answer."""
+    response = APIError(400, f"the request body could not be read: {str(error.__cause__ or error).strip()}").response()
+    response.force_close()
+    return response
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -133,5 +141,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         return _from_http_exception(e, request).response()
+    except web.RequestPayloadError as e:
+        return _unreadable_body(e)
     except Exception as e:
         return as_api_error(e).response()

@@ -21,7 +21,7 @@ from jllm.server import grpc_convert, info
 from jllm.server.chat import start_chat
 from jllm.server.completions import start_completion
 from jllm.server.errors import as_api_error
-from jllm.server.middleware import check_api_key
+from jllm.server.middleware import check_api_key, checked_body_id
 from jllm.server.schemas import ChatCompletionRequest
 from jllm.server.state import ServerState
 from jllm.v1 import generate_pb2 as pb
@@ -50,7 +50,7 @@ class GenerationService(generate_pb2_grpc.GenerationServicer):
         async with self._call(context):
             body = grpc_convert.generate_body(request)
             engine_id = uuid.uuid4().hex  # the engine's ids are always ours (see middleware.REQUEST_ID)
-            public = body.request_id or engine_id
+            public = checked_body_id(body.request_id) or engine_id
             if isinstance(body, ChatCompletionRequest):
                 _, _, generation = await start_chat(self.state, body, engine_id, public)
             else:

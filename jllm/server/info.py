@@ -23,6 +23,7 @@ from jllm.server.schemas import (
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
+    tools_for_template,
 )
 from jllm.server.state import ServerState, server_state
 
@@ -71,14 +72,16 @@ async def tokenize(request: web.Request) -> web.Response:
 
 
 async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeResponse:
-    """vLLM's ``/tokenize`` (and the gRPC ``Tokenize``): a prompt, or chat messages through the chat template."""
+    """vLLM's ``/tokenize`` (and the gRPC ``Tokenize``): a prompt, or chat messages (with their tools) through the
+    chat template."""
     engine = state.route(body.model).engine
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
     work = state.host_work
     if body.messages is not None:
-        chars = engine.inputs.check_prompt_size([m.for_template() for m in body.messages], "messages")
-        tokens = (await work.run(chars, render_chat, engine.inputs, body)).token_ids
+        tools = tools_for_template(body.tools)
+        chars = engine.inputs.check_prompt_size([[m.for_template() for m in body.messages], tools], "messages")
+        tokens = (await work.run(chars, render_chat, engine.inputs, body, tools)).token_ids
     else:
         add_special_tokens = body.add_special_tokens is not False  # a prompt's default: true
         chars = engine.inputs.check_prompt_size(body.prompt, "prompt")

@@ -17,6 +17,7 @@ OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/version"})  # probes,
 REQUEST_ID = web.RequestKey("request_id", str)  # the engine's id: always ours, so clients can never collide
 CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)  # the client's X-Request-Id, echoed and logged only
 MAX_CLIENT_ID_LEN = 256
+_CLIENT_ID_RULE = f"1-{MAX_CLIENT_ID_LEN} printable ASCII characters"
 
 
 def request_id(request: web.Request) -> str:
@@ -27,7 +28,15 @@ def request_id(request: web.Request) -> str:
 def public_id(request: web.Request, from_body: str | None = None) -> str:
     """The id a response carries (``chatcmpl-<id>``): the client's ``X-Request-Id``, else the body's ``request_id``
     (vLLM's field), else the engine's."""
-    return request.get(CLIENT_REQUEST_ID) or from_body or request[REQUEST_ID]
+    return request.get(CLIENT_REQUEST_ID) or checked_body_id(from_body) or request[REQUEST_ID]
+
+
+def checked_body_id(value: str | None) -> str | None:
+    """A body's ``request_id`` (HTTP or gRPC), under X-Request-Id's rule or a 400 naming it: it names the response
+    and the log lines, so a newline in it would forge lines."""
+    if value is not None and not _is_valid_client_id(value):
+        raise APIError(400, f"request_id must be {_CLIENT_ID_RULE}", param="request_id")
+    return value
 
 
 def _is_valid_client_id(value: str) -> bool:
@@ -42,7 +51,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     if "X-Request-Id" in request.headers:
         client_id = request.headers["X-Request-Id"]
         if not _is_valid_client_id(client_id):
-            message = f"X-Request-Id must be 1-{MAX_CLIENT_ID_LEN} printable ASCII characters"
+            message = f"X-Request-Id must be {_CLIENT_ID_RULE}"
             return APIError(400, message, param="X-Request-Id").response()
         request[CLIENT_REQUEST_ID] = client_id
     return await handler(request)

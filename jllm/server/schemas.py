@@ -4,7 +4,9 @@ Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not
 ``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what
 this server cannot do (``UNSUPPORTED_FIELDS``: beam search, bad words, logits processors ...), a 400 naming it
 unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field keep
-working. Fields vLLM does not know are ignored, as vLLM does, so clients sending newer OpenAI fields keep working.
+working; so are OpenAI's fields asking for what this server does not do (``functions``, ``audio``, ``store`` ...).
+Other fields are ignored, as vLLM does, so clients sending newer OpenAI fields keep working (``metadata``,
+``service_tier``, ``prediction``: ignoring them changes nothing in the answer).
 Range checks stay in ``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming
 the field. Structured output comes under several names (``response_format``, ``structured_outputs``, the older
 ``guided_*``): one of them per request becomes ``SamplingParams.structured_outputs``.
@@ -14,6 +16,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Literal
 
@@ -53,11 +56,37 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
     "reasoning_effort": ((None,), "is not supported: this server has no reasoning parser"),
+    # OpenAI's fields that ask for what this server does not do (ignoring them would answer something else)
+    "functions": (_NOTHING, "is OpenAI's deprecated function calling: send tools instead"),
+    "function_call": ((None, "none", "auto"), "is OpenAI's deprecated function calling: send tool_choice instead"),
+    "modalities": ((None, ["text"]), "is not supported: the served models generate text only"),
+    "audio": ((None,), "is not supported: the served models generate text only"),
+    "web_search_options": ((None,), "is not supported: this server cannot search the web"),
+    "store": ((None, False), "is not supported: this server stores no completions"),
 }
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        """OpenAI's API makes its optional fields nullable, and clients send null for "not set" (``"n": null``,
+        ``"stream": null``, ``"stream_options": {"include_usage": null}``): a null field that has a default takes
+        it, as if left out."""
+        if not isinstance(data, dict):
+            return data
+        defaulted = _defaulted_fields(cls)
+        return {k: v for k, v in data.items() if v is not None or k not in defaulted}
+
+
+@functools.cache
+def _defaulted_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that are optional with a default other than None."""
+    return frozenset(
+        name for name, info in model.model_fields.items() if not info.is_required() and info.default is not None
+    )
 
 
 def refuse_unsupported(data: Any, table: dict[str, tuple[tuple[Any, ...], str]] = UNSUPPORTED_FIELDS) -> Any:
@@ -67,10 +96,6 @@ def refuse_unsupported(data: Any, table: dict[str, tuple[tuple[Any, ...], str]] 
             if name in data and not any(data[name] == v and type(data[name]) is type(v) for v in nothing):
                 raise bad_request(f"{name} {why}; leave it out", param=name)
     return data
-
-
-class StreamOptions(_Request):
-    include_usage: bool = False
 
 
 def _refused_when_set(field: str, why: str) -> Any:
@@ -83,6 +108,15 @@ def _refused_when_set(field: str, why: str) -> Any:
         return value
 
     return field_validator(field)(classmethod(refuse))
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage in every chunk
+
+    _usage_once = _refused_when_set(
+        "continuous_usage_stats", "is not supported: usage comes once, in the last chunk (include_usage)"
+    )
 
 
 class JsonSchemaFormat(_Request):
@@ -323,6 +357,11 @@ class ToolDefinition(_Request):
     function: FunctionDefinition
 
 
+def tools_for_template(tools: list[ToolDefinition] | None) -> list[dict[str, Any]] | None:
+    """A request's tools as chat templates take them: OpenAI's tool objects, unset keys left out."""
+    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
+
+
 class NamedFunction(_Request):
     name: str
 
@@ -449,7 +488,19 @@ class TokenizeRequest(_ChatTemplateOptions):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[ToolDefinition] | None = None  # rendered with the messages, as a chat request's are
     add_special_tokens: bool | None = None  # None: true for a prompt, false for messages (vLLM's two defaults)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, TOKENIZE_UNSUPPORTED_FIELDS)
+
+
+# vLLM's /tokenize fields this server cannot honour
+TOKENIZE_UNSUPPORTED_FIELDS = {name: UNSUPPORTED_FIELDS[name] for name in ("chat_template", "mm_processor_kwargs")} | {
+    "return_token_strs": (_NOTHING, "is not supported yet; /detokenize gives the ids' text")
+}
 
 
 class DetokenizeRequest(_Request):

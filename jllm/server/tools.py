@@ -25,6 +25,7 @@ from jllm.server.schemas import (
     FunctionCallOut,
     NamedToolChoice,
     ToolCallOut,
+    tools_for_template,
 )
 from jllm.tool_calls import (
     ToolCall,
@@ -50,7 +51,7 @@ class ToolPlan:
     @classmethod
     def of(cls, body: ChatCompletionRequest, server: ServerConfig) -> ToolPlan:
         choice = body.effective_tool_choice
-        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+        tools = tools_for_template(body.tools)
         parallel = body.parallel_tool_calls is not False
         if choice == "auto" and tools:
             if not server.enable_auto_tool_choice or server.tool_call_parser is None:

@@ -53,6 +53,13 @@ PROTOCOL_REJECTIONS = {
     "malformed-header": b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
     "unknown-method": b"FOO /health HTTP/1.1\r\nHost: x\r\n\r\n",
     "expect": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nContent-Length: 2\r\n\r\n{}",
+    # a body not in the Content-Encoding it claims, read by the handler, or left unread by a 401 (aiohttp reads it
+    # after the answer): both were a traceback, the first a 500
+    "body-not-in-its-content-encoding": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    + KEY.encode()
+    + b"\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}",
+    "unread-body-not-in-its-content-encoding": b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Encoding: gzip\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
 }
 NON_ASCII_AUTHORIZATION = (
     b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xc3\r\nConnection: close\r\n\r\n"

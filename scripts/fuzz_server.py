@@ -1,0 +1,390 @@
+"""Fuzz a running ``jllm serve``: mutated bodies to every POST route, each answer checked against the rule.
+
+The rule: bad input gets a 4xx with OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``),
+never a 5xx, a dropped connection or a hang; and the server still answers ``/health`` and an ordinary request
+afterwards. Bodies come from valid seeds per route, mutated at one field at a time (wrong types, negative and huge
+numbers, NaN / Infinity, deep nesting, lone surrogates, giant strings, unknown fields, arrays for strings, nulls) and
+as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type). Prints each failure (status, body, the request that
+caused it) and a summary; exits 1 if any request broke the rule.
+
+    jllm serve --port 8000 &
+    python scripts/fuzz_server.py --url http://127.0.0.1:8000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+SEEDS: dict[str, dict[str, Any]] = {
+    "/v1/completions": {
+        "prompt": "hi",
+        "max_tokens": 2,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "n": 1,
+        "stop": ["\n"],
+        "logprobs": 1,
+        "echo": False,
+        "seed": 1,
+        "logit_bias": {"5": 1},
+        "stream": False,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.1,
+        "user": "u",
+        "best_of": 1,
+        "suffix": None,
+    },
+    "/v1/chat/completions": {
+        "messages": [{"role": "user", "content": "hi", "name": "n"}],
+        "max_tokens": 2,
+        "max_completion_tokens": 2,
+        "temperature": 0.5,
+        "n": 1,
+        "stop": "\n",
+        "logprobs": True,
+        "top_logprobs": 1,
+        "seed": 1,
+        "tools": TOOLS,
+        "tool_choice": "none",
+        "parallel_tool_calls": True,
+        "response_format": {"type": "text"},
+        "stream": False,
+        "user": "u",
+        "metadata": {"a": "b"},
+    },
+    "/v1/embeddings": {"input": "hi", "encoding_format": "float", "user": "u"},
+    "/tokenize": {"prompt": "hi", "add_special_tokens": True},
+    "/detokenize": {"tokens": [1, 2, 3]},
+}
+WEIRD_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -1,
+    2**31,
+    2**63,
+    2**64,
+    10**30,
+    -(10**30),
+    1.5,
+    -1e308,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    "x",
+    "10",
+    "\ud800",
+    "\udfff\ud800",
+    "\x00",
+    "é" * 10,
+    "x" * 100_000,
+    [],
+    [None],
+    [1, "a"],
+    ["\ud800"],
+    [[1]],
+    {},
+    {"a": 1},
+    {"type": None},
+    [{"type": "text", "text": "\ud800"}],
+    {"role": "user", "content": "hi"},
+]
+MESSAGE_MUTATIONS: list[Any] = [
+    [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}],
+    [{"role": "assistant", "content": None}],
+    [{"role": "assistant", "content": None, "tool_calls": []}],
+    [
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}],
+        }
+    ],
+    [
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "1"}}],
+        }
+    ],
+    [
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}],
+        }
+    ],
+    [{"role": "tool", "content": "x"}],
+    [{"role": "tool", "content": "x", "tool_call_id": "c"}],
+    [{"role": "user", "content": "x", "tool_call_id": "c"}],
+    [{"role": "function", "content": "x", "name": "f"}],
+    [{"role": "user", "content": "x", "unknown": 1}],
+    [{"role": "user", "content": [{"type": "text"}]}],
+    [{"role": "user", "content": [{"text": "x"}]}],
+    [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+    [{"role": "user", "content": [{"type": "input_text", "text": "x"}]}],
+    [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}],
+    [{"role": "system", "content": ""}],
+    [{"role": "user", "content": "x"}] * 2000,
+    [{"role": "user", "content": "\x00\x01\x02"}],
+]
+EXTRA_FIELDS: list[tuple[str, Any]] = [
+    ("chat_template_kwargs", {"messages": 1}),
+    ("chat_template_kwargs", {"add_generation_prompt": "x"}),
+    ("chat_template_kwargs", {"tools": 5}),
+    ("chat_template_kwargs", {"raise_exception": 1}),
+    ("chat_template_kwargs", {"bos_token": 1}),
+    ("documents", [{"a": "b"}]),
+    ("documents", [{"a": 1}]),
+    ("structured_outputs", {"json": {"type": "object", "properties": {"a": {"type": "nan"}}}}),
+    ("structured_outputs", {"regex": "("}),
+    ("structured_outputs", {"grammar": "start: x"}),
+    ("structured_outputs", {"choice": []}),
+    ("structured_outputs", {"choice": [1]}),
+    ("structured_outputs", {"json": "not json"}),
+    ("structured_outputs", {"nonsense": 1}),
+    ("structured_outputs", {"json": {"type": "number", "minimum": float("nan")}}),
+    ("guided_json", "{"),
+    ("guided_json", {"$ref": "#/nope"}),
+    ("guided_regex", "a{1000000}"),
+    ("guided_choice", ["\ud800"]),
+    ("guided_grammar", "root ::= "),
+    (
+        "response_format",
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "x": float("nan")}}},
+    ),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    (
+        "response_format",
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "items": {"$ref": "#"}}}},
+    ),
+    ("response_format", {"type": "json_object", "json_schema": None}),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": []}}]),
+    ("tools", [{"type": "function", "function": {"name": "\ud800"}}]),
+    ("tools", [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]),
+    ("tool_choice", "required"),
+    ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+    ("tool_choice", {"type": "function", "function": {"name": "g"}}),
+    ("tool_choice", {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}),
+    ("stream_options", {"include_usage": True, "continuous_usage_stats": True}),
+    ("allowed_token_ids", [10**9]),
+    ("allowed_token_ids", []),
+    ("prompt_logprobs", 5),
+    ("truncate_prompt_tokens", 0),
+    ("truncate_prompt_tokens", 10**9),
+    ("min_tokens", 10**9),
+    ("stop_token_ids", [1] * 100),
+    ("repetition_penalty", 0),
+    ("top_k", -5),
+    ("min_p", 2),
+    ("logit_bias", {str(i): 1 for i in range(2000)}),
+    ("logit_bias", {"-1": 1}),
+    ("logit_bias", {"1": "a"}),
+    ("request_id", "\ud800"),
+    ("request_id", "x" * 100_000),
+    ("request_id", "a\nb"),
+    ("model", "\ud800"),
+    ("model", ["a"]),
+    ("add_generation_prompt", False),
+    ("continue_final_message", True),
+    ("include_stop_str_in_output", True),
+    ("skip_special_tokens", False),
+]
+
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def mutated_bodies(route: str, rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
+    """(what, body bytes, headers) for ``route``: every field of its seed set to every weird value or removed, extra
+    fields, the message mutations (chat and /tokenize), and the raw-byte cases."""
+    seed = SEEDS[route]
+    bodies = [(f"{field}={value!r:.60}", {**seed, field: value}) for field, value in field_mutations(route)]
+    removable = [field for field in seed if not _unbounded(route, field)]
+    bodies += [(f"{field} removed", {k: v for k, v in seed.items() if k != field}) for field in removable]
+    for field, value in EXTRA_FIELDS + [("zzz_unknown", value) for value in WEIRD_VALUES]:
+        bodies.append((f"{field}={value!r:.80}", {**seed, field: value}))
+        bodies.append((f"stream {field}={value!r:.80}", {**seed, field: value, "stream": True}))
+    if route == "/v1/chat/completions":
+        for messages in MESSAGE_MUTATIONS:
+            bodies.append((f"messages={messages!r:.100}", {**seed, "messages": messages}))
+            bodies.append((f"stream messages={messages!r:.100}", {**seed, "messages": messages, "stream": True}))
+    if route == "/tokenize":
+        bodies += [(f"tokenize messages={messages!r:.100}", {"messages": messages}) for messages in MESSAGE_MUTATIONS]
+    json_headers = {"Content-Type": "application/json"}
+    encoded = [(what, json.dumps(body).encode("utf-8", "surrogatepass"), json_headers) for what, body in bodies]
+    return encoded + raw_bodies(seed, rng)
+
+
+def field_mutations(route: str) -> list[tuple[str, Any]]:
+    """Every field of the route's seed with every weird value; a completion's ``max_tokens`` is never left unset
+    (``_unbounded``: it would run to the context limit, minutes on a CPU)."""
+    return [(f, v) for f in SEEDS[route] for v in WEIRD_VALUES if not (v is None and _unbounded(route, f))]
+
+
+def _unbounded(route: str, field: str) -> bool:
+    """Whether leaving ``field`` unset lets the request generate up to the context limit."""
+    return route == "/v1/completions" and field == "max_tokens"
+
+
+def raw_bodies(seed: dict[str, Any], rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
+    """Bodies that are not the JSON of an object, or not sent as JSON: empty, other types, non-UTF-8, truncated,
+    deeply nested, NaN / Infinity literals, a lone surrogate escape, other Content-Types and encodings."""
+    raw = json.dumps(seed).encode()
+    json_headers = {"Content-Type": "application/json"}
+    return [
+        ("empty body", b"", json_headers),
+        ("null body", b"null", json_headers),
+        ("list body", b"[]", json_headers),
+        ("number body", b"1", json_headers),
+        ("string body", b'"x"', json_headers),
+        ("non-UTF-8 body", b'{"prompt": "\xff\xfe", "messages": [{"role":"user","content":"\xc3"}]}', json_headers),
+        ("non-UTF-8 whole", bytes(rng.randrange(256) for _ in range(200)), json_headers),
+        ("truncated", raw[: len(raw) // 2], json_headers),
+        ("trailing garbage", raw + b"}}", json_headers),
+        ("two objects", raw + raw, json_headers),
+        ("deep list", deep(100_000).encode(), json_headers),
+        ("deep field", raw[:-1] + b', "zzz": ' + deep(5000).encode() + b"}", json_headers),
+        ("deep object field", raw[:-1] + b', "zzz": ' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}", json_headers),
+        ("NaN literal", raw[:-1] + b', "temperature": NaN}', json_headers),
+        ("Infinity literal", raw[:-1] + b', "temperature": Infinity}', json_headers),
+        ("-Infinity top_p", raw[:-1] + b', "top_p": -Infinity}', json_headers),
+        ("huge exponent", raw[:-1] + b', "temperature": 1e99999}', json_headers),
+        ("huge int", raw[:-1] + b', "max_tokens": ' + b"9" * 5000 + b"}", json_headers),
+        ("lone surrogate escape", raw[:-1] + b', "user": "\\ud800"}', json_headers),
+        ("bad escape", raw[:-1] + b', "user": "\\x41"}', json_headers),
+        ("duplicate keys", raw[:-1] + b', "max_tokens": "a", "max_tokens": 2}', json_headers),
+        ("BOM", b"\xef\xbb\xbf" + raw, json_headers),
+        ("text/plain", raw, {"Content-Type": "text/plain"}),
+        ("form", b"prompt=hi", {"Content-Type": "application/x-www-form-urlencoded"}),
+        ("no content type", raw, {}),
+        ("multipart", b"--x\r\n\r\nhi\r\n--x--", {"Content-Type": "multipart/form-data; boundary=x"}),
+        ("gzip claimed", raw, {"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+        ("charset latin1", raw, {"Content-Type": "application/json; charset=latin-1"}),
+    ]
+
+
+def error_shape_problem(status: int, body: bytes) -> str | None:
+    """Why ``body`` is not OpenAI's error JSON, or None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "not JSON"
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"}:
+        return "not {'error': {message, type, param, code}}"
+    if not isinstance(error["message"], str) or not error["message"]:
+        return "no message"
+    return None
+
+
+def stream_problem(body: bytes) -> str | None:
+    """A 200 stream must be SSE events of JSON ending in [DONE]; an error event is allowed (a failure after the
+    headers) only in OpenAI's shape."""
+    events = body.decode("utf-8", "replace").split("\n\n")
+    if events[-2:] != ["data: [DONE]", ""]:
+        return f"stream does not end with [DONE]: {body[-200:]!r}"
+    for event in events[:-2]:
+        payload = event.removeprefix("data: ")
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return f"event is not JSON: {payload[:200]!r}"
+        if "error" in data:
+            return f"error event in a 200 stream: {payload[:300]}"
+    return None
+
+
+class Fuzzer:
+    def __init__(self, url: str, model: str | None, timeout: float, headers: dict[str, str]) -> None:
+        self.url, self.model, self.headers = url, model, headers
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.failures: list[str] = []
+        self.statuses: Counter[int] = Counter()
+
+    async def send(self, session: aiohttp.ClientSession, route: str, what: str, data: bytes, headers: dict) -> None:
+        if self.model and data.startswith(b"{") and b'"model"' not in data:
+            data = b'{"model": ' + json.dumps(self.model).encode() + b", " + data[1:] if data != b"{}" else data
+        try:
+            async with session.post(self.url + route, data=data, headers={**self.headers, **headers}) as response:
+                body = await response.read()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as e:
+            self.failures.append(f"{route} [{what}]: {type(e).__name__}: {e}")
+            return
+        self.statuses[status] += 1
+        if status >= 500:
+            problem = f"{status}: {body[:300]!r}"
+        elif status >= 400:
+            problem = error_shape_problem(status, body)
+        elif response.content_type == "text/event-stream":
+            problem = stream_problem(body)
+        else:
+            problem = None if body.startswith(b"{") else f"200 without JSON: {body[:200]!r}"
+        if problem:
+            self.failures.append(f"{route} [{what}] -> {problem}")
+
+    async def still_serving(self, session: aiohttp.ClientSession) -> str | None:
+        async with session.get(f"{self.url}/health") as response:
+            if response.status != 200:
+                return f"/health answered {response.status}"
+        body = {"prompt": "hi", "max_tokens": 2} | ({"model": self.model} if self.model else {})
+        async with session.post(f"{self.url}/v1/completions", json=body, headers=self.headers) as response:
+            if response.status != 200:
+                return f"an ordinary completion answered {response.status}: {await response.text()}"
+        return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    rng = random.Random(args.seed)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    fuzzer = Fuzzer(args.url, args.model, args.timeout, headers)
+    cases = [(route, *case) for route in args.routes for case in mutated_bodies(route, rng)]
+    semaphore = asyncio.Semaphore(args.concurrency)
+    # a connection per request: a case that ends its connection cannot fail the next case sent on it
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=fuzzer.timeout, connector=connector) as session:
+        for round_index in range(args.rounds):
+            rng.shuffle(cases)
+
+            async def one(case: tuple) -> None:
+                async with semaphore:
+                    await fuzzer.send(session, *case)
+
+            await asyncio.gather(*(one(case) for case in cases))
+            alive = await fuzzer.still_serving(session)
+            print(f"round {round_index + 1}: {len(cases)} requests, statuses {dict(sorted(fuzzer.statuses.items()))}")
+            if alive:
+                fuzzer.failures.append(f"after round {round_index + 1}: {alive}")
+                break
+    for failure in dict.fromkeys(fuzzer.failures):
+        print("FAIL", failure)
+    print(f"{len(fuzzer.failures)} failures")
+    return 1 if fuzzer.failures else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--model", default=None, help="the model to name in each body (default: the server's first)")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--routes", nargs="+", default=list(SEEDS), choices=list(SEEDS))
+    parser.add_argument("--rounds", type=int, default=1, help="passes over every case, shuffled")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one request may take")
+    parser.add_argument("--seed", type=int, default=0)
+    sys.exit(asyncio.run(run(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
