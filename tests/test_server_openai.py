@@ -214,10 +214,12 @@ def test_stop_strings_cut_the_text(client: openai.OpenAI) -> None:
     assert kept.choices[0].text == expected + stop
 
 
-def test_omitted_max_tokens_runs_to_the_context_limit(client: openai.OpenAI) -> None:
+def test_omitted_max_tokens_is_16_for_a_completion_and_the_context_limit_for_a_chat(client: openai.OpenAI) -> None:
     out = client.completions.create(model=MODEL, prompt=PROMPT, temperature=0, extra_body={"ignore_eos": True})
-    assert out.choices[0].finish_reason == "length"
-    assert out.usage.total_tokens == ENGINE_ARGS["max_model_len"]
+    assert (out.choices[0].finish_reason, out.usage.completion_tokens) == ("length", 16)  # as OpenAI and vLLM
+    chat = client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, extra_body={"ignore_eos": True})
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.usage.total_tokens == ENGINE_ARGS["max_model_len"]
 
 
 def test_models_tokenize_and_detokenize(client: openai.OpenAI, server: RunningServer, llm: LLM) -> None:

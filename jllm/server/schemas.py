@@ -151,7 +151,7 @@ class _GenerationRequest(_Request):
     n: int = Field(1, le=MAX_N)
     temperature: float | None = None
     top_p: float | None = None
-    max_tokens: int | None = None  # omitted: up to the context limit
+    max_tokens: int | None = None  # chat: omitted (or null) = up to the context limit
     seed: int | None = None
     stop: str | list[str] | None = None
     presence_penalty: float | None = None
@@ -452,6 +452,7 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16  # OpenAI's and vLLM's default for completions (omitted or null)
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None
