@@ -41,6 +41,7 @@ BASE["pad_token_id"] = 0
 # separate k/v projections tests/test_tensor_parallel.py shows (Llama at 4 and 8): each TP 4 engine here costs ~12 s.
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2]),
+    "gemma": ("GemmaForCausalLM", None, dict(tie_word_embeddings=False), []),
     "gemma2": (
         "Gemma2ForCausalLM",
         None,
@@ -295,3 +296,12 @@ def test_pythia_config_names_read_as_transformers_5_writes_them():
     assert old == new
     assert old.layers[0].rope.rotary_dim == 8 and old.layers[0].rope.theta == 500.0
     assert gpt_neox(common, np.float32).layers[0].rope.rotary_dim == 4  # rotary_pct defaults to 0.25
+
+
+def test_gemma_config_defaults_read_as_transformers_reads_them():
+    """Gemma 1's hub configs say ``hidden_act: gelu``, which transformers runs as the tanh approximation; a config
+    without ``tie_word_embeddings`` ties the head (the tests' checkpoints untie it: tied, a random model repeats)."""
+    from jllm.models.families import gemma
+
+    args = gemma(dict(TINY_CONFIG, hidden_act="gelu"), np.float32)
+    assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings

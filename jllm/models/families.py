@@ -105,23 +105,42 @@ GEMMA_WEIGHTS = WeightMap(
 )
 
 
-def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **extra: Any) -> ModelArgs:
+def _gemma_base(cfg: dict[str, Any], dtype: Any, key: str, act: str, accepted: tuple[str, ...]) -> dict[str, Any]:
+    """What every Gemma shares: a tied head by default, the ``1 + w`` RMSNorm, GeGLU (``act``, the config's ``key``,
+    one of the tanh gelu's ``accepted`` names), embeddings times sqrt(hidden)."""
+    if act not in accepted:
+        raise ValueError(f"Gemma {key} {act!r} is not supported (supported: {', '.join(map(repr, accepted))})")
     base = _base(cfg, dtype)
     base["tie_word_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
+    return dict(
+        base,
+        norm="rms_unit_offset",
+        mlp_act="gelu_tanh",
+        embed_scale=math.sqrt(base["hidden_size"]),
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+    )
+
+
+def gemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 1: Llama's layout with Gemma's ``1 + w`` RMSNorm, GeGLU and scaled embeddings. transformers' Gemma
+    reads ``hidden_act`` (not ``hidden_activation``), a legacy ``"gelu"`` there meaning the tanh approximation."""
+    act = cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    base = _gemma_base(cfg, dtype, "hidden_act", act, ("gelu_pytorch_tanh", "gelu"))
+    layers = (LayerSpec(_rope(cfg, base["head_dim"])),) * base["num_layers"]
+    return ModelArgs(**base, layers=layers)
+
+
+def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **extra: Any) -> ModelArgs:
+    """Gemma 2 and 3's shared description."""
     act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
-    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-        raise ValueError(f"Gemma hidden_activation {act!r} is not supported (supported: 'gelu_pytorch_tanh')")
+    base = _gemma_base(cfg, dtype, "hidden_activation", act, ("gelu_pytorch_tanh", "gelu_tanh"))
     return ModelArgs(
         **base,
         layers=layers,
-        norm="rms_unit_offset",
         sandwich_norms=True,
-        mlp_act="gelu_tanh",
-        embed_scale=math.sqrt(base["hidden_size"]),
         sm_scale=cfg.get("query_pre_attn_scalar", base["head_dim"]) ** -0.5,
         attn_softcap=cfg.get("attn_logit_softcapping"),
         final_softcap=cfg.get("final_logit_softcapping"),
-        qkv_bias=bool(cfg.get("attention_bias", False)),
         weights=GEMMA_WEIGHTS,
         **extra,
     )

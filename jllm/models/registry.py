@@ -19,6 +19,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MistralForCausalLM": families.mistral,
     "Qwen2ForCausalLM": families.qwen2,
     "Qwen3ForCausalLM": families.qwen3,
+    "GemmaForCausalLM": families.gemma,
     "Gemma2ForCausalLM": families.gemma2,
     "Gemma3ForCausalLM": families.gemma3,
     "Phi3ForCausalLM": families.phi3,
