@@ -118,6 +118,7 @@ def abstract_model(
         num_kv_heads=args.num_kv_heads,
         vocab_size=args.vocab_size,
         intermediate_size=args.intermediate_size,
+        shared_expert_size=args.shared_expert_size,
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
     args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant)

@@ -93,7 +93,20 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         [2, 4],  # at 4, devices outnumber the 2 KV heads: replicated KV heads read from the grouped fused tensor
     ),
     "mixtral": ("MixtralForCausalLM", None, dict(num_local_experts=4, sliding_window=WINDOW), [2, 4]),
+    "qwen3_moe": (
+        "Qwen3MoeForCausalLM",
+        None,
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True),
+        [],
+    ),
+    "qwen2_moe": (  # the shared expert's width split at TP 2 too
+        "Qwen2MoeForCausalLM",
+        None,
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48),
+        [2],
+    ),
 }
+MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt_neox_sequential_no_bias": (
@@ -158,17 +171,19 @@ def test_variant_logits_match_transformers(tmp_path, name):
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
 
-def test_mixture_of_experts_equals_a_loop_over_tokens():
-    """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time."""
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
+    """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
+    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    moe = SparseMoE(dim, hidden, experts, 2, np.float32)
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize)
     rng = np.random.default_rng(3)
     router = rng.normal(size=(dim, experts)).astype(np.float32)
     gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
     down = rng.normal(size=(experts, hidden, dim)).astype(np.float32) / 4
     moe.gate.kernel.set_value(router)
-    moe.gate_up_proj.kernel.set_value(gate_up)
-    moe.down_proj.kernel.set_value(down)
+    moe.experts.gate_up_proj.kernel.set_value(gate_up)
+    moe.experts.down_proj.kernel.set_value(down)
     x = rng.normal(size=(t, dim)).astype(np.float32)
 
     expected = np.zeros_like(x)
@@ -178,7 +193,7 @@ def test_mixture_of_experts_equals_a_loop_over_tokens():
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         top = np.argsort(-probs)[:2]
         used.update(top.tolist())
-        for e, w in zip(top, probs[top] / probs[top].sum(), strict=True):
+        for e, w in zip(top, probs[top] / probs[top].sum() if renormalize else probs[top], strict=True):
             g, u = x[i] @ gate_up[e, :, 0], x[i] @ gate_up[e, :, 1]
             expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
@@ -238,7 +253,7 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name)
     # each bucket's forward and the greedy sampler, compiled on first use: none of warm-up's other programs
     assert {kind for kind, _, _ in llm.engine.runner.compiled_programs()} == {"forward", "sampler_0_greedy"}
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
-    if name == "mixtral":  # the batch's tokens go to different experts in every layer
+    if name in MIXTURES:  # the batch's tokens go to different experts in every layer
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
 
 
@@ -277,6 +292,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
+        (
+            "Qwen3MoeForCausalLM",
+            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 2},
+            "decoder_sparse_step=2.*not supported.*decoder_sparse_step=1",
+        ),
+        (
+            "Qwen2MoeForCausalLM",
+            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]},
+            r"mlp_only_layers=\[1\] is not supported.*mlp_only_layers=\[\]",
+        ),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):

@@ -84,8 +84,11 @@ class ModelArgs:
     # attention and MLP both read the layer's input and add to it together (GPT-NeoX, Falcon)
     parallel_residual: bool = False
     shared_input_norm: bool = False  # with parallel_residual, the MLP reads the attention's input norm (Falcon-7B)
-    num_experts: int = 0  # > 0: a routed mixture of experts replaces the MLP (Mixtral)
+    # > 0: a routed mixture of experts replaces the MLP (Mixtral, Qwen2/3-MoE); intermediate_size is each expert's
+    num_experts: int = 0
     experts_per_token: int = 0
+    experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
+    shared_expert_size: int = 0  # > 0: a sigmoid-gated dense SwiGLU beside the experts, this wide (Qwen2-MoE)
     embed_scale: float | None = None  # Gemma: sqrt(hidden)
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
     attn_softcap: float | None = None
@@ -106,7 +109,8 @@ class ModelArgs:
     def make_mlp(self) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts:
-            return SparseMoE(d, hidden, self.num_experts, self.experts_per_token, dt, self.mlp_act)
+            e, k = self.num_experts, self.experts_per_token
+            return SparseMoE(d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size)
         return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
     def make_norm(self, dim: int | None = None) -> nnx.Module:

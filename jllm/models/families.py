@@ -287,7 +287,60 @@ def mixtral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         num_experts=experts,
         experts_per_token=top_k,
         weights=WeightMap(
-            gate_up=("experts.{e}.w1", "experts.{e}.w3"),
-            rename=(("mlp", "block_sparse_moe"), ("down_proj", "experts.{e}.w2")),
+            gate_up=("w1", "w3"), rename=(("mlp", "block_sparse_moe"), ("experts", "experts.{e}"), ("down_proj", "w2"))
         ),
+    )
+
+
+def _qwen_moe(cfg: dict[str, Any], dtype: Any, family: str) -> dict[str, Any]:
+    """Qwen2/3-MoE's mixture: top ``num_experts_per_tok`` of ``num_experts`` SwiGLU experts of width
+    ``moe_intermediate_size`` in every layer, renormalised where ``norm_topk_prob``. Layouts with dense layers
+    between the sparse ones are refused."""
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    top_k = cfg.get("num_experts_per_tok", 0)
+    if not 0 < top_k <= experts:
+        raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and num_experts={experts}")
+    step, dense = cfg.get("decoder_sparse_step", 1), cfg.get("mlp_only_layers") or []
+    if step != 1 or dense:
+        raise ValueError(
+            f"{family} decoder_sparse_step={step}, mlp_only_layers={dense} is not supported (supported: a mixture of "
+            "experts in every layer, decoder_sparse_step=1 and mlp_only_layers=[])"
+        )
+    return dict(
+        intermediate_size=cfg["moe_intermediate_size"],
+        mlp_act=_activation(cfg, "hidden_act", "silu", family),
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=bool(cfg.get("norm_topk_prob", False)),
+    )
+
+
+def qwen3_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3-MoE: Qwen3's attention (q/k norms) with a routed mixture of SwiGLU experts in every layer."""
+    base, layers = _uniform(cfg, dtype, SLIDING if cfg.get("use_sliding_window") else FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, **_qwen_moe(cfg, dtype, "Qwen3-MoE")},
+        layers=layers,
+        qk_norm=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        weights=WeightMap(rename=(("experts", "experts.{e}"),)),
+    )
+
+
+def qwen2_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2's attention (qkv bias) with routed SwiGLU experts and a
+    shared expert every token takes, scaled by a sigmoid gate."""
+    base = _base(cfg, dtype)
+    # transformers' layer kinds without ``layer_types``: sliding on even layers below max_window_layers
+    below = cfg.get("max_window_layers", 28) if cfg.get("use_sliding_window") else 0
+    default = [SLIDING if i % 2 == 0 and i < below else FULL for i in range(base["num_layers"])]
+    layers = tuple(LayerSpec(_rope(cfg, base["head_dim"]), w) for w in _windows(cfg, default))
+    return ModelArgs(
+        **{**base, **_qwen_moe(cfg, dtype, "Qwen2-MoE")},
+        layers=layers,
+        qkv_bias=bool(cfg.get("qkv_bias", True)),
+        shared_expert_size=cfg["shared_expert_intermediate_size"],
+        weights=WeightMap(rename=(("experts", "experts.{e}"),)),
     )

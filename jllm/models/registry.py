@@ -26,6 +26,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GPTNeoXForCausalLM": families.gpt_neox,
     "FalconForCausalLM": families.falcon,
     "MixtralForCausalLM": families.mixtral,
+    "Qwen2MoeForCausalLM": families.qwen2_moe,
+    "Qwen3MoeForCausalLM": families.qwen3_moe,
 }
 
 
