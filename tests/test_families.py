@@ -105,6 +105,19 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48),
         [2],
     ),
+    "granite": (  # Granite 3's multipliers; with biases (o_proj's too) on attention and MLP
+        "GraniteForCausalLM",
+        None,
+        dict(
+            embedding_multiplier=12.0,
+            attention_multiplier=0.1,
+            residual_multiplier=0.22,
+            logits_scaling=8.0,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
+        [],
+    ),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)

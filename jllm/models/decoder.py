@@ -89,9 +89,11 @@ class ModelArgs:
     experts_per_token: int = 0
     experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
     shared_expert_size: int = 0  # > 0: a sigmoid-gated dense SwiGLU beside the experts, this wide (Qwen2-MoE)
-    embed_scale: float | None = None  # Gemma: sqrt(hidden)
+    embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
+    residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
     attn_softcap: float | None = None
+    logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling), before a soft-cap
     final_softcap: float | None = None
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
@@ -180,12 +182,13 @@ class DecoderLayer(nnx.Module):
         self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
         self.mlp_out_norm = args.make_norm() if args.sandwich_norms else None
         self.parallel_residual = args.parallel_residual
+        self.residual_scale = args.residual_scale
 
     def __call__(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
         h, kv_pages = self.self_attn(x, self.input_layernorm, positions, kv_pages, meta)
-        h = h if self.attn_out_norm is None else self.attn_out_norm(h)
+        h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
             return x + (self._mlp(x, self.input_layernorm if shared else self.post_attention_layernorm) + h), kv_pages
@@ -196,7 +199,11 @@ class DecoderLayer(nnx.Module):
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
         of experts reads the normed states."""
         h = self.mlp(x, norm) if isinstance(self.mlp, MLP) else self.mlp(norm(x))
-        return h if self.mlp_out_norm is None else self.mlp_out_norm(h)
+        return self._scaled(h if self.mlp_out_norm is None else self.mlp_out_norm(h))
+
+    def _scaled(self, h: jax.Array) -> jax.Array:
+        """A block's output as the residual adds it: times ``residual_scale`` where the family has one."""
+        return h if self.residual_scale is None else h * jnp.asarray(self.residual_scale, h.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -253,12 +260,12 @@ class CausalLM(nnx.Module):
         return states, new_caches
 
     def compute_logits(self, hidden: jax.Array) -> jax.Array:
-        """``[N, hidden] -> [N, vocab]`` float32 logits (soft-capped where the family caps them)."""
+        """``[N, hidden] -> [N, vocab]`` float32 logits (divided and soft-capped where the family says so)."""
         return self.logits_head()(hidden)
 
     def logits_head(self) -> LogitsHead:
         """A view of the parameters logits need (shared, not copied)."""
-        return LogitsHead(self.embed_tokens, self.lm_head, self.args.final_softcap)
+        return LogitsHead(self.embed_tokens, self.lm_head, self.args.logits_divisor, self.args.final_softcap)
 
 
 class LogitsHead(nnx.Module):
@@ -267,14 +274,23 @@ class LogitsHead(nnx.Module):
     lowering the default model's 40 such programs over every leaf (each merging the whole model) cost ~0.9 s more
     of a start-up (CPU, 2026-12-03)."""
 
-    def __init__(self, embed_tokens: Embedding, lm_head: Linear | None, final_softcap: float | None):
+    def __init__(
+        self,
+        embed_tokens: Embedding,
+        lm_head: Linear | None,
+        logits_divisor: float | None = None,
+        final_softcap: float | None = None,
+    ):
         self.embed_tokens = embed_tokens if lm_head is None else None
         self.lm_head = lm_head
+        self.logits_divisor = logits_divisor
         self.final_softcap = final_softcap
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits."""
         logits = self.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         logits = logits.astype(jnp.float32)
+        if self.logits_divisor is not None:
+            logits = logits / self.logits_divisor
         cap = self.final_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)

@@ -95,6 +95,26 @@ def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=qkv_bias, mlp_act=act)
 
 
+def granite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Granite (3.x): Llama with four multipliers: ``embedding_multiplier`` on the embeddings,
+    ``attention_multiplier`` as the attention scale (in place of 1/sqrt(head_dim)), ``residual_multiplier`` on each
+    block's output before its residual add, and logits divided by ``logits_scaling``."""
+    base, layers = _uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=_activation(cfg, "hidden_act", "silu", "Granite"),
+        embed_scale=float(cfg.get("embedding_multiplier", 1.0)),
+        sm_scale=float(cfg.get("attention_multiplier", 1.0)),
+        residual_scale=float(cfg.get("residual_multiplier", 1.0)),
+        logits_divisor=float(cfg.get("logits_scaling", 1.0)),
+    )
+
+
 # Gemma's norms before and after each block: our module name -> the checkpoint's.
 GEMMA_WEIGHTS = WeightMap(
     rename=(

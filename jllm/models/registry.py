@@ -26,6 +26,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GPTNeoXForCausalLM": families.gpt_neox,
     "FalconForCausalLM": families.falcon,
     "MixtralForCausalLM": families.mixtral,
+    "GraniteForCausalLM": families.granite,
     "Qwen2MoeForCausalLM": families.qwen2_moe,
     "Qwen3MoeForCausalLM": families.qwen3_moe,
 }
