@@ -118,6 +118,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    "olmo2": ("Olmo2ForCausalLM", None, {}, [2]),  # at TP 2 the q/k norms span heads on both devices
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
@@ -343,3 +344,13 @@ def test_gemma_config_defaults_read_as_transformers_reads_them():
 
     args = gemma(dict(TINY_CONFIG, hidden_act="gelu"), np.float32)
     assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings
+
+
+def test_olmo2_refuses_replicated_kv_heads_naming_the_sizes():
+    """OLMo 2's k norm spans all KV heads' channels; copies of a KV head would not match the checkpoint's weight."""
+    from jllm.loader import abstract_model
+
+    config = dict(TINY_CONFIG, architectures=["Olmo2ForCausalLM"])
+    abstract_model(config, np.float32, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="tensor_parallel_size=4 would replicate the model's 2 KV heads"):
+        abstract_model(config, np.float32, tensor_parallel_size=4)

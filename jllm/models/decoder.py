@@ -1,6 +1,7 @@
 """The one decoder-only transformer every supported family runs as, driven by a ``ModelArgs`` description.
 
-A family (``jllm.models.families``) is only what differs: norm kind, extra norms (q/k per head, Gemma's sandwich),
+A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head or over all
+heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits scales),
 residual layout (sequential, or GPT-NeoX / Falcon's parallel attention + MLP), MLP kind (gated, plain, or a mixture
 of experts), activation, biases, rotary fraction and scaling, soft-caps, per-layer sliding windows, and the
 checkpoint's tensor names. The maths they share lives here once.
@@ -75,7 +76,9 @@ class ModelArgs:
     layers: tuple[LayerSpec, ...]  # one per layer
     norm: str = "rms"  # one of NORMS
     qk_norm: bool = False  # a norm over head_dim on each query and key head before the rotary (Qwen3, Gemma 3)
-    sandwich_norms: bool = False  # Gemma: norms on the attention and MLP outputs too, before the residual adds
+    qk_norm_all_heads: bool = False  # with qk_norm, over all heads' channels at once instead (OLMo 2)
+    pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
+    sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
@@ -100,6 +103,8 @@ class ModelArgs:
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
 
     def __post_init__(self) -> None:
+        if self.qk_norm_all_heads and not self.qk_norm:
+            raise ValueError("qk_norm_all_heads needs qk_norm: it says how wide the q/k norms are")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
         if self.quant is not None and self.num_experts:
@@ -139,20 +144,23 @@ class Attention(nnx.Module):
         axes = ("embed", KV_HEADS, None, None)
         self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
-        self.q_norm = args.make_norm(hd) if args.qk_norm else None
-        self.k_norm = args.make_norm(hd) if args.qk_norm else None
+        wide = args.qk_norm_all_heads
+        self.q_norm = args.make_norm(args.num_heads * hd if wide else hd) if args.qk_norm else None
+        self.k_norm = args.make_norm(args.num_kv_heads * hd if wide else hd) if args.qk_norm else None
         self.args, self.spec = args, spec
 
     def __call__(
         self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
-        """Attention over ``norm(x)``."""
+        """Attention over ``norm(x)`` (``x`` itself without a norm)."""
         a, g = self.args, self.group
         t = x.shape[0]
         qkv = normed_linear(norm, self.qkv_proj, x)  # [T, kv_heads, group + 2, head_dim]
         q = qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim)
         k, v = qkv[:, :, g], qkv[:, :, g + 1]
-        if self.q_norm is not None:
+        if self.q_norm is not None and a.qk_norm_all_heads:  # [T, heads * head_dim] normed, then heads again
+            q, k = self.q_norm(q.reshape(t, -1)).reshape(q.shape), self.k_norm(k.reshape(t, -1)).reshape(k.shape)
+        elif self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
         out, kv_pages = paged_attention(
@@ -171,13 +179,13 @@ class Attention(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
-    added."""
+    added; without ``pre_norms`` (OLMo 2) only the outputs are."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
-        self.input_layernorm = args.make_norm()
+        self.input_layernorm = args.make_norm() if args.pre_norms else None
         self.self_attn = Attention(args, spec)
-        # the MLP's input norm (Llama's name); none where it shares the attention's
-        self.post_attention_layernorm = None if args.shared_input_norm else args.make_norm()
+        # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
+        self.post_attention_layernorm = None if args.shared_input_norm or not args.pre_norms else args.make_norm()
         self.mlp = args.make_mlp()
         self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
         self.mlp_out_norm = args.make_norm() if args.sandwich_norms else None
@@ -198,7 +206,7 @@ class DecoderLayer(nnx.Module):
     def _mlp(self, x: jax.Array, norm: nnx.Module) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
         of experts reads the normed states."""
-        h = self.mlp(x, norm) if isinstance(self.mlp, MLP) else self.mlp(norm(x))
+        h = self.mlp(x, norm) if isinstance(self.mlp, MLP) else self.mlp(x if norm is None else norm(x))
         return self._scaled(h if self.mlp_out_norm is None else self.mlp_out_norm(h))
 
     def _scaled(self, h: jax.Array) -> jax.Array:

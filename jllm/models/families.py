@@ -115,6 +115,27 @@ def granite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def olmo2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """OLMo 2: norms on the attention's and MLP's outputs only (none on their inputs), and q/k RMSNorms over the whole
+    projection (all heads' channels at once) before the rotary."""
+    base, layers = _uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qk_norm=True,
+        qk_norm_all_heads=True,
+        pre_norms=False,
+        sandwich_norms=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_act=_activation(cfg, "hidden_act", "silu", "OLMo 2"),
+        weights=WeightMap(
+            rename=(("attn_out_norm", "post_attention_layernorm"), ("mlp_out_norm", "post_feedforward_layernorm"))
+        ),
+    )
+
+
 # Gemma's norms before and after each block: our module name -> the checkpoint's.
 GEMMA_WEIGHTS = WeightMap(
     rename=(

@@ -27,6 +27,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "FalconForCausalLM": families.falcon,
     "MixtralForCausalLM": families.mixtral,
     "GraniteForCausalLM": families.granite,
+    "Olmo2ForCausalLM": families.olmo2,
     "Qwen2MoeForCausalLM": families.qwen2_moe,
     "Qwen3MoeForCausalLM": families.qwen3_moe,
 }
