@@ -8,6 +8,7 @@ for Phi-3, Falcon and Mixtral, which replicate their 2 KV heads there) on fake C
 ``LOGITS_RTOL`` of transformers'. Layouts a
 family's other options pick (NeoX's sequential residual, Falcon's one-norm, multi-query and sequential layers) are
 checked on their logits only (``VARIANTS``), and the mixture of experts' grouped matmul against a per-token loop.
+Every checkpoint's norms and biases are random too (transformers initialises them to ones and zeros).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
     "gpt_neox_sequential_no_bias": (
         "GPTNeoXForCausalLM",
         dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False),
@@ -153,7 +155,9 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     dirs = {}
     for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
         config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
-        out = save_tiny_checkpoint(arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_norms=True)
+        out = save_tiny_checkpoint(
+            arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_constants=True
+        )
         for file in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(default_model_dir / file, out / file)
         dirs[name] = out
@@ -177,7 +181,7 @@ def test_logits_match_transformers(family_dirs, name):
 def test_variant_logits_match_transformers(tmp_path, name):
     arch, overrides = VARIANTS[name]
     config = dict(TINY_CONFIG, initializer_range=0.3, **overrides)
-    model_dir = save_tiny_checkpoint(arch, config, tmp_path / name, perturb_norms=True)
+    model_dir = save_tiny_checkpoint(arch, config, tmp_path / name, perturb_constants=True)
     ids = np.random.default_rng(8).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
     expected = hf_logits(model_dir, ids)
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)

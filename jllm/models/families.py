@@ -71,12 +71,21 @@ def _activation(cfg: dict[str, Any], key: str, default: str, family: str) -> str
 
 
 def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:
-    """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder."""
+    """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder. Biases as transformers builds
+    them: Llama's ``attention_bias`` on q, k, v and o, ``mlp_bias`` on the MLP; Qwen2's on q, k, v always; Mistral's
+    none."""
     all_sliding = model_type == "mistral" or cfg.get("use_sliding_window")
     base, layers = _uniform(cfg, dtype, SLIDING if all_sliding else FULL)
-    qkv_bias = model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+    llama_bias = model_type == "llama" and bool(cfg.get("attention_bias", False))
     act = _activation(cfg, "hidden_act", "silu", model_type)
-    return ModelArgs(**base, layers=layers, qkv_bias=qkv_bias, mlp_act=act)
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=model_type == "qwen2" or llama_bias,
+        o_bias=llama_bias,
+        mlp_bias=model_type == "llama" and bool(cfg.get("mlp_bias", False)),
+        mlp_act=act,
+    )
 
 
 def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -90,9 +99,9 @@ def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3 (dense): Llama plus an RMSNorm on each query and key head."""
     base, layers = _uniform(cfg, dtype, FULL)
-    qkv_bias = bool(cfg.get("attention_bias", False))
+    bias = bool(cfg.get("attention_bias", False))
     act = _activation(cfg, "hidden_act", "silu", "Qwen3")
-    return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=qkv_bias, mlp_act=act)
+    return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=bias, o_bias=bias, mlp_act=act)
 
 
 def granite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -159,6 +168,7 @@ def _gemma_base(cfg: dict[str, Any], dtype: Any, key: str, act: str, accepted: t
         mlp_act="gelu_tanh",
         embed_scale=math.sqrt(base["hidden_size"]),
         qkv_bias=bool(cfg.get("attention_bias", False)),
+        o_bias=bool(cfg.get("attention_bias", False)),
     )
 
 
