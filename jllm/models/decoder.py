@@ -210,8 +210,9 @@ class DecoderLayer(nnx.Module):
         return self._scaled(h if self.mlp_out_norm is None else self.mlp_out_norm(h))
 
     def _scaled(self, h: jax.Array) -> jax.Array:
-        """A block's output as the residual adds it: times ``residual_scale`` where the family has one."""
-        return h if self.residual_scale is None else h * jnp.asarray(self.residual_scale, h.dtype)
+        """A block's output as the residual adds it: times ``residual_scale`` where the family has one (in float32,
+        as torch multiplies a tensor by a Python float, the scale not rounded to a bfloat16)."""
+        return h if self.residual_scale is None else (h.astype(jnp.float32) * self.residual_scale).astype(h.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=0)
