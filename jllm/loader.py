@@ -118,8 +118,15 @@ def abstract_model(
         num_kv_heads=args.num_kv_heads,
         vocab_size=args.vocab_size,
         intermediate_size=args.intermediate_size,
+        shared_expert_size=args.shared_expert_size,
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
+    if kv_replicas > 1 and args.qk_norm_all_heads:
+        raise ValueError(
+            f"tensor_parallel_size={tensor_parallel_size} would replicate the model's {args.num_kv_heads} KV heads, "
+            "which its k norm over all KV heads (OLMo 2) does not support; use a tensor_parallel_size that divides "
+            f"num_key_value_heads={args.num_kv_heads}"
+        )
     args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
     return graphdef, state, args, kv_replicas

@@ -65,7 +65,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_divisible(
-    tensor_parallel_size: int, *, num_heads: int, num_kv_heads: int, vocab_size: int, intermediate_size: int
+    tensor_parallel_size: int,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    vocab_size: int,
+    intermediate_size: int,
+    shared_expert_size: int = 0,
 ) -> None:
     """Refuse a TP size the model's shapes do not split over, naming the numbers."""
     tp = tensor_parallel_size
@@ -75,7 +81,10 @@ def check_divisible(
             "heads: it must divide the attention heads and either divide the KV heads or be a multiple of them "
             f"(KV heads are then replicated); the heads allow {valid_sizes(num_heads, num_kv_heads)}"
         )
-    for name, n in (("vocabulary size", vocab_size), ("MLP intermediate size", intermediate_size)):
+    sizes = [("vocabulary size", vocab_size), ("MLP intermediate size", intermediate_size)]
+    if shared_expert_size:
+        sizes.append(("shared expert's intermediate size", shared_expert_size))
+    for name, n in sizes:
         if n % tp:
             raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {name} of {n}")
 

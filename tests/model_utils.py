@@ -40,23 +40,24 @@ def save_tiny_checkpoint(
     out_dir: Path,
     seed: int = 0,
     config_cls_name: str | None = None,
-    perturb_norms: bool = False,
+    perturb_constants: bool = False,
 ) -> Path:
     """Builds a random-weight transformers model and saves it as sharded safetensors with an index.
 
-    ``config_cls_name`` where it is not the model's name with ``Config`` (``Gemma3TextConfig``); ``perturb_norms``
-    adds noise to every norm's parameters, which transformers initialises to a constant (so a ``1 + w`` norm read as
-    ``w`` would otherwise go unnoticed)."""
+    ``config_cls_name`` where it is not the model's name with ``Config`` (``Gemma3TextConfig``);
+    ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases),
+    which transformers initialises to constants (so a ``1 + w`` norm read as ``w``, or a bias not read at all, would
+    otherwise go unnoticed)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     config_cls = getattr(transformers, config_cls_name or model_cls_name.replace("ForCausalLM", "Config"))
     model = getattr(transformers, model_cls_name)(config_cls(**config_kwargs)).eval()
-    if perturb_norms:
+    if perturb_constants:
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "norm" in name:
+            for p in model.parameters():
+                if p.ndim == 1:
                     p.add_(0.3 * torch.randn_like(p))
     model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
     return out_dir

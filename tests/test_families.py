@@ -8,6 +8,7 @@ for Phi-3, Falcon and Mixtral, which replicate their 2 KV heads there) on fake C
 ``LOGITS_RTOL`` of transformers'. Layouts a
 family's other options pick (NeoX's sequential residual, Falcon's one-norm, multi-query and sequential layers) are
 checked on their logits only (``VARIANTS``), and the mixture of experts' grouped matmul against a per-token loop.
+Every checkpoint's norms and biases are random too (transformers initialises them to ones and zeros).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ BASE["pad_token_id"] = 0
 # separate k/v projections tests/test_tensor_parallel.py shows (Llama at 4 and 8): each TP 4 engine here costs ~12 s.
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2]),
+    "gemma": ("GemmaForCausalLM", None, dict(tie_word_embeddings=False), []),
     "gemma2": (
         "Gemma2ForCausalLM",
         None,
@@ -92,9 +94,38 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         [2, 4],  # at 4, devices outnumber the 2 KV heads: replicated KV heads read from the grouped fused tensor
     ),
     "mixtral": ("MixtralForCausalLM", None, dict(num_local_experts=4, sliding_window=WINDOW), [2, 4]),
+    "qwen3_moe": (
+        "Qwen3MoeForCausalLM",
+        None,
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True),
+        [],
+    ),
+    "qwen2_moe": (
+        "Qwen2MoeForCausalLM",
+        None,
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48),
+        [],  # TP 2 matched transformers once by hand (2026-12-04); in the suite it would cost ~10 s
+    ),
+    "granite": (  # Granite 3's multipliers; with biases (o_proj's too) on attention and MLP
+        "GraniteForCausalLM",
+        None,
+        dict(
+            embedding_multiplier=12.0,
+            attention_multiplier=0.1,
+            residual_multiplier=0.22,
+            logits_scaling=8.0,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
+        [],
+    ),
+    # TP 2 (the q/k norms span both devices' heads) matched transformers once by hand (2026-12-04); ~8 s in the suite
+    "olmo2": ("Olmo2ForCausalLM", None, {}, []),
 }
+MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
     "gpt_neox_sequential_no_bias": (
         "GPTNeoXForCausalLM",
         dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False),
@@ -125,7 +156,9 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     dirs = {}
     for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
         config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
-        out = save_tiny_checkpoint(arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_norms=True)
+        out = save_tiny_checkpoint(
+            arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_constants=True
+        )
         for file in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(default_model_dir / file, out / file)
         dirs[name] = out
@@ -149,7 +182,7 @@ def test_logits_match_transformers(family_dirs, name):
 def test_variant_logits_match_transformers(tmp_path, name):
     arch, overrides = VARIANTS[name]
     config = dict(TINY_CONFIG, initializer_range=0.3, **overrides)
-    model_dir = save_tiny_checkpoint(arch, config, tmp_path / name, perturb_norms=True)
+    model_dir = save_tiny_checkpoint(arch, config, tmp_path / name, perturb_constants=True)
     ids = np.random.default_rng(8).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
     expected = hf_logits(model_dir, ids)
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
@@ -157,17 +190,19 @@ def test_variant_logits_match_transformers(tmp_path, name):
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
 
-def test_mixture_of_experts_equals_a_loop_over_tokens():
-    """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time."""
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
+    """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
+    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    moe = SparseMoE(dim, hidden, experts, 2, np.float32)
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize)
     rng = np.random.default_rng(3)
     router = rng.normal(size=(dim, experts)).astype(np.float32)
     gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
     down = rng.normal(size=(experts, hidden, dim)).astype(np.float32) / 4
     moe.gate.kernel.set_value(router)
-    moe.gate_up_proj.kernel.set_value(gate_up)
-    moe.down_proj.kernel.set_value(down)
+    moe.experts.gate_up_proj.kernel.set_value(gate_up)
+    moe.experts.down_proj.kernel.set_value(down)
     x = rng.normal(size=(t, dim)).astype(np.float32)
 
     expected = np.zeros_like(x)
@@ -177,7 +212,7 @@ def test_mixture_of_experts_equals_a_loop_over_tokens():
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         top = np.argsort(-probs)[:2]
         used.update(top.tolist())
-        for e, w in zip(top, probs[top] / probs[top].sum(), strict=True):
+        for e, w in zip(top, probs[top] / probs[top].sum() if renormalize else probs[top], strict=True):
             g, u = x[i] @ gate_up[e, :, 0], x[i] @ gate_up[e, :, 1]
             expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
@@ -237,7 +272,7 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name)
     # each bucket's forward and the greedy sampler, compiled on first use: none of warm-up's other programs
     assert {kind for kind, _, _ in llm.engine.runner.compiled_programs()} == {"forward", "sampler_0_greedy"}
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
-    if name == "mixtral":  # the batch's tokens go to different experts in every layer
+    if name in MIXTURES:  # the batch's tokens go to different experts in every layer
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
 
 
@@ -276,6 +311,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
+        (
+            "Qwen3MoeForCausalLM",
+            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 2},
+            "decoder_sparse_step=2.*not supported.*decoder_sparse_step=1",
+        ),
+        (
+            "Qwen2MoeForCausalLM",
+            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]},
+            r"mlp_only_layers=\[1\] is not supported.*mlp_only_layers=\[\]",
+        ),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):
@@ -295,3 +340,22 @@ def test_pythia_config_names_read_as_transformers_5_writes_them():
     assert old == new
     assert old.layers[0].rope.rotary_dim == 8 and old.layers[0].rope.theta == 500.0
     assert gpt_neox(common, np.float32).layers[0].rope.rotary_dim == 4  # rotary_pct defaults to 0.25
+
+
+def test_gemma_config_defaults_read_as_transformers_reads_them():
+    """Gemma 1's hub configs say ``hidden_act: gelu``, which transformers runs as the tanh approximation; a config
+    without ``tie_word_embeddings`` ties the head (the tests' checkpoints untie it: tied, a random model repeats)."""
+    from jllm.models.families import gemma
+
+    args = gemma(dict(TINY_CONFIG, hidden_act="gelu"), np.float32)
+    assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings
+
+
+def test_olmo2_refuses_replicated_kv_heads_naming_the_sizes():
+    """OLMo 2's k norm spans all KV heads' channels; copies of a KV head would not match the checkpoint's weight."""
+    from jllm.loader import abstract_model
+
+    config = dict(TINY_CONFIG, architectures=["Olmo2ForCausalLM"])
+    abstract_model(config, np.float32, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="tensor_parallel_size=4 would replicate the model's 2 KV heads"):
+        abstract_model(config, np.float32, tensor_parallel_size=4)

@@ -1,6 +1,7 @@
 """The one decoder-only transformer every supported family runs as, driven by a ``ModelArgs`` description.
 
-A family (``jllm.models.families``) is only what differs: norm kind, extra norms (q/k per head, Gemma's sandwich),
+A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head or over all
+heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits scales),
 residual layout (sequential, or GPT-NeoX / Falcon's parallel attention + MLP), MLP kind (gated, plain, or a mixture
 of experts), activation, biases, rotary fraction and scaling, soft-caps, per-layer sliding windows, and the
 checkpoint's tensor names. The maths they share lives here once.
@@ -75,7 +76,9 @@ class ModelArgs:
     layers: tuple[LayerSpec, ...]  # one per layer
     norm: str = "rms"  # one of NORMS
     qk_norm: bool = False  # a norm over head_dim on each query and key head before the rotary (Qwen3, Gemma 3)
-    sandwich_norms: bool = False  # Gemma: norms on the attention and MLP outputs too, before the residual adds
+    qk_norm_all_heads: bool = False  # with qk_norm, over all heads' channels at once instead (OLMo 2)
+    pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
+    sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
@@ -84,17 +87,24 @@ class ModelArgs:
     # attention and MLP both read the layer's input and add to it together (GPT-NeoX, Falcon)
     parallel_residual: bool = False
     shared_input_norm: bool = False  # with parallel_residual, the MLP reads the attention's input norm (Falcon-7B)
-    num_experts: int = 0  # > 0: a routed mixture of experts replaces the MLP (Mixtral)
+    # > 0: a routed mixture of experts replaces the MLP (Mixtral, Qwen2/3-MoE); intermediate_size is each expert's
+    num_experts: int = 0
     experts_per_token: int = 0
-    embed_scale: float | None = None  # Gemma: sqrt(hidden)
+    experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
+    shared_expert_size: int = 0  # > 0: a sigmoid-gated dense SwiGLU beside the experts, this wide (Qwen2-MoE)
+    embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
+    residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
     attn_softcap: float | None = None
+    logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling), before a soft-cap
     final_softcap: float | None = None
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
 
     def __post_init__(self) -> None:
+        if self.qk_norm_all_heads and not self.qk_norm:
+            raise ValueError("qk_norm_all_heads needs qk_norm: it says how wide the q/k norms are")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
         if self.quant is not None and self.num_experts:
@@ -106,7 +116,8 @@ class ModelArgs:
     def make_mlp(self) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts:
-            return SparseMoE(d, hidden, self.num_experts, self.experts_per_token, dt, self.mlp_act)
+            e, k = self.num_experts, self.experts_per_token
+            return SparseMoE(d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size)
         return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
     def make_norm(self, dim: int | None = None) -> nnx.Module:
@@ -133,20 +144,23 @@ class Attention(nnx.Module):
         axes = ("embed", KV_HEADS, None, None)
         self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
-        self.q_norm = args.make_norm(hd) if args.qk_norm else None
-        self.k_norm = args.make_norm(hd) if args.qk_norm else None
+        wide = args.qk_norm_all_heads
+        self.q_norm = args.make_norm(args.num_heads * hd if wide else hd) if args.qk_norm else None
+        self.k_norm = args.make_norm(args.num_kv_heads * hd if wide else hd) if args.qk_norm else None
         self.args, self.spec = args, spec
 
     def __call__(
         self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
-        """Attention over ``norm(x)``."""
+        """Attention over ``norm(x)`` (``x`` itself without a norm)."""
         a, g = self.args, self.group
         t = x.shape[0]
         qkv = normed_linear(norm, self.qkv_proj, x)  # [T, kv_heads, group + 2, head_dim]
         q = qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim)
         k, v = qkv[:, :, g], qkv[:, :, g + 1]
-        if self.q_norm is not None:
+        if self.q_norm is not None and a.qk_norm_all_heads:  # [T, heads * head_dim] normed, then heads again
+            q, k = self.q_norm(q.reshape(t, -1)).reshape(q.shape), self.k_norm(k.reshape(t, -1)).reshape(k.shape)
+        elif self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
         out, kv_pages = paged_attention(
@@ -165,23 +179,24 @@ class Attention(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
-    added."""
+    added; without ``pre_norms`` (OLMo 2) only the outputs are."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
-        self.input_layernorm = args.make_norm()
+        self.input_layernorm = args.make_norm() if args.pre_norms else None
         self.self_attn = Attention(args, spec)
-        # the MLP's input norm (Llama's name); none where it shares the attention's
-        self.post_attention_layernorm = None if args.shared_input_norm else args.make_norm()
+        # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
+        self.post_attention_layernorm = None if args.shared_input_norm or not args.pre_norms else args.make_norm()
         self.mlp = args.make_mlp()
         self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
         self.mlp_out_norm = args.make_norm() if args.sandwich_norms else None
         self.parallel_residual = args.parallel_residual
+        self.residual_scale = args.residual_scale
 
     def __call__(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
         h, kv_pages = self.self_attn(x, self.input_layernorm, positions, kv_pages, meta)
-        h = h if self.attn_out_norm is None else self.attn_out_norm(h)
+        h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
             return x + (self._mlp(x, self.input_layernorm if shared else self.post_attention_layernorm) + h), kv_pages
@@ -191,8 +206,13 @@ class DecoderLayer(nnx.Module):
     def _mlp(self, x: jax.Array, norm: nnx.Module) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
         of experts reads the normed states."""
-        h = self.mlp(x, norm) if isinstance(self.mlp, MLP) else self.mlp(norm(x))
-        return h if self.mlp_out_norm is None else self.mlp_out_norm(h)
+        h = self.mlp(x, norm) if isinstance(self.mlp, MLP) else self.mlp(x if norm is None else norm(x))
+        return self._scaled(h if self.mlp_out_norm is None else self.mlp_out_norm(h))
+
+    def _scaled(self, h: jax.Array) -> jax.Array:
+        """A block's output as the residual adds it: times ``residual_scale`` where the family has one (in float32,
+        as torch multiplies a tensor by a Python float, the scale not rounded to a bfloat16)."""
+        return h if self.residual_scale is None else (h.astype(jnp.float32) * self.residual_scale).astype(h.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -249,12 +269,12 @@ class CausalLM(nnx.Module):
         return states, new_caches
 
     def compute_logits(self, hidden: jax.Array) -> jax.Array:
-        """``[N, hidden] -> [N, vocab]`` float32 logits (soft-capped where the family caps them)."""
+        """``[N, hidden] -> [N, vocab]`` float32 logits (divided and soft-capped where the family says so)."""
         return self.logits_head()(hidden)
 
     def logits_head(self) -> LogitsHead:
         """A view of the parameters logits need (shared, not copied)."""
-        return LogitsHead(self.embed_tokens, self.lm_head, self.args.final_softcap)
+        return LogitsHead(self.embed_tokens, self.lm_head, self.args.logits_divisor, self.args.final_softcap)
 
 
 class LogitsHead(nnx.Module):
@@ -263,14 +283,23 @@ class LogitsHead(nnx.Module):
     lowering the default model's 40 such programs over every leaf (each merging the whole model) cost ~0.9 s more
     of a start-up (CPU, 2026-12-03)."""
 
-    def __init__(self, embed_tokens: Embedding, lm_head: Linear | None, final_softcap: float | None):
+    def __init__(
+        self,
+        embed_tokens: Embedding,
+        lm_head: Linear | None,
+        logits_divisor: float | None = None,
+        final_softcap: float | None = None,
+    ):
         self.embed_tokens = embed_tokens if lm_head is None else None
         self.lm_head = lm_head
+        self.logits_divisor = logits_divisor
         self.final_softcap = final_softcap
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits."""
         logits = self.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         logits = logits.astype(jnp.float32)
+        if self.logits_divisor is not None:
+            logits = logits / self.logits_divisor
         cap = self.final_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)

@@ -71,12 +71,21 @@ def _activation(cfg: dict[str, Any], key: str, default: str, family: str) -> str
 
 
 def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:
-    """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder."""
+    """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder. Biases as transformers builds
+    them: Llama's ``attention_bias`` on q, k, v and o, ``mlp_bias`` on the MLP; Qwen2's on q, k, v always; Mistral's
+    none."""
     all_sliding = model_type == "mistral" or cfg.get("use_sliding_window")
     base, layers = _uniform(cfg, dtype, SLIDING if all_sliding else FULL)
-    qkv_bias = model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+    llama_bias = model_type == "llama" and bool(cfg.get("attention_bias", False))
     act = _activation(cfg, "hidden_act", "silu", model_type)
-    return ModelArgs(**base, layers=layers, qkv_bias=qkv_bias, mlp_act=act)
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=model_type == "qwen2" or llama_bias,
+        o_bias=llama_bias,
+        mlp_bias=model_type == "llama" and bool(cfg.get("mlp_bias", False)),
+        mlp_act=act,
+    )
 
 
 def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -90,9 +99,50 @@ def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3 (dense): Llama plus an RMSNorm on each query and key head."""
     base, layers = _uniform(cfg, dtype, FULL)
-    qkv_bias = bool(cfg.get("attention_bias", False))
+    bias = bool(cfg.get("attention_bias", False))
     act = _activation(cfg, "hidden_act", "silu", "Qwen3")
-    return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=qkv_bias, mlp_act=act)
+    return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=bias, o_bias=bias, mlp_act=act)
+
+
+def granite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Granite (3.x): Llama with four multipliers: ``embedding_multiplier`` on the embeddings,
+    ``attention_multiplier`` as the attention scale (in place of 1/sqrt(head_dim)), ``residual_multiplier`` on each
+    block's output before its residual add, and logits divided by ``logits_scaling``."""
+    base, layers = _uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=_activation(cfg, "hidden_act", "silu", "Granite"),
+        embed_scale=float(cfg.get("embedding_multiplier", 1.0)),
+        sm_scale=float(cfg.get("attention_multiplier", 1.0)),
+        residual_scale=float(cfg.get("residual_multiplier", 1.0)),
+        logits_divisor=float(cfg.get("logits_scaling", 1.0)),
+    )
+
+
+def olmo2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """OLMo 2: norms on the attention's and MLP's outputs only (none on their inputs), and q/k RMSNorms over the whole
+    projection (all heads' channels at once) before the rotary."""
+    base, layers = _uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qk_norm=True,
+        qk_norm_all_heads=True,
+        pre_norms=False,
+        sandwich_norms=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_act=_activation(cfg, "hidden_act", "silu", "OLMo 2"),
+        weights=WeightMap(
+            rename=(("attn_out_norm", "post_attention_layernorm"), ("mlp_out_norm", "post_feedforward_layernorm"))
+        ),
+    )
 
 
 # Gemma's norms before and after each block: our module name -> the checkpoint's.
@@ -105,23 +155,43 @@ GEMMA_WEIGHTS = WeightMap(
 )
 
 
-def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **extra: Any) -> ModelArgs:
+def _gemma_base(cfg: dict[str, Any], dtype: Any, key: str, act: str, accepted: tuple[str, ...]) -> dict[str, Any]:
+    """What every Gemma shares: a tied head by default, the ``1 + w`` RMSNorm, GeGLU (``act``, the config's ``key``,
+    one of the tanh gelu's ``accepted`` names), embeddings times sqrt(hidden)."""
+    if act not in accepted:
+        raise ValueError(f"Gemma {key} {act!r} is not supported (supported: {', '.join(map(repr, accepted))})")
     base = _base(cfg, dtype)
     base["tie_word_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
+    return dict(
+        base,
+        norm="rms_unit_offset",
+        mlp_act="gelu_tanh",
+        embed_scale=math.sqrt(base["hidden_size"]),
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        o_bias=bool(cfg.get("attention_bias", False)),
+    )
+
+
+def gemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 1: Llama's layout with Gemma's ``1 + w`` RMSNorm, GeGLU and scaled embeddings. transformers' Gemma
+    reads ``hidden_act`` (not ``hidden_activation``), a legacy ``"gelu"`` there meaning the tanh approximation."""
+    act = cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    base = _gemma_base(cfg, dtype, "hidden_act", act, ("gelu_pytorch_tanh", "gelu"))
+    layers = (LayerSpec(_rope(cfg, base["head_dim"])),) * base["num_layers"]
+    return ModelArgs(**base, layers=layers)
+
+
+def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **extra: Any) -> ModelArgs:
+    """Gemma 2 and 3's shared description."""
     act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
-    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-        raise ValueError(f"Gemma hidden_activation {act!r} is not supported (supported: 'gelu_pytorch_tanh')")
+    base = _gemma_base(cfg, dtype, "hidden_activation", act, ("gelu_pytorch_tanh", "gelu_tanh"))
     return ModelArgs(
         **base,
         layers=layers,
-        norm="rms_unit_offset",
         sandwich_norms=True,
-        mlp_act="gelu_tanh",
-        embed_scale=math.sqrt(base["hidden_size"]),
         sm_scale=cfg.get("query_pre_attn_scalar", base["head_dim"]) ** -0.5,
         attn_softcap=cfg.get("attn_logit_softcapping"),
         final_softcap=cfg.get("final_logit_softcapping"),
-        qkv_bias=bool(cfg.get("attention_bias", False)),
         weights=GEMMA_WEIGHTS,
         **extra,
     )
@@ -268,7 +338,60 @@ def mixtral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         num_experts=experts,
         experts_per_token=top_k,
         weights=WeightMap(
-            gate_up=("experts.{e}.w1", "experts.{e}.w3"),
-            rename=(("mlp", "block_sparse_moe"), ("down_proj", "experts.{e}.w2")),
+            gate_up=("w1", "w3"), rename=(("mlp", "block_sparse_moe"), ("experts", "experts.{e}"), ("down_proj", "w2"))
         ),
+    )
+
+
+def _qwen_moe(cfg: dict[str, Any], dtype: Any, family: str) -> dict[str, Any]:
+    """Qwen2/3-MoE's mixture: top ``num_experts_per_tok`` of ``num_experts`` SwiGLU experts of width
+    ``moe_intermediate_size`` in every layer, renormalised where ``norm_topk_prob``. Layouts with dense layers
+    between the sparse ones are refused."""
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    top_k = cfg.get("num_experts_per_tok", 0)
+    if not 0 < top_k <= experts:
+        raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and num_experts={experts}")
+    step, dense = cfg.get("decoder_sparse_step", 1), cfg.get("mlp_only_layers") or []
+    if step != 1 or dense:
+        raise ValueError(
+            f"{family} decoder_sparse_step={step}, mlp_only_layers={dense} is not supported (supported: a mixture of "
+            "experts in every layer, decoder_sparse_step=1 and mlp_only_layers=[])"
+        )
+    return dict(
+        intermediate_size=cfg["moe_intermediate_size"],
+        mlp_act=_activation(cfg, "hidden_act", "silu", family),
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=bool(cfg.get("norm_topk_prob", False)),
+    )
+
+
+def qwen3_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3-MoE: Qwen3's attention (q/k norms) with a routed mixture of SwiGLU experts in every layer."""
+    base, layers = _uniform(cfg, dtype, SLIDING if cfg.get("use_sliding_window") else FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, **_qwen_moe(cfg, dtype, "Qwen3-MoE")},
+        layers=layers,
+        qk_norm=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        weights=WeightMap(rename=(("experts", "experts.{e}"),)),
+    )
+
+
+def qwen2_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2's attention (qkv bias) with routed SwiGLU experts and a
+    shared expert every token takes, scaled by a sigmoid gate."""
+    base = _base(cfg, dtype)
+    # transformers' layer kinds without ``layer_types``: sliding on even layers below max_window_layers
+    below = cfg.get("max_window_layers", 28) if cfg.get("use_sliding_window") else 0
+    default = [SLIDING if i % 2 == 0 and i < below else FULL for i in range(base["num_layers"])]
+    layers = tuple(LayerSpec(_rope(cfg, base["head_dim"]), w) for w in _windows(cfg, default))
+    return ModelArgs(
+        **{**base, **_qwen_moe(cfg, dtype, "Qwen2-MoE")},
+        layers=layers,
+        qkv_bias=bool(cfg.get("qkv_bias", True)),
+        shared_expert_size=cfg["shared_expert_intermediate_size"],
+        weights=WeightMap(rename=(("experts", "experts.{e}"),)),
     )

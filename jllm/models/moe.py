@@ -1,5 +1,5 @@
-"""Mixture of experts (Mixtral): a softmax router picks each token's top-k SwiGLU experts, and every expert's tokens
-go through one grouped matmul (``jax.lax.ragged_dot_general``) instead of a loop over experts.
+"""Mixture of experts (Mixtral, Qwen2/3-MoE): a softmax router picks each token's top-k SwiGLU experts, and every
+expert's tokens go through one grouped matmul (``jax.lax.ragged_dot_general``) instead of a loop over experts.
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
 and ``group_sizes`` (tokens per expert) tells the grouped matmul where each expert's rows start. Expert kernels are
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.models.layers import ACTIVATIONS, Linear, param
+from jllm.models.layers import ACTIVATIONS, MLP, Linear, param
 
 # x [rows, in] @ kernel [experts, in, *out] with rows grouped by expert -> [rows, *out]
 GROUPED = jax.lax.RaggedDotDimensionNumbers(
@@ -32,21 +32,48 @@ class ExpertLinear(nnx.Module):
         return jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
 
 
-class SparseMoE(nnx.Module):
-    """transformers' ``MixtralSparseMoeBlock``: router softmax in float32, top-k, the k weights renormalised to sum
-    to one, each token's output the weighted sum of its experts' SwiGLU outputs."""
+class Experts(nnx.Module):
+    """Every expert's SwiGLU, stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
 
-    def __init__(self, dim: int, hidden: int, experts: int, top_k: int, dtype, act: str = "silu"):
-        self.gate = Linear(dim, experts, ("embed", None), dtype)  # the router
+    def __init__(self, experts: int, dim: int, hidden: int, dtype, act: str):
         self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype)
         self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype)
-        self.experts, self.top_k, self.act = experts, top_k, act
+        self.act = act
+
+    def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        """``x [rows, dim]`` sorted by expert, ``group_sizes [experts]`` -> ``[rows, dim]``."""
+        gate_up = self.gate_up_proj(x, group_sizes)  # [rows, 2, hidden]
+        return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1], group_sizes)
+
+
+class SparseMoE(nnx.Module):
+    """transformers' ``MixtralSparseMoeBlock`` / ``Qwen2MoeSparseMoeBlock``: router softmax in float32, top-k, the k
+    weights renormalised to sum to one where ``renormalize`` (Mixtral; Qwen's ``norm_topk_prob``), each token's output
+    the weighted sum of its experts' SwiGLU outputs; with ``shared_hidden`` (Qwen2-MoE) plus a dense SwiGLU every
+    token takes, scaled by a sigmoid gate."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        experts: int,
+        top_k: int,
+        dtype,
+        act: str = "silu",
+        renormalize: bool = True,
+        shared_hidden: int = 0,
+    ):
+        self.gate = Linear(dim, experts, ("embed", None), dtype)  # the router
+        self.experts = Experts(experts, dim, hidden, dtype, act)
+        self.shared_expert = MLP(dim, shared_hidden, dtype, act) if shared_hidden else None
+        self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_hidden else None
+        self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
 
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Each token's ``top_k`` experts ``[T, k]`` int32 and their renormalised float32 weights ``[T, k]``."""
+        """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
         probs = jax.nn.softmax(self.gate(x).astype(jnp.float32), axis=-1)  # [T, experts]
         weights, chosen = jax.lax.top_k(probs, self.top_k)
-        return chosen, weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return chosen, weights / jnp.sum(weights, axis=-1, keepdims=True) if self.renormalize else weights
 
     def __call__(self, x: jax.Array) -> jax.Array:
         t, k = x.shape[0], self.top_k
@@ -54,9 +81,10 @@ class SparseMoE(nnx.Module):
         flat = chosen.reshape(t * k)  # [T * k] expert of each (token, choice)
         order = jnp.argsort(flat, stable=True)  # rows sorted by expert
         token = order // k  # [T * k] the token each sorted row copies
-        group_sizes = jnp.bincount(flat, length=self.experts).astype(jnp.int32)  # [experts]
-        gate_up = self.gate_up_proj(x[token], group_sizes)  # [T * k, 2, hidden]
-        h = ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1]
-        out = self.down_proj(h, group_sizes)  # [T * k, dim]
+        group_sizes = jnp.bincount(flat, length=self.num_experts).astype(jnp.int32)  # [experts]
+        out = self.experts(x[token], group_sizes)  # [T * k, dim]
         out = out * weights.reshape(t * k)[order][:, None].astype(out.dtype)
-        return jnp.zeros_like(x).at[token].add(out)
+        y = jnp.zeros_like(x).at[token].add(out)
+        if self.shared_expert is None:
+            return y
+        return y + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)

@@ -19,12 +19,17 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MistralForCausalLM": families.mistral,
     "Qwen2ForCausalLM": families.qwen2,
     "Qwen3ForCausalLM": families.qwen3,
+    "GemmaForCausalLM": families.gemma,
     "Gemma2ForCausalLM": families.gemma2,
     "Gemma3ForCausalLM": families.gemma3,
     "Phi3ForCausalLM": families.phi3,
     "GPTNeoXForCausalLM": families.gpt_neox,
     "FalconForCausalLM": families.falcon,
     "MixtralForCausalLM": families.mixtral,
+    "GraniteForCausalLM": families.granite,
+    "Olmo2ForCausalLM": families.olmo2,
+    "Qwen2MoeForCausalLM": families.qwen2_moe,
+    "Qwen3MoeForCausalLM": families.qwen3_moe,
 }
 
 
