@@ -11,8 +11,15 @@ them decode; then ``--steps`` engine steps are timed three ways:
 
 Step wall time minus device time is what overlapping the host with the device could win.
 
+``--dump-attention FILE.npz`` also records, once each batch size decodes, one step's decode-attention inputs (block
+tables, KV lengths, query starts, argument shapes, the kernel's keyword arguments and tiling;
+scripts/attention_replay.py) for ``scripts/bench_kernels.py --replay FILE.npz``; with several batch sizes each file's
+name gets ``_b<batch>``.
+
     PYTHONPATH=. python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16
     PYTHONPATH=. python scripts/profile_step.py --smoke                                               # CPU check
+    PYTHONPATH=. python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
+        --batch-sizes 32 --max-num-batched-tokens 32 --dump-attention step32.npz       # then bench_kernels --replay
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
+from attention_replay import describe, record  # noqa: E402
 from bench_common import PartTimer, engine_overrides, write_dummy_model  # noqa: E402
 
 import jllm.runner  # noqa: E402
@@ -170,6 +178,15 @@ def kernel_kinds(
     return {k: {"ms": round(ns / 1e6 / steps, 4), "launches": count[k] / steps} for k, ns in time_ns.most_common(25)}
 
 
+def dump_attention(llm: LLM, path: Path, batch: int, per_batch: bool) -> None:
+    """Records one engine step's decode-attention inputs to ``path`` (``<stem>_b<batch>.npz`` with ``per_batch``)."""
+    path = path.with_name(f"{path.stem}_b{batch}{path.suffix}") if per_batch else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = record(llm)
+    rec.save(path)
+    print("\n".join([f"attention inputs of a batch-{batch} step -> {path}", *describe(rec)]), flush=True)
+
+
 def finish_all(llm: LLM) -> None:
     for rid in list(llm.engine.requests):
         llm.engine.abort_request(rid)
@@ -198,6 +215,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an engine key (repeat), e.g. quantization=fp8")  # fmt: skip
     parser.add_argument("--dump-hlo", type=Path, help="write the optimized HLO of each profiled step program here")
+    parser.add_argument("--dump-attention", type=Path, metavar="FILE.npz",
+                        help="record a decode step's attention inputs here, for bench_kernels.py --replay")  # fmt: skip
     args = parser.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
     if args.compiler_options is not None:
@@ -226,6 +245,8 @@ def main() -> None:
         for batch in batches:
             start_decoding(llm, batch, args.prompt, rng)
             engine_steps(llm, 3)  # warm
+            if args.dump_attention:
+                dump_attention(llm, args.dump_attention, batch, len(batches) > 1)
             row = {"engine_ms": engine_steps(llm, args.steps), **device_only(llm, args.steps)}
             row["host_gap_ms"] = round(row["engine_ms"]["step"] - row["device_ms"], 3)
             row["kernels"] = kernel_profile(llm, args.trace_steps, Path(tmp) / f"trace{batch}")
