@@ -5,10 +5,15 @@ report time and KV bytes read / time next to the device copy bandwidth measured 
 attention TFLOP/s next to a measured bf16 matmul rate. ``--tune`` also times a few kernel tilings on chosen shapes.
 ``--kv-fp8`` times every decode shape again over an FP8 (float8_e4m3fn) copy of the same pool, in the same process.
 Every time is the median of several back-to-back batches of calls (dispatch overlapped, as in a serving loop).
+``--replay FILE.npz`` times instead one decode step an engine ran (recorded by ``profile_step.py --dump-attention``,
+scripts/attention_replay.py): as recorded, changed one thing at a time toward the synthetic step, and the synthetic
+step of its batch and mean context, each a decode-table row; then the kernel's output against the reference.
 
     python scripts/bench_kernels.py --tune          # logs bench_kernels.{txt,json} to $OUT when set
     python scripts/bench_kernels.py --batches 64 --contexts 8192 --kv-fp8 --no-reference --no-stock
+    python scripts/bench_kernels.py --replay step_b32.npz     # a step profile_step.py --dump-attention recorded
     python scripts/bench_kernels.py --smoke         # CPU dry run of the script: tiny shapes, interpret mode
+    python scripts/bench_kernels.py --smoke --replay step.npz  # the replay on the CPU (interpret mode, no in-step)
 """
 
 from __future__ import annotations
@@ -515,7 +520,7 @@ def bench_replay(args: argparse.Namespace, copy_bw: float, say: Callable[[str], 
     num_pools = max(1, min(IN_STEP_LAYERS, rec.info["num_layers"], int(args.replay_pool_gb * 1e9 // pool_bytes)))
     pools = [replay_pool(kv_shape, kv_dtype, seed) for seed in range(num_pools)]
     say(f"  in-step calls cycle over {num_pools} pools of {pool_bytes / 1e9:.3f} GB each (the engine: one per layer)")
-    q = jax.random.normal(jax.random.key(1), (tokens, q_heads, head_dim), q_dtype)  # [T, Hq, D]
+    q = jax.random.normal(jax.random.key(1), (tokens, q_heads, head_dim), jnp.dtype(q_dtype))  # [T, Hq, D]
     say(decode_header())
     rows, check = [], None
     for v in variants(rec, np.random.default_rng(0)):
@@ -526,12 +531,15 @@ def bench_replay(args: argparse.Namespace, copy_bw: float, say: Callable[[str], 
         say(f"{decode_line(rows[-1], copy_bw)}  {v.name}")
         if check is None:  # the recorded step: the kernel's output against the reference on the same inputs
             check = replay_check(step, kw, args.smoke)
+            if rows[0]["config"] != rec.info["kernel_config"]:
+                say(f"  warning: replayed tiling {rows[0]['config']}, recorded {rec.info['kernel_config']}")
     batch, context = rows[0]["batch"], rows[0]["context"]
-    pool = Pool((rec.num_pages - 1) * rec.page_size, rec.page_size, is_fp8(kv_dtype), heads=(q_heads, kv_shape[1],
-                head_dim), dtype=q_dtype)  # fmt: skip
+    pool = Pool((rec.num_pages - 1) * rec.page_size, rec.page_size, is_fp8(jnp.dtype(kv_dtype)),
+                heads=(q_heads, kv_shape[1], head_dim), dtype=jnp.dtype(q_dtype))  # fmt: skip
     step = pool.step([1] * batch, [context] * batch)
-    step = (step[0], pool.kv_fp8, *step[2:]) if is_fp8(kv_dtype) else step
-    calls = in_step_fn(pool, [1] * batch, [context] * batch, fp8=is_fp8(kv_dtype))
+    fp8 = is_fp8(jnp.dtype(kv_dtype))
+    step = (step[0], pool.kv_fp8, *step[2:]) if fp8 else step
+    calls = in_step_fn(pool, [1] * batch, [context] * batch, fp8=fp8)
     name = "synthetic: bench_kernels' own step (equal lengths, one pool, fresh random pages per call)"
     rows.append(replay_row(name, step, np.asarray(step[2]), calls, {}, args))
     say(f"{decode_line(rows[-1], copy_bw)}  {name}")

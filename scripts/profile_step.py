@@ -11,8 +11,8 @@ them decode; then ``--steps`` engine steps are timed three ways:
 
 Step wall time minus device time is what overlapping the host with the device could win.
 
-``--dump-attention FILE.npz`` also records, once each batch size decodes, one step's decode-attention inputs (block
-tables, KV lengths, query starts, argument shapes, the kernel's keyword arguments and tiling;
+``--dump-attention FILE.npz`` also records, after each batch size's profile, one more step's decode-attention
+inputs (block tables, KV lengths, query starts, argument shapes, the kernel's keyword arguments and tiling;
 scripts/attention_replay.py) for ``scripts/bench_kernels.py --replay FILE.npz``; with several batch sizes each file's
 name gets ``_b<batch>``.
 
@@ -245,8 +245,6 @@ def main() -> None:
         for batch in batches:
             start_decoding(llm, batch, args.prompt, rng)
             engine_steps(llm, 3)  # warm
-            if args.dump_attention:
-                dump_attention(llm, args.dump_attention, batch, len(batches) > 1)
             row = {"engine_ms": engine_steps(llm, args.steps), **device_only(llm, args.steps)}
             row["host_gap_ms"] = round(row["engine_ms"]["step"] - row["device_ms"], 3)
             row["kernels"] = kernel_profile(llm, args.trace_steps, Path(tmp) / f"trace{batch}")
@@ -257,6 +255,8 @@ def main() -> None:
                     if tokens == batch:
                         (args.dump_hlo / f"{name}_t{tokens}.hlo.txt").write_text(exe.as_text())
             report["batches"][batch] = row
+            if args.dump_attention:  # after the timings (it clears JAX's trace caches), at the traced steps' contexts
+                dump_attention(llm, args.dump_attention, batch, len(batches) > 1)
             finish_all(llm)
             print(json.dumps({batch: row}, indent=1), flush=True)
 
