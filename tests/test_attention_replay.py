@@ -112,3 +112,12 @@ def test_replay_times_every_variant_and_matches_the_reference(
         assert row["batch"] == BATCH and row["kernel_s"] > 0
     text = (tmp_path / "out" / "bench_kernels.txt").read_text()
     assert "as recorded" in text and "kernel vs reference on the recorded step" in text
+
+
+def test_every_variant_gives_each_sequence_distinct_real_pages(recorded: tuple[Any, Any, int]) -> None:
+    rec = recorded[0]
+    for v in attention_replay.variants(rec, np.random.default_rng(0)):
+        used = -(-v.kv_lens // PAGE_SIZE)
+        pages = np.concatenate([row[:n] for row, n in zip(v.block_tables, used, strict=True)])
+        assert (pages > 0).all() and len(set(pages.tolist())) == len(pages), v.name
+        assert (pages < rec.num_pages).all() and v.query_start_loc[-1] <= v.num_tokens, v.name
