@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def record(llm: Any) -> RecordedStep:
     calls = traced_calls(runner, step)
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
         "model": str(llm.config.model.model),

@@ -19,7 +19,7 @@ name gets ``_b<batch>``.
     PYTHONPATH=. python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16
     PYTHONPATH=. python scripts/profile_step.py --smoke                                               # CPU check
     PYTHONPATH=. python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
-        --batch-sizes 32 --max-num-batched-tokens 32 --dump-attention step32.npz       # then bench_kernels --replay
+        --batch-sizes 1,32 --max-num-batched-tokens 32 --steps 100 --dump-attention step.npz  # step_b{1,32}.npz
 """
 
 from __future__ import annotations
