@@ -5,10 +5,15 @@ report time and KV bytes read / time next to the device copy bandwidth measured 
 attention TFLOP/s next to a measured bf16 matmul rate. ``--tune`` also times a few kernel tilings on chosen shapes.
 ``--kv-fp8`` times every decode shape again over an FP8 (float8_e4m3fn) copy of the same pool, in the same process.
 Every time is the median of several back-to-back batches of calls (dispatch overlapped, as in a serving loop).
+``--replay FILE.npz`` times instead one decode step an engine ran (recorded by ``profile_step.py --dump-attention``,
+scripts/attention_replay.py): as recorded, changed one thing at a time toward the synthetic step, and the synthetic
+step of its batch and mean context, each a decode-table row; then the kernel's output against the reference.
 
     python scripts/bench_kernels.py --tune          # logs bench_kernels.{txt,json} to $OUT when set
     python scripts/bench_kernels.py --batches 64 --contexts 8192 --kv-fp8 --no-reference --no-stock
+    python scripts/bench_kernels.py --replay step_b32.npz     # a step profile_step.py --dump-attention recorded
     python scripts/bench_kernels.py --smoke         # CPU dry run of the script: tiny shapes, interpret mode
+    python scripts/bench_kernels.py --smoke --replay step.npz  # the replay on the CPU (interpret mode, no in-step)
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import statistics
 import time
@@ -28,10 +34,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from attention_replay import RecordedStep, describe, variants
 from bench_common import describe_ceilings, device_ceilings, random_block_tables
 
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
-from pallas_kernels.kv_quant import FP8_DTYPE, quantize
+from pallas_kernels.kv_quant import FP8_DTYPE, is_fp8, quantize
 from pallas_kernels.triton_prefill import PrefillConfig, prefill_attention
 
 NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM = 32, 8, 128
@@ -66,19 +73,38 @@ def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> f
     return statistics.median(samples)
 
 
-class Pool:
-    """One bf16 KV pool, allocated once, whose pages every shape draws from (at random, or in order with
-    ``scattered=False``); with ``fp8`` also its float8_e4m3fn copy (scale 1: the random values sit well inside
-    e4m3's range)."""
+def random_pool(
+    num_pages: int,
+    page_size: int,
+    num_kv_heads: int = NUM_KV_HEADS,
+    head_dim: int = HEAD_DIM,
+    dtype=DTYPE,
+    seed: int = 0,
+) -> jax.Array:  # [2, Hkv, P, page_size, D]
+    """1024 random pages tiled over the pool (a full-size jax.random draw can pass 2**32 elements)."""
+    tile = jax.random.normal(jax.random.key(seed), (2, num_kv_heads, 1024, page_size, head_dim), dtype)
+    reps = -(-num_pages // 1024)
+    return jax.jit(lambda t: jnp.tile(t, (1, 1, reps, 1, 1))[:, :, :num_pages])(tile)
 
-    def __init__(self, num_tokens: int, page_size: int, fp8: bool = False, scattered: bool = True) -> None:
+
+class Pool:
+    """One KV pool (bf16 unless ``dtype``), allocated once, whose pages every shape draws from (at random, or in
+    order with ``scattered=False``); with ``fp8`` also its float8_e4m3fn copy (scale 1: the random values sit well
+    inside e4m3's range). Llama-3-8B's heads unless given (``--replay`` gives a recorded model's)."""
+
+    def __init__(
+        self,
+        num_tokens: int,
+        page_size: int,
+        fp8: bool = False,
+        scattered: bool = True,
+        heads: tuple[int, int, int] = (NUM_Q_HEADS, NUM_KV_HEADS, HEAD_DIM),  # (query heads, KV heads, head_dim)
+        dtype=DTYPE,
+    ) -> None:
         self.page_size = page_size
         self.num_pages = 1 + -(-num_tokens // page_size)
-        # 1024 random pages tiled over the pool: a full-size jax.random draw can pass 2**32 elements.
-        tile = jax.random.normal(jax.random.key(0), (2, NUM_KV_HEADS, 1024, page_size, HEAD_DIM), DTYPE)
-        reps = -(-self.num_pages // 1024)
-        fill = jax.jit(lambda t: jnp.tile(t, (1, 1, reps, 1, 1))[:, :, : self.num_pages])
-        self.kv = fill(tile)  # [2, Hkv, P, page_size, D]
+        self.heads = heads
+        self.kv = random_pool(self.num_pages, page_size, heads[1], heads[2], dtype)  # [2, Hkv, P, page_size, D]
         self.kv_fp8 = jax.jit(lambda kv: quantize(kv, FP8_DTYPE))(self.kv) if fp8 else None  # same shape, 1 byte
         self.rng = np.random.default_rng(0)
         self.scattered = scattered
@@ -92,15 +118,17 @@ class Pool:
             used = tables > 0
             tables[used] = 1 + (tables[used] - 1 + self.next_page) % (self.num_pages - 1)
             self.next_page += int(used.sum())
-        q = jax.random.normal(jax.random.key(1), (sum(q_lens), NUM_Q_HEADS, HEAD_DIM), DTYPE)
+        q = jax.random.normal(jax.random.key(1), (sum(q_lens), self.heads[0], self.heads[2]), self.kv.dtype)
         qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
         return q, self.kv, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(tables), jnp.asarray(qsl)
 
 
 def kernel_fn(
-    step: tuple[jax.Array, ...], config: KernelConfig | None = None, interpret: bool = False
+    step: tuple[jax.Array, ...], config: KernelConfig | None = None, interpret: bool = False, **kw: Any
 ) -> Callable[[], jax.Array]:
-    f = jax.jit(lambda *a: ragged_paged_attention(*a, sm_scale=HEAD_DIM**-0.5, config=config, interpret=interpret))
+    """One kernel call; ``kw``: the kernel's other keyword arguments (``sm_scale`` defaults to head_dim ** -0.5)."""
+    kw = {"sm_scale": step[0].shape[-1] ** -0.5} | kw
+    f = jax.jit(lambda *a: ragged_paged_attention(*a, config=config, interpret=interpret, **kw))
     return lambda: f(*step)
 
 
@@ -121,14 +149,28 @@ def in_step_fn(
     kv = pool.kv_fp8 if fp8 else kv
     tables = [s[3] for s in steps]
     kernel = prefill_attention if triton or isinstance(config, PrefillConfig) else ragged_paged_attention
+    return chain_fn(kernel, q, [kv], lens, tables, qsl, sm_scale=q.shape[-1] ** -0.5, config=config)
+
+
+def chain_fn(
+    kernel: Callable[..., jax.Array],
+    q: jax.Array,  # [T, Hq, D]
+    pools: list[jax.Array],  # each [2, Hkv, P, page_size, D]
+    lens: jax.Array,  # i32[S]
+    tables: list[jax.Array],  # each i32[S, W]
+    qsl: jax.Array,  # i32[S + 1]
+    **kw: Any,
+) -> Callable[[], jax.Array]:
+    """``len(tables)`` kernel calls in one jitted function, call i over ``tables[i]`` and ``pools[i % len(pools)]``,
+    each fed the previous call's output: one launch stream, no host in between."""
 
     @jax.jit
-    def run(q: jax.Array, kv: jax.Array, lens: jax.Array, tables: list[jax.Array], qsl: jax.Array) -> jax.Array:
-        for t in tables:
-            q = kernel(q, kv, lens, t, qsl, sm_scale=HEAD_DIM**-0.5, config=config)
+    def run(q: jax.Array, pools: list[jax.Array], lens: jax.Array, tables: list[jax.Array], qsl: jax.Array):
+        for i, t in enumerate(tables):
+            q = kernel(q, pools[i % len(pools)], lens, t, qsl, **kw)
         return q
 
-    return lambda: run(q, kv, lens, tables, qsl)
+    return lambda: run(q, pools, lens, tables, qsl)
 
 
 def triton_fn(step: tuple[jax.Array, ...], config: PrefillConfig | None = None) -> Callable[[], jax.Array]:
@@ -164,9 +206,11 @@ def stock_fn(
 
 
 def config_of(step: tuple[jax.Array, ...]) -> KernelConfig:
+    """The tiling the kernel picks for a step's shapes when given none."""
     q, kv, _, tables, qsl = step
+    tokens, q_heads, head_dim = q.shape
     return default_config(
-        q.shape[0], len(qsl) - 1, NUM_Q_HEADS, NUM_KV_HEADS, kv.shape[3], tables.shape[1], HEAD_DIM, 2
+        tokens, len(qsl) - 1, q_heads, kv.shape[1], kv.shape[3], tables.shape[1], head_dim, q.dtype.itemsize
     )
 
 
@@ -253,6 +297,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
     parser.add_argument("--kv-fp8", action="store_true", help="also time each decode shape over an FP8 pool")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        metavar="FILE.npz",
+        help="only time the decode step profile_step.py --dump-attention recorded: as recorded, changed one thing "
+        "at a time toward the synthetic step, and the synthetic step of its batch and mean context",
+    )
+    parser.add_argument(
+        "--replay-pool-gb",
+        type=float,
+        default=40.0,
+        help="--replay: at most this many GB of recorded-size pools for the in-step calls to cycle over (the "
+        "engine has one per layer; one shared pool would serve repeated pages from L2)",
+    )
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     return parser.parse_args()
 
@@ -447,6 +505,95 @@ def tiling_label(cfg: KernelConfig | PrefillConfig) -> str:
     return f"pallas q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages} s{cfg.num_splits}"
 
 
+def bench_replay(args: argparse.Namespace, copy_bw: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """--replay: the recorded kernel call (scripts/attention_replay.py) as recorded, then each variant, then the
+    synthetic step of the same batch and mean context; one decode-table row each, the variant named after it."""
+    rec = RecordedStep.load(args.replay)
+    for line in describe(rec):
+        say(line)
+    (tokens, q_heads, head_dim), q_dtype = rec.call["q"]
+    kv_shape, kv_dtype = rec.call["kv_pages"]
+    kw = {k: v for k, v in rec.call["kwargs"].items() if k in ("sm_scale", "soft_cap", "sliding_window")}
+    if len(rec.info["calls"]) > 1:
+        say(f"  the layers call the kernel {len(rec.info['calls'])} ways (sliding windows?); replayed as the first")
+    pool_bytes = math.prod(kv_shape) * jnp.dtype(kv_dtype).itemsize
+    num_pools = max(1, min(IN_STEP_LAYERS, rec.info["num_layers"], int(args.replay_pool_gb * 1e9 // pool_bytes)))
+    pools = [replay_pool(kv_shape, kv_dtype, seed) for seed in range(num_pools)]
+    say(f"  in-step calls cycle over {num_pools} pools of {pool_bytes / 1e9:.3f} GB each (the engine: one per layer)")
+    q = jax.random.normal(jax.random.key(1), (tokens, q_heads, head_dim), jnp.dtype(q_dtype))  # [T, Hq, D]
+    say(decode_header())
+    rows, check = [], None
+    for v in variants(rec, np.random.default_rng(0)):
+        step = (q[: v.num_tokens], pools[0], *map(jnp.asarray, (v.kv_lens, v.block_tables, v.query_start_loc)))
+        calls = chain_fn(ragged_paged_attention, step[0], pools[:1] if v.one_pool else pools, step[2],
+                         [step[3]] * IN_STEP_LAYERS, step[4], **kw)  # fmt: skip
+        rows.append(replay_row(v.name, step, v.kv_lens, calls, kw, args))
+        say(f"{decode_line(rows[-1], copy_bw)}  {v.name}")
+        if check is None:  # the recorded step: the kernel's output against the reference on the same inputs
+            check = replay_check(step, kw, args.smoke)
+            if rows[0]["config"] != rec.info["kernel_config"]:
+                say(f"  warning: replayed tiling {rows[0]['config']}, recorded {rec.info['kernel_config']}")
+    batch, context = rows[0]["batch"], rows[0]["context"]
+    pool = Pool((rec.num_pages - 1) * rec.page_size, rec.page_size, is_fp8(jnp.dtype(kv_dtype)),
+                heads=(q_heads, kv_shape[1], head_dim), dtype=jnp.dtype(q_dtype))  # fmt: skip
+    step = pool.step([1] * batch, [context] * batch)
+    fp8 = is_fp8(jnp.dtype(kv_dtype))
+    step = (step[0], pool.kv_fp8, *step[2:]) if fp8 else step
+    calls = in_step_fn(pool, [1] * batch, [context] * batch, fp8=fp8)
+    name = "synthetic: bench_kernels' own step (equal lengths, one pool, fresh random pages per call)"
+    rows.append(replay_row(name, step, np.asarray(step[2]), calls, {}, args))
+    say(f"{decode_line(rows[-1], copy_bw)}  {name}")
+    say(f"kernel vs reference on the recorded step: max error {check['error']:.2e} of max |ref| "
+        f"(tolerance {check['tolerance']:.0e}): {'ok' if check['ok'] else 'MISMATCH'}")  # fmt: skip
+    return {"info": rec.info, "pools": num_pools, "rows": rows, "check": check}
+
+
+def replay_pool(shape: list[int], dtype: str, seed: int) -> jax.Array:
+    """A random pool of a recorded per-layer shape and dtype (FP8: quantized from bf16, scale 1)."""
+    _, kv_heads, num_pages, page_size, head_dim = shape
+    fp8 = is_fp8(jnp.dtype(dtype))
+    kv = random_pool(num_pages, page_size, kv_heads, head_dim, DTYPE if fp8 else jnp.dtype(dtype), seed)
+    return jax.jit(lambda kv: quantize(kv, FP8_DTYPE))(kv) if fp8 else kv
+
+
+def replay_row(
+    name: str,
+    step: tuple[jax.Array, ...],
+    kv_lens: np.ndarray,
+    in_step: Callable[[], jax.Array],
+    kw: dict[str, Any],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """A decode-table row (time_decode's keys) for one replayed step: one call alone, and in-step as the decode
+    table times it (--smoke: the call alone, interpreted)."""
+    q, kv = step[:2]
+    real = kv_lens[kv_lens > 0]
+    row: dict[str, Any] = {"variant": name, "batch": len(real), "context": round(float(real.mean()))}
+    row["kv_bytes"] = int(real.sum()) * 2 * kv.shape[1] * kv.shape[4] * kv.dtype.itemsize
+    row["config"] = dataclasses.asdict(config_of(step))
+    row["kernel_s"] = timeit(kernel_fn(step, interpret=args.smoke, **kw))
+    row["in_step_s"] = None if args.smoke else timeit(in_step) / IN_STEP_LAYERS
+    return row | {"stock_s": None, "reference_s": None}
+
+
+def replay_check(step: tuple[jax.Array, ...], kw: dict[str, Any], interpret: bool) -> dict[str, Any]:
+    """The kernel's output on a step against the float32 reference, with tests/test_kernels.py's tolerance."""
+    q, kv, *rest = step
+    out = np.asarray(kernel_fn(step, interpret=interpret, **kw)().astype(jnp.float32))
+    ref = np.asarray(ref_ragged_paged_attention(q.astype(jnp.float32), kv.astype(jnp.float32), *rest, **kw))
+    error = float(np.abs(out - ref).max() / np.abs(ref).max())
+    tolerance = 1e-2 if q.dtype == jnp.bfloat16 else 1e-5
+    return {"error": error, "tolerance": tolerance, "ok": bool(np.isfinite(out).all() and error <= tolerance)}
+
+
+def decode_header() -> str:
+    return (
+        f"{'batch':>5} {'ctx':>5} | {'kernel us':>9} {'TB/s':>5} {'%copy':>5} | {'in-step':>8} {'%copy':>5} | "
+        f"{'stock us':>8} {'TB/s':>5} | "
+        f"{'ref us':>8} {'TB/s':>5} | {'x stock':>7} config"
+    )
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
@@ -465,12 +612,14 @@ def main() -> None:
     ceilings = device_ceilings("bfloat16", small=args.smoke)
     copy_bw, mm = ceilings["copy_gbps_dev0"] * 1e9, ceilings["matmul_tflops_dev0"] * 1e12
     say(describe_ceilings(ceilings) + "; every % below is of these measured ceilings")
+    if args.replay:
+        replay = bench_replay(args, copy_bw, say)
+        if args.out:
+            result = {"header": lines[0], "ceilings": ceilings, "replay": replay}
+            (args.out / "bench_kernels.json").write_text(json.dumps(result, indent=1))
+        return
     say(f"decode: Hq={NUM_Q_HEADS} Hkv={NUM_KV_HEADS} D={HEAD_DIM} bf16 page_size={args.page_size}")
-    say(
-        f"{'batch':>5} {'ctx':>5} | {'kernel us':>9} {'TB/s':>5} {'%copy':>5} | {'in-step':>8} {'%copy':>5} | "
-        f"{'stock us':>8} {'TB/s':>5} | "
-        f"{'ref us':>8} {'TB/s':>5} | {'x stock':>7} config"
-    )
+    say(decode_header())
     tokens = max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks)
     tokens = max(tokens, int(args.pool_gb * 1e9) // (2 * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(DTYPE).itemsize))
     pool = Pool(tokens, args.page_size, args.kv_fp8, scattered=args.page_order == "random")

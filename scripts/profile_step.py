@@ -11,8 +11,15 @@ them decode; then ``--steps`` engine steps are timed three ways:
 
 Step wall time minus device time is what overlapping the host with the device could win.
 
+``--dump-attention FILE.npz`` also records, after each batch size's profile, one more step's decode-attention
+inputs (block tables, KV lengths, query starts, argument shapes, the kernel's keyword arguments and tiling;
+scripts/attention_replay.py) for ``scripts/bench_kernels.py --replay FILE.npz``; with several batch sizes each file's
+name gets ``_b<batch>``.
+
     PYTHONPATH=. python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16
     PYTHONPATH=. python scripts/profile_step.py --smoke                                               # CPU check
+    PYTHONPATH=. python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
+        --batch-sizes 1,32 --max-num-batched-tokens 32 --steps 100 --dump-attention step.npz  # step_b{1,32}.npz
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
+from attention_replay import describe, record  # noqa: E402
 from bench_common import PartTimer, engine_overrides, write_dummy_model  # noqa: E402
 
 import jllm.runner  # noqa: E402
@@ -170,6 +178,15 @@ def kernel_kinds(
     return {k: {"ms": round(ns / 1e6 / steps, 4), "launches": count[k] / steps} for k, ns in time_ns.most_common(25)}
 
 
+def dump_attention(llm: LLM, path: Path, batch: int, per_batch: bool) -> None:
+    """Records one engine step's decode-attention inputs to ``path`` (``<stem>_b<batch>.npz`` with ``per_batch``)."""
+    path = path.with_name(f"{path.stem}_b{batch}{path.suffix}") if per_batch else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = record(llm)
+    rec.save(path)
+    print("\n".join([f"attention inputs of a batch-{batch} step -> {path}", *describe(rec)]), flush=True)
+
+
 def finish_all(llm: LLM) -> None:
     for rid in list(llm.engine.requests):
         llm.engine.abort_request(rid)
@@ -198,6 +215,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an engine key (repeat), e.g. quantization=fp8")  # fmt: skip
     parser.add_argument("--dump-hlo", type=Path, help="write the optimized HLO of each profiled step program here")
+    parser.add_argument("--dump-attention", type=Path, metavar="FILE.npz",
+                        help="record a decode step's attention inputs here, for bench_kernels.py --replay")  # fmt: skip
     args = parser.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
     if args.compiler_options is not None:
@@ -236,6 +255,8 @@ def main() -> None:
                     if tokens == batch:
                         (args.dump_hlo / f"{name}_t{tokens}.hlo.txt").write_text(exe.as_text())
             report["batches"][batch] = row
+            if args.dump_attention:  # after the timings (it clears JAX's trace caches), at the traced steps' contexts
+                dump_attention(llm, args.dump_attention, batch, len(batches) > 1)
             finish_all(llm)
             print(json.dumps({batch: row}, indent=1), flush=True)
 
