@@ -197,18 +197,20 @@ class ModelRunner:
         """
         report = WarmupReport(threads=min(MAX_COMPILE_THREADS, os.cpu_count() or 1))
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]] = {}
-        loading: dict[ProgramKey, tuple[DeviceStep, Any, str]] = {}  # what a cached program is traced on, if it fails
+        # what a cached program is traced on if it fails to load: (step, outputs, cache key, name)
+        loading: dict[ProgramKey, tuple[DeviceStep, Any, str, str]] = {}
         runs = []
         with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
             for bucket in self.buckets:
                 steps = [self.put(plan) for plan in self.warmup_plans(bucket)]
-                self._submit_compiles(steps, pending, loading, pool, report)
+                self._submit_compiles(bucket, steps, pending, loading, pool, report)
                 runs.append(steps)
             for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
                 compiled = future.result()
                 if compiled is None:  # a cached entry that did not load (logged): compiled as before
-                    step, outputs, cache_key = loading[key]
-                    compiled = self._compile(self._lower(key, step, outputs, report)[1], key[0], cache_key, report)
+                    step, outputs, cache_key, name = loading[key]
+                    lowered = self._lower(key, step, outputs, report)[1]
+                    compiled = self._compile(lowered, key[0], cache_key, report, name)
                 self._programs[key] = compiled
         if run is None:
             run = self.mesh.devices.flat[0].platform != "cpu"
@@ -224,27 +226,30 @@ class ModelRunner:
 
     def _submit_compiles(
         self,
+        bucket: StepBucket,
         steps: list[DeviceStep],
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]],
-        loading: dict[ProgramKey, tuple[DeviceStep, Any, str]],
+        loading: dict[ProgramKey, tuple[DeviceStep, Any, str, str]],
         pool: ThreadPoolExecutor,
         report: WarmupReport,
     ) -> None:
-        """Queues, for each program of ``steps`` not yet ``pending``, the load of its executable-cache entry, or else
-        its compile after tracing and lowering it here."""
+        """Queues, for each program of ``bucket``'s ``steps`` not yet ``pending``, the load of its executable-cache
+        entry, or else its compile after tracing and lowering it here."""
         outputs = None
         for step in steps:
             for key in self._program_keys(step):
                 if key in pending:
                     continue
+                kind, variant, _ = key
+                name = "_".join(map(str, (kind, *(variant or ())))) + f" {bucket.num_tokens}x{bucket.num_seqs}"
                 cache_key, entry = self._cached(key, step, outputs)
                 if entry is not None:
-                    pending[key] = pool.submit(self._load, entry, key[0], report)
-                    loading[key] = (step, outputs, cache_key)
+                    pending[key] = pool.submit(self._load, entry, kind, report)
+                    loading[key] = (step, outputs, cache_key, name)
                     avals = entry.out_avals
                 else:
                     traced, lowered = self._lower(key, step, outputs, report)
-                    pending[key] = pool.submit(self._compile, lowered, key[0], cache_key, report)
+                    pending[key] = pool.submit(self._compile, lowered, kind, cache_key, report, name)
                     avals = tuple((o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info))
                 if key[0] == "forward":  # the others are traced on its outputs' (hidden, rows) shapes
                     replicated = parallel.replicated(self.mesh)
@@ -275,12 +280,13 @@ class ModelRunner:
         return traced, lowered
 
     def _compile(
-        self, lowered: jax.stages.Lowered, kind: str, cache_key: str | None, report: WarmupReport
+        self, lowered: jax.stages.Lowered, kind: str, cache_key: str | None, report: WarmupReport, name: str
     ) -> jax.stages.Compiled:
-        """On a worker thread: XLA's compile, timed into ``report``, then stored under ``cache_key`` (if any)."""
+        """On a worker thread: XLA's compile, timed into ``report`` (as ``name``: kind, variant, bucket), then stored
+        under ``cache_key`` (if any)."""
         with timed() as elapsed:
             compiled = lowered.compile(COMPILER_OPTIONS)
-        report.add_compile(kind, elapsed.seconds)
+        report.add_compile(kind, elapsed.seconds, name)
         if cache_key is not None:
             self.executable_cache.store(cache_key, compiled)
         return compiled

@@ -74,6 +74,7 @@ class WarmupReport:
     cache_hits: int = 0
     threads: int = 1
     run_s: float = 0.0  # running each program once after compiling (off a CPU)
+    compiles: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (seconds, program) per compile
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -85,10 +86,15 @@ class WarmupReport:
         """Programs loaded from the executable cache (neither traced nor compiled)."""
         return sum(k.loaded for k in self.kinds.values())
 
-    def add_compile(self, kind: str, seconds: float) -> None:
-        """From a compiling worker thread."""
+    def add_compile(self, kind: str, seconds: float, program: str) -> None:
+        """From a compiling worker thread: ``program`` (its name) of ``kind`` compiled in ``seconds``."""
         with self._lock:
             self.kinds[kind].compile_s += seconds
+            self.compiles.append((seconds, program))
+
+    def slowest_compiles(self, count: int) -> list[tuple[float, str]]:
+        """The ``count`` longest compiles, longest first: where a cold start's compile time goes."""
+        return sorted(self.compiles, reverse=True)[:count]
 
     def add_load(self, kind: str, seconds: float) -> None:
         """From a loading worker thread: one program of ``kind`` loaded from the executable cache."""

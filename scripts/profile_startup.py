@@ -2,8 +2,9 @@
 (a temporary directory), the rest on the same directory again. Per run: the time to import jllm, each start-up
 phase (the INFO lines of ``jllm.build``, read from their log records), and within the warm-up, per program kind,
 tracing, lowering and compiling (compile seconds summed over the compiling threads), programs loaded from jllm's
-executable cache (and the seconds loading them, summed over the threads), and JAX's cache hits; and the process's
-CPU seconds at ready (all threads), steadier than wall time where other work shares the cores.
+executable cache (and the seconds loading them, summed over the threads), and JAX's cache hits; the longest compiles
+by program (kind, sampler variant, bucket); and the process's CPU seconds at ready (all threads), steadier than wall
+time where other work shares the cores.
 
     PYTHONPATH=. python scripts/profile_startup.py                       # the default model, 1 cold + 1 warm
     PYTHONPATH=. python scripts/profile_startup.py --config configs/bench-tiny-cpu.yaml --warm-runs 2 --json s.json
@@ -30,6 +31,7 @@ from typing import Any
 import bench_common as common
 
 KINDS = ("forward", "sampler", "prompt_logprobs")
+SLOWEST = 10  # compiles listed per run, longest first
 
 
 class PhaseRecords(logging.Handler):
@@ -69,6 +71,7 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> d
                 "loaded": report.loaded,
                 "run_s": report.run_s,
                 "kinds": {kind: vars(times) for kind, times in report.kinds.items()},
+                "slowest_compiles": report.slowest_compiles(SLOWEST),
             }
     return out
 
@@ -104,6 +107,12 @@ def print_table(runs: list[dict[str, Any]]) -> None:
                 row += [f"{t[k]:.2f}" for k in ("load_s", "trace_s", "lower_s", "compile_s")]
                 print("| " + " | ".join(map(str, row)) + " |")
         print(f"| {run['name']} | JAX cache hits | {warmup['cache_hits']} of {warmup['programs']} |" + " |" * 5)
+    for run in runs:
+        slowest = (run.get("warmup") or {}).get("slowest_compiles")
+        if slowest:
+            what = "program, bucket tokens x rows: seconds on one thread"
+            print(f"\n{run['name']}: the {len(slowest)} longest compiles ({what})")
+            print("  " + ", ".join(f"{name}: {seconds:.2f}" for seconds, name in slowest))
 
 
 def main(argv: list[str] | None = None) -> None:
