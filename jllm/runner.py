@@ -173,8 +173,8 @@ class ModelRunner:
     def compiled_programs(self) -> Iterator[tuple[str, InputLayout, jax.stages.Compiled]]:
         """Every program compiled so far, for inspection (HLO dumps): its name ("forward", "prompt_logprobs",
         "sampler_<top logprobs>_<mode>"), its input layout (the step's, or the sampler's own inputs')."""
-        for (kind, variant, layout), compiled in self._programs.items():
-            yield ("_".join(map(str, (kind, *variant))) if variant else kind), layout, compiled
+        for key, compiled in self._programs.items():
+            yield _program_name(key), key[2], compiled
 
     def release(self) -> None:
         """Deletes the weights, the KV pool and the last sampled tokens on the device (the engine unloading a
@@ -240,8 +240,8 @@ class ModelRunner:
             for key in self._program_keys(step):
                 if key in pending:
                     continue
-                kind, variant, _ = key
-                name = "_".join(map(str, (kind, *(variant or ())))) + f" {bucket.num_tokens}x{bucket.num_seqs}"
+                kind = key[0]
+                name = f"{_program_name(key)} {bucket.num_tokens}x{bucket.num_seqs}"
                 cache_key, entry = self._cached(key, step, outputs)
                 if entry is not None:
                     pending[key] = pool.submit(self._load, entry, kind, report)
@@ -418,6 +418,12 @@ class ModelRunner:
         if prompt_key:
             prompt = self._program(prompt_key[0], step, outputs)(self.head_params, hidden, step.buffer)
         return out, prompt
+
+
+def _program_name(key: ProgramKey) -> str:
+    """ "forward", "prompt_logprobs", or "sampler_<top logprobs>_<mode>"."""
+    kind, variant, _ = key
+    return "_".join(map(str, (kind, *variant))) if variant else kind
 
 
 def _on_leaves(fn: Callable[..., Any], treedef: Any) -> Callable[..., Any]:
