@@ -37,6 +37,12 @@ KINDS = ("json", "regex", "choice", "grammar", "json_object")  # vLLM's Structur
 # Compact JSON: no optional whitespace between tokens. A small model let free to emit whitespace tends to loop on
 # newlines until max_tokens, leaving the JSON unfinished; vLLM's ``disable_any_whitespace`` switches it back.
 JSON_OPTIONS = {"whitespace_flexible": False}
+# llguidance's parser limits for every grammar. Its default initial lexer fuel (1,000,000) lets one request's regex hold
+# the engine thread for its first mask: 0.26 s for `a{1000000}`, 0.56-0.97 s for `(a{1000}){1000}` on the default
+# model's tokenizer (2026-12-04, this repository's CPU machine). The fuel bounds an eager precomputation, past which the
+# lexer works lazily, so at 50,000 those first masks take 8-18 ms and ordinary grammars stay as fast
+# (`scripts/bench_structured_output.py` times both limits side by side).
+GRAMMAR_LIMITS = llguidance.LLParserLimits(initial_lexer_fuel=50_000)
 
 
 @dataclasses.dataclass
@@ -84,7 +90,7 @@ class StructuredOutputsParams:
             text = _grammar(kind, getattr(self, kind), self.disable_any_whitespace)
         except (ValueError, TypeError) as e:
             raise ValueError(f"structured_outputs.{kind} is invalid: {e}") from e
-        error = llguidance.LLMatcher.validate_grammar(text)
+        error = llguidance.LLMatcher.validate_grammar(text, limits=GRAMMAR_LIMITS)
         if error:
             raise ValueError(f"structured_outputs.{kind} is invalid: {error.strip()}")
         return text
@@ -149,7 +155,7 @@ class GrammarCompiler:
             return llguidance.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=self.eos_token_ids)
 
     def matcher(self, params: StructuredOutputsParams) -> GrammarMatcher:
-        matcher = llguidance.LLMatcher(self.tokenizer, params.grammar_text())
+        matcher = llguidance.LLMatcher(self.tokenizer, params.grammar_text(), limits=GRAMMAR_LIMITS)
         if matcher.is_error():
             raise ValueError(f"structured_outputs.{params.kind} is invalid: {matcher.get_error()}")
         return GrammarMatcher(matcher)

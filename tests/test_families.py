@@ -119,8 +119,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
-    # TP 2 (the q/k norms span both devices' heads) matched transformers once by hand (2026-12-04); ~8 s in the suite
-    "olmo2": ("Olmo2ForCausalLM", None, {}, []),
+    # TP 2: the q/k norms span both devices' heads, a reduction across the mesh no other family has
+    "olmo2": ("Olmo2ForCausalLM", None, {}, [2]),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)

@@ -207,3 +207,22 @@ def test_grammars_survive_preemption() -> None:
     assert engine.scheduler.num_preemptions > 0
     for output in done.values():
         assert output.outputs[0].finish_reason == "stop" and re.fullmatch("[0-9]{20}", output.outputs[0].text)
+
+
+@pytest.mark.parametrize("regex", ["a{1000000}", "(a{1000}){1000}"])
+def test_a_grammar_past_llguidance_limits_ends_its_own_request_alone(engine, regex: str) -> None:
+    """Such a regex once held the engine thread ~0.5-1 s for its first mask (GRAMMAR_LIMITS bounds that, timed by
+    scripts/bench_structured_output.py); here its request ends inside the grammar and its neighbour runs on."""
+    free = SamplingParams(max_tokens=6)
+    done = _run(
+        engine,
+        {
+            "hostile": ([9], SamplingParams(max_tokens=8, structured_outputs={"regex": regex})),
+            "free": ([5, 6, 7], free),
+        },
+    )
+    hostile = done["hostile"].outputs[0]
+    assert set(hostile.text) <= {"a"} and hostile.finish_reason in ("stop", "length")
+    alone = _run(engine, {"free-alone": ([5, 6, 7], free)})
+    assert done["free"].outputs[0].token_ids == alone["free-alone"].outputs[0].token_ids
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
