@@ -28,7 +28,8 @@ from jllm.config import (
     engine_keys,
     given_options,
     key_type,
-    load_config,
+    load_yaml,
+    merge_config,
     unknown_key_error,
 )
 from jllm.sampling import SamplingParams
@@ -41,17 +42,27 @@ if TYPE_CHECKING:
 OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel", "limits")
 ALL_SECTIONS = (*OFFLINE_SECTIONS, "server")
 DEFAULT_MAX_TOKENS = 256  # SamplingParams' own 16 is an API default, too short for a person reading the reply
+# The one-shot commands' (generate, chat) own engine defaults, under a config file's keys and the options given: their
+# few prompts pick a few step programs, so each compiles on its first use instead of all of them at start-up (a warm
+# `jllm generate` of the quick start on a 2-core CPU: 13 s instead of 44 s; docs/benchmarks.md).
+ONE_SHOT_DEFAULTS: dict[str, object] = {"compile_at_start": False}
 
 
-def add_engine_options(parser: argparse.ArgumentParser, sections: tuple[str, ...], config_file: bool = True) -> None:
-    """One option per engine key of ``sections``, plus ``--config`` unless the command's file is the config."""
+def add_engine_options(
+    parser: argparse.ArgumentParser,
+    sections: tuple[str, ...],
+    config_file: bool = True,
+    defaults: dict[str, object] | None = None,
+) -> None:
+    """One option per engine key of ``sections``, plus ``--config`` unless the command's file is the config;
+    ``defaults``: the command's own defaults for some keys (shown in the help)."""
     if config_file:
         parser.add_argument("--config", type=Path, metavar="C.yaml", help="YAML file of engine keys")
     group = parser.add_argument_group("engine options (command line > config file > defaults)")
     for key, f in engine_keys(*sections).items():
         option = "--" + key.replace("_", "-")
         kind, choices = key_type(key)
-        help_text = f"default: {f.default}"
+        help_text = f"default: {(defaults or {}).get(key, f.default)}"
         if kind is bool:
             group.add_argument(option, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind is list:  # vLLM's --served-model-name takes the name and its aliases
@@ -70,9 +81,14 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", type=float, help="default: 1.0 (off)")
 
 
-def engine_config(args: argparse.Namespace, sections: tuple[str, ...] = OFFLINE_SECTIONS) -> EngineConfig:
-    """The config from ``--config`` and the engine options given (None = not given)."""
-    return load_config(args.config, **given_options({key: getattr(args, key) for key in engine_keys(*sections)}))
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """A one-shot command's config: its defaults (``ONE_SHOT_DEFAULTS``), then ``--config``, then the engine options
+    given (None = not given)."""
+    file_values = load_yaml(args.config) if args.config is not None else {}
+    in_file = {str(key).replace("-", "_") for key in file_values}
+    defaults = {key: value for key, value in ONE_SHOT_DEFAULTS.items() if key not in in_file}
+    given = given_options({key: getattr(args, key) for key in engine_keys(*OFFLINE_SECTIONS)})
+    return merge_config({**defaults, **file_values}, **given)
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -166,12 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = command("generate", cmd_generate, "Complete each prompt and print prompt and completion.")
     generate.add_argument("prompts", nargs="+", metavar="PROMPT")
     add_sampling_options(generate)
-    add_engine_options(generate, OFFLINE_SECTIONS)
+    add_engine_options(generate, OFFLINE_SECTIONS, defaults=ONE_SHOT_DEFAULTS)
 
     chat = command("chat", cmd_chat, "Chat on stdin/stdout through the model's chat template; /exit or EOF ends.")
     chat.add_argument("--system", help="a system message to start the conversation with")
     add_sampling_options(chat)
-    add_engine_options(chat, OFFLINE_SECTIONS)
+    add_engine_options(chat, OFFLINE_SECTIONS, defaults=ONE_SHOT_DEFAULTS)
 
     run = command("run", cmd_run, "Run an experiment from YAML (engine keys, a run: section, an optional sweep:).")
     run.add_argument("job", type=Path, metavar="JOB.yaml")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from jllm import cli
-from jllm.config import ServerConfig, engine_keys, key_type
+from jllm.config import EngineConfig, ServerConfig, engine_keys, key_type
 from jllm.outputs import CompletionOutput, RequestOutput
 
 # Small enough that engine start-up compiles only four step buckets of the tiny model.
@@ -96,6 +96,23 @@ def test_command_line_beats_config_file_beats_defaults(tmp_path: Path) -> None:
     assert engine.cache.page_size == 16  # default
     args = cli.build_parser().parse_args(["generate", "--config", str(config), "--enable-prefix-caching", "hi"])
     assert cli.engine_config(args).cache.enable_prefix_caching is True
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_one_shot_commands_compile_on_first_use_unless_told(command: str, tmp_path: Path) -> None:
+    """Their own default sits under the config file and the command line; `serve` and the Python API keep the
+    engine's (every program compiled at start-up)."""
+    prompt = ["hi"] if command == "generate" else []
+    parse = cli.build_parser().parse_args
+    assert cli.engine_config(parse([command, *prompt])).scheduler.compile_at_start is False
+    assert cli.engine_config(parse([command, "--compile-at-start", *prompt])).scheduler.compile_at_start is True
+    for key in ("compile_at_start", "compile-at-start"):
+        config = write_yaml(tmp_path / "c.yaml", {key: True})
+        args = parse([command, "--config", str(config), *prompt])
+        assert cli.engine_config(args).scheduler.compile_at_start is True  # the file over the command's default
+        args = parse([command, "--config", str(config), "--no-compile-at-start", *prompt])
+        assert cli.engine_config(args).scheduler.compile_at_start is False
+    assert EngineConfig().scheduler.compile_at_start is True
 
 
 def test_sampling_options_default_to_sampling_params() -> None:
