@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,9 @@ class Tokenizer:
         self.eos_token_ids: set[int] = {i for i in eos if i is not None}
         self._hf = hf_tokenizer
         self._hf_lock = threading.Lock()  # the first chat requests may race to load it
+        self._added = {i: tok.content for i, tok in backend.get_added_tokens_decoder().items()}
+        self._decoders = _decoder_types(backend)
+        self._bytes: dict[int, bytes] = {}  # token id -> token_bytes, filled as logprobs ask
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
@@ -94,6 +98,29 @@ class Tokenizer:
         """The text of `ids`, without transformers' optional space clean-up, so streaming can reproduce it."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for, as OpenAI's logprob ``bytes`` gives them: a byte-level BPE token
+        may hold part of a UTF-8 character (an emoji's first two bytes), which ``decode([token_id])`` turns into
+        U+FFFD; concatenated over a sequence's tokens these bytes are its text's UTF-8. Read from the vocabulary
+        (ByteLevel's byte alphabet, ByteFallback's ``<0xNN>`` pieces); added tokens are their text; other
+        tokenizers' pieces fall back to the decoded text."""
+        cached = self._bytes.get(token_id)
+        if cached is None:
+            cached = self._bytes[token_id] = self._token_bytes(token_id)
+        return cached
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        if token_id in self._added:
+            return self._added[token_id].encode()
+        piece = self.backend.id_to_token(token_id)
+        if piece is not None and "ByteLevel" in self._decoders and all(c in _BYTE_OF_CHAR for c in piece):
+            return bytes(_BYTE_OF_CHAR[c] for c in piece)
+        if piece is not None and "ByteFallback" in self._decoders:
+            byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+            if byte is not None:
+                return bytes([int(byte.group(1), 16)])
+        return self.decode([token_id], skip_special_tokens=False).encode()
+
     def load_chat_renderer_in_background(self) -> None:
         """Loads ``hf`` on a daemon thread if the model has a chat template (a server, once its model is up): its
         import took 4-6 s on an H200 host, which the first chat request would otherwise spend on the event loop."""
@@ -107,6 +134,43 @@ class Tokenizer:
         return self.hf.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, char -> byte: printable bytes stand for themselves, the rest for 256 + n."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1)]
+    printable += range(ord("\u00ae"), ord("\u00ff") + 1)
+    chars, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + shifted)] = b
+            shifted += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
+def _decoder_types(backend: BackendTokenizer) -> set[str]:
+    """The kinds of the backend's decoder and of every decoder in its ``Sequence`` (``{"ByteLevel"}``, ...)."""
+    if backend.decoder is None:
+        return set()
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("type"), str):
+                found.add(node["type"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(backend.decoder.__getstate__()))
+    return found
 
 
 def _load_transformers(path: Path) -> Any:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from model_utils import save_char_tokenizer
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders, models
 
 from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -195,3 +197,21 @@ def test_the_chat_renderer_loads_in_the_background_only_for_a_model_with_a_templ
     with pytest.raises(ValueError, match="no chat template"):
         plain.apply_chat_template([{"role": "user", "content": "hi"}])
     assert plain._hf is None  # refused without loading transformers' tokenizer
+
+
+def test_token_bytes_are_each_tokens_raw_bytes(tok: Tokenizer, tmp_path: Path) -> None:
+    """OpenAI's logprob ``bytes``: a byte-level token holding part of a character ("😊" is two tokens here) has
+    its own bytes, not the U+FFFD its decoded text shows; a text's tokens' bytes concatenate to its UTF-8."""
+    for text in [*STREAM_TEXTS, "<|im_start|>user\nhi<|im_end|>"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert b"".join(tok.token_bytes(i) for i in ids) == text.encode()
+    assert any("\ufffd" in tok.decode([i]) for i in tok.encode("😊"))
+    for i in range(tok.vocab_size):  # where a token's bytes are whole characters, they are its decoded text
+        assert tok.token_bytes(i).decode(errors="replace") == tok.decode([i], skip_special_tokens=False)
+    # A ByteFallback tokenizer's (Llama 2's, Mistral's) <0xNN> pieces are one byte each
+    backend = BackendTokenizer(models.BPE({"<unk>": 0, "a": 1, "<0xF0>": 2}, [], unk_token="<unk>", byte_fallback=True))
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    fallback = Tokenizer.from_pretrained(tmp_path)
+    assert [fallback.token_bytes(i) for i in range(3)] == [b"<unk>", b"a", b"\xf0"]
