@@ -8,7 +8,10 @@ of it, the case OpenAI's logprob ``bytes`` exist for.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -51,7 +54,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> LLMEngine:
     def script(prompt: Sequence[int], position: int) -> int:  # TEXT, again and again
         return ids[(position - len(prompt)) % len(ids)]
 
-    return fake_engine(script=script, tokenizer_dir=tokenizer_dir)
+    return fake_engine(script=script, tokenizer_dir=tokenizer_dir, step_seconds=0.002)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +93,113 @@ def test_chat_logprob_bytes_are_each_tokens_own_and_concatenate_to_the_text(clie
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in entries]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == TEXT
+
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "pick",
+        "parameters": {
+            "type": "object",
+            "properties": {"x": {"enum": [1]}},
+            "required": ["x"],
+            "additionalProperties": False,
+        },
+    },
+}
+PREFIX = TEXT.encode()[:12].decode()  # the first 12 tokens' text: "猫 😺, é"
+
+
+def _wait_until_idle(engine: LLMEngine) -> None:
+    """An aborted stream's request leaves the engine once the server sees the hang-up."""
+    deadline = time.monotonic() + 5
+    while engine.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_openai_node_sdk_shapes_through_the_python_client(client: openai.OpenAI, engine: LLMEngine) -> None:
+    """What tests/clients/openai_node.cjs does, with the Python SDK: the server-side half of that test, on CI
+    without Node."""
+    chat = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=12, seed=7, logprobs=True, top_logprobs=2
+    )
+    assert chat.choices[0].message.content == PREFIX
+    assert b"".join(bytes(e.bytes) for e in chat.choices[0].logprobs.content) == PREFIX.encode()
+    texts, usage = ["", ""], None
+    options = {"include_usage": True}
+    for chunk in client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=5, n=2, stream=True, stream_options=options
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+        usage = chunk.usage or usage
+    assert texts == ["猫 \ufffd"] * 2 and usage.completion_tokens == 10  # cut inside 😺: its bytes so far as U+FFFD
+    for tool_choice in ({"type": "function", "function": {"name": "pick"}}, "required"):
+        # one call: the scripted runner would take "," over "]" after it and call again until max_tokens
+        args = dict(model=MODEL, messages=CHAT, tools=[TOOL], tool_choice=tool_choice, max_tokens=40)
+        args["parallel_tool_calls"] = False
+        whole = client.chat.completions.create(**args)
+        with client.chat.completions.stream(**args) as stream:
+            streamed = stream.get_final_completion()
+        for reply in (whole, streamed):
+            (call,) = reply.choices[0].message.tool_calls
+            assert reply.choices[0].finish_reason == "tool_calls"
+            assert (call.function.name, json.loads(call.function.arguments)) == ("pick", {"x": 1})
+    schema = {"name": "s", "strict": True, "schema": {"enum": ["a"]}}
+    parsed = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=8, response_format={"type": "json_schema", "json_schema": schema}
+    )
+    assert json.loads(parsed.choices[0].message.content) == "a"
+    with client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=100, stream=True, extra_body={"ignore_eos": True}
+    ) as stream:
+        for i, _ in enumerate(stream):
+            if i == 2:
+                break  # leaving the block closes the connection, as the Node SDK's AbortController does
+    _wait_until_idle(engine)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="absent", messages=CHAT)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=CHAT, stream=True, temperature=-1)
+    assert (missing.value.code, bad.value.param) == ("model_not_found", "temperature")
+
+
+def _node_with_openai() -> str | None:
+    """Why the Node SDK test cannot run here, or None (``NODE_PATH`` may name where ``npm install openai`` put it)."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    found = subprocess.run(["node", "-e", "require.resolve('openai')"], capture_output=True, cwd=NODE_PROBE.parent)
+    if found.returncode != 0:
+        return "the openai npm package is not installed (npm install --prefix DIR openai; NODE_PATH=DIR/node_modules)"
+    return None
+
+
+def test_the_openai_node_sdk(server: RunningServer, engine: LLMEngine) -> None:
+    """The OpenAI Node SDK as users run it: chat and completions, streamed (n=2, include_usage) and not, logprob
+    bytes, a named and a required tool call (streamed deltas assembled by the SDK's stream helper), json_schema
+    parsed, an AbortController mid-stream, and errors as its APIError with status, param and code."""
+    missing = _node_with_openai()
+    if missing is not None:
+        pytest.skip(missing)
+    run = subprocess.run(
+        ["node", str(NODE_PROBE), f"{server.url}/v1", MODEL], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["chat"]["content"] == PREFIX and bytes(out["chat"]["bytes"]) == PREFIX.encode()
+    assert out["chatStream"] == {
+        "texts": ["猫 \ufffd"] * 2,
+        "usage": {"prompt_tokens": out["chat"]["usage"]["prompt_tokens"], "completion_tokens": 10, "total_tokens": 10
+                  + out["chat"]["usage"]["prompt_tokens"]},
+    }  # fmt: skip
+    assert out["completion"] == {"text": "猫 ", "tokens": 4}
+    for name in ("named", "required"):
+        for reply in out["tools"][name]:  # unstreamed, then streamed
+            assert reply["finish"] == "tool_calls"
+            assert [(n, json.loads(a)) for n, a in reply["calls"]] == [("pick", {"x": 1})]
+    assert out["parsed"] == "a" and out["abortedAfter"] == 3
+    _wait_until_idle(engine)
+    errors = out["errors"]
+    assert errors["model"] == {"isAPIError": True, "status": 404, "param": "model", "code": "model_not_found"}
+    assert errors["streamed"] == {"isAPIError": True, "status": 400, "param": "temperature", "code": None}
+    assert errors["type"] == {"isAPIError": True, "status": 400, "param": "max_tokens", "code": None}
