@@ -8,17 +8,20 @@ of it, the case OpenAI's logprob ``bytes`` exist for.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 from fake_runner import TINY_TOKENIZER, fake_engine
-from server_utils import RunningServer
+from server_utils import RunningServer, http, metrics
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
@@ -181,6 +184,7 @@ def test_the_openai_node_sdk(server: RunningServer, engine: LLMEngine) -> None:
     missing = _node_with_openai()
     if missing is not None:
         pytest.skip(missing)
+    aborted = metrics(server.url).get("jllm:request_success_total{abort}", 0)
     run = subprocess.run(
         ["node", str(NODE_PROBE), f"{server.url}/v1", MODEL], capture_output=True, text=True, timeout=60
     )
@@ -197,9 +201,80 @@ def test_the_openai_node_sdk(server: RunningServer, engine: LLMEngine) -> None:
         for reply in out["tools"][name]:  # unstreamed, then streamed
             assert reply["finish"] == "tool_calls"
             assert [(n, json.loads(a)) for n, a in reply["calls"]] == [("pick", {"x": 1})]
-    assert out["parsed"] == "a" and out["abortedAfter"] == 3
+    assert out["parsed"] == "a" and 3 <= out["abortedAfter"] < 100  # chunks already read may follow the abort
     _wait_until_idle(engine)
+    assert metrics(server.url)["jllm:request_success_total{abort}"] == aborted + 1
     errors = out["errors"]
     assert errors["model"] == {"isAPIError": True, "status": 404, "param": "model", "code": "model_not_found"}
     assert errors["streamed"] == {"isAPIError": True, "status": 400, "param": "temperature", "code": None}
     assert errors["type"] == {"isAPIError": True, "status": 400, "param": "max_tokens", "code": None}
+
+
+# Bodies as langchain-openai 1.8 (ChatOpenAI) sends them, captured from its HTTP client against `jllm serve`.
+LANGCHAIN_BODIES = {
+    "bind_tools(tool_choice='pick')": {  # ("required" would call again and again: the script takes "," over "]")
+        "stream": False, "messages": [{"content": "hi", "role": "user"}], "max_completion_tokens": 40,
+        "tool_choice": {"type": "function", "function": {"name": "pick"}}, "tools": [TOOL],
+    },
+    "with_structured_output(method='function_calling')": {
+        "stream": False, "messages": [{"content": "hi", "role": "user"}], "max_completion_tokens": 40,
+        "parallel_tool_calls": False, "tool_choice": {"type": "function", "function": {"name": "pick"}},
+        "tools": [TOOL],
+    },
+    "with_structured_output(method='json_schema')": {
+        "stream": False, "messages": [{"content": "hi", "role": "user"}], "max_completion_tokens": 40,
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "pick", "description": "", "strict": True, "schema": TOOL["function"]["parameters"]}},
+    },
+}  # fmt: skip
+
+
+def test_langchain_request_shapes(server: RunningServer) -> None:
+    """langchain-openai's ``bind_tools`` and ``with_structured_output`` bodies, and its multimodal message, whose
+    image part is refused by name (pydantic's message listed every member of the content union)."""
+    for name, body in LANGCHAIN_BODIES.items():
+        reply = http("POST", f"{server.url}/v1/chat/completions", json_body={"model": MODEL, **body})
+        assert reply.status == 200, (name, reply.body)
+        message = reply.json()["choices"][0]["message"]
+        if "tools" in body:
+            arguments = [json.loads(c["function"]["arguments"]) for c in message["tool_calls"]]
+            assert arguments[:1] == [{"x": 1}], (name, message)
+        else:
+            assert json.loads(message["content"]) == {"x": 1}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    parts = [{"type": "text", "text": "what is this"}, image]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": parts}]}
+    reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
+    assert reply.status == 400 and reply.json()["error"]["message"] == (
+        "messages.0.content: part 1 has type 'image_url': the served models take text parts only"
+    )
+
+
+def test_vllm_benchmark_client_shape(server: RunningServer) -> None:
+    """vLLM's benchmark client (``backend_request_func.async_request_openai_completions``): raw aiohttp, ignore_eos,
+    logprobs null, a Bearer "None" header on a server without a key, ``data:`` lines read until ``[DONE]``; a
+    chunk per token, then the usage chunk it takes the output length from."""
+
+    async def run() -> tuple[str, int, int]:
+        payload = {
+            "model": MODEL, "prompt": "hello", "temperature": 0.0, "repetition_penalty": 1.0, "max_tokens": 13,
+            "logprobs": None, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
+        }  # fmt: skip
+        text, chunks, output_len = "", 0, 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            headers = {"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY')}"}
+            async with session.post(f"{server.url}/v1/completions", json=payload, headers=headers) as response:
+                assert response.status == 200
+                async for line in response.content:
+                    chunk = line.strip().decode().removeprefix("data: ")
+                    if not chunk or chunk == "[DONE]":
+                        continue
+                    data = json.loads(chunk)
+                    if choices := data.get("choices"):
+                        text += choices[0]["text"]
+                        chunks += 1
+                    elif usage := data.get("usage"):
+                        output_len = usage["completion_tokens"]
+        return text, chunks, output_len
+
+    assert asyncio.run(run()) == (TEXT, 13, 13)
