@@ -57,7 +57,10 @@ class Tokenizer:
         self._hf = hf_tokenizer
         self._hf_lock = threading.Lock()  # the first chat requests may race to load it
         self._added = {i: tok.content for i, tok in backend.get_added_tokens_decoder().items()}
-        self._decoders = _decoder_types(backend)
+        decoders = _decoders(backend)
+        self._byte_level = any(d["type"] == "ByteLevel" for d in decoders)
+        self._byte_fallback = any(d["type"] == "ByteFallback" for d in decoders)
+        self._space_marks = _space_marks(decoders)
         self._bytes: dict[int, bytes] = {}  # token id -> token_bytes, filled as logprobs ask
 
     @classmethod
@@ -102,8 +105,9 @@ class Tokenizer:
         """The raw bytes one token stands for, as OpenAI's logprob ``bytes`` gives them: a byte-level BPE token
         may hold part of a UTF-8 character (an emoji's first two bytes), which ``decode([token_id])`` turns into
         U+FFFD; concatenated over a sequence's tokens these bytes are its text's UTF-8. Read from the vocabulary
-        (ByteLevel's byte alphabet, ByteFallback's ``<0xNN>`` pieces); added tokens are their text; other
-        tokenizers' pieces fall back to the decoded text."""
+        (ByteLevel's byte alphabet, ByteFallback's ``<0xNN>`` pieces, SentencePiece's pieces with the space their
+        "▁" stands for, which decoding one token alone strips); added tokens are their text; other tokenizers'
+        pieces are their decoded text."""
         cached = self._bytes.get(token_id)
         if cached is None:
             cached = self._bytes[token_id] = self._token_bytes(token_id)
@@ -113,12 +117,17 @@ class Tokenizer:
         if token_id in self._added:
             return self._added[token_id].encode()
         piece = self.backend.id_to_token(token_id)
-        if piece is not None and "ByteLevel" in self._decoders and all(c in _BYTE_OF_CHAR for c in piece):
+        if piece is None:
+            return self.decode([token_id], skip_special_tokens=False).encode()
+        if self._byte_level and all(c in _BYTE_OF_CHAR for c in piece):
             return bytes(_BYTE_OF_CHAR[c] for c in piece)
-        if piece is not None and "ByteFallback" in self._decoders:
-            byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
-            if byte is not None:
-                return bytes([int(byte.group(1), 16)])
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece) if self._byte_fallback else None
+        if byte is not None:
+            return bytes([int(byte.group(1), 16)])
+        if self._space_marks:  # decoding the piece alone would strip the space its mark stands for
+            for mark, text in self._space_marks:
+                piece = piece.replace(mark, text)
+            return piece.encode()
         return self.decode([token_id], skip_special_tokens=False).encode()
 
     def load_chat_renderer_in_background(self) -> None:
@@ -153,16 +162,16 @@ def _byte_level_alphabet() -> dict[str, int]:
 _BYTE_OF_CHAR = _byte_level_alphabet()
 
 
-def _decoder_types(backend: BackendTokenizer) -> set[str]:
-    """The kinds of the backend's decoder and of every decoder in its ``Sequence`` (``{"ByteLevel"}``, ...)."""
+def _decoders(backend: BackendTokenizer) -> list[dict[str, Any]]:
+    """The backend's decoder and every decoder in its ``Sequence``, as their JSON objects."""
     if backend.decoder is None:
-        return set()
-    found: set[str] = set()
+        return []
+    found: list[dict[str, Any]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if isinstance(node.get("type"), str):
-                found.add(node["type"])
+                found.append(node)
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -171,6 +180,17 @@ def _decoder_types(backend: BackendTokenizer) -> set[str]:
 
     walk(json.loads(backend.decoder.__getstate__()))
     return found
+
+
+def _space_marks(decoders: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What SentencePiece decoders put back in a piece's text: Metaspace's and Replace's (string) marks."""
+    marks = []
+    for d in decoders:
+        if d["type"] == "Metaspace" and isinstance(d.get("replacement"), str):
+            marks.append((d["replacement"], " "))
+        elif d["type"] == "Replace" and isinstance(d.get("pattern", {}).get("String"), str):
+            marks.append((d["pattern"]["String"], str(d.get("content", ""))))
+    return marks
 
 
 def _load_transformers(path: Path) -> Any:

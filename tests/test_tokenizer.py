@@ -208,10 +208,13 @@ def test_token_bytes_are_each_tokens_raw_bytes(tok: Tokenizer, tmp_path: Path) -
     assert any("\ufffd" in tok.decode([i]) for i in tok.encode("😊"))
     for i in range(tok.vocab_size):  # where a token's bytes are whole characters, they are its decoded text
         assert tok.token_bytes(i).decode(errors="replace") == tok.decode([i], skip_special_tokens=False)
-    # A ByteFallback tokenizer's (Llama 2's, Mistral's) <0xNN> pieces are one byte each
-    backend = BackendTokenizer(models.BPE({"<unk>": 0, "a": 1, "<0xF0>": 2}, [], unk_token="<unk>", byte_fallback=True))
-    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    # Llama 2's decoder: a <0xNN> piece is one byte; a piece's "▁" is the space decoding it alone strips
+    vocab = {"<unk>": 0, "a": 1, "<0xF0>": 2, "\u2581a": 3}
+    backend = BackendTokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    backend.decoder = decoders.Sequence(steps)
     backend.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text("{}")
-    fallback = Tokenizer.from_pretrained(tmp_path)
-    assert [fallback.token_bytes(i) for i in range(3)] == [b"<unk>", b"a", b"\xf0"]
+    sentencepiece = Tokenizer.from_pretrained(tmp_path)
+    assert [sentencepiece.token_bytes(i) for i in range(4)] == [b"<unk>", b"a", b"\xf0", b" a"]
+    assert sentencepiece.decode([3]) == "a"
