@@ -113,6 +113,11 @@ class Tokenizer:
             cached = self._bytes[token_id] = self._token_bytes(token_id)
         return cached
 
+    def token_text(self, token_id: int) -> str:
+        """A token as OpenAI's logprobs show it: its bytes as UTF-8 text, with ``\\xNN`` escapes for the bytes of a
+        character it holds part of (decoding it alone gives U+FFFD there, the same for every such token)."""
+        return self.token_bytes(token_id).decode(errors="backslashreplace")
+
     def _token_bytes(self, token_id: int) -> bytes:
         if token_id in self._added:
             return self._added[token_id].encode()

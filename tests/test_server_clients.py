@@ -278,3 +278,19 @@ def test_vllm_benchmark_client_shape(server: RunningServer) -> None:
         return text, chunks, output_len
 
     assert asyncio.run(run()) == (TEXT, 13, 13)
+
+
+def test_completion_logprob_tokens_of_partial_characters_stay_apart(client: openai.OpenAI) -> None:
+    """The legacy layout's tokens of part of a character were all U+FFFD: ``top_logprobs`` (keyed by token) merged
+    them, and ``text_offset`` (summed token lengths) ran past the text. Now each shows its bytes (``"\\xe7"``) and
+    its offset is the character its first byte is in."""
+    for stream in (False, True):
+        reply = client.completions.create(model=MODEL, prompt="hi", max_tokens=13, logprobs=2, stream=stream)
+        chunks = list(reply) if stream else [reply]
+        tokens = [t for c in chunks for t in c.choices[0].logprobs.tokens]
+        offsets = [o for c in chunks for o in c.choices[0].logprobs.text_offset]
+        tops = [t for c in chunks for t in c.choices[0].logprobs.top_logprobs]
+        assert "".join(c.choices[0].text for c in chunks) == TEXT
+        assert tokens[:5] == ["\\xe7", "\\x8c", "\\xab", " ", "\\xf0"]
+        assert offsets == [0, 0, 0, 1, 2, 2, 2, 2, 3, 4, 5, 5, 6]  # 猫 ␠ 😺 , ␠ é !
+        assert all(len(top) == 2 for top in tops)  # the scripted token and the next id: two keys

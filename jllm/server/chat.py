@@ -173,7 +173,5 @@ def _top(token_id: int, lp: Logprob, tokenizer: Tokenizer) -> TopLogprob:
     """OpenAI's token entry: ``bytes`` are the token's own bytes, so a sequence's concatenate to its text's UTF-8
     even where a token holds part of a character; ``token`` is their text, with OpenAI's ``\\xNN`` escapes for
     bytes of an incomplete character (vLLM's U+FFFD there loses them)."""
-    raw = tokenizer.token_bytes(token_id)
-    return TopLogprob(
-        token=raw.decode(errors="backslashreplace"), logprob=max(lp.logprob, MIN_LOGPROB), bytes=list(raw)
-    )
+    token = tokenizer.token_text(token_id)
+    return TopLogprob(token=token, logprob=max(lp.logprob, MIN_LOGPROB), bytes=list(tokenizer.token_bytes(token_id)))
