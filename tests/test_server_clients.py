@@ -294,3 +294,32 @@ def test_completion_logprob_tokens_of_partial_characters_stay_apart(client: open
         assert tokens[:5] == ["\\xe7", "\\x8c", "\\xab", " ", "\\xf0"]
         assert offsets == [0, 0, 0, 1, 2, 2, 2, 2, 3, 4, 5, 5, 6]  # 猫 ␠ 😺 , ␠ é !
         assert all(len(top) == 2 for top in tops)  # the scripted token and the next id: two keys
+
+
+def test_a_chat_streams_role_chunk_comes_with_the_first_token(server: RunningServer, engine: LLMEngine) -> None:
+    """vLLM's chat benchmark client (``async_request_openai_chat_completions``) times the first chunk with a choice
+    as the first token. The role chunk went out before the engine had run a step, so a chat's TTFT read as ~0 s
+    (here, with 0.4 s steps, it read 0.009 s); OpenAI and vLLM send it with the first output."""
+
+    async def ttft() -> float:
+        payload = {
+            "model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "temperature": 0.0, "max_completion_tokens": 2, "stream": True, "stream_options": {"include_usage": True},
+        }  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+            start = time.perf_counter()
+            async with session.post(f"{server.url}/v1/chat/completions", json=payload) as response:
+                first = 0.0
+                async for line in response.content:
+                    chunk = line.strip().decode().removeprefix("data: ")
+                    if chunk and chunk != "[DONE]" and json.loads(chunk).get("choices") and not first:
+                        first = time.perf_counter() - start
+                return first
+
+    http("POST", f"{server.url}/v1/chat/completions", json_body={"model": MODEL, "messages": CHAT, "max_tokens": 1})
+    runner = engine.runner  # the chat renderer loaded (~1 s the first time), each step now takes 0.4 s
+    runner.step_seconds = 0.4
+    try:
+        assert asyncio.run(ttft()) >= 0.35
+    finally:
+        runner.step_seconds = 0.002

@@ -123,7 +123,9 @@ async def _chunks(
     tokenizer: Tokenizer,
 ) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: the role first for every choice, then content and tool call deltas (the last with
-    the finish reason), then, with ``include_usage``, one chunk of usage and no choices."""
+    the finish reason), then, with ``include_usage``, one chunk of usage and no choices. The role chunks wait for
+    the first output, as OpenAI's and vLLM's do: benchmark clients (vLLM's among them) take the first chunk with a
+    choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
@@ -133,9 +135,10 @@ async def _chunks(
         )
 
     streams: dict[int, ToolDeltas] = {}
-    for index in range(body.n):
-        yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
     async for d in generation.deltas():
+        if not streams:
+            for index in range(body.n):
+                yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
         stream = streams.setdefault(d.index, tools.stream())
         content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.num_calls else d.finish_reason
