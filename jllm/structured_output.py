@@ -102,7 +102,7 @@ def _grammar(kind: str, value: Any, compact: bool) -> str:
         schema = json.loads(value) if isinstance(value, str) else value
         if not isinstance(schema, dict):
             raise ValueError(f"a JSON schema is an object, got {type(schema).__name__}")
-        return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=options)
+        return llguidance.LLMatcher.grammar_from_json_schema(nullable_as_union(schema), overrides=options)
     if kind == "json_object":
         return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, overrides=options)
     if kind == "choice":
@@ -112,6 +112,34 @@ def _grammar(kind: str, value: Any, compact: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{kind} must be a string")
     return llguidance.grammar_from("regex" if kind == "regex" else "grammar", value)
+
+
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})  # their values are JSON data, not schemas
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+_ROOT_KEYWORDS = ("$schema", "$id", "$defs", "definitions")  # stay at the root, where "#/$defs/..." finds them
+
+
+def nullable_as_union(schema: Any) -> Any:
+    """OpenAPI's ``"nullable": true`` as JSON Schema's union with null, everywhere in ``schema``. The OpenAI Node
+    SDK's zod helper writes it for ``.nullable()`` fields and OpenAI honours it; llguidance ignores the keyword, so
+    null could never be generated there."""
+    if isinstance(schema, list):
+        return [nullable_as_union(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _DATA_KEYWORDS:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: nullable_as_union(s) for name, s in value.items()}
+        else:
+            out[key] = nullable_as_union(value)
+    nullable = out.pop("nullable") if isinstance(out.get("nullable"), bool) else False  # a boolean: the keyword
+    if not nullable:
+        return out
+    root = {key: out.pop(key) for key in _ROOT_KEYWORDS if key in out}
+    return {**root, "anyOf": [out, {"type": "null"}]}
 
 
 class GrammarMatcher:

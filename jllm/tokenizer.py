@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,12 @@ class Tokenizer:
         self.eos_token_ids: set[int] = {i for i in eos if i is not None}
         self._hf = hf_tokenizer
         self._hf_lock = threading.Lock()  # the first chat requests may race to load it
+        self._added = {i: tok.content for i, tok in backend.get_added_tokens_decoder().items()}
+        decoders = _decoders(backend)
+        self._byte_level = any(d["type"] == "ByteLevel" for d in decoders)
+        self._byte_fallback = any(d["type"] == "ByteFallback" for d in decoders)
+        self._space_marks = _space_marks(decoders)
+        self._bytes: dict[int, bytes] = {}  # token id -> token_bytes, filled as logprobs ask
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
@@ -94,6 +101,40 @@ class Tokenizer:
         """The text of `ids`, without transformers' optional space clean-up, so streaming can reproduce it."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for, as OpenAI's logprob ``bytes`` gives them: a byte-level BPE token
+        may hold part of a UTF-8 character (an emoji's first two bytes), which ``decode([token_id])`` turns into
+        U+FFFD; concatenated over a sequence's tokens these bytes are its text's UTF-8. Read from the vocabulary
+        (ByteLevel's byte alphabet, ByteFallback's ``<0xNN>`` pieces, SentencePiece's pieces with the space their
+        "▁" stands for, which decoding one token alone strips); added tokens are their text; other tokenizers'
+        pieces are their decoded text."""
+        cached = self._bytes.get(token_id)
+        if cached is None:
+            cached = self._bytes[token_id] = self._token_bytes(token_id)
+        return cached
+
+    def token_text(self, token_id: int) -> str:
+        """A token as OpenAI's logprobs show it: its bytes as UTF-8 text, with ``\\xNN`` escapes for the bytes of a
+        character it holds part of (decoding it alone gives U+FFFD there, the same for every such token)."""
+        return self.token_bytes(token_id).decode(errors="backslashreplace")
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        if token_id in self._added:
+            return self._added[token_id].encode()
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return self.decode([token_id], skip_special_tokens=False).encode()
+        if self._byte_level and all(c in _BYTE_OF_CHAR for c in piece):
+            return bytes(_BYTE_OF_CHAR[c] for c in piece)
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece) if self._byte_fallback else None
+        if byte is not None:
+            return bytes([int(byte.group(1), 16)])
+        if self._space_marks:  # decoding the piece alone would strip the space its mark stands for
+            for mark, text in self._space_marks:
+                piece = piece.replace(mark, text)
+            return piece.encode()
+        return self.decode([token_id], skip_special_tokens=False).encode()
+
     def load_chat_renderer_in_background(self) -> None:
         """Loads ``hf`` on a daemon thread if the model has a chat template (a server, once its model is up): its
         import took 4-6 s on an H200 host, which the first chat request would otherwise spend on the event loop."""
@@ -107,6 +148,54 @@ class Tokenizer:
         return self.hf.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, char -> byte: printable bytes stand for themselves, the rest for 256 + n."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1)]
+    printable += range(ord("\u00ae"), ord("\u00ff") + 1)
+    chars, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + shifted)] = b
+            shifted += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
+def _decoders(backend: BackendTokenizer) -> list[dict[str, Any]]:
+    """The backend's decoder and every decoder in its ``Sequence``, as their JSON objects."""
+    if backend.decoder is None:
+        return []
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("type"), str):
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(backend.decoder.__getstate__()))
+    return found
+
+
+def _space_marks(decoders: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What SentencePiece decoders put back in a piece's text: Metaspace's and Replace's (string) marks."""
+    marks = []
+    for d in decoders:
+        if d["type"] == "Metaspace" and isinstance(d.get("replacement"), str):
+            marks.append((d["replacement"], " "))
+        elif d["type"] == "Replace" and isinstance(d.get("pattern", {}).get("String"), str):
+            marks.append((d["pattern"]["String"], str(d.get("content", ""))))
+    return marks
 
 
 def _load_transformers(path: Path) -> Any:

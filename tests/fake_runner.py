@@ -120,9 +120,11 @@ def fake_engine(
     async_scheduling: bool = True,
     step_seconds: float = 0.0,
     limits: LimitsConfig | None = None,
+    tokenizer_dir: Path = TINY_TOKENIZER,
 ) -> LLMEngine:
-    """An ``LLMEngine`` over the scripted runner, the tiny tokenizer and a real scheduler and block manager."""
-    tokenizer = Tokenizer.from_pretrained(TINY_TOKENIZER)
+    """An ``LLMEngine`` over the scripted runner, the tiny tokenizer (or another of at most 512 ids) and a real
+    scheduler and block manager."""
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     scheduler = Scheduler(
         BlockManager(num_pages, page_size),
         max_num_seqs=max_num_seqs,

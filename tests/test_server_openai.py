@@ -132,13 +132,33 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
         top = [t.logprob for t in entry.top_logprobs]
         assert top == sorted(top, reverse=True)
         assert (entry.token, entry.logprob) == (entry.top_logprobs[0].token, top[0])  # greedy picks the top
-        assert entry.bytes == list(entry.token.encode())
+        assert entry.token == bytes(entry.bytes).decode(errors="backslashreplace")
+    assert b"".join(bytes(e.bytes) for e in content).decode(errors="replace") == whole.choices[0].message.content
 
     streamed = client.chat.completions.create(
         model=MODEL, messages=CHAT, max_tokens=10, temperature=0, logprobs=True, top_logprobs=3, stream=True
     )
     streamed_entries = [e for chunk in streamed if chunk.choices[0].logprobs for e in chunk.choices[0].logprobs.content]
     assert [(e.token, e.logprob) for e in streamed_entries] == [(e.token, e.logprob) for e in content]
+
+
+def test_chat_logprob_bytes_of_multi_byte_characters_on_the_default_tokenizer(client: openai.OpenAI) -> None:
+    """The default model's byte-level BPE splits "😺" and CJK characters over tokens: each token's ``bytes`` are its
+    own, so they concatenate to the reply's UTF-8 (they were the U+FFFD of its decoded text)."""
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=CHAT,
+        max_tokens=40,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"structured_outputs": {"choice": ["猫 😺 ねこ", "🐈‍⬛ 黑猫"]}},
+        **SAMPLED,
+    )
+    content = reply.choices[0].message.content
+    entries = reply.choices[0].logprobs.content
+    assert content in ("猫 😺 ねこ", "🐈‍⬛ 黑猫")
+    assert b"".join(bytes(e.bytes) for e in entries) == content.encode()
+    assert any(e.token.startswith("\\x") for e in entries)  # some token holds part of a character
 
 
 def test_completion_logprobs(client: openai.OpenAI) -> None:

@@ -145,7 +145,7 @@ BAD_INPUTS = [
     Case("bad role", _message(role="robot"), 400, "messages", path=CHAT_PATH),
     Case("content is a number", _message(content=5), 400, "messages", path=CHAT_PATH),
     Case("image content part", _message(content=[{"type": "image_url", "image_url": {"url": "x"}}]), 400, "messages",
-         path=CHAT_PATH),
+         path=CHAT_PATH, message_start="messages.0.content: part 0 has type 'image_url': the served models take text"),
     Case("top_logprobs without logprobs", _with(CHAT, top_logprobs=2), 400, "top_logprobs", path=CHAT_PATH),
     Case("top_logprobs over 20", _with(CHAT, logprobs=True, top_logprobs=21), 400, "top_logprobs", path=CHAT_PATH),
     Case("max_completion_tokens is zero", _with(CHAT, max_completion_tokens=0), 400, "max_completion_tokens",

@@ -226,3 +226,22 @@ def test_a_grammar_past_llguidance_limits_ends_its_own_request_alone(engine, reg
     alone = _run(engine, {"free-alone": ([5, 6, 7], free)})
     assert done["free"].outputs[0].token_ids == alone["free-alone"].outputs[0].token_ids
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+
+
+def test_openapi_nullable_lets_null_through(compiler: GrammarCompiler, engine) -> None:
+    """The OpenAI Node SDK's zod helper (``zodResponseFormat``) writes ``.nullable()`` as OpenAPI's
+    ``"nullable": true``; llguidance ignored the keyword, so a nullable field could never be null."""
+    note = {"type": "string", "nullable": True}
+    schema = {
+        "type": "object",
+        "properties": {"note": note, "kind": {"$ref": "#/$defs/kind"}},
+        "required": ["note", "kind"],
+        "additionalProperties": False,
+        "$defs": {"kind": {"type": "string", "enum": ["a"], "nullable": True}},
+    }
+    for text in ('{"note":null,"kind":null}', '{"note":"x","kind":"a"}'):
+        matcher = compiler.matcher(StructuredOutputsParams(json=schema)).matcher
+        assert matcher.consume_tokens(engine.tokenizer.encode(text, add_special_tokens=False)), text
+        assert matcher.is_accepting(), text
+    strict = compiler.matcher(StructuredOutputsParams(json={**note, "nullable": False})).matcher
+    assert not strict.consume_tokens(engine.tokenizer.encode("null", add_special_tokens=False))

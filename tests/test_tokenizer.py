@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from model_utils import save_char_tokenizer
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders, models
 
 from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -195,3 +197,24 @@ def test_the_chat_renderer_loads_in_the_background_only_for_a_model_with_a_templ
     with pytest.raises(ValueError, match="no chat template"):
         plain.apply_chat_template([{"role": "user", "content": "hi"}])
     assert plain._hf is None  # refused without loading transformers' tokenizer
+
+
+def test_token_bytes_are_each_tokens_raw_bytes(tok: Tokenizer, tmp_path: Path) -> None:
+    """OpenAI's logprob ``bytes``: a byte-level token holding part of a character ("😊" is two tokens here) has
+    its own bytes, not the U+FFFD its decoded text shows; a text's tokens' bytes concatenate to its UTF-8."""
+    for text in [*STREAM_TEXTS, "<|im_start|>user\nhi<|im_end|>"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert b"".join(tok.token_bytes(i) for i in ids) == text.encode()
+    assert any("\ufffd" in tok.decode([i]) for i in tok.encode("😊"))
+    for i in range(tok.vocab_size):  # where a token's bytes are whole characters, they are its decoded text
+        assert tok.token_bytes(i).decode(errors="replace") == tok.decode([i], skip_special_tokens=False)
+    # Llama 2's decoder: a <0xNN> piece is one byte; a piece's "▁" is the space decoding it alone strips
+    vocab = {"<unk>": 0, "a": 1, "<0xF0>": 2, "\u2581a": 3}
+    backend = BackendTokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    backend.decoder = decoders.Sequence(steps)
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    sentencepiece = Tokenizer.from_pretrained(tmp_path)
+    assert [sentencepiece.token_bytes(i) for i in range(4)] == [b"<unk>", b"a", b"\xf0", b" a"]
+    assert sentencepiece.decode([3]) == "a"

@@ -19,6 +19,7 @@ from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import (
+    MIN_LOGPROB,
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -35,6 +36,7 @@ from jllm.server.schemas import (
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.server.tools import ToolDeltas, ToolPlan
+from jllm.tokenizer import Tokenizer
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -42,13 +44,13 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     public = public_id(request, body.request_id)
     served, tools, generation = await start_chat(server_state(request), body, request_id(request), public)
     response_id, created = f"chatcmpl-{public}", int(time.time())
-    top = body.top_logprobs or 0
+    top, tokenizer = body.top_logprobs or 0, served.engine.inputs.tokenizer
     try:
         if body.stream:
-            chunks = _chunks(body, tools, generation, response_id, created, body.model or served.name)
+            chunks = _chunks(body, tools, generation, response_id, created, body.model or served.name, tokenizer)
             return await send_events(request, chunks)
         deltas = await generation.wait()
-        choices = [_choice(d, tools.message(d.text), top) for d in deltas]
+        choices = [_choice(d, tools.message(d.text), top, tokenizer) for d in deltas]
         response = ChatCompletionResponse(
             id=response_id,
             created=created,
@@ -79,12 +81,12 @@ async def start_chat(
     return served, tools, generation
 
 
-def _choice(delta: Delta, message: AssistantMessage, top: int) -> ChatChoice:
+def _choice(delta: Delta, message: AssistantMessage, top: int, tokenizer: Tokenizer) -> ChatChoice:
     finish_reason = "tool_calls" if message.tool_calls else delta.finish_reason
     return ChatChoice(
         index=delta.index,
         message=message,
-        logprobs=_logprobs(delta, top),
+        logprobs=_logprobs(delta, top, tokenizer),
         finish_reason=finish_reason,
         stop_reason=delta.stop_reason,
     )
@@ -112,10 +114,18 @@ def _checked_prompt(
 
 
 async def _chunks(
-    body: ChatCompletionRequest, tools: ToolPlan, generation: Generation, response_id: str, created: int, model: str
+    body: ChatCompletionRequest,
+    tools: ToolPlan,
+    generation: Generation,
+    response_id: str,
+    created: int,
+    model: str,
+    tokenizer: Tokenizer,
 ) -> AsyncIterator[str]:
     """OpenAI's chunk sequence: the role first for every choice, then content and tool call deltas (the last with
-    the finish reason), then, with ``include_usage``, one chunk of usage and no choices."""
+    the finish reason), then, with ``include_usage``, one chunk of usage and no choices. The role chunks wait for
+    the first output, as OpenAI's and vLLM's do: benchmark clients (vLLM's among them) take the first chunk with a
+    choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
@@ -125,37 +135,46 @@ async def _chunks(
         )
 
     streams: dict[int, ToolDeltas] = {}
-    for index in range(body.n):
-        yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
     async for d in generation.deltas():
+        if not streams:
+            for index in range(body.n):
+                yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
         stream = streams.setdefault(d.index, tools.stream())
         content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.num_calls else d.finish_reason
         delta = DeltaMessage(content=content, tool_calls=calls or None)
         yield chunk(
-            ChatChunkChoice(index=d.index, delta=delta, logprobs=_logprobs(d, top), finish_reason=finish_reason)
+            ChatChunkChoice(
+                index=d.index, delta=delta, logprobs=_logprobs(d, top, tokenizer), finish_reason=finish_reason
+            )
         )
     if body.include_usage:
         usage = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=generation.usage())
         yield usage.model_dump_json()
 
 
-def _logprobs(delta: Delta, top: int) -> ChatLogprobs | None:
+def _logprobs(delta: Delta, top: int, tokenizer: Tokenizer) -> ChatLogprobs | None:
     if delta.logprobs is None:
         return None
     return ChatLogprobs(
         content=[
-            _token_logprob(entry, token_id, top)
+            _token_logprob(entry, token_id, top, tokenizer)
             for token_id, entry in zip(delta.token_ids, delta.logprobs, strict=True)
         ]
     )
 
 
-def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int) -> TokenLogprob:
-    ranked = sorted((lp for lp in entry.values() if lp.rank is not None), key=lambda lp: lp.rank or 0)[:top]
-    return TokenLogprob(**_top(entry[token_id]).model_dump(), top_logprobs=[_top(lp) for lp in ranked])
+def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int, tokenizer: Tokenizer) -> TokenLogprob:
+    ranked = sorted(((tid, lp) for tid, lp in entry.items() if lp.rank is not None), key=lambda x: x[1].rank or 0)
+    return TokenLogprob(
+        **_top(token_id, entry[token_id], tokenizer).model_dump(),
+        top_logprobs=[_top(tid, lp, tokenizer) for tid, lp in ranked[:top]],
+    )
 
 
-def _top(lp: Logprob) -> TopLogprob:
-    token = lp.decoded_token or ""
-    return TopLogprob(token=token, logprob=lp.logprob, bytes=list(token.encode()))
+def _top(token_id: int, lp: Logprob, tokenizer: Tokenizer) -> TopLogprob:
+    """OpenAI's token entry: ``bytes`` are the token's own bytes, so a sequence's concatenate to its text's UTF-8
+    even where a token holds part of a character; ``token`` is their text, with OpenAI's ``\\xNN`` escapes for
+    bytes of an incomplete character (vLLM's U+FFFD there loses them)."""
+    token = tokenizer.token_text(token_id)
+    return TopLogprob(token=token, logprob=max(lp.logprob, MIN_LOGPROB), bytes=list(tokenizer.token_bytes(token_id)))

@@ -6,9 +6,9 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import functools
+import codecs
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -28,14 +28,14 @@ from jllm.server.schemas import (
 )
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
+from jllm.tokenizer import Tokenizer
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
     body = CompletionRequest.model_validate_json(await request.read())
     public = public_id(request, body.request_id)
     served, prompts, generation = await start_completion(server_state(request), body, request_id(request), public)
-    decode = functools.partial(served.engine.inputs.tokenizer.decode, skip_special_tokens=False)
-    view = _CompletionView(body, prompts, f"cmpl-{public}", body.model or served.name, decode)
+    view = _CompletionView(body, prompts, f"cmpl-{public}", body.model or served.name, served.engine.inputs.tokenizer)
     try:
         if body.stream:
             return await send_events(request, view.chunks(generation))
@@ -80,15 +80,16 @@ class _CompletionView:
         prompts: list[Prompt],
         response_id: str,
         model: str,
-        decode: Callable[[list[int]], str],
+        tokenizer: Tokenizer,
     ) -> None:
         self.body = body
         self.prompts = prompts
         self.id = response_id
         self.model = model
-        self.decode = decode  # a token's text where no logprob entry carries it (the prompt's first token)
+        self.tokenizer = tokenizer
         self.created = int(time.time())
-        self._offsets: dict[int, int] = {}  # choice index -> characters of its text sent so far
+        # choice index -> its tokens' bytes so far as text: a UTF-8 decoder and the characters it has given
+        self._texts: dict[int, tuple[codecs.IncrementalDecoder, int]] = {}
 
     async def chunks(self, generation: Generation) -> AsyncIterator[str]:
         exclude: dict = {"choices": {"__all__": {"prompt_logprobs"}}}  # vLLM streams no prompt_logprobs
@@ -107,7 +108,9 @@ class _CompletionView:
         """The choice for ``delta``; with ``echo``, a choice's first piece carries the prompt first (its text, and
         with logprobs its tokens, the first one's logprob null). ``echo`` with ``max_tokens`` 0 returns the prompt
         alone (one token is generated and dropped, as vLLM does)."""
-        first = delta.index not in self._offsets
+        first = delta.index not in self._texts
+        if first:
+            self._texts[delta.index] = (codecs.getincrementaldecoder("utf-8")(errors="replace"), 0)
         text, token_ids, entries = delta.text, delta.token_ids, delta.logprobs
         if self.body.echo and self.body.max_tokens == 0:
             text, token_ids, entries = "", [], [] if entries is not None else None
@@ -117,33 +120,34 @@ class _CompletionView:
             token_ids = prompt.token_ids + token_ids
             if entries is not None:
                 entries = (delta.prompt_logprobs or [None] * len(prompt.token_ids)) + entries
-        offset = self._offsets.get(delta.index, 0)
-        self._offsets[delta.index] = offset + len(text)
         return CompletionChoice(
             index=delta.index,
             text=text,
-            logprobs=None if entries is None else self._logprobs(token_ids, entries, offset),
+            logprobs=None if entries is None else self._logprobs(delta.index, token_ids, entries),
             finish_reason=delta.finish_reason,
             stop_reason=delta.stop_reason,
             prompt_logprobs=prompt_logprobs_json(delta.prompt_logprobs) if first else None,
         )
 
     def _logprobs(
-        self, token_ids: list[int], entries: list[dict[int, Logprob] | None], offset: int
+        self, index: int, token_ids: list[int], entries: list[dict[int, Logprob] | None]
     ) -> CompletionLogprobs:
         """OpenAI's legacy layout: parallel lists, one row per token; ``top_logprobs`` holds the top k and the
-        chosen one; a token without logprobs (the prompt's first) has null in both."""
+        chosen one; a token without logprobs (the prompt's first) has null in both. A token is its text, with
+        ``\\xNN`` escapes for the bytes of a character it holds part of (so two such tokens stay two keys of
+        ``top_logprobs``; both were U+FFFD, one key); ``text_offset`` is the character its first byte is in."""
         out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        text = self.tokenizer.token_text
+        decoder, chars = self._texts[index]
         for token_id, entry in zip(token_ids, entries, strict=True):
-            if entry is None:
-                token, logprob, top = self.decode([token_id]), None, None
-            else:
-                chosen = entry[token_id]
-                token, logprob = chosen.decoded_token or "", max(chosen.logprob, MIN_LOGPROB)
-                top = {lp.decoded_token or "": max(lp.logprob, MIN_LOGPROB) for lp in entry.values()}
-            out.tokens.append(token)
+            logprob, top = None, None
+            if entry is not None:
+                logprob = max(entry[token_id].logprob, MIN_LOGPROB)
+                top = {text(tid): max(lp.logprob, MIN_LOGPROB) for tid, lp in entry.items()}
+            out.tokens.append(text(token_id))
             out.token_logprobs.append(logprob)
             out.top_logprobs.append(top)
-            out.text_offset.append(offset)
-            offset += len(token)
+            out.text_offset.append(chars)
+            chars += len(decoder.decode(self.tokenizer.token_bytes(token_id)))
+        self._texts[index] = (decoder, chars)
         return out

@@ -321,6 +321,17 @@ class ChatMessage(_Request):
     tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        """A part of another type (``image_url``, ``input_audio``, ``file``: what LangChain and the SDKs send for
+        images and files) is refused by name; pydantic's own message listed every member of the union."""
+        for i, part in enumerate(value if isinstance(value, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                raise ValueError(f"part {i} has type {kind!r}: the served models take text parts only")
+        return value
+
     @model_validator(mode="after")
     def _tool_fields_by_role(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":  # missing or null: a field validator sees only null
