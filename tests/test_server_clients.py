@@ -32,6 +32,7 @@ MODEL = "scripted"
 TEXT = "猫 😺, é!"  # 3-, 4- and 2-byte characters
 CHAT = [{"role": "user", "content": "hi"}]
 NODE_PROBE = Path(__file__).parent / "clients" / "openai_node.cjs"
+NODE_MODULES = Path(__file__).parents[1] / ".node" / "node_modules"  # where scripts/setup.sh test puts the SDK
 
 
 def byte_level_tokenizer(out: Path) -> Path:
@@ -171,10 +172,15 @@ def _node_with_openai() -> str | None:
     """Why the Node SDK test cannot run here, or None (``NODE_PATH`` may name where ``npm install openai`` put it)."""
     if shutil.which("node") is None:
         return "node is not installed"
-    found = subprocess.run(["node", "-e", "require.resolve('openai')"], capture_output=True, cwd=NODE_PROBE.parent)
+    found = subprocess.run(["node", "-e", "require.resolve('openai')"], capture_output=True, env=_node_env())
     if found.returncode != 0:
         return "the openai npm package is not installed (npm install --prefix DIR openai; NODE_PATH=DIR/node_modules)"
     return None
+
+
+def _node_env() -> dict[str, str]:
+    paths = [p for p in (os.environ.get("NODE_PATH"), str(NODE_MODULES)) if p]
+    return {**os.environ, "NODE_PATH": os.pathsep.join(paths)}
 
 
 def test_the_openai_node_sdk(server: RunningServer, engine: LLMEngine) -> None:
@@ -186,7 +192,11 @@ def test_the_openai_node_sdk(server: RunningServer, engine: LLMEngine) -> None:
         pytest.skip(missing)
     aborted = metrics(server.url).get("jllm:request_success_total{abort}", 0)
     run = subprocess.run(
-        ["node", str(NODE_PROBE), f"{server.url}/v1", MODEL], capture_output=True, text=True, timeout=60
+        ["node", str(NODE_PROBE), f"{server.url}/v1", MODEL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_node_env(),
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
