@@ -268,7 +268,7 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "return_token_ids": True, "spaces_between_special_tokens": False, "truncation_side": "right",
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
     "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
-    "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True,
+    "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True, "verbosity": "low",
 }  # fmt: skip
 
 

@@ -63,6 +63,7 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "audio": ((None,), "is not supported: the served models generate text only"),
     "web_search_options": ((None,), "is not supported: this server cannot search the web"),
     "store": ((None, False), "is not supported: this server stores no completions"),
+    "verbosity": ((None, "medium"), "is not supported: a reply's length follows the model and max_tokens"),
 }
 
 
