@@ -7,7 +7,9 @@ token ``t`` is allowed) and a thread pool that fills a batch's rows in parallel.
 expressions, Lark grammars (GBNF converted) and choices; ``StructuredOutputsParams`` carries vLLM's names for them.
 
 A matcher consumes every token its sequence appends (``GrammarMatcher.accept``, called by the scheduler); once its
-grammar is complete (no token but EOS could follow) the sequence ends with finish reason "stop". The mask for a
+grammar is complete (no token but EOS could follow) the sequence ends with finish reason "stop". A grammar that
+breaks mid-generation (llguidance past its limits) ends its sequence with finish reason "error" (vLLM's), which the
+server turns into an error for the client (``jllm.errors.GrammarFailedError``). The mask for a
 step depends on the token the step before sampled: the runner queues the step's forward first, the engine takes that
 token meanwhile, and the mask is filled while the device runs the forward (``ModelRunner.launch``).
 
@@ -119,16 +121,24 @@ class GrammarMatcher:
 
     def __init__(self, matcher: llguidance.LLMatcher) -> None:
         self.matcher = matcher
+        self.error: str | None = None  # why the grammar broke, once it has: the sequence then ends with an error
 
     def accept(self, token_id: int) -> bool:
-        """Consumes a sampled token; True when the sequence must end here (grammar complete, or broken)."""
-        if not self.matcher.consume_token(token_id):
-            logger.error("grammar rejected sampled token %d: %s", token_id, self.matcher.get_error())
+        """Consumes a sampled token; True when the sequence must end here: its grammar is complete, or broken
+        (``error`` then says why: llguidance refused the token, or ran past its limits)."""
+        if not self.matcher.consume_token(token_id) or self.matcher.is_error():
+            self.error = _first_line(self.matcher.get_error()) or f"the grammar cannot follow token {token_id}"
+            logger.warning("grammar failed on sampled token %d: %s", token_id, self.error)
             return True
         return self.matcher.is_stopped()
 
     def fork(self) -> GrammarMatcher:
         return GrammarMatcher(self.matcher.deep_copy())
+
+
+def _first_line(error: str) -> str:
+    """llguidance's error text follows its first line with the parser's whole state (kilobytes)."""
+    return error.strip().split("\n", 1)[0].removeprefix("Error: ")
 
 
 class GrammarCompiler:

@@ -289,8 +289,9 @@ def error_shape_problem(status: int, body: bytes) -> str | None:
 
 
 def stream_problem(body: bytes) -> str | None:
-    """A 200 stream must be SSE events of JSON ending in [DONE]; an error event is allowed (a failure after the
-    headers) only in OpenAI's shape."""
+    """A 200 stream must be SSE events of JSON ending in [DONE]; an error event is allowed only for the request's own
+    fault found after the headers (a grammar that broke mid-generation: ``invalid_request_error``), in OpenAI's
+    shape."""
     events = body.decode("utf-8", "replace").split("\n\n")
     if events[-2:] != ["data: [DONE]", ""]:
         return f"stream does not end with [DONE]: {body[-200:]!r}"
@@ -300,7 +301,9 @@ def stream_problem(body: bytes) -> str | None:
             data = json.loads(payload)
         except ValueError:
             return f"event is not JSON: {payload[:200]!r}"
-        if "error" in data:
+        if "error" in data and (
+            error_shape_problem(400, payload.encode()) or data["error"]["type"] != "invalid_request_error"
+        ):
             return f"error event in a 200 stream: {payload[:300]}"
     return None
 
