@@ -94,7 +94,7 @@ class StructuredOutputsParams:
             raise ValueError(f"structured_outputs.{kind} is invalid: {e}") from e
         error = llguidance.LLMatcher.validate_grammar(text, limits=GRAMMAR_LIMITS)
         if error:
-            raise ValueError(f"structured_outputs.{kind} is invalid: {error.strip()}")
+            raise ValueError(f"structured_outputs.{kind} is invalid: {_brief(error)}")
         return text
 
 
@@ -127,7 +127,7 @@ class GrammarMatcher:
         """Consumes a sampled token; True when the sequence must end here: its grammar is complete, or broken
         (``error`` then says why: llguidance refused the token, or ran past its limits)."""
         if not self.matcher.consume_token(token_id) or self.matcher.is_error():
-            self.error = _first_line(self.matcher.get_error()) or f"the grammar cannot follow token {token_id}"
+            self.error = _brief(self.matcher.get_error(), lines=1) or f"the grammar cannot follow token {token_id}"
             logger.warning("grammar failed on sampled token %d: %s", token_id, self.error)
             return True
         return self.matcher.is_stopped()
@@ -136,9 +136,11 @@ class GrammarMatcher:
         return GrammarMatcher(self.matcher.deep_copy())
 
 
-def _first_line(error: str) -> str:
-    """llguidance's error text follows its first line with the parser's whole state (kilobytes)."""
-    return error.strip().split("\n", 1)[0].removeprefix("Error: ")
+def _brief(error: str, lines: int = 3, line_chars: int = 200) -> str:
+    """llguidance's error, bounded: it quotes the grammar's source line (the whole of a 100,000-choice grammar,
+    megabytes, went back in a 400) or follows the error with the parser's whole state."""
+    kept = error.strip().removeprefix("Error: ").splitlines()[:lines]
+    return "\n".join(line if len(line) <= line_chars else line[:line_chars] + " ..." for line in kept)
 
 
 class GrammarCompiler:
@@ -167,7 +169,7 @@ class GrammarCompiler:
     def matcher(self, params: StructuredOutputsParams) -> GrammarMatcher:
         matcher = llguidance.LLMatcher(self.tokenizer, params.grammar_text(), limits=GRAMMAR_LIMITS)
         if matcher.is_error():
-            raise ValueError(f"structured_outputs.{params.kind} is invalid: {matcher.get_error()}")
+            raise ValueError(f"structured_outputs.{params.kind} is invalid: {_brief(matcher.get_error())}")
         return GrammarMatcher(matcher)
 
 
