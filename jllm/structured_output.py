@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -152,9 +153,17 @@ class GrammarCompiler:
         self.source = tokenizer
         self.vocab_size = vocab_size  # the model's logit width: the mask's
         self.eos_token_ids = sorted(eos_token_ids)
+        self._lock = threading.Lock()  # the server builds matchers on worker threads: the tokenizer is built once
+        self._tokenizer: llguidance.LLTokenizer | None = None
 
-    @functools.cached_property
+    @property
     def tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._build_tokenizer()
+            return self._tokenizer
+
+    def _build_tokenizer(self) -> llguidance.LLTokenizer:
         import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_startup.py)
 
         hf_tokenizer = self.source.hf
