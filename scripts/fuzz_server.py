@@ -4,8 +4,11 @@ The rule: bad input gets a 4xx with OpenAI's error JSON (``{"error": {"message",
 never a 5xx, a dropped connection or a hang; and the server still answers ``/health`` and an ordinary request
 afterwards. Bodies come from valid seeds per route, mutated at one field at a time (wrong types, negative and huge
 numbers, NaN / Infinity, deep nesting, lone surrogates, giant strings, unknown fields, arrays for strings, nulls) and
-as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type). Prints each failure (status, body, the request that
-caused it) and a summary; exits 1 if any request broke the rule.
+as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type), and written byte for byte on a socket (bodies cut off
+or stalled, half-closed, framed two ways), which must be answered within ``--stall-timeout`` (the server's
+``body_timeout_s`` and then some). A 200 stream may end with an error event only for the request's own fault found
+after the headers (a grammar that broke mid-generation). Prints each failure (status, body, the request that caused
+it) and a summary; exits 1 if any request broke the rule.
 
     jllm serve --port 8000 &
     python scripts/fuzz_server.py --url http://127.0.0.1:8000 --rounds 3
