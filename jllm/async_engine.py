@@ -26,6 +26,7 @@ from jllm.errors import EngineUnavailableError, QueueFullError
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import RequestOutput
 from jllm.sampling import SamplingParams
+from jllm.structured_output import GrammarMatcher
 
 logger = logging.getLogger(__name__)
 
@@ -167,15 +168,25 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ event-loop side
 
-    async def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> RequestStream:
+    async def grammar(self, params: SamplingParams) -> GrammarMatcher | None:
+        """The matcher of ``params``' constraint (None without one), built on a worker thread: llguidance's work
+        takes a second or more for a large grammar, which on the engine thread would stop every stream, and on the
+        event loop every connection. Several prompts of one request share one (``GrammarMatcher.fork``)."""
+        if params.structured_outputs is None:
+            return None
+        return await asyncio.to_thread(self.engine.grammars.matcher, params.structured_outputs)
+
+    async def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, grammar: GrammarMatcher | None = None
+    ) -> RequestStream:
         """Admits a prompt checked by ``inputs``; raises here (not in the stream) on a full queue, while draining,
         on a request id in use, or on a grammar llguidance cannot build for the tokenizer. A grammar's matcher is
         built on a worker thread first: on the engine thread, 20,000 alternatives held every stream 1.5 s (and
-        the first structured request, which builds llguidance's tokenizer, 5 s)."""
+        the first structured request, which builds llguidance's tokenizer, 5 s). ``grammar``: one built by
+        ``grammar`` already, this request's own."""
         self._check_admission(request_id, params.n)
-        grammar = None
-        if params.structured_outputs is not None:  # llguidance's work (a second or more) on neither thread of ours
-            grammar = await asyncio.to_thread(self.engine.grammars.matcher, params.structured_outputs)
+        if grammar is None and params.structured_outputs is not None:
+            grammar = await self.grammar(params)
             self._check_admission(request_id, params.n)  # again: the queue may have filled meanwhile
         loop = asyncio.get_running_loop()
 

@@ -91,11 +91,15 @@ class Generation:
                 param=param,
             )
         params = dataclasses.replace(params, output_kind=RequestOutputKind.DELTA)
+        # A grammar is built once (off both threads) and forked for each further prompt, all before the first is
+        # admitted: a matcher the engine has advanced would fork its state.
+        grammar = await engine.grammar(params)
+        grammars = [grammar] + [None if grammar is None else grammar.fork() for _ in prompts[1:]]
         streams: list[RequestStream] = []
         try:
-            for i, prompt in enumerate(prompts):
+            for i, (prompt, own) in enumerate(zip(prompts, grammars, strict=True)):
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await engine.add_request(rid, prompt, params))
+                streams.append(await engine.add_request(rid, prompt, params, own))
         except BaseException:
             for stream in streams:
                 engine.abort(stream.request_id)

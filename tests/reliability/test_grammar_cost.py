@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from fake_runner import fake_engine
-from server_utils import RunningServer
+from server_utils import RunningServer, http
 
 from jllm.config import load_config
 
@@ -84,3 +84,26 @@ def test_building_a_large_grammars_matcher_does_not_stall_other_streams() -> Non
         status, gap = asyncio.run(run(running.url))
     assert gap < 0.5, f"the victim stream stopped for {gap:.2f} s while the grammar was built"
     assert status == 400  # llguidance's parser then fails on the first token: a row of 20,001 items (its limit 2,000)
+
+
+def test_the_prompts_of_one_request_share_one_grammar_build(server: RunningServer) -> None:
+    """Each prompt used to build its own matcher (1,024 prompts of one request: 1,024 builds); now one is built and
+    forked, before any prompt is admitted (a matcher the engine has advanced would fork its state)."""
+    compiler = server.engine.grammars
+    builds = []
+    build = compiler.matcher
+
+    def counted(params):  # noqa: ANN001, ANN202 - GrammarCompiler.matcher's own signature
+        builds.append(params)
+        return build(params)
+
+    compiler.matcher = counted
+    try:
+        body = {"model": "scripted", "prompt": ["a", "bb", "ccc"], "n": 2, "temperature": 1.0, "max_tokens": 8}
+        reply = http("POST", f"{server.url}/v1/completions", json_body=body | {"guided_regex": "[0-9]{5}"})
+    finally:
+        del compiler.matcher
+    assert reply.status == 200, reply.body
+    choices = reply.json()["choices"]
+    assert len(choices) == 6 and len(builds) == 1
+    assert all(c["finish_reason"] == "stop" and len(c["text"]) == 5 and c["text"].isdigit() for c in choices)
