@@ -192,7 +192,10 @@ class AsyncEngine:
 
         def add() -> None:
             try:
-                self.engine.add_request(request_id, prompt, params, grammar)
+                if grammar is None:
+                    self.engine.add_request(request_id, prompt, params)
+                else:
+                    self.engine.add_request(request_id, prompt, params, grammar=grammar)
             except Exception as e:  # handed to the caller, who maps it to a status
                 loop.call_soon_threadsafe(self._settle_add, request_id, e)
             else:
