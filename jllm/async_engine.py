@@ -26,6 +26,7 @@ from jllm.errors import EngineUnavailableError, QueueFullError
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import RequestOutput
 from jllm.sampling import SamplingParams
+from jllm.structured_output import GrammarMatcher
 
 logger = logging.getLogger(__name__)
 
@@ -167,24 +168,34 @@ class AsyncEngine:
 
     # ------------------------------------------------------------------ event-loop side
 
-    async def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> RequestStream:
+    async def grammar(self, params: SamplingParams) -> GrammarMatcher | None:
+        """The matcher of ``params``' constraint (None without one), built on a worker thread: llguidance's work
+        takes a second or more for a large grammar, which on the engine thread would stop every stream, and on the
+        event loop every connection. Several prompts of one request share one (``GrammarMatcher.fork``)."""
+        if params.structured_outputs is None:
+            return None
+        return await asyncio.to_thread(self.engine.grammars.matcher, params.structured_outputs)
+
+    async def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, grammar: GrammarMatcher | None = None
+    ) -> RequestStream:
         """Admits a prompt checked by ``inputs``; raises here (not in the stream) on a full queue, while draining,
-        or on a request id in use."""
-        self._check_open()
-        if request_id in self._streams:
-            raise ValueError(f"request id {request_id!r} is already in use; send a unique X-Request-Id")
-        # Sequences in flight minus those running: a snapshot older than the streams only over-counts the queue.
-        queued = self._in_flight_seqs - self.snapshot.num_running_seqs
-        if queued + params.n > self.max_queued_requests:
-            raise QueueFullError(
-                f"{queued} sequences are already waiting and this request adds {params.n} "
-                f"(max_queued_requests={self.max_queued_requests} counts prompts x n); retry later"
-            )
+        on a request id in use, or on a grammar llguidance cannot build for the tokenizer. A grammar's matcher is
+        built on a worker thread first: on the engine thread, 20,000 alternatives held every stream 1.5 s (and
+        the first structured request, which builds llguidance's tokenizer, 5 s). ``grammar``: one built by
+        ``grammar`` already, this request's own."""
+        self._check_admission(request_id, params.n)
+        if grammar is None and params.structured_outputs is not None:
+            grammar = await self.grammar(params)
+            self._check_admission(request_id, params.n)  # again: the queue may have filled meanwhile
         loop = asyncio.get_running_loop()
 
         def add() -> None:
             try:
-                self.engine.add_request(request_id, prompt, params)
+                if grammar is None:
+                    self.engine.add_request(request_id, prompt, params)
+                else:
+                    self.engine.add_request(request_id, prompt, params, grammar=grammar)
             except Exception as e:  # handed to the caller, who maps it to a status
                 loop.call_soon_threadsafe(self._settle_add, request_id, e)
             else:
@@ -233,6 +244,18 @@ class AsyncEngine:
             return await done
         finally:
             self._calls.discard(done)
+
+    def _check_admission(self, request_id: str, n: int) -> None:
+        self._check_open()
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use; send a unique X-Request-Id")
+        # Sequences in flight minus those running: a snapshot older than the streams only over-counts the queue.
+        queued = self._in_flight_seqs - self.snapshot.num_running_seqs
+        if queued + n > self.max_queued_requests:
+            raise QueueFullError(
+                f"{queued} sequences are already waiting and this request adds {n} "
+                f"(max_queued_requests={self.max_queued_requests} counts prompts x n); retry later"
+            )
 
     def _check_open(self) -> None:
         if self._error is not None or not self._thread.is_alive():

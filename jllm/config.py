@@ -249,6 +249,9 @@ class ServerConfig(_Section):
     # Connections: every one must send its first request's headers within header_timeout_s; an idle keep-alive one
     # is closed after keepalive_timeout_s; at max_connections the oldest idle one makes room, else a newcomer gets 503.
     header_timeout_s: float = 10.0
+    # A request's body must arrive whole within body_timeout_s of its headers (a stalled chunked or cut-off body
+    # would hold its connection, counted as busy, for ever): else a 408 and the connection is closed.
+    body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 15.0
     max_connections: int = 2048
     # Backpressure: a stream whose client leaves more than stream_buffer_outputs outputs untaken for
@@ -276,6 +279,7 @@ class ServerConfig(_Section):
         self._require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
         self._require(self.tokenizer_workers >= 1, "tokenizer_workers", "must be >= 1")
         self._require(self.header_timeout_s > 0, "header_timeout_s", "must be > 0")
+        self._require(self.body_timeout_s > 0, "body_timeout_s", "must be > 0")
         self._require(self.keepalive_timeout_s > 0, "keepalive_timeout_s", "must be > 0")
         self._require(self.max_connections >= 1, "max_connections", "must be >= 1")
         self._require(self.stream_buffer_outputs >= 1, "stream_buffer_outputs", "must be >= 1")

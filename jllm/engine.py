@@ -34,7 +34,7 @@ from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 from jllm.step_inputs import StepPlan
 from jllm.step_results import StepResult
-from jllm.structured_output import GrammarCompiler
+from jllm.structured_output import GrammarCompiler, GrammarMatcher
 from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -108,13 +108,18 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ requests
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
-        """Queues a prompt that ``jllm.inputs`` has checked; ``params.n`` samples, each its own sequence."""
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, grammar: GrammarMatcher | None = None
+    ) -> None:
+        """Queues a prompt that ``jllm.inputs`` has checked; ``params.n`` samples, each its own sequence.
+        ``grammar``: the constraint's matcher, built beforehand off this thread (``GrammarCompiler.matcher``: a
+        large grammar takes a second or more); else built here."""
         if request_id in self.outputs.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**32))
         now = time.monotonic()
-        grammar = None if params.structured_outputs is None else self.grammars.matcher(params.structured_outputs)
+        if grammar is None and params.structured_outputs is not None:
+            grammar = self.grammars.matcher(params.structured_outputs)
         seqs = [
             Sequence(
                 seq_id=next(self._seq_ids),

@@ -39,6 +39,7 @@ class SampleState:
     num_sent_tokens: int = 0  # DELTA: tokens (and logprob entries) already emitted
     num_sent_chars: int = 0  # DELTA: characters of text already emitted
     finish_sent: bool = False  # DELTA: the finish reason went out; the sample is not reported again
+    error: str | None = None  # with finish_reason "error": what failed
 
     def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
         """Ends the sample's text: releases what the detokenizer still holds back (not after a stop string)."""
@@ -145,8 +146,13 @@ class OutputProcessor:
         """Detokenizes the new token and settles the finish reason; True when a stop string ended a sequence the
         scheduler still runs. A stop token's text (EOS or a stop id) is shown only with include_stop_str_in_output
         (vLLM's rule; a special token's text stays hidden unless skip_special_tokens is false); the token that completes
-        a grammar is output; a stop string wins over the length limit."""
+        a grammar is output, the one that breaks it is not; a stop string wins over the length limit."""
         seq = sample.seq
+        if seq.status is SequenceStatus.FINISHED_ERROR:  # its grammar broke on this token: the token is not output
+            assert seq.grammar is not None
+            sample.finish("error")
+            sample.error = f"structured output failed after {seq.num_output_tokens - 1} tokens: {seq.grammar.error}"
+            return False
         eos = token_id in self.tokenizer.eos_token_ids
         stopped = seq.status is SequenceStatus.FINISHED_STOPPED
         if stopped and (eos or token_id in seq.sampling_params.stop_token_ids):  # a stop token
@@ -235,6 +241,7 @@ def _whole_completion(index: int, sample: SampleState) -> CompletionOutput:
         logprobs=None if sample.logprobs is None else list(sample.logprobs),
         finish_reason=sample.finish_reason,
         stop_reason=sample.stop_reason,
+        error=sample.error,
     )
 
 
@@ -254,6 +261,7 @@ def _delta_completion(index: int, sample: SampleState) -> CompletionOutput | Non
         logprobs=None if sample.logprobs is None else sample.logprobs[start:],
         finish_reason=sample.finish_reason,
         stop_reason=sample.stop_reason,
+        error=sample.error,
     )
 
 

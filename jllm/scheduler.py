@@ -240,15 +240,20 @@ class Scheduler:
         return appended
 
     def _stop_status(self, seq: Sequence, token_id: int) -> SequenceStatus | None:
-        """Token-level stops in vLLM's order: a stop token (EOS unless ignored, or a stop id; only once min_tokens
-        are out), a complete grammar (its matcher consumes every other token), then the length limit. Stop strings
-        need the text: the engine checks those."""
+        """Token-level stops in vLLM's order: a broken grammar first (the sequence ends with an error), a stop token
+        (EOS unless ignored, or a stop id; only once min_tokens are out), a complete grammar (its matcher consumes
+        every token), then the length limit. Stop strings need the text: the engine checks those."""
         params = seq.sampling_params
+        # The matcher consumes stop tokens too: a grammar that broke while filling its mask allows only EOS, which
+        # must end the sequence with the error, not as a "stop".
+        complete = seq.grammar is not None and seq.grammar.accept(token_id)
+        if seq.grammar is not None and seq.grammar.error is not None:
+            return SequenceStatus.FINISHED_ERROR
         if seq.num_output_tokens >= params.min_tokens and (
             token_id in params.stop_token_ids or (token_id in self.eos_token_ids and not params.ignore_eos)
         ):
             return SequenceStatus.FINISHED_STOPPED
-        if seq.grammar is not None and seq.grammar.accept(token_id):  # the grammar is complete: nothing may follow
+        if complete:  # nothing may follow
             return SequenceStatus.FINISHED_STOPPED
         if seq.reaches_length_limit(self.max_model_len):
             return SequenceStatus.FINISHED_LENGTH

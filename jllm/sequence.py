@@ -24,6 +24,7 @@ class SequenceStatus(enum.Enum):
     FINISHED_STOPPED = "stop"
     FINISHED_LENGTH = "length"
     FINISHED_ABORTED = "abort"
+    FINISHED_ERROR = "error"  # its grammar failed mid-generation (vLLM's FinishReason.ERROR)
 
     @property
     def is_finished(self) -> bool:

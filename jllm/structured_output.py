@@ -7,7 +7,9 @@ token ``t`` is allowed) and a thread pool that fills a batch's rows in parallel.
 expressions, Lark grammars (GBNF converted) and choices; ``StructuredOutputsParams`` carries vLLM's names for them.
 
 A matcher consumes every token its sequence appends (``GrammarMatcher.accept``, called by the scheduler); once its
-grammar is complete (no token but EOS could follow) the sequence ends with finish reason "stop". The mask for a
+grammar is complete (no token but EOS could follow) the sequence ends with finish reason "stop". A grammar that
+breaks mid-generation (llguidance past its limits) ends its sequence with finish reason "error" (vLLM's), which the
+server turns into an error for the client (``jllm.errors.GrammarFailedError``). The mask for a
 step depends on the token the step before sampled: the runner queues the step's forward first, the engine takes that
 token meanwhile, and the mask is filled while the device runs the forward (``ModelRunner.launch``).
 
@@ -21,6 +23,7 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +95,7 @@ class StructuredOutputsParams:
             raise ValueError(f"structured_outputs.{kind} is invalid: {e}") from e
         error = llguidance.LLMatcher.validate_grammar(text, limits=GRAMMAR_LIMITS)
         if error:
-            raise ValueError(f"structured_outputs.{kind} is invalid: {error.strip()}")
+            raise ValueError(f"structured_outputs.{kind} is invalid: {_brief(error)}")
         return text
 
 
@@ -147,16 +150,26 @@ class GrammarMatcher:
 
     def __init__(self, matcher: llguidance.LLMatcher) -> None:
         self.matcher = matcher
+        self.error: str | None = None  # why the grammar broke, once it has: the sequence then ends with an error
 
     def accept(self, token_id: int) -> bool:
-        """Consumes a sampled token; True when the sequence must end here (grammar complete, or broken)."""
-        if not self.matcher.consume_token(token_id):
-            logger.error("grammar rejected sampled token %d: %s", token_id, self.matcher.get_error())
+        """Consumes a sampled token; True when the sequence must end here: its grammar is complete, or broken
+        (``error`` then says why: llguidance refused the token, or ran past its limits)."""
+        if not self.matcher.consume_token(token_id) or self.matcher.is_error():
+            self.error = _brief(self.matcher.get_error(), lines=1) or f"the grammar cannot follow token {token_id}"
+            logger.warning("grammar failed on sampled token %d: %s", token_id, self.error)
             return True
         return self.matcher.is_stopped()
 
     def fork(self) -> GrammarMatcher:
         return GrammarMatcher(self.matcher.deep_copy())
+
+
+def _brief(error: str, lines: int = 3, line_chars: int = 200) -> str:
+    """llguidance's error, bounded: it quotes the grammar's source line (the whole of a 100,000-choice grammar,
+    megabytes, went back in a 400) or follows the error with the parser's whole state."""
+    kept = error.strip().removeprefix("Error: ").splitlines()[:lines]
+    return "\n".join(line if len(line) <= line_chars else line[:line_chars] + " ..." for line in kept)
 
 
 class GrammarCompiler:
@@ -168,9 +181,17 @@ class GrammarCompiler:
         self.source = tokenizer
         self.vocab_size = vocab_size  # the model's logit width: the mask's
         self.eos_token_ids = sorted(eos_token_ids)
+        self._lock = threading.Lock()  # the server builds matchers on worker threads: the tokenizer is built once
+        self._tokenizer: llguidance.LLTokenizer | None = None
 
-    @functools.cached_property
+    @property
     def tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = self._build_tokenizer()
+            return self._tokenizer
+
+    def _build_tokenizer(self) -> llguidance.LLTokenizer:
         import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_startup.py)
 
         hf_tokenizer = self.source.hf
@@ -185,7 +206,7 @@ class GrammarCompiler:
     def matcher(self, params: StructuredOutputsParams) -> GrammarMatcher:
         matcher = llguidance.LLMatcher(self.tokenizer, params.grammar_text(), limits=GRAMMAR_LIMITS)
         if matcher.is_error():
-            raise ValueError(f"structured_outputs.{params.kind} is invalid: {matcher.get_error()}")
+            raise ValueError(f"structured_outputs.{params.kind} is invalid: {_brief(matcher.get_error())}")
         return GrammarMatcher(matcher)
 
 

@@ -4,8 +4,11 @@ The rule: bad input gets a 4xx with OpenAI's error JSON (``{"error": {"message",
 never a 5xx, a dropped connection or a hang; and the server still answers ``/health`` and an ordinary request
 afterwards. Bodies come from valid seeds per route, mutated at one field at a time (wrong types, negative and huge
 numbers, NaN / Infinity, deep nesting, lone surrogates, giant strings, unknown fields, arrays for strings, nulls) and
-as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type). Prints each failure (status, body, the request that
-caused it) and a summary; exits 1 if any request broke the rule.
+as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type), and written byte for byte on a socket (bodies cut off
+or stalled, half-closed, framed two ways), which must be answered within ``--stall-timeout`` (the server's
+``body_timeout_s`` and then some). A 200 stream may end with an error event only for the request's own fault found
+after the headers (a grammar that broke mid-generation). Prints each failure (status, body, the request that caused
+it) and a summary; exits 1 if any request broke the rule.
 
     jllm serve --port 8000 &
     python scripts/fuzz_server.py --url http://127.0.0.1:8000 --rounds 3
@@ -198,6 +201,65 @@ EXTRA_FIELDS: list[tuple[str, Any]] = [
     ("continue_final_message", True),
     ("include_stop_str_in_output", True),
     ("skip_special_tokens", False),
+    # prompts: token ids out of range or of the wrong type, NUL and surrogates inside text, nested lists
+    ("prompt", [49152]),
+    ("prompt", [-1]),
+    ("prompt", [2**63]),
+    ("prompt", [[1], [10**12]]),
+    ("prompt", [1, "a"]),
+    ("prompt", [[1, 2], "x"]),
+    ("prompt", ["a\x00b", "\ud800x"]),
+    ("prompt", [[]]),
+    ("prompt", {"prompt_token_ids": [1, 2]}),
+    ("stop", ["\x00"]),
+    ("stop", ["a\ud800", "\udfff"]),
+    ("stop", [""] * 3),
+    ("stop", ["x"] * 65),
+    ("stop", ["x" * 513]),
+    # n and best_of at and past their limits
+    ("n", 128),
+    ("n", 129),
+    ("best_of", 128),
+    ("best_of", 2**31),
+    ("n", 2.0),
+    # logit_bias: ids outside the vocabulary, keys that are not integers, values out of range
+    ("logit_bias", {"49152": 1}),
+    ("logit_bias", {"99999999999999999999999": 1}),
+    ("logit_bias", {"1.5": 1}),
+    ("logit_bias", {" 5": 1}),
+    ("logit_bias", {"0x5": 1}),
+    ("logit_bias", {"\ud800": 1}),
+    ("logit_bias", {"5": 1e308}),
+    ("logit_bias", {"5": None}),
+    ("logit_bias", [5, 1]),
+    # max_tokens at the edges of the context
+    ("max_tokens", 0),
+    ("max_tokens", -(2**63)),
+    ("max_tokens", 10**6),
+    ("max_completion_tokens", 10**6),
+    ("min_tokens", -1),
+    # tool schemas that are not objects; tools that are not tools
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": "string"}}]),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": 5}}]),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": None}}]),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]),
+    ("tools", [{"type": "function", "function": "f"}]),
+    ("tools", [5]),
+    ("tools", [{"type": "function", "function": {"name": ""}}]),
+    ("tools", [{"type": "function", "function": {"name": "f" * 10_000}}]),
+    # structured output whose schema is not an object, or whose grammar breaks mid-generation
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": 5}}),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": []}}),
+    (
+        "response_format",
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": "x"}},
+    ),
+    ("structured_outputs", {"json": 5}),
+    ("structured_outputs", {"regex": "[0-9]{3}a{1000000}"}),
+    ("structured_outputs", {"choice": ["a"] * 10_000}),
+    ("structured_outputs", {"json": {"type": "object"}, "regex": "a"}),
+    ("guided_choice", []),
+    ("guided_choice", [""]),
 ]
 
 
@@ -271,7 +333,33 @@ def raw_bodies(seed: dict[str, Any], rng: random.Random) -> list[tuple[str, byte
         ("multipart", b"--x\r\n\r\nhi\r\n--x--", {"Content-Type": "multipart/form-data; boundary=x"}),
         ("gzip claimed", raw, {"Content-Type": "application/json", "Content-Encoding": "gzip"}),
         ("charset latin1", raw, {"Content-Type": "application/json; charset=latin-1"}),
+        ("NUL in a prompt escape", raw[:-1] + b', "prompt": "a\\u0000b"}', json_headers),
+        ("surrogate pair halves swapped", raw[:-1] + b', "prompt": "\\udc00\\ud800"}', json_headers),
+        ("deep messages", raw[:-1] + b', "messages": ' + b"[" * 2000 + b"]" * 2000 + b"}", json_headers),
+        ("deep logit_bias", raw[:-1] + b', "logit_bias": ' + b'{"1":' * 2000 + b"1" + b"}" * 2000 + b"}", json_headers),
+        ("huge negative exponent", raw[:-1] + b', "top_p": 1e-99999}', json_headers),
+        ("long number", raw[:-1] + b', "temperature": 0.' + b"1" * 100_000 + b"}", json_headers),
+        ("JSON content type with params", raw, {"Content-Type": "application/json; boundary=x; charset=utf-8"}),
     ]
+
+
+# (what, bytes after the request line and Host header, seconds to stall before half-closing, or None to keep the
+# connection open until the server answers): bodies cut off, stalled, malformed, or framed two ways.
+RAW_CASES: list[tuple[str, bytes, float | None]] = [
+    ("Content-Length body cut off, stalled", b'Content-Length: 100\r\n\r\n{"prompt": "hi", ', None),
+    ("Content-Length body cut off, half-closed", b'Content-Length: 100\r\n\r\n{"prompt": "hi", ', 0.2),
+    ("chunked body stalled", b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"pro\r\n', None),
+    ("chunked body half-closed", b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"pro\r\n', 0.2),
+    ("bad chunk size", b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", None),
+    (
+        "chunked and Content-Length",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        None,
+    ),
+    ("negative Content-Length", b"Content-Length: -5\r\n\r\n{}", None),
+    ("Content-Length past the body limit", b"Content-Length: 99999999999\r\n\r\n{", None),
+    ("two Content-Lengths", b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", None),
+]
 
 
 def error_shape_problem(status: int, body: bytes) -> str | None:
@@ -289,8 +377,9 @@ def error_shape_problem(status: int, body: bytes) -> str | None:
 
 
 def stream_problem(body: bytes) -> str | None:
-    """A 200 stream must be SSE events of JSON ending in [DONE]; an error event is allowed (a failure after the
-    headers) only in OpenAI's shape."""
+    """A 200 stream must be SSE events of JSON ending in [DONE]; an error event is allowed only for the request's own
+    fault found after the headers (a grammar that broke mid-generation: ``invalid_request_error``), in OpenAI's
+    shape."""
     events = body.decode("utf-8", "replace").split("\n\n")
     if events[-2:] != ["data: [DONE]", ""]:
         return f"stream does not end with [DONE]: {body[-200:]!r}"
@@ -300,7 +389,9 @@ def stream_problem(body: bytes) -> str | None:
             data = json.loads(payload)
         except ValueError:
             return f"event is not JSON: {payload[:200]!r}"
-        if "error" in data:
+        if "error" in data and (
+            error_shape_problem(400, payload.encode()) or data["error"]["type"] != "invalid_request_error"
+        ):
             return f"error event in a 200 stream: {payload[:300]}"
     return None
 
@@ -334,6 +425,37 @@ class Fuzzer:
         if problem:
             self.failures.append(f"{route} [{what}] -> {problem}")
 
+    async def send_raw(self, route: str, what: str, rest: bytes, half_close: float | None, timeout: float) -> None:
+        """A request written byte for byte; the server must answer it (a 4xx in OpenAI's JSON, or a plain close
+        when the client half-closed first) within ``timeout`` seconds, never a 5xx, never keep it waiting."""
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        auth = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()).encode()
+        head = f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n".encode() + auth
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(head + rest)
+            if half_close is not None:
+                await asyncio.sleep(half_close)
+                writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), timeout)
+        except TimeoutError:
+            self.failures.append(f"{route} [raw: {what}]: no answer within {timeout:g} s")
+            return
+        except OSError:
+            return  # reset by the server: no answer is owed to a broken request
+        finally:
+            writer.close()
+        if not answer:
+            return
+        status_line, _, rest_of_answer = answer.partition(b"\r\n")
+        status = int(status_line.split()[1])
+        self.statuses[status] += 1
+        body = rest_of_answer.partition(b"\r\n\r\n")[2]
+        if status >= 500:
+            self.failures.append(f"{route} [raw: {what}] -> {status}: {body[:300]!r}")
+        elif status >= 400 and (problem := error_shape_problem(status, body)):
+            self.failures.append(f"{route} [raw: {what}] -> {problem}")
+
     async def still_serving(self, session: aiohttp.ClientSession) -> str | None:
         async with session.get(f"{self.url}/health") as response:
             if response.status != 200:
@@ -362,6 +484,8 @@ async def run(args: argparse.Namespace) -> int:
                     await fuzzer.send(session, *case)
 
             await asyncio.gather(*(one(case) for case in cases))
+            raw = [(route, *case) for route in args.routes for case in RAW_CASES]
+            await asyncio.gather(*(fuzzer.send_raw(*case, args.stall_timeout) for case in raw))
             alive = await fuzzer.still_serving(session)
             print(f"round {round_index + 1}: {len(cases)} requests, statuses {dict(sorted(fuzzer.statuses.items()))}")
             if alive:
@@ -383,6 +507,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one request may take")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stall-timeout", type=float, default=60.0, help="seconds a stalled or cut-off body may go unanswered"
+    )
     sys.exit(asyncio.run(run(parser.parse_args())))
 
 

@@ -1,7 +1,9 @@
 """Soak test of a running ``jllm serve``: mixed load with hostile clients for N minutes, then a report.
 
 Workers run side by side against ``--url``: ordinary streams and whole completions (timed), clients that hang up
-mid-stream, slow readers, non-reading streams, idle connections, and bad inputs (each should be a 4xx). Every
+mid-stream or at a random moment (n > 1 and structured-output streams among them), requests sharing an X-Request-Id,
+slow readers, non-reading streams, idle connections, and bad inputs (each should be a 4xx). At the end it waits for
+the server to drain and reports the requests and KV pages left (both should be 0) and a health check. Every
 ``--interval`` seconds it samples the server's RSS (``--pid``, from /proc) and KV pages in use (/metrics). It prints
 completed requests, errors by kind, p50/p99 latency, RSS and pool use over time, the 5xx count, and the programs
 compiled after start-up (/metrics at the end); ``--json`` writes them.
@@ -91,6 +93,35 @@ class Soak:
         self.outcomes["idle connection closed by server" if closed else "idle connection answered"] += 1
         writer.close()
 
+    async def dropper(self, session: aiohttp.ClientSession, rng: random.Random) -> None:
+        """Hangs up at a random moment: before the answer's first byte, mid-prefill of a long prompt, or mid-decode;
+        n > 1 and structured-output streams among them (aborted between two masks)."""
+        body = self.body(
+            prompt="Tell me " * rng.randint(1, 300), max_tokens=rng.randint(8, 200), stream=True, temperature=1.0
+        )
+        kind = rng.choice(["plain", "n", "grammar"])
+        if kind == "n":
+            body["n"] = rng.randint(2, 4)
+        elif kind == "grammar":
+            body["guided_json"] = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
+        request = session.post(f"{self.url}/v1/completions", json=body)
+        try:
+            async with asyncio.timeout(rng.random() * 2):
+                async with request as response:
+                    async for _ in response.content:
+                        pass
+            self.outcomes[f"dropper {kind} ran to the end"] += 1
+        except TimeoutError:
+            self.outcomes[f"dropper {kind} hung up"] += 1
+
+    async def same_id(self, session: aiohttp.ClientSession, rng: random.Random) -> None:
+        """Requests sharing one X-Request-Id, in flight together (it names the response; the engine's ids are the
+        server's own)."""
+        body = self.body(prompt="same id", max_tokens=rng.randint(4, 32), stream=rng.random() < 0.5)
+        async with session.post(f"{self.url}/v1/completions", json=body, headers={"X-Request-Id": "soak"}) as response:
+            await response.read()
+            self.outcomes[f"same X-Request-Id {response.status}"] += 1
+
     async def bad_input(self, session: aiohttp.ClientSession, rng: random.Random) -> None:
         body = rng.choice(BAD_INPUTS)
         route = "/v1/chat/completions" if "messages" in body else "/v1/completions"
@@ -137,16 +168,37 @@ async def sample(soak: Soak, pid: int | None, until: float, interval: float, row
             await asyncio.sleep(interval)
 
 
+async def settled(soak: Soak, session: aiohttp.ClientSession, wait_s: float = 60.0) -> dict[str, Any]:
+    """The server once the load has stopped: requests and KV pages left (both must drain to 0 within ``wait_s``),
+    and whether /health and an ordinary request are answered."""
+    gauges = ("jllm:num_requests_running", "jllm:num_requests_waiting", "jllm:kv_cache_pages_in_use")
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = {name.removeprefix("jllm:"): await metric(session, soak.url, name) for name in gauges}
+        if not any(left.values()) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    async with session.get(f"{soak.url}/health") as response:
+        left["health_status"] = response.status
+    async with session.post(f"{soak.url}/v1/completions", json=soak.body(prompt="hi", max_tokens=2)) as response:
+        left["ordinary_status"] = response.status
+    return left
+
+
 async def soak_for(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     soak = Soak(args.url.rstrip("/"), args.model, headers)
     until = time.monotonic() + args.minutes * 60
-    mix = {"ordinary": args.concurrency, "hang_up": 2, "slow_reader": 2, "non_reader": 1, "idle": 4, "bad_input": 2}
+    mix = {
+        "ordinary": args.concurrency, "hang_up": 2, "slow_reader": 2, "non_reader": 1, "idle": 4, "bad_input": 2,
+        "dropper": 3, "same_id": 2,
+    }  # fmt: skip
     rows: list[dict[str, float]] = []
     tasks = [worker(soak, kind, until, seed=i * 100 + j) for i, (kind, n) in enumerate(mix.items()) for j in range(n)]
     await asyncio.gather(sample(soak, args.pid, until, args.interval, rows), *tasks)
     async with aiohttp.ClientSession(headers=headers) as session:
         compiled = await metric(session, soak.url, "jllm:programs_compiled_after_startup_total")
+        after = await settled(soak, session)
     lat = sorted(soak.latencies)
     return {
         "minutes": args.minutes,
@@ -156,6 +208,7 @@ async def soak_for(args: argparse.Namespace) -> dict[str, Any]:
         "latency_p99_s": lat[int(0.99 * (len(lat) - 1))] if lat else None,
         "responses_5xx": sum(n for outcome, n in soak.outcomes.items() if re.fullmatch(r".* 5(\d\d|xx)", outcome)),
         "programs_compiled_after_startup": compiled,
+        "after": after,
         "samples": rows,
     }
 
@@ -179,6 +232,7 @@ def main() -> None:
     )
     for outcome, count in sorted(report["outcomes"].items()):
         print(f"  {outcome}: {count}")
+    print(f"after the load: {report['after']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -298,9 +298,9 @@ def _send(server: RunningServer, engine: LLMEngine, body: dict, chat: bool, monk
     added: list[tuple[Prompt, SamplingParams]] = []
     add_request = engine.add_request
 
-    def spy(request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None) -> None:
         added.append((prompt, params))
-        add_request(request_id, prompt, params)
+        add_request(request_id, prompt, params, grammar)
 
     monkeypatch.setattr(engine, "add_request", spy)
     path = "/v1/chat/completions" if chat else "/v1/completions"

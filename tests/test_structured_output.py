@@ -212,7 +212,8 @@ def test_grammars_survive_preemption() -> None:
 @pytest.mark.parametrize("regex", ["a{1000000}", "(a{1000}){1000}"])
 def test_a_grammar_past_llguidance_limits_ends_its_own_request_alone(engine, regex: str) -> None:
     """Such a regex once held the engine thread ~0.5-1 s for its first mask (GRAMMAR_LIMITS bounds that, timed by
-    scripts/bench_structured_output.py); here its request ends inside the grammar and its neighbour runs on."""
+    scripts/bench_structured_output.py); here its request ends with an error inside the grammar and its neighbour
+    runs on."""
     free = SamplingParams(max_tokens=6)
     done = _run(
         engine,
@@ -222,7 +223,11 @@ def test_a_grammar_past_llguidance_limits_ends_its_own_request_alone(engine, reg
         },
     )
     hostile = done["hostile"].outputs[0]
-    assert set(hostile.text) <= {"a"} and hostile.finish_reason in ("stop", "length")
+    assert set(hostile.text) <= {"a"}
+    if hostile.finish_reason == "error":
+        assert "too many expressions" in (hostile.error or "")
+    else:
+        assert hostile.finish_reason == "length"
     alone = _run(engine, {"free-alone": ([5, 6, 7], free)})
     assert done["free"].outputs[0].token_ids == alone["free-alone"].outputs[0].token_ids
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
@@ -245,3 +250,16 @@ def test_openapi_nullable_lets_null_through(compiler: GrammarCompiler, engine) -
         assert matcher.is_accepting(), text
     strict = compiler.matcher(StructuredOutputsParams(json={**note, "nullable": False})).matcher
     assert not strict.consume_tokens(engine.tokenizer.encode("null", add_special_tokens=False))
+
+
+def test_a_grammar_that_breaks_mid_generation_ends_every_sample_with_an_error(engine) -> None:
+    """`a{1000000}` builds too many lexer expressions on its first `a`: the sequence used to end as "stop" with text
+    that breaks the constraint (and a sibling, whose forked matcher broke with it, on the EOS its mask then
+    allowed). Each sample now ends with finish reason "error" and the reason; the broken token is not output."""
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=8, structured_outputs={"regex": "[0-9]{3}a{1000000}"})
+    done = _run(engine, {"broken": ([9], params)})
+    for c in done["broken"].outputs:
+        assert c.finish_reason == "error" and c.stop_reason is None, c
+        assert "too many expressions constructed" in (c.error or "") and c.text.isdigit()
+    assert done["broken"].outputs[0].text == "000"  # three digits followed the grammar; the `a` broke it
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0

@@ -23,7 +23,7 @@ from jllm.serve_config import ServeConfig, entry_of
 from jllm.server import admin, info
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
-from jllm.server.connections import ConnectionGuard, GuardedSite, fit_descriptor_limit
+from jllm.server.connections import ConnectionGuard, GuardedSite, body_timeout_middleware, fit_descriptor_limit
 from jllm.server.embeddings import create_embedding
 from jllm.server.errors import error_middleware, expect_handler
 from jllm.server.grpc_server import GrpcServer
@@ -47,7 +47,12 @@ def build_app(
     engines to ``app[STATE].registry`` directly."""
     server = config.server
     guard = ConnectionGuard(fit_descriptor_limit(server.max_connections), server.header_timeout_s)
-    middlewares = [guard.middleware, request_id_middleware, error_middleware]
+    middlewares = [
+        guard.middleware,
+        request_id_middleware,
+        error_middleware,
+        body_timeout_middleware(server.body_timeout_s),
+    ]
     if config.server.api_key:
         middlewares.append(auth_middleware(config.server.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)

@@ -71,7 +71,8 @@ async def start_chat(
     this route and the gRPC ``Generate`` share, so both refuse a bad request with the same message."""
     served = state.route(body.model)
     tools = ToolPlan.of(body, state.config.server)
-    params = body.sampling_params(forced_call=tools.forced_schema())
+    forced = tools.forced_schema()
+    params = await state.host_work.run(body.constraint_chars(forced), body.sampling_params, forced_call=forced)
     if tools.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
     inputs = served.engine.inputs

@@ -3,9 +3,10 @@
 aiohttp closes a connection idle past ``keepalive_timeout`` (counted from its opening too), but by default after an
 hour, and it accepts connections until the process runs out of file descriptors, after which asyncio logs a
 traceback per failed accept. Here every connection must finish its first request's headers within
-``header_timeout_s``; at ``max_connections`` the oldest connection with no request in progress is closed to make
-room (an idle or slowloris one), and only when every connection is serving a request is a newcomer answered 503
-and closed. What was closed or refused is logged as one line per interval, never per connection.
+``header_timeout_s``, and each request's body within ``body_timeout_s`` (a 408 else); at ``max_connections`` the
+oldest connection with no request in progress is closed to make room (an idle or slowloris one), and only when every
+connection is serving a request is a newcomer answered 503 and closed. What was closed or refused is logged as one
+line per interval, never per connection.
 
 Where this module sits: docs/architecture.md.
 """
@@ -22,6 +23,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -171,6 +173,31 @@ class GuardedSite(web.TCPSite):
             self._guard.factory(server), self._host, self._port, backlog=self._backlog
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+def body_timeout_middleware(timeout: float) -> Middleware:
+    """Reads a request's body whole within ``timeout`` seconds of its headers, before any handler runs (aiohttp keeps
+    it for their ``read``): a chunked body that stalls, or one cut short of its Content-Length, would otherwise hold
+    the connection, counted as busy, as long as its client likes. Late: a 408 in OpenAI's JSON, connection closed.
+    Inside ``error_middleware``, so an oversize or unreadable body is its 413 or 400."""
+
+    @web.middleware
+    async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                await asyncio.wait_for(request.read(), timeout)
+            except TimeoutError:
+                logger.info("request body from %s not whole within %g s; closing", request.remote, timeout)
+                message = f"the request body did not arrive whole within {timeout:g} s (body_timeout_s)"
+                response = APIError(408, message, code="request_timeout").response()
+                response.force_close()
+                await response.prepare(request)  # sent now: aiohttp would otherwise linger 10 s reading the body
+                await response.write_eof()
+                request.protocol.force_close()
+                return response
+        return await handler(request)
+
+    return read_body
 
 
 def fit_descriptor_limit(max_connections: int) -> int:

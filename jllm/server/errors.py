@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from jllm.errors import ContextLengthError, EngineUnavailableError, InputError, QueueFullError
+from jllm.errors import ContextLengthError, EngineUnavailableError, GrammarFailedError, InputError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def from_engine_error(error: Exception) -> APIError:
     else is a 500."""
     if isinstance(error, ContextLengthError):
         return bad_request(str(error), param=error.param, code="context_length_exceeded")
+    if isinstance(error, GrammarFailedError):
+        return bad_request(str(error), param=error.param, code=error.code)
     if isinstance(error, InputError):
         return bad_request(str(error), param=error.param)
     if isinstance(error, QueueFullError):

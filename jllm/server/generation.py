@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from jllm.async_engine import AsyncEngine, RequestStream
+from jllm.errors import GrammarFailedError
 from jllm.inputs import Prompt
 from jllm.outputs import Logprob, RequestOutput
 from jllm.sampling import RequestOutputKind, SamplingParams
@@ -90,11 +91,15 @@ class Generation:
                 param=param,
             )
         params = dataclasses.replace(params, output_kind=RequestOutputKind.DELTA)
+        # A grammar is built once (off both threads) and forked for each further prompt, all before the first is
+        # admitted: a matcher the engine has advanced would fork its state.
+        grammar = await engine.grammar(params)
+        grammars = [grammar] + [None if grammar is None else grammar.fork() for _ in prompts[1:]]
         streams: list[RequestStream] = []
         try:
-            for i, prompt in enumerate(prompts):
+            for i, (prompt, own) in enumerate(zip(prompts, grammars, strict=True)):
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await engine.add_request(rid, prompt, params))
+                streams.append(await engine.add_request(rid, prompt, params, own))
         except BaseException:
             for stream in streams:
                 engine.abort(stream.request_id)
@@ -122,13 +127,17 @@ class Generation:
                     yield delta
 
     def _deltas_of(self, i: int, output: RequestOutput) -> list[Delta]:
-        """Books prompt ``i``'s output (its timer, token counts, prompt logprobs) and returns its choices' deltas."""
+        """Books prompt ``i``'s output (its timer, token counts, prompt logprobs) and returns its choices' deltas;
+        raises ``GrammarFailedError`` for a choice that ended with an error (a 400, or a stream's error event)."""
         self.timers[i].observe(output)
         self._prompt_tokens[i] = len(output.prompt_token_ids)
         if output.prompt_logprobs is not None:  # DELTA: the entries new since the last output
             self._prompt_logprobs[i] = (self._prompt_logprobs[i] or []) + output.prompt_logprobs
         deltas = []
         for c in output.outputs:
+            if c.finish_reason == "error":  # the sibling samples are aborted by ``close``
+                self.timers[i].finish("error")
+                raise GrammarFailedError(f"choice {i * self.params.n + c.index}: {c.error or 'generation failed'}")
             self._completion_tokens += len(c.token_ids)
             deltas.append(
                 Delta(

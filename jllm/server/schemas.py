@@ -82,6 +82,17 @@ class _Request(BaseModel):
         return {k: v for k, v in data.items() if v is not None or k not in defaulted}
 
 
+def _chars(value: Any) -> int:
+    """Characters in every key and string of a JSON value; any other scalar counts one."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_chars(k) + _chars(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_chars(v) for v in value)
+    return 1
+
+
 @functools.cache
 def _defaulted_fields(model: type[BaseModel]) -> frozenset[str]:
     """The fields of ``model`` that are optional with a default other than None."""
@@ -262,6 +273,12 @@ class _GenerationRequest(_Request):
             name = sent_as.get(field.split(".")[0], field)
             field = field if name == "structured_outputs" else name
             raise bad_request(f"{field} {rest}", param=name if name in type(self).model_fields else None) from e
+
+    def constraint_chars(self, forced_call: dict[str, Any] | None = None) -> int:
+        """The size of the structured-output constraint (characters of its keys and values): llguidance checks a
+        grammar in time that grows with it (3.6 s for 100,000 choices), so a large one is checked off the event
+        loop (``HostWork``)."""
+        return _chars(self._structured_outputs(forced_call)[1])
 
     def _structured_outputs(self, forced_call: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
         """The one structured-output constraint asked for, and the field that asked (vLLM's several names, or a

@@ -9,6 +9,7 @@ newcomer is refused with a 503 only when every connection serves a request, and 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -21,6 +22,7 @@ from server_utils import RunningServer, http
 from jllm.config import load_config
 
 HEADER_TIMEOUT = 0.5
+BODY_TIMEOUT = 0.5
 KEEPALIVE_TIMEOUT = 1.0
 MAX_CONNECTIONS = 40
 
@@ -31,6 +33,7 @@ def server() -> Iterator[RunningServer]:
         None,
         served_model_name="scripted",
         header_timeout_s=HEADER_TIMEOUT,
+        body_timeout_s=BODY_TIMEOUT,
         keepalive_timeout_s=KEEPALIVE_TIMEOUT,
         max_connections=MAX_CONNECTIONS,
     )
@@ -68,6 +71,32 @@ def test_idle_and_slowloris_connections_are_closed_by_the_header_timeout(server:
     assert time.monotonic() - start < HEADER_TIMEOUT + 5
     for sock in idle + slow:
         sock.close()
+
+
+STALLED_BODIES = {
+    "chunked body that stalls": b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"pro\r\n',
+    "body cut short of its Content-Length": b'Content-Length: 100\r\n\r\n{"prompt": "hi", ',
+}
+
+
+@pytest.mark.parametrize("rest", STALLED_BODIES.values(), ids=list(STALLED_BODIES))
+def test_a_body_that_stalls_gets_a_408_and_its_connection_closed(server: RunningServer, rest: bytes) -> None:
+    """Such a body used to hold its connection, counted as busy, for as long as its client liked (a minute of
+    stalling here was never answered), so a few hundred made every newcomer a 503."""
+    sock = _connect(server.url)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + rest)
+    start = time.monotonic()
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    assert BODY_TIMEOUT - 0.1 < time.monotonic() - start < BODY_TIMEOUT + 3
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"application/json" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and "body_timeout_s" in error["message"]
+    sock.close()
+    body = {"model": "scripted", "prompt": "hi", "max_tokens": 2}
+    assert http("POST", f"{server.url}/v1/completions", json_body=body).status == 200
 
 
 def test_an_idle_keep_alive_connection_is_closed_by_the_keepalive_timeout(server: RunningServer) -> None:
