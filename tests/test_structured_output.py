@@ -223,11 +223,7 @@ def test_a_grammar_past_llguidance_limits_ends_its_own_request_alone(engine, reg
         },
     )
     hostile = done["hostile"].outputs[0]
-    assert set(hostile.text) <= {"a"}
-    if hostile.finish_reason == "error":
-        assert "too many expressions" in (hostile.error or "")
-    else:
-        assert hostile.finish_reason == "length"
+    assert hostile.text == "" and hostile.finish_reason == "error" and "too many expressions" in (hostile.error or "")
     alone = _run(engine, {"free-alone": ([5, 6, 7], free)})
     assert done["free"].outputs[0].token_ids == alone["free-alone"].outputs[0].token_ids
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
