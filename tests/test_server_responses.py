@@ -222,6 +222,21 @@ def test_a_function_call_round_trip(client: openai.OpenAI, prompts: list[str]) -
     )
 
 
+def test_logprobs_come_with_the_output_text_when_included(client: openai.OpenAI) -> None:
+    """``include: ["message.output_text.logprobs"]`` with ``top_logprobs``: chat's entries (each token's own bytes),
+    whole and with each streamed delta."""
+    args = dict(model=MODEL, input="hi", include=["message.output_text.logprobs"], top_logprobs=2, **STOP)
+    whole = client.responses.create(**args)
+    entries = whole.output[0].content[0].logprobs
+    assert b"".join(bytes(e.bytes) for e in entries) == STOPPED.encode() + b"!"  # the stop string's token too
+    assert all(len(e.top_logprobs) == 2 for e in entries) and whole.top_logprobs == 2
+    events = list(client.responses.create(**args, stream=True))
+    streamed = [e for ev in events if ev.type == "response.output_text.delta" for e in ev.logprobs]
+    done = next(ev for ev in events if ev.type == "response.output_text.done")
+    assert b"".join(bytes(e.bytes) for e in streamed) == STOPPED.encode()  # each with the delta its bytes end in
+    assert [(e.token, e.logprob) for e in done.logprobs] == [(e.token, e.logprob) for e in entries]
+
+
 class Pick(BaseModel):
     x: Literal[1]
 
@@ -264,7 +279,7 @@ VLLM_RESPONSES_FIELDS = """
 """.split()
 REFUSED_VALUES = {  # a value asking for something, per RESPONSES_UNSUPPORTED_FIELDS entry
     "store": True, "previous_response_id": "resp_1", "conversation": "conv_1", "background": True,
-    "background_options": {"x": 1}, "prompt": {"id": "pmpt_1"}, "top_logprobs": 2, "truncation": "auto",
+    "background_options": {"x": 1}, "prompt": {"id": "pmpt_1"}, "truncation": "auto",
     "context_management": [{"type": "compaction"}], "moderation": {"x": 1}, "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "explicit"}, "access_programs": {"cyber": "standard"}, "image": {"x": 1},
     "previous_response": {"id": "resp_1"}, "previous_input_messages": [{"role": "user"}],
@@ -272,7 +287,8 @@ REFUSED_VALUES = {  # a value asking for something, per RESPONSES_UNSUPPORTED_FI
     "vllm_xargs": {"x": 1}, "structural_tag": "{}",
 }  # fmt: skip
 REFUSED_ELSEWHERE = {  # refused values of honoured fields
-    "include": ["message.output_text.logprobs"],
+    "include": ["file_search_call.results"],
+    "top_logprobs": 2,  # without include's message.output_text.logprobs
     "reasoning": {"effort": "low"},
     "tools": [{"type": "web_search"}],
     "tool_choice": {"type": "function", "name": "absent"},
@@ -326,7 +342,7 @@ def test_a_failure_mid_stream_is_an_error_event() -> None:
 
     body = ResponsesRequest.model_validate({"input": "hi"})
     plan = ToolPlan(None, None, False, None, True)
-    view = _ResponseView(body, "resp_x", MODEL, Failing())  # type: ignore[arg-type]
+    view = _ResponseView(body, "resp_x", MODEL, Failing(), None)  # type: ignore[arg-type]
 
     async def collect() -> list[dict]:
         return [json.loads(data) async for _, data in view.events(plan)]
@@ -335,3 +351,47 @@ def test_a_failure_mid_stream_is_an_error_event() -> None:
     assert [e["type"] for e in events][-2:] == ["response.output_text.delta", "error"]
     assert events[-1] == {"type": "error", "sequence_number": len(events) - 1, "code": None,
                           "message": "the engine failed", "param": None}  # fmt: skip
+
+
+CALL = '<tool_call>{"name": "pick", "arguments": {"x": 1}}</tool_call>'
+AUTO_REPLY = f"Sure.{CALL}{CALL}"  # then EOS
+
+
+@pytest.fixture(scope="module")
+def auto_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    """A server parsing hermes calls from free text (tool_choice "auto"), its engine replying ``AUTO_REPLY``."""
+    tokenizer_dir = byte_level_tokenizer(tmp_path_factory.mktemp("byte_level_auto"))
+    ids = BackendTokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(AUTO_REPLY).ids
+
+    def script(prompt: Sequence[int], position: int) -> int:
+        k = position - len(prompt)
+        return ids[k] if k < len(ids) else 2
+
+    engine = fake_engine(script=script, tokenizer_dir=tokenizer_dir, max_model_len=256, num_pages=80)
+    config = load_config(None, served_model_name=MODEL, enable_auto_tool_choice=True, tool_call_parser="hermes")
+    with RunningServer(engine, config) as running:
+        yield openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0)
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_auto_calls_follow_the_text_as_items_whole_and_streamed(auto_client: openai.OpenAI, parallel: bool) -> None:
+    """Text, then parsed calls: a message item and a function_call item per call (one without parallel calls),
+    each streamed as its own item with its own done events."""
+    args = dict(model=MODEL, input="hi", tools=[PICK], parallel_tool_calls=parallel)
+    whole = auto_client.responses.create(**args)
+    with auto_client.responses.stream(**args) as stream:
+        events = list(stream)
+        streamed = stream.get_final_response()
+    calls = 2 if parallel else 1
+    for response in (whole, streamed):
+        assert [item.type for item in response.output] == ["message"] + ["function_call"] * calls
+        assert response.output_text == "Sure." and response.status == "completed"
+        assert [(c.name, json.loads(c.arguments)) for c in response.output[1:]] == [("pick", {"x": 1})] * calls
+    added = [(e.output_index, e.item.type) for e in events if e.type == "response.output_item.added"]
+    done = [(e.output_index, e.item.type, e.item.status) for e in events if e.type == "response.output_item.done"]
+    assert added == [(i, item.type) for i, item in enumerate(streamed.output)]
+    assert done == [(i, item.type, "completed") for i, item in enumerate(streamed.output)]
+    kinds = [e.type for e in events]
+    assert kinds.index("response.output_item.done") < kinds.index("response.function_call_arguments.delta")
+    assert kinds.count("response.function_call_arguments.done") == calls and kinds[-1] == "response.completed"

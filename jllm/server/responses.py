@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from jllm.server.chat import start_chat
+from jllm.server.chat import start_chat, token_logprobs
 from jllm.server.errors import APIError, as_api_error
-from jllm.server.generation import Generation
+from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
 from jllm.server.registry import ServedModel
 from jllm.server.responses_schemas import (
@@ -33,10 +33,11 @@ from jllm.server.responses_schemas import (
     ResponsesRequest,
     ResponseUsage,
 )
-from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
+from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall, TokenLogprob
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.server.tools import ToolPlan
+from jllm.tokenizer import Tokenizer
 
 Status = Literal["completed", "incomplete"]
 Event = tuple[str, str]  # (the event's type, its JSON)
@@ -46,13 +47,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = ResponsesRequest.model_validate_json(await request.read())
     public = public_id(request, body.request_id)
     served, tools, generation = await _start(server_state(request), body, request_id(request), public)
-    view = _ResponseView(body, f"resp_{public}", body.model or served.name, generation)
+    view = _ResponseView(body, f"resp_{public}", body.model or served.name, generation, served.engine.inputs.tokenizer)
     try:
         if body.stream:
             return await send_events(request, view.events(tools), done=False)
         (delta,) = await generation.wait()
         status = _status(delta.finish_reason)
-        response = view.response(status, _items(tools.message(delta.text), status))
+        response = view.response(status, _items(tools.message(delta.text), status, view.logprobs(delta)))
         return web.json_response(text=response.model_dump_json())
     finally:
         generation.close()
@@ -93,11 +94,12 @@ def _call_item(call_id: str, name: str, arguments: str, status: str) -> OutputFu
     )
 
 
-def _items(message: AssistantMessage, status: Status) -> list[OutputItem]:
+def _items(message: AssistantMessage, status: Status, logprobs: list[TokenLogprob]) -> list[OutputItem]:
     """A whole reply's items: its text as a message (also when empty, unless it made calls), then each call."""
     items: list[OutputItem] = []
     if message.content or not message.tool_calls:
-        items.append(OutputMessage(id=_message_id(), status=status, content=[OutputText(text=message.content or "")]))
+        text = OutputText(text=message.content or "", logprobs=logprobs)
+        items.append(OutputMessage(id=_message_id(), status=status, content=[text]))
     items += [_call_item(c.id, c.function.name, c.function.arguments, "completed") for c in message.tool_calls]
     return items
 
@@ -105,8 +107,11 @@ def _items(message: AssistantMessage, status: Status) -> list[OutputItem]:
 class _ResponseView:
     """One request's response object, and its stream of events (each numbered in ``sequence_number``)."""
 
-    def __init__(self, body: ResponsesRequest, response_id: str, model: str, generation: Generation) -> None:
+    def __init__(
+        self, body: ResponsesRequest, response_id: str, model: str, generation: Generation, tokenizer: Tokenizer
+    ) -> None:
         self.body = body
+        self.tokenizer = tokenizer
         self.id = response_id
         self.model = model
         self.generation = generation
@@ -114,6 +119,11 @@ class _ResponseView:
         self.items: list[OutputItem] = []  # streamed so far, the last one perhaps still open
         self._open = False
         self._sequence = 0
+
+    def logprobs(self, delta: Delta) -> list[TokenLogprob]:
+        """The entries of ``delta``'s tokens, with ``include`` asking for them."""
+        entries = token_logprobs(delta, self.body.top_logprobs or 0, self.tokenizer)
+        return [] if entries is None else entries.content
 
     def response(self, status: str, items: list[OutputItem] | None = None) -> ResponseObject:
         body, params = self.body, self.generation.params
@@ -145,6 +155,7 @@ class _ResponseView:
             tool_choice=choice if isinstance(choice, str) else choice.model_dump(),
             tools=[t.model_dump(exclude_none=True) for t in body.tools],
             top_p=params.top_p,
+            top_logprobs=body.top_logprobs or 0,
             user=body.user,
         )
 
@@ -155,24 +166,33 @@ class _ResponseView:
             yield self._event("response.created", response=self.response("in_progress").model_dump())
             yield self._event("response.in_progress", response=self.response("in_progress").model_dump())
             stream, finish_reason = tools.stream(), None
+            logprobs: list[TokenLogprob] = []  # a token's entry waits for its text (part of a character has none)
             async for d in self.generation.deltas():
                 content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
                 finish_reason = d.finish_reason or finish_reason
-                for event in self._text(content) if content else ():
-                    yield event
+                logprobs += self.logprobs(d)
+                if content:
+                    for event in self._text(content, logprobs):
+                        yield event
+                    logprobs = []
                 for call in calls:
                     for event in self._call(call):
                         yield event
-            status = _status(finish_reason)
-            if not self.items:  # nothing came: an empty message, as the whole reply has
-                for event in self._text(""):
-                    yield event
-            for event in self._close(status):
+            for event in self._end(_status(finish_reason), logprobs):
                 yield event
-            yield self._event(f"response.{status}", response=self.response(status, self.items).model_dump())
         except Exception as e:
             error = as_api_error(e)
             yield self._event("error", code=error.code, message=error.message, param=error.param)
+
+    def _end(self, status: Status, logprobs: list[TokenLogprob]) -> Iterator[Event]:
+        """The last item's done events (an empty message if nothing came, as the whole reply has one), then the
+        response; ``logprobs``: entries of tokens without text (a stop string's), which the whole reply has too."""
+        if not self.items:
+            yield from self._text("", [])
+        if self._open and isinstance(self.items[-1], OutputMessage):
+            self.items[-1].content[0].logprobs += logprobs
+        yield from self._close(status)
+        yield self._event(f"response.{status}", response=self.response(status, self.items).model_dump())
 
     def _event(self, kind: str, **fields: Any) -> Event:
         payload = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -188,7 +208,7 @@ class _ResponseView:
         self._open = True
         yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=item.model_dump())
 
-    def _text(self, text: str) -> Iterator[Event]:
+    def _text(self, text: str, logprobs: list[TokenLogprob]) -> Iterator[Event]:
         if not (self._open and isinstance(self.items[-1], OutputMessage)):
             yield from self._add(OutputMessage(id=_message_id(), status="in_progress", content=[]))
             part = OutputText(text="")
@@ -196,9 +216,14 @@ class _ResponseView:
             self.items[-1].content.append(part)  # type: ignore[union-attr]
         message = self.items[-1]
         assert isinstance(message, OutputMessage)
-        message.content[0].text += text
+        part = message.content[0]
+        part.text += text
+        part.logprobs += logprobs
         if text:
-            yield self._event("response.output_text.delta", **self._place(), content_index=0, delta=text, logprobs=[])
+            entries = [e.model_dump() for e in logprobs]
+            yield self._event(
+                "response.output_text.delta", **self._place(), content_index=0, delta=text, logprobs=entries
+            )
 
     def _call(self, call: DeltaToolCall) -> Iterator[Event]:
         """A call's first delta (its id and name) opens its item; later ones add to its arguments."""
@@ -218,8 +243,9 @@ class _ResponseView:
         item = self.items[-1]
         if isinstance(item, OutputMessage):
             part = item.content[0]
+            entries = [e.model_dump() for e in part.logprobs]
             yield self._event(
-                "response.output_text.done", **self._place(), content_index=0, text=part.text, logprobs=[]
+                "response.output_text.done", **self._place(), content_index=0, text=part.text, logprobs=entries
             )
             yield self._event("response.content_part.done", **self._place(), content_index=0, part=part.model_dump())
         else:

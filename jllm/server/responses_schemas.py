@@ -18,7 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
+from jllm.sampling import MAX_LOGPROBS
+from jllm.server.errors import bad_request
+from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, TokenLogprob, _Request, refuse_unsupported
 
 _NOT_STORED = "is not supported: this server stores no responses; send the whole conversation in input"
 # OpenAI's and vLLM's Responses fields this server cannot honour: (the values asking for nothing, why)
@@ -29,7 +31,6 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "background": ((None, False), "is not supported: responses run while the request waits (none is stored)"),
     "background_options": (_NOTHING, "is not supported: responses run while the request waits (none is stored)"),
     "prompt": ((None,), "is not supported: reusable prompts are stored on OpenAI's platform; send input"),
-    "top_logprobs": ((None, 0), "is not supported on /v1/responses yet; /v1/chat/completions returns logprobs"),
     "truncation": ((None, "disabled"), "'auto' is not supported: an input longer than the context is a 400"),
     "context_management": (_NOTHING, "is not supported: this server does not compact conversations"),
     "moderation": (_NOTHING, "is not supported: this server does not moderate"),
@@ -45,8 +46,10 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     name: UNSUPPORTED_FIELDS[name]
     for name in ("priority", "cache_salt", "mm_processor_kwargs", "vllm_xargs", "structural_tag")
 }
-# include values asking for nothing here: no reasoning items are produced, so there is no encrypted content to add
-INCLUDE_NOTHING = ("reasoning.encrypted_content",)
+LOGPROBS = "message.output_text.logprobs"
+# include values honoured: the output text's logprobs; no reasoning items are produced, so there is no encrypted
+# reasoning to add
+INCLUDE_HONOURED = (LOGPROBS, "reasoning.encrypted_content")
 # the chat request's field names in errors (the chat route checks a converted request) -> this route's names
 CHAT_TO_RESPONSES = {
     "messages": "input",
@@ -182,6 +185,7 @@ class ResponsesRequest(_Request):
     parallel_tool_calls: bool = True
     text: TextConfig | None = None
     include: list[str] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # with include's LOGPROBS: the top k per token
     reasoning: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None  # echoed in the response, as OpenAI does
     user: str | None = None  # an end-user id for abuse monitoring: echoed, unused (as vLLM)
@@ -258,9 +262,19 @@ class ResponsesRequest(_Request):
     @classmethod
     def _nothing_to_include(cls, value: list[str] | None) -> list[str] | None:
         for name in value or []:
-            if name not in INCLUDE_NOTHING:
-                raise ValueError(f"{name!r} is not supported: this server adds nothing to its output items")
+            if name not in INCLUDE_HONOURED:
+                raise ValueError(f"{name!r} is not supported: this server includes {list(INCLUDE_HONOURED)} only")
         return value
+
+    @model_validator(mode="after")
+    def _top_logprobs_with_logprobs(self) -> ResponsesRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise bad_request(f"top_logprobs needs include {[LOGPROBS]!r}", param="top_logprobs")
+        return self
+
+    @property
+    def logprobs(self) -> bool:
+        return LOGPROBS in (self.include or [])
 
     @field_validator("reasoning")
     @classmethod
@@ -309,6 +323,8 @@ class ResponsesRequest(_Request):
             else choice,
             "parallel_tool_calls": self.parallel_tool_calls,
             "response_format": self.text.format.for_chat() if self.text and self.text.format else None,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs if self.logprobs else None,
         }
         passed = (
             "temperature top_p seed top_k repetition_penalty stop ignore_eos skip_special_tokens "
@@ -331,7 +347,7 @@ class OutputText(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[Any] = Field(default_factory=list)
-    logprobs: list[Any] = Field(default_factory=list)
+    logprobs: list[TokenLogprob] = Field(default_factory=list)  # with include's LOGPROBS
 
 
 class OutputMessage(BaseModel):
@@ -400,6 +416,7 @@ class ResponseObject(BaseModel):
     tool_choice: str | dict[str, Any]
     tools: list[dict[str, Any]]
     top_p: float | None
+    top_logprobs: int
     truncation: Literal["disabled"] = "disabled"
     user: str | None
     background: bool = False
