@@ -326,31 +326,50 @@ def test_fields_at_their_nothing_values_are_accepted(server: RunningServer) -> N
     assert reply.status == 200 and reply.json()["usage"]["output_tokens"] == 2, reply.body
 
 
-def test_a_failure_mid_stream_is_an_error_event() -> None:
-    """After the headers the status cannot change: the stream ends with OpenAI's ``error`` event."""
+class _Scripted:
+    """A ``Generation`` handing out ``deltas``, then raising ``error`` if one is given."""
 
-    class Failing:
-        params = SamplingParams()
-        cached_tokens = 0
+    params = SamplingParams()
+    cached_tokens = 0
 
-        async def deltas(self) -> Any:
-            yield Delta(0, 0, "猫", [1], None, None)
-            raise ValueError("the engine failed")
+    def __init__(self, deltas: list[Delta], error: Exception | None = None) -> None:
+        self._deltas, self._error = deltas, error
 
-        def usage(self) -> Any:
-            return SimpleNamespace(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+    async def deltas(self) -> Any:
+        for delta in self._deltas:
+            yield delta
+        if self._error is not None:
+            raise self._error
 
-    body = ResponsesRequest.model_validate({"input": "hi"})
-    plan = ToolPlan(None, None, False, None, True)
-    view = _ResponseView(body, "resp_x", MODEL, Failing(), None)  # type: ignore[arg-type]
+    def usage(self) -> Any:
+        return SimpleNamespace(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+
+
+def _events(generation: _Scripted) -> list[dict]:
+    view = _ResponseView(ResponsesRequest.model_validate({"input": "hi"}), "resp_x", MODEL, generation, None)  # type: ignore[arg-type]
 
     async def collect() -> list[dict]:
-        return [json.loads(data) async for _, data in view.events(plan)]
+        return [json.loads(data) async for _, data in view.events(ToolPlan(None, None, False, None, True))]
 
-    events = asyncio.run(collect())
+    return asyncio.run(collect())
+
+
+def test_a_failure_mid_stream_is_an_error_event() -> None:
+    """After the headers the status cannot change: the stream ends with OpenAI's ``error`` event."""
+    events = _events(_Scripted([Delta(0, 0, "猫", [1], None, None)], ValueError("the engine failed")))
     assert [e["type"] for e in events][-2:] == ["response.output_text.delta", "error"]
     assert events[-1] == {"type": "error", "sequence_number": len(events) - 1, "code": None,
                           "message": "the engine failed", "param": None}  # fmt: skip
+
+
+def test_a_request_the_server_aborts_ends_failed() -> None:
+    """A drain ends a request with finish reason "abort": the response failed (a server error), not completed."""
+    events = _events(_Scripted([Delta(0, 0, "猫", [1], None, None), Delta(0, 0, "", [2], None, "abort")]))
+    last = events[-1]
+    assert (last["type"], last["response"]["status"], last["response"]["error"]["code"]) == (
+        "response.failed", "failed", "server_error",
+    )  # fmt: skip
+    assert last["response"]["output"][0]["status"] == "incomplete"
 
 
 CALL = '<tool_call>{"name": "pick", "arguments": {"x": 1}}</tool_call>'

@@ -29,6 +29,7 @@ from jllm.server.responses_schemas import (
     OutputItem,
     OutputMessage,
     OutputText,
+    ResponseError,
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
@@ -39,7 +40,8 @@ from jllm.server.state import ServerState, server_state
 from jllm.server.tools import ToolPlan
 from jllm.tokenizer import Tokenizer
 
-Status = Literal["completed", "incomplete"]
+Status = Literal["completed", "incomplete", "failed"]
+ABORTED = "the server stopped the request before it finished (it is draining or unloading the model)"
 Event = tuple[str, str]  # (the event's type, its JSON)
 
 
@@ -81,7 +83,14 @@ def _renamed(error: APIError) -> APIError:
 
 
 def _status(finish_reason: str | None) -> Status:
-    return "incomplete" if finish_reason == "length" else "completed"
+    """``length``: cut at max_output_tokens (or the context); ``abort``: the server ended it (a drain)."""
+    if finish_reason == "length":
+        return "incomplete"
+    return "failed" if finish_reason == "abort" else "completed"
+
+
+def _item_status(status: Status) -> Literal["completed", "incomplete"]:
+    return "completed" if status == "completed" else "incomplete"
 
 
 def _message_id() -> str:
@@ -99,7 +108,7 @@ def _items(message: AssistantMessage, status: Status, logprobs: list[TokenLogpro
     items: list[OutputItem] = []
     if message.content or not message.tool_calls:
         text = OutputText(text=message.content or "", logprobs=logprobs)
-        items.append(OutputMessage(id=_message_id(), status=status, content=[text]))
+        items.append(OutputMessage(id=_message_id(), status=_item_status(status), content=[text]))
     items += [_call_item(c.id, c.function.name, c.function.arguments, "completed") for c in message.tool_calls]
     return items
 
@@ -142,6 +151,7 @@ class _ResponseView:
             created_at=self.created_at,
             status=status,
             incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+            error=ResponseError(code="server_error", message=ABORTED) if status == "failed" else None,
             model=self.model,
             output=items or [],
             usage=usage,
@@ -252,5 +262,5 @@ class _ResponseView:
             yield self._event(
                 "response.function_call_arguments.done", **self._place(), name=item.name, arguments=item.arguments
             )
-        item.status = status
+        item.status = _item_status(status)
         yield self._event("response.output_item.done", output_index=len(self.items) - 1, item=item.model_dump())

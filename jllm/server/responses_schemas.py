@@ -391,14 +391,19 @@ class IncompleteDetails(BaseModel):
     reason: Literal["max_output_tokens"]
 
 
+class ResponseError(BaseModel):
+    code: Literal["server_error"]
+    message: str
+
+
 class ResponseObject(BaseModel):
     """OpenAI's ``Response``: the outcome, and the settings it ran with echoed (the SDK's model has them)."""
 
     id: str
     object: Literal["response"] = "response"
     created_at: int
-    status: Literal["in_progress", "completed", "incomplete"]
-    error: None = None
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    error: ResponseError | None = None
     incomplete_details: IncompleteDetails | None = None
     model: str
     output: list[OutputItem] = Field(default_factory=list)
