@@ -19,8 +19,9 @@ from typing import Any, Literal, get_type_hints
 import openai
 import pytest
 from fake_runner import byte_level_tokenizer, fake_engine
+from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from server_utils import RunningServer, http, metrics
 from tokenizers import Tokenizer as BackendTokenizer
 
@@ -414,3 +415,17 @@ def test_auto_calls_follow_the_text_as_items_whole_and_streamed(auto_client: ope
     kinds = [e.type for e in events]
     assert kinds.index("response.output_item.done") < kinds.index("response.function_call_arguments.delta")
     assert kinds.count("response.function_call_arguments.done") == calls and kinds[-1] == "response.completed"
+
+
+def test_bodies_and_events_validate_against_the_sdks_types(server: RunningServer) -> None:
+    """The SDK builds its objects without validating them; here each body and event is validated strictly against
+    its pydantic types, so a missing or mistyped field fails (text, a named call, logprobs, incomplete)."""
+    events = TypeAdapter(ResponseStreamEvent)
+    include = {"include": ["message.output_text.logprobs"], "top_logprobs": 1}
+    named = {"tools": [PICK], "tool_choice": {"type": "function", "name": "pick"}, "max_output_tokens": 40}
+    for changes in ({"max_output_tokens": 3}, {"stop": ["!"], **include}, named):
+        body = {"model": MODEL, "input": "hi", **changes}
+        Response.model_validate(http("POST", f"{server.url}/v1/responses", json_body=body).json())
+        raw = http("POST", f"{server.url}/v1/responses", json_body={**body, "stream": True}).body.decode()
+        for block in raw.strip().split("\n\n"):
+            events.validate_json(block.partition("\ndata: ")[2])
