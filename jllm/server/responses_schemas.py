@@ -25,7 +25,7 @@ from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, TokenLogprob, _Req
 _NOT_STORED = "is not supported: this server stores no responses; send the whole conversation in input"
 # OpenAI's and vLLM's Responses fields this server cannot honour: (the values asking for nothing, why)
 RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "store": ((None, False), "is not supported: this server stores no responses; send store false, or leave it out"),
+    "store": ((None, False), "true is not supported: this server stores no responses (false is fine)"),
     "previous_response_id": ((None,), _NOT_STORED),
     "conversation": ((None,), _NOT_STORED),
     "background": ((None, False), "is not supported: responses run while the request waits (none is stored)"),
@@ -174,7 +174,7 @@ _KNOWN_ITEMS = ("message", "function_call", "function_call_output")
 
 class ResponsesRequest(_Request):
     model: str | None = None
-    input: str | list[InputItem]
+    input: list[InputItem]  # a string is one user message
     instructions: str | None = None
     max_output_tokens: int | None = None  # omitted: up to the context limit
     temperature: float | None = None
@@ -214,10 +214,12 @@ class ResponsesRequest(_Request):
     @field_validator("input", mode="before")
     @classmethod
     def _known_items(cls, value: Any) -> Any:
-        """Items of other types (``reasoning``, ``item_reference``, hosted tools' calls) refused by name; a message
-        may leave its ``type`` out (OpenAI's "easy" input message)."""
+        """A string is one user message; items of other types (``reasoning``, ``item_reference``, hosted tools'
+        calls) are refused by name; a message may leave its ``type`` out (OpenAI's "easy" input message)."""
+        if isinstance(value, str):
+            return [{"type": "message", "role": "user", "content": value}]
         if not isinstance(value, list):
-            return value
+            raise ValueError(f"must be a string or a list of items, got {type(value).__name__}")
         items = []
         for i, item in enumerate(value):
             if isinstance(item, dict):
@@ -290,8 +292,6 @@ class ResponsesRequest(_Request):
         messages: list[dict[str, Any]] = []
         if self.instructions is not None:
             messages.append({"role": "system", "content": self.instructions})
-        if isinstance(self.input, str):
-            return [*messages, {"role": "user", "content": self.input}]
         for item in self.input:
             if isinstance(item, InputMessage):
                 messages.append({"role": item.role, "content": _joined(item.content)})
