@@ -171,7 +171,7 @@ class _ResponseView:
 
     async def events(self, tools: ToolPlan) -> AsyncIterator[Event]:
         """OpenAI's event sequence: created, in_progress; per output item its added event, its deltas and its done
-        events; then completed (or incomplete). A failure after the headers is an ``error`` event."""
+        events; then completed (incomplete, failed). A failure after the headers is an ``error`` event."""
         try:
             yield self._event("response.created", response=self.response("in_progress").model_dump())
             yield self._event("response.in_progress", response=self.response("in_progress").model_dump())
