@@ -327,6 +327,18 @@ def test_fields_at_their_nothing_values_are_accepted(server: RunningServer) -> N
     assert reply.status == 200 and reply.json()["usage"]["output_tokens"] == 2, reply.body
 
 
+def test_stored_responses_are_a_404_saying_none_are_kept(client: openai.OpenAI) -> None:
+    for call in (
+        lambda: client.responses.retrieve("resp_1"),
+        lambda: client.responses.delete("resp_1"),
+        lambda: client.responses.cancel("resp_1"),
+        lambda: client.responses.input_items.list("resp_1"),
+    ):
+        with pytest.raises(openai.NotFoundError) as missing:
+            call()
+        assert "stores no responses" in missing.value.message and missing.value.code == "not_found"
+
+
 class _Scripted:
     """A ``Generation`` handing out ``deltas``, then raising ``error`` if one is given."""
 

@@ -61,6 +61,18 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         generation.close()
 
 
+async def stored_response(request: web.Request) -> web.StreamResponse:
+    """``GET`` / ``DELETE /v1/responses/{id}``, its ``cancel`` and ``input_items``: a 404 saying why (nothing is
+    stored), where the router's own would only say there is no such route."""
+    raise APIError(
+        404,
+        f"no response {request.match_info['response_id']!r}: this server stores no responses (each is returned "
+        "whole, or streamed, by the POST that made it)",
+        param="response_id",
+        code="not_found",
+    )
+
+
 async def _start(
     state: ServerState, body: ResponsesRequest, engine_id: str, public: str
 ) -> tuple[ServedModel, ToolPlan, Generation]:
