@@ -64,6 +64,23 @@ SEEDS: dict[str, dict[str, Any]] = {
         "user": "u",
         "metadata": {"a": "b"},
     },
+    "/v1/responses": {
+        "input": [{"role": "user", "content": "hi"}],
+        "instructions": "be brief",
+        "max_output_tokens": 2,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
+        "tool_choice": "none",
+        "parallel_tool_calls": True,
+        "text": {"format": {"type": "text"}},
+        "include": [],
+        "store": False,
+        "stream": False,
+        "user": "u",
+        "metadata": {"a": "b"},
+        "seed": 1,
+    },
     "/v1/embeddings": {"input": "hi", "encoding_format": "float", "user": "u"},
     "/tokenize": {"prompt": "hi", "add_special_tokens": True},
     "/detokenize": {"tokens": [1, 2, 3]},
@@ -138,6 +155,25 @@ MESSAGE_MUTATIONS: list[Any] = [
     [{"role": "system", "content": ""}],
     [{"role": "user", "content": "x"}] * 2000,
     [{"role": "user", "content": "\x00\x01\x02"}],
+]
+INPUT_MUTATIONS: list[Any] = [  # /v1/responses items
+    [],
+    [{"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "x"}]}],
+    [{"role": "user", "content": [{"type": "input_text"}]}],
+    [{"role": "tool", "content": "x"}],
+    [{"type": "reasoning", "summary": []}],
+    [{"type": "item_reference", "id": "msg_1"}],
+    [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{"}],
+    [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}],
+    [{"type": "function_call", "call_id": "c", "name": "f"}],
+    [{"type": "function_call_output", "output": "x"}],
+    [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "x"}]}],
+    [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_file", "file_id": "f"}]}],
+    [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}] * 2,
+    [{"role": "assistant", "content": [{"type": "output_text", "text": "x", "annotations": [], "logprobs": [1]}]}],
+    [{"role": "user", "content": "x"}] * 2000,
+    [{"type": None, "role": "user", "content": "x"}],
+    [5],
 ]
 EXTRA_FIELDS: list[tuple[str, Any]] = [
     ("chat_template_kwargs", {"messages": 1}),
@@ -281,6 +317,10 @@ def mutated_bodies(route: str, rng: random.Random) -> list[tuple[str, bytes, dic
         for messages in MESSAGE_MUTATIONS:
             bodies.append((f"messages={messages!r:.100}", {**seed, "messages": messages}))
             bodies.append((f"stream messages={messages!r:.100}", {**seed, "messages": messages, "stream": True}))
+    if route == "/v1/responses":
+        for items in INPUT_MUTATIONS:
+            bodies.append((f"input={items!r:.100}", {**seed, "input": items}))
+            bodies.append((f"stream input={items!r:.100}", {**seed, "input": items, "stream": True}))
     if route == "/tokenize":
         bodies += [(f"tokenize messages={messages!r:.100}", {"messages": messages}) for messages in MESSAGE_MUTATIONS]
     json_headers = {"Content-Type": "application/json"}
@@ -296,7 +336,7 @@ def field_mutations(route: str) -> list[tuple[str, Any]]:
 
 def _unbounded(route: str, field: str) -> bool:
     """Whether leaving ``field`` unset lets the request generate up to the context limit."""
-    return route == "/v1/completions" and field == "max_tokens"
+    return (route, field) in (("/v1/completions", "max_tokens"), ("/v1/responses", "max_output_tokens"))
 
 
 def raw_bodies(seed: dict[str, Any], rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
@@ -377,9 +417,11 @@ def error_shape_problem(status: int, body: bytes) -> str | None:
 
 
 def stream_problem(body: bytes) -> str | None:
-    """A 200 stream must be SSE events of JSON ending in [DONE]; an error event is allowed only for the request's own
-    fault found after the headers (a grammar that broke mid-generation: ``invalid_request_error``), in OpenAI's
-    shape."""
+    """A 200 stream must be SSE events of JSON ending in [DONE] (the Responses API's: named events ending in its
+    final one); an error event is allowed only for the request's own fault found after the headers (a grammar that
+    broke mid-generation: ``invalid_request_error``), in OpenAI's shape."""
+    if body.startswith(b"event: "):
+        return responses_stream_problem(body)
     events = body.decode("utf-8", "replace").split("\n\n")
     if events[-2:] != ["data: [DONE]", ""]:
         return f"stream does not end with [DONE]: {body[-200:]!r}"
@@ -393,6 +435,24 @@ def stream_problem(body: bytes) -> str | None:
             error_shape_problem(400, payload.encode()) or data["error"]["type"] != "invalid_request_error"
         ):
             return f"error event in a 200 stream: {payload[:300]}"
+    return None
+
+
+def responses_stream_problem(body: bytes) -> str | None:
+    """Each event named after its JSON's type and numbered in order, the last one the response's end."""
+    events = body.decode("utf-8", "replace").removesuffix("\n\n").split("\n\n")
+    types = []
+    for i, event in enumerate(events):
+        name, _, payload = event.partition("\ndata: ")
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return f"event is not JSON: {payload[:200]!r}"
+        if name != f"event: {data.get('type')}" or data.get("sequence_number") != i:
+            return f"event {i} is not named or numbered as its JSON: {event[:300]!r}"
+        types.append(data["type"])
+    if types[-1] not in ("response.completed", "response.incomplete", "response.failed"):
+        return f"stream ends with {types[-1]}: {events[-1][:300]!r}"
     return None
 
 

@@ -9,12 +9,15 @@ lowest allowed id instead, as a greedy sampler over constant logits would.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders, models, pre_tokenizers
 
 from jllm.block_manager import BlockManager
 from jllm.config import LimitsConfig
@@ -135,3 +138,18 @@ def fake_engine(
     inputs = InputProcessor(tokenizer, vocab_size=VOCAB_SIZE, max_model_len=max_model_len, limits=limits)
     runner = ScriptedRunner(script, step_seconds)
     return LLMEngine(scheduler, runner, inputs, async_scheduling=async_scheduling, seed=0)
+
+
+def byte_level_tokenizer(out: Path) -> Path:
+    """The tiny tokenizer's specials and chat template over GPT-2's byte-level alphabet, no merges (259 ids)."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab |= {c: 3 + i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = BackendTokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<unk>", "<s>", "</s>"])
+    backend.save(str(out / "tokenizer.json"))
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(TINY_TOKENIZER / name, out / name)
+    return out

@@ -20,10 +20,9 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from fake_runner import TINY_TOKENIZER, fake_engine
+from fake_runner import byte_level_tokenizer, fake_engine
 from server_utils import RunningServer, http, metrics
 from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import decoders, models, pre_tokenizers
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
@@ -33,21 +32,6 @@ TEXT = "猫 😺, é!"  # 3-, 4- and 2-byte characters
 CHAT = [{"role": "user", "content": "hi"}]
 NODE_PROBE = Path(__file__).parent / "clients" / "openai_node.cjs"
 NODE_MODULES = Path(__file__).parents[1] / ".node" / "node_modules"  # where scripts/setup.sh test puts the SDK
-
-
-def byte_level_tokenizer(out: Path) -> Path:
-    """The tiny tokenizer's specials and chat template over GPT-2's byte-level alphabet, no merges (259 ids)."""
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab |= {c: 3 + i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = BackendTokenizer(models.BPE(vocab, [], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(["<unk>", "<s>", "</s>"])
-    backend.save(str(out / "tokenizer.json"))
-    for name in ("tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(TINY_TOKENIZER / name, out / name)
-    return out
 
 
 @pytest.fixture(scope="module")

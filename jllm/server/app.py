@@ -30,6 +30,7 @@ from jllm.server.grpc_server import GrpcServer
 from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
+from jllm.server.responses import create_response, stored_response
 from jllm.server.state import STATE, ServerState
 from jllm.timing import show_info_logs
 
@@ -64,6 +65,11 @@ def build_app(
     app.on_response_prepare.append(echo_request_id)
     app.router.add_post("/v1/completions", create_completion, expect_handler=expect_handler)
     app.router.add_post("/v1/chat/completions", create_chat_completion, expect_handler=expect_handler)
+    app.router.add_post("/v1/responses", create_response, expect_handler=expect_handler)
+    for path in ("/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items"):
+        app.router.add_get(path, stored_response)
+    app.router.add_delete("/v1/responses/{response_id}", stored_response)
+    app.router.add_post("/v1/responses/{response_id}/cancel", stored_response)
     app.router.add_post("/v1/embeddings", create_embedding, expect_handler=expect_handler)
     app.router.add_get("/v1/models", info.list_models)
     app.router.add_get("/v1/models/{model:.+}", info.retrieve_model)  # ids may hold slashes ("org/name")

@@ -87,7 +87,7 @@ def _choice(delta: Delta, message: AssistantMessage, top: int, tokenizer: Tokeni
     return ChatChoice(
         index=delta.index,
         message=message,
-        logprobs=_logprobs(delta, top, tokenizer),
+        logprobs=token_logprobs(delta, top, tokenizer),
         finish_reason=finish_reason,
         stop_reason=delta.stop_reason,
     )
@@ -146,7 +146,7 @@ async def _chunks(
         delta = DeltaMessage(content=content, tool_calls=calls or None)
         yield chunk(
             ChatChunkChoice(
-                index=d.index, delta=delta, logprobs=_logprobs(d, top, tokenizer), finish_reason=finish_reason
+                index=d.index, delta=delta, logprobs=token_logprobs(d, top, tokenizer), finish_reason=finish_reason
             )
         )
     if body.include_usage:
@@ -154,7 +154,8 @@ async def _chunks(
         yield usage.model_dump_json()
 
 
-def _logprobs(delta: Delta, top: int, tokenizer: Tokenizer) -> ChatLogprobs | None:
+def token_logprobs(delta: Delta, top: int, tokenizer: Tokenizer) -> ChatLogprobs | None:
+    """OpenAI's per-token entries of ``delta`` (the Responses API's ``output_text.logprobs`` are the same)."""
     if delta.logprobs is None:
         return None
     return ChatLogprobs(

@@ -65,6 +65,7 @@ class Generation:
         self.timers = [RequestTimer(metrics, name) for name in names]  # logged under the id the client knows
         self._prompt_tokens = [0] * len(streams)  # per prompt, once its first output arrived
         self._completion_tokens = 0
+        self._cached_tokens = [0] * len(streams)  # per prompt: its tokens the prefix cache served
         self._prompt_logprobs: list[list[dict[int, Logprob] | None] | None] = [None] * len(streams)  # per prompt
         self._pending: dict[asyncio.Future[RequestOutput], int] = {}  # next-output waits -> prompt index
 
@@ -131,6 +132,7 @@ class Generation:
         raises ``GrammarFailedError`` for a choice that ended with an error (a 400, or a stream's error event)."""
         self.timers[i].observe(output)
         self._prompt_tokens[i] = len(output.prompt_token_ids)
+        self._cached_tokens[i] = output.num_cached_tokens
         if output.prompt_logprobs is not None:  # DELTA: the entries new since the last output
             self._prompt_logprobs[i] = (self._prompt_logprobs[i] or []) + output.prompt_logprobs
         deltas = []
@@ -167,6 +169,11 @@ class Generation:
         prompt = sum(self._prompt_tokens)
         completion = self._completion_tokens
         return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens the prefix cache served, over all prompts (at their last admission)."""
+        return sum(self._cached_tokens)
 
     def close(self) -> None:
         """Aborts whatever has not finished (the client left or the handler failed); safe to call twice."""

@@ -1,4 +1,5 @@
-"""Server-sent events exactly as OpenAI sends them: ``data: {json}\\n\\n`` per chunk, then ``data: [DONE]\\n\\n``.
+"""Server-sent events exactly as OpenAI sends them: ``data: {json}\\n\\n`` per chunk, then ``data: [DONE]\\n\\n``;
+the Responses API's events name their type (``event: response.created``) and end without ``[DONE]``.
 
 Where this module sits: docs/architecture.md.
 """
@@ -19,8 +20,11 @@ from jllm.server.state import STATE
 logger = logging.getLogger(__name__)
 
 
-async def send_events(request: web.Request, payloads: AsyncIterator[str]) -> web.StreamResponse:
-    """Streams each JSON payload as one event, then ``[DONE]``.
+async def send_events(
+    request: web.Request, payloads: AsyncIterator[str] | AsyncIterator[tuple[str, str]], *, done: bool = True
+) -> web.StreamResponse:
+    """Streams each JSON payload as one event (a pair: the event's name and its payload), then ``[DONE]`` unless
+    ``done`` is false.
 
     A failure once the headers are out can no longer change the status, so it goes out as an error event (OpenAI's
     error body) before ``[DONE]``. A client that hangs up ends the stream quietly; the caller aborts its request.
@@ -42,19 +46,26 @@ async def send_events(request: web.Request, payloads: AsyncIterator[str]) -> web
                 await _write(
                     request, response, write_timeout, json.dumps(from_engine_error(e).body(), separators=(",", ":"))
                 )
-        await _write(request, response, write_timeout, "[DONE]")
+        if done:
+            await _write(request, response, write_timeout, "[DONE]")
         await response.write_eof()
     except ConnectionResetError:
         logger.info("client of %s %s hung up mid-stream", request.method, request.path)
     return response
 
 
-async def _write(request: web.Request, response: web.StreamResponse, timeout: float, payload: str) -> None:
+async def _write(
+    request: web.Request, response: web.StreamResponse, timeout: float, payload: str | tuple[str, str]
+) -> None:
     """Writes one event. A write waits for the client only while the connection's writing is paused (its transport
     buffer passed the high-water mark, and has not drained to the low one); only a write that may pause it or finds
     it paused runs under the stall timeout: a timer per event cost the event loop ~5 % of its time with 32 streams
     (py-spy, CPU, 2026-12-04)."""
-    data = f"data: {payload}\n\n".encode()
+    if isinstance(payload, tuple):
+        name, payload = payload
+        data = f"event: {name}\ndata: {payload}\n\n".encode()
+    else:
+        data = f"data: {payload}\n\n".encode()
     transport = request.transport
     if transport is not None and not request.protocol.writing_paused:
         if transport.get_write_buffer_size() + len(data) < transport.get_write_buffer_limits()[1]:

@@ -1,0 +1,278 @@
+"""``POST /v1/responses``: OpenAI's Responses API on the chat route's machinery. The request becomes the chat request
+it stands for (``responses_schemas``) and takes chat's start (routing, tools, sampling fields, the chat template,
+admission) and ``Generation``; the reply's text and calls come back as output items (a ``message`` with
+``output_text``, ``function_call`` items), whole or as the Responses API's typed events.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from aiohttp import web
+
+from jllm.server.chat import start_chat, token_logprobs
+from jllm.server.errors import APIError, as_api_error
+from jllm.server.generation import Delta, Generation
+from jllm.server.middleware import public_id, request_id
+from jllm.server.registry import ServedModel
+from jllm.server.responses_schemas import (
+    CHAT_TO_RESPONSES,
+    IncompleteDetails,
+    InputTokensDetails,
+    OutputFunctionCall,
+    OutputItem,
+    OutputMessage,
+    OutputText,
+    ResponseError,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+)
+from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall, TokenLogprob
+from jllm.server.sse import send_events
+from jllm.server.state import ServerState, server_state
+from jllm.server.tools import ToolPlan
+from jllm.tokenizer import Tokenizer
+
+Status = Literal["completed", "incomplete", "failed"]
+ABORTED = "the server stopped the request before it finished (it is draining or unloading the model)"
+Event = tuple[str, str]  # (the event's type, its JSON)
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    body = ResponsesRequest.model_validate_json(await request.read())
+    public = public_id(request, body.request_id)
+    served, tools, generation = await _start(server_state(request), body, request_id(request), public)
+    view = _ResponseView(body, f"resp_{public}", body.model or served.name, generation, served.engine.inputs.tokenizer)
+    try:
+        if body.stream:
+            return await send_events(request, view.events(tools), done=False)
+        (delta,) = await generation.wait()
+        status = _status(delta.finish_reason)
+        response = view.response(status, _items(tools.message(delta.text), status, view.logprobs(delta)))
+        return web.json_response(text=response.model_dump_json())
+    finally:
+        generation.close()
+
+
+async def stored_response(request: web.Request) -> web.StreamResponse:
+    """``GET`` / ``DELETE /v1/responses/{id}``, its ``cancel`` and ``input_items``: a 404 saying why (nothing is
+    stored), where the router's own would only say there is no such route."""
+    raise APIError(
+        404,
+        f"no response {request.match_info['response_id']!r}: this server stores no responses (each is returned "
+        "whole, or streamed, by the POST that made it)",
+        param="response_id",
+        code="not_found",
+    )
+
+
+async def _start(
+    state: ServerState, body: ResponsesRequest, engine_id: str, public: str
+) -> tuple[ServedModel, ToolPlan, Generation]:
+    """Chat's start on the chat request this one stands for; its errors name this route's fields."""
+    try:
+        chat = ChatCompletionRequest.model_validate(body.as_chat())
+        return await start_chat(state, chat, engine_id, public)
+    except Exception as e:
+        raise _renamed(as_api_error(e)) from e
+
+
+def _renamed(error: APIError) -> APIError:
+    """A chat field in an error (``messages``, ``max_completion_tokens`` ...) as the field the client sent."""
+    name = CHAT_TO_RESPONSES.get(error.param or "")
+    if name is not None and error.param is not None:
+        if error.message.startswith(error.param):
+            error.message = name + error.message[len(error.param) :]
+        error.param = name
+    return error
+
+
+def _status(finish_reason: str | None) -> Status:
+    """``length``: cut at max_output_tokens (or the context); ``abort``: the server ended it (a drain)."""
+    if finish_reason == "length":
+        return "incomplete"
+    return "failed" if finish_reason == "abort" else "completed"
+
+
+def _item_status(status: Status) -> Literal["completed", "incomplete"]:
+    return "completed" if status == "completed" else "incomplete"
+
+
+def _message_id() -> str:
+    return f"msg_{uuid.uuid4().hex[:24]}"
+
+
+def _call_item(call_id: str, name: str, arguments: str, status: str) -> OutputFunctionCall:
+    return OutputFunctionCall(
+        id=f"fc_{call_id.removeprefix('call_')}", call_id=call_id, name=name, arguments=arguments, status=status
+    )
+
+
+def _items(message: AssistantMessage, status: Status, logprobs: list[TokenLogprob]) -> list[OutputItem]:
+    """A whole reply's items: its text as a message (also when empty, unless it made calls), then each call."""
+    items: list[OutputItem] = []
+    if message.content or not message.tool_calls:
+        text = OutputText(text=message.content or "", logprobs=logprobs)
+        items.append(OutputMessage(id=_message_id(), status=_item_status(status), content=[text]))
+    items += [_call_item(c.id, c.function.name, c.function.arguments, "completed") for c in message.tool_calls]
+    return items
+
+
+class _ResponseView:
+    """One request's response object, and its stream of events (each numbered in ``sequence_number``)."""
+
+    def __init__(
+        self, body: ResponsesRequest, response_id: str, model: str, generation: Generation, tokenizer: Tokenizer
+    ) -> None:
+        self.body = body
+        self.tokenizer = tokenizer
+        self.id = response_id
+        self.model = model
+        self.generation = generation
+        self.created_at = int(time.time())
+        self.items: list[OutputItem] = []  # streamed so far, the last one perhaps still open
+        self._open = False
+        self._sequence = 0
+
+    def logprobs(self, delta: Delta) -> list[TokenLogprob]:
+        """The entries of ``delta``'s tokens, with ``include`` asking for them."""
+        entries = token_logprobs(delta, self.body.top_logprobs or 0, self.tokenizer)
+        return [] if entries is None else entries.content
+
+    def response(self, status: str, items: list[OutputItem] | None = None) -> ResponseObject:
+        body, params = self.body, self.generation.params
+        usage = None
+        if status != "in_progress":
+            u = self.generation.usage()
+            usage = ResponseUsage(
+                input_tokens=u.prompt_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=self.generation.cached_tokens),
+                output_tokens=u.completion_tokens,
+                total_tokens=u.total_tokens,
+            )
+        choice = body.tool_choice
+        return ResponseObject(
+            id=self.id,
+            created_at=self.created_at,
+            status=status,
+            incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+            error=ResponseError(code="server_error", message=ABORTED) if status == "failed" else None,
+            model=self.model,
+            output=items or [],
+            usage=usage,
+            instructions=body.instructions,
+            max_output_tokens=body.max_output_tokens,
+            max_tool_calls=body.max_tool_calls,
+            metadata=body.metadata or {},
+            parallel_tool_calls=body.parallel_tool_calls,
+            temperature=params.temperature,
+            text=body.text_echo(),
+            tool_choice=choice if isinstance(choice, str) else choice.model_dump(),
+            tools=[t.model_dump(exclude_none=True) for t in body.tools],
+            top_p=params.top_p,
+            top_logprobs=body.top_logprobs or 0,
+            user=body.user,
+        )
+
+    async def events(self, tools: ToolPlan) -> AsyncIterator[Event]:
+        """OpenAI's event sequence: created, in_progress; per output item its added event, its deltas and its done
+        events; then completed (incomplete, failed). A failure after the headers is an ``error`` event."""
+        try:
+            yield self._event("response.created", response=self.response("in_progress").model_dump())
+            yield self._event("response.in_progress", response=self.response("in_progress").model_dump())
+            stream, finish_reason = tools.stream(), None
+            logprobs: list[TokenLogprob] = []  # a token's entry waits for its text (part of a character has none)
+            async for d in self.generation.deltas():
+                content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
+                finish_reason = d.finish_reason or finish_reason
+                logprobs += self.logprobs(d)
+                if content:
+                    for event in self._text(content, logprobs):
+                        yield event
+                    logprobs = []
+                for call in calls:
+                    for event in self._call(call):
+                        yield event
+            for event in self._end(_status(finish_reason), logprobs):
+                yield event
+        except Exception as e:
+            error = as_api_error(e)
+            yield self._event("error", code=error.code, message=error.message, param=error.param)
+
+    def _end(self, status: Status, logprobs: list[TokenLogprob]) -> Iterator[Event]:
+        """The last item's done events (an empty message if nothing came, as the whole reply has one), then the
+        response; ``logprobs``: entries of tokens without text (a stop string's), which the whole reply has too."""
+        if not self.items:
+            yield from self._text("", [])
+        if self._open and isinstance(self.items[-1], OutputMessage):
+            self.items[-1].content[0].logprobs += logprobs
+        yield from self._close(status)
+        yield self._event(f"response.{status}", response=self.response(status, self.items).model_dump())
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        payload = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return kind, json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+    def _place(self) -> dict[str, Any]:
+        return {"item_id": self.items[-1].id, "output_index": len(self.items) - 1}
+
+    def _add(self, item: OutputItem) -> Iterator[Event]:
+        yield from self._close("completed")
+        self.items.append(item)
+        self._open = True
+        yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=item.model_dump())
+
+    def _text(self, text: str, logprobs: list[TokenLogprob]) -> Iterator[Event]:
+        if not (self._open and isinstance(self.items[-1], OutputMessage)):
+            yield from self._add(OutputMessage(id=_message_id(), status="in_progress", content=[]))
+            part = OutputText(text="")
+            yield self._event("response.content_part.added", **self._place(), content_index=0, part=part.model_dump())
+            self.items[-1].content.append(part)  # type: ignore[union-attr]
+        message = self.items[-1]
+        assert isinstance(message, OutputMessage)
+        part = message.content[0]
+        part.text += text
+        part.logprobs += logprobs
+        if text:
+            entries = [e.model_dump() for e in logprobs]
+            yield self._event(
+                "response.output_text.delta", **self._place(), content_index=0, delta=text, logprobs=entries
+            )
+
+    def _call(self, call: DeltaToolCall) -> Iterator[Event]:
+        """A call's first delta (its id and name) opens its item; later ones add to its arguments."""
+        if call.id is not None:
+            yield from self._add(_call_item(call.id, call.function.name or "", "", "in_progress"))
+        item = self.items[-1]
+        assert isinstance(item, OutputFunctionCall)
+        if call.function.arguments:
+            item.arguments += call.function.arguments
+            yield self._event("response.function_call_arguments.delta", **self._place(), delta=call.function.arguments)
+
+    def _close(self, status: Status) -> Iterator[Event]:
+        """The open item's done events: its text or arguments whole, then the item."""
+        if not self._open:
+            return
+        self._open = False
+        item = self.items[-1]
+        if isinstance(item, OutputMessage):
+            part = item.content[0]
+            entries = [e.model_dump() for e in part.logprobs]
+            yield self._event(
+                "response.output_text.done", **self._place(), content_index=0, text=part.text, logprobs=entries
+            )
+            yield self._event("response.content_part.done", **self._place(), content_index=0, part=part.model_dump())
+        else:
+            yield self._event(
+                "response.function_call_arguments.done", **self._place(), name=item.name, arguments=item.arguments
+            )
+        item.status = _item_status(status)
+        yield self._event("response.output_item.done", output_index=len(self.items) - 1, item=item.model_dump())
