@@ -1,0 +1,238 @@
+"""The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, StableLM,
+StarCoder2, Cohere (Command-R) and OLMo 1; most of them run attention and MLP side by side off one norm.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
+from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, uniform
+
+# GPT-NeoX's and Falcon's plain MLP; the attention's output projection is called ``dense`` in both.
+DENSE_NAMES = (("o_proj", "dense"), ("up_proj", "dense_h_to_4h"), ("down_proj", "dense_4h_to_h"))
+
+
+def gpt_neox(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GPT-NeoX / Pythia: LayerNorms with bias, a per-head fused ``query_key_value`` ``[q, k, v]``, partial rotary
+    (``rotary_pct``), biased linears, a plain gelu MLP, and parallel or sequential residuals."""
+    heads = cfg["num_attention_heads"]
+    cfg = {
+        "rope_theta": cfg.get("rotary_emb_base", 10000.0),
+        "partial_rotary_factor": cfg.get("rotary_pct", 0.25),  # older configs' names and defaults
+        **cfg,
+        "num_key_value_heads": heads,  # always multi-head
+        "head_dim": cfg["hidden_size"] // heads,
+        "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5),
+    }
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", True))
+    rename = (("embed_tokens", "embed_in"), ("self_attn", "attention"), ("norm", "final_layer_norm"))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=True,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "gelu", "GPT-NeoX"),
+        parallel_residual=bool(cfg.get("use_parallel_residual", True)),
+        weights=WeightMap(
+            qkv=("query_key_value",),
+            qkv_layout="grouped",
+            rename=(*rename, *DENSE_NAMES, ("lm_head", "embed_out")),
+            prefix="gpt_neox.",
+        ),
+    )
+
+
+def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Falcon: multi-query (``multi_query``) or grouped (``new_decoder_architecture`` with ``num_kv_heads``) heads in
+    one fused ``query_key_value``, attention and MLP in parallel (one shared norm or ``ln_attn`` / ``ln_mlp``) or
+    sequential, optional biases, a plain gelu MLP. ALiBi is refused."""
+    if cfg.get("alibi"):
+        raise ValueError(
+            "Falcon alibi=True is not supported (supported: alibi=False, rotary position embeddings, as in "
+            "Falcon-7B/40B/180B and Falcon-11B)"
+        )
+    heads = cfg["num_attention_heads"]
+    new_arch = bool(cfg.get("new_decoder_architecture", False))
+    if new_arch:
+        kv = cfg.get("num_kv_heads") or heads
+    else:
+        kv = 1 if cfg.get("multi_query", True) else heads
+    hidden = cfg["hidden_size"]
+    cfg = {
+        **cfg,
+        "num_key_value_heads": kv,
+        "head_dim": hidden // heads,
+        "intermediate_size": cfg.get("ffn_hidden_size") or 4 * hidden,
+        "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
+        "max_position_embeddings": cfg.get("max_position_embeddings", 2048),
+        "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
+    }
+    base, layers = uniform(cfg, dtype, FULL)
+    parallel = new_arch or bool(cfg.get("parallel_attn", True))
+    two_norms = new_arch and (cfg.get("num_ln_in_parallel_attn") or 2) == 2
+    norms = (("input_layernorm", "ln_attn"), ("post_attention_layernorm", "ln_mlp")) if two_norms else ()
+    rename = (("embed_tokens", "word_embeddings"), ("layers", "h"), ("self_attn", "self_attention"), ("norm", "ln_f"))
+    bias = bool(cfg.get("bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "activation", "gelu", "Falcon"),
+        parallel_residual=parallel,
+        shared_input_norm=parallel and not two_norms,
+        weights=WeightMap(
+            qkv=("query_key_value",),
+            qkv_layout="grouped",
+            rename=(*rename, *norms, *DENSE_NAMES),
+            prefix="transformer.",
+        ),
+    )
+
+
+def phi(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Phi-1 / 1.5 / 2: attention and a plain gelu MLP (``fc1`` / ``fc2``) side by side off one LayerNorm, partial
+    rotary (``partial_rotary_factor``, 0.5 by default), biases on every linear and on the LM head; optional
+    LayerNorms on each query and key head, one weight for all heads (``qk_layernorm``)."""
+    if cfg.get("tie_word_embeddings"):
+        raise ValueError(
+            "Phi tie_word_embeddings=True is not supported (supported: False, an LM head of its own with a bias, as "
+            "Phi-1, Phi-1.5 and Phi-2 have)"
+        )
+    cfg = {"partial_rotary_factor": 0.5, **cfg, "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5)}
+    base, layers = uniform(cfg, dtype, FULL)
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qk_norm=bool(cfg.get("qk_layernorm", False)),
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "gelu_new", "Phi"),
+        parallel_residual=True,
+        shared_input_norm=True,
+        lm_head_bias=True,
+        weights=WeightMap(
+            rename=(
+                ("o_proj", "dense"),
+                ("up_proj", "fc1"),
+                ("down_proj", "fc2"),
+                ("norm", "final_layernorm"),
+                ("q_norm", "q_layernorm"),
+                ("k_norm", "k_layernorm"),
+            )
+        ),
+    )
+
+
+def stablelm(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """StableLM 2 / StableLM-3B-4E1T: LayerNorms, partial rotary (``partial_rotary_factor``, 0.25 by default),
+    SwiGLU, q/k/v biases where ``use_qkv_bias``, attention and MLP side by side off one norm where
+    ``use_parallel_residual`` (StableLM 2 12B), and where ``qk_layernorm`` a bias-free LayerNorm on each query and key
+    head with a weight of its own (stored per head: ``q_layernorm.norms.{h}``)."""
+    heads = cfg["num_attention_heads"]
+    cfg = {
+        "partial_rotary_factor": 0.25,
+        **cfg,
+        "head_dim": cfg["hidden_size"] // heads,  # transformers ignores a head_dim key here
+        "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5),
+    }
+    base, layers = uniform(cfg, dtype, FULL)
+    parallel, qk_norm = bool(cfg.get("use_parallel_residual", False)), bool(cfg.get("qk_layernorm", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qk_norm=qk_norm,
+        qk_norm_per_head=qk_norm,
+        qk_norm_kind="layer_no_bias",
+        qkv_bias=bool(cfg.get("use_qkv_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "StableLM"),
+        parallel_residual=parallel,
+        shared_input_norm=parallel,
+        weights=WeightMap(rename=(("q_norm", "q_layernorm.norms.{e}"), ("k_norm", "k_layernorm.norms.{e}"))),
+    )
+
+
+def starcoder2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """StarCoder2: LayerNorms with bias (``norm_epsilon``), grouped KV heads, a plain gelu MLP (``c_fc`` /
+    ``c_proj``), biases on every linear where ``use_bias`` (the default), every layer sliding where
+    ``sliding_window`` is set, a tied head by default."""
+    cfg = {
+        **cfg,
+        "rms_norm_eps": cfg.get("norm_epsilon", 1e-5),
+        "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
+    }
+    base, layers = uniform(cfg, dtype, SLIDING)
+    bias = bool(cfg.get("use_bias", True))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "gelu_pytorch_tanh", "StarCoder2"),
+        weights=WeightMap(rename=(("up_proj", "c_fc"), ("down_proj", "c_proj"))),
+    )
+
+
+def cohere(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Command-R (Cohere): bias-free LayerNorms, attention and SwiGLU side by side off one norm, the rotary on
+    neighbouring channel pairs (transformers' Cohere interleaves its frequencies), logits times ``logit_scale``
+    (divided by its inverse here: exact for the 1/16 of the released checkpoints), a tied head by default; where
+    ``use_qk_norm`` (Command R+) a bias-free LayerNorm on each query and key head with a weight of its own."""
+    scale = cfg.get("logit_scale", 0.0625)
+    if not scale:
+        raise ValueError(f"Cohere logit_scale={scale!r} is not supported (supported: a non-zero number)")
+    cfg = {
+        **cfg,
+        "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5),
+        "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
+    }
+    base = base_args(cfg, dtype)
+    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)
+    qk_norm, bias = bool(cfg.get("use_qk_norm", False)), bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(rope),) * base["num_layers"],
+        norm="layer_no_bias",
+        qk_norm=qk_norm,
+        qk_norm_per_head=qk_norm,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_act=activation(cfg, "hidden_act", "silu", "Cohere"),
+        parallel_residual=True,
+        shared_input_norm=True,
+        logits_divisor=1.0 / scale,
+    )
+
+
+def olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """OLMo 1 (OLMo-1B/7B-hf, -0424, -0724): Llama's layout with LayerNorms that have neither weight nor bias (eps
+    1e-5, fixed in transformers), q, k and v clipped to ``clip_qkv`` where set."""
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, "norm_eps": 1e-5},
+        layers=layers,
+        norm="layer_no_affine",
+        qkv_bias=bias,
+        o_bias=bias,
+        qkv_clip=cfg.get("clip_qkv"),
+        mlp_act=activation(cfg, "hidden_act", "silu", "OLMo"),
+    )
