@@ -134,7 +134,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "starcoder2": ("Starcoder2ForCausalLM", None, dict(sliding_window=WINDOW, tie_word_embeddings=False), []),
     # Command R+'s per-head q/k norms (weights [heads, head_dim]); untied (tied, the random model repeats)
     "cohere": ("CohereForCausalLM", None, dict(use_qk_norm=True, tie_word_embeddings=False), []),
-    "olmo": ("OlmoForCausalLM", None, dict(clip_qkv=3.0), []),  # the clip cuts some of these q, k, v
+    "olmo": ("OlmoForCausalLM", None, dict(clip_qkv=3.0), []),
+    "gptj": (
+        "GPTJForCausalLM",
+        None,
+        dict(rotary_dim=8, num_key_value_heads=None),
+        [],
+    ),  # the clip cuts some of these q, k, v
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
@@ -326,6 +332,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu"}, "StarCoder2 hidden_act 'relu'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
+        (
+            "GPTJForCausalLM",
+            {"n_embd": 64, "n_head": 4, "n_layer": 2, "rotary_dim": None},
+            "GPT-J rotary_dim=None is not supported.*even number",
+        ),
         ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5.*num_experts=4"),
         ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
         ("GPTNeoXForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*gelu"),

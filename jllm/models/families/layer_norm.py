@@ -1,5 +1,5 @@
-"""The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, StableLM,
-StarCoder2, Cohere (Command-R) and OLMo 1; most of them run attention and MLP side by side off one norm.
+"""The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, GPT-J,
+StableLM, StarCoder2, Cohere (Command-R) and OLMo 1; most of them run attention and MLP side by side off one norm.
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,6 +11,7 @@ from typing import Any
 
 from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, uniform
+from jllm.models.rope import Rope
 
 # GPT-NeoX's and Falcon's plain MLP; the attention's output projection is called ``dense`` in both.
 DENSE_NAMES = (("o_proj", "dense"), ("up_proj", "dense_h_to_4h"), ("down_proj", "dense_4h_to_h"))
@@ -101,15 +102,20 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def _refuse_tied_biased_head(cfg: dict[str, Any], family: str, models: str) -> None:
+    """Phi's and GPT-J's LM heads have a bias of their own: a tied head is refused, not read as the embedding alone."""
+    if cfg.get("tie_word_embeddings"):
+        raise ValueError(
+            f"{family} tie_word_embeddings=True is not supported (supported: False, an LM head of its own with a bias, "
+            f"as {models} have)"
+        )
+
+
 def phi(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Phi-1 / 1.5 / 2: attention and a plain gelu MLP (``fc1`` / ``fc2``) side by side off one LayerNorm, partial
     rotary (``partial_rotary_factor``, 0.5 by default), biases on every linear and on the LM head; optional
     LayerNorms on each query and key head, one weight for all heads (``qk_layernorm``)."""
-    if cfg.get("tie_word_embeddings"):
-        raise ValueError(
-            "Phi tie_word_embeddings=True is not supported (supported: False, an LM head of its own with a bias, as "
-            "Phi-1, Phi-1.5 and Phi-2 have)"
-        )
+    _refuse_tied_biased_head(cfg, "Phi", "Phi-1, Phi-1.5 and Phi-2")
     cfg = {"partial_rotary_factor": 0.5, **cfg, "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5)}
     base, layers = uniform(cfg, dtype, FULL)
     return ModelArgs(
@@ -134,6 +140,54 @@ def phi(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
                 ("q_norm", "q_layernorm"),
                 ("k_norm", "k_layernorm"),
             )
+        ),
+    )
+
+
+def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GPT-J: attention (no biases) and a plain gelu MLP (``fc_in`` / ``fc_out``, biased) side by side off one
+    LayerNorm, the rotary on the first ``rotary_dim`` channels of each head in neighbouring pairs (theta 10000), an LM
+    head with a bias. GPT-2's config names (``n_embd``, ``n_head``, ``n_layer``, ``n_inner``, ``n_positions``)."""
+    _refuse_tied_biased_head(cfg, "GPT-J", "GPT-J-6B and its fine-tunes")
+    heads, hidden, rotary = cfg["n_head"], cfg["n_embd"], cfg.get("rotary_dim")
+    if not rotary or rotary % 2 or rotary > hidden // heads:
+        raise ValueError(
+            f"GPT-J rotary_dim={cfg.get('rotary_dim')!r} is not supported (supported: the rotated channels of each "
+            "head, an even number up to n_embd / n_head, as GPT-J-6B's 64)"
+        )
+    cfg = {
+        **cfg,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,  # always multi-head
+        "num_hidden_layers": cfg["n_layer"],
+        "intermediate_size": cfg.get("n_inner") or 4 * hidden,
+        "max_position_embeddings": cfg.get("n_positions", 2048),
+        "head_dim": hidden // heads,
+        "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
+    }
+    base = base_args(cfg, dtype)
+    rope = Rope(10000.0, rotary, interleaved=True)
+    rename = (("embed_tokens", "wte"), ("layers", "h"), ("self_attn", "attn"), ("o_proj", "out_proj"))
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(rope),) * base["num_layers"],
+        norm="layer",
+        mlp_bias=True,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "activation_function", "gelu_new", "GPT-J"),
+        parallel_residual=True,
+        shared_input_norm=True,
+        lm_head_bias=True,
+        weights=WeightMap(
+            rename=(
+                *rename,
+                ("input_layernorm", "ln_1"),
+                ("up_proj", "fc_in"),
+                ("down_proj", "fc_out"),
+                ("norm", "ln_f"),
+            ),
+            prefix="transformer.",
         ),
     )
 
