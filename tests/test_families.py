@@ -134,13 +134,10 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "starcoder2": ("Starcoder2ForCausalLM", None, dict(sliding_window=WINDOW, tie_word_embeddings=False), []),
     # Command R+'s per-head q/k norms (weights [heads, head_dim]); untied (tied, the random model repeats)
     "cohere": ("CohereForCausalLM", None, dict(use_qk_norm=True, tie_word_embeddings=False), []),
-    "olmo": ("OlmoForCausalLM", None, dict(clip_qkv=3.0), []),
-    "gptj": (
-        "GPTJForCausalLM",
-        None,
-        dict(rotary_dim=8, num_key_value_heads=None),
-        [],
-    ),  # the clip cuts some of these q, k, v
+    "olmo": ("OlmoForCausalLM", None, dict(clip_qkv=3.0), []),  # the clip cuts some of these q, k, v
+    "gptj": ("GPTJForCausalLM", None, dict(rotary_dim=8, num_key_value_heads=None), []),
+    # StarCoder 1's multi-query layout, learned positions; untied (tied, the random model repeats)
+    "gpt_bigcode": ("GPTBigCodeForCausalLM", None, dict(n_inner=96, tie_word_embeddings=False), []),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
@@ -159,6 +156,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "falcon_sequential_mha_bias": (
         "FalconForCausalLM",
         dict(multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
+    ),
+    "gpt_bigcode_multi_head_unscaled": (
+        "GPTBigCodeForCausalLM",
+        dict(multi_query=False, scale_attn_weights=False, n_inner=96),
     ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
@@ -328,7 +329,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
-        ("GPTBigCodeForCausalLM", {}, "GPTBigCodeForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu"}, "StarCoder2 hidden_act 'relu'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),

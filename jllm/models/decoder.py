@@ -2,10 +2,10 @@
 
 A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head, with one
 weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's
-residual and logits scales), residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP), MLP
-kind (gated, plain, or a mixture of experts), activation, biases (the LM head's too), q/k/v clipping, rotary fraction,
-layout and scaling, soft-caps, per-layer sliding windows, and the checkpoint's tensor names. The maths they share
-lives here once.
+residual and logits scales), learned positions or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's
+parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation, biases (the LM head's too),
+q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows, and the checkpoint's
+tensor names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
@@ -60,7 +60,7 @@ class WeightMap:
 class LayerSpec:
     """What may differ between the layers of one model (Gemma alternates sliding and global layers)."""
 
-    rope: Rope
+    rope: Rope | None  # None: no rotary (GPT-BigCode's positions are learned embeddings)
     sliding_window: int | None = None
 
 
@@ -105,6 +105,8 @@ class ModelArgs:
     logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling), before a soft-cap
     final_softcap: float | None = None
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi)
+    # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
+    learned_positions: bool = False
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
@@ -196,7 +198,8 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if a.qkv_clip is not None:
             q, k, v = (jnp.clip(y, -a.qkv_clip, a.qkv_clip) for y in (q, k, v))
-        q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
+        if self.spec.rope is not None:
+            q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
         out, kv_pages = paged_attention(
             q,
             k,
@@ -262,6 +265,11 @@ def _decoder_layer(
 class CausalLM(nnx.Module):
     def __init__(self, args: ModelArgs):
         self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.dtype, args.embed_scale)
+        self.embed_positions = (
+            Embedding(args.max_position_embeddings, args.hidden_size, args.dtype, axes=(None, "embed"))
+            if args.learned_positions
+            else None
+        )
         self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
         self.norm = args.make_norm()
         self.lm_head = (
@@ -294,7 +302,8 @@ class CausalLM(nnx.Module):
         self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[jax.Array], meta: AttentionMetadata
     ) -> tuple[list[jax.Array], list[jax.Array]]:
         """The residual stream before the first layer and after each (not normed), and the updated pool."""
-        states = [self.embed_tokens(input_ids)]
+        x = self.embed_tokens(input_ids)
+        states = [x if self.embed_positions is None else x + self.embed_positions(positions)]
         new_caches = []
         for layer, kv_pages in zip(self.layers, kv_caches, strict=True):
             x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta)

@@ -59,10 +59,17 @@ class Linear(nnx.Module):
 
 class Embedding(nnx.Module):
     """``scale`` multiplies the looked-up rows (Gemma's ``sqrt(hidden)``), rounded to the model dtype first as
-    transformers does."""
+    transformers does. ``axes``: the table's logical axes (a learned position table is not split by vocabulary)."""
 
-    def __init__(self, vocab_size: int, dim: int, dtype: jnp.dtype, scale: float | None = None):
-        self.embedding = param((vocab_size, dim), dtype, ("vocab", "embed"))
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        dtype: jnp.dtype,
+        scale: float | None = None,
+        axes: tuple[str | None, str | None] = ("vocab", "embed"),
+    ):
+        self.embedding = param((vocab_size, dim), dtype, axes)
         self.scale = scale
 
     def __call__(self, ids: jax.Array) -> jax.Array:

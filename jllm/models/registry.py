@@ -29,6 +29,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,
     "GPTJForCausalLM": layer_norm.gptj,
+    "GPTBigCodeForCausalLM": layer_norm.gpt_bigcode,
     "StableLmForCausalLM": layer_norm.stablelm,
     "Starcoder2ForCausalLM": layer_norm.starcoder2,
     "CohereForCausalLM": layer_norm.cohere,

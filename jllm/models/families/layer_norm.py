@@ -1,5 +1,6 @@
 """The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, GPT-J,
-StableLM, StarCoder2, Cohere (Command-R) and OLMo 1; most of them run attention and MLP side by side off one norm.
+GPT-BigCode, StableLM, StarCoder2, Cohere (Command-R) and OLMo 1; most of them run attention and MLP side by side off
+one norm.
 
 Where this module sits: docs/architecture.md.
 """
@@ -144,6 +145,23 @@ def phi(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def _gpt2_names(cfg: dict[str, Any], kv_heads: int) -> dict[str, Any]:
+    """GPT-2's config names (``n_embd``, ``n_head``, ``n_layer``, ``n_inner``, ``n_positions``,
+    ``layer_norm_epsilon``; GPT-J, GPT-BigCode) as ``base_args`` reads them."""
+    heads, hidden = cfg["n_head"], cfg["n_embd"]
+    return {
+        **cfg,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": cfg["n_layer"],
+        "intermediate_size": cfg.get("n_inner") or 4 * hidden,
+        "max_position_embeddings": cfg.get("n_positions", 2048),
+        "head_dim": hidden // heads,
+        "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
+    }
+
+
 def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GPT-J: attention (no biases) and a plain gelu MLP (``fc_in`` / ``fc_out``, biased) side by side off one
     LayerNorm, the rotary on the first ``rotary_dim`` channels of each head in neighbouring pairs (theta 10000), an LM
@@ -155,17 +173,7 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             f"GPT-J rotary_dim={cfg.get('rotary_dim')!r} is not supported (supported: the rotated channels of each "
             "head, an even number up to n_embd / n_head, as GPT-J-6B's 64)"
         )
-    cfg = {
-        **cfg,
-        "hidden_size": hidden,
-        "num_attention_heads": heads,
-        "num_key_value_heads": heads,  # always multi-head
-        "num_hidden_layers": cfg["n_layer"],
-        "intermediate_size": cfg.get("n_inner") or 4 * hidden,
-        "max_position_embeddings": cfg.get("n_positions", 2048),
-        "head_dim": hidden // heads,
-        "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
-    }
+    cfg = _gpt2_names(cfg, heads)  # always multi-head
     base = base_args(cfg, dtype)
     rope = Rope(10000.0, rotary, interleaved=True)
     rename = (("embed_tokens", "wte"), ("layers", "h"), ("self_attn", "attn"), ("o_proj", "out_proj"))
@@ -187,6 +195,41 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
                 ("down_proj", "fc_out"),
                 ("norm", "ln_f"),
             ),
+            prefix="transformer.",
+        ),
+    )
+
+
+def gpt_bigcode(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GPT-BigCode (StarCoder 1, SantaCoder): learned absolute positions (``wpe``) and no rotary, multi-query
+    (``multi_query``: one KV head, ``c_attn`` all queries then K then V) or multi-head (``c_attn`` per head ``[q, k,
+    v]``) attention, LayerNorms, a plain gelu MLP (``c_fc`` / ``c_proj``), biases on every linear, a tied head by
+    default; scores unscaled where ``scale_attn_weights`` is off. Cross-attention (``add_cross_attention``) is
+    refused."""
+    if cfg.get("add_cross_attention"):
+        raise ValueError(
+            "GPT-BigCode add_cross_attention=True is not supported (supported: False, a decoder-only model)"
+        )
+    multi_query = bool(cfg.get("multi_query", True))
+    cfg = _gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, 1 if multi_query else cfg["n_head"])
+    base = base_args(cfg, dtype)
+    rename = (("embed_tokens", "wte"), ("embed_positions", "wpe"), ("layers", "h"), ("self_attn", "attn"))
+    norms = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"), ("norm", "ln_f"))
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(None),) * base["num_layers"],
+        norm="layer",
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "activation_function", "gelu_pytorch_tanh", "GPT-BigCode"),
+        sm_scale=None if cfg.get("scale_attn_weights", True) else 1.0,
+        learned_positions=True,
+        weights=WeightMap(
+            qkv=("c_attn",),
+            qkv_layout="concat" if multi_query else "grouped",
+            rename=(*rename, *norms, ("o_proj", "c_proj"), ("up_proj", "c_fc"), ("down_proj", "c_proj")),
             prefix="transformer.",
         ),
     )
