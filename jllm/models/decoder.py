@@ -104,7 +104,7 @@ class ModelArgs:
     attn_softcap: float | None = None
     logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling), before a soft-cap
     final_softcap: float | None = None
-    lm_head_bias: bool = False  # an untied LM head with a bias (Phi)
+    lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
     learned_positions: bool = False
     weights: WeightMap = WeightMap()

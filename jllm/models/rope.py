@@ -1,6 +1,6 @@
 """Rotary position embeddings: the inverse frequencies of each scaling kind, and their application to a head's first
 ``rotary_dim`` channels (all of them, or a fraction as in GPT-NeoX and Phi-4-mini), rotating the halves' channel
-pairs (i, i + rotary_dim / 2) as Llama does or neighbouring pairs (2i, 2i + 1) as Cohere does.
+pairs (i, i + rotary_dim / 2) as Llama does or neighbouring pairs (2i, 2i + 1) as Cohere and GPT-J do.
 
 Where this module sits: docs/architecture.md.
 """
@@ -27,7 +27,7 @@ class Rope:
     theta: float
     rotary_dim: int  # leading channels of each head that rotate; the rest pass through
     scaling: tuple[tuple[str, Any], ...] = ()  # the checkpoint's rope_scaling, lists made tuples
-    interleaved: bool = False  # rotates channels (2i, 2i + 1) together (Cohere), not (i, i + rotary_dim / 2)
+    interleaved: bool = False  # rotates channels (2i, 2i + 1) together (Cohere, GPT-J), not (i, i + rotary_dim / 2)
 
     @classmethod
     def from_hf(cls, theta: float, rotary_dim: int, scaling: dict[str, Any] | None, max_positions: int) -> Rope:

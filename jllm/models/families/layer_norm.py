@@ -170,7 +170,7 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     heads, hidden, rotary = cfg["n_head"], cfg["n_embd"], cfg.get("rotary_dim")
     if not rotary or rotary % 2 or rotary > hidden // heads:
         raise ValueError(
-            f"GPT-J rotary_dim={cfg.get('rotary_dim')!r} is not supported (supported: the rotated channels of each "
+            f"GPT-J rotary_dim={rotary!r} is not supported (supported: the rotated channels of each "
             "head, an even number up to n_embd / n_head, as GPT-J-6B's 64)"
         )
     cfg = _gpt2_names(cfg, heads)  # always multi-head
