@@ -134,6 +134,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "starcoder2": ("Starcoder2ForCausalLM", None, dict(sliding_window=WINDOW, tie_word_embeddings=False), []),
     # Command R+'s per-head q/k norms (weights [heads, head_dim]); untied (tied, the random model repeats)
     "cohere": ("CohereForCausalLM", None, dict(use_qk_norm=True, tie_word_embeddings=False), []),
+    # Command R7B's layout: a sliding layer with the rotary, a global one without
+    "cohere2": (
+        "Cohere2ForCausalLM",
+        None,
+        dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False),
+        [],
+    ),
     "olmo": ("OlmoForCausalLM", None, dict(clip_qkv=3.0), []),  # the clip cuts some of these q, k, v
     "gptj": ("GPTJForCausalLM", None, dict(rotary_dim=8, num_key_value_heads=None), []),
     # StarCoder 1's multi-query layout, learned positions; untied (tied, the random model repeats)

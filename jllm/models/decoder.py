@@ -60,7 +60,7 @@ class WeightMap:
 class LayerSpec:
     """What may differ between the layers of one model (Gemma alternates sliding and global layers)."""
 
-    rope: Rope | None  # None: no rotary (GPT-BigCode's positions are learned embeddings)
+    rope: Rope | None  # None: no rotary (GPT-BigCode's learned positions, Cohere2's global layers)
     sliding_window: int | None = None
 
 

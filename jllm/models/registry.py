@@ -33,6 +33,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "StableLmForCausalLM": layer_norm.stablelm,
     "Starcoder2ForCausalLM": layer_norm.starcoder2,
     "CohereForCausalLM": layer_norm.cohere,
+    "Cohere2ForCausalLM": layer_norm.cohere2,
     "OlmoForCausalLM": layer_norm.olmo,
     "MixtralForCausalLM": mixtures.mixtral,
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,

@@ -1,6 +1,6 @@
 """The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, GPT-J,
-GPT-BigCode, StableLM, StarCoder2, Cohere (Command-R) and OLMo 1; most of them run attention and MLP side by side off
-one norm.
+GPT-BigCode, StableLM, StarCoder2, Cohere (Command-R, Command R7B) and OLMo 1; most of them run attention and MLP
+side by side off one norm.
 
 Where this module sits: docs/architecture.md.
 """
@@ -8,10 +8,11 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, uniform
+from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
 from jllm.models.rope import Rope
 
 # GPT-NeoX's and Falcon's plain MLP; the attention's output projection is called ``dense`` in both.
@@ -288,35 +289,60 @@ def starcoder2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
-def cohere(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Command-R (Cohere): bias-free LayerNorms, attention and SwiGLU side by side off one norm, the rotary on
-    neighbouring channel pairs (transformers' Cohere interleaves its frequencies), logits times ``logit_scale``
-    (divided by its inverse here: exact for the 1/16 of the released checkpoints), a tied head by default; where
-    ``use_qk_norm`` (Command R+) a bias-free LayerNorm on each query and key head with a weight of its own."""
+def _cohere(
+    cfg: dict[str, Any], dtype: Any, family: str, layers: Callable[[Rope], tuple[LayerSpec, ...]], **extra: Any
+) -> ModelArgs:
+    """Cohere's and Cohere2's shared description: bias-free LayerNorms, attention and SwiGLU side by side off one
+    norm, the rotary on neighbouring channel pairs (transformers' Cohere interleaves its frequencies), logits times
+    ``logit_scale`` (divided by its inverse here: exact for the 1/16 of the released checkpoints), a tied head by
+    default. ``layers``: each layer's spec from the rotary."""
     scale = cfg.get("logit_scale", 0.0625)
     if not scale:
-        raise ValueError(f"Cohere logit_scale={scale!r} is not supported (supported: a non-zero number)")
+        raise ValueError(f"{family} logit_scale={scale!r} is not supported (supported: a non-zero number)")
     cfg = {
         **cfg,
         "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5),
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
     base = base_args(cfg, dtype)
-    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)
-    qk_norm, bias = bool(cfg.get("use_qk_norm", False)), bool(cfg.get("attention_bias", False))
+    bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **base,
-        layers=(LayerSpec(rope),) * base["num_layers"],
+        layers=layers(dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)),
         norm="layer_no_bias",
-        qk_norm=qk_norm,
-        qk_norm_per_head=qk_norm,
         qkv_bias=bias,
         o_bias=bias,
-        mlp_act=activation(cfg, "hidden_act", "silu", "Cohere"),
+        mlp_act=activation(cfg, "hidden_act", "silu", family),
         parallel_residual=True,
         shared_input_norm=True,
         logits_divisor=1.0 / scale,
+        **extra,
     )
+
+
+def cohere(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Command-R (Cohere): every layer global with the rotary; where ``use_qk_norm`` (Command R+) a bias-free
+    LayerNorm on each query and key head with a weight of its own."""
+    qk_norm = bool(cfg.get("use_qk_norm", False))
+    n = cfg["num_hidden_layers"]
+    return _cohere(cfg, dtype, "Cohere", lambda rope: (LayerSpec(rope),) * n, qk_norm=qk_norm, qk_norm_per_head=qk_norm)
+
+
+def cohere2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Command R7B / Command A (Cohere2): Cohere's layers, sliding ones (``sliding_window``, 4096 by default) with
+    the rotary and global ones with no position encoding at all, per ``layer_types`` (or every
+    ``sliding_window_pattern``-th layer global, 4 by default); heads always ``hidden_size / num_attention_heads``
+    wide."""
+    n = cfg["num_hidden_layers"]
+    cfg = {
+        **cfg,
+        "head_dim": cfg["hidden_size"] // cfg["num_attention_heads"],
+        "sliding_window": cfg.get("sliding_window", 4096),
+    }
+    pattern = cfg.get("sliding_window_pattern", 4)
+    windows = layer_windows(cfg, [SLIDING if (i + 1) % pattern else FULL for i in range(n)])
+    # transformers rotates exactly in the layers that have a window
+    return _cohere(cfg, dtype, "Cohere2", lambda rope: tuple(LayerSpec(rope if w else None, w) for w in windows))
 
 
 def olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
