@@ -305,10 +305,16 @@ def _cohere(
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
     base = base_args(cfg, dtype)
+    rope = read_rope(cfg, base["head_dim"])
+    if rope.rotary_dim != base["head_dim"]:  # transformers' Cohere rope ignores the fraction, its scalings do not
+        raise ValueError(
+            f"{family} partial_rotary_factor={rope.rotary_dim / base['head_dim']} is not supported (supported: 1.0, "
+            "every channel of each head rotated)"
+        )
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **base,
-        layers=layers(dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)),
+        layers=layers(dataclasses.replace(rope, interleaved=True)),
         norm="layer_no_bias",
         qkv_bias=bias,
         o_bias=bias,
