@@ -121,10 +121,11 @@ def abstract_model(
         shared_expert_size=args.shared_expert_size,
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
-    if kv_replicas > 1 and args.qk_norm_all_heads:
+    if kv_replicas > 1 and (args.qk_norm_all_heads or args.qk_norm_per_head):
+        layout = "over all KV heads (OLMo 2, OLMoE)" if args.qk_norm_all_heads else "per KV head (StableLM, Cohere)"
         raise ValueError(
             f"tensor_parallel_size={tensor_parallel_size} would replicate the model's {args.num_kv_heads} KV heads, "
-            "which its k norm over all KV heads (OLMo 2) does not support; use a tensor_parallel_size that divides "
+            f"which its k norm's weights {layout} do not support; use a tensor_parallel_size that divides "
             f"num_key_value_heads={args.num_kv_heads}"
         )
     args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant)
@@ -215,7 +216,7 @@ class SafetensorsIndex:
     def _experts_reader(
         self, names: list[str], module: str, shape: tuple[int, ...], transpose: bool, dtype: Any
     ) -> Reader:
-        """``[experts, *per_expert]`` stacked from one checkpoint tensor (or fused part) per expert."""
+        """``[experts, *per_expert]`` stacked from one checkpoint tensor (or fused part) per expert (or per head)."""
         experts = [
             self._reader([n.format(e=e) for n in names], module, shape[1:], transpose, dtype, 1)
             for e in range(shape[0])

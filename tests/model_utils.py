@@ -45,9 +45,9 @@ def save_tiny_checkpoint(
     """Builds a random-weight transformers model and saves it as sharded safetensors with an index.
 
     ``config_cls_name`` where it is not the model's name with ``Config`` (``Gemma3TextConfig``);
-    ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases),
-    which transformers initialises to constants (so a ``1 + w`` norm read as ``w``, or a bias not read at all, would
-    otherwise go unnoticed)."""
+    ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases) and
+    every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``), which transformers initialises to
+    constants (so a ``1 + w`` norm read as ``w``, or a bias not read at all, would otherwise go unnoticed)."""
     import torch
     import transformers
 
@@ -56,8 +56,8 @@ def save_tiny_checkpoint(
     model = getattr(transformers, model_cls_name)(config_cls(**config_kwargs)).eval()
     if perturb_constants:
         with torch.no_grad():
-            for p in model.parameters():
-                if p.ndim == 1:
+            for name, p in model.named_parameters():
+                if p.ndim == 1 or name.endswith("norm.weight"):
                     p.add_(0.3 * torch.randn_like(p))
     model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
     return out_dir

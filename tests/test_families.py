@@ -6,9 +6,10 @@ three prompts (one longer than the window) identical to transformers' ``generate
 for Phi-3, Falcon and Mixtral, which replicate their 2 KV heads there) on fake CPU devices (one subprocess,
 ``tests/tp_worker.py``), greedy tokens identical to transformers' (so to TP 1's) and prefill logits within
 ``LOGITS_RTOL`` of transformers'. Layouts a
-family's other options pick (NeoX's sequential residual, Falcon's one-norm, multi-query and sequential layers) are
-checked on their logits only (``VARIANTS``), and the mixture of experts' grouped matmul against a per-token loop.
-Every checkpoint's norms and biases are random too (transformers initialises them to ones and zeros).
+family's other options pick (NeoX's sequential residual, Falcon's one-norm, multi-query and sequential layers,
+StableLM's sequential layout) are checked on their logits only (``VARIANTS``), and the mixture of experts' grouped
+matmul against a per-token loop. Every checkpoint's norms and biases are random too (transformers initialises them to
+ones and zeros).
 """
 
 from __future__ import annotations
@@ -121,8 +122,32 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
     # TP 2: the q/k norms span both devices' heads, a reduction across the mesh no other family has
     "olmo2": ("Olmo2ForCausalLM", None, {}, [2]),
+    # Phi-2's rotary fraction; q/k LayerNorms (no released Phi has them, transformers builds them)
+    "phi": ("PhiForCausalLM", None, dict(partial_rotary_factor=0.4, qk_layernorm=True), []),
+    # StableLM 2 12B's layout. TP 2: each device's heads take their own q/k norm weights, read per head
+    "stablelm": (
+        "StableLmForCausalLM",
+        None,
+        dict(use_qkv_bias=True, qk_layernorm=True, use_parallel_residual=True),
+        [2],
+    ),
+    "starcoder2": ("Starcoder2ForCausalLM", None, dict(sliding_window=WINDOW, tie_word_embeddings=False), []),
+    # Command R+'s per-head q/k norms (weights [heads, head_dim]); untied (tied, the random model repeats)
+    "cohere": ("CohereForCausalLM", None, dict(use_qk_norm=True, tie_word_embeddings=False), []),
+    # Command R7B's layout: a sliding layer with the rotary, a global one without
+    "cohere2": (
+        "Cohere2ForCausalLM",
+        None,
+        dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False),
+        [],
+    ),
+    "olmo": ("OlmoForCausalLM", None, dict(clip_qkv=3.0), []),  # the clip cuts some of these q, k, v
+    "gptj": ("GPTJForCausalLM", None, dict(rotary_dim=8, num_key_value_heads=None), []),
+    # StarCoder 1's multi-query layout, learned positions; untied (tied, the random model repeats)
+    "gpt_bigcode": ("GPTBigCodeForCausalLM", None, dict(n_inner=96, tie_word_embeddings=False), []),
+    "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
 }
-MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe")
+MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
@@ -139,6 +164,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "FalconForCausalLM",
         dict(multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
     ),
+    "gpt_bigcode_multi_head_unscaled": (
+        "GPTBigCodeForCausalLM",
+        dict(multi_query=False, scale_attn_weights=False, n_inner=96),
+    ),
+    # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
+    "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
 }
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]  # the last > WINDOW
 NEW_TOKENS = 24
@@ -305,7 +336,18 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
-        ("GPTBigCodeForCausalLM", {}, "GPTBigCodeForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
+        ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
+        ("Starcoder2ForCausalLM", {"hidden_act": "relu"}, "StarCoder2 hidden_act 'relu'.*supported.*gelu"),
+        ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
+        ("Cohere2ForCausalLM", {"partial_rotary_factor": 0.5}, "Cohere2 partial_rotary_factor=0.5 is not supported"),
+        (
+            "GPTJForCausalLM",
+            {"n_embd": 64, "n_head": 4, "n_layer": 2, "rotary_dim": None},
+            "GPT-J rotary_dim=None is not supported.*even number",
+        ),
+        ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5.*num_experts=4"),
         ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
         ("GPTNeoXForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*gelu"),
         ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),
@@ -332,7 +374,7 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
 
 def test_pythia_config_names_read_as_transformers_5_writes_them():
     """Hub Pythia configs say ``rotary_pct`` / ``rotary_emb_base``; transformers 5 saves ``rope_parameters``."""
-    from jllm.models.families import gpt_neox
+    from jllm.models.families.layer_norm import gpt_neox
 
     common = dict(TINY_CONFIG, architectures=["GPTNeoXForCausalLM"])
     old = gpt_neox(dict(common, rotary_pct=0.5, rotary_emb_base=500.0), np.float32)
@@ -345,17 +387,39 @@ def test_pythia_config_names_read_as_transformers_5_writes_them():
 def test_gemma_config_defaults_read_as_transformers_reads_them():
     """Gemma 1's hub configs say ``hidden_act: gelu``, which transformers runs as the tanh approximation; a config
     without ``tie_word_embeddings`` ties the head (the tests' checkpoints untie it: tied, a random model repeats)."""
-    from jllm.models.families import gemma
+    from jllm.models.families.gemma import gemma
 
     args = gemma(dict(TINY_CONFIG, hidden_act="gelu"), np.float32)
     assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings
 
 
-def test_olmo2_refuses_replicated_kv_heads_naming_the_sizes():
-    """OLMo 2's k norm spans all KV heads' channels; copies of a KV head would not match the checkpoint's weight."""
+@pytest.mark.parametrize(
+    "arch, change, layout",
+    [
+        ("Olmo2ForCausalLM", {}, "over all KV heads"),
+        ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2}, "over all KV heads"),
+        ("StableLmForCausalLM", {"qk_layernorm": True}, "per KV head"),
+        ("CohereForCausalLM", {"use_qk_norm": True}, "per KV head"),
+    ],
+)
+def test_k_norm_weights_refuse_replicated_kv_heads_naming_the_sizes(arch, change, layout):
+    """OLMo 2's and OLMoE's k norm spans all KV heads' channels, StableLM's and Cohere's have a weight per KV head;
+    copies of a KV head would not match the checkpoint's weight."""
     from jllm.loader import abstract_model
 
-    config = dict(TINY_CONFIG, architectures=["Olmo2ForCausalLM"])
+    config = dict(TINY_CONFIG, architectures=[arch], **change)
     abstract_model(config, np.float32, tensor_parallel_size=2)
-    with pytest.raises(ValueError, match="tensor_parallel_size=4 would replicate the model's 2 KV heads"):
+    with pytest.raises(ValueError, match=f"tensor_parallel_size=4 would replicate the model's 2 KV heads.*{layout}"):
         abstract_model(config, np.float32, tensor_parallel_size=4)
+
+
+def test_phi_and_stablelm_rotary_fractions_default_as_transformers_reads_them():
+    """Phi's configs without ``partial_rotary_factor`` rotate half of each head, StableLM's a quarter (transformers'
+    defaults); hub configs name it at the top level, transformers 5 inside ``rope_parameters``."""
+    from jllm.models.families.layer_norm import phi, stablelm
+
+    assert phi(TINY_CONFIG, np.float32).layers[0].rope.rotary_dim == 8  # head_dim 16
+    assert stablelm(TINY_CONFIG, np.float32).layers[0].rope.rotary_dim == 4
+    hub = phi(dict(TINY_CONFIG, partial_rotary_factor=0.4, rope_theta=500.0), np.float32).layers[0].rope
+    new = phi(dict(TINY_CONFIG, rope_parameters={"rope_theta": 500.0, "partial_rotary_factor": 0.4}), np.float32)
+    assert hub == new.layers[0].rope and hub.rotary_dim == 6

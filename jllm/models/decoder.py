@@ -1,10 +1,11 @@
 """The one decoder-only transformer every supported family runs as, driven by a ``ModelArgs`` description.
 
-A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head or over all
-heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits scales),
-residual layout (sequential, or GPT-NeoX / Falcon's parallel attention + MLP), MLP kind (gated, plain, or a mixture
-of experts), activation, biases, rotary fraction and scaling, soft-caps, per-layer sliding windows, and the
-checkpoint's tensor names. The maths they share lives here once.
+A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head, with one
+weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's
+residual and logits scales), learned positions or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's
+parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation, biases (the LM head's too),
+q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows, and the checkpoint's
+tensor names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
@@ -31,7 +32,8 @@ from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
-NORMS = ("rms", "rms_unit_offset", "layer")
+# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1)
+NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +45,8 @@ class WeightMap:
     head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs. A name holding ``{e}`` is one tensor per
-    expert (Mixtral's ``experts.{e}.w1``), stacked on our kernels' leading expert axis.
+    expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our
+    parameter's leading axis.
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -57,7 +60,7 @@ class WeightMap:
 class LayerSpec:
     """What may differ between the layers of one model (Gemma alternates sliding and global layers)."""
 
-    rope: Rope
+    rope: Rope | None  # None: no rotary (GPT-BigCode's learned positions, Cohere2's global layers)
     sliding_window: int | None = None
 
 
@@ -76,7 +79,10 @@ class ModelArgs:
     layers: tuple[LayerSpec, ...]  # one per layer
     norm: str = "rms"  # one of NORMS
     qk_norm: bool = False  # a norm over head_dim on each query and key head before the rotary (Qwen3, Gemma 3)
-    qk_norm_all_heads: bool = False  # with qk_norm, over all heads' channels at once instead (OLMo 2)
+    qk_norm_all_heads: bool = False  # with qk_norm, over all heads' channels at once instead (OLMo 2, OLMoE)
+    qk_norm_per_head: bool = False  # with qk_norm, each head its own weight [heads, head_dim] (StableLM, Cohere)
+    qk_norm_kind: str | None = None  # the q/k norms' kind (one of NORMS) where it is not ``norm`` (StableLM's)
+    qkv_clip: float | None = None  # q, k and v clipped to [-clip, clip] after the q/k norms (OLMo's clip_qkv)
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
     qkv_bias: bool = False
@@ -98,13 +104,25 @@ class ModelArgs:
     attn_softcap: float | None = None
     logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling), before a soft-cap
     final_softcap: float | None = None
+    lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
+    # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
+    learned_positions: bool = False
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
 
     def __post_init__(self) -> None:
-        if self.qk_norm_all_heads and not self.qk_norm:
-            raise ValueError("qk_norm_all_heads needs qk_norm: it says how wide the q/k norms are")
+        for kind in (self.norm, self.qk_norm_kind or self.norm):
+            if kind not in NORMS:
+                raise ValueError(f"norm {kind!r} is not one of {', '.join(NORMS)}")
+        if (self.qk_norm_all_heads or self.qk_norm_per_head) and not self.qk_norm:
+            raise ValueError("qk_norm_all_heads and qk_norm_per_head need qk_norm: they say how the q/k norms are laid")
+        if self.qk_norm_all_heads and self.qk_norm_per_head:
+            raise ValueError("qk_norm_all_heads and qk_norm_per_head exclude each other")
+        if self.qk_norm_per_head and not (self.qk_norm_kind or self.norm).startswith("layer"):
+            raise ValueError("qk_norm_per_head is implemented for LayerNorms only (StableLM's and Cohere's q/k norms)")
+        if self.lm_head_bias and self.tie_word_embeddings:
+            raise ValueError("lm_head_bias needs an untied LM head (tie_word_embeddings=False)")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
         if self.quant is not None and self.num_experts:
@@ -120,11 +138,29 @@ class ModelArgs:
             return SparseMoE(d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size)
         return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
-    def make_norm(self, dim: int | None = None) -> nnx.Module:
-        dim = dim or self.hidden_size
-        if self.norm == "layer":
-            return LayerNorm(dim, self.norm_eps, self.dtype)
-        return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=self.norm == "rms_unit_offset")
+    def make_norm(
+        self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None
+    ) -> nnx.Module:
+        """A norm of ``kind`` (the model's ``norm`` by default) over ``dim`` channels (``hidden_size`` by default);
+        ``heads``: (count, logical axis) for one weight per head (``LayerNorm``'s)."""
+        dim, kind = dim or self.hidden_size, kind or self.norm
+        if kind.startswith("layer"):
+            affine = kind != "layer_no_affine"
+            return LayerNorm(dim, self.norm_eps, self.dtype, weight=affine, bias=kind == "layer", heads=heads)
+        return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=kind == "rms_unit_offset")
+
+    def make_qk_norms(self) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
+        """The q and k norms: over each head's ``head_dim`` channels with one weight for all heads (Qwen3, Gemma 3)
+        or each head its own (``qk_norm_per_head``), or over all heads' channels at once (``qk_norm_all_heads``)."""
+        if not self.qk_norm:
+            return None, None
+        hd, kind = self.head_dim, self.qk_norm_kind
+        if self.qk_norm_all_heads:
+            return self.make_norm(self.num_heads * hd, kind), self.make_norm(self.num_kv_heads * hd, kind)
+        if self.qk_norm_per_head:
+            q_heads, kv_heads = (self.num_heads, "q_heads"), (self.num_kv_heads, KV_HEADS)
+            return self.make_norm(hd, kind, q_heads), self.make_norm(hd, kind, kv_heads)
+        return self.make_norm(hd, kind), self.make_norm(hd, kind)
 
     @property
     def sliding_windows(self) -> list[int | None]:
@@ -144,9 +180,7 @@ class Attention(nnx.Module):
         axes = ("embed", KV_HEADS, None, None)
         self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
-        wide = args.qk_norm_all_heads
-        self.q_norm = args.make_norm(args.num_heads * hd if wide else hd) if args.qk_norm else None
-        self.k_norm = args.make_norm(args.num_kv_heads * hd if wide else hd) if args.qk_norm else None
+        self.q_norm, self.k_norm = args.make_qk_norms()
         self.args, self.spec = args, spec
 
     def __call__(
@@ -162,7 +196,10 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q.reshape(t, -1)).reshape(q.shape), self.k_norm(k.reshape(t, -1)).reshape(k.shape)
         elif self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
+        if a.qkv_clip is not None:
+            q, k, v = (jnp.clip(y, -a.qkv_clip, a.qkv_clip) for y in (q, k, v))
+        if self.spec.rope is not None:
+            q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
         out, kv_pages = paged_attention(
             q,
             k,
@@ -228,12 +265,17 @@ def _decoder_layer(
 class CausalLM(nnx.Module):
     def __init__(self, args: ModelArgs):
         self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.dtype, args.embed_scale)
+        self.embed_positions = (
+            Embedding(args.max_position_embeddings, args.hidden_size, args.dtype, axes=(None, "embed"))
+            if args.learned_positions
+            else None
+        )
         self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
         self.norm = args.make_norm()
         self.lm_head = (
             None
             if args.tie_word_embeddings
-            else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype)
+            else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype, bias=args.lm_head_bias)
         )
         self.args = args
 
@@ -260,7 +302,8 @@ class CausalLM(nnx.Module):
         self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[jax.Array], meta: AttentionMetadata
     ) -> tuple[list[jax.Array], list[jax.Array]]:
         """The residual stream before the first layer and after each (not normed), and the updated pool."""
-        states = [self.embed_tokens(input_ids)]
+        x = self.embed_tokens(input_ids)
+        states = [x if self.embed_positions is None else x + self.embed_positions(positions)]
         new_caches = []
         for layer, kv_pages in zip(self.layers, kv_caches, strict=True):
             x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta)

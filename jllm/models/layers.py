@@ -59,10 +59,17 @@ class Linear(nnx.Module):
 
 class Embedding(nnx.Module):
     """``scale`` multiplies the looked-up rows (Gemma's ``sqrt(hidden)``), rounded to the model dtype first as
-    transformers does."""
+    transformers does. ``axes``: the table's logical axes (a learned position table is not split by vocabulary)."""
 
-    def __init__(self, vocab_size: int, dim: int, dtype: jnp.dtype, scale: float | None = None):
-        self.embedding = param((vocab_size, dim), dtype, ("vocab", "embed"))
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int,
+        dtype: jnp.dtype,
+        scale: float | None = None,
+        axes: tuple[str | None, str | None] = ("vocab", "embed"),
+    ):
+        self.embedding = param((vocab_size, dim), dtype, axes)
         self.scale = scale
 
     def __call__(self, ids: jax.Array) -> jax.Array:
@@ -119,11 +126,22 @@ def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.
 
 
 class LayerNorm(nnx.Module):
-    """``torch.nn.LayerNorm`` with weight and bias, statistics in float32."""
+    """``torch.nn.LayerNorm``, statistics in float32: with weight and bias, weight only (Cohere, StableLM's q/k
+    norms) or neither (OLMo 1). ``heads`` (with the heads' logical axis) gives each head its own weight
+    ``[heads, dim]`` over ``x [..., heads, dim]`` (StableLM's and Cohere's per-head q/k norms)."""
 
-    def __init__(self, dim: int, eps: float, dtype: jnp.dtype):
-        self.weight = param((dim,), dtype, ("embed",))
-        self.bias = param((dim,), dtype, ("embed",))
+    def __init__(
+        self,
+        dim: int,
+        eps: float,
+        dtype: jnp.dtype,
+        weight: bool = True,
+        bias: bool = True,
+        heads: tuple[int, str] | None = None,
+    ):
+        shape, axes = ((heads[0], dim), (heads[1], None)) if heads else ((dim,), ("embed",))
+        self.weight = param(shape, dtype, axes) if weight else None
+        self.bias = param(shape, dtype, axes) if bias else None
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -131,7 +149,11 @@ class LayerNorm(nnx.Module):
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+        if self.weight is not None:
+            y = y * self.weight[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
 
 
 ACTIVATIONS = {

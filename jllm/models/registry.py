@@ -10,26 +10,35 @@ from typing import Any
 
 from flax import nnx
 
-from jllm.models import families
 from jllm.models.decoder import CausalLM, ModelArgs
+from jllm.models.families import gemma, layer_norm, llama, mixtures
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
-    "LlamaForCausalLM": families.llama,
-    "MistralForCausalLM": families.mistral,
-    "Qwen2ForCausalLM": families.qwen2,
-    "Qwen3ForCausalLM": families.qwen3,
-    "GemmaForCausalLM": families.gemma,
-    "Gemma2ForCausalLM": families.gemma2,
-    "Gemma3ForCausalLM": families.gemma3,
-    "Phi3ForCausalLM": families.phi3,
-    "GPTNeoXForCausalLM": families.gpt_neox,
-    "FalconForCausalLM": families.falcon,
-    "MixtralForCausalLM": families.mixtral,
-    "GraniteForCausalLM": families.granite,
-    "Olmo2ForCausalLM": families.olmo2,
-    "Qwen2MoeForCausalLM": families.qwen2_moe,
-    "Qwen3MoeForCausalLM": families.qwen3_moe,
+    "LlamaForCausalLM": llama.llama,
+    "MistralForCausalLM": llama.mistral,
+    "Qwen2ForCausalLM": llama.qwen2,
+    "Qwen3ForCausalLM": llama.qwen3,
+    "GraniteForCausalLM": llama.granite,
+    "Olmo2ForCausalLM": llama.olmo2,
+    "Phi3ForCausalLM": llama.phi3,
+    "GemmaForCausalLM": gemma.gemma,
+    "Gemma2ForCausalLM": gemma.gemma2,
+    "Gemma3ForCausalLM": gemma.gemma3,
+    "GPTNeoXForCausalLM": layer_norm.gpt_neox,
+    "FalconForCausalLM": layer_norm.falcon,
+    "PhiForCausalLM": layer_norm.phi,
+    "GPTJForCausalLM": layer_norm.gptj,
+    "GPTBigCodeForCausalLM": layer_norm.gpt_bigcode,
+    "StableLmForCausalLM": layer_norm.stablelm,
+    "Starcoder2ForCausalLM": layer_norm.starcoder2,
+    "CohereForCausalLM": layer_norm.cohere,
+    "Cohere2ForCausalLM": layer_norm.cohere2,
+    "OlmoForCausalLM": layer_norm.olmo,
+    "MixtralForCausalLM": mixtures.mixtral,
+    "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
+    "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
+    "OlmoeForCausalLM": mixtures.olmoe,
 }
 
 

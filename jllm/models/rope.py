@@ -1,5 +1,6 @@
 """Rotary position embeddings: the inverse frequencies of each scaling kind, and their application to a head's first
-``rotary_dim`` channels (all of them, or a fraction as in GPT-NeoX and Phi-4-mini).
+``rotary_dim`` channels (all of them, or a fraction as in GPT-NeoX and Phi-4-mini), rotating the halves' channel
+pairs (i, i + rotary_dim / 2) as Llama does or neighbouring pairs (2i, 2i + 1) as Cohere and GPT-J do.
 
 Where this module sits: docs/architecture.md.
 """
@@ -26,6 +27,7 @@ class Rope:
     theta: float
     rotary_dim: int  # leading channels of each head that rotate; the rest pass through
     scaling: tuple[tuple[str, Any], ...] = ()  # the checkpoint's rope_scaling, lists made tuples
+    interleaved: bool = False  # rotates channels (2i, 2i + 1) together (Cohere, GPT-J), not (i, i + rotary_dim / 2)
 
     @classmethod
     def from_hf(cls, theta: float, rotary_dim: int, scaling: dict[str, Any] | None, max_positions: int) -> Rope:
@@ -67,8 +69,8 @@ class Rope:
         return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
     def apply(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        """Rotates ``x [T, heads, head_dim]`` by ``positions [T]`` in the half-split layout transformers uses."""
-        return apply_rotary(x, positions, self.inv_freq(), self.rotary_dim, self.attention_scaling())
+        """Rotates ``x [T, heads, head_dim]`` by ``positions [T]``."""
+        return apply_rotary(x, positions, self.inv_freq(), self.rotary_dim, self.attention_scaling(), self.interleaved)
 
 
 def _llama3(inv_freq: np.ndarray, s: dict[str, Any]) -> np.ndarray:
@@ -88,9 +90,15 @@ def _llama3(inv_freq: np.ndarray, s: dict[str, Any]) -> np.ndarray:
 
 
 def apply_rotary(
-    x: jax.Array, positions: jax.Array, inv_freq: np.ndarray, rotary_dim: int | None = None, scale: float = 1.0
+    x: jax.Array,
+    positions: jax.Array,
+    inv_freq: np.ndarray,
+    rotary_dim: int | None = None,
+    scale: float = 1.0,
+    interleaved: bool = False,
 ) -> jax.Array:
-    """Rotates the first ``rotary_dim`` channels of ``x [T, heads, head_dim]`` by ``positions [T]``."""
+    """Rotates the first ``rotary_dim`` channels of ``x [T, heads, head_dim]`` by ``positions [T]``: pair i is
+    channels (i, i + rotary_dim / 2), or with ``interleaved`` (2i, 2i + 1)."""
     rotary_dim = rotary_dim or x.shape[-1]
     freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]  # [T, rotary_dim/2]
     cos = jnp.cos(freqs)[:, None, :]  # [T, 1, rotary_dim/2]
@@ -98,6 +106,10 @@ def apply_rotary(
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale
     rot, rest = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
-    x1, x2 = jnp.split(rot, 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+    if interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot.shape).astype(x.dtype)
+    else:
+        x1, x2 = jnp.split(rot, 2, axis=-1)
+        out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
     return out if rotary_dim == x.shape[-1] else jnp.concatenate([out, rest], axis=-1)

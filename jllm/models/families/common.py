@@ -1,0 +1,68 @@
+"""What every family reader shares: the base settings, the rotary settings, each layer's sliding window, and the
+activation names, read from ``config.json`` the same way for all.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jllm.models.decoder import LayerSpec
+from jllm.models.rope import Rope
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+# transformers' activation names -> ours (``jllm.models.layers.ACTIVATIONS``)
+HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def base_args(cfg: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """The settings every family reads the same way (a family whose config names them otherwise renames its keys to
+    these first: ``layer_norm_eps`` to ``rms_norm_eps``, say)."""
+    heads = cfg["num_attention_heads"]
+    return dict(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        dtype=dtype,
+    )
+
+
+def read_rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = None) -> Rope:
+    """The rotary settings from old (``rope_theta`` + ``rope_scaling``) or new (``rope_parameters``) configs."""
+    params = dict(params if params is not None else cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    theta = params.get("rope_theta") or cfg.get("rope_theta") or 10000.0
+    fraction = params.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0
+    if "original_max_position_embeddings" in cfg:
+        params.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
+    return Rope.from_hf(theta, int(head_dim * fraction), params, cfg.get("max_position_embeddings", 4096))
+
+
+def layer_windows(cfg: dict[str, Any], default: list[str]) -> list[int | None]:
+    """Each layer's sliding window: ``layer_types`` where the config has them, else the family's ``default``."""
+    window = cfg.get("sliding_window")
+    types = cfg.get("layer_types") or default
+    return [window if window and kind == SLIDING else None for kind in types]
+
+
+def uniform(cfg: dict[str, Any], dtype: Any, default: str) -> tuple[dict[str, Any], tuple[LayerSpec, ...]]:
+    """The base settings and the layers of a family whose layers share one rope; ``default``: each layer's kind
+    where the config has no ``layer_types``."""
+    base = base_args(cfg, dtype)
+    rope = read_rope(cfg, base["head_dim"])
+    return base, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, [default] * base["num_layers"]))
+
+
+def activation(cfg: dict[str, Any], key: str, default: str, family: str) -> str:
+    """The config's activation name as one of ``layers.ACTIVATIONS``, refusing others by name."""
+    name = cfg.get(key) or default
+    if name not in HF_ACTIVATIONS:
+        raise ValueError(f"{family} {key} {name!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]

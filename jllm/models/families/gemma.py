@@ -1,0 +1,93 @@
+"""The Gemma families: the ``1 + w`` RMSNorm, GeGLU, embeddings times sqrt(hidden), tied heads; Gemma 2 and 3's
+sandwich norms, soft-caps and sliding layers.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
+from jllm.models.families.common import FULL, SLIDING, base_args, layer_windows, read_rope
+
+# Gemma's norms before and after each block: our module name -> the checkpoint's.
+GEMMA_WEIGHTS = WeightMap(
+    rename=(
+        ("post_attention_layernorm", "pre_feedforward_layernorm"),
+        ("attn_out_norm", "post_attention_layernorm"),
+        ("mlp_out_norm", "post_feedforward_layernorm"),
+    )
+)
+
+
+def _gemmabase_args(cfg: dict[str, Any], dtype: Any, key: str, act: str, accepted: tuple[str, ...]) -> dict[str, Any]:
+    """What every Gemma shares: a tied head by default, the ``1 + w`` RMSNorm, GeGLU (``act``, the config's ``key``,
+    one of the tanh gelu's ``accepted`` names), embeddings times sqrt(hidden)."""
+    if act not in accepted:
+        raise ValueError(f"Gemma {key} {act!r} is not supported (supported: {', '.join(map(repr, accepted))})")
+    base = base_args(cfg, dtype)
+    base["tie_word_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
+    return dict(
+        base,
+        norm="rms_unit_offset",
+        mlp_act="gelu_tanh",
+        embed_scale=math.sqrt(base["hidden_size"]),
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        o_bias=bool(cfg.get("attention_bias", False)),
+    )
+
+
+def gemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 1: Llama's layout with Gemma's ``1 + w`` RMSNorm, GeGLU and scaled embeddings. transformers' Gemma
+    reads ``hidden_act`` (not ``hidden_activation``), a legacy ``"gelu"`` there meaning the tanh approximation."""
+    act = cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    base = _gemmabase_args(cfg, dtype, "hidden_act", act, ("gelu_pytorch_tanh", "gelu"))
+    layers = (LayerSpec(read_rope(cfg, base["head_dim"])),) * base["num_layers"]
+    return ModelArgs(**base, layers=layers)
+
+
+def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **extra: Any) -> ModelArgs:
+    """Gemma 2 and 3's shared description."""
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    base = _gemmabase_args(cfg, dtype, "hidden_activation", act, ("gelu_pytorch_tanh", "gelu_tanh"))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        sandwich_norms=True,
+        sm_scale=cfg.get("query_pre_attn_scalar", base["head_dim"]) ** -0.5,
+        attn_softcap=cfg.get("attn_logit_softcapping"),
+        final_softcap=cfg.get("final_logit_softcapping"),
+        weights=GEMMA_WEIGHTS,
+        **extra,
+    )
+
+
+def gemma2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 2: sliding (even) and global (odd) layers, soft-capped attention and logits, sandwich norms, GeGLU."""
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    rope = read_rope(cfg, head_dim)
+    default = [SLIDING if i % 2 == 0 else FULL for i in range(cfg["num_hidden_layers"])]
+    return _gemma(cfg, dtype, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default)))
+
+
+def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base."""
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    pattern = cfg.get("sliding_window_pattern", 6)
+    default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
+    params = cfg.get("rope_parameters") or {}
+    if FULL in params:  # transformers >= 5: one rope per layer type
+        ropes = {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING)}
+    else:  # rope_theta (+ rope_scaling) for global layers, rope_local_base_freq unscaled for sliding ones
+        ropes = {
+            FULL: read_rope(
+                cfg, head_dim, {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", 1e6)}
+            ),
+            SLIDING: read_rope(cfg, head_dim, {"rope_theta": cfg.get("rope_local_base_freq", 10000.0)}),
+        }
+    types = cfg.get("layer_types") or default
+    window = cfg.get("sliding_window")
+    layers = tuple(LayerSpec(ropes[kind], window if kind == SLIDING else None) for kind in types)
+    return _gemma(cfg, dtype, layers, qk_norm=True)
