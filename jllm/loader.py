@@ -94,7 +94,8 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     module = module_path[-1]
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
     parents = [rename.get(m, m) for m in module_path[:-1]]
-    return [prefix + ".".join([*parents, part, suffix]) for part in parts], leaf == "kernel"
+    conv1d = weights.conv1d and module_path[0] != "lm_head"  # GPT-2's LM head is an nn.Linear
+    return [prefix + ".".join([*parents, part, suffix]) for part in parts], leaf == "kernel" and not conv1d
 
 
 def _shift(index: slice, size: int, offset: int) -> slice:
@@ -150,6 +151,7 @@ class SafetensorsIndex:
             )
         self.handles: dict[str, Any] = {}
         self.files: dict[str, Path] = {}
+        self.stored: dict[str, str] = {}  # our name for a tensor -> its name in the file
         for file in files:
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"checkpoint shard {file!r} listed in the index is missing from {model_dir}")
@@ -157,11 +159,19 @@ class SafetensorsIndex:
             for key in handle.keys():
                 self.handles[key] = handle
                 self.files[key] = model_dir / file
+                self.stored[key] = key
+        prefix = weights.prefix
+        if prefix and not any(key.startswith(prefix) for key in self.handles):
+            # saved from the base model (GPT-2's hub files: ``h.0.attn...``, no ``transformer.``), as transformers
+            # reads it through ``base_model_prefix``
+            self.handles = {prefix + key: handle for key, handle in self.handles.items()}
+            self.files = {prefix + key: path for key, path in self.files.items()}
+            self.stored = {prefix + key: key for key in self.stored}
 
     def stores_fp8(self, path: tuple[Any, ...]) -> bool:
         """Whether a kernel's (first) checkpoint tensor is stored in e4m3, to be read as stored."""
         name = hf_names(path, self.weights)[0][0]
-        return name in self.handles and self.handles[name].get_slice(name).get_dtype() == "F8_E4M3"
+        return name in self.handles and self.handles[name].get_slice(self.stored[name]).get_dtype() == "F8_E4M3"
 
     def slice_reader(self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any) -> Reader:
         """Reads any slice (in our orientation) of one tensor, checking its shape once here."""
@@ -169,9 +179,9 @@ class SafetensorsIndex:
             return self._scale_reader(name, shape)
         if name not in self.handles:
             raise KeyError(f"checkpoint is missing tensor {name!r}")
-        tensor = self.handles[name].get_slice(name)
+        tensor = self.handles[name].get_slice(self.stored[name])
         if tensor.get_dtype().startswith("F8"):
-            tensor = _fp8_tensor(self.files[name], name, tensor.get_dtype())
+            tensor = _fp8_tensor(self.files[name], self.stored[name], tensor.get_dtype())
         found = tuple(tensor.get_shape() if hasattr(tensor, "get_shape") else tensor.shape)
         expected = tuple(reversed(shape)) if transpose else shape
         if found != expected:
@@ -194,7 +204,7 @@ class SafetensorsIndex:
         if name not in self.handles:
             raise KeyError(f"checkpoint is missing tensor {name!r} (the scale of an FP8 weight)")
         with jax.default_device(jax.local_devices(backend="cpu")[0]):
-            values = np.asarray(self.handles[name].get_tensor(name), np.float32)
+            values = np.asarray(self.handles[name].get_tensor(self.stored[name]), np.float32)
         if values.size == 1:
             values = np.full(shape, values.reshape(()), np.float32)
         elif values.size == int(np.prod(shape)):

@@ -145,6 +145,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "gptj": ("GPTJForCausalLM", None, dict(rotary_dim=8, num_key_value_heads=None), []),
     # StarCoder 1's multi-query layout, learned positions; untied (tied, the random model repeats)
     "gpt_bigcode": ("GPTBigCodeForCausalLM", None, dict(n_inner=96, tie_word_embeddings=False), []),
+    # Conv1D weights ([in, out]), multi-head c_attn of all queries, then K, then V; untied, as GPT-BigCode's. TP 2:
+    # the only family whose sharded slices are read untransposed
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
@@ -219,6 +222,27 @@ def test_variant_logits_match_transformers(tmp_path, name):
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
     assert relative_error(got, expected) < LOGITS_RTOL
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.slow
+def test_gpt2_saved_as_the_hub_keeps_it_loads_without_the_transformer_prefix(tmp_path):
+    """GPT-2's own checkpoints were saved from the base model: ``h.0.attn.c_attn.weight``, no ``transformer.``, one
+    file, a tied head; transformers reads them through ``base_model_prefix``, and so does the loader."""
+    from safetensors.numpy import load_file, save_file
+
+    config = dict(TINY_CONFIG, n_inner=96, initializer_range=0.3)
+    model_dir = save_tiny_checkpoint("GPT2LMHeadModel", config, tmp_path / "gpt2", config_cls_name="GPT2Config")
+    tensors = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        tensors |= {k.removeprefix("transformer."): v for k, v in load_file(shard).items()}
+        shard.unlink()
+    (model_dir / "model.safetensors.index.json").unlink()
+    assert "lm_head.weight" not in tensors and "h.0.attn.c_attn.weight" in tensors
+    save_file(tensors, model_dir / "model.safetensors")
+    ids = np.random.default_rng(9).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < LOGITS_RTOL
 
 
 @pytest.mark.parametrize("renormalize", [True, False])
@@ -338,6 +362,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
         ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
+        ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu"}, "StarCoder2 hidden_act 'relu'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),

@@ -54,6 +54,9 @@ class WeightMap:
     gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
     rename: tuple[tuple[str, str], ...] = ()
     prefix: str = "model."  # before every tensor name but the untied LM head's
+    conv1d: bool = (
+        False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "PhiForCausalLM": layer_norm.phi,
     "GPTJForCausalLM": layer_norm.gptj,
     "GPTBigCodeForCausalLM": layer_norm.gpt_bigcode,
+    "GPT2LMHeadModel": layer_norm.gpt2,
     "StableLmForCausalLM": layer_norm.stablelm,
     "Starcoder2ForCausalLM": layer_norm.starcoder2,
     "CohereForCausalLM": layer_norm.cohere,

@@ -1,4 +1,4 @@
-"""The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, GPT-J,
+"""The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, GPT-J, GPT-2,
 GPT-BigCode, StableLM, StarCoder2, Cohere (Command-R, Command R7B) and OLMo 1; most of them run attention and MLP
 side by side off one norm.
 
@@ -202,17 +202,42 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def gpt_bigcode(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """GPT-BigCode (StarCoder 1, SantaCoder): learned absolute positions (``wpe``) and no rotary, multi-query
-    (``multi_query``: one KV head, ``c_attn`` all queries then K then V) or multi-head (``c_attn`` per head ``[q, k,
-    v]``) attention, LayerNorms, a plain gelu MLP (``c_fc`` / ``c_proj``), biases on every linear, a tied head by
-    default; scores unscaled where ``scale_attn_weights`` is off. Cross-attention (``add_cross_attention``) is
-    refused."""
-    if cfg.get("add_cross_attention"):
-        raise ValueError(
-            "GPT-BigCode add_cross_attention=True is not supported (supported: False, a decoder-only model)"
-        )
+    """GPT-BigCode (StarCoder 1, SantaCoder): GPT-2's layout (``learned_positions_decoder``) with ``nn.Linear``
+    weights, multi-query (``multi_query``: one KV head, ``c_attn`` all queries then K then V) or multi-head (``c_attn``
+    per head ``[q, k, v]``) attention, gelu_pytorch_tanh by default."""
     multi_query = bool(cfg.get("multi_query", True))
-    cfg = _gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, 1 if multi_query else cfg["n_head"])
+    return learned_positions_decoder(
+        cfg,
+        dtype,
+        "GPT-BigCode",
+        kv_heads=1 if multi_query else cfg["n_head"],
+        qkv_layout="concat" if multi_query else "grouped",
+        act="gelu_pytorch_tanh",
+        conv1d=False,
+    )
+
+
+def gpt2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GPT-2 (and DistilGPT-2, DialoGPT, ...): ``learned_positions_decoder`` with ``Conv1D`` weights (stored ``[in,
+    out]``), multi-head ``c_attn`` all queries then K then V, gelu_new by default. Its per-layer score scaling
+    (``scale_attn_by_inverse_layer_idx``) and the reordered upcast attention are refused."""
+    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        if cfg.get(key):
+            raise ValueError(f"GPT-2 {key}=True is not supported (supported: False, as GPT-2's own checkpoints)")
+    return learned_positions_decoder(
+        cfg, dtype, "GPT-2", kv_heads=cfg["n_head"], qkv_layout="concat", act="gelu_new", conv1d=True
+    )
+
+
+def learned_positions_decoder(
+    cfg: dict[str, Any], dtype: Any, family: str, *, kv_heads: int, qkv_layout: str, act: str, conv1d: bool
+) -> ModelArgs:
+    """GPT-2's decoder, which GPT-BigCode keeps: learned absolute positions (``wpe``) and no rotary, a fused ``c_attn``,
+    LayerNorms, a plain gelu MLP (``c_fc`` / ``c_proj``), biases on every linear, a tied head by default; scores
+    unscaled where ``scale_attn_weights`` is off. Cross-attention (``add_cross_attention``) is refused."""
+    if cfg.get("add_cross_attention"):
+        raise ValueError(f"{family} add_cross_attention=True is not supported (supported: False, a decoder-only model)")
+    cfg = _gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, kv_heads)
     base = base_args(cfg, dtype)
     rename = (("embed_tokens", "wte"), ("embed_positions", "wpe"), ("layers", "h"), ("self_attn", "attn"))
     norms = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"), ("norm", "ln_f"))
@@ -224,14 +249,15 @@ def gpt_bigcode(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         o_bias=True,
         mlp_bias=True,
         mlp_gated=False,
-        mlp_act=activation(cfg, "activation_function", "gelu_pytorch_tanh", "GPT-BigCode"),
+        mlp_act=activation(cfg, "activation_function", act, family),
         sm_scale=None if cfg.get("scale_attn_weights", True) else 1.0,
         learned_positions=True,
         weights=WeightMap(
             qkv=("c_attn",),
-            qkv_layout="concat" if multi_query else "grouped",
+            qkv_layout=qkv_layout,
             rename=(*rename, *norms, ("o_proj", "c_proj"), ("up_proj", "c_fc"), ("down_proj", "c_proj")),
             prefix="transformer.",
+            conv1d=conv1d,
         ),
     )
 
