@@ -12,13 +12,23 @@ from typing import Any
 import openai
 import pytest
 from fake_runner import fake_engine
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from server_utils import RunningServer, http
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
 from jllm.sampling import SamplingParams
-from jllm.tool_calls import ToolCallStream, forced_call_schema, forced_calls, make_parser, parse_tool_calls
+from jllm.tool_calls import (
+    PARSERS,
+    ForcedCallStream,
+    ToolCallStream,
+    forced_call_schema,
+    forced_calls,
+    make_parser,
+    parse_tool_calls,
+)
 
 MODEL = "scripted"
 WEATHER = {"city": "Paris", "days": [1, 2]}
@@ -76,6 +86,192 @@ def test_text_that_is_not_calls_stays_content(family: str, text: str) -> None:
     sent, calls = stream.feed(text)
     rest, more = stream.finish()
     assert sent + rest == text and calls == more == []
+
+
+# vLLM's test strings for each format (tests/tool_parsers/test_<format>_tool_parser.py): (output, content, calls)
+SF = "get_weather(city='San Francisco', metric='celsius')"
+SF_CALL = ("get_weather", {"city": "San Francisco", "metric": "celsius"})
+USER = (
+    "register_user(name='John Doe', age=37, address={'city': 'San Francisco', 'state': 'CA'}, role=None, "
+    "passed_test=True, aliases=['John', 'Johnny'])"
+)
+USER_CALL = (
+    "register_user",
+    {"name": "John Doe", "age": 37, "address": {"city": "San Francisco", "state": "CA"}, "role": None,
+     "passed_test": True, "aliases": ["John", "Johnny"]},
+)  # fmt: skip
+DALLAS = {"city": "Dallas", "state": "TX", "unit": "fahrenheit"}
+ORLANDO = {**DALLAS, "city": "Orlando", "state": "FL"}
+QWEN_DALLAS = (
+    "<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=state>\nTX\n"
+    "</parameter>\n<parameter=unit>\nfahrenheit\n</parameter>\n</function>\n</tool_call>"
+)
+QWEN_TOOLS = [
+    {"type": "function", "function": {"name": "get_current_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "state": {"type": "string"}, "unit": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "calculate_area", "parameters": {"type": "object", "properties": {
+        "shape": {"type": "string"}, "dimensions": {"type": "object"}, "precision": {"type": "integer"}}}}},
+    {"type": "function", "function": {"name": "test_types", "parameters": {"type": "object", "properties": {
+        "int_param": {"type": "integer"}, "float_param": {"type": "float"}, "bool_param": {"type": "boolean"},
+        "str_param": {"type": "string"}, "obj_param": {"type": "object"},
+        "maybe_int": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "list_type": {"type": ["integer", "null"]}}}}},
+]  # fmt: skip
+DS_CALL = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{}\n```json\n{}\n```<｜tool▁call▁end｜>"
+KIMI_CALL = "<|tool_call_begin|>{} <|tool_call_argument_begin|>{}<|tool_call_end|>"
+GLM_DALLAS = (
+    "<tool_call>get_current_weather\n<arg_key>city</arg_key>\n<arg_value>Dallas</arg_value>\n<arg_key>state</arg_key>"
+    "\n<arg_value>TX</arg_value>\n<arg_key>unit</arg_key>\n<arg_value>fahrenheit</arg_value>\n</tool_call>"
+)
+CASES: dict[str, list[tuple[str, str | None, list[tuple[str, Any]]]]] = {
+    "pythonic": [
+        (f"[{SF}]", None, [SF_CALL]),
+        (f"[{SF}, {USER}]", None, [SF_CALL, USER_CALL]),
+        ("[get_weather()]", None, [("get_weather", {})]),
+        ("[do_something_cool(additional_data={}, steps=[])]", None,
+         [("do_something_cool", {"additional_data": {}, "steps": []})]),
+        (r"""[get_weather(city='Martha\'s Vineyard', metric='\"cool units\"')]""", None,
+         [("get_weather", {"city": "Martha's Vineyard", "metric": '"cool units"'})]),
+        (f"[bad(x=b'z'), {SF}]", None, [SF_CALL]),  # a call JSON cannot hold is dropped, its siblings kept
+        (f"[calc(x=1e999), {SF}]", None, [SF_CALL]),
+        ('[f(t="""a ]) b""", n=-2.5)]', None, [("f", {"t": "a ]) b", "n": -2.5})]),
+    ],
+    "llama4_pythonic": [(f"<|python_start|>[{SF}, get_time()]<|python_end|>", None, [SF_CALL, ("get_time", {})])],
+    "qwen3_coder": [
+        (QWEN_DALLAS, None, [("get_current_weather", DALLAS)]),
+        ("Sure! Let me check the weather for you." + QWEN_DALLAS, "Sure! Let me check the weather for you.",
+         [("get_current_weather", DALLAS)]),
+        ("<tool_call>\n<function=calculate_area>\n<parameter=shape>\nrectangle\n</parameter>\n<parameter=dimensions>"
+         '\n{"width": 10, \n "height": 20}\n</parameter>\n<parameter=precision>\n2\n</parameter>\n</function>\n'
+         "</tool_call>", None,
+         [("calculate_area", {"shape": "rectangle", "dimensions": {"width": 10, "height": 20}, "precision": 2})]),
+        (QWEN_DALLAS + "\n" + QWEN_DALLAS.replace("Dallas", "Orlando").replace("TX", "FL"), None,
+         [("get_current_weather", DALLAS), ("get_current_weather", ORLANDO)]),
+        ("<tool_call>\n<function=test_types>\n<parameter=int_param>\n42\n</parameter>\n<parameter=float_param>\n3.14\n"
+         "</parameter>\n<parameter=bool_param>\ntrue\n</parameter>\n<parameter=str_param>\nhello world\n</parameter>\n"
+         '<parameter=obj_param>\n{"key": "value"}\n</parameter>\n<parameter=maybe_int>\nnull\n</parameter>\n'
+         "<parameter=list_type>\n7\n</parameter>\n<parameter=unknown>\n5\n</parameter>\n</function>\n</tool_call>",
+         None,
+         [("test_types", {"int_param": 42, "float_param": 3.14, "bool_param": True, "str_param": "hello world",
+                          "obj_param": {"key": "value"}, "maybe_int": None, "list_type": 7, "unknown": "5"})]),
+        ("<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=state>\nTX\n</parameter>"
+         "\n</function>", None, [("get_current_weather", {"city": "Dallas", "state": "TX"})]),  # no <tool_call>
+    ],
+    "granite": [
+        ('<|tool_call|> [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]', None,
+         [("get_weather", {"city": "Tokyo"})]),
+        ('<|tool_call|> [\n  {"name": "get_weather", "arguments": {"city": "Tokyo"}},\n  {"name": "get_time", '
+         '"arguments": {"timezone": "Asia/Tokyo"}}\n]', None,
+         [("get_weather", {"city": "Tokyo"}), ("get_time", {"timezone": "Asia/Tokyo"})]),
+        ('<tool_call> [{\n  "name": "test_function",\n  "arguments": {\n    "quoted": "He said \\"hello\\"",\n'
+         '    "path": "C:\\\\Users\\\\file.txt",\n    "unicode": "emoji: 🎉"\n  }\n}]', None,
+         [("test_function", {"quoted": 'He said "hello"', "path": "C:\\Users\\file.txt", "unicode": "emoji: 🎉"})]),
+        ('<|tool_call|> [{"name": "refresh", "arguments": {}}]', None, [("refresh", {})]),
+    ],
+    "phi4_mini_json": [
+        ('functools[{"name": "get_weather", "arguments": {"city": "Tokyo", "days": [1, 2]}}, '
+         '{"name": "get_time", "parameters": {}}]', None,
+         [("get_weather", {"city": "Tokyo", "days": [1, 2]}), ("get_time", {})]),
+    ],
+    "internlm": [
+        ('<|action_start|><|plugin|>{"name": "get_current_weather", "parameters": {"city": "Dallas", "state": "TX", '
+         '"unit": "fahrenheit"}}<|action_end|>', None, [("get_current_weather", DALLAS)]),
+        ('Sure! let me call the tool for you.<|action_start|><|plugin|>\n{"name": "get_current_weather", '
+         '"parameters": {"city": "Dallas", "state": "TX", "unit": "fahrenheit"}}<|action_end|>',
+         "Sure! let me call the tool for you.", [("get_current_weather", DALLAS)]),
+    ],
+    "deepseek_v3": [
+        ("<｜tool▁calls▁begin｜>" + DS_CALL.format("get_weather", '{"city": "Tokyo"}') + "<｜tool▁calls▁end｜>",
+         None, [("get_weather", {"city": "Tokyo"})]),
+        ("Let me check.<｜tool▁calls▁begin｜>" + DS_CALL.format("get_weather", '{\n  "city": "Tokyo"\n}') +
+         DS_CALL.format("get_time", "{}") + "<｜tool▁calls▁end｜>", "Let me check.",
+         [("get_weather", {"city": "Tokyo"}), ("get_time", {})]),
+    ],
+    "kimi_k2": [
+        ("I'll check. <|tool_calls_section_begin|>" + KIMI_CALL.format("functions.get_weather:0", '{"city": "Beijing"}')
+         + KIMI_CALL.format("functions.get_news:1", '{"topic": "technology"}') + "<|tool_calls_section_end|>",
+         "I'll check.", [("get_weather", {"city": "Beijing"}), ("get_news", {"topic": "technology"})]),
+        ("<|tool_calls_section_begin|>" + KIMI_CALL.format("functions.invalid.0", '{"city": "Beijing"}')
+         + KIMI_CALL.format("get_weather:1", '{"html": "<div>content</div>"}') + "<|tool_calls_section_end|>", None,
+         [("get_weather", {"html": "<div>content</div>"})]),  # a malformed id is skipped
+    ],
+    "glm45": [
+        (GLM_DALLAS, None, [("get_current_weather", DALLAS)]),
+        ("I'll check.\n" + GLM_DALLAS + "<tool_call>calculate_area\n<arg_key>dimensions</arg_key>\n"
+         '<arg_value>{"radius": 15.5}</arg_value>\n<arg_key>shape</arg_key>\n<arg_value>12</arg_value>\n</tool_call>',
+         "I'll check.",
+         [("get_current_weather", DALLAS), ("calculate_area", {"dimensions": {"radius": 15.5}, "shape": "12"})]),
+    ],
+    "jamba": [
+        (' <tool_calls>[\n    {"name": "get_current_weather", "arguments": {"city": "Dallas", "state": "TX", '
+         '"unit": "fahrenheit"}}\n]</tool_calls>', None, [("get_current_weather", DALLAS)]),
+        ('Sure! let me call the tool for you. <tool_calls>[\n    {"name": "get_current_weather", "arguments": '
+         '{"city": "Dallas", "state": "TX", "unit": "fahrenheit"}},\n    {"name": "get_current_weather", "arguments":'
+         ' {"city": "Orlando", "state": "FL", "unit": "fahrenheit"}}\n]</tool_calls>',
+         "Sure! let me call the tool for you.", [("get_current_weather", DALLAS), ("get_current_weather", ORLANDO)]),
+    ],
+}  # fmt: skip
+MALFORMED = {  # stays content whole and streamed, as vLLM leaves it
+    "pythonic": ["How can I help you today?", "[f(a='x 'y' 'z), g(b='p 'q' 'r)]", "[1, 2]", "[get_weather(", "[x]()"],
+    "qwen3_coder": ["<tool_call>\n<function>\n</tool_call>", "<tool_call>no function</tool_call>"],
+    "granite": [
+        '<|tool_call|> [{"name": "func", "arguments": {',
+        '<|tool_call|> {"name": "func", "arguments": {}}',
+        '[{"name": "func", "arguments": "not a dict"}]',
+        'Some text [{"name": "func"}]',
+    ],
+    "phi4_mini_json": ['functools[{"name": "f", "arguments": {', "functools are neat"],
+    "internlm": ["<|action_start|><|plugin|>{broken}<|action_end|>"],
+    "deepseek_v3": ["<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}"],
+    "kimi_k2": ["<|tool_calls_section_begin|><|tool_call_begin|>no id<|tool_call_argument_begin|>{}"],
+    "glm45": ["<tool_call>f\n<arg_key>a</arg_key>"],
+    "jamba": ['<tool_calls>[{"name": "f", "arguments": {', "<tool_calls>[]</tool_calls>", "<tool_calls>[1]"],
+}
+TOOLS_OF = {"qwen3_coder": QWEN_TOOLS, "glm45": QWEN_TOOLS}
+FORMAT_CASES = [(f, *case) for f, cases in CASES.items() for case in cases]
+
+
+def _stream(parser_name: str, pieces: list[str]) -> tuple[str, list]:
+    """The content and calls a client assembles from ``pieces`` fed one by one."""
+    stream, content, calls = ToolCallStream(make_parser(parser_name, TOOLS_OF.get(parser_name))), "", []
+    for piece in pieces:
+        delta, new = stream.feed(piece)
+        content, calls = content + delta, calls + new
+    delta, new = stream.finish()
+    return content + delta, calls + new
+
+
+@pytest.mark.parametrize("family, text, content, expected", FORMAT_CASES)
+def test_each_format_reads_vllms_examples_whole_and_char_by_char(
+    family: str, text: str, content: str | None, expected: list
+) -> None:
+    got_content, calls = parse_tool_calls(make_parser(family, TOOLS_OF.get(family)), text)
+    assert (got_content, _pairs(calls)) == (content, expected)
+    streamed_content, streamed = _stream(family, list(text))
+    assert streamed_content.strip() == (content or "") and _pairs(streamed) == expected
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+@pytest.mark.parametrize("family, text, content, expected", FORMAT_CASES)
+def test_random_chunk_boundaries_give_the_whole_texts_calls(
+    family: str, text: str, content: str | None, expected: list, data: st.DataObject
+) -> None:
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(text) - 1), max_size=12)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    streamed_content, streamed = _stream(family, pieces)
+    assert streamed_content.strip() == (content or "") and _pairs(streamed) == expected
+
+
+@pytest.mark.parametrize("family, text", [(f, t) for f, texts in MALFORMED.items() for t in texts])
+def test_malformed_calls_stay_content_whole_and_streamed(family: str, text: str) -> None:
+    assert parse_tool_calls(make_parser(family, TOOLS_OF.get(family)), text) == (text, [])
+    assert _stream(family, list(text)) == (text, [])
+
+
+def test_every_parser_name_is_vllms_and_unknown_ones_are_refused() -> None:
+    assert set(CASES) | set(OUTPUTS) == set(PARSERS)
+    with pytest.raises(ValueError, match="tool_call_parser must be one of hermes"):
+        make_parser("qwen")
 
 
 def test_forced_calls_read_the_forced_schemas_layout() -> None:
@@ -245,3 +441,50 @@ def test_tokenize_renders_the_tools_as_the_chat_route_does(server: RunningServer
     for field, value in [("return_token_strs", True), ("chat_template", "{{ messages }}")]:
         refused = http("POST", f"{server.url}/tokenize", json_body={**body, field: value})
         assert refused.status == 400 and refused.json()["error"]["param"] == field
+
+
+def _assembled(chunks: list) -> list[tuple[str, Any]]:
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    names = {d.index: d.function.name for d in deltas if d.id is not None}
+    arguments = {i: "".join(d.function.arguments or "" for d in deltas if d.index == i) for i in names}
+    return [(names[i], json.loads(arguments[i])) for i in sorted(names)]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "pick"}}])
+def test_a_forced_stream_sends_a_chunk_only_when_a_step_adds_something(client: openai.OpenAI, choice: Any) -> None:
+    """ "required" sent its call at the end and an empty chunk for every step before it; now its name goes out once
+    generated and its arguments as they come (OpenAI's stream), and no chunk is empty."""
+    ask = dict(
+        model=MODEL,
+        messages=MESSAGES,
+        tools=[PICK, *TOOLS],
+        tool_choice=choice,
+        max_tokens=100,
+        parallel_tool_calls=False,
+    )
+    whole = client.chat.completions.create(**ask)
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    for c in chunks:
+        delta = c.choices[0].delta
+        assert delta.role or delta.content or delta.tool_calls or c.choices[0].finish_reason, c
+    calls = whole.choices[0].message.tool_calls
+    assert _assembled(chunks) == [(c.function.name, json.loads(c.function.arguments)) for c in calls]
+    assert _assembled(chunks) == [("pick", {"x": 1})]
+    fragments = [d for c in chunks for d in c.choices[0].delta.tool_calls or [] if d.id is None]
+    assert len(fragments) > 1 and chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_forced_list_streams_each_calls_arguments_as_generated() -> None:
+    text = '[{"name": "a", "parameters": {"k": [1, "}"]}}, {"name": "b", "parameters": {}}]'
+    stream, parts = ForcedCallStream(), []
+    for ch in text:
+        parts += stream.feed(ch)
+    content, rest = stream.finish()
+    assert content is None and rest == []
+    begun = [(i, call.name) for i, call, _ in parts if call is not None]
+    arguments = {i: "".join(a for j, call, a in parts if j == i and call is None) for i, _ in begun}
+    assert begun == [(0, "a"), (1, "b")] and arguments == {0: '{"k": [1, "}"]}', 1: "{}"}
+    assert sum(1 for i, call, _ in parts if i == 0 and call is None) > 5  # fragments, not the whole at the end
+    cut = ForcedCallStream()
+    cut.feed('[{"na')
+    assert cut.finish() == ('[{"na', [])  # cut short before a call began: the text, as the whole reply has it

@@ -28,6 +28,7 @@ from jllm.server.schemas import (
     tools_for_template,
 )
 from jllm.tool_calls import (
+    ForcedCallStream,
     ToolCall,
     ToolCallStream,
     ToolParser,
@@ -60,7 +61,7 @@ class ToolPlan:
                     "and --tool-call-parser (vLLM's rule); or send tool_choice 'none', 'required' or a named function",
                     param="tool_choice",
                 )
-            return cls(tools, make_parser(server.tool_call_parser), False, None, parallel)
+            return cls(tools, make_parser(server.tool_call_parser, tools), False, None, parallel)
         if choice in ("none", "auto"):  # "auto" without tools: nothing to call
             return cls(tools, None, False, None, parallel)
         name = choice.function.name if isinstance(choice, NamedToolChoice) else None
@@ -104,25 +105,26 @@ def _out(call: ToolCall) -> ToolCallOut:
 
 
 class ToolDeltas:
-    """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out. A named function streams
-    its arguments as they come (its name first); "required" and "auto" send each call once it is complete."""
+    """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out. Forced calls stream their
+    arguments as they come (each call's id and name first); "auto" sends each call once it is complete."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self.num_calls = 0
-        self._text = ""
         self._auto = ToolCallStream(plan.parser) if plan.parser is not None else None
+        self._required = ForcedCallStream() if plan.forced and plan.forced_name is None else None
 
     def feed(self, text: str, finished: bool) -> tuple[str | None, list[DeltaToolCall]]:
         """(content to send or None, tool call deltas) for one text delta; ``finished`` on the choice's last."""
         if self.plan.forced_name is not None:
             return None, self._named(text)
-        if self.plan.forced:
-            self._text += text
-            if not finished:
-                return None, []
-            calls = forced_calls(self._text, None)
-            return (self._text, []) if calls is None else (None, self._deltas(calls))  # None: cut short
+        if self._required is not None:
+            parts = self._required.feed(text)
+            content = None
+            if finished:
+                content, more = self._required.finish()  # content: cut short before any call began
+                parts += more
+            return content, self._forced_deltas(parts)
         if self._auto is None:
             return text, []
         content, calls = self._auto.feed(text)
@@ -141,6 +143,21 @@ class ToolDeltas:
                 [DeltaToolCall(index=0, function=DeltaFunction(arguments=text))] if text else []
             )
         return [DeltaToolCall(index=0, function=DeltaFunction(arguments=text))] if text else []
+
+    def _forced_deltas(self, parts: list[tuple[int, ToolCall | None, str]]) -> list[DeltaToolCall]:
+        """A "required" stream's parts as deltas: a call's id and name, then fragments of its arguments (calls past
+        the first dropped without ``parallel_tool_calls``, which the schema allows only one of anyway)."""
+        out = []
+        for index, call, arguments in parts:
+            if index > 0 and not self.plan.parallel:
+                continue
+            if call is not None:
+                self.num_calls = index + 1
+                function = DeltaFunction(name=call.name, arguments="")
+                out.append(DeltaToolCall(index=index, id=call.id, type="function", function=function))
+            elif arguments:
+                out.append(DeltaToolCall(index=index, function=DeltaFunction(arguments=arguments)))
+        return out
 
     def _deltas(self, calls: list[ToolCall]) -> list[DeltaToolCall]:
         """Each complete call as two deltas: id and name, then its arguments."""

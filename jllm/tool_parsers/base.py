@@ -1,0 +1,119 @@
+"""What every tool-call format shares: a call (``ToolCall``), a format's parser (``ToolParser``: where its calls
+start in the text and the calls in a piece of text from there), and the JSON helpers the JSON formats read bodies
+with.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # a JSON text, as OpenAI returns it
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+
+def arguments_json(args: Any) -> str | None:
+    """Arguments as OpenAI's JSON text; None for a value JSON cannot hold (``inf``, bytes)."""
+    if isinstance(args, str):  # some models send the arguments already as JSON text: an object's, or no call
+        try:
+            return args if isinstance(json.loads(args), dict) else None
+        except json.JSONDecodeError:
+            return None
+    try:
+        return json.dumps(args, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+
+
+def json_call(obj: Any, arguments_key: str = "arguments") -> ToolCall | None:
+    """``{"name": ..., "arguments" (or "parameters"): {...}}`` as a call; None for anything else."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = arguments_json(obj.get(arguments_key, obj.get("parameters", obj.get("arguments", {}))))
+    return None if args is None else ToolCall(obj["name"], args)
+
+
+def json_values(text: str, separator: str = "") -> tuple[list[Any], bool]:
+    """The JSON values at the start of ``text``, one after another (with ``separator`` between them); and whether
+    nothing but whitespace follows the last."""
+    decoder = json.JSONDecoder()
+    values, pos = [], 0
+    while True:
+        while pos < len(text) and (text[pos].isspace() or (separator and text[pos] == separator and values)):
+            pos += 1
+        if pos == len(text):
+            return values, True
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return values, False
+        values.append(value)
+
+
+def json_list_calls(text: str, final: bool, arguments_key: str = "arguments") -> list[ToolCall] | None:
+    """A JSON list of ``{"name", "arguments"}`` objects at the start of ``text`` (the text after a marker): all its
+    calls at the end (None unless it is one list of calls, only whitespace after); while streaming, the items
+    complete so far."""
+    body = text.lstrip()
+    if not final:
+        return [c for c in _complete_items(body, arguments_key) if c is not None]
+    values, clean = json_values(body)
+    if len(values) != 1 or not clean or not isinstance(values[0], list):
+        return None
+    calls = [json_call(v, arguments_key) for v in values[0]]
+    return None if not calls or None in calls else calls  # type: ignore[return-value]
+
+
+def _complete_items(body: str, arguments_key: str) -> list[ToolCall | None]:
+    """The items of a JSON list still being generated that are complete (each decoded as it closes)."""
+    if not body.startswith("["):
+        return []
+    decoder, pos, out = json.JSONDecoder(), 1, []
+    while True:
+        while pos < len(body) and (body[pos].isspace() or body[pos] == ","):
+            pos += 1
+        try:
+            value, pos = decoder.raw_decode(body, pos)
+        except json.JSONDecodeError:
+            return out
+        out.append(json_call(value, arguments_key))
+
+
+class ToolParser:
+    """One family's format: where calls start in the text, and the calls in a piece of text that starts there."""
+
+    starts: tuple[str, ...] = ()  # the texts that open the calls (none: the parser decides from the first characters)
+    keep_special_tokens = False  # the start marker is a special token, which decoding must keep
+
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        self.tools = tools or []  # OpenAI's tool objects: the formats that type arguments by schema read them
+
+    def starts_calls(self, text: str) -> int | None:
+        """Where the calls begin in ``text``, or None when they have not (yet)."""
+        found = [i for i in (text.find(s) for s in self.starts) if i >= 0]
+        return min(found) if found else None
+
+    def may_start(self, text: str) -> int:
+        """How many trailing characters of ``text`` could be the start of a marker: held back while streaming."""
+        return max((k for s in self.starts for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        """The complete calls in ``text`` (from the start marker on); at the end (``final``), None when it is not
+        the family's calls after all."""
+        raise NotImplementedError
+
+    def properties(self, name: str) -> dict[str, Any]:
+        """The JSON schema properties of the tool named ``name`` ({} for an unknown tool)."""
+        for tool in self.tools:
+            function = tool.get("function", tool)
+            if function.get("name") == name:
+                return (function.get("parameters") or {}).get("properties") or {}
+        return {}

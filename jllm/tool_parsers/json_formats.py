@@ -1,0 +1,123 @@
+"""The formats whose calls are JSON objects ``{"name": ..., "arguments": {...}}`` behind a marker, as vLLM's parsers
+of the same names read them (``vllm/tool_parsers/``):
+
+- ``hermes`` (Hermes, Qwen 2.5/3): ``<tool_call>{...}</tool_call>``, one block per call, text before the first
+  block the message's content (special tokens kept: some models mark the tags special);
+- ``llama3_json`` (Llama 3.1-3.3): the whole output is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>``
+  first, which decoding drops as a special token), several separated by ``;``;
+- ``mistral``: ``[TOOL_CALLS][{...}, ...]`` (a special token);
+- ``granite`` (Granite 3.0 / 3.1): the whole output is ``<|tool_call|>[{...}, ...]`` (3.1: ``<tool_call>``);
+- ``phi4_mini_json`` (Phi-4-mini): ``functools[{...}, ...]``;
+- ``internlm`` (InternLM 2 / 2.5): ``<|action_start|><|plugin|>{"name": ..., "parameters": {...}}<|action_end|>``,
+  one call (special tokens);
+- ``jamba`` (Jamba 1.5): ``<tool_calls>[{...}, ...]</tool_calls>`` (special tokens).
+A list's items stream one by one as each closes.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_list_calls, json_values
+
+
+class HermesParser(ToolParser):
+    starts = ("<tool_call>",)
+    keep_special_tokens = True  # some models mark <tool_call> special (vLLM's hermes parser keeps them too)
+    _block = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        bodies = self._block.findall(text)
+        if final:
+            tail = text[text.rfind("</tool_call>") + len("</tool_call>") :] if bodies else text
+            if tail.strip().startswith("<tool_call>"):  # an unclosed last block, as vLLM accepts
+                bodies.append(tail.strip()[len("<tool_call>") :])
+        out = []
+        for body in bodies:
+            values, clean = json_values(body)
+            call = json_call(values[0]) if len(values) == 1 and clean else None
+            if call is None:
+                return None if final else out
+            out.append(call)
+        return out
+
+
+class _WholeOutput(ToolParser):
+    """Calls that are the whole output: its first characters (after whitespace) decide, so only leading whitespace
+    or a prefix of a marker is held back."""
+
+    prefixes: tuple[str, ...] = ()
+
+    def starts_calls(self, text: str) -> int | None:
+        return 0 if text.lstrip().startswith(self.prefixes) else None
+
+    def may_start(self, text: str) -> int:
+        stripped = text.lstrip()
+        return len(text) if any(p.startswith(stripped) for p in self.prefixes) else 0
+
+
+class Llama3JsonParser(_WholeOutput):
+    prefixes = ("<|python_tag|>", "{")
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        values, clean = json_values(text.lstrip().removeprefix("<|python_tag|>"), separator=";")
+        calls = [json_call(v, "parameters") for v in values]
+        if final:
+            return calls if calls and clean and None not in calls else None  # type: ignore[return-value]
+        return list(itertools.takewhile(lambda c: c is not None, calls))  # type: ignore[arg-type]
+
+
+class GraniteParser(_WholeOutput):
+    prefixes = ("<|tool_call|>", "<tool_call>", "[")
+    keep_special_tokens = True  # Granite 3.0's <|tool_call|> is a special token
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        body = text.strip().removeprefix("<|tool_call|>").removeprefix("<tool_call>")
+        return json_list_calls(body, final)
+
+
+class _MarkedList(ToolParser):
+    """A JSON list of calls right after a marker (and before an end marker, where the format has one: a list left
+    unclosed at the end still counts when it is whole, as its items have streamed)."""
+
+    end = ""
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        body = text[len(self.starts[0]) :]
+        if self.end and self.end in body:
+            calls = json_list_calls(body.split(self.end, 1)[0], True)
+            return calls if final else calls or []
+        return json_list_calls(body, final)
+
+
+class MistralParser(_MarkedList):
+    starts = ("[TOOL_CALLS]",)
+    keep_special_tokens = True
+
+
+class Phi4MiniJsonParser(_MarkedList):
+    starts = ("functools",)
+
+
+class JambaParser(_MarkedList):
+    starts = ("<tool_calls>",)
+    end = "</tool_calls>"
+    keep_special_tokens = True
+
+
+class InternLMParser(ToolParser):
+    starts = ("<|action_start|><|plugin|>",)
+    keep_special_tokens = True
+    end = "<|action_end|>"
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        body = text[len(self.starts[0]) :]
+        if self.end not in body and not final:
+            return []
+        body = body.split(self.end, 1)[0]
+        values, clean = json_values(body[body.find("{") :] if "{" in body else body)
+        call = json_call(values[0], "parameters") if len(values) == 1 and clean else None
+        return [call] if call is not None else (None if final else [])
