@@ -152,6 +152,7 @@ class ForcedCallStream:
         self._sent: list[int] = []  # characters of each call's arguments sent
         self._scan = 0  # where the next call's item begins
         self._open: int | None = None  # where the arguments of the call being generated begin
+        self.complete = False  # at the end: the text was the whole list (not cut short)
 
     def feed(self, delta: str) -> list[tuple[int, ToolCall | None, str]]:
         """What ``delta`` adds: (call index, the call when it begins here else None, more of its arguments)."""
@@ -180,6 +181,7 @@ class ForcedCallStream:
         """At the end: the text as content if it was cut short before any call began (else None), and the calls
         not streamed (whole: generated in a layout this stream did not follow)."""
         calls = forced_calls(self.text, None)
+        self.complete = calls is not None
         if calls is None:
             return (self.text if not self.calls else None), []
         out: list[tuple[int, ToolCall | None, str]] = []

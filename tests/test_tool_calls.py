@@ -488,3 +488,18 @@ def test_forced_list_streams_each_calls_arguments_as_generated() -> None:
     cut = ForcedCallStream()
     cut.feed('[{"na')
     assert cut.finish() == ('[{"na', [])  # cut short before a call began: the text, as the whole reply has it
+
+
+@pytest.mark.parametrize(
+    "choice, cuts", [("required", (4, 24, 34)), ({"type": "function", "function": {"name": "pick"}}, (2, 4))]
+)
+def test_a_forced_stream_cut_short_ends_as_the_whole_reply_does(
+    client: openai.OpenAI, choice: Any, cuts: tuple[int, ...]
+) -> None:
+    """A call cut off by max_tokens is no call: the stream's finish reason is "length" as the whole reply's is, even
+    once its name has gone out (it said "tool_calls")."""
+    for max_tokens in cuts:
+        ask = dict(model=MODEL, messages=MESSAGES, tools=[PICK], tool_choice=choice, max_tokens=max_tokens)
+        whole = client.chat.completions.create(**ask, parallel_tool_calls=False)
+        chunks = list(client.chat.completions.create(**ask, parallel_tool_calls=False, stream=True))
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"

@@ -143,7 +143,7 @@ async def _chunks(
                 yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
         stream = streams.setdefault(d.index, tools.stream())
         content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
-        finish_reason = "tool_calls" if d.finish_reason and stream.num_calls else d.finish_reason
+        finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
         logprobs = token_logprobs(d, top, tokenizer)
         if not (content or calls or finish_reason or logprobs):
             continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM

@@ -111,19 +111,23 @@ class ToolDeltas:
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self.num_calls = 0
+        self.cut_short = False  # a forced call's output ended before its JSON did (max_tokens): not a call
+        self._text = ""
         self._auto = ToolCallStream(plan.parser) if plan.parser is not None else None
         self._required = ForcedCallStream() if plan.forced and plan.forced_name is None else None
 
     def feed(self, text: str, finished: bool) -> tuple[str | None, list[DeltaToolCall]]:
         """(content to send or None, tool call deltas) for one text delta; ``finished`` on the choice's last."""
         if self.plan.forced_name is not None:
+            self._text += text
+            self.cut_short = finished and forced_calls(self._text, self.plan.forced_name) is None
             return None, self._named(text)
         if self._required is not None:
             parts = self._required.feed(text)
             content = None
             if finished:
                 content, more = self._required.finish()  # content: cut short before any call began
-                parts += more
+                self.cut_short, parts = not self._required.complete, parts + more
             return content, self._forced_deltas(parts)
         if self._auto is None:
             return text, []
@@ -132,6 +136,11 @@ class ToolDeltas:
             rest, more = self._auto.finish()
             content, calls = content + rest, calls + more
         return content or None, self._deltas(calls)
+
+    @property
+    def called(self) -> bool:
+        """Whether the choice made calls (its finish reason is then "tool_calls")."""
+        return self.num_calls > 0 and not self.cut_short
 
     def _named(self, text: str) -> list[DeltaToolCall]:
         """The named function's arguments stream as generated: the first delta names the call."""
