@@ -21,7 +21,7 @@ from typing import Any
 from jllm.tool_parsers import PARSERS, make_parser
 from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_values
 
-__all__ = ["PARSERS", "ForcedCallStream", "ToolCall", "ToolCallStream", "ToolParser", "make_parser"]
+__all__ = ["PARSERS", "CallPart", "ForcedCallStream", "ToolCall", "ToolCallStream", "ToolParser", "make_parser"]
 
 
 def parse_tool_calls(parser: ToolParser, text: str) -> tuple[str | None, list[ToolCall]]:
@@ -34,19 +34,25 @@ def parse_tool_calls(parser: ToolParser, text: str) -> tuple[str | None, list[To
     return text[:start].strip() or None, calls
 
 
+CallPart = tuple[int, ToolCall | None, str]  # (call index, the call when it begins here, more of its arguments)
+
+
 class ToolCallStream:
     """One choice's output as it streams: content deltas until calls start (holding back what may begin the
-    marker), then each call once it is complete."""
+    marker), then each call as parts: its id and name, then its arguments, whole once the call is complete, or
+    piece by piece where the format says how much of an unfinished call is settled (``ToolParser.partial``)."""
 
     def __init__(self, parser: ToolParser) -> None:
         self.parser = parser
         self.text = ""
         self._released = 0  # characters of text sent as content
         self._start: int | None = None  # where the calls begin
-        self._sent = 0  # calls sent
+        self._sent = 0  # calls sent whole
+        self._begun: ToolCall | None = None  # the unfinished call whose id and name are sent
+        self._arguments = ""  # its arguments sent
 
-    def feed(self, delta: str) -> tuple[str, list[ToolCall]]:
-        """Content to send now, and calls completed by ``delta``."""
+    def feed(self, delta: str) -> tuple[str, list[CallPart]]:
+        """Content to send now, and the call parts ``delta`` settles."""
         self.text += delta
         if self._start is None:
             self._start = self.parser.starts_calls(self.text)
@@ -55,11 +61,13 @@ class ToolCallStream:
             return self._release(end), []
         content = self._release(self._start)
         calls = self.parser.calls(self.text[self._start :], final=False) or []
-        return content, self._new(calls)
+        parts = self._new(calls)
+        partial = self.parser.partial(self.text[self._start :])
+        return content, parts + (self._more(*partial) if partial is not None else [])
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """At the end: the calls not sent yet, or, when the text is not the family's calls after all, the rest of
-        the text as content."""
+    def finish(self) -> tuple[str, list[CallPart]]:
+        """At the end: the call parts not sent yet, or, when the text is not the family's calls after all, the rest
+        of the text as content."""
         calls = None if self._start is None else self.parser.calls(self.text[self._start :], final=True)
         if not calls:
             return self._release(len(self.text)), []
@@ -67,17 +75,34 @@ class ToolCallStream:
 
     @property
     def num_calls(self) -> int:
-        return self._sent
+        return self._sent + (self._begun is not None)
 
     def _release(self, end: int) -> str:
         out = self.text[self._released : max(end, self._released)]
         self._released += len(out)
         return out
 
-    def _new(self, calls: list[ToolCall]) -> list[ToolCall]:
-        new = calls[self._sent :]
-        self._sent = len(calls)
-        return new
+    def _new(self, calls: list[ToolCall]) -> list[CallPart]:
+        """Parts of the calls completed since the last: the rest of a begun call's arguments, or a call whole."""
+        out: list[CallPart] = []
+        for call in calls[self._sent :]:
+            if self._begun is None:
+                out += [(self._sent, ToolCall(call.name, "", call.id), ""), (self._sent, None, call.arguments)]
+            elif call.arguments.startswith(self._arguments) and len(call.arguments) > len(self._arguments):
+                out.append((self._sent, None, call.arguments[len(self._arguments) :]))
+            self._begun, self._arguments, self._sent = None, "", self._sent + 1
+        return out
+
+    def _more(self, name: str, arguments: str) -> list[CallPart]:
+        """Parts of the unfinished call: its id and name once, then what its settled arguments add."""
+        out: list[CallPart] = []
+        if self._begun is None:
+            self._begun = ToolCall(name, "")
+            out.append((self._sent, self._begun, ""))
+        if len(arguments) > len(self._arguments) and arguments.startswith(self._arguments):
+            out.append((self._sent, None, arguments[len(self._arguments) :]))
+            self._arguments = arguments
+        return out
 
 
 def forced_call_schema(tools: list[dict[str, Any]], name: str | None, parallel: bool) -> dict[str, Any]:
@@ -154,10 +179,10 @@ class ForcedCallStream:
         self._open: int | None = None  # where the arguments of the call being generated begin
         self.complete = False  # at the end: the text was the whole list (not cut short)
 
-    def feed(self, delta: str) -> list[tuple[int, ToolCall | None, str]]:
-        """What ``delta`` adds: (call index, the call when it begins here else None, more of its arguments)."""
+    def feed(self, delta: str) -> list[CallPart]:
+        """The call parts ``delta`` adds."""
         self.text += delta
-        out: list[tuple[int, ToolCall | None, str]] = []
+        out: list[CallPart] = []
         while True:
             if self._open is None:
                 match = _FORCED_ITEM.match(self.text, self._scan)
@@ -177,14 +202,14 @@ class ForcedCallStream:
                 return out
             self._open, self._scan = None, item_end.end()
 
-    def finish(self) -> tuple[str | None, list[tuple[int, ToolCall | None, str]]]:
+    def finish(self) -> tuple[str | None, list[CallPart]]:
         """At the end: the text as content if it was cut short before any call began (else None), and the calls
         not streamed (whole: generated in a layout this stream did not follow)."""
         calls = forced_calls(self.text, None)
         self.complete = calls is not None
         if calls is None:
             return (self.text if not self.calls else None), []
-        out: list[tuple[int, ToolCall | None, str]] = []
+        out: list[CallPart] = []
         for index, call in enumerate(calls[len(self.calls) :], start=len(self.calls)):
-            out += [(index, call, ""), (index, None, call.arguments)]
+            out += [(index, ToolCall(call.name, "", call.id), ""), (index, None, call.arguments)]
         return None, out

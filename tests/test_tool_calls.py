@@ -4,6 +4,7 @@ and tool history reaching the template; the refusals)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from jllm.inputs import Prompt
 from jllm.sampling import SamplingParams
 from jllm.tool_calls import (
     PARSERS,
+    CallPart,
     ForcedCallStream,
+    ToolCall,
     ToolCallStream,
     forced_call_schema,
     forced_calls,
@@ -54,6 +57,20 @@ OUTPUTS = {  # (output, content, [(name, arguments)])
 NOT_CALLS = ["Just text, no calls.", '<tool_call>{"name": broken</tool_call>', '{"no_name": 1}', "[TOOL_CALLS]nope"]
 
 
+def _assemble(parts: list[CallPart]) -> list[ToolCall]:
+    """Calls as a client puts them together from streamed parts: a call begins with its id and name, fragments of
+    its arguments follow, and one call's parts never interleave with the next's."""
+    calls: list[ToolCall] = []
+    for index, call, fragment in parts:
+        if call is not None:
+            assert index == len(calls) and not call.arguments
+            calls.append(call)
+        else:
+            assert index == len(calls) - 1
+            calls[-1] = dataclasses.replace(calls[-1], arguments=calls[-1].arguments + fragment)
+    return calls
+
+
 def _pairs(calls: list) -> list[tuple[str, Any]]:
     return [(c.name, json.loads(c.arguments)) for c in calls]
 
@@ -74,7 +91,7 @@ def test_parser_reads_its_familys_calls_whole_and_streamed(family: str) -> None:
             sent, streamed = sent + delta, streamed + new
         delta, new = stream.finish()
         sent, streamed = sent + delta, streamed + new
-        assert _pairs(streamed) == expected and sent.strip() == (content or "")
+        assert _pairs(_assemble(streamed)) == expected and sent.strip() == (content or "")
 
 
 @pytest.mark.parametrize("text", NOT_CALLS)
@@ -155,6 +172,9 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, Any]]]]] = {
                           "obj_param": {"key": "value"}, "maybe_int": None, "list_type": 7, "unknown": "5"})]),
         ("<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=state>\nTX\n</parameter>"
          "\n</function>", None, [("get_current_weather", {"city": "Dallas", "state": "TX"})]),  # no <tool_call>
+        ("<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n<parameter=state>\nTX\n</parameter>\n"
+         "<parameter=state>\nFL\n</parameter>\n</function>\n</tool_call>", None,
+         [("get_current_weather", {"city": "Dallas", "state": "TX"})]),  # an unclosed parameter; one given twice
     ],
     "granite": [
         ('<|tool_call|> [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]', None,
@@ -232,12 +252,12 @@ FORMAT_CASES = [(f, *case) for f, cases in CASES.items() for case in cases]
 
 def _stream(parser_name: str, pieces: list[str]) -> tuple[str, list]:
     """The content and calls a client assembles from ``pieces`` fed one by one."""
-    stream, content, calls = ToolCallStream(make_parser(parser_name, TOOLS_OF.get(parser_name))), "", []
+    stream, content, parts = ToolCallStream(make_parser(parser_name, TOOLS_OF.get(parser_name))), "", []
     for piece in pieces:
         delta, new = stream.feed(piece)
-        content, calls = content + delta, calls + new
+        content, parts = content + delta, parts + new
     delta, new = stream.finish()
-    return content + delta, calls + new
+    return content + delta, _assemble(parts + new)
 
 
 @pytest.mark.parametrize("family, text, content, expected", FORMAT_CASES)
@@ -266,6 +286,19 @@ def test_random_chunk_boundaries_give_the_whole_texts_calls(
 def test_malformed_calls_stay_content_whole_and_streamed(family: str, text: str) -> None:
     assert parse_tool_calls(make_parser(family, TOOLS_OF.get(family)), text) == (text, [])
     assert _stream(family, list(text)) == (text, [])
+
+
+def test_qwen3_coder_streams_each_parameter_once_it_is_settled() -> None:
+    """Long arguments (a file's text) do not wait for the call's end: each parameter goes out once a tag after it
+    has come, and the fragments add up to the whole call's arguments."""
+    text = QWEN_DALLAS + "\n" + QWEN_DALLAS.replace("Dallas", "Orlando").replace("TX", "FL")
+    stream, parts = ToolCallStream(make_parser("qwen3_coder", QWEN_TOOLS)), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    fragments = [f for i, call, f in parts if i == 0 and call is None]
+    assert fragments == ["{", '"city": "Dallas"', ', "state": "TX"', ', "unit": "fahrenheit"', "}"]
+    assert _pairs(_assemble(parts)) == [("get_current_weather", DALLAS), ("get_current_weather", ORLANDO)]
 
 
 def test_every_parser_name_is_vllms_and_unknown_ones_are_refused() -> None:

@@ -28,6 +28,7 @@ from jllm.server.schemas import (
     tools_for_template,
 )
 from jllm.tool_calls import (
+    CallPart,
     ForcedCallStream,
     ToolCall,
     ToolCallStream,
@@ -105,8 +106,9 @@ def _out(call: ToolCall) -> ToolCallOut:
 
 
 class ToolDeltas:
-    """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out. Forced calls stream their
-    arguments as they come (each call's id and name first); "auto" sends each call once it is complete."""
+    """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out, each call's id and name
+    first. Forced calls stream their arguments as they come; "auto" sends them as the format settles them (each
+    call once complete; qwen3_coder's parameter by parameter)."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
@@ -128,14 +130,14 @@ class ToolDeltas:
             if finished:
                 content, more = self._required.finish()  # content: cut short before any call began
                 self.cut_short, parts = not self._required.complete, parts + more
-            return content, self._forced_deltas(parts)
+            return content, self._part_deltas(parts)
         if self._auto is None:
             return text, []
-        content, calls = self._auto.feed(text)
+        content, parts = self._auto.feed(text)
         if finished:
             rest, more = self._auto.finish()
-            content, calls = content + rest, calls + more
-        return content or None, self._deltas(calls)
+            content, parts = content + rest, parts + more
+        return content or None, self._part_deltas(parts)
 
     @property
     def called(self) -> bool:
@@ -153,9 +155,9 @@ class ToolDeltas:
             )
         return [DeltaToolCall(index=0, function=DeltaFunction(arguments=text))] if text else []
 
-    def _forced_deltas(self, parts: list[tuple[int, ToolCall | None, str]]) -> list[DeltaToolCall]:
-        """A "required" stream's parts as deltas: a call's id and name, then fragments of its arguments (calls past
-        the first dropped without ``parallel_tool_calls``, which the schema allows only one of anyway)."""
+    def _part_deltas(self, parts: list[CallPart]) -> list[DeltaToolCall]:
+        """Call parts as deltas: a call's id and name, then fragments of its arguments (calls past the first dropped
+        without ``parallel_tool_calls``)."""
         out = []
         for index, call, arguments in parts:
             if index > 0 and not self.plan.parallel:
@@ -166,16 +168,4 @@ class ToolDeltas:
                 out.append(DeltaToolCall(index=index, id=call.id, type="function", function=function))
             elif arguments:
                 out.append(DeltaToolCall(index=index, function=DeltaFunction(arguments=arguments)))
-        return out
-
-    def _deltas(self, calls: list[ToolCall]) -> list[DeltaToolCall]:
-        """Each complete call as two deltas: id and name, then its arguments."""
-        if not self.plan.parallel:
-            calls = calls[: max(0, 1 - self.num_calls)]
-        out = []
-        for call in calls:
-            index = self.num_calls
-            self.num_calls += 1
-            out.append(DeltaToolCall(index=index, id=call.id, type="function", function=DeltaFunction(name=call.name)))
-            out.append(DeltaToolCall(index=index, function=DeltaFunction(arguments=call.arguments)))
         return out

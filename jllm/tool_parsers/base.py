@@ -110,6 +110,12 @@ class ToolParser:
         the family's calls after all."""
         raise NotImplementedError
 
+    def partial(self, text: str) -> tuple[str, str] | None:
+        """The call being generated after the complete ones in ``text``: its name and the part of its arguments'
+        JSON text that can no longer change (a prefix of the call's arguments once complete); None when not known
+        yet, or for a format that sends each call whole."""
+        return None
+
     def properties(self, name: str) -> dict[str, Any]:
         """The JSON schema properties of the tool named ``name`` ({} for an unknown tool)."""
         for tool in self.tools:

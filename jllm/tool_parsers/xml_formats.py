@@ -7,7 +7,8 @@ of the same names type them (``vllm/tool_parsers/``):
   does not name stays text;
 - ``glm45`` (GLM-4.5 / 4.6): ``<tool_call>NAME\\n<arg_key>K</arg_key>\\n<arg_value>V</arg_value>...</tool_call>``;
   a value stays text where the schema says string, else it is read as JSON or a Python literal if it is one.
-Calls stream once their closing tag arrives.
+A qwen3_coder call streams parameter by parameter (``partial``: each once a tag after it has come; a parameter given
+twice keeps its first value, so what was sent stays a prefix of the call); a glm45 call once its closing tag arrives.
 
 Where this module sits: docs/architecture.md.
 """
@@ -83,7 +84,7 @@ class Qwen3CoderParser(ToolParser):
     _blocks = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*?)$", re.DOTALL)
     _closed = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
     _functions = re.compile(r"<function=(.*?)</function>|<function=(.*)$", re.DOTALL)
-    _parameters = re.compile(r"<parameter=(.*?)(?:</parameter>|(?=<parameter=)|(?=</function>)|$)", re.DOTALL)
+    _parameters = re.compile(r"<parameter=(.*?)(?:</parameter>|(?=<parameter=)|(?=</function>)|\Z)", re.DOTALL)
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
         if text.startswith("<tool_call>"):  # at the end an unclosed block counts, as vLLM reads it
@@ -98,19 +99,44 @@ class Qwen3CoderParser(ToolParser):
                     calls.append(call)
         return calls if calls or not final else None
 
+    def partial(self, text: str) -> tuple[str, str] | None:
+        """The unfinished call: its name once ``<function=NAME>`` is whole, its arguments up to the last parameter
+        something has ended (a parameter's value is settled once a tag after it has come)."""
+        end_tag = "</tool_call>" if text.startswith("<tool_call>") else "</function>"
+        tail = text[text.rfind(end_tag) + len(end_tag) :] if end_tag in text else text
+        if end_tag == "</tool_call>" and "<tool_call>" not in tail:
+            return None
+        head = re.search(r"<function=([^>]*)>", tail)
+        if head is None or not head.group(1).strip():
+            return None
+        body = tail[head.end() :]
+        if "</function>" in body:
+            body = body[: body.index("</function>") + len("</function>")]
+        settled = [
+            m.group(1)
+            for m in self._parameters.finditer(body)
+            if m.group(0).endswith("</parameter>") or m.end() < len(body)  # not ended by the text's end alone
+        ]
+        arguments = arguments_json(self._arguments(head.group(1).strip(), settled))
+        return None if arguments is None else (head.group(1).strip(), arguments[:-1])
+
     def _call(self, function: str) -> ToolCall | None:
         name, sep, body = function.partition(">")
         if not sep or not name.strip():
             return None
-        properties, args = self.properties(name.strip()), {}
-        for parameter in self._parameters.findall(body):
-            key, sep, value = parameter.partition(">")
-            if not sep:
-                continue
-            value = value.removeprefix("\n").removesuffix("\n")
-            args[key.strip()] = typed_value(value, properties[key.strip()]) if key.strip() in properties else value
-        arguments = arguments_json(args)
+        arguments = arguments_json(self._arguments(name.strip(), self._parameters.findall(body)))
         return None if arguments is None else ToolCall(name.strip(), arguments)
+
+    def _arguments(self, name: str, parameters: list[str]) -> dict[str, Any]:
+        """Each ``P>\\nVALUE\\n`` typed by the tool's schema (a parameter given twice keeps its first value, so the
+        arguments streamed so far stay a prefix of the whole call's)."""
+        properties, args = self.properties(name), {}
+        for parameter in parameters:
+            key, sep, value = parameter.partition(">")
+            key, value = key.strip(), value.removeprefix("\n").removesuffix("\n")
+            if sep and key not in args:
+                args[key] = typed_value(value, properties[key]) if key in properties else value
+        return args
 
 
 class Glm45Parser(ToolParser):
