@@ -536,3 +536,29 @@ def test_a_forced_stream_cut_short_ends_as_the_whole_reply_does(
         whole = client.chat.completions.create(**ask, parallel_tool_calls=False)
         chunks = list(client.chat.completions.create(**ask, parallel_tool_calls=False, stream=True))
         assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+
+
+def test_a_qwen3_coder_server_types_arguments_by_the_requests_tools() -> None:
+    """The request's tools reach the parser: qwen3_coder's parameters come back typed by their schemas, whole and
+    streamed parameter by parameter."""
+    text = (
+        "Let me calculate that area for you.<tool_call>\n<function=calculate_area>\n<parameter=shape>\ncircle\n"
+        '</parameter>\n<parameter=dimensions>\n{"radius": 15.5}\n</parameter>\n<parameter=precision>\n3\n'
+        "</parameter>\n</function>\n</tool_call>"
+    )
+    engine = fake_engine(max_model_len=512, num_pages=256)
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    engine.runner.script = lambda prompt, position: (ids + [2])[min(position - len(prompt), len(ids))]
+    config = load_config(None, served_model_name=MODEL, tool_call_parser="qwen3_coder", enable_auto_tool_choice=True)
+    expected = [("calculate_area", {"shape": "circle", "dimensions": {"radius": 15.5}, "precision": 3})]
+    with RunningServer(engine, config) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
+        ask = dict(model=MODEL, messages=MESSAGES, tools=QWEN_TOOLS, max_tokens=400)
+        whole = client.chat.completions.create(**ask).choices[0]
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+    calls = [(c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls]
+    assert whole.message.content == "Let me calculate that area for you." and calls == expected
+    assert _assembled(chunks) == expected and chunks[-1].choices[0].finish_reason == "tool_calls"
+    fragments = [d for c in chunks for d in c.choices[0].delta.tool_calls or [] if d.function.arguments]
+    assert len(fragments) == 5  # "{", then each parameter, then "}"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Let me calculate that area for you."
