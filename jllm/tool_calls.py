@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from jllm.tool_parsers import PARSERS, make_parser
-from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_values
+from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_values, value_end
 
 __all__ = ["PARSERS", "CallPart", "ForcedCallStream", "ToolCall", "ToolCallStream", "ToolParser", "make_parser"]
 
@@ -144,28 +144,6 @@ _FORCED_ITEM = re.compile(r'\s*[\[,]\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,
 _ITEM_END = re.compile(r"\s*\}")
 
 
-def _value_end(text: str, start: int) -> int | None:
-    """Where the JSON object or list starting at ``start`` ends (the index after it), or None while it is open."""
-    depth, in_string, i = 0, False, start
-    while i < len(text):
-        c = text[i]
-        if in_string:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        elif c in "[{":
-            depth += 1
-        elif c in "]}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
-
-
 class ForcedCallStream:
     """``tool_choice`` "required" as it streams: the forced list ``[{"name": ..., "parameters": {...}}, ...]`` read
     as it is generated (the schema puts ``name`` first), so each call's name goes out once its string closes and its
@@ -192,7 +170,7 @@ class ForcedCallStream:
                 self._sent.append(0)
                 self._open = match.end()
                 out.append((len(self.calls) - 1, self.calls[-1], ""))
-            end = _value_end(self.text, self._open)
+            end = value_end(self.text, self._open)
             arguments = self.text[self._open : end]
             if len(arguments) > self._sent[-1]:
                 out.append((len(self.calls) - 1, None, arguments[self._sent[-1] :]))

@@ -140,6 +140,11 @@ GLM_DALLAS = (
     "\n<arg_value>TX</arg_value>\n<arg_key>unit</arg_key>\n<arg_value>fahrenheit</arg_value>\n</tool_call>"
 )
 CASES: dict[str, list[tuple[str, str | None, list[tuple[str, Any]]]]] = {
+    "hermes": [
+        ('<tool_call>\n{"arguments": {"a": [1, "}"]}, "name": "f"}\n</tool_call>\n<tool_call>\n{"name": "g", '
+         '"arguments": "{\\"b\\": 2}"}\n</tool_call><tool_call>\n{"name": "h", "arguments": {"c":\n 3}}\n',
+         None, [("f", {"a": [1, "}"]}), ("g", {"b": 2}), ("h", {"c": 3})]),  # any key order, text arguments, unclosed
+    ],
     "pythonic": [
         (f"[{SF}]", None, [SF_CALL]),
         (f"[{SF}, {USER}]", None, [SF_CALL, USER_CALL]),
@@ -286,6 +291,17 @@ def test_random_chunk_boundaries_give_the_whole_texts_calls(
 def test_malformed_calls_stay_content_whole_and_streamed(family: str, text: str) -> None:
     assert parse_tool_calls(make_parser(family, TOOLS_OF.get(family)), text) == (text, [])
     assert _stream(family, list(text)) == (text, [])
+
+
+def test_hermes_streams_arguments_as_written() -> None:
+    """A call written name first streams its arguments as the model writes them (they are the call's arguments
+    whole too, so the fragments add up)."""
+    stream, parts = ToolCallStream(make_parser("hermes")), []
+    for ch in OUTPUTS["hermes"][0]:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    assert len([f for i, call, f in parts if i == 0 and call is None]) == len('{"city": "Paris", "days": [1, 2]}')
+    assert _pairs(_assemble(parts)) == OUTPUTS["hermes"][2]
 
 
 def test_qwen3_coder_streams_each_parameter_once_it_is_settled() -> None:

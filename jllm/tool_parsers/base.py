@@ -8,6 +8,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,41 @@ def _complete_items(body: str, arguments_key: str) -> list[ToolCall | None]:
         except json.JSONDecodeError:
             return out
         out.append(json_call(value, arguments_key))
+
+
+def value_end(text: str, start: int) -> int | None:
+    """Where the JSON object or list starting at ``start`` ends (the index after it), or None while it is open."""
+    depth, in_string, i = 0, False, start
+    while i < len(text):
+        c = text[i]
+        if in_string:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
+
+
+_NAME_FIRST = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=\{)')
+
+
+def name_first(body: str) -> tuple[str, str, bool] | None:
+    """A call object written name first (``{"name": ..., "arguments": {``...): its name, its arguments' text so
+    far as written, and whether they have closed; None for any other layout, or before the arguments begin."""
+    match = _NAME_FIRST.match(body)
+    if match is None:
+        return None
+    end = value_end(body, match.end())
+    return json.loads(match.group(1)), body[match.end() : end], end is not None
 
 
 class ToolParser:

@@ -11,7 +11,8 @@ of the same names read them (``vllm/tool_parsers/``):
 - ``internlm`` (InternLM 2 / 2.5): ``<|action_start|><|plugin|>{"name": ..., "parameters": {...}}<|action_end|>``,
   one call (special tokens);
 - ``jamba`` (Jamba 1.5): ``<tool_calls>[{...}, ...]</tool_calls>`` (special tokens).
-A list's items stream one by one as each closes.
+A list's items stream one by one as each closes; a hermes call written name first streams its arguments as the model
+writes them (``partial``), and they are its arguments whole too (vLLM re-serializes them: the same JSON value).
 
 Where this module sits: docs/architecture.md.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_list_calls, json_values
+from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_list_calls, json_values, name_first
 
 
 class HermesParser(ToolParser):
@@ -41,8 +42,18 @@ class HermesParser(ToolParser):
             call = json_call(values[0]) if len(values) == 1 and clean else None
             if call is None:
                 return None if final else out
-            out.append(call)
+            named = name_first(body)  # written name first: its arguments as written, which partial streamed
+            out.append(ToolCall(call.name, named[1], call.id) if named is not None and named[2] else call)
         return out
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        """The open block's call once its name and the start of its arguments have come: the arguments as written
+        so far (a prefix of the call's)."""
+        tail = text[text.rfind("</tool_call>") + len("</tool_call>") :] if "</tool_call>" in text else text
+        if "<tool_call>" not in tail:
+            return None
+        named = name_first(tail[tail.index("<tool_call>") + len("<tool_call>") :])
+        return None if named is None else (named[0], named[1])
 
 
 class _WholeOutput(ToolParser):
