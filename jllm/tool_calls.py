@@ -50,6 +50,7 @@ class ToolCallStream:
         self._sent = 0  # calls sent whole
         self._begun: ToolCall | None = None  # the unfinished call whose id and name are sent
         self._arguments = ""  # its arguments sent
+        self.broken = False  # at the end: calls had begun, but the text was not the family's calls after all
 
     def feed(self, delta: str) -> tuple[str, list[CallPart]]:
         """Content to send now, and the call parts ``delta`` settles."""
@@ -69,7 +70,8 @@ class ToolCallStream:
         """At the end: the call parts not sent yet, or, when the text is not the family's calls after all, the rest
         of the text as content."""
         calls = None if self._start is None else self.parser.calls(self.text[self._start :], final=True)
-        if not calls:
+        if not calls:  # all content, as the whole reply has it (calls begun stay unfinished: ``broken``)
+            self.broken = self.num_calls > 0
             return self._release(len(self.text)), []
         return "", self._new(calls)
 

@@ -289,19 +289,34 @@ def test_random_chunk_boundaries_give_the_whole_texts_calls(
 
 @pytest.mark.parametrize("family, text", [(f, t) for f, texts in MALFORMED.items() for t in texts])
 def test_malformed_calls_stay_content_whole_and_streamed(family: str, text: str) -> None:
+    """All content, whole and streamed; a call begun while streaming (its name and the start of its arguments
+    sent) is marked broken, so the server ends it with the generation's own finish reason, as the whole reply."""
     assert parse_tool_calls(make_parser(family, TOOLS_OF.get(family)), text) == (text, [])
-    assert _stream(family, list(text)) == (text, [])
+    stream, content, parts = ToolCallStream(make_parser(family, TOOLS_OF.get(family))), "", []
+    for ch in text:
+        delta, new = stream.feed(ch)
+        content, parts = content + delta, parts + new
+    delta, new = stream.finish()
+    assert content + delta == text and new == [] and stream.broken == bool(parts)
 
 
-def test_hermes_streams_arguments_as_written() -> None:
-    """A call written name first streams its arguments as the model writes them (they are the call's arguments
-    whole too, so the fragments add up)."""
-    stream, parts = ToolCallStream(make_parser("hermes")), []
-    for ch in OUTPUTS["hermes"][0]:
+@pytest.mark.parametrize(
+    "family, text, expected",
+    [
+        ("hermes", OUTPUTS["hermes"][0], OUTPUTS["hermes"][2]),
+        ("mistral", OUTPUTS["mistral"][0], OUTPUTS["mistral"][2]),
+        *[(f, CASES[f][0][0], CASES[f][0][2]) for f in ("granite", "phi4_mini_json", "jamba")],
+    ],
+)
+def test_json_calls_stream_their_arguments_as_written(family: str, text: str, expected: list) -> None:
+    """A call written name first streams its arguments as the model writes them, character by character here (they
+    are the call's arguments whole too, so the fragments add up)."""
+    stream, parts = ToolCallStream(make_parser(family)), []
+    for ch in text:
         parts += stream.feed(ch)[1]
     parts += stream.finish()[1]
-    assert len([f for i, call, f in parts if i == 0 and call is None]) == len('{"city": "Paris", "days": [1, 2]}')
-    assert _pairs(_assemble(parts)) == OUTPUTS["hermes"][2]
+    assert len([f for i, call, f in parts if i == 0 and call is None]) > 10
+    assert _pairs(_assemble(parts)) == expected
 
 
 def test_qwen3_coder_streams_each_parameter_once_it_is_settled() -> None:
@@ -578,3 +593,17 @@ def test_a_qwen3_coder_server_types_arguments_by_the_requests_tools() -> None:
     fragments = [d for c in chunks for d in c.choices[0].delta.tool_calls or [] if d.function.arguments]
     assert len(fragments) == 5  # "{", then each parameter, then "}"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Let me calculate that area for you."
+
+
+def test_an_auto_call_cut_short_ends_as_the_whole_reply_does(client: openai.OpenAI) -> None:
+    """A call begun in the stream (its name and part of its arguments sent) but cut off by max_tokens is no call:
+    the stream ends with the whole reply's finish reason ("length", not "tool_calls") and carries its content."""
+    began = 0
+    for max_tokens in range(10, 130, 8):
+        ask = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=max_tokens)
+        whole = client.chat.completions.create(**ask).choices[0]
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+        assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+        assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == whole.message.content.strip()
+        began += whole.finish_reason == "length" and any(c.choices[0].delta.tool_calls for c in chunks)
+    assert began  # some began a call the whole reply does not have

@@ -107,8 +107,8 @@ def _out(call: ToolCall) -> ToolCallOut:
 
 class ToolDeltas:
     """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out, each call's id and name
-    first. Forced calls stream their arguments as they come; "auto" sends them as the format settles them (each
-    call once complete; hermes's as written, qwen3_coder's parameter by parameter)."""
+    first. Forced calls stream their arguments as they come; "auto" sends them as the format settles them (the
+    JSON formats' as written, qwen3_coder's parameter by parameter, others' once complete)."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
@@ -142,7 +142,7 @@ class ToolDeltas:
     @property
     def called(self) -> bool:
         """Whether the choice made calls (its finish reason is then "tool_calls")."""
-        return self.num_calls > 0 and not self.cut_short
+        return self.num_calls > 0 and not self.cut_short and not (self._auto is not None and self._auto.broken)
 
     def _named(self, text: str) -> list[DeltaToolCall]:
         """The named function's arguments stream as generated: the first delta names the call."""

@@ -7,6 +7,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
@@ -62,30 +63,57 @@ def json_values(text: str, separator: str = "") -> tuple[list[Any], bool]:
 def json_list_calls(text: str, final: bool, arguments_key: str = "arguments") -> list[ToolCall] | None:
     """A JSON list of ``{"name", "arguments"}`` objects at the start of ``text`` (the text after a marker): all its
     calls at the end (None unless it is one list of calls, only whitespace after); while streaming, the items
-    complete so far."""
+    complete so far. An item written name first keeps its arguments as written (what ``list_partial`` streamed)."""
     body = text.lstrip()
+    items, closed, _ = _list_items(body)
+    calls = [_item_call(value, raw, arguments_key) for value, raw in items]
     if not final:
-        return [c for c in _complete_items(body, arguments_key) if c is not None]
-    values, clean = json_values(body)
-    if len(values) != 1 or not clean or not isinstance(values[0], list):
+        return list(itertools.takewhile(lambda c: c is not None, calls))  # type: ignore[arg-type]
+    if closed is None or body[closed:].strip() or not calls or None in calls:
         return None
-    calls = [json_call(v, arguments_key) for v in values[0]]
-    return None if not calls or None in calls else calls  # type: ignore[return-value]
+    return calls  # type: ignore[return-value]
 
 
-def _complete_items(body: str, arguments_key: str) -> list[ToolCall | None]:
-    """The items of a JSON list still being generated that are complete (each decoded as it closes)."""
+def list_partial(text: str) -> tuple[str, str] | None:
+    """The unfinished item of the JSON list ``text`` starts with: its name and its arguments as written so far."""
+    body = text.lstrip()
+    _, closed, pos = _list_items(body)
+    named = None if closed is not None or pos is None else name_first(body[pos:])
+    return None if named is None else (named[0], named[1])
+
+
+def _item_call(value: Any, raw: str, arguments_key: str) -> ToolCall | None:
+    call = json_call(value, arguments_key)
+    named = name_first(raw) if call is not None else None
+    return ToolCall(call.name, named[1], call.id) if call is not None and named is not None and named[2] else call
+
+
+def _list_items(body: str) -> tuple[list[tuple[Any, str]], int | None, int | None]:
+    """A JSON list's complete items (each value and its text), where the list closed (the index after its ``]``;
+    None while open or when malformed), and where its next item begins (None when malformed)."""
     if not body.startswith("["):
-        return []
-    decoder, pos, out = json.JSONDecoder(), 1, []
+        return [], None, None
+    decoder, pos, items = json.JSONDecoder(), 1, []
     while True:
-        while pos < len(body) and (body[pos].isspace() or body[pos] == ","):
-            pos += 1
+        pos = _skip_space(body, pos)
+        if body.startswith("]", pos):
+            return items, pos + 1, None
+        if items:
+            if not body.startswith(",", pos):
+                return items, None, None if pos < len(body) else pos
+            pos = _skip_space(body, pos + 1)
         try:
-            value, pos = decoder.raw_decode(body, pos)
+            value, end = decoder.raw_decode(body, pos)
         except json.JSONDecodeError:
-            return out
-        out.append(json_call(value, arguments_key))
+            return items, None, pos
+        items.append((value, body[pos:end]))
+        pos = end
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
 
 
 def value_end(text: str, start: int) -> int | None:

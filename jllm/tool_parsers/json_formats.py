@@ -11,8 +11,9 @@ of the same names read them (``vllm/tool_parsers/``):
 - ``internlm`` (InternLM 2 / 2.5): ``<|action_start|><|plugin|>{"name": ..., "parameters": {...}}<|action_end|>``,
   one call (special tokens);
 - ``jamba`` (Jamba 1.5): ``<tool_calls>[{...}, ...]</tool_calls>`` (special tokens).
-A list's items stream one by one as each closes; a hermes call written name first streams its arguments as the model
-writes them (``partial``), and they are its arguments whole too (vLLM re-serializes them: the same JSON value).
+A call written name first (``{"name": ..., "arguments": {``) streams its arguments as the model writes them
+(``partial``: hermes, mistral, granite, phi4_mini_json, jamba), and they are its arguments whole too (vLLM
+re-serializes them: the same JSON value); llama3_json's and internlm's calls go out whole once complete.
 
 Where this module sits: docs/architecture.md.
 """
@@ -22,7 +23,15 @@ from __future__ import annotations
 import itertools
 import re
 
-from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_list_calls, json_values, name_first
+from jllm.tool_parsers.base import (
+    ToolCall,
+    ToolParser,
+    json_call,
+    json_list_calls,
+    json_values,
+    list_partial,
+    name_first,
+)
 
 
 class HermesParser(ToolParser):
@@ -86,8 +95,14 @@ class GraniteParser(_WholeOutput):
     keep_special_tokens = True  # Granite 3.0's <|tool_call|> is a special token
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        body = text.strip().removeprefix("<|tool_call|>").removeprefix("<tool_call>")
-        return json_list_calls(body, final)
+        return json_list_calls(self._body(text), final)
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        return list_partial(self._body(text))
+
+    @staticmethod
+    def _body(text: str) -> str:
+        return text.strip().removeprefix("<|tool_call|>").removeprefix("<tool_call>")
 
 
 class _MarkedList(ToolParser):
@@ -102,6 +117,10 @@ class _MarkedList(ToolParser):
             calls = json_list_calls(body.split(self.end, 1)[0], True)
             return calls if final else calls or []
         return json_list_calls(body, final)
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        body = text[len(self.starts[0]) :]
+        return None if self.end and self.end in body else list_partial(body)
 
 
 class MistralParser(_MarkedList):
