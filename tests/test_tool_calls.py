@@ -305,7 +305,8 @@ def test_malformed_calls_stay_content_whole_and_streamed(family: str, text: str)
     [
         ("hermes", OUTPUTS["hermes"][0], OUTPUTS["hermes"][2]),
         ("mistral", OUTPUTS["mistral"][0], OUTPUTS["mistral"][2]),
-        *[(f, CASES[f][0][0], CASES[f][0][2]) for f in ("granite", "phi4_mini_json", "jamba")],
+        ("llama3_json", OUTPUTS["llama3_json"][0], OUTPUTS["llama3_json"][2]),
+        *[(f, CASES[f][0][0], CASES[f][0][2]) for f in ("granite", "phi4_mini_json", "jamba", "internlm")],
     ],
 )
 def test_json_calls_stream_their_arguments_as_written(family: str, text: str, expected: list) -> None:

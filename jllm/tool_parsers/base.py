@@ -46,18 +46,25 @@ def json_call(obj: Any, arguments_key: str = "arguments") -> ToolCall | None:
 def json_values(text: str, separator: str = "") -> tuple[list[Any], bool]:
     """The JSON values at the start of ``text``, one after another (with ``separator`` between them); and whether
     nothing but whitespace follows the last."""
+    spans, clean, _ = json_spans(text, separator)
+    return [value for value, _ in spans], clean
+
+
+def json_spans(text: str, separator: str = "") -> tuple[list[tuple[Any, str]], bool, int]:
+    """``json_values`` with each value's text, and where the text that is not (yet) a value begins."""
     decoder = json.JSONDecoder()
-    values, pos = [], 0
+    spans, pos = [], 0
     while True:
-        while pos < len(text) and (text[pos].isspace() or (separator and text[pos] == separator and values)):
+        while pos < len(text) and (text[pos].isspace() or (separator and text[pos] == separator and spans)):
             pos += 1
         if pos == len(text):
-            return values, True
+            return spans, True, pos
         try:
-            value, pos = decoder.raw_decode(text, pos)
+            value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
-            return values, False
-        values.append(value)
+            return spans, False, pos
+        spans.append((value, text[pos:end]))
+        pos = end
 
 
 def json_list_calls(text: str, final: bool, arguments_key: str = "arguments") -> list[ToolCall] | None:
@@ -66,7 +73,7 @@ def json_list_calls(text: str, final: bool, arguments_key: str = "arguments") ->
     complete so far. An item written name first keeps its arguments as written (what ``list_partial`` streamed)."""
     body = text.lstrip()
     items, closed, _ = _list_items(body)
-    calls = [_item_call(value, raw, arguments_key) for value, raw in items]
+    calls = [item_call(value, raw, arguments_key) for value, raw in items]
     if not final:
         return list(itertools.takewhile(lambda c: c is not None, calls))  # type: ignore[arg-type]
     if closed is None or body[closed:].strip() or not calls or None in calls:
@@ -82,7 +89,9 @@ def list_partial(text: str) -> tuple[str, str] | None:
     return None if named is None else (named[0], named[1])
 
 
-def _item_call(value: Any, raw: str, arguments_key: str) -> ToolCall | None:
+def item_call(value: Any, raw: str, arguments_key: str = "arguments") -> ToolCall | None:
+    """A decoded call object (``raw``: its text) as a call, its arguments as written where it names the call first
+    (what ``partial`` streamed)."""
     call = json_call(value, arguments_key)
     named = name_first(raw) if call is not None else None
     return ToolCall(call.name, named[1], call.id) if call is not None and named is not None and named[2] else call

@@ -12,8 +12,7 @@ of the same names read them (``vllm/tool_parsers/``):
   one call (special tokens);
 - ``jamba`` (Jamba 1.5): ``<tool_calls>[{...}, ...]</tool_calls>`` (special tokens).
 A call written name first (``{"name": ..., "arguments": {``) streams its arguments as the model writes them
-(``partial``: hermes, mistral, granite, phi4_mini_json, jamba), and they are its arguments whole too (vLLM
-re-serializes them: the same JSON value); llama3_json's and internlm's calls go out whole once complete.
+(``partial``), and they are its arguments whole too (vLLM re-serializes them: the same JSON value).
 
 Where this module sits: docs/architecture.md.
 """
@@ -26,8 +25,10 @@ import re
 from jllm.tool_parsers.base import (
     ToolCall,
     ToolParser,
+    item_call,
     json_call,
     json_list_calls,
+    json_spans,
     json_values,
     list_partial,
     name_first,
@@ -83,11 +84,21 @@ class Llama3JsonParser(_WholeOutput):
     prefixes = ("<|python_tag|>", "{")
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        values, clean = json_values(text.lstrip().removeprefix("<|python_tag|>"), separator=";")
-        calls = [json_call(v, "parameters") for v in values]
+        spans, clean, _ = json_spans(self._body(text), separator=";")
+        calls = [item_call(value, raw, "parameters") for value, raw in spans]
         if final:
             return calls if calls and clean and None not in calls else None  # type: ignore[return-value]
         return list(itertools.takewhile(lambda c: c is not None, calls))  # type: ignore[arg-type]
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        body = self._body(text)
+        _, clean, pos = json_spans(body, separator=";")
+        named = None if clean else name_first(body[pos:])
+        return None if named is None else (named[0], named[1])
+
+    @staticmethod
+    def _body(text: str) -> str:
+        return text.lstrip().removeprefix("<|python_tag|>")
 
 
 class GraniteParser(_WholeOutput):
@@ -148,6 +159,11 @@ class InternLMParser(ToolParser):
         if self.end not in body and not final:
             return []
         body = body.split(self.end, 1)[0]
-        values, clean = json_values(body[body.find("{") :] if "{" in body else body)
-        call = json_call(values[0], "parameters") if len(values) == 1 and clean else None
+        spans, clean, _ = json_spans(body[body.find("{") :] if "{" in body else body)
+        call = item_call(*spans[0], "parameters") if len(spans) == 1 and clean else None
         return [call] if call is not None else (None if final else [])
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        body = text[len(self.starts[0]) :]
+        named = name_first(body[body.find("{") :]) if "{" in body and self.end not in body else None
+        return None if named is None else (named[0], named[1])
