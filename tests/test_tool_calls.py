@@ -320,6 +320,16 @@ def test_json_calls_stream_their_arguments_as_written(family: str, text: str, ex
     assert _pairs(_assemble(parts)) == expected
 
 
+def test_glm45_streams_each_value_once_closed() -> None:
+    stream, parts = ToolCallStream(make_parser("glm45", QWEN_TOOLS)), []
+    for ch in CASES["glm45"][1][0]:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    fragments = [f for i, call, f in parts if i == 0 and call is None]
+    assert fragments == ["{", '"city": "Dallas"', ', "state": "TX"', ', "unit": "fahrenheit"', "}"]
+    assert _pairs(_assemble(parts)) == CASES["glm45"][1][2]
+
+
 def test_qwen3_coder_streams_each_parameter_once_it_is_settled() -> None:
     """Long arguments (a file's text) do not wait for the call's end: each parameter goes out once a tag after it
     has come, and the fragments add up to the whole call's arguments."""

@@ -7,8 +7,8 @@ of the same names type them (``vllm/tool_parsers/``):
   does not name stays text;
 - ``glm45`` (GLM-4.5 / 4.6): ``<tool_call>NAME\\n<arg_key>K</arg_key>\\n<arg_value>V</arg_value>...</tool_call>``;
   a value stays text where the schema says string, else it is read as JSON or a Python literal if it is one.
-A qwen3_coder call streams parameter by parameter (``partial``: each once a tag after it has come; a parameter given
-twice keeps its first value, so what was sent stays a prefix of the call); a glm45 call once its closing tag arrives.
+Calls stream argument by argument (``partial``: a qwen3_coder parameter once a tag after it has come, a glm45 value
+once closed; an argument given twice keeps its first value, so what was sent stays a prefix of the call).
 
 Where this module sits: docs/architecture.md.
 """
@@ -150,16 +150,31 @@ class Glm45Parser(ToolParser):
         calls = []
         for block in self._block.findall(text):
             detail = self._detail.fullmatch(block)
-            name, body = (detail.group(1), detail.group(2)) if detail else (block, "")
-            properties, args = self.properties(name.strip()), {}
-            for key, value in self._arg.findall(body):
-                schema, value = properties.get(key.strip()), value.strip()
-                is_string = isinstance(schema, dict) and schema.get("type") == "string"
-                args[key.strip()] = value if is_string else self._value(value)
-            arguments = arguments_json(args)
-            if name.strip() and arguments is not None:
-                calls.append(ToolCall(name.strip(), arguments))
+            name, body = (detail.group(1).strip(), detail.group(2)) if detail else (block.strip(), "")
+            arguments = arguments_json(self._arguments(name, body))
+            if name and arguments is not None:
+                calls.append(ToolCall(name, arguments))
         return calls if calls or not final else None
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        """The open block's call once its name's line has ended, its arguments up to the last whole value."""
+        tail = text[text.rfind("</tool_call>") + len("</tool_call>") :] if "</tool_call>" in text else text
+        detail = self._detail.fullmatch(tail[tail.index("<tool_call>") + 11 :]) if "<tool_call>" in tail else None
+        if detail is None or not detail.group(1).strip():
+            return None
+        arguments = arguments_json(self._arguments(detail.group(1).strip(), detail.group(2)))
+        return None if arguments is None else (detail.group(1).strip(), arguments[:-1])
+
+    def _arguments(self, name: str, body: str) -> dict[str, Any]:
+        """Each whole key and value: text where the tool's schema says string, else JSON or a Python literal if it
+        is one (a key given twice keeps its first value, so what was streamed stays a prefix of the call)."""
+        properties, args = self.properties(name), {}
+        for key, value in self._arg.findall(body):
+            schema, key, value = properties.get(key.strip()), key.strip(), value.strip()
+            if key not in args:
+                is_string = isinstance(schema, dict) and schema.get("type") == "string"
+                args[key] = value if is_string else self._value(value)
+        return args
 
     @staticmethod
     def _value(value: str) -> Any:
