@@ -618,3 +618,14 @@ def test_an_auto_call_cut_short_ends_as_the_whole_reply_does(client: openai.Open
         assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == whole.message.content.strip()
         began += whole.finish_reason == "length" and any(c.choices[0].delta.tool_calls for c in chunks)
     assert began  # some began a call the whole reply does not have
+
+
+def test_deepseek_v3_streams_arguments_as_written() -> None:
+    text, _, expected = CASES["deepseek_v3"][1]
+    stream, parts = ToolCallStream(make_parser("deepseek_v3")), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    assert "".join(f for i, call, f in parts if i == 0 and call is None) == '{\n  "city": "Tokyo"\n}'
+    assert len([f for i, call, f in parts if i == 0 and call is None]) > 10
+    assert _pairs(_assemble(parts)) == expected

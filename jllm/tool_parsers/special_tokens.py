@@ -6,7 +6,8 @@
 - ``kimi_k2`` (Kimi K2): ``<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:0
   <|tool_call_argument_begin|>ARGUMENTS<|tool_call_end|>...<|tool_calls_section_end|>``, the call's id
   (``functions.NAME:0``) kept as its OpenAI id, as vLLM keeps it.
-The arguments are passed on as the model wrote them (vLLM's rule). Calls stream once their end token arrives.
+The arguments are passed on as the model wrote them (vLLM's rule): deepseek_v3's stream as written, a kimi_k2 call
+goes out once its end token arrives (with the model's id, which its chat template reads back).
 
 Where this module sits: docs/architecture.md.
 """
@@ -25,9 +26,23 @@ class DeepSeekV3Parser(ToolParser):
         r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)\n```json\n(.*?)\n```<｜tool▁call▁end｜>", re.DOTALL
     )
 
+    _open = re.compile(r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)\n```json\n(.*)", re.DOTALL)
+    _end = "\n```<｜tool▁call▁end｜>"
+
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
         calls = [ToolCall(name.strip(), arguments) for _, name, arguments in self._call.findall(text)]
         return calls if calls or not final else None
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        """The open call's arguments as written so far, less what may begin the end of its ``json`` block."""
+        done = text.rfind("<｜tool▁call▁end｜>")
+        tail = text[done + len("<｜tool▁call▁end｜>") :] if done >= 0 else text
+        match = self._open.search(tail)
+        if match is None or not match.group(2).strip():
+            return None
+        arguments = match.group(3)
+        held = max((k for k in range(1, len(self._end)) if arguments.endswith(self._end[:k])), default=0)
+        return match.group(2).strip(), arguments[: len(arguments) - held]
 
 
 class KimiK2Parser(ToolParser):
