@@ -73,7 +73,9 @@ class ToolCallStream:
         if not calls:  # all content, as the whole reply has it (calls begun stay unfinished: ``broken``)
             self.broken = self.num_calls > 0
             return self._release(len(self.text)), []
-        return "", self._new(calls)
+        parts = self._new(calls)
+        self.broken = self._begun is not None  # a call begun that the whole text does not hold
+        return "", parts
 
     @property
     def num_calls(self) -> int:

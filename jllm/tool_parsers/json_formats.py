@@ -26,10 +26,8 @@ from jllm.tool_parsers.base import (
     ToolCall,
     ToolParser,
     item_call,
-    json_call,
     json_list_calls,
     json_spans,
-    json_values,
     list_partial,
     name_first,
 )
@@ -48,21 +46,20 @@ class HermesParser(ToolParser):
                 bodies.append(tail.strip()[len("<tool_call>") :])
         out = []
         for body in bodies:
-            values, clean = json_values(body)
-            call = json_call(values[0]) if len(values) == 1 and clean else None
+            spans, clean, _ = json_spans(body)
+            call = item_call(*spans[0]) if len(spans) == 1 and clean else None
             if call is None:
                 return None if final else out
-            named = name_first(body)  # written name first: its arguments as written, which partial streamed
-            out.append(ToolCall(call.name, named[1], call.id) if named is not None and named[2] else call)
+            out.append(call)
         return out
 
     def partial(self, text: str) -> tuple[str, str] | None:
         """The open block's call once its name and the start of its arguments have come: the arguments as written
         so far (a prefix of the call's)."""
-        tail = text[text.rfind("</tool_call>") + len("</tool_call>") :] if "</tool_call>" in text else text
-        if "<tool_call>" not in tail:
+        tail = text[text.rfind("</tool_call>") + len("</tool_call>") :].strip() if "</tool_call>" in text else text
+        if not tail.startswith("<tool_call>"):  # the end reads only a block right after the last as a call
             return None
-        named = name_first(tail[tail.index("<tool_call>") + len("<tool_call>") :])
+        named = name_first(tail[len("<tool_call>") :])
         return None if named is None else (named[0], named[1])
 
 
