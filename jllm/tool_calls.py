@@ -73,9 +73,7 @@ class ToolCallStream:
         if not calls:  # all content, as the whole reply has it (calls begun stay unfinished: ``broken``)
             self.broken = self.num_calls > 0
             return self._release(len(self.text)), []
-        parts = self._new(calls)
-        self.broken = self._begun is not None  # a call begun that the whole text does not hold
-        return "", parts
+        return "", self._new(calls)  # a call begun after these stays unfinished, as cut short
 
     @property
     def num_calls(self) -> int:

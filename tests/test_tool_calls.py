@@ -287,6 +287,34 @@ def test_random_chunk_boundaries_give_the_whole_texts_calls(
     assert streamed_content.strip() == (content or "") and _pairs(streamed) == expected
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+@pytest.mark.parametrize("family, text, content, expected", FORMAT_CASES)
+def test_an_output_cut_anywhere_streams_as_it_reads_whole(
+    family: str, text: str, content: str | None, expected: list, data: st.DataObject
+) -> None:
+    """Cut short (max_tokens) anywhere: the stream's calls are the whole reply's (and perhaps the start of one
+    more, cut off), or, where calls began but the whole reply holds none, the stream is marked broken (so it ends
+    with the reply's finish reason) and its content is the whole text, as the reply's."""
+    cut = text[: data.draw(st.integers(1, len(text)))]
+    points = sorted(data.draw(st.sets(st.integers(1, max(1, len(cut) - 1)), max_size=8)))
+    pieces = [cut[a:b] for a, b in zip([0, *points], [*points, len(cut)], strict=True) if cut[a:b]]
+    parser = make_parser(family, TOOLS_OF.get(family))
+    whole_content, whole_calls = parse_tool_calls(parser, cut)
+    stream, sent, parts = ToolCallStream(make_parser(family, TOOLS_OF.get(family))), "", []
+    for piece in pieces:
+        delta, new = stream.feed(piece)
+        sent, parts = sent + delta, parts + new
+    delta, new = stream.finish()
+    sent, parts = sent + delta, parts + new
+    if not whole_calls:
+        assert sent == cut and (stream.broken or not parts)
+    else:
+        streamed = _assemble(parts)
+        assert not stream.broken and _pairs(streamed[: len(whole_calls)]) == _pairs(whole_calls)
+        assert len(streamed) <= len(whole_calls) + 1 and sent.strip() == (whole_content or "")
+
+
 @pytest.mark.parametrize("family, text", [(f, t) for f, texts in MALFORMED.items() for t in texts])
 def test_malformed_calls_stay_content_whole_and_streamed(family: str, text: str) -> None:
     """All content, whole and streamed; a call begun while streaming (its name and the start of its arguments
