@@ -252,7 +252,7 @@ MALFORMED = {  # stays content whole and streamed, as vLLM leaves it
     "jamba": ['<tool_calls>[{"name": "f", "arguments": {', "<tool_calls>[]</tool_calls>", "<tool_calls>[1]"],
 }
 TOOLS_OF = {"qwen3_coder": QWEN_TOOLS, "glm45": QWEN_TOOLS}
-FORMAT_CASES = [(f, *case) for f, cases in CASES.items() for case in cases]
+FORMAT_CASES = [(f, *case) for f, cases in CASES.items() for case in cases] + [(f, *OUTPUTS[f]) for f in OUTPUTS]
 
 
 def _stream(parser_name: str, pieces: list[str]) -> tuple[str, list]:
