@@ -47,7 +47,8 @@ class ToolCallStream:
         self.text = ""
         self._released = 0  # characters of text sent as content
         self._start: int | None = None  # where the calls begin
-        self._sent = 0  # calls sent whole
+        self._sent = 0  # the parser's calls sent
+        self._index = 0  # the next call's index in the stream
         self._begun: ToolCall | None = None  # the unfinished call whose id and name are sent
         self._arguments = ""  # its arguments sent
         self.broken = False  # at the end: calls had begun, but the text was not the family's calls after all
@@ -77,7 +78,7 @@ class ToolCallStream:
 
     @property
     def num_calls(self) -> int:
-        return self._sent + (self._begun is not None)
+        return self._index + (self._begun is not None)
 
     def _release(self, end: int) -> str:
         out = self.text[self._released : max(end, self._released)]
@@ -88,11 +89,14 @@ class ToolCallStream:
         """Parts of the calls completed since the last: the rest of a begun call's arguments, or a call whole."""
         out: list[CallPart] = []
         for call in calls[self._sent :]:
-            if self._begun is None:
-                out += [(self._sent, ToolCall(call.name, "", call.id), ""), (self._sent, None, call.arguments)]
-            elif call.arguments.startswith(self._arguments) and len(call.arguments) > len(self._arguments):
-                out.append((self._sent, None, call.arguments[len(self._arguments) :]))
-            self._begun, self._arguments, self._sent = None, "", self._sent + 1
+            begun = self._begun
+            if begun is not None and (begun.name != call.name or not call.arguments.startswith(self._arguments)):
+                begun, self._index = None, self._index + 1  # the parser dropped it: it stays unfinished
+            if begun is None:
+                out += [(self._index, ToolCall(call.name, "", call.id), ""), (self._index, None, call.arguments)]
+            elif len(call.arguments) > len(self._arguments):
+                out.append((self._index, None, call.arguments[len(self._arguments) :]))
+            self._begun, self._arguments, self._sent, self._index = None, "", self._sent + 1, self._index + 1
         return out
 
     def _more(self, name: str, arguments: str) -> list[CallPart]:
@@ -100,9 +104,9 @@ class ToolCallStream:
         out: list[CallPart] = []
         if self._begun is None:
             self._begun = ToolCall(name, "")
-            out.append((self._sent, self._begun, ""))
+            out.append((self._index, self._begun, ""))
         if len(arguments) > len(self._arguments) and arguments.startswith(self._arguments):
-            out.append((self._sent, None, arguments[len(self._arguments) :]))
+            out.append((self._index, None, arguments[len(self._arguments) :]))
             self._arguments = arguments
         return out
 

@@ -657,3 +657,30 @@ def test_deepseek_v3_streams_arguments_as_written() -> None:
     assert "".join(f for i, call, f in parts if i == 0 and call is None) == '{\n  "city": "Tokyo"\n}'
     assert len([f for i, call, f in parts if i == 0 and call is None]) > 10
     assert _pairs(_assemble(parts)) == expected
+
+
+def test_pythonic_streams_keyword_arguments_as_they_settle() -> None:
+    stream, parts = ToolCallStream(make_parser("pythonic")), []
+    for ch in f"[{USER}, {SF}]":
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    fragments = [f for i, call, f in parts if i == 0 and call is None]
+    assert fragments[:3] == [
+        '{"name": "John Doe"',
+        ', "age": 37',
+        ', "address": {"city": "San Francisco", "state": "CA"}',
+    ]
+    assert len(fragments) == 6 and _pairs(_assemble(parts)) == [USER_CALL, SF_CALL]
+
+
+def test_a_begun_call_the_parser_drops_does_not_take_the_next_calls_arguments() -> None:
+    """``1e999`` is no JSON value, so vLLM's pythonic drops the call; streamed, its name and first argument had
+    gone out, and it stays unfinished while the next call comes whole at the next index."""
+    text = f"[calc(a=1, x=1e999), {SF}]"
+    assert _pairs(parse_tool_calls(make_parser("pythonic"), text)[1]) == [SF_CALL]
+    stream, parts = ToolCallStream(make_parser("pythonic")), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    calc, weather = _assemble(parts)
+    assert (calc.name, calc.arguments) == ("calc", '{"a": 1') and _pairs([weather]) == [SF_CALL]

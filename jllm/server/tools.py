@@ -108,8 +108,8 @@ def _out(call: ToolCall) -> ToolCallOut:
 class ToolDeltas:
     """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out, each call's id and name
     first. Forced calls stream their arguments as they come; "auto" sends them as the format settles them (the
-    JSON formats' and deepseek_v3's as written, qwen3_coder's and glm45's argument by argument, the others' once
-    complete)."""
+    JSON formats' and deepseek_v3's as written, qwen3_coder's, glm45's and pythonic's argument by argument, kimi_k2's
+    once complete)."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan

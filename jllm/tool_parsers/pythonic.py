@@ -3,7 +3,8 @@
 values literals (strings, numbers, True / False / None, lists and dicts of them). Read with ``ast``, never run.
 
 A call whose arguments are not JSON values (bytes, ``1e999``) is dropped and its siblings kept; a list where no call
-is left stays content. While streaming, each call is sent once its closing parenthesis arrives.
+is left stays content. While streaming, a call's arguments go out one keyword argument at a time, each once the
+comma after it (or the call's closing parenthesis) has come.
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,11 +12,13 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any
 
 from jllm.tool_parsers.base import ToolCall, ToolParser, arguments_json
 
 _OPEN, _CLOSE = "([{", ")]}"
+_HEAD = re.compile(r"\s*([A-Za-z_]\w*)\(")
 
 
 def _value(node: ast.expr) -> Any:
@@ -51,9 +54,9 @@ def _string_end(text: str, i: int) -> int:
     return min(i + len(quote), len(text))
 
 
-def _items(text: str) -> tuple[list[str], bool]:
-    """The complete top-level items of the list ``text`` starts with (brackets and quotes tracked), and whether the
-    list closed with nothing but whitespace after it."""
+def _items(text: str) -> tuple[list[str], bool, int | None]:
+    """The complete top-level items of the list ``text`` starts with (brackets and quotes tracked), whether the
+    list closed with nothing but whitespace after it, and where the unfinished item begins (None if none)."""
     items, depth, start, i = [], 0, 1, 0
     while i < len(text):
         c = text[i]
@@ -64,14 +67,32 @@ def _items(text: str) -> tuple[list[str], bool]:
             depth += 1
         elif c in _CLOSE:
             depth -= 1
-            if depth == 1 and c == ")":
+            if depth == 1 and c == ")" and start is not None:
                 items.append(text[start : i + 1])
+                start = None
             elif depth <= 0:
-                return items, depth == 0 and c == "]" and not text[i + 1 :].strip()
+                return items, depth == 0 and c == "]" and not text[i + 1 :].strip(), None
         elif c == "," and depth == 1:
             start = i + 1
         i += 1
-    return items, False
+    return items, False, start
+
+
+def _last_comma(text: str, start: int) -> int | None:
+    """The last comma between a call's arguments (``start``: just inside its parenthesis), before the text ends."""
+    depth, i, comma = 0, start, None
+    while i < len(text):
+        c = text[i]
+        if c in "'\"":
+            i = _string_end(text, i)
+            continue
+        depth += (c in _OPEN) - (c in _CLOSE)
+        if depth < 0:
+            return None  # the call closed: not unfinished
+        if c == "," and depth == 0:
+            comma = i
+        i += 1
+    return comma
 
 
 class PythonicParser(ToolParser):
@@ -82,11 +103,24 @@ class PythonicParser(ToolParser):
         return len(text) if not text.strip() else 0
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        items, closed = _items(text.strip())
+        items, closed, _ = _items(text.strip())
         calls = [c for c in map(_call, items) if c is not None]
         if final and (not closed or not calls):
             return None
         return calls
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        """The unfinished call once a comma follows its first keyword argument: its arguments up to the last comma
+        between them (a prefix of the call's arguments, which keep their order). Not sooner: a call whose arguments
+        are not JSON values is dropped, and one begun stays unfinished in the stream."""
+        body = text.strip()
+        _, _, start = _items(body)
+        head = _HEAD.match(body, start) if start is not None else None
+        if head is None:
+            return None
+        comma = _last_comma(body, head.end())
+        call = _call(body[start:comma] + ")") if comma is not None else None
+        return None if call is None else (call.name, call.arguments[:-1])
 
 
 class Llama4PythonicParser(PythonicParser):
@@ -102,4 +136,11 @@ class Llama4PythonicParser(PythonicParser):
         return len(text) if not stripped or "<|python_start|>".startswith(stripped) else 0
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        return super().calls(text.replace("<|python_start|>", "", 1).replace("<|python_end|>", "", 1), final)
+        return super().calls(self._body(text), final)
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        return super().partial(self._body(text))
+
+    @staticmethod
+    def _body(text: str) -> str:
+        return text.replace("<|python_start|>", "", 1).replace("<|python_end|>", "", 1)
