@@ -244,7 +244,7 @@ MALFORMED = {  # stays content whole and streamed, as vLLM leaves it
         '[{"name": "func", "arguments": "not a dict"}]',
         'Some text [{"name": "func"}]',
     ],
-    "phi4_mini_json": ['functools[{"name": "f", "arguments": {', "functools are neat"],
+    "phi4_mini_json": ['functools[{"name": "f", "arguments": {', "functools are neat", "functools[1]"],
     "internlm": ["<|action_start|><|plugin|>{broken}<|action_end|>"],
     "deepseek_v3": ["<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}"],
     "kimi_k2": ["<|tool_calls_section_begin|><|tool_call_begin|>no id<|tool_call_argument_begin|>{}"],
@@ -684,3 +684,8 @@ def test_a_begun_call_the_parser_drops_does_not_take_the_next_calls_arguments() 
     parts += stream.finish()[1]
     calc, weather = _assemble(parts)
     assert (calc.name, calc.arguments) == ("calc", '{"a": 1') and _pairs([weather]) == [SF_CALL]
+
+
+def test_prose_that_mentions_a_marker_word_streams_at_once() -> None:
+    stream = ToolCallStream(make_parser("phi4_mini_json"))
+    assert stream.feed("Use functools.partial here")[0] == "Use functools.partial here"

@@ -118,16 +118,17 @@ class _MarkedList(ToolParser):
     unclosed at the end still counts when it is whole, as its items have streamed)."""
 
     end = ""
+    keep = 0  # trailing characters of the start marker that belong to the list
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        body = text[len(self.starts[0]) :]
+        body = text[len(self.starts[0]) - self.keep :]
         if self.end and self.end in body:
             calls = json_list_calls(body.split(self.end, 1)[0], True)
             return calls if final else calls or []
         return json_list_calls(body, final)
 
     def partial(self, text: str) -> tuple[str, str] | None:
-        body = text[len(self.starts[0]) :]
+        body = text[len(self.starts[0]) - self.keep :]
         return None if self.end and self.end in body else list_partial(body)
 
 
@@ -137,7 +138,8 @@ class MistralParser(_MarkedList):
 
 
 class Phi4MiniJsonParser(_MarkedList):
-    starts = ("functools",)
+    starts = ("functools[",)  # with its bracket (vLLM's pattern), so prose about Python's functools is not held back
+    keep = 1
 
 
 class JambaParser(_MarkedList):
