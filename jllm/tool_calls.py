@@ -52,6 +52,7 @@ class ToolCallStream:
         self._begun: ToolCall | None = None  # the unfinished call whose id and name are sent
         self._arguments = ""  # its arguments sent
         self.broken = False  # at the end: calls had begun, but the text was not the family's calls after all
+        self.not_calls = False  # the parser said, mid-stream, that the text cannot be its calls (all content)
 
     def feed(self, delta: str) -> tuple[str, list[CallPart]]:
         """Content to send now, and the call parts ``delta`` settles."""
@@ -61,16 +62,19 @@ class ToolCallStream:
         if self._start is None:
             end = len(self.text) - self.parser.may_start(self.text)
             return self._release(end), []
+        calls = None if self.not_calls else self.parser.calls(self.text[self._start :], final=False)
+        if calls is None and not self.num_calls:  # the format says this cannot be its calls: content after all
+            self.not_calls = True
+            return self._release(len(self.text)), []
         content = self._release(self._start)
-        calls = self.parser.calls(self.text[self._start :], final=False) or []
-        parts = self._new(calls)
+        parts = self._new(calls or [])
         partial = self.parser.partial(self.text[self._start :])
         return content, parts + (self._more(*partial) if partial is not None else [])
 
     def finish(self) -> tuple[str, list[CallPart]]:
         """At the end: the call parts not sent yet, or, when the text is not the family's calls after all, the rest
         of the text as content."""
-        calls = None if self._start is None else self.parser.calls(self.text[self._start :], final=True)
+        calls = None if self._start is None or self.not_calls else self.parser.calls(self.text[self._start :], True)
         if not calls:  # all content, as the whole reply has it (calls begun stay unfinished: ``broken``)
             self.broken = self.num_calls > 0
             return self._release(len(self.text)), []

@@ -689,3 +689,16 @@ def test_a_begun_call_the_parser_drops_does_not_take_the_next_calls_arguments() 
 def test_prose_that_mentions_a_marker_word_streams_at_once() -> None:
     stream = ToolCallStream(make_parser("phi4_mini_json"))
     assert stream.feed("Use functools.partial here")[0] == "Use functools.partial here"
+
+
+@pytest.mark.parametrize(
+    "family, text",
+    [("pythonic", "[1] Smith, J. (2020)."), ("pythonic", "[Note: see below] fine"), ("granite", "[1, 2, 3] are odd")],
+)
+def test_a_whole_output_format_lets_text_go_once_it_cannot_be_calls(family: str, text: str) -> None:
+    """A format whose calls are the whole output held all text that began like them until the end; once the text
+    cannot be its calls, it streams as content."""
+    stream, sent = ToolCallStream(make_parser(family)), ""
+    for ch in text:
+        sent += stream.feed(ch)[0]
+    assert sent == text and stream.finish() == ("", [])  # every character went out as it came

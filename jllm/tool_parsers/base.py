@@ -179,8 +179,8 @@ class ToolParser:
         return max((k for s in self.starts for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        """The complete calls in ``text`` (from the start marker on); at the end (``final``), None when it is not
-        the family's calls after all."""
+        """The complete calls in ``text`` (from the start marker on); None when it is not the family's calls after
+        all (at the end, ``final``; or before, where the format can tell early, so the text streams as content)."""
         raise NotImplementedError
 
     def partial(self, text: str) -> tuple[str, str] | None:

@@ -103,7 +103,10 @@ class GraniteParser(_WholeOutput):
     keep_special_tokens = True  # Granite 3.0's <|tool_call|> is a special token
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        return json_list_calls(self._body(text), final)
+        body = self._body(text)
+        if not final and body.strip() and not re.match(r"\s*\[\s*(?:\{|\Z)", body):
+            return None  # a list of calls opens with an object: this is text
+        return json_list_calls(body, final)
 
     def partial(self, text: str) -> tuple[str, str] | None:
         return list_partial(self._body(text))

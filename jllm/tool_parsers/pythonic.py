@@ -19,6 +19,7 @@ from jllm.tool_parsers.base import ToolCall, ToolParser, arguments_json
 
 _OPEN, _CLOSE = "([{", ")]}"
 _HEAD = re.compile(r"\s*([A-Za-z_]\w*)\(")
+_OPENING = re.compile(r"\[\s*(?:[A-Za-z_]\w*(?:\(|\Z)|\Z)")  # what a list of calls can begin with
 
 
 def _value(node: ast.expr) -> Any:
@@ -103,6 +104,8 @@ class PythonicParser(ToolParser):
         return len(text) if not text.strip() else 0
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        if not final and not _OPENING.match(text.lstrip()):
+            return None  # "[1]", "[Note: ...]", "[a link](...)": a list that opens with no call is text
         items, closed, _ = _items(text.strip())
         calls = [c for c in map(_call, items) if c is not None]
         if final and (not closed or not calls):
