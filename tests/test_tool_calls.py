@@ -693,7 +693,12 @@ def test_prose_that_mentions_a_marker_word_streams_at_once() -> None:
 
 @pytest.mark.parametrize(
     "family, text",
-    [("pythonic", "[1] Smith, J. (2020)."), ("pythonic", "[Note: see below] fine"), ("granite", "[1, 2, 3] are odd")],
+    [
+        ("pythonic", "[1] Smith, J. (2020)."),
+        ("pythonic", "[Note: see below] fine"),
+        ("granite", "[1, 2, 3] are odd"),
+        ("llama3_json", "{x} is a set"),
+    ],
 )
 def test_a_whole_output_format_lets_text_go_once_it_cannot_be_calls(family: str, text: str) -> None:
     """A format whose calls are the whole output held all text that began like them until the end; once the text

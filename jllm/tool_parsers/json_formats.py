@@ -81,6 +81,8 @@ class Llama3JsonParser(_WholeOutput):
     prefixes = ("<|python_tag|>", "{")
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        if not final and not re.match(r'\s*(?:\{\s*(?:"|\Z)|\Z)', self._body(text)):
+            return None  # "{x} is a set": a call opens with a JSON key, this is text
         spans, clean, _ = json_spans(self._body(text), separator=";")
         calls = [item_call(value, raw, "parameters") for value, raw in spans]
         if final:
