@@ -259,7 +259,7 @@ class ServerConfig(_Section):
     stream_buffer_outputs: int = 256
     stream_stall_timeout_s: float = 30.0
     tokenizer_workers: int = 2  # threads that tokenize and render long prompts (short ones are done inline)
-    tool_call_parser: str | None = None  # the served family's tool-call format: hermes, llama3_json or mistral
+    tool_call_parser: str | None = None  # the served family's tool-call format (vLLM's names: jllm.tool_parsers)
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
 
     def validate(self) -> None:

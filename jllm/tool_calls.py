@@ -1,16 +1,11 @@
-"""Tool calls in generated text: the formats model families emit, parsed into OpenAI's calls, whole or as a stream,
-and the JSON schemas that force a call through structured output.
+"""Tool calls in generated text: the formats model families emit (``jllm.tool_parsers``, chosen by vLLM's
+``--tool-call-parser`` names) parsed into OpenAI's calls, whole or as a stream, and the JSON schemas that force a
+call through structured output.
 
-Parsers follow vLLM's (``vllm/entrypoints/openai/tool_parsers/``), chosen by ``--tool-call-parser``:
-- ``hermes`` (Hermes, Qwen 2.5/3): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one block per call,
-  text before the first block is the message's content (special tokens kept: some models mark the tags special);
-- ``llama3_json`` (Llama 3.1-3.3): the whole output is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>``
-  first, which decoding drops as a special token), several separated by ``;``;
-- ``mistral``: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` (the marker is a special token, so requests
-  with tools decode with special tokens kept).
 A forced call (``tool_choice`` "required" or a named function) is generated under a JSON schema instead
 (``forced_call_schema``): vLLM's layout, the named function's arguments alone, or a list of ``{"name",
-"parameters"}`` objects. Output that does not parse as the family's calls stays the message's content.
+"parameters"}`` objects, whose arguments ``ForcedCallStream`` streams as they are generated. Output that does not
+parse as the family's calls stays the message's content.
 
 Plain Python: the server renders what this finds.
 
@@ -19,130 +14,14 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
-PARSERS = ("hermes", "llama3_json", "mistral")
+from jllm.tool_parsers import PARSERS, make_parser
+from jllm.tool_parsers.base import ToolCall, ToolParser, json_call, json_values, value_end
 
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: str  # a JSON text, as OpenAI returns it
-    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
-
-
-def _call(obj: Any, arguments_key: str = "arguments") -> ToolCall | None:
-    """``{"name": ..., "arguments" (or "parameters"): {...}}`` as a call; None for anything else."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    args = obj.get(arguments_key, obj.get("parameters", obj.get("arguments", {})))
-    if isinstance(args, str):  # some models send the arguments already as JSON text
-        return ToolCall(obj["name"], args)
-    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
-
-
-def _json_values(text: str, separator: str = "") -> tuple[list[Any], bool]:
-    """The JSON values at the start of ``text``, one after another (with ``separator`` between them); and whether
-    nothing but whitespace follows the last."""
-    decoder = json.JSONDecoder()
-    values, pos = [], 0
-    while True:
-        while pos < len(text) and (text[pos].isspace() or (separator and text[pos] == separator and values)):
-            pos += 1
-        if pos == len(text):
-            return values, True
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return values, False
-        values.append(value)
-
-
-class ToolParser:
-    """One family's format: where calls start in the text, and the calls in a piece of text that starts there."""
-
-    start = ""  # the text that opens the calls ("" for a parser that decides from the output's first characters)
-    keep_special_tokens = False  # the start marker is a special token, which decoding must keep
-
-    def starts_calls(self, text: str) -> int | None:
-        """Where the calls begin in ``text``, or None when they have not (yet)."""
-        index = text.find(self.start)
-        return None if index < 0 else index
-
-    def may_start(self, text: str) -> int:
-        """How many trailing characters of ``text`` could be the start of the marker: held back while streaming."""
-        return max((k for k in range(1, len(self.start)) if text.endswith(self.start[:k])), default=0)
-
-    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        """The complete calls in ``text`` (from the start marker on); at the end (``final``), None when it is not
-        the family's calls after all."""
-        raise NotImplementedError
-
-
-class HermesParser(ToolParser):
-    start = "<tool_call>"
-    keep_special_tokens = True  # some models mark <tool_call> special (vLLM's hermes parser keeps them too)
-    _block = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-
-    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        bodies = self._block.findall(text)
-        if final:
-            tail = text[text.rfind("</tool_call>") + len("</tool_call>") :] if bodies else text
-            if tail.strip().startswith("<tool_call>"):  # an unclosed last block, as vLLM accepts
-                bodies.append(tail.strip()[len("<tool_call>") :])
-        out = []
-        for body in bodies:
-            values, clean = _json_values(body)
-            call = _call(values[0]) if len(values) == 1 and clean else None
-            if call is None:
-                return None if final else out
-            out.append(call)
-        return out
-
-
-class Llama3JsonParser(ToolParser):
-    """Llama 3's JSON calls: the output starts with ``{`` (after optional whitespace)."""
-
-    def starts_calls(self, text: str) -> int | None:
-        stripped = text.lstrip()
-        if stripped.startswith("<|python_tag|>") or stripped.startswith("{"):
-            return 0
-        return None
-
-    def may_start(self, text: str) -> int:
-        return len(text) if not text.strip() else 0  # only leading whitespace is undecided
-
-    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        values, clean = _json_values(text.lstrip().removeprefix("<|python_tag|>"), separator=";")
-        calls = [_call(v, "parameters") for v in values]
-        if final:
-            return calls if calls and clean and None not in calls else None
-        return list(itertools.takewhile(lambda c: c is not None, calls))  # type: ignore[arg-type]
-
-
-class MistralParser(ToolParser):
-    start = "[TOOL_CALLS]"
-    keep_special_tokens = True
-
-    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        values, clean = _json_values(text[len(self.start) :])
-        if len(values) == 1 and isinstance(values[0], list):
-            calls = [_call(v) for v in values[0]]
-            if all(c is not None for c in calls) and (clean or not final):
-                return calls  # type: ignore[return-value]
-        return None if final else []
-
-
-def make_parser(name: str) -> ToolParser:
-    parsers = {"hermes": HermesParser, "llama3_json": Llama3JsonParser, "mistral": MistralParser}
-    if name not in parsers:
-        raise ValueError(f"tool_call_parser must be one of {', '.join(PARSERS)}, got {name!r}")
-    return parsers[name]()
+__all__ = ["PARSERS", "CallPart", "ForcedCallStream", "ToolCall", "ToolCallStream", "ToolParser", "make_parser"]
 
 
 def parse_tool_calls(parser: ToolParser, text: str) -> tuple[str | None, list[ToolCall]]:
@@ -155,50 +34,85 @@ def parse_tool_calls(parser: ToolParser, text: str) -> tuple[str | None, list[To
     return text[:start].strip() or None, calls
 
 
+CallPart = tuple[int, ToolCall | None, str]  # (call index, the call when it begins here, more of its arguments)
+
+
 class ToolCallStream:
     """One choice's output as it streams: content deltas until calls start (holding back what may begin the
-    marker), then each call once it is complete."""
+    marker), then each call as parts: its id and name, then its arguments, whole once the call is complete, or
+    piece by piece where the format says how much of an unfinished call is settled (``ToolParser.partial``)."""
 
     def __init__(self, parser: ToolParser) -> None:
         self.parser = parser
         self.text = ""
         self._released = 0  # characters of text sent as content
         self._start: int | None = None  # where the calls begin
-        self._sent = 0  # calls sent
+        self._sent = 0  # the parser's calls sent
+        self._index = 0  # the next call's index in the stream
+        self._begun: ToolCall | None = None  # the unfinished call whose id and name are sent
+        self._arguments = ""  # its arguments sent
+        self.broken = False  # at the end: calls had begun, but the text was not the family's calls after all
+        self.not_calls = False  # the parser said, mid-stream, that the text cannot be its calls (all content)
 
-    def feed(self, delta: str) -> tuple[str, list[ToolCall]]:
-        """Content to send now, and calls completed by ``delta``."""
+    def feed(self, delta: str) -> tuple[str, list[CallPart]]:
+        """Content to send now, and the call parts ``delta`` settles."""
         self.text += delta
         if self._start is None:
             self._start = self.parser.starts_calls(self.text)
         if self._start is None:
             end = len(self.text) - self.parser.may_start(self.text)
             return self._release(end), []
-        content = self._release(self._start)
-        calls = self.parser.calls(self.text[self._start :], final=False) or []
-        return content, self._new(calls)
-
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """At the end: the calls not sent yet, or, when the text is not the family's calls after all, the rest of
-        the text as content."""
-        calls = None if self._start is None else self.parser.calls(self.text[self._start :], final=True)
-        if not calls:
+        calls = None if self.not_calls else self.parser.calls(self.text[self._start :], final=False)
+        if calls is None and not self.num_calls:  # the format says this cannot be its calls: content after all
+            self.not_calls = True
             return self._release(len(self.text)), []
-        return "", self._new(calls)
+        content = self._release(self._start)
+        parts = self._new(calls or [])
+        partial = self.parser.partial(self.text[self._start :])
+        return content, parts + (self._more(*partial) if partial is not None else [])
+
+    def finish(self) -> tuple[str, list[CallPart]]:
+        """At the end: the call parts not sent yet, or, when the text is not the family's calls after all, the rest
+        of the text as content."""
+        calls = None if self._start is None or self.not_calls else self.parser.calls(self.text[self._start :], True)
+        if not calls:  # all content, as the whole reply has it (calls begun stay unfinished: ``broken``)
+            self.broken = self.num_calls > 0
+            return self._release(len(self.text)), []
+        return "", self._new(calls)  # a call begun after these stays unfinished, as cut short
 
     @property
     def num_calls(self) -> int:
-        return self._sent
+        return self._index + (self._begun is not None)
 
     def _release(self, end: int) -> str:
         out = self.text[self._released : max(end, self._released)]
         self._released += len(out)
         return out
 
-    def _new(self, calls: list[ToolCall]) -> list[ToolCall]:
-        new = calls[self._sent :]
-        self._sent = len(calls)
-        return new
+    def _new(self, calls: list[ToolCall]) -> list[CallPart]:
+        """Parts of the calls completed since the last: the rest of a begun call's arguments, or a call whole."""
+        out: list[CallPart] = []
+        for call in calls[self._sent :]:
+            begun = self._begun
+            if begun is not None and (begun.name != call.name or not call.arguments.startswith(self._arguments)):
+                begun, self._index = None, self._index + 1  # the parser dropped it: it stays unfinished
+            if begun is None:
+                out += [(self._index, ToolCall(call.name, "", call.id), ""), (self._index, None, call.arguments)]
+            elif len(call.arguments) > len(self._arguments):
+                out.append((self._index, None, call.arguments[len(self._arguments) :]))
+            self._begun, self._arguments, self._sent, self._index = None, "", self._sent + 1, self._index + 1
+        return out
+
+    def _more(self, name: str, arguments: str) -> list[CallPart]:
+        """Parts of the unfinished call: its id and name once, then what its settled arguments add."""
+        out: list[CallPart] = []
+        if self._begun is None:
+            self._begun = ToolCall(name, "")
+            out.append((self._index, self._begun, ""))
+        if len(arguments) > len(self._arguments) and arguments.startswith(self._arguments):
+            out.append((self._index, None, arguments[len(self._arguments) :]))
+            self._arguments = arguments
+        return out
 
 
 def forced_call_schema(tools: list[dict[str, Any]], name: str | None, parallel: bool) -> dict[str, Any]:
@@ -227,10 +141,63 @@ def forced_call_schema(tools: list[dict[str, Any]], name: str | None, parallel: 
 def forced_calls(text: str, name: str | None) -> list[ToolCall] | None:
     """The calls in output generated under ``forced_call_schema`` (None if it was cut short: not valid JSON)."""
     if name is not None:
-        values, clean = _json_values(text)
+        values, clean = json_values(text)
         return [ToolCall(name, text.strip())] if len(values) == 1 and clean else None  # as generated (and streamed)
-    values, clean = _json_values(text)
+    values, clean = json_values(text)
     if len(values) != 1 or not clean or not isinstance(values[0], list):
         return None
-    calls = [_call(v, "parameters") for v in values[0]]
+    calls = [json_call(v, "parameters") for v in values[0]]
     return None if any(c is None for c in calls) else calls  # type: ignore[return-value]
+
+
+_FORCED_ITEM = re.compile(r'\s*[\[,]\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"parameters"\s*:\s*(?=\S)')
+_ITEM_END = re.compile(r"\s*\}")
+
+
+class ForcedCallStream:
+    """``tool_choice`` "required" as it streams: the forced list ``[{"name": ..., "parameters": {...}}, ...]`` read
+    as it is generated (the schema puts ``name`` first), so each call's name goes out once its string closes and its
+    parameters' text as it comes, as OpenAI streams a call's arguments."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.calls: list[ToolCall] = []  # begun: their ids and names sent
+        self._sent: list[int] = []  # characters of each call's arguments sent
+        self._scan = 0  # where the next call's item begins
+        self._open: int | None = None  # where the arguments of the call being generated begin
+        self.complete = False  # at the end: the text was the whole list (not cut short)
+
+    def feed(self, delta: str) -> list[CallPart]:
+        """The call parts ``delta`` adds."""
+        self.text += delta
+        out: list[CallPart] = []
+        while True:
+            if self._open is None:
+                match = _FORCED_ITEM.match(self.text, self._scan)
+                if match is None:
+                    return out
+                self.calls.append(ToolCall(json.loads(match.group(1)), ""))
+                self._sent.append(0)
+                self._open = match.end()
+                out.append((len(self.calls) - 1, self.calls[-1], ""))
+            end = value_end(self.text, self._open)
+            arguments = self.text[self._open : end]
+            if len(arguments) > self._sent[-1]:
+                out.append((len(self.calls) - 1, None, arguments[self._sent[-1] :]))
+                self._sent[-1] = len(arguments)
+            item_end = _ITEM_END.match(self.text, end) if end is not None else None
+            if item_end is None:
+                return out
+            self._open, self._scan = None, item_end.end()
+
+    def finish(self) -> tuple[str | None, list[CallPart]]:
+        """At the end: the text as content if it was cut short before any call began (else None), and the calls
+        not streamed (whole: generated in a layout this stream did not follow)."""
+        calls = forced_calls(self.text, None)
+        self.complete = calls is not None
+        if calls is None:
+            return (self.text if not self.calls else None), []
+        out: list[CallPart] = []
+        for index, call in enumerate(calls[len(self.calls) :], start=len(self.calls)):
+            out += [(index, ToolCall(call.name, "", call.id), ""), (index, None, call.arguments)]
+        return None, out

@@ -4,6 +4,7 @@ and tool history reaching the template; the refusals)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Iterator
@@ -12,13 +13,25 @@ from typing import Any
 import openai
 import pytest
 from fake_runner import fake_engine
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from server_utils import RunningServer, http
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
 from jllm.sampling import SamplingParams
-from jllm.tool_calls import ToolCallStream, forced_call_schema, forced_calls, make_parser, parse_tool_calls
+from jllm.tool_calls import (
+    PARSERS,
+    CallPart,
+    ForcedCallStream,
+    ToolCall,
+    ToolCallStream,
+    forced_call_schema,
+    forced_calls,
+    make_parser,
+    parse_tool_calls,
+)
 
 MODEL = "scripted"
 WEATHER = {"city": "Paris", "days": [1, 2]}
@@ -44,6 +57,20 @@ OUTPUTS = {  # (output, content, [(name, arguments)])
 NOT_CALLS = ["Just text, no calls.", '<tool_call>{"name": broken</tool_call>', '{"no_name": 1}', "[TOOL_CALLS]nope"]
 
 
+def _assemble(parts: list[CallPart]) -> list[ToolCall]:
+    """Calls as a client puts them together from streamed parts: a call begins with its id and name, fragments of
+    its arguments follow, and one call's parts never interleave with the next's."""
+    calls: list[ToolCall] = []
+    for index, call, fragment in parts:
+        if call is not None:
+            assert index == len(calls) and not call.arguments
+            calls.append(call)
+        else:
+            assert index == len(calls) - 1
+            calls[-1] = dataclasses.replace(calls[-1], arguments=calls[-1].arguments + fragment)
+    return calls
+
+
 def _pairs(calls: list) -> list[tuple[str, Any]]:
     return [(c.name, json.loads(c.arguments)) for c in calls]
 
@@ -64,7 +91,7 @@ def test_parser_reads_its_familys_calls_whole_and_streamed(family: str) -> None:
             sent, streamed = sent + delta, streamed + new
         delta, new = stream.finish()
         sent, streamed = sent + delta, streamed + new
-        assert _pairs(streamed) == expected and sent.strip() == (content or "")
+        assert _pairs(_assemble(streamed)) == expected and sent.strip() == (content or "")
 
 
 @pytest.mark.parametrize("text", NOT_CALLS)
@@ -76,6 +103,278 @@ def test_text_that_is_not_calls_stays_content(family: str, text: str) -> None:
     sent, calls = stream.feed(text)
     rest, more = stream.finish()
     assert sent + rest == text and calls == more == []
+
+
+# vLLM's test strings for each format (tests/tool_parsers/test_<format>_tool_parser.py): (output, content, calls)
+SF = "get_weather(city='San Francisco', metric='celsius')"
+SF_CALL = ("get_weather", {"city": "San Francisco", "metric": "celsius"})
+USER = (
+    "register_user(name='John Doe', age=37, address={'city': 'San Francisco', 'state': 'CA'}, role=None, "
+    "passed_test=True, aliases=['John', 'Johnny'])"
+)
+USER_CALL = (
+    "register_user",
+    {"name": "John Doe", "age": 37, "address": {"city": "San Francisco", "state": "CA"}, "role": None,
+     "passed_test": True, "aliases": ["John", "Johnny"]},
+)  # fmt: skip
+DALLAS = {"city": "Dallas", "state": "TX", "unit": "fahrenheit"}
+ORLANDO = {**DALLAS, "city": "Orlando", "state": "FL"}
+QWEN_DALLAS = (
+    "<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=state>\nTX\n"
+    "</parameter>\n<parameter=unit>\nfahrenheit\n</parameter>\n</function>\n</tool_call>"
+)
+QWEN_TOOLS = [
+    {"type": "function", "function": {"name": "get_current_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "state": {"type": "string"}, "unit": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "calculate_area", "parameters": {"type": "object", "properties": {
+        "shape": {"type": "string"}, "dimensions": {"type": "object"}, "precision": {"type": "integer"}}}}},
+    {"type": "function", "function": {"name": "test_types", "parameters": {"type": "object", "properties": {
+        "int_param": {"type": "integer"}, "float_param": {"type": "float"}, "bool_param": {"type": "boolean"},
+        "str_param": {"type": "string"}, "obj_param": {"type": "object"},
+        "maybe_int": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "list_type": {"type": ["integer", "null"]}}}}},
+]  # fmt: skip
+DS_CALL = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{}\n```json\n{}\n```<｜tool▁call▁end｜>"
+KIMI_CALL = "<|tool_call_begin|>{} <|tool_call_argument_begin|>{}<|tool_call_end|>"
+GLM_DALLAS = (
+    "<tool_call>get_current_weather\n<arg_key>city</arg_key>\n<arg_value>Dallas</arg_value>\n<arg_key>state</arg_key>"
+    "\n<arg_value>TX</arg_value>\n<arg_key>unit</arg_key>\n<arg_value>fahrenheit</arg_value>\n</tool_call>"
+)
+CASES: dict[str, list[tuple[str, str | None, list[tuple[str, Any]]]]] = {
+    "hermes": [
+        ('<tool_call>\n{"arguments": {"a": [1, "}"]}, "name": "f"}\n</tool_call>\n<tool_call>\n{"name": "g", '
+         '"arguments": "{\\"b\\": 2}"}\n</tool_call><tool_call>\n{"name": "h", "arguments": {"c":\n 3}}\n',
+         None, [("f", {"a": [1, "}"]}), ("g", {"b": 2}), ("h", {"c": 3})]),  # any key order, text arguments, unclosed
+    ],
+    "pythonic": [
+        (f"[{SF}]", None, [SF_CALL]),
+        (f"[{SF}, {USER}]", None, [SF_CALL, USER_CALL]),
+        ("[get_weather()]", None, [("get_weather", {})]),
+        ("[do_something_cool(additional_data={}, steps=[])]", None,
+         [("do_something_cool", {"additional_data": {}, "steps": []})]),
+        (r"""[get_weather(city='Martha\'s Vineyard', metric='\"cool units\"')]""", None,
+         [("get_weather", {"city": "Martha's Vineyard", "metric": '"cool units"'})]),
+        (f"[bad(x=b'z'), {SF}]", None, [SF_CALL]),  # a call JSON cannot hold is dropped, its siblings kept
+        (f"[calc(x=1e999), {SF}]", None, [SF_CALL]),
+        ('[f(t="""a ]) b""", n=-2.5)]', None, [("f", {"t": "a ]) b", "n": -2.5})]),
+    ],
+    "llama4_pythonic": [(f"<|python_start|>[{SF}, get_time()]<|python_end|>", None, [SF_CALL, ("get_time", {})])],
+    "qwen3_coder": [
+        (QWEN_DALLAS, None, [("get_current_weather", DALLAS)]),
+        ("Sure! Let me check the weather for you." + QWEN_DALLAS, "Sure! Let me check the weather for you.",
+         [("get_current_weather", DALLAS)]),
+        ("<tool_call>\n<function=calculate_area>\n<parameter=shape>\nrectangle\n</parameter>\n<parameter=dimensions>"
+         '\n{"width": 10, \n "height": 20}\n</parameter>\n<parameter=precision>\n2\n</parameter>\n</function>\n'
+         "</tool_call>", None,
+         [("calculate_area", {"shape": "rectangle", "dimensions": {"width": 10, "height": 20}, "precision": 2})]),
+        (QWEN_DALLAS + "\n" + QWEN_DALLAS.replace("Dallas", "Orlando").replace("TX", "FL"), None,
+         [("get_current_weather", DALLAS), ("get_current_weather", ORLANDO)]),
+        ("<tool_call>\n<function=test_types>\n<parameter=int_param>\n42\n</parameter>\n<parameter=float_param>\n3.14\n"
+         "</parameter>\n<parameter=bool_param>\ntrue\n</parameter>\n<parameter=str_param>\nhello world\n</parameter>\n"
+         '<parameter=obj_param>\n{"key": "value"}\n</parameter>\n<parameter=maybe_int>\nnull\n</parameter>\n'
+         "<parameter=list_type>\n7\n</parameter>\n<parameter=unknown>\n5\n</parameter>\n</function>\n</tool_call>",
+         None,
+         [("test_types", {"int_param": 42, "float_param": 3.14, "bool_param": True, "str_param": "hello world",
+                          "obj_param": {"key": "value"}, "maybe_int": None, "list_type": 7, "unknown": "5"})]),
+        ("<function=get_current_weather>\n<parameter=city>\nDallas\n</parameter>\n<parameter=state>\nTX\n</parameter>"
+         "\n</function>", None, [("get_current_weather", {"city": "Dallas", "state": "TX"})]),  # no <tool_call>
+        ("<tool_call>\n<function=get_current_weather>\n<parameter=city>\nDallas\n<parameter=state>\nTX\n</parameter>\n"
+         "<parameter=state>\nFL\n</parameter>\n</function>\n</tool_call>", None,
+         [("get_current_weather", {"city": "Dallas", "state": "TX"})]),  # an unclosed parameter; one given twice
+    ],
+    "granite": [
+        ('<|tool_call|> [{"name": "get_weather", "arguments": {"city": "Tokyo"}}]', None,
+         [("get_weather", {"city": "Tokyo"})]),
+        ('<|tool_call|> [\n  {"name": "get_weather", "arguments": {"city": "Tokyo"}},\n  {"name": "get_time", '
+         '"arguments": {"timezone": "Asia/Tokyo"}}\n]', None,
+         [("get_weather", {"city": "Tokyo"}), ("get_time", {"timezone": "Asia/Tokyo"})]),
+        ('<tool_call> [{\n  "name": "test_function",\n  "arguments": {\n    "quoted": "He said \\"hello\\"",\n'
+         '    "path": "C:\\\\Users\\\\file.txt",\n    "unicode": "emoji: 🎉"\n  }\n}]', None,
+         [("test_function", {"quoted": 'He said "hello"', "path": "C:\\Users\\file.txt", "unicode": "emoji: 🎉"})]),
+        ('<|tool_call|> [{"name": "refresh", "arguments": {}}]', None, [("refresh", {})]),
+    ],
+    "phi4_mini_json": [
+        ('functools[{"name": "get_weather", "arguments": {"city": "Tokyo", "days": [1, 2]}}, '
+         '{"name": "get_time", "parameters": {}}]', None,
+         [("get_weather", {"city": "Tokyo", "days": [1, 2]}), ("get_time", {})]),
+    ],
+    "internlm": [
+        ('<|action_start|><|plugin|>{"name": "get_current_weather", "parameters": {"city": "Dallas", "state": "TX", '
+         '"unit": "fahrenheit"}}<|action_end|>', None, [("get_current_weather", DALLAS)]),
+        ('Sure! let me call the tool for you.<|action_start|><|plugin|>\n{"name": "get_current_weather", '
+         '"parameters": {"city": "Dallas", "state": "TX", "unit": "fahrenheit"}}<|action_end|>',
+         "Sure! let me call the tool for you.", [("get_current_weather", DALLAS)]),
+    ],
+    "deepseek_v3": [
+        ("<｜tool▁calls▁begin｜>" + DS_CALL.format("get_weather", '{"city": "Tokyo"}') + "<｜tool▁calls▁end｜>",
+         None, [("get_weather", {"city": "Tokyo"})]),
+        ("Let me check.<｜tool▁calls▁begin｜>" + DS_CALL.format("get_weather", '{\n  "city": "Tokyo"\n}') +
+         DS_CALL.format("get_time", "{}") + "<｜tool▁calls▁end｜>", "Let me check.",
+         [("get_weather", {"city": "Tokyo"}), ("get_time", {})]),
+    ],
+    "kimi_k2": [
+        ("I'll check. <|tool_calls_section_begin|>" + KIMI_CALL.format("functions.get_weather:0", '{"city": "Beijing"}')
+         + KIMI_CALL.format("functions.get_news:1", '{"topic": "technology"}') + "<|tool_calls_section_end|>",
+         "I'll check.", [("get_weather", {"city": "Beijing"}), ("get_news", {"topic": "technology"})]),
+        ("<|tool_calls_section_begin|>" + KIMI_CALL.format("functions.invalid.0", '{"city": "Beijing"}')
+         + KIMI_CALL.format("get_weather:1", '{"html": "<div>content</div>"}') + "<|tool_calls_section_end|>", None,
+         [("get_weather", {"html": "<div>content</div>"})]),  # a malformed id is skipped
+    ],
+    "glm45": [
+        (GLM_DALLAS, None, [("get_current_weather", DALLAS)]),
+        ("I'll check.\n" + GLM_DALLAS + "<tool_call>calculate_area\n<arg_key>dimensions</arg_key>\n"
+         '<arg_value>{"radius": 15.5}</arg_value>\n<arg_key>shape</arg_key>\n<arg_value>12</arg_value>\n</tool_call>',
+         "I'll check.",
+         [("get_current_weather", DALLAS), ("calculate_area", {"dimensions": {"radius": 15.5}, "shape": "12"})]),
+    ],
+    "jamba": [
+        (' <tool_calls>[\n    {"name": "get_current_weather", "arguments": {"city": "Dallas", "state": "TX", '
+         '"unit": "fahrenheit"}}\n]</tool_calls>', None, [("get_current_weather", DALLAS)]),
+        ('Sure! let me call the tool for you. <tool_calls>[\n    {"name": "get_current_weather", "arguments": '
+         '{"city": "Dallas", "state": "TX", "unit": "fahrenheit"}},\n    {"name": "get_current_weather", "arguments":'
+         ' {"city": "Orlando", "state": "FL", "unit": "fahrenheit"}}\n]</tool_calls>',
+         "Sure! let me call the tool for you.", [("get_current_weather", DALLAS), ("get_current_weather", ORLANDO)]),
+    ],
+}  # fmt: skip
+MALFORMED = {  # stays content whole and streamed, as vLLM leaves it
+    "pythonic": ["How can I help you today?", "[f(a='x 'y' 'z), g(b='p 'q' 'r)]", "[1, 2]", "[get_weather(", "[x]()"],
+    "qwen3_coder": ["<tool_call>\n<function>\n</tool_call>", "<tool_call>no function</tool_call>"],
+    "granite": [
+        '<|tool_call|> [{"name": "func", "arguments": {',
+        '<|tool_call|> {"name": "func", "arguments": {}}',
+        '[{"name": "func", "arguments": "not a dict"}]',
+        'Some text [{"name": "func"}]',
+    ],
+    "phi4_mini_json": ['functools[{"name": "f", "arguments": {', "functools are neat", "functools[1]"],
+    "internlm": ["<|action_start|><|plugin|>{broken}<|action_end|>"],
+    "deepseek_v3": ["<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}"],
+    "kimi_k2": ["<|tool_calls_section_begin|><|tool_call_begin|>no id<|tool_call_argument_begin|>{}"],
+    "glm45": ["<tool_call>f\n<arg_key>a</arg_key>"],
+    "jamba": ['<tool_calls>[{"name": "f", "arguments": {', "<tool_calls>[]</tool_calls>", "<tool_calls>[1]"],
+}
+TOOLS_OF = {"qwen3_coder": QWEN_TOOLS, "glm45": QWEN_TOOLS}
+FORMAT_CASES = [(f, *case) for f, cases in CASES.items() for case in cases] + [(f, *OUTPUTS[f]) for f in OUTPUTS]
+
+
+def _stream(parser_name: str, pieces: list[str]) -> tuple[str, list]:
+    """The content and calls a client assembles from ``pieces`` fed one by one."""
+    stream, content, parts = ToolCallStream(make_parser(parser_name, TOOLS_OF.get(parser_name))), "", []
+    for piece in pieces:
+        delta, new = stream.feed(piece)
+        content, parts = content + delta, parts + new
+    delta, new = stream.finish()
+    return content + delta, _assemble(parts + new)
+
+
+@pytest.mark.parametrize("family, text, content, expected", FORMAT_CASES)
+def test_each_format_reads_vllms_examples_whole_and_char_by_char(
+    family: str, text: str, content: str | None, expected: list
+) -> None:
+    got_content, calls = parse_tool_calls(make_parser(family, TOOLS_OF.get(family)), text)
+    assert (got_content, _pairs(calls)) == (content, expected)
+    streamed_content, streamed = _stream(family, list(text))
+    assert streamed_content.strip() == (content or "") and _pairs(streamed) == expected
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+@pytest.mark.parametrize("family, text, content, expected", FORMAT_CASES)
+def test_random_chunk_boundaries_give_the_whole_texts_calls(
+    family: str, text: str, content: str | None, expected: list, data: st.DataObject
+) -> None:
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(text) - 1), max_size=12)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    streamed_content, streamed = _stream(family, pieces)
+    assert streamed_content.strip() == (content or "") and _pairs(streamed) == expected
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+@pytest.mark.parametrize("family, text, content, expected", FORMAT_CASES)
+def test_an_output_cut_anywhere_streams_as_it_reads_whole(
+    family: str, text: str, content: str | None, expected: list, data: st.DataObject
+) -> None:
+    """Cut short (max_tokens) anywhere: the stream's calls are the whole reply's (and perhaps the start of one
+    more, cut off), or, where calls began but the whole reply holds none, the stream is marked broken (so it ends
+    with the reply's finish reason) and its content is the whole text, as the reply's."""
+    cut = text[: data.draw(st.integers(1, len(text)))]
+    points = sorted(data.draw(st.sets(st.integers(1, max(1, len(cut) - 1)), max_size=8)))
+    pieces = [cut[a:b] for a, b in zip([0, *points], [*points, len(cut)], strict=True) if cut[a:b]]
+    parser = make_parser(family, TOOLS_OF.get(family))
+    whole_content, whole_calls = parse_tool_calls(parser, cut)
+    stream, sent, parts = ToolCallStream(make_parser(family, TOOLS_OF.get(family))), "", []
+    for piece in pieces:
+        delta, new = stream.feed(piece)
+        sent, parts = sent + delta, parts + new
+    delta, new = stream.finish()
+    sent, parts = sent + delta, parts + new
+    if not whole_calls:
+        assert sent == cut and (stream.broken or not parts)
+    else:
+        streamed = _assemble(parts)
+        assert not stream.broken and _pairs(streamed[: len(whole_calls)]) == _pairs(whole_calls)
+        assert len(streamed) <= len(whole_calls) + 1 and sent.strip() == (whole_content or "")
+
+
+@pytest.mark.parametrize("family, text", [(f, t) for f, texts in MALFORMED.items() for t in texts])
+def test_malformed_calls_stay_content_whole_and_streamed(family: str, text: str) -> None:
+    """All content, whole and streamed; a call begun while streaming (its name and the start of its arguments
+    sent) is marked broken, so the server ends it with the generation's own finish reason, as the whole reply."""
+    assert parse_tool_calls(make_parser(family, TOOLS_OF.get(family)), text) == (text, [])
+    stream, content, parts = ToolCallStream(make_parser(family, TOOLS_OF.get(family))), "", []
+    for ch in text:
+        delta, new = stream.feed(ch)
+        content, parts = content + delta, parts + new
+    delta, new = stream.finish()
+    assert content + delta == text and new == [] and stream.broken == bool(parts)
+
+
+@pytest.mark.parametrize(
+    "family, text, expected",
+    [
+        ("hermes", OUTPUTS["hermes"][0], OUTPUTS["hermes"][2]),
+        ("mistral", OUTPUTS["mistral"][0], OUTPUTS["mistral"][2]),
+        ("llama3_json", OUTPUTS["llama3_json"][0], OUTPUTS["llama3_json"][2]),
+        *[(f, CASES[f][0][0], CASES[f][0][2]) for f in ("granite", "phi4_mini_json", "jamba", "internlm")],
+    ],
+)
+def test_json_calls_stream_their_arguments_as_written(family: str, text: str, expected: list) -> None:
+    """A call written name first streams its arguments as the model writes them, character by character here (they
+    are the call's arguments whole too, so the fragments add up)."""
+    stream, parts = ToolCallStream(make_parser(family)), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    assert len([f for i, call, f in parts if i == 0 and call is None]) > 10
+    assert _pairs(_assemble(parts)) == expected
+
+
+def test_glm45_streams_each_value_once_closed() -> None:
+    stream, parts = ToolCallStream(make_parser("glm45", QWEN_TOOLS)), []
+    for ch in CASES["glm45"][1][0]:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    fragments = [f for i, call, f in parts if i == 0 and call is None]
+    assert fragments == ["{", '"city": "Dallas"', ', "state": "TX"', ', "unit": "fahrenheit"', "}"]
+    assert _pairs(_assemble(parts)) == CASES["glm45"][1][2]
+
+
+def test_qwen3_coder_streams_each_parameter_once_it_is_settled() -> None:
+    """Long arguments (a file's text) do not wait for the call's end: each parameter goes out once a tag after it
+    has come, and the fragments add up to the whole call's arguments."""
+    text = QWEN_DALLAS + "\n" + QWEN_DALLAS.replace("Dallas", "Orlando").replace("TX", "FL")
+    stream, parts = ToolCallStream(make_parser("qwen3_coder", QWEN_TOOLS)), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    fragments = [f for i, call, f in parts if i == 0 and call is None]
+    assert fragments == ["{", '"city": "Dallas"', ', "state": "TX"', ', "unit": "fahrenheit"', "}"]
+    assert _pairs(_assemble(parts)) == [("get_current_weather", DALLAS), ("get_current_weather", ORLANDO)]
+
+
+def test_every_parser_name_is_vllms_and_unknown_ones_are_refused() -> None:
+    assert set(CASES) | set(OUTPUTS) == set(PARSERS)
+    with pytest.raises(ValueError, match="tool_call_parser must be one of hermes"):
+        make_parser("qwen")
 
 
 def test_forced_calls_read_the_forced_schemas_layout() -> None:
@@ -245,3 +544,166 @@ def test_tokenize_renders_the_tools_as_the_chat_route_does(server: RunningServer
     for field, value in [("return_token_strs", True), ("chat_template", "{{ messages }}")]:
         refused = http("POST", f"{server.url}/tokenize", json_body={**body, field: value})
         assert refused.status == 400 and refused.json()["error"]["param"] == field
+
+
+def _assembled(chunks: list) -> list[tuple[str, Any]]:
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    names = {d.index: d.function.name for d in deltas if d.id is not None}
+    arguments = {i: "".join(d.function.arguments or "" for d in deltas if d.index == i) for i in names}
+    return [(names[i], json.loads(arguments[i])) for i in sorted(names)]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "pick"}}])
+def test_a_forced_stream_sends_a_chunk_only_when_a_step_adds_something(client: openai.OpenAI, choice: Any) -> None:
+    """ "required" sent its call at the end and an empty chunk for every step before it; now its name goes out once
+    generated and its arguments as they come (OpenAI's stream), and no chunk is empty."""
+    ask = dict(
+        model=MODEL,
+        messages=MESSAGES,
+        tools=[PICK, *TOOLS],
+        tool_choice=choice,
+        max_tokens=100,
+        parallel_tool_calls=False,
+    )
+    whole = client.chat.completions.create(**ask)
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    for c in chunks:
+        delta = c.choices[0].delta
+        assert delta.role or delta.content or delta.tool_calls or c.choices[0].finish_reason, c
+    calls = whole.choices[0].message.tool_calls
+    assert _assembled(chunks) == [(c.function.name, json.loads(c.function.arguments)) for c in calls]
+    assert _assembled(chunks) == [("pick", {"x": 1})]
+    fragments = [d for c in chunks for d in c.choices[0].delta.tool_calls or [] if d.id is None]
+    assert len(fragments) > 1 and chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_forced_list_streams_each_calls_arguments_as_generated() -> None:
+    text = '[{"name": "a", "parameters": {"k": [1, "}"]}}, {"name": "b", "parameters": {}}]'
+    stream, parts = ForcedCallStream(), []
+    for ch in text:
+        parts += stream.feed(ch)
+    content, rest = stream.finish()
+    assert content is None and rest == []
+    begun = [(i, call.name) for i, call, _ in parts if call is not None]
+    arguments = {i: "".join(a for j, call, a in parts if j == i and call is None) for i, _ in begun}
+    assert begun == [(0, "a"), (1, "b")] and arguments == {0: '{"k": [1, "}"]}', 1: "{}"}
+    assert sum(1 for i, call, _ in parts if i == 0 and call is None) > 5  # fragments, not the whole at the end
+    cut = ForcedCallStream()
+    cut.feed('[{"na')
+    assert cut.finish() == ('[{"na', [])  # cut short before a call began: the text, as the whole reply has it
+
+
+@pytest.mark.parametrize(
+    "choice, cuts", [("required", (4, 24, 34)), ({"type": "function", "function": {"name": "pick"}}, (2, 4))]
+)
+def test_a_forced_stream_cut_short_ends_as_the_whole_reply_does(
+    client: openai.OpenAI, choice: Any, cuts: tuple[int, ...]
+) -> None:
+    """A call cut off by max_tokens is no call: the stream's finish reason is "length" as the whole reply's is, even
+    once its name has gone out (it said "tool_calls")."""
+    for max_tokens in cuts:
+        ask = dict(model=MODEL, messages=MESSAGES, tools=[PICK], tool_choice=choice, max_tokens=max_tokens)
+        whole = client.chat.completions.create(**ask, parallel_tool_calls=False)
+        chunks = list(client.chat.completions.create(**ask, parallel_tool_calls=False, stream=True))
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+
+
+def test_a_qwen3_coder_server_types_arguments_by_the_requests_tools() -> None:
+    """The request's tools reach the parser: qwen3_coder's parameters come back typed by their schemas, whole and
+    streamed parameter by parameter."""
+    text = (
+        "Let me calculate that area for you.<tool_call>\n<function=calculate_area>\n<parameter=shape>\ncircle\n"
+        '</parameter>\n<parameter=dimensions>\n{"radius": 15.5}\n</parameter>\n<parameter=precision>\n3\n'
+        "</parameter>\n</function>\n</tool_call>"
+    )
+    engine = fake_engine(max_model_len=512, num_pages=256)
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    engine.runner.script = lambda prompt, position: (ids + [2])[min(position - len(prompt), len(ids))]
+    config = load_config(None, served_model_name=MODEL, tool_call_parser="qwen3_coder", enable_auto_tool_choice=True)
+    expected = [("calculate_area", {"shape": "circle", "dimensions": {"radius": 15.5}, "precision": 3})]
+    with RunningServer(engine, config) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
+        ask = dict(model=MODEL, messages=MESSAGES, tools=QWEN_TOOLS, max_tokens=400)
+        whole = client.chat.completions.create(**ask).choices[0]
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+    calls = [(c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls]
+    assert whole.message.content == "Let me calculate that area for you." and calls == expected
+    assert _assembled(chunks) == expected and chunks[-1].choices[0].finish_reason == "tool_calls"
+    fragments = [d for c in chunks for d in c.choices[0].delta.tool_calls or [] if d.function.arguments]
+    assert len(fragments) == 5  # "{", then each parameter, then "}"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Let me calculate that area for you."
+
+
+def test_an_auto_call_cut_short_ends_as_the_whole_reply_does(client: openai.OpenAI) -> None:
+    """A call begun in the stream (its name and part of its arguments sent) but cut off by max_tokens is no call:
+    the stream ends with the whole reply's finish reason ("length", not "tool_calls") and carries its content."""
+    began = 0
+    for max_tokens in range(10, 130, 8):
+        ask = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=max_tokens)
+        whole = client.chat.completions.create(**ask).choices[0]
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+        assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+        assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == whole.message.content.strip()
+        began += whole.finish_reason == "length" and any(c.choices[0].delta.tool_calls for c in chunks)
+    assert began  # some began a call the whole reply does not have
+
+
+def test_deepseek_v3_streams_arguments_as_written() -> None:
+    text, _, expected = CASES["deepseek_v3"][1]
+    stream, parts = ToolCallStream(make_parser("deepseek_v3")), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    assert "".join(f for i, call, f in parts if i == 0 and call is None) == '{\n  "city": "Tokyo"\n}'
+    assert len([f for i, call, f in parts if i == 0 and call is None]) > 10
+    assert _pairs(_assemble(parts)) == expected
+
+
+def test_pythonic_streams_keyword_arguments_as_they_settle() -> None:
+    stream, parts = ToolCallStream(make_parser("pythonic")), []
+    for ch in f"[{USER}, {SF}]":
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    fragments = [f for i, call, f in parts if i == 0 and call is None]
+    assert fragments[:3] == [
+        '{"name": "John Doe"',
+        ', "age": 37',
+        ', "address": {"city": "San Francisco", "state": "CA"}',
+    ]
+    assert len(fragments) == 6 and _pairs(_assemble(parts)) == [USER_CALL, SF_CALL]
+
+
+def test_a_begun_call_the_parser_drops_does_not_take_the_next_calls_arguments() -> None:
+    """``1e999`` is no JSON value, so vLLM's pythonic drops the call; streamed, its name and first argument had
+    gone out, and it stays unfinished while the next call comes whole at the next index."""
+    text = f"[calc(a=1, x=1e999), {SF}]"
+    assert _pairs(parse_tool_calls(make_parser("pythonic"), text)[1]) == [SF_CALL]
+    stream, parts = ToolCallStream(make_parser("pythonic")), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    calc, weather = _assemble(parts)
+    assert (calc.name, calc.arguments) == ("calc", '{"a": 1') and _pairs([weather]) == [SF_CALL]
+
+
+def test_prose_that_mentions_a_marker_word_streams_at_once() -> None:
+    stream = ToolCallStream(make_parser("phi4_mini_json"))
+    assert stream.feed("Use functools.partial here")[0] == "Use functools.partial here"
+
+
+@pytest.mark.parametrize(
+    "family, text",
+    [
+        ("pythonic", "[1] Smith, J. (2020)."),
+        ("pythonic", "[Note: see below] fine"),
+        ("granite", "[1, 2, 3] are odd"),
+        ("llama3_json", "{x} is a set"),
+    ],
+)
+def test_a_whole_output_format_lets_text_go_once_it_cannot_be_calls(family: str, text: str) -> None:
+    """A format whose calls are the whole output held all text that began like them until the end; once the text
+    cannot be its calls, it streams as content."""
+    stream, sent = ToolCallStream(make_parser(family)), ""
+    for ch in text:
+        sent += stream.feed(ch)[0]
+    assert sent == text and stream.finish() == ("", [])  # every character went out as it came

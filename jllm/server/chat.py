@@ -126,7 +126,8 @@ async def _chunks(
     """OpenAI's chunk sequence: the role first for every choice, then content and tool call deltas (the last with
     the finish reason), then, with ``include_usage``, one chunk of usage and no choices. The role chunks wait for
     the first output, as OpenAI's and vLLM's do: benchmark clients (vLLM's among them) take the first chunk with a
-    choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0."""
+    choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0. A step that adds
+    nothing to send (text held back by a tool parser) sends no chunk."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
@@ -142,13 +143,12 @@ async def _chunks(
                 yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
         stream = streams.setdefault(d.index, tools.stream())
         content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
-        finish_reason = "tool_calls" if d.finish_reason and stream.num_calls else d.finish_reason
+        finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
+        logprobs = token_logprobs(d, top, tokenizer)
+        if not (content or calls or finish_reason or logprobs):
+            continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM
         delta = DeltaMessage(content=content, tool_calls=calls or None)
-        yield chunk(
-            ChatChunkChoice(
-                index=d.index, delta=delta, logprobs=token_logprobs(d, top, tokenizer), finish_reason=finish_reason
-            )
-        )
+        yield chunk(ChatChunkChoice(index=d.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason))
     if body.include_usage:
         usage = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=generation.usage())
         yield usage.model_dump_json()

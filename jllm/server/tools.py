@@ -28,6 +28,8 @@ from jllm.server.schemas import (
     tools_for_template,
 )
 from jllm.tool_calls import (
+    CallPart,
+    ForcedCallStream,
     ToolCall,
     ToolCallStream,
     ToolParser,
@@ -60,7 +62,7 @@ class ToolPlan:
                     "and --tool-call-parser (vLLM's rule); or send tool_choice 'none', 'required' or a named function",
                     param="tool_choice",
                 )
-            return cls(tools, make_parser(server.tool_call_parser), False, None, parallel)
+            return cls(tools, make_parser(server.tool_call_parser, tools), False, None, parallel)
         if choice in ("none", "auto"):  # "auto" without tools: nothing to call
             return cls(tools, None, False, None, parallel)
         name = choice.function.name if isinstance(choice, NamedToolChoice) else None
@@ -104,32 +106,44 @@ def _out(call: ToolCall) -> ToolCallOut:
 
 
 class ToolDeltas:
-    """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out. A named function streams
-    its arguments as they come (its name first); "required" and "auto" send each call once it is complete."""
+    """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out, each call's id and name
+    first. Forced calls stream their arguments as they come; "auto" sends them as the format settles them (the
+    JSON formats' and deepseek_v3's as written, qwen3_coder's, glm45's and pythonic's argument by argument, kimi_k2's
+    once complete)."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self.num_calls = 0
+        self.cut_short = False  # a forced call's output ended before its JSON did (max_tokens): not a call
         self._text = ""
         self._auto = ToolCallStream(plan.parser) if plan.parser is not None else None
+        self._required = ForcedCallStream() if plan.forced and plan.forced_name is None else None
 
     def feed(self, text: str, finished: bool) -> tuple[str | None, list[DeltaToolCall]]:
         """(content to send or None, tool call deltas) for one text delta; ``finished`` on the choice's last."""
         if self.plan.forced_name is not None:
-            return None, self._named(text)
-        if self.plan.forced:
             self._text += text
-            if not finished:
-                return None, []
-            calls = forced_calls(self._text, None)
-            return (self._text, []) if calls is None else (None, self._deltas(calls))  # None: cut short
+            self.cut_short = finished and forced_calls(self._text, self.plan.forced_name) is None
+            return None, self._named(text)
+        if self._required is not None:
+            parts = self._required.feed(text)
+            content = None
+            if finished:
+                content, more = self._required.finish()  # content: cut short before any call began
+                self.cut_short, parts = not self._required.complete, parts + more
+            return content, self._part_deltas(parts)
         if self._auto is None:
             return text, []
-        content, calls = self._auto.feed(text)
+        content, parts = self._auto.feed(text)
         if finished:
             rest, more = self._auto.finish()
-            content, calls = content + rest, calls + more
-        return content or None, self._deltas(calls)
+            content, parts = content + rest, parts + more
+        return content or None, self._part_deltas(parts)
+
+    @property
+    def called(self) -> bool:
+        """Whether the choice made calls (its finish reason is then "tool_calls")."""
+        return self.num_calls > 0 and not self.cut_short and not (self._auto is not None and self._auto.broken)
 
     def _named(self, text: str) -> list[DeltaToolCall]:
         """The named function's arguments stream as generated: the first delta names the call."""
@@ -142,14 +156,17 @@ class ToolDeltas:
             )
         return [DeltaToolCall(index=0, function=DeltaFunction(arguments=text))] if text else []
 
-    def _deltas(self, calls: list[ToolCall]) -> list[DeltaToolCall]:
-        """Each complete call as two deltas: id and name, then its arguments."""
-        if not self.plan.parallel:
-            calls = calls[: max(0, 1 - self.num_calls)]
+    def _part_deltas(self, parts: list[CallPart]) -> list[DeltaToolCall]:
+        """Call parts as deltas: a call's id and name, then fragments of its arguments (calls past the first dropped
+        without ``parallel_tool_calls``)."""
         out = []
-        for call in calls:
-            index = self.num_calls
-            self.num_calls += 1
-            out.append(DeltaToolCall(index=index, id=call.id, type="function", function=DeltaFunction(name=call.name)))
-            out.append(DeltaToolCall(index=index, function=DeltaFunction(arguments=call.arguments)))
+        for index, call, arguments in parts:
+            if index > 0 and not self.plan.parallel:
+                continue
+            if call is not None:
+                self.num_calls = index + 1
+                function = DeltaFunction(name=call.name, arguments="")
+                out.append(DeltaToolCall(index=index, id=call.id, type="function", function=function))
+            elif arguments:
+                out.append(DeltaToolCall(index=index, function=DeltaFunction(arguments=arguments)))
         return out
