@@ -378,15 +378,17 @@ K_QUANT_SCALE = {Q.Q2_K: 1.0, Q.Q3_K: 0.3, Q.Q4_K: 0.05, Q.Q5_K: 0.03, Q.Q6_K: 0
 def gguf_bytes(weights: np.ndarray, qtype: Q, rng: np.random.Generator) -> np.ndarray:
     """`weights` in `qtype`'s blocks; gguf-py cannot quantize K-quants, so those are random blocks with small finite
     f16 scales (both loaders dequantize the same bytes, which is all the comparison needs)."""
-    if qtype not in K_QUANT_SCALE_OFFSETS:
-        return quantize(weights, qtype)
     from gguf import GGML_QUANT_SIZES
 
+    try:
+        return quantize(weights, qtype)
+    except NotImplementedError:
+        pass
     block, size = GGML_QUANT_SIZES[qtype]
     rows = int(np.prod(weights.shape[:-1]))
     raw = rng.integers(0, 256, (rows, weights.shape[-1] // block, size), dtype=np.uint8)
-    for offset in K_QUANT_SCALE_OFFSETS[qtype]:
-        scale = rng.uniform(0.005, 0.02, raw.shape[:2]) * K_QUANT_SCALE[qtype]
+    for offset in K_QUANT_SCALE_OFFSETS.get(qtype, (0,)):  # the IQ types keep their f16 scale first
+        scale = rng.uniform(0.005, 0.02, raw.shape[:2]) * K_QUANT_SCALE.get(qtype, 0.1)
         raw[..., offset : offset + 2] = scale.astype(np.float16).view(np.uint8).reshape(*raw.shape[:2], 2)
     return raw.reshape(*weights.shape[:-1], -1)
 
@@ -445,6 +447,7 @@ def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) ->
     import gguf
     import torch
     import transformers
+    from gguf import GGML_QUANT_SIZES
 
     model_cls, arch, tokenizer_kind, overrides = ARCH_CASES[case]
     rng = np.random.default_rng(0)
@@ -486,7 +489,7 @@ def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) ->
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             weights = weights + 1
         kind = qtype if weights.ndim == 2 else Q.F32
-        if kind in K_QUANT_SCALE_OFFSETS and weights.shape[-1] % 256:
+        if weights.shape[-1] % GGML_QUANT_SIZES[kind][0]:
             kind = Q.Q8_0  # rows narrower than a K-quant block: llama.cpp falls back the same way
         w.add_tensor(name, gguf_bytes(weights.astype(np.float32), kind, rng), raw_dtype=kind)
     w.write_header_to_file()
@@ -571,3 +574,56 @@ def reader_tokens(gguf: Path) -> list[str]:
     from gguf import GGUFReader
 
     return GGUFReader(gguf).fields["tokenizer.ggml.tokens"].contents()
+
+
+def test_unsupported_architecture_is_refused_naming_it_and_the_supported(tmp_path: Path) -> None:
+    path = tmp_path / "falcon.gguf"
+    w = GGUFWriter(str(path), "falcon")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(
+        NotImplementedError, match=r"'falcon' is not supported \(supported: llama, qwen2, qwen3, gemma2"
+    ):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["falcon.gguf"]
+
+
+def test_unsupported_tensor_type_is_refused_naming_the_tensor_and_type(tmp_path: Path) -> None:
+    """Q8_1 (an intermediate type of llama.cpp's) has no dequantizer in gguf-py."""
+    from gguf import GGML_QUANT_SIZES
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    path = tmp_path / "q8_1.gguf"
+    w = GGUFWriter(str(path), "llama")
+    for field in gguf_convert.GGUFReader(gguf).fields.values():
+        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+            w.add_key_value(
+                field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None
+            )
+    block, size = GGML_QUANT_SIZES[Q.Q8_1]
+    w.add_tensor("token_embd.weight", np.zeros((4, 64 // block * size), np.uint8), raw_dtype=Q.Q8_1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(
+        NotImplementedError,
+        match=r"'token_embd.weight' has type Q8_1, which is not supported \(supported: F32, F16, BF16, Q4_0",
+    ):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "qtype",
+    [Q.F32, Q.Q4_1, Q.Q5_0, Q.Q2_K, Q.Q3_K, Q.Q5_K, Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ3_S, Q.TQ2_0, Q.MXFP4],
+)
+def test_every_dequantizable_weight_type_converts_as_transformers_reads_it(tmp_path: Path, qtype: Q) -> None:
+    """The types the logits test does not cover: tensors equal to transformers' (both dequantize the same bytes)."""
+    gguf = write_arch_gguf(tmp_path / "qwen2.gguf", "qwen2", qtype, width=256)
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    types = {t.tensor_type for t in gguf_convert.GGUFReader(gguf).tensors}
+    assert qtype in types
+    assert_same_tensors(out, transformers_gguf_load(gguf)[1])
