@@ -1,4 +1,4 @@
-"""Turn a GGUF file (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3) into an HF-style model directory.
+"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3) into an HF-style model directory.
 
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
 front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order and
@@ -48,6 +48,20 @@ _GEMMA_NORMS = {
     "ffn_norm.weight": "pre_feedforward_layernorm.weight",
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
+# Routed experts: one GGUF tensor [experts, out, in] per projection, one HF tensor per expert; the shared expert.
+_MOE_NAMES = {
+    "ffn_gate_inp.weight": "mlp.gate.weight",
+    "ffn_gate_exps.weight": "mlp.experts.{e}.gate_proj.weight",
+    "ffn_up_exps.weight": "mlp.experts.{e}.up_proj.weight",
+    "ffn_down_exps.weight": "mlp.experts.{e}.down_proj.weight",
+}
+_SHARED_EXPERT_NAMES = {
+    "ffn_gate_inp_shexp.weight": "mlp.shared_expert_gate.weight",
+    "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
+    "ffn_up_shexp.weight": "mlp.shared_expert.up_proj.weight",
+    "ffn_down_shexp.weight": "mlp.shared_expert.down_proj.weight",
+}
+_MOE_KEYS = {"expert_count": "num_experts", "expert_used_count": "num_experts_per_tok"}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -67,6 +81,7 @@ class _Arch:
     rotary_permuted: bool = False  # llama.cpp interleaved q/k rows per head (Llama only)
     norm_offset: bool = False  # llama.cpp stored Gemma's `1 + w` norms as w + 1
     ignored: tuple[str, ...] = ()  # tensors transformers drops (Phi-3's longrope factors)
+    keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
 
 
 _GEMMA_CONFIG = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256}
@@ -103,6 +118,26 @@ ARCHITECTURES = {
         },
         None,
         ignored=("rope_factors_long.weight", "rope_factors_short.weight"),
+    ),
+    # transformers takes the experts' widths from its config classes' defaults (one checkpoint's); the file's here
+    "qwen2moe": _Arch(
+        "Qwen2MoeForCausalLM",
+        "qwen2_moe",
+        {**_COMMON_LAYER_NAMES, **_MOE_NAMES, **_SHARED_EXPERT_NAMES},
+        None,
+        keys={
+            **_MOE_KEYS,
+            "expert_feed_forward_length": "moe_intermediate_size",
+            "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
+        },
+    ),
+    "qwen3moe": _Arch(
+        "Qwen3MoeForCausalLM",
+        "qwen3_moe",
+        {**_COMMON_LAYER_NAMES, **_QK_NORMS, **_MOE_NAMES},
+        "attention.key_length",
+        {"norm_topk_prob": True},  # transformers' GGUF default: llama.cpp renormalises Qwen3-MoE's top-k
+        keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
     ),
 }
 _TOKEN_IDS = {
@@ -199,7 +234,6 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
         "architectures": [arch.hf_class],
         "model_type": arch.model_type,
         "hidden_size": int(key("embedding_length")),
-        "intermediate_size": int(key("feed_forward_length")),
         "num_hidden_layers": int(key("block_count")),
         "num_attention_heads": heads,
         "num_key_value_heads": int(key("attention.head_count_kv", heads)),
@@ -214,6 +248,9 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
     for name, gguf_key in _TOKEN_IDS.items():  # only those the file has: the rest stay the config class's defaults
         if f"tokenizer.ggml.{gguf_key}" in meta:
             config[name] = int(meta[f"tokenizer.ggml.{gguf_key}"])
+    for gguf_key, name in {"feed_forward_length": "intermediate_size", **arch.keys}.items():
+        if key(gguf_key) is not None:  # an all-expert file may state no dense width
+            config[name] = int(key(gguf_key))
     if arch.head_dim_key is not None and key(arch.head_dim_key) is not None:
         config["head_dim"] = int(key(arch.head_dim_key))
     if arch_name in ("gemma2", "gemma3") and key("attention.sliding_window") is not None:
@@ -240,7 +277,13 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> dict
             weights = _unpermute_rotary(weights, kv_heads)
         elif arch.norm_offset and "norm.weight" in tensor.name:
             weights = weights - np.float32(1.0)
-        tensors[_hf_name(tensor.name, arch)] = np.ascontiguousarray(weights)
+        name = _hf_name(tensor.name, arch)
+        if "{e}" in name:  # [experts, out, in]: one tensor per expert
+            tensors.update({name.format(e=e): np.ascontiguousarray(w) for e, w in enumerate(weights)})
+            continue
+        if tensor.name.endswith("ffn_gate_inp_shexp.weight"):
+            weights = weights.reshape(1, -1)  # the shared expert's gate, [1, hidden] in HF checkpoints
+        tensors[name] = np.ascontiguousarray(weights)
     return tensors
 
 

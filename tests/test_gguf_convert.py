@@ -123,7 +123,7 @@ def assert_same_config(model_dir: Path, theirs: dict) -> None:
 
 
 def assert_same_tensors(model_dir: Path, theirs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    ours = load_file(str(model_dir / "model.safetensors"))
+    ours = fused_experts(load_file(str(model_dir / "model.safetensors")))
     assert set(ours) == set(theirs)
     for name, tensor in ours.items():
         assert tensor.dtype == np.float32, name
@@ -430,6 +430,7 @@ def add_tokenizer(w: GGUFWriter, kind: str, arch: str) -> int:
 
 
 GEMMA = {"head_dim": 16, "tie_word_embeddings": True, "pad_token_id": 0}  # gguf-py has no untied Gemma 2 head
+MOE = {"num_experts": 4, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 5632}
 # arch -> (transformers class, GGUF writer architecture, tokenizer kind, config overrides)
 ARCH_CASES = {
     "mistral": ("MistralForCausalLM", "llama", "llama", {"sliding_window": None}),  # llama.cpp writes it as Llama
@@ -437,8 +438,37 @@ ARCH_CASES = {
     "qwen3": ("Qwen3ForCausalLM", "qwen3", "gpt2", {"head_dim": 128}),
     "gemma2": ("Gemma2ForCausalLM", "gemma2", "llama", {**GEMMA, "sliding_window": 4}),
     "gemma3": ("Gemma3ForCausalLM", "gemma3", "llama", {**GEMMA, "sliding_window": 4}),
+    # the experts' widths are transformers' class defaults, which its GGUF loader takes in place of the file's
+    "qwen2moe": ("Qwen2MoeForCausalLM", "qwen2moe", "gpt2", MOE),
+    "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3moe", "gpt2", {**MOE, "head_dim": 16, "norm_topk_prob": True}),
     "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
 }
+
+
+def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
+    """The `<arch>.*` keys llama.cpp writes for this model."""
+    width = config["hidden_size"]
+    head_dim = config.get("head_dim") or width // config["num_attention_heads"]
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_context_length(256)
+    w.add_embedding_length(width)
+    w.add_feed_forward_length(width)
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_rope_freq_base(5000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    if arch == "llama":
+        w.add_rope_dimension_count(head_dim)
+    if config.get("sliding_window") and arch.startswith("gemma"):
+        w.add_sliding_window(config["sliding_window"])
+    if "num_experts" in config:
+        w.add_expert_count(config["num_experts"])
+        w.add_expert_used_count(config["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(model_config.moe_intermediate_size)
+        if arch == "qwen2moe":
+            w.add_expert_shared_feed_forward_length(config["shared_expert_intermediate_size"])
 
 
 def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) -> Path:
@@ -458,29 +488,14 @@ def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) ->
     config_cls = "Gemma3TextConfig" if case == "gemma3" else model_cls.replace("ForCausalLM", "Config")
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
-    head_dim = config.get("head_dim") or width // config["num_attention_heads"]
-    w.add_block_count(config["num_hidden_layers"])
-    w.add_context_length(256)
-    w.add_embedding_length(width)
-    w.add_feed_forward_length(width)
-    w.add_head_count(config["num_attention_heads"])
-    w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_rope_freq_base(5000.0)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    if arch == "llama":
-        w.add_rope_dimension_count(head_dim)
-    if "sliding_window" in overrides and arch.startswith("gemma"):
-        w.add_sliding_window(overrides["sliding_window"])
+    add_hparams(w, arch, config, model.config)
 
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), 2)
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, weights in hf_state_as_gguf(model):
         if hf_name == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         base, suffix = hf_name.rsplit(".", 1)
-        name = f"{names.get_name(base)}.{suffix}"
-        weights = tensor.float().numpy()
+        name = f"{names.get_name(base)}.{suffix}" if names.get_name(base) else hf_name
         if weights.ndim == 1:
             weights = weights + 0.3 * rng.standard_normal(weights.shape).astype(np.float32)  # not the init's constants
         if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
@@ -488,7 +503,7 @@ def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) ->
             weights = weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             weights = weights + 1
-        kind = qtype if weights.ndim == 2 else Q.F32
+        kind = qtype if weights.ndim >= 2 else Q.F32
         if weights.shape[-1] % GGML_QUANT_SIZES[kind][0]:
             kind = Q.Q8_0  # rows narrower than a K-quant block: llama.cpp falls back the same way
         w.add_tensor(name, gguf_bytes(weights.astype(np.float32), kind, rng), raw_dtype=kind)
@@ -497,6 +512,41 @@ def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) ->
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def hf_state_as_gguf(model) -> list[tuple[str, np.ndarray]]:
+    """The model's tensors, transformers' fused experts as llama.cpp's three ``[experts, out, in]`` tensors (named
+    here as they are in the file) and the shared expert's gate as a vector."""
+    out = []
+    for hf_name, tensor in model.state_dict().items():
+        weights = tensor.float().numpy()
+        if hf_name.endswith("experts.gate_up_proj"):
+            block = hf_name.split(".")[2]
+            gate, up = np.split(weights, 2, axis=1)
+            out += [(f"blk.{block}.ffn_gate_exps.weight", gate), (f"blk.{block}.ffn_up_exps.weight", up)]
+        elif hf_name.endswith("experts.down_proj"):
+            out.append((f"blk.{hf_name.split('.')[2]}.ffn_down_exps.weight", weights))
+        elif hf_name.endswith("shared_expert_gate.weight"):
+            out.append((hf_name, weights.reshape(-1)))
+        else:
+            out.append((hf_name, weights))
+    return out
+
+
+def fused_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our per-expert tensors (the HF checkpoints' layout jllm loads) in transformers' fused form."""
+    out = {k: v for k, v in tensors.items() if ".experts." not in k}
+    layers = sorted({k.split(".")[2] for k in tensors if ".experts." in k}, key=int)
+    for i in layers:
+        prefix = f"model.layers.{i}.mlp.experts"
+        count = len([k for k in tensors if k.startswith(f"{prefix}.") and k.endswith(".down_proj.weight")])
+        stack = {
+            p: np.stack([tensors[f"{prefix}.{e}.{p}.weight"] for e in range(count)])
+            for p in ("gate_proj", "up_proj", "down_proj")
+        }
+        out[f"{prefix}.gate_up_proj"] = np.concatenate([stack["gate_proj"], stack["up_proj"]], axis=1)
+        out[f"{prefix}.down_proj"] = stack["down_proj"]
+    return out
 
 
 TINY_GGUF_CONFIG = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
@@ -527,7 +577,10 @@ def gguf_reference_logits(gguf: Path, prompts: list[list[int]]) -> tuple[dict, l
         ("gemma2", Q.Q4_0, 64),
         ("gemma3", Q.Q6_K, 256),
         ("phi3", Q.Q5_1, 64),
+        ("qwen2moe", Q.Q8_0, 64),
+        ("qwen3moe", Q.Q5_K, 256),
     ],
+    ids=lambda value: value.name if isinstance(value, Q) else str(value),
 )
 def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, qtype: Q, width: int) -> None:
     """Config, float32 tensors and every position's logits of the converted directory equal transformers' own
@@ -619,6 +672,7 @@ def test_unsupported_tensor_type_is_refused_naming_the_tensor_and_type(tmp_path:
 @pytest.mark.parametrize(
     "qtype",
     [Q.F32, Q.Q4_1, Q.Q5_0, Q.Q2_K, Q.Q3_K, Q.Q5_K, Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ3_S, Q.TQ2_0, Q.MXFP4],
+    ids=lambda qtype: qtype.name,
 )
 def test_every_dequantizable_weight_type_converts_as_transformers_reads_it(tmp_path: Path, qtype: Q) -> None:
     """The types the logits test does not cover: tensors equal to transformers' (both dequantize the same bytes)."""
