@@ -12,6 +12,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from gguf.quants import dequantize
 from safetensors.numpy import save_file
 
 from jllm.gguf_tokenizer import build_tokenizer, tokenizer_config
+
+logger = logging.getLogger(__name__)
 
 _COMMON_LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -80,7 +83,6 @@ class _Arch:
     extra_config: dict[str, Any] = field(default_factory=dict)  # transformers' class defaults jllm must see
     rotary_permuted: bool = False  # llama.cpp interleaved q/k rows per head (Llama only)
     norm_offset: bool = False  # llama.cpp stored Gemma's `1 + w` norms as w + 1
-    ignored: tuple[str, ...] = ()  # tensors transformers drops (Phi-3's longrope factors)
     keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
 
 
@@ -117,7 +119,6 @@ ARCHITECTURES = {
             "ffn_up.weight": "mlp.gate_up_proj.weight",
         },
         None,
-        ignored=("rope_factors_long.weight", "rope_factors_short.weight"),
     ),
     # transformers takes the experts' widths from its config classes' defaults (one checkpoint's); the file's here
     "qwen2moe": _Arch(
@@ -140,6 +141,9 @@ ARCHITECTURES = {
         keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
     ),
 }
+# Rotary frequency factors (Llama 3.1's `rope_freqs`, Phi-3's longrope): transformers' GGUF loader drops them, and so
+# do we, so the model is the one transformers gives (unscaled rotary).
+_DROPPED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 _TOKEN_IDS = {
     "bos_token_id": "bos_token_id",
     "eos_token_id": "eos_token_id",
@@ -201,7 +205,14 @@ def _check_tensors(gguf_path: Path, reader: GGUFReader, arch: _Arch) -> None:
                 f"{gguf_path}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, which is not supported "
                 f"(supported: {supported})"
             )
-        if tensor.name not in arch.ignored:
+        if tensor.name in _DROPPED:
+            logger.warning(
+                "%s: dropping tensor %r (rotary frequency factors), as transformers' GGUF loader does: the model "
+                "runs with unscaled rotary embeddings",
+                gguf_path,
+                tensor.name,
+            )
+        else:
             _hf_name(tensor.name, arch)
 
 
@@ -227,8 +238,13 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
     def key(name: str, default: Any = None) -> Any:
         return meta.get(f"{arch_name}.{name}", default)
 
-    if key("rope.scaling.type", "none") != "none":
-        raise NotImplementedError(f"rope scaling {key('rope.scaling.type')!r} in GGUF files is not supported")
+    if key("rope.scaling.type", "none") != "none":  # transformers maps no rope-scaling key for these architectures
+        logger.warning(
+            "GGUF rope scaling %r (factor %s) is ignored, as transformers' GGUF loader ignores it: the model runs with "
+            "unscaled rotary embeddings",
+            key("rope.scaling.type"),
+            key("rope.scaling.factor"),
+        )
     heads = int(key("attention.head_count"))
     config = {
         "architectures": [arch.hf_class],
@@ -268,7 +284,7 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> dict
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     tensors = {}
     for tensor in reader.tensors:
-        if tensor.name in arch.ignored:
+        if tensor.name in _DROPPED:
             continue
         weights = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)  # [out, in] or [n]
         if arch.rotary_permuted and ".attn_q." in tensor.name:

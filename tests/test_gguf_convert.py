@@ -471,9 +471,10 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
             w.add_expert_shared_feed_forward_length(config["shared_expert_intermediate_size"])
 
 
-def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) -> Path:
+def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64, rope_scaling: bool = False) -> Path:
     """A two-layer random `case` model written as llama.cpp writes that architecture: gguf-py's tensor names, Llama's
-    q/k rows permuted, Gemma's norms as `w + 1`, matrices in `qtype` (1-D tensors F32, as llama.cpp keeps them)."""
+    q/k rows permuted, Gemma's norms as `w + 1`, matrices in `qtype` (1-D tensors F32, as llama.cpp keeps them);
+    `rope_scaling`: linear scaling keys and a Llama-3.1-style `rope_freqs` tensor as well."""
     import gguf
     import torch
     import transformers
@@ -489,6 +490,11 @@ def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64) ->
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
     add_hparams(w, arch, config, model.config)
+
+    if rope_scaling:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(8.0)
+        w.add_tensor("rope_freqs.weight", np.linspace(1, 8, 8, dtype=np.float32))
 
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), 2)
     for hf_name, weights in hf_state_as_gguf(model):
@@ -681,3 +687,17 @@ def test_every_dequantizable_weight_type_converts_as_transformers_reads_it(tmp_p
     types = {t.tensor_type for t in gguf_convert.GGUFReader(gguf).tensors}
     assert qtype in types
     assert_same_tensors(out, transformers_gguf_load(gguf)[1])
+
+
+def test_rope_scaling_and_frequency_factors_are_dropped_as_transformers_drops_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """transformers' GGUF loader reads no rope-scaling key for these architectures and skips `rope_freqs` (Llama 3.1),
+    `rope_factors_*` (Phi-3): the converted model is the one it builds, with a warning naming what was left out."""
+    gguf = write_arch_gguf(tmp_path / "scaled.gguf", "mistral", rope_scaling=True)
+    with caplog.at_level("WARNING", logger="jllm.gguf_convert"):
+        out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    config, tensors = transformers_gguf_load(gguf)
+    assert_same_config(out, config)
+    assert_same_tensors(out, tensors)
+    assert "rope_freqs.weight" in caplog.text and "rope scaling 'linear' (factor 8.0) is ignored" in caplog.text
