@@ -103,8 +103,8 @@ def _byte_level(meta: dict[str, Any]) -> Tokenizer:
     merges = [tuple(merge.split(" ")) for merge in meta["tokenizer.ggml.merges"]]
     bpe = models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
     tokenizer = Tokenizer(bpe)
-    add_prefix_space = bool(meta.get("tokenizer.ggml.add_space_prefix", False))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    # `tokenizer.ggml.add_space_prefix` is not read: transformers builds GPT-2's tokenizer without a prefix space
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
@@ -204,7 +204,6 @@ def tokenizer_config(meta: dict[str, Any], model_max_length: int) -> dict[str, A
         "unk_token": token("unknown_token_id"),
         "add_bos_token": add_bos_token(meta),
         "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-        "add_prefix_space": bool(meta.get("tokenizer.ggml.add_space_prefix", False)),
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
     }

@@ -409,6 +409,7 @@ def add_tokenizer(w: GGUFWriter, kind: str, arch: str) -> int:
         w.add_eos_token_id(2)
         w.add_pad_token_id(0)
         w.add_add_bos_token(False)
+        w.add_add_space_prefix(True)  # transformers' GPT-2 tokenizer does not read it
     else:
         gemma = arch.startswith("gemma")
         specials = ["<pad>", "<eos>", "<bos>", "<unk>"] if gemma else ["<unk>", "<s>", "</s>"]
@@ -423,6 +424,7 @@ def add_tokenizer(w: GGUFWriter, kind: str, arch: str) -> int:
         w.add_eos_token_id(specials.index("<eos>" if gemma else "</s>"))
         w.add_unk_token_id(specials.index("<unk>"))
         w.add_pad_token_id(0)
+        w.add_add_space_prefix(not gemma)  # as llama.cpp writes them; transformers' builders do not read it
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_chat_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
