@@ -173,7 +173,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         has_lm_head = any(t.name == "output.weight" for t in reader.tensors)
         config = _hf_config(meta, arch_name, arch, has_lm_head)
         _write_json(tmp / "config.json", config)
-        _write_json(tmp / "generation_config.json", _generation_config(config))
+        _write_json(tmp / "generation_config.json", _generation_config(config, meta))
         save_file(_hf_tensors(reader, config, arch), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         build_tokenizer(meta, arch_name).save(str(tmp / "tokenizer.json"))
         _write_json(tmp / "tokenizer_config.json", tokenizer_config(meta, config["max_position_embeddings"]))
@@ -274,8 +274,17 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
     return config
 
 
-def _generation_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in config}
+def _generation_config(config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The config's special ids; generation also stops at the file's end-of-turn / end-of-message tokens (Gemma's
+    `<end_of_turn>`, Llama 3's `<|eot_id|>`), which config.json, as transformers reads it, has no place for."""
+    generation = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in config}
+    stops = [generation["eos_token_id"]] if "eos_token_id" in generation else []
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        if key in meta and int(meta[key]) not in stops:
+            stops.append(int(meta[key]))
+    if len(stops) > 1:
+        generation["eos_token_id"] = stops
+    return generation
 
 
 def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> dict[str, np.ndarray]:

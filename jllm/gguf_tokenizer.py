@@ -125,7 +125,7 @@ def _sentencepiece(meta: dict[str, Any], arch: str) -> Tokenizer:
     elif gemma:
         merges = _merges_from_scores(vocab, {token: -i for i, token in enumerate(tokens)})
     else:
-        merges = _merges_from_scores(vocab, dict(zip(tokens, meta["tokenizer.ggml.scores"], strict=True)))
+        merges = _merges_from_scores(vocab, dict(zip(tokens, meta["tokenizer.ggml.scores"], strict=False)))
     if gemma:
         bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token="<unk>", byte_fallback=True)
         tokenizer = Tokenizer(bpe)

@@ -406,7 +406,8 @@ def add_tokenizer(w: GGUFWriter, kind: str, arch: str) -> int:
         w.add_tokenizer_pre("qwen2")
         w.add_token_merges(merges)
         w.add_bos_token_id(0)
-        w.add_eos_token_id(2)
+        w.add_eos_token_id(0)
+        w.add_eot_token_id(2)
         w.add_pad_token_id(0)
         w.add_add_bos_token(False)
         w.add_add_space_prefix(True)  # transformers' GPT-2 tokenizer does not read it
@@ -626,6 +627,8 @@ def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: s
     vocab = len(reader_tokens(gguf))
     theirs_json["added_tokens"] = [t for t in theirs_json["added_tokens"] if t["id"] < vocab]  # GPT-2's extra eos
     assert ours_json == theirs_json
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == ([0, 2] if case == "qwen2" else reference.eos_token_id)  # + end of turn
     for text in ["hello the world", " the  world 123 héllo", "<s>x</s><bos>", "😀 wor\nld", "  hello<think>  ", ""]:
         assert ours.encode(text) == reference.encode(text), text
         assert ours.decode(ours.encode(text)) == reference.decode(reference.encode(text)), text
