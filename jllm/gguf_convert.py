@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType, GGUFReader, quants
 from gguf.quants import dequantize
 from safetensors.numpy import save_file
 
-from jllm.gguf_tokenizer import build_tokenizer, tokenizer_config
+from jllm.gguf_tokenizer import SUPPORTED_TOKENIZERS, build_tokenizer, tokenizer_config
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,11 @@ def _architecture(gguf_path: Path, meta: dict[str, Any]) -> tuple[str, _Arch]:
         raise NotImplementedError(
             f"{gguf_path}: GGUF architecture {name!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
         )
+    if (kind := meta.get("tokenizer.ggml.model")) not in SUPPORTED_TOKENIZERS:
+        raise NotImplementedError(
+            f"{gguf_path}: GGUF tokenizer model {kind!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_TOKENIZERS)})"
+        )
     return name, ARCHITECTURES[name]
 
 
@@ -318,7 +323,12 @@ def _hf_name(gguf_name: str, arch: _Arch) -> str:
     match = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
     if match and match.group(2) in arch.layer_names:
         return f"model.layers.{match.group(1)}.{arch.layer_names[match.group(2)]}"
-    raise NotImplementedError(f"GGUF tensor {gguf_name!r} has no {arch.hf_class} equivalent in this converter")
+    moe = (
+        " (a mixture of experts in a 'llama' file, as llama.cpp writes Mixtral, is not supported)"
+        if "_exps" in gguf_name
+        else ""
+    )
+    raise NotImplementedError(f"GGUF tensor {gguf_name!r} has no {arch.hf_class} equivalent in this converter{moe}")
 
 
 def _unpermute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:

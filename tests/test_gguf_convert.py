@@ -655,6 +655,38 @@ def test_unsupported_architecture_is_refused_naming_it_and_the_supported(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["falcon.gguf"]
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("tokenizer.ggml.model", "t5", r"tokenizer model 't5' is not supported \(supported: gpt2, llama\)"),
+        (None, None, r"'blk.0.ffn_gate_exps.weight' has no LlamaForCausalLM equivalent .*Mixtral"),
+    ],
+)
+def test_unsupported_tokenizer_or_tensor_is_refused_before_converting(
+    tmp_path: Path, key: str | None, value: str | None, message: str
+) -> None:
+    """A tokenizer model transformers' builders do not read; a Mixtral-style expert tensor in a 'llama' file."""
+    from gguf import GGUFValueType
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    path = tmp_path / "other.gguf"
+    w = GGUFWriter(str(path), "llama")
+    for field in gguf_convert.GGUFReader(gguf).fields.values():
+        if not field.name.startswith("GGUF.") and field.name not in ("general.architecture", key):
+            sub = field.types[-1] if len(field.types) > 1 else None
+            w.add_key_value(field.name, field.contents(), field.types[0], sub)
+    if key is not None:
+        w.add_key_value(key, value, GGUFValueType.STRING)
+    w.add_tensor("blk.0.ffn_gate_exps.weight", np.zeros((2, 4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(NotImplementedError, match=message):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.gguf", "tiny.gguf"]
+
+
 def test_unsupported_tensor_type_is_refused_naming_the_tensor_and_type(tmp_path: Path) -> None:
     """Q8_1 (an intermediate type of llama.cpp's) has no dequantizer in gguf-py."""
     from gguf import GGML_QUANT_SIZES
