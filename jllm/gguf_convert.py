@@ -11,12 +11,14 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,7 @@ ARCHITECTURES = {
 # Rotary frequency factors (Llama 3.1's `rope_freqs`, Phi-3's longrope): transformers' GGUF loader drops them, and so
 # do we, so the model is the one transformers gives (unscaled rotary).
 _DROPPED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+SHARD_BYTES = 2 << 30  # converted weights are written in shards of at most this many bytes
 _TOKEN_IDS = {
     "bos_token_id": "bos_token_id",
     "eos_token_id": "eos_token_id",
@@ -174,7 +177,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         config = _hf_config(meta, arch_name, arch, has_lm_head)
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", _generation_config(config, meta))
-        save_file(_hf_tensors(reader, config, arch), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _save_tensors(_hf_tensors(reader, config, arch), tmp)
         build_tokenizer(meta, arch_name).save(str(tmp / "tokenizer.json"))
         _write_json(tmp / "tokenizer_config.json", tokenizer_config(meta, config["max_position_embeddings"]))
         for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only files; a cache is shared
@@ -292,11 +295,37 @@ def _generation_config(config: dict[str, Any], meta: dict[str, Any]) -> dict[str
     return generation
 
 
-def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> dict[str, np.ndarray]:
-    """Every tensor dequantized to float32 under its HF name: q/k rows back in HF's rotary order (Llama), Gemma's
-    norms back to `w` from llama.cpp's `w + 1`."""
+def _save_tensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: Path) -> None:
+    """`model.safetensors`, or shards of at most `SHARD_BYTES` with HF's index past that, so a conversion holds one
+    shard in memory (float32 weights are four to eight times the size of a quantized file)."""
+    shards: list[tuple[Path, list[str]]] = []
+    current: dict[str, np.ndarray] = {}
+    size = total = 0
+    for name, weights in itertools.chain(tensors, [(None, None)]):  # the end flushes the last shard
+        if current and (name is None or size + weights.nbytes > SHARD_BYTES):
+            path = out_dir / f".shard-{len(shards)}.safetensors"
+            save_file(current, str(path), metadata={"format": "pt"})
+            shards.append((path, list(current)))
+            current, size = {}, 0
+        if name is not None:
+            current[name] = weights
+            size += weights.nbytes
+            total += weights.nbytes
+    if len(shards) == 1:
+        os.replace(shards[0][0], out_dir / "model.safetensors")
+        return
+    weight_map = {}
+    for i, (path, names) in enumerate(shards, start=1):
+        final = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(path, out_dir / final)
+        weight_map.update(dict.fromkeys(names, final))
+    _write_json(out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iterator[tuple[str, np.ndarray]]:
+    """Every tensor dequantized to float32 under its HF name, one at a time: q/k rows back in HF's rotary order
+    (Llama), Gemma's norms back to `w` from llama.cpp's `w + 1`, stacked experts one tensor each."""
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    tensors = {}
     for tensor in reader.tensors:
         if tensor.name in _DROPPED:
             continue
@@ -309,12 +338,11 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> dict
             weights = weights - np.float32(1.0)
         name = _hf_name(tensor.name, arch)
         if "{e}" in name:  # [experts, out, in]: one tensor per expert
-            tensors.update({name.format(e=e): np.ascontiguousarray(w) for e, w in enumerate(weights)})
+            yield from ((name.format(e=e), np.ascontiguousarray(w)) for e, w in enumerate(weights))
             continue
         if tensor.name.endswith("ffn_gate_inp_shexp.weight"):
             weights = weights.reshape(1, -1)  # the shared expert's gate, [1, hidden] in HF checkpoints
-        tensors[name] = np.ascontiguousarray(weights)
-    return tensors
+        yield name, np.ascontiguousarray(weights)
 
 
 def _hf_name(gguf_name: str, arch: _Arch) -> str:

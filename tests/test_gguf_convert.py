@@ -738,3 +738,26 @@ def test_rope_scaling_and_frequency_factors_are_dropped_as_transformers_drops_th
     assert_same_config(out, config)
     assert_same_tensors(out, tensors)
     assert "rope_freqs.weight" in caplog.text and "rope scaling 'linear' (factor 8.0) is ignored" in caplog.text
+
+
+def test_large_conversion_is_written_in_shards_with_an_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `SHARD_BYTES` the weights go to shards and HF's index (one shard in memory at a time); the loader reads
+    them as one checkpoint."""
+    from jllm.loader import load_model
+    from jllm.parallel import make_mesh
+
+    monkeypatch.setattr(gguf_convert, "SHARD_BYTES", 100_000)
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert not (out / "model.safetensors").exists()
+    ours = {}
+    for shard in shards:
+        ours.update(load_file(str(out / shard)))
+    theirs = transformers_gguf_load(gguf)[1]
+    assert set(ours) == set(theirs) == set(index["weight_map"])
+    for name, tensor in ours.items():
+        np.testing.assert_array_equal(tensor, theirs[name], err_msg=name)
+    assert load_model(out, mesh=make_mesh(1), dtype="float32").args.num_layers == 2
