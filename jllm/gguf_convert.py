@@ -88,7 +88,9 @@ class _Arch:
     keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
 
 
-_GEMMA_CONFIG = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256}
+# transformers' config classes' defaults for keys a file may leave out; the file's value wins where it has one
+_GEMMA_CONFIG = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256, "sliding_window": 4096}
+_GEMMA_KEYS = {"attention.sliding_window": "sliding_window"}
 ARCHITECTURES = {
     "llama": _Arch("LlamaForCausalLM", "llama", _COMMON_LAYER_NAMES, "rope.dimension_count", rotary_permuted=True),
     "qwen2": _Arch("Qwen2ForCausalLM", "qwen2", _COMMON_LAYER_NAMES, None),
@@ -103,6 +105,7 @@ ARCHITECTURES = {
         "attention.key_length",
         {**_GEMMA_CONFIG, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
         norm_offset=True,
+        keys=_GEMMA_KEYS,
     ),
     "gemma3": _Arch(
         "Gemma3ForCausalLM",
@@ -111,6 +114,7 @@ ARCHITECTURES = {
         "attention.key_length",
         _GEMMA_CONFIG,
         norm_offset=True,
+        keys=_GEMMA_KEYS,
     ),
     "phi3": _Arch(
         "Phi3ForCausalLM",
@@ -128,6 +132,7 @@ ARCHITECTURES = {
         "qwen2_moe",
         {**_COMMON_LAYER_NAMES, **_MOE_NAMES, **_SHARED_EXPERT_NAMES},
         None,
+        {"intermediate_size": 5632, "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632},
         keys={
             **_MOE_KEYS,
             "expert_feed_forward_length": "moe_intermediate_size",
@@ -139,7 +144,8 @@ ARCHITECTURES = {
         "qwen3_moe",
         {**_COMMON_LAYER_NAMES, **_QK_NORMS, **_MOE_NAMES},
         "attention.key_length",
-        {"norm_topk_prob": True},  # transformers' GGUF default: llama.cpp renormalises Qwen3-MoE's top-k
+        # norm_topk_prob: transformers' GGUF default (llama.cpp renormalises Qwen3-MoE's top-k)
+        {"norm_topk_prob": True, "intermediate_size": 6144, "moe_intermediate_size": 768},
         keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
     ),
 }
@@ -273,12 +279,10 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
         if f"tokenizer.ggml.{gguf_key}" in meta:
             config[name] = int(meta[f"tokenizer.ggml.{gguf_key}"])
     for gguf_key, name in {"feed_forward_length": "intermediate_size", **arch.keys}.items():
-        if key(gguf_key) is not None:  # an all-expert file may state no dense width
+        if key(gguf_key) is not None:  # where the file has none, the class default above (or transformers')
             config[name] = int(key(gguf_key))
     if arch.head_dim_key is not None and key(arch.head_dim_key) is not None:
         config["head_dim"] = int(key(arch.head_dim_key))
-    if arch_name in ("gemma2", "gemma3") and key("attention.sliding_window") is not None:
-        config["sliding_window"] = int(key("attention.sliding_window"))
     return config
 
 

@@ -474,10 +474,13 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
             w.add_expert_shared_feed_forward_length(config["shared_expert_intermediate_size"])
 
 
-def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64, rope_scaling: bool = False) -> Path:
+def write_arch_gguf(
+    path: Path, case: str, qtype: Q = Q.F32, width: int = 64, rope_scaling: bool = False, omit: tuple[str, ...] = ()
+) -> Path:
     """A two-layer random `case` model written as llama.cpp writes that architecture: gguf-py's tensor names, Llama's
     q/k rows permuted, Gemma's norms as `w + 1`, matrices in `qtype` (1-D tensors F32, as llama.cpp keeps them);
-    `rope_scaling`: linear scaling keys and a Llama-3.1-style `rope_freqs` tensor as well."""
+    `rope_scaling`: linear scaling keys and a Llama-3.1-style `rope_freqs` tensor as well; `omit`: metadata keys
+    (after the architecture's name) left out."""
     import gguf
     import torch
     import transformers
@@ -494,6 +497,8 @@ def write_arch_gguf(path: Path, case: str, qtype: Q = Q.F32, width: int = 64, ro
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
     add_hparams(w, arch, config, model.config)
 
+    for key in omit:
+        del w.kv_data[0][f"{arch}.{key}"]
     if rope_scaling:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(8.0)
@@ -761,3 +766,24 @@ def test_large_conversion_is_written_in_shards_with_an_index(tmp_path: Path, mon
     for name, tensor in ours.items():
         np.testing.assert_array_equal(tensor, theirs[name], err_msg=name)
     assert load_model(out, mesh=make_mesh(1), dtype="float32").args.num_layers == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "omit"),
+    [
+        ("gemma2", ("attention.sliding_window",)),
+        ("qwen2moe", ("expert_feed_forward_length", "expert_shared_feed_forward_length", "feed_forward_length")),
+    ],
+)
+def test_keys_a_file_leaves_out_take_transformers_defaults(tmp_path: Path, case: str, omit: tuple[str, ...]) -> None:
+    """Where the metadata says nothing, config.json states the default transformers' config class applies (jllm's
+    family readers would otherwise assume their own: no sliding window, no expert width)."""
+    gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case, omit=omit)
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    assert_same_config(out, transformers_gguf_load(gguf)[0])
+    config = json.loads((out / "config.json").read_text())
+    expected = {
+        "gemma2": {"sliding_window": 4096},
+        "qwen2moe": {"moe_intermediate_size": 1408, "intermediate_size": 5632},
+    }
+    assert {key: config.get(key) for key in expected[case]} == expected[case]
