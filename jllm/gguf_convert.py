@@ -1,4 +1,4 @@
-"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3) into an HF-style model directory.
+"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B) into an HF model directory.
 
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
 front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order and
@@ -86,6 +86,8 @@ class _Arch:
     rotary_permuted: bool = False  # llama.cpp interleaved q/k rows per head (Llama only)
     norm_offset: bool = False  # llama.cpp stored Gemma's `1 + w` norms as w + 1
     keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
+    prefix: str = "model.layers."  # where the HF layers are
+    global_names: dict[str, str] = field(default_factory=lambda: _GLOBAL_NAMES)
 
 
 # transformers' config classes' defaults for keys a file may leave out; the file's value wins where it has one
@@ -148,6 +150,31 @@ ARCHITECTURES = {
         {"norm_topk_prob": True, "intermediate_size": 6144, "moe_intermediate_size": 768},
         keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
     ),
+    # Falcon-7B's layout (multi-query, parallel attention and MLP, one norm), the only one transformers' GGUF
+    # reader builds; files with several KV heads are refused (`_check_falcon`)
+    "falcon": _Arch(
+        "FalconForCausalLM",
+        "falcon",
+        {
+            f"{gguf}.{kind}": f"{hf}.{kind}"
+            for gguf, hf in (
+                ("attn_norm", "input_layernorm"),
+                ("attn_qkv", "self_attention.query_key_value"),
+                ("attn_output", "self_attention.dense"),
+                ("ffn_up", "mlp.dense_h_to_4h"),
+                ("ffn_down", "mlp.dense_4h_to_h"),
+            )
+            for kind in ("weight", "bias")
+        },
+        None,
+        prefix="transformer.h.",
+        global_names={
+            "token_embd.weight": "transformer.word_embeddings.weight",
+            "output_norm.weight": "transformer.ln_f.weight",
+            "output_norm.bias": "transformer.ln_f.bias",
+            "output.weight": "lm_head.weight",
+        },
+    ),
 }
 # Rotary frequency factors (Llama 3.1's `rope_freqs`, Phi-3's longrope): transformers' GGUF loader drops them, and so
 # do we, so the model is the one transformers gives (unscaled rotary).
@@ -206,6 +233,12 @@ def _architecture(gguf_path: Path, meta: dict[str, Any]) -> tuple[str, _Arch]:
         raise NotImplementedError(
             f"{gguf_path}: GGUF tokenizer model {kind!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_TOKENIZERS)})"
+        )
+    if name == "falcon" and int(meta.get("falcon.attention.head_count_kv") or 1) != 1:
+        raise NotImplementedError(
+            f"{gguf_path}: a Falcon GGUF with {meta['falcon.attention.head_count_kv']} KV heads (Falcon-40B/180B's "
+            "new decoder architecture) is not supported: transformers' GGUF reader builds only Falcon-7B's "
+            "multi-query layout (supported: falcon.attention.head_count_kv = 1)"
         )
     return name, ARCHITECTURES[name]
 
@@ -267,14 +300,15 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
         "num_hidden_layers": int(key("block_count")),
         "num_attention_heads": heads,
         "num_key_value_heads": int(key("attention.head_count_kv", heads)),
-        "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
         "rope_theta": float(key("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(key("context_length")),
         "vocab_size": int(key("vocab_size") or len(meta["tokenizer.ggml.tokens"])),
-        "tie_word_embeddings": not has_lm_head,
+        "tie_word_embeddings": not has_lm_head or arch_name == "falcon",  # transformers ties Falcon's always
         "torch_dtype": "float32",
         **arch.extra_config,
     }
+    if key("attention.layer_norm_rms_epsilon") is not None:  # Falcon's LayerNorm epsilon is not read
+        config["rms_norm_eps"] = float(key("attention.layer_norm_rms_epsilon"))
     for name, gguf_key in _TOKEN_IDS.items():  # only those the file has: the rest stay the config class's defaults
         if f"tokenizer.ggml.{gguf_key}" in meta:
             config[name] = int(meta[f"tokenizer.ggml.{gguf_key}"])
@@ -350,11 +384,11 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iter
 
 
 def _hf_name(gguf_name: str, arch: _Arch) -> str:
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
+    if gguf_name in arch.global_names:
+        return arch.global_names[gguf_name]
     match = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
     if match and match.group(2) in arch.layer_names:
-        return f"model.layers.{match.group(1)}.{arch.layer_names[match.group(2)]}"
+        return f"{arch.prefix}{match.group(1)}.{arch.layer_names[match.group(2)]}"
     moe = (
         " (a mixture of experts in a 'llama' file, as llama.cpp writes Mixtral, is not supported)"
         if "_exps" in gguf_name

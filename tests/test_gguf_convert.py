@@ -444,6 +444,7 @@ ARCH_CASES = {
     # the experts' widths are transformers' class defaults, which its GGUF loader takes in place of the file's
     "qwen2moe": ("Qwen2MoeForCausalLM", "qwen2moe", "gpt2", MOE),
     "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3moe", "gpt2", {**MOE, "head_dim": 16, "norm_topk_prob": True}),
+    "falcon": ("FalconForCausalLM", "falcon", "gpt2", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
 }
 
@@ -455,11 +456,14 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
     w.add_block_count(config["num_hidden_layers"])
     w.add_context_length(256)
     w.add_embedding_length(width)
-    w.add_feed_forward_length(width)
+    w.add_feed_forward_length(4 * width if arch == "falcon" else width)
     w.add_head_count(config["num_attention_heads"])
     w.add_head_count_kv(config["num_key_value_heads"])
     w.add_rope_freq_base(5000.0)
-    w.add_layer_norm_rms_eps(1e-6)
+    if arch == "falcon":
+        w.add_layer_norm_eps(1e-5)
+    else:
+        w.add_layer_norm_rms_eps(1e-6)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     if arch == "llama":
@@ -593,6 +597,7 @@ def gguf_reference_logits(gguf: Path, prompts: list[list[int]]) -> tuple[dict, l
         ("phi3", Q.Q5_1, 64),
         ("qwen2moe", Q.Q8_0, 64),
         ("qwen3moe", Q.Q5_K, 256),
+        ("falcon", Q.Q8_0, 64),
     ],
     ids=lambda value: value.name if isinstance(value, Q) else str(value),
 )
@@ -646,18 +651,16 @@ def reader_tokens(gguf: Path) -> list[str]:
 
 
 def test_unsupported_architecture_is_refused_naming_it_and_the_supported(tmp_path: Path) -> None:
-    path = tmp_path / "falcon.gguf"
-    w = GGUFWriter(str(path), "falcon")
+    path = tmp_path / "gemma.gguf"
+    w = GGUFWriter(str(path), "gemma")
     w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(
-        NotImplementedError, match=r"'falcon' is not supported \(supported: llama, qwen2, qwen3, gemma2"
-    ):
+    with pytest.raises(NotImplementedError, match=r"'gemma' is not supported \(supported: llama, qwen2, qwen3, gemma2"):
         gguf_convert.convert_gguf(path, tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["falcon.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gemma.gguf"]
 
 
 @pytest.mark.parametrize(
@@ -787,3 +790,21 @@ def test_keys_a_file_leaves_out_take_transformers_defaults(tmp_path: Path, case:
         "qwen2moe": {"moe_intermediate_size": 1408, "intermediate_size": 5632},
     }
     assert {key: config.get(key) for key in expected[case]} == expected[case]
+
+
+def test_falcon_with_grouped_kv_heads_is_refused(tmp_path: Path) -> None:
+    """transformers' GGUF reader builds every Falcon file as Falcon-7B (multi-query), which a Falcon-40B-style file
+    with several KV heads is not."""
+    gguf = write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
+    path = tmp_path / "falcon40b.gguf"
+    w = GGUFWriter(str(path), "falcon")
+    for field in gguf_convert.GGUFReader(gguf).fields.values():
+        if not field.name.startswith("GGUF.") and field.name not in ("general.architecture",):
+            value = 8 if field.name == "falcon.attention.head_count_kv" else field.contents()
+            w.add_key_value(field.name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(NotImplementedError, match=r"Falcon GGUF with 8 KV heads .*head_count_kv = 1"):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
