@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from safetensors.numpy import save_file
 
@@ -186,8 +186,18 @@ _TOKEN_IDS = {
     "pad_token_id": "padding_token_id",
     "unk_token_id": "unknown_token_id",
 }
-# Weight types gguf-py dequantizes.
-SUPPORTED_TENSOR_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, *quants._type_traits)
+
+
+def _dequantizable(qtype: GGMLQuantizationType) -> bool:
+    """Whether gguf-py dequantizes `qtype` (asked of one zero block, so a newer gguf-py's types come for free)."""
+    try:
+        dequantize(np.zeros((1, GGML_QUANT_SIZES[qtype][1]), np.uint8), qtype)
+    except (NotImplementedError, KeyError, ValueError):
+        return False
+    return True
+
+
+SUPPORTED_TENSOR_TYPES = tuple(t for t in GGMLQuantizationType if _dequantizable(t))
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
