@@ -1,32 +1,38 @@
-"""Turn a Llama-architecture GGUF file into an HF-style model directory.
+"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B) into an HF model directory.
 
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
-front: weights dequantized to float32, llama.cpp's rotary row order undone, the tokenizer rebuilt from the metadata.
-Every step mirrors what transformers' own GGUF loader does, and the tests hold us to its output.
+front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order and
+Gemma's `w + 1` norms undone, the tokenizer rebuilt from the metadata (`jllm.gguf_tokenizer`). Every step mirrors
+what transformers' own GGUF loader does (its legacy `load_gguf_checkpoint` path, for these architectures), and the
+tests hold us to its output.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from safetensors.numpy import save_file
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-_CONTROL = 3  # llama.cpp's token type for special tokens like <|im_end|>
+from jllm.gguf_tokenizer import SUPPORTED_TOKENIZERS, build_tokenizer, tokenizer_config
 
-# GGUF tensor name (block index stripped) -> HF Llama name.
-_LAYER_NAMES = {
+logger = logging.getLogger(__name__)
+
+_COMMON_LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight",
@@ -40,45 +46,183 @@ _LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+_QK_NORMS = {"attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight"}
+# Gemma 2/3's four norms per layer: llama.cpp's `ffn_norm` is the pre-MLP one.
+_GEMMA_NORMS = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
+# Routed experts: one GGUF tensor [experts, out, in] per projection, one HF tensor per expert; the shared expert.
+_MOE_NAMES = {
+    "ffn_gate_inp.weight": "mlp.gate.weight",
+    "ffn_gate_exps.weight": "mlp.experts.{e}.gate_proj.weight",
+    "ffn_up_exps.weight": "mlp.experts.{e}.up_proj.weight",
+    "ffn_down_exps.weight": "mlp.experts.{e}.down_proj.weight",
+}
+_SHARED_EXPERT_NAMES = {
+    "ffn_gate_inp_shexp.weight": "mlp.shared_expert_gate.weight",
+    "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
+    "ffn_up_shexp.weight": "mlp.shared_expert.up_proj.weight",
+    "ffn_down_shexp.weight": "mlp.shared_expert.down_proj.weight",
+}
+_MOE_KEYS = {"expert_count": "num_experts", "expert_used_count": "num_experts_per_tok"}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
 
-# Llama-3-style vocabularies were learned on text split by this regex (transformers' GGUF tokenizer table);
-# every other `tokenizer.ggml.pre` value gets plain GPT-2 byte-level splitting, as in transformers.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_PRE_TOKENIZER_SPLITS = dict.fromkeys(
-    ["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"], _LLAMA3_SPLIT
-)
+
+@dataclass(frozen=True)
+class _Arch:
+    """What transformers' GGUF loader does with one `general.architecture`."""
+
+    hf_class: str
+    model_type: str
+    layer_names: dict[str, str]
+    head_dim_key: str | None  # the metadata key transformers reads head_dim from (None: hidden // heads)
+    extra_config: dict[str, Any] = field(default_factory=dict)  # transformers' class defaults jllm must see
+    rotary_permuted: bool = False  # llama.cpp interleaved q/k rows per head (Llama only)
+    norm_offset: bool = False  # llama.cpp stored Gemma's `1 + w` norms as w + 1
+    keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
+    prefix: str = "model.layers."  # where the HF layers are
+    global_names: dict[str, str] = field(default_factory=lambda: _GLOBAL_NAMES)
+
+
+# transformers' config classes' defaults for keys a file may leave out; the file's value wins where it has one
+_GEMMA_CONFIG = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256, "sliding_window": 4096}
+_GEMMA_KEYS = {"attention.sliding_window": "sliding_window"}
+ARCHITECTURES = {
+    "llama": _Arch("LlamaForCausalLM", "llama", _COMMON_LAYER_NAMES, "rope.dimension_count", rotary_permuted=True),
+    "qwen2": _Arch("Qwen2ForCausalLM", "qwen2", _COMMON_LAYER_NAMES, None),
+    # transformers reads no head_dim for Qwen3 (its class default, 128, every Qwen3 has); the file's, where stated
+    "qwen3": _Arch(
+        "Qwen3ForCausalLM", "qwen3", {**_COMMON_LAYER_NAMES, **_QK_NORMS}, "attention.key_length", {"head_dim": 128}
+    ),
+    "gemma2": _Arch(
+        "Gemma2ForCausalLM",
+        "gemma2",
+        {**_COMMON_LAYER_NAMES, **_GEMMA_NORMS},
+        "attention.key_length",
+        {**_GEMMA_CONFIG, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+        norm_offset=True,
+        keys=_GEMMA_KEYS,
+    ),
+    "gemma3": _Arch(
+        "Gemma3ForCausalLM",
+        "gemma3_text",
+        {**_COMMON_LAYER_NAMES, **_GEMMA_NORMS, **_QK_NORMS},
+        "attention.key_length",
+        _GEMMA_CONFIG,
+        norm_offset=True,
+        keys=_GEMMA_KEYS,
+    ),
+    "phi3": _Arch(
+        "Phi3ForCausalLM",
+        "phi3",
+        {
+            **_COMMON_LAYER_NAMES,
+            "attn_qkv.weight": "self_attn.qkv_proj.weight",
+            "ffn_up.weight": "mlp.gate_up_proj.weight",
+        },
+        None,
+    ),
+    # transformers takes the experts' widths from its config classes' defaults (one checkpoint's); the file's here
+    "qwen2moe": _Arch(
+        "Qwen2MoeForCausalLM",
+        "qwen2_moe",
+        {**_COMMON_LAYER_NAMES, **_MOE_NAMES, **_SHARED_EXPERT_NAMES},
+        None,
+        {"intermediate_size": 5632, "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632},
+        keys={
+            **_MOE_KEYS,
+            "expert_feed_forward_length": "moe_intermediate_size",
+            "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
+        },
+    ),
+    "qwen3moe": _Arch(
+        "Qwen3MoeForCausalLM",
+        "qwen3_moe",
+        {**_COMMON_LAYER_NAMES, **_QK_NORMS, **_MOE_NAMES},
+        "attention.key_length",
+        # norm_topk_prob: transformers' GGUF default (llama.cpp renormalises Qwen3-MoE's top-k)
+        {"norm_topk_prob": True, "intermediate_size": 6144, "moe_intermediate_size": 768},
+        keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
+    ),
+    # Falcon-7B's layout (multi-query, parallel attention and MLP, one norm), the only one transformers' GGUF
+    # reader builds; files with several KV heads are refused (`_check_falcon`)
+    "falcon": _Arch(
+        "FalconForCausalLM",
+        "falcon",
+        {
+            f"{gguf}.{kind}": f"{hf}.{kind}"
+            for gguf, hf in (
+                ("attn_norm", "input_layernorm"),
+                ("attn_qkv", "self_attention.query_key_value"),
+                ("attn_output", "self_attention.dense"),
+                ("ffn_up", "mlp.dense_h_to_4h"),
+                ("ffn_down", "mlp.dense_4h_to_h"),
+            )
+            for kind in ("weight", "bias")
+        },
+        None,
+        prefix="transformer.h.",
+        global_names={
+            "token_embd.weight": "transformer.word_embeddings.weight",
+            "output_norm.weight": "transformer.ln_f.weight",
+            "output_norm.bias": "transformer.ln_f.bias",
+            "output.weight": "lm_head.weight",
+        },
+    ),
+}
+# Rotary frequency factors (Llama 3.1's `rope_freqs`, Phi-3's longrope): transformers' GGUF loader drops them, and so
+# do we, so the model is the one transformers gives (unscaled rotary).
+_DROPPED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+SHARD_BYTES = 2 << 30  # converted weights are written in shards of at most this many bytes
+_TOKEN_IDS = {
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+    "pad_token_id": "padding_token_id",
+    "unk_token_id": "unknown_token_id",
+}
+
+
+def _dequantizable(qtype: GGMLQuantizationType) -> bool:
+    """Whether gguf-py dequantizes `qtype` (asked of one zero block, so a newer gguf-py's types come for free)."""
+    try:
+        dequantize(np.zeros((1, GGML_QUANT_SIZES[qtype][1]), np.uint8), qtype)
+    except (NotImplementedError, KeyError, ValueError):
+        return False
+    return True
+
+
+SUPPORTED_TENSOR_TYPES = tuple(t for t in GGMLQuantizationType if _dequantizable(t))
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Convert `gguf_path` into `out_dir` (replacing it) and return `out_dir`.
 
-    Everything is written into a temporary sibling directory which is renamed into place at the end, so a killed
-    conversion leaves either no directory or a complete one, never half of one.
+    An architecture or weight type this converter does not read is refused before anything is written. Everything
+    is written into a temporary sibling directory which is renamed into place at the end, so a killed conversion
+    leaves either no directory or a complete one, never half of one.
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     reader = GGUFReader(gguf_path)
     meta = {name: field.contents() for name, field in reader.fields.items()}
-    arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise NotImplementedError(f"{gguf_path}: GGUF architecture {arch!r} is not supported; only 'llama' is.")
+    arch_name, arch = _architecture(gguf_path, meta)
+    _check_tensors(gguf_path, reader, arch)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        config = _hf_config(meta, has_lm_head=any(t.name == "output.weight" for t in reader.tensors))
+        has_lm_head = any(t.name == "output.weight" for t in reader.tensors)
+        config = _hf_config(meta, arch_name, arch, has_lm_head)
         _write_json(tmp / "config.json", config)
-        _write_json(tmp / "generation_config.json", _generation_config(config))
-        save_file(_hf_tensors(reader, config), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _build_tokenizer(meta).save(str(tmp / "tokenizer.json"))
-        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(meta))
+        _write_json(tmp / "generation_config.json", _generation_config(config, meta))
+        _save_tensors(_hf_tensors(reader, config, arch), tmp)
+        build_tokenizer(meta, arch_name).save(str(tmp / "tokenizer.json"))
+        _write_json(tmp / "tokenizer_config.json", tokenizer_config(meta, config["max_position_embeddings"]))
         for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only files; a cache is shared
             path.chmod(0o755 if path.is_dir() else 0o644)
         _swap_into_place(tmp, out_dir)
@@ -86,6 +230,47 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _architecture(gguf_path: Path, meta: dict[str, Any]) -> tuple[str, _Arch]:
+    """The file's `general.architecture` and what transformers makes of it, or a refusal listing what is read."""
+    name = meta.get("general.architecture")
+    if name not in ARCHITECTURES:
+        raise NotImplementedError(
+            f"{gguf_path}: GGUF architecture {name!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
+        )
+    if (kind := meta.get("tokenizer.ggml.model")) not in SUPPORTED_TOKENIZERS:
+        raise NotImplementedError(
+            f"{gguf_path}: GGUF tokenizer model {kind!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_TOKENIZERS)})"
+        )
+    if name == "falcon" and int(meta.get("falcon.attention.head_count_kv") or 1) != 1:
+        raise NotImplementedError(
+            f"{gguf_path}: a Falcon GGUF with {meta['falcon.attention.head_count_kv']} KV heads (Falcon-40B/180B's "
+            "new decoder architecture) is not supported: transformers' GGUF reader builds only Falcon-7B's "
+            "multi-query layout (supported: falcon.attention.head_count_kv = 1)"
+        )
+    return name, ARCHITECTURES[name]
+
+
+def _check_tensors(gguf_path: Path, reader: GGUFReader, arch: _Arch) -> None:
+    """Refuse a weight type gguf-py cannot dequantize, or a tensor with no place in the HF model, by name."""
+    for tensor in reader.tensors:
+        if tensor.tensor_type not in SUPPORTED_TENSOR_TYPES:
+            supported = ", ".join(t.name for t in SUPPORTED_TENSOR_TYPES)
+            raise NotImplementedError(
+                f"{gguf_path}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, which is not supported "
+                f"(supported: {supported})"
+            )
+        if tensor.name in _DROPPED:
+            logger.warning(
+                "%s: dropping tensor %r (rotary frequency factors), as transformers' GGUF loader does: the model "
+                "runs with unscaled rotary embeddings",
+                gguf_path,
+                tensor.name,
+            )
+        else:
+            _hf_name(tensor.name, arch)
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -103,65 +288,123 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _hf_config(meta: dict[str, Any], has_lm_head: bool) -> dict[str, Any]:
-    """config.json for LlamaForCausalLM, from llama.cpp's `llama.*` keys (names as transformers maps them)."""
-    if meta.get("llama.rope.scaling.type", "none") != "none":
-        raise NotImplementedError(f"rope scaling {meta['llama.rope.scaling.type']!r} in GGUF files is not supported")
-    hidden = int(meta["llama.embedding_length"])
-    heads = int(meta["llama.attention.head_count"])
-    head_dim = meta.get("llama.attention.key_length") or meta.get("llama.rope.dimension_count") or hidden // heads
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": int(meta["llama.feed_forward_length"]),
-        "num_hidden_layers": int(meta["llama.block_count"]),
+def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: bool) -> dict[str, Any]:
+    """config.json from llama.cpp's `<arch>.*` keys, named as transformers maps them, plus the class defaults
+    transformers fills in that jllm's family readers would otherwise not see."""
+
+    def key(name: str, default: Any = None) -> Any:
+        return meta.get(f"{arch_name}.{name}", default)
+
+    if key("rope.scaling.type", "none") != "none":  # transformers maps no rope-scaling key for these architectures
+        logger.warning(
+            "GGUF rope scaling %r (factor %s) is ignored, as transformers' GGUF loader ignores it: the model runs with "
+            "unscaled rotary embeddings",
+            key("rope.scaling.type"),
+            key("rope.scaling.factor"),
+        )
+    heads = int(key("attention.head_count"))
+    config = {
+        "architectures": [arch.hf_class],
+        "model_type": arch.model_type,
+        "hidden_size": int(key("embedding_length")),
+        "num_hidden_layers": int(key("block_count")),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(meta.get("llama.attention.head_count_kv", heads)),
-        "head_dim": int(head_dim),
-        "hidden_act": "silu",
-        "rms_norm_eps": float(meta["llama.attention.layer_norm_rms_epsilon"]),
-        "rope_theta": float(meta.get("llama.rope.freq_base", 10000.0)),
-        "rope_scaling": None,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "max_position_embeddings": int(meta["llama.context_length"]),
-        "vocab_size": int(meta.get("llama.vocab_size") or len(meta["tokenizer.ggml.tokens"])),
-        "tie_word_embeddings": not has_lm_head,
-        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
-        "unk_token_id": meta.get("tokenizer.ggml.unknown_token_id"),
+        "num_key_value_heads": int(key("attention.head_count_kv", heads)),
+        "rope_theta": float(key("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(key("context_length")),
+        "vocab_size": int(key("vocab_size") or len(meta["tokenizer.ggml.tokens"])),
+        "tie_word_embeddings": not has_lm_head or arch_name == "falcon",  # transformers ties Falcon's always
         "torch_dtype": "float32",
+        **arch.extra_config,
     }
+    if key("attention.layer_norm_rms_epsilon") is not None:  # Falcon's LayerNorm epsilon is not read
+        config["rms_norm_eps"] = float(key("attention.layer_norm_rms_epsilon"))
+    for name, gguf_key in _TOKEN_IDS.items():  # only those the file has: the rest stay the config class's defaults
+        if f"tokenizer.ggml.{gguf_key}" in meta:
+            config[name] = int(meta[f"tokenizer.ggml.{gguf_key}"])
+    for gguf_key, name in {"feed_forward_length": "intermediate_size", **arch.keys}.items():
+        if key(gguf_key) is not None:  # where the file has none, the class default above (or transformers')
+            config[name] = int(key(gguf_key))
+    if arch.head_dim_key is not None and key(arch.head_dim_key) is not None:
+        config["head_dim"] = int(key(arch.head_dim_key))
+    return config
 
 
-def _generation_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if config[key] is not None}
+def _generation_config(config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The config's special ids; generation also stops at the file's end-of-turn / end-of-message tokens (Gemma's
+    `<end_of_turn>`, Llama 3's `<|eot_id|>`), which config.json, as transformers reads it, has no place for."""
+    generation = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in config}
+    stops = [generation["eos_token_id"]] if "eos_token_id" in generation else []
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        if key in meta and int(meta[key]) not in stops:
+            stops.append(int(meta[key]))
+    if len(stops) > 1:
+        generation["eos_token_id"] = stops
+    return generation
 
 
-def _hf_tensors(reader: GGUFReader, config: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Every tensor dequantized to float32 under its HF name, q/k rows back in HF's rotary order."""
+def _save_tensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: Path) -> None:
+    """`model.safetensors`, or shards of at most `SHARD_BYTES` with HF's index past that, so a conversion holds one
+    shard in memory (float32 weights are four to eight times the size of a quantized file)."""
+    shards: list[tuple[Path, list[str]]] = []
+    current: dict[str, np.ndarray] = {}
+    size = total = 0
+    for name, weights in itertools.chain(tensors, [(None, None)]):  # the end flushes the last shard
+        if current and (name is None or size + weights.nbytes > SHARD_BYTES):
+            path = out_dir / f".shard-{len(shards)}.safetensors"
+            save_file(current, str(path), metadata={"format": "pt"})
+            shards.append((path, list(current)))
+            current, size = {}, 0
+        if name is not None:
+            current[name] = weights
+            size += weights.nbytes
+            total += weights.nbytes
+    if len(shards) == 1:
+        os.replace(shards[0][0], out_dir / "model.safetensors")
+        return
+    weight_map = {}
+    for i, (path, names) in enumerate(shards, start=1):
+        final = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(path, out_dir / final)
+        weight_map.update(dict.fromkeys(names, final))
+    _write_json(out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iterator[tuple[str, np.ndarray]]:
+    """Every tensor dequantized to float32 under its HF name, one at a time: q/k rows back in HF's rotary order
+    (Llama), Gemma's norms back to `w` from llama.cpp's `w + 1`, stacked experts one tensor each."""
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    tensors = {}
     for tensor in reader.tensors:
-        name = _hf_name(tensor.name)
+        if tensor.name in _DROPPED:
+            continue
         weights = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)  # [out, in] or [n]
-        if ".attn_q." in tensor.name:
+        if arch.rotary_permuted and ".attn_q." in tensor.name:
             weights = _unpermute_rotary(weights, heads)
-        elif ".attn_k." in tensor.name:
+        elif arch.rotary_permuted and ".attn_k." in tensor.name:
             weights = _unpermute_rotary(weights, kv_heads)
-        tensors[name] = np.ascontiguousarray(weights)
-    return tensors
+        elif arch.norm_offset and "norm.weight" in tensor.name:
+            weights = weights - np.float32(1.0)
+        name = _hf_name(tensor.name, arch)
+        if "{e}" in name:  # [experts, out, in]: one tensor per expert
+            yield from ((name.format(e=e), np.ascontiguousarray(w)) for e, w in enumerate(weights))
+            continue
+        if tensor.name.endswith("ffn_gate_inp_shexp.weight"):
+            weights = weights.reshape(1, -1)  # the shared expert's gate, [1, hidden] in HF checkpoints
+        yield name, np.ascontiguousarray(weights)
 
 
-def _hf_name(gguf_name: str) -> str:
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
+def _hf_name(gguf_name: str, arch: _Arch) -> str:
+    if gguf_name in arch.global_names:
+        return arch.global_names[gguf_name]
     match = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
-    if match and match.group(2) in _LAYER_NAMES:
-        return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
-    raise NotImplementedError(f"GGUF tensor {gguf_name!r} has no Llama equivalent in this converter")
+    if match and match.group(2) in arch.layer_names:
+        return f"{arch.prefix}{match.group(1)}.{arch.layer_names[match.group(2)]}"
+    moe = (
+        " (a mixture of experts in a 'llama' file, as llama.cpp writes Mixtral, is not supported)"
+        if "_exps" in gguf_name
+        else ""
+    )
+    raise NotImplementedError(f"GGUF tensor {gguf_name!r} has no {arch.hf_class} equivalent in this converter{moe}")
 
 
 def _unpermute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -169,88 +412,3 @@ def _unpermute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
     `LlamaTensorProcessor._reverse_permute_weights` does."""
     half = weights.shape[0] // n_head // 2
     return weights.reshape(n_head, half, 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table that byte-level BPE vocabularies are spelled in."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def _build_tokenizer(meta: dict[str, Any]) -> Tokenizer:
-    """A byte-level BPE `tokenizers.Tokenizer` built the way transformers builds it from the same metadata."""
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise NotImplementedError(f"GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2') is.")
-    spelling = _bytes_to_unicode()
-    alphabet = set(spelling.values())
-    tokens: list[str] = meta["tokenizer.ggml.tokens"]
-    vocab = {
-        tok if set(tok) <= alphabet else "".join(spelling[b] for b in tok.encode("utf-8")): i
-        for i, tok in enumerate(tokens)
-    }
-    merges = [tuple(merge.split(" ")) for merge in meta["tokenizer.ggml.merges"]]
-    bpe = models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
-    tokenizer = Tokenizer(bpe)
-    add_prefix_space = bool(meta.get("tokenizer.ggml.add_space_prefix", False))
-    split = _PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre", ""))
-    if split is None:
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = _post_processor(meta)
-    # A control token spelled outside the byte alphabet is a llama.cpp mislabel; transformers skips those too.
-    token_types = meta.get("tokenizer.ggml.token_type") or []
-    control = [tok for tok, kind in zip(tokens, token_types, strict=False) if kind == _CONTROL and set(tok) <= alphabet]
-    tokenizer.add_special_tokens([AddedToken(tok, normalized=False, special=True) for tok in control])
-    return tokenizer
-
-
-def _post_processor(meta: dict[str, Any]) -> processors.TemplateProcessing:
-    """BOS/EOS insertion as the file asks, in the template form transformers writes."""
-    tokens = meta["tokenizer.ggml.tokens"]
-    bos_id, eos_id = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
-    bos = tokens[bos_id] if meta.get("tokenizer.ggml.add_bos_token", False) and bos_id is not None else None
-    eos = tokens[eos_id] if meta.get("tokenizer.ggml.add_eos_token", False) and eos_id is not None else None
-
-    single = " ".join(f"{p}:0" for p in (bos, "$A", eos) if p is not None)
-    pair = single + " " + " ".join(f"{p}:1" for p in (bos, "$B", eos) if p is not None)
-    special = [(tok, i) for tok, i in ((bos, bos_id), (eos, eos_id)) if tok is not None]
-    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-
-
-def _tokenizer_config(meta: dict[str, Any]) -> dict[str, Any]:
-    tokens = meta["tokenizer.ggml.tokens"]
-
-    def token(key: str) -> str | None:
-        token_id = meta.get(f"tokenizer.ggml.{key}")
-        return tokens[token_id] if token_id is not None else None
-
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token("bos_token_id"),
-        "eos_token": token("eos_token_id"),
-        "pad_token": token("padding_token_id"),
-        "unk_token": token("unknown_token_id"),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-        "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-        "add_prefix_space": bool(meta.get("tokenizer.ggml.add_space_prefix", False)),
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": int(meta["llama.context_length"]),
-    }
-    if "tokenizer.chat_template" in meta:
-        config["chat_template"] = meta["tokenizer.chat_template"]
-    return config

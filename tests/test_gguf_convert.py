@@ -12,6 +12,7 @@ from gguf.quants import quantize
 from safetensors.numpy import load_file
 
 import jllm.gguf_convert as gguf_convert
+import jllm.gguf_tokenizer as gguf_tokenizer
 import jllm.model_source as model_source
 from jllm.model_source import DEFAULT_MODEL, cache_dir, default_gguf_path, resolve_model
 
@@ -36,7 +37,7 @@ TEXTS = [
 def write_tiny_gguf(path: Path, pre: str = "default") -> Path:
     """A two-layer Llama GGUF with an untied, quantized LM head, BOS added, and a 269-token byte-level vocab."""
     rng = np.random.default_rng(0)
-    alphabet = [gguf_convert._bytes_to_unicode()[b] for b in range(256)]
+    alphabet = [gguf_tokenizer.bytes_to_unicode()[b] for b in range(256)]
     merges = ["Ġ t", "h e", "Ġt he", "l l", "ll o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld"]
     tokens = ["<s>", "</s>", "<unk>", *alphabet, *(m.replace(" ", "") for m in merges)]
     hidden, ffn, heads, kv_heads, head_dim, layers, vocab = 64, 96, 4, 2, 16, 2, len(tokens)
@@ -122,7 +123,7 @@ def assert_same_config(model_dir: Path, theirs: dict) -> None:
 
 
 def assert_same_tensors(model_dir: Path, theirs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    ours = load_file(str(model_dir / "model.safetensors"))
+    ours = fused_experts(load_file(str(model_dir / "model.safetensors")))
     assert set(ours) == set(theirs)
     for name, tensor in ours.items():
         assert tensor.dtype == np.float32, name
@@ -363,3 +364,113 @@ def test_conversion_replaces_an_existing_directory(tmp_path: Path) -> None:
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "tiny.gguf"]
     assert oct(out.stat().st_mode & 0o777) == "0o755"
+
+
+def fused_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our per-expert tensors (the HF checkpoints' layout jllm loads) in transformers' fused form."""
+    out = {k: v for k, v in tensors.items() if ".experts." not in k}
+    layers = sorted({k.split(".")[2] for k in tensors if ".experts." in k}, key=int)
+    for i in layers:
+        prefix = f"model.layers.{i}.mlp.experts"
+        count = len([k for k in tensors if k.startswith(f"{prefix}.") and k.endswith(".down_proj.weight")])
+        stack = {
+            p: np.stack([tensors[f"{prefix}.{e}.{p}.weight"] for e in range(count)])
+            for p in ("gate_proj", "up_proj", "down_proj")
+        }
+        out[f"{prefix}.gate_up_proj"] = np.concatenate([stack["gate_proj"], stack["up_proj"]], axis=1)
+        out[f"{prefix}.down_proj"] = stack["down_proj"]
+    return out
+
+
+def test_unsupported_architecture_is_refused_naming_it_and_the_supported(tmp_path: Path) -> None:
+    path = tmp_path / "gemma.gguf"
+    w = GGUFWriter(str(path), "gemma")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(NotImplementedError, match=r"'gemma' is not supported \(supported: llama, qwen2, qwen3, gemma2"):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gemma.gguf"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("tokenizer.ggml.model", "t5", r"tokenizer model 't5' is not supported \(supported: gpt2, llama\)"),
+        (None, None, r"'blk.0.ffn_gate_exps.weight' has no LlamaForCausalLM equivalent .*Mixtral"),
+    ],
+)
+def test_unsupported_tokenizer_or_tensor_is_refused_before_converting(
+    tmp_path: Path, key: str | None, value: str | None, message: str
+) -> None:
+    """A tokenizer model transformers' builders do not read; a Mixtral-style expert tensor in a 'llama' file."""
+    from gguf import GGUFValueType
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    path = tmp_path / "other.gguf"
+    w = GGUFWriter(str(path), "llama")
+    for field in gguf_convert.GGUFReader(gguf).fields.values():
+        if not field.name.startswith("GGUF.") and field.name not in ("general.architecture", key):
+            sub = field.types[-1] if len(field.types) > 1 else None
+            w.add_key_value(field.name, field.contents(), field.types[0], sub)
+    if key is not None:
+        w.add_key_value(key, value, GGUFValueType.STRING)
+    w.add_tensor("blk.0.ffn_gate_exps.weight", np.zeros((2, 4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(NotImplementedError, match=message):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.gguf", "tiny.gguf"]
+
+
+def test_unsupported_tensor_type_is_refused_naming_the_tensor_and_type(tmp_path: Path) -> None:
+    """Q8_1 (an intermediate type of llama.cpp's) has no dequantizer in gguf-py."""
+    from gguf import GGML_QUANT_SIZES
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    path = tmp_path / "q8_1.gguf"
+    w = GGUFWriter(str(path), "llama")
+    for field in gguf_convert.GGUFReader(gguf).fields.values():
+        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+            w.add_key_value(
+                field.name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None
+            )
+    block, size = GGML_QUANT_SIZES[Q.Q8_1]
+    w.add_tensor("token_embd.weight", np.zeros((4, 64 // block * size), np.uint8), raw_dtype=Q.Q8_1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(
+        NotImplementedError,
+        match=r"'token_embd.weight' has type Q8_1, which is not supported \(supported: F32, F16, Q4_0"
+        r".*Q6_K.*IQ4_XS.*BF16",
+    ):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+def test_large_conversion_is_written_in_shards_with_an_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `SHARD_BYTES` the weights go to shards and HF's index (one shard in memory at a time); the loader reads
+    them as one checkpoint."""
+    from jllm.loader import load_model
+    from jllm.parallel import make_mesh
+
+    monkeypatch.setattr(gguf_convert, "SHARD_BYTES", 100_000)
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert not (out / "model.safetensors").exists()
+    ours = {}
+    for shard in shards:
+        ours.update(load_file(str(out / shard)))
+    theirs = transformers_gguf_load(gguf)[1]
+    assert set(ours) == set(theirs) == set(index["weight_map"])
+    for name, tensor in ours.items():
+        np.testing.assert_array_equal(tensor, theirs[name], err_msg=name)
+    assert load_model(out, mesh=make_mesh(1), dtype="float32").args.num_layers == 2

@@ -1,0 +1,348 @@
+"""GGUF files of every architecture the converter reads, written from tiny random transformers models as llama.cpp
+writes them, converted, and checked against transformers' own GGUF loading of the same file: config, tensors,
+logits, token ids."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFWriter
+from gguf.quants import quantize
+from test_gguf_convert import assert_same_config, assert_same_tensors, transformers_gguf_load
+
+import jllm.gguf_convert as gguf_convert
+import jllm.gguf_tokenizer as gguf_tokenizer
+
+SP_PIECES = ["▁", "t", "h", "e", "l", "o", "w", "r", "d", "▁t", "he", "▁the", "ll", "llo", "▁w", "or", "▁wor", "ld"]
+SP_PIECES += ["▁world", "▁h", "▁he", "▁hello", "▁▁", "ello"]
+# llama.cpp's token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte
+K_QUANT_SCALE_OFFSETS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+K_QUANT_SCALE = {Q.Q2_K: 1.0, Q.Q3_K: 0.3, Q.Q4_K: 0.05, Q.Q5_K: 0.03, Q.Q6_K: 0.01}
+
+
+def gguf_bytes(weights: np.ndarray, qtype: Q, rng: np.random.Generator) -> np.ndarray:
+    """`weights` in `qtype`'s blocks; gguf-py cannot quantize K-quants, so those are random blocks with small finite
+    f16 scales (both loaders dequantize the same bytes, which is all the comparison needs)."""
+    from gguf import GGML_QUANT_SIZES
+
+    try:
+        return quantize(weights, qtype)
+    except NotImplementedError:
+        pass
+    block, size = GGML_QUANT_SIZES[qtype]
+    rows = int(np.prod(weights.shape[:-1]))
+    raw = rng.integers(0, 256, (rows, weights.shape[-1] // block, size), dtype=np.uint8)
+    for offset in K_QUANT_SCALE_OFFSETS.get(qtype, (0,)):  # the IQ types keep their f16 scale first
+        scale = rng.uniform(0.005, 0.02, raw.shape[:2]) * K_QUANT_SCALE.get(qtype, 0.1)
+        raw[..., offset : offset + 2] = scale.astype(np.float16).view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(*weights.shape[:-1], -1)
+
+
+def add_tokenizer(w: GGUFWriter, kind: str, arch: str) -> int:
+    """A tiny vocabulary of `kind` ('gpt2': byte-level BPE with merges, Qwen's; 'llama': SentencePiece with byte
+    fallback, scores and no merges, as llama.cpp writes Llama 2 / Gemma / Phi-3), with a user-defined token."""
+    if kind == "gpt2":
+        alphabet = [gguf_tokenizer.bytes_to_unicode()[b] for b in range(256)]
+        merges = ["Ġ t", "h e", "Ġt he", "l l", "ll o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld"]
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        tokens = [*specials, *alphabet, *(m.replace(" ", "") for m in merges), "<think>"]
+        types = [3, 3, 3] + [1] * (len(tokens) - 4) + [4]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_merges(merges)
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(0)
+        w.add_eot_token_id(2)
+        w.add_pad_token_id(0)
+        w.add_add_bos_token(False)
+        w.add_add_space_prefix(True)  # transformers' GPT-2 tokenizer does not read it
+    else:
+        gemma = arch.startswith("gemma")
+        specials = ["<pad>", "<eos>", "<bos>", "<unk>"] if gemma else ["<unk>", "<s>", "</s>"]
+        pieces = [p.replace("▁▁", "  ") if gemma else p for p in SP_PIECES]  # Gemma files spell spaces as spaces
+        tokens = [*specials, *(f"<0x{b:02X}>" for b in range(256)), *pieces, "<think>"]
+        types = [3] * len(specials) + [6] * 256 + [1] * len(pieces) + [4]
+        types[specials.index("<unk>")] = 2
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_scores([0.0] * (len(specials) + 256) + [-float(i) for i in range(len(pieces))] + [0.0])
+        w.add_bos_token_id(specials.index("<bos>" if gemma else "<s>"))
+        w.add_eos_token_id(specials.index("<eos>" if gemma else "</s>"))
+        w.add_unk_token_id(specials.index("<unk>"))
+        w.add_pad_token_id(0)
+        w.add_add_space_prefix(not gemma)  # as llama.cpp writes them; transformers' builders do not read it
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_chat_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    return len(tokens)
+
+
+GEMMA = {"head_dim": 16, "tie_word_embeddings": True, "pad_token_id": 0}  # gguf-py has no untied Gemma 2 head
+MOE = {"num_experts": 4, "num_experts_per_tok": 2, "shared_expert_intermediate_size": 5632}
+# arch -> (transformers class, GGUF writer architecture, tokenizer kind, config overrides)
+ARCH_CASES = {
+    "mistral": ("MistralForCausalLM", "llama", "llama", {"sliding_window": None}),  # llama.cpp writes it as Llama
+    "qwen2": ("Qwen2ForCausalLM", "qwen2", "gpt2", {}),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3", "gpt2", {"head_dim": 128}),
+    "gemma2": ("Gemma2ForCausalLM", "gemma2", "llama", {**GEMMA, "sliding_window": 4}),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3", "llama", {**GEMMA, "sliding_window": 4}),
+    # the experts' widths are transformers' class defaults, which its GGUF loader takes in place of the file's
+    "qwen2moe": ("Qwen2MoeForCausalLM", "qwen2moe", "gpt2", MOE),
+    "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3moe", "gpt2", {**MOE, "head_dim": 16, "norm_topk_prob": True}),
+    "falcon": ("FalconForCausalLM", "falcon", "gpt2", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
+    "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+}
+
+
+def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
+    """The `<arch>.*` keys llama.cpp writes for this model."""
+    width = config["hidden_size"]
+    head_dim = config.get("head_dim") or width // config["num_attention_heads"]
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_context_length(256)
+    w.add_embedding_length(width)
+    w.add_feed_forward_length(4 * width if arch == "falcon" else width)
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_rope_freq_base(5000.0)
+    if arch == "falcon":
+        w.add_layer_norm_eps(1e-5)
+    else:
+        w.add_layer_norm_rms_eps(1e-6)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    if arch == "llama":
+        w.add_rope_dimension_count(head_dim)
+    if config.get("sliding_window") and arch.startswith("gemma"):
+        w.add_sliding_window(config["sliding_window"])
+    if "num_experts" in config:
+        w.add_expert_count(config["num_experts"])
+        w.add_expert_used_count(config["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(model_config.moe_intermediate_size)
+        if arch == "qwen2moe":
+            w.add_expert_shared_feed_forward_length(config["shared_expert_intermediate_size"])
+
+
+def write_arch_gguf(
+    path: Path, case: str, qtype: Q = Q.F32, width: int = 64, rope_scaling: bool = False, omit: tuple[str, ...] = ()
+) -> Path:
+    """A two-layer random `case` model written as llama.cpp writes that architecture: gguf-py's tensor names, Llama's
+    q/k rows permuted, Gemma's norms as `w + 1`, matrices in `qtype` (1-D tensors F32, as llama.cpp keeps them);
+    `rope_scaling`: linear scaling keys and a Llama-3.1-style `rope_freqs` tensor as well; `omit`: metadata keys
+    (after the architecture's name) left out."""
+    import gguf
+    import torch
+    import transformers
+    from gguf import GGML_QUANT_SIZES
+
+    model_cls, arch, tokenizer_kind, overrides = ARCH_CASES[case]
+    rng = np.random.default_rng(0)
+    w = GGUFWriter(str(path), arch)
+    w.add_name(f"tiny {case}")
+    vocab = add_tokenizer(w, tokenizer_kind, arch)
+    config = {**TINY_GGUF_CONFIG, "hidden_size": width, "intermediate_size": width, "vocab_size": vocab, **overrides}
+    config_cls = "Gemma3TextConfig" if case == "gemma3" else model_cls.replace("ForCausalLM", "Config")
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+    add_hparams(w, arch, config, model.config)
+
+    for key in omit:
+        del w.kv_data[0][f"{arch}.{key}"]
+    if rope_scaling:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(8.0)
+        w.add_tensor("rope_freqs.weight", np.linspace(1, 8, 8, dtype=np.float32))
+
+    names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), 2)
+    for hf_name, weights in hf_state_as_gguf(model):
+        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        base, suffix = hf_name.rsplit(".", 1)
+        name = f"{names.get_name(base)}.{suffix}" if names.get_name(base) else hf_name
+        if weights.ndim == 1:
+            weights = weights + 0.3 * rng.standard_normal(weights.shape).astype(np.float32)  # not the init's constants
+        if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+            n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
+            weights = weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            weights = weights + 1
+        kind = qtype if weights.ndim >= 2 else Q.F32
+        if weights.shape[-1] % GGML_QUANT_SIZES[kind][0]:
+            kind = Q.Q8_0  # rows narrower than a K-quant block: llama.cpp falls back the same way
+        w.add_tensor(name, gguf_bytes(weights.astype(np.float32), kind, rng), raw_dtype=kind)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def hf_state_as_gguf(model) -> list[tuple[str, np.ndarray]]:
+    """The model's tensors, transformers' fused experts as llama.cpp's three ``[experts, out, in]`` tensors (named
+    here as they are in the file) and the shared expert's gate as a vector."""
+    out = []
+    for hf_name, tensor in model.state_dict().items():
+        weights = tensor.float().numpy()
+        if hf_name.endswith("experts.gate_up_proj"):
+            block = hf_name.split(".")[2]
+            gate, up = np.split(weights, 2, axis=1)
+            out += [(f"blk.{block}.ffn_gate_exps.weight", gate), (f"blk.{block}.ffn_up_exps.weight", up)]
+        elif hf_name.endswith("experts.down_proj"):
+            out.append((f"blk.{hf_name.split('.')[2]}.ffn_down_exps.weight", weights))
+        elif hf_name.endswith("shared_expert_gate.weight"):
+            out.append((hf_name, weights.reshape(-1)))
+        else:
+            out.append((hf_name, weights))
+    return out
+
+
+TINY_GGUF_CONFIG = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+
+
+def gguf_reference_logits(gguf: Path, prompts: list[list[int]]) -> tuple[dict, list[np.ndarray]]:
+    """transformers' float32 logits ``[T, vocab]`` per prompt for its own loading of `gguf`: the model its GGUF
+    config builds, filled from `load_gguf_checkpoint` (what `from_pretrained(gguf_file=...)` runs for these
+    architectures; that call itself insists on `accelerate`)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config, tensors = transformers_gguf_load(gguf)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32).eval()
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    with torch.no_grad():
+        return config, [model(torch.tensor([ids])).logits[0].numpy() for ids in prompts]
+
+
+@pytest.mark.parametrize(
+    ("case", "qtype", "width"),
+    [
+        ("mistral", Q.F16, 64),
+        ("qwen2", Q.Q8_0, 64),
+        ("qwen2", Q.Q4_K, 256),
+        ("qwen3", Q.BF16, 64),
+        ("gemma2", Q.Q4_0, 64),
+        ("gemma3", Q.Q6_K, 256),
+        ("phi3", Q.Q5_1, 64),
+        ("qwen2moe", Q.Q8_0, 64),
+        ("qwen3moe", Q.Q5_K, 256),
+        ("falcon", Q.Q8_0, 64),
+    ],
+    ids=lambda value: value.name if isinstance(value, Q) else str(value),
+)
+def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, qtype: Q, width: int) -> None:
+    """Config, float32 tensors and every position's logits of the converted directory equal transformers' own
+    loading of the same GGUF: ``max|ours - theirs| / max|theirs|`` below 1e-4 (float32 on both sides; the bytes are
+    dequantized identically), the same top-1 token everywhere."""
+    from model_utils import jllm_batch_logits
+
+    from jllm.loader import load_model
+    from jllm.parallel import make_mesh
+
+    gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case, qtype, width)
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    prompts = [[5, 77, 120, 9, 31, 200, 3, 64, 17, 88, 140, 250, 6], [40, 2, 99]]
+    config, expected = gguf_reference_logits(gguf, prompts)
+    assert_same_config(out, config)
+    assert_same_tensors(out, transformers_gguf_load(gguf)[1])
+    loaded = load_model(out, mesh=make_mesh(1), dtype="float32")
+    for ours, theirs in zip(jllm_batch_logits(loaded, prompts), expected, strict=True):
+        assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-4
+        np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.parametrize("case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3"])
+def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: str) -> None:
+    """The rebuilt tokenizer.json equals transformers' GGUF tokenizer's backend, and gives its ids: byte-level BPE
+    with Qwen's split (qwen2), SentencePiece with byte fallback and merges recovered from the scores (Llama-style:
+    mistral), from the token order with spaces respelled (Gemma), with the prefix space as a normalizer (Phi-3)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case)
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    reference = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=gguf.name)
+    ours = PreTrainedTokenizerFast.from_pretrained(str(out))
+    ours_json, theirs_json = (json.loads(t.backend_tokenizer.to_str()) for t in (ours, reference))
+    vocab = len(reader_tokens(gguf))
+    theirs_json["added_tokens"] = [t for t in theirs_json["added_tokens"] if t["id"] < vocab]  # GPT-2's extra eos
+    assert ours_json == theirs_json
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == ([0, 2] if case == "qwen2" else reference.eos_token_id)  # + end of turn
+    for text in ["hello the world", " the  world 123 héllo", "<s>x</s><bos>", "😀 wor\nld", "  hello<think>  ", ""]:
+        assert ours.encode(text) == reference.encode(text), text
+        assert ours.decode(ours.encode(text)) == reference.decode(reference.encode(text)), text
+
+
+def reader_tokens(gguf: Path) -> list[str]:
+    from gguf import GGUFReader
+
+    return GGUFReader(gguf).fields["tokenizer.ggml.tokens"].contents()
+
+
+@pytest.mark.parametrize(
+    "qtype",
+    [Q.F32, Q.Q4_1, Q.Q5_0, Q.Q2_K, Q.Q3_K, Q.Q5_K, Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ3_S, Q.TQ2_0, Q.MXFP4],
+    ids=lambda qtype: qtype.name,
+)
+def test_every_dequantizable_weight_type_converts_as_transformers_reads_it(tmp_path: Path, qtype: Q) -> None:
+    """The types the logits test does not cover: tensors equal to transformers' (both dequantize the same bytes)."""
+    gguf = write_arch_gguf(tmp_path / "qwen2.gguf", "qwen2", qtype, width=256)
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    types = {t.tensor_type for t in gguf_convert.GGUFReader(gguf).tensors}
+    assert qtype in types
+    assert_same_tensors(out, transformers_gguf_load(gguf)[1])
+
+
+def test_rope_scaling_and_frequency_factors_are_dropped_as_transformers_drops_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """transformers' GGUF loader reads no rope-scaling key for these architectures and skips `rope_freqs` (Llama 3.1),
+    `rope_factors_*` (Phi-3): the converted model is the one it builds, with a warning naming what was left out."""
+    gguf = write_arch_gguf(tmp_path / "scaled.gguf", "mistral", rope_scaling=True)
+    with caplog.at_level("WARNING", logger="jllm.gguf_convert"):
+        out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    config, tensors = transformers_gguf_load(gguf)
+    assert_same_config(out, config)
+    assert_same_tensors(out, tensors)
+    assert "rope_freqs.weight" in caplog.text and "rope scaling 'linear' (factor 8.0) is ignored" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("case", "omit"),
+    [
+        ("gemma2", ("attention.sliding_window",)),
+        ("qwen2moe", ("expert_feed_forward_length", "expert_shared_feed_forward_length", "feed_forward_length")),
+    ],
+)
+def test_keys_a_file_leaves_out_take_transformers_defaults(tmp_path: Path, case: str, omit: tuple[str, ...]) -> None:
+    """Where the metadata says nothing, config.json states the default transformers' config class applies (jllm's
+    family readers would otherwise assume their own: no sliding window, no expert width)."""
+    gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case, omit=omit)
+    out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
+    assert_same_config(out, transformers_gguf_load(gguf)[0])
+    config = json.loads((out / "config.json").read_text())
+    expected = {
+        "gemma2": {"sliding_window": 4096},
+        "qwen2moe": {"moe_intermediate_size": 1408, "intermediate_size": 5632},
+    }
+    assert {key: config.get(key) for key in expected[case]} == expected[case]
+
+
+def test_falcon_with_grouped_kv_heads_is_refused(tmp_path: Path) -> None:
+    """transformers' GGUF reader builds every Falcon file as Falcon-7B (multi-query), which a Falcon-40B-style file
+    with several KV heads is not."""
+    gguf = write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
+    path = tmp_path / "falcon40b.gguf"
+    w = GGUFWriter(str(path), "falcon")
+    for field in gguf_convert.GGUFReader(gguf).fields.values():
+        if not field.name.startswith("GGUF.") and field.name not in ("general.architecture",):
+            value = 8 if field.name == "falcon.attention.head_count_kv" else field.contents()
+            w.add_key_value(field.name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(NotImplementedError, match=r"Falcon GGUF with 8 KV heads .*head_count_kv = 1"):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
