@@ -519,6 +519,7 @@ def test_a_named_call_streams_its_arguments_as_generated(client: openai.OpenAI) 
     chunks = list(client.chat.completions.create(**ask, stream=True))
     deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
     assert deltas[0].id.startswith("call_") and deltas[0].function.name == "pick"
+    assert deltas[0].function.arguments == ""  # present and empty in the naming delta, as OpenAI sends it
     assert len(deltas) > 2 and all(d.id is None and d.function.name is None for d in deltas[1:])  # fragments
     assert "".join(d.function.arguments for d in deltas) == call.function.arguments
     assert chunks[-1].choices[0].finish_reason == "tool_calls" == whole.choices[0].finish_reason
