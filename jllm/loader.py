@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +134,17 @@ def abstract_model(
     return graphdef, state, args, kv_replicas
 
 
+class StoredTensor(NamedTuple):
+    """Where one checkpoint tensor lies: its open file, the file's path, and its name there."""
+
+    handle: Any
+    file: Path
+    name: str
+
+    def slice(self) -> Any:
+        return self.handle.get_slice(self.name)
+
+
 class SafetensorsIndex:
     """Tensor name -> open safetensors file, over one file or a sharded index."""
 
@@ -149,39 +160,33 @@ class SafetensorsIndex:
             raise FileNotFoundError(
                 f"no model.safetensors or model.safetensors.index.json in model directory {str(model_dir)!r}"
             )
-        self.handles: dict[str, Any] = {}
-        self.files: dict[str, Path] = {}
-        self.stored: dict[str, str] = {}  # our name for a tensor -> its name in the file
+        self.tensors: dict[str, StoredTensor] = {}  # by our name for the tensor
         for file in files:
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"checkpoint shard {file!r} listed in the index is missing from {model_dir}")
             handle = stack.enter_context(safe_open(model_dir / file, framework="flax"))
-            for key in handle.keys():
-                self.handles[key] = handle
-                self.files[key] = model_dir / file
-                self.stored[key] = key
+            self.tensors |= {key: StoredTensor(handle, model_dir / file, key) for key in handle.keys()}
         prefix = weights.prefix
-        if prefix and not any(key.startswith(prefix) for key in self.handles):
+        if prefix and not any(key.startswith(prefix) for key in self.tensors):
             # saved from the base model (GPT-2's hub files: ``h.0.attn...``, no ``transformer.``), as transformers
             # reads it through ``base_model_prefix``
-            self.handles = {prefix + key: handle for key, handle in self.handles.items()}
-            self.files = {prefix + key: path for key, path in self.files.items()}
-            self.stored = {prefix + key: key for key in self.stored}
+            self.tensors = {prefix + key: stored for key, stored in self.tensors.items()}
 
     def stores_fp8(self, path: tuple[Any, ...]) -> bool:
         """Whether a kernel's (first) checkpoint tensor is stored in e4m3, to be read as stored."""
         name = hf_names(path, self.weights)[0][0]
-        return name in self.handles and self.handles[name].get_slice(self.stored[name]).get_dtype() == "F8_E4M3"
+        return name in self.tensors and self.tensors[name].slice().get_dtype() == "F8_E4M3"
 
     def slice_reader(self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any) -> Reader:
         """Reads any slice (in our orientation) of one tensor, checking its shape once here."""
         if name.endswith(".weight_scale"):
             return self._scale_reader(name, shape)
-        if name not in self.handles:
+        if name not in self.tensors:
             raise KeyError(f"checkpoint is missing tensor {name!r}")
-        tensor = self.handles[name].get_slice(self.stored[name])
+        stored = self.tensors[name]
+        tensor = stored.slice()
         if tensor.get_dtype().startswith("F8"):
-            tensor = _fp8_tensor(self.files[name], self.stored[name], tensor.get_dtype())
+            tensor = _fp8_tensor(stored.file, stored.name, tensor.get_dtype())
         found = tuple(tensor.get_shape() if hasattr(tensor, "get_shape") else tensor.shape)
         expected = tuple(reversed(shape)) if transpose else shape
         if found != expected:
@@ -199,12 +204,13 @@ class SafetensorsIndex:
         """An FP8 weight's scale as one value per output channel: a per-tensor scale repeated over the weight's rows
         (exact), or a per-channel ``[out]`` / ``[out, 1]`` column. transformers' ``weight_scale_inv`` is the same
         multiplier under another name."""
-        if name not in self.handles and name + "_inv" in self.handles:
+        if name not in self.tensors and name + "_inv" in self.tensors:
             name += "_inv"
-        if name not in self.handles:
+        if name not in self.tensors:
             raise KeyError(f"checkpoint is missing tensor {name!r} (the scale of an FP8 weight)")
         with jax.default_device(jax.local_devices(backend="cpu")[0]):
-            values = np.asarray(self.handles[name].get_tensor(self.stored[name]), np.float32)
+            stored = self.tensors[name]
+            values = np.asarray(stored.handle.get_tensor(stored.name), np.float32)
         if values.size == 1:
             values = np.full(shape, values.reshape(()), np.float32)
         elif values.size == int(np.prod(shape)):
