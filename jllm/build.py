@@ -175,6 +175,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         max_num_batched_tokens=sched.max_num_batched_tokens,
         max_model_len=worker.max_model_len,
         eos_token_ids=worker.tokenizer.eos_token_ids,
+        long_prefill_token_threshold=sched.long_prefill_token_threshold,
     )
     inputs = InputProcessor(
         worker.tokenizer,

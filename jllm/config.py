@@ -162,6 +162,9 @@ class CacheConfig(_Section):
 class SchedulerConfig(_Section):
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
+    # A prefill takes at most this many tokens a step (vLLM's --long-prefill-token-threshold): a long prompt's chunks
+    # then leave room in every step for the decodes and the other prompts beside it; 0 = only the step's budget caps
+    long_prefill_token_threshold: int = 0
     # Schedule and launch each step while the device still runs the one before (vLLM's --async-scheduling)
     async_scheduling: bool = True
     # Compile every step program a request can pick at start-up (warm-up), so no request waits on the compiler;
@@ -175,6 +178,7 @@ class SchedulerConfig(_Section):
     def validate(self) -> None:
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
         self._require(self.max_num_batched_tokens >= 8, "max_num_batched_tokens", "must be >= 8")
+        self._require(self.long_prefill_token_threshold >= 0, "long_prefill_token_threshold", "must be >= 0 (0 = off)")
 
 
 @dataclass
