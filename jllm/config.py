@@ -127,6 +127,10 @@ class ModelConfig(_Section):
     # "dot_f16" / "dot_fp8" stay jax-triton. H200, Llama-3-8B batch-1 FP8 step (2026-12-04): 3.11 ms with Triton,
     # 3.39 with Pallas (its kernels 6 % slower; the host's launch cost the same)
     fp8_kernel_backend: Fp8KernelBackend = "triton"
+    # Requests' default sampling (vLLM's --generation-config): "auto" = the temperature, top_p, top_k, min_p,
+    # repetition_penalty and max_new_tokens of the model's generation_config.json where it sets them; "vllm" = the
+    # neutral defaults; or a folder holding a generation_config.json. A request's own fields always win.
+    generation_config: str = "auto"
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")

@@ -72,7 +72,12 @@ async def start_chat(
     served = state.route(body.model)
     tools = ToolPlan.of(body, state.config.server)
     forced = tools.forced_schema()
-    params = await state.host_work.run(body.constraint_chars(forced), body.sampling_params, forced_call=forced)
+    params = await state.host_work.run(
+        body.constraint_chars(forced),
+        body.sampling_params,
+        forced_call=forced,
+        defaults=served.engine.sampling_defaults,
+    )
     if tools.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
     inputs = served.engine.inputs

@@ -232,9 +232,14 @@ class _GenerationRequest(_Request):
         prompt_logprobs: int | None = None,
         sent_as: dict[str, str] | None = None,
         forced_call: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> SamplingParams:
-        """``sent_as`` renames a SamplingParams field in errors to the request field it came from."""
-        optional = {
+        """``sent_as`` renames a SamplingParams field in errors to the request field it came from; ``defaults``
+        (the served model's generation_config.json's) fill the fields the request leaves unset."""
+        defaults = defaults or {}
+        if max_tokens is None:
+            max_tokens = defaults.get("max_tokens")
+        given = {
             name: getattr(self, name)
             for name in (
                 "truncate_prompt_tokens",
@@ -257,6 +262,7 @@ class _GenerationRequest(_Request):
             )
             if getattr(self, name) is not None
         }
+        optional = {**{name: value for name, value in defaults.items() if name != "max_tokens"}, **given}
         source, structured = self._structured_outputs(forced_call)
         sent_as = {**(sent_as or {}), "structured_outputs": source}
         try:
@@ -465,8 +471,11 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
             raise ValueError("needs logprobs set to true")
         return value
 
-    def sampling_params(self, forced_call: dict[str, Any] | None = None) -> SamplingParams:
-        """``forced_call``: the JSON schema a forced tool call is generated under (``tool_choice``)."""
+    def sampling_params(
+        self, forced_call: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+    ) -> SamplingParams:
+        """``forced_call``: the JSON schema a forced tool call is generated under (``tool_choice``); ``defaults``:
+        the served model's sampling defaults."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         sent_as = {"max_tokens": "max_completion_tokens"} if self.max_completion_tokens is not None else None
@@ -476,6 +485,7 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
             prompt_logprobs=self.prompt_logprobs,
             sent_as=sent_as,
             forced_call=forced_call,
+            defaults=defaults,
         )
 
 
@@ -489,13 +499,16 @@ class CompletionRequest(_GenerationRequest):
 
     _no_suffix = _refused_when_set("suffix", "is not supported: the served models do not fill in the middle")
 
-    def sampling_params(self) -> SamplingParams:
-        """Echo with logprobs needs the prompt's logprobs: as many top ones as the output's, unless asked apart."""
+    def sampling_params(self, defaults: dict[str, Any] | None = None) -> SamplingParams:
+        """Echo with logprobs needs the prompt's logprobs: as many top ones as the output's, unless asked apart;
+        ``defaults``: the served model's sampling defaults (the completion's own default of 16 tokens stays)."""
         prompt_logprobs = self.prompt_logprobs
         if prompt_logprobs is None and self.echo:
             prompt_logprobs = self.logprobs
         max_tokens = 1 if self.echo and self.max_tokens == 0 else self.max_tokens  # the prompt alone (vLLM)
-        return self._sampling_params(max_tokens=max_tokens, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs)
+        return self._sampling_params(
+            max_tokens=max_tokens, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs, defaults=defaults
+        )
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per engine request; an empty prompt list is a 400."""
