@@ -47,8 +47,8 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     for name in ("priority", "cache_salt", "mm_processor_kwargs", "vllm_xargs", "structural_tag")
 }
 LOGPROBS = "message.output_text.logprobs"
-# include values honoured: the output text's logprobs; no reasoning items are produced, so there is no encrypted
-# reasoning to add
+# include values honoured: the output text's logprobs; reasoning items carry their text in the clear (``content``),
+# so there is no encrypted reasoning to add
 INCLUDE_HONOURED = (LOGPROBS, "reasoning.encrypted_content")
 # the chat request's field names in errors (the chat route checks a converted request) -> this route's names
 CHAT_TO_RESPONSES = {
@@ -367,7 +367,23 @@ class OutputFunctionCall(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
-OutputItem = OutputMessage | OutputFunctionCall
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class OutputReasoning(BaseModel):
+    """The model's reasoning (with the served model's ``reasoning_parser``), before the message it led to."""
+
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    summary: list[Any] = Field(default_factory=list)  # no summaries are written
+    content: list[ReasoningText]
+    encrypted_content: None = None
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+OutputItem = OutputReasoning | OutputMessage | OutputFunctionCall
 
 
 class InputTokensDetails(BaseModel):
@@ -376,7 +392,7 @@ class InputTokensDetails(BaseModel):
 
 
 class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0  # no reasoning parser: none are told apart
+    reasoning_tokens: int = 0  # not counted apart (the reasoning item's text is all that tells them)
 
 
 class ResponseUsage(BaseModel):

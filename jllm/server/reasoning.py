@@ -1,0 +1,98 @@
+"""A chat reply's parts with the served model's ``reasoning_parser``: its reasoning told apart first
+(``jllm.reasoning_parsers``), then the tool calls read from the answer after it (``jllm.server.tools``), so a marker
+or a call the model writes while reasoning is reasoning; ``finish_reason`` "tool_calls" follows the answer's calls.
+
+The reasoning comes back as ``reasoning`` and ``reasoning_content`` (``schemas``), unless the request sends vLLM's
+``include_reasoning: false``. A structured-output constraint (``response_format``, ``structured_outputs``,
+``guided_*``, a forced ``tool_choice``) holds from the first token here, where vLLM holds it after the reasoning:
+with a reasoning format in force that would constrain the reasoning, so the request is refused (thinking switched
+off through ``chat_template_kwargs`` leaves no format in force, and the constraint applies as usual).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jllm.config import ServerConfig
+from jllm.reasoning_parsers import ReasoningFormat, ReasoningStream, reasoning_format
+from jllm.server.errors import bad_request
+from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
+from jllm.server.tools import ToolDeltas, ToolPlan
+
+
+@dataclass(frozen=True)
+class ReplyPlan:
+    """One request's reading of its reply: the reasoning format in force (None: none) and its tool handling."""
+
+    tools: ToolPlan
+    reasoning: ReasoningFormat | None
+    include_reasoning: bool
+
+    @classmethod
+    def of(cls, body: ChatCompletionRequest, server: ServerConfig, parser: str | None) -> ReplyPlan:
+        """``parser``: the served model's ``reasoning_parser``. Refuses what this server cannot do beside it."""
+        tools = ToolPlan.of(body, server)
+        fmt = None if parser is None else reasoning_format(parser, body.chat_template_kwargs)
+        if fmt is not None:
+            field = body.constraint_field(tools.forced_schema())
+            if field is not None:
+                switch = f'send chat_template_kwargs {{"{fmt.switch}": false}} to answer without reasoning, or '
+                raise bad_request(
+                    f"{field}: structured output holds from the first token on this server, and the model's "
+                    f"reasoning_parser {parser!r} reads its reasoning there first (vLLM constrains only the answer "
+                    f"after it); {switch if fmt.switch else ''}leave {field} out",
+                    param=field,
+                )
+            if body.logprobs and not body.include_reasoning:
+                raise bad_request(
+                    "logprobs: with include_reasoning false the reasoning's tokens would still show in logprobs; "
+                    "ask for one or the other",
+                    param="logprobs",
+                )
+        return cls(tools, fmt, body.include_reasoning)
+
+    @property
+    def keep_special_tokens(self) -> bool:
+        """A marker may be a special token (Mistral's ``[THINK]``, a call marker), which the parsers must see."""
+        return self.tools.keep_special_tokens or (self.reasoning is not None and self.reasoning.keep_special_tokens)
+
+    def message(self, text: str) -> AssistantMessage:
+        """A whole reply as OpenAI's assistant message: its reasoning, content and calls."""
+        if self.reasoning is None:
+            return self.tools.message(text)
+        reasoning, content = self.reasoning.split(text)
+        message = self.tools.message(content or "")
+        if content is None and not message.tool_calls:
+            message.content = None  # all reasoning (cut short), as vLLM returns it
+        message.reasoning = reasoning if self.include_reasoning else None
+        return message
+
+    def stream(self) -> ReplyDeltas:
+        return ReplyDeltas(self)
+
+
+class ReplyDeltas:
+    """One choice's stream: text deltas in; reasoning, content and ``tool_calls`` deltas out."""
+
+    def __init__(self, plan: ReplyPlan) -> None:
+        self.plan = plan
+        self.tools: ToolDeltas = plan.tools.stream()
+        self._reasoning = ReasoningStream(plan.reasoning) if plan.reasoning is not None else None
+
+    def feed(self, text: str, finished: bool) -> tuple[str | None, str | None, list[DeltaToolCall]]:
+        """(reasoning or None, content or None, call deltas) for one text delta; ``finished`` on the choice's last."""
+        if self._reasoning is None:
+            return None, *self.tools.feed(text, finished)
+        reasoning, answer = self._reasoning.feed(text)
+        if finished:
+            more_reasoning, more_answer = self._reasoning.finish()
+            reasoning, answer = reasoning + more_reasoning, answer + more_answer
+        content, calls = self.tools.feed(answer, finished) if answer or finished else (None, [])
+        return (reasoning or None) if self.plan.include_reasoning else None, content, calls
+
+    @property
+    def called(self) -> bool:
+        """Whether the choice made calls (its finish reason is then "tool_calls")."""
+        return self.tools.called
