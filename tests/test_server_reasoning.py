@@ -16,10 +16,14 @@ from server_utils import RunningServer, http
 
 from jllm.config import ConfigError, load_config
 from jllm.engine import LLMEngine
+from jllm.inputs import Prompt
 from jllm.serve_config import load_serve_config
 
 MODEL = "thinker"
-TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}|{% endfor %}assistant:"
+TEMPLATE = (  # an earlier turn's reasoning shown in brackets, as Qwen3's template shows it
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}{% if m.reasoning_content %}[{{ m.reasoning_content }}]"
+    "{% endif %}|{% endfor %}assistant:"
+)
 CALL = '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
 REPLIES = {  # the user's message -> the model's reply (Qwen3's: <think> opened by the template, or written)
     "sum": "<think>Two and two.</think>\n\nFour.",
@@ -192,3 +196,36 @@ def test_each_model_entry_may_name_its_own_reasoning_parser(tmp_path: Path) -> N
     path.write_text("reasoning_parser: deepseek_r1\nmodels:\n  - model: a\n  - model: b\n    reasoning_parser: qwen3\n")
     served = load_serve_config(path)
     assert [m.config.server.reasoning_parser for m in served.models] == ["deepseek_r1", "qwen3"]
+
+
+@pytest.fixture
+def prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The text of each prompt the engine is given from now on."""
+    seen: list[str] = []
+    add = engine.add_request
+
+    def spy(request_id: str, prompt: Prompt, *args: object) -> None:
+        seen.append(prompt.text or "")
+        add(request_id, prompt, *args)
+
+    monkeypatch.setattr(engine, "add_request", spy)
+    return seen
+
+
+def test_an_earlier_turns_reasoning_reaches_the_template(client: openai.OpenAI, prompts: list[str]) -> None:
+    history = [
+        {"role": "user", "content": "sum"},
+        {"role": "assistant", "content": "Four.", "reasoning_content": "Two and two."},
+        {"role": "user", "content": "sum"},
+    ]
+    client.chat.completions.create(model=MODEL, messages=history, max_tokens=1)
+    assert prompts[-1] == "user: sum|assistant: Four.[Two and two.]|user: sum|assistant:"
+
+
+def test_a_reasoning_item_passed_back_reaches_the_template(client: openai.OpenAI, prompts: list[str]) -> None:
+    first = client.responses.create(model=MODEL, input="sum", max_output_tokens=400)
+    turn = [{"role": "user", "content": "sum"}]
+    client.responses.create(
+        model=MODEL, input=turn + [item.model_dump() for item in first.output] + turn, max_output_tokens=1
+    )
+    assert prompts[-1] == "user: sum|assistant: \n\nFour.[Two and two.]|user: sum|assistant:"

@@ -294,7 +294,7 @@ REFUSED_ELSEWHERE = {  # refused values of honoured fields
     "reasoning": {"effort": "low"},
     "tools": [{"type": "web_search"}],
     "tool_choice": {"type": "function", "name": "absent"},
-    "input": [{"type": "reasoning", "summary": []}],
+    "input": [{"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}],
     "text": {"verbosity": "low"},
 }
 NOTHING = {  # the values of refused or partly honoured fields that ask for nothing, all in one request

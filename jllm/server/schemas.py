@@ -343,6 +343,10 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
+    # the assistant's reasoning before its reply (vLLM's name, and DeepSeek's that templates read), for templates
+    # that show earlier turns' reasoning
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -361,18 +365,24 @@ class ChatMessage(_Request):
             raise ValueError(f"content is required in a {self.role} message (only an assistant's may be left out)")
         if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("tool_calls are only allowed in an assistant message")
+        if (self.reasoning is not None or self.reasoning_content is not None) and self.role != "assistant":
+            raise ValueError("reasoning is only allowed in an assistant message")
         if (self.tool_call_id is None) == (self.role == "tool"):
             raise ValueError("tool_call_id is required in a tool message, and only there")
         return self
 
     def for_template(self) -> dict[str, Any]:
         """What a chat template expects: {role, content} ("developer" is OpenAI's newer name for "system"), plus
-        the assistant's tool calls or the tool result's call id when present."""
+        the assistant's tool calls and reasoning (as ``reasoning_content`` and ``reasoning``) or the tool result's
+        call id when present."""
         content = self.content or ""
         text = content if isinstance(content, str) else "".join(part.text for part in content)
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
         if self.tool_calls:
             message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
+        if reasoning is not None:
+            message["reasoning_content"] = message["reasoning"] = reasoning
         for key in ("tool_call_id", "name"):
             if getattr(self, key) is not None:
                 message[key] = getattr(self, key)
