@@ -10,6 +10,8 @@ returns it. A request whose template switch turns thinking off (``chat_template_
 ``enable_thinking: false``, DeepSeek-V3's ``thinking`` left unset, Granite's ``thinking`` left unset) reads no
 reasoning at all: its reply is parsed as without a reasoning parser.
 
+``ReasoningGate`` holds a structured-output grammar back until the reasoning ends (vLLM constrains only the answer).
+
 Plain Python: the server renders what this finds.
 
 Where this module sits: docs/architecture.md.
@@ -17,6 +19,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +115,25 @@ class ReasoningStream:
             reasoning, self._pos, self._state = rest[:at], self._pos + at + len(end), "content"
         content, self._pos = self.text[self._pos :], len(self.text)
         return reasoning, content
+
+
+class ReasoningGate:
+    """Token by token, whether the reasoning is over: a structured-output grammar holds from the next token on
+    (``structured_output.GrammarGate``). Reads each token's bytes (``Tokenizer.token_bytes``), special ones too."""
+
+    def __init__(self, fmt: ReasoningFormat, token_bytes: Callable[[int], bytes]) -> None:
+        self.format = fmt
+        self._token_bytes = token_bytes
+        self._stream = ReasoningStream(fmt)
+
+    def opens_after(self, token_id: int) -> bool:
+        self._stream.feed(self._token_bytes(token_id).decode(errors="replace"))  # markers are whole characters
+        return self._stream.ended
+
+    def fork(self) -> ReasoningGate:
+        twin = ReasoningGate(self.format, self._token_bytes)
+        twin._stream = copy.copy(self._stream)  # its state is strings and numbers
+        return twin
 
 
 def _think(name: str, implicit: bool, switch: str | None = None) -> Callable[[dict[str, Any]], ReasoningFormat | None]:

@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from jllm.reasoning_parsers import REASONING_PARSERS, ReasoningFormat, ReasoningStream, reasoning_format
+from jllm.reasoning_parsers import (
+    REASONING_PARSERS,
+    ReasoningFormat,
+    ReasoningGate,
+    ReasoningStream,
+    reasoning_format,
+)
 
 R1 = reasoning_format("deepseek_r1")
 GRANITE = reasoning_format("granite", {"thinking": True})
@@ -104,3 +110,12 @@ def test_random_texts_stream_to_their_whole_split() -> None:
 def test_an_unknown_parser_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"reasoning_parser must be one of deepseek_r1, deepseek_v3, qwen3.*'r1'"):
         reasoning_format("r1")
+
+
+def test_the_gate_opens_on_the_token_that_ends_the_reasoning() -> None:
+    assert R1 is not None
+    pieces = ["Hmm", " </", "think", ">", "{", "}"]
+    gate = ReasoningGate(R1, lambda token_id: pieces[token_id].encode())
+    assert [gate.opens_after(i) for i in range(3)] == [False, False, False]
+    twin = gate.fork()
+    assert gate.opens_after(3) and twin.opens_after(3)  # a fork carries the text read so far

@@ -14,10 +14,13 @@ import pytest
 from fake_runner import fake_engine
 from server_utils import RunningServer, http
 
-from jllm.config import ConfigError, load_config
+from jllm.config import ConfigError, ServerConfig, load_config
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
 from jllm.serve_config import load_serve_config
+from jllm.server.errors import APIError
+from jllm.server.reasoning import ReplyPlan
+from jllm.server.schemas import ChatCompletionRequest
 
 MODEL = "thinker"
 TEMPLATE = (  # an earlier turn's reasoning shown in brackets, as Qwen3's template shows it
@@ -29,6 +32,8 @@ REPLIES = {  # the user's message -> the model's reply (Qwen3's: <think> opened 
     "sum": "<think>Two and two.</think>\n\nFour.",
     "call": f"I could write <tool_call> here.</think>Let me check.\n{CALL}",
     "long": "Still thinking about it, and more, and more",
+    "number": "<think>A number.</think>42",
+    "city": '<think>Where?</think>{"city":"Oslo"}',  # compact, as the grammar's JSON is
 }
 TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
 
@@ -130,21 +135,43 @@ def test_thinking_switched_off_in_the_template_reads_no_reasoning(client: openai
     assert message.content == REPLIES["sum"] and "reasoning_content" not in (message.model_extra or {})
 
 
-def test_structured_output_beside_reasoning_is_refused_naming_both(server: RunningServer) -> None:
-    url = f"{server.url}/v1/chat/completions"
+def test_structured_output_holds_the_answer_after_the_reasoning(client: openai.OpenAI) -> None:
     schema = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}
-    body = {"model": MODEL, "messages": _messages("sum"), "max_tokens": 5, "response_format": schema}
-    reply = http("POST", url, json_body=body)
-    error = reply.json()["error"]
-    assert reply.status == 400 and error["param"] == "response_format"
-    assert "reasoning_parser 'qwen3'" in error["message"] and '{"enable_thinking": false}' in error["message"]
-    forced = {"type": "function", "function": {"name": "weather"}}
-    reply = http(
-        "POST", url, json_body={"model": MODEL, "messages": _messages("sum"), "tools": TOOLS, "tool_choice": forced}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=_messages("number"), max_tokens=400, response_format=schema
     )
-    assert reply.status == 400 and reply.json()["error"]["param"] == "tool_choice"
-    off = {**body, "chat_template_kwargs": {"enable_thinking": False}}
-    assert http("POST", url, json_body=off).status == 200
+    message = reply.choices[0].message
+    assert (message.model_extra["reasoning_content"], message.content) == ("A number.", "42")
+    assert reply.choices[0].finish_reason == "stop"
+    reasoning, content, _ = _streamed(client, messages=_messages("number"), response_format=schema)
+    assert (reasoning, content) == ("A number.", "42")
+
+
+def test_a_forced_call_is_generated_after_the_reasoning(client: openai.OpenAI) -> None:
+    forced = {"type": "function", "function": {"name": "weather"}}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=_messages("city"), tools=TOOLS, tool_choice=forced, max_tokens=400
+    )
+    message = reply.choices[0].message
+    assert message.model_extra["reasoning_content"] == "Where?"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+        ("weather", {"city": "Oslo"})
+    ]
+    reasoning, content, chunks = _streamed(client, messages=_messages("city"), tools=TOOLS, tool_choice=forced)
+    calls = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert (reasoning, content, calls[0].function.name) == ("Where?", "", "weather")
+    assert json.loads("".join(d.function.arguments or "" for d in calls)) == {"city": "Oslo"}
+
+
+def test_structured_output_beside_a_reasoning_that_may_not_open_is_refused_naming_both() -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}
+    body = ChatCompletionRequest.model_validate({"messages": _messages("sum"), "response_format": schema})
+    with pytest.raises(APIError) as refused:
+        ReplyPlan.of(body, ServerConfig(), "glm45")
+    assert refused.value.param == "response_format" and "reasoning_parser 'glm45'" in refused.value.message
+    assert '{"enable_thinking": false}' in refused.value.message
+    off = body.model_copy(update={"chat_template_kwargs": {"enable_thinking": False}})
+    assert ReplyPlan.of(off, ServerConfig(), "glm45").reasoning is None
 
 
 def test_logprobs_without_the_reasoning_are_refused(server: RunningServer) -> None:

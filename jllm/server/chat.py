@@ -81,7 +81,8 @@ async def start_chat(
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
     prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
-    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public)
+    gate = reply.grammar_gate(inputs.tokenizer)
+    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public, gate)
     return served, reply, generation
 
 

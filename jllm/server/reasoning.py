@@ -4,9 +4,11 @@ or a call the model writes while reasoning is reasoning; ``finish_reason`` "tool
 
 The reasoning comes back as ``reasoning`` and ``reasoning_content`` (``schemas``), unless the request sends vLLM's
 ``include_reasoning: false``. A structured-output constraint (``response_format``, ``structured_outputs``,
-``guided_*``, a forced ``tool_choice``) holds from the first token here, where vLLM holds it after the reasoning:
-with a reasoning format in force that would constrain the reasoning, so the request is refused (thinking switched
-off through ``chat_template_kwargs`` leaves no format in force, and the constraint applies as usual).
+``guided_*``, a forced ``tool_choice``) holds the answer only, as in vLLM: its grammar waits behind a
+``ReasoningGate`` until the reasoning ends. That needs a format whose reasoning opens with the reply (``implicit``:
+deepseek_r1, deepseek_v3, qwen3, seed_oss); where the model may or may not open reasoning (glm45, granite, mistral)
+the grammar would have to know before the first token, so the request is refused (thinking switched off through
+``chat_template_kwargs`` leaves no format in force, and the constraint applies from the first token as usual).
 
 Where this module sits: docs/architecture.md.
 """
@@ -16,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jllm.config import ServerConfig
-from jllm.reasoning_parsers import ReasoningFormat, ReasoningStream, reasoning_format
+from jllm.reasoning_parsers import ReasoningFormat, ReasoningGate, ReasoningStream, reasoning_format
 from jllm.server.errors import bad_request
 from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
 from jllm.server.tools import ToolDeltas, ToolPlan
+from jllm.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,12 @@ class ReplyPlan:
         fmt = None if parser is None else reasoning_format(parser, body.chat_template_kwargs)
         if fmt is not None:
             field = body.constraint_field(tools.forced_schema())
-            if field is not None:
+            if field is not None and not fmt.implicit:
                 switch = f'send chat_template_kwargs {{"{fmt.switch}": false}} to answer without reasoning, or '
                 raise bad_request(
-                    f"{field}: structured output holds from the first token on this server, and the model's "
-                    f"reasoning_parser {parser!r} reads its reasoning there first (vLLM constrains only the answer "
-                    f"after it); {switch if fmt.switch else ''}leave {field} out",
+                    f"{field}: with the model's reasoning_parser {parser!r} a reply may open with reasoning or "
+                    "not, and the grammar would have to know which before the first token (it constrains only the "
+                    f"answer); {switch if fmt.switch else ''}leave {field} out",
                     param=field,
                 )
             if body.logprobs and not body.include_reasoning:
@@ -57,6 +60,10 @@ class ReplyPlan:
     def keep_special_tokens(self) -> bool:
         """A marker may be a special token (Mistral's ``[THINK]``, a call marker), which the parsers must see."""
         return self.tools.keep_special_tokens or (self.reasoning is not None and self.reasoning.keep_special_tokens)
+
+    def grammar_gate(self, tokenizer: Tokenizer) -> ReasoningGate | None:
+        """What the request's grammar waits for: the reasoning's end (None: no reasoning format in force)."""
+        return None if self.reasoning is None else ReasoningGate(self.reasoning, tokenizer.token_bytes)
 
     def message(self, text: str) -> AssistantMessage:
         """A whole reply as OpenAI's assistant message: its reasoning, content and calls."""
