@@ -20,7 +20,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,11 @@ class ReasoningStream:
         """Whether the reasoning is over (its closing marker seen, or the reply had none)."""
         return self._state == "content"
 
+    @property
+    def reasoning(self) -> bool:
+        """Whether the text so far is inside the reasoning (its opening marker seen, or implied, and not closed)."""
+        return self._state == "reasoning"
+
     def feed(self, delta: str) -> tuple[str, str]:
         """The reasoning and content ``delta`` settles."""
         self.text += delta
@@ -119,19 +124,32 @@ class ReasoningStream:
 
 class ReasoningGate:
     """Token by token, whether the reasoning is over: a structured-output grammar holds from the next token on
-    (``structured_output.GrammarGate``). Reads each token's bytes (``Tokenizer.token_bytes``), special ones too."""
+    (``structured_output.GrammarGate``); and how many tokens the reasoning took (``tokens``: vLLM's
+    ``reasoning_tokens``, its markers included). Reads each token's bytes (``Tokenizer.token_bytes``), special ones
+    too."""
 
     def __init__(self, fmt: ReasoningFormat, token_bytes: Callable[[int], bytes]) -> None:
         self.format = fmt
+        self.tokens = 0
         self._token_bytes = token_bytes
         self._stream = ReasoningStream(fmt)
 
     def opens_after(self, token_id: int) -> bool:
-        self._stream.feed(self._token_bytes(token_id).decode(errors="replace"))  # markers are whole characters
+        if not self._stream.ended:
+            reasoning = self._stream.reasoning
+            self._stream.feed(self._token_bytes(token_id).decode(errors="replace"))  # markers are whole characters
+            self.tokens += reasoning or not self._stream.ended  # a token that ends the reasoning counts too
         return self._stream.ended
 
+    def count(self, token_ids: Iterable[int]) -> int:
+        """Reads ``token_ids`` (the reply's next ones); the reasoning's tokens so far."""
+        for token_id in token_ids:
+            if self.opens_after(token_id):
+                break
+        return self.tokens
+
     def fork(self) -> ReasoningGate:
-        twin = ReasoningGate(self.format, self._token_bytes)
+        twin = copy.copy(self)
         twin._stream = copy.copy(self._stream)  # its state is strings and numbers
         return twin
 

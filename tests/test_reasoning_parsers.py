@@ -119,3 +119,7 @@ def test_the_gate_opens_on_the_token_that_ends_the_reasoning() -> None:
     assert [gate.opens_after(i) for i in range(3)] == [False, False, False]
     twin = gate.fork()
     assert gate.opens_after(3) and twin.opens_after(3)  # a fork carries the text read so far
+    assert gate.tokens == twin.tokens == 4  # the one that ends the reasoning included
+    glm = reasoning_format("glm45")
+    assert glm is not None
+    assert ReasoningGate(glm, lambda token_id: pieces[token_id].encode()).count([4, 5]) == 0  # no reasoning at all

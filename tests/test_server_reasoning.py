@@ -256,3 +256,23 @@ def test_a_reasoning_item_passed_back_reaches_the_template(client: openai.OpenAI
         model=MODEL, input=turn + [item.model_dump() for item in first.output] + turn, max_output_tokens=1
     )
     assert prompts[-1] == "user: sum|assistant: \n\nFour.[Two and two.]|user: sum|assistant:"
+
+
+def test_usage_counts_the_reasoning_tokens(client: openai.OpenAI, engine: LLMEngine) -> None:
+    ids = engine.tokenizer.encode(REPLIES["sum"], add_special_tokens=False)
+    expected = next(k for k in range(len(ids)) if "</think>" in engine.tokenizer.decode(ids[:k]))
+    reply = client.chat.completions.create(model=MODEL, messages=_messages("sum"), max_tokens=400)
+    assert reply.usage.completion_tokens_details.reasoning_tokens == expected
+    _, _, chunks = _streamed(client, messages=_messages("sum"), stream_options={"include_usage": True})
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == expected
+    response = client.responses.create(model=MODEL, input="sum", max_output_tokens=400)
+    assert response.usage.output_tokens_details.reasoning_tokens == expected
+    events = list(client.responses.create(model=MODEL, input="sum", max_output_tokens=400, stream=True))
+    assert events[-1].response.usage.output_tokens_details.reasoning_tokens == expected
+    off = client.chat.completions.create(
+        model=MODEL,
+        messages=_messages("sum"),
+        max_tokens=400,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    assert off.usage.completion_tokens_details is None  # no format in force: nothing told apart

@@ -29,10 +29,12 @@ from jllm.server.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
+    CompletionTokensDetails,
     DeltaMessage,
     TokenizeRequest,
     TokenLogprob,
     TopLogprob,
+    UsageInfo,
     prompt_logprobs_json,
 )
 from jllm.server.sse import send_events
@@ -52,12 +54,13 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             return await send_events(request, chunks)
         deltas = await generation.wait()
         choices = [_choice(d, reply.message(d.text), top, tokenizer) for d in deltas]
+        counts = [reply.reasoning_tokens(d.token_ids, tokenizer) for d in deltas]
         response = ChatCompletionResponse(
             id=response_id,
             created=created,
             model=body.model or served.name,
             choices=choices,
-            usage=generation.usage(),
+            usage=_usage(generation, counts),
             prompt_logprobs=prompt_logprobs_json(deltas[0].prompt_logprobs) if deltas else None,
         )
         return web.json_response(text=response.model_dump_json())
@@ -81,7 +84,7 @@ async def start_chat(
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
     prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
-    gate = reply.grammar_gate(inputs.tokenizer)
+    gate = reply.reasoning_gate(inputs.tokenizer)
     generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public, gate)
     return served, reply, generation
 
@@ -145,8 +148,8 @@ async def _chunks(
         if not streams:
             for index in range(body.n):
                 yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
-        stream = streams.setdefault(d.index, reply.stream())
-        reasoning, content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
+        stream = streams.setdefault(d.index, reply.stream(tokenizer))
+        reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
         logprobs = token_logprobs(d, top, tokenizer)
         if not (reasoning or content or calls or finish_reason or logprobs):
@@ -154,8 +157,19 @@ async def _chunks(
         delta = DeltaMessage(content=content, reasoning=reasoning, tool_calls=calls or None)
         yield chunk(ChatChunkChoice(index=d.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason))
     if body.include_usage:
-        usage = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=generation.usage())
-        yield usage.model_dump_json()
+        usage = _usage(generation, [s.reasoning_tokens for s in streams.values()])
+        yield ChatCompletionChunk(
+            id=response_id, created=created, model=model, choices=[], usage=usage
+        ).model_dump_json()
+
+
+def _usage(generation: Generation, reasoning_tokens: list[int | None]) -> UsageInfo:
+    """The token counts, with the reasoning's (vLLM's ``completion_tokens_details``) where a format read them."""
+    usage = generation.usage()
+    counted = [n for n in reasoning_tokens if n is not None]
+    if counted:
+        usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=sum(counted))
+    return usage
 
 
 def token_logprobs(delta: Delta, top: int, tokenizer: Tokenizer) -> ChatLogprobs | None:

@@ -61,9 +61,15 @@ class ReplyPlan:
         """A marker may be a special token (Mistral's ``[THINK]``, a call marker), which the parsers must see."""
         return self.tools.keep_special_tokens or (self.reasoning is not None and self.reasoning.keep_special_tokens)
 
-    def grammar_gate(self, tokenizer: Tokenizer) -> ReasoningGate | None:
-        """What the request's grammar waits for: the reasoning's end (None: no reasoning format in force)."""
+    def reasoning_gate(self, tokenizer: Tokenizer) -> ReasoningGate | None:
+        """What the request's grammar waits for, and what counts a reply's reasoning tokens: the reasoning's end
+        (None: no reasoning format in force)."""
         return None if self.reasoning is None else ReasoningGate(self.reasoning, tokenizer.token_bytes)
+
+    def reasoning_tokens(self, token_ids: list[int], tokenizer: Tokenizer) -> int | None:
+        """A whole reply's reasoning tokens (None: no reasoning format in force)."""
+        gate = self.reasoning_gate(tokenizer)
+        return None if gate is None else gate.count(token_ids)
 
     def message(self, text: str) -> AssistantMessage:
         """A whole reply as OpenAI's assistant message: its reasoning, content and calls."""
@@ -76,22 +82,32 @@ class ReplyPlan:
         message.reasoning = reasoning if self.include_reasoning else None
         return message
 
-    def stream(self) -> ReplyDeltas:
-        return ReplyDeltas(self)
+    def stream(self, tokenizer: Tokenizer) -> ReplyDeltas:
+        return ReplyDeltas(self, self.reasoning_gate(tokenizer))
 
 
 class ReplyDeltas:
-    """One choice's stream: text deltas in; reasoning, content and ``tool_calls`` deltas out."""
+    """One choice's stream: text deltas in; reasoning, content and ``tool_calls`` deltas out; the reasoning's
+    tokens counted (``reasoning_tokens``)."""
 
-    def __init__(self, plan: ReplyPlan) -> None:
+    def __init__(self, plan: ReplyPlan, counter: ReasoningGate | None) -> None:
         self.plan = plan
         self.tools: ToolDeltas = plan.tools.stream()
         self._reasoning = ReasoningStream(plan.reasoning) if plan.reasoning is not None else None
+        self._counter = counter
 
-    def feed(self, text: str, finished: bool) -> tuple[str | None, str | None, list[DeltaToolCall]]:
-        """(reasoning or None, content or None, call deltas) for one text delta; ``finished`` on the choice's last."""
-        if self._reasoning is None:
+    @property
+    def reasoning_tokens(self) -> int | None:
+        """The reasoning's tokens so far (None: no reasoning format in force)."""
+        return None if self._counter is None else self._counter.tokens
+
+    def feed(
+        self, text: str, token_ids: list[int], finished: bool
+    ) -> tuple[str | None, str | None, list[DeltaToolCall]]:
+        """(reasoning or None, content or None, call deltas) for one delta; ``finished`` on the choice's last."""
+        if self._reasoning is None or self._counter is None:
             return None, *self.tools.feed(text, finished)
+        self._counter.count(token_ids)
         reasoning, answer = self._reasoning.feed(text)
         if finished:
             more_reasoning, more_answer = self._reasoning.finish()

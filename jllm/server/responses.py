@@ -34,6 +34,7 @@ from jllm.server.responses_schemas import (
     OutputMessage,
     OutputReasoning,
     OutputText,
+    OutputTokensDetails,
     ReasoningText,
     ResponseError,
     ResponseObject,
@@ -59,6 +60,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if body.stream:
             return await send_events(request, view.events(reply), done=False)
         (delta,) = await generation.wait()
+        view.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, view.tokenizer) or 0
         status = _status(delta.finish_reason)
         response = view.response(status, _items(reply.message(delta.text), status, view.logprobs(delta)))
         return web.json_response(text=response.model_dump_json())
@@ -160,6 +162,7 @@ class _ResponseView:
         self.model = model
         self.generation = generation
         self.created_at = int(time.time())
+        self.reasoning_tokens = 0  # the reply's, once counted
         self.items: list[OutputItem] = []  # streamed so far, the last one perhaps still open
         self._open = False
         self._sequence = 0
@@ -178,6 +181,7 @@ class _ResponseView:
                 input_tokens=u.prompt_tokens,
                 input_tokens_details=InputTokensDetails(cached_tokens=self.generation.cached_tokens),
                 output_tokens=u.completion_tokens,
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=self.reasoning_tokens),
                 total_tokens=u.total_tokens,
             )
         choice = body.tool_choice
@@ -210,10 +214,11 @@ class _ResponseView:
         try:
             yield self._event("response.created", response=self.response("in_progress").model_dump())
             yield self._event("response.in_progress", response=self.response("in_progress").model_dump())
-            stream, finish_reason = reply.stream(), None
+            stream, finish_reason = reply.stream(self.tokenizer), None
             logprobs: list[TokenLogprob] = []  # a token's entry waits for its text (part of a character has none)
             async for d in self.generation.deltas():
-                reasoning, content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
+                reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
+                self.reasoning_tokens = stream.reasoning_tokens or 0
                 finish_reason = d.finish_reason or finish_reason
                 logprobs += self.logprobs(d)
                 if reasoning:

@@ -426,7 +426,7 @@ class InputTokensDetails(BaseModel):
 
 
 class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0  # not counted apart (the reasoning item's text is all that tells them)
+    reasoning_tokens: int = 0  # with a reasoning format in force: the reasoning's tokens, its markers included
 
 
 class ResponseUsage(BaseModel):

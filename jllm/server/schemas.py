@@ -556,10 +556,22 @@ class DetokenizeRequest(_Request):
 # ---------------------------------------------------------------------------------------------------- responses
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None  # with a reasoning format in force (vLLM's)
+
+    @model_serializer(mode="wrap")
+    def _details_when_counted(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("completion_tokens_details") is None:
+            data.pop("completion_tokens_details", None)
+        return data
 
 
 class PromptLogprob(BaseModel):
