@@ -73,8 +73,7 @@ class ReasoningStream:
 
     def __init__(self, fmt: ReasoningFormat) -> None:
         self.format = fmt
-        self.text = ""
-        self._pos = 0  # where the text not yet sent begins
+        self._rest = ""  # the text not sent yet (held back): a stream keeps no more, however long the reply
         self._state = "start"  # then "reasoning", then "content"
 
     @property
@@ -89,7 +88,7 @@ class ReasoningStream:
 
     def feed(self, delta: str) -> tuple[str, str]:
         """The reasoning and content ``delta`` settles."""
-        self.text += delta
+        self._rest += delta
         return self._advance(final=False)
 
     def finish(self) -> tuple[str, str]:
@@ -99,26 +98,23 @@ class ReasoningStream:
     def _advance(self, final: bool) -> tuple[str, str]:
         fmt, reasoning = self.format, ""
         if self._state == "start":
-            rest = self.text[self._pos :]
-            body = rest.lstrip()
+            body = self._rest.lstrip()
             start = next((m for m in fmt.starts if body.startswith(m)), None)
             if start is not None:
-                self._pos += len(rest) - len(body) + len(start)
-                self._state = "reasoning"
+                self._rest, self._state = body[len(start) :], "reasoning"
             elif not final and any(m.startswith(body) for m in fmt.starts):
                 return "", ""  # whitespace, or the start of a marker: not yet known
             else:
                 self._state = "reasoning" if fmt.implicit else "content"
         if self._state == "reasoning":
-            rest = self.text[self._pos :]
-            found = _first(rest, fmt.ends)
+            found = _first(self._rest, fmt.ends)
             if found is None:
-                size = len(rest) - (0 if final else _held(rest, fmt.ends))
-                self._pos += size
-                return rest[:size], ""
+                size = len(self._rest) - (0 if final else _held(self._rest, fmt.ends))
+                reasoning, self._rest = self._rest[:size], self._rest[size:]
+                return reasoning, ""
             at, end = found
-            reasoning, self._pos, self._state = rest[:at], self._pos + at + len(end), "content"
-        content, self._pos = self.text[self._pos :], len(self.text)
+            reasoning, self._rest, self._state = self._rest[:at], self._rest[at + len(end) :], "content"
+        content, self._rest = self._rest, ""
         return reasoning, content
 
 
@@ -150,7 +146,7 @@ class ReasoningGate:
 
     def fork(self) -> ReasoningGate:
         twin = copy.copy(self)
-        twin._stream = copy.copy(self._stream)  # its state is strings and numbers
+        twin._stream = copy.copy(self._stream)  # its state is strings
         return twin
 
 
