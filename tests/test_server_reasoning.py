@@ -14,6 +14,7 @@ import pytest
 from fake_runner import fake_engine
 from server_utils import RunningServer, http
 
+from jllm import cli
 from jllm.config import ConfigError, ServerConfig, load_config
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
@@ -213,9 +214,18 @@ def test_responses_refuse_text_logprobs_beside_reasoning(server: RunningServer) 
     assert reply.status == 400 and reply.json()["error"]["param"] == "include"
 
 
-def test_an_unknown_reasoning_parser_is_refused_at_start_naming_the_known_ones() -> None:
+def test_an_unknown_reasoning_parser_is_refused_at_start_naming_the_known_ones(
+    capsys: pytest.CaptureFixture,
+) -> None:
     with pytest.raises(ConfigError, match=r"^reasoning_parser='r1' is not allowed: must be one of deepseek_r1, "):
         load_config(None, reasoning_parser="r1")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--reasoning-parser", "r1"])
+    assert exit_info.value.code == 2
+    assert (
+        "reasoning_parser='r1' is not allowed: must be one of deepseek_r1, deepseek_v3, qwen3"
+        in capsys.readouterr().err
+    )
 
 
 def test_each_model_entry_may_name_its_own_reasoning_parser(tmp_path: Path) -> None:
