@@ -146,6 +146,12 @@ def test_structured_output_holds_the_answer_after_the_reasoning(client: openai.O
     assert reply.choices[0].finish_reason == "stop"
     reasoning, content, _ = _streamed(client, messages=_messages("number"), response_format=schema)
     assert (reasoning, content) == ("A number.", "42")
+    several = client.chat.completions.create(
+        model=MODEL, messages=_messages("number"), max_tokens=400, response_format=schema, n=2
+    )  # each sample's grammar waits behind its own gate
+    assert [(c.message.model_extra["reasoning_content"], c.message.content) for c in several.choices] == [
+        ("A number.", "42")
+    ] * 2
 
 
 def test_a_forced_call_is_generated_after_the_reasoning(client: openai.OpenAI) -> None:
@@ -173,6 +179,12 @@ def test_structured_output_beside_a_reasoning_that_may_not_open_is_refused_namin
     assert '{"enable_thinking": false}' in refused.value.message
     off = body.model_copy(update={"chat_template_kwargs": {"enable_thinking": False}})
     assert ReplyPlan.of(off, ServerConfig(), "glm45").reasoning is None
+
+
+def test_mistral_markers_are_special_tokens_kept_in_the_text() -> None:
+    body = ChatCompletionRequest.model_validate({"messages": _messages("sum")})
+    assert ReplyPlan.of(body, ServerConfig(), "mistral").keep_special_tokens
+    assert not ReplyPlan.of(body, ServerConfig(), "qwen3").keep_special_tokens
 
 
 def test_logprobs_without_the_reasoning_are_refused(server: RunningServer) -> None:
