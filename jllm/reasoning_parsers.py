@@ -35,6 +35,15 @@ class ReasoningFormat:
     implicit: bool  # reasoning from the first character even without an opening marker (the template opened it)
     switch: str | None = None  # the chat_template_kwargs key that turns thinking on or off, if the family has one
     keep_special_tokens: bool = False  # the markers are special tokens, which decoding would otherwise drop
+    answers: tuple[str, ...] = ()  # markers that end the reasoning unclosed and begin the answer (kept in it)
+
+    def close(self, text: str) -> tuple[int, int] | None:
+        """Where the first closing marker (or answer marker) in ``text`` begins, and where the answer after it does."""
+        found = _first(text, self.ends + self.answers)
+        if found is None:
+            return None
+        at, marker = found
+        return at, at + (0 if marker in self.answers else len(marker))
 
     def split(self, text: str) -> tuple[str | None, str | None]:
         """A whole reply as (reasoning, content); None for an empty part."""
@@ -46,11 +55,11 @@ class ReasoningFormat:
             body = text
         else:
             return None, text or None
-        found = _first(body, self.ends)
+        found = self.close(body)
         if found is None:
             return body or None, None
-        at, end = found
-        return body[:at] or None, body[at + len(end) :] or None
+        at, answer = found
+        return body[:at] or None, body[answer:] or None
 
 
 def _first(text: str, markers: tuple[str, ...]) -> tuple[int, str] | None:
@@ -107,13 +116,13 @@ class ReasoningStream:
             else:
                 self._state = "reasoning" if fmt.implicit else "content"
         if self._state == "reasoning":
-            found = _first(self._rest, fmt.ends)
+            found = fmt.close(self._rest)
             if found is None:
-                size = len(self._rest) - (0 if final else _held(self._rest, fmt.ends))
+                size = len(self._rest) - (0 if final else _held(self._rest, fmt.ends + fmt.answers))
                 reasoning, self._rest = self._rest[:size], self._rest[size:]
                 return reasoning, ""
-            at, end = found
-            reasoning, self._rest, self._state = self._rest[:at], self._rest[at + len(end) :], "content"
+            at, answer = found
+            reasoning, self._rest, self._state = self._rest[:at], self._rest[answer:], "content"
         content, self._rest = self._rest, ""
         return reasoning, content
 
@@ -150,13 +159,16 @@ class ReasoningGate:
         return twin
 
 
-def _think(name: str, implicit: bool, switch: str | None = None) -> Callable[[dict[str, Any]], ReasoningFormat | None]:
+def _think(
+    name: str, implicit: bool, switch: str | None = None, answers: tuple[str, ...] = ()
+) -> Callable[[dict[str, Any]], ReasoningFormat | None]:
     """``<think>``/``</think>`` families: the format, or None where the request's template switch (on unless sent
     false) turns thinking off."""
-    fmt = ReasoningFormat(name, ("<think>",), ("</think>",), implicit, switch)
+    fmt = ReasoningFormat(name, ("<think>",), ("</think>",), implicit, switch, answers=answers)
     return lambda kwargs: fmt if switch is None or bool(kwargs.get(switch, True)) else None
 
 
+QWEN3_CALLS = ("<tool_call>\n<function=", "<tool_call><function=")
 _GRANITE = ReasoningFormat(
     "granite",
     ("Here is my thought process:", "Here's my thought process:"),  # "Here's": seen from quantized Granite models
@@ -177,7 +189,8 @@ def _deepseek_v3(kwargs: dict[str, Any]) -> ReasoningFormat | None:
 _FORMATS: dict[str, Callable[[dict[str, Any]], ReasoningFormat | None]] = {
     "deepseek_r1": _think("deepseek_r1", implicit=True),
     "deepseek_v3": _deepseek_v3,
-    "qwen3": _think("qwen3", implicit=True, switch="enable_thinking"),
+    # Qwen3.5 may call a tool from inside its thinking, unclosed: a qwen3_coder call ends the reasoning (vLLM's)
+    "qwen3": _think("qwen3", implicit=True, switch="enable_thinking", answers=QWEN3_CALLS),
     "glm45": _think("glm45", implicit=False, switch="enable_thinking"),
     "granite": lambda kwargs: _GRANITE if kwargs.get("thinking") else None,
     "mistral": lambda kwargs: _MISTRAL,

@@ -28,6 +28,8 @@ CASES = [
     ("qwen3", None, "<think>\nhmm\n</think>\n\nHi", ("\nhmm\n", "\n\nHi")),
     ("qwen3", None, "hmm</think>Hi", ("hmm", "Hi")),
     ("qwen3", {"enable_thinking": False}, "Hi </think> there", (None, "Hi </think> there")),
+    ("qwen3", None, "plan<tool_call>\n<function=f>", ("plan", "<tool_call>\n<function=f>")),  # a call, unclosed
+    ("qwen3", None, "may use <tool_call> later</think>ok", ("may use <tool_call> later", "ok")),
     ("deepseek_v3", {"thinking": True}, "plan</think>answer", ("plan", "answer")),
     ("deepseek_v3", None, "plan</think>answer", (None, "plan</think>answer")),
     ("glm45", None, "<think>plan</think>answer", ("plan", "answer")),
@@ -99,6 +101,7 @@ def test_an_opening_marker_and_leading_whitespace_are_held_until_known() -> None
 def test_random_texts_stream_to_their_whole_split() -> None:
     rng = random.Random(0)
     pieces = ["<think>", "</think>", "<th", "</", "ink>", "a", " ", "\n", "Here is my response:", "[THINK]", "[/THINK]"]
+    pieces += ["<tool_call>", "<function="]
     formats = [reasoning_format(n, {"enable_thinking": True, "thinking": True}) for n in REASONING_PARSERS]
     for _ in range(300):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
