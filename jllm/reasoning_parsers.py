@@ -168,7 +168,7 @@ def _think(
     return lambda kwargs: fmt if switch is None or bool(kwargs.get(switch, True)) else None
 
 
-QWEN3_CALLS = ("<tool_call>\n<function=", "<tool_call><function=")
+_QWEN3_CALLS = ("<tool_call>\n<function=", "<tool_call><function=")
 _GRANITE = ReasoningFormat(
     "granite",
     ("Here is my thought process:", "Here's my thought process:"),  # "Here's": seen from quantized Granite models
@@ -190,7 +190,7 @@ _FORMATS: dict[str, Callable[[dict[str, Any]], ReasoningFormat | None]] = {
     "deepseek_r1": _think("deepseek_r1", implicit=True),
     "deepseek_v3": _deepseek_v3,
     # Qwen3.5 may call a tool from inside its thinking, unclosed: a qwen3_coder call ends the reasoning (vLLM's)
-    "qwen3": _think("qwen3", implicit=True, switch="enable_thinking", answers=QWEN3_CALLS),
+    "qwen3": _think("qwen3", implicit=True, switch="enable_thinking", answers=_QWEN3_CALLS),
     "glm45": _think("glm45", implicit=False, switch="enable_thinking"),
     "granite": lambda kwargs: _GRANITE if kwargs.get("thinking") else None,
     "mistral": lambda kwargs: _MISTRAL,
