@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from jllm.reasoning_parsers import REASONING_PARSERS
 from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -269,6 +270,8 @@ class ServerConfig(_Section):
     tokenizer_workers: int = 2  # threads that tokenize and render long prompts (short ones are done inline)
     tool_call_parser: str | None = None  # the served family's tool-call format (vLLM's names: jllm.tool_parsers)
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
+    # the served family's reasoning format (vLLM's names: jllm.reasoning_parsers); a models: entry may set its own
+    reasoning_parser: str | None = None
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -298,6 +301,11 @@ class ServerConfig(_Section):
             self.tool_call_parser in (None, *TOOL_CALL_PARSERS),
             "tool_call_parser",
             f"must be one of {', '.join(TOOL_CALL_PARSERS)}",
+        )
+        self._require(
+            self.reasoning_parser in (None, *REASONING_PARSERS),
+            "reasoning_parser",
+            f"must be one of {', '.join(REASONING_PARSERS)}",
         )
         self._require(
             not self.enable_auto_tool_choice or self.tool_call_parser is not None,
