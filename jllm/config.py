@@ -242,6 +242,46 @@ class ParallelConfig(_Section):
 
 
 @dataclass
+class LoRAConfig(_Section):
+    """Multi-LoRA serving (vLLM's keys): PEFT adapters applied per request beside the base weights (``jllm.lora``)."""
+
+    enable_lora: bool = False
+    max_loras: int = 1  # adapters resident on the device at once (their slots); a request for another waits
+    max_lora_rank: int = 16  # the slots' rank: an adapter of a higher r is refused, lower ones padded with zeros
+    # adapters served by name, each "name=path" to a PEFT folder (vLLM's --lora-modules): a request's `model`
+    lora_modules: list[str] | None = None
+    # POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's, behind VLLM_ALLOW_RUNTIME_LORA_UPDATING)
+    allow_runtime_lora_updating: bool = False
+
+    def validate(self) -> None:
+        self._require(self.max_loras >= 1, "max_loras", "must be >= 1")
+        self._require(self.max_lora_rank >= 1, "max_lora_rank", "must be >= 1")
+        modules = self.lora_modules or []
+        self._require(not modules or self.enable_lora, "lora_modules", "needs enable_lora: true")
+        self._require(
+            not self.allow_runtime_lora_updating or self.enable_lora,
+            "allow_runtime_lora_updating",
+            "needs enable_lora: true",
+        )
+        pairs = [str(m).partition("=") for m in modules]
+        self._require(
+            all(
+                isinstance(m, str) and name.strip() and path.strip()
+                for m, (name, _, path) in zip(modules, pairs, strict=True)
+            ),
+            "lora_modules",
+            'each entry must be "name=path" (a PEFT adapter folder)',
+        )
+        names = [name.strip() for name, _, _ in pairs]
+        self._require(len(set(names)) == len(names), "lora_modules", "names must be distinct")
+
+    @property
+    def modules(self) -> dict[str, str]:
+        """``lora_modules`` as name -> path."""
+        return {name.strip(): path.strip() for name, _, path in (m.partition("=") for m in self.lora_modules or [])}
+
+
+@dataclass
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -343,6 +383,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
     @classmethod
@@ -373,6 +414,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "scheduler": SchedulerConfig,
     "parallel": ParallelConfig,
     "limits": LimitsConfig,
+    "lora": LoRAConfig,
     "server": ServerConfig,
 }
 

@@ -27,6 +27,7 @@ from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
 from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear
+from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.moe import SparseMoE
 from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
@@ -187,12 +188,20 @@ class Attention(nnx.Module):
         self.args, self.spec = args, spec
 
     def __call__(
-        self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
+        self,
+        x: jax.Array,
+        norm: nnx.Module,
+        positions: jax.Array,
+        kv_pages: jax.Array,
+        meta: AttentionMetadata,
+        lora: LayerLoRA | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Attention over ``norm(x)`` (``x`` itself without a norm)."""
+        """Attention over ``norm(x)`` (``x`` itself without a norm), each token's LoRA delta added (``lora``)."""
         a, g = self.args, self.group
         t = x.shape[0]
         qkv = normed_linear(norm, self.qkv_proj, x)  # [T, kv_heads, group + 2, head_dim]
+        if lora is not None:
+            qkv = qkv + lora.delta("qkv", x if norm is None else norm(x))
         q = qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim)
         k, v = qkv[:, :, g], qkv[:, :, g + 1]
         if self.q_norm is not None and a.qk_norm_all_heads:  # [T, heads * head_dim] normed, then heads again
@@ -213,7 +222,9 @@ class Attention(nnx.Module):
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
         )
-        return self.o_proj(out.reshape(t, a.num_heads * a.head_dim)), kv_pages
+        out = out.reshape(t, a.num_heads * a.head_dim)
+        y = self.o_proj(out)
+        return (y if lora is None else y + lora.delta("o", out)), kv_pages
 
 
 class DecoderLayer(nnx.Module):
@@ -233,20 +244,27 @@ class DecoderLayer(nnx.Module):
         self.residual_scale = args.residual_scale
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        kv_pages: jax.Array,
+        meta: AttentionMetadata,
+        lora: LayerLoRA | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        h, kv_pages = self.self_attn(x, self.input_layernorm, positions, kv_pages, meta)
+        """``lora``: the step's adapters (sequential residual and a dense gated MLP only: ``jllm.lora`` refuses the
+        other families at load)."""
+        h, kv_pages = self.self_attn(x, self.input_layernorm, positions, kv_pages, meta, lora)
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
             return x + (self._mlp(x, self.input_layernorm if shared else self.post_attention_layernorm) + h), kv_pages
         x = x + h
-        return x + self._mlp(x, self.post_attention_layernorm), kv_pages
+        return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages
 
-    def _mlp(self, x: jax.Array, norm: nnx.Module) -> jax.Array:
+    def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
         of experts reads the normed states."""
-        h = self.mlp(x, norm) if isinstance(self.mlp, MLP) else self.mlp(x if norm is None else norm(x))
+        h = self.mlp(x, norm, lora) if isinstance(self.mlp, MLP) else self.mlp(x if norm is None else norm(x))
         return self._scaled(h if self.mlp_out_norm is None else self.mlp_out_norm(h))
 
     def _scaled(self, h: jax.Array) -> jax.Array:
@@ -257,12 +275,18 @@ class DecoderLayer(nnx.Module):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _decoder_layer(
-    graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: Any
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    x: jax.Array,
+    positions: jax.Array,
+    kv_pages: jax.Array,
+    meta: Any,
+    lora: LayerLoRA | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
     once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
     2026-11-26)."""
-    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta)
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora)
 
 
 class CausalLM(nnx.Module):
@@ -288,9 +312,10 @@ class CausalLM(nnx.Module):
         positions: jax.Array,  # [T] int32
         kv_caches: list[jax.Array],  # per layer [2, num_kv_heads, num_pages, page_size, head_dim]
         meta: AttentionMetadata,
+        lora: LoRABatch | None = None,
     ) -> tuple[jax.Array, list[jax.Array]]:
-        """Final hidden states ``[T, hidden]`` (normed) and the updated pool."""
-        states, new_caches = self._residual_stream(input_ids, positions, kv_caches, meta)
+        """Final hidden states ``[T, hidden]`` (normed) and the updated pool; ``lora``: each token's adapter."""
+        states, new_caches = self._residual_stream(input_ids, positions, kv_caches, meta, lora)
         return self.norm(states[-1]), new_caches
 
     def hidden_states(
@@ -302,14 +327,20 @@ class CausalLM(nnx.Module):
         return [*states[:-1], self.norm(states[-1])]
 
     def _residual_stream(
-        self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[jax.Array], meta: AttentionMetadata
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        kv_caches: list[jax.Array],
+        meta: AttentionMetadata,
+        lora: LoRABatch | None = None,
     ) -> tuple[list[jax.Array], list[jax.Array]]:
         """The residual stream before the first layer and after each (not normed), and the updated pool."""
         x = self.embed_tokens(input_ids)
         states = [x if self.embed_positions is None else x + self.embed_positions(positions)]
         new_caches = []
-        for layer, kv_pages in zip(self.layers, kv_caches, strict=True):
-            x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta)
+        for i, (layer, kv_pages) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            layer_lora = None if lora is None else lora.layer(i, x.dtype)
+            x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta, layer_lora)
             states.append(x)
             new_caches.append(kv_pages)
         return states, new_caches

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jllm.models.lora import LayerLoRA
 from jllm.quantization import QuantScheme
 
 
@@ -185,9 +186,14 @@ class MLP(nnx.Module):
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
         self.act, self.gated = act, gated
 
-    def __call__(self, x: jax.Array, norm: nnx.Module | None = None) -> jax.Array:
-        """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``."""
+    def __call__(self, x: jax.Array, norm: nnx.Module | None = None, lora: LayerLoRA | None = None) -> jax.Array:
+        """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``; ``lora``: each
+        token's adapter deltas (gated MLPs only)."""
         if not self.gated:
             return self.down_proj(ACTIVATIONS[self.act](normed_linear(norm, self.up_proj, x)))
         gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
-        return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1])
+        if lora is not None:
+            gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
+        h = ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1]
+        y = self.down_proj(h)
+        return y if lora is None else y + lora.delta("down", h)
