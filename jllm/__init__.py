@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jllm.llm import LLM
+    from jllm.lora.request import LoRARequest
     from jllm.outputs import (
         CompletionOutput,
         ContinuationScore,
@@ -31,6 +32,7 @@ _EXPORTS = {
     "PoolingRequestOutput": "jllm.outputs",
     "EmbeddingRequestOutput": "jllm.outputs",
     "ContinuationScore": "jllm.outputs",
+    "LoRARequest": "jllm.lora.request",
 }
 __all__ = [
     "LLM",
@@ -41,6 +43,7 @@ __all__ = [
     "PoolingRequestOutput",
     "EmbeddingRequestOutput",
     "ContinuationScore",
+    "LoRARequest",
 ]
 
 

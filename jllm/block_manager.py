@@ -3,7 +3,8 @@
 Pages are opaque ids into the KV pool. Page 0 is reserved (padded tokens write there), so pages 1..num_pages-1 are
 handed out. A page's reference count is the number of sequences whose block table lists it; at 0 it sits in the free
 queue. A full page whose tokens are computed gets a chained hash (vLLM's scheme: the parent page's hash and this
-page's token ids), so one hash names the whole prefix up to the page's end.
+page's token ids), so one hash names the whole prefix up to the page's end; a sequence under a LoRA adapter chains
+from the adapter's own root, so its pages never serve the base model or another adapter.
 
 A freed page that is findable by hash keeps its K/V: it goes to the back of the free queue and a later request can
 take it back (a prefix-cache hit) until the allocator reuses it. Freed pages without a hash go to the front, and
@@ -31,6 +32,12 @@ def hash_page(parent: PageHash | None, token_ids: list[int]) -> PageHash:
     h = hashlib.sha256(parent or b"")
     h.update(array("q", token_ids).tobytes())
     return h.digest()
+
+
+def _hash_root(seq: Sequence) -> PageHash | None:
+    """Where a sequence's chain of page hashes starts: K/V computed under a LoRA adapter differ from the base
+    model's, so its pages chain from the adapter's own root and never serve another adapter's prompt."""
+    return None if seq.lora_request is None else seq.lora_request.prefix_hash_root
 
 
 class BlockManager:
@@ -105,7 +112,7 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return 0
         ps, tokens = self.page_size, seq.token_ids
-        parent: PageHash | None = None
+        parent = _hash_root(seq)
         pages: list[int] = []
         for i in range((len(tokens) - 1) // ps):
             parent = hash_page(parent, tokens[i * ps : (i + 1) * ps])
@@ -137,7 +144,7 @@ class BlockManager:
             start -= 1
         if start == num_full:
             return
-        parent = self._page_hashes[table[start - 1]] if start else None
+        parent = self._page_hashes[table[start - 1]] if start else _hash_root(seq)
         tokens = seq.token_ids
         for i in range(start, num_full):
             parent = hash_page(parent, tokens[i * ps : (i + 1) * ps])

@@ -23,11 +23,13 @@ import jax
 from jllm import distributed, kv_cache, parallel
 from jllm.attention import describe_backend, resolve_backend
 from jllm.block_manager import BlockManager
-from jllm.config import EngineConfig, ServerConfig
+from jllm.config import ConfigError, EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
 from jllm.executable_cache import open_cache
 from jllm.inputs import InputProcessor
 from jllm.loader import LoadedModel, load_model
+from jllm.lora.manager import LoRAManager
+from jllm.lora.request import LoRARequest
 from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.runner import ModelRunner
@@ -142,6 +144,7 @@ def _worker(
     sched = config.scheduler
     logger.info(describe_backend(backend))
     executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded))
+    lora = _lora_manager(config, loaded, publisher)
     runner = ModelRunner(
         loaded,
         pool,
@@ -153,12 +156,34 @@ def _worker(
         max_stop_token_ids=config.limits.max_stop_token_ids,
         attention_backend=backend,
         executable_cache=executable_cache,
+        lora=lora,
     )
     if sched.compile_at_start:
         with timed() as elapsed:
             report = runner.warmup(show_progress=show_progress)
         report.log(logger, elapsed.seconds)
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
+
+
+def _lora_manager(
+    config: EngineConfig, loaded: LoadedModel, publisher: distributed.PlanPublisher | None
+) -> LoRAManager | None:
+    """The adapters' slots and device arrays with ``enable_lora`` (its ``lora_modules`` read and checked now)."""
+    lora = config.lora
+    if not lora.enable_lora:
+        return None
+    if config.parallel.distributed_coordinator is not None:
+        raise ConfigError(
+            "enable_lora is not supported with distributed_coordinator (a published step plan carries no adapter "
+            "loads); run LoRA on one process",
+            key="enable_lora",
+        )
+    manager = LoRAManager(
+        loaded.args, loaded.hf_config, loaded.mesh, max_loras=lora.max_loras, max_lora_rank=lora.max_lora_rank
+    )
+    for lora_int_id, (name, path) in enumerate(lora.modules.items(), start=1):
+        manager.add(LoRARequest(name, lora_int_id, path))
+    return manager
 
 
 def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, object]:
@@ -180,6 +205,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         max_model_len=worker.max_model_len,
         eos_token_ids=worker.tokenizer.eos_token_ids,
         long_prefill_token_threshold=sched.long_prefill_token_threshold,
+        lora_slots=None if worker.runner.lora is None else worker.runner.lora.slots,
     )
     inputs = InputProcessor(
         worker.tokenizer,
@@ -195,6 +221,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         seed=config.model.seed,
         publish=None if worker.publisher is None else worker.publisher.publish,
         sampling_defaults=_sampling_defaults(config.model.generation_config, given_folder, worker.loaded),
+        lora=worker.runner.lora,
     )
 
 

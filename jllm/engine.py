@@ -25,6 +25,8 @@ import numpy as np
 from jllm import sampler
 from jllm.block_manager import BlockManager
 from jllm.inputs import InputProcessor, Prompt
+from jllm.lora.manager import LoRAManager
+from jllm.lora.request import LoRARequest
 from jllm.output_processor import OutputProcessor, RequestState
 from jllm.outputs import RequestOutput
 from jllm.pooling import Encoder
@@ -72,10 +74,13 @@ class LLMEngine:
         seed: int | None = None,
         publish: Callable[[StepPlan], None] | None = None,
         sampling_defaults: dict[str, Any] | None = None,
+        lora: LoRAManager | None = None,
     ) -> None:
         """``sampling_defaults``: the fields a request that leaves them unset samples with (the model's
-        generation_config.json's, ``jllm.sampling.generation_defaults``); the front ends apply them."""
+        generation_config.json's, ``jllm.sampling.generation_defaults``); the front ends apply them. ``lora``: the
+        adapters (with ``enable_lora``; the runner's and the scheduler's slots too)."""
         self.scheduler = scheduler
+        self.lora = lora
         self.sampling_defaults = dict(sampling_defaults or {})
         self.runner = runner
         self.inputs = inputs
@@ -112,14 +117,28 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ requests
 
+    def add_lora(self, lora_request: LoRARequest) -> None:
+        """Reads and checks the adapter's files (once per ``lora_int_id``), so a request can name it; a bad adapter
+        raises ``jllm.lora.peft_files.AdapterError`` naming what is wrong."""
+        if self.lora is None:
+            raise ValueError(f"lora_request {lora_request.lora_name!r} needs the engine started with enable_lora: true")
+        self.lora.add(lora_request)
+
     def add_request(
-        self, request_id: str, prompt: Prompt, params: SamplingParams, grammar: GrammarMatcher | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        grammar: GrammarMatcher | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queues a prompt that ``jllm.inputs`` has checked; ``params.n`` samples, each its own sequence.
         ``grammar``: the constraint's matcher, built beforehand off this thread (``GrammarCompiler.matcher``: a
-        large grammar takes a second or more); else built here."""
+        large grammar takes a second or more); else built here. ``lora_request``: its adapter (read here if new)."""
         if request_id in self.outputs.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if lora_request is not None:
+            self.add_lora(lora_request)
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**32))
         now = time.monotonic()
         if grammar is None and params.structured_outputs is not None:
@@ -134,6 +153,7 @@ class LLMEngine:
                 arrival_time=now,
                 sampling_seed=seed,
                 grammar=grammar if grammar is None or i == 0 else grammar.fork(),
+                lora_request=lora_request,
             )
             for i in range(params.n)
         ]

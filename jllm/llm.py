@@ -22,6 +22,7 @@ from jllm.build import build_engine, build_worker
 from jllm.config import Pooling, load_config
 from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
+from jllm.lora.request import LoRARequest
 from jllm.outputs import (
     ContinuationScore,
     EmbeddingOutput,
@@ -68,15 +69,20 @@ class LLM:
         prompts: PromptInput | Seq[PromptInput],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Completes every prompt; outputs come back in input order. A bad prompt raises a ValueError naming its
-        index before any runs."""
+        index before any runs. ``lora_request``: the LoRA adapter every prompt runs with, or one per prompt (None:
+        the base model), as vLLM's (needs ``enable_lora``)."""
         prompts = _prompt_list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
+        loras = _per_prompt_loras(lora_request, len(prompts))
         checked = [self._checked(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
         request_ids = [f"req-{next(self._ids)}" for _ in prompts]
-        for rid, prompt, p in zip(request_ids, checked, params, strict=True):
-            self.engine.add_request(rid, prompt, p)
+        for lora in dict.fromkeys(lora for lora in loras if lora is not None):  # every adapter read before any runs
+            self.engine.add_lora(lora)
+        for rid, prompt, p, lora in zip(request_ids, checked, params, loras, strict=True):
+            self.engine.add_request(rid, prompt, p, lora_request=lora)
         return self._run(request_ids, use_tqdm)
 
     def encode(
@@ -178,6 +184,7 @@ class LLM:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Applies the model's chat template (or ``chat_template``) to one conversation or a list of them, then
         generates. ``chat_template_kwargs`` reach the template as variables and ``tools`` (OpenAI's tool objects)
@@ -199,7 +206,7 @@ class LLM:
             except InputError as e:
                 where = f"conversation {i}: " if len(conversations) > 1 else ""
                 raise type(e)(f"{where}{e}", param=e.param) from e
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request)
 
     def get_default_sampling_params(self) -> SamplingParams:
         """What ``generate`` and ``chat`` sample with when given no SamplingParams (vLLM's method): the model's
@@ -230,6 +237,17 @@ class LLM:
                         finished[output.request_id] = output
                         bar.update(1)
         return [finished[rid] for rid in request_ids]
+
+
+def _per_prompt_loras(
+    lora_request: LoRARequest | Seq[LoRARequest | None] | None, count: int
+) -> list[LoRARequest | None]:
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * count
+    loras = list(lora_request)
+    if len(loras) != count:
+        raise ValueError(f"got {len(loras)} lora_request for {count} prompts; give one or one each")
+    return loras
 
 
 def _prompt_list(prompts: PromptInput | Seq[PromptInput]) -> list[PromptInput]:

@@ -28,6 +28,7 @@ from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.executable_cache import Entry, ExecutableCache, ProgramCall, describe_program
 from jllm.loader import LoadedModel
+from jllm.lora.manager import LoRAManager
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, SamplingMode, TokenConstraints
 from jllm.sampling import MAX_LOGPROBS
 from jllm.sequence import ScheduledSequence, SchedulerOutput
@@ -94,8 +95,10 @@ class ModelRunner:
         max_stop_token_ids: int,
         attention_backend: str = "reference",
         executable_cache: ExecutableCache | None = None,
+        lora: LoRAManager | None = None,
     ):
         self.loaded = loaded  # the model it runs: its settings, HF config and mesh
+        self.lora = lora  # with enable_lora: the adapters' slots, written to the device before each forward
         self.graphdef, self.state = nnx.split(loaded.model)
         # The programs take the state's leaves: flattening a list of arrays costs microseconds a call, the nnx.State
         # ~0.56 ms (Llama-3-8B's 195 leaves, this CPU), paid by every program a step runs.
@@ -142,7 +145,7 @@ class ModelRunner:
         kind, variant, _ = key
         if kind == "forward":
             fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, step.layout)
-            args = (self.params, self.kv_caches, step.buffer, self._last_tokens)
+            args = (self.params, self.kv_caches, step.buffer, self._last_tokens, self._lora_weights)
             return ProgramCall(fn, self.state_def, (1,), args)
         hidden, rows = outputs
         if kind == "sampler":
@@ -179,7 +182,11 @@ class ModelRunner:
     def release(self) -> None:
         """Deletes the weights, the KV pool and the last sampled tokens on the device (the engine unloading a
         model): their memory is free at once, whoever still holds a reference; the runner cannot run after."""
-        arrays = [*jax.tree.leaves((self.state, nnx.state(self.loaded.model))), *self.kv_caches, self._last_tokens]
+        arrays = [
+            *jax.tree.leaves((self.state, nnx.state(self.loaded.model), self._lora_weights)),
+            *self.kv_caches,
+            self._last_tokens,
+        ]
         for array in arrays:
             if isinstance(array, jax.Array) and not array.is_deleted():
                 array.delete()
@@ -404,9 +411,17 @@ class ModelRunner:
 
     def _forward(self, step: DeviceStep) -> tuple[jax.Array, jax.Array]:
         """The hidden states of every token [T, hidden] and of the rows that sample [S, hidden]."""
+        if self.lora is not None:
+            self.lora.sync()  # adapters the scheduler gave a slot since the last step
         forward = self._program(("forward", None, step.layout), step)
-        hidden, rows, self.kv_caches = forward(self.params, self.kv_caches, step.buffer, self._last_tokens)
+        args = (self.params, self.kv_caches, step.buffer, self._last_tokens, self._lora_weights)
+        hidden, rows, self.kv_caches = forward(*args)
         return hidden, rows
+
+    @property
+    def _lora_weights(self) -> list[Any] | None:
+        """The adapters' stacked per-layer slots (``jllm.lora.manager``), or None without LoRA."""
+        return None if self.lora is None else self.lora.weights
 
     def _sample(
         self, step: DeviceStep, outputs: tuple[jax.Array, jax.Array]

@@ -17,7 +17,8 @@ The scheduler is the one owner of a sequence's progress: it counts computed toke
 step's sampled tokens when it returns (``update_from_output``), ends sequences on token-level stops (EOS, stop ids,
 length) and frees their pages. The engine only detokenizes and reports stop strings back through ``finish``.
 Prompts reach it checked by ``jllm.inputs`` (at least one token, inside the context); it refuses only what the pool
-can never hold.
+can never hold. With LoRA (``lora_slots``) a running sequence holds its adapter's device slot; one whose adapter finds
+every slot held by others' running sequences waits, and the queue behind it is admitted past it.
 
 Where this module sits: docs/architecture.md.
 """
@@ -29,6 +30,7 @@ from collections.abc import Collection
 from collections.abc import Sequence as Seq
 
 from jllm.block_manager import BlockManager
+from jllm.lora.slots import LoRASlots
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
 
 
@@ -42,6 +44,7 @@ class Scheduler:
         max_model_len: int,
         eos_token_ids: Collection[int] = (),
         long_prefill_token_threshold: int = 0,
+        lora_slots: LoRASlots | None = None,
     ) -> None:
         for name, value in [
             ("max_num_seqs", max_num_seqs),
@@ -53,6 +56,7 @@ class Scheduler:
         if long_prefill_token_threshold < 0:
             raise ValueError(f"long_prefill_token_threshold={long_prefill_token_threshold} must be >= 0 (0 = off)")
         self.block_manager = block_manager
+        self.lora_slots = lora_slots
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -167,6 +171,9 @@ class Scheduler:
             if wait_for_prompt or seq.num_pending_tokens:  # waits on a sibling or a token, not on pages: don't block
                 i += 1
                 continue
+            if not self._take_lora_slot(seq):  # waits for an adapter slot, not on pages: don't block either
+                i += 1
+                continue
             if parent is not None:
                 seq.num_computed_tokens = seq.num_cached_tokens = bm.fork(parent, seq)
             elif seq.sampling_params.prompt_logprobs is None:  # cached tokens would have no prompt logprobs (vLLM)
@@ -175,6 +182,7 @@ class Scheduler:
             if not bm.allocate(seq, num_new):
                 bm.free(seq)  # give the matched pages back
                 seq.num_computed_tokens = 0
+                self._release_lora_slot(seq)
                 return
             del self.waiting[i]
             seq.status = SequenceStatus.RUNNING
@@ -197,8 +205,25 @@ class Scheduler:
             return False, first
         return True, None
 
+    def _take_lora_slot(self, seq: Sequence) -> bool:
+        """Holds the device slot of ``seq``'s adapter (assigned if needed); False when every slot is held."""
+        if seq.lora_request is None:
+            return True
+        if self.lora_slots is None:
+            raise ValueError(f"sequence {seq.seq_id} has a LoRA adapter but the scheduler has no lora_slots")
+        slot = self.lora_slots.acquire(seq.lora_request.lora_int_id)
+        seq.lora_slot = slot or 0
+        return slot is not None
+
+    def _release_lora_slot(self, seq: Sequence) -> None:
+        """``seq`` left the device (preempted, finished, or not admitted after all): its slot may be reused."""
+        if seq.lora_request is not None and self.lora_slots is not None:
+            self.lora_slots.release(seq.lora_request.lora_int_id)
+            seq.lora_slot = 0
+
     def _preempt(self, seq: Sequence) -> None:
         """Recompute, not swap: the pages go back to the pool and the tokens are computed again later."""
+        self._release_lora_slot(seq)
         self.block_manager.free(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
@@ -272,6 +297,7 @@ class Scheduler:
             return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
+            self._release_lora_slot(seq)
         else:
             self.waiting.remove(seq)
         seq.status = status

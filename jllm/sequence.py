@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from jllm.lora.request import LoRARequest
     from jllm.sampling import SamplingParams
     from jllm.structured_output import GrammarMatcher
 
@@ -50,6 +51,8 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_preemptions: int = 0
     grammar: GrammarMatcher | None = None  # structured output: consumes each appended token, masks the next
+    lora_request: LoRARequest | None = None  # the adapter it runs with (None: the base model)
+    lora_slot: int = 0  # its adapter's device slot while running (jllm.lora.slots; 0: none)
 
     @property
     def token_ids(self) -> list[int]:

@@ -50,6 +50,7 @@ class StepInputs:
     logits_indices: jax.Array  # [S] int32: row of each sequence's last new token (0 for padding)
     sampling: SamplingMetadata  # per-row sampling settings [S, ...]
     prompt_targets: jax.Array  # [T] int32: the next prompt token where prompt logprobs are wanted, else -1
+    lora_slots: jax.Array  # [T] int32: each token's LoRA adapter slot (jllm.lora.slots), 0 = none (and padding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +136,7 @@ def host_inputs(
     block_tables = np.zeros((s, p), np.int32)
     prompt_targets = np.full(t, -1, np.int32)
     pending_rows = np.full(t, -1, np.int32)
+    lora_slots = np.zeros(t, np.int32)
     starts = np.zeros(len(scheduled), np.int32)
     offset = 0
     for i, sched in enumerate(scheduled):  # per sequence only what needs its Python lists
@@ -149,6 +151,7 @@ def host_inputs(
         if seq.sampling_params.prompt_logprobs is not None:
             targets = seq.prompt_token_ids[start + 1 : start + n + 1]
             prompt_targets[offset : offset + len(targets)] = targets
+        lora_slots[offset : offset + n] = seq.lora_slot
         offset += n
         query_start_loc[i + 1] = offset
     query_start_loc[len(scheduled) + 1 :] = offset
@@ -178,7 +181,7 @@ def host_inputs(
         backend=attention_backend,
         mesh=mesh,
     )
-    return StepInputs(input_ids, pending_rows, positions, attn, logits_indices, sampling, prompt_targets)
+    return StepInputs(input_ids, pending_rows, positions, attn, logits_indices, sampling, prompt_targets, lora_slots)
 
 
 def is_general(variant: Variant) -> bool:

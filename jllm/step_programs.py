@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm import parallel, sampler
+from jllm.models.lora import LoRABatch, LoRAWeights
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode
 from jllm.sampling import MAX_LOGPROBS
 from jllm.step_inputs import InputLayout, unpack_inputs
@@ -27,18 +28,22 @@ def forward(
     kv_caches: list[jax.Array],
     buffer: jax.Array,
     last_tokens: jax.Array,
+    lora_weights: list[LoRAWeights] | None = None,
 ) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
     """The model over the step's tokens: final hidden states [T, hidden], those of each sequence's last new token
     [S, hidden] (what the sampler reads, so its program depends on S alone, not on T), and the pool with their K/V
     written.
 
     ``last_tokens`` [R] are the previous step's sampled tokens, still on the device: the inputs still pending there.
+    ``lora_weights``: every layer's stacked adapter slots (``jllm.lora.manager``), an argument like the pool, so
+    loading an adapter never recompiles; each token takes its slot's (``StepInputs.lora_slots``).
     """
     inputs = unpack_inputs(layout, buffer)
     pending = inputs.pending_rows >= 0
     input_ids = jnp.where(pending, last_tokens[jnp.where(pending, inputs.pending_rows, 0)], inputs.input_ids)
     model = nnx.merge(graphdef, state)
-    hidden, kv_caches = model(input_ids, inputs.positions, kv_caches, inputs.attn)
+    lora = None if lora_weights is None else LoRABatch(lora_weights, inputs.lora_slots)
+    hidden, kv_caches = model(input_ids, inputs.positions, kv_caches, inputs.attn, lora)
     # Pin the outputs' shardings: one XLA picks itself would change the next call's cache key, and the sampler
     # program is lowered for a replicated ``hidden`` before the forward has run.
     replicated = parallel.replicated(kv_sharding.mesh)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -13,13 +15,18 @@ from flax import nnx
 from lora_utils import ALL_TARGETS, peft_logits, save_adapter, save_llama
 from model_utils import relative_error
 
+from jllm import LLM, SamplingParams
 from jllm.attention import AttentionMetadata
+from jllm.block_manager import BlockManager
 from jllm.loader import load_model
 from jllm.lora import LoRARequest
 from jllm.lora.manager import LoRAManager
-from jllm.lora.peft_files import AdapterError
+from jllm.lora.peft_files import AdapterError, check_architecture
+from jllm.lora.slots import LoRASlots
 from jllm.models.lora import LoRABatch
 from jllm.parallel import make_mesh
+from jllm.scheduler import Scheduler
+from jllm.sequence import Sequence, SequenceStatus
 
 pytest.importorskip("peft")
 
@@ -78,6 +85,7 @@ def _lora_logits(loaded, manager: LoRAManager, sequences: list[list[int]], slots
     return np.split(logits, np.cumsum([len(seq) for seq in sequences])[:-1])
 
 
+@pytest.mark.slow
 def test_logits_with_each_adapter_match_peft_and_a_mixed_batch_gives_each_row_its_own(llama):
     """One ragged step mixing no adapter, adapter 1 and adapter 2: each row within 1e-5 (relative, float32) of
     PEFT's forward with its adapter, or of the base model's."""
@@ -92,3 +100,175 @@ def test_logits_with_each_adapter_match_peft_and_a_mixed_batch_gives_each_row_it
         want = peft_logits(model_dir, adapter, seq)
         assert relative_error(logits, want) < 1e-5
     assert relative_error(got[1], peft_logits(model_dir, None, sequences[1])) > 1e-2  # the adapter matters
+
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+ENGINE_KEYS = dict(
+    dtype="float32",
+    max_model_len=128,
+    max_num_seqs=4,
+    max_num_batched_tokens=64,
+    num_pages=64,
+    compile_at_start=False,
+    enable_lora=True,
+    max_loras=2,
+    max_lora_rank=8,
+)
+
+
+@pytest.fixture(scope="module")
+def lora_llm(llama) -> LLM:
+    return LLM(str(llama[0]), **ENGINE_KEYS)
+
+
+def _texts(outputs) -> list[list[int]]:
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+@pytest.mark.slow
+def test_a_batch_mixing_adapters_gives_each_prompt_its_tokens_alone(lora_llm, llama):
+    """No adapter, adapter 1 and adapter 2 in one batch: each prompt's greedy tokens are those it gets alone, and
+    the adapters change them."""
+    adapters = [None, LoRARequest("all", 1, str(llama[1][0])), LoRARequest("qvd", 2, str(llama[1][1]))]
+    prompts = ["the quick brown fox", "jumps over", "the lazy dog, again"]
+    alone = [
+        _texts(lora_llm.generate([p], GREEDY, use_tqdm=False, lora_request=a))[0]
+        for p, a in zip(prompts, adapters, strict=True)
+    ]
+    mixed = _texts(lora_llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=adapters))
+    assert mixed == alone
+    base = _texts(lora_llm.generate(prompts, GREEDY, use_tqdm=False))
+    assert base[0] == alone[0] and base[1] != alone[1] and base[2] != alone[2]
+
+
+@pytest.mark.slow
+def test_prefix_cache_pages_under_one_adapter_never_serve_another(lora_llm, llama):
+    """A prompt of several pages run under adapter 1 is cached for adapter 1 alone: adapter 2 and the base model
+    find no cached page and get their own tokens; adapter 1 again hits the cache."""
+    first, second = LoRARequest("all", 1, str(llama[1][0])), LoRARequest("qvd", 2, str(llama[1][1]))
+    prompt = ["a prompt long enough to fill a few pages of the pool"]
+    fresh = {a: _texts(lora_llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=a)) for a in (second, None)}
+    lora_llm.engine.block_manager.reset_prefix_cache()
+    cached = lora_llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=first)
+    for adapter in (second, None):
+        out = lora_llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=adapter)
+        assert out[0].num_cached_tokens == 0
+        assert _texts(out) == fresh[adapter]
+    again = lora_llm.generate(prompt, GREEDY, use_tqdm=False, lora_request=first)
+    assert again[0].num_cached_tokens >= 32 and _texts(again) == _texts(cached)
+
+
+def test_page_hashes_of_one_prompt_differ_per_adapter():
+    """The block manager chains an adapter's pages from its own root: the base model's cached prompt is no hit for
+    an adapter's sequence, nor one adapter's for another's."""
+    bm = BlockManager(num_pages=16, page_size=4)
+    tokens = list(range(3, 20))
+
+    def run(lora: LoRARequest | None, seq_id: int) -> int:
+        seq = _sequence(seq_id, tokens, lora)
+        hit = bm.match_prefix(seq)
+        bm.allocate(seq, len(tokens) - hit)
+        seq.num_computed_tokens = len(tokens)
+        bm.cache_full_pages(seq)
+        bm.free(seq)
+        return hit
+
+    one, other = LoRARequest("one", 1, "/a"), LoRARequest("two", 2, "/b")
+    assert [run(None, 0), run(one, 1), run(other, 2)] == [0, 0, 0]
+    assert [run(None, 3), run(one, 4), run(other, 5)] == [16, 16, 16]
+
+
+def _sequence(seq_id: int, tokens: list[int], lora: LoRARequest | None) -> Sequence:
+    return Sequence(
+        seq_id=seq_id,
+        request_id=f"r{seq_id}",
+        sample_index=0,
+        prompt_token_ids=tokens,
+        sampling_params=SamplingParams(max_tokens=4),
+        arrival_time=0.0,
+        sampling_seed=0,
+        lora_request=lora,
+    )
+
+
+def test_a_request_whose_adapter_finds_every_slot_busy_waits_and_others_pass_it():
+    """One slot: adapter 2's request waits while adapter 1's runs (the base request behind it is admitted), then
+    takes the slot once adapter 1's request finishes, as a pending load of slot 1."""
+    slots = LoRASlots(max_loras=1)
+    scheduler = Scheduler(
+        BlockManager(num_pages=32, page_size=4),
+        max_num_seqs=4,
+        max_num_batched_tokens=64,
+        max_model_len=64,
+        lora_slots=slots,
+    )
+    one, two = LoRARequest("one", 1, "/a"), LoRARequest("two", 2, "/b")
+    seqs = [_sequence(0, [3, 4, 5], one), _sequence(1, [3, 4, 5], two), _sequence(2, [3, 4, 5], None)]
+    for seq in seqs:
+        scheduler.add([seq])
+    first = scheduler.schedule()
+    assert [s.seq.seq_id for s in first.scheduled] == [0, 2]
+    assert [seqs[0].lora_slot, seqs[1].lora_slot, seqs[2].lora_slot] == [1, 0, 0]
+    assert slots.take_loads() == {1: 1}
+    scheduler.on_step_launched(first)
+    scheduler.finish(seqs[0], SequenceStatus.FINISHED_STOPPED)
+    second = scheduler.schedule()
+    assert 1 in [s.seq.seq_id for s in second.scheduled] and seqs[1].lora_slot == 1
+    assert slots.take_loads() == {1: 2}
+
+
+def test_idle_adapters_are_evicted_least_recently_used_first():
+    slots = LoRASlots(max_loras=2)
+    assert [slots.acquire(1), slots.acquire(2), slots.acquire(1)] == [1, 2, 1]
+    assert slots.acquire(3) is None  # both held
+    for lora_int_id in (1, 1, 2):
+        slots.release(lora_int_id)
+    assert slots.acquire(3) == 2 and slots.slot_of(2) is None  # 2 was used less recently than 1
+    assert slots.acquire(1) == 1  # still resident: no load
+    assert slots.take_loads() == {1: 1, 2: 3}
+
+
+def _copy_adapter(src: Path, dst: Path, **config: object) -> Path:
+    dst.mkdir()
+    (dst / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    (dst / "adapter_config.json").write_text(
+        json.dumps({**json.loads((src / "adapter_config.json").read_text()), **config})
+    )
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"target_modules": ["q_proj", "lm_head"]}, "target_modules ['lm_head'] are not supported"),
+        ({"target_modules": ["embed_tokens"]}, "target_modules ['embed_tokens'] are not supported"),
+        ({"use_dora": True}, "use_dora=True (DoRA) is not supported"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"r": 16}, "r=16 > max_lora_rank=8"),
+    ],
+)
+def test_adapters_jllm_cannot_serve_are_refused_by_name(llama, tmp_path, config, message):
+    model_dir, adapters = llama
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    manager = _manager(loaded, [])
+    bad = _copy_adapter(adapters[1], tmp_path / "bad", **config)
+    with pytest.raises(AdapterError, match=re.escape(message)):
+        manager.add(LoRARequest("bad", 1, str(bad)))
+
+
+@pytest.mark.slow
+def test_lora_outside_the_llama_layout_families_or_on_several_devices_is_refused(llama):
+    with pytest.raises(AdapterError, match="architectures \\['GPT2LMHeadModel'\\].*supported: LlamaForCausalLM"):
+        check_architecture({"architectures": ["GPT2LMHeadModel"]})
+    loaded = load_model(llama[0], mesh=make_mesh(1), dtype="float32")
+    with pytest.raises(AdapterError, match="tensor_parallel_size=2 is not supported"):
+        LoRAManager(loaded.args, loaded.hf_config, SimpleNamespace(size=2), max_loras=1, max_lora_rank=8)
+
+
+@pytest.mark.slow
+def test_one_adapter_id_names_one_adapter(llama):
+    loaded = load_model(llama[0], mesh=make_mesh(1), dtype="float32")
+    manager = _manager(loaded, [llama[1][0]])
+    with pytest.raises(AdapterError, match="lora_int_id=1 is already adapter 'a1'"):
+        manager.add(LoRARequest("other", 1, str(llama[1][1])))
