@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from jllm.engine import LLMEngine
 from jllm.errors import EngineUnavailableError, QueueFullError
 from jllm.inputs import InputProcessor, Prompt
+from jllm.lora.request import LoRARequest
 from jllm.outputs import RequestOutput
 from jllm.sampling import SamplingParams
 from jllm.structured_output import GrammarMatcher
@@ -182,7 +183,12 @@ class AsyncEngine:
         return await asyncio.to_thread(self.engine.grammars.matcher, params.structured_outputs)
 
     async def add_request(
-        self, request_id: str, prompt: Prompt, params: SamplingParams, grammar: GrammarMatcher | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        grammar: GrammarMatcher | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> RequestStream:
         """Admits a prompt checked by ``inputs``; raises here (not in the stream) on a full queue, while draining,
         on a request id in use, or on a grammar llguidance cannot build for the tokenizer. A grammar's matcher is
@@ -197,10 +203,8 @@ class AsyncEngine:
 
         def add() -> None:
             try:
-                if grammar is None:
-                    self.engine.add_request(request_id, prompt, params)
-                else:
-                    self.engine.add_request(request_id, prompt, params, grammar=grammar)
+                given = {"grammar": grammar, "lora_request": lora_request}
+                self.engine.add_request(request_id, prompt, params, **{k: v for k, v in given.items() if v is not None})
             except Exception as e:  # handed to the caller, who maps it to a status
                 loop.call_soon_threadsafe(self._settle_add, request_id, e)
             else:

@@ -20,7 +20,7 @@ from jllm.async_engine import AsyncEngine, StreamLimits
 from jllm.build import ModelBuilder, build_worker
 from jllm.config import EngineConfig
 from jllm.serve_config import ServeConfig, entry_of
-from jllm.server import admin, info
+from jllm.server import admin, info, lora_adapters
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
 from jllm.server.connections import ConnectionGuard, GuardedSite, body_timeout_middleware, fit_descriptor_limit
@@ -79,6 +79,8 @@ def build_app(
     app.router.add_get("/health", info.health)
     app.router.add_get("/ready", info.ready)
     app.router.add_get("/metrics", info.metrics)
+    app.router.add_post("/v1/load_lora_adapter", lora_adapters.load_lora_adapter, expect_handler=expect_handler)
+    app.router.add_post("/v1/unload_lora_adapter", lora_adapters.unload_lora_adapter, expect_handler=expect_handler)
     app.router.add_get("/v1/admin/models", admin.list_models)
     app.router.add_post("/v1/admin/models", admin.load_model, expect_handler=expect_handler)
     app.router.add_delete("/v1/admin/models/{name:.+}", admin.unload_model)

@@ -90,7 +90,8 @@ async def start_chat(
     chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
     prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
     gate = reply.reasoning_gate(inputs.tokenizer)
-    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public, gate)
+    lora = state.registry.lora_for(body.model)
+    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public, gate, lora)
     return served, reply, generation
 
 

@@ -60,7 +60,8 @@ async def start_completion(
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size(body.prompts(), "prompt")
     prompts = await state.host_work.run(chars, _to_prompts, inputs, body, params)
-    generation = await Generation.start(served.engine, engine_id, prompts, params, served.metrics, public)
+    lora = state.registry.lora_for(body.model)
+    generation = await Generation.start(served.engine, engine_id, prompts, params, served.metrics, public, None, lora)
     return served, prompts, generation
 
 

@@ -98,6 +98,11 @@ async def create_embedding(request: web.Request) -> web.Response:
     body = EmbeddingRequest.model_validate_json(await request.read())
     response_id = f"embd-{public_id(request, body.request_id)}"
     served = state.route(body.model)
+    if state.registry.lora_for(body.model) is not None:
+        raise bad_request(
+            f"model `{body.model}` is a LoRA adapter; embeddings are the base model's: name `{served.name}`",
+            param="model",
+        )
     engine = served.engine
     chars = engine.inputs.check_prompt_size(body.input, "input")
     prompts = await state.host_work.run(chars, _to_prompts, engine.inputs, body)

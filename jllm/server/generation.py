@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from jllm.async_engine import AsyncEngine, RequestStream
 from jllm.errors import GrammarFailedError
 from jllm.inputs import Prompt
+from jllm.lora.request import LoRARequest
 from jllm.outputs import Logprob, RequestOutput
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.server.errors import bad_request
@@ -80,9 +81,11 @@ class Generation:
         metrics: ModelMetrics,
         public_id: str,
         gate: GrammarGate | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> Generation:
         """Admits every prompt (checked by the engine's input door) or none: if one fails, the ones already
-        admitted are aborted. ``gate``: what the request's grammar waits for (a thinking model's reasoning).
+        admitted are aborted. ``gate``: what the request's grammar waits for (a thinking model's reasoning);
+        ``lora_request``: the LoRA adapter the request's ``model`` names.
 
         More sequences (prompts x n) than the queue can ever hold is a 400, not a 429: retrying would fail the same
         way."""
@@ -104,7 +107,7 @@ class Generation:
         try:
             for i, (prompt, own) in enumerate(zip(prompts, grammars, strict=True)):
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await engine.add_request(rid, prompt, params, own))
+                streams.append(await engine.add_request(rid, prompt, params, own, lora_request))
         except BaseException:
             for stream in streams:
                 engine.abort(stream.request_id)

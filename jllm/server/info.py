@@ -45,19 +45,27 @@ def model_list(registry: ModelRegistry) -> ModelList:
     models = registry.models
     if not models and registry.starting:
         raise _starting()
-    cards = [_card(name, m.engine.max_model_len) for m in models if not m.unloading for name in m.entry.names]
+    cards = []
+    for m in models:
+        if not m.unloading:
+            cards += [_card(name, m.engine.max_model_len) for name in m.entry.names]
+            cards += [_card(a.lora_name, m.engine.max_model_len, m.name, a.lora_path) for a in m.adapters.values()]
     return ModelList(data=cards)
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    """OpenAI's ``GET /v1/models/{model}``: a served model's card, or a 404 naming the served models."""
+    """OpenAI's ``GET /v1/models/{model}``: a served model's (or LoRA adapter's) card, or a 404 naming the served
+    models."""
     name = request.match_info["model"]
     served = server_state(request).route(name)
-    return web.json_response(text=_card(name, served.engine.max_model_len).model_dump_json())
+    adapter = served.adapters.get(name)
+    parent, root = (None, None) if adapter is None else (served.name, adapter.lora_path)
+    return web.json_response(text=_card(name, served.engine.max_model_len, parent, root).model_dump_json())
 
 
-def _card(name: str, max_model_len: int) -> ModelCard:
-    return ModelCard(id=name, created=_CREATED, max_model_len=max_model_len)
+def _card(name: str, max_model_len: int, parent: str | None = None, root: str | None = None) -> ModelCard:
+    """A model's card; a LoRA adapter's names its base model (``parent``) and folder (``root``), as vLLM's."""
+    return ModelCard(id=name, created=_CREATED, max_model_len=max_model_len, parent=parent, root=root)
 
 
 async def version(request: web.Request) -> web.Response:
