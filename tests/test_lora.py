@@ -14,10 +14,13 @@ import pytest
 from flax import nnx
 from lora_utils import ALL_TARGETS, peft_logits, save_adapter, save_llama
 from model_utils import relative_error
+from server_utils import RunningServer, http
 
 from jllm import LLM, SamplingParams
 from jllm.attention import AttentionMetadata
 from jllm.block_manager import BlockManager
+from jllm.build import build_engine
+from jllm.config import load_config
 from jllm.loader import load_model
 from jllm.lora import LoRARequest
 from jllm.lora.manager import LoRAManager
@@ -100,6 +103,18 @@ def test_logits_with_each_adapter_match_peft_and_a_mixed_batch_gives_each_row_it
         want = peft_logits(model_dir, adapter, seq)
         assert relative_error(logits, want) < 1e-5
     assert relative_error(got[1], peft_logits(model_dir, None, sequences[1])) > 1e-2  # the adapter matters
+
+
+@pytest.mark.slow
+def test_qwen3_logits_with_an_adapter_match_peft(tmp_path):
+    """Qwen3's q/k norms read the projections with their deltas added, as PEFT's forward does."""
+    model_dir = save_llama(tmp_path, "Qwen3ForCausalLM")
+    adapter = save_adapter(model_dir, tmp_path / "a", r=4, targets=["q_proj", "k_proj", "gate_proj"], seed=3)
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    manager = _manager(loaded, [adapter])
+    seq = np.random.default_rng(1).integers(3, 160, 19).tolist()
+    got = _lora_logits(loaded, manager, [seq], [manager.slots.acquire(1)])[0]
+    assert relative_error(got, peft_logits(model_dir, adapter, seq)) < 1e-5
 
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
@@ -272,3 +287,20 @@ def test_one_adapter_id_names_one_adapter(llama):
     manager = _manager(loaded, [llama[1][0]])
     with pytest.raises(AdapterError, match="lora_int_id=1 is already adapter 'a1'"):
         manager.add(LoRARequest("other", 1, str(llama[1][1])))
+
+
+@pytest.mark.slow
+def test_the_server_runs_the_adapter_a_model_name_names_as_the_offline_api_does(llama, lora_llm):
+    """``lora_modules`` served by name: a completion naming the adapter gives the offline API's greedy text with
+    that adapter; the base model's name gives the base model's."""
+    model_dir, adapters = llama
+    modules = [f"all={adapters[0]}"]
+    config = load_config(None, model=str(model_dir), served_model_name="base", lora_modules=modules, **ENGINE_KEYS)
+    prompt = "the quick brown fox"
+    with RunningServer(build_engine(config, show_progress=False), config) as server:
+        texts = {}
+        for model in ("all", "base"):
+            body = {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
+            texts[model] = http("POST", f"{server.url}/v1/completions", json_body=body).json()["choices"][0]["text"]
+    for model, lora in (("all", LoRARequest("all", 1, str(adapters[0]))), ("base", None)):
+        assert texts[model] == lora_llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=lora)[0].outputs[0].text
