@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 # Sections whose keys each command takes as options (the server's only matter to `serve`).
 OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel", "limits")
-ALL_SECTIONS = (*OFFLINE_SECTIONS, "server")
+ALL_SECTIONS = (*OFFLINE_SECTIONS, "lora", "server")
 DEFAULT_MAX_TOKENS = 256  # SamplingParams' own 16 is an API default, too short for a person reading the reply
 # The one-shot commands' (generate, chat) own engine defaults, under a config file's keys and the options given: their
 # few prompts pick a few step programs, so each compiles on its first use instead of all of them at start-up (a warm

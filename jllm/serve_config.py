@@ -23,7 +23,7 @@ from jllm.model_source import DEFAULT_MODEL
 # The keys a `models:` entry may hold: every engine key but the server's, plus the model's public name(s) and its
 # family's reasoning format (the top level's is every entry's default).
 PER_MODEL_SERVER_KEYS = frozenset({"served_model_name", "reasoning_parser"})
-ENTRY_KEYS = frozenset(engine_keys("model", "cache", "scheduler", "parallel", "limits")) | PER_MODEL_SERVER_KEYS
+ENTRY_KEYS = frozenset(engine_keys("model", "cache", "scheduler", "parallel", "limits", "lora")) | PER_MODEL_SERVER_KEYS
 SERVER_KEYS = frozenset(f.name for f in fields(ServerConfig)) - PER_MODEL_SERVER_KEYS
 
 
