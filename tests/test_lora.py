@@ -304,3 +304,14 @@ def test_the_server_runs_the_adapter_a_model_name_names_as_the_offline_api_does(
             texts[model] = http("POST", f"{server.url}/v1/completions", json_body=body).json()["choices"][0]["text"]
     for model, lora in (("all", LoRARequest("all", 1, str(adapters[0]))), ("base", None)):
         assert texts[model] == lora_llm.generate([prompt], GREEDY, use_tqdm=False, lora_request=lora)[0].outputs[0].text
+
+
+@pytest.mark.slow
+def test_with_one_slot_requests_for_two_adapters_take_turns_and_keep_their_tokens(lora_llm, llama):
+    """max_loras=1: adapter 2's request waits for adapter 1's to free the slot, then runs with its own weights (the
+    slot rewritten, nothing recompiled)."""
+    adapters = [LoRARequest("all", 1, str(llama[1][0])), LoRARequest("qvd", 2, str(llama[1][1])), None]
+    prompts = ["the quick brown fox", "jumps over", "the lazy dog, again"]
+    want = _texts(lora_llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=adapters))
+    one_slot = LLM(str(llama[0]), **{**ENGINE_KEYS, "max_loras": 1})
+    assert _texts(one_slot.generate(prompts, GREEDY, use_tqdm=False, lora_request=adapters)) == want
