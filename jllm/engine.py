@@ -124,6 +124,18 @@ class LLMEngine:
             raise ValueError(f"lora_request {lora_request.lora_name!r} needs the engine started with enable_lora: true")
         self.lora.add(lora_request)
 
+    def remove_lora(self, lora_int_id: int) -> None:
+        """Forgets an adapter (its slot freed); a ``ValueError`` while a request, running or waiting, uses it."""
+        if self.lora is None:
+            raise ValueError("remove_lora needs the engine started with enable_lora: true")
+        queued = [*self.scheduler.waiting, *self.scheduler.running]
+        users = {
+            s.request_id for s in queued if s.lora_request is not None and s.lora_request.lora_int_id == lora_int_id
+        }
+        if users:
+            raise ValueError(f"adapter {lora_int_id} is in use by {len(users)} unfinished requests")
+        self.lora.remove(lora_int_id)
+
     def add_request(
         self,
         request_id: str,

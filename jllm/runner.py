@@ -29,6 +29,7 @@ from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.executable_cache import Entry, ExecutableCache, ProgramCall, describe_program
 from jllm.loader import LoadedModel
 from jllm.lora.manager import LoRAManager
+from jllm.models.lora import LoRAWeights
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMetadata, SamplingMode, TokenConstraints
 from jllm.sampling import MAX_LOGPROBS
 from jllm.sequence import ScheduledSequence, SchedulerOutput
@@ -419,7 +420,7 @@ class ModelRunner:
         return hidden, rows
 
     @property
-    def _lora_weights(self) -> list[Any] | None:
+    def _lora_weights(self) -> list[LoRAWeights] | None:
         """The adapters' stacked per-layer slots (``jllm.lora.manager``), or None without LoRA."""
         return None if self.lora is None else self.lora.weights
 

@@ -13,6 +13,7 @@ from jllm.config import load_config
 from jllm.engine import LLMEngine
 from jllm.lora import LoRARequest
 from jllm.lora.slots import LoRASlots
+from jllm.sampling import SamplingParams
 
 MODEL = "scripted"
 SQL = LoRARequest("sql", 1, "/adapters/sql")
@@ -105,3 +106,14 @@ def test_runtime_adapter_routes_are_off_unless_the_key_allows_them() -> None:
     with RunningServer(_engine(), config) as server:
         reply = http("POST", f"{server.url}/v1/load_lora_adapter", json_body={"lora_name": "a", "lora_path": "/a"})
         assert reply.status == 404 and "allow_runtime_lora_updating" in reply.json()["error"]["message"]
+
+
+def test_an_adapter_a_request_still_uses_is_not_removed(engine: LLMEngine) -> None:
+    params = SamplingParams(max_tokens=2)
+    engine.add_request("r", engine.inputs.process("hello", params), params, lora_request=SQL)
+    with pytest.raises(ValueError, match="adapter 1 is in use by 1 unfinished requests"):
+        engine.remove_lora(SQL.lora_int_id)
+    while engine.has_unfinished_requests():
+        engine.step()
+    engine.remove_lora(SQL.lora_int_id)
+    assert engine.lora.adapters == []

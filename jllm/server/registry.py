@@ -142,7 +142,7 @@ class ModelRegistry:
             raise APIError(404, f"The lora adapter '{name}' cannot be found.", param="lora_name", code="not_found")
         served = self._by_name[name]
         try:
-            await served.engine.call(lambda engine: engine.lora.remove(adapter.lora_int_id))
+            await served.engine.call(lambda engine: engine.remove_lora(adapter.lora_int_id))
         except ValueError as e:
             raise APIError(400, f"cannot unload LoRA adapter {name!r}: {e}", param="lora_name") from e
         del served.adapters[name], self._by_name[name]
