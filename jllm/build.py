@@ -179,7 +179,12 @@ def _lora_manager(
             key="enable_lora",
         )
     manager = LoRAManager(
-        loaded.args, loaded.hf_config, loaded.mesh, max_loras=lora.max_loras, max_lora_rank=lora.max_lora_rank
+        loaded.args,
+        loaded.hf_config,
+        loaded.mesh,
+        max_loras=lora.max_loras,
+        max_lora_rank=lora.max_lora_rank,
+        kv_replicas=loaded.kv_replicas,
     )
     for lora_int_id, (name, path) in enumerate(lora.modules.items(), start=1):
         manager.add(LoRARequest(name, lora_int_id, path))

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from model_utils import TINY_CONFIG, save_char_tokenizer, save_tiny_checkpoint
+
+from jllm.attention import AttentionMetadata
+from jllm.loader import LoadedModel
+from jllm.lora import LoRARequest
+from jllm.lora.manager import LoRAManager
+from jllm.models.lora import LoRABatch
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # A wide initializer keeps greedy decoding off a single repeated token, so token equality means something.
@@ -50,3 +59,54 @@ def peft_logits(model_dir: Path, adapter_dir: Path | None, token_ids: list[int])
         model = peft.PeftModel.from_pretrained(model, adapter_dir).eval()
     with torch.no_grad():
         return model(input_ids=torch.tensor([token_ids])).logits[0].numpy()
+
+
+def lora_manager(loaded: LoadedModel, adapters: list[Path], max_loras: int = 2, max_lora_rank: int = 8) -> LoRAManager:
+    """A manager over ``loaded`` (on its mesh) knowing ``adapters`` as ids 1, 2, ..."""
+    manager = LoRAManager(
+        loaded.args,
+        loaded.hf_config,
+        loaded.mesh,
+        max_loras=max_loras,
+        max_lora_rank=max_lora_rank,
+        kv_replicas=loaded.kv_replicas,
+    )
+    for i, path in enumerate(adapters, start=1):
+        manager.add(LoRARequest(f"a{i}", i, str(path)))
+    return manager
+
+
+def lora_logits(
+    loaded: LoadedModel, manager: LoRAManager, sequences: list[list[int]], slots: list[int]
+) -> list[np.ndarray]:
+    """jllm's logits of each sequence, prefilled in one ragged step, sequence i through adapter slot ``slots[i]``."""
+    args, page_size = loaded.args, 16
+    pages = [-(-len(seq) // page_size) for seq in sequences]
+    first = np.cumsum([1, *pages])
+    block_tables = np.zeros((len(sequences), max(pages)), np.int32)
+    mapping = []
+    for s, seq in enumerate(sequences):
+        block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
+        positions = np.arange(len(seq))
+        mapping.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
+    pool = [jnp.zeros((2, args.num_kv_heads, int(first[-1]), page_size, args.head_dim)) for _ in range(args.num_layers)]
+    meta = AttentionMetadata(
+        slot_mapping=jnp.asarray(np.concatenate(mapping), jnp.int32),
+        query_start_loc=jnp.asarray(np.cumsum([0, *map(len, sequences)]), jnp.int32),
+        kv_lens=jnp.asarray([len(seq) for seq in sequences], jnp.int32),
+        block_tables=jnp.asarray(block_tables),
+    )
+    ids = jnp.asarray(np.concatenate(sequences), jnp.int32)
+    positions = jnp.asarray(np.concatenate([np.arange(len(seq)) for seq in sequences]), jnp.int32)
+    token_slots = jnp.asarray(np.repeat(slots, [len(seq) for seq in sequences]), jnp.int32)
+    graphdef, state = nnx.split(loaded.model)
+
+    @jax.jit
+    def forward(state, weights, ids, pos, pool, meta, token_slots):
+        model = nnx.merge(graphdef, state)
+        hidden, _ = model(ids, pos, pool, meta, lora=LoRABatch(weights, token_slots))
+        return model.compute_logits(hidden)
+
+    manager.sync()
+    logits = np.asarray(forward(state, manager.weights, ids, positions, pool, meta, token_slots))
+    return np.split(logits, np.cumsum([len(seq) for seq in sequences])[:-1])

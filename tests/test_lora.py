@@ -5,28 +5,21 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-from lora_utils import ALL_TARGETS, peft_logits, save_adapter, save_llama
-from model_utils import relative_error
+from lora_utils import ALL_TARGETS, lora_logits, lora_manager, peft_logits, save_adapter, save_llama
+from model_utils import relative_error, run_tp_worker
 from server_utils import RunningServer, http
 
 from jllm import LLM, SamplingParams
-from jllm.attention import AttentionMetadata
 from jllm.block_manager import BlockManager
 from jllm.build import build_engine
 from jllm.config import load_config
 from jllm.loader import load_model
 from jllm.lora import LoRARequest
-from jllm.lora.manager import LoRAManager
 from jllm.lora.peft_files import AdapterError, check_architecture
 from jllm.lora.slots import LoRASlots
-from jllm.models.lora import LoRABatch
 from jllm.parallel import make_mesh
 from jllm.scheduler import Scheduler
 from jllm.sequence import Sequence, SequenceStatus
@@ -47,58 +40,17 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return model, [first, second]
 
 
-def _manager(loaded, adapters: list[Path], max_loras: int = 2, max_lora_rank: int = 8) -> LoRAManager:
-    manager = LoRAManager(loaded.args, loaded.hf_config, loaded.mesh, max_loras=max_loras, max_lora_rank=max_lora_rank)
-    for i, path in enumerate(adapters, start=1):
-        manager.add(LoRARequest(f"a{i}", i, str(path)))
-    return manager
-
-
-def _lora_logits(loaded, manager: LoRAManager, sequences: list[list[int]], slots: list[int]) -> list[np.ndarray]:
-    """jllm's logits of each sequence, prefilled in one ragged step, sequence i through adapter slot ``slots[i]``."""
-    args, page_size = loaded.args, 16
-    pages = [-(-len(seq) // page_size) for seq in sequences]
-    first = np.cumsum([1, *pages])
-    block_tables = np.zeros((len(sequences), max(pages)), np.int32)
-    mapping = []
-    for s, seq in enumerate(sequences):
-        block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
-        positions = np.arange(len(seq))
-        mapping.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
-    pool = [jnp.zeros((2, args.num_kv_heads, int(first[-1]), page_size, args.head_dim)) for _ in range(args.num_layers)]
-    meta = AttentionMetadata(
-        slot_mapping=jnp.asarray(np.concatenate(mapping), jnp.int32),
-        query_start_loc=jnp.asarray(np.cumsum([0, *map(len, sequences)]), jnp.int32),
-        kv_lens=jnp.asarray([len(seq) for seq in sequences], jnp.int32),
-        block_tables=jnp.asarray(block_tables),
-    )
-    ids = jnp.asarray(np.concatenate(sequences), jnp.int32)
-    positions = jnp.asarray(np.concatenate([np.arange(len(seq)) for seq in sequences]), jnp.int32)
-    token_slots = jnp.asarray(np.repeat(slots, [len(seq) for seq in sequences]), jnp.int32)
-    graphdef, state = nnx.split(loaded.model)
-
-    @jax.jit
-    def forward(state, weights, ids, pos, pool, meta, token_slots):
-        model = nnx.merge(graphdef, state)
-        hidden, _ = model(ids, pos, pool, meta, lora=LoRABatch(weights, token_slots))
-        return model.compute_logits(hidden)
-
-    manager.sync()
-    logits = np.asarray(forward(state, manager.weights, ids, positions, pool, meta, token_slots))
-    return np.split(logits, np.cumsum([len(seq) for seq in sequences])[:-1])
-
-
 @pytest.mark.slow
 def test_logits_with_each_adapter_match_peft_and_a_mixed_batch_gives_each_row_its_own(llama):
     """One ragged step mixing no adapter, adapter 1 and adapter 2: each row within 1e-5 (relative, float32) of
     PEFT's forward with its adapter, or of the base model's."""
     model_dir, adapters = llama
     loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
-    manager = _manager(loaded, adapters)
+    manager = lora_manager(loaded, adapters)
     slots = [0, manager.slots.acquire(1), manager.slots.acquire(2)]
     rng = np.random.default_rng(0)
     sequences = [rng.integers(3, 160, n).tolist() for n in (21, 9, 17)]
-    got = _lora_logits(loaded, manager, sequences, slots)
+    got = lora_logits(loaded, manager, sequences, slots)
     for seq, adapter, logits in zip(sequences, [None, *adapters], got, strict=True):
         want = peft_logits(model_dir, adapter, seq)
         assert relative_error(logits, want) < 1e-5
@@ -111,9 +63,9 @@ def test_qwen3_logits_with_an_adapter_match_peft(tmp_path):
     model_dir = save_llama(tmp_path, "Qwen3ForCausalLM")
     adapter = save_adapter(model_dir, tmp_path / "a", r=4, targets=["q_proj", "k_proj", "gate_proj"], seed=3)
     loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
-    manager = _manager(loaded, [adapter])
+    manager = lora_manager(loaded, [adapter])
     seq = np.random.default_rng(1).integers(3, 160, 19).tolist()
-    got = _lora_logits(loaded, manager, [seq], [manager.slots.acquire(1)])[0]
+    got = lora_logits(loaded, manager, [seq], [manager.slots.acquire(1)])[0]
     assert relative_error(got, peft_logits(model_dir, adapter, seq)) < 1e-5
 
 
@@ -266,25 +218,21 @@ def _copy_adapter(src: Path, dst: Path, **config: object) -> Path:
 def test_adapters_jllm_cannot_serve_are_refused_by_name(llama, tmp_path, config, message):
     model_dir, adapters = llama
     loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
-    manager = _manager(loaded, [])
+    manager = lora_manager(loaded, [])
     bad = _copy_adapter(adapters[1], tmp_path / "bad", **config)
     with pytest.raises(AdapterError, match=re.escape(message)):
         manager.add(LoRARequest("bad", 1, str(bad)))
 
 
-@pytest.mark.slow
-def test_lora_outside_the_llama_layout_families_or_on_several_devices_is_refused(llama):
+def test_lora_outside_the_llama_layout_families_is_refused():
     with pytest.raises(AdapterError, match="architectures \\['GPT2LMHeadModel'\\].*supported: LlamaForCausalLM"):
         check_architecture({"architectures": ["GPT2LMHeadModel"]})
-    loaded = load_model(llama[0], mesh=make_mesh(1), dtype="float32")
-    with pytest.raises(AdapterError, match="tensor_parallel_size=2 is not supported"):
-        LoRAManager(loaded.args, loaded.hf_config, SimpleNamespace(size=2), max_loras=1, max_lora_rank=8)
 
 
 @pytest.mark.slow
 def test_one_adapter_id_names_one_adapter(llama):
     loaded = load_model(llama[0], mesh=make_mesh(1), dtype="float32")
-    manager = _manager(loaded, [llama[1][0]])
+    manager = lora_manager(loaded, [llama[1][0]])
     with pytest.raises(AdapterError, match="lora_int_id=1 is already adapter 'a1'"):
         manager.add(LoRARequest("other", 1, str(llama[1][1])))
 
@@ -315,3 +263,32 @@ def test_with_one_slot_requests_for_two_adapters_take_turns_and_keep_their_token
     want = _texts(lora_llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=adapters))
     one_slot = LLM(str(llama[0]), **{**ENGINE_KEYS, "max_loras": 1})
     assert _texts(one_slot.generate(prompts, GREEDY, use_tqdm=False, lora_request=adapters)) == want
+
+
+@pytest.mark.slow
+def test_adapters_split_over_tensor_parallel_devices_give_the_one_device_logits(llama, tmp_path):
+    """TP 2 (a KV head per device) and TP 4 (each KV head on two devices): the adapters' B split with q/k/v's
+    columns, o's A with its rows, every row of a mixed batch within 1e-5 (relative) of PEFT's forward; an engine
+    at TP 2 gives a mixed batch the one-device engine's greedy tokens."""
+    model_dir, adapters = llama
+    rng = np.random.default_rng(2)
+    sequences = [rng.integers(3, 160, n).tolist() for n in (13, 7, 18)]
+    prompts = ["the quick brown fox", "jumps over", "the lazy dog, again"]
+    spec = {
+        "model": str(model_dir),
+        "adapters": list(map(str, adapters)),
+        "sequences": sequences,
+        "tp_sizes": [2, 4],
+        "engine_args": ENGINE_KEYS,
+        "prompts": prompts,
+    }
+    found = run_tp_worker(spec, tmp_path, timeout=600, worker="lora_tp_worker.py")
+    assert [found[tp]["kv_replicas"] for tp in ("2", "4")] == [1, 2]
+    assert found["4"]["split"] == {"qkv_b": True, "o_a": True, "down_b": False}
+    for tp in ("2", "4"):
+        logits = np.load(tmp_path / f"logits_tp{tp}.npz")
+        for i, (seq, adapter) in enumerate(zip(sequences, [None, *adapters], strict=True)):
+            assert relative_error(logits[f"arr_{i}"], peft_logits(model_dir, adapter, seq)) < 1e-5
+    loras = [None, *(LoRARequest(f"a{i}", i, str(a)) for i, a in enumerate(adapters, start=1))]
+    one_device = LLM(str(model_dir), **ENGINE_KEYS).generate(prompts, GREEDY, use_tqdm=False, lora_request=loras)
+    assert found["engine_tp2_tokens"] == _texts(one_device)

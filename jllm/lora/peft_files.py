@@ -6,7 +6,9 @@ PEFT stores ``lora_A.weight [r, in]`` and ``lora_B.weight [out, r]`` per target 
 transposed to ``[in, r]``, B to ``[r, out]`` with the scaling folded in, each padded to the slots' rank, and q/k/v's
 (gate/up's) ranks sit side by side with their B rows placed where the fused kernel keeps that part's outputs:
 ``[kv_heads, group + 2, head_dim]`` (query heads of KV head c at ``[c, :group]``, its K at ``[c, group]``, V at
-``[c, group + 1]``) and ``[2, mlp]``. What this does not implement is refused by name when the adapter loads.
+``[c, group + 1]``) and ``[2, mlp]``. With KV heads replicated for tensor parallelism (``kv_replicas``, as the loader
+builds the model: model KV head m is checkpoint head ``m // replicas`` with its ``m % replicas``-th share of the query
+group) K's and V's B rows repeat per copy. What this does not implement is refused by name when the adapter loads.
 
 Where this module sits: docs/architecture.md.
 """
@@ -46,9 +48,10 @@ def check_architecture(hf_config: dict[str, Any]) -> None:
         )
 
 
-def read_adapter(path: str | Path, args: ModelArgs, max_rank: int) -> LoRAWeights:
+def read_adapter(path: str | Path, args: ModelArgs, max_rank: int, kv_replicas: int = 1) -> LoRAWeights:
     """The adapter's tensors in one slot's layout, per layer stacked on a leading axis of ``num_layers``:
-    ``LoRAWeights`` of NumPy arrays ``[num_layers, ...]`` in the model's dtype."""
+    ``LoRAWeights`` of NumPy arrays ``[num_layers, ...]`` in the model's dtype. ``kv_replicas``: copies of each
+    checkpoint KV head in the model (``args.num_kv_heads`` counts them)."""
     folder = Path(path)
     config = _read_config(folder)
     rank = config["r"]
@@ -60,7 +63,7 @@ def read_adapter(path: str | Path, args: ModelArgs, max_rank: int) -> LoRAWeight
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     tensors = _read_tensors(folder, args)
     out = _zeros(args, max_rank)
-    expected = _shapes(args)
+    expected = _shapes(args, kv_replicas)
     for (layer, module, part), value in tensors.items():
         n_in, n_out = expected[module]
         want = (rank, n_in) if part == "A" else (n_out, rank)
@@ -135,10 +138,10 @@ def _read_tensors(folder: Path, args: ModelArgs) -> dict[tuple[int, str, str], n
     return tensors
 
 
-def _shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
-    """Each PEFT target's (in, out) features."""
+def _shapes(args: ModelArgs, kv_replicas: int) -> dict[str, tuple[int, int]]:
+    """Each PEFT target's (in, out) features, as the checkpoint has them."""
     d, hd, mlp = args.hidden_size, args.head_dim, args.intermediate_size
-    q, kv = args.num_heads * hd, args.num_kv_heads * hd
+    q, kv = args.num_heads * hd, args.num_kv_heads // kv_replicas * hd
     return {
         "q_proj": (d, q),
         "k_proj": (d, kv),
@@ -190,7 +193,8 @@ def _place(
         if module == "q_proj":  # query head h belongs to KV head h // group
             b[ranks, :, :group] = value.reshape(r, kv, group, args.head_dim)
         else:
-            b[ranks, :, group + (module == "v_proj")] = value.reshape(r, kv, args.head_dim)
+            heads = value.reshape(r, -1, args.head_dim)  # the checkpoint's KV heads, each repeated per copy
+            b[ranks, :, group + (module == "v_proj")] = np.repeat(heads, kv // heads.shape[1], axis=1)
     elif target == "gate_up":
         b[ranks, index] = value
     else:

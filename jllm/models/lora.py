@@ -19,12 +19,29 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jllm.parallel import KV_HEADS
+
 # The fused projections a LoRA can target, and the PEFT module names each gathers (ours -> PEFT's, in rank order).
 TARGETS: dict[str, tuple[str, ...]] = {
     "qkv": ("q_proj", "k_proj", "v_proj"),
     "o": ("o_proj",),
     "gate_up": ("gate_proj", "up_proj"),
     "down": ("down_proj",),
+}
+
+
+# Each ``LoRAWeights`` field's logical axes (``jllm.parallel``): B split as its base kernel's outputs (q/k/v by KV
+# head, gate/up by the MLP axis) where the base is split by columns, A split as its input rows where the base is split
+# by rows (o, down: each device's partial product summed by XLA); the other factor replicated.
+AXES: dict[str, tuple[str | None, ...]] = {
+    "qkv_a": (None, "embed", None),
+    "qkv_b": (None, None, KV_HEADS, None, None),
+    "o_a": (None, "q_heads", None),
+    "o_b": (None, None, "embed"),
+    "gate_up_a": (None, "embed", None),
+    "gate_up_b": (None, None, None, "mlp"),
+    "down_a": (None, "mlp", None),
+    "down_b": (None, None, "embed"),
 }
 
 
