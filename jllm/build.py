@@ -134,7 +134,8 @@ def _worker(
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
     spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, dtype)
     backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype)  # before any allocation
-    num_pages = _num_pages(config, spec, loaded)
+    lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
+    num_pages = _num_pages(config, spec, loaded, lora)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
     with timed() as elapsed:
         pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(loaded.mesh))
@@ -144,7 +145,6 @@ def _worker(
     sched = config.scheduler
     logger.info(describe_backend(backend))
     executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded))
-    lora = _lora_manager(config, loaded, publisher)
     runner = ModelRunner(
         loaded,
         pool,
@@ -278,13 +278,13 @@ class ModelBuilder:
         return engine
 
 
-def _num_pages(config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel) -> int:
+def _num_pages(config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel, lora: LoRAManager | None) -> int:
     cache = config.cache
     if cache.num_pages is not None:
         return cache.num_pages
     if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
         return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or kv_cache.CPU_KV_CACHE_BYTES)
-    leaves = jax.tree.leaves(loaded.model)
+    leaves = jax.tree.leaves((loaded.model, None if lora is None else lora.weights))
     params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device
     num_pages = kv_cache.num_pages_from_device_memory(
         spec,

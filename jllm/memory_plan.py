@@ -23,6 +23,7 @@ import numpy as np
 from jllm import kv_cache
 from jllm.config import EngineConfig, ServerConfig
 from jllm.loader import abstract_model, read_json, resolve_dtype
+from jllm.lora.peft_files import slots_bytes
 from jllm.model_source import resolve_model
 from jllm.quantization import resolve_scheme
 
@@ -68,6 +69,8 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
     quant = resolve_scheme(config.model.quantization, hf_config, config.model.fp8_dot_min_tokens)
     _, state, args, _ = abstract_model(hf_config, resolve_dtype(config.model.dtype, hf_config), tp, quant)
     weights = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)) // tp
+    if config.lora.enable_lora:  # the adapters' slots, counted whole on every device (some are split, most small)
+        weights += slots_bytes(args, config.lora.max_loras, config.lora.max_lora_rank)
     cache = config.cache
     dtype = kv_cache.pool_dtype(cache.kv_cache_dtype, args.dtype)
     spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, cache.page_size, dtype)

@@ -18,19 +18,19 @@ from jllm.build import build_engine
 from jllm.config import load_config
 from jllm.loader import load_model
 from jllm.lora import LoRARequest
-from jllm.lora.peft_files import AdapterError, check_architecture
+from jllm.lora.peft_files import AdapterError, check_architecture, slots_bytes
 from jllm.lora.slots import LoRASlots
+from jllm.memory_plan import plan_model
 from jllm.parallel import make_mesh
 from jllm.scheduler import Scheduler
 from jllm.sequence import Sequence, SequenceStatus
-
-pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """A tiny random Llama (4 query heads over 2 KV heads) and two adapters: every target at r=4, and q/v/down at
     r=8 with rsLoRA's scaling."""
+    pytest.importorskip("peft")
     root = tmp_path_factory.mktemp("lora")
     model = save_llama(root)
     first = save_adapter(model, root / "all", r=4, targets=ALL_TARGETS, seed=1, lora_alpha=8)
@@ -60,6 +60,7 @@ def test_logits_with_each_adapter_match_peft_and_a_mixed_batch_gives_each_row_it
 @pytest.mark.slow
 def test_qwen3_logits_with_an_adapter_match_peft(tmp_path):
     """Qwen3's q/k norms read the projections with their deltas added, as PEFT's forward does."""
+    pytest.importorskip("peft")
     model_dir = save_llama(tmp_path, "Qwen3ForCausalLM")
     adapter = save_adapter(model_dir, tmp_path / "a", r=4, targets=["q_proj", "k_proj", "gate_proj"], seed=3)
     loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
@@ -292,3 +293,13 @@ def test_adapters_split_over_tensor_parallel_devices_give_the_one_device_logits(
     loras = [None, *(LoRARequest(f"a{i}", i, str(a)) for i, a in enumerate(adapters, start=1))]
     one_device = LLM(str(model_dir), **ENGINE_KEYS).generate(prompts, GREEDY, use_tqdm=False, lora_request=loras)
     assert found["engine_tp2_tokens"] == _texts(one_device)
+
+
+@pytest.mark.slow
+def test_the_memory_plan_counts_the_adapters_slots(llama):
+    config = load_config(None, model=str(llama[0]), num_pages=8, max_model_len=64)
+    base = plan_model(config, 1 << 30, "m")
+    planned = plan_model(config.replace(enable_lora=True, max_loras=2, max_lora_rank=8), 1 << 30, "m")
+    args = load_model(llama[0], mesh=make_mesh(1), load_format="dummy").args
+    layer = 64 * 24 + 24 * 2 * 4 * 16 + 64 * 8 + 8 * 64 + 64 * 16 + 16 * 2 * 96 + 96 * 8 + 8 * 64  # elements
+    assert planned.weights_bytes - base.weights_bytes == slots_bytes(args, 2, 8) == 3 * 2 * layer * 4

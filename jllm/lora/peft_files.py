@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
@@ -173,6 +174,12 @@ def _zeros(args: ModelArgs, rank: int) -> dict[str, np.ndarray]:
 def zero_slot_shapes(args: ModelArgs, rank: int) -> dict[str, tuple[int, ...]]:
     """``LoRAWeights``' field shapes for one slot, every layer: ``[num_layers, ...]``."""
     return {name: array.shape for name, array in _zeros(args, rank).items()}
+
+
+def slots_bytes(args: ModelArgs, max_loras: int, rank: int) -> int:
+    """The device bytes of every slot (``max_loras`` + the empty one), all layers, unsplit: what memory plans add."""
+    elements = sum(math.prod(shape) for shape in zero_slot_shapes(args, rank).values())
+    return elements * (max_loras + 1) * jnp.dtype(args.dtype).itemsize
 
 
 def _place(
