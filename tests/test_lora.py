@@ -214,6 +214,7 @@ def _copy_adapter(src: Path, dst: Path, **config: object) -> Path:
         ({"use_dora": True}, "use_dora=True (DoRA) is not supported"),
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"r": 16}, "r=16 > max_lora_rank=8"),
+        ({"target_modules": ".*proj"}, "target_modules='.*proj' must be a list of module names"),
     ],
 )
 def test_adapters_jllm_cannot_serve_are_refused_by_name(llama, tmp_path, config, message):
@@ -303,3 +304,11 @@ def test_the_memory_plan_counts_the_adapters_slots(llama):
     args = load_model(llama[0], mesh=make_mesh(1), load_format="dummy").args
     layer = 64 * 24 + 24 * 2 * 4 * 16 + 64 * 8 + 8 * 64 + 64 * 16 + 16 * 2 * 96 + 96 * 8 + 8 * 64  # elements
     assert planned.weights_bytes - base.weights_bytes == slots_bytes(args, 2, 8) == 3 * 2 * layer * 4
+
+
+@pytest.mark.slow
+def test_peft_all_linear_targets_are_the_seven_projections(llama, tmp_path):
+    loaded = load_model(llama[0], mesh=make_mesh(1), dtype="float32")
+    manager = lora_manager(loaded, [])
+    manager.add(LoRARequest("all", 1, str(_copy_adapter(llama[1][0], tmp_path / "a", target_modules="all-linear"))))
+    assert [a.lora_name for a in manager.adapters] == ["all"]

@@ -99,12 +99,22 @@ def _read_config(folder: Path) -> dict[str, Any]:
             raise AdapterError(f"adapter {str(folder)!r}: {key}={config[key]!r} ({what}) is not supported")
     if config.get("bias", "none") != "none":
         raise AdapterError(f"adapter {str(folder)!r}: bias={config['bias']!r} is not supported; supported: 'none'")
-    targets = config.get("target_modules")
-    if isinstance(targets, str):  # PEFT reads a string as a regular expression over module names
+    _check_targets(folder, config.get("target_modules"))
+    if "r" not in config:
+        raise AdapterError(f"adapter {str(folder)!r}: adapter_config.json has no 'r' (the LoRA rank)")
+    return config
+
+
+def _check_targets(folder: Path, given: object) -> None:
+    """``target_modules``: names among the supported ones (or PEFT's "all-linear", which here means them all)."""
+    targets = given
+    if targets == "all-linear":  # PEFT's every linear but the LM head: in these families, the supported seven
+        targets = list(SUPPORTED_MODULES)
+    elif isinstance(targets, str):  # PEFT reads any other string as a regular expression over module names
         targets = [targets] if targets in SUPPORTED_MODULES else None
     if not isinstance(targets, list):
         raise AdapterError(
-            f"adapter {str(folder)!r}: target_modules={config.get('target_modules')!r} must be a list of module "
+            f"adapter {str(folder)!r}: target_modules={given!r} must be a list of module "
             f"names; supported: {', '.join(SUPPORTED_MODULES)}"
         )
     unsupported = sorted(set(targets) - set(SUPPORTED_MODULES))
@@ -113,9 +123,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
             f"adapter {str(folder)!r}: target_modules {unsupported} are not supported; supported: "
             f"{', '.join(SUPPORTED_MODULES)}"
         )
-    if "r" not in config:
-        raise AdapterError(f"adapter {str(folder)!r}: adapter_config.json has no 'r' (the LoRA rank)")
-    return config
 
 
 def _read_tensors(folder: Path, args: ModelArgs) -> dict[tuple[int, str, str], np.ndarray]:
