@@ -181,8 +181,41 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=32, moe_num_shared_experts=2, tie_word_embeddings=False),
         [],
     ),
+    # layer 0: rotary (llama3 scaling), q/k L2 norms, a dense MLP; layer 1: no rotary, query temperature (a floor_scale
+    # the prompts pass), top-1 of 4 experts scaling their inputs, and the shared expert. Chunks longer than the context
+    "llama4": (
+        "Llama4ForCausalLM",
+        "Llama4TextConfig",
+        dict(
+            num_local_experts=4,
+            intermediate_size_mlp=80,
+            interleave_moe_layer_step=2,
+            no_rope_layers=[1, 0],
+            floor_scale=4,
+            attn_scale=0.5,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 5e5,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+        [],
+    ),
 }
-MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe", "granite_moe", "granite_moe_shared", "phimoe", "ernie4_5_moe")
+MIXTURES = (
+    "mixtral",
+    "qwen3_moe",
+    "qwen2_moe",
+    "olmoe",
+    "granite_moe",
+    "granite_moe_shared",
+    "phimoe",
+    "ernie4_5_moe",
+    "llama4",
+)
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
@@ -430,6 +463,21 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
+
+
+@pytest.mark.slow  # two engines on dummy weights: ~10 s
+def test_llama4_context_is_one_attention_chunk_and_longer_is_refused(default_model_dir, tmp_path):
+    """jllm has no chunked attention: a Llama 4 is served with at most ``attention_chunk_size`` tokens of context
+    (there chunked attention is causal attention), by default exactly that, and a longer ``max_model_len`` is
+    refused naming the chunk."""
+    config = dict(BASE, architectures=["Llama4ForCausalLM"], num_local_experts=4, attention_chunk_size=32)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_dir / file, tmp_path / file)
+    args = dict(ENGINE_ARGS, load_format="dummy", max_model_len=None)
+    assert LLM(str(tmp_path), **args).engine.max_model_len == 32
+    with pytest.raises(ValueError, match="max_model_len=64 exceeds the model's attention_chunk_size=32.*<= 32"):
+        LLM(str(tmp_path), **dict(args, max_model_len=64))
 
 
 @pytest.mark.parametrize("start, end, interval", [(1, -1, 1), (0, 4, 2), (2, 3, 1)])

@@ -71,6 +71,10 @@ class LayerSpec:
     sliding_window: int | None = None
     # in a mixture-of-experts model, this layer's MLP is a dense gated one this wide (ERNIE's first layer)
     dense_mlp_size: int | None = None
+    qk_l2_norm: bool = False  # each query and key head RMS-normed without a weight after the rotary (Llama 4)
+    # (floor_scale, attn_scale): queries times log1p(floor((position + 1) / floor_scale)) * attn_scale + 1 (Llama 4's
+    # attn_temperature_tuning on its layers without rotary)
+    attn_temperature: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +119,9 @@ class ModelArgs:
     residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
     attn_softcap: float | None = None
     logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling), before a soft-cap
+    # Llama 4's chunked attention on its rotary layers: jllm has none, so it serves contexts up to one chunk, where
+    # chunked attention is causal attention (``max_context``)
+    attention_chunk_size: int | None = None
     final_softcap: float | None = None
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
@@ -190,6 +197,11 @@ class ModelArgs:
         return [spec.sliding_window for spec in self.layers]
 
     @property
+    def max_context(self) -> int:
+        """The longest context the model is served with: its positions, or a shorter attention chunk."""
+        return min(self.max_position_embeddings, self.attention_chunk_size or self.max_position_embeddings)
+
+    @property
     def dense_mlp_sizes(self) -> set[int]:
         """The widths of the dense MLPs among a mixture of experts' layers (none in most)."""
         return {spec.dense_mlp_size for spec in self.layers if spec.dense_mlp_size is not None}
@@ -228,6 +240,12 @@ class Attention(nnx.Module):
             q, k, v = (jnp.clip(y, -a.qkv_clip, a.qkv_clip) for y in (q, k, v))
         if self.spec.rope is not None:
             q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
+        if self.spec.qk_l2_norm:
+            q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
+        if self.spec.attn_temperature is not None:
+            floor_scale, attn_scale = self.spec.attn_temperature
+            scale = jnp.log1p(jnp.floor((positions.astype(jnp.float32) + 1.0) / floor_scale)) * attn_scale + 1.0
+            q = (q * scale[:, None, None]).astype(q.dtype)
         out, kv_pages = paged_attention(
             q,
             k,
@@ -239,6 +257,12 @@ class Attention(nnx.Module):
             sliding_window=self.spec.sliding_window,
         )
         return self.o_proj(out.reshape(t, a.num_heads * a.head_dim)), kv_pages
+
+
+def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
+    """Llama 4's weightless RMSNorm over ``x``'s last axis, in float32."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 class DecoderLayer(nnx.Module):

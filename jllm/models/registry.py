@@ -44,6 +44,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GraniteMoeSharedForCausalLM": mixtures.granite_moe_shared,
     "PhimoeForCausalLM": mixtures.phimoe,
     "Ernie4_5_MoeForCausalLM": mixtures.ernie4_5_moe,
+    "Llama4ForCausalLM": mixtures.llama4,
 }
 
 

@@ -1,5 +1,6 @@
 """The mixture-of-experts families: a routed mixture of SwiGLU experts (``jllm.models.moe``) in place of each MLP,
-or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE).
+or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4's text
+model).
 
 Where this module sits: docs/architecture.md.
 """
@@ -214,4 +215,56 @@ def ernie4_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
                 ("e_score_correction_bias", "moe_statics.e_score_correction_bias"),
             )
         ),
+    )
+
+
+def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Llama 4's text model (Scout, Maverick): a mixture of ``num_local_experts`` SwiGLU experts in the layers
+    ``moe_layers`` names (by default every ``interleave_moe_layer_step``-th), each token's top
+    ``num_experts_per_tok`` by a sigmoid of the router's logits that scales the expert's input, beside an ungated
+    shared SwiGLU; dense SwiGLUs of ``intermediate_size_mlp`` in the other layers. Rotary on neighbouring channel
+    pairs in the layers ``no_rope_layers`` marks 1 (by default all but every ``no_rope_layer_interval``-th), there
+    followed by a weightless RMSNorm on each query and key head where ``use_qk_norm``; the layers without rotary scale
+    their queries by position where ``attn_temperature_tuning``. Those rotary layers attend within chunks of
+    ``attention_chunk_size`` tokens, which jllm has no kernel for: it serves contexts up to one chunk
+    (``ModelArgs.max_context``), where that is causal attention."""
+    defaults = dict(rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=4096 * 32, head_dim=128)
+    cfg = {**defaults, "num_key_value_heads": 8, **cfg}
+    experts, top_k = cfg.get("num_local_experts", 16), cfg.get("num_experts_per_tok", 1)
+    _check_top_k("Llama 4", top_k, experts, "num_local_experts")
+    base = base_args(cfg, dtype)
+    n = base["num_layers"]
+    step = cfg.get("interleave_moe_layer_step", 1)
+    moe_layers = cfg.get("moe_layers")
+    moe_layers = set(range(step - 1, n, step) if moe_layers is None else moe_layers)
+    interval = cfg.get("no_rope_layer_interval", 4)
+    uses_rope = cfg.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    chunk = cfg.get("attention_chunk_size", 8192)
+    types = cfg.get("layer_types") or ["chunked_attention" if r and chunk else FULL for r in uses_rope]
+    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)
+    tuning = cfg.get("attn_temperature_tuning", True)
+    temperature = (float(cfg.get("floor_scale", 8192)), float(cfg.get("attn_scale", 0.1))) if tuning else None
+    layers = tuple(
+        LayerSpec(
+            rope if r else None,
+            dense_mlp_size=None if i in moe_layers else cfg.get("intermediate_size_mlp", 16384),
+            qk_l2_norm=bool(r and cfg.get("use_qk_norm", True)),
+            attn_temperature=None if r else temperature,
+        )
+        for i, r in enumerate(uses_rope)
+    )
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_act=activation(cfg, "hidden_act", "silu", "Llama 4"),
+        num_experts=experts,
+        experts_per_token=top_k,
+        expert_routing="sigmoid_input",
+        shared_expert_size=base["intermediate_size"],
+        shared_expert_gated=False,
+        attention_chunk_size=chunk if "chunked_attention" in types else None,
+        weights=WeightMap(rename=(("mlp", "feed_forward"), ("gate", "router")), expert_params=True),
     )
