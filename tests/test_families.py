@@ -310,12 +310,13 @@ def test_gpt2_saved_as_the_hub_keeps_it_loads_without_the_transformer_prefix(tmp
     assert relative_error(got, expected) < LOGITS_RTOL
 
 
-@pytest.mark.parametrize("renormalize", [True, False])
-def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
+@pytest.mark.parametrize("renormalize, routing", [(True, "softmax"), (False, "softmax"), (False, "sigmoid_input")])
+def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing):
     """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
-    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not."""
+    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not, or (Llama 4) each expert's input scaled by the
+    sigmoid of its logit."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize)
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing)
     rng = np.random.default_rng(3)
     router = rng.normal(size=(dim, experts)).astype(np.float32)
     gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
@@ -333,7 +334,11 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
         top = np.argsort(-probs)[:2]
         used.update(top.tolist())
         for e, w in zip(top, probs[top] / probs[top].sum() if renormalize else probs[top], strict=True):
-            g, u = x[i] @ gate_up[e, :, 0], x[i] @ gate_up[e, :, 1]
+            if routing == "sigmoid_input":
+                xi, w = x[i] / (1 + np.exp(-logits[e])), 1.0
+            else:
+                xi = x[i]
+            g, u = xi @ gate_up[e, :, 0], xi @ gate_up[e, :, 1]
             expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
