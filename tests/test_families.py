@@ -147,11 +147,11 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
-    "granite_moe_shared": (
+    "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
         "GraniteMoeSharedForCausalLM",
         None,
         dict(num_local_experts=4, shared_intermediate_size=48, **GRANITE_MULTIPLIERS),
-        [],
+        [2],
     ),
     "phimoe": (  # a wide sparsemixer window (router_jitter_noise) so its softmax weighs more than one expert
         "PhimoeForCausalLM",
@@ -202,7 +202,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
                 "original_max_position_embeddings": 64,
             },
         ),
-        [],
+        [2],  # each device's slice of the experts read from one bare [experts, in, out] tensor
     ),
 }
 MIXTURES = (
