@@ -5,7 +5,8 @@ weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outpu
 residual and logits scales), learned positions or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's
 parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation, biases (the LM head's too),
 q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows, per-layer MLP kind (dense
-layers among a mixture's), Llama 4's per-layer q/k norms and query temperature, and the checkpoint's tensor names. The maths they share lives here once.
+layers among a mixture's), Llama 4's per-layer q/k norms and query temperature, and the checkpoint's tensor names.
+The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program

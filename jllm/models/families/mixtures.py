@@ -1,6 +1,6 @@
 """The mixture-of-experts families: a routed mixture of SwiGLU experts (``jllm.models.moe``) in place of each MLP,
-or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4's text
-model).
+or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4's
+text model).
 
 Where this module sits: docs/architecture.md.
 """
