@@ -15,14 +15,16 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from jllm.config import ServerConfig
-from jllm.reasoning_parsers import ReasoningFormat, ReasoningGate, ReasoningStream, reasoning_format
+from jllm.reasoning_parsers import HarmonyFormat, ReasoningFormat, ReasoningGate, reasoning_format
 from jllm.server.errors import bad_request
 from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
 from jllm.server.tools import ToolDeltas, ToolPlan
 from jllm.tokenizer import Tokenizer
+from jllm.tool_parsers.harmony import OpenAIParser
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class ReplyPlan:
         """``parser``: the served model's ``reasoning_parser``. Refuses what this server cannot do beside it."""
         tools = ToolPlan.of(body, server)
         fmt = None if parser is None else reasoning_format(parser, body.chat_template_kwargs)
+        if isinstance(fmt, HarmonyFormat):  # calls kept as harmony messages for the openai parser, else content
+            fmt = dataclasses.replace(fmt, calls=isinstance(tools.parser, OpenAIParser))
         if fmt is not None:
             field = body.constraint_field(tools.forced_schema())
             if field is not None and not fmt.implicit:
@@ -93,7 +97,7 @@ class ReplyDeltas:
     def __init__(self, plan: ReplyPlan, counter: ReasoningGate | None) -> None:
         self.plan = plan
         self.tools: ToolDeltas = plan.tools.stream()
-        self._reasoning = ReasoningStream(plan.reasoning) if plan.reasoning is not None else None
+        self._reasoning = plan.reasoning.stream() if plan.reasoning is not None else None
         self._counter = counter
 
     @property
