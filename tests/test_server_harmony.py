@@ -232,3 +232,11 @@ def test_the_responses_api_gives_reasoning_then_message_then_function_call(clien
     answer = client.responses.create(model=MODEL, input="weather", max_output_tokens=300)
     assert [item.type for item in answer.output] == ["reasoning", "message"]
     assert answer.output_text == "It is sunny."
+
+
+def test_the_responses_apis_reasoning_effort_reaches_the_template(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=MODEL, input="effort", reasoning={"effort": "low"}, max_output_tokens=20)
+    assert response.output_text == "low" and response.reasoning.effort == "low"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL, input="effort", reasoning={"summary": "auto"})
+    assert refused.value.body["param"] == "reasoning" and "summary" in refused.value.message
