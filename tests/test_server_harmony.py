@@ -177,6 +177,16 @@ def test_a_grammar_holds_the_final_message_alone(client: openai.OpenAI) -> None:
     assert (reasoning, json.loads(content)) == (THOUGHT, {"city": "Paris"})
 
 
+def test_a_forced_call_is_the_final_messages_json(client: openai.OpenAI) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=_ask("json"), tools=TOOLS, tool_choice=choice, max_tokens=300
+    )
+    call = reply.choices[0].message.tool_calls[0]
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert reply.choices[0].message.model_extra["reasoning"] == THOUGHT
+
+
 def test_reasoning_effort_reaches_gpt_oss_template(client: openai.OpenAI, server: RunningServer) -> None:
     for effort, said in (("low", "low"), ("high", "high"), (None, "medium")):  # the template's default: medium
         body = {"reasoning_effort": effort} if effort else {}
