@@ -239,6 +239,11 @@ def test_the_responses_api_gives_reasoning_then_message_then_function_call(clien
     reasoning, message, call = response.output
     assert reasoning.content[0].text == THOUGHT and message.content[0].text == "Let me check."
     assert (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
+    with client.responses.stream(model=MODEL, input="call", tools=[tool], max_output_tokens=300) as stream:
+        streamed = stream.get_final_response()
+    assert [item.type for item in streamed.output] == ["reasoning", "message", "function_call"]
+    assert (streamed.output[2].name, streamed.output[2].arguments) == ("get_weather", '{"city": "Paris"}')
+    assert streamed.output[0].content[0].text == THOUGHT and streamed.output[1].content[0].text == "Let me check."
     answer = client.responses.create(model=MODEL, input="weather", max_output_tokens=300)
     assert [item.type for item in answer.output] == ["reasoning", "message"]
     assert answer.output_text == "It is sunny."
