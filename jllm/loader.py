@@ -90,7 +90,8 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     *module_path, leaf = (str(p) for p in path)
     rename = dict(weights.rename)
     prefix = "" if module_path[0] == "lm_head" else weights.prefix
-    suffix = {"bias": "bias", "scale": "weight_scale"}.get(leaf, "weight")
+    # a leaf of another name is a tensor stored under its own name (DeepSeek-V3's ``gate.e_score_correction_bias``)
+    suffix = {"kernel": "weight", "weight": "weight", "embedding": "weight", "scale": "weight_scale"}.get(leaf, leaf)
     module = module_path[-1]
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
     parents = [rename.get(m, m) for m in module_path[:-1]]

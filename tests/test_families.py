@@ -37,10 +37,28 @@ WINDOW = 16
 # decoding off a single repeated token.
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 BASE["pad_token_id"] = 0
+# DeepSeek's latent attention (pool head 32 + 8 wide) and experts in 4 groups of 2; one dense layer, then a mixture.
+# Its attention expands to every query head, so num_key_value_heads stays the heads' count.
+DEEPSEEK = dict(
+    head_dim=None,  # transformers' is qk_rope_head_dim
+    num_key_value_heads=None,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    n_shared_experts=2,
+    first_k_dense_replace=1,
+    n_group=4,
+    topk_group=2,
+)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
 # separate k/v projections tests/test_tensor_parallel.py shows (Llama at 4 and 8): each TP 4 engine here costs ~12 s.
+# A None override of a key BASE lacks stays None (DeepSeek-V2-Lite's q_lora_rank).
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2]),
     "gemma": ("GemmaForCausalLM", None, dict(tie_word_embeddings=False), []),
@@ -149,8 +167,36 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # the only family whose sharded slices are read untransposed
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
+    # V2-Lite's queries (no q_lora_rank), V2's group-limited softmax router
+    "deepseek_v2": (
+        "DeepseekV2ForCausalLM",
+        None,
+        dict(DEEPSEEK, q_lora_rank=None, topk_method="group_limited_greedy", routed_scaling_factor=1.5),
+        [],
+    ),
+    # V3's low-rank queries, sigmoid router with a (random) choice bias, YaRN with both mscales. TP 2: the one
+    # latent KV head replicated, the query heads split
+    "deepseek_v3": (
+        "DeepseekV3ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            q_lora_rank=24,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+        [2],
+    ),
 }
-MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
+MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe", "deepseek_v2", "deepseek_v3")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
@@ -189,7 +235,7 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("families")
     dirs = {}
     for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
-        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None or k not in BASE}
         out = save_tiny_checkpoint(
             arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_constants=True
         )
@@ -275,17 +321,19 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
 
 
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
-    """Per layer, the experts transformers' router picks for any token of ``prompts``."""
+    """Per layer with a router, the experts of the best router logits for any token of ``prompts``."""
     import torch
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    used: list[set[int]] = [set() for _ in range(model.config.num_hidden_layers)]
+    used: dict[int, set[int]] = {}
     with torch.no_grad():
         for ids in prompts:
             for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
-                used[layer].update(torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist())
-    return used
+                chosen = torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist()
+                used.setdefault(layer, set()).update(chosen)
+    assert used, "the model recorded no router logits"
+    return list(used.values())
 
 
 def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:

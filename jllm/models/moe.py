@@ -1,5 +1,6 @@
-"""Mixture of experts (Mixtral, Qwen2/3-MoE): a softmax router picks each token's top-k SwiGLU experts, and every
+"""Mixture of experts (Mixtral, Qwen2/3-MoE, DeepSeek): a router picks each token's top-k SwiGLU experts, and every
 expert's tokens go through one grouped matmul (``jax.lax.ragged_dot_general``) instead of a loop over experts.
+The router is a softmax top-k, or DeepSeek's group-limited one (``GroupedRouting``, ``grouped_top_k``).
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
 and ``group_sizes`` (tokens per expert) tells the grouped matmul where each expert's rows start. Expert kernels are
@@ -9,6 +10,8 @@ Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,65 @@ from jllm.models.layers import ACTIVATIONS, MLP, Linear, param
 GROUPED = jax.lax.RaggedDotDimensionNumbers(
     dot_dimension_numbers=(([1], [1]), ([], [])), lhs_ragged_dimensions=[0], rhs_group_dimensions=[0]
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedRouting:
+    """DeepSeek's router: experts in ``num_groups`` groups, a token's experts chosen from its ``top_groups`` best
+    groups only, the chosen weights times ``scale`` (``routed_scaling_factor``). "softmax" scores (V2) rank a group by
+    its best expert; "sigmoid" scores (V3's ``noaux_tc``) are chosen with a learned bias added
+    (``e_score_correction_bias``), a group ranked by the sum of its two best biased scores, and weighted unbiased."""
+
+    scoring: str = "softmax"
+    num_groups: int = 1
+    top_groups: int = 1
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scoring not in ("softmax", "sigmoid"):
+            raise ValueError(f"routing scoring {self.scoring!r} is not supported (supported: softmax, sigmoid)")
+        if not 0 < self.top_groups <= self.num_groups:
+            raise ValueError(f"top_groups={self.top_groups} must be between 1 and num_groups={self.num_groups}")
+
+
+def grouped_top_k(
+    logits: jax.Array,  # [T, experts] float32
+    top_k: int,
+    routing: GroupedRouting,
+    renormalize: bool,
+    choice_bias: jax.Array | None = None,  # [experts] float32, added to the scores only to choose (V3)
+) -> tuple[jax.Array, jax.Array]:
+    """transformers' ``DeepseekV2TopkRouter`` / ``DeepseekV3TopkRouter``: each token's experts ``[T, k]`` int32 and
+    their float32 weights ``[T, k]``."""
+    t, experts = logits.shape
+    scores = jax.nn.softmax(logits, axis=-1) if routing.scoring == "softmax" else jax.nn.sigmoid(logits)
+    choice = scores if choice_bias is None else scores + choice_bias
+    if routing.num_groups > 1:
+        grouped = choice.reshape(t, routing.num_groups, experts // routing.num_groups)
+        if routing.scoring == "softmax":
+            group_scores = jnp.max(grouped, axis=-1)  # [T, groups]
+        else:
+            group_scores = jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)
+        _, best = jax.lax.top_k(group_scores, routing.top_groups)  # [T, top_groups]
+        kept = jnp.any(best[:, :, None] == jnp.arange(routing.num_groups), axis=1)  # [T, groups]
+        choice = jnp.where(jnp.repeat(kept, experts // routing.num_groups, axis=1), choice, -jnp.inf)
+    _, chosen = jax.lax.top_k(choice, top_k)
+    weights = jnp.take_along_axis(scores, chosen, axis=-1)
+    if renormalize:
+        weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
+    return chosen, weights * routing.scale
+
+
+class Router(nnx.Module):
+    """DeepSeek's gate: logits in float32 whatever the model's dtype (transformers keeps ``gate.weight`` in float32),
+    and with sigmoid scoring the choice bias, stored beside the weight as ``e_score_correction_bias``."""
+
+    def __init__(self, dim: int, experts: int, dtype, choice_bias: bool):
+        self.kernel = param((dim, experts), dtype, ("embed", None))
+        self.e_score_correction_bias = param((experts,), jnp.float32, (None,)) if choice_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)  # [T, experts]
 
 
 class ExpertLinear(nnx.Module):
@@ -50,7 +112,8 @@ class SparseMoE(nnx.Module):
     """transformers' ``MixtralSparseMoeBlock`` / ``Qwen2MoeSparseMoeBlock``: router softmax in float32, top-k, the k
     weights renormalised to sum to one where ``renormalize`` (Mixtral; Qwen's ``norm_topk_prob``), each token's output
     the weighted sum of its experts' SwiGLU outputs; with ``shared_hidden`` (Qwen2-MoE) plus a dense SwiGLU every
-    token takes, scaled by a sigmoid gate."""
+    token takes, scaled by a sigmoid gate where ``shared_gated`` (DeepSeek's is not). With ``routing`` the router is
+    DeepSeek's (``grouped_top_k``)."""
 
     def __init__(
         self,
@@ -62,15 +125,24 @@ class SparseMoE(nnx.Module):
         act: str = "silu",
         renormalize: bool = True,
         shared_hidden: int = 0,
+        shared_gated: bool = True,
+        routing: GroupedRouting | None = None,
     ):
-        self.gate = Linear(dim, experts, ("embed", None), dtype)  # the router
+        if routing is None:
+            self.gate = Linear(dim, experts, ("embed", None), dtype)  # the router
+        else:
+            self.gate = Router(dim, experts, dtype, choice_bias=routing.scoring == "sigmoid")
         self.experts = Experts(experts, dim, hidden, dtype, act)
         self.shared_expert = MLP(dim, shared_hidden, dtype, act) if shared_hidden else None
-        self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_hidden else None
-        self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
+        self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_hidden and shared_gated else None
+        self.num_experts, self.top_k, self.renormalize, self.routing = experts, top_k, renormalize, routing
 
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
+        if self.routing is not None:
+            bias = self.gate.e_score_correction_bias
+            bias = None if bias is None else bias[...]
+            return grouped_top_k(self.gate(x), self.top_k, self.routing, self.renormalize, bias)
         probs = jax.nn.softmax(self.gate(x).astype(jnp.float32), axis=-1)  # [T, experts]
         weights, chosen = jax.lax.top_k(probs, self.top_k)
         return chosen, weights / jnp.sum(weights, axis=-1, keepdims=True) if self.renormalize else weights
@@ -87,4 +159,6 @@ class SparseMoE(nnx.Module):
         y = jnp.zeros_like(x).at[token].add(out)
         if self.shared_expert is None:
             return y
+        if self.shared_expert_gate is None:
+            return y + self.shared_expert(x)
         return y + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
