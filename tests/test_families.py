@@ -27,7 +27,7 @@ from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
-from jllm.models.moe import SparseMoE
+from jllm.models.moe import GroupedRouting, SparseMoE, grouped_top_k
 from jllm.parallel import make_mesh
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
@@ -37,11 +37,8 @@ WINDOW = 16
 # decoding off a single repeated token.
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 BASE["pad_token_id"] = 0
-# DeepSeek's latent attention (pool head 32 + 8 wide) and experts in 4 groups of 2; one dense layer, then a mixture.
-# Its attention expands to every query head, so num_key_value_heads stays the heads' count.
-DEEPSEEK = dict(
-    head_dim=None,  # transformers' is qk_rope_head_dim
-    num_key_value_heads=None,
+# What a DeepSeek config.json must hold besides TINY_CONFIG
+DEEPSEEK_KEYS = dict(
     kv_lora_rank=32,
     qk_nope_head_dim=16,
     qk_rope_head_dim=8,
@@ -49,6 +46,13 @@ DEEPSEEK = dict(
     n_routed_experts=8,
     num_experts_per_tok=2,
     moe_intermediate_size=32,
+)
+# DeepSeek's latent attention (pool head 32 + 8 wide) and experts in 4 groups of 2; one dense layer, then a mixture.
+# Its attention expands to every query head, so num_key_value_heads stays the heads' count.
+DEEPSEEK = dict(
+    DEEPSEEK_KEYS,
+    head_dim=None,  # transformers' is qk_rope_head_dim
+    num_key_value_heads=None,
     n_shared_experts=2,
     first_k_dense_replace=1,
     n_group=4,
@@ -320,6 +324,59 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "model_type, settings, routing",
+    [
+        ("deepseek_v2", dict(topk_method="greedy"), GroupedRouting("softmax", scale=2.5)),
+        ("deepseek_v2", dict(topk_method="group_limited_greedy"), GroupedRouting("softmax", 4, 2, scale=2.5)),
+        ("deepseek_v3", dict(norm_topk_prob=True), GroupedRouting("sigmoid", 4, 2, scale=2.5)),
+        ("deepseek_v3", dict(norm_topk_prob=False), GroupedRouting("sigmoid", 4, 2, scale=2.5)),
+    ],
+)
+def test_deepseek_routing_chooses_and_weighs_as_transformers_gate(model_type, settings, routing):
+    """``grouped_top_k`` against transformers' own router module on random inputs: the same experts per token (4 of
+    16, in 4 groups of which the best 2 may be chosen from) with the same weights; V3's random choice bias moves the
+    choice, not the weights."""
+    import importlib
+
+    import torch
+    import transformers
+
+    dim, experts, t, v3 = 8, 16, 64, model_type == "deepseek_v3"
+    arch = "DeepseekV3" if v3 else "DeepseekV2"
+    config = getattr(transformers, f"{arch}Config")(
+        hidden_size=dim,
+        num_attention_heads=1,
+        n_routed_experts=experts,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        **settings,
+    )
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    gate = getattr(modeling, f"{arch}TopkRouter")(config)
+    rng = np.random.default_rng(5)
+    weight = rng.normal(size=(experts, dim)).astype(np.float32)
+    x = rng.normal(size=(t, dim)).astype(np.float32)
+    bias = (0.3 * rng.normal(size=experts)).astype(np.float32) if v3 else None
+    with torch.no_grad():
+        gate.weight.copy_(torch.from_numpy(weight))
+        if v3:
+            gate.e_score_correction_bias.copy_(torch.from_numpy(bias))
+        _, hf_weights, hf_chosen = (y.numpy() for y in gate(torch.from_numpy(x)))
+
+    renormalize = bool(settings.get("norm_topk_prob"))
+    chosen, weights = (np.asarray(y) for y in grouped_top_k(x @ weight.T, 4, routing, renormalize, bias))
+    order, hf_order = np.argsort(chosen, axis=-1), np.argsort(hf_chosen, axis=-1)  # torch's top-k is unsorted
+    np.testing.assert_array_equal(np.take_along_axis(chosen, order, -1), np.take_along_axis(hf_chosen, hf_order, -1))
+    got, expected = np.take_along_axis(weights, order, -1), np.take_along_axis(hf_weights, hf_order, -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)  # float32 logits from two matmuls
+    if routing.num_groups > 1:  # the group limit decides some tokens' experts: a plain top-k would pick others
+        plain = np.sort(np.argsort(-(x @ weight.T + (0 if bias is None else bias)), axis=-1)[:, :4], axis=-1)
+        assert (plain != np.sort(chosen, axis=-1)).any(axis=-1).sum() >= 5
+
+
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
     """Per layer with a router, the experts of the best router logits for any token of ``prompts``."""
     import torch
@@ -435,6 +492,18 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Qwen2MoeForCausalLM",
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]},
             r"mlp_only_layers=\[1\] is not supported.*mlp_only_layers=\[\]",
+        ),
+        (
+            "DeepseekV2ForCausalLM",
+            {**DEEPSEEK_KEYS, "topk_method": "noaux_tc"},
+            "topk_method='noaux_tc' is not.*greedy",
+        ),
+        ("DeepseekV2ForCausalLM", {**DEEPSEEK_KEYS, "norm_topk_prob": True}, "V2 norm_topk_prob=True is not supported"),
+        ("DeepseekV3ForCausalLM", {**DEEPSEEK_KEYS, "scoring_func": "softmax"}, "scoring_func='softmax'.*'sigmoid'"),
+        (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
+            "DeepseekV3ForCausalLM",
+            {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+            r"weight_block_size=\[128, 128\].*not supported",
         ),
     ],
 )
