@@ -42,6 +42,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "OlmoeForCausalLM": mixtures.olmoe,
     "DeepseekV2ForCausalLM": deepseek.deepseek_v2,
     "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
+    "Glm4MoeForCausalLM": deepseek.glm4_moe,
 }
 
 
