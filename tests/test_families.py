@@ -26,7 +26,8 @@ import pytest
 from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
 
 from jllm import LLM, SamplingParams
-from jllm.loader import load_model
+from jllm.kv_cache import KVCacheSpec
+from jllm.loader import abstract_model, load_model
 from jllm.models.moe import GroupedRouting, SparseMoE, grouped_top_k
 from jllm.parallel import make_mesh
 
@@ -393,6 +394,16 @@ def test_deepseek_routing_chooses_and_weighs_as_transformers_gate(model_type, se
     if routing.num_groups > 1:  # the group limit decides some tokens' experts: a plain top-k would pick others
         plain = np.sort(np.argsort(-(x @ weight.T + (0 if bias is None else bias)), axis=-1)[:, :4], axis=-1)
         assert (plain != np.sort(chosen, axis=-1)).any(axis=-1).sum() >= 5
+
+
+def test_deepseek_pool_keeps_one_latent_head_per_device():
+    """The pool of DeepSeek's latent attention: one head of kv_lora_rank + qk_rope_head_dim channels (32 + 8 here)
+    per token, copied to each device at TP 2, whatever the query heads; its dense first layer and mixtures."""
+    config = {**TINY_CONFIG, "architectures": ["DeepseekV3ForCausalLM"], **DEEPSEEK_KEYS, "first_k_dense_replace": 1}
+    for tp in (1, 2):
+        _, _, args, replicas = abstract_model(config, np.float32, tp)
+        assert replicas == tp and KVCacheSpec.for_model(args, 16, np.float32).layer_shape(4) == (2, tp, 4, 16, 40)
+    assert [spec.dense_mlp_size for spec in args.layers] == [TINY_CONFIG["intermediate_size"], None]
 
 
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
