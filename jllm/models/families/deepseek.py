@@ -40,15 +40,8 @@ def deepseek_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     _require(cfg, "DeepSeek-V3", "topk_method", "noaux_tc")
     _require(cfg, "DeepSeek-V3", "scoring_func", "sigmoid")
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
-    renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), cfg.get("rope_interleave", True) is not False
+    renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), bool(cfg.get("rope_interleave", True))
     return _deepseek(cfg, dtype, "DeepSeek-V3", "sigmoid", groups, renormalize, interleaved)
-
-
-def _require(cfg: dict[str, Any], family: str, key: str, supported: str) -> None:
-    """Refuses a config value other than the one transformers implements for the family (absent is that one)."""
-    value = cfg.get(key)
-    if value is not None and value != supported:
-        raise ValueError(f"{family} {key}={value!r} is not supported (supported: {supported!r})")
 
 
 def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -68,6 +61,13 @@ def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         qkv_bias=bool(cfg.get("attention_bias", False)),
         **mixture,
     )
+
+
+def _require(cfg: dict[str, Any], family: str, key: str, supported: str) -> None:
+    """Refuses a config value other than the one transformers implements for the family (absent is that one)."""
+    value = cfg.get(key)
+    if value is not None and value != supported:
+        raise ValueError(f"{family} {key}={value!r} is not supported (supported: {supported!r})")
 
 
 def _deepseek(
