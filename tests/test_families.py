@@ -343,6 +343,7 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 
 
+@pytest.mark.slow  # importing torch and transformers' modeling costs ~5 s of CPU
 @pytest.mark.parametrize(
     "model_type, settings, routing",
     [
