@@ -29,20 +29,29 @@ BACKENDS = ("reference", "pallas", "triton-prefill")
 _KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
-def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None) -> str:
-    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype.
+def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None, head_dim: int | None = None) -> str:
+    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype and
+    head width.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
     "pallas") and the reference everywhere else. The jax-triton prefill kernel does not read an FP8 pool, so with one
-    "auto" takes "pallas" and "triton-prefill" is refused.
+    "auto" takes "pallas" and "triton-prefill" is refused. Both kernels tile a head's channels in one power-of-two
+    block, so a pool head of another width (DeepSeek's latent, 512 + 64) takes the reference, and the kernels are
+    refused for it.
     """
     fp8 = pool_dtype is not None and is_fp8(pool_dtype)
+    kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
     if name == "auto":
-        if platform not in _KERNEL_PLATFORMS:
+        if platform not in _KERNEL_PLATFORMS or not kernel_width:
             return "reference"
         return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
+    if name != "reference" and not kernel_width:
+        raise ValueError(
+            f"attention_backend={name!r} needs a KV pool head width that is a power of two >= 16, not {head_dim} "
+            "(DeepSeek's latent attention); use attention_backend 'auto' or 'reference'"
+        )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
     if name == "triton-prefill" and fp8:

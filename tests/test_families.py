@@ -14,7 +14,6 @@ ones and zeros).
 
 from __future__ import annotations
 
-import collections
 import json
 import shutil
 from collections.abc import Callable
@@ -27,8 +26,9 @@ import pytest
 from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
 
 from jllm import LLM, SamplingParams
-from jllm.loader import load_model
-from jllm.models.moe import SparseMoE
+from jllm.kv_cache import KVCacheSpec
+from jllm.loader import abstract_model, load_model
+from jllm.models.moe import GroupedRouting, SparseMoE, grouped_top_k
 from jllm.parallel import make_mesh
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
@@ -41,10 +41,32 @@ BASE["pad_token_id"] = 0
 GRANITE_MULTIPLIERS = dict(
     embedding_multiplier=12.0, attention_multiplier=0.1, residual_multiplier=0.22, logits_scaling=8.0
 )
+# What a DeepSeek config.json must hold besides TINY_CONFIG
+DEEPSEEK_KEYS = dict(
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+)
+# DeepSeek's latent attention (pool head 32 + 8 wide) and experts in 4 groups of 2; one dense layer, then a mixture.
+# Its attention expands to every query head, so num_key_value_heads stays the heads' count.
+DEEPSEEK = dict(
+    DEEPSEEK_KEYS,
+    head_dim=None,  # transformers' is qk_rope_head_dim
+    num_key_value_heads=None,
+    n_shared_experts=2,
+    first_k_dense_replace=1,
+    n_group=4,
+    topk_group=2,
+)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
 # separate k/v projections tests/test_tensor_parallel.py shows (Llama at 4 and 8): each TP 4 engine here costs ~12 s.
+# A None override of a key BASE lacks stays None (DeepSeek-V2-Lite's q_lora_rank).
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2]),
     "gemma": ("GemmaForCausalLM", None, dict(tie_word_embeddings=False), []),
@@ -204,6 +226,52 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],  # each device's slice of the experts read from one bare [experts, in, out] tensor
     ),
+    # V2-Lite's queries (no q_lora_rank), V2's group-limited softmax router
+    "deepseek_v2": (
+        "DeepseekV2ForCausalLM",
+        None,
+        dict(DEEPSEEK, q_lora_rank=None, topk_method="group_limited_greedy", routed_scaling_factor=1.5),
+        [],
+    ),
+    # V3's low-rank queries, sigmoid router with a (random) choice bias, YaRN with both mscales. TP 2: the one
+    # latent KV head replicated, the query heads split
+    "deepseek_v3": (
+        "DeepseekV3ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            q_lora_rank=24,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+        [2],
+    ),
+    # GLM-4.5's layout with q/k norms: V3's router and mixture on GQA, the rotary on half of each head (the default)
+    "glm4_moe": (
+        "Glm4MoeForCausalLM",
+        None,
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            use_qk_norm=True,
+            attention_bias=True,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "mixtral",
@@ -215,6 +283,9 @@ MIXTURES = (
     "phimoe",
     "ernie4_5_moe",
     "llama4",
+    "deepseek_v2",
+    "deepseek_v3",
+    "glm4_moe",
 )
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -254,7 +325,7 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("families")
     dirs = {}
     for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
-        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None or k not in BASE}
         out = save_tiny_checkpoint(
             arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_constants=True
         )
@@ -344,17 +415,83 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing):
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 
 
+@pytest.mark.slow  # importing torch and transformers' modeling costs ~5 s of CPU
+@pytest.mark.parametrize(
+    "model_type, settings, routing",
+    [
+        ("deepseek_v2", dict(topk_method="greedy"), GroupedRouting("softmax", scale=2.5)),
+        ("deepseek_v2", dict(topk_method="group_limited_greedy"), GroupedRouting("softmax", 4, 2, scale=2.5)),
+        ("deepseek_v3", dict(norm_topk_prob=True), GroupedRouting("sigmoid", 4, 2, scale=2.5)),
+        ("deepseek_v3", dict(norm_topk_prob=False), GroupedRouting("sigmoid", 4, 2, scale=2.5)),
+    ],
+)
+def test_deepseek_routing_chooses_and_weighs_as_transformers_gate(model_type, settings, routing):
+    """``grouped_top_k`` against transformers' own router module on random inputs: the same experts per token (4 of
+    16, in 4 groups of which the best 2 may be chosen from) with the same weights; V3's random choice bias moves the
+    choice, not the weights."""
+    import importlib
+
+    import torch
+    import transformers
+
+    dim, experts, t, v3 = 8, 16, 64, model_type == "deepseek_v3"
+    arch = "DeepseekV3" if v3 else "DeepseekV2"
+    config = getattr(transformers, f"{arch}Config")(
+        hidden_size=dim,
+        num_attention_heads=1,
+        n_routed_experts=experts,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        **settings,
+    )
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    gate = getattr(modeling, f"{arch}TopkRouter")(config)
+    rng = np.random.default_rng(5)
+    weight = rng.normal(size=(experts, dim)).astype(np.float32)
+    x = rng.normal(size=(t, dim)).astype(np.float32)
+    bias = (0.3 * rng.normal(size=experts)).astype(np.float32) if v3 else None
+    with torch.no_grad():
+        gate.weight.copy_(torch.from_numpy(weight))
+        if v3:
+            gate.e_score_correction_bias.copy_(torch.from_numpy(bias))
+        _, hf_weights, hf_chosen = (y.numpy() for y in gate(torch.from_numpy(x)))
+
+    renormalize = bool(settings.get("norm_topk_prob"))
+    chosen, weights = (np.asarray(y) for y in grouped_top_k(x @ weight.T, 4, routing, renormalize, bias))
+    order, hf_order = np.argsort(chosen, axis=-1), np.argsort(hf_chosen, axis=-1)  # torch's top-k is unsorted
+    np.testing.assert_array_equal(np.take_along_axis(chosen, order, -1), np.take_along_axis(hf_chosen, hf_order, -1))
+    got, expected = np.take_along_axis(weights, order, -1), np.take_along_axis(hf_weights, hf_order, -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)  # float32 logits from two matmuls
+    if routing.num_groups > 1:  # the group limit decides some tokens' experts: a plain top-k would pick others
+        plain = np.sort(np.argsort(-(x @ weight.T + (0 if bias is None else bias)), axis=-1)[:, :4], axis=-1)
+        assert (plain != np.sort(chosen, axis=-1)).any(axis=-1).sum() >= 5
+
+
+def test_deepseek_pool_keeps_one_latent_head_per_device():
+    """The pool of DeepSeek's latent attention: one head of kv_lora_rank + qk_rope_head_dim channels (32 + 8 here)
+    per token, copied to each device at TP 2, whatever the query heads; its dense first layer and mixtures."""
+    config = {**TINY_CONFIG, "architectures": ["DeepseekV3ForCausalLM"], **DEEPSEEK_KEYS, "first_k_dense_replace": 1}
+    for tp in (1, 2):
+        _, _, args, replicas = abstract_model(config, np.float32, tp)
+        assert replicas == tp and KVCacheSpec.for_model(args, 16, np.float32).layer_shape(4) == (2, tp, 4, 16, 40)
+    assert [spec.dense_mlp_size for spec in args.layers] == [TINY_CONFIG["intermediate_size"], None]
+
+
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
-    """Per layer, the experts transformers' router picks for any token of ``prompts``."""
+    """Per layer with a router, the experts of the best router logits for any token of ``prompts``."""
     import torch
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    used: dict[int, set[int]] = collections.defaultdict(set)  # by mixture layer (ERNIE's dense layers have none)
+    used: dict[int, set[int]] = {}
     with torch.no_grad():
         for ids in prompts:
             for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
-                used[layer].update(torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist())
+                chosen = torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist()
+                used.setdefault(layer, set()).update(chosen)
+    assert used, "the model recorded no router logits"
     return list(used.values())
 
 
@@ -461,6 +598,18 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         ("PhimoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 3}, "num_experts_per_tok=3.*picks two"),
         ("Ernie4_5_MoeForCausalLM", {"use_bias": True}, "use_bias=True is not supported.*use_bias=False"),
+        (
+            "DeepseekV2ForCausalLM",
+            {**DEEPSEEK_KEYS, "topk_method": "noaux_tc"},
+            "topk_method='noaux_tc' is not.*greedy",
+        ),
+        ("DeepseekV2ForCausalLM", {**DEEPSEEK_KEYS, "norm_topk_prob": True}, "V2 norm_topk_prob=True is not supported"),
+        ("DeepseekV3ForCausalLM", {**DEEPSEEK_KEYS, "scoring_func": "softmax"}, "scoring_func='softmax'.*'sigmoid'"),
+        (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
+            "DeepseekV3ForCausalLM",
+            {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+            r"weight_block_size=\[128, 128\].*not supported",
+        ),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):

@@ -61,7 +61,7 @@ def prefill_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 1
     args, mesh = loaded.args, loaded.mesh
     t = len(token_ids)
     pages = -(-t // page_size)
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, args.dtype)
+    spec = kv_cache.KVCacheSpec.for_model(args, page_size, args.dtype)
     pool = kv_cache.allocate_kv_pool(spec, pages + 1, parallel.kv_pool_sharding(mesh))
     positions = np.arange(t, dtype=np.int32)
     block_table = np.arange(1, 1 + pages, dtype=np.int32)  # page 0 is reserved
