@@ -235,6 +235,29 @@ def test_soft_cap_and_sliding_window_match_reference(soft_cap: float | None, sli
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("q_lens", "config", "sliding_window"),
+    [
+        (None, KernelConfig(q_block=4, kv_block=16, num_splits=2, num_warps=4, num_stages=2), None),
+        (None, KernelConfig(q_block=16, kv_block=32, num_splits=1, num_warps=4, num_stages=2), 7),
+        ([1, 1, 0, 1], KernelConfig(q_block=1, kv_block=16, num_splits=3, num_warps=4, num_stages=2), 20),
+    ],
+    ids=["mixed-split2", "mixed-window7", "decode-split3-window20"],
+)
+def test_attention_sinks_match_reference(q_lens: list[int] | None, config: KernelConfig, sliding_window) -> None:
+    """gpt-oss's sinks (a logit per query head in each row's softmax): the first KV split starts from them, so the
+    split-K merge counts each once; in the prefill tiles and in the decode layout (group 4: a tile row's head)."""
+    if q_lens is None:
+        inputs = mixed_inputs(9, 16, head_dim=64, group=4, dtype=jnp.float32, q_scale=2.0)
+    else:
+        kv_lens = [40, 17, 0, 64]
+        inputs = make_inputs(9, q_lens, kv_lens, page_size=16, head_dim=64, group=4, dtype=jnp.float32, pad_rows=1)
+    sinks = jnp.asarray(np.random.default_rng(10).normal(size=8) * 3.0, jnp.float32)
+    kw = {"sm_scale": 0.125, "sliding_window": sliding_window, "sinks": sinks}
+    assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
+
+
+@pytest.mark.slow
 def test_recycled_page_stale_contents_never_leak() -> None:
     """Every slot no sequence has written (page 0, the tails of last pages, free pages) is rewritten with huge values,
     as a page freed by one request and handed to another still holds the old one's K/V: the output must not move."""
