@@ -149,8 +149,32 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # the only family whose sharded slices are read untransposed
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
+    # gpt-oss: attention sinks, sliding and full layers, YaRN unrounded (truncate false), biased router and experts
+    # (gate and up interleaved in one stored tensor), its clamped SwiGLU (a limit of 3 clamps some of these), 3 of 8
+    # experts per token. TP 2: the sinks split with the query heads
+    "gpt_oss": (
+        "GptOssForCausalLM",
+        None,
+        dict(
+            num_local_experts=8,
+            num_experts_per_tok=3,
+            sliding_window=WINDOW,
+            swiglu_limit=3.0,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 128,
+                "rope_theta": 150000.0,
+            },
+        ),
+        [2],
+    ),
 }
-MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
+MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe", "gpt_oss")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too

@@ -4,8 +4,8 @@ A family (``jllm.models.families``) is only what differs: norm kind, where the n
 weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's
 residual and logits scales), learned positions or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's
 parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation, biases (the LM head's too),
-q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows, and the checkpoint's
-tensor names. The maths they share lives here once.
+q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, per-layer sliding windows, and the
+checkpoint's tensor names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,8 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
-from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear
-from jllm.models.moe import SparseMoE
+from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear, param
+from jllm.models.moe import ClampedSwiGLU, SparseMoE
 from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
@@ -46,7 +47,9 @@ class WeightMap:
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs. A name holding ``{e}`` is one tensor per
     expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our
-    parameter's leading axis.
+    parameter's leading axis. ``reader``: the family's own for parameters its checkpoint lays out its own way,
+    ``reader(index, path, shape, dtype)`` -> a slice reader (``jllm.loader.Reader``), or None where the names above
+    say it (gpt-oss's stacked experts, gate and up interleaved, maybe in MXFP4).
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -57,6 +60,7 @@ class WeightMap:
     conv1d: bool = (
         False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
     )
+    reader: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +105,9 @@ class ModelArgs:
     experts_per_token: int = 0
     experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
     shared_expert_size: int = 0  # > 0: a sigmoid-gated dense SwiGLU beside the experts, this wide (Qwen2-MoE)
+    experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
+    experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
+    attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
     embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
     residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
@@ -138,7 +145,10 @@ class ModelArgs:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts:
             e, k = self.num_experts, self.experts_per_token
-            return SparseMoE(d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size)
+            return SparseMoE(
+                d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size,
+                self.experts_bias, self.experts_glu,
+            )  # fmt: skip
         return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
     def make_norm(
@@ -184,6 +194,7 @@ class Attention(nnx.Module):
         self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms()
+        self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
         self.args, self.spec = args, spec
 
     def __call__(
@@ -212,6 +223,7 @@ class Attention(nnx.Module):
             sm_scale=a.sm_scale or a.head_dim**-0.5,
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
+            sinks=None if self.sinks is None else self.sinks[...],
         )
         return self.o_proj(out.reshape(t, a.num_heads * a.head_dim)), kv_pages
 

@@ -1,5 +1,6 @@
-"""Mixture of experts (Mixtral, Qwen2/3-MoE): a softmax router picks each token's top-k SwiGLU experts, and every
-expert's tokens go through one grouped matmul (``jax.lax.ragged_dot_general``) instead of a loop over experts.
+"""Mixture of experts (Mixtral, Qwen2/3-MoE, gpt-oss): a softmax router picks each token's top-k SwiGLU experts, and
+every expert's tokens go through one grouped matmul (``jax.lax.ragged_dot_general``) instead of a loop over experts.
+gpt-oss adds biases (the router's and each expert's projections) and its clamped SwiGLU (``ClampedSwiGLU``).
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
 and ``group_sizes`` (tokens per expert) tells the grouped matmul where each expert's rows start. Expert kernels are
@@ -9,6 +10,8 @@ Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -22,35 +25,62 @@ GROUPED = jax.lax.RaggedDotDimensionNumbers(
 )
 
 
-class ExpertLinear(nnx.Module):
-    """One linear map per expert, stacked: ``kernel [experts, in, *out]``; rows of ``x`` sorted by expert."""
+@dataclasses.dataclass(frozen=True)
+class ClampedSwiGLU:
+    """gpt-oss's expert activation in place of ``silu(gate) * up``: the gate clipped above and the up projection on
+    both sides at ``limit``, then ``(up + 1) * gate * sigmoid(alpha * gate)``."""
 
-    def __init__(self, experts: int, d_in: int, d_out: tuple[int, ...], axes: tuple[str | None, ...], dtype):
+    alpha: float
+    limit: float
+
+    def __call__(self, gate: jax.Array, up: jax.Array) -> jax.Array:
+        gate = jnp.minimum(gate, self.limit)
+        up = jnp.clip(up, -self.limit, self.limit)
+        return (up + 1) * (gate * jax.nn.sigmoid(gate * self.alpha))
+
+
+class ExpertLinear(nnx.Module):
+    """One linear map per expert, stacked: ``kernel [experts, in, *out]`` (and ``bias [experts, *out]``); rows of
+    ``x`` sorted by expert."""
+
+    def __init__(
+        self, experts: int, d_in: int, d_out: tuple[int, ...], axes: tuple[str | None, ...], dtype, bias: bool = False
+    ):
         self.kernel = param((experts, d_in, *d_out), dtype, ("experts", *axes))
+        self.bias = param((experts, *d_out), dtype, ("experts", *axes[1:])) if bias else None
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        return jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
+        y = jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
+        if self.bias is None:
+            return y
+        experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
+        expert = jnp.repeat(experts, group_sizes, total_repeat_length=x.shape[0])  # [rows] each row's expert
+        return y + self.bias[...][expert]
 
 
 class Experts(nnx.Module):
-    """Every expert's SwiGLU, stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
+    """Every expert's SwiGLU (or ``glu``), stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
 
-    def __init__(self, experts: int, dim: int, hidden: int, dtype, act: str):
-        self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype)
-        self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype)
-        self.act = act
+    def __init__(
+        self, experts: int, dim: int, hidden: int, dtype, act: str, bias: bool = False, glu: ClampedSwiGLU | None = None
+    ):
+        self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype, bias)
+        self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype, bias)
+        self.act, self.glu = act, glu
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
         """``x [rows, dim]`` sorted by expert, ``group_sizes [experts]`` -> ``[rows, dim]``."""
         gate_up = self.gate_up_proj(x, group_sizes)  # [rows, 2, hidden]
-        return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1], group_sizes)
+        gate, up = gate_up[:, 0], gate_up[:, 1]
+        return self.down_proj(ACTIVATIONS[self.act](gate) * up if self.glu is None else self.glu(gate, up), group_sizes)
 
 
 class SparseMoE(nnx.Module):
     """transformers' ``MixtralSparseMoeBlock`` / ``Qwen2MoeSparseMoeBlock``: router softmax in float32, top-k, the k
     weights renormalised to sum to one where ``renormalize`` (Mixtral; Qwen's ``norm_topk_prob``), each token's output
     the weighted sum of its experts' SwiGLU outputs; with ``shared_hidden`` (Qwen2-MoE) plus a dense SwiGLU every
-    token takes, scaled by a sigmoid gate."""
+    token takes, scaled by a sigmoid gate. gpt-oss's: ``bias`` on the router and each expert's projections, its
+    ``glu``, and softmax over its k chosen logits (what renormalising the k of a softmax over all of them is)."""
 
     def __init__(
         self,
@@ -62,9 +92,11 @@ class SparseMoE(nnx.Module):
         act: str = "silu",
         renormalize: bool = True,
         shared_hidden: int = 0,
+        bias: bool = False,
+        glu: ClampedSwiGLU | None = None,
     ):
-        self.gate = Linear(dim, experts, ("embed", None), dtype)  # the router
-        self.experts = Experts(experts, dim, hidden, dtype, act)
+        self.gate = Linear(dim, experts, ("embed", None), dtype, bias=bias)  # the router
+        self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu)
         self.shared_expert = MLP(dim, shared_hidden, dtype, act) if shared_hidden else None
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_hidden else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize

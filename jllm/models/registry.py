@@ -11,7 +11,7 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM, ModelArgs
-from jllm.models.families import gemma, layer_norm, llama, mixtures
+from jllm.models.families import gemma, gpt_oss, layer_norm, llama, mixtures
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
@@ -40,6 +40,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
     "OlmoeForCausalLM": mixtures.olmoe,
+    "GptOssForCausalLM": gpt_oss.gpt_oss,
 }
 
 
