@@ -403,6 +403,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         (
+            "GptOssForCausalLM",
+            {"num_local_experts": 4, "quantization_config": {"quant_method": "awq"}},
+            "quant_method 'awq'.*not supported.*'mxfp4' for gpt-oss",
+        ),
+        (
             "Qwen3MoeForCausalLM",
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 2},
             "decoder_sparse_step=2.*not supported.*decoder_sparse_step=1",

@@ -34,15 +34,10 @@ DEFAULT_THETA = 150000.0
 
 def gpt_oss(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Top ``num_experts_per_tok`` of ``num_local_experts`` by the router's logits, their weights a softmax over the
-    chosen logits; layers by ``layer_types`` (sliding on even layers without them, as transformers)."""
+    chosen logits; layers by ``layer_types`` (sliding on even layers without them, as transformers). An MXFP4
+    ``quantization_config`` is the experts' storage only (``jllm.quantization.stored_scheme`` lets it through)."""
     experts, top_k = cfg["num_local_experts"], cfg.get("num_experts_per_tok") or cfg.get("experts_per_token", 4)
     _check_top_k("gpt-oss", top_k, experts, "num_local_experts")
-    qc = cfg.get("quantization_config") or {}
-    if qc and qc.get("quant_method") != "mxfp4":
-        raise ValueError(
-            f"gpt-oss quantization_config quant_method={qc.get('quant_method')!r} is not supported (supported: "
-            "'mxfp4', the released checkpoints' experts, or none)"
-        )
     base = base_args(cfg, dtype)
     rope_params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or DEFAULT_ROPE)
     rope_params.setdefault("rope_theta", cfg.get("rope_theta") or DEFAULT_THETA)
