@@ -225,6 +225,29 @@ def test_decode_kernel_lowers_to_triton_with_masked_rows_and_no_copies(h200_lowe
         assert not copies, f"T={num_tokens}, Hq={num_q_heads}: {copies}"
 
 
+def test_kernel_with_sinks_lowers_to_triton(h200_lowering: list[str]) -> None:
+    """The sinks' load and the first split's start from them lower for an H200 in both layouts: a decode step with
+    split-K (kernel and merge) and prefill tiles in one split (gpt-oss's 64 query / 8 KV heads, head_dim 64)."""
+    spec = jax.ShapeDtypeStruct
+    for num_tokens, num_seqs, config in (
+        (4, 4, KernelConfig(q_block=1, kv_block=64, num_splits=4, num_warps=4, num_stages=3)),
+        (256, 2, KernelConfig(q_block=16, kv_block=64, num_splits=1, num_warps=8, num_stages=2)),
+    ):
+        h200_lowering.clear()
+        step = jax.jit(functools.partial(ragged_paged_attention, sm_scale=0.125, sliding_window=128, config=config))
+        text = (
+            step.trace(
+                spec((num_tokens, 64, 64), jnp.bfloat16),
+                spec((2, 8, 64, 16, 64), jnp.bfloat16),
+                *(spec(shape, jnp.int32) for shape in ((num_seqs,), (num_seqs, 8), (num_seqs + 1,))),
+                sinks=spec((64,), jnp.bfloat16),
+            )
+            .lower(lowering_platforms=("cuda",))
+            .as_text()
+        )
+        assert len(h200_lowering) == text.count("__gpu$xla.gpu.triton") == (2 if config.num_splits > 1 else 1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("soft_cap", "sliding_window"), [(5.0, None), (None, 7), (20.0, 16)])
 def test_soft_cap_and_sliding_window_match_reference(soft_cap: float | None, sliding_window: int | None) -> None:
