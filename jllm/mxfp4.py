@@ -3,7 +3,7 @@
 Each block of 32 values along a row shares one scale, an e8m0 power of two stored as a uint8 exponent with bias 127;
 each value is an e2m1 4-bit float, two to a byte, the low nibble first. ``dequantize`` gives what transformers'
 ``convert_moe_packed_tensors`` gives before its transpose (tests/test_gpt_oss.py). jllm keeps no MXFP4 in memory: the
-dequantized experts take the model dtype's bytes (gpt-oss-120b's ~230 GB in bfloat16, the 20b's ~39 GB).
+dequantized experts take the model dtype's bytes (gpt-oss-120b's ~230 GB in bfloat16, the 20b's ~38 GB).
 
 Where this module sits: docs/architecture.md.
 """
