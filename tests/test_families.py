@@ -27,7 +27,7 @@ from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
-from jllm.models.moe import SparseMoE
+from jllm.models.moe import ClampedSwiGLU, SparseMoE
 from jllm.parallel import make_mesh
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
@@ -269,31 +269,44 @@ def test_gpt2_saved_as_the_hub_keeps_it_loads_without_the_transformer_prefix(tmp
     assert relative_error(got, expected) < LOGITS_RTOL
 
 
-@pytest.mark.parametrize("renormalize", [True, False])
-def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
+@pytest.mark.parametrize(("renormalize", "gpt_oss"), [(True, False), (False, False), (True, True)])
+def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, gpt_oss):
     """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
-    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not."""
+    weights renormalised (Mixtral, Qwen's norm_topk_prob, gpt-oss's softmax over the chosen logits) or not; gpt-oss's
+    with biases on the router and each expert's projections and its clamped SwiGLU (a limit of 1 clamps many)."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize)
+    glu = ClampedSwiGLU(1.702, 1.0) if gpt_oss else None
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize, bias=gpt_oss, glu=glu)
     rng = np.random.default_rng(3)
     router = rng.normal(size=(dim, experts)).astype(np.float32)
     gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
     down = rng.normal(size=(experts, hidden, dim)).astype(np.float32) / 4
+    biases = [rng.normal(size=shape).astype(np.float32) for shape in ((experts,), (experts, 2, hidden), (experts, dim))]
+    router_bias, gate_up_bias, down_bias = biases if gpt_oss else (np.zeros_like(b) for b in biases)
     moe.gate.kernel.set_value(router)
     moe.experts.gate_up_proj.kernel.set_value(gate_up)
     moe.experts.down_proj.kernel.set_value(down)
+    if gpt_oss:
+        moe.gate.bias.set_value(router_bias)
+        moe.experts.gate_up_proj.bias.set_value(gate_up_bias)
+        moe.experts.down_proj.bias.set_value(down_bias)
     x = rng.normal(size=(t, dim)).astype(np.float32)
 
     expected = np.zeros_like(x)
     used = set()
     for i in range(t):
-        logits = x[i] @ router
+        logits = x[i] @ router + router_bias
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         top = np.argsort(-probs)[:2]
         used.update(top.tolist())
         for e, w in zip(top, probs[top] / probs[top].sum() if renormalize else probs[top], strict=True):
-            g, u = x[i] @ gate_up[e, :, 0], x[i] @ gate_up[e, :, 1]
-            expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
+            g, u = x[i] @ gate_up[e, :, 0] + gate_up_bias[e, 0], x[i] @ gate_up[e, :, 1] + gate_up_bias[e, 1]
+            if gpt_oss:  # transformers' GptOssExperts._apply_gate
+                g, u = np.minimum(g, 1.0), np.clip(u, -1.0, 1.0)
+                h = (u + 1) * g / (1 + np.exp(-1.702 * g))
+            else:
+                h = (g / (1 + np.exp(-g))) * u
+            expected[i] += w * (h @ down[e] + down_bias[e])
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 

@@ -55,7 +55,7 @@ class ExpertLinear(nnx.Module):
             return y
         experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
         expert = jnp.repeat(experts, group_sizes, total_repeat_length=x.shape[0])  # [rows] each row's expert
-        return y + self.bias[...][expert]
+        return y + jnp.take(self.bias[...], expert, axis=0)
 
 
 class Experts(nnx.Module):
