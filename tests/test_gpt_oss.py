@@ -76,21 +76,52 @@ def write_mxfp4_checkpoint(model_dir: Path) -> None:
     (model_dir / "config.json").write_text(json.dumps(config))
 
 
+@pytest.fixture(scope="module")
+def mxfp4_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny gpt-oss in the released layout: expert widths of 3 MXFP4 blocks (96) over 2 (hidden 64)."""
+    config = dict(TINY_CONFIG, num_local_experts=4, num_experts_per_tok=2, sliding_window=16, initializer_range=0.3)
+    model_dir = tmp_path_factory.mktemp("mxfp4") / "gpt_oss"
+    save_tiny_checkpoint("GptOssForCausalLM", config, model_dir, perturb_constants=True)
+    write_mxfp4_checkpoint(model_dir)
+    return model_dir
+
+
 @pytest.mark.slow
-def test_mxfp4_checkpoint_logits_match_transformers_dequantized(tmp_path: Path) -> None:
+def test_mxfp4_checkpoint_logits_match_transformers_dequantized(mxfp4_checkpoint: Path) -> None:
     """The released layout (gate_up ``[experts, 2 * mlp, hidden / 32, 16]`` blocks, gate and up interleaved), read
-    and dequantized at load: logits as transformers' own dequantizing load of the same files."""
+    and dequantized at load: logits as transformers' own dequantizing load of the same files (measured 2.8e-6)."""
     import torch
     import transformers
 
-    config = dict(TINY_CONFIG, num_local_experts=4, num_experts_per_tok=2, sliding_window=16, initializer_range=0.3)
-    model_dir = save_tiny_checkpoint("GptOssForCausalLM", config, tmp_path / "gpt_oss", perturb_constants=True)
-    write_mxfp4_checkpoint(model_dir)
     ids = np.random.default_rng(3).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, quantization_config=transformers.Mxfp4Config(dequantize=True)
+        mxfp4_checkpoint, dtype=torch.float32, quantization_config=transformers.Mxfp4Config(dequantize=True)
     ).eval()
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0].numpy()
-    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids)
+    got = jllm_logits(load_model(mxfp4_checkpoint, mesh=make_mesh(1), dtype="float32"), ids)
     assert relative_error(got, expected) < LOGITS_RTOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "shape", "index"),
+    [  # a device's share under tensor parallelism: gate/up's columns, down's rows cutting MXFP4 blocks
+        ("gate_up_proj", (4, 64, 2, 96), (slice(None), slice(None), slice(None), slice(40, 88))),
+        ("down_proj", (4, 96, 64), (slice(1, 3), slice(8, 72), slice(None))),
+    ],
+)
+def test_mxfp4_experts_read_any_slice_as_the_whole_tensors(mxfp4_checkpoint: Path, module: str, shape, index) -> None:
+    """A slice (a device's share) reads as the same slice of the whole parameter, partial MXFP4 blocks included."""
+    from contextlib import ExitStack
+
+    from jllm.loader import SafetensorsIndex
+    from jllm.models.families.gpt_oss import gpt_oss, read_experts
+
+    weights = gpt_oss(json.loads((mxfp4_checkpoint / "config.json").read_text()), np.float32).weights
+    with ExitStack() as stack:
+        tensors = SafetensorsIndex(mxfp4_checkpoint, stack, weights)
+        read = read_experts(tensors, ("layers", 1, "mlp", "experts", module, "kernel"), shape, np.float32)
+        whole = read(tuple(slice(None) for _ in shape))
+        np.testing.assert_array_equal(read(index), whole[index])
+    assert np.count_nonzero(whole) > 0.5 * whole.size
