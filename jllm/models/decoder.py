@@ -145,10 +145,10 @@ class ModelArgs:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts:
             e, k = self.num_experts, self.experts_per_token
+            gpt_oss = dict(bias=self.experts_bias, glu=self.experts_glu)
             return SparseMoE(
-                d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size,
-                self.experts_bias, self.experts_glu,
-            )  # fmt: skip
+                d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size, **gpt_oss
+            )
         return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
     def make_norm(
