@@ -44,8 +44,6 @@ from pallas_kernels import has_jax_triton
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (our orientation) -> its values
-# Parameters a layer holds itself (not in a submodule), named so in checkpoints too: gpt-oss's attention sinks.
-OWN_NAMES = ("sinks",)
 # Tensors a checkpoint may carry that the model rebuilds or does not need.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Files copied beside the saved parameters so the saved directory is a complete model directory.
@@ -92,9 +90,8 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     *module_path, leaf = (str(p) for p in path)
     rename = dict(weights.rename)
     prefix = "" if module_path[0] == "lm_head" else weights.prefix
-    if leaf in OWN_NAMES:  # a layer's own parameter, under its own name
-        return [prefix + ".".join([*(rename.get(m, m) for m in module_path), leaf])], False
-    suffix = {"bias": "bias", "scale": "weight_scale"}.get(leaf, "weight")
+    # kernels, embeddings and norm scales are ``weight``; other leaves (gpt-oss's attention ``sinks``) keep their names
+    suffix = {"kernel": "weight", "embedding": "weight", "scale": "weight_scale"}.get(leaf, leaf)
     module = module_path[-1]
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
     parents = [rename.get(m, m) for m in module_path[:-1]]
