@@ -396,7 +396,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     "arch, change, message",
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
-        ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
+        (
+            "Phi3ForCausalLM",
+            {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+            "'dynamic'.*supported.*longrope",
+        ),
         ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
