@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
@@ -91,11 +92,14 @@ def paged_attention(
     sm_scale: float,
     soft_cap: float | None = None,
     sliding_window: int | None = None,
+    sinks: jax.Array | None = None,  # [num_q_heads]
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool).
 
     Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only. A step has
-    prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S).
+    prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S). ``sinks``:
+    gpt-oss's per-head logits that join each row's softmax denominator (every backend takes them; under tensor
+    parallelism they split with the query heads).
     """
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
     if meta.backend == "reference":
@@ -119,14 +123,29 @@ def paged_attention(
         )
     else:
         raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")
+    inputs = [q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc]
+    if sinks is not None:  # a positional input, so that shard_map splits it
+        inputs.append(sinks)
+        attend = _sinks_positional(attend)
     if meta.mesh is not None and meta.mesh.size > 1:
         heads = PartitionSpec(None, TP_AXIS)  # q [T, Hq, D] and the pool [2, Hkv, ...] split by heads
+        in_specs = (heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec(TP_AXIS))
         attend = jax.shard_map(
             attend,
             mesh=meta.mesh,
-            in_specs=(heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec()),
+            in_specs=in_specs[: len(inputs)],
             out_specs=heads,
             check_vma=False,  # neither the kernel's out_shape nor the reference's loop carry names varying axes
         )
-    out = attend(q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc)
-    return out, kv_pages
+    return attend(*inputs), kv_pages
+
+
+def _sinks_positional(attend: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``attend`` taking the sinks ``[Hq]`` as its sixth positional argument instead of a keyword."""
+
+    def call(
+        q: jax.Array, kv_pages: jax.Array, kv_lens: jax.Array, tables: jax.Array, qsl: jax.Array, sinks: jax.Array
+    ) -> jax.Array:
+        return attend(q, kv_pages, kv_lens, tables, qsl, sinks=sinks)
+
+    return call

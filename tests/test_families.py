@@ -28,7 +28,7 @@ from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run
 from jllm import LLM, SamplingParams
 from jllm.kv_cache import KVCacheSpec
 from jllm.loader import abstract_model, load_model
-from jllm.models.moe import GroupedRouting, SparseMoE, grouped_top_k
+from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE, grouped_top_k
 from jllm.parallel import make_mesh
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
@@ -254,6 +254,30 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],
     ),
+    # gpt-oss: attention sinks, sliding and full layers, YaRN unrounded (truncate false), biased router and experts
+    # (gate and up interleaved in one stored tensor), its clamped SwiGLU (a limit of 3 clamps some of these), 3 of 8
+    # experts per token. TP 2: the sinks split with the query heads
+    "gpt_oss": (
+        "GptOssForCausalLM",
+        None,
+        dict(
+            num_local_experts=8,
+            num_experts_per_tok=3,
+            sliding_window=WINDOW,
+            swiglu_limit=3.0,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 128,
+                "rope_theta": 150000.0,
+            },
+        ),
+        [2],
+    ),
     # GLM-4.5's layout with q/k norms: V3's router and mixture on GQA, the rotary on half of each head (the default)
     "glm4_moe": (
         "Glm4MoeForCausalLM",
@@ -286,6 +310,7 @@ MIXTURES = (
     "deepseek_v2",
     "deepseek_v3",
     "glm4_moe",
+    "gpt_oss",
 )
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -381,36 +406,51 @@ def test_gpt2_saved_as_the_hub_keeps_it_loads_without_the_transformer_prefix(tmp
     assert relative_error(got, expected) < LOGITS_RTOL
 
 
-@pytest.mark.parametrize("renormalize, routing", [(True, "softmax"), (False, "softmax"), (False, "sigmoid_input")])
-def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing):
+@pytest.mark.parametrize(
+    "renormalize, routing, gpt_oss",
+    [(True, "softmax", False), (False, "softmax", False), (False, "sigmoid_input", False), (True, "softmax", True)],
+)
+def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing, gpt_oss):
     """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
-    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not, or (Llama 4) each expert's input scaled by the
-    sigmoid of its logit."""
+    weights renormalised (Mixtral, Qwen's norm_topk_prob, gpt-oss's softmax over the chosen logits) or not, or
+    (Llama 4) each expert's input scaled by the sigmoid of its logit; gpt-oss's with biases on the router and each
+    expert's projections and its clamped SwiGLU (a limit of 1 clamps many)."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing)
+    glu = ClampedSwiGLU(1.702, 1.0) if gpt_oss else None
+    moe = SparseMoE(
+        dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing, bias=gpt_oss, glu=glu
+    )
     rng = np.random.default_rng(3)
     router = rng.normal(size=(dim, experts)).astype(np.float32)
     gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
     down = rng.normal(size=(experts, hidden, dim)).astype(np.float32) / 4
+    biases = [rng.normal(size=shape).astype(np.float32) for shape in ((experts,), (experts, 2, hidden), (experts, dim))]
+    router_bias, gate_up_bias, down_bias = biases if gpt_oss else (np.zeros_like(b) for b in biases)
     moe.gate.kernel.set_value(router)
     moe.experts.gate_up_proj.kernel.set_value(gate_up)
     moe.experts.down_proj.kernel.set_value(down)
+    if gpt_oss:
+        moe.gate.bias.set_value(router_bias)
+        moe.experts.gate_up_proj.bias.set_value(gate_up_bias)
+        moe.experts.down_proj.bias.set_value(down_bias)
     x = rng.normal(size=(t, dim)).astype(np.float32)
 
     expected = np.zeros_like(x)
     used = set()
     for i in range(t):
-        logits = x[i] @ router
+        logits = x[i] @ router + router_bias
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         top = np.argsort(-probs)[:2]
         used.update(top.tolist())
         for e, w in zip(top, probs[top] / probs[top].sum() if renormalize else probs[top], strict=True):
-            if routing == "sigmoid_input":
-                xi, w = x[i] / (1 + np.exp(-logits[e])), 1.0
+            xi, w = (x[i] / (1 + np.exp(-logits[e])), 1.0) if routing == "sigmoid_input" else (x[i], w)
+            g, u = xi @ gate_up[e, :, 0] + gate_up_bias[e, 0], xi @ gate_up[e, :, 1] + gate_up_bias[e, 1]
+            if gpt_oss:  # transformers' GptOssExperts._apply_gate
+                g, u = np.minimum(g, 1.0), np.clip(u, -1.0, 1.0)
+                h = (u + 1) * g / (1 + np.exp(-1.702 * g))
             else:
-                xi = x[i]
-            g, u = xi @ gate_up[e, :, 0], xi @ gate_up[e, :, 1]
-            expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
+                h = (g / (1 + np.exp(-g))) * u
+            expected[i] += w * (h @ down[e] + down_bias[e])
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 
@@ -585,6 +625,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
+        (
+            "GptOssForCausalLM",
+            {"num_local_experts": 4, "quantization_config": {"quant_method": "awq"}},
+            "quant_method 'awq'.*not supported.*'mxfp4' for gpt-oss",
+        ),
         (
             "Qwen3MoeForCausalLM",
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 2},

@@ -5,7 +5,8 @@ latent attention, ``jllm.models.mla``), norm kind, where the norms are (q/k per 
 per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits
 scales), learned positions or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention +
 MLP), MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM
-head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows, Llama 4's
+head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, per-layer sliding
+windows, Llama 4's
 per-layer q/k norms and query temperature, and the checkpoint's tensor names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,9 +29,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
-from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear
+from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear, param
 from jllm.models.mla import MLASpec, MLAttention
-from jllm.models.moe import GroupedRouting, SparseMoE
+from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
 from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
@@ -50,7 +52,10 @@ class WeightMap:
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
     ERNIE's ``e_score_correction_bias``). A name holding ``{e}`` is one tensor per expert (Mixtral's
     ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our parameter's leading
-    axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``).
+    axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``). ``reader``: the
+    family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape, dtype)`` -> a slice
+    reader (``jllm.loader.Reader``), or None where the names above say it (gpt-oss's stacked experts, gate and up
+    interleaved, maybe in MXFP4).
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -63,6 +68,7 @@ class WeightMap:
     )
     # the experts stored as bare parameters named as ours, ``[experts, in, out]`` (Llama 4's ``experts.gate_up_proj``)
     expert_params: bool = False
+    reader: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +125,9 @@ class ModelArgs:
     router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
     mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
+    experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
+    experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
+    attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
     embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
     residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
@@ -176,6 +185,8 @@ class ModelArgs:
                 self.shared_expert_gated,
                 self.router_eps,
                 self.moe_routing,
+                bias=self.experts_bias,
+                glu=self.experts_glu,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
@@ -237,6 +248,7 @@ class Attention(nnx.Module):
         self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms()
+        self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
         self.args, self.spec = args, spec
 
     def __call__(
@@ -271,6 +283,7 @@ class Attention(nnx.Module):
             sm_scale=a.sm_scale or a.head_dim**-0.5,
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
+            sinks=None if self.sinks is None else self.sinks[...],
         )
         return self.o_proj(out.reshape(t, a.num_heads * a.head_dim)), kv_pages
 

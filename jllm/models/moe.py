@@ -1,5 +1,5 @@
 """Mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4, DeepSeek,
-GLM-4-MoE): a router picks each token's experts, and every expert's tokens go through one grouped matmul
+GLM-4-MoE, gpt-oss): a router picks each token's experts, and every expert's tokens go through one grouped matmul
 (``jax.lax.ragged_dot_general``) instead of a loop over experts.
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
@@ -134,28 +134,54 @@ class Router(nnx.Module):
         return x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)  # [T, experts]
 
 
-class ExpertLinear(nnx.Module):
-    """One linear map per expert, stacked: ``kernel [experts, in, *out]``; rows of ``x`` sorted by expert."""
+@dataclasses.dataclass(frozen=True)
+class ClampedSwiGLU:
+    """gpt-oss's expert activation in place of ``silu(gate) * up``: the gate clipped above and the up projection on
+    both sides at ``limit``, then ``(up + 1) * gate * sigmoid(alpha * gate)``."""
 
-    def __init__(self, experts: int, d_in: int, d_out: tuple[int, ...], axes: tuple[str | None, ...], dtype):
+    alpha: float
+    limit: float
+
+    def __call__(self, gate: jax.Array, up: jax.Array) -> jax.Array:
+        gate = jnp.minimum(gate, self.limit)
+        up = jnp.clip(up, -self.limit, self.limit)
+        return (up + 1) * (gate * jax.nn.sigmoid(gate * self.alpha))
+
+
+class ExpertLinear(nnx.Module):
+    """One linear map per expert, stacked: ``kernel [experts, in, *out]`` (and ``bias [experts, *out]``); rows of
+    ``x`` sorted by expert."""
+
+    def __init__(
+        self, experts: int, d_in: int, d_out: tuple[int, ...], axes: tuple[str | None, ...], dtype, bias: bool = False
+    ):
         self.kernel = param((experts, d_in, *d_out), dtype, ("experts", *axes))
+        self.bias = param((experts, *d_out), dtype, ("experts", *axes[1:])) if bias else None
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        return jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
+        y = jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
+        if self.bias is None:
+            return y
+        experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
+        expert = jnp.repeat(experts, group_sizes, total_repeat_length=x.shape[0])  # [rows] each row's expert
+        return y + jnp.take(self.bias[...], expert, axis=0)
 
 
 class Experts(nnx.Module):
-    """Every expert's SwiGLU, stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
+    """Every expert's SwiGLU (or ``glu``), stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
 
-    def __init__(self, experts: int, dim: int, hidden: int, dtype, act: str):
-        self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype)
-        self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype)
-        self.act = act
+    def __init__(
+        self, experts: int, dim: int, hidden: int, dtype, act: str, bias: bool = False, glu: ClampedSwiGLU | None = None
+    ):
+        self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype, bias)
+        self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype, bias)
+        self.act, self.glu = act, glu
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
         """``x [rows, dim]`` sorted by expert, ``group_sizes [experts]`` -> ``[rows, dim]``."""
         gate_up = self.gate_up_proj(x, group_sizes)  # [rows, 2, hidden]
-        return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1], group_sizes)
+        gate, up = gate_up[:, 0], gate_up[:, 1]
+        return self.down_proj(ACTIVATIONS[self.act](gate) * up if self.glu is None else self.glu(gate, up), group_sizes)
 
 
 class SparseMoE(nnx.Module):
@@ -166,7 +192,9 @@ class SparseMoE(nnx.Module):
     MoE Shared, ERNIE, Llama 4, DeepSeek).
 
     ``top_k`` and ``renormalize`` serve the softmax rules and the grouped router; ``router_eps`` is sparsemixer's
-    jitter epsilon or the corrected softmax's floor on the weights' sum."""
+    jitter epsilon or the corrected softmax's floor on the weights' sum. gpt-oss's: ``bias`` on the router and each
+    expert's projections, its ``glu``, and softmax over its k chosen logits (what renormalising the k of a softmax
+    over all of them is)."""
 
     def __init__(
         self,
@@ -182,6 +210,8 @@ class SparseMoE(nnx.Module):
         shared_gated: bool = True,
         router_eps: float = 0.0,
         grouped: GroupedRouting | None = None,
+        bias: bool = False,
+        glu: ClampedSwiGLU | None = None,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -190,11 +220,11 @@ class SparseMoE(nnx.Module):
         else:
             # ERNIE keeps its router and correction bias in float32 (transformers' _keep_in_fp32_modules)
             router_dtype = jnp.float32 if routing == "softmax_corrected" else dtype
-            self.gate = Linear(dim, experts, ("embed", None), router_dtype)  # the router
+            self.gate = Linear(dim, experts, ("embed", None), router_dtype, bias=bias)  # the router
         self.e_score_correction_bias = (
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
         )
-        self.experts = Experts(experts, dim, hidden, dtype, act)
+        self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu)
         self.shared_expert = MLP(dim, shared_hidden, dtype, act) if shared_hidden else None
         gated = shared_hidden and shared_gated
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if gated else None

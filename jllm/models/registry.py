@@ -11,7 +11,7 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM, ModelArgs
-from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures
+from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mixtures
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
@@ -48,6 +48,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "DeepseekV2ForCausalLM": deepseek.deepseek_v2,
     "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
+    "GptOssForCausalLM": gpt_oss.gpt_oss,
 }
 
 
