@@ -1,14 +1,15 @@
 """The rotary scaling a GGUF file carries, back in the form the original HF config.json had it.
 
-llama.cpp's `convert_hf_to_gguf.py` writes a model's `rope_scaling` three ways, and transformers' GGUF loader reads
-none of them (the model it builds runs unscaled: wrong past the original context). Here each becomes config keys
-again:
+llama.cpp's `convert_hf_to_gguf.py` writes a model's `rope_scaling` in one of three ways, and transformers' GGUF
+loader reads none of them (the model it builds runs unscaled: wrong past the original context). Here each becomes
+config keys again:
 
 - Llama 3.x (`rope_type: llama3`): only a `rope_freqs` tensor, each frequency's divisor. Its parameters come back by a
   fit (`llama3_scaling`), kept only where they reproduce every divisor.
 - Phi-3 (`longrope`): `rope_factors_long` / `rope_factors_short` tensors are the config's lists as they were, with
   `rope.scaling.original_context_length`; the attention factor llama.cpp writes is the one the config implies.
-- `linear` (Gemma 3's global layers, older Llamas): `rope.scaling.type` and `rope.scaling.factor`.
+- `linear` (Gemma 3's global layers, older Llamas): `rope.scaling.type` and `rope.scaling.factor`; `yarn` (Qwen2.5's
+  long context) those, the original context and the betas / attention factor where the config had them.
 
 Where this module sits: docs/architecture.md.
 """
@@ -31,6 +32,7 @@ ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_s
 # reproduces them; this one gives Llama 3.x's own parameters back.
 LLAMA3_ORIGINAL_CONTEXT = 8192
 FIT_RTOL = 1e-6  # float32 divisors against those the fitted parameters give
+_YARN_KEYS = {"yarn_beta_fast": "beta_fast", "yarn_beta_slow": "beta_slow", "yarn_attn_factor": "attention_factor"}
 
 
 def rope_config(
@@ -51,12 +53,18 @@ def rope_config(
             },
             "original_max_position_embeddings": int(meta[f"{arch_name}.rope.scaling.original_context_length"]),
         }
-    if kind == "linear":
-        return {"rope_scaling": {"rope_type": "linear", "factor": float(meta[f"{arch_name}.rope.scaling.factor"])}}
+    if kind in ("linear", "yarn"):
+        scaling = {"rope_type": kind, "factor": float(meta[f"{arch_name}.rope.scaling.factor"])}
+        if kind == "yarn":
+            scaling["original_max_position_embeddings"] = int(meta[f"{arch_name}.rope.scaling.original_context_length"])
+            for gguf_key, name in _YARN_KEYS.items():  # written where the config had them
+                if f"{arch_name}.rope.scaling.{gguf_key}" in meta:
+                    scaling[name] = float(meta[f"{arch_name}.rope.scaling.{gguf_key}"])
+        return {"rope_scaling": scaling}
     if kind != "none":
         logger.warning(
             "GGUF rope scaling %r (factor %s) is not read by this converter (it reads Llama 3's rope_freqs, Phi-3's "
-            "longrope factors and linear scaling): the model runs with unscaled rotary embeddings",
+            "longrope factor tensors, linear and YaRN scaling): the model runs with unscaled rotary embeddings",
             kind,
             meta.get(f"{arch_name}.rope.scaling.factor"),
         )

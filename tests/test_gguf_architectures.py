@@ -181,7 +181,8 @@ def add_rope_scaling(w: GGUFWriter, rope: dict, head_dim: int) -> None:
     """`rope` (an HF `rope_scaling`, with Phi-3's top-level `original_max_position_embeddings` in it) as llama.cpp's
     convert_hf_to_gguf.py writes it: Llama 3's as `rope_freqs` divisors (`LlamaModel.generate_extra_tensors`: in
     float32, with the top-level original context, else 8192), Phi-3's longrope as its two factor lists, the original
-    context and the attention factor (`Phi3MiniModel`), linear (Gemma 3, Llama) or another kind as two keys; kind
+    context and the attention factor (`Phi3MiniModel`), YaRN as its keys, linear (Gemma 3, Llama) or another kind as
+    two keys; kind
     "divisors": a `rope_freqs` tensor of any values. The rope base and the context are `add_hparams`' (5000, 256)."""
     import gguf
 
@@ -203,7 +204,7 @@ def add_rope_scaling(w: GGUFWriter, rope: dict, head_dim: int) -> None:
                 smooth = (old / wavelen - low) / (high - low)
                 divisors.append(1 / ((1 - smooth) / factor + smooth))
         w.add_tensor("rope_freqs.weight", np.array(divisors, np.float32))
-    elif kind == "longrope":
+    elif kind == "longrope" and "short_factor" in rope:
         original = rope["original_max_position_embeddings"]
         w.add_rope_scaling_orig_ctx_len(original)
         w.add_rope_scaling_attn_factors(np.sqrt(1 + np.log(256 / original) / np.log(original)))
@@ -211,9 +212,13 @@ def add_rope_scaling(w: GGUFWriter, rope: dict, head_dim: int) -> None:
         w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
     elif kind == "divisors":  # any `rope_freqs`, Llama 3's or not
         w.add_tensor("rope_freqs.weight", np.array(rope["divisors"], np.float32))
-    else:
+    else:  # TextModel.set_gguf_parameters: yarn's keys, or another kind's (longrope without lists) type and factor
         w.add_rope_scaling_type(gguf.RopeScalingType(kind))
         w.add_rope_scaling_factor(rope["factor"])
+        if kind == "yarn":
+            w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+            w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])
+            w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
 
 
 def hf_state_as_gguf(model) -> list[tuple[str, np.ndarray]]:
@@ -335,6 +340,7 @@ def test_every_dequantizable_weight_type_converts_as_transformers_reads_it(tmp_p
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
 SHORT = [1.0, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 2.5]  # Phi-3's are lists of this kind, one per frequency
 LONGROPE = {"rope_type": "longrope", "short_factor": SHORT, "long_factor": [4 * f for f in SHORT]}
+YARN_BETAS = {"beta_fast": 16.0, "beta_slow": 2.0}  # not the defaults, so they must come through
 
 
 @pytest.mark.parametrize(
@@ -345,8 +351,9 @@ LONGROPE = {"rope_type": "longrope", "short_factor": SHORT, "long_factor": [4 * 
         ("phi3", 64, {**LONGROPE, "original_max_position_embeddings": 64}),
         ("gemma3", 64, {"rope_type": "linear", "factor": 8.0}),  # its global layers'
         ("mistral", 64, {"rope_type": "linear", "factor": 4.0}),
+        ("qwen2", 64, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, **YARN_BETAS}),
     ],
-    ids=["llama3.1", "llama3.2", "phi3-longrope", "gemma3-linear", "llama-linear"],
+    ids=["llama3.1", "llama3.2", "phi3-longrope", "gemma3-linear", "llama-linear", "qwen2-yarn"],
 )
 def test_rope_scaling_comes_back_as_the_hf_config_had_it(tmp_path: Path, case: str, width: int, rope: dict) -> None:
     """transformers' GGUF loader drops the rotary scaling llama.cpp wrote (Llama 3's `rope_freqs` divisors, Phi-3's
@@ -367,7 +374,7 @@ def test_rope_scaling_comes_back_as_the_hf_config_had_it(tmp_path: Path, case: s
 
     _, args = build_args({**config, "num_hidden_layers": 6}, jnp.float32)  # six: Gemma 3's first global layer
     [scaled] = {layer.rope for layer in args.layers if dict(layer.rope.scaling)["rope_type"] != "default"}
-    config_cls = {"mistral": "LlamaConfig", "phi3": "Phi3Config", "gemma3": "LlamaConfig"}[case]
+    config_cls = {"mistral": "LlamaConfig", "phi3": "Phi3Config", "gemma3": "LlamaConfig", "qwen2": "Qwen2Config"}[case]
     hf_config = getattr(transformers, config_cls)(
         hidden_size=width,
         num_attention_heads=4,
@@ -384,11 +391,12 @@ def test_rope_scaling_comes_back_as_the_hf_config_had_it(tmp_path: Path, case: s
 def test_frequency_divisors_no_llama3_parameters_give_are_dropped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Divisors that are not Llama 3's piecewise shape, or a scaling kind not read here (YaRN), leave the rotary
-    unscaled, as transformers' GGUF loader leaves it, and say so; the weights convert as it reads them."""
-    yarn = write_arch_gguf(tmp_path / "yarn.gguf", "mistral", rope={"rope_type": "yarn", "factor": 4.0})
+    """Divisors that are not Llama 3's piecewise shape, or a scaling kind not read here (longrope's type without its
+    factor tensors), leave the rotary unscaled, as transformers' GGUF loader leaves it, and say so; the weights
+    convert as it reads them."""
+    bare = write_arch_gguf(tmp_path / "bare.gguf", "mistral", rope={"rope_type": "longrope", "factor": 4.0})
     odd = write_arch_gguf(tmp_path / "odd.gguf", "mistral", rope={"rope_type": "divisors", "divisors": range(1, 9)})
-    for file, message in [(yarn, "rope scaling 'yarn' (factor 4.0) is not read"), (odd, "are not Llama 3's")]:
+    for file, message in [(bare, "rope scaling 'longrope' (factor 4.0) is not read"), (odd, "are not Llama 3's")]:
         caplog.clear()
         with caplog.at_level("WARNING", logger="jllm.gguf_rope"):
             out = gguf_convert.convert_gguf(file, tmp_path / "out")
