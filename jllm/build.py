@@ -123,10 +123,16 @@ def _worker(
 ) -> Worker:
     """The KV pool and the runner over it, warmed up."""
     args = loaded.args
-    max_model_len = config.model.max_model_len or args.max_position_embeddings
+    max_model_len = config.model.max_model_len or args.max_context
     if max_model_len > args.max_position_embeddings:
         raise ValueError(
             f"max_model_len={max_model_len} exceeds the model's max_position_embeddings={args.max_position_embeddings}"
+        )
+    if max_model_len > args.max_context:
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the model's attention_chunk_size={args.attention_chunk_size}: "
+            "jllm has no chunked attention, so it serves contexts up to one chunk, where chunked attention is causal "
+            f"attention; set max_model_len <= {args.max_context}"
         )
     page_size = config.cache.page_size
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
