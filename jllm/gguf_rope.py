@@ -11,6 +11,9 @@ config keys again:
 - `linear` (Gemma 3's global layers, older Llamas): `rope.scaling.type` and `rope.scaling.factor`; `yarn` (Qwen2.5's
   long context) those, the original context and the betas / attention factor where the config had them.
 
+A head that rotates fewer channels than it has (`rope.dimension_count` below the head size: Phi-4-mini's 96 of 128)
+gets its `partial_rotary_factor` back too, which the longrope lists' length needs.
+
 Where this module sits: docs/architecture.md.
 """
 
@@ -38,11 +41,23 @@ _YARN_KEYS = {"yarn_beta_fast": "beta_fast", "yarn_beta_slow": "beta_slow", "yar
 def rope_config(
     meta: dict[str, Any], arch_name: str, config: dict[str, Any], tensors: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """The config.json keys for the file's rotary scaling (none where it has none); `tensors`: the file's
-    `ROPE_TENSORS`, dequantized. A kind this module does not read is a warning: the model runs unscaled."""
+    """The config.json keys for the file's rotary settings transformers leaves out: a partial rotary dimension
+    (Phi-4-mini rotates 96 of a head's 128 channels) and the scaling; `tensors`: the file's `ROPE_TENSORS`,
+    dequantized. A scaling this module does not read is a warning: the model runs unscaled."""
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    rotary_dim = int(meta.get(f"{arch_name}.rope.dimension_count", head_dim))
+    partial = {} if rotary_dim == head_dim else {"partial_rotary_factor": rotary_dim / head_dim}
+    return {**partial, **_scaling(meta, arch_name, (config["rope_theta"], rotary_dim), tensors)}
+
+
+def _scaling(
+    meta: dict[str, Any], arch_name: str, rotary: tuple[float, int], tensors: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """`rope_scaling` (and Phi-3's top-level original context) from the file's keys and tensors; `rotary`: the
+    unscaled rotary base and dimension."""
     kind = meta.get(f"{arch_name}.rope.scaling.type", "none")
     if "rope_freqs.weight" in tensors:
-        return _from_frequency_divisors(tensors["rope_freqs.weight"], config)
+        return _from_frequency_divisors(tensors["rope_freqs.weight"], *rotary)
     if "rope_factors_short.weight" in tensors:
         long, short = tensors["rope_factors_long.weight"], tensors["rope_factors_short.weight"]
         return {
@@ -101,12 +116,11 @@ def llama3_scaling(divisors: np.ndarray, theta: float, dim: int) -> dict[str, An
     return None
 
 
-def _from_frequency_divisors(divisors: np.ndarray, config: dict[str, Any]) -> dict[str, Any]:
+def _from_frequency_divisors(divisors: np.ndarray, theta: float, dim: int) -> dict[str, Any]:
     """`rope_scaling` from Llama 3's `rope_freqs`, or a warning and none where no llama3 parameters give them."""
-    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     if divisors.shape != (dim // 2,):
         raise ValueError(f"GGUF rope_freqs has shape {divisors.shape}; the rotary dimension {dim} needs ({dim // 2},)")
-    scaling = llama3_scaling(divisors, config["rope_theta"], dim)
+    scaling = llama3_scaling(divisors, theta, dim)
     if scaling is None:
         logger.warning(
             "GGUF rope_freqs %s are not Llama 3's scaling for any parameters: the model runs with unscaled rotary "

@@ -147,11 +147,15 @@ def write_arch_gguf(
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
     add_hparams(w, arch, config, model.config)
+    if arch == "phi3":  # Phi3MiniModel: a head's rotary channels, fewer with a partial_rotary_factor (Phi-4-mini)
+        partial = (rope or {}).get("partial_rotary_factor", 1.0)
+        w.add_rope_dimension_count(int(partial * width) // config["num_attention_heads"])
 
     for key in omit:
         del w.kv_data[0][f"{arch}.{key}"]
     if rope is not None:
-        add_rope_scaling(w, rope, head_dim=width // config["num_attention_heads"])
+        rotary_dim = int(rope.get("partial_rotary_factor", 1.0) * width) // config["num_attention_heads"]
+        add_rope_scaling(w, rope, rotary_dim)
 
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), 2)
     for hf_name, weights in hf_state_as_gguf(model):
@@ -177,8 +181,9 @@ def write_arch_gguf(
     return path
 
 
-def add_rope_scaling(w: GGUFWriter, rope: dict, head_dim: int) -> None:
-    """`rope` (an HF `rope_scaling`, with Phi-3's top-level `original_max_position_embeddings` in it) as llama.cpp's
+def add_rope_scaling(w: GGUFWriter, rope: dict, rotary_dim: int) -> None:
+    """`rope` (an HF `rope_scaling`, with Phi-3's top-level `original_max_position_embeddings` and
+    `partial_rotary_factor` in it) as llama.cpp's
     convert_hf_to_gguf.py writes it: Llama 3's as `rope_freqs` divisors (`LlamaModel.generate_extra_tensors`: in
     float32, with the top-level original context, else 8192), Phi-3's longrope as its two factor lists, the original
     context and the attention factor (`Phi3MiniModel`), YaRN as its keys, linear (Gemma 3, Llama) or another kind as
@@ -191,7 +196,7 @@ def add_rope_scaling(w: GGUFWriter, rope: dict, head_dim: int) -> None:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope["factor"])
     elif kind == "llama3":
-        freqs = 1.0 / (np.float32(5000.0) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+        freqs = 1.0 / (np.float32(5000.0) ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim))
         factor, low, high, old = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"], 8192
         divisors = []
         for freq in freqs:
@@ -340,6 +345,7 @@ def test_every_dequantizable_weight_type_converts_as_transformers_reads_it(tmp_p
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
 SHORT = [1.0, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 2.5]  # Phi-3's are lists of this kind, one per frequency
 LONGROPE = {"rope_type": "longrope", "short_factor": SHORT, "long_factor": [4 * f for f in SHORT]}
+PARTIAL_LONGROPE = {**LONGROPE, "short_factor": SHORT[::2], "long_factor": LONGROPE["long_factor"][::2]}  # half rotates
 YARN_BETAS = {"beta_fast": 16.0, "beta_slow": 2.0}  # not the defaults, so they must come through
 
 
@@ -349,11 +355,20 @@ YARN_BETAS = {"beta_fast": 16.0, "beta_slow": 2.0}  # not the defaults, so they 
         ("mistral", 256, {**LLAMA3, "original_max_position_embeddings": 8192}),  # Llama 3.1's
         ("mistral", 256, {**LLAMA3, "factor": 32.0, "original_max_position_embeddings": 8192}),  # Llama 3.2's
         ("phi3", 64, {**LONGROPE, "original_max_position_embeddings": 64}),
+        ("phi3", 64, {**PARTIAL_LONGROPE, "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5}),
         ("gemma3", 64, {"rope_type": "linear", "factor": 8.0}),  # its global layers'
         ("mistral", 64, {"rope_type": "linear", "factor": 4.0}),
         ("qwen2", 64, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, **YARN_BETAS}),
     ],
-    ids=["llama3.1", "llama3.2", "phi3-longrope", "gemma3-linear", "llama-linear", "qwen2-yarn"],
+    ids=[
+        "llama3.1",
+        "llama3.2",
+        "phi3-longrope",
+        "phi4mini-partial-longrope",
+        "gemma3-linear",
+        "llama-linear",
+        "qwen2-yarn",
+    ],
 )
 def test_rope_scaling_comes_back_as_the_hf_config_had_it(tmp_path: Path, case: str, width: int, rope: dict) -> None:
     """transformers' GGUF loader drops the rotary scaling llama.cpp wrote (Llama 3's `rope_freqs` divisors, Phi-3's
@@ -368,8 +383,10 @@ def test_rope_scaling_comes_back_as_the_hf_config_had_it(tmp_path: Path, case: s
     gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case, width=width, rope=rope)
     config = json.loads((gguf_convert.convert_gguf(gguf, tmp_path / "out") / "config.json").read_text())
     original, top_level = dict(rope), {}
-    if rope["rope_type"] == "longrope":  # a top-level key in Phi-3's config
-        top_level = {"original_max_position_embeddings": original.pop("original_max_position_embeddings")}
+    if rope["rope_type"] == "longrope":  # top-level keys in Phi-3's config
+        top_level = {
+            k: original.pop(k) for k in ("original_max_position_embeddings", "partial_rotary_factor") if k in rope
+        }
     assert config["rope_scaling"] == original and config | top_level == config
 
     _, args = build_args({**config, "num_hidden_layers": 6}, jnp.float32)  # six: Gemma 3's first global layer
