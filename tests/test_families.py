@@ -345,19 +345,29 @@ ENGINE_ARGS = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("families")
-    dirs = {}
-    for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
+class FamilyDirs(dict[str, Path]):
+    """Each family's tiny checkpoint, written on first use: ``-k`` on one family writes only its own."""
+
+    def __init__(self, root: Path, tokenizer_dir: Path) -> None:
+        super().__init__()
+        self.root, self.tokenizer_dir = root, tokenizer_dir
+
+    def __missing__(self, name: str) -> Path:
+        arch, config_cls, overrides, _ = FAMILIES[name]
         config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None or k not in BASE}
+        seed = list(FAMILIES).index(name)
         out = save_tiny_checkpoint(
-            arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_constants=True
+            arch, config, self.root / name, seed=seed, config_cls_name=config_cls, perturb_constants=True
         )
         for file in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(default_model_dir / file, out / file)
-        dirs[name] = out
-    return dirs
+            shutil.copy(self.tokenizer_dir / file, out / file)
+        self[name] = out
+        return out
+
+
+@pytest.fixture(scope="module")
+def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FamilyDirs:
+    return FamilyDirs(tmp_path_factory.mktemp("families"), default_model_dir)
 
 
 @pytest.mark.slow
@@ -578,19 +588,28 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name)
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
 
 
+TP_FAMILIES = [name for name, (*_, sizes) in FAMILIES.items() if sizes]
+
+
 @pytest.fixture(scope="module")
-def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """tests/tp_worker.py's greedy runs and prefill logits of each family at its TP sizes, on 8 fake CPU devices."""
+def tp_found(request: pytest.FixtureRequest, family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tests/tp_worker.py's greedy runs and prefill logits at their TP sizes, on 8 fake CPU devices, of the families
+    whose TP test is selected: one subprocess for all of them (JAX starts once), none for a family ``-k`` leaves out."""
+    selected = [
+        item.callspec.params["name"]
+        for item in request.session.items
+        if getattr(item, "function", None) is test_tensor_parallel_matches_transformers
+    ]
     tmp = tmp_path_factory.mktemp("families_tp")
     spec = {
-        "families": {name: [str(family_dirs[name]), sizes] for name, (*_, sizes) in FAMILIES.items()},
+        "families": {name: [str(family_dirs[name]), FAMILIES[name][3]] for name in selected},
         "cache_dir": str(tmp / "jllm_cache"),
     }
     return run_tp_worker(spec, tmp, timeout=1500)["generate"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", TP_FAMILIES)
 def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, name):
     runs = tp_found[name]
     sizes = FAMILIES[name][3]
