@@ -125,15 +125,22 @@ def _worker(
 ) -> Worker:
     """The KV pool and the runner over it, warmed up."""
     args = loaded.args
-    max_model_len = config.model.max_model_len or args.max_position_embeddings
+    max_model_len = config.model.max_model_len or args.max_context
     if max_model_len > args.max_position_embeddings:
         raise ValueError(
             f"max_model_len={max_model_len} exceeds the model's max_position_embeddings={args.max_position_embeddings}"
         )
+    if max_model_len > args.max_context:
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the model's attention_chunk_size={args.attention_chunk_size}: "
+            "jllm has no chunked attention, so it serves contexts up to one chunk, where chunked attention is causal "
+            f"attention; set max_model_len <= {args.max_context}"
+        )
     page_size = config.cache.page_size
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, dtype)
-    backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype)  # before any allocation
+    spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
+    # before any allocation
+    backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype, spec.head_dim)
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     num_pages = _num_pages(config, spec, loaded, lora)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)

@@ -348,6 +348,11 @@ class ServerConfig(_Section):
             f"must be one of {', '.join(REASONING_PARSERS)}",
         )
         self._require(
+            self.tool_call_parser != "openai" or self.reasoning_parser == "openai_gptoss",
+            "tool_call_parser",
+            "'openai' reads the harmony messages that reasoning_parser 'openai_gptoss' leaves: set both (gpt-oss)",
+        )
+        self._require(
             not self.enable_auto_tool_choice or self.tool_call_parser is not None,
             "enable_auto_tool_choice",
             "needs tool_call_parser (the format to read calls in)",

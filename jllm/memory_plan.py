@@ -73,7 +73,7 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
         weights += slots_bytes(args, config.lora.max_loras, config.lora.max_lora_rank)
     cache = config.cache
     dtype = kv_cache.pool_dtype(cache.kv_cache_dtype, args.dtype)
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, cache.page_size, dtype)
+    spec = kv_cache.KVCacheSpec.for_model(args, cache.page_size, dtype)
     if cache.num_pages is not None:
         num_pages = cache.num_pages
     elif cache.kv_cache_memory_bytes is not None:
@@ -91,7 +91,7 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
                 available=share,
             )
         num_pages = kv_cache.num_pages_for_budget(spec, (share - weights) * tp)
-    max_model_len = config.model.max_model_len or args.max_position_embeddings
+    max_model_len = config.model.max_model_len or args.max_context
     kv_cache.check_pool_holds(num_pages, cache.page_size, max_model_len)
     return ModelMemory(weights, num_pages * spec.bytes_per_page // tp, num_pages)
 

@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from jllm.harmony import CALL, CHANNEL, CONSTRAIN, MESSAGE, START, Header, MessageReader, Piece
+from jllm.markers import first_marker, held_back
+
 
 @dataclass(frozen=True)
 class ReasoningFormat:
@@ -39,7 +42,7 @@ class ReasoningFormat:
 
     def close(self, text: str) -> tuple[int, int] | None:
         """Where the first closing marker (or answer marker) in ``text`` begins, and where the answer after it does."""
-        found = _first(text, self.ends + self.answers)
+        found = first_marker(text, self.ends + self.answers)
         if found is None:
             return None
         at, marker = found
@@ -61,19 +64,9 @@ class ReasoningFormat:
         at, answer = found
         return body[:at] or None, body[answer:] or None
 
-
-def _first(text: str, markers: tuple[str, ...]) -> tuple[int, str] | None:
-    """The earliest of ``markers`` in ``text``: (where, which)."""
-    hits = [(at, m) for m in markers if (at := text.find(m)) >= 0]
-    return min(hits) if hits else None
-
-
-def _held(text: str, markers: tuple[str, ...]) -> int:
-    """How many characters at the end of ``text`` may begin one of ``markers`` (held back until they tell)."""
-    for size in range(min(len(text), max(len(m) for m in markers) - 1), 0, -1):
-        if any(m.startswith(text[-size:]) for m in markers):
-            return size
-    return 0
+    def stream(self) -> ReasoningStream | HarmonyStream:
+        """A stream of one choice's output in this format."""
+        return ReasoningStream(self)
 
 
 class ReasoningStream:
@@ -90,10 +83,11 @@ class ReasoningStream:
         """Whether the reasoning is over (its closing marker seen, or the reply had none)."""
         return self._state == "content"
 
-    @property
-    def reasoning(self) -> bool:
-        """Whether the text so far is inside the reasoning (its opening marker seen, or implied, and not closed)."""
-        return self._state == "reasoning"
+    def count_token(self, text: str) -> int:
+        """Feeds one token's text: 1 if it is the reasoning's (a token that ends the reasoning counts too), else 0."""
+        reasoning = self._state == "reasoning"
+        self.feed(text)
+        return int(reasoning or not self.ended)
 
     def feed(self, delta: str) -> tuple[str, str]:
         """The reasoning and content ``delta`` settles."""
@@ -118,13 +112,98 @@ class ReasoningStream:
         if self._state == "reasoning":
             found = fmt.close(self._rest)
             if found is None:
-                size = len(self._rest) - (0 if final else _held(self._rest, fmt.ends + fmt.answers))
+                size = len(self._rest) - (0 if final else held_back(self._rest, fmt.ends + fmt.answers))
                 reasoning, self._rest = self._rest[:size], self._rest[size:]
                 return reasoning, ""
             at, answer = found
             reasoning, self._rest, self._state = self._rest[:at], self._rest[answer:], "content"
         content, self._rest = self._rest, ""
         return reasoning, content
+
+
+@dataclass(frozen=True)
+class HarmonyFormat(ReasoningFormat):
+    """gpt-oss's harmony messages (``openai_gptoss``, read by ``jllm.harmony``), as vLLM's harmony path reads them:
+    analysis messages (and calls to built-in tools) are the reasoning; final messages and commentary messages without
+    a recipient (preambles, shown to the user) are the content; the messages of one part are joined by a newline. A
+    call to a request's tool (``to=functions.NAME``) is content too: its arguments, as vLLM's reply without a tool
+    parser has them, or, with ``calls`` (the ``openai`` tool parser reads them), the call as a harmony message.
+    Its reasoning ends where a final message begins: a grammar holds the final message's body alone."""
+
+    calls: bool = False
+
+    def split(self, text: str) -> tuple[str | None, str | None]:
+        stream = self.stream()
+        reasoning, content = stream.feed(text)
+        more_reasoning, more_content = stream.finish()
+        return (reasoning + more_reasoning) or None, (content + more_content) or None
+
+    def stream(self) -> HarmonyStream:
+        return HarmonyStream(self)
+
+
+def _part(header: Header) -> str:
+    """Which part of the reply a message is: "call" (to a request's tool), "content" or "reasoning"."""
+    if header.function is not None:
+        return "call"
+    if header.channel == "final" or (header.channel != "analysis" and header.recipient is None):
+        return "content"
+    return "reasoning"
+
+
+class HarmonyStream:
+    """One choice's harmony messages as they stream: each delta's (reasoning, content), the parts joined equal to
+    ``HarmonyFormat.split`` of the whole text; ``ended`` once a final message's body begins."""
+
+    def __init__(self, fmt: HarmonyFormat) -> None:
+        self.format = fmt
+        self.ended = False
+        self._reader = MessageReader()
+        self._opened = 0  # messages whose first piece was read
+        self._said: dict[str, int] = {}  # part -> the last message that added to it (the next one adds a newline)
+        self._header_tokens = 0  # tokens of the header being read: the reasoning's if it opens an analysis message
+
+    def feed(self, delta: str) -> tuple[str, str]:
+        """The reasoning and content ``delta`` settles."""
+        return self._parts(self._reader.feed(delta))
+
+    def finish(self) -> tuple[str, str]:
+        """At the end: what was held back, as the whole text reads it."""
+        return self._parts(self._reader.finish())
+
+    def count_token(self, text: str) -> int:
+        """Feeds one token's text: how many tokens of the reasoning it settles (a message's header tokens count once
+        the header says it is reasoning; a body's tokens and its end marker as they come)."""
+        reading, opened = self._reader.reading, self._reader.count
+        pieces = self._reader.feed(text)
+        self._parts(pieces)
+        if reading is not None:
+            return int(_part(reading) == "reasoning")
+        self._header_tokens += 1
+        headers = [header for index, header, _, _ in pieces if index >= opened]
+        if not headers:
+            return 0
+        count, self._header_tokens = self._header_tokens, 0
+        return count if _part(headers[0]) == "reasoning" else 0
+
+    def _parts(self, pieces: list[Piece]) -> tuple[str, str]:
+        out = {"reasoning": "", "content": ""}
+        for index, header, text, ended in pieces:
+            part, opening = _part(header), index >= self._opened
+            self._opened = max(self._opened, index + 1)
+            if part == "call" and self.format.calls:
+                kind = f" {CONSTRAIN}{header.content_type}" if header.content_type else ""
+                head = f"{START}assistant{CHANNEL}{header.channel} to={header.recipient}{kind}{MESSAGE}"
+                out["content"] += (head if opening else "") + text + (CALL if ended else "")
+                continue
+            part = "content" if part == "call" else part
+            self.ended = self.ended or (opening and header.channel == "final" and part == "content")
+            if text:
+                if self._said.get(part, index) != index:
+                    text = "\n" + text
+                self._said[part] = index
+                out[part] += text
+        return out["reasoning"], out["content"]
 
 
 class ReasoningGate:
@@ -137,13 +216,11 @@ class ReasoningGate:
         self.format = fmt
         self.tokens = 0
         self._token_bytes = token_bytes
-        self._stream = ReasoningStream(fmt)
+        self._stream = fmt.stream()
 
     def opens_after(self, token_id: int) -> bool:
-        if not self._stream.ended:
-            reasoning = self._stream.reasoning
-            self._stream.feed(self._token_bytes(token_id).decode(errors="replace"))  # markers are whole characters
-            self.tokens += reasoning or not self._stream.ended  # a token that ends the reasoning counts too
+        if not self._stream.ended:  # markers are whole characters
+            self.tokens += self._stream.count_token(self._token_bytes(token_id).decode(errors="replace"))
         return self._stream.ended
 
     def count(self, token_ids: Iterable[int]) -> int:
@@ -155,7 +232,7 @@ class ReasoningGate:
 
     def fork(self) -> ReasoningGate:
         twin = copy.copy(self)
-        twin._stream = copy.copy(self._stream)  # its state is strings
+        twin._stream = copy.deepcopy(self._stream)  # its state is strings and small records
         return twin
 
 
@@ -178,6 +255,8 @@ _GRANITE = ReasoningFormat(
 )
 _MISTRAL = ReasoningFormat("mistral", ("[THINK]",), ("[/THINK]",), implicit=False, keep_special_tokens=True)
 _SEED_OSS = ReasoningFormat("seed_oss", ("<seed:think>",), ("</seed:think>",), implicit=True)
+# the template opens every reply's first header: a grammar can wait for the final message (``implicit``)
+_GPT_OSS = HarmonyFormat("openai_gptoss", (), (), implicit=True, keep_special_tokens=True)
 
 
 def _deepseek_v3(kwargs: dict[str, Any]) -> ReasoningFormat | None:
@@ -195,6 +274,7 @@ _FORMATS: dict[str, Callable[[dict[str, Any]], ReasoningFormat | None]] = {
     "granite": lambda kwargs: _GRANITE if kwargs.get("thinking") else None,
     "mistral": lambda kwargs: _MISTRAL,
     "seed_oss": lambda kwargs: _SEED_OSS,
+    "openai_gptoss": lambda kwargs: _GPT_OSS,
 }
 REASONING_PARSERS = tuple(_FORMATS)
 

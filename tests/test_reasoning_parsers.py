@@ -52,7 +52,7 @@ CASES = [
 
 
 def _streamed(fmt: ReasoningFormat, text: str, rng: random.Random) -> tuple[str | None, str | None]:
-    stream, reasoning, content, pos = ReasoningStream(fmt), "", "", 0
+    stream, reasoning, content, pos = fmt.stream(), "", "", 0
     while pos < len(text):
         step = rng.randint(1, 6)
         r, c = stream.feed(text[pos : pos + step])

@@ -6,23 +6,29 @@ The reasoning comes back as ``reasoning`` and ``reasoning_content`` (``schemas``
 ``include_reasoning: false``. A structured-output constraint (``response_format``, ``structured_outputs``,
 ``guided_*``, a forced ``tool_choice``) holds the answer only, as in vLLM: its grammar waits behind a
 ``ReasoningGate`` until the reasoning ends. That needs a format whose reasoning opens with the reply (``implicit``:
-deepseek_r1, deepseek_v3, qwen3, seed_oss); where the model may or may not open reasoning (glm45, granite, mistral)
-the grammar would have to know before the first token, so the request is refused (thinking switched off through
-``chat_template_kwargs`` leaves no format in force, and the constraint applies from the first token as usual).
+deepseek_r1, deepseek_v3, qwen3, seed_oss; openai_gptoss, whose grammar holds the final message's body alone); where
+the model may or may not open reasoning (glm45, granite, mistral) the grammar would have to know before the first
+token, so the request is refused (thinking switched off through ``chat_template_kwargs`` leaves no format in force,
+and the constraint applies from the first token as usual).
+
+gpt-oss's harmony format (``openai_gptoss``) keeps its calls as harmony messages in the answer when the ``openai``
+tool parser reads them (``HarmonyFormat.calls``), else it gives their arguments as content, as vLLM does.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from jllm.config import ServerConfig
-from jllm.reasoning_parsers import ReasoningFormat, ReasoningGate, ReasoningStream, reasoning_format
+from jllm.reasoning_parsers import HarmonyFormat, ReasoningFormat, ReasoningGate, reasoning_format
 from jllm.server.errors import bad_request
 from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
 from jllm.server.tools import ToolDeltas, ToolPlan
 from jllm.tokenizer import Tokenizer
+from jllm.tool_parsers.harmony import OpenAIParser
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class ReplyPlan:
         """``parser``: the served model's ``reasoning_parser``. Refuses what this server cannot do beside it."""
         tools = ToolPlan.of(body, server)
         fmt = None if parser is None else reasoning_format(parser, body.chat_template_kwargs)
+        if isinstance(fmt, HarmonyFormat):  # calls kept as harmony messages for the openai parser, else content
+            fmt = dataclasses.replace(fmt, calls=isinstance(tools.parser, OpenAIParser))
         if fmt is not None:
             field = body.constraint_field(tools.forced_schema())
             if field is not None and not fmt.implicit:
@@ -93,7 +101,7 @@ class ReplyDeltas:
     def __init__(self, plan: ReplyPlan, counter: ReasoningGate | None) -> None:
         self.plan = plan
         self.tools: ToolDeltas = plan.tools.stream()
-        self._reasoning = ReasoningStream(plan.reasoning) if plan.reasoning is not None else None
+        self._reasoning = plan.reasoning.stream() if plan.reasoning is not None else None
         self._counter = counter
 
     @property

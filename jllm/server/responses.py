@@ -199,6 +199,7 @@ class _ResponseView:
             max_tool_calls=body.max_tool_calls,
             metadata=body.metadata or {},
             parallel_tool_calls=body.parallel_tool_calls,
+            reasoning={"effort": body.effort, "summary": None},
             temperature=params.temperature,
             text=body.text_echo(),
             tool_choice=choice if isinstance(choice, str) else choice.model_dump(),

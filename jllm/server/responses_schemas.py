@@ -56,6 +56,7 @@ CHAT_TO_RESPONSES = {
     "max_completion_tokens": "max_output_tokens",
     "max_tokens": "max_output_tokens",
     "response_format": "text",
+    "reasoning_effort": "reasoning",
 }
 
 
@@ -313,11 +314,17 @@ class ResponsesRequest(_Request):
 
     @field_validator("reasoning")
     @classmethod
-    def _no_reasoning(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        asked = sorted(k for k, v in (value or {}).items() if v is not None)
+    def _effort_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``effort`` is chat's ``reasoning_effort`` (for templates that read it, as gpt-oss's); the rest asks for
+        what this server does not do."""
+        asked = sorted(k for k, v in (value or {}).items() if v is not None and k != "effort")
         if asked:
-            raise ValueError(f"{', '.join(asked)}: not supported (whether and how long the model reasons is its own)")
+            raise ValueError(f"{', '.join(asked)}: not supported (reasoning items carry the model's reasoning whole)")
         return value
+
+    @property
+    def effort(self) -> str | None:
+        return (self.reasoning or {}).get("effort")
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """``instructions`` and ``input`` as chat messages; a reasoning item opens an assistant message (its
@@ -364,6 +371,7 @@ class ResponsesRequest(_Request):
             "response_format": self.text.format.for_chat() if self.text and self.text.format else None,
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs if self.logprobs else None,
+            "reasoning_effort": self.effort,
         }
         passed = (
             "temperature top_p seed top_k repetition_penalty stop ignore_eos skip_special_tokens "

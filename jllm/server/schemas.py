@@ -55,7 +55,7 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
-    "reasoning_effort": ((None,), "is not supported: a template's thinking switch goes in chat_template_kwargs"),
+    "reasoning_effort": ((None,), "reaches a chat template, so chat completions alone take it"),
     # OpenAI's fields that ask for what this server does not do (ignoring them would answer something else)
     "functions": (_NOTHING, "is OpenAI's deprecated function calling: send tools instead"),
     "function_call": ((None, "none", "auto"), "is OpenAI's deprecated function calling: send tool_choice instead"),
@@ -65,6 +65,10 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "store": ((None, False), "is not supported: this server stores no completions"),
     "verbosity": ((None, "medium"), "is not supported: a reply's length follows the model and max_tokens"),
 }
+
+
+# reasoning_effort reaches the chat template (``InputProcessor.render_chat``)
+CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items() if name != "reasoning_effort"}
 
 
 class _Request(BaseModel):
@@ -379,16 +383,16 @@ class ChatMessage(_Request):
 
     def for_template(self) -> dict[str, Any]:
         """What a chat template expects: {role, content} ("developer" is OpenAI's newer name for "system"), plus
-        the assistant's tool calls and reasoning (as ``reasoning_content`` and ``reasoning``) or the tool result's
-        call id when present."""
+        the assistant's tool calls and reasoning (as ``reasoning_content``, ``reasoning`` and ``thinking``) or the
+        tool result's call id when present."""
         content = self.content or ""
         text = content if isinstance(content, str) else "".join(part.text for part in content)
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
         if self.tool_calls:
             message["tool_calls"] = [call.for_template() for call in self.tool_calls]
         reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
-        if reasoning is not None:
-            message["reasoning_content"] = message["reasoning"] = reasoning
+        if reasoning is not None:  # gpt-oss's template reads "thinking"
+            message["reasoning_content"] = message["reasoning"] = message["thinking"] = reasoning
         for key in ("tool_call_id", "name"):
             if getattr(self, key) is not None:
                 message[key] = getattr(self, key)
@@ -459,9 +463,19 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None  # None or true: several calls in one reply may come
     include_reasoning: bool = True  # false leaves the reasoning out (with a reasoning parser; else there is none)
+    # the template variable of that name (gpt-oss's); refused where the model's template does not read it
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, CHAT_UNSUPPORTED_FIELDS)
+
+    def template_options(self) -> dict[str, Any]:
+        return {**super().template_options(), "reasoning_effort": self.reasoning_effort}
 
     @field_validator("tool_choice")
     @classmethod
