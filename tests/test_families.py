@@ -149,6 +149,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # the only family whose sharded slices are read untransposed
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
+    # every second layer without rotary (NoPE), and those sliding
+    "smollm3": (
+        "SmolLM3ForCausalLM",
+        None,
+        dict(no_rope_layer_interval=2, use_sliding_window=True, sliding_window=WINDOW, tie_word_embeddings=False),
+        [],
+    ),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
@@ -184,19 +191,29 @@ ENGINE_ARGS = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("families")
-    dirs = {}
-    for i, (name, (arch, config_cls, overrides, _)) in enumerate(FAMILIES.items()):
+class FamilyDirs(dict):
+    """Each family's checkpoint directory, built on first use (a ``-k`` run builds only the families it picks)."""
+
+    def __init__(self, root: Path, tokenizer_dir: Path):
+        super().__init__()
+        self.root, self.tokenizer_dir = root, tokenizer_dir
+
+    def __missing__(self, name: str) -> Path:
+        arch, config_cls, overrides, _ = FAMILIES[name]
         config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+        seed = list(FAMILIES).index(name)
         out = save_tiny_checkpoint(
-            arch, config, root / name, seed=i, config_cls_name=config_cls, perturb_constants=True
+            arch, config, self.root / name, seed=seed, config_cls_name=config_cls, perturb_constants=True
         )
         for file in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(default_model_dir / file, out / file)
-        dirs[name] = out
-    return dirs
+            shutil.copy(self.tokenizer_dir / file, out / file)
+        self[name] = out
+        return out
+
+
+@pytest.fixture(scope="module")
+def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FamilyDirs:
+    return FamilyDirs(tmp_path_factory.mktemp("families"), default_model_dir)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MistralForCausalLM": llama.mistral,
     "Qwen2ForCausalLM": llama.qwen2,
     "Qwen3ForCausalLM": llama.qwen3,
+    "SmolLM3ForCausalLM": llama.smollm3,
     "GraniteForCausalLM": llama.granite,
     "Olmo2ForCausalLM": llama.olmo2,
     "Phi3ForCausalLM": llama.phi3,

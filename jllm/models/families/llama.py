@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.decoder import ModelArgs, WeightMap
-from jllm.models.families.common import FULL, SLIDING, activation, uniform
+from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
+from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
 
 
 def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:
@@ -36,6 +36,31 @@ def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return llama(cfg, dtype, "qwen2")
+
+
+def smollm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """SmolLM3: Llama with no rotary (NoPE) in the layers ``no_rope_layers`` marks 0 (by default every
+    ``no_rope_layer_interval``-th, 4), rope base 2e6 and a tied head by default; with ``use_sliding_window`` the NoPE
+    layers slide (transformers' ``layer_types`` default)."""
+    n = cfg["num_hidden_layers"]
+    cfg = {"rope_theta": 2e6, "tie_word_embeddings": True, **cfg}
+    interval = cfg.get("no_rope_layer_interval", 4)
+    rotary = cfg.get("no_rope_layers")
+    rotary = [int((i + 1) % interval != 0) for i in range(n)] if rotary is None else rotary
+    # transformers gives a layer its window only under use_sliding_window, whatever layer_types says
+    default = [FULL if r else SLIDING for r in rotary]
+    windows = layer_windows(cfg, default) if cfg.get("use_sliding_window") else [None] * n
+    base = base_args(cfg, dtype)
+    rope = read_rope(cfg, base["head_dim"])
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=tuple(LayerSpec(rope if r else None, w) for r, w in zip(rotary, windows, strict=True)),
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "SmolLM3"),
+    )
 
 
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
