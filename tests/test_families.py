@@ -23,7 +23,15 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
-from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
+from model_utils import (
+    TINY_CONFIG,
+    hf_logits,
+    hf_model,
+    jllm_logits,
+    relative_error,
+    run_tp_worker,
+    save_tiny_checkpoint,
+)
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
@@ -156,8 +164,56 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(no_rope_layer_interval=2, use_sliding_window=True, sliding_window=WINDOW, tie_word_embeddings=False),
         [],
     ),
+    # Gemma 3's and Mistral 3's text models in image-text checkpoints (IMAGE_TEXT: the outer configs)
+    "gemma3_image_text": (
+        "Gemma3ForConditionalGeneration",
+        "Gemma3Config",
+        dict(
+            model_type="gemma3_text",
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_scaling={"rope_type": "linear", "factor": 8.0},  # gemma-3-4b-it's: on the global layers only
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "mistral3_image_text": (
+        "Mistral3ForConditionalGeneration",
+        "Mistral3Config",
+        dict(model_type="mistral", sliding_window=None, rope_theta=1e9),
+        [],
+    ),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
+# image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
+IMAGE_TEXT = {
+    "gemma3_image_text": dict(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        mm_tokens_per_image=4,
+        tie_word_embeddings=False,
+    ),
+    "mistral3_image_text": dict(
+        vision_config=dict(
+            model_type="pixtral",
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            head_dim=16,
+            image_size=28,
+            patch_size=14,
+        ),
+        tie_word_embeddings=False,
+    ),
+}
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
@@ -201,6 +257,8 @@ class FamilyDirs(dict):
     def __missing__(self, name: str) -> Path:
         arch, config_cls, overrides, _ = FAMILIES[name]
         config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+        if name in IMAGE_TEXT:  # the text model's config nested in the image-text one's
+            config = dict(IMAGE_TEXT[name], text_config=config)
         seed = list(FAMILIES).index(name)
         out = save_tiny_checkpoint(
             arch, config, self.root / name, seed=seed, config_cls_name=config_cls, perturb_constants=True
@@ -262,6 +320,31 @@ def test_gpt2_saved_as_the_hub_keeps_it_loads_without_the_transformer_prefix(tmp
     assert relative_error(got, expected) < LOGITS_RTOL
 
 
+@pytest.mark.slow
+def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(family_dirs, tmp_path):
+    """transformers saves an image-text model's language model as ``language_model.model.*`` (as the hub keeps
+    them); its in-memory names (``model.language_model.*``, ``lm_head.weight``), which other tools save, read alike."""
+    from safetensors.numpy import load_file, save_file
+
+    saved = family_dirs["mistral3_image_text"]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(saved, renamed)
+    tensors = {}
+    for shard in sorted(renamed.glob("*.safetensors")):
+        tensors |= load_file(shard)
+        shard.unlink()
+    (renamed / "model.safetensors.index.json").unlink()
+    assert "language_model.lm_head.weight" in tensors and "language_model.model.norm.weight" in tensors
+    moved = {k.replace("language_model.model.", "model.language_model.", 1): v for k, v in tensors.items()}
+    save_file(
+        {k.replace("language_model.lm_head.", "lm_head.", 1): v for k, v in moved.items()},
+        renamed / "model.safetensors",
+    )
+    ids = PROMPTS[2]
+    expected = jllm_logits(load_model(saved, mesh=make_mesh(1), dtype="float32"), ids)
+    np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
+
+
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
     """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
@@ -294,9 +377,8 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
     """Per layer, the experts transformers' router picks for any token of ``prompts``."""
     import torch
-    import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = hf_model(model_dir)
     used: list[set[int]] = [set() for _ in range(model.config.num_hidden_layers)]
     with torch.no_grad():
         for ids in prompts:
@@ -308,9 +390,8 @@ def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]
 def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     """transformers' greedy ``generate`` of each prompt alone (no padding), never stopping early."""
     import torch
-    import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = hf_model(model_dir)
     out = []
     for ids in prompts:
         seq = model.generate(
@@ -390,6 +471,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "GPT-J rotary_dim=None is not supported.*even number",
         ),
         ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5.*num_experts=4"),
+        (
+            "Gemma3ForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "final_logit_softcapping": 30.0}},
+            "final_logit_softcapping=30.0 is not supported.*null",
+        ),
+        (
+            "Mistral3ForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "model_type": "ministral3"}},
+            "Mistral 3 text_config model_type 'ministral3' is not supported.*'mistral'",
+        ),
         ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
         ("GPTNeoXForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*gelu"),
         ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),

@@ -54,6 +54,10 @@ class WeightMap:
     gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
     rename: tuple[tuple[str, str], ...] = ()
     prefix: str = "model."  # before every tensor name but the untied LM head's
+    head_prefix: str = ""  # before the untied LM head's (``language_model.`` in an image-text checkpoint)
+    # a stored name's leading part read as another: transformers 5's in-memory names where a checkpoint keeps them
+    # (``model.language_model.`` for the ``language_model.model.`` that transformers saves)
+    aliases: tuple[tuple[str, str], ...] = ()
     conv1d: bool = (
         False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
     )

@@ -11,7 +11,7 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM, ModelArgs
-from jllm.models.families import gemma, layer_norm, llama, mixtures
+from jllm.models.families import gemma, layer_norm, llama, mixtures, multimodal
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
@@ -26,6 +26,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GemmaForCausalLM": gemma.gemma,
     "Gemma2ForCausalLM": gemma.gemma2,
     "Gemma3ForCausalLM": gemma.gemma3,
+    "Gemma3ForConditionalGeneration": multimodal.gemma3,
+    "Mistral3ForConditionalGeneration": multimodal.mistral3,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,

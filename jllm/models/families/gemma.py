@@ -72,9 +72,27 @@ def gemma2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _gemma(cfg, dtype, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default)))
 
 
+# transformers' Gemma3TextConfig defaults for the keys the readers take: hub image-text configs (gemma-3-4b-it's
+# ``text_config``) leave most of them out
+GEMMA3_TEXT_DEFAULTS = dict(
+    vocab_size=262_208,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    max_position_embeddings=131_072,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+)
+
+
 def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base."""
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base; keys a
+    config leaves out take Gemma3TextConfig's defaults."""
+    cfg = {**GEMMA3_TEXT_DEFAULTS, **cfg}
+    head_dim = cfg["head_dim"]
     pattern = cfg.get("sliding_window_pattern", 6)
     default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
     params = cfg.get("rope_parameters") or {}
