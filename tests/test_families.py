@@ -183,6 +183,15 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(model_type="mistral", sliding_window=None, rope_theta=1e9),
         [],
     ),
+    # half of each head rotated, in neighbouring pairs; q/k/v biases, fused gate_up_proj
+    "glm": ("GlmForCausalLM", None, {}, []),
+    # GLM with norms on the attention's and MLP's outputs too. TP 2: the fused gate_up split by column
+    "glm4": ("Glm4ForCausalLM", None, dict(partial_rotary_factor=0.25), [2]),
+    "helium": ("HeliumForCausalLM", None, dict(attention_bias=True, mlp_bias=True), []),
+    "ernie4_5": ("Ernie4_5ForCausalLM", None, dict(use_bias=True, tie_word_embeddings=False), []),
+    "seed_oss": ("SeedOssForCausalLM", None, dict(attention_out_bias=True), []),
+    # squared ReLU, not gated
+    "arcee": ("ArceeForCausalLM", None, dict(attention_bias=True), []),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
@@ -471,6 +480,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "GPT-J rotary_dim=None is not supported.*even number",
         ),
         ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5.*num_experts=4"),
+        ("HeliumForCausalLM", {"head_dim": 32}, r"Helium num_attention_heads \* head_dim = 128 is not.*hidden_size=64"),
         (
             "Gemma3ForConditionalGeneration",
             {"text_config": {**TINY_CONFIG, "final_logit_softcapping": 30.0}},

@@ -160,6 +160,7 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),  # squared ReLU (Nemotron, Arcee, Persimmon)
 }
 
 

@@ -121,3 +121,105 @@ def phi3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mlp_act=activation(cfg, "hidden_act", "silu", "Phi-3"),
         weights=WeightMap(qkv=("qkv_proj",), qkv_layout="concat", gate_up=("gate_up_proj",)),
     )
+
+
+def glm(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4 (``glm``: GLM-4-9B-chat-hf): Llama's layout with the first half of each head rotated
+    (``partial_rotary_factor``, 0.5 by default) in neighbouring channel pairs, q/k/v biases where ``attention_bias``
+    (on by default), one fused ``gate_up_proj``; GlmConfig's defaults for the sizes a config leaves out."""
+    return _glm(cfg, dtype, "GLM", sandwich=False)
+
+
+def glm4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4-0414 (``glm4``): GLM with a norm on the attention's output and one on the MLP's, before each residual
+    add (``post_self_attn_layernorm``, ``post_mlp_layernorm``), beside the pre-norms."""
+    return _glm(cfg, dtype, "GLM-4", sandwich=True)
+
+
+def _glm(cfg: dict[str, Any], dtype: Any, family: str, sandwich: bool) -> ModelArgs:
+    cfg = {
+        "partial_rotary_factor": 0.5,
+        "head_dim": 128,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1.5625e-07,
+        "max_position_embeddings": 131_072,
+        **cfg,
+    }
+    base, layers = uniform(cfg, dtype, FULL, interleaved=True)
+    rename = (("attn_out_norm", "post_self_attn_layernorm"), ("mlp_out_norm", "post_mlp_layernorm"))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bool(cfg.get("attention_bias", True)),
+        sandwich_norms=sandwich,
+        mlp_act=activation(cfg, "hidden_act", "silu", family),
+        weights=WeightMap(gate_up=("gate_up_proj",), rename=rename if sandwich else ()),
+    )
+
+
+def helium(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Helium (Kyutai): Llama with the rotary on neighbouring channel pairs, rope base 1e5 and eps 1e-8 by default,
+    q/k/v biases where ``attention_bias``; its o_proj maps ``hidden_size`` channels, so heads must fill it."""
+    cfg = {"rope_theta": 1e5, "head_dim": 128, "num_key_value_heads": 20, "rms_norm_eps": 1e-8, **cfg}
+    base, layers = uniform(cfg, dtype, FULL, interleaved=True)
+    if base["num_heads"] * base["head_dim"] != base["hidden_size"]:
+        raise ValueError(
+            f"Helium num_attention_heads * head_dim = {base['num_heads'] * base['head_dim']} is not supported "
+            f"(supported: equal to hidden_size={base['hidden_size']}, the width transformers' o_proj takes)"
+        )
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "Helium"),
+    )
+
+
+def ernie4_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """ERNIE 4.5 (dense: ERNIE-4.5-0.3B): Llama with the rotary on neighbouring channel pairs, rope base 5e5, a tied
+    head and ``use_bias`` on every linear (q, k, v, o and the MLP's) by default."""
+    cfg = {
+        "rope_theta": 5e5,
+        "head_dim": 128,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131_072,
+        "tie_word_embeddings": True,
+        **cfg,
+    }
+    base, layers = uniform(cfg, dtype, FULL, interleaved=True)
+    bias = bool(cfg.get("use_bias", False))
+    act = activation(cfg, "hidden_act", "silu", "ERNIE 4.5")
+    return ModelArgs(**base, layers=layers, qkv_bias=bias, o_bias=bias, mlp_bias=bias, mlp_act=act)
+
+
+def seed_oss(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Seed-OSS (ByteDance): Llama with q/k/v biases (``attention_bias``, on by default) and o_proj's own
+    (``attention_out_bias``)."""
+    cfg = {"head_dim": 128, "num_key_value_heads": 8, "max_position_embeddings": 524_288, **cfg}
+    base, layers = uniform(cfg, dtype, FULL)
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bool(cfg.get("attention_bias", True)),
+        o_bias=bool(cfg.get("attention_out_bias", False)),
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "Seed-OSS"),
+    )
+
+
+def arcee(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Arcee (AFM-4.5B): Llama with a plain (not gated) MLP, ``down(relu(up(x))^2)`` by default."""
+    cfg = {"rms_norm_eps": 1e-5, **cfg}
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "relu2", "Arcee"),
+    )
