@@ -192,6 +192,20 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "seed_oss": ("SeedOssForCausalLM", None, dict(attention_out_bias=True), []),
     # squared ReLU, not gated
     "arcee": ("ArceeForCausalLM", None, dict(attention_bias=True), []),
+    # OLMo 2 with a sliding layer; each layer type its own rope, the global one's scaled
+    "olmo3": (
+        "Olmo3ForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_theta=1e4,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
+        ),
+        [],
+    ),
+    # output-only norms, per-head q/k norms; a sliding layer with the rotary, a global one without
+    "exaone4": ("Exaone4ForCausalLM", None, dict(sliding_window=WINDOW, sliding_window_pattern=2), []),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
@@ -481,6 +495,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5.*num_experts=4"),
         ("HeliumForCausalLM", {"head_dim": 32}, r"Helium num_attention_heads \* head_dim = 128 is not.*hidden_size=64"),
+        ("Exaone4ForCausalLM", {"sliding_window_pattern": "LLLG"}, "sliding_window_pattern='LLLG' without layer_types"),
         (
             "Gemma3ForConditionalGeneration",
             {"text_config": {**TINY_CONFIG, "final_logit_softcapping": 30.0}},
@@ -554,6 +569,17 @@ def test_k_norm_weights_refuse_replicated_kv_heads_naming_the_sizes(arch, change
     abstract_model(config, np.float32, tensor_parallel_size=2)
     with pytest.raises(ValueError, match=f"tensor_parallel_size=4 would replicate the model's 2 KV heads.*{layout}"):
         abstract_model(config, np.float32, tensor_parallel_size=4)
+
+
+def test_olmo3_older_rope_keys_scale_only_the_global_layers_as_transformers_reads_them():
+    """An OLMo 3 config with ``rope_theta`` and ``rope_scaling`` (not per layer type): transformers 5 gives them to the
+    global layers and keeps the sliding ones at base 5e5, unscaled."""
+    from jllm.models.families.llama import olmo3
+
+    config = dict(TINY_CONFIG, rope_theta=1234.0, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    sliding, full = (spec.rope for spec in olmo3(dict(config, num_hidden_layers=4), np.float32).layers[2:])
+    assert (full.theta, dict(full.scaling)["rope_type"]) == (1234.0, "linear")
+    assert (sliding.theta, dict(sliding.scaling)["rope_type"]) == (5e5, "default")
 
 
 def test_phi_and_stablelm_rotary_fractions_default_as_transformers_reads_them():

@@ -28,6 +28,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "ArceeForCausalLM": llama.arcee,
     "GraniteForCausalLM": llama.granite,
     "Olmo2ForCausalLM": llama.olmo2,
+    "Olmo3ForCausalLM": llama.olmo3,
+    "Exaone4ForCausalLM": llama.exaone4,
     "Phi3ForCausalLM": llama.phi3,
     "GemmaForCausalLM": gemma.gemma,
     "Gemma2ForCausalLM": gemma.gemma2,

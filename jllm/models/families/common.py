@@ -63,6 +63,24 @@ def layer_windows(cfg: dict[str, Any], default: list[str]) -> list[int | None]:
     return [window if window and kind == SLIDING else None for kind in types]
 
 
+def layer_type_ropes(cfg: dict[str, Any], head_dim: int, local_theta: float, global_theta: float) -> dict[str, Rope]:
+    """Each layer type's rope (Gemma 3, OLMo 3): transformers 5's ``rope_parameters`` per type, or an older config's
+    ``rope_theta`` (``global_theta`` by default) and ``rope_scaling`` for the global layers and an unscaled
+    ``local_theta`` for the sliding ones."""
+    params = cfg.get("rope_parameters") or {}
+    if FULL in params:
+        return {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING)}
+    scaled = {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", global_theta)}
+    return {FULL: read_rope(cfg, head_dim, scaled), SLIDING: read_rope(cfg, head_dim, {"rope_theta": local_theta})}
+
+
+def typed_layers(cfg: dict[str, Any], ropes: dict[str, Rope | None], default: list[str]) -> tuple[LayerSpec, ...]:
+    """Each layer from its type (``layer_types``, else ``default``): that type's rope (None: no rotary), and the
+    ``sliding_window`` if it slides."""
+    types = cfg.get("layer_types") or default
+    return tuple(LayerSpec(ropes[kind], w) for kind, w in zip(types, layer_windows(cfg, default), strict=True))
+
+
 def uniform(
     cfg: dict[str, Any], dtype: Any, default: str, interleaved: bool = False
 ) -> tuple[dict[str, Any], tuple[LayerSpec, ...]]:

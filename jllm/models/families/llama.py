@@ -9,7 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    layer_type_ropes,
+    layer_windows,
+    read_rope,
+    typed_layers,
+    uniform,
+)
 
 
 def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:
@@ -91,10 +101,32 @@ def granite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+# OLMo 2's norms on the attention's and MLP's outputs (EXAONE 4's too): our module name -> the checkpoint's
+OUTPUT_NORMS = WeightMap(
+    rename=(("attn_out_norm", "post_attention_layernorm"), ("mlp_out_norm", "post_feedforward_layernorm"))
+)
+
+
 def olmo2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """OLMo 2: norms on the attention's and MLP's outputs only (none on their inputs), and q/k RMSNorms over the whole
     projection (all heads' channels at once) before the rotary."""
     base, layers = uniform(cfg, dtype, FULL)
+    return _olmo2(cfg, base, layers, "OLMo 2")
+
+
+def olmo3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """OLMo 3: OLMo 2 with sliding layers (``layer_types``; by default three sliding ones, ``sliding_window`` 4096,
+    to one global), each type its own rope: an older config's ``rope_theta`` and ``rope_scaling`` are the global
+    layers', the sliding ones keep base 5e5 (as transformers reads them)."""
+    n = cfg["num_hidden_layers"]
+    cfg = {"sliding_window": 4096, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, **cfg}
+    base = base_args(cfg, dtype)
+    ropes = layer_type_ropes(cfg, base["head_dim"], 5e5, 5e5)
+    layers = typed_layers(cfg, ropes, [SLIDING if (i + 1) % 4 else FULL for i in range(n)])
+    return _olmo2(cfg, base, layers, "OLMo 3")
+
+
+def _olmo2(cfg: dict[str, Any], base: dict[str, Any], layers: tuple[LayerSpec, ...], family: str) -> ModelArgs:
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **base,
@@ -105,10 +137,46 @@ def olmo2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         sandwich_norms=True,
         qkv_bias=bias,
         o_bias=bias,
-        mlp_act=activation(cfg, "hidden_act", "silu", "OLMo 2"),
-        weights=WeightMap(
-            rename=(("attn_out_norm", "post_attention_layernorm"), ("mlp_out_norm", "post_feedforward_layernorm"))
-        ),
+        mlp_act=activation(cfg, "hidden_act", "silu", family),
+        weights=OUTPUT_NORMS,
+    )
+
+
+def exaone4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """EXAONE 4.0: OLMo 2's output-only norms with Qwen3's per-head q/k RMSNorms; sliding layers (by default three
+    of every ``sliding_window_pattern``, 4) with the rotary, global ones with none, every layer global and rotated
+    where ``sliding_window`` is null. A string ``sliding_window_pattern`` ("LLLG") needs ``layer_types``."""
+    n = cfg["num_hidden_layers"]
+    cfg = {
+        "sliding_window": 4096,
+        "num_key_value_heads": 32,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 2048,
+        **cfg,
+    }
+    window, pattern = cfg["sliding_window"], cfg.get("sliding_window_pattern", 4)
+    if window is None:
+        default = [FULL] * n
+    elif isinstance(pattern, int) and pattern > 0:
+        default = [SLIDING if (i + 1) % pattern else FULL for i in range(n)]
+    elif cfg.get("layer_types"):
+        default = cfg["layer_types"]
+    else:
+        raise ValueError(
+            f"EXAONE 4 sliding_window_pattern={pattern!r} without layer_types is not supported (supported: a positive "
+            "integer, or layer_types naming each layer's kind)"
+        )
+    base = base_args(cfg, dtype)
+    rope = read_rope(cfg, base["head_dim"])
+    layers = typed_layers(cfg, {SLIDING: rope, FULL: rope if window is None else None}, default)
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qk_norm=True,
+        pre_norms=False,
+        sandwich_norms=True,
+        mlp_act=activation(cfg, "hidden_act", "silu", "EXAONE 4"),
+        weights=OUTPUT_NORMS,
     )
 
 
