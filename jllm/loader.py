@@ -93,7 +93,7 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     suffix = {"bias": "bias", "scale": "weight_scale"}.get(leaf, "weight")
     module = module_path[-1]
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
-    parents = [rename.get(m, m) for m in module_path[:-1]]
+    parents = [rename.get(m, m) for m in module_path[:-1] if rename.get(m, m)]  # renamed "": no level of its own
     conv1d = weights.conv1d and module_path[0] != "lm_head"  # GPT-2's LM head is an nn.Linear
     return [prefix + ".".join([*parents, part, suffix]) for part in parts], leaf == "kernel" and not conv1d
 

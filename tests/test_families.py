@@ -206,6 +206,12 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
     # output-only norms, per-head q/k norms; a sliding layer with the rotary, a global one without
     "exaone4": ("Exaone4ForCausalLM", None, dict(sliding_window=WINDOW, sliding_window_pattern=2), []),
+    # LayerNorm1P (weight + 1, bias), squared ReLU, half of each head rotated
+    "nemotron": ("NemotronForCausalLM", None, dict(attention_bias=True, mlp_bias=True), []),
+    # per-head fused query_key_value, q/k LayerNorms with biases, squared ReLU
+    "persimmon": ("PersimmonForCausalLM", None, dict(num_key_value_heads=None, head_dim=None), []),
+    # learned positions two rows on, ReLU; untied (tied, the random model repeats)
+    "opt": ("OPTForCausalLM", None, dict(ffn_dim=96, num_key_value_heads=None, tie_word_embeddings=False), []),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
@@ -485,7 +491,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
-        ("Starcoder2ForCausalLM", {"hidden_act": "relu"}, "StarCoder2 hidden_act 'relu'.*supported.*gelu"),
+        ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
         ("Cohere2ForCausalLM", {"partial_rotary_factor": 0.5}, "Cohere2 partial_rotary_factor=0.5 is not supported"),
         (
@@ -495,6 +501,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5.*num_experts=4"),
         ("HeliumForCausalLM", {"head_dim": 32}, r"Helium num_attention_heads \* head_dim = 128 is not.*hidden_size=64"),
+        ("OPTForCausalLM", {"word_embed_proj_dim": 32}, "OPT word_embed_proj_dim=32 is not supported.*64"),
+        ("OPTForCausalLM", {"do_layer_norm_before": False}, "OPT do_layer_norm_before=False is not supported.*True"),
         ("Exaone4ForCausalLM", {"sliding_window_pattern": "LLLG"}, "sliding_window_pattern='LLLG' without layer_types"),
         (
             "Gemma3ForConditionalGeneration",
@@ -507,8 +515,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Mistral 3 text_config model_type 'ministral3' is not supported.*'mistral'",
         ),
         ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
-        ("GPTNeoXForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*gelu"),
-        ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),
+        ("GPTNeoXForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*gelu"),
+        ("LlamaForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*silu"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         (

@@ -2,7 +2,7 @@
 
 A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head, with one
 weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's
-residual and logits scales), learned positions or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's
+residual and logits scales), learned positions (OPT's two rows on) or rotary (none in NoPE layers), residual layout (sequential, or GPT-NeoX / Falcon / Phi's
 parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation, biases (the LM head's too),
 q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows, and the checkpoint's
 tensor names. The maths they share lives here once.
@@ -32,8 +32,9 @@ from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
-# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1)
-NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine")
+# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or
+# weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
+NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,8 @@ class WeightMap:
     ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3) or "grouped" (one tensor, per KV
     head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
-    name -> the checkpoint's, for every other module whose name differs. A name holding ``{e}`` is one tensor per
+    name -> the checkpoint's, for every other module whose name differs ("": the module's tensors sit on its
+    parent, as OPT's MLP linears on the layer). A name holding ``{e}`` is one tensor per
     expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our
     parameter's leading axis.
     """
@@ -114,6 +116,7 @@ class ModelArgs:
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
     learned_positions: bool = False
+    position_offset: int = 0  # learned positions: position p reads row p + offset of a table that much longer (OPT's 2)
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
@@ -152,8 +155,9 @@ class ModelArgs:
         ``heads``: (count, logical axis) for one weight per head (``LayerNorm``'s)."""
         dim, kind = dim or self.hidden_size, kind or self.norm
         if kind.startswith("layer"):
-            affine = kind != "layer_no_affine"
-            return LayerNorm(dim, self.norm_eps, self.dtype, weight=affine, bias=kind == "layer", heads=heads)
+            affine, offset = kind != "layer_no_affine", kind == "layer_unit_offset"
+            bias = kind in ("layer", "layer_unit_offset")
+            return LayerNorm(dim, self.norm_eps, self.dtype, affine, bias, heads, unit_offset=offset)
         return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=kind == "rms_unit_offset")
 
     def make_qk_norms(self) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
@@ -273,7 +277,9 @@ class CausalLM(nnx.Module):
     def __init__(self, args: ModelArgs):
         self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.dtype, args.embed_scale)
         self.embed_positions = (
-            Embedding(args.max_position_embeddings, args.hidden_size, args.dtype, axes=(None, "embed"))
+            Embedding(
+                args.max_position_embeddings + args.position_offset, args.hidden_size, args.dtype, axes=(None, "embed")
+            )
             if args.learned_positions
             else None
         )
@@ -310,7 +316,9 @@ class CausalLM(nnx.Module):
     ) -> tuple[list[jax.Array], list[jax.Array]]:
         """The residual stream before the first layer and after each (not normed), and the updated pool."""
         x = self.embed_tokens(input_ids)
-        states = [x if self.embed_positions is None else x + self.embed_positions(positions)]
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions + self.args.position_offset)
+        states = [x]
         new_caches = []
         for layer, kv_pages in zip(self.layers, kv_caches, strict=True):
             x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta)

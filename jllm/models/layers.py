@@ -128,7 +128,8 @@ def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.
 class LayerNorm(nnx.Module):
     """``torch.nn.LayerNorm``, statistics in float32: with weight and bias, weight only (Cohere, StableLM's q/k
     norms) or neither (OLMo 1). ``heads`` (with the heads' logical axis) gives each head its own weight
-    ``[heads, dim]`` over ``x [..., heads, dim]`` (StableLM's and Cohere's per-head q/k norms)."""
+    ``[heads, dim]`` over ``x [..., heads, dim]`` (StableLM's and Cohere's per-head q/k norms). With ``unit_offset``
+    the stored weight is the scale minus one (Nemotron's LayerNorm1P)."""
 
     def __init__(
         self,
@@ -138,11 +139,13 @@ class LayerNorm(nnx.Module):
         weight: bool = True,
         bias: bool = True,
         heads: tuple[int, str] | None = None,
+        unit_offset: bool = False,
     ):
         shape, axes = ((heads[0], dim), (heads[1], None)) if heads else ((dim,), ("embed",))
         self.weight = param(shape, dtype, axes) if weight else None
         self.bias = param(shape, dtype, axes) if bias else None
         self.eps = eps
+        self.unit_offset = unit_offset
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -150,7 +153,7 @@ class LayerNorm(nnx.Module):
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         if self.weight is not None:
-            y = y * self.weight[...].astype(jnp.float32)
+            y = y * (self.weight[...].astype(jnp.float32) + (1.0 if self.unit_offset else 0.0))
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         return y.astype(x.dtype)
@@ -160,6 +163,7 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
     "relu2": lambda x: jnp.square(jax.nn.relu(x)),  # squared ReLU (Nemotron, Arcee, Persimmon)
 }
 

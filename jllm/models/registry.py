@@ -11,7 +11,7 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM, ModelArgs
-from jllm.models.families import gemma, layer_norm, llama, mixtures, multimodal
+from jllm.models.families import gemma, layer_norm, llama, mixtures, multimodal, relu_mlp
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
@@ -47,6 +47,9 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "CohereForCausalLM": layer_norm.cohere,
     "Cohere2ForCausalLM": layer_norm.cohere2,
     "OlmoForCausalLM": layer_norm.olmo,
+    "NemotronForCausalLM": relu_mlp.nemotron,
+    "PersimmonForCausalLM": relu_mlp.persimmon,
+    "OPTForCausalLM": relu_mlp.opt,
     "MixtralForCausalLM": mixtures.mixtral,
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
