@@ -2,10 +2,10 @@
 
 A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head, with one
 weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's
-residual and logits scales), learned positions (OPT's two rows on) or rotary (none in NoPE layers), residual layout (sequential, or GPT-NeoX / Falcon / Phi's
-parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation, biases (the LM head's too),
-q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows, and the checkpoint's
-tensor names. The maths they share lives here once.
+residual and logits scales), learned positions (OPT's two rows on) or rotary (none in NoPE layers), residual layout
+(sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP), MLP kind (gated, plain, or a mixture of
+experts), activation, biases (the LM head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps,
+per-layer sliding windows, and the checkpoint's tensor names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
