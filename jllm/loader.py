@@ -90,7 +90,8 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     *module_path, leaf = (str(p) for p in path)
     rename = dict(weights.rename)
     prefix = weights.head_prefix if module_path[0] == "lm_head" else weights.prefix
-    suffix = {"bias": "bias", "scale": "weight_scale"}.get(leaf, "weight")
+    # kernels, embeddings and norm scales are ``weight``; other leaves (xIELU's ``alpha_p``) keep their names
+    suffix = {"kernel": "weight", "embedding": "weight", "scale": "weight_scale"}.get(leaf, leaf)
     module = module_path[-1]
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
     parents = [rename.get(m, m) for m in module_path[:-1] if rename.get(m, m)]  # renamed "": no level of its own

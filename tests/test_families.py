@@ -212,6 +212,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "persimmon": ("PersimmonForCausalLM", None, dict(num_key_value_heads=None, head_dim=None), []),
     # learned positions two rows on, ReLU; untied (tied, the random model repeats)
     "opt": ("OPTForCausalLM", None, dict(ffn_dim=96, num_key_value_heads=None, tie_word_embeddings=False), []),
+    # xIELU with its learned slopes (perturbed per layer); the default llama3-scaled rope
+    "apertus": ("ApertusForCausalLM", None, {}, []),
 }
 MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included

@@ -1,6 +1,6 @@
 """Layers the decoder families share: linear (float, or quantized per ``jllm.quantization``), embedding, RMSNorm
-(Llama's and Gemma's ``1 + w``), LayerNorm and the MLP (gated SwiGLU / GeGLU or plain); the mixture of experts lives
-in ``jllm.models.moe``.
+(Llama's and Gemma's ``1 + w``), LayerNorm and the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
+Apertus' learned xIELU); the mixture of experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -168,6 +168,27 @@ ACTIVATIONS = {
 }
 
 
+class XIELU(nnx.Module):
+    """xIELU (Apertus): ``alpha_p x^2 + beta x`` for ``x > 0``, else ``alpha_n (expm1(min(x, eps)) - x) + beta x``,
+    with ``alpha_p = softplus(a_p)`` and ``alpha_n = beta + softplus(a_n)`` learned per layer; transformers'
+    Python path, in float32."""
+
+    def __init__(self, dtype: jnp.dtype):
+        self.alpha_p = param((1,), dtype, (None,))
+        self.alpha_n = param((1,), dtype, (None,))
+        self.beta = param((), dtype, ())
+        self.eps = param((), dtype, ())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        beta, eps = self.beta[...].astype(jnp.float32), self.eps[...].astype(jnp.float32)
+        alpha_p = jax.nn.softplus(self.alpha_p[...].astype(jnp.float32))
+        alpha_n = beta + jax.nn.softplus(self.alpha_n[...].astype(jnp.float32))
+        positive = alpha_p * x32 * x32 + beta * x32
+        negative = (jnp.expm1(jnp.minimum(x32, eps)) - x32) * alpha_n + beta * x32
+        return jnp.where(x32 > 0, positive, negative).astype(x.dtype)
+
+
 class MLP(nnx.Module):
     """The feed-forward block: gated (SwiGLU / GeGLU, ``down(act(gate(x)) * up(x))``, gate and up as one matmul: one
     weight read, one kernel launch) or plain (GPT-NeoX, Falcon: ``down(act(up(x)))``, with biases). The MLP axis of
@@ -188,11 +209,13 @@ class MLP(nnx.Module):
         else:
             self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias, quant=quant)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
+        self.act_fn = XIELU(dtype) if act == "xielu" else None  # an activation with parameters of its own
         self.act, self.gated = act, gated
 
     def __call__(self, x: jax.Array, norm: nnx.Module | None = None) -> jax.Array:
         """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``."""
+        act = ACTIVATIONS[self.act] if self.act_fn is None else self.act_fn
         if not self.gated:
-            return self.down_proj(ACTIVATIONS[self.act](normed_linear(norm, self.up_proj, x)))
+            return self.down_proj(act(normed_linear(norm, self.up_proj, x)))
         gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
-        return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1])
+        return self.down_proj(act(gate_up[:, 0]) * gate_up[:, 1])

@@ -26,6 +26,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Ernie4_5ForCausalLM": llama.ernie4_5,
     "SeedOssForCausalLM": llama.seed_oss,
     "ArceeForCausalLM": llama.arcee,
+    "ApertusForCausalLM": llama.apertus,
     "GraniteForCausalLM": llama.granite,
     "Olmo2ForCausalLM": llama.olmo2,
     "Olmo3ForCausalLM": llama.olmo3,

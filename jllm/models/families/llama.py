@@ -291,3 +291,35 @@ def arcee(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mlp_gated=False,
         mlp_act=activation(cfg, "hidden_act", "relu2", "Arcee"),
     )
+
+
+# ApertusConfig's rotary where a config names none (its rope_theta alone is then ignored, as transformers does)
+APERTUS_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=12e6,
+    factor=8.0,
+    original_max_position_embeddings=8192,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+)
+
+
+def apertus(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Apertus (Swiss AI): Llama's pre-norm layout (``attention_layernorm``, ``feedforward_layernorm``) with Qwen3's
+    per-head q/k RMSNorms and a plain MLP whose xIELU activation learns its two slopes per layer (``act_fn``)."""
+    if not cfg.get("rope_parameters") and not cfg.get("rope_scaling"):
+        cfg = {**cfg, "rope_parameters": APERTUS_ROPE}
+    cfg = {"rope_theta": 12e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 65_536, **cfg}
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    norms = (("input_layernorm", "attention_layernorm"), ("post_attention_layernorm", "feedforward_layernorm"))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qk_norm=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "xielu", "Apertus"),
+        weights=WeightMap(rename=norms),
+    )
