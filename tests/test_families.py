@@ -582,6 +582,42 @@ def test_k_norm_weights_refuse_replicated_kv_heads_naming_the_sizes(arch, change
         abstract_model(config, np.float32, tensor_parallel_size=4)
 
 
+def test_gemma3_image_text_hub_config_takes_gemma3_text_defaults():
+    """gemma-3-4b-it's ``text_config`` names five keys; the rest are Gemma3TextConfig's defaults (8 heads of 256, 4
+    KV heads, window 4096, every sixth layer global, query_pre_attn_scalar 256, a tied head), its linear scaling the
+    global layers' alone."""
+    from jllm.models.families.multimodal import gemma3
+
+    text = dict(
+        hidden_size=2560,
+        intermediate_size=10240,
+        model_type="gemma3_text",
+        num_hidden_layers=34,
+        rope_scaling={"factor": 8.0, "rope_type": "linear"},
+        sliding_window=1024,
+    )
+    args = gemma3({"architectures": ["Gemma3ForConditionalGeneration"], "text_config": text}, np.float32)
+    assert (args.num_heads, args.num_kv_heads, args.head_dim, args.vocab_size) == (8, 4, 256, 262_208)
+    assert args.sm_scale == 256**-0.5 and args.tie_word_embeddings and args.final_softcap is None
+    assert [i for i, spec in enumerate(args.layers) if spec.sliding_window is None] == [5, 11, 17, 23, 29]
+    assert args.layers[0].sliding_window == 1024 and dict(args.layers[0].rope.scaling)["rope_type"] == "default"
+    assert dict(args.layers[5].rope.scaling)["rope_type"] == "linear" and args.layers[5].rope.theta == 1e6
+    assert args.weights.prefix == "language_model.model." and args.weights.head_prefix == "language_model."
+
+
+def test_smollm3_default_layers_drop_the_rotary_in_every_fourth():
+    """SmolLM3-3B's configs list ``no_rope_layers``; without it every fourth layer has no rotary (transformers'
+    ``no_rope_layer_interval`` 4), and only under ``use_sliding_window`` do those NoPE layers slide."""
+    from jllm.models.families.llama import smollm3
+
+    config = dict(TINY_CONFIG, num_hidden_layers=8, sliding_window=16)
+    assert [spec.rope is None for spec in smollm3(config, np.float32).layers] == [False, False, False, True] * 2
+    assert all(spec.sliding_window is None for spec in smollm3(config, np.float32).layers)
+    sliding = smollm3(dict(config, use_sliding_window=True), np.float32).layers
+    assert [spec.sliding_window for spec in sliding] == [None, None, None, 16] * 2
+    assert sliding[0].rope.theta == 2e6
+
+
 def test_olmo3_older_rope_keys_scale_only_the_global_layers_as_transformers_reads_them():
     """An OLMo 3 config with ``rope_theta`` and ``rope_scaling`` (not per layer type): transformers 5 gives them to the
     global layers and keeps the sliding ones at base 5e5, unscaled."""
