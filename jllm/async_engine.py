@@ -157,6 +157,11 @@ class AsyncEngine:
         return self.engine.max_model_len
 
     @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """What a request's unset sampling fields take (the model's generation_config.json's, read-only)."""
+        return self.engine.sampling_defaults
+
+    @property
     def accepting(self) -> bool:
         """False once draining or stopped: new requests get ``EngineUnavailableError``."""
         return self._accepting

@@ -11,10 +11,12 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -29,6 +31,7 @@ from jllm.loader import LoadedModel, load_model
 from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.runner import ModelRunner
+from jllm.sampling import generation_defaults
 from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry
 from jllm.timing import log_phase, timed
@@ -120,10 +123,16 @@ def _worker(
 ) -> Worker:
     """The KV pool and the runner over it, warmed up."""
     args = loaded.args
-    max_model_len = config.model.max_model_len or args.max_position_embeddings
+    max_model_len = config.model.max_model_len or args.max_context
     if max_model_len > args.max_position_embeddings:
         raise ValueError(
             f"max_model_len={max_model_len} exceeds the model's max_position_embeddings={args.max_position_embeddings}"
+        )
+    if max_model_len > args.max_context:
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the model's attention_chunk_size={args.attention_chunk_size}: "
+            "jllm has no chunked attention, so it serves contexts up to one chunk, where chunked attention is causal "
+            f"attention; set max_model_len <= {args.max_context}"
         )
     page_size = config.cache.page_size
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
@@ -167,6 +176,7 @@ def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, obje
 
 def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngine:
     """The lead's engine: a worker, plus the scheduler over its pages and the input door for its limits."""
+    given_folder = _given_generation_config(config.model.generation_config)  # a bad folder fails before loading
     worker = build_worker(config, show_progress=show_progress)
     sched = config.scheduler
     scheduler = Scheduler(
@@ -175,6 +185,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         max_num_batched_tokens=sched.max_num_batched_tokens,
         max_model_len=worker.max_model_len,
         eos_token_ids=worker.tokenizer.eos_token_ids,
+        long_prefill_token_threshold=sched.long_prefill_token_threshold,
     )
     inputs = InputProcessor(
         worker.tokenizer,
@@ -189,7 +200,31 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         async_scheduling=sched.async_scheduling,
         seed=config.model.seed,
         publish=None if worker.publisher is None else worker.publisher.publish,
+        sampling_defaults=_sampling_defaults(config.model.generation_config, given_folder, worker.loaded),
     )
+
+
+def _given_generation_config(setting: str) -> dict[str, Any] | None:
+    """The ``generation_config`` a folder setting names, read; None for "auto" and "vllm"."""
+    if setting in ("auto", "vllm"):
+        return None
+    path = Path(setting).expanduser() / "generation_config.json"
+    if not path.is_file():
+        raise ValueError(f"generation_config={setting!r}: no {path}; give 'auto', 'vllm' or a folder holding one")
+    return json.loads(path.read_text())
+
+
+def _sampling_defaults(setting: str, given: dict[str, Any] | None, loaded: LoadedModel) -> dict[str, Any]:
+    """Requests' default sampling fields under the ``generation_config`` setting, logged as vLLM warns of them."""
+    if setting == "vllm":
+        return {}
+    defaults = generation_defaults(loaded.generation_config if given is None else given)
+    if defaults:
+        logger.info(
+            "default sampling from the model's generation_config.json: %s (generation_config: vllm for none)",
+            ", ".join(f"{key}={value}" for key, value in defaults.items()),
+        )
+    return defaults
 
 
 @dataclass(frozen=True)

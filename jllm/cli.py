@@ -17,6 +17,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -91,9 +92,13 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     return merge_config({**defaults, **file_values}, **given)
 
 
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
+def sampling_params(args: argparse.Namespace, defaults: SamplingParams | None = None) -> SamplingParams:
+    """The options given over ``defaults`` (``LLM.get_default_sampling_params()``: the model's
+    generation_config.json's, once it is loaded); called before loading too, so a bad option is named before the
+    wait."""
     given = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
-    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    return SamplingParams(**given) if defaults is None else dataclasses.replace(defaults, **given)
 
 
 def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
@@ -108,8 +113,10 @@ def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    config, params = engine_config(args), sampling_params(args)
-    outputs = make_llm(config, len(args.prompts)).generate(args.prompts, params)
+    config = engine_config(args)
+    sampling_params(args)  # a bad sampling option is named before the model loads
+    llm = make_llm(config, len(args.prompts))
+    outputs = llm.generate(args.prompts, sampling_params(args, llm.get_default_sampling_params()))
     for i, out in enumerate(outputs, 1):
         print(f"=== prompt {i} ===\n{out.prompt}")
         for c in out.outputs:
@@ -119,8 +126,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    config, params = engine_config(args), sampling_params(args)
+    config = engine_config(args)
+    sampling_params(args)  # a bad sampling option is named before the model loads
     llm = make_llm(config, 1)
+    params = sampling_params(args, llm.get_default_sampling_params())
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     if interactive:

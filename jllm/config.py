@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from jllm.reasoning_parsers import REASONING_PARSERS
 from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -127,6 +128,10 @@ class ModelConfig(_Section):
     # "dot_f16" / "dot_fp8" stay jax-triton. H200, Llama-3-8B batch-1 FP8 step (2026-12-04): 3.11 ms with Triton,
     # 3.39 with Pallas (its kernels 6 % slower; the host's launch cost the same)
     fp8_kernel_backend: Fp8KernelBackend = "triton"
+    # Requests' default sampling (vLLM's --generation-config): "auto" = the temperature, top_p, top_k, min_p,
+    # repetition_penalty and max_new_tokens of the model's generation_config.json where it sets them; "vllm" = the
+    # neutral defaults; or a folder holding a generation_config.json. A request's own fields always win.
+    generation_config: str = "auto"
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")
@@ -162,6 +167,9 @@ class CacheConfig(_Section):
 class SchedulerConfig(_Section):
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
+    # A prefill takes at most this many tokens a step (vLLM's --long-prefill-token-threshold): a long prompt's chunks
+    # then leave room in every step for the decodes and the other prompts beside it; 0 = only the step's budget caps
+    long_prefill_token_threshold: int = 0
     # Schedule and launch each step while the device still runs the one before (vLLM's --async-scheduling)
     async_scheduling: bool = True
     # Compile every step program a request can pick at start-up (warm-up), so no request waits on the compiler;
@@ -175,6 +183,7 @@ class SchedulerConfig(_Section):
     def validate(self) -> None:
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
         self._require(self.max_num_batched_tokens >= 8, "max_num_batched_tokens", "must be >= 8")
+        self._require(self.long_prefill_token_threshold >= 0, "long_prefill_token_threshold", "must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -261,6 +270,8 @@ class ServerConfig(_Section):
     tokenizer_workers: int = 2  # threads that tokenize and render long prompts (short ones are done inline)
     tool_call_parser: str | None = None  # the served family's tool-call format (vLLM's names: jllm.tool_parsers)
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
+    # the served family's reasoning format (vLLM's names: jllm.reasoning_parsers); a models: entry may set its own
+    reasoning_parser: str | None = None
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -290,6 +301,16 @@ class ServerConfig(_Section):
             self.tool_call_parser in (None, *TOOL_CALL_PARSERS),
             "tool_call_parser",
             f"must be one of {', '.join(TOOL_CALL_PARSERS)}",
+        )
+        self._require(
+            self.reasoning_parser in (None, *REASONING_PARSERS),
+            "reasoning_parser",
+            f"must be one of {', '.join(REASONING_PARSERS)}",
+        )
+        self._require(
+            self.tool_call_parser != "openai" or self.reasoning_parser == "openai_gptoss",
+            "tool_call_parser",
+            "'openai' reads the harmony messages that reasoning_parser 'openai_gptoss' leaves: set both (gpt-oss)",
         )
         self._require(
             not self.enable_auto_tool_choice or self.tool_call_parser is not None,

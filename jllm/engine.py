@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -71,8 +71,12 @@ class LLMEngine:
         async_scheduling: bool = True,
         seed: int | None = None,
         publish: Callable[[StepPlan], None] | None = None,
+        sampling_defaults: dict[str, Any] | None = None,
     ) -> None:
+        """``sampling_defaults``: the fields a request that leaves them unset samples with (the model's
+        generation_config.json's, ``jllm.sampling.generation_defaults``); the front ends apply them."""
         self.scheduler = scheduler
+        self.sampling_defaults = dict(sampling_defaults or {})
         self.runner = runner
         self.inputs = inputs
         self.outputs = OutputProcessor(inputs.tokenizer)

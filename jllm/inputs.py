@@ -10,11 +10,13 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from jinja2 import meta
 
 from jllm.config import LimitsConfig
 from jllm.errors import ContextLengthError, InputError
@@ -106,14 +108,19 @@ class InputProcessor:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         add_special_tokens: bool = False,
+        reasoning_effort: str | None = None,
         **template_options: Any,
     ) -> Prompt:
         """The conversation through the model's chat template; a template that rejects the messages (or a model
         without one) is the client's error. Content given as OpenAI's text parts reads as one string;
         ``chat_template_kwargs`` reach the template as variables (and may override the two switches, as in vLLM);
         ``template_options`` are further arguments of the template call (``documents``, ``chat_template``).
-        The template adds the special tokens it wants; ``add_special_tokens`` adds the tokenizer's on top."""
+        The template adds the special tokens it wants; ``add_special_tokens`` adds the tokenizer's on top.
+        ``reasoning_effort`` (OpenAI's request field) is the template variable of that name, as gpt-oss's template
+        reads it (``chat_template_kwargs`` may still set it); refused where the template does not read it, since it
+        would change nothing."""
         kwargs = {
+            **({} if reasoning_effort is None else {"reasoning_effort": self._template_variable(reasoning_effort)}),
             "add_generation_prompt": add_generation_prompt,
             "continue_final_message": continue_final_message,
             **template_options,
@@ -133,6 +140,17 @@ class InputProcessor:
         except (jinja2.TemplateError, TypeError, ValueError) as e:
             raise InputError(f"the chat template rejected these messages: {e}", param="messages") from e
         return Prompt(self.tokenizer.encode(text, add_special_tokens=add_special_tokens), text)
+
+    def _template_variable(self, effort: str) -> str:
+        template = self.tokenizer.hf.chat_template  # a model's named templates: a mapping of them
+        sources = template.values() if isinstance(template, dict) else [template or ""]
+        if not any(_reads_variable(source, "reasoning_effort") for source in sources):
+            raise InputError(
+                f"reasoning_effort {effort!r}: the model's chat template does not read reasoning_effort, so it would "
+                "change nothing; leave it out (a template's thinking switch goes in chat_template_kwargs)",
+                param="reasoning_effort",
+            )
+        return effort
 
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:
         """A prompt the engine can run with ``params``: at least one token (the first step needs one to start
@@ -270,6 +288,17 @@ def _unwrap(prompt: dict[str, Any], param: str) -> Any:
     if given[0] == "prompt_token_ids" and not isinstance(value, list | tuple):
         raise InputError(f"{param}: 'prompt_token_ids' must be a list of ints, got {type(value).__name__}", param=param)
     return value
+
+
+@functools.lru_cache(maxsize=8)
+def _reads_variable(template: str, name: str) -> bool:
+    """Whether a chat template looks up the variable ``name``, by Jinja's own reading of its source (a name only in
+    a comment is not read)."""
+    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
+    try:
+        return name in meta.find_undeclared_variables(env.parse(template))
+    except jinja2.TemplateSyntaxError:  # a tag transformers adds ({% generation %}): read the text
+        return name in template
 
 
 def _template_kwargs(chat_template_kwargs: dict[str, Any] | None) -> dict[str, Any]:

@@ -201,13 +201,18 @@ class LLM:
                 raise type(e)(f"{where}{e}", param=e.param) from e
         return self.generate(prompts, sampling_params, use_tqdm)
 
-    @staticmethod
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What ``generate`` and ``chat`` sample with when given no SamplingParams (vLLM's method): the model's
+        generation_config.json's temperature, top_p, top_k, min_p, repetition_penalty and max_new_tokens, where it
+        sets them (engine key ``generation_config``), else SamplingParams' own defaults."""
+        return SamplingParams(**self.engine.sampling_defaults)
+
     def _per_prompt_params(
-        sampling_params: SamplingParams | Seq[SamplingParams] | None, count: int
+        self, sampling_params: SamplingParams | Seq[SamplingParams] | None, count: int
     ) -> list[SamplingParams]:
         """One SamplingParams per prompt, each asking for its final output only (nothing here streams)."""
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * count
         if len(sampling_params) != count:

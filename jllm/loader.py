@@ -85,18 +85,42 @@ def resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> Any:
     return DTYPES[dtype]
 
 
+# our parameters' leaf names -> the checkpoint's; other leaves (a norm's ``weight``, ``bias``, a router's
+# ``e_score_correction_bias``) keep theirs, unless the family's ``rename`` names them
+SUFFIXES = {"kernel": "weight", "embedding": "weight", "scale": "weight_scale"}
+
+
 def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool]:
     """NNX parameter path -> (the HF tensor names it is made of, whether each HF tensor is the transpose of ours)."""
     *module_path, leaf = (str(p) for p in path)
     rename = dict(weights.rename)
     prefix = weights.head_prefix if module_path[0] == "lm_head" else weights.prefix
-    # kernels, embeddings and norm scales are ``weight``; other leaves (xIELU's ``alpha_p``) keep their names
-    suffix = {"kernel": "weight", "embedding": "weight", "scale": "weight_scale"}.get(leaf, leaf)
+    suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]
+    parents = _renamed(module_path[:-1], rename)
+    if weights.expert_params and module_path[-2:-1] == ["experts"]:  # Llama 4's bare [experts, in, out] tensors
+        return [prefix + ".".join([*parents, module])], False
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
-    parents = [rename.get(m, m) for m in module_path[:-1] if rename.get(m, m)]  # renamed "": no level of its own
     conv1d = weights.conv1d and module_path[0] != "lm_head"  # GPT-2's LM head is an nn.Linear
     return [prefix + ".".join([*parents, part, suffix]) for part in parts], leaf == "kernel" and not conv1d
+
+
+def _renamed(modules: list[str], rename: dict[str, str]) -> list[str]:
+    """Our module path as the checkpoint names it: ``rename`` maps one module (``mlp``) or a dotted run of them
+    (``mlp.shared_expert``, the longest run first) to the checkpoint's name; a module renamed to "" has no level
+    there (Granite's experts, stored in their parent's tensors)."""
+    out, i = [], 0
+    while i < len(modules):
+        j = next((j for j in range(len(modules), i, -1) if ".".join(modules[i:j]) in rename), i + 1)
+        out.append(rename.get(".".join(modules[i:j]), modules[i]))
+        i = j
+    return [name for name in out if name]
+
+
+def _swap_last(axes: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A shape or index with its last two axes swapped: a torch ``Linear`` weight is ``[out, in]`` where ours is
+    ``[in, out]``, and experts stacked in one tensor are ``[experts, out, in]`` (Granite MoE's)."""
+    return (*axes[:-2], axes[-1], axes[-2])
 
 
 def _shift(index: slice, size: int, offset: int) -> slice:
@@ -121,6 +145,7 @@ def abstract_model(
         vocab_size=args.vocab_size,
         intermediate_size=args.intermediate_size,
         shared_expert_size=args.shared_expert_size,
+        dense_mlp_sizes=tuple(sorted(args.dense_mlp_sizes)),
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
     if kv_replicas > 1 and (args.qk_norm_all_heads or args.qk_norm_per_head):
@@ -189,15 +214,15 @@ class SafetensorsIndex:
         if tensor.get_dtype().startswith("F8"):
             tensor = _fp8_tensor(stored.file, stored.name, tensor.get_dtype())
         found = tuple(tensor.get_shape() if hasattr(tensor, "get_shape") else tensor.shape)
-        expected = tuple(reversed(shape)) if transpose else shape
+        expected = _swap_last(shape) if transpose else shape
         if found != expected:
             raise ValueError(f"tensor {name!r} has shape {list(found)}, expected {list(expected)}")
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
-            hf_index = tuple(reversed(index)) if transpose else index
+            hf_index = _swap_last(index) if transpose else index
             with jax.default_device(jax.local_devices(backend="cpu")[0]):  # this process's host memory
                 part = np.asarray(tensor[hf_index])
-            return (part.T if transpose else part).astype(dtype)
+            return (np.swapaxes(part, -1, -2) if transpose else part).astype(dtype)
 
         return read
 

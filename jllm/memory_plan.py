@@ -88,7 +88,7 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
                 available=share,
             )
         num_pages = kv_cache.num_pages_for_budget(spec, (share - weights) * tp)
-    max_model_len = config.model.max_model_len or args.max_position_embeddings
+    max_model_len = config.model.max_model_len or args.max_context
     kv_cache.check_pool_holds(num_pages, cache.page_size, max_model_len)
     return ModelMemory(weights, num_pages * spec.bytes_per_page // tp, num_pages)
 

@@ -72,6 +72,7 @@ def check_divisible(
     vocab_size: int,
     intermediate_size: int,
     shared_expert_size: int = 0,
+    dense_mlp_sizes: tuple[int, ...] = (),
 ) -> None:
     """Refuse a TP size the model's shapes do not split over, naming the numbers."""
     tp = tensor_parallel_size
@@ -84,6 +85,7 @@ def check_divisible(
     sizes = [("vocabulary size", vocab_size), ("MLP intermediate size", intermediate_size)]
     if shared_expert_size:
         sizes.append(("shared expert's intermediate size", shared_expert_size))
+    sizes += [("dense layers' MLP intermediate size", n) for n in dense_mlp_sizes]
     for name, n in sizes:
         if n % tp:
             raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {name} of {n}")

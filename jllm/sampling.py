@@ -38,6 +38,23 @@ UNSUPPORTED = {  # vLLM SamplingParams fields jllm refuses when set, and why
 }
 
 
+# generation_config.json keys a request's sampling defaults to, as vLLM reads them (max_new_tokens as max_tokens)
+GENERATION_CONFIG_KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_new_tokens")
+
+
+def generation_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
+    """The sampling fields a model's ``generation_config.json`` recommends (vLLM's ``get_diff_sampling_param``):
+    each key it sets, ``max_new_tokens`` renamed ``max_tokens``; checked as ``SamplingParams`` checks a request."""
+    found = {key: generation_config[key] for key in GENERATION_CONFIG_KEYS if generation_config.get(key) is not None}
+    if "max_new_tokens" in found:
+        found["max_tokens"] = found.pop("max_new_tokens")
+    try:
+        SamplingParams(**found)
+    except ValueError as e:
+        raise ValueError(f"generation_config.json: {e}") from e
+    return found
+
+
 class RequestOutputKind(Enum):
     """Which outputs ``LLMEngine.step`` returns for a request (vLLM's names)."""
 

@@ -2,10 +2,11 @@
 
 vLLM V1's rule "schedule tokens, not phases": every step has one token budget. Running sequences go first, each
 getting the tokens it has not computed yet (a decode gets 1, a partial prefill its next chunk), then waiting ones
-are admitted in FIFO order with whatever budget is left. When the pool runs out, the newest running sequence is
-preempted by recompute: it drops its pages and goes back to the front of the queue (its full pages stay in the
-prefix cache, so the recompute is often cheap). The oldest running sequence is never preempted for a newer one, so
-a sequence that fits the pool by itself always makes progress.
+are admitted in FIFO order with whatever budget is left. A prefill chunk may also be capped below the budget
+(``long_prefill_token_threshold``, vLLM's), so one long prompt cannot take a whole step from the others. When the
+pool runs out, the newest running sequence is preempted by recompute: it drops its pages and goes back to the front
+of the queue (its full pages stay in the prefix cache, so the recompute is often cheap). The oldest running sequence
+is never preempted for a newer one, so a sequence that fits the pool by itself always makes progress.
 
 Async scheduling: the next step is scheduled while the device still runs the last one, whose sampled tokens are
 "pending" (``Sequence.num_pending_tokens``): a decode's input may be a token only the device knows yet, and a sequence
@@ -40,6 +41,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         eos_token_ids: Collection[int] = (),
+        long_prefill_token_threshold: int = 0,
     ) -> None:
         for name, value in [
             ("max_num_seqs", max_num_seqs),
@@ -48,10 +50,14 @@ class Scheduler:
         ]:
             if value < 1:
                 raise ValueError(f"{name}={value} must be at least 1")
+        if long_prefill_token_threshold < 0:
+            raise ValueError(f"long_prefill_token_threshold={long_prefill_token_threshold} must be >= 0 (0 = off)")
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
+        # a step's tokens for one sequence: the step's budget, and a long prefill's cap where one is set
+        self.max_tokens_per_sequence = long_prefill_token_threshold or max_num_batched_tokens
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the last is the newest, preempted first
@@ -128,7 +134,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens_with_pending - seq.num_computed_tokens, budget)
+            num_new = min(seq.num_tokens_with_pending - seq.num_computed_tokens, budget, self.max_tokens_per_sequence)
             if num_new <= 0 or self._ends_with_pending(seq):  # nothing to compute until the engine appends a token
                 i += 1
                 continue
@@ -165,7 +171,7 @@ class Scheduler:
                 seq.num_computed_tokens = seq.num_cached_tokens = bm.fork(parent, seq)
             elif seq.sampling_params.prompt_logprobs is None:  # cached tokens would have no prompt logprobs (vLLM)
                 seq.num_computed_tokens = seq.num_cached_tokens = bm.match_prefix(seq)
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget, self.max_tokens_per_sequence)
             if not bm.allocate(seq, num_new):
                 bm.free(seq)  # give the matched pages back
                 seq.num_computed_tokens = 0

@@ -3,8 +3,9 @@
 A config file without a ``models:`` key is one model, exactly as before (command line > file > defaults). With
 ``models:``, the top-level keys are the server's settings and every model's defaults, and each entry holds one
 model's own engine keys (``served_model_name`` as a name or a list of name and aliases, ``model``, ``dtype``,
-``tensor_parallel_size``, ``gpu_memory_utilization`` / ``num_pages``, scheduler limits ...), which win over the
-defaults. Command-line engine options are defaults too: they win over the file's top level, not over an entry.
+``tensor_parallel_size``, ``gpu_memory_utilization`` / ``num_pages``, scheduler limits ..., and
+``reasoning_parser``, the family's reasoning format), which win over the defaults. Command-line engine options are
+defaults too: they win over the file's top level, not over an entry.
 The admin API's ``POST /v1/admin/models`` takes one entry in the same form.
 
 Where this module sits: docs/architecture.md.
@@ -19,9 +20,11 @@ from typing import Any
 from jllm.config import ConfigError, EngineConfig, ServerConfig, engine_keys, load_yaml, merge_config, unknown_key_error
 from jllm.model_source import DEFAULT_MODEL
 
-# The keys a `models:` entry may hold: every engine key but the server's, plus the model's public name(s).
-ENTRY_KEYS = frozenset(engine_keys("model", "cache", "scheduler", "parallel", "limits")) | {"served_model_name"}
-SERVER_KEYS = frozenset(f.name for f in fields(ServerConfig)) - {"served_model_name"}
+# The keys a `models:` entry may hold: every engine key but the server's, plus the model's public name(s) and its
+# family's reasoning format (the top level's is every entry's default).
+PER_MODEL_SERVER_KEYS = frozenset({"served_model_name", "reasoning_parser"})
+ENTRY_KEYS = frozenset(engine_keys("model", "cache", "scheduler", "parallel", "limits")) | PER_MODEL_SERVER_KEYS
+SERVER_KEYS = frozenset(f.name for f in fields(ServerConfig)) - PER_MODEL_SERVER_KEYS
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ The grammar engine is llguidance (what vLLM uses by default for many cases): a R
 dependency, a NumPy bitmask API (``[rows, ceil(vocab / 32)]`` int32, bit ``t % 32`` of word ``t // 32`` set when
 token ``t`` is allowed) and a thread pool that fills a batch's rows in parallel. It takes JSON schemas, regular
 expressions, Lark grammars (GBNF converted) and choices; ``StructuredOutputsParams`` carries vLLM's names for them.
+A matcher may wait behind a ``GrammarGate`` (a thinking model's reasoning, ``jllm.reasoning_parsers``): until the
+gate opens its sequence samples freely and the grammar sees none of those tokens, as vLLM constrains only the answer.
 
 A matcher consumes every token its sequence appends (``GrammarMatcher.accept``, called by the scheduler); once its
 grammar is complete (no token but EOS could follow) the sequence ends with finish reason "stop". A grammar that
@@ -25,7 +27,7 @@ import json
 import logging
 import threading
 from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import llguidance
 import llguidance.numpy
@@ -145,16 +147,41 @@ def nullable_as_union(schema: Any) -> Any:
     return {**root, "anyOf": [out, {"type": "null"}]}
 
 
+class GrammarGate(Protocol):
+    """What a grammar waits for before it holds: told each sampled token, it says when the grammar starts."""
+
+    def opens_after(self, token_id: int) -> bool:
+        """Whether the grammar holds from the token after ``token_id`` on (once True, never asked again)."""
+        ...
+
+    def fork(self) -> GrammarGate: ...
+
+
 class GrammarMatcher:
     """One sequence's place in its grammar: what it may sample next, and whether the grammar is complete."""
 
-    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, gate: GrammarGate | None = None) -> None:
         self.matcher = matcher
+        self.gate = gate  # while set, the grammar waits: tokens are sampled freely and not consumed
         self.error: str | None = None  # why the grammar broke, once it has: the sequence then ends with an error
+
+    @property
+    def holds(self) -> bool:
+        """Whether the grammar masks the next token (its gate, if any, has opened)."""
+        return self.gate is None
+
+    def gated(self, gate: GrammarGate) -> GrammarMatcher:
+        """This grammar, held back until ``gate`` opens."""
+        return GrammarMatcher(self.matcher, gate)
 
     def accept(self, token_id: int) -> bool:
         """Consumes a sampled token; True when the sequence must end here: its grammar is complete, or broken
-        (``error`` then says why: llguidance refused the token, or ran past its limits)."""
+        (``error`` then says why: llguidance refused the token, or ran past its limits). Behind a gate, the token
+        only tells the gate."""
+        if self.gate is not None:
+            if self.gate.opens_after(token_id):
+                self.gate = None
+            return False
         if not self.matcher.consume_token(token_id) or self.matcher.is_error():
             self.error = _brief(self.matcher.get_error(), lines=1) or f"the grammar cannot follow token {token_id}"
             logger.warning("grammar failed on sampled token %d: %s", token_id, self.error)
@@ -162,7 +189,7 @@ class GrammarMatcher:
         return self.matcher.is_stopped()
 
     def fork(self) -> GrammarMatcher:
-        return GrammarMatcher(self.matcher.deep_copy())
+        return GrammarMatcher(self.matcher.deep_copy(), None if self.gate is None else self.gate.fork())
 
 
 def _brief(error: str, lines: int = 3, line_chars: int = 200) -> str:
@@ -247,9 +274,10 @@ MaskRow = tuple[int, GrammarMatcher | None, list[int] | None]  # (row, its match
 
 def fill_bitmask(rows: list[MaskRow], num_rows: int, vocab_size: int) -> np.ndarray:
     """The step's packed mask ``[num_rows, ceil(vocab / 32)]`` int32; rows not in ``rows`` (padding included) and
-    rows with neither constraint allow every token (-1: all bits set). Matchers fill their rows in parallel."""
+    rows with neither constraint (or a grammar behind its gate) allow every token (-1: all bits set). Matchers fill
+    their rows in parallel."""
     mask = np.full((num_rows, bitmask_words(vocab_size)), -1, np.int32)
-    matchers = [(matcher.matcher, row) for row, matcher, _ in rows if matcher is not None]
+    matchers = [(matcher.matcher, row) for row, matcher, _ in rows if matcher is not None and matcher.holds]
     if matchers:
         llguidance.numpy.fill_next_token_bitmask_par(_executor(), matchers, mask)
     for row, _, allowed in rows:

@@ -30,7 +30,7 @@ def parse_tool_calls(parser: ToolParser, text: str) -> tuple[str | None, list[To
     start = parser.starts_calls(text)
     calls = None if start is None else parser.calls(text[start:], final=True)
     if not calls:
-        return text, []
+        return text if start is None else (text[:start] + parser.as_content(text[start:])) or None, []
     return text[:start].strip() or None, calls
 
 
@@ -77,7 +77,11 @@ class ToolCallStream:
         calls = None if self._start is None or self.not_calls else self.parser.calls(self.text[self._start :], True)
         if not calls:  # all content, as the whole reply has it (calls begun stay unfinished: ``broken``)
             self.broken = self.num_calls > 0
-            return self._release(len(self.text)), []
+            if self._start is None or self.not_calls:
+                return self._release(len(self.text)), []
+            content = self._release(self._start)
+            self._released = len(self.text)
+            return content + self.parser.as_content(self.text[self._start :]), []
         return "", self._new(calls)  # a call begun after these stays unfinished, as cut short
 
     @property

@@ -46,8 +46,9 @@ def save_tiny_checkpoint(
 
     ``config_cls_name`` where it is not the model's name with ``Config`` (``Gemma3TextConfig``);
     ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases) and
-    every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``), which transformers initialises to
-    constants (so a ``1 + w`` norm read as ``w``, or a bias not read at all, would otherwise go unnoticed)."""
+    every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``) and ERNIE's router correction bias
+    (``[1, experts]``), which transformers initialises to constants (so a ``1 + w`` norm read as ``w``, or a bias not
+    read at all, would otherwise go unnoticed)."""
     import torch
     import transformers
 
@@ -57,7 +58,7 @@ def save_tiny_checkpoint(
     if perturb_constants:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if p.ndim == 1 or name.endswith("norm.weight"):
+                if p.ndim == 1 or name.endswith(("norm.weight", "e_score_correction_bias")):
                     p.add_(0.3 * torch.randn_like(p))
     model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
     return out_dir

@@ -17,6 +17,7 @@ import yaml
 from jllm import cli
 from jllm.config import EngineConfig, ServerConfig, engine_keys, key_type
 from jllm.outputs import CompletionOutput, RequestOutput
+from jllm.sampling import SamplingParams
 
 # Small enough that engine start-up compiles only four step buckets of the tiny model.
 ENGINE_ARGS = ["--max-model-len", "64", "--max-num-batched-tokens", "32", "--max-num-seqs", "4", "--num-pages", "32"]
@@ -241,8 +242,12 @@ class FakeLLM:
     def __init__(self) -> None:
         self.conversations: list[list[dict]] = []
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        return SamplingParams(repetition_penalty=1.1)  # as a model's generation_config.json might say
+
     def chat(self, messages, sampling_params, use_tqdm=True):
         self.conversations.append([dict(m) for m in messages])
+        self.sampling_params = sampling_params
         if messages[-1]["content"] == "too long":
             raise ValueError("This model's maximum context length is 64 tokens")
         reply = CompletionOutput(0, f"reply to {len(messages)}", [5], None, None, "stop")
@@ -256,6 +261,8 @@ def test_chat_keeps_history_and_ends_at_exit(monkeypatch: pytest.MonkeyPatch, ca
     assert cli.main(["chat", "--system", "be brief", "--temperature", "0"]) == 0
     out, err = capsys.readouterr()
     assert out == "reply to 2\nreply to 4\n"
+    # the model's sampling defaults under the options given
+    assert (llm.sampling_params.repetition_penalty, llm.sampling_params.temperature) == (1.1, 0)
     assert "jllm: error: This model's maximum context length is 64 tokens" in err
     assert llm.conversations[-1] == [
         {"role": "system", "content": "be brief"},

@@ -261,3 +261,18 @@ def test_tool_call_settings_are_checked_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"^enable_auto_tool_choice=True is not allowed: needs tool_call_parser"):
         load_config(None, enable_auto_tool_choice=True)
     assert load_config(None, tool_call_parser="mistral", enable_auto_tool_choice=True).server.tool_call_parser
+
+
+def test_generation_config_setting_reads_the_model_s_a_folder_s_or_none(tmp_path):
+    from types import SimpleNamespace
+
+    from jllm.build import _given_generation_config, _sampling_defaults
+
+    loaded = SimpleNamespace(generation_config={"temperature": 0.7, "max_new_tokens": 64, "eos_token_id": 2})
+    assert _sampling_defaults("auto", None, loaded) == {"temperature": 0.7, "max_tokens": 64}
+    assert _sampling_defaults("vllm", None, loaded) == {}
+    (tmp_path / "generation_config.json").write_text('{"top_p": 0.8}')
+    folder = _given_generation_config(str(tmp_path))
+    assert _sampling_defaults(str(tmp_path), folder, loaded) == {"top_p": 0.8}
+    with pytest.raises(ValueError, match=r"generation_config='/nowhere': no /nowhere/generation_config.json"):
+        _given_generation_config("/nowhere")

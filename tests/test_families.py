@@ -15,6 +15,7 @@ biases are random too (transformers initialises them to ones and zeros).
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 from collections.abc import Callable
@@ -46,6 +47,9 @@ WINDOW = 16
 # decoding off a single repeated token.
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 BASE["pad_token_id"] = 0
+GRANITE_MULTIPLIERS = dict(
+    embedding_multiplier=12.0, attention_multiplier=0.1, residual_multiplier=0.22, logits_scaling=8.0
+)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
@@ -119,14 +123,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "granite": (  # Granite 3's multipliers; with biases (o_proj's too) on attention and MLP
         "GraniteForCausalLM",
         None,
-        dict(
-            embedding_multiplier=12.0,
-            attention_multiplier=0.1,
-            residual_multiplier=0.22,
-            logits_scaling=8.0,
-            attention_bias=True,
-            mlp_bias=True,
-        ),
+        dict(**GRANITE_MULTIPLIERS, attention_bias=True, mlp_bias=True),
         [],
     ),
     # TP 2: the q/k norms span both devices' heads, a reduction across the mesh no other family has
@@ -158,6 +155,64 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # the only family whose sharded slices are read untransposed
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
+    "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
+    "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
+        "GraniteMoeSharedForCausalLM",
+        None,
+        dict(num_local_experts=4, shared_intermediate_size=48, **GRANITE_MULTIPLIERS),
+        [2],
+    ),
+    "phimoe": (  # a wide sparsemixer window (router_jitter_noise) so its softmax weighs more than one expert
+        "PhimoeForCausalLM",
+        None,
+        dict(
+            num_local_experts=4,
+            router_jitter_noise=0.3,
+            attention_bias=True,
+            lm_head_bias=True,
+            sliding_window=WINDOW,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 1e4,
+                "original_max_position_embeddings": 128,
+                "short_factor": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0],
+                "long_factor": [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+                "short_mscale": 1.2,
+                "long_mscale": 1.3,
+            },
+        ),
+        [],
+    ),
+    # layer 0 dense, layer 1 the experts (moe_layer_start_index 1); the correction bias is random (perturbed)
+    "ernie4_5_moe": (
+        "Ernie4_5_MoeForCausalLM",
+        None,
+        dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=32, moe_num_shared_experts=2, tie_word_embeddings=False),
+        [],
+    ),
+    # layer 0: rotary (llama3 scaling), q/k L2 norms, a dense MLP; layer 1: no rotary, query temperature (a floor_scale
+    # the prompts pass), top-1 of 4 experts scaling their inputs, and the shared expert. Chunks longer than the context
+    "llama4": (
+        "Llama4ForCausalLM",
+        "Llama4TextConfig",
+        dict(
+            num_local_experts=4,
+            intermediate_size_mlp=80,
+            interleave_moe_layer_step=2,
+            no_rope_layers=[1, 0],
+            floor_scale=4,
+            attn_scale=0.5,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 5e5,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+        [2],  # each device's slice of the experts read from one bare [experts, in, out] tensor
+    ),
     # every second layer without rotary (NoPE), and those sliding
     "smollm3": (
         "SmolLM3ForCausalLM",
@@ -216,7 +271,17 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # xIELU with its learned slopes (perturbed per layer); the default llama3-scaled rope
     "apertus": ("ApertusForCausalLM", None, {}, []),
 }
-MIXTURES = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe")
+MIXTURES = (
+    "mixtral",
+    "qwen3_moe",
+    "qwen2_moe",
+    "olmoe",
+    "granite_moe",
+    "granite_moe_shared",
+    "phimoe",
+    "ernie4_5_moe",
+    "llama4",
+)
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 IMAGE_TEXT = {
     "gemma3_image_text": dict(
@@ -377,12 +442,13 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
 
 
-@pytest.mark.parametrize("renormalize", [True, False])
-def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
+@pytest.mark.parametrize("renormalize, routing", [(True, "softmax"), (False, "softmax"), (False, "sigmoid_input")])
+def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing):
     """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
-    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not."""
+    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not, or (Llama 4) each expert's input scaled by the
+    sigmoid of its logit."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize)
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing)
     rng = np.random.default_rng(3)
     router = rng.normal(size=(dim, experts)).astype(np.float32)
     gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
@@ -400,7 +466,11 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize):
         top = np.argsort(-probs)[:2]
         used.update(top.tolist())
         for e, w in zip(top, probs[top] / probs[top].sum() if renormalize else probs[top], strict=True):
-            g, u = x[i] @ gate_up[e, :, 0], x[i] @ gate_up[e, :, 1]
+            if routing == "sigmoid_input":
+                xi, w = x[i] / (1 + np.exp(-logits[e])), 1.0
+            else:
+                xi = x[i]
+            g, u = xi @ gate_up[e, :, 0], xi @ gate_up[e, :, 1]
             expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
@@ -411,12 +481,12 @@ def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]
     import torch
 
     model = hf_model(model_dir)
-    used: list[set[int]] = [set() for _ in range(model.config.num_hidden_layers)]
+    used: dict[int, set[int]] = collections.defaultdict(set)  # by mixture layer (ERNIE's dense layers have none)
     with torch.no_grad():
         for ids in prompts:
             for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
                 used[layer].update(torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist())
-    return used
+    return list(used.values())
 
 
 def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -489,7 +559,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     "arch, change, message",
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
-        ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "'yarn'.*supported.*longrope"),
+        ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
@@ -532,6 +602,9 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]},
             r"mlp_only_layers=\[1\] is not supported.*mlp_only_layers=\[\]",
         ),
+        ("GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
+        ("PhimoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 3}, "num_experts_per_tok=3.*picks two"),
+        ("Ernie4_5_MoeForCausalLM", {"use_bias": True}, "use_bias=True is not supported.*use_bias=False"),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):
@@ -539,6 +612,37 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
+
+
+@pytest.mark.slow  # two engines on dummy weights: ~10 s
+def test_llama4_context_is_one_attention_chunk_and_longer_is_refused(default_model_dir, tmp_path):
+    """jllm has no chunked attention: a Llama 4 is served with at most ``attention_chunk_size`` tokens of context
+    (there chunked attention is causal attention), by default exactly that, and a longer ``max_model_len`` is
+    refused naming the chunk."""
+    config = dict(BASE, architectures=["Llama4ForCausalLM"], num_local_experts=4, attention_chunk_size=32)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_dir / file, tmp_path / file)
+    args = dict(ENGINE_ARGS, load_format="dummy", max_model_len=None)
+    assert LLM(str(tmp_path), **args).engine.max_model_len == 32
+    with pytest.raises(ValueError, match="max_model_len=64 exceeds the model's attention_chunk_size=32.*<= 32"):
+        LLM(str(tmp_path), **dict(args, max_model_len=64))
+
+
+@pytest.mark.parametrize("start, end, interval", [(1, -1, 1), (0, 4, 2), (2, 3, 1)])
+def test_ernie_mixture_layers_are_the_ones_transformers_builds(start, end, interval):
+    """ERNIE 4.5 MoE's experts sit in every ``moe_layer_interval``-th layer from ``moe_layer_start_index`` to
+    ``moe_layer_end_index`` (-1: the last); the other layers are dense SwiGLUs of ``intermediate_size``."""
+    import transformers
+
+    from jllm.models.families.mixtures import ernie4_5_moe
+
+    sizes = dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=32, num_hidden_layers=6)
+    layout = dict(moe_layer_start_index=start, moe_layer_end_index=end, moe_layer_interval=interval)
+    model = transformers.Ernie4_5_MoeModel(transformers.Ernie4_5_MoeConfig(**TINY_CONFIG | sizes | layout))
+    expected = [None if hasattr(layer.mlp, "experts") else 96 for layer in model.layers]
+    assert None in expected and 96 in expected
+    assert [spec.dense_mlp_size for spec in ernie4_5_moe(TINY_CONFIG | sizes | layout, np.float32).layers] == expected
 
 
 def test_pythia_config_names_read_as_transformers_5_writes_them():

@@ -121,3 +121,12 @@ def test_structured_outputs_offline_as_vllm_and_tools_reach_the_template(llm: LL
     tools = [{"type": "function", "function": {"name": "lookup"}}]
     [chat] = llm.chat([{"role": "user", "content": "hi"}], GREEDY, use_tqdm=False, chat_template=template, tools=tools)
     assert chat.prompt == "lookup;hi"
+
+
+def test_generate_without_params_samples_as_the_model_s_generation_config_says(llm: LLM) -> None:
+    llm.engine.sampling_defaults = {"temperature": 0.0, "top_k": 20, "max_tokens": 2}
+    assert llm.get_default_sampling_params() == SamplingParams(temperature=0.0, top_k=20, max_tokens=2)
+    [out] = llm.generate("hello")
+    assert len(out.outputs[0].token_ids) == 2
+    [out] = llm.generate("hello", SamplingParams(temperature=0, max_tokens=3))  # given params are taken whole
+    assert len(out.outputs[0].token_ids) == 3

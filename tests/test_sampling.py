@@ -23,7 +23,7 @@ from jllm.sampler import (
     sampling_mode,
     truncation_threshold,
 )
-from jllm.sampling import MAX_LOGPROBS, SamplingParams
+from jllm.sampling import MAX_LOGPROBS, SamplingParams, generation_defaults
 from jllm.sequence import Sequence
 
 _SAMPLE_IN_MODE = jax.jit(sample, static_argnames=("num_top_logprobs", "mode"))
@@ -457,3 +457,21 @@ def test_sampler_has_no_device_control_flow_on_gpu(mode):
     text = _SAMPLE_IN_MODE.trace(logits, meta, num_top_logprobs=5, mode=mode).lower(lowering_platforms=("cuda",))
     text = text.as_text()
     assert not [op for op in ("stablehlo.while", "stablehlo.case", "stablehlo.if") if op in text]
+
+
+def test_generation_config_defaults_are_vllm_s_keys_with_max_new_tokens_as_max_tokens():
+    config = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": None, "max_new_tokens": 512, "do_sample": True}
+    config |= {"bos_token_id": 1, "eos_token_id": [2, 3], "repetition_penalty": 1.05}
+    assert generation_defaults(config) == {
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 20,
+        "repetition_penalty": 1.05,
+        "max_tokens": 512,
+    }
+    assert generation_defaults({"eos_token_id": 2}) == {}
+
+
+def test_a_bad_generation_config_value_is_refused_naming_the_file():
+    with pytest.raises(ValueError, match=r"generation_config.json: top_p must be in .*, got 1.5"):
+        generation_defaults({"top_p": 1.5})

@@ -34,9 +34,17 @@ def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, requ
     ]
 
 
-def make_scheduler(num_pages=64, page_size=4, caching=True, max_num_seqs=8, budget=64, max_model_len=128):
+def make_scheduler(
+    num_pages=64, page_size=4, caching=True, max_num_seqs=8, budget=64, max_model_len=128, long_prefill=0
+):
     bm = BlockManager(num_pages, page_size, caching)
-    return Scheduler(bm, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len)
+    return Scheduler(
+        bm,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=budget,
+        max_model_len=max_model_len,
+        long_prefill_token_threshold=long_prefill,
+    )
 
 
 def fingerprints(tokens: list[int]) -> list[int]:
@@ -162,6 +170,21 @@ def test_decode_and_prefill_mixed_in_one_step() -> None:
     assert chunks(engine.step()) == [("a", 1), ("b", 15)]
     assert chunks(engine.step()) == [("a", 1), ("b", 15)]
     assert chunks(engine.step()) == [("a", 1), ("b", 1)]
+
+
+def test_long_prefill_threshold_caps_each_prompt_s_chunk_so_prompts_share_a_step() -> None:
+    engine = FakeEngine(make_scheduler(budget=16, long_prefill=6))
+    engine.add(make_request(list(range(20)), max_tokens=4, request_id="a"))
+    engine.add(make_request(list(range(50, 60)), max_tokens=4, request_id="b"))
+    assert chunks(engine.step()) == [("a", 6), ("b", 6)]
+    assert chunks(engine.step()) == [("a", 6), ("b", 4)]
+    assert chunks(engine.step()) == [("a", 6), ("b", 1)]
+    assert chunks(engine.step()) == [("a", 2), ("b", 1)]  # a decode is never held back by the cap
+
+
+def test_negative_long_prefill_threshold_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"long_prefill_token_threshold=-1 must be >= 0"):
+        make_scheduler(long_prefill=-1)
 
 
 def test_max_num_seqs_caps_running() -> None:
@@ -321,13 +344,13 @@ def test_add_rejects_mixed_or_duplicate_requests() -> None:
         sched.add(make_request([1], request_id=a[0].request_id))
 
 
-CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_len
-    (12, 4, True, 4, 16, 48),  # max_model_len past the pool: max_tokens=None is rejected
-    (12, 4, False, 4, 16, 40),
-    (6, 2, True, 3, 5, 10),  # one sequence can fill the whole pool
-    (40, 8, True, 8, 64, 96),
-    (20, 1, True, 6, 4, 24),
-    (12, 16, False, 2, 32, 160),
+CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill_token_threshold
+    (12, 4, True, 4, 16, 48, 0),  # max_model_len past the pool: max_tokens=None is rejected
+    (12, 4, False, 4, 16, 40, 5),
+    (6, 2, True, 3, 5, 10, 0),  # one sequence can fill the whole pool
+    (40, 8, True, 8, 64, 96, 8),
+    (20, 1, True, 6, 4, 24, 0),
+    (12, 16, False, 2, 32, 160, 0),
 ]
 
 
@@ -335,9 +358,9 @@ CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_le
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("config", CONFIGS)
 def test_random_workload_keeps_invariants_and_finishes(config: tuple, seed: int, pipelined: bool) -> None:
-    num_pages, page_size, caching, max_num_seqs, budget, max_model_len = config
+    num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill = config
     rng = random.Random(seed)
-    sched = make_scheduler(num_pages, page_size, caching, max_num_seqs, budget, max_model_len)
+    sched = make_scheduler(num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill)
     engine = FakeEngine(sched, rng, stop_prob=0.05, pipelined=pipelined)
     prefixes = [[rng.randrange(5) for _ in range(rng.randrange(1, 3 * page_size))] for _ in range(3)]
     requests: list[list[Sequence]] = []

@@ -391,3 +391,19 @@ def test_usage_in_every_chunk_is_refused_not_ignored(server: RunningServer) -> N
     )
     error = reply.json()["error"]
     assert reply.status == 400 and error["param"] == "stream_options" and "continuous_usage_stats" in error["message"]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_the_model_s_generation_config_fills_only_the_fields_a_request_leaves_unset(
+    server: RunningServer, engine: LLMEngine, chat: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defaults = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "repetition_penalty": 1.1, "max_tokens": 3}
+    monkeypatch.setattr(engine, "sampling_defaults", defaults)
+    body = {"model": MODEL, "temperature": 0.2}
+    body |= {"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"}
+    params = _send(server, engine, body, chat, monkeypatch).params
+    assert (params.temperature, params.top_p, params.top_k, params.repetition_penalty) == (0.2, 0.95, 20, 1.1)
+    # a chat request without max_tokens takes the model's max_new_tokens; a completion keeps OpenAI's 16
+    assert params.max_tokens == (3 if chat else 16)
+    explicit = _send(server, engine, {**body, "max_tokens": 5}, chat, monkeypatch).params
+    assert explicit.max_tokens == 5

@@ -30,6 +30,7 @@ from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
 from jllm.sampling import SamplingParams
 from jllm.server.generation import Delta
+from jllm.server.reasoning import ReplyPlan
 from jllm.server.responses import _ResponseView
 from jllm.server.responses_schemas import RESPONSES_UNSUPPORTED_FIELDS, ResponsesRequest
 from jllm.server.tools import ToolPlan
@@ -293,7 +294,7 @@ REFUSED_ELSEWHERE = {  # refused values of honoured fields
     "reasoning": {"effort": "low"},
     "tools": [{"type": "web_search"}],
     "tool_choice": {"type": "function", "name": "absent"},
-    "input": [{"type": "reasoning", "summary": []}],
+    "input": [{"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}],
     "text": {"verbosity": "low"},
 }
 NOTHING = {  # the values of refused or partly honoured fields that ask for nothing, all in one request
@@ -362,7 +363,8 @@ def _events(generation: _Scripted) -> list[dict]:
     view = _ResponseView(ResponsesRequest.model_validate({"input": "hi"}), "resp_x", MODEL, generation, None)  # type: ignore[arg-type]
 
     async def collect() -> list[dict]:
-        return [json.loads(data) async for _, data in view.events(ToolPlan(None, None, False, None, True))]
+        plan = ReplyPlan(ToolPlan(None, None, False, None, True), None, True)
+        return [json.loads(data) async for _, data in view.events(plan)]
 
     return asyncio.run(collect())
 

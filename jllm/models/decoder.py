@@ -2,10 +2,11 @@
 
 A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head, with one
 weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's
-residual and logits scales), learned positions (OPT's two rows on) or rotary (none in NoPE layers), residual layout
-(sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP), MLP kind (gated, plain, or a mixture of
-experts), activation, biases (the LM head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps,
-per-layer sliding windows, and the checkpoint's tensor names. The maths they share lives here once.
+residual and logits scales), learned positions (OPT's two rows on) or rotary, residual layout (sequential, or
+GPT-NeoX / Falcon / Phi's parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation,
+biases (the LM head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows,
+per-layer MLP kind (dense layers among a mixture's), Llama 4's per-layer q/k norms and query temperature, and the
+checkpoint's tensor names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
@@ -45,10 +46,11 @@ class WeightMap:
     ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3) or "grouped" (one tensor, per KV
     head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
-    name -> the checkpoint's, for every other module whose name differs ("": the module's tensors sit on its
-    parent, as OPT's MLP linears on the layer). A name holding ``{e}`` is one tensor per
-    expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our
-    parameter's leading axis.
+    name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
+    ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
+    ERNIE's ``e_score_correction_bias``). A name holding ``{e}`` is one tensor per expert (Mixtral's
+    ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our parameter's leading
+    axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``).
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -63,6 +65,8 @@ class WeightMap:
     conv1d: bool = (
         False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
     )
+    # the experts stored as bare parameters named as ours, ``[experts, in, out]`` (Llama 4's ``experts.gate_up_proj``)
+    expert_params: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,12 @@ class LayerSpec:
 
     rope: Rope | None  # None: no rotary (GPT-BigCode's learned positions, Cohere2's global layers)
     sliding_window: int | None = None
+    # in a mixture-of-experts model, this layer's MLP is a dense gated one this wide (ERNIE's first layer)
+    dense_mlp_size: int | None = None
+    qk_l2_norm: bool = False  # each query and key head RMS-normed without a weight after the rotary (Llama 4)
+    # (floor_scale, attn_scale): queries times log1p(floor((position + 1) / floor_scale)) * attn_scale + 1 (Llama 4's
+    # attn_temperature_tuning on its layers without rotary)
+    attn_temperature: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +116,18 @@ class ModelArgs:
     num_experts: int = 0
     experts_per_token: int = 0
     experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
-    shared_expert_size: int = 0  # > 0: a sigmoid-gated dense SwiGLU beside the experts, this wide (Qwen2-MoE)
+    shared_expert_size: int = 0  # > 0: a dense SwiGLU beside the experts, this wide (Qwen2-MoE)
+    shared_expert_gated: bool = True  # the shared expert's output scaled by a sigmoid gate (Qwen2-MoE's)
+    expert_routing: str = "softmax"  # one of moe.ROUTINGS
+    router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
     embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
     residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
     attn_softcap: float | None = None
     logits_divisor: float | None = None  # logits divided by this (Granite's logits_scaling), before a soft-cap
+    # Llama 4's chunked attention on its rotary layers: jllm has none, so it serves contexts up to one chunk, where
+    # chunked attention is causal attention (``max_context``)
+    attention_chunk_size: int | None = None
     final_softcap: float | None = None
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
@@ -141,12 +157,23 @@ class ModelArgs:
                 "grouped matmuls have no quantized form yet); leave quantization unset"
             )
 
-    def make_mlp(self) -> nnx.Module:
+    def make_mlp(self, spec: LayerSpec) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
-        if self.num_experts:
-            e, k = self.num_experts, self.experts_per_token
-            return SparseMoE(d, hidden, e, k, dt, self.mlp_act, self.experts_renormalize, self.shared_expert_size)
-        return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
+        if self.num_experts and spec.dense_mlp_size is None:
+            return SparseMoE(
+                d,
+                hidden,
+                self.num_experts,
+                self.experts_per_token,
+                dt,
+                self.mlp_act,
+                self.experts_renormalize,
+                self.shared_expert_size,
+                self.expert_routing,
+                self.shared_expert_gated,
+                self.router_eps,
+            )
+        return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
     def make_norm(
         self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None
@@ -176,6 +203,16 @@ class ModelArgs:
     @property
     def sliding_windows(self) -> list[int | None]:
         return [spec.sliding_window for spec in self.layers]
+
+    @property
+    def max_context(self) -> int:
+        """The longest context the model is served with: its positions, or a shorter attention chunk."""
+        return min(self.max_position_embeddings, self.attention_chunk_size or self.max_position_embeddings)
+
+    @property
+    def dense_mlp_sizes(self) -> set[int]:
+        """The widths of the dense MLPs among a mixture of experts' layers (none in most)."""
+        return {spec.dense_mlp_size for spec in self.layers if spec.dense_mlp_size is not None}
 
 
 class Attention(nnx.Module):
@@ -211,6 +248,12 @@ class Attention(nnx.Module):
             q, k, v = (jnp.clip(y, -a.qkv_clip, a.qkv_clip) for y in (q, k, v))
         if self.spec.rope is not None:
             q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
+        if self.spec.qk_l2_norm:
+            q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
+        if self.spec.attn_temperature is not None:
+            floor_scale, attn_scale = self.spec.attn_temperature
+            scale = jnp.log1p(jnp.floor((positions.astype(jnp.float32) + 1.0) / floor_scale)) * attn_scale + 1.0
+            q = (q * scale[:, None, None]).astype(q.dtype)
         out, kv_pages = paged_attention(
             q,
             k,
@@ -224,6 +267,12 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(t, a.num_heads * a.head_dim)), kv_pages
 
 
+def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
+    """Llama 4's weightless RMSNorm over ``x``'s last axis, in float32."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
 class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
@@ -234,7 +283,7 @@ class DecoderLayer(nnx.Module):
         self.self_attn = Attention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
         self.post_attention_layernorm = None if args.shared_input_norm or not args.pre_norms else args.make_norm()
-        self.mlp = args.make_mlp()
+        self.mlp = args.make_mlp(spec)
         self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
         self.mlp_out_norm = args.make_norm() if args.sandwich_norms else None
         self.parallel_residual = args.parallel_residual

@@ -55,6 +55,11 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
     "OlmoeForCausalLM": mixtures.olmoe,
+    "GraniteMoeForCausalLM": mixtures.granite_moe,
+    "GraniteMoeSharedForCausalLM": mixtures.granite_moe_shared,
+    "PhimoeForCausalLM": mixtures.phimoe,
+    "Ernie4_5_MoeForCausalLM": mixtures.ernie4_5_moe,
+    "Llama4ForCausalLM": mixtures.llama4,
 }
 
 

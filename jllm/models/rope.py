@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCALING_KINDS = ("default", "linear", "llama3", "longrope")
+SCALING_KINDS = ("default", "linear", "llama3", "longrope", "yarn")
 # rope settings the caller has already turned into `theta` and `rotary_dim`
 APPLIED = ("rope_theta", "partial_rotary_factor")
 
@@ -38,8 +38,10 @@ class Rope:
         if kind not in SCALING_KINDS:
             raise ValueError(f"rope scaling type {kind!r} is not supported (supported: {', '.join(SCALING_KINDS)})")
         scaling = {**scaling, "rope_type": kind}
-        if kind == "longrope":
+        if kind in ("longrope", "yarn"):
             scaling.setdefault("max_position_embeddings", max_positions)
+        if kind == "yarn":
+            scaling.setdefault("original_max_position_embeddings", max_positions)
         return cls(float(theta), rotary_dim, tuple(sorted(scaling.items())))
 
     def inv_freq(self) -> np.ndarray:
@@ -55,11 +57,15 @@ class Rope:
             # transformers switches to long_factor once a forward's length passes the original context; jllm keeps
             # short_factor, exact up to original_max_position_embeddings (vLLM switches per batch).
             base = base / np.asarray(s["short_factor"], np.float64)
+        elif kind == "yarn":
+            base = _yarn(base, s, self.theta, self.rotary_dim)
         return base.astype(np.float32)
 
     def attention_scaling(self) -> float:
-        """The factor on cos and sin (longrope's attention factor), 1 otherwise."""
+        """The factor on cos and sin (longrope's and YaRN's attention factor), 1 otherwise."""
         s = dict(self.scaling)
+        if s.get("rope_type") == "yarn":
+            return _yarn_attention_factor(s)
         if s.get("rope_type") != "longrope":
             return 1.0
         original = s["original_max_position_embeddings"]
@@ -87,6 +93,45 @@ def _llama3(inv_freq: np.ndarray, s: dict[str, Any]) -> np.ndarray:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
     return np.where(is_medium, smoothed, scaled)
+
+
+def _yarn_factor(s: dict[str, Any]) -> float:
+    """YaRN's context factor; without one, the ratio of the context to the original (DeepSeek-V3's configs)."""
+    return s.get("factor") or s["max_position_embeddings"] / s["original_max_position_embeddings"]
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction (the paper's eq. 21), 1 for factors up to 1."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_attention_factor(s: dict[str, Any]) -> float:
+    """The factor on cos and sin: the config's ``attention_factor``, else the mscale ratio transformers infers."""
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+    factor, mscale, mscale_all_dim = _yarn_factor(s), s.get("mscale"), s.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+    return yarn_mscale(factor)
+
+
+def _yarn(inv_freq: np.ndarray, s: dict[str, Any], theta: float, dim: int) -> np.ndarray:
+    """YaRN: high frequencies kept, low ones divided by the factor, a linear ramp between the dimensions that turn
+    ``beta_fast`` and ``beta_slow`` times over the original context (bounds rounded out unless ``truncate`` is
+    false, as gpt-oss sets it)."""
+    factor, original = _yarn_factor(s), s["original_max_position_embeddings"]
+    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / ((high - low) or 0.001), 0, 1)
+    extrapolation = 1 - ramp  # the share of each frequency kept as it was
+    return inv_freq / factor * ramp + inv_freq * extrapolation
 
 
 def apply_rotary(

@@ -1,5 +1,6 @@
 """``POST /v1/chat/completions``: the model's chat template (with the request's tools), then generation, streamed or
-not; tool calls in the output come back as OpenAI's ``tool_calls`` (``jllm.server.tools``).
+not; with the model's ``reasoning_parser`` its reasoning comes back apart (``jllm.server.reasoning``), and tool calls
+in the answer as OpenAI's ``tool_calls`` (``jllm.server.tools``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -17,6 +18,7 @@ from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
+from jllm.server.reasoning import ReplyDeltas, ReplyPlan
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import (
     MIN_LOGPROB,
@@ -27,36 +29,38 @@ from jllm.server.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
+    CompletionTokensDetails,
     DeltaMessage,
     TokenizeRequest,
     TokenLogprob,
     TopLogprob,
+    UsageInfo,
     prompt_logprobs_json,
 )
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
-from jllm.server.tools import ToolDeltas, ToolPlan
 from jllm.tokenizer import Tokenizer
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     body = ChatCompletionRequest.model_validate_json(await request.read())
     public = public_id(request, body.request_id)
-    served, tools, generation = await start_chat(server_state(request), body, request_id(request), public)
+    served, reply, generation = await start_chat(server_state(request), body, request_id(request), public)
     response_id, created = f"chatcmpl-{public}", int(time.time())
     top, tokenizer = body.top_logprobs or 0, served.engine.inputs.tokenizer
     try:
         if body.stream:
-            chunks = _chunks(body, tools, generation, response_id, created, body.model or served.name, tokenizer)
+            chunks = _chunks(body, reply, generation, response_id, created, body.model or served.name, tokenizer)
             return await send_events(request, chunks)
         deltas = await generation.wait()
-        choices = [_choice(d, tools.message(d.text), top, tokenizer) for d in deltas]
+        choices = [_choice(d, reply.message(d.text), top, tokenizer) for d in deltas]
+        counts = [reply.reasoning_tokens(d.token_ids, tokenizer) for d in deltas]
         response = ChatCompletionResponse(
             id=response_id,
             created=created,
             model=body.model or served.name,
             choices=choices,
-            usage=generation.usage(),
+            usage=_usage(generation, counts),
             prompt_logprobs=prompt_logprobs_json(deltas[0].prompt_logprobs) if deltas else None,
         )
         return web.json_response(text=response.model_dump_json())
@@ -66,20 +70,28 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 
 async def start_chat(
     state: ServerState, body: ChatCompletionRequest, engine_id: str, public: str
-) -> tuple[ServedModel, ToolPlan, Generation]:
-    """Routes the request, plans its tools, checks its sampling fields and rendered prompt, and admits it; what
-    this route and the gRPC ``Generate`` share, so both refuse a bad request with the same message."""
+) -> tuple[ServedModel, ReplyPlan, Generation]:
+    """Routes the request, plans how its reply is read (reasoning, tools), checks its sampling fields and rendered
+    prompt, and admits it; what this route and the gRPC ``Generate`` share, so both refuse a bad request with the
+    same message."""
     served = state.route(body.model)
-    tools = ToolPlan.of(body, state.config.server)
+    reply = ReplyPlan.of(body, state.config.server, served.entry.config.server.reasoning_parser)
+    tools = reply.tools
     forced = tools.forced_schema()
-    params = await state.host_work.run(body.constraint_chars(forced), body.sampling_params, forced_call=forced)
-    if tools.keep_special_tokens:
+    params = await state.host_work.run(
+        body.constraint_chars(forced),
+        body.sampling_params,
+        forced_call=forced,
+        defaults=served.engine.sampling_defaults,
+    )
+    if reply.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
-    prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools)
-    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public)
-    return served, tools, generation
+    prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
+    gate = reply.reasoning_gate(inputs.tokenizer)
+    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public, gate)
+    return served, reply, generation
 
 
 def _choice(delta: Delta, message: AssistantMessage, top: int, tokenizer: Tokenizer) -> ChatChoice:
@@ -108,26 +120,26 @@ def render_chat(
 
 
 def _checked_prompt(
-    inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams, tools: ToolPlan
+    inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams, tools: list[dict] | None
 ) -> Prompt:
     """Rendered, then truncated and checked by the input door like any prompt."""
-    return inputs.process(render_chat(inputs, body, tools.tools), params, param="messages")
+    return inputs.process(render_chat(inputs, body, tools), params, param="messages")
 
 
 async def _chunks(
     body: ChatCompletionRequest,
-    tools: ToolPlan,
+    reply: ReplyPlan,
     generation: Generation,
     response_id: str,
     created: int,
     model: str,
     tokenizer: Tokenizer,
 ) -> AsyncIterator[str]:
-    """OpenAI's chunk sequence: the role first for every choice, then content and tool call deltas (the last with
-    the finish reason), then, with ``include_usage``, one chunk of usage and no choices. The role chunks wait for
-    the first output, as OpenAI's and vLLM's do: benchmark clients (vLLM's among them) take the first chunk with a
-    choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0. A step that adds
-    nothing to send (text held back by a tool parser) sends no chunk."""
+    """OpenAI's chunk sequence: the role first for every choice, then reasoning, content and tool call deltas (the
+    last with the finish reason), then, with ``include_usage``, one chunk of usage and no choices. The role chunks
+    wait for the first output, as OpenAI's and vLLM's do: benchmark clients (vLLM's among them) take the first
+    chunk with a choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0. A step that
+    adds nothing to send (text held back by a reasoning or tool parser) sends no chunk."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
@@ -136,22 +148,33 @@ async def _chunks(
             exclude=exclude
         )
 
-    streams: dict[int, ToolDeltas] = {}
+    streams: dict[int, ReplyDeltas] = {}
     async for d in generation.deltas():
         if not streams:
             for index in range(body.n):
                 yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
-        stream = streams.setdefault(d.index, tools.stream())
-        content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
+        stream = streams.setdefault(d.index, reply.stream(tokenizer))
+        reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
         logprobs = token_logprobs(d, top, tokenizer)
-        if not (content or calls or finish_reason or logprobs):
+        if not (reasoning or content or calls or finish_reason or logprobs):
             continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM
-        delta = DeltaMessage(content=content, tool_calls=calls or None)
+        delta = DeltaMessage(content=content, reasoning=reasoning, tool_calls=calls or None)
         yield chunk(ChatChunkChoice(index=d.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason))
     if body.include_usage:
-        usage = ChatCompletionChunk(id=response_id, created=created, model=model, choices=[], usage=generation.usage())
-        yield usage.model_dump_json()
+        usage = _usage(generation, [s.reasoning_tokens for s in streams.values()])
+        yield ChatCompletionChunk(
+            id=response_id, created=created, model=model, choices=[], usage=usage
+        ).model_dump_json()
+
+
+def _usage(generation: Generation, reasoning_tokens: list[int | None]) -> UsageInfo:
+    """The token counts, with the reasoning's (vLLM's ``completion_tokens_details``) where a format read them."""
+    usage = generation.usage()
+    counted = [n for n in reasoning_tokens if n is not None]
+    if counted:
+        usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=sum(counted))
+    return usage
 
 
 def token_logprobs(delta: Delta, top: int, tokenizer: Tokenizer) -> ChatLogprobs | None:

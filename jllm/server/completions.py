@@ -54,7 +54,9 @@ async def start_completion(
     """Routes the request, checks its sampling fields and prompts, and admits it; what this route and the gRPC
     ``Generate`` share, so both refuse a bad request with the same message."""
     served = state.route(body.model)
-    params = await state.host_work.run(body.constraint_chars(), body.sampling_params)  # a grammar is checked here
+    defaults = served.engine.sampling_defaults
+    # a grammar is checked here
+    params = await state.host_work.run(body.constraint_chars(), body.sampling_params, defaults=defaults)
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size(body.prompts(), "prompt")
     prompts = await state.host_work.run(chars, _to_prompts, inputs, body, params)

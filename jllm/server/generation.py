@@ -21,6 +21,7 @@ from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.server.errors import bad_request
 from jllm.server.metrics import ModelMetrics, RequestTimer
 from jllm.server.schemas import UsageInfo
+from jllm.structured_output import GrammarGate
 
 
 @dataclass
@@ -78,9 +79,10 @@ class Generation:
         params: SamplingParams,
         metrics: ModelMetrics,
         public_id: str,
+        gate: GrammarGate | None = None,
     ) -> Generation:
         """Admits every prompt (checked by the engine's input door) or none: if one fails, the ones already
-        admitted are aborted.
+        admitted are aborted. ``gate``: what the request's grammar waits for (a thinking model's reasoning).
 
         More sequences (prompts x n) than the queue can ever hold is a 400, not a 429: retrying would fail the same
         way."""
@@ -95,6 +97,8 @@ class Generation:
         # A grammar is built once (off both threads) and forked for each further prompt, all before the first is
         # admitted: a matcher the engine has advanced would fork its state.
         grammar = await engine.grammar(params)
+        if grammar is not None and gate is not None:
+            grammar = grammar.gated(gate)
         grammars = [grammar] + [None if grammar is None else grammar.fork() for _ in prompts[1:]]
         streams: list[RequestStream] = []
         try:

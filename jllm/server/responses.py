@@ -1,7 +1,8 @@
 """``POST /v1/responses``: OpenAI's Responses API on the chat route's machinery. The request becomes the chat request
 it stands for (``responses_schemas``) and takes chat's start (routing, tools, sampling fields, the chat template,
-admission) and ``Generation``; the reply's text and calls come back as output items (a ``message`` with
-``output_text``, ``function_call`` items), whole or as the Responses API's typed events.
+admission) and ``Generation``; the reply's reasoning (with the model's ``reasoning_parser``), text and calls come
+back as output items (a ``reasoning`` item with ``reasoning_text``, a ``message`` with ``output_text``,
+``function_call`` items), whole or as the Responses API's typed events.
 
 Where this module sits: docs/architecture.md.
 """
@@ -16,19 +17,25 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from jllm.reasoning_parsers import reasoning_format
 from jllm.server.chat import start_chat, token_logprobs
-from jllm.server.errors import APIError, as_api_error
+from jllm.server.errors import APIError, as_api_error, bad_request
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
+from jllm.server.reasoning import ReplyPlan
 from jllm.server.registry import ServedModel
 from jllm.server.responses_schemas import (
     CHAT_TO_RESPONSES,
+    LOGPROBS,
     IncompleteDetails,
     InputTokensDetails,
     OutputFunctionCall,
     OutputItem,
     OutputMessage,
+    OutputReasoning,
     OutputText,
+    OutputTokensDetails,
+    ReasoningText,
     ResponseError,
     ResponseObject,
     ResponsesRequest,
@@ -37,7 +44,6 @@ from jllm.server.responses_schemas import (
 from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall, TokenLogprob
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
-from jllm.server.tools import ToolPlan
 from jllm.tokenizer import Tokenizer
 
 Status = Literal["completed", "incomplete", "failed"]
@@ -48,14 +54,15 @@ Event = tuple[str, str]  # (the event's type, its JSON)
 async def create_response(request: web.Request) -> web.StreamResponse:
     body = ResponsesRequest.model_validate_json(await request.read())
     public = public_id(request, body.request_id)
-    served, tools, generation = await _start(server_state(request), body, request_id(request), public)
+    served, reply, generation = await _start(server_state(request), body, request_id(request), public)
     view = _ResponseView(body, f"resp_{public}", body.model or served.name, generation, served.engine.inputs.tokenizer)
     try:
         if body.stream:
-            return await send_events(request, view.events(tools), done=False)
+            return await send_events(request, view.events(reply), done=False)
         (delta,) = await generation.wait()
+        view.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, view.tokenizer) or 0
         status = _status(delta.finish_reason)
-        response = view.response(status, _items(tools.message(delta.text), status, view.logprobs(delta)))
+        response = view.response(status, _items(reply.message(delta.text), status, view.logprobs(delta)))
         return web.json_response(text=response.model_dump_json())
     finally:
         generation.close()
@@ -75,10 +82,18 @@ async def stored_response(request: web.Request) -> web.StreamResponse:
 
 async def _start(
     state: ServerState, body: ResponsesRequest, engine_id: str, public: str
-) -> tuple[ServedModel, ToolPlan, Generation]:
-    """Chat's start on the chat request this one stands for; its errors name this route's fields."""
+) -> tuple[ServedModel, ReplyPlan, Generation]:
+    """Chat's start on the chat request this one stands for; its errors name this route's fields. The text's
+    logprobs are refused beside a reasoning format: a reply's tokens are not told apart."""
     try:
         chat = ChatCompletionRequest.model_validate(body.as_chat())
+        parser = state.route(chat.model).entry.config.server.reasoning_parser
+        if body.logprobs and parser is not None and reasoning_format(parser, chat.chat_template_kwargs) is not None:
+            raise bad_request(
+                f"include: {LOGPROBS!r} is not supported with the model's reasoning_parser {parser!r} (the "
+                "reasoning's tokens are not told apart from the text's)",
+                param="include",
+            )
         return await start_chat(state, chat, engine_id, public)
     except Exception as e:
         raise _renamed(as_api_error(e)) from e
@@ -115,9 +130,19 @@ def _call_item(call_id: str, name: str, arguments: str, status: str) -> OutputFu
     )
 
 
+def _reasoning_id() -> str:
+    return f"rs_{uuid.uuid4().hex[:24]}"
+
+
 def _items(message: AssistantMessage, status: Status, logprobs: list[TokenLogprob]) -> list[OutputItem]:
-    """A whole reply's items: its text as a message (also when empty, unless it made calls), then each call."""
+    """A whole reply's items: its reasoning, its text as a message (also when empty, unless it made calls), then
+    each call."""
     items: list[OutputItem] = []
+    if message.reasoning:
+        reasoning = OutputReasoning(
+            id=_reasoning_id(), status=_item_status(status), content=[ReasoningText(text=message.reasoning)]
+        )
+        items.append(reasoning)
     if message.content or not message.tool_calls:
         text = OutputText(text=message.content or "", logprobs=logprobs)
         items.append(OutputMessage(id=_message_id(), status=_item_status(status), content=[text]))
@@ -137,6 +162,7 @@ class _ResponseView:
         self.model = model
         self.generation = generation
         self.created_at = int(time.time())
+        self.reasoning_tokens = 0  # the reply's, once counted
         self.items: list[OutputItem] = []  # streamed so far, the last one perhaps still open
         self._open = False
         self._sequence = 0
@@ -155,6 +181,7 @@ class _ResponseView:
                 input_tokens=u.prompt_tokens,
                 input_tokens_details=InputTokensDetails(cached_tokens=self.generation.cached_tokens),
                 output_tokens=u.completion_tokens,
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=self.reasoning_tokens),
                 total_tokens=u.total_tokens,
             )
         choice = body.tool_choice
@@ -172,6 +199,7 @@ class _ResponseView:
             max_tool_calls=body.max_tool_calls,
             metadata=body.metadata or {},
             parallel_tool_calls=body.parallel_tool_calls,
+            reasoning={"effort": body.effort, "summary": None},
             temperature=params.temperature,
             text=body.text_echo(),
             tool_choice=choice if isinstance(choice, str) else choice.model_dump(),
@@ -181,18 +209,22 @@ class _ResponseView:
             user=body.user,
         )
 
-    async def events(self, tools: ToolPlan) -> AsyncIterator[Event]:
+    async def events(self, reply: ReplyPlan) -> AsyncIterator[Event]:
         """OpenAI's event sequence: created, in_progress; per output item its added event, its deltas and its done
         events; then completed (incomplete, failed). A failure after the headers is an ``error`` event."""
         try:
             yield self._event("response.created", response=self.response("in_progress").model_dump())
             yield self._event("response.in_progress", response=self.response("in_progress").model_dump())
-            stream, finish_reason = tools.stream(), None
+            stream, finish_reason = reply.stream(self.tokenizer), None
             logprobs: list[TokenLogprob] = []  # a token's entry waits for its text (part of a character has none)
             async for d in self.generation.deltas():
-                content, calls = stream.feed(d.text, finished=d.finish_reason is not None)
+                reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
+                self.reasoning_tokens = stream.reasoning_tokens or 0
                 finish_reason = d.finish_reason or finish_reason
                 logprobs += self.logprobs(d)
+                if reasoning:
+                    for event in self._reasoning(reasoning):
+                        yield event
                 if content:
                     for event in self._text(content, logprobs):
                         yield event
@@ -209,7 +241,7 @@ class _ResponseView:
     def _end(self, status: Status, logprobs: list[TokenLogprob]) -> Iterator[Event]:
         """The last item's done events (an empty message if nothing came, as the whole reply has one), then the
         response; ``logprobs``: entries of tokens without text (a stop string's), which the whole reply has too."""
-        if not self.items:
+        if not any(isinstance(item, OutputMessage | OutputFunctionCall) for item in self.items):
             yield from self._text("", [])
         if self._open and isinstance(self.items[-1], OutputMessage):
             self.items[-1].content[0].logprobs += logprobs
@@ -247,6 +279,17 @@ class _ResponseView:
                 "response.output_text.delta", **self._place(), content_index=0, delta=text, logprobs=entries
             )
 
+    def _reasoning(self, text: str) -> Iterator[Event]:
+        if not (self._open and isinstance(self.items[-1], OutputReasoning)):
+            yield from self._add(OutputReasoning(id=_reasoning_id(), status="in_progress", content=[]))
+            part = ReasoningText(text="")
+            yield self._event("response.content_part.added", **self._place(), content_index=0, part=part.model_dump())
+            self.items[-1].content.append(part)  # type: ignore[union-attr]
+        item = self.items[-1]
+        assert isinstance(item, OutputReasoning)
+        item.content[0].text += text
+        yield self._event("response.reasoning_text.delta", **self._place(), content_index=0, delta=text)
+
     def _call(self, call: DeltaToolCall) -> Iterator[Event]:
         """A call's first delta (its id and name) opens its item; later ones add to its arguments."""
         if call.id is not None:
@@ -269,6 +312,10 @@ class _ResponseView:
             yield self._event(
                 "response.output_text.done", **self._place(), content_index=0, text=part.text, logprobs=entries
             )
+            yield self._event("response.content_part.done", **self._place(), content_index=0, part=part.model_dump())
+        elif isinstance(item, OutputReasoning):
+            part = item.content[0]
+            yield self._event("response.reasoning_text.done", **self._place(), content_index=0, text=part.text)
             yield self._event("response.content_part.done", **self._place(), content_index=0, part=part.model_dump())
         else:
             yield self._event(

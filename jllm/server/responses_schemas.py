@@ -47,8 +47,8 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     for name in ("priority", "cache_salt", "mm_processor_kwargs", "vllm_xargs", "structural_tag")
 }
 LOGPROBS = "message.output_text.logprobs"
-# include values honoured: the output text's logprobs; no reasoning items are produced, so there is no encrypted
-# reasoning to add
+# include values honoured: the output text's logprobs; reasoning items carry their text in the clear (``content``),
+# so there is no encrypted reasoning to add
 INCLUDE_HONOURED = (LOGPROBS, "reasoning.encrypted_content")
 # the chat request's field names in errors (the chat route checks a converted request) -> this route's names
 CHAT_TO_RESPONSES = {
@@ -56,6 +56,7 @@ CHAT_TO_RESPONSES = {
     "max_completion_tokens": "max_output_tokens",
     "max_tokens": "max_output_tokens",
     "response_format": "text",
+    "reasoning_effort": "reasoning",
 }
 
 
@@ -91,6 +92,32 @@ class InputMessage(_Request):
         return _text_parts(value, "content")
 
 
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(_Request):
+    """The model's earlier reasoning (an output ``reasoning`` item passed back): the next assistant turn's, for the
+    templates that show it; reasoning this server cannot read (OpenAI's ``encrypted_content``) is refused."""
+
+    type: Literal["reasoning"]
+    content: list[ReasoningText] | None = None
+    summary: list[dict[str, Any]] = Field(default_factory=list)  # summaries of ``content``: its text is used
+    encrypted_content: None = None
+
+    @field_validator("encrypted_content", mode="before")
+    @classmethod
+    def _readable(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("is OpenAI's encrypted reasoning, which this server cannot read; pass its content")
+        return value
+
+    @property
+    def text(self) -> str:
+        return "".join(part.text for part in self.content or [])
+
+
 class FunctionCallItem(_Request):
     """A call the model made earlier (an output ``function_call`` item passed back)."""
 
@@ -98,6 +125,11 @@ class FunctionCallItem(_Request):
     call_id: str
     name: str
     arguments: str  # JSON text
+
+
+def _reasoning_only(message: dict[str, Any]) -> bool:
+    """An assistant message a reasoning item opened, with nothing else yet."""
+    return message["role"] == "assistant" and message["content"] is None and "tool_calls" not in message
 
 
 class FunctionCallOutputItem(_Request):
@@ -113,7 +145,9 @@ class FunctionCallOutputItem(_Request):
         return _text_parts(value, "output")
 
 
-InputItem = Annotated[InputMessage | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")]
+InputItem = Annotated[
+    InputMessage | ReasoningItem | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")
+]
 
 
 class FunctionTool(_Request):
@@ -169,7 +203,7 @@ class TextConfig(_Request):
         return value
 
 
-_KNOWN_ITEMS = ("message", "function_call", "function_call_output")
+_KNOWN_ITEMS = ("message", "reasoning", "function_call", "function_call_output")
 
 
 class ResponsesRequest(_Request):
@@ -226,7 +260,7 @@ class ResponsesRequest(_Request):
                 kind = item.get("type", "message")
                 if kind not in _KNOWN_ITEMS:
                     raise ValueError(
-                        f"item {i} has type {kind!r}: this server takes messages, function_call and "
+                        f"item {i} has type {kind!r}: this server takes messages, reasoning, function_call and "
                         "function_call_output items"
                     )
                 item = {**item, "type": kind}
@@ -280,28 +314,40 @@ class ResponsesRequest(_Request):
 
     @field_validator("reasoning")
     @classmethod
-    def _no_reasoning(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        asked = sorted(k for k, v in (value or {}).items() if v is not None)
+    def _effort_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``effort`` is chat's ``reasoning_effort`` (for templates that read it, as gpt-oss's); the rest asks for
+        what this server does not do."""
+        asked = sorted(k for k, v in (value or {}).items() if v is not None and k != "effort")
         if asked:
-            raise ValueError(f"{', '.join(asked)}: not supported, this server has no reasoning parser")
+            raise ValueError(f"{', '.join(asked)}: not supported (reasoning items carry the model's reasoning whole)")
         return value
 
+    @property
+    def effort(self) -> str | None:
+        return (self.reasoning or {}).get("effort")
+
     def chat_messages(self) -> list[dict[str, Any]]:
-        """``instructions`` and ``input`` as chat messages; consecutive calls join one assistant message (the
-        assistant's text before them included), as a parallel call's chat history holds them."""
+        """``instructions`` and ``input`` as chat messages; a reasoning item opens an assistant message (its
+        ``reasoning``) that the assistant's text after it joins, and consecutive calls join one assistant message
+        (the assistant's text before them included), as a parallel call's chat history holds them."""
         messages: list[dict[str, Any]] = []
         if self.instructions is not None:
             messages.append({"role": "system", "content": self.instructions})
         for item in self.input:
-            if isinstance(item, InputMessage):
-                messages.append({"role": item.role, "content": _joined(item.content)})
+            last = messages[-1] if messages else None
+            if isinstance(item, ReasoningItem):
+                messages.append({"role": "assistant", "content": None, "reasoning": item.text})
+            elif isinstance(item, InputMessage):
+                if item.role == "assistant" and last is not None and _reasoning_only(last):
+                    last["content"] = _joined(item.content)
+                else:
+                    messages.append({"role": item.role, "content": _joined(item.content)})
             elif isinstance(item, FunctionCallItem):
                 call = {
                     "id": item.call_id,
                     "type": "function",
                     "function": {"name": item.name, "arguments": item.arguments},
                 }
-                last = messages[-1] if messages else None
                 if last is not None and last["role"] == "assistant":
                     last.setdefault("tool_calls", []).append(call)
                 else:
@@ -325,6 +371,7 @@ class ResponsesRequest(_Request):
             "response_format": self.text.format.for_chat() if self.text and self.text.format else None,
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs if self.logprobs else None,
+            "reasoning_effort": self.effort,
         }
         passed = (
             "temperature top_p seed top_k repetition_penalty stop ignore_eos skip_special_tokens "
@@ -367,7 +414,18 @@ class OutputFunctionCall(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
-OutputItem = OutputMessage | OutputFunctionCall
+class OutputReasoning(BaseModel):
+    """The model's reasoning (with the served model's ``reasoning_parser``), before the message it led to."""
+
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    summary: list[Any] = Field(default_factory=list)  # no summaries are written
+    content: list[ReasoningText]
+    encrypted_content: None = None
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+OutputItem = OutputReasoning | OutputMessage | OutputFunctionCall
 
 
 class InputTokensDetails(BaseModel):
@@ -376,7 +434,7 @@ class InputTokensDetails(BaseModel):
 
 
 class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0  # no reasoning parser: none are told apart
+    reasoning_tokens: int = 0  # with a reasoning format in force: the reasoning's tokens, its markers included
 
 
 class ResponseUsage(BaseModel):

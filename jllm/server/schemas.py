@@ -49,13 +49,13 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "ec_transfer_params": (_NOTHING, "is not supported: this server has no encoder cache"),
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
     "repetition_detection": ((None,), "is not supported yet"),
-    "thinking_token_budget": ((None, -1), "is not supported: this server has no reasoning parser"),
+    "thinking_token_budget": ((None, -1), "is not supported: reasoning runs until the model ends it or max_tokens"),
     "return_tokens_as_token_ids": (_NOTHING, "is not supported yet; logprob tokens come as text"),
     "return_token_ids": (_NOTHING, "is not supported yet; use /tokenize for the prompt's ids"),
     "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
-    "reasoning_effort": ((None,), "is not supported: this server has no reasoning parser"),
+    "reasoning_effort": ((None,), "reaches a chat template, so chat completions alone take it"),
     # OpenAI's fields that ask for what this server does not do (ignoring them would answer something else)
     "functions": (_NOTHING, "is OpenAI's deprecated function calling: send tools instead"),
     "function_call": ((None, "none", "auto"), "is OpenAI's deprecated function calling: send tool_choice instead"),
@@ -65,6 +65,10 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "store": ((None, False), "is not supported: this server stores no completions"),
     "verbosity": ((None, "medium"), "is not supported: a reply's length follows the model and max_tokens"),
 }
+
+
+# reasoning_effort reaches the chat template (``InputProcessor.render_chat``)
+CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items() if name != "reasoning_effort"}
 
 
 class _Request(BaseModel):
@@ -232,9 +236,14 @@ class _GenerationRequest(_Request):
         prompt_logprobs: int | None = None,
         sent_as: dict[str, str] | None = None,
         forced_call: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> SamplingParams:
-        """``sent_as`` renames a SamplingParams field in errors to the request field it came from."""
-        optional = {
+        """``sent_as`` renames a SamplingParams field in errors to the request field it came from; ``defaults``
+        (the served model's generation_config.json's) fill the fields the request leaves unset."""
+        defaults = defaults or {}
+        if max_tokens is None:
+            max_tokens = defaults.get("max_tokens")
+        given = {
             name: getattr(self, name)
             for name in (
                 "truncate_prompt_tokens",
@@ -257,6 +266,7 @@ class _GenerationRequest(_Request):
             )
             if getattr(self, name) is not None
         }
+        optional = {**{name: value for name, value in defaults.items() if name != "max_tokens"}, **given}
         source, structured = self._structured_outputs(forced_call)
         sent_as = {**(sent_as or {}), "structured_outputs": source}
         try:
@@ -279,6 +289,11 @@ class _GenerationRequest(_Request):
         grammar in time that grows with it (3.6 s for 100,000 choices), so a large one is checked off the event
         loop (``HostWork``)."""
         return _chars(self._structured_outputs(forced_call)[1])
+
+    def constraint_field(self, forced_call: dict[str, Any] | None = None) -> str | None:
+        """The field that asked for structured output (``tool_choice`` for a forced call); None if none did."""
+        source, structured = self._structured_outputs(forced_call)
+        return None if structured is None else source
 
     def _structured_outputs(self, forced_call: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
         """The one structured-output constraint asked for, and the field that asked (vLLM's several names, or a
@@ -338,6 +353,10 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
+    # the assistant's reasoning before its reply (vLLM's name, and DeepSeek's that templates read), for templates
+    # that show earlier turns' reasoning
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -356,18 +375,24 @@ class ChatMessage(_Request):
             raise ValueError(f"content is required in a {self.role} message (only an assistant's may be left out)")
         if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("tool_calls are only allowed in an assistant message")
+        if (self.reasoning is not None or self.reasoning_content is not None) and self.role != "assistant":
+            raise ValueError("reasoning is only allowed in an assistant message")
         if (self.tool_call_id is None) == (self.role == "tool"):
             raise ValueError("tool_call_id is required in a tool message, and only there")
         return self
 
     def for_template(self) -> dict[str, Any]:
         """What a chat template expects: {role, content} ("developer" is OpenAI's newer name for "system"), plus
-        the assistant's tool calls or the tool result's call id when present."""
+        the assistant's tool calls and reasoning (as ``reasoning_content``, ``reasoning`` and ``thinking``) or the
+        tool result's call id when present."""
         content = self.content or ""
         text = content if isinstance(content, str) else "".join(part.text for part in content)
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
         if self.tool_calls:
             message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
+        if reasoning is not None:  # gpt-oss's template reads "thinking"
+            message["reasoning_content"] = message["reasoning"] = message["thinking"] = reasoning
         for key in ("tool_call_id", "name"):
             if getattr(self, key) is not None:
                 message[key] = getattr(self, key)
@@ -437,10 +462,20 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     # None: "auto" with tools, else "none" (OpenAI's default)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None  # None or true: several calls in one reply may come
-    include_reasoning: bool = True  # no reasoning parser: there is no reasoning to leave out (vLLM without one)
+    include_reasoning: bool = True  # false leaves the reasoning out (with a reasoning parser; else there is none)
+    # the template variable of that name (gpt-oss's); refused where the model's template does not read it
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, CHAT_UNSUPPORTED_FIELDS)
+
+    def template_options(self) -> dict[str, Any]:
+        return {**super().template_options(), "reasoning_effort": self.reasoning_effort}
 
     @field_validator("tool_choice")
     @classmethod
@@ -465,8 +500,11 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
             raise ValueError("needs logprobs set to true")
         return value
 
-    def sampling_params(self, forced_call: dict[str, Any] | None = None) -> SamplingParams:
-        """``forced_call``: the JSON schema a forced tool call is generated under (``tool_choice``)."""
+    def sampling_params(
+        self, forced_call: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+    ) -> SamplingParams:
+        """``forced_call``: the JSON schema a forced tool call is generated under (``tool_choice``); ``defaults``:
+        the served model's sampling defaults."""
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         sent_as = {"max_tokens": "max_completion_tokens"} if self.max_completion_tokens is not None else None
@@ -476,6 +514,7 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
             prompt_logprobs=self.prompt_logprobs,
             sent_as=sent_as,
             forced_call=forced_call,
+            defaults=defaults,
         )
 
 
@@ -489,13 +528,16 @@ class CompletionRequest(_GenerationRequest):
 
     _no_suffix = _refused_when_set("suffix", "is not supported: the served models do not fill in the middle")
 
-    def sampling_params(self) -> SamplingParams:
-        """Echo with logprobs needs the prompt's logprobs: as many top ones as the output's, unless asked apart."""
+    def sampling_params(self, defaults: dict[str, Any] | None = None) -> SamplingParams:
+        """Echo with logprobs needs the prompt's logprobs: as many top ones as the output's, unless asked apart;
+        ``defaults``: the served model's sampling defaults (the completion's own default of 16 tokens stays)."""
         prompt_logprobs = self.prompt_logprobs
         if prompt_logprobs is None and self.echo:
             prompt_logprobs = self.logprobs
         max_tokens = 1 if self.echo and self.max_tokens == 0 else self.max_tokens  # the prompt alone (vLLM)
-        return self._sampling_params(max_tokens=max_tokens, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs)
+        return self._sampling_params(
+            max_tokens=max_tokens, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs, defaults=defaults
+        )
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per engine request; an empty prompt list is a 400."""
@@ -541,10 +583,22 @@ class DetokenizeRequest(_Request):
 # ---------------------------------------------------------------------------------------------------- responses
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None  # with a reasoning format in force (vLLM's)
+
+    @model_serializer(mode="wrap")
+    def _details_when_counted(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("completion_tokens_details") is None:
+            data.pop("completion_tokens_details", None)
+        return data
 
 
 class PromptLogprob(BaseModel):
@@ -598,6 +652,18 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCallOut] = Field(default_factory=list)  # vLLM's: always a list, empty without calls
+    reasoning: str | None = None  # with a reasoning parser: the reasoning before the content
+
+    @model_serializer(mode="wrap")
+    def _reasoning_when_present(self, handler: Any) -> dict[str, Any]:
+        return _with_reasoning(handler(self), self.reasoning)
+
+
+def _with_reasoning(data: dict[str, Any], reasoning: str | None) -> dict[str, Any]:
+    """The reasoning under vLLM's current name (``reasoning``) and its first one, DeepSeek's, that most clients
+    read (``reasoning_content``); left out when there is none, as without a reasoning parser."""
+    data.pop("reasoning", None)
+    return data if reasoning is None else {**data, "reasoning": reasoning, "reasoning_content": reasoning}
 
 
 class ChatChoice(BaseModel):
@@ -646,12 +712,13 @@ class DeltaMessage(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer
     def _present_only(self) -> dict[str, Any]:
         fields = (("role", self.role), ("content", self.content), ("tool_calls", self.tool_calls))
-        return {k: v for k, v in fields if v is not None}
+        return _with_reasoning({k: v for k, v in fields if v is not None}, self.reasoning)
 
 
 class ChatChunkChoice(BaseModel):

@@ -1,6 +1,7 @@
 """Tool-call formats, one module per family of formats, chosen by vLLM's ``--tool-call-parser`` names: JSON
 objects behind a marker (``json_formats``), Python calls (``pythonic``), tagged arguments typed by the tool's
-schema (``xml_formats``), the model's special tokens (``special_tokens``). ``jllm.tool_calls`` streams them.
+schema (``xml_formats``), the model's special tokens (``special_tokens``), gpt-oss's harmony messages
+(``harmony``). ``jllm.tool_calls`` streams them.
 
 Where this package sits: docs/architecture.md.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jllm.tool_parsers.base import ToolCall, ToolParser
+from jllm.tool_parsers.harmony import OpenAIParser
 from jllm.tool_parsers.json_formats import (
     GraniteParser,
     HermesParser,
@@ -37,6 +39,7 @@ _PARSERS: dict[str, type[ToolParser]] = {
     "kimi_k2": KimiK2Parser,
     "glm45": Glm45Parser,
     "jamba": JambaParser,
+    "openai": OpenAIParser,
 }
 PARSERS = tuple(_PARSERS)
 

@@ -183,6 +183,11 @@ class ToolParser:
         all (at the end, ``final``; or before, where the format can tell early, so the text streams as content)."""
         raise NotImplementedError
 
+    def as_content(self, text: str) -> str:
+        """What ``text`` (from where the calls start) shows as content when it turns out not to be calls: itself, as
+        vLLM returns it; a format of special tokens may leave its markers out."""
+        return text
+
     def partial(self, text: str) -> tuple[str, str] | None:
         """The call being generated after the complete ones in ``text``: its name and the part of its arguments'
         JSON text that can no longer change (a prefix of the call's arguments once complete); None when not known

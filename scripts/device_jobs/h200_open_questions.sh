@@ -42,3 +42,13 @@ step dump_attention 300 python scripts/profile_step.py --model configs/models/ll
 for b in 1 32; do
     step "replay_b$b" 300 python scripts/bench_kernels.py --replay "$QOUT/step_b$b.npz" --out "$QOUT/replay_b$b"
 done
+# Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250 ms, TPOT p50 8 ms): the long
+# prefill cap (vLLM's long_prefill_token_threshold) against none, each on a fresh server.
+for cap in 0 256 512; do
+    python -m jllm serve --config $BF16 --port 8100 --long-prefill-token-threshold $cap > "$QOUT/serve_cap$cap.log" 2>&1 &
+    server=$!
+    for _ in $(seq 120); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
+    step "serving_cap$cap" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
+        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_cap$cap.json"
+    kill "$server"; wait "$server"
+done

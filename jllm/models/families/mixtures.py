@@ -1,15 +1,18 @@
-"""The mixture-of-experts families: a routed mixture of SwiGLU experts (``jllm.models.moe``) in place of each MLP
-(Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE).
+"""The mixture-of-experts families: a routed mixture of SwiGLU experts (``jllm.models.moe``) in place of each MLP,
+or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4's
+text model).
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
+from jllm.models.families.llama import granite
 
 
 def _check_top_k(family: str, top_k: int, experts: int, experts_key: str) -> None:
@@ -110,4 +113,158 @@ def olmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         experts_per_token=top_k,
         experts_renormalize=bool(cfg.get("norm_topk_prob", False)),
         weights=WeightMap(rename=(("experts", "experts.{e}"),)),
+    )
+
+
+def granite_moe(cfg: dict[str, Any], dtype: Any, shared: int = 0) -> ModelArgs:
+    """Granite MoE (Granite 3.0 1B-A400M, 3B-A800M): Granite's four multipliers with, in every layer, a routed
+    mixture of ``num_local_experts`` SwiGLU experts (top ``num_experts_per_tok``, a softmax over the chosen logits:
+    renormalised), each projection's experts stored as one tensor (``input_linear``: gate rows, then up rows;
+    ``output_linear``). GraniteMoeShared adds a SwiGLU of width ``shared`` (its ``shared_intermediate_size``)
+    every token takes, ungated, its layer's ``shared_mlp``."""
+    experts, top_k = cfg.get("num_local_experts", 8), cfg.get("num_experts_per_tok", 2)
+    _check_top_k("Granite MoE", top_k, experts, "num_local_experts")
+    rename = (("mlp", "block_sparse_moe"), ("experts", ""), ("gate", "router.layer"), ("down_proj", "output_linear"))
+    return dataclasses.replace(
+        granite(cfg, dtype),
+        mlp_bias=False,
+        num_experts=experts,
+        experts_per_token=top_k,
+        shared_expert_size=shared,
+        shared_expert_gated=False,
+        weights=WeightMap(gate_up=("input_linear",), rename=(*rename, ("mlp.shared_expert", "shared_mlp"))),
+    )
+
+
+def granite_moe_shared(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    return granite_moe(cfg, dtype, cfg.get("shared_intermediate_size", 0))
+
+
+def phimoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Phi-3.5-MoE: LayerNorms (weight and bias), attention and LM-head biases where ``attention_bias`` /
+    ``lm_head_bias``, longrope scaled by ``short_mscale`` (jllm keeps the short factors, exact up to
+    ``original_max_position_embeddings``, ``jllm.models.rope``), and in every layer ``num_local_experts`` SwiGLU
+    experts of which sparsemixer picks two, with ``router_jitter_noise`` as its epsilon."""
+    cfg = {"rms_norm_eps": 1e-5, "max_position_embeddings": 4096 * 32, "num_key_value_heads": 8, **cfg}
+    experts, top_k = cfg.get("num_local_experts", 16), cfg.get("num_experts_per_tok", 2)
+    if top_k != 2:
+        raise ValueError(
+            f"Phi-MoE num_experts_per_tok={top_k} is not supported (its sparsemixer router picks two experts: "
+            "num_experts_per_tok=2)"
+        )
+    base = base_args(cfg, dtype)
+    params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    if params.get("rope_type", params.get("type", "default")) != "default":
+        if "short_mscale" not in params:
+            raise ValueError(f"Phi-MoE rope scaling {params} has no short_mscale (transformers requires it)")
+        params["attention_factor"] = params["short_mscale"]  # transformers' cos/sin factor up to the original context
+    rope = read_rope(cfg, base["head_dim"], params)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=tuple(LayerSpec(rope, w) for w in layer_windows(cfg, [SLIDING] * base["num_layers"])),
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        lm_head_bias=bool(cfg.get("lm_head_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "Phi-MoE"),
+        num_experts=experts,
+        experts_per_token=2,
+        expert_routing="sparsemixer",
+        router_eps=float(cfg.get("router_jitter_noise", 0.01)),
+        weights=WeightMap(
+            gate_up=("w1", "w3"), rename=(("mlp", "block_sparse_moe"), ("experts", "experts.{e}"), ("down_proj", "w2"))
+        ),
+    )
+
+
+def ernie4_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """ERNIE 4.5 MoE (ERNIE-4.5-21B-A3B, 300B-A47B): Llama's layout with interleaved rotary pairs; a mixture of
+    ``moe_num_experts`` SwiGLU experts of width ``moe_intermediate_size`` in every ``moe_layer_interval``-th layer
+    from ``moe_layer_start_index`` to ``moe_layer_end_index`` (a dense SwiGLU of ``intermediate_size`` in the
+    others), beside ``moe_num_shared_experts`` experts' worth of one ungated shared SwiGLU. Its router picks the top
+    ``moe_k`` of the softmax plus ``e_score_correction_bias`` and weights them by the softmax alone, renormalised."""
+    defaults = dict(rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=True)
+    cfg = {**defaults, "num_key_value_heads": 4, **cfg}
+    if cfg.get("use_bias"):
+        raise ValueError("ERNIE 4.5 MoE use_bias=True is not supported (supported: use_bias=False)")
+    experts = cfg.get("moe_num_experts", cfg.get("num_experts", 64))
+    top_k = cfg.get("moe_k", cfg.get("num_experts_per_tok", 6))
+    _check_top_k("ERNIE 4.5 MoE", top_k, experts, "moe_num_experts")
+    base = base_args(cfg, dtype)
+    n = base["num_layers"]
+    start, end = cfg.get("moe_layer_start_index", 1), cfg.get("moe_layer_end_index", -1)
+    end, interval = n - 1 if end == -1 else end, cfg.get("moe_layer_interval", 1)
+    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)
+    dense = [not ((i + 1) % interval == 0 and start <= i <= end) for i in range(n)]
+    moe_width = cfg.get("moe_intermediate_size", 1536)
+    return ModelArgs(
+        **{**base, "intermediate_size": moe_width},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=base["intermediate_size"] if d else None) for d in dense),
+        mlp_act=activation(cfg, "hidden_act", "silu", "ERNIE 4.5 MoE"),
+        num_experts=experts,
+        experts_per_token=top_k,
+        shared_expert_size=moe_width * cfg.get("moe_num_shared_experts", 2),
+        shared_expert_gated=False,
+        expert_routing="softmax_corrected",
+        router_eps=float(cfg.get("moe_norm_min", 1e-12)),
+        weights=WeightMap(
+            rename=(
+                ("experts", "experts.{e}"),
+                ("shared_expert", "shared_experts"),
+                ("e_score_correction_bias", "moe_statics.e_score_correction_bias"),
+            )
+        ),
+    )
+
+
+def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Llama 4's text model (Scout, Maverick): a mixture of ``num_local_experts`` SwiGLU experts in the layers
+    ``moe_layers`` names (by default every ``interleave_moe_layer_step``-th), each token's top
+    ``num_experts_per_tok`` by a sigmoid of the router's logits that scales the expert's input, beside an ungated
+    shared SwiGLU; dense SwiGLUs of ``intermediate_size_mlp`` in the other layers. Rotary on neighbouring channel
+    pairs in the layers ``no_rope_layers`` marks 1 (by default all but every ``no_rope_layer_interval``-th), there
+    followed by a weightless RMSNorm on each query and key head where ``use_qk_norm``; the layers without rotary scale
+    their queries by position where ``attn_temperature_tuning``. Those rotary layers attend within chunks of
+    ``attention_chunk_size`` tokens, which jllm has no kernel for: it serves contexts up to one chunk
+    (``ModelArgs.max_context``), where that is causal attention."""
+    defaults = dict(rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=4096 * 32, head_dim=128)
+    cfg = {**defaults, "num_key_value_heads": 8, **cfg}
+    experts, top_k = cfg.get("num_local_experts", 16), cfg.get("num_experts_per_tok", 1)
+    _check_top_k("Llama 4", top_k, experts, "num_local_experts")
+    base = base_args(cfg, dtype)
+    n = base["num_layers"]
+    step = cfg.get("interleave_moe_layer_step", 1)
+    moe_layers = cfg.get("moe_layers")
+    moe_layers = set(range(step - 1, n, step) if moe_layers is None else moe_layers)
+    interval = cfg.get("no_rope_layer_interval", 4)
+    uses_rope = cfg.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    chunk = cfg.get("attention_chunk_size", 8192)
+    types = cfg.get("layer_types") or ["chunked_attention" if r and chunk else FULL for r in uses_rope]
+    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)
+    tuning = cfg.get("attn_temperature_tuning", True)
+    temperature = (float(cfg.get("floor_scale", 8192)), float(cfg.get("attn_scale", 0.1))) if tuning else None
+    layers = tuple(
+        LayerSpec(
+            rope if r else None,
+            dense_mlp_size=None if i in moe_layers else cfg.get("intermediate_size_mlp", 16384),
+            qk_l2_norm=bool(r and cfg.get("use_qk_norm", True)),
+            attn_temperature=None if r else temperature,
+        )
+        for i, r in enumerate(uses_rope)
+    )
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_act=activation(cfg, "hidden_act", "silu", "Llama 4"),
+        num_experts=experts,
+        experts_per_token=top_k,
+        expert_routing="sigmoid_input",
+        shared_expert_size=base["intermediate_size"],
+        shared_expert_gated=False,
+        attention_chunk_size=chunk if "chunked_attention" in types else None,
+        weights=WeightMap(rename=(("mlp", "feed_forward"), ("gate", "router")), expert_params=True),
     )

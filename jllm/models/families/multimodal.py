@@ -54,5 +54,5 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mistral 3 image-text (Mistral-Small-3.1/3.2): its Mistral language model. Ministral 3's ``ministral3`` text
-    model (YaRN with Llama 4's attention temperature) is refused."""
+    model (YaRN with its own position-dependent query scaling, ``llama_4_scaling_beta``) is refused."""
     return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral})
