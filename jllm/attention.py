@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
@@ -29,20 +30,29 @@ BACKENDS = ("reference", "pallas", "triton-prefill")
 _KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
-def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None) -> str:
-    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype.
+def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None, head_dim: int | None = None) -> str:
+    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype and
+    head width.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
     "pallas") and the reference everywhere else. The jax-triton prefill kernel does not read an FP8 pool, so with one
-    "auto" takes "pallas" and "triton-prefill" is refused.
+    "auto" takes "pallas" and "triton-prefill" is refused. Both kernels tile a head's channels in one power-of-two
+    block, so a pool head of another width (DeepSeek's latent, 512 + 64) takes the reference, and the kernels are
+    refused for it.
     """
     fp8 = pool_dtype is not None and is_fp8(pool_dtype)
+    kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
     if name == "auto":
-        if platform not in _KERNEL_PLATFORMS:
+        if platform not in _KERNEL_PLATFORMS or not kernel_width:
             return "reference"
         return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
+    if name != "reference" and not kernel_width:
+        raise ValueError(
+            f"attention_backend={name!r} needs a KV pool head width that is a power of two >= 16, not {head_dim} "
+            "(DeepSeek's latent attention); use attention_backend 'auto' or 'reference'"
+        )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
     if name == "triton-prefill" and fp8:
@@ -82,11 +92,14 @@ def paged_attention(
     sm_scale: float,
     soft_cap: float | None = None,
     sliding_window: int | None = None,
+    sinks: jax.Array | None = None,  # [num_q_heads]
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool).
 
     Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only. A step has
-    prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S).
+    prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S). ``sinks``:
+    gpt-oss's per-head logits that join each row's softmax denominator (every backend takes them; under tensor
+    parallelism they split with the query heads).
     """
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
     if meta.backend == "reference":
@@ -110,14 +123,29 @@ def paged_attention(
         )
     else:
         raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")
+    inputs = [q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc]
+    if sinks is not None:  # a positional input, so that shard_map splits it
+        inputs.append(sinks)
+        attend = _sinks_positional(attend)
     if meta.mesh is not None and meta.mesh.size > 1:
         heads = PartitionSpec(None, TP_AXIS)  # q [T, Hq, D] and the pool [2, Hkv, ...] split by heads
+        in_specs = (heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec(TP_AXIS))
         attend = jax.shard_map(
             attend,
             mesh=meta.mesh,
-            in_specs=(heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec()),
+            in_specs=in_specs[: len(inputs)],
             out_specs=heads,
             check_vma=False,  # neither the kernel's out_shape nor the reference's loop carry names varying axes
         )
-    out = attend(q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc)
-    return out, kv_pages
+    return attend(*inputs), kv_pages
+
+
+def _sinks_positional(attend: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``attend`` taking the sinks ``[Hq]`` as its sixth positional argument instead of a keyword."""
+
+    def call(
+        q: jax.Array, kv_pages: jax.Array, kv_lens: jax.Array, tables: jax.Array, qsl: jax.Array, sinks: jax.Array
+    ) -> jax.Array:
+        return attend(q, kv_pages, kv_lens, tables, qsl, sinks=sinks)
+
+    return call

@@ -136,8 +136,9 @@ def _worker(
         )
     page_size = config.cache.page_size
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, dtype)
-    backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype)  # before any allocation
+    spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
+    # before any allocation
+    backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype, spec.head_dim)
     num_pages = _num_pages(config, spec, loaded)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
     with timed() as elapsed:

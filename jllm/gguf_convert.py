@@ -4,7 +4,8 @@ The rest of jllm reads one format (config.json + safetensors + tokenizer.json), 
 front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order and
 Gemma's `w + 1` norms undone, the tokenizer rebuilt from the metadata (`jllm.gguf_tokenizer`). Every step mirrors
 what transformers' own GGUF loader does (its legacy `load_gguf_checkpoint` path, for these architectures), and the
-tests hold us to its output.
+tests hold us to its output, but one: the rotary scaling it drops is written back into config.json
+(`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its original config says.
 
 Where this module sits: docs/architecture.md.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import re
 import shutil
@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 from safetensors.numpy import save_file
 
+from jllm.gguf_rope import ROPE_TENSORS, rope_config
 from jllm.gguf_tokenizer import SUPPORTED_TOKENIZERS, build_tokenizer, tokenizer_config
-
-logger = logging.getLogger(__name__)
 
 _COMMON_LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -176,9 +175,6 @@ ARCHITECTURES = {
         },
     ),
 }
-# Rotary frequency factors (Llama 3.1's `rope_freqs`, Phi-3's longrope): transformers' GGUF loader drops them, and so
-# do we, so the model is the one transformers gives (unscaled rotary).
-_DROPPED = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 SHARD_BYTES = 2 << 30  # converted weights are written in shards of at most this many bytes
 _TOKEN_IDS = {
     "bos_token_id": "bos_token_id",
@@ -218,6 +214,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     try:
         has_lm_head = any(t.name == "output.weight" for t in reader.tensors)
         config = _hf_config(meta, arch_name, arch, has_lm_head)
+        rope_tensors = {t.name: _dequantized(t) for t in reader.tensors if t.name in ROPE_TENSORS}
+        config.update(rope_config(meta, arch_name, config, rope_tensors))
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", _generation_config(config, meta))
         _save_tensors(_hf_tensors(reader, config, arch), tmp)
@@ -262,14 +260,7 @@ def _check_tensors(gguf_path: Path, reader: GGUFReader, arch: _Arch) -> None:
                 f"{gguf_path}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, which is not supported "
                 f"(supported: {supported})"
             )
-        if tensor.name in _DROPPED:
-            logger.warning(
-                "%s: dropping tensor %r (rotary frequency factors), as transformers' GGUF loader does: the model "
-                "runs with unscaled rotary embeddings",
-                gguf_path,
-                tensor.name,
-            )
-        else:
+        if tensor.name not in ROPE_TENSORS:  # read into config.json's rope_scaling
             _hf_name(tensor.name, arch)
 
 
@@ -295,13 +286,6 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
     def key(name: str, default: Any = None) -> Any:
         return meta.get(f"{arch_name}.{name}", default)
 
-    if key("rope.scaling.type", "none") != "none":  # transformers maps no rope-scaling key for these architectures
-        logger.warning(
-            "GGUF rope scaling %r (factor %s) is ignored, as transformers' GGUF loader ignores it: the model runs with "
-            "unscaled rotary embeddings",
-            key("rope.scaling.type"),
-            key("rope.scaling.factor"),
-        )
     heads = int(key("attention.head_count"))
     config = {
         "architectures": [arch.hf_class],
@@ -375,9 +359,9 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iter
     (Llama), Gemma's norms back to `w` from llama.cpp's `w + 1`, stacked experts one tensor each."""
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     for tensor in reader.tensors:
-        if tensor.name in _DROPPED:
+        if tensor.name in ROPE_TENSORS:
             continue
-        weights = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)  # [out, in] or [n]
+        weights = _dequantized(tensor)  # [out, in] or [n]
         if arch.rotary_permuted and ".attn_q." in tensor.name:
             weights = _unpermute_rotary(weights, heads)
         elif arch.rotary_permuted and ".attn_k." in tensor.name:
@@ -391,6 +375,10 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iter
         if tensor.name.endswith("ffn_gate_inp_shexp.weight"):
             weights = weights.reshape(1, -1)  # the shared expert's gate, [1, hidden] in HF checkpoints
         yield name, np.ascontiguousarray(weights)
+
+
+def _dequantized(tensor: ReaderTensor) -> np.ndarray:
+    return dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
 
 
 def _hf_name(gguf_name: str, arch: _Arch) -> str:

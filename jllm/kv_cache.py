@@ -1,8 +1,10 @@
 """The paged KV pool: its shape, dtype and size (see docs/architecture.md, "The KV pool").
 
-One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1). The pool is allocated
-once, zero-filled and donated to every step. Which request owns which page is the block manager's business; this
-module only decides how many pages fit and creates them where the sharding says, without staging a host copy.
+One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1); a model's heads and
+width are ``KVCacheSpec.for_model``'s (DeepSeek's latent attention keeps one head of its latent's width). The pool
+is allocated once, zero-filled and donated to every step. Which request owns which page is the block manager's
+business; this module only decides how many pages fit and creates them where the sharding says, without staging a
+host copy.
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +60,11 @@ class KVCacheSpec:
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"KVCacheSpec.dtype must be a floating dtype (e.g. bfloat16), got {dtype}")
         object.__setattr__(self, "dtype", dtype)  # normalise "bfloat16" / jnp.bfloat16 to one np.dtype
+
+    @classmethod
+    def for_model(cls, args: Any, page_size: int, dtype: DTypeLike) -> KVCacheSpec:
+        """The pool a model's ``ModelArgs`` needs: its KV heads (copies included), each ``kv_pool_head_dim`` wide."""
+        return cls(args.num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype)
 
     def layer_shape(self, num_pages: int) -> tuple[int, int, int, int, int]:
         """One layer's pool shape: ``[2, num_kv_heads, num_pages, page_size, head_dim]``."""

@@ -250,6 +250,8 @@ class SafetensorsIndex:
 
     def param_reader(self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int) -> Reader:
         """Reads any slice of one model parameter, assembling fused projections from their checkpoint parts."""
+        if self.weights.reader is not None and (read := self.weights.reader(self, path, shape, dtype)) is not None:
+            return read
         names, transpose = hf_names(path, self.weights)
         if "{e}" in names[0]:
             return self._experts_reader(names, str(path[-2]), shape, transpose, dtype)

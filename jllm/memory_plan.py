@@ -70,7 +70,7 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
     weights = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)) // tp
     cache = config.cache
     dtype = kv_cache.pool_dtype(cache.kv_cache_dtype, args.dtype)
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, cache.page_size, dtype)
+    spec = kv_cache.KVCacheSpec.for_model(args, cache.page_size, dtype)
     if cache.num_pages is not None:
         num_pages = cache.num_pages
     elif cache.kv_cache_memory_bytes is not None:

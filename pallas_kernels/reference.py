@@ -94,6 +94,7 @@ def ref_ragged_paged_attention(
     q_block: int | None = None,
     k_scale: Scale = 1.0,
     v_scale: Scale = 1.0,
+    sinks: jax.Array | None = None,  # [num_q_heads]
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
     """Causal attention of a ragged batch of new tokens over their sequences' paged K/V.
 
@@ -103,15 +104,18 @@ def ref_ragged_paged_attention(
     Gemma-2's ``soft_cap * tanh(logits / soft_cap)``. ``q_block`` only tunes speed: None gives sequences of fewer
     than _LONG_QUERY new tokens one-row items and longer ones blocks of up to _MAX_Q_BLOCK rows; a number cuts every
     sequence into blocks of that many rows. An FP8 pool's pages are dequantized (``kv_quant.dequantize`` with
-    ``k_scale`` / ``v_scale``) to float32 as each chunk is gathered.
+    ``k_scale`` / ``v_scale``) to float32 as each chunk is gathered. ``sinks`` (gpt-oss's attention sinks): a
+    logit per query head that joins each of its rows' softmax denominators and adds no value, so a row's weights
+    sum to less than one (a row that sees no key comes out 0, as without sinks).
     """
-    _validate(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block)
+    _validate(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block, sinks)
     num_tokens = q.shape[0]
     num_seqs = block_tables.shape[0]
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
     attend = functools.partial(
         _attend_blocks, q, kv_pages, kv_lens, block_tables, query_start_loc,
         sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=(k_scale, v_scale),
+        sinks=sinks,
     )  # fmt: skip
     out = jnp.zeros_like(q)  # [T, Hq, D]; rows no item owns (padding) stay exactly zero
     if q_block is not None:
@@ -142,6 +146,7 @@ def _attend_blocks(
     soft_cap: float | None,
     sliding_window: int | None,
     kv_scales: tuple[Scale, Scale],
+    sinks: jax.Array | None,  # [Hq]
 ) -> jax.Array:  # [T, Hq, D], ``out`` with these sequences' rows written
     """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows.
 
@@ -171,7 +176,7 @@ def _attend_blocks(
         q_items = q[jnp.minimum(row, num_tokens - 1)]  # [B, bq, Hq, D]
         res = _attend_items(
             q_items, block_tables[seq], last_col, kv_pages, chunk_pages,
-            sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=kv_scales,
+            sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=kv_scales, sinks=sinks,
         )  # fmt: skip
         return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, head_dim), mode="drop")
 
@@ -191,12 +196,14 @@ def _attend_items(
     soft_cap: float | None,
     sliding_window: int | None,
     kv_scales: tuple[Scale, Scale],  # K's and V's, for an FP8 pool
+    sinks: jax.Array | None,  # [Hq]
 ) -> jax.Array:  # [B, bq, Hq, D] in q's dtype
     """Attention of a few work items over their sequences' pages, one chunk of pages at a time; fp32 softmax.
 
     The chunk loop runs only as far as the furthest visible column of these items, so a step costs what its live
     lengths need, not what ``max_model_len`` allows; and each chunk's gathered K/V stay cache-sized (on the CPU,
-    gathering whole contexts first moved 3x the bytes). Chunks merge with the usual online-softmax rescaling.
+    gathering whole contexts first moved 3x the bytes). Chunks merge with the usual online-softmax rescaling; a sink
+    is where each row's running max and sum start (its logit and exp(0) = 1), a key of value 0 seen before the first.
     """
     num_items, bq, num_q_heads, head_dim = q.shape
     out_dtype = q.dtype
@@ -242,11 +249,12 @@ def _attend_items(
         return new_max, denom, acc
 
     stats_shape = (num_kv_heads, num_items, group, bq)
-    init = (
-        jnp.full(stats_shape, _MASK_VALUE, jnp.float32),
-        jnp.zeros(stats_shape, jnp.float32),
-        jnp.zeros((*stats_shape, head_dim), jnp.float32),
-    )
+    if sinks is None:
+        init_max, init_sum = jnp.full(stats_shape, _MASK_VALUE, jnp.float32), jnp.zeros(stats_shape, jnp.float32)
+    else:
+        sink = sinks.astype(jnp.float32).reshape(num_kv_heads, 1, group, 1)  # query head h = KV head * G + g
+        init_max, init_sum = jnp.broadcast_to(sink, stats_shape), jnp.ones(stats_shape, jnp.float32)
+    init = (init_max, init_sum, jnp.zeros((*stats_shape, head_dim), jnp.float32))
     _, denom, acc = jax.lax.fori_loop(0, num_chunks, attend_chunk, init)
     out = jnp.where(denom[..., None] > 0, acc / jnp.where(denom > 0, denom, 1.0)[..., None], 0.0)  # rows seeing none: 0
     out = out.transpose(1, 3, 0, 2, 4).reshape(num_items, bq, num_q_heads, head_dim)  # f32[B, bq, Hq, D]
@@ -298,11 +306,16 @@ def _validate(
     soft_cap: float | None,
     sliding_window: int | None,
     q_block: int | None,
+    sinks: jax.Array | None = None,
 ) -> None:
     """Shape and dtype checks at trace time, so a wrong runner input fails with a message instead of a bad gather."""
     _validate_q_and_kv(q, kv_pages)
     _validate_metadata(kv_lens, block_tables, query_start_loc)
     _validate_options(soft_cap, sliding_window, q_block)
+    if sinks is not None and (sinks.shape != q.shape[1:2] or not jnp.issubdtype(sinks.dtype, jnp.floating)):
+        raise ValueError(
+            f"sinks must be floating point [num_q_heads={q.shape[1]}], got {sinks.dtype}{list(sinks.shape)}"
+        )
 
 
 def _validate_q_and_kv(q: jax.Array, kv_pages: jax.Array) -> None:

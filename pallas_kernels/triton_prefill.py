@@ -7,7 +7,7 @@ of one sequence and one query head, the tiling of FlashAttention: a ``[block_m, 
 2. Key blocks that every row of the tile sees wholly run without a mask; only the blocks on the causal diagonal (and,
 with a sliding window, every block) are masked, and blocks past the tile's last row are never visited. GQA's shared
 K/V are re-read per query head from L2. Work items are the reference's (``query_blocks``); rows no item owns
-(padding) come out zero.
+(padding) come out zero. A head's attention sink (gpt-oss) starts its rows' running max and sum.
 
 ``prefill_attention`` is the jitted JAX entry (GPU only: jax-triton launches compiled Triton); ``work_items`` and
 ``kernel_params`` are the host logic it shares with the CPU tests, which run ``_prefill_kernel`` itself in Triton's
@@ -78,6 +78,7 @@ def kernel_params(
     sliding_window: int | None,
     dot_precision: str,
     config: PrefillConfig,
+    has_sinks: bool = False,
 ) -> dict[str, Any]:
     """The kernel's compile-time parameters (Triton constexprs) for one call's static shapes and options."""
     _, num_q_heads, head_dim = q_shape
@@ -94,6 +95,7 @@ def kernel_params(
         SM_SCALE=float(sm_scale),
         SOFT_CAP=float(soft_cap or 0.0),
         WINDOW=int(sliding_window or 0),
+        HAS_SINKS=has_sinks,
         DOT_PRECISION=dot_precision,
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
@@ -120,9 +122,12 @@ def prefill_attention(
     soft_cap: float | None = None,
     sliding_window: int | None = None,
     config: PrefillConfig | None = None,
+    sinks: jax.Array | None = None,  # [num_q_heads]
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
     """Same contract as ``ref_ragged_paged_attention``; compiles only for a CUDA device (jax-triton)."""
-    _validate_reference_inputs(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None)
+    _validate_reference_inputs(
+        q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None, sinks
+    )
     check_shapes(q, kv_pages)
     num_tokens, num_q_heads, _ = q.shape
     num_seqs, table_width = block_tables.shape
@@ -131,10 +136,12 @@ def prefill_attention(
     params = kernel_params(
         q.shape, kv_pages.shape, table_width, num_seqs, sm_scale=sm_scale, soft_cap=soft_cap,
         sliding_window=sliding_window, dot_precision="ieee" if q.dtype == jnp.float32 else "tf32", config=cfg,
+        has_sinks=sinks is not None,
     )  # fmt: skip
+    sinks = jnp.zeros((num_q_heads,), jnp.float32) if sinks is None else sinks.astype(jnp.float32)  # read if any
     return triton_call(
         q, kv_pages, block_tables.astype(jnp.int32), item_seq, item_first, query_start_loc.astype(jnp.int32),
-        kv_lens.astype(jnp.int32),
+        kv_lens.astype(jnp.int32), sinks,
         kernel=_prefill_kernel,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         grid=(item_seq.shape[0], num_q_heads),
@@ -165,6 +172,7 @@ def _prefill_kernel(
     item_first_ptr,  # i32[N]
     qsl_ptr,  # i32[S + 1]
     kv_lens_ptr,  # i32[S]
+    sinks_ptr,  # f32[Hq], read only with HAS_SINKS
     out_ptr,  # [T, Hq, D], zeroed before the launch
     NUM_SEQS: tl.constexpr,
     TABLE_WIDTH: tl.constexpr,
@@ -177,6 +185,7 @@ def _prefill_kernel(
     SM_SCALE: tl.constexpr,
     SOFT_CAP: tl.constexpr,
     WINDOW: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -219,8 +228,12 @@ def _prefill_kernel(
         qk_scale = SM_SCALE * _LOG2E  # log2(e): the softmax runs in base 2
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    row_max = tl.full([BLOCK_M], _MASK_VALUE, dtype=tl.float32)
-    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_SINKS:  # the head's sink: a key of value 0 every row sees first (its logit, in base 2, and exp2(0))
+        row_max = tl.full([BLOCK_M], 0.0, dtype=tl.float32) + tl.load(sinks_ptr + head) * _LOG2E
+        row_sum = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    else:
+        row_max = tl.full([BLOCK_M], _MASK_VALUE, dtype=tl.float32)
+        row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start in range(lo, full_end, BLOCK_N):
         acc, row_max, row_sum = _attend_block(
             acc, row_max, row_sum, q, k_base, table, start, offs_n, offs_d, row_last, kv_len, qk_scale,

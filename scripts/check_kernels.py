@@ -3,9 +3,9 @@ kernel on every case, and the jax-triton prefill kernel (``triton-prefill``) on 
 
 Cases cover decode batches of 1 to 256 over contexts of 1 to 32k tokens, page sizes 16/32/64, head_dim 64/128,
 GQA 1/4/8, KV lengths on and just past page boundaries, prefill chunks with and without a cached prefix, mixed
-prefill+decode batches, empty padding sequences, soft-cap and sliding window, bf16 and f32. Before each kernel call
-the allocator is filled with NaN (an unwritten output element would show); leak cases then rewrite every slot no
-sequence has written with huge values and require a bit-identical output.
+prefill+decode batches, empty padding sequences, soft-cap and sliding window, attention sinks (gpt-oss), bf16 and
+f32. Before each kernel call the allocator is filled with NaN (an unwritten output element would show); leak cases
+then rewrite every slot no sequence has written with huge values and require a bit-identical output.
 
     python scripts/check_kernels.py                 # GPU, full sweep; logs to $OUT when set
     python scripts/check_kernels.py --quick --interpret   # CPU dry run of the script on small cases
@@ -47,6 +47,7 @@ class Case:
     pad_rows: int = 3
     soft_cap: float | None = None
     sliding_window: int | None = None
+    sinks: bool = False  # a random logit per query head in each row's softmax (gpt-oss's attention sinks)
     leak: bool = False  # also rewrite unwritten slots with garbage and require the same output
     config: KernelConfig | PrefillConfig | None = None  # None: the default tiling for the shape
     kernel: str = "pallas"  # or "triton-prefill"
@@ -86,6 +87,15 @@ def cases(quick: bool) -> list[Case]:
         decode("decode b7 boundaries", [1, 15, 16, 17, 2048, 4095, 4097][: 5 if quick else 7]),
         Case("mixed f32 D=64 G=4", mixed_q, [16, 17, 48, 118, 0, 128, 300], head_dim=64, dtype="float32"),
         Case("mixed softcap+window", mixed_q, [16, 17, 48, 118, 0, 128, 300], soft_cap=30.0, sliding_window=64),
+        Case(
+            "mixed sinks+window D=64",
+            mixed_q,
+            [16, 17, 48, 118, 0, 128, 300],
+            head_dim=64,
+            sinks=True,
+            sliding_window=128,
+        ),
+        decode("decode b5 sinks D=64", [1, 16, 17, 300, 0], head_dim=64, group=8, sinks=True),
         Case("mixed leak", mixed_q, [16, 17, 48, 118, 0, 128, 300], leak=True),
         Case("mixed q8/kv64/s2 leak", mixed_q, [16, 17, 48, 118, 0, 128, 300], leak=True, config=ODD_TILING),
     ]
@@ -176,6 +186,8 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
     inputs = build(case, seed)
     q = inputs[0]
     kw = {"sm_scale": case.head_dim**-0.5, "soft_cap": case.soft_cap, "sliding_window": case.sliding_window}
+    if case.sinks:
+        kw["sinks"] = 3.0 * jax.random.normal(jax.random.key(seed + 2), (q.shape[1],), jnp.float32)
     if case.kernel == "triton-prefill":
         kernel = jax.jit(lambda *a: prefill_attention(*a, config=case.config, **kw))
     else:

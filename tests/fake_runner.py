@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer as BackendTokenizer
@@ -138,6 +139,16 @@ def fake_engine(
     inputs = InputProcessor(tokenizer, vocab_size=VOCAB_SIZE, max_model_len=max_model_len, limits=limits)
     runner = ScriptedRunner(script, step_seconds)
     return LLMEngine(scheduler, runner, inputs, async_scheduling=async_scheduling, seed=0)
+
+
+def repeating_text_engine(text: str, tokenizer_dir: Path, **engine_args: Any) -> LLMEngine:
+    """``fake_engine`` whose every sample is ``text``'s tokens again and again (from position 0 after the prompt)."""
+    ids = BackendTokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(text).ids
+
+    def script(prompt: Sequence[int], position: int) -> int:
+        return ids[(position - len(prompt)) % len(ids)]
+
+    return fake_engine(script=script, tokenizer_dir=tokenizer_dir, **engine_args)
 
 
 def byte_level_tokenizer(out: Path) -> Path:

@@ -46,9 +46,9 @@ def save_tiny_checkpoint(
 
     ``config_cls_name`` where it is not the model's name with ``Config`` (``Gemma3TextConfig``);
     ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases) and
-    every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``) and ERNIE's router correction bias
-    (``[1, experts]``), which transformers initialises to constants (so a ``1 + w`` norm read as ``w``, or a bias not
-    read at all, would otherwise go unnoticed)."""
+    every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``) and ERNIE's and DeepSeek-V3's router
+    correction biases and stacked experts' biases (gpt-oss's ``[experts, out]``), which transformers initialises to
+    constants (so a ``1 + w`` norm read as ``w``, or a bias not read at all, would otherwise go unnoticed)."""
     import torch
     import transformers
 
@@ -58,8 +58,11 @@ def save_tiny_checkpoint(
     if perturb_constants:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if p.ndim == 1 or name.endswith(("norm.weight", "e_score_correction_bias")):
+                if p.ndim == 1 or name.endswith(("norm.weight", "_bias")):
                     p.add_(0.3 * torch.randn_like(p))
+            for name, b in model.named_buffers():  # DeepSeek-V3's router keeps its choice bias as a buffer
+                if name.endswith("e_score_correction_bias"):
+                    b.add_(0.3 * torch.randn_like(b))
     model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
     return out_dir
 
@@ -124,7 +127,7 @@ def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size
         block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
         positions = np.arange(len(seq))
         slots.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
-    layer_shape = (2, args.num_kv_heads, int(first[-1]), page_size, args.head_dim)
+    layer_shape = (2, args.num_kv_heads, int(first[-1]), page_size, args.kv_pool_head_dim)
     pool = [jnp.zeros(layer_shape, args.dtype) for _ in range(args.num_layers)]
     meta = AttentionMetadata(
         slot_mapping=jnp.asarray(np.concatenate(slots), jnp.int32),

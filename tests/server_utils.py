@@ -10,7 +10,8 @@ import asyncio
 import json
 import shutil
 import threading
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -142,6 +143,21 @@ def http(
                 return Reply(response.status, dict(response.headers), await response.read())
 
     return asyncio.run(go())
+
+
+def wait_until(done: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls ``done`` for up to ``timeout`` seconds: the server acts on a client's hang-up (aborts its request
+    within a few steps) after the client has moved on."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def assert_engine_left_empty(engine: LLMEngine, wait: float = 0.0) -> None:
+    """No request left in ``engine`` and no page held, after waiting up to ``wait`` seconds for aborted requests to
+    leave (0: they must be gone already)."""
+    wait_until(lambda: not engine.requests, wait)
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
 
 
 def metrics(url: str) -> dict[str, float]:

@@ -15,7 +15,6 @@ biases are random too (transformers initialises them to ones and zeros).
 
 from __future__ import annotations
 
-import collections
 import json
 import shutil
 from collections.abc import Callable
@@ -36,8 +35,9 @@ from model_utils import (
 )
 
 from jllm import LLM, SamplingParams
-from jllm.loader import load_model
-from jllm.models.moe import SparseMoE
+from jllm.kv_cache import KVCacheSpec
+from jllm.loader import abstract_model, load_model
+from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE, grouped_top_k
 from jllm.parallel import make_mesh
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
@@ -50,10 +50,32 @@ BASE["pad_token_id"] = 0
 GRANITE_MULTIPLIERS = dict(
     embedding_multiplier=12.0, attention_multiplier=0.1, residual_multiplier=0.22, logits_scaling=8.0
 )
+# What a DeepSeek config.json must hold besides TINY_CONFIG
+DEEPSEEK_KEYS = dict(
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+)
+# DeepSeek's latent attention (pool head 32 + 8 wide) and experts in 4 groups of 2; one dense layer, then a mixture.
+# Its attention expands to every query head, so num_key_value_heads stays the heads' count.
+DEEPSEEK = dict(
+    DEEPSEEK_KEYS,
+    head_dim=None,  # transformers' is qk_rope_head_dim
+    num_key_value_heads=None,
+    n_shared_experts=2,
+    first_k_dense_replace=1,
+    n_group=4,
+    topk_group=2,
+)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
 # separate k/v projections tests/test_tensor_parallel.py shows (Llama at 4 and 8): each TP 4 engine here costs ~12 s.
+# A None override of a key BASE lacks stays None (DeepSeek-V2-Lite's q_lora_rank).
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2]),
     "gemma": ("GemmaForCausalLM", None, dict(tie_word_embeddings=False), []),
@@ -213,6 +235,76 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],  # each device's slice of the experts read from one bare [experts, in, out] tensor
     ),
+    # V2-Lite's queries (no q_lora_rank), V2's group-limited softmax router
+    "deepseek_v2": (
+        "DeepseekV2ForCausalLM",
+        None,
+        dict(DEEPSEEK, q_lora_rank=None, topk_method="group_limited_greedy", routed_scaling_factor=1.5),
+        [],
+    ),
+    # V3's low-rank queries, sigmoid router with a (random) choice bias, YaRN with both mscales. TP 2: the one
+    # latent KV head replicated, the query heads split
+    "deepseek_v3": (
+        "DeepseekV3ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            q_lora_rank=24,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+        [2],
+    ),
+    # gpt-oss: attention sinks, sliding and full layers, YaRN unrounded (truncate false), biased router and experts
+    # (gate and up interleaved in one stored tensor), its clamped SwiGLU (a limit of 3 clamps some of these), 3 of 8
+    # experts per token. TP 2: the sinks split with the query heads
+    "gpt_oss": (
+        "GptOssForCausalLM",
+        None,
+        dict(
+            num_local_experts=8,
+            num_experts_per_tok=3,
+            sliding_window=WINDOW,
+            swiglu_limit=3.0,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 128,
+                "rope_theta": 150000.0,
+            },
+        ),
+        [2],
+    ),
+    # GLM-4.5's layout with q/k norms: V3's router and mixture on GQA, the rotary on half of each head (the default)
+    "glm4_moe": (
+        "Glm4MoeForCausalLM",
+        None,
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            use_qk_norm=True,
+            attention_bias=True,
+        ),
+        [],
+    ),
     # every second layer without rotary (NoPE), and those sliding
     "smollm3": (
         "SmolLM3ForCausalLM",
@@ -281,6 +373,10 @@ MIXTURES = (
     "phimoe",
     "ernie4_5_moe",
     "llama4",
+    "deepseek_v2",
+    "deepseek_v3",
+    "glm4_moe",
+    "gpt_oss",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 IMAGE_TEXT = {
@@ -344,16 +440,16 @@ ENGINE_ARGS = dict(
 )
 
 
-class FamilyDirs(dict):
-    """Each family's checkpoint directory, built on first use (a ``-k`` run builds only the families it picks)."""
+class FamilyDirs(dict[str, Path]):
+    """Each family's tiny checkpoint, written on first use: ``-k`` on one family writes only its own."""
 
-    def __init__(self, root: Path, tokenizer_dir: Path):
+    def __init__(self, root: Path, tokenizer_dir: Path) -> None:
         super().__init__()
         self.root, self.tokenizer_dir = root, tokenizer_dir
 
     def __missing__(self, name: str) -> Path:
         arch, config_cls, overrides, _ = FAMILIES[name]
-        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
+        config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None or k not in BASE}
         if name in IMAGE_TEXT:  # the text model's config nested in the image-text one's
             config = dict(IMAGE_TEXT[name], text_config=config)
         seed = list(FAMILIES).index(name)
@@ -442,50 +538,131 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
 
 
-@pytest.mark.parametrize("renormalize, routing", [(True, "softmax"), (False, "softmax"), (False, "sigmoid_input")])
-def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing):
+@pytest.mark.parametrize(
+    "renormalize, routing, gpt_oss",
+    [(True, "softmax", False), (False, "softmax", False), (False, "sigmoid_input", False), (True, "softmax", True)],
+)
+def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing, gpt_oss):
     """The grouped matmul over tokens sorted by expert against each token's own top-2 experts, one at a time, their
-    weights renormalised (Mixtral, Qwen's norm_topk_prob) or not, or (Llama 4) each expert's input scaled by the
-    sigmoid of its logit."""
+    weights renormalised (Mixtral, Qwen's norm_topk_prob, gpt-oss's softmax over the chosen logits) or not, or
+    (Llama 4) each expert's input scaled by the sigmoid of its logit; gpt-oss's with biases on the router and each
+    expert's projections and its clamped SwiGLU (a limit of 1 clamps many)."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    moe = SparseMoE(dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing)
+    glu = ClampedSwiGLU(1.702, 1.0) if gpt_oss else None
+    moe = SparseMoE(
+        dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing, bias=gpt_oss, glu=glu
+    )
     rng = np.random.default_rng(3)
     router = rng.normal(size=(dim, experts)).astype(np.float32)
     gate_up = rng.normal(size=(experts, dim, 2, hidden)).astype(np.float32) / 4
     down = rng.normal(size=(experts, hidden, dim)).astype(np.float32) / 4
+    biases = [rng.normal(size=shape).astype(np.float32) for shape in ((experts,), (experts, 2, hidden), (experts, dim))]
+    router_bias, gate_up_bias, down_bias = biases if gpt_oss else (np.zeros_like(b) for b in biases)
     moe.gate.kernel.set_value(router)
     moe.experts.gate_up_proj.kernel.set_value(gate_up)
     moe.experts.down_proj.kernel.set_value(down)
+    if gpt_oss:
+        moe.gate.bias.set_value(router_bias)
+        moe.experts.gate_up_proj.bias.set_value(gate_up_bias)
+        moe.experts.down_proj.bias.set_value(down_bias)
     x = rng.normal(size=(t, dim)).astype(np.float32)
 
     expected = np.zeros_like(x)
     used = set()
     for i in range(t):
-        logits = x[i] @ router
+        logits = x[i] @ router + router_bias
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         top = np.argsort(-probs)[:2]
         used.update(top.tolist())
         for e, w in zip(top, probs[top] / probs[top].sum() if renormalize else probs[top], strict=True):
-            if routing == "sigmoid_input":
-                xi, w = x[i] / (1 + np.exp(-logits[e])), 1.0
+            xi, w = (x[i] / (1 + np.exp(-logits[e])), 1.0) if routing == "sigmoid_input" else (x[i], w)
+            g, u = xi @ gate_up[e, :, 0] + gate_up_bias[e, 0], xi @ gate_up[e, :, 1] + gate_up_bias[e, 1]
+            if gpt_oss:  # transformers' GptOssExperts._apply_gate
+                g, u = np.minimum(g, 1.0), np.clip(u, -1.0, 1.0)
+                h = (u + 1) * g / (1 + np.exp(-1.702 * g))
             else:
-                xi = x[i]
-            g, u = xi @ gate_up[e, :, 0], xi @ gate_up[e, :, 1]
-            expected[i] += w * ((g / (1 + np.exp(-g))) * u) @ down[e]
+                h = (g / (1 + np.exp(-g))) * u
+            expected[i] += w * (h @ down[e] + down_bias[e])
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 
 
+@pytest.mark.slow  # importing torch and transformers' modeling costs ~5 s of CPU
+@pytest.mark.parametrize(
+    "model_type, settings, routing",
+    [
+        ("deepseek_v2", dict(topk_method="greedy"), GroupedRouting("softmax", scale=2.5)),
+        ("deepseek_v2", dict(topk_method="group_limited_greedy"), GroupedRouting("softmax", 4, 2, scale=2.5)),
+        ("deepseek_v3", dict(norm_topk_prob=True), GroupedRouting("sigmoid", 4, 2, scale=2.5)),
+        ("deepseek_v3", dict(norm_topk_prob=False), GroupedRouting("sigmoid", 4, 2, scale=2.5)),
+    ],
+)
+def test_deepseek_routing_chooses_and_weighs_as_transformers_gate(model_type, settings, routing):
+    """``grouped_top_k`` against transformers' own router module on random inputs: the same experts per token (4 of
+    16, in 4 groups of which the best 2 may be chosen from) with the same weights; V3's random choice bias moves the
+    choice, not the weights."""
+    import importlib
+
+    import torch
+    import transformers
+
+    dim, experts, t, v3 = 8, 16, 64, model_type == "deepseek_v3"
+    arch = "DeepseekV3" if v3 else "DeepseekV2"
+    config = getattr(transformers, f"{arch}Config")(
+        hidden_size=dim,
+        num_attention_heads=1,
+        n_routed_experts=experts,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        **settings,
+    )
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    gate = getattr(modeling, f"{arch}TopkRouter")(config)
+    rng = np.random.default_rng(5)
+    weight = rng.normal(size=(experts, dim)).astype(np.float32)
+    x = rng.normal(size=(t, dim)).astype(np.float32)
+    bias = (0.3 * rng.normal(size=experts)).astype(np.float32) if v3 else None
+    with torch.no_grad():
+        gate.weight.copy_(torch.from_numpy(weight))
+        if v3:
+            gate.e_score_correction_bias.copy_(torch.from_numpy(bias))
+        _, hf_weights, hf_chosen = (y.numpy() for y in gate(torch.from_numpy(x)))
+
+    renormalize = bool(settings.get("norm_topk_prob"))
+    chosen, weights = (np.asarray(y) for y in grouped_top_k(x @ weight.T, 4, routing, renormalize, bias))
+    order, hf_order = np.argsort(chosen, axis=-1), np.argsort(hf_chosen, axis=-1)  # torch's top-k is unsorted
+    np.testing.assert_array_equal(np.take_along_axis(chosen, order, -1), np.take_along_axis(hf_chosen, hf_order, -1))
+    got, expected = np.take_along_axis(weights, order, -1), np.take_along_axis(hf_weights, hf_order, -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)  # float32 logits from two matmuls
+    if routing.num_groups > 1:  # the group limit decides some tokens' experts: a plain top-k would pick others
+        plain = np.sort(np.argsort(-(x @ weight.T + (0 if bias is None else bias)), axis=-1)[:, :4], axis=-1)
+        assert (plain != np.sort(chosen, axis=-1)).any(axis=-1).sum() >= 5
+
+
+def test_deepseek_pool_keeps_one_latent_head_per_device():
+    """The pool of DeepSeek's latent attention: one head of kv_lora_rank + qk_rope_head_dim channels (32 + 8 here)
+    per token, copied to each device at TP 2, whatever the query heads; its dense first layer and mixtures."""
+    config = {**TINY_CONFIG, "architectures": ["DeepseekV3ForCausalLM"], **DEEPSEEK_KEYS, "first_k_dense_replace": 1}
+    for tp in (1, 2):
+        _, _, args, replicas = abstract_model(config, np.float32, tp)
+        assert replicas == tp and KVCacheSpec.for_model(args, 16, np.float32).layer_shape(4) == (2, tp, 4, 16, 40)
+    assert [spec.dense_mlp_size for spec in args.layers] == [TINY_CONFIG["intermediate_size"], None]
+
+
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
-    """Per layer, the experts transformers' router picks for any token of ``prompts``."""
+    """Per layer with a router, the experts of the best router logits for any token of ``prompts``."""
     import torch
 
     model = hf_model(model_dir)
-    used: dict[int, set[int]] = collections.defaultdict(set)  # by mixture layer (ERNIE's dense layers have none)
+    used: dict[int, set[int]] = {}
     with torch.no_grad():
         for ids in prompts:
             for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
-                used[layer].update(torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist())
+                chosen = torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist()
+                used.setdefault(layer, set()).update(chosen)
+    assert used, "the model recorded no router logits"
     return list(used.values())
 
 
@@ -531,19 +708,28 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name)
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
 
 
+TP_FAMILIES = [name for name, (*_, sizes) in FAMILIES.items() if sizes]
+
+
 @pytest.fixture(scope="module")
-def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """tests/tp_worker.py's greedy runs and prefill logits of each family at its TP sizes, on 8 fake CPU devices."""
+def tp_found(request: pytest.FixtureRequest, family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tests/tp_worker.py's greedy runs and prefill logits at their TP sizes, on 8 fake CPU devices, of the families
+    whose TP test is selected: one subprocess for all of them (JAX starts once), none for a family ``-k`` leaves out."""
+    selected = [
+        item.callspec.params["name"]
+        for item in request.session.items
+        if getattr(item, "function", None) is test_tensor_parallel_matches_transformers
+    ]
     tmp = tmp_path_factory.mktemp("families_tp")
     spec = {
-        "families": {name: [str(family_dirs[name]), sizes] for name, (*_, sizes) in FAMILIES.items()},
+        "families": {name: [str(family_dirs[name]), FAMILIES[name][3]] for name in selected},
         "cache_dir": str(tmp / "jllm_cache"),
     }
     return run_tp_worker(spec, tmp, timeout=1500)["generate"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", TP_FAMILIES)
 def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, name):
     runs = tp_found[name]
     sizes = FAMILIES[name][3]
@@ -593,6 +779,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         (
+            "GptOssForCausalLM",
+            {"num_local_experts": 4, "quantization_config": {"quant_method": "awq"}},
+            "quant_method 'awq'.*not supported.*'mxfp4' for gpt-oss",
+        ),
+        (
             "Qwen3MoeForCausalLM",
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 2},
             "decoder_sparse_step=2.*not supported.*decoder_sparse_step=1",
@@ -605,6 +796,18 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         ("PhimoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 3}, "num_experts_per_tok=3.*picks two"),
         ("Ernie4_5_MoeForCausalLM", {"use_bias": True}, "use_bias=True is not supported.*use_bias=False"),
+        (
+            "DeepseekV2ForCausalLM",
+            {**DEEPSEEK_KEYS, "topk_method": "noaux_tc"},
+            "topk_method='noaux_tc' is not.*greedy",
+        ),
+        ("DeepseekV2ForCausalLM", {**DEEPSEEK_KEYS, "norm_topk_prob": True}, "V2 norm_topk_prob=True is not supported"),
+        ("DeepseekV3ForCausalLM", {**DEEPSEEK_KEYS, "scoring_func": "softmax"}, "scoring_func='softmax'.*'sigmoid'"),
+        (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
+            "DeepseekV3ForCausalLM",
+            {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+            r"weight_block_size=\[128, 128\].*not supported",
+        ),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):

@@ -126,11 +126,11 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
 
 
 def write_arch_gguf(
-    path: Path, case: str, qtype: Q = Q.F32, width: int = 64, rope_scaling: bool = False, omit: tuple[str, ...] = ()
+    path: Path, case: str, qtype: Q = Q.F32, width: int = 64, rope: dict | None = None, omit: tuple[str, ...] = ()
 ) -> Path:
     """A two-layer random `case` model written as llama.cpp writes that architecture: gguf-py's tensor names, Llama's
     q/k rows permuted, Gemma's norms as `w + 1`, matrices in `qtype` (1-D tensors F32, as llama.cpp keeps them);
-    `rope_scaling`: linear scaling keys and a Llama-3.1-style `rope_freqs` tensor as well; `omit`: metadata keys
+    `rope`: an HF config's rotary scaling, written as llama.cpp writes it (`add_rope_scaling`); `omit`: metadata keys
     (after the architecture's name) left out."""
     import gguf
     import torch
@@ -147,13 +147,15 @@ def write_arch_gguf(
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
     add_hparams(w, arch, config, model.config)
+    if arch == "phi3":  # Phi3MiniModel: a head's rotary channels, fewer with a partial_rotary_factor (Phi-4-mini)
+        partial = (rope or {}).get("partial_rotary_factor", 1.0)
+        w.add_rope_dimension_count(int(partial * width) // config["num_attention_heads"])
 
     for key in omit:
         del w.kv_data[0][f"{arch}.{key}"]
-    if rope_scaling:
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(8.0)
-        w.add_tensor("rope_freqs.weight", np.linspace(1, 8, 8, dtype=np.float32))
+    if rope is not None:
+        rotary_dim = int(rope.get("partial_rotary_factor", 1.0) * width) // config["num_attention_heads"]
+        add_rope_scaling(w, rope, rotary_dim)
 
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), 2)
     for hf_name, weights in hf_state_as_gguf(model):
@@ -177,6 +179,51 @@ def write_arch_gguf(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def add_rope_scaling(w: GGUFWriter, rope: dict, rotary_dim: int) -> None:
+    """`rope` (an HF `rope_scaling`, with Phi-3's top-level `original_max_position_embeddings` and
+    `partial_rotary_factor` in it) as llama.cpp's
+    convert_hf_to_gguf.py writes it: Llama 3's as `rope_freqs` divisors (`LlamaModel.generate_extra_tensors`: in
+    float32, with the top-level original context, else 8192), Phi-3's longrope as its two factor lists, the original
+    context and the attention factor (`Phi3MiniModel`), YaRN as its keys, linear (Gemma 3, Llama) or another kind as
+    two keys; kind
+    "divisors": a `rope_freqs` tensor of any values. The rope base and the context are `add_hparams`' (5000, 256)."""
+    import gguf
+
+    kind = rope["rope_type"]
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif kind == "llama3":
+        freqs = 1.0 / (np.float32(5000.0) ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim))
+        factor, low, high, old = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"], 8192
+        divisors = []
+        for freq in freqs:
+            wavelen = 2 * np.pi / freq
+            if wavelen < old / high:
+                divisors.append(1)
+            elif wavelen > old / low:
+                divisors.append(factor)
+            else:
+                smooth = (old / wavelen - low) / (high - low)
+                divisors.append(1 / ((1 - smooth) / factor + smooth))
+        w.add_tensor("rope_freqs.weight", np.array(divisors, np.float32))
+    elif kind == "longrope" and "short_factor" in rope:
+        original = rope["original_max_position_embeddings"]
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_rope_scaling_attn_factors(np.sqrt(1 + np.log(256 / original) / np.log(original)))
+        w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
+    elif kind == "divisors":  # any `rope_freqs`, Llama 3's or not
+        w.add_tensor("rope_freqs.weight", np.array(rope["divisors"], np.float32))
+    else:  # TextModel.set_gguf_parameters: yarn's keys, or another kind's (longrope without lists) type and factor
+        w.add_rope_scaling_type(gguf.RopeScalingType(kind))
+        w.add_rope_scaling_factor(rope["factor"])
+        if kind == "yarn":
+            w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+            w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])
+            w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
 
 
 def hf_state_as_gguf(model) -> list[tuple[str, np.ndarray]]:
@@ -295,18 +342,85 @@ def test_every_dequantizable_weight_type_converts_as_transformers_reads_it(tmp_p
     assert_same_tensors(out, transformers_gguf_load(gguf)[1])
 
 
-def test_rope_scaling_and_frequency_factors_are_dropped_as_transformers_drops_them(
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+SHORT = [1.0, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 2.5]  # Phi-3's are lists of this kind, one per frequency
+LONGROPE = {"rope_type": "longrope", "short_factor": SHORT, "long_factor": [4 * f for f in SHORT]}
+PARTIAL_LONGROPE = {**LONGROPE, "short_factor": SHORT[::2], "long_factor": LONGROPE["long_factor"][::2]}  # half rotates
+YARN_BETAS = {"beta_fast": 16.0, "beta_slow": 2.0}  # not the defaults, so they must come through
+
+
+@pytest.mark.parametrize(
+    ("case", "width", "rope"),
+    [
+        ("mistral", 256, {**LLAMA3, "original_max_position_embeddings": 8192}),  # Llama 3.1's
+        ("mistral", 256, {**LLAMA3, "factor": 32.0, "original_max_position_embeddings": 8192}),  # Llama 3.2's
+        ("phi3", 64, {**LONGROPE, "original_max_position_embeddings": 64}),
+        ("phi3", 64, {**PARTIAL_LONGROPE, "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5}),
+        ("gemma3", 64, {"rope_type": "linear", "factor": 8.0}),  # its global layers'
+        ("mistral", 64, {"rope_type": "linear", "factor": 4.0}),
+        ("qwen2", 64, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, **YARN_BETAS}),
+    ],
+    ids=[
+        "llama3.1",
+        "llama3.2",
+        "phi3-longrope",
+        "phi4mini-partial-longrope",
+        "gemma3-linear",
+        "llama-linear",
+        "qwen2-yarn",
+    ],
+)
+def test_rope_scaling_comes_back_as_the_hf_config_had_it(tmp_path: Path, case: str, width: int, rope: dict) -> None:
+    """transformers' GGUF loader drops the rotary scaling llama.cpp wrote (Llama 3's `rope_freqs` divisors, Phi-3's
+    factor tensors, the linear keys); the converter writes it back as the HF config had it, so the converted model's
+    scaled inverse frequencies and attention factor are transformers' for that config (float32 rounding apart)."""
+    import jax.numpy as jnp
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from jllm.models.registry import build_args
+
+    gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case, width=width, rope=rope)
+    config = json.loads((gguf_convert.convert_gguf(gguf, tmp_path / "out") / "config.json").read_text())
+    original, top_level = dict(rope), {}
+    if rope["rope_type"] == "longrope":  # top-level keys in Phi-3's config
+        top_level = {
+            k: original.pop(k) for k in ("original_max_position_embeddings", "partial_rotary_factor") if k in rope
+        }
+    assert config["rope_scaling"] == original and config | top_level == config
+
+    _, args = build_args({**config, "num_hidden_layers": 6}, jnp.float32)  # six: Gemma 3's first global layer
+    [scaled] = {layer.rope for layer in args.layers if dict(layer.rope.scaling)["rope_type"] != "default"}
+    config_cls = {"mistral": "LlamaConfig", "phi3": "Phi3Config", "gemma3": "LlamaConfig", "qwen2": "Qwen2Config"}[case]
+    hf_config = getattr(transformers, config_cls)(
+        hidden_size=width,
+        num_attention_heads=4,
+        head_dim=16 if case == "gemma3" else width // 4,
+        max_position_embeddings=256,
+        rope_parameters={**original, "rope_theta": 5000.0},
+        **top_level,
+    )
+    inv_freq, attention = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf_config, "cpu")
+    np.testing.assert_allclose(scaled.inv_freq(), inv_freq.numpy(), rtol=1e-6)
+    assert scaled.attention_scaling() == pytest.approx(attention, rel=1e-7)
+
+
+def test_frequency_divisors_no_llama3_parameters_give_are_dropped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """transformers' GGUF loader reads no rope-scaling key for these architectures and skips `rope_freqs` (Llama 3.1),
-    `rope_factors_*` (Phi-3): the converted model is the one it builds, with a warning naming what was left out."""
-    gguf = write_arch_gguf(tmp_path / "scaled.gguf", "mistral", rope_scaling=True)
-    with caplog.at_level("WARNING", logger="jllm.gguf_convert"):
-        out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
-    config, tensors = transformers_gguf_load(gguf)
-    assert_same_config(out, config)
-    assert_same_tensors(out, tensors)
-    assert "rope_freqs.weight" in caplog.text and "rope scaling 'linear' (factor 8.0) is ignored" in caplog.text
+    """Divisors that are not Llama 3's piecewise shape, or a scaling kind not read here (longrope's type without its
+    factor tensors), leave the rotary unscaled, as transformers' GGUF loader leaves it, and say so; the weights
+    convert as it reads them."""
+    bare = write_arch_gguf(tmp_path / "bare.gguf", "mistral", rope={"rope_type": "longrope", "factor": 4.0})
+    odd = write_arch_gguf(tmp_path / "odd.gguf", "mistral", rope={"rope_type": "divisors", "divisors": range(1, 9)})
+    for file, message in [(bare, "rope scaling 'longrope' (factor 4.0) is not read"), (odd, "are not Llama 3's")]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="jllm.gguf_rope"):
+            out = gguf_convert.convert_gguf(file, tmp_path / "out")
+        config, tensors = transformers_gguf_load(file)
+        assert_same_config(out, config)
+        assert_same_tensors(out, tensors)
+        assert message in caplog.text
 
 
 @pytest.mark.parametrize(

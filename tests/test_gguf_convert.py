@@ -288,7 +288,9 @@ def test_default_model_is_converted_once(default_model_dir: Path, monkeypatch: p
     ]
 
 
-def test_gguf_file_is_cached_by_name_size_and_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gguf_file_is_cached_by_name_size_mtime_and_conversion_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("JLLM_CACHE", str(tmp_path / "cache"))
     calls = []
 
@@ -306,6 +308,8 @@ def test_gguf_file_is_cached_by_name_size_and_mtime(tmp_path: Path, monkeypatch:
     assert resolve_model(gguf) == first and len(calls) == 1
     os.utime(gguf, ns=(0, 10**18))  # a changed file is a different model
     assert resolve_model(gguf) != first and len(calls) == 2
+    monkeypatch.setattr(model_source, "CONVERSION_VERSION", model_source.CONVERSION_VERSION + 1)
+    assert resolve_model(gguf) != first and len(calls) == 3  # so is one a changed converter made
 
 
 def test_model_directory_resolves_to_itself(default_model_dir: Path) -> None:

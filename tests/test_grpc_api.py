@@ -11,7 +11,6 @@ import filecmp
 import importlib
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from fake_runner import fake_engine
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from server_utils import RunningServer, http
+from server_utils import RunningServer, assert_engine_left_empty, http, wait_until
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
@@ -72,14 +71,7 @@ def _nothing_left_running(engines: dict[str, LLMEngine]) -> Iterator[None]:
     """After each test every request has ended and every page is free (aborts land within a few steps)."""
     yield
     for engine in engines.values():
-        wait_until(lambda e=engine: not e.requests)
-        assert not engine.requests and engine.block_manager.num_allocated_pages == 0
-
-
-def wait_until(done: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline:
-        time.sleep(0.005)
+        assert_engine_left_empty(engine, wait=10)
 
 
 def run(target: str, client: Any) -> Any:
@@ -278,8 +270,7 @@ def test_cancelling_32_of_64_streams_mid_way_frees_their_requests_and_pages(
 
     outcomes = run(server.grpc_target, half_cancelled)
     assert outcomes == ["length", "cancelled"] * 32
-    wait_until(lambda: not engine.requests)
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine, wait=10)
     assert engine.scheduler.num_generation_tokens - tokens_before < 32 * 10 + 32 * 100  # stopped mid-way
     wait_until(lambda: finished_count(server.url, MODEL) == before + 64)
     assert finished_count(server.url, MODEL) == before + 64  # 32 by length, 32 by abort
@@ -410,7 +401,7 @@ def test_a_full_queue_is_resource_exhausted(engines: dict[str, LLMEngine]) -> No
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_queued_requests=1" in error.details()
         wait_until(lambda: not engine.requests)
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
 
 
 # ----------------------------------------------------------------------------------------------------- health
@@ -456,7 +447,7 @@ def test_health_serves_then_not_serving_while_draining_as_running_streams_finish
         assert not stopping.is_alive()
     finally:
         server.__exit__(None, None, None)
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
 
 
 def test_health_is_not_serving_while_an_engine_stalls() -> None:

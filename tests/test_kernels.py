@@ -225,12 +225,58 @@ def test_decode_kernel_lowers_to_triton_with_masked_rows_and_no_copies(h200_lowe
         assert not copies, f"T={num_tokens}, Hq={num_q_heads}: {copies}"
 
 
+def test_kernel_with_sinks_lowers_to_triton(h200_lowering: list[str]) -> None:
+    """The sinks' load and the first split's start from them lower for an H200 in both layouts: a decode step with
+    split-K (kernel and merge) and prefill tiles in one split (gpt-oss's 64 query / 8 KV heads, head_dim 64)."""
+    spec = jax.ShapeDtypeStruct
+    for num_tokens, num_seqs, config in (
+        (4, 4, KernelConfig(q_block=1, kv_block=64, num_splits=4, num_warps=4, num_stages=3)),
+        (256, 2, KernelConfig(q_block=16, kv_block=64, num_splits=1, num_warps=8, num_stages=2)),
+    ):
+        h200_lowering.clear()
+        step = jax.jit(functools.partial(ragged_paged_attention, sm_scale=0.125, sliding_window=128, config=config))
+        text = (
+            step.trace(
+                spec((num_tokens, 64, 64), jnp.bfloat16),
+                spec((2, 8, 64, 16, 64), jnp.bfloat16),
+                *(spec(shape, jnp.int32) for shape in ((num_seqs,), (num_seqs, 8), (num_seqs + 1,))),
+                sinks=spec((64,), jnp.bfloat16),
+            )
+            .lower(lowering_platforms=("cuda",))
+            .as_text()
+        )
+        assert len(h200_lowering) == text.count("__gpu$xla.gpu.triton") == (2 if config.num_splits > 1 else 1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("soft_cap", "sliding_window"), [(5.0, None), (None, 7), (20.0, 16)])
 def test_soft_cap_and_sliding_window_match_reference(soft_cap: float | None, sliding_window: int | None) -> None:
     inputs = mixed_inputs(3, 16, head_dim=64, group=4, dtype=jnp.float32, q_scale=2.0)
     kw = {"sm_scale": 0.125, "soft_cap": soft_cap, "sliding_window": sliding_window}
     config = KernelConfig(q_block=4, kv_block=16, num_splits=2, num_warps=4, num_stages=2)
+    assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("q_lens", "config", "sliding_window"),
+    [
+        (None, KernelConfig(q_block=4, kv_block=16, num_splits=2, num_warps=4, num_stages=2), None),
+        (None, KernelConfig(q_block=16, kv_block=32, num_splits=1, num_warps=4, num_stages=2), 7),
+        ([1, 1, 0, 1], KernelConfig(q_block=1, kv_block=16, num_splits=3, num_warps=4, num_stages=2), 20),
+    ],
+    ids=["mixed-split2", "mixed-window7", "decode-split3-window20"],
+)
+def test_attention_sinks_match_reference(q_lens: list[int] | None, config: KernelConfig, sliding_window) -> None:
+    """gpt-oss's sinks (a logit per query head in each row's softmax): the first KV split starts from them, so the
+    split-K merge counts each once; in the prefill tiles and in the decode layout (group 4: a tile row's head)."""
+    if q_lens is None:
+        inputs = mixed_inputs(9, 16, head_dim=64, group=4, dtype=jnp.float32, q_scale=2.0)
+    else:
+        kv_lens = [40, 17, 0, 64]
+        inputs = make_inputs(9, q_lens, kv_lens, page_size=16, head_dim=64, group=4, dtype=jnp.float32, pad_rows=1)
+    sinks = jnp.asarray(np.random.default_rng(10).normal(size=8) * 3.0, jnp.float32)
+    kw = {"sm_scale": 0.125, "sliding_window": sliding_window, "sinks": sinks}
     assert_matches(run_kernel(inputs, config=config, **kw), f32_reference(inputs, **kw), jnp.float32)
 
 
@@ -280,6 +326,17 @@ def test_invalid_inputs_raise_clear_errors() -> None:
         KernelConfig(q_block=1, kv_block=48, num_splits=1, num_warps=4, num_stages=2)
     with pytest.raises(ValueError, match="num_splits must be >= 1"):
         KernelConfig(q_block=1, kv_block=16, num_splits=0, num_warps=4, num_stages=2)
+
+
+def test_a_pool_head_of_no_power_of_two_width_takes_the_reference() -> None:
+    """DeepSeek's latent pool head (kv_lora_rank 512 + rope 64): both kernels tile a head's channels in one
+    power-of-two block, so "auto" takes the reference for it and the kernels are refused by name."""
+    assert resolve_backend("auto", "gpu", head_dim=576) == "reference"
+    assert resolve_backend("auto", "gpu", head_dim=128) in ("pallas", "triton-prefill")
+    for name in ("pallas", "triton-prefill"):
+        with pytest.raises(ValueError, match=f"attention_backend='{name}' needs .* power of two >= 16, not 576"):
+            resolve_backend(name, "gpu", head_dim=576)
+    assert resolve_backend("reference", "gpu", head_dim=576) == "reference"
 
 
 def test_auto_backend_resolves_to_kernel_on_gpu_only() -> None:

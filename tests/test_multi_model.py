@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import statistics
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,31 +527,61 @@ async def flooded_ttfts(url: str, flood: dict, probe: dict, count: int, clients:
     return times
 
 
+# The probe's first token crosses threads about eight times (test client -> server loop -> engine thread, which
+# takes the GIL again after each device call -> loop, its ack and its output -> SSE write -> test client). At each
+# crossing the thread that wants the GIL may wait one switch interval for a thread of the flood running Python (its
+# engine thread, the loop serving 16 streams, the 16 clients). So beside doubling, the flood may add this much however
+# short the idle TTFT: with the registry's 1 ms interval, 8 ms, as much as the idle TTFT itself on a quiet 2-core
+# machine (4-5 ms; one CI run measured 4.26 ms idle, 8.65 ms flooded).
+GIL_CROSSINGS = 8
+
+
+def itl_seconds(server: RunningServer, model: str) -> tuple[float, float]:
+    """(sum, count) of ``model``'s inter-token latency histogram: its step time while its batch is full."""
+    metrics = server.app[STATE].registry.metrics.registry
+    total, count = (
+        metrics.get_sample_value(f"jllm:inter_token_latency_seconds_{part}", {"model_name": model}) or 0.0
+        for part in ("sum", "count")
+    )
+    return total, count
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("probed", "flooded_model"), [("tiny", "smol")])  # the other way: 24 s (smol's slow TTFT)
 def test_a_flood_on_one_model_keeps_the_other_s_ttft_within_twice_idle(
     two_models: TwoModels, probed: str, flooded_model: str
 ) -> None:
     """One model's time to first token, one request at a time, with the other idle and while 16 clients flood the
-    other (its batch always full, a queue behind it). Idle and flooded rounds alternate three times, so that the
-    load other processes put on the machine falls on both alike; the medians of each (15 requests) are printed
-    (pytest -s), and the flooded one must stay within 2x the idle one."""
-    url = two_models.server.url
+    other (its batch always full, a queue behind it). Idle and flooded rounds alternate six times, so that the
+    load other processes put on the machine falls on both alike; the medians of each (60 requests) are printed
+    (pytest -s). The flood may add at most the idle TTFT (within 2x) or ``GIL_CROSSINGS`` switch intervals,
+    whichever is more; that allowance must stay under half the flooded model's step, the median wait of a probe
+    queued behind that step, so the test still fails a server whose models wait for each other."""
+    server = two_models.server
     probe = {"model": probed, "prompt": PROMPTS[0], "temperature": 0, "max_tokens": 2}
     flood = {"model": flooded_model, "prompt": PROMPTS[1], "temperature": 0, "max_tokens": 16}
 
     async def run() -> tuple[list[float], list[float]]:
         idle, flooded = [], []
-        for _ in range(3):
-            idle += await ttfts(url, probe, 5)
-            flooded += await flooded_ttfts(url, flood, probe, 5)
+        for _ in range(6):
+            idle += await ttfts(server.url, probe, 10)
+            flooded += await flooded_ttfts(server.url, flood, probe, 10)
         return idle, flooded
 
+    sum_before, count_before = itl_seconds(server, flooded_model)
     idle, flooded = (statistics.median(times) for times in asyncio.run(run()))
+    sum_after, count_after = itl_seconds(server, flooded_model)
+    step = (sum_after - sum_before) / (count_after - count_before)
+    allowance = max(idle, GIL_CROSSINGS * sys.getswitchinterval())
     print(
-        f"\n{probed}'s TTFT (median of 15): idle {idle * 1000:.1f} ms, {flooded_model} flooded {flooded * 1000:.1f} ms"
+        f"\n{probed}'s TTFT (median of 60): idle {idle * 1000:.2f} ms, {flooded_model} flooded {flooded * 1000:.2f} ms"
+        f" ({flooded / idle:.2f}x; allowed +{allowance * 1000:.2f} ms); {flooded_model}'s flooded step"
+        f" {step * 1000:.1f} ms; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    assert flooded <= 2 * idle, (idle, flooded)
+    assert allowance < step / 2, f"the allowance ({allowance:.4f} s) no longer tells a wait for a step ({step:.4f} s)"
+    # On a machine whose cores other processes oversubscribe (load average past the core count), each crossing also
+    # queues for a core behind them and the flood's threads: no latency bound holds there, so the failure says so.
+    assert flooded - idle <= allowance, f"{(idle, flooded, allowance)=}, load average {os.getloadavg()}"
 
 
 @pytest.mark.slow

@@ -356,3 +356,12 @@ def test_quantized_model_at_tp2_equals_tp1(tiny_float, tmp_path):
         assert run["shardings"]["qkv_scale"] == "P('tp', None, None)", name
         # float32 accumulation either way: only the all-reduces' summation order differs
         assert run["max_abs_diff"] <= 1e-5 * max(1.0, run["max_abs"]), name
+
+
+def test_mxfp4_is_gpt_oss_experts_storage_and_refused_for_other_architectures():
+    """gpt-oss's MXFP4 experts are dequantized at load, so the model runs as a float one; elsewhere the method is
+    refused by name."""
+    mxfp4 = {"quant_method": "mxfp4"}
+    assert resolve_scheme(None, {"architectures": ["GptOssForCausalLM"], "quantization_config": mxfp4}) is None
+    with pytest.raises(ValueError, match=r"quant_method 'mxfp4'\) is not supported.*'mxfp4' for gpt-oss's experts"):
+        resolve_scheme(None, {"architectures": ["LlamaForCausalLM"], "quantization_config": mxfp4})

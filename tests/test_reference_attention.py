@@ -82,9 +82,15 @@ def make_case(
 
 
 def numpy_attention(
-    case: Case, *, sm_scale: float, soft_cap: float | None = None, sliding_window: int | None = None
+    case: Case,
+    *,
+    sm_scale: float,
+    soft_cap: float | None = None,
+    sliding_window: int | None = None,
+    sinks: jax.Array | None = None,
 ) -> np.ndarray:
-    """Straightforward float64 attention per sequence over contiguous K/V (GQA by repeating KV heads)."""
+    """Straightforward float64 attention per sequence over contiguous K/V (GQA by repeating KV heads); ``sinks``
+    [Hq] as transformers' gpt-oss has them: one more logit column per head, dropped after the softmax."""
     q = np.asarray(case.q, np.float64)  # [T, Hq, D]
     group = q.shape[1] // case.keys[0].shape[1] if case.keys else 1
     qsl = np.asarray(case.query_start_loc)
@@ -105,9 +111,12 @@ def numpy_attention(
         if sliding_window is not None:
             visible &= col > kv_len - q_len + i - sliding_window
         logits = np.where(visible, logits, -np.inf)
+        if sinks is not None:
+            sink = np.broadcast_to(np.asarray(sinks, np.float64)[:, None, None], (*logits.shape[:2], 1))
+            logits = np.concatenate([logits, sink], axis=-1)
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
-        out[start:end] = np.einsum("hqk,khd->qhd", probs, v)
+        out[start:end] = np.einsum("hqk,khd->qhd", probs[..., :kv_len], v)
     return out
 
 
@@ -205,6 +214,19 @@ def test_soft_cap_and_sliding_window(soft_cap: float | None, sliding_window: int
     if soft_cap is not None:
         uncapped = run_attention(case, sm_scale=64**-0.5, sliding_window=sliding_window)
         assert not np.allclose(uncapped, run_attention(case, sm_scale=64**-0.5, soft_cap=soft_cap)), "cap had no effect"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sliding_window", [None, 7])
+def test_attention_sinks_join_each_rows_softmax(sliding_window: int | None) -> None:
+    """gpt-oss's sinks: each query head's logit beside its row's keys in the softmax, with no value; rows of prefill
+    chunks, decodes and padding (which stay 0)."""
+    q_lens, kv_lens = batch("padded", 16)
+    case = make_case(5, q_lens, kv_lens, page_size=16, group=4, pad_rows=2, q_scale=2.0)
+    sinks = jnp.asarray(np.random.default_rng(6).normal(size=8) * 3.0, jnp.float32)
+    assert_matches_oracle(case, sm_scale=0.125, sliding_window=sliding_window, sinks=sinks)
+    plain = run_attention(case, sm_scale=0.125, sliding_window=sliding_window)
+    assert not np.allclose(plain, run_attention(case, sm_scale=0.125, sliding_window=sliding_window, sinks=sinks))
 
 
 @pytest.mark.slow

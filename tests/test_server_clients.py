@@ -14,15 +14,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
-from fake_runner import byte_level_tokenizer, fake_engine
-from server_utils import RunningServer, http, metrics
-from tokenizers import Tokenizer as BackendTokenizer
+from fake_runner import byte_level_tokenizer, repeating_text_engine
+from server_utils import RunningServer, assert_engine_left_empty, http, metrics, wait_until
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
@@ -37,12 +36,7 @@ NODE_MODULES = Path(__file__).parents[1] / ".node" / "node_modules"  # where scr
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> LLMEngine:
     tokenizer_dir = byte_level_tokenizer(tmp_path_factory.mktemp("byte_level"))
-    ids = BackendTokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(TEXT).ids
-
-    def script(prompt: Sequence[int], position: int) -> int:  # TEXT, again and again
-        return ids[(position - len(prompt)) % len(ids)]
-
-    return fake_engine(script=script, tokenizer_dir=tokenizer_dir, step_seconds=0.002)
+    return repeating_text_engine(TEXT, tokenizer_dir, step_seconds=0.002)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def server(engine: LLMEngine) -> Iterator[RunningServer]:
 @pytest.fixture(autouse=True)
 def engine_is_left_empty(engine: LLMEngine) -> Iterator[None]:
     yield
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +92,6 @@ TOOL = {
 PREFIX = TEXT.encode()[:12].decode()  # the first 12 tokens' text: "猫 😺, é"
 
 
-def _wait_until_idle(engine: LLMEngine) -> None:
-    """An aborted stream's request leaves the engine once the server sees the hang-up."""
-    deadline = time.monotonic() + 5
-    while engine.requests and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def test_the_openai_node_sdk_shapes_through_the_python_client(client: openai.OpenAI, engine: LLMEngine) -> None:
     """What tests/clients/openai_node.cjs does, with the Python SDK: the server-side half of that test, on CI
     without Node."""
@@ -144,7 +131,7 @@ def test_the_openai_node_sdk_shapes_through_the_python_client(client: openai.Ope
         for i, _ in enumerate(stream):
             if i == 2:
                 break  # leaving the block closes the connection, as the Node SDK's AbortController does
-    _wait_until_idle(engine)
+    wait_until(lambda: not engine.requests, 5)
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="absent", messages=CHAT)
     with pytest.raises(openai.BadRequestError) as bad:
@@ -196,7 +183,7 @@ def test_the_openai_node_sdk(server: RunningServer, engine: LLMEngine) -> None:
             assert reply["finish"] == "tool_calls"
             assert [(n, json.loads(a)) for n, a in reply["calls"]] == [("pick", {"x": 1})]
     assert out["parsed"] == "a" and 3 <= out["abortedAfter"] < 100  # chunks already read may follow the abort
-    _wait_until_idle(engine)
+    wait_until(lambda: not engine.requests, 5)
     assert metrics(server.url)["jllm:request_success_total{abort}"] == aborted + 1
     errors = out["errors"]
     assert errors["model"] == {"isAPIError": True, "status": 404, "param": "model", "code": "model_not_found"}

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from fake_runner import counting_script, fake_engine
-from server_utils import RunningServer, http
+from server_utils import RunningServer, assert_engine_left_empty, http
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
@@ -30,7 +30,7 @@ def engine() -> LLMEngine:
 def server(engine: LLMEngine) -> Iterator[RunningServer]:
     with RunningServer(engine, load_config(None, served_model_name=MODEL)) as running:
         yield running
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
 
 
 def expected_text(engine: LLMEngine, prompt: str, count: int) -> str:
@@ -88,11 +88,7 @@ def test_a_streaming_client_that_hangs_up_frees_its_pages(server: RunningServer,
                 await response.content.readuntil(b"\n\n")
 
     asyncio.run(read_two_chunks_and_leave())
-    for _ in range(500):  # the abort reaches the engine thread within a few steps
-        if not engine.requests:
-            break
-        asyncio.run(asyncio.sleep(0.01))
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine, wait=5)
     assert engine.scheduler.num_generation_tokens < 100
 
 

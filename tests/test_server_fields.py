@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fake_runner import counting_script, fake_engine
-from server_utils import RunningServer, http
+from server_utils import RunningServer, assert_engine_left_empty, http
 from tokenizers.processors import TemplateProcessing
 
 from jllm.config import load_config
@@ -291,7 +291,7 @@ def server(engine: LLMEngine) -> Iterator[RunningServer]:
 @pytest.fixture(autouse=True)
 def engine_is_left_empty(engine: LLMEngine) -> Iterator[None]:
     yield
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
 
 
 def _send(server: RunningServer, engine: LLMEngine, body: dict, chat: bool, monkeypatch: pytest.MonkeyPatch) -> Seen:

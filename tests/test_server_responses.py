@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, Literal, get_type_hints
 
 import openai
 import pytest
-from fake_runner import byte_level_tokenizer, fake_engine
+from fake_runner import byte_level_tokenizer, fake_engine, repeating_text_engine
 from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import BaseModel, TypeAdapter
-from server_utils import RunningServer, http, metrics
+from server_utils import RunningServer, assert_engine_left_empty, http, metrics, wait_until
 from tokenizers import Tokenizer as BackendTokenizer
 
 from jllm.config import load_config
@@ -61,14 +60,7 @@ STOP = {"extra_body": {"stop": ["!"]}}
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> LLMEngine:
     tokenizer_dir = byte_level_tokenizer(tmp_path_factory.mktemp("byte_level"))
-    ids = BackendTokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(TEXT).ids
-
-    def script(prompt: Sequence[int], position: int) -> int:
-        return ids[(position - len(prompt)) % len(ids)]
-
-    engine = fake_engine(
-        script=script, tokenizer_dir=tokenizer_dir, step_seconds=0.002, max_model_len=256, num_pages=80
-    )
+    engine = repeating_text_engine(TEXT, tokenizer_dir, step_seconds=0.002, max_model_len=256, num_pages=80)
     engine.tokenizer.hf.chat_template = TEMPLATE
     return engine
 
@@ -82,10 +74,7 @@ def server(engine: LLMEngine) -> Iterator[RunningServer]:
 @pytest.fixture(autouse=True)
 def engine_is_left_empty(engine: LLMEngine) -> Iterator[None]:
     yield
-    deadline = time.monotonic() + 5  # an aborted stream's request leaves once the server sees the hang-up
-    while engine.requests and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine, wait=5)
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +176,7 @@ def test_a_client_that_leaves_mid_stream_aborts_the_request(
             for i, _ in enumerate(stream):
                 if i == 4:
                     break
-        deadline = time.monotonic() + 5
-        while engine.requests and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not engine.requests, 5)
     finally:
         engine.runner.step_seconds = 0.002
     assert metrics(server.url)["jllm:request_success_total{abort}"] == aborted + 1
@@ -405,7 +392,7 @@ def auto_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.Ope
     config = load_config(None, served_model_name=MODEL, enable_auto_tool_choice=True, tool_call_parser="hermes")
     with RunningServer(engine, config) as running:
         yield openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", max_retries=0)
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
 
 
 @pytest.mark.parametrize("parallel", [True, False])

@@ -16,7 +16,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from server_utils import API_KEY, RunningServer, engine_config, http, metrics, tiny_chat_model
+from server_utils import (
+    API_KEY,
+    RunningServer,
+    assert_engine_left_empty,
+    engine_config,
+    http,
+    metrics,
+    tiny_chat_model,
+)
 
 from jllm.build import build_engine
 from jllm.engine import LLMEngine
@@ -55,7 +63,7 @@ def serve(engine: LLMEngine, model_dir: Path) -> Iterator[Callable[..., RunningS
     yield start
     for server in started:
         server.__exit__(None, None, None)
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
     assert engine.scheduler.num_running == engine.scheduler.num_waiting == 0
 
 

@@ -35,6 +35,9 @@ CASES = [
     case(3, [37, 1, 20], [5, 30, 0], soft_cap=30.0),
     case(4, [37, 1, 20], [5, 30, 0], window=8),
     case(5, [45, 2], [30, 9], window=21, block_n=32, soft_cap=20.0),
+    # gpt-oss's attention sinks (a logit per query head, N(0, 3)), with and without a window
+    case(6, [37, 1, 20, 0], [5, 30, 0, 0], sinks=True),
+    case(7, [45, 2], [30, 9], window=21, block_n=32, sinks=True),
 ]
 
 

@@ -115,7 +115,7 @@ def plan() -> dict[str, Any]:
     weights = sum(p["shard_nbytes"] for p in params.values())  # what the engine reads as params_bytes per device
     page_size, max_model_len = config.cache.page_size, config.model.max_model_len
     max_num_seqs = config.scheduler.max_num_seqs
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, args.dtype)
+    spec = kv_cache.KVCacheSpec.for_model(args, page_size, args.dtype)
     full_length = 1 + max_num_seqs * math.ceil(max_model_len / page_size)  # every sequence at max_model_len
     utilization = config.cache.gpu_memory_utilization
     devices = {}

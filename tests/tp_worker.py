@@ -61,7 +61,7 @@ def prefill_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 1
     args, mesh = loaded.args, loaded.mesh
     t = len(token_ids)
     pages = -(-t // page_size)
-    spec = kv_cache.KVCacheSpec(args.num_layers, args.num_kv_heads, args.head_dim, page_size, args.dtype)
+    spec = kv_cache.KVCacheSpec.for_model(args, page_size, args.dtype)
     pool = kv_cache.allocate_kv_pool(spec, pages + 1, parallel.kv_pool_sharding(mesh))
     positions = np.arange(t, dtype=np.int32)
     block_table = np.arange(1, 1 + pages, dtype=np.int32)  # page 0 is reserved
@@ -220,16 +220,18 @@ def orbax_round_trip(model_dir: str, save_tp: int, restore_tps: list[int], out: 
 
 
 def pallas_under_shard_map(sizes: list[int], num_kv_heads: int = 4) -> dict[str, float]:
-    """The Pallas kernel (interpreted) per device under shard_map vs the reference on one device."""
+    """The Pallas kernel (interpreted) per device under shard_map vs the reference on one device, with attention
+    sinks (gpt-oss's), which split with the query heads."""
     q, pool, kv_lens, block_tables, qsl = make_inputs(
         0, [1, 5, 3], [17, 21, 3], page_size=16, head_dim=16, group=2, dtype=jnp.float32, num_kv_heads=num_kv_heads
     )
     k = jnp.asarray(np.random.default_rng(1).standard_normal((q.shape[0], num_kv_heads, 16)), jnp.float32)
+    sinks = jnp.asarray(np.random.default_rng(2).normal(size=q.shape[1]), jnp.float32)
     slots = jnp.arange(q.shape[0], dtype=jnp.int32) + 16  # this step's K/V go to page 1
 
     @jax.jit
     def attend(q: jax.Array, k: jax.Array, pool: jax.Array, meta: AttentionMetadata) -> tuple[jax.Array, jax.Array]:
-        return paged_attention(q, k, -k, pool, meta, sm_scale=0.25)
+        return paged_attention(q, k, -k, pool, meta, sm_scale=0.25, sinks=sinks)
 
     ref_out, ref_pool = attend(q, k, pool, AttentionMetadata(slots, qsl, kv_lens, block_tables))
     results = {}

@@ -28,15 +28,26 @@ def run(case: dict) -> dict:
         group=case["group"], dtype=jnp.float32,
     )  # fmt: skip
     opts = dict(sm_scale=case["head_dim"] ** -0.5, soft_cap=case.get("soft_cap"), sliding_window=case.get("window"))
-    ref = np.asarray(ref_ragged_paged_attention(q, kv, kv_lens, tables, qsl, **opts))
+    sinks = jnp.asarray(np.random.default_rng(case["seed"]).normal(size=q.shape[1]) * 3.0, jnp.float32)
+    has_sinks = case.get("sinks", False)
+    ref = np.asarray(
+        ref_ragged_paged_attention(q, kv, kv_lens, tables, qsl, sinks=sinks if has_sinks else None, **opts)
+    )
     cfg = tp.PrefillConfig(block_m=case["block_m"], block_n=case["block_n"])
     item_seq, item_first = tp.work_items(qsl, q.shape[0], cfg)
     params = tp.kernel_params(
-        q.shape, kv.shape, tables.shape[1], tables.shape[0], dot_precision="ieee", config=cfg, **opts
+        q.shape,
+        kv.shape,
+        tables.shape[1],
+        tables.shape[0],
+        dot_precision="ieee",
+        config=cfg,
+        has_sinks=has_sinks,
+        **opts,
     )
     out = torch.full(q.shape, float("nan"))  # poisoned: every row must be written (owned) or zeroed (padding)
     out[int(qsl[-1]) :] = 0.0  # what zeroed_outputs does for the padding rows under jax-triton
-    args = [torch.from_numpy(np.asarray(a)) for a in (q, kv, tables, item_seq, item_first, qsl, kv_lens)]
+    args = [torch.from_numpy(np.asarray(a)) for a in (q, kv, tables, item_seq, item_first, qsl, kv_lens, sinks)]
     tp._prefill_kernel[(item_seq.shape[0], q.shape[1])](*args, out, **params)
     got = out.numpy()
     owned = int(qsl[-1])

@@ -1,12 +1,13 @@
 """The one decoder-only transformer every supported family runs as, driven by a ``ModelArgs`` description.
 
-A family (``jllm.models.families``) is only what differs: norm kind, where the norms are (q/k per head, with one
-weight or a weight per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's
-residual and logits scales), learned positions (OPT's two rows on) or rotary, residual layout (sequential, or
-GPT-NeoX / Falcon / Phi's parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts), activation,
-biases (the LM head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, per-layer sliding windows,
-per-layer MLP kind (dense layers among a mixture's), Llama 4's per-layer q/k norms and query temperature, and the
-checkpoint's tensor names. The maths they share lives here once.
+A family (``jllm.models.families``) is only what differs: attention kind (grouped-query, or DeepSeek's multi-head
+latent attention, ``jllm.models.mla``), norm kind, where the norms are (q/k per head, with one weight or a weight
+per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits
+scales), learned positions (OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's
+parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts, with dense layers among them),
+activation, biases (the LM head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention
+sinks, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, and the checkpoint's tensor
+names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,8 +29,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
-from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear
-from jllm.models.moe import SparseMoE
+from jllm.models.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, normed_linear, param
+from jllm.models.mla import MLASpec, MLAttention
+from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
 from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
@@ -50,7 +53,10 @@ class WeightMap:
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
     ERNIE's ``e_score_correction_bias``). A name holding ``{e}`` is one tensor per expert (Mixtral's
     ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our parameter's leading
-    axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``).
+    axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``). ``reader``: the
+    family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape, dtype)`` -> a slice
+    reader (``jllm.loader.Reader``), or None where the names above say it (gpt-oss's stacked experts, gate and up
+    interleaved, maybe in MXFP4).
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -67,6 +73,7 @@ class WeightMap:
     )
     # the experts stored as bare parameters named as ours, ``[experts, in, out]`` (Llama 4's ``experts.gate_up_proj``)
     expert_params: bool = False
+    reader: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +82,8 @@ class LayerSpec:
 
     rope: Rope | None  # None: no rotary (GPT-BigCode's learned positions, Cohere2's global layers)
     sliding_window: int | None = None
-    # in a mixture-of-experts model, this layer's MLP is a dense gated one this wide (ERNIE's first layer)
+    # in a mixture-of-experts model, this layer's MLP is a dense gated one this wide (ERNIE's first layer, DeepSeek's
+    # first_k_dense_replace layers)
     dense_mlp_size: int | None = None
     qk_l2_norm: bool = False  # each query and key head RMS-normed without a weight after the rotary (Llama 4)
     # (floor_scale, attn_scale): queries times log1p(floor((position + 1) / floor_scale)) * attn_scale + 1 (Llama 4's
@@ -116,10 +124,15 @@ class ModelArgs:
     num_experts: int = 0
     experts_per_token: int = 0
     experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
-    shared_expert_size: int = 0  # > 0: a dense SwiGLU beside the experts, this wide (Qwen2-MoE)
+    shared_expert_size: int = 0  # > 0: a dense SwiGLU beside the experts, this wide (Qwen2-MoE, DeepSeek)
     shared_expert_gated: bool = True  # the shared expert's output scaled by a sigmoid gate (Qwen2-MoE's)
     expert_routing: str = "softmax"  # one of moe.ROUTINGS
     router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
+    moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
+    mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
+    experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
+    experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
+    attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
     embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
     residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
@@ -151,6 +164,11 @@ class ModelArgs:
             raise ValueError("lm_head_bias needs an untied LM head (tie_word_embeddings=False)")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
+        if self.quant is not None and self.mla is not None:
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for multi-head latent attention (DeepSeek); "
+                "leave quantization unset"
+            )
         if self.quant is not None and self.num_experts:
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for mixture-of-experts models (their experts' "
@@ -172,6 +190,9 @@ class ModelArgs:
                 self.expert_routing,
                 self.shared_expert_gated,
                 self.router_eps,
+                self.moe_routing,
+                bias=self.experts_bias,
+                glu=self.experts_glu,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
@@ -199,6 +220,11 @@ class ModelArgs:
             q_heads, kv_heads = (self.num_heads, "q_heads"), (self.num_kv_heads, KV_HEADS)
             return self.make_norm(hd, kind, q_heads), self.make_norm(hd, kind, kv_heads)
         return self.make_norm(hd, kind), self.make_norm(hd, kind)
+
+    @property
+    def kv_pool_head_dim(self) -> int:
+        """The width of a KV pool head: ``head_dim``, or the latent's (``MLASpec.latent_dim``)."""
+        return self.head_dim if self.mla is None else self.mla.latent_dim
 
     @property
     def sliding_windows(self) -> list[int | None]:
@@ -229,6 +255,7 @@ class Attention(nnx.Module):
         self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms()
+        self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
         self.args, self.spec = args, spec
 
     def __call__(
@@ -263,6 +290,7 @@ class Attention(nnx.Module):
             sm_scale=a.sm_scale or a.head_dim**-0.5,
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
+            sinks=None if self.sinks is None else self.sinks[...],
         )
         return self.o_proj(out.reshape(t, a.num_heads * a.head_dim)), kv_pages
 
@@ -280,7 +308,7 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         self.input_layernorm = args.make_norm() if args.pre_norms else None
-        self.self_attn = Attention(args, spec)
+        self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
         self.post_attention_layernorm = None if args.shared_input_norm or not args.pre_norms else args.make_norm()
         self.mlp = args.make_mlp(spec)
@@ -345,7 +373,7 @@ class CausalLM(nnx.Module):
         self,
         input_ids: jax.Array,  # [T] int32
         positions: jax.Array,  # [T] int32
-        kv_caches: list[jax.Array],  # per layer [2, num_kv_heads, num_pages, page_size, head_dim]
+        kv_caches: list[jax.Array],  # per layer [2, num_kv_heads, num_pages, page_size, kv_pool_head_dim]
         meta: AttentionMetadata,
     ) -> tuple[jax.Array, list[jax.Array]]:
         """Final hidden states ``[T, hidden]`` (normed) and the updated pool."""

@@ -1,18 +1,21 @@
-"""Mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4): a router picks
-each token's experts, and every expert's tokens go through one grouped matmul (``jax.lax.ragged_dot_general``)
-instead of a loop over experts.
+"""Mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4, DeepSeek,
+GLM-4-MoE, gpt-oss): a router picks each token's experts, and every expert's tokens go through one grouped matmul
+(``jax.lax.ragged_dot_general``) instead of a loop over experts.
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
 and ``group_sizes`` (tokens per expert) tells the grouped matmul where each expert's rows start. Expert kernels are
 stacked ``[experts, in, ...]`` and split across devices along their inner (MLP) axis, as a dense MLP is.
 
-The routing rules are small functions of the router's float32 logits, one per family kind (``ROUTINGS``), each
-returning the chosen experts and their weights as transformers computes them at inference.
+The routing rules are small functions of the router's float32 logits, one per family kind (``ROUTINGS``; DeepSeek's
+group-limited router is ``GroupedRouting`` / ``grouped_top_k``), each returning the chosen experts and their weights
+as transformers computes them at inference.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -72,38 +75,126 @@ def route_sigmoid(logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
 ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid_input")
 
 
-class ExpertLinear(nnx.Module):
-    """One linear map per expert, stacked: ``kernel [experts, in, *out]``; rows of ``x`` sorted by expert."""
+@dataclasses.dataclass(frozen=True)
+class GroupedRouting:
+    """DeepSeek's router: experts in ``num_groups`` groups, a token's experts chosen from its ``top_groups`` best
+    groups only, the chosen weights times ``scale`` (``routed_scaling_factor``). "softmax" scores (V2) rank a group by
+    its best expert; "sigmoid" scores (V3's ``noaux_tc``) are chosen with a learned bias added
+    (``e_score_correction_bias``), a group ranked by the sum of its two best biased scores, and weighted unbiased."""
 
-    def __init__(self, experts: int, d_in: int, d_out: tuple[int, ...], axes: tuple[str | None, ...], dtype):
+    scoring: str = "softmax"
+    num_groups: int = 1
+    top_groups: int = 1
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scoring not in ("softmax", "sigmoid"):
+            raise ValueError(f"routing scoring {self.scoring!r} is not supported (supported: softmax, sigmoid)")
+        if not 0 < self.top_groups <= self.num_groups:
+            raise ValueError(f"top_groups={self.top_groups} must be between 1 and num_groups={self.num_groups}")
+
+
+def grouped_top_k(
+    logits: jax.Array,  # [T, experts] float32
+    top_k: int,
+    routing: GroupedRouting,
+    renormalize: bool,
+    choice_bias: jax.Array | None = None,  # [experts] float32, added to the scores only to choose (V3)
+) -> tuple[jax.Array, jax.Array]:
+    """transformers' ``DeepseekV2TopkRouter`` / ``DeepseekV3TopkRouter``: each token's experts ``[T, k]`` int32 and
+    their float32 weights ``[T, k]``."""
+    t, experts = logits.shape
+    scores = jax.nn.softmax(logits, axis=-1) if routing.scoring == "softmax" else jax.nn.sigmoid(logits)
+    choice = scores if choice_bias is None else scores + choice_bias
+    if routing.num_groups > 1:
+        grouped = choice.reshape(t, routing.num_groups, experts // routing.num_groups)
+        if routing.scoring == "softmax":
+            group_scores = jnp.max(grouped, axis=-1)  # [T, groups]
+        else:
+            group_scores = jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)
+        _, best = jax.lax.top_k(group_scores, routing.top_groups)  # [T, top_groups]
+        kept = jnp.any(best[:, :, None] == jnp.arange(routing.num_groups), axis=1)  # [T, groups]
+        choice = jnp.where(jnp.repeat(kept, experts // routing.num_groups, axis=1), choice, -jnp.inf)
+    _, chosen = jax.lax.top_k(choice, top_k)
+    weights = jnp.take_along_axis(scores, chosen, axis=-1)
+    if renormalize:
+        weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
+    return chosen, weights * routing.scale
+
+
+class Router(nnx.Module):
+    """DeepSeek's gate: logits in float32 whatever the model's dtype (transformers keeps ``gate.weight`` in float32),
+    and with sigmoid scoring the choice bias, stored beside the weight as ``e_score_correction_bias``."""
+
+    def __init__(self, dim: int, experts: int, dtype, choice_bias: bool):
+        self.kernel = param((dim, experts), dtype, ("embed", None))
+        self.e_score_correction_bias = param((experts,), jnp.float32, (None,)) if choice_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)  # [T, experts]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClampedSwiGLU:
+    """gpt-oss's expert activation in place of ``silu(gate) * up``: the gate clipped above and the up projection on
+    both sides at ``limit``, then ``(up + 1) * gate * sigmoid(alpha * gate)``."""
+
+    alpha: float
+    limit: float
+
+    def __call__(self, gate: jax.Array, up: jax.Array) -> jax.Array:
+        gate = jnp.minimum(gate, self.limit)
+        up = jnp.clip(up, -self.limit, self.limit)
+        return (up + 1) * (gate * jax.nn.sigmoid(gate * self.alpha))
+
+
+class ExpertLinear(nnx.Module):
+    """One linear map per expert, stacked: ``kernel [experts, in, *out]`` (and ``bias [experts, *out]``); rows of
+    ``x`` sorted by expert."""
+
+    def __init__(
+        self, experts: int, d_in: int, d_out: tuple[int, ...], axes: tuple[str | None, ...], dtype, bias: bool = False
+    ):
         self.kernel = param((experts, d_in, *d_out), dtype, ("experts", *axes))
+        self.bias = param((experts, *d_out), dtype, ("experts", *axes[1:])) if bias else None
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        return jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
+        y = jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
+        if self.bias is None:
+            return y
+        experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
+        expert = jnp.repeat(experts, group_sizes, total_repeat_length=x.shape[0])  # [rows] each row's expert
+        return y + jnp.take(self.bias[...], expert, axis=0)
 
 
 class Experts(nnx.Module):
-    """Every expert's SwiGLU, stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
+    """Every expert's SwiGLU (or ``glu``), stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
 
-    def __init__(self, experts: int, dim: int, hidden: int, dtype, act: str):
-        self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype)
-        self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype)
-        self.act = act
+    def __init__(
+        self, experts: int, dim: int, hidden: int, dtype, act: str, bias: bool = False, glu: ClampedSwiGLU | None = None
+    ):
+        self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype, bias)
+        self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype, bias)
+        self.act, self.glu = act, glu
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
         """``x [rows, dim]`` sorted by expert, ``group_sizes [experts]`` -> ``[rows, dim]``."""
         gate_up = self.gate_up_proj(x, group_sizes)  # [rows, 2, hidden]
-        return self.down_proj(ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1], group_sizes)
+        gate, up = gate_up[:, 0], gate_up[:, 1]
+        return self.down_proj(ACTIVATIONS[self.act](gate) * up if self.glu is None else self.glu(gate, up), group_sizes)
 
 
 class SparseMoE(nnx.Module):
     """transformers' sparse MoE blocks: the router's logits in float32, each token's experts and weights by the
-    ``routing`` rule (``ROUTINGS``), each token's output the weighted sum of its experts' SwiGLU outputs (Llama 4:
-    the sum of its experts' outputs on its weighted input); with ``shared_hidden`` plus a dense SwiGLU every token
-    takes, scaled by a sigmoid gate where ``shared_gated`` (Qwen2-MoE) or not (Granite MoE Shared, ERNIE, Llama 4).
+    ``routing`` rule (``ROUTINGS``) or DeepSeek's ``grouped`` router, each token's output the weighted sum of its
+    experts' SwiGLU outputs (Llama 4: the sum of its experts' outputs on its weighted input); with ``shared_hidden``
+    plus a dense SwiGLU every token takes, scaled by a sigmoid gate where ``shared_gated`` (Qwen2-MoE) or not (Granite
+    MoE Shared, ERNIE, Llama 4, DeepSeek).
 
-    ``top_k`` and ``renormalize`` serve the softmax rules; ``router_eps`` is sparsemixer's jitter epsilon or the
-    corrected softmax's floor on the weights' sum."""
+    ``top_k`` and ``renormalize`` serve the softmax rules and the grouped router; ``router_eps`` is sparsemixer's
+    jitter epsilon or the corrected softmax's floor on the weights' sum. gpt-oss's: ``bias`` on the router and each
+    expert's projections, its ``glu``, and softmax over its k chosen logits (what renormalising the k of a softmax
+    over all of them is)."""
 
     def __init__(
         self,
@@ -118,24 +209,34 @@ class SparseMoE(nnx.Module):
         routing: str = "softmax",
         shared_gated: bool = True,
         router_eps: float = 0.0,
+        grouped: GroupedRouting | None = None,
+        bias: bool = False,
+        glu: ClampedSwiGLU | None = None,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
-        # ERNIE keeps its router and correction bias in float32 (transformers' _keep_in_fp32_modules)
-        router_dtype = jnp.float32 if routing == "softmax_corrected" else dtype
-        self.gate = Linear(dim, experts, ("embed", None), router_dtype)  # the router
+        if grouped is not None:
+            self.gate = Router(dim, experts, dtype, choice_bias=grouped.scoring == "sigmoid")
+        else:
+            # ERNIE keeps its router and correction bias in float32 (transformers' _keep_in_fp32_modules)
+            router_dtype = jnp.float32 if routing == "softmax_corrected" else dtype
+            self.gate = Linear(dim, experts, ("embed", None), router_dtype, bias=bias)  # the router
         self.e_score_correction_bias = (
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
         )
-        self.experts = Experts(experts, dim, hidden, dtype, act)
+        self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu)
         self.shared_expert = MLP(dim, shared_hidden, dtype, act) if shared_hidden else None
         gated = shared_hidden and shared_gated
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if gated else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
-        self.routing, self.router_eps = routing, router_eps
+        self.routing, self.router_eps, self.grouped = routing, router_eps, grouped
 
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
+        if self.grouped is not None:
+            bias = self.gate.e_score_correction_bias
+            bias = None if bias is None else bias[...]
+            return grouped_top_k(self.gate(x), self.top_k, self.grouped, self.renormalize, bias)
         if self.routing == "softmax_corrected":
             logits = self.gate(x.astype(jnp.float32))  # [T, experts]
             return route_softmax_corrected(logits, self.e_score_correction_bias[0], self.top_k, self.router_eps)

@@ -11,7 +11,7 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM, ModelArgs
-from jllm.models.families import gemma, layer_norm, llama, mixtures, multimodal, relu_mlp
+from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mixtures, multimodal, relu_mlp
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
@@ -60,6 +60,10 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "PhimoeForCausalLM": mixtures.phimoe,
     "Ernie4_5_MoeForCausalLM": mixtures.ernie4_5_moe,
     "Llama4ForCausalLM": mixtures.llama4,
+    "DeepseekV2ForCausalLM": deepseek.deepseek_v2,
+    "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
+    "Glm4MoeForCausalLM": deepseek.glm4_moe,
+    "GptOssForCausalLM": gpt_oss.gpt_oss,
 }
 
 

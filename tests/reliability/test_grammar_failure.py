@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from fake_runner import fake_engine
-from server_utils import RunningServer, http, metrics
+from server_utils import RunningServer, assert_engine_left_empty, http, metrics
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
@@ -36,7 +36,7 @@ def server(engine: LLMEngine) -> Iterator[RunningServer]:
 @pytest.fixture(autouse=True)
 def _engine_left_empty(engine: LLMEngine) -> Iterator[None]:
     yield
-    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
+    assert_engine_left_empty(engine)
 
 
 def _events(raw: bytes) -> list[dict]:

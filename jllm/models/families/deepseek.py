@@ -1,0 +1,142 @@
+"""DeepSeek-V2 (V2-Lite, V2.5) and DeepSeek-V3 (R1, Kimi-K2, Moonlight): multi-head latent attention
+(``jllm.models.mla``) with interleaved rotary pairs, and a mixture of SwiGLU experts with plain shared experts behind
+DeepSeek's group-limited router (``jllm.models.moe.grouped_top_k``), dense MLPs in the first layers. GLM-4.5 / 4.6
+(``Glm4MoeForCausalLM``) is V3's mixture on grouped-query attention.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
+from jllm.models.families.common import activation, base_args, read_rope
+from jllm.models.mla import MLASpec
+from jllm.models.moe import GroupedRouting
+from jllm.models.rope import yarn_mscale
+
+
+def deepseek_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """DeepSeek-V2: softmax router, greedy or group-limited (``group_limited_greedy``: the ``topk_group`` groups
+    holding the best experts), weights times ``routed_scaling_factor``, never renormalised (transformers' V2)."""
+    method = cfg.get("topk_method") or "greedy"
+    if method not in ("greedy", "group_limited_greedy"):
+        raise ValueError(
+            f"DeepSeek-V2 topk_method={method!r} is not supported (supported: greedy, group_limited_greedy)"
+        )
+    _require(cfg, "DeepSeek-V2", "scoring_func", "softmax")
+    if cfg.get("norm_topk_prob"):  # DeepSeek's own code renormalises then; transformers' V2 does not
+        raise ValueError("DeepSeek-V2 norm_topk_prob=True is not supported (supported: False, every V2 checkpoint's)")
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1) if method == "group_limited_greedy" else (1, 1)
+    return _deepseek(cfg, dtype, "DeepSeek-V2", "softmax", groups, renormalize=False, interleaved=True)
+
+
+def deepseek_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """DeepSeek-V3: sigmoid router choosing with ``e_score_correction_bias`` (``noaux_tc``) among the ``topk_group``
+    groups of best top-2 sums, weights from the unbiased scores, renormalised where ``norm_topk_prob``, times
+    ``routed_scaling_factor``; rotary pairs interleaved where ``rope_interleave`` (the default)."""
+    _require(cfg, "DeepSeek-V3", "topk_method", "noaux_tc")
+    _require(cfg, "DeepSeek-V3", "scoring_func", "sigmoid")
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), bool(cfg.get("rope_interleave", True))
+    return _deepseek(cfg, dtype, "DeepSeek-V3", "sigmoid", groups, renormalize, interleaved)
+
+
+def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4.5 / 4.6: grouped-query attention with q/k/v biases (``attention_bias``), per-head q/k RMSNorms where
+    ``use_qk_norm``, the rotary on the first half of each head (``partial_rotary_factor``, 0.5 where the config
+    has none), and V3's mixture and router."""
+    base = base_args(cfg, dtype)
+    fraction = (cfg.get("rope_parameters") or {}).get("partial_rotary_factor") or cfg.get("partial_rotary_factor")
+    rope = read_rope({**cfg, "partial_rotary_factor": fraction or 0.5}, base["head_dim"])
+    renormalize = bool(cfg.get("norm_topk_prob", True))
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    mixture, dense = _mixture(cfg, base["num_layers"], "GLM-4-MoE", "sigmoid", groups, renormalize)
+    return ModelArgs(
+        **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+        qk_norm=bool(cfg.get("use_qk_norm", False)),
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        **mixture,
+    )
+
+
+def _require(cfg: dict[str, Any], family: str, key: str, supported: str) -> None:
+    """Refuses a config value other than the one transformers implements for the family (absent is that one)."""
+    value = cfg.get(key)
+    if value is not None and value != supported:
+        raise ValueError(f"{family} {key}={value!r} is not supported (supported: {supported!r})")
+
+
+def _deepseek(
+    cfg: dict[str, Any],
+    dtype: Any,
+    family: str,
+    scoring: str,
+    groups: tuple[int, int],
+    renormalize: bool,
+    interleaved: bool,
+) -> ModelArgs:
+    """What V2 and V3 share: the latent attention, its softmax scale, and the mixture."""
+    mla = MLASpec(
+        kv_lora_rank=cfg["kv_lora_rank"],
+        qk_nope_head_dim=cfg["qk_nope_head_dim"],
+        qk_rope_head_dim=cfg["qk_rope_head_dim"],
+        v_head_dim=cfg["v_head_dim"],
+        q_lora_rank=cfg.get("q_lora_rank"),
+    )
+    base = base_args(cfg, dtype)
+    rope = dataclasses.replace(read_rope(cfg, mla.qk_rope_head_dim), interleaved=interleaved)
+    mixture, dense = _mixture(cfg, base["num_layers"], family, scoring, groups, renormalize)
+    qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    attention_bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, "num_kv_heads": 1, "head_dim": qk_head_dim, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+        mla=mla,
+        sm_scale=qk_head_dim**-0.5 * _mscale_squared(cfg),
+        qkv_bias=attention_bias,
+        o_bias=attention_bias,
+        **mixture,
+    )
+
+
+def _mixture(
+    cfg: dict[str, Any], num_layers: int, family: str, scoring: str, groups: tuple[int, int], renormalize: bool
+) -> tuple[dict[str, Any], list[int | None]]:
+    """The mixture's ``ModelArgs`` settings (``n_routed_experts`` SwiGLU experts of ``moe_intermediate_size``, the
+    router, ``n_shared_experts`` plain shared experts as one) and each layer's dense MLP width (None: the mixture)."""
+    if cfg.get("mlp_bias"):
+        raise ValueError(f"{family} mlp_bias=True is not supported (supported: False)")
+    experts, top_k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    if not 0 < top_k <= experts:
+        raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and n_routed_experts={experts}")
+    if experts % groups[0]:
+        raise ValueError(f"{family} n_group={groups[0]} does not divide n_routed_experts={experts}")
+    # DeepSeek's own rule (vLLM's): a mixture from first_k_dense_replace on, every moe_layer_freq-th layer;
+    # transformers reads first_k_dense_replace only (every released checkpoint's moe_layer_freq is 1: they agree)
+    first_moe, freq = cfg.get("first_k_dense_replace") or 0, cfg.get("moe_layer_freq") or 1
+    dense = [None if i >= first_moe and i % freq == 0 else cfg["intermediate_size"] for i in range(num_layers)]
+    settings = dict(
+        mlp_act=activation(cfg, "hidden_act", "silu", family),
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=renormalize,
+        shared_expert_size=cfg["moe_intermediate_size"] * (cfg.get("n_shared_experts") or 0),
+        shared_expert_gated=False,
+        moe_routing=GroupedRouting(scoring, *groups, scale=float(cfg.get("routed_scaling_factor", 1.0))),
+        weights=WeightMap(rename=(("experts", "experts.{e}"), ("shared_expert", "shared_experts"))),
+    )
+    return settings, dense
+
+
+def _mscale_squared(cfg: dict[str, Any]) -> float:
+    """transformers' ``yarn_apply_mscale``: a scaled rotary with ``mscale_all_dim`` multiplies the softmax scale by
+    ``yarn_mscale(factor, mscale_all_dim) ** 2`` (all channels, not only the rotary ones YaRN's cos/sin factor
+    reaches)."""
+    params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    mscale_all_dim = params.get("mscale_all_dim") or 0
+    return yarn_mscale(params["factor"], mscale_all_dim) ** 2 if kind != "default" and mscale_all_dim else 1.0

@@ -1,0 +1,94 @@
+"""Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2, Moonlight) run as multi-query attention over the latent.
+
+Every head's key and value are expanded from one shared per-token latent: ``c_kv`` (``kv_lora_rank`` channels,
+normed) through ``kv_b_proj``, and a roped ``k_pe`` (``qk_rope_head_dim``) shared by all heads. Expanded, the pool
+would hold ``heads x (qk_head_dim + v_head_dim)`` channels a token; instead (vLLM's "weight absorption") each
+query head's non-rotary part is taken into latent space through its slice of ``kv_b_proj``'s K half, so the scores
+are ``q_latent . c_kv + q_pe . k_pe`` against one KV head ``[c_kv, k_pe]`` of ``kv_lora_rank + qk_rope_head_dim``
+channels, and the attention output's first ``kv_lora_rank`` channels (a weighted sum of ``c_kv``) go through each
+head's slice of the V half. The pool stores that row as K and as V (the V copy's ``k_pe`` channels are unused).
+
+Tensor parallelism splits the query heads; the one latent head is replicated on every device (``jllm.parallel``'s
+KV-head replication: the model holds ``num_kv_heads`` copies of it).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jllm.attention import AttentionMetadata, paged_attention
+from jllm.models.layers import Linear, RMSNorm
+
+if TYPE_CHECKING:
+    from jllm.models.decoder import LayerSpec, ModelArgs
+
+# transformers builds q_a_layernorm and kv_a_layernorm with RMSNorm's default eps, not the config's rms_norm_eps
+LATENT_NORM_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class MLASpec:
+    """The latent attention's widths (DeepSeek's config names)."""
+
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None  # None: queries from one projection (V2-Lite); else through a normed low rank
+
+    @property
+    def latent_dim(self) -> int:
+        """The pool's width: the normed ``c_kv``, then the roped ``k_pe``."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+class MLAttention(nnx.Module):
+    """transformers' ``DeepseekV2Attention`` / ``DeepseekV3Attention`` with the K and V expansions absorbed into the
+    query and the output (module names as the checkpoint's)."""
+
+    def __init__(self, args: ModelArgs, spec: LayerSpec):
+        m, d, h, dt, quant = args.mla, args.hidden_size, args.num_heads, args.dtype, args.quant
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        if m.q_lora_rank is None:
+            self.q_proj = Linear(d, h * qk, ("embed", "q_heads"), dt, quant=quant)
+            self.q_a_proj = self.q_a_layernorm = self.q_b_proj = None
+        else:
+            self.q_proj = None
+            self.q_a_proj = Linear(d, m.q_lora_rank, ("embed", None), dt, bias=args.qkv_bias, quant=quant)
+            self.q_a_layernorm = RMSNorm(m.q_lora_rank, LATENT_NORM_EPS, dt)
+            self.q_b_proj = Linear(m.q_lora_rank, h * qk, (None, "q_heads"), dt, quant=quant)
+        self.kv_a_proj_with_mqa = Linear(d, m.latent_dim, ("embed", None), dt, bias=args.qkv_bias, quant=quant)
+        self.kv_a_layernorm = RMSNorm(m.kv_lora_rank, LATENT_NORM_EPS, dt)
+        # read as a matrix, not called: each head's K and V halves absorbed into the query and the output
+        self.kv_b_proj = Linear(m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim), (None, "q_heads"), dt)
+        self.o_proj = Linear(h * m.v_head_dim, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=quant)
+        self.args, self.spec = args, spec
+
+    def __call__(
+        self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
+    ) -> tuple[jax.Array, jax.Array]:
+        """Attention over ``norm(x)``; ``kv_pages [2, num_kv_heads, num_pages, page_size, latent_dim]``."""
+        a, m = self.args, self.args.mla
+        t, h, r, nope = x.shape[0], a.num_heads, m.kv_lora_rank, m.qk_nope_head_dim
+        x = x if norm is None else norm(x)
+        q = self.q_proj(x) if self.q_proj is not None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.reshape(t, h, nope + m.qk_rope_head_dim)
+        latent = self.kv_a_proj_with_mqa(x)  # [T, kv_lora_rank + rope]
+        c_kv = self.kv_a_layernorm(latent[:, :r])
+        rope = self.spec.rope
+        q_pe, k_pe = rope.apply(q[..., nope:], positions), rope.apply(latent[:, None, r:], positions)
+        w_kv = self.kv_b_proj.kernel[...].reshape(r, h, nope + m.v_head_dim)
+        q_latent = jnp.einsum("thn,rhn->thr", q[..., :nope], w_kv[..., :nope])  # [T, H, kv_lora_rank]
+        q = jnp.concatenate([q_latent, q_pe], axis=-1)  # [T, H, latent_dim]
+        kv = jnp.concatenate([c_kv[:, None], k_pe], axis=-1)  # [T, 1, latent_dim]
+        kv = jnp.broadcast_to(kv, (t, a.num_kv_heads, m.latent_dim))  # the copies tensor parallelism keeps
+        out, kv_pages = paged_attention(q, kv, kv, kv_pages, meta, sm_scale=a.sm_scale)
+        out = jnp.einsum("thr,rhv->thv", out[..., :r], w_kv[..., nope:])  # [T, H, v_head_dim]
+        return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages
