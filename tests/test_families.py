@@ -43,6 +43,19 @@ from jllm.parallel import make_mesh
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
 LOGITS_RTOL = 1e-5
 WINDOW = 16
+# Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
+# tests' prompts cross several
+MINISTRAL3_ROPE = dict(
+    rope_type="yarn",
+    rope_theta=1e6,
+    factor=4.0,
+    original_max_position_embeddings=8,
+    beta_fast=32.0,
+    beta_slow=1.0,
+    mscale=1.0,
+    mscale_all_dim=1.0,
+    llama_4_scaling_beta=0.1,
+)
 # The default model's tokenizer (49152 tokens) lets LLM serve the tiny models; a wide initializer keeps greedy
 # decoding off a single repeated token.
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
@@ -362,6 +375,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "opt": ("OPTForCausalLM", None, dict(ffn_dim=96, num_key_value_heads=None, tie_word_embeddings=False), []),
     # xIELU with its learned slopes (perturbed per layer); the default llama3-scaled rope
     "apertus": ("ApertusForCausalLM", None, {}, []),
+    # Ministral 3's text model in an image-text checkpoint: YaRN, and queries scaled up every 8 positions
+    "ministral3_image_text": (
+        "Mistral3ForConditionalGeneration",
+        "Mistral3Config",
+        dict(model_type="ministral3", sliding_window=None, rope_parameters=MINISTRAL3_ROPE),
+        [],
+    ),
 }
 MIXTURES = (
     "mixtral",
@@ -379,6 +399,16 @@ MIXTURES = (
     "gpt_oss",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
+PIXTRAL = dict(
+    model_type="pixtral",
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    head_dim=16,
+    image_size=28,
+    patch_size=14,
+)
 IMAGE_TEXT = {
     "gemma3_image_text": dict(
         vision_config=dict(
@@ -393,22 +423,13 @@ IMAGE_TEXT = {
         mm_tokens_per_image=4,
         tie_word_embeddings=False,
     ),
-    "mistral3_image_text": dict(
-        vision_config=dict(
-            model_type="pixtral",
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            head_dim=16,
-            image_size=28,
-            patch_size=14,
-        ),
-        tie_word_embeddings=False,
-    ),
+    "mistral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
+    "ministral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
 }
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # Ministral 3's text model saved on its own
+    "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
     "gpt_neox_sequential_no_bias": (
         "GPTNeoXForCausalLM",
@@ -770,8 +791,13 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         (
             "Mistral3ForConditionalGeneration",
-            {"text_config": {**TINY_CONFIG, "model_type": "ministral3"}},
-            "Mistral 3 text_config model_type 'ministral3' is not supported.*'mistral'",
+            {"text_config": {**TINY_CONFIG, "model_type": "llama"}},
+            "Mistral 3 text_config model_type 'llama' is not supported.*'mistral', 'ministral3'",
+        ),
+        (
+            "Ministral3ForCausalLM",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+            "llama_4_scaling_beta=None, original_max_position_embeddings=None is not supported",
         ),
         ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
         ("GPTNeoXForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*gelu"),

@@ -86,9 +86,10 @@ class LayerSpec:
     # first_k_dense_replace layers)
     dense_mlp_size: int | None = None
     qk_l2_norm: bool = False  # each query and key head RMS-normed without a weight after the rotary (Llama 4)
-    # (floor_scale, attn_scale): queries times log1p(floor((position + 1) / floor_scale)) * attn_scale + 1 (Llama 4's
-    # attn_temperature_tuning on its layers without rotary)
+    # (floor_scale, attn_scale): queries times log1p(floor((position + shift) / floor_scale)) * attn_scale + 1 (Llama
+    # 4's attn_temperature_tuning on its layers without rotary; Ministral 3's llama_4_scaling_beta on every layer)
     attn_temperature: tuple[float, float] | None = None
+    attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +280,8 @@ class Attention(nnx.Module):
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
         if self.spec.attn_temperature is not None:
             floor_scale, attn_scale = self.spec.attn_temperature
-            scale = jnp.log1p(jnp.floor((positions.astype(jnp.float32) + 1.0) / floor_scale)) * attn_scale + 1.0
+            shifted = positions.astype(jnp.float32) + self.spec.attn_temperature_shift
+            scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
             q = (q * scale[:, None, None]).astype(q.dtype)
         out, kv_pages = paged_attention(
             q,

@@ -17,6 +17,7 @@ from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mi
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "LlamaForCausalLM": llama.llama,
     "MistralForCausalLM": llama.mistral,
+    "Ministral3ForCausalLM": llama.ministral3,
     "Qwen2ForCausalLM": llama.qwen2,
     "Qwen3ForCausalLM": llama.qwen3,
     "SmolLM3ForCausalLM": llama.smollm3,

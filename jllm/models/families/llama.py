@@ -6,6 +6,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
@@ -42,6 +43,43 @@ def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelAr
 
 def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return llama(cfg, dtype, "mistral")
+
+
+# Ministral3Config's rotary where a config names none
+MINISTRAL3_ROPE = dict(
+    rope_type="yarn",
+    rope_theta=1e6,
+    factor=16.0,
+    original_max_position_embeddings=16_384,
+    beta_fast=32.0,
+    beta_slow=1.0,
+    mscale_all_dim=1.0,
+    mscale=1.0,
+    llama_4_scaling_beta=0.1,
+)
+
+
+def ministral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Ministral 3 (the text model of Ministral-3-3B/8B/14B): Mistral with YaRN (Ministral3Config's by default) and
+    every layer's queries, after the rotary, times ``1 + llama_4_scaling_beta * log(1 + floor(position /
+    original_max_position_embeddings))``, both read from the rope parameters."""
+    cfg = {"head_dim": 128, "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "max_position_embeddings": 262_144, **cfg}
+    if not cfg.get("rope_parameters") and not cfg.get("rope_scaling"):
+        cfg["rope_parameters"] = dict(MINISTRAL3_ROPE, max_position_embeddings=cfg["max_position_embeddings"])
+    params = cfg.get("rope_scaling") or cfg["rope_parameters"]
+    beta, original = params.get("llama_4_scaling_beta"), params.get("original_max_position_embeddings")
+    if beta is None or not original:
+        raise ValueError(
+            f"Ministral 3 rope llama_4_scaling_beta={beta!r}, original_max_position_embeddings={original!r} is not "
+            "supported (supported: both set, as transformers' Ministral 3 scales its queries by them)"
+        )
+    base, layers = uniform(cfg, dtype, SLIDING)
+    temperature = dict(attn_temperature=(float(original), float(beta)), attn_temperature_shift=0.0)
+    return ModelArgs(
+        **base,
+        layers=tuple(dataclasses.replace(spec, **temperature) for spec in layers),
+        mlp_act=activation(cfg, "hidden_act", "silu", "Ministral 3"),
+    )
 
 
 def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

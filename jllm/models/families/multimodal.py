@@ -1,6 +1,6 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3): the language model's ``text_config`` read by its
-own family's reader, its tensors under ``language_model.``; the vision tower and projector are never read, and
-prompts are text (the server refuses image parts by name).
+"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3): the language model's
+``text_config`` read by its own family's reader, its tensors under ``language_model.``; the vision tower and projector
+are never read, and prompts are text (the server refuses image parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -53,6 +53,5 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Mistral 3 image-text (Mistral-Small-3.1/3.2): its Mistral language model. Ministral 3's ``ministral3`` text
-    model (YaRN with its own position-dependent query scaling, ``llama_4_scaling_beta``) is refused."""
-    return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral})
+    """Mistral 3 image-text: its Mistral (Mistral-Small-3.1/3.2) or Ministral 3 (Ministral-3) language model."""
+    return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral, "ministral3": llama.ministral3})
