@@ -94,7 +94,7 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     """NNX parameter path -> (the HF tensor names it is made of, whether each HF tensor is the transpose of ours)."""
     *module_path, leaf = (str(p) for p in path)
     rename = dict(weights.rename)
-    prefix = "" if module_path[0] == "lm_head" else weights.prefix
+    prefix = weights.head_prefix if module_path[0] == "lm_head" else weights.prefix
     suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]
     parents = _renamed(module_path[:-1], rename)
@@ -191,7 +191,7 @@ class SafetensorsIndex:
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"checkpoint shard {file!r} listed in the index is missing from {model_dir}")
             handle = stack.enter_context(safe_open(model_dir / file, framework="flax"))
-            self.tensors |= {key: StoredTensor(handle, model_dir / file, key) for key in handle.keys()}
+            self.tensors |= {_alias(key, weights): StoredTensor(handle, model_dir / file, key) for key in handle.keys()}
         prefix = weights.prefix
         if prefix and not any(key.startswith(prefix) for key in self.tensors):
             # saved from the base model (GPT-2's hub files: ``h.0.attn...``, no ``transformer.``), as transformers
@@ -353,6 +353,14 @@ class SafetensorsIndex:
             return readers[tensor]((*lead_index, slice(at * hd, (at + n) * hd)))
 
         return rows
+
+
+def _alias(name: str, weights: WeightMap) -> str:
+    """A stored tensor's name as ``hf_names`` spells it: its leading part replaced where ``weights.aliases`` say."""
+    for stored, ours in weights.aliases:
+        if name.startswith(stored):
+            return ours + name.removeprefix(stored)
+    return name
 
 
 def _fp8_tensor(path: Path, name: str, dtype: str) -> np.ndarray:

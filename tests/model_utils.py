@@ -92,12 +92,21 @@ def random_llama(root: Path, tokenizer_dir: Path, num_heads: int, num_kv_heads: 
     return out
 
 
-def hf_logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:
-    """transformers' float32 PyTorch logits ``[T, vocab]`` for one sequence."""
+def hf_model(model_dir: Path) -> Any:
+    """transformers' float32 PyTorch model of ``model_dir``, of the class its config's ``architectures`` names (no
+    auto class maps ``mistral3`` to a causal LM)."""
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    arch = json.loads((model_dir / "config.json").read_text())["architectures"][0]
+    return getattr(transformers, arch).from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def hf_logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:
+    """transformers' float32 PyTorch logits ``[T, vocab]`` for one sequence."""
+    import torch
+
+    model = hf_model(model_dir)
     with torch.no_grad():
         return model(torch.tensor([token_ids])).logits[0].numpy()
 

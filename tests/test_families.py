@@ -8,8 +8,9 @@ for Phi-3, Falcon and Mixtral, which replicate their 2 KV heads there) on fake C
 ``LOGITS_RTOL`` of transformers'. Layouts a
 family's other options pick (NeoX's sequential residual, Falcon's one-norm, multi-query and sequential layers,
 StableLM's sequential layout) are checked on their logits only (``VARIANTS``), and the mixture of experts' grouped
-matmul against a per-token loop. Every checkpoint's norms and biases are random too (transformers initialises them to
-ones and zeros).
+matmul against a per-token loop. Image-text checkpoints (``IMAGE_TEXT``: Gemma 3, Mistral 3, each with a tiny vision
+tower) are loaded text-only and compared with transformers' image-text model on text. Every checkpoint's norms and
+biases are random too (transformers initialises them to ones and zeros).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
-from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
+from model_utils import (
+    TINY_CONFIG,
+    hf_logits,
+    hf_model,
+    jllm_logits,
+    relative_error,
+    run_tp_worker,
+    save_tiny_checkpoint,
+)
 
 from jllm import LLM, SamplingParams
 from jllm.kv_cache import KVCacheSpec
@@ -34,6 +43,19 @@ from jllm.parallel import make_mesh
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
 LOGITS_RTOL = 1e-5
 WINDOW = 16
+# Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
+# tests' prompts cross several
+MINISTRAL3_ROPE = dict(
+    rope_type="yarn",
+    rope_theta=1e6,
+    factor=4.0,
+    original_max_position_embeddings=8,
+    beta_fast=32.0,
+    beta_slow=1.0,
+    mscale=1.0,
+    mscale_all_dim=1.0,
+    llama_4_scaling_beta=0.1,
+)
 # The default model's tokenizer (49152 tokens) lets LLM serve the tiny models; a wide initializer keeps greedy
 # decoding off a single repeated token.
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
@@ -296,6 +318,70 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # every second layer without rotary (NoPE), and those sliding
+    "smollm3": (
+        "SmolLM3ForCausalLM",
+        None,
+        dict(no_rope_layer_interval=2, use_sliding_window=True, sliding_window=WINDOW, tie_word_embeddings=False),
+        [],
+    ),
+    # Gemma 3's and Mistral 3's text models in image-text checkpoints (IMAGE_TEXT: the outer configs)
+    "gemma3_image_text": (
+        "Gemma3ForConditionalGeneration",
+        "Gemma3Config",
+        dict(
+            model_type="gemma3_text",
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_scaling={"rope_type": "linear", "factor": 8.0},  # gemma-3-4b-it's: on the global layers only
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "mistral3_image_text": (
+        "Mistral3ForConditionalGeneration",
+        "Mistral3Config",
+        dict(model_type="mistral", sliding_window=None, rope_theta=1e9),
+        [],
+    ),
+    # half of each head rotated, in neighbouring pairs; q/k/v biases, fused gate_up_proj
+    "glm": ("GlmForCausalLM", None, {}, []),
+    # GLM with norms on the attention's and MLP's outputs too. TP 2: the fused gate_up split by column
+    "glm4": ("Glm4ForCausalLM", None, dict(partial_rotary_factor=0.25), [2]),
+    "helium": ("HeliumForCausalLM", None, dict(attention_bias=True, mlp_bias=True), []),
+    "ernie4_5": ("Ernie4_5ForCausalLM", None, dict(use_bias=True, tie_word_embeddings=False), []),
+    "seed_oss": ("SeedOssForCausalLM", None, dict(attention_out_bias=True), []),
+    # squared ReLU, not gated
+    "arcee": ("ArceeForCausalLM", None, dict(attention_bias=True), []),
+    # OLMo 2 with a sliding layer; each layer type its own rope, the global one's scaled
+    "olmo3": (
+        "Olmo3ForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_theta=1e4,
+            rope_scaling={"rope_type": "linear", "factor": 2.0},
+        ),
+        [],
+    ),
+    # output-only norms, per-head q/k norms; a sliding layer with the rotary, a global one without
+    "exaone4": ("Exaone4ForCausalLM", None, dict(sliding_window=WINDOW, sliding_window_pattern=2), []),
+    # LayerNorm1P (weight + 1, bias), squared ReLU, half of each head rotated
+    "nemotron": ("NemotronForCausalLM", None, dict(attention_bias=True, mlp_bias=True), []),
+    # per-head fused query_key_value, q/k LayerNorms with biases, squared ReLU
+    "persimmon": ("PersimmonForCausalLM", None, dict(num_key_value_heads=None, head_dim=None), []),
+    # learned positions two rows on, ReLU; untied (tied, the random model repeats)
+    "opt": ("OPTForCausalLM", None, dict(ffn_dim=96, num_key_value_heads=None, tie_word_embeddings=False), []),
+    # xIELU with its learned slopes (perturbed per layer); the default llama3-scaled rope
+    "apertus": ("ApertusForCausalLM", None, {}, []),
+    # Ministral 3's text model in an image-text checkpoint: YaRN, and queries scaled up every 8 positions
+    "ministral3_image_text": (
+        "Mistral3ForConditionalGeneration",
+        "Mistral3Config",
+        dict(model_type="ministral3", sliding_window=None, rope_parameters=MINISTRAL3_ROPE),
+        [],
+    ),
 }
 MIXTURES = (
     "mixtral",
@@ -312,8 +398,38 @@ MIXTURES = (
     "glm4_moe",
     "gpt_oss",
 )
+# image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
+PIXTRAL = dict(
+    model_type="pixtral",
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    head_dim=16,
+    image_size=28,
+    patch_size=14,
+)
+IMAGE_TEXT = {
+    "gemma3_image_text": dict(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        mm_tokens_per_image=4,
+        tie_word_embeddings=False,
+    ),
+    "mistral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
+    "ministral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
+}
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # Ministral 3's text model saved on its own
+    "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
     "gpt_neox_sequential_no_bias": (
         "GPTNeoXForCausalLM",
@@ -355,6 +471,8 @@ class FamilyDirs(dict[str, Path]):
     def __missing__(self, name: str) -> Path:
         arch, config_cls, overrides, _ = FAMILIES[name]
         config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None or k not in BASE}
+        if name in IMAGE_TEXT:  # the text model's config nested in the image-text one's
+            config = dict(IMAGE_TEXT[name], text_config=config)
         seed = list(FAMILIES).index(name)
         out = save_tiny_checkpoint(
             arch, config, self.root / name, seed=seed, config_cls_name=config_cls, perturb_constants=True
@@ -414,6 +532,31 @@ def test_gpt2_saved_as_the_hub_keeps_it_loads_without_the_transformer_prefix(tmp
     expected = hf_logits(model_dir, ids)
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
     assert relative_error(got, expected) < LOGITS_RTOL
+
+
+@pytest.mark.slow
+def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(family_dirs, tmp_path):
+    """transformers saves an image-text model's language model as ``language_model.model.*`` (as the hub keeps
+    them); its in-memory names (``model.language_model.*``, ``lm_head.weight``), which other tools save, read alike."""
+    from safetensors.numpy import load_file, save_file
+
+    saved = family_dirs["mistral3_image_text"]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(saved, renamed)
+    tensors = {}
+    for shard in sorted(renamed.glob("*.safetensors")):
+        tensors |= load_file(shard)
+        shard.unlink()
+    (renamed / "model.safetensors.index.json").unlink()
+    assert "language_model.lm_head.weight" in tensors and "language_model.model.norm.weight" in tensors
+    moved = {k.replace("language_model.model.", "model.language_model.", 1): v for k, v in tensors.items()}
+    save_file(
+        {k.replace("language_model.lm_head.", "lm_head.", 1): v for k, v in moved.items()},
+        renamed / "model.safetensors",
+    )
+    ids = PROMPTS[2]
+    expected = jllm_logits(load_model(saved, mesh=make_mesh(1), dtype="float32"), ids)
+    np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
 
 
 @pytest.mark.parametrize(
@@ -532,9 +675,8 @@ def test_deepseek_pool_keeps_one_latent_head_per_device():
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
     """Per layer with a router, the experts of the best router logits for any token of ``prompts``."""
     import torch
-    import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = hf_model(model_dir)
     used: dict[int, set[int]] = {}
     with torch.no_grad():
         for ids in prompts:
@@ -548,9 +690,8 @@ def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]
 def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     """transformers' greedy ``generate`` of each prompt alone (no padding), never stopping early."""
     import torch
-    import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = hf_model(model_dir)
     out = []
     for ids in prompts:
         seq = model.generate(
@@ -630,7 +771,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
-        ("Starcoder2ForCausalLM", {"hidden_act": "relu"}, "StarCoder2 hidden_act 'relu'.*supported.*gelu"),
+        ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
         ("Cohere2ForCausalLM", {"partial_rotary_factor": 0.5}, "Cohere2 partial_rotary_factor=0.5 is not supported"),
         (
@@ -639,9 +780,28 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "GPT-J rotary_dim=None is not supported.*even number",
         ),
         ("OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5.*num_experts=4"),
+        ("HeliumForCausalLM", {"head_dim": 32}, r"Helium num_attention_heads \* head_dim = 128 is not.*hidden_size=64"),
+        ("OPTForCausalLM", {"word_embed_proj_dim": 32}, "OPT word_embed_proj_dim=32 is not supported.*64"),
+        ("OPTForCausalLM", {"do_layer_norm_before": False}, "OPT do_layer_norm_before=False is not supported.*True"),
+        ("Exaone4ForCausalLM", {"sliding_window_pattern": "LLLG"}, "sliding_window_pattern='LLLG' without layer_types"),
+        (
+            "Gemma3ForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "final_logit_softcapping": 30.0}},
+            "final_logit_softcapping=30.0 is not supported.*null",
+        ),
+        (
+            "Mistral3ForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "model_type": "llama"}},
+            "Mistral 3 text_config model_type 'llama' is not supported.*'mistral', 'ministral3'",
+        ),
+        (
+            "Ministral3ForCausalLM",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+            "llama_4_scaling_beta=None, original_max_position_embeddings=None is not supported",
+        ),
         ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
-        ("GPTNeoXForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*gelu"),
-        ("LlamaForCausalLM", {"hidden_act": "relu"}, "hidden_act 'relu'.*supported.*silu"),
+        ("GPTNeoXForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*gelu"),
+        ("LlamaForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*silu"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         (
@@ -753,6 +913,53 @@ def test_k_norm_weights_refuse_replicated_kv_heads_naming_the_sizes(arch, change
     abstract_model(config, np.float32, tensor_parallel_size=2)
     with pytest.raises(ValueError, match=f"tensor_parallel_size=4 would replicate the model's 2 KV heads.*{layout}"):
         abstract_model(config, np.float32, tensor_parallel_size=4)
+
+
+def test_gemma3_image_text_hub_config_takes_gemma3_text_defaults():
+    """gemma-3-4b-it's ``text_config`` names five keys; the rest are Gemma3TextConfig's defaults (8 heads of 256, 4
+    KV heads, window 4096, every sixth layer global, query_pre_attn_scalar 256, a tied head), its linear scaling the
+    global layers' alone."""
+    from jllm.models.families.multimodal import gemma3
+
+    text = dict(
+        hidden_size=2560,
+        intermediate_size=10240,
+        model_type="gemma3_text",
+        num_hidden_layers=34,
+        rope_scaling={"factor": 8.0, "rope_type": "linear"},
+        sliding_window=1024,
+    )
+    args = gemma3({"architectures": ["Gemma3ForConditionalGeneration"], "text_config": text}, np.float32)
+    assert (args.num_heads, args.num_kv_heads, args.head_dim, args.vocab_size) == (8, 4, 256, 262_208)
+    assert args.sm_scale == 256**-0.5 and args.tie_word_embeddings and args.final_softcap is None
+    assert [i for i, spec in enumerate(args.layers) if spec.sliding_window is None] == [5, 11, 17, 23, 29]
+    assert args.layers[0].sliding_window == 1024 and dict(args.layers[0].rope.scaling)["rope_type"] == "default"
+    assert dict(args.layers[5].rope.scaling)["rope_type"] == "linear" and args.layers[5].rope.theta == 1e6
+    assert args.weights.prefix == "language_model.model." and args.weights.head_prefix == "language_model."
+
+
+def test_smollm3_default_layers_drop_the_rotary_in_every_fourth():
+    """SmolLM3-3B's configs list ``no_rope_layers``; without it every fourth layer has no rotary (transformers'
+    ``no_rope_layer_interval`` 4), and only under ``use_sliding_window`` do those NoPE layers slide."""
+    from jllm.models.families.llama import smollm3
+
+    config = dict(TINY_CONFIG, num_hidden_layers=8, sliding_window=16)
+    assert [spec.rope is None for spec in smollm3(config, np.float32).layers] == [False, False, False, True] * 2
+    assert all(spec.sliding_window is None for spec in smollm3(config, np.float32).layers)
+    sliding = smollm3(dict(config, use_sliding_window=True), np.float32).layers
+    assert [spec.sliding_window for spec in sliding] == [None, None, None, 16] * 2
+    assert sliding[0].rope.theta == 2e6
+
+
+def test_olmo3_older_rope_keys_scale_only_the_global_layers_as_transformers_reads_them():
+    """An OLMo 3 config with ``rope_theta`` and ``rope_scaling`` (not per layer type): transformers 5 gives them to the
+    global layers and keeps the sliding ones at base 5e5, unscaled."""
+    from jllm.models.families.llama import olmo3
+
+    config = dict(TINY_CONFIG, rope_theta=1234.0, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    sliding, full = (spec.rope for spec in olmo3(dict(config, num_hidden_layers=4), np.float32).layers[2:])
+    assert (full.theta, dict(full.scaling)["rope_type"]) == (1234.0, "linear")
+    assert (sliding.theta, dict(sliding.scaling)["rope_type"]) == (5e5, "default")
 
 
 def test_phi_and_stablelm_rotary_fractions_default_as_transformers_reads_them():

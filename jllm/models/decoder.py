@@ -3,11 +3,11 @@
 A family (``jllm.models.families``) is only what differs: attention kind (grouped-query, or DeepSeek's multi-head
 latent attention, ``jllm.models.mla``), norm kind, where the norms are (q/k per head, with one weight or a weight
 per head, or over all heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits
-scales), learned positions or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention +
-MLP), MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM
-head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, per-layer sliding
-windows, Llama 4's
-per-layer q/k norms and query temperature, and the checkpoint's tensor names. The maths they share lives here once.
+scales), learned positions (OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's
+parallel attention + MLP), MLP kind (gated, plain, or a mixture of experts, with dense layers among them),
+activation, biases (the LM head's too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention
+sinks, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, and the checkpoint's tensor
+names. The maths they share lives here once.
 
 Layers are a Python list, so ``jit`` unrolls them: on the H100 an unrolled decode step ran 2.7x faster than a
 ``lax.scan`` over stacked layers. Each layer runs through one nested ``jit`` (``_decoder_layer``), so a step program
@@ -37,8 +37,9 @@ from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
-# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1)
-NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine")
+# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or
+# weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
+NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,10 @@ class WeightMap:
     gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
     rename: tuple[tuple[str, str], ...] = ()
     prefix: str = "model."  # before every tensor name but the untied LM head's
+    head_prefix: str = ""  # before the untied LM head's (``language_model.`` in an image-text checkpoint)
+    # a stored name's leading part read as another: transformers 5's in-memory names where a checkpoint keeps them
+    # (``model.language_model.`` for the ``language_model.model.`` that transformers saves)
+    aliases: tuple[tuple[str, str], ...] = ()
     conv1d: bool = (
         False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
     )
@@ -82,9 +87,10 @@ class LayerSpec:
     # first_k_dense_replace layers)
     dense_mlp_size: int | None = None
     qk_l2_norm: bool = False  # each query and key head RMS-normed without a weight after the rotary (Llama 4)
-    # (floor_scale, attn_scale): queries times log1p(floor((position + 1) / floor_scale)) * attn_scale + 1 (Llama 4's
-    # attn_temperature_tuning on its layers without rotary)
+    # (floor_scale, attn_scale): queries times log1p(floor((position + shift) / floor_scale)) * attn_scale + 1 (Llama
+    # 4's attn_temperature_tuning on its layers without rotary; Ministral 3's llama_4_scaling_beta on every layer)
     attn_temperature: tuple[float, float] | None = None
+    attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +147,7 @@ class ModelArgs:
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
     learned_positions: bool = False
+    position_offset: int = 0  # learned positions: position p reads row p + offset of a table that much longer (OPT's 2)
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
@@ -198,8 +205,9 @@ class ModelArgs:
         ``heads``: (count, logical axis) for one weight per head (``LayerNorm``'s)."""
         dim, kind = dim or self.hidden_size, kind or self.norm
         if kind.startswith("layer"):
-            affine = kind != "layer_no_affine"
-            return LayerNorm(dim, self.norm_eps, self.dtype, weight=affine, bias=kind == "layer", heads=heads)
+            affine, offset = kind != "layer_no_affine", kind == "layer_unit_offset"
+            bias = kind in ("layer", "layer_unit_offset")
+            return LayerNorm(dim, self.norm_eps, self.dtype, affine, bias, heads, unit_offset=offset)
         return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=kind == "rms_unit_offset")
 
     def make_qk_norms(self) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
@@ -281,7 +289,8 @@ class Attention(nnx.Module):
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
         if self.spec.attn_temperature is not None:
             floor_scale, attn_scale = self.spec.attn_temperature
-            scale = jnp.log1p(jnp.floor((positions.astype(jnp.float32) + 1.0) / floor_scale)) * attn_scale + 1.0
+            shifted = positions.astype(jnp.float32) + self.spec.attn_temperature_shift
+            scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
             q = (q * scale[:, None, None]).astype(q.dtype)
         out, kv_pages = paged_attention(
             q,
@@ -372,7 +381,9 @@ class CausalLM(nnx.Module):
     def __init__(self, args: ModelArgs):
         self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.dtype, args.embed_scale)
         self.embed_positions = (
-            Embedding(args.max_position_embeddings, args.hidden_size, args.dtype, axes=(None, "embed"))
+            Embedding(
+                args.max_position_embeddings + args.position_offset, args.hidden_size, args.dtype, axes=(None, "embed")
+            )
             if args.learned_positions
             else None
         )
@@ -415,7 +426,9 @@ class CausalLM(nnx.Module):
     ) -> tuple[list[jax.Array], list[jax.Array]]:
         """The residual stream before the first layer and after each (not normed), and the updated pool."""
         x = self.embed_tokens(input_ids)
-        states = [x if self.embed_positions is None else x + self.embed_positions(positions)]
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions + self.args.position_offset)
+        states = [x]
         new_caches = []
         for i, (layer, kv_pages) in enumerate(zip(self.layers, kv_caches, strict=True)):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)

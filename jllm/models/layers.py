@@ -1,6 +1,6 @@
 """Layers the decoder families share: linear (float, or quantized per ``jllm.quantization``), embedding, RMSNorm
-(Llama's and Gemma's ``1 + w``), LayerNorm and the MLP (gated SwiGLU / GeGLU or plain); the mixture of experts lives
-in ``jllm.models.moe``.
+(Llama's and Gemma's ``1 + w``), LayerNorm and the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
+Apertus' learned xIELU); the mixture of experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -129,7 +129,8 @@ def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.
 class LayerNorm(nnx.Module):
     """``torch.nn.LayerNorm``, statistics in float32: with weight and bias, weight only (Cohere, StableLM's q/k
     norms) or neither (OLMo 1). ``heads`` (with the heads' logical axis) gives each head its own weight
-    ``[heads, dim]`` over ``x [..., heads, dim]`` (StableLM's and Cohere's per-head q/k norms)."""
+    ``[heads, dim]`` over ``x [..., heads, dim]`` (StableLM's and Cohere's per-head q/k norms). With ``unit_offset``
+    the stored weight is the scale minus one (Nemotron's LayerNorm1P)."""
 
     def __init__(
         self,
@@ -139,11 +140,13 @@ class LayerNorm(nnx.Module):
         weight: bool = True,
         bias: bool = True,
         heads: tuple[int, str] | None = None,
+        unit_offset: bool = False,
     ):
         shape, axes = ((heads[0], dim), (heads[1], None)) if heads else ((dim,), ("embed",))
         self.weight = param(shape, dtype, axes) if weight else None
         self.bias = param(shape, dtype, axes) if bias else None
         self.eps = eps
+        self.unit_offset = unit_offset
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -151,7 +154,7 @@ class LayerNorm(nnx.Module):
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         if self.weight is not None:
-            y = y * self.weight[...].astype(jnp.float32)
+            y = y * (self.weight[...].astype(jnp.float32) + (1.0 if self.unit_offset else 0.0))
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         return y.astype(x.dtype)
@@ -161,7 +164,30 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),  # squared ReLU (Nemotron, Arcee, Persimmon)
 }
+
+
+class XIELU(nnx.Module):
+    """xIELU (Apertus): ``alpha_p x^2 + beta x`` for ``x > 0``, else ``alpha_n (expm1(min(x, eps)) - x) + beta x``,
+    with ``alpha_p = softplus(a_p)`` and ``alpha_n = beta + softplus(a_n)`` learned per layer; transformers'
+    Python path, in float32."""
+
+    def __init__(self, dtype: jnp.dtype):
+        self.alpha_p = param((1,), dtype, (None,))
+        self.alpha_n = param((1,), dtype, (None,))
+        self.beta = param((), dtype, ())
+        self.eps = param((), dtype, ())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        beta, eps = self.beta[...].astype(jnp.float32), self.eps[...].astype(jnp.float32)
+        alpha_p = jax.nn.softplus(self.alpha_p[...].astype(jnp.float32))
+        alpha_n = beta + jax.nn.softplus(self.alpha_n[...].astype(jnp.float32))
+        positive = alpha_p * x32 * x32 + beta * x32
+        negative = (jnp.expm1(jnp.minimum(x32, eps)) - x32) * alpha_n + beta * x32
+        return jnp.where(x32 > 0, positive, negative).astype(x.dtype)
 
 
 class MLP(nnx.Module):
@@ -184,16 +210,18 @@ class MLP(nnx.Module):
         else:
             self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias, quant=quant)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
+        self.act_fn = XIELU(dtype) if act == "xielu" else None  # an activation with parameters of its own
         self.act, self.gated = act, gated
 
     def __call__(self, x: jax.Array, norm: nnx.Module | None = None, lora: LayerLoRA | None = None) -> jax.Array:
         """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``; ``lora``: each
         token's adapter deltas (gated MLPs only)."""
+        act = ACTIVATIONS[self.act] if self.act_fn is None else self.act_fn
         if not self.gated:
-            return self.down_proj(ACTIVATIONS[self.act](normed_linear(norm, self.up_proj, x)))
+            return self.down_proj(act(normed_linear(norm, self.up_proj, x)))
         gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
         if lora is not None:
             gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
-        h = ACTIVATIONS[self.act](gate_up[:, 0]) * gate_up[:, 1]
+        h = act(gate_up[:, 0]) * gate_up[:, 1]
         y = self.down_proj(h)
         return y if lora is None else y + lora.delta("down", h)

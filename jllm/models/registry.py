@@ -11,20 +11,33 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM, ModelArgs
-from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mixtures
+from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mixtures, multimodal, relu_mlp
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "LlamaForCausalLM": llama.llama,
     "MistralForCausalLM": llama.mistral,
+    "Ministral3ForCausalLM": llama.ministral3,
     "Qwen2ForCausalLM": llama.qwen2,
     "Qwen3ForCausalLM": llama.qwen3,
+    "SmolLM3ForCausalLM": llama.smollm3,
+    "GlmForCausalLM": llama.glm,
+    "Glm4ForCausalLM": llama.glm4,
+    "HeliumForCausalLM": llama.helium,
+    "Ernie4_5ForCausalLM": llama.ernie4_5,
+    "SeedOssForCausalLM": llama.seed_oss,
+    "ArceeForCausalLM": llama.arcee,
+    "ApertusForCausalLM": llama.apertus,
     "GraniteForCausalLM": llama.granite,
     "Olmo2ForCausalLM": llama.olmo2,
+    "Olmo3ForCausalLM": llama.olmo3,
+    "Exaone4ForCausalLM": llama.exaone4,
     "Phi3ForCausalLM": llama.phi3,
     "GemmaForCausalLM": gemma.gemma,
     "Gemma2ForCausalLM": gemma.gemma2,
     "Gemma3ForCausalLM": gemma.gemma3,
+    "Gemma3ForConditionalGeneration": multimodal.gemma3,
+    "Mistral3ForConditionalGeneration": multimodal.mistral3,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,
@@ -36,6 +49,9 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "CohereForCausalLM": layer_norm.cohere,
     "Cohere2ForCausalLM": layer_norm.cohere2,
     "OlmoForCausalLM": layer_norm.olmo,
+    "NemotronForCausalLM": relu_mlp.nemotron,
+    "PersimmonForCausalLM": relu_mlp.persimmon,
+    "OPTForCausalLM": relu_mlp.opt,
     "MixtralForCausalLM": mixtures.mixtral,
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,

@@ -6,6 +6,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from jllm.models.decoder import LayerSpec
@@ -13,7 +14,15 @@ from jllm.models.rope import Rope
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 # transformers' activation names -> ours (``jllm.models.layers.ACTIVATIONS``)
-HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+HF_ACTIVATIONS = {
+    "silu": "silu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "relu2": "relu2",
+    "xielu": "xielu",
+}
 
 
 def base_args(cfg: dict[str, Any], dtype: Any) -> dict[str, Any]:
@@ -35,14 +44,18 @@ def base_args(cfg: dict[str, Any], dtype: Any) -> dict[str, Any]:
     )
 
 
-def read_rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = None) -> Rope:
-    """The rotary settings from old (``rope_theta`` + ``rope_scaling``) or new (``rope_parameters``) configs."""
+def read_rope(
+    cfg: dict[str, Any], head_dim: int, params: dict[str, Any] | None = None, interleaved: bool = False
+) -> Rope:
+    """The rotary settings from old (``rope_theta`` + ``rope_scaling``) or new (``rope_parameters``) configs;
+    ``interleaved``: the family rotates neighbouring channel pairs (GLM's layout)."""
     params = dict(params if params is not None else cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
     theta = params.get("rope_theta") or cfg.get("rope_theta") or 10000.0
     fraction = params.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0
     if "original_max_position_embeddings" in cfg:
         params.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
-    return Rope.from_hf(theta, int(head_dim * fraction), params, cfg.get("max_position_embeddings", 4096))
+    rope = Rope.from_hf(theta, int(head_dim * fraction), params, cfg.get("max_position_embeddings", 4096))
+    return dataclasses.replace(rope, interleaved=True) if interleaved else rope
 
 
 def layer_windows(cfg: dict[str, Any], default: list[str]) -> list[int | None]:
@@ -52,11 +65,31 @@ def layer_windows(cfg: dict[str, Any], default: list[str]) -> list[int | None]:
     return [window if window and kind == SLIDING else None for kind in types]
 
 
-def uniform(cfg: dict[str, Any], dtype: Any, default: str) -> tuple[dict[str, Any], tuple[LayerSpec, ...]]:
+def layer_type_ropes(cfg: dict[str, Any], head_dim: int, local_theta: float, global_theta: float) -> dict[str, Rope]:
+    """Each layer type's rope (Gemma 3, OLMo 3): transformers 5's ``rope_parameters`` per type, or an older config's
+    ``rope_theta`` (``global_theta`` by default) and ``rope_scaling`` for the global layers and an unscaled
+    ``local_theta`` for the sliding ones."""
+    params = cfg.get("rope_parameters") or {}
+    if FULL in params:
+        return {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING)}
+    scaled = {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", global_theta)}
+    return {FULL: read_rope(cfg, head_dim, scaled), SLIDING: read_rope(cfg, head_dim, {"rope_theta": local_theta})}
+
+
+def typed_layers(cfg: dict[str, Any], ropes: dict[str, Rope | None], default: list[str]) -> tuple[LayerSpec, ...]:
+    """Each layer from its type (``layer_types``, else ``default``): that type's rope (None: no rotary), and the
+    ``sliding_window`` if it slides."""
+    types = cfg.get("layer_types") or default
+    return tuple(LayerSpec(ropes[kind], w) for kind, w in zip(types, layer_windows(cfg, default), strict=True))
+
+
+def uniform(
+    cfg: dict[str, Any], dtype: Any, default: str, interleaved: bool = False
+) -> tuple[dict[str, Any], tuple[LayerSpec, ...]]:
     """The base settings and the layers of a family whose layers share one rope; ``default``: each layer's kind
     where the config has no ``layer_types``."""
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(cfg, base["head_dim"], interleaved=interleaved)
     return base, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, [default] * base["num_layers"]))
 
 

@@ -10,7 +10,15 @@ import math
 from typing import Any
 
 from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
-from jllm.models.families.common import FULL, SLIDING, base_args, layer_windows, read_rope
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    base_args,
+    layer_type_ropes,
+    layer_windows,
+    read_rope,
+    typed_layers,
+)
 
 # Gemma's norms before and after each block: our module name -> the checkpoint's.
 GEMMA_WEIGHTS = WeightMap(
@@ -72,22 +80,28 @@ def gemma2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _gemma(cfg, dtype, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default)))
 
 
+# transformers' Gemma3TextConfig defaults for the keys the readers take: hub image-text configs (gemma-3-4b-it's
+# ``text_config``) leave most of them out
+GEMMA3_TEXT_DEFAULTS = dict(
+    vocab_size=262_208,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    max_position_embeddings=131_072,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+)
+
+
 def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base."""
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base; keys a
+    config leaves out take Gemma3TextConfig's defaults."""
+    cfg = {**GEMMA3_TEXT_DEFAULTS, **cfg}
+    head_dim = cfg["head_dim"]
     pattern = cfg.get("sliding_window_pattern", 6)
     default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
-    params = cfg.get("rope_parameters") or {}
-    if FULL in params:  # transformers >= 5: one rope per layer type
-        ropes = {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING)}
-    else:  # rope_theta (+ rope_scaling) for global layers, rope_local_base_freq unscaled for sliding ones
-        ropes = {
-            FULL: read_rope(
-                cfg, head_dim, {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", 1e6)}
-            ),
-            SLIDING: read_rope(cfg, head_dim, {"rope_theta": cfg.get("rope_local_base_freq", 10000.0)}),
-        }
-    types = cfg.get("layer_types") or default
-    window = cfg.get("sliding_window")
-    layers = tuple(LayerSpec(ropes[kind], window if kind == SLIDING else None) for kind in types)
-    return _gemma(cfg, dtype, layers, qk_norm=True)
+    ropes = layer_type_ropes(cfg, head_dim, cfg.get("rope_local_base_freq", 10000.0), 1e6)
+    return _gemma(cfg, dtype, typed_layers(cfg, ropes, default), qk_norm=True)

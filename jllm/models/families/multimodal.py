@@ -1,0 +1,57 @@
+"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3): the language model's
+``text_config`` read by its own family's reader, its tensors under ``language_model.``; the vision tower and projector
+are never read, and prompts are text (the server refuses image parts by name).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from jllm.models.decoder import ModelArgs
+from jllm.models.families import gemma, llama
+
+# transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
+# hub's gemma-3-4b-it and Mistral-Small-3.1 keep them); its in-memory names, which other tools may save, are read too
+LANGUAGE_MODEL = dict(
+    prefix="language_model.model.",
+    head_prefix="language_model.",
+    aliases=(("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")),
+)
+
+
+def _text_only(
+    cfg: dict[str, Any], dtype: Any, family: str, readers: dict[str, Callable[[dict[str, Any], Any], ModelArgs]]
+) -> ModelArgs:
+    """The ``text_config``'s model read by the reader of its ``model_type`` (the first of ``readers`` by default), its
+    tensor names moved under ``language_model.``. The LM head is tied as the text config says (transformers 5 reads
+    the outer ``tie_word_embeddings``, but unties a head the checkpoint stores)."""
+    text = cfg.get("text_config") or {}
+    kind = text.get("model_type", next(iter(readers)))
+    if kind not in readers:
+        raise ValueError(
+            f"{family} text_config model_type {kind!r} is not supported (supported: {', '.join(map(repr, readers))})"
+        )
+    args = readers[kind](text, dtype)
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **LANGUAGE_MODEL))
+
+
+def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 3 image-text (gemma-3-4b/12b/27b): its Gemma 3 language model. transformers'
+    Gemma3ForConditionalGeneration never soft-caps its logits, so a ``final_logit_softcapping`` is refused (every
+    released Gemma 3 leaves it null)."""
+    cap = (cfg.get("text_config") or {}).get("final_logit_softcapping")
+    if cap is not None:
+        raise ValueError(
+            f"Gemma3ForConditionalGeneration text_config final_logit_softcapping={cap} is not supported (supported: "
+            "null; transformers' image-text Gemma 3 does not apply it)"
+        )
+    return _text_only(cfg, dtype, "Gemma 3", {"gemma3_text": gemma.gemma3})
+
+
+def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Mistral 3 image-text: its Mistral (Mistral-Small-3.1/3.2) or Ministral 3 (Ministral-3) language model."""
+    return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral, "ministral3": llama.ministral3})
