@@ -382,6 +382,22 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(model_type="ministral3", sliding_window=None, rope_parameters=MINISTRAL3_ROPE),
         [],
     ),
+    # Llama 4 as the hub keeps Scout and Maverick: the text model above inside the image-text one
+    "llama4_image_text": (
+        "Llama4ForConditionalGeneration",
+        "Llama4Config",
+        dict(
+            model_type="llama4_text",
+            num_local_experts=4,
+            intermediate_size_mlp=80,
+            interleave_moe_layer_step=2,
+            no_rope_layers=[1, 0],
+            floor_scale=4,
+            attn_scale=0.5,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "mixtral",
@@ -421,6 +437,20 @@ IMAGE_TEXT = {
             patch_size=14,
         ),
         mm_tokens_per_image=4,
+        tie_word_embeddings=False,
+    ),
+    "llama4_image_text": dict(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            vision_output_dim=32,
+            projector_input_dim=32,
+            projector_output_dim=32,
+        ),
         tie_word_embeddings=False,
     ),
     "mistral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),

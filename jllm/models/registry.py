@@ -38,6 +38,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Gemma3ForCausalLM": gemma.gemma3,
     "Gemma3ForConditionalGeneration": multimodal.gemma3,
     "Mistral3ForConditionalGeneration": multimodal.mistral3,
+    "Llama4ForConditionalGeneration": multimodal.llama4,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,

@@ -1,4 +1,4 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3): the language model's
+"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4): the language model's
 ``text_config`` read by its own family's reader, its tensors under ``language_model.``; the vision tower and projector
 are never read, and prompts are text (the server refuses image parts by name).
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jllm.models.decoder import ModelArgs
-from jllm.models.families import gemma, llama
+from jllm.models.families import gemma, llama, mixtures
 
 # transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
 # hub's gemma-3-4b-it and Mistral-Small-3.1 keep them); its in-memory names, which other tools may save, are read too
@@ -55,3 +55,8 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mistral 3 image-text: its Mistral (Mistral-Small-3.1/3.2) or Ministral 3 (Ministral-3) language model."""
     return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral, "ministral3": llama.ministral3})
+
+
+def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Llama 4 Scout / Maverick as the hub keeps them (``Llama4ForConditionalGeneration``): its text model."""
+    return _text_only(cfg, dtype, "Llama 4", {"llama4_text": mixtures.llama4})
