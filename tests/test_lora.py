@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_runner import fake_engine
 from lora_utils import ALL_TARGETS, lora_logits, lora_manager, peft_logits, save_adapter, save_llama
 from model_utils import relative_error, run_tp_worker
 from server_utils import RunningServer, http
@@ -312,3 +314,19 @@ def test_peft_all_linear_targets_are_the_seven_projections(llama, tmp_path):
     manager = lora_manager(loaded, [])
     manager.add(LoRARequest("all", 1, str(_copy_adapter(llama[1][0], tmp_path / "a", target_modules="all-linear"))))
     assert [a.lora_name for a in manager.adapters] == ["all"]
+
+
+@pytest.mark.slow
+def test_a_bad_adapter_path_is_refused_before_any_prompt_runs(lora_llm, tmp_path):
+    with pytest.raises(AdapterError, match="no adapter_config.json in LoRA adapter folder"):
+        lora_llm.generate(["a", "b"], GREEDY, use_tqdm=False, lora_request=[None, LoRARequest("x", 9, str(tmp_path))])
+    assert not lora_llm.engine.requests
+
+
+def test_an_adapter_without_enable_lora_is_refused_naming_the_key():
+    llm = LLM.__new__(LLM)  # the scripted engine stands in for a built one
+    llm.engine, llm._ids = fake_engine(), itertools.count()
+    with pytest.raises(ValueError, match="lora_request 'x' needs the engine started with enable_lora: true"):
+        llm.generate(["a"], GREEDY, use_tqdm=False, lora_request=LoRARequest("x", 1, "/x"))
+    with pytest.raises(ValueError, match="got 2 lora_request for 1 prompts"):
+        llm.generate(["a"], GREEDY, use_tqdm=False, lora_request=[None, None])
