@@ -16,6 +16,8 @@ export PYTHONPYCACHEPREFIX=/tmp/pyc  # the image ships no .pyc: imports compile 
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
 
+# Every kernel path against the float32 reference first (sinks for gpt-oss landed 2026-12-05, checked only on the CPU).
+step check_kernels 420 python scripts/check_kernels.py --json "$QOUT/check_kernels.json"
 # Issue 20: start-up, cold and warm (goal 30 s / 8 s); the ten longest compiles say whether big forwards dominate.
 step startup 420 python scripts/profile_startup.py --config $BF16 --warm-runs 2 --json "$QOUT/startup.json"
 # Issue 21: why an FP8 step launches in ~1.5 ms where bf16 takes ~1.0 ms: XLA's command-buffer log, batch 1.
