@@ -19,9 +19,9 @@ from jllm.config import ConfigError, ServerConfig, load_config
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
 from jllm.serve_config import load_serve_config
+from jllm.server.chat_schemas import ChatCompletionRequest
 from jllm.server.errors import APIError
 from jllm.server.reasoning import ReplyPlan
-from jllm.server.schemas import ChatCompletionRequest
 
 MODEL = "thinker"
 TEMPLATE = (  # an earlier turn's reasoning shown in brackets, as Qwen3's template shows it

@@ -16,12 +16,7 @@ from aiohttp import web
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
-from jllm.server.generation import Delta, Generation
-from jllm.server.middleware import public_id, request_id
-from jllm.server.reasoning import ReplyDeltas, ReplyPlan
-from jllm.server.registry import ServedModel
-from jllm.server.schemas import (
-    MIN_LOGPROB,
+from jllm.server.chat_schemas import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -29,14 +24,16 @@ from jllm.server.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
-    CompletionTokensDetails,
     DeltaMessage,
-    TokenizeRequest,
     TokenLogprob,
     TopLogprob,
-    UsageInfo,
-    prompt_logprobs_json,
 )
+from jllm.server.generation import Delta, Generation
+from jllm.server.info_schemas import TokenizeRequest
+from jllm.server.middleware import public_id, request_id
+from jllm.server.reasoning import ReplyDeltas, ReplyPlan
+from jllm.server.registry import ServedModel
+from jllm.server.schemas import MIN_LOGPROB, CompletionTokensDetails, UsageInfo, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.tokenizer import Tokenizer

@@ -15,17 +15,11 @@ from aiohttp import web
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
+from jllm.server.completions_schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
 from jllm.server.registry import ServedModel
-from jllm.server.schemas import (
-    MIN_LOGPROB,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    CompletionResponse,
-    prompt_logprobs_json,
-)
+from jllm.server.schemas import MIN_LOGPROB, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.tokenizer import Tokenizer

@@ -15,16 +15,11 @@ from typing import Any
 from google.protobuf.message import Message
 
 from jllm.outputs import Logprob
+from jllm.server.chat_schemas import ChatCompletionRequest
+from jllm.server.completions_schemas import CompletionRequest
 from jllm.server.generation import Delta
-from jllm.server.schemas import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    ModelList,
-    TokenizeRequest,
-    TokenizeResponse,
-    UsageInfo,
-)
+from jllm.server.info_schemas import DetokenizeRequest, ModelList, TokenizeRequest, TokenizeResponse
+from jllm.server.schemas import UsageInfo
 from jllm.v1 import generate_pb2 as pb
 
 

@@ -19,10 +19,10 @@ import grpc
 
 from jllm.server import grpc_convert, info
 from jllm.server.chat import start_chat
+from jllm.server.chat_schemas import ChatCompletionRequest
 from jllm.server.completions import start_completion
 from jllm.server.errors import as_api_error
 from jllm.server.middleware import check_api_key, checked_body_id
-from jllm.server.schemas import ChatCompletionRequest
 from jllm.server.state import ServerState
 from jllm.v1 import generate_pb2 as pb
 from jllm.v1 import generate_pb2_grpc

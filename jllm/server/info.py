@@ -14,17 +14,17 @@ import time
 from aiohttp import web
 
 from jllm.server.chat import render_chat
+from jllm.server.chat_schemas import tools_for_template
 from jllm.server.errors import APIError, bad_request
-from jllm.server.registry import ModelRegistry
-from jllm.server.schemas import (
+from jllm.server.info_schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
     ModelCard,
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
-    tools_for_template,
 )
+from jllm.server.registry import ModelRegistry
 from jllm.server.state import ServerState, server_state
 
 _CREATED = int(time.time())

@@ -2,7 +2,7 @@
 (``jllm.reasoning_parsers``), then the tool calls read from the answer after it (``jllm.server.tools``), so a marker
 or a call the model writes while reasoning is reasoning; ``finish_reason`` "tool_calls" follows the answer's calls.
 
-The reasoning comes back as ``reasoning`` and ``reasoning_content`` (``schemas``), unless the request sends vLLM's
+The reasoning comes back as ``reasoning`` and ``reasoning_content`` (``chat_schemas``), unless the request sends vLLM's
 ``include_reasoning: false``. A structured-output constraint (``response_format``, ``structured_outputs``,
 ``guided_*``, a forced ``tool_choice``) holds the answer only, as in vLLM: its grammar waits behind a
 ``ReasoningGate`` until the reasoning ends. That needs a format whose reasoning opens with the reply (``implicit``:
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from jllm.config import ServerConfig
 from jllm.reasoning_parsers import HarmonyFormat, ReasoningFormat, ReasoningGate, reasoning_format
+from jllm.server.chat_schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
 from jllm.server.errors import bad_request
-from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
 from jllm.server.tools import ToolDeltas, ToolPlan
 from jllm.tokenizer import Tokenizer
 from jllm.tool_parsers.harmony import OpenAIParser

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from jllm.reasoning_parsers import reasoning_format
 from jllm.server.chat import start_chat, token_logprobs
+from jllm.server.chat_schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall, TokenLogprob
 from jllm.server.errors import APIError, as_api_error, bad_request
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
@@ -41,7 +42,6 @@ from jllm.server.responses_schemas import (
     ResponsesRequest,
     ResponseUsage,
 )
-from jllm.server.schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall, TokenLogprob
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.tokenizer import Tokenizer

@@ -19,8 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from jllm.sampling import MAX_LOGPROBS
+from jllm.server.chat_schemas import TokenLogprob
 from jllm.server.errors import bad_request
-from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, TokenLogprob, _Request, refuse_unsupported
+from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
 
 _NOT_STORED = "is not supported: this server stores no responses; send the whole conversation in input"
 # OpenAI's and vLLM's Responses fields this server cannot honour: (the values asking for nothing, why)

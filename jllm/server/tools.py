@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jllm.config import ServerConfig
-from jllm.server.errors import bad_request
-from jllm.server.schemas import (
+from jllm.server.chat_schemas import (
     AssistantMessage,
     ChatCompletionRequest,
     DeltaFunction,
@@ -27,6 +26,7 @@ from jllm.server.schemas import (
     ToolCallOut,
     tools_for_template,
 )
+from jllm.server.errors import bad_request
 from jllm.tool_calls import (
     CallPart,
     ForcedCallStream,

@@ -1,0 +1,341 @@
+"""The bodies of ``POST /v1/chat/completions`` (OpenAI's, plus vLLM's extra fields): the request with its messages,
+tools, tool choice and chat-template options, and the reply, whole or as streamed chunks (the assistant's message,
+its tool calls and reasoning, and the chat form of logprobs that the Responses API reuses).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_serializer, model_validator
+
+from jllm.sampling import MAX_LOGPROBS, SamplingParams
+from jllm.server.errors import bad_request
+from jllm.server.schemas import (
+    UNSUPPORTED_FIELDS,
+    PromptLogprobs,
+    UsageInfo,
+    _GenerationRequest,
+    _refused_when_set,
+    _Request,
+    refuse_unsupported,
+)
+
+# reasoning_effort reaches the chat template (``InputProcessor.render_chat``)
+CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items() if name != "reasoning_effort"}
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Request):
+    """A call the assistant made earlier in the conversation."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def for_template(self) -> dict[str, Any]:
+        """Templates read the arguments as a mapping (vLLM parses them the same way)."""
+        try:
+            arguments = json.loads(self.function.arguments)
+        except json.JSONDecodeError as e:
+            raise bad_request(
+                f"messages: tool call {self.id!r} has arguments that are not JSON: {e}", "messages"
+            ) from e
+        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None only for the assistant (OpenAI's, beside tool calls)
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    # the assistant's reasoning before its reply (vLLM's name, and DeepSeek's that templates read), for templates
+    # that show earlier turns' reasoning
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        """A part of another type (``image_url``, ``input_audio``, ``file``: what LangChain and the SDKs send for
+        images and files) is refused by name; pydantic's own message listed every member of the union."""
+        for i, part in enumerate(value if isinstance(value, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                raise ValueError(f"part {i} has type {kind!r}: the served models take text parts only")
+        return value
+
+    @model_validator(mode="after")
+    def _tool_fields_by_role(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":  # missing or null: a field validator sees only null
+            raise ValueError(f"content is required in a {self.role} message (only an assistant's may be left out)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls are only allowed in an assistant message")
+        if (self.reasoning is not None or self.reasoning_content is not None) and self.role != "assistant":
+            raise ValueError("reasoning is only allowed in an assistant message")
+        if (self.tool_call_id is None) == (self.role == "tool"):
+            raise ValueError("tool_call_id is required in a tool message, and only there")
+        return self
+
+    def for_template(self) -> dict[str, Any]:
+        """What a chat template expects: {role, content} ("developer" is OpenAI's newer name for "system"), plus
+        the assistant's tool calls and reasoning (as ``reasoning_content``, ``reasoning`` and ``thinking``) or the
+        tool result's call id when present."""
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(part.text for part in content)
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
+        if reasoning is not None:  # gpt-oss's template reads "thinking"
+            message["reasoning_content"] = message["reasoning"] = message["thinking"] = reasoning
+        for key in ("tool_call_id", "name"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
+        return message
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments
+    strict: bool | None = None  # forced calls always follow the schema; auto calls are parsed as generated
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+def tools_for_template(tools: list[ToolDefinition] | None) -> list[dict[str, Any]] | None:
+    """A request's tools as chat templates take them: OpenAI's tool objects, unset keys left out."""
+    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class _ChatTemplateOptions(_Request):
+    """vLLM's switches for how chat messages render through the template (chat completions and /tokenize)."""
+
+    add_generation_prompt: bool = True  # False renders the messages without the assistant's opening
+    continue_final_message: bool = False  # the reply continues the last message, left open
+    chat_template_kwargs: dict[str, Any] | None = None  # variables for the template (may override the two above)
+    documents: list[dict[str, str]] | None = None  # for templates that render retrieved documents (RAG)
+
+    def template_options(self) -> dict[str, Any]:
+        """The arguments of ``InputProcessor.render_chat`` these fields ask for."""
+        options: dict[str, Any] = {
+            "add_generation_prompt": self.add_generation_prompt,
+            "continue_final_message": self.continue_final_message,
+            "chat_template_kwargs": self.chat_template_kwargs,
+        }
+        if self.documents is not None:
+            options["documents"] = self.documents
+        return options
+
+    @field_validator("continue_final_message")
+    @classmethod
+    def _continue_without_generation_prompt(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("add_generation_prompt", True):
+            raise ValueError("needs add_generation_prompt set to false (the reply continues the last message)")
+        return value
+
+
+class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens; wins when both are given
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
+    tools: list[ToolDefinition] | None = None
+    # None: "auto" with tools, else "none" (OpenAI's default)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # None or true: several calls in one reply may come
+    include_reasoning: bool = True  # false leaves the reasoning out (with a reasoning parser; else there is none)
+    # the template variable of that name (gpt-oss's); refused where the model's template does not read it
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
+
+    _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, CHAT_UNSUPPORTED_FIELDS)
+
+    def template_options(self) -> dict[str, Any]:
+        return {**super().template_options(), "reasoning_effort": self.reasoning_effort}
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        names = [t.function.name for t in info.data.get("tools") or []]
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
+            raise ValueError(f"names the function {value.function.name!r}, which is not among tools {names}")
+        if value == "required" and not names:
+            raise ValueError("'required' needs at least one tool in tools")
+        return value
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):  # 0 asks for nothing (vLLM accepts it alone)
+            raise ValueError("needs logprobs set to true")
+        return value
+
+    def sampling_params(
+        self, forced_call: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+    ) -> SamplingParams:
+        """``forced_call``: the JSON schema a forced tool call is generated under (``tool_choice``); ``defaults``:
+        the served model's sampling defaults."""
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        sent_as = {"max_tokens": "max_completion_tokens"} if self.max_completion_tokens is not None else None
+        return self._sampling_params(
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=self.prompt_logprobs,
+            sent_as=sent_as,
+            forced_call=forced_call,
+            defaults=defaults,
+        )
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)  # vLLM's: always a list, empty without calls
+    reasoning: str | None = None  # with a reasoning parser: the reasoning before the content
+
+    @model_serializer(mode="wrap")
+    def _reasoning_when_present(self, handler: Any) -> dict[str, Any]:
+        return _with_reasoning(handler(self), self.reasoning)
+
+
+def _with_reasoning(data: dict[str, Any], reasoning: str | None) -> dict[str, Any]:
+    """The reasoning under vLLM's current name (``reasoning``) and its first one, DeepSeek's, that most clients
+    read (``reasoning_content``); left out when there is none, as without a reasoning parser."""
+    data.pop("reasoning", None)
+    return data if reasoning is None else {**data, "reasoning": reasoning, "reasoning_content": reasoning}
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs asked for
+
+
+class DeltaFunction(BaseModel):
+    name: str | None = None  # in a call's first delta
+    arguments: str = ""  # a fragment of the arguments' JSON text
+
+
+class DeltaToolCall(BaseModel):
+    """OpenAI's streamed call: the first delta of call ``index`` has its id, type and name; later ones add to its
+    arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+    @model_serializer
+    def _present_only(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            out |= {"id": self.id, "type": self.type}
+        function = {"arguments": self.function.arguments}
+        return out | {"function": function if self.function.name is None else {"name": self.function.name, **function}}
+
+
+class DeltaMessage(BaseModel):
+    """A streamed piece of the assistant message: the role comes once, first; absent keys are left out."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+
+    @model_serializer
+    def _present_only(self) -> dict[str, Any]:
+        fields = (("role", self.role), ("content", self.content), ("tool_calls", self.tool_calls))
+        return _with_reasoning({k: v for k, v in fields if v is not None}, self.reasoning)
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = None  # sent (null until the last chunk) only with stream_options.include_usage

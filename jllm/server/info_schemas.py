@@ -1,0 +1,63 @@
+"""The bodies of the routes around generation (``info``): the model list, ``/tokenize`` (a prompt, or chat
+messages rendered as a chat request's are) and ``/detokenize``.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, model_validator
+
+from jllm.server.chat_schemas import ChatMessage, ToolDefinition, _ChatTemplateOptions
+from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
+
+
+class TokenizeRequest(_ChatTemplateOptions):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[ToolDefinition] | None = None  # rendered with the messages, as a chat request's are
+    add_special_tokens: bool | None = None  # None: true for a prompt, false for messages (vLLM's two defaults)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        return refuse_unsupported(data, TOKENIZE_UNSUPPORTED_FIELDS)
+
+
+# vLLM's /tokenize fields this server cannot honour
+TOKENIZE_UNSUPPORTED_FIELDS = {name: UNSUPPORTED_FIELDS[name] for name in ("chat_template", "mm_processor_kwargs")} | {
+    "return_token_strs": (_NOTHING, "is not supported yet; /detokenize gives the ids' text")
+}
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "jllm"
+    root: str | None = None  # a LoRA adapter's folder (vLLM's field)
+    parent: str | None = None  # a LoRA adapter's base model (vLLM's field); None for a model
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
