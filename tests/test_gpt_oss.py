@@ -115,8 +115,8 @@ def test_mxfp4_experts_read_any_slice_as_the_whole_tensors(mxfp4_checkpoint: Pat
     """A slice (a device's share) reads as the same slice of the whole parameter, partial MXFP4 blocks included."""
     from contextlib import ExitStack
 
-    from jllm.loader import SafetensorsIndex
     from jllm.models.families.gpt_oss import gpt_oss, read_experts
+    from jllm.safetensors_index import SafetensorsIndex
 
     weights = gpt_oss(json.loads((mxfp4_checkpoint / "config.json").read_text()), np.float32).weights
     with ExitStack() as stack:

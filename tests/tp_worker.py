@@ -31,9 +31,10 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 sys.path[:0] = [str(Path(__file__).parents[1]), str(Path(__file__).parent)]  # this checkout's jllm, model helpers
 from test_kernels import make_inputs  # noqa: E402
 
-from jllm import LLM, SamplingParams, kv_cache, loader, parallel  # noqa: E402
+from jllm import LLM, SamplingParams, kv_cache, parallel  # noqa: E402
 from jllm.attention import AttentionMetadata, paged_attention  # noqa: E402
 from jllm.loader import LoadedModel, load_model, save_model  # noqa: E402
+from jllm.safetensors_index import SafetensorsIndex  # noqa: E402
 
 # Small engine: 2 step buckets (16 tokens x 1/4 sequences) compile in seconds.
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
@@ -177,9 +178,9 @@ def refused(model_dir: str, tp: int) -> str:
 def loader_reads(model_dir: str, tp: int) -> dict[str, list[int]]:
     """Per checkpoint tensor: [elements of the largest single read, the tensor's elements, number of reads]."""
     reads: dict[str, list[int]] = {}
-    slice_reader = loader.SafetensorsIndex.slice_reader
+    slice_reader = SafetensorsIndex.slice_reader
 
-    def spy(self: loader.SafetensorsIndex, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any):
+    def spy(self: SafetensorsIndex, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any):
         read = slice_reader(self, name, shape, transpose, dtype)
 
         def counted(index: tuple[slice, ...]) -> np.ndarray:
@@ -190,11 +191,11 @@ def loader_reads(model_dir: str, tp: int) -> dict[str, list[int]]:
 
         return counted
 
-    loader.SafetensorsIndex.slice_reader = spy
+    SafetensorsIndex.slice_reader = spy
     try:
         load_model(model_dir, mesh=parallel.make_mesh(tp), dtype="float32")
     finally:
-        loader.SafetensorsIndex.slice_reader = slice_reader
+        SafetensorsIndex.slice_reader = slice_reader
     return reads
 
 

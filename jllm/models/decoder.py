@@ -56,8 +56,8 @@ class WeightMap:
     ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our parameter's leading
     axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``). ``reader``: the
     family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape, dtype)`` -> a slice
-    reader (``jllm.loader.Reader``), or None where the names above say it (gpt-oss's stacked experts, gate and up
-    interleaved, maybe in MXFP4).
+    reader (``jllm.safetensors_index.Reader``), or None where the names above say it (gpt-oss's stacked experts,
+    gate and up interleaved, maybe in MXFP4).
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")

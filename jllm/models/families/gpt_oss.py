@@ -18,7 +18,7 @@ from jllm.models.families.mixtures import _check_top_k
 from jllm.models.moe import ClampedSwiGLU
 
 if TYPE_CHECKING:
-    from jllm.loader import Reader, SafetensorsIndex
+    from jllm.safetensors_index import Reader, SafetensorsIndex
 
 # transformers' GptOssConfig defaults where a config leaves them out
 DEFAULT_ROPE = {
