@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from safetensors import safe_open
 
-from jllm.models.decoder import WeightMap
+from jllm.models.model_args import WeightMap
 from jllm.quantization import FP8
 
 Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (our orientation) -> its values

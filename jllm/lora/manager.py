@@ -20,8 +20,8 @@ from jllm import parallel
 from jllm.lora.peft_files import AdapterError, check_architecture, read_adapter, zero_slot_shapes
 from jllm.lora.request import LoRARequest
 from jllm.lora.slots import LoRASlots
-from jllm.models.decoder import ModelArgs
 from jllm.models.lora import AXES, LoRAWeights
+from jllm.models.model_args import ModelArgs
 
 
 class LoRAManager:

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from jllm.models.decoder import ModelArgs
 from jllm.models.lora import TARGETS, LoRAWeights
+from jllm.models.model_args import ModelArgs
 
 # Families in Llama's layout: separate q/k/v and gate/up tensors, a sequential residual, a dense gated MLP.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")

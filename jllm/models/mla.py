@@ -27,7 +27,7 @@ from jllm.attention import AttentionMetadata, paged_attention
 from jllm.models.layers import Linear, RMSNorm
 
 if TYPE_CHECKING:
-    from jllm.models.decoder import LayerSpec, ModelArgs
+    from jllm.models.model_args import LayerSpec, ModelArgs
 
 # transformers builds q_a_layernorm and kv_a_layernorm with RMSNorm's default eps, not the config's rms_norm_eps
 LATENT_NORM_EPS = 1e-6

@@ -10,8 +10,9 @@ from typing import Any
 
 from flax import nnx
 
-from jllm.models.decoder import CausalLM, ModelArgs
+from jllm.models.decoder import CausalLM
 from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mixtures, multimodal, relu_mlp
+from jllm.models.model_args import ModelArgs
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
 ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.decoder import LayerSpec
+from jllm.models.model_args import LayerSpec
 from jllm.models.rope import Rope
 
 SLIDING, FULL = "sliding_attention", "full_attention"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import activation, base_args, read_rope
 from jllm.models.mla import MLASpec
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
 from jllm.models.rope import yarn_mscale
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import (
     FULL,
     SLIDING,
@@ -19,6 +18,7 @@ from jllm.models.families.common import (
     read_rope,
     typed_layers,
 )
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 # Gemma's norms before and after each block: our module name -> the checkpoint's.
 GEMMA_WEIGHTS = WeightMap(

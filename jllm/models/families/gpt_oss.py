@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jllm import mxfp4
-from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import FULL, SLIDING, base_args, layer_windows, read_rope
 from jllm.models.families.mixtures import _check_top_k
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import ClampedSwiGLU
 
 if TYPE_CHECKING:

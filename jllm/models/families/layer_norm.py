@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.rope import Rope
 
 # GPT-NeoX's and Falcon's plain MLP; the attention's output projection is called ``dense`` in both.

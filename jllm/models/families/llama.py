@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import (
     FULL,
     SLIDING,
@@ -21,6 +20,7 @@ from jllm.models.families.common import (
     typed_layers,
     uniform,
 )
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 
 def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:

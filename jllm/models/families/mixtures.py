@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
 from jllm.models.families.llama import granite
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 
 def _check_top_k(family: str, top_k: int, experts: int, experts_key: str) -> None:

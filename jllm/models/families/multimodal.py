@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.decoder import ModelArgs
 from jllm.models.families import gemma, llama, mixtures
+from jllm.models.model_args import ModelArgs
 
 # transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
 # hub's gemma-3-4b-it and Mistral-Small-3.1 keep them); its in-memory names, which other tools may save, are read too

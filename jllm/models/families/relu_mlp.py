@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.decoder import LayerSpec, ModelArgs, WeightMap
 from jllm.models.families.common import FULL, activation, base_args, uniform
 from jllm.models.families.layer_norm import DENSE_NAMES
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 
 def nemotron(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
