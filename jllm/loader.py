@@ -40,8 +40,6 @@ from jllm.safetensors_index import SafetensorsIndex
 from pallas_kernels import has_jax_triton
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-# Tensors a checkpoint may carry that the model rebuilds or does not need.
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Files copied beside the saved parameters so the saved directory is a complete model directory.
 SIDE_FILES = (
     "config.json",
