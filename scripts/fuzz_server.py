@@ -63,6 +63,8 @@ SEEDS: dict[str, dict[str, Any]] = {
         "stream": False,
         "user": "u",
         "metadata": {"a": "b"},
+        "include_reasoning": True,  # vLLM's; read where the server has a reasoning parser
+        "chat_template_kwargs": {"enable_thinking": True},
     },
     "/v1/responses": {
         "input": [{"role": "user", "content": "hi"}],
