@@ -243,7 +243,10 @@ def _given_generation_config(setting: str) -> dict[str, Any] | None:
         return None
     path = Path(setting).expanduser() / "generation_config.json"
     if not path.is_file():
-        raise ValueError(f"generation_config={setting!r}: no {path}; give 'auto', 'vllm' or a folder holding one")
+        raise ConfigError(
+            f"generation_config={setting!r}: no {path}; give 'auto', 'vllm' or a folder holding one",
+            key="generation_config",
+        )
     return json.loads(path.read_text())
 
 
