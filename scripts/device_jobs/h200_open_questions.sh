@@ -18,32 +18,10 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 
 # Every kernel path against the float32 reference first (sinks for gpt-oss landed 2026-12-05, checked only on the CPU).
 step check_kernels 420 python scripts/check_kernels.py --json "$QOUT/check_kernels.json"
+# Issue 20: bf16 TPOT after two sessions of model changes (LoRA slots, sinks, new families) with no GPU run.
+step bf16_latency 300 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat.json"
 # Issue 20: start-up, cold and warm (goal 30 s / 8 s); the ten longest compiles say whether big forwards dominate.
 step startup 420 python scripts/profile_startup.py --config $BF16 --warm-runs 2 --json "$QOUT/startup.json"
-# Issue 21: why an FP8 step launches in ~1.5 ms where bf16 takes ~1.0 ms: XLA's command-buffer log, batch 1.
-for quant in null fp8; do
-    TF_CPP_VMODULE=command_buffer_thunk=3,command_buffer_cmd=3 step "cmdbuf_$quant" 300 python scripts/profile_step.py \
-        --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 --batch-sizes 1 --steps 50 \
-        --set quantization=$quant --json "$QOUT/step_$quant.json"
-done
-# Issue 21: the FP8 decode kernel's reach (its default token cap against none), batch 1 and 8 TPOT.
-step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
-step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
-    --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
-# Issue 21: FP8 KV cache at long context against the model-dtype pool, batch 64 x 8k.
-for kv in auto fp8; do
-    step "kv_$kv" 420 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 64 --input-len 8000 \
-        --output-len 128 --repeats 1 --set max_model_len=8192 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
-done
-# Issue 21: FP8 offline throughput, 128 in / 2048 out x 1000 (NVIDIA's TensorRT-LLM table: 23,295 output tok/s).
-step fp8_tput_128_2048 600 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
-    --input-len 128 --output-len 2048 --num-prompts 1000 --json "$QOUT/fp8_tput.json"
-# Issue 19: the engine's own attention calls replayed alone (what the 8B step's kernels see), batch 1 and 32.
-step dump_attention 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
-    --dtype bfloat16 --batch-sizes 1,32 --max-num-batched-tokens 32 --steps 100 --dump-attention "$QOUT/step.npz"
-for b in 1 32; do
-    step "replay_b$b" 300 python scripts/bench_kernels.py --replay "$QOUT/step_b$b.npz" --out "$QOUT/replay_b$b"
-done
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250 ms, TPOT p50 8 ms): the long
 # prefill cap (vLLM's long_prefill_token_threshold) against none, each on a fresh server.
 for cap in 0 256 512; do
@@ -53,4 +31,28 @@ for cap in 0 256 512; do
     step "serving_cap$cap" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
         --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_cap$cap.json"
     kill "$server"; wait "$server"
+done
+# Issue 21: FP8 KV cache at long context against the model-dtype pool, batch 64 x 8k.
+for kv in auto fp8; do
+    step "kv_$kv" 420 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 64 --input-len 8000 \
+        --output-len 128 --repeats 1 --set max_model_len=8192 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
+done
+# Issue 21: FP8 offline throughput, 128 in / 2048 out x 1000 (NVIDIA's TensorRT-LLM table: 23,295 output tok/s).
+step fp8_tput_128_2048 600 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
+    --input-len 128 --output-len 2048 --num-prompts 1000 --json "$QOUT/fp8_tput.json"
+# Issue 21: the FP8 decode kernel's reach (its default token cap against none), batch 1 and 8 TPOT.
+step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
+step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
+    --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
+# Issue 21: why an FP8 step launches in ~1.5 ms where bf16 takes ~1.0 ms: XLA's command-buffer log, batch 1.
+for quant in null fp8; do
+    TF_CPP_VMODULE=command_buffer_thunk=3,command_buffer_cmd=3 step "cmdbuf_$quant" 300 python scripts/profile_step.py \
+        --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 --batch-sizes 1 --steps 50 \
+        --set quantization=$quant --json "$QOUT/step_$quant.json"
+done
+# Issue 19: the engine's own attention calls replayed alone (what the 8B step's kernels see), batch 1 and 32.
+step dump_attention 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+    --dtype bfloat16 --batch-sizes 1,32 --max-num-batched-tokens 32 --steps 100 --dump-attention "$QOUT/step.npz"
+for b in 1 32; do
+    step "replay_b$b" 300 python scripts/bench_kernels.py --replay "$QOUT/step_b$b.npz" --out "$QOUT/replay_b$b"
 done
