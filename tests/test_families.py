@@ -698,7 +698,7 @@ def test_deepseek_pool_keeps_one_latent_head_per_device():
     config = {**TINY_CONFIG, "architectures": ["DeepseekV3ForCausalLM"], **DEEPSEEK_KEYS, "first_k_dense_replace": 1}
     for tp in (1, 2):
         _, _, args, replicas = abstract_model(config, np.float32, tp)
-        assert replicas == tp and KVCacheSpec.for_model(args, 16, np.float32).layer_shape(4) == (2, tp, 4, 16, 40)
+        assert replicas == tp and KVCacheSpec.for_model(args, 16, np.float32).layer_shape(4) == (1, tp, 4, 16, 40)
     assert [spec.dense_mlp_size for spec in args.layers] == [TINY_CONFIG["intermediate_size"], None]
 
 
