@@ -51,9 +51,9 @@ def resolve_backend(
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
     if name != "reference" and (latent or not kernel_width):
-        pool = "a latent KV pool (DeepSeek's latent attention)" if latent else f"a KV pool head width of {head_dim}"
+        pool = "a latent pool (DeepSeek's latent attention)" if latent else head_dim
         raise ValueError(
-            f"attention_backend={name!r} reads K and V pools with a head width that is a power of two >= 16, not "
+            f"attention_backend={name!r} needs K and V pools of a head width that is a power of two >= 16, not "
             f"{pool}; use attention_backend 'auto' or 'reference'"
         )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
