@@ -110,12 +110,9 @@ def paged_attention(
     if value_dim is not None and meta.backend != "reference":
         raise ValueError(f"a latent KV pool is read by the 'reference' attention backend only, not {meta.backend!r}")
     if meta.backend == "reference":
+        latent = {} if value_dim is None else {"value_dim": value_dim}  # the call's keywords as a kernel's otherwise
         attend = functools.partial(
-            ref_ragged_paged_attention,
-            sm_scale=sm_scale,
-            soft_cap=soft_cap,
-            sliding_window=sliding_window,
-            value_dim=value_dim,
+            ref_ragged_paged_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, **latent
         )
     elif meta.backend == "triton-prefill" and q.shape[0] > meta.block_tables.shape[0]:  # more rows than sequences
         from pallas_kernels.triton_prefill import prefill_attention
