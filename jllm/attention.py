@@ -88,7 +88,7 @@ class AttentionMetadata:
 def paged_attention(
     q: jax.Array,  # [T, num_q_heads, head_dim]
     k: jax.Array,  # [T, num_kv_heads, head_dim]
-    v: jax.Array,  # [T, num_kv_heads, head_dim]
+    v: jax.Array | None,  # [T, num_kv_heads, head_dim]; None for a latent pool
     kv_pages: jax.Array,  # [planes, num_kv_heads, num_pages, page_size, head_dim], planes 2 (K, V) or 1 (latent)
     meta: AttentionMetadata,
     *,

@@ -3,10 +3,9 @@
 One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1); a model's heads and
 width are ``KVCacheSpec.for_model``'s. DeepSeek's latent attention keeps a *latent* pool, ``[1, num_kv_heads, ...]``:
 one head of its latent's width written once per token, its values the row's first channels (vLLM's MLA cache), so a
-budget holds twice the pages a K/V pair of those rows would. The pool
-is allocated once, zero-filled and donated to every step. Which request owns which page is the block manager's
-business; this module only decides how many pages fit and creates them where the sharding says, without staging a
-host copy.
+budget holds twice the pages a K/V pair of those rows would. The pool is allocated once, zero-filled and donated to
+every step. Which request owns which page is the block manager's business; this module only decides how many pages
+fit and creates them where the sharding says, without staging a host copy.
 
 Where this module sits: docs/architecture.md.
 """
