@@ -30,28 +30,31 @@ BACKENDS = ("reference", "pallas", "triton-prefill")
 _KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
-def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None, head_dim: int | None = None) -> str:
-    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype and
-    head width.
+def resolve_backend(
+    name: str, platform: str, pool_dtype: DTypeLike = None, head_dim: int | None = None, *, latent: bool = False
+) -> str:
+    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype,
+    head width and layout.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
     "pallas") and the reference everywhere else. The jax-triton prefill kernel does not read an FP8 pool, so with one
     "auto" takes "pallas" and "triton-prefill" is refused. Both kernels tile a head's channels in one power-of-two
-    block, so a pool head of another width (DeepSeek's latent, 512 + 64) takes the reference, and the kernels are
-    refused for it.
+    block and read K and V planes, so a pool head of another width or a ``latent`` pool (DeepSeek's, one row of
+    512 + 64 a token) takes the reference, and the kernels are refused for it.
     """
     fp8 = pool_dtype is not None and is_fp8(pool_dtype)
     kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
     if name == "auto":
-        if platform not in _KERNEL_PLATFORMS or not kernel_width:
+        if platform not in _KERNEL_PLATFORMS or not kernel_width or latent:
             return "reference"
         return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
-    if name != "reference" and not kernel_width:
+    if name != "reference" and (latent or not kernel_width):
+        pool = "a latent pool (DeepSeek's latent attention)" if latent else head_dim
         raise ValueError(
-            f"attention_backend={name!r} needs a KV pool head width that is a power of two >= 16, not {head_dim} "
-            "(DeepSeek's latent attention); use attention_backend 'auto' or 'reference'"
+            f"attention_backend={name!r} needs K and V pools of a head width that is a power of two >= 16, not "
+            f"{pool}; use attention_backend 'auto' or 'reference'"
         )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
@@ -85,26 +88,31 @@ class AttentionMetadata:
 def paged_attention(
     q: jax.Array,  # [T, num_q_heads, head_dim]
     k: jax.Array,  # [T, num_kv_heads, head_dim]
-    v: jax.Array,  # [T, num_kv_heads, head_dim]
-    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    v: jax.Array | None,  # [T, num_kv_heads, head_dim]; None for a latent pool
+    kv_pages: jax.Array,  # [planes, num_kv_heads, num_pages, page_size, head_dim], planes 2 (K, V) or 1 (latent)
     meta: AttentionMetadata,
     *,
     sm_scale: float,
     soft_cap: float | None = None,
     sliding_window: int | None = None,
     sinks: jax.Array | None = None,  # [num_q_heads]
+    value_dim: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool).
+    """Returns (attention output ``[T, num_q_heads, value_dim or head_dim]``, the updated pool).
 
     Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only. A step has
     prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S). ``sinks``:
     gpt-oss's per-head logits that join each row's softmax denominator (every backend takes them; under tensor
-    parallelism they split with the query heads).
+    parallelism they split with the query heads). A latent pool (``value_dim``, ``v`` None: multi-head latent
+    attention) stores ``k`` once; its values are each row's first ``value_dim`` channels, read by the reference alone.
     """
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
+    if value_dim is not None and meta.backend != "reference":
+        raise ValueError(f"a latent KV pool is read by the 'reference' attention backend only, not {meta.backend!r}")
     if meta.backend == "reference":
+        latent = {} if value_dim is None else {"value_dim": value_dim}  # the call's keywords as a kernel's otherwise
         attend = functools.partial(
-            ref_ragged_paged_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window
+            ref_ragged_paged_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, **latent
         )
     elif meta.backend == "triton-prefill" and q.shape[0] > meta.block_tables.shape[0]:  # more rows than sequences
         from pallas_kernels.triton_prefill import prefill_attention

@@ -1,10 +1,11 @@
 """The paged KV pool: its shape, dtype and size (see docs/architecture.md, "The KV pool").
 
 One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1); a model's heads and
-width are ``KVCacheSpec.for_model``'s (DeepSeek's latent attention keeps one head of its latent's width). The pool
-is allocated once, zero-filled and donated to every step. Which request owns which page is the block manager's
-business; this module only decides how many pages fit and creates them where the sharding says, without staging a
-host copy.
+width are ``KVCacheSpec.for_model``'s. DeepSeek's latent attention keeps a *latent* pool, ``[1, num_kv_heads, ...]``:
+one head of its latent's width written once per token, its values the row's first channels (vLLM's MLA cache), so a
+budget holds twice the pages a K/V pair of those rows would. The pool is allocated once, zero-filled and donated to
+every step. Which request owns which page is the block manager's business; this module only decides how many pages
+fit and creates them where the sharding says, without staging a host copy.
 
 Where this module sits: docs/architecture.md.
 """
@@ -50,6 +51,7 @@ class KVCacheSpec:
     head_dim: int
     page_size: int  # tokens per page
     dtype: DTypeLike = jnp.bfloat16  # the model's, or float8_e4m3fn (``pool_dtype``)
+    latent: bool = False  # one row a token, no V plane: latent attention's values are its keys' first channels
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
@@ -63,28 +65,37 @@ class KVCacheSpec:
 
     @classmethod
     def for_model(cls, args: Any, page_size: int, dtype: DTypeLike) -> KVCacheSpec:
-        """The pool a model's ``ModelArgs`` needs: its KV heads (copies included), each ``kv_pool_head_dim`` wide."""
-        return cls(args.num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype)
+        """The pool a model's ``ModelArgs`` needs: its KV heads (copies included), each ``kv_pool_head_dim`` wide;
+        latent for multi-head latent attention (``args.mla``)."""
+        latent = args.mla is not None
+        return cls(args.num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype, latent=latent)
+
+    @property
+    def planes(self) -> int:
+        """Rows stored per token and head: K and V, or the latent's one."""
+        return 1 if self.latent else 2
 
     def layer_shape(self, num_pages: int) -> tuple[int, int, int, int, int]:
-        """One layer's pool shape: ``[2, num_kv_heads, num_pages, page_size, head_dim]``."""
-        return (2, self.num_kv_heads, num_pages, self.page_size, self.head_dim)
+        """One layer's pool shape: ``[planes, num_kv_heads, num_pages, page_size, head_dim]`` (planes: 2, or 1
+        latent)."""
+        return (self.planes, self.num_kv_heads, num_pages, self.page_size, self.head_dim)
 
     @property
     def bytes_per_page(self) -> int:
-        """Bytes one page costs across all layers, K and V together."""
+        """Bytes one page costs across all layers, K and V together (the latent row once)."""
         itemsize = jnp.dtype(self.dtype).itemsize
-        return self.num_layers * 2 * self.num_kv_heads * self.page_size * self.head_dim * itemsize
+        return self.num_layers * self.planes * self.num_kv_heads * self.page_size * self.head_dim * itemsize
 
 
 def num_pages_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
     """How many whole pages fit in ``budget_bytes`` (the CPU's way to size the pool: an explicit byte budget)."""
     num_pages = int(budget_bytes) // spec.bytes_per_page
     if num_pages < MIN_NUM_PAGES:
+        rows = "one latent row" if spec.latent else "K/V"
         raise ValueError(
             f"a KV budget of {int(budget_bytes):,} bytes holds {max(num_pages, 0)} pages of {spec.bytes_per_page:,} "
             f"bytes ({spec.num_layers} layers x {spec.num_kv_heads} KV heads x {spec.page_size} tokens x "
-            f"head_dim {spec.head_dim} x K/V in {jnp.dtype(spec.dtype).name}); at least {MIN_NUM_PAGES} are needed "
+            f"head_dim {spec.head_dim} x {rows} in {jnp.dtype(spec.dtype).name}); at least {MIN_NUM_PAGES} are needed "
             f"(page 0 is reserved): raise the budget to >= {MIN_NUM_PAGES * spec.bytes_per_page:,} bytes "
             "or lower page_size"
         )
@@ -153,7 +164,7 @@ def allocate_kv_pool(
     """
     if num_pages < MIN_NUM_PAGES:
         raise ValueError(f"num_pages={num_pages} is too small: page 0 is reserved, so at least {MIN_NUM_PAGES}")
-    shape = spec.layer_shape(num_pages)  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
     shardings = {} if sharding is None else {"out_shardings": sharding}
     zeros = jax.jit(lambda: jnp.zeros(shape, spec.dtype), **shardings)
     return [zeros() for _ in range(spec.num_layers)]

@@ -56,7 +56,8 @@ def param_sharding(mesh: Mesh, axes: tuple[str | None, ...]) -> NamedSharding:
 
 
 def kv_pool_sharding(mesh: Mesh) -> NamedSharding:
-    """Pool layout ``[2, num_kv_heads, num_pages, page_size, head_dim]``: split on the KV-head axis."""
+    """Pool layout ``[planes, num_kv_heads, num_pages, page_size, head_dim]`` (planes: K and V, or one latent row):
+    split on the KV-head axis."""
     return NamedSharding(mesh, PartitionSpec(None, LOGICAL_AXIS_RULES[KV_HEADS], None, None, None))
 
 

@@ -94,7 +94,7 @@ def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> 
 def hidden_states_program(
     graphdef: nnx.GraphDef,
     kv_sharding: jax.sharding.NamedSharding,
-    pool_shape: tuple[int, ...],  # one layer's pool [2, num_kv_heads, num_pages, page_size, head_dim]
+    pool_shape: tuple[int, ...],  # one layer's pool [planes, num_kv_heads, num_pages, page_size, head_dim]
     pool_dtype: jnp.dtype,
     layers: tuple[int, ...],
     state: nnx.State,
@@ -169,7 +169,7 @@ class Encoder:
         batch = encode_batch(prompts, bucket, runner.page_size)
         key = (bucket, layers)
         if key not in self._programs:
-            pool = runner.kv_caches[0]  # the engine's: [2, num_kv_heads, num_pages, page_size, head_dim]
+            pool = runner.kv_caches[0]  # the engine's: [planes, num_kv_heads, num_pages, page_size, head_dim]
             pool_shape = (*pool.shape[:2], scratch_pages(bucket, runner.page_size), *pool.shape[3:])
             program = functools.partial(
                 hidden_states_program, runner.graphdef, runner.kv_sharding, pool_shape, pool.dtype, layers

@@ -3,8 +3,8 @@
 A pool in ``FP8_DTYPE`` stores ``x / scale`` saturated to +-``FP8_MAX`` (so an outlier becomes the largest finite
 value, never NaN: e4m3fn has no infinity and casts an overflow to NaN); a read gives ``stored * scale`` in the compute
 dtype. ``scale`` is one float32 scalar per layer for K and one for V (1.0 where a checkpoint gives none, as in vLLM;
-the engine reads none yet, so it passes 1.0). A pool of any other dtype stores K/V as they are (a cast) and its
-scales must be 1.0.
+the engine reads none yet, so it passes 1.0); a latent pool's one row takes K's. A pool of any other dtype stores K/V
+as they are (a cast) and its scales must be 1.0.
 
 Where this module sits: docs/architecture.md.
 """
@@ -54,6 +54,13 @@ def check_scales(pool_dtype: DTypeLike, *scales: Scale) -> None:
         raise ValueError(
             f"KV scales apply to an FP8 ({FP8_DTYPE.name}) pool only; this pool is {jnp.dtype(pool_dtype)}"
         )
+
+
+def check_latent_scales(v_scale: Scale) -> None:
+    """A latent pool stores one row a token, written and read with K's scale (its values are the row's channels), so
+    a V scale for it is a caller's mistake."""
+    if not _is_one(v_scale):
+        raise ValueError("a latent KV pool has one row a token, scaled by k_scale; v_scale must be left 1.0")
 
 
 def _is_one(scale: Scale) -> bool:

@@ -1,9 +1,11 @@
 """Pure-jnp paged attention and KV write: the oracle every GPU kernel is tested against, and CI's CPU path.
 
 Layout (see docs/architecture.md, "The KV pool"): one pool per layer
-``[2, num_kv_heads, num_pages, page_size, head_dim]``, K at 0 and V at 1. Token t of a sequence lives in slot
-``block_table[t // page_size] * page_size + t % page_size``. Page 0 is reserved: padded tokens write there and padded
-block-table entries point there, so it holds garbage that the length mask must hide.
+``[2, num_kv_heads, num_pages, page_size, head_dim]``, K at 0 and V at 1; or a latent pool ``[1, ...]`` (DeepSeek's
+latent attention), one row a token whose first ``value_dim`` channels are its value (only this path reads it). Token
+t of a sequence lives in slot ``block_table[t // page_size] * page_size + t % page_size``. Page 0 is reserved:
+padded tokens write there and padded block-table entries point there, so it holds garbage that the length mask must
+hide.
 
 A step's queries are ragged: sequence s owns rows ``[query_start_loc[s], query_start_loc[s + 1])`` of ``q``, and any
 mix of prefill chunks and single-token decodes shares one call. To stay efficient under jit without a static bound on
@@ -24,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.kv_quant import Scale, dequantize, quantize
+from pallas_kernels.kv_quant import Scale, check_latent_scales, dequantize, quantize
 
 # Scores outside the mask. Finite so that a fully masked row computes exp(0) rather than NaN (-inf - -inf).
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -43,34 +45,38 @@ _CHUNK_ELEMS = 4096  # query rows x keys per head and iteration, for blocks of r
 
 
 def write_kv(
-    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    kv_pages: jax.Array,  # [planes, num_kv_heads, num_pages, page_size, head_dim], planes 2 (K, V) or 1 (latent)
     k: jax.Array,  # [T, num_kv_heads, head_dim]
-    v: jax.Array,  # [T, num_kv_heads, head_dim]
+    v: jax.Array | None,  # [T, num_kv_heads, head_dim]; None for a latent pool
     slot_mapping: jax.Array,  # i32[T], slot = page * page_size + offset
     *,
     k_scale: Scale = 1.0,
     v_scale: Scale = 1.0,
-) -> jax.Array:  # [2, num_kv_heads, num_pages, page_size, head_dim]
-    """Scatter this step's new K/V into their slots with one XLA scatter (quantized first for an FP8 pool:
-    ``kv_quant.quantize`` with the layer's K and V scales).
+) -> jax.Array:  # kv_pages' shape
+    """Scatter this step's new K/V (a latent pool's one row: ``k``) into their slots with one XLA scatter
+    (quantized first for an FP8 pool: ``kv_quant.quantize`` with the layer's K and V scales).
 
     Flattening (page, offset) to one slot axis is a free reshape, so under jit with the pool donated the scatter
     updates the pool in place. Padded tokens carry slots inside page 0; their duplicate writes land only there.
     """
-    if kv_pages.ndim != 5 or kv_pages.shape[0] != 2:
-        raise ValueError(
-            f"kv_pages must be [2, num_kv_heads, num_pages, page_size, head_dim], got shape {kv_pages.shape}"
-        )
+    planes = 1 if v is None else 2
+    if v is None:
+        check_latent_scales(v_scale)
+    if kv_pages.ndim != 5 or kv_pages.shape[0] != planes:
+        layout = "a latent pool [1, ...] (v None)" if v is None else "[2, num_kv_heads, num_pages, page_size, head_dim]"
+        raise ValueError(f"kv_pages must be {layout}, got shape {kv_pages.shape}")
     _, num_kv_heads, num_pages, page_size, head_dim = kv_pages.shape
-    if k.shape != v.shape or k.ndim != 3 or k.shape[1:] != (num_kv_heads, head_dim):
+    rows = [k] if v is None else [k, v]
+    if any(x.ndim != 3 or x.shape != (k.shape[0], num_kv_heads, head_dim) for x in rows):
         raise ValueError(
-            f"k and v must both be [T, num_kv_heads={num_kv_heads}, head_dim={head_dim}], got {k.shape} and {v.shape}"
+            f"k and v must both be [T, num_kv_heads={num_kv_heads}, head_dim={head_dim}], "
+            f"got {' and '.join(str(x.shape) for x in rows)}"
         )
     if slot_mapping.shape != (k.shape[0],) or slot_mapping.dtype != jnp.int32:
         raise ValueError(f"slot_mapping must be i32[{k.shape[0]}], got {slot_mapping.dtype}{list(slot_mapping.shape)}")
 
-    new_kv = jnp.stack([quantize(k, kv_pages.dtype, k_scale), quantize(v, kv_pages.dtype, v_scale)])  # [2, T, Hkv, D]
-    new_kv = new_kv.transpose(0, 2, 1, 3)  # [2, num_kv_heads, T, head_dim]
+    stored = [quantize(x, kv_pages.dtype, s) for x, s in zip(rows, (k_scale, v_scale), strict=False)]
+    new_kv = jnp.stack(stored).transpose(0, 2, 1, 3)  # [planes, num_kv_heads, T, head_dim]
     # Index (page, offset) in the 5-D pool rather than reshaping it to slots: with one KV head per device, XLA
     # copied the whole pool shard around that reshape twice a step. A slot past the pool is dropped, never clamped.
     page, offset = slot_mapping // page_size, slot_mapping % page_size
@@ -83,7 +89,7 @@ def write_kv(
 
 def ref_ragged_paged_attention(
     q: jax.Array,  # [T, num_q_heads, head_dim]
-    kv_pages: jax.Array,  # [2, num_kv_heads, num_pages, page_size, head_dim]
+    kv_pages: jax.Array,  # [planes, num_kv_heads, num_pages, page_size, head_dim], planes 2 (K, V) or 1 (latent)
     kv_lens: jax.Array,  # i32[S], each sequence's KV length including this step's tokens
     block_tables: jax.Array,  # i32[S, pages_per_seq], padded entries = 0
     query_start_loc: jax.Array,  # i32[S + 1], cumulative query offsets
@@ -95,7 +101,8 @@ def ref_ragged_paged_attention(
     k_scale: Scale = 1.0,
     v_scale: Scale = 1.0,
     sinks: jax.Array | None = None,  # [num_q_heads]
-) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
+    value_dim: int | None = None,  # a latent pool's: its values are each row's first value_dim channels
+) -> jax.Array:  # [T, num_q_heads, value_dim or head_dim] in q's dtype; padding rows are 0
     """Causal attention of a ragged batch of new tokens over their sequences' paged K/V.
 
     Query i of sequence s (``q_len = qsl[s+1] - qsl[s]``) sees key column c iff ``c <= kv_len - q_len + i`` (and, with
@@ -106,9 +113,15 @@ def ref_ragged_paged_attention(
     sequence into blocks of that many rows. An FP8 pool's pages are dequantized (``kv_quant.dequantize`` with
     ``k_scale`` / ``v_scale``) to float32 as each chunk is gathered. ``sinks`` (gpt-oss's attention sinks): a
     logit per query head that joins each of its rows' softmax denominators and adds no value, so a row's weights
-    sum to less than one (a row that sees no key comes out 0, as without sinks).
+    sum to less than one (a row that sees no key comes out 0, as without sinks). A latent pool (``value_dim``) is
+    gathered once per chunk: its values are a slice of the keys just loaded (dequantized with ``k_scale``).
     """
-    _validate(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block, sinks)
+    _validate(
+        q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block, sinks,
+        value_dim=value_dim,
+    )  # fmt: skip
+    if value_dim is not None:
+        check_latent_scales(v_scale)
     num_tokens = q.shape[0]
     num_seqs = block_tables.shape[0]
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
@@ -117,7 +130,8 @@ def ref_ragged_paged_attention(
         sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=(k_scale, v_scale),
         sinks=sinks,
     )  # fmt: skip
-    out = jnp.zeros_like(q)  # [T, Hq, D]; rows no item owns (padding) stay exactly zero
+    # [T, Hq, Dv]; rows no item owns (padding) stay exactly zero
+    out = jnp.zeros((*q.shape[:2], value_dim or q.shape[2]), q.dtype)
     if q_block is not None:
         return attend(out, q_lens, q_block, max_items=max_items(num_tokens, num_seqs, q_block))
     # The bucket's shape says little about the step: a lone prefill and a batch of decodes share a (T, S) bucket, so
@@ -133,11 +147,11 @@ def ref_ragged_paged_attention(
 
 def _attend_blocks(
     q: jax.Array,  # [T, Hq, D]
-    kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
+    kv_pages: jax.Array,  # [planes, Hkv, num_pages, page_size, D]
     kv_lens: jax.Array,  # i32[S]
     block_tables: jax.Array,  # i32[S, pages_per_seq]
     query_start_loc: jax.Array,  # i32[S + 1]
-    out: jax.Array,  # [T, Hq, D], the rows written so far
+    out: jax.Array,  # [T, Hq, Dv], the rows written so far (Dv < D: a latent pool's values)
     q_lens: jax.Array,  # i32[S], the sequences' new tokens, 0 for those another call handles
     bq: int,
     *,
@@ -147,18 +161,18 @@ def _attend_blocks(
     sliding_window: int | None,
     kv_scales: tuple[Scale, Scale],
     sinks: jax.Array | None,  # [Hq]
-) -> jax.Array:  # [T, Hq, D], ``out`` with these sequences' rows written
+) -> jax.Array:  # [T, Hq, Dv], ``out`` with these sequences' rows written
     """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows.
 
     Items run ``per_batch`` at a time in a loop, so no batch's intermediates outgrow the budget, and the loop stops
     after the last real item: a step pays for the items it has, not for ``max_items`` (which only sizes a batch).
     """
     num_tokens, num_q_heads, head_dim = q.shape
-    _, num_kv_heads, _, page_size, _ = kv_pages.shape
+    planes, num_kv_heads, _, page_size, _ = kv_pages.shape
     num_seqs, pages_per_seq = block_tables.shape
     chunk_pages = _chunk_pages(pages_per_seq, page_size, bq)
     chunk_len = chunk_pages * page_size  # keys per iteration of the page loop
-    item_elems = 2 * num_q_heads * bq * chunk_len + 2 * num_kv_heads * chunk_len * head_dim
+    item_elems = 2 * num_q_heads * bq * chunk_len + planes * num_kv_heads * chunk_len * head_dim
     per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
 
     # Work items: sequence s's rows split into ceil(q_len / bq) blocks (query_blocks).
@@ -177,8 +191,9 @@ def _attend_blocks(
         res = _attend_items(
             q_items, block_tables[seq], last_col, kv_pages, chunk_pages,
             sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=kv_scales, sinks=sinks,
+            value_dim=out.shape[2],
         )  # fmt: skip
-        return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, head_dim), mode="drop")
+        return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, out.shape[2]), mode="drop")
 
     # A dynamic trip count, like the page loop's: on a GPU each trip waits for the device (the reference is the
     # oracle and CI's path there, not the engine's GPU path).
@@ -189,7 +204,7 @@ def _attend_items(
     q: jax.Array,  # [B, bq, Hq, D], B items of bq query rows
     pages: jax.Array,  # i32[B, pages_per_seq], each item's sequence's block table
     last_col: jax.Array,  # i32[B, bq], last key column each row may see
-    kv_pages: jax.Array,  # [2, Hkv, num_pages, page_size, D]
+    kv_pages: jax.Array,  # [planes, Hkv, num_pages, page_size, D]
     chunk_pages: int,  # pages per iteration of the page loop
     *,
     sm_scale: float,
@@ -197,7 +212,8 @@ def _attend_items(
     sliding_window: int | None,
     kv_scales: tuple[Scale, Scale],  # K's and V's, for an FP8 pool
     sinks: jax.Array | None,  # [Hq]
-) -> jax.Array:  # [B, bq, Hq, D] in q's dtype
+    value_dim: int,  # Dv: D, or a latent pool's first channels
+) -> jax.Array:  # [B, bq, Hq, Dv] in q's dtype
     """Attention of a few work items over their sequences' pages, one chunk of pages at a time; fp32 softmax.
 
     The chunk loop runs only as far as the furthest visible column of these items, so a step costs what its live
@@ -207,7 +223,7 @@ def _attend_items(
     """
     num_items, bq, num_q_heads, head_dim = q.shape
     out_dtype = q.dtype
-    _, num_kv_heads, num_pages, page_size, _ = kv_pages.shape
+    planes, num_kv_heads, num_pages, page_size, _ = kv_pages.shape
     group = num_q_heads // num_kv_heads
     pages = jnp.pad(pages, ((0, 0), (0, -pages.shape[1] % chunk_pages)))  # i32[B, C * chunk_pages], pad -> page 0
     chunk_len = chunk_pages * page_size
@@ -217,21 +233,23 @@ def _attend_items(
     q = q.transpose(2, 0, 3, 1, 4)  # f32[Hkv, B, G, bq, D]: batch axes lead, as in k, for fast CPU dots
     # Whole pages as rows of a 2-D gather: XLA's CPU gather copies such rows 5x faster than [ps, D] tiles of the pool.
     # K and V gathered apart, each straight from the flat pool: slicing them out of one gathered array copied both
-    # halves again (1.4 of 4.2 ms for 32 decodes), and slicing the pool first copied the pool.
-    rows = kv_pages.reshape(2 * num_kv_heads * num_pages, page_size * head_dim)  # [2 * Hkv * num_pages, ps * D]
+    # halves again (1.4 of 4.2 ms for 32 decodes), and slicing the pool first copied the pool. A latent pool's values
+    # are a slice of the keys gathered (planes 1).
+    rows = kv_pages.reshape(planes * num_kv_heads * num_pages, page_size * head_dim)  # [planes * Hkv * P, ps * D]
     head_base = jnp.arange(num_kv_heads, dtype=jnp.int32)[:, None] * num_pages  # i32[Hkv, 1], K's row of page 0
     hi = jax.lax.Precision.HIGHEST  # the oracle must not drop to TF32 on GPU
 
     def attend_chunk(c: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]):
-        row_max, denom, acc = carry  # f32[Hkv, B, G, bq], f32[Hkv, B, G, bq], f32[Hkv, B, G, bq, D]
+        row_max, denom, acc = carry  # f32[Hkv, B, G, bq], f32[Hkv, B, G, bq], f32[Hkv, B, G, bq, Dv]
         chunk = jax.lax.dynamic_slice_in_dim(pages, c * chunk_pages, chunk_pages, axis=1)  # i32[B, chunk_pages]
         k_index = head_base + jnp.clip(chunk.reshape(1, -1), 0, num_pages - 1)  # i32[Hkv, B * chunk_pages]
-        k, v = (
-            dequantize(jnp.take(rows, index.reshape(-1), axis=0, mode="clip"), jnp.float32, scale).reshape(
-                num_kv_heads, num_items, chunk_len, head_dim
-            )  # [.., ps * D]  # f32[Hkv, B, L, D]
-            for index, scale in zip((k_index, k_index + num_kv_heads * num_pages), kv_scales, strict=True)
-        )
+
+        def gather(index: jax.Array, scale: Scale) -> jax.Array:  # f32[Hkv, B, L, D]
+            loaded = jnp.take(rows, index.reshape(-1), axis=0, mode="clip")  # [Hkv * B * chunk_pages, ps * D]
+            return dequantize(loaded, jnp.float32, scale).reshape(num_kv_heads, num_items, chunk_len, head_dim)
+
+        k = gather(k_index, kv_scales[0])
+        v = k[..., :value_dim] if planes == 1 else gather(k_index + num_kv_heads * num_pages, kv_scales[1])
         logits = jnp.einsum("hngqd,hncd->hngqc", q, k, precision=hi) * sm_scale  # f32[Hkv, B, G, bq, L]
         if soft_cap is not None:
             logits = soft_cap * jnp.tanh(logits / soft_cap)
@@ -254,10 +272,10 @@ def _attend_items(
     else:
         sink = sinks.astype(jnp.float32).reshape(num_kv_heads, 1, group, 1)  # query head h = KV head * G + g
         init_max, init_sum = jnp.broadcast_to(sink, stats_shape), jnp.ones(stats_shape, jnp.float32)
-    init = (init_max, init_sum, jnp.zeros((*stats_shape, head_dim), jnp.float32))
+    init = (init_max, init_sum, jnp.zeros((*stats_shape, value_dim), jnp.float32))
     _, denom, acc = jax.lax.fori_loop(0, num_chunks, attend_chunk, init)
     out = jnp.where(denom[..., None] > 0, acc / jnp.where(denom > 0, denom, 1.0)[..., None], 0.0)  # rows seeing none: 0
-    out = out.transpose(1, 3, 0, 2, 4).reshape(num_items, bq, num_q_heads, head_dim)  # f32[B, bq, Hq, D]
+    out = out.transpose(1, 3, 0, 2, 4).reshape(num_items, bq, num_q_heads, value_dim)  # f32[B, bq, Hq, Dv]
     return out.astype(out_dtype)
 
 
@@ -307,9 +325,12 @@ def _validate(
     sliding_window: int | None,
     q_block: int | None,
     sinks: jax.Array | None = None,
+    *,
+    value_dim: int | None = None,
 ) -> None:
-    """Shape and dtype checks at trace time, so a wrong runner input fails with a message instead of a bad gather."""
-    _validate_q_and_kv(q, kv_pages)
+    """Shape and dtype checks at trace time, so a wrong runner input fails with a message instead of a bad gather.
+    The kernels share them without ``value_dim``, so they refuse a latent pool."""
+    _validate_q_and_kv(q, kv_pages, value_dim)
     _validate_metadata(kv_lens, block_tables, query_start_loc)
     _validate_options(soft_cap, sliding_window, q_block)
     if sinks is not None and (sinks.shape != q.shape[1:2] or not jnp.issubdtype(sinks.dtype, jnp.floating)):
@@ -318,13 +339,18 @@ def _validate(
         )
 
 
-def _validate_q_and_kv(q: jax.Array, kv_pages: jax.Array) -> None:
+def _validate_q_and_kv(q: jax.Array, kv_pages: jax.Array, value_dim: int | None = None) -> None:
     if q.ndim != 3:
         raise ValueError(f"q must be [T, num_q_heads, head_dim], got shape {q.shape}")
-    if kv_pages.ndim != 5 or kv_pages.shape[0] != 2:
+    planes = 2 if value_dim is None else 1
+    if kv_pages.ndim != 5 or kv_pages.shape[0] != planes:
+        layout = "[2, num_kv_heads, num_pages, page_size, head_dim]" if value_dim is None else "a latent pool [1, ...]"
         raise ValueError(
-            f"kv_pages must be [2, num_kv_heads, num_pages, page_size, head_dim], got shape {kv_pages.shape}"
+            f"kv_pages must be {layout}, got shape {kv_pages.shape} (a latent pool [1, ...] is the reference's alone, "
+            "read with value_dim)"
         )
+    if value_dim is not None and not 0 < value_dim <= kv_pages.shape[4]:
+        raise ValueError(f"value_dim={value_dim} must be in [1, the pool's head_dim={kv_pages.shape[4]}]")
     if q.shape[0] == 0:
         raise ValueError("q has no rows; pad the step to at least one token")
     num_q_heads, head_dim = q.shape[1:]

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jllm.attention import AttentionMetadata
+from jllm.kv_cache import KVCacheSpec
 from jllm.loader import LoadedModel
 from jllm.runner import ModelRunner
 from jllm.sampler import SHORT_PENALTY_WIDTH
@@ -127,7 +128,7 @@ def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size
         block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
         positions = np.arange(len(seq))
         slots.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
-    layer_shape = (2, args.num_kv_heads, int(first[-1]), page_size, args.kv_pool_head_dim)
+    layer_shape = KVCacheSpec.for_model(args, page_size, args.dtype).layer_shape(int(first[-1]))
     pool = [jnp.zeros(layer_shape, args.dtype) for _ in range(args.num_layers)]
     meta = AttentionMetadata(
         slot_mapping=jnp.asarray(np.concatenate(slots), jnp.int32),

@@ -698,7 +698,7 @@ def test_deepseek_pool_keeps_one_latent_head_per_device():
     config = {**TINY_CONFIG, "architectures": ["DeepseekV3ForCausalLM"], **DEEPSEEK_KEYS, "first_k_dense_replace": 1}
     for tp in (1, 2):
         _, _, args, replicas = abstract_model(config, np.float32, tp)
-        assert replicas == tp and KVCacheSpec.for_model(args, 16, np.float32).layer_shape(4) == (2, tp, 4, 16, 40)
+        assert replicas == tp and KVCacheSpec.for_model(args, 16, np.float32).layer_shape(4) == (1, tp, 4, 16, 40)
     assert [spec.dense_mlp_size for spec in args.layers] == [TINY_CONFIG["intermediate_size"], None]
 
 
@@ -757,6 +757,23 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
     if name in MIXTURES:  # the batch's tokens go to different experts in every layer
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
+
+
+@pytest.mark.slow
+def test_deepseek_latent_pool_prefix_hits_beside_decodes_keep_transformers_tokens(family_dirs):
+    """DeepSeek-V3's latent pool, prefix caching on: a first prompt leaves two full pages cached; then three prompts
+    sharing them and a fresh 40-token one run as one batch, the fresh prompt's prefill chunks beside the others'
+    decodes. Each of the three reads the cached latent rows (32 tokens) and every prompt gets transformers' greedy
+    tokens."""
+    model_dir = family_dirs["deepseek_v3"]
+    shared = list(range(200, 232))  # two pages of 16
+    prompts = [shared + [9000, 12], shared + list(range(300, 308)), shared + [77], list(range(100, 140))]
+    llm = LLM(str(model_dir), **ENGINE_ARGS)  # max_num_batched_tokens 16: the 40-token prompt is chunked
+    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    llm.generate([shared + [5, 6, 7]], greedy, use_tqdm=False)
+    outputs = llm.generate(prompts, greedy, use_tqdm=False)
+    assert [o.num_cached_tokens for o in outputs] == [32, 32, 32, 0]
+    assert [o.outputs[0].token_ids for o in outputs] == hf_greedy(model_dir, prompts, NEW_TOKENS)
 
 
 TP_FAMILIES = [name for name, (*_, sizes) in FAMILIES.items() if sizes]

@@ -328,15 +328,19 @@ def test_invalid_inputs_raise_clear_errors() -> None:
         KernelConfig(q_block=1, kv_block=16, num_splits=0, num_warps=4, num_stages=2)
 
 
-def test_a_pool_head_of_no_power_of_two_width_takes_the_reference() -> None:
-    """DeepSeek's latent pool head (kv_lora_rank 512 + rope 64): both kernels tile a head's channels in one
-    power-of-two block, so "auto" takes the reference for it and the kernels are refused by name."""
+def test_a_latent_pool_or_a_head_of_no_power_of_two_width_takes_the_reference() -> None:
+    """DeepSeek's latent pool (one row of kv_lora_rank 512 + rope 64 a token): both kernels tile a head's channels in
+    one power-of-two block and read K and V planes, so "auto" takes the reference for it (whatever its width) and the
+    kernels are refused by name."""
     assert resolve_backend("auto", "gpu", head_dim=576) == "reference"
+    assert resolve_backend("auto", "gpu", head_dim=64, latent=True) == "reference"
     assert resolve_backend("auto", "gpu", head_dim=128) in ("pallas", "triton-prefill")
     for name in ("pallas", "triton-prefill"):
         with pytest.raises(ValueError, match=f"attention_backend='{name}' needs .* power of two >= 16, not 576"):
             resolve_backend(name, "gpu", head_dim=576)
-    assert resolve_backend("reference", "gpu", head_dim=576) == "reference"
+        with pytest.raises(ValueError, match=f"attention_backend='{name}' needs .*, not a latent pool"):
+            resolve_backend(name, "gpu", head_dim=64, latent=True)
+    assert resolve_backend("reference", "gpu", head_dim=576, latent=True) == "reference"
 
 
 def test_auto_backend_resolves_to_kernel_on_gpu_only() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,9 +20,35 @@ from jllm.kv_cache import (
     num_pages_for_budget,
     num_pages_from_device_memory,
 )
+from jllm.models.registry import build_args
 
 SPEC = KVCacheSpec(num_layers=4, num_kv_heads=2, head_dim=64, page_size=16, dtype="bfloat16")
 PAGE = 4 * 2 * 2 * 16 * 64 * 2  # layers x K/V x heads x tokens x head_dim x bytes
+# DeepSeek-V3's config.json (the keys its attention and pool read, and what its family reader checks)
+DEEPSEEK_V3 = dict(
+    architectures=["DeepseekV3ForCausalLM"],
+    vocab_size=129280,
+    hidden_size=7168,
+    intermediate_size=18432,
+    moe_intermediate_size=2048,
+    num_hidden_layers=61,
+    num_attention_heads=128,
+    num_key_value_heads=128,
+    n_shared_experts=1,
+    n_routed_experts=256,
+    num_experts_per_tok=8,
+    n_group=8,
+    topk_group=4,
+    first_k_dense_replace=3,
+    kv_lora_rank=512,
+    q_lora_rank=1536,
+    qk_rope_head_dim=64,
+    qk_nope_head_dim=128,
+    v_head_dim=128,
+    max_position_embeddings=163840,
+    rms_norm_eps=1e-6,
+    rope_theta=10000,
+)
 
 
 @dataclass
@@ -40,6 +67,24 @@ def test_spec_counts_bytes_per_page_over_all_layers_and_normalises_dtype() -> No
     assert SPEC.dtype == jnp.dtype(jnp.bfloat16)
     assert KVCacheSpec(1, 1, 8, 4, jnp.float32).bytes_per_page == 2 * 8 * 4 * 4
     assert SPEC.layer_shape(7) == (2, 2, 7, 16, 64)
+
+
+def test_deepseek_v3_latent_pool_holds_one_576_wide_row_a_token_so_a_budget_holds_twice_the_pages() -> None:
+    """Multi-head latent attention's pool stores ``[c_kv (512) || k_pe (64)]`` once per token and layer, as vLLM's
+    MLA cache does: 1,152 bytes in bf16 against 2,304 when the row was written as K and again as V, so a 16 GiB
+    budget holds 15,279 pages of 16 tokens instead of 7,639."""
+    _, args = build_args(DEEPSEEK_V3, "bfloat16")
+    latent = KVCacheSpec.for_model(args, 16, "bfloat16")
+    assert latent.latent and latent.layer_shape(5) == (1, 1, 5, 16, 576)
+    as_k_and_v = dataclasses.replace(latent, latent=False)  # the layout before: the row as K and as V
+    tokens = 61 * 16  # layers x tokens a page
+    assert [spec.bytes_per_page // tokens for spec in (latent, as_k_and_v)] == [576 * 2, 2 * 576 * 2]
+    budget = 16 << 30
+    assert [num_pages_for_budget(spec, budget) for spec in (latent, as_k_and_v)] == [15279, 7639]
+    pool = allocate_kv_pool(dataclasses.replace(SPEC, latent=True), num_pages=3)
+    assert [layer.shape for layer in pool] == [(1, 2, 3, 16, 64)] * SPEC.num_layers
+    with pytest.raises(ValueError, match="x one latent row in bfloat16"):
+        num_pages_for_budget(latent, latent.bytes_per_page)
 
 
 @pytest.mark.parametrize(

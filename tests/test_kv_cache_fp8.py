@@ -67,11 +67,11 @@ def reference(inputs: tuple[jax.Array, ...], **kw: object) -> np.ndarray:
     return np.asarray(ref_ragged_paged_attention(*inputs, sm_scale=0.125, **kw).astype(jnp.float32))
 
 
-def assert_within_e4m3(out: np.ndarray, exact: np.ndarray, pool: jax.Array, extra: float = 0.0) -> None:
-    """FP8 output against the unquantized ``pool``'s: max error within U * max|V|, RMS error within U of the RMS
-    output (+ ``extra``: q's and a bf16 pool's own rounding)."""
+def assert_within_e4m3(out: np.ndarray, exact: np.ndarray, values: jax.Array, extra: float = 0.0) -> None:
+    """FP8 output against the unquantized pool's: max error within U * max|V| (``values``: the pool's V), RMS error
+    within U of the RMS output (+ ``extra``: q's and a bf16 pool's own rounding)."""
     assert np.isfinite(out).all()
-    v_max = float(jnp.abs(pool[1].astype(jnp.float32)).max())
+    v_max = float(jnp.abs(values.astype(jnp.float32)).max())
     max_err = np.abs(out - exact).max()
     rms_err = np.sqrt(np.mean((out - exact) ** 2) / np.mean(exact**2))
     print(f"max error {max_err / v_max:.4f} of max |V|, RMS {rms_err:.4f} of the RMS output")
@@ -122,7 +122,22 @@ def test_reference_attention_over_fp8_pages_is_within_e4m3_rounding(kind: str, d
         assert_same(out, reference(dequantized(fp8, scales)), F32_TOL)
     # A bf16 pool holds the same values to 2^-9; q in bf16 adds its own 2^-9 to both sides.
     exact_pool = exact if dtype == jnp.float32 else (exact[0], exact[1].astype(jnp.bfloat16), *exact[2:])
-    assert_within_e4m3(out, reference(exact_pool), exact_pool[1], extra=0.0 if dtype == jnp.float32 else 2.0**-8)
+    assert_within_e4m3(out, reference(exact_pool), exact_pool[1][1], extra=0.0 if dtype == jnp.float32 else 2.0**-8)
+
+
+@pytest.mark.slow  # the reference's loops compile
+def test_reference_attention_over_an_fp8_latent_pool_is_within_e4m3_rounding() -> None:
+    """A latent pool (DeepSeek's: one row a token, its first ``value_dim`` channels the values) stored in e4m3 with
+    K's scale, read by the reference: within e4m3's rounding of the float32 latent pool's answer, and equal to float32
+    rounding to the answer over its dequantized numbers."""
+    (q, pool, *meta), _, scales = fp8_case(2, "mixed", jnp.float32)
+    exact = (q, pool[:1], *meta)  # K's plane as the latent rows
+    fp8 = (q, quantize(pool[:1], FP8_DTYPE, scales["k_scale"]), *meta)
+    out = reference(fp8, k_scale=scales["k_scale"], value_dim=48)
+    assert out.shape == (*q.shape[:2], 48)
+    dequantized_pool = jnp.asarray(np.asarray(fp8[1].astype(jnp.float32)) * scales["k_scale"])
+    assert_same(out, reference((q, dequantized_pool, *meta), value_dim=48), F32_TOL)
+    assert_within_e4m3(out, reference(exact, value_dim=48), pool[0][..., :48])
 
 
 @pytest.mark.slow
@@ -132,7 +147,7 @@ def test_pallas_kernel_over_fp8_pages_matches_the_reference(kind: str) -> None:
     exact, fp8, scales = fp8_case(2, kind, jnp.float32)
     out = np.asarray(ragged_paged_attention(*fp8, sm_scale=0.125, interpret=True, **scales))
     assert_same(out, reference(dequantized(fp8, scales)), F32_TOL)
-    assert_within_e4m3(out, reference(exact), exact[1])
+    assert_within_e4m3(out, reference(exact), exact[1][1])
 
 
 @pytest.mark.slow
@@ -140,7 +155,7 @@ def test_pallas_kernel_over_fp8_pages_with_bf16_queries() -> None:
     exact, fp8, scales = fp8_case(3, "mixed", jnp.bfloat16)
     out = np.asarray(ragged_paged_attention(*fp8, sm_scale=0.125, interpret=True, **scales).astype(jnp.float32))
     bf16 = (exact[0], exact[1].astype(jnp.bfloat16), *exact[2:])
-    assert_within_e4m3(out, reference(bf16), bf16[1], extra=2.0**-8)
+    assert_within_e4m3(out, reference(bf16), bf16[1][1], extra=2.0**-8)
 
 
 def test_pallas_kernel_refuses_a_pool_of_another_dtype() -> None:

@@ -7,6 +7,7 @@ pages all hold junk that the masks must hide.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -34,7 +35,7 @@ class Case:
     block_tables: jax.Array  # i32[S, pages_per_seq]
     query_start_loc: jax.Array  # i32[S + 1]
     keys: list[np.ndarray]  # per sequence f64[kv_len, Hkv, D], as stored (dtype-rounded)
-    values: list[np.ndarray]  # per sequence f64[kv_len, Hkv, D]
+    values: list[np.ndarray]  # per sequence f64[kv_len, Hkv, Dv]; Dv < D: a latent pool's (its keys' first channels)
     num_real_rows: int  # rows past this are padding
 
 
@@ -94,7 +95,7 @@ def numpy_attention(
     q = np.asarray(case.q, np.float64)  # [T, Hq, D]
     group = q.shape[1] // case.keys[0].shape[1] if case.keys else 1
     qsl = np.asarray(case.query_start_loc)
-    out = np.zeros_like(q)
+    out = np.zeros((*q.shape[:2], case.values[0].shape[-1]))  # [T, Hq, Dv]
     for s, kv_len in enumerate(np.asarray(case.kv_lens)):
         start, end = qsl[s], qsl[s + 1]
         q_len = end - start
@@ -124,13 +125,14 @@ def run_attention(case: Case, **kwargs) -> np.ndarray:
     """The reference under jit (a fresh trace each call, so monkeypatched tuning constants take effect)."""
     fn = jax.jit(functools.partial(ref_ragged_paged_attention, **kwargs))
     out = fn(case.q, case.kv_pages, case.kv_lens, case.block_tables, case.query_start_loc)
-    assert out.shape == case.q.shape and out.dtype == case.q.dtype
+    assert out.shape == (*case.q.shape[:2], case.values[0].shape[-1]) and out.dtype == case.q.dtype
     return np.asarray(out.astype(jnp.float32), np.float64)
 
 
 def assert_matches_oracle(case: Case, **kwargs) -> None:
     got = run_attention(case, **kwargs)
     kwargs.pop("q_block", None)
+    kwargs.pop("value_dim", None)
     want = numpy_attention(case, **kwargs)
     tol = 1e-5 if case.q.dtype == jnp.float32 else 1e-2
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
@@ -193,6 +195,15 @@ def test_items_looped_in_batches_with_a_ragged_tail_match(
     q_lens, kv_lens = batch("mixed", 16)
     case = make_case(2, q_lens, kv_lens, page_size=16, group=4, pad_rows=2)
     assert_matches_oracle(case, sm_scale=0.125, q_block=q_block)
+
+
+def test_latent_pool_reads_values_as_the_first_channels_of_its_one_row() -> None:
+    """A latent pool ``[1, ...]`` (DeepSeek's latent attention: 4 query heads over one KV head here): each token's
+    one row is its key, and its first ``value_dim`` channels its value; a mixed step, padded rows zero."""
+    q_lens, kv_lens = batch("mixed", 16)
+    case = make_case(11, q_lens, kv_lens, page_size=16, num_kv_heads=1, group=4, head_dim=40, pad_rows=2)
+    latent = dataclasses.replace(case, kv_pages=case.kv_pages[:1], values=[k[..., :32] for k in case.keys])
+    assert_matches_oracle(latent, sm_scale=40**-0.5, value_dim=32)
 
 
 @pytest.mark.slow
@@ -310,20 +321,24 @@ def test_write_kv_puts_each_token_at_its_slot_and_padding_only_touches_page_0() 
     np.testing.assert_array_equal(after[:, :, 0, untouched_in_page_0], pool[:, :, 0, untouched_in_page_0])
 
 
+@pytest.mark.parametrize("latent", [False, True], ids=["kv", "latent"])
 @pytest.mark.parametrize("num_seqs", [1, 4])
-def test_decode_step_with_a_donated_pool_never_copies_the_pool(num_seqs: int) -> None:
+def test_decode_step_with_a_donated_pool_never_copies_the_pool(num_seqs: int, latent: bool) -> None:
     # One-token steps once copied the whole pool four times (XLA duplicated the scatter into each of its readers).
     # Copies only show in the optimized HLO: none may be as large as the pool, which dwarfs every gathered chunk.
-    # Block tables of 32 pages (more than one chunk of the page loop) are where the copies appeared.
-    pool = jax.ShapeDtypeStruct((2, 2, 1024, 16, 64), jnp.float32)  # [2, Hkv, num_pages, page_size, D]
+    # Block tables of 32 pages (more than one chunk of the page loop) are where the copies appeared. A latent pool's
+    # values are a slice of each gathered chunk, never of the pool.
+    planes, value_dim = (1, 48) if latent else (2, None)
+    pool = jax.ShapeDtypeStruct((planes, 2, 1024, 16, 64), jnp.float32)  # [planes, Hkv, num_pages, page_size, D]
     q = jax.ShapeDtypeStruct((num_seqs, 8, 64), jnp.float32)  # [T, Hq, D], one token per sequence
     kv = jax.ShapeDtypeStruct((num_seqs, 2, 64), jnp.float32)  # [T, Hkv, D]
     i32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.int32)
     meta = (i32((num_seqs,)), i32((num_seqs,)), i32((num_seqs, 32)), i32((num_seqs + 1,)))
 
     def step(pool, q, k, v, slots, kv_lens, tables, qsl):
-        pool = write_kv(pool, k, v, slots)
-        return ref_ragged_paged_attention(q, pool, kv_lens, tables, qsl, sm_scale=0.125), pool
+        pool = write_kv(pool, k, None if latent else v, slots)
+        out = ref_ragged_paged_attention(q, pool, kv_lens, tables, qsl, sm_scale=0.125, value_dim=value_dim)
+        return out, pool
 
     hlo = jax.jit(step, donate_argnums=0).lower(pool, q, kv, kv, *meta).compile().as_text()
     copies = [math.prod(map(int, dims.split(","))) for dims in re.findall(r"= \w+\[([\d,]+)\]\S* copy\(", hlo)]
@@ -340,11 +355,32 @@ def test_write_kv_casts_to_the_pool_dtype() -> None:
     np.testing.assert_array_equal(np.asarray(out[1, :, 2, 1]), np.asarray(v[1].astype(jnp.bfloat16)))
 
 
+def test_write_kv_stores_a_latent_row_once_and_refuses_a_layout_mismatch() -> None:
+    rng = np.random.default_rng(9)
+    pool = jnp.zeros((1, 2, 3, 4, 8), jnp.float32)  # [1, Hkv, num_pages, page_size, D]: a latent pool
+    k = jnp.asarray(rng.standard_normal((2, 2, 8)), jnp.float32)
+    out = write_kv(pool, k, None, jnp.asarray([4, 9], jnp.int32))
+    assert out.shape == pool.shape
+    np.testing.assert_array_equal(np.asarray(out[0, :, 1, 0]), np.asarray(k[0]))
+    np.testing.assert_array_equal(np.asarray(out[0, :, 2, 1]), np.asarray(k[1]))
+    assert np.count_nonzero(np.asarray(out)) == np.count_nonzero(np.asarray(k))  # nothing else written
+    slots = jnp.asarray([4, 9], jnp.int32)
+    with pytest.raises(ValueError, match=r"kv_pages must be \[2, num_kv_heads"):
+        write_kv(pool, k, k, slots)
+    with pytest.raises(ValueError, match=r"kv_pages must be a latent pool \[1, ...\] \(v None\)"):
+        write_kv(jnp.zeros((2, 2, 3, 4, 8)), k, None, slots)
+    with pytest.raises(ValueError, match="scaled by k_scale; v_scale must be left 1.0"):
+        write_kv(pool, k, None, slots, v_scale=2.0)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda a: {**a, "q": a["q"][0]}, "q must be"),
         (lambda a: {**a, "kv_pages": a["kv_pages"][0]}, "kv_pages must be"),
+        (lambda a: {**a, "kv_pages": a["kv_pages"][:1]}, r"kv_pages must be \[2, .*latent pool .* value_dim"),
+        (lambda a: {**a, "value_dim": 32}, r"kv_pages must be a latent pool \[1, ...\]"),
+        (lambda a: {**a, "kv_pages": a["kv_pages"][:1], "value_dim": 65}, "value_dim=65 must be in"),
         (lambda a: {**a, "q": a["q"][:, :3]}, "not a multiple of num_kv_heads"),
         (lambda a: {**a, "q": a["q"][..., :32]}, "head_dim"),
         (lambda a: {**a, "kv_lens": a["kv_lens"].astype(jnp.float32)}, "kv_lens must be i32"),
@@ -362,8 +398,10 @@ def test_bad_inputs_fail_at_trace_time_with_a_clear_message(change, message: str
         block_tables=case.block_tables,
         query_start_loc=case.query_start_loc,
     )
+    args = change(args)
+    static = {"value_dim": args.pop("value_dim")} if "value_dim" in args else {}
     with pytest.raises(ValueError, match=message):
-        jax.jit(functools.partial(ref_ragged_paged_attention, sm_scale=0.1))(**change(args))
+        jax.jit(functools.partial(ref_ragged_paged_attention, sm_scale=0.1, **static))(**args)
 
 
 def test_bad_options_are_rejected() -> None:

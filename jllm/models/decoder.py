@@ -183,7 +183,7 @@ class CausalLM(nnx.Module):
         self,
         input_ids: jax.Array,  # [T] int32
         positions: jax.Array,  # [T] int32
-        kv_caches: list[jax.Array],  # per layer [2, num_kv_heads, num_pages, page_size, kv_pool_head_dim]
+        kv_caches: list[jax.Array],  # per layer [planes, num_kv_heads, num_pages, page_size, kv_pool_head_dim]
         meta: AttentionMetadata,
         lora: LoRABatch | None = None,
     ) -> tuple[jax.Array, list[jax.Array]]:

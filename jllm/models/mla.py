@@ -6,7 +6,8 @@ would hold ``heads x (qk_head_dim + v_head_dim)`` channels a token; instead (vLL
 query head's non-rotary part is taken into latent space through its slice of ``kv_b_proj``'s K half, so the scores
 are ``q_latent . c_kv + q_pe . k_pe`` against one KV head ``[c_kv, k_pe]`` of ``kv_lora_rank + qk_rope_head_dim``
 channels, and the attention output's first ``kv_lora_rank`` channels (a weighted sum of ``c_kv``) go through each
-head's slice of the V half. The pool stores that row as K and as V (the V copy's ``k_pe`` channels are unused).
+head's slice of the V half. The pool stores that row once (a latent pool, ``jllm.kv_cache``): the attention reads
+its first ``kv_lora_rank`` channels as the values.
 
 Tensor parallelism splits the query heads; the one latent head is replicated on every device (``jllm.parallel``'s
 KV-head replication: the model holds ``num_kv_heads`` copies of it).
@@ -74,7 +75,7 @@ class MLAttention(nnx.Module):
     def __call__(
         self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
     ) -> tuple[jax.Array, jax.Array]:
-        """Attention over ``norm(x)``; ``kv_pages [2, num_kv_heads, num_pages, page_size, latent_dim]``."""
+        """Attention over ``norm(x)``; ``kv_pages [1, num_kv_heads, num_pages, page_size, latent_dim]``."""
         a, m = self.args, self.args.mla
         t, h, r, nope = x.shape[0], a.num_heads, m.kv_lora_rank, m.qk_nope_head_dim
         x = x if norm is None else norm(x)
@@ -89,6 +90,6 @@ class MLAttention(nnx.Module):
         q = jnp.concatenate([q_latent, q_pe], axis=-1)  # [T, H, latent_dim]
         kv = jnp.concatenate([c_kv[:, None], k_pe], axis=-1)  # [T, 1, latent_dim]
         kv = jnp.broadcast_to(kv, (t, a.num_kv_heads, m.latent_dim))  # the copies tensor parallelism keeps
-        out, kv_pages = paged_attention(q, kv, kv, kv_pages, meta, sm_scale=a.sm_scale)
-        out = jnp.einsum("thr,rhv->thv", out[..., :r], w_kv[..., nope:])  # [T, H, v_head_dim]
+        out, kv_pages = paged_attention(q, kv, None, kv_pages, meta, sm_scale=a.sm_scale, value_dim=r)  # [T, H, r]
+        out = jnp.einsum("thr,rhv->thv", out, w_kv[..., nope:])  # [T, H, v_head_dim]
         return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages
