@@ -88,9 +88,10 @@ class ClassifierHead:
             can = "LLM.classify" + (" and LLM.score_pairs" if self.num_labels == 1 else "")
         else:
             can = "POST /classify" + (", /score and /rerank" if self.num_labels == 1 else "")
+        labels = f"{self.num_labels} label" + ("s" if self.num_labels != 1 else "")
         return InputError(
-            f"model `{model}` is a sequence classifier ({self.architecture}, {self.num_labels} labels) and cannot "
-            f"generate text; use {can}",
+            f"model `{model}` is a sequence classifier ({self.architecture}, {labels}) and cannot generate text; "
+            f"use {can}",
             param="model",
         )
 

@@ -19,11 +19,10 @@ import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, model_validator
 
-from jllm.inputs import InputProcessor, Prompt
 from jllm.server.errors import bad_request
 from jllm.server.middleware import public_id
-from jllm.server.pooling import PoolingRequest, in_groups, pooling_model
-from jllm.server.schemas import _NOTHING, prompt_list, refuse_unsupported
+from jllm.server.pooling import PoolingRequest, in_groups, input_prompts, pooling_model
+from jllm.server.schemas import _NOTHING, refuse_unsupported
 from jllm.server.state import server_state
 
 # Fields of vLLM's embedding request this server cannot honour, beyond every pooling request's (``server.pooling``):
@@ -62,10 +61,6 @@ class EmbeddingRequest(PoolingRequest):
         chosen = self.use_activation if self.use_activation is not None else self.normalize
         return chosen is not False
 
-    def inputs(self) -> list[str | list[int]]:
-        """One entry per vector; an empty list is a 400."""
-        return prompt_list(self.input, "input")
-
 
 class EmbeddingData(BaseModel):
     index: int
@@ -94,7 +89,8 @@ async def create_embedding(request: web.Request) -> web.Response:
     served = pooling_model(state, body.model)
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size(body.input, "input")
-    prompts = await state.host_work.run(chars, _to_prompts, inputs, body)
+    args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens)
+    prompts = await state.host_work.run(chars, input_prompts, *args)
     token_ids = [p.token_ids for p in prompts]
     how, unit_norm = served.entry.config.model.pooling, body.unit_norm
     vectors = await in_groups(served, token_ids, lambda engine, chunk: engine.encoder.embed(chunk, how, unit_norm))
@@ -117,17 +113,3 @@ async def create_embedding(request: web.Request) -> web.Response:
         usage=EmbeddingUsage(prompt_tokens=num_tokens, total_tokens=num_tokens),
     )
     return web.json_response(text=response.model_dump_json())
-
-
-def _to_prompts(inputs: InputProcessor, body: EmbeddingRequest) -> list[Prompt]:
-    """Through the input door off the event loop (long inputs take a while to encode)."""
-    entries = body.inputs()
-    return [
-        inputs.process_whole(
-            entry,
-            add_special_tokens=body.add_special_tokens,
-            truncate_prompt_tokens=body.truncate_prompt_tokens,
-            param="input" if len(entries) == 1 else f"input[{i}]",
-        )
-        for i, entry in enumerate(entries)
-    ]

@@ -14,9 +14,10 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from jllm.engine import LLMEngine
+from jllm.inputs import InputProcessor, Prompt
 from jllm.server.errors import bad_request
 from jllm.server.registry import ServedModel
-from jllm.server.schemas import _NOTHING, _Request, refuse_unsupported
+from jllm.server.schemas import _NOTHING, _Request, prompt_list, refuse_unsupported
 from jllm.server.state import ServerState
 
 # Fields of vLLM's pooling requests this server cannot honour: (the values that ask for nothing, why more is refused)
@@ -54,6 +55,26 @@ def pooling_model(state: ServerState, model: str | None) -> ServedModel:
             param="model",
         )
     return served
+
+
+def input_prompts(
+    inputs: InputProcessor,
+    value: str | list[str] | list[int] | list[list[int]],
+    add_special_tokens: bool,
+    truncate_prompt_tokens: int | None,
+) -> list[Prompt]:
+    """An ``input`` field's prompts through the input door (run on ``HostWork``: long inputs take a while to
+    encode); a bad one is a 400 naming ``input`` or its index."""
+    entries = prompt_list(value, "input")
+    return [
+        inputs.process_whole(
+            entry,
+            add_special_tokens=add_special_tokens,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            param="input" if len(entries) == 1 else f"input[{i}]",
+        )
+        for i, entry in enumerate(entries)
+    ]
 
 
 async def in_groups[T](
