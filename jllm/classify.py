@@ -53,7 +53,7 @@ class ClassifierHead:
         score = getattr(loaded.model, "score", None)
         if score is None:
             return None
-        weight = np.asarray(score.kernel[...], np.float32)
+        weight = np.asarray(score.kernel[...].addressable_data(0), np.float32)  # replicated: any copy is whole
         return cls.from_config(loaded.hf_config, weight)
 
     @classmethod

@@ -220,3 +220,28 @@ def test_a_field_it_cannot_honour_is_a_400_naming_it(server, engines, path, extr
     error = reply.json()["error"]
     assert error["param"] == param and re.search(message, error["message"]), error
     assert all(not e.encoder.threads for e in engines.values())  # refused before anything ran
+
+
+@pytest.mark.slow
+def test_a_served_cross_encoders_routes_equal_the_offline_api(tmp_path) -> None:
+    from server_utils import engine_config
+    from test_classify import ENGINE_ARGS, classifier_checkpoint, pair_tokenizer
+
+    from jllm.llm import LLM
+
+    model_dir = classifier_checkpoint(tmp_path, "Qwen3", num_labels=1)
+    pair_tokenizer(model_dir)
+    llm = LLM(str(model_dir), **ENGINE_ARGS)
+    docs = ["a small feline", "the tax code", "cats purr"]
+    offline = [o.outputs.score for o in llm.score_pairs("cat?", docs, use_tqdm=False)]
+    probs = [o.outputs.probs for o in llm.classify(docs, use_tqdm=False)]
+    config = engine_config(model_dir, **ENGINE_ARGS, api_key=API_KEY, served_model_name="ce")
+    with RunningServer(llm.engine, config) as running:
+        score = post(running, "/score", {"text_1": "cat?", "text_2": docs}).json()
+        np.testing.assert_allclose([d["score"] for d in score["data"]], offline, rtol=1e-6)
+        rerank = post(running, "/rerank", {"query": "cat?", "documents": docs, "top_n": 2}).json()
+        assert [r["index"] for r in rerank["results"]] == list(np.argsort(offline)[::-1][:2])
+        classified = post(running, "/classify", {"input": docs}).json()
+        np.testing.assert_allclose([d["probs"] for d in classified["data"]], probs, rtol=1e-6)
+        refused = post(running, "/v1/completions", {"prompt": "hi"})
+        assert refused.status == 400 and refused.json()["error"]["param"] == "model"
