@@ -90,6 +90,7 @@ def test_classify_gives_each_inputs_probabilities_label_and_usage(server, engine
     cut = post(server, "/classify", {"model": "cls", "input": "good movie", "truncate_prompt_tokens": 2}).json()
     assert cut["usage"]["prompt_tokens"] == 2
     assert set(engines["cls"].encoder.threads) == {"jllm-engine"}
+    assert post(server, "/classify", {"model": "nope", "input": "hi"}).status == 404
 
 
 def test_a_cross_encoder_scores_each_pair_of_the_tokenizers_pair_encoding(server, engines) -> None:
