@@ -96,6 +96,17 @@ class ClassifierHead:
         )
 
 
+def require_classifier(head: ClassifierHead | None, model: str) -> ClassifierHead:
+    """The head of a model asked to classify; a causal LM is an InputError naming ``model``."""
+    if head is None:
+        raise InputError(
+            f"model `{model}` is not a sequence classifier (its config.json's architectures name no "
+            "*ForSequenceClassification): it cannot classify",
+            param="model",
+        )
+    return head
+
+
 def _activation(hf_config: dict[str, Any], num_labels: int) -> Activation:
     """vLLM's ``get_act_fn`` over config.json (transformers' ``ForSequenceClassificationLoss`` problem types)."""
     by_labels: Activation = "softmax" if num_labels >= 2 else "sigmoid"

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from jllm import distributed, scoring
 from jllm.build import build_engine, build_worker
-from jllm.classify import ClassifierHead
+from jllm.classify import require_classifier
 from jllm.config import Pooling, load_config
 from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
@@ -143,7 +143,7 @@ class LLM:
         """A sequence classifier's label probabilities per prompt (``outputs.probs``), vLLM's ``LLM.classify``: the
         score head on the last token's final normed state, through the head's activation (softmax over two or more
         labels, a sigmoid over one, or as config.json says; the logits without ``use_activation``)."""
-        head = self._classifier()
+        head = require_classifier(self.engine.classifier, self._model_name)
         checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         logits = head.logits(self.engine.encoder, [p.token_ids for p in checked], use_tqdm)
         return [
@@ -188,15 +188,6 @@ class LLM:
     @property
     def _model_name(self) -> str:
         return self.config.model.model or "default"
-
-    def _classifier(self) -> ClassifierHead:
-        if self.engine.classifier is None:
-            raise InputError(
-                f"model `{self._model_name}` is not a sequence classifier (config.json's architectures name no "
-                "*ForSequenceClassification); classify needs one",
-                param="model",
-            )
-        return self.engine.classifier
 
     def score(
         self,

@@ -14,8 +14,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, model_validator
 
-from jllm.classify import ClassifierHead
-from jllm.server.errors import bad_request
+from jllm.classify import require_classifier
 from jllm.server.middleware import public_id
 from jllm.server.pooling import PoolingRequest, in_groups, input_prompts, pooling_model
 from jllm.server.schemas import _NOTHING, UsageInfo, refuse_unsupported
@@ -55,22 +54,11 @@ class ClassificationResponse(BaseModel):
     usage: UsageInfo
 
 
-def classifier(head: ClassifierHead | None, model: str) -> ClassifierHead:
-    """The served model's head; a causal LM is a 400 naming it."""
-    if head is None:
-        raise bad_request(
-            f"model `{model}` is not a sequence classifier (its config.json's architectures name no "
-            "*ForSequenceClassification): it cannot classify",
-            param="model",
-        )
-    return head
-
-
 async def create_classification(request: web.Request) -> web.Response:
     state = server_state(request)
     body = ClassificationRequest.model_validate_json(await request.read())
     served = pooling_model(state, body.model)
-    head = classifier(served.engine.classifier, body.model or served.name)
+    head = require_classifier(served.engine.classifier, body.model or served.name)
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size(body.input, "input")
     args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens)
