@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from jllm.classify import ClassifierHead
 from jllm.engine import LLMEngine
 from jllm.errors import EngineUnavailableError, QueueFullError
 from jllm.inputs import InputProcessor, Prompt
@@ -156,6 +157,11 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    @property
+    def classifier(self) -> ClassifierHead | None:
+        """A sequence classifier's head (read-only), None for a causal LM."""
+        return self.engine.classifier
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:

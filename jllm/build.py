@@ -23,6 +23,7 @@ import jax
 from jllm import distributed, kv_cache, parallel
 from jllm.attention import describe_backend, resolve_backend
 from jllm.block_manager import BlockManager
+from jllm.classify import ClassifierHead
 from jllm.config import ConfigError, EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
 from jllm.executable_cache import open_cache
@@ -167,7 +168,7 @@ def _worker(
         executable_cache=executable_cache,
         lora=lora,
     )
-    if sched.compile_at_start:
+    if sched.compile_at_start and args.num_labels is None:  # a classifier never runs the step programs
         with timed() as elapsed:
             report = runner.warmup(show_progress=show_progress)
         report.log(logger, elapsed.seconds)
@@ -236,6 +237,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         publish=None if worker.publisher is None else worker.publisher.publish,
         sampling_defaults=_sampling_defaults(config.model.generation_config, given_folder, worker.loaded),
         lora=worker.runner.lora,
+        classifier=ClassifierHead.of(worker.loaded),
     )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from jllm import sampler
 from jllm.block_manager import BlockManager
+from jllm.classify import ClassifierHead
 from jllm.inputs import InputProcessor, Prompt
 from jllm.lora.manager import LoRAManager
 from jllm.lora.request import LoRARequest
@@ -75,12 +76,15 @@ class LLMEngine:
         publish: Callable[[StepPlan], None] | None = None,
         sampling_defaults: dict[str, Any] | None = None,
         lora: LoRAManager | None = None,
+        classifier: ClassifierHead | None = None,
     ) -> None:
         """``sampling_defaults``: the fields a request that leaves them unset samples with (the model's
         generation_config.json's, ``jllm.sampling.generation_defaults``); the front ends apply them. ``lora``: the
-        adapters (with ``enable_lora``; the runner's and the scheduler's slots too)."""
+        adapters (with ``enable_lora``; the runner's and the scheduler's slots too). ``classifier``: a sequence
+        classifier's head (the front ends refuse to generate with it)."""
         self.scheduler = scheduler
         self.lora = lora
+        self.classifier = classifier
         self.sampling_defaults = dict(sampling_defaults or {})
         self.runner = runner
         self.inputs = inputs

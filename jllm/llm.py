@@ -17,19 +17,24 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from jllm import distributed
+from jllm import distributed, scoring
 from jllm.build import build_engine, build_worker
+from jllm.classify import require_classifier
 from jllm.config import Pooling, load_config
 from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
 from jllm.lora.request import LoRARequest
 from jllm.outputs import (
+    ClassificationOutput,
+    ClassificationRequestOutput,
     ContinuationScore,
     EmbeddingOutput,
     EmbeddingRequestOutput,
     PoolingOutput,
     PoolingRequestOutput,
     RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
 )
 from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
@@ -74,6 +79,8 @@ class LLM:
         """Completes every prompt; outputs come back in input order. A bad prompt raises a ValueError naming its
         index before any runs. ``lora_request``: the LoRA adapter every prompt runs with, or one per prompt (None:
         the base model), as vLLM's (needs ``enable_lora``)."""
+        if self.engine.classifier is not None:
+            raise self.engine.classifier.cannot_generate(self._model_name, offline=True)
         prompts = _prompt_list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
         loras = _per_prompt_loras(lora_request, len(prompts))
@@ -125,6 +132,62 @@ class LLM:
             EmbeddingRequestOutput(f"embd-{next(self._ids)}", p.token_ids, EmbeddingOutput(vector.tolist()))
             for p, vector in zip(checked, vectors, strict=True)
         ]
+
+    def classify(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        use_activation: bool = True,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[ClassificationRequestOutput]:
+        """A sequence classifier's label probabilities per prompt (``outputs.probs``), vLLM's ``LLM.classify``: the
+        score head on the last token's final normed state, through the head's activation (softmax over two or more
+        labels, a sigmoid over one, or as config.json says; the logits without ``use_activation``)."""
+        head = require_classifier(self.engine.classifier, self._model_name)
+        checked = self._whole_prompts(prompts, truncate_prompt_tokens)
+        logits = head.logits(self.engine.encoder, [p.token_ids for p in checked], use_tqdm)
+        return [
+            ClassificationRequestOutput(f"classify-{next(self._ids)}", p.token_ids, ClassificationOutput(row.tolist()))
+            for p, row in zip(checked, head.activate(logits, use_activation), strict=True)
+        ]
+
+    def score_pairs(
+        self,
+        text_1: str | Seq[str],
+        text_2: str | Seq[str],
+        use_activation: bool = True,
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """Each pair's score (``outputs.score``), vLLM's ``LLM.score`` (jllm's ``score`` is a continuation's
+        log-probability): one ``text_1`` for any number of ``text_2``, or as many of each. A cross-encoder (a
+        classifier of one label) scores the pair encoded as its tokenizer encodes a text pair, through its activation
+        (a sigmoid by default; the logit without ``use_activation``); another model the cosine similarity of the
+        two texts' embeddings (``jllm.scoring``)."""
+        firsts, seconds = scoring.pair_lists(text_1, text_2)
+        head = scoring.cross_encoder(self.engine.classifier, self._model_name)
+        inputs, encoder = self.engine.inputs, self.engine.encoder
+        if head is not None:
+            prompts = scoring.pair_prompts(inputs, head, firsts, seconds, truncate_prompt_tokens)
+            logits = head.logits(encoder, [p.token_ids for p in prompts], use_tqdm)
+            scores = head.activate(logits, use_activation)[:, 0].tolist()
+            token_ids = [p.token_ids for p in prompts]
+        else:
+            left = scoring.text_prompts(inputs, firsts, "text_1", truncate_prompt_tokens)
+            right = scoring.text_prompts(inputs, seconds, "text_2", truncate_prompt_tokens)
+            how = self.config.model.pooling
+            vectors = encoder.embed([p.token_ids for p in left + right], how, use_activation, use_tqdm)
+            scores = scoring.cosine_scores(vectors[: len(left)], vectors[len(left) :])
+            left = left * len(right) if len(left) == 1 else left
+            token_ids = [a.token_ids + b.token_ids for a, b in zip(left, right, strict=True)]
+        return [
+            ScoringRequestOutput(f"score-{next(self._ids)}", ids, ScoringOutput(score))
+            for ids, score in zip(token_ids, scores, strict=True)
+        ]
+
+    @property
+    def _model_name(self) -> str:
+        return self.config.model.model or "default"
 
     def score(
         self,

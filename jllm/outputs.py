@@ -99,3 +99,37 @@ class ContinuationScore:
     token_logprobs: list[float]  # one per continuation token, natural log, from the raw logits
     logprob: float  # their sum
     is_greedy: bool  # every continuation token is the most likely one at its position
+
+
+@dataclass
+class ClassificationOutput:
+    probs: list[float]  # one per label: the head's activation of its logits (the logits themselves without it)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass
+class ClassificationRequestOutput:
+    """What ``LLM.classify`` returns per prompt, vLLM's shape: ``outputs.probs``."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: ClassificationOutput
+    finished: bool = True
+
+
+@dataclass
+class ScoringOutput:
+    score: float
+
+
+@dataclass
+class ScoringRequestOutput:
+    """What ``LLM.score_pairs`` returns per pair, vLLM's shape (its ``LLM.score``): ``outputs.score``."""
+
+    request_id: str
+    prompt_token_ids: list[int]  # a cross-encoder's pair prompt; a bi-encoder's two texts' tokens one after the other
+    outputs: ScoringOutput
+    finished: bool = True

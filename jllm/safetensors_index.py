@@ -37,7 +37,7 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     """NNX parameter path -> (the HF tensor names it is made of, whether each HF tensor is the transpose of ours)."""
     *module_path, leaf = (str(p) for p in path)
     rename = dict(weights.rename)
-    prefix = weights.head_prefix if module_path[0] == "lm_head" else weights.prefix
+    prefix = weights.head_prefix if module_path[0] in ("lm_head", "score") else weights.prefix  # the heads: top level
     suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]
     parents = _renamed(module_path[:-1], rename)

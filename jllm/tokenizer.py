@@ -97,6 +97,13 @@ class Tokenizer:
             return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
         return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
+    def encode_pair(self, text: str, pair: str) -> list[int]:
+        """transformers' ``tokenizer(text, text_pair)["input_ids"]``: both texts through the post-processor's pair
+        template (a cross-encoder's input); long ones with the GIL released, as ``encode``."""
+        if len(text) + len(pair) <= GIL_FREE_ENCODE_CHARS:
+            return self.backend.encode(text, pair).ids
+        return self.backend.encode_batch([(text, pair)])[0].ids
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of `ids`, without transformers' optional space clean-up, so streaming can reproduce it."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -2,7 +2,8 @@
 subprocess (the device count must be set before JAX starts).
 
 Usage: ``python tests/pooling_tp_worker.py SPEC.json OUT.json``; SPEC holds ``model``, ``engine_args``, ``prompts``
-and ``layers``; the states go to ``states.npz`` beside OUT.
+and ``layers``; the states go to ``states.npz`` beside OUT. With ``classify`` in SPEC, ``LLM.classify``'s logits
+instead (tests/test_classify.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from jllm import LLM  # noqa: E402
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     llm = LLM(spec["model"], tensor_parallel_size=2, **spec["engine_args"])
-    outputs = llm.encode(spec["prompts"], layers=spec["layers"])
-    np.savez(Path(out_path).with_name("states.npz"), *[out.outputs.data for out in outputs])
+    if spec.get("classify"):
+        logits = [out.outputs.probs for out in llm.classify(spec["prompts"], use_activation=False)]
+        np.savez(Path(out_path).with_name("states.npz"), np.array(logits))
+    else:
+        outputs = llm.encode(spec["prompts"], layers=spec["layers"])
+        np.savez(Path(out_path).with_name("states.npz"), *[out.outputs.data for out in outputs])
     qkv = llm.engine.runner.kv_caches[0]
     Path(out_path).write_text(
         json.dumps({"pool_devices": len(qkv.sharding.device_set), "mesh": llm.engine.runner.mesh.size})

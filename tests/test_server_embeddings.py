@@ -34,7 +34,9 @@ class ScriptedEncoder:
     def __init__(self) -> None:
         self.threads: list[str] = []
 
-    def embed(self, prompts: Sequence[Sequence[int]], how: str, normalize: bool) -> list[np.ndarray]:
+    def embed(
+        self, prompts: Sequence[Sequence[int]], how: str, normalize: bool, show_progress: bool = False
+    ) -> list[np.ndarray]:
         self.threads.append(threading.current_thread().name)
         vectors = [np.array([len(p), sum(p), 1.0 if how == "mean" else 2.0], np.float32) for p in prompts]
         return [v / np.linalg.norm(v) if normalize else v for v in vectors]

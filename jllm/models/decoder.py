@@ -172,10 +172,15 @@ class CausalLM(nnx.Module):
         )
         self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
         self.norm = args.make_norm()
+        # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
+        # embedding; its ``score`` head, replicated, is read on the host.
         self.lm_head = (
             None
-            if args.tie_word_embeddings
+            if args.tie_word_embeddings or args.num_labels is not None
             else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype, bias=args.lm_head_bias)
+        )
+        self.score = (
+            None if args.num_labels is None else Linear(args.hidden_size, args.num_labels, (None, None), args.dtype)
         )
         self.args = args
 

@@ -137,6 +137,9 @@ class ModelArgs:
     attention_chunk_size: int | None = None
     final_softcap: float | None = None
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
+    # a sequence classifier (``*ForSequenceClassification``): a bias-free ``score`` head of this many labels in place
+    # of the LM head (``jllm.classify``); None: a causal LM
+    num_labels: int | None = None
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
     learned_positions: bool = False
     position_offset: int = 0  # learned positions: position p reads row p + offset of a table that much longer (OPT's 2)

@@ -5,6 +5,8 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -69,15 +71,32 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GptOssForCausalLM": gpt_oss.gpt_oss,
 }
 
+# transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
+# tensor names) with a bias-free ``score`` head read at the last token in place of the LM head (``jllm.classify``)
+CLASSIFIERS: dict[str, str] = {
+    f"{family}ForSequenceClassification": f"{family}ForCausalLM"
+    for family in ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Phi3")
+}
+
 
 def resolve_architecture(hf_config: dict[str, Any]) -> Callable[[dict[str, Any], Any], ModelArgs]:
     names = hf_config.get("architectures") or []
     for name in names:
         if name in ARCHITECTURES:
             return ARCHITECTURES[name]
-    raise ValueError(
-        f"unsupported architecture {names!r} in config.json; supported: {', '.join(sorted(ARCHITECTURES))}"
-    )
+        if name in CLASSIFIERS:
+            return functools.partial(_classifier, ARCHITECTURES[CLASSIFIERS[name]])
+    supported = sorted([*ARCHITECTURES, *CLASSIFIERS])
+    raise ValueError(f"unsupported architecture {names!r} in config.json; supported: {', '.join(supported)}")
+
+
+def num_labels(hf_config: dict[str, Any]) -> int:
+    """transformers' ``PretrainedConfig.num_labels``: as many as ``id2label`` names, else 2 (its default)."""
+    return len(hf_config["id2label"]) if hf_config.get("id2label") else 2
+
+
+def _classifier(reader: Callable[[dict[str, Any], Any], ModelArgs], cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    return dataclasses.replace(reader(cfg, dtype), num_labels=num_labels(cfg))
 
 
 def build_args(hf_config: dict[str, Any], dtype: Any) -> tuple[type[nnx.Module], ModelArgs]:

@@ -22,6 +22,7 @@ from jllm.config import EngineConfig
 from jllm.serve_config import ServeConfig, entry_of
 from jllm.server import admin, info, lora_adapters
 from jllm.server.chat import create_chat_completion
+from jllm.server.classify import create_classification
 from jllm.server.completions import create_completion
 from jllm.server.connections import ConnectionGuard, GuardedSite, body_timeout_middleware, fit_descriptor_limit
 from jllm.server.embeddings import create_embedding
@@ -31,6 +32,7 @@ from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
 from jllm.server.responses import create_response, stored_response
+from jllm.server.scores import create_rerank, create_score
 from jllm.server.state import STATE, ServerState
 from jllm.timing import show_info_logs
 
@@ -71,6 +73,11 @@ def build_app(
     app.router.add_delete("/v1/responses/{response_id}", stored_response)
     app.router.add_post("/v1/responses/{response_id}/cancel", stored_response)
     app.router.add_post("/v1/embeddings", create_embedding, expect_handler=expect_handler)
+    app.router.add_post("/classify", create_classification, expect_handler=expect_handler)
+    for path in ("/score", "/v1/score"):
+        app.router.add_post(path, create_score, expect_handler=expect_handler)
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        app.router.add_post(path, create_rerank, expect_handler=expect_handler)
     app.router.add_get("/v1/models", info.list_models)
     app.router.add_get("/v1/models/{model:.+}", info.retrieve_model)  # ids may hold slashes ("org/name")
     app.router.add_get("/version", info.version)

@@ -71,7 +71,7 @@ async def start_chat(
     """Routes the request, plans how its reply is read (reasoning, tools), checks its sampling fields and rendered
     prompt, and admits it; what this route and the gRPC ``Generate`` share, so both refuse a bad request with the
     same message."""
-    served = state.route(body.model)
+    served = state.route_generation(body.model)
     reply = ReplyPlan.of(body, state.config.server, served.entry.config.server.reasoning_parser)
     tools = reply.tools
     forced = tools.forced_schema()

@@ -47,7 +47,7 @@ async def start_completion(
 ) -> tuple[ServedModel, list[Prompt], Generation]:
     """Routes the request, checks its sampling fields and prompts, and admits it; what this route and the gRPC
     ``Generate`` share, so both refuse a bad request with the same message."""
-    served = state.route(body.model)
+    served = state.route_generation(body.model)
     defaults = served.engine.sampling_defaults
     # a grammar is checked here
     params = await state.host_work.run(body.constraint_chars(), body.sampling_params, defaults=defaults)

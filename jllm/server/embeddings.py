@@ -17,40 +17,33 @@ from typing import Any, Literal
 
 import numpy as np
 from aiohttp import web
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, model_validator
 
-from jllm.inputs import InputProcessor, Prompt
 from jllm.server.errors import bad_request
 from jllm.server.middleware import public_id
-from jllm.server.schemas import _NOTHING, _Request, prompt_list, refuse_unsupported
+from jllm.server.pooling import PoolingRequest, in_groups, input_prompts, pooling_model
+from jllm.server.schemas import _NOTHING, refuse_unsupported
 from jllm.server.state import server_state
 
-# Fields of vLLM's embedding request this server cannot honour: (the values that ask for nothing, why more is refused)
+# Fields of vLLM's embedding request this server cannot honour, beyond every pooling request's (``server.pooling``):
+# (the values that ask for nothing, why more is refused)
 UNSUPPORTED_EMBEDDING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "dimensions": ((None,), "is not supported: the served models' embeddings have one size, their hidden size"),
     "messages": (_NOTHING, "are not supported for embeddings: send the text (or token ids) as input"),
     "embed_dtype": ((None, "float32"), "must be float32, the only dtype embeddings are encoded in"),
-    "priority": ((None, 0), "is not supported: this server schedules first come, first served"),
-    "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
-    "padding": ((None, "do_not_pad"), "is not supported: inputs are embedded unpadded"),
-    "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
 }
 BYTE_ORDER = {"native": "=", "little": "<", "big": ">"}  # numpy's byte-order marks
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(PoolingRequest):
+    """``use_activation`` false: the pooled vectors as they are, not unit-normed."""
+
     input: str | list[str] | list[int] | list[list[int]]
-    model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"  # base64: the float32 bytes (the openai client's default)
-    user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     # vLLM's extras
-    request_id: str | None = None  # the response's id when no X-Request-Id header names one
     add_special_tokens: bool = True  # false encodes text inputs without BOS and the like
-    truncate_prompt_tokens: int | None = None  # keep the last k tokens of each input (-1: the context length)
     normalize: bool | None = None  # vLLM's older name of use_activation; None: true
-    use_activation: bool | None = None  # false: the pooled vectors as they are, not unit-normed
     endianness: Literal["native", "little", "big"] = "native"  # of base64's float32 bytes
-    cache_salt: str | None = Field(None, min_length=1, max_length=1024)  # embeddings never read the prefix cache
 
     @model_validator(mode="before")
     @classmethod
@@ -67,10 +60,6 @@ class EmbeddingRequest(_Request):
     def unit_norm(self) -> bool:
         chosen = self.use_activation if self.use_activation is not None else self.normalize
         return chosen is not False
-
-    def inputs(self) -> list[str | list[int]]:
-        """One entry per vector; an empty list is a 400."""
-        return prompt_list(self.input, "input")
 
 
 class EmbeddingData(BaseModel):
@@ -97,23 +86,14 @@ async def create_embedding(request: web.Request) -> web.Response:
     state = server_state(request)
     body = EmbeddingRequest.model_validate_json(await request.read())
     response_id = f"embd-{public_id(request, body.request_id)}"
-    served = state.route(body.model)
-    if state.registry.lora_for(body.model) is not None:
-        raise bad_request(
-            f"model `{body.model}` is a LoRA adapter; embeddings are the base model's: name `{served.name}`",
-            param="model",
-        )
-    engine = served.engine
-    chars = engine.inputs.check_prompt_size(body.input, "input")
-    prompts = await state.host_work.run(chars, _to_prompts, engine.inputs, body)
+    served = pooling_model(state, body.model)
+    inputs = served.engine.inputs
+    chars = inputs.check_prompt_size(body.input, "input")
+    args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens)
+    prompts = await state.host_work.run(chars, input_prompts, *args)
     token_ids = [p.token_ids for p in prompts]
     how, unit_norm = served.entry.config.model.pooling, body.unit_norm
-    # At most a step's sequences per call, so a long list of inputs lets the model's generation steps run between
-    group = served.entry.config.scheduler.max_num_seqs
-    vectors: list[np.ndarray] = []
-    for start in range(0, len(token_ids), group):
-        chunk = token_ids[start : start + group]
-        vectors += await engine.call(lambda llm_engine, chunk=chunk: llm_engine.encoder.embed(chunk, how, unit_norm))
+    vectors = await in_groups(served, token_ids, lambda engine, chunk: engine.encoder.embed(chunk, how, unit_norm))
     dtype = np.dtype(f"{BYTE_ORDER[body.endianness]}f4")
     data = [
         EmbeddingData(
@@ -133,17 +113,3 @@ async def create_embedding(request: web.Request) -> web.Response:
         usage=EmbeddingUsage(prompt_tokens=num_tokens, total_tokens=num_tokens),
     )
     return web.json_response(text=response.model_dump_json())
-
-
-def _to_prompts(inputs: InputProcessor, body: EmbeddingRequest) -> list[Prompt]:
-    """Through the input door off the event loop (long inputs take a while to encode)."""
-    entries = body.inputs()
-    return [
-        inputs.process_whole(
-            entry,
-            add_special_tokens=body.add_special_tokens,
-            truncate_prompt_tokens=body.truncate_prompt_tokens,
-            param="input" if len(entries) == 1 else f"input[{i}]",
-        )
-        for i, entry in enumerate(entries)
-    ]

@@ -31,6 +31,13 @@ class ServerState:
         """The served model a request names (omitting the name means the first, as in vLLM)."""
         return self.registry.route(model)
 
+    def route_generation(self, model: str | None) -> ServedModel:
+        """``route`` for the routes that generate: a sequence classifier is a 400 naming the model (it cannot)."""
+        served = self.route(model)
+        if served.engine.classifier is not None:
+            raise served.engine.classifier.cannot_generate(model or served.name, offline=False)
+        return served
+
 
 STATE = web.AppKey("state", ServerState)
 

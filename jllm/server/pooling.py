@@ -1,0 +1,89 @@
+"""What the routes that run prompts once over share (``embeddings``, ``classify``, ``scores``): the request fields
+vLLM's pooling requests have in common, those refused by name, routing to a base model (a LoRA adapter's name is a
+400: pooling runs the base), and the encoder's work on the model's engine thread in groups of ``max_num_seqs``
+prompts, so a long list of inputs lets generation steps run between the groups.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from jllm.engine import LLMEngine
+from jllm.inputs import InputProcessor, Prompt
+from jllm.server.errors import bad_request
+from jllm.server.registry import ServedModel
+from jllm.server.schemas import _NOTHING, _Request, prompt_list, refuse_unsupported
+from jllm.server.state import ServerState
+
+# Fields of vLLM's pooling requests this server cannot honour: (the values that ask for nothing, why more is refused)
+UNSUPPORTED_POOLING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "priority": ((None, 0), "is not supported: this server schedules first come, first served"),
+    "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
+    "padding": ((None, "do_not_pad"), "is not supported: inputs are run unpadded"),
+    "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
+}
+
+
+class PoolingRequest(_Request):
+    """vLLM's ``PoolingBasicRequestMixin`` and its ``use_activation``."""
+
+    model: str | None = None
+    user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
+    request_id: str | None = None  # the response's id when no X-Request-Id header names one
+    truncate_prompt_tokens: int | None = None  # keep the last k tokens of each prompt (-1: the context length)
+    use_activation: bool | None = None  # None: true
+    cache_salt: str | None = Field(None, min_length=1, max_length=1024)  # these never read the prefix cache
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported_pooling(cls, data: Any) -> Any:
+        return refuse_unsupported(data, UNSUPPORTED_POOLING_FIELDS)
+
+
+def pooling_model(state: ServerState, model: str | None) -> ServedModel:
+    """The served model a pooling request names; a LoRA adapter's name is a 400 naming the base model."""
+    served = state.route(model)
+    if state.registry.lora_for(model) is not None:
+        raise bad_request(
+            f"model `{model}` is a LoRA adapter; embeddings, classes and scores are the base model's: name "
+            f"`{served.name}`",
+            param="model",
+        )
+    return served
+
+
+def input_prompts(
+    inputs: InputProcessor,
+    value: str | list[str] | list[int] | list[list[int]],
+    add_special_tokens: bool,
+    truncate_prompt_tokens: int | None,
+) -> list[Prompt]:
+    """An ``input`` field's prompts through the input door (run on ``HostWork``: long inputs take a while to
+    encode); a bad one is a 400 naming ``input`` or its index."""
+    entries = prompt_list(value, "input")
+    return [
+        inputs.process_whole(
+            entry,
+            add_special_tokens=add_special_tokens,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            param="input" if len(entries) == 1 else f"input[{i}]",
+        )
+        for i, entry in enumerate(entries)
+    ]
+
+
+async def in_groups[T](
+    served: ServedModel, prompts: Sequence[Sequence[int]], work: Callable[[LLMEngine, list[Sequence[int]]], list[T]]
+) -> list[T]:
+    """``work(engine, group)`` on the engine thread for each group of at most ``max_num_seqs`` prompts, in order."""
+    group = served.entry.config.scheduler.max_num_seqs
+    results: list[T] = []
+    for start in range(0, len(prompts), group):
+        chunk = list(prompts[start : start + group])
+        results += await served.engine.call(lambda engine, chunk=chunk: work(engine, chunk))
+    return results
