@@ -6,7 +6,7 @@ step() {  # step NAME SECONDS COMMAND...: one measurement, its log in $QOUT/NAME
     local name=$1 limit=$2
     shift 2
     echo "== $(date +%T) $name"
-    timeout "$limit" "$@" > "$QOUT/$name.log" 2>&1
+    timeout -k 10 "$limit" "$@" > "$QOUT/$name.log" 2>&1
     echo "== $(date +%T) $name exit $?"
     tail -n 12 "$QOUT/$name.log"
 }
@@ -16,22 +16,20 @@ export PYTHONPYCACHEPREFIX=/tmp/pyc  # the image ships no .pyc: imports compile 
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
 
-# Every kernel path against the float32 reference first (sinks for gpt-oss landed 2026-12-05, checked only on the CPU).
-step check_kernels 420 python scripts/check_kernels.py --json "$QOUT/check_kernels.json"
-# Issue 20: bf16 TPOT after two sessions of model changes (LoRA slots, sinks, new families) with no GPU run.
-step bf16_latency 300 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat.json"
-# Issue 20: start-up, cold and warm (goal 30 s / 8 s); the ten longest compiles say whether big forwards dominate.
-step startup 420 python scripts/profile_startup.py --config $BF16 --warm-runs 2 --json "$QOUT/startup.json"
-# Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250 ms, TPOT p50 8 ms): the long
-# prefill cap (vLLM's long_prefill_token_threshold) against none, each on a fresh server.
-for cap in 0 256 512; do
-    python -m jllm serve --config $BF16 --port 8100 --long-prefill-token-threshold $cap > "$QOUT/serve_cap$cap.log" 2>&1 &
-    server=$!
-    for _ in $(seq 120); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
-    step "serving_cap$cap" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
-        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_cap$cap.json"
-    kill "$server"; wait "$server"
+# Every kernel path against the float32 reference, when CHECK_KERNELS=1: 74 / 74 on 2026-12-05 (sinks included), so
+# run it again only after a kernel changes.
+if [[ ${CHECK_KERNELS:-0} == 1 ]]; then
+    step check_kernels 420 python scripts/check_kernels.py --json "$QOUT/check_kernels.json"
+fi
+# Issue 21: FP8 128 in / 2048 out ran below 8.2k output tok/s (2026-12-05), where 256 sequences at ~1.1k tokens
+# should stream ~37 GB of K/V and 8 GB of weights a step (~11 ms, ~24k tok/s): where does such a step's time go?
+for quant in fp8 null; do
+    step "long_decode_$quant" 420 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 64,256 --prompt 1024 --max-model-len 2048 --steps 20 \
+        --set quantization=$quant --json "$QOUT/long_decode_$quant.json"
 done
+# Issue 20: warm start-up after jinja2 left the import (8.38 s on 2026-12-05; goal 8 s).
+step startup 420 python scripts/profile_startup.py --config $BF16 --warm-runs 2 --json "$QOUT/startup.json"
 # Issue 21: FP8 KV cache at long context against the model-dtype pool, batch 64 x 8k.
 for kv in auto fp8; do
     step "kv_$kv" 420 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 64 --input-len 8000 \
