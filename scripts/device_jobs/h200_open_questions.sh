@@ -23,10 +23,13 @@ if [[ ${CHECK_KERNELS:-0} == 1 ]]; then
 fi
 # Issue 21: FP8 128 in / 2048 out ran below 8.2k output tok/s (2026-12-05), where 256 sequences at ~1.1k tokens
 # should stream ~37 GB of K/V and 8 GB of weights a step (~11 ms, ~24k tok/s): where does such a step's time go?
-for quant in fp8 null; do
-    step "long_decode_$quant" 420 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+# Suspect: below fp8_dot_min_tokens (512) the weights are widened to bf16 for XLA's dot, which at 256 rows may be
+# materialised (16 GB written and read again) rather than fused; FP8 x FP8 for every step beat it at batch 32.
+for run in "fp8 quantization=fp8" "fp8_dot quantization=fp8 --set fp8_dot_min_tokens=1" "bf16 quantization=null"; do
+    name=${run%% *}
+    step "long_decode_$name" 420 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 64,256 --prompt 1024 --max-model-len 2048 --steps 20 \
-        --set quantization=$quant --json "$QOUT/long_decode_$quant.json"
+        --set ${run#* } --json "$QOUT/long_decode_$name.json"
 done
 # Issue 20: warm start-up after jinja2 left the import (8.38 s on 2026-12-05; goal 8 s).
 step startup 420 python scripts/profile_startup.py --config $BF16 --warm-runs 2 --json "$QOUT/startup.json"
