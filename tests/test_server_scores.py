@@ -159,6 +159,7 @@ def test_rerank_sorts_by_relevance_and_keeps_the_top_n(server, engines) -> None:
             {"model": "cls", "messages": [{"role": "user", "content": "hi"}]},
             "cannot generate text; use POST /classify$",
         ),
+        ("/v1/responses", {"model": "ce", "input": "hi"}, "model `ce` is a sequence classifier"),
     ],
 )
 def test_a_model_of_the_wrong_kind_is_a_400_naming_it(server, engines, path, body, message) -> None:
