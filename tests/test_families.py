@@ -189,6 +189,25 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Conv1D weights ([in, out]), multi-head c_attn of all queries, then K, then V; untied, as GPT-BigCode's. TP 2:
     # the only family whose sharded slices are read untransposed
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
+    # learned positions, separate bias-free q/k/v, unscaled scores; a global layer, then a local one
+    "gpt_neo": (
+        "GPTNeoForCausalLM",
+        None,
+        dict(
+            num_key_value_heads=None,
+            attention_types=[[["global", "local"], 1]],
+            window_size=WINDOW,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    # GPT-J's layout with the fused qkv_proj in four shards, two of the eight heads in each
+    "codegen": (
+        "CodeGenForCausalLM",
+        None,
+        dict(num_attention_heads=8, num_key_value_heads=None, head_dim=None, rotary_dim=4, n_inner=96),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -800,6 +819,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
+        (
+            "GPTNeoForCausalLM",
+            {"num_heads": 4, "num_layers": 2, "attention_types": [[["global", "local"], 2]]},
+            "GPT-Neo attention_types=.*not supported.*num_layers=2 layers",
+        ),
+        (
+            "CodeGenForCausalLM",
+            {"n_embd": 64, "n_head": 2, "n_layer": 2, "rotary_dim": 8},
+            "CodeGen n_head=2 is not supported.*multiple of 4",
+        ),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),

@@ -32,6 +32,8 @@ from jllm.quantization import QuantScheme
 # Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or
 # weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
 NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
+# the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
+CODEGEN_SHARDS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +41,9 @@ class WeightMap:
     """Where the checkpoint keeps each of our parameters.
 
     ``qkv``: the tensors our fused QKV is read from and their layout: "separate" (``q_proj``, ``k_proj``,
-    ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3) or "grouped" (one tensor, per KV
-    head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon). ``gate_up``
+    ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3), "grouped" (one tensor, per KV
+    head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon) or "codegen"
+    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:

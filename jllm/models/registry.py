@@ -11,7 +11,17 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM
-from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mixtures, multimodal, relu_mlp
+from jllm.models.families import (
+    deepseek,
+    gemma,
+    gpt_oss,
+    gpt_variants,
+    layer_norm,
+    llama,
+    mixtures,
+    multimodal,
+    relu_mlp,
+)
 from jllm.models.model_args import ModelArgs
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
@@ -46,6 +56,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GPTJForCausalLM": layer_norm.gptj,
     "GPTBigCodeForCausalLM": layer_norm.gpt_bigcode,
     "GPT2LMHeadModel": layer_norm.gpt2,
+    "GPTNeoForCausalLM": gpt_variants.gpt_neo,
+    "CodeGenForCausalLM": gpt_variants.codegen,
     "StableLmForCausalLM": layer_norm.stablelm,
     "Starcoder2ForCausalLM": layer_norm.starcoder2,
     "CohereForCausalLM": layer_norm.cohere,

@@ -146,7 +146,7 @@ def phi(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
-def _gpt2_names(cfg: dict[str, Any], kv_heads: int) -> dict[str, Any]:
+def gpt2_names(cfg: dict[str, Any], kv_heads: int) -> dict[str, Any]:
     """GPT-2's config names (``n_embd``, ``n_head``, ``n_layer``, ``n_inner``, ``n_positions``,
     ``layer_norm_epsilon``; GPT-J, GPT-BigCode) as ``base_args`` reads them."""
     heads, hidden = cfg["n_head"], cfg["n_embd"]
@@ -167,30 +167,38 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GPT-J: attention (no biases) and a plain gelu MLP (``fc_in`` / ``fc_out``, biased) side by side off one
     LayerNorm, the rotary on the first ``rotary_dim`` channels of each head in neighbouring pairs (theta 10000), an LM
     head with a bias. GPT-2's config names (``n_embd``, ``n_head``, ``n_layer``, ``n_inner``, ``n_positions``)."""
-    _refuse_tied_biased_head(cfg, "GPT-J", "GPT-J-6B and its fine-tunes")
+    return gptj_layout(cfg, dtype, "GPT-J", "GPT-J-6B and its fine-tunes", WeightMap(rename=(("o_proj", "out_proj"),)))
+
+
+def gptj_layout(cfg: dict[str, Any], dtype: Any, family: str, models: str, attention: WeightMap) -> ModelArgs:
+    """GPT-J's decoder, which CodeGen keeps; ``attention``: where the checkpoint keeps q/k/v and the output
+    projection (``qkv``, ``qkv_layout`` and its renames), the rest named as GPT-J's."""
+    _refuse_tied_biased_head(cfg, family, models)
     heads, hidden, rotary = cfg["n_head"], cfg["n_embd"], cfg.get("rotary_dim")
     if not rotary or rotary % 2 or rotary > hidden // heads:
         raise ValueError(
-            f"GPT-J rotary_dim={rotary!r} is not supported (supported: the rotated channels of each "
+            f"{family} rotary_dim={rotary!r} is not supported (supported: the rotated channels of each "
             "head, an even number up to n_embd / n_head, as GPT-J-6B's 64)"
         )
-    cfg = _gpt2_names(cfg, heads)  # always multi-head
+    cfg = gpt2_names(cfg, heads)  # always multi-head
     base = base_args(cfg, dtype)
     rope = Rope(10000.0, rotary, interleaved=True)
-    rename = (("embed_tokens", "wte"), ("layers", "h"), ("self_attn", "attn"), ("o_proj", "out_proj"))
+    rename = (("embed_tokens", "wte"), ("layers", "h"), ("self_attn", "attn"))
     return ModelArgs(
         **base,
         layers=(LayerSpec(rope),) * base["num_layers"],
         norm="layer",
         mlp_bias=True,
         mlp_gated=False,
-        mlp_act=activation(cfg, "activation_function", "gelu_new", "GPT-J"),
+        mlp_act=activation(cfg, "activation_function", "gelu_new", family),
         parallel_residual=True,
         shared_input_norm=True,
         lm_head_bias=True,
-        weights=WeightMap(
+        weights=dataclasses.replace(
+            attention,
             rename=(
                 *rename,
+                *attention.rename,
                 ("input_layernorm", "ln_1"),
                 ("up_proj", "fc_in"),
                 ("down_proj", "fc_out"),
@@ -237,7 +245,7 @@ def learned_positions_decoder(
     unscaled where ``scale_attn_weights`` is off. Cross-attention (``add_cross_attention``) is refused."""
     if cfg.get("add_cross_attention"):
         raise ValueError(f"{family} add_cross_attention=True is not supported (supported: False, a decoder-only model)")
-    cfg = _gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, kv_heads)
+    cfg = gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, kv_heads)
     base = base_args(cfg, dtype)
     rename = (("embed_tokens", "wte"), ("embed_positions", "wpe"), ("layers", "h"), ("self_attn", "attn"))
     norms = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"), ("norm", "ln_f"))
