@@ -30,20 +30,23 @@ BACKENDS = ("reference", "pallas", "triton-prefill")
 _KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
-def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None, head_dim: int | None = None) -> str:
+def resolve_backend(
+    name: str, platform: str, pool_dtype: DTypeLike = None, head_dim: int | None = None, alibi: bool = False
+) -> str:
     """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype and
-    head width.
+    head width, and whether the model's attention adds ALiBi's position bias.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
     "pallas") and the reference everywhere else. The jax-triton prefill kernel does not read an FP8 pool, so with one
     "auto" takes "pallas" and "triton-prefill" is refused. Both kernels tile a head's channels in one power-of-two
     block, so a pool head of another width (DeepSeek's latent, 512 + 64) takes the reference, and the kernels are
-    refused for it.
+    refused for it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW): such a model takes it, and the
+    kernels are refused for it.
     """
     fp8 = pool_dtype is not None and is_fp8(pool_dtype)
     kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
     if name == "auto":
-        if platform not in _KERNEL_PLATFORMS or not kernel_width:
+        if platform not in _KERNEL_PLATFORMS or not kernel_width or alibi:
             return "reference"
         return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
     if name not in BACKENDS:
@@ -52,6 +55,11 @@ def resolve_backend(name: str, platform: str, pool_dtype: DTypeLike = None, head
         raise ValueError(
             f"attention_backend={name!r} needs a KV pool head width that is a power of two >= 16, not {head_dim} "
             "(DeepSeek's latent attention); use attention_backend 'auto' or 'reference'"
+        )
+    if name != "reference" and alibi:
+        raise ValueError(
+            f"attention_backend={name!r} does not add ALiBi's position bias, which this model's attention needs "
+            "(Bloom, MPT, Falcon with alibi); use attention_backend 'auto' or 'reference'"
         )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
@@ -93,14 +101,20 @@ def paged_attention(
     soft_cap: float | None = None,
     sliding_window: int | None = None,
     sinks: jax.Array | None = None,  # [num_q_heads]
+    alibi_slopes: jax.Array | None = None,  # [num_q_heads]
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, head_dim]``, the updated pool).
 
     Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only. A step has
     prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S). ``sinks``:
     gpt-oss's per-head logits that join each row's softmax denominator (every backend takes them; under tensor
-    parallelism they split with the query heads).
+    parallelism they split with the query heads). ``alibi_slopes``: ALiBi's per-head slopes of the position bias,
+    split likewise; the reference alone adds it (``resolve_backend`` picks it for such models).
     """
+    if alibi_slopes is not None and meta.backend != "reference":
+        raise ValueError(
+            f"attention backend {meta.backend!r} does not add ALiBi's position bias; ALiBi models need 'reference'"
+        )
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
     if meta.backend == "reference":
         attend = functools.partial(
@@ -124,28 +138,30 @@ def paged_attention(
     else:
         raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")
     inputs = [q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc]
-    if sinks is not None:  # a positional input, so that shard_map splits it
-        inputs.append(sinks)
-        attend = _sinks_positional(attend)
+    per_head = {name: x for name, x in (("sinks", sinks), ("alibi_slopes", alibi_slopes)) if x is not None}
+    if per_head:  # positional inputs, so that shard_map splits them
+        inputs.extend(per_head.values())
+        attend = _per_head_positional(attend, tuple(per_head))
     if meta.mesh is not None and meta.mesh.size > 1:
         heads = PartitionSpec(None, TP_AXIS)  # q [T, Hq, D] and the pool [2, Hkv, ...] split by heads
-        in_specs = (heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec(TP_AXIS))
+        in_specs = (heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec())
         attend = jax.shard_map(
             attend,
             mesh=meta.mesh,
-            in_specs=in_specs[: len(inputs)],
+            in_specs=(*in_specs, *[PartitionSpec(TP_AXIS)] * len(per_head)),
             out_specs=heads,
             check_vma=False,  # neither the kernel's out_shape nor the reference's loop carry names varying axes
         )
     return attend(*inputs), kv_pages
 
 
-def _sinks_positional(attend: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-    """``attend`` taking the sinks ``[Hq]`` as its sixth positional argument instead of a keyword."""
+def _per_head_positional(attend: Callable[..., jax.Array], names: tuple[str, ...]) -> Callable[..., jax.Array]:
+    """``attend`` taking its per-query-head keywords (``names``: the sinks, ALiBi's slopes, each ``[Hq]``) as
+    positional arguments after its five."""
 
     def call(
-        q: jax.Array, kv_pages: jax.Array, kv_lens: jax.Array, tables: jax.Array, qsl: jax.Array, sinks: jax.Array
+        q: jax.Array, kv_pages: jax.Array, kv_lens: jax.Array, tables: jax.Array, qsl: jax.Array, *per_head: jax.Array
     ) -> jax.Array:
-        return attend(q, kv_pages, kv_lens, tables, qsl, sinks=sinks)
+        return attend(q, kv_pages, kv_lens, tables, qsl, **dict(zip(names, per_head, strict=True)))
 
     return call

@@ -140,7 +140,8 @@ def _worker(
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
     spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
     # before any allocation
-    backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype, spec.head_dim)
+    alibi = args.alibi_slopes is not None
+    backend = resolve_backend(config.model.attention_backend, jax.default_backend(), dtype, spec.head_dim, alibi)
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     num_pages = _num_pages(config, spec, loaded, lora)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)

@@ -95,6 +95,7 @@ def ref_ragged_paged_attention(
     k_scale: Scale = 1.0,
     v_scale: Scale = 1.0,
     sinks: jax.Array | None = None,  # [num_q_heads]
+    alibi_slopes: jax.Array | None = None,  # [num_q_heads]
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
     """Causal attention of a ragged batch of new tokens over their sequences' paged K/V.
 
@@ -106,16 +107,20 @@ def ref_ragged_paged_attention(
     sequence into blocks of that many rows. An FP8 pool's pages are dequantized (``kv_quant.dequantize`` with
     ``k_scale`` / ``v_scale``) to float32 as each chunk is gathered. ``sinks`` (gpt-oss's attention sinks): a
     logit per query head that joins each of its rows' softmax denominators and adds no value, so a row's weights
-    sum to less than one (a row that sees no key comes out 0, as without sinks).
+    sum to less than one (a row that sees no key comes out 0, as without sinks). ``alibi_slopes`` (ALiBi: Bloom, MPT,
+    Falcon-RW): each query head's score of key column c from row i gains ``slope * (c - i)``, after the scale and any
+    soft-cap; the linear bias in the key's absolute position that transformers adds differs from it by a constant per
+    row, which the softmax ignores.
     """
     _validate(q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block, sinks)
+    _validate_per_head("alibi_slopes", alibi_slopes, q)
     num_tokens = q.shape[0]
     num_seqs = block_tables.shape[0]
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
     attend = functools.partial(
         _attend_blocks, q, kv_pages, kv_lens, block_tables, query_start_loc,
         sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=(k_scale, v_scale),
-        sinks=sinks,
+        sinks=sinks, alibi_slopes=alibi_slopes,
     )  # fmt: skip
     out = jnp.zeros_like(q)  # [T, Hq, D]; rows no item owns (padding) stay exactly zero
     if q_block is not None:
@@ -147,6 +152,7 @@ def _attend_blocks(
     sliding_window: int | None,
     kv_scales: tuple[Scale, Scale],
     sinks: jax.Array | None,  # [Hq]
+    alibi_slopes: jax.Array | None,  # [Hq]
 ) -> jax.Array:  # [T, Hq, D], ``out`` with these sequences' rows written
     """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows.
 
@@ -177,6 +183,7 @@ def _attend_blocks(
         res = _attend_items(
             q_items, block_tables[seq], last_col, kv_pages, chunk_pages,
             sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=kv_scales, sinks=sinks,
+            alibi_slopes=alibi_slopes,
         )  # fmt: skip
         return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, head_dim), mode="drop")
 
@@ -197,6 +204,7 @@ def _attend_items(
     sliding_window: int | None,
     kv_scales: tuple[Scale, Scale],  # K's and V's, for an FP8 pool
     sinks: jax.Array | None,  # [Hq]
+    alibi_slopes: jax.Array | None,  # [Hq]
 ) -> jax.Array:  # [B, bq, Hq, D] in q's dtype
     """Attention of a few work items over their sequences' pages, one chunk of pages at a time; fp32 softmax.
 
@@ -209,6 +217,8 @@ def _attend_items(
     out_dtype = q.dtype
     _, num_kv_heads, num_pages, page_size, _ = kv_pages.shape
     group = num_q_heads // num_kv_heads
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.astype(jnp.float32).reshape(num_kv_heads, 1, group)  # query head h = KV head * G + g
     pages = jnp.pad(pages, ((0, 0), (0, -pages.shape[1] % chunk_pages)))  # i32[B, C * chunk_pages], pad -> page 0
     chunk_len = chunk_pages * page_size
     num_chunks = jnp.clip(jnp.max(last_col) // chunk_len + 1, 0, pages.shape[1] // chunk_pages)  # i32[], dynamic
@@ -236,6 +246,9 @@ def _attend_items(
         if soft_cap is not None:
             logits = soft_cap * jnp.tanh(logits / soft_cap)
         col = c * chunk_len + jnp.arange(chunk_len, dtype=jnp.int32)  # i32[L]
+        if alibi_slopes is not None:  # slope times the key's distance back from the row, [Hkv, 1, G, 1, 1] x [B, bq, L]
+            distance = (col - last_col[:, :, None]).astype(jnp.float32)  # f32[B, bq, L], <= 0 where visible
+            logits = logits + slopes[:, :, :, None, None] * distance[None, :, None]
         visible = col <= last_col[:, :, None]  # bool[B, bq, L]
         if sliding_window is not None:
             visible &= col > (last_col - sliding_window)[:, :, None]
@@ -312,9 +325,14 @@ def _validate(
     _validate_q_and_kv(q, kv_pages)
     _validate_metadata(kv_lens, block_tables, query_start_loc)
     _validate_options(soft_cap, sliding_window, q_block)
-    if sinks is not None and (sinks.shape != q.shape[1:2] or not jnp.issubdtype(sinks.dtype, jnp.floating)):
+    _validate_per_head("sinks", sinks, q)
+
+
+def _validate_per_head(name: str, values: jax.Array | None, q: jax.Array) -> None:
+    """A per-query-head input (the sinks, ALiBi's slopes): floating point, one value per query head."""
+    if values is not None and (values.shape != q.shape[1:2] or not jnp.issubdtype(values.dtype, jnp.floating)):
         raise ValueError(
-            f"sinks must be floating point [num_q_heads={q.shape[1]}], got {sinks.dtype}{list(sinks.shape)}"
+            f"{name} must be floating point [num_q_heads={q.shape[1]}], got {values.dtype}{list(values.shape)}"
         )
 
 

@@ -208,6 +208,23 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(num_attention_heads=8, num_key_value_heads=None, head_dim=None, rotary_dim=4, n_inner=96),
         [],
     ),
+    # ALiBi (the reference attention's linear bias), a LayerNorm on the embeddings, per-head fused query_key_value.
+    # TP 2: the slopes split with the query heads
+    "bloom": ("BloomForCausalLM", None, dict(num_key_value_heads=None, head_dim=None, tie_word_embeddings=False), [2]),
+    # MPT's slopes, bias-free LayerNorms and linears, a clip_qkv that cuts
+    "mpt": (
+        "MptForCausalLM",
+        None,
+        dict(num_key_value_heads=None, head_dim=None, attn_config=dict(clip_qkv=3.0), tie_word_embeddings=False),
+        [],
+    ),
+    # Falcon-RW's layout: ALiBi (Bloom's slopes over head_dim ** 0.5), sequential multi-head layers with biases
+    "falcon_rw": (
+        "FalconForCausalLM",
+        None,
+        dict(head_dim=None, alibi=True, multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -816,7 +833,17 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
-        ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
+        (
+            "BloomForCausalLM",
+            {"n_head": 4, "n_layer": 2, "apply_residual_connection_post_layernorm": True},
+            "Bloom apply_residual_connection_post_layernorm=True is not supported",
+        ),
+        (
+            "MptForCausalLM",
+            {"d_model": 64, "n_heads": 4, "n_layers": 2, "attn_config": {"qk_ln": True}},
+            "MPT attn_config.qk_ln=True is not supported.*False",
+        ),
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
         (
@@ -858,7 +885,6 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
             "llama_4_scaling_beta=None, original_max_position_embeddings=None is not supported",
         ),
-        ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
         ("GPTNeoXForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*gelu"),
         ("LlamaForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*silu"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
@@ -1031,3 +1057,21 @@ def test_phi_and_stablelm_rotary_fractions_default_as_transformers_reads_them():
     hub = phi(dict(TINY_CONFIG, partial_rotary_factor=0.4, rope_theta=500.0), np.float32).layers[0].rope
     new = phi(dict(TINY_CONFIG, rope_parameters={"rope_theta": 500.0, "partial_rotary_factor": 0.4}), np.float32)
     assert hub == new.layers[0].rope and hub.rotary_dim == 6
+
+
+@pytest.mark.parametrize("heads", [4, 6, 12, 32, 40])
+def test_alibi_slopes_are_transformers_for_any_head_count(heads):
+    """Bloom's (and Falcon-RW's) and MPT's slopes, heads a power of two or not (the extra heads' interleaved
+    series), against the biases transformers builds (each head's bias one slope per position), to float32's rounding."""
+    import torch
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+    from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
+
+    from jllm.models.families.common import bloom_slopes, mpt_slopes
+
+    bloom = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), heads, torch.float32)[:, 0, 1]  # position 1
+    ulp = np.finfo(np.float32).eps  # torch's float32 pow rounds some powers the other way
+    np.testing.assert_allclose(np.float32(bloom_slopes(heads)), bloom.numpy(), rtol=ulp, atol=0)
+    for bias_max in (8, 16):
+        mpt = -build_mpt_alibi_tensor(heads, 2, bias_max)[:, 0, 0]  # position -1
+        np.testing.assert_allclose(np.float32(mpt_slopes(heads, bias_max)), mpt.numpy(), rtol=ulp, atol=0)

@@ -85,6 +85,7 @@ class Attention(nnx.Module):
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
             sinks=None if self.sinks is None else self.sinks[...],
+            alibi_slopes=None if a.alibi_slopes is None else jnp.asarray(a.alibi_slopes, jnp.float32),
         )
         out = out.reshape(t, a.num_heads * a.head_dim)
         y = self.o_proj(out)
@@ -170,6 +171,7 @@ class CausalLM(nnx.Module):
             if args.learned_positions
             else None
         )
+        self.embed_norm = args.make_norm() if args.embed_norm else None
         self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
         self.norm = args.make_norm()
         self.lm_head = (
@@ -211,6 +213,8 @@ class CausalLM(nnx.Module):
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         states = [x]
         new_caches = []
         for i, (layer, kv_pages) in enumerate(zip(self.layers, kv_caches, strict=True)):

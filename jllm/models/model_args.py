@@ -7,8 +7,9 @@ A family is only what differs: attention kind (grouped-query, or DeepSeek's mult
 heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits scales), learned positions
 (OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP),
 MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
-too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, per-layer sliding windows,
-Llama 4's per-layer q/k norms and query temperature, and the checkpoint's tensor names.
+too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
+embeddings, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, and the checkpoint's
+tensor names.
 
 Where this module sits: docs/architecture.md.
 """
@@ -130,7 +131,11 @@ class ModelArgs:
     experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
     experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
     attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
+    # ALiBi (Bloom, MPT, Falcon-RW): per query head, the slope of a score bias linear in the key's distance back from
+    # the query (in place of rotary or learned positions); only the reference attention adds it
+    alibi_slopes: tuple[float, ...] | None = None
     embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
+    embed_norm: bool = False  # a norm on the embeddings before the first layer (Bloom's word_embeddings_layernorm)
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
     residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
     attn_softcap: float | None = None

@@ -12,6 +12,7 @@ from flax import nnx
 
 from jllm.models.decoder import CausalLM
 from jllm.models.families import (
+    alibi,
     deepseek,
     gemma,
     gpt_oss,
@@ -79,6 +80,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
     "GptOssForCausalLM": gpt_oss.gpt_oss,
+    "BloomForCausalLM": alibi.bloom,
+    "MptForCausalLM": alibi.mpt,
 }
 
 

@@ -11,7 +11,16 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    bloom_slopes,
+    layer_windows,
+    read_rope,
+    uniform,
+)
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.rope import Rope
 
@@ -56,12 +65,9 @@ def gpt_neox(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Falcon: multi-query (``multi_query``) or grouped (``new_decoder_architecture`` with ``num_kv_heads``) heads in
     one fused ``query_key_value``, attention and MLP in parallel (one shared norm or ``ln_attn`` / ``ln_mlp``) or
-    sequential, optional biases, a plain gelu MLP. ALiBi is refused."""
-    if cfg.get("alibi"):
-        raise ValueError(
-            "Falcon alibi=True is not supported (supported: alibi=False, rotary position embeddings, as in "
-            "Falcon-7B/40B/180B and Falcon-11B)"
-        )
+    sequential, optional biases, a plain gelu MLP. Rotary positions, or with ``alibi`` (Falcon-RW) Bloom's ALiBi
+    slopes scaled by ``head_dim ** -0.5`` as transformers scales the bias (which rounds it to bfloat16 first: exact
+    for slopes that are powers of two and positions below 256, ours is float32 as vLLM's)."""
     heads = cfg["num_attention_heads"]
     new_arch = bool(cfg.get("new_decoder_architecture", False))
     if new_arch:
@@ -79,6 +85,9 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
     base, layers = uniform(cfg, dtype, FULL)
+    alibi = bool(cfg.get("alibi"))
+    if alibi:
+        layers = (LayerSpec(None),) * base["num_layers"]
     parallel = new_arch or bool(cfg.get("parallel_attn", True))
     two_norms = new_arch and (cfg.get("num_ln_in_parallel_attn") or 2) == 2
     norms = (("input_layernorm", "ln_attn"), ("post_attention_layernorm", "ln_mlp")) if two_norms else ()
@@ -95,6 +104,7 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mlp_act=activation(cfg, "activation", "gelu", "Falcon"),
         parallel_residual=parallel,
         shared_input_norm=parallel and not two_norms,
+        alibi_slopes=tuple(s * base["head_dim"] ** -0.5 for s in bloom_slopes(heads)) if alibi else None,
         weights=WeightMap(
             qkv=("query_key_value",),
             qkv_layout="grouped",
