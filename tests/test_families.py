@@ -225,6 +225,20 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(head_dim=None, alibi=True, multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
         [],
     ),
+    # fixed sinusoidal positions two rows on, embeddings times sqrt(d_model); untied (tied, the random model repeats)
+    "xglm": (
+        "XGLMForCausalLM",
+        None,
+        dict(num_key_value_heads=None, head_dim=None, ffn_dim=96, pad_token_id=1, tie_word_embeddings=False),
+        [],
+    ),
+    # learned positions two rows on, embeddings times sqrt(hidden), the head named output_projection
+    "biogpt": (
+        "BioGptForCausalLM",
+        None,
+        dict(num_key_value_heads=None, head_dim=None, pad_token_id=1, tie_word_embeddings=False),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -855,6 +869,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "CodeGenForCausalLM",
             {"n_embd": 64, "n_head": 2, "n_layer": 2, "rotary_dim": 8},
             "CodeGen n_head=2 is not supported.*multiple of 4",
+        ),
+        (
+            "XGLMForCausalLM",
+            {"d_model": 64, "attention_heads": 4, "num_layers": 2, "ffn_dim": 96, "pad_token_id": 5},
+            "XGLM pad_token_id=5 is not supported.*0 or 1",
         ),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
-from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param
+from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
@@ -213,6 +213,8 @@ class CausalLM(nnx.Module):
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
+        if self.args.sinusoidal_positions:
+            x = x + sinusoidal_positions(positions + self.args.position_offset, x.shape[-1]).astype(x.dtype)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         states = [x]

@@ -147,7 +147,10 @@ class ModelArgs:
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
     learned_positions: bool = False
-    position_offset: int = 0  # learned positions: position p reads row p + offset of a table that much longer (OPT's 2)
+    # fairseq's fixed sin / cos position embeddings added to the token's (XGLM), computed, not read
+    sinusoidal_positions: bool = False
+    # learned or sinusoidal positions: position p reads row p + offset (of a table that much longer: OPT's, XGLM's 2)
+    position_offset: int = 0
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)

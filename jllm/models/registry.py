@@ -14,6 +14,7 @@ from jllm.models.decoder import CausalLM
 from jllm.models.families import (
     alibi,
     deepseek,
+    fairseq,
     gemma,
     gpt_oss,
     gpt_variants,
@@ -82,6 +83,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GptOssForCausalLM": gpt_oss.gpt_oss,
     "BloomForCausalLM": alibi.bloom,
     "MptForCausalLM": alibi.mpt,
+    "XGLMForCausalLM": fairseq.xglm,
+    "BioGptForCausalLM": fairseq.biogpt,
 }
 
 
