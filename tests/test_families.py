@@ -239,6 +239,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(num_key_value_heads=None, head_dim=None, pad_token_id=1, tie_word_embeddings=False),
         [],
     ),
+    # q/k RMSNorms after the rotary, whose NTK alpha (labelled "dynamic") stretches the base
+    "hunyuan_dense": (
+        "HunYuanDenseV1ForCausalLM",
+        None,
+        dict(rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0}),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -875,6 +882,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"d_model": 64, "attention_heads": 4, "num_layers": 2, "ffn_dim": 96, "pad_token_id": 5},
             "XGLM pad_token_id=5 is not supported.*0 or 1",
         ),
+        ("HunYuanDenseV1ForCausalLM", {"use_cla": True}, "HunYuan use_cla=True is not supported.*False"),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),

@@ -107,6 +107,7 @@ class ModelArgs:
     qk_norm_all_heads: bool = False  # with qk_norm, over all heads' channels at once instead (OLMo 2, OLMoE)
     qk_norm_per_head: bool = False  # with qk_norm, each head its own weight [heads, head_dim] (StableLM, Cohere)
     qk_norm_kind: str | None = None  # the q/k norms' kind (one of NORMS) where it is not ``norm`` (StableLM's)
+    qk_norm_after_rope: bool = False  # with qk_norm, the norms read the rotated q and k (HunYuan's)
     qkv_clip: float | None = None  # q, k and v clipped to [-clip, clip] after the q/k norms (OLMo's clip_qkv)
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)

@@ -33,6 +33,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Ministral3ForCausalLM": llama.ministral3,
     "Qwen2ForCausalLM": llama.qwen2,
     "Qwen3ForCausalLM": llama.qwen3,
+    "HunYuanDenseV1ForCausalLM": llama.hunyuan_dense,
     "SmolLM3ForCausalLM": llama.smollm3,
     "GlmForCausalLM": llama.glm,
     "Glm4ForCausalLM": llama.glm4,
