@@ -246,6 +246,20 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0}),
         [],
     ),
+    # Qwen2.5-VL's and Qwen3-VL's language models, text only: M-RoPE's sections (interleaved in Qwen3-VL) all read
+    # the one position of a text token
+    "qwen2_5_vl_image_text": (
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen2_5_VLConfig",
+        dict(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=1e6),
+        [],
+    ),
+    "qwen3_vl_image_text": (
+        "Qwen3VLForConditionalGeneration",
+        "Qwen3VLConfig",
+        dict(rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -482,6 +496,7 @@ PIXTRAL = dict(
     image_size=28,
     patch_size=14,
 )
+QWEN_VISION = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64)
 IMAGE_TEXT = {
     "gemma3_image_text": dict(
         vision_config=dict(
@@ -511,6 +526,10 @@ IMAGE_TEXT = {
         tie_word_embeddings=False,
     ),
     "mistral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
+    "qwen2_5_vl_image_text": dict(vision_config=dict(QWEN_VISION, fullatt_block_indexes=[0], window_size=28)),
+    "qwen3_vl_image_text": dict(
+        vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
+    ),
     "ministral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
 }
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
@@ -1102,3 +1121,18 @@ def test_alibi_slopes_are_transformers_for_any_head_count(heads):
     for bias_max in (8, 16):
         mpt = -build_mpt_alibi_tensor(heads, 2, bias_max)[:, 0, 0]  # position -1
         np.testing.assert_allclose(np.float32(mpt_slopes(heads, bias_max)), mpt.numpy(), rtol=ulp, atol=0)
+
+
+def test_qwen2_5_vl_hub_config_reads_as_transformers_5_writes_it():
+    """The hub's Qwen2.5-VL configs keep the language model's keys at the top level beside ``vision_config``, its
+    M-RoPE in ``rope_scaling`` (type "mrope"); transformers 5 writes them in ``text_config`` with
+    ``rope_parameters``. Both read as Qwen2 with the plain rotary at their ``rope_theta``, tied as the top says."""
+    from jllm.models.families.multimodal import qwen2_5_vl
+
+    text = dict(TINY_CONFIG, rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+    outer = dict(architectures=["Qwen2_5_VLForConditionalGeneration"], tie_word_embeddings=True, vision_config={})
+    params = {"mrope_section": [2, 3, 3], "rope_theta": 1e6, "rope_type": "default", "type": "mrope"}
+    nested = dict(TINY_CONFIG, rope_parameters=params)
+    hub, new = qwen2_5_vl({**outer, **text}, np.float32), qwen2_5_vl({**outer, "text_config": nested}, np.float32)
+    assert hub == new and hub.tie_word_embeddings and hub.qkv_bias
+    assert hub.layers[0].rope.theta == 1e6 and dict(hub.layers[0].rope.scaling) == {"rope_type": "default"}

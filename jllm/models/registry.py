@@ -53,6 +53,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Gemma3ForConditionalGeneration": multimodal.gemma3,
     "Mistral3ForConditionalGeneration": multimodal.mistral3,
     "Llama4ForConditionalGeneration": multimodal.llama4,
+    "Qwen2_5_VLForConditionalGeneration": multimodal.qwen2_5_vl,
+    "Qwen3VLForConditionalGeneration": multimodal.qwen3_vl,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,

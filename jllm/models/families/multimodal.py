@@ -1,6 +1,7 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4): the language model's
-``text_config`` read by its own family's reader, its tensors under ``language_model.``; the vision tower and projector
-are never read, and prompts are text (the server refuses image parts by name).
+"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, Qwen2.5-VL, Qwen3-VL):
+the language model's ``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Qwen's
+under ``model.``); the vision tower and projector are never read, and prompts are text (the server refuses image
+parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -55,6 +56,44 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mistral 3 image-text: its Mistral (Mistral-Small-3.1/3.2) or Ministral 3 (Ministral-3) language model."""
     return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral, "ministral3": llama.ministral3})
+
+
+# M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text)
+MROPE_KEYS = ("mrope_section", "mrope_interleaved")
+
+
+def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen2.5-VL: its Qwen2 language model, tensors under ``model.`` as the hub keeps them (and transformers saves
+    them)."""
+    return _qwen_vl(cfg, dtype, llama.qwen2, "model.")
+
+
+def qwen3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``."""
+    return _qwen_vl(cfg, dtype, llama.qwen3, "model.language_model.")
+
+
+def _qwen_vl(
+    cfg: dict[str, Any],
+    dtype: Any,
+    reader: Callable[[dict[str, Any], Any], ModelArgs],
+    prefix: str,
+) -> ModelArgs:
+    """A Qwen-VL language model: the ``text_config`` (or, in the hub's older configs, the top level), the head tied
+    as the top level says where the text config does not, and its M-RoPE read as the plain rotary: a text token's
+    temporal, height and width positions are one position, so every channel rotates by it, whichever section it is
+    in."""
+    text = cfg.get("text_config") or {k: v for k, v in cfg.items() if k != "vision_config"}
+    text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", False), **text}
+    rope = {
+        k: v for k, v in (text.get("rope_parameters") or text.get("rope_scaling") or {}).items() if k not in MROPE_KEYS
+    }
+    if rope.get("type") == "mrope":
+        rope.pop("type")
+    if rope.get("rope_type") == "mrope":
+        rope["rope_type"] = "default"
+    args = reader({**text, "rope_scaling": None, "rope_parameters": rope}, dtype)
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, prefix=prefix))
 
 
 def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
