@@ -201,12 +201,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
-    # GPT-J's layout with the fused qkv_proj in four shards, two of the eight heads in each
+    # GPT-J's layout with the fused qkv_proj in four shards, two of the eight heads in each. TP 2: each device's
+    # heads read from two of the shards
     "codegen": (
         "CodeGenForCausalLM",
         None,
         dict(num_attention_heads=8, num_key_value_heads=None, head_dim=None, rotary_dim=4, n_inner=96),
-        [],
+        [2],
     ),
     # ALiBi (the reference attention's linear bias), a LayerNorm on the embeddings, per-head fused query_key_value.
     # TP 2: the slopes split with the query heads
