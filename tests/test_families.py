@@ -255,6 +255,12 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=1e6),
         [],
     ),
+    "qwen2_vl_image_text": (
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2VLConfig",
+        dict(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        [],
+    ),
     "qwen3_vl_image_text": (
         "Qwen3VLForConditionalGeneration",
         "Qwen3VLConfig",
@@ -528,6 +534,9 @@ IMAGE_TEXT = {
     ),
     "mistral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
     "qwen2_5_vl_image_text": dict(vision_config=dict(QWEN_VISION, fullatt_block_indexes=[0], window_size=28)),
+    "qwen2_vl_image_text": dict(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14)
+    ),
     "qwen3_vl_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
     ),

@@ -1,7 +1,7 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, Qwen2.5-VL, Qwen3-VL):
-the language model's ``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Qwen's
-under ``model.``); the vision tower and projector are never read, and prompts are text (the server refuses image
-parts by name).
+"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL): the language model's ``text_config`` read by its own family's reader, its tensors under
+``language_model.`` (Qwen's under ``model.``); the vision tower and projector are never read, and prompts are text
+(the server refuses image parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -63,8 +63,8 @@ MROPE_KEYS = ("mrope_section", "mrope_interleaved")
 
 
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Qwen2.5-VL: its Qwen2 language model, tensors under ``model.`` as the hub keeps them (and transformers saves
-    them)."""
+    """Qwen2-VL and Qwen2.5-VL: their Qwen2 language model, tensors under ``model.`` as the hub keeps them (and
+    transformers saves them)."""
     return _qwen_vl(cfg, dtype, llama.qwen2, "model.")
 
 
