@@ -267,6 +267,17 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
         [],
     ),
+    # HunYuan dense's attention with top-2 of 4 experts beside an ungated shared SwiGLU
+    "hunyuan_moe": (
+        "HunYuanMoEV1ForCausalLM",
+        None,
+        dict(
+            num_experts=4,
+            moe_topk=2,
+            rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0},
+        ),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -478,6 +489,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
 }
 MIXTURES = (
+    "hunyuan_moe",
     "mixtral",
     "qwen3_moe",
     "qwen2_moe",
@@ -912,6 +924,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "XGLM pad_token_id=5 is not supported.*0 or 1",
         ),
         ("HunYuanDenseV1ForCausalLM", {"use_cla": True}, "HunYuan use_cla=True is not supported.*False"),
+        (
+            "HunYuanMoEV1ForCausalLM",
+            {"num_experts": 4, "moe_topk": [2, 1]},
+            r"HunYuan MoE moe_topk=\[2, 1\] is not supported.*one value for every layer",
+        ),
+        (
+            "HunYuanMoEV1ForCausalLM",
+            {"num_experts": 4, "moe_topk": 2, "num_shared_expert": [2, 2]},
+            r"HunYuan MoE num_shared_expert=\[2, 2\] is not supported.*1",
+        ),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
@@ -1146,3 +1168,14 @@ def test_qwen2_5_vl_hub_config_reads_as_transformers_5_writes_it():
     hub, new = qwen2_5_vl({**outer, **text}, np.float32), qwen2_5_vl({**outer, "text_config": nested}, np.float32)
     assert hub == new and hub.tie_word_embeddings and hub.qkv_bias
     assert hub.layers[0].rope.theta == 1e6 and dict(hub.layers[0].rope.scaling) == {"rope_type": "default"}
+
+
+def test_hunyuan_moe_per_layer_lists_read_as_one_value():
+    """Hunyuan-A13B's config gives ``moe_topk``, ``moe_intermediate_size`` and ``num_shared_expert`` per layer, all
+    alike: read as the single values transformers builds."""
+    from jllm.models.families.mixtures import hunyuan_moe
+
+    config = dict(TINY_CONFIG, num_experts=4, moe_topk=2)
+    lists = dict(config, moe_topk=[2, 2], moe_intermediate_size=[96, 96], num_shared_expert=[1, 1])
+    assert hunyuan_moe(lists, np.float32) == hunyuan_moe(config, np.float32)
+    assert hunyuan_moe(config, np.float32).experts_per_token == 2

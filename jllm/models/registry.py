@@ -81,6 +81,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "PhimoeForCausalLM": mixtures.phimoe,
     "Ernie4_5_MoeForCausalLM": mixtures.ernie4_5_moe,
     "Llama4ForCausalLM": mixtures.llama4,
+    "HunYuanMoEV1ForCausalLM": mixtures.hunyuan_moe,
     "DeepseekV2ForCausalLM": deepseek.deepseek_v2,
     "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
