@@ -278,6 +278,24 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Qwen3's attention with V3's router and mixture: layer 0 global and dense, layer 1 sliding and a mixture
+    "dots1": (
+        "Dots1ForCausalLM",
+        None,
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            sliding_window=WINDOW,
+            max_window_layers=1,
+        ),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -489,6 +507,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
 }
 MIXTURES = (
+    "dots1",
     "hunyuan_moe",
     "mixtral",
     "qwen3_moe",
@@ -1179,3 +1198,19 @@ def test_hunyuan_moe_per_layer_lists_read_as_one_value():
     lists = dict(config, moe_topk=[2, 2], moe_intermediate_size=[96, 96], num_shared_expert=[1, 1])
     assert hunyuan_moe(lists, np.float32) == hunyuan_moe(config, np.float32)
     assert hunyuan_moe(config, np.float32).experts_per_token == 2
+
+
+def test_dots1_layers_without_layer_types_slide_as_transformers_says():
+    """A dots.llm1 config without ``layer_types`` (the hub's): the layers from ``max_window_layers`` on slide, as
+    Dots1Config lays them out; ``first_k_dense_replace`` layers are dense."""
+    import transformers
+
+    from jllm.models.families.deepseek import dots1
+
+    config = dict(TINY_CONFIG, num_hidden_layers=4, sliding_window=16, max_window_layers=2, first_k_dense_replace=1)
+    config |= dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+    kinds = transformers.Dots1Config(**config).layer_types
+    args = dots1(config, np.float32)
+    assert [spec.sliding_window for spec in args.layers] == [16 if k == "sliding_attention" else None for k in kinds]
+    assert kinds == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    assert [spec.dense_mlp_size for spec in args.layers] == [96, None, None, None]

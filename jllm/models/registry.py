@@ -85,6 +85,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "DeepseekV2ForCausalLM": deepseek.deepseek_v2,
     "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
+    "Dots1ForCausalLM": deepseek.dots1,
     "GptOssForCausalLM": gpt_oss.gpt_oss,
     "BloomForCausalLM": alibi.bloom,
     "MptForCausalLM": alibi.mpt,
