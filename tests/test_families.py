@@ -296,6 +296,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # OLMo 2's layers with OLMoE's mixture (top-2 of 4, renormalised)
+    "flex_olmo": ("FlexOlmoForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=True), []),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -507,6 +509,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
 }
 MIXTURES = (
+    "flex_olmo",
     "dots1",
     "hunyuan_moe",
     "mixtral",

@@ -76,6 +76,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
     "OlmoeForCausalLM": mixtures.olmoe,
+    "FlexOlmoForCausalLM": mixtures.flex_olmo,
     "GraniteMoeForCausalLM": mixtures.granite_moe,
     "GraniteMoeSharedForCausalLM": mixtures.granite_moe_shared,
     "PhimoeForCausalLM": mixtures.phimoe,

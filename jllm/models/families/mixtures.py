@@ -1,6 +1,6 @@
 """The mixture-of-experts families: a routed mixture of SwiGLU experts (``jllm.models.moe``) in place of each MLP,
 or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4's
-text model, HunYuan MoE).
+text model, HunYuan MoE, FlexOlmo).
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
-from jllm.models.families.llama import granite, hunyuan_dense
+from jllm.models.families.llama import granite, hunyuan_dense, olmo2
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 
@@ -113,6 +113,23 @@ def olmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         experts_per_token=top_k,
         experts_renormalize=bool(cfg.get("norm_topk_prob", False)),
         weights=WeightMap(rename=(("experts", "experts.{e}"),)),
+    )
+
+
+def flex_olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """FlexOlmo: OLMo 2's layers (norms on the blocks' outputs only, q/k RMSNorms over all heads) with OLMoE's
+    mixture in every layer: the top ``num_experts_per_tok`` of ``num_experts`` SwiGLU experts of width
+    ``intermediate_size``, renormalised where ``norm_topk_prob``."""
+    experts, top_k = cfg.get("num_experts", 7), cfg.get("num_experts_per_tok", 5)
+    _check_top_k("FlexOlmo", top_k, experts, "num_experts")
+    dense = olmo2(cfg, dtype)
+    rename = (*dense.weights.rename, ("experts", "experts.{e}"))
+    return dataclasses.replace(
+        dense,
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=bool(cfg.get("norm_topk_prob", False)),
+        weights=dataclasses.replace(dense.weights, rename=rename),
     )
 
 
