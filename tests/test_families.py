@@ -298,6 +298,21 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
     # OLMo 2's layers with OLMoE's mixture (top-2 of 4, renormalised)
     "flex_olmo": ("FlexOlmoForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=True), []),
+    # GLM-4.1V's language model, text only: GLM-4's with M-RoPE on half of each head in neighbouring pairs
+    "glm4v_image_text": (
+        "Glm4vForConditionalGeneration",
+        "Glm4vConfig",
+        dict(
+            head_dim=None,
+            rope_parameters={
+                "rope_type": "default",
+                "mrope_section": [1, 1, 2],
+                "partial_rotary_factor": 0.5,
+                "rope_theta": 10000.0,
+            },
+        ),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -571,6 +586,7 @@ IMAGE_TEXT = {
     "qwen2_vl_image_text": dict(
         vision_config=dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14)
     ),
+    "glm4v_image_text": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28), tie_word_embeddings=False),
     "qwen3_vl_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
     ),

@@ -56,6 +56,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen2VLForConditionalGeneration": multimodal.qwen2_5_vl,
     "Qwen2_5_VLForConditionalGeneration": multimodal.qwen2_5_vl,
     "Qwen3VLForConditionalGeneration": multimodal.qwen3_vl,
+    "Glm4vForConditionalGeneration": multimodal.glm4v,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,

@@ -1,7 +1,7 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL): the language model's ``text_config`` read by its own family's reader, its tensors under
-``language_model.`` (Qwen's under ``model.``); the vision tower and projector are never read, and prompts are text
-(the server refuses image parts by name).
+Qwen3-VL, GLM-4.1V): the language model's ``text_config`` read by its own family's reader, its tensors under
+``language_model.`` (Qwen's and GLM's under ``model.``); the vision tower and projector are never read, and prompts
+are text (the server refuses image parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -65,22 +65,36 @@ MROPE_KEYS = ("mrope_section", "mrope_interleaved")
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen2-VL and Qwen2.5-VL: their Qwen2 language model, tensors under ``model.`` as the hub keeps them (and
     transformers saves them)."""
-    return _qwen_vl(cfg, dtype, llama.qwen2, "model.")
+    return _mrope_language_model(cfg, dtype, llama.qwen2, "model.")
 
 
 def qwen3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``."""
-    return _qwen_vl(cfg, dtype, llama.qwen3, "model.language_model.")
+    return _mrope_language_model(cfg, dtype, llama.qwen3, "model.language_model.")
 
 
-def _qwen_vl(
+# Glm4vTextConfig's defaults where GLM-4's (``llama.glm4``) differ
+GLM4V_TEXT = dict(partial_rotary_factor=1.0, rms_norm_eps=1e-5, max_position_embeddings=32768)
+
+
+def glm4v(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4.1V (``Glm4vForConditionalGeneration``): its GLM-4 language model (sandwich norms, interleaved partial
+    rotary, q/k/v biases) under ``model.language_model.``, with Glm4vTextConfig's defaults."""
+    text = cfg.get("text_config") or {}
+    head_dim = text.get("head_dim") or text.get("hidden_size", 4096) // text.get("num_attention_heads", 32)
+    return _mrope_language_model(
+        {**cfg, "text_config": {**GLM4V_TEXT, "head_dim": head_dim, **text}}, dtype, llama.glm4, "model.language_model."
+    )
+
+
+def _mrope_language_model(
     cfg: dict[str, Any],
     dtype: Any,
     reader: Callable[[dict[str, Any], Any], ModelArgs],
     prefix: str,
 ) -> ModelArgs:
-    """A Qwen-VL language model: the ``text_config`` (or, in the hub's older configs, the top level), the head tied
-    as the top level says where the text config does not, and its M-RoPE read as the plain rotary: a text token's
+    """A Qwen-VL or GLM-V language model: the ``text_config`` (or, in the hub's older configs, the top level), the head
+    tied as the top level says where the text config does not, and its M-RoPE read as the plain rotary: a text token's
     temporal, height and width positions are one position, so every channel rotates by it, whichever section it is
     in."""
     text = cfg.get("text_config") or {k: v for k, v in cfg.items() if k != "vision_config"}
