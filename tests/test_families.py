@@ -313,6 +313,29 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # GLM-4.5V's language model, text only: GLM-4.5's mixture with M-RoPE on half of each head, half-split
+    "glm4v_moe_image_text": (
+        "Glm4vMoeForConditionalGeneration",
+        "Glm4vMoeConfig",
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            attention_bias=True,
+            rope_parameters={
+                "rope_type": "default",
+                "mrope_section": [1, 1, 2],
+                "partial_rotary_factor": 0.5,
+                "rope_theta": 10000.0,
+            },
+        ),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -524,6 +547,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
 }
 MIXTURES = (
+    "glm4v_moe_image_text",
     "flex_olmo",
     "dots1",
     "hunyuan_moe",
@@ -587,6 +611,9 @@ IMAGE_TEXT = {
         vision_config=dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14)
     ),
     "glm4v_image_text": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28), tie_word_embeddings=False),
+    "glm4v_moe_image_text": dict(
+        vision_config=dict(QWEN_VISION, patch_size=14, image_size=28), tie_word_embeddings=False
+    ),
     "qwen3_vl_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
     ),
@@ -847,7 +874,9 @@ def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]
     with torch.no_grad():
         for ids in prompts:
             for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
-                chosen = torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist()
+                chosen = (
+                    torch.topk(logits, model.config.get_text_config().num_experts_per_tok).indices.flatten().tolist()
+                )
                 used.setdefault(layer, set()).update(chosen)
     assert used, "the model recorded no router logits"
     return list(used.values())

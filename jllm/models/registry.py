@@ -57,6 +57,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen2_5_VLForConditionalGeneration": multimodal.qwen2_5_vl,
     "Qwen3VLForConditionalGeneration": multimodal.qwen3_vl,
     "Glm4vForConditionalGeneration": multimodal.glm4v,
+    "Glm4vMoeForConditionalGeneration": multimodal.glm4v_moe,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,

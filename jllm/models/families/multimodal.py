@@ -1,5 +1,5 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL, GLM-4.1V): the language model's ``text_config`` read by its own family's reader, its tensors under
+Qwen3-VL, GLM-4.1V, GLM-4.5V): the language model's ``text_config`` read by its own family's reader, its tensors under
 ``language_model.`` (Qwen's and GLM's under ``model.``); the vision tower and projector are never read, and prompts
 are text (the server refuses image parts by name).
 
@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import gemma, llama, mixtures
+from jllm.models.families import deepseek, gemma, llama, mixtures
 from jllm.models.model_args import ModelArgs
 
 # transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
@@ -85,6 +85,12 @@ def glm4v(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _mrope_language_model(
         {**cfg, "text_config": {**GLM4V_TEXT, "head_dim": head_dim, **text}}, dtype, llama.glm4, "model.language_model."
     )
+
+
+def glm4v_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4.5V (``Glm4vMoeForConditionalGeneration``): its GLM-4.5 language model (``deepseek.glm4_moe``: V3's
+    mixture on grouped-query attention, half-split partial rotary) under ``model.language_model.``."""
+    return _mrope_language_model(cfg, dtype, deepseek.glm4_moe, "model.language_model.")
 
 
 def _mrope_language_model(
