@@ -336,6 +336,21 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # fused Wqkv (GQA) clipped, bias-free LayerNorms, top-2 of 4 experts stored as one 2-D tensor per projection.
+    # TP 2: each device's slice of every expert read row by row from the stored tensors
+    "dbrx": (
+        "DbrxForCausalLM",
+        None,
+        dict(
+            d_model=64,
+            n_heads=4,
+            n_layers=2,
+            max_seq_len=512,
+            attn_config=dict(kv_n_heads=2, clip_qkv=3.0, rope_theta=10000.0),
+            ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2),
+        ),
+        [2],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -547,6 +562,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
 }
 MIXTURES = (
+    "dbrx",
     "glm4v_moe_image_text",
     "flex_olmo",
     "dots1",
@@ -866,18 +882,19 @@ def test_deepseek_pool_keeps_one_latent_head_per_device():
 
 
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
-    """Per layer with a router, the experts of the best router logits for any token of ``prompts``."""
+    """Per layer with a router, the experts of the best router logits for any token of ``prompts`` (as many as the
+    config's experts per token, whatever its family names them: read through jllm's reader)."""
     import torch
 
+    from jllm.models.registry import build_args
+
     model = hf_model(model_dir)
+    top_k = build_args(json.loads((model_dir / "config.json").read_text()), np.float32)[1].experts_per_token
     used: dict[int, set[int]] = {}
     with torch.no_grad():
         for ids in prompts:
             for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
-                chosen = (
-                    torch.topk(logits, model.config.get_text_config().num_experts_per_tok).indices.flatten().tolist()
-                )
-                used.setdefault(layer, set()).update(chosen)
+                used.setdefault(layer, set()).update(torch.topk(logits, top_k).indices.flatten().tolist())
     assert used, "the model recorded no router logits"
     return list(used.values())
 
@@ -1000,6 +1017,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "HunYuanMoEV1ForCausalLM",
             {"num_experts": 4, "moe_topk": 2, "num_shared_expert": [2, 2]},
             r"HunYuan MoE num_shared_expert=\[2, 2\] is not supported.*1",
+        ),
+        (
+            "DbrxForCausalLM",
+            {"d_model": 64, "n_heads": 4, "n_layers": 2, "ffn_config": {"moe_normalize_expert_weights": 2.0}},
+            "DBRX ffn_config.moe_normalize_expert_weights=2.0 is not supported",
         ),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),

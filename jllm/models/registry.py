@@ -13,6 +13,7 @@ from flax import nnx
 from jllm.models.decoder import CausalLM
 from jllm.models.families import (
     alibi,
+    dbrx,
     deepseek,
     fairseq,
     gemma,
@@ -90,6 +91,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
     "Dots1ForCausalLM": deepseek.dots1,
     "GptOssForCausalLM": gpt_oss.gpt_oss,
+    "DbrxForCausalLM": dbrx.dbrx,
     "BloomForCausalLM": alibi.bloom,
     "MptForCausalLM": alibi.mpt,
     "XGLMForCausalLM": fairseq.xglm,
