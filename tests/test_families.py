@@ -351,6 +351,14 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],
     ),
+    # LLaVA-1.5's Llama and LLaVA-NeXT's Mistral, text only, under language_model.
+    "llava_image_text": ("LlavaForConditionalGeneration", "LlavaConfig", dict(model_type="llama"), []),
+    "llava_next_image_text": (
+        "LlavaNextForConditionalGeneration",
+        "LlavaNextConfig",
+        dict(model_type="mistral", sliding_window=None),
+        [],
+    ),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -592,6 +600,16 @@ PIXTRAL = dict(
     image_size=28,
     patch_size=14,
 )
+CLIP = dict(
+    model_type="clip_vision_model",
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+    projection_dim=32,
+)
 QWEN_VISION = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64)
 IMAGE_TEXT = {
     "gemma3_image_text": dict(
@@ -630,6 +648,8 @@ IMAGE_TEXT = {
     "glm4v_moe_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=14, image_size=28), tie_word_embeddings=False
     ),
+    "llava_image_text": dict(vision_config=CLIP, image_token_index=150),
+    "llava_next_image_text": dict(vision_config=CLIP, image_token_index=150),
     "qwen3_vl_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
     ),
@@ -1041,6 +1061,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Gemma3ForConditionalGeneration",
             {"text_config": {**TINY_CONFIG, "final_logit_softcapping": 30.0}},
             "final_logit_softcapping=30.0 is not supported.*null",
+        ),
+        (
+            "LlavaForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "model_type": "gemma"}},
+            "LLaVA text_config model_type 'gemma' is not supported.*'llama', 'mistral', 'qwen2'",
         ),
         (
             "Mistral3ForConditionalGeneration",

@@ -54,6 +54,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Gemma3ForConditionalGeneration": multimodal.gemma3,
     "Mistral3ForConditionalGeneration": multimodal.mistral3,
     "Llama4ForConditionalGeneration": multimodal.llama4,
+    "LlavaForConditionalGeneration": multimodal.llava,
+    "LlavaNextForConditionalGeneration": multimodal.llava,
     "Qwen2VLForConditionalGeneration": multimodal.qwen2_5_vl,
     "Qwen2_5_VLForConditionalGeneration": multimodal.qwen2_5_vl,
     "Qwen3VLForConditionalGeneration": multimodal.qwen3_vl,

@@ -1,7 +1,7 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL, GLM-4.1V, GLM-4.5V): the language model's ``text_config`` read by its own family's reader, its tensors under
-``language_model.`` (Qwen's and GLM's under ``model.``); the vision tower and projector are never read, and prompts
-are text (the server refuses image parts by name).
+"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, LLaVA and LLaVA-NeXT,
+Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V): the language model's ``text_config`` read by its own family's
+reader, its tensors under ``language_model.`` (Qwen's and GLM's under ``model.``); the vision tower and projector are
+never read, and prompts are text (the server refuses image parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -56,6 +56,16 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mistral 3 image-text: its Mistral (Mistral-Small-3.1/3.2) or Ministral 3 (Ministral-3) language model."""
     return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral, "ministral3": llama.ministral3})
+
+
+# LLaVA's language models by their text_config model_type (Vicuna / Llama, Mistral, Qwen2)
+LLAVA_TEXT = {"llama": llama.llama, "mistral": llama.mistral, "qwen2": llama.qwen2}
+
+
+def llava(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """LLaVA-1.5 and LLaVA-NeXT (llava-hf's ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``):
+    its Llama, Mistral or Qwen2 language model (LlavaConfig's default text model is Llama's)."""
+    return _text_only(cfg, dtype, "LLaVA", LLAVA_TEXT)
 
 
 # M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text)
