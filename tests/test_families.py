@@ -359,6 +359,22 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(model_type="mistral", sliding_window=None),
         [],
     ),
+    # Aya Vision's Cohere2 (a sliding layer with the rotary, a global one without), InternVL's Qwen2, and
+    # Idefics3's and SmolVLM's Llama under model.text_model., text only
+    "aya_vision_image_text": (
+        "AyaVisionForConditionalGeneration",
+        "AyaVisionConfig",
+        dict(
+            model_type="cohere2",
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "internvl_image_text": ("InternVLForConditionalGeneration", "InternVLConfig", dict(model_type="qwen2"), []),
+    "idefics3_image_text": ("Idefics3ForConditionalGeneration", "Idefics3Config", dict(model_type="llama"), []),
+    "smolvlm_image_text": ("SmolVLMForConditionalGeneration", "SmolVLMConfig", dict(model_type="llama"), []),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -610,6 +626,9 @@ CLIP = dict(
     patch_size=14,
     projection_dim=32,
 )
+SIGLIP = dict(
+    hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+)
 QWEN_VISION = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64)
 IMAGE_TEXT = {
     "gemma3_image_text": dict(
@@ -650,6 +669,14 @@ IMAGE_TEXT = {
     ),
     "llava_image_text": dict(vision_config=CLIP, image_token_index=150),
     "llava_next_image_text": dict(vision_config=CLIP, image_token_index=150),
+    "aya_vision_image_text": dict(
+        vision_config=dict(SIGLIP, model_type="siglip_vision_model"), downsample_factor=2, tie_word_embeddings=False
+    ),
+    "internvl_image_text": dict(
+        vision_config=dict(SIGLIP, image_size=[28, 28], patch_size=[14, 14]), tie_word_embeddings=False
+    ),
+    "idefics3_image_text": dict(vision_config=SIGLIP, scale_factor=1, tie_word_embeddings=False),
+    "smolvlm_image_text": dict(vision_config=SIGLIP, scale_factor=1, tie_word_embeddings=False),
     "qwen3_vl_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
     ),

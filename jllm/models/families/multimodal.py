@@ -1,7 +1,8 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, LLaVA and LLaVA-NeXT,
-Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V): the language model's ``text_config`` read by its own family's
-reader, its tensors under ``language_model.`` (Qwen's and GLM's under ``model.``); the vision tower and projector are
-never read, and prompts are text (the server refuses image parts by name).
+Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V): the language
+model's ``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Idefics3's under
+``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower and projector are never read, and prompts
+are text (the server refuses image parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -12,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import deepseek, gemma, llama, mixtures
+from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures
 from jllm.models.model_args import ModelArgs
 
 # transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
@@ -66,6 +67,24 @@ def llava(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """LLaVA-1.5 and LLaVA-NeXT (llava-hf's ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``):
     its Llama, Mistral or Qwen2 language model (LlavaConfig's default text model is Llama's)."""
     return _text_only(cfg, dtype, "LLaVA", LLAVA_TEXT)
+
+
+def aya_vision(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Aya Vision 8B / 32B: its Cohere2 (Command R7B / A) language model."""
+    return _text_only(cfg, dtype, "Aya Vision", {"cohere2": layer_norm.cohere2})
+
+
+def internvl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """InternVL3 / 3.5 as transformers keeps them (the ``-hf`` checkpoints): its Qwen2 or Qwen3 language model."""
+    return _text_only(cfg, dtype, "InternVL", {"qwen2": llama.qwen2, "qwen3": llama.qwen3})
+
+
+def idefics3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Idefics3 and SmolVLM: its Llama language model, tensors under ``model.text_model.``, the LM head
+    ``lm_head``."""
+    args = _text_only(cfg, dtype, "Idefics3", {"llama": llama.llama})
+    weights = dataclasses.replace(args.weights, prefix="model.text_model.", head_prefix="", aliases=())
+    return dataclasses.replace(args, weights=weights)
 
 
 # M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text)
