@@ -8,9 +8,9 @@ for Phi-3, Falcon and Mixtral, which replicate their 2 KV heads there) on fake C
 ``LOGITS_RTOL`` of transformers'. Layouts a
 family's other options pick (NeoX's sequential residual, Falcon's one-norm, multi-query and sequential layers,
 StableLM's sequential layout) are checked on their logits only (``VARIANTS``), and the mixture of experts' grouped
-matmul against a per-token loop. Image-text checkpoints (``IMAGE_TEXT``: Gemma 3, Mistral 3, Llama 4, Qwen-VL, each
-with a tiny vision tower) are loaded text-only and compared with transformers' image-text model on text. Every
-checkpoint's norms and biases are random too (transformers initialises them to ones and zeros).
+matmul against a per-token loop. Image-text checkpoints (``IMAGE_TEXT``: Gemma 3, Mistral 3, Llama 4, LLaVA, Qwen-VL,
+GLM-V and others, each with a tiny vision tower) are loaded text-only and compared with transformers' image-text model
+on text. Every checkpoint's norms and biases are random too (transformers initialises them to ones and zeros).
 """
 
 from __future__ import annotations
