@@ -1336,3 +1336,12 @@ def test_dots1_layers_without_layer_types_slide_as_transformers_says():
     assert [spec.sliding_window for spec in args.layers] == [16 if k == "sliding_attention" else None for k in kinds]
     assert kinds == ["full_attention"] * 2 + ["sliding_attention"] * 2
     assert [spec.dense_mlp_size for spec in args.layers] == [96, None, None, None]
+
+
+def test_mpt_hub_architecture_name_reads_as_transformers_name():
+    """MosaicML's hub configs name ``MPTForCausalLM`` (their own code's class); transformers' is ``MptForCausalLM``."""
+    from jllm.models.registry import resolve_architecture
+
+    assert resolve_architecture({"architectures": ["MPTForCausalLM"]}) is resolve_architecture(
+        {"architectures": ["MptForCausalLM"]}
+    )

@@ -100,6 +100,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "DbrxForCausalLM": dbrx.dbrx,
     "BloomForCausalLM": alibi.bloom,
     "MptForCausalLM": alibi.mpt,
+    "MPTForCausalLM": alibi.mpt,  # the hub's MPT configs spell it so (MosaicML's own code)
     "XGLMForCausalLM": fairseq.xglm,
     "BioGptForCausalLM": fairseq.biogpt,
 }

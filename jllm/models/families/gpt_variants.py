@@ -64,7 +64,7 @@ def gpt_neo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def codegen(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """CodeGen (1 and 2, mono / multi / nl): GPT-J's decoder (``gptj_layout``) with q, k and v in one ``qkv_proj``
+    """CodeGen (350M-16B mono / multi / nl): GPT-J's decoder (``gptj_layout``) with q, k and v in one ``qkv_proj``
     whose rows are four shards, each its quarter of the heads' queries, then values, then keys (the "codegen"
     ``qkv_layout``), so ``n_head`` must split into the four."""
     if cfg["n_head"] % CODEGEN_SHARDS:
@@ -73,4 +73,4 @@ def codegen(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             "shards its fused qkv_proj is stored in, so that no head straddles two)"
         )
     attention = WeightMap(qkv=("qkv_proj",), qkv_layout="codegen", rename=(("o_proj", "out_proj"),))
-    return gptj_layout(cfg, dtype, "CodeGen", "CodeGen and CodeGen2", attention)
+    return gptj_layout(cfg, dtype, "CodeGen", "CodeGen's checkpoints", attention)
