@@ -31,21 +31,28 @@ _KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
 def resolve_backend(
-    name: str, platform: str, pool_dtype: DTypeLike = None, head_dim: int | None = None, *, latent: bool = False
+    name: str,
+    platform: str,
+    pool_dtype: DTypeLike = None,
+    head_dim: int | None = None,
+    *,
+    latent: bool = False,
+    alibi: bool = False,
 ) -> str:
     """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype,
-    head width and layout.
+    head width and layout, and whether the model's attention adds ALiBi's position bias.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
     "pallas") and the reference everywhere else. The jax-triton prefill kernel does not read an FP8 pool, so with one
     "auto" takes "pallas" and "triton-prefill" is refused. Both kernels tile a head's channels in one power-of-two
     block and read K and V planes, so a pool head of another width or a ``latent`` pool (DeepSeek's, one row of
-    512 + 64 a token) takes the reference, and the kernels are refused for it.
+    512 + 64 a token) takes the reference, and the kernels are refused for it. Only the reference adds ALiBi's bias
+    (Bloom, MPT, Falcon-RW): such a model takes it, and the kernels are refused for it.
     """
     fp8 = pool_dtype is not None and is_fp8(pool_dtype)
     kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
     if name == "auto":
-        if platform not in _KERNEL_PLATFORMS or not kernel_width or latent:
+        if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi:
             return "reference"
         return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
     if name not in BACKENDS:
@@ -55,6 +62,11 @@ def resolve_backend(
         raise ValueError(
             f"attention_backend={name!r} needs K and V pools of a head width that is a power of two >= 16, not "
             f"{pool}; use attention_backend 'auto' or 'reference'"
+        )
+    if name != "reference" and alibi:
+        raise ValueError(
+            f"attention_backend={name!r} does not add ALiBi's position bias, which this model's attention needs "
+            "(Bloom, MPT, Falcon with alibi); use attention_backend 'auto' or 'reference'"
         )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
@@ -97,6 +109,7 @@ def paged_attention(
     sliding_window: int | None = None,
     sinks: jax.Array | None = None,  # [num_q_heads]
     value_dim: int | None = None,
+    alibi_slopes: jax.Array | None = None,  # [num_q_heads]
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, value_dim or head_dim]``, the updated pool).
 
@@ -105,7 +118,13 @@ def paged_attention(
     gpt-oss's per-head logits that join each row's softmax denominator (every backend takes them; under tensor
     parallelism they split with the query heads). A latent pool (``value_dim``, ``v`` None: multi-head latent
     attention) stores ``k`` once; its values are each row's first ``value_dim`` channels, read by the reference alone.
+    ``alibi_slopes``: ALiBi's per-head slopes of the position bias, split like the sinks; the reference alone adds
+    it (``resolve_backend`` picks it for such models).
     """
+    if alibi_slopes is not None and meta.backend != "reference":
+        raise ValueError(
+            f"attention backend {meta.backend!r} does not add ALiBi's position bias; ALiBi models need 'reference'"
+        )
     kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
     if value_dim is not None and meta.backend != "reference":
         raise ValueError(f"a latent KV pool is read by the 'reference' attention backend only, not {meta.backend!r}")
@@ -132,28 +151,30 @@ def paged_attention(
     else:
         raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")
     inputs = [q, kv_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc]
-    if sinks is not None:  # a positional input, so that shard_map splits it
-        inputs.append(sinks)
-        attend = _sinks_positional(attend)
+    per_head = {name: x for name, x in (("sinks", sinks), ("alibi_slopes", alibi_slopes)) if x is not None}
+    if per_head:  # positional inputs, so that shard_map splits them
+        inputs.extend(per_head.values())
+        attend = _per_head_positional(attend, tuple(per_head))
     if meta.mesh is not None and meta.mesh.size > 1:
         heads = PartitionSpec(None, TP_AXIS)  # q [T, Hq, D] and the pool [2, Hkv, ...] split by heads
-        in_specs = (heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec(TP_AXIS))
+        in_specs = (heads, heads, PartitionSpec(), PartitionSpec(), PartitionSpec())
         attend = jax.shard_map(
             attend,
             mesh=meta.mesh,
-            in_specs=in_specs[: len(inputs)],
+            in_specs=(*in_specs, *[PartitionSpec(TP_AXIS)] * len(per_head)),
             out_specs=heads,
             check_vma=False,  # neither the kernel's out_shape nor the reference's loop carry names varying axes
         )
     return attend(*inputs), kv_pages
 
 
-def _sinks_positional(attend: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-    """``attend`` taking the sinks ``[Hq]`` as its sixth positional argument instead of a keyword."""
+def _per_head_positional(attend: Callable[..., jax.Array], names: tuple[str, ...]) -> Callable[..., jax.Array]:
+    """``attend`` taking its per-query-head keywords (``names``: the sinks, ALiBi's slopes, each ``[Hq]``) as
+    positional arguments after its five."""
 
     def call(
-        q: jax.Array, kv_pages: jax.Array, kv_lens: jax.Array, tables: jax.Array, qsl: jax.Array, sinks: jax.Array
+        q: jax.Array, kv_pages: jax.Array, kv_lens: jax.Array, tables: jax.Array, qsl: jax.Array, *per_head: jax.Array
     ) -> jax.Array:
-        return attend(q, kv_pages, kv_lens, tables, qsl, sinks=sinks)
+        return attend(q, kv_pages, kv_lens, tables, qsl, **dict(zip(names, per_head, strict=True)))
 
     return call

@@ -142,7 +142,12 @@ def _worker(
     spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
     # before any allocation
     backend = resolve_backend(
-        config.model.attention_backend, jax.default_backend(), dtype, spec.head_dim, latent=spec.latent
+        config.model.attention_backend,
+        jax.default_backend(),
+        dtype,
+        spec.head_dim,
+        latent=spec.latent,
+        alibi=args.alibi_slopes is not None,
     )
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     num_pages = _num_pages(config, spec, loaded, lora)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from safetensors import safe_open
 
-from jllm.models.model_args import WeightMap
+from jllm.models.model_args import CODEGEN_SHARDS, WeightMap
 from jllm.quantization import FP8
 
 Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (our orientation) -> its values
@@ -244,15 +244,21 @@ class SafetensorsIndex:
                 self.slice_reader(n, (*lead, s * hd), transpose, dtype) for n, s in zip(names, sizes, strict=True)
             ]
             first = {"q": (0, 0), "k": (1, 0), "v": (2, 0)}  # part -> (tensor, its first head's row / head_dim)
-        elif layout in ("concat", "grouped"):
+        elif layout in ("concat", "grouped", "codegen"):
             readers = [self.slice_reader(names[0], (*lead, (q_heads + 2 * kv) * hd), transpose, dtype)]
             first = {"q": (0, 0), "k": (0, q_heads), "v": (0, q_heads + kv)}
         else:
-            raise ValueError(f"qkv layout {layout!r} is not supported (supported: 'separate', 'concat', 'grouped')")
+            raise ValueError(
+                f"qkv layout {layout!r} is not supported (supported: 'separate', 'concat', 'grouped', 'codegen')"
+            )
         group = q_heads // kv
+        shard_heads = kv // CODEGEN_SHARDS  # CodeGen (multi-head): each shard's heads of q, then of v, then of k
 
         def start(part: str, head: int) -> tuple[int, int]:
             """(tensor, first row in head_dim units) of ``head`` of ``part``."""
+            if layout == "codegen":
+                shard, at = divmod(head, shard_heads)
+                return 0, (3 * shard + "qvk".index(part)) * shard_heads + at
             if layout != "grouped":
                 tensor, at = first[part]
                 return tensor, at + head
@@ -261,6 +267,8 @@ class SafetensorsIndex:
             return 0, head * (group + 2) + group + (part == "v")
 
         def rows(lead_index: list[slice], part: str, head: int, n: int) -> np.ndarray:
+            if layout == "codegen" and n > 1:  # consecutive heads may straddle two shards
+                return np.concatenate([rows(lead_index, part, h, 1) for h in range(head, head + n)], axis=-1)
             tensor, at = start(part, head)
             return readers[tensor]((*lead_index, slice(at * hd, (at + n) * hd)))
 

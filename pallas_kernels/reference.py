@@ -102,6 +102,7 @@ def ref_ragged_paged_attention(
     v_scale: Scale = 1.0,
     sinks: jax.Array | None = None,  # [num_q_heads]
     value_dim: int | None = None,  # a latent pool's: its values are each row's first value_dim channels
+    alibi_slopes: jax.Array | None = None,  # [num_q_heads]
 ) -> jax.Array:  # [T, num_q_heads, value_dim or head_dim] in q's dtype; padding rows are 0
     """Causal attention of a ragged batch of new tokens over their sequences' paged K/V.
 
@@ -115,11 +116,15 @@ def ref_ragged_paged_attention(
     logit per query head that joins each of its rows' softmax denominators and adds no value, so a row's weights
     sum to less than one (a row that sees no key comes out 0, as without sinks). A latent pool (``value_dim``) is
     gathered once per chunk: its values are a slice of the keys just loaded (dequantized with ``k_scale``).
+    ``alibi_slopes`` (ALiBi: Bloom, MPT, Falcon-RW): each query head's score of key column c from row i gains
+    ``slope * (c - i)``, after the scale and any soft-cap; the linear bias in the key's absolute position that
+    transformers adds differs from it by a constant per row, which the softmax ignores.
     """
     _validate(
         q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, q_block, sinks,
         value_dim=value_dim,
     )  # fmt: skip
+    _validate_per_head("alibi_slopes", alibi_slopes, q)
     if value_dim is not None:
         check_latent_scales(v_scale)
     num_tokens = q.shape[0]
@@ -128,7 +133,7 @@ def ref_ragged_paged_attention(
     attend = functools.partial(
         _attend_blocks, q, kv_pages, kv_lens, block_tables, query_start_loc,
         sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=(k_scale, v_scale),
-        sinks=sinks,
+        sinks=sinks, alibi_slopes=alibi_slopes,
     )  # fmt: skip
     # [T, Hq, Dv]; rows no item owns (padding) stay exactly zero
     out = jnp.zeros((*q.shape[:2], value_dim or q.shape[2]), q.dtype)
@@ -161,6 +166,7 @@ def _attend_blocks(
     sliding_window: int | None,
     kv_scales: tuple[Scale, Scale],
     sinks: jax.Array | None,  # [Hq]
+    alibi_slopes: jax.Array | None,  # [Hq]
 ) -> jax.Array:  # [T, Hq, Dv], ``out`` with these sequences' rows written
     """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows.
 
@@ -191,7 +197,7 @@ def _attend_blocks(
         res = _attend_items(
             q_items, block_tables[seq], last_col, kv_pages, chunk_pages,
             sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=kv_scales, sinks=sinks,
-            value_dim=out.shape[2],
+            value_dim=out.shape[2], alibi_slopes=alibi_slopes,
         )  # fmt: skip
         return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, out.shape[2]), mode="drop")
 
@@ -213,6 +219,7 @@ def _attend_items(
     kv_scales: tuple[Scale, Scale],  # K's and V's, for an FP8 pool
     sinks: jax.Array | None,  # [Hq]
     value_dim: int,  # Dv: D, or a latent pool's first channels
+    alibi_slopes: jax.Array | None,  # [Hq]
 ) -> jax.Array:  # [B, bq, Hq, Dv] in q's dtype
     """Attention of a few work items over their sequences' pages, one chunk of pages at a time; fp32 softmax.
 
@@ -225,6 +232,8 @@ def _attend_items(
     out_dtype = q.dtype
     planes, num_kv_heads, num_pages, page_size, _ = kv_pages.shape
     group = num_q_heads // num_kv_heads
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.astype(jnp.float32).reshape(num_kv_heads, 1, group)  # query head h = KV head * G + g
     pages = jnp.pad(pages, ((0, 0), (0, -pages.shape[1] % chunk_pages)))  # i32[B, C * chunk_pages], pad -> page 0
     chunk_len = chunk_pages * page_size
     num_chunks = jnp.clip(jnp.max(last_col) // chunk_len + 1, 0, pages.shape[1] // chunk_pages)  # i32[], dynamic
@@ -254,6 +263,9 @@ def _attend_items(
         if soft_cap is not None:
             logits = soft_cap * jnp.tanh(logits / soft_cap)
         col = c * chunk_len + jnp.arange(chunk_len, dtype=jnp.int32)  # i32[L]
+        if alibi_slopes is not None:  # slope times the key's distance back from the row, [Hkv, 1, G, 1, 1] x [B, bq, L]
+            distance = (col - last_col[:, :, None]).astype(jnp.float32)  # f32[B, bq, L], <= 0 where visible
+            logits = logits + slopes[:, :, :, None, None] * distance[None, :, None]
         visible = col <= last_col[:, :, None]  # bool[B, bq, L]
         if sliding_window is not None:
             visible &= col > (last_col - sliding_window)[:, :, None]
@@ -333,9 +345,14 @@ def _validate(
     _validate_q_and_kv(q, kv_pages, value_dim)
     _validate_metadata(kv_lens, block_tables, query_start_loc)
     _validate_options(soft_cap, sliding_window, q_block)
-    if sinks is not None and (sinks.shape != q.shape[1:2] or not jnp.issubdtype(sinks.dtype, jnp.floating)):
+    _validate_per_head("sinks", sinks, q)
+
+
+def _validate_per_head(name: str, values: jax.Array | None, q: jax.Array) -> None:
+    """A per-query-head input (the sinks, ALiBi's slopes): floating point, one value per query head."""
+    if values is not None and (values.shape != q.shape[1:2] or not jnp.issubdtype(values.dtype, jnp.floating)):
         raise ValueError(
-            f"sinks must be floating point [num_q_heads={q.shape[1]}], got {sinks.dtype}{list(sinks.shape)}"
+            f"{name} must be floating point [num_q_heads={q.shape[1]}], got {values.dtype}{list(values.shape)}"
         )
 
 

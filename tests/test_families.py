@@ -8,9 +8,9 @@ for Phi-3, Falcon and Mixtral, which replicate their 2 KV heads there) on fake C
 ``LOGITS_RTOL`` of transformers'. Layouts a
 family's other options pick (NeoX's sequential residual, Falcon's one-norm, multi-query and sequential layers,
 StableLM's sequential layout) are checked on their logits only (``VARIANTS``), and the mixture of experts' grouped
-matmul against a per-token loop. Image-text checkpoints (``IMAGE_TEXT``: Gemma 3, Mistral 3, each with a tiny vision
-tower) are loaded text-only and compared with transformers' image-text model on text. Every checkpoint's norms and
-biases are random too (transformers initialises them to ones and zeros).
+matmul against a per-token loop. Image-text checkpoints (``IMAGE_TEXT``: Gemma 3, Mistral 3, Llama 4, LLaVA, Qwen-VL,
+GLM-V and others, each with a tiny vision tower) are loaded text-only and compared with transformers' image-text model
+on text. Every checkpoint's norms and biases are random too (transformers initialises them to ones and zeros).
 """
 
 from __future__ import annotations
@@ -189,6 +189,192 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Conv1D weights ([in, out]), multi-head c_attn of all queries, then K, then V; untied, as GPT-BigCode's. TP 2:
     # the only family whose sharded slices are read untransposed
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_inner=96, tie_word_embeddings=False), [2]),
+    # learned positions, separate bias-free q/k/v, unscaled scores; a global layer, then a local one
+    "gpt_neo": (
+        "GPTNeoForCausalLM",
+        None,
+        dict(
+            num_key_value_heads=None,
+            attention_types=[[["global", "local"], 1]],
+            window_size=WINDOW,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    # GPT-J's layout with the fused qkv_proj in four shards, two of the eight heads in each. TP 2: each device's
+    # heads read from two of the shards
+    "codegen": (
+        "CodeGenForCausalLM",
+        None,
+        dict(num_attention_heads=8, num_key_value_heads=None, head_dim=None, rotary_dim=4, n_inner=96),
+        [2],
+    ),
+    # ALiBi (the reference attention's linear bias), a LayerNorm on the embeddings, per-head fused query_key_value.
+    # TP 2: the slopes split with the query heads
+    "bloom": ("BloomForCausalLM", None, dict(num_key_value_heads=None, head_dim=None, tie_word_embeddings=False), [2]),
+    # MPT's slopes, bias-free LayerNorms and linears, a clip_qkv that cuts
+    "mpt": (
+        "MptForCausalLM",
+        None,
+        dict(num_key_value_heads=None, head_dim=None, attn_config=dict(clip_qkv=3.0), tie_word_embeddings=False),
+        [],
+    ),
+    # Falcon-RW's layout: ALiBi (Bloom's slopes over head_dim ** 0.5), sequential multi-head layers with biases
+    "falcon_rw": (
+        "FalconForCausalLM",
+        None,
+        dict(head_dim=None, alibi=True, multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
+        [],
+    ),
+    # fixed sinusoidal positions two rows on, embeddings times sqrt(d_model); untied (tied, the random model repeats)
+    "xglm": (
+        "XGLMForCausalLM",
+        None,
+        dict(num_key_value_heads=None, head_dim=None, ffn_dim=96, pad_token_id=1, tie_word_embeddings=False),
+        [],
+    ),
+    # learned positions two rows on, embeddings times sqrt(hidden), the head named output_projection
+    "biogpt": (
+        "BioGptForCausalLM",
+        None,
+        dict(num_key_value_heads=None, head_dim=None, pad_token_id=1, tie_word_embeddings=False),
+        [],
+    ),
+    # q/k RMSNorms after the rotary, whose NTK alpha (labelled "dynamic") stretches the base
+    "hunyuan_dense": (
+        "HunYuanDenseV1ForCausalLM",
+        None,
+        dict(rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0}),
+        [],
+    ),
+    # Qwen2.5-VL's and Qwen3-VL's language models, text only: M-RoPE's sections (interleaved in Qwen3-VL) all read
+    # the one position of a text token
+    "qwen2_5_vl_image_text": (
+        "Qwen2_5_VLForConditionalGeneration",
+        "Qwen2_5_VLConfig",
+        dict(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=1e6),
+        [],
+    ),
+    "qwen2_vl_image_text": (
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2VLConfig",
+        dict(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        [],
+    ),
+    "qwen3_vl_image_text": (
+        "Qwen3VLForConditionalGeneration",
+        "Qwen3VLConfig",
+        dict(rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
+        [],
+    ),
+    # HunYuan dense's attention with top-2 of 4 experts beside an ungated shared SwiGLU
+    "hunyuan_moe": (
+        "HunYuanMoEV1ForCausalLM",
+        None,
+        dict(
+            num_experts=4,
+            moe_topk=2,
+            rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0},
+        ),
+        [],
+    ),
+    # Qwen3's attention with V3's router and mixture: layer 0 global and dense, layer 1 sliding and a mixture
+    "dots1": (
+        "Dots1ForCausalLM",
+        None,
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            sliding_window=WINDOW,
+            max_window_layers=1,
+        ),
+        [],
+    ),
+    # OLMo 2's layers with OLMoE's mixture (top-2 of 4, renormalised)
+    "flex_olmo": ("FlexOlmoForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, norm_topk_prob=True), []),
+    # GLM-4.1V's language model, text only: GLM-4's with M-RoPE on half of each head in neighbouring pairs
+    "glm4v_image_text": (
+        "Glm4vForConditionalGeneration",
+        "Glm4vConfig",
+        dict(
+            head_dim=None,
+            rope_parameters={
+                "rope_type": "default",
+                "mrope_section": [1, 1, 2],
+                "partial_rotary_factor": 0.5,
+                "rope_theta": 10000.0,
+            },
+        ),
+        [],
+    ),
+    # GLM-4.5V's language model, text only: GLM-4.5's mixture with M-RoPE on half of each head, half-split
+    "glm4v_moe_image_text": (
+        "Glm4vMoeForConditionalGeneration",
+        "Glm4vMoeConfig",
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            attention_bias=True,
+            rope_parameters={
+                "rope_type": "default",
+                "mrope_section": [1, 1, 2],
+                "partial_rotary_factor": 0.5,
+                "rope_theta": 10000.0,
+            },
+        ),
+        [],
+    ),
+    # fused Wqkv (GQA) clipped, bias-free LayerNorms, top-2 of 4 experts stored as one 2-D tensor per projection.
+    # TP 2: each device's slice of every expert read row by row from the stored tensors
+    "dbrx": (
+        "DbrxForCausalLM",
+        None,
+        dict(
+            d_model=64,
+            n_heads=4,
+            n_layers=2,
+            max_seq_len=512,
+            attn_config=dict(kv_n_heads=2, clip_qkv=3.0, rope_theta=10000.0),
+            ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2),
+        ),
+        [2],
+    ),
+    # LLaVA-1.5's Llama and LLaVA-NeXT's Mistral, text only, under language_model.
+    "llava_image_text": ("LlavaForConditionalGeneration", "LlavaConfig", dict(model_type="llama"), []),
+    "llava_next_image_text": (
+        "LlavaNextForConditionalGeneration",
+        "LlavaNextConfig",
+        dict(model_type="mistral", sliding_window=None),
+        [],
+    ),
+    # Aya Vision's Cohere2 (a sliding layer with the rotary, a global one without), InternVL's Qwen2, and
+    # Idefics3's and SmolVLM's Llama under model.text_model., text only
+    "aya_vision_image_text": (
+        "AyaVisionForConditionalGeneration",
+        "AyaVisionConfig",
+        dict(
+            model_type="cohere2",
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "internvl_image_text": ("InternVLForConditionalGeneration", "InternVLConfig", dict(model_type="qwen2"), []),
+    "idefics3_image_text": ("Idefics3ForConditionalGeneration", "Idefics3Config", dict(model_type="llama"), []),
+    "smolvlm_image_text": ("SmolVLMForConditionalGeneration", "SmolVLMConfig", dict(model_type="llama"), []),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
@@ -400,6 +586,11 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
 }
 MIXTURES = (
+    "dbrx",
+    "glm4v_moe_image_text",
+    "flex_olmo",
+    "dots1",
+    "hunyuan_moe",
     "mixtral",
     "qwen3_moe",
     "qwen2_moe",
@@ -425,6 +616,20 @@ PIXTRAL = dict(
     image_size=28,
     patch_size=14,
 )
+CLIP = dict(
+    model_type="clip_vision_model",
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+    projection_dim=32,
+)
+SIGLIP = dict(
+    hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+)
+QWEN_VISION = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64)
 IMAGE_TEXT = {
     "gemma3_image_text": dict(
         vision_config=dict(
@@ -454,6 +659,27 @@ IMAGE_TEXT = {
         tie_word_embeddings=False,
     ),
     "mistral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
+    "qwen2_5_vl_image_text": dict(vision_config=dict(QWEN_VISION, fullatt_block_indexes=[0], window_size=28)),
+    "qwen2_vl_image_text": dict(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14)
+    ),
+    "glm4v_image_text": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28), tie_word_embeddings=False),
+    "glm4v_moe_image_text": dict(
+        vision_config=dict(QWEN_VISION, patch_size=14, image_size=28), tie_word_embeddings=False
+    ),
+    "llava_image_text": dict(vision_config=CLIP, image_token_index=150),
+    "llava_next_image_text": dict(vision_config=CLIP, image_token_index=150),
+    "aya_vision_image_text": dict(
+        vision_config=dict(SIGLIP, model_type="siglip_vision_model"), downsample_factor=2, tie_word_embeddings=False
+    ),
+    "internvl_image_text": dict(
+        vision_config=dict(SIGLIP, image_size=[28, 28], patch_size=[14, 14]), tie_word_embeddings=False
+    ),
+    "idefics3_image_text": dict(vision_config=SIGLIP, scale_factor=1, tie_word_embeddings=False),
+    "smolvlm_image_text": dict(vision_config=SIGLIP, scale_factor=1, tie_word_embeddings=False),
+    "qwen3_vl_image_text": dict(
+        vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
+    ),
     "ministral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
 }
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
@@ -703,16 +929,19 @@ def test_deepseek_pool_keeps_one_latent_head_per_device():
 
 
 def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]:
-    """Per layer with a router, the experts of the best router logits for any token of ``prompts``."""
+    """Per layer with a router, the experts of the best router logits for any token of ``prompts`` (as many as the
+    config's experts per token, whatever its family names them: read through jllm's reader)."""
     import torch
 
+    from jllm.models.registry import build_args
+
     model = hf_model(model_dir)
+    top_k = build_args(json.loads((model_dir / "config.json").read_text()), np.float32)[1].experts_per_token
     used: dict[int, set[int]] = {}
     with torch.no_grad():
         for ids in prompts:
             for layer, logits in enumerate(model(torch.tensor([ids]), output_router_logits=True).router_logits):
-                chosen = torch.topk(logits, model.config.num_experts_per_tok).indices.flatten().tolist()
-                used.setdefault(layer, set()).update(chosen)
+                used.setdefault(layer, set()).update(torch.topk(logits, top_k).indices.flatten().tolist())
     assert used, "the model recorded no router logits"
     return list(used.values())
 
@@ -814,9 +1043,50 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
-        ("BloomForCausalLM", {}, "BloomForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
+        (
+            "BloomForCausalLM",
+            {"n_head": 4, "n_layer": 2, "apply_residual_connection_post_layernorm": True},
+            "Bloom apply_residual_connection_post_layernorm=True is not supported",
+        ),
+        (
+            "MptForCausalLM",
+            {"d_model": 64, "n_heads": 4, "n_layers": 2, "attn_config": {"qk_ln": True}},
+            "MPT attn_config.qk_ln=True is not supported.*False",
+        ),
         ("GPTBigCodeForCausalLM", {"add_cross_attention": True}, "add_cross_attention=True is not supported"),
         ("GPT2LMHeadModel", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True is not"),
+        (
+            "GPTNeoForCausalLM",
+            {"num_heads": 4, "num_layers": 2, "attention_types": [[["global", "local"], 2]]},
+            "GPT-Neo attention_types=.*not supported.*num_layers=2 layers",
+        ),
+        (
+            "CodeGenForCausalLM",
+            {"n_embd": 64, "n_head": 2, "n_layer": 2, "rotary_dim": 8},
+            "CodeGen n_head=2 is not supported.*multiple of 4",
+        ),
+        (
+            "XGLMForCausalLM",
+            {"d_model": 64, "attention_heads": 4, "num_layers": 2, "ffn_dim": 96, "pad_token_id": 5},
+            "XGLM pad_token_id=5 is not supported.*0 or 1",
+        ),
+        ("HunYuanDenseV1ForCausalLM", {"use_cla": True}, "HunYuan use_cla=True is not supported.*False"),
+        (
+            "HunYuanMoEV1ForCausalLM",
+            {"num_experts": 4, "moe_topk": [2, 1]},
+            r"HunYuan MoE moe_topk=\[2, 1\] is not supported.*one value for every layer",
+        ),
+        (
+            "HunYuanMoEV1ForCausalLM",
+            {"num_experts": 4, "moe_topk": 2, "num_shared_expert": [2, 2]},
+            r"HunYuan MoE num_shared_expert=\[2, 2\] is not supported.*1",
+        ),
+        (
+            "DbrxForCausalLM",
+            {"d_model": 64, "n_heads": 4, "n_layers": 2, "ffn_config": {"moe_normalize_expert_weights": 2.0}},
+            "DBRX ffn_config.moe_normalize_expert_weights=2.0 is not supported",
+        ),
         ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
@@ -837,6 +1107,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "final_logit_softcapping=30.0 is not supported.*null",
         ),
         (
+            "LlavaForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "model_type": "gemma"}},
+            "LLaVA text_config model_type 'gemma' is not supported.*'llama', 'mistral', 'qwen2'",
+        ),
+        (
             "Mistral3ForConditionalGeneration",
             {"text_config": {**TINY_CONFIG, "model_type": "llama"}},
             "Mistral 3 text_config model_type 'llama' is not supported.*'mistral', 'ministral3'",
@@ -846,7 +1121,6 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
             "llama_4_scaling_beta=None, original_max_position_embeddings=None is not supported",
         ),
-        ("FalconForCausalLM", {"alibi": True}, "alibi=True is not supported.*supported: alibi=False"),
         ("GPTNeoXForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*gelu"),
         ("LlamaForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*silu"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
@@ -1019,3 +1293,72 @@ def test_phi_and_stablelm_rotary_fractions_default_as_transformers_reads_them():
     hub = phi(dict(TINY_CONFIG, partial_rotary_factor=0.4, rope_theta=500.0), np.float32).layers[0].rope
     new = phi(dict(TINY_CONFIG, rope_parameters={"rope_theta": 500.0, "partial_rotary_factor": 0.4}), np.float32)
     assert hub == new.layers[0].rope and hub.rotary_dim == 6
+
+
+@pytest.mark.parametrize("heads", [4, 6, 12, 32, 40])
+def test_alibi_slopes_are_transformers_for_any_head_count(heads):
+    """Bloom's (and Falcon-RW's) and MPT's slopes, heads a power of two or not (the extra heads' interleaved
+    series), against the biases transformers builds (each head's bias one slope per position), to float32's rounding."""
+    import torch
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+    from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
+
+    from jllm.models.families.common import bloom_slopes, mpt_slopes
+
+    bloom = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), heads, torch.float32)[:, 0, 1]  # position 1
+    ulp = np.finfo(np.float32).eps  # torch's float32 pow rounds some powers the other way
+    np.testing.assert_allclose(np.float32(bloom_slopes(heads)), bloom.numpy(), rtol=ulp, atol=0)
+    for bias_max in (8, 16):
+        mpt = -build_mpt_alibi_tensor(heads, 2, bias_max)[:, 0, 0]  # position -1
+        np.testing.assert_allclose(np.float32(mpt_slopes(heads, bias_max)), mpt.numpy(), rtol=ulp, atol=0)
+
+
+def test_qwen2_5_vl_hub_config_reads_as_transformers_5_writes_it():
+    """The hub's Qwen2.5-VL configs keep the language model's keys at the top level beside ``vision_config``, its
+    M-RoPE in ``rope_scaling`` (type "mrope"); transformers 5 writes them in ``text_config`` with
+    ``rope_parameters``. Both read as Qwen2 with the plain rotary at their ``rope_theta``, tied as the top says."""
+    from jllm.models.families.multimodal import qwen2_5_vl
+
+    text = dict(TINY_CONFIG, rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+    outer = dict(architectures=["Qwen2_5_VLForConditionalGeneration"], tie_word_embeddings=True, vision_config={})
+    params = {"mrope_section": [2, 3, 3], "rope_theta": 1e6, "rope_type": "default", "type": "mrope"}
+    nested = dict(TINY_CONFIG, rope_parameters=params)
+    hub, new = qwen2_5_vl({**outer, **text}, np.float32), qwen2_5_vl({**outer, "text_config": nested}, np.float32)
+    assert hub == new and hub.tie_word_embeddings and hub.qkv_bias
+    assert hub.layers[0].rope.theta == 1e6 and dict(hub.layers[0].rope.scaling) == {"rope_type": "default"}
+
+
+def test_hunyuan_moe_per_layer_lists_read_as_one_value():
+    """Hunyuan-A13B's config gives ``moe_topk``, ``moe_intermediate_size`` and ``num_shared_expert`` per layer, all
+    alike: read as the single values transformers builds."""
+    from jllm.models.families.mixtures import hunyuan_moe
+
+    config = dict(TINY_CONFIG, num_experts=4, moe_topk=2)
+    lists = dict(config, moe_topk=[2, 2], moe_intermediate_size=[96, 96], num_shared_expert=[1, 1])
+    assert hunyuan_moe(lists, np.float32) == hunyuan_moe(config, np.float32)
+    assert hunyuan_moe(config, np.float32).experts_per_token == 2
+
+
+def test_dots1_layers_without_layer_types_slide_as_transformers_says():
+    """A dots.llm1 config without ``layer_types`` (the hub's): the layers from ``max_window_layers`` on slide, as
+    Dots1Config lays them out; ``first_k_dense_replace`` layers are dense."""
+    import transformers
+
+    from jllm.models.families.deepseek import dots1
+
+    config = dict(TINY_CONFIG, num_hidden_layers=4, sliding_window=16, max_window_layers=2, first_k_dense_replace=1)
+    config |= dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+    kinds = transformers.Dots1Config(**config).layer_types
+    args = dots1(config, np.float32)
+    assert [spec.sliding_window for spec in args.layers] == [16 if k == "sliding_attention" else None for k in kinds]
+    assert kinds == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    assert [spec.dense_mlp_size for spec in args.layers] == [96, None, None, None]
+
+
+def test_mpt_hub_architecture_name_reads_as_transformers_name():
+    """MosaicML's hub configs name ``MPTForCausalLM`` (their own code's class); transformers' is ``MptForCausalLM``."""
+    from jllm.models.registry import resolve_architecture
+
+    assert resolve_architecture({"architectures": ["MPTForCausalLM"]}) is resolve_architecture(
+        {"architectures": ["MptForCausalLM"]}
+    )

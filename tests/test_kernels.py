@@ -343,6 +343,15 @@ def test_a_latent_pool_or_a_head_of_no_power_of_two_width_takes_the_reference() 
     assert resolve_backend("reference", "gpu", head_dim=576, latent=True) == "reference"
 
 
+def test_an_alibi_model_takes_the_reference_and_the_kernels_are_refused_by_name() -> None:
+    """Only the reference adds ALiBi's position bias (Bloom, MPT): "auto" takes it on a GPU too, and the kernels are
+    refused at start-up rather than attending without the bias."""
+    assert resolve_backend("auto", "gpu", head_dim=128, alibi=True) == "reference"
+    for name in ("pallas", "triton-prefill"):
+        with pytest.raises(ValueError, match=f"attention_backend='{name}' does not add ALiBi.*'reference'"):
+            resolve_backend(name, "gpu", head_dim=128, alibi=True)
+
+
 def test_auto_backend_resolves_to_kernel_on_gpu_only() -> None:
     assert resolve_backend("auto", "gpu") == resolve_backend("auto", "cuda") in ("pallas", "triton-prefill")
     assert resolve_backend("auto", "cpu") == "reference"

@@ -89,9 +89,11 @@ def numpy_attention(
     soft_cap: float | None = None,
     sliding_window: int | None = None,
     sinks: jax.Array | None = None,
+    alibi_slopes: jax.Array | None = None,
 ) -> np.ndarray:
     """Straightforward float64 attention per sequence over contiguous K/V (GQA by repeating KV heads); ``sinks``
-    [Hq] as transformers' gpt-oss has them: one more logit column per head, dropped after the softmax."""
+    [Hq] as transformers' gpt-oss has them: one more logit column per head, dropped after the softmax;
+    ``alibi_slopes`` [Hq] as transformers' Bloom has them: each head's slope times the key's absolute position."""
     q = np.asarray(case.q, np.float64)  # [T, Hq, D]
     group = q.shape[1] // case.keys[0].shape[1] if case.keys else 1
     qsl = np.asarray(case.query_start_loc)
@@ -108,6 +110,8 @@ def numpy_attention(
             logits = soft_cap * np.tanh(logits / soft_cap)
         i = np.arange(q_len)[:, None]
         col = np.arange(kv_len)[None, :]
+        if alibi_slopes is not None:
+            logits = logits + np.asarray(alibi_slopes, np.float64)[:, None, None] * col
         visible = col <= kv_len - q_len + i
         if sliding_window is not None:
             visible &= col > kv_len - q_len + i - sliding_window
@@ -238,6 +242,21 @@ def test_attention_sinks_join_each_rows_softmax(sliding_window: int | None) -> N
     assert_matches_oracle(case, sm_scale=0.125, sliding_window=sliding_window, sinks=sinks)
     plain = run_attention(case, sm_scale=0.125, sliding_window=sliding_window)
     assert not np.allclose(plain, run_attention(case, sm_scale=0.125, sliding_window=sliding_window, sinks=sinks))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sliding_window", [None, 7])
+def test_alibi_bias_grows_linearly_with_the_key_position(sliding_window: int | None) -> None:
+    """ALiBi (Bloom, MPT): each query head's slope times the key's position joins its scores; rows of prefill
+    chunks, decodes and padding (which stay 0)."""
+    q_lens, kv_lens = batch("mixed", 16)
+    case = make_case(7, q_lens, kv_lens, page_size=16, group=4, pad_rows=2)
+    slopes = jnp.asarray(2.0 ** -np.arange(1, 9), jnp.float32)
+    assert_matches_oracle(case, sm_scale=0.125, sliding_window=sliding_window, alibi_slopes=slopes)
+    plain = run_attention(case, sm_scale=0.125, sliding_window=sliding_window)
+    assert not np.allclose(
+        plain, run_attention(case, sm_scale=0.125, sliding_window=sliding_window, alibi_slopes=slopes)
+    )
 
 
 @pytest.mark.slow

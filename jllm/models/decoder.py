@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
-from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param
+from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
@@ -60,14 +60,14 @@ class Attention(nnx.Module):
             qkv = qkv + lora.delta("qkv", x if norm is None else norm(x))
         q = qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim)
         k, v = qkv[:, :, g], qkv[:, :, g + 1]
-        if self.q_norm is not None and a.qk_norm_all_heads:  # [T, heads * head_dim] normed, then heads again
-            q, k = self.q_norm(q.reshape(t, -1)).reshape(q.shape), self.k_norm(k.reshape(t, -1)).reshape(k.shape)
-        elif self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if not a.qk_norm_after_rope:
+            q, k = self._qk_normed(q, k)
         if a.qkv_clip is not None:
             q, k, v = (jnp.clip(y, -a.qkv_clip, a.qkv_clip) for y in (q, k, v))
         if self.spec.rope is not None:
             q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
+        if a.qk_norm_after_rope:
+            q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
         if self.spec.attn_temperature is not None:
@@ -85,10 +85,20 @@ class Attention(nnx.Module):
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
             sinks=None if self.sinks is None else self.sinks[...],
+            alibi_slopes=None if a.alibi_slopes is None else jnp.asarray(a.alibi_slopes, jnp.float32),
         )
         out = out.reshape(t, a.num_heads * a.head_dim)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
+
+    def _qk_normed(self, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q ``[T, heads, head_dim]`` and k through their norms, if the family has them."""
+        if self.q_norm is None:
+            return q, k
+        if self.args.qk_norm_all_heads:  # [T, heads * head_dim] normed, then heads again
+            t = q.shape[0]
+            return self.q_norm(q.reshape(t, -1)).reshape(q.shape), self.k_norm(k.reshape(t, -1)).reshape(k.shape)
+        return self.q_norm(q), self.k_norm(k)
 
 
 def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
@@ -170,6 +180,7 @@ class CausalLM(nnx.Module):
             if args.learned_positions
             else None
         )
+        self.embed_norm = args.make_norm() if args.embed_norm else None
         self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
         self.norm = args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
@@ -216,6 +227,10 @@ class CausalLM(nnx.Module):
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
+        if self.args.sinusoidal_positions:
+            x = x + sinusoidal_positions(positions + self.args.position_offset, x.shape[-1]).astype(x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         states = [x]
         new_caches = []
         for i, (layer, kv_pages) in enumerate(zip(self.layers, kv_caches, strict=True)):

@@ -10,6 +10,8 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -80,6 +82,16 @@ class Embedding(nnx.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Tied LM head: logits against the embedding table."""
         return x @ self.embedding[...].T
+
+
+def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
+    """Fairseq's fixed position embeddings (XGLM), ``[T] -> [T, dim]`` float32: ``sin`` then ``cos`` of each
+    position times ``dim // 2`` frequencies from 1 down to 1 / 10000 (a zero column more where ``dim`` is odd)."""
+    half = dim // 2
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - 1)))  # [half]
+    angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, half]
+    emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
 class RMSNorm(nnx.Module):

@@ -7,8 +7,9 @@ A family is only what differs: attention kind (grouped-query, or DeepSeek's mult
 heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits scales), learned positions
 (OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP),
 MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
-too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, per-layer sliding windows,
-Llama 4's per-layer q/k norms and query temperature, and the checkpoint's tensor names.
+too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
+embeddings, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, and the checkpoint's
+tensor names.
 
 Where this module sits: docs/architecture.md.
 """
@@ -32,6 +33,8 @@ from jllm.quantization import QuantScheme
 # Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or
 # weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
 NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
+# the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
+CODEGEN_SHARDS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +42,9 @@ class WeightMap:
     """Where the checkpoint keeps each of our parameters.
 
     ``qkv``: the tensors our fused QKV is read from and their layout: "separate" (``q_proj``, ``k_proj``,
-    ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3) or "grouped" (one tensor, per KV
-    head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon). ``gate_up``
+    ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3), "grouped" (one tensor, per KV
+    head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon) or "codegen"
+    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
@@ -103,6 +107,7 @@ class ModelArgs:
     qk_norm_all_heads: bool = False  # with qk_norm, over all heads' channels at once instead (OLMo 2, OLMoE)
     qk_norm_per_head: bool = False  # with qk_norm, each head its own weight [heads, head_dim] (StableLM, Cohere)
     qk_norm_kind: str | None = None  # the q/k norms' kind (one of NORMS) where it is not ``norm`` (StableLM's)
+    qk_norm_after_rope: bool = False  # with qk_norm, the norms read the rotated q and k (HunYuan's)
     qkv_clip: float | None = None  # q, k and v clipped to [-clip, clip] after the q/k norms (OLMo's clip_qkv)
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
@@ -127,7 +132,11 @@ class ModelArgs:
     experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
     experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
     attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
+    # ALiBi (Bloom, MPT, Falcon-RW): per query head, the slope of a score bias linear in the key's distance back from
+    # the query (in place of rotary or learned positions); only the reference attention adds it
+    alibi_slopes: tuple[float, ...] | None = None
     embed_scale: float | None = None  # Gemma: sqrt(hidden); Granite's embedding_multiplier
+    embed_norm: bool = False  # a norm on the embeddings before the first layer (Bloom's word_embeddings_layernorm)
     sm_scale: float | None = None  # attention scale; None is head_dim ** -0.5
     residual_scale: float | None = None  # each block's output times this before its residual add (Granite)
     attn_softcap: float | None = None
@@ -142,7 +151,10 @@ class ModelArgs:
     num_labels: int | None = None
     # a learned position embedding of max_position_embeddings rows added to the token's (GPT-BigCode's wpe)
     learned_positions: bool = False
-    position_offset: int = 0  # learned positions: position p reads row p + offset of a table that much longer (OPT's 2)
+    # fairseq's fixed sin / cos position embeddings added to the token's (XGLM), computed, not read
+    sinusoidal_positions: bool = False
+    # learned or sinusoidal positions: position p reads row p + offset (of a table that much longer: OPT's, XGLM's 2)
+    position_offset: int = 0
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)

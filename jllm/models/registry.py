@@ -13,7 +13,20 @@ from typing import Any
 from flax import nnx
 
 from jllm.models.decoder import CausalLM
-from jllm.models.families import deepseek, gemma, gpt_oss, layer_norm, llama, mixtures, multimodal, relu_mlp
+from jllm.models.families import (
+    alibi,
+    dbrx,
+    deepseek,
+    fairseq,
+    gemma,
+    gpt_oss,
+    gpt_variants,
+    layer_norm,
+    llama,
+    mixtures,
+    multimodal,
+    relu_mlp,
+)
 from jllm.models.model_args import ModelArgs
 
 # architecture name -> the family reader that turns its config.json into ModelArgs
@@ -23,6 +36,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Ministral3ForCausalLM": llama.ministral3,
     "Qwen2ForCausalLM": llama.qwen2,
     "Qwen3ForCausalLM": llama.qwen3,
+    "HunYuanDenseV1ForCausalLM": llama.hunyuan_dense,
     "SmolLM3ForCausalLM": llama.smollm3,
     "GlmForCausalLM": llama.glm,
     "Glm4ForCausalLM": llama.glm4,
@@ -42,12 +56,25 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Gemma3ForConditionalGeneration": multimodal.gemma3,
     "Mistral3ForConditionalGeneration": multimodal.mistral3,
     "Llama4ForConditionalGeneration": multimodal.llama4,
+    "LlavaForConditionalGeneration": multimodal.llava,
+    "LlavaNextForConditionalGeneration": multimodal.llava,
+    "AyaVisionForConditionalGeneration": multimodal.aya_vision,
+    "InternVLForConditionalGeneration": multimodal.internvl,
+    "Idefics3ForConditionalGeneration": multimodal.idefics3,
+    "SmolVLMForConditionalGeneration": multimodal.idefics3,
+    "Qwen2VLForConditionalGeneration": multimodal.qwen2_5_vl,
+    "Qwen2_5_VLForConditionalGeneration": multimodal.qwen2_5_vl,
+    "Qwen3VLForConditionalGeneration": multimodal.qwen3_vl,
+    "Glm4vForConditionalGeneration": multimodal.glm4v,
+    "Glm4vMoeForConditionalGeneration": multimodal.glm4v_moe,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,
     "GPTJForCausalLM": layer_norm.gptj,
     "GPTBigCodeForCausalLM": layer_norm.gpt_bigcode,
     "GPT2LMHeadModel": layer_norm.gpt2,
+    "GPTNeoForCausalLM": gpt_variants.gpt_neo,
+    "CodeGenForCausalLM": gpt_variants.codegen,
     "StableLmForCausalLM": layer_norm.stablelm,
     "Starcoder2ForCausalLM": layer_norm.starcoder2,
     "CohereForCausalLM": layer_norm.cohere,
@@ -60,15 +87,24 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
     "OlmoeForCausalLM": mixtures.olmoe,
+    "FlexOlmoForCausalLM": mixtures.flex_olmo,
     "GraniteMoeForCausalLM": mixtures.granite_moe,
     "GraniteMoeSharedForCausalLM": mixtures.granite_moe_shared,
     "PhimoeForCausalLM": mixtures.phimoe,
     "Ernie4_5_MoeForCausalLM": mixtures.ernie4_5_moe,
     "Llama4ForCausalLM": mixtures.llama4,
+    "HunYuanMoEV1ForCausalLM": mixtures.hunyuan_moe,
     "DeepseekV2ForCausalLM": deepseek.deepseek_v2,
     "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
+    "Dots1ForCausalLM": deepseek.dots1,
     "GptOssForCausalLM": gpt_oss.gpt_oss,
+    "DbrxForCausalLM": dbrx.dbrx,
+    "BloomForCausalLM": alibi.bloom,
+    "MptForCausalLM": alibi.mpt,
+    "MPTForCausalLM": alibi.mpt,  # the hub's MPT configs spell it so (MosaicML's own code)
+    "XGLMForCausalLM": fairseq.xglm,
+    "BioGptForCausalLM": fairseq.biogpt,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

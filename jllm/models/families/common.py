@@ -1,5 +1,5 @@
-"""What every family reader shares: the base settings, the rotary settings, each layer's sliding window, and the
-activation names, read from ``config.json`` the same way for all.
+"""What every family reader shares: the base settings, the rotary settings, each layer's sliding window, the
+activation names, read from ``config.json`` the same way for all, and ALiBi's slopes (Bloom's, Falcon-RW's, MPT's).
 
 Where this module sits: docs/architecture.md.
 """
@@ -7,7 +7,10 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
+
+import numpy as np
 
 from jllm.models.model_args import LayerSpec
 from jllm.models.rope import Rope
@@ -99,3 +102,27 @@ def activation(cfg: dict[str, Any], key: str, default: str, family: str) -> str:
     if name not in HF_ACTIVATIONS:
         raise ValueError(f"{family} {key} {name!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})")
     return HF_ACTIVATIONS[name]
+
+
+def bloom_slopes(heads: int) -> tuple[float, ...]:
+    """Bloom's (and Falcon-RW's) slopes: a geometric series from ``2 ** (-8 / n)`` over the largest power of two
+    ``n <= heads``, the remaining heads taking every other term of the series for ``2 n`` (float32, as transformers'
+    ``build_alibi_tensor``)."""
+    closest = 2 ** math.floor(math.log2(heads))
+    base = np.float32(2 ** (-(2 ** -(math.log2(closest) - 3))))
+    slopes = np.power(base, np.arange(1, 1 + closest, dtype=np.float32))
+    if closest != heads:
+        extra_base = np.float32(2 ** (-(2 ** -(math.log2(2 * closest) - 3))))
+        extra = np.arange(1, 1 + 2 * min(closest, heads - closest), 2, dtype=np.float32)
+        slopes = np.concatenate([slopes, np.power(extra_base, extra)])
+    return tuple(float(s) for s in slopes)
+
+
+def mpt_slopes(heads: int, bias_max: float) -> tuple[float, ...]:
+    """MPT's slopes: ``2 ** -(bias_max * i / n)`` for i in 1..n over the power of two ``n >= heads``, the odd terms
+    first where ``heads`` is not one (transformers' ``build_mpt_alibi_tensor``)."""
+    n = 2 ** math.ceil(math.log2(heads))
+    slopes = 1.0 / np.power(np.float32(2), np.arange(1, n + 1, dtype=np.float32) * np.float32(bias_max / n))
+    if n != heads:
+        slopes = np.concatenate([slopes[1::2], slopes[::2]])[:heads]
+    return tuple(float(s) for s in slopes)

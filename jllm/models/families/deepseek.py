@@ -1,7 +1,7 @@
 """DeepSeek-V2 (V2-Lite, V2.5) and DeepSeek-V3 (R1, Kimi-K2, Moonlight): multi-head latent attention
 (``jllm.models.mla``) with interleaved rotary pairs, and a mixture of SwiGLU experts with plain shared experts behind
 DeepSeek's group-limited router (``jllm.models.moe.grouped_top_k``), dense MLPs in the first layers. GLM-4.5 / 4.6
-(``Glm4MoeForCausalLM``) is V3's mixture on grouped-query attention.
+(``Glm4MoeForCausalLM``) and dots.llm1 (``Dots1ForCausalLM``) are V3's mixture on grouped-query attention.
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import activation, base_args, read_rope
+from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, typed_layers
 from jllm.models.mla import MLASpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
@@ -59,6 +59,29 @@ def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
         qk_norm=bool(cfg.get("use_qk_norm", False)),
         qkv_bias=bool(cfg.get("attention_bias", False)),
+        **mixture,
+    )
+
+
+def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """dots.llm1: Qwen3's attention (per-head q/k RMSNorms, the whole head rotated) with V3's mixture and router
+    (``norm_topk_prob`` off by default); without ``layer_types``, the layers from ``max_window_layers`` on slide
+    (transformers' rule)."""
+    cfg = {"sliding_window": 4096, "max_window_layers": 62, **cfg}  # Dots1Config's defaults
+    base = base_args(cfg, dtype)
+    window, first_sliding = cfg["sliding_window"], cfg["max_window_layers"]
+    default = [SLIDING if window and i >= first_sliding else FULL for i in range(base["num_layers"])]
+    rope = read_rope(cfg, base["head_dim"])
+    layers = typed_layers(cfg, {FULL: rope, SLIDING: rope}, default)
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize = bool(cfg.get("norm_topk_prob", False))
+    mixture, dense = _mixture(cfg, base["num_layers"], "dots.llm1", "sigmoid", groups, renormalize)
+    return ModelArgs(
+        **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=tuple(dataclasses.replace(spec, dense_mlp_size=size) for spec, size in zip(layers, dense, strict=True)),
+        qk_norm=True,
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        o_bias=bool(cfg.get("attention_bias", False)),
         **mixture,
     )
 

@@ -11,7 +11,16 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    bloom_slopes,
+    layer_windows,
+    read_rope,
+    uniform,
+)
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.rope import Rope
 
@@ -56,12 +65,9 @@ def gpt_neox(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Falcon: multi-query (``multi_query``) or grouped (``new_decoder_architecture`` with ``num_kv_heads``) heads in
     one fused ``query_key_value``, attention and MLP in parallel (one shared norm or ``ln_attn`` / ``ln_mlp``) or
-    sequential, optional biases, a plain gelu MLP. ALiBi is refused."""
-    if cfg.get("alibi"):
-        raise ValueError(
-            "Falcon alibi=True is not supported (supported: alibi=False, rotary position embeddings, as in "
-            "Falcon-7B/40B/180B and Falcon-11B)"
-        )
+    sequential, optional biases, a plain gelu MLP. Rotary positions, or with ``alibi`` (Falcon-RW) Bloom's ALiBi
+    slopes scaled by ``head_dim ** -0.5`` as transformers scales the bias (which rounds it to bfloat16 first: exact
+    for slopes that are powers of two and positions below 256, ours is float32 as vLLM's)."""
     heads = cfg["num_attention_heads"]
     new_arch = bool(cfg.get("new_decoder_architecture", False))
     if new_arch:
@@ -79,6 +85,9 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
     base, layers = uniform(cfg, dtype, FULL)
+    alibi = bool(cfg.get("alibi"))
+    if alibi:
+        layers = (LayerSpec(None),) * base["num_layers"]
     parallel = new_arch or bool(cfg.get("parallel_attn", True))
     two_norms = new_arch and (cfg.get("num_ln_in_parallel_attn") or 2) == 2
     norms = (("input_layernorm", "ln_attn"), ("post_attention_layernorm", "ln_mlp")) if two_norms else ()
@@ -95,6 +104,7 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mlp_act=activation(cfg, "activation", "gelu", "Falcon"),
         parallel_residual=parallel,
         shared_input_norm=parallel and not two_norms,
+        alibi_slopes=tuple(s * base["head_dim"] ** -0.5 for s in bloom_slopes(heads)) if alibi else None,
         weights=WeightMap(
             qkv=("query_key_value",),
             qkv_layout="grouped",
@@ -146,7 +156,7 @@ def phi(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
-def _gpt2_names(cfg: dict[str, Any], kv_heads: int) -> dict[str, Any]:
+def gpt2_names(cfg: dict[str, Any], kv_heads: int) -> dict[str, Any]:
     """GPT-2's config names (``n_embd``, ``n_head``, ``n_layer``, ``n_inner``, ``n_positions``,
     ``layer_norm_epsilon``; GPT-J, GPT-BigCode) as ``base_args`` reads them."""
     heads, hidden = cfg["n_head"], cfg["n_embd"]
@@ -167,30 +177,38 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GPT-J: attention (no biases) and a plain gelu MLP (``fc_in`` / ``fc_out``, biased) side by side off one
     LayerNorm, the rotary on the first ``rotary_dim`` channels of each head in neighbouring pairs (theta 10000), an LM
     head with a bias. GPT-2's config names (``n_embd``, ``n_head``, ``n_layer``, ``n_inner``, ``n_positions``)."""
-    _refuse_tied_biased_head(cfg, "GPT-J", "GPT-J-6B and its fine-tunes")
+    return gptj_layout(cfg, dtype, "GPT-J", "GPT-J-6B and its fine-tunes", WeightMap(rename=(("o_proj", "out_proj"),)))
+
+
+def gptj_layout(cfg: dict[str, Any], dtype: Any, family: str, models: str, attention: WeightMap) -> ModelArgs:
+    """GPT-J's decoder, which CodeGen keeps; ``attention``: where the checkpoint keeps q/k/v and the output
+    projection (``qkv``, ``qkv_layout`` and its renames), the rest named as GPT-J's."""
+    _refuse_tied_biased_head(cfg, family, models)
     heads, hidden, rotary = cfg["n_head"], cfg["n_embd"], cfg.get("rotary_dim")
     if not rotary or rotary % 2 or rotary > hidden // heads:
         raise ValueError(
-            f"GPT-J rotary_dim={rotary!r} is not supported (supported: the rotated channels of each "
+            f"{family} rotary_dim={rotary!r} is not supported (supported: the rotated channels of each "
             "head, an even number up to n_embd / n_head, as GPT-J-6B's 64)"
         )
-    cfg = _gpt2_names(cfg, heads)  # always multi-head
+    cfg = gpt2_names(cfg, heads)  # always multi-head
     base = base_args(cfg, dtype)
     rope = Rope(10000.0, rotary, interleaved=True)
-    rename = (("embed_tokens", "wte"), ("layers", "h"), ("self_attn", "attn"), ("o_proj", "out_proj"))
+    rename = (("embed_tokens", "wte"), ("layers", "h"), ("self_attn", "attn"))
     return ModelArgs(
         **base,
         layers=(LayerSpec(rope),) * base["num_layers"],
         norm="layer",
         mlp_bias=True,
         mlp_gated=False,
-        mlp_act=activation(cfg, "activation_function", "gelu_new", "GPT-J"),
+        mlp_act=activation(cfg, "activation_function", "gelu_new", family),
         parallel_residual=True,
         shared_input_norm=True,
         lm_head_bias=True,
-        weights=WeightMap(
+        weights=dataclasses.replace(
+            attention,
             rename=(
                 *rename,
+                *attention.rename,
                 ("input_layernorm", "ln_1"),
                 ("up_proj", "fc_in"),
                 ("down_proj", "fc_out"),
@@ -237,7 +255,7 @@ def learned_positions_decoder(
     unscaled where ``scale_attn_weights`` is off. Cross-attention (``add_cross_attention``) is refused."""
     if cfg.get("add_cross_attention"):
         raise ValueError(f"{family} add_cross_attention=True is not supported (supported: False, a decoder-only model)")
-    cfg = _gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, kv_heads)
+    cfg = gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, kv_heads)
     base = base_args(cfg, dtype)
     rename = (("embed_tokens", "wte"), ("embed_positions", "wpe"), ("layers", "h"), ("self_attn", "attn"))
     norms = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"), ("norm", "ln_f"))

@@ -1,5 +1,5 @@
 """The RMSNorm families of Llama's layout: attention then a gated MLP, one after the other (Llama, Mistral, Qwen2/3,
-Granite, Phi-3; OLMo 2 with its norms on the blocks' outputs).
+HunYuan dense, Granite, Phi-3; OLMo 2 with its norms on the blocks' outputs).
 
 Where this module sits: docs/architecture.md.
 """
@@ -117,6 +117,33 @@ def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     bias = bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "silu", "Qwen3")
     return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=bias, o_bias=bias, mlp_act=act)
+
+
+def hunyuan_dense(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """HunYuan dense V1 (Hunyuan-0.5B ... 7B): Qwen3's layout with the q/k RMSNorms (``query_layernorm`` /
+    ``key_layernorm``) after the rotary; its NTK rotary with a fixed ``alpha`` (labelled "dynamic") is the plain one
+    with base ``rope_theta * alpha ** (head_dim / (head_dim - 2))``. Cross-layer KV sharing (``use_cla``) is
+    refused."""
+    if cfg.get("use_cla"):
+        raise ValueError("HunYuan use_cla=True is not supported (supported: False, as the released dense models)")
+    params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    if params.get("rope_type", params.get("type")) == "dynamic" and params.get("alpha"):
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        theta = params.get("rope_theta") or cfg.get("rope_theta") or 10000.0
+        cfg = {**cfg, "rope_scaling": None, "rope_parameters": None}
+        cfg["rope_theta"] = theta * params["alpha"] ** (head_dim / (head_dim - 2))
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qk_norm=True,
+        qk_norm_after_rope=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_act=activation(cfg, "hidden_act", "silu", "HunYuan"),
+        weights=WeightMap(rename=(("q_norm", "query_layernorm"), ("k_norm", "key_layernorm"))),
+    )
 
 
 def granite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

@@ -1,6 +1,6 @@
 """The mixture-of-experts families: a routed mixture of SwiGLU experts (``jllm.models.moe``) in place of each MLP,
 or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4's
-text model).
+text model, HunYuan MoE, FlexOlmo).
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
-from jllm.models.families.llama import granite
+from jllm.models.families.llama import granite, hunyuan_dense, olmo2
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 
@@ -116,6 +116,23 @@ def olmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def flex_olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """FlexOlmo: OLMo 2's layers (norms on the blocks' outputs only, q/k RMSNorms over all heads) with OLMoE's
+    mixture in every layer: the top ``num_experts_per_tok`` of ``num_experts`` SwiGLU experts of width
+    ``intermediate_size``, renormalised where ``norm_topk_prob``."""
+    experts, top_k = cfg.get("num_experts", 7), cfg.get("num_experts_per_tok", 5)
+    _check_top_k("FlexOlmo", top_k, experts, "num_experts")
+    dense = olmo2(cfg, dtype)
+    rename = (*dense.weights.rename, ("experts", "experts.{e}"))
+    return dataclasses.replace(
+        dense,
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=bool(cfg.get("norm_topk_prob", False)),
+        weights=dataclasses.replace(dense.weights, rename=rename),
+    )
+
+
 def granite_moe(cfg: dict[str, Any], dtype: Any, shared: int = 0) -> ModelArgs:
     """Granite MoE (Granite 3.0 1B-A400M, 3B-A800M): Granite's four multipliers with, in every layer, a routed
     mixture of ``num_local_experts`` SwiGLU experts (top ``num_experts_per_tok``, a softmax over the chosen logits:
@@ -216,6 +233,40 @@ def ernie4_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             )
         ),
     )
+
+
+def hunyuan_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """HunYuan MoE V1 (Hunyuan-A13B): HunYuan dense's attention with, in every layer, the top ``moe_topk`` of
+    ``num_experts`` SwiGLU experts (a softmax, renormalised over the chosen; the router is ``gate.wg``) beside one
+    ungated shared SwiGLU (``shared_mlp``), all ``intermediate_size`` wide, as transformers builds them. Per-layer
+    lists are read where every layer agrees; other ``moe_intermediate_size`` or ``num_shared_expert`` are refused."""
+    experts, top_k = _every_layer(cfg, "num_experts", 1), _every_layer(cfg, "moe_topk", 1)
+    _check_top_k("HunYuan MoE", top_k, experts, "num_experts")
+    for key, supported in (("moe_intermediate_size", cfg["intermediate_size"]), ("num_shared_expert", 1)):
+        if _every_layer(cfg, key, supported) != supported:
+            raise ValueError(
+                f"HunYuan MoE {key}={cfg[key]!r} is not supported (supported: {supported}, as transformers builds it)"
+            )
+    dense = hunyuan_dense(cfg, dtype)
+    rename = (("experts", "experts.{e}"), ("gate", "gate.wg"), ("shared_expert", "shared_mlp"))
+    return dataclasses.replace(
+        dense,
+        num_experts=experts,
+        experts_per_token=top_k,
+        shared_expert_size=dense.intermediate_size,
+        shared_expert_gated=False,
+        weights=dataclasses.replace(dense.weights, rename=(*dense.weights.rename, *rename)),
+    )
+
+
+def _every_layer(cfg: dict[str, Any], key: str, default: int) -> int:
+    """A setting given once or per layer (HunYuan's lists), refused by name where the layers differ."""
+    value = cfg.get(key, default)
+    if isinstance(value, list):
+        if len(set(value)) != 1:
+            raise ValueError(f"HunYuan MoE {key}={value!r} is not supported (supported: one value for every layer)")
+        value = value[0]
+    return value
 
 
 def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

@@ -1,6 +1,8 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4): the language model's
-``text_config`` read by its own family's reader, its tensors under ``language_model.``; the vision tower and projector
-are never read, and prompts are text (the server refuses image parts by name).
+"""Text-only loads of image-text checkpoints (Gemma 3, Mistral 3 and Ministral 3, Llama 4, LLaVA and LLaVA-NeXT,
+Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V): the language
+model's ``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Idefics3's under
+``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower and projector are never read, and prompts
+are text (the server refuses image parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import gemma, llama, mixtures
+from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures
 from jllm.models.model_args import ModelArgs
 
 # transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
@@ -55,6 +57,92 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mistral 3 image-text: its Mistral (Mistral-Small-3.1/3.2) or Ministral 3 (Ministral-3) language model."""
     return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral, "ministral3": llama.ministral3})
+
+
+# LLaVA's language models by their text_config model_type (Vicuna / Llama, Mistral, Qwen2)
+LLAVA_TEXT = {"llama": llama.llama, "mistral": llama.mistral, "qwen2": llama.qwen2}
+
+
+def llava(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """LLaVA-1.5 and LLaVA-NeXT (llava-hf's ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``):
+    its Llama, Mistral or Qwen2 language model (LlavaConfig's default text model is Llama's)."""
+    return _text_only(cfg, dtype, "LLaVA", LLAVA_TEXT)
+
+
+def aya_vision(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Aya Vision 8B / 32B: its Cohere2 (Command R7B / A) language model."""
+    return _text_only(cfg, dtype, "Aya Vision", {"cohere2": layer_norm.cohere2})
+
+
+def internvl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """InternVL3 / 3.5 as transformers keeps them (the ``-hf`` checkpoints): its Qwen2 or Qwen3 language model."""
+    return _text_only(cfg, dtype, "InternVL", {"qwen2": llama.qwen2, "qwen3": llama.qwen3})
+
+
+def idefics3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Idefics3 and SmolVLM: its Llama language model, tensors under ``model.text_model.``, the LM head
+    ``lm_head``."""
+    args = _text_only(cfg, dtype, "Idefics3", {"llama": llama.llama})
+    weights = dataclasses.replace(args.weights, prefix="model.text_model.", head_prefix="", aliases=())
+    return dataclasses.replace(args, weights=weights)
+
+
+# M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text)
+MROPE_KEYS = ("mrope_section", "mrope_interleaved")
+
+
+def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen2-VL and Qwen2.5-VL: their Qwen2 language model, tensors under ``model.`` as the hub keeps them (and
+    transformers saves them)."""
+    return _mrope_language_model(cfg, dtype, llama.qwen2, "model.")
+
+
+def qwen3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``."""
+    return _mrope_language_model(cfg, dtype, llama.qwen3, "model.language_model.")
+
+
+# Glm4vTextConfig's defaults where GLM-4's (``llama.glm4``) differ
+GLM4V_TEXT = dict(partial_rotary_factor=1.0, rms_norm_eps=1e-5, max_position_embeddings=32768)
+
+
+def glm4v(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4.1V (``Glm4vForConditionalGeneration``): its GLM-4 language model (sandwich norms, interleaved partial
+    rotary, q/k/v biases) under ``model.language_model.``, with Glm4vTextConfig's defaults."""
+    text = cfg.get("text_config") or {}
+    head_dim = text.get("head_dim") or text.get("hidden_size", 4096) // text.get("num_attention_heads", 32)
+    return _mrope_language_model(
+        {**cfg, "text_config": {**GLM4V_TEXT, "head_dim": head_dim, **text}}, dtype, llama.glm4, "model.language_model."
+    )
+
+
+def glm4v_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4.5V (``Glm4vMoeForConditionalGeneration``): its GLM-4.5 language model (``deepseek.glm4_moe``: V3's
+    mixture on grouped-query attention, half-split partial rotary) under ``model.language_model.``."""
+    return _mrope_language_model(cfg, dtype, deepseek.glm4_moe, "model.language_model.")
+
+
+def _mrope_language_model(
+    cfg: dict[str, Any],
+    dtype: Any,
+    reader: Callable[[dict[str, Any], Any], ModelArgs],
+    prefix: str,
+) -> ModelArgs:
+    """A Qwen-VL or GLM-V language model: the ``text_config`` (or, in the hub's older configs, the top level), the head
+    tied as the top level says where the text config does not, and its M-RoPE read as the plain rotary: a text token's
+    temporal, height and width positions are one position, so every channel rotates by it, whichever section it is
+    in."""
+    text = cfg.get("text_config") or {k: v for k, v in cfg.items() if k != "vision_config"}
+    text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", False), **text}
+    rope = {
+        k: v for k, v in (text.get("rope_parameters") or text.get("rope_scaling") or {}).items() if k not in MROPE_KEYS
+    }
+    if rope.get("type") == "mrope":
+        rope.pop("type")
+    if rope.get("rope_type") == "mrope":
+        rope["rope_type"] = "default"
+    args = reader({**text, "rope_scaling": None, "rope_parameters": rope}, dtype)
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, prefix=prefix))
 
 
 def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
