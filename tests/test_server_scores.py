@@ -85,8 +85,9 @@ def test_classify_gives_each_inputs_probabilities_label_and_usage(server, engine
     tokens = sum(len(ids(engines["cls"], t)) for t in texts)
     assert body["usage"] == {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
     prompt = ids(engines["cls"], "good movie")
-    raw = post(server, "/classify", {"model": "cls", "input": prompt, "use_activation": False}).json()
-    np.testing.assert_allclose(raw["data"][0]["probs"], logits(CLASSES, prompt), rtol=1e-6)
+    for off in ({"use_activation": False}, {"activation": False}, {"softmax": False}):  # vLLM's older names too
+        raw = post(server, "/classify", {"model": "cls", "input": prompt, **off}).json()
+        np.testing.assert_allclose(raw["data"][0]["probs"], logits(CLASSES, prompt), rtol=1e-6)
     cut = post(server, "/classify", {"model": "cls", "input": "good movie", "truncate_prompt_tokens": 2}).json()
     assert cut["usage"]["prompt_tokens"] == 2
     assert set(engines["cls"].encoder.threads) == {"jllm-engine"}
@@ -193,6 +194,9 @@ CASES = (
     [("/classify", *case) for case in POOLING_FIELDS]
     + [
         ("/classify", {"messages": [{"role": "user", "content": "hi"}]}, "messages", "not supported for classific"),
+        ("/classify", {"add_generation_prompt": True}, "add_generation_prompt", "not supported for classific"),
+        ("/classify", {"continue_final_message": True}, "continue_final_message", "not supported for classific"),
+        ("/classify", {"use_activation": True, "activation": False}, "use_activation", "and activation disagree"),
         ("/classify", {"input": []}, "input", "input is empty"),
         ("/classify", {"input": ["fine", ""]}, "input[1]", r"input\[1\] is empty"),
         ("/classify", {"input": [1, 10**6]}, "input", "outside the vocabulary"),

@@ -29,6 +29,20 @@ UNSUPPORTED_POOLING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+def chat_form_fields(task: str) -> dict[str, tuple[tuple[Any, ...], str]]:
+    """vLLM's chat form of an embeddings or classification request (``messages`` and the template's switches), which
+    this server does not take: each refused by name, since ignoring it would run the input as it is."""
+    why = f"not supported for {task}: send the text (or token ids) as input"
+    return {
+        "messages": (_NOTHING, f"are {why}"),
+        "chat_template": ((None,), f"is {why}"),
+        "chat_template_kwargs": (_NOTHING, f"is {why}"),
+        "add_generation_prompt": ((None, False), f"is {why}"),
+        "continue_final_message": ((None, False), f"is {why}"),
+        "media_io_kwargs": (_NOTHING, f"is {why}"),
+    }
+
+
 class PoolingRequest(_Request):
     """vLLM's ``PoolingBasicRequestMixin`` and its ``use_activation``."""
 
@@ -43,6 +57,25 @@ class PoolingRequest(_Request):
     @classmethod
     def _refuse_unsupported_pooling(cls, data: Any) -> Any:
         return refuse_unsupported(data, UNSUPPORTED_POOLING_FIELDS)
+
+
+class ActivatedRequest(PoolingRequest):
+    """A request through a classifier's head (classify, score, rerank): ``softmax`` and ``activation`` are vLLM's
+    older names of ``use_activation``."""
+
+    softmax: bool | None = None
+    activation: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_activation(self) -> ActivatedRequest:
+        given = {n: v for n in ("use_activation", "activation", "softmax") if (v := getattr(self, n)) is not None}
+        if len(set(given.values())) > 1:
+            raise bad_request(f"{' and '.join(given)} disagree; give one of them", param=next(iter(given)))
+        return self
+
+    @property
+    def activated(self) -> bool:
+        return False not in (self.use_activation, self.activation, self.softmax)
 
 
 def pooling_model(state: ServerState, model: str | None) -> ServedModel:
