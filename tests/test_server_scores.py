@@ -213,6 +213,9 @@ CASES = (
         ("/rerank", {"top_n": -1}, "top_n", "greater than or equal to 0"),
         ("/rerank", {"query": None}, "query", "query"),
         ("/rerank", {"documents": []}, "documents", "documents is empty"),
+        # past max_prompt_chars (32 a token of context: 2,048): the side holding most of the text is named
+        ("/rerank", {"documents": ["a" * 1000] * 3}, "documents", "^documents: 3001 characters of prompt text"),
+        ("/score", {"text_1": ["a" * 2048, "b"]}, "text_1", "^text_1: 2051 characters of prompt text"),
     ]
 )
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
 from jllm import scoring
-from jllm.inputs import InputProcessor, Prompt
+from jllm.inputs import InputProcessor, Prompt, text_chars
 from jllm.server.errors import bad_request
 from jllm.server.middleware import public_id
 from jllm.server.pooling import ActivatedRequest, in_groups, pooling_model
@@ -155,7 +155,8 @@ async def _scores(
     head = scoring.cross_encoder(served.engine.classifier, body.model or served.name)
     firsts, seconds = scoring.pair_lists(first, second, names)
     inputs = served.engine.inputs
-    chars = inputs.check_prompt_size([firsts, seconds], names[0])
+    longer = names[int(text_chars(seconds) > text_chars(firsts))]  # the side a refusal of the whole size names
+    chars = inputs.check_prompt_size([firsts, seconds], longer)
     if head is not None:
         args = (inputs, head, firsts, seconds, body.truncate_prompt_tokens, names)
         prompts = await state.host_work.run(chars, scoring.pair_prompts, *args)
