@@ -320,7 +320,7 @@ EXTRA_FIELDS: list[tuple[str, Any]] = [
     ("guided_choice", [""]),
 ]
 
-LONG_TEXT = "hello " * 2000  # past any tiny test model's context, well within the server's prompt character limit
+LONG_TEXT = "hello " * 100  # 600 characters: past a tiny character-tokenizer model's context, not the character limit
 TEXTS_MUTATIONS: list[Any] = [  # any text-or-texts field of a pooling route
     [""],
     ["a", ""],
