@@ -35,8 +35,7 @@ def engine(weight: np.ndarray | None, **config: Any) -> LLMEngine:
     return engine
 
 
-@pytest.fixture
-def engines() -> dict[str, LLMEngine]:
+def scripted_engines() -> dict[str, LLMEngine]:
     return {
         "cls": engine(CLASSES, id2label=LABELS, architectures=["Qwen3ForSequenceClassification"]),
         "ce": engine(RELEVANCE, architectures=["LlamaForSequenceClassification"]),
@@ -44,11 +43,20 @@ def engines() -> dict[str, LLMEngine]:
     }
 
 
-@pytest.fixture
-def server(engines: dict[str, LLMEngine]) -> Iterator[RunningServer]:
+def scripted_server(engines: dict[str, LLMEngine], **server_config: Any) -> RunningServer:
     config = load_config(None, model=str(TINY_TOKENIZER), api_key=API_KEY, max_num_seqs=2)
     models = [(ModelEntry((name,), config), engine, None) for name, engine in engines.items()]
-    with RunningServer(None, load_config(None, api_key=API_KEY), models=models) as running:
+    return RunningServer(None, load_config(None, api_key=API_KEY, **server_config), models=models)
+
+
+@pytest.fixture
+def engines() -> dict[str, LLMEngine]:
+    return scripted_engines()
+
+
+@pytest.fixture
+def server(engines: dict[str, LLMEngine]) -> Iterator[RunningServer]:
+    with scripted_server(engines) as running:
         yield running
 
 
