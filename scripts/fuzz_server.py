@@ -7,11 +7,15 @@ numbers, NaN / Infinity, deep nesting, lone surrogates, giant strings, unknown f
 as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type), and written byte for byte on a socket (bodies cut off
 or stalled, half-closed, framed two ways), which must be answered within ``--stall-timeout`` (the server's
 ``body_timeout_s`` and then some). A 200 stream may end with an error event only for the request's own fault found
-after the headers (a grammar that broke mid-generation). Prints each failure (status, body, the request that caused
-it) and a summary; exits 1 if any request broke the rule.
+after the headers (a grammar that broke mid-generation). The pooling routes (embeddings, classify, score, rerank)
+get their own mutations (empty, huge and mixed lists, token ids out of the vocabulary, texts past the context, vLLM's
+fields this server refuses, every served model's name: a model of the wrong kind among them), and each 200 must hold
+one finite result per input (rerank: the ``top_n`` best, best first). Prints each failure (status, body, the request
+that caused it) and a summary; exits 1 if any request broke the rule.
 
     jllm serve --port 8000 &
     python scripts/fuzz_server.py --url http://127.0.0.1:8000 --rounds 3
+    python scripts/fuzz_server.py --model my-reranker --routes /rerank /score /classify /v1/embeddings
 """
 
 from __future__ import annotations
