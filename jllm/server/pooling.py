@@ -1,7 +1,8 @@
 """What the routes that run prompts once over share (``embeddings``, ``classify``, ``scores``): the request fields
-vLLM's pooling requests have in common, those refused by name, routing to a base model (a LoRA adapter's name is a
-400: pooling runs the base), and the encoder's work on the model's engine thread in groups of ``max_num_seqs``
-prompts, so a long list of inputs lets generation steps run between the groups.
+vLLM's pooling requests have in common, those refused by name (the chat form among them), the names of a classifier
+head's activation switch, routing to a base model (a LoRA adapter's name is a 400: pooling runs the base), and the
+encoder's work on the model's engine thread in groups of ``max_num_seqs`` prompts, so a long list of inputs lets
+generation steps run between the groups.
 
 Where this module sits: docs/architecture.md.
 """
