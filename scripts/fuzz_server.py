@@ -7,11 +7,15 @@ numbers, NaN / Infinity, deep nesting, lone surrogates, giant strings, unknown f
 as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type), and written byte for byte on a socket (bodies cut off
 or stalled, half-closed, framed two ways), which must be answered within ``--stall-timeout`` (the server's
 ``body_timeout_s`` and then some). A 200 stream may end with an error event only for the request's own fault found
-after the headers (a grammar that broke mid-generation). Prints each failure (status, body, the request that caused
-it) and a summary; exits 1 if any request broke the rule.
+after the headers (a grammar that broke mid-generation). The pooling routes (embeddings, classify, score, rerank)
+get their own mutations (empty, huge and mixed lists, token ids out of the vocabulary, texts past the context, vLLM's
+fields this server refuses, every served model's name: a model of the wrong kind among them), and each 200 must hold
+one finite result per input (rerank: the ``top_n`` best, best first). Prints each failure (status, body, the request
+that caused it) and a summary; exits 1 if any request broke the rule.
 
     jllm serve --port 8000 &
     python scripts/fuzz_server.py --url http://127.0.0.1:8000 --rounds 3
+    python scripts/fuzz_server.py --model my-reranker --routes /rerank /score /classify /v1/embeddings
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import sys
 from collections import Counter
@@ -26,6 +31,9 @@ from typing import Any
 
 import aiohttp
 
+from jllm.server.scores import PAIR_FIELDS
+
+POOLING: dict[str, Any] = {"user": "u", "truncate_prompt_tokens": 16, "use_activation": True}
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
 SEEDS: dict[str, dict[str, Any]] = {
     "/v1/completions": {
@@ -83,10 +91,26 @@ SEEDS: dict[str, dict[str, Any]] = {
         "metadata": {"a": "b"},
         "seed": 1,
     },
-    "/v1/embeddings": {"input": "hi", "encoding_format": "float", "user": "u"},
+    "/v1/embeddings": {
+        "input": ["hi", "there"],
+        "encoding_format": "float",
+        "user": "u",
+        "add_special_tokens": True,
+        "endianness": "little",
+        **POOLING,
+    },
     "/tokenize": {"prompt": "hi", "add_special_tokens": True},
     "/detokenize": {"tokens": [1, 2, 3]},
+    # vLLM's pooling routes; /classify wants a classifier, /score and /rerank a cross-encoder or any causal LM
+    "/classify": {"input": ["good", "bad"], "add_special_tokens": True, **POOLING},
+    "/score": {"text_1": "q", "text_2": ["a", "b"], **POOLING},
+    "/v1/score": {"queries": ["q", "r"], "documents": ["a", "b"], **POOLING},
+    "/rerank": {"query": "q", "documents": ["a", "b", "c"], "top_n": 2, **POOLING},
+    "/v1/rerank": {"query": "q", "documents": ["a", "b", "c"], "top_n": 2, **POOLING},
+    "/v2/rerank": {"query": "q", "documents": "a", "top_n": 1, **POOLING},
 }
+ORDINARY = {"/v1/completions": {"prompt": "hi", "max_tokens": 2}}  # the request after each round, where not the seed
+POOLING_ROUTES = ("/v1/embeddings", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
 WEIRD_VALUES: list[Any] = [
     None,
     True,
@@ -300,21 +324,102 @@ EXTRA_FIELDS: list[tuple[str, Any]] = [
     ("guided_choice", [""]),
 ]
 
+LONG_TEXT = "hello " * 100  # 600 characters: past a tiny character-tokenizer model's context, not the character limit
+TEXTS_MUTATIONS: list[Any] = [  # any text-or-texts field of a pooling route
+    [""],
+    ["a", ""],
+    ["a"] * 7,
+    ["a"] * 1000,
+    LONG_TEXT,
+    ["a", LONG_TEXT],
+    "é🙂\u200b\u202e\ufeff" * 10,
+    ["\ud800"],
+    ["a\x00b"],
+    [{"type": "text", "text": "x"}],
+    {"content": [{"type": "text", "text": "x"}]},
+    [[1, 2]],
+    [1, 2, 3],
+    [True],
+]
+POOLING_MUTATIONS: dict[str, list[Any]] = {  # per field of a pooling seed, beyond WEIRD_VALUES
+    "input": [
+        [10**6],
+        [-1],
+        [2**63],
+        [[1], [10**12]],
+        [[]],
+        [1] * 100_000,
+        [[1] * 200],
+        [[1, 2], "x"],
+        [[1, "a"]],
+        [1.5],
+        {"prompt_token_ids": [1]},
+        *TEXTS_MUTATIONS,
+    ],
+    "text_1": TEXTS_MUTATIONS,
+    "text_2": TEXTS_MUTATIONS,
+    "queries": TEXTS_MUTATIONS,
+    "documents": TEXTS_MUTATIONS,
+    "query": ["", LONG_TEXT, ["q"], {"text": "q"}, [{"type": "text", "text": "q"}], "\ud800q"],
+    "top_n": [1, 3, 4, 10**9, 2**63 - 1, 2**63, 2.0, "2"],
+    "truncate_prompt_tokens": [-2, 1, 127, 128, 129, 10**9, 2**63, 1.0],
+    "encoding_format": ["base64", "binary", "bytes", "FLOAT"],
+    "endianness": ["big", "native", "BIG", "middle"],
+}
+POOLING_EXTRA_FIELDS: list[tuple[str, Any]] = [  # fields vLLM's pooling requests have (and some they had), not seeded
+    ("normalize", False),
+    ("normalize", "x"),
+    ("softmax", False),
+    ("activation", False),
+    ("use_activation", False),
+    ("dimensions", 8),
+    ("dimensions", 0),
+    ("embed_dtype", "float16"),
+    ("embed_dtype", "float32"),
+    ("priority", 1),
+    ("priority", 2**64),
+    ("padding", "max_length"),
+    ("padding", "do_not_pad"),
+    ("truncation_side", "right"),
+    ("truncation_side", "left"),
+    ("mm_processor_kwargs", {"a": 1}),
+    ("cache_salt", ""),
+    ("cache_salt", "x" * 1025),
+    ("cache_salt", 5),
+    ("messages", [{"role": "user", "content": "hi"}]),
+    ("chat_template", "{{ x }}"),
+    ("chat_template_kwargs", {"a": 1}),
+    ("instruction", "be strict"),
+    ("max_tokens_per_query", 4),
+    ("max_tokens_per_doc", 4),
+    ("task", "embed"),
+    ("items", ["x"]),
+    ("data_1", "q"),
+    ("data_2", ["a", "b", "c"]),
+    ("return_documents", False),
+    ("input", "x"),
+]
+
 
 def deep(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-def mutated_bodies(route: str, rng: random.Random) -> list[tuple[str, bytes, dict[str, str]]]:
+def mutated_bodies(route: str, rng: random.Random, models: list[str] = ()) -> list[tuple[str, bytes, dict[str, str]]]:
     """(what, body bytes, headers) for ``route``: every field of its seed set to every weird value or removed, extra
-    fields, the message mutations (chat and /tokenize), and the raw-byte cases."""
+    fields, the message mutations (chat and /tokenize), the pooling mutations (the pooling routes), the seed naming
+    each of ``models`` (the server's: a model of the wrong kind for the route among them), and the raw-byte cases."""
     seed = SEEDS[route]
     bodies = [(f"{field}={value!r:.60}", {**seed, field: value}) for field, value in field_mutations(route)]
     removable = [field for field in seed if not _unbounded(route, field)]
     bodies += [(f"{field} removed", {k: v for k, v in seed.items() if k != field}) for field in removable]
+    bodies += [(f"model={model!r}", {**seed, "model": model}) for model in models]
     for field, value in EXTRA_FIELDS + [("zzz_unknown", value) for value in WEIRD_VALUES]:
         bodies.append((f"{field}={value!r:.80}", {**seed, field: value}))
         bodies.append((f"stream {field}={value!r:.80}", {**seed, field: value, "stream": True}))
+    if route in POOLING_ROUTES:
+        pooling = [(f, v) for f in seed for v in POOLING_MUTATIONS.get(f, [])] + POOLING_EXTRA_FIELDS
+        bodies += [(f"{field}={value!r:.80}", {**seed, field: value}) for field, value in pooling]
     if route == "/v1/chat/completions":
         for messages in MESSAGE_MUTATIONS:
             bodies.append((f"messages={messages!r:.100}", {**seed, "messages": messages}))
@@ -461,6 +566,38 @@ def responses_stream_problem(body: bytes) -> str | None:
     return None
 
 
+def pooling_answer_problem(route: str, request: Any, answer: Any) -> str | None:
+    """What is wrong with a pooling route's 200 to ``request``: one result per input in order (per pair for /score;
+    /rerank's top_n best, best first), every number a number (a NaN leaves pydantic as null)."""
+    if route.endswith("rerank"):
+        documents = request["documents"]
+        count = 1 if isinstance(documents, str) else len(documents)
+        results = answer["results"]
+        scores = [r["relevance_score"] for r in results]
+        if len(results) != min(request.get("top_n") or count, count):
+            return f"{len(results)} results for {count} documents and top_n={request.get('top_n')!r}"
+        if scores != sorted(scores, reverse=True):
+            return f"results not sorted by relevance: {scores}"
+        numbers = scores
+    else:
+        if route.endswith("score"):
+            inputs = next(
+                request[b] for a, b in PAIR_FIELDS if request.get(a) is not None and request.get(b) is not None
+            )
+        else:
+            inputs = request["input"]
+        count = 1 if isinstance(inputs, str) or isinstance(inputs[0], int) else len(inputs)
+        data = answer["data"]
+        if [d["index"] for d in data] != list(range(count)):
+            return f"indices {[d['index'] for d in data]} for {count} inputs"
+        key = {"/v1/embeddings": "embedding", "/classify": "probs"}.get(route, "score")
+        values = [d[key] for d in data]
+        numbers = [x for v in values for x in (v if isinstance(v, list) else [v]) if not isinstance(v, str)]
+    if not all(isinstance(x, int | float) and math.isfinite(x) for x in numbers):
+        return f"a result is not a finite number: {numbers[:20]}"
+    return None
+
+
 class Fuzzer:
     def __init__(self, url: str, model: str | None, timeout: float, headers: dict[str, str]) -> None:
         self.url, self.model, self.headers = url, model, headers
@@ -485,10 +622,21 @@ class Fuzzer:
             problem = error_shape_problem(status, body)
         elif response.content_type == "text/event-stream":
             problem = stream_problem(body)
+        elif not body.startswith(b"{"):
+            problem = f"200 without JSON: {body[:200]!r}"
         else:
-            problem = None if body.startswith(b"{") else f"200 without JSON: {body[:200]!r}"
+            problem = self.answer_problem(route, data, body)
         if problem:
             self.failures.append(f"{route} [{what}] -> {problem}")
+
+    @staticmethod
+    def answer_problem(route: str, data: bytes, body: bytes) -> str | None:
+        if route not in POOLING_ROUTES:
+            return None
+        try:
+            return pooling_answer_problem(route, json.loads(data), json.loads(body))
+        except (ValueError, KeyError, TypeError, IndexError, StopIteration) as e:
+            return f"the answer does not fit the request ({type(e).__name__}: {e}): {body[:300]!r}"
 
     async def send_raw(self, route: str, what: str, rest: bytes, half_close: float | None, timeout: float) -> None:
         """A request written byte for byte; the server must answer it (a 4xx in OpenAI's JSON, or a plain close
@@ -521,26 +669,32 @@ class Fuzzer:
         elif status >= 400 and (problem := error_shape_problem(status, body)):
             self.failures.append(f"{route} [raw: {what}] -> {problem}")
 
-    async def still_serving(self, session: aiohttp.ClientSession) -> str | None:
+    async def still_serving(self, session: aiohttp.ClientSession, route: str) -> str | None:
+        """Whether ``/health`` and an ordinary request to ``route`` (its seed) answer 200."""
         async with session.get(f"{self.url}/health") as response:
             if response.status != 200:
                 return f"/health answered {response.status}"
-        body = {"prompt": "hi", "max_tokens": 2} | ({"model": self.model} if self.model else {})
-        async with session.post(f"{self.url}/v1/completions", json=body, headers=self.headers) as response:
+        body = ORDINARY.get(route, SEEDS[route]) | ({"model": self.model} if self.model else {})
+        async with session.post(f"{self.url}{route}", json=body, headers=self.headers) as response:
             if response.status != 200:
-                return f"an ordinary completion answered {response.status}: {await response.text()}"
+                return f"an ordinary {route} answered {response.status}: {await response.text()}"
         return None
+
+    async def served_models(self, session: aiohttp.ClientSession) -> list[str]:
+        async with session.get(f"{self.url}/v1/models", headers=self.headers) as response:
+            return [model["id"] for model in (await response.json())["data"]]
 
 
 async def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     fuzzer = Fuzzer(args.url, args.model, args.timeout, headers)
-    cases = [(route, *case) for route in args.routes for case in mutated_bodies(route, rng)]
     semaphore = asyncio.Semaphore(args.concurrency)
     # a connection per request: a case that ends its connection cannot fail the next case sent on it
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(timeout=fuzzer.timeout, connector=connector) as session:
+        models = await fuzzer.served_models(session)
+        cases = [(route, *case) for route in args.routes for case in mutated_bodies(route, rng, models)]
         for round_index in range(args.rounds):
             rng.shuffle(cases)
 
@@ -551,7 +705,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.gather(*(one(case) for case in cases))
             raw = [(route, *case) for route in args.routes for case in RAW_CASES]
             await asyncio.gather(*(fuzzer.send_raw(*case, args.stall_timeout) for case in raw))
-            alive = await fuzzer.still_serving(session)
+            alive = await fuzzer.still_serving(session, args.routes[0])
             print(f"round {round_index + 1}: {len(cases)} requests, statuses {dict(sorted(fuzzer.statuses.items()))}")
             if alive:
                 fuzzer.failures.append(f"after round {round_index + 1}: {alive}")
@@ -567,7 +721,13 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default=None, help="the model to name in each body (default: the server's first)")
     parser.add_argument("--api-key", default=None)
-    parser.add_argument("--routes", nargs="+", default=list(SEEDS), choices=list(SEEDS))
+    parser.add_argument(
+        "--routes",
+        nargs="+",
+        default=list(SEEDS),
+        choices=list(SEEDS),
+        help="the first one is the ordinary request that must answer 200 after each round",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="passes over every case, shuffled")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one request may take")

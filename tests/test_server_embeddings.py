@@ -152,6 +152,11 @@ def test_vllms_extra_fields_are_honoured(server, engines) -> None:
     [
         ({"dimensions": 8}, "dimensions", "dimensions is not supported"),
         ({"messages": [{"role": "user", "content": "hi"}]}, "messages", "messages are not supported"),
+        # the rest of vLLM's chat form: each would be ignored, the input embedded as it is
+        ({"chat_template": "{{ x }}"}, "chat_template", "not supported for embeddings"),
+        ({"chat_template_kwargs": {"a": 1}}, "chat_template_kwargs", "not supported for embeddings"),
+        ({"add_generation_prompt": True}, "add_generation_prompt", "not supported for embeddings"),
+        ({"continue_final_message": True}, "continue_final_message", "not supported for embeddings"),
         ({"embed_dtype": "float16"}, "embed_dtype", "must be float32"),
         ({"priority": 1}, "priority", "first come, first served"),
         ({"truncation_side": "right"}, "truncation_side", "must be 'left'"),

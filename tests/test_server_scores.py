@@ -35,8 +35,7 @@ def engine(weight: np.ndarray | None, **config: Any) -> LLMEngine:
     return engine
 
 
-@pytest.fixture
-def engines() -> dict[str, LLMEngine]:
+def scripted_engines() -> dict[str, LLMEngine]:
     return {
         "cls": engine(CLASSES, id2label=LABELS, architectures=["Qwen3ForSequenceClassification"]),
         "ce": engine(RELEVANCE, architectures=["LlamaForSequenceClassification"]),
@@ -44,11 +43,20 @@ def engines() -> dict[str, LLMEngine]:
     }
 
 
-@pytest.fixture
-def server(engines: dict[str, LLMEngine]) -> Iterator[RunningServer]:
+def scripted_server(engines: dict[str, LLMEngine], **server_config: Any) -> RunningServer:
     config = load_config(None, model=str(TINY_TOKENIZER), api_key=API_KEY, max_num_seqs=2)
     models = [(ModelEntry((name,), config), engine, None) for name, engine in engines.items()]
-    with RunningServer(None, load_config(None, api_key=API_KEY), models=models) as running:
+    return RunningServer(None, load_config(None, api_key=API_KEY, **server_config), models=models)
+
+
+@pytest.fixture
+def engines() -> dict[str, LLMEngine]:
+    return scripted_engines()
+
+
+@pytest.fixture
+def server(engines: dict[str, LLMEngine]) -> Iterator[RunningServer]:
+    with scripted_server(engines) as running:
         yield running
 
 
@@ -85,8 +93,9 @@ def test_classify_gives_each_inputs_probabilities_label_and_usage(server, engine
     tokens = sum(len(ids(engines["cls"], t)) for t in texts)
     assert body["usage"] == {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
     prompt = ids(engines["cls"], "good movie")
-    raw = post(server, "/classify", {"model": "cls", "input": prompt, "use_activation": False}).json()
-    np.testing.assert_allclose(raw["data"][0]["probs"], logits(CLASSES, prompt), rtol=1e-6)
+    for off in ({"use_activation": False}, {"activation": False}, {"softmax": False}):  # vLLM's older names too
+        raw = post(server, "/classify", {"model": "cls", "input": prompt, **off}).json()
+        np.testing.assert_allclose(raw["data"][0]["probs"], logits(CLASSES, prompt), rtol=1e-6)
     cut = post(server, "/classify", {"model": "cls", "input": "good movie", "truncate_prompt_tokens": 2}).json()
     assert cut["usage"]["prompt_tokens"] == 2
     assert set(engines["cls"].encoder.threads) == {"jllm-engine"}
@@ -194,6 +203,9 @@ CASES = (
     [("/classify", *case) for case in POOLING_FIELDS]
     + [
         ("/classify", {"messages": [{"role": "user", "content": "hi"}]}, "messages", "not supported for classific"),
+        ("/classify", {"add_generation_prompt": True}, "add_generation_prompt", "not supported for classific"),
+        ("/classify", {"continue_final_message": True}, "continue_final_message", "not supported for classific"),
+        ("/classify", {"use_activation": True, "activation": False}, "use_activation", "and activation disagree"),
         ("/classify", {"input": []}, "input", "input is empty"),
         ("/classify", {"input": ["fine", ""]}, "input[1]", r"input\[1\] is empty"),
         ("/classify", {"input": [1, 10**6]}, "input", "outside the vocabulary"),
@@ -210,6 +222,9 @@ CASES = (
         ("/rerank", {"top_n": -1}, "top_n", "greater than or equal to 0"),
         ("/rerank", {"query": None}, "query", "query"),
         ("/rerank", {"documents": []}, "documents", "documents is empty"),
+        # past max_prompt_chars (32 a token of context: 2,048): the side holding most of the text is named
+        ("/rerank", {"documents": ["a" * 1000] * 3}, "documents", "^documents: 3001 characters of prompt text"),
+        ("/score", {"text_1": ["a" * 2048, "b"]}, "text_1", "^text_1: 2051 characters of prompt text"),
     ]
 )
 
@@ -247,3 +262,71 @@ def test_a_served_cross_encoders_routes_equal_the_offline_api(tmp_path) -> None:
         np.testing.assert_allclose([d["probs"] for d in classified["data"]], probs, rtol=1e-6)
         refused = post(running, "/v1/completions", {"prompt": "hi"})
         assert refused.status == 400 and refused.json()["error"]["param"] == "model"
+
+
+@pytest.mark.slow
+def test_scores_between_streaming_completions_lose_nothing_and_change_no_token(tmp_path) -> None:
+    """A causal LM streaming greedy completions while, on the same engine thread, score, rerank and embedding
+    requests run their forwards between its steps: every request answered, each stream's text and each score as
+    when it ran alone."""
+    import asyncio
+    import json
+    import random
+
+    import aiohttp
+    from model_utils import TINY_CONFIG, save_char_tokenizer, save_tiny_checkpoint
+    from server_utils import assert_engine_left_empty, engine_config
+    from test_classify import ENGINE_ARGS
+
+    from jllm.llm import LLM
+
+    model_dir = save_tiny_checkpoint("LlamaForCausalLM", {**TINY_CONFIG, "initializer_range": 0.3}, tmp_path / "lm")
+    save_char_tokenizer(model_dir, TINY_CONFIG["vocab_size"])
+    llm = LLM(str(model_dir), **ENGINE_ARGS)
+    rng = random.Random(0)
+    prompts = [f"story {i}: " + "ab" * rng.randrange(1, 10) for i in range(4)]
+    docs = [[f"doc {j} " + "xy" * rng.randrange(0, 8) for j in range(rng.randrange(1, 7))] for _ in range(12)]
+    pooled = [
+        [("/score", {"text_1": "cat", "text_2": d}), ("/v1/rerank", {"query": "cat", "documents": d, "top_n": 2})][
+            i % 2
+        ]
+        if i % 3
+        else ("/v1/embeddings", {"input": d})
+        for i, d in enumerate(docs)
+    ]
+
+    async def stream(session: aiohttp.ClientSession, url: str, prompt: str) -> str:
+        body = {"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True, "stream": True}
+        async with session.post(f"{url}/v1/completions", json=body, headers=AUTH) as response:
+            assert response.status == 200, await response.text()
+            events = [line.decode()[6:].strip() async for line in response.content if line.startswith(b"data: ")]
+        assert events[-1] == "[DONE]"
+        return "".join(json.loads(event)["choices"][0]["text"] for event in events[:-1])
+
+    async def pool(session: aiohttp.ClientSession, url: str, path: str, body: dict) -> list[float]:
+        async with session.post(f"{url}{path}", json=body, headers=AUTH) as response:
+            assert response.status == 200, await response.text()
+            answer = await response.json()
+        if "results" in answer:
+            return [x for r in answer["results"] for x in (r["index"], r["relevance_score"])]
+        return [x for d in answer["data"] for x in (d["embedding"][:4] if "embedding" in d else [d["score"]])]
+
+    async def run(url: str, together: bool) -> tuple[list[str], list[list[float]]]:
+        async with aiohttp.ClientSession() as session:
+            calls = [lambda p=p: stream(session, url, p) for p in prompts]
+            calls += [lambda c=c: pool(session, url, *c) for c in pooled]
+            if not together:
+                results = [await call() for call in calls]
+            else:
+                order = rng.sample(range(len(calls)), len(calls))
+                shuffled = await asyncio.gather(*(calls[i]() for i in order))
+                results = [shuffled[order.index(i)] for i in range(len(calls))]
+        return results[: len(prompts)], results[len(prompts) :]
+
+    with RunningServer(llm.engine, engine_config(model_dir, **ENGINE_ARGS, api_key=API_KEY)) as running:
+        alone_texts, alone_scores = asyncio.run(run(running.url, together=False))
+        texts, scores = asyncio.run(run(running.url, together=True))
+        assert_engine_left_empty(llm.engine, wait=2.0)
+    assert texts == alone_texts and all(texts)
+    for got, alone in zip(scores, alone_scores, strict=True):
+        np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6)

@@ -16,19 +16,14 @@ from pydantic import BaseModel, model_validator
 
 from jllm.classify import require_classifier
 from jllm.server.middleware import public_id
-from jllm.server.pooling import PoolingRequest, in_groups, input_prompts, pooling_model
-from jllm.server.schemas import _NOTHING, UsageInfo, refuse_unsupported
+from jllm.server.pooling import ActivatedRequest, chat_form_fields, in_groups, input_prompts, pooling_model
+from jllm.server.schemas import UsageInfo, refuse_unsupported
 from jllm.server.state import server_state
 
-# vLLM's chat form of the request (``messages`` and the template's switches), which this server does not take
-UNSUPPORTED_CLASSIFY_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "messages": (_NOTHING, "are not supported for classification: send the text (or token ids) as input"),
-    "chat_template": ((None,), "is not supported: classification takes input, not messages"),
-    "chat_template_kwargs": (_NOTHING, "is not supported: classification takes input, not messages"),
-}
+UNSUPPORTED_CLASSIFY_FIELDS = chat_form_fields("classification")
 
 
-class ClassificationRequest(PoolingRequest):
+class ClassificationRequest(ActivatedRequest):
     input: str | list[str] | list[int] | list[list[int]]
     add_special_tokens: bool = True  # false encodes text inputs without BOS and the like
 
@@ -67,7 +62,7 @@ async def create_classification(request: web.Request) -> web.Response:
     logits = await in_groups(served, token_ids, lambda engine, chunk: list(head.logits(engine.encoder, chunk)))
     data = []
     for i, row in enumerate(logits):
-        probs = head.activate(row, body.use_activation is not False)
+        probs = head.activate(row, body.activated)
         data.append(ClassificationData(index=i, label=head.label(probs), probs=probs.tolist(), num_classes=len(probs)))
     num_tokens = sum(map(len, token_ids))
     response = ClassificationResponse(

@@ -21,15 +21,15 @@ from pydantic import BaseModel, model_validator
 
 from jllm.server.errors import bad_request
 from jllm.server.middleware import public_id
-from jllm.server.pooling import PoolingRequest, in_groups, input_prompts, pooling_model
-from jllm.server.schemas import _NOTHING, refuse_unsupported
+from jllm.server.pooling import PoolingRequest, chat_form_fields, in_groups, input_prompts, pooling_model
+from jllm.server.schemas import refuse_unsupported
 from jllm.server.state import server_state
 
 # Fields of vLLM's embedding request this server cannot honour, beyond every pooling request's (``server.pooling``):
 # (the values that ask for nothing, why more is refused)
 UNSUPPORTED_EMBEDDING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "dimensions": ((None,), "is not supported: the served models' embeddings have one size, their hidden size"),
-    "messages": (_NOTHING, "are not supported for embeddings: send the text (or token ids) as input"),
+    **chat_form_fields("embeddings"),
     "embed_dtype": ((None, "float32"), "must be float32, the only dtype embeddings are encoded in"),
 }
 BYTE_ORDER = {"native": "=", "little": "<", "big": ">"}  # numpy's byte-order marks

@@ -1,7 +1,8 @@
 """What the routes that run prompts once over share (``embeddings``, ``classify``, ``scores``): the request fields
-vLLM's pooling requests have in common, those refused by name, routing to a base model (a LoRA adapter's name is a
-400: pooling runs the base), and the encoder's work on the model's engine thread in groups of ``max_num_seqs``
-prompts, so a long list of inputs lets generation steps run between the groups.
+vLLM's pooling requests have in common, those refused by name (the chat form among them), the names of a classifier
+head's activation switch, routing to a base model (a LoRA adapter's name is a 400: pooling runs the base), and the
+encoder's work on the model's engine thread in groups of ``max_num_seqs`` prompts, so a long list of inputs lets
+generation steps run between the groups.
 
 Where this module sits: docs/architecture.md.
 """
@@ -29,6 +30,20 @@ UNSUPPORTED_POOLING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+def chat_form_fields(task: str) -> dict[str, tuple[tuple[Any, ...], str]]:
+    """vLLM's chat form of an embeddings or classification request (``messages`` and the template's switches), which
+    this server does not take: each refused by name, since ignoring it would run the input as it is."""
+    why = f"not supported for {task}: send the text (or token ids) as input"
+    return {
+        "messages": (_NOTHING, f"are {why}"),
+        "chat_template": ((None,), f"is {why}"),
+        "chat_template_kwargs": (_NOTHING, f"is {why}"),
+        "add_generation_prompt": ((None, False), f"is {why}"),
+        "continue_final_message": ((None, False), f"is {why}"),
+        "media_io_kwargs": (_NOTHING, f"is {why}"),
+    }
+
+
 class PoolingRequest(_Request):
     """vLLM's ``PoolingBasicRequestMixin`` and its ``use_activation``."""
 
@@ -43,6 +58,25 @@ class PoolingRequest(_Request):
     @classmethod
     def _refuse_unsupported_pooling(cls, data: Any) -> Any:
         return refuse_unsupported(data, UNSUPPORTED_POOLING_FIELDS)
+
+
+class ActivatedRequest(PoolingRequest):
+    """A request through a classifier's head (classify, score, rerank): ``softmax`` and ``activation`` are vLLM's
+    older names of ``use_activation``."""
+
+    softmax: bool | None = None
+    activation: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_activation(self) -> ActivatedRequest:
+        given = {n: v for n in ("use_activation", "activation", "softmax") if (v := getattr(self, n)) is not None}
+        if len(set(given.values())) > 1:
+            raise bad_request(f"{' and '.join(given)} disagree; give one of them", param=next(iter(given)))
+        return self
+
+    @property
+    def activated(self) -> bool:
+        return False not in (self.use_activation, self.activation, self.softmax)
 
 
 def pooling_model(state: ServerState, model: str | None) -> ServedModel:

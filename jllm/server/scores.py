@@ -19,10 +19,10 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
 from jllm import scoring
-from jllm.inputs import InputProcessor, Prompt
+from jllm.inputs import InputProcessor, Prompt, text_chars
 from jllm.server.errors import bad_request
 from jllm.server.middleware import public_id
-from jllm.server.pooling import PoolingRequest, in_groups, pooling_model
+from jllm.server.pooling import ActivatedRequest, in_groups, pooling_model
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import _NOTHING, UsageInfo, refuse_unsupported
 from jllm.server.state import server_state
@@ -39,27 +39,13 @@ PAIR_FIELDS = (("text_1", "text_2"), ("queries", "documents"), ("queries", "item
 Texts = str | list[str]
 
 
-class ScoringRequest(PoolingRequest):
-    """What score and rerank share; ``softmax`` and ``activation`` are vLLM's older names of ``use_activation``."""
-
-    softmax: bool | None = None
-    activation: bool | None = None
+class ScoringRequest(ActivatedRequest):
+    """What score and rerank share."""
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         return refuse_unsupported(data, UNSUPPORTED_SCORING_FIELDS)
-
-    @model_validator(mode="after")
-    def _one_activation(self) -> ScoringRequest:
-        given = {n: v for n in ("use_activation", "activation", "softmax") if (v := getattr(self, n)) is not None}
-        if len(set(given.values())) > 1:
-            raise bad_request(f"{' and '.join(given)} disagree; give one of them", param=next(iter(given)))
-        return self
-
-    @property
-    def activated(self) -> bool:
-        return False not in (self.use_activation, self.activation, self.softmax)
 
 
 class ScoreRequest(ScoringRequest):
@@ -169,7 +155,8 @@ async def _scores(
     head = scoring.cross_encoder(served.engine.classifier, body.model or served.name)
     firsts, seconds = scoring.pair_lists(first, second, names)
     inputs = served.engine.inputs
-    chars = inputs.check_prompt_size([firsts, seconds], names[0])
+    longer = names[int(text_chars(seconds) > text_chars(firsts))]  # the side a refusal of the whole size names
+    chars = inputs.check_prompt_size([firsts, seconds], longer)
     if head is not None:
         args = (inputs, head, firsts, seconds, body.truncate_prompt_tokens, names)
         prompts = await state.host_work.run(chars, scoring.pair_prompts, *args)
