@@ -36,6 +36,19 @@ STOP_GRACE_SECONDS = 10.0  # how long stopping waits on a step before giving up 
 
 # A command runs on the engine thread; an output it returns (an abort's final one) goes to the request's stream.
 Command = Callable[[], RequestOutput | None]
+
+
+@dataclass
+class DeviceCall:
+    """A ``call``'s work on the engine thread, and how to fail its caller if it never runs (the engine stopped)."""
+
+    run: Callable[[], None]
+    fail: Callable[[BaseException], None]
+
+    def __call__(self) -> None:
+        self.run()
+
+
 T = TypeVar("T")
 
 
@@ -141,6 +154,7 @@ class AsyncEngine:
         self._in_flight_seqs = 0  # their sum
         self._admitting: dict[str, asyncio.Future[None]] = {}  # adds the engine thread has not acknowledged yet
         self._calls: set[asyncio.Future[Any]] = set()  # ``call``s queued or running on the engine thread
+        self._deferred: list[DeviceCall] = []  # engine thread: ``call``s waiting for a step of their own
         self._accepting = True
         self._error: BaseException | None = None
         self._heartbeat = time.monotonic()
@@ -232,7 +246,9 @@ class AsyncEngine:
 
     async def call(self, fn: Callable[[LLMEngine], T]) -> T:
         """``fn(engine)`` on the engine thread between two steps, for work that shares the device with them
-        (embeddings): it never runs beside a step, and the loop goes on meanwhile. Its exception is raised here."""
+        (embeddings, scores): it never runs beside a step, and the loop goes on meanwhile. While requests run, one
+        call goes between two steps, so a burst of calls spreads over steps instead of holding every stream's next
+        token behind all of them. Its exception is raised here."""
         self._check_open()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
@@ -254,7 +270,7 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(settle, result, None)
 
         self._calls.add(done)
-        self._inbox.put(command)
+        self._inbox.put(DeviceCall(command, lambda e: loop.call_soon_threadsafe(settle, None, e)))
         try:
             return await done
         finally:
@@ -375,14 +391,24 @@ class AsyncEngine:
             self._loop.call_soon_threadsafe(self._fail_all, e)
 
     def _turn(self) -> bool:
-        """Runs the queued commands, then one step if anything is unfinished; False once told to stop."""
+        """Runs the queued commands (while requests run, at most one ``call``: the rest wait for the next turns),
+        then one step if anything is unfinished; False once told to stop."""
         engine = self.engine
         outputs: list[RequestOutput] = []
-        for command in self._commands(block=not engine.has_unfinished_requests()):
+        deferred, self._deferred = self._deferred, []
+        calls_run = 0
+        for command in [*deferred, *self._commands(block=not engine.has_unfinished_requests() and not deferred)]:
             if command is None:
                 outputs += [o for rid in list(engine.requests) if (o := engine.abort_request(rid)) is not None]
                 self._publish(outputs)
+                for call in self._deferred:
+                    call.fail(EngineUnavailableError("the engine stopped before this call ran"))
                 return False
+            if isinstance(command, DeviceCall):
+                if calls_run and engine.has_unfinished_requests():
+                    self._deferred.append(command)
+                    continue
+                calls_run += 1
             if (output := command()) is not None:
                 outputs.append(output)
         if engine.has_unfinished_requests():
