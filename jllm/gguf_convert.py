@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,14 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# LayerNorm families (StableLM, StarCoder2, Nemotron): the norms' biases, and biases on the other linears
+_LAYER_NORM_BIASES = {"attn_norm.bias": "input_layernorm.bias", "ffn_norm.bias": "post_attention_layernorm.bias"}
+_LINEAR_BIASES = {
+    "attn_output.bias": "self_attn.o_proj.bias",
+    "ffn_up.bias": "mlp.up_proj.bias",
+    "ffn_down.bias": "mlp.down_proj.bias",
+}
+_LAYER_NORM_GLOBAL_NAMES = {**_GLOBAL_NAMES, "output_norm.bias": "model.norm.bias"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,9 @@ class _Arch:
     keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
     prefix: str = "model.layers."  # where the HF layers are
     global_names: dict[str, str] = field(default_factory=lambda: _GLOBAL_NAMES)
+    # config keys transformers derives from which tensors the file has (StableLM's biases and residual layout)
+    from_tensors: Callable[[set[str]], dict[str, Any]] | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # layer tensors transformers drops -> why refused
 
 
 # transformers' config classes' defaults for keys a file may leave out; the file's value wins where it has one
@@ -174,6 +185,53 @@ ARCHITECTURES = {
             "output.weight": "lm_head.weight",
         },
     ),
+    # StableLM 2 / StableLM-3B-4E1T: q/k/v biases and the parallel residual (no `ffn_norm`) read off the tensors, as
+    # transformers reads them; llama.cpp writes no rope base (10000, both readers' default)
+    "stablelm": _Arch(
+        "StableLmForCausalLM",
+        "stablelm",
+        {**_COMMON_LAYER_NAMES, **_LAYER_NORM_BIASES},
+        None,
+        keys={"attention.layer_norm_epsilon": "layer_norm_eps"},
+        global_names=_LAYER_NORM_GLOBAL_NAMES,
+        from_tensors=lambda names: {
+            "use_qkv_bias": any(n.endswith(("attn_q.bias", "attn_k.bias", "attn_v.bias")) for n in names),
+            "use_parallel_residual": not any(".ffn_norm." in n for n in names),
+        },
+        refused=dict.fromkeys(
+            ("attn_q_norm.weight", "attn_k_norm.weight"),
+            "StableLM 2 12B's per-head q/k LayerNorms, which transformers' GGUF reader drops",
+        ),
+    ),
+    # transformers reads no rope base for StarCoder2 (its class default, 10000); the file's, which llama.cpp runs
+    "starcoder2": _Arch(
+        "Starcoder2ForCausalLM",
+        "starcoder2",
+        {
+            **_COMMON_LAYER_NAMES,
+            **_LAYER_NORM_BIASES,
+            **_LINEAR_BIASES,
+            "ffn_up.weight": "mlp.c_fc.weight",
+            "ffn_up.bias": "mlp.c_fc.bias",
+            "ffn_down.weight": "mlp.c_proj.weight",
+            "ffn_down.bias": "mlp.c_proj.bias",
+        },
+        None,
+        keys={"attention.layer_norm_epsilon": "norm_epsilon"},
+        global_names=_LAYER_NORM_GLOBAL_NAMES,
+    ),
+    # LayerNorm1P's `1 + w` stored as w + 1; head_dim as for Qwen3 (NemotronConfig's default, 128, where the file
+    # states none); the epsilon llama.cpp writes as `layer_norm_epsilon` (older files) or the RMS key (newer)
+    "nemotron": _Arch(
+        "NemotronForCausalLM",
+        "nemotron",
+        {**_COMMON_LAYER_NAMES, **_LAYER_NORM_BIASES, **_LINEAR_BIASES},
+        "attention.key_length",
+        {"head_dim": 128},
+        norm_offset=True,
+        keys={"attention.layer_norm_epsilon": "norm_eps", "attention.layer_norm_rms_epsilon": "norm_eps"},
+        global_names=_LAYER_NORM_GLOBAL_NAMES,
+    ),
 }
 SHARD_BYTES = 2 << 30  # converted weights are written in shards of at most this many bytes
 _TOKEN_IDS = {
@@ -212,8 +270,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        has_lm_head = any(t.name == "output.weight" for t in reader.tensors)
-        config = _hf_config(meta, arch_name, arch, has_lm_head)
+        config = _hf_config(meta, arch_name, arch, {t.name for t in reader.tensors})
         rope_tensors = {t.name: _dequantized(t) for t in reader.tensors if t.name in ROPE_TENSORS}
         config.update(rope_config(meta, arch_name, config, rope_tensors))
         _write_json(tmp / "config.json", config)
@@ -233,6 +290,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 def _architecture(gguf_path: Path, meta: dict[str, Any]) -> tuple[str, _Arch]:
     """The file's `general.architecture` and what transformers makes of it, or a refusal listing what is read."""
     name = meta.get("general.architecture")
+    if name == "mistral":
+        raise NotImplementedError(
+            f"{gguf_path}: GGUF architecture 'mistral' is not supported: llama.cpp writes Mistral models as 'llama' "
+            "(supported), and transformers' GGUF reader, whose 'mistral' keys this file would follow, cannot place "
+            "its tensors (gguf-py has no 'mistral' architecture)"
+        )
     if name not in ARCHITECTURES:
         raise NotImplementedError(
             f"{gguf_path}: GGUF architecture {name!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
@@ -279,9 +342,9 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: bool) -> dict[str, Any]:
+def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, tensor_names: set[str]) -> dict[str, Any]:
     """config.json from llama.cpp's `<arch>.*` keys, named as transformers maps them, plus the class defaults
-    transformers fills in that jllm's family readers would otherwise not see."""
+    transformers fills in that jllm's family readers would otherwise not see, and what it reads off the tensors."""
 
     def key(name: str, default: Any = None) -> Any:
         return meta.get(f"{arch_name}.{name}", default)
@@ -297,18 +360,21 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
         "rope_theta": float(key("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(key("context_length")),
         "vocab_size": int(key("vocab_size") or len(meta["tokenizer.ggml.tokens"])),
-        "tie_word_embeddings": not has_lm_head or arch_name == "falcon",  # transformers ties Falcon's always
+        # transformers ties Falcon's always
+        "tie_word_embeddings": "output.weight" not in tensor_names or arch_name == "falcon",
         "torch_dtype": "float32",
         **arch.extra_config,
     }
-    if key("attention.layer_norm_rms_epsilon") is not None:  # Falcon's LayerNorm epsilon is not read
-        config["rms_norm_eps"] = float(key("attention.layer_norm_rms_epsilon"))
     for name, gguf_key in _TOKEN_IDS.items():  # only those the file has: the rest stay the config class's defaults
         if f"tokenizer.ggml.{gguf_key}" in meta:
             config[name] = int(meta[f"tokenizer.ggml.{gguf_key}"])
-    for gguf_key, name in {"feed_forward_length": "intermediate_size", **arch.keys}.items():
+    # Falcon's LayerNorm epsilon is not read (transformers' mapping has only the RMS key)
+    keys = {"feed_forward_length": "intermediate_size", "attention.layer_norm_rms_epsilon": "rms_norm_eps"}
+    for gguf_key, name in {**keys, **arch.keys}.items():
         if key(gguf_key) is not None:  # where the file has none, the class default above (or transformers')
-            config[name] = int(key(gguf_key))
+            config[name] = key(gguf_key)
+    if arch.from_tensors is not None:
+        config.update(arch.from_tensors(tensor_names))
     if arch.head_dim_key is not None and key(arch.head_dim_key) is not None:
         config["head_dim"] = int(key(arch.head_dim_key))
     return config
@@ -387,6 +453,11 @@ def _hf_name(gguf_name: str, arch: _Arch) -> str:
     match = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
     if match and match.group(2) in arch.layer_names:
         return f"{arch.prefix}{match.group(1)}.{arch.layer_names[match.group(2)]}"
+    if match and match.group(2) in arch.refused:
+        raise NotImplementedError(
+            f"GGUF tensor {gguf_name!r} is not supported: {arch.refused[match.group(2)]} (the model would run "
+            "without it)"
+        )
     moe = (
         " (a mixture of experts in a 'llama' file, as llama.cpp writes Mixtral, is not supported)"
         if "_exps" in gguf_name

@@ -93,7 +93,20 @@ ARCH_CASES = {
     "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3moe", "gpt2", {**MOE, "head_dim": 16, "norm_topk_prob": True}),
     "falcon": ("FalconForCausalLM", "falcon", "gpt2", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+    "stablelm": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_qkv_bias": True}),
+    "stablelm-parallel": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_parallel_residual": True}),
+    "starcoder2": ("Starcoder2ForCausalLM", "starcoder2", "gpt2", {}),
+    # NemotronConfig's head_dim, 128, which transformers' GGUF reader keeps whatever the file says
+    "nemotron": (
+        "NemotronForCausalLM",
+        "nemotron",
+        "llama",
+        {"hidden_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 128},
+    ),
 }
+# keys transformers' GGUF reader drops (its config class's default instead) that the converter reads, as llama.cpp
+# runs the file: the reference is transformers' model with them set
+READ_WHERE_TRANSFORMERS_DROPS = {"starcoder2": {"rope_theta": 5000.0}}
 
 
 def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
@@ -106,15 +119,20 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
     w.add_feed_forward_length(4 * width if arch == "falcon" else width)
     w.add_head_count(config["num_attention_heads"])
     w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_rope_freq_base(5000.0)
-    if arch == "falcon":
-        w.add_layer_norm_eps(1e-5)
-    else:
+    if arch != "stablelm":  # llama.cpp writes none for StableLM
+        w.add_rope_freq_base(5000.0)
+    if arch in ("falcon", "stablelm", "starcoder2", "nemotron"):
+        w.add_layer_norm_eps(1e-5 if arch != "nemotron" else 1e-6)
+    if arch not in ("falcon", "stablelm", "starcoder2"):  # newer llama.cpp writes Nemotron's epsilon twice
         w.add_layer_norm_rms_eps(1e-6)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     if arch == "llama":
         w.add_rope_dimension_count(head_dim)
+    elif arch in ("stablelm", "nemotron"):  # the rotated channels, as llama.cpp counts them
+        partial = model_config.rope_parameters["partial_rotary_factor"]
+        rotated = partial * head_dim if arch == "stablelm" else partial * width // config["num_attention_heads"]
+        w.add_rope_dimension_count(int(rotated))
     if config.get("sliding_window") and arch.startswith("gemma"):
         w.add_sliding_window(config["sliding_window"])
     if "num_experts" in config:
@@ -168,7 +186,7 @@ def write_arch_gguf(
         if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
             n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
             weights = weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
-        if arch.startswith("gemma") and name.endswith("norm.weight"):
+        if arch.startswith(("gemma", "nemotron")) and name.endswith("norm.weight"):
             weights = weights + 1
         kind = qtype if weights.ndim >= 2 else Q.F32
         if weights.shape[-1] % GGML_QUANT_SIZES[kind][0]:
@@ -248,14 +266,17 @@ def hf_state_as_gguf(model) -> list[tuple[str, np.ndarray]]:
 TINY_GGUF_CONFIG = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
 
 
-def gguf_reference_logits(gguf: Path, prompts: list[list[int]]) -> tuple[dict, list[np.ndarray]]:
+def gguf_reference_logits(
+    gguf: Path, prompts: list[list[int]], dropped: dict | None = None
+) -> tuple[dict, list[np.ndarray]]:
     """transformers' float32 logits ``[T, vocab]`` per prompt for its own loading of `gguf`: the model its GGUF
     config builds, filled from `load_gguf_checkpoint` (what `from_pretrained(gguf_file=...)` runs for these
-    architectures; that call itself insists on `accelerate`)."""
+    architectures; that call itself insists on `accelerate`); `dropped`: rope parameters its reader drops, set."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config, tensors = transformers_gguf_load(gguf)
+    config["rope_parameters"] = {**config["rope_parameters"], **(dropped or {})}
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32).eval()
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
@@ -276,6 +297,13 @@ def gguf_reference_logits(gguf: Path, prompts: list[list[int]]) -> tuple[dict, l
         ("qwen2moe", Q.Q8_0, 64),
         ("qwen3moe", Q.Q5_K, 256),
         ("falcon", Q.Q8_0, 64),
+        ("stablelm", Q.F32, 64),
+        ("stablelm", Q.Q5_0, 64),
+        ("stablelm-parallel", Q.Q8_0, 64),
+        ("starcoder2", Q.F32, 64),
+        ("starcoder2", Q.Q4_K, 256),
+        ("nemotron", Q.F32, 256),
+        ("nemotron", Q.Q6_K, 256),
     ],
     ids=lambda value: value.name if isinstance(value, Q) else str(value),
 )
@@ -291,7 +319,7 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
     gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case, qtype, width)
     out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
     prompts = [[5, 77, 120, 9, 31, 200, 3, 64, 17, 88, 140, 250, 6], [40, 2, 99]]
-    config, expected = gguf_reference_logits(gguf, prompts)
+    config, expected = gguf_reference_logits(gguf, prompts, READ_WHERE_TRANSFORMERS_DROPS.get(case))
     assert_same_config(out, config)
     assert_same_tensors(out, transformers_gguf_load(gguf)[1])
     loaded = load_model(out, mesh=make_mesh(1), dtype="float32")
