@@ -328,7 +328,7 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
         np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
-@pytest.mark.parametrize("case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3"])
+@pytest.mark.parametrize("case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "stablelm", "nemotron"])
 def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: str) -> None:
     """The rebuilt tokenizer.json equals transformers' GGUF tokenizer's backend, and gives its ids: byte-level BPE
     with Qwen's split (qwen2), SentencePiece with byte fallback and merges recovered from the scores (Llama-style:
@@ -344,7 +344,8 @@ def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: s
     theirs_json["added_tokens"] = [t for t in theirs_json["added_tokens"] if t["id"] < vocab]  # GPT-2's extra eos
     assert ours_json == theirs_json
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == ([0, 2] if case == "qwen2" else reference.eos_token_id)  # + end of turn
+    end_of_turn = [0, 2] if ARCH_CASES[case][2] == "gpt2" else reference.eos_token_id  # + end of turn
+    assert generation["eos_token_id"] == end_of_turn
     for text in ["hello the world", " the  world 123 héllo", "<s>x</s><bos>", "😀 wor\nld", "  hello<think>  ", ""]:
         assert ours.encode(text) == reference.encode(text), text
         assert ours.decode(ours.encode(text)) == reference.decode(reference.encode(text)), text
@@ -472,19 +473,60 @@ def test_keys_a_file_leaves_out_take_transformers_defaults(tmp_path: Path, case:
     assert {key: config.get(key) for key in expected[case]} == expected[case]
 
 
-def test_falcon_with_grouped_kv_heads_is_refused(tmp_path: Path) -> None:
-    """transformers' GGUF reader builds every Falcon file as Falcon-7B (multi-query), which a Falcon-40B-style file
-    with several KV heads is not."""
-    gguf = write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
-    path = tmp_path / "falcon40b.gguf"
-    w = GGUFWriter(str(path), "falcon")
-    for field in gguf_convert.GGUFReader(gguf).fields.values():
-        if not field.name.startswith("GGUF.") and field.name not in ("general.architecture",):
-            value = 8 if field.name == "falcon.attention.head_count_kv" else field.contents()
-            w.add_key_value(field.name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
+def rewritten_gguf(
+    source: Path, path: Path, arch: str, values: dict | None = None, tensors: dict[str, np.ndarray] | None = None
+) -> Path:
+    """`source`'s metadata (`values` replacing some) and tensors (`tensors` added, float32) under architecture
+    `arch`: a file no writer here produces directly."""
+    reader = gguf_convert.GGUFReader(source)
+    old_arch = reader.fields["general.architecture"].contents()
+    w = GGUFWriter(str(path), arch)
+    for field in reader.fields.values():
+        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+            name = field.name.replace(f"{old_arch}.", f"{arch}.", 1)
+            value = (values or {}).get(name, field.contents())
+            w.add_key_value(name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for tensor in reader.tensors:
+        w.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    for name, weights in (tensors or {}).items():
+        w.add_tensor(name, weights.astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
+
+
+def test_falcon_with_grouped_kv_heads_is_refused(tmp_path: Path) -> None:
+    """transformers' GGUF reader builds every Falcon file as Falcon-7B (multi-query), which a Falcon-40B-style file
+    with several KV heads is not."""
+    gguf = write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
+    path = rewritten_gguf(gguf, tmp_path / "falcon40b.gguf", "falcon", {"falcon.attention.head_count_kv": 8})
     with pytest.raises(NotImplementedError, match=r"Falcon GGUF with 8 KV heads .*head_count_kv = 1"):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+def test_a_mistral_architecture_file_is_refused_and_a_llama_one_named_mistral_converts_as_llama(
+    tmp_path: Path,
+) -> None:
+    """llama.cpp writes Mistral models as `llama`; transformers' reader turns a `llama` file named exactly "mistral"
+    (or a `mistral` one) into a Mistral config whose tensors it then cannot place (gguf-py has no such
+    architecture). A `mistral` file is refused by name; a `llama` file named "mistral" converts as every other
+    `llama` file, tensors equal to transformers' loading of it under another name."""
+    gguf = write_arch_gguf(tmp_path / "llama.gguf", "mistral")
+    with pytest.raises(NotImplementedError, match=r"architecture 'mistral' is not supported: llama.cpp writes"):
+        gguf_convert.convert_gguf(rewritten_gguf(gguf, tmp_path / "m.gguf", "mistral"), tmp_path / "out")
+    named = rewritten_gguf(gguf, tmp_path / "named.gguf", "llama", {"general.name": "mistral"})
+    out = gguf_convert.convert_gguf(named, tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert_same_tensors(out, transformers_gguf_load(gguf)[1])
+
+
+def test_stablelm_per_head_qk_norms_are_refused(tmp_path: Path) -> None:
+    """StableLM 2 12B's per-head q/k LayerNorms, which transformers' GGUF reader drops (its model would run without
+    them), are refused by name."""
+    gguf = write_arch_gguf(tmp_path / "stablelm.gguf", "stablelm")
+    norms = {"blk.0.attn_q_norm.weight": np.ones((4, 16)), "blk.0.attn_k_norm.weight": np.ones((2, 16))}
+    path = rewritten_gguf(gguf, tmp_path / "qk.gguf", "stablelm", tensors=norms)
+    with pytest.raises(NotImplementedError, match=r"'blk.0.attn_q_norm.weight' is not supported: StableLM 2 12B"):
         gguf_convert.convert_gguf(path, tmp_path / "out")
