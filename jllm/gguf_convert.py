@@ -98,6 +98,8 @@ class _Arch:
     # config keys transformers derives from which tensors the file has (StableLM's biases and residual layout)
     from_tensors: Callable[[set[str]], dict[str, Any]] | None = None
     refused: dict[str, str] = field(default_factory=dict)  # layer tensors transformers drops -> why refused
+    transposed: tuple[str, ...] = ()  # layer tensors llama.cpp stores transposed (GPT-2's `Conv1D` [in, out])
+    config_names: dict[str, str | None] = field(default_factory=dict)  # config.json's own names (None: not there)
 
 
 # transformers' config classes' defaults for keys a file may leave out; the file's value wins where it has one
@@ -183,6 +185,44 @@ ARCHITECTURES = {
             "output_norm.weight": "transformer.ln_f.weight",
             "output_norm.bias": "transformer.ln_f.bias",
             "output.weight": "lm_head.weight",
+        },
+    ),
+    # GPT-2: its own config names; every matrix transposed back to `Conv1D`'s [in, out]; positions learned
+    "gpt2": _Arch(
+        "GPT2LMHeadModel",
+        "gpt2",
+        {
+            f"{gguf}.{kind}": f"{hf}.{kind}"
+            for gguf, hf in (
+                ("attn_norm", "ln_1"),
+                ("attn_qkv", "attn.c_attn"),
+                ("attn_output", "attn.c_proj"),
+                ("ffn_norm", "ln_2"),
+                ("ffn_up", "mlp.c_fc"),
+                ("ffn_down", "mlp.c_proj"),
+            )
+            for kind in ("weight", "bias")
+        },
+        None,
+        keys={"attention.layer_norm_epsilon": "layer_norm_epsilon"},
+        prefix="transformer.h.",
+        global_names={
+            "token_embd.weight": "transformer.wte.weight",
+            "position_embd.weight": "transformer.wpe.weight",
+            "output_norm.weight": "transformer.ln_f.weight",
+            "output_norm.bias": "transformer.ln_f.bias",
+            "output.weight": "lm_head.weight",
+        },
+        transposed=("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight"),
+        # the context is `wpe`'s rows; the MLP width is always 4 * n_embd (`n_inner` unset, as transformers reads it)
+        config_names={
+            "hidden_size": "n_embd",
+            "num_hidden_layers": "n_layer",
+            "num_attention_heads": "n_head",
+            "max_position_embeddings": "n_positions",
+            "num_key_value_heads": None,
+            "rope_theta": None,
+            "intermediate_size": None,
         },
     ),
     # StableLM 2 / StableLM-3B-4E1T: q/k/v biases and the parallel residual (no `ffn_norm`) read off the tensors, as
@@ -273,7 +313,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         config = _hf_config(meta, arch_name, arch, {t.name for t in reader.tensors})
         rope_tensors = {t.name: _dequantized(t) for t in reader.tensors if t.name in ROPE_TENSORS}
         config.update(rope_config(meta, arch_name, config, rope_tensors))
-        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "config.json", _named(config, arch.config_names))
         _write_json(tmp / "generation_config.json", _generation_config(config, meta))
         _save_tensors(_hf_tensors(reader, config, arch), tmp)
         build_tokenizer(meta, arch_name).save(str(tmp / "tokenizer.json"))
@@ -380,6 +420,11 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, tensor_names: 
     return config
 
 
+def _named(config: dict[str, Any], names: dict[str, str | None]) -> dict[str, Any]:
+    """`config` with its keys renamed to the family's own (GPT-2's `n_embd`, ...), those it has no use for left out."""
+    return {names.get(key, key): value for key, value in config.items() if names.get(key, key) is not None}
+
+
 def _generation_config(config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """The config's special ids; generation also stops at the file's end-of-turn / end-of-message tokens (Gemma's
     `<end_of_turn>`, Llama 3's `<|eot_id|>`), which config.json, as transformers reads it, has no place for."""
@@ -434,6 +479,8 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iter
             weights = _unpermute_rotary(weights, kv_heads)
         elif arch.norm_offset and "norm.weight" in tensor.name:
             weights = weights - np.float32(1.0)
+        elif tensor.name.split(".", 2)[-1] in arch.transposed:
+            weights = weights.T
         name = _hf_name(tensor.name, arch)
         if "{e}" in name:  # [experts, out, in]: one tensor per expert
             yield from ((name.format(e=e), np.ascontiguousarray(w)) for e, w in enumerate(weights))

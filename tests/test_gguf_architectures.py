@@ -93,6 +93,7 @@ ARCH_CASES = {
     "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3moe", "gpt2", {**MOE, "head_dim": 16, "norm_topk_prob": True}),
     "falcon": ("FalconForCausalLM", "falcon", "gpt2", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+    "gpt2": ("GPT2LMHeadModel", "gpt2", "gpt2", {}),
     "stablelm": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_qkv_bias": True}),
     "stablelm-parallel": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_parallel_residual": True}),
     "starcoder2": ("Starcoder2ForCausalLM", "starcoder2", "gpt2", {}),
@@ -107,6 +108,8 @@ ARCH_CASES = {
 # keys transformers' GGUF reader drops (its config class's default instead) that the converter reads, as llama.cpp
 # runs the file: the reference is transformers' model with them set
 READ_WHERE_TRANSFORMERS_DROPS = {"starcoder2": {"rope_theta": 5000.0}}
+# keys transformers' GGUF reader sets that its config class has no use for (the converter leaves them out)
+TRANSFORMERS_UNUSED_KEYS = {"gpt2": ("n_ctx", "feed_forward_length")}
 
 
 def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
@@ -114,10 +117,13 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
     width = config["hidden_size"]
     head_dim = config.get("head_dim") or width // config["num_attention_heads"]
     w.add_block_count(config["num_hidden_layers"])
-    w.add_context_length(256)
+    w.add_context_length(model_config.n_positions if arch == "gpt2" else 256)  # GPT-2's: `wpe`'s rows
     w.add_embedding_length(width)
-    w.add_feed_forward_length(4 * width if arch == "falcon" else width)
+    w.add_feed_forward_length(4 * width if arch in ("falcon", "gpt2") else width)
     w.add_head_count(config["num_attention_heads"])
+    if arch == "gpt2":  # no rotary, no KV-head count (`GPT2Model.set_gguf_parameters`)
+        w.add_layer_norm_eps(1e-5)
+        return
     w.add_head_count_kv(config["num_key_value_heads"])
     if arch != "stablelm":  # llama.cpp writes none for StableLM
         w.add_rope_freq_base(5000.0)
@@ -161,9 +167,9 @@ def write_arch_gguf(
     w.add_name(f"tiny {case}")
     vocab = add_tokenizer(w, tokenizer_kind, arch)
     config = {**TINY_GGUF_CONFIG, "hidden_size": width, "intermediate_size": width, "vocab_size": vocab, **overrides}
-    config_cls = "Gemma3TextConfig" if case == "gemma3" else model_cls.replace("ForCausalLM", "Config")
     torch.manual_seed(0)
-    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+    model_cls = getattr(transformers, model_cls)
+    model = model_cls(model_cls.config_class(**config))
     add_hparams(w, arch, config, model.config)
     if arch == "phi3":  # Phi3MiniModel: a head's rotary channels, fewer with a partial_rotary_factor (Phi-4-mini)
         partial = (rope or {}).get("partial_rotary_factor", 1.0)
@@ -183,11 +189,7 @@ def write_arch_gguf(
         name = f"{names.get_name(base)}.{suffix}" if names.get_name(base) else hf_name
         if weights.ndim == 1:
             weights = weights + 0.3 * rng.standard_normal(weights.shape).astype(np.float32)  # not the init's constants
-        if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
-            n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
-            weights = weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
-        if arch.startswith(("gemma", "nemotron")) and name.endswith("norm.weight"):
-            weights = weights + 1
+        weights = as_llama_cpp_stores(weights, name, arch, config)
         kind = qtype if weights.ndim >= 2 else Q.F32
         if weights.shape[-1] % GGML_QUANT_SIZES[kind][0]:
             kind = Q.Q8_0  # rows narrower than a K-quant block: llama.cpp falls back the same way
@@ -197,6 +199,19 @@ def write_arch_gguf(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def as_llama_cpp_stores(weights: np.ndarray, name: str, arch: str, config: dict) -> np.ndarray:
+    """An HF tensor as llama.cpp's converter writes it: Llama's q/k rows permuted, GPT-2's `Conv1D` matrices
+    transposed, Gemma's and Nemotron's norms as `w + 1`."""
+    if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+        n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
+        return weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
+    if arch == "gpt2" and name.endswith(("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")):
+        return weights.T  # [in, out] -> [out, in]
+    if arch.startswith(("gemma", "nemotron")) and name.endswith("norm.weight"):
+        return weights + 1
+    return weights
 
 
 def add_rope_scaling(w: GGUFWriter, rope: dict, rotary_dim: int) -> None:
@@ -276,7 +291,10 @@ def gguf_reference_logits(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config, tensors = transformers_gguf_load(gguf)
-    config["rope_parameters"] = {**config["rope_parameters"], **(dropped or {})}
+    if dropped:
+        config["rope_parameters"] = {**config["rope_parameters"], **dropped}
+    for key in TRANSFORMERS_UNUSED_KEYS.get(config["model_type"], ()):
+        del config[key]
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32).eval()
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
@@ -297,6 +315,8 @@ def gguf_reference_logits(
         ("qwen2moe", Q.Q8_0, 64),
         ("qwen3moe", Q.Q5_K, 256),
         ("falcon", Q.Q8_0, 64),
+        ("gpt2", Q.F32, 64),
+        ("gpt2", Q.Q4_0, 64),
         ("stablelm", Q.F32, 64),
         ("stablelm", Q.Q5_0, 64),
         ("stablelm-parallel", Q.Q8_0, 64),
