@@ -260,14 +260,13 @@ ARCHITECTURES = {
         keys={"attention.layer_norm_epsilon": "norm_epsilon"},
         global_names=_LAYER_NORM_GLOBAL_NAMES,
     ),
-    # LayerNorm1P's `1 + w` stored as w + 1; head_dim as for Qwen3 (NemotronConfig's default, 128, where the file
-    # states none); the epsilon llama.cpp writes as `layer_norm_epsilon` (older files) or the RMS key (newer)
+    # LayerNorm1P's `1 + w` stored as w + 1; the epsilon llama.cpp writes as `layer_norm_epsilon` (older files) or
+    # the RMS key (newer); heads of hidden / heads channels, the only ones transformers builds (`_architecture`)
     "nemotron": _Arch(
         "NemotronForCausalLM",
         "nemotron",
         {**_COMMON_LAYER_NAMES, **_LAYER_NORM_BIASES, **_LINEAR_BIASES},
-        "attention.key_length",
-        {"head_dim": 128},
+        None,
         norm_offset=True,
         keys={"attention.layer_norm_epsilon": "norm_eps", "attention.layer_norm_rms_epsilon": "norm_eps"},
         global_names=_LAYER_NORM_GLOBAL_NAMES,
@@ -351,6 +350,14 @@ def _architecture(gguf_path: Path, meta: dict[str, Any]) -> tuple[str, _Arch]:
             "new decoder architecture) is not supported: transformers' GGUF reader builds only Falcon-7B's "
             "multi-query layout (supported: falcon.attention.head_count_kv = 1)"
         )
+    if name == "nemotron" and "nemotron.attention.key_length" in meta:
+        head_dim = meta["nemotron.embedding_length"] // meta["nemotron.attention.head_count"]
+        if meta["nemotron.attention.key_length"] != head_dim:
+            raise NotImplementedError(
+                f"{gguf_path}: a Nemotron GGUF with heads of {meta['nemotron.attention.key_length']} channels "
+                "(Minitron-8B's layout) is not supported: transformers' GGUF reader builds heads of hidden / heads = "
+                f"{head_dim} (supported: nemotron.attention.key_length = embedding_length / head_count)"
+            )
     return name, ARCHITECTURES[name]
 
 
