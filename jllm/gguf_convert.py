@@ -1,11 +1,15 @@
-"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B) into an HF model directory.
+"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B, GPT-2, StableLM, StarCoder2,
+Nemotron) into an HF model directory.
 
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
-front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order and
-Gemma's `w + 1` norms undone, the tokenizer rebuilt from the metadata (`jllm.gguf_tokenizer`). Every step mirrors
-what transformers' own GGUF loader does (its legacy `load_gguf_checkpoint` path, for these architectures), and the
-tests hold us to its output, but one: the rotary scaling it drops is written back into config.json
-(`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its original config says.
+front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order, Gemma's
+and Nemotron's `w + 1` norms and GPT-2's transposed matrices undone, the tokenizer rebuilt from the metadata
+(`jllm.gguf_tokenizer`). Every step mirrors what transformers' own GGUF loader does (its legacy
+`load_gguf_checkpoint` path, for these architectures), and the tests hold us to its output, but two: the rotary
+scaling it drops is written back into config.json (`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its
+original config says, and StarCoder2's rope base is the file's (transformers keeps its class default, 10000, where
+StarCoder2 checkpoints have 1e5-1e6). A file transformers' reader would load wrong in a way not worth repairing
+(Falcon-40B's KV heads, StableLM 2 12B's q/k norms, Minitron-8B's head width) is refused by name.
 
 Where this module sits: docs/architecture.md.
 """
