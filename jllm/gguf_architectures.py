@@ -250,11 +250,16 @@ ARCHITECTURES = {
     "nemotron": Architecture(
         "NemotronForCausalLM",
         "nemotron",
-        {**_COMMON_LAYER_NAMES, **_LAYER_NORM_BIASES, **_LINEAR_BIASES},
+        {**{k: v for k, v in _COMMON_LAYER_NAMES.items() if k.endswith(".weight")}, **_LAYER_NORM_BIASES},
         None,
         norm_offset=True,
         keys={"attention.layer_norm_epsilon": "norm_eps", "attention.layer_norm_rms_epsilon": "norm_eps"},
         global_names=_LAYER_NORM_GLOBAL_NAMES,
+        refused=dict.fromkeys(
+            ("attn_q.bias", "attn_k.bias", "attn_v.bias", *_LINEAR_BIASES),
+            "Nemotron's attention / MLP biases, which transformers' GGUF reader drops (it reads attention_bias = "
+            "mlp_bias = False, as every released Nemotron has)",
+        ),
     ),
 }
 

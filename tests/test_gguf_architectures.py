@@ -341,7 +341,9 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
         np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
-@pytest.mark.parametrize("case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "stablelm", "nemotron"])
+@pytest.mark.parametrize(
+    "case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "stablelm", "starcoder2", "nemotron"]
+)
 def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: str) -> None:
     """The rebuilt tokenizer.json equals transformers' GGUF tokenizer's backend, and gives its ids: byte-level BPE
     with Qwen's split (qwen2), SentencePiece with byte fallback and merges recovered from the scores (Llama-style:
@@ -544,11 +546,19 @@ def test_nemotron_with_heads_wider_than_hidden_over_heads_is_refused(tmp_path: P
         gguf_convert.convert_gguf(path, tmp_path / "out")
 
 
-def test_stablelm_per_head_qk_norms_are_refused(tmp_path: Path) -> None:
-    """StableLM 2 12B's per-head q/k LayerNorms, which transformers' GGUF reader drops (its model would run without
-    them), are refused by name."""
-    gguf = write_arch_gguf(tmp_path / "stablelm.gguf", "stablelm")
-    norms = {"blk.0.attn_q_norm.weight": np.ones((4, 16)), "blk.0.attn_k_norm.weight": np.ones((2, 16))}
-    path = rewritten_gguf(gguf, tmp_path / "qk.gguf", "stablelm", tensors=norms)
-    with pytest.raises(NotImplementedError, match=r"'blk.0.attn_q_norm.weight' is not supported: StableLM 2 12B"):
+@pytest.mark.parametrize(
+    ("case", "tensors", "message"),
+    [
+        ("stablelm", {"attn_q_norm.weight": (4, 16), "attn_k_norm.weight": (2, 16)}, "StableLM 2 12B's per-head q/k"),
+        ("nemotron", {"attn_q.bias": (64,), "ffn_down.bias": (64,)}, "Nemotron's attention / MLP biases"),
+    ],
+    ids=["stablelm-qk-norms", "nemotron-biases"],
+)
+def test_tensors_transformers_drops_are_refused(tmp_path: Path, case: str, tensors: dict, message: str) -> None:
+    """Tensors transformers' GGUF reader drops (its model would run without them: StableLM 2 12B's per-head q/k
+    LayerNorms, Nemotron biases its config says it has not) are refused by name."""
+    gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case)
+    extra = {f"blk.0.{name}": np.ones(shape) for name, shape in tensors.items()}
+    path = rewritten_gguf(gguf, tmp_path / "extra.gguf", case, tensors=extra)
+    with pytest.raises(NotImplementedError, match=rf"'blk.0.{next(iter(tensors))}' is not supported: {message}"):
         gguf_convert.convert_gguf(path, tmp_path / "out")
