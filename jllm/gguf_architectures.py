@@ -148,7 +148,7 @@ ARCHITECTURES = {
         keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
     ),
     # Falcon-7B's layout (multi-query, parallel attention and MLP, one norm), the only one transformers' GGUF
-    # reader builds; files with several KV heads are refused (`_check_falcon`)
+    # reader builds; files with several KV heads are refused (`architecture`)
     "falcon": Architecture(
         "FalconForCausalLM",
         "falcon",
