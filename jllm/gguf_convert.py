@@ -1,11 +1,16 @@
-"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B) into an HF model directory.
+"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B, GPT-2, StableLM, StarCoder2,
+Nemotron) into an HF model directory.
 
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
-front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order and
-Gemma's `w + 1` norms undone, the tokenizer rebuilt from the metadata (`jllm.gguf_tokenizer`). Every step mirrors
-what transformers' own GGUF loader does (its legacy `load_gguf_checkpoint` path, for these architectures), and the
-tests hold us to its output, but one: the rotary scaling it drops is written back into config.json
-(`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its original config says.
+front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order, Gemma's
+and Nemotron's `w + 1` norms and GPT-2's transposed matrices undone, the tokenizer rebuilt from the metadata
+(`jllm.gguf_tokenizer`). Every step mirrors what transformers' own GGUF loader does (its legacy
+`load_gguf_checkpoint` path, for these architectures), and the tests hold us to its output, but two: the rotary
+scaling it drops is written back into config.json (`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its
+original config says, and StarCoder2's rope base is the file's (transformers keeps its class default, 10000, where
+StarCoder2 checkpoints have 1e5-1e6). A file transformers' reader would load wrong in a way not worth repairing
+(Falcon-40B's KV heads, StableLM 2 12B's q/k norms, Minitron-8B's head width) is refused by name; what each
+architecture is in HF terms is `jllm.gguf_architectures`.
 
 Where this module sits: docs/architecture.md.
 """
@@ -19,7 +24,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,153 +32,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTenso
 from gguf.quants import dequantize
 from safetensors.numpy import save_file
 
+from jllm.gguf_architectures import Architecture, architecture
 from jllm.gguf_rope import ROPE_TENSORS, rope_config
-from jllm.gguf_tokenizer import SUPPORTED_TOKENIZERS, build_tokenizer, tokenizer_config
+from jllm.gguf_tokenizer import build_tokenizer, tokenizer_config
 
-_COMMON_LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_QK_NORMS = {"attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight"}
-# Gemma 2/3's four norms per layer: llama.cpp's `ffn_norm` is the pre-MLP one.
-_GEMMA_NORMS = {
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
-    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
-}
-# Routed experts: one GGUF tensor [experts, out, in] per projection, one HF tensor per expert; the shared expert.
-_MOE_NAMES = {
-    "ffn_gate_inp.weight": "mlp.gate.weight",
-    "ffn_gate_exps.weight": "mlp.experts.{e}.gate_proj.weight",
-    "ffn_up_exps.weight": "mlp.experts.{e}.up_proj.weight",
-    "ffn_down_exps.weight": "mlp.experts.{e}.down_proj.weight",
-}
-_SHARED_EXPERT_NAMES = {
-    "ffn_gate_inp_shexp.weight": "mlp.shared_expert_gate.weight",
-    "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
-    "ffn_up_shexp.weight": "mlp.shared_expert.up_proj.weight",
-    "ffn_down_shexp.weight": "mlp.shared_expert.down_proj.weight",
-}
-_MOE_KEYS = {"expert_count": "num_experts", "expert_used_count": "num_experts_per_tok"}
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-
-
-@dataclass(frozen=True)
-class _Arch:
-    """What transformers' GGUF loader does with one `general.architecture`."""
-
-    hf_class: str
-    model_type: str
-    layer_names: dict[str, str]
-    head_dim_key: str | None  # the metadata key transformers reads head_dim from (None: hidden // heads)
-    extra_config: dict[str, Any] = field(default_factory=dict)  # transformers' class defaults jllm must see
-    rotary_permuted: bool = False  # llama.cpp interleaved q/k rows per head (Llama only)
-    norm_offset: bool = False  # llama.cpp stored Gemma's `1 + w` norms as w + 1
-    keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
-    prefix: str = "model.layers."  # where the HF layers are
-    global_names: dict[str, str] = field(default_factory=lambda: _GLOBAL_NAMES)
-
-
-# transformers' config classes' defaults for keys a file may leave out; the file's value wins where it has one
-_GEMMA_CONFIG = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256, "sliding_window": 4096}
-_GEMMA_KEYS = {"attention.sliding_window": "sliding_window"}
-ARCHITECTURES = {
-    "llama": _Arch("LlamaForCausalLM", "llama", _COMMON_LAYER_NAMES, "rope.dimension_count", rotary_permuted=True),
-    "qwen2": _Arch("Qwen2ForCausalLM", "qwen2", _COMMON_LAYER_NAMES, None),
-    # transformers reads no head_dim for Qwen3 (its class default, 128, every Qwen3 has); the file's, where stated
-    "qwen3": _Arch(
-        "Qwen3ForCausalLM", "qwen3", {**_COMMON_LAYER_NAMES, **_QK_NORMS}, "attention.key_length", {"head_dim": 128}
-    ),
-    "gemma2": _Arch(
-        "Gemma2ForCausalLM",
-        "gemma2",
-        {**_COMMON_LAYER_NAMES, **_GEMMA_NORMS},
-        "attention.key_length",
-        {**_GEMMA_CONFIG, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
-        norm_offset=True,
-        keys=_GEMMA_KEYS,
-    ),
-    "gemma3": _Arch(
-        "Gemma3ForCausalLM",
-        "gemma3_text",
-        {**_COMMON_LAYER_NAMES, **_GEMMA_NORMS, **_QK_NORMS},
-        "attention.key_length",
-        _GEMMA_CONFIG,
-        norm_offset=True,
-        keys=_GEMMA_KEYS,
-    ),
-    "phi3": _Arch(
-        "Phi3ForCausalLM",
-        "phi3",
-        {
-            **_COMMON_LAYER_NAMES,
-            "attn_qkv.weight": "self_attn.qkv_proj.weight",
-            "ffn_up.weight": "mlp.gate_up_proj.weight",
-        },
-        None,
-    ),
-    # transformers takes the experts' widths from its config classes' defaults (one checkpoint's); the file's here
-    "qwen2moe": _Arch(
-        "Qwen2MoeForCausalLM",
-        "qwen2_moe",
-        {**_COMMON_LAYER_NAMES, **_MOE_NAMES, **_SHARED_EXPERT_NAMES},
-        None,
-        {"intermediate_size": 5632, "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632},
-        keys={
-            **_MOE_KEYS,
-            "expert_feed_forward_length": "moe_intermediate_size",
-            "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
-        },
-    ),
-    "qwen3moe": _Arch(
-        "Qwen3MoeForCausalLM",
-        "qwen3_moe",
-        {**_COMMON_LAYER_NAMES, **_QK_NORMS, **_MOE_NAMES},
-        "attention.key_length",
-        # norm_topk_prob: transformers' GGUF default (llama.cpp renormalises Qwen3-MoE's top-k)
-        {"norm_topk_prob": True, "intermediate_size": 6144, "moe_intermediate_size": 768},
-        keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
-    ),
-    # Falcon-7B's layout (multi-query, parallel attention and MLP, one norm), the only one transformers' GGUF
-    # reader builds; files with several KV heads are refused (`_check_falcon`)
-    "falcon": _Arch(
-        "FalconForCausalLM",
-        "falcon",
-        {
-            f"{gguf}.{kind}": f"{hf}.{kind}"
-            for gguf, hf in (
-                ("attn_norm", "input_layernorm"),
-                ("attn_qkv", "self_attention.query_key_value"),
-                ("attn_output", "self_attention.dense"),
-                ("ffn_up", "mlp.dense_h_to_4h"),
-                ("ffn_down", "mlp.dense_4h_to_h"),
-            )
-            for kind in ("weight", "bias")
-        },
-        None,
-        prefix="transformer.h.",
-        global_names={
-            "token_embd.weight": "transformer.word_embeddings.weight",
-            "output_norm.weight": "transformer.ln_f.weight",
-            "output_norm.bias": "transformer.ln_f.bias",
-            "output.weight": "lm_head.weight",
-        },
-    ),
-}
 SHARD_BYTES = 2 << 30  # converted weights are written in shards of at most this many bytes
 _TOKEN_IDS = {
     "bos_token_id": "bos_token_id",
@@ -206,17 +67,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     reader = GGUFReader(gguf_path)
     meta = {name: field.contents() for name, field in reader.fields.items()}
-    arch_name, arch = _architecture(gguf_path, meta)
+    arch_name, arch = architecture(gguf_path, meta)
     _check_tensors(gguf_path, reader, arch)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        has_lm_head = any(t.name == "output.weight" for t in reader.tensors)
-        config = _hf_config(meta, arch_name, arch, has_lm_head)
+        config = _hf_config(meta, arch_name, arch, {t.name for t in reader.tensors})
         rope_tensors = {t.name: _dequantized(t) for t in reader.tensors if t.name in ROPE_TENSORS}
         config.update(rope_config(meta, arch_name, config, rope_tensors))
-        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "config.json", _named(config, arch.config_names))
         _write_json(tmp / "generation_config.json", _generation_config(config, meta))
         _save_tensors(_hf_tensors(reader, config, arch), tmp)
         build_tokenizer(meta, arch_name).save(str(tmp / "tokenizer.json"))
@@ -230,28 +90,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def _architecture(gguf_path: Path, meta: dict[str, Any]) -> tuple[str, _Arch]:
-    """The file's `general.architecture` and what transformers makes of it, or a refusal listing what is read."""
-    name = meta.get("general.architecture")
-    if name not in ARCHITECTURES:
-        raise NotImplementedError(
-            f"{gguf_path}: GGUF architecture {name!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
-        )
-    if (kind := meta.get("tokenizer.ggml.model")) not in SUPPORTED_TOKENIZERS:
-        raise NotImplementedError(
-            f"{gguf_path}: GGUF tokenizer model {kind!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_TOKENIZERS)})"
-        )
-    if name == "falcon" and int(meta.get("falcon.attention.head_count_kv") or 1) != 1:
-        raise NotImplementedError(
-            f"{gguf_path}: a Falcon GGUF with {meta['falcon.attention.head_count_kv']} KV heads (Falcon-40B/180B's "
-            "new decoder architecture) is not supported: transformers' GGUF reader builds only Falcon-7B's "
-            "multi-query layout (supported: falcon.attention.head_count_kv = 1)"
-        )
-    return name, ARCHITECTURES[name]
-
-
-def _check_tensors(gguf_path: Path, reader: GGUFReader, arch: _Arch) -> None:
+def _check_tensors(gguf_path: Path, reader: GGUFReader, arch: Architecture) -> None:
     """Refuse a weight type gguf-py cannot dequantize, or a tensor with no place in the HF model, by name."""
     for tensor in reader.tensors:
         if tensor.tensor_type not in SUPPORTED_TENSOR_TYPES:
@@ -279,9 +118,9 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: bool) -> dict[str, Any]:
+def _hf_config(meta: dict[str, Any], arch_name: str, arch: Architecture, tensor_names: set[str]) -> dict[str, Any]:
     """config.json from llama.cpp's `<arch>.*` keys, named as transformers maps them, plus the class defaults
-    transformers fills in that jllm's family readers would otherwise not see."""
+    transformers fills in that jllm's family readers would otherwise not see, and what it reads off the tensors."""
 
     def key(name: str, default: Any = None) -> Any:
         return meta.get(f"{arch_name}.{name}", default)
@@ -297,21 +136,29 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: _Arch, has_lm_head: b
         "rope_theta": float(key("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(key("context_length")),
         "vocab_size": int(key("vocab_size") or len(meta["tokenizer.ggml.tokens"])),
-        "tie_word_embeddings": not has_lm_head or arch_name == "falcon",  # transformers ties Falcon's always
+        # transformers ties Falcon's always
+        "tie_word_embeddings": "output.weight" not in tensor_names or arch_name == "falcon",
         "torch_dtype": "float32",
         **arch.extra_config,
     }
-    if key("attention.layer_norm_rms_epsilon") is not None:  # Falcon's LayerNorm epsilon is not read
-        config["rms_norm_eps"] = float(key("attention.layer_norm_rms_epsilon"))
     for name, gguf_key in _TOKEN_IDS.items():  # only those the file has: the rest stay the config class's defaults
         if f"tokenizer.ggml.{gguf_key}" in meta:
             config[name] = int(meta[f"tokenizer.ggml.{gguf_key}"])
-    for gguf_key, name in {"feed_forward_length": "intermediate_size", **arch.keys}.items():
+    # Falcon's LayerNorm epsilon is not read (transformers' mapping has only the RMS key)
+    keys = {"feed_forward_length": "intermediate_size", "attention.layer_norm_rms_epsilon": "rms_norm_eps"}
+    for gguf_key, name in {**keys, **arch.keys}.items():
         if key(gguf_key) is not None:  # where the file has none, the class default above (or transformers')
-            config[name] = int(key(gguf_key))
+            config[name] = key(gguf_key)
+    if arch.from_tensors is not None:
+        config.update(arch.from_tensors(tensor_names))
     if arch.head_dim_key is not None and key(arch.head_dim_key) is not None:
         config["head_dim"] = int(key(arch.head_dim_key))
     return config
+
+
+def _named(config: dict[str, Any], names: dict[str, str | None]) -> dict[str, Any]:
+    """`config` with its keys renamed to the family's own (GPT-2's `n_embd`, ...), those it has no use for left out."""
+    return {names.get(key, key): value for key, value in config.items() if names.get(key, key) is not None}
 
 
 def _generation_config(config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -354,7 +201,7 @@ def _save_tensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: Path) -> N
     _write_json(out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
-def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iterator[tuple[str, np.ndarray]]:
+def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: Architecture) -> Iterator[tuple[str, np.ndarray]]:
     """Every tensor dequantized to float32 under its HF name, one at a time: q/k rows back in HF's rotary order
     (Llama), Gemma's norms back to `w` from llama.cpp's `w + 1`, stacked experts one tensor each."""
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
@@ -368,6 +215,8 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: _Arch) -> Iter
             weights = _unpermute_rotary(weights, kv_heads)
         elif arch.norm_offset and "norm.weight" in tensor.name:
             weights = weights - np.float32(1.0)
+        elif tensor.name.split(".", 2)[-1] in arch.transposed:
+            weights = weights.T
         name = _hf_name(tensor.name, arch)
         if "{e}" in name:  # [experts, out, in]: one tensor per expert
             yield from ((name.format(e=e), np.ascontiguousarray(w)) for e, w in enumerate(weights))
@@ -381,12 +230,17 @@ def _dequantized(tensor: ReaderTensor) -> np.ndarray:
     return dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
 
 
-def _hf_name(gguf_name: str, arch: _Arch) -> str:
+def _hf_name(gguf_name: str, arch: Architecture) -> str:
     if gguf_name in arch.global_names:
         return arch.global_names[gguf_name]
     match = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
     if match and match.group(2) in arch.layer_names:
         return f"{arch.prefix}{match.group(1)}.{arch.layer_names[match.group(2)]}"
+    if match and match.group(2) in arch.refused:
+        raise NotImplementedError(
+            f"GGUF tensor {gguf_name!r} is not supported: {arch.refused[match.group(2)]} (the model would run "
+            "without it)"
+        )
     moe = (
         " (a mixture of experts in a 'llama' file, as llama.cpp writes Mixtral, is not supported)"
         if "_exps" in gguf_name

@@ -93,7 +93,17 @@ ARCH_CASES = {
     "qwen3moe": ("Qwen3MoeForCausalLM", "qwen3moe", "gpt2", {**MOE, "head_dim": 16, "norm_topk_prob": True}),
     "falcon": ("FalconForCausalLM", "falcon", "gpt2", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
+    "gpt2": ("GPT2LMHeadModel", "gpt2", "gpt2", {}),
+    "stablelm": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_qkv_bias": True}),
+    "stablelm-parallel": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_parallel_residual": True}),
+    "starcoder2": ("Starcoder2ForCausalLM", "starcoder2", "gpt2", {}),
+    "nemotron": ("NemotronForCausalLM", "nemotron", "llama", {}),
 }
+# keys transformers' GGUF reader drops (its config class's default instead) that the converter reads, as llama.cpp
+# runs the file: the reference is transformers' model with them set
+READ_WHERE_TRANSFORMERS_DROPS = {"starcoder2": {"rope_theta": 5000.0}}
+# keys transformers' GGUF reader sets that its config class has no use for (the converter leaves them out)
+TRANSFORMERS_UNUSED_KEYS = {"gpt2": ("n_ctx", "feed_forward_length")}
 
 
 def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
@@ -101,20 +111,28 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
     width = config["hidden_size"]
     head_dim = config.get("head_dim") or width // config["num_attention_heads"]
     w.add_block_count(config["num_hidden_layers"])
-    w.add_context_length(256)
+    w.add_context_length(model_config.n_positions if arch == "gpt2" else 256)  # GPT-2's: `wpe`'s rows
     w.add_embedding_length(width)
-    w.add_feed_forward_length(4 * width if arch == "falcon" else width)
+    w.add_feed_forward_length(4 * width if arch in ("falcon", "gpt2") else width)
     w.add_head_count(config["num_attention_heads"])
-    w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_rope_freq_base(5000.0)
-    if arch == "falcon":
+    if arch == "gpt2":  # no rotary, no KV-head count (`GPT2Model.set_gguf_parameters`)
         w.add_layer_norm_eps(1e-5)
-    else:
+        return
+    w.add_head_count_kv(config["num_key_value_heads"])
+    if arch != "stablelm":  # llama.cpp writes none for StableLM
+        w.add_rope_freq_base(5000.0)
+    if arch in ("falcon", "stablelm", "starcoder2", "nemotron"):
+        w.add_layer_norm_eps(1e-5 if arch != "nemotron" else 1e-6)
+    if arch not in ("falcon", "stablelm", "starcoder2"):  # newer llama.cpp writes Nemotron's epsilon twice
         w.add_layer_norm_rms_eps(1e-6)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     if arch == "llama":
         w.add_rope_dimension_count(head_dim)
+    elif arch in ("stablelm", "nemotron"):  # the rotated channels, as llama.cpp counts them
+        partial = model_config.rope_parameters["partial_rotary_factor"]
+        rotated = partial * head_dim if arch == "stablelm" else partial * width // config["num_attention_heads"]
+        w.add_rope_dimension_count(int(rotated))
     if config.get("sliding_window") and arch.startswith("gemma"):
         w.add_sliding_window(config["sliding_window"])
     if "num_experts" in config:
@@ -143,9 +161,9 @@ def write_arch_gguf(
     w.add_name(f"tiny {case}")
     vocab = add_tokenizer(w, tokenizer_kind, arch)
     config = {**TINY_GGUF_CONFIG, "hidden_size": width, "intermediate_size": width, "vocab_size": vocab, **overrides}
-    config_cls = "Gemma3TextConfig" if case == "gemma3" else model_cls.replace("ForCausalLM", "Config")
     torch.manual_seed(0)
-    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+    model_cls = getattr(transformers, model_cls)
+    model = model_cls(model_cls.config_class(**config))
     add_hparams(w, arch, config, model.config)
     if arch == "phi3":  # Phi3MiniModel: a head's rotary channels, fewer with a partial_rotary_factor (Phi-4-mini)
         partial = (rope or {}).get("partial_rotary_factor", 1.0)
@@ -165,11 +183,7 @@ def write_arch_gguf(
         name = f"{names.get_name(base)}.{suffix}" if names.get_name(base) else hf_name
         if weights.ndim == 1:
             weights = weights + 0.3 * rng.standard_normal(weights.shape).astype(np.float32)  # not the init's constants
-        if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
-            n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
-            weights = weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
-        if arch.startswith("gemma") and name.endswith("norm.weight"):
-            weights = weights + 1
+        weights = as_llama_cpp_stores(weights, name, arch, config)
         kind = qtype if weights.ndim >= 2 else Q.F32
         if weights.shape[-1] % GGML_QUANT_SIZES[kind][0]:
             kind = Q.Q8_0  # rows narrower than a K-quant block: llama.cpp falls back the same way
@@ -179,6 +193,19 @@ def write_arch_gguf(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def as_llama_cpp_stores(weights: np.ndarray, name: str, arch: str, config: dict) -> np.ndarray:
+    """An HF tensor as llama.cpp's converter writes it: Llama's q/k rows permuted, GPT-2's `Conv1D` matrices
+    transposed, Gemma's and Nemotron's norms as `w + 1`."""
+    if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
+        n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
+        return weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
+    if arch == "gpt2" and name.endswith(("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")):
+        return weights.T  # [in, out] -> [out, in]
+    if arch.startswith(("gemma", "nemotron")) and name.endswith("norm.weight"):
+        return weights + 1
+    return weights
 
 
 def add_rope_scaling(w: GGUFWriter, rope: dict, rotary_dim: int) -> None:
@@ -248,14 +275,20 @@ def hf_state_as_gguf(model) -> list[tuple[str, np.ndarray]]:
 TINY_GGUF_CONFIG = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
 
 
-def gguf_reference_logits(gguf: Path, prompts: list[list[int]]) -> tuple[dict, list[np.ndarray]]:
+def gguf_reference_logits(
+    gguf: Path, prompts: list[list[int]], dropped: dict | None = None
+) -> tuple[dict, list[np.ndarray]]:
     """transformers' float32 logits ``[T, vocab]`` per prompt for its own loading of `gguf`: the model its GGUF
     config builds, filled from `load_gguf_checkpoint` (what `from_pretrained(gguf_file=...)` runs for these
-    architectures; that call itself insists on `accelerate`)."""
+    architectures; that call itself insists on `accelerate`); `dropped`: rope parameters its reader drops, set."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config, tensors = transformers_gguf_load(gguf)
+    if dropped:
+        config["rope_parameters"] = {**config["rope_parameters"], **dropped}
+    for key in TRANSFORMERS_UNUSED_KEYS.get(config["model_type"], ()):
+        del config[key]
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32).eval()
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
@@ -276,6 +309,14 @@ def gguf_reference_logits(gguf: Path, prompts: list[list[int]]) -> tuple[dict, l
         ("qwen2moe", Q.Q8_0, 64),
         ("qwen3moe", Q.Q5_K, 256),
         ("falcon", Q.Q8_0, 64),
+        ("gpt2", Q.F32, 64),
+        ("gpt2", Q.Q4_0, 64),
+        ("stablelm", Q.F32, 64),
+        ("stablelm-parallel", Q.Q8_0, 64),
+        ("starcoder2", Q.F32, 64),
+        ("starcoder2", Q.Q4_K, 256),
+        ("nemotron", Q.F32, 64),
+        ("nemotron", Q.Q6_K, 256),
     ],
     ids=lambda value: value.name if isinstance(value, Q) else str(value),
 )
@@ -291,7 +332,7 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
     gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case, qtype, width)
     out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
     prompts = [[5, 77, 120, 9, 31, 200, 3, 64, 17, 88, 140, 250, 6], [40, 2, 99]]
-    config, expected = gguf_reference_logits(gguf, prompts)
+    config, expected = gguf_reference_logits(gguf, prompts, READ_WHERE_TRANSFORMERS_DROPS.get(case))
     assert_same_config(out, config)
     assert_same_tensors(out, transformers_gguf_load(gguf)[1])
     loaded = load_model(out, mesh=make_mesh(1), dtype="float32")
@@ -300,7 +341,9 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
         np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
-@pytest.mark.parametrize("case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3"])
+@pytest.mark.parametrize(
+    "case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "stablelm", "starcoder2", "nemotron"]
+)
 def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: str) -> None:
     """The rebuilt tokenizer.json equals transformers' GGUF tokenizer's backend, and gives its ids: byte-level BPE
     with Qwen's split (qwen2), SentencePiece with byte fallback and merges recovered from the scores (Llama-style:
@@ -316,7 +359,8 @@ def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: s
     theirs_json["added_tokens"] = [t for t in theirs_json["added_tokens"] if t["id"] < vocab]  # GPT-2's extra eos
     assert ours_json == theirs_json
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == ([0, 2] if case == "qwen2" else reference.eos_token_id)  # + end of turn
+    end_of_turn = [0, 2] if ARCH_CASES[case][2] == "gpt2" else reference.eos_token_id  # + end of turn
+    assert generation["eos_token_id"] == end_of_turn
     for text in ["hello the world", " the  world 123 héllo", "<s>x</s><bos>", "😀 wor\nld", "  hello<think>  ", ""]:
         assert ours.encode(text) == reference.encode(text), text
         assert ours.decode(ours.encode(text)) == reference.decode(reference.encode(text)), text
@@ -444,19 +488,77 @@ def test_keys_a_file_leaves_out_take_transformers_defaults(tmp_path: Path, case:
     assert {key: config.get(key) for key in expected[case]} == expected[case]
 
 
-def test_falcon_with_grouped_kv_heads_is_refused(tmp_path: Path) -> None:
-    """transformers' GGUF reader builds every Falcon file as Falcon-7B (multi-query), which a Falcon-40B-style file
-    with several KV heads is not."""
-    gguf = write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
-    path = tmp_path / "falcon40b.gguf"
-    w = GGUFWriter(str(path), "falcon")
-    for field in gguf_convert.GGUFReader(gguf).fields.values():
-        if not field.name.startswith("GGUF.") and field.name not in ("general.architecture",):
-            value = 8 if field.name == "falcon.attention.head_count_kv" else field.contents()
-            w.add_key_value(field.name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
+def rewritten_gguf(
+    source: Path, path: Path, arch: str, values: dict | None = None, tensors: dict[str, np.ndarray] | None = None
+) -> Path:
+    """`source`'s metadata (`values` replacing some) and tensors (`tensors` added, float32) under architecture
+    `arch`: a file no writer here produces directly."""
+    reader = gguf_convert.GGUFReader(source)
+    old_arch = reader.fields["general.architecture"].contents()
+    w = GGUFWriter(str(path), arch)
+    for field in reader.fields.values():
+        if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+            name = field.name.replace(f"{old_arch}.", f"{arch}.", 1)
+            value = (values or {}).get(name, field.contents())
+            w.add_key_value(name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for tensor in reader.tensors:
+        w.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    for name, weights in (tensors or {}).items():
+        w.add_tensor(name, weights.astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
+
+
+def test_falcon_with_grouped_kv_heads_is_refused(tmp_path: Path) -> None:
+    """transformers' GGUF reader builds every Falcon file as Falcon-7B (multi-query), which a Falcon-40B-style file
+    with several KV heads is not."""
+    gguf = write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
+    path = rewritten_gguf(gguf, tmp_path / "falcon40b.gguf", "falcon", {"falcon.attention.head_count_kv": 8})
     with pytest.raises(NotImplementedError, match=r"Falcon GGUF with 8 KV heads .*head_count_kv = 1"):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+def test_a_mistral_architecture_file_is_refused_and_a_llama_one_named_mistral_converts_as_llama(
+    tmp_path: Path,
+) -> None:
+    """llama.cpp writes Mistral models as `llama`; transformers' reader turns a `llama` file named exactly "mistral"
+    (or a `mistral` one) into a Mistral config whose tensors it then cannot place (gguf-py has no such
+    architecture). A `mistral` file is refused by name; a `llama` file named "mistral" converts as every other
+    `llama` file, tensors equal to transformers' loading of it under another name."""
+    gguf = write_arch_gguf(tmp_path / "llama.gguf", "mistral")
+    with pytest.raises(NotImplementedError, match=r"architecture 'mistral' is not supported: llama.cpp writes"):
+        gguf_convert.convert_gguf(rewritten_gguf(gguf, tmp_path / "m.gguf", "mistral"), tmp_path / "out")
+    named = rewritten_gguf(gguf, tmp_path / "named.gguf", "llama", {"general.name": "mistral"})
+    out = gguf_convert.convert_gguf(named, tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert_same_tensors(out, transformers_gguf_load(gguf)[1])
+
+
+def test_nemotron_with_heads_wider_than_hidden_over_heads_is_refused(tmp_path: Path) -> None:
+    """transformers' GGUF reader builds Nemotron heads of hidden / heads channels, which Minitron-8B's (128 of a 4096
+    hidden over 48 heads) are not."""
+    gguf = write_arch_gguf(tmp_path / "nemotron.gguf", "nemotron")
+    path = rewritten_gguf(gguf, tmp_path / "wide.gguf", "nemotron", {"nemotron.attention.key_length": 128})
+    with pytest.raises(NotImplementedError, match=r"heads of 128 channels .* hidden / heads = 16"):
+        gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("case", "tensors", "message"),
+    [
+        ("stablelm", {"attn_q_norm.weight": (4, 16), "attn_k_norm.weight": (2, 16)}, "StableLM 2 12B's per-head q/k"),
+        ("nemotron", {"attn_q.bias": (64,), "ffn_down.bias": (64,)}, "Nemotron's attention / MLP biases"),
+    ],
+    ids=["stablelm-qk-norms", "nemotron-biases"],
+)
+def test_tensors_transformers_drops_are_refused(tmp_path: Path, case: str, tensors: dict, message: str) -> None:
+    """Tensors transformers' GGUF reader drops (its model would run without them: StableLM 2 12B's per-head q/k
+    LayerNorms, Nemotron biases its config says it has not) are refused by name."""
+    gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case)
+    extra = {f"blk.0.{name}": np.ones(shape) for name, shape in tensors.items()}
+    path = rewritten_gguf(gguf, tmp_path / "extra.gguf", case, tensors=extra)
+    with pytest.raises(NotImplementedError, match=rf"'blk.0.{next(iter(tensors))}' is not supported: {message}"):
         gguf_convert.convert_gguf(path, tmp_path / "out")
