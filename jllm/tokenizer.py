@@ -205,13 +205,19 @@ def _space_marks(decoders: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return marks
 
 
+# transformers' lazy top-level module is not thread-safe: two models' renderer threads importing from it at once
+# got ImportError ("cannot import name 'PreTrainedTokenizerFast'") in 3 of 4 threads.
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
 def _load_transformers(path: Path) -> Any:
     """With a tokenizer.json the generic fast class is enough; otherwise AutoTokenizer builds one from whatever the
     directory has. (transformers 5 imports torch either way where it is installed.)"""
-    if (path / "tokenizer.json").is_file():
-        from transformers import PreTrainedTokenizerFast as loader
-    else:
-        from transformers import AutoTokenizer as loader
+    with _TRANSFORMERS_IMPORT:
+        if (path / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast as loader
+        else:
+            from transformers import AutoTokenizer as loader
     hf = loader.from_pretrained(str(path))
     if getattr(hf, "backend_tokenizer", None) is None:
         raise ValueError(f"{path}: the tokenizer has no fast (Rust) backend; add a tokenizer.json to the directory")

@@ -242,3 +242,31 @@ def test_engine_starts_without_transformers_tokenizer_and_structured_output_load
     assert engine.tokenizer._hf is None
     engine.grammars.matcher(StructuredOutputsParams(choice=["Hi", "hello"]))
     assert engine.tokenizer._hf is not None
+
+
+def test_models_loading_their_chat_renderers_at_once_all_get_one() -> None:
+    """A multi-model server starts a renderer thread per model; transformers' lazy imports raced there (ImportError in
+    3 of 4 threads) until the import took a lock. A fresh process, so transformers is not imported yet."""
+    code = """
+import threading
+from jllm.tokenizer import Tokenizer
+
+toks = [Tokenizer.from_pretrained("configs/models/tiny-llama") for _ in range(4)]
+errors = []
+
+def load(tok):
+    try:
+        tok.hf
+    except Exception as e:
+        errors.append(repr(e))
+
+threads = [threading.Thread(target=load, args=(tok,)) for tok in toks]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(errors)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
