@@ -19,6 +19,18 @@ from jllm.models.lora import LoRABatch
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # A wide initializer keeps greedy decoding off a single repeated token, so token equality means something.
 LLAMA_CONFIG = {**TINY_CONFIG, "head_dim": 16, "initializer_range": 0.3, "bos_token_id": 1, "eos_token_id": 2}
+# An engine for these tiny models with two adapter slots of rank 8
+ENGINE_KEYS = dict(
+    dtype="float32",
+    max_model_len=128,
+    max_num_seqs=4,
+    max_num_batched_tokens=64,
+    num_pages=64,
+    compile_at_start=False,
+    enable_lora=True,
+    max_loras=2,
+    max_lora_rank=8,
+)
 
 
 def save_llama(root: Path, model_cls_name: str = "LlamaForCausalLM", **overrides: object) -> Path:

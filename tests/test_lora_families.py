@@ -1,0 +1,163 @@
+"""Multi-LoRA beyond Llama: each supported family's logits with a random PEFT adapter against PEFT's forward, its
+fused checkpoint modules (Phi-3's ``qkv_proj`` / ``gate_up_proj``, GLM's ``gate_up_proj``) split into jllm's fused
+slots, and what a family cannot take (a mixture of experts' experts) refused by name."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from lora_utils import ALL_TARGETS, ENGINE_KEYS, LLAMA_CONFIG, lora_logits, lora_manager, peft_logits, save_adapter
+from model_utils import relative_error, save_char_tokenizer, save_tiny_checkpoint
+from safetensors.numpy import save_file
+
+from jllm import LLM, LoRARequest, SamplingParams
+from jllm.loader import load_model
+from jllm.lora.peft_files import SUPPORTED_ARCHITECTURES, AdapterError, check_architecture, read_adapter
+from jllm.models.registry import build_args
+from jllm.parallel import make_mesh
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+FUSED = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # Phi-3's linears
+WINDOW = 8  # shorter than the prompts: sliding layers slide
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+# name -> (architecture, config class or None for the architecture's, config overrides, PEFT targets)
+FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[str]]] = {
+    "qwen2": ("Qwen2ForCausalLM", None, {}, ALL_TARGETS),  # q/k/v biases
+    "gemma": ("GemmaForCausalLM", None, {}, ALL_TARGETS),
+    "gemma2": (
+        "Gemma2ForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW, query_pre_attn_scalar=24, attn_logit_softcapping=50.0, final_logit_softcapping=30.0
+        ),
+        ALL_TARGETS,
+    ),
+    "gemma3": (
+        "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        dict(sliding_window=WINDOW, query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention"]),
+        ALL_TARGETS,
+    ),
+    "granite": (
+        "GraniteForCausalLM",
+        None,
+        dict(
+            embedding_multiplier=12.0,
+            attention_multiplier=0.1,
+            residual_multiplier=0.22,
+            logits_scaling=8.0,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
+        ALL_TARGETS,
+    ),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", None, dict(**MOE, shared_expert_intermediate_size=48), ATTENTION),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", None, dict(**MOE, norm_topk_prob=True), ATTENTION),
+    "mixtral": ("MixtralForCausalLM", None, dict(num_local_experts=4, sliding_window=WINDOW), ATTENTION),
+    "phi3": ("Phi3ForCausalLM", None, dict(sliding_window=WINDOW), FUSED),
+    "smollm3": ("SmolLM3ForCausalLM", None, {}, ALL_TARGETS),  # its last layer without rotary
+    "olmo2": ("Olmo2ForCausalLM", None, {}, ALL_TARGETS),  # norms on the blocks' outputs only
+    "cohere": ("CohereForCausalLM", None, dict(use_qk_norm=True), ALL_TARGETS),  # parallel residual
+    # StableLM 2 12B's layout: attention and MLP side by side off one norm, per-head q/k norms, q/k/v biases
+    "stablelm": (
+        "StableLmForCausalLM",
+        None,
+        dict(use_qkv_bias=True, qk_layernorm=True, use_parallel_residual=True),
+        ALL_TARGETS,
+    ),
+    "glm": ("GlmForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
+    "glm4": ("Glm4ForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_familys_logits_with_an_adapter_match_peft(family, tmp_path):
+    """Every target the family's adapters may have, at r=4 with B non-zero: float32 logits within 1e-5 (relative)
+    of PEFT's forward, and far from the base model's. Measured 3e-7 .. 2e-6, as the base model's own error (2026-12,
+    transformers 5.x; ``lora_alpha`` 2: a four times larger delta made both PEFT's and jllm's float32 error against a
+    float64 PEFT grow to 5e-6 for GLM-4)."""
+    pytest.importorskip("peft")
+    arch, config_cls, overrides, targets = FAMILIES[family]
+    model_dir = save_tiny_checkpoint(
+        arch, {**LLAMA_CONFIG, "pad_token_id": 0, **overrides}, tmp_path / family, config_cls_name=config_cls
+    )
+    adapter = save_adapter(model_dir, tmp_path / "adapter", r=4, targets=targets, seed=5, lora_alpha=2)
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    manager = lora_manager(loaded, [adapter])
+    seq = np.random.default_rng(3).integers(3, 160, 19).tolist()
+    got = lora_logits(loaded, manager, [seq], [manager.slots.acquire(1)])[0]
+    assert relative_error(got, peft_logits(model_dir, adapter, seq)) < 1e-5
+    assert relative_error(got, peft_logits(model_dir, None, seq)) > 1e-2
+
+
+@pytest.mark.slow
+def test_an_engine_serves_a_mixture_of_experts_attention_adapter_as_peft_generates(tmp_path):
+    """Qwen3-MoE, whose slots have no MLP arrays: the engine's greedy tokens with the adapter are PEFT's
+    ``generate``'s, and differ from the base model's."""
+    peft = pytest.importorskip("peft")
+    import torch
+    import transformers
+
+    arch, _, overrides, targets = FAMILIES["qwen3_moe"]
+    model_dir = save_tiny_checkpoint(arch, {**LLAMA_CONFIG, **overrides}, tmp_path / "m")
+    save_char_tokenizer(model_dir, LLAMA_CONFIG["vocab_size"])
+    adapter = save_adapter(model_dir, tmp_path / "a", r=4, targets=targets, seed=6, lora_alpha=2)
+    ids = np.random.default_rng(4).integers(3, 160, 11).tolist()
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = peft.PeftModel.from_pretrained(model, adapter).eval()
+    with torch.no_grad():
+        want = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, 11:]
+    llm = LLM(str(model_dir), **ENGINE_KEYS)
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    prompt = {"prompt_token_ids": ids}
+    lora = LoRARequest("attn", 1, str(adapter))
+    got, base = (llm.generate([prompt], params, use_tqdm=False, lora_request=r)[0] for r in (lora, None))
+    assert list(got.outputs[0].token_ids) == want.tolist() != list(base.outputs[0].token_ids)
+
+
+def _args(arch: str, **overrides: object) -> Any:
+    """A tiny model's ``ModelArgs`` from its config alone (no weights)."""
+    return build_args({**LLAMA_CONFIG, "architectures": [arch], **overrides}, np.float32)[1]
+
+
+def _adapter(folder: Path, targets: list[str], tensors: dict[str, np.ndarray]) -> Path:
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": targets}))
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def test_a_mixture_of_experts_adapter_targeting_the_mlp_is_refused_naming_the_attention_targets(tmp_path):
+    args = _args("Qwen3MoeForCausalLM", **MOE)
+    bad = _adapter(tmp_path / "a", ["q_proj", "gate_proj"], {})
+    message = "target_modules ['gate_proj'] are not supported for this model; supported: q_proj, k_proj, v_proj, o_proj"
+    with pytest.raises(AdapterError, match=re.escape(message)):
+        read_adapter(bad, args, max_rank=8)
+
+
+def test_an_experts_lora_tensor_is_refused_naming_it(tmp_path):
+    """An adapter saved from an older transformers, whose Mixtral experts were linears (``w1``): PEFT's
+    ``all-linear`` reached them; jllm names the tensor and the targets it supports."""
+    key = "base_model.model.model.layers.0.block_sparse_moe.experts.0.w1.lora_A.weight"
+    bad = _adapter(tmp_path / "a", "all-linear", {key: np.zeros((4, 64), np.float32)})
+    with pytest.raises(AdapterError, match=re.escape(f"tensor {key!r} is not supported; LoRA targets supported")):
+        read_adapter(bad, _args("MixtralForCausalLM", num_local_experts=4), max_rank=8)
+
+
+def test_phi3_adapters_name_its_fused_modules_not_llamas(tmp_path):
+    bad = _adapter(tmp_path / "a", ["q_proj"], {})
+    with pytest.raises(AdapterError, match=re.escape("supported: qkv_proj, o_proj, gate_up_proj, down_proj")):
+        read_adapter(bad, _args("Phi3ForCausalLM"), max_rank=8)
+
+
+def test_the_supported_families_are_those_checked_against_peft():
+    checked = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM"}  # tests/test_lora.py, Llama's reader
+    assert set(SUPPORTED_ARCHITECTURES) == checked | {arch for arch, *_ in FAMILIES.values()}
+    with pytest.raises(AdapterError, match=r"architectures \['FalconForCausalLM'\].*supported: .*Glm4ForCausalLM"):
+        check_architecture({"architectures": ["FalconForCausalLM"]})
