@@ -72,6 +72,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[str]]] = {
     ),
     "glm": ("GlmForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
     "glm4": ("Glm4ForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
+    # a plain MLP (c_fc, c_proj) with biases everywhere, LayerNorms
+    "starcoder2": ("Starcoder2ForCausalLM", None, dict(sliding_window=WINDOW), [*ATTENTION, "c_fc", "c_proj"]),
 }
 
 

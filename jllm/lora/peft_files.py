@@ -33,7 +33,7 @@ from jllm.models.lora import LoRAWeights
 from jllm.models.model_args import ModelArgs
 
 # Families whose adapters match PEFT's forward (tests/test_lora_families.py): a grouped-query attention with q/k/v
-# and o linears and, where the MLP is a dense gated one, its gate/up and down linears (a mixture of experts: attention
+# and o linears and, where the MLP is a dense one (gated or plain), its linears (a mixture of experts: attention
 # targets only), sequential or parallel residual
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
@@ -54,6 +54,7 @@ SUPPORTED_ARCHITECTURES = (
     "StableLmForCausalLM",
     "GlmForCausalLM",
     "Glm4ForCausalLM",
+    "Starcoder2ForCausalLM",
 )
 # PEFT's saved names (the adapter name "default" dropped): a decoder layer's module path
 _KEY = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_(A|B)\.weight")
@@ -85,8 +86,8 @@ class Module:
 
 def family_modules(args: ModelArgs) -> dict[str, Module]:
     """The PEFT modules an adapter of this model may target, by the checkpoint's names (its ``WeightMap``): separate
-    q/k/v or Phi-3's concatenated ``qkv_proj``, o, and where the MLP is a dense gated one its separate gate/up or
-    fused ``gate_up_proj`` (Phi-3, GLM) and down. A mixture of experts' MLP has none (its experts' LoRA is not
+    q/k/v or Phi-3's concatenated ``qkv_proj``, o, and a dense MLP's separate gate/up, fused ``gate_up_proj`` (Phi-3,
+    GLM) or plain up (StarCoder2's ``c_fc``), and down. A mixture of experts' MLP has none (its experts' LoRA is not
     implemented)."""
     weights, renamed = args.weights, dict(args.weights.rename)
     if weights.qkv_layout == "separate":
@@ -97,9 +98,11 @@ def family_modules(args: ModelArgs) -> dict[str, Module]:
     else:  # "concat": all query rows, then K's, then V's (check_architecture keeps out the "grouped" families)
         modules = {weights.qkv[0]: Module("self_attn", "qkv", 0, ("q", "k", "v"))}
     modules[renamed.get("o_proj", "o_proj")] = Module("self_attn", "o", 0, ("o",))
-    if args.num_experts or not args.mlp_gated:
+    if args.num_experts:
         return modules
-    if len(weights.gate_up) == 2:
+    if not args.mlp_gated:  # a plain MLP's up (StarCoder2's ``c_fc``)
+        modules[renamed.get("up_proj", "up_proj")] = Module("mlp", "up", 0, ("up",))
+    elif len(weights.gate_up) == 2:
         parts = zip(weights.gate_up, ("gate", "up"), strict=True)
         modules.update({name: Module("mlp", "gate_up", i, (part,)) for i, (name, part) in enumerate(parts)})
     else:  # gate rows, then up rows
@@ -137,7 +140,7 @@ def read_adapter(path: str | Path, args: ModelArgs, max_rank: int, kv_replicas: 
             continue
         rows = np.cumsum([widths[part] for part in module.parts])[:-1]  # B's rows, split into its parts
         for part, part_b in zip(module.parts, np.split(value.T * scaling, rows, axis=1), strict=True):
-            _place_b(out[f"{module.target}_b"][layer], args, ranks, part, part_b)
+            _place_b(out[f"{module.target}_b"][layer], args, ranks, module.target, part, part_b)
     return LoRAWeights(**{name: array.astype(args.dtype) for name, array in out.items()})
 
 
@@ -218,7 +221,7 @@ def _widths(args: ModelArgs, kv_replicas: int) -> tuple[dict[str, int], dict[str
     """Each fused projection's input features, and each of its parts' output features, as the checkpoint has them."""
     d, hd, mlp = args.hidden_size, args.head_dim, args.intermediate_size
     q, kv = args.num_heads * hd, args.num_kv_heads // kv_replicas * hd
-    inputs = {"qkv": d, "o": q, "gate_up": d, "down": mlp}
+    inputs = {"qkv": d, "o": q, "gate_up": d, "up": d, "down": mlp}
     return inputs, {"q": q, "k": kv, "v": kv, "o": d, "gate": mlp, "up": mlp, "down": d}
 
 
@@ -235,6 +238,8 @@ def _zeros(args: ModelArgs, rank: int) -> dict[str, np.ndarray]:
         "o_b": (rank, d),
         "gate_up_a": (d, blocks["gate_up"] * rank),
         "gate_up_b": (blocks["gate_up"] * rank, 2, mlp),
+        "up_a": (d, blocks["up"] * rank),
+        "up_b": (blocks["up"] * rank, mlp),
         "down_a": (mlp, rank),
         "down_b": (rank, d),
     }
@@ -252,8 +257,8 @@ def slots_bytes(args: ModelArgs, max_loras: int, rank: int) -> int:
     return elements * (max_loras + 1) * jnp.dtype(args.dtype).itemsize
 
 
-def _place_b(b: np.ndarray, args: ModelArgs, ranks: slice, part: str, value: np.ndarray) -> None:
-    """One part's B ``[r, out]`` (scaled) into its rank block ``ranks`` of the fused projection's B ``b``
+def _place_b(b: np.ndarray, args: ModelArgs, ranks: slice, target: str, part: str, value: np.ndarray) -> None:
+    """One part's B ``[r, out]`` (scaled) into its rank block ``ranks`` of the fused projection ``target``'s B ``b``
     ``[n * rank, *out]``, where the kernel keeps that part's outputs."""
     kv, group = args.num_kv_heads, args.num_heads // args.num_kv_heads
     r = value.shape[0]
@@ -262,7 +267,7 @@ def _place_b(b: np.ndarray, args: ModelArgs, ranks: slice, part: str, value: np.
     elif part in ("k", "v"):
         heads = value.reshape(r, -1, args.head_dim)  # the checkpoint's KV heads, each repeated per copy
         b[ranks, :, group + (part == "v")] = np.repeat(heads, kv // heads.shape[1], axis=1)
-    elif part in ("gate", "up"):
+    elif target == "gate_up":
         b[ranks, ("gate", "up").index(part)] = value
     else:
         b[ranks] = value

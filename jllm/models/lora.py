@@ -31,6 +31,8 @@ AXES: dict[str, tuple[str | None, ...]] = {
     "o_b": (None, None, "embed"),
     "gate_up_a": (None, "embed", None),
     "gate_up_b": (None, None, None, "mlp"),
+    "up_a": (None, "embed", None),
+    "up_b": (None, None, "mlp"),
     "down_a": (None, "mlp", None),
     "down_b": (None, None, "embed"),
 }
@@ -41,7 +43,8 @@ AXES: dict[str, tuple[str | None, ...]] = {
 class LoRAWeights:
     """One layer's stacked adapters: per fused projection A ``[slots, in, n * rank]`` and B
     ``[slots, n * rank, *out]`` (scaling folded in), ``n`` the PEFT modules the family's checkpoint has for it
-    (q/k/v's three, Phi-3's one ``qkv_proj``). A mixture of experts' MLP takes none: its gate/up and down are None."""
+    (q/k/v's three, Phi-3's one ``qkv_proj``). A projection the family lacks is None: a gated MLP's up, a plain MLP's
+    gate/up (StarCoder2's ``c_fc``), a mixture of experts' every MLP one."""
 
     qkv_a: jax.Array  # [L, hidden, n * r]
     qkv_b: jax.Array  # [L, n * r, kv_heads, group + 2, head_dim]
@@ -49,6 +52,8 @@ class LoRAWeights:
     o_b: jax.Array  # [L, r, hidden]
     gate_up_a: jax.Array | None = None  # [L, hidden, n * r]
     gate_up_b: jax.Array | None = None  # [L, n * r, 2, mlp]
+    up_a: jax.Array | None = None  # [L, hidden, r]: a plain MLP's
+    up_b: jax.Array | None = None  # [L, r, mlp]
     down_a: jax.Array | None = None  # [L, mlp, r]
     down_b: jax.Array | None = None  # [L, r, hidden]
 
