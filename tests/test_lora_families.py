@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from lora_utils import ALL_TARGETS, ENGINE_KEYS, LLAMA_CONFIG, lora_logits, lora_manager, peft_logits, save_adapter
-from model_utils import relative_error, save_char_tokenizer, save_tiny_checkpoint
+from model_utils import relative_error, run_tp_worker, save_char_tokenizer, save_tiny_checkpoint
 from safetensors.numpy import save_file
 
 from jllm import LLM, LoRARequest, SamplingParams
@@ -121,6 +121,23 @@ def test_an_engine_serves_a_mixture_of_experts_attention_adapter_as_peft_generat
     lora = LoRARequest("attn", 1, str(adapter))
     got, base = (llm.generate([prompt], params, use_tqdm=False, lora_request=r)[0] for r in (lora, None))
     assert list(got.outputs[0].token_ids) == want.tolist() != list(base.outputs[0].token_ids)
+
+
+@pytest.mark.slow
+def test_phi3_adapters_split_over_four_devices_with_replicated_kv_heads_give_pefts_logits(tmp_path):
+    """TP 4 over Phi-3's 2 KV heads (each on two devices): the fused ``qkv_proj``'s B rows split into q, k and v,
+    K's and V's repeated per copy, every row of a batch mixing no adapter and the adapter within 1e-5 of PEFT's."""
+    pytest.importorskip("peft")
+    arch, _, overrides, targets = FAMILIES["phi3"]
+    model_dir = save_tiny_checkpoint(arch, {**LLAMA_CONFIG, "pad_token_id": 0, **overrides}, tmp_path / "m")
+    adapter = save_adapter(model_dir, tmp_path / "a", r=4, targets=targets, seed=7, lora_alpha=2)
+    sequences = [np.random.default_rng(5).integers(3, 160, n).tolist() for n in (13, 18)]
+    spec = {"model": str(model_dir), "adapters": [str(adapter)], "sequences": sequences, "tp_sizes": [4]}
+    found = run_tp_worker(spec, tmp_path, timeout=600, worker="lora_tp_worker.py")
+    assert found["4"]["kv_replicas"] == 2 and found["4"]["split"]["qkv_b"]
+    logits = np.load(tmp_path / "logits_tp4.npz")
+    for i, (seq, lora) in enumerate(zip(sequences, [None, adapter], strict=True)):
+        assert relative_error(logits[f"arr_{i}"], peft_logits(model_dir, lora, seq)) < 1e-5
 
 
 def _args(arch: str, **overrides: object) -> Any:
