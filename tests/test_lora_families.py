@@ -72,9 +72,49 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[str]]] = {
     ),
     "glm": ("GlmForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
     "glm4": ("Glm4ForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
+    # image-text checkpoints loaded text-only: the adapter's vision-tower tensors (PEFT's q_proj, ... match the
+    # tower's too) change nothing a text prompt computes
+    "gemma3_image_text": (
+        "Gemma3ForConditionalGeneration",
+        "Gemma3Config",
+        dict(
+            model_type="gemma3_text",
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            tie_word_embeddings=False,  # the text config's, which jllm reads (Gemma 3 ties by default)
+        ),
+        ALL_TARGETS,
+    ),
+    "mistral3_image_text": (
+        "Mistral3ForConditionalGeneration",
+        "Mistral3Config",
+        dict(model_type="mistral"),
+        ALL_TARGETS,
+    ),
     # a plain MLP (c_fc, c_proj) with biases everywhere, LayerNorms
     "starcoder2": ("Starcoder2ForCausalLM", None, dict(sliding_window=WINDOW), [*ATTENTION, "c_fc", "c_proj"]),
 }
+
+TOWER = dict(
+    hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+)
+# an image-text checkpoint's outer config, its text model's nested as ``text_config``: a one-layer vision tower
+IMAGE_TEXT = {
+    "gemma3_image_text": dict(
+        vision_config=dict(TOWER, model_type="siglip_vision_model"), mm_tokens_per_image=4, tie_word_embeddings=False
+    ),
+    "mistral3_image_text": dict(
+        vision_config=dict(TOWER, model_type="pixtral", head_dim=16), tie_word_embeddings=False
+    ),
+}
+
+
+def _save_family(family: str, root: Path) -> Path:
+    arch, config_cls, overrides, _ = FAMILIES[family]
+    config = {**LLAMA_CONFIG, "pad_token_id": 0, **overrides}
+    if family in IMAGE_TEXT:
+        config = dict(IMAGE_TEXT[family], text_config=config)
+    return save_tiny_checkpoint(arch, config, root / family, config_cls_name=config_cls)
 
 
 @pytest.mark.slow
@@ -85,10 +125,8 @@ def test_each_familys_logits_with_an_adapter_match_peft(family, tmp_path):
     transformers 5.x; ``lora_alpha`` 2: a four times larger delta made both PEFT's and jllm's float32 error against a
     float64 PEFT grow to 5e-6 for GLM-4)."""
     pytest.importorskip("peft")
-    arch, config_cls, overrides, targets = FAMILIES[family]
-    model_dir = save_tiny_checkpoint(
-        arch, {**LLAMA_CONFIG, "pad_token_id": 0, **overrides}, tmp_path / family, config_cls_name=config_cls
-    )
+    model_dir = _save_family(family, tmp_path)
+    targets = FAMILIES[family][3]
     adapter = save_adapter(model_dir, tmp_path / "adapter", r=4, targets=targets, seed=5, lora_alpha=2)
     loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
     manager = lora_manager(loaded, [adapter])
@@ -106,8 +144,7 @@ def test_an_engine_serves_a_mixture_of_experts_attention_adapter_as_peft_generat
     import torch
     import transformers
 
-    arch, _, overrides, targets = FAMILIES["qwen3_moe"]
-    model_dir = save_tiny_checkpoint(arch, {**LLAMA_CONFIG, **overrides}, tmp_path / "m")
+    model_dir, targets = _save_family("qwen3_moe", tmp_path), FAMILIES["qwen3_moe"][3]
     save_char_tokenizer(model_dir, LLAMA_CONFIG["vocab_size"])
     adapter = save_adapter(model_dir, tmp_path / "a", r=4, targets=targets, seed=6, lora_alpha=2)
     ids = np.random.default_rng(4).integers(3, 160, 11).tolist()
@@ -128,8 +165,7 @@ def test_phi3_adapters_split_over_four_devices_with_replicated_kv_heads_give_pef
     """TP 4 over Phi-3's 2 KV heads (each on two devices): the fused ``qkv_proj``'s B rows split into q, k and v,
     K's and V's repeated per copy, every row of a batch mixing no adapter and the adapter within 1e-5 of PEFT's."""
     pytest.importorskip("peft")
-    arch, _, overrides, targets = FAMILIES["phi3"]
-    model_dir = save_tiny_checkpoint(arch, {**LLAMA_CONFIG, "pad_token_id": 0, **overrides}, tmp_path / "m")
+    model_dir, targets = _save_family("phi3", tmp_path), FAMILIES["phi3"][3]
     adapter = save_adapter(model_dir, tmp_path / "a", r=4, targets=targets, seed=7, lora_alpha=2)
     sequences = [np.random.default_rng(5).integers(3, 160, n).tolist() for n in (13, 18)]
     spec = {"model": str(model_dir), "adapters": [str(adapter)], "sequences": sequences, "tp_sizes": [4]}
@@ -173,6 +209,22 @@ def test_phi3_adapters_name_its_fused_modules_not_llamas(tmp_path):
     bad = _adapter(tmp_path / "a", ["q_proj"], {})
     with pytest.raises(AdapterError, match=re.escape("supported: qkv_proj, o_proj, gate_up_proj, down_proj")):
         read_adapter(bad, _args("Phi3ForCausalLM"), max_rank=8)
+
+
+def test_an_image_text_adapters_vision_tower_is_skipped_and_its_language_model_read(tmp_path):
+    """jllm loads an image-text checkpoint text-only, so the tower's LoRA (PEFT's ``q_proj`` matches the tower's too)
+    changes nothing it computes; in a text model's adapter the same tensor is refused."""
+    tower = "base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight"
+    text = "base_model.model.model.language_model.layers.1.self_attn.q_proj.lora_A.weight"
+    a = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    tower_a = np.ones((4, 32), np.float32)
+    adapter = _adapter(tmp_path / "a", ["q_proj"], {tower: tower_a, text: a})
+    config = {"text_config": {**LLAMA_CONFIG, "model_type": "gemma3_text", "tie_word_embeddings": False}}
+    weights = read_adapter(adapter, _args("Gemma3ForConditionalGeneration", **config), max_rank=8)
+    np.testing.assert_array_equal(weights.qkv_a[1, :, :4], a.T)
+    assert not weights.qkv_a[0].any()
+    with pytest.raises(AdapterError, match=re.escape(f"tensor {tower!r} is not supported")):
+        read_adapter(_adapter(tmp_path / "b", ["q_proj"], {tower: tower_a}), _args("Gemma3ForCausalLM"), max_rank=8)
 
 
 def test_the_supported_families_are_those_checked_against_peft():

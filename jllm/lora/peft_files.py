@@ -55,9 +55,12 @@ SUPPORTED_ARCHITECTURES = (
     "GlmForCausalLM",
     "Glm4ForCausalLM",
     "Starcoder2ForCausalLM",
+    "Gemma3ForConditionalGeneration",
+    "Mistral3ForConditionalGeneration",
 )
-# PEFT's saved names (the adapter name "default" dropped): a decoder layer's module path
-_KEY = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.([\w.]+)\.lora_(A|B)\.weight")
+# What a text-only load of an image-text checkpoint never reads (``jllm.models.families.multimodal``): an adapter's
+# tensors there change nothing a text prompt computes, and are skipped
+_VISION = re.compile(r"base_model\.model\.(?:model\.)?(?:vision_tower|multi_modal_projector)\.[\w.]+")
 
 
 class AdapterError(ValueError):
@@ -201,10 +204,14 @@ def _read_tensors(folder: Path, args: ModelArgs, modules: dict[str, Module]) -> 
     if not file.is_file():
         raise AdapterError(f"no adapter_model.safetensors in LoRA adapter folder {str(folder)!r}")
     paths = {f"{module.block}.{name}": name for name, module in modules.items()}
+    key_pattern = _key_pattern(args)
+    image_text = bool(args.weights.head_prefix)  # the language model under a prefix of its own
     tensors = {}
     with safe_open(file, framework="flax") as handle:
         for key in handle.keys():
-            match = _KEY.fullmatch(key)
+            if image_text and _VISION.fullmatch(key):
+                continue
+            match = key_pattern.fullmatch(key)
             if match is None or match[2] not in paths:
                 raise AdapterError(
                     f"adapter {str(folder)!r}: tensor {key!r} is not supported; LoRA targets supported for this "
@@ -215,6 +222,15 @@ def _read_tensors(folder: Path, args: ModelArgs, modules: dict[str, Module]) -> 
                 raise AdapterError(f"adapter {str(folder)!r}: tensor {key!r} names layer {layer} of {args.num_layers}")
             tensors[layer, paths[match[2]], match[3]] = np.asarray(handle.get_tensor(key), np.float32)
     return tensors
+
+
+def _key_pattern(args: ModelArgs) -> re.Pattern[str]:
+    """PEFT's saved name of a decoder layer's module's A or B (the adapter name "default" dropped): the layers under
+    the checkpoint's prefix or a name transformers keeps for it (an image-text model's ``model.language_model.``)."""
+    prefix = args.weights.prefix
+    prefixes = [prefix, *(alias for alias, name in args.weights.aliases if name == prefix)]
+    alternatives = "|".join(map(re.escape, prefixes))
+    return re.compile(rf"base_model\.model\.(?:{alternatives})layers\.(\d+)\.([\w.]+)\.lora_(A|B)\.weight")
 
 
 def _widths(args: ModelArgs, kv_replicas: int) -> tuple[dict[str, int], dict[str, int]]:
