@@ -171,16 +171,16 @@ def _read_config(folder: Path, modules: dict[str, Module]) -> dict[str, Any]:
             raise AdapterError(f"adapter {str(folder)!r}: {key}={config[key]!r} ({what}) is not supported")
     if config.get("bias", "none") != "none":
         raise AdapterError(f"adapter {str(folder)!r}: bias={config['bias']!r} is not supported; supported: 'none'")
-    _check_targets(folder, config.get("target_modules"), list(modules))
+    _check_targets(folder, config.get("target_modules"), modules)
     if "r" not in config:
         raise AdapterError(f"adapter {str(folder)!r}: adapter_config.json has no 'r' (the LoRA rank)")
     return config
 
 
-def _check_targets(folder: Path, given: object, supported: list[str]) -> None:
-    """``target_modules``: names among the family's ``supported`` ones (or PEFT's "all-linear": its linears'
-    tensors are checked as they are read)."""
-    targets = given
+def _check_targets(folder: Path, given: object, modules: dict[str, Module]) -> None:
+    """``target_modules``: names among the family's ``modules`` (or PEFT's "all-linear": its linears' tensors are
+    checked as they are read)."""
+    supported, targets = list(modules), given
     if targets == "all-linear":
         return
     if isinstance(targets, str):  # PEFT reads any other string as a regular expression over module names
@@ -188,14 +188,20 @@ def _check_targets(folder: Path, given: object, supported: list[str]) -> None:
     if not isinstance(targets, list):
         raise AdapterError(
             f"adapter {str(folder)!r}: target_modules={given!r} must be a list of module "
-            f"names; supported: {', '.join(supported)}"
+            f"names; supported: {_supported(modules)}"
         )
     unsupported = sorted(set(targets) - set(supported))
     if unsupported:
         raise AdapterError(
             f"adapter {str(folder)!r}: target_modules {unsupported} are not supported for this model; supported: "
-            f"{', '.join(supported)}"
+            f"{_supported(modules)}"
         )
+
+
+def _supported(modules: dict[str, Module]) -> str:
+    """The family's targets, for an error message (a mixture of experts' say what its MLP lacks)."""
+    names = ", ".join(modules)
+    return names if any(m.block == "mlp" for m in modules.values()) else f"{names} (its MLP's experts take no LoRA)"
 
 
 def _read_tensors(folder: Path, args: ModelArgs, modules: dict[str, Module]) -> dict[tuple[int, str, str], np.ndarray]:
@@ -203,7 +209,7 @@ def _read_tensors(folder: Path, args: ModelArgs, modules: dict[str, Module]) -> 
     file = folder / "adapter_model.safetensors"
     if not file.is_file():
         raise AdapterError(f"no adapter_model.safetensors in LoRA adapter folder {str(folder)!r}")
-    paths = {f"{module.block}.{name}": name for name, module in modules.items()}
+    paths = {f"{module.block}.{name}": name for name, module in modules.items()}  # where PEFT saves them
     key_pattern = _key_pattern(args)
     image_text = bool(args.weights.head_prefix)  # the language model under a prefix of its own
     tensors = {}
@@ -215,7 +221,7 @@ def _read_tensors(folder: Path, args: ModelArgs, modules: dict[str, Module]) -> 
             if match is None or match[2] not in paths:
                 raise AdapterError(
                     f"adapter {str(folder)!r}: tensor {key!r} is not supported; LoRA targets supported for this "
-                    f"model: {', '.join(paths)} of the decoder layers"
+                    f"model: {_supported(modules)} of the decoder layers"
                 )
             layer = int(match[1])
             if layer >= args.num_layers:
