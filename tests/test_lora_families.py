@@ -24,6 +24,8 @@ from jllm.parallel import make_mesh
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 FUSED = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # Phi-3's linears
 WINDOW = 8  # shorter than the prompts: sliding layers slide
+LAYER_TYPES = ["sliding_attention", "full_attention"]
+GRANITE = dict(embedding_multiplier=12.0, attention_multiplier=0.1, residual_multiplier=0.22, logits_scaling=8.0)
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 # name -> (architecture, config class or None for the architecture's, config overrides, PEFT targets)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[str]]] = {
@@ -43,19 +45,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[str]]] = {
         dict(sliding_window=WINDOW, query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention"]),
         ALL_TARGETS,
     ),
-    "granite": (
-        "GraniteForCausalLM",
-        None,
-        dict(
-            embedding_multiplier=12.0,
-            attention_multiplier=0.1,
-            residual_multiplier=0.22,
-            logits_scaling=8.0,
-            attention_bias=True,
-            mlp_bias=True,
-        ),
-        ALL_TARGETS,
-    ),
+    "granite": ("GraniteForCausalLM", None, dict(**GRANITE, attention_bias=True, mlp_bias=True), ALL_TARGETS),
     "qwen2_moe": ("Qwen2MoeForCausalLM", None, dict(**MOE, shared_expert_intermediate_size=48), ATTENTION),
     "qwen3_moe": ("Qwen3MoeForCausalLM", None, dict(**MOE, norm_topk_prob=True), ATTENTION),
     "mixtral": ("MixtralForCausalLM", None, dict(num_local_experts=4, sliding_window=WINDOW), ATTENTION),
@@ -72,6 +62,16 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[str]]] = {
     ),
     "glm": ("GlmForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
     "glm4": ("Glm4ForCausalLM", None, {}, [*ATTENTION, "gate_up_proj", "down_proj"]),
+    # Command R7B's layout: a sliding layer with the rotary, a global one without
+    "cohere2": ("Cohere2ForCausalLM", None, dict(sliding_window=WINDOW, layer_types=LAYER_TYPES), ALL_TARGETS),
+    "olmo3": ("Olmo3ForCausalLM", None, dict(sliding_window=WINDOW, layer_types=LAYER_TYPES), ALL_TARGETS),
+    "exaone4": ("Exaone4ForCausalLM", None, dict(sliding_window=WINDOW, sliding_window_pattern=2), ALL_TARGETS),
+    "ernie4_5": ("Ernie4_5ForCausalLM", None, dict(use_bias=True), ALL_TARGETS),
+    "seed_oss": ("SeedOssForCausalLM", None, dict(attention_out_bias=True), ALL_TARGETS),
+    "arcee": ("ArceeForCausalLM", None, {}, [*ATTENTION, "up_proj", "down_proj"]),  # a plain MLP
+    "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), ATTENTION),
+    "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE), ATTENTION),
+    "phimoe": ("PhimoeForCausalLM", None, dict(num_local_experts=4, router_jitter_noise=0.3), ATTENTION),
     # image-text checkpoints loaded text-only: the adapter's vision-tower tensors (PEFT's q_proj, ... match the
     # tower's too) change nothing a text prompt computes
     "gemma3_image_text": (
