@@ -121,8 +121,8 @@ class DecoderLayer(nnx.Module):
         meta: AttentionMetadata,
         lora: LayerLoRA | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """``lora``: the step's adapters (on the attention, and on a dense gated MLP: ``jllm.lora.peft_files`` lets
-        a family's adapters target only those)."""
+        """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
+        ``jllm.lora.peft_files`` lets a family's adapters target only those)."""
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
