@@ -17,7 +17,13 @@ from safetensors.numpy import save_file
 
 from jllm import LLM, LoRARequest, SamplingParams
 from jllm.loader import load_model
-from jllm.lora.peft_files import SUPPORTED_ARCHITECTURES, AdapterError, check_architecture, read_adapter
+from jllm.lora.peft_files import (
+    SUPPORTED_ARCHITECTURES,
+    AdapterError,
+    check_architecture,
+    read_adapter,
+    zero_slot_shapes,
+)
 from jllm.models.registry import build_args
 from jllm.parallel import make_mesh
 
@@ -209,6 +215,29 @@ def test_phi3_adapters_name_its_fused_modules_not_llamas(tmp_path):
     bad = _adapter(tmp_path / "a", ["q_proj"], {})
     with pytest.raises(AdapterError, match=re.escape("supported: qkv_proj, o_proj, gate_up_proj, down_proj")):
         read_adapter(bad, _args("Phi3ForCausalLM"), max_rank=8)
+
+
+def test_slots_hold_a_rank_block_per_module_the_family_has():
+    """A fused module takes one rank block (Phi-3's qkv_proj: r columns, not Llama's 3r), a projection the family
+    lacks takes none (a mixture of experts' MLP; a plain MLP's gate), so memory plans count only what is used."""
+    shapes = {
+        arch: zero_slot_shapes(_args(arch, **kw), 8)
+        for arch, kw in [
+            ("LlamaForCausalLM", {}),
+            ("Phi3ForCausalLM", {}),
+            ("Qwen3MoeForCausalLM", MOE),
+            ("ArceeForCausalLM", {}),
+        ]
+    }
+    assert shapes["LlamaForCausalLM"]["qkv_a"] == (2, 64, 24) and shapes["Phi3ForCausalLM"]["qkv_a"] == (2, 64, 8)
+    assert shapes["LlamaForCausalLM"]["gate_up_b"] == (2, 16, 2, 96) and shapes["Phi3ForCausalLM"]["gate_up_b"] == (
+        2,
+        8,
+        2,
+        96,
+    )
+    assert set(shapes["Qwen3MoeForCausalLM"]) == {"qkv_a", "qkv_b", "o_a", "o_b"}
+    assert set(shapes["ArceeForCausalLM"]) == {"qkv_a", "qkv_b", "o_a", "o_b", "up_a", "up_b", "down_a", "down_b"}
 
 
 def test_an_image_text_adapters_vision_tower_is_skipped_and_its_language_model_read(tmp_path):
