@@ -220,24 +220,15 @@ def test_phi3_adapters_name_its_fused_modules_not_llamas(tmp_path):
 def test_slots_hold_a_rank_block_per_module_the_family_has():
     """A fused module takes one rank block (Phi-3's qkv_proj: r columns, not Llama's 3r), a projection the family
     lacks takes none (a mixture of experts' MLP; a plain MLP's gate), so memory plans count only what is used."""
-    shapes = {
-        arch: zero_slot_shapes(_args(arch, **kw), 8)
-        for arch, kw in [
-            ("LlamaForCausalLM", {}),
-            ("Phi3ForCausalLM", {}),
-            ("Qwen3MoeForCausalLM", MOE),
-            ("ArceeForCausalLM", {}),
-        ]
-    }
-    assert shapes["LlamaForCausalLM"]["qkv_a"] == (2, 64, 24) and shapes["Phi3ForCausalLM"]["qkv_a"] == (2, 64, 8)
-    assert shapes["LlamaForCausalLM"]["gate_up_b"] == (2, 16, 2, 96) and shapes["Phi3ForCausalLM"]["gate_up_b"] == (
-        2,
-        8,
-        2,
-        96,
+    llama, phi3 = zero_slot_shapes(_args("LlamaForCausalLM"), 8), zero_slot_shapes(_args("Phi3ForCausalLM"), 8)
+    assert (llama["qkv_a"], llama["gate_up_b"]) == ((2, 64, 24), (2, 16, 2, 96))
+    assert (phi3["qkv_a"], phi3["gate_up_b"]) == ((2, 64, 8), (2, 8, 2, 96))
+    moe, plain = (
+        zero_slot_shapes(_args("Qwen3MoeForCausalLM", **MOE), 8),
+        zero_slot_shapes(_args("ArceeForCausalLM"), 8),
     )
-    assert set(shapes["Qwen3MoeForCausalLM"]) == {"qkv_a", "qkv_b", "o_a", "o_b"}
-    assert set(shapes["ArceeForCausalLM"]) == {"qkv_a", "qkv_b", "o_a", "o_b", "up_a", "up_b", "down_a", "down_b"}
+    assert set(moe) == {"qkv_a", "qkv_b", "o_a", "o_b"}
+    assert set(plain) == {"qkv_a", "qkv_b", "o_a", "o_b", "up_a", "up_b", "down_a", "down_b"}
 
 
 def test_an_image_text_adapters_vision_tower_is_skipped_and_its_language_model_read(tmp_path):
