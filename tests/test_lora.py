@@ -217,7 +217,7 @@ def test_adapters_jllm_cannot_serve_are_refused_by_name(llama, tmp_path, config,
         manager.add(LoRARequest("bad", 1, str(bad)))
 
 
-def test_lora_outside_the_llama_layout_families_is_refused():
+def test_lora_for_a_family_not_checked_against_peft_is_refused():
     with pytest.raises(AdapterError, match="architectures \\['GPT2LMHeadModel'\\].*supported: LlamaForCausalLM"):
         check_architecture({"architectures": ["GPT2LMHeadModel"]})
 
