@@ -86,7 +86,7 @@ def check_architecture(hf_config: dict[str, Any]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Module:
+class PeftModule:
     """A PEFT target of a family: its layer's block (``self_attn``, ``mlp``), our fused projection it adds to, its
     rank block there, and the parts of that projection's outputs its B rows hold, in order."""
 
@@ -96,7 +96,7 @@ class Module:
     parts: tuple[str, ...]
 
 
-def family_modules(args: ModelArgs) -> dict[str, Module]:
+def family_modules(args: ModelArgs) -> dict[str, PeftModule]:
     """The PEFT modules an adapter of this model may target, by the checkpoint's names (its ``WeightMap``): separate
     q/k/v or Phi-3's concatenated ``qkv_proj``, o, and a dense MLP's separate gate/up, fused ``gate_up_proj`` (Phi-3,
     GLM) or plain up (StarCoder2's ``c_fc``), and down. A mixture of experts' MLP has none (its experts' LoRA is not
@@ -104,22 +104,22 @@ def family_modules(args: ModelArgs) -> dict[str, Module]:
     weights, renamed = args.weights, dict(args.weights.rename)
     if weights.qkv_layout == "separate":
         modules = {
-            name: Module("self_attn", "qkv", i, (part,))
+            name: PeftModule("self_attn", "qkv", i, (part,))
             for i, (name, part) in enumerate(zip(weights.qkv, "qkv", strict=True))
         }
     else:  # "concat": all query rows, then K's, then V's (check_architecture keeps out the "grouped" families)
-        modules = {weights.qkv[0]: Module("self_attn", "qkv", 0, ("q", "k", "v"))}
-    modules[renamed.get("o_proj", "o_proj")] = Module("self_attn", "o", 0, ("o",))
+        modules = {weights.qkv[0]: PeftModule("self_attn", "qkv", 0, ("q", "k", "v"))}
+    modules[renamed.get("o_proj", "o_proj")] = PeftModule("self_attn", "o", 0, ("o",))
     if args.num_experts:
         return modules
     if not args.mlp_gated:  # a plain MLP's up (StarCoder2's ``c_fc``)
-        modules[renamed.get("up_proj", "up_proj")] = Module("mlp", "up", 0, ("up",))
+        modules[renamed.get("up_proj", "up_proj")] = PeftModule("mlp", "up", 0, ("up",))
     elif len(weights.gate_up) == 2:
         parts = zip(weights.gate_up, ("gate", "up"), strict=True)
-        modules.update({name: Module("mlp", "gate_up", i, (part,)) for i, (name, part) in enumerate(parts)})
+        modules.update({name: PeftModule("mlp", "gate_up", i, (part,)) for i, (name, part) in enumerate(parts)})
     else:  # gate rows, then up rows
-        modules[weights.gate_up[0]] = Module("mlp", "gate_up", 0, ("gate", "up"))
-    modules[renamed.get("down_proj", "down_proj")] = Module("mlp", "down", 0, ("down",))
+        modules[weights.gate_up[0]] = PeftModule("mlp", "gate_up", 0, ("gate", "up"))
+    modules[renamed.get("down_proj", "down_proj")] = PeftModule("mlp", "down", 0, ("down",))
     return modules
 
 
@@ -156,7 +156,7 @@ def read_adapter(path: str | Path, args: ModelArgs, max_rank: int, kv_replicas: 
     return LoRAWeights(**{name: array.astype(args.dtype) for name, array in out.items()})
 
 
-def _read_config(folder: Path, modules: dict[str, Module]) -> dict[str, Any]:
+def _read_config(folder: Path, modules: dict[str, PeftModule]) -> dict[str, Any]:
     file = folder / "adapter_config.json"
     if not file.is_file():
         raise AdapterError(f"no adapter_config.json in LoRA adapter folder {str(folder)!r} (a PEFT save_pretrained)")
@@ -186,7 +186,7 @@ def _read_config(folder: Path, modules: dict[str, Module]) -> dict[str, Any]:
     return config
 
 
-def _check_targets(folder: Path, given: object, modules: dict[str, Module]) -> None:
+def _check_targets(folder: Path, given: object, modules: dict[str, PeftModule]) -> None:
     """``target_modules``: names among the family's ``modules`` (or PEFT's "all-linear": its linears' tensors are
     checked as they are read)."""
     supported, targets = list(modules), given
@@ -207,13 +207,15 @@ def _check_targets(folder: Path, given: object, modules: dict[str, Module]) -> N
         )
 
 
-def _supported(modules: dict[str, Module]) -> str:
+def _supported(modules: dict[str, PeftModule]) -> str:
     """The family's targets, for an error message (a mixture of experts' say what its MLP lacks)."""
     names = ", ".join(modules)
     return names if any(m.block == "mlp" for m in modules.values()) else f"{names} (its MLP's experts take no LoRA)"
 
 
-def _read_tensors(folder: Path, args: ModelArgs, modules: dict[str, Module]) -> dict[tuple[int, str, str], np.ndarray]:
+def _read_tensors(
+    folder: Path, args: ModelArgs, modules: dict[str, PeftModule]
+) -> dict[tuple[int, str, str], np.ndarray]:
     """(layer, PEFT module, "A" or "B") -> float32 array, every key checked."""
     file = folder / "adapter_model.safetensors"
     if not file.is_file():
