@@ -3,8 +3,8 @@ be set before JAX starts).
 
 Usage: ``python tests/lora_tp_worker.py SPEC.json OUT.json``; SPEC: the model, its adapters, the sequences and the
 TP sizes. Each size's logits (a ragged step mixing no adapter and each adapter) go to ``logits_tp<N>.npz`` beside
-OUT, with how each adapter array is split, and an engine's greedy tokens at TP 2 (``engine_args``, ``prompts``: one
-prompt with no adapter, then one per adapter) in OUT.
+OUT, with how each adapter array is split, and, where the spec has ``prompts``, an engine's greedy tokens at TP 2
+(``engine_args``, ``prompts``: one prompt with no adapter, then one per adapter) in OUT.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ def main(spec_path: str, out_path: str) -> None:
                 name: not getattr(layer, name).sharding.is_fully_replicated for name in ("qkv_b", "o_a", "down_b")
             },
         }
+    if "prompts" not in spec:
+        Path(out_path).write_text(json.dumps(found))
+        return
     llm = LLM(spec["model"], tensor_parallel_size=2, **spec["engine_args"])
     loras = [None, *(LoRARequest(f"a{i}", i, str(a)) for i, a in enumerate(adapters, start=1))]
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from model_utils import TINY_CONFIG, save_char_tokenizer, save_tiny_checkpoint
+from model_utils import TINY_CONFIG, hf_model, save_char_tokenizer, save_tiny_checkpoint
 
 from jllm.attention import AttentionMetadata
 from jllm.loader import LoadedModel
@@ -19,6 +19,18 @@ from jllm.models.lora import LoRABatch
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # A wide initializer keeps greedy decoding off a single repeated token, so token equality means something.
 LLAMA_CONFIG = {**TINY_CONFIG, "head_dim": 16, "initializer_range": 0.3, "bos_token_id": 1, "eos_token_id": 2}
+# An engine for these tiny models with two adapter slots of rank 8
+ENGINE_KEYS = dict(
+    dtype="float32",
+    max_model_len=128,
+    max_num_seqs=4,
+    max_num_batched_tokens=64,
+    num_pages=64,
+    compile_at_start=False,
+    enable_lora=True,
+    max_loras=2,
+    max_lora_rank=8,
+)
 
 
 def save_llama(root: Path, model_cls_name: str = "LlamaForCausalLM", **overrides: object) -> Path:
@@ -34,10 +46,9 @@ def save_adapter(model_dir: Path, out: Path, *, r: int, targets: list[str], seed
     so the adapter changes greedy tokens."""
     import peft
     import torch
-    import transformers
 
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = hf_model(model_dir)
     config = peft.LoraConfig(r=r, target_modules=targets, init_lora_weights=False, **lora_kwargs)
     model = peft.get_peft_model(model, config)
     with torch.no_grad():
@@ -52,9 +63,8 @@ def peft_logits(model_dir: Path, adapter_dir: Path | None, token_ids: list[int])
     """PEFT's float32 PyTorch logits ``[T, vocab]`` for one sequence with the adapter (the base's without one)."""
     import peft
     import torch
-    import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = hf_model(model_dir)
     if adapter_dir is not None:
         model = peft.PeftModel.from_pretrained(model, adapter_dir).eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_runner import fake_engine
-from lora_utils import ALL_TARGETS, lora_logits, lora_manager, peft_logits, save_adapter, save_llama
+from lora_utils import ALL_TARGETS, ENGINE_KEYS, lora_logits, lora_manager, peft_logits, save_adapter, save_llama
 from model_utils import relative_error, run_tp_worker
 from server_utils import RunningServer, http
 
@@ -73,17 +73,6 @@ def test_qwen3_logits_with_an_adapter_match_peft(tmp_path):
 
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-ENGINE_KEYS = dict(
-    dtype="float32",
-    max_model_len=128,
-    max_num_seqs=4,
-    max_num_batched_tokens=64,
-    num_pages=64,
-    compile_at_start=False,
-    enable_lora=True,
-    max_loras=2,
-    max_lora_rank=8,
-)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +217,7 @@ def test_adapters_jllm_cannot_serve_are_refused_by_name(llama, tmp_path, config,
         manager.add(LoRARequest("bad", 1, str(bad)))
 
 
-def test_lora_outside_the_llama_layout_families_is_refused():
+def test_lora_for_a_family_not_checked_against_peft_is_refused():
     with pytest.raises(AdapterError, match="architectures \\['GPT2LMHeadModel'\\].*supported: LlamaForCausalLM"):
         check_architecture({"architectures": ["GPT2LMHeadModel"]})
 

@@ -42,8 +42,8 @@ class LoRAManager:
         self.args, self.max_lora_rank, self.kv_replicas = args, max_lora_rank, kv_replicas
         self.slots = LoRASlots(max_loras)
         self._adapters: dict[int, tuple[LoRARequest, LoRAWeights]] = {}  # id -> (request, host arrays)
-        shardings = LoRAWeights(**{name: parallel.param_sharding(mesh, axes) for name, axes in AXES.items()})
-        shapes = zero_slot_shapes(args, max_lora_rank)
+        shapes = zero_slot_shapes(args, max_lora_rank)  # the projections the family's adapters may target
+        shardings = LoRAWeights(**{name: parallel.param_sharding(mesh, AXES[name]) for name in shapes})
         self.weights: list[LoRAWeights] = [  # per layer, [max_loras + 1, ...]
             LoRAWeights(
                 **{

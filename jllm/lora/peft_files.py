@@ -3,8 +3,10 @@ layout (``jllm.models.lora.LoRAWeights`` without the slot axis), NumPy on the ho
 
 PEFT stores ``lora_A.weight [r, in]`` and ``lora_B.weight [out, r]`` per target linear and adds
 ``scaling * B @ A @ x``, ``scaling = lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``). Here A is
-transposed to ``[in, r]``, B to ``[r, out]`` with the scaling folded in, each padded to the slots' rank, and q/k/v's
-(gate/up's) ranks sit side by side with their B rows placed where the fused kernel keeps that part's outputs:
+transposed to ``[in, r]``, B to ``[r, out]`` with the scaling folded in, each padded to the slots' rank. The PEFT
+modules a family's adapter may target are its checkpoint's linears (``family_modules``, from its ``WeightMap``): q/k/v's
+(gate/up's) ranks sit side by side, a fused module's (Phi-3's ``qkv_proj``, ``gate_up_proj``) in one rank block with
+its B rows split into the parts it holds. B rows go where the fused kernel keeps that part's outputs:
 ``[kv_heads, group + 2, head_dim]`` (query heads of KV head c at ``[c, :group]``, its K at ``[c, group]``, V at
 ``[c, group + 1]``) and ``[2, mlp]``. With KV heads replicated for tensor parallelism (``kv_replicas``, as the loader
 builds the model: model KV head m is checkpoint head ``m // replicas`` with its ``m % replicas``-th share of the query
@@ -15,6 +17,8 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import math
 import re
@@ -25,15 +29,47 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from jllm.models.lora import TARGETS, LoRAWeights
+from jllm.models.lora import LoRAWeights
 from jllm.models.model_args import ModelArgs
 
-# Families in Llama's layout: separate q/k/v and gate/up tensors, a sequential residual, a dense gated MLP.
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
-SUPPORTED_MODULES = tuple(name for names in TARGETS.values() for name in names)
-_KEY = re.compile(
-    r"base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight"
-)  # PEFT's saved names (the adapter name "default" dropped)
+# Families whose adapters match PEFT's forward (tests/test_lora_families.py): a grouped-query attention with q/k/v
+# and o linears and, where the MLP is a dense one (gated or plain), its linears (a mixture of experts: attention
+# targets only), sequential or parallel residual
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "GraniteForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "MixtralForCausalLM",
+    "Phi3ForCausalLM",
+    "SmolLM3ForCausalLM",
+    "Olmo2ForCausalLM",
+    "CohereForCausalLM",
+    "StableLmForCausalLM",
+    "GlmForCausalLM",
+    "Glm4ForCausalLM",
+    "Starcoder2ForCausalLM",
+    "Cohere2ForCausalLM",
+    "Olmo3ForCausalLM",
+    "Exaone4ForCausalLM",
+    "Ernie4_5ForCausalLM",
+    "SeedOssForCausalLM",
+    "ArceeForCausalLM",
+    "OlmoeForCausalLM",
+    "GraniteMoeForCausalLM",
+    "PhimoeForCausalLM",
+    "Gemma3ForConditionalGeneration",
+    "Mistral3ForConditionalGeneration",
+)
+# What a text-only load of an image-text checkpoint never reads (``jllm.models.families.multimodal``): an adapter's
+# tensors there change nothing a text prompt computes, and are skipped
+_VISION = re.compile(r"base_model\.model\.(?:model\.)?(?:vision_tower|multi_modal_projector)\.[\w.]+")
 
 
 class AdapterError(ValueError):
@@ -41,7 +77,7 @@ class AdapterError(ValueError):
 
 
 def check_architecture(hf_config: dict[str, Any]) -> None:
-    """LoRA serving is implemented for the Llama-layout families only."""
+    """LoRA serving is implemented for the families ``SUPPORTED_ARCHITECTURES`` names."""
     names = hf_config.get("architectures") or []
     if not any(name in SUPPORTED_ARCHITECTURES for name in names):
         raise AdapterError(
@@ -49,12 +85,51 @@ def check_architecture(hf_config: dict[str, Any]) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class PeftModule:
+    """A PEFT target of a family: its layer's block (``self_attn``, ``mlp``), our fused projection it adds to, its
+    rank block there, and the parts of that projection's outputs its B rows hold, in order."""
+
+    block: str
+    target: str
+    rank_block: int
+    parts: tuple[str, ...]
+
+
+def family_modules(args: ModelArgs) -> dict[str, PeftModule]:
+    """The PEFT modules an adapter of this model may target, by the checkpoint's names (its ``WeightMap``): separate
+    q/k/v or Phi-3's concatenated ``qkv_proj``, o, and a dense MLP's separate gate/up, fused ``gate_up_proj`` (Phi-3,
+    GLM) or plain up (StarCoder2's ``c_fc``), and down. A mixture of experts' MLP has none (its experts' LoRA is not
+    implemented)."""
+    weights, renamed = args.weights, dict(args.weights.rename)
+    if weights.qkv_layout == "separate":
+        modules = {
+            name: PeftModule("self_attn", "qkv", i, (part,))
+            for i, (name, part) in enumerate(zip(weights.qkv, "qkv", strict=True))
+        }
+    else:  # "concat": all query rows, then K's, then V's (check_architecture keeps out the "grouped" families)
+        modules = {weights.qkv[0]: PeftModule("self_attn", "qkv", 0, ("q", "k", "v"))}
+    modules[renamed.get("o_proj", "o_proj")] = PeftModule("self_attn", "o", 0, ("o",))
+    if args.num_experts:
+        return modules
+    if not args.mlp_gated:  # a plain MLP's up (StarCoder2's ``c_fc``)
+        modules[renamed.get("up_proj", "up_proj")] = PeftModule("mlp", "up", 0, ("up",))
+    elif len(weights.gate_up) == 2:
+        parts = zip(weights.gate_up, ("gate", "up"), strict=True)
+        modules.update({name: PeftModule("mlp", "gate_up", i, (part,)) for i, (name, part) in enumerate(parts)})
+    else:  # gate rows, then up rows
+        modules[weights.gate_up[0]] = PeftModule("mlp", "gate_up", 0, ("gate", "up"))
+    modules[renamed.get("down_proj", "down_proj")] = PeftModule("mlp", "down", 0, ("down",))
+    return modules
+
+
 def read_adapter(path: str | Path, args: ModelArgs, max_rank: int, kv_replicas: int = 1) -> LoRAWeights:
     """The adapter's tensors in one slot's layout, per layer stacked on a leading axis of ``num_layers``:
     ``LoRAWeights`` of NumPy arrays ``[num_layers, ...]`` in the model's dtype. ``kv_replicas``: copies of each
     checkpoint KV head in the model (``args.num_kv_heads`` counts them)."""
     folder = Path(path)
-    config = _read_config(folder)
+    modules = family_modules(args)
+    config = _read_config(folder, modules)
     rank = config["r"]
     if not isinstance(rank, int) or rank < 1:
         raise AdapterError(f"adapter {str(folder)!r}: r={rank!r} must be an integer >= 1")
@@ -62,20 +137,26 @@ def read_adapter(path: str | Path, args: ModelArgs, max_rank: int, kv_replicas: 
         raise AdapterError(f"adapter {str(folder)!r} has rank r={rank} > max_lora_rank={max_rank}; raise max_lora_rank")
     alpha = config.get("lora_alpha", 8)
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    tensors = _read_tensors(folder, args)
+    tensors = _read_tensors(folder, args, modules)
     out = _zeros(args, max_rank)
-    expected = _shapes(args, kv_replicas)
-    for (layer, module, part), value in tensors.items():
-        n_in, n_out = expected[module]
-        want = (rank, n_in) if part == "A" else (n_out, rank)
+    inputs, widths = _widths(args, kv_replicas)
+    for (layer, name, kind), value in tensors.items():
+        module = modules[name]
+        want = (rank, inputs[module.target]) if kind == "A" else (sum(widths[part] for part in module.parts), rank)
         if value.shape != want:
-            name = f"layers.{layer}.{module}.lora_{part}.weight"
-            raise AdapterError(f"adapter {str(folder)!r}: {name} has shape {value.shape}, expected {want}")
-        _place(out, args, max_rank, layer, module, part, value.T if part == "A" else value.T * scaling)
+            key = f"layers.{layer}.{module.block}.{name}.lora_{kind}.weight"
+            raise AdapterError(f"adapter {str(folder)!r}: {key} has shape {value.shape}, expected {want}")
+        ranks = slice(module.rank_block * max_rank, module.rank_block * max_rank + rank)
+        if kind == "A":
+            out[f"{module.target}_a"][layer][:, ranks] = value.T
+            continue
+        rows = np.cumsum([widths[part] for part in module.parts])[:-1]  # B's rows, split into its parts
+        for part, part_b in zip(module.parts, np.split(value.T * scaling, rows, axis=1), strict=True):
+            _place_b(out[f"{module.target}_b"][layer], args, ranks, module.target, part, part_b)
     return LoRAWeights(**{name: array.astype(args.dtype) for name, array in out.items()})
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def _read_config(folder: Path, modules: dict[str, PeftModule]) -> dict[str, Any]:
     file = folder / "adapter_config.json"
     if not file.is_file():
         raise AdapterError(f"no adapter_config.json in LoRA adapter folder {str(folder)!r} (a PEFT save_pretrained)")
@@ -99,87 +180,107 @@ def _read_config(folder: Path) -> dict[str, Any]:
             raise AdapterError(f"adapter {str(folder)!r}: {key}={config[key]!r} ({what}) is not supported")
     if config.get("bias", "none") != "none":
         raise AdapterError(f"adapter {str(folder)!r}: bias={config['bias']!r} is not supported; supported: 'none'")
-    _check_targets(folder, config.get("target_modules"))
+    _check_targets(folder, config.get("target_modules"), modules)
     if "r" not in config:
         raise AdapterError(f"adapter {str(folder)!r}: adapter_config.json has no 'r' (the LoRA rank)")
     return config
 
 
-def _check_targets(folder: Path, given: object) -> None:
-    """``target_modules``: names among the supported ones (or PEFT's "all-linear", which here means them all)."""
-    targets = given
-    if targets == "all-linear":  # PEFT's every linear but the LM head: in these families, the supported seven
-        targets = list(SUPPORTED_MODULES)
-    elif isinstance(targets, str):  # PEFT reads any other string as a regular expression over module names
-        targets = [targets] if targets in SUPPORTED_MODULES else None
+def _check_targets(folder: Path, given: object, modules: dict[str, PeftModule]) -> None:
+    """``target_modules``: names among the family's ``modules`` (or PEFT's "all-linear": its linears' tensors are
+    checked as they are read)."""
+    supported, targets = list(modules), given
+    if targets == "all-linear":
+        return
+    if isinstance(targets, str):  # PEFT reads any other string as a regular expression over module names
+        targets = [targets] if targets in supported else None
     if not isinstance(targets, list):
         raise AdapterError(
             f"adapter {str(folder)!r}: target_modules={given!r} must be a list of module "
-            f"names; supported: {', '.join(SUPPORTED_MODULES)}"
+            f"names; supported: {_supported(modules)}"
         )
-    unsupported = sorted(set(targets) - set(SUPPORTED_MODULES))
+    unsupported = sorted(set(targets) - set(supported))
     if unsupported:
         raise AdapterError(
-            f"adapter {str(folder)!r}: target_modules {unsupported} are not supported; supported: "
-            f"{', '.join(SUPPORTED_MODULES)}"
+            f"adapter {str(folder)!r}: target_modules {unsupported} are not supported for this model; supported: "
+            f"{_supported(modules)}"
         )
 
 
-def _read_tensors(folder: Path, args: ModelArgs) -> dict[tuple[int, str, str], np.ndarray]:
+def _supported(modules: dict[str, PeftModule]) -> str:
+    """The family's targets, for an error message (a mixture of experts' say what its MLP lacks)."""
+    names = ", ".join(modules)
+    return names if any(m.block == "mlp" for m in modules.values()) else f"{names} (its MLP's experts take no LoRA)"
+
+
+def _read_tensors(
+    folder: Path, args: ModelArgs, modules: dict[str, PeftModule]
+) -> dict[tuple[int, str, str], np.ndarray]:
     """(layer, PEFT module, "A" or "B") -> float32 array, every key checked."""
     file = folder / "adapter_model.safetensors"
     if not file.is_file():
         raise AdapterError(f"no adapter_model.safetensors in LoRA adapter folder {str(folder)!r}")
+    paths = {f"{module.block}.{name}": name for name, module in modules.items()}  # where PEFT saves them
+    key_pattern = _key_pattern(args)
+    image_text = bool(args.weights.head_prefix)  # the language model under a prefix of its own
     tensors = {}
     with safe_open(file, framework="flax") as handle:
         for key in handle.keys():
-            match = _KEY.fullmatch(key)
-            if match is None or match[2] not in SUPPORTED_MODULES:
+            if image_text and _VISION.fullmatch(key):
+                continue
+            match = key_pattern.fullmatch(key)
+            if match is None or match[2] not in paths:
                 raise AdapterError(
-                    f"adapter {str(folder)!r}: tensor {key!r} is not supported; LoRA targets supported: "
-                    f"{', '.join(SUPPORTED_MODULES)} of the decoder layers"
+                    f"adapter {str(folder)!r}: tensor {key!r} is not supported; LoRA targets supported for this "
+                    f"model: {_supported(modules)} of the decoder layers"
                 )
             layer = int(match[1])
             if layer >= args.num_layers:
                 raise AdapterError(f"adapter {str(folder)!r}: tensor {key!r} names layer {layer} of {args.num_layers}")
-            tensors[layer, match[2], match[3]] = np.asarray(handle.get_tensor(key), np.float32)
+            tensors[layer, paths[match[2]], match[3]] = np.asarray(handle.get_tensor(key), np.float32)
     return tensors
 
 
-def _shapes(args: ModelArgs, kv_replicas: int) -> dict[str, tuple[int, int]]:
-    """Each PEFT target's (in, out) features, as the checkpoint has them."""
+def _key_pattern(args: ModelArgs) -> re.Pattern[str]:
+    """PEFT's saved name of a decoder layer's module's A or B (the adapter name "default" dropped): the layers under
+    the checkpoint's prefix or a name transformers keeps for it (an image-text model's ``model.language_model.``)."""
+    prefix = args.weights.prefix
+    prefixes = [prefix, *(alias for alias, name in args.weights.aliases if name == prefix)]
+    alternatives = "|".join(map(re.escape, prefixes))
+    return re.compile(rf"base_model\.model\.(?:{alternatives})layers\.(\d+)\.([\w.]+)\.lora_(A|B)\.weight")
+
+
+def _widths(args: ModelArgs, kv_replicas: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Each fused projection's input features, and each of its parts' output features, as the checkpoint has them."""
     d, hd, mlp = args.hidden_size, args.head_dim, args.intermediate_size
     q, kv = args.num_heads * hd, args.num_kv_heads // kv_replicas * hd
-    return {
-        "q_proj": (d, q),
-        "k_proj": (d, kv),
-        "v_proj": (d, kv),
-        "o_proj": (q, d),
-        "gate_proj": (d, mlp),
-        "up_proj": (d, mlp),
-        "down_proj": (mlp, d),
-    }
+    inputs = {"qkv": d, "o": q, "gate_up": d, "up": d, "down": mlp}
+    return inputs, {"q": q, "k": kv, "v": kv, "o": d, "gate": mlp, "up": mlp, "down": d}
 
 
 def _zeros(args: ModelArgs, rank: int) -> dict[str, np.ndarray]:
-    """One slot's ``LoRAWeights`` fields, every layer, all zeros (float32 while placed)."""
+    """One slot's ``LoRAWeights`` fields, every layer, all zeros (float32 while placed): a rank block per module
+    the family has for the projection, no field for a projection it has none for."""
     n, d, hd, mlp = args.num_layers, args.hidden_size, args.head_dim, args.intermediate_size
     kv, group = args.num_kv_heads, args.num_heads // args.num_kv_heads
+    blocks = collections.Counter(module.target for module in family_modules(args).values())
     shapes = {
-        "qkv_a": (d, 3 * rank),
-        "qkv_b": (3 * rank, kv, group + 2, hd),
+        "qkv_a": (d, blocks["qkv"] * rank),
+        "qkv_b": (blocks["qkv"] * rank, kv, group + 2, hd),
         "o_a": (args.num_heads * hd, rank),
         "o_b": (rank, d),
-        "gate_up_a": (d, 2 * rank),
-        "gate_up_b": (2 * rank, 2, mlp),
+        "gate_up_a": (d, blocks["gate_up"] * rank),
+        "gate_up_b": (blocks["gate_up"] * rank, 2, mlp),
+        "up_a": (d, blocks["up"] * rank),
+        "up_b": (blocks["up"] * rank, mlp),
         "down_a": (mlp, rank),
         "down_b": (rank, d),
     }
-    return {name: np.zeros((n, *shape), np.float32) for name, shape in shapes.items()}
+    return {name: np.zeros((n, *shape), np.float32) for name, shape in shapes.items() if blocks[name[: -len("_a")]]}
 
 
 def zero_slot_shapes(args: ModelArgs, rank: int) -> dict[str, tuple[int, ...]]:
-    """``LoRAWeights``' field shapes for one slot, every layer: ``[num_layers, ...]``."""
+    """``LoRAWeights``' field shapes for one slot, every layer: ``[num_layers, ...]`` (the fields the family has)."""
     return {name: array.shape for name, array in _zeros(args, rank).items()}
 
 
@@ -189,27 +290,17 @@ def slots_bytes(args: ModelArgs, max_loras: int, rank: int) -> int:
     return elements * (max_loras + 1) * jnp.dtype(args.dtype).itemsize
 
 
-def _place(
-    out: dict[str, np.ndarray], args: ModelArgs, max_rank: int, layer: int, module: str, part: str, value: np.ndarray
-) -> None:
-    """``value``: A as ``[in, r]`` or B as ``[r, out]`` (scaled), into its fused projection's rank block and, for
-    B, its part of the fused outputs."""
-    target = next(t for t, names in TARGETS.items() if module in names)
-    index = TARGETS[target].index(module)
-    r = value.shape[1] if part == "A" else value.shape[0]
-    ranks = slice(index * max_rank, index * max_rank + r)
-    if part == "A":
-        out[f"{target}_a"][layer][:, ranks] = value
-        return
-    b = out[f"{target}_b"][layer]
+def _place_b(b: np.ndarray, args: ModelArgs, ranks: slice, target: str, part: str, value: np.ndarray) -> None:
+    """One part's B ``[r, out]`` (scaled) into its rank block ``ranks`` of the fused projection ``target``'s B ``b``
+    ``[n * rank, *out]``, where the kernel keeps that part's outputs."""
     kv, group = args.num_kv_heads, args.num_heads // args.num_kv_heads
-    if target == "qkv":
-        if module == "q_proj":  # query head h belongs to KV head h // group
-            b[ranks, :, :group] = value.reshape(r, kv, group, args.head_dim)
-        else:
-            heads = value.reshape(r, -1, args.head_dim)  # the checkpoint's KV heads, each repeated per copy
-            b[ranks, :, group + (module == "v_proj")] = np.repeat(heads, kv // heads.shape[1], axis=1)
+    r = value.shape[0]
+    if part == "q":  # query head h belongs to KV head h // group
+        b[ranks, :, :group] = value.reshape(r, kv, group, args.head_dim)
+    elif part in ("k", "v"):
+        heads = value.reshape(r, -1, args.head_dim)  # the checkpoint's KV heads, each repeated per copy
+        b[ranks, :, group + (part == "v")] = np.repeat(heads, kv // heads.shape[1], axis=1)
     elif target == "gate_up":
-        b[ranks, index] = value
+        b[ranks, ("gate", "up").index(part)] = value
     else:
         b[ranks] = value

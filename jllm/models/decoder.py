@@ -131,14 +131,15 @@ class DecoderLayer(nnx.Module):
         meta: AttentionMetadata,
         lora: LayerLoRA | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """``lora``: the step's adapters (sequential residual and a dense gated MLP only: ``jllm.lora`` refuses the
-        other families at load)."""
+        """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
+        ``jllm.lora.peft_files`` lets a family's adapters target only those)."""
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
-            return x + (self._mlp(x, self.input_layernorm if shared else self.post_attention_layernorm) + h), kv_pages
+            mlp_norm = self.input_layernorm if shared else self.post_attention_layernorm
+            return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages
         x = x + h
         return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages
 

@@ -227,13 +227,15 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array, norm: nnx.Module | None = None, lora: LayerLoRA | None = None) -> jax.Array:
         """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``; ``lora``: each
-        token's adapter deltas (gated MLPs only)."""
+        token's adapter deltas."""
         act = ACTIVATIONS[self.act] if self.act_fn is None else self.act_fn
-        if not self.gated:
-            return self.down_proj(act(normed_linear(norm, self.up_proj, x)))
-        gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
-        if lora is not None:
-            gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
-        h = act(gate_up[:, 0]) * gate_up[:, 1]
+        if self.gated:
+            gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
+            if lora is not None:
+                gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
+            h = act(gate_up[:, 0]) * gate_up[:, 1]
+        else:
+            up = normed_linear(norm, self.up_proj, x)  # [T, hidden]
+            h = act(up if lora is None else up + lora.delta("up", x if norm is None else norm(x)))
         y = self.down_proj(h)
         return y if lora is None else y + lora.delta("down", h)

@@ -3,11 +3,11 @@
 Every adapter resident on the device has a slot in per-layer stacked arrays (slot 0: no adapter, all zeros); the
 step passes them apart from the weights, so loading an adapter into a slot changes values, never a program. Each
 fused projection has one A ``[slots, in, rank]`` and one B ``[slots, rank, *out]`` laid out as its kernel's output
-(``jllm.lora.peft_files`` puts q/k/v's and gate/up's ranks side by side and their B rows in the fused layout, and
-folds the adapter's scaling into B). A token's delta is ``(x @ A[slot]) @ B[slot]``, taken for every slot at once
-as two matmuls (``x`` against all slots' A, the other slots' columns masked to zero, then against all slots' B
-stacked by rank), with no per-token gather of a ``[T, in, rank]`` tensor: shape-static, and cheap for the few slots
-a device holds.
+(``jllm.lora.peft_files`` puts q/k/v's and gate/up's ranks side by side, or a fused module's (Phi-3's
+``qkv_proj``) in one rank block, their B rows in the fused layout, and folds the adapter's scaling into B). A token's
+delta is ``(x @ A[slot]) @ B[slot]``, taken for every slot at once as two matmuls (``x`` against all slots' A, the
+other slots' columns masked to zero, then against all slots' B stacked by rank), with no per-token gather of a
+``[T, in, rank]`` tensor: shape-static, and cheap for the few slots a device holds.
 
 Where this module sits: docs/architecture.md.
 """
@@ -21,15 +21,6 @@ import jax.numpy as jnp
 
 from jllm.parallel import KV_HEADS
 
-# The fused projections a LoRA can target, and the PEFT module names each gathers (ours -> PEFT's, in rank order).
-TARGETS: dict[str, tuple[str, ...]] = {
-    "qkv": ("q_proj", "k_proj", "v_proj"),
-    "o": ("o_proj",),
-    "gate_up": ("gate_proj", "up_proj"),
-    "down": ("down_proj",),
-}
-
-
 # Each ``LoRAWeights`` field's logical axes (``jllm.parallel``): B split as its base kernel's outputs (q/k/v by KV
 # head, gate/up by the MLP axis) where the base is split by columns, A split as its input rows where the base is split
 # by rows (o, down: each device's partial product summed by XLA); the other factor replicated.
@@ -40,6 +31,8 @@ AXES: dict[str, tuple[str | None, ...]] = {
     "o_b": (None, None, "embed"),
     "gate_up_a": (None, "embed", None),
     "gate_up_b": (None, None, None, "mlp"),
+    "up_a": (None, "embed", None),
+    "up_b": (None, None, "mlp"),
     "down_a": (None, "mlp", None),
     "down_b": (None, None, "embed"),
 }
@@ -48,17 +41,21 @@ AXES: dict[str, tuple[str | None, ...]] = {
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LoRAWeights:
-    """One layer's stacked adapters: per fused projection A ``[slots, in, parts * rank]`` and B
-    ``[slots, parts * rank, *out]`` (scaling folded in), ``parts`` the PEFT modules it fuses."""
+    """One layer's stacked adapters: per fused projection A ``[slots, in, n * rank]`` and B
+    ``[slots, n * rank, *out]`` (scaling folded in), ``n`` the PEFT modules the family's checkpoint has for it
+    (q/k/v's three, Phi-3's one ``qkv_proj``). A projection the family lacks is None: a gated MLP's up, a plain MLP's
+    gate/up (StarCoder2's ``c_fc``), a mixture of experts' every MLP one."""
 
-    qkv_a: jax.Array  # [L, hidden, 3r]
-    qkv_b: jax.Array  # [L, 3r, kv_heads, group + 2, head_dim]
+    qkv_a: jax.Array  # [L, hidden, n * r]
+    qkv_b: jax.Array  # [L, n * r, kv_heads, group + 2, head_dim]
     o_a: jax.Array  # [L, heads * head_dim, r]
     o_b: jax.Array  # [L, r, hidden]
-    gate_up_a: jax.Array  # [L, hidden, 2r]
-    gate_up_b: jax.Array  # [L, 2r, 2, mlp]
-    down_a: jax.Array  # [L, mlp, r]
-    down_b: jax.Array  # [L, r, hidden]
+    gate_up_a: jax.Array | None = None  # [L, hidden, n * r]
+    gate_up_b: jax.Array | None = None  # [L, n * r, 2, mlp]
+    up_a: jax.Array | None = None  # [L, hidden, r]: a plain MLP's
+    up_b: jax.Array | None = None  # [L, r, mlp]
+    down_a: jax.Array | None = None  # [L, mlp, r]
+    down_b: jax.Array | None = None  # [L, r, hidden]
 
 
 @jax.tree_util.register_dataclass
