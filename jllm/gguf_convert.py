@@ -136,8 +136,7 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: Architecture, tensor_
         "rope_theta": float(key("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(key("context_length")),
         "vocab_size": int(key("vocab_size") or len(meta["tokenizer.ggml.tokens"])),
-        # transformers ties Falcon's always
-        "tie_word_embeddings": "output.weight" not in tensor_names or arch_name == "falcon",
+        "tie_word_embeddings": "output.weight" not in tensor_names,
         "torch_dtype": "float32",
         **arch.extra_config,
     }
@@ -217,6 +216,8 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: Architecture) 
             weights = weights - np.float32(1.0)
         elif tensor.name.split(".", 2)[-1] in arch.transposed:
             weights = weights.T
+        elif arch.qkv_per_head and ".attn_qkv." in tensor.name:
+            weights = _qkv_per_head(weights, heads)
         name = _hf_name(tensor.name, arch)
         if "{e}" in name:  # [experts, out, in]: one tensor per expert
             yield from ((name.format(e=e), np.ascontiguousarray(w)) for e, w in enumerate(weights))
@@ -247,6 +248,12 @@ def _hf_name(gguf_name: str, arch: Architecture) -> str:
         else ""
     )
     raise NotImplementedError(f"GGUF tensor {gguf_name!r} has no {arch.hf_class} equivalent in this converter{moe}")
+
+
+def _qkv_per_head(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's fused [q; k; v] rows (or bias) back in HF's per-head [q_h; k_h; v_h] order, as transformers'
+    `BloomTensorProcessor` reorders them."""
+    return weights.reshape(3, n_head, -1, *weights.shape[1:]).swapaxes(0, 1).reshape(weights.shape)
 
 
 def _unpermute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:

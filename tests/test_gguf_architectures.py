@@ -50,7 +50,7 @@ def add_tokenizer(w: GGUFWriter, kind: str, arch: str) -> int:
         tokens = [*specials, *alphabet, *(m.replace(" ", "") for m in merges), "<think>"]
         types = [3, 3, 3] + [1] * (len(tokens) - 4) + [4]
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("qwen2")
+        w.add_tokenizer_pre("bloom" if arch == "bloom" else "qwen2")  # BLOOM's split: transformers reads none
         w.add_token_merges(merges)
         w.add_bos_token_id(0)
         w.add_eos_token_id(0)
@@ -94,6 +94,7 @@ ARCH_CASES = {
     "falcon": ("FalconForCausalLM", "falcon", "gpt2", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
     "gpt2": ("GPT2LMHeadModel", "gpt2", "gpt2", {}),
+    "bloom": ("BloomForCausalLM", "bloom", "gpt2", {"tie_word_embeddings": True}),
     "stablelm": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_qkv_bias": True}),
     "stablelm-parallel": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_parallel_residual": True}),
     "starcoder2": ("Starcoder2ForCausalLM", "starcoder2", "gpt2", {}),
@@ -113,9 +114,11 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
     w.add_block_count(config["num_hidden_layers"])
     w.add_context_length(model_config.n_positions if arch == "gpt2" else 256)  # GPT-2's: `wpe`'s rows
     w.add_embedding_length(width)
-    w.add_feed_forward_length(4 * width if arch in ("falcon", "gpt2") else width)
+    w.add_feed_forward_length(4 * width if arch in ("falcon", "gpt2", "bloom") else width)
     w.add_head_count(config["num_attention_heads"])
-    if arch == "gpt2":  # no rotary, no KV-head count (`GPT2Model.set_gguf_parameters`)
+    # no rotary (`GPT2Model`, `BloomModel.set_gguf_parameters`; the KV-head count BLOOM's writes, its head count, is
+    # read by neither reader)
+    if arch in ("gpt2", "bloom"):
         w.add_layer_norm_eps(1e-5)
         return
     w.add_head_count_kv(config["num_key_value_heads"])
@@ -177,9 +180,10 @@ def write_arch_gguf(
 
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), 2)
     for hf_name, weights in hf_state_as_gguf(model):
-        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue
+        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings and arch != "bloom":
+            continue  # llama.cpp writes BLOOM's tied head as a copy of the embeddings
         base, suffix = hf_name.rsplit(".", 1)
+        base = base.removeprefix("transformer.") if arch == "bloom" else base  # gguf-py's BLOOM names lack it
         name = f"{names.get_name(base)}.{suffix}" if names.get_name(base) else hf_name
         if weights.ndim == 1:
             weights = weights + 0.3 * rng.standard_normal(weights.shape).astype(np.float32)  # not the init's constants
@@ -197,12 +201,15 @@ def write_arch_gguf(
 
 def as_llama_cpp_stores(weights: np.ndarray, name: str, arch: str, config: dict) -> np.ndarray:
     """An HF tensor as llama.cpp's converter writes it: Llama's q/k rows permuted, GPT-2's `Conv1D` matrices
-    transposed, Gemma's and Nemotron's norms as `w + 1`."""
+    transposed, BLOOM's fused q/k/v regrouped, Gemma's and Nemotron's norms as `w + 1`."""
     if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
         n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
         return weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
     if arch == "gpt2" and name.endswith(("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")):
         return weights.T  # [in, out] -> [out, in]
+    if arch == "bloom" and ".attn_qkv." in name:  # per head [q_h; k_h; v_h] -> [q; k; v] (`BloomModel.modify_tensors`)
+        heads = config["num_attention_heads"]
+        return weights.reshape(heads, 3, -1, *weights.shape[1:]).swapaxes(0, 1).reshape(weights.shape)
     if arch.startswith(("gemma", "nemotron")) and name.endswith("norm.weight"):
         return weights + 1
     return weights
@@ -311,6 +318,8 @@ def gguf_reference_logits(
         ("falcon", Q.Q8_0, 64),
         ("gpt2", Q.F32, 64),
         ("gpt2", Q.Q4_0, 64),
+        ("bloom", Q.F32, 64),
+        ("bloom", Q.Q5_0, 64),
         ("stablelm", Q.F32, 64),
         ("stablelm-parallel", Q.Q8_0, 64),
         ("starcoder2", Q.F32, 64),
@@ -342,7 +351,7 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
 
 
 @pytest.mark.parametrize(
-    "case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "stablelm", "starcoder2", "nemotron"]
+    "case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "bloom", "stablelm", "starcoder2", "nemotron"]
 )
 def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: str) -> None:
     """The rebuilt tokenizer.json equals transformers' GGUF tokenizer's backend, and gives its ids: byte-level BPE
