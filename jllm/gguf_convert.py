@@ -1,10 +1,10 @@
-"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B, GPT-2, StableLM, StarCoder2,
-Nemotron) into an HF model directory.
+"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B, GPT-2, BLOOM, StableLM,
+StarCoder2, Nemotron) into an HF model directory.
 
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
 front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order, Gemma's
-and Nemotron's `w + 1` norms and GPT-2's transposed matrices undone, the tokenizer rebuilt from the metadata
-(`jllm.gguf_tokenizer`). Every step mirrors what transformers' own GGUF loader does (its legacy
+and Nemotron's `w + 1` norms, GPT-2's transposed matrices and BLOOM's regrouped q/k/v undone, the tokenizer rebuilt
+from the metadata (`jllm.gguf_tokenizer`). Every step mirrors what transformers' own GGUF loader does (its legacy
 `load_gguf_checkpoint` path, for these architectures), and the tests hold us to its output, but two: the rotary
 scaling it drops is written back into config.json (`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its
 original config says, and StarCoder2's rope base is the file's (transformers keeps its class default, 10000, where
