@@ -5,12 +5,13 @@ The rest of jllm reads one format (config.json + safetensors + tokenizer.json), 
 front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order, Gemma's
 and Nemotron's `w + 1` norms, GPT-2's transposed matrices and BLOOM's regrouped q/k/v undone, the tokenizer rebuilt
 from the metadata (`jllm.gguf_tokenizer`). Every step mirrors what transformers' own GGUF loader does (its legacy
-`load_gguf_checkpoint` path, for these architectures), and the tests hold us to its output, but two: the rotary
+`load_gguf_checkpoint` path, for these architectures), and the tests hold us to its output, but three: the rotary
 scaling it drops is written back into config.json (`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its
-original config says, and StarCoder2's rope base is the file's (transformers keeps its class default, 10000, where
-StarCoder2 checkpoints have 1e5-1e6). A file transformers' reader would load wrong in a way not worth repairing
-(Falcon-40B's KV heads, StableLM 2 12B's q/k norms, Minitron-8B's head width) is refused by name; what each
-architecture is in HF terms is `jllm.gguf_architectures`.
+original config says, StarCoder2's rope base is the file's (transformers keeps its class default, 10000, where
+StarCoder2 checkpoints have 1e5-1e6), and BLOOM text is split by BLOOM's own pre-tokenizer regex (transformers
+splits it as GPT-2's, which llama.cpp does not). A file transformers' reader would load wrong in a way not worth
+repairing (Falcon-40B's KV heads, StableLM 2 12B's q/k norms, Minitron-8B's head width) is refused by name; what
+each architecture is in HF terms is `jllm.gguf_architectures`.
 
 Where this module sits: docs/architecture.md.
 """
