@@ -75,9 +75,9 @@ class Architecture:
     extra_config: dict[str, Any] = field(default_factory=dict)  # transformers' class defaults jllm must see
     rotary_permuted: bool = False  # llama.cpp interleaved q/k rows per head (Llama only)
     norm_offset: bool = False  # llama.cpp stored Gemma's `1 + w` norms as w + 1
-    qkv_per_head: bool = (
-        False  # llama.cpp stored the fused q/k/v as [q; k; v], HF's is [q_h; k_h; v_h] per head (BLOOM)
-    )
+    qkv_per_head: bool = False  # llama.cpp stored the fused q/k/v as [q; k; v], HF's per head [q_h; k_h; v_h] (BLOOM)
+    # transformers ties the head to the embeddings (Falcon, BLOOM), and unties it where `output` holds other values
+    tied_head: bool = False
     keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
     prefix: str = "model.layers."  # where the HF layers are
     global_names: dict[str, str] = field(default_factory=lambda: _GLOBAL_NAMES)
@@ -151,8 +151,7 @@ ARCHITECTURES = {
         keys={**_MOE_KEYS, "expert_feed_forward_length": "moe_intermediate_size"},
     ),
     # Falcon-7B's layout (multi-query, parallel attention and MLP, one norm), the only one transformers' GGUF
-    # reader builds; files with several KV heads are refused (`architecture`); the head always tied, as transformers
-    # ties it
+    # reader builds; files with several KV heads are refused (`architecture`)
     "falcon": Architecture(
         "FalconForCausalLM",
         "falcon",
@@ -168,7 +167,7 @@ ARCHITECTURES = {
             for kind in ("weight", "bias")
         },
         None,
-        {"tie_word_embeddings": True},
+        tied_head=True,
         prefix="transformer.h.",
         global_names={
             "token_embd.weight": "transformer.word_embeddings.weight",
@@ -215,8 +214,8 @@ ARCHITECTURES = {
             "intermediate_size": None,
         },
     ),
-    # BLOOM: the fused q/k/v back per head; a LayerNorm on the embeddings; the head always tied (llama.cpp writes a
-    # copy of the embeddings as `output`, transformers ties it); ALiBi, so no context key is read
+    # BLOOM: the fused q/k/v back per head; a LayerNorm on the embeddings; the head tied (llama.cpp writes a copy of
+    # the embeddings as `output`, which a quantizer may store in another type); ALiBi, so no context key is read
     "bloom": Architecture(
         "BloomForCausalLM",
         "bloom",
@@ -233,7 +232,7 @@ ARCHITECTURES = {
             for kind in ("weight", "bias")
         },
         None,
-        {"tie_word_embeddings": True},
+        tied_head=True,
         qkv_per_head=True,
         keys={"attention.layer_norm_epsilon": "layer_norm_epsilon"},
         prefix="transformer.h.",

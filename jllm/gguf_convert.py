@@ -75,6 +75,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         config = _hf_config(meta, arch_name, arch, {t.name for t in reader.tensors})
+        if arch.tied_head:
+            config["tie_word_embeddings"] = _output_is_the_embeddings(reader)
         rope_tensors = {t.name: _dequantized(t) for t in reader.tensors if t.name in ROPE_TENSORS}
         config.update(rope_config(meta, arch_name, config, rope_tensors))
         _write_json(tmp / "config.json", _named(config, arch.config_names))
@@ -206,8 +208,8 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: Architecture) 
     (Llama), Gemma's norms back to `w` from llama.cpp's `w + 1`, stacked experts one tensor each."""
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     for tensor in reader.tensors:
-        if tensor.name in ROPE_TENSORS:
-            continue
+        if tensor.name in ROPE_TENSORS or (tensor.name == "output.weight" and config["tie_word_embeddings"]):
+            continue  # a tied head's copy of the embeddings (BLOOM's) is not written: vocab x hidden float32 unread
         weights = _dequantized(tensor)  # [out, in] or [n]
         if arch.rotary_permuted and ".attn_q." in tensor.name:
             weights = _unpermute_rotary(weights, heads)
@@ -226,6 +228,16 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: Architecture) 
         if tensor.name.endswith("ffn_gate_inp_shexp.weight"):
             weights = weights.reshape(1, -1)  # the shared expert's gate, [1, hidden] in HF checkpoints
         yield name, np.ascontiguousarray(weights)
+
+
+def _output_is_the_embeddings(reader: GGUFReader) -> bool:
+    """Whether the file has no `output` head or one of the embeddings' type and bytes, the head transformers' model
+    ties (it unties one holding other values: llama.cpp's quantizer may store BLOOM's copy in another type)."""
+    tensors = {t.name: t for t in reader.tensors if t.name in ("output.weight", "token_embd.weight")}
+    if "output.weight" not in tensors:
+        return True
+    head, embeddings = tensors["output.weight"], tensors["token_embd.weight"]
+    return head.tensor_type == embeddings.tensor_type and np.array_equal(head.data, embeddings.data)
 
 
 def _dequantized(tensor: ReaderTensor) -> np.ndarray:

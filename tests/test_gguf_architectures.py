@@ -343,7 +343,10 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
     prompts = [[5, 77, 120, 9, 31, 200, 3, 64, 17, 88, 140, 250, 6], [40, 2, 99]]
     config, expected = gguf_reference_logits(gguf, prompts, READ_WHERE_TRANSFORMERS_DROPS.get(case))
     assert_same_config(out, config)
-    assert_same_tensors(out, transformers_gguf_load(gguf)[1])
+    theirs = transformers_gguf_load(gguf)[1]
+    if config["tie_word_embeddings"]:
+        theirs.pop("lm_head.weight", None)  # a tied head's copy of the embeddings (BLOOM's `output`) is not written
+    assert_same_tensors(out, theirs)
     loaded = load_model(out, mesh=make_mesh(1), dtype="float32")
     for ours, theirs in zip(jllm_batch_logits(loaded, prompts), expected, strict=True):
         assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-4
@@ -520,7 +523,7 @@ def rewritten_gguf(
     source: Path, path: Path, arch: str, values: dict | None = None, tensors: dict[str, np.ndarray] | None = None
 ) -> Path:
     """`source`'s metadata (`values` replacing some) and tensors (`tensors` added, float32) under architecture
-    `arch`: a file no writer here produces directly."""
+    `arch`: a file no writer here produces directly; a tensor in `tensors` replaces the file's of that name."""
     reader = gguf_convert.GGUFReader(source)
     old_arch = reader.fields["general.architecture"].contents()
     w = GGUFWriter(str(path), arch)
@@ -530,7 +533,8 @@ def rewritten_gguf(
             value = (values or {}).get(name, field.contents())
             w.add_key_value(name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
     for tensor in reader.tensors:
-        w.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+        if tensor.name not in (tensors or {}):
+            w.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     for name, weights in (tensors or {}).items():
         w.add_tensor(name, weights.astype(np.float32))
     w.write_header_to_file()
@@ -590,3 +594,35 @@ def test_tensors_transformers_drops_are_refused(tmp_path: Path, case: str, tenso
     path = rewritten_gguf(gguf, tmp_path / "extra.gguf", case, tensors=extra)
     with pytest.raises(NotImplementedError, match=rf"'blk.0.{next(iter(tensors))}' is not supported: {message}"):
         gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+def test_bloom_head_stored_apart_from_the_embeddings_is_untied(tmp_path: Path) -> None:
+    """llama.cpp writes BLOOM's tied head as a copy of the embeddings (`output`), which its quantizer may store in
+    another type; transformers' `from_pretrained` then unties the head (tied weights whose checkpoint values differ),
+    and so does the converter: config untied, the head's own weights, logits within 1e-4 of transformers' untied
+    float32 model (relative to their largest)."""
+    import torch
+    from model_utils import jllm_batch_logits
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from jllm.loader import load_model
+    from jllm.parallel import make_mesh
+
+    gguf = write_arch_gguf(tmp_path / "bloom.gguf", "bloom")
+    embeddings = gguf_convert.GGUFReader(gguf).get_tensor(0)
+    assert embeddings.name == "token_embd.weight"
+    head = np.asarray(embeddings.data, np.float32) + np.float32(0.01)  # [vocab, hidden]: not the embeddings' values
+    path = rewritten_gguf(gguf, tmp_path / "untied.gguf", "bloom", tensors={"output.weight": head})
+    out = gguf_convert.convert_gguf(path, tmp_path / "out")
+
+    config, tensors = transformers_gguf_load(path)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    assert_same_tensors(out, tensors)
+    model = BloomForCausalLM(BloomConfig(**{**config, "tie_word_embeddings": False})).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    prompts = [[5, 77, 120, 9, 31], [40, 2, 99]]
+    with torch.no_grad():
+        expected = [model(torch.tensor([ids])).logits[0].numpy() for ids in prompts]
+    loaded = load_model(out, mesh=make_mesh(1), dtype="float32")
+    for ours, theirs in zip(jllm_batch_logits(loaded, prompts), expected, strict=True):
+        assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-4
