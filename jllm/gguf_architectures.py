@@ -75,6 +75,9 @@ class Architecture:
     extra_config: dict[str, Any] = field(default_factory=dict)  # transformers' class defaults jllm must see
     rotary_permuted: bool = False  # llama.cpp interleaved q/k rows per head (Llama only)
     norm_offset: bool = False  # llama.cpp stored Gemma's `1 + w` norms as w + 1
+    qkv_per_head: bool = False  # llama.cpp stored the fused q/k/v as [q; k; v], HF's per head [q_h; k_h; v_h] (BLOOM)
+    # transformers ties the head to the embeddings (Falcon, BLOOM), and unties it where `output` holds other values
+    tied_head: bool = False
     keys: dict[str, str] = field(default_factory=dict)  # more `<arch>.*` metadata keys -> config keys
     prefix: str = "model.layers."  # where the HF layers are
     global_names: dict[str, str] = field(default_factory=lambda: _GLOBAL_NAMES)
@@ -164,6 +167,7 @@ ARCHITECTURES = {
             for kind in ("weight", "bias")
         },
         None,
+        tied_head=True,
         prefix="transformer.h.",
         global_names={
             "token_embd.weight": "transformer.word_embeddings.weight",
@@ -205,6 +209,46 @@ ARCHITECTURES = {
             "num_hidden_layers": "n_layer",
             "num_attention_heads": "n_head",
             "max_position_embeddings": "n_positions",
+            "num_key_value_heads": None,
+            "rope_theta": None,
+            "intermediate_size": None,
+        },
+    ),
+    # BLOOM: the fused q/k/v back per head; a LayerNorm on the embeddings; the head tied (llama.cpp writes a copy of
+    # the embeddings as `output`, which a quantizer may store in another type); ALiBi, so no context key is read
+    "bloom": Architecture(
+        "BloomForCausalLM",
+        "bloom",
+        {
+            f"{gguf}.{kind}": f"{hf}.{kind}"
+            for gguf, hf in (
+                ("attn_norm", "input_layernorm"),
+                ("attn_qkv", "self_attention.query_key_value"),
+                ("attn_output", "self_attention.dense"),
+                ("ffn_norm", "post_attention_layernorm"),
+                ("ffn_up", "mlp.dense_h_to_4h"),
+                ("ffn_down", "mlp.dense_4h_to_h"),
+            )
+            for kind in ("weight", "bias")
+        },
+        None,
+        tied_head=True,
+        qkv_per_head=True,
+        keys={"attention.layer_norm_epsilon": "layer_norm_epsilon"},
+        prefix="transformer.h.",
+        global_names={
+            "token_embd.weight": "transformer.word_embeddings.weight",
+            "token_embd_norm.weight": "transformer.word_embeddings_layernorm.weight",
+            "token_embd_norm.bias": "transformer.word_embeddings_layernorm.bias",
+            "output_norm.weight": "transformer.ln_f.weight",
+            "output_norm.bias": "transformer.ln_f.bias",
+            "output.weight": "lm_head.weight",
+        },
+        # the MLP is always 4 * hidden wide, the heads all KV heads
+        config_names={
+            "num_hidden_layers": "n_layer",
+            "num_attention_heads": "n_head",
+            "max_position_embeddings": None,
             "num_key_value_heads": None,
             "rope_theta": None,
             "intermediate_size": None,

@@ -1,16 +1,17 @@
-"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B, GPT-2, StableLM, StarCoder2,
-Nemotron) into an HF model directory.
+"""Turn a GGUF file (Llama, Mistral, Qwen2/3, Qwen2/3-MoE, Gemma 2/3, Phi-3, Falcon-7B, GPT-2, BLOOM, StableLM,
+StarCoder2, Nemotron) into an HF model directory.
 
 The rest of jllm reads one format (config.json + safetensors + tokenizer.json), so a GGUF is converted once, up
 front: weights dequantized to float32 (every type gguf-py dequantizes), llama.cpp's Llama rotary row order, Gemma's
-and Nemotron's `w + 1` norms and GPT-2's transposed matrices undone, the tokenizer rebuilt from the metadata
-(`jllm.gguf_tokenizer`). Every step mirrors what transformers' own GGUF loader does (its legacy
-`load_gguf_checkpoint` path, for these architectures), and the tests hold us to its output, but two: the rotary
+and Nemotron's `w + 1` norms, GPT-2's transposed matrices and BLOOM's regrouped q/k/v undone, the tokenizer rebuilt
+from the metadata (`jllm.gguf_tokenizer`). Every step mirrors what transformers' own GGUF loader does (its legacy
+`load_gguf_checkpoint` path, for these architectures), and the tests hold us to its output, but three: the rotary
 scaling it drops is written back into config.json (`jllm.gguf_rope`), so a Llama 3.1 or a Phi-3-128k runs as its
-original config says, and StarCoder2's rope base is the file's (transformers keeps its class default, 10000, where
-StarCoder2 checkpoints have 1e5-1e6). A file transformers' reader would load wrong in a way not worth repairing
-(Falcon-40B's KV heads, StableLM 2 12B's q/k norms, Minitron-8B's head width) is refused by name; what each
-architecture is in HF terms is `jllm.gguf_architectures`.
+original config says, StarCoder2's rope base is the file's (transformers keeps its class default, 10000, where
+StarCoder2 checkpoints have 1e5-1e6), and BLOOM text is split by BLOOM's own pre-tokenizer regex (transformers
+splits it as GPT-2's, which llama.cpp does not). A file transformers' reader would load wrong in a way not worth
+repairing (Falcon-40B's KV heads, StableLM 2 12B's q/k norms, Minitron-8B's head width) is refused by name; what
+each architecture is in HF terms is `jllm.gguf_architectures`.
 
 Where this module sits: docs/architecture.md.
 """
@@ -74,6 +75,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         config = _hf_config(meta, arch_name, arch, {t.name for t in reader.tensors})
+        if arch.tied_head:
+            config["tie_word_embeddings"] = _output_is_the_embeddings(reader)
         rope_tensors = {t.name: _dequantized(t) for t in reader.tensors if t.name in ROPE_TENSORS}
         config.update(rope_config(meta, arch_name, config, rope_tensors))
         _write_json(tmp / "config.json", _named(config, arch.config_names))
@@ -136,8 +139,7 @@ def _hf_config(meta: dict[str, Any], arch_name: str, arch: Architecture, tensor_
         "rope_theta": float(key("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(key("context_length")),
         "vocab_size": int(key("vocab_size") or len(meta["tokenizer.ggml.tokens"])),
-        # transformers ties Falcon's always
-        "tie_word_embeddings": "output.weight" not in tensor_names or arch_name == "falcon",
+        "tie_word_embeddings": "output.weight" not in tensor_names,
         "torch_dtype": "float32",
         **arch.extra_config,
     }
@@ -206,8 +208,8 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: Architecture) 
     (Llama), Gemma's norms back to `w` from llama.cpp's `w + 1`, stacked experts one tensor each."""
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     for tensor in reader.tensors:
-        if tensor.name in ROPE_TENSORS:
-            continue
+        if tensor.name in ROPE_TENSORS or (tensor.name == "output.weight" and config["tie_word_embeddings"]):
+            continue  # a tied head's copy of the embeddings (BLOOM's) is not written: vocab x hidden float32 unread
         weights = _dequantized(tensor)  # [out, in] or [n]
         if arch.rotary_permuted and ".attn_q." in tensor.name:
             weights = _unpermute_rotary(weights, heads)
@@ -217,6 +219,8 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: Architecture) 
             weights = weights - np.float32(1.0)
         elif tensor.name.split(".", 2)[-1] in arch.transposed:
             weights = weights.T
+        elif arch.qkv_per_head and ".attn_qkv." in tensor.name:
+            weights = _qkv_per_head(weights, heads)
         name = _hf_name(tensor.name, arch)
         if "{e}" in name:  # [experts, out, in]: one tensor per expert
             yield from ((name.format(e=e), np.ascontiguousarray(w)) for e, w in enumerate(weights))
@@ -224,6 +228,16 @@ def _hf_tensors(reader: GGUFReader, config: dict[str, Any], arch: Architecture) 
         if tensor.name.endswith("ffn_gate_inp_shexp.weight"):
             weights = weights.reshape(1, -1)  # the shared expert's gate, [1, hidden] in HF checkpoints
         yield name, np.ascontiguousarray(weights)
+
+
+def _output_is_the_embeddings(reader: GGUFReader) -> bool:
+    """Whether the file has no `output` head or one of the embeddings' type and bytes, the head transformers' model
+    ties (it unties one holding other values: llama.cpp's quantizer may store BLOOM's copy in another type)."""
+    tensors = {t.name: t for t in reader.tensors if t.name in ("output.weight", "token_embd.weight")}
+    if "output.weight" not in tensors:
+        return True
+    head, embeddings = tensors["output.weight"], tensors["token_embd.weight"]
+    return head.tensor_type == embeddings.tensor_type and np.array_equal(head.data, embeddings.data)
 
 
 def _dequantized(tensor: ReaderTensor) -> np.ndarray:
@@ -247,6 +261,12 @@ def _hf_name(gguf_name: str, arch: Architecture) -> str:
         else ""
     )
     raise NotImplementedError(f"GGUF tensor {gguf_name!r} has no {arch.hf_class} equivalent in this converter{moe}")
+
+
+def _qkv_per_head(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's fused [q; k; v] rows (or bias) back in HF's per-head [q_h; k_h; v_h] order, as transformers'
+    `BloomTensorProcessor` reorders them."""
+    return weights.reshape(3, n_head, -1, *weights.shape[1:]).swapaxes(0, 1).reshape(weights.shape)
 
 
 def _unpermute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:

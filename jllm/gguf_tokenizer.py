@@ -18,7 +18,9 @@ _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types: special tokens like <
 SUPPORTED_TOKENIZERS = ("gpt2", "llama")
 
 # Each vocabulary was learned on text split by its regex (transformers' GGUF table, by `tokenizer.ggml.pre`);
-# a value not here gets plain GPT-2 byte-level splitting, as in transformers.
+# a value not here gets plain GPT-2 byte-level splitting, as in transformers. One is not transformers': BLOOM's
+# (its tokenizer.json's, as llama.cpp splits `bloom` and `gpt3-finnish` files), which transformers' table lacks, so
+# its GGUF tokenizer splits BLOOM text as GPT-2 (`don't` as `don` + `'t`) into ids the model never saw in training.
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -36,6 +38,7 @@ _GPT4O_SPLIT = (
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+_BLOOM_SPLIT = r" ?[^(\s|[.,!?…。，、।۔،])]+"
 PRE_TOKENIZER_SPLITS = {
     **dict.fromkeys(
         ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"],
@@ -45,6 +48,7 @@ PRE_TOKENIZER_SPLITS = {
     "tekken": _TEKKEN_SPLIT,
     **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"], _QWEN2_SPLIT),
     **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], _GPT4O_SPLIT),
+    **dict.fromkeys(["bloom", "gpt3-finnish"], _BLOOM_SPLIT),
 }
 
 

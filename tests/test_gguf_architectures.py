@@ -50,7 +50,7 @@ def add_tokenizer(w: GGUFWriter, kind: str, arch: str) -> int:
         tokens = [*specials, *alphabet, *(m.replace(" ", "") for m in merges), "<think>"]
         types = [3, 3, 3] + [1] * (len(tokens) - 4) + [4]
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("qwen2")
+        w.add_tokenizer_pre("bloom" if arch == "bloom" else "qwen2")  # BLOOM's split: transformers reads none
         w.add_token_merges(merges)
         w.add_bos_token_id(0)
         w.add_eos_token_id(0)
@@ -94,6 +94,7 @@ ARCH_CASES = {
     "falcon": ("FalconForCausalLM", "falcon", "gpt2", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "phi3": ("Phi3ForCausalLM", "phi3", "llama", {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}),
     "gpt2": ("GPT2LMHeadModel", "gpt2", "gpt2", {}),
+    "bloom": ("BloomForCausalLM", "bloom", "gpt2", {"tie_word_embeddings": True}),
     "stablelm": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_qkv_bias": True}),
     "stablelm-parallel": ("StableLmForCausalLM", "stablelm", "gpt2", {"use_parallel_residual": True}),
     "starcoder2": ("Starcoder2ForCausalLM", "starcoder2", "gpt2", {}),
@@ -113,9 +114,11 @@ def add_hparams(w: GGUFWriter, arch: str, config: dict, model_config) -> None:
     w.add_block_count(config["num_hidden_layers"])
     w.add_context_length(model_config.n_positions if arch == "gpt2" else 256)  # GPT-2's: `wpe`'s rows
     w.add_embedding_length(width)
-    w.add_feed_forward_length(4 * width if arch in ("falcon", "gpt2") else width)
+    w.add_feed_forward_length(4 * width if arch in ("falcon", "gpt2", "bloom") else width)
     w.add_head_count(config["num_attention_heads"])
-    if arch == "gpt2":  # no rotary, no KV-head count (`GPT2Model.set_gguf_parameters`)
+    # no rotary (`GPT2Model`, `BloomModel.set_gguf_parameters`; the KV-head count BLOOM's writes, its head count, is
+    # read by neither reader)
+    if arch in ("gpt2", "bloom"):
         w.add_layer_norm_eps(1e-5)
         return
     w.add_head_count_kv(config["num_key_value_heads"])
@@ -177,9 +180,10 @@ def write_arch_gguf(
 
     names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), 2)
     for hf_name, weights in hf_state_as_gguf(model):
-        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue
+        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings and arch != "bloom":
+            continue  # llama.cpp writes BLOOM's tied head as a copy of the embeddings
         base, suffix = hf_name.rsplit(".", 1)
+        base = base.removeprefix("transformer.") if arch == "bloom" else base  # gguf-py's BLOOM names lack it
         name = f"{names.get_name(base)}.{suffix}" if names.get_name(base) else hf_name
         if weights.ndim == 1:
             weights = weights + 0.3 * rng.standard_normal(weights.shape).astype(np.float32)  # not the init's constants
@@ -197,12 +201,15 @@ def write_arch_gguf(
 
 def as_llama_cpp_stores(weights: np.ndarray, name: str, arch: str, config: dict) -> np.ndarray:
     """An HF tensor as llama.cpp's converter writes it: Llama's q/k rows permuted, GPT-2's `Conv1D` matrices
-    transposed, Gemma's and Nemotron's norms as `w + 1`."""
+    transposed, BLOOM's fused q/k/v regrouped, Gemma's and Nemotron's norms as `w + 1`."""
     if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
         n = config["num_attention_heads"] if "attn_q" in name else config["num_key_value_heads"]
         return weights.reshape(n, 2, weights.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(weights.shape)
     if arch == "gpt2" and name.endswith(("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")):
         return weights.T  # [in, out] -> [out, in]
+    if arch == "bloom" and ".attn_qkv." in name:  # per head [q_h; k_h; v_h] -> [q; k; v] (`BloomModel.modify_tensors`)
+        heads = config["num_attention_heads"]
+        return weights.reshape(heads, 3, -1, *weights.shape[1:]).swapaxes(0, 1).reshape(weights.shape)
     if arch.startswith(("gemma", "nemotron")) and name.endswith("norm.weight"):
         return weights + 1
     return weights
@@ -311,6 +318,8 @@ def gguf_reference_logits(
         ("falcon", Q.Q8_0, 64),
         ("gpt2", Q.F32, 64),
         ("gpt2", Q.Q4_0, 64),
+        ("bloom", Q.F32, 64),
+        ("bloom", Q.Q5_0, 64),
         ("stablelm", Q.F32, 64),
         ("stablelm-parallel", Q.Q8_0, 64),
         ("starcoder2", Q.F32, 64),
@@ -334,25 +343,39 @@ def test_architecture_gguf_logits_equal_transformers(tmp_path: Path, case: str, 
     prompts = [[5, 77, 120, 9, 31, 200, 3, 64, 17, 88, 140, 250, 6], [40, 2, 99]]
     config, expected = gguf_reference_logits(gguf, prompts, READ_WHERE_TRANSFORMERS_DROPS.get(case))
     assert_same_config(out, config)
-    assert_same_tensors(out, transformers_gguf_load(gguf)[1])
+    theirs = transformers_gguf_load(gguf)[1]
+    if config["tie_word_embeddings"]:
+        theirs.pop("lm_head.weight", None)  # a tied head's copy of the embeddings (BLOOM's `output`) is not written
+    assert_same_tensors(out, theirs)
     loaded = load_model(out, mesh=make_mesh(1), dtype="float32")
     for ours, theirs in zip(jllm_batch_logits(loaded, prompts), expected, strict=True):
         assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-4
         np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
+# BLOOM's tokenizer.json split (bigscience/bloom), which llama.cpp applies to a `bloom` file and transformers' GGUF
+# reader, with no entry for it, replaces by GPT-2's: the converter's reference is transformers' with it put back
+BLOOM_SPLIT = " ?[^(\\s|[.,!?…。，、।۔،])]+"
+
+
 @pytest.mark.parametrize(
-    "case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "stablelm", "starcoder2", "nemotron"]
+    "case", ["mistral", "qwen2", "gemma2", "gemma3", "phi3", "gpt2", "bloom", "stablelm", "starcoder2", "nemotron"]
 )
 def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: str) -> None:
     """The rebuilt tokenizer.json equals transformers' GGUF tokenizer's backend, and gives its ids: byte-level BPE
-    with Qwen's split (qwen2), SentencePiece with byte fallback and merges recovered from the scores (Llama-style:
-    mistral), from the token order with spaces respelled (Gemma), with the prefix space as a normalizer (Phi-3)."""
+    with Qwen's split (qwen2) or BLOOM's (its tokenizer.json's, where transformers splits as GPT-2), SentencePiece
+    with byte fallback and merges recovered from the scores (Llama-style: mistral), from the token order with spaces
+    respelled (Gemma), with the prefix space as a normalizer (Phi-3)."""
+    from tokenizers import Regex, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     gguf = write_arch_gguf(tmp_path / f"{case}.gguf", case)
     out = gguf_convert.convert_gguf(gguf, tmp_path / "out")
     reference = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=gguf.name)
+    if case == "bloom":
+        split = pre_tokenizers.Split(Regex(BLOOM_SPLIT), behavior="isolated")
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        reference.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
     ours = PreTrainedTokenizerFast.from_pretrained(str(out))
     ours_json, theirs_json = (json.loads(t.backend_tokenizer.to_str()) for t in (ours, reference))
     vocab = len(reader_tokens(gguf))
@@ -361,7 +384,15 @@ def test_architecture_gguf_tokenizer_equals_transformers(tmp_path: Path, case: s
     generation = json.loads((out / "generation_config.json").read_text())
     end_of_turn = [0, 2] if ARCH_CASES[case][2] == "gpt2" else reference.eos_token_id  # + end of turn
     assert generation["eos_token_id"] == end_of_turn
-    for text in ["hello the world", " the  world 123 héllo", "<s>x</s><bos>", "😀 wor\nld", "  hello<think>  ", ""]:
+    for text in [
+        "hello the world",
+        " the  world 123 héllo",
+        "don't x-y2",
+        "<s>x</s><bos>",
+        "😀 wor\nld",
+        "  hello<think>  ",
+        "",
+    ]:
         assert ours.encode(text) == reference.encode(text), text
         assert ours.decode(ours.encode(text)) == reference.decode(reference.encode(text)), text
 
@@ -492,7 +523,7 @@ def rewritten_gguf(
     source: Path, path: Path, arch: str, values: dict | None = None, tensors: dict[str, np.ndarray] | None = None
 ) -> Path:
     """`source`'s metadata (`values` replacing some) and tensors (`tensors` added, float32) under architecture
-    `arch`: a file no writer here produces directly."""
+    `arch`: a file no writer here produces directly; a tensor in `tensors` replaces the file's of that name."""
     reader = gguf_convert.GGUFReader(source)
     old_arch = reader.fields["general.architecture"].contents()
     w = GGUFWriter(str(path), arch)
@@ -502,7 +533,8 @@ def rewritten_gguf(
             value = (values or {}).get(name, field.contents())
             w.add_key_value(name, value, field.types[0], field.types[-1] if len(field.types) > 1 else None)
     for tensor in reader.tensors:
-        w.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+        if tensor.name not in (tensors or {}):
+            w.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     for name, weights in (tensors or {}).items():
         w.add_tensor(name, weights.astype(np.float32))
     w.write_header_to_file()
@@ -562,3 +594,35 @@ def test_tensors_transformers_drops_are_refused(tmp_path: Path, case: str, tenso
     path = rewritten_gguf(gguf, tmp_path / "extra.gguf", case, tensors=extra)
     with pytest.raises(NotImplementedError, match=rf"'blk.0.{next(iter(tensors))}' is not supported: {message}"):
         gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+def test_bloom_head_stored_apart_from_the_embeddings_is_untied(tmp_path: Path) -> None:
+    """llama.cpp writes BLOOM's tied head as a copy of the embeddings (`output`), which its quantizer may store in
+    another type; transformers' `from_pretrained` then unties the head (tied weights whose checkpoint values differ),
+    and so does the converter: config untied, the head's own weights, logits within 1e-4 of transformers' untied
+    float32 model (relative to their largest)."""
+    import torch
+    from model_utils import jllm_batch_logits
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from jllm.loader import load_model
+    from jllm.parallel import make_mesh
+
+    gguf = write_arch_gguf(tmp_path / "bloom.gguf", "bloom")
+    embeddings = gguf_convert.GGUFReader(gguf).get_tensor(0)
+    assert embeddings.name == "token_embd.weight"
+    head = np.asarray(embeddings.data, np.float32) + np.float32(0.01)  # [vocab, hidden]: not the embeddings' values
+    path = rewritten_gguf(gguf, tmp_path / "untied.gguf", "bloom", tensors={"output.weight": head})
+    out = gguf_convert.convert_gguf(path, tmp_path / "out")
+
+    config, tensors = transformers_gguf_load(path)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    assert_same_tensors(out, tensors)
+    model = BloomForCausalLM(BloomConfig(**{**config, "tie_word_embeddings": False})).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    prompts = [[5, 77, 120, 9, 31], [40, 2, 99]]
+    with torch.no_grad():
+        expected = [model(torch.tensor([ids])).logits[0].numpy() for ids in prompts]
+    loaded = load_model(out, mesh=make_mesh(1), dtype="float32")
+    for ours, theirs in zip(jllm_batch_logits(loaded, prompts), expected, strict=True):
+        assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-4
