@@ -973,8 +973,12 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
     return get
 
 
+# An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
+GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", GREEDY_FAMILIES)
 def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
     assert llm.engine.runner.num_compilations == 0  # compile_at_start=False: nothing compiled before the first step
