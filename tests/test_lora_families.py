@@ -75,6 +75,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[str]]] = {
     "ernie4_5": ("Ernie4_5ForCausalLM", None, dict(use_bias=True), ALL_TARGETS),
     "seed_oss": ("SeedOssForCausalLM", None, dict(attention_out_bias=True), ALL_TARGETS),
     "arcee": ("ArceeForCausalLM", None, {}, [*ATTENTION, "up_proj", "down_proj"]),  # a plain MLP
+    "helium": ("HeliumForCausalLM", None, {}, ALL_TARGETS),
+    "ministral3": ("Ministral3ForCausalLM", None, {}, ALL_TARGETS),
+    "apertus": ("ApertusForCausalLM", None, {}, [*ATTENTION, "up_proj", "down_proj"]),  # xIELU plain MLP
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), ATTENTION),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE), ATTENTION),
     "phimoe": ("PhimoeForCausalLM", None, dict(num_local_experts=4, router_jitter_noise=0.3), ATTENTION),
