@@ -26,14 +26,14 @@ from jllm.block_manager import BlockManager
 from jllm.classify import ClassifierHead
 from jllm.config import ConfigError, EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
-from jllm.executable_cache import open_cache
+from jllm.executable_cache import Prefetch, open_cache, start_prefetch
 from jllm.inputs import InputProcessor
 from jllm.loader import LoadedModel, load_model
 from jllm.lora.manager import LoRAManager
 from jllm.lora.request import LoRARequest
 from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
-from jllm.runner import ModelRunner
+from jllm.runner import MAX_COMPILE_THREADS, ModelRunner
 from jllm.sampling import generation_defaults
 from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry
@@ -69,7 +69,9 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
     """Loads the model, allocates the KV pool and compiles the step programs; the same on every process. Each phase
     logs its time at INFO (``jllm.timing``). The tokenizer loads on a thread while the weights do: through
     transformers it took 4-6 s on an H200 host (2026-12-04), as long as Llama-3-8B's dummy weights; a tokenizer.json
-    is now read without transformers (``jllm.tokenizer_files``), whose import waits for the first chat prompt."""
+    is now read without transformers (``jllm.tokenizer_files``), whose import waits for the first chat prompt. The
+    step programs the last start of this engine used are loaded from the executable cache on threads meanwhile
+    (``jllm.executable_cache.Prefetch``)."""
     with timed() as ready:
         distributed.initialize(config.parallel)  # before anything touches a device
         publisher = distributed.claim_engine()
@@ -77,10 +79,14 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         with timed() as elapsed:
             model_dir = resolve_model(config.model.model)
         log_phase(logger, "model found", elapsed.seconds, str(model_dir))
-        with ThreadPoolExecutor(1, thread_name_prefix="jllm-tokenizer") as pool:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="jllm-tokenizer") as pool,
+            ThreadPoolExecutor(MAX_COMPILE_THREADS, thread_name_prefix="jllm-prefetch") as loads,
+        ):
             tokenizer = pool.submit(_load_tokenizer, model_dir)
+            prefetch = start_prefetch(config.scheduler.executable_cache, _prefetch_settings(config, model_dir), loads)
             loaded = _load(config, model_dir)
-            worker = _worker(config, loaded, tokenizer.result(), publisher, show_progress=show_progress)
+            worker = _worker(config, loaded, tokenizer.result(), publisher, prefetch, show_progress=show_progress)
     log_phase(logger, "worker ready", ready.seconds)
     return worker
 
@@ -121,6 +127,7 @@ def _worker(
     loaded: LoadedModel,
     tokenizer: Tokenizer,
     publisher: distributed.PlanPublisher | None,
+    prefetch: Prefetch | None,
     *,
     show_progress: bool,
 ) -> Worker:
@@ -159,7 +166,7 @@ def _worker(
     log_phase(logger, "KV pool allocated", elapsed.seconds, pages)
     sched = config.scheduler
     logger.info(describe_backend(backend))
-    executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded))
+    executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded), prefetch)
     runner = ModelRunner(
         loaded,
         pool,
@@ -177,6 +184,8 @@ def _worker(
         with timed() as elapsed:
             report = runner.warmup(show_progress=show_progress)
         report.log(logger, elapsed.seconds)
+        if executable_cache is not None:
+            executable_cache.write_manifest()
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
 
 
@@ -206,11 +215,21 @@ def _lora_manager(
     return manager
 
 
-def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, object]:
-    """What the executable cache's key takes from the engine: every key but the server's, and the model's config."""
+def _engine_settings(config: EngineConfig) -> dict[str, object]:
+    """Every engine key but the server's: what the compiled programs can depend on."""
     server = {f.name for f in dataclasses.fields(config.server)}
-    engine = {k: v for k, v in config.to_flat().items() if k not in server}
+    return {k: v for k, v in config.to_flat().items() if k not in server}
+
+
+def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, object]:
+    """What the executable cache's key takes from the engine: its settings and the model's config."""
+    engine = _engine_settings(config)
     return {"engine": engine, "hf_config": loaded.hf_config, "args": loaded.args, "kv_replicas": loaded.kv_replicas}
+
+
+def _prefetch_settings(config: EngineConfig, model_dir: Path) -> dict[str, object]:
+    """What names the manifest of programs to load before the model is read: its settings and the model's folder."""
+    return {"engine": _engine_settings(config), "model": str(model_dir)}
 
 
 def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngine:

@@ -113,8 +113,9 @@ class ModelConfig(_Section):
     # the model dtype, unless the checkpoint is stored in FP8 (then fp8). jllm.quantization says what each does.
     quantization: Quantization | None = None
     # fp8: steps of at least this many tokens (the shape bucket's) multiply FP8 x FP8 with per-token activation
-    # scales; smaller ones (decodes) read FP8 weights and multiply in the model dtype; None = weight-only always
-    fp8_dot_min_tokens: int | None = 512
+    # scales; smaller ones (small decode batches) read FP8 weights and multiply in the model dtype; None =
+    # weight-only always. 32: FP8 x FP8 measured faster from 32 rows (docs/benchmarks.md, 2026-12-05)
+    fp8_dot_min_tokens: int | None = 32
     # fp8 on one NVIDIA GPU with jax-triton (or fp8_kernel_backend pallas): weight-only steps of at most this many
     # tokens (default 1: batch-1 decodes, where it measured faster) multiply in jllm's Triton FP8-weight kernel
     # (pallas_kernels/fp8_gemv.py, or its Pallas port); elsewhere, or None, XLA's dot widens the weights

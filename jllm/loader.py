@@ -242,7 +242,7 @@ def load_model(
     load_format: str = "auto",
     seed: int = 0,
     quantization: str | None = None,
-    fp8_dot_min_tokens: int | None = 512,
+    fp8_dot_min_tokens: int | None = 32,
     fp8_kernel_max_tokens: int | None = 1,
     fp8_kernel_compute: str | None = None,
     fp8_kernel_backend: str = "triton",

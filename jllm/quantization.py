@@ -52,7 +52,7 @@ class QuantScheme:
     """How a model's decoder linears are quantized; static, so it is part of every compiled program's structure."""
 
     name: str  # one of SCHEMES
-    fp8_dot_min_tokens: int | None = 512  # fp8: FP8 x FP8 for steps of at least this many tokens; None = never
+    fp8_dot_min_tokens: int | None = 32  # fp8: FP8 x FP8 for steps of at least this many tokens; None = never
     # fp8 weight-only steps of at most this many tokens multiply in an FP8-weight kernel (the loader sets it only for
     # one CUDA device, with jax-triton or the pallas backend); None = XLA's dot with the weights widened
     fp8_kernel_max_tokens: int | None = None
@@ -205,7 +205,7 @@ def _check_compressed_group(name: str, group: dict[str, Any]) -> None:
 def resolve_scheme(
     requested: str | None,
     hf_config: dict[str, Any],
-    fp8_dot_min_tokens: int | None = 512,
+    fp8_dot_min_tokens: int | None = 32,
     fp8_kernel_max_tokens: int | None = None,
     fp8_kernel_compute: str | None = None,
     fp8_kernel_backend: str = "triton",

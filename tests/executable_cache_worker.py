@@ -1,5 +1,6 @@
 """One engine start for tests/test_executable_cache.py, in a fresh process whose ``JAX_COMPILATION_CACHE_DIR`` the
-caller sets: prints one JSON line per case with the warm-up's figures (programs, loaded from the executable cache,
+caller sets: prints one JSON line per case with the warm-up's figures (programs, loaded from the executable cache
+(of them, loaded by its prefetch while the weights loaded),
 seconds traced / lowered / compiled, persistent-cache hits), the executable cache's WARNING lines, and each request's
 tokens, logprobs and prompt logprobs (``startup_lazy_worker.request``)."""
 
@@ -31,6 +32,7 @@ def run(case: dict) -> dict:
     return {
         "programs": report.programs,
         "loaded": report.loaded,
+        "prefetched": llm.engine.runner.executable_cache.prefetched,
         "cache_hits": report.cache_hits,
         "kinds": {kind: dataclasses.asdict(times) for kind, times in report.kinds.items()},
         "compiled": llm.engine.runner.num_compilations,

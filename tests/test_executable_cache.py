@@ -10,6 +10,7 @@ import logging
 import pickle
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -65,8 +66,9 @@ def warm(xla_dir: Path, prompts: list[list[int]], cold: dict) -> dict:
 
 @pytest.mark.slow
 def test_a_warm_start_loads_every_program_untraced_and_samples_what_the_cold_one_did(xla_dir, cold, warm):
-    assert (cold["programs"], cold["loaded"], cold["compiled"]) == (PROGRAMS, 0, PROGRAMS)
+    assert (cold["programs"], cold["loaded"], cold["compiled"], cold["prefetched"]) == (PROGRAMS, 0, PROGRAMS, 0)
     assert (warm["programs"], warm["loaded"], warm["compiled"]) == (PROGRAMS, PROGRAMS, PROGRAMS)
+    assert warm["prefetched"] == PROGRAMS  # the cold start's manifest: all loaded beside the weights
     assert warm["cache_hits"] == 0  # nothing lowered, so nothing asked of JAX's cache
     for times in warm["kinds"].values():
         assert times["trace_s"] == times["lower_s"] == times["compile_s"] == 0 < times["load_s"]
@@ -86,6 +88,7 @@ def test_a_changed_setting_misses_though_the_program_is_the_same(xla_dir, prompt
     their HLO), but a setting the key holds changed, so none is loaded from the executable cache."""
     changed = start(xla_dir, prompts, attention_backend="reference")
     assert (changed["programs"], changed["loaded"], changed["cache_hits"]) == (PROGRAMS, 0, PROGRAMS)
+    assert changed["prefetched"] == 0  # another engine's manifest: none yet
     assert len(entries(xla_dir)) == 2 * PROGRAMS and changed["outputs"] == warm["outputs"]
     assert entries(xla_dir, "jllm.loader") == warm["initializers"]  # no engine setting in their keys: shared
 
@@ -99,6 +102,7 @@ def test_a_corrupt_entry_is_compiled_again_with_one_warning_and_written_again(xl
     result = start(xla_dir, prompts)
     assert result["outputs"] == warm["outputs"]
     assert (result["programs"], result["loaded"], result["compiled"]) == (PROGRAMS, PROGRAMS - 2, PROGRAMS)
+    assert result["prefetched"] == PROGRAMS - 2  # the two bad ones failed in the prefetch, warned once each
     assert len(result["warnings"]) == 2
     assert any(str(cut) in w and "unreadable" in w for w in result["warnings"])
     assert any(str(broken) in w and "did not load" in w for w in result["warnings"])
@@ -185,6 +189,26 @@ def test_a_stored_program_loads_and_computes_the_same_and_a_cut_entry_is_a_miss(
     (record,) = caplog.records
     assert str(cache.path(key)) in record.getMessage() and "unreadable" in record.getMessage()
     assert list(cache.directory.iterdir()) == [cache.path(key)]  # no temporary file left behind
+
+
+def test_the_prefetch_hands_over_only_the_entry_of_the_program_asked_for(tmp_path):
+    """The manifest names entry files; an entry is taken only by the key it is stored under (its file name is that
+    key's hash and its text that key), so a stale manifest's entries are loaded for nothing, never handed over."""
+    case = {"cache": str(tmp_path / "cache"), "seed": int(time.time())}
+    (result,) = run_worker("executable_roundtrip_worker.py", [case], JAX_ENABLE_COMPILATION_CACHE="false")
+    directory, key = tmp_path / "cache", result["key"]
+    with ThreadPoolExecutor(2) as pool:
+        first = ExecutableCache(directory, "context", executable_cache.Prefetch(directory, "engine", pool))
+        assert first.read(key) is not None  # no manifest yet: read from its file
+        first.write_manifest()
+        manifest = directory / executable_cache.MANIFESTS / "engine.txt"
+        assert manifest.read_text().split() == [first.path(key).name]
+        cache = ExecutableCache(directory, "context", executable_cache.Prefetch(directory, "engine", pool))
+        assert cache.read(key + " ") is None  # another program: its own file, not in the manifest
+        compiled = cache.load(cache.read(key))
+    assert (first.prefetched, cache.prefetched) == (0, 1) and compiled is not None
+    x = np.asarray(np.random.default_rng(case["seed"]).normal(size=(4, 2)), np.float32)  # the worker's input
+    np.testing.assert_allclose(np.asarray(compiled([], x)), np.asarray(result["want"]), rtol=1e-6)
 
 
 def test_a_failing_store_warns_once(tmp_path, caplog):
