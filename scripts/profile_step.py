@@ -11,6 +11,10 @@ them decode; then ``--steps`` engine steps are timed three ways:
 
 Step wall time minus device time is what overlapping the host with the device could win.
 
+``--prefill-tokens N`` profiles mixed steps instead: before each timed or traced step a fresh N-token request (one
+output token) joins, so every step runs the batch's decodes beside one N-token prefill, the shape a server's steps
+take while prompts keep arriving (32 streams of 1024 in / 128 out average 256 prefill tokens a step).
+
 ``--dump-attention FILE.npz`` also records, after each batch size's profile, one more step's decode-attention
 inputs (block tables, KV lengths, query starts, argument shapes, the kernel's keyword arguments and tiling;
 scripts/attention_replay.py) for ``scripts/bench_kernels.py --replay FILE.npz``; with several batch sizes each file's
@@ -76,7 +80,26 @@ def start_decoding(llm: LLM, batch: int, prompt_len: int, rng: np.random.Generat
         eng.step()
 
 
-def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
+class Stepper:
+    """``engine.step``, each step first given a fresh ``prefill_tokens``-token request of one output token (none at
+    0), so that every step is the batch's decodes plus one prefill of that size."""
+
+    def __init__(self, llm: LLM, prefill_tokens: int, rng: np.random.Generator) -> None:
+        self.engine, self.prefill_tokens, self.rng, self.added = llm.engine, prefill_tokens, rng, 0
+        self.params = SamplingParams(
+            temperature=0, ignore_eos=True, max_tokens=1, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+
+    def __call__(self) -> None:
+        if self.prefill_tokens:
+            vocab = min(self.engine.inputs.vocab_size, 32000)
+            ids = self.rng.integers(3, vocab, size=self.prefill_tokens).tolist()
+            self.engine.add_request(f"prefill-{self.added}", self.engine.inputs.process(ids, self.params), self.params)
+            self.added += 1
+        self.engine.step()
+
+
+def engine_steps(llm: LLM, step: Stepper, steps: int) -> dict[str, float]:
     """Per-step milliseconds of ``engine.step`` and of its parts."""
     eng, runner = llm.engine, llm.engine.runner
     timer = PartTimer()
@@ -89,7 +112,7 @@ def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
     try:
         start = time.perf_counter()
         for _ in range(steps):
-            eng.step()
+            step()
         wall = time.perf_counter() - start
     finally:
         timer.unwrap()
@@ -99,14 +122,14 @@ def engine_steps(llm: LLM, steps: int) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def device_only(llm: LLM, steps: int) -> dict[str, float]:
-    """The compiled step on one decode step's device inputs: back to back (device time) and one at a time."""
+def device_only(llm: LLM, step: Stepper, steps: int) -> dict[str, float]:
+    """The compiled step on one step's device inputs: back to back (device time) and one at a time."""
     runner = llm.engine.runner
     captured: list[DeviceStep] = []
     timer = PartTimer()
     timer.wrap(runner, "_forward", "dispatch", note=captured.append)  # the step's inputs, as launch() put them
     try:
-        llm.engine.step()
+        step()
     finally:
         timer.unwrap()
     step = captured[-1]
@@ -133,13 +156,13 @@ def device_only(llm: LLM, steps: int) -> dict[str, float]:
     }
 
 
-def kernel_profile(llm: LLM, steps: int, trace_dir: Path) -> dict[str, Any]:
+def kernel_profile(step: Stepper, steps: int, trace_dir: Path) -> dict[str, Any]:
     """GPU time per engine step by kernel name (top 15), from a profiler trace of ``steps`` steps."""
     from jax.profiler import ProfileData
 
     with jax.profiler.trace(str(trace_dir)):
         for _ in range(steps):
-            llm.engine.step()
+            step()
     files = sorted(glob.glob(str(trace_dir / "**" / "*.xplane.pb"), recursive=True), key=os.path.getmtime)
     if not files:
         return {"error": "no trace written"}
@@ -192,13 +215,15 @@ def finish_all(llm: LLM) -> None:
         llm.engine.abort_request(rid)
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model directory (config.json + tokenizer)")
     parser.add_argument("--load-format", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch-sizes", default="1,64", help="comma list of decode batch sizes")
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per request")
+    parser.add_argument("--prefill-tokens", type=int, default=0,
+                        help="mixed steps: a fresh prompt of this many tokens beside every step's decodes")  # fmt: skip
     parser.add_argument("--steps", type=int, default=50, help="steps timed per measurement")
     parser.add_argument("--trace-steps", type=int, default=5, help="steps under the profiler")
     parser.add_argument("--max-model-len", type=int, default=2048)
@@ -218,6 +243,17 @@ def main() -> None:
     parser.add_argument("--dump-attention", type=Path, metavar="FILE.npz",
                         help="record a decode step's attention inputs here, for bench_kernels.py --replay")  # fmt: skip
     args = parser.parse_args()
+    batch = max(int(b) for b in args.batch_sizes.split(","))
+    if args.prefill_tokens and batch + args.prefill_tokens > args.max_num_batched_tokens:
+        parser.error(
+            f"--prefill-tokens={args.prefill_tokens} with batch {batch} exceeds --max-num-batched-tokens="
+            f"{args.max_num_batched_tokens}: the prefill would be cut into chunks"
+        )
+    return parser, args
+
+
+def main() -> None:
+    parser, args = parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
     if args.compiler_options is not None:
         jllm.runner.COMPILER_OPTIONS = args.compiler_options
@@ -239,15 +275,16 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"), "device": dev.device_kind, "jax": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": jllm.runner.COMPILER_OPTIONS,
             "model": model, "backend": llm.engine.runner.attention_backend, "prompt": args.prompt,
-            "tensor_parallel_size": args.tensor_parallel_size, "batches": {},
+            "tensor_parallel_size": args.tensor_parallel_size, "prefill_tokens": args.prefill_tokens, "batches": {},
         }  # fmt: skip
         rng = np.random.default_rng(0)
         for batch in batches:
             start_decoding(llm, batch, args.prompt, rng)
-            engine_steps(llm, 3)  # warm
-            row = {"engine_ms": engine_steps(llm, args.steps), **device_only(llm, args.steps)}
+            step = Stepper(llm, args.prefill_tokens, rng)
+            engine_steps(llm, step, 3)  # warm
+            row = {"engine_ms": engine_steps(llm, step, args.steps), **device_only(llm, step, args.steps)}
             row["host_gap_ms"] = round(row["engine_ms"]["step"] - row["device_ms"], 3)
-            row["kernels"] = kernel_profile(llm, args.trace_steps, Path(tmp) / f"trace{batch}")
+            row["kernels"] = kernel_profile(step, args.trace_steps, Path(tmp) / f"trace{batch}")
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
                 for name, layout, exe in llm.engine.runner.compiled_programs():
@@ -260,7 +297,8 @@ def main() -> None:
             finish_all(llm)
             print(json.dumps({batch: row}, indent=1), flush=True)
 
-    print(f"\n{report['device']}  jax {report['jax']}  backend {report['backend']}  prompt {args.prompt}")
+    mixed = f"  + a {args.prefill_tokens}-token prefill a step" if args.prefill_tokens else ""
+    print(f"\n{report['device']}  jax {report['jax']}  backend {report['backend']}  prompt {args.prompt}{mixed}")
     print(f"{'batch':>5} {'step ms':>8} {'device ms':>9} {'gap ms':>7}  " + " ".join(f"{p:>13}" for p in PARTS))
     for batch, row in report["batches"].items():
         parts = " ".join(f"{row['engine_ms'][p]:>13.3f}" for p in PARTS)

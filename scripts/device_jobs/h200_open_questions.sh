@@ -38,6 +38,10 @@ for kv in auto fp8; do
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8320 --max-num-batched-tokens 2048 --steps 20 \
         --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
 done
+# Issue 20: serving 32 streams of 1024 in / 128 out means ~256 prefill tokens beside the 32 decodes in every step
+# (2,399 output tok/s ~ 320 TFLOP/s of the 806 measured, 2026-12-05): where does such a mixed step's time go?
+step mixed_step_bf16 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+    --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens 256 --steps 30 --json "$QOUT/mixed_step.json"
 # Issue 21: the FP8 decode kernel's reach (its default token cap against none), batch 1 and 8 TPOT.
 step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
 step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
