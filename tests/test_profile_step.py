@@ -1,0 +1,42 @@
+"""scripts/profile_step.py's mixed steps (``--prefill-tokens``) on a tiny CPU engine: every step the stepper takes
+holds the batch's decodes and one whole fresh prefill, and the decode batch neither grows nor shrinks."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+bench_common = importlib.import_module("bench_common")
+profile_step = importlib.import_module("profile_step")
+
+
+@pytest.mark.slow
+def test_each_mixed_step_holds_the_decodes_and_one_whole_prefill(tmp_path: Path) -> None:
+    from jllm import LLM
+
+    model = bench_common.write_dummy_model(tmp_path / "model", profile_step.SMOKE_MODEL)
+    llm = LLM(str(model), load_format="dummy", max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64,
+              num_pages=96, compile_at_start=False)  # fmt: skip
+    rng = np.random.default_rng(0)
+    batch, prefill = 3, 29
+    profile_step.start_decoding(llm, batch, 16, rng)
+    scheduled: list[tuple[int, int]] = []
+    schedule = llm.engine.scheduler.schedule
+
+    def watched(*args: object, **kwargs: object) -> object:
+        out = schedule(*args, **kwargs)
+        scheduled.append((out.num_batched_tokens, len(out.scheduled)))
+        return out
+
+    llm.engine.scheduler.schedule = watched
+    step = profile_step.Stepper(llm, prefill, rng)
+    for _ in range(4):
+        step()
+    assert scheduled == [(batch + prefill, batch + 1)] * 4
+    decoding = [r for r in llm.engine.requests.values() if r.request_id.startswith("prof-")]
+    assert len(decoding) == batch and step.added == 4
