@@ -1,7 +1,8 @@
 """Typed engine settings: one flat namespace of keys (vLLM's long option names), grouped into sections.
 
 Precedence is vLLM's: command line > YAML file > defaults. Every key is validated where it is defined, and a bad
-key or value fails with a message naming the key, the value and what is allowed.
+key or value fails with a message naming the key, the value and what is allowed (the checking itself, and the YAML
+reader, are ``jllm.config_base``'s).
 
 Where this module sits: docs/architecture.md.
 """
@@ -9,16 +10,12 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
-from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from jllm.config_base import ConfigError, Section, allowed_values, load_yaml, unknown_key_error
 from jllm.reasoning_parsers import REASONING_PARSERS
 from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 
@@ -32,74 +29,8 @@ Fp8KernelCompute = Literal["fma", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_ge
 Fp8KernelBackend = Literal["triton", "pallas"]  # jllm.quantization.QuantScheme.fp8_kernel_backend
 
 
-class ConfigError(ValueError):
-    """A setting is unknown or out of range; the message names the key and what is allowed. ``key`` is the key's
-    name (dotted inside a job file's sections), so a job file can add the line it was written on."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-def unknown_key_error(key: str, allowed: Iterable[str], where: str = "key") -> ConfigError:
-    """The error for a misspelt key: names it, suggests the closest allowed key, lists them all."""
-    allowed = sorted(allowed)
-    spelt = {a.replace("-", "_"): a for a in allowed}  # dashes and underscores count as the same letter
-    close = difflib.get_close_matches(str(key).replace("-", "_"), spelt, n=1)
-    hint = f" (did you mean {spelt[close[0]]!r}?)" if close else ""
-    return ConfigError(f"unknown {where} {key!r}{hint}; allowed: {', '.join(allowed)}", key=str(key))
-
-
-def _allowed_values(tp: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None, bool]:
-    """(python types accepted, literal choices or None, None allowed) for a field annotation."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        allow_none = type(None) in args
-        inner = [_allowed_values(a) for a in args if a is not type(None)]
-        return tuple(k for kinds, _, _ in inner for k in kinds), inner[0][1], allow_none
-    if typing.get_origin(tp) is list:  # the elements are the section's own check
-        return (list,), None, False
-    if typing.get_origin(tp) is Literal:
-        return (type(args[0]),), args, False
-    if tp is float:
-        return (int, float), None, False
-    return (tp,), None, False
-
-
-class _Section:
-    """Type-checks every field against its annotation before the section's own range checks run."""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            kinds, choices, allow_none = _allowed_values(hints[f.name])
-            if value is None and allow_none:
-                continue
-            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-            if choices is not None and value not in choices:
-                ok = False
-            if not ok:
-                allowed = (
-                    " or ".join(repr(c) for c in choices)
-                    if choices
-                    else " or ".join(k.__name__ for k in kinds) + (" or null" if allow_none else "")
-                )
-                raise ConfigError(f"{f.name}={value!r} is not allowed: expected {allowed}", key=f.name)
-            if float in kinds and isinstance(value, int):
-                setattr(self, f.name, float(value))  # YAML's `1` for a float key
-        self.validate()
-
-    def validate(self) -> None:
-        """Range checks of one section."""
-
-    def _require(self, ok: bool, key: str, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed: {allowed}", key=key)
-
-
 @dataclass
-class ModelConfig(_Section):
+class ModelConfig(Section):
     model: str | None = None  # path, .gguf file or alias; None = the embedded default model
     dtype: Dtype = "auto"  # "auto" = the checkpoint's torch_dtype
     max_model_len: int | None = None  # None = the model's max_position_embeddings
@@ -147,7 +78,7 @@ class ModelConfig(_Section):
 
 
 @dataclass
-class CacheConfig(_Section):
+class CacheConfig(Section):
     page_size: int = 16
     num_pages: int | None = None  # None = size the pool from memory
     gpu_memory_utilization: float = 0.9
@@ -165,7 +96,7 @@ class CacheConfig(_Section):
 
 
 @dataclass
-class SchedulerConfig(_Section):
+class SchedulerConfig(Section):
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     # A prefill takes at most this many tokens a step (vLLM's --long-prefill-token-threshold): a long prompt's chunks
@@ -188,7 +119,7 @@ class SchedulerConfig(_Section):
 
 
 @dataclass
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     """Bounds on the work one request may ask of the engine's shared thread; beyond them a request is refused (a
     400 naming the limit) rather than slowing every other stream."""
 
@@ -209,7 +140,7 @@ class LimitsConfig(_Section):
 
 
 @dataclass
-class ParallelConfig(_Section):
+class ParallelConfig(Section):
     tensor_parallel_size: int = 1
     # jax.distributed: "host:port" of process 0's coordinator, "auto" for JAX's cluster detection, None = one process
     distributed_coordinator: str | None = None
@@ -243,7 +174,7 @@ class ParallelConfig(_Section):
 
 
 @dataclass
-class LoRAConfig(_Section):
+class LoRAConfig(Section):
     """Multi-LoRA serving (vLLM's keys): PEFT adapters applied per request beside the base weights (``jllm.lora``)."""
 
     enable_lora: bool = False
@@ -283,7 +214,7 @@ class LoRAConfig(_Section):
 
 
 @dataclass
-class ServerConfig(_Section):
+class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None  # also serve the gRPC API (proto/jllm/v1/generate.proto) here; None = off, 0 = any
@@ -414,7 +345,7 @@ class EngineConfig:
         return EngineConfig.from_flat({**self.to_flat(), **{k.replace("-", "_"): v for k, v in overrides.items()}})
 
 
-_SECTIONS: dict[str, type[_Section]] = {
+_SECTIONS: dict[str, type[Section]] = {
     "model": ModelConfig,
     "cache": CacheConfig,
     "scheduler": SchedulerConfig,
@@ -439,41 +370,9 @@ def key_type(key: str) -> tuple[type, tuple[Any, ...] | None]:
     choices, if a fixed set."""
     for section in _SECTIONS.values():
         if key in {f.name for f in fields(section)}:
-            kinds, choices, _ = _allowed_values(typing.get_type_hints(section)[key])
+            kinds, choices, _ = allowed_values(typing.get_type_hints(section)[key])
             return kinds[-1], choices
     raise unknown_key_error(key, engine_keys())
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a config file that says a key twice is a mistake to point out."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, Hashable):
-                break  # SafeLoader's own check names the unhashable key
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping; every way of failing is a ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"config file {str(path)!r} {what}")
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {str(path)!r} is not readable YAML: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
-    return data
 
 
 def merge_config(file_values: dict[str, Any], **overrides: Any) -> EngineConfig:

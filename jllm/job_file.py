@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from jllm.config import ConfigError, EngineConfig, _UniqueKeyLoader, engine_keys, unknown_key_error
+from jllm.config import ConfigError, EngineConfig, engine_keys, unknown_key_error
+from jllm.config_base import UniqueKeyLoader
 from jllm.run_spec import RUN_SCHEMA, SAMPLING_KEYS, RunSpec, parse_run
 from jllm.sweep import SweepPoint, expand_sweep
 
@@ -66,7 +67,7 @@ def load_job_file(path: str | Path) -> JobFile:
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"job file {str(path)!r} {what}")
     try:
-        loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+        loader = UniqueKeyLoader(path.read_text(encoding="utf-8"))
         try:
             node = loader.get_single_node()
             values = loader.construct_document(node) if node is not None else {}

@@ -1,8 +1,8 @@
 """``POST /v1/responses``: OpenAI's Responses API on the chat route's machinery. The request becomes the chat request
 it stands for (``responses_schemas``) and takes chat's start (routing, tools, sampling fields, the chat template,
 admission) and ``Generation``; the reply's reasoning (with the model's ``reasoning_parser``), text and calls come
-back as output items (a ``reasoning`` item with ``reasoning_text``, a ``message`` with ``output_text``,
-``function_call`` items), whole or as the Responses API's typed events.
+back as output items (``responses_output``: a ``reasoning`` item with ``reasoning_text``, a ``message`` with
+``output_text``, ``function_call`` items), whole or as the Responses API's typed events.
 
 Where this module sits: docs/architecture.md.
 """
@@ -25,9 +25,7 @@ from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
 from jllm.server.reasoning import ReplyPlan
 from jllm.server.registry import ServedModel
-from jllm.server.responses_schemas import (
-    CHAT_TO_RESPONSES,
-    LOGPROBS,
+from jllm.server.responses_output import (
     IncompleteDetails,
     InputTokensDetails,
     OutputFunctionCall,
@@ -39,9 +37,9 @@ from jllm.server.responses_schemas import (
     ReasoningText,
     ResponseError,
     ResponseObject,
-    ResponsesRequest,
     ResponseUsage,
 )
+from jllm.server.responses_schemas import CHAT_TO_RESPONSES, LOGPROBS, ResponsesRequest
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.tokenizer import Tokenizer

@@ -1,4 +1,5 @@
-"""The bodies of ``POST /v1/responses`` (OpenAI's Responses API, as vLLM serves it), as pydantic models.
+"""The request body of ``POST /v1/responses`` (OpenAI's Responses API, as vLLM serves it), as pydantic models; the
+reply's are ``responses_output``'s.
 
 A request becomes the chat request it stands for (``ResponsesRequest.as_chat``): ``instructions`` a system message
 first, ``input`` items messages (``function_call`` items an assistant's ``tool_calls``, ``function_call_output``
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from jllm.sampling import MAX_LOGPROBS
-from jllm.server.chat_schemas import TokenLogprob
 from jllm.server.errors import bad_request
+from jllm.server.responses_output import ReasoningText
 from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
 
 _NOT_STORED = "is not supported: this server stores no responses; send the whole conversation in input"
@@ -91,11 +92,6 @@ class InputMessage(_Request):
     @classmethod
     def _text_only(cls, value: Any) -> Any:
         return _text_parts(value, "content")
-
-
-class ReasoningText(BaseModel):
-    type: Literal["reasoning_text"] = "reasoning_text"
-    text: str
 
 
 class ReasoningItem(_Request):
@@ -386,101 +382,3 @@ class ResponsesRequest(_Request):
     def text_echo(self) -> dict[str, Any]:
         text_format = self.text.format if self.text and self.text.format else TextFormat(type="text")
         return {"format": text_format.echo(), "verbosity": "medium"}
-
-
-# ---------------------------------------------------------------------------------------------------- responses
-
-
-class OutputText(BaseModel):
-    type: Literal["output_text"] = "output_text"
-    text: str
-    annotations: list[Any] = Field(default_factory=list)
-    logprobs: list[TokenLogprob] = Field(default_factory=list)  # with include's LOGPROBS
-
-
-class OutputMessage(BaseModel):
-    id: str
-    type: Literal["message"] = "message"
-    role: Literal["assistant"] = "assistant"
-    status: Literal["in_progress", "completed", "incomplete"]
-    content: list[OutputText]
-
-
-class OutputFunctionCall(BaseModel):
-    id: str
-    type: Literal["function_call"] = "function_call"
-    call_id: str
-    name: str
-    arguments: str
-    status: Literal["in_progress", "completed", "incomplete"]
-
-
-class OutputReasoning(BaseModel):
-    """The model's reasoning (with the served model's ``reasoning_parser``), before the message it led to."""
-
-    id: str
-    type: Literal["reasoning"] = "reasoning"
-    summary: list[Any] = Field(default_factory=list)  # no summaries are written
-    content: list[ReasoningText]
-    encrypted_content: None = None
-    status: Literal["in_progress", "completed", "incomplete"]
-
-
-OutputItem = OutputReasoning | OutputMessage | OutputFunctionCall
-
-
-class InputTokensDetails(BaseModel):
-    cached_tokens: int  # prompt tokens the prefix cache served
-    cache_write_tokens: int = 0
-
-
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0  # with a reasoning format in force: the reasoning's tokens, its markers included
-
-
-class ResponseUsage(BaseModel):
-    input_tokens: int
-    input_tokens_details: InputTokensDetails
-    output_tokens: int
-    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
-    total_tokens: int
-
-
-class IncompleteDetails(BaseModel):
-    reason: Literal["max_output_tokens"]
-
-
-class ResponseError(BaseModel):
-    code: Literal["server_error"]
-    message: str
-
-
-class ResponseObject(BaseModel):
-    """OpenAI's ``Response``: the outcome, and the settings it ran with echoed (the SDK's model has them)."""
-
-    id: str
-    object: Literal["response"] = "response"
-    created_at: int
-    status: Literal["in_progress", "completed", "incomplete", "failed"]
-    error: ResponseError | None = None
-    incomplete_details: IncompleteDetails | None = None
-    model: str
-    output: list[OutputItem] = Field(default_factory=list)
-    usage: ResponseUsage | None = None
-    instructions: str | None
-    max_output_tokens: int | None
-    max_tool_calls: int | None
-    metadata: dict[str, str]
-    parallel_tool_calls: bool
-    previous_response_id: None = None
-    reasoning: dict[str, Any] = Field(default_factory=lambda: {"effort": None, "summary": None})
-    store: bool = False
-    temperature: float | None
-    text: dict[str, Any]
-    tool_choice: str | dict[str, Any]
-    tools: list[dict[str, Any]]
-    top_p: float | None
-    top_logprobs: int
-    truncation: Literal["disabled"] = "disabled"
-    user: str | None
-    background: bool = False

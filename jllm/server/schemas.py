@@ -1,7 +1,7 @@
 """What the OpenAI API's request and response bodies share (plus vLLM's extra fields), as pydantic models: the
 strict request base, the refusal of fields this server cannot honour, the sampling fields completions and chat both
 take, and usage and prompt logprobs. Each endpoint's own bodies live beside its route (``chat_schemas``,
-``completions_schemas``, ``info_schemas``, ``responses_schemas``).
+``completions_schemas``, ``info_schemas``, ``responses_schemas`` and ``responses_output``).
 
 Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. No field of vLLM's
 ``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what

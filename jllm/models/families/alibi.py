@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import base_args, bloom_slopes, mpt_slopes
+from jllm.models.families.common import bloom_slopes, gpt_decoder, mpt_slopes
 from jllm.models.families.layer_norm import DENSE_NAMES
-from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.models.model_args import ModelArgs, WeightMap
 
 # MPT's attn_config defaults (transformers' MptAttentionConfig)
 MPT_ATTENTION = dict(
@@ -41,16 +41,10 @@ def bloom(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "max_position_embeddings": cfg.get("seq_length") or 2048,  # ALiBi has no table; Bloom trained on 2048
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
-    base = base_args(cfg, dtype)
     rename = (("embed_tokens", "word_embeddings"), ("embed_norm", "word_embeddings_layernorm"), ("layers", "h"))
-    return ModelArgs(
-        **base,
-        layers=(LayerSpec(None),) * base["num_layers"],
-        norm="layer",
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        mlp_gated=False,
+    return gpt_decoder(
+        cfg,
+        dtype,
         mlp_act="gelu_tanh",  # transformers' bloom_gelu_forward
         alibi_slopes=bloom_slopes(heads),
         embed_norm=True,
@@ -94,15 +88,14 @@ def mpt(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "max_position_embeddings": cfg.get("max_seq_len", 2048),
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
-    base = base_args(cfg, dtype)
     rename = (("embed_tokens", "wte"), ("layers", "blocks"), ("self_attn", "attn"), ("o_proj", "out_proj"))
     norms = (("input_layernorm", "norm_1"), ("post_attention_layernorm", "norm_2"), ("norm", "norm_f"))
-    return ModelArgs(
-        **base,
-        layers=(LayerSpec(None),) * base["num_layers"],
+    return gpt_decoder(
+        cfg,
+        dtype,
+        bias=False,
         norm="layer_no_bias",
         qkv_clip=attn["clip_qkv"],
-        mlp_gated=False,
         mlp_act="gelu",  # nn.GELU(approximate="none")
         sm_scale=attn["softmax_scale"],
         alibi_slopes=mpt_slopes(heads, attn.get("alibi_bias_max", 8)),

@@ -1,5 +1,6 @@
 """What every family reader shares: the base settings, the rotary settings, each layer's sliding window, the
-activation names, read from ``config.json`` the same way for all, and ALiBi's slopes (Bloom's, Falcon-RW's, MPT's).
+activation names, read from ``config.json`` the same way for all, GPT-2's kind of decoder (``gpt_decoder``) that
+several families keep, and ALiBi's slopes (Bloom's, Falcon-RW's, MPT's).
 
 Where this module sits: docs/architecture.md.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jllm.models.model_args import LayerSpec
+from jllm.models.model_args import LayerSpec, ModelArgs
 from jllm.models.rope import Rope
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -45,6 +46,23 @@ def base_args(cfg: dict[str, Any], dtype: Any) -> dict[str, Any]:
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         dtype=dtype,
     )
+
+
+def gpt_decoder(cfg: dict[str, Any], dtype: Any, *, bias: bool = True, **settings: Any) -> ModelArgs:
+    """The decoder GPT-2 set out, which GPT-BigCode, GPT-Neo, Bloom, MPT, OPT, XGLM and BioGPT keep: no rotary
+    (positions from a table, sinusoids or ALiBi's bias, as ``settings`` say), LayerNorms, a plain (not gated) MLP,
+    biases on every linear where ``bias``. ``cfg`` is in ``base_args``' names; ``settings``: the family's other
+    ``ModelArgs`` fields, or its changes to these."""
+    base = base_args(cfg, dtype)
+    plain = dict(
+        layers=(LayerSpec(None),) * base["num_layers"],
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bias,
+        mlp_gated=False,
+    )
+    return ModelArgs(**base, **{**plain, **settings})
 
 
 def read_rope(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jllm.models.families.common import activation, base_args
-from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.models.families.common import activation, gpt_decoder
+from jllm.models.model_args import ModelArgs, WeightMap
 
 FAIRSEQ_NAMES = (
     ("input_layernorm", "self_attn_layer_norm"),
@@ -73,15 +73,9 @@ def _fairseq_decoder(
         "max_position_embeddings": cfg.get("max_position_embeddings") or 2048,
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
-    base = base_args(cfg, dtype)
-    return ModelArgs(
-        **base,
-        layers=(LayerSpec(None),) * base["num_layers"],
-        norm="layer",
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        mlp_gated=False,
+    return gpt_decoder(
+        cfg,
+        dtype,
         mlp_act=activation(cfg, act_key, "gelu", family),
         embed_scale=math.sqrt(hidden) if cfg.get("scale_embedding", True) else None,
         learned_positions=not sinusoidal,

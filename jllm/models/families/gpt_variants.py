@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import activation, base_args
+from jllm.models.families.common import activation, gpt_decoder
 from jllm.models.families.layer_norm import gptj_layout
 from jllm.models.model_args import CODEGEN_SHARDS, LayerSpec, ModelArgs, WeightMap
 
@@ -46,13 +46,11 @@ def gpt_neo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     window = cfg.get("window_size", 256)
     rename = (("embed_tokens", "wte"), ("embed_positions", "wpe"), ("layers", "h"), ("self_attn", "attn.attention"))
     norms = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"), ("norm", "ln_f"))
-    return ModelArgs(
-        **base_args(cfg, dtype),
+    return gpt_decoder(
+        cfg,
+        dtype,
         layers=tuple(LayerSpec(None, window if kind == "local" else None) for kind in kinds),
-        norm="layer",
-        o_bias=True,
-        mlp_bias=True,
-        mlp_gated=False,
+        qkv_bias=False,
         mlp_act=activation(cfg, "activation_function", "gelu_new", "GPT-Neo"),
         sm_scale=1.0,
         learned_positions=True,

@@ -17,6 +17,7 @@ from jllm.models.families.common import (
     activation,
     base_args,
     bloom_slopes,
+    gpt_decoder,
     layer_windows,
     read_rope,
     uniform,
@@ -256,17 +257,11 @@ def learned_positions_decoder(
     if cfg.get("add_cross_attention"):
         raise ValueError(f"{family} add_cross_attention=True is not supported (supported: False, a decoder-only model)")
     cfg = gpt2_names({"n_positions": 1024, "tie_word_embeddings": True, **cfg}, kv_heads)
-    base = base_args(cfg, dtype)
     rename = (("embed_tokens", "wte"), ("embed_positions", "wpe"), ("layers", "h"), ("self_attn", "attn"))
     norms = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"), ("norm", "ln_f"))
-    return ModelArgs(
-        **base,
-        layers=(LayerSpec(None),) * base["num_layers"],
-        norm="layer",
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        mlp_gated=False,
+    return gpt_decoder(
+        cfg,
+        dtype,
         mlp_act=activation(cfg, "activation_function", act, family),
         sm_scale=None if cfg.get("scale_attn_weights", True) else 1.0,
         learned_positions=True,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import FULL, activation, base_args, uniform
+from jllm.models.families.common import FULL, activation, gpt_decoder, uniform
 from jllm.models.families.layer_norm import DENSE_NAMES
-from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.models.model_args import ModelArgs, WeightMap
 
 
 def nemotron(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -88,17 +88,12 @@ def opt(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "intermediate_size": cfg.get("ffn_dim", 3072),
         "rms_norm_eps": 1e-5,  # torch's LayerNorm default
     }
-    base = base_args(cfg, dtype)
-    bias = bool(cfg.get("enable_bias", True))
     norms = (("input_layernorm", "self_attn_layer_norm"), ("post_attention_layernorm", "final_layer_norm"))
-    return ModelArgs(
-        **base,
-        layers=(LayerSpec(None),) * base["num_layers"],
+    return gpt_decoder(
+        cfg,
+        dtype,
+        bias=bool(cfg.get("enable_bias", True)),
         norm="layer" if cfg.get("layer_norm_elementwise_affine", True) else "layer_no_affine",
-        qkv_bias=bias,
-        o_bias=bias,
-        mlp_bias=bias,
-        mlp_gated=False,
         mlp_act=activation(cfg, "activation_function", "relu", "OPT"),
         learned_positions=True,
         position_offset=2,
