@@ -33,7 +33,7 @@ from jllm.lora.manager import LoRAManager
 from jllm.lora.request import LoRARequest
 from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
-from jllm.runner import MAX_COMPILE_THREADS, ModelRunner
+from jllm.runner import ModelRunner, compile_threads
 from jllm.sampling import generation_defaults
 from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry
@@ -81,7 +81,7 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         log_phase(logger, "model found", elapsed.seconds, str(model_dir))
         with (
             ThreadPoolExecutor(1, thread_name_prefix="jllm-tokenizer") as pool,
-            ThreadPoolExecutor(MAX_COMPILE_THREADS, thread_name_prefix="jllm-prefetch") as loads,
+            ThreadPoolExecutor(compile_threads(), thread_name_prefix="jllm-prefetch") as loads,
         ):
             tokenizer = pool.submit(_load_tokenizer, model_dir)
             prefetch = start_prefetch(config.scheduler.executable_cache, _prefetch_settings(config, model_dir), loads)

@@ -52,6 +52,13 @@ from jllm.timing import WarmupReport, timed
 # Each program compiles on one worker thread, using about one core: a cold Llama-3-8B start on a 16-core H200 host
 # (2026-12-04) spent 276 s compiling 60 programs over 8 threads in a 43 s warm-up, 7 of its 16 cores busy.
 MAX_COMPILE_THREADS = 16
+
+
+def compile_threads() -> int:
+    """Threads that compile or load programs at start: one a core, at most ``MAX_COMPILE_THREADS``."""
+    return min(MAX_COMPILE_THREADS, os.cpu_count() or 1)
+
+
 # XLA's CUDA-graph command buffers, re-pointed at each call's buffers by remapping virtual addresses instead of
 # re-recording the graph. H100, Llama-3-8B decode step (scripts/profile_step.py, 2026-11-26): 5.71 ms of device time
 # at batch 1 (the call returns after 1.34 ms) against 6.44 ms with command buffers off (returns after 3.14 ms).
@@ -203,7 +210,7 @@ class ModelRunner:
         first-run cost ahead) then runs each bucket's forward once and every sampler on it, which loads the programs
         onto the devices.
         """
-        report = WarmupReport(threads=min(MAX_COMPILE_THREADS, os.cpu_count() or 1))
+        report = WarmupReport(threads=compile_threads())
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]] = {}
         # what a cached program is traced on if it fails to load: (step, outputs, cache key, name)
         loading: dict[ProgramKey, tuple[DeviceStep, Any, str, str]] = {}
