@@ -142,13 +142,18 @@ def test_classify_at_tensor_parallel_2_equals_transformers(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_a_classifier_refuses_to_generate_and_a_causal_lm_to_classify(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_classifier_refuses_to_generate_or_embed_and_a_causal_lm_to_classify(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     from jllm.llm import LLM
 
     llm = LLM(str(classifier_checkpoint(tmp_path, "Llama")), **ENGINE_ARGS)
     for generate in (lambda: llm.generate("hi"), lambda: llm.chat([{"role": "user", "content": "hi"}])):
         with pytest.raises(InputError, match=r"is a sequence classifier \(LlamaForSequenceClassification, 3 labels\)"):
             generate()
+    with pytest.raises(InputError, match=r"3 labels\) and cannot embed text; use LLM.classify$") as e:
+        llm.embed("hi")
+    assert e.value.param == "model"
     with pytest.raises(InputError, match="of 3 labels; scoring pairs needs a cross-encoder"):
         llm.score_pairs("q", "d")
     causal = LLM(str(tiny_model), **ENGINE_ARGS, compile_at_start=False)
