@@ -179,7 +179,7 @@ def test_a_classifier_refuses_to_generate_or_embed_and_a_causal_lm_to_classify(
     assert e.value.param == "model"
     with pytest.raises(InputError, match="of 3 labels; scoring pairs needs a cross-encoder"):
         llm.score_pairs("q", "d")
-    causal = LLM(str(tiny_model), **ENGINE_ARGS, compile_at_start=False)
+    causal = LLM(str(tiny_model), **ENGINE_ARGS)
     with pytest.raises(InputError, match="is not a sequence classifier") as e:
         causal.classify("hi")
     assert e.value.param == "model"
@@ -225,7 +225,7 @@ def test_a_cross_encoder_scores_the_tokenizers_pair_encoding(tmp_path: Path) -> 
 def test_a_causal_lm_scores_pairs_by_the_cosine_of_their_embeddings(tiny_model: Path) -> None:
     from jllm.llm import LLM
 
-    llm = LLM(str(tiny_model), **ENGINE_ARGS, compile_at_start=False)
+    llm = LLM(str(tiny_model), **ENGINE_ARGS)
     docs = ["a small feline", "the tax code"]
     outputs = llm.score_pairs("cat", docs, use_tqdm=False)
     vectors = [np.asarray(o.outputs.embedding) for o in llm.embed(["cat", *docs], use_tqdm=False)]
