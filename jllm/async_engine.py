@@ -67,7 +67,7 @@ class EngineSnapshot:
     prefix_cache_hits: int = 0  # of those, tokens found
     prompt_tokens: int = 0
     generation_tokens: int = 0
-    compilations_after_startup: int = 0  # step programs the runner compiled since this AsyncEngine started
+    compilations_after_startup: int = 0  # programs the engine compiled since this AsyncEngine started (steps, pooling)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class AsyncEngine:
         self.max_queued_requests = max_queued_requests
         self.stream_limits = stream_limits
         self.stall_timeout = stall_timeout
-        self._compilations_at_start = engine.runner.num_compilations  # warm-up's, and any before this server
+        self._compilations_at_start = engine.num_compilations  # warm-up's, and any before this server
         self.snapshot = self._take_snapshot()  # an engine reused by a new server keeps its counters
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()  # None stops the thread
         self._streams: dict[str, RequestStream] = {}  # every request in flight, from admission to its last output
@@ -441,7 +441,7 @@ class AsyncEngine:
             prefix_cache_hits=pages.prefix_cache_hits,
             prompt_tokens=scheduler.num_prompt_tokens,
             generation_tokens=scheduler.num_generation_tokens,
-            compilations_after_startup=self.engine.runner.num_compilations - self._compilations_at_start,
+            compilations_after_startup=self.engine.num_compilations - self._compilations_at_start,
         )
 
     def _publish(self, outputs: list[RequestOutput]) -> None:

@@ -6,8 +6,8 @@ The engine runs a classifier as any decoder (its ``score`` linear loaded beside 
 host once, so no step program and no encoder program changes. vLLM pools the last token; transformers the rightmost
 token that is not ``pad_token_id`` (the same unless a prompt ends with its pad token). The activation is vLLM's choice
 from config.json (``get_act_fn``): ``problem_type``, then sentence-transformers' ``activation_fn``, else softmax over
-two or more labels and a sigmoid over one. A classifier cannot generate: ``cannot_generate`` is the error every
-generation door raises.
+two or more labels and a sigmoid over one. A classifier neither generates nor embeds (vLLM serves neither for it):
+``cannot`` is the error those doors raise.
 
 Where this module sits: docs/architecture.md.
 """
@@ -82,16 +82,16 @@ class ClassifierHead:
         """The most likely label's name, as vLLM's ``/classify`` names it."""
         return self.labels[int(np.argmax(probs))]
 
-    def cannot_generate(self, model: str, offline: bool) -> InputError:
-        """What every generation door raises for this model, naming what it can do instead."""
+    def cannot(self, what: str, model: str, offline: bool) -> InputError:
+        """What a generation or embedding door raises for this model (``what``: "generate text", "embed text"),
+        naming what it can do instead."""
         if offline:
             can = "LLM.classify" + (" and LLM.score_pairs" if self.num_labels == 1 else "")
         else:
             can = "POST /classify" + (", /score and /rerank" if self.num_labels == 1 else "")
         labels = f"{self.num_labels} label" + ("s" if self.num_labels != 1 else "")
         return InputError(
-            f"model `{model}` is a sequence classifier ({self.architecture}, {labels}) and cannot generate text; "
-            f"use {can}",
+            f"model `{model}` is a sequence classifier ({self.architecture}, {labels}) and cannot {what}; use {can}",
             param="model",
         )
 

@@ -103,6 +103,13 @@ class LLMEngine:
         return Encoder(self.runner, self.max_model_len)  # type: ignore[arg-type]
 
     @property
+    def num_compilations(self) -> int:
+        """Programs compiled (or loaded) so far, the runner's and the encoder's: the server counts those after its
+        start, each of which stalled every stream of the model."""
+        encoder = self.__dict__.get("encoder")  # the cached property: not built yet, it has none
+        return self.runner.num_compilations + (0 if encoder is None else encoder.num_compilations)
+
+    @property
     def tokenizer(self) -> Tokenizer:
         return self.inputs.tokenizer
 

@@ -2,8 +2,8 @@
 step program's serialized executable without tracing or lowering it. JAX's cache needs the lowered module to form
 its key, so a warm start still traced and lowered all 52 programs of the default model (~17 s of a ~29 s start on
 this CPU); here the key is computed from what the program is made of, before any tracing.
-The loader's dummy-weight programs come through it too (``load_or_compile``), keyed without the engine's
-settings: each is described whole by its statics.
+The encoder's programs (``jllm.pooling``) come through it as the step programs do; the loader's dummy-weight programs
+too (``load_or_compile``), keyed without the engine's settings: each is described whole by its statics.
 
 A wrong hit must be impossible by construction, so the key is the full text of everything a traced program is a
 function of, and an entry keeps that text (its file name is its SHA-256; a different text read back is a miss):
@@ -237,11 +237,13 @@ class ExecutableCache:
             out_avals = tuple((tuple(o.shape), o.dtype) for o in jax.tree.leaves(compiled.out_info))
             # The devices it runs on, in its order: what JAX's own cache hands back to the loader too.
             device_ids = tuple(d.id for d in compiled._executable._unloaded_executable.device_list)
-            entry = Entry(key, executable, in_tree, out_tree, out_avals, device_ids)
-        except Exception as e:
+            data = pickle.dumps(
+                Entry(key, executable, in_tree, out_tree, out_avals, device_ids), pickle.HIGHEST_PROTOCOL
+            )
+        except Exception as e:  # an argument tree with a static that does not pickle too
             self._warn_store(e)
             return
-        if self._write(self.path(key), pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)):
+        if self._write(self.path(key), data):
             self._used.append(self.path(key).name)
 
     def _write(self, path: Path, data: bytes) -> bool:

@@ -80,7 +80,7 @@ class LLM:
         index before any runs. ``lora_request``: the LoRA adapter every prompt runs with, or one per prompt (None:
         the base model), as vLLM's (needs ``enable_lora``)."""
         if self.engine.classifier is not None:
-            raise self.engine.classifier.cannot_generate(self._model_name, offline=True)
+            raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
         prompts = _prompt_list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
         loras = _per_prompt_loras(lora_request, len(prompts))
@@ -124,7 +124,9 @@ class LLM:
     ) -> list[EmbeddingRequestOutput]:
         """One vector per prompt (``outputs.embedding``), vLLM's ``LLM.embed``: the final normed hidden states
         pooled as ``pooling`` says ("last" token or "mean"; None: the model's ``pooling`` key), unit L2 norm with
-        ``normalize``."""
+        ``normalize``. A sequence classifier gives none (vLLM's neither): an InputError naming what it does."""
+        if self.engine.classifier is not None:
+            raise self.engine.classifier.cannot("embed text", self._model_name, offline=True)
         checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         how = pooling or self.config.model.pooling
         vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize, use_tqdm)

@@ -4,6 +4,9 @@
 jit-compiled forward per (bucket, layers) that returns the asked hidden states, and gathers them to the host. The
 attention still goes through the paged call every model makes, over a scratch pool born and dropped inside the
 program: the engine's pool and its step programs are never touched, so nothing they compiled is compiled again.
+Each program goes through the runner's executable cache as the step programs do; ``warmup`` compiles (or loads)
+every bucket's final-state program at once, which a classifier's start runs (``jllm.build``): a classifier has no
+other program, so its first request would otherwise wait on the compiler, and every stream of the model behind it.
 
 Layer indices are transformers' ``output_hidden_states``: 0 is the embeddings' output, ``i`` the output of layer
 ``i`` (1-based), ``num_layers`` the last layer's output after the final norm; negative ones count from that end
@@ -15,7 +18,9 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence as Seq
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, get_args
 
 import jax
@@ -29,9 +34,13 @@ from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.config import Pooling
 from jllm.errors import InputError
-from jllm.runner import ModelRunner
+from jllm.executable_cache import ProgramCall
+from jllm.runner import MAX_COMPILE_THREADS, ModelRunner
+from jllm.timing import WarmupReport
 
 POOLING: tuple[str, ...] = get_args(Pooling)
+KIND = "pooling"  # these programs' kind in a warm-up report
+ProgramKey = tuple[StepBucket, tuple[int, ...]]  # (bucket, resolved layers)
 
 
 class EncodeBatch(NamedTuple):
@@ -97,18 +106,22 @@ def hidden_states_program(
     pool_shape: tuple[int, ...],  # one layer's pool [planes, num_kv_heads, num_pages, page_size, head_dim]
     pool_dtype: jnp.dtype,
     layers: tuple[int, ...],
+    backend: str,
     state: nnx.State,
     input_ids: jax.Array,
     positions: jax.Array,
-    attn: AttentionMetadata,
+    attn: tuple[jax.Array, ...],  # slot mapping [T], query starts [S+1], KV lengths [S], block tables [S, P]
 ) -> jax.Array:
-    """The asked hidden states ``[len(layers), T, hidden]``, replicated (so one fetch gathers them)."""
+    """The asked hidden states ``[len(layers), T, hidden]``, replicated (so one fetch gathers them). The attention
+    metadata is made in here: its mesh, a static of the pytree, would make the arguments' tree unpicklable for the
+    executable cache."""
     model = nnx.merge(graphdef, state)
+    meta = AttentionMetadata(*attn, backend=backend, mesh=kv_sharding.mesh)
     pool = [
         jax.lax.with_sharding_constraint(jnp.zeros(pool_shape, pool_dtype), kv_sharding)
         for _ in range(len(model.layers))
     ]
-    states = model.hidden_states(input_ids, positions, pool, attn)
+    states = model.hidden_states(input_ids, positions, pool, meta)
     picked = jnp.stack([states[i] for i in layers])
     return jax.lax.with_sharding_constraint(picked, parallel.replicated(kv_sharding.mesh))
 
@@ -128,7 +141,38 @@ class Encoder:
         max_num_seqs = max(b.num_seqs for b in runner.buckets)
         # A prompt may fill the context, beyond the step's token budget (prefill is chunked, this pass is not).
         self.buckets = step_buckets(max(largest.num_tokens, max_model_len), max_num_seqs)
-        self._programs: dict[tuple[StepBucket, tuple[int, ...]], jax.stages.Wrapped] = {}
+        self._programs: dict[ProgramKey, jax.stages.Compiled] = {}
+
+    @property
+    def num_compilations(self) -> int:
+        """Programs compiled (or loaded from the executable cache) so far: one per (bucket, layers) run or warmed up."""
+        return len(self._programs)
+
+    def warmup(self, show_progress: bool = True) -> WarmupReport:
+        """Every bucket's program of the final normed states (what ``embed`` and a classifier's head read) compiled
+        now, or loaded from the executable cache, so no request of that kind waits on the compiler. As the runner's
+        warm-up: traced and lowered here, compiled (or loaded) on worker threads."""
+        runner, layers = self.runner, (self.num_layers,)
+        report = WarmupReport(threads=min(MAX_COMPILE_THREADS, os.cpu_count() or 1))
+        pending: dict[StepBucket, tuple[Future[jax.stages.Compiled | None], ProgramCall, str | None, str]] = {}
+        with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
+            for bucket in self.buckets:
+                call = self._call(encode_batch([], bucket, runner.page_size), bucket, layers)
+                name = _program_name(bucket)
+                cache_key, entry = runner.cache_entry(call)
+                if entry is not None:
+                    future = pool.submit(runner.load, entry, KIND, report)
+                else:
+                    lowered = runner.lower(call, KIND, report)[1]
+                    future = pool.submit(runner.compile, lowered, KIND, cache_key, report, name)
+                pending[bucket] = (future, call, cache_key, name)
+            progress = tqdm(pending.items(), desc="compiling pooling programs", disable=not show_progress)
+            for bucket, (future, call, cache_key, name) in progress:
+                compiled = future.result()
+                if compiled is None:  # a cached entry that did not load (logged): compiled as before
+                    compiled = runner.compile(runner.lower(call, KIND, report)[1], KIND, cache_key, report, name)
+                self._programs[(bucket, layers)] = compiled
+        return report
 
     def hidden_states(
         self, prompts: Seq[Seq[int]], layers: tuple[int, ...], show_progress: bool = False
@@ -164,28 +208,30 @@ class Encoder:
         return batches
 
     def _run(self, prompts: list[Seq[int]], layers: tuple[int, ...]) -> np.ndarray:
-        runner = self.runner
         bucket = pick_bucket(self.buckets, sum(len(p) for p in prompts), len(prompts))
-        batch = encode_batch(prompts, bucket, runner.page_size)
+        call = self._call(encode_batch(prompts, bucket, self.runner.page_size), bucket, layers)
         key = (bucket, layers)
-        if key not in self._programs:
-            pool = runner.kv_caches[0]  # the engine's: [planes, num_kv_heads, num_pages, page_size, head_dim]
-            pool_shape = (*pool.shape[:2], scratch_pages(bucket, runner.page_size), *pool.shape[3:])
-            program = functools.partial(
-                hidden_states_program, runner.graphdef, runner.kv_sharding, pool_shape, pool.dtype, layers
-            )
-            self._programs[key] = jax.jit(program)
-        replicated = parallel.replicated(runner.mesh)
-        attn = AttentionMetadata(
-            *jax.device_put(
-                (batch.attn.slot_mapping, batch.attn.query_start_loc, batch.attn.kv_lens, batch.attn.block_tables),
-                replicated,
-            ),
-            backend=runner.attention_backend,
-            mesh=runner.mesh,
+        if key not in self._programs:  # not warmed up: loaded or compiled here, while the caller waits
+            self._programs[key] = self.runner.load_or_compile(call, KIND, _program_name(bucket), WarmupReport())
+        return np.asarray(jax.device_get(self._programs[key](*call.args)))
+
+    def _call(self, batch: EncodeBatch, bucket: StepBucket, layers: tuple[int, ...]) -> ProgramCall:
+        """The program of ``bucket`` and ``layers`` on ``batch``, its inputs put on the devices."""
+        runner = self.runner
+        pool = runner.kv_caches[0]  # the engine's: [planes, num_kv_heads, num_pages, page_size, head_dim]
+        pool_shape = (*pool.shape[:2], scratch_pages(bucket, runner.page_size), *pool.shape[3:])
+        statics = (runner.graphdef, runner.kv_sharding, pool_shape, pool.dtype, layers, runner.attention_backend)
+        a = batch.attn
+        inputs = (batch.input_ids, batch.positions, (a.slot_mapping, a.query_start_loc, a.kv_lens, a.block_tables))
+        inputs = jax.device_put(inputs, parallel.replicated(runner.mesh))
+        return ProgramCall(
+            functools.partial(hidden_states_program, *statics), runner.state_def, (), (runner.params, *inputs)
         )
-        ids, positions = jax.device_put((batch.input_ids, batch.positions), replicated)
-        return np.asarray(jax.device_get(self._programs[key](runner.state, ids, positions, attn)))
+
+
+def _program_name(bucket: StepBucket) -> str:
+    """How a warm-up report names the program of ``bucket``."""
+    return f"{KIND} {bucket.num_tokens}x{bucket.num_seqs}"
 
 
 def pool(states: np.ndarray, how: Pooling, normalize: bool) -> np.ndarray:

@@ -165,8 +165,7 @@ class ModelRunner:
         return ProgramCall(fn, self.head_def, (), (self.head_params, hidden, step.buffer))
 
     def _trace(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> jax.stages.Traced:
-        call = self._call(key, step, outputs)
-        return jax.jit(_on_leaves(call.fn, call.treedef), donate_argnums=call.donate).trace(*call.args)
+        return trace(self._call(key, step, outputs))
 
     def _program(
         self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None = None
@@ -212,8 +211,8 @@ class ModelRunner:
         """
         report = WarmupReport(threads=compile_threads())
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]] = {}
-        # what a cached program is traced on if it fails to load: (step, outputs, cache key, name)
-        loading: dict[ProgramKey, tuple[DeviceStep, Any, str, str]] = {}
+        # what a cached program is traced as if it fails to load: (call, cache key, name)
+        loading: dict[ProgramKey, tuple[ProgramCall, str, str]] = {}
         runs = []
         with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
             for bucket in self.buckets:
@@ -223,9 +222,8 @@ class ModelRunner:
             for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
                 compiled = future.result()
                 if compiled is None:  # a cached entry that did not load (logged): compiled as before
-                    step, outputs, cache_key, name = loading[key]
-                    lowered = self._lower(key, step, outputs, report)[1]
-                    compiled = self._compile(lowered, key[0], cache_key, report, name)
+                    call, cache_key, name = loading[key]
+                    compiled = self.compile(self.lower(call, key[0], report)[1], key[0], cache_key, report, name)
                 self._programs[key] = compiled
         if run is None:
             run = self.mesh.devices.flat[0].platform != "cpu"
@@ -244,7 +242,7 @@ class ModelRunner:
         bucket: StepBucket,
         steps: list[DeviceStep],
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]],
-        loading: dict[ProgramKey, tuple[DeviceStep, Any, str, str]],
+        loading: dict[ProgramKey, tuple[ProgramCall, str, str]],
         pool: ThreadPoolExecutor,
         report: WarmupReport,
     ) -> None:
@@ -257,44 +255,42 @@ class ModelRunner:
                     continue
                 kind = key[0]
                 name = f"{_program_name(key)} {bucket.num_tokens}x{bucket.num_seqs}"
-                cache_key, entry = self._cached(key, step, outputs)
+                call = self._call(key, step, outputs)
+                cache_key, entry = self.cache_entry(call)
                 if entry is not None:
-                    pending[key] = pool.submit(self._load, entry, kind, report)
-                    loading[key] = (step, outputs, cache_key, name)
+                    pending[key] = pool.submit(self.load, entry, kind, report)
+                    loading[key] = (call, cache_key, name)
                     avals = entry.out_avals
                 else:
-                    traced, lowered = self._lower(key, step, outputs, report)
-                    pending[key] = pool.submit(self._compile, lowered, kind, cache_key, report, name)
+                    traced, lowered = self.lower(call, kind, report)
+                    pending[key] = pool.submit(self.compile, lowered, kind, cache_key, report, name)
                     avals = tuple((o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info))
                 if key[0] == "forward":  # the others are traced on its outputs' (hidden, rows) shapes
                     replicated = parallel.replicated(self.mesh)
                     outputs = tuple(jax.ShapeDtypeStruct(s, dtype, sharding=replicated) for s, dtype in avals[:2])
 
-    def _cached(
-        self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None
-    ) -> tuple[str | None, Entry | None]:
+    # What warm-up does to each program, for any program on this runner's model (``jllm.pooling``'s too).
+
+    def cache_entry(self, call: ProgramCall) -> tuple[str | None, Entry | None]:
         """The program's executable-cache key (None: no cache, or not cacheable) and its entry (None: a miss)."""
         if self.executable_cache is None:
             return None, None
-        program = describe_program(self._call(key, step, outputs), COMPILER_OPTIONS)
-        cache_key = self.executable_cache.key(program)
+        cache_key = self.executable_cache.key(describe_program(call, COMPILER_OPTIONS))
         return cache_key, None if cache_key is None else self.executable_cache.read(cache_key)
 
-    def _lower(
-        self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None, report: WarmupReport
-    ) -> tuple[jax.stages.Traced, jax.stages.Lowered]:
-        """Traces and lowers (on this thread, timed into ``report``)."""
-        times = report.kinds[key[0]]
-        with timed() as trace:
-            traced = self._trace(key, step, outputs)
-        with timed() as lower:
+    def lower(self, call: ProgramCall, kind: str, report: WarmupReport) -> tuple[jax.stages.Traced, jax.stages.Lowered]:
+        """Traces and lowers (on this thread, timed into ``report`` under ``kind``)."""
+        times = report.kinds[kind]
+        with timed() as tracing:
+            traced = trace(call)
+        with timed() as lowering:
             lowered = traced.lower()
         times.programs += 1
-        times.trace_s += trace.seconds
-        times.lower_s += lower.seconds
+        times.trace_s += tracing.seconds
+        times.lower_s += lowering.seconds
         return traced, lowered
 
-    def _compile(
+    def compile(
         self, lowered: jax.stages.Lowered, kind: str, cache_key: str | None, report: WarmupReport, name: str
     ) -> jax.stages.Compiled:
         """On a worker thread: XLA's compile, timed into ``report`` (as ``name``: kind, variant, bucket), then stored
@@ -306,7 +302,16 @@ class ModelRunner:
             self.executable_cache.store(cache_key, compiled)
         return compiled
 
-    def _load(self, entry: Entry, kind: str, report: WarmupReport) -> jax.stages.Compiled | None:
+    def load_or_compile(self, call: ProgramCall, kind: str, name: str, report: WarmupReport) -> jax.stages.Compiled:
+        """On this thread: ``call``'s executable-cache entry loaded, or else (a miss, or an entry that did not load)
+        traced, lowered and compiled (and stored)."""
+        cache_key, entry = self.cache_entry(call)
+        compiled = None if entry is None else self.load(entry, kind, report)
+        if compiled is None:
+            compiled = self.compile(self.lower(call, kind, report)[1], kind, cache_key, report, name)
+        return compiled
+
+    def load(self, entry: Entry, kind: str, report: WarmupReport) -> jax.stages.Compiled | None:
         """On a worker thread: an executable-cache entry loaded, timed into ``report``; None if it did not load."""
         with timed() as elapsed:
             compiled = self.executable_cache.load(entry)
@@ -447,6 +452,11 @@ def _program_name(key: ProgramKey) -> str:
     """ "forward", "prompt_logprobs", or "sampler_<top logprobs>_<mode>"."""
     kind, variant, _ = key
     return "_".join(map(str, (kind, *variant))) if variant else kind
+
+
+def trace(call: ProgramCall) -> jax.stages.Traced:
+    """``call`` traced as jit traces it (its state's leaves first)."""
+    return jax.jit(_on_leaves(call.fn, call.treedef), donate_argnums=call.donate).trace(*call.args)
 
 
 def _on_leaves(fn: Callable[..., Any], treedef: Any) -> Callable[..., Any]:

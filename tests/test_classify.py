@@ -7,6 +7,7 @@ The head's activation rules and the pair shapes are checked on their own without
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,11 @@ from jllm.classify import ClassifierHead
 from jllm.errors import InputError
 from jllm.scoring import cosine_scores, pair_lists
 
-ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
+# compile_at_start off: each test compiles only the pooling buckets it runs (the start's warm-up of all seven has a
+# test of its own)
+ENGINE_ARGS = dict(
+    dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40, compile_at_start=False
+)
 LENGTHS = [7, 1, 23, 30]  # one batch of the encoder: one program per family
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 # float32 both sides, only the order of sums differs (measured: relative error <= 3.4e-7 over the families below,
@@ -125,7 +130,25 @@ def test_classify_equals_transformers_sequence_classification(family: str, tmp_p
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
     assert [o.prompt_token_ids for o in outputs] == prompts and outputs[0].outputs.num_classes == 3
     assert llm.engine.classifier.labels == tuple(LABELS.values())
-    assert llm.engine.runner.num_compilations == 0  # no step program: a classifier's warm-up skips them
+
+
+@pytest.mark.slow
+def test_a_classifiers_start_compiles_every_pooling_program_so_its_requests_compile_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its only programs are the encoder's buckets (1..64 tokens); the step programs are never compiled."""
+    from jllm.llm import LLM
+
+    with caplog.at_level(logging.INFO, logger="jllm.build"):
+        llm = LLM(str(classifier_checkpoint(tmp_path, "Llama")), **{**ENGINE_ARGS, "compile_at_start": True})
+    (report,) = [r.warmup for r in caplog.records if getattr(r, "startup_phase", None) == "warm-up"]
+    encoder = llm.engine.encoder
+    assert set(report.kinds) == {"pooling"} and report.programs == len(encoder.buckets) == 7
+    assert encoder.num_compilations == 7 and llm.engine.runner.num_compilations == 0
+    rng = np.random.default_rng()
+    for lengths in (LENGTHS, [2], [1, 1, 1, 1]):  # buckets of 64, 2 and 4 tokens
+        llm.classify([rng.integers(3, TINY_CONFIG["vocab_size"], n).tolist() for n in lengths], use_tqdm=False)
+    assert encoder.num_compilations == 7
 
 
 @pytest.mark.slow
@@ -142,16 +165,21 @@ def test_classify_at_tensor_parallel_2_equals_transformers(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_a_classifier_refuses_to_generate_and_a_causal_lm_to_classify(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_classifier_refuses_to_generate_or_embed_and_a_causal_lm_to_classify(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     from jllm.llm import LLM
 
     llm = LLM(str(classifier_checkpoint(tmp_path, "Llama")), **ENGINE_ARGS)
     for generate in (lambda: llm.generate("hi"), lambda: llm.chat([{"role": "user", "content": "hi"}])):
         with pytest.raises(InputError, match=r"is a sequence classifier \(LlamaForSequenceClassification, 3 labels\)"):
             generate()
+    with pytest.raises(InputError, match=r"3 labels\) and cannot embed text; use LLM.classify$") as e:
+        llm.embed("hi")
+    assert e.value.param == "model"
     with pytest.raises(InputError, match="of 3 labels; scoring pairs needs a cross-encoder"):
         llm.score_pairs("q", "d")
-    causal = LLM(str(tiny_model), **ENGINE_ARGS, compile_at_start=False)
+    causal = LLM(str(tiny_model), **ENGINE_ARGS)
     with pytest.raises(InputError, match="is not a sequence classifier") as e:
         causal.classify("hi")
     assert e.value.param == "model"
@@ -197,7 +225,7 @@ def test_a_cross_encoder_scores_the_tokenizers_pair_encoding(tmp_path: Path) -> 
 def test_a_causal_lm_scores_pairs_by_the_cosine_of_their_embeddings(tiny_model: Path) -> None:
     from jllm.llm import LLM
 
-    llm = LLM(str(tiny_model), **ENGINE_ARGS, compile_at_start=False)
+    llm = LLM(str(tiny_model), **ENGINE_ARGS)
     docs = ["a small feline", "the tax code"]
     outputs = llm.score_pairs("cat", docs, use_tqdm=False)
     vectors = [np.asarray(o.outputs.embedding) for o in llm.embed(["cat", *docs], use_tqdm=False)]

@@ -110,6 +110,23 @@ def test_a_corrupt_entry_is_compiled_again_with_one_warning_and_written_again(xl
         assert pickle.loads(path.read_bytes()).executable != b"not an executable"
 
 
+@pytest.mark.slow
+def test_a_classifiers_warm_start_loads_its_pooling_programs_and_classifies_the_same(tmp_path):
+    """Both starts in one fresh process: the first compiles the encoder's 5 buckets (1..16 tokens) and stores them,
+    the second's prefetch loads them all from its manifest."""
+    from model_utils import TINY_CONFIG
+    from test_classify import ENGINE_ARGS, classifier_checkpoint
+
+    args = {**ENGINE_ARGS, "max_model_len": 16, "compile_at_start": True, "executable_cache": True}
+    case = {"model": str(classifier_checkpoint(tmp_path, "Llama")), "engine_args": args, "classify": True}
+    case["prompts"] = np.random.default_rng().integers(3, TINY_CONFIG["vocab_size"], (3, 5)).tolist()
+    cold, warm = run_worker("executable_cache_worker.py", [case, case], JAX_COMPILATION_CACHE_DIR=str(tmp_path))
+    assert (cold["programs"], cold["loaded"], cold["compiled"], set(cold["kinds"])) == (5, 0, 5, {"pooling"})
+    assert (warm["programs"], warm["loaded"], warm["prefetched"], warm["compiled"]) == (5, 5, 5, 5)
+    assert warm["kinds"]["pooling"]["trace_s"] == 0 and not cold["warnings"] and not warm["warnings"]
+    assert warm["outputs"] == cold["outputs"]
+
+
 # ---------------------------------------------------------------- the key and the entries, in this process
 
 

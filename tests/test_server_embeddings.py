@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import pytest
 from fake_runner import TINY_TOKENIZER, fake_engine
+from prometheus_client.parser import text_string_to_metric_families
 from server_utils import API_KEY, RunningServer, http
 
 from jllm.config import load_config
@@ -33,6 +34,7 @@ class ScriptedEncoder:
 
     def __init__(self) -> None:
         self.threads: list[str] = []
+        self.num_compilations = 0  # the counter the server's metrics read
 
     def embed(
         self, prompts: Sequence[Sequence[int]], how: str, normalize: bool, show_progress: bool = False
@@ -122,6 +124,19 @@ def test_each_model_pools_as_its_config_says(client, engines) -> None:
     assert len(engines["b"].encoder.threads) == 1
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.embeddings.create(model="c", input="hello")
+
+
+def test_metrics_count_pooling_programs_compiled_after_startup(server, engines) -> None:
+    def compiled(model: str) -> float:
+        families = text_string_to_metric_families(http("GET", f"{server.url}/metrics").body.decode())
+        name = "jllm:programs_compiled_after_startup_total"
+        return next(s.value for f in families for s in f.samples if s.name == name and s.labels["model_name"] == model)
+
+    before = compiled("b")
+    engines["b"].encoder.num_compilations += 2  # as an encoder meeting two new buckets would
+    for _ in range(2):  # the second call runs after the first one's turn published the engine's counters
+        assert post(server, {"model": "b", "input": "hi"}).status == 200
+    assert compiled("b") == before + 2 and compiled("a") == 0
 
 
 def test_vllms_extra_fields_are_honoured(server, engines) -> None:

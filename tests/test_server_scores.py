@@ -169,6 +169,13 @@ def test_rerank_sorts_by_relevance_and_keeps_the_top_n(server, engines) -> None:
             "cannot generate text; use POST /classify$",
         ),
         ("/v1/responses", {"model": "ce", "input": "hi"}, "model `ce` is a sequence classifier"),
+        (  # vLLM's 400 too: a classifier's task is classify, not embed
+            "/v1/embeddings",
+            {"model": "ce", "input": "hi"},
+            r"model `ce` is a sequence classifier \(LlamaForSequenceClassification, 1 label\) and cannot embed text; "
+            "use POST /classify, /score and /rerank$",
+        ),
+        ("/v1/embeddings", {"model": "cls", "input": [1, 2]}, "cannot embed text; use POST /classify$"),
     ],
 )
 def test_a_model_of_the_wrong_kind_is_a_400_naming_it(server, engines, path, body, message) -> None:

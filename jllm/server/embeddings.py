@@ -3,7 +3,8 @@
 Each input is pooled from the model's final normed hidden states as the served model's ``pooling`` key says (the
 last token's state, or the mean), unit-normed unless ``normalize`` / ``use_activation`` is false. The forward runs on
 the model's engine thread between two steps (``AsyncEngine.call``), so it shares the device with generation safely;
-a long list of inputs goes in groups of ``max_num_seqs``, with steps between them.
+a long list of inputs goes in groups of ``max_num_seqs``, with steps between them. A sequence classifier is a 400
+naming the routes it serves (vLLM refuses it too: its task is classify, not embed).
 Every field is honoured or refused with a 400 naming it, as on the generation routes.
 
 Where this module sits: docs/architecture.md.
@@ -87,6 +88,8 @@ async def create_embedding(request: web.Request) -> web.Response:
     body = EmbeddingRequest.model_validate_json(await request.read())
     response_id = f"embd-{public_id(request, body.request_id)}"
     served = pooling_model(state, body.model)
+    if served.engine.classifier is not None:  # vLLM's 400 too: a classifier's task is classify, not embed
+        raise served.engine.classifier.cannot("embed text", body.model or served.name, offline=False)
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size(body.input, "input")
     args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens)

@@ -35,7 +35,7 @@ class ServerState:
         """``route`` for the routes that generate: a sequence classifier is a 400 naming the model (it cannot)."""
         served = self.route(model)
         if served.engine.classifier is not None:
-            raise served.engine.classifier.cannot_generate(model or served.name, offline=False)
+            raise served.engine.classifier.cannot("generate text", model or served.name, offline=False)
         return served
 
 
