@@ -2,8 +2,10 @@
 
 jax-triton launches compiled Triton only on a CUDA device, so CI checks the kernel's own code by running
 ``_prefill_kernel`` in Triton's interpreter on torch CPU tensors (``tests/triton_prefill_worker.py``, one subprocess
-for all cases) against the float32 reference, on fresh random inputs over randomly permuted pages. Its numerics on
-the GPU, in bf16, are ``scripts/check_kernels.py``'s.
+for all cases) against the float32 reference, on fresh random inputs over randomly permuted pages. FP8-pool cases run
+``prefill_attention`` whole (``tests/fake_jax_triton.py`` standing in for jax-triton), scales included, against the
+reference reading the same FP8 pool, so quantization error is not counted as the kernel's. Its numerics on the GPU,
+in bf16, are ``scripts/check_kernels.py``'s.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ import numpy as np
 import pytest
 from model_utils import run_worker
 
-from pallas_kernels.triton_prefill import PrefillConfig, check_shapes, default_prefill_config, work_items
+from pallas_kernels.kv_quant import FP8_DTYPE
+from pallas_kernels.triton_prefill import (
+    PrefillConfig,
+    check_shapes,
+    default_prefill_config,
+    prefill_attention,
+    work_items,
+)
 
-# Relative (Frobenius) error of the kernel's float32 output ("ieee" dots) against the reference; measured 1e-7 .. 1e-6.
+# Relative (Frobenius) error of the kernel's float32 output ("ieee" dots) against the reference; measured 1e-7 .. 1e-6
+# (the FP8-pool cases 1.2e-7 and 2.0e-7, 2026-12-05).
 RTOL = 1e-5
 
 
@@ -38,6 +48,10 @@ CASES = [
     # gpt-oss's attention sinks (a logit per query head, N(0, 3)), with and without a window
     case(6, [37, 1, 20, 0], [5, 30, 0, 0], sinks=True),
     case(7, [45, 2], [30, 9], window=21, block_n=32, sinks=True),
+    # an FP8 pool (K scale 0.6, V scale 1.7) through prefill_attention whole: chunks over a prefix, windowed with sinks
+    # at page size 4, unwindowed (unmasked blocks too) with sinks at page size 16
+    case(8, [37, 1, 20, 0], [5, 30, 0, 0], window=8, sinks=True, kv_scales=[0.6, 1.7]),
+    case(9, [50, 17], [13, 64], page_size=16, block_m=32, sinks=True, kv_scales=[0.6, 1.7]),
 ]
 
 
@@ -86,3 +100,8 @@ def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
         check_shapes(q, jnp.zeros((2, 1, 3, 4, 24), jnp.float32))
     with pytest.raises(ValueError, match="dtype"):
         check_shapes(q, jnp.zeros((2, 1, 3, 4, 24), jnp.bfloat16))
+    q, pool = jnp.zeros((4, 2, 16), jnp.float32), jnp.zeros((2, 1, 3, 4, 16), jnp.float32)
+    check_shapes(q, pool.astype(FP8_DTYPE))  # an FP8 pool is read whatever q's dtype
+    meta = (jnp.asarray([4], jnp.int32), jnp.asarray([[1]], jnp.int32), jnp.asarray([0, 4], jnp.int32))
+    with pytest.raises(ValueError, match="KV scales apply to an FP8"):  # refused before jax-triton is needed
+        prefill_attention(q, pool, *meta, sm_scale=1.0, k_scale=0.5)
