@@ -10,16 +10,21 @@ in bf16, are ``scripts/check_kernels.py``'s.
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import triton
 from model_utils import run_worker
 
 from pallas_kernels.kv_quant import FP8_DTYPE
 from pallas_kernels.triton_prefill import (
     PrefillConfig,
+    _prefill_kernel,
     check_shapes,
     default_prefill_config,
+    kernel_params,
     prefill_attention,
     work_items,
 )
@@ -105,3 +110,28 @@ def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
     meta = (jnp.asarray([4], jnp.int32), jnp.asarray([[1]], jnp.int32), jnp.asarray([0, 4], jnp.int32))
     with pytest.raises(ValueError, match="KV scales apply to an FP8"):  # refused before jax-triton is needed
         prefill_attention(q, pool, *meta, sm_scale=1.0, k_scale=0.5)
+
+
+@pytest.mark.slow  # one compile for sm_90 (~2-4 s)
+def test_fp8_pool_kernel_compiles_for_hopper_widening_e4m3_into_bf16_dots() -> None:
+    """No GPU runs the suite, so the FP8-pool kernel of a bf16 2048-token chunk is compiled for an H100/H200 (sm_90,
+    Triton's own ptxas) with jax-triton's argument types (``*fp8e4nv`` for float8_e4m3fn, 16-byte aligned pointers):
+    its e4m3 tiles must be widened in registers and both dots stay bf16 wgmma."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cfg = default_prefill_config(2048, 4)
+    params = kernel_params(
+        (2048, 32, 128), (2, 8, 1024, 16, 128), 512, 4, sm_scale=128**-0.5, soft_cap=None, sliding_window=None,
+        dot_precision="tf32", config=cfg,
+    )  # fmt: skip
+    pointers = ("*bf16", "*fp8e4nv", "*i32", "*i32", "*i32", "*i32", "*i32", "*fp32", "*bf16")
+    names = _prefill_kernel.arg_names[: len(pointers)]
+    signature = {**dict(zip(names, pointers, strict=True)), **dict.fromkeys(params, "constexpr")}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
+    source = ASTSource(fn=_prefill_kernel, signature=signature, constexprs=params, attrs=aligned)
+    options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    mmas = set(re.findall(r"\b(wgmma\.mma_async\.[\w.]+|mma\.sync\.[\w.]+)", ptx))
+    assert mmas and all(mma.endswith(".f32.bf16.bf16") for mma in mmas), mmas
+    assert re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx)  # e4m3 -> f16, two at a time (exact), then on to bf16
