@@ -116,7 +116,8 @@ def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
 def test_fp8_pool_kernel_compiles_for_hopper_widening_e4m3_into_bf16_dots() -> None:
     """No GPU runs the suite, so the FP8-pool kernel of a bf16 2048-token chunk is compiled for an H100/H200 (sm_90,
     Triton's own ptxas) with jax-triton's argument types (``*fp8e4nv`` for float8_e4m3fn, 16-byte aligned pointers):
-    its e4m3 tiles must be widened in registers and both dots stay bf16 wgmma."""
+    its e4m3 tiles must still be copied asynchronously (the pipelined loads, half the bytes of bf16's), widened in
+    registers, and both dots stay bf16 wgmma."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -135,3 +136,4 @@ def test_fp8_pool_kernel_compiles_for_hopper_widening_e4m3_into_bf16_dots() -> N
     mmas = set(re.findall(r"\b(wgmma\.mma_async\.[\w.]+|mma\.sync\.[\w.]+)", ptx))
     assert mmas and all(mma.endswith(".f32.bf16.bf16") for mma in mmas), mmas
     assert re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx)  # e4m3 -> f16, two at a time (exact), then on to bf16
+    assert re.search(r"cp\.async\.(?:ca|cg)", ptx)
