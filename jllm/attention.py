@@ -21,7 +21,6 @@ from jax.typing import DTypeLike
 
 from jllm.parallel import TP_AXIS
 from pallas_kernels import has_jax_triton, ragged_paged_attention, ref_ragged_paged_attention, write_kv
-from pallas_kernels.kv_quant import is_fp8
 
 # "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
 # "triton-prefill": steps with prefill rows run the jax-triton FlashAttention kernel, decode-only steps the Pallas one.
@@ -39,22 +38,23 @@ def resolve_backend(
     latent: bool = False,
     alibi: bool = False,
 ) -> str:
-    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's dtype,
-    head width and layout, and whether the model's attention adds ALiBi's position bias.
+    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's head width
+    and layout, and whether the model's attention adds ALiBi's position bias.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
-    "pallas") and the reference everywhere else. The jax-triton prefill kernel does not read an FP8 pool, so with one
-    "auto" takes "pallas" and "triton-prefill" is refused. Both kernels tile a head's channels in one power-of-two
-    block and read K and V planes, so a pool head of another width or a ``latent`` pool (DeepSeek's, one row of
-    512 + 64 a token) takes the reference, and the kernels are refused for it. Only the reference adds ALiBi's bias
-    (Bloom, MPT, Falcon-RW): such a model takes it, and the kernels are refused for it.
+    "pallas") and the reference everywhere else. Every backend reads a pool in the model's dtype or FP8 (the kernels
+    widen e4m3 tiles as they load them), so ``pool_dtype`` picks nothing; it stays until jllm/build.py's call drops
+    it. Both kernels tile a head's channels in one power-of-two block and read K and V planes, so a pool head of
+    another width or a ``latent`` pool (DeepSeek's, one row of 512 + 64 a token) takes the reference, and the kernels
+    are refused for it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW): such a model takes it, and the
+    kernels are refused for it.
     """
-    fp8 = pool_dtype is not None and is_fp8(pool_dtype)
+    del pool_dtype
     kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
     if name == "auto":
         if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi:
             return "reference"
-        return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
+        return "triton-prefill" if has_jax_triton() else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
     if name != "reference" and (latent or not kernel_width):
@@ -70,11 +70,6 @@ def resolve_backend(
         )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
-    if name == "triton-prefill" and fp8:
-        raise ValueError(
-            "attention_backend='triton-prefill' cannot read an FP8 KV cache (kv_cache_dtype fp8); "
-            "use attention_backend 'pallas' or 'auto', or kv_cache_dtype 'auto'"
-        )
     return name
 
 

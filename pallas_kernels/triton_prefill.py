@@ -7,11 +7,13 @@ of one sequence and one query head, the tiling of FlashAttention: a ``[block_m, 
 2. Key blocks that every row of the tile sees wholly run without a mask; only the blocks on the causal diagonal (and,
 with a sliding window, every block) are masked, and blocks past the tile's last row are never visited. GQA's shared
 K/V are re-read per query head from L2. Work items are the reference's (``query_blocks``); rows no item owns
-(padding) come out zero. A head's attention sink (gpt-oss) starts its rows' running max and sum.
+(padding) come out zero. A head's attention sink (gpt-oss) starts its rows' running max and sum. An FP8 pool's K/V
+tiles are widened to q's dtype in registers as they are loaded, so both dots run in q's dtype; their per-layer
+scales stay outside the kernel, as in the Pallas kernel: K's folded into q, V's applied to the output.
 
 ``prefill_attention`` is the jitted JAX entry (GPU only: jax-triton launches compiled Triton); ``work_items`` and
 ``kernel_params`` are the host logic it shares with the CPU tests, which run ``_prefill_kernel`` itself in Triton's
-interpreter on torch CPU tensors.
+interpreter on torch CPU tensors (and, for an FP8 pool, this entry whole, a fake jax-triton launching the interpreter).
 
 Where this module sits: docs/architecture.md.
 """
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
+from pallas_kernels.kv_quant import Scale, check_scales, is_fp8, rescale
 from pallas_kernels.reference import _validate as _validate_reference_inputs
 from pallas_kernels.reference import max_items, query_blocks
 from pallas_kernels.triton_call import triton_call
@@ -123,12 +126,17 @@ def prefill_attention(
     sliding_window: int | None = None,
     config: PrefillConfig | None = None,
     sinks: jax.Array | None = None,  # [num_q_heads]
+    k_scale: Scale = 1.0,
+    v_scale: Scale = 1.0,
 ) -> jax.Array:  # [T, num_q_heads, head_dim] in q's dtype; padding rows are 0
-    """Same contract as ``ref_ragged_paged_attention``; compiles only for a CUDA device (jax-triton)."""
+    """Same contract as ``ref_ragged_paged_attention``; compiles only for a CUDA device (jax-triton). An FP8 pool's
+    scales: ``q . (k_scale * k) = (k_scale * q) . k`` and ``p . (v_scale * v) = v_scale * (p . v)``, so q is scaled
+    before the launch and the output after it (``kv_quant.rescale``: free for the engine's scales of 1.0)."""
     _validate_reference_inputs(
         q, kv_pages, kv_lens, block_tables, query_start_loc, soft_cap, sliding_window, None, sinks
     )
     check_shapes(q, kv_pages)
+    check_scales(kv_pages.dtype, k_scale, v_scale)
     num_tokens, num_q_heads, _ = q.shape
     num_seqs, table_width = block_tables.shape
     cfg = config or default_prefill_config(num_tokens, num_seqs)
@@ -139,9 +147,9 @@ def prefill_attention(
         has_sinks=sinks is not None,
     )  # fmt: skip
     sinks = jnp.zeros((num_q_heads,), jnp.float32) if sinks is None else sinks.astype(jnp.float32)  # read if any
-    return triton_call(
-        q, kv_pages, block_tables.astype(jnp.int32), item_seq, item_first, query_start_loc.astype(jnp.int32),
-        kv_lens.astype(jnp.int32), sinks,
+    out = triton_call(
+        rescale(q, k_scale), kv_pages, block_tables.astype(jnp.int32), item_seq, item_first,
+        query_start_loc.astype(jnp.int32), kv_lens.astype(jnp.int32), sinks,
         kernel=_prefill_kernel,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         grid=(item_seq.shape[0], num_q_heads),
@@ -151,13 +159,15 @@ def prefill_attention(
         name=f"triton_prefill_m{cfg.block_m}_n{cfg.block_n}",
         **params,
     )  # fmt: skip
+    return rescale(out, v_scale)
 
 
 def check_shapes(q: jax.Array, kv_pages: jax.Array) -> None:
-    """What the kernel needs beyond the reference's contract: one dtype, power-of-two head_dim and page_size."""
+    """What the kernel needs beyond the reference's contract: a pool in q's dtype or FP8, power-of-two head_dim and
+    page_size."""
     head_dim, page_size = q.shape[-1], kv_pages.shape[3]
-    if q.dtype != kv_pages.dtype:
-        raise ValueError(f"q's dtype {q.dtype} differs from kv_pages' {kv_pages.dtype}; the kernel needs them equal")
+    if q.dtype != kv_pages.dtype and not is_fp8(kv_pages.dtype):
+        raise ValueError(f"kv_pages' dtype {kv_pages.dtype} must be q's ({q.dtype}) or float8_e4m3fn (an FP8 pool)")
     for name, value in (("head_dim", head_dim), ("page_size", page_size)):
         if value < 1 or value & (value - 1) or (name == "head_dim" and value < 16):
             raise ValueError(f"{name}={value} must be a power of two (head_dim >= 16) for the Triton prefill kernel")
@@ -166,7 +176,7 @@ def check_shapes(q: jax.Array, kv_pages: jax.Array) -> None:
 @triton.jit
 def _prefill_kernel(
     q_ptr,  # [T, Hq, D]
-    kv_ptr,  # [2, Hkv, P, page_size, D]
+    kv_ptr,  # [2, Hkv, P, page_size, D] in q's dtype or float8_e4m3fn
     tables_ptr,  # i32[S, TABLE_WIDTH]
     item_seq_ptr,  # i32[N], NUM_SEQS for an invalid item
     item_first_ptr,  # i32[N]
@@ -270,11 +280,12 @@ def _attend_block(
     DOT_PRECISION: tl.constexpr,
     MASKED: tl.constexpr,
 ):
-    """One key block of the online softmax: gather its K/V rows by page, score, rescale, accumulate."""
+    """One key block of the online softmax: gather its K/V rows by page (an FP8 pool's widened to q's dtype, a no-op
+    cast otherwise), score, rescale, accumulate."""
     cols = start + offs_n
     page = tl.load(table + cols // PAGE_SIZE, mask=cols < kv_len, other=0)  # page 0 is reserved: always readable
     kv_rows = page.to(tl.int64) * (PAGE_SIZE * HEAD_DIM) + (cols % PAGE_SIZE) * HEAD_DIM
-    k = tl.load(k_base + kv_rows[None, :] + offs_d[:, None])  # [D, BLOCK_N]
+    k = tl.load(k_base + kv_rows[None, :] + offs_d[:, None]).to(q.dtype)  # [D, BLOCK_N]
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # f32[BLOCK_M, BLOCK_N]
     if SOFT_CAP > 0:
         s = (SOFT_CAP * _LOG2E) * (2.0 * tl.sigmoid(2.0 * s / SOFT_CAP) - 1.0)  # cap * tanh(s / cap)
@@ -288,6 +299,6 @@ def _attend_block(
     if MASKED:
         p = tl.where(visible, p, 0.0)
     alpha = tl.math.exp2(row_max - new_max)
-    v = tl.load(k_base + V_OFFSET + kv_rows[:, None] + offs_d[None, :])  # [BLOCK_N, D]
+    v = tl.load(k_base + V_OFFSET + kv_rows[:, None] + offs_d[None, :]).to(q.dtype)  # [BLOCK_N, D]
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, new_max, row_sum * alpha + tl.sum(p, axis=1)

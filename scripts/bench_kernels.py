@@ -3,7 +3,8 @@
 Decode steps (batch x context, 32 query / 8 KV heads, head_dim 128, bf16, pages scattered at random over the pool)
 report time and KV bytes read / time next to the device copy bandwidth measured in the same run; prefill chunks report
 attention TFLOP/s next to a measured bf16 matmul rate. ``--tune`` also times a few kernel tilings on chosen shapes.
-``--kv-fp8`` times every decode shape again over an FP8 (float8_e4m3fn) copy of the same pool, in the same process.
+``--kv-fp8`` times every decode shape again over an FP8 (float8_e4m3fn) copy of the same pool, in the same process,
+and every prefill chunk in-step over it (Pallas and jax-triton).
 Every time is the median of several back-to-back batches of calls (dispatch overlapped, as in a serving loop).
 ``--replay FILE.npz`` times instead one decode step an engine ran (recorded by ``profile_step.py --dump-attention``,
 scripts/attention_replay.py): as recorded, changed one thing at a time toward the synthetic step, and the synthetic
@@ -295,7 +296,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tune-kinds", default="decode,prefill", help="which shapes --tune times")
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
-    parser.add_argument("--kv-fp8", action="store_true", help="also time each decode shape over an FP8 pool")
+    parser.add_argument(
+        "--kv-fp8", action="store_true", help="also time each decode shape and prefill chunk over an FP8 pool"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
     parser.add_argument(
         "--replay",
@@ -409,6 +412,16 @@ def bench_prefill(
             f"{flops_cell(triton_in_step_s, flops, mm)} | ref {ref_cell} | pallas q{cfg.q_block}/kv{cfg.kv_block}"
             f"/s{cfg.num_splits}/w{cfg.num_warps}"
         )
+        if args.kv_fp8 and not args.smoke:  # the same chunk in-step over the FP8 copy of the pool
+            fp8_s = timeit(in_step_fn(pool, *lens, fp8=True)) / IN_STEP_LAYERS
+            triton_fp8_s = (
+                timeit(in_step_fn(pool, *lens, fp8=True, triton=True)) / IN_STEP_LAYERS if with_triton else None
+            )
+            prefill[-1] |= {"fp8_in_step_s": fp8_s, "triton_fp8_in_step_s": triton_fp8_s}
+            say(
+                f"{'fp8 pool':>25} | pallas in-step {flops_cell(fp8_s, flops, mm)} | jax-triton in-step "
+                f"{flops_cell(triton_fp8_s, flops, mm)}"
+            )
     return prefill
 
 

@@ -4,8 +4,10 @@ kernel on every case, and the jax-triton prefill kernel (``triton-prefill``) on 
 Cases cover decode batches of 1 to 256 over contexts of 1 to 32k tokens, page sizes 16/32/64, head_dim 64/128,
 GQA 1/4/8, KV lengths on and just past page boundaries, prefill chunks with and without a cached prefix, mixed
 prefill+decode batches, empty padding sequences, soft-cap and sliding window, attention sinks (gpt-oss), bf16 and
-f32. Before each kernel call the allocator is filled with NaN (an unwritten output element would show); leak cases
-then rewrite every slot no sequence has written with huge values and require a bit-identical output.
+f32 queries, FP8 (float8_e4m3fn) pools with K/V scales, read by the reference as they are (so quantization error is
+not the kernel's). Before each kernel call the allocator is filled with NaN (an unwritten output element would
+show); leak cases then rewrite every slot no sequence has written with huge values (+-448 in an FP8 pool) and
+require a bit-identical output.
 
     python scripts/check_kernels.py                 # GPU, full sweep; logs to $OUT when set
     python scripts/check_kernels.py --quick --interpret   # CPU dry run of the script on small cases
@@ -27,11 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
+from pallas_kernels.kv_quant import FP8_DTYPE, is_fp8, quantize
 from pallas_kernels.triton_prefill import PrefillConfig, default_prefill_config, prefill_attention
 
 # A tiling no default picks: ragged query blocks, several pages per KV block, split-K.
 ODD_TILING = KernelConfig(q_block=8, kv_block=64, num_splits=2, num_warps=4, num_stages=2)
 ODD_PREFILL_TILING = PrefillConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+FP8_SCALES = (0.6, 1.7)  # K's and V's: neither 1.0, so that a scale dropped or swapped shows
 
 
 @dataclasses.dataclass
@@ -48,6 +52,7 @@ class Case:
     soft_cap: float | None = None
     sliding_window: int | None = None
     sinks: bool = False  # a random logit per query head in each row's softmax (gpt-oss's attention sinks)
+    kv_scales: tuple[float, float] | None = None  # an FP8 pool: K and V stored as x / scale in float8_e4m3fn
     leak: bool = False  # also rewrite unwritten slots with garbage and require the same output
     config: KernelConfig | PrefillConfig | None = None  # None: the default tiling for the shape
     kernel: str = "pallas"  # or "triton-prefill"
@@ -98,9 +103,22 @@ def cases(quick: bool) -> list[Case]:
         decode("decode b5 sinks D=64", [1, 16, 17, 300, 0], head_dim=64, group=8, sinks=True),
         Case("mixed leak", mixed_q, [16, 17, 48, 118, 0, 128, 300], leak=True),
         Case("mixed q8/kv64/s2 leak", mixed_q, [16, 17, 48, 118, 0, 128, 300], leak=True, config=ODD_TILING),
+        decode("decode b5 fp8", [1, 16, 17, 300, 0], kv_scales=FP8_SCALES),
+        Case("mixed fp8 leak", mixed_q, [16, 17, 48, 118, 0, 128, 300], kv_scales=FP8_SCALES, leak=True),
+        Case(
+            "mixed fp8 sinks+window f32 D=64 ps=32",
+            mixed_q,
+            [32, 33, 96, 118, 0, 128, 300],
+            page_size=32,
+            head_dim=64,
+            dtype="float32",
+            sinks=True,
+            sliding_window=128,
+            kv_scales=FP8_SCALES,
+        ),
     ]
     if quick:
-        return out
+        return out + triton_cases(out)
     out += [
         decode("decode b1 ctx=32768", [32768]),
         decode("decode b1 ctx=32768 window=4096", [32768], sliding_window=4096),
@@ -125,6 +143,11 @@ def cases(quick: bool) -> list[Case]:
             soft_cap=50.0,
             sliding_window=512,
         ),
+        Case("prefill 2048 over 4k prefix fp8", [2048], [4096 + 2048], kv_scales=FP8_SCALES),
+        Case(
+            "prefill 512 over 8k prefix fp8 window=1024", [512], [8192 + 512], sliding_window=1024, kv_scales=FP8_SCALES
+        ),
+        decode("decode b64 ctx<=2k fp8", boundary_lengths(rng, 64, 2048, 16), kv_scales=FP8_SCALES),
     ]
     return out + triton_cases(out)
 
@@ -160,6 +183,8 @@ def build(case: Case, seed: int) -> tuple[jax.Array, ...]:
     num_tokens = sum(case.q_lens) + case.pad_rows
     q = jax.random.normal(kq, (num_tokens, case.num_kv_heads * case.group, case.head_dim), dtype)
     pool = jax.random.normal(kp, (2, case.num_kv_heads, num_pages, ps, case.head_dim), dtype)
+    if case.kv_scales:
+        pool = jnp.stack([quantize(pool[half], FP8_DTYPE, scale) for half, scale in enumerate(case.kv_scales)])
     qsl = np.concatenate([[0], np.cumsum(case.q_lens)]).astype(np.int32)
     return q, pool, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(tables), jnp.asarray(qsl)
 
@@ -173,7 +198,7 @@ def with_stale_slots(inputs: tuple[jax.Array, ...], seed: int) -> tuple[jax.Arra
         t = np.arange(n)
         written[table[t // ps] * ps + t % ps] = True
     mask = jnp.asarray(written.reshape(1, 1, num_pages, ps, 1))
-    stale = (1e3 * jax.random.normal(jax.random.key(seed), pool.shape, jnp.float32)).astype(pool.dtype)
+    stale = quantize(1e3 * jax.random.normal(jax.random.key(seed), pool.shape, jnp.float32), pool.dtype)  # e4m3: +-448
     return q, jnp.where(mask, pool, stale), kv_lens, tables, qsl
 
 
@@ -188,6 +213,8 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
     kw = {"sm_scale": case.head_dim**-0.5, "soft_cap": case.soft_cap, "sliding_window": case.sliding_window}
     if case.sinks:
         kw["sinks"] = 3.0 * jax.random.normal(jax.random.key(seed + 2), (q.shape[1],), jnp.float32)
+    if case.kv_scales:
+        kw["k_scale"], kw["v_scale"] = case.kv_scales
     if case.kernel == "triton-prefill":
         kernel = jax.jit(lambda *a: prefill_attention(*a, config=case.config, **kw))
     else:
@@ -196,7 +223,8 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
     start = time.perf_counter()
     poison(4 * q.size * 4)
     out = np.asarray(kernel(*inputs).astype(jnp.float32))
-    ref = np.asarray(reference(q.astype(jnp.float32), inputs[1].astype(jnp.float32), *inputs[2:]))
+    pool = inputs[1] if is_fp8(inputs[1].dtype) else inputs[1].astype(jnp.float32)  # the reference dequantizes FP8
+    ref = np.asarray(reference(q.astype(jnp.float32), pool, *inputs[2:]))
     err = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
     tol = 1e-2 if case.dtype == "bfloat16" else 1e-4
     pad = np.arange(len(ref)) >= sum(case.q_lens)
@@ -232,6 +260,7 @@ def case_facts(case: Case, inputs: tuple[jax.Array, ...]) -> dict[str, object]:
         "seqs": len(case.q_lens),
         "max_kv_len": max(case.kv_lens),
         "dtype": case.dtype,
+        "kv_dtype": str(inputs[1].dtype),
         "config": dataclasses.asdict(cfg),
     }
 

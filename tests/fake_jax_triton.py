@@ -4,7 +4,8 @@ jax-triton launches compiled Triton only on a CUDA device; with this module inst
 ``TRITON_INTERPRET=1`` set before Triton is imported) a kernel's JAX entry point runs whole on the CPU, under jit
 too (``jax.pure_callback``): its host
 logic (shapes, grid, constexprs, the XLA work around the call) and the kernel's own code. Outputs start as NaN, so
-an element the kernel should write and does not shows up. ``exact_float_casts`` mends the interpreter's float32 ->
+an element the kernel should write and does not shows up, unless the call names them in ``zeroed_outputs`` (then
+zero, as jax-triton zeroes them before the launch). ``exact_float_casts`` mends the interpreter's float32 ->
 e4m3 and -> bf16 rounding.
 """
 
@@ -65,13 +66,14 @@ def triton_call(
     num_warps: int = 4,
     num_stages: int = 3,
     name: str = "",
+    zeroed_outputs: tuple[int, ...] = (),
     **params: Any,
 ) -> jax.Array:
     del num_warps, num_stages, name  # compile options: the interpreter has none
 
     def launch(*host_args: np.ndarray) -> np.ndarray:
         dtype = jnp.dtype(out_shape.dtype)
-        out = _to_torch(np.full(out_shape.shape, np.nan, dtype))
+        out = _to_torch(np.full(out_shape.shape, 0.0 if 0 in zeroed_outputs else np.nan, dtype))
         kernel[grid](*(_to_torch(a) for a in host_args), out, **params)
         return _to_numpy(out, dtype)
 

@@ -223,14 +223,17 @@ def test_cli_refuses_an_unsupported_kv_cache_dtype(capsys: pytest.CaptureFixture
     assert "argument --kv-cache-dtype: invalid choice: 'fp8_e5m2'" in capsys.readouterr().err
 
 
-def test_fp8_pool_takes_the_pallas_kernel_for_prefill_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The jax-triton prefill kernel reads no FP8 pool: "auto" falls back to Pallas, naming it outright fails."""
+def test_fp8_pool_takes_the_jax_triton_kernel_for_prefill_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both kernels read an FP8 pool: "auto" takes the jax-triton prefill kernel for it as for bf16 (Pallas without
+    jax-triton), and naming either is accepted."""
     monkeypatch.setattr(attention, "has_jax_triton", lambda: True)
-    assert attention.resolve_backend("auto", "gpu", jnp.bfloat16) == "triton-prefill"
-    assert attention.resolve_backend("auto", "gpu", FP8_DTYPE) == "pallas"
+    for dtype in (jnp.bfloat16, FP8_DTYPE):
+        assert attention.resolve_backend("auto", "gpu", dtype) == "triton-prefill"
+        assert attention.resolve_backend("triton-prefill", "gpu", dtype) == "triton-prefill"
+        assert attention.resolve_backend("pallas", "gpu", dtype) == "pallas"
     assert attention.resolve_backend("auto", "cpu", FP8_DTYPE) == "reference"
-    with pytest.raises(ValueError, match="attention_backend='triton-prefill' cannot read an FP8 KV cache"):
-        attention.resolve_backend("triton-prefill", "gpu", FP8_DTYPE)
+    monkeypatch.setattr(attention, "has_jax_triton", lambda: False)
+    assert attention.resolve_backend("auto", "gpu", FP8_DTYPE) == "pallas"
 
 
 # --- the engine end to end: greedy tokens, and logprobs teacher-forced on a reference's tokens

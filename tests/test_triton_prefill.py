@@ -2,20 +2,35 @@
 
 jax-triton launches compiled Triton only on a CUDA device, so CI checks the kernel's own code by running
 ``_prefill_kernel`` in Triton's interpreter on torch CPU tensors (``tests/triton_prefill_worker.py``, one subprocess
-for all cases) against the float32 reference, on fresh random inputs over randomly permuted pages. Its numerics on
-the GPU, in bf16, are ``scripts/check_kernels.py``'s.
+for all cases) against the float32 reference, on fresh random inputs over randomly permuted pages. FP8-pool cases run
+``prefill_attention`` whole (``tests/fake_jax_triton.py`` standing in for jax-triton), scales included, against the
+reference reading the same FP8 pool, so quantization error is not counted as the kernel's. Its numerics on the GPU,
+in bf16, are ``scripts/check_kernels.py``'s.
 """
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import triton
 from model_utils import run_worker
 
-from pallas_kernels.triton_prefill import PrefillConfig, check_shapes, default_prefill_config, work_items
+from pallas_kernels.kv_quant import FP8_DTYPE
+from pallas_kernels.triton_prefill import (
+    PrefillConfig,
+    _prefill_kernel,
+    check_shapes,
+    default_prefill_config,
+    kernel_params,
+    prefill_attention,
+    work_items,
+)
 
-# Relative (Frobenius) error of the kernel's float32 output ("ieee" dots) against the reference; measured 1e-7 .. 1e-6.
+# Relative (Frobenius) error of the kernel's float32 output ("ieee" dots) against the reference; measured 1e-7 .. 1e-6
+# (the FP8-pool cases 1.2e-7 and 2.0e-7, 2026-12-05).
 RTOL = 1e-5
 
 
@@ -38,6 +53,10 @@ CASES = [
     # gpt-oss's attention sinks (a logit per query head, N(0, 3)), with and without a window
     case(6, [37, 1, 20, 0], [5, 30, 0, 0], sinks=True),
     case(7, [45, 2], [30, 9], window=21, block_n=32, sinks=True),
+    # an FP8 pool (K scale 0.6, V scale 1.7) through prefill_attention whole: chunks over a prefix, windowed with sinks
+    # at page size 4, unwindowed (unmasked blocks too) with sinks at page size 16
+    case(8, [37, 1, 20, 0], [5, 30, 0, 0], window=8, sinks=True, kv_scales=[0.6, 1.7]),
+    case(9, [50, 17], [13, 64], page_size=16, block_m=32, sinks=True, kv_scales=[0.6, 1.7]),
 ]
 
 
@@ -86,3 +105,35 @@ def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
         check_shapes(q, jnp.zeros((2, 1, 3, 4, 24), jnp.float32))
     with pytest.raises(ValueError, match="dtype"):
         check_shapes(q, jnp.zeros((2, 1, 3, 4, 24), jnp.bfloat16))
+    q, pool = jnp.zeros((4, 2, 16), jnp.float32), jnp.zeros((2, 1, 3, 4, 16), jnp.float32)
+    check_shapes(q, pool.astype(FP8_DTYPE))  # an FP8 pool is read whatever q's dtype
+    meta = (jnp.asarray([4], jnp.int32), jnp.asarray([[1]], jnp.int32), jnp.asarray([0, 4], jnp.int32))
+    with pytest.raises(ValueError, match="KV scales apply to an FP8"):  # refused before jax-triton is needed
+        prefill_attention(q, pool, *meta, sm_scale=1.0, k_scale=0.5)
+
+
+@pytest.mark.slow  # one compile for sm_90 (~2-4 s)
+def test_fp8_pool_kernel_compiles_for_hopper_widening_e4m3_into_bf16_dots() -> None:
+    """No GPU runs the suite, so the FP8-pool kernel of a bf16 2048-token chunk is compiled for an H100/H200 (sm_90,
+    Triton's own ptxas) with jax-triton's argument types (``*fp8e4nv`` for float8_e4m3fn, 16-byte aligned pointers):
+    its e4m3 tiles must still be copied asynchronously (the pipelined loads, half the bytes of bf16's), widened in
+    registers, and both dots stay bf16 wgmma."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cfg = default_prefill_config(2048, 4)
+    params = kernel_params(
+        (2048, 32, 128), (2, 8, 1024, 16, 128), 512, 4, sm_scale=128**-0.5, soft_cap=None, sliding_window=None,
+        dot_precision="tf32", config=cfg,
+    )  # fmt: skip
+    pointers = ("*bf16", "*fp8e4nv", "*i32", "*i32", "*i32", "*i32", "*i32", "*fp32", "*bf16")
+    names = _prefill_kernel.arg_names[: len(pointers)]
+    signature = {**dict(zip(names, pointers, strict=True)), **dict.fromkeys(params, "constexpr")}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
+    source = ASTSource(fn=_prefill_kernel, signature=signature, constexprs=params, attrs=aligned)
+    options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    mmas = set(re.findall(r"\b(wgmma\.mma_async\.[\w.]+|mma\.sync\.[\w.]+)", ptx))
+    assert mmas and all(mma.endswith(".f32.bf16.bf16") for mma in mmas), mmas
+    assert re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx)  # e4m3 -> f16, two at a time (exact), then on to bf16
+    assert re.search(r"cp\.async\.(?:ca|cg)", ptx)

@@ -1,18 +1,27 @@
 """Runs the Triton prefill kernel in Triton's interpreter (torch CPU tensors) on the cases given as JSON on argv[1].
 
 A subprocess of tests/test_triton_prefill.py: ``TRITON_INTERPRET`` must be set before Triton compiles anything, and
-the rest of the suite must not see it. Prints one JSON line per case: its relative error against the float32
-reference and the largest magnitude in the rows no sequence owns (must be 0).
+the rest of the suite must not see it. A case launches ``_prefill_kernel`` itself, its owned rows poisoned with NaN;
+an FP8-pool case (``kv_scales``: K's and V's) runs ``prefill_attention`` whole under jit instead, with
+``tests/fake_jax_triton.py`` standing in for jax-triton, so that the scales' folding around the launch is checked
+too. The reference reads the same pool (an FP8 one dequantized with the same scales). Prints one JSON line per case:
+its relative error against the float32 reference and the largest magnitude in the rows no sequence owns (must be 0).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 
 os.environ["TRITON_INTERPRET"] = "1"
 
+import fake_jax_triton  # noqa: E402
+
+sys.modules["jax_triton"] = fake_jax_triton
+
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -20,6 +29,7 @@ from test_kernels import make_inputs  # noqa: E402
 
 from pallas_kernels import ref_ragged_paged_attention  # noqa: E402
 from pallas_kernels import triton_prefill as tp  # noqa: E402
+from pallas_kernels.kv_quant import FP8_DTYPE, quantize  # noqa: E402
 
 
 def run(case: dict) -> dict:
@@ -30,26 +40,21 @@ def run(case: dict) -> dict:
     opts = dict(sm_scale=case["head_dim"] ** -0.5, soft_cap=case.get("soft_cap"), sliding_window=case.get("window"))
     sinks = jnp.asarray(np.random.default_rng(case["seed"]).normal(size=q.shape[1]) * 3.0, jnp.float32)
     has_sinks = case.get("sinks", False)
+    scales = {}
+    if "kv_scales" in case:
+        scales = dict(zip(("k_scale", "v_scale"), case["kv_scales"], strict=True))
+        kv = jnp.stack([quantize(kv[half], FP8_DTYPE, s) for half, s in enumerate(scales.values())])
     ref = np.asarray(
-        ref_ragged_paged_attention(q, kv, kv_lens, tables, qsl, sinks=sinks if has_sinks else None, **opts)
+        ref_ragged_paged_attention(q, kv, kv_lens, tables, qsl, sinks=sinks if has_sinks else None, **opts, **scales)
     )
     cfg = tp.PrefillConfig(block_m=case["block_m"], block_n=case["block_n"])
-    item_seq, item_first = tp.work_items(qsl, q.shape[0], cfg)
-    params = tp.kernel_params(
-        q.shape,
-        kv.shape,
-        tables.shape[1],
-        tables.shape[0],
-        dot_precision="ieee",
-        config=cfg,
-        has_sinks=has_sinks,
-        **opts,
-    )
-    out = torch.full(q.shape, float("nan"))  # poisoned: every row must be written (owned) or zeroed (padding)
-    out[int(qsl[-1]) :] = 0.0  # what zeroed_outputs does for the padding rows under jax-triton
-    args = [torch.from_numpy(np.asarray(a)) for a in (q, kv, tables, item_seq, item_first, qsl, kv_lens, sinks)]
-    tp._prefill_kernel[(item_seq.shape[0], q.shape[1])](*args, out, **params)
-    got = out.numpy()
+    if scales:
+        attend = functools.partial(
+            tp.prefill_attention, config=cfg, sinks=sinks if has_sinks else None, **opts, **scales
+        )
+        got = np.asarray(jax.jit(attend)(q, kv, kv_lens, tables, qsl))
+    else:
+        got = launch_kernel(q, kv, kv_lens, tables, qsl, sinks, has_sinks, cfg, opts)
     owned = int(qsl[-1])
     return {
         "case": case,
@@ -57,6 +62,30 @@ def run(case: dict) -> dict:
         "pad_max": float(np.abs(got[owned:]).max(initial=0.0)),
         "finite": bool(np.isfinite(got).all()),
     }
+
+
+def launch_kernel(
+    q: jax.Array,
+    kv: jax.Array,
+    kv_lens: jax.Array,
+    tables: jax.Array,
+    qsl: jax.Array,
+    sinks: jax.Array,
+    has_sinks: bool,
+    cfg: tp.PrefillConfig,
+    opts: dict,
+) -> np.ndarray:
+    """``_prefill_kernel`` on the host arrays, every owned row poisoned first (each must be written)."""
+    item_seq, item_first = tp.work_items(qsl, q.shape[0], cfg)
+    params = tp.kernel_params(
+        q.shape, kv.shape, tables.shape[1], tables.shape[0], dot_precision="ieee", config=cfg, has_sinks=has_sinks,
+        **opts,
+    )  # fmt: skip
+    out = torch.full(q.shape, float("nan"))  # poisoned: every row must be written (owned) or zeroed (padding)
+    out[int(qsl[-1]) :] = 0.0  # what zeroed_outputs does for the padding rows under jax-triton
+    args = [torch.from_numpy(np.asarray(a)) for a in (q, kv, tables, item_seq, item_first, qsl, kv_lens, sinks)]
+    tp._prefill_kernel[(item_seq.shape[0], q.shape[1])](*args, out, **params)
+    return out.numpy()
 
 
 if __name__ == "__main__":
