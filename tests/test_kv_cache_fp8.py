@@ -223,12 +223,15 @@ def test_cli_refuses_an_unsupported_kv_cache_dtype(capsys: pytest.CaptureFixture
     assert "argument --kv-cache-dtype: invalid choice: 'fp8_e5m2'" in capsys.readouterr().err
 
 
-def test_fp8_pool_takes_the_jax_triton_kernel_for_prefill_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both kernels read an FP8 pool: "auto" takes the jax-triton prefill kernel for it as for bf16 (Pallas without
-    jax-triton), and naming either is accepted."""
+def test_fp8_pool_takes_the_jax_triton_kernel_for_prefill_on_a_gpu_only_when_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both kernels read an FP8 pool, and naming either is accepted; "auto" keeps the Pallas kernel for an FP8 pool
+    until the jax-triton kernel's FP8 read is checked in bf16 on a GPU (its bf16 pool takes jax-triton)."""
     monkeypatch.setattr(attention, "has_jax_triton", lambda: True)
+    assert attention.resolve_backend("auto", "gpu", jnp.bfloat16) == "triton-prefill"
+    assert attention.resolve_backend("auto", "gpu", FP8_DTYPE) == "pallas"
     for dtype in (jnp.bfloat16, FP8_DTYPE):
-        assert attention.resolve_backend("auto", "gpu", dtype) == "triton-prefill"
         assert attention.resolve_backend("triton-prefill", "gpu", dtype) == "triton-prefill"
         assert attention.resolve_backend("pallas", "gpu", dtype) == "pallas"
     assert attention.resolve_backend("auto", "cpu", FP8_DTYPE) == "reference"
