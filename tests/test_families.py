@@ -584,6 +584,33 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # DeepSeek-V2's latent attention with the half-split rotary (longrope, MiniCPM3-4B's), dense SwiGLUs, muP's
+    # embedding, residual and logits multipliers
+    "minicpm3": (
+        "MiniCPM3ForCausalLM",
+        None,
+        dict(
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            head_dim=None,
+            num_key_value_heads=None,
+            q_lora_rank=24,
+            scale_emb=4,
+            scale_depth=1.4,
+            dim_model_base=16,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 1e4,
+                "original_max_position_embeddings": 512,
+                "short_factor": [1.0, 1.5, 2.0, 3.0],
+                "long_factor": [2.0, 3.0, 4.0, 5.0],
+            },
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -975,7 +1002,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = set()
+LOGITS_ONLY: set[str] = {"minicpm3"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 

@@ -1,7 +1,8 @@
 """DeepSeek-V2 (V2-Lite, V2.5) and DeepSeek-V3 (R1, Kimi-K2, Moonlight): multi-head latent attention
 (``jllm.models.mla``) with interleaved rotary pairs, and a mixture of SwiGLU experts with plain shared experts behind
 DeepSeek's group-limited router (``jllm.models.moe.grouped_top_k``), dense MLPs in the first layers. GLM-4.5 / 4.6
-(``Glm4MoeForCausalLM``) and dots.llm1 (``Dots1ForCausalLM``) are V3's mixture on grouped-query attention.
+(``Glm4MoeForCausalLM``) and dots.llm1 (``Dots1ForCausalLM``) are V3's mixture on grouped-query attention; MiniCPM3
+is V2's latent attention (half-split rotary) over dense SwiGLUs.
 
 Where this module sits: docs/architecture.md.
 """
@@ -83,6 +84,42 @@ def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         qkv_bias=bool(cfg.get("attention_bias", False)),
         o_bias=bool(cfg.get("attention_bias", False)),
         **mixture,
+    )
+
+
+def minicpm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """MiniCPM3: DeepSeek-V2's latent attention with the rotary on half-split pairs (Llama's), dense SwiGLUs in every
+    layer, and muP's multipliers: embeddings times ``scale_emb``, each block's output times ``scale_depth /
+    sqrt(layers)``, logits divided by ``hidden_size / dim_model_base``; MiniCPM3Config's defaults (a ``None`` multiplier
+    is the no-op one, as there)."""
+    cfg = {"q_lora_rank": 768, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "kv_lora_rank": 256, **cfg}
+    cfg = {"rms_norm_eps": 1e-5, "max_position_embeddings": 32768, "tie_word_embeddings": True, **cfg}
+    layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
+    depth = cfg.get("scale_depth", 1.4)
+    base_dim = cfg.get("dim_model_base", 256)
+    mla = MLASpec(
+        kv_lora_rank=cfg["kv_lora_rank"],
+        qk_nope_head_dim=cfg["qk_nope_head_dim"],
+        qk_rope_head_dim=cfg["qk_rope_head_dim"],
+        v_head_dim=cfg.get("v_head_dim") or hidden // cfg["num_attention_heads"],
+        q_lora_rank=cfg["q_lora_rank"],
+    )
+    base = base_args(cfg, dtype)
+    rope = read_rope(cfg, mla.qk_rope_head_dim)
+    qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, "num_kv_heads": 1, "head_dim": qk_head_dim},
+        layers=(LayerSpec(rope),) * layers,
+        mla=mla,
+        sm_scale=qk_head_dim**-0.5 * _mscale_squared(cfg),
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "MiniCPM3"),
+        embed_scale=float(cfg.get("scale_emb", 12)),
+        residual_scale=float(layers**0.5 if depth is None else depth) / layers**0.5,
+        logits_divisor=hidden / (hidden if base_dim is None else base_dim),
     )
 
 
