@@ -611,8 +611,47 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # a sliding dense layer with the rotary, a global mixture layer without; the attention's output gated per channel
+    # by a sigmoid; sigmoid routing with a (random) choice bias, renormalised, times route_scale; embeddings times
+    # sqrt(hidden)
+    "afmoe": (
+        "AfmoeForCausalLM",
+        None,
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            num_shared_experts=1,
+            num_dense_layers=1,
+            global_attn_every_n_layers=2,
+            sliding_window=WINDOW,
+            route_scale=2.5,
+            mup_enabled=True,
+        ),
+        [],
+    ),
+    # a dense global layer (half of each head rotated), a sliding mixture layer (all of it, another base); the
+    # attention's output times a softplus per channel; sigmoid routing with a (random) choice bias, scaled
+    "laguna": (
+        "LagunaForCausalLM",
+        None,
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            sliding_window=WINDOW,
+            layer_types=["full_attention", "sliding_attention"],
+            gating="per-element",
+            moe_routed_scaling_factor=2.5,
+            attention_bias=True,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
+    "laguna",
+    "afmoe",
     "dbrx",
     "glm4v_moe_image_text",
     "flex_olmo",
@@ -733,6 +772,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
+    # Laguna's default gate: one softplus factor per head
+    "laguna_per_head_gate": (
+        "LagunaForCausalLM",
+        dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, gating=True),
+    ),
 }
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]  # the last > WINDOW
 NEW_TOKENS = 24
@@ -1002,7 +1046,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = {"minicpm3"}
+LOGITS_ONLY: set[str] = {"minicpm3", "laguna"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1189,6 +1233,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
             r"weight_block_size=\[128, 128\].*not supported",
         ),
+        ("LagunaForCausalLM", {"num_attention_heads_per_layer": [4, 8]}, "num_attention_heads_per_layer=\\[4, 8\\]"),
+        ("LagunaForCausalLM", {"moe_router_logit_softcapping": 30.0}, "moe_router_logit_softcapping=30.0 is not"),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):

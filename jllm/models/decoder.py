@@ -41,6 +41,8 @@ class Attention(nnx.Module):
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms()
         self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
+        gates = args.num_heads * (1 if args.attn_output_gate_per_head else hd)
+        self.out_gate = Linear(d, gates, ("embed", "q_heads"), dt, quant=args.quant) if args.attn_output_gate else None
         self.args, self.spec = args, spec
 
     def __call__(
@@ -87,9 +89,18 @@ class Attention(nnx.Module):
             sinks=None if self.sinks is None else self.sinks[...],
             alibi_slopes=None if a.alibi_slopes is None else jnp.asarray(a.alibi_slopes, jnp.float32),
         )
+        if self.out_gate is not None:
+            out = self._gated(out, normed_linear(norm, self.out_gate, x))
         out = out.reshape(t, a.num_heads * a.head_dim)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
+
+    def _gated(self, out: jax.Array, gate: jax.Array) -> jax.Array:
+        """``out [T, heads, head_dim]`` times the family's activation of ``gate`` ``[T, heads * (head_dim or 1)]``,
+        taken in float32 (Laguna's softplus is)."""
+        act = jax.nn.sigmoid if self.args.attn_output_gate == "sigmoid" else jax.nn.softplus
+        factor = act(gate.astype(jnp.float32)).astype(out.dtype).reshape(out.shape[0], out.shape[1], -1)
+        return out * factor
 
     def _qk_normed(self, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
         """q ``[T, heads, head_dim]`` and k through their norms, if the family has them."""

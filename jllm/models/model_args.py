@@ -8,8 +8,8 @@ heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual
 (OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP),
 MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
 too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
-embeddings, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, and the checkpoint's
-tensor names.
+embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query
+temperature, and the checkpoint's tensor names.
 
 Where this module sits: docs/architecture.md.
 """
@@ -35,6 +35,7 @@ from jllm.quantization import QuantScheme
 NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
 # the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
 CODEGEN_SHARDS = 4
+ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +49,13 @@ class WeightMap:
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
-    ERNIE's ``e_score_correction_bias``). A name holding ``{e}`` is one tensor per expert (Mixtral's
-    ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our parameter's leading
-    axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``). ``reader``: the
-    family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape, dtype)`` -> a slice
-    reader (``jllm.safetensors_index.Reader``), or None where the names above say it (gpt-oss's stacked experts,
-    gate and up interleaved, maybe in MXFP4).
+    ERNIE's ``e_score_correction_bias``; or a module and its parameter, ``gate.e_score_correction_bias``, for a
+    tensor kept beside that module in its parent: AFMoE's ``expert_bias``). A name holding ``{e}`` is one tensor per
+    expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our
+    parameter's leading axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``).
+    ``reader``: the family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape,
+    dtype)`` -> a slice reader (``jllm.safetensors_index.Reader``), or None where the names above say it (gpt-oss's
+    stacked experts, gate and up interleaved, maybe in MXFP4).
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -132,6 +134,10 @@ class ModelArgs:
     experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
     experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
     attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
+    # the attention's output, before o_proj, times act(out_gate(normed input)), act one of ATTN_OUTPUT_GATES: per
+    # channel (AFMoE's sigmoid) or, with attn_output_gate_per_head, one factor per head (Laguna's softplus)
+    attn_output_gate: str | None = None
+    attn_output_gate_per_head: bool = False
     # ALiBi (Bloom, MPT, Falcon-RW): per query head, the slope of a score bias linear in the key's distance back from
     # the query (in place of rotary or learned positions); only the reference attention adds it
     alibi_slopes: tuple[float, ...] | None = None
@@ -160,9 +166,11 @@ class ModelArgs:
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
 
     def __post_init__(self) -> None:
-        for kind in (self.norm, self.qk_norm_kind or self.norm):
-            if kind not in NORMS:
-                raise ValueError(f"norm {kind!r} is not one of {', '.join(NORMS)}")
+        gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
+        kinds_named = (("norm", self.norm, NORMS), ("norm", self.qk_norm_kind or self.norm, NORMS))
+        for name, kind, kinds in (*kinds_named, ("attn_output_gate", gate, ATTN_OUTPUT_GATES)):
+            if kind not in kinds:
+                raise ValueError(f"{name} {kind!r} is not one of {', '.join(kinds)}")
         if (self.qk_norm_all_heads or self.qk_norm_per_head) and not self.qk_norm:
             raise ValueError("qk_norm_all_heads and qk_norm_per_head need qk_norm: they say how the q/k norms are laid")
         if self.qk_norm_all_heads and self.qk_norm_per_head:

@@ -18,6 +18,7 @@ from jllm.models.families import (
     dbrx,
     deepseek,
     fairseq,
+    gated_attention,
     gemma,
     gpt_oss,
     gpt_variants,
@@ -106,6 +107,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "XGLMForCausalLM": fairseq.xglm,
     "BioGptForCausalLM": fairseq.biogpt,
     "MiniCPM3ForCausalLM": deepseek.minicpm3,
+    "AfmoeForCausalLM": gated_attention.afmoe,
+    "LagunaForCausalLM": gated_attention.laguna,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

@@ -97,6 +97,22 @@ def layer_type_ropes(cfg: dict[str, Any], head_dim: int, local_theta: float, glo
     return {FULL: read_rope(cfg, head_dim, scaled), SLIDING: read_rope(cfg, head_dim, {"rope_theta": local_theta})}
 
 
+def per_type_ropes(cfg: dict[str, Any], head_dim: int, default: dict[str, dict[str, Any]]) -> dict[str, Rope]:
+    """Each layer type's rope from a ``rope_parameters`` keyed by layer type (Laguna's, Mellum's: a partial rotary
+    factor each), the family's ``default`` where the config has none."""
+    params = cfg.get("rope_parameters") or default
+    return {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING) if kind in params}
+
+
+def dense_layers(cfg: dict[str, Any], default: list[str], family: str) -> list[bool]:
+    """Which layers have a dense MLP in place of the mixture: ``mlp_layer_types`` ("dense" / "sparse"), else
+    ``default``; another kind refused by name."""
+    kinds = cfg.get("mlp_layer_types") or default
+    if not set(kinds) <= {"dense", "sparse"}:
+        raise ValueError(f"{family} mlp_layer_types={kinds!r} is not supported (supported: 'dense', 'sparse')")
+    return [kind == "dense" for kind in kinds]
+
+
 def typed_layers(cfg: dict[str, Any], ropes: dict[str, Rope | None], default: list[str]) -> tuple[LayerSpec, ...]:
     """Each layer from its type (``layer_types``, else ``default``): that type's rope (None: no rotary), and the
     ``sliding_window`` if it slides."""
