@@ -41,8 +41,9 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]
     parents = _renamed(module_path[:-1], rename)
-    if f"{module}.{leaf}" in rename:  # a parameter kept beside its module's (AFMoE's router bias in its MoE block)
-        return [prefix + ".".join([*parents, rename[f"{module}.{leaf}"]])], False
+    for k in range(1, len(module_path)):  # a parameter kept elsewhere in its layer (AFMoE's, Kolibri-1's router bias)
+        if (kept := ".".join([*module_path[k:], leaf])) in rename:
+            return [prefix + ".".join([*_renamed(module_path[:k], rename), rename[kept]])], False
     if weights.expert_params and module_path[-2:-1] == ["experts"]:  # Llama 4's bare [experts, in, out] tensors
         return [prefix + ".".join([*parents, module])], False
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))

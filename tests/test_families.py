@@ -648,8 +648,45 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # a sliding layer with the rotary, a global one without; the router's (random) choice bias on its logits, the
+    # sigmoid weights renormalised; norms around both blocks
+    "kolibri1": (
+        "Kolibri1ForCausalLM",
+        None,
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            norm_topk_prob=True,
+        ),
+        [],
+    ),
+    # a sliding dense layer, a global mixture layer (another rotary base)
+    "mellum": (
+        "MellumForCausalLM",
+        None,
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            mlp_layer_types=["dense", "sparse"],
+            attention_bias=True,
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        ),
+        [],
+    ),
 }
 MIXTURES = (
+    "kolibri1",
+    "mellum",
     "laguna",
     "afmoe",
     "dbrx",
@@ -1046,7 +1083,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = {"minicpm3", "laguna"}
+LOGITS_ONLY: set[str] = {"minicpm3", "laguna", "mellum"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 

@@ -86,6 +86,7 @@ class GroupedRouting:
     num_groups: int = 1
     top_groups: int = 1
     scale: float = 1.0
+    logit_bias: bool = False  # the choice bias added to the logits, not to the sigmoid scores (Kolibri-1)
 
     def __post_init__(self) -> None:
         if self.scoring not in ("softmax", "sigmoid"):
@@ -105,7 +106,7 @@ def grouped_top_k(
     their float32 weights ``[T, k]``."""
     t, experts = logits.shape
     scores = jax.nn.softmax(logits, axis=-1) if routing.scoring == "softmax" else jax.nn.sigmoid(logits)
-    choice = scores if choice_bias is None else scores + choice_bias
+    choice = scores if choice_bias is None else (logits if routing.logit_bias else scores) + choice_bias
     if routing.num_groups > 1:
         grouped = choice.reshape(t, routing.num_groups, experts // routing.num_groups)
         if routing.scoring == "softmax":

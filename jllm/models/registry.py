@@ -27,6 +27,7 @@ from jllm.models.families import (
     mixtures,
     multimodal,
     relu_mlp,
+    sliding_moe,
 )
 from jllm.models.model_args import ModelArgs
 
@@ -109,6 +110,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MiniCPM3ForCausalLM": deepseek.minicpm3,
     "AfmoeForCausalLM": gated_attention.afmoe,
     "LagunaForCausalLM": gated_attention.laguna,
+    "Kolibri1ForCausalLM": sliding_moe.kolibri1,
+    "MellumForCausalLM": sliding_moe.mellum,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

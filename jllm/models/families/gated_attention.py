@@ -55,7 +55,7 @@ def afmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         ("experts", "experts.{e}"),
         ("shared_expert", "shared_experts"),
         ("gate", "router.gate"),
-        ("gate.e_score_correction_bias", "expert_bias"),
+        ("mlp.gate.e_score_correction_bias", "mlp.expert_bias"),
     )
     return ModelArgs(
         **{**base, "intermediate_size": moe_width},
@@ -117,7 +117,7 @@ def laguna(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     rename = (
         ("out_gate", "g_proj"),
         ("experts", "experts.{e}"),
-        ("gate.e_score_correction_bias", "experts.e_score_correction_bias"),
+        ("mlp.gate.e_score_correction_bias", "mlp.experts.e_score_correction_bias"),
     )
     return ModelArgs(
         **{**base, "intermediate_size": moe_width},
