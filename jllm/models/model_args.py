@@ -50,9 +50,10 @@ class WeightMap:
     name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
     ERNIE's ``e_score_correction_bias``; or modules and their parameter, ``mlp.gate.e_score_correction_bias``, for a
-    tensor kept elsewhere in its layer: AFMoE's ``mlp.expert_bias``, Kolibri-1's ``moe.router.expert_bias``). A name holding ``{e}`` is one tensor per
-    expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our
-    parameter's leading axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``).
+    tensor kept elsewhere in its layer: AFMoE's ``mlp.expert_bias``, Kolibri-1's ``moe.router.expert_bias``). A name
+    holding ``{e}`` is one tensor per expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's
+    ``q_layernorm.norms.{e}``), stacked on our parameter's leading axis; without it, each expert kernel is one stacked
+    tensor (Granite MoE's ``input_linear``).
     ``reader``: the family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape,
     dtype)`` -> a slice reader (``jllm.safetensors_index.Reader``), or None where the names above say it (gpt-oss's
     stacked experts, gate and up interleaved, maybe in MXFP4).
