@@ -48,9 +48,9 @@ def save_tiny_checkpoint(
     ``config_cls_name`` where it is not the model's name with ``Config`` (``Gemma3TextConfig``);
     ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases) and
     every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``) and ERNIE's and DeepSeek-V3's router
-    correction biases and stacked experts' biases (gpt-oss's ``[experts, out]``) and AFMoE's router, which
-    transformers initialises to constants (so a ``1 + w`` norm read as ``w``, or a bias not read at all, would
-    otherwise go unnoticed)."""
+    correction biases and stacked experts' biases (gpt-oss's ``[experts, out]``) and any parameter that is all zeros
+    (AFMoE's router), which transformers initialises to constants (so a ``1 + w`` norm read as ``w``, or
+    a bias not read at all, would otherwise go unnoticed)."""
     import torch
     import transformers
 
@@ -60,7 +60,7 @@ def save_tiny_checkpoint(
     if perturb_constants:
         with torch.no_grad():
             for name, p in model.named_parameters():
-                if p.ndim == 1 or name.endswith(("norm.weight", "_bias", "router.gate.weight")):
+                if p.ndim == 1 or name.endswith(("norm.weight", "_bias")) or not p.any():
                     p.add_(0.3 * torch.randn_like(p))
             for name, b in model.named_buffers():  # DeepSeek-V3's router keeps its choice bias as a buffer
                 if name.endswith("e_score_correction_bias"):

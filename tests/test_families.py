@@ -683,8 +683,25 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # a dense sliding layer with the rotary, a global mixture layer without; attention sinks; sigmoid routing
+    # (renormalised) beside an ungated shared expert
+    "flint": (
+        "FlintForCausalLM",
+        None,
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            mlp_only_layers=[0],
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+        [],
+    ),
 }
 MIXTURES = (
+    "flint",
     "kolibri1",
     "mellum",
     "laguna",

@@ -65,14 +65,16 @@ def route_softmax_corrected(
     return chosen, weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), norm_min)
 
 
-def route_sigmoid(logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
-    """Llama 4's router: the top ``top_k`` logits, each through a sigmoid (not normalised)."""
+def route_sigmoid(logits: jax.Array, top_k: int, renormalize: bool) -> tuple[jax.Array, jax.Array]:
+    """Llama 4's and Flint's router: the top ``top_k`` logits, each through a sigmoid, renormalised to sum to one
+    where ``renormalize`` (Flint's ``norm_topk_prob``; never Llama 4's)."""
     values, chosen = jax.lax.top_k(logits, top_k)
-    return chosen, jax.nn.sigmoid(values)
+    weights = jax.nn.sigmoid(values)
+    return chosen, weights / jnp.sum(weights, axis=-1, keepdims=True) if renormalize else weights
 
 
 # the routing rules by name; "sigmoid_input" (Llama 4) scales each expert's input by its weight, the others its output
-ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid_input")
+ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid", "sigmoid_input")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +221,9 @@ class SparseMoE(nnx.Module):
         if grouped is not None:
             self.gate = Router(dim, experts, dtype, choice_bias=grouped.scoring == "sigmoid")
         else:
-            # ERNIE keeps its router and correction bias in float32 (transformers' _keep_in_fp32_modules)
-            router_dtype = jnp.float32 if routing == "softmax_corrected" else dtype
+            # ERNIE and Flint keep their routers (ERNIE's correction bias too) in float32 (transformers'
+            # _keep_in_fp32_modules)
+            router_dtype = jnp.float32 if routing in ("softmax_corrected", "sigmoid") else dtype
             self.gate = Linear(dim, experts, ("embed", None), router_dtype, bias=bias)  # the router
         self.e_score_correction_bias = (
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
@@ -245,7 +248,9 @@ class SparseMoE(nnx.Module):
         if self.routing == "sparsemixer":
             return route_sparsemixer(logits, self.router_eps)
         if self.routing == "sigmoid_input":
-            return route_sigmoid(logits, self.top_k)
+            return route_sigmoid(logits, self.top_k, renormalize=False)
+        if self.routing == "sigmoid":
+            return route_sigmoid(logits, self.top_k, self.renormalize)
         return route_softmax(logits, self.top_k, self.renormalize)
 
     def __call__(self, x: jax.Array) -> jax.Array:

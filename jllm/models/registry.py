@@ -112,6 +112,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "LagunaForCausalLM": gated_attention.laguna,
     "Kolibri1ForCausalLM": sliding_moe.kolibri1,
     "MellumForCausalLM": sliding_moe.mellum,
+    "FlintForCausalLM": sliding_moe.flint,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

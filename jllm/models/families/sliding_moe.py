@@ -1,7 +1,8 @@
 """Mixtures of experts whose sliding and global layers differ in their rotary: Kolibri-1 (Aleph Alpha: EXAONE 4's
 attention, the global layers without rotary, GLM-4's norms around both blocks, a router whose choice bias is added to
-its logits) and Mellum (JetBrains: Qwen3-MoE's attention and mixture, each layer type its own rotary base, dense
-layers where ``mlp_layer_types`` says).
+its logits), Mellum (JetBrains: Qwen3-MoE's attention and mixture, each layer type its own rotary base, dense
+layers where ``mlp_layer_types`` says) and Flint (Qwen3-MoE's attention with attention sinks, rotary on the sliding
+layers only, a sigmoid router).
 
 Where this module sits: docs/architecture.md.
 """
@@ -106,3 +107,43 @@ def _experts(cfg: dict[str, Any], family: str, experts: int, top_k: int) -> tupl
     if not 0 < top_k <= experts:
         raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and num_local_experts={experts}")
     return experts, top_k
+
+
+def flint(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Flint: Qwen3-MoE's attention (per-head q/k RMSNorms) with a learned sink logit per head (``softmax_offset``),
+    the rotary on the sliding layers only (by default all but the first two, every fourth from the second and the
+    last); dense SwiGLUs in ``mlp_only_layers`` (the first two by default), elsewhere the top ``num_experts_per_tok``
+    sigmoid scores of a float32 router (renormalised where ``norm_topk_prob``) beside an ungated shared SwiGLU.
+    FlintConfig's defaults for what a config leaves out."""
+    n = cfg["num_hidden_layers"]
+    defaults = dict(head_dim=128, num_key_value_heads=4, rms_norm_eps=1e-6, max_position_embeddings=262144)
+    cfg = {**defaults, "sliding_window": 513, **cfg}
+    experts, top_k = _experts(cfg, "Flint", 256, 6)
+    step, dense = cfg.get("decoder_sparse_step", 1), cfg.get("mlp_only_layers")
+    dense = [0, 1] if dense is None else dense
+    base = base_args(cfg, dtype)
+    rope = read_rope(cfg, base["head_dim"])
+    default = [FULL if i < 2 or i % 4 == 1 or i == n - 1 else SLIDING for i in range(n)]
+    layers = typed_layers(cfg, {SLIDING: rope, FULL: None}, default)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, "intermediate_size": cfg.get("moe_intermediate_size", 512)},
+        layers=tuple(
+            dataclasses.replace(
+                spec, dense_mlp_size=base["intermediate_size"] if i in dense or (i + 1) % step else None
+            )
+            for i, spec in enumerate(layers)
+        ),
+        qk_norm=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        attn_sinks=True,
+        mlp_act=activation(cfg, "hidden_act", "silu", "Flint"),
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=bool(cfg.get("norm_topk_prob", True)),
+        expert_routing="sigmoid",
+        shared_expert_size=cfg.get("shared_expert_intermediate_size", 1024),
+        shared_expert_gated=False,
+        weights=WeightMap(rename=(("experts", "experts.{e}"), ("sinks", "softmax_offset"))),
+    )
