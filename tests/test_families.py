@@ -699,8 +699,17 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Apertus' attention; a dense layer, then sigmoid routing with a (random) choice bias, scaled, beside an ungated
+    # shared expert
+    "hy_v3": (
+        "HYV3ForCausalLM",
+        "HYV3Config",
+        dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, num_shared_experts=2, attention_bias=True),
+        [],
+    ),
 }
 MIXTURES = (
+    "hy_v3",
     "flint",
     "kolibri1",
     "mellum",
@@ -1100,7 +1109,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = {"minicpm3", "laguna", "mellum"}
+LOGITS_ONLY: set[str] = {"minicpm3", "laguna", "mellum", "hy_v3"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 

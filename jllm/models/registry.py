@@ -113,6 +113,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Kolibri1ForCausalLM": sliding_moe.kolibri1,
     "MellumForCausalLM": sliding_moe.mellum,
     "FlintForCausalLM": sliding_moe.flint,
+    "HYV3ForCausalLM": mixtures.hy_v3,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

@@ -20,6 +20,7 @@ from jllm.models.families.common import (
     read_rope,
     typed_layers,
 )
+from jllm.models.families.mixtures import _check_top_k
 from jllm.models.model_args import ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
 
@@ -41,8 +42,7 @@ def afmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     cfg = {"head_dim": 128, "rms_norm_eps": 1e-5, "max_position_embeddings": 16384, "sliding_window": 1024, **cfg}
     n, every = cfg["num_hidden_layers"], cfg.get("global_attn_every_n_layers", 4)
     experts, top_k = cfg.get("num_experts", 64), cfg.get("num_experts_per_tok", 6)
-    if not 0 < top_k <= experts:
-        raise ValueError(f"AFMoE num_experts_per_tok={top_k} must be between 1 and num_experts={experts}")
+    _check_top_k("AFMoE", top_k, experts, "num_experts")
     base = base_args(cfg, dtype)
     rope = read_rope(cfg, base["head_dim"])
     layers = typed_layers(cfg, {SLIDING: rope, FULL: None}, [SLIDING if (i + 1) % every else FULL for i in range(n)])
@@ -107,8 +107,7 @@ def laguna(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     if gating not in (True, "per-head", "per-element"):
         raise ValueError(f"Laguna gating={gating!r} is not supported (supported: True, 'per-head', 'per-element')")
     experts, top_k = cfg.get("num_experts", 256), cfg.get("num_experts_per_tok", 8)
-    if not 0 < top_k <= experts:
-        raise ValueError(f"Laguna num_experts_per_tok={top_k} must be between 1 and num_experts={experts}")
+    _check_top_k("Laguna", top_k, experts, "num_experts")
     base = base_args(cfg, dtype)
     layers = typed_layers(cfg, per_type_ropes(cfg, base["head_dim"], LAGUNA_ROPE), [FULL] * n)
     dense = dense_layers(cfg, ["dense"] + ["sparse"] * (n - 1), "Laguna")

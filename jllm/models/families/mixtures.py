@@ -1,6 +1,6 @@
 """The mixture-of-experts families: a routed mixture of SwiGLU experts (``jllm.models.moe``) in place of each MLP,
 or of some (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite MoE and MoE Shared, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4's
-text model, HunYuan MoE, FlexOlmo).
+text model, HunYuan MoE, FlexOlmo, Hy3).
 
 Where this module sits: docs/architecture.md.
 """
@@ -10,9 +10,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_windows, read_rope, uniform
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    dense_layers,
+    layer_windows,
+    read_rope,
+    uniform,
+)
 from jllm.models.families.llama import granite, hunyuan_dense, olmo2
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.models.moe import GroupedRouting
 
 
 def _check_top_k(family: str, top_k: int, experts: int, experts_key: str) -> None:
@@ -256,6 +266,47 @@ def hunyuan_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         shared_expert_size=dense.intermediate_size,
         shared_expert_gated=False,
         weights=dataclasses.replace(dense.weights, rename=(*dense.weights.rename, *rename)),
+    )
+
+
+def hy_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Hy3 (Tencent HYV3): Apertus' attention (per-head q/k RMSNorms before the rotary); dense SwiGLUs where
+    ``mlp_layer_types`` says "dense" (the first layer by default), else ``num_experts`` SwiGLUs chosen by a float32
+    router's sigmoid score plus ``expert_bias``, weighted by the renormalised scores times ``router_scaling_factor``,
+    beside ``num_shared_experts`` ungated shared ones (``shared_mlp``). HYV3Config's defaults for what a config
+    leaves out; ``mlp_bias`` (on the shared experts too) is refused."""
+    if cfg.get("mlp_bias"):
+        raise ValueError("Hy3 mlp_bias=True is not supported (supported: False, as the released checkpoints)")
+    n = cfg["num_hidden_layers"]
+    cfg = {"head_dim": 128, "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 11_158_840.0, **cfg}
+    experts, top_k = cfg.get("num_experts") or cfg.get("num_local_experts") or 192, cfg.get("num_experts_per_tok", 8)
+    _check_top_k("Hy3", top_k, experts, "num_experts")
+    base, layers = uniform(cfg, dtype, FULL)
+    dense = dense_layers(cfg, ["dense"] + ["sparse"] * (n - 1), "Hy3")
+    moe_width = cfg.get("moe_intermediate_size", 1536)
+    bias = bool(cfg.get("attention_bias", False))
+    rename = (
+        ("experts", "experts.{e}"),
+        ("shared_expert", "shared_mlp"),
+        ("gate", "router.gate"),
+        ("mlp.gate.e_score_correction_bias", "mlp.expert_bias"),
+    )
+    return ModelArgs(
+        **{**base, "intermediate_size": moe_width},
+        layers=tuple(
+            dataclasses.replace(spec, dense_mlp_size=base["intermediate_size"] if d else None)
+            for spec, d in zip(layers, dense, strict=True)
+        ),
+        qk_norm=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_act=activation(cfg, "hidden_act", "silu", "Hy3"),
+        num_experts=experts,
+        experts_per_token=top_k,
+        shared_expert_size=moe_width * cfg.get("num_shared_experts", 1),
+        shared_expert_gated=False,
+        moe_routing=GroupedRouting("sigmoid", scale=float(cfg.get("router_scaling_factor", 2.826))),
+        weights=WeightMap(rename=rename),
     )
 
 

@@ -22,6 +22,7 @@ from jllm.models.families.common import (
     read_rope,
     typed_layers,
 )
+from jllm.models.families.mixtures import _check_top_k
 from jllm.models.model_args import ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
 
@@ -104,8 +105,7 @@ def _experts(cfg: dict[str, Any], family: str, experts: int, top_k: int) -> tupl
     """The experts' count (``num_local_experts``, or ``num_experts``) and how many a token takes, checked."""
     experts = cfg.get("num_local_experts") or cfg.get("num_experts") or experts
     top_k = cfg.get("num_experts_per_tok", top_k)
-    if not 0 < top_k <= experts:
-        raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and num_local_experts={experts}")
+    _check_top_k(family, top_k, experts, "num_local_experts")
     return experts, top_k
 
 
