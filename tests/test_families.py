@@ -707,8 +707,25 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, num_shared_experts=2, attention_bias=True),
         [],
     ),
+    # DeepSeek-V3 with a norm on the mixture's output: a dense layer, then a mixture layer in 4 groups of 2
+    "axk1": (
+        "AXK1ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK_KEYS,
+            head_dim=None,
+            num_key_value_heads=None,
+            q_lora_rank=24,
+            n_shared_experts=2,
+            n_group=4,
+            topk_group=2,
+            mlp_layer_types=["dense", "sparse"],
+        ),
+        [],
+    ),
 }
 MIXTURES = (
+    "axk1",
     "hy_v3",
     "flint",
     "kolibri1",
@@ -1109,7 +1126,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = {"minicpm3", "laguna", "mellum", "hy_v3"}
+LOGITS_ONLY: set[str] = {"minicpm3", "laguna", "mellum", "hy_v3", "axk1"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 

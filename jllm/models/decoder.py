@@ -121,7 +121,7 @@ def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
 class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
-    added; without ``pre_norms`` (OLMo 2) only the outputs are."""
+    added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         self.input_layernorm = args.make_norm() if args.pre_norms else None
@@ -130,7 +130,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = None if args.shared_input_norm or not args.pre_norms else args.make_norm()
         self.mlp = args.make_mlp(spec)
         self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
-        self.mlp_out_norm = args.make_norm() if args.sandwich_norms else None
+        moe_out = args.moe_out_norm and args.num_experts and spec.dense_mlp_size is None
+        self.mlp_out_norm = args.make_norm() if args.sandwich_norms or moe_out else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
 

@@ -114,6 +114,7 @@ class ModelArgs:
     qkv_clip: float | None = None  # q, k and v clipped to [-clip, clip] after the q/k norms (OLMo's clip_qkv)
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
+    moe_out_norm: bool = False  # a norm on the mixture's output in its layers, none on a dense MLP's (A.X-K1)
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False

@@ -114,6 +114,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MellumForCausalLM": sliding_moe.mellum,
     "FlintForCausalLM": sliding_moe.flint,
     "HYV3ForCausalLM": mixtures.hy_v3,
+    "AXK1ForCausalLM": deepseek.axk1,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

@@ -2,7 +2,7 @@
 (``jllm.models.mla``) with interleaved rotary pairs, and a mixture of SwiGLU experts with plain shared experts behind
 DeepSeek's group-limited router (``jllm.models.moe.grouped_top_k``), dense MLPs in the first layers. GLM-4.5 / 4.6
 (``Glm4MoeForCausalLM``) and dots.llm1 (``Dots1ForCausalLM``) are V3's mixture on grouped-query attention; MiniCPM3
-is V2's latent attention (half-split rotary) over dense SwiGLUs.
+is V2's latent attention (half-split rotary) over dense SwiGLUs; A.X-K1 is V3 with a norm on each mixture's output.
 
 Where this module sits: docs/architecture.md.
 """
@@ -12,7 +12,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, typed_layers
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    dense_layers,
+    read_rope,
+    typed_layers,
+)
 from jllm.models.mla import MLASpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
@@ -84,6 +92,27 @@ def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         qkv_bias=bool(cfg.get("attention_bias", False)),
         o_bias=bool(cfg.get("attention_bias", False)),
         **mixture,
+    )
+
+
+def axk1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """A.X-K1 (SK Telecom): DeepSeek-V3 (low-rank queries, V3's router: ``n_group`` 8, ``topk_group`` 4 and
+    ``routed_scaling_factor`` 2.5 by default) with a norm on each mixture's output (``post_mlp_layernorm``), dense
+    SwiGLUs where ``mlp_layer_types`` says "dense" (else from ``first_k_dense_replace``, 1 by default)."""
+    n = cfg["num_hidden_layers"]
+    cfg = {"n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, **cfg}
+    first, freq = cfg["first_k_dense_replace"], cfg.get("moe_layer_freq") or 1
+    default = ["sparse" if i >= first and i % freq == 0 else "dense" for i in range(n)]
+    dense = dense_layers(cfg, default, "A.X-K1")
+    v3 = deepseek_v3(cfg, dtype)
+    return dataclasses.replace(
+        v3,
+        layers=tuple(
+            dataclasses.replace(spec, dense_mlp_size=cfg["intermediate_size"] if d else None)
+            for spec, d in zip(v3.layers, dense, strict=True)
+        ),
+        moe_out_norm=True,
+        weights=dataclasses.replace(v3.weights, rename=(*v3.weights.rename, ("mlp_out_norm", "post_mlp_layernorm"))),
     )
 
 
