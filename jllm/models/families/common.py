@@ -104,13 +104,15 @@ def per_type_ropes(cfg: dict[str, Any], head_dim: int, default: dict[str, dict[s
     return {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING) if kind in params}
 
 
-def dense_layers(cfg: dict[str, Any], default: list[str], family: str) -> list[bool]:
-    """Which layers have a dense MLP in place of the mixture: ``mlp_layer_types`` ("dense" / "sparse"), else
-    ``default``; another kind refused by name."""
-    kinds = cfg.get("mlp_layer_types") or default
+def dense_mlps(layers: tuple[LayerSpec, ...], kinds: list[str], width: int, family: str) -> tuple[LayerSpec, ...]:
+    """A mixture of experts' ``layers`` with a dense MLP of ``width`` where ``kinds`` (one per layer: transformers'
+    ``mlp_layer_types``, or the family's rule) says "dense"; a kind other than "dense" and "sparse" refused by name."""
     if not set(kinds) <= {"dense", "sparse"}:
         raise ValueError(f"{family} mlp_layer_types={kinds!r} is not supported (supported: 'dense', 'sparse')")
-    return [kind == "dense" for kind in kinds]
+    return tuple(
+        dataclasses.replace(spec, dense_mlp_size=width if kind == "dense" else None)
+        for spec, kind in zip(layers, kinds, strict=True)
+    )
 
 
 def typed_layers(cfg: dict[str, Any], ropes: dict[str, Rope | None], default: list[str]) -> tuple[LayerSpec, ...]:

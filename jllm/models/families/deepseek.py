@@ -17,7 +17,7 @@ from jllm.models.families.common import (
     SLIDING,
     activation,
     base_args,
-    dense_layers,
+    dense_mlps,
     read_rope,
     typed_layers,
 )
@@ -102,15 +102,11 @@ def axk1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     n = cfg["num_hidden_layers"]
     cfg = {"n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, **cfg}
     first, freq = cfg["first_k_dense_replace"], cfg.get("moe_layer_freq") or 1
-    default = ["sparse" if i >= first and i % freq == 0 else "dense" for i in range(n)]
-    dense = dense_layers(cfg, default, "A.X-K1")
+    kinds = cfg.get("mlp_layer_types") or ["sparse" if i >= first and i % freq == 0 else "dense" for i in range(n)]
     v3 = deepseek_v3(cfg, dtype)
     return dataclasses.replace(
         v3,
-        layers=tuple(
-            dataclasses.replace(spec, dense_mlp_size=cfg["intermediate_size"] if d else None)
-            for spec, d in zip(v3.layers, dense, strict=True)
-        ),
+        layers=dense_mlps(v3.layers, kinds, cfg["intermediate_size"], "A.X-K1"),
         moe_out_norm=True,
         weights=dataclasses.replace(v3.weights, rename=(*v3.weights.rename, ("mlp_out_norm", "post_mlp_layernorm"))),
     )

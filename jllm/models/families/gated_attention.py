@@ -7,7 +7,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from jllm.models.families.common import (
@@ -15,7 +14,7 @@ from jllm.models.families.common import (
     SLIDING,
     activation,
     base_args,
-    dense_layers,
+    dense_mlps,
     per_type_ropes,
     read_rope,
     typed_layers,
@@ -46,7 +45,7 @@ def afmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     base = base_args(cfg, dtype)
     rope = read_rope(cfg, base["head_dim"])
     layers = typed_layers(cfg, {SLIDING: rope, FULL: None}, [SLIDING if (i + 1) % every else FULL for i in range(n)])
-    dense = cfg.get("num_dense_layers", 1)
+    kinds = ["dense" if i < cfg.get("num_dense_layers", 1) else "sparse" for i in range(n)]
     moe_width = cfg.get("moe_intermediate_size", 1408)
     bias = bool(cfg.get("attention_bias", False))
     rename = (
@@ -59,10 +58,7 @@ def afmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
     return ModelArgs(
         **{**base, "intermediate_size": moe_width},
-        layers=tuple(
-            dataclasses.replace(spec, dense_mlp_size=base["intermediate_size"] if i < dense else None)
-            for i, spec in enumerate(layers)
-        ),
+        layers=dense_mlps(layers, kinds, base["intermediate_size"], "AFMoE"),
         qk_norm=True,
         sandwich_norms=True,
         qkv_bias=bias,
@@ -110,7 +106,7 @@ def laguna(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     _check_top_k("Laguna", top_k, experts, "num_experts")
     base = base_args(cfg, dtype)
     layers = typed_layers(cfg, per_type_ropes(cfg, base["head_dim"], LAGUNA_ROPE), [FULL] * n)
-    dense = dense_layers(cfg, ["dense"] + ["sparse"] * (n - 1), "Laguna")
+    kinds = cfg.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
     moe_width = cfg.get("moe_intermediate_size", 512)
     bias = bool(cfg.get("attention_bias", False))
     rename = (
@@ -120,10 +116,7 @@ def laguna(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
     return ModelArgs(
         **{**base, "intermediate_size": moe_width},
-        layers=tuple(
-            dataclasses.replace(spec, dense_mlp_size=base["intermediate_size"] if d else None)
-            for spec, d in zip(layers, dense, strict=True)
-        ),
+        layers=dense_mlps(layers, kinds, base["intermediate_size"], "Laguna"),
         qk_norm=True,
         qkv_bias=bias,
         o_bias=bias,

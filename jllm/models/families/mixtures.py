@@ -15,7 +15,7 @@ from jllm.models.families.common import (
     SLIDING,
     activation,
     base_args,
-    dense_layers,
+    dense_mlps,
     layer_windows,
     read_rope,
     uniform,
@@ -282,7 +282,7 @@ def hy_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     experts, top_k = cfg.get("num_experts") or cfg.get("num_local_experts") or 192, cfg.get("num_experts_per_tok", 8)
     _check_top_k("Hy3", top_k, experts, "num_experts")
     base, layers = uniform(cfg, dtype, FULL)
-    dense = dense_layers(cfg, ["dense"] + ["sparse"] * (n - 1), "Hy3")
+    kinds = cfg.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
     moe_width = cfg.get("moe_intermediate_size", 1536)
     bias = bool(cfg.get("attention_bias", False))
     rename = (
@@ -293,10 +293,7 @@ def hy_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
     return ModelArgs(
         **{**base, "intermediate_size": moe_width},
-        layers=tuple(
-            dataclasses.replace(spec, dense_mlp_size=base["intermediate_size"] if d else None)
-            for spec, d in zip(layers, dense, strict=True)
-        ),
+        layers=dense_mlps(layers, kinds, base["intermediate_size"], "Hy3"),
         qk_norm=True,
         qkv_bias=bias,
         o_bias=bias,

@@ -9,7 +9,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from jllm.models.families.common import (
@@ -17,7 +16,7 @@ from jllm.models.families.common import (
     SLIDING,
     activation,
     base_args,
-    dense_layers,
+    dense_mlps,
     per_type_ropes,
     read_rope,
     typed_layers,
@@ -82,14 +81,11 @@ def mellum(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     experts, top_k = _experts(cfg, "Mellum", 64, 8)
     base = base_args(cfg, dtype)
     layers = typed_layers(cfg, per_type_ropes(cfg, base["head_dim"], MELLUM_ROPE), [FULL] * n)
-    dense = dense_layers(cfg, ["sparse"] * n, "Mellum")
+    kinds = cfg.get("mlp_layer_types") or ["sparse"] * n
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **{**base, "intermediate_size": cfg.get("moe_intermediate_size", 896)},
-        layers=tuple(
-            dataclasses.replace(spec, dense_mlp_size=base["intermediate_size"] if d else None)
-            for spec, d in zip(layers, dense, strict=True)
-        ),
+        layers=dense_mlps(layers, kinds, base["intermediate_size"], "Mellum"),
         qk_norm=True,
         qkv_bias=bias,
         o_bias=bias,
@@ -121,6 +117,7 @@ def flint(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     experts, top_k = _experts(cfg, "Flint", 256, 6)
     step, dense = cfg.get("decoder_sparse_step", 1), cfg.get("mlp_only_layers")
     dense = [0, 1] if dense is None else dense
+    kinds = ["dense" if i in dense or (i + 1) % step else "sparse" for i in range(n)]
     base = base_args(cfg, dtype)
     rope = read_rope(cfg, base["head_dim"])
     default = [FULL if i < 2 or i % 4 == 1 or i == n - 1 else SLIDING for i in range(n)]
@@ -128,12 +125,7 @@ def flint(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **{**base, "intermediate_size": cfg.get("moe_intermediate_size", 512)},
-        layers=tuple(
-            dataclasses.replace(
-                spec, dense_mlp_size=base["intermediate_size"] if i in dense or (i + 1) % step else None
-            )
-            for i, spec in enumerate(layers)
-        ),
+        layers=dense_mlps(layers, kinds, base["intermediate_size"], "Flint"),
         qk_norm=True,
         qkv_bias=bias,
         o_bias=bias,
