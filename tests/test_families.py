@@ -723,8 +723,17 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # a mixture of attention heads (each token's queries from 2 of 4 query experts over 2 shared KV heads) and of
+    # SwiGLU experts, each with an output bias; untied (tied, the random model repeats)
+    "jetmoe": (
+        "JetMoeForCausalLM",
+        None,
+        dict(num_local_experts=4, num_experts_per_tok=2, kv_channels=16, head_dim=None, tie_word_embeddings=False),
+        [],
+    ),
 }
 MIXTURES = (
+    "jetmoe",
     "axk1",
     "hy_v3",
     "flint",

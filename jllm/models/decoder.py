@@ -22,6 +22,7 @@ from jllm.attention import AttentionMetadata, paged_attention
 from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
+from jllm.models.moa import MixtureOfAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
 from jllm.parallel import KV_HEADS
 
@@ -125,7 +126,10 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         self.input_layernorm = args.make_norm() if args.pre_norms else None
-        self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
+        if args.attention_experts:
+            self.self_attn = MixtureOfAttention(args, spec)
+        else:
+            self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
         self.post_attention_layernorm = None if args.shared_input_norm or not args.pre_norms else args.make_norm()
         self.mlp = args.make_mlp(spec)

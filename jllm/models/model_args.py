@@ -133,6 +133,10 @@ class ModelArgs:
     router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
     mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
+    # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
+    # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
+    attention_experts: int = 0
+    moe_out_bias: bool = False  # a bias added to the mixture's output (JetMoE's)
     experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
     experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
     attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
@@ -212,6 +216,7 @@ class ModelArgs:
                 self.moe_routing,
                 bias=self.experts_bias,
                 glu=self.experts_glu,
+                out_bias=self.moe_out_bias,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 

@@ -197,7 +197,7 @@ class SparseMoE(nnx.Module):
     ``top_k`` and ``renormalize`` serve the softmax rules and the grouped router; ``router_eps`` is sparsemixer's
     jitter epsilon or the corrected softmax's floor on the weights' sum. gpt-oss's: ``bias`` on the router and each
     expert's projections, its ``glu``, and softmax over its k chosen logits (what renormalising the k of a softmax
-    over all of them is)."""
+    over all of them is). ``out_bias``: a bias on the sum of the experts' outputs (JetMoE's)."""
 
     def __init__(
         self,
@@ -215,6 +215,7 @@ class SparseMoE(nnx.Module):
         grouped: GroupedRouting | None = None,
         bias: bool = False,
         glu: ClampedSwiGLU | None = None,
+        out_bias: bool = False,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -229,6 +230,7 @@ class SparseMoE(nnx.Module):
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
         )
         self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu)
+        self.output_bias = param((dim,), dtype, ("embed",)) if out_bias else None
         self.shared_expert = MLP(dim, shared_hidden, dtype, act) if shared_hidden else None
         gated = shared_hidden and shared_gated
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if gated else None
@@ -267,6 +269,8 @@ class SparseMoE(nnx.Module):
         else:
             out = self.experts(x[token], group_sizes) * row_weights
         y = jnp.zeros_like(x).at[token].add(out)
+        if self.output_bias is not None:
+            y = y + self.output_bias[...]
         if self.shared_expert is None:
             return y
         if self.shared_expert_gate is None:

@@ -22,6 +22,7 @@ from jllm.models.families import (
     gemma,
     gpt_oss,
     gpt_variants,
+    jetmoe,
     layer_norm,
     llama,
     mixtures,
@@ -115,6 +116,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "FlintForCausalLM": sliding_moe.flint,
     "HYV3ForCausalLM": mixtures.hy_v3,
     "AXK1ForCausalLM": deepseek.axk1,
+    "JetMoeForCausalLM": jetmoe.jetmoe,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
