@@ -1324,6 +1324,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("LagunaForCausalLM", {"num_attention_heads_per_layer": [4, 8]}, "num_attention_heads_per_layer=\\[4, 8\\]"),
         ("LagunaForCausalLM", {"moe_router_logit_softcapping": 30.0}, "moe_router_logit_softcapping=30.0 is not"),
+        ("HYV3ForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2, "mlp_bias": True}, "Hy3 mlp_bias=True is not"),
+        ("JetMoeForCausalLM", {"num_local_experts": 4, "rms_norm_eps": 1e-5}, "JetMoE rms_norm_eps=1e-05 is not"),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):
