@@ -9,7 +9,8 @@ heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual
 MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
 too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
 embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query
-temperature, and the checkpoint's tensor names.
+temperature, and the checkpoint's tensor names; and JetMoE's mixture of attention heads (``jllm.models.moa``) in
+place of the attention, A.X-K1's norm on a mixture's output.
 
 Where this module sits: docs/architecture.md.
 """
