@@ -733,14 +733,6 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
 }
 MIXTURES = (
-    "jetmoe",
-    "axk1",
-    "hy_v3",
-    "flint",
-    "kolibri1",
-    "mellum",
-    "laguna",
-    "afmoe",
     "dbrx",
     "glm4v_moe_image_text",
     "flex_olmo",
@@ -759,6 +751,14 @@ MIXTURES = (
     "deepseek_v3",
     "glm4_moe",
     "gpt_oss",
+    "afmoe",
+    "laguna",
+    "kolibri1",
+    "mellum",
+    "flint",
+    "hy_v3",
+    "axk1",
+    "jetmoe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
