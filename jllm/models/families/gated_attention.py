@@ -19,7 +19,7 @@ from jllm.models.families.common import (
     read_rope,
     typed_layers,
 )
-from jllm.models.families.mixtures import _check_top_k
+from jllm.models.families.mixtures import ROUTER_EXPERT_BIAS, _check_top_k
 from jllm.models.model_args import ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
 
@@ -53,8 +53,7 @@ def afmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         ("out_gate", "gate_proj"),
         ("experts", "experts.{e}"),
         ("shared_expert", "shared_experts"),
-        ("gate", "router.gate"),
-        ("mlp.gate.e_score_correction_bias", "mlp.expert_bias"),
+        *ROUTER_EXPERT_BIAS,
     )
     return ModelArgs(
         **{**base, "intermediate_size": moe_width},

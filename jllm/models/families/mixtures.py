@@ -269,6 +269,10 @@ def hunyuan_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+# AFMoE's and Hy3's router: its weight under ``router.gate``, its choice bias beside it in the block as ``expert_bias``
+ROUTER_EXPERT_BIAS = (("gate", "router.gate"), ("mlp.gate.e_score_correction_bias", "mlp.expert_bias"))
+
+
 def hy_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Hy3 (Tencent HYV3): Apertus' attention (per-head q/k RMSNorms before the rotary); dense SwiGLUs where
     ``mlp_layer_types`` says "dense" (the first layer by default), else ``num_experts`` SwiGLUs chosen by a float32
@@ -288,8 +292,7 @@ def hy_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     rename = (
         ("experts", "experts.{e}"),
         ("shared_expert", "shared_mlp"),
-        ("gate", "router.gate"),
-        ("mlp.gate.e_score_correction_bias", "mlp.expert_bias"),
+        *ROUTER_EXPERT_BIAS,
     )
     return ModelArgs(
         **{**base, "intermediate_size": moe_width},
