@@ -584,6 +584,25 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Gemma 2 without the output norms: a sliding layer, a global one, both soft-caps
+    "vaultgemma": (
+        "VaultGemmaForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "ministral": (
+        "MinistralForCausalLM",
+        None,
+        dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -975,7 +994,10 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = set()
+LOGITS_ONLY: set[str] = {
+    "vaultgemma",
+    "ministral",
+}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 

@@ -105,6 +105,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MPTForCausalLM": alibi.mpt,  # the hub's MPT configs spell it so (MosaicML's own code)
     "XGLMForCausalLM": fairseq.xglm,
     "BioGptForCausalLM": fairseq.biogpt,
+    "VaultGemmaForCausalLM": gemma.vaultgemma,
+    "MinistralForCausalLM": llama.mistral,  # Mistral with per-layer sliding (layer_types), which the reader takes
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
