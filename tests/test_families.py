@@ -603,6 +603,47 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
         [],
     ),
+    # Llama's attention with V3's mixture and router in every layer
+    "solar_open": (
+        "SolarOpenForCausalLM",
+        None,
+        dict(
+            intermediate_size=None,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            attention_bias=True,
+        ),
+        [],
+    ),
+    # V3's latent attention (low-rank queries, YaRN with both mscales) with dense SwiGLUs
+    "youtu": (
+        "YoutuForCausalLM",
+        None,
+        dict(
+            kv_lora_rank=32,
+            q_lora_rank=24,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            head_dim=None,
+            num_key_value_heads=None,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -997,6 +1038,8 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 LOGITS_ONLY: set[str] = {
     "vaultgemma",
     "ministral",
+    "solar_open",
+    "youtu",
 }
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]

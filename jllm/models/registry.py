@@ -107,6 +107,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "BioGptForCausalLM": fairseq.biogpt,
     "VaultGemmaForCausalLM": gemma.vaultgemma,
     "MinistralForCausalLM": llama.mistral,  # Mistral with per-layer sliding (layer_types), which the reader takes
+    "SolarOpenForCausalLM": deepseek.solar_open,
+    "YoutuForCausalLM": deepseek.youtu,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
