@@ -603,6 +603,17 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
         [],
     ),
+    # CwmConfig's default layers (a global one, then a sliding one) and its llama3-scaled rope
+    "cwm": ("CwmForCausalLM", None, dict(sliding_window=WINDOW, rope_parameters=None, mlp_bias=True), []),
+    # LayerNorms, a biased squared-ReLU MLP, biases on q, k, v and o
+    "jais2": ("Jais2ForCausalLM", None, {}, []),
+    # Granite's multipliers, logits multiplied, RMSNorms on the blocks' outputs
+    "hyperclovax": (
+        "HyperCLOVAXForCausalLM",
+        None,
+        dict(embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=0.5, attention_bias=True),
+        [],
+    ),
     # Llama's attention with V3's mixture and router in every layer
     "solar_open": (
         "SolarOpenForCausalLM",
@@ -620,6 +631,14 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Granite with sinks: a global layer without rotary, a sliding one with it
+    "granite_swa": (
+        "GraniteSWAForCausalLM",
+        None,
+        dict(**GRANITE_MULTIPLIERS, sliding_window=WINDOW, layer_rope_theta=[0, 1e4], tie_word_embeddings=False),
+        [],
+    ),
+    "apertus1p5": ("Apertus1p5TextForCausalLM", None, {}, []),
     # V3's latent attention (low-rank queries, YaRN with both mscales) with dense SwiGLUs
     "youtu": (
         "YoutuForCausalLM",
@@ -1038,7 +1057,12 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 LOGITS_ONLY: set[str] = {
     "vaultgemma",
     "ministral",
+    "cwm",
+    "jais2",
+    "hyperclovax",
     "solar_open",
+    "granite_swa",
+    "apertus1p5",
     "youtu",
 }
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
@@ -1226,6 +1250,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "DeepseekV3ForCausalLM",
             {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
             r"weight_block_size=\[128, 128\].*not supported",
+        ),
+        (
+            "Apertus1p5TextForCausalLM",
+            {"output_vocab_size": 100},
+            "Apertus 1.5 output_vocab_size=100 is not supported.*vocab_size=160",
         ),
     ],
 )

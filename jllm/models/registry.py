@@ -23,6 +23,7 @@ from jllm.models.families import (
     gpt_variants,
     layer_norm,
     llama,
+    llama_variants,
     mixtures,
     multimodal,
     relu_mlp,
@@ -107,7 +108,12 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "BioGptForCausalLM": fairseq.biogpt,
     "VaultGemmaForCausalLM": gemma.vaultgemma,
     "MinistralForCausalLM": llama.mistral,  # Mistral with per-layer sliding (layer_types), which the reader takes
+    "CwmForCausalLM": llama_variants.cwm,
+    "Jais2ForCausalLM": llama_variants.jais2,
+    "HyperCLOVAXForCausalLM": llama_variants.hyperclovax,
     "SolarOpenForCausalLM": deepseek.solar_open,
+    "GraniteSWAForCausalLM": llama_variants.granite_swa,
+    "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
     "YoutuForCausalLM": deepseek.youtu,
 }
 
