@@ -605,6 +605,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
     # CwmConfig's default layers (a global one, then a sliding one) and its llama3-scaled rope
     "cwm": ("CwmForCausalLM", None, dict(sliding_window=WINDOW, rope_parameters=None, mlp_bias=True), []),
+    # weightless RMSNorms (the embeddings' too), the rotary turned the other way, q/k norms after it, soft-capped logits
+    "nanochat": ("NanoChatForCausalLM", None, {}, []),
     # LayerNorms, a biased squared-ReLU MLP, biases on q, k, v and o
     "jais2": ("Jais2ForCausalLM", None, {}, []),
     # Granite's multipliers, logits multiplied, RMSNorms on the blocks' outputs

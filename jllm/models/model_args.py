@@ -30,9 +30,9 @@ from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
-# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or
-# weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
-NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
+# Llama's RMSNorm, Gemma's ``1 + w`` one, one without a weight (NanoChat); LayerNorm with weight and bias, weight only
+# (Cohere), neither (OLMo 1), or weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
+NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
 # the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
 CODEGEN_SHARDS = 4
 
@@ -215,7 +215,7 @@ class ModelArgs:
             affine, offset = kind != "layer_no_affine", kind == "layer_unit_offset"
             bias = kind in ("layer", "layer_unit_offset")
             return LayerNorm(dim, self.norm_eps, self.dtype, affine, bias, heads, unit_offset=offset)
-        return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=kind == "rms_unit_offset")
+        return RMSNorm(dim, self.norm_eps, self.dtype, kind == "rms_unit_offset", weight=kind != "rms_no_affine")
 
     def make_qk_norms(self) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
         """The q and k norms: over each head's ``head_dim`` channels with one weight for all heads (Qwen3, Gemma 3)

@@ -109,6 +109,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "VaultGemmaForCausalLM": gemma.vaultgemma,
     "MinistralForCausalLM": llama.mistral,  # Mistral with per-layer sliding (layer_types), which the reader takes
     "CwmForCausalLM": llama_variants.cwm,
+    "NanoChatForCausalLM": llama_variants.nanochat,
     "Jais2ForCausalLM": llama_variants.jais2,
     "HyperCLOVAXForCausalLM": llama_variants.hyperclovax,
     "SolarOpenForCausalLM": deepseek.solar_open,

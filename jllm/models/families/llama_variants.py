@@ -1,6 +1,7 @@
-"""Llama's layout under newer names, each with a twist the decoder already runs: CWM (sliding layers, three of four),
-Jais 2 (LayerNorms, a plain squared-ReLU MLP), HyperCLOVA X (Granite's multipliers with norms on the blocks' outputs,
-logits multiplied), Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none),
+"""Llama's layout under newer names, each with a twist the decoder runs: CWM (sliding layers, three of four), Jais 2
+(LayerNorms, a plain squared-ReLU MLP), NanoChat (weightless RMSNorms, the rotary turned the other way, q/k norms after
+it, a soft-capped head), HyperCLOVA X (Granite's multipliers with norms on the blocks' outputs, logits multiplied),
+Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none),
 Apertus 1.5's text model (Apertus).
 
 Where this module sits: docs/architecture.md.
@@ -62,6 +63,28 @@ def jais2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mlp_bias=bool(cfg.get("mlp_bias", True)),
         mlp_gated=False,
         mlp_act=activation(cfg, "hidden_act", "relu2", "Jais 2"),
+    )
+
+
+def nanochat(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """NanoChat (Karpathy's): RMSNorms without weights, on the embeddings too; the rotary turned by minus the angle
+    (its ``rotate_half`` flips the halves' signs), then a weightless RMSNorm on each query and key head; a plain
+    squared-ReLU MLP (``fc1``, ``fc2``); logits soft-capped at ``final_logit_softcapping`` (15 by default)."""
+    cfg = {"max_position_embeddings": 2048, **cfg}
+    base = base_args(cfg, dtype)
+    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), negated=True)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(rope, qk_l2_norm=True),) * base["num_layers"],
+        norm="rms_no_affine",
+        embed_norm=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "relu2", "NanoChat"),
+        final_softcap=cfg.get("final_logit_softcapping", 15.0),
+        weights=WeightMap(rename=(("up_proj", "fc1"), ("down_proj", "fc2"))),
     )
 
 
