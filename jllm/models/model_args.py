@@ -8,8 +8,8 @@ heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual
 (OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP),
 MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
 too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
-embeddings, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, and the checkpoint's
-tensor names.
+embeddings, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, an LM head over the first
+ids only, and the checkpoint's tensor names.
 
 Where this module sits: docs/architecture.md.
 """
@@ -146,6 +146,9 @@ class ModelArgs:
     attention_chunk_size: int | None = None
     final_softcap: float | None = None
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
+    # an untied LM head over the first this many ids only (Apertus 1.5's pruned ``output_vocab_size``): the other ids'
+    # logits are -inf, tokens the model never produces; None: the whole vocabulary
+    head_vocab_size: int | None = None
     # a sequence classifier (``*ForSequenceClassification``): a bias-free ``score`` head of this many labels in place
     # of the LM head (``jllm.classify``); None: a causal LM
     num_labels: int | None = None

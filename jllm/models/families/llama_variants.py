@@ -129,13 +129,15 @@ def granite_swa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def apertus1p5_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Apertus 1.5's text model: Apertus over a vocabulary extended by visual and audio codes. An LM head pruned to
-    the first ``output_vocab_size`` ids (logits narrower than the vocabulary) is refused."""
+    """Apertus 1.5's text model: Apertus over a vocabulary extended by visual and audio codes, its untied LM head
+    pruned to the first ``output_vocab_size`` ids where set (the released checkpoints'): the others' logits are -inf,
+    as transformers never produces them."""
     cfg = {"vocab_size": 266_752, **cfg}
     rows = cfg.get("output_vocab_size")
-    if rows is not None and rows != cfg["vocab_size"]:
+    if rows is not None and (cfg.get("tie_word_embeddings") or not 0 < rows <= cfg["vocab_size"]):
         raise ValueError(
-            f"Apertus 1.5 output_vocab_size={rows} is not supported (supported: null or vocab_size="
-            f"{cfg['vocab_size']}, an LM head over the whole vocabulary)"
+            f"Apertus 1.5 output_vocab_size={rows} is not supported with tie_word_embeddings="
+            f"{cfg.get('tie_word_embeddings')} (supported: null, or 1 to vocab_size={cfg['vocab_size']} rows of an "
+            "untied head)"
         )
-    return apertus(cfg, dtype)
+    return dataclasses.replace(apertus(cfg, dtype), head_vocab_size=rows if rows != cfg["vocab_size"] else None)
