@@ -1256,6 +1256,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             r"weight_block_size=\[128, 128\].*not supported",
         ),
         (
+            "GraniteSWAForCausalLM",
+            {"layer_rope_theta": [1e4]},
+            r"Granite SWA layer_rope_theta=\[10000.0\] is not supported.*num_hidden_layers=2 entries",
+        ),
+        (
             "Apertus1p5TextForCausalLM",
             {"output_vocab_size": 100, "tie_word_embeddings": True},
             "Apertus 1.5 output_vocab_size=100 is not supported with tie_word_embeddings=True",

@@ -117,6 +117,11 @@ def granite_swa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     default_theta = params.get("rope_theta") or cfg.get("rope_theta") or 10000.0
     thetas = cfg.get("layer_rope_theta") or [default_theta] * n
     kinds = cfg.get("layer_types") or [FULL if i % 4 == 0 else SLIDING for i in range(n)]
+    for key, values in (("layer_rope_theta", thetas), ("layer_types", kinds)):
+        if len(values) != n:
+            raise ValueError(
+                f"Granite SWA {key}={values!r} is not supported (supported: num_hidden_layers={n} entries)"
+            )
     window = cfg["sliding_window"]
     layers = tuple(
         LayerSpec(
