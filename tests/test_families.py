@@ -584,6 +584,88 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Gemma 2 without the output norms: a sliding layer, a global one, both soft-caps
+    "vaultgemma": (
+        "VaultGemmaForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "ministral": (
+        "MinistralForCausalLM",
+        None,
+        dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+        [],
+    ),
+    # CwmConfig's default layers (a global one, then a sliding one) and its llama3-scaled rope
+    "cwm": ("CwmForCausalLM", None, dict(sliding_window=WINDOW, rope_parameters=None, mlp_bias=True), []),
+    # weightless RMSNorms (the embeddings' too), the rotary turned the other way, q/k norms after it, soft-capped logits
+    "nanochat": ("NanoChatForCausalLM", None, {}, []),
+    # LayerNorms, a biased squared-ReLU MLP, biases on q, k, v and o
+    "jais2": ("Jais2ForCausalLM", None, {}, []),
+    # Granite's multipliers, logits multiplied, RMSNorms on the blocks' outputs
+    "hyperclovax": (
+        "HyperCLOVAXForCausalLM",
+        None,
+        dict(embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=0.5, attention_bias=True),
+        [],
+    ),
+    # Llama's attention with V3's mixture and router in every layer
+    "solar_open": (
+        "SolarOpenForCausalLM",
+        None,
+        dict(
+            intermediate_size=None,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            attention_bias=True,
+        ),
+        [],
+    ),
+    # Granite with sinks: a global layer without rotary, a sliding one with it
+    "granite_swa": (
+        "GraniteSWAForCausalLM",
+        None,
+        dict(**GRANITE_MULTIPLIERS, sliding_window=WINDOW, layer_rope_theta=[0, 1e4], tie_word_embeddings=False),
+        [],
+    ),
+    # Apertus with its LM head pruned to the first ids (output_vocab_size): the others' logits -inf, never sampled
+    "apertus1p5": ("Apertus1p5TextForCausalLM", None, dict(output_vocab_size=32768, tie_word_embeddings=False), []),
+    # V3's latent attention (low-rank queries, YaRN with both mscales) with dense SwiGLUs
+    "youtu": (
+        "YoutuForCausalLM",
+        None,
+        dict(
+            kv_lora_rank=32,
+            q_lora_rank=24,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            head_dim=None,
+            num_key_value_heads=None,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -752,6 +834,8 @@ def test_logits_match_transformers(family_dirs, name):
     ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
     expected = hf_logits(model_dir, ids)
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    got, pruned = got[:, : expected.shape[1]], got[:, expected.shape[1] :]  # ids past a pruned LM head (Apertus 1.5)
+    assert np.all(pruned == -np.inf), "ids past a pruned LM head must never be produced"
     assert relative_error(got, expected) < LOGITS_RTOL
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
@@ -975,7 +1059,16 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = set()
+LOGITS_ONLY: set[str] = {
+    "vaultgemma",
+    "ministral",
+    "cwm",
+    "jais2",
+    "hyperclovax",
+    "solar_open",
+    "granite_swa",
+    "youtu",
+}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1161,6 +1254,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "DeepseekV3ForCausalLM",
             {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
             r"weight_block_size=\[128, 128\].*not supported",
+        ),
+        (
+            "GraniteSWAForCausalLM",
+            {"layer_rope_theta": [1e4]},
+            r"Granite SWA layer_rope_theta=\[10000.0\] is not supported.*num_hidden_layers=2 entries",
+        ),
+        (
+            "Apertus1p5TextForCausalLM",
+            {"output_vocab_size": 100, "tie_word_embeddings": True},
+            "Apertus 1.5 output_vocab_size=100 is not supported with tie_word_embeddings=True",
         ),
     ],
 )

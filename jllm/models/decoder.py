@@ -189,7 +189,13 @@ class CausalLM(nnx.Module):
         self.lm_head = (
             None
             if args.tie_word_embeddings or args.num_labels is not None
-            else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype, bias=args.lm_head_bias)
+            else Linear(
+                args.hidden_size,
+                args.head_vocab_size or args.vocab_size,
+                ("embed", "vocab"),
+                args.dtype,
+                bias=args.lm_head_bias,
+            )
         )
         self.score = (
             None if args.num_labels is None else Linear(args.hidden_size, args.num_labels, (None, None), args.dtype)
@@ -247,7 +253,8 @@ class CausalLM(nnx.Module):
 
     def logits_head(self) -> LogitsHead:
         """A view of the parameters logits need (shared, not copied)."""
-        return LogitsHead(self.embed_tokens, self.lm_head, self.args.logits_divisor, self.args.final_softcap)
+        a = self.args
+        return LogitsHead(self.embed_tokens, self.lm_head, a.logits_divisor, a.final_softcap, a.vocab_size)
 
 
 class LogitsHead(nnx.Module):
@@ -262,11 +269,13 @@ class LogitsHead(nnx.Module):
         lm_head: Linear | None,
         logits_divisor: float | None = None,
         final_softcap: float | None = None,
+        vocab_size: int | None = None,
     ):
         self.embed_tokens = embed_tokens if lm_head is None else None
         self.lm_head = lm_head
         self.logits_divisor = logits_divisor
         self.final_softcap = final_softcap
+        self.vocab_size = vocab_size  # the logits' width: a pruned head's (``ModelArgs.head_vocab_size``) padded to it
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits."""
@@ -275,4 +284,6 @@ class LogitsHead(nnx.Module):
         if self.logits_divisor is not None:
             logits = logits / self.logits_divisor
         cap = self.final_softcap
-        return logits if cap is None else cap * jnp.tanh(logits / cap)
+        logits = logits if cap is None else cap * jnp.tanh(logits / cap)
+        pruned = (self.vocab_size or logits.shape[-1]) - logits.shape[-1]  # ids past a pruned head: never produced
+        return logits if not pruned else jnp.pad(logits, ((0, 0), (0, pruned)), constant_values=-jnp.inf)

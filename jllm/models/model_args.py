@@ -8,8 +8,8 @@ heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual
 (OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP),
 MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
 too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
-embeddings, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, and the checkpoint's
-tensor names.
+embeddings, per-layer sliding windows, Llama 4's per-layer q/k norms and query temperature, an LM head over the first
+ids only, and the checkpoint's tensor names.
 
 Where this module sits: docs/architecture.md.
 """
@@ -30,9 +30,9 @@ from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
-# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or
-# weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
-NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
+# Llama's RMSNorm, Gemma's ``1 + w`` one, one without a weight (NanoChat); LayerNorm with weight and bias, weight only
+# (Cohere), neither (OLMo 1), or weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
+NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
 # the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
 CODEGEN_SHARDS = 4
 
@@ -146,6 +146,9 @@ class ModelArgs:
     attention_chunk_size: int | None = None
     final_softcap: float | None = None
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
+    # an untied LM head over the first this many ids only (Apertus 1.5's pruned ``output_vocab_size``): the other ids'
+    # logits are -inf, tokens the model never produces; None: the whole vocabulary
+    head_vocab_size: int | None = None
     # a sequence classifier (``*ForSequenceClassification``): a bias-free ``score`` head of this many labels in place
     # of the LM head (``jllm.classify``); None: a causal LM
     num_labels: int | None = None
@@ -215,7 +218,7 @@ class ModelArgs:
             affine, offset = kind != "layer_no_affine", kind == "layer_unit_offset"
             bias = kind in ("layer", "layer_unit_offset")
             return LayerNorm(dim, self.norm_eps, self.dtype, affine, bias, heads, unit_offset=offset)
-        return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=kind == "rms_unit_offset")
+        return RMSNorm(dim, self.norm_eps, self.dtype, kind == "rms_unit_offset", weight=kind != "rms_no_affine")
 
     def make_qk_norms(self) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
         """The q and k norms: over each head's ``head_dim`` channels with one weight for all heads (Qwen3, Gemma 3)

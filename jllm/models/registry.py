@@ -23,6 +23,7 @@ from jllm.models.families import (
     gpt_variants,
     layer_norm,
     llama,
+    llama_variants,
     mixtures,
     multimodal,
     relu_mlp,
@@ -105,6 +106,16 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MPTForCausalLM": alibi.mpt,  # the hub's MPT configs spell it so (MosaicML's own code)
     "XGLMForCausalLM": fairseq.xglm,
     "BioGptForCausalLM": fairseq.biogpt,
+    "VaultGemmaForCausalLM": gemma.vaultgemma,
+    "MinistralForCausalLM": llama.mistral,  # Mistral with per-layer sliding (layer_types), which the reader takes
+    "CwmForCausalLM": llama_variants.cwm,
+    "NanoChatForCausalLM": llama_variants.nanochat,
+    "Jais2ForCausalLM": llama_variants.jais2,
+    "HyperCLOVAXForCausalLM": llama_variants.hyperclovax,
+    "SolarOpenForCausalLM": deepseek.solar_open,
+    "GraniteSWAForCausalLM": llama_variants.granite_swa,
+    "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
+    "YoutuForCausalLM": deepseek.youtu,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

@@ -1,7 +1,8 @@
 """DeepSeek-V2 (V2-Lite, V2.5) and DeepSeek-V3 (R1, Kimi-K2, Moonlight): multi-head latent attention
 (``jllm.models.mla``) with interleaved rotary pairs, and a mixture of SwiGLU experts with plain shared experts behind
 DeepSeek's group-limited router (``jllm.models.moe.grouped_top_k``), dense MLPs in the first layers. GLM-4.5 / 4.6
-(``Glm4MoeForCausalLM``) and dots.llm1 (``Dots1ForCausalLM``) are V3's mixture on grouped-query attention.
+(``Glm4MoeForCausalLM``), dots.llm1 (``Dots1ForCausalLM``) and Solar Open are V3's mixture on grouped-query attention;
+Youtu-LLM is V3's latent attention with dense MLPs.
 
 Where this module sits: docs/architecture.md.
 """
@@ -15,7 +16,7 @@ from jllm.models.families.common import FULL, SLIDING, activation, base_args, re
 from jllm.models.mla import MLASpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
-from jllm.models.rope import yarn_mscale
+from jllm.models.rope import Rope, yarn_mscale
 
 
 def deepseek_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -86,6 +87,46 @@ def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def solar_open(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Solar Open (Upstage): Llama's attention (q/k/v biases where ``attention_bias``, none on o_proj) with V3's
+    mixture and router in every layer (GLM-4.5's, without its dense first layers); SolarOpenConfig's defaults for
+    the keys a config leaves out."""
+    defaults = dict(
+        rms_norm_eps=1e-5,
+        head_dim=128,
+        max_position_embeddings=131_072,
+        rope_theta=1e6,
+        moe_intermediate_size=1280,
+        n_routed_experts=128,
+        num_experts_per_tok=8,
+        n_shared_experts=1,
+    )
+    cfg = {**defaults, **cfg}
+    cfg = {**cfg, "intermediate_size": cfg["moe_intermediate_size"], "first_k_dense_replace": 0}
+    base = base_args(cfg, dtype)
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize = bool(cfg.get("norm_topk_prob", True))
+    mixture, _ = _mixture(cfg, base["num_layers"], "Solar Open", "sigmoid", groups, renormalize)
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(read_rope(cfg, base["head_dim"])),) * base["num_layers"],
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        **mixture,
+    )
+
+
+def youtu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Youtu-LLM (Tencent): V3's latent attention (rotary pairs interleaved where ``rope_interleave``, the default)
+    with a dense SwiGLU in every layer and a tied head by default."""
+    cfg = {"tie_word_embeddings": True, "max_position_embeddings": 131_072, **cfg}
+    settings, rope = _latent_attention(cfg, dtype, bool(cfg.get("rope_interleave", True)))
+    return ModelArgs(
+        **settings,
+        layers=(LayerSpec(rope),) * settings["num_layers"],
+        mlp_act=activation(cfg, "hidden_act", "silu", "Youtu"),
+    )
+
+
 def _require(cfg: dict[str, Any], family: str, key: str, supported: str) -> None:
     """Refuses a config value other than the one transformers implements for the family (absent is that one)."""
     value = cfg.get(key)
@@ -103,6 +144,18 @@ def _deepseek(
     interleaved: bool,
 ) -> ModelArgs:
     """What V2 and V3 share: the latent attention, its softmax scale, and the mixture."""
+    settings, rope = _latent_attention(cfg, dtype, interleaved)
+    mixture, dense = _mixture(cfg, settings["num_layers"], family, scoring, groups, renormalize)
+    return ModelArgs(
+        **{**settings, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+        **mixture,
+    )
+
+
+def _latent_attention(cfg: dict[str, Any], dtype: Any, interleaved: bool) -> tuple[dict[str, Any], Rope]:
+    """The base settings with the latent attention's (its one KV head, its softmax scale, its biases) and the rope
+    of its rotary channels."""
     mla = MLASpec(
         kv_lora_rank=cfg["kv_lora_rank"],
         qk_nope_head_dim=cfg["qk_nope_head_dim"],
@@ -110,20 +163,19 @@ def _deepseek(
         v_head_dim=cfg["v_head_dim"],
         q_lora_rank=cfg.get("q_lora_rank"),
     )
-    base = base_args(cfg, dtype)
     rope = dataclasses.replace(read_rope(cfg, mla.qk_rope_head_dim), interleaved=interleaved)
-    mixture, dense = _mixture(cfg, base["num_layers"], family, scoring, groups, renormalize)
     qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
     attention_bias = bool(cfg.get("attention_bias", False))
-    return ModelArgs(
-        **{**base, "num_kv_heads": 1, "head_dim": qk_head_dim, "intermediate_size": cfg["moe_intermediate_size"]},
-        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+    settings = dict(
+        base_args(cfg, dtype),
+        num_kv_heads=1,
+        head_dim=qk_head_dim,
         mla=mla,
         sm_scale=qk_head_dim**-0.5 * _mscale_squared(cfg),
         qkv_bias=attention_bias,
         o_bias=attention_bias,
-        **mixture,
     )
+    return settings, rope
 
 
 def _mixture(
