@@ -41,8 +41,10 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]
     parents = _renamed(module_path[:-1], rename)
-    if weights.expert_params and module_path[-2:-1] == ["experts"]:  # Llama 4's bare [experts, in, out] tensors
-        return [prefix + ".".join([*parents, module])], False
+    if f"{module}.{leaf}" in rename:  # a parameter stored beside its module (MiniMax-M2's router bias on the MoE block)
+        return [prefix + ".".join([*parents, rename[f"{module}.{leaf}"]])], False
+    if weights.expert_params and module_path[-2:-1] == ["experts"]:  # bare [experts, in, out] or [experts, out, in]
+        return [prefix + ".".join([*parents, module])], weights.expert_params == "out_in" and leaf == "kernel"
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
     conv1d = weights.conv1d and module_path[0] != "lm_head"  # GPT-2's LM head is an nn.Linear
     return [prefix + ".".join([*parents, part, suffix]) for part in parts], leaf == "kernel" and not conv1d

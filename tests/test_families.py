@@ -584,6 +584,60 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # the rotary on half of each head (rotary_dim), RMSNorms over the whole q and k projections, top-2 of 8 experts by
+    # sigmoid plus a (random) choice bias stored on the MoE block
+    "minimax_m2": (
+        "MiniMaxM2ForCausalLM",
+        None,
+        dict(num_local_experts=8, num_experts_per_tok=2, rotary_dim=8),
+        [],
+    ),
+    # V3's latent attention and router; layer 0 dense, layer 1 a mixture (the default mlp_layer_types)
+    "glm4_moe_lite": (
+        "Glm4MoeLiteForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            q_lora_rank=24,
+            first_k_dense_replace=None,
+            routed_scaling_factor=2.5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [],
+    ),
+    # V3's latent attention, YaRN and Ministral 3's query scaling every 8 positions; a softmax router, no choice bias
+    "mistral4": (
+        "Mistral4ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            qk_nope_head_dim=8,
+            head_dim=16,
+            q_lora_rank=24,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=1.5,
+            rope_parameters=dict(MINISTRAL3_ROPE, partial_rotary_factor=0.5),
+        ),
+        [],
+    ),
+    # EXAONE 4's attention (a sliding layer with the rotary, a global one without) in pre-norm layers; layer 0 dense,
+    # layer 1 V3's mixture with a (random) choice bias stored on the MoE block
+    "exaone_moe": (
+        "ExaoneMoeForCausalLM",
+        None,
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            num_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            sliding_window=WINDOW,
+            sliding_window_pattern=2,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -604,6 +658,10 @@ MIXTURES = (
     "deepseek_v3",
     "glm4_moe",
     "gpt_oss",
+    "minimax_m2",
+    "glm4_moe_lite",
+    "mistral4",
+    "exaone_moe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -976,6 +1034,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
 LOGITS_ONLY: set[str] = set()
+LOGITS_ONLY |= {"minimax_m2", "glm4_moe_lite", "exaone_moe"}  # V3's router on OLMo 2's, DeepSeek's, EXAONE 4's layers
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1157,6 +1216,26 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("DeepseekV2ForCausalLM", {**DEEPSEEK_KEYS, "norm_topk_prob": True}, "V2 norm_topk_prob=True is not supported"),
         ("DeepseekV3ForCausalLM", {**DEEPSEEK_KEYS, "scoring_func": "softmax"}, "scoring_func='softmax'.*'sigmoid'"),
+        (
+            "Mistral4ForCausalLM",
+            {**DEEPSEEK_KEYS, "head_dim": 24, "n_group": 4, "topk_group": 2},
+            "Mistral 4 n_group=4 is not supported.*1",
+        ),
+        (
+            "Mistral4ForCausalLM",
+            {**DEEPSEEK_KEYS, "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.25}},
+            "Mistral 4 rotary width.*= 4 is not supported.*qk_rope_head_dim=8",
+        ),
+        (
+            "Glm4MoeLiteForCausalLM",
+            {**DEEPSEEK_KEYS, "mlp_layer_types": ["dense", "moe"]},
+            "GLM-4.7-Flash mlp_layer_types entry 'moe' is not supported",
+        ),
+        (
+            "ExaoneMoeForCausalLM",
+            {"num_experts": 4, "sliding_window_pattern": "LLLG"},
+            "sliding_window_pattern='LLLG' without layer_types",
+        ),
         (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
             "DeepseekV3ForCausalLM",
             {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},

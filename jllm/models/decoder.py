@@ -70,11 +70,7 @@ class Attention(nnx.Module):
             q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
-        if self.spec.attn_temperature is not None:
-            floor_scale, attn_scale = self.spec.attn_temperature
-            shifted = positions.astype(jnp.float32) + self.spec.attn_temperature_shift
-            scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
-            q = (q * scale[:, None, None]).astype(q.dtype)
+        q = self.spec.scale_queries(q, positions)
         out, kv_pages = paged_attention(
             q,
             k,

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -68,8 +69,10 @@ class WeightMap:
     conv1d: bool = (
         False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
     )
-    # the experts stored as bare parameters named as ours, ``[experts, in, out]`` (Llama 4's ``experts.gate_up_proj``)
-    expert_params: bool = False
+    # the experts stored as bare parameters named as ours: "in_out" ``[experts, in, out]`` (Llama 4's
+    # ``experts.gate_up_proj``), "out_in" ``[experts, out, in]`` (transformers 5's own stacked experts: Mistral 4's);
+    # None: not so
+    expert_params: str | None = None
     reader: Callable[..., Any] | None = None
 
 
@@ -87,6 +90,15 @@ class LayerSpec:
     # 4's attn_temperature_tuning on its layers without rotary; Ministral 3's llama_4_scaling_beta on every layer)
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
+
+    def scale_queries(self, q: jax.Array, positions: jax.Array) -> jax.Array:
+        """``q [T, heads, dim]`` times its position's ``attn_temperature`` factor, where the layer has one."""
+        if self.attn_temperature is None:
+            return q
+        floor_scale, attn_scale = self.attn_temperature
+        shifted = positions.astype(jnp.float32) + self.attn_temperature_shift
+        scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
+        return (q * scale[:, None, None]).astype(q.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

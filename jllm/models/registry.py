@@ -26,6 +26,7 @@ from jllm.models.families import (
     mixtures,
     multimodal,
     relu_mlp,
+    routed_moe,
 )
 from jllm.models.model_args import ModelArgs
 
@@ -105,6 +106,10 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MPTForCausalLM": alibi.mpt,  # the hub's MPT configs spell it so (MosaicML's own code)
     "XGLMForCausalLM": fairseq.xglm,
     "BioGptForCausalLM": fairseq.biogpt,
+    "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
+    "Glm4MoeLiteForCausalLM": deepseek.glm4_moe_lite,
+    "Mistral4ForCausalLM": deepseek.mistral4,
+    "ExaoneMoeForCausalLM": routed_moe.exaone_moe,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
