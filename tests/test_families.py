@@ -638,6 +638,23 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Command A MoE's layout: a global dense layer with the rotary (the prefix's pattern 1), then a sliding mixture
+    # layer; softmax over the top-2 logits of 4 experts, averaged with the shared expert; Cohere's LayerNorms
+    "cohere2_moe": (
+        "Cohere2MoeForCausalLM",
+        None,
+        dict(
+            num_experts=4,
+            num_shared_experts=1,
+            first_k_dense_replace=1,
+            prefix_dense_intermediate_size=80,
+            sliding_window=WINDOW,
+            sliding_window_pattern=2,
+            attention_bias=True,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -662,6 +679,7 @@ MIXTURES = (
     "glm4_moe_lite",
     "mistral4",
     "exaone_moe",
+    "cohere2_moe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -761,6 +779,24 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt_bigcode_multi_head_unscaled": (
         "GPTBigCodeForCausalLM",
         dict(multi_query=False, scale_attn_weights=False, n_inner=96),
+    ),
+    # Cohere2-MoE with RMSNorms, the sigmoids of the top-2 logits renormalised, summed with the shared expert; a
+    # sliding dense layer (the prefix's pattern 2), then a global mixture layer without the rotary
+    "cohere2_moe_sigmoid_sum_rms": (
+        "Cohere2MoeForCausalLM",
+        dict(
+            head_dim=16,
+            num_experts=4,
+            num_shared_experts=2,
+            shared_expert_combination_strategy="sum",
+            expert_selection_fn="sigmoid",
+            rms_norm_eps=1e-6,
+            first_k_dense_replace=1,
+            prefix_dense_sliding_window_pattern=2,
+            sliding_window_pattern=1,
+            sliding_window=8,
+            tie_word_embeddings=False,
+        ),
     ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
@@ -1035,6 +1071,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
 LOGITS_ONLY: set[str] = set()
 LOGITS_ONLY |= {"minimax_m2", "glm4_moe_lite", "exaone_moe"}  # V3's router on OLMo 2's, DeepSeek's, EXAONE 4's layers
+LOGITS_ONLY |= {"cohere2_moe"}  # Cohere2's layers, a softmax mixture (its average a factor on the logits row's path)
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1235,6 +1272,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "ExaoneMoeForCausalLM",
             {"num_experts": 4, "sliding_window_pattern": "LLLG"},
             "sliding_window_pattern='LLLG' without layer_types",
+        ),
+        (
+            "Cohere2MoeForCausalLM",
+            {"num_experts": 4, "expert_selection_fn": "relu"},
+            "Cohere2-MoE expert_selection_fn='relu' is not supported.*softmax, sigmoid",
+        ),
+        (
+            "Cohere2MoeForCausalLM",
+            {"num_experts": 4, "shared_expert_combination_strategy": "max"},
+            "Cohere2-MoE shared_expert_combination_strategy='max' is not supported.*sum, average",
         ),
         (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
             "DeepseekV3ForCausalLM",

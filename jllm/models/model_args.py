@@ -137,6 +137,7 @@ class ModelArgs:
     experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
     shared_expert_size: int = 0  # > 0: a dense SwiGLU beside the experts, this wide (Qwen2-MoE, DeepSeek)
     shared_expert_gated: bool = True  # the shared expert's output scaled by a sigmoid gate (Qwen2-MoE's)
+    shared_expert_mean: bool = False  # the shared and routed outputs averaged, not summed (Cohere2-MoE's "average")
     expert_routing: str = "softmax"  # one of moe.ROUTINGS
     router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
@@ -214,6 +215,7 @@ class ModelArgs:
                 self.moe_routing,
                 bias=self.experts_bias,
                 glu=self.experts_glu,
+                shared_mean=self.shared_expert_mean,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 

@@ -15,6 +15,7 @@ from flax import nnx
 from jllm.models.decoder import CausalLM
 from jllm.models.families import (
     alibi,
+    cohere_moe,
     dbrx,
     deepseek,
     fairseq,
@@ -110,6 +111,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Glm4MoeLiteForCausalLM": deepseek.glm4_moe_lite,
     "Mistral4ForCausalLM": deepseek.mistral4,
     "ExaoneMoeForCausalLM": routed_moe.exaone_moe,
+    "Cohere2MoeForCausalLM": cohere_moe.cohere2_moe,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
