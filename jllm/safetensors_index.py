@@ -192,7 +192,23 @@ class SafetensorsIndex:
             return self._qkv_reader(names, shape, transpose, dtype, kv_replicas)
         if module == "gate_up_proj":
             return self._gate_up_reader(names, shape, transpose, dtype)
+        if module == "attn_gate":  # each head's second half of the "gated" query tensor
+            return self._halves_reader(names[0], shape, transpose, dtype, 1)
         return self.slice_reader(names[0], shape, transpose, dtype)
+
+    def _halves_reader(self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any, half: int) -> Reader:
+        """``[*lead, heads, head_dim]`` from a tensor of ``2 * heads * head_dim`` rows, each head's query rows
+        followed by its output gate's (MiniCPM5-MoE's ``q_proj``): ``half`` 0 the queries, 1 the gates."""
+        *lead, heads, hd = shape
+        stored = self.slice_reader(name, (*lead, 2 * heads * hd), transpose, dtype)
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            *lead_index, head_index, dim_index = index
+            rows = [(2 * h + half) * hd for h in range(*head_index.indices(heads))]
+            parts = [stored((*lead_index, slice(r, r + hd)))[..., dim_index] for r in rows]
+            return np.stack(parts, axis=-2)
+
+        return read
 
     def _gate_up_reader(self, names: list[str], shape: tuple[int, ...], transpose: bool, dtype: Any) -> Reader:
         """``[*lead, 2, mlp]`` from gate and up: two tensors, or one with the gate's rows first (Phi-3)."""
@@ -240,11 +256,13 @@ class SafetensorsIndex:
     ) -> Callable[[list[slice], str, int, int], np.ndarray]:
         """``rows(lead_index, part, first_head, n)``: ``n`` heads of q, k or v, wherever the layout keeps them."""
         layout = self.weights.qkv_layout
-        if layout == "separate":
-            sizes = (q_heads, kv, kv)
-            readers = [
-                self.slice_reader(n, (*lead, s * hd), transpose, dtype) for n, s in zip(names, sizes, strict=True)
-            ]
+        if layout in ("separate", "gated"):
+            readers = [self.slice_reader(n, (*lead, kv * hd), transpose, dtype) for n in names[1:]]
+            if layout == "gated":  # the queries are each head's first half of the query tensor's rows
+                q = _flat_heads(self._halves_reader(names[0], (*lead, q_heads, hd), transpose, dtype, 0), hd)
+            else:
+                q = self.slice_reader(names[0], (*lead, q_heads * hd), transpose, dtype)
+            readers = [q, *readers]
             first = {"q": (0, 0), "k": (1, 0), "v": (2, 0)}  # part -> (tensor, its first head's row / head_dim)
         elif layout in ("concat", "grouped", "codegen"):
             readers = [self.slice_reader(names[0], (*lead, (q_heads + 2 * kv) * hd), transpose, dtype)]
@@ -275,6 +293,17 @@ class SafetensorsIndex:
             return readers[tensor]((*lead_index, slice(at * hd, (at + n) * hd)))
 
         return rows
+
+
+def _flat_heads(read: Reader, hd: int) -> Reader:
+    """A ``[*lead, heads, head_dim]`` reader read as ``[*lead, heads * head_dim]``, by whole heads."""
+
+    def flat(index: tuple[slice, ...]) -> np.ndarray:
+        *lead_index, rows = index
+        part = read((*lead_index, slice(rows.start // hd, rows.stop // hd), slice(None)))
+        return part.reshape(*part.shape[:-2], -1)
+
+    return flat
 
 
 def _alias(name: str, weights: WeightMap) -> str:

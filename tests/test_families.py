@@ -655,6 +655,22 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # each query head's rows then its output gate's in q_proj, biases on q/k/v/o; layer 0 dense, layer 1 V3's mixture
+    # with a (random) choice bias, group-limited
+    "minicpm5_moe": (
+        "MiniCPM5MoeForCausalLM",
+        None,
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_group=4,
+            topk_group=2,
+            attention_bias=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [],  # TP 2 (each device's heads of the gates) matched transformers once by hand (2026-12-05): ~26 s
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -680,6 +696,7 @@ MIXTURES = (
     "mistral4",
     "exaone_moe",
     "cohere2_moe",
+    "minicpm5_moe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1282,6 +1299,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Cohere2MoeForCausalLM",
             {"num_experts": 4, "shared_expert_combination_strategy": "max"},
             "Cohere2-MoE shared_expert_combination_strategy='max' is not supported.*sum, average",
+        ),
+        (
+            "MiniCPM5MoeForCausalLM",
+            {**DEEPSEEK_KEYS, "use_gated_attention": False},
+            "MiniCPM5-MoE use_gated_attention=False is not supported",
         ),
         (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
             "DeepseekV3ForCausalLM",

@@ -45,7 +45,8 @@ class WeightMap:
     ``qkv``: the tensors our fused QKV is read from and their layout: "separate" (``q_proj``, ``k_proj``,
     ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3), "grouped" (one tensor, per KV
     head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon) or "codegen"
-    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys). ``gate_up``
+    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys) or "gated"
+    (``separate``, each query head's rows followed by as many of its output gate's: ``attn_output_gate``). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
@@ -125,6 +126,9 @@ class ModelArgs:
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
     qkv_bias: bool = False
     o_bias: bool = False
+    # the attention's output times the sigmoid of a gate, one per output channel, projected from the layer's input
+    # (MiniCPM5-MoE's: each query head's rows followed by its gate's in one stored tensor, ``qkv_layout`` "gated")
+    attn_output_gate: bool = False
     mlp_bias: bool = False
     mlp_act: str = "silu"
     mlp_gated: bool = True  # False: GPT-NeoX / Falcon's plain down(act(up(x)))

@@ -112,6 +112,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Mistral4ForCausalLM": deepseek.mistral4,
     "ExaoneMoeForCausalLM": routed_moe.exaone_moe,
     "Cohere2MoeForCausalLM": cohere_moe.cohere2_moe,
+    "MiniCPM5MoeForCausalLM": routed_moe.minicpm5_moe,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

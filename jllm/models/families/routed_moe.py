@@ -1,6 +1,6 @@
 """Mixtures of experts on grouped-query attention behind a sigmoid router with a choice bias (DeepSeek-V3's rule,
-``jllm.models.moe.grouped_top_k``): MiniMax-M2 (Mixtral's layout and names) and K-EXAONE (EXAONE 4's attention
-with V3's mixture).
+``jllm.models.moe.grouped_top_k``): MiniMax-M2 (Mixtral's layout and names), K-EXAONE (EXAONE 4's attention with
+V3's mixture) and MiniCPM5-MoE (Llama's attention with an output gate, V3's mixture).
 
 Where this module sits: docs/architecture.md.
 """
@@ -73,5 +73,34 @@ def exaone_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         pre_norms=True,
         sandwich_norms=False,
         weights=dataclasses.replace(weights, rename=(*weights.rename, BIAS_ON_BLOCK)),
+        **mixture,
+    )
+
+
+def minicpm5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """MiniCPM5-MoE: Llama's attention (biases on q/k/v/o where ``attention_bias``) whose output is gated per channel
+    by the sigmoid of a second projection, stored per head after the head's query rows in ``q_proj``; V3's router
+    (group-limited where ``n_group``), mixture and shared experts, each layer dense or a mixture as
+    ``mlp_layer_types`` says (by default the first ``first_k_dense_replace``, 1)."""
+    defaults = dict(head_dim=128, num_key_value_heads=2, rope_theta=5e6, routed_scaling_factor=3.66)
+    cfg = {**defaults, "n_shared_experts": 1, "max_position_embeddings": 524288, **cfg}
+    if cfg.get("use_gated_attention") is False:  # transformers refuses it too
+        raise ValueError("MiniCPM5-MoE use_gated_attention=False is not supported (supported: True)")
+    base = base_args(cfg, dtype)
+    n, first_dense = base["num_layers"], cfg.get("first_k_dense_replace", 1)
+    mlp_types = cfg.get("mlp_layer_types") or ["dense" if i < first_dense else "sparse" for i in range(n)]
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize = bool(cfg.get("norm_topk_prob", True))
+    mixture, dense = v3_mixture(cfg, n, "MiniCPM5-MoE", "sigmoid", groups, renormalize, mlp_types)
+    weights = mixture.pop("weights")
+    rope = read_rope(cfg, base["head_dim"])
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+        qkv_bias=bias,
+        o_bias=bias,
+        attn_output_gate=True,
+        weights=dataclasses.replace(weights, qkv_layout="gated", rename=(*weights.rename, ("attn_gate", "q_proj"))),
         **mixture,
     )
