@@ -1517,3 +1517,37 @@ def test_mpt_hub_architecture_name_reads_as_transformers_name():
     assert resolve_architecture({"architectures": ["MPTForCausalLM"]}) is resolve_architecture(
         {"architectures": ["MptForCausalLM"]}
     )
+
+
+@pytest.mark.parametrize(
+    "arch, config_cls, settings",
+    [
+        ("Glm4MoeLiteForCausalLM", "Glm4MoeLiteConfig", dict(DEEPSEEK_KEYS, first_k_dense_replace=3)),
+        (
+            "ExaoneMoeForCausalLM",
+            "ExaoneMoeConfig",
+            dict(num_experts=8, num_experts_per_tok=2, first_k_dense_replace=2),
+        ),
+        ("MiniCPM5MoeForCausalLM", "MiniCPM5MoeConfig", dict(DEEPSEEK_KEYS, first_k_dense_replace=2)),
+        (
+            "Cohere2MoeForCausalLM",
+            "Cohere2MoeConfig",
+            dict(num_experts=4, first_k_dense_replace=2, prefix_dense_sliding_window_pattern=2, sliding_window=16),
+        ),
+    ],
+)
+def test_moe_layer_kinds_without_their_lists_read_as_transformers_lays_them(arch, config_cls, settings):
+    """Configs without ``mlp_layer_types`` (or Cohere2-MoE's ``layer_types``), as the hub's may be: each layer dense
+    or a mixture, sliding or global, as the family's transformers config lays them out (GLM-4.7-Flash ignores
+    ``first_k_dense_replace``, the others read it; Cohere2-MoE pops it)."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    config = dict(TINY_CONFIG, num_hidden_layers=5, **settings)
+    hf = getattr(transformers, config_cls)(**config)
+    args = build_args({**config, "architectures": [arch]}, np.float32)[1]
+    assert [spec.dense_mlp_size is None for spec in args.layers] == [t == "sparse" for t in hf.mlp_layer_types]
+    if hasattr(hf, "layer_types") and hf.layer_types:
+        window = config.get("sliding_window", hf.sliding_window)
+        assert args.sliding_windows == [window if t == "sliding_attention" else None for t in hf.layer_types]

@@ -59,12 +59,10 @@ def exaone_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     attention = exaone4(cfg, dtype)
     mixture_cfg = {**cfg, "n_routed_experts": cfg["num_experts"], "n_shared_experts": cfg["num_shared_experts"]}
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
-    n = attention.num_layers
-    mlp_types = cfg.get("mlp_layer_types") or [
-        "dense" if i < cfg["first_k_dense_replace"] else "sparse" for i in range(n)
-    ]
-    renormalize = bool(cfg.get("norm_topk_prob", True))
-    mixture, dense = v3_mixture(mixture_cfg, n, "K-EXAONE", "sigmoid", groups, renormalize, mlp_types)
+    renormalize, mlp_types = bool(cfg.get("norm_topk_prob", True)), cfg.get("mlp_layer_types")
+    mixture, dense = v3_mixture(
+        mixture_cfg, attention.num_layers, "K-EXAONE", "sigmoid", groups, renormalize, mlp_types
+    )
     weights = mixture.pop("weights")
     return dataclasses.replace(
         attention,
@@ -83,15 +81,13 @@ def minicpm5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     (group-limited where ``n_group``), mixture and shared experts, each layer dense or a mixture as
     ``mlp_layer_types`` says (by default the first ``first_k_dense_replace``, 1)."""
     defaults = dict(head_dim=128, num_key_value_heads=2, rope_theta=5e6, routed_scaling_factor=3.66)
-    cfg = {**defaults, "n_shared_experts": 1, "max_position_embeddings": 524288, **cfg}
+    cfg = {**defaults, "n_shared_experts": 1, "first_k_dense_replace": 1, "max_position_embeddings": 524288, **cfg}
     if cfg.get("use_gated_attention") is False:  # transformers refuses it too
         raise ValueError("MiniCPM5-MoE use_gated_attention=False is not supported (supported: True)")
     base = base_args(cfg, dtype)
-    n, first_dense = base["num_layers"], cfg.get("first_k_dense_replace", 1)
-    mlp_types = cfg.get("mlp_layer_types") or ["dense" if i < first_dense else "sparse" for i in range(n)]
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
-    renormalize = bool(cfg.get("norm_topk_prob", True))
-    mixture, dense = v3_mixture(cfg, n, "MiniCPM5-MoE", "sigmoid", groups, renormalize, mlp_types)
+    renormalize, mlp_types = bool(cfg.get("norm_topk_prob", True)), cfg.get("mlp_layer_types")
+    mixture, dense = v3_mixture(cfg, base["num_layers"], "MiniCPM5-MoE", "sigmoid", groups, renormalize, mlp_types)
     weights = mixture.pop("weights")
     rope = read_rope(cfg, base["head_dim"])
     bias = bool(cfg.get("attention_bias", False))
