@@ -666,6 +666,93 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # the rotary on half of each head (rotary_dim), RMSNorms over the whole q and k projections, top-2 of 8 experts by
+    # sigmoid plus a (random) choice bias stored on the MoE block
+    "minimax_m2": (
+        "MiniMaxM2ForCausalLM",
+        None,
+        dict(num_local_experts=8, num_experts_per_tok=2, rotary_dim=8),
+        [],
+    ),
+    # V3's latent attention and router; layer 0 dense, layer 1 a mixture (the default mlp_layer_types)
+    "glm4_moe_lite": (
+        "Glm4MoeLiteForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            q_lora_rank=24,
+            first_k_dense_replace=None,
+            routed_scaling_factor=2.5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [],
+    ),
+    # V3's latent attention, YaRN and Ministral 3's query scaling every 8 positions; a softmax router, no choice bias
+    "mistral4": (
+        "Mistral4ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            qk_nope_head_dim=8,
+            head_dim=16,
+            q_lora_rank=24,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=1.5,
+            rope_parameters=dict(MINISTRAL3_ROPE, partial_rotary_factor=0.5),
+        ),
+        [],
+    ),
+    # EXAONE 4's attention (a sliding layer with the rotary, a global one without) in pre-norm layers; layer 0 dense,
+    # layer 1 V3's mixture with a (random) choice bias stored on the MoE block
+    "exaone_moe": (
+        "ExaoneMoeForCausalLM",
+        None,
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            num_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            sliding_window=WINDOW,
+            sliding_window_pattern=2,
+        ),
+        [],
+    ),
+    # Command A MoE's layout: a global dense layer with the rotary (the prefix's pattern 1), then a sliding mixture
+    # layer; softmax over the top-2 logits of 4 experts, averaged with the shared expert; Cohere's LayerNorms
+    "cohere2_moe": (
+        "Cohere2MoeForCausalLM",
+        None,
+        dict(
+            num_experts=4,
+            num_shared_experts=1,
+            first_k_dense_replace=1,
+            prefix_dense_intermediate_size=80,
+            sliding_window=WINDOW,
+            sliding_window_pattern=2,
+            attention_bias=True,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    # each query head's rows then its output gate's in q_proj, biases on q/k/v/o; layer 0 dense, layer 1 V3's mixture
+    # with a (random) choice bias, group-limited
+    "minicpm5_moe": (
+        "MiniCPM5MoeForCausalLM",
+        None,
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_group=4,
+            topk_group=2,
+            attention_bias=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [],  # TP 2 (each device's heads of the gates) matched transformers once by hand (2026-12-05): ~26 s
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -686,6 +773,12 @@ MIXTURES = (
     "deepseek_v3",
     "glm4_moe",
     "gpt_oss",
+    "minimax_m2",
+    "glm4_moe_lite",
+    "mistral4",
+    "exaone_moe",
+    "cohere2_moe",
+    "minicpm5_moe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -785,6 +878,24 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt_bigcode_multi_head_unscaled": (
         "GPTBigCodeForCausalLM",
         dict(multi_query=False, scale_attn_weights=False, n_inner=96),
+    ),
+    # Cohere2-MoE with RMSNorms, the sigmoids of the top-2 logits renormalised, summed with the shared expert; a
+    # sliding dense layer (the prefix's pattern 2), then a global mixture layer without the rotary
+    "cohere2_moe_sigmoid_sum_rms": (
+        "Cohere2MoeForCausalLM",
+        dict(
+            head_dim=16,
+            num_experts=4,
+            num_shared_experts=2,
+            shared_expert_combination_strategy="sum",
+            expert_selection_fn="sigmoid",
+            rms_norm_eps=1e-6,
+            first_k_dense_replace=1,
+            prefix_dense_sliding_window_pattern=2,
+            sliding_window_pattern=1,
+            sliding_window=8,
+            tie_word_embeddings=False,
+        ),
     ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
@@ -1069,6 +1180,8 @@ LOGITS_ONLY: set[str] = {
     "granite_swa",
     "youtu",
 }
+LOGITS_ONLY |= {"minimax_m2", "glm4_moe_lite", "exaone_moe"}  # V3's router on OLMo 2's, DeepSeek's, EXAONE 4's layers
+LOGITS_ONLY |= {"cohere2_moe"}  # Cohere2's layers, a softmax mixture (its average a factor on the logits row's path)
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1250,6 +1363,41 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("DeepseekV2ForCausalLM", {**DEEPSEEK_KEYS, "norm_topk_prob": True}, "V2 norm_topk_prob=True is not supported"),
         ("DeepseekV3ForCausalLM", {**DEEPSEEK_KEYS, "scoring_func": "softmax"}, "scoring_func='softmax'.*'sigmoid'"),
+        (
+            "Mistral4ForCausalLM",
+            {**DEEPSEEK_KEYS, "head_dim": 24, "n_group": 4, "topk_group": 2},
+            "Mistral 4 n_group=4 is not supported.*1",
+        ),
+        (
+            "Mistral4ForCausalLM",
+            {**DEEPSEEK_KEYS, "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.25}},
+            "Mistral 4 rotary width.*= 4 is not supported.*qk_rope_head_dim=8",
+        ),
+        (
+            "Glm4MoeLiteForCausalLM",
+            {**DEEPSEEK_KEYS, "mlp_layer_types": ["dense", "moe"]},
+            "GLM-4.7-Flash mlp_layer_types entry 'moe' is not supported",
+        ),
+        (
+            "ExaoneMoeForCausalLM",
+            {"num_experts": 4, "sliding_window_pattern": "LLLG"},
+            "sliding_window_pattern='LLLG' without layer_types",
+        ),
+        (
+            "Cohere2MoeForCausalLM",
+            {"num_experts": 4, "expert_selection_fn": "relu"},
+            "Cohere2-MoE expert_selection_fn='relu' is not supported.*softmax, sigmoid",
+        ),
+        (
+            "Cohere2MoeForCausalLM",
+            {"num_experts": 4, "shared_expert_combination_strategy": "max"},
+            "Cohere2-MoE shared_expert_combination_strategy='max' is not supported.*sum, average",
+        ),
+        (
+            "MiniCPM5MoeForCausalLM",
+            {**DEEPSEEK_KEYS, "use_gated_attention": False},
+            "MiniCPM5-MoE use_gated_attention=False is not supported",
+        ),
         (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
             "DeepseekV3ForCausalLM",
             {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
@@ -1472,3 +1620,37 @@ def test_mpt_hub_architecture_name_reads_as_transformers_name():
     assert resolve_architecture({"architectures": ["MPTForCausalLM"]}) is resolve_architecture(
         {"architectures": ["MptForCausalLM"]}
     )
+
+
+@pytest.mark.parametrize(
+    "arch, config_cls, settings",
+    [
+        ("Glm4MoeLiteForCausalLM", "Glm4MoeLiteConfig", dict(DEEPSEEK_KEYS, first_k_dense_replace=3)),
+        (
+            "ExaoneMoeForCausalLM",
+            "ExaoneMoeConfig",
+            dict(num_experts=8, num_experts_per_tok=2, first_k_dense_replace=2),
+        ),
+        ("MiniCPM5MoeForCausalLM", "MiniCPM5MoeConfig", dict(DEEPSEEK_KEYS, first_k_dense_replace=2)),
+        (
+            "Cohere2MoeForCausalLM",
+            "Cohere2MoeConfig",
+            dict(num_experts=4, first_k_dense_replace=2, prefix_dense_sliding_window_pattern=2, sliding_window=16),
+        ),
+    ],
+)
+def test_moe_layer_kinds_without_their_lists_read_as_transformers_lays_them(arch, config_cls, settings):
+    """Configs without ``mlp_layer_types`` (or Cohere2-MoE's ``layer_types``), as the hub's may be: each layer dense
+    or a mixture, sliding or global, as the family's transformers config lays them out (GLM-4.7-Flash ignores
+    ``first_k_dense_replace``, the others read it; Cohere2-MoE pops it)."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    config = dict(TINY_CONFIG, num_hidden_layers=5, **settings)
+    hf = getattr(transformers, config_cls)(**config)
+    args = build_args({**config, "architectures": [arch]}, np.float32)[1]
+    assert [spec.dense_mlp_size is None for spec in args.layers] == [t == "sparse" for t in hf.mlp_layer_types]
+    if hasattr(hf, "layer_types") and hf.layer_types:
+        window = config.get("sliding_window", hf.sliding_window)
+        assert args.sliding_windows == [window if t == "sliding_attention" else None for t in hf.layer_types]

@@ -39,6 +39,11 @@ class Attention(nnx.Module):
         axes = ("embed", KV_HEADS, None, None)
         self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
+        self.attn_gate = (  # [hidden, heads, head_dim]: per head, as the checkpoint interleaves it with the queries
+            Linear(d, (args.num_heads, hd), ("embed", "q_heads", None), dt, bias=args.qkv_bias, quant=args.quant)
+            if args.attn_output_gate
+            else None
+        )
         self.q_norm, self.k_norm = args.make_qk_norms()
         self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
         self.args, self.spec = args, spec
@@ -70,11 +75,7 @@ class Attention(nnx.Module):
             q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
-        if self.spec.attn_temperature is not None:
-            floor_scale, attn_scale = self.spec.attn_temperature
-            shifted = positions.astype(jnp.float32) + self.spec.attn_temperature_shift
-            scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
-            q = (q * scale[:, None, None]).astype(q.dtype)
+        q = self.spec.scale_queries(q, positions)
         out, kv_pages = paged_attention(
             q,
             k,
@@ -87,6 +88,8 @@ class Attention(nnx.Module):
             sinks=None if self.sinks is None else self.sinks[...],
             alibi_slopes=None if a.alibi_slopes is None else jnp.asarray(a.alibi_slopes, jnp.float32),
         )
+        if self.attn_gate is not None:  # [T, heads, head_dim]
+            out = out * jax.nn.sigmoid(normed_linear(norm, self.attn_gate, x))
         out = out.reshape(t, a.num_heads * a.head_dim)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages

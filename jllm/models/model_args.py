@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -44,7 +45,8 @@ class WeightMap:
     ``qkv``: the tensors our fused QKV is read from and their layout: "separate" (``q_proj``, ``k_proj``,
     ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3), "grouped" (one tensor, per KV
     head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon) or "codegen"
-    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys). ``gate_up``
+    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys) or "gated"
+    (``separate``, each query head's rows followed by as many of its output gate's: ``attn_output_gate``). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
@@ -68,8 +70,10 @@ class WeightMap:
     conv1d: bool = (
         False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
     )
-    # the experts stored as bare parameters named as ours, ``[experts, in, out]`` (Llama 4's ``experts.gate_up_proj``)
-    expert_params: bool = False
+    # the experts stored as bare parameters named as ours: "in_out" ``[experts, in, out]`` (Llama 4's
+    # ``experts.gate_up_proj``), "out_in" ``[experts, out, in]`` (transformers 5's own stacked experts: Mistral 4's);
+    # None: not so
+    expert_params: str | None = None
     reader: Callable[..., Any] | None = None
 
 
@@ -87,6 +91,15 @@ class LayerSpec:
     # 4's attn_temperature_tuning on its layers without rotary; Ministral 3's llama_4_scaling_beta on every layer)
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
+
+    def scale_queries(self, q: jax.Array, positions: jax.Array) -> jax.Array:
+        """``q [T, heads, dim]`` times its position's ``attn_temperature`` factor, where the layer has one."""
+        if self.attn_temperature is None:
+            return q
+        floor_scale, attn_scale = self.attn_temperature
+        shifted = positions.astype(jnp.float32) + self.attn_temperature_shift
+        scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
+        return (q * scale[:, None, None]).astype(q.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +126,9 @@ class ModelArgs:
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
     qkv_bias: bool = False
     o_bias: bool = False
+    # the attention's output times the sigmoid of a gate, one per output channel, projected from the layer's input
+    # (MiniCPM5-MoE's: each query head's rows followed by its gate's in one stored tensor, ``qkv_layout`` "gated")
+    attn_output_gate: bool = False
     mlp_bias: bool = False
     mlp_act: str = "silu"
     mlp_gated: bool = True  # False: GPT-NeoX / Falcon's plain down(act(up(x)))
@@ -125,6 +141,7 @@ class ModelArgs:
     experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
     shared_expert_size: int = 0  # > 0: a dense SwiGLU beside the experts, this wide (Qwen2-MoE, DeepSeek)
     shared_expert_gated: bool = True  # the shared expert's output scaled by a sigmoid gate (Qwen2-MoE's)
+    shared_expert_mean: bool = False  # the shared and routed outputs averaged, not summed (Cohere2-MoE's "average")
     expert_routing: str = "softmax"  # one of moe.ROUTINGS
     router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
@@ -205,6 +222,7 @@ class ModelArgs:
                 self.moe_routing,
                 bias=self.experts_bias,
                 glu=self.experts_glu,
+                shared_mean=self.shared_expert_mean,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 

@@ -71,8 +71,9 @@ def route_sigmoid(logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
     return chosen, jax.nn.sigmoid(values)
 
 
-# the routing rules by name; "sigmoid_input" (Llama 4) scales each expert's input by its weight, the others its output
-ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid_input")
+# the routing rules by name; "sigmoid_input" (Llama 4) scales each expert's input by its weight, the others its output;
+# "sigmoid" (Cohere2-MoE's): ``route_sigmoid``'s weights on the outputs, renormalised where asked
+ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid_input", "sigmoid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +190,8 @@ class SparseMoE(nnx.Module):
     ``routing`` rule (``ROUTINGS``) or DeepSeek's ``grouped`` router, each token's output the weighted sum of its
     experts' SwiGLU outputs (Llama 4: the sum of its experts' outputs on its weighted input); with ``shared_hidden``
     plus a dense SwiGLU every token takes, scaled by a sigmoid gate where ``shared_gated`` (Qwen2-MoE) or not (Granite
-    MoE Shared, ERNIE, Llama 4, DeepSeek).
+    MoE Shared, ERNIE, Llama 4, DeepSeek), added to the experts' output or, with ``shared_mean``, averaged with it
+    (Cohere2-MoE's "average").
 
     ``top_k`` and ``renormalize`` serve the softmax rules and the grouped router; ``router_eps`` is sparsemixer's
     jitter epsilon or the corrected softmax's floor on the weights' sum. gpt-oss's: ``bias`` on the router and each
@@ -212,6 +214,7 @@ class SparseMoE(nnx.Module):
         grouped: GroupedRouting | None = None,
         bias: bool = False,
         glu: ClampedSwiGLU | None = None,
+        shared_mean: bool = False,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -230,6 +233,7 @@ class SparseMoE(nnx.Module):
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if gated else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
         self.routing, self.router_eps, self.grouped = routing, router_eps, grouped
+        self.shared_mean = shared_mean
 
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
@@ -245,6 +249,9 @@ class SparseMoE(nnx.Module):
             return route_sparsemixer(logits, self.router_eps)
         if self.routing == "sigmoid_input":
             return route_sigmoid(logits, self.top_k)
+        if self.routing == "sigmoid":
+            chosen, weights = route_sigmoid(logits, self.top_k)
+            return chosen, weights / jnp.sum(weights, axis=-1, keepdims=True) if self.renormalize else weights
         return route_softmax(logits, self.top_k, self.renormalize)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -264,5 +271,5 @@ class SparseMoE(nnx.Module):
         if self.shared_expert is None:
             return y
         if self.shared_expert_gate is None:
-            return y + self.shared_expert(x)
+            return (y + self.shared_expert(x)) / 2 if self.shared_mean else y + self.shared_expert(x)
         return y + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)

@@ -15,6 +15,7 @@ from flax import nnx
 from jllm.models.decoder import CausalLM
 from jllm.models.families import (
     alibi,
+    cohere_moe,
     dbrx,
     deepseek,
     fairseq,
@@ -27,6 +28,7 @@ from jllm.models.families import (
     mixtures,
     multimodal,
     relu_mlp,
+    routed_moe,
 )
 from jllm.models.model_args import ModelArgs
 
@@ -116,6 +118,12 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GraniteSWAForCausalLM": llama_variants.granite_swa,
     "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
     "YoutuForCausalLM": deepseek.youtu,
+    "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
+    "Glm4MoeLiteForCausalLM": deepseek.glm4_moe_lite,
+    "Mistral4ForCausalLM": deepseek.mistral4,
+    "ExaoneMoeForCausalLM": routed_moe.exaone_moe,
+    "Cohere2MoeForCausalLM": cohere_moe.cohere2_moe,
+    "MiniCPM5MoeForCausalLM": routed_moe.minicpm5_moe,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

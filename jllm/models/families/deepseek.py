@@ -2,7 +2,8 @@
 (``jllm.models.mla``) with interleaved rotary pairs, and a mixture of SwiGLU experts with plain shared experts behind
 DeepSeek's group-limited router (``jllm.models.moe.grouped_top_k``), dense MLPs in the first layers. GLM-4.5 / 4.6
 (``Glm4MoeForCausalLM``), dots.llm1 (``Dots1ForCausalLM``) and Solar Open are V3's mixture on grouped-query attention;
-Youtu-LLM is V3's latent attention with dense MLPs.
+Youtu-LLM is V3's latent attention with dense MLPs; GLM-4.7-Flash and Mistral Small 4 are V3 with their own layer
+kinds, router and query scaling.
 
 Where this module sits: docs/architecture.md.
 """
@@ -17,6 +18,19 @@ from jllm.models.mla import MLASpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
 from jllm.models.rope import Rope, yarn_mscale
+
+# Mistral4Config's rope where config.json has none (its partial_rotary_factor is the rotary share of a query head)
+MISTRAL4_ROPE = dict(
+    rope_type="yarn",
+    rope_theta=10000.0,
+    factor=128.0,
+    original_max_position_embeddings=8192,
+    beta_fast=32.0,
+    beta_slow=1.0,
+    mscale_all_dim=1.0,
+    mscale=1.0,
+    llama_4_scaling_beta=0.1,
+)
 
 
 def deepseek_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -54,7 +68,7 @@ def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     rope = read_rope({**cfg, "partial_rotary_factor": fraction or 0.5}, base["head_dim"])
     renormalize = bool(cfg.get("norm_topk_prob", True))
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
-    mixture, dense = _mixture(cfg, base["num_layers"], "GLM-4-MoE", "sigmoid", groups, renormalize)
+    mixture, dense = v3_mixture(cfg, base["num_layers"], "GLM-4-MoE", "sigmoid", groups, renormalize)
     return ModelArgs(
         **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
         layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
@@ -76,7 +90,7 @@ def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     layers = typed_layers(cfg, {FULL: rope, SLIDING: rope}, default)
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
     renormalize = bool(cfg.get("norm_topk_prob", False))
-    mixture, dense = _mixture(cfg, base["num_layers"], "dots.llm1", "sigmoid", groups, renormalize)
+    mixture, dense = v3_mixture(cfg, base["num_layers"], "dots.llm1", "sigmoid", groups, renormalize)
     return ModelArgs(
         **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
         layers=tuple(dataclasses.replace(spec, dense_mlp_size=size) for spec, size in zip(layers, dense, strict=True)),
@@ -106,7 +120,7 @@ def solar_open(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     base = base_args(cfg, dtype)
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
     renormalize = bool(cfg.get("norm_topk_prob", True))
-    mixture, _ = _mixture(cfg, base["num_layers"], "Solar Open", "sigmoid", groups, renormalize)
+    mixture, _ = v3_mixture(cfg, base["num_layers"], "Solar Open", "sigmoid", groups, renormalize)
     return ModelArgs(
         **base,
         layers=(LayerSpec(read_rope(cfg, base["head_dim"])),) * base["num_layers"],
@@ -127,6 +141,61 @@ def youtu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def glm4_moe_lite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4.7-Flash (``Glm4MoeLiteForCausalLM``): V3's latent attention, router and mixture, each layer's MLP dense
+    or a mixture as ``mlp_layer_types`` says (by default the first dense: transformers reads no
+    ``first_k_dense_replace`` here)."""
+    defaults = dict(routed_scaling_factor=1.8, n_shared_experts=1, rms_norm_eps=1e-5, max_position_embeddings=202752)
+    cfg = {**defaults, **cfg}
+    _require(cfg, "GLM-4.7-Flash", "topk_method", "noaux_tc")
+    mlp_types = cfg.get("mlp_layer_types") or ["dense"] + ["sparse"] * (cfg["num_hidden_layers"] - 1)
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), bool(cfg.get("rope_interleave", True))
+    return _deepseek(cfg, dtype, "GLM-4.7-Flash", "sigmoid", groups, renormalize, interleaved, mlp_types)
+
+
+def mistral4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Mistral Small 4 (``Mistral4ForCausalLM``): V3's latent attention with Ministral 3's query scaling (every
+    query times ``1 + llama_4_scaling_beta * log(1 + floor(position / original_max_position_embeddings))``), YaRN
+    by default, and V3's mixture behind a softmax router with no choice bias, renormalised where ``norm_topk_prob``,
+    times ``routed_scaling_factor``. transformers' rotary covers ``head_dim * partial_rotary_factor`` channels, which
+    must be ``qk_rope_head_dim``; its router ranks groups by their top-2 sums, so only ``n_group=1`` (the released
+    checkpoint's) is read. Its experts are stored as transformers 5 keeps them, stacked per projection."""
+    defaults = dict(routed_scaling_factor=1.0, n_shared_experts=1, rms_norm_eps=1e-6, max_position_embeddings=1048576)
+    cfg = {**defaults, **cfg}
+    if not cfg.get("rope_parameters") and not cfg.get("rope_scaling"):
+        rope = {**MISTRAL4_ROPE, "max_position_embeddings": cfg["max_position_embeddings"]}
+        fraction = cfg["qk_rope_head_dim"] / (cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"])
+        cfg["rope_parameters"] = {**rope, "partial_rotary_factor": fraction}
+    params = dict(cfg.get("rope_scaling") or cfg["rope_parameters"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    rotary = int(head_dim * (params.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0))
+    if rotary != cfg["qk_rope_head_dim"]:
+        raise ValueError(
+            f"Mistral 4 rotary width head_dim * partial_rotary_factor = {rotary} is not supported (supported: "
+            f"qk_rope_head_dim={cfg['qk_rope_head_dim']}, the channels transformers rotates)"
+        )
+    beta, original = params.get("llama_4_scaling_beta"), params.get("original_max_position_embeddings")
+    if beta is None or not original:
+        raise ValueError(
+            f"Mistral 4 rope llama_4_scaling_beta={beta!r}, original_max_position_embeddings={original!r} is not "
+            "supported (supported: both set, as transformers' Mistral 4 scales its queries by them)"
+        )
+    if (cfg.get("n_group") or 1) != 1:
+        raise ValueError(f"Mistral 4 n_group={cfg['n_group']} is not supported (supported: 1)")
+    cfg = {**cfg, "rope_parameters": {**params, "partial_rotary_factor": 1.0}, "rope_scaling": None}
+    renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), bool(cfg.get("rope_interleave", True))
+    args = _deepseek(cfg, dtype, "Mistral 4", "softmax", (1, 1), renormalize, interleaved)
+    temperature = dict(attn_temperature=(float(original), float(beta)), attn_temperature_shift=0.0)
+    return dataclasses.replace(
+        args,
+        layers=tuple(dataclasses.replace(spec, **temperature) for spec in args.layers),
+        weights=dataclasses.replace(
+            args.weights, rename=(("shared_expert", "shared_experts"),), expert_params="out_in"
+        ),
+    )
+
+
 def _require(cfg: dict[str, Any], family: str, key: str, supported: str) -> None:
     """Refuses a config value other than the one transformers implements for the family (absent is that one)."""
     value = cfg.get(key)
@@ -142,10 +211,12 @@ def _deepseek(
     groups: tuple[int, int],
     renormalize: bool,
     interleaved: bool,
+    mlp_types: list[str] | None = None,
 ) -> ModelArgs:
-    """What V2 and V3 share: the latent attention, its softmax scale, and the mixture."""
+    """What V2 and V3 share (and the families built on them): the latent attention, its softmax scale, and the
+    mixture."""
     settings, rope = _latent_attention(cfg, dtype, interleaved)
-    mixture, dense = _mixture(cfg, settings["num_layers"], family, scoring, groups, renormalize)
+    mixture, dense = v3_mixture(cfg, settings["num_layers"], family, scoring, groups, renormalize, mlp_types)
     return ModelArgs(
         **{**settings, "intermediate_size": cfg["moe_intermediate_size"]},
         layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
@@ -178,8 +249,14 @@ def _latent_attention(cfg: dict[str, Any], dtype: Any, interleaved: bool) -> tup
     return settings, rope
 
 
-def _mixture(
-    cfg: dict[str, Any], num_layers: int, family: str, scoring: str, groups: tuple[int, int], renormalize: bool
+def v3_mixture(
+    cfg: dict[str, Any],
+    num_layers: int,
+    family: str,
+    scoring: str,
+    groups: tuple[int, int],
+    renormalize: bool,
+    mlp_types: list[str] | None = None,
 ) -> tuple[dict[str, Any], list[int | None]]:
     """The mixture's ``ModelArgs`` settings (``n_routed_experts`` SwiGLU experts of ``moe_intermediate_size``, the
     router, ``n_shared_experts`` plain shared experts as one) and each layer's dense MLP width (None: the mixture)."""
@@ -191,9 +268,15 @@ def _mixture(
     if experts % groups[0]:
         raise ValueError(f"{family} n_group={groups[0]} does not divide n_routed_experts={experts}")
     # DeepSeek's own rule (vLLM's): a mixture from first_k_dense_replace on, every moe_layer_freq-th layer;
-    # transformers reads first_k_dense_replace only (every released checkpoint's moe_layer_freq is 1: they agree)
+    # transformers reads first_k_dense_replace only (every released checkpoint's moe_layer_freq is 1: they agree).
+    # The later families name each layer's kind instead (``mlp_types``: their mlp_layer_types).
     first_moe, freq = cfg.get("first_k_dense_replace") or 0, cfg.get("moe_layer_freq") or 1
-    dense = [None if i >= first_moe and i % freq == 0 else cfg["intermediate_size"] for i in range(num_layers)]
+    sparse = [i >= first_moe and i % freq == 0 for i in range(num_layers)]
+    if mlp_types is not None:
+        if len(mlp_types) != num_layers:
+            raise ValueError(f"{family} mlp_layer_types={mlp_types!r} must name each of the {num_layers} layers")
+        sparse = [_mlp_kind(family, kind) for kind in mlp_types]
+    dense = [None if moe else cfg["intermediate_size"] for moe in sparse]
     settings = dict(
         mlp_act=activation(cfg, "hidden_act", "silu", family),
         num_experts=experts,
@@ -205,6 +288,13 @@ def _mixture(
         weights=WeightMap(rename=(("experts", "experts.{e}"), ("shared_expert", "shared_experts"))),
     )
     return settings, dense
+
+
+def _mlp_kind(family: str, kind: str) -> bool:
+    """Whether an ``mlp_layer_types`` entry is a mixture ("sparse") rather than a dense MLP ("dense")."""
+    if kind not in ("dense", "sparse"):
+        raise ValueError(f"{family} mlp_layer_types entry {kind!r} is not supported (supported: 'dense', 'sparse')")
+    return kind == "sparse"
 
 
 def _mscale_squared(cfg: dict[str, Any]) -> float:
