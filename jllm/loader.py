@@ -96,6 +96,7 @@ def abstract_model(
         intermediate_size=args.intermediate_size,
         shared_expert_size=args.shared_expert_size,
         dense_mlp_sizes=tuple(sorted(args.dense_mlp_sizes)),
+        head_vocab_size=args.head_vocab_size,
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
     if kv_replicas > 1 and (args.qk_norm_all_heads or args.qk_norm_per_head):

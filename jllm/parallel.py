@@ -74,6 +74,7 @@ def check_divisible(
     intermediate_size: int,
     shared_expert_size: int = 0,
     dense_mlp_sizes: tuple[int, ...] = (),
+    head_vocab_size: int | None = None,
 ) -> None:
     """Refuse a TP size the model's shapes do not split over, naming the numbers."""
     tp = tensor_parallel_size
@@ -87,6 +88,8 @@ def check_divisible(
     if shared_expert_size:
         sizes.append(("shared expert's intermediate size", shared_expert_size))
     sizes += [("dense layers' MLP intermediate size", n) for n in dense_mlp_sizes]
+    if head_vocab_size:
+        sizes.append(("LM head's rows (a pruned head)", head_vocab_size))
     for name, n in sizes:
         if n % tp:
             raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {name} of {n}")

@@ -41,11 +41,13 @@ def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool
     suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]
     parents = _renamed(module_path[:-1], rename)
-    for k in range(1, len(module_path)):  # a parameter kept elsewhere in its layer (AFMoE's, Kolibri-1's router bias)
+    # a parameter stored elsewhere in its layer, its key "module.leaf" or longer: beside its module (MiniMax-M2's
+    # router bias on the MoE block) or further up (AFMoE's, Kolibri-1's)
+    for k in range(1, len(module_path)):
         if (kept := ".".join([*module_path[k:], leaf])) in rename:
             return [prefix + ".".join([*_renamed(module_path[:k], rename), rename[kept]])], False
-    if weights.expert_params and module_path[-2:-1] == ["experts"]:  # Llama 4's bare [experts, in, out] tensors
-        return [prefix + ".".join([*parents, module])], False
+    if weights.expert_params and module_path[-2:-1] == ["experts"]:  # bare [experts, in, out] or [experts, out, in]
+        return [prefix + ".".join([*parents, module])], weights.expert_params == "out_in" and leaf == "kernel"
     parts = {"qkv_proj": weights.qkv, "gate_up_proj": weights.gate_up}.get(module, (rename.get(module, module),))
     conv1d = weights.conv1d and module_path[0] != "lm_head"  # GPT-2's LM head is an nn.Linear
     return [prefix + ".".join([*parents, part, suffix]) for part in parts], leaf == "kernel" and not conv1d
@@ -193,7 +195,27 @@ class SafetensorsIndex:
             return self._qkv_reader(names, shape, transpose, dtype, kv_replicas)
         if module == "gate_up_proj":
             return self._gate_up_reader(names, shape, transpose, dtype)
+        if module == "attn_gate":  # each head's second half of the "gated" query tensor, or its own projection's rows
+            gated = self.weights.qkv_layout == "gated"
+            return self._head_rows_reader(names[0], shape, transpose, dtype, int(gated), 1 + gated)
         return self.slice_reader(names[0], shape, transpose, dtype)
+
+    def _head_rows_reader(
+        self, name: str, shape: tuple[int, ...], transpose: bool, dtype: Any, block: int, blocks: int
+    ) -> Reader:
+        """``[*lead, heads, head_dim]`` from a tensor of ``blocks * heads * head_dim`` rows, each head's ``blocks``
+        in turn, ``block`` the one read: MiniCPM5-MoE's ``q_proj`` (2: the queries, 0, then the output gate's), or an
+        output gate's own projection (1)."""
+        *lead, heads, hd = shape
+        stored = self.slice_reader(name, (*lead, blocks * heads * hd), transpose, dtype)
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            *lead_index, head_index, dim_index = index
+            rows = [(blocks * h + block) * hd for h in range(*head_index.indices(heads))]
+            parts = [stored((*lead_index, slice(r, r + hd)))[..., dim_index] for r in rows]
+            return np.stack(parts, axis=-2)
+
+        return read
 
     def _gate_up_reader(self, names: list[str], shape: tuple[int, ...], transpose: bool, dtype: Any) -> Reader:
         """``[*lead, 2, mlp]`` from gate and up: two tensors, or one with the gate's rows first (Phi-3)."""
@@ -241,11 +263,13 @@ class SafetensorsIndex:
     ) -> Callable[[list[slice], str, int, int], np.ndarray]:
         """``rows(lead_index, part, first_head, n)``: ``n`` heads of q, k or v, wherever the layout keeps them."""
         layout = self.weights.qkv_layout
-        if layout == "separate":
-            sizes = (q_heads, kv, kv)
-            readers = [
-                self.slice_reader(n, (*lead, s * hd), transpose, dtype) for n, s in zip(names, sizes, strict=True)
-            ]
+        if layout in ("separate", "gated"):
+            readers = [self.slice_reader(n, (*lead, kv * hd), transpose, dtype) for n in names[1:]]
+            if layout == "gated":  # the queries are each head's first half of the query tensor's rows
+                q = _flat_heads(self._head_rows_reader(names[0], (*lead, q_heads, hd), transpose, dtype, 0, 2), hd)
+            else:
+                q = self.slice_reader(names[0], (*lead, q_heads * hd), transpose, dtype)
+            readers = [q, *readers]
             first = {"q": (0, 0), "k": (1, 0), "v": (2, 0)}  # part -> (tensor, its first head's row / head_dim)
         elif layout in ("concat", "grouped", "codegen"):
             readers = [self.slice_reader(names[0], (*lead, (q_heads + 2 * kv) * hd), transpose, dtype)]
@@ -276,6 +300,17 @@ class SafetensorsIndex:
             return readers[tensor]((*lead_index, slice(at * hd, (at + n) * hd)))
 
         return rows
+
+
+def _flat_heads(read: Reader, hd: int) -> Reader:
+    """A ``[*lead, heads, head_dim]`` reader read as ``[*lead, heads * head_dim]``, by whole heads."""
+
+    def flat(index: tuple[slice, ...]) -> np.ndarray:
+        *lead_index, rows = index
+        part = read((*lead_index, slice(rows.start // hd, rows.stop // hd), slice(None)))
+        return part.reshape(*part.shape[:-2], -1)
+
+    return flat
 
 
 def _alias(name: str, weights: WeightMap) -> str:

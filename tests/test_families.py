@@ -584,6 +584,88 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Gemma 2 without the output norms: a sliding layer, a global one, both soft-caps
+    "vaultgemma": (
+        "VaultGemmaForCausalLM",
+        None,
+        dict(
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "ministral": (
+        "MinistralForCausalLM",
+        None,
+        dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+        [],
+    ),
+    # CwmConfig's default layers (a global one, then a sliding one) and its llama3-scaled rope
+    "cwm": ("CwmForCausalLM", None, dict(sliding_window=WINDOW, rope_parameters=None, mlp_bias=True), []),
+    # weightless RMSNorms (the embeddings' too), the rotary turned the other way, q/k norms after it, soft-capped logits
+    "nanochat": ("NanoChatForCausalLM", None, {}, []),
+    # LayerNorms, a biased squared-ReLU MLP, biases on q, k, v and o
+    "jais2": ("Jais2ForCausalLM", None, {}, []),
+    # Granite's multipliers, logits multiplied, RMSNorms on the blocks' outputs
+    "hyperclovax": (
+        "HyperCLOVAXForCausalLM",
+        None,
+        dict(embedding_multiplier=12.0, residual_multiplier=0.22, logits_scaling=0.5, attention_bias=True),
+        [],
+    ),
+    # Llama's attention with V3's mixture and router in every layer
+    "solar_open": (
+        "SolarOpenForCausalLM",
+        None,
+        dict(
+            intermediate_size=None,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            attention_bias=True,
+        ),
+        [],
+    ),
+    # Granite with sinks: a global layer without rotary, a sliding one with it
+    "granite_swa": (
+        "GraniteSWAForCausalLM",
+        None,
+        dict(**GRANITE_MULTIPLIERS, sliding_window=WINDOW, layer_rope_theta=[0, 1e4], tie_word_embeddings=False),
+        [],
+    ),
+    # Apertus with its LM head pruned to the first ids (output_vocab_size): the others' logits -inf, never sampled
+    "apertus1p5": ("Apertus1p5TextForCausalLM", None, dict(output_vocab_size=32768, tie_word_embeddings=False), []),
+    # V3's latent attention (low-rank queries, YaRN with both mscales) with dense SwiGLUs
+    "youtu": (
+        "YoutuForCausalLM",
+        None,
+        dict(
+            kv_lora_rank=32,
+            q_lora_rank=24,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            head_dim=None,
+            num_key_value_heads=None,
+            tie_word_embeddings=False,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+        [],
+    ),
     # DeepSeek-V2's latent attention with the half-split rotary (longrope, MiniCPM3-4B's), dense SwiGLUs, muP's
     # embedding, residual and logits multipliers
     "minicpm3": (
@@ -610,6 +692,93 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             },
         ),
         [],
+    ),
+    # the rotary on half of each head (rotary_dim), RMSNorms over the whole q and k projections, top-2 of 8 experts by
+    # sigmoid plus a (random) choice bias stored on the MoE block
+    "minimax_m2": (
+        "MiniMaxM2ForCausalLM",
+        None,
+        dict(num_local_experts=8, num_experts_per_tok=2, rotary_dim=8),
+        [],
+    ),
+    # V3's latent attention and router; layer 0 dense, layer 1 a mixture (the default mlp_layer_types)
+    "glm4_moe_lite": (
+        "Glm4MoeLiteForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            q_lora_rank=24,
+            first_k_dense_replace=None,
+            routed_scaling_factor=2.5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [],
+    ),
+    # V3's latent attention, YaRN and Ministral 3's query scaling every 8 positions; a softmax router, no choice bias
+    "mistral4": (
+        "Mistral4ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            qk_nope_head_dim=8,
+            head_dim=16,
+            q_lora_rank=24,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=1.5,
+            rope_parameters=dict(MINISTRAL3_ROPE, partial_rotary_factor=0.5),
+        ),
+        [],
+    ),
+    # EXAONE 4's attention (a sliding layer with the rotary, a global one without) in pre-norm layers; layer 0 dense,
+    # layer 1 V3's mixture with a (random) choice bias stored on the MoE block
+    "exaone_moe": (
+        "ExaoneMoeForCausalLM",
+        None,
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            num_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            sliding_window=WINDOW,
+            sliding_window_pattern=2,
+        ),
+        [],
+    ),
+    # Command A MoE's layout: a global dense layer with the rotary (the prefix's pattern 1), then a sliding mixture
+    # layer; softmax over the top-2 logits of 4 experts, averaged with the shared expert; Cohere's LayerNorms
+    "cohere2_moe": (
+        "Cohere2MoeForCausalLM",
+        None,
+        dict(
+            num_experts=4,
+            num_shared_experts=1,
+            first_k_dense_replace=1,
+            prefix_dense_intermediate_size=80,
+            sliding_window=WINDOW,
+            sliding_window_pattern=2,
+            attention_bias=True,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    # each query head's rows then its output gate's in q_proj, biases on q/k/v/o; layer 0 dense, layer 1 V3's mixture
+    # with a (random) choice bias, group-limited
+    "minicpm5_moe": (
+        "MiniCPM5MoeForCausalLM",
+        None,
+        dict(
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_group=4,
+            topk_group=2,
+            attention_bias=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [],  # TP 2 (each device's heads of the gates) matched transformers once by hand (2026-12-05): ~26 s
     ),
     # a sliding dense layer with the rotary, a global mixture layer without; the attention's output gated per channel
     # by a sigmoid; sigmoid routing with a (random) choice bias, renormalised, times route_scale; embeddings times
@@ -751,6 +920,12 @@ MIXTURES = (
     "deepseek_v3",
     "glm4_moe",
     "gpt_oss",
+    "minimax_m2",
+    "glm4_moe_lite",
+    "mistral4",
+    "exaone_moe",
+    "cohere2_moe",
+    "minicpm5_moe",
     "afmoe",
     "laguna",
     "kolibri1",
@@ -859,6 +1034,24 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "GPTBigCodeForCausalLM",
         dict(multi_query=False, scale_attn_weights=False, n_inner=96),
     ),
+    # Cohere2-MoE with RMSNorms, the sigmoids of the top-2 logits renormalised, summed with the shared expert; a
+    # sliding dense layer (the prefix's pattern 2), then a global mixture layer without the rotary
+    "cohere2_moe_sigmoid_sum_rms": (
+        "Cohere2MoeForCausalLM",
+        dict(
+            head_dim=16,
+            num_experts=4,
+            num_shared_experts=2,
+            shared_expert_combination_strategy="sum",
+            expert_selection_fn="sigmoid",
+            rms_norm_eps=1e-6,
+            first_k_dense_replace=1,
+            prefix_dense_sliding_window_pattern=2,
+            sliding_window_pattern=1,
+            sliding_window=8,
+            tie_word_embeddings=False,
+        ),
+    ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
     # Laguna's default gate: one softplus factor per head
@@ -912,6 +1105,8 @@ def test_logits_match_transformers(family_dirs, name):
     ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
     expected = hf_logits(model_dir, ids)
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    got, pruned = got[:, : expected.shape[1]], got[:, expected.shape[1] :]  # ids past a pruned LM head (Apertus 1.5)
+    assert np.all(pruned == -np.inf), "ids past a pruned LM head must never be produced"
     assert relative_error(got, expected) < LOGITS_RTOL
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
@@ -1135,7 +1330,19 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
 # Families whose decoder runs nothing another family's greedy row does not (a config read its own way, a known norm
 # or MLP in another place): their logits rows check them, and the suite stays inside its time budget (~10 s a row).
-LOGITS_ONLY: set[str] = {"minicpm3", "laguna", "mellum", "hy_v3", "axk1"}
+LOGITS_ONLY: set[str] = {
+    "vaultgemma",
+    "ministral",
+    "cwm",
+    "jais2",
+    "hyperclovax",
+    "solar_open",
+    "granite_swa",
+    "youtu",
+}
+LOGITS_ONLY |= {"minimax_m2", "glm4_moe_lite", "exaone_moe"}  # V3's router on OLMo 2's, DeepSeek's, EXAONE 4's layers
+LOGITS_ONLY |= {"cohere2_moe"}  # Cohere2's layers, a softmax mixture (its average a factor on the logits row's path)
+LOGITS_ONLY |= {"minicpm3", "laguna", "mellum", "hy_v3", "axk1"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1317,10 +1524,55 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("DeepseekV2ForCausalLM", {**DEEPSEEK_KEYS, "norm_topk_prob": True}, "V2 norm_topk_prob=True is not supported"),
         ("DeepseekV3ForCausalLM", {**DEEPSEEK_KEYS, "scoring_func": "softmax"}, "scoring_func='softmax'.*'sigmoid'"),
+        (
+            "Mistral4ForCausalLM",
+            {**DEEPSEEK_KEYS, "head_dim": 24, "n_group": 4, "topk_group": 2},
+            "Mistral 4 n_group=4 is not supported.*1",
+        ),
+        (
+            "Mistral4ForCausalLM",
+            {**DEEPSEEK_KEYS, "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.25}},
+            "Mistral 4 rotary width.*= 4 is not supported.*qk_rope_head_dim=8",
+        ),
+        (
+            "Glm4MoeLiteForCausalLM",
+            {**DEEPSEEK_KEYS, "mlp_layer_types": ["dense", "moe"]},
+            "GLM-4.7-Flash mlp_layer_types entry 'moe' is not supported",
+        ),
+        (
+            "ExaoneMoeForCausalLM",
+            {"num_experts": 4, "sliding_window_pattern": "LLLG"},
+            "sliding_window_pattern='LLLG' without layer_types",
+        ),
+        (
+            "Cohere2MoeForCausalLM",
+            {"num_experts": 4, "expert_selection_fn": "relu"},
+            "Cohere2-MoE expert_selection_fn='relu' is not supported.*softmax, sigmoid",
+        ),
+        (
+            "Cohere2MoeForCausalLM",
+            {"num_experts": 4, "shared_expert_combination_strategy": "max"},
+            "Cohere2-MoE shared_expert_combination_strategy='max' is not supported.*sum, average",
+        ),
+        (
+            "MiniCPM5MoeForCausalLM",
+            {**DEEPSEEK_KEYS, "use_gated_attention": False},
+            "MiniCPM5-MoE use_gated_attention=False is not supported",
+        ),
         (  # DeepSeek-V3's own checkpoint: FP8 weights with 128 x 128 block scales
             "DeepseekV3ForCausalLM",
             {**DEEPSEEK_KEYS, "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
             r"weight_block_size=\[128, 128\].*not supported",
+        ),
+        (
+            "GraniteSWAForCausalLM",
+            {"layer_rope_theta": [1e4]},
+            r"Granite SWA layer_rope_theta=\[10000.0\] is not supported.*num_hidden_layers=2 entries",
+        ),
+        (
+            "Apertus1p5TextForCausalLM",
+            {"output_vocab_size": 100, "tie_word_embeddings": True},
+            "Apertus 1.5 output_vocab_size=100 is not supported with tie_word_embeddings=True",
         ),
         ("LagunaForCausalLM", {"num_attention_heads_per_layer": [4, 8]}, "num_attention_heads_per_layer=\\[4, 8\\]"),
         ("LagunaForCausalLM", {"moe_router_logit_softcapping": 30.0}, "moe_router_logit_softcapping=30.0 is not"),
@@ -1533,3 +1785,37 @@ def test_mpt_hub_architecture_name_reads_as_transformers_name():
     assert resolve_architecture({"architectures": ["MPTForCausalLM"]}) is resolve_architecture(
         {"architectures": ["MptForCausalLM"]}
     )
+
+
+@pytest.mark.parametrize(
+    "arch, config_cls, settings",
+    [
+        ("Glm4MoeLiteForCausalLM", "Glm4MoeLiteConfig", dict(DEEPSEEK_KEYS, first_k_dense_replace=3)),
+        (
+            "ExaoneMoeForCausalLM",
+            "ExaoneMoeConfig",
+            dict(num_experts=8, num_experts_per_tok=2, first_k_dense_replace=2),
+        ),
+        ("MiniCPM5MoeForCausalLM", "MiniCPM5MoeConfig", dict(DEEPSEEK_KEYS, first_k_dense_replace=2)),
+        (
+            "Cohere2MoeForCausalLM",
+            "Cohere2MoeConfig",
+            dict(num_experts=4, first_k_dense_replace=2, prefix_dense_sliding_window_pattern=2, sliding_window=16),
+        ),
+    ],
+)
+def test_moe_layer_kinds_without_their_lists_read_as_transformers_lays_them(arch, config_cls, settings):
+    """Configs without ``mlp_layer_types`` (or Cohere2-MoE's ``layer_types``), as the hub's may be: each layer dense
+    or a mixture, sliding or global, as the family's transformers config lays them out (GLM-4.7-Flash ignores
+    ``first_k_dense_replace``, the others read it; Cohere2-MoE pops it)."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    config = dict(TINY_CONFIG, num_hidden_layers=5, **settings)
+    hf = getattr(transformers, config_cls)(**config)
+    args = build_args({**config, "architectures": [arch]}, np.float32)[1]
+    assert [spec.dense_mlp_size is None for spec in args.layers] == [t == "sparse" for t in hf.mlp_layer_types]
+    if hasattr(hf, "layer_types") and hf.layer_types:
+        window = config.get("sliding_window", hf.sliding_window)
+        assert args.sliding_windows == [window if t == "sliding_attention" else None for t in hf.layer_types]

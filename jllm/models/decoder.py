@@ -42,8 +42,16 @@ class Attention(nnx.Module):
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms()
         self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
-        gates = args.num_heads * (1 if args.attn_output_gate_per_head else hd)
-        self.out_gate = Linear(d, gates, ("embed", "q_heads"), dt, quant=args.quant) if args.attn_output_gate else None
+        # [hidden, heads, head_dim or 1]: the output gate by head, so tensor parallelism splits it with the heads and
+        # the "gated" layout's rows (each query head's, then its gate's, in q_proj) read per head; stored in q_proj,
+        # it shares q_proj's bias
+        gated_q = args.weights.qkv_layout == "gated"
+        gates = (args.num_heads, 1 if args.attn_output_gate_per_head else hd)
+        self.attn_gate = (
+            Linear(d, gates, ("embed", "q_heads", None), dt, bias=args.qkv_bias and gated_q, quant=args.quant)
+            if args.attn_output_gate
+            else None
+        )
         self.args, self.spec = args, spec
 
     def __call__(
@@ -73,11 +81,7 @@ class Attention(nnx.Module):
             q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
-        if self.spec.attn_temperature is not None:
-            floor_scale, attn_scale = self.spec.attn_temperature
-            shifted = positions.astype(jnp.float32) + self.spec.attn_temperature_shift
-            scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
-            q = (q * scale[:, None, None]).astype(q.dtype)
+        q = self.spec.scale_queries(q, positions)
         out, kv_pages = paged_attention(
             q,
             k,
@@ -90,18 +94,12 @@ class Attention(nnx.Module):
             sinks=None if self.sinks is None else self.sinks[...],
             alibi_slopes=None if a.alibi_slopes is None else jnp.asarray(a.alibi_slopes, jnp.float32),
         )
-        if self.out_gate is not None:
-            out = self._gated(out, normed_linear(norm, self.out_gate, x))
+        if self.attn_gate is not None:  # [T, heads, head_dim or 1], its activation taken in float32 (Laguna's is)
+            act = jax.nn.sigmoid if a.attn_output_gate == "sigmoid" else jax.nn.softplus
+            out = out * act(normed_linear(norm, self.attn_gate, x).astype(jnp.float32)).astype(out.dtype)
         out = out.reshape(t, a.num_heads * a.head_dim)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
-
-    def _gated(self, out: jax.Array, gate: jax.Array) -> jax.Array:
-        """``out [T, heads, head_dim]`` times the family's activation of ``gate`` ``[T, heads * (head_dim or 1)]``,
-        taken in float32 (Laguna's softplus is)."""
-        act = jax.nn.sigmoid if self.args.attn_output_gate == "sigmoid" else jax.nn.softplus
-        factor = act(gate.astype(jnp.float32)).astype(out.dtype).reshape(out.shape[0], out.shape[1], -1)
-        return out * factor
 
     def _qk_normed(self, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
         """q ``[T, heads, head_dim]`` and k through their norms, if the family has them."""
@@ -205,7 +203,13 @@ class CausalLM(nnx.Module):
         self.lm_head = (
             None
             if args.tie_word_embeddings or args.num_labels is not None
-            else Linear(args.hidden_size, args.vocab_size, ("embed", "vocab"), args.dtype, bias=args.lm_head_bias)
+            else Linear(
+                args.hidden_size,
+                args.head_vocab_size or args.vocab_size,
+                ("embed", "vocab"),
+                args.dtype,
+                bias=args.lm_head_bias,
+            )
         )
         self.score = (
             None if args.num_labels is None else Linear(args.hidden_size, args.num_labels, (None, None), args.dtype)
@@ -263,7 +267,8 @@ class CausalLM(nnx.Module):
 
     def logits_head(self) -> LogitsHead:
         """A view of the parameters logits need (shared, not copied)."""
-        return LogitsHead(self.embed_tokens, self.lm_head, self.args.logits_divisor, self.args.final_softcap)
+        a = self.args
+        return LogitsHead(self.embed_tokens, self.lm_head, a.logits_divisor, a.final_softcap, a.vocab_size)
 
 
 class LogitsHead(nnx.Module):
@@ -278,11 +283,13 @@ class LogitsHead(nnx.Module):
         lm_head: Linear | None,
         logits_divisor: float | None = None,
         final_softcap: float | None = None,
+        vocab_size: int | None = None,
     ):
         self.embed_tokens = embed_tokens if lm_head is None else None
         self.lm_head = lm_head
         self.logits_divisor = logits_divisor
         self.final_softcap = final_softcap
+        self.vocab_size = vocab_size  # the logits' width: a pruned head's (``ModelArgs.head_vocab_size``) padded to it
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits."""
@@ -291,4 +298,6 @@ class LogitsHead(nnx.Module):
         if self.logits_divisor is not None:
             logits = logits / self.logits_divisor
         cap = self.final_softcap
-        return logits if cap is None else cap * jnp.tanh(logits / cap)
+        logits = logits if cap is None else cap * jnp.tanh(logits / cap)
+        pruned = (self.vocab_size or logits.shape[-1]) - logits.shape[-1]  # ids past a pruned head: never produced
+        return logits if not pruned else jnp.pad(logits, ((0, 0), (0, pruned)), constant_values=-jnp.inf)

@@ -95,10 +95,11 @@ def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
 
 
 class RMSNorm(nnx.Module):
-    """Llama's RMSNorm, or with ``unit_offset`` Gemma's, whose stored weight is the scale minus one."""
+    """Llama's RMSNorm, or with ``unit_offset`` Gemma's, whose stored weight is the scale minus one; without
+    ``weight`` NanoChat's, which scales by nothing."""
 
-    def __init__(self, dim: int, eps: float, dtype: jnp.dtype, unit_offset: bool = False):
-        self.weight = param((dim,), dtype, ("embed",))
+    def __init__(self, dim: int, eps: float, dtype: jnp.dtype, unit_offset: bool = False, weight: bool = True):
+        self.weight = param((dim,), dtype, ("embed",)) if weight else None
         self.eps = eps
         self.unit_offset = unit_offset
 
@@ -111,12 +112,16 @@ class RMSNorm(nnx.Module):
         ``[..., 1]`` float32), so that a linear map of it is ``linear(x * w) * factor`` (``normed_linear``)."""
         x32 = x.astype(jnp.float32)
         factor = self._inv_rms(x32)
+        if self.weight is None:
+            return x, factor
         w32 = self.weight[...].astype(jnp.float32)
         return (x32 * (1.0 + w32 if self.unit_offset else w32)).astype(x.dtype), factor
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * self._inv_rms(x32)
+        if self.weight is None:
+            return x32.astype(x.dtype)
         if self.unit_offset:  # Gemma scales in float32, then casts: (x * (1 + w)).to(dtype)
             return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
         # Llama casts back before the weight: w * x.to(dtype)

@@ -80,7 +80,7 @@ class MLAttention(nnx.Module):
         t, h, r, nope = x.shape[0], a.num_heads, m.kv_lora_rank, m.qk_nope_head_dim
         x = x if norm is None else norm(x)
         q = self.q_proj(x) if self.q_proj is not None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q = q.reshape(t, h, nope + m.qk_rope_head_dim)
+        q = self.spec.scale_queries(q.reshape(t, h, nope + m.qk_rope_head_dim), positions)  # Mistral 4's scaling
         latent = self.kv_a_proj_with_mqa(x)  # [T, kv_lora_rank + rope]
         c_kv = self.kv_a_layernorm(latent[:, :r])
         rope = self.spec.rope

@@ -9,8 +9,8 @@ heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual
 MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
 too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
 embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query
-temperature, and the checkpoint's tensor names; and JetMoE's mixture of attention heads (``jllm.models.moa``) in
-place of the attention, A.X-K1's norm on a mixture's output.
+temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
+heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output.
 
 Where this module sits: docs/architecture.md.
 """
@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -31,9 +32,9 @@ from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
-# Llama's RMSNorm, Gemma's ``1 + w`` one; LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or
-# weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
-NORMS = ("rms", "rms_unit_offset", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
+# Llama's RMSNorm, Gemma's ``1 + w`` one, one without a weight (NanoChat); LayerNorm with weight and bias, weight only
+# (Cohere), neither (OLMo 1), or weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
+NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
 # the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
 CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
@@ -46,15 +47,16 @@ class WeightMap:
     ``qkv``: the tensors our fused QKV is read from and their layout: "separate" (``q_proj``, ``k_proj``,
     ``v_proj``), "concat" (one tensor, all query rows, then K's, then V's: Phi-3), "grouped" (one tensor, per KV
     head its query heads' rows, then its K's, then its V's: GPT-NeoX's per-head ``[q, k, v]``, Falcon) or "codegen"
-    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys). ``gate_up``
+    (one tensor in ``CODEGEN_SHARDS`` shards, each its share of the heads' queries, then values, then keys) or "gated"
+    (``separate``, each query head's rows followed by as many of its output gate's: ``attn_output_gate``). ``gate_up``
     likewise: "separate" (``gate_proj``, ``up_proj``) or "concat" (gate rows then up rows). ``rename``: our module
     name -> the checkpoint's, for every other module whose name differs (or a dotted run of modules: Granite's
     ``mlp.shared_expert`` is its layer's ``shared_mlp``; a name "" drops the level; a parameter's own name too:
-    ERNIE's ``e_score_correction_bias``; or modules and their parameter, ``mlp.gate.e_score_correction_bias``, for a
-    tensor kept elsewhere in its layer: AFMoE's ``mlp.expert_bias``, Kolibri-1's ``moe.router.expert_bias``). A name
-    holding ``{e}`` is one tensor per expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's
-    ``q_layernorm.norms.{e}``), stacked on our parameter's leading axis; without it, each expert kernel is one stacked
-    tensor (Granite MoE's ``input_linear``).
+    ERNIE's ``e_score_correction_bias``; or modules and their parameter, ``gate.e_score_correction_bias``, for a
+    tensor kept elsewhere in its layer: beside its module, MiniMax-M2's router bias on the MoE block, or further up,
+    AFMoE's ``mlp.expert_bias``, Kolibri-1's ``moe.router.expert_bias``). A name holding ``{e}`` is one tensor per
+    expert (Mixtral's ``experts.{e}.w1``) or per head (StableLM's ``q_layernorm.norms.{e}``), stacked on our
+    parameter's leading axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``).
     ``reader``: the family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape,
     dtype)`` -> a slice reader (``jllm.safetensors_index.Reader``), or None where the names above say it (gpt-oss's
     stacked experts, gate and up interleaved, maybe in MXFP4).
@@ -72,8 +74,10 @@ class WeightMap:
     conv1d: bool = (
         False  # the decoder's linear weights stored ``[in, out]`` as ours (GPT-2's ``Conv1D``), not ``[out, in]``
     )
-    # the experts stored as bare parameters named as ours, ``[experts, in, out]`` (Llama 4's ``experts.gate_up_proj``)
-    expert_params: bool = False
+    # the experts stored as bare parameters named as ours: "in_out" ``[experts, in, out]`` (Llama 4's
+    # ``experts.gate_up_proj``), "out_in" ``[experts, out, in]`` (transformers 5's own stacked experts: Mistral 4's);
+    # None: not so
+    expert_params: str | None = None
     reader: Callable[..., Any] | None = None
 
 
@@ -91,6 +95,15 @@ class LayerSpec:
     # 4's attn_temperature_tuning on its layers without rotary; Ministral 3's llama_4_scaling_beta on every layer)
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
+
+    def scale_queries(self, q: jax.Array, positions: jax.Array) -> jax.Array:
+        """``q [T, heads, dim]`` times its position's ``attn_temperature`` factor, where the layer has one."""
+        if self.attn_temperature is None:
+            return q
+        floor_scale, attn_scale = self.attn_temperature
+        shifted = positions.astype(jnp.float32) + self.attn_temperature_shift
+        scale = jnp.log1p(jnp.floor(shifted / floor_scale)) * attn_scale + 1.0
+        return (q * scale[:, None, None]).astype(q.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +143,9 @@ class ModelArgs:
     experts_renormalize: bool = True  # the chosen experts' weights rescaled to sum to one (Qwen's norm_topk_prob)
     shared_expert_size: int = 0  # > 0: a dense SwiGLU beside the experts, this wide (Qwen2-MoE, DeepSeek)
     shared_expert_gated: bool = True  # the shared expert's output scaled by a sigmoid gate (Qwen2-MoE's)
+    shared_expert_mean: bool = False  # the shared and routed outputs averaged, not summed (Cohere2-MoE's "average")
     expert_routing: str = "softmax"  # one of moe.ROUTINGS
+    router_float32: bool = False  # the router's weight and logits in float32 (Flint's _keep_in_fp32_modules)
     router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
     mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
@@ -141,8 +156,10 @@ class ModelArgs:
     experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
     experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
     attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
-    # the attention's output, before o_proj, times act(out_gate(normed input)), act one of ATTN_OUTPUT_GATES: per
-    # channel (AFMoE's sigmoid) or, with attn_output_gate_per_head, one factor per head (Laguna's softplus)
+    # the attention's output, before o_proj, times act(attn_gate(normed input)), act one of ATTN_OUTPUT_GATES: per
+    # channel (AFMoE's and MiniCPM5-MoE's sigmoid) or, with attn_output_gate_per_head, one factor per head (Laguna's
+    # softplus); a projection of its own, or with ``qkv_layout`` "gated" each query head's rows in q_proj followed by
+    # its gate's (MiniCPM5-MoE's, sharing q_proj's bias)
     attn_output_gate: str | None = None
     attn_output_gate_per_head: bool = False
     # ALiBi (Bloom, MPT, Falcon-RW): per query head, the slope of a score bias linear in the key's distance back from
@@ -159,6 +176,9 @@ class ModelArgs:
     attention_chunk_size: int | None = None
     final_softcap: float | None = None
     lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
+    # an untied LM head over the first this many ids only (Apertus 1.5's pruned ``output_vocab_size``): the other ids'
+    # logits are -inf, tokens the model never produces; None: the whole vocabulary
+    head_vocab_size: int | None = None
     # a sequence classifier (``*ForSequenceClassification``): a bias-free ``score`` head of this many labels in place
     # of the LM head (``jllm.classify``); None: a causal LM
     num_labels: int | None = None
@@ -218,6 +238,8 @@ class ModelArgs:
                 bias=self.experts_bias,
                 glu=self.experts_glu,
                 out_bias=self.moe_out_bias,
+                shared_mean=self.shared_expert_mean,
+                router_float32=self.router_float32,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
@@ -231,7 +253,7 @@ class ModelArgs:
             affine, offset = kind != "layer_no_affine", kind == "layer_unit_offset"
             bias = kind in ("layer", "layer_unit_offset")
             return LayerNorm(dim, self.norm_eps, self.dtype, affine, bias, heads, unit_offset=offset)
-        return RMSNorm(dim, self.norm_eps, self.dtype, unit_offset=kind == "rms_unit_offset")
+        return RMSNorm(dim, self.norm_eps, self.dtype, kind == "rms_unit_offset", weight=kind != "rms_no_affine")
 
     def make_qk_norms(self) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
         """The q and k norms: over each head's ``head_dim`` channels with one weight for all heads (Qwen3, Gemma 3)

@@ -73,8 +73,9 @@ def route_sigmoid(logits: jax.Array, top_k: int, renormalize: bool) -> tuple[jax
     return chosen, weights / jnp.sum(weights, axis=-1, keepdims=True) if renormalize else weights
 
 
-# the routing rules by name; "sigmoid_input" (Llama 4) scales each expert's input by its weight, the others its output
-ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid", "sigmoid_input")
+# the routing rules by name; "sigmoid_input" (Llama 4) scales each expert's input by its weight, the others its output;
+# "sigmoid" (Flint's, Cohere2-MoE's): ``route_sigmoid``'s weights on the outputs, renormalised where asked
+ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid_input", "sigmoid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,12 +193,14 @@ class SparseMoE(nnx.Module):
     ``routing`` rule (``ROUTINGS``) or DeepSeek's ``grouped`` router, each token's output the weighted sum of its
     experts' SwiGLU outputs (Llama 4: the sum of its experts' outputs on its weighted input); with ``shared_hidden``
     plus a dense SwiGLU every token takes, scaled by a sigmoid gate where ``shared_gated`` (Qwen2-MoE) or not (Granite
-    MoE Shared, ERNIE, Llama 4, DeepSeek).
+    MoE Shared, ERNIE, Llama 4, DeepSeek), added to the experts' output or, with ``shared_mean``, averaged with it
+    (Cohere2-MoE's "average").
 
     ``top_k`` and ``renormalize`` serve the softmax rules and the grouped router; ``router_eps`` is sparsemixer's
     jitter epsilon or the corrected softmax's floor on the weights' sum. gpt-oss's: ``bias`` on the router and each
     expert's projections, its ``glu``, and softmax over its k chosen logits (what renormalising the k of a softmax
-    over all of them is). ``out_bias``: a bias on the sum of the experts' outputs (JetMoE's)."""
+    over all of them is). ``out_bias``: a bias on the sum of the experts' outputs (JetMoE's). ``router_float32``: the
+    router's weight in float32 whatever ``dtype`` (Flint's; ERNIE's corrected softmax always)."""
 
     def __init__(
         self,
@@ -216,6 +219,8 @@ class SparseMoE(nnx.Module):
         bias: bool = False,
         glu: ClampedSwiGLU | None = None,
         out_bias: bool = False,
+        shared_mean: bool = False,
+        router_float32: bool = False,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -224,7 +229,7 @@ class SparseMoE(nnx.Module):
         else:
             # ERNIE and Flint keep their routers (ERNIE's correction bias too) in float32 (transformers'
             # _keep_in_fp32_modules)
-            router_dtype = jnp.float32 if routing in ("softmax_corrected", "sigmoid") else dtype
+            router_dtype = jnp.float32 if router_float32 or routing == "softmax_corrected" else dtype
             self.gate = Linear(dim, experts, ("embed", None), router_dtype, bias=bias)  # the router
         self.e_score_correction_bias = (
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
@@ -236,6 +241,7 @@ class SparseMoE(nnx.Module):
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if gated else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
         self.routing, self.router_eps, self.grouped = routing, router_eps, grouped
+        self.shared_mean = shared_mean
 
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
@@ -274,5 +280,5 @@ class SparseMoE(nnx.Module):
         if self.shared_expert is None:
             return y
         if self.shared_expert_gate is None:
-            return y + self.shared_expert(x)
+            return (y + self.shared_expert(x)) / 2 if self.shared_mean else y + self.shared_expert(x)
         return y + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)

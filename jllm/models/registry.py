@@ -15,6 +15,7 @@ from flax import nnx
 from jllm.models.decoder import CausalLM
 from jllm.models.families import (
     alibi,
+    cohere_moe,
     dbrx,
     deepseek,
     fairseq,
@@ -25,9 +26,11 @@ from jllm.models.families import (
     jetmoe,
     layer_norm,
     llama,
+    llama_variants,
     mixtures,
     multimodal,
     relu_mlp,
+    routed_moe,
     sliding_moe,
 )
 from jllm.models.model_args import ModelArgs
@@ -108,6 +111,22 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MPTForCausalLM": alibi.mpt,  # the hub's MPT configs spell it so (MosaicML's own code)
     "XGLMForCausalLM": fairseq.xglm,
     "BioGptForCausalLM": fairseq.biogpt,
+    "VaultGemmaForCausalLM": gemma.vaultgemma,
+    "MinistralForCausalLM": llama.mistral,  # Mistral with per-layer sliding (layer_types), which the reader takes
+    "CwmForCausalLM": llama_variants.cwm,
+    "NanoChatForCausalLM": llama_variants.nanochat,
+    "Jais2ForCausalLM": llama_variants.jais2,
+    "HyperCLOVAXForCausalLM": llama_variants.hyperclovax,
+    "SolarOpenForCausalLM": deepseek.solar_open,
+    "GraniteSWAForCausalLM": llama_variants.granite_swa,
+    "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
+    "YoutuForCausalLM": deepseek.youtu,
+    "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
+    "Glm4MoeLiteForCausalLM": deepseek.glm4_moe_lite,
+    "Mistral4ForCausalLM": deepseek.mistral4,
+    "ExaoneMoeForCausalLM": routed_moe.exaone_moe,
+    "Cohere2MoeForCausalLM": cohere_moe.cohere2_moe,
+    "MiniCPM5MoeForCausalLM": routed_moe.minicpm5_moe,
     "MiniCPM3ForCausalLM": deepseek.minicpm3,
     "AfmoeForCausalLM": gated_attention.afmoe,
     "LagunaForCausalLM": gated_attention.laguna,

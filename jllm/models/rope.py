@@ -28,6 +28,7 @@ class Rope:
     rotary_dim: int  # leading channels of each head that rotate; the rest pass through
     scaling: tuple[tuple[str, Any], ...] = ()  # the checkpoint's rope_scaling, lists made tuples
     interleaved: bool = False  # rotates channels (2i, 2i + 1) together (Cohere, GPT-J), not (i, i + rotary_dim / 2)
+    negated: bool = False  # rotates by minus the angle (NanoChat's ``rotate_half`` flips the halves' signs)
 
     @classmethod
     def from_hf(cls, theta: float, rotary_dim: int, scaling: dict[str, Any] | None, max_positions: int) -> Rope:
@@ -76,7 +77,8 @@ class Rope:
 
     def apply(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Rotates ``x [T, heads, head_dim]`` by ``positions [T]``."""
-        return apply_rotary(x, positions, self.inv_freq(), self.rotary_dim, self.attention_scaling(), self.interleaved)
+        inv_freq = -self.inv_freq() if self.negated else self.inv_freq()
+        return apply_rotary(x, positions, inv_freq, self.rotary_dim, self.attention_scaling(), self.interleaved)
 
 
 def _llama3(inv_freq: np.ndarray, s: dict[str, Any]) -> np.ndarray:

@@ -53,7 +53,8 @@ class _EngineCollector(Collector):
             ("jllm:generation_tokens", "Tokens generated.", "generation_tokens"),
             (
                 "jllm:programs_compiled_after_startup",
-                "Step and pooling programs compiled after warm-up (each stalls every stream while it compiles; 0 is the goal).",
+                "Step and pooling programs compiled after warm-up (each stalls every stream while it compiles; 0 is "
+                "the goal).",
                 "compilations_after_startup",
             ),
         ]

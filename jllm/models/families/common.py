@@ -104,14 +104,24 @@ def per_type_ropes(cfg: dict[str, Any], head_dim: int, default: dict[str, dict[s
     return {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING) if kind in params}
 
 
+def mixture_layers(kinds: list[str], num_layers: int, family: str) -> list[bool]:
+    """Whether each layer's MLP is a mixture of experts, by its kind (transformers' ``mlp_layer_types``, or the
+    family's rule): "sparse" a mixture, "dense" a dense MLP; another kind, or a list not naming each of the
+    ``num_layers`` layers, refused by name."""
+    if len(kinds) != num_layers:
+        raise ValueError(f"{family} mlp_layer_types={kinds!r} must name each of the {num_layers} layers")
+    for kind in kinds:
+        if kind not in ("dense", "sparse"):
+            raise ValueError(f"{family} mlp_layer_types entry {kind!r} is not supported (supported: 'dense', 'sparse')")
+    return [kind == "sparse" for kind in kinds]
+
+
 def dense_mlps(layers: tuple[LayerSpec, ...], kinds: list[str], width: int, family: str) -> tuple[LayerSpec, ...]:
-    """A mixture of experts' ``layers`` with a dense MLP of ``width`` where ``kinds`` (one per layer: transformers'
-    ``mlp_layer_types``, or the family's rule) says "dense"; a kind other than "dense" and "sparse" refused by name."""
-    if not set(kinds) <= {"dense", "sparse"}:
-        raise ValueError(f"{family} mlp_layer_types={kinds!r} is not supported (supported: 'dense', 'sparse')")
+    """A mixture of experts' ``layers`` with a dense MLP of ``width`` where ``kinds`` (``mixture_layers``') says
+    "dense"."""
     return tuple(
-        dataclasses.replace(spec, dense_mlp_size=width if kind == "dense" else None)
-        for spec, kind in zip(layers, kinds, strict=True)
+        dataclasses.replace(spec, dense_mlp_size=None if moe else width)
+        for spec, moe in zip(layers, mixture_layers(kinds, len(layers), family), strict=True)
     )
 
 

@@ -1,8 +1,10 @@
 """DeepSeek-V2 (V2-Lite, V2.5) and DeepSeek-V3 (R1, Kimi-K2, Moonlight): multi-head latent attention
 (``jllm.models.mla``) with interleaved rotary pairs, and a mixture of SwiGLU experts with plain shared experts behind
 DeepSeek's group-limited router (``jllm.models.moe.grouped_top_k``), dense MLPs in the first layers. GLM-4.5 / 4.6
-(``Glm4MoeForCausalLM``) and dots.llm1 (``Dots1ForCausalLM``) are V3's mixture on grouped-query attention; MiniCPM3
-is V2's latent attention (half-split rotary) over dense SwiGLUs; A.X-K1 is V3 with a norm on each mixture's output.
+(``Glm4MoeForCausalLM``), dots.llm1 (``Dots1ForCausalLM``) and Solar Open are V3's mixture on grouped-query attention;
+Youtu-LLM is V3's latent attention with dense MLPs, MiniCPM3 V2's (half-split rotary) with muP's multipliers;
+GLM-4.7-Flash and Mistral Small 4 are V3 with their own layer kinds, router and query scaling, A.X-K1 with a norm on
+each mixture's output.
 
 Where this module sits: docs/architecture.md.
 """
@@ -12,19 +14,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import (
-    FULL,
-    SLIDING,
-    activation,
-    base_args,
-    dense_mlps,
-    read_rope,
-    typed_layers,
-)
+from jllm.models.families.common import FULL, SLIDING, activation, base_args, mixture_layers, read_rope, typed_layers
 from jllm.models.mla import MLASpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
-from jllm.models.rope import yarn_mscale
+from jllm.models.rope import Rope, yarn_mscale
+
+# Mistral4Config's rope where config.json has none (its partial_rotary_factor is the rotary share of a query head)
+MISTRAL4_ROPE = dict(
+    rope_type="yarn",
+    rope_theta=10000.0,
+    factor=128.0,
+    original_max_position_embeddings=8192,
+    beta_fast=32.0,
+    beta_slow=1.0,
+    mscale_all_dim=1.0,
+    mscale=1.0,
+    llama_4_scaling_beta=0.1,
+)
 
 
 def deepseek_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -42,15 +49,18 @@ def deepseek_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _deepseek(cfg, dtype, "DeepSeek-V2", "softmax", groups, renormalize=False, interleaved=True)
 
 
-def deepseek_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+def deepseek_v3(
+    cfg: dict[str, Any], dtype: Any, family: str = "DeepSeek-V3", mlp_types: list[str] | None = None
+) -> ModelArgs:
     """DeepSeek-V3: sigmoid router choosing with ``e_score_correction_bias`` (``noaux_tc``) among the ``topk_group``
     groups of best top-2 sums, weights from the unbiased scores, renormalised where ``norm_topk_prob``, times
-    ``routed_scaling_factor``; rotary pairs interleaved where ``rope_interleave`` (the default)."""
-    _require(cfg, "DeepSeek-V3", "topk_method", "noaux_tc")
-    _require(cfg, "DeepSeek-V3", "scoring_func", "sigmoid")
+    ``routed_scaling_factor``; rotary pairs interleaved where ``rope_interleave`` (the default). ``family`` and
+    ``mlp_types`` (its ``mlp_layer_types``): a family that is V3 with its own layer kinds (A.X-K1)."""
+    _require(cfg, family, "topk_method", "noaux_tc")
+    _require(cfg, family, "scoring_func", "sigmoid")
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
     renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), bool(cfg.get("rope_interleave", True))
-    return _deepseek(cfg, dtype, "DeepSeek-V3", "sigmoid", groups, renormalize, interleaved)
+    return _deepseek(cfg, dtype, family, "sigmoid", groups, renormalize, interleaved, mlp_types)
 
 
 def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -62,7 +72,7 @@ def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     rope = read_rope({**cfg, "partial_rotary_factor": fraction or 0.5}, base["head_dim"])
     renormalize = bool(cfg.get("norm_topk_prob", True))
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
-    mixture, dense = _mixture(cfg, base["num_layers"], "GLM-4-MoE", "sigmoid", groups, renormalize)
+    mixture, dense = v3_mixture(cfg, base["num_layers"], "GLM-4-MoE", "sigmoid", groups, renormalize)
     return ModelArgs(
         **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
         layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
@@ -84,7 +94,7 @@ def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     layers = typed_layers(cfg, {FULL: rope, SLIDING: rope}, default)
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
     renormalize = bool(cfg.get("norm_topk_prob", False))
-    mixture, dense = _mixture(cfg, base["num_layers"], "dots.llm1", "sigmoid", groups, renormalize)
+    mixture, dense = v3_mixture(cfg, base["num_layers"], "dots.llm1", "sigmoid", groups, renormalize)
     return ModelArgs(
         **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
         layers=tuple(dataclasses.replace(spec, dense_mlp_size=size) for spec, size in zip(layers, dense, strict=True)),
@@ -95,18 +105,109 @@ def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def solar_open(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Solar Open (Upstage): Llama's attention (q/k/v biases where ``attention_bias``, none on o_proj) with V3's
+    mixture and router in every layer (GLM-4.5's, without its dense first layers); SolarOpenConfig's defaults for
+    the keys a config leaves out."""
+    defaults = dict(
+        rms_norm_eps=1e-5,
+        head_dim=128,
+        max_position_embeddings=131_072,
+        rope_theta=1e6,
+        moe_intermediate_size=1280,
+        n_routed_experts=128,
+        num_experts_per_tok=8,
+        n_shared_experts=1,
+    )
+    cfg = {**defaults, **cfg}
+    cfg = {**cfg, "intermediate_size": cfg["moe_intermediate_size"], "first_k_dense_replace": 0}
+    base = base_args(cfg, dtype)
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize = bool(cfg.get("norm_topk_prob", True))
+    mixture, _ = v3_mixture(cfg, base["num_layers"], "Solar Open", "sigmoid", groups, renormalize)
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(read_rope(cfg, base["head_dim"])),) * base["num_layers"],
+        qkv_bias=bool(cfg.get("attention_bias", False)),
+        **mixture,
+    )
+
+
+def youtu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Youtu-LLM (Tencent): V3's latent attention (rotary pairs interleaved where ``rope_interleave``, the default)
+    with a dense SwiGLU in every layer and a tied head by default."""
+    cfg = {"tie_word_embeddings": True, "max_position_embeddings": 131_072, **cfg}
+    settings, rope = _latent_attention(cfg, dtype, bool(cfg.get("rope_interleave", True)))
+    return ModelArgs(
+        **settings,
+        layers=(LayerSpec(rope),) * settings["num_layers"],
+        mlp_act=activation(cfg, "hidden_act", "silu", "Youtu"),
+    )
+
+
+def glm4_moe_lite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-4.7-Flash (``Glm4MoeLiteForCausalLM``): V3's latent attention, router and mixture, each layer's MLP dense
+    or a mixture as ``mlp_layer_types`` says (by default the first dense: transformers reads no
+    ``first_k_dense_replace`` here)."""
+    defaults = dict(routed_scaling_factor=1.8, n_shared_experts=1, rms_norm_eps=1e-5, max_position_embeddings=202752)
+    cfg = {**defaults, **cfg}
+    _require(cfg, "GLM-4.7-Flash", "topk_method", "noaux_tc")
+    mlp_types = cfg.get("mlp_layer_types") or ["dense"] + ["sparse"] * (cfg["num_hidden_layers"] - 1)
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), bool(cfg.get("rope_interleave", True))
+    return _deepseek(cfg, dtype, "GLM-4.7-Flash", "sigmoid", groups, renormalize, interleaved, mlp_types)
+
+
+def mistral4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Mistral Small 4 (``Mistral4ForCausalLM``): V3's latent attention with Ministral 3's query scaling (every
+    query times ``1 + llama_4_scaling_beta * log(1 + floor(position / original_max_position_embeddings))``), YaRN
+    by default, and V3's mixture behind a softmax router with no choice bias, renormalised where ``norm_topk_prob``,
+    times ``routed_scaling_factor``. transformers' rotary covers ``head_dim * partial_rotary_factor`` channels, which
+    must be ``qk_rope_head_dim``; its router ranks groups by their top-2 sums, so only ``n_group=1`` (the released
+    checkpoint's) is read. Its experts are stored as transformers 5 keeps them, stacked per projection."""
+    defaults = dict(routed_scaling_factor=1.0, n_shared_experts=1, rms_norm_eps=1e-6, max_position_embeddings=1048576)
+    cfg = {**defaults, **cfg}
+    if not cfg.get("rope_parameters") and not cfg.get("rope_scaling"):
+        rope = {**MISTRAL4_ROPE, "max_position_embeddings": cfg["max_position_embeddings"]}
+        fraction = cfg["qk_rope_head_dim"] / (cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"])
+        cfg["rope_parameters"] = {**rope, "partial_rotary_factor": fraction}
+    params = dict(cfg.get("rope_scaling") or cfg["rope_parameters"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    rotary = int(head_dim * (params.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0))
+    if rotary != cfg["qk_rope_head_dim"]:
+        raise ValueError(
+            f"Mistral 4 rotary width head_dim * partial_rotary_factor = {rotary} is not supported (supported: "
+            f"qk_rope_head_dim={cfg['qk_rope_head_dim']}, the channels transformers rotates)"
+        )
+    beta, original = params.get("llama_4_scaling_beta"), params.get("original_max_position_embeddings")
+    if beta is None or not original:
+        raise ValueError(
+            f"Mistral 4 rope llama_4_scaling_beta={beta!r}, original_max_position_embeddings={original!r} is not "
+            "supported (supported: both set, as transformers' Mistral 4 scales its queries by them)"
+        )
+    if (cfg.get("n_group") or 1) != 1:
+        raise ValueError(f"Mistral 4 n_group={cfg['n_group']} is not supported (supported: 1)")
+    cfg = {**cfg, "rope_parameters": {**params, "partial_rotary_factor": 1.0}, "rope_scaling": None}
+    renormalize, interleaved = bool(cfg.get("norm_topk_prob", True)), bool(cfg.get("rope_interleave", True))
+    args = _deepseek(cfg, dtype, "Mistral 4", "softmax", (1, 1), renormalize, interleaved)
+    temperature = dict(attn_temperature=(float(original), float(beta)), attn_temperature_shift=0.0)
+    return dataclasses.replace(
+        args,
+        layers=tuple(dataclasses.replace(spec, **temperature) for spec in args.layers),
+        weights=dataclasses.replace(
+            args.weights, rename=(("shared_expert", "shared_experts"),), expert_params="out_in"
+        ),
+    )
+
+
 def axk1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """A.X-K1 (SK Telecom): DeepSeek-V3 (low-rank queries, V3's router: ``n_group`` 8, ``topk_group`` 4 and
-    ``routed_scaling_factor`` 2.5 by default) with a norm on each mixture's output (``post_mlp_layernorm``), dense
-    SwiGLUs where ``mlp_layer_types`` says "dense" (else from ``first_k_dense_replace``, 1 by default)."""
-    n = cfg["num_hidden_layers"]
+    ``routed_scaling_factor`` 2.5 by default) with a norm on each mixture's output (``post_mlp_layernorm``), each
+    layer dense or a mixture as ``mlp_layer_types`` says (else from ``first_k_dense_replace``, 1 by default)."""
     cfg = {"n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, **cfg}
-    first, freq = cfg["first_k_dense_replace"], cfg.get("moe_layer_freq") or 1
-    kinds = cfg.get("mlp_layer_types") or ["sparse" if i >= first and i % freq == 0 else "dense" for i in range(n)]
-    v3 = deepseek_v3(cfg, dtype)
+    v3 = deepseek_v3(cfg, dtype, "A.X-K1", cfg.get("mlp_layer_types"))
     return dataclasses.replace(
         v3,
-        layers=dense_mlps(v3.layers, kinds, cfg["intermediate_size"], "A.X-K1"),
         moe_out_norm=True,
         weights=dataclasses.replace(v3.weights, rename=(*v3.weights.rename, ("mlp_out_norm", "post_mlp_layernorm"))),
     )
@@ -120,26 +221,13 @@ def minicpm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     cfg = {"q_lora_rank": 768, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "kv_lora_rank": 256, **cfg}
     cfg = {"rms_norm_eps": 1e-5, "max_position_embeddings": 32768, "tie_word_embeddings": True, **cfg}
     layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
+    cfg["v_head_dim"] = cfg.get("v_head_dim") or hidden // cfg["num_attention_heads"]
     depth = cfg.get("scale_depth", 1.4)
     base_dim = cfg.get("dim_model_base", 256)
-    mla = MLASpec(
-        kv_lora_rank=cfg["kv_lora_rank"],
-        qk_nope_head_dim=cfg["qk_nope_head_dim"],
-        qk_rope_head_dim=cfg["qk_rope_head_dim"],
-        v_head_dim=cfg.get("v_head_dim") or hidden // cfg["num_attention_heads"],
-        q_lora_rank=cfg["q_lora_rank"],
-    )
-    base = base_args(cfg, dtype)
-    rope = read_rope(cfg, mla.qk_rope_head_dim)
-    qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
-    bias = bool(cfg.get("attention_bias", False))
+    settings, rope = _latent_attention(cfg, dtype, interleaved=False)
     return ModelArgs(
-        **{**base, "num_kv_heads": 1, "head_dim": qk_head_dim},
+        **settings,
         layers=(LayerSpec(rope),) * layers,
-        mla=mla,
-        sm_scale=qk_head_dim**-0.5 * _mscale_squared(cfg),
-        qkv_bias=bias,
-        o_bias=bias,
         mlp_bias=bool(cfg.get("mlp_bias", False)),
         mlp_act=activation(cfg, "hidden_act", "silu", "MiniCPM3"),
         embed_scale=float(cfg.get("scale_emb", 12)),
@@ -163,8 +251,22 @@ def _deepseek(
     groups: tuple[int, int],
     renormalize: bool,
     interleaved: bool,
+    mlp_types: list[str] | None = None,
 ) -> ModelArgs:
-    """What V2 and V3 share: the latent attention, its softmax scale, and the mixture."""
+    """What V2 and V3 share (and the families built on them): the latent attention, its softmax scale, and the
+    mixture."""
+    settings, rope = _latent_attention(cfg, dtype, interleaved)
+    mixture, dense = v3_mixture(cfg, settings["num_layers"], family, scoring, groups, renormalize, mlp_types)
+    return ModelArgs(
+        **{**settings, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+        **mixture,
+    )
+
+
+def _latent_attention(cfg: dict[str, Any], dtype: Any, interleaved: bool) -> tuple[dict[str, Any], Rope]:
+    """The base settings with the latent attention's (its one KV head, its softmax scale, its biases) and the rope
+    of its rotary channels."""
     mla = MLASpec(
         kv_lora_rank=cfg["kv_lora_rank"],
         qk_nope_head_dim=cfg["qk_nope_head_dim"],
@@ -172,24 +274,29 @@ def _deepseek(
         v_head_dim=cfg["v_head_dim"],
         q_lora_rank=cfg.get("q_lora_rank"),
     )
-    base = base_args(cfg, dtype)
     rope = dataclasses.replace(read_rope(cfg, mla.qk_rope_head_dim), interleaved=interleaved)
-    mixture, dense = _mixture(cfg, base["num_layers"], family, scoring, groups, renormalize)
     qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
     attention_bias = bool(cfg.get("attention_bias", False))
-    return ModelArgs(
-        **{**base, "num_kv_heads": 1, "head_dim": qk_head_dim, "intermediate_size": cfg["moe_intermediate_size"]},
-        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+    settings = dict(
+        base_args(cfg, dtype),
+        num_kv_heads=1,
+        head_dim=qk_head_dim,
         mla=mla,
         sm_scale=qk_head_dim**-0.5 * _mscale_squared(cfg),
         qkv_bias=attention_bias,
         o_bias=attention_bias,
-        **mixture,
     )
+    return settings, rope
 
 
-def _mixture(
-    cfg: dict[str, Any], num_layers: int, family: str, scoring: str, groups: tuple[int, int], renormalize: bool
+def v3_mixture(
+    cfg: dict[str, Any],
+    num_layers: int,
+    family: str,
+    scoring: str,
+    groups: tuple[int, int],
+    renormalize: bool,
+    mlp_types: list[str] | None = None,
 ) -> tuple[dict[str, Any], list[int | None]]:
     """The mixture's ``ModelArgs`` settings (``n_routed_experts`` SwiGLU experts of ``moe_intermediate_size``, the
     router, ``n_shared_experts`` plain shared experts as one) and each layer's dense MLP width (None: the mixture)."""
@@ -201,9 +308,13 @@ def _mixture(
     if experts % groups[0]:
         raise ValueError(f"{family} n_group={groups[0]} does not divide n_routed_experts={experts}")
     # DeepSeek's own rule (vLLM's): a mixture from first_k_dense_replace on, every moe_layer_freq-th layer;
-    # transformers reads first_k_dense_replace only (every released checkpoint's moe_layer_freq is 1: they agree)
+    # transformers reads first_k_dense_replace only (every released checkpoint's moe_layer_freq is 1: they agree).
+    # The later families name each layer's kind instead (``mlp_types``: their mlp_layer_types).
     first_moe, freq = cfg.get("first_k_dense_replace") or 0, cfg.get("moe_layer_freq") or 1
-    dense = [None if i >= first_moe and i % freq == 0 else cfg["intermediate_size"] for i in range(num_layers)]
+    sparse = [i >= first_moe and i % freq == 0 for i in range(num_layers)]
+    if mlp_types is not None:
+        sparse = mixture_layers(mlp_types, num_layers, family)
+    dense = [None if moe else cfg["intermediate_size"] for moe in sparse]
     settings = dict(
         mlp_act=activation(cfg, "hidden_act", "silu", family),
         num_experts=experts,

@@ -50,7 +50,7 @@ def afmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     bias = bool(cfg.get("attention_bias", False))
     rename = (
         *SANDWICH,
-        ("out_gate", "gate_proj"),
+        ("attn_gate", "gate_proj"),
         ("experts", "experts.{e}"),
         ("shared_expert", "shared_experts"),
         *ROUTER_EXPERT_BIAS,
@@ -109,7 +109,7 @@ def laguna(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     moe_width = cfg.get("moe_intermediate_size", 512)
     bias = bool(cfg.get("attention_bias", False))
     rename = (
-        ("out_gate", "g_proj"),
+        ("attn_gate", "g_proj"),
         ("experts", "experts.{e}"),
         ("mlp.gate.e_score_correction_bias", "mlp.experts.e_score_correction_bias"),
     )

@@ -1,11 +1,12 @@
 """The Gemma families: the ``1 + w`` RMSNorm, GeGLU, embeddings times sqrt(hidden), tied heads; Gemma 2 and 3's
-sandwich norms, soft-caps and sliding layers.
+sandwich norms, soft-caps and sliding layers; VaultGemma (Gemma 2 without the output norms).
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -105,3 +106,22 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
     ropes = layer_type_ropes(cfg, head_dim, cfg.get("rope_local_base_freq", 10000.0), 1e6)
     return _gemma(cfg, dtype, typed_layers(cfg, ropes, default), qk_norm=True)
+
+
+# VaultGemmaConfig's defaults for the keys the Gemma 2 reader takes where a config leaves them out
+VAULTGEMMA_DEFAULTS = dict(
+    head_dim=256,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=8192,
+)
+
+
+def vaultgemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """VaultGemma (Google's differentially private Gemma): Gemma 2 without the norms on the attention's and MLP's
+    outputs, the MLP's input norm named ``pre_feedforward_layernorm``."""
+    args = gemma2({**VAULTGEMMA_DEFAULTS, **cfg}, dtype)
+    rename = (("post_attention_layernorm", "pre_feedforward_layernorm"),)
+    return dataclasses.replace(args, sandwich_norms=False, weights=WeightMap(rename=rename))

@@ -328,7 +328,7 @@ def starcoder2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
-def _cohere(
+def cohere_decoder(
     cfg: dict[str, Any], dtype: Any, family: str, layers: Callable[[Rope], tuple[LayerSpec, ...]], **extra: Any
 ) -> ModelArgs:
     """Cohere's and Cohere2's shared description: bias-free LayerNorms, attention and SwiGLU side by side off one
@@ -370,7 +370,9 @@ def cohere(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     LayerNorm on each query and key head with a weight of its own."""
     qk_norm = bool(cfg.get("use_qk_norm", False))
     n = cfg["num_hidden_layers"]
-    return _cohere(cfg, dtype, "Cohere", lambda rope: (LayerSpec(rope),) * n, qk_norm=qk_norm, qk_norm_per_head=qk_norm)
+    return cohere_decoder(
+        cfg, dtype, "Cohere", lambda rope: (LayerSpec(rope),) * n, qk_norm=qk_norm, qk_norm_per_head=qk_norm
+    )
 
 
 def cohere2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -387,7 +389,7 @@ def cohere2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     pattern = cfg.get("sliding_window_pattern", 4)
     windows = layer_windows(cfg, [SLIDING if (i + 1) % pattern else FULL for i in range(n)])
     # transformers rotates exactly in the layers that have a window
-    return _cohere(cfg, dtype, "Cohere2", lambda rope: tuple(LayerSpec(rope if w else None, w) for w in windows))
+    return cohere_decoder(cfg, dtype, "Cohere2", lambda rope: tuple(LayerSpec(rope if w else None, w) for w in windows))
 
 
 def olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

@@ -368,5 +368,5 @@ def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         shared_expert_size=base["intermediate_size"],
         shared_expert_gated=False,
         attention_chunk_size=chunk if "chunked_attention" in types else None,
-        weights=WeightMap(rename=(("mlp", "feed_forward"), ("gate", "router")), expert_params=True),
+        weights=WeightMap(rename=(("mlp", "feed_forward"), ("gate", "router")), expert_params="in_out"),
     )

@@ -135,6 +135,7 @@ def flint(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         experts_per_token=top_k,
         experts_renormalize=bool(cfg.get("norm_topk_prob", True)),
         expert_routing="sigmoid",
+        router_float32=True,
         shared_expert_size=cfg.get("shared_expert_intermediate_size", 1024),
         shared_expert_gated=False,
         weights=WeightMap(rename=(("experts", "experts.{e}"), ("sinks", "softmax_offset"))),

@@ -1,0 +1,148 @@
+"""Llama's layout under newer names, each with a twist the decoder runs: CWM (sliding layers, three of four), Jais 2
+(LayerNorms, a plain squared-ReLU MLP), NanoChat (weightless RMSNorms, the rotary turned the other way, q/k norms after
+it, a soft-capped head), HyperCLOVA X (Granite's multipliers with norms on the blocks' outputs, logits multiplied),
+Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none),
+Apertus 1.5's text model (Apertus).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, typed_layers, uniform
+from jllm.models.families.llama import apertus, granite
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+
+# CwmConfig's rotary where a config names none
+CWM_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=1e6,
+    factor=16.0,
+    high_freq_factor=4.0,
+    low_freq_factor=1.0,
+    original_max_position_embeddings=8192,
+)
+
+
+def cwm(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """CWM (Meta's Code World Model): Llama without attention biases, ``layer_types`` sliding (by default all but
+    every fourth layer from the first) over ``sliding_window`` (8192 by default), Llama 3's scaled rotary by
+    default."""
+    n = cfg["num_hidden_layers"]
+    defaults = dict(sliding_window=8192, rms_norm_eps=1e-5, max_position_embeddings=131_072, head_dim=128)
+    cfg = {**defaults, **cfg}
+    if not cfg.get("rope_parameters") and not cfg.get("rope_scaling"):
+        cfg["rope_parameters"] = CWM_ROPE
+    base = base_args(cfg, dtype)
+    rope = read_rope(cfg, base["head_dim"])
+    layers = typed_layers(cfg, {FULL: rope, SLIDING: rope}, [SLIDING if i % 4 else FULL for i in range(n)])
+    return ModelArgs(
+        **base,
+        layers=layers,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "CWM"),
+    )
+
+
+def jais2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Jais 2 (Inception): Llama's attention with biases on q, k, v and o (``attention_bias``, on by default),
+    LayerNorms with weight and bias (``layer_norm_eps``), and a plain MLP, ``down(relu(up(x))^2)``, biased where
+    ``mlp_bias`` (on by default)."""
+    cfg = {"max_position_embeddings": 8192, **cfg, "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5)}
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", True))
+    return ModelArgs(
+        **base,
+        layers=layers,
+        norm="layer",
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", True)),
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "relu2", "Jais 2"),
+    )
+
+
+def nanochat(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """NanoChat (Karpathy's): RMSNorms without weights, on the embeddings too; the rotary turned by minus the angle
+    (its ``rotate_half`` flips the halves' signs), then a weightless RMSNorm on each query and key head; a plain
+    squared-ReLU MLP (``fc1``, ``fc2``); logits soft-capped at ``final_logit_softcapping`` (15 by default)."""
+    cfg = {"max_position_embeddings": 2048, **cfg}
+    base = base_args(cfg, dtype)
+    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), negated=True)
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(rope, qk_l2_norm=True),) * base["num_layers"],
+        norm="rms_no_affine",
+        embed_norm=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_gated=False,
+        mlp_act=activation(cfg, "hidden_act", "relu2", "NanoChat"),
+        final_softcap=cfg.get("final_logit_softcapping", 15.0),
+        weights=WeightMap(rename=(("up_proj", "fc1"), ("down_proj", "fc2"))),
+    )
+
+
+def hyperclovax(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """HyperCLOVA X (Naver's SEED models): Granite's multipliers, the attention's 1/sqrt(head_dim) where
+    ``attention_multiplier`` is null, logits multiplied (not divided) by ``logits_scaling``, and where
+    ``use_post_norm`` (the default) an RMSNorm on each block's output before its residual scale (``post_norm1``,
+    ``post_norm2``)."""
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    cfg = {**cfg, "attention_multiplier": cfg.get("attention_multiplier") or head_dim**-0.5}
+    args = granite({**cfg, "logits_scaling": 1.0}, dtype)
+    post = bool(cfg.get("use_post_norm", True))
+    rename = (("attn_out_norm", "post_norm1"), ("mlp_out_norm", "post_norm2")) if post else ()
+    return dataclasses.replace(
+        args,
+        sandwich_norms=post,
+        logits_divisor=1.0 / float(cfg.get("logits_scaling", 1.0)),
+        weights=WeightMap(rename=rename),
+    )
+
+
+def granite_swa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Granite SWA (granite-swash): Granite with a learned sink logit per query head (``sinks``), ``layer_types``
+    sliding (by default all but every fourth layer from the first) over ``sliding_window`` (128 by default), and
+    each layer its own rope base (``layer_rope_theta``; 0: no rotary), the global one's where there is no list."""
+    n = cfg["num_hidden_layers"]
+    cfg = {"sliding_window": 128, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, **cfg}
+    args = granite(cfg, dtype)
+    params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    default_theta = params.get("rope_theta") or cfg.get("rope_theta") or 10000.0
+    thetas = cfg.get("layer_rope_theta") or [default_theta] * n
+    kinds = cfg.get("layer_types") or [FULL if i % 4 == 0 else SLIDING for i in range(n)]
+    for key, values in (("layer_rope_theta", thetas), ("layer_types", kinds)):
+        if len(values) != n:
+            raise ValueError(
+                f"Granite SWA {key}={values!r} is not supported (supported: num_hidden_layers={n} entries)"
+            )
+    window = cfg["sliding_window"]
+    layers = tuple(
+        LayerSpec(
+            read_rope(cfg, args.head_dim, {**params, "rope_theta": theta}) if theta else None,
+            window if window and kind == SLIDING else None,
+        )
+        for theta, kind in zip(thetas, kinds, strict=True)
+    )
+    return dataclasses.replace(args, layers=layers, attn_sinks=True)
+
+
+def apertus1p5_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Apertus 1.5's text model: Apertus over a vocabulary extended by visual and audio codes, its untied LM head
+    pruned to the first ``output_vocab_size`` ids where set (the released checkpoints'): the others' logits are -inf,
+    as transformers never produces them."""
+    cfg = {"vocab_size": 266_752, **cfg}
+    rows = cfg.get("output_vocab_size")
+    if rows is not None and (cfg.get("tie_word_embeddings") or not 0 < rows <= cfg["vocab_size"]):
+        raise ValueError(
+            f"Apertus 1.5 output_vocab_size={rows} is not supported with tie_word_embeddings="
+            f"{cfg.get('tie_word_embeddings')} (supported: null, or 1 to vocab_size={cfg['vocab_size']} rows of an "
+            "untied head)"
+        )
+    return dataclasses.replace(apertus(cfg, dtype), head_vocab_size=rows if rows != cfg["vocab_size"] else None)

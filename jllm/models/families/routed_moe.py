@@ -1,0 +1,102 @@
+"""Mixtures of experts on grouped-query attention behind a sigmoid router with a choice bias (DeepSeek-V3's rule,
+``jllm.models.moe.grouped_top_k``): MiniMax-M2 (Mixtral's layout and names), K-EXAONE (EXAONE 4's attention with
+V3's mixture) and MiniCPM5-MoE (Llama's attention with an output gate, V3's mixture).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jllm.models.families.common import base_args, read_rope
+from jllm.models.families.deepseek import v3_mixture
+from jllm.models.families.llama import exaone4
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.models.moe import GroupedRouting
+
+# the router's choice bias as the two families store it: on the MoE block, beside the router's weight
+BIAS_ON_BLOCK = ("gate.e_score_correction_bias", "e_score_correction_bias")
+
+
+def minimax_m2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """MiniMax-M2 / M2.1: Mixtral's layout and tensor names, RMSNorms over the whole q and k projections (OLMo 2's),
+    the rotary on each head's first ``rotary_dim`` channels (``partial_rotary_factor`` where given), and in every
+    layer the top ``num_experts_per_tok`` of ``num_local_experts`` SwiGLU experts by sigmoid score plus the block's
+    ``e_score_correction_bias``, weighted by their sigmoid scores renormalised."""
+    defaults = dict(head_dim=128, rope_theta=5e6, max_position_embeddings=196608, num_local_experts=256)
+    cfg = {**defaults, "num_experts_per_tok": 8, **cfg}
+    experts, top_k = cfg["num_local_experts"], cfg["num_experts_per_tok"]
+    if not 0 < top_k <= experts:
+        raise ValueError(f"MiniMax-M2 num_experts_per_tok={top_k} must be between 1 and num_local_experts={experts}")
+    base = base_args(cfg, dtype)
+    # transformers reads the released checkpoints' legacy rotary_dim as the fraction, unless one is given
+    rotary_dim = cfg.get("rotary_dim")
+    fraction = cfg.get("partial_rotary_factor") or (rotary_dim / base["head_dim"] if rotary_dim else None)
+    rope = read_rope({**cfg, "partial_rotary_factor": fraction}, base["head_dim"])
+    rename = (("mlp", "block_sparse_moe"), ("experts", "experts.{e}"), ("down_proj", "w2"), BIAS_ON_BLOCK)
+    return ModelArgs(
+        **base,
+        layers=(LayerSpec(rope),) * base["num_layers"],
+        qk_norm=True,
+        qk_norm_all_heads=True,
+        num_experts=experts,
+        experts_per_token=top_k,
+        moe_routing=GroupedRouting("sigmoid"),
+        weights=WeightMap(gate_up=("w1", "w3"), rename=rename),
+    )
+
+
+def exaone_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """K-EXAONE (``ExaoneMoeForCausalLM``): EXAONE 4's attention (per-head q/k RMSNorms; sliding layers with the
+    rotary, global ones without) in Llama's pre-norm layers, and V3's mixture: ``num_experts`` SwiGLU experts of
+    ``moe_intermediate_size`` beside ``num_shared_experts`` plain shared ones, a sigmoid router whose choice bias the
+    MoE block keeps, each layer dense or a mixture as ``mlp_layer_types`` says (by default the first
+    ``first_k_dense_replace``)."""
+    defaults = dict(num_experts=64, num_experts_per_tok=8, num_shared_experts=1, moe_intermediate_size=1024)
+    cfg = {**defaults, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, **cfg}
+    attention = exaone4(cfg, dtype)
+    mixture_cfg = {**cfg, "n_routed_experts": cfg["num_experts"], "n_shared_experts": cfg["num_shared_experts"]}
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize, mlp_types = bool(cfg.get("norm_topk_prob", True)), cfg.get("mlp_layer_types")
+    mixture, dense = v3_mixture(
+        mixture_cfg, attention.num_layers, "K-EXAONE", "sigmoid", groups, renormalize, mlp_types
+    )
+    weights = mixture.pop("weights")
+    return dataclasses.replace(
+        attention,
+        intermediate_size=cfg["moe_intermediate_size"],
+        layers=tuple(dataclasses.replace(s, dense_mlp_size=d) for s, d in zip(attention.layers, dense, strict=True)),
+        pre_norms=True,
+        sandwich_norms=False,
+        weights=dataclasses.replace(weights, rename=(*weights.rename, BIAS_ON_BLOCK)),
+        **mixture,
+    )
+
+
+def minicpm5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """MiniCPM5-MoE: Llama's attention (biases on q/k/v/o where ``attention_bias``) whose output is gated per channel
+    by the sigmoid of a second projection, stored per head after the head's query rows in ``q_proj``; V3's router
+    (group-limited where ``n_group``), mixture and shared experts, each layer dense or a mixture as
+    ``mlp_layer_types`` says (by default the first ``first_k_dense_replace``, 1)."""
+    defaults = dict(head_dim=128, num_key_value_heads=2, rope_theta=5e6, routed_scaling_factor=3.66)
+    cfg = {**defaults, "n_shared_experts": 1, "first_k_dense_replace": 1, "max_position_embeddings": 524288, **cfg}
+    if cfg.get("use_gated_attention") is False:  # transformers refuses it too
+        raise ValueError("MiniCPM5-MoE use_gated_attention=False is not supported (supported: True)")
+    base = base_args(cfg, dtype)
+    groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
+    renormalize, mlp_types = bool(cfg.get("norm_topk_prob", True)), cfg.get("mlp_layer_types")
+    mixture, dense = v3_mixture(cfg, base["num_layers"], "MiniCPM5-MoE", "sigmoid", groups, renormalize, mlp_types)
+    weights = mixture.pop("weights")
+    rope = read_rope(cfg, base["head_dim"])
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelArgs(
+        **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+        qkv_bias=bias,
+        o_bias=bias,
+        attn_output_gate="sigmoid",
+        weights=dataclasses.replace(weights, qkv_layout="gated", rename=(*weights.rename, ("attn_gate", "q_proj"))),
+        **mixture,
+    )
