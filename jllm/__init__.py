@@ -1,7 +1,8 @@
 """jllm: a JAX/XLA inference engine for large language models.
 
 ``from jllm import LLM, SamplingParams`` mirrors vLLM. The names load lazily so ``import jllm`` (the CLI's argument
-parsing, the server's schemas) does not pay for importing JAX.
+parsing, the server's schemas) does not pay for importing JAX. Importing the package first points Python's bytecode
+cache into jllm's own where the environment keeps none (``jllm.bytecode_cache``), before JAX is imported.
 
 Where this module sits: docs/architecture.md.
 """
@@ -9,6 +10,10 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from jllm import bytecode_cache
+
+bytecode_cache.enable()
 
 if TYPE_CHECKING:
     from jllm.llm import LLM

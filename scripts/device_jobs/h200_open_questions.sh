@@ -12,7 +12,11 @@ step() {  # step NAME SECONDS COMMAND...: one measurement, its log in $QOUT/NAME
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$QOUT/card.csv"
 git log -1 --format='%H %s' > "$QOUT/commit.txt" 2>/dev/null
-export PYTHONPYCACHEPREFIX=/tmp/pyc  # the image ships no .pyc: imports compile once per fresh machine
+# Issue 20: the image ships no .pyc, so each process compiled JAX's bytecode (warm imports 3.6-5.9 s); jllm now keeps
+# it under $JLLM_CACHE/pycache where Python may not write it beside the sources (jllm.bytecode_cache). Import times of
+# fresh processes with that cache and without it (3.1-3.4 s against 0.96-1.0 s on the 2-core CPU host, 2026-12-05).
+step import_times 120 bash -c 'env | grep ^PYTHON; python -c "import importlib.util as u, os; s = u.find_spec(\"jax\").origin; print(\"jax pyc beside source:\", os.path.exists(u.cache_from_source(s)))"
+    for cache in 0 1 1 1; do JLLM_BYTECODE_CACHE=$cache python -c "import time; t = time.perf_counter(); import jllm.llm, sys; print(\"bytecode cache $cache:\", round(time.perf_counter() - t, 2), \"s\", sys.pycache_prefix)"; done'
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
 
