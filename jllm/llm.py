@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from jllm import distributed, scoring
+from jllm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from jllm.build import build_engine, build_worker
 from jllm.classify import require_classifier
 from jllm.config import Pooling, load_config
@@ -91,6 +92,31 @@ class LLM:
         for rid, prompt, p, lora in zip(request_ids, checked, params, loras, strict=True):
             self.engine.add_request(rid, prompt, p, lora_request=lora)
         return self._run(request_ids, use_tqdm)
+
+    def beam_search(
+        self,
+        prompts: PromptInput | Seq[PromptInput],
+        params: BeamSearchParams,
+        lora_request: LoRARequest | None = None,
+        use_tqdm: bool = False,
+    ) -> list[BeamSearchOutput]:
+        """vLLM's ``LLM.beam_search``: each prompt's ``params.beam_width`` best sequences (``jllm.beam_search``),
+        each step one ``generate`` call of one-token requests, a beam each, whose earlier tokens the prefix cache
+        serves. A prompt too long to grow by ``max_tokens`` raises before any runs."""
+        if self.engine.classifier is not None:
+            raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
+        whole = SamplingParams(max_tokens=params.max_tokens)  # the longest beam checked against the context
+        checked = [self._checked(i, prompt, whole) for i, prompt in enumerate(_prompt_list(prompts))]
+        tokenizer = self.engine.inputs.tokenizer
+        search = BeamSearch([p.token_ids for p in checked], params, set(tokenizer.eos_token_ids))
+        step = params.step_params()
+        with tqdm(total=params.max_tokens, desc="beam search", disable=not use_tqdm) as bar:
+            while not search.finished:
+                beams = [Prompt(tokens) for tokens in search.step_prompts()]
+                outputs = self.generate(beams, step, use_tqdm=False, lora_request=lora_request)
+                search.advance([output.outputs[0].logprobs[0] for output in outputs])
+                bar.update(1)
+        return search.results(tokenizer.decode)
 
     def encode(
         self,

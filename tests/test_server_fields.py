@@ -201,6 +201,11 @@ HONOURED = [
              lambda seen, _: seen.params.structured_outputs.json == {"type": "object"}),
     Honoured("structured_outputs", {"structured_outputs": {"choice": ["left", "right"]}, "max_tokens": 8},
              lambda seen, _: _choice(seen)["text"] in ("left", "right")),
+    # beam search (the script's two candidates a step: distinct beams); tests/test_server_beam_search.py has more
+    Honoured("use_beam_search", {"use_beam_search": True, "n": 2, "prompt": [7]},
+             lambda seen, _: len({c["text"] for c in seen.reply["choices"]}) == 2 == len(seen.reply["choices"])),
+    Honoured("length_penalty", {"use_beam_search": True, "length_penalty": 0.0, "n": 2},
+             lambda seen, _: len(seen.reply["choices"]) == 2 and seen.params.logprobs == 4),
     # chat
     Honoured("messages", {}, lambda seen, _: seen.prompt.text == "user: hi\nassistant:", chat=True),
     Honoured("max_completion_tokens", {"max_completion_tokens": 2},
@@ -257,9 +262,9 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "tool_choice": ({"type": "function", "function": {"name": "absent"}}, True),  # not among the tools
     "echo": (True, True),  # chat echo
     "best_of": (2, False),  # above n
+    "length_penalty": (0.5, True),  # without use_beam_search
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
-    "use_beam_search": True, "length_penalty": 0.5,
     "bad_words": ["x"], "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
     "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1, "cache_salt": "salt",

@@ -16,6 +16,7 @@ from aiohttp import web
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
+from jllm.server.beam_generation import BeamGeneration
 from jllm.server.chat_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -67,7 +68,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 
 async def start_chat(
     state: ServerState, body: ChatCompletionRequest, engine_id: str, public: str
-) -> tuple[ServedModel, ReplyPlan, Generation]:
+) -> tuple[ServedModel, ReplyPlan, Generation | BeamGeneration]:
     """Routes the request, plans how its reply is read (reasoning, tools), checks its sampling fields and rendered
     prompt, and admits it; what this route and the gRPC ``Generate`` share, so both refuse a bad request with the
     same message."""
@@ -88,6 +89,13 @@ async def start_chat(
     prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
     gate = reply.reasoning_gate(inputs.tokenizer)
     lora = state.registry.lora_for(body.model)
+    if body.use_beam_search:
+        beam = body.beam_search_params(params, inputs.max_model_len - len(prompt.token_ids))
+        return (
+            served,
+            reply,
+            BeamGeneration.start(served.engine, engine_id, [prompt], params, beam, served.metrics, public, lora),
+        )
     generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public, gate, lora)
     return served, reply, generation
 
@@ -127,7 +135,7 @@ def _checked_prompt(
 async def _chunks(
     body: ChatCompletionRequest,
     reply: ReplyPlan,
-    generation: Generation,
+    generation: Generation | BeamGeneration,
     response_id: str,
     created: int,
     model: str,
@@ -166,7 +174,7 @@ async def _chunks(
         ).model_dump_json()
 
 
-def _usage(generation: Generation, reasoning_tokens: list[int | None]) -> UsageInfo:
+def _usage(generation: Generation | BeamGeneration, reasoning_tokens: list[int | None]) -> UsageInfo:
     """The token counts, with the reasoning's (vLLM's ``completion_tokens_details``) where a format read them."""
     usage = generation.usage()
     counted = [n for n in reasoning_tokens if n is not None]

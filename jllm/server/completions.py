@@ -15,6 +15,7 @@ from aiohttp import web
 from jllm.inputs import InputProcessor, Prompt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
+from jllm.server.beam_generation import BeamGeneration
 from jllm.server.completions_schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
 from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
@@ -44,7 +45,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
 
 async def start_completion(
     state: ServerState, body: CompletionRequest, engine_id: str, public: str
-) -> tuple[ServedModel, list[Prompt], Generation]:
+) -> tuple[ServedModel, list[Prompt], Generation | BeamGeneration]:
     """Routes the request, checks its sampling fields and prompts, and admits it; what this route and the gRPC
     ``Generate`` share, so both refuse a bad request with the same message."""
     served = state.route_generation(body.model)
@@ -55,6 +56,13 @@ async def start_completion(
     chars = inputs.check_prompt_size(body.prompts(), "prompt")
     prompts = await state.host_work.run(chars, _to_prompts, inputs, body, params)
     lora = state.registry.lora_for(body.model)
+    if body.use_beam_search:
+        beam = body.beam_search_params(params, inputs.max_model_len - max(len(p.token_ids) for p in prompts))
+        return (
+            served,
+            prompts,
+            BeamGeneration.start(served.engine, engine_id, prompts, params, beam, served.metrics, public, lora),
+        )
     generation = await Generation.start(served.engine, engine_id, prompts, params, served.metrics, public, None, lora)
     return served, prompts, generation
 
@@ -88,7 +96,7 @@ class _CompletionView:
         # choice index -> its tokens' bytes so far as text: a UTF-8 decoder and the characters it has given
         self._texts: dict[int, tuple[codecs.IncrementalDecoder, int]] = {}
 
-    async def chunks(self, generation: Generation) -> AsyncIterator[str]:
+    async def chunks(self, generation: Generation | BeamGeneration) -> AsyncIterator[str]:
         exclude: dict = {"choices": {"__all__": {"prompt_logprobs"}}}  # vLLM streams no prompt_logprobs
         if not self.body.include_usage:
             exclude["usage"] = True

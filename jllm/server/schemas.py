@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
+from jllm.beam_search import BeamSearchParams
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.errors import bad_request
@@ -34,8 +35,6 @@ MIN_LOGPROB = -9999.0  # what -inf becomes in JSON (OpenAI's and vLLM's clamp)
 _NOTHING = (None, False, {}, [])
 # vLLM request fields this server cannot honour: (the values that ask for nothing, why a request asking more is refused)
 UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "use_beam_search": (_NOTHING, "beam search is not supported yet"),
-    "length_penalty": ((None, 1, 1.0), "applies to beam search only, which is not supported yet"),
     "bad_words": (_NOTHING, "is not supported by this server: the sampler cannot ban word sequences"),
     "logprob_token_ids": (_NOTHING, "is not supported: logprobs come for the top tokens only"),
     "logits_processors": (_NOTHING, "are not supported: custom code cannot run inside the compiled sampler"),
@@ -66,6 +65,25 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "web_search_options": ((None,), "is not supported: this server cannot search the web"),
     "store": ((None, False), "is not supported: this server stores no completions"),
     "verbosity": ((None, "medium"), "is not supported: a reply's length follows the model and max_tokens"),
+}
+
+_BEAM = "is not supported with use_beam_search: beams are ranked by their logprobs alone"
+# Fields a beam search cannot honour: (the values that ask for nothing, why a request asking more is refused)
+BEAM_SEARCH_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
+    **{name: ((None,), _BEAM) for name in ("seed", "allowed_token_ids", "guided_json", "guided_regex")},
+    **{name: ((None,), _BEAM) for name in ("guided_choice", "guided_grammar", "response_format")},
+    **{name: (_NOTHING, _BEAM) for name in ("stop", "stop_token_ids", "logit_bias", "structured_outputs", "tools")},
+    "top_p": ((None, 1, 1.0), _BEAM),
+    "top_k": ((None, -1, 0), _BEAM),
+    "min_p": ((None, 0, 0.0), _BEAM),
+    "presence_penalty": ((None, 0, 0.0), _BEAM),
+    "frequency_penalty": ((None, 0, 0.0), _BEAM),
+    "repetition_penalty": ((None, 1, 1.0), _BEAM),
+    "min_tokens": ((None, 0), _BEAM),
+    "logprobs": ((None, False), "is not supported with use_beam_search: the choices come without logprobs"),
+    "top_logprobs": ((None, 0), "is not supported with use_beam_search: the choices come without logprobs"),
+    "prompt_logprobs": ((None, 0), "is not supported with use_beam_search"),
+    "tool_choice": ((None, "none"), "is not supported with use_beam_search: a beam is not held to a tool's schema"),
 }
 
 
@@ -194,11 +212,25 @@ class _GenerationRequest(_Request):
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
+    # vLLM's beam search (jllm.beam_search): n beams, the n best returned, each ranked by its cumulative logprob over
+    # its length to the power length_penalty
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
-        return refuse_unsupported(data)
+        data = refuse_unsupported(data)
+        if isinstance(data, dict) and data.get("use_beam_search") is True:
+            refuse_unsupported(data, BEAM_SEARCH_REFUSED)
+        return data
+
+    @field_validator("length_penalty")
+    @classmethod
+    def _beam_search_only(cls, value: float, info: ValidationInfo) -> float:
+        if value != 1.0 and not info.data.get("use_beam_search"):
+            raise ValueError("applies to beam search only: send use_beam_search true, or leave it out")
+        return value
 
     @field_validator("best_of")
     @classmethod
@@ -292,6 +324,24 @@ class _GenerationRequest(_Request):
         """The field that asked for structured output (``tool_choice`` for a forced call); None if none did."""
         source, structured = self._structured_outputs(forced_call)
         return None if structured is None else source
+
+    def beam_search_params(self, params: SamplingParams, context_left: int) -> BeamSearchParams:
+        """The search this request asks for (``use_beam_search``), from its checked ``params``: ``n`` beams, its
+        temperature or 0 (the model's generation_config.json does not apply, as its other sampling fields cannot),
+        ``max_tokens`` or else the context the longest prompt leaves (``context_left``)."""
+        try:
+            return BeamSearchParams(
+                beam_width=self.n,
+                max_tokens=params.max_tokens if params.max_tokens is not None else context_left,
+                ignore_eos=params.ignore_eos,
+                temperature=self.temperature or 0.0,
+                length_penalty=self.length_penalty,
+                include_stop_str_in_output=params.include_stop_str_in_output,
+            )
+        except ValueError as e:  # BeamSearchParams' messages start with the field's name
+            field, _, rest = str(e).partition(" ")
+            name = "n" if field == "beam_width" else field
+            raise bad_request(f"{name} {rest}", param=name) from e
 
     def _structured_outputs(self, forced_call: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
         """The one structured-output constraint asked for, and the field that asked (vLLM's several names, or a
