@@ -3,7 +3,8 @@
 A run sends its pending inputs in batches of ``run.batch_size`` and appends each batch's lines to results.jsonl, so
 a killed run resumes where it stopped: inputs already in the file are skipped. Each input's requests are seeded from
 the run's seed and the input's id, so a resumed run writes what an uninterrupted one would. An engine is built for the
-first run and rebuilt only when a sweep point changes an engine key.
+first run and rebuilt only when a sweep point changes an engine key; a point that changes only the model to another
+checkpoint of the same one swaps the weights instead (``LLM.load_weights``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -57,6 +58,8 @@ def run_job(points: list[JobPoint], make_llm: Callable[[EngineConfig], LLM], out
     built: EngineConfig | None = None
     rows = []
     for point in points:
+        if llm is not None and built is not None and _only_the_model_changes(built, point.engine):
+            built = _swapped(llm, built, point.engine)
         if llm is None or point.engine != built:
             if llm is not None:
                 llm.engine.release()
@@ -65,6 +68,24 @@ def run_job(points: list[JobPoint], make_llm: Callable[[EngineConfig], LLM], out
     out = out or sys.stdout  # looked up now, so a test's captured stdout gets the table
     out.write(format_table(rows) + "\n")
     out.flush()
+
+
+def _only_the_model_changes(built: EngineConfig, wanted: EngineConfig) -> bool:
+    model = dataclasses.replace(built.model, model=wanted.model.model)
+    return built.model.model != wanted.model.model and dataclasses.replace(built, model=model) == wanted
+
+
+def _swapped(llm: LLM, built: EngineConfig, wanted: EngineConfig) -> EngineConfig:
+    """The config ``llm`` runs after trying ``wanted``'s checkpoint as new weights (``LLM.load_weights``): a sweep
+    over checkpoints of one model starts one engine; another model needs a new one (``built`` stays)."""
+    from jllm.weight_swap import WeightsMismatch
+
+    try:
+        llm.load_weights(wanted.model.model)
+    except WeightsMismatch as e:
+        tqdm.write(f"a new engine for {wanted.model.model}: {e}")
+        return built
+    return wanted
 
 
 def run_point(llm: LLM, spec: RunSpec, resolved: dict[str, Any]) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
         ):
             tokenizer = pool.submit(_load_tokenizer, model_dir)
             prefetch = start_prefetch(config.scheduler.executable_cache, _prefetch_settings(config, model_dir), loads)
-            loaded = _load(config, model_dir)
+            loaded = load_weights(config, model_dir)
             worker = _worker(config, loaded, tokenizer.result(), publisher, prefetch, show_progress=show_progress)
     log_phase(logger, "worker ready", ready.seconds)
     return worker
@@ -98,7 +98,7 @@ def _load_tokenizer(model_dir: Path) -> Tokenizer:
     return tokenizer
 
 
-def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:
+def load_weights(config: EngineConfig, model_dir: Path) -> LoadedModel:
     """The weights; dummy ones' initializers through the executable cache, whose key for them needs no engine
     setting (each is described whole by its shape, dtype, sharding and kind)."""
     m = config.model

@@ -26,6 +26,7 @@ from jllm import sampler
 from jllm.block_manager import BlockManager
 from jllm.classify import ClassifierHead
 from jllm.inputs import InputProcessor, Prompt
+from jllm.loader import LoadedModel
 from jllm.lora.manager import LoRAManager
 from jllm.lora.request import LoRARequest
 from jllm.output_processor import OutputProcessor, RequestState
@@ -55,6 +56,8 @@ class StepRunner(Protocol):
     def collect(self, launched: LaunchedStep) -> StepResult: ...
 
     def release(self) -> None: ...
+
+    def swap_weights(self, new: LoadedModel) -> None: ...
 
     @property
     def num_compilations(self) -> int:
@@ -198,6 +201,20 @@ class LLMEngine:
         self._in_flight = None
         self.__dict__.pop("encoder", None)  # its compiled programs go with it
         self.runner.release()
+
+    def check_weights_swappable(self) -> None:
+        """Raises unless ``swap_weights`` may run now (checked before new weights are read, and again there)."""
+        if self.has_unfinished_requests():
+            raise RuntimeError("weights are swapped between requests: finish or abort the running ones first")
+        if self.classifier is not None:
+            raise ValueError("a classifier's head is read once at start: start a new engine for other weights")
+
+    def swap_weights(self, new: LoadedModel) -> None:
+        """Runs another checkpoint of the same model from the next step (``jllm.weight_swap``), between requests:
+        the prefix cache is emptied, since its pages hold the old weights' K/V."""
+        self.check_weights_swappable()
+        self.runner.swap_weights(new)
+        self.block_manager.reset_prefix_cache()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.outputs.requests) or self._in_flight is not None

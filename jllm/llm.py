@@ -15,16 +15,19 @@ from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax
+from flax import nnx
 from tqdm.auto import tqdm
 
 from jllm import distributed, scoring
 from jllm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
-from jllm.build import build_engine, build_worker
+from jllm.build import build_engine, build_worker, load_weights
 from jllm.classify import require_classifier
 from jllm.config import Pooling, load_config
 from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
 from jllm.lora.request import LoRARequest
+from jllm.model_source import resolve_model
 from jllm.outputs import (
     ClassificationOutput,
     ClassificationRequestOutput,
@@ -39,6 +42,7 @@ from jllm.outputs import (
 )
 from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
+from jllm.weight_swap import check_side_files
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -117,6 +121,29 @@ class LLM:
                 search.advance([output.outputs[0].logprobs[0] for output in outputs])
                 bar.update(1)
         return search.results(tokenizer.decode)
+
+    def load_weights(self, model: str | Path | None) -> None:
+        """Runs another checkpoint of the same model from now on, without a new start (``jllm.weight_swap``: the
+        step programs run the new weights as compiled; the prefix cache is emptied). ``model``: a directory, GGUF
+        file or alias (None: the default model), as the constructor's. Between requests only; a checkpoint of
+        another model, tokenizer, chat template or generation config raises ``WeightsMismatch`` before anything
+        changes. The new weights are read before the old ones are freed, so the device holds both for a moment."""
+        if jax.process_count() > 1:
+            raise NotImplementedError("load_weights needs a single-process engine (no jax.distributed)")
+        self.engine.check_weights_swappable()
+        running = self.engine.runner.loaded
+        model_dir = resolve_model(None if model is None else str(model))
+        check_side_files(running.model_dir, model_dir)
+        name = None if model is None else str(model)
+        config = dataclasses.replace(self.config, model=dataclasses.replace(self.config.model, model=name))
+        new = load_weights(config, model_dir)
+        try:
+            self.engine.swap_weights(new)
+        except BaseException:
+            for array in jax.tree.leaves(nnx.state(new.model)):
+                array.delete()
+            raise
+        self.config = config
 
     def encode(
         self,

@@ -48,6 +48,7 @@ from jllm.step_inputs import (
 )
 from jllm.step_results import StepResult, step_result
 from jllm.timing import WarmupReport, timed
+from jllm.weight_swap import swap_into
 
 # Each program compiles on one worker thread, using about one core: a cold Llama-3-8B start on a 16-core H200 host
 # (2026-12-04) spent 276 s compiling 60 programs over 8 threads in a 43 s warm-up, 7 of its 16 cores busy.
@@ -185,6 +186,20 @@ class ModelRunner:
         "sampler_<top logprobs>_<mode>"), its input layout (the step's, or the sampler's own inputs')."""
         for key, compiled in self._programs.items():
             yield _program_name(key), key[2], compiled
+
+    def swap_weights(self, new: LoadedModel) -> None:
+        """Runs ``new``'s weights from the next step on (``jllm.weight_swap``: the same model, checked), deleting
+        the old ones: the compiled programs take the weights as arguments, so none is traced or compiled again."""
+        old = swap_into(self.loaded, new)
+        self.graphdef, self.state = nnx.split(self.loaded.model)
+        self.params, state_def = jax.tree.flatten(self.state)
+        assert state_def == self.state_def, "swap_into checked every parameter"
+        self.head_graphdef, head_state = nnx.split(self.loaded.model.logits_head())
+        self.head_params = jax.tree.leaves(head_state)
+        kept = {id(x) for x in self.params}
+        for array in old:
+            if id(array) not in kept and not array.is_deleted():
+                array.delete()
 
     def release(self) -> None:
         """Deletes the weights, the KV pool and the last sampled tokens on the device (the engine unloading a

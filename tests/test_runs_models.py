@@ -209,3 +209,34 @@ def test_every_example_runs_on_the_default_model(default_model_dir: Path, tmp_pa
         template = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True)["input_ids"]
         assert record["prompt_token_ids"] == list(template)
         assert record["outputs"][0]["text"].strip()
+
+
+def test_a_sweep_over_checkpoints_of_one_model_starts_one_engine(tiny_model: Path, tmp_path: Path) -> None:
+    """Points that change only the model swap in a same-shaped checkpoint's weights (``LLM.load_weights``), with
+    the outputs an engine started on it gives; a model of another shape gets an engine of its own."""
+    from model_utils import TINY_CONFIG, save_char_tokenizer, save_tiny_checkpoint
+
+    from jllm.llm import LLM
+    from jllm.sampling import SamplingParams
+
+    others = {}
+    for name, seed, config in [("other", 1, {}), ("wide", 2, {"hidden_size": 96})]:
+        others[name] = save_tiny_checkpoint("LlamaForCausalLM", {**TINY_CONFIG, **config}, tmp_path / name, seed=seed)
+        save_char_tokenizer(others[name], TINY_CONFIG["vocab_size"])
+    texts = random_texts(3, seed=2)
+    run = {"dataset": texts, "sampling": {"temperature": 0, "max_tokens": 6}, "output_dir": str(tmp_path / "out")}
+    job = write_job(tmp_path / "job.yaml", tiny_model, run)
+    job.write_text(
+        job.read_text() + yaml.safe_dump({"sweep": {"model": [str(tiny_model), *map(str, others.values())]}})
+    )
+    built: list[str] = []
+
+    def make_llm(config: EngineConfig):
+        built.append(config.model.model)
+        return cli.make_llm(config)
+
+    run_job(plan_job(load_job_file(job)), make_llm)
+    assert built == [str(tiny_model), str(others["wide"])]
+    started = LLM(str(others["other"]), **TINY_ENGINE).generate(texts, SamplingParams(temperature=0, max_tokens=6))
+    swept = sorted((tmp_path / "out").iterdir())[1]  # the sweep's second point
+    assert [r["outputs"][0]["token_ids"] for r in read_results(swept)] == [o.outputs[0].token_ids for o in started]

@@ -1,0 +1,77 @@
+"""``LLM.load_weights``: another checkpoint of the same model runs from the next request as if the engine had been
+started on it, nothing compiled again; another model, tokenizer or generation config is refused by name, before
+anything changes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from model_utils import TINY_CONFIG, save_char_tokenizer, save_tiny_checkpoint
+
+from jllm.llm import LLM
+from jllm.sampling import SamplingParams
+from jllm.weight_swap import WeightsMismatch
+
+pytestmark = pytest.mark.slow
+
+KEYS = dict(
+    dtype="float32", max_model_len=64, max_num_batched_tokens=32, max_num_seqs=4, num_pages=48, compile_at_start=False
+)
+PROMPTS = ["Hello world", "x = [1, 2]", "abc"]
+GREEDY = SamplingParams(temperature=0, max_tokens=8)
+
+
+def checkpoint(root: Path, name: str, seed: int, **config: int) -> Path:
+    out = save_tiny_checkpoint("LlamaForCausalLM", {**TINY_CONFIG, **config}, root / name, seed=seed)
+    save_char_tokenizer(out, TINY_CONFIG["vocab_size"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("swap")
+    return {
+        "a": checkpoint(root, "a", 0),
+        "b": checkpoint(root, "b", 1),
+        "wide": checkpoint(root, "wide", 2, hidden_size=96),
+    }
+
+
+def tokens(llm: LLM) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+
+
+def test_swapped_weights_generate_what_an_engine_started_on_them_does(models: dict[str, Path]) -> None:
+    expected = tokens(LLM(str(models["b"]), **KEYS))
+    llm = LLM(str(models["a"]), **KEYS)
+    before = tokens(llm)  # also fills the prefix cache with the old weights' K/V
+    compiled = llm.engine.runner.num_compilations
+    llm.load_weights(models["b"])
+    assert tokens(llm) == expected != before
+    assert llm.engine.runner.num_compilations == compiled  # the same programs, run on the new weights
+    assert llm.config.model.model == str(models["b"]) and llm.engine.runner.loaded.model_dir == models["b"]
+
+
+def test_another_model_or_tokenizer_is_refused_and_the_running_weights_stay(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    llm = LLM(str(models["a"]), **KEYS)
+    before = tokens(llm)
+    with pytest.raises(WeightsMismatch, match="differs from the running one in hidden_size"):
+        llm.load_weights(models["wide"])
+    other_config = tmp_path / "b-sampling"
+    shutil.copytree(models["b"], other_config)
+    (other_config / "generation_config.json").write_text(json.dumps({"temperature": 0.3}))
+    with pytest.raises(WeightsMismatch, match="generation_config.json differs"):
+        llm.load_weights(other_config)
+    assert tokens(llm) == before and llm.config.model.model == str(models["a"])
+
+
+def test_weights_are_not_swapped_under_running_requests(models: dict[str, Path]) -> None:
+    llm = LLM(str(models["a"]), **KEYS)
+    llm.engine.add_request("running", llm.engine.inputs.process("Hello", GREEDY), GREEDY)
+    with pytest.raises(RuntimeError, match="between requests"):
+        llm.load_weights(models["b"])
