@@ -59,6 +59,10 @@ class StepRunner(Protocol):
 
     def swap_weights(self, new: LoadedModel) -> None: ...
 
+    def sleep(self, keep_weights: bool) -> None: ...
+
+    def wake_up(self) -> None: ...
+
     @property
     def num_compilations(self) -> int:
         """Programs compiled so far (the server reports those after start-up)."""
@@ -90,6 +94,8 @@ class LLMEngine:
         self.classifier = classifier
         self.sampling_defaults = dict(sampling_defaults or {})
         self.runner = runner
+        self.sleep_level: int | None = None  # asleep (``sleep``): 1 or 2
+        self.weights_discarded = False  # by a level-2 sleep, until ``swap_weights``
         self.inputs = inputs
         self.outputs = OutputProcessor(inputs.tokenizer)
         self.async_scheduling = async_scheduling
@@ -99,17 +105,22 @@ class LLMEngine:
         self._rng = np.random.default_rng(seed)
         self.grammars = GrammarCompiler(inputs.tokenizer, inputs.vocab_size, inputs.tokenizer.eos_token_ids)
 
-    @functools.cached_property
+    @property
     def encoder(self) -> Encoder:
         """Hidden states and embeddings on the runner's model, outside the step loop; built on first use (a
         ``ModelRunner`` only). Call it where the steps run: it shares the runner's weights and device queue."""
+        self._check_awake()
+        return self._encoder
+
+    @functools.cached_property
+    def _encoder(self) -> Encoder:
         return Encoder(self.runner, self.max_model_len)  # type: ignore[arg-type]
 
     @property
     def num_compilations(self) -> int:
         """Programs compiled (or loaded) so far, the runner's and the encoder's: the server counts those after its
         start, each of which stalled every stream of the model."""
-        encoder = self.__dict__.get("encoder")  # the cached property: not built yet, it has none
+        encoder = self.__dict__.get("_encoder")  # the cached property: not built yet, it has none
         return self.runner.num_compilations + (0 if encoder is None else encoder.num_compilations)
 
     @property
@@ -161,6 +172,7 @@ class LLMEngine:
         """Queues a prompt that ``jllm.inputs`` has checked; ``params.n`` samples, each its own sequence.
         ``grammar``: the constraint's matcher, built beforehand off this thread (``GrammarCompiler.matcher``: a
         large grammar takes a second or more); else built here. ``lora_request``: its adapter (read here if new)."""
+        self._check_awake()
         if request_id in self.outputs.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         if lora_request is not None:
@@ -199,21 +211,55 @@ class LLMEngine:
         """Frees the device memory (weights, KV pool) at once, even where a reference to an array lingers; the
         engine cannot run again. For unloading a model from a server that goes on serving others."""
         self._in_flight = None
-        self.__dict__.pop("encoder", None)  # its compiled programs go with it
+        self.__dict__.pop("_encoder", None)  # its compiled programs go with it
         self.runner.release()
 
     def check_weights_swappable(self) -> None:
         """Raises unless ``swap_weights`` may run now (checked before new weights are read, and again there)."""
-        if self.has_unfinished_requests():
-            raise RuntimeError("weights are swapped between requests: finish or abort the running ones first")
+        self._check_idle("weights are swapped")
+        if self.sleep_level is not None:
+            raise RuntimeError("the engine is asleep: wake_up() before loading weights")
         if self.classifier is not None:
             raise ValueError("a classifier's head is read once at start: start a new engine for other weights")
+
+    def sleep(self, level: int = 1) -> None:
+        """vLLM's sleep mode, between requests: frees the KV pool's and the weights' device memory (to JAX's
+        allocator in this process) for other work, keeping the compiled programs. Level 1 keeps the weights on the
+        host; level 2 discards them, for ``swap_weights`` to bring others after ``wake_up``."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 (weights kept on the host) or 2 (discarded), got {level!r}")
+        self._check_idle("the engine sleeps")
+        if self.sleep_level is not None:
+            raise RuntimeError(f"the engine is already asleep (level {self.sleep_level})")
+        self.runner.sleep(keep_weights=level == 1)
+        self.block_manager.reset_prefix_cache()
+        self.sleep_level = level
+        self.weights_discarded = level == 2
+
+    def wake_up(self) -> None:
+        """The weights and a fresh KV pool back on the devices (after a level-2 sleep the weights are zeros until
+        ``swap_weights``); waking an engine that is awake does nothing."""
+        if self.sleep_level is not None:
+            self.runner.wake_up()
+            self.sleep_level = None
+
+    def _check_awake(self) -> None:
+        """Raises where nothing may run: asleep, or without weights after a level-2 sleep."""
+        if self.sleep_level is not None:
+            raise RuntimeError("the engine is asleep: wake_up() first")
+        if self.weights_discarded:
+            raise RuntimeError("the engine has no weights since its level-2 sleep: load_weights first")
+
+    def _check_idle(self, what: str) -> None:
+        if self.has_unfinished_requests():
+            raise RuntimeError(f"{what} between requests: finish or abort the running ones first")
 
     def swap_weights(self, new: LoadedModel) -> None:
         """Runs another checkpoint of the same model from the next step (``jllm.weight_swap``), between requests:
         the prefix cache is emptied, since its pages hold the old weights' K/V."""
         self.check_weights_swappable()
         self.runner.swap_weights(new)
+        self.weights_discarded = False
         self.block_manager.reset_prefix_cache()
 
     def has_unfinished_requests(self) -> bool:

@@ -145,6 +145,20 @@ class LLM:
             raise
         self.config = config
 
+    def sleep(self, level: int = 1) -> None:
+        """vLLM's sleep mode, between requests: the KV pool's and the weights' device memory freed (to JAX's
+        allocator in this process: a colocated trainer's arrays can use it), the compiled programs kept. Level 1
+        keeps the weights on the host, level 2 discards them (``load_weights`` after ``wake_up`` brings the next
+        ones: an RL loop's update). Requests are refused while asleep."""
+        self.engine.sleep(level)
+
+    def wake_up(self) -> None:
+        """Back from ``sleep``: the weights (level 1) and an empty KV pool on the devices again."""
+        self.engine.wake_up()
+
+    def is_sleeping(self) -> bool:
+        return self.engine.sleep_level is not None
+
     def encode(
         self,
         prompts: PromptInput | Seq[PromptInput],

@@ -65,6 +65,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def device_zeros(shape: tuple[int, ...], dtype: jnp.dtype, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A zero-filled array made where ``sharding`` puts it, each shard on its own device (no host copy)."""
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+
+
 def check_divisible(
     tensor_parallel_size: int,
     *,

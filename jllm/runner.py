@@ -127,6 +127,10 @@ class ModelRunner:
         self.long_penalty_width = sampler.long_penalty_width(self.pages_per_seq * page_size)
         self.attention_backend = attention_backend
         self.executable_cache = executable_cache  # warm-up loads the programs it holds instead of tracing them
+        # While asleep (``sleep``): the weights' and the pool's (shape, dtype, sharding), the weights' host copies
+        self._weights_asleep: list[tuple] | None = None
+        self._pool_asleep: Any = None
+        self._host_weights: list[np.ndarray] | None = None
         # The last launched step's sampled tokens on the device (padded to every bucket's rows), and the row of each
         # sequence that sampled in it: the next step reads its pending inputs from there.
         num_rows = max(bucket.num_seqs for bucket in self.buckets)
@@ -191,22 +195,52 @@ class ModelRunner:
         """Runs ``new``'s weights from the next step on (``jllm.weight_swap``: the same model, checked), deleting
         the old ones: the compiled programs take the weights as arguments, so none is traced or compiled again."""
         old = swap_into(self.loaded, new)
-        self.graphdef, self.state = nnx.split(self.loaded.model)
-        self.params, state_def = jax.tree.flatten(self.state)
-        assert state_def == self.state_def, "swap_into checked every parameter"
-        self.head_graphdef, head_state = nnx.split(self.loaded.model.logits_head())
-        self.head_params = jax.tree.leaves(head_state)
+        self._bind_weights()
         kept = {id(x) for x in self.params}
         for array in old:
             if id(array) not in kept and not array.is_deleted():
                 array.delete()
+
+    def _bind_weights(self) -> None:
+        """The programs' weight arguments (``params``, ``head_params``) from the model's modules, after their
+        arrays were replaced (the same paths, shapes and shardings, so the same programs run them)."""
+        self.graphdef, self.state = nnx.split(self.loaded.model)
+        self.params, state_def = jax.tree.flatten(self.state)
+        assert state_def == self.state_def, "the same parameters, new arrays"
+        self.head_graphdef, head_state = nnx.split(self.loaded.model.logits_head())
+        self.head_params = jax.tree.leaves(head_state)
+
+    def sleep(self, keep_weights: bool) -> None:
+        """Frees the weights' and the KV pool's device memory (vLLM's sleep mode): the weights copied to the host
+        first (``keep_weights``: level 1) or discarded (level 2, before ``swap_weights`` brings others); the pool's
+        contents are discarded. The compiled programs stay, for ``wake_up``."""
+        weights = jax.tree.leaves(self.state)
+        self._weights_asleep = [(x.shape, x.dtype, x.sharding) for x in weights]
+        self._host_weights = [np.asarray(x) for x in weights] if keep_weights else None
+        self._pool_asleep = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), self.kv_caches)
+        for array in [*weights, *jax.tree.leaves(self.kv_caches)]:
+            array.delete()
+        self.kv_caches = None
+
+    def wake_up(self) -> None:
+        """The weights (as they were, or zeros after a level-2 sleep) and a zeroed KV pool back on the devices,
+        where they were."""
+        host = self._host_weights or [None] * len(self._weights_asleep)
+        arrays = [
+            parallel.device_zeros(shape, dtype, sharding) if x is None else jax.device_put(x, sharding)
+            for x, (shape, dtype, sharding) in zip(host, self._weights_asleep, strict=True)
+        ]
+        nnx.update(self.loaded.model, jax.tree.unflatten(self.state_def, arrays))
+        self._bind_weights()
+        self.kv_caches = jax.tree.map(lambda spec: parallel.device_zeros(*spec), self._pool_asleep, is_leaf=_is_spec)
+        self._host_weights = self._weights_asleep = self._pool_asleep = None
 
     def release(self) -> None:
         """Deletes the weights, the KV pool and the last sampled tokens on the device (the engine unloading a
         model): their memory is free at once, whoever still holds a reference; the runner cannot run after."""
         arrays = [
             *jax.tree.leaves((self.state, nnx.state(self.loaded.model), self._lora_weights)),
-            *self.kv_caches,
+            *jax.tree.leaves(self.kv_caches),
             self._last_tokens,
         ]
         for array in arrays:
@@ -461,6 +495,11 @@ class ModelRunner:
         if prompt_key:
             prompt = self._program(prompt_key[0], step, outputs)(self.head_params, hidden, step.buffer)
         return out, prompt
+
+
+def _is_spec(x: Any) -> bool:
+    """A (shape, dtype, sharding) triple that ``sleep`` kept of one pool array."""
+    return isinstance(x, tuple) and len(x) == 3 and isinstance(x[2], jax.sharding.Sharding)
 
 
 def _program_name(key: ProgramKey) -> str:

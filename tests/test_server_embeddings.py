@@ -58,7 +58,7 @@ def vector(embedding: list[float] | str) -> np.ndarray:
 
 def engine_with_encoder() -> LLMEngine:
     engine = fake_engine(max_model_len=64)
-    engine.__dict__["encoder"] = ScriptedEncoder()  # the cached property, filled in
+    engine.__dict__["_encoder"] = ScriptedEncoder()  # the cached property, filled in
     return engine
 
 

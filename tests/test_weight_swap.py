@@ -75,3 +75,34 @@ def test_weights_are_not_swapped_under_running_requests(models: dict[str, Path])
     llm.engine.add_request("running", llm.engine.inputs.process("Hello", GREEDY), GREEDY)
     with pytest.raises(RuntimeError, match="between requests"):
         llm.load_weights(models["b"])
+
+
+def test_a_level_one_sleep_frees_the_device_arrays_and_wakes_to_the_same_tokens(models: dict[str, Path]) -> None:
+    llm = LLM(str(models["a"]), **KEYS)
+    before, compiled = tokens(llm), llm.engine.runner.num_compilations
+    held = [*llm.engine.runner.params, *llm.engine.runner.kv_caches]
+    llm.sleep(level=1)
+    assert llm.is_sleeping() and all(x.is_deleted() for x in held)
+    with pytest.raises(RuntimeError, match="asleep: wake_up"):
+        tokens(llm)
+    with pytest.raises(RuntimeError, match="asleep: wake_up"):
+        llm.embed(["abc"])
+    llm.wake_up()
+    assert not llm.is_sleeping() and tokens(llm) == before
+    assert llm.engine.runner.num_compilations == compiled
+
+
+def test_a_level_two_sleep_takes_new_weights_after_waking(models: dict[str, Path]) -> None:
+    expected = tokens(LLM(str(models["b"]), **KEYS))
+    llm = LLM(str(models["a"]), **KEYS)
+    tokens(llm)
+    llm.sleep(level=2)
+    with pytest.raises(RuntimeError, match="asleep: wake_up"):
+        llm.load_weights(models["b"])
+    llm.wake_up()
+    with pytest.raises(RuntimeError, match="no weights since its level-2 sleep: load_weights first"):
+        tokens(llm)
+    llm.load_weights(models["b"])
+    assert tokens(llm) == expected
+    with pytest.raises(ValueError, match="sleep level must be 1"):
+        llm.sleep(level=3)
