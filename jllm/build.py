@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 
 from jllm import distributed, kv_cache, parallel
 from jllm.attention import describe_backend, resolve_backend
@@ -39,6 +40,7 @@ from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry
 from jllm.timing import log_phase, timed
 from jllm.tokenizer import Tokenizer
+from jllm.weight_swap import check_side_files
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,26 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
             worker = _worker(config, loaded, tokenizer.result(), publisher, prefetch, show_progress=show_progress)
     log_phase(logger, "worker ready", ready.seconds)
     return worker
+
+
+def reload_weights(engine: LLMEngine, config: EngineConfig, model: str | None) -> EngineConfig:
+    """Another checkpoint of the running model (``model``: a directory, GGUF file or alias; None the default)
+    swapped into ``engine`` (``jllm.weight_swap``); returns ``config`` naming it. Nothing changes where it is
+    refused: requests running, another model or tokenizer (``WeightsMismatch``). Single-process engines only."""
+    if jax.process_count() > 1:
+        raise NotImplementedError("swapping weights needs a single-process engine (no jax.distributed)")
+    engine.check_weights_swappable()
+    model_dir = resolve_model(model)
+    check_side_files(engine.runner.loaded.model_dir, model_dir)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, model=model))
+    new = load_weights(config, model_dir)
+    try:
+        engine.swap_weights(new)
+    except BaseException:
+        for array in jax.tree.leaves(nnx.state(new.model)):
+            array.delete()
+        raise
+    return config
 
 
 def _load_tokenizer(model_dir: Path) -> Tokenizer:

@@ -15,19 +15,16 @@ from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jax
-from flax import nnx
 from tqdm.auto import tqdm
 
 from jllm import distributed, scoring
 from jllm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
-from jllm.build import build_engine, build_worker, load_weights
+from jllm.build import build_engine, build_worker, reload_weights
 from jllm.classify import require_classifier
 from jllm.config import Pooling, load_config
 from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
 from jllm.lora.request import LoRARequest
-from jllm.model_source import resolve_model
 from jllm.outputs import (
     ClassificationOutput,
     ClassificationRequestOutput,
@@ -42,7 +39,6 @@ from jllm.outputs import (
 )
 from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
-from jllm.weight_swap import check_side_files
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -128,22 +124,7 @@ class LLM:
         file or alias (None: the default model), as the constructor's. Between requests only; a checkpoint of
         another model, tokenizer, chat template or generation config raises ``WeightsMismatch`` before anything
         changes. The new weights are read before the old ones are freed, so the device holds both for a moment."""
-        if jax.process_count() > 1:
-            raise NotImplementedError("load_weights needs a single-process engine (no jax.distributed)")
-        self.engine.check_weights_swappable()
-        running = self.engine.runner.loaded
-        model_dir = resolve_model(None if model is None else str(model))
-        check_side_files(running.model_dir, model_dir)
-        name = None if model is None else str(model)
-        config = dataclasses.replace(self.config, model=dataclasses.replace(self.config.model, model=name))
-        new = load_weights(config, model_dir)
-        try:
-            self.engine.swap_weights(new)
-        except BaseException:
-            for array in jax.tree.leaves(nnx.state(new.model)):
-                array.delete()
-            raise
-        self.config = config
+        self.config = reload_weights(self.engine, self.config, None if model is None else str(model))
 
     def sleep(self, level: int = 1) -> None:
         """vLLM's sleep mode, between requests: the KV pool's and the weights' device memory freed (to JAX's

@@ -106,3 +106,30 @@ def test_a_level_two_sleep_takes_new_weights_after_waking(models: dict[str, Path
     assert tokens(llm) == expected
     with pytest.raises(ValueError, match="sleep level must be 1"):
         llm.sleep(level=3)
+
+
+def test_the_admin_route_swaps_a_served_model_s_weights(models: dict[str, Path]) -> None:
+    from server_utils import RunningServer, http
+
+    from jllm.build import build_engine
+    from jllm.config import load_config
+
+    expected = [o.outputs[0].text for o in LLM(str(models["b"]), **KEYS).generate(PROMPTS, GREEDY, use_tqdm=False)]
+    config = load_config(None, model=str(models["a"]), api_key="key", served_model_name="tiny", **KEYS)
+    auth = {"Authorization": "Bearer key"}
+    with RunningServer(build_engine(config, show_progress=False), config) as server:
+        url = f"{server.url}/v1/admin/models/tiny/weights"
+        reply = http("POST", url, json_body={"model": str(models["b"])}, headers=auth)
+        assert reply.status == 200 and reply.json()["model"] == str(models["b"]), reply.body
+        body = {"max_tokens": 8, "temperature": 0}
+        completions = [
+            http("POST", f"{server.url}/v1/completions", json_body={**body, "prompt": p}, headers=auth) for p in PROMPTS
+        ]
+        assert all(c.status == 200 for c in completions), completions[0].body
+        texts = [c.json()["choices"][0]["text"] for c in completions]
+        assert texts == expected
+        wide = http("POST", url, json_body={"model": str(models["wide"])}, headers=auth)
+        assert wide.status == 400 and "hidden_size" in wide.json()["error"]["message"]
+        unknown = http("POST", f"{server.url}/v1/admin/models/zz/weights", json_body={"model": "x"}, headers=auth)
+        assert unknown.status == 404
+        assert http("POST", url, json_body={"path": "x"}, headers=auth).status == 400

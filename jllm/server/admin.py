@@ -1,6 +1,8 @@
 """The admin API: load a model at run time, unload one, list the served models with their memory.
 
     POST   /v1/admin/models          a model entry as in a config's models: list -> 201 and the model
+    POST   /v1/admin/models/{name}/weights   {"model": another checkpoint of it} -> 200 and the model (409 while it
+                                     runs requests: its weights are swapped between them, nothing recompiled)
     DELETE /v1/admin/models/{name}   ?drain_timeout_s=N (default: the server's drain_timeout_s) -> 200
     GET    /v1/admin/models          every model with its planned bytes, and the device's capacity and free bytes
 
@@ -76,6 +78,18 @@ async def load_model(request: web.Request) -> web.Response:
         raise bad_request(str(e), code="bad_model_entry") from e
     served = await asyncio.shield(state.registry.load(entry))  # a client that hangs up leaves the load whole
     return web.json_response(_describe(served), status=201)
+
+
+async def swap_weights(request: web.Request) -> web.Response:
+    state = _admin_state(request)
+    try:
+        body = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request(f"the request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or set(body) != {"model"}:
+        raise bad_request('send {"model": "<a checkpoint of the served model>"} and nothing else', param="model")
+    served = await asyncio.shield(state.registry.swap_weights(request.match_info["name"], body["model"]))
+    return web.json_response(_describe(served))
 
 
 async def unload_model(request: web.Request) -> web.Response:

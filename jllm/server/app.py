@@ -90,6 +90,7 @@ def build_app(
     app.router.add_post("/v1/unload_lora_adapter", lora_adapters.unload_lora_adapter, expect_handler=expect_handler)
     app.router.add_get("/v1/admin/models", admin.list_models)
     app.router.add_post("/v1/admin/models", admin.load_model, expect_handler=expect_handler)
+    app.router.add_post("/v1/admin/models/{name:.+}/weights", admin.swap_weights, expect_handler=expect_handler)
     app.router.add_delete("/v1/admin/models/{name:.+}", admin.unload_model)
     return app
 

@@ -13,6 +13,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from jllm.async_engine import AsyncEngine, EngineSnapshot, StreamLimits
+from jllm.build import reload_weights
 from jllm.config import ConfigError
 from jllm.engine import LLMEngine
 from jllm.errors import EngineUnavailableError
@@ -215,6 +217,23 @@ class ModelRegistry:
         served.load_seconds = time.monotonic() - started
         logger.info("loaded model %r in %.2f s (%s)", entry.name, served.load_seconds, memory)
         return served
+
+    async def swap_weights(self, name: str, model: str) -> ServedModel:
+        """Another checkpoint of the served model, swapped in on its engine thread between steps
+        (``build.reload_weights``): 409 while it runs requests (the client retries once they end), 400 for a
+        checkpoint of another model or tokenizer, or no model at all; 404 for an unknown name."""
+        async with self._changing:
+            served = self.route(name)
+            entry = served.entry
+            try:
+                config = await served.engine.call(lambda engine: reload_weights(engine, entry.config, model))
+            except RuntimeError as e:
+                raise APIError(409, f"model {served.name!r}: {e}", code="model_busy") from e
+            except (ConfigError, ValueError, FileNotFoundError, NotImplementedError) as e:
+                raise APIError(400, f"cannot swap model {served.name!r}'s weights: {e}", param="model") from e
+            served.entry = dataclasses.replace(entry, config=config)
+            logger.info("model %r runs %s's weights", served.name, model)
+            return served
 
     async def unload(self, name: str, drain_timeout: float) -> ServedModel:
         """Stops admitting to the model, lets its requests run for ``drain_timeout`` seconds, fails the rest (each
