@@ -10,7 +10,10 @@ L2-normed (and q scaled by ``head_k_dim ** -0.5``), each key head serving ``num_
 The layer's cache entry is its state pool ``(conv_state [slots, conv_dim, kernel - 1], recurrent_state [slots,
 v_heads, dk, dv])`` (``jllm.models.recurrent_state``). Every step, prefill too, runs the recurrence token by token,
 all rows at once (``scan_rows``): correct, slow on long prompts; the chunked algorithm (transformers'
-``torch_chunk_gated_delta_rule``, FLA's kernels) is later GPU work. Pure JAX on every attention backend.
+``torch_chunk_gated_delta_rule``, FLA's kernels) is later GPU work. Pure JAX on every attention backend. With
+``quantization`` the layer's projections stay in the model's dtype (they feed the recurrence: quantized too, a tiny
+random Qwen3.5's int8 logits moved 5.0e-2 from float's instead of 2.3e-2, 2026-12-05); the attention and MLPs are
+quantized as in any model.
 
 Where this module sits: docs/architecture.md.
 """
