@@ -184,3 +184,32 @@ def test_hybrid_model_refuses_lora_and_tensor_parallelism_by_name(model_dir, set
     with pytest.raises(ConfigError, match=f"{key}.*not supported for hybrid models") as err:
         LLM(str(model_dir), dtype="float32", max_model_len=64, compile_at_start=False, **setting)
     assert err.value.key == key
+
+
+def test_qwen3_5_moe_experts_stored_stacked_load_as_stored_per_expert(tmp_path):
+    """A Qwen3.5-MoE checkpoint whose experts are stacked per layer (transformers 5's ``experts.gate_up_proj`` and
+    ``experts.down_proj``) loads the same weights as the one transformers saves per expert."""
+    from safetensors.numpy import load_file, save_file
+
+    config = dict(CONFIG, num_experts=4)
+    per_expert = save_tiny_checkpoint(
+        "Qwen3_5MoeForCausalLM", config, tmp_path / "per_expert", config_cls_name="Qwen3_5MoeTextConfig"
+    )
+    tensors = {}
+    for file in per_expert.glob("*.safetensors"):
+        tensors |= load_file(file)
+    stacked_dir = tmp_path / "stacked"
+    stacked_dir.mkdir()
+    shutil.copy(per_expert / "config.json", stacked_dir / "config.json")
+    for layer in range(config["num_hidden_layers"]):
+        experts = f"model.layers.{layer}.mlp.experts."
+        take = [
+            {p: tensors.pop(f"{experts}{e}.{p}.weight") for p in ("gate_proj", "up_proj", "down_proj")}
+            for e in range(4)
+        ]
+        tensors[experts + "gate_up_proj"] = np.stack([np.concatenate([t["gate_proj"], t["up_proj"]]) for t in take])
+        tensors[experts + "down_proj"] = np.stack([t["down_proj"] for t in take])
+    save_file(tensors, str(stacked_dir / "model.safetensors"))
+    want, got = (load_model(d, mesh=make_mesh(1), dtype="float32").model for d in (per_expert, stacked_dir))
+    for a, b in zip(jax.tree.leaves(nnx.state(want)), jax.tree.leaves(nnx.state(got)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -10,12 +10,14 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 from jllm.models.families.common import FULL, activation, base_args, read_rope
 from jllm.models.gated_deltanet import DeltaNetSpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.safetensors_index import hf_names
 
 LINEAR = "linear_attention"
 MROPE_KEYS = ("mrope_section", "mrope_interleaved")  # M-RoPE's settings: for text, the plain rotary
@@ -100,7 +102,8 @@ def _with_mixture(
     experts, top_k = cfg.get("num_experts", 512), cfg.get("num_experts_per_tok", 10)
     if not 0 < top_k <= experts:
         raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and num_experts={experts}")
-    weights = dataclasses.replace(base["weights"], rename=(*base["weights"].rename, ("experts", "experts.{e}")))
+    per_expert = (*base["weights"].rename, ("experts", "experts.{e}"))
+    weights = dataclasses.replace(base["weights"], rename=per_expert, reader=_stacked_experts)
     return ModelArgs(
         **{**base, "intermediate_size": cfg.get("moe_intermediate_size", 512), "weights": weights},
         layers=layers,
@@ -109,3 +112,22 @@ def _with_mixture(
         experts_renormalize=renormalize,
         shared_expert_size=cfg.get("shared_expert_intermediate_size", 512),
     )
+
+
+def _stacked_experts(index: Any, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> Any:
+    """An expert kernel read from the layer's stacked tensor where the checkpoint keeps one (transformers 5's
+    ``experts.gate_up_proj [experts, 2 * moe, hidden]`` and ``experts.down_proj [experts, hidden, moe]``, as some
+    Qwen3.5-MoE releases are stored; vLLM reads both); None otherwise: the per-expert names (``experts.{e}.*``,
+    what transformers saves) are read as any mixture's."""
+    if len(path) < 3 or str(path[-3]) != "experts":
+        return None
+    weights = index.weights
+    stacked = copy.copy(index)
+    stacked.weights = dataclasses.replace(
+        weights,
+        rename=tuple(pair for pair in weights.rename if pair != ("experts", "experts.{e}")),
+        expert_params="out_in",
+        reader=None,
+    )
+    name = hf_names(path, stacked.weights)[0][0]
+    return stacked.param_reader(path, shape, dtype, 1) if name in index.tensors else None
