@@ -6,8 +6,10 @@ quantized model counts its int8 / e4m3 kernels and float32 scales); the
 pool's from its page count, given (``num_pages``, ``kv_cache_memory_bytes``) or taken from the model's share of the
 device (``gpu_memory_utilization`` x the device's memory, less the weights). The device is the first accelerator's
 ``bytes_limit``, or on a CPU ``host_memory_budget_bytes`` (default: the host's physical memory, and a 1 GiB pool per
-model unless sized otherwise, as a single-model CPU engine always had). Models with tensor parallelism over ``k``
-devices count ``1/k`` of their bytes on each, and every model shares the first device, so that one decides.
+model unless sized otherwise, as a single-model CPU engine always had). A hybrid model's recurrent state pools
+(``max_num_seqs + 1`` slots) count in its pool bytes and come out of its share before the pages. Models with tensor
+parallelism over ``k`` devices count ``1/k`` of their bytes on each, and every model shares the first device, so that
+one decides.
 
 Where this module sits: docs/architecture.md.
 """
