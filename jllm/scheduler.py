@@ -202,7 +202,8 @@ class Scheduler:
         """(wait, parent) for admitting ``seq``: n samples of one prompt prefill it once.
 
         A fresh sibling waits until sample 0 has computed the prompt, then forks its pages. If sample 0 finished
-        first, the sibling prefills for itself (the prefix cache may still hold the prompt).
+        first, the sibling prefills for itself (the prefix cache may still hold the prompt). On a hybrid model (state
+        slots) every sample prefills itself: a forked page carries no recurrent state.
         """
         if seq.sample_index == 0 or seq.num_output_tokens or self.state_slots is not None:
             return False, None
