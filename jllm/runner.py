@@ -117,7 +117,8 @@ class ModelRunner:
         self.head_params, self.head_def = jax.tree.flatten(head_state)
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches
-        self.kv_sharding = kv_caches[0].sharding  # as allocated: the tensor-parallel layout
+        # as allocated: the tensor-parallel layout of the pages (a hybrid model's state pools are tuples, replicated)
+        self.kv_sharding = next(kv for kv in kv_caches if isinstance(kv, jax.Array)).sharding
         self.mesh = loaded.mesh
         self.page_size = page_size
         self.pages_per_seq = -(-max_model_len // page_size)
