@@ -1,0 +1,188 @@
+"""The Mamba2 mixer (Bamba, Granite-4.0-H, Nemotron-H's mamba blocks): a selective state-space layer in place of
+attention, its per-sequence state in a state pool (``jllm.models.recurrent_state``) instead of KV pages.
+
+One projection gives the gate ``z``, the conv input ``xBC`` and the time step ``dt`` per head; ``xBC`` runs through a
+causal depthwise conv1d (kernel K: each row keeps its last K - 1 inputs as its conv state) and SiLU, then splits into
+the heads' inputs ``x [heads, head_dim]`` and the groups' ``B`` and ``C`` (``[n_groups, state]``, each shared by
+``heads / n_groups`` heads). Per head the SSD recurrence, with ``A = -exp(A_log)`` and ``dt = softplus(dt +
+dt_bias)`` clamped to ``time_step_limit``:
+
+    state = exp(dt A) state + dt x B^T    # [head_dim, state]
+    y = state C + D x
+
+then a gated RMSNorm over each group's channels (``norm_before_gate``: normed, then times SiLU(z); else times
+SiLU(z), then normed: transformers' Bamba, Granite-4.0-H and Nemotron-H gate first) and ``out_proj``.
+
+Prefill runs the recurrence token by token (the rows of a step side by side): exact and simple, but a long prompt
+takes as many sequential steps as its chunk has tokens. The chunked SSD algorithm (a prompt's chunk as matmuls, the
+state carried between chunks: transformers' ``mamba2_chunk_scan``) is the GPU session's work.
+
+Tensor parallelism is refused for these models (``ModelArgs``): the heads, the groups' B and C and the conv's
+channels would split each their own way.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jllm.models.layers import ACTIVATIONS, Linear, normed_linear, param
+from jllm.models.recurrent_state import StatePool, StateSpec, causal_conv1d, gather_states, scan_rows, scatter_states
+
+if TYPE_CHECKING:
+    from jllm.attention import AttentionMetadata
+    from jllm.models.model_args import LayerSpec, ModelArgs
+
+
+@dataclasses.dataclass(frozen=True)
+class Mamba2Spec:
+    """The mixer's sizes and settings (transformers' ``mamba_*`` config keys)."""
+
+    num_heads: int
+    head_dim: int
+    n_groups: int
+    state_size: int
+    conv_kernel: int
+    conv_bias: bool = True
+    proj_bias: bool = False
+    time_step_limit: tuple[float, float] = (0.0, math.inf)
+    norm_before_gate: bool = False
+    norm_eps: float = 1e-5  # the gated norm's
+    act: str = "silu"  # after the conv (one of layers.ACTIVATIONS)
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.n_groups:
+            raise ValueError(f"Mamba2 n_groups={self.n_groups} must divide its {self.num_heads} heads")
+        if self.conv_kernel < 2:
+            raise ValueError(f"Mamba2 conv kernel {self.conv_kernel} is not supported (supported: 2 or more)")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"Mamba2 activation {self.act!r} is not one of {', '.join(ACTIVATIONS)}")
+
+    @property
+    def inner(self) -> int:
+        """The heads' channels: ``x``'s, ``z``'s and the output's width."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """The conv's channels: ``x``, then B, then C."""
+        return self.inner + 2 * self.n_groups * self.state_size
+
+    def state_spec(self, dtype: jnp.dtype) -> StateSpec:
+        """A sequence's state in this layer: its last K - 1 conv inputs ``[conv_dim, K - 1]`` (``dtype``, the
+        model's) and the SSM state ``[heads, head_dim, state]`` (float32: the recurrence's carry, summed over every
+        token, as vLLM's default ``mamba_ssm_cache_dtype`` keeps it for a float32 model)."""
+        shapes = ((self.conv_dim, self.conv_kernel - 1), (self.num_heads, self.head_dim, self.state_size))
+        return StateSpec(shapes, (dtype, jnp.float32))
+
+
+class DepthwiseConv(nnx.Module):
+    """torch's ``Conv1d(groups=channels)`` weights as the checkpoint stores them: ``weight [channels, 1, K]``."""
+
+    def __init__(self, channels: int, kernel: int, dtype: jnp.dtype, bias: bool):
+        self.weight = param((channels, 1, kernel), dtype, (None, None, None))
+        self.bias = param((channels,), dtype, (None,)) if bias else None
+
+
+class GatedRMSNorm(nnx.Module):
+    """transformers' ``RMSNormGated``: RMS over each of ``groups`` equal slices of the channels, in float32, and
+    SiLU(gate) applied before (``norm_before_gate`` False) or after it; the weight multiplies in the input dtype."""
+
+    def __init__(self, dim: int, groups: int, eps: float, dtype: jnp.dtype, norm_before_gate: bool):
+        self.weight = param((dim,), dtype, (None,))
+        self.groups, self.eps, self.norm_before_gate = groups, eps, norm_before_gate
+
+    def __call__(self, x: jax.Array, gate: jax.Array) -> jax.Array:
+        """``x``, ``gate`` ``[T, dim]``."""
+        y = x.astype(jnp.float32)
+        silu = jax.nn.silu(gate.astype(jnp.float32))
+        if not self.norm_before_gate:
+            y = y * silu
+        grouped = y.reshape(*y.shape[:-1], self.groups, -1)
+        grouped = grouped * jax.lax.rsqrt(jnp.mean(grouped * grouped, axis=-1, keepdims=True) + self.eps)
+        y = grouped.reshape(y.shape)
+        if self.norm_before_gate:
+            y = y * silu
+        return self.weight[...] * y.astype(x.dtype)
+
+
+def ssd_step(
+    state: jax.Array,  # [R, heads, head_dim, state] float32
+    x: jax.Array,  # [R, heads, head_dim]
+    dt: jax.Array,  # [R, heads] after softplus and clamp, float32
+    a: jax.Array,  # [heads] float32, -exp(A_log)
+    b: jax.Array,  # [R, groups, state]
+    c: jax.Array,  # [R, groups, state]
+    d: jax.Array,  # [heads]
+) -> tuple[jax.Array, jax.Array]:
+    """One token of each of R rows through the recurrence: (``y [R, heads, head_dim]`` float32, the new state)."""
+    heads, groups = state.shape[1], b.shape[1]
+    b = jnp.repeat(b.astype(jnp.float32), heads // groups, axis=1)  # [R, heads, state]
+    c = jnp.repeat(c.astype(jnp.float32), heads // groups, axis=1)
+    x32 = x.astype(jnp.float32)
+    decay = jnp.exp(dt * a)[:, :, None, None]
+    state = state * decay + (dt[:, :, None] * x32)[..., None] * b[:, :, None, :]
+    y = jnp.einsum("rhpn,rhn->rhp", state, c) + d.astype(jnp.float32)[:, None] * x32
+    return y, state
+
+
+class Mamba2Mixer(nnx.Module):
+    """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer`` (module names as
+    the checkpoint's but the gated norm's, ``gated_norm`` here: a family renames its final ``norm``), with the
+    attention module's call shape: ``(x, norm, positions, state pool, meta) -> (y, state pool)``."""
+
+    def __init__(self, args: ModelArgs, spec: LayerSpec):
+        m, d, dt = args.mamba2, args.hidden_size, args.dtype
+        self.in_proj = Linear(
+            d, 2 * m.inner + 2 * m.n_groups * m.state_size + m.num_heads, ("embed", None), dt, bias=m.proj_bias
+        )
+        self.conv1d = DepthwiseConv(m.conv_dim, m.conv_kernel, dt, m.conv_bias)
+        self.dt_bias = param((m.num_heads,), dt, (None,))
+        self.A_log = param((m.num_heads,), dt, (None,))
+        self.D = param((m.num_heads,), dt, (None,))
+        self.gated_norm = GatedRMSNorm(m.inner, m.n_groups, m.norm_eps, dt, m.norm_before_gate)
+        self.out_proj = Linear(m.inner, d, (None, "embed"), dt, bias=m.proj_bias)
+        self.mamba = m
+
+    def __call__(
+        self, x: jax.Array, norm: nnx.Module | None, positions: jax.Array, states: StatePool, meta: AttentionMetadata
+    ) -> tuple[jax.Array, StatePool]:
+        """The mixer over ``norm(x)`` (``x [T, hidden]``); ``states``: the layer's pool (conv, SSM), each row's
+        read from and written back to its slot (``meta.state_slots``). ``positions`` are unused: order is the
+        recurrence's."""
+        m, t = self.mamba, x.shape[0]
+        inner, bc = m.inner, m.n_groups * m.state_size
+        proj = normed_linear(norm, self.in_proj, x)  # [T, inner + conv_dim + heads]
+        z, xbc, dt = jnp.split(proj, [inner, inner + m.conv_dim], axis=-1)
+        conv_state, ssm_state = gather_states(states, meta)
+        xbc, conv_state = causal_conv1d(xbc, self.conv1d.weight[...][:, 0], conv_state, meta)  # float32
+        if self.conv1d.bias is not None:
+            xbc = xbc + self.conv1d.bias[...].astype(jnp.float32)
+        xbc = ACTIVATIONS[m.act](xbc).astype(x.dtype)
+        xs, b, c = jnp.split(xbc, [inner, inner + bc], axis=-1)
+        dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+        dt = jnp.clip(dt, *m.time_step_limit)  # [T, heads]
+        a = -jnp.exp(self.A_log[...].astype(jnp.float32))
+        d = self.D[...]
+
+        def step(state: jax.Array, token: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+            y, state = ssd_step(state, *token[:2], a, *token[2:], d)
+            return state, y
+
+        per_token = (
+            xs.reshape(t, m.num_heads, m.head_dim),
+            dt,
+            b.reshape(t, m.n_groups, m.state_size),
+            c.reshape(t, m.n_groups, m.state_size),
+        )
+        out_like = jax.ShapeDtypeStruct((m.num_heads, m.head_dim), jnp.float32)
+        y, ssm_state = scan_rows(step, ssm_state, per_token, out_like, meta)  # [T, heads, head_dim] float32
+        y = self.gated_norm(y.reshape(t, inner), z)
+        return self.out_proj(y.astype(x.dtype)), scatter_states(states, (conv_state, ssm_state), meta)
