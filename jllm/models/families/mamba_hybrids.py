@@ -1,0 +1,123 @@
+"""The Mamba2 hybrids: some layers attention over the paged pool, the others a Mamba2 mixer (``jllm.models.mamba2``)
+with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from jllm.models.families.common import activation, base_args, read_rope
+from jllm.models.families.llama import granite
+from jllm.models.families.mixtures import granite_moe_shared
+from jllm.models.mamba2 import Mamba2Spec
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+
+# a layer's kind in ``layer_types`` (transformers 5's names and the hub's older ones) -> our mixer
+LAYER_KINDS = {"linear_attention": "mamba2", "mamba": "mamba2", "full_attention": "attention", "attention": "attention"}
+# our mixer's names -> the checkpoint's: the layer's ``mamba``, its gated norm ``norm``
+MAMBA_NAMES = (("mixer", "mamba"), ("gated_norm", "norm"))
+
+
+def mamba2_spec(cfg: dict[str, Any], family: str) -> Mamba2Spec:
+    """The mixer's sizes from the ``mamba_*`` keys (transformers' defaults where absent; ``mamba_d_head`` "auto":
+    ``mamba_expand * hidden_size`` over the heads), its gated norm's eps the model's ``rms_norm_eps``, its conv's
+    activation ``hidden_act``."""
+    heads = cfg.get("mamba_n_heads", 128)
+    head_dim = cfg.get("mamba_d_head", "auto")
+    if head_dim == "auto":
+        head_dim = cfg.get("mamba_expand", 2) * cfg["hidden_size"] // heads
+    return Mamba2Spec(
+        num_heads=heads,
+        head_dim=head_dim,
+        n_groups=cfg.get("mamba_n_groups", 1),
+        state_size=cfg.get("mamba_d_state", 256),
+        conv_kernel=cfg.get("mamba_d_conv", 4),
+        conv_bias=bool(cfg.get("mamba_conv_bias", True)),
+        proj_bias=bool(cfg.get("mamba_proj_bias", False)),
+        time_step_limit=time_step_limit(cfg.get("time_step_limit", (0.0, math.inf)), family),
+        norm_eps=cfg.get("rms_norm_eps", 1e-5),
+        act=activation(cfg, "hidden_act", "silu", family),
+    )
+
+
+def time_step_limit(value: Any, family: str) -> tuple[float, float]:
+    """``time_step_limit`` as two floats: JSON numbers, or transformers 5's ``{"__float__": "Infinity"}``; None (no
+    limit) as ``(0, inf)``."""
+    if value is None:
+        return 0.0, math.inf
+    bounds = [float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else v for v in value]
+    if len(bounds) != 2 or not all(isinstance(b, int | float) for b in bounds):
+        raise ValueError(f"{family} time_step_limit={value!r} is not supported (supported: two numbers, low and high)")
+    return float(bounds[0]), float(bounds[1])
+
+
+def mixer_kinds(types: list[str], num_layers: int, family: str) -> list[str]:
+    """Each layer's mixer from its ``layer_types`` entry, a list not naming every layer or an unknown kind refused."""
+    if len(types) != num_layers:
+        raise ValueError(f"{family} layer_types={types!r} must name each of the {num_layers} layers")
+    for kind in types:
+        if kind not in LAYER_KINDS:
+            raise ValueError(
+                f"{family} layer_types entry {kind!r} is not supported (supported: {', '.join(LAYER_KINDS)})"
+            )
+    return [LAYER_KINDS[kind] for kind in types]
+
+
+def _layers(kinds: list[str], rope: Any) -> tuple[LayerSpec, ...]:
+    """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's)."""
+    return tuple(LayerSpec(rope if kind == "attention" else None, mixer=kind) for kind in kinds)
+
+
+def bamba(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Bamba: Llama's layers with a Mamba2 mixer in place of the attention except at ``attn_layer_indices``, whose
+    attention rotates half of each head's channels (``partial_rotary_factor`` 0.5, as BambaConfig fixes it); the
+    MLP is ``feed_forward``, its norm ``pre_ff_layernorm``, the final one ``final_layernorm``."""
+    cfg = {"rms_norm_eps": 1e-5, "max_position_embeddings": 262_144, "num_key_value_heads": 8, **cfg}
+    base = base_args(cfg, dtype)
+    attn = set(cfg.get("attn_layer_indices") or [])
+    kinds = ["attention" if i in attn else "mamba2" for i in range(base["num_layers"])]
+    params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    params.setdefault("partial_rotary_factor", 0.5)
+    bias = bool(cfg.get("attention_bias", False))
+    rename = (("mlp", "feed_forward"), ("post_attention_layernorm", "pre_ff_layernorm"), ("norm", "final_layernorm"))
+    return ModelArgs(
+        **base,
+        layers=_layers(kinds, read_rope(cfg, base["head_dim"], params)),
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "Bamba"),
+        mamba2=mamba2_spec(cfg, "Bamba"),
+        weights=WeightMap(rename=(*MAMBA_NAMES, *rename)),
+    )
+
+
+def granite_moe_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Granite-4.0-H: Granite MoE Shared's layers (its four multipliers, ``num_local_experts`` routed experts beside
+    the shared MLP, or the shared MLP alone where there are none) with a Mamba2 mixer in place of the attention
+    where ``layer_types`` says (all, without it); rotary only where ``position_embedding_type`` is "rope" (the
+    released models have none)."""
+    n = cfg["num_hidden_layers"]
+    kinds = mixer_kinds(cfg.get("layer_types") or ["mamba"] * n, n, "Granite-4.0-H")
+    position = cfg.get("position_embedding_type")
+    if position not in (None, "nope", "rope"):
+        raise ValueError(
+            f"Granite-4.0-H position_embedding_type={position!r} is not supported (supported: 'rope', 'nope', null)"
+        )
+    # layer_types read above: Granite's readers would take its entries for sliding windows
+    cfg = {"num_local_experts": 8, "shared_intermediate_size": 1024, **cfg, "layer_types": None}
+    if cfg["num_local_experts"]:
+        args = granite_moe_shared(cfg, dtype)
+    else:  # the shared MLP alone: a dense SwiGLU, its gate and up rows in one tensor
+        names = WeightMap(gate_up=("input_linear",), rename=(("mlp", "shared_mlp"), ("down_proj", "output_linear")))
+        dense = dict(intermediate_size=cfg["shared_intermediate_size"], mlp_bias=False, weights=names)
+        args = dataclasses.replace(granite(cfg, dtype), **dense)
+    rope = args.layers[0].rope if position == "rope" else None
+    weights = dataclasses.replace(args.weights, rename=(*MAMBA_NAMES, *args.weights.rename))
+    return dataclasses.replace(
+        args, layers=_layers(kinds, rope), mamba2=mamba2_spec(cfg, "Granite-4.0-H"), weights=weights
+    )
