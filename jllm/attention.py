@@ -91,6 +91,9 @@ class AttentionMetadata:
     query_start_loc: jax.Array  # [S + 1] int32: sequence s owns query rows [qsl[s], qsl[s+1])
     kv_lens: jax.Array  # [S] int32: KV length of each sequence after this step (0 for padding)
     block_tables: jax.Array  # [S, pages_per_seq] int32: page ids (padding -> 0)
+    # [S] int32: each row's recurrent state slot (hybrid models' recurrent layers, ``jllm.models.recurrent_state``;
+    # padding -> reserved slot 0); None where nothing reads it (a scratch pool's program)
+    state_slots: jax.Array | None = None
     backend: str = dataclasses.field(default="reference", metadata={"static": True})
     mesh: Mesh | None = dataclasses.field(default=None, metadata={"static": True})  # the TP mesh; None = one device
 

@@ -3,9 +3,12 @@
 One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1); a model's heads and
 width are ``KVCacheSpec.for_model``'s. DeepSeek's latent attention keeps a *latent* pool, ``[1, num_kv_heads, ...]``:
 one head of its latent's width written once per token, its values the row's first channels (vLLM's MLA cache), so a
-budget holds twice the pages a K/V pair of those rows would. The pool is allocated once, zero-filled and donated to
-every step. Which request owns which page is the block manager's business; this module only decides how many pages
-fit and creates them where the sharding says, without staging a host copy.
+budget holds twice the pages a K/V pair of those rows would. A hybrid model's recurrent layers (gated DeltaNet,
+Mamba2) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a fixed
+state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
+sized. The pool is allocated once, zero-filled and donated to every step. Which request owns which page is the block
+manager's business; this module only decides how many pages fit and creates them where the sharding says, without
+staging a host copy.
 
 Where this module sits: docs/architecture.md.
 """
@@ -20,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from jllm.models.recurrent_state import StateSpec, state_bytes
 from pallas_kernels.kv_quant import FP8_DTYPE
 
 # Page 0 is reserved for padding, so a usable pool needs at least one more.
@@ -46,12 +50,14 @@ def pool_dtype(kv_cache_dtype: str, model_dtype: DTypeLike) -> jnp.dtype:
 class KVCacheSpec:
     """What one page holds, across all layers; enough to size and allocate the pool."""
 
-    num_layers: int
+    num_layers: int  # layers with pages: a hybrid model's attention layers alone
     num_kv_heads: int  # as the model holds them: with KV heads replicated for tensor parallelism, the copies count
     head_dim: int
     page_size: int  # tokens per page
     dtype: DTypeLike = jnp.bfloat16  # the model's, or float8_e4m3fn (``pool_dtype``)
     latent: bool = False  # one row a token, no V plane: latent attention's values are its keys' first channels
+    # per model layer, a recurrent layer's state (None: an attention layer, with pages); () where every layer attends
+    states: tuple[StateSpec | None, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
@@ -66,9 +72,21 @@ class KVCacheSpec:
     @classmethod
     def for_model(cls, args: Any, page_size: int, dtype: DTypeLike) -> KVCacheSpec:
         """The pool a model's ``ModelArgs`` needs: its KV heads (copies included), each ``kv_pool_head_dim`` wide;
-        latent for multi-head latent attention (``args.mla``)."""
+        latent for multi-head latent attention (``args.mla``); a hybrid model's recurrent layers' states."""
         latent = args.mla is not None
-        return cls(args.num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype, latent=latent)
+        states = tuple(args.state_spec(spec) for spec in args.layers)
+        states = states if any(s is not None for s in states) else ()
+        num_layers = sum(s is None for s in states) if states else args.num_layers
+        return cls(num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype, latent, states)
+
+    @property
+    def layer_states(self) -> tuple[StateSpec | None, ...]:
+        """Per model layer, its recurrent state (None for a layer with pages)."""
+        return self.states or (None,) * self.num_layers
+
+    def state_bytes(self, num_state_slots: int) -> int:
+        """Bytes the recurrent layers' state pools take with ``num_state_slots`` slots (0 without any)."""
+        return state_bytes(self.states, num_state_slots)
 
     @property
     def planes(self) -> int:
@@ -155,16 +173,20 @@ def num_pages_from_device_memory(
 
 
 def allocate_kv_pool(
-    spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.Sharding | None = None
-) -> list[jax.Array]:
-    """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None).
+    spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.NamedSharding | None = None, num_state_slots: int = 0
+) -> list[Any]:
+    """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); a
+    recurrent layer's state pool instead, ``num_state_slots`` slots of it, replicated.
 
     Zeros are produced by a jitted computation with ``out_shardings``, so each shard is filled where it lives and no
     full-size host copy ever exists. Zero-filled, not empty: ``jnp.empty`` returns uninitialised memory since JAX 0.11.
     """
     if num_pages < MIN_NUM_PAGES:
         raise ValueError(f"num_pages={num_pages} is too small: page 0 is reserved, so at least {MIN_NUM_PAGES}")
+    if spec.states and num_state_slots < 2:
+        raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
     shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
     shardings = {} if sharding is None else {"out_shardings": sharding}
     zeros = jax.jit(lambda: jnp.zeros(shape, spec.dtype), **shardings)
-    return [zeros() for _ in range(spec.num_layers)]
+    replicated = None if sharding is None else jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return [zeros() if state is None else state.zeros(num_state_slots, replicated) for state in spec.layer_states]

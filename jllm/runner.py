@@ -116,7 +116,8 @@ class ModelRunner:
         self.head_params, self.head_def = jax.tree.flatten(head_state)
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches
-        self.kv_sharding = kv_caches[0].sharding  # as allocated: the tensor-parallel layout
+        # as allocated: the tensor-parallel layout of the pages (a hybrid model's state pools are tuples, replicated)
+        self.kv_sharding = next(kv for kv in kv_caches if isinstance(kv, jax.Array)).sharding
         self.mesh = loaded.mesh
         self.page_size = page_size
         self.pages_per_seq = -(-max_model_len // page_size)
@@ -191,7 +192,7 @@ class ModelRunner:
         model): their memory is free at once, whoever still holds a reference; the runner cannot run after."""
         arrays = [
             *jax.tree.leaves((self.state, nnx.state(self.loaded.model), self._lora_weights)),
-            *self.kv_caches,
+            *jax.tree.leaves(self.kv_caches),
             self._last_tokens,
         ]
         for array in arrays:

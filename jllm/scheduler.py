@@ -18,7 +18,9 @@ step's sampled tokens when it returns (``update_from_output``), ends sequences o
 length) and frees their pages. The engine only detokenizes and reports stop strings back through ``finish``.
 Prompts reach it checked by ``jllm.inputs`` (at least one token, inside the context); it refuses only what the pool
 can never hold. With LoRA (``lora_slots``) a running sequence holds its adapter's device slot; one whose adapter finds
-every slot held by others' running sequences waits, and the queue behind it is admitted past it.
+every slot held by others' running sequences waits, and the queue behind it is admitted past it. A hybrid model's
+running sequence holds a recurrent state slot (``state_slots``) from admission to finish or preemption; there each
+of a request's ``n`` samples prefills its own prompt (no fork: a forked page holds no recurrent state).
 
 Where this module sits: docs/architecture.md.
 """
@@ -32,6 +34,7 @@ from collections.abc import Sequence as Seq
 from jllm.block_manager import BlockManager
 from jllm.lora.slots import LoRASlots
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
+from jllm.state_slots import StateSlots
 
 
 class Scheduler:
@@ -45,6 +48,7 @@ class Scheduler:
         eos_token_ids: Collection[int] = (),
         long_prefill_token_threshold: int = 0,
         lora_slots: LoRASlots | None = None,
+        state_slots: StateSlots | None = None,
     ) -> None:
         for name, value in [
             ("max_num_seqs", max_num_seqs),
@@ -57,6 +61,7 @@ class Scheduler:
             raise ValueError(f"long_prefill_token_threshold={long_prefill_token_threshold} must be >= 0 (0 = off)")
         self.block_manager = block_manager
         self.lora_slots = lora_slots
+        self.state_slots = state_slots
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -174,6 +179,9 @@ class Scheduler:
             if not self._take_lora_slot(seq):  # waits for an adapter slot, not on pages: don't block either
                 i += 1
                 continue
+            if not self._take_state_slot(seq):  # every state slot held: nothing else can be admitted either
+                self._release_lora_slot(seq)
+                return
             if parent is not None:
                 seq.num_computed_tokens = seq.num_cached_tokens = bm.fork(parent, seq)
             elif seq.sampling_params.prompt_logprobs is None:  # cached tokens would have no prompt logprobs (vLLM)
@@ -182,7 +190,7 @@ class Scheduler:
             if not bm.allocate(seq, num_new):
                 bm.free(seq)  # give the matched pages back
                 seq.num_computed_tokens = 0
-                self._release_lora_slot(seq)
+                self._release_slots(seq)
                 return
             del self.waiting[i]
             seq.status = SequenceStatus.RUNNING
@@ -196,7 +204,7 @@ class Scheduler:
         A fresh sibling waits until sample 0 has computed the prompt, then forks its pages. If sample 0 finished
         first, the sibling prefills for itself (the prefix cache may still hold the prompt).
         """
-        if seq.sample_index == 0 or seq.num_output_tokens:
+        if seq.sample_index == 0 or seq.num_output_tokens or self.state_slots is not None:
             return False, None
         first = self._requests[seq.request_id][0]
         if first.is_finished:
@@ -221,9 +229,25 @@ class Scheduler:
             self.lora_slots.release(seq.lora_request.lora_int_id)
             seq.lora_slot = 0
 
+    def _take_state_slot(self, seq: Sequence) -> bool:
+        """Gives ``seq`` a recurrent state slot where the model has recurrent layers; False when none is free."""
+        if self.state_slots is None:
+            return True
+        slot = self.state_slots.acquire()
+        seq.state_slot = slot or 0
+        return slot is not None
+
+    def _release_slots(self, seq: Sequence) -> None:
+        """``seq`` left the device: its adapter's slot and its state slot may be reused (a preempted sequence
+        computes its state again from scratch)."""
+        self._release_lora_slot(seq)
+        if seq.state_slot:
+            self.state_slots.release(seq.state_slot)
+            seq.state_slot = 0
+
     def _preempt(self, seq: Sequence) -> None:
         """Recompute, not swap: the pages go back to the pool and the tokens are computed again later."""
-        self._release_lora_slot(seq)
+        self._release_slots(seq)
         self.block_manager.free(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
@@ -297,7 +321,7 @@ class Scheduler:
             return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-            self._release_lora_slot(seq)
+            self._release_slots(seq)
         else:
             self.waiting.remove(seq)
         seq.status = status

@@ -46,7 +46,7 @@ class StepInputs:
     # sampled tokens, which the step reads on the device; -1 where ``input_ids`` holds the token
     pending_rows: jax.Array
     positions: jax.Array  # [T] int32: each token's position in its sequence
-    attn: AttentionMetadata  # slot mapping, query starts [S+1], KV lengths [S], block tables [S, P]
+    attn: AttentionMetadata  # slot mapping, query starts [S+1], KV lengths [S], block tables [S, P], state slots [S]
     logits_indices: jax.Array  # [S] int32: row of each sequence's last new token (0 for padding)
     sampling: SamplingMetadata  # per-row sampling settings [S, ...]
     prompt_targets: jax.Array  # [T] int32: the next prompt token where prompt logprobs are wanted, else -1
@@ -137,6 +137,7 @@ def host_inputs(
     prompt_targets = np.full(t, -1, np.int32)
     pending_rows = np.full(t, -1, np.int32)
     lora_slots = np.zeros(t, np.int32)
+    state_slots = np.zeros(s, np.int32)
     starts = np.zeros(len(scheduled), np.int32)
     offset = 0
     for i, sched in enumerate(scheduled):  # per sequence only what needs its Python lists
@@ -152,6 +153,7 @@ def host_inputs(
             targets = seq.prompt_token_ids[start + 1 : start + n + 1]
             prompt_targets[offset : offset + len(targets)] = targets
         lora_slots[offset : offset + n] = seq.lora_slot
+        state_slots[i] = seq.state_slot
         offset += n
         query_start_loc[i + 1] = offset
     query_start_loc[len(scheduled) + 1 :] = offset
@@ -178,6 +180,7 @@ def host_inputs(
         query_start_loc=query_start_loc,
         kv_lens=kv_lens,
         block_tables=block_tables,
+        state_slots=state_slots,
         backend=attention_backend,
         mesh=mesh,
     )

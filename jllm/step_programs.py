@@ -49,7 +49,12 @@ def forward(
     replicated = parallel.replicated(kv_sharding.mesh)
     hidden = jax.lax.with_sharding_constraint(hidden, replicated)
     rows = jax.lax.with_sharding_constraint(hidden[inputs.logits_indices], replicated)
-    return hidden, rows, [jax.lax.with_sharding_constraint(kv, kv_sharding) for kv in kv_caches]
+    # a recurrent layer's state pool (a tuple, ``jllm.models.recurrent_state``) is replicated
+    pinned = [
+        jax.lax.with_sharding_constraint(kv, kv_sharding if isinstance(kv, jax.Array) else (replicated,) * len(kv))
+        for kv in kv_caches
+    ]
+    return hidden, rows, pinned
 
 
 def sample(

@@ -124,7 +124,11 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         self.input_layernorm = args.make_norm() if args.pre_norms else None
-        if args.attention_experts:
+        # a recurrent layer's mixer (gated DeltaNet) in place of the attention, its cache entry a state pool
+        self.mixer = None if spec.mixer == "attention" else args.make_mixer(spec)
+        if self.mixer is not None:
+            self.self_attn = None
+        elif args.attention_experts:
             self.self_attn = MixtureOfAttention(args, spec)
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
@@ -148,7 +152,10 @@ class DecoderLayer(nnx.Module):
         """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
         ``jllm.lora.peft_files`` lets a family's adapters target only those)."""
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
-        h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
+        if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
+            h, kv_pages = self.mixer(*attn_args)
+        else:
+            h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
@@ -220,10 +227,11 @@ class CausalLM(nnx.Module):
         self,
         input_ids: jax.Array,  # [T] int32
         positions: jax.Array,  # [T] int32
-        kv_caches: list[jax.Array],  # per layer [planes, num_kv_heads, num_pages, page_size, kv_pool_head_dim]
+        # per layer [planes, num_kv_heads, num_pages, page_size, kv_pool_head_dim], or a recurrent layer's state pool
+        kv_caches: list[Any],
         meta: AttentionMetadata,
         lora: LoRABatch | None = None,
-    ) -> tuple[jax.Array, list[jax.Array]]:
+    ) -> tuple[jax.Array, list[Any]]:
         """Final hidden states ``[T, hidden]`` (normed) and the updated pool; ``lora``: each token's adapter."""
         states, new_caches = self._residual_stream(input_ids, positions, kv_caches, meta, lora)
         return self.norm(states[-1]), new_caches

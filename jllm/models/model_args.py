@@ -25,9 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, LayerNorm, RMSNorm
 from jllm.models.mla import MLASpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
+from jllm.models.recurrent_state import StateSpec
 from jllm.models.rope import Rope
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
@@ -38,6 +40,9 @@ NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "l
 # the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
 CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
+# a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
+# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet
+MIXERS = ("attention", "gated_deltanet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,11 @@ class LayerSpec:
     # 4's attn_temperature_tuning on its layers without rotary; Ministral 3's llama_4_scaling_beta on every layer)
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
+    mixer: str = "attention"  # one of MIXERS: a hybrid model's recurrent layers name theirs
+
+    def __post_init__(self) -> None:
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer {self.mixer!r} is not one of {', '.join(MIXERS)}")
 
     def scale_queries(self, q: jax.Array, positions: jax.Array) -> jax.Array:
         """``q [T, heads, dim]`` times its position's ``attn_temperature`` factor, where the layer has one."""
@@ -149,6 +159,7 @@ class ModelArgs:
     router_eps: float = 0.0  # sparsemixer's jitter epsilon (Phi-3.5-MoE); the corrected softmax's floor (ERNIE)
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
     mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
+    deltanet: DeltaNetSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "gated_deltanet"
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -242,6 +253,26 @@ class ModelArgs:
                 router_float32=self.router_float32,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
+
+    def make_mixer(self, spec: LayerSpec) -> nnx.Module:
+        """A recurrent layer's mixer (``spec.mixer`` other than "attention"): the attention's call shape, its
+        cache entry a state pool."""
+        if spec.mixer == "gated_deltanet":
+            if self.deltanet is None:
+                raise ValueError("a gated_deltanet layer needs ModelArgs.deltanet (its widths)")
+            return GatedDeltaNet(self, spec)
+        raise ValueError(f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(MIXERS[1:])})")
+
+    def state_spec(self, spec: LayerSpec) -> StateSpec | None:
+        """A layer's per-sequence recurrent state; None for an attention layer (it has pages)."""
+        if spec.mixer == "gated_deltanet":
+            return self.deltanet.state_spec(self.dtype)
+        return None
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Some layers are recurrent: the engine keeps a state slot per running sequence."""
+        return any(spec.mixer != "attention" for spec in self.layers)
 
     def make_norm(
         self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None

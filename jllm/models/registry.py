@@ -29,6 +29,7 @@ from jllm.models.families import (
     llama_variants,
     mixtures,
     multimodal,
+    qwen3_next,
     relu_mlp,
     routed_moe,
     sliding_moe,
@@ -136,6 +137,11 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "HYV3ForCausalLM": mixtures.hy_v3,
     "AXK1ForCausalLM": deepseek.axk1,
     "JetMoeForCausalLM": jetmoe.jetmoe,
+    "Qwen3NextForCausalLM": qwen3_next.qwen3_next,
+    "Qwen3_5ForCausalLM": qwen3_next.qwen3_5,
+    "Qwen3_5MoeForCausalLM": qwen3_next.qwen3_5_moe,
+    "Qwen3_5ForConditionalGeneration": multimodal.qwen3_5,
+    "Qwen3_5MoeForConditionalGeneration": multimodal.qwen3_5_moe,
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures
+from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures, qwen3_next
 from jllm.models.model_args import ModelArgs
 
 # transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
@@ -100,6 +100,18 @@ def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def qwen3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``."""
     return _mrope_language_model(cfg, dtype, llama.qwen3, "model.language_model.")
+
+
+def qwen3_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3.5 image-text (``Qwen3_5ForConditionalGeneration``, as the hub's Qwen3.5 models are): its gated-DeltaNet
+    hybrid language model under ``model.language_model.``."""
+    return _mrope_language_model(cfg, dtype, qwen3_next.qwen3_5, "model.language_model.")
+
+
+def qwen3_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3.5-MoE image-text (``Qwen3_5MoeForConditionalGeneration``): its hybrid mixture-of-experts language
+    model under ``model.language_model.``."""
+    return _mrope_language_model(cfg, dtype, qwen3_next.qwen3_5_moe, "model.language_model.")
 
 
 # Glm4vTextConfig's defaults where GLM-4's (``llama.glm4``) differ

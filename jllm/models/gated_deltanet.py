@@ -1,0 +1,157 @@
+"""Gated DeltaNet (Qwen3-Next's and Qwen3.5's ``linear_attention`` layers): a recurrent mixer with a per-sequence
+state, run as transformers' float32 torch path computes it.
+
+Per token: q, k, v from a causal depthwise conv1d (SiLU) over one projection of the normed input; q and k
+L2-normed (and q scaled by ``head_k_dim ** -0.5``), each key head serving ``num_v_heads / num_k_heads`` value heads;
+``beta = sigmoid(b)``, the decay ``g = -exp(A_log) * softplus(a + dt_bias)``. The state ``S [v_heads, dk, dv]``
+(float32) is decayed by ``exp(g)``, corrected by the delta rule ``S += k (beta (v - S^T k))^T``, then read,
+``o = S^T q``; ``o`` goes through a gated RMSNorm (``norm(o) * silu(z)``) and ``out_proj``.
+
+The layer's cache entry is its state pool ``(conv_state [slots, conv_dim, kernel - 1], recurrent_state [slots,
+v_heads, dk, dv])`` (``jllm.models.recurrent_state``). Every step, prefill too, runs the recurrence token by token,
+all rows at once (``scan_rows``): correct, slow on long prompts; the chunked algorithm (transformers'
+``torch_chunk_gated_delta_rule``, FLA's kernels) is later GPU work. Pure JAX on every attention backend.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jllm.attention import AttentionMetadata
+from jllm.models.layers import Linear, RMSNorm, param
+from jllm.models.recurrent_state import (
+    DepthwiseConv1d,
+    StatePool,
+    StateSpec,
+    gather_states,
+    scan_rows,
+    scatter_states,
+)
+
+if TYPE_CHECKING:
+    from jllm.models.model_args import LayerSpec, ModelArgs
+
+L2_NORM_EPS = 1e-6  # transformers' l2norm (FLA's), fixed
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaNetSpec:
+    """The gated DeltaNet layers' widths (transformers' ``linear_*`` config keys) and projection layout:
+    ``fused_qkvz`` Qwen3-Next's ``in_proj_qkvz`` / ``in_proj_ba``, grouped per key head; else Qwen3.5's
+    ``in_proj_qkv`` / ``in_proj_z`` / ``in_proj_b`` / ``in_proj_a``."""
+
+    num_k_heads: int
+    num_v_heads: int
+    head_k_dim: int
+    head_v_dim: int
+    conv_kernel: int
+    fused_qkvz: bool
+
+    def __post_init__(self) -> None:
+        if self.num_v_heads % self.num_k_heads:
+            raise ValueError(
+                f"linear_num_value_heads={self.num_v_heads} must be a multiple of linear_num_key_heads="
+                f"{self.num_k_heads}"
+            )
+        if self.conv_kernel < 2:
+            raise ValueError(f"linear_conv_kernel_dim={self.conv_kernel} must be >= 2")
+
+    @property
+    def conv_dim(self) -> int:
+        return 2 * self.num_k_heads * self.head_k_dim + self.num_v_heads * self.head_v_dim
+
+    def state_spec(self, dtype: jnp.dtype) -> StateSpec:
+        """The conv state in the model's dtype (transformers keeps it so), the recurrent state in float32 (as
+        transformers' cache holds it)."""
+        recurrent = (self.num_v_heads, self.head_k_dim, self.head_v_dim)
+        return StateSpec(((self.conv_dim, self.conv_kernel - 1), recurrent), (dtype, jnp.float32))
+
+
+class GatedDeltaNet(nnx.Module):
+    def __init__(self, args: ModelArgs, spec: LayerSpec):
+        s, d, dt = args.deltanet, args.hidden_size, args.dtype
+        nk, nv, dk, dv = s.num_k_heads, s.num_v_heads, s.head_k_dim, s.head_v_dim
+        axes = ("embed", None)
+        if s.fused_qkvz:  # per key head: q, k, then its value heads' v and z; b and a likewise
+            self.in_proj_qkvz = Linear(d, 2 * nk * dk + 2 * nv * dv, axes, dt)
+            self.in_proj_ba = Linear(d, 2 * nv, axes, dt)
+        else:
+            self.in_proj_qkv = Linear(d, s.conv_dim, axes, dt)
+            self.in_proj_z = Linear(d, nv * dv, axes, dt)
+            self.in_proj_b = Linear(d, nv, axes, dt)
+            self.in_proj_a = Linear(d, nv, axes, dt)
+        self.conv1d = DepthwiseConv1d(s.conv_dim, s.conv_kernel, dt)
+        self.A_log = param((nv,), jnp.float32, (None,))
+        self.dt_bias = param((nv,), jnp.float32, (None,))
+        self.norm = RMSNorm(dv, args.norm_eps, dt)
+        self.out_proj = Linear(nv * dv, d, (None, "embed"), dt)
+        self.spec = s
+
+    def __call__(
+        self,
+        x: jax.Array,  # [T, hidden]
+        norm: nnx.Module | None,
+        positions: jax.Array,
+        cache: StatePool,  # (conv_state [slots, conv_dim, K - 1], recurrent_state [slots, v_heads, dk, dv])
+        meta: AttentionMetadata,
+    ) -> tuple[jax.Array, StatePool]:
+        """The layer's output ``[T, hidden]`` over ``norm(x)``, and its state pool with each row's new state."""
+        s = self.spec
+        t, nk, nv, dk, dv = x.shape[0], s.num_k_heads, s.num_v_heads, s.head_k_dim, s.head_v_dim
+        h = x if norm is None else norm(x)
+        mixed, z, b, a = self._projections(h)
+        conv_state, recurrent = gather_states(cache, meta)
+        mixed, conv_state = self.conv1d(mixed, conv_state, meta)
+        mixed = jax.nn.silu(mixed).astype(x.dtype).astype(jnp.float32)  # the conv's output in the model's dtype
+        q = mixed[:, : nk * dk].reshape(t, nk, dk)
+        k = mixed[:, nk * dk : 2 * nk * dk].reshape(t, nk, dk)
+        v = mixed[:, 2 * nk * dk :].reshape(t, nv, dv)
+        q, k = (jnp.repeat(_l2_normed(y), nv // nk, axis=1) for y in (q, k))  # [T, v_heads, dk]
+        q = q * dk**-0.5
+        beta = jax.nn.sigmoid(b.astype(jnp.float32))  # [T, v_heads]
+        decay = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])
+        out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
+        core, recurrent = scan_rows(_delta_step, recurrent, (q, k, v, jnp.exp(decay), beta), out_like, meta)
+        core = core.astype(x.dtype)  # [T, v_heads, dv]
+        gated = self.norm(core) * jax.nn.silu(z.astype(jnp.float32))
+        y = self.out_proj(gated.astype(x.dtype).reshape(t, nv * dv))
+        return y, scatter_states(cache, (conv_state, recurrent), meta)
+
+    def _projections(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(the conv's input ``[T, conv_dim]``: every q head, every k head, every v head; z ``[T, v_heads, dv]``;
+        b and a ``[T, v_heads]``) from either checkpoint layout."""
+        s = self.spec
+        t, nk, nv, dk, dv = h.shape[0], s.num_k_heads, s.num_v_heads, s.head_k_dim, s.head_v_dim
+        if not s.fused_qkvz:
+            z = self.in_proj_z(h).reshape(t, nv, dv)
+            return self.in_proj_qkv(h), z, self.in_proj_b(h), self.in_proj_a(h)
+        r = nv // nk  # value heads per key head
+        qkvz = self.in_proj_qkvz(h).reshape(t, nk, 2 * dk + 2 * r * dv)
+        q, k = qkvz[..., :dk], qkvz[..., dk : 2 * dk]
+        v, z = qkvz[..., 2 * dk : 2 * dk + r * dv], qkvz[..., 2 * dk + r * dv :]
+        ba = self.in_proj_ba(h).reshape(t, nk, 2 * r)
+        mixed = jnp.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=-1)
+        return mixed, z.reshape(t, nv, dv), ba[..., :r].reshape(t, nv), ba[..., r:].reshape(t, nv)
+
+
+def _l2_normed(x: jax.Array) -> jax.Array:
+    """transformers' ``l2norm``: ``x * rsqrt(sum(x^2) + eps)`` over the last axis (float32)."""
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + L2_NORM_EPS)
+
+
+def _delta_step(state: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+    """One token of every row: ``state [S, v_heads, dk, dv]``; q, k ``[S, v_heads, dk]``, v ``[S, v_heads, dv]``,
+    the decay factor and beta ``[S, v_heads]``. transformers' ``torch_recurrent_gated_delta_rule``, one step."""
+    q, k, v, decay, beta = inputs
+    state = state * decay[..., None, None]
+    kv_mem = jnp.sum(state * k[..., None], axis=-2)  # [S, v_heads, dv]
+    delta = (v - kv_mem) * beta[..., None]
+    state = state + k[..., None] * delta[..., None, :]
+    return state, jnp.sum(state * q[..., None], axis=-2)

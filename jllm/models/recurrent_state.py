@@ -1,0 +1,179 @@
+"""Per-sequence recurrent state for hybrid models' recurrent layers (gated DeltaNet, Mamba2): what every recurrent
+mixer shares.
+
+A recurrent layer's entry in the per-layer cache list is its *state pool*, a tuple of arrays whose leading axis is
+the state slot (``StateSpec``: one fixed-size state per running sequence, slot 0 reserved for padding rows, as page 0
+is). ``AttentionMetadata.state_slots`` gives each scheduled row its slot. A row starts from zeros when nothing of it
+was computed before this step (``kv_lens[s]`` equals its query length: a new prompt, or one preempted and computed
+again), else it continues from its slot (a chunked prefill's later chunks, then its decodes).
+
+The helpers work on the step's packed tokens (``[T, ...]``, row ``s`` owning ``[qsl[s], qsl[s+1])``): each token's row
+and offset within it (``token_rows``), the rows' states gathered and scattered back (``gather_states``,
+``scatter_states``), a causal depthwise conv1d that reads and returns each row's last ``K - 1`` inputs
+(``causal_conv1d``), and a recurrence driver (``scan_rows``) that steps every row at once over the offset within its
+row. Prefill therefore runs the recurrence token by token (vectorized over rows): correct, but slow on long prompts;
+a chunked (parallel) prefill algorithm is later GPU work.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jllm.attention import AttentionMetadata
+from jllm.models.layers import param
+
+StatePool = tuple[jax.Array, ...]  # one recurrent layer's states, each [num_state_slots, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSpec:
+    """One recurrent layer's state per sequence: the shape and dtype of each of its arrays, without the slot axis
+    (gated DeltaNet: the conv state ``[conv_channels, kernel - 1]`` and the recurrent state ``[heads, dk, dv]``)."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.shapes) != len(self.dtypes):
+            raise ValueError(f"StateSpec has {len(self.shapes)} shapes but {len(self.dtypes)} dtypes")
+        object.__setattr__(self, "dtypes", tuple(jnp.dtype(d) for d in self.dtypes))
+
+    @property
+    def bytes_per_slot(self) -> int:
+        return sum(math.prod(s) * d.itemsize for s, d in zip(self.shapes, self.dtypes, strict=True))
+
+    def zeros(self, num_slots: int, sharding: jax.sharding.Sharding | None = None) -> StatePool:
+        """The layer's pool, zero-filled where ``sharding`` puts it (no host copy)."""
+        out = {} if sharding is None else {"out_shardings": sharding}
+        return tuple(
+            jax.jit(lambda s=s, d=d: jnp.zeros((num_slots, *s), d), **out)()
+            for s, d in zip(self.shapes, self.dtypes, strict=True)
+        )
+
+
+def fresh_rows(meta: AttentionMetadata) -> jax.Array:
+    """``[S]`` bool: rows with nothing computed before this step (padding rows too), whose state starts at zero."""
+    qsl = meta.query_start_loc
+    return meta.kv_lens - (qsl[1:] - qsl[:-1]) == 0
+
+
+def gather_states(pool: StatePool, meta: AttentionMetadata) -> StatePool:
+    """Each row's states ``[S, ...]`` from its slot, zeros for fresh rows."""
+    fresh = fresh_rows(meta)
+    out = []
+    for x in pool:
+        rows = x[meta.state_slots]
+        out.append(jnp.where(fresh.reshape(-1, *[1] * (rows.ndim - 1)), jnp.zeros((), x.dtype), rows))
+    return tuple(out)
+
+
+def scatter_states(pool: StatePool, states: StatePool, meta: AttentionMetadata) -> StatePool:
+    """The rows' new states written to their slots (padding rows all write reserved slot 0)."""
+    return tuple(x.at[meta.state_slots].set(s.astype(x.dtype)) for x, s in zip(pool, states, strict=True))
+
+
+def token_rows(meta: AttentionMetadata, num_tokens: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per packed token: its row ``[T]`` int32, its offset within the row ``[T]`` int32, and whether it is a real
+    token ``[T]`` bool (padding tokens past the last row's end are not; their row is clipped to a valid index)."""
+    qsl = meta.query_start_loc
+    t = jnp.arange(num_tokens, dtype=jnp.int32)
+    row = jnp.searchsorted(qsl, t, side="right").astype(jnp.int32) - 1
+    valid = t < qsl[-1]
+    row = jnp.clip(row, 0, qsl.shape[0] - 2)
+    return row, t - qsl[row], valid
+
+
+def causal_conv1d(
+    x: jax.Array,  # [T, C] the packed inputs
+    weight: jax.Array,  # [C, K] a depthwise kernel per channel
+    conv_state: jax.Array,  # [S, C, K - 1] each row's last K - 1 inputs before this step
+    meta: AttentionMetadata,
+) -> tuple[jax.Array, jax.Array]:
+    """A causal depthwise conv1d over each row's inputs continued from its conv state (no bias, no activation):
+    ``y[t] = sum_k weight[:, k] * ext[o + k]`` over the row's inputs ``ext`` after its ``K - 1`` stored ones, and
+    the new conv state, the last ``K - 1`` of ``ext`` (unchanged for a row with no tokens). Returns (``y [T, C]``
+    float32, the new conv state ``[S, C, K - 1]``)."""
+    num_tokens, kernel = x.shape[0], weight.shape[1]
+    row, offset, _ = token_rows(meta, num_tokens)
+    x32, w32, state32 = x.astype(jnp.float32), weight.astype(jnp.float32), conv_state.astype(jnp.float32)
+    t = jnp.arange(num_tokens)
+    y = jnp.zeros_like(x32)
+    for k in range(kernel):  # window position k reads the input (K - 1 - k) back
+        back = kernel - 1 - k
+        from_x = x32[jnp.clip(t - back, 0, num_tokens - 1)]
+        from_state = state32[row, :, jnp.clip(offset + k, 0, kernel - 2)] if kernel > 1 else from_x
+        y = y + w32[:, k] * jnp.where((offset >= back)[:, None], from_x, from_state)
+    qsl = meta.query_start_loc
+    lens = qsl[1:] - qsl[:-1]  # [S]
+    cols = []
+    for j in range(kernel - 1):  # the new state's column j: ext[len + j]
+        back = kernel - 1 - j  # how far before the row's end
+        from_x = x32[jnp.clip(qsl[1:] - back, 0, num_tokens - 1)]  # [S, C]
+        from_state = state32[jnp.arange(lens.shape[0]), :, jnp.clip(lens + j, 0, kernel - 2)]  # [S, C]
+        cols.append(jnp.where((lens >= back)[:, None], from_x, from_state))
+    new_state = jnp.stack(cols, axis=-1) if cols else state32
+    return y, new_state.astype(conv_state.dtype)
+
+
+class DepthwiseConv1d(nnx.Module):
+    """A recurrent layer's causal depthwise conv1d (transformers' ``nn.Conv1d`` with ``groups=channels``: its
+    ``weight [channels, 1, kernel]``, an optional ``bias``) over the step's packed tokens, continued from each row's
+    conv state."""
+
+    def __init__(self, channels: int, kernel: int, dtype: Any, bias: bool = False):
+        self.weight = param((channels, 1, kernel), dtype, (None, None, None))
+        self.bias = param((channels,), dtype, (None,)) if bias else None
+
+    def __call__(self, x: jax.Array, conv_state: jax.Array, meta: AttentionMetadata) -> tuple[jax.Array, jax.Array]:
+        """(``y [T, C]`` float32 with the bias, the new conv state ``[S, C, K - 1]``)."""
+        y, conv_state = causal_conv1d(x, self.weight[:, 0, :], conv_state, meta)
+        return (y if self.bias is None else y + self.bias[...].astype(jnp.float32)), conv_state
+
+
+def scan_rows(
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    carry: Any,  # each leaf [S, ...]: every row's state before its first token
+    xs: Any,  # each leaf [T, ...]: the packed per-token inputs
+    out_like: Any,  # each leaf [...]: the shape and dtype of one token's output
+    meta: AttentionMetadata,
+) -> tuple[Any, Any]:
+    """Runs ``step(carry_rows, x_rows) -> (carry_rows, out_rows)`` over the offset within each row, all rows at
+    once (each leaf ``[S, ...]``): iteration j feeds every row its j-th token; rows without one keep their carry.
+    The trip count is the step's longest row (at most T; one for a decode-only step). Returns (outputs packed
+    ``[T, ...]``, the final carry). Token by token: a chunked prefill algorithm would be faster on long prompts."""
+    qsl = meta.query_start_loc
+    starts, lens = qsl[:-1], qsl[1:] - qsl[:-1]
+    num_tokens = jax.tree.leaves(xs)[0].shape[0]
+    outs = jax.tree.map(lambda o: jnp.zeros((num_tokens + 1, *o.shape), o.dtype), out_like)  # row T: a dump slot
+
+    def body(state: tuple[jax.Array, Any, Any]) -> tuple[jax.Array, Any, Any]:
+        j, carry, outs = state
+        active = j < lens  # [S]
+        idx = jnp.where(active, starts + j, num_tokens)
+        x_rows = jax.tree.map(lambda x: x[jnp.minimum(idx, num_tokens - 1)], xs)
+        new_carry, out_rows = step(carry, x_rows)
+
+        def keep(new: jax.Array, old: jax.Array) -> jax.Array:
+            return jnp.where(active.reshape(-1, *[1] * (new.ndim - 1)), new, old)
+
+        carry = jax.tree.map(keep, new_carry, carry)
+        outs = jax.tree.map(lambda buf, o: buf.at[idx].set(o.astype(buf.dtype)), outs, out_rows)
+        return j + 1, carry, outs
+
+    _, carry, outs = jax.lax.while_loop(lambda s: s[0] < jnp.max(lens), body, (jnp.int32(0), carry, outs))
+    return jax.tree.map(lambda buf: buf[:num_tokens], outs), carry
+
+
+def state_bytes(specs: tuple[StateSpec | None, ...], num_slots: int) -> int:
+    """Bytes the state pools of every recurrent layer take for ``num_slots`` slots."""
+    return int(np.sum([s.bytes_per_slot for s in specs if s is not None], dtype=np.int64)) * num_slots
