@@ -27,6 +27,7 @@ from flax import nnx
 
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, LayerNorm, RMSNorm
+from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
 from jllm.models.recurrent_state import StateSpec
@@ -41,8 +42,8 @@ NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "l
 CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
-# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet
-MIXERS = ("attention", "gated_deltanet")
+# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2
+MIXERS = ("attention", "gated_deltanet", "mamba2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +161,7 @@ class ModelArgs:
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
     mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
     deltanet: DeltaNetSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "gated_deltanet"
+    mamba2: Mamba2Spec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba2"
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -219,15 +221,25 @@ class ModelArgs:
             raise ValueError("lm_head_bias needs an untied LM head (tie_word_embeddings=False)")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
-        if self.quant is not None and self.mla is not None:
+        if self.quant is not None:
+            self._check_quantizable()
+
+    def _check_quantizable(self) -> None:
+        """Refuses ``quant`` for the layers with no quantized form yet."""
+        if self.mla is not None:
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for multi-head latent attention (DeepSeek); "
                 "leave quantization unset"
             )
-        if self.quant is not None and self.num_experts:
+        if self.num_experts:
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for mixture-of-experts models (their experts' "
                 "grouped matmuls have no quantized form yet); leave quantization unset"
+            )
+        if self.mamba2 is not None:
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for Mamba2 hybrids (the mixer's projections have "
+                "no quantized form yet); leave quantization unset"
             )
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
@@ -261,12 +273,18 @@ class ModelArgs:
             if self.deltanet is None:
                 raise ValueError("a gated_deltanet layer needs ModelArgs.deltanet (its widths)")
             return GatedDeltaNet(self, spec)
+        if spec.mixer == "mamba2":
+            if self.mamba2 is None:
+                raise ValueError("a mamba2 layer needs ModelArgs.mamba2 (its sizes)")
+            return Mamba2Mixer(self, spec)
         raise ValueError(f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(MIXERS[1:])})")
 
     def state_spec(self, spec: LayerSpec) -> StateSpec | None:
         """A layer's per-sequence recurrent state; None for an attention layer (it has pages)."""
         if spec.mixer == "gated_deltanet":
             return self.deltanet.state_spec(self.dtype)
+        if spec.mixer == "mamba2":
+            return self.mamba2.state_spec(self.dtype)
         return None
 
     @property

@@ -1,5 +1,6 @@
 """The Mamba2 hybrids: some layers attention over the paged pool, the others a Mamba2 mixer (``jllm.models.mamba2``)
-with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H).
+with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H). Nemotron-H, Falcon-H1 and pure
+Mamba2 are refused at load by name (``REFUSED``: their layers are not a token mixer then an MLP).
 
 Where this module sits: docs/architecture.md.
 """
@@ -20,6 +21,22 @@ from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 LAYER_KINDS = {"linear_attention": "mamba2", "mamba": "mamba2", "full_attention": "attention", "attention": "attention"}
 # our mixer's names -> the checkpoint's: the layer's ``mamba``, its gated norm ``norm``
 MAMBA_NAMES = (("mixer", "mamba"), ("gated_norm", "norm"))
+# Mamba2 models whose layers the one decoder layer (a token mixer, then an MLP, one cache entry) cannot hold: why
+REFUSED = {
+    "NemotronHForCausalLM": (
+        "its blocks are each one mixer (Mamba2, attention, MLP or MoE) with its own norm and residual, a Mamba2 or "
+        "attention block often with no MLP block after it (hybrid_override_pattern 'M*-'), where a jllm decoder "
+        "layer is a token mixer followed by its MLP"
+    ),
+    "FalconH1ForCausalLM": (
+        "each layer runs attention and a Mamba2 mixer side by side (two caches a layer, KV pages and a recurrent "
+        "state, and muP multipliers of its own on the mixer's projections), where a jllm decoder layer has one"
+    ),
+    "Mamba2ForCausalLM": (
+        "its layers are a Mamba2 mixer with no MLP, and no layer attends (no KV pages to size the pool by), "
+        "where a jllm decoder layer is a token mixer followed by its MLP"
+    ),
+}
 
 
 def mamba2_spec(cfg: dict[str, Any], family: str) -> Mamba2Spec:
