@@ -1,5 +1,5 @@
-"""The Mamba2 mixer (Bamba, Granite-4.0-H, Nemotron-H's mamba blocks): a selective state-space layer in place of
-attention, its per-sequence state in a state pool (``jllm.models.recurrent_state``) instead of KV pages.
+"""The Mamba2 mixer (Bamba, Granite-4.0-H): a selective state-space layer in place of attention, its per-sequence
+state in a state pool (``jllm.models.recurrent_state``) instead of KV pages.
 
 One projection gives the gate ``z``, the conv input ``xBC`` and the time step ``dt`` per head; ``xBC`` runs through a
 causal depthwise conv1d (kernel K: each row keeps its last K - 1 inputs as its conv state) and SiLU, then splits into
@@ -11,7 +11,7 @@ dt_bias)`` clamped to ``time_step_limit``:
     y = state C + D x
 
 then a gated RMSNorm over each group's channels (``norm_before_gate``: normed, then times SiLU(z); else times
-SiLU(z), then normed: transformers' Bamba, Granite-4.0-H and Nemotron-H gate first) and ``out_proj``.
+SiLU(z), then normed: transformers' Bamba and Granite-4.0-H gate first) and ``out_proj``.
 
 Prefill runs the recurrence token by token (the rows of a step side by side): exact and simple, but a long prompt
 takes as many sequential steps as its chunk has tokens. The chunked SSD algorithm (a prompt's chunk as matmuls, the
@@ -34,7 +34,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.models.layers import ACTIVATIONS, Linear, normed_linear, param
-from jllm.models.recurrent_state import StatePool, StateSpec, causal_conv1d, gather_states, scan_rows, scatter_states
+from jllm.models.recurrent_state import (
+    DepthwiseConv1d,
+    StatePool,
+    StateSpec,
+    gather_states,
+    scan_rows,
+    scatter_states,
+)
 
 if TYPE_CHECKING:
     from jllm.attention import AttentionMetadata
@@ -83,14 +90,6 @@ class Mamba2Spec:
         return StateSpec(shapes, (dtype, jnp.float32))
 
 
-class DepthwiseConv(nnx.Module):
-    """torch's ``Conv1d(groups=channels)`` weights as the checkpoint stores them: ``weight [channels, 1, K]``."""
-
-    def __init__(self, channels: int, kernel: int, dtype: jnp.dtype, bias: bool):
-        self.weight = param((channels, 1, kernel), dtype, (None, None, None))
-        self.bias = param((channels,), dtype, (None,)) if bias else None
-
-
 class GatedRMSNorm(nnx.Module):
     """transformers' ``RMSNormGated``: RMS over each of ``groups`` equal slices of the channels, in float32, and
     SiLU(gate) applied before (``norm_before_gate`` False) or after it; the weight multiplies in the input dtype."""
@@ -134,19 +133,20 @@ def ssd_step(
 
 
 class Mamba2Mixer(nnx.Module):
-    """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer`` (module names as
+    """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` (module names as
     the checkpoint's but the gated norm's, ``gated_norm`` here: a family renames its final ``norm``), with the
     attention module's call shape: ``(x, norm, positions, state pool, meta) -> (y, state pool)``."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         m, d, dt = args.mamba2, args.hidden_size, args.dtype
         self.in_proj = Linear(
-            d, 2 * m.inner + 2 * m.n_groups * m.state_size + m.num_heads, ("embed", None), dt, bias=m.proj_bias
-        )
-        self.conv1d = DepthwiseConv(m.conv_dim, m.conv_kernel, dt, m.conv_bias)
-        self.dt_bias = param((m.num_heads,), dt, (None,))
-        self.A_log = param((m.num_heads,), dt, (None,))
-        self.D = param((m.num_heads,), dt, (None,))
+            d, m.inner + m.conv_dim + m.num_heads, ("embed", None), dt, bias=m.proj_bias
+        )  # z, xBC, dt
+        self.conv1d = DepthwiseConv1d(m.conv_dim, m.conv_kernel, dt, m.conv_bias)
+        # per head, kept in float32 whatever the model's dtype (as vLLM keeps A): the recurrence runs in float32
+        self.dt_bias = param((m.num_heads,), jnp.float32, (None,))
+        self.A_log = param((m.num_heads,), jnp.float32, (None,))
+        self.D = param((m.num_heads,), jnp.float32, (None,))
         self.gated_norm = GatedRMSNorm(m.inner, m.n_groups, m.norm_eps, dt, m.norm_before_gate)
         self.out_proj = Linear(m.inner, d, (None, "embed"), dt, bias=m.proj_bias)
         self.mamba = m
@@ -162,18 +162,17 @@ class Mamba2Mixer(nnx.Module):
         proj = normed_linear(norm, self.in_proj, x)  # [T, inner + conv_dim + heads]
         z, xbc, dt = jnp.split(proj, [inner, inner + m.conv_dim], axis=-1)
         conv_state, ssm_state = gather_states(states, meta)
-        xbc, conv_state = causal_conv1d(xbc, self.conv1d.weight[...][:, 0], conv_state, meta)  # float32
-        if self.conv1d.bias is not None:
-            xbc = xbc + self.conv1d.bias[...].astype(jnp.float32)
+        xbc, conv_state = self.conv1d(xbc, conv_state, meta)  # float32
         xbc = ACTIVATIONS[m.act](xbc).astype(x.dtype)
         xs, b, c = jnp.split(xbc, [inner, inner + bc], axis=-1)
-        dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+        dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...])
         dt = jnp.clip(dt, *m.time_step_limit)  # [T, heads]
-        a = -jnp.exp(self.A_log[...].astype(jnp.float32))
+        a = -jnp.exp(self.A_log[...])
         d = self.D[...]
 
         def step(state: jax.Array, token: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-            y, state = ssd_step(state, *token[:2], a, *token[2:], d)
+            xs, dt, b, c = token
+            y, state = ssd_step(state, xs, dt, a, b, c, d)
             return state, y
 
         per_token = (
