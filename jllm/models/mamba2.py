@@ -10,8 +10,8 @@ dt_bias)`` clamped to ``time_step_limit``:
     state = exp(dt A) state + dt x B^T    # [head_dim, state]
     y = state C + D x
 
-then a gated RMSNorm over each group's channels (``norm_before_gate``: normed, then times SiLU(z); else times
-SiLU(z), then normed: transformers' Bamba and Granite-4.0-H gate first) and ``out_proj``.
+then a gated RMSNorm (times SiLU(z), then RMS-normed over each group's channels: transformers' ``RMSNormGated``
+with ``norm_before_gate`` off, as Bamba and Granite-4.0-H have it) and ``out_proj``.
 
 Prefill runs the recurrence token by token (the rows of a step side by side): exact and simple, but a long prompt
 takes as many sequential steps as its chunk has tokens. The chunked SSD algorithm (a prompt's chunk as matmuls, the
@@ -60,7 +60,6 @@ class Mamba2Spec:
     conv_bias: bool = True
     proj_bias: bool = False
     time_step_limit: tuple[float, float] = (0.0, math.inf)
-    norm_before_gate: bool = False
     norm_eps: float = 1e-5  # the gated norm's
     act: str = "silu"  # after the conv (one of layers.ACTIVATIONS)
 
@@ -91,25 +90,19 @@ class Mamba2Spec:
 
 
 class GatedRMSNorm(nnx.Module):
-    """transformers' ``RMSNormGated``: RMS over each of ``groups`` equal slices of the channels, in float32, and
-    SiLU(gate) applied before (``norm_before_gate`` False) or after it; the weight multiplies in the input dtype."""
+    """transformers' ``RMSNormGated`` (Bamba's): ``x`` times SiLU(gate), then RMS-normed over each of ``groups``
+    equal slices of the channels, in float32; the weight multiplies in the input dtype."""
 
-    def __init__(self, dim: int, groups: int, eps: float, dtype: jnp.dtype, norm_before_gate: bool):
+    def __init__(self, dim: int, groups: int, eps: float, dtype: jnp.dtype):
         self.weight = param((dim,), dtype, (None,))
-        self.groups, self.eps, self.norm_before_gate = groups, eps, norm_before_gate
+        self.groups, self.eps = groups, eps
 
     def __call__(self, x: jax.Array, gate: jax.Array) -> jax.Array:
         """``x``, ``gate`` ``[T, dim]``."""
-        y = x.astype(jnp.float32)
-        silu = jax.nn.silu(gate.astype(jnp.float32))
-        if not self.norm_before_gate:
-            y = y * silu
+        y = x.astype(jnp.float32) * jax.nn.silu(gate.astype(jnp.float32))
         grouped = y.reshape(*y.shape[:-1], self.groups, -1)
         grouped = grouped * jax.lax.rsqrt(jnp.mean(grouped * grouped, axis=-1, keepdims=True) + self.eps)
-        y = grouped.reshape(y.shape)
-        if self.norm_before_gate:
-            y = y * silu
-        return self.weight[...] * y.astype(x.dtype)
+        return self.weight[...] * grouped.reshape(y.shape).astype(x.dtype)
 
 
 def ssd_step(
@@ -147,7 +140,7 @@ class Mamba2Mixer(nnx.Module):
         self.dt_bias = param((m.num_heads,), jnp.float32, (None,))
         self.A_log = param((m.num_heads,), jnp.float32, (None,))
         self.D = param((m.num_heads,), jnp.float32, (None,))
-        self.gated_norm = GatedRMSNorm(m.inner, m.n_groups, m.norm_eps, dt, m.norm_before_gate)
+        self.gated_norm = GatedRMSNorm(m.inner, m.n_groups, m.norm_eps, dt)
         self.out_proj = Linear(m.inner, d, (None, "embed"), dt, bias=m.proj_bias)
         self.mamba = m
 
