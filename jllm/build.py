@@ -37,6 +37,7 @@ from jllm.runner import ModelRunner, compile_threads
 from jllm.sampling import generation_defaults
 from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry
+from jllm.state_slots import StateSlots
 from jllm.timing import log_phase, timed
 from jllm.tokenizer import Tokenizer
 
@@ -156,15 +157,20 @@ def _worker(
         latent=spec.latent,
         alibi=args.alibi_slopes is not None,
     )
+    _check_hybrid(config, args)
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
-    num_pages = _num_pages(config, spec, loaded, lora)
+    sched = config.scheduler
+    num_slots = kv_cache.num_state_slots(args, sched.max_num_seqs)
+    num_pages = _num_pages(config, spec, loaded, lora, spec.state_bytes(num_slots))
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
     with timed() as elapsed:
-        pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=parallel.kv_pool_sharding(loaded.mesh))
-    gigabytes = num_pages * spec.bytes_per_page / 1e9
+        sharding = parallel.kv_pool_sharding(loaded.mesh)
+        pool = kv_cache.allocate_kv_pool(spec, num_pages, sharding=sharding, num_state_slots=num_slots)
+    gigabytes = (num_pages * spec.bytes_per_page + spec.state_bytes(num_slots)) / 1e9
     pages = f"{num_pages} pages of {page_size} tokens in {spec.dtype.name}, {gigabytes:.3g} GB"
+    if num_slots:
+        pages += f" with {num_slots} recurrent state slots"
     log_phase(logger, "KV pool allocated", elapsed.seconds, pages)
-    sched = config.scheduler
     logger.info(describe_backend(backend))
     executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded), prefetch)
     runner = ModelRunner(
@@ -187,6 +193,25 @@ def _worker(
         if executable_cache is not None:
             executable_cache.write_manifest()
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
+
+
+def _check_hybrid(config: EngineConfig, args: Any) -> None:
+    """What a hybrid model (recurrent layers with a per-sequence state) is not served with yet, refused by name."""
+    if not args.is_hybrid:
+        return
+    if config.lora.enable_lora:
+        raise ConfigError(
+            "enable_lora is not supported for hybrid models with recurrent layers (Qwen3-Next, Qwen3.5): no adapter "
+            "targets their recurrent mixers; leave enable_lora off",
+            key="enable_lora",
+        )
+    if config.parallel.tensor_parallel_size > 1:
+        raise ConfigError(
+            f"tensor_parallel_size={config.parallel.tensor_parallel_size} is not supported for hybrid models with "
+            "recurrent layers (Qwen3-Next, Qwen3.5): their recurrent heads and state pools are not split over "
+            "devices yet; use tensor_parallel_size 1",
+            key="tensor_parallel_size",
+        )
 
 
 def _lora_manager(
@@ -237,14 +262,19 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
     given_folder = _given_generation_config(config.model.generation_config)  # a bad folder fails before loading
     worker = build_worker(config, show_progress=show_progress)
     sched = config.scheduler
+    num_slots = kv_cache.num_state_slots(worker.loaded.args, sched.max_num_seqs)
+    prefix_caching = config.cache.enable_prefix_caching and not num_slots
+    if num_slots and config.cache.enable_prefix_caching:
+        logger.info("prefix caching is off for this hybrid model: a cached page holds no recurrent layer's state")
     scheduler = Scheduler(
-        BlockManager(worker.num_pages, config.cache.page_size, config.cache.enable_prefix_caching),
+        BlockManager(worker.num_pages, config.cache.page_size, prefix_caching),
         max_num_seqs=sched.max_num_seqs,
         max_num_batched_tokens=sched.max_num_batched_tokens,
         max_model_len=worker.max_model_len,
         eos_token_ids=worker.tokenizer.eos_token_ids,
         long_prefill_token_threshold=sched.long_prefill_token_threshold,
         lora_slots=None if worker.runner.lora is None else worker.runner.lora.slots,
+        state_slots=StateSlots(num_slots) if num_slots else None,
     )
     inputs = InputProcessor(
         worker.tokenizer,
@@ -332,14 +362,18 @@ class ModelBuilder:
         return engine
 
 
-def _num_pages(config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel, lora: LoRAManager | None) -> int:
+def _num_pages(
+    config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel, lora: LoRAManager | None, state_bytes: int
+) -> int:
+    """The pool's pages: given, or what the budget leaves after the recurrent state pools' ``state_bytes``."""
     cache = config.cache
     if cache.num_pages is not None:
         return cache.num_pages
     if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
-        return kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes or kv_cache.CPU_KV_CACHE_BYTES)
+        budget = cache.kv_cache_memory_bytes or kv_cache.CPU_KV_CACHE_BYTES
+        return kv_cache.num_pages_for_budget(spec, budget - state_bytes)
     leaves = jax.tree.leaves((loaded.model, None if lora is None else lora.weights))
-    params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device
+    params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves) + state_bytes  # per device
     num_pages = kv_cache.num_pages_from_device_memory(
         spec,
         cache.gpu_memory_utilization,

@@ -105,6 +105,12 @@ class KVCacheSpec:
         return self.num_layers * self.planes * self.num_kv_heads * self.page_size * self.head_dim * itemsize
 
 
+def num_state_slots(args: Any, max_num_seqs: int) -> int:
+    """A hybrid model's recurrent state slots: one per running sequence, and slot 0 for padding rows; 0 for a model
+    that only attends."""
+    return max_num_seqs + 1 if args.is_hybrid else 0
+
+
 def num_pages_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
     """How many whole pages fit in ``budget_bytes`` (the CPU's way to size the pool: an explicit byte budget)."""
     num_pages = int(budget_bytes) // spec.bytes_per_page

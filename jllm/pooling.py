@@ -135,6 +135,11 @@ class Encoder:
     def __init__(self, runner: ModelRunner, max_model_len: int) -> None:
         if jax.process_count() > 1:  # the followers run only published step plans
             raise NotImplementedError("hidden states and embeddings need a single-process engine (no jax.distributed)")
+        if runner.loaded.args.is_hybrid:
+            raise InputError(
+                "hidden states and embeddings are not supported for hybrid models with recurrent layers (Qwen3-Next, "
+                "Qwen3.5): the encoder's scratch pool holds no recurrent state; use generation"
+            )
         self.runner = runner
         self.num_layers = runner.loaded.args.num_layers
         largest = runner.buckets[-1]

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jllm.attention import AttentionMetadata
-from jllm.kv_cache import KVCacheSpec
+from jllm.kv_cache import KVCacheSpec, allocate_kv_pool
 from jllm.loader import LoadedModel
 from jllm.runner import ModelRunner
 from jllm.sampler import SHORT_PENALTY_WIDTH
@@ -129,13 +129,15 @@ def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size
         block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
         positions = np.arange(len(seq))
         slots.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
-    layer_shape = KVCacheSpec.for_model(args, page_size, args.dtype).layer_shape(int(first[-1]))
-    pool = [jnp.zeros(layer_shape, args.dtype) for _ in range(args.num_layers)]
+    spec = KVCacheSpec.for_model(args, page_size, args.dtype)
+    # a hybrid model's recurrent layers: sequence s in state slot s + 1
+    pool = allocate_kv_pool(spec, int(first[-1]), num_state_slots=len(sequences) + 1 if spec.states else 0)
     meta = AttentionMetadata(
         slot_mapping=jnp.asarray(np.concatenate(slots), jnp.int32),
         query_start_loc=jnp.asarray(np.cumsum([0, *map(len, sequences)]), jnp.int32),
         kv_lens=jnp.asarray([len(seq) for seq in sequences], jnp.int32),
         block_tables=jnp.asarray(block_tables),
+        state_slots=jnp.arange(1, len(sequences) + 1, dtype=jnp.int32),
     )
     ids = jnp.asarray(np.concatenate(sequences), jnp.int32)
     positions = jnp.asarray(np.concatenate([np.arange(len(seq)) for seq in sequences]), jnp.int32)
