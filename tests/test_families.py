@@ -77,6 +77,9 @@ DELTANET_KEYS = dict(
     linear_key_head_dim=8,
     linear_value_head_dim=8,
 )
+# What a Mamba2 hybrid's config.json holds besides TINY_CONFIG (Bamba, Granite-4.0-H): 8 heads of 16 channels
+# (expand 2), B and C in 2 groups, a state of 16, conv kernel 4
+MAMBA2_KEYS = dict(mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 # What a DeepSeek config.json must hold besides TINY_CONFIG
 DEEPSEEK_KEYS = dict(
@@ -920,6 +923,24 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(num_local_experts=4, num_experts_per_tok=2, kv_channels=16, head_dim=None, tie_word_embeddings=False),
         [],
     ),
+    # Mamba2 hybrids: layer 0 a Mamba2 mixer, layer 1 attention (Bamba's rotating half its channels; Granite-4.0-H's
+    # with no rotary, as released, its multipliers, a mixture beside the shared MLP, biased mixer projections)
+    "bamba": ("BambaForCausalLM", None, dict(MAMBA2_KEYS, attn_layer_indices=[1]), []),
+    "granite_moe_hybrid": (
+        "GraniteMoeHybridForCausalLM",
+        None,
+        dict(
+            MAMBA2_KEYS,
+            **GRANITE_MULTIPLIERS,
+            layer_types=["mamba", "attention"],
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            shared_intermediate_size=48,
+            mamba_proj_bias=True,
+            position_embedding_type="nope",
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -933,6 +954,7 @@ MIXTURES = (
     "olmoe",
     "granite_moe",
     "granite_moe_shared",
+    "granite_moe_hybrid",
     "phimoe",
     "ernie4_5_moe",
     "llama4",
@@ -1040,6 +1062,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
+    # Granite-4.0-H with the shared MLP alone (no experts) and rotary attention, attention first
+    "granite_moe_hybrid_dense_rope": (
+        "GraniteMoeHybridForCausalLM",
+        dict(
+            MAMBA2_KEYS,
+            layer_types=["attention", "mamba"],
+            num_local_experts=0,
+            shared_intermediate_size=48,
+            position_embedding_type="rope",
+        ),
+    ),
     "gpt_neox_sequential_no_bias": (
         "GPTNeoXForCausalLM",
         dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False),
@@ -1442,6 +1475,29 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("NemotronHForCausalLM", {}, "'NemotronHForCausalLM' is not supported: its blocks are each one mixer"),
+        ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
+        ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: its layers are a Mamba2 mixer with no MLP"),
+        (
+            "GraniteMoeHybridForCausalLM",
+            {"layer_types": ["mamba", "sliding_attention"]},
+            "Granite-4.0-H layer_types entry 'sliding_attention' is not supported",
+        ),
+        (
+            "GraniteMoeHybridForCausalLM",
+            {"layer_types": ["mamba", "attention"], "position_embedding_type": "alibi"},
+            "Granite-4.0-H position_embedding_type='alibi' is not supported",
+        ),
+        (
+            "BambaForCausalLM",
+            {**MAMBA2_KEYS, "attn_layer_indices": [1], "mamba_n_groups": 3},
+            "Mamba2 n_groups=3 must divide its 8 heads",
+        ),
+        (
+            "BambaForCausalLM",
+            {**MAMBA2_KEYS, "attn_layer_indices": [1], "time_step_limit": [0.0]},
+            r"Bamba time_step_limit=\[0.0\] is not supported.*two numbers",
+        ),
         (
             "BloomForCausalLM",
             {"n_head": 4, "n_layer": 2, "apply_residual_connection_post_layernorm": True},

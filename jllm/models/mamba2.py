@@ -17,8 +17,8 @@ Prefill runs the recurrence token by token (the rows of a step side by side): ex
 takes as many sequential steps as its chunk has tokens. The chunked SSD algorithm (a prompt's chunk as matmuls, the
 state carried between chunks: transformers' ``mamba2_chunk_scan``) is the GPU session's work.
 
-Tensor parallelism is refused for these models (``ModelArgs``): the heads, the groups' B and C and the conv's
-channels would split each their own way.
+Tensor parallelism is refused for every hybrid model (``jllm.build``); here the heads, the groups' B and C and the
+conv's channels would each split their own way.
 
 Where this module sits: docs/architecture.md.
 """
