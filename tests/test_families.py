@@ -1478,6 +1478,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("NemotronHForCausalLM", {}, "'NemotronHForCausalLM' is not supported: its blocks are each one mixer"),
         ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
         ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: its layers are a Mamba2 mixer with no MLP"),
+        ("GraniteMoeHybridForCausalLM", {}, r"Granite-4.0-H with no attention layer \(layers \['mamba2', 'mamba2'\]\)"),
+        ("BambaForCausalLM", {}, "Bamba with no attention layer .* is not supported: the KV pool is sized in pages"),
         (
             "GraniteMoeHybridForCausalLM",
             {"layer_types": ["mamba", "sliding_attention"]},

@@ -84,8 +84,14 @@ def mixer_kinds(types: list[str], num_layers: int, family: str) -> list[str]:
     return [LAYER_KINDS[kind] for kind in types]
 
 
-def _layers(kinds: list[str], rope: Any) -> tuple[LayerSpec, ...]:
-    """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's)."""
+def _layers(kinds: list[str], rope: Any, family: str) -> tuple[LayerSpec, ...]:
+    """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's); a model
+    with no attention layer refused (its KV pool, sized in pages of attention layers, would be empty)."""
+    if "attention" not in kinds:
+        raise ValueError(
+            f"{family} with no attention layer (layers {kinds}) is not supported: the KV pool is sized in pages of "
+            "attention layers (at least one is needed)"
+        )
     return tuple(LayerSpec(rope if kind == "attention" else None, mixer=kind) for kind in kinds)
 
 
@@ -103,7 +109,7 @@ def bamba(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     rename = (("mlp", "feed_forward"), ("post_attention_layernorm", "pre_ff_layernorm"), ("norm", "final_layernorm"))
     return ModelArgs(
         **base,
-        layers=_layers(kinds, read_rope(cfg, base["head_dim"], params)),
+        layers=_layers(kinds, read_rope(cfg, base["head_dim"], params), "Bamba"),
         qkv_bias=bias,
         o_bias=bias,
         mlp_bias=bool(cfg.get("mlp_bias", False)),
@@ -136,5 +142,5 @@ def granite_moe_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     rope = args.layers[0].rope if position == "rope" else None
     weights = dataclasses.replace(args.weights, rename=(*MAMBA_NAMES, *args.weights.rename))
     return dataclasses.replace(
-        args, layers=_layers(kinds, rope), mamba2=mamba2_spec(cfg, "Granite-4.0-H"), weights=weights
+        args, layers=_layers(kinds, rope, "Granite-4.0-H"), mamba2=mamba2_spec(cfg, "Granite-4.0-H"), weights=weights
     )
