@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jllm import distributed, kv_cache, parallel
 from jllm.attention import describe_backend, resolve_backend
@@ -28,11 +29,12 @@ from jllm.config import ConfigError, EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
 from jllm.executable_cache import Prefetch, open_cache, start_prefetch
 from jllm.inputs import InputProcessor
-from jllm.loader import LoadedModel, load_model
+from jllm.loader import LoadedModel, load_model, read_json
 from jllm.lora.manager import LoRAManager
 from jllm.lora.request import LoRARequest
 from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
+from jllm.models.registry import build_args
 from jllm.runner import ModelRunner, compile_threads
 from jllm.sampling import generation_defaults
 from jllm.scheduler import Scheduler
@@ -103,6 +105,7 @@ def _load(config: EngineConfig, model_dir: Path) -> LoadedModel:
     """The weights; dummy ones' initializers through the executable cache, whose key for them needs no engine
     setting (each is described whole by its shape, dtype, sharding and kind)."""
     m = config.model
+    _check_hybrid(config, model_dir)
     with timed() as elapsed:
         initializers = open_cache(config.scheduler.executable_cache, dict) if m.load_format == "dummy" else None
         loaded = load_model(
@@ -157,7 +160,6 @@ def _worker(
         latent=spec.latent,
         alibi=args.alibi_slopes is not None,
     )
-    _check_hybrid(config, args)
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     sched = config.scheduler
     num_slots = kv_cache.num_state_slots(args, sched.max_num_seqs)
@@ -195,9 +197,10 @@ def _worker(
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
 
 
-def _check_hybrid(config: EngineConfig, args: Any) -> None:
-    """What a hybrid model (recurrent layers with a per-sequence state) is not served with yet, refused by name."""
-    if not args.is_hybrid:
+def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
+    """What a hybrid model (recurrent layers with a per-sequence state) is not served with yet, refused by name
+    before its weights are read."""
+    if not build_args(read_json(model_dir / "config.json"), jnp.float32)[1].is_hybrid:
         return
     if config.lora.enable_lora:
         raise ConfigError(

@@ -1399,7 +1399,9 @@ LOGITS_ONLY: set[str] = {
 LOGITS_ONLY |= {"minimax_m2", "glm4_moe_lite", "exaone_moe"}  # V3's router on OLMo 2's, DeepSeek's, EXAONE 4's layers
 LOGITS_ONLY |= {"cohere2_moe"}  # Cohere2's layers, a softmax mixture (its average a factor on the logits row's path)
 LOGITS_ONLY |= {"minicpm3", "laguna", "mellum", "hy_v3", "axk1"}
-LOGITS_ONLY |= {"qwen3_5", "qwen3_5_moe"}  # Qwen3-Next's mixer and mixture, their projections laid out their own way
+# Qwen3-Next's greedy batch (chunked prefill beside decodes, preemption, n > 1) is tests/test_hybrid.py's; Qwen3.5's
+# mixer and mixture are Qwen3-Next's, their projections laid out their own way
+LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 

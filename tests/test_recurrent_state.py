@@ -1,0 +1,81 @@
+"""The recurrent state helpers on packed ragged rows against per-row NumPy loops: the causal conv1d continued from
+each row's conv state, the row-wise recurrence driver, and the state pool's gather (fresh rows zeroed) and scatter."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jllm.attention import AttentionMetadata
+from jllm.models.recurrent_state import StateSpec, causal_conv1d, gather_states, scan_rows, scatter_states, token_rows
+
+# three rows of a step padded to 12 tokens and 4 rows: a 5-token prefill chunk continuing its state, a decode, a
+# fresh 3-token prompt, and a padding row
+LENS, COMPUTED, SLOTS, NUM_TOKENS = [5, 1, 3, 0], [4, 9, 0, 0], [2, 1, 3, 0], 12
+
+
+def step_meta() -> AttentionMetadata:
+    qsl = np.cumsum([0, *LENS])
+    kv_lens = np.add(LENS, COMPUTED)
+    return AttentionMetadata(
+        slot_mapping=jnp.zeros(NUM_TOKENS, jnp.int32),
+        query_start_loc=jnp.asarray(qsl, jnp.int32),
+        kv_lens=jnp.asarray(kv_lens, jnp.int32),
+        block_tables=jnp.zeros((4, 1), jnp.int32),
+        state_slots=jnp.asarray(SLOTS, jnp.int32),
+    )
+
+
+def test_token_rows_give_each_token_its_row_and_offset() -> None:
+    row, offset, valid = (np.asarray(a) for a in token_rows(step_meta(), NUM_TOKENS))
+    assert row[:9].tolist() == [0] * 5 + [1] + [2] * 3 and offset[:9].tolist() == [0, 1, 2, 3, 4, 0, 0, 1, 2]
+    assert valid.tolist() == [True] * 9 + [False] * 3
+
+
+def test_causal_conv1d_continues_each_row_from_its_conv_state() -> None:
+    rng = np.random.default_rng(0)
+    channels, kernel = 6, 4
+    x = rng.standard_normal((NUM_TOKENS, channels)).astype(np.float32)
+    weight = rng.standard_normal((channels, kernel)).astype(np.float32)
+    state = rng.standard_normal((4, channels, kernel - 1)).astype(np.float32)
+    y, new_state = causal_conv1d(jnp.asarray(x), jnp.asarray(weight), jnp.asarray(state), step_meta())
+    start = 0
+    for s, n in enumerate(LENS):
+        ext = np.concatenate([state[s], x[start : start + n].T], axis=1)  # [C, K - 1 + n]
+        for o in range(n):
+            np.testing.assert_allclose(np.asarray(y)[start + o], (ext[:, o : o + kernel] * weight).sum(1), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(new_state)[s], ext[:, n:], rtol=1e-6)  # the last K - 1 inputs
+        start += n
+
+
+def test_scan_rows_steps_every_row_over_its_own_tokens() -> None:
+    """A decaying running sum per row, from each row's carry: the packed outputs and final carries equal a loop."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((NUM_TOKENS, 3)).astype(np.float32)
+    carry = rng.standard_normal((4, 3)).astype(np.float32)
+
+    def step(c, xs):
+        (xt,) = xs
+        c = 0.5 * c + xt
+        return c, 2.0 * c
+
+    out_like = jnp.zeros(3, jnp.float32)
+    outs, final = scan_rows(step, jnp.asarray(carry), (jnp.asarray(x),), out_like, step_meta())
+    start = 0
+    for s, n in enumerate(LENS):
+        c = carry[s]
+        for o in range(n):
+            c = 0.5 * c + x[start + o]
+            np.testing.assert_allclose(np.asarray(outs)[start + o], 2.0 * c, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(final)[s], c, rtol=1e-6)  # a row without tokens keeps its carry
+        start += n
+    assert not np.asarray(outs)[start:].any()  # padding tokens' outputs stay zero
+
+
+def test_gather_zeroes_fresh_rows_and_scatter_writes_each_row_to_its_slot() -> None:
+    spec = StateSpec(((2,),), (jnp.float32,))
+    pool = (jnp.arange(8, dtype=jnp.float32).reshape(4, 2) + 1,)
+    (rows,) = gather_states(pool, step_meta())
+    assert np.asarray(rows).tolist() == [[5, 6], [3, 4], [0, 0], [0, 0]]  # rows 2 (fresh) and 3 (padding) zeroed
+    (new_pool,) = scatter_states(pool, (jnp.full((4, 2), 9.0),), step_meta())
+    assert np.asarray(new_pool)[1:].tolist() == [[9, 9]] * 3 and spec.bytes_per_slot == 8
