@@ -18,6 +18,8 @@ from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.model_args import LayerSpec, ModelArgs
 from tests.model_utils import relative_error
 
+pytestmark = pytest.mark.slow  # transformers' modeling imported: ~5 s of CPU before the first test
+
 HIDDEN = 32
 # 8 heads of 8 channels (expand 2), 2 groups of B and C, a state of 16, kernel 4; a chunk of 8 makes transformers'
 # reference scan cross chunks
