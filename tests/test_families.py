@@ -941,6 +941,23 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Nemotron-H's blocks each one kind: Mamba2, squared-ReLU MLP, attention (no rotary), MLP, Mamba2 (the
+    # pattern's length the layer count), biased mixer projections (its use_bias)
+    "nemotron_h": (
+        "NemotronHForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=None,
+            hybrid_override_pattern="M-*-M",
+            mamba_num_heads=8,
+            mamba_head_dim=16,
+            n_groups=2,
+            ssm_state_size=16,
+            conv_kernel=4,
+            use_bias=True,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -1477,7 +1494,12 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
-        ("NemotronHForCausalLM", {}, "'NemotronHForCausalLM' is not supported: its blocks are each one mixer"),
+        ("NemotronHForCausalLM", {"hybrid_override_pattern": "M*E"}, "Nemotron-H block 'moe' is not supported"),
+        (
+            "NemotronHForCausalLM",
+            {"hybrid_override_pattern": "M-*", "sliding_window": 8},
+            "Nemotron-H sliding_window=8 is not supported",
+        ),
         ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
         ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: its layers are a Mamba2 mixer with no MLP"),
         ("GraniteMoeHybridForCausalLM", {}, r"Granite-4.0-H with no attention layer \(layers \['mamba2', 'mamba2'\]\)"),

@@ -42,8 +42,9 @@ NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "l
 CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
-# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2
-MIXERS = ("attention", "gated_deltanet", "mamba2")
+# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2; or none
+# (a layer of an MLP alone: Nemotron-H's MLP blocks)
+MIXERS = ("attention", "gated_deltanet", "mamba2", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +103,13 @@ class LayerSpec:
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
     mixer: str = "attention"  # one of MIXERS: a hybrid model's recurrent layers name theirs
+    mlp: bool = True  # False: the token mixer alone, no MLP after it (Nemotron-H's blocks)
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer {self.mixer!r} is not one of {', '.join(MIXERS)}")
+        if self.mixer == "none" and not self.mlp:
+            raise ValueError("a layer with mixer 'none' needs its MLP (mlp=True): it would do nothing")
 
     def scale_queries(self, q: jax.Array, positions: jax.Array) -> jax.Array:
         """``q [T, heads, dim]`` times its position's ``attn_temperature`` factor, where the layer has one."""
@@ -277,7 +281,7 @@ class ModelArgs:
             if self.mamba2 is None:
                 raise ValueError("a mamba2 layer needs ModelArgs.mamba2 (its sizes)")
             return Mamba2Mixer(self, spec)
-        raise ValueError(f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(MIXERS[1:])})")
+        raise ValueError(f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(MIXERS[1:3])})")
 
     def state_spec(self, spec: LayerSpec) -> StateSpec | None:
         """A layer's per-sequence recurrent state; None for an attention layer (it has pages)."""
@@ -285,6 +289,8 @@ class ModelArgs:
             return self.deltanet.state_spec(self.dtype)
         if spec.mixer == "mamba2":
             return self.mamba2.state_spec(self.dtype)
+        if spec.mixer == "none":  # nothing kept per sequence, and no pages
+            return StateSpec((), ())
         return None
 
     @property

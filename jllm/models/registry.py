@@ -140,6 +140,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "JetMoeForCausalLM": jetmoe.jetmoe,
     "BambaForCausalLM": mamba_hybrids.bamba,
     "GraniteMoeHybridForCausalLM": mamba_hybrids.granite_moe_hybrid,
+    "NemotronHForCausalLM": mamba_hybrids.nemotron_h,
     "Qwen3NextForCausalLM": qwen3_next.qwen3_next,
     "Qwen3_5ForCausalLM": qwen3_next.qwen3_5,
     "Qwen3_5MoeForCausalLM": qwen3_next.qwen3_5_moe,

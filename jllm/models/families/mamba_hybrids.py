@@ -1,6 +1,6 @@
 """The Mamba2 hybrids: some layers attention over the paged pool, the others a Mamba2 mixer (``jllm.models.mamba2``)
-with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H). Nemotron-H, Falcon-H1 and pure
-Mamba2 are refused at load by name (``REFUSED``: their layers are not a token mixer then an MLP).
+with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H), or each block one of them alone
+(Nemotron-H). Falcon-H1 and pure Mamba2 are refused at load by name (``REFUSED``: why their layers do not fit).
 
 Where this module sits: docs/architecture.md.
 """
@@ -21,13 +21,8 @@ from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 LAYER_KINDS = {"linear_attention": "mamba2", "mamba": "mamba2", "full_attention": "attention", "attention": "attention"}
 # our mixer's names -> the checkpoint's: the layer's ``mamba``, its gated norm ``norm``
 MAMBA_NAMES = (("mixer", "mamba"), ("gated_norm", "norm"))
-# Mamba2 models whose layers the one decoder layer (a token mixer, then an MLP, one cache entry) cannot hold: why
+# Mamba2 models whose layers the one decoder layer (a token mixer and / or an MLP, one cache entry) cannot hold: why
 REFUSED = {
-    "NemotronHForCausalLM": (
-        "its blocks are each one mixer (Mamba2, attention, MLP or MoE) with its own norm and residual, a Mamba2 or "
-        "attention block often with no MLP block after it (hybrid_override_pattern 'M*-'), where a jllm decoder "
-        "layer is a token mixer followed by its MLP"
-    ),
     "FalconH1ForCausalLM": (
         "each layer runs attention and a Mamba2 mixer side by side (two caches a layer, KV pages and a recurrent "
         "state, and muP multipliers of its own on the mixer's projections), where a jllm decoder layer has one"
@@ -85,14 +80,20 @@ def mixer_kinds(types: list[str], num_layers: int, family: str) -> list[str]:
 
 
 def _layers(kinds: list[str], rope: Any, family: str) -> tuple[LayerSpec, ...]:
-    """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's); a model
-    with no attention layer refused (its KV pool, sized in pages of attention layers, would be empty)."""
-    if "attention" not in kinds:
+    """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's)."""
+    layers = tuple(LayerSpec(rope if kind == "attention" else None, mixer=kind) for kind in kinds)
+    _check_attends(layers, family)
+    return layers
+
+
+def _check_attends(layers: tuple[LayerSpec, ...], family: str) -> None:
+    """Refuses a model with no attention layer: its KV pool, sized in pages of attention layers, would be empty."""
+    if all(spec.mixer != "attention" for spec in layers):
+        kinds = [spec.mixer for spec in layers]
         raise ValueError(
             f"{family} with no attention layer (layers {kinds}) is not supported: the KV pool is sized in pages of "
             "attention layers (at least one is needed)"
         )
-    return tuple(LayerSpec(rope if kind == "attention" else None, mixer=kind) for kind in kinds)
 
 
 def bamba(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -143,4 +144,75 @@ def granite_moe_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     weights = dataclasses.replace(args.weights, rename=(*MAMBA_NAMES, *args.weights.rename))
     return dataclasses.replace(
         args, layers=_layers(kinds, rope, "Granite-4.0-H"), mamba2=mamba2_spec(cfg, "Granite-4.0-H"), weights=weights
+    )
+
+
+# Nemotron-H's block kinds (``layers_block_type``, or the older ``hybrid_override_pattern``'s characters) -> a layer:
+# a Mamba2 mixer alone, attention alone, or an MLP alone, each block with its own norm and residual
+_MAMBA_BLOCK, _ATTENTION_BLOCK = LayerSpec(None, mixer="mamba2", mlp=False), LayerSpec(None, mlp=False)
+NEMOTRON_BLOCKS = {
+    "linear_attention": _MAMBA_BLOCK,
+    "mamba": _MAMBA_BLOCK,
+    "full_attention": _ATTENTION_BLOCK,
+    "attention": _ATTENTION_BLOCK,
+    "mlp": LayerSpec(None, mixer="none"),
+}
+NEMOTRON_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+# NemotronHConfig's older key names -> its own
+NEMOTRON_ALIASES = {
+    "mamba_n_groups": "n_groups",
+    "mamba_d_conv": "conv_kernel",
+    "mamba_conv_bias": "use_conv_bias",
+    "mamba_dt_limit": "time_step_limit",
+}
+
+
+def nemotron_h(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Nemotron-H (NVIDIA's Nemotron-H, Nemotron Nano 2): blocks each of one kind, a Mamba2 mixer, attention (no
+    rotary) or a squared-ReLU MLP, after an RMSNorm and into the residual, in the order ``layers_block_type`` (or
+    ``hybrid_override_pattern``: M, *, -) gives; each block a decoder layer with the other half absent. Mixture
+    blocks ("moe", E: Nemotron 3) and sliding attention are refused."""
+    cfg = {NEMOTRON_ALIASES.get(k, k): v for k, v in cfg.items()}
+    pattern = [NEMOTRON_PATTERN.get(c, c) for c in cfg.get("hybrid_override_pattern") or ""]
+    kinds = cfg.get("layers_block_type") or cfg.get("layer_types") or pattern
+    kinds = kinds or ["linear_attention", "moe", "full_attention", "mlp"]  # NemotronHConfig's default
+    for kind in kinds:
+        if kind not in NEMOTRON_BLOCKS:
+            raise ValueError(
+                f"Nemotron-H block {kind!r} is not supported (supported: {', '.join(NEMOTRON_BLOCKS)}; its mixture "
+                "blocks' squared-ReLU experts have no jllm form yet)"
+            )
+    layers = tuple(NEMOTRON_BLOCKS[kind] for kind in kinds)
+    _check_attends(layers, "Nemotron-H")
+    if cfg.get("sliding_window") is not None:
+        raise ValueError(f"Nemotron-H sliding_window={cfg['sliding_window']} is not supported (supported: null)")
+    defaults = {"head_dim": 128, "num_key_value_heads": 8, "intermediate_size": 21504, "max_position_embeddings": 4096}
+    cfg = {**defaults, **cfg, "num_hidden_layers": len(kinds), "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5)}
+    mamba = dict(
+        mamba_n_heads=cfg.get("mamba_num_heads", 128),
+        mamba_d_head=cfg.get("mamba_head_dim", 64),
+        mamba_n_groups=cfg.get("n_groups", 8),
+        mamba_d_state=cfg.get("ssm_state_size", 128),
+        mamba_d_conv=cfg.get("conv_kernel", 4),
+        mamba_conv_bias=cfg.get("use_conv_bias", True),
+        mamba_proj_bias=cfg.get("use_bias", False),  # the mixer's projections read use_bias, not mamba_proj_bias
+        hidden_act=cfg.get("mamba_hidden_act", "silu"),
+    )
+    rename = (
+        ("embed_tokens", "embeddings"),
+        ("self_attn", "mixer"),
+        ("mlp", "mixer"),
+        ("input_layernorm", "norm"),
+        ("post_attention_layernorm", "norm"),
+        ("norm", "norm_f"),
+        ("gated_norm", "norm"),
+    )
+    return ModelArgs(
+        **base_args(cfg, dtype),
+        layers=layers,
+        mlp_act=activation(cfg, "mlp_hidden_act", "relu2", "Nemotron-H"),
+        mlp_gated=False,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mamba2=mamba2_spec({**cfg, **mamba}, "Nemotron-H"),
+        weights=WeightMap(prefix="backbone.", rename=rename),
     )
