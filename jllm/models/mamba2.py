@@ -1,5 +1,5 @@
-"""The Mamba2 mixer (Bamba, Granite-4.0-H): a selective state-space layer in place of attention, its per-sequence
-state in a state pool (``jllm.models.recurrent_state``) instead of KV pages.
+"""The Mamba2 mixer (Bamba, Granite-4.0-H, Nemotron-H): a selective state-space layer in place of attention, its
+per-sequence state in a state pool (``jllm.models.recurrent_state``) instead of KV pages.
 
 One projection gives the gate ``z``, the conv input ``xBC`` and the time step ``dt`` per head; ``xBC`` runs through a
 causal depthwise conv1d (kernel K: each row keeps its last K - 1 inputs as its conv state) and SiLU, then splits into
@@ -11,7 +11,7 @@ dt_bias)`` clamped to ``time_step_limit``:
     y = state C + D x
 
 then a gated RMSNorm (times SiLU(z), then RMS-normed over each group's channels: transformers' ``RMSNormGated``
-with ``norm_before_gate`` off, as Bamba and Granite-4.0-H have it) and ``out_proj``.
+with ``norm_before_gate`` off, as Bamba, Granite-4.0-H and Nemotron-H have it) and ``out_proj``.
 
 Prefill runs the recurrence token by token (the rows of a step side by side): exact and simple, but a long prompt
 takes as many sequential steps as its chunk has tokens. The chunked SSD algorithm (a prompt's chunk as matmuls, the
@@ -126,7 +126,7 @@ def ssd_step(
 
 
 class Mamba2Mixer(nnx.Module):
-    """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` (module names as
+    """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer`` (module names as
     the checkpoint's but the gated norm's, ``gated_norm`` here: a family renames its final ``norm``), with the
     attention module's call shape: ``(x, norm, positions, state pool, meta) -> (y, state pool)``."""
 
