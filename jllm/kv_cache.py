@@ -179,7 +179,7 @@ def num_pages_from_device_memory(
 
 
 def allocate_kv_pool(
-    spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.NamedSharding | None = None, num_state_slots: int = 0
+    spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.Sharding | None = None, num_state_slots: int = 0
 ) -> list[Any]:
     """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); a
     recurrent layer's state pool instead, ``num_state_slots`` slots of it, replicated.
@@ -194,5 +194,8 @@ def allocate_kv_pool(
     shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
     shardings = {} if sharding is None else {"out_shardings": sharding}
     zeros = jax.jit(lambda: jnp.zeros(shape, spec.dtype), **shardings)
-    replicated = None if sharding is None else jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    # the state pools replicated over the pages' mesh (their heads are not split)
+    replicated = sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
     return [zeros() if state is None else state.zeros(num_state_slots, replicated) for state in spec.layer_states]

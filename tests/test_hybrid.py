@@ -70,7 +70,8 @@ def model_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 def run_steps(model_dir: Path, prompts: list[list[int]], steps: list[list[tuple[int, int]]]) -> list[np.ndarray]:
     """jllm's float32 logits of each prompt, computed over ``steps`` (each a list of (prompt, new tokens)) with one
     pool kept between them: prompt i on its own pages, in state slot i + 1. Every step is padded to one shape
-    (``STEP_TOKENS`` tokens, a row per prompt), as the engine's buckets pad: one compile, and padding rows too."""
+    (``STEP_TOKENS`` tokens, a row per prompt), as the engine's buckets pad: one compile, and padding rows too. The
+    attention layers run the Pallas kernel: the recurrent layers are the same JAX on every backend."""
     loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
     page_size, pages = 16, -(-max(map(len, prompts)) // 16)
     spec = KVCacheSpec.for_model(loaded.args, page_size, jnp.float32)
@@ -104,6 +105,7 @@ def run_steps(model_dir: Path, prompts: list[list[int]], steps: list[list[tuple[
             kv_lens=jnp.asarray(kv_lens + [0] * pad_rows, jnp.int32),
             block_tables=jnp.asarray(np.stack(tables + [np.zeros(pages, int)] * pad_rows), jnp.int32),
             state_slots=jnp.asarray(state_slots + [0] * pad_rows, jnp.int32),
+            backend="pallas",  # the full-attention layers on the Pallas kernel (interpreted off a GPU)
         )
         ids, positions = ids + [0] * pad_tokens, positions + [0] * pad_tokens
         out, pool = forward(state, jnp.asarray(ids, jnp.int32), jnp.asarray(positions, jnp.int32), pool, meta)
@@ -114,7 +116,8 @@ def run_steps(model_dir: Path, prompts: list[list[int]], steps: list[list[tuple[
 
 def test_prefill_in_chunks_beside_other_rows_then_decodes_matches_transformers(model_dir):
     """Prompt 0 prefilled in chunks of 10, 7 and 6 tokens, continuing its state, beside prompt 1's prefill (in two
-    chunks) and decodes of its last tokens: every row's logits are transformers' over the whole prompt."""
+    chunks) and decodes of its last tokens, the attention on the Pallas kernel: every row's logits are
+    transformers' over the whole prompt."""
     rng = np.random.default_rng(3)
     prompts = [rng.integers(0, CONFIG["vocab_size"], n).tolist() for n in (23, 9)]
     steps = [[(0, 10)], [(0, 7), (1, 5)], [(0, 6), (1, 1)], [(1, 1)], [(1, 2)]]

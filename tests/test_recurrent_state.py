@@ -1,13 +1,17 @@
 """The recurrent state helpers on packed ragged rows against per-row NumPy loops: the causal conv1d continued from
-each row's conv state, the row-wise recurrence driver, and the state pool's gather (fresh rows zeroed) and scatter."""
+each row's conv state, the row-wise recurrence driver, and the state pool's gather (fresh rows zeroed) and scatter;
+a hybrid model's pool: pages for its attention layers, state pools for its recurrent ones."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jllm.attention import AttentionMetadata
+from jllm.kv_cache import KVCacheSpec, allocate_kv_pool, num_state_slots
 from jllm.models.recurrent_state import StateSpec, causal_conv1d, gather_states, scan_rows, scatter_states, token_rows
+from jllm.models.registry import build_args
 
 # three rows of a step padded to 12 tokens and 4 rows: a 5-token prefill chunk continuing its state, a decode, a
 # fresh 3-token prompt, and a padding row
@@ -79,3 +83,40 @@ def test_gather_zeroes_fresh_rows_and_scatter_writes_each_row_to_its_slot() -> N
     assert np.asarray(rows).tolist() == [[5, 6], [3, 4], [0, 0], [0, 0]]  # rows 2 (fresh) and 3 (padding) zeroed
     (new_pool,) = scatter_states(pool, (jnp.full((4, 2), 9.0),), step_meta())
     assert np.asarray(new_pool)[1:].tolist() == [[9, 9]] * 3 and spec.bytes_per_slot == 8
+
+
+def test_hybrid_pool_holds_pages_for_attention_layers_and_a_state_pool_for_recurrent_ones() -> None:
+    """Qwen3-Next's layers 0 and 2 gated DeltaNet, 1 and 3 attention: pages cost the two attention layers alone, and
+    the state pools (conv state in the model's dtype, the recurrent state in float32) are counted per slot."""
+    config = dict(
+        architectures=["Qwen3NextForCausalLM"],
+        vocab_size=160,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        layer_types=["linear_attention", "full_attention"] * 2,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        num_experts=0,
+    )
+    args = build_args(config, jnp.bfloat16)[1]
+    spec = KVCacheSpec.for_model(args, page_size=16, dtype=jnp.bfloat16)
+    conv_dim = 2 * 2 * 8 + 4 * 8
+    assert spec.num_layers == 2 and spec.bytes_per_page == 2 * 2 * 2 * 16 * 16 * 2
+    assert [s is None for s in spec.layer_states] == [False, True, False, True]
+    assert spec.state_bytes(num_state_slots(args, max_num_seqs=3)) == 2 * 4 * (conv_dim * 3 * 2 + 4 * 8 * 8 * 4)
+    pool = allocate_kv_pool(spec, num_pages=3, num_state_slots=4)
+    assert [tuple(x.shape for x in layer) if isinstance(layer, tuple) else layer.shape for layer in pool] == [
+        ((4, conv_dim, 3), (4, 4, 8, 8)),
+        (2, 2, 3, 16, 16),
+        ((4, conv_dim, 3), (4, 4, 8, 8)),
+        (2, 2, 3, 16, 16),
+    ]
+    assert pool[0][1].dtype == jnp.float32 and pool[0][0].dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="num_state_slots=0 is too small"):
+        allocate_kv_pool(spec, num_pages=3)
