@@ -1416,6 +1416,7 @@ LOGITS_ONLY: set[str] = {
 LOGITS_ONLY |= {"minimax_m2", "glm4_moe_lite", "exaone_moe"}  # V3's router on OLMo 2's, DeepSeek's, EXAONE 4's layers
 LOGITS_ONLY |= {"cohere2_moe"}  # Cohere2's layers, a softmax mixture (its average a factor on the logits row's path)
 LOGITS_ONLY |= {"minicpm3", "laguna", "mellum", "hy_v3", "axk1"}
+LOGITS_ONLY |= {"granite_moe_hybrid"}  # Granite MoE Shared's layers (their greedy row) around Bamba's Mamba2 mixer
 # Qwen3-Next's greedy batch (chunked prefill beside decodes, preemption, n > 1) is tests/test_hybrid.py's; Qwen3.5's
 # mixer and mixture are Qwen3-Next's, their projections laid out their own way
 LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
