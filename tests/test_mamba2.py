@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_utils import relative_error
 
 from jllm.attention import AttentionMetadata
-from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
+from jllm.models.families.mamba_hybrids import mamba2_spec
+from jllm.models.mamba2 import Mamba2Mixer
 from jllm.models.model_args import LayerSpec, ModelArgs
-from tests.model_utils import relative_error
 
 pytestmark = pytest.mark.slow  # transformers' modeling imported: ~5 s of CPU before the first test
 
@@ -39,19 +40,6 @@ BAMBA = dict(
 MIXER_RTOL = 1e-5  # measured: at most 2.5e-7 (float32, CPU)
 
 
-def spec_of(cfg: dict) -> Mamba2Spec:
-    return Mamba2Spec(
-        num_heads=cfg["mamba_n_heads"],
-        head_dim=cfg["mamba_d_head"],
-        n_groups=cfg["mamba_n_groups"],
-        state_size=cfg["mamba_d_state"],
-        conv_kernel=cfg["mamba_d_conv"],
-        conv_bias=cfg["mamba_conv_bias"],
-        proj_bias=cfg["mamba_proj_bias"],
-        norm_eps=cfg["rms_norm_eps"],
-    )
-
-
 @pytest.fixture(scope="module")
 def mixers() -> tuple[object, Mamba2Mixer]:
     """transformers' mixer with every parameter random, and ours holding the same values."""
@@ -64,7 +52,7 @@ def mixers() -> tuple[object, Mamba2Mixer]:
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(0.5 * torch.randn_like(p))
-    spec = spec_of(BAMBA)
+    spec = mamba2_spec(BAMBA, "Bamba")  # the family reader's, from the config's keys
     args = ModelArgs(
         vocab_size=16,
         hidden_size=HIDDEN,
@@ -161,13 +149,13 @@ def test_mixer_continues_a_prefill_chunk_through_decode_steps_from_its_slot(mixe
 
 
 def test_mixer_steps_packed_rows_each_from_its_own_state(mixers):
-    """A step packing a row's second chunk (its state from slot 1) beside a new row (slot 2, stale state there
-    ignored) and a padding row: each row's outputs are its own sequence's."""
+    """A step packing a row's second chunk (its state from slot 1) beside a new row (slot 2, the state an earlier
+    row left there ignored) and a padding row: each row's outputs are its own sequence's."""
     ref, ours = mixers
     rng = np.random.default_rng(3)
     a, b = (rng.standard_normal((n, HIDDEN)).astype(np.float32) for n in (11, 6))
     pool = empty_pool(ours)
-    (a_first, b_stale), pool = run_step(ours, pool, [(a[:7], 0, 1), (b[:2], 0, 2)], num_tokens=9, num_rows=2)
+    (a_first, _), pool = run_step(ours, pool, [(a[:7], 0, 1), (b[:2], 0, 2)], num_tokens=9, num_rows=2)
     (a_rest, b_all), _ = run_step(ours, pool, [(a[7:], 7, 1), (b, 0, 2)], num_tokens=12, num_rows=3)
     assert relative_error(np.concatenate([a_first, a_rest]), reference(ref, a)) < MIXER_RTOL
     assert relative_error(b_all, reference(ref, b)) < MIXER_RTOL
