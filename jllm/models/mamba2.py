@@ -83,8 +83,9 @@ class Mamba2Spec:
 
     def state_spec(self, dtype: jnp.dtype) -> StateSpec:
         """A sequence's state in this layer: its last K - 1 conv inputs ``[conv_dim, K - 1]`` (``dtype``, the
-        model's) and the SSM state ``[heads, head_dim, state]`` (float32: the recurrence's carry, summed over every
-        token, as vLLM's default ``mamba_ssm_cache_dtype`` keeps it for a float32 model)."""
+        model's) and the SSM state ``[heads, head_dim, state]`` (float32 whatever the model's dtype: the
+        recurrence's carry, decayed and added to at every token; Nemotron-H's configs ask the same of vLLM,
+        ``mamba_ssm_cache_dtype: float32``)."""
         shapes = ((self.conv_dim, self.conv_kernel - 1), (self.num_heads, self.head_dim, self.state_size))
         return StateSpec(shapes, (dtype, jnp.float32))
 
