@@ -120,7 +120,9 @@ def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
 class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
-    added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are."""
+    added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are. A layer may
+    hold one block alone (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer
+    (``LayerSpec.mixer`` "none", its cache entry an empty state)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
