@@ -10,7 +10,8 @@ MLP kind (gated, plain, or a mixture of experts, with dense layers among them), 
 too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
 embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query
 temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
-heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output.
+heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
+layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``) among its attention ones.
 
 Where this module sits: docs/architecture.md.
 """
