@@ -11,7 +11,9 @@ too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention 
 embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query
 temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
 heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
-layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``) among its attention ones.
+layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
+Mamba2, ``jllm.models.mamba2``) among its attention ones, and layers of one block alone (Nemotron-H's: a mixer with
+no MLP, ``LayerSpec.mlp``, or an MLP with no mixer).
 
 Where this module sits: docs/architecture.md.
 """
