@@ -226,15 +226,15 @@ def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
         return
     if config.lora.enable_lora:
         raise ConfigError(
-            "enable_lora is not supported for hybrid models with recurrent layers (Qwen3-Next, Qwen3.5): no adapter "
-            "targets their recurrent mixers; leave enable_lora off",
+            "enable_lora is not supported for hybrid models with recurrent layers (Qwen3-Next, Qwen3.5, the Mamba2 "
+            "hybrids): no adapter targets their recurrent mixers; leave enable_lora off",
             key="enable_lora",
         )
     if config.parallel.tensor_parallel_size > 1:
         raise ConfigError(
             f"tensor_parallel_size={config.parallel.tensor_parallel_size} is not supported for hybrid models with "
-            "recurrent layers (Qwen3-Next, Qwen3.5): their recurrent heads and state pools are not split over "
-            "devices yet; use tensor_parallel_size 1",
+            "recurrent layers (Qwen3-Next, Qwen3.5, the Mamba2 hybrids): their recurrent heads and state pools are "
+            "not split over devices yet; use tensor_parallel_size 1",
             key="tensor_parallel_size",
         )
 

@@ -138,7 +138,7 @@ class Encoder:
         if runner.loaded.args.is_hybrid:
             raise InputError(
                 "hidden states and embeddings are not supported for hybrid models with recurrent layers (Qwen3-Next, "
-                "Qwen3.5): the encoder's scratch pool holds no recurrent state; use generation"
+                "Qwen3.5, the Mamba2 hybrids): the encoder's scratch pool holds no recurrent state; use generation"
             )
         self.runner = runner
         self.num_layers = runner.loaded.args.num_layers

@@ -77,6 +77,9 @@ DELTANET_KEYS = dict(
     linear_key_head_dim=8,
     linear_value_head_dim=8,
 )
+# What a Mamba2 hybrid's config.json holds besides TINY_CONFIG (Bamba, Granite-4.0-H): 8 heads of 16 channels
+# (expand 2), B and C in 2 groups, a state of 16, conv kernel 4
+MAMBA2_KEYS = dict(mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 # What a DeepSeek config.json must hold besides TINY_CONFIG
 DEEPSEEK_KEYS = dict(
@@ -920,6 +923,41 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(num_local_experts=4, num_experts_per_tok=2, kv_channels=16, head_dim=None, tie_word_embeddings=False),
         [],
     ),
+    # Mamba2 hybrids: layer 0 a Mamba2 mixer, layer 1 attention (Bamba's rotating half its channels; Granite-4.0-H's
+    # with no rotary, as released, its multipliers, a mixture beside the shared MLP, biased mixer projections)
+    "bamba": ("BambaForCausalLM", None, dict(MAMBA2_KEYS, attn_layer_indices=[1]), []),
+    "granite_moe_hybrid": (
+        "GraniteMoeHybridForCausalLM",
+        None,
+        dict(
+            MAMBA2_KEYS,
+            **GRANITE_MULTIPLIERS,
+            layer_types=["mamba", "attention"],
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            shared_intermediate_size=48,
+            mamba_proj_bias=True,
+            position_embedding_type="nope",
+        ),
+        [],
+    ),
+    # Nemotron-H's blocks each one kind: Mamba2, squared-ReLU MLP, attention (no rotary), MLP, Mamba2 (the
+    # pattern's length the layer count), biased mixer projections (its use_bias)
+    "nemotron_h": (
+        "NemotronHForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=None,
+            hybrid_override_pattern="M-*-M",
+            mamba_num_heads=8,
+            mamba_head_dim=16,
+            n_groups=2,
+            ssm_state_size=16,
+            conv_kernel=4,
+            use_bias=True,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -933,6 +971,7 @@ MIXTURES = (
     "olmoe",
     "granite_moe",
     "granite_moe_shared",
+    "granite_moe_hybrid",
     "phimoe",
     "ernie4_5_moe",
     "llama4",
@@ -1040,6 +1079,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
+    # Granite-4.0-H with the shared MLP alone (no experts) and rotary attention, attention first
+    "granite_moe_hybrid_dense_rope": (
+        "GraniteMoeHybridForCausalLM",
+        dict(
+            MAMBA2_KEYS,
+            layer_types=["attention", "mamba"],
+            num_local_experts=0,
+            shared_intermediate_size=48,
+            position_embedding_type="rope",
+        ),
+    ),
     "gpt_neox_sequential_no_bias": (
         "GPTNeoXForCausalLM",
         dict(rotary_pct=0.25, use_parallel_residual=False, attention_bias=False),
@@ -1366,6 +1416,7 @@ LOGITS_ONLY: set[str] = {
 LOGITS_ONLY |= {"minimax_m2", "glm4_moe_lite", "exaone_moe"}  # V3's router on OLMo 2's, DeepSeek's, EXAONE 4's layers
 LOGITS_ONLY |= {"cohere2_moe"}  # Cohere2's layers, a softmax mixture (its average a factor on the logits row's path)
 LOGITS_ONLY |= {"minicpm3", "laguna", "mellum", "hy_v3", "axk1"}
+LOGITS_ONLY |= {"granite_moe_hybrid"}  # Granite MoE Shared's layers (their greedy row) around Bamba's Mamba2 mixer
 # Qwen3-Next's greedy batch (chunked prefill beside decodes, preemption, n > 1) is tests/test_hybrid.py's; Qwen3.5's
 # mixer and mixture are Qwen3-Next's, their projections laid out their own way
 LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
@@ -1444,6 +1495,36 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("NemotronHForCausalLM", {"hybrid_override_pattern": "M*E"}, "Nemotron-H block 'moe' is not supported"),
+        (
+            "NemotronHForCausalLM",
+            {"hybrid_override_pattern": "M-*", "sliding_window": 8},
+            "Nemotron-H sliding_window=8 is not supported",
+        ),
+        ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
+        ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: its layers are a Mamba2 mixer with no MLP"),
+        ("GraniteMoeHybridForCausalLM", {}, r"Granite-4.0-H with no attention layer \(layers \['mamba2', 'mamba2'\]\)"),
+        ("BambaForCausalLM", {}, "Bamba with no attention layer .* is not supported: the KV pool is sized in pages"),
+        (
+            "GraniteMoeHybridForCausalLM",
+            {"layer_types": ["mamba", "sliding_attention"]},
+            "Granite-4.0-H layer_types entry 'sliding_attention' is not supported",
+        ),
+        (
+            "GraniteMoeHybridForCausalLM",
+            {"layer_types": ["mamba", "attention"], "position_embedding_type": "alibi"},
+            "Granite-4.0-H position_embedding_type='alibi' is not supported",
+        ),
+        (
+            "BambaForCausalLM",
+            {**MAMBA2_KEYS, "attn_layer_indices": [1], "mamba_n_groups": 3},
+            "Mamba2 n_groups=3 must divide its 8 heads",
+        ),
+        (
+            "BambaForCausalLM",
+            {**MAMBA2_KEYS, "attn_layer_indices": [1], "time_step_limit": [0.0]},
+            r"Bamba time_step_limit=\[0.0\] is not supported.*two numbers",
+        ),
         (
             "BloomForCausalLM",
             {"n_head": 4, "n_layer": 2, "apply_residual_connection_post_layernorm": True},

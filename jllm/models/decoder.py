@@ -120,21 +120,25 @@ def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
 class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
-    added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are."""
+    added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are. A layer may
+    hold one block alone (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer
+    (``LayerSpec.mixer`` "none", its cache entry an empty state)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
-        self.input_layernorm = args.make_norm() if args.pre_norms else None
-        # a recurrent layer's mixer (gated DeltaNet) in place of the attention, its cache entry a state pool
-        self.mixer = None if spec.mixer == "attention" else args.make_mixer(spec)
-        if self.mixer is not None:
+        mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
+        self.input_layernorm = args.make_norm() if args.pre_norms and mixes else None
+        # a recurrent layer's mixer (gated DeltaNet, Mamba2) in place of the attention, its cache entry a state pool
+        self.mixer = None if spec.mixer in ("attention", "none") else args.make_mixer(spec)
+        if self.mixer is not None or not mixes:
             self.self_attn = None
         elif args.attention_experts:
             self.self_attn = MixtureOfAttention(args, spec)
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
-        self.post_attention_layernorm = None if args.shared_input_norm or not args.pre_norms else args.make_norm()
-        self.mlp = args.make_mlp(spec)
+        mlp_norm = spec.mlp and args.pre_norms and not args.shared_input_norm
+        self.post_attention_layernorm = args.make_norm() if mlp_norm else None
+        self.mlp = args.make_mlp(spec) if spec.mlp else None  # None: a token mixer alone (Nemotron-H's blocks)
         self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
         moe_out = args.moe_out_norm and args.num_experts and spec.dense_mlp_size is None
         self.mlp_out_norm = args.make_norm() if args.sandwich_norms or moe_out else None
@@ -154,15 +158,17 @@ class DecoderLayer(nnx.Module):
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
             h, kv_pages = self.mixer(*attn_args)
-        else:
+        elif self.self_attn is not None:
             h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
+        else:  # an MLP alone: its cache entry is an empty state
+            return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
             mlp_norm = self.input_layernorm if shared else self.post_attention_layernorm
             return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages
         x = x + h
-        return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages
+        return (x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)), kv_pages
 
     def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture

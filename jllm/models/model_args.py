@@ -11,7 +11,9 @@ too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention 
 embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query
 temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
 heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
-layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``) among its attention ones.
+layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
+Mamba2, ``jllm.models.mamba2``) among its attention ones, and layers of one block alone (Nemotron-H's: a mixer with
+no MLP, ``LayerSpec.mlp``, or an MLP with no mixer).
 
 Where this module sits: docs/architecture.md.
 """
@@ -28,6 +30,7 @@ from flax import nnx
 
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, LayerNorm, RMSNorm
+from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
 from jllm.models.recurrent_state import StateSpec
@@ -42,8 +45,9 @@ NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "l
 CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
-# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet
-MIXERS = ("attention", "gated_deltanet")
+# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2; or none
+# (a layer of an MLP alone: Nemotron-H's MLP blocks)
+MIXERS = ("attention", "gated_deltanet", "mamba2", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +106,13 @@ class LayerSpec:
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
     mixer: str = "attention"  # one of MIXERS: a hybrid model's recurrent layers name theirs
+    mlp: bool = True  # False: the token mixer alone, no MLP after it (Nemotron-H's blocks)
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer {self.mixer!r} is not one of {', '.join(MIXERS)}")
+        if self.mixer == "none" and not self.mlp:
+            raise ValueError("a layer with mixer 'none' needs its MLP (mlp=True): it would do nothing")
 
     def scale_queries(self, q: jax.Array, positions: jax.Array) -> jax.Array:
         """``q [T, heads, dim]`` times its position's ``attn_temperature`` factor, where the layer has one."""
@@ -161,6 +168,7 @@ class ModelArgs:
     moe_routing: GroupedRouting | None = None  # DeepSeek's group-limited router in place of the softmax top-k
     mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
     deltanet: DeltaNetSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "gated_deltanet"
+    mamba2: Mamba2Spec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba2"
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -220,15 +228,25 @@ class ModelArgs:
             raise ValueError("lm_head_bias needs an untied LM head (tie_word_embeddings=False)")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
-        if self.quant is not None and self.mla is not None:
+        if self.quant is not None:
+            self._check_quantizable()
+
+    def _check_quantizable(self) -> None:
+        """Refuses ``quant`` for the layers with no quantized form yet."""
+        if self.mla is not None:
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for multi-head latent attention (DeepSeek); "
                 "leave quantization unset"
             )
-        if self.quant is not None and self.num_experts:
+        if self.num_experts:
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for mixture-of-experts models (their experts' "
                 "grouped matmuls have no quantized form yet); leave quantization unset"
+            )
+        if self.mamba2 is not None:
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for Mamba2 hybrids (the mixer's projections have "
+                "no quantized form yet); leave quantization unset"
             )
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
@@ -262,12 +280,20 @@ class ModelArgs:
             if self.deltanet is None:
                 raise ValueError("a gated_deltanet layer needs ModelArgs.deltanet (its widths)")
             return GatedDeltaNet(self, spec)
-        raise ValueError(f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(MIXERS[1:])})")
+        if spec.mixer == "mamba2":
+            if self.mamba2 is None:
+                raise ValueError("a mamba2 layer needs ModelArgs.mamba2 (its sizes)")
+            return Mamba2Mixer(self, spec)
+        raise ValueError(f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(MIXERS[1:3])})")
 
     def state_spec(self, spec: LayerSpec) -> StateSpec | None:
         """A layer's per-sequence recurrent state; None for an attention layer (it has pages)."""
         if spec.mixer == "gated_deltanet":
             return self.deltanet.state_spec(self.dtype)
+        if spec.mixer == "mamba2":
+            return self.mamba2.state_spec(self.dtype)
+        if spec.mixer == "none":  # nothing kept per sequence, and no pages
+            return StateSpec((), ())
         return None
 
     @property

@@ -27,6 +27,7 @@ from jllm.models.families import (
     layer_norm,
     llama,
     llama_variants,
+    mamba_hybrids,
     mixtures,
     multimodal,
     qwen3_next,
@@ -137,6 +138,9 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "HYV3ForCausalLM": mixtures.hy_v3,
     "AXK1ForCausalLM": deepseek.axk1,
     "JetMoeForCausalLM": jetmoe.jetmoe,
+    "BambaForCausalLM": mamba_hybrids.bamba,
+    "GraniteMoeHybridForCausalLM": mamba_hybrids.granite_moe_hybrid,
+    "NemotronHForCausalLM": mamba_hybrids.nemotron_h,
     "Qwen3NextForCausalLM": qwen3_next.qwen3_next,
     "Qwen3_5ForCausalLM": qwen3_next.qwen3_5,
     "Qwen3_5MoeForCausalLM": qwen3_next.qwen3_5_moe,
@@ -159,6 +163,8 @@ def resolve_architecture(hf_config: dict[str, Any]) -> Callable[[dict[str, Any],
             return ARCHITECTURES[name]
         if name in CLASSIFIERS:
             return functools.partial(_classifier, ARCHITECTURES[CLASSIFIERS[name]])
+        if name in mamba_hybrids.REFUSED:
+            raise ValueError(f"architecture {name!r} is not supported: {mamba_hybrids.REFUSED[name]}")
     supported = sorted([*ARCHITECTURES, *CLASSIFIERS])
     raise ValueError(f"unsupported architecture {names!r} in config.json; supported: {', '.join(supported)}")
 

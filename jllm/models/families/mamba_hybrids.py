@@ -1,0 +1,218 @@
+"""The Mamba2 hybrids: some layers attention over the paged pool, the others a Mamba2 mixer (``jllm.models.mamba2``)
+with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H), or each block one of them alone
+(Nemotron-H). Falcon-H1 and pure Mamba2 are refused at load by name (``REFUSED``: why their layers do not fit).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from jllm.models.families.common import activation, base_args, read_rope
+from jllm.models.families.llama import granite
+from jllm.models.families.mixtures import granite_moe_shared
+from jllm.models.mamba2 import Mamba2Spec
+from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+
+# a layer's kind in ``layer_types`` (transformers 5's names and the hub's older ones) -> our mixer
+LAYER_KINDS = {"linear_attention": "mamba2", "mamba": "mamba2", "full_attention": "attention", "attention": "attention"}
+# our mixer's names -> the checkpoint's: the layer's ``mamba``, its gated norm ``norm``
+MAMBA_NAMES = (("mixer", "mamba"), ("gated_norm", "norm"))
+# Mamba2 models whose layers the one decoder layer (a token mixer and / or an MLP, one cache entry) cannot hold: why
+REFUSED = {
+    "FalconH1ForCausalLM": (
+        "each layer runs attention and a Mamba2 mixer side by side (two caches a layer, KV pages and a recurrent "
+        "state, and muP multipliers of its own on the mixer's projections), where a jllm decoder layer has one"
+    ),
+    "Mamba2ForCausalLM": (
+        "its layers are a Mamba2 mixer with no MLP, and no layer attends (no KV pages to size the pool by), "
+        "where a jllm decoder layer is a token mixer followed by its MLP"
+    ),
+}
+
+
+def mamba2_spec(cfg: dict[str, Any], family: str) -> Mamba2Spec:
+    """The mixer's sizes from the ``mamba_*`` keys (transformers' defaults where absent; ``mamba_d_head`` "auto":
+    ``mamba_expand * hidden_size`` over the heads), its gated norm's eps the model's ``rms_norm_eps``, its conv's
+    activation ``hidden_act``."""
+    heads = cfg.get("mamba_n_heads", 128)
+    head_dim = cfg.get("mamba_d_head", "auto")
+    if head_dim == "auto":
+        head_dim = cfg.get("mamba_expand", 2) * cfg["hidden_size"] // heads
+    return Mamba2Spec(
+        num_heads=heads,
+        head_dim=head_dim,
+        n_groups=cfg.get("mamba_n_groups", 1),
+        state_size=cfg.get("mamba_d_state", 256),
+        conv_kernel=cfg.get("mamba_d_conv", 4),
+        conv_bias=bool(cfg.get("mamba_conv_bias", True)),
+        proj_bias=bool(cfg.get("mamba_proj_bias", False)),
+        time_step_limit=time_step_limit(cfg.get("time_step_limit", (0.0, math.inf)), family),
+        norm_eps=cfg.get("rms_norm_eps", 1e-5),
+        act=activation(cfg, "hidden_act", "silu", family),
+    )
+
+
+def time_step_limit(value: Any, family: str) -> tuple[float, float]:
+    """``time_step_limit`` as two floats: JSON numbers, or transformers 5's ``{"__float__": "Infinity"}``; None (no
+    limit) as ``(0, inf)``."""
+    if value is None:
+        return 0.0, math.inf
+    bounds = [float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else v for v in value]
+    if len(bounds) != 2 or not all(isinstance(b, int | float) for b in bounds):
+        raise ValueError(f"{family} time_step_limit={value!r} is not supported (supported: two numbers, low and high)")
+    return float(bounds[0]), float(bounds[1])
+
+
+def mixer_kinds(types: list[str], num_layers: int, family: str) -> list[str]:
+    """Each layer's mixer from its ``layer_types`` entry, a list not naming every layer or an unknown kind refused."""
+    if len(types) != num_layers:
+        raise ValueError(f"{family} layer_types={types!r} must name each of the {num_layers} layers")
+    for kind in types:
+        if kind not in LAYER_KINDS:
+            raise ValueError(
+                f"{family} layer_types entry {kind!r} is not supported (supported: {', '.join(LAYER_KINDS)})"
+            )
+    return [LAYER_KINDS[kind] for kind in types]
+
+
+def _layers(kinds: list[str], rope: Any, family: str) -> tuple[LayerSpec, ...]:
+    """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's)."""
+    layers = tuple(LayerSpec(rope if kind == "attention" else None, mixer=kind) for kind in kinds)
+    _check_attends(layers, family)
+    return layers
+
+
+def _check_attends(layers: tuple[LayerSpec, ...], family: str) -> None:
+    """Refuses a model with no attention layer: its KV pool, sized in pages of attention layers, would be empty."""
+    if all(spec.mixer != "attention" for spec in layers):
+        kinds = [spec.mixer for spec in layers]
+        raise ValueError(
+            f"{family} with no attention layer (layers {kinds}) is not supported: the KV pool is sized in pages of "
+            "attention layers (at least one is needed)"
+        )
+
+
+def bamba(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Bamba: Llama's layers with a Mamba2 mixer in place of the attention except at ``attn_layer_indices``, whose
+    attention rotates half of each head's channels (``partial_rotary_factor`` 0.5, as BambaConfig fixes it); the
+    MLP is ``feed_forward``, its norm ``pre_ff_layernorm``, the final one ``final_layernorm``."""
+    cfg = {"rms_norm_eps": 1e-5, "max_position_embeddings": 262_144, "num_key_value_heads": 8, **cfg}
+    base = base_args(cfg, dtype)
+    attn = set(cfg.get("attn_layer_indices") or [])
+    kinds = ["attention" if i in attn else "mamba2" for i in range(base["num_layers"])]
+    params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    params.setdefault("partial_rotary_factor", 0.5)
+    bias = bool(cfg.get("attention_bias", False))
+    rename = (("mlp", "feed_forward"), ("post_attention_layernorm", "pre_ff_layernorm"), ("norm", "final_layernorm"))
+    return ModelArgs(
+        **base,
+        layers=_layers(kinds, read_rope(cfg, base["head_dim"], params), "Bamba"),
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "Bamba"),
+        mamba2=mamba2_spec(cfg, "Bamba"),
+        weights=WeightMap(rename=(*MAMBA_NAMES, *rename)),
+    )
+
+
+def granite_moe_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Granite-4.0-H: Granite MoE Shared's layers (its four multipliers, ``num_local_experts`` routed experts beside
+    the shared MLP, or the shared MLP alone where there are none) with a Mamba2 mixer in place of the attention
+    where ``layer_types`` says (all, without it); rotary only where ``position_embedding_type`` is "rope" (the
+    released models have none)."""
+    n = cfg["num_hidden_layers"]
+    kinds = mixer_kinds(cfg.get("layer_types") or ["mamba"] * n, n, "Granite-4.0-H")
+    position = cfg.get("position_embedding_type")
+    if position not in (None, "nope", "rope"):
+        raise ValueError(
+            f"Granite-4.0-H position_embedding_type={position!r} is not supported (supported: 'rope', 'nope', null)"
+        )
+    # layer_types read above: Granite's readers would take its entries for sliding windows
+    cfg = {"num_local_experts": 8, "shared_intermediate_size": 1024, **cfg, "layer_types": None}
+    if cfg["num_local_experts"]:
+        args = granite_moe_shared(cfg, dtype)
+    else:  # the shared MLP alone: a dense SwiGLU, its gate and up rows in one tensor
+        names = WeightMap(gate_up=("input_linear",), rename=(("mlp", "shared_mlp"), ("down_proj", "output_linear")))
+        dense = dict(intermediate_size=cfg["shared_intermediate_size"], mlp_bias=False, weights=names)
+        args = dataclasses.replace(granite(cfg, dtype), **dense)
+    rope = args.layers[0].rope if position == "rope" else None
+    weights = dataclasses.replace(args.weights, rename=(*MAMBA_NAMES, *args.weights.rename))
+    return dataclasses.replace(
+        args, layers=_layers(kinds, rope, "Granite-4.0-H"), mamba2=mamba2_spec(cfg, "Granite-4.0-H"), weights=weights
+    )
+
+
+# Nemotron-H's block kinds (``layers_block_type``, or the older ``hybrid_override_pattern``'s characters) -> a layer:
+# a Mamba2 mixer alone, attention alone, or an MLP alone, each block with its own norm and residual
+_MAMBA_BLOCK, _ATTENTION_BLOCK = LayerSpec(None, mixer="mamba2", mlp=False), LayerSpec(None, mlp=False)
+NEMOTRON_BLOCKS = {
+    "linear_attention": _MAMBA_BLOCK,
+    "mamba": _MAMBA_BLOCK,
+    "full_attention": _ATTENTION_BLOCK,
+    "attention": _ATTENTION_BLOCK,
+    "mlp": LayerSpec(None, mixer="none"),
+}
+NEMOTRON_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+# NemotronHConfig's older key names -> its own
+NEMOTRON_ALIASES = {
+    "mamba_n_groups": "n_groups",
+    "mamba_d_conv": "conv_kernel",
+    "mamba_conv_bias": "use_conv_bias",
+    "mamba_dt_limit": "time_step_limit",
+}
+
+
+def nemotron_h(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Nemotron-H (NVIDIA's Nemotron-H, Nemotron Nano 2): blocks each of one kind, a Mamba2 mixer, attention (no
+    rotary) or a squared-ReLU MLP, after an RMSNorm and into the residual, in the order ``layers_block_type`` (or
+    ``hybrid_override_pattern``: M, *, -) gives; each block a decoder layer with the other half absent. Mixture
+    blocks ("moe", E: Nemotron 3) and sliding attention are refused."""
+    cfg = {NEMOTRON_ALIASES.get(k, k): v for k, v in cfg.items()}
+    pattern = [NEMOTRON_PATTERN.get(c, c) for c in cfg.get("hybrid_override_pattern") or ""]
+    kinds = cfg.get("layers_block_type") or cfg.get("layer_types") or pattern
+    kinds = kinds or ["linear_attention", "moe", "full_attention", "mlp"]  # NemotronHConfig's default
+    for kind in kinds:
+        if kind not in NEMOTRON_BLOCKS:
+            raise ValueError(
+                f"Nemotron-H block {kind!r} is not supported (supported: {', '.join(NEMOTRON_BLOCKS)}; its mixture "
+                "blocks' squared-ReLU experts have no jllm form yet)"
+            )
+    layers = tuple(NEMOTRON_BLOCKS[kind] for kind in kinds)
+    _check_attends(layers, "Nemotron-H")
+    if cfg.get("sliding_window") is not None:
+        raise ValueError(f"Nemotron-H sliding_window={cfg['sliding_window']} is not supported (supported: null)")
+    defaults = {"head_dim": 128, "num_key_value_heads": 8, "intermediate_size": 21504, "max_position_embeddings": 4096}
+    cfg = {**defaults, **cfg, "num_hidden_layers": len(kinds), "rms_norm_eps": cfg.get("layer_norm_epsilon", 1e-5)}
+    mamba = dict(
+        mamba_n_heads=cfg.get("mamba_num_heads", 128),
+        mamba_d_head=cfg.get("mamba_head_dim", 64),
+        mamba_n_groups=cfg.get("n_groups", 8),
+        mamba_d_state=cfg.get("ssm_state_size", 128),
+        mamba_d_conv=cfg.get("conv_kernel", 4),
+        mamba_conv_bias=cfg.get("use_conv_bias", True),
+        mamba_proj_bias=cfg.get("use_bias", False),  # the mixer's projections read use_bias, not mamba_proj_bias
+        hidden_act=cfg.get("mamba_hidden_act", "silu"),
+    )
+    rename = (
+        ("embed_tokens", "embeddings"),
+        ("self_attn", "mixer"),
+        ("mlp", "mixer"),
+        ("input_layernorm", "norm"),
+        ("post_attention_layernorm", "norm"),
+        ("norm", "norm_f"),
+        ("gated_norm", "norm"),
+    )
+    return ModelArgs(
+        **base_args(cfg, dtype),
+        layers=layers,
+        mlp_act=activation(cfg, "mlp_hidden_act", "relu2", "Nemotron-H"),
+        mlp_gated=False,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mamba2=mamba2_spec({**cfg, **mamba}, "Nemotron-H"),
+        weights=WeightMap(prefix="backbone.", rename=rename),
+    )
