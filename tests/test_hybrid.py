@@ -144,7 +144,8 @@ def hf_greedy(model_dir: Path, prompts: list[list[int]]) -> list[list[int]]:
 def test_preemption_n_samples_and_abort_keep_each_sequence_on_its_own_state(model_dir, caplog):
     """Pages for two of the three prompts' contexts: sequences are preempted and resumed (their state computed
     again from scratch), a request's two greedy samples each prefill into their own slot, and every token is
-    transformers' greedy one. Then an abort gives its slots back at once. Prefix caching is off, and said."""
+    transformers' greedy one. Then an abort gives its slots back at once. Prefix caching is off, and said. A sleep
+    and wake-up keep the tokens."""
     caplog.set_level(logging.INFO, logger="jllm.build")
     llm = LLM(
         str(model_dir),
@@ -174,6 +175,10 @@ def test_preemption_n_samples_and_abort_keep_each_sequence_on_its_own_state(mode
     assert engine.scheduler.state_slots.num_free == 4
     with pytest.raises(InputError, match="not supported for hybrid models"):
         llm.encode([PROMPTS[0]], use_tqdm=False)
+    llm.sleep(level=1)  # the state pools go with the KV pool, and come back zeroed
+    llm.wake_up()
+    (again,) = llm.generate([PROMPTS[0]], greedy, use_tqdm=False)
+    assert again.outputs[0].token_ids == expected[0]
 
 
 @pytest.mark.parametrize(
