@@ -1,6 +1,7 @@
 """One recurrent layer's prefill, token by token against chunked: Qwen3-Next-80B-A3B's gated DeltaNet layer and
 Granite-4.0-H-Small's Mamba2 layer (their config.json's widths, bfloat16, random weights), each over a step of
-``--tokens`` tokens split evenly over ``--rows`` fresh rows, in one process. The layer whole (projections, conv,
+``--tokens`` tokens split evenly over ``--rows`` fresh rows, and one mixed step (a prefill beside ``--decodes``
+decode rows, where the chunked path pads each short row to a chunk), in one process. The layer whole (projections, conv,
 recurrence, gated norm, output projection) runs under jit on both paths, the path forced by the mixer's bucket rule
 (``recurrent_state.use_chunks``) patched at trace time; the table also gives how far apart the two outputs are.
 
@@ -93,16 +94,18 @@ def random_layer(config: dict[str, Any], dtype: Any, seed: int) -> tuple[nnx.Mod
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), module, mixer_spec
 
 
-def step_meta(num_tokens: int, num_rows: int) -> AttentionMetadata:
-    """``num_tokens`` split evenly over ``num_rows`` fresh rows, each in its own state slot."""
-    lens = np.full(num_rows, num_tokens // num_rows)
-    lens[: num_tokens % num_rows] += 1
+def step_meta(num_tokens: int, num_rows: int, decodes: int = 0) -> AttentionMetadata:
+    """``num_tokens`` tokens: ``decodes`` one-token rows continuing a sequence, the rest split evenly over
+    ``num_rows`` fresh rows; each row in its own state slot."""
+    lens = np.full(num_rows, (num_tokens - decodes) // num_rows)
+    lens[: (num_tokens - decodes) % num_rows] += 1
+    lens = np.concatenate([lens, np.ones(decodes, int)])
     return AttentionMetadata(
         slot_mapping=jnp.zeros(num_tokens, jnp.int32),
         query_start_loc=jnp.asarray(np.cumsum([0, *lens]), jnp.int32),
-        kv_lens=jnp.asarray(lens, jnp.int32),
-        block_tables=jnp.zeros((num_rows, 1), jnp.int32),
-        state_slots=jnp.arange(1, num_rows + 1, dtype=jnp.int32),
+        kv_lens=jnp.asarray(lens + 100 * (np.arange(len(lens)) >= num_rows), jnp.int32),
+        block_tables=jnp.zeros((len(lens), 1), jnp.int32),
+        state_slots=jnp.arange(1, len(lens) + 1, dtype=jnp.int32),
     )
 
 
@@ -121,6 +124,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", default="512,2048", help="the step's tokens, comma-separated")
     parser.add_argument("--rows", default="1,8", help="rows the tokens are split over, comma-separated")
+    parser.add_argument(
+        "--decodes",
+        type=int,
+        default=63,
+        help="one more step: the largest --tokens as one prefill beside this many decode rows "
+        "(63: a mixed step in the default bucket of 2048 tokens x 64 rows); 0 skips it",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--tiny", action="store_true", help="tiny widths (a CPU check that the script runs)")
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     tokens, rows_list = ([int(v) for v in s.split(",")] for s in (args.tokens, args.rows))
     env = environment()
     print(f"card: {env['card']} ({env['platform']}); jax {env['versions']['jax']}; {args.dtype}, random weights, "
-          f"fresh rows; median of {args.repeats}{'; tiny widths' if args.tiny else ''}")  # fmt: skip
+          f"prefill rows fresh; median of {args.repeats}{'; tiny widths' if args.tiny else ''}")  # fmt: skip
     layers = {}
     for seed, (name, config) in enumerate(LAYERS.items()):
         config = dict(config, **TINY[name]) if args.tiny else config
@@ -141,20 +151,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for seed, (name, (config, layer, module, mixer_spec)) in enumerate(layers.items()):
         state_spec = mixer_spec.state_spec(args.dtype)
         paths = {chunked: layer_program(layer, module, chunked) for chunked in (False, True)}
-        for num_tokens in tokens:
-            for num_rows in rows_list:
-                meta, pool = step_meta(num_tokens, num_rows), state_spec.zeros(num_rows + 1)
-                x = jax.random.normal(jax.random.key(seed), (num_tokens, config["hidden_size"]), args.dtype)
-                ms, outs = {}, {}
-                for chunked, program in paths.items():
-                    call = functools.partial(program, x, pool, meta)
-                    ms[chunked] = 1e3 * float(np.median(timed(call, args.repeats)))
-                    outs[chunked] = np.asarray(call()[0], np.float32)
-                diff = float(np.linalg.norm(outs[True] - outs[False]) / np.linalg.norm(outs[False]))
-                print(f"| {name} | {num_tokens} | {num_rows} | {ms[False]:.2f} | {ms[True]:.2f} | "
-                      f"{ms[False] / ms[True]:.1f}x | {diff:.1e} |", flush=True)  # fmt: skip
-                results.append({"layer": name, "tokens": num_tokens, "rows": num_rows, "token_by_token_ms": ms[False],
-                                "chunked_ms": ms[True], "relative_difference": diff})  # fmt: skip
+        cases = [(t, r, 0) for t in tokens for r in rows_list]
+        cases += [(max(tokens), 1, args.decodes)] if args.decodes else []
+        for num_tokens, num_rows, decodes in cases:
+            meta, pool = step_meta(num_tokens, num_rows, decodes), state_spec.zeros(num_rows + decodes + 1)
+            x = jax.random.normal(jax.random.key(seed), (num_tokens, config["hidden_size"]), args.dtype)
+            ms, outs = {}, {}
+            for chunked, program in paths.items():
+                call = functools.partial(program, x, pool, meta)
+                ms[chunked] = 1e3 * float(np.median(timed(call, args.repeats)))
+                outs[chunked] = np.asarray(call()[0], np.float32)
+            diff = float(np.linalg.norm(outs[True] - outs[False]) / np.linalg.norm(outs[False]))
+            rows = f"{num_rows} + {decodes} decodes" if decodes else num_rows
+            print(f"| {name} | {num_tokens} | {rows} | {ms[False]:.2f} | {ms[True]:.2f} | "
+                  f"{ms[False] / ms[True]:.1f}x | {diff:.1e} |", flush=True)  # fmt: skip
+            case = {"layer": name, "tokens": num_tokens, "rows": num_rows, "decodes": decodes}
+            results.append(dict(case, token_by_token_ms=ms[False], chunked_ms=ms[True], relative_difference=diff))
     write_json(args.json, {"environment": env, "dtype": args.dtype, "tiny": args.tiny, "results": results})
     return results
 

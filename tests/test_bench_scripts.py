@@ -193,10 +193,14 @@ def test_reference_attention_bench_times_every_step_kind_beside_torch(tmp_path: 
 
 @pytest.mark.slow
 def test_recurrent_bench_times_both_paths_of_each_layer_and_their_agreement(tmp_path: Path) -> None:
-    """Tiny widths, one step shape: both layers' token-by-token and chunked prefill timed, their outputs alike."""
+    """Tiny widths, two prefill rows then one beside 7 decodes: both layers' token-by-token and chunked prefill
+    timed, their outputs alike."""
     out = tmp_path / "recurrent.json"
-    rows = bench_recurrent.main(["--tiny", "--tokens", "80", "--rows", "2", "--repeats", "1", "--json", str(out)])
-    assert [r["layer"] for r in rows] == list(bench_recurrent.LAYERS)
+    argv = ["--tiny", "--tokens", "80", "--rows", "2", "--decodes", "7", "--repeats", "1", "--json", str(out)]
+    rows = bench_recurrent.main(argv)
+    assert [(r["layer"], r["decodes"]) for r in rows] == [
+        (layer, d) for layer in bench_recurrent.LAYERS for d in (0, 7)
+    ]
     for row in rows:
         assert_positive(row["token_by_token_ms"], row["chunked_ms"])
         assert row["relative_difference"] < 1e-2  # bfloat16 outputs of the same float32 recurrence
