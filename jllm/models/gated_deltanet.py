@@ -182,16 +182,17 @@ def chunked_delta_rule(
     meta: AttentionMetadata,
 ) -> tuple[jax.Array, jax.Array]:
     """The gated delta rule over each row's tokens in chunks of ``CHUNK`` (transformers'
-    ``torch_chunk_gated_delta_rule``): inside a chunk, the UT transform turns its delta updates into two triangular
-    solves and the outputs into a causal, decay-weighted attention, for every chunk of every row at once; only the
-    state's passage from chunk to chunk is stepped, all rows side by side. Padded positions (zero k, v, beta and
-    log decay) leave the state as it is. Returns (``out [T, heads, dv]`` float32, the rows' new states)."""
+    ``torch_chunk_gated_delta_rule``; a step of fewer tokens in one chunk of them all): inside a chunk, the UT
+    transform turns its delta updates into two triangular solves and the outputs into a causal, decay-weighted
+    attention, for every chunk of every row at once; only the state's passage from chunk to chunk is stepped, all
+    rows side by side. Padded positions (zero k, v, beta and log decay) leave the state as it is. Returns
+    (``out [T, heads, dv]`` float32, the rows' new states)."""
     num_tokens = q.shape[0]
     chunks = row_chunks(meta, num_tokens, CHUNK)
     q, k, v = (to_chunks(x, chunks).transpose(0, 2, 1, 3) for x in (q, k, v))  # [N, heads, C, d]
     g, beta = (to_chunks(x, chunks).transpose(0, 2, 1) for x in (g, beta))  # [N, heads, C]
     cum = jnp.cumsum(g, axis=-1)  # the log decay from the chunk's start to each position
-    causal = jnp.tril(jnp.ones((CHUNK, CHUNK), bool))
+    causal = jnp.tril(jnp.ones((chunks.size, chunks.size), bool))
     decay = jnp.exp(jnp.where(causal, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [N, heads, C, C]
     k_beta = k * beta[..., None]
     system = jnp.einsum("nhcd,nhed->nhce", k_beta, k, precision=HIGHEST) * decay  # strictly lower part used

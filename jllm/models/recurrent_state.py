@@ -192,9 +192,10 @@ def scan_segments(
 
 def use_chunks(num_tokens: int, num_rows: int) -> bool:
     """Whether a bucket of ``num_tokens`` tokens and ``num_rows`` rows runs a mixer's chunked algorithm: when it can
-    hold a prefill (more tokens than rows). A static choice, so a decode-only bucket (T = S) compiles the token scan
-    alone: a ``lax.cond`` on the longest row would cost every decode step the predicate's read back to the host on
-    a GPU. A mixed bucket pays the chunk padding of its short rows (``RowChunks``)."""
+    hold a prefill (more tokens than rows). Static, so each bucket compiles one path and a decode bucket (T = S) the
+    token scan alone; a ``lax.cond`` on the longest row would put a branch on a device value in every step of a
+    bucket (XLA's GPU conditional reads its predicate back to the host) and compile both paths. A mixed bucket (a
+    prefill beside decodes) pays its short rows' chunk padding (``RowChunks``)."""
     return num_tokens > num_rows
 
 
@@ -214,7 +215,9 @@ class RowChunks(NamedTuple):
 
 
 def row_chunks(meta: AttentionMetadata, num_tokens: int, size: int) -> RowChunks:
-    """The step's rows (``meta.query_start_loc``) over its ``num_tokens`` packed tokens, in chunks of ``size``."""
+    """The step's rows (``meta.query_start_loc``) over its ``num_tokens`` packed tokens, in chunks of ``size``, or
+    of ``num_tokens`` if fewer: a row of such a step fits one chunk either way, without the padding."""
+    size = min(size, num_tokens)
     qsl = meta.query_start_loc
     num_rows = qsl.shape[0] - 1
     lens = qsl[1:] - qsl[:-1]  # [S]
