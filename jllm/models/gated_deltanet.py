@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.scipy.linalg import solve_triangular
 
 from jllm.attention import AttentionMetadata
 from jllm.models.layers import Linear, RMSNorm, param
@@ -197,7 +198,7 @@ def chunked_delta_rule(
     k_beta = k * beta[..., None]
     system = jnp.einsum("nhcd,nhed->nhce", k_beta, k, precision=HIGHEST) * decay  # strictly lower part used
     attn = jnp.einsum("nhcd,nhed->nhce", q, k, precision=HIGHEST) * decay  # [N, heads, C, C]
-    solve = functools.partial(jax.scipy.linalg.solve_triangular, system, lower=True, unit_diagonal=True)
+    solve = functools.partial(solve_triangular, system, lower=True, unit_diagonal=True)
     new_values = solve(v * beta[..., None])  # [N, heads, C, dv]
     k_cumdecay = solve(k_beta * jnp.exp(cum)[..., None])  # [N, heads, C, dk]
     q_decayed = q * jnp.exp(cum)[..., None]
