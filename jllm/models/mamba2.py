@@ -155,12 +155,13 @@ def ssd_chunked(
     (``y [T, heads, head_dim]`` float32, the rows' new states)."""
     num_tokens, heads, groups = x.shape[0], x.shape[1], b.shape[1]
     chunks = row_chunks(meta, num_tokens, size)
-    b, c = (jnp.repeat(y.astype(jnp.float32), heads // groups, axis=1) for y in (b, c))  # [T, heads, state]
-    x, dt, b, c = (to_chunks(y, chunks) for y in (x.astype(jnp.float32), dt, b, c))  # [N, C, heads, ...]
+    x, dt, b, c = (to_chunks(y.astype(jnp.float32), chunks) for y in (x, dt, b, c))  # [N, C, heads or groups, ...]
     xdt, adt = x * dt[..., None], dt * a
     cum = jnp.cumsum(adt, axis=1)  # [N, C, heads]: the log decay from the chunk's start
     decay = jnp.exp(_segment_sum(adt.transpose(0, 2, 1)))  # [N, heads, C, C]
-    scores = jnp.einsum("nlhk,nshk->nhls", c, b, precision=HIGHEST) * decay
+    scores = jnp.einsum("nlgk,nsgk->ngls", c, b, precision=HIGHEST)  # [N, groups, C, C]: a group's heads share it
+    scores = jnp.repeat(scores, heads // groups, axis=1) * decay
+    b, c = (jnp.repeat(y, heads // groups, axis=2) for y in (b, c))  # [N, C, heads, state]
     y_diag = jnp.einsum("nhls,nshp->nlhp", scores, xdt, precision=HIGHEST)  # [N, C, heads, head_dim]
     to_end = jnp.exp(cum[:, -1:] - cum)  # each position's decay to the chunk's end
     added = jnp.einsum("nlhk,nlhp->nhpk", b * to_end[..., None], xdt, precision=HIGHEST)  # [N, heads, head_dim, state]
