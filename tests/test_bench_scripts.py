@@ -21,6 +21,7 @@ bench_common = importlib.import_module("bench_common")
 bench_latency = importlib.import_module("bench_latency")
 bench_throughput = importlib.import_module("bench_throughput")
 bench_reference_attention = importlib.import_module("bench_reference_attention")
+bench_recurrent = importlib.import_module("bench_recurrent")
 
 CONFIG = "configs/bench-tiny-cpu.yaml"  # relative, as documented: the scripts run from the repository root
 
@@ -188,6 +189,22 @@ def test_reference_attention_bench_times_every_step_kind_beside_torch(tmp_path: 
     for row in rows:
         assert_positive(row["reference_ms"], row["torch_dense_ms"])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
+
+
+@pytest.mark.slow
+def test_recurrent_bench_times_both_paths_of_each_layer_and_their_agreement(tmp_path: Path) -> None:
+    """Tiny widths, two prefill rows then one beside 7 decodes: both layers' token-by-token and chunked prefill
+    timed, their outputs alike."""
+    out = tmp_path / "recurrent.json"
+    argv = ["--tiny", "--tokens", "80", "--rows", "2", "--decodes", "7", "--repeats", "1", "--json", str(out)]
+    rows = bench_recurrent.main(argv)
+    assert [(r["layer"], r["decodes"]) for r in rows] == [
+        (layer, d) for layer in bench_recurrent.LAYERS for d in (0, 7)
+    ]
+    for row in rows:
+        assert_positive(row["token_by_token_ms"], row["chunked_ms"])
+        assert row["relative_difference"] < 1e-2  # bfloat16 outputs of the same float32 recurrence
+    assert json.loads(out.read_text())["results"] == json.loads(json.dumps(rows))
 
 
 def test_bench_grpc_vs_sse_streams_every_token_over_both_and_reports_both(tmp_path: Path) -> None:

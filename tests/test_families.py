@@ -78,8 +78,16 @@ DELTANET_KEYS = dict(
     linear_value_head_dim=8,
 )
 # What a Mamba2 hybrid's config.json holds besides TINY_CONFIG (Bamba, Granite-4.0-H): 8 heads of 16 channels
-# (expand 2), B and C in 2 groups, a state of 16, conv kernel 4
-MAMBA2_KEYS = dict(mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2)
+# (expand 2), B and C in 2 groups, a state of 16, conv kernel 4; chunks of 32, so a 70-token prefill crosses two
+MAMBA2_KEYS = dict(
+    mamba_n_heads=8,
+    mamba_d_head=16,
+    mamba_n_groups=2,
+    mamba_d_state=16,
+    mamba_d_conv=4,
+    mamba_expand=2,
+    mamba_chunk_size=32,
+)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 # What a DeepSeek config.json must hold besides TINY_CONFIG
 DEEPSEEK_KEYS = dict(
@@ -955,6 +963,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             ssm_state_size=16,
             conv_kernel=4,
             use_bias=True,
+            chunk_size=32,
         ),
         [],
     ),

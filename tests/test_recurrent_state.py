@@ -10,7 +10,18 @@ import pytest
 
 from jllm.attention import AttentionMetadata
 from jllm.kv_cache import KVCacheSpec, allocate_kv_pool, num_state_slots
-from jllm.models.recurrent_state import StateSpec, causal_conv1d, gather_states, scan_rows, scatter_states, token_rows
+from jllm.models.recurrent_state import (
+    StateSpec,
+    causal_conv1d,
+    from_chunks,
+    gather_states,
+    row_chunks,
+    scan_rows,
+    scatter_states,
+    to_chunks,
+    token_rows,
+    use_chunks,
+)
 from jllm.models.registry import build_args
 
 # three rows of a step padded to 12 tokens and 4 rows: a 5-token prefill chunk continuing its state, a decode, a
@@ -74,6 +85,20 @@ def test_scan_rows_steps_every_row_over_its_own_tokens() -> None:
         np.testing.assert_allclose(np.asarray(final)[s], c, rtol=1e-6)  # a row without tokens keeps its carry
         start += n
     assert not np.asarray(outs)[start:].any()  # padding tokens' outputs stay zero
+
+
+def test_row_chunks_pad_each_row_to_whole_chunks_and_read_back_in_packed_order() -> None:
+    """Chunks of 2: the 5-token row takes three (its last half padding), the decode one, the 3-token row two; the
+    8 chunks any step of 12 tokens in 4 rows may need, the unused ones all padding. Padding gathers zeros. Chunks
+    longer than the step shrink to it."""
+    meta = step_meta()
+    chunks = row_chunks(meta, NUM_TOKENS, 2)
+    assert chunks.first.tolist() == [0, 3, 4, 6] and chunks.count.tolist() == [3, 1, 2, 0]
+    x = jnp.arange(1, NUM_TOKENS + 1, dtype=jnp.float32)
+    assert np.asarray(to_chunks(x, chunks)).tolist() == [[1, 2], [3, 4], [5, 0], [6, 0], [7, 8], [9, 0], [0, 0], [0, 0]]
+    assert np.asarray(from_chunks(to_chunks(x, chunks), chunks, meta, NUM_TOKENS)).tolist() == [*range(1, 10), 0, 0, 0]
+    assert row_chunks(meta, NUM_TOKENS, 64).size == NUM_TOKENS  # a step shorter than a chunk: one chunk a row
+    assert use_chunks(NUM_TOKENS, 4) and not use_chunks(4, 4)  # a decode-only bucket keeps the token scan
 
 
 def test_gather_zeroes_fresh_rows_and_scatter_writes_each_row_to_its_slot() -> None:

@@ -8,9 +8,10 @@ L2-normed (and q scaled by ``head_k_dim ** -0.5``), each key head serving ``num_
 ``o = S^T q``; ``o`` goes through a gated RMSNorm (``norm(o) * silu(z)``) and ``out_proj``.
 
 The layer's cache entry is its state pool ``(conv_state [slots, conv_dim, kernel - 1], recurrent_state [slots,
-v_heads, dk, dv])`` (``jllm.models.recurrent_state``). Every step, prefill too, runs the recurrence token by token,
-all rows at once (``scan_rows``): correct, slow on long prompts; the chunked algorithm (transformers'
-``torch_chunk_gated_delta_rule``, FLA's kernels) is later GPU work. Pure JAX on every attention backend. With
+v_heads, dk, dv])`` (``jllm.models.recurrent_state``). A bucket that can hold a prefill (``use_chunks``) runs the
+chunked delta rule (``chunked_delta_rule``: transformers' ``torch_chunk_gated_delta_rule``, FLA's WY / UT form, in
+chunks of 64), decode buckets the recurrence token by token, all rows at once (``scan_rows``). Pure JAX on every
+attention backend. With
 ``quantization`` the layer's projections stay in the model's dtype (they feed the recurrence: quantized too, a tiny
 random Qwen3.5's int8 logits moved 5.0e-2 from float's instead of 2.3e-2, 2026-12-05); the attention and MLPs are
 quantized as in any model.
@@ -21,11 +22,13 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.scipy.linalg import solve_triangular
 
 from jllm.attention import AttentionMetadata
 from jllm.models.layers import Linear, RMSNorm, param
@@ -33,15 +36,22 @@ from jllm.models.recurrent_state import (
     DepthwiseConv1d,
     StatePool,
     StateSpec,
+    from_chunks,
     gather_states,
+    row_chunks,
     scan_rows,
+    scan_segments,
     scatter_states,
+    to_chunks,
+    use_chunks,
 )
 
 if TYPE_CHECKING:
     from jllm.models.model_args import LayerSpec, ModelArgs
 
 L2_NORM_EPS = 1e-6  # transformers' l2norm (FLA's), fixed
+CHUNK = 64  # the chunked delta rule's chunk (transformers' and FLA's)
+HIGHEST = jax.lax.Precision.HIGHEST  # the chunks' matmuls in full float32, as the token scan's sums (no TF32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +130,11 @@ class GatedDeltaNet(nnx.Module):
         q = q * dk**-0.5
         beta = jax.nn.sigmoid(b.astype(jnp.float32))  # [T, v_heads]
         decay = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])
-        out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
-        core, recurrent = scan_rows(_delta_step, recurrent, (q, k, v, jnp.exp(decay), beta), out_like, meta)
+        if use_chunks(t, meta.query_start_loc.shape[0] - 1):
+            core, recurrent = chunked_delta_rule(q, k, v, decay, beta, recurrent, meta)
+        else:
+            out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
+            core, recurrent = scan_rows(_delta_step, recurrent, (q, k, v, jnp.exp(decay), beta), out_like, meta)
         core = core.astype(x.dtype)  # [T, v_heads, dv]
         gated = self.norm(core) * jax.nn.silu(z.astype(jnp.float32))
         y = self.out_proj(gated.astype(x.dtype).reshape(t, nv * dv))
@@ -158,3 +171,49 @@ def _delta_step(state: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Ar
     delta = (v - kv_mem) * beta[..., None]
     state = state + k[..., None] * delta[..., None, :]
     return state, jnp.sum(state * q[..., None], axis=-2)
+
+
+def chunked_delta_rule(
+    q: jax.Array,  # [T, heads, dk] float32, L2-normed and scaled
+    k: jax.Array,  # [T, heads, dk] float32, L2-normed
+    v: jax.Array,  # [T, heads, dv] float32
+    g: jax.Array,  # [T, heads] the log decay (<= 0)
+    beta: jax.Array,  # [T, heads]
+    state: jax.Array,  # [S, heads, dk, dv] float32: each row's state before this step
+    meta: AttentionMetadata,
+) -> tuple[jax.Array, jax.Array]:
+    """The gated delta rule over each row's tokens in chunks of ``CHUNK`` (transformers'
+    ``torch_chunk_gated_delta_rule``; a step of fewer tokens in one chunk of them all): inside a chunk, the UT
+    transform turns its delta updates into two triangular solves and the outputs into a causal, decay-weighted
+    attention, for every chunk of every row at once; only the state's passage from chunk to chunk is stepped, all
+    rows side by side. Padded positions (zero k, v, beta and log decay) leave the state as it is. Returns
+    (``out [T, heads, dv]`` float32, the rows' new states)."""
+    num_tokens = q.shape[0]
+    chunks = row_chunks(meta, num_tokens, CHUNK)
+    q, k, v = (to_chunks(x, chunks).transpose(0, 2, 1, 3) for x in (q, k, v))  # [N, heads, C, d]
+    g, beta = (to_chunks(x, chunks).transpose(0, 2, 1) for x in (g, beta))  # [N, heads, C]
+    cum = jnp.cumsum(g, axis=-1)  # the log decay from the chunk's start to each position
+    causal = jnp.tril(jnp.ones((chunks.size, chunks.size), bool))
+    decay = jnp.exp(jnp.where(causal, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [N, heads, C, C]
+    k_beta = k * beta[..., None]
+    system = jnp.einsum("nhcd,nhed->nhce", k_beta, k, precision=HIGHEST) * decay  # strictly lower part used
+    attn = jnp.einsum("nhcd,nhed->nhce", q, k, precision=HIGHEST) * decay  # [N, heads, C, C]
+    solve = functools.partial(solve_triangular, system, lower=True, unit_diagonal=True)
+    new_values = solve(v * beta[..., None])  # [N, heads, C, dv]
+    k_cumdecay = solve(k_beta * jnp.exp(cum)[..., None])  # [N, heads, C, dk]
+    q_decayed = q * jnp.exp(cum)[..., None]
+    k_decayed = k * jnp.exp(cum[..., -1:] - cum)[..., None]  # each key's decay to the chunk's end
+    chunk_decay = jnp.exp(cum[..., -1])  # [N, heads]
+
+    def step(state: jax.Array, chunk: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        new_values, k_cumdecay, q_decayed, k_decayed, attn, chunk_decay = chunk  # each row's chunk [S, heads, ...]
+        v_new = new_values - jnp.einsum("shcd,shde->shce", k_cumdecay, state, precision=HIGHEST)
+        out = jnp.einsum("shcd,shde->shce", q_decayed, state, precision=HIGHEST)
+        out = out + jnp.einsum("shce,shef->shcf", attn, v_new, precision=HIGHEST)
+        update = jnp.einsum("shcd,shce->shde", k_decayed, v_new, precision=HIGHEST)
+        return state * chunk_decay[..., None, None] + update, out
+
+    per_chunk = (new_values, k_cumdecay, q_decayed, k_decayed, attn, chunk_decay)
+    out_like = jax.ShapeDtypeStruct(new_values.shape[1:], jnp.float32)  # [heads, C, dv]
+    out, state = scan_segments(step, state, per_chunk, out_like, chunks.first, chunks.count)
+    return from_chunks(out.transpose(0, 2, 1, 3), chunks, meta, num_tokens), state

@@ -13,9 +13,9 @@ dt_bias)`` clamped to ``time_step_limit``:
 then a gated RMSNorm (times SiLU(z), then RMS-normed over each group's channels: transformers' ``RMSNormGated``
 with ``norm_before_gate`` off, as Bamba, Granite-4.0-H and Nemotron-H have it) and ``out_proj``.
 
-Prefill runs the recurrence token by token (the rows of a step side by side): exact and simple, but a long prompt
-takes as many sequential steps as its chunk has tokens. The chunked SSD algorithm (a prompt's chunk as matmuls, the
-state carried between chunks: transformers' ``mamba2_chunk_scan``) is the GPU session's work.
+A bucket that can hold a prefill (``recurrent_state.use_chunks``) runs the chunked SSD algorithm (``ssd_chunked``:
+transformers' ``mamba2_chunk_scan``, in chunks of the config's ``mamba_chunk_size``), decode buckets the recurrence
+token by token, the rows of a step side by side (``ssd_step`` under ``scan_rows``).
 
 Tensor parallelism is refused for every hybrid model (``jllm.build``); here the heads, the groups' B and C and the
 conv's channels would each split their own way.
@@ -38,9 +38,14 @@ from jllm.models.recurrent_state import (
     DepthwiseConv1d,
     StatePool,
     StateSpec,
+    from_chunks,
     gather_states,
+    row_chunks,
     scan_rows,
+    scan_segments,
     scatter_states,
+    to_chunks,
+    use_chunks,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +67,7 @@ class Mamba2Spec:
     time_step_limit: tuple[float, float] = (0.0, math.inf)
     norm_eps: float = 1e-5  # the gated norm's
     act: str = "silu"  # after the conv (one of layers.ACTIVATIONS)
+    chunk_size: int = 256  # the chunked scan's (prefill buckets)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.n_groups:
@@ -70,6 +76,8 @@ class Mamba2Spec:
             raise ValueError(f"Mamba2 conv kernel {self.conv_kernel} is not supported (supported: 2 or more)")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"Mamba2 activation {self.act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.chunk_size < 1:
+            raise ValueError(f"Mamba2 chunk size {self.chunk_size} is not supported (supported: 1 or more)")
 
     @property
     def inner(self) -> int:
@@ -126,6 +134,58 @@ def ssd_step(
     return y, state
 
 
+HIGHEST = jax.lax.Precision.HIGHEST  # the chunks' matmuls in full float32, as the token scan's sums (no TF32)
+
+
+def ssd_chunked(
+    state: jax.Array,  # [S, heads, head_dim, state] float32: each row's state before this step
+    x: jax.Array,  # [T, heads, head_dim]
+    dt: jax.Array,  # [T, heads] after softplus and clamp, float32
+    a: jax.Array,  # [heads] float32, -exp(A_log)
+    b: jax.Array,  # [T, groups, state]
+    c: jax.Array,  # [T, groups, state]
+    d: jax.Array,  # [heads]
+    meta: AttentionMetadata,
+    size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """The SSD recurrence over each row's tokens in chunks of ``size`` (transformers' ``mamba2_chunk_scan``): each
+    chunk's own outputs as a masked, decay-weighted attention (the diagonal blocks) and its contribution to the state,
+    for every chunk of every row at once; the state stepped from chunk to chunk, all rows side by side, each chunk
+    reading the state it starts from. Padded positions (zero ``dt``) neither decay nor add to the state. Returns
+    (``y [T, heads, head_dim]`` float32, the rows' new states)."""
+    num_tokens, heads, groups = x.shape[0], x.shape[1], b.shape[1]
+    chunks = row_chunks(meta, num_tokens, size)
+    x, dt, b, c = (to_chunks(y.astype(jnp.float32), chunks) for y in (x, dt, b, c))  # [N, C, heads or groups, ...]
+    xdt, adt = x * dt[..., None], dt * a
+    cum = jnp.cumsum(adt, axis=1)  # [N, C, heads]: the log decay from the chunk's start
+    decay = jnp.exp(_segment_sum(adt.transpose(0, 2, 1)))  # [N, heads, C, C]
+    scores = jnp.einsum("nlgk,nsgk->ngls", c, b, precision=HIGHEST)  # [N, groups, C, C]: a group's heads share it
+    scores = jnp.repeat(scores, heads // groups, axis=1) * decay
+    b, c = (jnp.repeat(y, heads // groups, axis=2) for y in (b, c))  # [N, C, heads, state]
+    y_diag = jnp.einsum("nhls,nshp->nlhp", scores, xdt, precision=HIGHEST)  # [N, C, heads, head_dim]
+    to_end = jnp.exp(cum[:, -1:] - cum)  # each position's decay to the chunk's end
+    added = jnp.einsum("nlhk,nlhp->nhpk", b * to_end[..., None], xdt, precision=HIGHEST)  # [N, heads, head_dim, state]
+
+    def step(state: jax.Array, chunk: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        c, cum, added = chunk  # each row's chunk [S, ...]
+        y_off = jnp.einsum("slhk,shpk->slhp", c, state, precision=HIGHEST) * jnp.exp(cum)[..., None]
+        return state * jnp.exp(cum[:, -1])[..., None, None] + added, y_off
+
+    out_like = jax.ShapeDtypeStruct(y_diag.shape[1:], jnp.float32)
+    y_off, state = scan_segments(step, state, (c, cum, added), out_like, chunks.first, chunks.count)
+    y = y_diag + y_off + d.astype(jnp.float32)[:, None] * x
+    return from_chunks(y, chunks, meta, num_tokens), state
+
+
+def _segment_sum(x: jax.Array) -> jax.Array:
+    """``[..., C] -> [..., C, C]``: entry ``[i, j]`` the sum of ``x[j + 1 : i + 1]`` where ``i >= j``, else -inf
+    (transformers' ``segment_sum``: a masked cumulative sum, no differences of large sums)."""
+    size = x.shape[-1]
+    i, j = jnp.arange(size)[:, None], jnp.arange(size)[None, :]
+    sums = jnp.cumsum(jnp.where(i > j, x[..., :, None], 0.0), axis=-2)
+    return jnp.where(i >= j, sums, -jnp.inf)
+
+
 class Mamba2Mixer(nnx.Module):
     """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer`` (module names as
     the checkpoint's but the gated norm's, ``gated_norm`` here: a family renames its final ``norm``), with the
@@ -164,18 +224,17 @@ class Mamba2Mixer(nnx.Module):
         a = -jnp.exp(self.A_log[...])
         d = self.D[...]
 
-        def step(state: jax.Array, token: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-            xs, dt, b, c = token
-            y, state = ssd_step(state, xs, dt, a, b, c, d)
-            return state, y
+        xs = xs.reshape(t, m.num_heads, m.head_dim)
+        b, c = (y.reshape(t, m.n_groups, m.state_size) for y in (b, c))
+        if use_chunks(t, meta.query_start_loc.shape[0] - 1):
+            y, ssm_state = ssd_chunked(ssm_state, xs, dt, a, b, c, d, meta, m.chunk_size)
+        else:
 
-        per_token = (
-            xs.reshape(t, m.num_heads, m.head_dim),
-            dt,
-            b.reshape(t, m.n_groups, m.state_size),
-            c.reshape(t, m.n_groups, m.state_size),
-        )
-        out_like = jax.ShapeDtypeStruct((m.num_heads, m.head_dim), jnp.float32)
-        y, ssm_state = scan_rows(step, ssm_state, per_token, out_like, meta)  # [T, heads, head_dim] float32
+            def step(state: jax.Array, token: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+                y, state = ssd_step(state, *token[:2], a, *token[2:], d)
+                return state, y
+
+            out_like = jax.ShapeDtypeStruct((m.num_heads, m.head_dim), jnp.float32)
+            y, ssm_state = scan_rows(step, ssm_state, (xs, dt, b, c), out_like, meta)  # [T, heads, head_dim] float32
         y = self.gated_norm(y.reshape(t, inner), z)
         return self.out_proj(y.astype(x.dtype)), scatter_states(states, (conv_state, ssm_state), meta)

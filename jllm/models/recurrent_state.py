@@ -11,8 +11,11 @@ The helpers work on the step's packed tokens (``[T, ...]``, row ``s`` owning ``[
 and offset within it (``token_rows``), the rows' states gathered and scattered back (``gather_states``,
 ``scatter_states``), a causal depthwise conv1d that reads and returns each row's last ``K - 1`` inputs
 (``causal_conv1d``), and a recurrence driver (``scan_rows``) that steps every row at once over the offset within its
-row. Prefill therefore runs the recurrence token by token (vectorized over rows): correct, but slow on long prompts;
-a chunked (parallel) prefill algorithm is later GPU work.
+row: token by token, what decode steps want. A long prefill instead takes a mixer's chunked algorithm
+(``use_chunks`` decides, per bucket): each row's tokens padded to whole chunks of ``C`` (``RowChunks``: the rows'
+chunks side by side, ``to_chunks`` gathers the packed tokens into them, ``from_chunks`` reads the outputs back in
+packed order), the work inside a chunk done as matmuls for every chunk at once, and only the state's passage from one
+chunk of a row to the next stepped, all rows at once (``scan_segments`` over chunks, as ``scan_rows`` over tokens).
 
 Where this module sits: docs/architecture.md.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -150,17 +153,30 @@ def scan_rows(
     """Runs ``step(carry_rows, x_rows) -> (carry_rows, out_rows)`` over the offset within each row, all rows at
     once (each leaf ``[S, ...]``): iteration j feeds every row its j-th token; rows without one keep their carry.
     The trip count is the step's longest row (at most T; one for a decode-only step). Returns (outputs packed
-    ``[T, ...]``, the final carry). Token by token: a chunked prefill algorithm would be faster on long prompts."""
+    ``[T, ...]``, the final carry)."""
     qsl = meta.query_start_loc
-    starts, lens = qsl[:-1], qsl[1:] - qsl[:-1]
-    num_tokens = jax.tree.leaves(xs)[0].shape[0]
-    outs = jax.tree.map(lambda o: jnp.zeros((num_tokens + 1, *o.shape), o.dtype), out_like)  # row T: a dump slot
+    return scan_segments(step, carry, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1])
+
+
+def scan_segments(
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    carry: Any,  # each leaf [S, ...]: every row's state before its first item
+    xs: Any,  # each leaf [N, ...]: the items (tokens, or chunks), row s owning [starts[s], starts[s] + lens[s])
+    out_like: Any,  # each leaf [...]: the shape and dtype of one item's output
+    starts: jax.Array,  # [S] int32
+    lens: jax.Array,  # [S] int32
+) -> tuple[Any, Any]:
+    """``scan_rows`` over any contiguous segments of items, one a row: iteration j steps every row over its j-th
+    item (rows without one keep their carry), for as many iterations as the longest segment. Returns (outputs
+    ``[N, ...]``, zeros where no segment lies, and the final carry)."""
+    num_items = jax.tree.leaves(xs)[0].shape[0]
+    outs = jax.tree.map(lambda o: jnp.zeros((num_items + 1, *o.shape), o.dtype), out_like)  # row N: a dump slot
 
     def body(state: tuple[jax.Array, Any, Any]) -> tuple[jax.Array, Any, Any]:
         j, carry, outs = state
         active = j < lens  # [S]
-        idx = jnp.where(active, starts + j, num_tokens)
-        x_rows = jax.tree.map(lambda x: x[jnp.minimum(idx, num_tokens - 1)], xs)
+        idx = jnp.where(active, starts + j, num_items)
+        x_rows = jax.tree.map(lambda x: x[jnp.minimum(idx, num_items - 1)], xs)
         new_carry, out_rows = step(carry, x_rows)
 
         def keep(new: jax.Array, old: jax.Array) -> jax.Array:
@@ -171,7 +187,66 @@ def scan_rows(
         return j + 1, carry, outs
 
     _, carry, outs = jax.lax.while_loop(lambda s: s[0] < jnp.max(lens), body, (jnp.int32(0), carry, outs))
-    return jax.tree.map(lambda buf: buf[:num_tokens], outs), carry
+    return jax.tree.map(lambda buf: buf[:num_items], outs), carry
+
+
+def use_chunks(num_tokens: int, num_rows: int) -> bool:
+    """Whether a bucket of ``num_tokens`` tokens and ``num_rows`` rows runs a mixer's chunked algorithm: when it can
+    hold a prefill (more tokens than rows). Static, so each bucket compiles one path and a decode bucket (T = S) the
+    token scan alone; a ``lax.cond`` on the longest row would put a branch on a device value in every step of a
+    bucket (XLA's GPU conditional reads its predicate back to the host) and compile both paths. A mixed bucket (a
+    prefill beside decodes) pays its short rows' chunk padding (``RowChunks``)."""
+    return num_tokens > num_rows
+
+
+class RowChunks(NamedTuple):
+    """Each row's tokens of this step padded to whole chunks of ``size``, the rows' chunks side by side: row s owns
+    chunks ``[first[s], first[s] + count[s])``. ``N = R + (T - R) // size`` chunks (``R = min(S, T)``) hold any
+    step of T tokens in S rows, every row starting a chunk of its own: up to ``S * (size - 1)`` padded positions."""
+
+    token: jax.Array  # [N, size] int32: the packed token at each chunk position (clipped where padding)
+    valid: jax.Array  # [N, size] bool: a real token of the chunk's row
+    first: jax.Array  # [S] int32: each row's first chunk
+    count: jax.Array  # [S] int32: each row's chunks, ceil(its tokens / size)
+
+    @property
+    def size(self) -> int:
+        return self.token.shape[1]
+
+
+def row_chunks(meta: AttentionMetadata, num_tokens: int, size: int) -> RowChunks:
+    """The step's rows (``meta.query_start_loc``) over its ``num_tokens`` packed tokens, in chunks of ``size``, or
+    of ``num_tokens`` if fewer: a row of such a step fits one chunk either way, without the padding."""
+    size = min(size, num_tokens)
+    qsl = meta.query_start_loc
+    num_rows = qsl.shape[0] - 1
+    lens = qsl[1:] - qsl[:-1]  # [S]
+    busy = min(num_rows, num_tokens)
+    num_chunks = busy + (num_tokens - busy) // size
+    count = (lens + size - 1) // size
+    ends = jnp.cumsum(count)  # [S]
+    first = ends - count
+    n = jnp.arange(num_chunks, dtype=jnp.int32)
+    row = jnp.clip(jnp.searchsorted(ends, n, side="right"), 0, num_rows - 1)  # [N]
+    offset = (n - first[row])[:, None] * size + jnp.arange(size, dtype=jnp.int32)  # [N, size]
+    valid = (n < ends[-1])[:, None] & (offset < lens[row][:, None])
+    token = jnp.clip(qsl[row][:, None] + offset, 0, num_tokens - 1)
+    return RowChunks(token.astype(jnp.int32), valid, first.astype(jnp.int32), count.astype(jnp.int32))
+
+
+def to_chunks(x: jax.Array, chunks: RowChunks) -> jax.Array:
+    """The packed ``x [T, ...]`` as chunks ``[N, size, ...]``, zero at padded positions (so a padded position neither
+    decays nor updates a state, whatever the mixer)."""
+    y = x[chunks.token]
+    return jnp.where(chunks.valid.reshape(*chunks.valid.shape, *[1] * (x.ndim - 1)), y, jnp.zeros((), x.dtype))
+
+
+def from_chunks(y: jax.Array, chunks: RowChunks, meta: AttentionMetadata, num_tokens: int) -> jax.Array:
+    """Chunked outputs ``[N, size, ...]`` back in packed order ``[T, ...]`` (zeros for padding tokens)."""
+    row, offset, valid = token_rows(meta, num_tokens)
+    n = jnp.clip(chunks.first[row] + offset // chunks.size, 0, y.shape[0] - 1)
+    out = y[n, offset % chunks.size]
+    return jnp.where(valid.reshape(-1, *[1] * (out.ndim - 1)), out, jnp.zeros((), y.dtype))
 
 
 def state_bytes(specs: tuple[StateSpec | None, ...], num_slots: int) -> int:

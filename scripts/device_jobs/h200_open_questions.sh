@@ -63,3 +63,9 @@ step dump_attention 300 python scripts/profile_step.py --model configs/models/ll
 for b in 1 32; do
     step "replay_b$b" 300 python scripts/bench_kernels.py --replay "$QOUT/step_b$b.npz" --out "$QOUT/replay_b$b"
 done
+# The recurrent layers' chunked prefill (gated DeltaNet's chunked delta rule, Mamba2's chunked SSD) against the token
+# scan it replaces in prefill buckets: one layer of Qwen3-Next-80B-A3B and of Granite-4.0-H-Small, bf16, T = 512 and
+# 2048 over 1 and 8 rows, and 1 prefill beside 63 decodes in the default 2048 x 64 bucket (a mixed step pays its short
+# rows' chunk padding: is the chunked path still faster there?). CPU-checked only, float32: chunked within 8.6e-7 of
+# the scan (2026-12-05).
+step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recurrent_prefill.json"

@@ -37,7 +37,7 @@ REFUSED = {
 def mamba2_spec(cfg: dict[str, Any], family: str) -> Mamba2Spec:
     """The mixer's sizes from the ``mamba_*`` keys (transformers' defaults where absent; ``mamba_d_head`` "auto":
     ``mamba_expand * hidden_size`` over the heads), its gated norm's eps the model's ``rms_norm_eps``, its conv's
-    activation ``hidden_act``."""
+    activation ``hidden_act``, its prefill's chunk ``mamba_chunk_size``."""
     heads = cfg.get("mamba_n_heads", 128)
     head_dim = cfg.get("mamba_d_head", "auto")
     if head_dim == "auto":
@@ -53,6 +53,7 @@ def mamba2_spec(cfg: dict[str, Any], family: str) -> Mamba2Spec:
         time_step_limit=time_step_limit(cfg.get("time_step_limit", (0.0, math.inf)), family),
         norm_eps=cfg.get("rms_norm_eps", 1e-5),
         act=activation(cfg, "hidden_act", "silu", family),
+        chunk_size=cfg.get("mamba_chunk_size", 256),
     )
 
 
@@ -164,6 +165,7 @@ NEMOTRON_ALIASES = {
     "mamba_d_conv": "conv_kernel",
     "mamba_conv_bias": "use_conv_bias",
     "mamba_dt_limit": "time_step_limit",
+    "mamba_chunk_size": "chunk_size",
 }
 
 
@@ -197,6 +199,7 @@ def nemotron_h(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mamba_conv_bias=cfg.get("use_conv_bias", True),
         mamba_proj_bias=cfg.get("use_bias", False),  # the mixer's projections read use_bias, not mamba_proj_bias
         hidden_act=cfg.get("mamba_hidden_act", "silu"),
+        mamba_chunk_size=cfg.get("chunk_size", 128),
     )
     rename = (
         ("embed_tokens", "embeddings"),

@@ -1,0 +1,152 @@
+"""The recurrent mixers' chunked prefill algorithms (gated DeltaNet's chunked delta rule, Mamba2's chunked SSD) in
+float32 on random inputs: against the token-by-token recurrence on rows of 1, 63, 64, 65 and 200 tokens packed in one
+step (some fresh, some continuing from a random state, beside a padding row), and against transformers' chunked torch
+functions on one row."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from model_utils import relative_error
+
+from jllm.attention import AttentionMetadata
+from jllm.models.gated_deltanet import _delta_step, _l2_normed, chunked_delta_rule
+from jllm.models.mamba2 import ssd_chunked, ssd_step
+from jllm.models.recurrent_state import scan_rows
+
+# rows around a 64-token chunk's edges and past three chunks, then a padding row; rows 1 and 3 continue a state
+LENS, CONTINUES, NUM_TOKENS = [1, 63, 64, 65, 200, 0], [False, True, False, True, False, False], 400
+CHUNKED_RTOL = 1e-5  # measured, float32 on the CPU: at most 8.6e-7 (delta rule), 3.7e-7 (SSD), per row and output
+HEADS, DK, DV = 4, 16, 8  # the delta rule's; Mamba2's heads of DV channels, 2 groups of B and C with a state of DK
+
+
+def packed_meta(lens: list[int], continues: list[bool], num_tokens: int) -> AttentionMetadata:
+    """A step of ``lens`` tokens per row, a continuing row with 7 tokens computed before."""
+    return AttentionMetadata(
+        slot_mapping=jnp.zeros(num_tokens, jnp.int32),
+        query_start_loc=jnp.asarray(np.cumsum([0, *lens]), jnp.int32),
+        kv_lens=jnp.asarray([n + 7 * c for n, c in zip(lens, continues, strict=True)], jnp.int32),
+        block_tables=jnp.zeros((len(lens), 1), jnp.int32),
+        state_slots=jnp.arange(len(lens), dtype=jnp.int32),
+    )
+
+
+def initial_states(rng: np.random.Generator, shape: tuple[int, ...], continues: list[bool]) -> jax.Array:
+    """Random states for continuing rows, zeros for fresh ones (as ``gather_states`` gives them)."""
+    states = rng.standard_normal((len(continues), *shape)) * np.reshape(continues, (-1, *[1] * len(shape)))
+    return jnp.asarray(states, jnp.float32)
+
+
+def assert_rows_match(got: tuple[jax.Array, jax.Array], want: tuple[jax.Array, jax.Array]) -> None:
+    """Each row's outputs and final state within ``CHUNKED_RTOL``; padding tokens' outputs zero, as the scan's."""
+    qsl = np.cumsum([0, *LENS])
+    (out, state), (want_out, want_state) = (tuple(map(np.asarray, pair)) for pair in (got, want))
+    for s, n in enumerate(LENS):
+        if n:
+            assert relative_error(out[qsl[s] : qsl[s + 1]], want_out[qsl[s] : qsl[s + 1]]) < CHUNKED_RTOL, n
+            assert relative_error(state[s], want_state[s]) < CHUNKED_RTOL, n
+        else:  # the padding row keeps its state
+            np.testing.assert_array_equal(state[s], want_state[s])
+    assert not out[qsl[-1] :].any()
+
+
+def delta_inputs(rng: np.random.Generator, num_tokens: int) -> tuple[jax.Array, ...]:
+    """q (L2-normed, scaled), k (L2-normed), v, the log decay and beta ``[T, heads, ...]``, as the layer feeds them."""
+    q, k = (_l2_normed(jnp.asarray(rng.standard_normal((num_tokens, HEADS, DK)), jnp.float32)) for _ in range(2))
+    v = rng.standard_normal((num_tokens, HEADS, DV))
+    log_decay = -np.exp(rng.standard_normal(HEADS)) * np.logaddexp(0, rng.standard_normal((num_tokens, HEADS)))
+    beta = 1 / (1 + np.exp(-rng.standard_normal((num_tokens, HEADS))))
+    return q * DK**-0.5, k, *(jnp.asarray(x, jnp.float32) for x in (v, log_decay, beta))
+
+
+def ssd_inputs(rng: np.random.Generator, num_tokens: int) -> tuple[jax.Array, ...]:
+    """x ``[T, heads, DV]``, dt (softplus) ``[T, heads]``, A ``[heads]``, B and C ``[T, 2, DK]``, D ``[heads]``."""
+    x = rng.standard_normal((num_tokens, HEADS, DV))
+    dt = 0.3 * np.logaddexp(0, rng.standard_normal((num_tokens, HEADS)))
+    a = -np.exp(rng.standard_normal(HEADS))
+    b, c = (rng.standard_normal((num_tokens, 2, DK)) for _ in range(2))
+    return tuple(jnp.asarray(y, jnp.float32) for y in (x, dt, a, b, c, rng.standard_normal(HEADS)))
+
+
+def test_chunked_delta_rule_matches_the_token_scan_on_packed_rows() -> None:
+    rng = np.random.default_rng(0)
+    meta = packed_meta(LENS, CONTINUES, NUM_TOKENS)
+    q, k, v, log_decay, beta = delta_inputs(rng, NUM_TOKENS)
+    state = initial_states(rng, (HEADS, DK, DV), CONTINUES)
+    got = jax.jit(chunked_delta_rule)(q, k, v, log_decay, beta, state, meta)
+    out_like = jax.ShapeDtypeStruct((HEADS, DV), jnp.float32)
+    scan = jax.jit(lambda state, *xs: scan_rows(_delta_step, state, xs, out_like, meta))
+    assert_rows_match(got, scan(state, q, k, v, jnp.exp(log_decay), beta))
+
+
+def test_chunked_ssd_matches_the_token_scan_on_packed_rows() -> None:
+    rng = np.random.default_rng(1)
+    meta = packed_meta(LENS, CONTINUES, NUM_TOKENS)
+    x, dt, a, b, c, d = ssd_inputs(rng, NUM_TOKENS)
+    state = initial_states(rng, (HEADS, DV, DK), CONTINUES)
+    got = jax.jit(functools.partial(ssd_chunked, meta=meta, size=64))(state, x, dt, a, b, c, d)
+
+    def step(state: jax.Array, token: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        x, dt, b, c = token
+        y, state = ssd_step(state, x, dt, a, b, c, d)
+        return state, y
+
+    out_like = jax.ShapeDtypeStruct((HEADS, DV), jnp.float32)
+    want = jax.jit(lambda state, *xs: scan_rows(step, state, xs, out_like, meta))(state, x, dt, b, c)
+    assert_rows_match(got, want)
+
+
+@pytest.mark.slow  # transformers' modeling imported
+def test_chunked_delta_rule_matches_transformers_chunked_torch_function() -> None:
+    """One row of 150 tokens (three chunks, the last partial) from a random state: transformers'
+    ``torch_chunk_gated_delta_rule`` (its own L2 norm and scaling) gives the same outputs and final state."""
+    import torch
+    from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
+
+    rng = np.random.default_rng(2)
+    n = 150
+    q, k = (rng.standard_normal((n, HEADS, DK)).astype(np.float32) for _ in range(2))
+    _, _, v, log_decay, beta = delta_inputs(rng, n)
+    state = initial_states(rng, (HEADS, DK, DV), [True])
+    meta = packed_meta([n], [True], n)
+    normed_q, normed_k = _l2_normed(jnp.asarray(q)) * DK**-0.5, _l2_normed(jnp.asarray(k))
+    got = jax.jit(chunked_delta_rule)(normed_q, normed_k, v, log_decay, beta, state, meta)
+    torch_in = [torch.from_numpy(np.array(y))[None] for y in (q, k, v, log_decay, beta)]
+    want_out, want_state = torch_chunk_gated_delta_rule(
+        *torch_in,
+        chunk_size=64,
+        initial_state=torch.from_numpy(np.array(state)),
+        output_final_state=True,
+        use_qk_l2norm_in_kernel=True,
+    )
+    assert relative_error(np.asarray(got[0]), want_out[0].numpy()) < CHUNKED_RTOL
+    assert relative_error(np.asarray(got[1])[0], want_state[0].numpy()) < CHUNKED_RTOL
+
+
+@pytest.mark.slow  # transformers' modeling imported
+def test_chunked_ssd_matches_transformers_chunk_scan() -> None:
+    """One row of 100 tokens in chunks of 32 (the last partial) from a random state: transformers'
+    ``mamba2_chunk_scan`` gives the same outputs and final state."""
+    import torch
+    from transformers.models.bamba.modeling_bamba import mamba2_chunk_scan
+
+    rng = np.random.default_rng(3)
+    n = 100
+    x, dt, a, b, c, d = ssd_inputs(rng, n)
+    state = initial_states(rng, (HEADS, DV, DK), [True])
+    got = jax.jit(functools.partial(ssd_chunked, meta=packed_meta([n], [True], n), size=32))(state, x, dt, a, b, c, d)
+    want_out, want_state = mamba2_chunk_scan(
+        *(torch.from_numpy(np.array(y))[None] for y in (x, dt)),
+        torch.from_numpy(np.array(a)),
+        *(torch.from_numpy(np.array(y))[None] for y in (b, c)),
+        chunk_size=32,
+        D=torch.from_numpy(np.array(d)),
+        initial_states=torch.from_numpy(np.array(state)),
+        return_final_states=True,
+    )
+    assert relative_error(np.asarray(got[0]), want_out[0].numpy()) < CHUNKED_RTOL
+    assert relative_error(np.asarray(got[1])[0], want_state[0].numpy()) < CHUNKED_RTOL
