@@ -14,7 +14,8 @@ then a gated RMSNorm (times SiLU(z), then RMS-normed over each group's channels:
 with ``norm_before_gate`` off, as Bamba, Granite-4.0-H and Nemotron-H have it) and ``out_proj``.
 
 A bucket that can hold a prefill (``recurrent_state.use_chunks``) runs the chunked SSD algorithm (``ssd_chunked``:
-transformers' ``mamba2_chunk_scan``, in chunks of the config's ``mamba_chunk_size``), decode buckets the recurrence
+transformers' ``mamba2_chunk_scan``, in chunks of the config's ``mamba_chunk_size`` or ``MAX_CHUNK`` if smaller),
+decode buckets the recurrence
 token by token, the rows of a step side by side (``ssd_step`` under ``scan_rows``).
 
 Tensor parallelism is refused for every hybrid model (``jllm.build``); here the heads, the groups' B and C and the
@@ -51,6 +52,13 @@ from jllm.models.recurrent_state import (
 if TYPE_CHECKING:
     from jllm.attention import AttentionMetadata
     from jllm.models.model_args import LayerSpec, ModelArgs
+
+
+# The SSD is exact for any chunk size, but in a bucket that mixes one prefill with many decodes every short row fills
+# a whole chunk: [chunks, heads, C, C] intermediates grow as (T / C + S) x C^2. Granite-4.0-H's 256 in the 2048 x 64
+# bucket meant ~18k padded positions and ~2.4 GB float32 tensors per layer; 64 (the delta rule's chunk) is 12x less.
+# Unmeasured on a GPU (scripts/bench_recurrent.py times the layer).
+MAX_CHUNK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +235,7 @@ class Mamba2Mixer(nnx.Module):
         xs = xs.reshape(t, m.num_heads, m.head_dim)
         b, c = (y.reshape(t, m.n_groups, m.state_size) for y in (b, c))
         if use_chunks(t, meta.query_start_loc.shape[0] - 1):
-            y, ssm_state = ssd_chunked(ssm_state, xs, dt, a, b, c, d, meta, m.chunk_size)
+            y, ssm_state = ssd_chunked(ssm_state, xs, dt, a, b, c, d, meta, min(m.chunk_size, MAX_CHUNK))
         else:
 
             def step(state: jax.Array, token: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
