@@ -28,6 +28,7 @@ from model_utils import (
     TINY_CONFIG,
     hf_logits,
     hf_model,
+    jllm_chunked_logits,
     jllm_logits,
     relative_error,
     run_tp_worker,
@@ -80,6 +81,8 @@ DELTANET_KEYS = dict(
 # What a Mamba2 hybrid's config.json holds besides TINY_CONFIG (Bamba, Granite-4.0-H): 8 heads of 16 channels
 # (expand 2), B and C in 2 groups, a state of 16, conv kernel 4
 MAMBA2_KEYS = dict(mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2)
+# What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
+LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 # What a DeepSeek config.json must hold besides TINY_CONFIG
 DEEPSEEK_KEYS = dict(
@@ -941,6 +944,23 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # LFM2's short-conv layers 0 and 2 (B * x through a conv of kernel 3 with biases), attention 1 and 3; LFM2-MoE's
+    # first layer dense, then a mixture under its biased sigmoid router
+    "lfm2": ("Lfm2ForCausalLM", None, dict(LFM2_KEYS, conv_bias=True, tie_word_embeddings=False), []),
+    "lfm2_moe": (
+        "Lfm2MoeForCausalLM",
+        None,
+        dict(
+            LFM2_KEYS,
+            num_dense_layers=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            routed_scaling_factor=1.5,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
     # Nemotron-H's blocks each one kind: Mamba2, squared-ReLU MLP, attention (no rotary), MLP, Mamba2 (the
     # pattern's length the layer count), biased mixer projections (its use_bias)
     "nemotron_h": (
@@ -995,6 +1015,7 @@ MIXTURES = (
     "jetmoe",
     "qwen3_next",
     "qwen3_5_moe",
+    "lfm2_moe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1180,6 +1201,22 @@ def test_logits_match_transformers(family_dirs, name):
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
     got, pruned = got[:, : expected.shape[1]], got[:, expected.shape[1] :]  # ids past a pruned LM head (Apertus 1.5)
     assert np.all(pruned == -np.inf), "ids past a pruned LM head must never be produced"
+    assert relative_error(got, expected) < (HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL)
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+# The hybrids whose recurrent layers' state must carry a prompt from one chunk to the next (Qwen3-Next's is
+# tests/test_hybrid.py's): their 70-token prompt prefilled 32 tokens a step
+CHUNKED_HYBRIDS = ["lfm2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CHUNKED_HYBRIDS)
+def test_hybrid_logits_prefilled_in_chunks_match_transformers(family_dirs, name):
+    model_dir = family_dirs[name]
+    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_chunked_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, chunk=32)
     assert relative_error(got, expected) < (HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL)
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
@@ -1420,6 +1457,7 @@ LOGITS_ONLY |= {"granite_moe_hybrid"}  # Granite MoE Shared's layers (their gree
 # Qwen3-Next's greedy batch (chunked prefill beside decodes, preemption, n > 1) is tests/test_hybrid.py's; Qwen3.5's
 # mixer and mixture are Qwen3-Next's, their projections laid out their own way
 LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
+LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1524,6 +1562,12 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "BambaForCausalLM",
             {**MAMBA2_KEYS, "attn_layer_indices": [1], "time_step_limit": [0.0]},
             r"Bamba time_step_limit=\[0.0\] is not supported.*two numbers",
+        ),
+        ("Lfm2ForCausalLM", {"layer_types": ["conv", "conv"]}, "LFM2 with no attention layer .* is not supported"),
+        (
+            "Lfm2MoeForCausalLM",
+            {"num_experts": 4, "num_experts_per_tok": 2, "use_expert_bias": False},
+            "LFM2-MoE use_expert_bias=False is not supported",
         ),
         (
             "BloomForCausalLM",

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from jllm.models.families.common import activation, base_args, read_rope
+from jllm.models.families.common import activation, base_args, check_attends, read_rope
 from jllm.models.families.llama import granite
 from jllm.models.families.mixtures import granite_moe_shared
 from jllm.models.mamba2 import Mamba2Spec
@@ -82,18 +82,8 @@ def mixer_kinds(types: list[str], num_layers: int, family: str) -> list[str]:
 def _layers(kinds: list[str], rope: Any, family: str) -> tuple[LayerSpec, ...]:
     """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's)."""
     layers = tuple(LayerSpec(rope if kind == "attention" else None, mixer=kind) for kind in kinds)
-    _check_attends(layers, family)
+    check_attends(layers, family)
     return layers
-
-
-def _check_attends(layers: tuple[LayerSpec, ...], family: str) -> None:
-    """Refuses a model with no attention layer: its KV pool, sized in pages of attention layers, would be empty."""
-    if all(spec.mixer != "attention" for spec in layers):
-        kinds = [spec.mixer for spec in layers]
-        raise ValueError(
-            f"{family} with no attention layer (layers {kinds}) is not supported: the KV pool is sized in pages of "
-            "attention layers (at least one is needed)"
-        )
 
 
 def bamba(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -183,7 +173,7 @@ def nemotron_h(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
                 "blocks' squared-ReLU experts have no jllm form yet)"
             )
     layers = tuple(NEMOTRON_BLOCKS[kind] for kind in kinds)
-    _check_attends(layers, "Nemotron-H")
+    check_attends(layers, "Nemotron-H")
     if cfg.get("sliding_window") is not None:
         raise ValueError(f"Nemotron-H sliding_window={cfg['sliding_window']} is not supported (supported: null)")
     defaults = {"head_dim": 128, "num_key_value_heads": 8, "intermediate_size": 21504, "max_position_embeddings": 4096}
