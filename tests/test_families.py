@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from model_utils import (
     TINY_CONFIG,
     hf_logits,
@@ -944,6 +945,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # OLMo-Hybrid: gated DeltaNet layers 0 and 2 (pre-normed, beta doubled), OLMo 3's output-normed attention 1 and 3
+    "olmo_hybrid": ("OlmoHybridForCausalLM", None, DELTANET_KEYS, []),
     # LFM2's short-conv layers 0 and 2 (B * x through a conv of kernel 3 with biases), attention 1 and 3; LFM2-MoE's
     # first layer dense, then a mixture under its biased sigmoid router
     "lfm2": ("Lfm2ForCausalLM", None, dict(LFM2_KEYS, conv_bias=True, tie_word_embeddings=False), []),
@@ -1207,7 +1210,7 @@ def test_logits_match_transformers(family_dirs, name):
 
 # The hybrids whose recurrent layers' state must carry a prompt from one chunk to the next (Qwen3-Next's is
 # tests/test_hybrid.py's): their 70-token prompt prefilled 32 tokens a step
-CHUNKED_HYBRIDS = ["lfm2"]
+CHUNKED_HYBRIDS = ["lfm2", "olmo_hybrid"]
 
 
 @pytest.mark.slow
@@ -1278,6 +1281,39 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     ids = PROMPTS[2]
     expected = jllm_logits(load_model(saved, mesh=make_mesh(1), dtype="float32"), ids)
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
+
+
+@pytest.mark.slow
+def test_olmo_hybrid_saved_with_in_memory_names_loads_the_same(family_dirs, tmp_path):
+    """transformers saves OLMo-Hybrid as released (``attention_layer_norm``, ``feedforward_layer_norm``, the convs of
+    q, k and v apart) and renames on load; its in-memory names (``input_layernorm``, ``post_attention_layernorm``,
+    one ``conv1d``), which other tools save, read alike."""
+    from safetensors.numpy import load_file, save_file
+
+    saved = family_dirs["olmo_hybrid"]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(saved, renamed)
+    tensors = {}
+    for shard in sorted(renamed.glob("*.safetensors")):
+        tensors |= load_file(shard)
+        shard.unlink()
+    (renamed / "model.safetensors.index.json").unlink()
+    moved = {}
+    for name, value in tensors.items():
+        name = name.replace("attention_layer_norm", "input_layernorm")
+        moved[name.replace("feedforward_layer_norm", "post_attention_layernorm")] = value
+    for conv in [name for name in moved if name.endswith("q_conv1d.weight")]:
+        parts = [moved.pop(conv.replace("q_conv1d", f"{p}_conv1d")) for p in "qkv"]
+        moved[conv.replace("q_conv1d", "conv1d")] = np.concatenate(parts)
+    assert (
+        "model.layers.1.post_attention_layernorm.weight" in moved
+        and "model.layers.0.linear_attn.conv1d.weight" in moved
+    )
+    save_file(moved, renamed / "model.safetensors")
+    expected, got = (jax.tree.leaves(nnx.state(load_model(d, mesh=make_mesh(1)).model)) for d in (saved, renamed))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
@@ -1457,6 +1493,8 @@ LOGITS_ONLY |= {"granite_moe_hybrid"}  # Granite MoE Shared's layers (their gree
 # Qwen3-Next's greedy batch (chunked prefill beside decodes, preemption, n > 1) is tests/test_hybrid.py's; Qwen3.5's
 # mixer and mixture are Qwen3-Next's, their projections laid out their own way
 LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
+# OLMo-Hybrid: Qwen3.5's mixer (beta doubled) and OLMo 3's attention, its layers' two norm layouts on its logits row
+LOGITS_ONLY |= {"olmo_hybrid"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]

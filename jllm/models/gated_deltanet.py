@@ -48,7 +48,9 @@ L2_NORM_EPS = 1e-6  # transformers' l2norm (FLA's), fixed
 class DeltaNetSpec:
     """The gated DeltaNet layers' widths (transformers' ``linear_*`` config keys) and projection layout:
     ``fused_qkvz`` Qwen3-Next's ``in_proj_qkvz`` / ``in_proj_ba``, grouped per key head; else Qwen3.5's
-    ``in_proj_qkv`` / ``in_proj_z`` / ``in_proj_b`` / ``in_proj_a``."""
+    ``in_proj_qkv`` / ``in_proj_z`` / ``in_proj_b`` / ``in_proj_a``. ``beta_scale``: beta times this (OLMo-Hybrid's
+    ``linear_allow_neg_eigval``: 2, so beta spans [0, 2]); ``norm_eps``: the gated norm's eps where it is not the
+    model's (OLMo-Hybrid's 1e-5)."""
 
     num_k_heads: int
     num_v_heads: int
@@ -56,6 +58,8 @@ class DeltaNetSpec:
     head_v_dim: int
     conv_kernel: int
     fused_qkvz: bool
+    beta_scale: float = 1.0
+    norm_eps: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_v_heads % self.num_k_heads:
@@ -93,7 +97,7 @@ class GatedDeltaNet(nnx.Module):
         self.conv1d = DepthwiseConv1d(s.conv_dim, s.conv_kernel, dt)
         self.A_log = param((nv,), jnp.float32, (None,))
         self.dt_bias = param((nv,), jnp.float32, (None,))
-        self.norm = RMSNorm(dv, args.norm_eps, dt)
+        self.norm = RMSNorm(dv, s.norm_eps or args.norm_eps, dt)
         self.out_proj = Linear(nv * dv, d, (None, "embed"), dt)
         self.spec = s
 
@@ -118,7 +122,7 @@ class GatedDeltaNet(nnx.Module):
         v = mixed[:, 2 * nk * dk :].reshape(t, nv, dv)
         q, k = (jnp.repeat(_l2_normed(y), nv // nk, axis=1) for y in (q, k))  # [T, v_heads, dk]
         q = q * dk**-0.5
-        beta = jax.nn.sigmoid(b.astype(jnp.float32))  # [T, v_heads]
+        beta = jax.nn.sigmoid(b.astype(jnp.float32)) * s.beta_scale  # [T, v_heads]
         decay = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])
         out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
         core, recurrent = scan_rows(_delta_step, recurrent, (q, k, v, jnp.exp(decay), beta), out_like, meta)

@@ -108,11 +108,17 @@ class LayerSpec:
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
     mixer: str = "attention"  # one of MIXERS: a hybrid model's recurrent layers name theirs
+    # this layer's own norm layout where it is not the model's (``pre_norms`` / ``sandwich_norms``): "pre" norms on the
+    # blocks' inputs only (Llama's), "post" on their outputs only (OLMo 2's); OLMo-Hybrid's recurrent layers are
+    # pre-normed beside its output-normed attention layers
+    norms: str | None = None
     mlp: bool = True  # False: the token mixer alone, no MLP after it (Nemotron-H's blocks)
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer {self.mixer!r} is not one of {', '.join(MIXERS)}")
+        if self.norms not in (None, "pre", "post"):
+            raise ValueError(f"norms {self.norms!r} is not one of 'pre', 'post' (or None: the model's)")
         if self.mixer == "none" and not self.mlp:
             raise ValueError("a layer with mixer 'none' needs its MLP (mlp=True): it would do nothing")
 
