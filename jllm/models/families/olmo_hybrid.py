@@ -2,7 +2,7 @@
 mixer with beta doubled where ``linear_allow_neg_eigval`` and its gated norm's eps 1e-5) beside OLMo 3's attention
 layers (q/k RMSNorms over all heads, norms on the blocks' outputs only), by ``layer_types``; the DeltaNet layers'
 norms are on the blocks' inputs (``LayerSpec.norms`` "pre"). Its checkpoint keeps q, k, v and their convs apart,
-which ``reader`` reads into the mixer's fused ``in_proj_qkv`` and ``conv1d``.
+which ``reader`` reads into the mixer's fused ``in_proj_qkv`` and ``conv1d`` (``stored_apart``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from jllm.models.families.common import FULL, activation, base_args, check_attends, read_rope
+from jllm.models.families.stored_apart import read_qkv_apart, read_renamed
 from jllm.models.gated_deltanet import DeltaNetSpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
-from jllm.safetensors_index import hf_names
 
 LINEAR = "linear_attention"
 RENAME = (
@@ -29,11 +27,13 @@ RENAME = (
     ("attn_out_norm", "post_attention_layernorm"),
     ("mlp_out_norm", "post_feedforward_layernorm"),
 )
-# transformers' in-memory norm names -> the stored ones its conversion renames on load (and save_pretrained writes:
-# the attention layers' output norm too, as ``feedforward_layer_norm``); either is read
-STORED_NORMS = (("input_layernorm", "attention_layer_norm"), ("post_attention_layernorm", "feedforward_layer_norm"))
-# our fused parameters -> the three stored tensors they are read from, in order, and whether each is a torch Linear's
-FUSED = {"in_proj_qkv": (("q_proj", "k_proj", "v_proj"), True), "conv1d": (("q_conv1d", "k_conv1d", "v_conv1d"), False)}
+# our norms -> the names transformers' conversion renames on load and save_pretrained writes (the attention layers'
+# output norm too, as ``feedforward_layer_norm``); read where the in-memory names (``RENAME``'s) are absent
+STORED_NORMS = (
+    ("input_layernorm", "attention_layer_norm"),
+    ("post_attention_layernorm", "feedforward_layer_norm"),
+    ("attn_out_norm", "feedforward_layer_norm"),
+)
 
 
 def olmo_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -86,30 +86,6 @@ def olmo_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def reader(index: Any, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> Any:
-    """A parameter the checkpoint stores its own way: the DeltaNet's ``in_proj_qkv`` (kernel ``[hidden, conv_dim]``)
-    and ``conv1d`` (``[conv_dim, 1, K]``) from q, k and v's tensors, concatenated; a norm under its stored name
-    (``STORED_NORMS``) where the in-memory one is absent. None: read as named."""
-    name = hf_names(path, index.weights)[0][0]
-    module = str(path[-2])
-    if module in FUSED and name not in index.tensors:
-        parts, linear = FUSED[module]
-        names = [name.replace(f".{module}.", f".{part}.") for part in parts]
-        axis = -1 if linear else 0  # our kernel's output axis; a conv weight's channels
-        sizes = [index.tensors[n].slice().get_shape()[0] for n in names]  # each part's rows, as stored
-        readers = [
-            index.slice_reader(n, (*shape[:-1], size) if linear else (size, *shape[1:]), linear, dtype)
-            for n, size in zip(names, sizes, strict=True)
-        ]
-
-        def read(where: tuple[slice, ...]) -> np.ndarray:
-            whole = tuple(slice(None) for _ in shape)
-            return np.concatenate([r(whole) for r in readers], axis=axis)[where]
-
-        return read
-    if name in index.tensors:
-        return None
-    for ours, stored in STORED_NORMS:
-        alias = name.replace(f".{ours}.", f".{stored}.")
-        if alias != name and alias in index.tensors:
-            return index.slice_reader(alias, shape, False, dtype)
-    return None
+    """The DeltaNet's q, k and v (and their convs) read fused; the norms under either of transformers' names. None:
+    read as named."""
+    return read_qkv_apart(index, path, shape, dtype) or read_renamed(index, path, shape, dtype, STORED_NORMS)
