@@ -947,6 +947,27 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
     # OLMo-Hybrid: gated DeltaNet layers 0 and 2 (pre-normed, beta doubled), OLMo 3's output-normed attention 1 and 3
     "olmo_hybrid": ("OlmoHybridForCausalLM", None, DELTANET_KEYS, []),
+    # Kimi Linear: Kimi Delta Attention layers 0 and 2 (4 heads of 16, a decay per key channel), NoPE latent
+    # attention 1 and 3; a dense first layer, then V3's mixture (4 groups of 2 experts, the best 2 groups) with a
+    # shared expert
+    "kimi_linear": (
+        "KimiLinearForCausalLM",
+        None,
+        dict(
+            DEEPSEEK_KEYS,
+            head_dim=None,
+            num_key_value_heads=None,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            mlp_layer_types=["dense", "sparse", "sparse", "sparse"],
+            num_experts=8,  # KimiLinearConfig's name (n_routed_experts is not read)
+            n_group=4,
+            topk_group=2,
+            linear_num_heads=4,
+            linear_head_dim=16,
+        ),
+        [],
+    ),
     # LFM2's short-conv layers 0 and 2 (B * x through a conv of kernel 3 with biases), attention 1 and 3; LFM2-MoE's
     # first layer dense, then a mixture under its biased sigmoid router
     "lfm2": ("Lfm2ForCausalLM", None, dict(LFM2_KEYS, conv_bias=True, tie_word_embeddings=False), []),
@@ -1019,6 +1040,7 @@ MIXTURES = (
     "qwen3_next",
     "qwen3_5_moe",
     "lfm2_moe",
+    "kimi_linear",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1210,7 +1232,7 @@ def test_logits_match_transformers(family_dirs, name):
 
 # The hybrids whose recurrent layers' state must carry a prompt from one chunk to the next (Qwen3-Next's is
 # tests/test_hybrid.py's): their 70-token prompt prefilled 32 tokens a step
-CHUNKED_HYBRIDS = ["lfm2", "olmo_hybrid"]
+CHUNKED_HYBRIDS = ["lfm2", "olmo_hybrid", "kimi_linear"]
 
 
 @pytest.mark.slow
@@ -1495,6 +1517,9 @@ LOGITS_ONLY |= {"granite_moe_hybrid"}  # Granite MoE Shared's layers (their gree
 LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
 # OLMo-Hybrid: Qwen3.5's mixer (beta doubled) and OLMo 3's attention, its layers' two norm layouts on its logits row
 LOGITS_ONLY |= {"olmo_hybrid"}
+# Kimi Linear: its KDA state carried across steps is its chunked-prefill row's, the engine's hybrid paths LFM2's and
+# Qwen3-Next's greedy rows
+LOGITS_ONLY |= {"kimi_linear"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
@@ -1602,6 +1627,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             r"Bamba time_step_limit=\[0.0\] is not supported.*two numbers",
         ),
         ("Lfm2ForCausalLM", {"layer_types": ["conv", "conv"]}, "LFM2 with no attention layer .* is not supported"),
+        ("OlmoHybridForCausalLM", {"attention_bias": True}, "OLMo-Hybrid attention_bias=True is not supported"),
+        ("KimiLinearForCausalLM", {"hidden_act": "gelu"}, "Kimi Linear hidden_act='gelu' is not supported.*'silu'"),
         (
             "Lfm2MoeForCausalLM",
             {"num_experts": 4, "num_experts_per_tok": 2, "use_expert_bias": False},
