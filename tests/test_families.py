@@ -968,6 +968,28 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Nemotron 3: Nemotron-H's blocks with mixture ones (E): 8 squared-ReLU experts in 4 groups (the best 2) under V3's
+    # biased sigmoid router, beside a squared-ReLU shared expert; the MLP block (-) dense
+    "nemotron_h_moe": (
+        "NemotronHForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=None,
+            hybrid_override_pattern="ME*-E",
+            mamba_num_heads=8,
+            mamba_head_dim=16,
+            n_groups=2,
+            ssm_state_size=16,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            moe_shared_expert_intermediate_size=48,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+        ),
+        [],
+    ),
     # LFM2's short-conv layers 0 and 2 (B * x through a conv of kernel 3 with biases), attention 1 and 3; LFM2-MoE's
     # first layer dense, then a mixture under its biased sigmoid router
     "lfm2": ("Lfm2ForCausalLM", None, dict(LFM2_KEYS, conv_bias=True, tie_word_embeddings=False), []),
@@ -1041,6 +1063,7 @@ MIXTURES = (
     "qwen3_5_moe",
     "lfm2_moe",
     "kimi_linear",
+    "nemotron_h_moe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1387,6 +1410,32 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing, gpt_
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 
 
+def test_plain_experts_equal_a_loop_over_tokens():
+    """Nemotron 3's experts and shared expert, not gated (``down(relu(up(x))^2)``), under the softmax top-2: the
+    grouped matmul against each token's own experts, one at a time."""
+    dim, hidden, experts, t = 16, 24, 6, 40
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32, act="relu2", shared_hidden=20, shared_gated=False, gated=False)
+    rng = np.random.default_rng(4)
+    router = rng.normal(size=(dim, experts)).astype(np.float32)
+    up, down = rng.normal(size=(experts, dim, hidden)) / 4, rng.normal(size=(experts, hidden, dim)) / 4
+    shared_up, shared_down = rng.normal(size=(dim, 20)) / 4, rng.normal(size=(20, dim)) / 4
+    moe.gate.kernel.set_value(router)
+    moe.experts.up_proj.kernel.set_value(up.astype(np.float32))
+    moe.experts.down_proj.kernel.set_value(down.astype(np.float32))
+    moe.shared_expert.up_proj.kernel.set_value(shared_up.astype(np.float32))
+    moe.shared_expert.down_proj.kernel.set_value(shared_down.astype(np.float32))
+    x = rng.normal(size=(t, dim)).astype(np.float32)
+
+    expected = np.maximum(x @ shared_up, 0) ** 2 @ shared_down
+    for i in range(t):
+        logits = x[i] @ router
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        top = np.argsort(-probs)[:2]
+        for e, w in zip(top, probs[top] / probs[top].sum(), strict=True):
+            expected[i] += w * (np.maximum(x[i] @ up[e], 0) ** 2 @ down[e])
+    assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
+
+
 @pytest.mark.slow  # importing torch and transformers' modeling costs ~5 s of CPU
 @pytest.mark.parametrize(
     "model_type, settings, routing",
@@ -1517,9 +1566,9 @@ LOGITS_ONLY |= {"granite_moe_hybrid"}  # Granite MoE Shared's layers (their gree
 LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
 # OLMo-Hybrid: Qwen3.5's mixer (beta doubled) and OLMo 3's attention, its layers' two norm layouts on its logits row
 LOGITS_ONLY |= {"olmo_hybrid"}
-# Kimi Linear: its KDA state carried across steps is its chunked-prefill row's, the engine's hybrid paths LFM2's and
-# Qwen3-Next's greedy rows
-LOGITS_ONLY |= {"kimi_linear"}
+# Kimi Linear (its KDA state across steps is its chunked-prefill row's) and Nemotron 3 (its plain experts checked
+# against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
+LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
@@ -1596,7 +1645,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
-        ("NemotronHForCausalLM", {"hybrid_override_pattern": "M*E"}, "Nemotron-H block 'moe' is not supported"),
+        (
+            "NemotronHForCausalLM",
+            {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},
+            "Nemotron-H moe_latent_size=16 is not supported",
+        ),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M-*", "sliding_window": 8},

@@ -159,7 +159,7 @@ class ModelArgs:
     o_bias: bool = False
     mlp_bias: bool = False
     mlp_act: str = "silu"
-    mlp_gated: bool = True  # False: GPT-NeoX / Falcon's plain down(act(up(x)))
+    mlp_gated: bool = True  # False: GPT-NeoX / Falcon's plain down(act(up(x))) (Nemotron 3's experts too)
     # attention and MLP both read the layer's input and add to it together (GPT-NeoX, Falcon)
     parallel_residual: bool = False
     shared_input_norm: bool = False  # with parallel_residual, the MLP reads the attention's input norm (Falcon-7B)
@@ -284,6 +284,7 @@ class ModelArgs:
                 out_bias=self.moe_out_bias,
                 shared_mean=self.shared_expert_mean,
                 router_float32=self.router_float32,
+                gated=self.mlp_gated,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
