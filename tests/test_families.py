@@ -41,6 +41,7 @@ from jllm.kv_cache import KVCacheSpec
 from jllm.loader import abstract_model, load_model
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE, grouped_top_k
 from jllm.parallel import make_mesh
+from jllm.quantization import QuantScheme
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
 LOGITS_RTOL = 1e-5
@@ -1408,6 +1409,12 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing, gpt_
             expected[i] += w * (h @ down[e] + down_bias[e])
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
+
+
+def test_lfm2_refuses_quantization_by_name():
+    config = {**TINY_CONFIG, "architectures": ["Lfm2ForCausalLM"], "layer_types": ["conv", "full_attention"]}
+    with pytest.raises(ValueError, match="quantization='int8' is not supported for LFM2's short-conv hybrids"):
+        abstract_model(config, np.float32, 1, QuantScheme("int8"))
 
 
 def test_plain_experts_equal_a_loop_over_tokens():
