@@ -50,6 +50,9 @@ LOGITS_RTOL = 1e-5
 # recurrence is 7.9e-6 from it (2026-12-05): the reference's own error sets this bound
 HYBRID_LOGITS_RTOL = 1e-4
 HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_image_text"}
+# Hybrids whose logits are checked over their prompt prefilled in chunks too, the state carried between steps: LFM2's
+# conv state, Kimi Delta Attention's per-channel decay (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py)
+CHUNKED_HYBRIDS = {"lfm2", "kimi_linear"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -1247,27 +1250,15 @@ def test_logits_match_transformers(family_dirs, name):
     assert (model_dir / "model.safetensors.index.json").is_file(), "the test must exercise a sharded checkpoint"
     ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
     expected = hf_logits(model_dir, ids)
-    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    got = jllm_logits(loaded, ids, page_size=16)
     got, pruned = got[:, : expected.shape[1]], got[:, expected.shape[1] :]  # ids past a pruned LM head (Apertus 1.5)
     assert np.all(pruned == -np.inf), "ids past a pruned LM head must never be produced"
-    assert relative_error(got, expected) < (HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL)
+    rtol = HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL
+    assert relative_error(got, expected) < rtol
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
-
-
-# The hybrids whose recurrent layers' state must carry a prompt from one chunk to the next (Qwen3-Next's is
-# tests/test_hybrid.py's): their 70-token prompt prefilled 32 tokens a step
-CHUNKED_HYBRIDS = ["lfm2", "olmo_hybrid", "kimi_linear"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", CHUNKED_HYBRIDS)
-def test_hybrid_logits_prefilled_in_chunks_match_transformers(family_dirs, name):
-    model_dir = family_dirs[name]
-    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
-    expected = hf_logits(model_dir, ids)
-    got = jllm_chunked_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, chunk=32)
-    assert relative_error(got, expected) < (HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL)
-    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    if name in CHUNKED_HYBRIDS:  # the prompt again, 32 tokens a step, each continuing the recurrent state
+        assert relative_error(jllm_chunked_logits(loaded, ids, chunk=32), expected) < rtol
 
 
 @pytest.mark.slow
