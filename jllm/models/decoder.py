@@ -121,9 +121,9 @@ class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
     added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are; a layer may
-    lay them out its own way (``LayerSpec.norms``). A layer may
-    hold one block alone (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer
-    (``LayerSpec.mixer`` "none", its cache entry an empty state)."""
+    lay its norms out its own way (``LayerSpec.norms``: OLMo-Hybrid's). A layer may hold one block alone
+    (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer (``LayerSpec.mixer``
+    "none", its cache entry an empty state)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -131,7 +131,8 @@ class DecoderLayer(nnx.Module):
         if spec.norms is not None:  # the layer's own layout (OLMo-Hybrid's recurrent layers)
             pre, post = spec.norms == "pre", spec.norms == "post"
         self.input_layernorm = args.make_norm() if pre and mixes else None
-        # a recurrent layer's mixer (gated DeltaNet, Mamba2) in place of the attention, its cache entry a state pool
+        # a recurrent layer's mixer (gated DeltaNet, Mamba2, short conv) in place of the attention, its cache entry a
+        # state pool
         self.mixer = None if spec.mixer in ("attention", "none") else args.make_mixer(spec)
         if self.mixer is not None or not mixes:
             self.self_attn = None

@@ -73,6 +73,8 @@ class DeltaNetSpec:
             )
         if self.conv_kernel < 2:
             raise ValueError(f"linear_conv_kernel_dim={self.conv_kernel} must be >= 2")
+        if self.channel_decay and self.fused_qkvz:
+            raise ValueError("channel_decay (Kimi Delta Attention) has Qwen3.5's separate projections, not fused_qkvz")
 
     @property
     def conv_dim(self) -> int:

@@ -253,8 +253,8 @@ class SparseMoE(nnx.Module):
         self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu, gated)
         self.output_bias = param((dim,), dtype, ("embed",)) if out_bias else None
         self.shared_expert = MLP(dim, shared_hidden, dtype, act, gated) if shared_hidden else None
-        gated = shared_hidden and shared_gated
-        self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if gated else None
+        shared_gate = shared_hidden and shared_gated
+        self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_gate else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
         self.routing, self.router_eps, self.grouped = routing, router_eps, grouped
         self.shared_mean = shared_mean
