@@ -34,10 +34,10 @@ EXPERT_BIAS = ("gate.e_score_correction_bias", "expert_bias")
 
 
 def lfm2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """LFM2 (``Lfm2ForCausalLM``): its SwiGLU ``intermediate_size`` (``block_ff_dim`` in older configs) cut to two
+    """LFM2 (``Lfm2ForCausalLM``): its SwiGLU ``intermediate_size`` (``block_ff_dim`` where given) cut to two
     thirds, times ``block_ffn_dim_multiplier`` and rounded up to ``block_multiple_of`` where
     ``block_auto_adjust_ff_dim`` (transformers' ``Lfm2MLP``)."""
-    width = cfg.get("intermediate_size") or cfg.get("block_ff_dim", 12288)
+    width = cfg.get("block_ff_dim", cfg.get("intermediate_size", 12288))  # the older key first, as transformers
     if cfg.get("block_auto_adjust_ff_dim", True):
         width = int(2 * width / 3)
         multiplier = cfg.get("block_ffn_dim_multiplier", 1.0)
@@ -73,7 +73,7 @@ def lfm2_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def _settings(cfg: dict[str, Any], dtype: Any, family: str) -> dict[str, Any]:
     """The ``ModelArgs`` settings both share: each layer's kind, the norms (``norm_eps``), the tied embedding
-    (``tie_embedding`` in older configs), the short conv's kernel and biases."""
+    (``tie_embedding`` where given), the short conv's kernel and biases."""
     n = cfg["num_hidden_layers"]
     types = cfg.get("layer_types")
     if types is None:
@@ -81,7 +81,7 @@ def _settings(cfg: dict[str, Any], dtype: Any, family: str) -> dict[str, Any]:
         types = [FULL if attention is None or i in attention else CONV for i in range(n)]
     if len(types) != n or any(kind not in (FULL, CONV) for kind in types):
         raise ValueError(f"{family} layer_types={types!r} must name each of the {n} layers as {FULL!r} or {CONV!r}")
-    tied = cfg.get("tie_word_embeddings", cfg.get("tie_embedding", True))
+    tied = cfg.get("tie_embedding", cfg.get("tie_word_embeddings", True))  # the older key first, as transformers
     defaults = dict(num_key_value_heads=8, max_position_embeddings=128_000, rope_theta=1e6)
     cfg = {**defaults, **cfg, "rms_norm_eps": cfg.get("norm_eps", 1e-5), "tie_word_embeddings": tied}
     base = base_args(cfg, dtype)
