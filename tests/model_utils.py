@@ -47,10 +47,10 @@ def save_tiny_checkpoint(
 
     ``config_cls_name`` where it is not the model's name with ``Config`` (``Gemma3TextConfig``);
     ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases) and
-    every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``) and ERNIE's and DeepSeek-V3's router
-    correction biases and stacked experts' biases (gpt-oss's ``[experts, out]``) and any parameter that is all zeros
-    (AFMoE's router), which transformers initialises to constants (so a ``1 + w`` norm read as ``w``, or
-    a bias not read at all, would otherwise go unnoticed)."""
+    every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``) and ERNIE's, DeepSeek-V3's and
+    LFM2-MoE's router correction biases and stacked experts' biases (gpt-oss's ``[experts, out]``) and any parameter
+    that is all zeros (AFMoE's router), which transformers initialises to constants (so a ``1 + w`` norm read as
+    ``w``, or a bias not read at all, would otherwise go unnoticed)."""
     import torch
     import transformers
 
@@ -62,8 +62,8 @@ def save_tiny_checkpoint(
             for name, p in model.named_parameters():
                 if p.ndim == 1 or name.endswith(("norm.weight", "_bias")) or not p.any():
                     p.add_(0.3 * torch.randn_like(p))
-            for name, b in model.named_buffers():  # DeepSeek-V3's router keeps its choice bias as a buffer
-                if name.endswith("e_score_correction_bias"):
+            for name, b in model.named_buffers():  # DeepSeek-V3's and LFM2-MoE's choice biases are buffers
+                if name.endswith(("e_score_correction_bias", "expert_bias")):
                     b.add_(0.3 * torch.randn_like(b))
     model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
     return out_dir
@@ -154,6 +154,42 @@ def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size
 
     logits = np.asarray(forward(state, ids, positions, pool, meta))
     return np.split(logits, np.cumsum([len(seq) for seq in sequences])[:-1])
+
+
+def jllm_chunked_logits(loaded: LoadedModel, token_ids: list[int], chunk: int, page_size: int = 16) -> np.ndarray:
+    """jllm's logits ``[T, vocab]`` for one sequence prefilled ``chunk`` tokens a step, the pool (pages and a hybrid
+    model's state slot 1) kept between steps: each chunk continues from what the ones before it left. Every step is
+    ``chunk`` tokens (the last padded past its row's end, to page 0), so one program runs them all."""
+    args = loaded.args
+    pages = -(-len(token_ids) // page_size)
+    table = np.arange(1, pages + 1, dtype=np.int32)  # page 0 reserved (padding tokens write there)
+    spec = KVCacheSpec.for_model(args, page_size, args.dtype)
+    pool = allocate_kv_pool(spec, pages + 1, num_state_slots=2 if spec.states else 0)
+    graphdef, state = nnx.split(loaded.model)
+
+    @jax.jit
+    def forward(state, ids, pos, pool, meta):
+        model = nnx.merge(graphdef, state)
+        hidden, pool = model(ids, pos, pool, meta)
+        return model.compute_logits(hidden), pool
+
+    out = []
+    for start in range(0, len(token_ids), chunk):
+        n = min(chunk, len(token_ids) - start)
+        pos = np.minimum(np.arange(start, start + chunk), start + n - 1)  # padding tokens repeat the last position
+        slots = np.where(np.arange(chunk) < n, table[pos // page_size] * page_size + pos % page_size, 0)
+        meta = AttentionMetadata(
+            slot_mapping=jnp.asarray(slots, jnp.int32),
+            query_start_loc=jnp.asarray([0, n], jnp.int32),
+            kv_lens=jnp.asarray([start + n], jnp.int32),
+            block_tables=jnp.asarray(table[None]),
+            state_slots=jnp.asarray([1], jnp.int32),
+        )
+        ids = np.zeros(chunk, np.int32)
+        ids[:n] = token_ids[start : start + n]
+        logits, pool = forward(state, jnp.asarray(ids), jnp.asarray(pos, jnp.int32), pool, meta)
+        out.append(np.asarray(logits)[:n])
+    return np.concatenate(out)
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,10 +24,12 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from model_utils import (
     TINY_CONFIG,
     hf_logits,
     hf_model,
+    jllm_chunked_logits,
     jllm_logits,
     relative_error,
     run_tp_worker,
@@ -39,6 +41,7 @@ from jllm.kv_cache import KVCacheSpec
 from jllm.loader import abstract_model, load_model
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE, grouped_top_k
 from jllm.parallel import make_mesh
+from jllm.quantization import QuantScheme
 
 # Relative (Frobenius) error of float32 logits; measured 3e-7 .. 2e-6 (2026-12, transformers 5.x).
 LOGITS_RTOL = 1e-5
@@ -47,6 +50,9 @@ LOGITS_RTOL = 1e-5
 # recurrence is 7.9e-6 from it (2026-12-05): the reference's own error sets this bound
 HYBRID_LOGITS_RTOL = 1e-4
 HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_image_text"}
+# Hybrids whose logits are checked over their prompt prefilled in chunks too, the state carried between steps: LFM2's
+# conv state, Kimi Delta Attention's per-channel decay (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py)
+CHUNKED_HYBRIDS = {"lfm2", "kimi_linear"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -88,6 +94,8 @@ MAMBA2_KEYS = dict(
     mamba_expand=2,
     mamba_chunk_size=32,
 )
+# What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
+LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
 # What a DeepSeek config.json must hold besides TINY_CONFIG
 DEEPSEEK_KEYS = dict(
@@ -949,6 +957,68 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # OLMo-Hybrid: gated DeltaNet layers 0 and 2 (pre-normed, beta doubled), OLMo 3's output-normed attention 1 and 3
+    "olmo_hybrid": ("OlmoHybridForCausalLM", None, DELTANET_KEYS, []),
+    # Kimi Linear: Kimi Delta Attention layers 0 and 2 (4 heads of 16, a decay per key channel), NoPE latent
+    # attention 1 and 3; a dense first layer, then V3's mixture (4 groups of 2 experts, the best 2 groups) with a
+    # shared expert
+    "kimi_linear": (
+        "KimiLinearForCausalLM",
+        None,
+        dict(
+            DEEPSEEK_KEYS,
+            head_dim=None,
+            num_key_value_heads=None,
+            num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] * 2,
+            mlp_layer_types=["dense", "sparse", "sparse", "sparse"],
+            num_experts=8,  # KimiLinearConfig's name (n_routed_experts is not read)
+            n_group=4,
+            topk_group=2,
+            linear_num_heads=4,
+            linear_head_dim=16,
+        ),
+        [],
+    ),
+    # Nemotron 3: Nemotron-H's blocks with mixture ones (E): 8 squared-ReLU experts in 4 groups (the best 2) under V3's
+    # biased sigmoid router, beside a squared-ReLU shared expert; the MLP block (-) dense
+    "nemotron_h_moe": (
+        "NemotronHForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=None,
+            hybrid_override_pattern="ME*-E",
+            mamba_num_heads=8,
+            mamba_head_dim=16,
+            n_groups=2,
+            ssm_state_size=16,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            moe_shared_expert_intermediate_size=48,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+        ),
+        [],
+    ),
+    # LFM2's short-conv layers 0 and 2 (B * x through a conv of kernel 3 with biases), attention 1 and 3; LFM2-MoE's
+    # first layer dense, then a mixture under its biased sigmoid router
+    "lfm2": ("Lfm2ForCausalLM", None, dict(LFM2_KEYS, conv_bias=True, tie_word_embeddings=False), []),
+    "lfm2_moe": (
+        "Lfm2MoeForCausalLM",
+        None,
+        dict(
+            LFM2_KEYS,
+            num_dense_layers=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            routed_scaling_factor=1.5,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
     # Nemotron-H's blocks each one kind: Mamba2, squared-ReLU MLP, attention (no rotary), MLP, Mamba2 (the
     # pattern's length the layer count), biased mixer projections (its use_bias)
     "nemotron_h": (
@@ -1004,6 +1074,9 @@ MIXTURES = (
     "jetmoe",
     "qwen3_next",
     "qwen3_5_moe",
+    "lfm2_moe",
+    "kimi_linear",
+    "nemotron_h_moe",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1186,11 +1259,15 @@ def test_logits_match_transformers(family_dirs, name):
     assert (model_dir / "model.safetensors.index.json").is_file(), "the test must exercise a sharded checkpoint"
     ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
     expected = hf_logits(model_dir, ids)
-    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    got = jllm_logits(loaded, ids, page_size=16)
     got, pruned = got[:, : expected.shape[1]], got[:, expected.shape[1] :]  # ids past a pruned LM head (Apertus 1.5)
     assert np.all(pruned == -np.inf), "ids past a pruned LM head must never be produced"
-    assert relative_error(got, expected) < (HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL)
+    rtol = HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL
+    assert relative_error(got, expected) < rtol
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    if name in CHUNKED_HYBRIDS:  # the prompt again, 32 tokens a step, each continuing the recurrent state
+        assert relative_error(jllm_chunked_logits(loaded, ids, chunk=32), expected) < rtol
 
 
 @pytest.mark.slow
@@ -1252,6 +1329,39 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
 
 
+@pytest.mark.slow
+def test_olmo_hybrid_saved_with_in_memory_names_loads_the_same(family_dirs, tmp_path):
+    """transformers saves OLMo-Hybrid as released (``attention_layer_norm``, ``feedforward_layer_norm``, the convs of
+    q, k and v apart) and renames on load; its in-memory names (``input_layernorm``, ``post_attention_layernorm``,
+    one ``conv1d``), which other tools save, read alike."""
+    from safetensors.numpy import load_file, save_file
+
+    saved = family_dirs["olmo_hybrid"]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(saved, renamed)
+    tensors = {}
+    for shard in sorted(renamed.glob("*.safetensors")):
+        tensors |= load_file(shard)
+        shard.unlink()
+    (renamed / "model.safetensors.index.json").unlink()
+    moved = {}
+    for name, value in tensors.items():
+        name = name.replace("attention_layer_norm", "input_layernorm")
+        moved[name.replace("feedforward_layer_norm", "post_attention_layernorm")] = value
+    for conv in [name for name in moved if name.endswith("q_conv1d.weight")]:
+        parts = [moved.pop(conv.replace("q_conv1d", f"{p}_conv1d")) for p in "qkv"]
+        moved[conv.replace("q_conv1d", "conv1d")] = np.concatenate(parts)
+    assert (
+        "model.layers.1.post_attention_layernorm.weight" in moved
+        and "model.layers.0.linear_attn.conv1d.weight" in moved
+    )
+    save_file(moved, renamed / "model.safetensors")
+    expected, got = (jax.tree.leaves(nnx.state(load_model(d, mesh=make_mesh(1)).model)) for d in (saved, renamed))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize(
     "renormalize, routing, gpt_oss",
     [(True, "softmax", False), (False, "softmax", False), (False, "sigmoid_input", False), (True, "softmax", True)],
@@ -1298,6 +1408,38 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing, gpt_
                 h = (g / (1 + np.exp(-g))) * u
             expected[i] += w * (h @ down[e] + down_bias[e])
     assert len(used) >= 5, f"the batch should spread over the experts, used {sorted(used)}"
+    assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
+
+
+def test_lfm2_refuses_quantization_by_name():
+    config = {**TINY_CONFIG, "architectures": ["Lfm2ForCausalLM"], "layer_types": ["conv", "full_attention"]}
+    with pytest.raises(ValueError, match="quantization='int8' is not supported for LFM2's short-conv hybrids"):
+        abstract_model(config, np.float32, 1, QuantScheme("int8"))
+
+
+def test_plain_experts_equal_a_loop_over_tokens():
+    """Nemotron 3's experts and shared expert, not gated (``down(relu(up(x))^2)``), under the softmax top-2: the
+    grouped matmul against each token's own experts, one at a time."""
+    dim, hidden, experts, t = 16, 24, 6, 40
+    moe = SparseMoE(dim, hidden, experts, 2, np.float32, act="relu2", shared_hidden=20, shared_gated=False, gated=False)
+    rng = np.random.default_rng(4)
+    router = rng.normal(size=(dim, experts)).astype(np.float32)
+    up, down = rng.normal(size=(experts, dim, hidden)) / 4, rng.normal(size=(experts, hidden, dim)) / 4
+    shared_up, shared_down = rng.normal(size=(dim, 20)) / 4, rng.normal(size=(20, dim)) / 4
+    moe.gate.kernel.set_value(router)
+    moe.experts.up_proj.kernel.set_value(up.astype(np.float32))
+    moe.experts.down_proj.kernel.set_value(down.astype(np.float32))
+    moe.shared_expert.up_proj.kernel.set_value(shared_up.astype(np.float32))
+    moe.shared_expert.down_proj.kernel.set_value(shared_down.astype(np.float32))
+    x = rng.normal(size=(t, dim)).astype(np.float32)
+
+    expected = np.maximum(x @ shared_up, 0) ** 2 @ shared_down
+    for i in range(t):
+        logits = x[i] @ router
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        top = np.argsort(-probs)[:2]
+        for e, w in zip(top, probs[top] / probs[top].sum(), strict=True):
+            expected[i] += w * (np.maximum(x[i] @ up[e], 0) ** 2 @ down[e])
     assert relative_error(np.asarray(jax.jit(moe)(x)), expected) < 1e-5
 
 
@@ -1429,6 +1571,12 @@ LOGITS_ONLY |= {"granite_moe_hybrid"}  # Granite MoE Shared's layers (their gree
 # Qwen3-Next's greedy batch (chunked prefill beside decodes, preemption, n > 1) is tests/test_hybrid.py's; Qwen3.5's
 # mixer and mixture are Qwen3-Next's, their projections laid out their own way
 LOGITS_ONLY |= {"qwen3_next", "qwen3_5", "qwen3_5_moe"}
+# OLMo-Hybrid: Qwen3.5's mixer (beta doubled) and OLMo 3's attention, its layers' two norm layouts on its logits row
+LOGITS_ONLY |= {"olmo_hybrid"}
+# Kimi Linear (its KDA state across steps is its chunked-prefill row's) and Nemotron 3 (its plain experts checked
+# against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
+LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
+LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1509,7 +1657,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
-        ("NemotronHForCausalLM", {"hybrid_override_pattern": "M*E"}, "Nemotron-H block 'moe' is not supported"),
+        (
+            "NemotronHForCausalLM",
+            {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},
+            "Nemotron-H moe_latent_size=16 is not supported",
+        ),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M-*", "sliding_window": 8},
@@ -1538,6 +1690,14 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "BambaForCausalLM",
             {**MAMBA2_KEYS, "attn_layer_indices": [1], "time_step_limit": [0.0]},
             r"Bamba time_step_limit=\[0.0\] is not supported.*two numbers",
+        ),
+        ("Lfm2ForCausalLM", {"layer_types": ["conv", "conv"]}, "LFM2 with no attention layer .* is not supported"),
+        ("OlmoHybridForCausalLM", {"attention_bias": True}, "OLMo-Hybrid attention_bias=True is not supported"),
+        ("KimiLinearForCausalLM", {"hidden_act": "gelu"}, "Kimi Linear hidden_act='gelu' is not supported.*'silu'"),
+        (
+            "Lfm2MoeForCausalLM",
+            {"num_experts": 4, "num_experts_per_tok": 2, "use_expert_bias": False},
+            "LFM2-MoE use_expert_bias=False is not supported",
         ),
         (
             "BloomForCausalLM",

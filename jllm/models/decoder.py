@@ -120,14 +120,19 @@ def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
 class DecoderLayer(nnx.Module):
     """Pre-norm residual blocks, one after the other, or with ``parallel_residual`` side by side on the same input:
     ``x + attn(norm1(x)) + mlp(norm2(x))``. With ``sandwich_norms`` each block's output is normed too before it is
-    added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are. A layer may
-    hold one block alone (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer
-    (``LayerSpec.mixer`` "none", its cache entry an empty state)."""
+    added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are; a layer may
+    lay its norms out its own way (``LayerSpec.norms``: OLMo-Hybrid's). A layer may hold one block alone
+    (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer (``LayerSpec.mixer``
+    "none", its cache entry an empty state)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
-        self.input_layernorm = args.make_norm() if args.pre_norms and mixes else None
-        # a recurrent layer's mixer (gated DeltaNet, Mamba2) in place of the attention, its cache entry a state pool
+        pre, post = args.pre_norms, args.sandwich_norms
+        if spec.norms is not None:  # the layer's own layout (OLMo-Hybrid's recurrent layers)
+            pre, post = spec.norms == "pre", spec.norms == "post"
+        self.input_layernorm = args.make_norm() if pre and mixes else None
+        # a recurrent layer's mixer (gated DeltaNet, Mamba2, short conv) in place of the attention, its cache entry a
+        # state pool
         self.mixer = None if spec.mixer in ("attention", "none") else args.make_mixer(spec)
         if self.mixer is not None or not mixes:
             self.self_attn = None
@@ -136,12 +141,12 @@ class DecoderLayer(nnx.Module):
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
-        mlp_norm = spec.mlp and args.pre_norms and not args.shared_input_norm
+        mlp_norm = spec.mlp and pre and not args.shared_input_norm
         self.post_attention_layernorm = args.make_norm() if mlp_norm else None
         self.mlp = args.make_mlp(spec) if spec.mlp else None  # None: a token mixer alone (Nemotron-H's blocks)
-        self.attn_out_norm = args.make_norm() if args.sandwich_norms else None
+        self.attn_out_norm = args.make_norm() if post else None
         moe_out = args.moe_out_norm and args.num_experts and spec.dense_mlp_size is None
-        self.mlp_out_norm = args.make_norm() if args.sandwich_norms or moe_out else None
+        self.mlp_out_norm = args.make_norm() if post or moe_out else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
 

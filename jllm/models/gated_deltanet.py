@@ -58,7 +58,12 @@ HIGHEST = jax.lax.Precision.HIGHEST  # the chunks' matmuls in full float32, as t
 class DeltaNetSpec:
     """The gated DeltaNet layers' widths (transformers' ``linear_*`` config keys) and projection layout:
     ``fused_qkvz`` Qwen3-Next's ``in_proj_qkvz`` / ``in_proj_ba``, grouped per key head; else Qwen3.5's
-    ``in_proj_qkv`` / ``in_proj_z`` / ``in_proj_b`` / ``in_proj_a``."""
+    ``in_proj_qkv`` / ``in_proj_z`` / ``in_proj_b`` / ``in_proj_a``. ``beta_scale``: beta times this (OLMo-Hybrid's
+    ``linear_allow_neg_eigval``: 2, so beta spans [0, 2]); ``norm_eps``: the gated norm's eps where it is not the
+    model's (OLMo-Hybrid's 1e-5). ``channel_decay``: Kimi Delta Attention (Kimi Linear), Qwen3.5's layout with a
+    decay per key channel from a low-rank forget gate (``f_a_proj``, ``f_b_proj``, ``dt_bias [v_heads * dk]``) in
+    place of ``in_proj_a``, and its output gate a sigmoid of a low-rank projection (``g_a_proj``, ``g_b_proj``) in
+    place of SiLU of ``in_proj_z``."""
 
     num_k_heads: int
     num_v_heads: int
@@ -66,6 +71,9 @@ class DeltaNetSpec:
     head_v_dim: int
     conv_kernel: int
     fused_qkvz: bool
+    beta_scale: float = 1.0
+    norm_eps: float | None = None
+    channel_decay: bool = False
 
     def __post_init__(self) -> None:
         if self.num_v_heads % self.num_k_heads:
@@ -75,6 +83,8 @@ class DeltaNetSpec:
             )
         if self.conv_kernel < 2:
             raise ValueError(f"linear_conv_kernel_dim={self.conv_kernel} must be >= 2")
+        if self.channel_decay and self.fused_qkvz:
+            raise ValueError("channel_decay (Kimi Delta Attention) has Qwen3.5's separate projections, not fused_qkvz")
 
     @property
     def conv_dim(self) -> int:
@@ -97,13 +107,19 @@ class GatedDeltaNet(nnx.Module):
             self.in_proj_ba = Linear(d, 2 * nv, axes, dt)
         else:
             self.in_proj_qkv = Linear(d, s.conv_dim, axes, dt)
-            self.in_proj_z = Linear(d, nv * dv, axes, dt)
             self.in_proj_b = Linear(d, nv, axes, dt)
-            self.in_proj_a = Linear(d, nv, axes, dt)
+            if s.channel_decay:  # Kimi Delta Attention's low-rank forget gate and output gate
+                self.f_a_proj = Linear(d, dk, axes, dt)
+                self.f_b_proj = Linear(dk, nv * dk, (None, None), dt)
+                self.g_a_proj = Linear(d, dv, axes, dt)
+                self.g_b_proj = Linear(dv, nv * dv, (None, None), dt)
+            else:
+                self.in_proj_z = Linear(d, nv * dv, axes, dt)
+                self.in_proj_a = Linear(d, nv, axes, dt)
         self.conv1d = DepthwiseConv1d(s.conv_dim, s.conv_kernel, dt)
         self.A_log = param((nv,), jnp.float32, (None,))
-        self.dt_bias = param((nv,), jnp.float32, (None,))
-        self.norm = RMSNorm(dv, args.norm_eps, dt)
+        self.dt_bias = param((nv * dk if s.channel_decay else nv,), jnp.float32, (None,))
+        self.norm = RMSNorm(dv, s.norm_eps or args.norm_eps, dt)
         self.out_proj = Linear(nv * dv, d, (None, "embed"), dt)
         self.spec = s
 
@@ -128,15 +144,21 @@ class GatedDeltaNet(nnx.Module):
         v = mixed[:, 2 * nk * dk :].reshape(t, nv, dv)
         q, k = (jnp.repeat(_l2_normed(y), nv // nk, axis=1) for y in (q, k))  # [T, v_heads, dk]
         q = q * dk**-0.5
-        beta = jax.nn.sigmoid(b.astype(jnp.float32))  # [T, v_heads]
-        decay = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])
-        if use_chunks(t, meta.query_start_loc.shape[0] - 1):
+        beta = jax.nn.sigmoid(b.astype(jnp.float32)) * s.beta_scale  # [T, v_heads]
+        rate = jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])  # [T, v_heads] or [T, v_heads * dk]
+        if s.channel_decay:  # [T, v_heads, dk]: each key channel decays at its own rate
+            decay = -jnp.exp(self.A_log[...])[:, None] * rate.reshape(t, nv, dk)
+        else:
+            decay = -jnp.exp(self.A_log[...]) * rate
+        # The chunked form takes one decay per head: Kimi's per-channel decay runs token by token for now.
+        if use_chunks(t, meta.query_start_loc.shape[0] - 1) and not s.channel_decay:
             core, recurrent = chunked_delta_rule(q, k, v, decay, beta, recurrent, meta)
         else:
             out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
             core, recurrent = scan_rows(_delta_step, recurrent, (q, k, v, jnp.exp(decay), beta), out_like, meta)
         core = core.astype(x.dtype)  # [T, v_heads, dv]
-        gated = self.norm(core) * jax.nn.silu(z.astype(jnp.float32))
+        gate = jax.nn.sigmoid if s.channel_decay else jax.nn.silu
+        gated = self.norm(core) * gate(z.astype(jnp.float32))
         y = self.out_proj(gated.astype(x.dtype).reshape(t, nv * dv))
         return y, scatter_states(cache, (conv_state, recurrent), meta)
 
@@ -145,6 +167,9 @@ class GatedDeltaNet(nnx.Module):
         b and a ``[T, v_heads]``) from either checkpoint layout."""
         s = self.spec
         t, nk, nv, dk, dv = h.shape[0], s.num_k_heads, s.num_v_heads, s.head_k_dim, s.head_v_dim
+        if s.channel_decay:  # a: the forget gate per key channel, [T, v_heads * dk]
+            z = self.g_b_proj(self.g_a_proj(h)).reshape(t, nv, dv)
+            return self.in_proj_qkv(h), z, self.in_proj_b(h), self.f_b_proj(self.f_a_proj(h))
         if not s.fused_qkvz:
             z = self.in_proj_z(h).reshape(t, nv, dv)
             return self.in_proj_qkv(h), z, self.in_proj_b(h), self.in_proj_a(h)
@@ -164,9 +189,10 @@ def _l2_normed(x: jax.Array) -> jax.Array:
 
 def _delta_step(state: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
     """One token of every row: ``state [S, v_heads, dk, dv]``; q, k ``[S, v_heads, dk]``, v ``[S, v_heads, dv]``,
-    the decay factor and beta ``[S, v_heads]``. transformers' ``torch_recurrent_gated_delta_rule``, one step."""
+    the decay factor ``[S, v_heads]`` (or per key channel ``[S, v_heads, dk]``: Kimi Delta Attention) and beta
+    ``[S, v_heads]``. transformers' ``torch_recurrent_gated_delta_rule``, one step."""
     q, k, v, decay, beta = inputs
-    state = state * decay[..., None, None]
+    state = state * decay.reshape(*decay.shape, *[1] * (state.ndim - decay.ndim))
     kv_mem = jnp.sum(state * k[..., None], axis=-2)  # [S, v_heads, dv]
     delta = (v - kv_mem) * beta[..., None]
     state = state + k[..., None] * delta[..., None, :]

@@ -1,4 +1,5 @@
-"""Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2, Moonlight) run as multi-query attention over the latent.
+"""Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2, Moonlight; Kimi Linear's without rotary) run as multi-query
+attention over the latent.
 
 Every head's key and value are expanded from one shared per-token latent: ``c_kv`` (``kv_lora_rank`` channels,
 normed) through ``kv_b_proj``, and a roped ``k_pe`` (``qk_rope_head_dim``) shared by all heads. Expanded, the pool
@@ -83,8 +84,9 @@ class MLAttention(nnx.Module):
         q = self.spec.scale_queries(q.reshape(t, h, nope + m.qk_rope_head_dim), positions)  # Mistral 4's scaling
         latent = self.kv_a_proj_with_mqa(x)  # [T, kv_lora_rank + rope]
         c_kv = self.kv_a_layernorm(latent[:, :r])
-        rope = self.spec.rope
-        q_pe, k_pe = rope.apply(q[..., nope:], positions), rope.apply(latent[:, None, r:], positions)
+        q_pe, k_pe = q[..., nope:], latent[:, None, r:]
+        if self.spec.rope is not None:  # None: the "rope" channels unrotated (Kimi Linear's NoPE attention)
+            q_pe, k_pe = self.spec.rope.apply(q_pe, positions), self.spec.rope.apply(k_pe, positions)
         w_kv = self.kv_b_proj.kernel[...].reshape(r, h, nope + m.v_head_dim)
         q_latent = jnp.einsum("thn,rhn->thr", q[..., :nope], w_kv[..., :nope])  # [T, H, kv_lora_rank]
         q = jnp.concatenate([q_latent, q_pe], axis=-1)  # [T, H, latent_dim]

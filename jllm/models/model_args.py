@@ -12,8 +12,8 @@ embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4
 temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
 heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
 layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
-Mamba2, ``jllm.models.mamba2``) among its attention ones, and layers of one block alone (Nemotron-H's: a mixer with
-no MLP, ``LayerSpec.mlp``, or an MLP with no mixer).
+Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``) among its attention ones, and
+layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer).
 
 Where this module sits: docs/architecture.md.
 """
@@ -35,6 +35,7 @@ from jllm.models.mla import MLASpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
 from jllm.models.recurrent_state import StateSpec
 from jllm.models.rope import Rope
+from jllm.models.short_conv import ShortConv, ShortConvSpec
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
@@ -45,9 +46,10 @@ NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "l
 CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
-# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2; or none
-# (a layer of an MLP alone: Nemotron-H's MLP blocks)
-MIXERS = ("attention", "gated_deltanet", "mamba2", "none")
+# (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2, LFM2's
+# short convolution; or none (a layer of an MLP alone: Nemotron-H's MLP blocks)
+MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "none")
+RECURRENT_MIXERS = MIXERS[1:-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +108,17 @@ class LayerSpec:
     attn_temperature: tuple[float, float] | None = None
     attn_temperature_shift: float = 1.0  # Llama 4 counts positions from 1 there, Ministral 3 from 0
     mixer: str = "attention"  # one of MIXERS: a hybrid model's recurrent layers name theirs
+    # this layer's own norm layout where it is not the model's (``pre_norms`` / ``sandwich_norms``): "pre" norms on the
+    # blocks' inputs only (Llama's), "post" on their outputs only (OLMo 2's); OLMo-Hybrid's recurrent layers are
+    # pre-normed beside its output-normed attention layers
+    norms: str | None = None
     mlp: bool = True  # False: the token mixer alone, no MLP after it (Nemotron-H's blocks)
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer {self.mixer!r} is not one of {', '.join(MIXERS)}")
+        if self.norms not in (None, "pre", "post"):
+            raise ValueError(f"norms {self.norms!r} is not one of 'pre', 'post' (or None: the model's)")
         if self.mixer == "none" and not self.mlp:
             raise ValueError("a layer with mixer 'none' needs its MLP (mlp=True): it would do nothing")
 
@@ -151,7 +159,7 @@ class ModelArgs:
     o_bias: bool = False
     mlp_bias: bool = False
     mlp_act: str = "silu"
-    mlp_gated: bool = True  # False: GPT-NeoX / Falcon's plain down(act(up(x)))
+    mlp_gated: bool = True  # False: GPT-NeoX / Falcon's plain down(act(up(x))) (Nemotron 3's experts too)
     # attention and MLP both read the layer's input and add to it together (GPT-NeoX, Falcon)
     parallel_residual: bool = False
     shared_input_norm: bool = False  # with parallel_residual, the MLP reads the attention's input norm (Falcon-7B)
@@ -169,6 +177,7 @@ class ModelArgs:
     mla: MLASpec | None = None  # multi-head latent attention (DeepSeek) in place of Attention; num_kv_heads is 1
     deltanet: DeltaNetSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "gated_deltanet"
     mamba2: Mamba2Spec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba2"
+    short_conv: ShortConvSpec | None = None  # the settings of the layers whose ``LayerSpec.mixer`` is "short_conv"
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -248,6 +257,11 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for Mamba2 hybrids (the mixer's projections have "
                 "no quantized form yet); leave quantization unset"
             )
+        if self.short_conv is not None:
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for LFM2's short-conv hybrids (not yet checked "
+                "against float's logits); leave quantization unset"
+            )
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
@@ -270,6 +284,7 @@ class ModelArgs:
                 out_bias=self.moe_out_bias,
                 shared_mean=self.shared_expert_mean,
                 router_float32=self.router_float32,
+                gated=self.mlp_gated,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
 
@@ -284,7 +299,13 @@ class ModelArgs:
             if self.mamba2 is None:
                 raise ValueError("a mamba2 layer needs ModelArgs.mamba2 (its sizes)")
             return Mamba2Mixer(self, spec)
-        raise ValueError(f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(MIXERS[1:3])})")
+        if spec.mixer == "short_conv":
+            if self.short_conv is None:
+                raise ValueError("a short_conv layer needs ModelArgs.short_conv (its kernel)")
+            return ShortConv(self, spec)
+        raise ValueError(
+            f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(RECURRENT_MIXERS)})"
+        )
 
     def state_spec(self, spec: LayerSpec) -> StateSpec | None:
         """A layer's per-sequence recurrent state; None for an attention layer (it has pages)."""
@@ -292,6 +313,8 @@ class ModelArgs:
             return self.deltanet.state_spec(self.dtype)
         if spec.mixer == "mamba2":
             return self.mamba2.state_spec(self.dtype)
+        if spec.mixer == "short_conv":
+            return self.short_conv.state_spec(self.hidden_size, self.dtype)
         if spec.mixer == "none":  # nothing kept per sequence, and no pages
             return StateSpec((), ())
         return None

@@ -1,6 +1,6 @@
 """Mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4, DeepSeek,
-GLM-4-MoE, gpt-oss): a router picks each token's experts, and every expert's tokens go through one grouped matmul
-(``jax.lax.ragged_dot_general``) instead of a loop over experts.
+GLM-4-MoE, gpt-oss, Nemotron 3's plain experts): a router picks each token's experts, and every expert's tokens go
+through one grouped matmul (``jax.lax.ragged_dot_general``) instead of a loop over experts.
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
 and ``group_sizes`` (tokens per expert) tells the grouped matmul where each expert's rows start. Expert kernels are
@@ -172,17 +172,31 @@ class ExpertLinear(nnx.Module):
 
 
 class Experts(nnx.Module):
-    """Every expert's SwiGLU (or ``glu``), stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
+    """Every expert's SwiGLU (or ``glu``), or without ``gated`` its plain ``down(act(up(x)))`` (Nemotron 3's
+    squared-ReLU experts), stacked (a module of its own, as checkpoints keep ``experts.{e}``)."""
 
     def __init__(
-        self, experts: int, dim: int, hidden: int, dtype, act: str, bias: bool = False, glu: ClampedSwiGLU | None = None
+        self,
+        experts: int,
+        dim: int,
+        hidden: int,
+        dtype,
+        act: str,
+        bias: bool = False,
+        glu: ClampedSwiGLU | None = None,
+        gated: bool = True,
     ):
-        self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype, bias)
+        if gated:
+            self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype, bias)
+        else:
+            self.up_proj = ExpertLinear(experts, dim, (hidden,), ("embed", "mlp"), dtype, bias)
         self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype, bias)
-        self.act, self.glu = act, glu
+        self.act, self.glu, self.gated = act, glu, gated
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
         """``x [rows, dim]`` sorted by expert, ``group_sizes [experts]`` -> ``[rows, dim]``."""
+        if not self.gated:
+            return self.down_proj(ACTIVATIONS[self.act](self.up_proj(x, group_sizes)), group_sizes)
         gate_up = self.gate_up_proj(x, group_sizes)  # [rows, 2, hidden]
         gate, up = gate_up[:, 0], gate_up[:, 1]
         return self.down_proj(ACTIVATIONS[self.act](gate) * up if self.glu is None else self.glu(gate, up), group_sizes)
@@ -200,7 +214,8 @@ class SparseMoE(nnx.Module):
     jitter epsilon or the corrected softmax's floor on the weights' sum. gpt-oss's: ``bias`` on the router and each
     expert's projections, its ``glu``, and softmax over its k chosen logits (what renormalising the k of a softmax
     over all of them is). ``out_bias``: a bias on the sum of the experts' outputs (JetMoE's). ``router_float32``: the
-    router's weight in float32 whatever ``dtype`` (Flint's; ERNIE's corrected softmax always)."""
+    router's weight in float32 whatever ``dtype`` (Flint's; ERNIE's corrected softmax always). Without ``gated`` the
+    experts and the shared expert are plain MLPs, ``down(act(up(x)))`` (Nemotron 3's)."""
 
     def __init__(
         self,
@@ -221,6 +236,7 @@ class SparseMoE(nnx.Module):
         out_bias: bool = False,
         shared_mean: bool = False,
         router_float32: bool = False,
+        gated: bool = True,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -234,11 +250,11 @@ class SparseMoE(nnx.Module):
         self.e_score_correction_bias = (
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
         )
-        self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu)
+        self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu, gated)
         self.output_bias = param((dim,), dtype, ("embed",)) if out_bias else None
-        self.shared_expert = MLP(dim, shared_hidden, dtype, act) if shared_hidden else None
-        gated = shared_hidden and shared_gated
-        self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if gated else None
+        self.shared_expert = MLP(dim, shared_hidden, dtype, act, gated) if shared_hidden else None
+        shared_gate = shared_hidden and shared_gated
+        self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_gate else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
         self.routing, self.router_eps, self.grouped = routing, router_eps, grouped
         self.shared_mean = shared_mean

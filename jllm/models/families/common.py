@@ -142,6 +142,17 @@ def uniform(
     return base, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, [default] * base["num_layers"]))
 
 
+def check_attends(layers: tuple[LayerSpec, ...], family: str) -> None:
+    """Refuses a hybrid model with no attention layer: its KV pool, sized in pages of attention layers, would be
+    empty."""
+    if all(spec.mixer != "attention" for spec in layers):
+        kinds = [spec.mixer for spec in layers]
+        raise ValueError(
+            f"{family} with no attention layer (layers {kinds}) is not supported: the KV pool is sized in pages of "
+            "attention layers (at least one is needed)"
+        )
+
+
 def activation(cfg: dict[str, Any], key: str, default: str, family: str) -> str:
     """The config's activation name as one of ``layers.ACTIVATIONS``, refusing others by name."""
     name = cfg.get(key) or default

@@ -137,7 +137,7 @@ def youtu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Youtu-LLM (Tencent): V3's latent attention (rotary pairs interleaved where ``rope_interleave``, the default)
     with a dense SwiGLU in every layer and a tied head by default."""
     cfg = {"tie_word_embeddings": True, "max_position_embeddings": 131_072, **cfg}
-    settings, rope = _latent_attention(cfg, dtype, bool(cfg.get("rope_interleave", True)))
+    settings, rope = latent_attention(cfg, dtype, bool(cfg.get("rope_interleave", True)))
     return ModelArgs(
         **settings,
         layers=(LayerSpec(rope),) * settings["num_layers"],
@@ -224,7 +224,7 @@ def minicpm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     cfg["v_head_dim"] = cfg.get("v_head_dim") or hidden // cfg["num_attention_heads"]
     depth = cfg.get("scale_depth", 1.4)
     base_dim = cfg.get("dim_model_base", 256)
-    settings, rope = _latent_attention(cfg, dtype, interleaved=False)
+    settings, rope = latent_attention(cfg, dtype, interleaved=False)
     return ModelArgs(
         **settings,
         layers=(LayerSpec(rope),) * layers,
@@ -255,7 +255,7 @@ def _deepseek(
 ) -> ModelArgs:
     """What V2 and V3 share (and the families built on them): the latent attention, its softmax scale, and the
     mixture."""
-    settings, rope = _latent_attention(cfg, dtype, interleaved)
+    settings, rope = latent_attention(cfg, dtype, interleaved)
     mixture, dense = v3_mixture(cfg, settings["num_layers"], family, scoring, groups, renormalize, mlp_types)
     return ModelArgs(
         **{**settings, "intermediate_size": cfg["moe_intermediate_size"]},
@@ -264,7 +264,7 @@ def _deepseek(
     )
 
 
-def _latent_attention(cfg: dict[str, Any], dtype: Any, interleaved: bool) -> tuple[dict[str, Any], Rope]:
+def latent_attention(cfg: dict[str, Any], dtype: Any, interleaved: bool) -> tuple[dict[str, Any], Rope]:
     """The base settings with the latent attention's (its one KV head, its softmax scale, its biases) and the rope
     of its rotary channels."""
     mla = MLASpec(

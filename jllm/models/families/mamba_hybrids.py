@@ -11,11 +11,12 @@ import dataclasses
 import math
 from typing import Any
 
-from jllm.models.families.common import activation, base_args, read_rope
+from jllm.models.families.common import activation, base_args, check_attends, read_rope
 from jllm.models.families.llama import granite
 from jllm.models.families.mixtures import granite_moe_shared
 from jllm.models.mamba2 import Mamba2Spec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.models.moe import GroupedRouting
 
 # a layer's kind in ``layer_types`` (transformers 5's names and the hub's older ones) -> our mixer
 LAYER_KINDS = {"linear_attention": "mamba2", "mamba": "mamba2", "full_attention": "attention", "attention": "attention"}
@@ -83,18 +84,8 @@ def mixer_kinds(types: list[str], num_layers: int, family: str) -> list[str]:
 def _layers(kinds: list[str], rope: Any, family: str) -> tuple[LayerSpec, ...]:
     """The attention layers with ``rope``, the Mamba2 layers without (their order is the recurrence's)."""
     layers = tuple(LayerSpec(rope if kind == "attention" else None, mixer=kind) for kind in kinds)
-    _check_attends(layers, family)
+    check_attends(layers, family)
     return layers
-
-
-def _check_attends(layers: tuple[LayerSpec, ...], family: str) -> None:
-    """Refuses a model with no attention layer: its KV pool, sized in pages of attention layers, would be empty."""
-    if all(spec.mixer != "attention" for spec in layers):
-        kinds = [spec.mixer for spec in layers]
-        raise ValueError(
-            f"{family} with no attention layer (layers {kinds}) is not supported: the KV pool is sized in pages of "
-            "attention layers (at least one is needed)"
-        )
 
 
 def bamba(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -149,7 +140,8 @@ def granite_moe_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 # Nemotron-H's block kinds (``layers_block_type``, or the older ``hybrid_override_pattern``'s characters) -> a layer:
-# a Mamba2 mixer alone, attention alone, or an MLP alone, each block with its own norm and residual
+# a Mamba2 mixer alone, attention alone, or an MLP or a mixture of experts alone (Nemotron 3's), each block with its
+# own norm and residual (in a model with a mixture, its MLP blocks are dense ones ``intermediate_size`` wide)
 _MAMBA_BLOCK, _ATTENTION_BLOCK = LayerSpec(None, mixer="mamba2", mlp=False), LayerSpec(None, mlp=False)
 NEMOTRON_BLOCKS = {
     "linear_attention": _MAMBA_BLOCK,
@@ -157,6 +149,7 @@ NEMOTRON_BLOCKS = {
     "full_attention": _ATTENTION_BLOCK,
     "attention": _ATTENTION_BLOCK,
     "mlp": LayerSpec(None, mixer="none"),
+    "moe": LayerSpec(None, mixer="none"),
 }
 NEMOTRON_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
 # NemotronHConfig's older key names -> its own
@@ -172,20 +165,18 @@ NEMOTRON_ALIASES = {
 def nemotron_h(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Nemotron-H (NVIDIA's Nemotron-H, Nemotron Nano 2): blocks each of one kind, a Mamba2 mixer, attention (no
     rotary) or a squared-ReLU MLP, after an RMSNorm and into the residual, in the order ``layers_block_type`` (or
-    ``hybrid_override_pattern``: M, *, -) gives; each block a decoder layer with the other half absent. Mixture
-    blocks ("moe", E: Nemotron 3) and sliding attention are refused."""
+    ``hybrid_override_pattern``: M, *, -, E) gives; each block a decoder layer with the other half absent. Nemotron
+    3's mixture blocks ("moe", E): DeepSeek-V3's sigmoid router with its choice bias over squared-ReLU experts (not
+    gated) beside a shared one; their latent projections (``moe_latent_size``) and sliding attention are refused."""
     cfg = {NEMOTRON_ALIASES.get(k, k): v for k, v in cfg.items()}
     pattern = [NEMOTRON_PATTERN.get(c, c) for c in cfg.get("hybrid_override_pattern") or ""]
     kinds = cfg.get("layers_block_type") or cfg.get("layer_types") or pattern
     kinds = kinds or ["linear_attention", "moe", "full_attention", "mlp"]  # NemotronHConfig's default
     for kind in kinds:
         if kind not in NEMOTRON_BLOCKS:
-            raise ValueError(
-                f"Nemotron-H block {kind!r} is not supported (supported: {', '.join(NEMOTRON_BLOCKS)}; its mixture "
-                "blocks' squared-ReLU experts have no jllm form yet)"
-            )
+            raise ValueError(f"Nemotron-H block {kind!r} is not supported (supported: {', '.join(NEMOTRON_BLOCKS)})")
     layers = tuple(NEMOTRON_BLOCKS[kind] for kind in kinds)
-    _check_attends(layers, "Nemotron-H")
+    check_attends(layers, "Nemotron-H")
     if cfg.get("sliding_window") is not None:
         raise ValueError(f"Nemotron-H sliding_window={cfg['sliding_window']} is not supported (supported: null)")
     defaults = {"head_dim": 128, "num_key_value_heads": 8, "intermediate_size": 21504, "max_position_embeddings": 4096}
@@ -210,7 +201,7 @@ def nemotron_h(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         ("norm", "norm_f"),
         ("gated_norm", "norm"),
     )
-    return ModelArgs(
+    args = ModelArgs(
         **base_args(cfg, dtype),
         layers=layers,
         mlp_act=activation(cfg, "mlp_hidden_act", "relu2", "Nemotron-H"),
@@ -218,4 +209,40 @@ def nemotron_h(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mlp_bias=bool(cfg.get("mlp_bias", False)),
         mamba2=mamba2_spec({**cfg, **mamba}, "Nemotron-H"),
         weights=WeightMap(prefix="backbone.", rename=rename),
+    )
+    return _nemotron_mixture(args, cfg, kinds) if "moe" in kinds else args
+
+
+def _nemotron_mixture(args: ModelArgs, cfg: dict[str, Any], kinds: list[str]) -> ModelArgs:
+    """Nemotron 3's model: its "moe" blocks the top ``num_experts_per_tok`` of ``n_routed_experts`` plain experts of
+    ``moe_intermediate_size`` by sigmoid score plus ``e_score_correction_bias`` among the ``topk_group`` best of
+    ``n_group`` groups, renormalised where ``norm_topk_prob``, times ``routed_scaling_factor``, beside a plain shared
+    expert of ``moe_shared_expert_intermediate_size``; its "mlp" blocks dense."""
+    if cfg.get("moe_latent_size") is not None:
+        raise ValueError(
+            f"Nemotron-H moe_latent_size={cfg['moe_latent_size']} is not supported (supported: null, no latent "
+            "projection around the experts)"
+        )
+    if args.mlp_bias:
+        raise ValueError("Nemotron-H mlp_bias=True with mixture blocks is not supported (supported: False)")
+    experts = cfg.get("n_routed_experts", cfg.get("num_local_experts", 8))
+    top_k, groups = cfg.get("num_experts_per_tok", 2), (cfg.get("n_group", 1), cfg.get("topk_group", 1))
+    if not 0 < top_k <= experts:
+        raise ValueError(f"Nemotron-H num_experts_per_tok={top_k} must be between 1 and n_routed_experts={experts}")
+    layers = tuple(
+        dataclasses.replace(spec, dense_mlp_size=args.intermediate_size if kind == "mlp" else None)
+        for spec, kind in zip(args.layers, kinds, strict=True)
+    )
+    rename = (*args.weights.rename, ("experts", "experts.{e}"), ("shared_expert", "shared_experts"))
+    return dataclasses.replace(
+        args,
+        layers=layers,
+        intermediate_size=cfg.get("moe_intermediate_size", 7688),
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=bool(cfg.get("norm_topk_prob", True)),
+        shared_expert_size=cfg.get("moe_shared_expert_intermediate_size", 7688),
+        shared_expert_gated=False,
+        moe_routing=GroupedRouting("sigmoid", *groups, scale=float(cfg.get("routed_scaling_factor", 1.0))),
+        weights=dataclasses.replace(args.weights, rename=rename),
     )
