@@ -303,6 +303,7 @@ def gguf_reference_logits(
         return config, [model(torch.tensor([ids])).logits[0].numpy() for ids in prompts]
 
 
+@pytest.mark.slow  # ~16 s over its cases: the fast tier stays under its 2 minutes
 @pytest.mark.parametrize(
     ("case", "qtype", "width"),
     [
