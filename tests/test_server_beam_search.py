@@ -111,3 +111,6 @@ def test_neutral_sampling_values_pass_with_a_search(server: RunningServer) -> No
     neutral = {"top_p": 1.0, "stop": [], "presence_penalty": 0, "frequency_penalty": 0.0, "seed": None}
     reply = completion(server, prompt=[7], use_beam_search=True, n=2, max_tokens=2, **neutral)
     assert len(reply["choices"]) == 2
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "use_beam_search": True, "max_tokens": 2}
+    reply = http("POST", f"{server.url}/v1/chat/completions", json_body={**chat, "response_format": {"type": "text"}})
+    assert reply.status == 200 and len(reply.json()["choices"]) == 1, reply.body[:300]

@@ -71,7 +71,8 @@ _BEAM = "is not supported with use_beam_search: beams are ranked by their logpro
 # Fields a beam search cannot honour: (the values that ask for nothing, why a request asking more is refused)
 BEAM_SEARCH_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     **{name: ((None,), _BEAM) for name in ("seed", "allowed_token_ids", "guided_json", "guided_regex")},
-    **{name: ((None,), _BEAM) for name in ("guided_choice", "guided_grammar", "response_format")},
+    **{name: ((None,), _BEAM) for name in ("guided_choice", "guided_grammar")},
+    "response_format": ((None, {"type": "text"}), _BEAM),
     **{name: (_NOTHING, _BEAM) for name in ("stop", "stop_token_ids", "logit_bias", "structured_outputs", "tools")},
     "top_p": ((None, 1, 1.0), _BEAM),
     "top_k": ((None, -1, 0), _BEAM),
