@@ -20,15 +20,21 @@ step import_times 120 bash -c 'env | grep ^PYTHON; python -c "import importlib.u
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
 
+# Issue 20: warm start-up with the executable cache's prefetch (programs loaded while the weights load): 8.38 s on an
+# H200 before it (2026-12-05), 11.5 s on an H100 host whose import took 5.8 s; goal 8 s.
+step startup 420 python scripts/profile_startup.py --config $BF16 --warm-runs 2 --json "$QOUT/startup.json"
+# The recurrent layers' chunked prefill (gated DeltaNet's chunked delta rule, Mamba2's chunked SSD) against the token
+# scan it replaces in prefill buckets: one layer of Qwen3-Next-80B-A3B and of Granite-4.0-H-Small, bf16, T = 512 and
+# 2048 over 1 and 8 rows, and 1 prefill beside 63 decodes in the default 2048 x 64 bucket (a mixed step pays its short
+# rows' chunk padding: is the chunked path still faster there?). CPU-checked only, float32: chunked within 8.6e-7 of
+# the scan (2026-12-05).
+step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recurrent_prefill.json"
 # Every kernel path against the float32 reference: 74 / 74 on 2026-12-05 (sinks included). The jax-triton prefill
 # kernel reads FP8 pools since (checked in Triton's interpreter in float32 only), so this runs first by default; once
 # its FP8 cases pass in bf16, resolve_backend's "auto" may give FP8 pools that kernel, and CHECK_KERNELS=0 skips this.
 if [[ ${CHECK_KERNELS:-1} == 1 ]]; then
     step check_kernels 420 python scripts/check_kernels.py --json "$QOUT/check_kernels.json"
 fi
-# Issue 20: warm start-up with the executable cache's prefetch (programs loaded while the weights load): 8.38 s on an
-# H200 before it (2026-12-05), 11.5 s on an H100 host whose import took 5.8 s; goal 8 s.
-step startup 420 python scripts/profile_startup.py --config $BF16 --warm-runs 2 --json "$QOUT/startup.json"
 # Issue 21: FP8 offline throughput, 128 in / 2048 out x 1000, with FP8 x FP8 from 32-token steps (8,854 output tok/s
 # on an H100 with the old 512 threshold; NVIDIA's TensorRT-LLM table: 23,295 on an H200), then with an FP8 KV pool:
 # at 256 rows the attention reads ~35 GB of bf16 K/V a step, the step's largest cost.
@@ -63,9 +69,3 @@ step dump_attention 300 python scripts/profile_step.py --model configs/models/ll
 for b in 1 32; do
     step "replay_b$b" 300 python scripts/bench_kernels.py --replay "$QOUT/step_b$b.npz" --out "$QOUT/replay_b$b"
 done
-# The recurrent layers' chunked prefill (gated DeltaNet's chunked delta rule, Mamba2's chunked SSD) against the token
-# scan it replaces in prefill buckets: one layer of Qwen3-Next-80B-A3B and of Granite-4.0-H-Small, bf16, T = 512 and
-# 2048 over 1 and 8 rows, and 1 prefill beside 63 decodes in the default 2048 x 64 bucket (a mixed step pays its short
-# rows' chunk padding: is the chunked path still faster there?). CPU-checked only, float32: chunked within 8.6e-7 of
-# the scan (2026-12-05).
-step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recurrent_prefill.json"
