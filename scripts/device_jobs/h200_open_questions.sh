@@ -46,7 +46,7 @@ done
 # TPOT at this shape counts the first prompts' decodes inside the others' prefill steps).
 for kv in auto fp8; do
     step "kv_$kv" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
-        --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8320 --max-num-batched-tokens 2048 --steps 20 \
+        --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
         --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
 done
 # Issue 20: serving 32 streams of 1024 in / 128 out means ~256 prefill tokens beside the 32 decodes in every step
