@@ -17,11 +17,9 @@ from collections.abc import Callable
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
-from jax.typing import DTypeLike
 
 from jllm.parallel import TP_AXIS
 from pallas_kernels import has_jax_triton, ragged_paged_attention, ref_ragged_paged_attention, write_kv
-from pallas_kernels.kv_quant import is_fp8
 
 # "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
 # "triton-prefill": steps with prefill rows run the jax-triton FlashAttention kernel, decode-only steps the Pallas one.
@@ -33,7 +31,6 @@ _KERNEL_PLATFORMS = ("gpu", "cuda")
 def resolve_backend(
     name: str,
     platform: str,
-    pool_dtype: DTypeLike = None,
     head_dim: int | None = None,
     *,
     latent: bool = False,
@@ -44,20 +41,18 @@ def resolve_backend(
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
     "pallas") and the reference everywhere else. Every backend reads a pool in the model's dtype or FP8 (the kernels
-    widen e4m3 tiles as they load them), but the jax-triton kernel's FP8 read is checked only in Triton's
-    interpreter (float32) and by its sm_90 compile, not yet in bf16 on a GPU: until ``scripts/check_kernels.py``
-    passes it there, "auto" gives an FP8 pool "pallas" and "triton-prefill" must be named. Both kernels tile a
+    widen e4m3 tiles as they load them; ``scripts/check_kernels.py`` passed both on an FP8 pool in bf16 on an H200,
+    2026-12-05), so "auto" picks the same kernel whatever the pool's dtype. Both kernels tile a
     head's channels in one power-of-two block and read K and V planes, so a pool head of another width or a
     ``latent`` pool (DeepSeek's, one row of 512 + 64 a token) takes the reference, and the kernels are refused for
     it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW): such a model takes it, and the kernels are
     refused for it.
     """
-    fp8 = pool_dtype is not None and is_fp8(pool_dtype)
     kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
     if name == "auto":
         if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi:
             return "reference"
-        return "triton-prefill" if has_jax_triton() and not fp8 else "pallas"
+        return "triton-prefill" if has_jax_triton() else "pallas"
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
     if name != "reference" and (latent or not kernel_width):

@@ -177,7 +177,6 @@ def _worker(
     backend = resolve_backend(
         config.model.attention_backend,
         jax.default_backend(),
-        dtype,
         spec.head_dim,
         latent=spec.latent,
         alibi=args.alibi_slopes is not None,

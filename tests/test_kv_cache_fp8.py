@@ -223,20 +223,16 @@ def test_cli_refuses_an_unsupported_kv_cache_dtype(capsys: pytest.CaptureFixture
     assert "argument --kv-cache-dtype: invalid choice: 'fp8_e5m2'" in capsys.readouterr().err
 
 
-def test_fp8_pool_takes_the_jax_triton_kernel_for_prefill_on_a_gpu_only_when_named(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Both kernels read an FP8 pool, and naming either is accepted; "auto" keeps the Pallas kernel for an FP8 pool
-    until the jax-triton kernel's FP8 read is checked in bf16 on a GPU (its bf16 pool takes jax-triton)."""
+def test_an_fp8_pool_takes_the_kernel_a_bf16_pool_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both kernels read an FP8 pool (check_kernels passed them in bf16 on an H200, 2026-12-05), so the backend no
+    longer depends on the pool's dtype: "auto" takes jax-triton where it is installed, else Pallas."""
     monkeypatch.setattr(attention, "has_jax_triton", lambda: True)
-    assert attention.resolve_backend("auto", "gpu", jnp.bfloat16) == "triton-prefill"
-    assert attention.resolve_backend("auto", "gpu", FP8_DTYPE) == "pallas"
-    for dtype in (jnp.bfloat16, FP8_DTYPE):
-        assert attention.resolve_backend("triton-prefill", "gpu", dtype) == "triton-prefill"
-        assert attention.resolve_backend("pallas", "gpu", dtype) == "pallas"
-    assert attention.resolve_backend("auto", "cpu", FP8_DTYPE) == "reference"
+    assert attention.resolve_backend("auto", "gpu") == "triton-prefill"
+    for name in ("triton-prefill", "pallas"):
+        assert attention.resolve_backend(name, "gpu") == name
+    assert attention.resolve_backend("auto", "cpu") == "reference"
     monkeypatch.setattr(attention, "has_jax_triton", lambda: False)
-    assert attention.resolve_backend("auto", "gpu", FP8_DTYPE) == "pallas"
+    assert attention.resolve_backend("auto", "gpu") == "pallas"
 
 
 # --- the engine end to end: greedy tokens, and logprobs teacher-forced on a reference's tokens
