@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jllm.models.recurrent_state import StateSpec, state_bytes
+from jllm.parallel import device_zeros
 from pallas_kernels.kv_quant import FP8_DTYPE
 
 # Page 0 is reserved for padding, so a usable pool needs at least one more.
@@ -184,18 +185,18 @@ def allocate_kv_pool(
     """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); a
     recurrent layer's state pool instead, ``num_state_slots`` slots of it, replicated.
 
-    Zeros are produced by a jitted computation with ``out_shardings``, so each shard is filled where it lives and no
-    full-size host copy ever exists. Zero-filled, not empty: ``jnp.empty`` returns uninitialised memory since JAX 0.11.
+    Zeros are made on the devices (``parallel.device_zeros``), so no full-size host copy ever exists.
     """
     if num_pages < MIN_NUM_PAGES:
         raise ValueError(f"num_pages={num_pages} is too small: page 0 is reserved, so at least {MIN_NUM_PAGES}")
     if spec.states and num_state_slots < 2:
         raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
     shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
-    shardings = {} if sharding is None else {"out_shardings": sharding}
-    zeros = jax.jit(lambda: jnp.zeros(shape, spec.dtype), **shardings)
     # the state pools replicated over the pages' mesh (their heads are not split)
     replicated = sharding
     if isinstance(sharding, jax.sharding.NamedSharding):
         replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return [zeros() if state is None else state.zeros(num_state_slots, replicated) for state in spec.layer_states]
+    return [
+        device_zeros(shape, spec.dtype, sharding) if state is None else state.zeros(num_state_slots, replicated)
+        for state in spec.layer_states
+    ]

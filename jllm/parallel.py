@@ -16,6 +16,9 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,9 +68,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def device_zeros(shape: tuple[int, ...], dtype: jnp.dtype, sharding: jax.sharding.Sharding) -> jax.Array:
-    """A zero-filled array made where ``sharding`` puts it, each shard on its own device (no host copy)."""
-    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+def device_zeros(shape: tuple[int, ...], dtype: Any, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+    """A zero-filled array made where ``sharding`` puts it (None: the default device), each shard on its own device
+    (no host copy). Zero-filled, not empty: ``jnp.empty`` returns uninitialised memory since JAX 0.11."""
+    return _zeros_program(tuple(shape), jnp.dtype(dtype), sharding)()
+
+
+@functools.cache
+def _zeros_program(shape: tuple[int, ...], dtype: jnp.dtype, sharding: jax.sharding.Sharding | None) -> Any:
+    """One compiled program per shape, dtype and placement: a pool's layers, or a model's like leaves, share it."""
+    placed = {} if sharding is None else {"out_shardings": sharding}
+    return jax.jit(lambda: jnp.zeros(shape, dtype), **placed)
 
 
 def check_divisible(

@@ -34,6 +34,7 @@ from flax import nnx
 
 from jllm.attention import AttentionMetadata
 from jllm.models.layers import param
+from jllm.parallel import device_zeros
 
 StatePool = tuple[jax.Array, ...]  # one recurrent layer's states, each [num_state_slots, ...]
 
@@ -57,11 +58,7 @@ class StateSpec:
 
     def zeros(self, num_slots: int, sharding: jax.sharding.Sharding | None = None) -> StatePool:
         """The layer's pool, zero-filled where ``sharding`` puts it (no host copy)."""
-        out = {} if sharding is None else {"out_shardings": sharding}
-        return tuple(
-            jax.jit(lambda s=s, d=d: jnp.zeros((num_slots, *s), d), **out)()
-            for s, d in zip(self.shapes, self.dtypes, strict=True)
-        )
+        return tuple(device_zeros((num_slots, *s), d, sharding) for s, d in zip(self.shapes, self.dtypes, strict=True))
 
 
 def fresh_rows(meta: AttentionMetadata) -> jax.Array:
