@@ -36,6 +36,15 @@ step fp8_tput_kv_fp8 480 python scripts/bench_throughput.py --config $FP8 --skip
     --input-len 128 --output-len 2048 --num-prompts 1000 --set kv_cache_dtype=fp8 --json "$QOUT/fp8_tput_fp8.json"
 step fp8_tput_128 300 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
     --input-len 128 --output-len 128 --num-prompts 3000 --json "$QOUT/fp8_tput_128.json"
+# Issue 20: cold start-up (51.8 s against 30; compiles 222 thread-s for 12 forwards, 191 for 36 samplers): the same
+# cold start with XLA's LLVM module split over 8 threads, and with GEMM autotuning off (its TPOT cost beside it).
+step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold.json"
+step startup_cold_par8 240 env XLA_FLAGS=--xla_gpu_force_compilation_parallelism=8 python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_par8.json"
+step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_noautotune.json"
+step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,32 --json "$QOUT/bf16_lat_noautotune.json"
 step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
     --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
 # Issue 20: serving 32 streams of 1024 in / 128 out means ~256 prefill tokens beside the 32 decodes in every step
