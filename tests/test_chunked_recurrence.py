@@ -7,6 +7,8 @@ chunks), and against transformers' chunked torch functions on one row."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ from model_utils import relative_error
 from jllm.attention import AttentionMetadata
 from jllm.models.gated_deltanet import _delta_step, _l2_normed, chunked_delta_rule
 from jllm.models.mamba2 import ssd_chunked, ssd_step
-from jllm.models.recurrent_state import scan_rows
+from jllm.models.recurrent_state import scan_segments
 
 # (rows' tokens, whether each continues a state, the step's tokens): rows around a 64-token chunk's edges and past
 # three chunks, then a padding row; a prefill beside 40 decodes and padding rows; prefills of different lengths
@@ -65,6 +67,13 @@ def assert_rows_match(got: tuple[jax.Array, jax.Array], want: tuple[jax.Array, j
     assert not out[qsl[-1] :].any()
 
 
+def token_scan(step: Callable, state: jax.Array, xs: tuple, out_like: Any, meta: AttentionMetadata) -> tuple:
+    """The recurrence token by token, every row at every iteration (``scan_segments`` without a bound on the rows
+    still going: the reference, whatever ``scan_rows`` skips)."""
+    qsl = meta.query_start_loc
+    return scan_segments(step, state, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1])
+
+
 def delta_inputs(rng: np.random.Generator, num_tokens: int) -> tuple[jax.Array, ...]:
     """q (L2-normed, scaled), k (L2-normed), v, the log decay and beta ``[T, heads, ...]``, as the layer feeds them."""
     q, k = (_l2_normed(jnp.asarray(rng.standard_normal((num_tokens, HEADS, DK)), jnp.float32)) for _ in range(2))
@@ -92,7 +101,7 @@ def test_chunked_delta_rule_matches_the_token_scan_on_packed_rows(step_name: str
     state = initial_states(rng, (HEADS, DK, DV), continues)
     got = jax.jit(chunked_delta_rule)(q, k, v, log_decay, beta, state, meta)
     out_like = jax.ShapeDtypeStruct((HEADS, DV), jnp.float32)
-    scan = jax.jit(lambda state, *xs: scan_rows(_delta_step, state, xs, out_like, meta))
+    scan = jax.jit(lambda state, *xs: token_scan(_delta_step, state, xs, out_like, meta))
     assert_rows_match(got, scan(state, q, k, v, jnp.exp(log_decay), beta), lens)
 
 
@@ -111,7 +120,7 @@ def test_chunked_ssd_matches_the_token_scan_on_packed_rows(step_name: str) -> No
         return state, y
 
     out_like = jax.ShapeDtypeStruct((HEADS, DV), jnp.float32)
-    want = jax.jit(lambda state, *xs: scan_rows(step, state, xs, out_like, meta))(state, x, dt, b, c)
+    want = jax.jit(lambda state, *xs: token_scan(step, state, xs, out_like, meta))(state, x, dt, b, c)
     assert_rows_match(got, want, lens)
 
 
