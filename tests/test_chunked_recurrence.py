@@ -1,11 +1,14 @@
 """The recurrent mixers' chunked prefill algorithms (gated DeltaNet's chunked delta rule, Mamba2's chunked SSD) in
 float32 on random inputs: against the token-by-token recurrence on rows of 1, 63, 64, 65 and 200 tokens packed in one
-step (some fresh, some continuing from a random state, beside a padding row), and against transformers' chunked torch
-functions on one row."""
+step (some fresh, some continuing from a random state, beside a padding row), on mixed steps (prefills beside many
+decode rows, in any order, with padding rows: past its first chunk a row is stepped among the few that can still have
+chunks), and against transformers' chunked torch functions on one row."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +19,21 @@ from model_utils import relative_error
 from jllm.attention import AttentionMetadata
 from jllm.models.gated_deltanet import _delta_step, _l2_normed, chunked_delta_rule
 from jllm.models.mamba2 import ssd_chunked, ssd_step
-from jllm.models.recurrent_state import scan_rows
+from jllm.models.recurrent_state import scan_segments
 
-# rows around a 64-token chunk's edges and past three chunks, then a padding row; rows 1 and 3 continue a state
-LENS, CONTINUES, NUM_TOKENS = [1, 63, 64, 65, 200, 0], [False, True, False, True, False, False], 400
-CHUNKED_RTOL = 1e-5  # measured, float32 on the CPU: at most 8.6e-7 (delta rule), 3.7e-7 (SSD), per row and output
+# (rows' tokens, whether each continues a state, the step's tokens): rows around a 64-token chunk's edges and past
+# three chunks, then a padding row; a prefill beside 40 decodes and padding rows; prefills of different lengths
+# between decodes and padding rows, the longest neither first nor last
+STEPS = {
+    "chunk-edges": ([1, 63, 64, 65, 200, 0], [False, True, False, True, False, False], 400),
+    "prefill-beside-decodes": ([300] + [1] * 40 + [0] * 3, [False] + [True] * 40 + [False] * 3, 400),
+    "prefills-and-decodes-any-order": (
+        [1, 130, 0, 1, 65, 1, 200, 1, 64, 1, 0],
+        [True, True, False, True, False, True, False, True, True, True, False],
+        480,
+    ),
+}
+CHUNKED_RTOL = 1e-5  # measured, float32 on the CPU: at most 9.9e-7 (delta rule), 4.1e-7 (SSD), per row and output
 HEADS, DK, DV = 4, 16, 8  # the delta rule's; Mamba2's heads of DV channels, 2 groups of B and C with a state of DK
 
 
@@ -41,17 +54,24 @@ def initial_states(rng: np.random.Generator, shape: tuple[int, ...], continues: 
     return jnp.asarray(states, jnp.float32)
 
 
-def assert_rows_match(got: tuple[jax.Array, jax.Array], want: tuple[jax.Array, jax.Array]) -> None:
+def assert_rows_match(got: tuple[jax.Array, jax.Array], want: tuple[jax.Array, jax.Array], lens: list[int]) -> None:
     """Each row's outputs and final state within ``CHUNKED_RTOL``; padding tokens' outputs zero, as the scan's."""
-    qsl = np.cumsum([0, *LENS])
+    qsl = np.cumsum([0, *lens])
     (out, state), (want_out, want_state) = (tuple(map(np.asarray, pair)) for pair in (got, want))
-    for s, n in enumerate(LENS):
+    for s, n in enumerate(lens):
         if n:
             assert relative_error(out[qsl[s] : qsl[s + 1]], want_out[qsl[s] : qsl[s + 1]]) < CHUNKED_RTOL, n
             assert relative_error(state[s], want_state[s]) < CHUNKED_RTOL, n
         else:  # the padding row keeps its state
             np.testing.assert_array_equal(state[s], want_state[s])
     assert not out[qsl[-1] :].any()
+
+
+def token_scan(step: Callable, state: jax.Array, xs: tuple, out_like: Any, meta: AttentionMetadata) -> tuple:
+    """The recurrence token by token, every row at every iteration (``scan_segments`` without a bound on the rows
+    still going: the reference, whatever ``scan_rows`` skips)."""
+    qsl = meta.query_start_loc
+    return scan_segments(step, state, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1])
 
 
 def delta_inputs(rng: np.random.Generator, num_tokens: int) -> tuple[jax.Array, ...]:
@@ -72,22 +92,26 @@ def ssd_inputs(rng: np.random.Generator, num_tokens: int) -> tuple[jax.Array, ..
     return tuple(jnp.asarray(y, jnp.float32) for y in (x, dt, a, b, c, rng.standard_normal(HEADS)))
 
 
-def test_chunked_delta_rule_matches_the_token_scan_on_packed_rows() -> None:
+@pytest.mark.parametrize("step_name", STEPS)
+def test_chunked_delta_rule_matches_the_token_scan_on_packed_rows(step_name: str) -> None:
+    lens, continues, num_tokens = STEPS[step_name]
     rng = np.random.default_rng(0)
-    meta = packed_meta(LENS, CONTINUES, NUM_TOKENS)
-    q, k, v, log_decay, beta = delta_inputs(rng, NUM_TOKENS)
-    state = initial_states(rng, (HEADS, DK, DV), CONTINUES)
+    meta = packed_meta(lens, continues, num_tokens)
+    q, k, v, log_decay, beta = delta_inputs(rng, num_tokens)
+    state = initial_states(rng, (HEADS, DK, DV), continues)
     got = jax.jit(chunked_delta_rule)(q, k, v, log_decay, beta, state, meta)
     out_like = jax.ShapeDtypeStruct((HEADS, DV), jnp.float32)
-    scan = jax.jit(lambda state, *xs: scan_rows(_delta_step, state, xs, out_like, meta))
-    assert_rows_match(got, scan(state, q, k, v, jnp.exp(log_decay), beta))
+    scan = jax.jit(lambda state, *xs: token_scan(_delta_step, state, xs, out_like, meta))
+    assert_rows_match(got, scan(state, q, k, v, jnp.exp(log_decay), beta), lens)
 
 
-def test_chunked_ssd_matches_the_token_scan_on_packed_rows() -> None:
+@pytest.mark.parametrize("step_name", STEPS)
+def test_chunked_ssd_matches_the_token_scan_on_packed_rows(step_name: str) -> None:
+    lens, continues, num_tokens = STEPS[step_name]
     rng = np.random.default_rng(1)
-    meta = packed_meta(LENS, CONTINUES, NUM_TOKENS)
-    x, dt, a, b, c, d = ssd_inputs(rng, NUM_TOKENS)
-    state = initial_states(rng, (HEADS, DV, DK), CONTINUES)
+    meta = packed_meta(lens, continues, num_tokens)
+    x, dt, a, b, c, d = ssd_inputs(rng, num_tokens)
+    state = initial_states(rng, (HEADS, DV, DK), continues)
     got = jax.jit(functools.partial(ssd_chunked, meta=meta, size=64))(state, x, dt, a, b, c, d)
 
     def step(state: jax.Array, token: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
@@ -96,8 +120,8 @@ def test_chunked_ssd_matches_the_token_scan_on_packed_rows() -> None:
         return state, y
 
     out_like = jax.ShapeDtypeStruct((HEADS, DV), jnp.float32)
-    want = jax.jit(lambda state, *xs: scan_rows(step, state, xs, out_like, meta))(state, x, dt, b, c)
-    assert_rows_match(got, want)
+    want = jax.jit(lambda state, *xs: token_scan(step, state, xs, out_like, meta))(state, x, dt, b, c)
+    assert_rows_match(got, want, lens)
 
 
 @pytest.mark.slow  # transformers' modeling imported

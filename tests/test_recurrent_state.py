@@ -4,6 +4,7 @@ a hybrid model's pool: pages for its attention layers, state pools for its recur
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from jllm.models.recurrent_state import (
     from_chunks,
     gather_states,
     row_chunks,
+    scan_chunks,
     scan_rows,
     scatter_states,
     to_chunks,
@@ -64,7 +66,8 @@ def test_causal_conv1d_continues_each_row_from_its_conv_state() -> None:
 
 
 def test_scan_rows_steps_every_row_over_its_own_tokens() -> None:
-    """A decaying running sum per row, from each row's carry: the packed outputs and final carries equal a loop."""
+    """A decaying running sum per row, from each row's carry: the packed outputs and final carries equal a loop (the
+    5-token row's fifth token stepped beside one other row: 12 tokens hold at most two rows of five)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((NUM_TOKENS, 3)).astype(np.float32)
     carry = rng.standard_normal((4, 3)).astype(np.float32)
@@ -99,6 +102,42 @@ def test_row_chunks_pad_each_row_to_whole_chunks_and_read_back_in_packed_order()
     assert np.asarray(from_chunks(to_chunks(x, chunks), chunks, meta, NUM_TOKENS)).tolist() == [*range(1, 10), 0, 0, 0]
     assert row_chunks(meta, NUM_TOKENS, 64).size == NUM_TOKENS  # a step shorter than a chunk: one chunk a row
     assert use_chunks(NUM_TOKENS, 4) and not use_chunks(4, 4)  # a decode-only bucket keeps the token scan
+
+
+def test_scan_chunks_steps_each_row_past_its_first_chunk_among_only_the_rows_that_can_go_on() -> None:
+    """A mixed step of 2048 tokens in 64 rows (decodes, a 1985-token prefill third, padding rows), chunks of 64: a
+    decaying running sum over each row's chunks equals a loop, and past the first chunk an iteration steps only as
+    many rows as can have that many chunks (64 rows, then 31, 15, 7, 3, 1: one program each)."""
+    lens = [1, 1, 1985] + [1] * 58 + [0] * 3
+    meta = AttentionMetadata(
+        slot_mapping=jnp.zeros(2048, jnp.int32),
+        query_start_loc=jnp.asarray(np.cumsum([0, *lens]), jnp.int32),
+        kv_lens=jnp.asarray(lens, jnp.int32),
+        block_tables=jnp.zeros((64, 1), jnp.int32),
+        state_slots=jnp.arange(64, dtype=jnp.int32),
+    )
+    chunks = row_chunks(meta, 2048, 64)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((chunks.token.shape[0], 3)).astype(np.float32)
+    carry = rng.standard_normal((64, 3)).astype(np.float32)
+    widths = []
+
+    def step(c, xs):
+        widths.append(c.shape[0])
+        c = 0.5 * c + xs[0]
+        return c, 2.0 * c
+
+    scan = jax.jit(lambda c, x: scan_chunks(step, c, (x,), jnp.zeros(3, jnp.float32), chunks, 2048))
+    outs, final = (np.asarray(a) for a in scan(carry, x))
+    assert widths == [64, 31, 15, 7, 3, 1]
+    first, count = np.asarray(chunks.first), np.asarray(chunks.count)
+    assert count.tolist() == [1, 1, 32] + [1] * 58 + [0] * 3
+    for s in range(64):
+        c = carry[s]
+        for n in range(first[s], first[s] + count[s]):
+            c = 0.5 * c + x[n]
+            np.testing.assert_allclose(outs[n], 2.0 * c, rtol=1e-6)
+        np.testing.assert_allclose(final[s], c, rtol=1e-6)  # a padding row keeps its carry
 
 
 def test_gather_zeroes_fresh_rows_and_scatter_writes_each_row_to_its_slot() -> None:

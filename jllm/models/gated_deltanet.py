@@ -39,8 +39,8 @@ from jllm.models.recurrent_state import (
     from_chunks,
     gather_states,
     row_chunks,
+    scan_chunks,
     scan_rows,
-    scan_segments,
     scatter_states,
     to_chunks,
     use_chunks,
@@ -211,9 +211,10 @@ def chunked_delta_rule(
     """The gated delta rule over each row's tokens in chunks of ``CHUNK`` (transformers'
     ``torch_chunk_gated_delta_rule``; a step of fewer tokens in one chunk of them all): inside a chunk, the UT
     transform turns its delta updates into two triangular solves and the outputs into a causal, decay-weighted
-    attention, for every chunk of every row at once; only the state's passage from chunk to chunk is stepped, all
-    rows side by side. Padded positions (zero k, v, beta and log decay) leave the state as it is. Returns
-    (``out [T, heads, dv]`` float32, the rows' new states)."""
+    attention, for every chunk of every row at once; only the state's passage from chunk to chunk is stepped, every
+    row's first chunk at once, its later ones beside those of the few rows that can have them (``scan_chunks``).
+    Padded positions (zero k, v, beta and log decay) leave the state as it is. Returns (``out [T, heads, dv]``
+    float32, the rows' new states)."""
     num_tokens = q.shape[0]
     chunks = row_chunks(meta, num_tokens, CHUNK)
     q, k, v = (to_chunks(x, chunks).transpose(0, 2, 1, 3) for x in (q, k, v))  # [N, heads, C, d]
@@ -241,5 +242,5 @@ def chunked_delta_rule(
 
     per_chunk = (new_values, k_cumdecay, q_decayed, k_decayed, attn, chunk_decay)
     out_like = jax.ShapeDtypeStruct(new_values.shape[1:], jnp.float32)  # [heads, C, dv]
-    out, state = scan_segments(step, state, per_chunk, out_like, chunks.first, chunks.count)
+    out, state = scan_chunks(step, state, per_chunk, out_like, chunks, num_tokens)
     return from_chunks(out.transpose(0, 2, 1, 3), chunks, meta, num_tokens), state

@@ -42,8 +42,8 @@ from jllm.models.recurrent_state import (
     from_chunks,
     gather_states,
     row_chunks,
+    scan_chunks,
     scan_rows,
-    scan_segments,
     scatter_states,
     to_chunks,
     use_chunks,
@@ -158,9 +158,10 @@ def ssd_chunked(
 ) -> tuple[jax.Array, jax.Array]:
     """The SSD recurrence over each row's tokens in chunks of ``size`` (transformers' ``mamba2_chunk_scan``): each
     chunk's own outputs as a masked, decay-weighted attention (the diagonal blocks) and its contribution to the state,
-    for every chunk of every row at once; the state stepped from chunk to chunk, all rows side by side, each chunk
-    reading the state it starts from. Padded positions (zero ``dt``) neither decay nor add to the state. Returns
-    (``y [T, heads, head_dim]`` float32, the rows' new states)."""
+    for every chunk of every row at once; the state stepped from chunk to chunk (``scan_chunks``: every row's first
+    chunk at once, later ones among the few rows that can have them), each chunk reading the state it starts from.
+    Padded positions (zero ``dt``) neither decay nor add to the state. Returns (``y [T, heads, head_dim]`` float32,
+    the rows' new states)."""
     num_tokens, heads, groups = x.shape[0], x.shape[1], b.shape[1]
     chunks = row_chunks(meta, num_tokens, size)
     x, dt, b, c = (to_chunks(y.astype(jnp.float32), chunks) for y in (x, dt, b, c))  # [N, C, heads or groups, ...]
@@ -180,7 +181,7 @@ def ssd_chunked(
         return state * jnp.exp(cum[:, -1])[..., None, None] + added, y_off
 
     out_like = jax.ShapeDtypeStruct(y_diag.shape[1:], jnp.float32)
-    y_off, state = scan_segments(step, state, (c, cum, added), out_like, chunks.first, chunks.count)
+    y_off, state = scan_chunks(step, state, (c, cum, added), out_like, chunks, num_tokens)
     y = y_diag + y_off + d.astype(jnp.float32)[:, None] * x
     return from_chunks(y, chunks, meta, num_tokens), state
 

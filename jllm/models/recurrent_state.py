@@ -15,7 +15,9 @@ row: token by token, what decode steps want. A long prefill instead takes a mixe
 (``use_chunks`` decides, per bucket): each row's tokens padded to whole chunks of ``C`` (``RowChunks``: the rows'
 chunks side by side, ``to_chunks`` gathers the packed tokens into them, ``from_chunks`` reads the outputs back in
 packed order), the work inside a chunk done as matmuls for every chunk at once, and only the state's passage from one
-chunk of a row to the next stepped, all rows at once (``scan_segments`` over chunks, as ``scan_rows`` over tokens).
+chunk of a row to the next stepped (``scan_chunks``: ``scan_segments`` over chunks, as ``scan_rows`` over tokens):
+every row's first chunk at once, then only the rows that can still have chunks, a static bound from the step's
+tokens, so a mixed step's decode rows are stepped once, not at every chunk of its prefill.
 
 Where this module sits: docs/architecture.md.
 """
@@ -149,10 +151,14 @@ def scan_rows(
 ) -> tuple[Any, Any]:
     """Runs ``step(carry_rows, x_rows) -> (carry_rows, out_rows)`` over the offset within each row, all rows at
     once (each leaf ``[S, ...]``): iteration j feeds every row its j-th token; rows without one keep their carry.
-    The trip count is the step's longest row (at most T; one for a decode-only step). Returns (outputs packed
+    The trip count is the step's longest row (at most T; one for a decode-only step). In a bucket with more tokens
+    than rows (a mixer without a chunked form, there: Kimi's), iteration j steps only the longest rows, as many as
+    can have a j-th token, ``T // (j + 1)`` at most (``scan_segments``' ``max_rows``). Returns (outputs packed
     ``[T, ...]``, the final carry)."""
     qsl = meta.query_start_loc
-    return scan_segments(step, carry, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1])
+    num_tokens, num_rows = jax.tree.leaves(xs)[0].shape[0], qsl.shape[0] - 1
+    max_rows = (lambda j: num_tokens // (j + 1)) if num_tokens > num_rows else None
+    return scan_segments(step, carry, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1], max_rows)
 
 
 def scan_segments(
@@ -162,16 +168,46 @@ def scan_segments(
     out_like: Any,  # each leaf [...]: the shape and dtype of one item's output
     starts: jax.Array,  # [S] int32
     lens: jax.Array,  # [S] int32
+    max_rows: Callable[[int], int] | None = None,
 ) -> tuple[Any, Any]:
     """``scan_rows`` over any contiguous segments of items, one a row: iteration j steps every row over its j-th
-    item (rows without one keep their carry), for as many iterations as the longest segment. Returns (outputs
+    item (rows without one keep their carry), for as many iterations as the longest segment. ``max_rows(j)``, if
+    given, is a static bound on how many rows can have more than j items: iterations past the first then step only
+    the longest rows, as many as the bound allows, gathered and their carries scattered back (``scan_stages``), so
+    a step's few long rows beside many short ones pay for their own iterations, not every row's. Returns (outputs
     ``[N, ...]``, zeros where no segment lies, and the final carry)."""
-    num_items = jax.tree.leaves(xs)[0].shape[0]
+    num_rows, num_items = lens.shape[0], jax.tree.leaves(xs)[0].shape[0]
     outs = jax.tree.map(lambda o: jnp.zeros((num_items + 1, *o.shape), o.dtype), out_like)  # row N: a dump slot
+    longest = jnp.max(lens)
+    for first, end, width in scan_stages(num_rows, num_items, max_rows):
+        if width == num_rows:
+            carry, outs = _scan_stage(step, carry, xs, outs, starts, lens, first, end, longest)
+            continue
+        rows = jnp.argsort(-lens)[:width]  # the longest: every row still going (at most max_rows(first) of them)
+        stage_carry = jax.tree.map(lambda c, rows=rows: c[rows], carry)
+        stage_carry, outs = _scan_stage(step, stage_carry, xs, outs, starts[rows], lens[rows], first, end, longest)
+        carry = jax.tree.map(lambda c, new, rows=rows: c.at[rows].set(new), carry, stage_carry)
+    return jax.tree.map(lambda buf: buf[:num_items], outs), carry
+
+
+def _scan_stage(
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    carry: Any,  # each leaf [R, ...]: the stage's rows' states
+    xs: Any,  # each leaf [N, ...]
+    outs: Any,  # each leaf [N + 1, ...]: the outputs so far, item N a dump slot
+    starts: jax.Array,  # [R] int32: the stage's rows' segments
+    lens: jax.Array,  # [R] int32
+    first: int,
+    end: int | None,
+    longest: jax.Array,  # [] int32: the longest segment of the step
+) -> tuple[Any, Any]:
+    """Iterations ``[first, min(end, longest))`` of ``scan_segments`` over R rows: (their carry, the outputs). A
+    stage of iteration 0 alone runs unlooped: every row of a step has a first item, or is padding."""
+    num_items = jax.tree.leaves(xs)[0].shape[0]
 
     def body(state: tuple[jax.Array, Any, Any]) -> tuple[jax.Array, Any, Any]:
         j, carry, outs = state
-        active = j < lens  # [S]
+        active = j < lens  # [R]
         idx = jnp.where(active, starts + j, num_items)
         x_rows = jax.tree.map(lambda x: x[jnp.minimum(idx, num_items - 1)], xs)
         new_carry, out_rows = step(carry, x_rows)
@@ -183,8 +219,34 @@ def scan_segments(
         outs = jax.tree.map(lambda buf, o: buf.at[idx].set(o.astype(buf.dtype)), outs, out_rows)
         return j + 1, carry, outs
 
-    _, carry, outs = jax.lax.while_loop(lambda s: s[0] < jnp.max(lens), body, (jnp.int32(0), carry, outs))
-    return jax.tree.map(lambda buf: buf[:num_items], outs), carry
+    state = (jnp.int32(first), carry, outs)
+    if (first, end) == (0, 1):
+        return body(state)[1:]
+    stop = longest if end is None else jnp.minimum(longest, end)
+    return jax.lax.while_loop(lambda s: s[0] < stop, body, state)[1:]
+
+
+def scan_stages(
+    num_rows: int, num_items: int, max_rows: Callable[[int], int] | None
+) -> list[tuple[int, int | None, int]]:
+    """``scan_segments``' iterations in stages ``(first, end, width)``: iterations ``[first, end)`` (``end`` None:
+    up to the longest row's end) step the ``width`` longest rows, one program a stage. Without ``max_rows``, one
+    stage of every row. With it, iteration 0 alone over every row, then iterations [1, 2), [2, 4), [4, 8), ... each
+    stage over as many rows as ``max_rows`` and ``num_items`` (a row of more than j items holds j + 1 of them) allow
+    at its first iteration, until no row can go on; neighbours of equal width merge. The width of a stage is at most
+    about twice the bound at its last iteration, in some ``log2(N)`` stages."""
+    if max_rows is None:
+        return [(0, None, num_rows)]
+    stages: list[tuple[int, int | None, int]] = []
+    first = 0
+    while (width := min(num_rows, max_rows(first), num_items // (first + 1))) > 0:
+        end = max(1, 2 * first)
+        if stages and stages[-1][0] > 0 and stages[-1][2] == width:  # iteration 0 stays alone, unlooped
+            stages[-1] = (stages[-1][0], end, width)
+        else:
+            stages.append((first, end, width))
+        first = end
+    return stages
 
 
 def use_chunks(num_tokens: int, num_rows: int) -> bool:
@@ -192,7 +254,8 @@ def use_chunks(num_tokens: int, num_rows: int) -> bool:
     hold a prefill (more tokens than rows). Static, so each bucket compiles one path and a decode bucket (T = S) the
     token scan alone; a ``lax.cond`` on the longest row would put a branch on a device value in every step of a
     bucket (XLA's GPU conditional reads its predicate back to the host) and compile both paths. A mixed bucket (a
-    prefill beside decodes) pays its short rows' chunk padding (``RowChunks``)."""
+    prefill beside decodes) pays its short rows' chunk padding (``RowChunks``) in the work inside chunks, not in the
+    passage from chunk to chunk (``scan_chunks``)."""
     return num_tokens > num_rows
 
 
@@ -244,6 +307,24 @@ def from_chunks(y: jax.Array, chunks: RowChunks, meta: AttentionMetadata, num_to
     n = jnp.clip(chunks.first[row] + offset // chunks.size, 0, y.shape[0] - 1)
     out = y[n, offset % chunks.size]
     return jnp.where(valid.reshape(-1, *[1] * (out.ndim - 1)), out, jnp.zeros((), y.dtype))
+
+
+def scan_chunks(
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    carry: Any,  # each leaf [S, ...]: every row's state before this step
+    xs: Any,  # each leaf [N, ...]: per chunk (``chunks``' layout)
+    out_like: Any,  # each leaf [...]: one chunk's output
+    chunks: RowChunks,
+    num_tokens: int,
+) -> tuple[Any, Any]:
+    """A chunked algorithm's passage of the state from chunk to chunk: ``scan_segments`` over each row's chunks.
+    Chunk j of a row exists only for a row of more than ``j * size`` tokens, of which the step's ``num_tokens`` hold
+    at most ``num_tokens // (j * size + 1)``: past its first chunk, a mixed step's prefill is stepped with a few
+    rows, not beside every decode row (2048 tokens in 64 rows, chunks of 64: 64 + 129 row-chunks stepped in 6
+    programs, against 64 x 32). Returns (outputs ``[N, ...]``, the final carry)."""
+    return scan_segments(
+        step, carry, xs, out_like, chunks.first, chunks.count, lambda j: num_tokens // (j * chunks.size + 1)
+    )
 
 
 def state_bytes(specs: tuple[StateSpec | None, ...], num_slots: int) -> int:
