@@ -229,13 +229,6 @@ def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
             "hybrids): no adapter targets their recurrent mixers; leave enable_lora off",
             key="enable_lora",
         )
-    if config.parallel.tensor_parallel_size > 1:
-        raise ConfigError(
-            f"tensor_parallel_size={config.parallel.tensor_parallel_size} is not supported for hybrid models with "
-            "recurrent layers (Qwen3-Next, Qwen3.5, the Mamba2 hybrids): their recurrent heads and state pools are "
-            "not split over devices yet; use tensor_parallel_size 1",
-            key="tensor_parallel_size",
-        )
 
 
 def _lora_manager(

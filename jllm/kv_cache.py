@@ -183,7 +183,8 @@ def allocate_kv_pool(
     spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.Sharding | None = None, num_state_slots: int = 0
 ) -> list[Any]:
     """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); a
-    recurrent layer's state pool instead, ``num_state_slots`` slots of it, replicated.
+    recurrent layer's state pool instead, ``num_state_slots`` slots of it, split over the same mesh by its heads
+    (``StateSpec.axes``).
 
     Zeros are made on the devices (``parallel.device_zeros``), so no full-size host copy ever exists.
     """
@@ -192,11 +193,8 @@ def allocate_kv_pool(
     if spec.states and num_state_slots < 2:
         raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
     shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
-    # the state pools replicated over the pages' mesh (their heads are not split)
-    replicated = sharding
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
     return [
-        device_zeros(shape, spec.dtype, sharding) if state is None else state.zeros(num_state_slots, replicated)
+        device_zeros(shape, spec.dtype, sharding) if state is None else state.zeros(num_state_slots, mesh)
         for state in spec.layer_states
     ]
