@@ -72,6 +72,14 @@ def kv_pool_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(None, LOGICAL_AXIS_RULES[KV_HEADS], None, None, None))
 
 
+def constrain(x: jax.Array, mesh: Mesh | None, axes: tuple[str | None, ...]) -> jax.Array:
+    """``x`` inside a jitted step held as its logical ``axes`` say on ``mesh`` (as is without one): where XLA's own
+    choice would split a small replicated computation and gather it back every step (Mamba2's B and C)."""
+    if mesh is None or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, param_sharding(mesh, axes))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

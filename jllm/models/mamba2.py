@@ -53,7 +53,7 @@ from jllm.models.recurrent_state import (
     to_chunks,
     use_chunks,
 )
-from jllm.parallel import RECURRENT_HEADS
+from jllm.parallel import RECURRENT_HEADS, constrain
 
 if TYPE_CHECKING:
     from jllm.attention import AttentionMetadata
@@ -214,6 +214,11 @@ def ssd_chunked(
     return from_chunks(y, chunks, meta, num_tokens), state
 
 
+def replicate(x: jax.Array, meta: AttentionMetadata) -> jax.Array:
+    """``x`` held whole on every device of the step's mesh."""
+    return constrain(x, meta.mesh, (None,) * x.ndim)
+
+
 def _segment_sum(x: jax.Array) -> jax.Array:
     """``[..., C] -> [..., C, C]``: entry ``[i, j]`` the sum of ``x[j + 1 : i + 1]`` where ``i >= j``, else -inf
     (transformers' ``segment_sum``: a masked cumulative sum, no differences of large sums)."""
@@ -260,11 +265,15 @@ class Mamba2Mixer(nnx.Module):
         conv_x, conv_bc, ssm_state = gather_states(states, meta)
         # the conv's channels: x's (the checkpoint's first), then B's and C's taken grouped per group
         channels = jnp.asarray(m.group_parts(inner, m.conv_dim).indices().reshape(-1))
+        # The conv's weight and bias, and B's and C's conv, held replicated as their parameters and pool are: XLA
+        # would split the weight by rows and B and C by group, and move or gather them back every step.
         weight, bias = self.conv1d.weight[:, 0, :], self.conv1d.bias
-        xs, conv_x = causal_conv1d(xs, weight[:inner], conv_x, meta)  # float32
-        bc, conv_bc = causal_conv1d(bc, weight[channels], conv_bc, meta)
+        x_weight, bc_weight = replicate(weight[:inner], meta), replicate(weight[channels], meta)
+        xs, conv_x = causal_conv1d(xs, x_weight, conv_x, meta)  # float32
+        bc, conv_bc = (replicate(y, meta) for y in causal_conv1d(bc, bc_weight, conv_bc, meta))
         if bias is not None:
-            xs, bc = xs + bias[:inner].astype(jnp.float32), bc + bias[channels].astype(jnp.float32)
+            x_bias, bc_bias = replicate(bias[:inner], meta), replicate(bias[channels], meta)
+            xs, bc = xs + x_bias.astype(jnp.float32), bc + bc_bias.astype(jnp.float32)
         xs = ACTIVATIONS[m.act](xs).astype(x.dtype)
         bc = ACTIVATIONS[m.act](bc).astype(x.dtype).reshape(t, m.n_groups, 2 * n)
         b, c = bc[..., :n], bc[..., n:]
