@@ -85,9 +85,10 @@ class KVCacheSpec:
         """Per model layer, its recurrent state (None for a layer with pages)."""
         return self.states or (None,) * self.num_layers
 
-    def state_bytes(self, num_state_slots: int) -> int:
-        """Bytes the recurrent layers' state pools take with ``num_state_slots`` slots (0 without any)."""
-        return state_bytes(self.states, num_state_slots)
+    def state_bytes(self, num_state_slots: int, shards: int = 1) -> int:
+        """Bytes the recurrent layers' state pools take with ``num_state_slots`` slots (0 without any); with
+        ``shards``, on each of that many tensor-parallel devices (the pools split by heads)."""
+        return state_bytes(self.states, num_state_slots, shards)
 
     @property
     def planes(self) -> int:

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jllm.attention import AttentionMetadata
 from jllm.models.layers import param
-from jllm.parallel import device_zeros, param_sharding
+from jllm.parallel import device_zeros, param_sharding, partition_spec
 
 StatePool = tuple[jax.Array, ...]  # one recurrent layer's states, each [num_state_slots, ...]
 
@@ -65,7 +65,15 @@ class StateSpec:
 
     @property
     def bytes_per_slot(self) -> int:
-        return sum(math.prod(s) * d.itemsize for s, d in zip(self.shapes, self.dtypes, strict=True))
+        return self.device_bytes_per_slot(1)
+
+    def device_bytes_per_slot(self, shards: int) -> int:
+        """A slot's bytes on each of ``shards`` tensor-parallel devices: the split arrays' share, the others whole."""
+        axes = self.axes or tuple((None,) * len(s) for s in self.shapes)
+        return sum(
+            math.prod(s) * d.itemsize // (shards if any(partition_spec(a)) else 1)
+            for s, d, a in zip(self.shapes, self.dtypes, axes, strict=True)
+        )
 
     def zeros(self, num_slots: int, mesh: Mesh | None = None) -> StatePool:
         """The layer's pool, zero-filled on ``mesh`` (None: the default device), no host copy."""
@@ -260,6 +268,8 @@ def from_chunks(y: jax.Array, chunks: RowChunks, meta: AttentionMetadata, num_to
     return jnp.where(valid.reshape(-1, *[1] * (out.ndim - 1)), out, jnp.zeros((), y.dtype))
 
 
-def state_bytes(specs: tuple[StateSpec | None, ...], num_slots: int) -> int:
-    """Bytes the state pools of every recurrent layer take for ``num_slots`` slots."""
-    return int(np.sum([s.bytes_per_slot for s in specs if s is not None], dtype=np.int64)) * num_slots
+def state_bytes(specs: tuple[StateSpec | None, ...], num_slots: int, shards: int = 1) -> int:
+    """Bytes the state pools of every recurrent layer take for ``num_slots`` slots (on each device, split over
+    ``shards``)."""
+    per_slot = [s.device_bytes_per_slot(shards) for s in specs if s is not None]
+    return int(np.sum(per_slot, dtype=np.int64)) * num_slots
