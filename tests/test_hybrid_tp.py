@@ -1,8 +1,8 @@
 """Tensor parallelism for hybrid models' recurrent layers, one tiny model per mixer kind (gated DeltaNet: Qwen3-Next;
 Mamba2: Bamba; LFM2's short conv) on 8 fake CPU devices: at TP 2 and 4 the float32 logits of an 80-token prefill
 (across the chunked algorithms' chunk boundaries) equal TP 1's, the engine's greedy tokens are TP 1's, and the
-recurrent layers' parameters and state pools are split by heads. One subprocess runs every check
-(tests/hybrid_tp_worker.py)."""
+recurrent layers' parameters and state pools are split by heads. One subprocess runs those checks
+(tests/hybrid_tp_worker.py); a fused projection's grouped read is checked here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 from model_utils import TINY_CONFIG, run_tp_worker, save_tiny_checkpoint
-
-pytestmark = pytest.mark.slow
 
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 # name -> (architecture, config overrides); each splits 4 ways: 4 DeltaNet key heads (8 value heads), 8 Mamba2 heads
@@ -66,6 +64,43 @@ SPLIT = {
 LOGITS_RTOL = 2e-5
 
 
+def test_fused_projection_is_read_grouped_by_head_one_run_of_columns_per_part(tmp_path):
+    """Qwen3.5's ``in_proj_qkv`` (every q head, every k head, every v head) read as ``[hidden, key heads, q + k +
+    v]``: a device's slice of key heads is its heads' columns of each part, three reads of the stored tensor."""
+    from contextlib import ExitStack
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from jllm.models.gated_deltanet import DeltaNetSpec
+    from jllm.models.model_args import WeightMap
+    from jllm.safetensors_index import SafetensorsIndex
+
+    spec = DeltaNetSpec(num_k_heads=4, num_v_heads=8, head_k_dim=2, head_v_dim=3, conv_kernel=4, fused_qkvz=False)
+    stored = spec.conv_parts()  # q: 4 x 2 columns, k: 4 x 2, v: 4 x (2 x 3)
+    weight = np.arange(spec.conv_dim * 5, dtype=np.float32).reshape(spec.conv_dim, 5)  # torch's [out, in]
+    save_file({"model.layers.0.linear_attn.in_proj_qkv.weight": weight}, tmp_path / "model.safetensors")
+    path = ("layers", 0, "linear_attn", "in_proj_qkv", "kernel")
+    reads = []
+    with ExitStack() as stack:
+        index = SafetensorsIndex(tmp_path, stack, WeightMap())
+        slice_reader = index.slice_reader
+
+        def counted(*args):
+            read = slice_reader(*args)
+            return lambda where: reads.append(where) or read(where)
+
+        index.slice_reader = counted
+        read = index.param_reader(path, (5, 4, stored.width), np.float32, 1, stored)
+        got = read((slice(None), slice(2, 4), slice(None)))  # the second of 2 devices: key heads 2 and 3
+    q, k, v = np.split(weight.T, [8, 16], axis=1)
+    expected = [
+        np.concatenate([q[:, 2 * h : 2 * h + 2], k[:, 2 * h : 2 * h + 2], v[:, 6 * h : 6 * h + 6]], 1) for h in (2, 3)
+    ]
+    np.testing.assert_array_equal(got, np.stack(expected, axis=1))
+    assert len(reads) == 3
+
+
 @pytest.fixture(scope="module")
 def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("hybrid_tp")
@@ -80,6 +115,7 @@ def found(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return results["models"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_tp_2_and_4_give_tp1_logits_and_greedy_tokens(found, name):
     runs = found[name]
@@ -89,6 +125,7 @@ def test_tp_2_and_4_give_tp1_logits_and_greedy_tokens(found, name):
     assert len({t for tokens in runs["1"]["tokens"] for t in tokens}) > 3, "degenerate greedy output proves little"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_recurrent_parameters_and_state_pools_are_split_by_heads(found, name):
     for tp in SIZES:
@@ -108,6 +145,7 @@ def test_recurrent_parameters_and_state_pools_are_split_by_heads(found, name):
             assert {s[1] for s in x["device_shapes"]} == {heads if x["split_axis"] is None else heads // tp}, x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_steps_only_all_reduce_the_row_parallel_outputs(found, name):
     """Megatron's pattern: the recurrent layers' parameters and states never move; their only collective is the
