@@ -2,7 +2,8 @@
 Mamba2: Bamba; LFM2's short conv) on 8 fake CPU devices: at TP 2 and 4 the float32 logits of an 80-token prefill
 (across the chunked algorithms' chunk boundaries) equal TP 1's, the engine's greedy tokens are TP 1's, and the
 recurrent layers' parameters and state pools are split by heads. One subprocess runs those checks
-(tests/hybrid_tp_worker.py); a fused projection's grouped read is checked here."""
+(tests/hybrid_tp_worker.py); a fused projection's grouped read and the refusal of a TP size the recurrent heads do
+not divide are checked here."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, run_tp_worker, save_tiny_checkpoint
+
+from jllm.loader import abstract_model
 
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 # name -> (architecture, config overrides); each splits 4 ways: 4 DeltaNet key heads (8 value heads), 8 Mamba2 heads
@@ -69,7 +73,6 @@ def test_fused_projection_is_read_grouped_by_head_one_run_of_columns_per_part(tm
     v]``: a device's slice of key heads is its heads' columns of each part, three reads of the stored tensor."""
     from contextlib import ExitStack
 
-    import numpy as np
     from safetensors.numpy import save_file
 
     from jllm.models.gated_deltanet import DeltaNetSpec
@@ -99,6 +102,26 @@ def test_fused_projection_is_read_grouped_by_head_one_run_of_columns_per_part(tm
     ]
     np.testing.assert_array_equal(got, np.stack(expected, axis=1))
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize(
+    "name, change, refused",
+    [
+        (
+            "qwen3_next",
+            dict(linear_num_key_heads=2, linear_num_value_heads=4),
+            r"gated DeltaNet key heads \(linear_num_key_heads\) of 2",
+        ),
+        ("bamba", dict(mamba_n_heads=2, mamba_d_head=64, mamba_n_groups=1), r"Mamba2 heads \(mamba_n_heads\) of 2"),
+    ],
+)
+def test_tp_size_the_recurrent_heads_do_not_divide_is_refused_naming_them(name, change, refused):
+    """TP 4 fits the attention (4 heads, 2 KV heads replicated) but not 2 recurrent heads."""
+    arch, overrides = MODELS[name]
+    config = {**BASE, **overrides, **change, "architectures": [arch]}
+    abstract_model(config, np.float32, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match=f"tensor_parallel_size=4 does not divide the model's {refused}"):
+        abstract_model(config, np.float32, tensor_parallel_size=4)
 
 
 @pytest.fixture(scope="module")
