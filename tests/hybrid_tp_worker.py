@@ -5,7 +5,8 @@ For each model and TP size (1 first, the reference): the float32 logits of one p
 the recurrent layers' chunk boundaries), the engine's greedy tokens (a long prompt prefilled in chunks beside the
 others' decodes), and where the recurrent layers' parameters and state pools lie.
 
-Usage: ``python tests/hybrid_tp_worker.py SPEC.json OUT.json``; SPEC: ``{"models": {name: [model dir, [TP sizes]]}}``.
+Usage: ``python tests/hybrid_tp_worker.py SPEC.json OUT.json``; SPEC: ``{"models": {name: [model dir, [TP sizes]]},
+"cache_dir": ...}``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def run(model_dir: str, tp: int) -> dict[str, Any]:
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
+    os.environ["JLLM_CACHE"] = spec["cache_dir"]  # keeps the persistent compilation cache out of the user's home
     out: dict[str, Any] = {"devices": jax.device_count(), "models": {}}
     for name, (model_dir, sizes) in spec["models"].items():
         runs = {str(tp): run(model_dir, tp) for tp in [1, *sizes]}
