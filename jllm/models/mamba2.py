@@ -214,11 +214,6 @@ def ssd_chunked(
     return from_chunks(y, chunks, meta, num_tokens), state
 
 
-def replicate(x: jax.Array, meta: AttentionMetadata) -> jax.Array:
-    """``x`` held whole on every device of the step's mesh."""
-    return constrain(x, meta.mesh, (None,) * x.ndim)
-
-
 def _segment_sum(x: jax.Array) -> jax.Array:
     """``[..., C] -> [..., C, C]``: entry ``[i, j]`` the sum of ``x[j + 1 : i + 1]`` where ``i >= j``, else -inf
     (transformers' ``segment_sum``: a masked cumulative sum, no differences of large sums)."""
@@ -295,3 +290,8 @@ class Mamba2Mixer(nnx.Module):
             y, ssm_state = scan_rows(step, ssm_state, (xs, dt, b, c), out_like, meta)  # [T, heads, head_dim] float32
         y = self.gated_norm(y.reshape(t, inner), z)
         return self.out_proj(y.astype(x.dtype)), scatter_states(states, (conv_x, conv_bc, ssm_state), meta)
+
+
+def replicate(x: jax.Array, meta: AttentionMetadata) -> jax.Array:
+    """``x`` held whole on every device of the step's mesh."""
+    return constrain(x, meta.mesh, (None,) * x.ndim)
