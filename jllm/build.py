@@ -184,7 +184,7 @@ def _worker(
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     sched = config.scheduler
     num_slots = kv_cache.num_state_slots(args, sched.max_num_seqs)
-    num_pages = _num_pages(config, spec, loaded, lora, spec.state_bytes(num_slots))
+    num_pages = _num_pages(config, spec, loaded, lora, num_slots)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
     with timed() as elapsed:
         sharding = parallel.kv_pool_sharding(loaded.mesh)
@@ -228,13 +228,6 @@ def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
             "enable_lora is not supported for hybrid models with recurrent layers (Qwen3-Next, Qwen3.5, the Mamba2 "
             "hybrids): no adapter targets their recurrent mixers; leave enable_lora off",
             key="enable_lora",
-        )
-    if config.parallel.tensor_parallel_size > 1:
-        raise ConfigError(
-            f"tensor_parallel_size={config.parallel.tensor_parallel_size} is not supported for hybrid models with "
-            "recurrent layers (Qwen3-Next, Qwen3.5, the Mamba2 hybrids): their recurrent heads and state pools are "
-            "not split over devices yet; use tensor_parallel_size 1",
-            key="tensor_parallel_size",
         )
 
 
@@ -387,17 +380,18 @@ class ModelBuilder:
 
 
 def _num_pages(
-    config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel, lora: LoRAManager | None, state_bytes: int
+    config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel, lora: LoRAManager | None, num_slots: int
 ) -> int:
-    """The pool's pages: given, or what the budget leaves after the recurrent state pools' ``state_bytes``."""
+    """The pool's pages: given, or what the budget leaves after the recurrent state pools' ``num_slots`` slots."""
     cache = config.cache
     if cache.num_pages is not None:
         return cache.num_pages
     if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
         budget = cache.kv_cache_memory_bytes or kv_cache.CPU_KV_CACHE_BYTES
-        return kv_cache.num_pages_for_budget(spec, budget - state_bytes)
+        return kv_cache.num_pages_for_budget(spec, budget - spec.state_bytes(num_slots))
     leaves = jax.tree.leaves((loaded.model, None if lora is None else lora.weights))
-    params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves) + state_bytes  # per device
+    params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device, and the state pools':
+    params_bytes += spec.state_bytes(num_slots, shards=loaded.mesh.size)
     num_pages = kv_cache.num_pages_from_device_memory(
         spec,
         cache.gpu_memory_utilization,

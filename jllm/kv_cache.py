@@ -85,9 +85,10 @@ class KVCacheSpec:
         """Per model layer, its recurrent state (None for a layer with pages)."""
         return self.states or (None,) * self.num_layers
 
-    def state_bytes(self, num_state_slots: int) -> int:
-        """Bytes the recurrent layers' state pools take with ``num_state_slots`` slots (0 without any)."""
-        return state_bytes(self.states, num_state_slots)
+    def state_bytes(self, num_state_slots: int, shards: int = 1) -> int:
+        """Bytes the recurrent layers' state pools take with ``num_state_slots`` slots (0 without any); with
+        ``shards``, on each of that many tensor-parallel devices (the pools split by heads)."""
+        return state_bytes(self.states, num_state_slots, shards)
 
     @property
     def planes(self) -> int:
@@ -183,7 +184,8 @@ def allocate_kv_pool(
     spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.Sharding | None = None, num_state_slots: int = 0
 ) -> list[Any]:
     """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); a
-    recurrent layer's state pool instead, ``num_state_slots`` slots of it, replicated.
+    recurrent layer's state pool instead, ``num_state_slots`` slots of it, split over the same mesh by its heads
+    (``StateSpec.axes``).
 
     Zeros are made on the devices (``parallel.device_zeros``), so no full-size host copy ever exists.
     """
@@ -192,11 +194,8 @@ def allocate_kv_pool(
     if spec.states and num_state_slots < 2:
         raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
     shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
-    # the state pools replicated over the pages' mesh (their heads are not split)
-    replicated = sharding
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
     return [
-        device_zeros(shape, spec.dtype, sharding) if state is None else state.zeros(num_state_slots, replicated)
+        device_zeros(shape, spec.dtype, sharding) if state is None else state.zeros(num_state_slots, mesh)
         for state in spec.layer_states
     ]

@@ -97,6 +97,7 @@ def abstract_model(
         shared_expert_size=args.shared_expert_size,
         dense_mlp_sizes=tuple(sorted(args.dense_mlp_sizes)),
         head_vocab_size=args.head_vocab_size,
+        recurrent_sizes=_recurrent_sizes(args),
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
     if kv_replicas > 1 and (args.qk_norm_all_heads or args.qk_norm_per_head):
@@ -109,6 +110,18 @@ def abstract_model(
     args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
     return graphdef, state, args, kv_replicas
+
+
+def _recurrent_sizes(args: Any) -> tuple[tuple[str, int], ...]:
+    """What a hybrid model's recurrent layers split over tensor parallelism (``parallel.RECURRENT_HEADS``)."""
+    sizes = []
+    if args.deltanet is not None:
+        sizes.append(("gated DeltaNet key heads (linear_num_key_heads)", args.deltanet.num_k_heads))
+    if args.mamba2 is not None:
+        sizes.append(("Mamba2 heads (mamba_n_heads)", args.mamba2.num_heads))
+    if args.short_conv is not None:
+        sizes.append(("short conv's channels (hidden_size)", args.hidden_size))
+    return tuple(sizes)
 
 
 @functools.cache
@@ -177,8 +190,10 @@ def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_re
     with ExitStack() as stack:
         index = SafetensorsIndex(model_dir, stack, args.weights)
 
+        stored = {path: var.get_metadata().get("stored") for path, var in nnx.to_flat_state(state)}
+
         def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:
-            read = index.param_reader(path, target.shape, target.dtype, kv_replicas)
+            read = index.param_reader(path, target.shape, target.dtype, kv_replicas, stored[path])
             return jax.make_array_from_callback(target.shape, target.sharding, read)
 
         _place(state, mesh, make, args.quant, args.dtype, index.stores_fp8)

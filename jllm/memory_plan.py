@@ -77,7 +77,8 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
     dtype = kv_cache.pool_dtype(cache.kv_cache_dtype, args.dtype)
     spec = kv_cache.KVCacheSpec.for_model(args, cache.page_size, dtype)
     # a hybrid model's recurrent state pools, one slot per running sequence and one for padding, before the pages
-    states = spec.state_bytes(kv_cache.num_state_slots(args, config.scheduler.max_num_seqs))
+    slots = kv_cache.num_state_slots(args, config.scheduler.max_num_seqs)
+    states, device_states = spec.state_bytes(slots), spec.state_bytes(slots, shards=tp)  # the pools split by heads
     if cache.num_pages is not None:
         num_pages = cache.num_pages
     elif cache.kv_cache_memory_bytes is not None:
@@ -85,7 +86,7 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
     elif jax.devices()[0].platform == "cpu" and config.server.host_memory_budget_bytes is None:
         num_pages = kv_cache.num_pages_for_budget(spec, kv_cache.CPU_KV_CACHE_BYTES - states)
     else:
-        share = int(cache.gpu_memory_utilization * capacity) - states
+        share = int(cache.gpu_memory_utilization * capacity) - device_states
         if (share - weights) * tp < kv_cache.MIN_NUM_PAGES * spec.bytes_per_page:
             raise MemoryPlanError(
                 f"model {name!r}: gpu_memory_utilization={cache.gpu_memory_utilization} of {capacity:,} bytes is "
@@ -97,7 +98,7 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
         num_pages = kv_cache.num_pages_for_budget(spec, (share - weights) * tp)
     max_model_len = config.model.max_model_len or args.max_context
     kv_cache.check_pool_holds(num_pages, cache.page_size, max_model_len)
-    return ModelMemory(weights, num_pages * spec.bytes_per_page // tp + states, num_pages)
+    return ModelMemory(weights, num_pages * spec.bytes_per_page // tp + device_states, num_pages)
 
 
 def check_fits(plans: dict[str, ModelMemory], capacity: int, in_use: int = 0) -> None:

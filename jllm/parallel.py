@@ -5,6 +5,12 @@ Megatron-style tensor parallelism: QKV and gate/up split by columns (heads), O a
 LM head by vocabulary, the KV pool on its KV-head axis; a mixture of experts' kernels like a dense MLP's, along each
 expert's inner axis, with the router replicated. XLA inserts the collectives from these shardings.
 
+A hybrid model's recurrent layers (gated DeltaNet, Mamba2, LFM2's short conv) split the same way over their heads
+(``recurrent_heads``: DeltaNet's key-head groups with their value heads, Mamba2's heads, the short conv's channels),
+as vLLM does: each projection's parts column-parallel per head (``layers.StoredParts`` groups a fused projection's
+parts by head), the conv channels and the state pools' head axis with them (``StateSpec.axes``), ``out_proj``
+row-parallel; Mamba2's B and C (its ``n_groups``) stay replicated.
+
 With fewer KV heads than devices, KV heads are replicated as vLLM does: the model is built with ``tp`` KV heads
 (each of the checkpoint's heads repeated ``tp / num_kv_heads`` times), so device d holds exactly the one KV head its
 query heads read and a pool page costs every device ``1 / tp`` of its bytes. The only parameter with a KV-head axis
@@ -28,6 +34,7 @@ TP_AXIS = "tp"
 # Second axis of the (tp / replicas, replicas) view of the mesh that places a replicated KV head's copies.
 KV_REPLICA_AXIS = "kv_replica"
 KV_HEADS = "kv_heads"
+RECURRENT_HEADS = "recurrent_heads"
 
 # logical axis -> mesh axis (None = replicated)
 LOGICAL_AXIS_RULES: dict[str, str | None] = {
@@ -37,6 +44,7 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
     KV_HEADS: TP_AXIS,
     "mlp": TP_AXIS,  # a dense MLP's inner axis, and each expert's (experts split along their inner dimension)
     "experts": None,  # every device holds a slice of every expert: no expert parallelism
+    RECURRENT_HEADS: TP_AXIS,  # a recurrent layer's heads (and the conv channels and states that follow them)
 }
 
 
@@ -62,6 +70,14 @@ def kv_pool_sharding(mesh: Mesh) -> NamedSharding:
     """Pool layout ``[planes, num_kv_heads, num_pages, page_size, head_dim]`` (planes: K and V, or one latent row):
     split on the KV-head axis."""
     return NamedSharding(mesh, PartitionSpec(None, LOGICAL_AXIS_RULES[KV_HEADS], None, None, None))
+
+
+def constrain(x: jax.Array, mesh: Mesh | None, axes: tuple[str | None, ...]) -> jax.Array:
+    """``x`` inside a jitted step held as its logical ``axes`` say on ``mesh`` (as is without one): where XLA's own
+    choice would split a small replicated computation and gather it back every step (Mamba2's B and C)."""
+    if mesh is None or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, param_sharding(mesh, axes))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -91,8 +107,10 @@ def check_divisible(
     shared_expert_size: int = 0,
     dense_mlp_sizes: tuple[int, ...] = (),
     head_vocab_size: int | None = None,
+    recurrent_sizes: tuple[tuple[str, int], ...] = (),
 ) -> None:
-    """Refuse a TP size the model's shapes do not split over, naming the numbers."""
+    """Refuse a TP size the model's shapes do not split over, naming the numbers. ``recurrent_sizes``: (name, count)
+    of what a hybrid model's recurrent layers split (``recurrent_heads``)."""
     tp = tensor_parallel_size
     if not _heads_allow(tp, num_heads, num_kv_heads):
         raise ValueError(
@@ -106,6 +124,7 @@ def check_divisible(
     sizes += [("dense layers' MLP intermediate size", n) for n in dense_mlp_sizes]
     if head_vocab_size:
         sizes.append(("LM head's rows (a pruned head)", head_vocab_size))
+    sizes += list(recurrent_sizes)
     for name, n in sizes:
         if n % tp:
             raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {name} of {n}")

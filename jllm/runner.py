@@ -117,8 +117,10 @@ class ModelRunner:
         self.head_params, self.head_def = jax.tree.flatten(head_state)
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches
-        # as allocated: the tensor-parallel layout of the pages (a hybrid model's state pools are tuples, replicated)
+        # as allocated: the tensor-parallel layout of the pages, and of every layer's pool (a hybrid model's state
+        # pools are tuples, split by heads)
         self.kv_sharding = next(kv for kv in kv_caches if isinstance(kv, jax.Array)).sharding
+        self.pool_shardings = tuple(jax.tree.map(lambda x: x.sharding, kv) for kv in kv_caches)
         self.mesh = loaded.mesh
         self.page_size = page_size
         self.pages_per_seq = -(-max_model_len // page_size)
@@ -158,7 +160,7 @@ class ModelRunner:
         ``ShapeDtypeStruct``s (warm-up traces before anything runs); unused for the forward itself."""
         kind, variant, _ = key
         if kind == "forward":
-            fn = functools.partial(step_programs.forward, self.graphdef, self.kv_sharding, step.layout)
+            fn = functools.partial(step_programs.forward, self.graphdef, self.pool_shardings, step.layout)
             args = (self.params, self.kv_caches, step.buffer, self._last_tokens, self._lora_weights)
             return ProgramCall(fn, self.state_def, (1,), args)
         hidden, rows = outputs

@@ -4,8 +4,9 @@ Our NNX parameter paths become the checkpoint's tensor names through the family'
 ``Reader`` then reads any slice of a parameter in our orientation, straight from the memory-mapped files, so each
 device reads only its own slice. Fused projections (QKV, gate/up) are assembled slice by slice from their
 checkpoint parts, and with KV heads replicated over more devices than there are heads (``jllm.parallel``), each
-device reads the one checkpoint KV head it holds. FP8 tensors are read as stored (memory-mapped: safetensors' own
-readers have no float8 type), with their ``weight_scale`` as one value per output channel.
+device reads the one checkpoint KV head it holds; a recurrent layer's projection kept grouped by head
+(``layers.StoredParts``) is gathered from its parts the same way. FP8 tensors are read as stored (memory-mapped:
+safetensors' own readers have no float8 type), with their ``weight_scale`` as one value per output channel.
 
 Where this module sits: docs/architecture.md.
 """
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 from safetensors import safe_open
 
+from jllm.models.layers import StoredParts
 from jllm.models.model_args import CODEGEN_SHARDS, WeightMap
 from jllm.quantization import FP8
 
@@ -165,14 +167,43 @@ class SafetensorsIndex:
             )
         return lambda index: values[index]
 
-    def param_reader(self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int) -> Reader:
-        """Reads any slice of one model parameter, assembling fused projections from their checkpoint parts."""
+    def param_reader(
+        self,
+        path: tuple[Any, ...],
+        shape: tuple[int, ...],
+        dtype: Any,
+        kv_replicas: int,
+        stored: StoredParts | None = None,
+    ) -> Reader:
+        """Reads any slice of one model parameter, assembling fused projections from their checkpoint parts;
+        ``stored``: the parameter's metadata where its last two axes are parts the checkpoint keeps apart."""
+        if stored is not None:
+            return self._parts_reader(path, shape, dtype, kv_replicas, stored)
         if self.weights.reader is not None and (read := self.weights.reader(self, path, shape, dtype)) is not None:
             return read
         names, transpose = hf_names(path, self.weights)
         if "{e}" in names[0]:
             return self._experts_reader(names, str(path[-2]), shape, transpose, dtype)
         return self._reader(names, str(path[-2]), shape, transpose, dtype, kv_replicas)
+
+    def _parts_reader(
+        self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int, stored: StoredParts
+    ) -> Reader:
+        """``[*lead, groups, width]`` gathered from the checkpoint's flat ``[*lead, length]`` (``StoredParts``): a
+        slice of groups reads one run of stored columns per part (a device's heads of q, then of k, then of v)."""
+        source = path if stored.source is None else (*path[:-2], stored.source, path[-1])
+        flat = self.param_reader(source, (*shape[:-2], stored.length), dtype, kv_replicas)
+        columns = stored.indices()  # [groups, width]
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            *lead_index, group_index, width_index = index
+            want = columns[group_index, width_index]
+            wanted = np.unique(want)
+            runs = np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1)
+            values = np.concatenate([flat((*lead_index, slice(r[0], r[-1] + 1))) for r in runs], axis=-1)
+            return values[..., np.searchsorted(wanted, want)]
+
+        return read
 
     def _experts_reader(
         self, names: list[str], module: str, shape: tuple[int, ...], transpose: bool, dtype: Any

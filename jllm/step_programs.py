@@ -9,6 +9,8 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -22,7 +24,7 @@ from jllm.step_inputs import InputLayout, unpack_inputs
 
 def forward(
     graphdef: nnx.GraphDef,
-    kv_sharding: jax.sharding.Sharding,
+    pool_shardings: tuple[Any, ...],
     layout: InputLayout,
     state: nnx.State,
     kv_caches: list[jax.Array],
@@ -37,6 +39,7 @@ def forward(
     ``last_tokens`` [R] are the previous step's sampled tokens, still on the device: the inputs still pending there.
     ``lora_weights``: every layer's stacked adapter slots (``jllm.lora.manager``), an argument like the pool, so
     loading an adapter never recompiles; each token takes its slot's (``StepInputs.lora_slots``).
+    ``pool_shardings``: each layer's pool placement as allocated (a recurrent layer's state pool: a tuple of them).
     """
     inputs = unpack_inputs(layout, buffer)
     pending = inputs.pending_rows >= 0
@@ -46,14 +49,10 @@ def forward(
     hidden, kv_caches = model(input_ids, inputs.positions, kv_caches, inputs.attn, lora)
     # Pin the outputs' shardings: one XLA picks itself would change the next call's cache key, and the sampler
     # program is lowered for a replicated ``hidden`` before the forward has run.
-    replicated = parallel.replicated(kv_sharding.mesh)
+    replicated = parallel.replicated(jax.tree.leaves(pool_shardings)[0].mesh)
     hidden = jax.lax.with_sharding_constraint(hidden, replicated)
     rows = jax.lax.with_sharding_constraint(hidden[inputs.logits_indices], replicated)
-    # a recurrent layer's state pool (a tuple, ``jllm.models.recurrent_state``) is replicated
-    pinned = [
-        jax.lax.with_sharding_constraint(kv, kv_sharding if isinstance(kv, jax.Array) else (replicated,) * len(kv))
-        for kv in kv_caches
-    ]
+    pinned = [jax.lax.with_sharding_constraint(kv, s) for kv, s in zip(kv_caches, pool_shardings, strict=True)]
     return hidden, rows, pinned
 
 

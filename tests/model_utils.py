@@ -20,6 +20,7 @@ from flax import nnx
 from jllm.attention import AttentionMetadata
 from jllm.kv_cache import KVCacheSpec, allocate_kv_pool
 from jllm.loader import LoadedModel
+from jllm.parallel import kv_pool_sharding
 from jllm.runner import ModelRunner
 from jllm.sampler import SHORT_PENALTY_WIDTH
 
@@ -130,8 +131,9 @@ def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size
         positions = np.arange(len(seq))
         slots.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
     spec = KVCacheSpec.for_model(args, page_size, args.dtype)
-    # a hybrid model's recurrent layers: sequence s in state slot s + 1
-    pool = allocate_kv_pool(spec, int(first[-1]), num_state_slots=len(sequences) + 1 if spec.states else 0)
+    # a hybrid model's recurrent layers: sequence s in state slot s + 1; on the model's mesh (tensor parallelism)
+    slots_needed = len(sequences) + 1 if spec.states else 0
+    pool = allocate_kv_pool(spec, int(first[-1]), kv_pool_sharding(loaded.mesh), num_state_slots=slots_needed)
     meta = AttentionMetadata(
         slot_mapping=jnp.asarray(np.concatenate(slots), jnp.int32),
         query_start_loc=jnp.asarray(np.cumsum([0, *map(len, sequences)]), jnp.int32),

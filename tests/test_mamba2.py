@@ -69,8 +69,11 @@ def mixers() -> tuple[object, Mamba2Mixer]:
     )
     ours = Mamba2Mixer(args, args.layers[0])
     tensors = {k: jnp.asarray(v.numpy()) for k, v in ref.state_dict().items()}
-    ours.in_proj.kernel[...] = tensors["in_proj.weight"].T
-    ours.in_proj.bias[...] = tensors["in_proj.bias"]
+    # in_proj's z, x, dt grouped per head, and bc_proj's B, C per group: columns of transformers' in_proj
+    for linear in (ours.in_proj, ours.bc_proj):
+        columns = linear.kernel.get_metadata()["stored"].indices()
+        linear.kernel[...] = tensors["in_proj.weight"].T[:, columns]
+        linear.bias[...] = tensors["in_proj.bias"][columns]
     ours.out_proj.kernel[...] = tensors["out_proj.weight"].T
     ours.out_proj.bias[...] = tensors["out_proj.bias"]
     ours.conv1d.weight[...] = tensors["conv1d.weight"]

@@ -25,6 +25,7 @@ from jllm.models.recurrent_state import (
     use_chunks,
 )
 from jllm.models.registry import build_args
+from jllm.parallel import RECURRENT_HEADS
 
 # three rows of a step padded to 12 tokens and 4 rows: a 5-token prefill chunk continuing its state, a decode, a
 # fresh 3-token prompt, and a padding row
@@ -149,6 +150,14 @@ def test_gather_zeroes_fresh_rows_and_scatter_writes_each_row_to_its_slot() -> N
     assert np.asarray(new_pool)[1:].tolist() == [[9, 9]] * 3 and spec.bytes_per_slot == 8
 
 
+def test_state_split_by_heads_costs_each_device_its_share_and_a_replicated_one_whole() -> None:
+    spec = StateSpec(((8, 3), (2, 3)), (jnp.float32, jnp.bfloat16), ((RECURRENT_HEADS, None), (None, None)))
+    assert spec.bytes_per_slot == 8 * 3 * 4 + 2 * 3 * 2
+    assert spec.device_bytes_per_slot(4) == 8 * 3 * 4 // 4 + 2 * 3 * 2
+    with pytest.raises(ValueError, match="axes .* do not match its shapes"):
+        StateSpec(((8, 3),), (jnp.float32,), ((RECURRENT_HEADS,),))
+
+
 def test_hybrid_pool_holds_pages_for_attention_layers_and_a_state_pool_for_recurrent_ones() -> None:
     """Qwen3-Next's layers 0 and 2 gated DeltaNet, 1 and 3 attention: pages cost the two attention layers alone, and
     the state pools (conv state in the model's dtype, the recurrent state in float32) are counted per slot."""
@@ -174,6 +183,8 @@ def test_hybrid_pool_holds_pages_for_attention_layers_and_a_state_pool_for_recur
     assert spec.num_layers == 2 and spec.bytes_per_page == 2 * 2 * 2 * 16 * 16 * 2
     assert [s is None for s in spec.layer_states] == [False, True, False, True]
     assert spec.state_bytes(num_state_slots(args, max_num_seqs=3)) == 2 * 4 * (conv_dim * 3 * 2 + 4 * 8 * 8 * 4)
+    # under tensor parallelism both states split by heads: each of 2 devices holds half of every slot
+    assert spec.state_bytes(4, shards=2) == spec.state_bytes(4) // 2
     pool = allocate_kv_pool(spec, num_pages=3, num_state_slots=4)
     assert [tuple(x.shape for x in layer) if isinstance(layer, tuple) else layer.shape for layer in pool] == [
         ((4, conv_dim, 3), (4, 4, 8, 8)),

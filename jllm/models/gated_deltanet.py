@@ -11,10 +11,15 @@ The layer's cache entry is its state pool ``(conv_state [slots, conv_dim, kernel
 v_heads, dk, dv])`` (``jllm.models.recurrent_state``). A bucket that can hold a prefill (``use_chunks``) runs the
 chunked delta rule (``chunked_delta_rule``: transformers' ``torch_chunk_gated_delta_rule``, FLA's WY / UT form, in
 chunks of 64), decode buckets the recurrence token by token, all rows at once (``scan_rows``). Pure JAX on every
-attention backend. With
-``quantization`` the layer's projections stay in the model's dtype (they feed the recurrence: quantized too, a tiny
-random Qwen3.5's int8 logits moved 5.0e-2 from float's instead of 2.3e-2, 2026-12-05); the attention and MLPs are
-quantized as in any model.
+attention backend.
+
+Tensor parallelism splits the layer by key head (``parallel.RECURRENT_HEADS``), each with its value heads, as vLLM
+does: the input projections column-parallel, kept grouped per key head (q, k, its value heads' v, and z in
+Qwen3-Next's ``in_proj_qkvz``; Qwen3.5's ``in_proj_qkv`` is read so, ``DeltaNetSpec.conv_parts``), so the conv's
+channels, its conv state and the recurrent state follow the heads; ``out_proj`` row-parallel. The conv's tiny weight
+is replicated and taken into the grouped order in the step. With ``quantization`` the layer's projections stay in the
+model's dtype (they feed the recurrence: quantized too, a tiny random Qwen3.5's int8 logits moved 5.0e-2 from float's
+instead of 2.3e-2, 2026-12-05); the attention and MLPs are quantized as in any model.
 
 Where this module sits: docs/architecture.md.
 """
@@ -31,11 +36,12 @@ from flax import nnx
 from jax.scipy.linalg import solve_triangular
 
 from jllm.attention import AttentionMetadata
-from jllm.models.layers import Linear, RMSNorm, param
+from jllm.models.layers import Linear, RMSNorm, StoredParts, param
 from jllm.models.recurrent_state import (
     DepthwiseConv1d,
     StatePool,
     StateSpec,
+    causal_conv1d,
     from_chunks,
     gather_states,
     row_chunks,
@@ -45,6 +51,7 @@ from jllm.models.recurrent_state import (
     to_chunks,
     use_chunks,
 )
+from jllm.parallel import RECURRENT_HEADS
 
 if TYPE_CHECKING:
     from jllm.models.model_args import LayerSpec, ModelArgs
@@ -90,37 +97,53 @@ class DeltaNetSpec:
     def conv_dim(self) -> int:
         return 2 * self.num_k_heads * self.head_k_dim + self.num_v_heads * self.head_v_dim
 
+    @property
+    def group_width(self) -> int:
+        """One key head's conv channels: its q, its k, then its value heads' v."""
+        return 2 * self.head_k_dim + self.num_v_heads // self.num_k_heads * self.head_v_dim
+
+    def conv_parts(self) -> StoredParts:
+        """The conv's channels grouped per key head, where checkpoints keep every q head, then every k, then every v
+        (``in_proj_qkv``'s columns, ``conv1d``'s rows)."""
+        nk, dk = self.num_k_heads, self.head_k_dim
+        v_width = self.num_v_heads // nk * self.head_v_dim
+        return StoredParts(nk, ((0, dk), (nk * dk, dk), (2 * nk * dk, v_width)), self.conv_dim)
+
     def state_spec(self, dtype: jnp.dtype) -> StateSpec:
-        """The conv state in the model's dtype (transformers keeps it so), the recurrent state in float32 (as
-        transformers' cache holds it)."""
+        """The conv state in the model's dtype (transformers keeps it so; its channels grouped per key head), the
+        recurrent state in float32 (as transformers' cache holds it); both split by heads."""
         recurrent = (self.num_v_heads, self.head_k_dim, self.head_v_dim)
-        return StateSpec(((self.conv_dim, self.conv_kernel - 1), recurrent), (dtype, jnp.float32))
+        axes = ((RECURRENT_HEADS, None), (RECURRENT_HEADS, None, None))
+        return StateSpec(((self.conv_dim, self.conv_kernel - 1), recurrent), (dtype, jnp.float32), axes)
 
 
 class GatedDeltaNet(nnx.Module):
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         s, d, dt = args.deltanet, args.hidden_size, args.dtype
         nk, nv, dk, dv = s.num_k_heads, s.num_v_heads, s.head_k_dim, s.head_v_dim
-        axes = ("embed", None)
+        heads, grouped = ("embed", RECURRENT_HEADS), ("embed", RECURRENT_HEADS, None)
         if s.fused_qkvz:  # per key head: q, k, then its value heads' v and z; b and a likewise
-            self.in_proj_qkvz = Linear(d, 2 * nk * dk + 2 * nv * dv, axes, dt)
-            self.in_proj_ba = Linear(d, 2 * nv, axes, dt)
-        else:
-            self.in_proj_qkv = Linear(d, s.conv_dim, axes, dt)
-            self.in_proj_b = Linear(d, nv, axes, dt)
+            width = s.group_width + nv // nk * dv
+            self.in_proj_qkvz = Linear(d, (nk, width), grouped, dt, stored=StoredParts(nk, ((0, width),), nk * width))
+            self.in_proj_ba = Linear(
+                d, (nk, 2 * nv // nk), grouped, dt, stored=StoredParts(nk, ((0, 2 * nv // nk),), 2 * nv)
+            )
+        else:  # every q head, every k head, every v head: read grouped per key head
+            self.in_proj_qkv = Linear(d, (nk, s.group_width), grouped, dt, stored=s.conv_parts())
+            self.in_proj_b = Linear(d, nv, heads, dt)
             if s.channel_decay:  # Kimi Delta Attention's low-rank forget gate and output gate
-                self.f_a_proj = Linear(d, dk, axes, dt)
-                self.f_b_proj = Linear(dk, nv * dk, (None, None), dt)
-                self.g_a_proj = Linear(d, dv, axes, dt)
-                self.g_b_proj = Linear(dv, nv * dv, (None, None), dt)
+                self.f_a_proj = Linear(d, dk, ("embed", None), dt)
+                self.f_b_proj = Linear(dk, nv * dk, (None, RECURRENT_HEADS), dt)
+                self.g_a_proj = Linear(d, dv, ("embed", None), dt)
+                self.g_b_proj = Linear(dv, nv * dv, (None, RECURRENT_HEADS), dt)
             else:
-                self.in_proj_z = Linear(d, nv * dv, axes, dt)
-                self.in_proj_a = Linear(d, nv, axes, dt)
-        self.conv1d = DepthwiseConv1d(s.conv_dim, s.conv_kernel, dt)
-        self.A_log = param((nv,), jnp.float32, (None,))
-        self.dt_bias = param((nv * dk if s.channel_decay else nv,), jnp.float32, (None,))
+                self.in_proj_z = Linear(d, nv * dv, heads, dt)
+                self.in_proj_a = Linear(d, nv, heads, dt)
+        self.conv1d = DepthwiseConv1d(s.conv_dim, s.conv_kernel, dt)  # the checkpoint's order; tiny, replicated
+        self.A_log = param((nv,), jnp.float32, (RECURRENT_HEADS,))
+        self.dt_bias = param((nv * dk if s.channel_decay else nv,), jnp.float32, (RECURRENT_HEADS,))
         self.norm = RMSNorm(dv, s.norm_eps or args.norm_eps, dt)
-        self.out_proj = Linear(nv * dv, d, (None, "embed"), dt)
+        self.out_proj = Linear(nv * dv, d, (RECURRENT_HEADS, "embed"), dt)
         self.spec = s
 
     def __call__(
@@ -137,11 +160,12 @@ class GatedDeltaNet(nnx.Module):
         h = x if norm is None else norm(x)
         mixed, z, b, a = self._projections(h)
         conv_state, recurrent = gather_states(cache, meta)
-        mixed, conv_state = self.conv1d(mixed, conv_state, meta)
+        weight = jnp.take(self.conv1d.weight[:, 0, :], s.conv_parts().indices().reshape(-1), axis=0)  # grouped
+        mixed, conv_state = causal_conv1d(mixed.reshape(t, -1), weight, conv_state, meta)
         mixed = jax.nn.silu(mixed).astype(x.dtype).astype(jnp.float32)  # the conv's output in the model's dtype
-        q = mixed[:, : nk * dk].reshape(t, nk, dk)
-        k = mixed[:, nk * dk : 2 * nk * dk].reshape(t, nk, dk)
-        v = mixed[:, 2 * nk * dk :].reshape(t, nv, dv)
+        mixed = mixed.reshape(t, nk, s.group_width)  # per key head: q, k, its value heads' v
+        q, k = mixed[..., :dk], mixed[..., dk : 2 * dk]
+        v = mixed[..., 2 * dk :].reshape(t, nv, dv)
         q, k = (jnp.repeat(_l2_normed(y), nv // nk, axis=1) for y in (q, k))  # [T, v_heads, dk]
         q = q * dk**-0.5
         beta = jax.nn.sigmoid(b.astype(jnp.float32)) * s.beta_scale  # [T, v_heads]
@@ -163,10 +187,10 @@ class GatedDeltaNet(nnx.Module):
         return y, scatter_states(cache, (conv_state, recurrent), meta)
 
     def _projections(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """(the conv's input ``[T, conv_dim]``: every q head, every k head, every v head; z ``[T, v_heads, dv]``;
-        b and a ``[T, v_heads]``) from either checkpoint layout."""
+        """(the conv's input ``[T, k_heads, group_width]``: per key head its q, k and value heads' v; z ``[T,
+        v_heads, dv]``; b and a ``[T, v_heads]``) from either checkpoint layout."""
         s = self.spec
-        t, nk, nv, dk, dv = h.shape[0], s.num_k_heads, s.num_v_heads, s.head_k_dim, s.head_v_dim
+        t, nk, nv, dv = h.shape[0], s.num_k_heads, s.num_v_heads, s.head_v_dim
         if s.channel_decay:  # a: the forget gate per key channel, [T, v_heads * dk]
             z = self.g_b_proj(self.g_a_proj(h)).reshape(t, nv, dv)
             return self.in_proj_qkv(h), z, self.in_proj_b(h), self.f_b_proj(self.f_a_proj(h))
@@ -174,11 +198,9 @@ class GatedDeltaNet(nnx.Module):
             z = self.in_proj_z(h).reshape(t, nv, dv)
             return self.in_proj_qkv(h), z, self.in_proj_b(h), self.in_proj_a(h)
         r = nv // nk  # value heads per key head
-        qkvz = self.in_proj_qkvz(h).reshape(t, nk, 2 * dk + 2 * r * dv)
-        q, k = qkvz[..., :dk], qkvz[..., dk : 2 * dk]
-        v, z = qkvz[..., 2 * dk : 2 * dk + r * dv], qkvz[..., 2 * dk + r * dv :]
-        ba = self.in_proj_ba(h).reshape(t, nk, 2 * r)
-        mixed = jnp.concatenate([q.reshape(t, -1), k.reshape(t, -1), v.reshape(t, -1)], axis=-1)
+        qkvz = self.in_proj_qkvz(h)  # [T, k_heads, 2 dk + 2 r dv]
+        ba = self.in_proj_ba(h)  # [T, k_heads, 2 r]
+        mixed, z = qkvz[..., : s.group_width], qkvz[..., s.group_width :]
         return mixed, z.reshape(t, nv, dv), ba[..., :r].reshape(t, nv), ba[..., r:].reshape(t, nv)
 
 

@@ -10,20 +10,55 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jllm.models.lora import LayerLoRA
 from jllm.quantization import QuantScheme
 
 
-def param(shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...]) -> nnx.Param:
-    """A parameter tagged with logical axis names; ``jllm.parallel`` maps them to mesh axes."""
+@dataclasses.dataclass(frozen=True)
+class StoredParts:
+    """A fused projection kept grouped by head where its checkpoint keeps its parts apart: ours ``[..., groups,
+    width]``, each group's parts side by side (so tensor parallelism, splitting the groups, gives each device whole
+    heads of every part), the checkpoint's one axis of ``length`` with part p's group g at ``offset_p + g * w_p``
+    (Qwen3.5's ``in_proj_qkv``: every q head, then every k, then every v). ``source``: the module whose tensor holds
+    it, where not its own (Mamba2's B and C, read from its ``in_proj``)."""
+
+    groups: int
+    parts: tuple[tuple[int, int], ...]  # each part's (offset on the stored axis, width per group)
+    length: int
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        end = max(offset + self.groups * width for offset, width in self.parts)
+        if end > self.length:
+            raise ValueError(f"StoredParts {self.parts} x {self.groups} groups reach {end}, past length {self.length}")
+
+    @property
+    def width(self) -> int:
+        return sum(width for _, width in self.parts)
+
+    def indices(self) -> np.ndarray:
+        """``[groups, width]`` int: where each of our columns lies on the stored axis."""
+        return np.stack([np.concatenate([o + g * w + np.arange(w) for o, w in self.parts]) for g in range(self.groups)])
+
+
+def param(
+    shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...], stored: StoredParts | None = None
+) -> nnx.Param:
+    """A parameter tagged with logical axis names; ``jllm.parallel`` maps them to mesh axes. ``stored``: how the
+    checkpoint lays out its last two axes, where otherwise than ours (the loader reads it so)."""
     assert len(shape) == len(axes), (shape, axes)
-    return nnx.Param(jnp.zeros(shape, dtype), axes=axes)
+    if stored is None:
+        return nnx.Param(jnp.zeros(shape, dtype), axes=axes)
+    assert shape[-2:] == (stored.groups, stored.width), (shape, stored)
+    return nnx.Param(jnp.zeros(shape, dtype), axes=axes, stored=stored)
 
 
 class Linear(nnx.Module):
@@ -32,7 +67,8 @@ class Linear(nnx.Module):
 
     Quantized (``quant``), the kernel holds int8 or e4m3 values input dimension last, ``[*out, in]`` (the layout FP8
     GEMMs want, ``jllm.quantization``), and ``scale [*out]`` (float32) one scale per output channel, on the output
-    axes' logical names, so tensor parallelism splits it with its columns."""
+    axes' logical names, so tensor parallelism splits it with its columns. ``stored``: the checkpoint keeps the
+    output axes ``[groups, width]`` as parts apart (``StoredParts``)."""
 
     def __init__(
         self,
@@ -42,14 +78,16 @@ class Linear(nnx.Module):
         dtype: jnp.dtype,
         bias: bool = False,
         quant: QuantScheme | None = None,
+        stored: StoredParts | None = None,
     ):
         out = (d_out,) if isinstance(d_out, int) else d_out
         if quant is None:
-            self.kernel = param((d_in, *out), dtype, axes)
+            self.kernel = param((d_in, *out), dtype, axes, stored)
         else:
+            assert stored is None, "a quantized kernel is read as stored"
             self.kernel = param((*out, d_in), quant.weight_dtype, (*axes[1:], axes[0]))
         self.scale = None if quant is None else param(out, jnp.float32, axes[1:])
-        self.bias = param(out, dtype, axes[1:]) if bias else None
+        self.bias = param(out, dtype, axes[1:], stored) if bias else None
         self.quant = quant
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -18,8 +18,12 @@ transformers' ``mamba2_chunk_scan``, in chunks of the config's ``mamba_chunk_siz
 decode buckets the recurrence
 token by token, the rows of a step side by side (``ssd_step`` under ``scan_rows``).
 
-Tensor parallelism is refused for every hybrid model (``jllm.build``); here the heads, the groups' B and C and the
-conv's channels would each split their own way.
+Tensor parallelism splits the mixer by heads (``parallel.RECURRENT_HEADS``), as vLLM does: ``in_proj``'s z, x and
+dt kept grouped per head (``Mamba2Spec.head_parts``: the checkpoint keeps z, xBC and dt apart), so x's conv
+channels, its conv state and the SSM state follow the heads, and ``out_proj`` row-parallel; B and C (``bc_proj``,
+read from the same ``in_proj`` tensor) and their conv state are replicated, as vLLM replicates the groups where
+``n_groups`` is below the TP size (here at any size: they are ``2 n_groups state`` columns). The gated norm's groups
+may span devices; XLA sums their squares across them.
 
 Where this module sits: docs/architecture.md.
 """
@@ -34,11 +38,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.models.layers import ACTIVATIONS, Linear, normed_linear, param
+from jllm.models.layers import ACTIVATIONS, Linear, StoredParts, normed_linear, param
 from jllm.models.recurrent_state import (
     DepthwiseConv1d,
     StatePool,
     StateSpec,
+    causal_conv1d,
     from_chunks,
     gather_states,
     row_chunks,
@@ -48,6 +53,7 @@ from jllm.models.recurrent_state import (
     to_chunks,
     use_chunks,
 )
+from jllm.parallel import RECURRENT_HEADS, constrain
 
 if TYPE_CHECKING:
     from jllm.attention import AttentionMetadata
@@ -97,13 +103,36 @@ class Mamba2Spec:
         """The conv's channels: ``x``, then B, then C."""
         return self.inner + 2 * self.n_groups * self.state_size
 
+    @property
+    def proj_length(self) -> int:
+        """The checkpoint's ``in_proj`` columns: z, xBC, dt."""
+        return self.inner + self.conv_dim + self.num_heads
+
+    def head_parts(self) -> StoredParts:
+        """``in_proj``'s z, x and dt grouped per head (``[heads, 2 head_dim + 1]``)."""
+        hd, inner = self.head_dim, self.inner
+        return StoredParts(self.num_heads, ((0, hd), (inner, hd), (inner + self.conv_dim, 1)), self.proj_length)
+
+    def group_parts(self, offset: int, length: int, source: str | None = None) -> StoredParts:
+        """B and C grouped per group (``[n_groups, 2 state]``), B's first at ``offset`` of an axis of ``length``
+        (``in_proj``'s columns, or the conv's channels)."""
+        n, bc = self.state_size, self.n_groups * self.state_size
+        return StoredParts(self.n_groups, ((offset, n), (offset + bc, n)), length, source)
+
     def state_spec(self, dtype: jnp.dtype) -> StateSpec:
-        """A sequence's state in this layer: its last K - 1 conv inputs ``[conv_dim, K - 1]`` (``dtype``, the
-        model's) and the SSM state ``[heads, head_dim, state]`` (float32 whatever the model's dtype: the
-        recurrence's carry, decayed and added to at every token; Nemotron-H's configs ask the same of vLLM,
-        ``mamba_ssm_cache_dtype: float32``)."""
-        shapes = ((self.conv_dim, self.conv_kernel - 1), (self.num_heads, self.head_dim, self.state_size))
-        return StateSpec(shapes, (dtype, jnp.float32))
+        """A sequence's state in this layer: its last K - 1 conv inputs, x's ``[inner, K - 1]`` (split by heads) and
+        B's and C's ``[2 n_groups state, K - 1]`` grouped per group (replicated), in ``dtype`` (the model's), and the
+        SSM state ``[heads, head_dim, state]`` (float32 whatever the model's dtype: the recurrence's carry, decayed
+        and added to at every token; Nemotron-H's configs ask the same of vLLM, ``mamba_ssm_cache_dtype:
+        float32``)."""
+        window = self.conv_kernel - 1
+        shapes = (
+            (self.inner, window),
+            (self.conv_dim - self.inner, window),
+            (self.num_heads, self.head_dim, self.state_size),
+        )
+        axes = ((RECURRENT_HEADS, None), (None, None), (RECURRENT_HEADS, None, None))
+        return StateSpec(shapes, (dtype, dtype, jnp.float32), axes)
 
 
 class GatedRMSNorm(nnx.Module):
@@ -111,7 +140,7 @@ class GatedRMSNorm(nnx.Module):
     equal slices of the channels, in float32; the weight multiplies in the input dtype."""
 
     def __init__(self, dim: int, groups: int, eps: float, dtype: jnp.dtype):
-        self.weight = param((dim,), dtype, (None,))
+        self.weight = param((dim,), dtype, (RECURRENT_HEADS,))
         self.groups, self.eps = groups, eps
 
     def __call__(self, x: jax.Array, gate: jax.Array) -> jax.Array:
@@ -196,22 +225,26 @@ def _segment_sum(x: jax.Array) -> jax.Array:
 
 
 class Mamba2Mixer(nnx.Module):
-    """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer`` (module names as
-    the checkpoint's but the gated norm's, ``gated_norm`` here: a family renames its final ``norm``), with the
-    attention module's call shape: ``(x, norm, positions, state pool, meta) -> (y, state pool)``."""
+    """transformers' ``BambaMixer`` / ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer`` (module names as the
+    checkpoint's but the gated norm's, ``gated_norm`` here: a family renames its final ``norm``; and ``bc_proj``,
+    B's and C's columns of the checkpoint's ``in_proj``), with the attention module's call shape: ``(x, norm,
+    positions, state pool, meta) -> (y, state pool)``."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         m, d, dt = args.mamba2, args.hidden_size, args.dtype
+        heads, groups = m.head_parts(), m.group_parts(2 * m.inner, m.proj_length, source="in_proj")
+        # [hidden, heads, 2 head_dim + 1]: z, x, dt per head; [hidden, n_groups, 2 state]: B, C per group
         self.in_proj = Linear(
-            d, m.inner + m.conv_dim + m.num_heads, ("embed", None), dt, bias=m.proj_bias
-        )  # z, xBC, dt
-        self.conv1d = DepthwiseConv1d(m.conv_dim, m.conv_kernel, dt, m.conv_bias)
+            d, (m.num_heads, heads.width), ("embed", RECURRENT_HEADS, None), dt, bias=m.proj_bias, stored=heads
+        )
+        self.bc_proj = Linear(d, (m.n_groups, groups.width), ("embed", None, None), dt, bias=m.proj_bias, stored=groups)
+        self.conv1d = DepthwiseConv1d(m.conv_dim, m.conv_kernel, dt, m.conv_bias)  # x, B, C; tiny, replicated
         # per head, kept in float32 whatever the model's dtype (as vLLM keeps A): the recurrence runs in float32
-        self.dt_bias = param((m.num_heads,), jnp.float32, (None,))
-        self.A_log = param((m.num_heads,), jnp.float32, (None,))
-        self.D = param((m.num_heads,), jnp.float32, (None,))
+        self.dt_bias = param((m.num_heads,), jnp.float32, (RECURRENT_HEADS,))
+        self.A_log = param((m.num_heads,), jnp.float32, (RECURRENT_HEADS,))
+        self.D = param((m.num_heads,), jnp.float32, (RECURRENT_HEADS,))
         self.gated_norm = GatedRMSNorm(m.inner, m.n_groups, m.norm_eps, dt)
-        self.out_proj = Linear(m.inner, d, (None, "embed"), dt, bias=m.proj_bias)
+        self.out_proj = Linear(m.inner, d, (RECURRENT_HEADS, "embed"), dt, bias=m.proj_bias)
         self.mamba = m
 
     def __call__(
@@ -220,21 +253,32 @@ class Mamba2Mixer(nnx.Module):
         """The mixer over ``norm(x)`` (``x [T, hidden]``); ``states``: the layer's pool (conv, SSM), each row's
         read from and written back to its slot (``meta.state_slots``). ``positions`` are unused: order is the
         recurrence's."""
-        m, t = self.mamba, x.shape[0]
-        inner, bc = m.inner, m.n_groups * m.state_size
-        proj = normed_linear(norm, self.in_proj, x)  # [T, inner + conv_dim + heads]
-        z, xbc, dt = jnp.split(proj, [inner, inner + m.conv_dim], axis=-1)
-        conv_state, ssm_state = gather_states(states, meta)
-        xbc, conv_state = self.conv1d(xbc, conv_state, meta)  # float32
-        xbc = ACTIVATIONS[m.act](xbc).astype(x.dtype)
-        xs, b, c = jnp.split(xbc, [inner, inner + bc], axis=-1)
+        m, t, hd, n = self.mamba, x.shape[0], self.mamba.head_dim, self.mamba.state_size
+        inner = m.inner
+        proj = normed_linear(norm, self.in_proj, x)  # [T, heads, 2 head_dim + 1]
+        z, xs, dt = proj[..., :hd].reshape(t, inner), proj[..., hd : 2 * hd].reshape(t, inner), proj[..., 2 * hd]
+        bc = normed_linear(norm, self.bc_proj, x).reshape(t, -1)  # [T, n_groups * 2 state]
+        conv_x, conv_bc, ssm_state = gather_states(states, meta)
+        # the conv's channels: x's (the checkpoint's first), then B's and C's taken grouped per group
+        channels = jnp.asarray(m.group_parts(inner, m.conv_dim).indices().reshape(-1))
+        # The conv's weight and bias, and B's and C's conv, held replicated as their parameters and pool are: XLA
+        # would split the weight by rows and B and C by group, and move or gather them back every step.
+        weight, bias = self.conv1d.weight[:, 0, :], self.conv1d.bias
+        x_weight, bc_weight = replicate(weight[:inner], meta), replicate(weight[channels], meta)
+        xs, conv_x = causal_conv1d(xs, x_weight, conv_x, meta)  # float32
+        bc, conv_bc = (replicate(y, meta) for y in causal_conv1d(bc, bc_weight, conv_bc, meta))
+        if bias is not None:
+            x_bias, bc_bias = replicate(bias[:inner], meta), replicate(bias[channels], meta)
+            xs, bc = xs + x_bias.astype(jnp.float32), bc + bc_bias.astype(jnp.float32)
+        xs = ACTIVATIONS[m.act](xs).astype(x.dtype)
+        bc = ACTIVATIONS[m.act](bc).astype(x.dtype).reshape(t, m.n_groups, 2 * n)
+        b, c = bc[..., :n], bc[..., n:]
         dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias[...])
         dt = jnp.clip(dt, *m.time_step_limit)  # [T, heads]
         a = -jnp.exp(self.A_log[...])
         d = self.D[...]
 
         xs = xs.reshape(t, m.num_heads, m.head_dim)
-        b, c = (y.reshape(t, m.n_groups, m.state_size) for y in (b, c))
         if use_chunks(t, meta.query_start_loc.shape[0] - 1):
             y, ssm_state = ssd_chunked(ssm_state, xs, dt, a, b, c, d, meta, min(m.chunk_size, MAX_CHUNK))
         else:
@@ -246,4 +290,9 @@ class Mamba2Mixer(nnx.Module):
             out_like = jax.ShapeDtypeStruct((m.num_heads, m.head_dim), jnp.float32)
             y, ssm_state = scan_rows(step, ssm_state, (xs, dt, b, c), out_like, meta)  # [T, heads, head_dim] float32
         y = self.gated_norm(y.reshape(t, inner), z)
-        return self.out_proj(y.astype(x.dtype)), scatter_states(states, (conv_state, ssm_state), meta)
+        return self.out_proj(y.astype(x.dtype)), scatter_states(states, (conv_x, conv_bc, ssm_state), meta)
+
+
+def replicate(x: jax.Array, meta: AttentionMetadata) -> jax.Array:
+    """``x`` held whole on every device of the step's mesh."""
+    return constrain(x, meta.mesh, (None,) * x.ndim)

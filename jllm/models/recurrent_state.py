@@ -33,34 +33,56 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 from jllm.attention import AttentionMetadata
 from jllm.models.layers import param
-from jllm.parallel import device_zeros
+from jllm.parallel import device_zeros, param_sharding, partition_spec
 
 StatePool = tuple[jax.Array, ...]  # one recurrent layer's states, each [num_state_slots, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class StateSpec:
-    """One recurrent layer's state per sequence: the shape and dtype of each of its arrays, without the slot axis
-    (gated DeltaNet: the conv state ``[conv_channels, kernel - 1]`` and the recurrent state ``[heads, dk, dv]``)."""
+    """One recurrent layer's state per sequence: the shape, dtype and logical axes of each of its arrays, without the
+    slot axis (gated DeltaNet: the conv state ``[conv_channels, kernel - 1]`` and the recurrent state ``[heads, dk,
+    dv]``, each split over tensor parallelism on its first axis, ``parallel.RECURRENT_HEADS``, as the layer's heads
+    are). ``axes`` () replicates every array."""
 
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[Any, ...]
+    axes: tuple[tuple[str | None, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.shapes) != len(self.dtypes):
             raise ValueError(f"StateSpec has {len(self.shapes)} shapes but {len(self.dtypes)} dtypes")
+        if self.axes and [len(a) for a in self.axes] != [len(s) for s in self.shapes]:
+            raise ValueError(f"StateSpec axes {self.axes} do not match its shapes {self.shapes}")
         object.__setattr__(self, "dtypes", tuple(jnp.dtype(d) for d in self.dtypes))
+
+    def shardings(self, mesh: Mesh) -> tuple[NamedSharding, ...]:
+        """Each array's placement on ``mesh``, its slot axis whole."""
+        axes = self.axes or tuple((None,) * len(s) for s in self.shapes)
+        return tuple(param_sharding(mesh, (None, *a)) for a in axes)
 
     @property
     def bytes_per_slot(self) -> int:
-        return sum(math.prod(s) * d.itemsize for s, d in zip(self.shapes, self.dtypes, strict=True))
+        return self.device_bytes_per_slot(1)
 
-    def zeros(self, num_slots: int, sharding: jax.sharding.Sharding | None = None) -> StatePool:
-        """The layer's pool, zero-filled where ``sharding`` puts it (no host copy)."""
-        return tuple(device_zeros((num_slots, *s), d, sharding) for s, d in zip(self.shapes, self.dtypes, strict=True))
+    def device_bytes_per_slot(self, shards: int) -> int:
+        """A slot's bytes on each of ``shards`` tensor-parallel devices: the split arrays' share, the others whole."""
+        axes = self.axes or tuple((None,) * len(s) for s in self.shapes)
+        return sum(
+            math.prod(s) * d.itemsize // (shards if any(partition_spec(a)) else 1)
+            for s, d, a in zip(self.shapes, self.dtypes, axes, strict=True)
+        )
+
+    def zeros(self, num_slots: int, mesh: Mesh | None = None) -> StatePool:
+        """The layer's pool, zero-filled on ``mesh`` (None: the default device), no host copy."""
+        shardings = self.shardings(mesh) if mesh is not None else (None,) * len(self.shapes)
+        return tuple(
+            device_zeros((num_slots, *s), d, p) for s, d, p in zip(self.shapes, self.dtypes, shardings, strict=True)
+        )
 
 
 def fresh_rows(meta: AttentionMetadata) -> jax.Array:
@@ -327,6 +349,8 @@ def scan_chunks(
     )
 
 
-def state_bytes(specs: tuple[StateSpec | None, ...], num_slots: int) -> int:
-    """Bytes the state pools of every recurrent layer take for ``num_slots`` slots."""
-    return int(np.sum([s.bytes_per_slot for s in specs if s is not None], dtype=np.int64)) * num_slots
+def state_bytes(specs: tuple[StateSpec | None, ...], num_slots: int, shards: int = 1) -> int:
+    """Bytes the state pools of every recurrent layer take for ``num_slots`` slots (on each device, split over
+    ``shards``)."""
+    per_slot = [s.device_bytes_per_slot(shards) for s in specs if s is not None]
+    return int(np.sum(per_slot, dtype=np.int64)) * num_slots

@@ -7,6 +7,11 @@ causal depthwise conv (no activation), its output gated by ``C`` and projected b
 the inputs before them; there is no recurrence to scan. ``quantization`` is refused for these
 models (``ModelArgs``): not yet checked.
 
+Tensor parallelism splits the channels (``parallel.RECURRENT_HEADS``): ``in_proj`` kept per channel as
+``[hidden, channels, 3]`` (B, C, x side by side, read from the checkpoint's B rows, C rows, x rows:
+``layers.StoredParts``), the conv state with them, ``out_proj`` row-parallel; the conv's tiny weight is
+replicated.
+
 Where this module sits: docs/architecture.md.
 """
 
@@ -19,8 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.models.layers import Linear, normed_linear
+from jllm.models.layers import Linear, StoredParts, normed_linear
 from jllm.models.recurrent_state import DepthwiseConv1d, StatePool, StateSpec, gather_states, scatter_states
+from jllm.parallel import RECURRENT_HEADS
 
 if TYPE_CHECKING:
     from jllm.attention import AttentionMetadata
@@ -42,7 +48,7 @@ class ShortConvSpec:
     def state_spec(self, hidden: int, dtype: jnp.dtype) -> StateSpec:
         """A sequence's state in one layer: its last ``K - 1`` conv inputs ``[hidden, K - 1]`` in the model's dtype
         (transformers' cache keeps them so)."""
-        return StateSpec(((hidden, self.kernel - 1),), (dtype,))
+        return StateSpec(((hidden, self.kernel - 1),), (dtype,), ((RECURRENT_HEADS, None),))
 
 
 class ShortConv(nnx.Module):
@@ -51,16 +57,18 @@ class ShortConv(nnx.Module):
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         s, d, dt = args.short_conv, args.hidden_size, args.dtype
-        self.in_proj = Linear(d, 3 * d, ("embed", None), dt, bias=s.bias)  # B, C, x
+        stored = StoredParts(d, ((0, 1), (d, 1), (2 * d, 1)), 3 * d)  # B, C, x per channel
+        self.in_proj = Linear(d, (d, 3), ("embed", RECURRENT_HEADS, None), dt, bias=s.bias, stored=stored)
         self.conv = DepthwiseConv1d(d, s.kernel, dt, s.bias)
-        self.out_proj = Linear(d, d, (None, "embed"), dt, bias=s.bias)
+        self.out_proj = Linear(d, d, (RECURRENT_HEADS, "embed"), dt, bias=s.bias)
 
     def __call__(
         self, x: jax.Array, norm: nnx.Module | None, positions: jax.Array, states: StatePool, meta: AttentionMetadata
     ) -> tuple[jax.Array, StatePool]:
         """The layer over ``norm(x)`` (``x [T, hidden]``); ``states``: its pool (the conv state alone), each row's
         read from and written back to its slot. ``positions`` are unused: the conv's order is the tokens'."""
-        b, c, xs = jnp.split(normed_linear(norm, self.in_proj, x), 3, axis=-1)  # [T, hidden] each
+        proj = normed_linear(norm, self.in_proj, x)  # [T, hidden, 3]
+        b, c, xs = proj[..., 0], proj[..., 1], proj[..., 2]  # [T, hidden] each
         (conv_state,) = gather_states(states, meta)
         y, conv_state = self.conv(b * xs, conv_state, meta)  # float32
         y = c * y.astype(x.dtype)
