@@ -50,6 +50,14 @@ _DECODE_TILE_BYTES = 32 * 1024
 _TARGET_PROGRAMS = 256
 # Software-pipelining depth of a decode tile's K/V loads: 3 stages beat 2 on every decode shape tuned (same run).
 _DECODE_STAGES = 3
+# What a bf16 step computes an FP8 pool's tiles in. Over an FP8 pool this kernel took longer than over a bf16 one
+# (H200, 2026-12-05, a Llama-3-8B 64 x 8k decode step: 13.6 against 10.3 ms of attention) though it reads half the
+# bytes. Triton widens e4m3 to float16 with one convert per pair (cvt.rn.f16x2.e4m3x2) and to bfloat16 through
+# float16, a second convert per element: a toy of this loop compiled for sm_90 holds 910 instructions against 1,390
+# (scripts/inspect_kv_fp8_widening.py; not yet timed on a GPU). So q is taken to float16 (saturated at its largest
+# finite value) and the tiles widened to it; the dots still accumulate in float32. float32 queries read the tiles in
+# float32.
+FP8_COMPUTE_DTYPE = jnp.float16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +394,9 @@ def _kernel(
     end = jnp.minimum(start + per_split, first + num_blocks)
 
     q = _load_rows(q_ref, rows, group, num_q_heads)  # [rows, D]
+    if is_fp8(k_ref.dtype) and q.dtype == jnp.bfloat16:
+        limit = float(jnp.finfo(FP8_COMPUTE_DTYPE).max)
+        q = jnp.clip(q.astype(jnp.float32), -limit, limit).astype(FP8_COMPUTE_DTYPE)
     scale = sm_scale if soft_cap is not None else sm_scale * _LOG2E
     hi_prec = lax.Precision.HIGHEST  # f32 inputs: IEEE dots, not TF32; no effect on bf16
 
@@ -397,7 +408,7 @@ def _kernel(
     def body(block: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
         acc, row_max, row_sum = carry  # f32[rows, D], f32[rows], f32[rows]
         page = pages_ref[block * pages_per_block + token_page]  # i32[kv_block], page of each key row
-        k = k_ref[page, token_slot].astype(q.dtype)  # [kv_block, D]; an FP8 pool's tile dequantized (scale outside)
+        k = k_ref[page, token_slot].astype(q.dtype)  # [kv_block, D]; an FP8 pool's tile widened (scale outside)
         v = v_ref[page, token_slot].astype(q.dtype)  # [kv_block, D]
         s = plgpu.dot(q, k, trans_b=True, precision=hi_prec) * scale  # f32[rows, kv_block], base-2 logits
         if soft_cap is not None:

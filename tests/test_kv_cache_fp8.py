@@ -12,6 +12,7 @@ float32 rounding.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import jax
@@ -27,6 +28,7 @@ from jllm.config import ConfigError, EngineConfig
 from jllm.kv_cache import KVCacheSpec, allocate_kv_pool, num_pages_for_budget, num_pages_from_device_memory, pool_dtype
 from pallas_kernels import ragged_paged_attention, ref_ragged_paged_attention, write_kv
 from pallas_kernels.kv_quant import FP8_DTYPE, FP8_MAX, quantize
+from pallas_kernels.ragged_paged_attention import FP8_COMPUTE_DTYPE
 
 U = 2.0**-4  # e4m3: half a step of 3 mantissa bits, relative
 F32_TOL = 1e-5  # the same maths in float32, summed in another order
@@ -156,6 +158,33 @@ def test_pallas_kernel_over_fp8_pages_with_bf16_queries() -> None:
     out = np.asarray(ragged_paged_attention(*fp8, sm_scale=0.125, interpret=True, **scales).astype(jnp.float32))
     bf16 = (exact[0], exact[1].astype(jnp.bfloat16), *exact[2:])
     assert_within_e4m3(out, reference(bf16), bf16[1][1], extra=2.0**-8)
+
+
+@pytest.mark.slow
+def test_pallas_kernel_saturates_bf16_queries_past_float16_over_fp8_pages() -> None:
+    """bf16 queries meet an FP8 pool's tiles in float16 (one widening instruction per pair on Hopper): a query entry
+    past float16's range is taken as its largest finite value, never inf, so scores stay finite."""
+    _, fp8, scales = fp8_case(5, "decode", jnp.bfloat16)
+    q = fp8[0].at[:, :, :3].set(jnp.asarray([1e6, -3e5, 7e4], jnp.bfloat16))
+    out = np.asarray(ragged_paged_attention(q, *fp8[1:], sm_scale=0.125, interpret=True, **scales).astype(jnp.float32))
+    limit = float(jnp.finfo(jnp.float16).max)
+    clipped = jnp.clip(q.astype(jnp.float32), -limit, limit)
+    want = reference((clipped, *dequantized(fp8, scales)[1:]))
+    assert np.isfinite(out).all()
+    assert_same(out, want, 2.0**-7)  # bf16 output rounding of the same scores
+
+
+@pytest.mark.slow  # two compiles for sm_90 (~3 s)
+def test_fp8_tiles_widened_to_float16_take_one_convert_per_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``FP8_COMPUTE_DTYPE`` rests on, with this machine's Triton and no GPU: e4m3 tiles widened to bf16 go
+    through float16 (a second convert per element), widened to float16 they take the pair convert alone."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    inspector = importlib.import_module("inspect_kv_fp8_widening")
+    to_bf16, to_f16 = inspector.ptx(f16=False), inspector.ptx(f16=True)
+    assert "cvt.rn.f16x2.e4m3x2" in to_bf16 and "cvt.bf16.f16" in to_bf16
+    assert "cvt.rn.f16x2.e4m3x2" in to_f16 and "cvt.bf16.f16" not in to_f16
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in to_f16
+    assert FP8_COMPUTE_DTYPE == jnp.float16
 
 
 def test_pallas_kernel_refuses_a_pool_of_another_dtype() -> None:
