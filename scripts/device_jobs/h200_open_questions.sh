@@ -15,17 +15,30 @@ git log -1 --format='%H %s' > "$QOUT/commit.txt" 2>/dev/null
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
 
-# Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 on 2026-12-05 after the
-# families and LoRA work), its roofline from the ceilings measured in the same run.
-step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
-    --json "$QOUT/bf16_lat.json"
+# Issue 21: the Pallas decode kernel now widens an FP8 pool's tiles to float16 (was bfloat16: a second convert per
+# element); every Pallas case against the float32 reference first, FP8 decodes among them.
+step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
 # Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k: the decode step alone (bench_latency's
-# TPOT at this shape counts the first prompts' decodes inside the others' prefill steps).
-for kv in auto fp8; do
+# TPOT at this shape counts the first prompts' decodes inside the others' prefill steps). 2026-12-05 with the bf16
+# widening: 14.46 ms a step with a bf16 pool (attention 10.28), 17.21 with the FP8 pool (attention 13.63).
+for kv in fp8 auto; do
     step "kv_$kv" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
         --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
 done
+# Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms): 4.16 / 4.28 / 4.81 on 2026-12-05 02:50 UTC, then
+# 4.41 / 4.54 / 4.97 at 12:00 on another machine (FP8 batch 1: 3.87 on 2026-12-04, 4.61): where did 0.25 ms go? The
+# step programs alone at batch 1 (device time and kernels; 4.147 ms device on 2026-12-03, 45f891e), bf16 and FP8.
+step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
+    --json "$QOUT/bf16_lat.json"
+for quant in null fp8; do
+    step "step_b1_$quant" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 --set quantization=$quant \
+        --json "$QOUT/step_b1_$quant.json"
+done
+# The recurrent layers' chunked prefill against the token scan: a mixed step's decode rows now stepped once, not at
+# each of its prefill's chunks (2026-12-05 before: 24.45 / 24.77 ms a layer against 3.18 / 3.13 for the prefill alone).
+step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recurrent_prefill.json"
 # Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the decode kernel's default
 # token cap against none.
 step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
@@ -63,5 +76,3 @@ step dump_attention 300 python scripts/profile_step.py --model configs/models/ll
 for b in 1 32; do
     step "replay_b$b" 300 python scripts/bench_kernels.py --replay "$QOUT/step_b$b.npz" --out "$QOUT/replay_b$b"
 done
-# The recurrent layers' chunked prefill against the token scan (measured 2026-12-05: 11-16x), again after changes.
-step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recurrent_prefill.json"
