@@ -99,6 +99,18 @@ class Stepper:
         self.engine.step()
 
 
+def decode_batch(llm: LLM) -> dict[str, float]:
+    """What the timed steps decoded: the running sequences, their mean context, and the preemptions so far (a pool
+    too small for ``batch`` x context runs fewer sequences than asked, and the figures are for those)."""
+    scheduler = llm.engine.scheduler
+    contexts = [seq.num_tokens for seq in scheduler.running]
+    return {
+        "running": len(contexts),
+        "mean_context": round(float(np.mean(contexts)), 1) if contexts else 0.0,
+        "preemptions": scheduler.num_preemptions,
+    }
+
+
 def engine_steps(llm: LLM, step: Stepper, steps: int) -> dict[str, float]:
     """Per-step milliseconds of ``engine.step`` and of its parts."""
     eng, runner = llm.engine, llm.engine.runner
@@ -284,6 +296,7 @@ def main() -> None:
             engine_steps(llm, step, 3)  # warm
             row = {"engine_ms": engine_steps(llm, step, args.steps), **device_only(llm, step, args.steps)}
             row["host_gap_ms"] = round(row["engine_ms"]["step"] - row["device_ms"], 3)
+            row.update(decode_batch(llm))
             row["kernels"] = kernel_profile(step, args.trace_steps, Path(tmp) / f"trace{batch}")
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
@@ -299,11 +312,15 @@ def main() -> None:
 
     mixed = f"  + a {args.prefill_tokens}-token prefill a step" if args.prefill_tokens else ""
     print(f"\n{report['device']}  jax {report['jax']}  backend {report['backend']}  prompt {args.prompt}{mixed}")
-    print(f"{'batch':>5} {'step ms':>8} {'device ms':>9} {'gap ms':>7}  " + " ".join(f"{p:>13}" for p in PARTS))
+    print(
+        f"{'batch':>5} {'running':>7} {'context':>7} {'step ms':>8} {'device ms':>9} {'gap ms':>7}  "
+        + " ".join(f"{p:>13}" for p in PARTS)
+    )
     for batch, row in report["batches"].items():
         parts = " ".join(f"{row['engine_ms'][p]:>13.3f}" for p in PARTS)
         step, device, gap = row["engine_ms"]["step"], row["device_ms"], row["host_gap_ms"]
-        print(f"{batch:>5} {step:>8.3f} {device:>9.3f} {gap:>7.3f}  {parts}")
+        running, context = row["running"], row["mean_context"]
+        print(f"{batch:>5} {running:>7} {context:>7.0f} {step:>8.3f} {device:>9.3f} {gap:>7.3f}  {parts}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -40,3 +40,20 @@ def test_each_mixed_step_holds_the_decodes_and_one_whole_prefill(tmp_path: Path)
     assert scheduled == [(batch + prefill, batch + 1)] * 4
     decoding = [r for r in llm.engine.requests.values() if r.request_id.startswith("prof-")]
     assert len(decoding) == batch and step.added == 4
+
+
+@pytest.mark.slow
+def test_the_report_says_how_many_sequences_a_small_pool_lets_decode(tmp_path: Path) -> None:
+    """A pool of 8 pages (128 tokens) for three 40-token prompts that keep decoding: fewer than three run at once,
+    so the figures are for those, and the row says how many and how long."""
+    from jllm import LLM
+
+    model = bench_common.write_dummy_model(tmp_path / "model", profile_step.SMOKE_MODEL)
+    llm = LLM(str(model), load_format="dummy", max_model_len=112, max_num_seqs=3, max_num_batched_tokens=64,
+              num_pages=9, compile_at_start=False)  # fmt: skip
+    profile_step.start_decoding(llm, 3, 40, np.random.default_rng(0))
+    for _ in range(3):
+        llm.engine.step()
+    seen = profile_step.decode_batch(llm)
+    assert seen["running"] in (1, 2) and seen["preemptions"] >= 1, seen
+    assert 40 < seen["mean_context"] <= 128 / seen["running"], seen
