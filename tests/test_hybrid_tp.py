@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, run_tp_worker, save_tiny_checkpoint
+from test_families import MAMBA2_KEYS
 
 from jllm.loader import abstract_model
 
@@ -37,17 +38,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "bamba": (
         "BambaForCausalLM",
-        dict(
-            attn_layer_indices=[1],
-            mamba_n_heads=8,
-            mamba_d_head=16,
-            mamba_n_groups=2,
-            mamba_d_state=16,
-            mamba_d_conv=4,
-            mamba_expand=2,
-            mamba_chunk_size=32,
-            mamba_proj_bias=True,
-        ),
+        dict(attn_layer_indices=[1], mamba_proj_bias=True, **MAMBA2_KEYS),
     ),
     "lfm2": ("Lfm2ForCausalLM", dict(layer_types=["conv", "full_attention"], conv_L_cache=3, conv_bias=True)),
 }
