@@ -42,6 +42,18 @@ step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recur
 # Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the decode kernel's default
 # token cap against none.
 step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
+# Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, TPOT p50 8 ms). With the 2,048-token
+# budget a step may carry several prompts' chunks (the long-prefill cap bounds each prompt's, not the step's): TPOT p50
+# 12.45 ms uncapped, 10.69 with a 256 cap (2026-12-05). A smaller budget bounds every step: 32 decodes + ~480 prefill
+# tokens is ~4.3 TFLOP, ~6-7 ms at the measured matmul rate. Each on a fresh server.
+for budget in 512 1024; do
+    python -m jllm serve --config $BF16 --port 8100 --max-num-batched-tokens $budget > "$QOUT/serve_b$budget.log" 2>&1 &
+    server=$!
+    for _ in $(seq 150); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
+    step "serving_b$budget" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
+        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_b$budget.json"
+    kill "$server"; wait "$server"
+done
 # Issue 21: FP8 offline throughput, 128 in / 2048 out x 1000, with an FP8 KV pool now read by the jax-triton prefill
 # kernel ("auto" gives FP8 pools that kernel since 2026-12-05; 16,441 output tok/s with the Pallas kernel), then
 # 128 / 128 x 3000 (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
