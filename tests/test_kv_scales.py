@@ -91,8 +91,8 @@ def test_every_name_vllm_reads_loads_into_the_attention(fp8_dir: Path, tmp_path:
     assert loaded_scales(model) == pytest.approx(want, rel=1e-7)
 
 
-def hf_fp8_kv_logits(model_dir: Path, scales: dict[int, tuple[float, float]], token_ids: list[int]) -> np.ndarray:
-    """transformers' float32 logits with each layer's K and V (after the rotary) rounded as an FP8 pool stores them:
+def hf_fp8_kv_model(model_dir: Path, scales: dict[int, tuple[float, float]]):
+    """transformers' float32 model with each layer's K and V (after the rotary) rounded as an FP8 pool stores them:
     ``clip(x / scale, +-448)`` to e4m3, times the scale; computed apart from jllm."""
     import torch
     import transformers
@@ -108,11 +108,27 @@ def hf_fp8_kv_logits(model_dir: Path, scales: dict[int, tuple[float, float]], to
         return sdpa_attention_forward(module, query, stored(key, k_scale), stored(value, v_scale), *args, **kwargs)
 
     AttentionInterface.register("fp8_kv_reference", attention)
-    model = transformers.LlamaForCausalLM.from_pretrained(
+    return transformers.LlamaForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="fp8_kv_reference"
     ).eval()
+
+
+def hf_fp8_kv_logits(model_dir: Path, scales: dict[int, tuple[float, float]], token_ids: list[int]) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
-        return model(torch.tensor([token_ids])).logits[0].numpy()
+        return hf_fp8_kv_model(model_dir, scales)(torch.tensor([token_ids])).logits[0].numpy()
+
+
+def hf_fp8_kv_greedy(model_dir: Path, scales: dict[int, tuple[float, float]], ids: list[int], n: int) -> list[int]:
+    """``n`` greedy tokens after ``ids``, each from a whole forward (no cache: every step rounds all K/V anew)."""
+    import torch
+
+    model, ids = hf_fp8_kv_model(model_dir, scales), list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[-n:]
 
 
 @pytest.mark.slow  # transformers' forward twice, two jllm compiles: ~15 s on the CPU
@@ -139,23 +155,26 @@ def test_a_pool_in_the_model_dtype_ignores_the_scales(fp8_dir: Path, scaled_dir:
     np.testing.assert_array_equal(scaled, plain)
 
 
-@pytest.mark.slow  # two engines start (~20 s)
-def test_greedy_generation_with_an_fp8_pool_and_scales(scaled_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.slow  # two engines start, programs compiled as they run (~25 s)
+def test_greedy_generation_with_an_fp8_pool_and_scales(
+    fp8_dir: Path, scaled_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from jllm.llm import LLM
     from jllm.sampling import SamplingParams
 
-    keys = dict(max_model_len=64, max_num_batched_tokens=32, max_num_seqs=2, num_pages=16)
+    # weight-only FP8 matmuls in every step (the padded prefill reaches 32 tokens): the reference's float32 weights
+    keys = dict(max_model_len=64, max_num_batched_tokens=32, max_num_seqs=2, num_pages=16, compile_at_start=False)
+    keys |= dict(dtype="float32", fp8_dot_min_tokens=1 << 20)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     with caplog.at_level(logging.INFO, logger="jllm"):
-        auto = LLM(str(scaled_dir), **keys)
-    assert "KV-cache scales (k_scale / v_scale) from the checkpoint: not used" in caplog.text
-    fp8 = LLM(str(scaled_dir), kv_cache_dtype="fp8", **keys)
-    assert "KV-cache scales (k_scale / v_scale) from the checkpoint: used by the FP8 pool" in caplog.text
-    prompts = ["Hello world", "abcabc"]
-    tokens = [out.outputs[0].token_ids for out in fp8.generate(prompts, params, False)]
-    assert [len(t) for t in tokens] == [8, 8]
-    assert tokens == [out.outputs[0].token_ids for out in fp8.generate(prompts, params, False)]
-    assert all(len(out.outputs[0].token_ids) == 8 for out in auto.generate(prompts, params, False))
+        LLM(str(scaled_dir), **keys)
+        assert "KV-cache scales (k_scale / v_scale) from the checkpoint: not used" in caplog.text
+        fp8 = LLM(str(scaled_dir), kv_cache_dtype="fp8", **keys)
+        assert "KV-cache scales (k_scale / v_scale) from the checkpoint: used by the FP8 pool" in caplog.text
+    outputs = fp8.generate(["Hello world", "abcabc"], params, False)
+    for out in outputs:  # prefill, then decodes reading the pages written with the scales
+        want = hf_fp8_kv_greedy(fp8_dir / "dequantized", SCALES, list(out.prompt_token_ids), 8)
+        assert list(out.outputs[0].token_ids) == want
 
 
 def test_a_scale_that_is_not_one_positive_finite_value_is_refused_naming_it(fp8_dir: Path, tmp_path: Path) -> None:
