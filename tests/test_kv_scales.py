@@ -12,7 +12,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_utils import TINY_CONFIG, jllm_logits
+from model_utils import TINY_CONFIG, jllm_logits, run_tp_worker
 from test_quantization import save_fp8_checkpoint
 
 from jllm.kv_scales import stores_kv_scales
@@ -175,6 +175,15 @@ def test_greedy_generation_with_an_fp8_pool_and_scales(
     for out in outputs:  # prefill, then decodes reading the pages written with the scales
         want = hf_fp8_kv_greedy(fp8_dir / "dequantized", SCALES, list(out.prompt_token_ids), 8)
         assert list(out.outputs[0].token_ids) == want
+
+
+@pytest.mark.slow  # a subprocess with two fake devices compiles the model twice (~20 s)
+def test_scales_are_replicated_and_tp2_equals_tp1(scaled_dir: Path, tmp_path: Path) -> None:
+    found = run_tp_worker({"model_dir": str(scaled_dir), "ids": IDS}, tmp_path, 300, "kv_scales_tp_worker.py")
+    assert found["k_scale_sharding"] == "P()" and found["k_scale_devices"] == 2
+    # each device quantizes its own KV heads with the same scale: only the all-reduces' summation order differs
+    print(f"kv scales TP 2 vs 1: max |diff| {found['max_abs_diff']:.2e} (max |logit| {found['max_abs']:.2f})")
+    assert found["max_abs_diff"] <= 1e-5 * found["max_abs"]
 
 
 def test_a_scale_that_is_not_one_positive_finite_value_is_refused_naming_it(fp8_dir: Path, tmp_path: Path) -> None:
