@@ -18,6 +18,7 @@ from test_quantization import save_fp8_checkpoint
 from jllm.kv_scales import stores_kv_scales
 from jllm.loader import abstract_model, load_model, save_model
 from jllm.parallel import make_mesh
+from jllm.weight_swap import WeightsMismatch, swap_into
 from pallas_kernels.kv_quant import FP8_DTYPE, FP8_MAX
 
 # layer -> (k_scale, v_scale): not powers of two (those would only shift e4m3's exponent, rounding as 1.0 does), the
@@ -184,6 +185,17 @@ def test_scales_are_replicated_and_tp2_equals_tp1(scaled_dir: Path, tmp_path: Pa
     # each device quantizes its own KV heads with the same scale: only the all-reduces' summation order differs
     print(f"kv scales TP 2 vs 1: max |diff| {found['max_abs_diff']:.2e} (max |logit| {found['max_abs']:.2f})")
     assert found["max_abs_diff"] <= 1e-5 * found["max_abs"]
+
+
+def test_a_weight_swap_carries_the_scales_and_refuses_a_checkpoint_without_them(
+    fp8_dir: Path, scaled_dir: Path, tmp_path: Path
+) -> None:
+    running = load_model(scaled_dir, mesh=make_mesh(1), dtype="float32")
+    halved = {name: value / 2 for name, value in scale_tensors(("k_scale", "v_scale")).items()}
+    swap_into(running, load_model(with_tensors(fp8_dir, tmp_path / "halved", halved), mesh=make_mesh(1)))
+    assert float(running.model.layers[1].self_attn.v_scale[...]) == pytest.approx(SCALES[1][1] / 2, rel=1e-7)
+    with pytest.raises(WeightsMismatch, match=r"differs from the running one in kv_scales \(False, running True\)"):
+        swap_into(running, load_model(fp8_dir, mesh=make_mesh(1)))
 
 
 def test_a_scale_that_is_not_one_positive_finite_value_is_refused_naming_it(fp8_dir: Path, tmp_path: Path) -> None:
