@@ -94,12 +94,12 @@ def shard_files(model_dir: Path) -> list[str]:
 
 
 def stored_names(model_dir: Path) -> set[str]:
-    """Every tensor name the checkpoint stores, from the files' headers alone (no tensor is read)."""
-    names: set[str] = set()
-    for file in shard_files(model_dir):
-        with safe_open(model_dir / file, framework="flax") as handle:
-            names.update(handle.keys())
-    return names
+    """Every tensor name the checkpoint stores: its index's, or its one file's header (no tensor is read)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    with safe_open(model_dir / shard_files(model_dir)[0], framework="flax") as handle:
+        return set(handle.keys())
 
 
 class StoredTensor(NamedTuple):

@@ -21,6 +21,7 @@ from jllm.attention import AttentionMetadata
 from jllm.kv_scales import stores_kv_scales
 from jllm.loader import abstract_model, load_model, save_model
 from jllm.parallel import make_mesh
+from jllm.quantization import resolve_scheme
 from jllm.weight_swap import WeightsMismatch, swap_into
 from pallas_kernels.kv_quant import FP8_DTYPE, FP8_MAX
 
@@ -241,9 +242,15 @@ def test_save_model_refuses_a_float_model_with_scales(fp8_dir: Path, tmp_path: P
         save_model(loaded, tmp_path / "saved")
 
 
-def test_a_model_without_scales_has_no_scale_parameters(fp8_dir: Path) -> None:
-    attn = load_model(fp8_dir, mesh=make_mesh(1), dtype="float32").model.layers[0].self_attn
-    assert attn.k_scale is None and attn.v_scale is None
+def test_a_model_without_scales_has_no_scale_parameters(fp8_dir: Path, tiny_model: Path) -> None:
+    for model in (fp8_dir, tiny_model):  # one file; shards named by an index
+        attn = load_model(model, mesh=make_mesh(1), dtype="float32").model.layers[0].self_attn
+        assert attn.k_scale is None and attn.v_scale is None
+
+
+def test_a_compressed_tensors_checkpoint_of_kv_scales_alone_keeps_float_weights() -> None:
+    kv_only = {"quant_method": "compressed-tensors", "config_groups": {}, "kv_cache_scheme": KV_SCHEME}
+    assert resolve_scheme(None, {"quantization_config": kv_only}) is None
 
 
 def test_scales_are_recognised_under_vllms_names_only() -> None:
