@@ -136,7 +136,7 @@ def hf_fp8_kv_greedy(model_dir: Path, scales: dict[int, tuple[float, float]], id
     return ids[-n:]
 
 
-@pytest.mark.slow  # transformers' forward twice, two jllm compiles: ~15 s on the CPU
+@pytest.mark.slow  # transformers' forward twice, two jllm compiles: 4-10 s on a busy 2-core CPU
 def test_fp8_pool_logits_match_k_and_v_rounded_with_the_checkpoints_scales(fp8_dir: Path, scaled_dir: Path) -> None:
     loaded = load_model(scaled_dir, mesh=make_mesh(1), dtype="float32")
     assert loaded.args.kv_scales and loaded_scales(scaled_dir) == pytest.approx(FLAT_SCALES, rel=1e-7)
@@ -153,7 +153,7 @@ def test_fp8_pool_logits_match_k_and_v_rounded_with_the_checkpoints_scales(fp8_d
     assert np.abs(jllm_logits(unscaled, IDS, pool_dtype=FP8_DTYPE) - unit).max() <= 1e-4 * top
 
 
-@pytest.mark.slow  # the Pallas kernel in Pallas' interpreter
+@pytest.mark.slow  # the Pallas kernel in Pallas' interpreter (3-10 s)
 def test_the_pallas_kernel_reads_the_scaled_pages_as_the_reference(
     scaled_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,14 +164,13 @@ def test_the_pallas_kernel_reads_the_scaled_pages_as_the_reference(
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()  # measured 1.6e-7 of 0.65
 
 
-@pytest.mark.slow  # two tiny models compiled: ~10 s
 def test_a_pool_in_the_model_dtype_ignores_the_scales(fp8_dir: Path, scaled_dir: Path) -> None:
     scaled = jllm_logits(load_model(scaled_dir, mesh=make_mesh(1), dtype="float32"), IDS)
     plain = jllm_logits(load_model(fp8_dir, mesh=make_mesh(1), dtype="float32"), IDS)
     np.testing.assert_array_equal(scaled, plain)
 
 
-@pytest.mark.slow  # two engines start, programs compiled as they run (~25 s)
+@pytest.mark.slow  # two engines start, programs compiled as they run (5-25 s)
 def test_greedy_generation_with_an_fp8_pool_and_scales(
     fp8_dir: Path, scaled_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
