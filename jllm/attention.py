@@ -20,6 +20,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jllm.parallel import TP_AXIS
 from pallas_kernels import has_jax_triton, ragged_paged_attention, ref_ragged_paged_attention, write_kv
+from pallas_kernels.kv_quant import Scale
 
 # "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
 # "triton-prefill": steps with prefill rows run the jax-triton FlashAttention kernel, decode-only steps the Pallas one.
@@ -106,6 +107,8 @@ def paged_attention(
     sinks: jax.Array | None = None,  # [num_q_heads]
     value_dim: int | None = None,
     alibi_slopes: jax.Array | None = None,  # [num_q_heads]
+    k_scale: Scale = 1.0,
+    v_scale: Scale = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, value_dim or head_dim]``, the updated pool).
 
@@ -115,25 +118,32 @@ def paged_attention(
     parallelism they split with the query heads). A latent pool (``value_dim``, ``v`` None: multi-head latent
     attention) stores ``k`` once; its values are each row's first ``value_dim`` channels, read by the reference alone.
     ``alibi_slopes``: ALiBi's per-head slopes of the position bias, split like the sinks; the reference alone adds
-    it (``resolve_backend`` picks it for such models).
+    it (``resolve_backend`` picks it for such models). ``k_scale`` / ``v_scale``: an FP8 pool's per-layer scales
+    (``pallas_kernels.kv_quant``), on the write and on whichever backend reads; replicated under tensor parallelism.
     """
     if alibi_slopes is not None and meta.backend != "reference":
         raise ValueError(
             f"attention backend {meta.backend!r} does not add ALiBi's position bias; ALiBi models need 'reference'"
         )
-    kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping)
+    scales = {"k_scale": k_scale, "v_scale": v_scale}
+    kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping, **scales)
     if value_dim is not None and meta.backend != "reference":
         raise ValueError(f"a latent KV pool is read by the 'reference' attention backend only, not {meta.backend!r}")
     if meta.backend == "reference":
         latent = {} if value_dim is None else {"value_dim": value_dim}  # the call's keywords as a kernel's otherwise
         attend = functools.partial(
-            ref_ragged_paged_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, **latent
+            ref_ragged_paged_attention,
+            sm_scale=sm_scale,
+            soft_cap=soft_cap,
+            sliding_window=sliding_window,
+            **latent,
+            **scales,
         )
     elif meta.backend == "triton-prefill" and q.shape[0] > meta.block_tables.shape[0]:  # more rows than sequences
         from pallas_kernels.triton_prefill import prefill_attention
 
         attend = functools.partial(
-            prefill_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window
+            prefill_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, **scales
         )
     elif meta.backend in ("pallas", "triton-prefill"):
         interpret = jax.default_backend() not in _KERNEL_PLATFORMS
@@ -143,6 +153,7 @@ def paged_attention(
             soft_cap=soft_cap,
             sliding_window=sliding_window,
             interpret=interpret,
+            **scales,
         )
     else:
         raise ValueError(f"attention backend {meta.backend!r} is not available (available: {BACKENDS})")

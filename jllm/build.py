@@ -30,6 +30,7 @@ from jllm.config import ConfigError, EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
 from jllm.executable_cache import Prefetch, open_cache, start_prefetch
 from jllm.inputs import InputProcessor
+from jllm.kv_scales import describe_scales
 from jllm.loader import LoadedModel, load_model, read_json
 from jllm.lora.manager import LoRAManager
 from jllm.lora.request import LoRARequest
@@ -195,6 +196,8 @@ def _worker(
         pages += f" with {num_slots} recurrent state slots"
     log_phase(logger, "KV pool allocated", elapsed.seconds, pages)
     logger.info(describe_backend(backend))
+    if args.kv_scales:
+        logger.info(describe_scales(dtype))
     executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded), prefetch)
     runner = ModelRunner(
         loaded,

@@ -6,7 +6,8 @@ memory-mapped safetensors tensors (``jllm.safetensors_index``), so no full copy 
 Quantized models (``jllm.quantization``): a quantized linear's kernel is read in float and quantized on its own
 devices, one tensor at a time (from safetensors, dummy weights, or a float orbax copy, which is restored whole
 first), unless the checkpoint stores it in FP8: then the e4m3 values are read as stored with their
-``weight_scale`` (a per-tensor scale repeated over its rows).
+``weight_scale`` (a per-tensor scale repeated over its rows). A checkpoint's FP8 KV-cache scales become each attention
+layer's ``k_scale`` / ``v_scale`` (``jllm.kv_scales``).
 
 ``save_model`` writes the other kind of model directory it reads: the same config and tokenizer files beside an
 orbax checkpoint of the converted parameters (``jllm.checkpoint``), which loads without converting again.
@@ -34,9 +35,10 @@ from jax.sharding import Mesh
 from jllm import parallel
 from jllm.checkpoint import restore_params, save_params
 from jllm.executable_cache import ExecutableCache, ProgramCall, load_or_compile
+from jllm.kv_scales import declares_kv_scales, is_scale_param, stores_kv_scales
 from jllm.models.registry import build_args
 from jllm.quantization import QuantScheme, resolve_scheme
-from jllm.safetensors_index import SafetensorsIndex
+from jllm.safetensors_index import SafetensorsIndex, stored_names
 from pallas_kernels import has_jax_triton
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -80,9 +82,14 @@ def resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> Any:
 
 
 def abstract_model(
-    hf_config: dict[str, Any], dtype: Any, tensor_parallel_size: int = 1, quant: QuantScheme | None = None
+    hf_config: dict[str, Any],
+    dtype: Any,
+    tensor_parallel_size: int = 1,
+    quant: QuantScheme | None = None,
+    kv_scales: bool = False,
 ) -> tuple[nnx.GraphDef, nnx.State, Any, int]:
-    """The model's structure without memory, and how many copies of each KV head ``tensor_parallel_size`` needs.
+    """The model's structure without memory, and how many copies of each KV head ``tensor_parallel_size`` needs;
+    ``kv_scales``: its attention layers hold FP8 KV-cache scales (``jllm.kv_scales``).
 
     With replicated KV heads the model is built with ``num_kv_heads * kv_replicas`` heads, so that every device owns
     whole KV heads and the attention maths stays the plain GQA of one device.
@@ -107,7 +114,7 @@ def abstract_model(
             f"which its k norm's weights {layout} do not support; use a tensor_parallel_size that divides "
             f"num_key_value_heads={args.num_kv_heads}"
         )
-    args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant)
+    args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant, kv_scales=kv_scales)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
     return graphdef, state, args, kv_replicas
 
@@ -234,6 +241,9 @@ def init_dummy_params(
         return load_or_compile(executable_cache, ProgramCall(fn, None, (), (key_type,)), sharding)
 
     def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:
+        if is_scale_param(path):  # a KV-cache scale: 1.0, as without one
+            next(counter)
+            return jax.device_put(jnp.ones(target.shape, target.dtype), target.sharding)
         is_norm = str(path[-1]) == "weight"
         return initializer(target.shape, jnp.dtype(target.dtype), target.sharding, is_norm)(keys[next(counter)])
 
@@ -279,9 +289,10 @@ def load_model(
         quantization, hf_config, fp8_dot_min_tokens, max_tokens, fp8_kernel_compute, fp8_kernel_backend
     )
     float_dtype = resolve_dtype(dtype, hf_config)
-    graphdef, state, args, kv_replicas = abstract_model(hf_config, float_dtype, mesh.size, quant)
     if load_format == "auto":
         load_format = "orbax" if (model_dir / "params").is_dir() else "safetensors"
+    kv_scales = _has_kv_scales(model_dir, hf_config, load_format)
+    graphdef, state, args, kv_replicas = abstract_model(hf_config, float_dtype, mesh.size, quant, kv_scales)
     if load_format == "dummy":
         init_dummy_params(state, mesh, seed, args, executable_cache)
     elif load_format == "safetensors":
@@ -295,12 +306,26 @@ def load_model(
     return LoadedModel(nnx.merge(graphdef, state), args, hf_config, generation_config, model_dir, mesh, kv_replicas)
 
 
+def _has_kv_scales(model_dir: Path, hf_config: dict[str, Any], load_format: str) -> bool:
+    """Whether the model gets FP8 KV-cache scale parameters (``jllm.kv_scales``): a safetensors checkpoint that stores
+    them, or dummy weights (at 1.0) of a config that declares them; an orbax copy has none (``save_model`` refuses
+    them)."""
+    if load_format == "safetensors":
+        return stores_kv_scales(stored_names(model_dir))
+    return load_format == "dummy" and declares_kv_scales(hf_config)
+
+
 def save_model(loaded: LoadedModel, out_dir: str | Path) -> Path:
     """Writes ``loaded`` as a model directory that ``load_model`` (``load_format: auto``) restores from ``params/``."""
     if loaded.args.quant is not None:
         raise ValueError(
             f"save_model writes float models only; this one is quantized ({loaded.args.quant.name}): save it "
             "unquantized and pass quantization when loading the saved copy"
+        )
+    if loaded.args.kv_scales:
+        raise ValueError(
+            "save_model does not write a model's FP8 KV-cache scales (k_scale / v_scale, read from its checkpoint); "
+            "serve the checkpoint itself"
         )
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)

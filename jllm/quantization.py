@@ -171,7 +171,9 @@ def stored_scheme(hf_config: dict[str, Any]) -> str | None:
     if method == "fp8":
         _check_hf_fp8(qc)
     elif method == "compressed-tensors":
-        for name, group in (qc.get("config_groups") or {}).items():
+        if not qc.get("config_groups"):
+            return None  # the KV cache's scales alone (a ``kv_cache_scheme``, ``jllm.kv_scales``): float weights
+        for name, group in qc["config_groups"].items():
             _check_compressed_group(name, group)
     else:
         _refuse(f"quant_method {method!r}")

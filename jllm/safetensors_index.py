@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from safetensors import safe_open
 
+from jllm.kv_scales import KV_SCALE_NAMES, is_scale_param, read_scale
 from jllm.models.layers import StoredParts
 from jllm.models.model_args import CODEGEN_SHARDS, WeightMap
 from jllm.quantization import FP8
@@ -79,6 +80,28 @@ def _shift(index: slice, size: int, offset: int) -> slice:
     return slice(start + offset, stop + offset, step)
 
 
+def shard_files(model_dir: Path) -> list[str]:
+    """The checkpoint's safetensors files: the index's shards, or the one ``model.safetensors``."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        return sorted(set(weight_map.values()))
+    if (model_dir / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    raise FileNotFoundError(
+        f"no model.safetensors or model.safetensors.index.json in model directory {str(model_dir)!r}"
+    )
+
+
+def stored_names(model_dir: Path) -> set[str]:
+    """Every tensor name the checkpoint stores: its index's, or its one file's header (no tensor is read)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    with safe_open(model_dir / shard_files(model_dir)[0], framework="flax") as handle:
+        return set(handle.keys())
+
+
 class StoredTensor(NamedTuple):
     """Where one checkpoint tensor lies: its open file, the file's path, and its name there."""
 
@@ -95,18 +118,8 @@ class SafetensorsIndex:
 
     def __init__(self, model_dir: Path, stack: ExitStack, weights: WeightMap):
         self.weights = weights
-        index = model_dir / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
-        elif (model_dir / "model.safetensors").is_file():
-            files = ["model.safetensors"]
-        else:
-            raise FileNotFoundError(
-                f"no model.safetensors or model.safetensors.index.json in model directory {str(model_dir)!r}"
-            )
         self.tensors: dict[str, StoredTensor] = {}  # by our name for the tensor
-        for file in files:
+        for file in shard_files(model_dir):
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"checkpoint shard {file!r} listed in the index is missing from {model_dir}")
             handle = stack.enter_context(safe_open(model_dir / file, framework="flax"))
@@ -179,12 +192,27 @@ class SafetensorsIndex:
         ``stored``: the parameter's metadata where its last two axes are parts the checkpoint keeps apart."""
         if stored is not None:
             return self._parts_reader(path, shape, dtype, kv_replicas, stored)
+        if is_scale_param(path):
+            return self._kv_scale_reader(path)
         if self.weights.reader is not None and (read := self.weights.reader(self, path, shape, dtype)) is not None:
             return read
         names, transpose = hf_names(path, self.weights)
         if "{e}" in names[0]:
             return self._experts_reader(names, str(path[-2]), shape, transpose, dtype)
         return self._reader(names, str(path[-2]), shape, transpose, dtype, kv_replicas)
+
+    def _kv_scale_reader(self, path: tuple[Any, ...]) -> Reader:
+        """An attention layer's K or V scale (``jllm.kv_scales``): the first of the names vLLM reads it under."""
+        leaf = str(path[-1])
+        attention = hf_names(path, self.weights)[0][0].removesuffix(f".{leaf}")
+        candidates = [f"{attention}.{name}" for name in KV_SCALE_NAMES[leaf]]
+        name = next((c for c in candidates if c in self.tensors), None)
+        if name is None:
+            raise KeyError(f"checkpoint has KV-cache scales but not {leaf} of {attention!r} (looked for {candidates})")
+        stored = self.tensors[name]
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            value = read_scale(name, stored.handle.get_tensor(stored.name))
+        return lambda index: value[index]
 
     def _parts_reader(
         self, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any, kv_replicas: int, stored: StoredParts

@@ -2,8 +2,8 @@
 
 A pool in ``FP8_DTYPE`` stores ``x / scale`` saturated to +-``FP8_MAX`` (so an outlier becomes the largest finite
 value, never NaN: e4m3fn has no infinity and casts an overflow to NaN); a read gives ``stored * scale`` in the compute
-dtype. ``scale`` is one float32 scalar per layer for K and one for V (1.0 where a checkpoint gives none, as in vLLM;
-the engine reads none yet, so it passes 1.0); a latent pool's one row takes K's. A pool of any other dtype stores K/V
+dtype. ``scale`` is one float32 scalar per layer for K and one for V: the checkpoint's (``jllm.kv_scales``), or 1.0
+where it gives none, as in vLLM; a latent pool's one row takes K's. A pool of any other dtype stores K/V
 as they are (a cast) and its scales must be 1.0.
 
 Where this module sits: docs/architecture.md.

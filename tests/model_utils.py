@@ -114,12 +114,15 @@ def hf_logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:
         return model(torch.tensor([token_ids])).logits[0].numpy()
 
 
-def jllm_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 16) -> np.ndarray:
-    """jllm's logits ``[T, vocab]`` for one sequence prefilled in one step through the paged pool."""
-    return jllm_batch_logits(loaded, [token_ids], page_size)[0]
+def jllm_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 16, pool_dtype: Any = None) -> np.ndarray:
+    """jllm's logits ``[T, vocab]`` for one sequence prefilled in one step through the paged pool (in the model's
+    dtype, or ``pool_dtype``: an FP8 pool)."""
+    return jllm_batch_logits(loaded, [token_ids], page_size, pool_dtype)[0]
 
 
-def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size: int = 16) -> list[np.ndarray]:
+def jllm_batch_logits(
+    loaded: LoadedModel, sequences: list[list[int]], page_size: int = 16, pool_dtype: Any = None
+) -> list[np.ndarray]:
     """jllm's logits ``[T_s, vocab]`` of each sequence, all prefilled in one ragged step (one compile)."""
     args = loaded.args
     pages = [-(-len(seq) // page_size) for seq in sequences]
@@ -130,7 +133,7 @@ def jllm_batch_logits(loaded: LoadedModel, sequences: list[list[int]], page_size
         block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
         positions = np.arange(len(seq))
         slots.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
-    spec = KVCacheSpec.for_model(args, page_size, args.dtype)
+    spec = KVCacheSpec.for_model(args, page_size, pool_dtype or args.dtype)
     # a hybrid model's recurrent layers: sequence s in state slot s + 1; on the model's mesh (tensor parallelism)
     slots_needed = len(sequences) + 1 if spec.states else 0
     pool = allocate_kv_pool(spec, int(first[-1]), kv_pool_sharding(loaded.mesh), num_state_slots=slots_needed)

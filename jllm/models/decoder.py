@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
+from jllm.kv_scales import pool_scales, scale_params
 from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
@@ -42,6 +43,7 @@ class Attention(nnx.Module):
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms()
         self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
+        self.k_scale, self.v_scale = scale_params() if args.kv_scales else (None, None)  # FP8 pools' scales
         # [hidden, heads, head_dim or 1]: the output gate by head, so tensor parallelism splits it with the heads and
         # the "gated" layout's rows (each query head's, then its gate's, in q_proj) read per head; stored in q_proj,
         # it shares q_proj's bias
@@ -93,6 +95,7 @@ class Attention(nnx.Module):
             sliding_window=self.spec.sliding_window,
             sinks=None if self.sinks is None else self.sinks[...],
             alibi_slopes=None if a.alibi_slopes is None else jnp.asarray(a.alibi_slopes, jnp.float32),
+            **pool_scales(kv_pages.dtype, self.k_scale, self.v_scale),
         )
         if self.attn_gate is not None:  # [T, heads, head_dim or 1], its activation taken in float32 (Laguna's is)
             act = jax.nn.sigmoid if a.attn_output_gate == "sigmoid" else jax.nn.softplus

@@ -220,6 +220,8 @@ class ModelArgs:
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
+    # each attention layer holds the checkpoint's FP8 KV-cache scales, k_scale and v_scale (``jllm.kv_scales``)
+    kv_scales: bool = False
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -239,6 +241,12 @@ class ModelArgs:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
         if self.quant is not None:
             self._check_quantizable()
+        if self.kv_scales and (self.mla is not None or self.attention_experts):
+            kind = "multi-head latent attention (DeepSeek)" if self.mla else "a mixture of attention heads (JetMoE)"
+            raise ValueError(
+                f"the checkpoint's KV-cache scales (k_scale / v_scale) are read for grouped-query attention only, not "
+                f"for {kind}; use a checkpoint without them"
+            )
 
     def _check_quantizable(self) -> None:
         """Refuses ``quant`` for the layers with no quantized form yet."""
