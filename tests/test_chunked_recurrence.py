@@ -24,7 +24,8 @@ from jllm.models.recurrent_state import scan_segments
 
 # (rows' tokens, whether each continues a state, the step's tokens): rows around a 64-token chunk's edges and past
 # three chunks, then a padding row; a prefill beside 40 decodes and padding rows; prefills of different lengths
-# between decodes and padding rows, the longest neither first nor last
+# between decodes and padding rows, the longest neither first nor last; a bucket of fewer tokens than a chunk (one
+# chunk of 30 a row: no quarters for a decay per key channel)
 STEPS = {
     "chunk-edges": ([1, 63, 64, 65, 200, 0], [False, True, False, True, False, False], 400),
     "prefill-beside-decodes": ([300] + [1] * 40 + [0] * 3, [False] + [True] * 40 + [False] * 3, 400),
@@ -33,6 +34,7 @@ STEPS = {
         [True, True, False, True, False, True, False, True, True, True, False],
         480,
     ),
+    "short-bucket": ([1, 20, 3, 0], [True, False, True, False], 30),
 }
 # measured, float32 on the CPU: at most 9.9e-7 (delta rule), 1.0e-6 (its decay per key channel; as far from
 # transformers' chunk_kimi_delta_attention), 4.1e-7 (SSD), per row and output

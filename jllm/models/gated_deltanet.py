@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 L2_NORM_EPS = 1e-6  # transformers' l2norm (FLA's), fixed
 CHUNK = 64  # the chunked delta rule's chunk (transformers' and FLA's)
-SUBCHUNK = 16  # a decay per key channel: a chunk's decayed scores in sub-chunks (FLA's chunk_kda)
+QUARTERS = 4  # a decay per key channel: a chunk's decayed scores by quarters (FLA's chunk_kda: 16 of 64)
 HIGHEST = jax.lax.Precision.HIGHEST  # the chunks' matmuls in full float32, as the token scan's sums (no TF32)
 
 
@@ -268,33 +268,36 @@ def chunked_delta_rule(
 
 
 def _decayed_scores(
-    a: jax.Array,  # [N, heads, C, dk]
-    b: jax.Array,  # [N, heads, C, dk]
-    cum: jax.Array,  # [N, heads, C, 1] or [N, heads, C, dk]: the log decay from the chunk's start, non-increasing
+    a: jax.Array,  # [..., C, dk]
+    b: jax.Array,  # [..., C, dk]
+    cum: jax.Array,  # [..., C, 1] or [..., C, dk]: the log decay from the chunk's start, non-increasing
 ) -> jax.Array:
-    """``sum_d a[c, d] b[e, d] exp(cum[c, d] - cum[e, d])`` for ``e <= c``, zero above the diagonal ``[N, heads, C,
-    C]``: position e's key decayed to position c. One decay per head factors out of the sum as a ``[C, C]`` mask.
-    A decay per channel does not, and ``a exp(cum) . b exp(-cum)`` would overflow (a chunk's log decay reaches
-    hundreds), so, as FLA's ``chunk_kda``: in sub-chunks of ``SUBCHUNK``, rows against the earlier sub-chunks' columns
-    as a matmul through the rows' sub-chunk's first position (both factors ``exp(<= 0)``), each sub-chunk against
-    itself elementwise over ``[sub, sub, dk]``."""
+    """``sum_d a[c, d] b[e, d] exp(cum[c, d] - cum[e, d])`` for ``e <= c``, zero above the diagonal ``[..., C, C]``:
+    position e's key decayed to position c. One decay per head factors out of the sum as a ``[C, C]`` mask. A decay
+    per channel does not, and ``a exp(cum) . b exp(-cum)`` would overflow (a chunk's log decay reaches hundreds), so,
+    as FLA's ``chunk_kda`` does in sub-chunks of 16: each quarter's rows against the earlier quarters' columns as a
+    matmul through the quarter's first position (both factors ``exp(<= 0)``), each quarter against itself the same
+    way, recursively (64, 16, 4), and a few positions elementwise over ``[C, C, dk]`` (so no tensor is more than 4
+    times ``a``'s, where sub-chunks of 16 compared elementwise took 16 times: 1.5 GB at Kimi's widths in a
+    2048-token bucket)."""
     size = a.shape[-2]
     if cum.shape[-1] == 1:
         causal = jnp.tril(jnp.ones((size, size), bool))
-        decay = jnp.exp(jnp.where(causal, cum[..., :, None, 0] - cum[..., None, :, 0], -jnp.inf))  # [N, heads, C, C]
-        return jnp.einsum("nhcd,nhed->nhce", a, b, precision=HIGHEST) * decay
-    sub = SUBCHUNK if size % SUBCHUNK == 0 else size
-    lead, nb = a.shape[:-2], size // sub
-    a_sub, b_sub, cum_sub = (x.reshape(*lead, nb, sub, -1) for x in (a, b, cum))  # [N, heads, nb, sub, dk]
-    ref = cum_sub[..., 0, :]  # [N, heads, nb, dk]: each sub-chunk's first position
-    earlier = jnp.arange(size) // sub < jnp.arange(nb)[:, None]  # [nb, C]: column e before row sub-chunk i
-    a_ref = a_sub * jnp.exp(cum_sub - ref[..., None, :])  # [N, heads, nb, sub, dk]
+        decay = jnp.exp(jnp.where(causal, cum[..., :, None, 0] - cum[..., None, :, 0], -jnp.inf))  # [..., C, C]
+        return jnp.einsum("...cd,...ed->...ce", a, b, precision=HIGHEST) * decay
+    if size <= QUARTERS or size % QUARTERS:
+        causal = jnp.tril(jnp.ones((size, size), bool))[..., None]
+        decay = jnp.exp(jnp.where(causal, cum[..., :, None, :] - cum[..., None, :, :], -jnp.inf))  # [..., C, C, dk]
+        return jnp.sum(a[..., :, None, :] * b[..., None, :, :] * decay, axis=-1)
+    lead, sub = a.shape[:-2], size // QUARTERS
+    a_sub, b_sub, cum_sub = (x.reshape(*lead, QUARTERS, sub, -1) for x in (a, b, cum))  # [..., 4, sub, dk]
+    ref = cum_sub[..., 0, :]  # [..., 4, dk]: each quarter's first position
+    earlier = jnp.arange(size) // sub < jnp.arange(QUARTERS)[:, None]  # [4, C]: column e before row quarter i
+    a_ref = a_sub * jnp.exp(cum_sub - ref[..., None, :])  # [..., 4, sub, dk]
     b_ref = b[..., None, :, :] * jnp.exp(
         jnp.where(earlier[..., None], ref[..., None, :] - cum[..., None, :, :], -jnp.inf)
-    )  # [N, heads, nb, C, dk]: the columns decayed to each row sub-chunk's start, zero from it on
-    scores = jnp.einsum("nhicd,nhied->nhice", a_ref, b_ref, precision=HIGHEST)  # [N, heads, nb, sub, C]
-    causal = jnp.tril(jnp.ones((sub, sub), bool))[..., None]
-    within = jnp.exp(jnp.where(causal, cum_sub[..., :, None, :] - cum_sub[..., None, :, :], -jnp.inf))
-    diagonal = jnp.sum(a_sub[..., :, None, :] * b_sub[..., None, :, :] * within, axis=-1)  # [N, heads, nb, sub, sub]
-    on_diagonal = diagonal[..., None, :] * jnp.eye(nb, dtype=a.dtype)[:, None, :, None]  # [..., nb, sub, nb, sub]
+    )  # [..., 4, C, dk]: the columns decayed to each row quarter's start, zero from it on
+    scores = jnp.einsum("...icd,...ied->...ice", a_ref, b_ref, precision=HIGHEST)  # [..., 4, sub, C]
+    diagonal = _decayed_scores(a_sub, b_sub, cum_sub)  # [..., 4, sub, sub]
+    on_diagonal = diagonal[..., None, :] * jnp.eye(QUARTERS, dtype=a.dtype)[:, None, :, None]  # [..., 4, sub, 4, sub]
     return (scores + on_diagonal.reshape(scores.shape)).reshape(*lead, size, size)
