@@ -277,9 +277,9 @@ def _decayed_scores(
     per channel does not, and ``a exp(cum) . b exp(-cum)`` would overflow (a chunk's log decay reaches hundreds), so,
     as FLA's ``chunk_kda`` does in sub-chunks of 16: each quarter's rows against the earlier quarters' columns as a
     matmul through the quarter's first position (both factors ``exp(<= 0)``), each quarter against itself the same
-    way, recursively (64, 16, 4), and 4 positions elementwise over ``[4, 4, dk]`` (so no tensor is more than 4 times
-    ``a``'s, where sub-chunks of 16 compared elementwise took 16 times: 1.5 GiB at Kimi's widths for a 2048-token
-    prefill beside 63 decodes)."""
+    way, recursively (64, 16, 4), down to 4 positions (or a chunk that does not split in quarters) elementwise over
+    ``[C, C, dk]`` (so no tensor is more than 4 times ``a``'s, where sub-chunks of 16 compared elementwise took 16
+    times: 1.5 GiB at Kimi's widths for a 2048-token prefill beside 63 decodes)."""
     size = a.shape[-2]
     if cum.shape[-1] == 1:
         causal = jnp.tril(jnp.ones((size, size), bool))
