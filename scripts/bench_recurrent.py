@@ -1,4 +1,5 @@
-"""One recurrent layer's prefill, token by token against chunked: Qwen3-Next-80B-A3B's gated DeltaNet layer and
+"""One recurrent layer's prefill, token by token against chunked: Qwen3-Next-80B-A3B's gated DeltaNet layer,
+Kimi-Linear-48B-A3B's Kimi Delta Attention layer (the delta rule with a decay per key channel) and
 Granite-4.0-H-Small's Mamba2 layer (their config.json's widths, bfloat16, random weights), each over a step of
 ``--tokens`` tokens split evenly over ``--rows`` fresh rows, and one mixed step (a prefill beside ``--decodes``
 decode rows, where the chunked path pads each short row to a chunk), in one process. The layer whole (projections, conv,
@@ -43,6 +44,18 @@ LAYERS = {
         head_dim=256,
         num_experts=0,
     ),
+    "Kimi-Linear-48B-A3B Kimi Delta Attention": dict(
+        architectures=["KimiLinearForCausalLM"],
+        hidden_size=2304,
+        linear_attn_config=dict(num_heads=32, head_dim=128, short_conv_kernel_size=4),
+        layer_types=["linear_attention", "full_attention"],
+        mlp_layer_types=["dense", "dense"],
+        num_attention_heads=32,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+    ),
     "Granite-4.0-H-Small Mamba2": dict(
         architectures=["GraniteMoeHybridForCausalLM"],
         hidden_size=4096,
@@ -66,6 +79,10 @@ TINY = {
     "Qwen3-Next-80B-A3B gated DeltaNet": dict(
         hidden_size=64, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
         linear_value_head_dim=16, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    ),
+    "Kimi-Linear-48B-A3B Kimi Delta Attention": dict(
+        hidden_size=64, linear_attn_config=dict(num_heads=4, head_dim=16, short_conv_kernel_size=4),
+        num_attention_heads=4, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
     ),
     "Granite-4.0-H-Small Mamba2": dict(
         hidden_size=64, mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=32,

@@ -193,8 +193,8 @@ def test_reference_attention_bench_times_every_step_kind_beside_torch(tmp_path: 
 
 @pytest.mark.slow
 def test_recurrent_bench_times_both_paths_of_each_layer_and_their_agreement(tmp_path: Path) -> None:
-    """Tiny widths, two prefill rows then one beside 7 decodes: both layers' token-by-token and chunked prefill
-    timed, their outputs alike."""
+    """Tiny widths, two prefill rows then one beside 7 decodes: each layer's (gated DeltaNet, Kimi Delta Attention,
+    Mamba2) token-by-token and chunked prefill timed, their outputs alike."""
     out = tmp_path / "recurrent.json"
     argv = ["--tiny", "--tokens", "80", "--rows", "2", "--decodes", "7", "--repeats", "1", "--json", str(out)]
     rows = bench_recurrent.main(argv)

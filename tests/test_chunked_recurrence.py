@@ -2,7 +2,8 @@
 float32 on random inputs: against the token-by-token recurrence on rows of 1, 63, 64, 65 and 200 tokens packed in one
 step (some fresh, some continuing from a random state, beside a padding row), on mixed steps (prefills beside many
 decode rows, in any order, with padding rows: past its first chunk a row is stepped among the few that can still have
-chunks), and against transformers' chunked torch functions on one row."""
+chunks), and against transformers' chunked torch functions on one row. The delta rule's log decay is one per head
+(gated DeltaNet) or one per key channel (Kimi Delta Attention)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from jllm.models.recurrent_state import scan_segments
 
 # (rows' tokens, whether each continues a state, the step's tokens): rows around a 64-token chunk's edges and past
 # three chunks, then a padding row; a prefill beside 40 decodes and padding rows; prefills of different lengths
-# between decodes and padding rows, the longest neither first nor last
+# between decodes and padding rows, the longest neither first nor last; a bucket of fewer tokens than a chunk (one
+# chunk of 30 a row: no quarters for a decay per key channel)
 STEPS = {
     "chunk-edges": ([1, 63, 64, 65, 200, 0], [False, True, False, True, False, False], 400),
     "prefill-beside-decodes": ([300] + [1] * 40 + [0] * 3, [False] + [True] * 40 + [False] * 3, 400),
@@ -32,8 +34,11 @@ STEPS = {
         [True, True, False, True, False, True, False, True, True, True, False],
         480,
     ),
+    "short-bucket": ([1, 20, 3, 0], [True, False, True, False], 30),
 }
-CHUNKED_RTOL = 1e-5  # measured, float32 on the CPU: at most 9.9e-7 (delta rule), 4.1e-7 (SSD), per row and output
+# measured, float32 on the CPU: at most 9.9e-7 (delta rule), 1.0e-6 (its decay per key channel; as far from
+# transformers' chunk_kimi_delta_attention), 4.1e-7 (SSD), per row and output
+CHUNKED_RTOL = 1e-5
 HEADS, DK, DV = 4, 16, 8  # the delta rule's; Mamba2's heads of DV channels, 2 groups of B and C with a state of DK
 
 
@@ -74,11 +79,13 @@ def token_scan(step: Callable, state: jax.Array, xs: tuple, out_like: Any, meta:
     return scan_segments(step, state, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1])
 
 
-def delta_inputs(rng: np.random.Generator, num_tokens: int) -> tuple[jax.Array, ...]:
-    """q (L2-normed, scaled), k (L2-normed), v, the log decay and beta ``[T, heads, ...]``, as the layer feeds them."""
+def delta_inputs(rng: np.random.Generator, num_tokens: int, per_channel: bool = False) -> tuple[jax.Array, ...]:
+    """q (L2-normed, scaled), k (L2-normed), v, the log decay (``[T, heads]``, or ``[T, heads, DK]`` with
+    ``per_channel``: Kimi Delta Attention's) and beta ``[T, heads, ...]``, as the layer feeds them."""
     q, k = (_l2_normed(jnp.asarray(rng.standard_normal((num_tokens, HEADS, DK)), jnp.float32)) for _ in range(2))
     v = rng.standard_normal((num_tokens, HEADS, DV))
-    log_decay = -np.exp(rng.standard_normal(HEADS)) * np.logaddexp(0, rng.standard_normal((num_tokens, HEADS)))
+    scale = np.exp(rng.standard_normal((HEADS, *[1] * per_channel)))
+    log_decay = -scale * np.logaddexp(0, rng.standard_normal((num_tokens, HEADS, *[DK] * per_channel)))
     beta = 1 / (1 + np.exp(-rng.standard_normal((num_tokens, HEADS))))
     return q * DK**-0.5, k, *(jnp.asarray(x, jnp.float32) for x in (v, log_decay, beta))
 
@@ -92,12 +99,15 @@ def ssd_inputs(rng: np.random.Generator, num_tokens: int) -> tuple[jax.Array, ..
     return tuple(jnp.asarray(y, jnp.float32) for y in (x, dt, a, b, c, rng.standard_normal(HEADS)))
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["decay-per-head", "decay-per-key-channel"])
 @pytest.mark.parametrize("step_name", STEPS)
-def test_chunked_delta_rule_matches_the_token_scan_on_packed_rows(step_name: str) -> None:
+def test_chunked_delta_rule_matches_the_token_scan_on_packed_rows(step_name: str, per_channel: bool) -> None:
+    """Per key channel (Kimi Delta Attention) a chunk's log decay reaches some -400 here: a chunked form through
+    ``exp(-cum)`` would overflow."""
     lens, continues, num_tokens = STEPS[step_name]
     rng = np.random.default_rng(0)
     meta = packed_meta(lens, continues, num_tokens)
-    q, k, v, log_decay, beta = delta_inputs(rng, num_tokens)
+    q, k, v, log_decay, beta = delta_inputs(rng, num_tokens, per_channel)
     state = initial_states(rng, (HEADS, DK, DV), continues)
     got = jax.jit(chunked_delta_rule)(q, k, v, log_decay, beta, state, meta)
     out_like = jax.ShapeDtypeStruct((HEADS, DV), jnp.float32)
@@ -125,22 +135,26 @@ def test_chunked_ssd_matches_the_token_scan_on_packed_rows(step_name: str) -> No
 
 
 @pytest.mark.slow  # transformers' modeling imported
-def test_chunked_delta_rule_matches_transformers_chunked_torch_function() -> None:
+@pytest.mark.parametrize("per_channel", [False, True], ids=["decay-per-head", "decay-per-key-channel"])
+def test_chunked_delta_rule_matches_transformers_chunked_torch_function(per_channel: bool) -> None:
     """One row of 150 tokens (three chunks, the last partial) from a random state: transformers'
-    ``torch_chunk_gated_delta_rule`` (its own L2 norm and scaling) gives the same outputs and final state."""
+    ``torch_chunk_gated_delta_rule`` (its own L2 norm and scaling; ``chunk_kimi_delta_attention``, Kimi Linear's, for
+    a decay per key channel) gives the same outputs and final state."""
     import torch
+    from transformers.models.kimi_linear.modeling_kimi_linear import chunk_kimi_delta_attention
     from transformers.models.qwen3_next.modeling_qwen3_next import torch_chunk_gated_delta_rule
 
     rng = np.random.default_rng(2)
     n = 150
     q, k = (rng.standard_normal((n, HEADS, DK)).astype(np.float32) for _ in range(2))
-    _, _, v, log_decay, beta = delta_inputs(rng, n)
+    _, _, v, log_decay, beta = delta_inputs(rng, n, per_channel)
     state = initial_states(rng, (HEADS, DK, DV), [True])
     meta = packed_meta([n], [True], n)
     normed_q, normed_k = _l2_normed(jnp.asarray(q)) * DK**-0.5, _l2_normed(jnp.asarray(k))
     got = jax.jit(chunked_delta_rule)(normed_q, normed_k, v, log_decay, beta, state, meta)
     torch_in = [torch.from_numpy(np.array(y))[None] for y in (q, k, v, log_decay, beta)]
-    want_out, want_state = torch_chunk_gated_delta_rule(
+    chunk_rule = chunk_kimi_delta_attention if per_channel else torch_chunk_gated_delta_rule
+    want_out, want_state = chunk_rule(
         *torch_in,
         chunk_size=64,
         initial_state=torch.from_numpy(np.array(state)),

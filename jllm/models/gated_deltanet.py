@@ -10,8 +10,8 @@ L2-normed (and q scaled by ``head_k_dim ** -0.5``), each key head serving ``num_
 The layer's cache entry is its state pool ``(conv_state [slots, conv_dim, kernel - 1], recurrent_state [slots,
 v_heads, dk, dv])`` (``jllm.models.recurrent_state``). A bucket that can hold a prefill (``use_chunks``) runs the
 chunked delta rule (``chunked_delta_rule``: transformers' ``torch_chunk_gated_delta_rule``, FLA's WY / UT form, in
-chunks of 64), decode buckets the recurrence token by token, all rows at once (``scan_rows``). Pure JAX on every
-attention backend.
+chunks of 64; Kimi's decay per key channel as ``chunk_kimi_delta_attention``), decode buckets the recurrence token by
+token, all rows at once (``scan_rows``). Pure JAX on every attention backend.
 
 Tensor parallelism splits the layer by key head (``parallel.RECURRENT_HEADS``), each with its value heads, as vLLM
 does: the input projections column-parallel, kept grouped per key head (q, k, its value heads' v, and z in
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 L2_NORM_EPS = 1e-6  # transformers' l2norm (FLA's), fixed
 CHUNK = 64  # the chunked delta rule's chunk (transformers' and FLA's)
+QUARTERS = 4  # a decay per key channel: a chunk's decayed scores by quarters (FLA's chunk_kda: 16 of 64)
 HIGHEST = jax.lax.Precision.HIGHEST  # the chunks' matmuls in full float32, as the token scan's sums (no TF32)
 
 
@@ -174,8 +175,7 @@ class GatedDeltaNet(nnx.Module):
             decay = -jnp.exp(self.A_log[...])[:, None] * rate.reshape(t, nv, dk)
         else:
             decay = -jnp.exp(self.A_log[...]) * rate
-        # The chunked form takes one decay per head: Kimi's per-channel decay runs token by token for now.
-        if use_chunks(t, meta.query_start_loc.shape[0] - 1) and not s.channel_decay:
+        if use_chunks(t, meta.query_start_loc.shape[0] - 1):
             core, recurrent = chunked_delta_rule(q, k, v, decay, beta, recurrent, meta)
         else:
             out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
@@ -225,34 +225,33 @@ def chunked_delta_rule(
     q: jax.Array,  # [T, heads, dk] float32, L2-normed and scaled
     k: jax.Array,  # [T, heads, dk] float32, L2-normed
     v: jax.Array,  # [T, heads, dv] float32
-    g: jax.Array,  # [T, heads] the log decay (<= 0)
+    g: jax.Array,  # [T, heads] the log decay (<= 0), or [T, heads, dk] one per key channel (Kimi Delta Attention)
     beta: jax.Array,  # [T, heads]
     state: jax.Array,  # [S, heads, dk, dv] float32: each row's state before this step
     meta: AttentionMetadata,
 ) -> tuple[jax.Array, jax.Array]:
     """The gated delta rule over each row's tokens in chunks of ``CHUNK`` (transformers'
-    ``torch_chunk_gated_delta_rule``; a step of fewer tokens in one chunk of them all): inside a chunk, the UT
-    transform turns its delta updates into two triangular solves and the outputs into a causal, decay-weighted
-    attention, for every chunk of every row at once; only the state's passage from chunk to chunk is stepped, every
-    row's first chunk at once, its later ones beside those of the few rows that can have them (``scan_chunks``).
-    Padded positions (zero k, v, beta and log decay) leave the state as it is. Returns (``out [T, heads, dv]``
-    float32, the rows' new states)."""
+    ``torch_chunk_gated_delta_rule``, and ``chunk_kimi_delta_attention`` for a decay per key channel; a step of
+    fewer tokens in one chunk of them all): inside a chunk, the UT transform turns its delta updates into two
+    triangular solves and the outputs into a causal, decay-weighted attention, for every chunk of every row at once;
+    only the state's passage from chunk to chunk is stepped, every row's first chunk at once, its later ones beside
+    those of the few rows that can have them (``scan_chunks``). Padded positions (zero k, v, beta and log decay)
+    leave the state as it is. Returns (``out [T, heads, dv]`` float32, the rows' new states)."""
     num_tokens = q.shape[0]
     chunks = row_chunks(meta, num_tokens, CHUNK)
-    q, k, v = (to_chunks(x, chunks).transpose(0, 2, 1, 3) for x in (q, k, v))  # [N, heads, C, d]
-    g, beta = (to_chunks(x, chunks).transpose(0, 2, 1) for x in (g, beta))  # [N, heads, C]
-    cum = jnp.cumsum(g, axis=-1)  # the log decay from the chunk's start to each position
-    causal = jnp.tril(jnp.ones((chunks.size, chunks.size), bool))
-    decay = jnp.exp(jnp.where(causal, cum[..., :, None] - cum[..., None, :], -jnp.inf))  # [N, heads, C, C]
+    g = g if g.ndim == 3 else g[..., None]  # [T, heads, dk or 1]: a head's one decay broadcast over its channels
+    q, k, v, g = (to_chunks(x, chunks).transpose(0, 2, 1, 3) for x in (q, k, v, g))  # [N, heads, C, d]
+    beta = to_chunks(beta, chunks).transpose(0, 2, 1)  # [N, heads, C]
+    cum = jnp.cumsum(g, axis=-2)  # the log decay from the chunk's start to each position
     k_beta = k * beta[..., None]
-    system = jnp.einsum("nhcd,nhed->nhce", k_beta, k, precision=HIGHEST) * decay  # strictly lower part used
-    attn = jnp.einsum("nhcd,nhed->nhce", q, k, precision=HIGHEST) * decay  # [N, heads, C, C]
+    system = _decayed_scores(k, k, cum) * beta[..., None]  # [N, heads, C, C], its strictly lower part used
+    attn = _decayed_scores(q, k, cum)  # [N, heads, C, C]
     solve = functools.partial(solve_triangular, system, lower=True, unit_diagonal=True)
     new_values = solve(v * beta[..., None])  # [N, heads, C, dv]
-    k_cumdecay = solve(k_beta * jnp.exp(cum)[..., None])  # [N, heads, C, dk]
-    q_decayed = q * jnp.exp(cum)[..., None]
-    k_decayed = k * jnp.exp(cum[..., -1:] - cum)[..., None]  # each key's decay to the chunk's end
-    chunk_decay = jnp.exp(cum[..., -1])  # [N, heads]
+    k_cumdecay = solve(k_beta * jnp.exp(cum))  # [N, heads, C, dk]
+    q_decayed = q * jnp.exp(cum)
+    k_decayed = k * jnp.exp(cum[..., -1:, :] - cum)  # each key's decay to the chunk's end
+    chunk_decay = jnp.exp(cum[..., -1, :])  # [N, heads, dk or 1]
 
     def step(state: jax.Array, chunk: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
         new_values, k_cumdecay, q_decayed, k_decayed, attn, chunk_decay = chunk  # each row's chunk [S, heads, ...]
@@ -260,9 +259,45 @@ def chunked_delta_rule(
         out = jnp.einsum("shcd,shde->shce", q_decayed, state, precision=HIGHEST)
         out = out + jnp.einsum("shce,shef->shcf", attn, v_new, precision=HIGHEST)
         update = jnp.einsum("shcd,shce->shde", k_decayed, v_new, precision=HIGHEST)
-        return state * chunk_decay[..., None, None] + update, out
+        return state * chunk_decay[..., None] + update, out
 
     per_chunk = (new_values, k_cumdecay, q_decayed, k_decayed, attn, chunk_decay)
     out_like = jax.ShapeDtypeStruct(new_values.shape[1:], jnp.float32)  # [heads, C, dv]
     out, state = scan_chunks(step, state, per_chunk, out_like, chunks, num_tokens)
     return from_chunks(out.transpose(0, 2, 1, 3), chunks, meta, num_tokens), state
+
+
+def _decayed_scores(
+    a: jax.Array,  # [..., C, dk]
+    b: jax.Array,  # [..., C, dk]
+    cum: jax.Array,  # [..., C, 1] or [..., C, dk]: the log decay from the chunk's start, non-increasing
+) -> jax.Array:
+    """``sum_d a[c, d] b[e, d] exp(cum[c, d] - cum[e, d])`` for ``e <= c``, zero above the diagonal ``[..., C, C]``:
+    position e's key decayed to position c. One decay per head factors out of the sum as a ``[C, C]`` mask. A decay
+    per channel does not, and ``a exp(cum) . b exp(-cum)`` would overflow (a chunk's log decay reaches hundreds), so,
+    as FLA's ``chunk_kda`` does in sub-chunks of 16: each quarter's rows against the earlier quarters' columns as a
+    matmul through the quarter's first position (both factors ``exp(<= 0)``), each quarter against itself the same
+    way, recursively (64, 16, 4), down to 4 positions (or a chunk that does not split in quarters) elementwise over
+    ``[C, C, dk]`` (so no tensor is more than 4 times ``a``'s, where sub-chunks of 16 compared elementwise took 16
+    times: 1.5 GiB at Kimi's widths for a 2048-token prefill beside 63 decodes)."""
+    size = a.shape[-2]
+    if cum.shape[-1] == 1:
+        causal = jnp.tril(jnp.ones((size, size), bool))
+        decay = jnp.exp(jnp.where(causal, cum[..., :, None, 0] - cum[..., None, :, 0], -jnp.inf))  # [..., C, C]
+        return jnp.einsum("...cd,...ed->...ce", a, b, precision=HIGHEST) * decay
+    if size <= QUARTERS or size % QUARTERS:
+        causal = jnp.tril(jnp.ones((size, size), bool))[..., None]
+        decay = jnp.exp(jnp.where(causal, cum[..., :, None, :] - cum[..., None, :, :], -jnp.inf))  # [..., C, C, dk]
+        return jnp.sum(a[..., :, None, :] * b[..., None, :, :] * decay, axis=-1)
+    lead, sub = a.shape[:-2], size // QUARTERS
+    a_sub, b_sub, cum_sub = (x.reshape(*lead, QUARTERS, sub, -1) for x in (a, b, cum))  # [..., 4, sub, dk]
+    ref = cum_sub[..., 0, :]  # [..., 4, dk]: each quarter's first position
+    earlier = jnp.arange(size) // sub < jnp.arange(QUARTERS)[:, None]  # [4, C]: column e before row quarter i
+    a_ref = a_sub * jnp.exp(cum_sub - ref[..., None, :])  # [..., 4, sub, dk]
+    b_ref = b[..., None, :, :] * jnp.exp(
+        jnp.where(earlier[..., None], ref[..., None, :] - cum[..., None, :, :], -jnp.inf)
+    )  # [..., 4, C, dk]: the columns decayed to each row quarter's start, zero from it on
+    scores = jnp.einsum("...icd,...ied->...ice", a_ref, b_ref, precision=HIGHEST)  # [..., 4, sub, C]
+    diagonal = _decayed_scores(a_sub, b_sub, cum_sub)  # [..., 4, sub, sub]
+    on_diagonal = diagonal[..., None, :] * jnp.eye(QUARTERS, dtype=a.dtype)[:, None, :, None]  # [..., 4, sub, 4, sub]
+    return (scores + on_diagonal.reshape(scores.shape)).reshape(*lead, size, size)

@@ -174,9 +174,9 @@ def scan_rows(
     """Runs ``step(carry_rows, x_rows) -> (carry_rows, out_rows)`` over the offset within each row, all rows at
     once (each leaf ``[S, ...]``): iteration j feeds every row its j-th token; rows without one keep their carry.
     The trip count is the step's longest row (at most T; one for a decode-only step). In a bucket with more tokens
-    than rows (a mixer without a chunked form, there: Kimi's), iteration j steps only the longest rows, as many as
-    can have a j-th token, ``T // (j + 1)`` at most (``scan_segments``' ``max_rows``). Returns (outputs packed
-    ``[T, ...]``, the final carry)."""
+    than rows (every mixer takes its chunked form there: the token path forced, as scripts/bench_recurrent.py does
+    for its baseline), iteration j steps only the longest rows, as many as can have a j-th token, ``T // (j + 1)``
+    at most (``scan_segments``' ``max_rows``). Returns (outputs packed ``[T, ...]``, the final carry)."""
     qsl = meta.query_start_loc
     num_tokens, num_rows = jax.tree.leaves(xs)[0].shape[0], qsl.shape[0] - 1
     max_rows = (lambda j: num_tokens // (j + 1)) if num_tokens > num_rows else None
