@@ -37,7 +37,8 @@ for quant in null fp8; do
         --json "$QOUT/step_b1_$quant.json"
 done
 # The recurrent layers' chunked prefill against the token scan: a mixed step's decode rows now stepped once, not at
-# each of its prefill's chunks (2026-12-05 before: 24.45 / 24.77 ms a layer against 3.18 / 3.13 for the prefill alone).
+# each of its prefill's chunks (2026-12-05 before: 24.45 / 24.77 ms a layer against 3.18 / 3.13 for the prefill alone);
+# Kimi Delta Attention's new chunked form (slower than its token scan on the 2-core CPU host, as Qwen3-Next's was).
 step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recurrent_prefill.json"
 # Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the decode kernel's default
 # token cap against none.
