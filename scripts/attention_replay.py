@@ -129,7 +129,12 @@ def traced_calls(runner: Any, step: Any) -> list[dict[str, Any]]:
         def watched(*args: Any, **kwargs: Any) -> Any:
             names = ("q", "kv_pages", "kv_lens", "block_tables", "query_start_loc")
             call = {n: [list(a.shape), str(a.dtype)] for n, a in zip(names, args, strict=True)}
-            calls.append({"kernel": name, **call, "kwargs": kwargs})
+            # numbers as they are; a traced one (a checkpoint's FP8 KV scale) by its shape and dtype
+            kw = {
+                k: v if v is None or isinstance(v, int | float) else [list(v.shape), str(v.dtype)]
+                for k, v in kwargs.items()
+            }
+            calls.append({"kernel": name, **call, "kwargs": kw})
             return fn(*args, **kwargs)
 
         return watched

@@ -79,7 +79,8 @@ def test_recorded_step_has_the_engine_shapes_and_statics(recorded: tuple[Any, An
     for name in ("kv_lens", "block_tables", "query_start_loc"):  # traced shapes and dtypes = the recorded arrays'
         assert call[name] == [list(getattr(rec, name).shape), str(getattr(rec, name).dtype)]
     assert call["q"] == [[4, 4, 16], "float32"] and call["kv_pages"] == [[2, 2, 64, PAGE_SIZE, 16], "float32"]
-    assert call["kwargs"] == {"sm_scale": 16**-0.5, "soft_cap": None, "sliding_window": None}
+    unscaled = {"k_scale": 1.0, "v_scale": 1.0}  # a model without FP8 KV scales: the attention's defaults
+    assert call["kwargs"] == {"sm_scale": 16**-0.5, "soft_cap": None, "sliding_window": None, **unscaled}
     assert (rec.kv_lens[:BATCH] > PROMPTS).all() and rec.kv_lens[BATCH] == 0
     assert info["kernel_config"]["q_block"] == 1  # the Pallas kernel's decode tiling for these shapes
 
