@@ -80,11 +80,15 @@ def _shift(index: slice, size: int, offset: int) -> slice:
     return slice(start + offset, stop + offset, step)
 
 
+def _weight_map(model_dir: Path) -> dict[str, str] | None:
+    """A sharded checkpoint's index (tensor name -> shard file); None for a checkpoint of one file."""
+    index = model_dir / "model.safetensors.index.json"
+    return json.loads(index.read_text())["weight_map"] if index.is_file() else None
+
+
 def shard_files(model_dir: Path) -> list[str]:
     """The checkpoint's safetensors files: the index's shards, or the one ``model.safetensors``."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+    if (weight_map := _weight_map(model_dir)) is not None:
         return sorted(set(weight_map.values()))
     if (model_dir / "model.safetensors").is_file():
         return ["model.safetensors"]
@@ -95,9 +99,8 @@ def shard_files(model_dir: Path) -> list[str]:
 
 def stored_names(model_dir: Path) -> set[str]:
     """Every tensor name the checkpoint stores: its index's, or its one file's header (no tensor is read)."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return set(json.loads(index.read_text())["weight_map"])
+    if (weight_map := _weight_map(model_dir)) is not None:
+        return set(weight_map)
     with safe_open(model_dir / shard_files(model_dir)[0], framework="flax") as handle:
         return set(handle.keys())
 

@@ -74,7 +74,7 @@ def assert_rows_match(got: tuple[jax.Array, jax.Array], want: tuple[jax.Array, j
 
 def token_scan(step: Callable, state: jax.Array, xs: tuple, out_like: Any, meta: AttentionMetadata) -> tuple:
     """The recurrence token by token, every row at every iteration (``scan_segments`` without a bound on the rows
-    still going: the reference, whatever ``scan_rows`` skips)."""
+    still going: the reference, independent of the bounds ``scan_chunks`` sets)."""
     qsl = meta.query_start_loc
     return scan_segments(step, state, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1])
 

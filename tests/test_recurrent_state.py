@@ -67,8 +67,7 @@ def test_causal_conv1d_continues_each_row_from_its_conv_state() -> None:
 
 
 def test_scan_rows_steps_every_row_over_its_own_tokens() -> None:
-    """A decaying running sum per row, from each row's carry: the packed outputs and final carries equal a loop (the
-    5-token row's fifth token stepped beside one other row: 12 tokens hold at most two rows of five)."""
+    """A decaying running sum per row, from each row's carry: the packed outputs and final carries equal a loop."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((NUM_TOKENS, 3)).astype(np.float32)
     carry = rng.standard_normal((4, 3)).astype(np.float32)

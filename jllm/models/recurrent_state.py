@@ -60,10 +60,14 @@ class StateSpec:
             raise ValueError(f"StateSpec axes {self.axes} do not match its shapes {self.shapes}")
         object.__setattr__(self, "dtypes", tuple(jnp.dtype(d) for d in self.dtypes))
 
+    @property
+    def array_axes(self) -> tuple[tuple[str | None, ...], ...]:
+        """Each array's logical axes (all None where ``axes`` is ())."""
+        return self.axes or tuple((None,) * len(s) for s in self.shapes)
+
     def shardings(self, mesh: Mesh) -> tuple[NamedSharding, ...]:
         """Each array's placement on ``mesh``, its slot axis whole."""
-        axes = self.axes or tuple((None,) * len(s) for s in self.shapes)
-        return tuple(param_sharding(mesh, (None, *a)) for a in axes)
+        return tuple(param_sharding(mesh, (None, *a)) for a in self.array_axes)
 
     @property
     def bytes_per_slot(self) -> int:
@@ -71,10 +75,9 @@ class StateSpec:
 
     def device_bytes_per_slot(self, shards: int) -> int:
         """A slot's bytes on each of ``shards`` tensor-parallel devices: the split arrays' share, the others whole."""
-        axes = self.axes or tuple((None,) * len(s) for s in self.shapes)
         return sum(
             math.prod(s) * d.itemsize // (shards if any(partition_spec(a)) else 1)
-            for s, d, a in zip(self.shapes, self.dtypes, axes, strict=True)
+            for s, d, a in zip(self.shapes, self.dtypes, self.array_axes, strict=True)
         )
 
     def zeros(self, num_slots: int, mesh: Mesh | None = None) -> StatePool:
@@ -173,14 +176,10 @@ def scan_rows(
 ) -> tuple[Any, Any]:
     """Runs ``step(carry_rows, x_rows) -> (carry_rows, out_rows)`` over the offset within each row, all rows at
     once (each leaf ``[S, ...]``): iteration j feeds every row its j-th token; rows without one keep their carry.
-    The trip count is the step's longest row (at most T; one for a decode-only step). In a bucket with more tokens
-    than rows (every mixer takes its chunked form there: the token path forced, as scripts/bench_recurrent.py does
-    for its baseline), iteration j steps only the longest rows, as many as can have a j-th token, ``T // (j + 1)``
-    at most (``scan_segments``' ``max_rows``). Returns (outputs packed ``[T, ...]``, the final carry)."""
+    The trip count is the step's longest row (at most T; one for a decode-only step: a bucket with more tokens than
+    rows takes the mixers' chunked forms, ``use_chunks``). Returns (outputs packed ``[T, ...]``, the final carry)."""
     qsl = meta.query_start_loc
-    num_tokens, num_rows = jax.tree.leaves(xs)[0].shape[0], qsl.shape[0] - 1
-    max_rows = (lambda j: num_tokens // (j + 1)) if num_tokens > num_rows else None
-    return scan_segments(step, carry, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1], max_rows)
+    return scan_segments(step, carry, xs, out_like, qsl[:-1], qsl[1:] - qsl[:-1])
 
 
 def scan_segments(
