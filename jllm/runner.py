@@ -265,12 +265,18 @@ class ModelRunner:
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]] = {}
         # what a cached program is traced as if it fails to load: (call, cache key, name)
         loading: dict[ProgramKey, tuple[ProgramCall, str, str]] = {}
-        runs = []
         with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
-            for bucket in self.buckets:
-                steps = [self.put(plan) for plan in self.warmup_plans(bucket)]
-                self._submit_compiles(bucket, steps, pending, loading, pool, report)
-                runs.append(steps)
+            runs = [[self.put(plan) for plan in self.warmup_plans(bucket)] for bucket in self.buckets]
+            # Every forward first: they take the longest to compile (15-23 s each against ~5 for a sampler on an
+            # H200, 2026-12-05), so they start while the main thread still lowers the small programs.
+            outputs = [
+                self._submit_compiles(b, s, ("forward",), None, pending, loading, pool, report)
+                for b, s in zip(self.buckets, runs, strict=True)
+            ]
+            for bucket, steps, forward_outputs in zip(self.buckets, runs, outputs, strict=True):
+                self._submit_compiles(
+                    bucket, steps, ("sampler", "prompt_logprobs"), forward_outputs, pending, loading, pool, report
+                )
             for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
                 compiled = future.result()
                 if compiled is None:  # a cached entry that did not load (logged): compiled as before
@@ -293,17 +299,19 @@ class ModelRunner:
         self,
         bucket: StepBucket,
         steps: list[DeviceStep],
+        kinds: tuple[str, ...],
+        outputs: tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct] | None,
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]],
         loading: dict[ProgramKey, tuple[ProgramCall, str, str]],
         pool: ThreadPoolExecutor,
         report: WarmupReport,
-    ) -> None:
-        """Queues, for each program of ``bucket``'s ``steps`` not yet ``pending``, the load of its executable-cache
-        entry, or else its compile after tracing and lowering it here."""
-        outputs = None
+    ) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct] | None:
+        """Queues, for each program of ``kinds`` in ``bucket``'s ``steps`` not yet ``pending``, the load of its
+        executable-cache entry, or else its compile after tracing and lowering it here. ``outputs``: the forward's
+        (hidden, rows) shapes the other programs are traced on; returns them once a forward is queued."""
         for step in steps:
             for key in self._program_keys(step):
-                if key in pending:
+                if key in pending or key[0] not in kinds:
                     continue
                 kind = key[0]
                 name = f"{_program_name(key)} {bucket.num_tokens}x{bucket.num_seqs}"
@@ -320,6 +328,7 @@ class ModelRunner:
                 if key[0] == "forward":  # the others are traced on its outputs' (hidden, rows) shapes
                     replicated = parallel.replicated(self.mesh)
                     outputs = tuple(jax.ShapeDtypeStruct(s, dtype, sharding=replicated) for s, dtype in avals[:2])
+        return outputs
 
     # What warm-up does to each program, for any program on this runner's model (``jllm.pooling``'s too).
 

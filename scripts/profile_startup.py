@@ -9,6 +9,11 @@ time where other work shares the cores.
     PYTHONPATH=. python scripts/profile_startup.py                       # the default model, 1 cold + 1 warm
     PYTHONPATH=. python scripts/profile_startup.py --config configs/bench-tiny-cpu.yaml --warm-runs 2 --json s.json
     PYTHONPATH=. python scripts/profile_startup.py --set max_model_len=2048 --set max_num_batched_tokens=512
+    PYTHONPATH=. python scripts/profile_startup.py --warm-runs 0 --main-thread-profile 25   # where tracing goes
+
+``--main-thread-profile N`` runs each start-up under cProfile, which sees the main thread only: the tracing and
+lowering that every compile waits on (the compiles run on other threads). It prints the N functions with the most
+cumulative time; cProfile slows Python, so those runs' times are not the start-up's.
 
 The converted default model stays in ``$JLLM_CACHE``; only the XLA cache is fresh (``JAX_COMPILATION_CACHE_DIR``),
 and with it jllm's executable cache (a folder inside it; off on a CPU unless ``--set executable_cache=true``).
@@ -18,9 +23,12 @@ and with it jllm's executable cache (a folder inside it; off on a CPU unless ``-
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import logging
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -47,9 +55,13 @@ class PhaseRecords(logging.Handler):
             self.phases[phase] = {"seconds": record.seconds, "warmup": getattr(record, "warmup", None)}
 
 
-def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """One start-up in this (fresh) process; its figures, JSON-ready."""
+def child(model: str | None, config: str | None, overrides: dict[str, Any], profile_top: int) -> dict[str, Any]:
+    """One start-up in this (fresh) process; its figures, JSON-ready. ``profile_top`` > 0: under cProfile, with
+    that many functions by cumulative time (the main thread's)."""
+    profiler = cProfile.Profile() if profile_top else None
     start = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     import jllm.llm
 
     imported = time.perf_counter() - start
@@ -58,6 +70,8 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> d
     logging.getLogger("jllm").setLevel(logging.INFO)
     jllm.llm.LLM(model, config=config, **overrides)
     ready = time.perf_counter() - start
+    if profiler is not None:
+        profiler.disable()
     # CPU seconds of every thread since the process started: steadier than wall time on a machine shared with other work
     out: dict[str, Any] = {"import_s": imported, "ready_s": ready, "cpu_s": time.process_time(), "phases": {}}
     for phase, figures in records.phases.items():
@@ -73,13 +87,18 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any]) -> d
                 "kinds": {kind: vars(times) for kind, times in report.kinds.items()},
                 "slowest_compiles": report.slowest_compiles(SLOWEST),
             }
+    if profiler is not None:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(profile_top)
+        out["main_thread_profile"] = text.getvalue()
     return out
 
 
 def run_once(args: argparse.Namespace, cache: str) -> dict[str, Any]:
     path = os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")])  # the caller's packages too
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "PYTHONPATH": path}
-    cmd = [sys.executable, __file__, "--child", json.dumps([args.model, args.config, args.overrides])]
+    given = [args.model, args.config, args.overrides, args.main_thread_profile]
+    cmd = [sys.executable, __file__, "--child", json.dumps(given)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"start-up failed:\n{proc.stderr[-4000:]}")
@@ -113,6 +132,9 @@ def print_table(runs: list[dict[str, Any]]) -> None:
             what = "program, bucket tokens x rows: seconds on one thread"
             print(f"\n{run['name']}: the {len(slowest)} longest compiles ({what})")
             print("  " + ", ".join(f"{name}: {seconds:.2f}" for seconds, name in slowest))
+    for run in runs:
+        if "main_thread_profile" in run:
+            print(f"\n{run['name']}: the main thread under cProfile\n{run['main_thread_profile']}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an engine key (repeat)")
     parser.add_argument("--warm-runs", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--main-thread-profile", type=int, default=0, metavar="N", help="cProfile each start-up; print N functions"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:

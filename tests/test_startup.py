@@ -122,6 +122,27 @@ def test_first_runs_run_each_bucket_forward_once_and_compile_nothing(warmed, mon
 
 
 @pytest.mark.slow
+def test_warmup_lowers_every_forward_before_any_smaller_program(warmed, monkeypatch):
+    """The forwards compile longest, so each is queued for its compile before a sampler or prompt-logprobs program
+    is traced; every program is still compiled once."""
+    runner = warmed[0].engine.runner
+    programs = dict(runner._programs)
+    lowered: list[str] = []
+    lower = runner.lower
+
+    def recorded(call, kind, report):
+        lowered.append(kind)
+        return lower(call, kind, report)
+
+    monkeypatch.setattr(runner, "lower", recorded)
+    monkeypatch.setattr(runner, "_programs", {})
+    report = runner.warmup(show_progress=False, run=False)
+    forwards = len(runner.buckets)
+    assert lowered[:forwards] == ["forward"] * forwards and "forward" not in lowered[forwards:]
+    assert len(lowered) == report.programs == len(programs) and runner._programs.keys() == programs.keys()
+
+
+@pytest.mark.slow
 def test_each_start_up_phase_logs_its_time_and_the_warmup_its_stages(warmed):
     llm, records = warmed
     phases = {r.startup_phase: r for r in records if hasattr(r, "startup_phase")}
@@ -198,9 +219,28 @@ def test_profile_startup_script_reads_a_cold_start_then_a_warm_one_from_the_cach
     assert all(
         k["trace_s"] == k["lower_s"] == k["compile_s"] == 0 < k["load_s"] for k in warm["warmup"]["kinds"].values()
     )
+    assert "main_thread_profile" not in cold
     for run in (cold, warm):
         assert set(run["phases"]) == PHASES
         assert run["ready_s"] > run["phases"]["worker ready"] > run["phases"]["warm-up"] > 0 and run["cpu_s"] > 0
+
+
+@pytest.mark.slow
+def test_profile_startup_script_profiles_the_main_thread_when_asked(tmp_path, monkeypatch, capsys):
+    """``--main-thread-profile N``: the start-up under cProfile, its N slowest functions by cumulative time, the
+    warm-up's tracing among them."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    profile_startup = __import__("profile_startup")
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "startup.json"
+    sets = [f"--set={key}={value}" for key, value in ARGS.items()]
+    profile_startup.main(
+        ["--model", TINY, *sets, "--warm-runs", "0", "--main-thread-profile", "40", "--json", str(out)]
+    )
+    (cold,) = json.loads(out.read_text())["runs"]
+    profile = cold["main_thread_profile"]
+    assert "cumulative" in profile and "(warmup)" in profile and "(lower)" in profile
+    assert "the main thread under cProfile" in capsys.readouterr().out
 
 
 def test_the_jllm_command_shows_jllm_info_lines_and_keeps_other_libraries_quiet():

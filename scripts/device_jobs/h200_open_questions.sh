@@ -26,6 +26,26 @@ for kv in fp8 auto; do
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
         --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
 done
+# Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, TPOT p50 8 ms). With the 2,048-token
+# budget a step may carry several prompts' chunks (the long-prefill cap bounds each prompt's, not the step's): TPOT p50
+# 12.45 ms uncapped, 10.69 with a 256 cap (2026-12-05). A smaller budget bounds every step: 32 decodes + ~480 prefill
+# tokens is ~4.3 TFLOP, ~6-7 ms at the measured matmul rate. Each on a fresh server.
+for budget in 512 1024; do
+    python -m jllm serve --config $BF16 --port 8100 --max-num-batched-tokens $budget > "$QOUT/serve_b$budget.log" 2>&1 &
+    server=$!
+    for _ in $(seq 150); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
+    step "serving_b$budget" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
+        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_b$budget.json"
+    kill "$server"; wait "$server"
+done
+# Issue 20: cold start-up (51.8 s against 30 on 2026-12-05: the main thread traced 3.5 s and lowered 16.9, which every
+# compile waits on; compiles 222 thread-s for 12 forwards, 191 for 36 samplers): now with every forward lowered
+# first; then the main thread under cProfile; then with GEMM autotuning off.
+step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold.json"
+step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --main-thread-profile 60 \
+    --json "$QOUT/startup_profile.json"
+step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_noautotune.json"
 # Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms): 4.16 / 4.28 / 4.81 on 2026-12-05 02:50 UTC, then
 # 4.41 / 4.54 / 4.97 at 12:00 on another machine (FP8 batch 1: 3.87 on 2026-12-04, 4.61): where did 0.25 ms go? The
 # step programs alone at batch 1 (device time and kernels; 4.147 ms device on 2026-12-03, 45f891e), bf16 and FP8.
@@ -43,18 +63,6 @@ step recurrent_prefill 300 python scripts/bench_recurrent.py --json "$QOUT/recur
 # Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the decode kernel's default
 # token cap against none.
 step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
-# Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, TPOT p50 8 ms). With the 2,048-token
-# budget a step may carry several prompts' chunks (the long-prefill cap bounds each prompt's, not the step's): TPOT p50
-# 12.45 ms uncapped, 10.69 with a 256 cap (2026-12-05). A smaller budget bounds every step: 32 decodes + ~480 prefill
-# tokens is ~4.3 TFLOP, ~6-7 ms at the measured matmul rate. Each on a fresh server.
-for budget in 512 1024; do
-    python -m jllm serve --config $BF16 --port 8100 --max-num-batched-tokens $budget > "$QOUT/serve_b$budget.log" 2>&1 &
-    server=$!
-    for _ in $(seq 150); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
-    step "serving_b$budget" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
-        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_b$budget.json"
-    kill "$server"; wait "$server"
-done
 # Issue 21: FP8 offline throughput, 128 in / 2048 out x 1000, with an FP8 KV pool now read by the jax-triton prefill
 # kernel ("auto" gives FP8 pools that kernel since 2026-12-05; 16,441 output tok/s with the Pallas kernel), then
 # 128 / 128 x 3000 (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
@@ -62,13 +70,9 @@ step fp8_tput_kv_fp8 480 python scripts/bench_throughput.py --config $FP8 --skip
     --input-len 128 --output-len 2048 --num-prompts 1000 --set kv_cache_dtype=fp8 --json "$QOUT/fp8_tput_fp8.json"
 step fp8_tput_128 300 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
     --input-len 128 --output-len 128 --num-prompts 3000 --json "$QOUT/fp8_tput_128.json"
-# Issue 20: cold start-up (51.8 s against 30; compiles 222 thread-s for 12 forwards, 191 for 36 samplers): the same
-# cold start with XLA's LLVM module split over 8 threads, and with GEMM autotuning off (its TPOT cost beside it).
-step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold.json"
+# XLA's LLVM module split over 8 threads; the TPOT cost of GEMM autotuning off.
 step startup_cold_par8 240 env XLA_FLAGS=--xla_gpu_force_compilation_parallelism=8 python scripts/profile_startup.py \
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_par8.json"
-step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/profile_startup.py \
-    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_noautotune.json"
 step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,32 --json "$QOUT/bf16_lat_noautotune.json"
 step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
