@@ -273,10 +273,15 @@ class ModelRunner:
                 self._submit_compiles(b, s, ("forward",), None, pending, loading, pool, report)
                 for b, s in zip(self.buckets, runs, strict=True)
             ]
-            for bucket, steps, forward_outputs in zip(self.buckets, runs, outputs, strict=True):
-                self._submit_compiles(
-                    bucket, steps, ("sampler", "prompt_logprobs"), forward_outputs, pending, loading, pool, report
-                )
+            # Then one sampler variant at a time over the buckets: a variant's programs differ in their GEMM shapes
+            # (the LM head's rows), the variants of one row count share them, and XLA reuses a shape's autotuning
+            # once the first program that has it finishes compiling, not while both compile side by side.
+            for plan in range(max(len(steps) for steps in runs)):
+                for bucket, steps, forward_outputs in zip(self.buckets, runs, outputs, strict=True):
+                    kinds = ("sampler", "prompt_logprobs")
+                    self._submit_compiles(
+                        bucket, steps[plan : plan + 1], kinds, forward_outputs, pending, loading, pool, report
+                    )
             for key, future in tqdm(pending.items(), desc="compiling step programs", disable=not show_progress):
                 compiled = future.result()
                 if compiled is None:  # a cached entry that did not load (logged): compiled as before
