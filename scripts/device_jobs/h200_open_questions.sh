@@ -77,6 +77,16 @@ step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python
     --config $BF16 --skip-hf --batch-sizes 1,32 --json "$QOUT/bf16_lat_noautotune.json"
 step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
     --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
+# Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
+# concurrency and request rate, 1024 in / 128 out, on one server.
+python -m jllm serve --config $BF16 --port 8100 > "$QOUT/serve_sweep.log" 2>&1 &
+server=$!
+for _ in $(seq 150); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
+mkdir -p "$QOUT/img"
+step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0.1:8100 --concurrencies 1,8,32,64 \
+    --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes, one H200" \
+    --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
+kill "$server"; wait "$server"
 # Issue 20: serving 32 streams of 1024 in / 128 out means ~256 prefill tokens beside the 32 decodes in every step
 # (2,399 output tok/s ~ 320 TFLOP/s of the 806 measured, 2026-12-05): where does such a mixed step's time go?
 step mixed_step_bf16 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
