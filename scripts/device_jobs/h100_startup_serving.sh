@@ -36,7 +36,12 @@ for budget in 2048 512 1024; do
 done
 step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/profile_startup.py \
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_noautotune.json"
+# XLA's Triton GEMMs off (cuBLAS for every dot: no Triton GEMM tilings to autotune and compile); its TPOT beside it.
+step startup_cold_notritongemm 240 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_notritongemm.json"
 step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,32 \
     --json "$QOUT/bf16_lat.json"
 step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,32 --json "$QOUT/bf16_lat_noautotune.json"
+step bf16_latency_notritongemm 300 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,32 --json "$QOUT/bf16_lat_notritongemm.json"

@@ -46,6 +46,9 @@ step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm
     --json "$QOUT/startup_profile.json"
 step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/profile_startup.py \
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_noautotune.json"
+# XLA's Triton GEMMs off (cuBLAS for every dot: no Triton GEMM tilings to autotune and compile); its TPOT beside it.
+step startup_cold_notritongemm 240 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_notritongemm.json"
 # Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms): 4.16 / 4.28 / 4.81 on 2026-12-05 02:50 UTC, then
 # 4.41 / 4.54 / 4.97 at 12:00 on another machine (FP8 batch 1: 3.87 on 2026-12-04, 4.61): where did 0.25 ms go? The
 # step programs alone at batch 1 (device time and kernels; 4.147 ms device on 2026-12-03, 45f891e), bf16 and FP8.
@@ -75,6 +78,8 @@ step startup_cold_par8 240 env XLA_FLAGS=--xla_gpu_force_compilation_parallelism
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_par8.json"
 step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,32 --json "$QOUT/bf16_lat_noautotune.json"
+step bf16_latency_notritongemm 300 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,32 --json "$QOUT/bf16_lat_notritongemm.json"
 step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
     --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
 # Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
