@@ -143,6 +143,30 @@ def test_warmup_lowers_every_forward_before_any_smaller_program(warmed, monkeypa
 
 
 @pytest.mark.slow
+def test_warmup_compiles_with_the_pool_freed_and_gives_it_back_where_it_was(warmed, monkeypatch):
+    """XLA's autotuner takes its scratch from the device memory beside what is allocated, so no pool array is alive
+    while a program compiles; after the warm-up the pool is back, of the same shapes, dtypes and placements."""
+    runner = warmed[0].engine.runner
+    before = [(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(runner.kv_caches)]
+    old_arrays = jax.tree.leaves(runner.kv_caches)
+    seen: list[set[type]] = []
+    compile_program = runner.compile
+
+    def recorded(*args):
+        seen.append({type(x) for x in jax.tree.leaves(runner.kv_caches)})
+        return compile_program(*args)
+
+    monkeypatch.setattr(runner, "compile", recorded)
+    monkeypatch.setattr(runner, "_programs", {})
+    runner.warmup(show_progress=False, run=True)
+    assert seen and all(kinds == {jax.ShapeDtypeStruct} for kinds in seen)
+    assert all(x.is_deleted() for x in old_arrays)
+    after = jax.tree.leaves(runner.kv_caches)
+    assert all(isinstance(x, jax.Array) and not x.is_deleted() for x in after)
+    assert [(x.shape, x.dtype, x.sharding) for x in after] == before
+
+
+@pytest.mark.slow
 def test_each_start_up_phase_logs_its_time_and_the_warmup_its_stages(warmed):
     llm, records = warmed
     phases = {r.startup_phase: r for r in records if hasattr(r, "startup_phase")}
