@@ -8,11 +8,17 @@ command buffers record by tracing the call (again whenever its buffers move; jax
 it). ``triton_call`` here lowers through jax-triton as before, then swaps its legacy op for that FFI call. On an H200
 (2026-12-04, docs/benchmarks.md) the FP8 decode step ran no faster either way: its host launch cost stayed 1.2-2.7 ms.
 The FFI handler checks that every pointer is 16-byte aligned, as jax-triton compiles kernels to assume.
+
+Triton's driver is pinned to CUDA (``TRITON_DEFAULT_BACKEND``, unless set) before jax-triton first compiles: unpinned,
+Triton asks every backend whether its device is active, and the AMD backend answers by importing torch. A cold
+Llama-3-8B start on an H100 (2026-12-05, ``profile_startup.py --main-thread-profile``) imported torch on the main
+thread while it lowered the step programs, which every compile waits on.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,10 +32,16 @@ FFI_TARGET = "triton_kernel_call_ffi"
 
 def triton_call(*args: Any, **kwargs: Any) -> Any:
     """``jax_triton.triton_call`` with the FFI lowering installed (see the module's docstring)."""
+    pin_cuda_driver()
     import jax_triton
 
     _install_ffi_lowering()
     return jax_triton.triton_call(*args, **kwargs)
+
+
+def pin_cuda_driver() -> None:
+    """Triton's driver: CUDA's, without probing the others (see the module's docstring); a setting given stays."""
+    os.environ.setdefault("TRITON_DEFAULT_BACKEND", "cuda")
 
 
 @functools.cache

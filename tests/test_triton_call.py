@@ -6,6 +6,10 @@ The legacy op here is emitted the way jax-triton 0.3.1 emits it (``jax.ffi.ffi_l
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.extend.core
@@ -13,7 +17,9 @@ import jax.numpy as jnp
 import pytest
 from jax.interpreters import mlir
 
-from pallas_kernels.triton_call import FFI_TARGET, LEGACY_TARGET, lower_as_ffi
+from pallas_kernels.triton_call import FFI_TARGET, LEGACY_TARGET, lower_as_ffi, pin_cuda_driver
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROTO = b"\x78\x9ckernel-call proto\x00\xff"  # opaque bytes, zero and high bytes included
 
@@ -56,3 +62,29 @@ def test_an_unexpected_legacy_target_is_refused() -> None:
     prim = _primitive("not_triton", "some_other_call", {})
     with pytest.raises(ValueError, match="expected jax-triton to emit the custom call 'triton_kernel_call'"):
         _lowered_text(prim, {})
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_the_pinned_triton_driver_asks_no_other_backend_and_imports_no_torch(pinned: bool) -> None:
+    """Unpinned, Triton's first driver lookup asks every backend whether its device is active, and the AMD one
+    imports torch to answer (seconds on a start's main thread); pinned to CUDA, only CUDA's is asked (here, with no
+    GPU, it answers no)."""
+    code = (
+        "import os, sys\n"
+        "from pallas_kernels.triton_call import pin_cuda_driver\n"
+        f"if {pinned}: pin_cuda_driver()\n"
+        "from triton.runtime import driver\n"
+        "try:\n    driver.active.get_current_target()\nexcept RuntimeError as e:\n    print('no driver:', e)\n"
+        "print(os.environ.get('TRITON_DEFAULT_BACKEND'), 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no driver:" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == ("cuda False" if pinned else "None True")
+
+
+def test_a_given_triton_backend_stays(monkeypatch) -> None:
+    monkeypatch.setenv("TRITON_DEFAULT_BACKEND", "hip")
+    pin_cuda_driver()
+    assert os.environ["TRITON_DEFAULT_BACKEND"] == "hip"
