@@ -11,9 +11,10 @@ time where other work shares the cores.
     PYTHONPATH=. python scripts/profile_startup.py --set max_model_len=2048 --set max_num_batched_tokens=512
     PYTHONPATH=. python scripts/profile_startup.py --warm-runs 0 --main-thread-profile 25   # where tracing goes
 
-``--main-thread-profile N`` runs each start-up under cProfile, which sees the main thread only: the tracing and
-lowering that every compile waits on (the compiles run on other threads). It prints the N functions with the most
-cumulative time; cProfile slows Python, so those runs' times are not the start-up's.
+``--main-thread-profile N`` samples the main thread's stack every 5 ms during each start-up: the tracing and lowering
+that every compile waits on (the compiles run on other threads), each function's wall time with what it calls, the N
+largest. cProfile cannot say this: since Python 3.12 it sees every thread (``sys.monitoring``), and a cold start's
+compile threads swamped it (an H100, 2026-12-05).
 
 The converted default model stays in ``$JLLM_CACHE``; only the XLA cache is fresh (``JAX_COMPILATION_CACHE_DIR``),
 and with it jllm's executable cache (a folder inside it; off on a CPU unless ``--set executable_cache=true``).
@@ -23,15 +24,14 @@ and with it jllm's executable cache (a folder inside it; off on a CPU unless ``-
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
+import collections
 import json
 import logging
 import os
-import pstats
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,13 +55,45 @@ class PhaseRecords(logging.Handler):
             self.phases[phase] = {"seconds": record.seconds, "warmup": getattr(record, "warmup", None)}
 
 
+class MainThreadSampler(threading.Thread):
+    """Every ``interval`` seconds, the main thread's stack: the wall time since the last look goes to each function
+    on it (inclusive time, as a profiler's cumulative column)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        super().__init__(daemon=True, name="main-thread-sampler")
+        self.interval = interval
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        main = threading.main_thread().ident
+        last = time.perf_counter()
+        while not self._done.wait(self.interval):
+            now = time.perf_counter()
+            frame, functions = sys._current_frames().get(main), set()
+            while frame is not None:
+                code = frame.f_code
+                functions.add(f"{code.co_filename}:{code.co_firstlineno}({code.co_name})")
+                frame = frame.f_back
+            for function in functions:
+                self.seconds[function] += now - last
+            last = now
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def report(self, top: int) -> list[tuple[float, str]]:
+        return [(round(seconds, 3), name) for name, seconds in self.seconds.most_common(top)]
+
+
 def child(model: str | None, config: str | None, overrides: dict[str, Any], profile_top: int) -> dict[str, Any]:
-    """One start-up in this (fresh) process; its figures, JSON-ready. ``profile_top`` > 0: under cProfile, with
-    that many functions by cumulative time (the main thread's)."""
-    profiler = cProfile.Profile() if profile_top else None
+    """One start-up in this (fresh) process; its figures, JSON-ready. ``profile_top`` > 0: the main thread sampled,
+    the ``profile_top`` functions with the most wall time."""
+    sampler = MainThreadSampler() if profile_top else None
     start = time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
+    if sampler is not None:
+        sampler.start()
     import jllm.llm
 
     imported = time.perf_counter() - start
@@ -70,8 +102,8 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any], prof
     logging.getLogger("jllm").setLevel(logging.INFO)
     jllm.llm.LLM(model, config=config, **overrides)
     ready = time.perf_counter() - start
-    if profiler is not None:
-        profiler.disable()
+    if sampler is not None:
+        sampler.stop()
     # CPU seconds of every thread since the process started: steadier than wall time on a machine shared with other work
     out: dict[str, Any] = {"import_s": imported, "ready_s": ready, "cpu_s": time.process_time(), "phases": {}}
     for phase, figures in records.phases.items():
@@ -87,10 +119,8 @@ def child(model: str | None, config: str | None, overrides: dict[str, Any], prof
                 "kinds": {kind: vars(times) for kind, times in report.kinds.items()},
                 "slowest_compiles": report.slowest_compiles(SLOWEST),
             }
-    if profiler is not None:
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(profile_top)
-        out["main_thread_profile"] = text.getvalue()
+    if sampler is not None:
+        out["main_thread_profile"] = sampler.report(profile_top)
     return out
 
 
@@ -134,7 +164,8 @@ def print_table(runs: list[dict[str, Any]]) -> None:
             print("  " + ", ".join(f"{name}: {seconds:.2f}" for seconds, name in slowest))
     for run in runs:
         if "main_thread_profile" in run:
-            print(f"\n{run['name']}: the main thread under cProfile\n{run['main_thread_profile']}")
+            print(f"\n{run['name']}: the main thread's wall time by function (with what it calls), sampled")
+            print("\n".join(f"  {seconds:8.3f} s  {name}" for seconds, name in run["main_thread_profile"]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm-runs", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
-        "--main-thread-profile", type=int, default=0, metavar="N", help="cProfile each start-up; print N functions"
+        "--main-thread-profile", type=int, default=0, metavar="N", help="sample the main thread; print N functions"
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
