@@ -10,9 +10,9 @@ it). ``triton_call`` here lowers through jax-triton as before, then swaps its le
 The FFI handler checks that every pointer is 16-byte aligned, as jax-triton compiles kernels to assume.
 
 Triton's driver is pinned to CUDA (``TRITON_DEFAULT_BACKEND``, unless set) before jax-triton first compiles: unpinned,
-Triton asks every backend whether its device is active, and the AMD backend answers by importing torch. A cold
-Llama-3-8B start on an H100 (2026-12-05, ``profile_startup.py --main-thread-profile``) imported torch on the main
-thread while it lowered the step programs, which every compile waits on.
+Triton asks every backend whether its device is active, and the AMD backend answers by importing torch (seconds). A
+cold Llama-3-8B start on an H100 imported torch during its warm-up (2026-12-05, a profile of every thread), where
+nothing of jllm's uses it.
 """
 
 from __future__ import annotations
