@@ -137,7 +137,7 @@ class ModelRunner:
         self._host_weights: list[np.ndarray] | None = None
         # The last launched step's sampled tokens on the device (padded to every bucket's rows), and the row of each
         # sequence that sampled in it: the next step reads its pending inputs from there.
-        num_rows = max(bucket.num_seqs for bucket in self.buckets)
+        num_rows = max(bucket.sampler_rows for bucket in self.buckets)
         self._last_tokens = jax.device_put(np.zeros(num_rows, np.int32), parallel.replicated(self.mesh))
         self._last_rows: dict[int, int] = {}
         # Every plan's StepInputs share one tree; only the shapes change: what a follower decodes plans into.
@@ -409,7 +409,7 @@ class ModelRunner:
             StepPlan(self._host_inputs([], bucket, (top, None, mode)), (top, None, mode)) for top, mode in BASE_SAMPLERS
         ]
         top, mode = GENERAL_SAMPLER
-        constraints = host_constraints([], (top, None, mode), bucket.num_seqs, self.vocab_size)
+        constraints = host_constraints([], (top, None, mode), bucket.sampler_rows, self.vocab_size)
         for penalty, prompt in [(sampler.SHORT_PENALTY_WIDTH, None), (self.long_penalty_width, MAX_LOGPROBS)]:
             variant = (top, prompt, mode)
             plans.append(StepPlan(self._host_inputs([], bucket, variant, penalty), variant, constraints))
@@ -425,7 +425,9 @@ class ModelRunner:
         variant = pick_variant(output.scheduled, self.vocab_size, self.eos_token_ids)
         inputs = self._host_inputs(output.scheduled, bucket, variant)
         constraints = (
-            None if constraints_later else host_constraints(output.scheduled, variant, bucket.num_seqs, self.vocab_size)
+            None
+            if constraints_later
+            else host_constraints(output.scheduled, variant, bucket.sampler_rows, self.vocab_size)
         )
         return StepPlan(inputs, variant, constraints)
 
@@ -443,7 +445,7 @@ class ModelRunner:
         outputs = self._forward(step)
         if before_sampling is not None:
             before_sampling()
-            constraints = host_constraints(output.scheduled, plan.variant, plan.bucket.num_seqs, self.vocab_size)
+            constraints = host_constraints(output.scheduled, plan.variant, plan.bucket.sampler_rows, self.vocab_size)
             layout, buffer = self._put_tree(_sampler_tree(plan, constraints))
             step = dataclasses.replace(step, sampler_layout=layout, sampler_buffer=buffer)
         result, prompt = self._sample(step, outputs)
@@ -554,4 +556,4 @@ def _on_leaves(fn: Callable[..., Any], treedef: Any) -> Callable[..., Any]:
 
 def _sampler_tree(plan: StepPlan, constraints: TokenConstraints | None) -> tuple[SamplingMetadata, TokenConstraints]:
     """What only the sampler reads, packed apart from the forward's inputs (zero-width constraints without any)."""
-    return plan.inputs.sampling, constraints or sampler.no_constraints(plan.bucket.num_seqs)
+    return plan.inputs.sampling, constraints or sampler.no_constraints(plan.bucket.sampler_rows)

@@ -47,8 +47,8 @@ class StepInputs:
     pending_rows: jax.Array
     positions: jax.Array  # [T] int32: each token's position in its sequence
     attn: AttentionMetadata  # slot mapping, query starts [S+1], KV lengths [S], block tables [S, P], state slots [S]
-    logits_indices: jax.Array  # [S] int32: row of each sequence's last new token (0 for padding)
-    sampling: SamplingMetadata  # per-row sampling settings [S, ...]
+    logits_indices: jax.Array  # [R] int32: row of each sequence's last new token (0 for padding); R = sampler rows
+    sampling: SamplingMetadata  # per-row sampling settings [R, ...]
     prompt_targets: jax.Array  # [T] int32: the next prompt token where prompt logprobs are wanted, else -1
     lora_slots: jax.Array  # [T] int32: each token's LoRA adapter slot (jllm.lora.slots), 0 = none (and padding)
 
@@ -66,7 +66,8 @@ class StepPlan:
 
     @property
     def bucket(self) -> StepBucket:
-        return StepBucket(self.inputs.input_ids.shape[0], self.inputs.logits_indices.shape[0])
+        inputs = self.inputs
+        return StepBucket(inputs.input_ids.shape[0], inputs.attn.kv_lens.shape[0], inputs.logits_indices.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,12 +165,12 @@ def host_inputs(
     slot_mapping = np.arange(t, dtype=np.int32) % page_size
     pages = block_tables[row, positions[:offset] // page_size]
     slot_mapping[:offset] = pages * page_size + positions[:offset] % page_size
-    logits_indices = np.maximum(query_start_loc[1:] - 1, 0)
-    logits_indices[len(scheduled) :] = 0
+    logits_indices = np.zeros(bucket.sampler_rows, np.int32)
+    logits_indices[: len(scheduled)] = query_start_loc[1 : len(scheduled) + 1] - 1
     penalty_width, banned_width = widths
     sampling = sampler.build_sampling_metadata(
         [sched.seq for sched in scheduled],
-        s,
+        bucket.sampler_rows,
         with_penalties=penalty_width > 0,
         penalty_width=penalty_width,
         max_banned=banned_width,

@@ -33,8 +33,8 @@ def forward(
     lora_weights: list[LoRAWeights] | None = None,
 ) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
     """The model over the step's tokens: final hidden states [T, hidden], those of each sequence's last new token
-    [S, hidden] (what the sampler reads, so its program depends on S alone, not on T), and the pool with their K/V
-    written.
+    [R, hidden] (what the sampler reads, so its program depends on its row count R alone, not on T: the bucket's
+    sequences rounded up, ``jllm.buckets.sampler_rows``), and the pool with their K/V written.
 
     ``last_tokens`` [R] are the previous step's sampled tokens, still on the device: the inputs still pending there.
     ``lora_weights``: every layer's stacked adapter slots (``jllm.lora.manager``), an argument like the pool, so
@@ -65,8 +65,8 @@ def sample(
     sampler_buffer: jax.Array,
     num_rows: int,
 ) -> tuple[SamplerOutput, jax.Array]:
-    """Logits of the sampling rows ``rows`` [S, hidden], then the sampler: a program of its own, so a sampling
-    variant compiles in a fraction of the model's time, once per row count S (not per bucket). It takes only the LM
+    """Logits of the sampling rows ``rows`` [R, hidden], then the sampler: a program of its own, so a sampling
+    variant compiles in a fraction of the model's time, once per row count R (not per bucket). It takes only the LM
     head's parameters (``decoder.LogitsHead``). ``variant``: (num_top_logprobs, mode), static.
 
     ``sampler_buffer`` holds the packed ``(SamplingMetadata, TokenConstraints)``: the per-row settings and the mask
@@ -75,7 +75,7 @@ def sample(
     step's bucket.
     """
     num_top_logprobs, mode = variant
-    logits = nnx.merge(head_graphdef, head_state)(rows)  # [S, vocab] f32
+    logits = nnx.merge(head_graphdef, head_state)(rows)  # [R, vocab] f32
     sampling, constraints = unpack_inputs(sampler_layout, sampler_buffer)
     out = sampler.sample(logits, sampling, constraints, num_top_logprobs=num_top_logprobs, mode=mode)
     return out, jnp.zeros(num_rows, jnp.int32).at[: out.token_ids.shape[0]].set(out.token_ids)

@@ -173,7 +173,7 @@ def test_plan_round_trips_exactly_and_leaves_padding_behind() -> None:
     rng = np.random.default_rng(0)
     # A 128k context in 16-token pages: block tables [64, 8192], of which three sequences use <= 40 pages.
     empty = host_inputs(
-        [], StepBucket(16, 64), page_size=16, pages_per_seq=8192, last_rows={}, eos_token_ids={2}, widths=(0, 8)
+        [], StepBucket(16, 64, 64), page_size=16, pages_per_seq=8192, last_rows={}, eos_token_ids={2}, widths=(0, 8)
     )
     block_tables = empty.attn.block_tables.copy()
     block_tables[:3, :40] = rng.integers(1, 1000, (3, 40))

@@ -69,7 +69,7 @@ def test_layer_indices_follow_output_hidden_states_and_bad_ones_name_layers() ->
 
 
 def test_prompts_get_contiguous_pages_and_padding_writes_page_zero() -> None:
-    bucket, page_size = StepBucket(32, 4), 8
+    bucket, page_size = StepBucket(32, 4, 4), 8
     batch = encode_batch([[5] * 9, [6] * 3, [7] * 8], bucket, page_size)
     assert batch.input_ids[:20].tolist() == [5] * 9 + [6] * 3 + [7] * 8 and not batch.input_ids[20:].any()
     assert batch.positions[:20].tolist() == list(range(9)) + list(range(3)) + list(range(8))

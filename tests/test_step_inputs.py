@@ -80,13 +80,31 @@ def assert_arrays(inputs: StepInputs, **expected: list) -> None:
         np.testing.assert_array_equal(got, np.array(want, np.int32), err_msg=name)
 
 
+def test_the_sampler_rows_past_the_sequences_are_padding_and_the_plan_knows_both_counts() -> None:
+    """A bucket of 2 sequences whose sampler runs on 8 rows: the attention's arrays hold 2 rows, the logits indices
+    and every sampling setting 8 (the last 6 padding, as a padding sequence's row)."""
+    batch = [
+        scheduled(0, [11, 12, 13], 3, pages=[3]),
+        scheduled(1, [21, 22, 23, 24], 1, pages=[5, 6], output=(25,), computed=4, temperature=0.7, top_p=0.9),
+    ]
+    bucket = StepBucket(8, 2, 8)
+    inputs = build(batch, bucket)
+    assert_arrays(inputs, kv_lens=[3, 5], query_start_loc=[0, 3, 4], logits_indices=[2, 3, 0, 0, 0, 0, 0, 0])
+    assert all(x.shape[0] == 8 for x in jax.tree.leaves(inputs.sampling))
+    np.testing.assert_allclose(inputs.sampling.temperature[:3], [0.0, 0.7, 0.0])
+    padding = build([], StepBucket(8, 2, 8)).sampling
+    for name in ("temperature", "top_p", "top_k"):
+        np.testing.assert_array_equal(getattr(inputs.sampling, name)[2:], getattr(padding, name)[2:], err_msg=name)
+    assert StepPlan(inputs, pick_variant(batch, 512, {EOS})).bucket == bucket
+
+
 def test_ragged_batch_of_prefills_and_a_decode_is_flattened_and_padded() -> None:
     batch = [
         scheduled(0, [11, 12, 13, 14, 15], 5, pages=[3, 7]),  # a whole prompt over two pages
         scheduled(1, [21, 22, 23], 3, pages=[5]),
         scheduled(2, [31, 32, 33, 34], 1, pages=[2, 9], output=(35,), computed=4),  # decodes its first output
     ]
-    inputs = build(batch, StepBucket(16, 4))
+    inputs = build(batch, StepBucket(16, 4, 4))
     assert_arrays(
         inputs,
         input_ids=[11, 12, 13, 14, 15, 21, 22, 23, 35, 0, 0, 0, 0, 0, 0, 0],
@@ -105,7 +123,7 @@ def test_ragged_batch_of_prefills_and_a_decode_is_flattened_and_padded() -> None
 
 def test_prefix_hit_starts_at_the_cached_length() -> None:
     prompt = [41, 42, 43, 44, 45, 46, 47, 48, 49, 50]
-    inputs = build([scheduled(0, prompt, 2, pages=[4, 6, 8], computed=8)], StepBucket(4, 2))
+    inputs = build([scheduled(0, prompt, 2, pages=[4, 6, 8], computed=8)], StepBucket(4, 2, 2))
     assert_arrays(
         inputs,
         input_ids=[49, 50, 0, 0],
@@ -122,7 +140,7 @@ def test_middle_chunk_of_a_prefill_samples_nothing_and_attends_up_to_its_end() -
     prompt = list(range(51, 63))  # 12 tokens, prefilled 4 at a time
     sched = scheduled(0, prompt, 4, pages=[1, 2, 3], computed=4, prompt_logprobs=1)
     assert not sched.samples_token
-    inputs = build([sched], StepBucket(4, 1))
+    inputs = build([sched], StepBucket(4, 1, 1))
     assert_arrays(
         inputs,
         input_ids=[55, 56, 57, 58],
@@ -140,7 +158,7 @@ def test_prompt_targets_stop_at_the_prompt_and_only_where_asked() -> None:
         scheduled(1, [81, 82], 2, pages=[2]),
         scheduled(2, list(range(90, 102)), 4, pages=[3, 4, 5], computed=8, prompt_logprobs=0),  # the last chunk
     ]
-    inputs = build(batch, StepBucket(16, 4))
+    inputs = build(batch, StepBucket(16, 4, 4))
     assert_arrays(inputs, prompt_targets=[72, 73, -1, -1, -1, 99, 100, 101, -1] + [-1] * 7)
 
 
@@ -151,7 +169,7 @@ def test_pending_inputs_are_read_from_the_previous_steps_rows() -> None:
         scheduled(12, [101, 102], 2, pages=[8]),
     ]
     assert [s.pending_input for s in batch] == [True, True, False]
-    inputs = build(batch, StepBucket(8, 4), last_rows={10: 3, 11: 0, 99: 1})
+    inputs = build(batch, StepBucket(8, 4, 4), last_rows={10: 3, 11: 0, 99: 1})
     assert_arrays(
         inputs,
         input_ids=[0, 93, 0, 101, 102, 0, 0, 0],  # only the known tokens
@@ -166,7 +184,7 @@ def test_pending_inputs_are_read_from_the_previous_steps_rows() -> None:
 
 
 def test_a_bucket_with_no_sequences_is_all_padding() -> None:
-    inputs = build([], StepBucket(4, 2))
+    inputs = build([], StepBucket(4, 2, 2))
     assert_arrays(
         inputs,
         input_ids=[0, 0, 0, 0],
@@ -184,7 +202,7 @@ def test_a_bucket_with_no_sequences_is_all_padding() -> None:
 
 def test_packed_inputs_unpack_to_the_same_arrays_from_one_buffer() -> None:
     batch = [scheduled(0, [11, 12, 13], 3, pages=[3]), scheduled(1, [21], 1, pages=[5], output=(22,), computed=1)]
-    inputs = build(batch, StepBucket(8, 4))
+    inputs = build(batch, StepBucket(8, 4, 4))
     layout, buffer = pack_inputs(inputs)
     sizes = [x.size for x in jax.tree.leaves(inputs)]
     assert buffer.dtype == np.uint32 and sum(sizes) <= buffer.size < sum(sizes) + SLOT_ALIGN_WORDS * len(sizes)
@@ -200,8 +218,8 @@ def test_packed_inputs_unpack_to_the_same_arrays_from_one_buffer() -> None:
 
 def test_plan_names_its_bucket_and_the_cheapest_of_the_few_samplers() -> None:
     greedy = [scheduled(0, [11, 12], 2, pages=[3])]
-    inputs = build(greedy, StepBucket(8, 4))
-    assert StepPlan(inputs, pick_variant(greedy, 512, {EOS})).bucket == StepBucket(8, 4)
+    inputs = build(greedy, StepBucket(8, 4, 4))
+    assert StepPlan(inputs, pick_variant(greedy, 512, {EOS})).bucket == StepBucket(8, 4, 4)
     assert pick_variant(greedy, 512, {EOS}) == (0, None, SamplingMode.GREEDY)
     drawing = [*greedy, scheduled(1, [11, 12], 2, pages=[4], temperature=0.7, min_p=0.1)]
     assert pick_variant(drawing, 512, {EOS}) == (0, None, SamplingMode.RANDOM)
@@ -235,7 +253,7 @@ def test_each_variant_has_fixed_sampler_widths_whatever_the_rows_ask() -> None:
     for params in [{}, {"temperature": 0.5}, {"presence_penalty": 0.3}, {"logit_bias": {5: 2.0}}, {"logprobs": 3}]:
         for n in (1, 3):
             batch = [scheduled(i, [11, 12, 13], 3, pages=[3 + i], **params) for i in range(n)]
-            sampling = build(batch, StepBucket(16, 4)).sampling
+            sampling = build(batch, StepBucket(16, 4, 4)).sampling
             layouts.add((sampling.prompt_ids.shape, sampling.banned_ids.shape))
     assert layouts == {((4, 0), (4, 8)), ((4, 128), (4, 64))}
     long = [scheduled(0, list(range(3, 200)), 16, pages=[3], repetition_penalty=1.1)]  # a prompt over 128 ids

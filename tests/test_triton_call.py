@@ -64,6 +64,7 @@ def test_an_unexpected_legacy_target_is_refused() -> None:
         _lowered_text(prim, {})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pinned", [True, False])
 def test_the_pinned_triton_driver_asks_no_other_backend_and_imports_no_torch(pinned: bool) -> None:
     """Unpinned, Triton's first driver lookup asks every backend whether its device is active, and the AMD one
