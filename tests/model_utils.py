@@ -262,8 +262,9 @@ def save_char_tokenizer(out_dir: Path, vocab_size: int) -> None:
 
 def assert_only_warmup_programs(runner: ModelRunner) -> None:
     """The runner compiled what warm-up does and nothing since: per bucket a forward and the prompt logprobs, per row
-    count the two base samplers and the general one at two penalty widths (one where the context fits 128 ids)."""
-    rows = len({bucket.num_seqs for bucket in runner.buckets})
+    count of the sampler (``StepBucket.sampler_rows``) the two base samplers and the general one at two penalty
+    widths (one where the context fits 128 ids)."""
+    rows = len({bucket.sampler_rows for bucket in runner.buckets})
     widths = len({SHORT_PENALTY_WIDTH, runner.long_penalty_width})
     names = collections.Counter(name for name, _, _ in runner.compiled_programs())
     assert names == {
