@@ -47,6 +47,10 @@ class PrefillConfig:
     block_n: int = 64  # keys per inner-loop step
     num_warps: int = 8
     num_stages: int = 3
+    # The grid (query heads, items), not (items, query heads): the programs of one KV head's query heads over the
+    # same rows launch side by side and can find its pages in L2 instead of each reading them from HBM (GQA shares a
+    # KV head among 4 query heads in Llama-3-8B). For ``bench_kernels --tune`` to decide; untimed yet.
+    heads_first: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -102,7 +106,13 @@ def kernel_params(
         DOT_PRECISION=dot_precision,
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
+        HEADS_FIRST=config.heads_first,
     )
+
+
+def grid(num_items: int, num_q_heads: int, config: PrefillConfig) -> tuple[int, int]:
+    """The launch grid: one program per work item and query head, in ``config``'s order."""
+    return (num_q_heads, num_items) if config.heads_first else (num_items, num_q_heads)
 
 
 def work_items(query_start_loc: jax.Array, num_tokens: int, config: PrefillConfig) -> tuple[jax.Array, jax.Array]:
@@ -152,7 +162,7 @@ def prefill_attention(
         query_start_loc.astype(jnp.int32), kv_lens.astype(jnp.int32), sinks,
         kernel=_prefill_kernel,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        grid=(item_seq.shape[0], num_q_heads),
+        grid=grid(item_seq.shape[0], num_q_heads, cfg),
         zeroed_outputs=(0,),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -199,11 +209,16 @@ def _prefill_kernel(
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
 ):
     # Last items first: a sequence's later query blocks see the most keys, so the longest programs start first and
     # the short ones fill the tail of the grid.
-    item = tl.num_programs(0) - 1 - tl.program_id(0)
-    head = tl.program_id(1)
+    if HEADS_FIRST:
+        item = tl.num_programs(1) - 1 - tl.program_id(1)
+        head = tl.program_id(0)
+    else:
+        item = tl.num_programs(0) - 1 - tl.program_id(0)
+        head = tl.program_id(1)
     seq_or_none = tl.load(item_seq_ptr + item)
     valid = seq_or_none < NUM_SEQS
     seq = tl.minimum(seq_or_none, NUM_SEQS - 1)

@@ -52,9 +52,10 @@ TUNE_SPLITS = (1, 2, 4, 8)
 TUNE_MIN_DECODE_KV_BLOCK = 64  # smaller decode tiles lost on every H200 shape tuned (2026-12-03)
 TUNE_MAX_DECODE_PROGRAMS = 1024  # decode splits past this many programs (8 per SM on an H200) are not tried
 TUNE_Q_BLOCKS = (16, 32)
-# The jax-triton prefill kernel's grid: (block_m, block_n, num_warps, num_stages).
-TUNE_PREFILL = ((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 4, 2),
-                (128, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3))  # fmt: skip
+# The jax-triton prefill kernel's grid: (block_m, block_n, num_warps, num_stages, heads_first).
+TUNE_PREFILL = ((128, 64, 8, 3, False), (128, 128, 8, 2, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+                (128, 128, 4, 2, False), (128, 128, 4, 3, False), (64, 64, 4, 3, False), (128, 128, 8, 3, False),
+                (128, 128, 8, 2, True), (64, 64, 4, 3, True))  # fmt: skip
 
 
 def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> float:
@@ -465,7 +466,7 @@ def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool) -> lis
         step = pool.step(*lens)
         configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for kb, w, st in grid]
         if with_triton:
-            configs += [PrefillConfig(m, n, w, st) for m, n, w, st in TUNE_PREFILL]
+            configs += [PrefillConfig(*tiling) for tiling in TUNE_PREFILL]
         cases.append(
             TuneCase(f"prefill {chunk}+{prefix}", step, lens, prefill_flops(chunk, prefix), "TFLOP/s", configs)
         )
@@ -514,7 +515,8 @@ def tiling_fn(
 
 def tiling_label(cfg: KernelConfig | PrefillConfig) -> str:
     if isinstance(cfg, PrefillConfig):
-        return f"jax-triton m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} st{cfg.num_stages}"
+        order = " heads-first" if cfg.heads_first else ""
+        return f"jax-triton m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} st{cfg.num_stages}{order}"
     return f"pallas q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages} s{cfg.num_splits}"
 
 

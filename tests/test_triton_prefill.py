@@ -57,6 +57,10 @@ CASES = [
     # at page size 4, unwindowed (unmasked blocks too) with sinks at page size 16
     case(8, [37, 1, 20, 0], [5, 30, 0, 0], window=8, sinks=True, kv_scales=[0.6, 1.7]),
     case(9, [50, 17], [13, 64], page_size=16, block_m=32, sinks=True, kv_scales=[0.6, 1.7]),
+    # the grid in (query heads, items) order: a GQA group of 4, a window, and an FP8 pool through the whole entry
+    case(10, [70, 3, 0], [41, 0, 0], block_n=32, group=4, heads_first=True),
+    case(11, [45, 2], [30, 9], window=21, block_n=32, sinks=True, heads_first=True),
+    case(12, [50, 17], [13, 64], page_size=16, block_m=32, kv_scales=[0.6, 1.7], heads_first=True),
 ]
 
 

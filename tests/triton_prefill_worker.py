@@ -47,7 +47,7 @@ def run(case: dict) -> dict:
     ref = np.asarray(
         ref_ragged_paged_attention(q, kv, kv_lens, tables, qsl, sinks=sinks if has_sinks else None, **opts, **scales)
     )
-    cfg = tp.PrefillConfig(block_m=case["block_m"], block_n=case["block_n"])
+    cfg = tp.PrefillConfig(block_m=case["block_m"], block_n=case["block_n"], heads_first=case.get("heads_first", False))
     if scales:
         attend = functools.partial(
             tp.prefill_attention, config=cfg, sinks=sinks if has_sinks else None, **opts, **scales
@@ -84,7 +84,7 @@ def launch_kernel(
     out = torch.full(q.shape, float("nan"))  # poisoned: every row must be written (owned) or zeroed (padding)
     out[int(qsl[-1]) :] = 0.0  # what zeroed_outputs does for the padding rows under jax-triton
     args = [torch.from_numpy(np.asarray(a)) for a in (q, kv, tables, item_seq, item_first, qsl, kv_lens, sinks)]
-    tp._prefill_kernel[(item_seq.shape[0], q.shape[1])](*args, out, **params)
+    tp._prefill_kernel[tp.grid(item_seq.shape[0], q.shape[1], cfg)](*args, out, **params)
     return out.numpy()
 
 

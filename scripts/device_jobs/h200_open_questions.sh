@@ -47,6 +47,10 @@ for kv in fp8 auto; do
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
         --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
 done
+# Issue 19: the jax-triton prefill kernel against the float32 reference (heads-first grids among the cases), then
+# its tilings with the grid in either order (heads first: a KV head's query heads launch side by side, for L2).
+step check_triton 300 python scripts/check_kernels.py --kernel triton-prefill --json "$QOUT/check_triton.json"
+step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefill --tune-only --out "$QOUT/tune_prefill"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms): the config's
 # 2,048-token budget against 512 (H100: TTFT p50 102 ms, TPOT p50 13.7 at 512; steps with prefill ~20 ms for ~10 ms of
 # matmuls), then such a mixed step alone.
