@@ -131,7 +131,8 @@ class ModelRunner:
         self.long_penalty_width = sampler.long_penalty_width(self.pages_per_seq * page_size)
         self.attention_backend = attention_backend
         self.executable_cache = executable_cache  # warm-up loads the programs it holds instead of tracing them
-        # While asleep (``sleep``): the weights' and the pool's (shape, dtype, sharding), the weights' host copies
+        # While asleep (``sleep``): the weights' (shape, dtype, sharding), the pool's specs (``_delete_pool``), the
+        # weights' host copies
         self._weights_asleep: list[tuple] | None = None
         self._pool_asleep: Any = None
         self._host_weights: list[np.ndarray] | None = None
@@ -221,8 +222,8 @@ class ModelRunner:
         weights = jax.tree.leaves(self.state)
         self._weights_asleep = [(x.shape, x.dtype, x.sharding) for x in weights]
         self._host_weights = [np.asarray(x) for x in weights] if keep_weights else None
-        self._pool_asleep = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), self.kv_caches)
-        for array in [*weights, *jax.tree.leaves(self.kv_caches)]:
+        self._pool_asleep = _delete_pool(self.kv_caches)
+        for array in weights:
             array.delete()
         self.kv_caches = None
 
@@ -236,7 +237,7 @@ class ModelRunner:
         ]
         nnx.update(self.loaded.model, jax.tree.unflatten(self.state_def, arrays))
         self._bind_weights()
-        self.kv_caches = jax.tree.map(lambda spec: parallel.device_zeros(*spec), self._pool_asleep, is_leaf=_is_spec)
+        self.kv_caches = _zeroed_pool(self._pool_asleep)
         self._host_weights = self._weights_asleep = self._pool_asleep = None
 
     def release(self) -> None:
@@ -275,11 +276,11 @@ class ModelRunner:
                 for b, s in zip(self.buckets, runs, strict=True)
             ]
             # Then one sampler variant at a time over the buckets: a variant's programs differ in their GEMM shapes
-            # (the LM head's rows), the variants of one row count share them, and XLA reuses a shape's autotuning
-            # once the first program that has it finishes compiling, not while both compile side by side.
+            # (the LM head's rows) and the variants of one row count share them, so a shape's autotuning (which XLA
+            # keeps per process) can be done before its next program compiles rather than beside it (unmeasured).
+            kinds = ("sampler", "prompt_logprobs")
             for plan in range(max(len(steps) for steps in runs)):
                 for bucket, steps, forward_outputs in zip(self.buckets, runs, outputs, strict=True):
-                    kinds = ("sampler", "prompt_logprobs")
                     self._submit_compiles(
                         bucket, steps[plan : plan + 1], kinds, forward_outputs, pending, loading, pool, report
                     )
@@ -308,14 +309,11 @@ class ModelRunner:
         memory left beside what is allocated, and the warm-up's compiles run side by side: on an H100 the 10 % that
         ``gpu_memory_utilization`` 0.9 left beside the pool did not hold their scratch (a cold Llama-3-8B start,
         2026-12-05: out of memory allocating 1,018 MiB in XLA's autotuner)."""
-        specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.kv_caches)
-        for array in jax.tree.leaves(self.kv_caches):
-            array.delete()
-        self.kv_caches = specs
+        self.kv_caches = specs = _delete_pool(self.kv_caches)
         try:
             yield
         finally:
-            self.kv_caches = jax.tree.map(lambda x: parallel.device_zeros(x.shape, x.dtype, x.sharding), specs)
+            self.kv_caches = _zeroed_pool(specs)
 
     def _submit_compiles(
         self,
@@ -533,9 +531,18 @@ class ModelRunner:
         return out, prompt
 
 
-def _is_spec(x: Any) -> bool:
-    """A (shape, dtype, sharding) triple that ``sleep`` kept of one pool array."""
-    return isinstance(x, tuple) and len(x) == 3 and isinstance(x[2], jax.sharding.Sharding)
+def _delete_pool(pool: Any) -> Any:
+    """Deletes the pool's arrays; returns their shapes, dtypes and placements as ``ShapeDtypeStruct``s (what jit
+    traces an array as, and what ``_zeroed_pool`` allocates again)."""
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), pool)
+    for array in jax.tree.leaves(pool):
+        array.delete()
+    return specs
+
+
+def _zeroed_pool(specs: Any) -> Any:
+    """A zero-filled pool of ``specs`` (``_delete_pool``'s), each array where it was."""
+    return jax.tree.map(lambda x: parallel.device_zeros(x.shape, x.dtype, x.sharding), specs)
 
 
 def _program_name(key: ProgramKey) -> str:
