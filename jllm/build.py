@@ -25,6 +25,7 @@ from flax import nnx
 from jllm import distributed, kv_cache, parallel
 from jllm.attention import describe_backend, resolve_backend
 from jllm.block_manager import BlockManager
+from jllm.buckets import StepBucket
 from jllm.classify import ClassifierHead
 from jllm.config import ConfigError, EngineConfig, ServerConfig
 from jllm.engine import LLMEngine
@@ -260,10 +261,15 @@ def _lora_manager(
     return manager
 
 
+# Scheduler keys that steer which tokens a step takes, never a program's shapes: a server started with another value
+# of them loads the same stored programs.
+_SCHEDULING_POLICY_KEYS = frozenset({"long_prefill_token_threshold", "prefill_alignment_min_tokens"})
+
+
 def _engine_settings(config: EngineConfig) -> dict[str, object]:
-    """Every engine key but the server's: what the compiled programs can depend on."""
-    server = {f.name for f in dataclasses.fields(config.server)}
-    return {k: v for k, v in config.to_flat().items() if k not in server}
+    """Every engine key but the server's and the scheduling policy's: what the compiled programs can depend on."""
+    skipped = {f.name for f in dataclasses.fields(config.server)} | _SCHEDULING_POLICY_KEYS
+    return {k: v for k, v in config.to_flat().items() if k not in skipped}
 
 
 def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, object]:
@@ -275,6 +281,12 @@ def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, obje
 def _prefetch_settings(config: EngineConfig, model_dir: Path) -> dict[str, object]:
     """What names the manifest of programs to load before the model is read: its settings and the model's folder."""
     return {"engine": _engine_settings(config), "model": str(model_dir)}
+
+
+def _aligned_step_sizes(buckets: list[StepBucket], min_tokens: int) -> list[int]:
+    """The step sizes the scheduler ends prefill chunks on: buckets from ``min_tokens`` up (none when 0). Smaller
+    steps stream the weights in the time their matmuls take, so padding them costs nothing."""
+    return [b.num_tokens for b in buckets if b.num_tokens >= min_tokens] if min_tokens else []
 
 
 def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngine:
@@ -293,6 +305,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         max_model_len=worker.max_model_len,
         eos_token_ids=worker.tokenizer.eos_token_ids,
         long_prefill_token_threshold=sched.long_prefill_token_threshold,
+        step_sizes=_aligned_step_sizes(worker.runner.buckets, sched.prefill_alignment_min_tokens),
         lora_slots=None if worker.runner.lora is None else worker.runner.lora.slots,
         state_slots=StateSlots(num_slots) if num_slots else None,
     )

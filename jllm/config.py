@@ -102,6 +102,10 @@ class SchedulerConfig(Section):
     # A prefill takes at most this many tokens a step (vLLM's --long-prefill-token-threshold): a long prompt's chunks
     # then leave room in every step for the decodes and the other prompts beside it; 0 = only the step's budget caps
     long_prefill_token_threshold: int = 0
+    # A step of at least this many tokens that passes a compiled step size (the buckets: 256, 512, ... the budget) by
+    # at most half the way to the next has its newest prefill chunks shortened to end on it, rather than padded: once a
+    # step is compute-bound a padded token costs what a real one does (jllm.scheduler); 0 = off
+    prefill_alignment_min_tokens: int = 256
     # Schedule and launch each step while the device still runs the one before (vLLM's --async-scheduling)
     async_scheduling: bool = True
     # Compile every step program a request can pick at start-up (warm-up), so no request waits on the compiler;
@@ -116,6 +120,7 @@ class SchedulerConfig(Section):
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
         self._require(self.max_num_batched_tokens >= 8, "max_num_batched_tokens", "must be >= 8")
         self._require(self.long_prefill_token_threshold >= 0, "long_prefill_token_threshold", "must be >= 0 (0 = off)")
+        self._require(self.prefill_alignment_min_tokens >= 0, "prefill_alignment_min_tokens", "must be >= 0 (0 = off)")
 
 
 @dataclass

@@ -8,6 +8,12 @@ pool runs out, the newest running sequence is preempted by recompute: it drops i
 of the queue (its full pages stay in the prefix cache, so the recompute is often cheap). The oldest running sequence
 is never preempted for a newer one, so a sequence that fits the pool by itself always makes progress.
 
+The device runs a step padded up to the next compiled step size (``step_sizes``: the runner's buckets, 256, 512,
+1024, 2048 tokens ...), and once a step is compute-bound a padded token costs as much as a real one: 32 decodes
+beside a 1,024-token prompt would run as 2,048. So a step that passes a step size by at most half the way to the
+next has its newest prefill chunks shortened to end on that size (each keeps one token at least, so every prefill
+progresses); the tokens cut ride in the next step, which the decodes run anyway.
+
 Async scheduling: the next step is scheduled while the device still runs the last one, whose sampled tokens are
 "pending" (``Sequence.num_pending_tokens``): a decode's input may be a token only the device knows yet, and a sequence
 that a pending token ends by length is not scheduled again. Tokens a pending EOS or stop string makes moot are
@@ -27,6 +33,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Collection
 from collections.abc import Sequence as Seq
@@ -47,6 +54,7 @@ class Scheduler:
         max_model_len: int,
         eos_token_ids: Collection[int] = (),
         long_prefill_token_threshold: int = 0,
+        step_sizes: Seq[int] = (),
         lora_slots: LoRASlots | None = None,
         state_slots: StateSlots | None = None,
     ) -> None:
@@ -68,6 +76,8 @@ class Scheduler:
         # a step's tokens for one sequence: the step's budget, and a long prefill's cap where one is set
         self.max_tokens_per_sequence = long_prefill_token_threshold or max_num_batched_tokens
         self.eos_token_ids = frozenset(eos_token_ids)
+        # the step token counts prefill chunks are shortened to end on (``_end_on_step_size``); () = never
+        self.step_sizes = sorted(step_sizes)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the last is the newest, preempted first
         self._requests: dict[str, list[Sequence]] = {}  # unfinished requests' samples, by sample_index
@@ -135,7 +145,31 @@ class Scheduler:
         budget = self._schedule_running(out, self.max_num_batched_tokens)
         if not out.preempted:  # pages are short while anyone is preempted, and the preempted go first next step
             self._admit_waiting(out, budget)
+        self._end_on_step_size(out)
         return out
+
+    def _end_on_step_size(self, out: SchedulerOutput) -> None:
+        """Shortens the newest prefill chunks so the step's tokens fill a step size instead of padding most of the
+        way to the next one. Their pages stay allocated: the next step computes the tokens cut."""
+        total, sizes = out.num_batched_tokens, self.step_sizes
+        i = bisect_left(sizes, total)
+        if i == 0 or i == len(sizes) or sizes[i] == total:
+            return
+        lower, upper = sizes[i - 1], sizes[i]
+        excess = total - lower
+        if 2 * excess > upper - lower:  # nearer the size above: padding to it wastes less than a cut defers
+            return
+        cuts = {}
+        for k in reversed(range(len(out.scheduled))):
+            cuts[k] = min(excess, out.scheduled[k].num_new_tokens - 1)
+            excess -= cuts[k]
+            if not excess:
+                break
+        if excess:  # the chunks are too short to cut that much
+            return
+        for k, cut in cuts.items():
+            s = out.scheduled[k]
+            out.scheduled[k] = ScheduledSequence(s.seq, s.num_new_tokens - cut)
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         """Gives each running sequence the tokens it has not computed, in admission order; returns the budget left."""

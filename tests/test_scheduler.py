@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from jllm.block_manager import BlockManager
+from jllm.buckets import step_buckets
 from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 
@@ -35,7 +36,14 @@ def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, requ
 
 
 def make_scheduler(
-    num_pages=64, page_size=4, caching=True, max_num_seqs=8, budget=64, max_model_len=128, long_prefill=0
+    num_pages=64,
+    page_size=4,
+    caching=True,
+    max_num_seqs=8,
+    budget=64,
+    max_model_len=128,
+    long_prefill=0,
+    step_sizes=(),
 ):
     bm = BlockManager(num_pages, page_size, caching)
     return Scheduler(
@@ -44,6 +52,7 @@ def make_scheduler(
         max_num_batched_tokens=budget,
         max_model_len=max_model_len,
         long_prefill_token_threshold=long_prefill,
+        step_sizes=step_sizes,
     )
 
 
@@ -180,6 +189,38 @@ def test_long_prefill_threshold_caps_each_prompt_s_chunk_so_prompts_share_a_step
     assert chunks(engine.step()) == [("a", 6), ("b", 4)]
     assert chunks(engine.step()) == [("a", 6), ("b", 1)]
     assert chunks(engine.step()) == [("a", 2), ("b", 1)]  # a decode is never held back by the cap
+
+
+def test_a_step_just_past_a_step_size_ends_its_newest_prefill_chunk_on_it() -> None:
+    """Four decodes beside a 16-token prompt make 20 tokens: with sizes 8 / 16 / 32 the prompt's chunk is cut to 12
+    (the step fills 16 instead of padding to 32), and its last 4 tokens ride with the decodes in the next step."""
+    engine = FakeEngine(make_scheduler(budget=32, step_sizes=(8, 16, 32)))
+    for rid in "abcd":
+        engine.add(make_request([1, 2], max_tokens=10, request_id=rid))
+    assert chunks(engine.step()) == [(r, 2) for r in "abcd"]
+    engine.add(make_request(list(range(10, 26)), max_tokens=4, request_id="e"))
+    assert chunks(engine.step()) == [(r, 1) for r in "abcd"] + [("e", 12)]
+    out = engine.step()
+    assert chunks(out) == [(r, 1) for r in "abcd"] + [("e", 4)] and out.scheduled[-1].samples_token
+
+
+@pytest.mark.parametrize(
+    ("prompts", "expected"),
+    [
+        ([20], [("p0", 16)]),  # 4 past 16, a quarter of the way to 32: cut to 16
+        ([26], [("p0", 26)]),  # past half way to 32: padded, not cut
+        ([12, 6], [("p0", 12), ("p1", 4)]),  # the newest chunk gives the excess
+        ([17, 1], [("p0", 15), ("p1", 1)]),  # each keeps one token at least; the one before gives the rest
+        ([1] * 17, [(f"p{i}", 1) for i in range(17)]),  # one-token chunks: nothing to cut
+        ([7], [("p0", 7)]),  # below the smallest size: untouched
+        ([16], [("p0", 16)]),  # on a size
+    ],
+)
+def test_prefill_chunks_are_cut_only_where_a_step_passes_a_size_by_at_most_half_the_gap(prompts, expected) -> None:
+    sched = make_scheduler(budget=32, max_num_seqs=32, step_sizes=(8, 16, 32))
+    for i, n in enumerate(prompts):
+        sched.add(make_request(list(range(n)), request_id=f"p{i}"))
+    assert chunks(sched.schedule()) == expected
 
 
 def test_negative_long_prefill_threshold_is_refused_naming_it() -> None:
@@ -354,13 +395,17 @@ CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_le
 ]
 
 
+@pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("config", CONFIGS)
-def test_random_workload_keeps_invariants_and_finishes(config: tuple, seed: int, pipelined: bool) -> None:
+def test_random_workload_keeps_invariants_and_finishes(
+    config: tuple, seed: int, pipelined: bool, aligned: bool
+) -> None:
     num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill = config
     rng = random.Random(seed)
-    sched = make_scheduler(num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill)
+    sizes = [b.num_tokens for b in step_buckets(budget, max_num_seqs)] if aligned else []
+    sched = make_scheduler(num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill, sizes)
     engine = FakeEngine(sched, rng, stop_prob=0.05, pipelined=pipelined)
     prefixes = [[rng.randrange(5) for _ in range(rng.randrange(1, 3 * page_size))] for _ in range(3)]
     requests: list[list[Sequence]] = []
