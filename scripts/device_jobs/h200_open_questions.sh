@@ -30,12 +30,13 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
 # 12.45 on 2026-12-05, ITL p90 56 ms): 32 decodes beside a 1,024-token prompt ran as a 2,048-token step. Now the
-# scheduler ends such a step's prefill chunk on 1,024 (prefill_alignment_min_tokens, default 256); against it off. A
-# warm start each (the executable cache's key leaves the scheduling policy out).
-for align in 256 0; do
-    serve "align$align" --prefill-alignment-min-tokens $align
-    step "serving_align$align" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
-        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_align$align.json"
+# scheduler ends such a step's prefill chunk on 1,024 (prefill_alignment_min_tokens, default 256); against it off, and
+# with each prompt's chunks capped at 256 (288-token steps were padded to 512 before; now cut to 256: every step near
+# the H200's compute / bandwidth ridge). A warm start each (the executable cache's key leaves these keys out).
+for run in "align256:" "align0:--prefill-alignment-min-tokens 0" "cap256:--long-prefill-token-threshold 256"; do
+    serve "${run%%:*}" ${run#*:}
+    step "serving_${run%%:*}" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
+        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_${run%%:*}.json"
     kill "$server"; wait "$server"
 done
 # What a step carrying a prefill chunk beside 32 decodes spends its time on (H100: ~20 ms for ~10 ms of matmuls).
