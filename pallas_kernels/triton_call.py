@@ -9,16 +9,17 @@ it). ``triton_call`` here lowers through jax-triton as before, then swaps its le
 (2026-12-04, docs/benchmarks.md) the FP8 decode step ran no faster either way: its host launch cost stayed 1.2-2.7 ms.
 The FFI handler checks that every pointer is 16-byte aligned, as jax-triton compiles kernels to assume.
 
-Triton's driver is pinned to CUDA (``TRITON_DEFAULT_BACKEND``, unless set) before jax-triton first compiles: unpinned,
-Triton asks every backend whether its device is active, and the AMD backend answers by importing torch (seconds). A
-cold Llama-3-8B start on an H100 imported torch during its warm-up (2026-12-05, a profile of every thread), where
-nothing of jllm's uses it.
+While jax-triton compiles, Triton's active driver is a stand-in that names the CUDA target of JAX's first GPU
+(``set_triton_target``): Triton's code generator asks the active driver for the target (``current_target``), and
+Triton 3.6 makes its real driver by asking each backend whether its device is active, which CUDA's and AMD's answer
+by importing torch, then building CUDA's driver, which imports torch again. A cold Llama-3-8B start on an H100 spent
+6.8 s of its main thread importing torch there (2026-12-05, profile_startup.py --main-thread-profile), where nothing
+of jllm's uses it. Anything else asked of the stand-in is passed on to Triton's real driver, made then.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,17 +32,45 @@ FFI_TARGET = "triton_kernel_call_ffi"
 
 
 def triton_call(*args: Any, **kwargs: Any) -> Any:
-    """``jax_triton.triton_call`` with the FFI lowering installed (see the module's docstring)."""
-    pin_cuda_driver()
+    """``jax_triton.triton_call`` with the FFI lowering installed and Triton's target set (see the module's
+    docstring)."""
     import jax_triton
 
+    _use_jax_gpu_target()
     _install_ffi_lowering()
     return jax_triton.triton_call(*args, **kwargs)
 
 
-def pin_cuda_driver() -> None:
-    """Triton's driver: CUDA's, without probing the others (see the module's docstring); a setting given stays."""
-    os.environ.setdefault("TRITON_DEFAULT_BACKEND", "cuda")
+class TargetDriver:
+    """Triton's active driver as far as compiling goes: the target; every other attribute is the real driver's."""
+
+    def __init__(self, capability: int, real_driver: Callable[[], Any]) -> None:
+        self.capability = capability
+        self._real_driver = real_driver
+
+    def get_current_target(self) -> Any:
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", self.capability, 32)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real_driver(), name)
+
+
+def set_triton_target(compute_capability: str) -> None:
+    """Makes a ``TargetDriver`` of ``compute_capability`` (JAX's form, "9.0") Triton's active driver."""
+    from triton.runtime import driver
+
+    major, minor = compute_capability.split(".")
+    driver.set_active(TargetDriver(10 * int(major) + int(minor), lambda: driver.default))
+
+
+@functools.cache
+def _use_jax_gpu_target() -> None:
+    """``set_triton_target`` for JAX's first GPU, once per process; nothing without one (the CPU's tests)."""
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if gpus:
+        set_triton_target(gpus[0].compute_capability)
 
 
 @functools.cache

@@ -13,7 +13,8 @@ Step wall time minus device time is what overlapping the host with the device co
 
 ``--prefill-tokens N`` profiles mixed steps instead: before each timed or traced step a fresh N-token request (one
 output token) joins, so every step runs the batch's decodes beside one N-token prefill, the shape a server's steps
-take while prompts keep arriving (32 streams of 1024 in / 128 out average 256 prefill tokens a step).
+take while prompts keep arriving (32 streams of 1024 in / 128 out average 256 prefill tokens a step). The scheduler's
+step-size alignment is off here (``prefill_alignment_min_tokens`` 0 unless ``--set``), so the prefill is never cut.
 
 ``--dump-attention FILE.npz`` also records, after each batch size's profile, one more step's decode-attention
 inputs (block tables, KV lengths, query starts, argument shapes, the kernel's keyword arguments and tiling;
@@ -80,6 +81,13 @@ def start_decoding(llm: LLM, batch: int, prompt_len: int, rng: np.random.Generat
         eng.step()
 
 
+def engine_seqs(batch: int, prefill_tokens: int) -> int:
+    """``max_num_seqs`` for ``batch`` decodes and, with mixed steps, two prefill requests beside them: the step's
+    fresh one and the last step's, which holds its slot until its pending token is appended (async scheduling).
+    With ``batch`` alone the prefills would wait, unadmitted, and every step would be a pure decode."""
+    return batch + (2 if prefill_tokens else 0)
+
+
 class Stepper:
     """``engine.step``, each step first given a fresh ``prefill_tokens``-token request of one output token (none at
     0), so that every step is the batch's decodes plus one prefill of that size."""
@@ -97,6 +105,11 @@ class Stepper:
             self.engine.add_request(f"prefill-{self.added}", self.engine.inputs.process(ids, self.params), self.params)
             self.added += 1
         self.engine.step()
+        if self.engine.scheduler.num_waiting:
+            raise RuntimeError(
+                f"{self.engine.scheduler.num_waiting} prefill request(s) wait unadmitted: the steps are not the "
+                "mixed steps asked for (max_num_seqs or the pool too small?)"
+            )
 
 
 def decode_batch(llm: LLM) -> dict[str, float]:
@@ -278,9 +291,10 @@ def main() -> None:
             args.steps, args.trace_steps, args.prompt = min(args.steps, 5), min(args.trace_steps, 2), 16
         llm = LLM(
             model, load_format=args.load_format, dtype=args.dtype, max_model_len=args.max_model_len,
-            max_num_seqs=max(batches), max_num_batched_tokens=args.max_num_batched_tokens,
-            gpu_memory_utilization=0.85, tensor_parallel_size=args.tensor_parallel_size,
-            **engine_overrides(parser, args.set),
+            max_num_seqs=engine_seqs(max(batches), args.prefill_tokens),
+            max_num_batched_tokens=args.max_num_batched_tokens, gpu_memory_utilization=0.85,
+            tensor_parallel_size=args.tensor_parallel_size,
+            **{"prefill_alignment_min_tokens": 0, **engine_overrides(parser, args.set)},
         )  # fmt: skip
         dev = jax.devices()[0]
         report: dict[str, Any] = {

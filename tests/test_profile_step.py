@@ -20,10 +20,10 @@ def test_each_mixed_step_holds_the_decodes_and_one_whole_prefill(tmp_path: Path)
     from jllm import LLM
 
     model = bench_common.write_dummy_model(tmp_path / "model", profile_step.SMOKE_MODEL)
-    llm = LLM(str(model), load_format="dummy", max_model_len=256, max_num_seqs=8, max_num_batched_tokens=64,
-              num_pages=96, compile_at_start=False)  # fmt: skip
-    rng = np.random.default_rng(0)
     batch, prefill = 3, 29
+    llm = LLM(str(model), load_format="dummy", max_model_len=256, max_num_batched_tokens=64, num_pages=96,
+              max_num_seqs=profile_step.engine_seqs(batch, prefill), compile_at_start=False)  # fmt: skip
+    rng = np.random.default_rng(0)
     profile_step.start_decoding(llm, batch, 16, rng)
     scheduled: list[tuple[int, int]] = []
     schedule = llm.engine.scheduler.schedule

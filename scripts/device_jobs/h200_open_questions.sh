@@ -39,8 +39,9 @@ for run in "align256:" "align0:--prefill-alignment-min-tokens 0" "cap256:--long-
         --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_${run%%:*}.json"
     kill "$server"; wait "$server"
 done
-# What a step carrying a prefill chunk beside 32 decodes spends its time on (H100: ~20 ms for ~10 ms of matmuls).
-for prefill in 256 480; do
+# What a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
+# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
+for prefill in 224 480; do
     step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
         --json "$QOUT/mixed_step_$prefill.json"
