@@ -26,7 +26,8 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # Issue 20: cold start-up (goal 30 s; H200 51.8 s on 2026-12-05 11:00; H100 52.7 s at 15:25 with autotuning, 41.8
 # without). Since then: compiles with the pool's memory free (the H100's cold warm-up ran out of device memory in
 # XLA's autotuner twice), samplers for 4 row counts instead of 9, every forward queued first, Triton's driver pinned
-# to CUDA (no torch import). Then the main thread sampled, then autotuning off.
+# to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
+# 6.8 s inside jax-triton's compile (Triton 3.6's driver), now a stand-in driver. Then sampled, then autotuning off.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
 # 12.45 on 2026-12-05, ITL p90 56 ms): 32 decodes beside a 1,024-token prompt ran as a 2,048-token step. Now the
@@ -56,6 +57,10 @@ step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf -
     --json "$QOUT/bf16_lat.json"
 step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_noautotune.json"
+# The H100's TPOT fell from 5.58 / 5.72 / 6.35 (482c56a) to 6.31 / 6.26 / 6.64 (a2059d1, another machine): the same
+# steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
+step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
+    --set compile_at_start=false --json "$QOUT/bf16_lat_lazy.json"
 # Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
 # widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
 # fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
