@@ -51,6 +51,13 @@ step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm
     --json "$QOUT/startup_profile.json"
 step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/profile_startup.py \
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_noautotune.json"
+# Autotuning is most of the cold compiles (394 against 148 thread-s without, H100): would autotuning results a fresh
+# machine brought along (XLA's per-fusion autotune cache, filled by the first run) give the untuned start's time?
+for run in fill reuse; do
+    step "startup_autotune_cache_$run" 240 env XLA_FLAGS=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/autotune_cache \
+        python scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_autotune_cache_$run.json"
+done
+ls /tmp/autotune_cache | wc -l > "$QOUT/autotune_cache_files.txt"; du -sh /tmp/autotune_cache >> "$QOUT/autotune_cache_files.txt"
 # Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
 # 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows; and what autotuning buys (its TPOT beside it).
 step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
