@@ -47,6 +47,23 @@ for prefill in 224 480; do
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
         --json "$QOUT/mixed_step_$prefill.json"
 done
+# Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
+# 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows.
+step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
+    --json "$QOUT/bf16_lat.json"
+# The H100's TPOT fell from 5.58 / 5.72 / 6.35 (482c56a) to 6.31 / 6.26 / 6.64 (a2059d1, another machine): the same
+# steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
+step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
+    --set compile_at_start=false --json "$QOUT/bf16_lat_lazy.json"
+# Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
+# concurrency and request rate, 1024 in / 128 out, on one server.
+serve sweep
+mkdir -p "$QOUT/img"
+step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0.1:8100 --concurrencies 1,8,32,64 \
+    --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes, one H200" \
+    --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
+kill "$server"; wait "$server"
+# Cold start again: its main thread sampled (was torch's import gone?), and with autotuning off.
 step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --main-thread-profile 60 \
     --json "$QOUT/startup_profile.json"
 step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/profile_startup.py \
@@ -58,16 +75,9 @@ for run in fill reuse; do
         python scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_autotune_cache_$run.json"
 done
 ls /tmp/autotune_cache | wc -l > "$QOUT/autotune_cache_files.txt"; du -sh /tmp/autotune_cache >> "$QOUT/autotune_cache_files.txt"
-# Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
-# 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows; and what autotuning buys (its TPOT beside it).
-step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
-    --json "$QOUT/bf16_lat.json"
+# What autotuning buys a decode step (H100 2026-12-05: TPOT 6.31 / 6.26 / 6.64 with it, 6.14 / 5.96 / 6.98 without).
 step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_noautotune.json"
-# The H100's TPOT fell from 5.58 / 5.72 / 6.35 (482c56a) to 6.31 / 6.26 / 6.64 (a2059d1, another machine): the same
-# steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
-step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
-    --set compile_at_start=false --json "$QOUT/bf16_lat_lazy.json"
 # Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
 # widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
 # fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
@@ -81,14 +91,6 @@ done
 # its tilings with the grid in either order (heads first: a KV head's query heads launch side by side, for L2).
 step check_triton 300 python scripts/check_kernels.py --kernel triton-prefill --json "$QOUT/check_triton.json"
 step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefill --tune-only --out "$QOUT/tune_prefill"
-# Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
-# concurrency and request rate, 1024 in / 128 out, on one server.
-serve sweep
-mkdir -p "$QOUT/img"
-step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0.1:8100 --concurrencies 1,8,32,64 \
-    --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes, one H200" \
-    --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
-kill "$server"; wait "$server"
 # Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the step programs alone at
 # batch 1 (bf16 and FP8), then FP8 offline throughput: 128 in / 2048 out x 1000 with an FP8 KV pool, 128 / 128 x 3000
 # (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
