@@ -63,6 +63,12 @@ step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0
     --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes, one H200" \
     --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
 kill "$server"; wait "$server"
+# A 512-token budget (the H100's best TTFT, 102 ms p50, 2026-12-05; TPOT 13.7 then, its mixed steps ~2x their matmul
+# time): now with the prefill grid heads first. Its programs are the 2,048 budget's first 10 (JAX's cache has them).
+serve b512 --max-num-batched-tokens 512
+step serving_b512 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
+    --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_b512.json"
+kill "$server"; wait "$server"
 # Cold start again: its main thread sampled (was torch's import gone?), and with autotuning off.
 step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --main-thread-profile 60 \
     --json "$QOUT/startup_profile.json"
