@@ -2,14 +2,16 @@
 
 The Pallas kernel (``ragged_paged_attention``) packs a KV head's query heads into one tile so that decodes read each
 page once; that layout leaves prefill far below the tensor cores' rate. Here a program owns ``block_m`` query rows
-of one sequence and one query head, the tiling of FlashAttention: a ``[block_m, head_dim]`` query tile against
-``[block_n, head_dim]`` key tiles gathered row by row from the pool through the block table, online softmax in base
-2. Key blocks that every row of the tile sees wholly run without a mask; only the blocks on the causal diagonal (and,
-with a sliding window, every block) are masked, and blocks past the tile's last row are never visited. GQA's shared
-K/V are re-read per query head from L2. Work items are the reference's (``query_blocks``); rows no item owns
-(padding) come out zero. A head's attention sink (gpt-oss) starts its rows' running max and sum. An FP8 pool's K/V
-tiles are widened to q's dtype in registers as they are loaded, so both dots run in q's dtype; their per-layer
-scales stay outside the kernel, as in the Pallas kernel: K's folded into q, V's applied to the output.
+of one sequence and one query head (or, with ``pack_gqa``, ``block_m / group`` rows of a KV head's ``group`` query
+heads), the tiling of FlashAttention: a ``[block_m, head_dim]`` query tile against ``[block_n, head_dim]`` key tiles
+gathered row by row from the pool through the block table, online softmax in base 2. Key blocks that every row of
+the tile sees wholly run without a mask; only the blocks on the causal diagonal (and, with a sliding window, every
+block) are masked, and blocks past the tile's last row are never visited. Unpacked, GQA's shared K/V are re-read
+per query head (from L2 when the heads' programs run side by side: ``heads_first``). Work items are the
+reference's (``query_blocks``); rows no item owns (padding) come out zero. A head's attention sink (gpt-oss) starts
+its rows' running max and sum. An FP8 pool's K/V tiles are widened to q's dtype in registers as they are loaded, so
+both dots run in q's dtype; their per-layer scales stay outside the kernel, as in the Pallas kernel: K's folded
+into q, V's applied to the output.
 
 ``prefill_attention`` is the jitted JAX entry (GPU only: jax-triton launches compiled Triton); ``work_items`` and
 ``kernel_params`` are the host logic it shares with the CPU tests, which run ``_prefill_kernel`` itself in Triton's
@@ -52,6 +54,10 @@ class PrefillConfig:
     # head among 4 query heads in Llama-3-8B). H100, 2048-token chunk, 2026-12-05 (bench_kernels --tune): 128 x 128 /
     # 8 / 2 tiles 143.4 -> 124.7 us, 64 x 64 / 4 / 3 141.6 -> 121.8 us.
     heads_first: bool = True
+    # A tile holds a KV head's query heads (GQA's group) over block_m / group query rows, not one query head over
+    # block_m rows: each K/V tile is loaded once for the group, and a decode row (one query) fills group rows of its
+    # tile instead of one (vLLM's Triton attention packs the same way). block_m must be a multiple of the group.
+    pack_gqa: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -91,11 +97,13 @@ def kernel_params(
     """The kernel's compile-time parameters (Triton constexprs) for one call's static shapes and options."""
     _, num_q_heads, head_dim = q_shape
     _, num_kv_heads, num_pages, page_size, _ = kv_shape
+    group = num_q_heads // num_kv_heads
     return dict(
         NUM_SEQS=num_seqs,
         TABLE_WIDTH=table_width,
         NUM_Q_HEADS=num_q_heads,
-        GROUP=num_q_heads // num_kv_heads,
+        GROUP=group,
+        TILE_HEADS=tile_heads(config, group),
         HEAD_DIM=head_dim,
         PAGE_SIZE=page_size,
         HEAD_STRIDE=num_pages * page_size * head_dim,
@@ -111,17 +119,35 @@ def kernel_params(
     )
 
 
-def grid(num_items: int, num_q_heads: int, config: PrefillConfig) -> tuple[int, int]:
-    """The launch grid: one program per work item and query head, in ``config``'s order."""
-    return (num_q_heads, num_items) if config.heads_first else (num_items, num_q_heads)
+def tile_heads(config: PrefillConfig, group: int) -> int:
+    """Query heads one tile holds: the GQA group when packed (``pack_gqa``), else one."""
+    if not config.pack_gqa:
+        return 1
+    if config.block_m % group:
+        raise ValueError(
+            f"PrefillConfig.block_m={config.block_m} must be a multiple of the GQA group ({group}) to pack it"
+        )
+    return group
 
 
-def work_items(query_start_loc: jax.Array, num_tokens: int, config: PrefillConfig) -> tuple[jax.Array, jax.Array]:
-    """(i32[N] sequence, i32[N] first query index) of each program row of the grid; S marks an item past the last."""
+def item_rows(config: PrefillConfig, group: int) -> int:
+    """Query rows of one sequence a work item covers: the tile's rows over the heads it holds."""
+    return config.block_m // tile_heads(config, group)
+
+
+def grid(num_items: int, num_q_heads: int, group: int, config: PrefillConfig) -> tuple[int, int]:
+    """The launch grid: one program per work item and tile of query heads, in ``config``'s order."""
+    heads = num_q_heads // tile_heads(config, group)
+    return (heads, num_items) if config.heads_first else (num_items, heads)
+
+
+def work_items(query_start_loc: jax.Array, num_tokens: int, rows: int) -> tuple[jax.Array, jax.Array]:
+    """(i32[N] sequence, i32[N] first query index) of each program row of the grid, items of ``rows`` query rows
+    (``item_rows``); S marks an item past the last."""
     num_seqs = query_start_loc.shape[0] - 1
-    n = max_items(num_tokens, num_seqs, config.block_m)
+    n = max_items(num_tokens, num_seqs, rows)
     q_lens = query_start_loc[1:] - query_start_loc[:-1]
-    seq, first, valid = query_blocks(q_lens, jnp.arange(n, dtype=jnp.int32), config.block_m)
+    seq, first, valid = query_blocks(q_lens, jnp.arange(n, dtype=jnp.int32), rows)
     return jnp.where(valid, seq, num_seqs).astype(jnp.int32), first.astype(jnp.int32)
 
 
@@ -151,7 +177,8 @@ def prefill_attention(
     num_tokens, num_q_heads, _ = q.shape
     num_seqs, table_width = block_tables.shape
     cfg = config or default_prefill_config(num_tokens, num_seqs)
-    item_seq, item_first = work_items(query_start_loc, num_tokens, cfg)
+    group = num_q_heads // kv_pages.shape[1]
+    item_seq, item_first = work_items(query_start_loc, num_tokens, item_rows(cfg, group))
     params = kernel_params(
         q.shape, kv_pages.shape, table_width, num_seqs, sm_scale=sm_scale, soft_cap=soft_cap,
         sliding_window=sliding_window, dot_precision="ieee" if q.dtype == jnp.float32 else "tf32", config=cfg,
@@ -163,7 +190,7 @@ def prefill_attention(
         query_start_loc.astype(jnp.int32), kv_lens.astype(jnp.int32), sinks,
         kernel=_prefill_kernel,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        grid=grid(item_seq.shape[0], num_q_heads, cfg),
+        grid=grid(item_seq.shape[0], num_q_heads, group, cfg),
         zeroed_outputs=(0,),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -199,6 +226,7 @@ def _prefill_kernel(
     TABLE_WIDTH: tl.constexpr,
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
+    TILE_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     HEAD_STRIDE: tl.constexpr,
@@ -216,10 +244,10 @@ def _prefill_kernel(
     # the short ones fill the tail of the grid.
     if HEADS_FIRST:
         item = tl.num_programs(1) - 1 - tl.program_id(1)
-        head = tl.program_id(0)
+        head_tile = tl.program_id(0)
     else:
         item = tl.num_programs(0) - 1 - tl.program_id(0)
-        head = tl.program_id(1)
+        head_tile = tl.program_id(1)
     seq_or_none = tl.load(item_seq_ptr + item)
     valid = seq_or_none < NUM_SEQS
     seq = tl.minimum(seq_or_none, NUM_SEQS - 1)
@@ -229,7 +257,11 @@ def _prefill_kernel(
     kv_len = tl.load(kv_lens_ptr + seq)
     context = kv_len - q_len  # keys before this step's rows
 
-    offs_m = first + tl.arange(0, BLOCK_M)  # query index within the sequence
+    # Tile row t is query first + t // TILE_HEADS of query head head_tile * TILE_HEADS + t % TILE_HEADS (one head
+    # when unpacked: the tile's rows are consecutive queries).
+    offs_t = tl.arange(0, BLOCK_M)
+    offs_m = first + offs_t // TILE_HEADS  # query index within the sequence
+    head = head_tile * TILE_HEADS + offs_t % TILE_HEADS
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = (offs_m < q_len) & valid
@@ -239,14 +271,14 @@ def _prefill_kernel(
     row_last = tl.minimum(context + offs_m, kv_len - 1)
 
     # Keys [lo, hi) hold every column a row of the tile sees; [lo, full_end) is seen by every row, unmasked.
-    hi = tl.where(valid, tl.minimum(context + first + BLOCK_M, kv_len), 0)
+    hi = tl.where(valid, tl.minimum(context + first + BLOCK_M // TILE_HEADS, kv_len), 0)
     if WINDOW > 0:
         lo = tl.maximum(context + first - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
         full_end = lo
     else:
         lo = 0
         full_end = tl.minimum((context + first + 1) // BLOCK_N * BLOCK_N, hi)
-    k_base = kv_ptr + (head // GROUP).to(tl.int64) * HEAD_STRIDE
+    k_base = kv_ptr + (head_tile * TILE_HEADS // GROUP).to(tl.int64) * HEAD_STRIDE
     table = tables_ptr + seq.to(tl.int64) * TABLE_WIDTH
     if SOFT_CAP > 0:
         qk_scale = SM_SCALE

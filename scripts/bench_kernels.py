@@ -52,10 +52,12 @@ TUNE_SPLITS = (1, 2, 4, 8)
 TUNE_MIN_DECODE_KV_BLOCK = 64  # smaller decode tiles lost on every H200 shape tuned (2026-12-03)
 TUNE_MAX_DECODE_PROGRAMS = 1024  # decode splits past this many programs (8 per SM on an H200) are not tried
 TUNE_Q_BLOCKS = (16, 32)
-# The jax-triton prefill kernel's grid: (block_m, block_n, num_warps, num_stages, heads_first).
-TUNE_PREFILL = ((128, 64, 8, 3, False), (128, 128, 8, 2, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
-                (128, 128, 4, 2, False), (128, 128, 4, 3, False), (64, 64, 4, 3, False), (128, 128, 8, 3, False),
-                (128, 128, 8, 2, True), (64, 64, 4, 3, True))  # fmt: skip
+# The jax-triton prefill kernel's tilings: (block_m, block_n, num_warps, num_stages, heads_first, pack_gqa).
+TUNE_PREFILL = ((128, 64, 8, 3, False, False), (128, 128, 8, 2, False, False), (128, 64, 4, 3, False, False),
+                (128, 64, 4, 4, False, False), (128, 128, 4, 2, False, False), (128, 128, 4, 3, False, False),
+                (64, 64, 4, 3, False, False), (128, 128, 8, 3, False, False), (128, 128, 8, 2, True, False),
+                (64, 64, 4, 3, True, False), (128, 128, 8, 2, True, True), (64, 64, 4, 3, True, True),
+                (128, 64, 4, 3, True, True))  # fmt: skip
 
 
 def timeit(fn: Callable[[], object], budget_s: float = 0.05, reps: int = 5) -> float:
@@ -235,17 +237,21 @@ class Shapes:
     chunks: tuple[tuple[int, int], ...]  # (chunk, prefix) of each prefill row
     tune_shapes: tuple[tuple[int, int], ...]  # (batch, context) of each decode tiling case
     tune_chunks: tuple[tuple[int, int], ...]  # (chunk, prefix) of each prefill tiling case
+    # (decodes, their context, a fresh chunk) of each mixed tiling case: a serving step, 32 streams' decodes beside a
+    # prompt's chunk filling the 512-token bucket
+    tune_mixed: tuple[tuple[int, int, int], ...]
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Shapes:
         if args.smoke:
-            return cls([1, 2], [256], ((16, 0), (16, 64)), ((1, 256), (2, 256)), ((16, 0),))
+            return cls([1, 2], [256], ((16, 0), (16, 64)), ((1, 256), (2, 256)), ((16, 0),), ((2, 64, 14),))
         return cls(
             [int(b) for b in args.batches.split(",")],
             [int(c) for c in args.contexts.split(",")],
             ((512, 0), (512, 4096), (2048, 0), (2048, 4096)),
             args.tune_shapes,
             ((2048, 0), (2048, 4096)),
+            ((32, 1024, 480),),
         )
 
 
@@ -253,7 +259,7 @@ class TuneCase(NamedTuple):
     name: str
     step: tuple[jax.Array, ...]
     lens: tuple[list[int], list[int]]  # (q_lens, kv_lens): tilings are timed in-step, as the step runs them
-    work: int  # per call: KV bytes read (decode) or attention FLOPs (prefill)
+    work: int  # per call: KV bytes read (decode) or attention FLOPs (prefill); 0: no one rate (mixed), the time alone
     unit: str  # the rate's unit, for work / seconds
     configs: list[KernelConfig]
 
@@ -294,7 +300,9 @@ def parse_args() -> argparse.Namespace:
         default="32x2048,64x2048,32x4096",
         help="decode shapes --tune times, as BATCHxCONTEXT,...",
     )
-    parser.add_argument("--tune-kinds", default="decode,prefill", help="which shapes --tune times")
+    parser.add_argument(
+        "--tune-kinds", default="decode,prefill", help="which shapes --tune times (decode, prefill, mixed)"
+    )
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
     parser.add_argument(
@@ -470,6 +478,11 @@ def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool) -> lis
         cases.append(
             TuneCase(f"prefill {chunk}+{prefix}", step, lens, prefill_flops(chunk, prefix), "TFLOP/s", configs)
         )
+    for decodes, ctx, chunk in shapes.tune_mixed if "mixed" in kinds else ():  # the time is the figure
+        lens = ([1] * decodes + [chunk], [ctx] * decodes + [chunk])
+        step = pool.step(*lens)
+        configs = [config_of(step)] + ([PrefillConfig(*tiling) for tiling in TUNE_PREFILL] if with_triton else [])
+        cases.append(TuneCase(f"mixed {decodes}x{ctx}+{chunk}", step, lens, 0, "", configs))
     return cases
 
 
@@ -491,14 +504,19 @@ def time_tilings(
             say(f"{label} -> {type(e).__name__}: {str(e)[:120]}")
             continue
         timed.append({"shape": case.name, "kernel": type(cfg).__name__, **dataclasses.asdict(cfg), "kernel_s": seconds})
-        say(f"{label} -> {seconds * 1e6:8.1f} us {case.work / seconds / 1e12:6.2f} {case.unit}")
+        say(f"{label} -> {seconds * 1e6:8.1f} us{rate(case, seconds)}")
         best = min(best or (seconds, cfg), (seconds, cfg), key=lambda b: b[0])
     if best:
         say(
-            f"  best {case.name}: {best[0] * 1e6:.1f} us {case.work / best[0] / 1e12:.2f} {case.unit} with {best[1]}; "
+            f"  best {case.name}: {best[0] * 1e6:.1f} us{rate(case, best[0])} with {best[1]}; "
             f"default {config_of(case.step)}"
         )
     return timed
+
+
+def rate(case: TuneCase, seconds: float) -> str:
+    """`` 123.45 TFLOP/s``: the case's work over the time, in tera-units; nothing for a case of no one rate."""
+    return f" {case.work / seconds / 1e12:6.2f} {case.unit}" if case.work else ""
 
 
 def tiling_fn(
@@ -515,7 +533,7 @@ def tiling_fn(
 
 def tiling_label(cfg: KernelConfig | PrefillConfig) -> str:
     if isinstance(cfg, PrefillConfig):
-        order = " heads-first" if cfg.heads_first else ""
+        order = (" heads-first" if cfg.heads_first else "") + (" packed-gqa" if cfg.pack_gqa else "")
         return f"jax-triton m{cfg.block_m} n{cfg.block_n} w{cfg.num_warps} st{cfg.num_stages}{order}"
     return f"pallas q{cfg.q_block} kv{cfg.kv_block} w{cfg.num_warps} st{cfg.num_stages} s{cfg.num_splits}"
 

@@ -36,6 +36,7 @@ from pallas_kernels.triton_prefill import PrefillConfig, default_prefill_config,
 ODD_TILING = KernelConfig(q_block=8, kv_block=64, num_splits=2, num_warps=4, num_stages=2)
 ODD_PREFILL_TILING = PrefillConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
 ITEMS_FIRST_PREFILL = PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2, heads_first=False)
+PACKED_PREFILL = PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3, pack_gqa=True)
 FP8_SCALES = (0.6, 1.7)  # K's and V's: neither 1.0, so that a scale dropped or swapped shows
 
 
@@ -154,8 +155,9 @@ def cases(quick: bool) -> list[Case]:
 
 
 def triton_cases(pallas_cases: list[Case]) -> list[Case]:
-    """The jax-triton prefill kernel on every case with prefill rows (jax-triton installed), plus an odd tiling and
-    the grid in items-first order (heads first is the default)."""
+    """The jax-triton prefill kernel on every case with prefill rows (jax-triton installed), plus an odd tiling,
+    the grid in items-first order (heads first is the default) and, on every case, a KV head's query heads packed
+    into one tile."""
     try:
         import jax_triton  # noqa: F401
     except ImportError:
@@ -168,6 +170,8 @@ def triton_cases(pallas_cases: list[Case]) -> list[Case]:
     out += [dataclasses.replace(c, name=f"{c.name} m64/n32", config=ODD_PREFILL_TILING) for c in mixed]
     prefills = [c for c in out if c.name.startswith("triton prefill") and c.config is None]
     out += [dataclasses.replace(c, name=f"{c.name} items-first", config=ITEMS_FIRST_PREFILL) for c in prefills]
+    plain = [c for c in out if c.config is None]
+    out += [dataclasses.replace(c, name=f"{c.name} packed-gqa", config=PACKED_PREFILL) for c in plain]
     return out
 
 

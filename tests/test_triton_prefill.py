@@ -10,6 +10,7 @@ in bf16, are ``scripts/check_kernels.py``'s.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax.numpy as jnp
@@ -24,8 +25,11 @@ from pallas_kernels.triton_prefill import (
     _prefill_kernel,
     check_shapes,
     default_prefill_config,
+    grid,
+    item_rows,
     kernel_params,
     prefill_attention,
+    tile_heads,
     work_items,
 )
 
@@ -61,6 +65,13 @@ CASES = [
     case(10, [70, 3, 0], [41, 0, 0], block_n=32, group=4, heads_first=True),
     case(11, [45, 2], [30, 9], window=21, block_n=32, sinks=True, heads_first=True),
     case(12, [50, 17], [13, 64], page_size=16, block_m=32, kv_scales=[0.6, 1.7], heads_first=True),
+    # a KV head's query heads packed into one tile (pack_gqa): decodes beside chunks, a group of 4 over 16-row tiles
+    # (4 queries each), a window with sinks and a soft cap (each tile row its own head's sink), an FP8 pool whole,
+    # and the items-first grid
+    case(13, [37, 1, 20, 0, 1], [5, 30, 0, 0, 70], pack_gqa=True, heads_first=True),
+    case(14, [70, 3, 1], [41, 0, 9], block_n=32, group=4, pack_gqa=True, heads_first=True),
+    case(15, [45, 2, 1], [30, 9, 40], window=21, block_n=32, sinks=True, soft_cap=20.0, pack_gqa=True),
+    case(16, [50, 17, 1], [13, 64, 33], page_size=16, block_m=32, group=4, kv_scales=[0.6, 1.7], pack_gqa=True),
 ]
 
 
@@ -85,7 +96,7 @@ def test_work_items_cover_every_query_row_once(block_m: int) -> None:
     q_lens = [int(n) for n in rng.integers(0, 3 * block_m, size=7)]
     qsl = jnp.asarray(np.concatenate([[0], np.cumsum(q_lens)]), jnp.int32)
     num_tokens = sum(q_lens) + 5
-    seq, first = (np.asarray(a) for a in work_items(qsl, num_tokens, PrefillConfig(block_m=block_m)))
+    seq, first = (np.asarray(a) for a in work_items(qsl, num_tokens, block_m))
     covered = []
     for s, f in zip(seq, first, strict=True):
         if s < len(q_lens):
@@ -93,6 +104,16 @@ def test_work_items_cover_every_query_row_once(block_m: int) -> None:
             covered += [(int(s), int(f) + i) for i in range(min(block_m, q_lens[s] - f))]
     assert sorted(covered) == [(s, i) for s in range(len(q_lens)) for i in range(q_lens[s])]
     assert len(seq) >= sum(-(-n // block_m) for n in q_lens)  # the static grid holds every real item
+
+
+def test_packed_tiles_hold_the_group_and_cover_fewer_rows() -> None:
+    packed = PrefillConfig(block_m=64, pack_gqa=True)
+    assert (tile_heads(packed, 4), item_rows(packed, 4)) == (4, 16)
+    assert grid(10, 32, 4, packed) == (8, 10)  # heads first: one program per KV head
+    assert grid(10, 32, 4, PrefillConfig(block_m=64, heads_first=False)) == (10, 32)
+    assert item_rows(PrefillConfig(block_m=64), 4) == 64
+    with pytest.raises(ValueError, match="block_m=16 must be a multiple of the GQA group \\(32\\)"):
+        item_rows(PrefillConfig(block_m=16, pack_gqa=True), 32)
 
 
 def test_default_config_follows_the_bucket_token_count() -> None:
@@ -116,28 +137,48 @@ def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
         prefill_attention(q, pool, *meta, sm_scale=1.0, k_scale=0.5)
 
 
-@pytest.mark.slow  # one compile for sm_90 (~2-4 s)
-def test_fp8_pool_kernel_compiles_for_hopper_widening_e4m3_into_bf16_dots() -> None:
-    """No GPU runs the suite, so the FP8-pool kernel of a bf16 2048-token chunk is compiled for an H100/H200 (sm_90,
-    Triton's own ptxas) with jax-triton's argument types (``*fp8e4nv`` for float8_e4m3fn, 16-byte aligned pointers):
-    its e4m3 tiles must still be copied asynchronously (the pipelined loads, half the bytes of bf16's), widened in
-    registers, and both dots stay bf16 wgmma."""
+def hopper_ptx(cfg: PrefillConfig, kv_type: str, has_sinks: bool = False) -> str:
+    """The kernel of a bf16 2048-token chunk over an 8-KV-head pool (``kv_type``: Triton's name of its dtype)
+    compiled for an H100/H200 (sm_90, Triton's own ptxas) with jax-triton's argument types (16-byte aligned
+    pointers); its PTX."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    cfg = default_prefill_config(2048, 4)
     params = kernel_params(
         (2048, 32, 128), (2, 8, 1024, 16, 128), 512, 4, sm_scale=128**-0.5, soft_cap=None, sliding_window=None,
-        dot_precision="tf32", config=cfg,
+        dot_precision="tf32", config=cfg, has_sinks=has_sinks,
     )  # fmt: skip
-    pointers = ("*bf16", "*fp8e4nv", "*i32", "*i32", "*i32", "*i32", "*i32", "*fp32", "*bf16")
+    pointers = ("*bf16", kv_type, "*i32", "*i32", "*i32", "*i32", "*i32", "*fp32", "*bf16")
     names = _prefill_kernel.arg_names[: len(pointers)]
     signature = {**dict(zip(names, pointers, strict=True)), **dict.fromkeys(params, "constexpr")}
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
     source = ASTSource(fn=_prefill_kernel, signature=signature, constexprs=params, attrs=aligned)
     options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
-    mmas = set(re.findall(r"\b(wgmma\.mma_async\.[\w.]+|mma\.sync\.[\w.]+)", ptx))
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+def bf16_mmas(ptx: str) -> set[str]:
+    return set(re.findall(r"\b(wgmma\.mma_async\.[\w.]+|mma\.sync\.[\w.]+)", ptx))
+
+
+@pytest.mark.slow  # one compile for sm_90 (~2-4 s)
+def test_fp8_pool_kernel_compiles_for_hopper_widening_e4m3_into_bf16_dots() -> None:
+    """No GPU runs the suite, so the FP8-pool kernel (``*fp8e4nv``: float8_e4m3fn) is compiled for Hopper: its e4m3
+    tiles must still be copied asynchronously (the pipelined loads, half the bytes of bf16's), widened in registers,
+    and both dots stay bf16 wgmma."""
+    ptx = hopper_ptx(default_prefill_config(2048, 4), "*fp8e4nv")
+    mmas = bf16_mmas(ptx)
     assert mmas and all(mma.endswith(".f32.bf16.bf16") for mma in mmas), mmas
     assert re.search(r"cvt\.rn\.f16x2\.e4m3x2", ptx)  # e4m3 -> f16, two at a time (exact), then on to bf16
+    assert re.search(r"cp\.async\.(?:ca|cg)", ptx)
+
+
+@pytest.mark.slow  # one compile for sm_90 (~2-4 s)
+def test_packed_gqa_kernel_compiles_for_hopper_with_bf16_dots() -> None:
+    """The packed tile (a KV head's 4 query heads over 32 rows, each row its head's sink) compiles for Hopper with
+    pipelined loads and bf16 tensor-core dots, as the unpacked one does."""
+    cfg = dataclasses.replace(default_prefill_config(2048, 4), pack_gqa=True)
+    ptx = hopper_ptx(cfg, "*bf16", has_sinks=True)
+    mmas = bf16_mmas(ptx)
+    assert mmas and all(mma.endswith(".f32.bf16.bf16") for mma in mmas), mmas
     assert re.search(r"cp\.async\.(?:ca|cg)", ptx)

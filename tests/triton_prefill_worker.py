@@ -47,7 +47,10 @@ def run(case: dict) -> dict:
     ref = np.asarray(
         ref_ragged_paged_attention(q, kv, kv_lens, tables, qsl, sinks=sinks if has_sinks else None, **opts, **scales)
     )
-    cfg = tp.PrefillConfig(block_m=case["block_m"], block_n=case["block_n"], heads_first=case.get("heads_first", False))
+    cfg = tp.PrefillConfig(
+        block_m=case["block_m"], block_n=case["block_n"], heads_first=case.get("heads_first", False),
+        pack_gqa=case.get("pack_gqa", False),
+    )  # fmt: skip
     if scales:
         attend = functools.partial(
             tp.prefill_attention, config=cfg, sinks=sinks if has_sinks else None, **opts, **scales
@@ -76,7 +79,8 @@ def launch_kernel(
     opts: dict,
 ) -> np.ndarray:
     """``_prefill_kernel`` on the host arrays, every owned row poisoned first (each must be written)."""
-    item_seq, item_first = tp.work_items(qsl, q.shape[0], cfg)
+    group = q.shape[1] // kv.shape[1]
+    item_seq, item_first = tp.work_items(qsl, q.shape[0], tp.item_rows(cfg, group))
     params = tp.kernel_params(
         q.shape, kv.shape, tables.shape[1], tables.shape[0], dot_precision="ieee", config=cfg, has_sinks=has_sinks,
         **opts,
@@ -84,7 +88,7 @@ def launch_kernel(
     out = torch.full(q.shape, float("nan"))  # poisoned: every row must be written (owned) or zeroed (padding)
     out[int(qsl[-1]) :] = 0.0  # what zeroed_outputs does for the padding rows under jax-triton
     args = [torch.from_numpy(np.asarray(a)) for a in (q, kv, tables, item_seq, item_first, qsl, kv_lens, sinks)]
-    tp._prefill_kernel[tp.grid(item_seq.shape[0], q.shape[1], cfg)](*args, out, **params)
+    tp._prefill_kernel[tp.grid(item_seq.shape[0], q.shape[1], group, cfg)](*args, out, **params)
     return out.numpy()
 
 
