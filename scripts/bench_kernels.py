@@ -303,6 +303,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--tune-kinds", default="decode,prefill", help="which shapes --tune times (decode, prefill, mixed)"
     )
+    parser.add_argument(
+        "--tune-kernels", default="pallas,triton", help="whose tilings --tune times on chunks (pallas, triton)"
+    )
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
     parser.add_argument(
@@ -449,13 +452,16 @@ def bench_tilings(
         return []
     say("tilings: shape q_block kv_block warps stages splits -> us, TB/s (decode) or TFLOP/s (prefill)")
     tuning = []
-    for case in tune_cases(shapes, pool, args.tune_kinds, with_triton=has_jax_triton() and not args.smoke):
+    with_triton = "triton" in args.tune_kernels and has_jax_triton() and not args.smoke
+    for case in tune_cases(shapes, pool, args.tune_kinds, with_triton, with_pallas="pallas" in args.tune_kernels):
         tuning += time_tilings(case, pool, args, started, say)
     return tuning
 
 
-def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool) -> list[TuneCase]:
-    """Decode shapes try every split count, prefill chunks every q_block, both over the same kv_block x warps grid."""
+def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool, with_pallas: bool = True) -> list[TuneCase]:
+    """Decode shapes try every split count, prefill chunks every q_block, both over the same kv_block x warps grid;
+    chunks and mixed steps also the jax-triton kernel's tilings. ``with_pallas`` False: the Pallas kernel's default
+    tiling alone beside them (its grid takes minutes a shape)."""
     grid = [(kb, w, st) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
     decode_grid = [(kb, w, st) for kb, w, st in grid if kb >= TUNE_MIN_DECODE_KV_BLOCK]
     cases = []
@@ -473,6 +479,8 @@ def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool) -> lis
         lens = ([chunk], [prefix + chunk])
         step = pool.step(*lens)
         configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for kb, w, st in grid]
+        if not with_pallas:
+            configs = [config_of(step)]
         if with_triton:
             configs += [PrefillConfig(*tiling) for tiling in TUNE_PREFILL]
         cases.append(

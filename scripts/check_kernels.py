@@ -278,6 +278,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small subset (for a CPU dry run)")
     parser.add_argument("--interpret", action="store_true", help="run the kernel in Pallas interpret mode")
     parser.add_argument("--kernel", choices=("pallas", "triton-prefill"), help="check only this kernel's cases")
+    parser.add_argument("--match", default="", help="check only the cases whose name contains this, e.g. packed-gqa")
     parser.add_argument("--json", type=Path, help="results file (default: $OUT/check_kernels.json when $OUT is set)")
     args = parser.parse_args()
     out_dir = os.environ.get("OUT")
@@ -287,7 +288,7 @@ def main() -> int:
     print(header, flush=True)
     results = []
     for i, case in enumerate(cases(args.quick)):
-        if args.kernel and case.kernel != args.kernel:
+        if (args.kernel and case.kernel != args.kernel) or args.match not in case.name:
             continue
         try:
             row = run_case(case, seed=i, interpret=args.interpret)

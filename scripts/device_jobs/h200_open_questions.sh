@@ -55,6 +55,14 @@ step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf -
 # steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
 step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
     --set compile_at_start=false --json "$QOUT/bf16_lat_lazy.json"
+# Issue 19: the jax-triton prefill kernel's packed-GQA tiles against the float32 reference (new, never run on a GPU),
+# then its tilings on chunks and on a serving step's shape (32 decodes at 1k beside a 480-token chunk): heads first
+# against items first, and a KV head's query heads packed into one tile (pack_gqa: each K/V tile loaded once a group;
+# off by default until this times it). Every triton case (items-first among them) later.
+step check_packed 300 python scripts/check_kernels.py --kernel triton-prefill --match packed-gqa \
+    --json "$QOUT/check_packed.json"
+step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefill,mixed --tune-kernels triton --tune-only \
+    --out "$QOUT/tune_prefill"
 # Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
 # concurrency and request rate, 1024 in / 128 out, on one server.
 serve sweep
@@ -93,13 +101,7 @@ for kv in fp8 auto; do
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
         --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
 done
-# Issue 19: the jax-triton prefill kernel against the float32 reference (items-first and packed-GQA tiles among the
-# cases), then its tilings on chunks and on a serving step's shape (32 decodes at 1k beside a 480-token chunk): heads
-# first against items first, and a KV head's query heads packed into one tile (pack_gqa: each K/V tile loaded once a
-# group; off by default until this times it).
 step check_triton 300 python scripts/check_kernels.py --kernel triton-prefill --json "$QOUT/check_triton.json"
-step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefill,mixed --tune-only \
-    --out "$QOUT/tune_prefill"
 # Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the step programs alone at
 # batch 1 (bf16 and FP8), then FP8 offline throughput: 128 in / 2048 out x 1000 with an FP8 KV pool, 128 / 128 x 3000
 # (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
