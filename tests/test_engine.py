@@ -177,11 +177,15 @@ def test_abort_mid_generation_frees_every_page(llm, prompt_ids):
 
 
 def constrained_args(prompt_ids: list[list[int]]) -> dict:
-    """A 16-token budget (prompts are prefilled in chunks) and a pool of one longest sequence's
-    pages and three more (sequences are preempted, some with a token pending under async scheduling)."""
+    """A 16-token budget (prompts are prefilled in chunks), steps of 5-6 and 9-12 tokens cut to end on the 4 and 8
+    buckets (``prefill_alignment_min_tokens``), and a pool of one longest sequence's pages and three more (sequences
+    are preempted, some with a token pending under async scheduling)."""
     longest = max(len(ids) for ids in prompt_ids) + NEW_TOKENS
     num_pages = -(-longest // ENGINE_ARGS["page_size"]) + 4
-    return dict(ENGINE_ARGS, max_num_batched_tokens=16, max_model_len=longest + 16, num_pages=num_pages)
+    return dict(
+        ENGINE_ARGS, max_num_batched_tokens=16, max_model_len=longest + 16, num_pages=num_pages,
+        prefill_alignment_min_tokens=4,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +193,22 @@ def constrained(default_model_dir: Path, prompt_ids: list[list[int]]) -> LLM:
     return LLM(str(default_model_dir), **constrained_args(prompt_ids))
 
 
-def test_chunked_prefill_and_preemption_change_no_greedy_output(constrained, prompt_ids, reference):
+def test_chunked_prefill_and_preemption_change_no_greedy_output(constrained, prompt_ids, reference, monkeypatch):
+    scheduler = constrained.engine.scheduler
+    cut_steps = []  # the token counts of steps whose prefill chunks were cut to end on a bucket
+    end_on_step_size = scheduler._end_on_step_size
+
+    def counting(out):
+        before = out.num_batched_tokens
+        end_on_step_size(out)
+        if out.num_batched_tokens != before:
+            cut_steps.append(before)
+
+    monkeypatch.setattr(scheduler, "_end_on_step_size", counting)
     outputs = constrained.generate(prompt_ids, GREEDY, use_tqdm=False)
     assert max(len(ids) for ids in prompt_ids) > 16  # at least one prompt really was split into chunks
-    assert constrained.engine.scheduler.num_preemptions > 0
+    assert cut_steps  # and some chunks were cut to end a step on a bucket
+    assert scheduler.num_preemptions > 0
     assert token_ids(outputs) == reference
     runner = constrained.engine.runner
     assert_only_warmup_programs(runner)
