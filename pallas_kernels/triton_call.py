@@ -9,17 +9,19 @@ it). ``triton_call`` here lowers through jax-triton as before, then swaps its le
 (2026-12-04, docs/benchmarks.md) the FP8 decode step ran no faster either way: its host launch cost stayed 1.2-2.7 ms.
 The FFI handler checks that every pointer is 16-byte aligned, as jax-triton compiles kernels to assume.
 
-While jax-triton compiles, Triton's active driver is a stand-in that names the CUDA target of JAX's first GPU
-(``set_triton_target``): Triton's code generator asks the active driver for the target (``current_target``), and
-Triton 3.6 makes its real driver by asking each backend whether its device is active, which CUDA's and AMD's answer
-by importing torch, then building CUDA's driver, which imports torch again. A cold Llama-3-8B start on an H100 spent
-6.8 s of its main thread importing torch there (2026-12-05, profile_startup.py --main-thread-profile), where nothing
-of jllm's uses it. Anything else asked of the stand-in is passed on to Triton's real driver, made then.
+Triton's argument specializer (``native_specialize_impl``, which jax-triton calls before compiling a kernel) imports
+torch the first time it runs in Triton 3.6, to recognise torch tensors: a cold Llama-3-8B start on an H100 spent 6.8 s
+of its main thread there (2026-12-05, profile_startup.py --main-thread-profile), where nothing of jllm's uses torch.
+``triton_call`` first runs it once with torch's import refused (``init_specializer_without_torch``): it then goes on
+without torch's tensor type, which jax-triton's arguments (stand-ins with ``data_ptr``) never need, and torch stays
+importable. Triton 3.8 no longer imports torch there.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,45 +34,38 @@ FFI_TARGET = "triton_kernel_call_ffi"
 
 
 def triton_call(*args: Any, **kwargs: Any) -> Any:
-    """``jax_triton.triton_call`` with the FFI lowering installed and Triton's target set (see the module's
-    docstring)."""
+    """``jax_triton.triton_call`` with the FFI lowering installed and Triton's specializer initialised without torch
+    (see the module's docstring)."""
     import jax_triton
 
-    _use_jax_gpu_target()
+    init_specializer_without_torch()
     _install_ffi_lowering()
     return jax_triton.triton_call(*args, **kwargs)
 
 
-class TargetDriver:
-    """Triton's active driver as far as compiling goes: the target; every other attribute is the real driver's."""
+class _NoTorch(importlib.abc.MetaPathFinder):
+    """An import finder that refuses torch (Triton 3.6's specializer clears the ImportError and goes on)."""
 
-    def __init__(self, capability: int, real_driver: Callable[[], Any]) -> None:
-        self.capability = capability
-        self._real_driver = real_driver
-
-    def get_current_target(self) -> Any:
-        from triton.backends.compiler import GPUTarget
-
-        return GPUTarget("cuda", self.capability, 32)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real_driver(), name)
-
-
-def set_triton_target(compute_capability: str) -> None:
-    """Makes a ``TargetDriver`` of ``compute_capability`` (JAX's form, "9.0") Triton's active driver."""
-    from triton.runtime import driver
-
-    major, minor = compute_capability.split(".")
-    driver.set_active(TargetDriver(10 * int(major) + int(minor), lambda: driver.default))
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "torch":
+            raise ImportError("torch is kept out of Triton's argument specializer (pallas_kernels.triton_call)")
 
 
 @functools.cache
-def _use_jax_gpu_target() -> None:
-    """``set_triton_target`` for JAX's first GPU, once per process; nothing without one (the CPU's tests)."""
-    gpus = [d for d in jax.devices() if d.platform == "gpu"]
-    if gpus:
-        set_triton_target(gpus[0].compute_capability)
+def init_specializer_without_torch() -> None:
+    """Runs Triton's argument specializer once with torch's import refused, unless torch is imported already (see the
+    module's docstring); torch is importable again after."""
+    if "torch" in sys.modules:
+        return
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    finder = _NoTorch()
+    sys.meta_path.insert(0, finder)
+    try:
+        native_specialize_impl(BaseBackend, 1, False, True, True)
+    finally:
+        sys.meta_path.remove(finder)
 
 
 @functools.cache

@@ -6,7 +6,6 @@ The legacy op here is emitted the way jax-triton 0.3.1 emits it (``jax.ffi.ffi_l
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,37 +64,22 @@ def test_an_unexpected_legacy_target_is_refused() -> None:
 
 
 @pytest.mark.slow
-def test_triton_s_target_comes_from_the_stand_in_driver_without_importing_torch() -> None:
-    """The stand-in names the target a code generator asks for (an H100's "9.0" is sm_90) with torch never imported;
-    anything else is asked of Triton's real driver, made then (here, with no GPU, Triton finds no active one, after
-    asking each backend, which imports torch)."""
+def test_triton_s_specializer_is_initialised_without_importing_torch_which_stays_importable() -> None:
+    """Triton 3.6's specializer imports torch on its first call (seen by hand with its wheel, 2026-12-05; the suite's
+    Triton 3.8 no longer does); initialised with the import refused, it answers for jax-triton's argument stand-ins
+    (an object with ``data_ptr``) and a constant with no torch imported, and torch imports as usual after."""
     code = (
-        "import sys\n"
-        "from pallas_kernels.triton_call import set_triton_target\n"
-        "set_triton_target('9.0')\n"
-        "from triton.runtime import driver\n"
-        "from triton.language.target_info import current_target\n"
-        "print(current_target(), 'torch' in sys.modules)\n"
-        "try:\n    driver.active.get_current_device()\nexcept RuntimeError as e:\n    print('real driver:', e)\n"
-        "print('torch' in sys.modules)\n"
+        "import sys, types\n"
+        "from pallas_kernels.triton_call import init_specializer_without_torch\n"
+        "init_specializer_without_torch()\n"
+        "from triton._C.libtriton import native_specialize_impl\n"
+        "from triton.backends.compiler import BaseBackend\n"
+        "pointer = types.SimpleNamespace(data_ptr=lambda: 16, dtype='bf16')\n"
+        "print(native_specialize_impl(BaseBackend, pointer, False, True, True), 'torch' in sys.modules)\n"
+        "print(native_specialize_impl(BaseBackend, 1, False, True, True), 'torch' in sys.modules)\n"
+        "import torch\n"
+        "print(isinstance(torch.zeros(1), torch.Tensor))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_DEFAULT_BACKEND"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0] == "GPUTarget(backend='cuda', arch=90, warp_size=32) False", lines
-    assert lines[1].startswith("real driver: 0 active drivers"), lines
-    assert lines[2] == "True"
-
-
-def test_a_capability_of_two_digit_major_is_read_whole() -> None:
-    from triton.runtime import driver
-
-    from pallas_kernels.triton_call import set_triton_target
-
-    before = driver._active
-    try:
-        set_triton_target("12.0")
-        assert driver.active.get_current_target().arch == 120
-    finally:
-        driver._active = before
+    assert proc.stdout.splitlines() == ["('*bf16', 'D') False", "('constexpr', 1) False", "True"], proc.stdout

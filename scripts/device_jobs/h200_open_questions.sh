@@ -27,7 +27,7 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # without). Since then: compiles with the pool's memory free (the H100's cold warm-up ran out of device memory in
 # XLA's autotuner twice), samplers for 4 row counts instead of 9, every forward queued first, Triton's driver pinned
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
-# 6.8 s inside jax-triton's compile (Triton 3.6's driver), now a stand-in driver. Then sampled, then autotuning off.
+# 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
 # 12.45 on 2026-12-05, ITL p90 56 ms): 32 decodes beside a 1,024-token prompt ran as a 2,048-token step. Now the
