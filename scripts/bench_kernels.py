@@ -28,7 +28,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -275,6 +275,19 @@ def decode_shapes(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
+def comma_choices(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma list of ``allowed`` names; any other name is an error naming it and the choices."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(text.split(","))
+        for name in names:
+            if name not in allowed:
+                raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="1,32,64,128,256")
@@ -300,12 +313,10 @@ def parse_args() -> argparse.Namespace:
         default="32x2048,64x2048,32x4096",
         help="decode shapes --tune times, as BATCHxCONTEXT,...",
     )
-    parser.add_argument(
-        "--tune-kinds", default="decode,prefill", help="which shapes --tune times (decode, prefill, mixed)"
-    )
-    parser.add_argument(
-        "--tune-kernels", default="pallas,triton", help="whose tilings --tune times on chunks (pallas, triton)"
-    )
+    parser.add_argument("--tune-kinds", type=comma_choices(("decode", "prefill", "mixed")), default="decode,prefill",
+                        help="which shapes --tune times (decode, prefill, mixed)")  # fmt: skip
+    parser.add_argument("--tune-kernels", type=comma_choices(("pallas", "triton")), default="pallas,triton",
+                        help="whose tilings --tune times on chunks (pallas, triton)")  # fmt: skip
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining tilings after this long")
     parser.add_argument(
@@ -458,7 +469,9 @@ def bench_tilings(
     return tuning
 
 
-def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool, with_pallas: bool = True) -> list[TuneCase]:
+def tune_cases(
+    shapes: Shapes, pool: Pool, kinds: Collection[str], with_triton: bool, with_pallas: bool = True
+) -> list[TuneCase]:
     """Decode shapes try every split count, prefill chunks every q_block, both over the same kv_block x warps grid;
     chunks and mixed steps also the jax-triton kernel's tilings. ``with_pallas`` False: the Pallas kernel's default
     tiling alone beside them (its grid takes minutes a shape)."""
@@ -475,21 +488,19 @@ def tune_cases(shapes: Shapes, pool: Pool, kinds: str, with_triton: bool, with_p
         ]
         lens = ([1] * batch, [ctx] * batch)
         cases.append(TuneCase(f"decode {batch}x{ctx}", step, lens, decode_bytes(batch, ctx), "TB/s", configs))
+    triton = [PrefillConfig(*tiling) for tiling in TUNE_PREFILL] if with_triton else []
     for chunk, prefix in shapes.tune_chunks if "prefill" in kinds else ():  # prefill: the attention FLOPs are the work
         lens = ([chunk], [prefix + chunk])
         step = pool.step(*lens)
-        configs = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for kb, w, st in grid]
-        if not with_pallas:
-            configs = [config_of(step)]
-        if with_triton:
-            configs += [PrefillConfig(*tiling) for tiling in TUNE_PREFILL]
+        pallas = [KernelConfig(qb, kb, 1, w, st) for qb in TUNE_Q_BLOCKS for kb, w, st in grid]
+        configs = (pallas if with_pallas else [config_of(step)]) + triton
         cases.append(
             TuneCase(f"prefill {chunk}+{prefix}", step, lens, prefill_flops(chunk, prefix), "TFLOP/s", configs)
         )
     for decodes, ctx, chunk in shapes.tune_mixed if "mixed" in kinds else ():  # the time is the figure
         lens = ([1] * decodes + [chunk], [ctx] * decodes + [chunk])
         step = pool.step(*lens)
-        configs = [config_of(step)] + ([PrefillConfig(*tiling) for tiling in TUNE_PREFILL] if with_triton else [])
+        configs = [config_of(step), *triton]
         cases.append(TuneCase(f"mixed {decodes}x{ctx}+{chunk}", step, lens, 0, "", configs))
     return cases
 
