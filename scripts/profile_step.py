@@ -250,7 +250,7 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument("--prefill-tokens", type=int, default=0,
                         help="mixed steps: a fresh prompt of this many tokens beside every step's decodes")  # fmt: skip
     parser.add_argument("--steps", type=int, default=50, help="steps timed per measurement")
-    parser.add_argument("--trace-steps", type=int, default=5, help="steps under the profiler")
+    parser.add_argument("--trace-steps", type=int, default=5, help="steps under the profiler (0: no trace)")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over")
@@ -311,7 +311,8 @@ def main() -> None:
             row = {"engine_ms": engine_steps(llm, step, args.steps), **device_only(llm, step, args.steps)}
             row["host_gap_ms"] = round(row["engine_ms"]["step"] - row["device_ms"], 3)
             row.update(decode_batch(llm))
-            row["kernels"] = kernel_profile(step, args.trace_steps, Path(tmp) / f"trace{batch}")
+            if args.trace_steps:
+                row["kernels"] = kernel_profile(step, args.trace_steps, Path(tmp) / f"trace{batch}")
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
                 for name, layout, exe in llm.engine.runner.compiled_programs():
