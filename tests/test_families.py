@@ -1883,6 +1883,21 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("LagunaForCausalLM", {"moe_router_logit_softcapping": 30.0}, "moe_router_logit_softcapping=30.0 is not"),
         ("HYV3ForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2, "mlp_bias": True}, "Hy3 mlp_bias=True is not"),
         ("JetMoeForCausalLM", {"num_local_experts": 4, "rms_norm_eps": 1e-5}, "JetMoE rms_norm_eps=1e-05 is not"),
+        ("MiniMaxForCausalLM", {"rotary_dim": 8}, "MiniMax rotary_dim=8 is not supported for MiniMaxForCausalLM"),
+        ("MiniMaxForCausalLM", {"sliding_window": 8}, "MiniMax sliding_window=8 is not supported"),
+        ("MiniMaxForCausalLM", {"hidden_act": "gelu"}, "MiniMax hidden_act='gelu' is not supported"),
+        (
+            "MiniMaxForCausalLM",
+            {"layer_types": ["linear_attention"] * 2},
+            "MiniMax with no attention layer .* is not supported",
+        ),
+        ("MiniMaxText01ForCausalLM", {"postnorm": False}, "MiniMaxText01 postnorm=False is not supported"),
+        ("MiniMaxText01ForCausalLM", {"shared_intermediate_size": 32}, "shared_intermediate_size=32 is not supported"),
+        (
+            "MiniMaxText01ForCausalLM",
+            {"num_attention_heads": 6, "head_dim": 16},
+            "MiniMaxText01 num_attention_heads=6 is not supported",
+        ),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):
