@@ -27,6 +27,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING
 
 import jax
@@ -117,18 +118,24 @@ class LightningAttention(nnx.Module):
         if use_chunks(t, meta.query_start_loc.shape[0] - 1):
             out, state = chunked_lightning(q, k, v, slopes, state, meta)
         else:
-            decay = jnp.exp(-slopes)[:, None, None]  # [heads, 1, 1]
-
-            def step(state: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-                q, k, v = inputs  # each row's token [S, heads, head_dim]
-                state = decay * state + k[..., :, None] * v[..., None, :]
-                return state, jnp.einsum("shd,shde->she", q, state, precision=HIGHEST)
-
             out_like = jax.ShapeDtypeStruct((heads, hd), jnp.float32)
+            step = functools.partial(lightning_step, jnp.exp(-slopes))
             out, state = scan_rows(step, state, (q, k, v), out_like, meta)
         out = self.norm(out.astype(x.dtype).reshape(t, heads * hd))
         gated = jax.nn.sigmoid(self.output_gate(h)) * out
         return self.out_proj(gated), scatter_states(cache, (state,), meta)
+
+
+def lightning_step(
+    decay: jax.Array,  # [heads]: exp(-slopes)
+    state: jax.Array,  # [S, heads, d, d]
+    inputs: tuple[jax.Array, ...],  # q, k, v: each row's token [S, heads, d]
+) -> tuple[jax.Array, jax.Array]:
+    """One token of every row: the state decayed, plus ``k^T v``; the output ``q S`` ``[S, heads, d]``.
+    transformers' decode loop, one step."""
+    q, k, v = inputs
+    state = decay[:, None, None] * state + k[..., :, None] * v[..., None, :]
+    return state, jnp.einsum("shd,shde->she", q, state, precision=HIGHEST)
 
 
 def chunked_lightning(
