@@ -1,4 +1,5 @@
-"""The recurrent mixers' chunked prefill algorithms (gated DeltaNet's chunked delta rule, Mamba2's chunked SSD) in
+"""The recurrent mixers' chunked prefill algorithms (gated DeltaNet's chunked delta rule, Mamba2's chunked SSD,
+MiniMax's chunked lightning attention) in
 float32 on random inputs: against the token-by-token recurrence on rows of 1, 63, 64, 65 and 200 tokens packed in one
 step (some fresh, some continuing from a random state, beside a padding row), on mixed steps (prefills beside many
 decode rows, in any order, with padding rows: past its first chunk a row is stepped among the few that can still have
@@ -19,6 +20,7 @@ from model_utils import relative_error
 
 from jllm.attention import AttentionMetadata
 from jllm.models.gated_deltanet import _delta_step, _l2_normed, chunked_delta_rule
+from jllm.models.lightning_attention import chunked_lightning, lightning_step
 from jllm.models.mamba2 import ssd_chunked, ssd_step
 from jllm.models.recurrent_state import scan_segments
 
@@ -37,7 +39,7 @@ STEPS = {
     "short-bucket": ([1, 20, 3, 0], [True, False, True, False], 30),
 }
 # measured, float32 on the CPU: at most 9.9e-7 (delta rule), 1.0e-6 (its decay per key channel; as far from
-# transformers' chunk_kimi_delta_attention), 4.1e-7 (SSD), per row and output
+# transformers' chunk_kimi_delta_attention), 4.1e-7 (SSD), 3.9e-7 (lightning attention), per row and output
 CHUNKED_RTOL = 1e-5
 HEADS, DK, DV = 4, 16, 8  # the delta rule's; Mamba2's heads of DV channels, 2 groups of B and C with a state of DK
 
@@ -188,3 +190,21 @@ def test_chunked_ssd_matches_transformers_chunk_scan() -> None:
     )
     assert relative_error(np.asarray(got[0]), want_out[0].numpy()) < CHUNKED_RTOL
     assert relative_error(np.asarray(got[1])[0], want_state[0].numpy()) < CHUNKED_RTOL
+
+
+@pytest.mark.slow  # the fast tier's budget: its cases compile both forms, ~10 s on 2 CPU cores
+@pytest.mark.parametrize("step_name", STEPS)
+def test_chunked_lightning_matches_the_token_scan_on_packed_rows(step_name: str) -> None:
+    """Slopes from 0.01 to 2.5 a token (MiniMax's first head decays by 0.92 where heads are 64): inside a chunk the
+    decay underflows to zero (exp(-160)), which must leave no NaN (every exponent is <= 0)."""
+    lens, continues, num_tokens = STEPS[step_name]
+    rng = np.random.default_rng(2)
+    meta = packed_meta(lens, continues, num_tokens)
+    q, k, v = (jnp.asarray(rng.standard_normal((num_tokens, HEADS, DK)), jnp.float32) for _ in range(3))
+    slopes = jnp.asarray([0.01, 0.1, 0.9, 2.5], jnp.float32)
+    state = initial_states(rng, (HEADS, DK, DK), continues)
+    got = jax.jit(chunked_lightning)(q, k, v, slopes, state, meta)
+    out_like = jax.ShapeDtypeStruct((HEADS, DK), jnp.float32)
+    step = functools.partial(lightning_step, jnp.exp(-slopes))
+    want = jax.jit(lambda state, *xs: token_scan(step, state, xs, out_like, meta))(state, q, k, v)
+    assert_rows_match(got, want, lens)

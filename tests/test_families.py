@@ -50,9 +50,13 @@ LOGITS_RTOL = 1e-5
 # recurrence is 7.9e-6 from it (2026-12-05): the reference's own error sets this bound
 HYBRID_LOGITS_RTOL = 1e-4
 HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_image_text"}
+# MiniMax: transformers' float32 forward is itself 1.8e-5 from its float64 one on the 70-token prompt, jllm's 2.1e-5
+# (its lightning state's sums unnormed, residuals scaled up by the alphas; 2026-12-05)
+HYBRIDS |= {"minimax"}
 # Hybrids whose logits are checked over their prompt prefilled in chunks too, the state carried between steps: LFM2's
-# conv state, Kimi Delta Attention's per-channel decay (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py)
-CHUNKED_HYBRIDS = {"lfm2", "kimi_linear"}
+# conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state (Qwen3-Next's and so OLMo-Hybrid's
+# mixer: tests/test_hybrid.py)
+CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -97,6 +101,22 @@ MAMBA2_KEYS = dict(
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
+# What a MiniMax config.json holds besides TINY_CONFIG: lightning layers 0 and 2, attention 1 and 3, 4 experts (top 2)
+# in every layer, each block kind's residual factors apart from one (transformers' blocks of 16, so its reference
+# prefill crosses several)
+MINIMAX_KEYS = dict(
+    num_hidden_layers=4,
+    layer_types=["linear_attention", "full_attention"] * 2,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    block_size=16,
+    full_attn_alpha_factor=1.3,
+    full_attn_beta_factor=0.7,
+    linear_attn_alpha_factor=1.7,
+    linear_attn_beta_factor=0.9,
+    mlp_alpha_factor=1.1,
+    mlp_beta_factor=1.2,
+)
 # What a DeepSeek config.json must hold besides TINY_CONFIG
 DEEPSEEK_KEYS = dict(
     kv_lora_rank=32,
@@ -980,6 +1000,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # MiniMax: lightning attention layers 0 and 2 (4 heads of 16), Mixtral's attention 1 and 3, Mixtral's mixture, the
+    # residuals from the normed inputs, scaled
+    "minimax": ("MiniMaxForCausalLM", None, MINIMAX_KEYS, []),
     # Nemotron 3: Nemotron-H's blocks with mixture ones (E): 8 squared-ReLU experts in 4 groups (the best 2) under V3's
     # biased sigmoid router, beside a squared-ReLU shared expert; the MLP block (-) dense
     "nemotron_h_moe": (
@@ -1077,6 +1100,7 @@ MIXTURES = (
     "lfm2_moe",
     "kimi_linear",
     "nemotron_h_moe",
+    "minimax",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1859,6 +1883,21 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("LagunaForCausalLM", {"moe_router_logit_softcapping": 30.0}, "moe_router_logit_softcapping=30.0 is not"),
         ("HYV3ForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2, "mlp_bias": True}, "Hy3 mlp_bias=True is not"),
         ("JetMoeForCausalLM", {"num_local_experts": 4, "rms_norm_eps": 1e-5}, "JetMoE rms_norm_eps=1e-05 is not"),
+        ("MiniMaxForCausalLM", {"rotary_dim": 8}, "MiniMax rotary_dim=8 is not supported for MiniMaxForCausalLM"),
+        ("MiniMaxForCausalLM", {"sliding_window": 8}, "MiniMax sliding_window=8 is not supported"),
+        ("MiniMaxForCausalLM", {"hidden_act": "gelu"}, "MiniMax hidden_act='gelu' is not supported"),
+        (
+            "MiniMaxForCausalLM",
+            {"layer_types": ["linear_attention"] * 2},
+            "MiniMax with no attention layer .* is not supported",
+        ),
+        ("MiniMaxText01ForCausalLM", {"postnorm": False}, "MiniMaxText01 postnorm=False is not supported"),
+        ("MiniMaxText01ForCausalLM", {"shared_intermediate_size": 32}, "shared_intermediate_size=32 is not supported"),
+        (
+            "MiniMaxText01ForCausalLM",
+            {"num_attention_heads": 6, "head_dim": 16},
+            "MiniMaxText01 num_attention_heads=6 is not supported",
+        ),
     ],
 )
 def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_path, arch, change, message):

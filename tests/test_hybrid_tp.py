@@ -1,5 +1,6 @@
 """Tensor parallelism for hybrid models' recurrent layers, one tiny model per mixer kind (gated DeltaNet: Qwen3-Next;
-Mamba2: Bamba; LFM2's short conv) on 8 fake CPU devices: at TP 2 and 4 (LFM2: 2) the float32 logits of an 80-token
+Mamba2: Bamba; LFM2's short conv; MiniMax's lightning attention) on 8 fake CPU devices: at TP 2 and 4 (LFM2, MiniMax:
+2) the float32 logits of an 80-token
 prefill (across the chunked algorithms' chunk boundaries) equal TP 1's, the engine's greedy tokens are TP 1's, and the
 recurrent layers' parameters and state pools are split by heads. One subprocess runs those checks
 (tests/hybrid_tp_worker.py); a fused projection's grouped read and the refusal of a TP size the recurrent heads do
@@ -20,7 +21,8 @@ from jllm.loader import abstract_model
 
 BASE = dict(TINY_CONFIG, vocab_size=49152, head_dim=16, initializer_range=0.3, bos_token_id=1, eos_token_id=2)
 # name -> (architecture, config overrides); each splits 4 ways: 4 DeltaNet key heads (8 value heads), 8 Mamba2 heads
-# in 2 groups (B and C replicated), LFM2's 64 conv channels; the attention's 2 KV heads replicated at TP 4
+# in 2 groups (B and C replicated), LFM2's 64 conv channels, MiniMax's 4 lightning heads; the attention's 2 KV heads
+# replicated at TP 4
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_next": (
         "Qwen3NextForCausalLM",
@@ -41,17 +43,22 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
         dict(attn_layer_indices=[1], mamba_proj_bias=True, **MAMBA2_KEYS),
     ),
     "lfm2": ("Lfm2ForCausalLM", dict(layer_types=["conv", "full_attention"], conv_L_cache=3, conv_bias=True)),
+    "minimax": (
+        "MiniMaxForCausalLM",
+        dict(layer_types=["linear_attention", "full_attention"], num_local_experts=4, num_experts_per_tok=2),
+    ),
 }
 # TP 4 where it takes a path TP 2 does not: the attention's KV heads replicated, Mamba2's 2 groups fewer than devices
-SIZES = {"qwen3_next": [2, 4], "bamba": [2, 4], "lfm2": [2]}
+SIZES = {"qwen3_next": [2, 4], "bamba": [2, 4], "lfm2": [2], "minimax": [2]}
 # each mixer's modules: split by heads (True) or replicated (the conv's tiny weight, Mamba2's B and C, the per-head
-# norm's weight)
+# norm's weight, MiniMax's norm's over all heads: its sum of squares all-reduced)
 SPLIT = {
     "qwen3_next": dict(in_proj_qkvz=True, in_proj_ba=True, conv1d=False, A_log=True, dt_bias=True, norm=False)
     | dict(out_proj=True),
     "bamba": dict(in_proj=True, bc_proj=False, conv1d=False, A_log=True, D=True, dt_bias=True, gated_norm=True)
     | dict(out_proj=True),
     "lfm2": dict(in_proj=True, conv=False, out_proj=True),
+    "minimax": dict(qkv=True, output_gate=True, norm=False, out_proj=True),
 }
 # float32, relative (norm of the difference over the norm): only the order of the sums across devices differs (the
 # attention's and out_proj's all-reduces, the Mamba2 gated norm's groups spanning devices). Measured at most 4.0e-6

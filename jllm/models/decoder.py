@@ -126,7 +126,8 @@ class DecoderLayer(nnx.Module):
     added (with ``moe_out_norm`` a mixture's alone); without ``pre_norms`` (OLMo 2) only the outputs are; a layer may
     lay its norms out its own way (``LayerSpec.norms``: OLMo-Hybrid's). A layer may hold one block alone
     (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer (``LayerSpec.mixer``
-    "none", its cache entry an empty state)."""
+    "none", its cache entry an empty state). MiniMax's blocks add to their normed inputs, scaled
+    (``LayerSpec.normed_residual``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -152,6 +153,7 @@ class DecoderLayer(nnx.Module):
         self.mlp_out_norm = args.make_norm() if post or moe_out else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
+        self.normed_residual = spec.normed_residual
 
     def __call__(
         self,
@@ -163,6 +165,8 @@ class DecoderLayer(nnx.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
         ``jllm.lora.peft_files`` lets a family's adapters target only those)."""
+        if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
+            return self._from_normed(x, positions, kv_pages, meta)
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
             h, kv_pages = self.mixer(*attn_args)
@@ -178,6 +182,19 @@ class DecoderLayer(nnx.Module):
         x = x + h
         return (x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)), kv_pages
 
+    def _from_normed(
+        self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
+    ) -> tuple[jax.Array, jax.Array]:
+        """MiniMax's layer: each block's residual is its normed input, ``h = norm(x); h * alpha + block(h) * beta``
+        for the mixer, then for the MLP, each product rounded to the model's dtype before the sum, as torch's."""
+        attn_alpha, attn_beta, mlp_alpha, mlp_beta = self.normed_residual
+        h = self.input_layernorm(x)
+        mixer = self.self_attn if self.mixer is None else self.mixer
+        out, kv_pages = mixer(h, None, positions, kv_pages, meta)
+        x = _scaled(h, attn_alpha) + _scaled(out, attn_beta)
+        h = self.post_attention_layernorm(x)
+        return _scaled(h, mlp_alpha) + _scaled(self._mlp(h, None), mlp_beta), kv_pages
+
     def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
         of experts reads the normed states."""
@@ -187,7 +204,13 @@ class DecoderLayer(nnx.Module):
     def _scaled(self, h: jax.Array) -> jax.Array:
         """A block's output as the residual adds it: times ``residual_scale`` where the family has one (in float32,
         as torch multiplies a tensor by a Python float, the scale not rounded to a bfloat16)."""
-        return h if self.residual_scale is None else (h.astype(jnp.float32) * self.residual_scale).astype(h.dtype)
+        return h if self.residual_scale is None else _scaled(h, self.residual_scale)
+
+
+def _scaled(x: jax.Array, factor: float) -> jax.Array:
+    """``x * factor`` in float32, rounded to ``x``'s dtype (torch's product of a tensor and a Python float: the
+    factor not rounded to a bfloat16 first)."""
+    return x if factor == 1 else (x.astype(jnp.float32) * factor).astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=0)

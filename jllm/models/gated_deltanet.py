@@ -244,8 +244,8 @@ def chunked_delta_rule(
     beta = to_chunks(beta, chunks).transpose(0, 2, 1)  # [N, heads, C]
     cum = jnp.cumsum(g, axis=-2)  # the log decay from the chunk's start to each position
     k_beta = k * beta[..., None]
-    system = _decayed_scores(k, k, cum) * beta[..., None]  # [N, heads, C, C], its strictly lower part used
-    attn = _decayed_scores(q, k, cum)  # [N, heads, C, C]
+    system = decayed_scores(k, k, cum) * beta[..., None]  # [N, heads, C, C], its strictly lower part used
+    attn = decayed_scores(q, k, cum)  # [N, heads, C, C]
     solve = functools.partial(solve_triangular, system, lower=True, unit_diagonal=True)
     new_values = solve(v * beta[..., None])  # [N, heads, C, dv]
     k_cumdecay = solve(k_beta * jnp.exp(cum))  # [N, heads, C, dk]
@@ -267,7 +267,7 @@ def chunked_delta_rule(
     return from_chunks(out.transpose(0, 2, 1, 3), chunks, meta, num_tokens), state
 
 
-def _decayed_scores(
+def decayed_scores(
     a: jax.Array,  # [..., C, dk]
     b: jax.Array,  # [..., C, dk]
     cum: jax.Array,  # [..., C, 1] or [..., C, dk]: the log decay from the chunk's start, non-increasing
@@ -298,6 +298,6 @@ def _decayed_scores(
         jnp.where(earlier[..., None], ref[..., None, :] - cum[..., None, :, :], -jnp.inf)
     )  # [..., 4, C, dk]: the columns decayed to each row quarter's start, zero from it on
     scores = jnp.einsum("...icd,...ied->...ice", a_ref, b_ref, precision=HIGHEST)  # [..., 4, sub, C]
-    diagonal = _decayed_scores(a_sub, b_sub, cum_sub)  # [..., 4, sub, sub]
+    diagonal = decayed_scores(a_sub, b_sub, cum_sub)  # [..., 4, sub, sub]
     on_diagonal = diagonal[..., None, :] * jnp.eye(QUARTERS, dtype=a.dtype)[:, None, :, None]  # [..., 4, sub, 4, sub]
     return (scores + on_diagonal.reshape(scores.shape)).reshape(*lead, size, size)

@@ -12,8 +12,10 @@ embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4
 temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
 heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
 layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
-Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``) among its attention ones, and
-layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer).
+Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning attention,
+``jllm.models.lightning_attention``) among its attention ones, and layers of one block alone (Nemotron-H's: a mixer
+with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer), and MiniMax's residuals from the normed inputs, scaled
+(``LayerSpec.normed_residual``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -30,6 +32,7 @@ from flax import nnx
 
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, LayerNorm, RMSNorm
+from jllm.models.lightning_attention import LightningAttention, LightningSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
@@ -47,8 +50,8 @@ CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
 # (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2, LFM2's
-# short convolution; or none (a layer of an MLP alone: Nemotron-H's MLP blocks)
-MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "none")
+# short convolution, MiniMax's lightning attention; or none (a layer of an MLP alone: Nemotron-H's MLP blocks)
+MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "lightning", "none")
 RECURRENT_MIXERS = MIXERS[1:-1]
 
 
@@ -113,6 +116,10 @@ class LayerSpec:
     # pre-normed beside its output-normed attention layers
     norms: str | None = None
     mlp: bool = True  # False: the token mixer alone, no MLP after it (Nemotron-H's blocks)
+    decay_scale: float = 1.0  # a lightning layer's slopes times this (MiniMax's, smaller in deeper layers)
+    # MiniMax's layers: each block adds to its normed input, both scaled, ``norm(x) * alpha + block(norm(x)) * beta``:
+    # (the mixer's alpha, beta, the MLP's alpha, beta); None: the usual ``x + block(norm(x))``
+    normed_residual: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -178,6 +185,7 @@ class ModelArgs:
     deltanet: DeltaNetSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "gated_deltanet"
     mamba2: Mamba2Spec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba2"
     short_conv: ShortConvSpec | None = None  # the settings of the layers whose ``LayerSpec.mixer`` is "short_conv"
+    lightning: LightningSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "lightning"
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -311,6 +319,10 @@ class ModelArgs:
             if self.short_conv is None:
                 raise ValueError("a short_conv layer needs ModelArgs.short_conv (its kernel)")
             return ShortConv(self, spec)
+        if spec.mixer == "lightning":
+            if self.lightning is None:
+                raise ValueError("a lightning layer needs ModelArgs.lightning (its widths)")
+            return LightningAttention(self, spec)
         raise ValueError(
             f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(RECURRENT_MIXERS)})"
         )
@@ -323,6 +335,8 @@ class ModelArgs:
             return self.mamba2.state_spec(self.dtype)
         if spec.mixer == "short_conv":
             return self.short_conv.state_spec(self.hidden_size, self.dtype)
+        if spec.mixer == "lightning":
+            return self.lightning.state_spec()
         if spec.mixer == "none":  # nothing kept per sequence, and no pages
             return StateSpec((), ())
         return None

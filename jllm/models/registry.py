@@ -30,6 +30,7 @@ from jllm.models.families import (
     llama,
     llama_variants,
     mamba_hybrids,
+    minimax,
     mixtures,
     multimodal,
     olmo_hybrid,
@@ -127,6 +128,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
     "YoutuForCausalLM": deepseek.youtu,
     "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
+    "MiniMaxForCausalLM": minimax.minimax,
+    "MiniMaxText01ForCausalLM": minimax.minimax_text01,  # the remote code's config keys
     "Glm4MoeLiteForCausalLM": deepseek.glm4_moe_lite,
     "Mistral4ForCausalLM": deepseek.mistral4,
     "ExaoneMoeForCausalLM": routed_moe.exaone_moe,
