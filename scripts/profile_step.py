@@ -311,8 +311,8 @@ def main() -> None:
             row = {"engine_ms": engine_steps(llm, step, args.steps), **device_only(llm, step, args.steps)}
             row["host_gap_ms"] = round(row["engine_ms"]["step"] - row["device_ms"], 3)
             row.update(decode_batch(llm))
-            if args.trace_steps:
-                row["kernels"] = kernel_profile(step, args.trace_steps, Path(tmp) / f"trace{batch}")
+            trace = args.trace_steps and kernel_profile(step, args.trace_steps, Path(tmp) / f"trace{batch}")
+            row["kernels"] = trace or {"skipped": "--trace-steps 0"}
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
                 for name, layout, exe in llm.engine.runner.compiled_programs():
