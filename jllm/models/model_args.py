@@ -12,7 +12,8 @@ embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4
 temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
 heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
 layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
-Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``) among its attention ones, and
+Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; Jamba's Mamba,
+``jllm.models.mamba``) among its attention ones, or alone (Mamba, FalconMamba: no layer attends, ``attends``), and
 layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer).
 
 Where this module sits: docs/architecture.md.
@@ -30,6 +31,7 @@ from flax import nnx
 
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, LayerNorm, RMSNorm
+from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
@@ -47,8 +49,9 @@ CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
 # (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2, LFM2's
-# short convolution; or none (a layer of an MLP alone: Nemotron-H's MLP blocks)
-MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "none")
+# short convolution, Mamba's, FalconMamba's and Jamba's Mamba (v1); or none (a layer of an MLP alone: Nemotron-H's MLP
+# blocks)
+MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "mamba", "none")
 RECURRENT_MIXERS = MIXERS[1:-1]
 
 
@@ -178,6 +181,7 @@ class ModelArgs:
     deltanet: DeltaNetSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "gated_deltanet"
     mamba2: Mamba2Spec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba2"
     short_conv: ShortConvSpec | None = None  # the settings of the layers whose ``LayerSpec.mixer`` is "short_conv"
+    mamba: MambaSpec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba" (Mamba v1)
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -260,10 +264,10 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for mixture-of-experts models (their experts' "
                 "grouped matmuls have no quantized form yet); leave quantization unset"
             )
-        if self.mamba2 is not None:
+        if self.mamba2 is not None or self.mamba is not None:
             raise ValueError(
-                f"quantization={self.quant.name!r} is not supported for Mamba2 hybrids (the mixer's projections have "
-                "no quantized form yet); leave quantization unset"
+                f"quantization={self.quant.name!r} is not supported for Mamba models and Mamba2 hybrids (the mixers' "
+                "projections have no quantized form yet); leave quantization unset"
             )
         if self.short_conv is not None:
             raise ValueError(
@@ -311,6 +315,10 @@ class ModelArgs:
             if self.short_conv is None:
                 raise ValueError("a short_conv layer needs ModelArgs.short_conv (its kernel)")
             return ShortConv(self, spec)
+        if spec.mixer == "mamba":
+            if self.mamba is None:
+                raise ValueError("a mamba layer needs ModelArgs.mamba (its sizes)")
+            return MambaMixer(self, spec)
         raise ValueError(
             f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(RECURRENT_MIXERS)})"
         )
@@ -323,6 +331,8 @@ class ModelArgs:
             return self.mamba2.state_spec(self.dtype)
         if spec.mixer == "short_conv":
             return self.short_conv.state_spec(self.hidden_size, self.dtype)
+        if spec.mixer == "mamba":
+            return self.mamba.state_spec(self.dtype)
         if spec.mixer == "none":  # nothing kept per sequence, and no pages
             return StateSpec((), ())
         return None
@@ -331,6 +341,12 @@ class ModelArgs:
     def is_hybrid(self) -> bool:
         """Some layers are recurrent: the engine keeps a state slot per running sequence."""
         return any(spec.mixer != "attention" for spec in self.layers)
+
+    @property
+    def attends(self) -> bool:
+        """Some layer attends over the paged pool; an attention-free model (Mamba) keeps no token's K/V: its pages
+        are bookkeeping only (``kv_cache.attention_free_pages``) and its heads count nothing."""
+        return any(spec.mixer == "attention" for spec in self.layers)
 
     def make_norm(
         self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None
