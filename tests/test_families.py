@@ -1613,6 +1613,9 @@ LOGITS_ONLY |= {"olmo_hybrid"}
 LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weightless norms in the mixer
+# Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'
+# by hand (2026-12-05, 12 s a row here), its engine's tokens at TP 2 equal TP 1's (tests/test_hybrid_tp.py)
+LOGITS_ONLY |= {"jamba"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 

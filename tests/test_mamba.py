@@ -144,3 +144,31 @@ def test_mixer_steps_packed_rows_each_from_its_own_state(mixers):
     assert relative_error(np.concatenate([a_first, a_rest]), reference(ref, a)) < MIXER_RTOL
     assert relative_error(b_all, reference(ref, b)) < MIXER_RTOL
     assert relative_error(c_all, reference(ref, c)) < MIXER_RTOL
+
+
+def test_attention_free_engine_sizes_pages_that_store_nothing_for_every_sequence(default_model_dir, tmp_path):
+    """An engine (and the server's memory plan) for Mamba on the CPU's default budget: its pool is the state pools
+    alone, its pages enough for max_num_seqs sequences of max_model_len, once the state pools fit."""
+    import shutil
+
+    from model_utils import save_tiny_checkpoint
+
+    from jllm import LLM
+    from jllm.config import EngineConfig
+    from jllm.kv_cache import attention_free_pages
+    from jllm.memory_plan import plan_model
+
+    config = dict(vocab_size=49152, hidden_size=32, num_hidden_layers=2, state_size=8, bos_token_id=1, eos_token_id=2)
+    model_dir = save_tiny_checkpoint("MambaForCausalLM", config, tmp_path / "mamba")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_dir / name, model_dir / name)
+    settings = dict(dtype="float32", max_model_len=100, max_num_seqs=3, compile_at_start=False)
+    llm = LLM(str(model_dir), **settings)
+    pages = attention_free_pages(0, max_num_seqs=3, max_model_len=100, page_size=16)
+    assert llm.engine.scheduler.block_manager.num_pages == pages == 1 + 3 * 7
+    assert all(isinstance(layer, tuple) for layer in llm.engine.runner.kv_caches)  # state pools, no page arrays
+    plan = plan_model(EngineConfig().replace(model=str(model_dir), **settings), 1 << 34, "mamba")
+    assert plan.num_pages == pages
+    assert plan.pool_bytes == 2 * 4 * (64 * 3 + 64 * 8) * 4  # 2 layers x 4 slots x (conv window + SSM state) x float32
+    with pytest.raises(ValueError, match="recurrent state pools of max_num_seqs=3 sequences need .* bytes more"):
+        plan_model(EngineConfig().replace(model=str(model_dir), kv_cache_memory_bytes=1000, **settings), 1 << 34, "m")
