@@ -186,7 +186,7 @@ def _worker(
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     sched = config.scheduler
     num_slots = kv_cache.num_state_slots(args, sched.max_num_seqs)
-    num_pages = _num_pages(config, spec, loaded, lora, num_slots)
+    num_pages = _num_pages(config, spec, loaded, lora, num_slots, max_model_len)
     kv_cache.check_pool_holds(num_pages, page_size, max_model_len)
     with timed() as elapsed:
         sharding = parallel.kv_pool_sharding(loaded.mesh)
@@ -230,7 +230,7 @@ def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
     if config.lora.enable_lora:
         raise ConfigError(
             "enable_lora is not supported for hybrid models with recurrent layers (Qwen3-Next, Qwen3.5, the Mamba2 "
-            "hybrids): no adapter targets their recurrent mixers; leave enable_lora off",
+            "hybrids, Mamba, Jamba): no adapter targets their recurrent mixers; leave enable_lora off",
             key="enable_lora",
         )
 
@@ -396,23 +396,32 @@ class ModelBuilder:
 
 
 def _num_pages(
-    config: EngineConfig, spec: kv_cache.KVCacheSpec, loaded: LoadedModel, lora: LoRAManager | None, num_slots: int
+    config: EngineConfig,
+    spec: kv_cache.KVCacheSpec,
+    loaded: LoadedModel,
+    lora: LoRAManager | None,
+    num_slots: int,
+    max_model_len: int,
 ) -> int:
-    """The pool's pages: given, or what the budget leaves after the recurrent state pools' ``num_slots`` slots."""
+    """The pool's pages: given, or what the budget leaves after the recurrent state pools' ``num_slots`` slots (an
+    attention-free model's: enough for every sequence, once the state pools fit, ``attention_free_pages``)."""
     cache = config.cache
     if cache.num_pages is not None:
         return cache.num_pages
+    seqs = config.scheduler.max_num_seqs
     if cache.kv_cache_memory_bytes is not None or jax.devices()[0].platform == "cpu":
-        budget = cache.kv_cache_memory_bytes or kv_cache.CPU_KV_CACHE_BYTES
-        return kv_cache.num_pages_for_budget(spec, budget - spec.state_bytes(num_slots))
+        budget = (cache.kv_cache_memory_bytes or kv_cache.CPU_KV_CACHE_BYTES) - spec.state_bytes(num_slots)
+        if not spec.num_layers:
+            return kv_cache.attention_free_pages(budget, seqs, max_model_len, spec.page_size)
+        return kv_cache.num_pages_for_budget(spec, budget)
     leaves = jax.tree.leaves((loaded.model, None if lora is None else lora.weights))
     params_bytes = sum(x.addressable_shards[0].data.nbytes for x in leaves)  # per device, and the state pools':
     params_bytes += spec.state_bytes(num_slots, shards=loaded.mesh.size)
+    devices = loaded.mesh.local_devices  # only this process's devices report their memory
+    if not spec.num_layers:
+        budget = kv_cache.device_budget(cache.gpu_memory_utilization, params_bytes, devices)
+        return kv_cache.attention_free_pages(budget, seqs, max_model_len, spec.page_size)
     num_pages = kv_cache.num_pages_from_device_memory(
-        spec,
-        cache.gpu_memory_utilization,
-        params_bytes,
-        devices=loaded.mesh.local_devices,  # only this process's devices report their memory
-        kv_shards=loaded.mesh.size,
+        spec, cache.gpu_memory_utilization, params_bytes, devices=devices, kv_shards=loaded.mesh.size
     )
     return distributed.min_over_processes(num_pages)  # one pool: every process allocates the same pages

@@ -4,11 +4,12 @@ One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at
 width are ``KVCacheSpec.for_model``'s. DeepSeek's latent attention keeps a *latent* pool, ``[1, num_kv_heads, ...]``:
 one head of its latent's width written once per token, its values the row's first channels (vLLM's MLA cache), so a
 budget holds twice the pages a K/V pair of those rows would. A hybrid model's recurrent layers (gated DeltaNet,
-Mamba2) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a fixed
-state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
-sized. The pool is allocated once, zero-filled and donated to every step. Which request owns which page is the block
-manager's business; this module only decides how many pages fit and creates them where the sharding says, without
-staging a host copy.
+Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a
+fixed state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
+sized; an attention-free model (Mamba, FalconMamba) has state pools alone, and pages that store nothing
+(``attention_free_pages``). The pool is allocated once, zero-filled and donated to every step. Which request owns
+which page is the block manager's business; this module only decides how many pages fit and creates them where the
+sharding says, without staging a host copy.
 
 Where this module sits: docs/architecture.md.
 """
@@ -51,7 +52,7 @@ def pool_dtype(kv_cache_dtype: str, model_dtype: DTypeLike) -> jnp.dtype:
 class KVCacheSpec:
     """What one page holds, across all layers; enough to size and allocate the pool."""
 
-    num_layers: int  # layers with pages: a hybrid model's attention layers alone
+    num_layers: int  # layers with pages: a hybrid model's attention layers alone (none: an attention-free model)
     num_kv_heads: int  # as the model holds them: with KV heads replicated for tensor parallelism, the copies count
     head_dim: int
     page_size: int  # tokens per page
@@ -63,8 +64,9 @@ class KVCacheSpec:
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"KVCacheSpec.{name} must be a positive int, got {value!r}")
+            least = 0 if name == "num_layers" and self.states else 1  # an attention-free model's state pools alone
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"KVCacheSpec.{name} must be an int of at least {least}, got {value!r}")
         dtype = jnp.dtype(self.dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"KVCacheSpec.dtype must be a floating dtype (e.g. bfloat16), got {dtype}")
@@ -113,6 +115,20 @@ def num_state_slots(args: Any, max_num_seqs: int) -> int:
     return max_num_seqs + 1 if args.is_hybrid else 0
 
 
+def attention_free_pages(budget_bytes: int, max_num_seqs: int, max_model_len: int, page_size: int) -> int:
+    """An attention-free model's pages (Mamba: no layer keeps a token, ``KVCacheSpec.num_layers`` 0). They cost no
+    memory and only count tokens for the scheduler and block tables, so there are as many as let every running
+    sequence reach ``max_model_len``, and page 0. ``budget_bytes``: what the budget leaves after the weights and the
+    state pools, refused if negative."""
+    if budget_bytes < 0:
+        raise ValueError(
+            f"the recurrent state pools of max_num_seqs={max_num_seqs} sequences need {-int(budget_bytes):,} bytes "
+            "more than the memory budget leaves; lower max_num_seqs or raise gpu_memory_utilization / "
+            "kv_cache_memory_bytes"
+        )
+    return 1 + max_num_seqs * -(-max_model_len // page_size)
+
+
 def num_pages_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
     """How many whole pages fit in ``budget_bytes`` (the CPU's way to size the pool: an explicit byte budget)."""
     num_pages = int(budget_bytes) // spec.bytes_per_page
@@ -153,10 +169,25 @@ def num_pages_from_device_memory(
     XLA's workspace. ``kv_shards`` is how many devices split the pool's head axis (tensor parallelism), so each device
     holds ``1 / kv_shards`` of every page. The tightest of ``devices`` (default: all local devices) decides.
     """
-    if not 0.0 < gpu_memory_utilization <= 1.0:
-        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     if kv_shards < 1:
         raise ValueError(f"kv_shards must be >= 1, got {kv_shards}")
+    budget = device_budget(gpu_memory_utilization, params_bytes, devices)
+    if budget * kv_shards < MIN_NUM_PAGES * spec.bytes_per_page:
+        raise ValueError(
+            f"no room for the KV pool: gpu_memory_utilization={gpu_memory_utilization} leaves {budget:,} bytes per "
+            f"device after {int(params_bytes):,} bytes of weights, below {MIN_NUM_PAGES} pages of "
+            f"{spec.bytes_per_page // kv_shards:,} bytes each; raise gpu_memory_utilization, shard over more devices "
+            "or use a smaller model"
+        )
+    return num_pages_for_budget(spec, budget * kv_shards)
+
+
+def device_budget(gpu_memory_utilization: float, params_bytes: int, devices: Sequence[jax.Device] | None = None) -> int:
+    """What each device may give the pool (the tightest of ``devices``, default all local ones): its
+    ``gpu_memory_utilization`` share of its memory, less what is in use or ``params_bytes``, whichever is larger
+    (may be negative)."""
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     devices = list(devices) if devices is not None else jax.local_devices()
     budgets = []
     for device in devices:
@@ -169,15 +200,7 @@ def num_pages_from_device_memory(
         usable = int(stats["bytes_limit"] * gpu_memory_utilization)
         in_use = max(int(stats.get("bytes_in_use", 0)), int(params_bytes))
         budgets.append(usable - in_use)
-    budget = min(budgets)
-    if budget * kv_shards < MIN_NUM_PAGES * spec.bytes_per_page:
-        raise ValueError(
-            f"no room for the KV pool: gpu_memory_utilization={gpu_memory_utilization} leaves {budget:,} bytes per "
-            f"device after {int(params_bytes):,} bytes of weights, below {MIN_NUM_PAGES} pages of "
-            f"{spec.bytes_per_page // kv_shards:,} bytes each; raise gpu_memory_utilization, shard over more devices "
-            "or use a smaller model"
-        )
-    return num_pages_for_budget(spec, budget * kv_shards)
+    return min(budgets)
 
 
 def allocate_kv_pool(

@@ -105,8 +105,9 @@ def abstract_model(
         dense_mlp_sizes=tuple(sorted(args.dense_mlp_sizes)),
         head_vocab_size=args.head_vocab_size,
         recurrent_sizes=_recurrent_sizes(args),
+        attends=args.attends,
     )
-    kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size)
+    kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size) if args.attends else 1
     if kv_replicas > 1 and (args.qk_norm_all_heads or args.qk_norm_per_head):
         layout = "over all KV heads (OLMo 2, OLMoE)" if args.qk_norm_all_heads else "per KV head (StableLM, Cohere)"
         raise ValueError(
@@ -128,6 +129,8 @@ def _recurrent_sizes(args: Any) -> tuple[tuple[str, int], ...]:
         sizes.append(("Mamba2 heads (mamba_n_heads)", args.mamba2.num_heads))
     if args.short_conv is not None:
         sizes.append(("short conv's channels (hidden_size)", args.hidden_size))
+    if args.mamba is not None:
+        sizes.append(("Mamba channels (intermediate_size, or mamba_expand x hidden_size)", args.mamba.inner))
     return tuple(sizes)
 
 

@@ -79,8 +79,18 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
     # a hybrid model's recurrent state pools, one slot per running sequence and one for padding, before the pages
     slots = kv_cache.num_state_slots(args, config.scheduler.max_num_seqs)
     states, device_states = spec.state_bytes(slots), spec.state_bytes(slots, shards=tp)  # the pools split by heads
+    max_model_len = config.model.max_model_len or args.max_context
     if cache.num_pages is not None:
         num_pages = cache.num_pages
+    elif not spec.num_layers:  # an attention-free model: its pages store nothing, once its state pools fit
+        if cache.kv_cache_memory_bytes is not None:
+            budget = cache.kv_cache_memory_bytes - states
+        elif jax.devices()[0].platform == "cpu" and config.server.host_memory_budget_bytes is None:
+            budget = kv_cache.CPU_KV_CACHE_BYTES - states
+        else:
+            budget = int(cache.gpu_memory_utilization * capacity) - device_states - weights
+        seqs = config.scheduler.max_num_seqs
+        num_pages = kv_cache.attention_free_pages(budget, seqs, max_model_len, cache.page_size)
     elif cache.kv_cache_memory_bytes is not None:
         num_pages = kv_cache.num_pages_for_budget(spec, cache.kv_cache_memory_bytes - states)
     elif jax.devices()[0].platform == "cpu" and config.server.host_memory_budget_bytes is None:
@@ -96,7 +106,6 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
                 available=share,
             )
         num_pages = kv_cache.num_pages_for_budget(spec, (share - weights) * tp)
-    max_model_len = config.model.max_model_len or args.max_context
     kv_cache.check_pool_holds(num_pages, cache.page_size, max_model_len)
     return ModelMemory(weights, num_pages * spec.bytes_per_page // tp + device_states, num_pages)
 

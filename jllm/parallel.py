@@ -108,23 +108,24 @@ def check_divisible(
     dense_mlp_sizes: tuple[int, ...] = (),
     head_vocab_size: int | None = None,
     recurrent_sizes: tuple[tuple[str, int], ...] = (),
+    attends: bool = True,
 ) -> None:
     """Refuse a TP size the model's shapes do not split over, naming the numbers. ``recurrent_sizes``: (name, count)
-    of what a hybrid model's recurrent layers split (``recurrent_heads``)."""
+    of what a hybrid model's recurrent layers split (``recurrent_heads``), checked first; ``attends`` False: an
+    attention-free model (Mamba), whose heads are placeholders."""
     tp = tensor_parallel_size
-    if not _heads_allow(tp, num_heads, num_kv_heads):
+    if attends and not _heads_allow(tp, num_heads, num_kv_heads):
         raise ValueError(
             f"tensor_parallel_size={tp} does not fit the model's {num_heads} attention heads and {num_kv_heads} KV "
             "heads: it must divide the attention heads and either divide the KV heads or be a multiple of them "
             f"(KV heads are then replicated); the heads allow {valid_sizes(num_heads, num_kv_heads)}"
         )
-    sizes = [("vocabulary size", vocab_size), ("MLP intermediate size", intermediate_size)]
+    sizes = [*recurrent_sizes, ("vocabulary size", vocab_size), ("MLP intermediate size", intermediate_size)]
     if shared_expert_size:
         sizes.append(("shared expert's intermediate size", shared_expert_size))
     sizes += [("dense layers' MLP intermediate size", n) for n in dense_mlp_sizes]
     if head_vocab_size:
         sizes.append(("LM head's rows (a pruned head)", head_vocab_size))
-    sizes += list(recurrent_sizes)
     for name, n in sizes:
         if n % tp:
             raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {name} of {n}")

@@ -119,8 +119,8 @@ class ModelRunner:
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches
         # as allocated: the tensor-parallel layout of the pages, and of every layer's pool (a hybrid model's state
-        # pools are tuples, split by heads)
-        self.kv_sharding = next(kv for kv in kv_caches if isinstance(kv, jax.Array)).sharding
+        # pools are tuples, split by heads); no pages' (None) for an attention-free model, which ``pooling`` refuses
+        self.kv_sharding = next((kv.sharding for kv in kv_caches if isinstance(kv, jax.Array)), None)
         self.pool_shardings = tuple(jax.tree.map(lambda x: x.sharding, kv) for kv in kv_caches)
         self.mesh = loaded.mesh
         self.page_size = page_size

@@ -55,8 +55,9 @@ HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_image_text"}
 HYBRIDS |= {"minimax"}
 # Hybrids whose logits are checked over their prompt prefilled in chunks too, the state carried between steps: LFM2's
 # conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state (Qwen3-Next's and so OLMo-Hybrid's
-# mixer: tests/test_hybrid.py)
-CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax"}
+# mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state alone (Mamba; its mixer's in
+# tests/test_mamba.py)
+CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax", "mamba"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -97,6 +98,15 @@ MAMBA2_KEYS = dict(
     mamba_d_conv=4,
     mamba_expand=2,
     mamba_chunk_size=32,
+)
+# What a Mamba (v1) config.json holds besides TINY_CONFIG's sizes: no attention (its keys dropped), no position limit
+MAMBA_KEYS = dict(
+    num_attention_heads=None,
+    num_key_value_heads=None,
+    head_dim=None,
+    intermediate_size=None,
+    max_position_embeddings=None,
+    tie_word_embeddings=False,
 )
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
@@ -1060,6 +1070,30 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # Mamba (v1): two blocks of a norm and a mixer alone (64 channels, a state of 16, a time step of rank 4, biased
+    # projections), no attention and no position limit (the reader's default context); its LM head tied, as released
+    "mamba": ("MambaForCausalLM", None, dict(MAMBA_KEYS, use_bias=True, tie_word_embeddings=True), []),
+    # FalconMamba: Mamba with weightless RMSNorms on the time step's input, B and C
+    "falcon_mamba": ("FalconMambaForCausalLM", None, dict(MAMBA_KEYS, mixer_rms_eps=1e-5), []),
+    # Jamba: attention (no rotary) at layers 1 and 3, Mamba mixers (their dt, B, C RMSNorms weighted) at 0 and 2;
+    # mixtures at 0 and 3 (the top 2 of 4 experts' softmax, not renormalised), dense SwiGLUs at 1 and 2
+    "jamba": (
+        "JambaForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=4,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=3,
+            expert_layer_offset=0,
+            num_experts=4,
+            num_experts_per_tok=2,
+            mamba_d_state=8,
+            mamba_proj_bias=True,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -1101,6 +1135,7 @@ MIXTURES = (
     "kimi_linear",
     "nemotron_h_moe",
     "minimax",
+    "jamba",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1601,6 +1636,10 @@ LOGITS_ONLY |= {"olmo_hybrid"}
 # against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
 LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
+LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weightless norms in the mixer
+# Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'
+# by hand (2026-12-05, 12 s a row here), its engine's tokens at TP 2 equal TP 1's (tests/test_hybrid_tp.py)
+LOGITS_ONLY |= {"jamba"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1692,7 +1731,14 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Nemotron-H sliding_window=8 is not supported",
         ),
         ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
-        ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: its layers are a Mamba2 mixer with no MLP"),
+        ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: no family reader reads pure Mamba2"),
+        (
+            "JambaForCausalLM",
+            {"attn_layer_offset": 9, "attn_layer_period": 8},
+            r"Jamba attn_layer_offset=9 and attn_layer_period=8 are not supported \(supported: 0 <= offset < period\)",
+        ),
+        ("JambaForCausalLM", {"mamba_dt_rank": 0}, "Jamba mamba_dt_rank=0 is not supported"),
+        ("MambaForCausalLM", {"hidden_act": "tanh"}, "Mamba hidden_act 'tanh' is not supported"),
         ("GraniteMoeHybridForCausalLM", {}, r"Granite-4.0-H with no attention layer \(layers \['mamba2', 'mamba2'\]\)"),
         ("BambaForCausalLM", {}, "Bamba with no attention layer .* is not supported: the KV pool is sized in pages"),
         (

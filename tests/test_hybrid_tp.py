@@ -1,6 +1,6 @@
 """Tensor parallelism for hybrid models' recurrent layers, one tiny model per mixer kind (gated DeltaNet: Qwen3-Next;
-Mamba2: Bamba; LFM2's short conv; MiniMax's lightning attention) on 8 fake CPU devices: at TP 2 and 4 (LFM2, MiniMax:
-2) the float32 logits of an 80-token
+Mamba2: Bamba; LFM2's short conv; MiniMax's lightning attention; Mamba: Jamba) on 8 fake CPU devices: at TP 2 and 4
+(LFM2, MiniMax, Jamba: 2) the float32 logits of an 80-token
 prefill (across the chunked algorithms' chunk boundaries) equal TP 1's, the engine's greedy tokens are TP 1's, and the
 recurrent layers' parameters and state pools are split by heads. One subprocess runs those checks
 (tests/hybrid_tp_worker.py); a fused projection's grouped read and the refusal of a TP size the recurrent heads do
@@ -47,9 +47,23 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
         "MiniMaxForCausalLM",
         dict(layer_types=["linear_attention", "full_attention"], num_local_experts=4, num_experts_per_tok=2),
     ),
+    # Jamba: a Mamba (v1) mixer of 128 channels and a dense MLP, then attention and a mixture of 4 experts
+    "jamba": (
+        "JambaForCausalLM",
+        dict(
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            mamba_d_state=8,
+            mamba_proj_bias=True,
+        ),
+    ),
 }
 # TP 4 where it takes a path TP 2 does not: the attention's KV heads replicated, Mamba2's 2 groups fewer than devices
-SIZES = {"qwen3_next": [2, 4], "bamba": [2, 4], "lfm2": [2], "minimax": [2]}
+SIZES = {"qwen3_next": [2, 4], "bamba": [2, 4], "lfm2": [2], "minimax": [2], "jamba": [2]}
 # each mixer's modules: split by heads (True) or replicated (the conv's tiny weight, Mamba2's B and C, the per-head
 # norm's weight, MiniMax's norm's over all heads: its sum of squares all-reduced)
 SPLIT = {
@@ -59,6 +73,9 @@ SPLIT = {
     | dict(out_proj=True),
     "lfm2": dict(in_proj=True, conv=False, out_proj=True),
     "minimax": dict(qkv=True, output_gate=True, norm=False, out_proj=True),
+    # Mamba (v1): x_proj row-parallel, dt_proj column-parallel; the norms of x_proj's replicated output replicated
+    "jamba": dict(in_proj=True, conv1d=False, x_proj=True, dt_proj=True, A_log=True, D=True, out_proj=True)
+    | dict(dt_layernorm=False, b_layernorm=False, c_layernorm=False),
 }
 # float32, relative (norm of the difference over the norm): only the order of the sums across devices differs (the
 # attention's and out_proj's all-reduces, the Mamba2 gated norm's groups spanning devices). Measured at most 4.0e-6
@@ -120,6 +137,18 @@ def test_tp_size_the_recurrent_heads_do_not_divide_is_refused_naming_them(name, 
     config = {**BASE, **overrides, **change, "architectures": [arch]}
     abstract_model(config, np.float32, tensor_parallel_size=2)
     with pytest.raises(ValueError, match=f"tensor_parallel_size=4 does not divide the model's {refused}"):
+        abstract_model(config, np.float32, tensor_parallel_size=4)
+
+
+def test_attention_free_model_splits_by_its_mixer_channels_not_its_placeholder_head():
+    """Mamba has no attention: TP 2 splits its 66 channels though its one placeholder head would not split; TP 4
+    is refused naming the channels, and no KV head is copied."""
+    config = dict(
+        architectures=["MambaForCausalLM"], vocab_size=49152, hidden_size=64, intermediate_size=66, num_hidden_layers=2
+    )
+    _, _, args, kv_replicas = abstract_model(config, np.float32, tensor_parallel_size=2)
+    assert (args.num_kv_heads, kv_replicas) == (1, 1)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=4 does not divide the model's Mamba channels .* of 66"):
         abstract_model(config, np.float32, tensor_parallel_size=4)
 
 

@@ -17,6 +17,7 @@ import pytest
 from jllm.kv_cache import (
     KVCacheSpec,
     allocate_kv_pool,
+    attention_free_pages,
     num_pages_for_budget,
     num_pages_from_device_memory,
 )
@@ -151,6 +152,24 @@ def test_pool_is_created_with_the_given_sharding() -> None:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     pool = allocate_kv_pool(SPEC, num_pages=3, sharding=sharding)
     assert all(layer.sharding == sharding for layer in pool)
+
+
+def test_attention_free_model_holds_state_pools_alone_and_pages_that_store_nothing() -> None:
+    """Mamba (no attention): every layer a state pool, pages of no bytes, as many as let every sequence reach
+    max_model_len once the state pools fit the budget."""
+    config = dict(
+        architectures=["MambaForCausalLM"], vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=3
+    )
+    args = build_args(config, jnp.bfloat16)[1]
+    spec = KVCacheSpec.for_model(args, page_size=16, dtype=jnp.bfloat16)
+    assert (spec.num_layers, spec.bytes_per_page, len(spec.states)) == (0, 0, 3)
+    # per slot and layer: the conv window [128, 3] in bfloat16, the SSM state [128, 16] in float32
+    assert spec.state_bytes(5) == 5 * 3 * (128 * 3 * 2 + 128 * 16 * 4)
+    pool = allocate_kv_pool(spec, num_pages=attention_free_pages(0, 4, 100, 16), num_state_slots=5)
+    assert [[x.shape for x in layer] for layer in pool] == [[(5, 128, 3), (5, 128, 16)]] * 3
+    assert attention_free_pages(0, max_num_seqs=4, max_model_len=100, page_size=16) == 1 + 4 * 7
+    with pytest.raises(ValueError, match="need 10 bytes more than the memory budget leaves; lower max_num_seqs"):
+        attention_free_pages(-10, max_num_seqs=4, max_model_len=100, page_size=16)
 
 
 def test_pool_needs_page_0_and_one_more() -> None:

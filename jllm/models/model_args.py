@@ -13,8 +13,9 @@ temperature, an LM head over the first ids only, and the checkpoint's tensor nam
 heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
 layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
 Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning attention,
-``jllm.models.lightning_attention``) among its attention ones, and layers of one block alone (Nemotron-H's: a mixer
-with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer), and MiniMax's residuals from the normed inputs, scaled
+``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``) among its attention ones, or alone (Mamba,
+FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
+``LayerSpec.mlp``, or an MLP with no mixer), and MiniMax's residuals from the normed inputs, scaled
 (``LayerSpec.normed_residual``).
 
 Where this module sits: docs/architecture.md.
@@ -33,6 +34,7 @@ from flax import nnx
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, LayerNorm, RMSNorm
 from jllm.models.lightning_attention import LightningAttention, LightningSpec
+from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
@@ -50,8 +52,17 @@ CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
 # (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2, LFM2's
-# short convolution, MiniMax's lightning attention; or none (a layer of an MLP alone: Nemotron-H's MLP blocks)
-MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "lightning", "none")
+# short convolution, MiniMax's lightning attention, Mamba's, FalconMamba's and Jamba's Mamba (v1); or none (a layer of
+# an MLP alone: Nemotron-H's MLP blocks)
+MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "lightning", "mamba", "none")
+# a recurrent mixer's module, and the ModelArgs field that sizes it (with what it holds, for the error without it)
+_MIXER_MODULES: dict[str, tuple[str, type[nnx.Module], str]] = {
+    "gated_deltanet": ("deltanet", GatedDeltaNet, "its widths"),
+    "mamba2": ("mamba2", Mamba2Mixer, "its sizes"),
+    "short_conv": ("short_conv", ShortConv, "its kernel"),
+    "lightning": ("lightning", LightningAttention, "its widths"),
+    "mamba": ("mamba", MambaMixer, "its sizes"),
+}
 RECURRENT_MIXERS = MIXERS[1:-1]
 
 
@@ -186,6 +197,7 @@ class ModelArgs:
     mamba2: Mamba2Spec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba2"
     short_conv: ShortConvSpec | None = None  # the settings of the layers whose ``LayerSpec.mixer`` is "short_conv"
     lightning: LightningSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "lightning"
+    mamba: MambaSpec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba" (Mamba v1)
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -268,10 +280,10 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for mixture-of-experts models (their experts' "
                 "grouped matmuls have no quantized form yet); leave quantization unset"
             )
-        if self.mamba2 is not None:
+        if self.mamba2 is not None or self.mamba is not None:
             raise ValueError(
-                f"quantization={self.quant.name!r} is not supported for Mamba2 hybrids (the mixer's projections have "
-                "no quantized form yet); leave quantization unset"
+                f"quantization={self.quant.name!r} is not supported for Mamba models and Mamba2 hybrids (the mixers' "
+                "projections have no quantized form yet); leave quantization unset"
             )
         if self.short_conv is not None:
             raise ValueError(
@@ -307,25 +319,14 @@ class ModelArgs:
     def make_mixer(self, spec: LayerSpec) -> nnx.Module:
         """A recurrent layer's mixer (``spec.mixer`` other than "attention"): the attention's call shape, its
         cache entry a state pool."""
-        if spec.mixer == "gated_deltanet":
-            if self.deltanet is None:
-                raise ValueError("a gated_deltanet layer needs ModelArgs.deltanet (its widths)")
-            return GatedDeltaNet(self, spec)
-        if spec.mixer == "mamba2":
-            if self.mamba2 is None:
-                raise ValueError("a mamba2 layer needs ModelArgs.mamba2 (its sizes)")
-            return Mamba2Mixer(self, spec)
-        if spec.mixer == "short_conv":
-            if self.short_conv is None:
-                raise ValueError("a short_conv layer needs ModelArgs.short_conv (its kernel)")
-            return ShortConv(self, spec)
-        if spec.mixer == "lightning":
-            if self.lightning is None:
-                raise ValueError("a lightning layer needs ModelArgs.lightning (its widths)")
-            return LightningAttention(self, spec)
-        raise ValueError(
-            f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(RECURRENT_MIXERS)})"
-        )
+        if spec.mixer not in _MIXER_MODULES:
+            raise ValueError(
+                f"mixer {spec.mixer!r} has no recurrent module (recurrent mixers: {', '.join(RECURRENT_MIXERS)})"
+            )
+        field, module, sizes = _MIXER_MODULES[spec.mixer]
+        if getattr(self, field) is None:
+            raise ValueError(f"a {spec.mixer} layer needs ModelArgs.{field} ({sizes})")
+        return module(self, spec)
 
     def state_spec(self, spec: LayerSpec) -> StateSpec | None:
         """A layer's per-sequence recurrent state; None for an attention layer (it has pages)."""
@@ -337,6 +338,8 @@ class ModelArgs:
             return self.short_conv.state_spec(self.hidden_size, self.dtype)
         if spec.mixer == "lightning":
             return self.lightning.state_spec()
+        if spec.mixer == "mamba":
+            return self.mamba.state_spec(self.dtype)
         if spec.mixer == "none":  # nothing kept per sequence, and no pages
             return StateSpec((), ())
         return None
@@ -345,6 +348,12 @@ class ModelArgs:
     def is_hybrid(self) -> bool:
         """Some layers are recurrent: the engine keeps a state slot per running sequence."""
         return any(spec.mixer != "attention" for spec in self.layers)
+
+    @property
+    def attends(self) -> bool:
+        """Some layer attends over the paged pool; an attention-free model (Mamba) keeps no token's K/V: its pages
+        are bookkeeping only (``kv_cache.attention_free_pages``) and its heads count nothing."""
+        return any(spec.mixer == "attention" for spec in self.layers)
 
     def make_norm(
         self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None

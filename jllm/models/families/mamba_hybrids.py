@@ -1,6 +1,6 @@
 """The Mamba2 hybrids: some layers attention over the paged pool, the others a Mamba2 mixer (``jllm.models.mamba2``)
 with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H), or each block one of them alone
-(Nemotron-H). Falcon-H1 and pure Mamba2 are refused at load by name (``REFUSED``: why their layers do not fit).
+(Nemotron-H). Falcon-H1 and pure Mamba2 are refused at load by name (``REFUSED``: why).
 
 Where this module sits: docs/architecture.md.
 """
@@ -29,8 +29,8 @@ REFUSED = {
         "state, and muP multipliers of its own on the mixer's projections), where a jllm decoder layer has one"
     ),
     "Mamba2ForCausalLM": (
-        "its layers are a Mamba2 mixer with no MLP, and no layer attends (no KV pages to size the pool by), "
-        "where a jllm decoder layer is a token mixer followed by its MLP"
+        "no family reader reads pure Mamba2 yet (Mamba2Config's own keys and tensor names; attention-free models, "
+        "Mamba (v1), are served)"
     ),
 }
 
