@@ -96,7 +96,7 @@ class AttentionMetadata:
 
 def paged_attention(
     q: jax.Array,  # [T, num_q_heads, head_dim]
-    k: jax.Array,  # [T, num_kv_heads, head_dim]
+    k: jax.Array | None,  # [T, num_kv_heads, head_dim]; None: nothing written (another layer's pages, read as they are)
     v: jax.Array | None,  # [T, num_kv_heads, head_dim]; None for a latent pool
     kv_pages: jax.Array,  # [planes, num_kv_heads, num_pages, page_size, head_dim], planes 2 (K, V) or 1 (latent)
     meta: AttentionMetadata,
@@ -126,7 +126,8 @@ def paged_attention(
             f"attention backend {meta.backend!r} does not add ALiBi's position bias; ALiBi models need 'reference'"
         )
     scales = {"k_scale": k_scale, "v_scale": v_scale}
-    kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping, **scales)
+    if k is not None:  # a layer reading another layer's K/V (Gemma 4's KV-shared layers) writes none
+        kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping, **scales)
     if value_dim is not None and meta.backend != "reference":
         raise ValueError(f"a latent KV pool is read by the 'reference' attention backend only, not {meta.backend!r}")
     if meta.backend == "reference":
