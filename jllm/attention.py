@@ -32,7 +32,7 @@ _KERNEL_PLATFORMS = ("gpu", "cuda")
 def resolve_backend(
     name: str,
     platform: str,
-    head_dim: int | None = None,
+    head_dim: int | tuple[int, ...] | None = None,
     *,
     latent: bool = False,
     alibi: bool = False,
@@ -47,9 +47,10 @@ def resolve_backend(
     head's channels in one power-of-two block and read K and V planes, so a pool head of another width or a
     ``latent`` pool (DeepSeek's, one row of 512 + 64 a token) takes the reference, and the kernels are refused for
     it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW): such a model takes it, and the kernels are
-    refused for it.
+    refused for it. ``head_dim``: a tuple of every layer's where they differ (Gemma 4's); one backend reads them all.
     """
-    kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
+    widths = head_dim if isinstance(head_dim, tuple) else (head_dim,)
+    kernel_width = all(hd is None or (hd >= 16 and hd & (hd - 1) == 0) for hd in widths)
     if name == "auto":
         if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi:
             return "reference"

@@ -118,6 +118,15 @@ DEEPSEEK = dict(
     n_group=4,
     topk_group=2,
 )
+# What every Gemma 4 row holds besides BASE: a sliding and a full layer, soft-capped logits, an untied head (tied, the
+# random model only repeats its last prompt token), no per-layer inputs unless the row asks
+GEMMA4 = dict(
+    sliding_window=WINDOW,
+    layer_types=["sliding_attention", "full_attention"],
+    final_logit_softcapping=30.0,
+    tie_word_embeddings=False,
+    hidden_size_per_layer_input=0,
+)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
@@ -152,6 +161,48 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             },
         ),
         [2],
+    ),
+    # Gemma 4 (31B's layout): a sliding layer of 4 KV heads of 16, a full one of 2 KV heads of 32 (its own pages),
+    # keys reused as values there (attention_k_eq_v), proportional rotary, soft-capped logits. TP 2 splits both kinds
+    "gemma4": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        dict(GEMMA4, num_key_value_heads=4, global_head_dim=32, num_global_key_value_heads=2, attention_k_eq_v=True),
+        [2],
+    ),
+    # gemma-4-e2b's layout: one KV head, per-layer inputs, the last two layers reading the K/V of the first two
+    # (no pages of their own) with double-wide MLPs
+    "gemma4_e2b": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        dict(
+            GEMMA4,
+            num_hidden_layers=4,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+            num_key_value_heads=1,
+            global_head_dim=32,
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=49152,
+            num_kv_shared_layers=2,
+            use_double_wide_mlp=True,
+        ),
+        [],
+    ),
+    # gemma-4-26B-A4B's layout: the mixture beside every dense MLP, keys reused as values on the full layer
+    "gemma4_moe": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        dict(
+            GEMMA4,
+            global_head_dim=32,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            enable_moe_block=True,
+            num_experts=4,
+            top_k_experts=2,
+            moe_intermediate_size=32,
+        ),
+        [],
     ),
     "phi3": (
         "Phi3ForCausalLM",
@@ -556,6 +607,12 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             rope_scaling={"rope_type": "linear", "factor": 8.0},  # gemma-3-4b-it's: on the global layers only
             tie_word_embeddings=False,
         ),
+        [],
+    ),
+    "gemma4_image_text": (
+        "Gemma4ForConditionalGeneration",
+        "Gemma4Config",
+        dict(GEMMA4, model_type="gemma4_text", global_head_dim=32, hidden_size_per_layer_input=8),
         [],
     ),
     "mistral3_image_text": (
@@ -1040,6 +1097,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
 }
 MIXTURES = (
     "dbrx",
+    "gemma4_moe",
     "glm4v_moe_image_text",
     "flex_olmo",
     "dots1",
@@ -1115,6 +1173,18 @@ IMAGE_TEXT = {
             patch_size=14,
         ),
         mm_tokens_per_image=4,
+        tie_word_embeddings=False,
+    ),
+    "gemma4_image_text": dict(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            patch_size=14,
+        ),
         tie_word_embeddings=False,
     ),
     "llama4_image_text": dict(
