@@ -1647,6 +1647,9 @@ LOGITS_ONLY |= {"olmo_hybrid"}
 # against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
 LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
+# Gemma 4's sliding and full layers with pages of their own shapes and k_eq_v: greedy through the engine at TP 2 (its
+# TP row, against transformers' tokens); gemma4_e2b's and gemma4_moe's greedy rows run its decoder at TP 1
+LOGITS_ONLY |= {"gemma4"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1725,6 +1728,18 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     "arch, change, message",
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
+        ("Gemma4ForCausalLM", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention='all'.*supported"),
+        (
+            "Gemma4ForConditionalGeneration",
+            {"text_config": {"use_bidirectional_attention": "all"}},
+            "use_bidirectional_attention='all'.*supported",
+        ),
+        ("Gemma4ForCausalLM", {"num_kv_shared_layers": 2}, "num_kv_shared_layers=2 leaves no earlier layer"),
+        (
+            "Gemma4ForCausalLM",
+            {"per_layer_config": {"1": {"intermediate_size": 8}}},
+            r"per_layer_config layer 1 key\(s\) \['intermediate_size'\] are not supported",
+        ),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
         (
@@ -2007,6 +2022,63 @@ def test_k_norm_weights_refuse_replicated_kv_heads_naming_the_sizes(arch, change
     config = dict(TINY_CONFIG, architectures=[arch], **change)
     abstract_model(config, np.float32, tensor_parallel_size=2)
     with pytest.raises(ValueError, match=f"tensor_parallel_size=4 would replicate the model's 2 KV heads.*{layout}"):
+        abstract_model(config, np.float32, tensor_parallel_size=4)
+
+
+def test_gemma4_layers_read_from_per_layer_config_or_hub_keys_as_transformers_lays_them():
+    """gemma-4-e2b's hub keys (``global_head_dim``; 35 layers, the last 20 reading earlier layers' K/V, double-wide
+    MLPs) and 31B's (``num_global_key_value_heads`` with ``attention_k_eq_v``) give each layer the head width, KV heads,
+    K/V source and MLP width transformers' Gemma4TextConfig gives it; a saved config's ``per_layer_config`` too."""
+    from transformers import Gemma4TextConfig
+
+    from jllm.models.families.gemma4 import gemma4_text
+
+    e2b = dict(
+        hidden_size=1536,
+        intermediate_size=6144,
+        num_hidden_layers=35,
+        num_key_value_heads=1,
+        global_head_dim=512,
+        num_kv_shared_layers=20,
+        use_double_wide_mlp=True,
+        layer_types=(["sliding_attention"] * 4 + ["full_attention"]) * 7,
+    )
+    b31 = dict(
+        hidden_size=5376,
+        intermediate_size=21504,
+        num_hidden_layers=12,
+        num_attention_heads=32,
+        num_key_value_heads=16,
+        num_global_key_value_heads=4,
+        attention_k_eq_v=True,
+        hidden_size_per_layer_input=0,
+    )
+    saved = Gemma4TextConfig(**b31).to_dict()  # per_layer_config, no global_head_dim
+    for cfg in (e2b, b31, saved):
+        hf = Gemma4TextConfig(**{k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version")})
+        args = gemma4_text(cfg, np.float32)
+        modes = hf.kv_sharing_modes
+        for i, spec in enumerate(args.layers):
+            layer = hf.per_layer_config[i]
+            assert args.layer_heads(spec) == (layer.num_key_value_heads, layer.head_dim), i
+            assert (spec.kv_source is not None) == (modes[i] == "reuse"), i
+            if spec.kv_source is not None:  # the last layer of its kind that stores its K/V
+                assert modes[spec.kv_source] == "store" and hf.layer_types[spec.kv_source] == hf.layer_types[i]
+            wide = hf.use_double_wide_mlp and modes[i] == "reuse"
+            assert spec.dense_mlp_size == hf.intermediate_size * (2 if wide else 1), i
+            assert spec.k_eq_v == (hf.attention_k_eq_v and hf.layer_types[i] == "full_attention" and not spec.kv_source)
+    assert sum(s.kv_source is not None for s in gemma4_text(e2b, np.float32).layers) == 20
+
+
+def test_gemma4_tensor_parallel_divides_every_layers_kv_heads_or_is_refused():
+    """31B's layout: 16 KV heads on sliding layers, 4 on full ones; sizes dividing both split them, larger ones would
+    replicate only the full layers' heads, which is refused naming the counts and the sizes allowed."""
+    from jllm.loader import abstract_model
+
+    config = dict(FAMILIES["gemma4"][2], **{k: v for k, v in BASE.items() if k not in FAMILIES["gemma4"][2]})
+    config = dict(config, architectures=["Gemma4ForCausalLM"], vocab_size=160)
+    abstract_model(config, np.float32, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=4 does not divide every layer's KV heads \[2, 4\]"):
         abstract_model(config, np.float32, tensor_parallel_size=4)
 
 
