@@ -327,6 +327,11 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for LFM2's short-conv hybrids (not yet checked "
                 "against float's logits); leave quantization unset"
             )
+        if self.v_norm:
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for Gemma 4 (not yet checked against float's "
+                "logits); leave quantization unset"
+            )
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
