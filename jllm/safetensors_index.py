@@ -306,7 +306,12 @@ class SafetensorsIndex:
         keys_only = self.weights.qkv_layout == "separate" and names[2] not in self.tensors
         group = width - (1 if keys_only else 2)  # query heads per model KV head
         kv = heads // replicas  # the checkpoint's KV heads
-        rows = self._qkv_rows(names, (*lead,), transpose, dtype, kv * replicas * group, kv, head_dim, keys_only)
+        try:
+            rows = self._qkv_rows(names, (*lead,), transpose, dtype, kv * replicas * group, kv, head_dim, keys_only)
+        except ValueError:
+            if keys_only:  # q's rows are not those of a layer without V: the checkpoint lacks it
+                raise KeyError(f"checkpoint is missing tensor {names[2]!r}") from None
+            raise
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
             *lead_index, head_index, width_index, dim_index = index

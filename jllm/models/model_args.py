@@ -13,7 +13,9 @@ temperature, an LM head over the first ids only, and the checkpoint's tensor nam
 heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
 layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
 Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``) among its attention ones, and
-layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer).
+layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer); and Gemma 4's
+layers of their own KV heads and head width, keys reused as values, layers reading an earlier layer's K/V
+(``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside the dense MLP.
 
 Where this module sits: docs/architecture.md.
 """
