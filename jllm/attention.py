@@ -32,7 +32,7 @@ _KERNEL_PLATFORMS = ("gpu", "cuda")
 def resolve_backend(
     name: str,
     platform: str,
-    head_dim: int | None = None,
+    head_dim: int | tuple[int, ...] | None = None,
     *,
     latent: bool = False,
     alibi: bool = False,
@@ -47,9 +47,10 @@ def resolve_backend(
     head's channels in one power-of-two block and read K and V planes, so a pool head of another width or a
     ``latent`` pool (DeepSeek's, one row of 512 + 64 a token) takes the reference, and the kernels are refused for
     it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW): such a model takes it, and the kernels are
-    refused for it.
+    refused for it. ``head_dim``: a tuple of every layer's where they differ (Gemma 4's); one backend reads them all.
     """
-    kernel_width = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)
+    widths = head_dim if isinstance(head_dim, tuple) else (head_dim,)
+    kernel_width = all(hd is None or (hd >= 16 and hd & (hd - 1) == 0) for hd in widths)
     if name == "auto":
         if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi:
             return "reference"
@@ -96,7 +97,7 @@ class AttentionMetadata:
 
 def paged_attention(
     q: jax.Array,  # [T, num_q_heads, head_dim]
-    k: jax.Array,  # [T, num_kv_heads, head_dim]
+    k: jax.Array | None,  # [T, num_kv_heads, head_dim]; None: nothing written (another layer's pages, read as they are)
     v: jax.Array | None,  # [T, num_kv_heads, head_dim]; None for a latent pool
     kv_pages: jax.Array,  # [planes, num_kv_heads, num_pages, page_size, head_dim], planes 2 (K, V) or 1 (latent)
     meta: AttentionMetadata,
@@ -126,7 +127,8 @@ def paged_attention(
             f"attention backend {meta.backend!r} does not add ALiBi's position bias; ALiBi models need 'reference'"
         )
     scales = {"k_scale": k_scale, "v_scale": v_scale}
-    kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping, **scales)
+    if k is not None:  # a layer reading another layer's K/V (Gemma 4's KV-shared layers) writes none
+        kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping, **scales)
     if value_dim is not None and meta.backend != "reference":
         raise ValueError(f"a latent KV pool is read by the 'reference' attention backend only, not {meta.backend!r}")
     if meta.backend == "reference":

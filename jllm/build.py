@@ -179,7 +179,7 @@ def _worker(
     backend = resolve_backend(
         config.model.attention_backend,
         jax.default_backend(),
-        spec.head_dim,
+        spec.head_dims if len(spec.head_dims) > 1 else spec.head_dim,
         latent=spec.latent,
         alibi=args.alibi_slopes is not None,
     )

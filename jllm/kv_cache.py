@@ -7,9 +7,11 @@ budget holds twice the pages a K/V pair of those rows would. A hybrid model's re
 Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a
 fixed state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
 sized; an attention-free model (Mamba, FalconMamba) has state pools alone, and pages that store nothing
-(``attention_free_pages``). The pool is allocated once, zero-filled and donated to every step. Which request owns
-which page is the block manager's business; this module only decides how many pages fit and creates them where the
-sharding says, without staging a host copy.
+(``attention_free_pages``). Gemma 4's layers differ in their KV heads and head width (``KVCacheSpec.layer_dims``: each
+layer's pool its own shape), and its KV-shared layers keep no pages (they read an earlier layer's; their entry is an
+empty tuple). The pool is allocated once, zero-filled and donated to every step. Which request owns which page is the
+block manager's business; this module only decides how many pages fit and creates them where the sharding says,
+without staging a host copy.
 
 Where this module sits: docs/architecture.md.
 """
@@ -60,6 +62,10 @@ class KVCacheSpec:
     latent: bool = False  # one row a token, no V plane: latent attention's values are its keys' first channels
     # per model layer, a recurrent layer's state (None: an attention layer, with pages); () where every layer attends
     states: tuple[StateSpec | None, ...] = ()
+    # per model layer, its pages' (num_kv_heads, head_dim), None where it has none of its own (a recurrent layer's
+    # state, or a layer reading another's K/V: Gemma 4's KV-shared layers); () where every layer with pages has
+    # (num_kv_heads, head_dim)
+    layer_dims: tuple[tuple[int, int] | None, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
@@ -71,6 +77,9 @@ class KVCacheSpec:
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"KVCacheSpec.dtype must be a floating dtype (e.g. bfloat16), got {dtype}")
         object.__setattr__(self, "dtype", dtype)  # normalise "bfloat16" / jnp.bfloat16 to one np.dtype
+        paged = sum(d is not None for d in self.layer_dims)
+        if self.layer_dims and paged != self.num_layers:
+            raise ValueError(f"KVCacheSpec.layer_dims names {paged} layers with pages, num_layers={self.num_layers}")
 
     @classmethod
     def for_model(cls, args: Any, page_size: int, dtype: DTypeLike) -> KVCacheSpec:
@@ -78,14 +87,43 @@ class KVCacheSpec:
         latent for multi-head latent attention (``args.mla``); a hybrid model's recurrent layers' states."""
         latent = args.mla is not None
         states = tuple(args.state_spec(spec) for spec in args.layers)
+        dims = tuple(
+            None if s is not None else args.pool_dims(spec) for s, spec in zip(states, args.layers, strict=True)
+        )
+        paged = [d for d in dims if d is not None]
+        # every layer with pages of the model's heads and width, every other one a recurrent state: no layer_dims
+        uniform = all(d == (args.num_kv_heads, args.kv_pool_head_dim) for d in paged) and len(paged) == sum(
+            s is None for s in states
+        )
         states = states if any(s is not None for s in states) else ()
-        num_layers = sum(s is None for s in states) if states else args.num_layers
-        return cls(num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype, latent, states)
+        heads, width = args.num_kv_heads, args.kv_pool_head_dim
+        return cls(len(paged), heads, width, page_size, dtype, latent, states, () if uniform else dims)
 
     @property
     def layer_states(self) -> tuple[StateSpec | None, ...]:
-        """Per model layer, its recurrent state (None for a layer with pages)."""
-        return self.states or (None,) * self.num_layers
+        """Per model layer, its recurrent state (None for a layer without one)."""
+        return self.states or (None,) * len(self.pool_dims)
+
+    @property
+    def pool_dims(self) -> tuple[tuple[int, int] | None, ...]:
+        """Per model layer, its pages' (num_kv_heads, head_dim); None where it has none of its own."""
+        if self.layer_dims:
+            return self.layer_dims
+        if self.states:
+            return tuple(None if state is not None else (self.num_kv_heads, self.head_dim) for state in self.states)
+        return ((self.num_kv_heads, self.head_dim),) * self.num_layers
+
+    @property
+    def head_dims(self) -> tuple[int, ...]:
+        """Every width of a pool head, widest last (a backend must read them all)."""
+        return tuple(sorted({d[1] for d in self.pool_dims if d is not None}))
+
+    def describe_layers(self) -> str:
+        """The layers with pages and their heads, for messages: "4 layers x 2 KV heads x head_dim 64"."""
+        if not self.layer_dims:
+            return f"{self.num_layers} layers x {self.num_kv_heads} KV heads x head_dim {self.head_dim}"
+        kinds = sorted({d for d in self.layer_dims if d is not None})
+        return f"{self.num_layers} layers of (KV heads, head_dim) among {kinds}"
 
     def state_bytes(self, num_state_slots: int, shards: int = 1) -> int:
         """Bytes the recurrent layers' state pools take with ``num_state_slots`` slots (0 without any); with
@@ -97,16 +135,18 @@ class KVCacheSpec:
         """Rows stored per token and head: K and V, or the latent's one."""
         return 1 if self.latent else 2
 
-    def layer_shape(self, num_pages: int) -> tuple[int, int, int, int, int]:
+    def layer_shape(self, num_pages: int, dims: tuple[int, int] | None = None) -> tuple[int, int, int, int, int]:
         """One layer's pool shape: ``[planes, num_kv_heads, num_pages, page_size, head_dim]`` (planes: 2, or 1
-        latent)."""
-        return (self.planes, self.num_kv_heads, num_pages, self.page_size, self.head_dim)
+        latent); ``dims``: that layer's (num_kv_heads, head_dim) where the layers differ (``pool_dims``)."""
+        kv_heads, head_dim = dims or (self.num_kv_heads, self.head_dim)
+        return (self.planes, kv_heads, num_pages, self.page_size, head_dim)
 
     @property
     def bytes_per_page(self) -> int:
         """Bytes one page costs across all layers, K and V together (the latent row once)."""
         itemsize = jnp.dtype(self.dtype).itemsize
-        return self.num_layers * self.planes * self.num_kv_heads * self.page_size * self.head_dim * itemsize
+        rows = sum(kv * hd for d in self.pool_dims if d is not None for kv, hd in [d])  # a token's heads x widths
+        return self.planes * self.page_size * rows * itemsize
 
 
 def num_state_slots(args: Any, max_num_seqs: int) -> int:
@@ -136,8 +176,8 @@ def num_pages_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
         rows = "one latent row" if spec.latent else "K/V"
         raise ValueError(
             f"a KV budget of {int(budget_bytes):,} bytes holds {max(num_pages, 0)} pages of {spec.bytes_per_page:,} "
-            f"bytes ({spec.num_layers} layers x {spec.num_kv_heads} KV heads x {spec.page_size} tokens x "
-            f"head_dim {spec.head_dim} x {rows} in {jnp.dtype(spec.dtype).name}); at least {MIN_NUM_PAGES} are needed "
+            f"bytes ({spec.describe_layers()} x {spec.page_size} tokens x {rows} in {jnp.dtype(spec.dtype).name}); "
+            f"at least {MIN_NUM_PAGES} are needed "
             f"(page 0 is reserved): raise the budget to >= {MIN_NUM_PAGES * spec.bytes_per_page:,} bytes "
             "or lower page_size"
         )
@@ -216,9 +256,13 @@ def allocate_kv_pool(
         raise ValueError(f"num_pages={num_pages} is too small: page 0 is reserved, so at least {MIN_NUM_PAGES}")
     if spec.states and num_state_slots < 2:
         raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
-    shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
     mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
-    return [
-        device_zeros(shape, spec.dtype, sharding) if state is None else state.zeros(num_state_slots, mesh)
-        for state in spec.layer_states
-    ]
+    pool: list[Any] = []
+    for state, dims in zip(spec.layer_states, spec.pool_dims, strict=True):
+        if state is not None:
+            pool.append(state.zeros(num_state_slots, mesh))
+        elif dims is None:  # a layer reading another layer's pages (Gemma 4's KV-shared layers): nothing of its own
+            pool.append(())
+        else:  # [planes, num_kv_heads, num_pages, page_size, head_dim]
+            pool.append(device_zeros(spec.layer_shape(num_pages, dims), spec.dtype, sharding))
+    return pool

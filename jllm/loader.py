@@ -108,6 +108,7 @@ def abstract_model(
         attends=args.attends,
     )
     kv_replicas = parallel.kv_head_replicas(args.num_kv_heads, tensor_parallel_size) if args.attends else 1
+    _check_layer_kv_heads(args, tensor_parallel_size)
     if kv_replicas > 1 and (args.qk_norm_all_heads or args.qk_norm_per_head):
         layout = "over all KV heads (OLMo 2, OLMoE)" if args.qk_norm_all_heads else "per KV head (StableLM, Cohere)"
         raise ValueError(
@@ -118,6 +119,19 @@ def abstract_model(
     args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant, kv_scales=kv_scales)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
     return graphdef, state, args, kv_replicas
+
+
+def _check_layer_kv_heads(args: Any, tensor_parallel_size: int) -> None:
+    """Layers with KV heads of their own (Gemma 4's full-attention layers) split over the devices: every layer's KV
+    heads divided by ``tensor_parallel_size``, none replicated (the copies are counted once, for the whole model)."""
+    counts = sorted(args.layer_kv_heads)
+    if len(counts) > 1 and any(n % tensor_parallel_size for n in counts):
+        allowed = [tp for tp in range(1, counts[0] + 1) if all(n % tp == 0 for n in counts)]
+        raise ValueError(
+            f"tensor_parallel_size={tensor_parallel_size} does not divide every layer's KV heads {counts} (Gemma 4's "
+            "num_key_value_heads and num_global_key_value_heads); KV heads of layers that differ are not replicated: "
+            f"use a tensor_parallel_size of {allowed}"
+        )
 
 
 def _recurrent_sizes(args: Any) -> tuple[tuple[str, int], ...]:

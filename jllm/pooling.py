@@ -103,7 +103,8 @@ def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> 
 def hidden_states_program(
     graphdef: nnx.GraphDef,
     kv_sharding: jax.sharding.NamedSharding,
-    pool_shape: tuple[int, ...],  # one layer's pool [planes, num_kv_heads, num_pages, page_size, head_dim]
+    # each layer's pool [planes, num_kv_heads, num_pages, page_size, head_dim]; None: pages of another layer's
+    pool_shapes: tuple[tuple[int, ...] | None, ...],
     pool_dtype: jnp.dtype,
     layers: tuple[int, ...],
     backend: str,
@@ -118,8 +119,8 @@ def hidden_states_program(
     model = nnx.merge(graphdef, state)
     meta = AttentionMetadata(*attn, backend=backend, mesh=kv_sharding.mesh)
     pool = [
-        jax.lax.with_sharding_constraint(jnp.zeros(pool_shape, pool_dtype), kv_sharding)
-        for _ in range(len(model.layers))
+        () if shape is None else jax.lax.with_sharding_constraint(jnp.zeros(shape, pool_dtype), kv_sharding)
+        for shape in pool_shapes
     ]
     states = model.hidden_states(input_ids, positions, pool, meta)
     picked = jnp.stack([states[i] for i in layers])
@@ -223,9 +224,12 @@ class Encoder:
     def _call(self, batch: EncodeBatch, bucket: StepBucket, layers: tuple[int, ...]) -> ProgramCall:
         """The program of ``bucket`` and ``layers`` on ``batch``, its inputs put on the devices."""
         runner = self.runner
-        pool = runner.kv_caches[0]  # the engine's: [planes, num_kv_heads, num_pages, page_size, head_dim]
-        pool_shape = (*pool.shape[:2], scratch_pages(bucket, runner.page_size), *pool.shape[3:])
-        statics = (runner.graphdef, runner.kv_sharding, pool_shape, pool.dtype, layers, runner.attention_backend)
+        pages = scratch_pages(bucket, runner.page_size)
+        # the engine's layers: [planes, num_kv_heads, num_pages, page_size, head_dim], or () (Gemma 4's KV-shared)
+        pools = runner.kv_caches
+        shapes = tuple(None if isinstance(kv, tuple) else (*kv.shape[:2], pages, *kv.shape[3:]) for kv in pools)
+        dtype = next(kv for kv in pools if not isinstance(kv, tuple)).dtype
+        statics = (runner.graphdef, runner.kv_sharding, shapes, dtype, layers, runner.attention_backend)
         a = batch.attn
         inputs = (batch.input_ids, batch.positions, (a.slot_mapping, a.query_start_loc, a.kv_lens, a.block_tables))
         inputs = jax.device_put(inputs, parallel.replicated(runner.mesh))

@@ -299,11 +299,19 @@ class SafetensorsIndex:
         self, names: list[str], shape: tuple[int, ...], transpose: bool, dtype: Any, replicas: int
     ) -> Reader:
         """``[*lead, kv_heads, group + 2, head_dim]`` from q/k/v: model KV head m is checkpoint KV head
-        ``m // replicas`` with its ``m % replicas``-th share of that head's query group."""
+        ``m // replicas`` with its ``m % replicas``-th share of that head's query group. A layer whose values are its
+        keys' projection (Gemma 4's ``attention_k_eq_v``: its checkpoint stores no ``v_proj``) is ``group + 1``
+        wide, q and k alone."""
         *lead, heads, width, head_dim = shape
-        group = width - 2  # query heads per model KV head
+        keys_only = self.weights.qkv_layout == "separate" and names[2] not in self.tensors
+        group = width - (1 if keys_only else 2)  # query heads per model KV head
         kv = heads // replicas  # the checkpoint's KV heads
-        rows = self._qkv_rows(names, (*lead,), transpose, dtype, kv * replicas * group, kv, head_dim)
+        try:
+            rows = self._qkv_rows(names, (*lead,), transpose, dtype, kv * replicas * group, kv, head_dim, keys_only)
+        except ValueError:
+            if keys_only:  # q's rows are not those of a layer without V: the checkpoint lacks it
+                raise KeyError(f"checkpoint is missing tensor {names[2]!r}") from None
+            raise
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
             *lead_index, head_index, width_index, dim_index = index
@@ -313,7 +321,7 @@ class SafetensorsIndex:
                 parts = [
                     rows(lead_index, "q", (c * replicas + j) * group, group),
                     rows(lead_index, "k", c, 1),
-                    rows(lead_index, "v", c, 1),
+                    *([] if keys_only else [rows(lead_index, "v", c, 1)]),
                 ]
                 blocks.append(np.concatenate([p.reshape(*p.shape[:-1], -1, head_dim) for p in parts], axis=-2))
             return np.stack(blocks, axis=-3)[..., width_index, dim_index]
@@ -321,12 +329,22 @@ class SafetensorsIndex:
         return read
 
     def _qkv_rows(
-        self, names: list[str], lead: tuple[int, ...], transpose: bool, dtype: Any, q_heads: int, kv: int, hd: int
+        self,
+        names: list[str],
+        lead: tuple[int, ...],
+        transpose: bool,
+        dtype: Any,
+        q_heads: int,
+        kv: int,
+        hd: int,
+        keys_only: bool = False,
     ) -> Callable[[list[slice], str, int, int], np.ndarray]:
-        """``rows(lead_index, part, first_head, n)``: ``n`` heads of q, k or v, wherever the layout keeps them."""
+        """``rows(lead_index, part, first_head, n)``: ``n`` heads of q, k or v, wherever the layout keeps them
+        (``keys_only``: no v stored)."""
         layout = self.weights.qkv_layout
         if layout in ("separate", "gated"):
-            readers = [self.slice_reader(n, (*lead, kv * hd), transpose, dtype) for n in names[1:]]
+            kv_names = names[1:2] if keys_only else names[1:]
+            readers = [self.slice_reader(n, (*lead, kv * hd), transpose, dtype) for n in kv_names]
             if layout == "gated":  # the queries are each head's first half of the query tensor's rows
                 q = _flat_heads(self._head_rows_reader(names[0], (*lead, q_heads, hd), transpose, dtype, 0, 2), hd)
             else:

@@ -148,6 +148,15 @@ DEEPSEEK = dict(
     n_group=4,
     topk_group=2,
 )
+# What every Gemma 4 row holds besides BASE: a sliding and a full layer, soft-capped logits, an untied head (tied, the
+# random model only repeats its last prompt token), no per-layer inputs unless the row asks
+GEMMA4 = dict(
+    sliding_window=WINDOW,
+    layer_types=["sliding_attention", "full_attention"],
+    final_logit_softcapping=30.0,
+    tie_word_embeddings=False,
+    hidden_size_per_layer_input=0,
+)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
@@ -182,6 +191,48 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             },
         ),
         [2],
+    ),
+    # Gemma 4 (31B's layout): a sliding layer of 4 KV heads of 16, a full one of 2 KV heads of 32 (its own pages),
+    # keys reused as values there (attention_k_eq_v), proportional rotary, soft-capped logits. TP 2 splits both kinds
+    "gemma4": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        dict(GEMMA4, num_key_value_heads=4, global_head_dim=32, num_global_key_value_heads=2, attention_k_eq_v=True),
+        [2],
+    ),
+    # gemma-4-e2b's layout: one KV head, per-layer inputs, the last two layers reading the K/V of the first two
+    # (no pages of their own) with double-wide MLPs
+    "gemma4_e2b": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        dict(
+            GEMMA4,
+            num_hidden_layers=4,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+            num_key_value_heads=1,
+            global_head_dim=32,
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=49152,
+            num_kv_shared_layers=2,
+            use_double_wide_mlp=True,
+        ),
+        [],
+    ),
+    # gemma-4-26B-A4B's layout: the mixture beside every dense MLP, keys reused as values on the full layer
+    "gemma4_moe": (
+        "Gemma4ForCausalLM",
+        "Gemma4TextConfig",
+        dict(
+            GEMMA4,
+            global_head_dim=32,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            enable_moe_block=True,
+            num_experts=4,
+            top_k_experts=2,
+            moe_intermediate_size=32,
+        ),
+        [],
     ),
     "phi3": (
         "Phi3ForCausalLM",
@@ -586,6 +637,12 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             rope_scaling={"rope_type": "linear", "factor": 8.0},  # gemma-3-4b-it's: on the global layers only
             tie_word_embeddings=False,
         ),
+        [],
+    ),
+    "gemma4_image_text": (
+        "Gemma4ForConditionalGeneration",
+        "Gemma4Config",
+        dict(GEMMA4, model_type="gemma4_text", global_head_dim=32, hidden_size_per_layer_input=8),
         [],
     ),
     "mistral3_image_text": (
@@ -1097,6 +1154,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
 }
 MIXTURES = (
     "dbrx",
+    "gemma4_moe",
     "glm4v_moe_image_text",
     "flex_olmo",
     "dots1",
@@ -1174,6 +1232,18 @@ IMAGE_TEXT = {
             patch_size=14,
         ),
         mm_tokens_per_image=4,
+        tie_word_embeddings=False,
+    ),
+    "gemma4_image_text": dict(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            patch_size=14,
+        ),
         tie_word_embeddings=False,
     ),
     "llama4_image_text": dict(
@@ -1640,6 +1710,9 @@ LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weight
 # Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'
 # by hand (2026-12-05, 12 s a row here), its engine's tokens at TP 2 equal TP 1's (tests/test_hybrid_tp.py)
 LOGITS_ONLY |= {"jamba"}
+# Gemma 4's sliding and full layers with pages of their own shapes and k_eq_v: greedy through the engine at TP 2 (its
+# TP row, against transformers' tokens); gemma4_e2b's and gemma4_moe's greedy rows run its decoder at TP 1
+LOGITS_ONLY |= {"gemma4"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1718,6 +1791,18 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     "arch, change, message",
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
+        ("Gemma4ForCausalLM", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention='all'.*supported"),
+        (
+            "Gemma4ForConditionalGeneration",
+            {"text_config": {"use_bidirectional_attention": "all"}},
+            "use_bidirectional_attention='all'.*supported",
+        ),
+        ("Gemma4ForCausalLM", {"num_kv_shared_layers": 2}, "num_kv_shared_layers=2 leaves no earlier layer"),
+        (
+            "Gemma4ForCausalLM",
+            {"per_layer_config": {"1": {"intermediate_size": 8}}},
+            r"per_layer_config layer 1 key\(s\) \['intermediate_size'\] are not supported",
+        ),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
         (
@@ -2022,6 +2107,63 @@ def test_k_norm_weights_refuse_replicated_kv_heads_naming_the_sizes(arch, change
     config = dict(TINY_CONFIG, architectures=[arch], **change)
     abstract_model(config, np.float32, tensor_parallel_size=2)
     with pytest.raises(ValueError, match=f"tensor_parallel_size=4 would replicate the model's 2 KV heads.*{layout}"):
+        abstract_model(config, np.float32, tensor_parallel_size=4)
+
+
+def test_gemma4_layers_read_from_per_layer_config_or_hub_keys_as_transformers_lays_them():
+    """gemma-4-e2b's hub keys (``global_head_dim``; 35 layers, the last 20 reading earlier layers' K/V, double-wide
+    MLPs) and 31B's (``num_global_key_value_heads`` with ``attention_k_eq_v``) give each layer the head width, KV heads,
+    K/V source and MLP width transformers' Gemma4TextConfig gives it; a saved config's ``per_layer_config`` too."""
+    from transformers import Gemma4TextConfig
+
+    from jllm.models.families.gemma4 import gemma4_text
+
+    e2b = dict(
+        hidden_size=1536,
+        intermediate_size=6144,
+        num_hidden_layers=35,
+        num_key_value_heads=1,
+        global_head_dim=512,
+        num_kv_shared_layers=20,
+        use_double_wide_mlp=True,
+        layer_types=(["sliding_attention"] * 4 + ["full_attention"]) * 7,
+    )
+    b31 = dict(
+        hidden_size=5376,
+        intermediate_size=21504,
+        num_hidden_layers=12,
+        num_attention_heads=32,
+        num_key_value_heads=16,
+        num_global_key_value_heads=4,
+        attention_k_eq_v=True,
+        hidden_size_per_layer_input=0,
+    )
+    saved = Gemma4TextConfig(**b31).to_dict()  # per_layer_config, no global_head_dim
+    for cfg in (e2b, b31, saved):
+        hf = Gemma4TextConfig(**{k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version")})
+        args = gemma4_text(cfg, np.float32)
+        modes = hf.kv_sharing_modes
+        for i, spec in enumerate(args.layers):
+            layer = hf.per_layer_config[i]
+            assert args.layer_heads(spec) == (layer.num_key_value_heads, layer.head_dim), i
+            assert (spec.kv_source is not None) == (modes[i] == "reuse"), i
+            if spec.kv_source is not None:  # the last layer of its kind that stores its K/V
+                assert modes[spec.kv_source] == "store" and hf.layer_types[spec.kv_source] == hf.layer_types[i]
+            wide = hf.use_double_wide_mlp and modes[i] == "reuse"
+            assert spec.dense_mlp_size == hf.intermediate_size * (2 if wide else 1), i
+            assert spec.k_eq_v == (hf.attention_k_eq_v and hf.layer_types[i] == "full_attention" and not spec.kv_source)
+    assert sum(s.kv_source is not None for s in gemma4_text(e2b, np.float32).layers) == 20
+
+
+def test_gemma4_tensor_parallel_divides_every_layers_kv_heads_or_is_refused():
+    """31B's layout: 16 KV heads on sliding layers, 4 on full ones; sizes dividing both split them, larger ones would
+    replicate only the full layers' heads, which is refused naming the counts and the sizes allowed."""
+    from jllm.loader import abstract_model
+
+    config = dict(FAMILIES["gemma4"][2], **{k: v for k, v in BASE.items() if k not in FAMILIES["gemma4"][2]})
+    config = dict(config, architectures=["Gemma4ForCausalLM"], vocab_size=160)
+    abstract_model(config, np.float32, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=4 does not divide every layer's KV heads \[2, 4\]"):
         abstract_model(config, np.float32, tensor_parallel_size=4)
 
 

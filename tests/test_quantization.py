@@ -158,7 +158,7 @@ def test_unsupported_checkpoint_schemes_are_refused_by_name(quantization_config,
     assert "supported: quant_method 'fp8' with per-tensor weight scales" in str(raised.value)
 
 
-def test_a_scheme_other_than_the_checkpoints_is_refused_and_moe_with_quantization_too():
+def test_a_scheme_other_than_the_checkpoints_is_refused_and_moe_and_gemma4_with_quantization_too():
     fp8 = {"quantization_config": {"quant_method": "fp8"}}
     assert resolve_scheme(None, fp8) == QuantScheme("fp8") == resolve_scheme("fp8", fp8)
     with pytest.raises(ValueError, match="quantization='int8' does not fit this checkpoint, which is stored as fp8"):
@@ -171,6 +171,9 @@ def test_a_scheme_other_than_the_checkpoints_is_refused_and_moe_with_quantizatio
     }
     with pytest.raises(ValueError, match="quantization='int8' is not supported for mixture-of-experts models"):
         abstract_model(mixtral, jnp.float32, 1, QuantScheme("int8"))
+    gemma4 = {**TINY_CONFIG, "architectures": ["Gemma4ForCausalLM"], "head_dim": 16, "global_head_dim": 32}
+    with pytest.raises(ValueError, match="quantization='fp8' is not supported for Gemma 4"):
+        abstract_model(gemma4, jnp.float32, 1, QuantScheme("fp8"))
 
 
 def tiny_config_dir(path: Path) -> Path:

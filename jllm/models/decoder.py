@@ -25,6 +25,7 @@ from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
+from jllm.models.per_layer_inputs import LayerInput, PerLayerInputs
 from jllm.parallel import KV_HEADS
 
 
@@ -35,13 +36,18 @@ class Attention(nnx.Module):
     gives every device whole query groups with their K/V head."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
-        d, hd, dt = args.hidden_size, args.head_dim, args.dtype
-        self.group = args.num_heads // args.num_kv_heads
-        heads = (args.num_kv_heads, self.group + 2, hd)
-        axes = ("embed", KV_HEADS, None, None)
-        self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
+        d, dt = args.hidden_size, args.dtype
+        kv_heads, hd = args.layer_heads(spec)  # the model's, or this layer's own (Gemma 4's full-attention layers)
+        self.group = args.num_heads // kv_heads
+        if spec.kv_source is None:  # K, and V unless it is K's projection (k_eq_v), beside each group's queries
+            heads = (kv_heads, self.group + (1 if spec.k_eq_v else 2), hd)
+            axes = ("embed", KV_HEADS, None, None)
+            self.qkv_proj, self.q_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant), None
+        else:  # the queries alone: K/V are another layer's, read from its pages
+            q = Linear(d, args.num_heads * hd, ("embed", "q_heads"), dt, bias=args.qkv_bias, quant=args.quant)
+            self.qkv_proj, self.q_proj = None, q
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
-        self.q_norm, self.k_norm = args.make_qk_norms()
+        self.q_norm, self.k_norm = args.make_qk_norms(spec)
         self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
         self.k_scale, self.v_scale = scale_params() if args.kv_scales else (None, None)  # FP8 pools' scales
         # [hidden, heads, head_dim or 1]: the output gate by head, so tensor parallelism splits it with the heads and
@@ -54,6 +60,7 @@ class Attention(nnx.Module):
             if args.attn_output_gate
             else None
         )
+        self.head_dim = hd
         self.args, self.spec = args, spec
 
     def __call__(
@@ -65,24 +72,31 @@ class Attention(nnx.Module):
         meta: AttentionMetadata,
         lora: LayerLoRA | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Attention over ``norm(x)`` (``x`` itself without a norm), each token's LoRA delta added (``lora``)."""
-        a, g = self.args, self.group
+        """Attention over ``norm(x)`` (``x`` itself without a norm), each token's LoRA delta added (``lora``). A layer
+        reading another's K/V (``kv_source``) is given that layer's pages, and returns them as they were."""
+        a, g, hd = self.args, self.group, self.head_dim
         t = x.shape[0]
-        qkv = normed_linear(norm, self.qkv_proj, x)  # [T, kv_heads, group + 2, head_dim]
-        if lora is not None:
-            qkv = qkv + lora.delta("qkv", x if norm is None else norm(x))
-        q = qkv[:, :, :g].reshape(t, a.num_heads, a.head_dim)
-        k, v = qkv[:, :, g], qkv[:, :, g + 1]
+        if self.qkv_proj is None:  # K/V from another layer's pages: none computed, none written
+            q, k, v = normed_linear(norm, self.q_proj, x).reshape(t, a.num_heads, hd), None, None
+        else:
+            qkv = normed_linear(norm, self.qkv_proj, x)  # [T, kv_heads, group + 2 (or + 1: k_eq_v), head_dim]
+            if lora is not None:
+                qkv = qkv + lora.delta("qkv", x if norm is None else norm(x))
+            q = qkv[:, :, :g].reshape(t, a.num_heads, hd)
+            k, v = qkv[:, :, g], qkv[:, :, g if self.spec.k_eq_v else g + 1]
         if not a.qk_norm_after_rope:
             q, k = self._qk_normed(q, k)
         if a.qkv_clip is not None:
             q, k, v = (jnp.clip(y, -a.qkv_clip, a.qkv_clip) for y in (q, k, v))
         if self.spec.rope is not None:
-            q, k = self.spec.rope.apply(q, positions), self.spec.rope.apply(k, positions)
+            q = self.spec.rope.apply(q, positions)
+            k = None if k is None else self.spec.rope.apply(k, positions)
         if a.qk_norm_after_rope:
             q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
+        if a.v_norm and v is not None:
+            v = _unit_rms(v, a.norm_eps)
         q = self.spec.scale_queries(q, positions)
         out, kv_pages = paged_attention(
             q,
@@ -90,7 +104,7 @@ class Attention(nnx.Module):
             v,
             kv_pages,
             meta,
-            sm_scale=a.sm_scale or a.head_dim**-0.5,
+            sm_scale=a.sm_scale or hd**-0.5,
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
             sinks=None if self.sinks is None else self.sinks[...],
@@ -100,22 +114,24 @@ class Attention(nnx.Module):
         if self.attn_gate is not None:  # [T, heads, head_dim or 1], its activation taken in float32 (Laguna's is)
             act = jax.nn.sigmoid if a.attn_output_gate == "sigmoid" else jax.nn.softplus
             out = out * act(normed_linear(norm, self.attn_gate, x).astype(jnp.float32)).astype(out.dtype)
-        out = out.reshape(t, a.num_heads * a.head_dim)
+        out = out.reshape(t, a.num_heads * hd)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
 
-    def _qk_normed(self, q: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """q ``[T, heads, head_dim]`` and k through their norms, if the family has them."""
+    def _qk_normed(self, q: jax.Array, k: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+        """q ``[T, heads, head_dim]`` and k (None: another layer's) through their norms, if the family has them."""
         if self.q_norm is None:
             return q, k
         if self.args.qk_norm_all_heads:  # [T, heads * head_dim] normed, then heads again
             t = q.shape[0]
             return self.q_norm(q.reshape(t, -1)).reshape(q.shape), self.k_norm(k.reshape(t, -1)).reshape(k.shape)
-        return self.q_norm(q), self.k_norm(k)
+        return self.q_norm(q), None if k is None else self.k_norm(k)
 
 
-def _unit_rms(x: jax.Array, eps: float) -> jax.Array:
-    """Llama 4's weightless RMSNorm over ``x``'s last axis, in float32."""
+def _unit_rms(x: jax.Array | None, eps: float) -> jax.Array | None:
+    """Llama 4's (and Gemma 4's value) weightless RMSNorm over ``x``'s last axis, in float32; None stays None."""
+    if x is None:
+        return None
     x32 = x.astype(jnp.float32)
     return (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
@@ -151,6 +167,9 @@ class DecoderLayer(nnx.Module):
         self.attn_out_norm = args.make_norm() if post else None
         moe_out = args.moe_out_norm and args.num_experts and spec.dense_mlp_size is None
         self.mlp_out_norm = args.make_norm() if post or moe_out else None
+        self.moe = args.make_moe_beside()  # Gemma 4's mixture beside the dense MLP, or None
+        self.per_layer = LayerInput(args) if args.per_layer_input_size else None  # Gemma 4's per-layer input
+        self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
@@ -162,9 +181,11 @@ class DecoderLayer(nnx.Module):
         kv_pages: jax.Array,
         meta: AttentionMetadata,
         lora: LayerLoRA | None = None,
+        per_layer_input: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
-        ``jllm.lora.peft_files`` lets a family's adapters target only those)."""
+        ``jllm.lora.peft_files`` lets a family's adapters target only those); ``per_layer_input [T, width]``: this
+        layer's own input (Gemma 4's PLE), added after its blocks, before its ``layer_scalar``."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return self._from_normed(x, positions, kv_pages, meta)
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
@@ -180,7 +201,10 @@ class DecoderLayer(nnx.Module):
             mlp_norm = self.input_layernorm if shared else self.post_attention_layernorm
             return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages
         x = x + h
-        return (x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)), kv_pages
+        x = x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)
+        if self.per_layer is not None:
+            x = self.per_layer(x, per_layer_input)
+        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages
 
     def _from_normed(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
@@ -197,8 +221,9 @@ class DecoderLayer(nnx.Module):
 
     def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
-        of experts reads the normed states."""
+        of experts reads the normed states; a mixture beside the MLP (Gemma 4's) reads ``x`` itself."""
         h = self.mlp(x, norm, lora) if isinstance(self.mlp, MLP) else self.mlp(x if norm is None else norm(x))
+        h = h if self.moe is None else self.moe(x, h)
         return self._scaled(h if self.mlp_out_norm is None else self.mlp_out_norm(h))
 
     def _scaled(self, h: jax.Array) -> jax.Array:
@@ -222,11 +247,12 @@ def _decoder_layer(
     kv_pages: jax.Array,
     meta: Any,
     lora: LayerLoRA | None = None,
+    per_layer_input: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
     once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
     2026-11-26)."""
-    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora)
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input)
 
 
 class CausalLM(nnx.Module):
@@ -240,6 +266,7 @@ class CausalLM(nnx.Module):
             else None
         )
         self.embed_norm = args.make_norm() if args.embed_norm else None
+        self.per_layer_inputs = PerLayerInputs(args) if args.per_layer_input_size else None  # Gemma 4's PLE
         self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
         self.norm = args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
@@ -289,7 +316,9 @@ class CausalLM(nnx.Module):
         meta: AttentionMetadata,
         lora: LoRABatch | None = None,
     ) -> tuple[list[jax.Array], list[jax.Array]]:
-        """The residual stream before the first layer and after each (not normed), and the updated pool."""
+        """The residual stream before the first layer and after each (not normed), and the updated pool. A layer
+        reading another's K/V (``LayerSpec.kv_source``) is given that layer's updated pages; its own entry (empty)
+        passes through."""
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
@@ -297,13 +326,16 @@ class CausalLM(nnx.Module):
             x = x + sinusoidal_positions(positions + self.args.position_offset, x.shape[-1]).astype(x.dtype)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
+        per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
         states = [x]
         new_caches = []
-        for i, (layer, kv_pages) in enumerate(zip(self.layers, kv_caches, strict=True)):
+        for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)
-            x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta, layer_lora)
+            pages = kv_pages if spec.kv_source is None else new_caches[spec.kv_source]
+            extra = None if per_layer is None else per_layer[:, i]
+            x, pages = _decoder_layer(*nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra)
             states.append(x)
-            new_caches.append(kv_pages)
+            new_caches.append(pages if spec.kv_source is None else kv_pages)
         return states, new_caches
 
     def compute_logits(self, hidden: jax.Array) -> jax.Array:

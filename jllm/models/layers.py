@@ -134,12 +134,22 @@ def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
 
 class RMSNorm(nnx.Module):
     """Llama's RMSNorm, or with ``unit_offset`` Gemma's, whose stored weight is the scale minus one; without
-    ``weight`` NanoChat's, which scales by nothing."""
+    ``weight`` NanoChat's, which scales by nothing; with ``float32_weight`` Gemma 4's, the weight applied in float32
+    before the cast back (Llama's casts first)."""
 
-    def __init__(self, dim: int, eps: float, dtype: jnp.dtype, unit_offset: bool = False, weight: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        eps: float,
+        dtype: jnp.dtype,
+        unit_offset: bool = False,
+        weight: bool = True,
+        float32_weight: bool = False,
+    ):
         self.weight = param((dim,), dtype, ("embed",)) if weight else None
         self.eps = eps
         self.unit_offset = unit_offset
+        self.float32_weight = float32_weight or unit_offset
 
     def _inv_rms(self, x32: jax.Array) -> jax.Array:
         """``rsqrt(mean(x^2) + eps)`` per row, ``[..., 1]`` float32."""
@@ -160,8 +170,9 @@ class RMSNorm(nnx.Module):
         x32 = x32 * self._inv_rms(x32)
         if self.weight is None:
             return x32.astype(x.dtype)
-        if self.unit_offset:  # Gemma scales in float32, then casts: (x * (1 + w)).to(dtype)
-            return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+        if self.float32_weight:  # Gemma scales in float32, then casts: (x * (1 + w)).to(dtype), Gemma 4 (x * w)
+            offset = 1.0 if self.unit_offset else 0.0
+            return (x32 * (offset + self.weight[...].astype(jnp.float32))).astype(x.dtype)
         # Llama casts back before the weight: w * x.to(dtype)
         return self.weight[...] * x32.astype(x.dtype)
 

@@ -15,8 +15,10 @@ layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_de
 Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning attention,
 ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``) among its attention ones, or alone (Mamba,
 FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
-``LayerSpec.mlp``, or an MLP with no mixer), and MiniMax's residuals from the normed inputs, scaled
-(``LayerSpec.normed_residual``).
+``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
+(``LayerSpec.normed_residual``); and Gemma 4's layers of their own KV heads and head width, keys reused as values,
+layers reading an earlier layer's K/V (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside
+the dense MLP.
 
 Where this module sits: docs/architecture.md.
 """
@@ -37,16 +39,26 @@ from jllm.models.lightning_attention import LightningAttention, LightningSpec
 from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
-from jllm.models.moe import ClampedSwiGLU, GroupedRouting, SparseMoE
+from jllm.models.moe import ClampedSwiGLU, GroupedRouting, MoEBesideMLP, SparseMoE
 from jllm.models.recurrent_state import StateSpec
 from jllm.models.rope import Rope
 from jllm.models.short_conv import ShortConv, ShortConvSpec
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
-# Llama's RMSNorm, Gemma's ``1 + w`` one, one without a weight (NanoChat); LayerNorm with weight and bias, weight only
-# (Cohere), neither (OLMo 1), or weight and bias with the weight stored minus one (Nemotron's LayerNorm1P)
-NORMS = ("rms", "rms_unit_offset", "rms_no_affine", "layer", "layer_no_bias", "layer_no_affine", "layer_unit_offset")
+# Llama's RMSNorm, Gemma's ``1 + w`` one, one without a weight (NanoChat), Gemma 4's (its weight applied in float32);
+# LayerNorm with weight and bias, weight only (Cohere), neither (OLMo 1), or weight and bias with the weight stored
+# minus one (Nemotron's LayerNorm1P)
+NORMS = (
+    "rms",
+    "rms_unit_offset",
+    "rms_no_affine",
+    "rms_float32",
+    "layer",
+    "layer_no_bias",
+    "layer_no_affine",
+    "layer_unit_offset",
+)
 # the model-parallel shards CodeGen's fused qkv_proj is stored in (transformers' CodeGenAttention.mp_num, fixed)
 CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
@@ -114,7 +126,8 @@ class LayerSpec:
     rope: Rope | None  # None: no rotary (GPT-BigCode's learned positions, Cohere2's global layers)
     sliding_window: int | None = None
     # in a mixture-of-experts model, this layer's MLP is a dense gated one this wide (ERNIE's first layer, DeepSeek's
-    # first_k_dense_replace layers)
+    # first_k_dense_replace layers; with ``moe_beside_mlp``, the dense MLP beside the mixture); elsewhere this layer's
+    # MLP width where not intermediate_size (Gemma 4's double-wide MLPs)
     dense_mlp_size: int | None = None
     qk_l2_norm: bool = False  # each query and key head RMS-normed without a weight after the rotary (Llama 4)
     # (floor_scale, attn_scale): queries times log1p(floor((position + shift) / floor_scale)) * attn_scale + 1 (Llama
@@ -131,6 +144,13 @@ class LayerSpec:
     # MiniMax's layers: each block adds to its normed input, both scaled, ``norm(x) * alpha + block(norm(x)) * beta``:
     # (the mixer's alpha, beta, the MLP's alpha, beta); None: the usual ``x + block(norm(x))``
     normed_residual: tuple[float, float, float, float] | None = None
+    # this layer's KV heads and head width where not the model's (Gemma 4's full-attention layers: wider heads, fewer)
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    k_eq_v: bool = False  # the values are the key projection's output, before the k norm (Gemma 4's attention_k_eq_v)
+    # the layer attends over layer ``kv_source``'s K/V (its pages), with no K/V projection of its own, and writes none
+    # (Gemma 4's num_kv_shared_layers)
+    kv_source: int | None = None
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -139,6 +159,8 @@ class LayerSpec:
             raise ValueError(f"norms {self.norms!r} is not one of 'pre', 'post' (or None: the model's)")
         if self.mixer == "none" and not self.mlp:
             raise ValueError("a layer with mixer 'none' needs its MLP (mlp=True): it would do nothing")
+        if self.kv_source is not None and (self.mixer != "attention" or self.k_eq_v):
+            raise ValueError("kv_source (K/V read from another layer) needs an attention layer without k_eq_v")
 
     def scale_queries(self, q: jax.Array, positions: jax.Array) -> jax.Array:
         """``q [T, heads, dim]`` times its position's ``attn_temperature`` factor, where the layer has one."""
@@ -242,6 +264,16 @@ class ModelArgs:
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
     # each attention layer holds the checkpoint's FP8 KV-cache scales, k_scale and v_scale (``jllm.kv_scales``)
     kv_scales: bool = False
+    v_norm: bool = False  # each value head RMS-normed without a weight (Gemma 4)
+    # Gemma 4's per-layer inputs (PLE, ``jllm.models.per_layer_inputs``): > 0, each layer adds a gated projection of
+    # its own this-wide slice of a token embedding and a projection of the input embedding (its
+    # ``hidden_size_per_layer_input``), read from a table of ``per_layer_vocab_size`` rows
+    per_layer_input_size: int = 0
+    per_layer_vocab_size: int = 0
+    layer_scalar: bool = False  # each layer's output times a stored scalar (Gemma 4's ``layer_scalar``)
+    # the mixture of experts runs beside each layer's dense MLP (its ``dense_mlp_size``), its router reading the
+    # residual stream, each output normed, their sum normed (Gemma 4's enable_moe_block; ``moe.MoEBesideMLP``)
+    moe_beside_mlp: bool = False
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -259,6 +291,7 @@ class ModelArgs:
             raise ValueError("lm_head_bias needs an untied LM head (tie_word_embeddings=False)")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
+        self._check_layer_options()
         if self.quant is not None:
             self._check_quantizable()
         if self.kv_scales and (self.mla is not None or self.attention_experts):
@@ -267,6 +300,32 @@ class ModelArgs:
                 f"the checkpoint's KV-cache scales (k_scale / v_scale) are read for grouped-query attention only, not "
                 f"for {kind}; use a checkpoint without them"
             )
+
+    def _check_layer_options(self) -> None:
+        """A mixture beside the MLP has an MLP on every layer; a layer reading another's K/V (``kv_source``) reads an
+        earlier one with K/V of its own, of its shape."""
+        if self.moe_beside_mlp and (not self.num_experts or any(s.dense_mlp_size is None for s in self.layers)):
+            raise ValueError("moe_beside_mlp needs num_experts and every layer's dense_mlp_size (the MLP beside it)")
+        for i, spec in enumerate(self.layers):
+            if spec.kv_source is None:
+                continue
+            source = self.layers[spec.kv_source]
+            alike = self.layer_heads(spec) == self.layer_heads(source)
+            if spec.kv_source >= i or source.kv_source is not None or not alike:
+                raise ValueError(
+                    f"layer {i}'s kv_source={spec.kv_source} must be an earlier layer with K/V of its own and the same "
+                    "KV heads and head width"
+                )
+
+    def layer_heads(self, spec: LayerSpec) -> tuple[int, int]:
+        """A layer's (KV heads, head width): its own (Gemma 4's full-attention layers) or the model's."""
+        return spec.num_kv_heads or self.num_kv_heads, spec.head_dim or self.head_dim
+
+    def pool_dims(self, spec: LayerSpec) -> tuple[int, int] | None:
+        """An attention layer's pages' (KV heads, head width); None where it reads another layer's (``kv_source``)."""
+        if spec.kv_source is not None:
+            return None
+        return (1, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
 
     def _check_quantizable(self) -> None:
         """Refuses ``quant`` for the layers with no quantized form yet."""
@@ -290,10 +349,15 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for LFM2's short-conv hybrids (not yet checked "
                 "against float's logits); leave quantization unset"
             )
+        if self.v_norm:
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for Gemma 4 (not yet checked against float's "
+                "logits); leave quantization unset"
+            )
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
         d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
-        if self.num_experts and spec.dense_mlp_size is None:
+        if self.num_experts and spec.dense_mlp_size is None:  # (a mixture beside the MLP: ``make_moe_beside``)
             return SparseMoE(
                 d,
                 hidden,
@@ -315,6 +379,14 @@ class ModelArgs:
                 gated=self.mlp_gated,
             )
         return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
+
+    def make_moe_beside(self) -> MoEBesideMLP | None:
+        """Gemma 4's mixture beside the dense MLP (``moe_beside_mlp``), or None."""
+        if not self.moe_beside_mlp:
+            return None
+        experts, top_k = self.num_experts, self.experts_per_token
+        hidden, dt = self.intermediate_size, self.dtype
+        return MoEBesideMLP(self.hidden_size, hidden, experts, top_k, dt, self.mlp_act, self.norm_eps, self.make_norm)
 
     def make_mixer(self, spec: LayerSpec) -> nnx.Module:
         """A recurrent layer's mixer (``spec.mixer`` other than "attention"): the attention's call shape, its
@@ -365,20 +437,33 @@ class ModelArgs:
             affine, offset = kind != "layer_no_affine", kind == "layer_unit_offset"
             bias = kind in ("layer", "layer_unit_offset")
             return LayerNorm(dim, self.norm_eps, self.dtype, affine, bias, heads, unit_offset=offset)
-        return RMSNorm(dim, self.norm_eps, self.dtype, kind == "rms_unit_offset", weight=kind != "rms_no_affine")
+        return RMSNorm(
+            dim,
+            self.norm_eps,
+            self.dtype,
+            kind == "rms_unit_offset",
+            weight=kind != "rms_no_affine",
+            float32_weight=kind == "rms_float32",
+        )
 
-    def make_qk_norms(self) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
-        """The q and k norms: over each head's ``head_dim`` channels with one weight for all heads (Qwen3, Gemma 3)
-        or each head its own (``qk_norm_per_head``), or over all heads' channels at once (``qk_norm_all_heads``)."""
+    def make_qk_norms(self, spec: LayerSpec) -> tuple[nnx.Module, nnx.Module] | tuple[None, None]:
+        """The q and k norms of a layer: over each head's channels with one weight for all heads (Qwen3, Gemma 3)
+        or each head its own (``qk_norm_per_head``), or over all heads' channels at once (``qk_norm_all_heads``); a
+        layer reading another's K/V (``kv_source``) has no k norm."""
         if not self.qk_norm:
             return None, None
-        hd, kind = self.head_dim, self.qk_norm_kind
+        (kv, hd), kind = self.layer_heads(spec), self.qk_norm_kind
         if self.qk_norm_all_heads:
-            return self.make_norm(self.num_heads * hd, kind), self.make_norm(self.num_kv_heads * hd, kind)
+            return self.make_norm(self.num_heads * hd, kind), self.make_norm(kv * hd, kind)
         if self.qk_norm_per_head:
-            q_heads, kv_heads = (self.num_heads, "q_heads"), (self.num_kv_heads, KV_HEADS)
+            q_heads, kv_heads = (self.num_heads, "q_heads"), (kv, KV_HEADS)
             return self.make_norm(hd, kind, q_heads), self.make_norm(hd, kind, kv_heads)
-        return self.make_norm(hd, kind), self.make_norm(hd, kind)
+        return self.make_norm(hd, kind), None if spec.kv_source is not None else self.make_norm(hd, kind)
+
+    @property
+    def layer_kv_heads(self) -> set[int]:
+        """The KV head counts of the layers that have K/V (the model's, and any layer's own: Gemma 4's)."""
+        return {self.layer_heads(spec)[0] for spec in self.layers if spec.mixer == "attention"} or {self.num_kv_heads}
 
     @property
     def kv_pool_head_dim(self) -> int:

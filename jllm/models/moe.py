@@ -1,6 +1,7 @@
 """Mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4, DeepSeek,
-GLM-4-MoE, gpt-oss, Nemotron 3's plain experts): a router picks each token's experts, and every expert's tokens go
-through one grouped matmul (``jax.lax.ragged_dot_general``) instead of a loop over experts.
+GLM-4-MoE, gpt-oss, Nemotron 3's plain experts; Gemma 4's beside a dense MLP, ``MoEBesideMLP``): a router picks each
+token's experts, and every expert's tokens go through one grouped matmul (``jax.lax.ragged_dot_general``) instead of
+a loop over experts.
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
 and ``group_sizes`` (tokens per expert) tells the grouped matmul where each expert's rows start. Expert kernels are
@@ -16,12 +17,13 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.models.layers import ACTIVATIONS, MLP, Linear, param
+from jllm.models.layers import ACTIVATIONS, MLP, Linear, RMSNorm, param
 
 # x [rows, in] @ kernel [experts, in, *out] with rows grouped by expert -> [rows, *out]
 GROUPED = jax.lax.RaggedDotDimensionNumbers(
@@ -202,6 +204,30 @@ class Experts(nnx.Module):
         return self.down_proj(ACTIVATIONS[self.act](gate) * up if self.glu is None else self.glu(gate, up), group_sizes)
 
 
+def mix_experts(
+    experts: Experts,
+    x: jax.Array,  # [T, dim]
+    chosen: jax.Array,  # [T, k] int32
+    weights: jax.Array,  # [T, k] float32
+    num_experts: int,
+    weigh_inputs: bool = False,
+) -> jax.Array:
+    """Each token's weighted sum of its chosen experts' outputs ``[T, dim]`` (with ``weigh_inputs`` the sum of their
+    outputs on its weighted input: Llama 4's): each token copied once per choice, the copies sorted by expert, one
+    grouped matmul per projection."""
+    t, k = chosen.shape
+    flat = chosen.reshape(t * k)  # [T * k] expert of each (token, choice)
+    order = jnp.argsort(flat, stable=True)  # rows sorted by expert
+    token = order // k  # [T * k] the token each sorted row copies
+    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)  # [experts]
+    row_weights = weights.reshape(t * k)[order][:, None].astype(x.dtype)  # [T * k, 1]
+    if weigh_inputs:
+        out = experts(x[token] * row_weights, group_sizes)  # [T * k, dim]
+    else:
+        out = experts(x[token], group_sizes) * row_weights
+    return jnp.zeros_like(x).at[token].add(out)
+
+
 class SparseMoE(nnx.Module):
     """transformers' sparse MoE blocks: the router's logits in float32, each token's experts and weights by the
     ``routing`` rule (``ROUTINGS``) or DeepSeek's ``grouped`` router, each token's output the weighted sum of its
@@ -278,19 +304,8 @@ class SparseMoE(nnx.Module):
         return route_softmax(logits, self.top_k, self.renormalize)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        t = x.shape[0]
         chosen, weights = self.route(x)
-        k = chosen.shape[1]  # sparsemixer's two whatever top_k says
-        flat = chosen.reshape(t * k)  # [T * k] expert of each (token, choice)
-        order = jnp.argsort(flat, stable=True)  # rows sorted by expert
-        token = order // k  # [T * k] the token each sorted row copies
-        group_sizes = jnp.bincount(flat, length=self.num_experts).astype(jnp.int32)  # [experts]
-        row_weights = weights.reshape(t * k)[order][:, None].astype(x.dtype)  # [T * k, 1]
-        if self.routing == "sigmoid_input":
-            out = self.experts(x[token] * row_weights, group_sizes)  # [T * k, dim]
-        else:
-            out = self.experts(x[token], group_sizes) * row_weights
-        y = jnp.zeros_like(x).at[token].add(out)
+        y = mix_experts(self.experts, x, chosen, weights, self.num_experts, self.routing == "sigmoid_input")
         if self.output_bias is not None:
             y = y + self.output_bias[...]
         if self.shared_expert is None:
@@ -298,3 +313,52 @@ class SparseMoE(nnx.Module):
         if self.shared_expert_gate is None:
             return (y + self.shared_expert(x)) / 2 if self.shared_mean else y + self.shared_expert(x)
         return y + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+
+
+class ScaledRouter(nnx.Module):
+    """Gemma 4's router: the residual stream RMS-normed, times a learned scale (the checkpoint's ``router.scale``,
+    kept as this norm's weight) and ``dim ** -0.5``, projected to the experts' logits; the softmax's top k
+    renormalised, each weight times its expert's learned ``per_expert_scale``."""
+
+    def __init__(self, dim: int, experts: int, dtype, eps: float):
+        self.norm = RMSNorm(dim, eps, dtype)
+        self.proj = Linear(dim, experts, ("embed", None), dtype)
+        self.per_expert_scale = param((experts,), dtype, (None,))
+        self.root = dim**-0.5
+
+    def __call__(self, x: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
+        """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
+        logits = self.proj(self.norm(x) * jnp.asarray(self.root, x.dtype)).astype(jnp.float32)  # [T, experts]
+        chosen, weights = route_softmax(logits, top_k, renormalize=True)
+        return chosen, weights * self.per_expert_scale[...].astype(jnp.float32)[chosen]
+
+
+class MoEBesideMLP(nnx.Module):
+    """Gemma 4's mixture of experts beside each layer's dense MLP (``enable_moe_block``): its router reads the residual
+    stream (``ScaledRouter``), its experts their own normed copy of it; the MLP's output and the experts' are normed
+    apart and summed (the layer norms the sum, as it norms a dense MLP's output). Norms named as the checkpoint's."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        experts: int,
+        top_k: int,
+        dtype,
+        act: str,
+        eps: float,
+        make_norm: Callable[[], nnx.Module],
+    ):
+        self.router = ScaledRouter(dim, experts, dtype, eps)
+        self.experts = Experts(experts, dim, hidden, dtype, act)
+        self.pre_feedforward_layernorm_2 = make_norm()  # the experts' input
+        self.post_feedforward_layernorm_1 = make_norm()  # the dense MLP's output
+        self.post_feedforward_layernorm_2 = make_norm()  # the experts' output
+        self.num_experts, self.top_k = experts, top_k
+
+    def __call__(self, residual: jax.Array, mlp_out: jax.Array) -> jax.Array:
+        """``residual [T, dim]``: the layer's stream after attention; ``mlp_out``: the dense MLP's output on it."""
+        chosen, weights = self.router(residual, self.top_k)
+        routed_in = self.pre_feedforward_layernorm_2(residual)
+        routed = mix_experts(self.experts, routed_in, chosen, weights, self.num_experts)
+        return self.post_feedforward_layernorm_1(mlp_out) + self.post_feedforward_layernorm_2(routed)

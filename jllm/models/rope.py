@@ -1,6 +1,7 @@
 """Rotary position embeddings: the inverse frequencies of each scaling kind, and their application to a head's first
 ``rotary_dim`` channels (all of them, or a fraction as in GPT-NeoX and Phi-4-mini), rotating the halves' channel
-pairs (i, i + rotary_dim / 2) as Llama does or neighbouring pairs (2i, 2i + 1) as Cohere and GPT-J do.
+pairs (i, i + rotary_dim / 2) as Llama does or neighbouring pairs (2i, 2i + 1) as Cohere and GPT-J do. Gemma 4's
+"proportional" kind turns every pair of the head, those past its fraction at frequency zero (so unturned).
 
 Where this module sits: docs/architecture.md.
 """
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCALING_KINDS = ("default", "linear", "llama3", "longrope", "yarn")
+SCALING_KINDS = ("default", "linear", "llama3", "longrope", "yarn", "proportional")
 # rope settings the caller has already turned into `theta` and `rotary_dim`
 APPLIED = ("rope_theta", "partial_rotary_factor")
 
@@ -60,6 +61,8 @@ class Rope:
             base = base / np.asarray(s["short_factor"], np.float64)
         elif kind == "yarn":
             base = _yarn(base, s, self.theta, self.rotary_dim)
+        elif kind == "proportional":  # the first ``rope_angles`` pairs turn as the whole head's would, the rest not
+            base = np.where(np.arange(base.size) < s["rope_angles"], base, 0.0) / s.get("factor", 1.0)
         return base.astype(np.float32)
 
     def attention_scaling(self) -> float:

@@ -75,6 +75,8 @@ def read_rope(
     fraction = params.get("partial_rotary_factor") or cfg.get("partial_rotary_factor") or 1.0
     if "original_max_position_embeddings" in cfg:
         params.setdefault("original_max_position_embeddings", cfg["original_max_position_embeddings"])
+    if params.get("rope_type") == "proportional":  # Gemma 4: every pair of the head turns, past the fraction at zero
+        params["rope_angles"], fraction = int(fraction * head_dim // 2), 1.0
     rope = Rope.from_hf(theta, int(head_dim * fraction), params, cfg.get("max_position_embeddings", 4096))
     return dataclasses.replace(rope, interleaved=True) if interleaved else rope
 
