@@ -103,7 +103,9 @@ def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> 
 def hidden_states_program(
     graphdef: nnx.GraphDef,
     kv_sharding: jax.sharding.NamedSharding,
-    pool_shape: tuple[int, ...],  # one layer's pool [planes, num_kv_heads, num_pages, page_size, head_dim]
+    # one layer's pool: [planes, num_kv_heads, num_pages, page_size, head_dim], and DeepSeek Sparse Attention's
+    # indexer key pool [1, num_kv_heads, num_pages, page_size, index_head_dim] where the model has one
+    pool_shapes: tuple[tuple[int, ...], ...],
     pool_dtype: jnp.dtype,
     layers: tuple[int, ...],
     backend: str,
@@ -117,10 +119,12 @@ def hidden_states_program(
     executable cache."""
     model = nnx.merge(graphdef, state)
     meta = AttentionMetadata(*attn, backend=backend, mesh=kv_sharding.mesh)
-    pool = [
-        jax.lax.with_sharding_constraint(jnp.zeros(pool_shape, pool_dtype), kv_sharding)
-        for _ in range(len(model.layers))
-    ]
+
+    def layer_pool() -> jax.Array | tuple[jax.Array, ...]:
+        pools = tuple(jax.lax.with_sharding_constraint(jnp.zeros(s, pool_dtype), kv_sharding) for s in pool_shapes)
+        return pools[0] if len(pools) == 1 else pools
+
+    pool = [layer_pool() for _ in range(len(model.layers))]
     states = model.hidden_states(input_ids, positions, pool, meta)
     picked = jnp.stack([states[i] for i in layers])
     return jax.lax.with_sharding_constraint(picked, parallel.replicated(kv_sharding.mesh))
@@ -223,9 +227,10 @@ class Encoder:
     def _call(self, batch: EncodeBatch, bucket: StepBucket, layers: tuple[int, ...]) -> ProgramCall:
         """The program of ``bucket`` and ``layers`` on ``batch``, its inputs put on the devices."""
         runner = self.runner
-        pool = runner.kv_caches[0]  # the engine's: [planes, num_kv_heads, num_pages, page_size, head_dim]
-        pool_shape = (*pool.shape[:2], scratch_pages(bucket, runner.page_size), *pool.shape[3:])
-        statics = (runner.graphdef, runner.kv_sharding, pool_shape, pool.dtype, layers, runner.attention_backend)
+        pools = jax.tree.leaves(runner.kv_caches[0])  # the engine's layer: its latent or K/V pool, an indexer's
+        pages = scratch_pages(bucket, runner.page_size)
+        pool_shapes = tuple((*x.shape[:2], pages, *x.shape[3:]) for x in pools)
+        statics = (runner.graphdef, runner.kv_sharding, pool_shapes, pools[0].dtype, layers, runner.attention_backend)
         a = batch.attn
         inputs = (batch.input_ids, batch.positions, (a.slot_mapping, a.query_start_loc, a.kv_lens, a.block_tables))
         inputs = jax.device_put(inputs, parallel.replicated(runner.mesh))
