@@ -21,6 +21,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jllm.parallel import TP_AXIS
 from pallas_kernels import has_jax_triton, ragged_paged_attention, ref_ragged_paged_attention, write_kv
 from pallas_kernels.kv_quant import Scale
+from pallas_kernels.sparse_reference import ref_index_topk, ref_sparse_latent_attention
 
 # "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
 # "triton-prefill": steps with prefill rows run the jax-triton FlashAttention kernel, decode-only steps the Pallas one.
@@ -36,6 +37,7 @@ def resolve_backend(
     *,
     latent: bool = False,
     alibi: bool = False,
+    sparse: bool = False,
 ) -> str:
     """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's head width
     and layout, and whether the model's attention adds ALiBi's position bias.
@@ -46,13 +48,15 @@ def resolve_backend(
     2026-12-05), so "auto" picks the same kernel whatever the pool's dtype. Both kernels tile a
     head's channels in one power-of-two block and read K and V planes, so a pool head of another width or a
     ``latent`` pool (DeepSeek's, one row of 512 + 64 a token) takes the reference, and the kernels are refused for
-    it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW): such a model takes it, and the kernels are
-    refused for it. ``head_dim``: a tuple of every layer's where they differ (Gemma 4's); one backend reads them all.
+    it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW) and attends over an indexer's selected tokens
+    alone (``sparse``: DeepSeek Sparse Attention, DeepSeek-V3.2 and GLM-5): such a model takes it, and the kernels
+    are refused for it. ``head_dim``: a tuple of every layer's where they differ (Gemma 4's); one backend reads them
+    all.
     """
     widths = head_dim if isinstance(head_dim, tuple) else (head_dim,)
     kernel_width = all(hd is None or (hd >= 16 and hd & (hd - 1) == 0) for hd in widths)
     if name == "auto":
-        if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi:
+        if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi or sparse:
             return "reference"
         return "triton-prefill" if has_jax_triton() else "pallas"
     if name not in BACKENDS:
@@ -67,6 +71,12 @@ def resolve_backend(
         raise ValueError(
             f"attention_backend={name!r} does not add ALiBi's position bias, which this model's attention needs "
             "(Bloom, MPT, Falcon with alibi); use attention_backend 'auto' or 'reference'"
+        )
+    if name != "reference" and sparse:
+        raise ValueError(
+            f"attention_backend={name!r} does not restrict the attention to the indexer's selected tokens, which this "
+            "model's attention needs (DeepSeek Sparse Attention: DeepSeek-V3.2, GLM-5); use attention_backend "
+            "'auto' or 'reference'"
         )
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
@@ -187,3 +197,67 @@ def _per_head_positional(attend: Callable[..., jax.Array], names: tuple[str, ...
         return attend(q, kv_pages, kv_lens, tables, qsl, **dict(zip(names, per_head, strict=True)))
 
     return call
+
+
+def index_topk(
+    index_q: jax.Array,  # [T, index_heads, index_head_dim]
+    index_k: jax.Array,  # [T, num_kv_heads, index_head_dim]: the token's one key, a copy per KV head
+    weights: jax.Array,  # f32[T, index_heads]
+    index_pages: jax.Array,  # [1, num_kv_heads, num_pages, page_size, index_head_dim]
+    meta: AttentionMetadata,
+    *,
+    topk: int,
+    sm_scale: float,
+) -> tuple[jax.Array, jax.Array]:
+    """DeepSeek Sparse Attention's selection: writes the step's indexer keys into their pool (the latent pool's
+    slots), then returns each query row's ``topk`` best key columns ``i32[T, K]`` (-1 past its keys;
+    ``pallas_kernels.sparse_reference.ref_index_topk``) and the pool. Under tensor parallelism every device selects
+    from its own copy of the keys with the replicated queries, so the selection comes out replicated."""
+    _check_reference(meta, "DeepSeek Sparse Attention's indexer")
+    index_pages = write_kv(index_pages, index_k, None, meta.slot_mapping)
+    select = functools.partial(ref_index_topk, topk=topk, sm_scale=sm_scale)
+    inputs = (index_q, weights, index_pages, meta.kv_lens, meta.block_tables, meta.query_start_loc)
+    if meta.mesh is not None and meta.mesh.size > 1:
+        replicated = PartitionSpec()
+        select = jax.shard_map(
+            select,
+            mesh=meta.mesh,
+            in_specs=(replicated, replicated, PartitionSpec(None, TP_AXIS), replicated, replicated, replicated),
+            out_specs=replicated,
+            check_vma=False,  # every device computes the same selection
+        )
+    return select(*inputs), index_pages
+
+
+def sparse_latent_attention(
+    q: jax.Array,  # [T, num_q_heads, latent_dim]
+    kv: jax.Array,  # [T, num_kv_heads, latent_dim]
+    kv_pages: jax.Array,  # [1, num_kv_heads, num_pages, page_size, latent_dim], a latent pool
+    selected: jax.Array,  # i32[T, K], ``index_topk``'s
+    meta: AttentionMetadata,
+    *,
+    sm_scale: float,
+    value_dim: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Latent attention over the ``selected`` tokens alone (DeepSeek Sparse Attention): writes the step's latent
+    rows, then attends (``ref_sparse_latent_attention``); returns (``[T, num_q_heads, value_dim]``, the pool). Under
+    tensor parallelism the query heads and the pool's copies split, the selection is replicated."""
+    _check_reference(meta, "DeepSeek Sparse Attention")
+    kv_pages = write_kv(kv_pages, kv, None, meta.slot_mapping)
+    attend = functools.partial(ref_sparse_latent_attention, sm_scale=sm_scale, value_dim=value_dim)
+    inputs = (q, kv_pages, selected, meta.block_tables, meta.query_start_loc)
+    if meta.mesh is not None and meta.mesh.size > 1:
+        heads, replicated = PartitionSpec(None, TP_AXIS), PartitionSpec()
+        attend = jax.shard_map(
+            attend,
+            mesh=meta.mesh,
+            in_specs=(heads, heads, replicated, replicated, replicated),
+            out_specs=heads,
+            check_vma=False,  # the reference's loop carry names no varying axes
+        )
+    return attend(*inputs), kv_pages
+
+
+def _check_reference(meta: AttentionMetadata, what: str) -> None:
+    if meta.backend != "reference":
+        raise ValueError(f"{what} runs on the 'reference' attention backend only, not {meta.backend!r}")

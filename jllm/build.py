@@ -182,6 +182,7 @@ def _worker(
         spec.head_dims if len(spec.head_dims) > 1 else spec.head_dim,
         latent=spec.latent,
         alibi=args.alibi_slopes is not None,
+        sparse=spec.index_head_dim > 0,
     )
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     sched = config.scheduler

@@ -3,7 +3,10 @@
 One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1); a model's heads and
 width are ``KVCacheSpec.for_model``'s. DeepSeek's latent attention keeps a *latent* pool, ``[1, num_kv_heads, ...]``:
 one head of its latent's width written once per token, its values the row's first channels (vLLM's MLA cache), so a
-budget holds twice the pages a K/V pair of those rows would. A hybrid model's recurrent layers (gated DeltaNet,
+budget holds twice the pages a K/V pair of those rows would. DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5) keeps
+its indexer's key per token too, in a pool of its own laid out as a latent pool ``[1, num_kv_heads, ...,
+index_head_dim]`` on the same pages: such a layer's entry is the pair ``(latent pool, indexer key pool)``, and a
+page's bytes count both (``KVCacheSpec.index_head_dim``). A hybrid model's recurrent layers (gated DeltaNet,
 Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a
 fixed state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
 sized; an attention-free model (Mamba, FalconMamba) has state pools alone, and pages that store nothing
@@ -60,6 +63,8 @@ class KVCacheSpec:
     page_size: int  # tokens per page
     dtype: DTypeLike = jnp.bfloat16  # the model's, or float8_e4m3fn (``pool_dtype``)
     latent: bool = False  # one row a token, no V plane: latent attention's values are its keys' first channels
+    # > 0: each layer also keeps DeepSeek Sparse Attention's indexer key (this wide) per token, in a pool of its own
+    index_head_dim: int = 0
     # per model layer, a recurrent layer's state (None: an attention layer, with pages); () where every layer attends
     states: tuple[StateSpec | None, ...] = ()
     # per model layer, its pages' (num_kv_heads, head_dim), None where it has none of its own (a recurrent layer's
@@ -74,6 +79,11 @@ class KVCacheSpec:
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"KVCacheSpec.{name} must be an int of at least {least}, got {value!r}")
         dtype = jnp.dtype(self.dtype)
+        if self.index_head_dim < 0 or (self.index_head_dim and not self.latent):
+            raise ValueError(
+                f"KVCacheSpec.index_head_dim={self.index_head_dim} must be 0, or > 0 beside a latent pool (DeepSeek "
+                "Sparse Attention's indexer keys)"
+            )
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"KVCacheSpec.dtype must be a floating dtype (e.g. bfloat16), got {dtype}")
         object.__setattr__(self, "dtype", dtype)  # normalise "bfloat16" / jnp.bfloat16 to one np.dtype
@@ -84,8 +94,10 @@ class KVCacheSpec:
     @classmethod
     def for_model(cls, args: Any, page_size: int, dtype: DTypeLike) -> KVCacheSpec:
         """The pool a model's ``ModelArgs`` needs: its KV heads (copies included), each ``kv_pool_head_dim`` wide;
-        latent for multi-head latent attention (``args.mla``); a hybrid model's recurrent layers' states."""
+        latent for multi-head latent attention (``args.mla``), with its indexer's keys where it is sparse
+        (``args.mla.indexer``); a hybrid model's recurrent layers' states."""
         latent = args.mla is not None
+        indexer = args.mla.indexer if latent else None
         states = tuple(args.state_spec(spec) for spec in args.layers)
         dims = tuple(
             None if s is not None else args.pool_dims(spec) for s, spec in zip(states, args.layers, strict=True)
@@ -97,7 +109,9 @@ class KVCacheSpec:
         )
         states = states if any(s is not None for s in states) else ()
         heads, width = args.num_kv_heads, args.kv_pool_head_dim
-        return cls(len(paged), heads, width, page_size, dtype, latent, states, () if uniform else dims)
+        index_head_dim = 0 if indexer is None else indexer.head_dim
+        layer_dims = () if uniform else dims
+        return cls(len(paged), heads, width, page_size, dtype, latent, index_head_dim, states, layer_dims)
 
     @property
     def layer_states(self) -> tuple[StateSpec | None, ...]:
@@ -141,12 +155,19 @@ class KVCacheSpec:
         kv_heads, head_dim = dims or (self.num_kv_heads, self.head_dim)
         return (self.planes, kv_heads, num_pages, self.page_size, head_dim)
 
+    def index_shape(self, num_pages: int) -> tuple[int, int, int, int, int]:
+        """One layer's indexer key pool: ``[1, num_kv_heads, num_pages, page_size, index_head_dim]`` (a latent
+        pool's layout, so the latent pool's writes, sharding and page maths serve it)."""
+        return (1, self.num_kv_heads, num_pages, self.page_size, self.index_head_dim)
+
     @property
     def bytes_per_page(self) -> int:
-        """Bytes one page costs across all layers, K and V together (the latent row once)."""
-        itemsize = jnp.dtype(self.dtype).itemsize
-        rows = sum(kv * hd for d in self.pool_dims if d is not None for kv, hd in [d])  # a token's heads x widths
-        return self.planes * self.page_size * rows * itemsize
+        """Bytes one page costs across all layers, K and V together (the latent row once), the indexer's keys
+        too."""
+        row = sum(
+            kv * (self.planes * hd + self.index_head_dim) for d in self.pool_dims if d is not None for kv, hd in [d]
+        )
+        return self.page_size * row * jnp.dtype(self.dtype).itemsize
 
 
 def num_state_slots(args: Any, max_num_seqs: int) -> int:
@@ -174,6 +195,7 @@ def num_pages_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
     num_pages = int(budget_bytes) // spec.bytes_per_page
     if num_pages < MIN_NUM_PAGES:
         rows = "one latent row" if spec.latent else "K/V"
+        rows += f" + an indexer key of {spec.index_head_dim}" if spec.index_head_dim else ""
         raise ValueError(
             f"a KV budget of {int(budget_bytes):,} bytes holds {max(num_pages, 0)} pages of {spec.bytes_per_page:,} "
             f"bytes ({spec.describe_layers()} x {spec.page_size} tokens x {rows} in {jnp.dtype(spec.dtype).name}); "
@@ -246,9 +268,9 @@ def device_budget(gpu_memory_utilization: float, params_bytes: int, devices: Seq
 def allocate_kv_pool(
     spec: KVCacheSpec, num_pages: int, sharding: jax.sharding.Sharding | None = None, num_state_slots: int = 0
 ) -> list[Any]:
-    """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); a
-    recurrent layer's state pool instead, ``num_state_slots`` slots of it, split over the same mesh by its heads
-    (``StateSpec.axes``).
+    """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); with
+    DeepSeek Sparse Attention's indexer keys the pair (latent pool, indexer key pool); a recurrent layer's state pool
+    instead, ``num_state_slots`` slots of it, split over the same mesh by its heads (``StateSpec.axes``).
 
     Zeros are made on the devices (``parallel.device_zeros``), so no full-size host copy ever exists.
     """
@@ -257,12 +279,19 @@ def allocate_kv_pool(
     if spec.states and num_state_slots < 2:
         raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
     mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
+
+    def pages(dims: tuple[int, int]) -> Any:  # an attention layer's entry
+        kv = device_zeros(spec.layer_shape(num_pages, dims), spec.dtype, sharding)
+        if not spec.index_head_dim:
+            return kv
+        return kv, device_zeros(spec.index_shape(num_pages), spec.dtype, sharding)  # and its indexer keys
+
     pool: list[Any] = []
     for state, dims in zip(spec.layer_states, spec.pool_dims, strict=True):
         if state is not None:
             pool.append(state.zeros(num_state_slots, mesh))
         elif dims is None:  # a layer reading another layer's pages (Gemma 4's KV-shared layers): nothing of its own
             pool.append(())
-        else:  # [planes, num_kv_heads, num_pages, page_size, head_dim]
-            pool.append(device_zeros(spec.layer_shape(num_pages, dims), spec.dtype, sharding))
+        else:  # [planes, num_kv_heads, num_pages, page_size, head_dim] (and the indexer's keys)
+            pool.append(pages(dims))
     return pool

@@ -103,8 +103,10 @@ def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> 
 def hidden_states_program(
     graphdef: nnx.GraphDef,
     kv_sharding: jax.sharding.NamedSharding,
-    # each layer's pool [planes, num_kv_heads, num_pages, page_size, head_dim]; None: pages of another layer's
-    pool_shapes: tuple[tuple[int, ...] | None, ...],
+    # each layer's pools: [planes, num_kv_heads, num_pages, page_size, head_dim], and DeepSeek Sparse Attention's
+    # indexer key pool [1, num_kv_heads, num_pages, page_size, index_head_dim] where the model has one; None: the
+    # layer reads another layer's pages (Gemma 4's KV-shared layers)
+    pool_shapes: tuple[tuple[tuple[int, ...], ...] | None, ...],
     pool_dtype: jnp.dtype,
     layers: tuple[int, ...],
     backend: str,
@@ -118,10 +120,12 @@ def hidden_states_program(
     executable cache."""
     model = nnx.merge(graphdef, state)
     meta = AttentionMetadata(*attn, backend=backend, mesh=kv_sharding.mesh)
-    pool = [
-        () if shape is None else jax.lax.with_sharding_constraint(jnp.zeros(shape, pool_dtype), kv_sharding)
-        for shape in pool_shapes
-    ]
+
+    def layer_pool(shapes: tuple[tuple[int, ...], ...]) -> jax.Array | tuple[jax.Array, ...]:
+        pools = tuple(jax.lax.with_sharding_constraint(jnp.zeros(s, pool_dtype), kv_sharding) for s in shapes)
+        return pools[0] if len(pools) == 1 else pools
+
+    pool = [() if shapes is None else layer_pool(shapes) for shapes in pool_shapes]
     states = model.hidden_states(input_ids, positions, pool, meta)
     picked = jnp.stack([states[i] for i in layers])
     return jax.lax.with_sharding_constraint(picked, parallel.replicated(kv_sharding.mesh))
@@ -225,10 +229,10 @@ class Encoder:
         """The program of ``bucket`` and ``layers`` on ``batch``, its inputs put on the devices."""
         runner = self.runner
         pages = scratch_pages(bucket, runner.page_size)
-        # the engine's layers: [planes, num_kv_heads, num_pages, page_size, head_dim], or () (Gemma 4's KV-shared)
-        pools = runner.kv_caches
-        shapes = tuple(None if isinstance(kv, tuple) else (*kv.shape[:2], pages, *kv.shape[3:]) for kv in pools)
-        dtype = next(kv for kv in pools if not isinstance(kv, tuple)).dtype
+        # each engine layer's pools (its K/V or latent pool, an indexer's keys), or none (Gemma 4's KV-shared layers)
+        layer_pools = [jax.tree.leaves(kv) for kv in runner.kv_caches]
+        shapes = tuple(tuple((*x.shape[:2], pages, *x.shape[3:]) for x in pools) or None for pools in layer_pools)
+        dtype = next(pools[0].dtype for pools in layer_pools if pools)
         statics = (runner.graphdef, runner.kv_sharding, shapes, dtype, layers, runner.attention_backend)
         a = batch.attn
         inputs = (batch.input_ids, batch.positions, (a.slot_mapping, a.query_start_loc, a.kv_lens, a.block_tables))

@@ -118,9 +118,12 @@ class ModelRunner:
         self.head_params, self.head_def = jax.tree.flatten(head_state)
         self.vocab_size = loaded.args.vocab_size
         self.kv_caches = kv_caches
-        # as allocated: the tensor-parallel layout of the pages, and of every layer's pool (a hybrid model's state
+        # as allocated: the tensor-parallel layout of the pages (an attention layer's pool; with DeepSeek Sparse
+        # Attention's indexer the pair of pools, laid out alike), and of every layer's pool (a hybrid model's state
         # pools are tuples, split by heads); no pages' (None) for an attention-free model, which ``pooling`` refuses
-        self.kv_sharding = next((kv.sharding for kv in kv_caches if isinstance(kv, jax.Array)), None)
+        args = loaded.args
+        paged = (kv for kv, spec in zip(kv_caches, args.layers, strict=True) if args.state_spec(spec) is None)
+        self.kv_sharding = next((jax.tree.leaves(kv)[0].sharding for kv in paged if jax.tree.leaves(kv)), None)
         self.pool_shardings = tuple(jax.tree.map(lambda x: x.sharding, kv) for kv in kv_caches)
         self.mesh = loaded.mesh
         self.page_size = page_size

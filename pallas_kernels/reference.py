@@ -22,6 +22,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -127,8 +128,6 @@ def ref_ragged_paged_attention(
     _validate_per_head("alibi_slopes", alibi_slopes, q)
     if value_dim is not None:
         check_latent_scales(v_scale)
-    num_tokens = q.shape[0]
-    num_seqs = block_tables.shape[0]
     q_lens = query_start_loc[1:] - query_start_loc[:-1]  # i32[S]
     attend = functools.partial(
         _attend_blocks, q, kv_pages, kv_lens, block_tables, query_start_loc,
@@ -137,17 +136,72 @@ def ref_ragged_paged_attention(
     )  # fmt: skip
     # [T, Hq, Dv]; rows no item owns (padding) stay exactly zero
     out = jnp.zeros((*q.shape[:2], value_dim or q.shape[2]), q.dtype)
+    return over_query_blocks(out, q_lens, block_tables.shape[0], q_block, attend)
+
+
+ItemsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (rows, seq, last_col) -> one result per row
+
+
+def over_query_blocks(
+    out: jax.Array,  # [T, ...], a result row per query row
+    q_lens: jax.Array,  # i32[S]
+    num_seqs: int,
+    q_block: int | None,
+    attend: Callable[[jax.Array, jax.Array, int, int], jax.Array],  # (out, q_lens, bq, max_items) -> out
+) -> jax.Array:  # ``out`` with every sequence's rows written
+    """Runs ``attend`` over a ragged step's rows cut into work items: with ``q_block`` None, sequences of fewer than
+    _LONG_QUERY new tokens as one-row items and longer ones in blocks of up to _MAX_Q_BLOCK rows (two calls); else
+    every sequence in blocks of ``q_block`` rows (one call). Shared by the attention and DSA's indexer
+    (``pallas_kernels.sparse_reference``)."""
+    num_tokens = out.shape[0]
     if q_block is not None:
-        return attend(out, q_lens, q_block, max_items=max_items(num_tokens, num_seqs, q_block))
+        return attend(out, q_lens, q_block, max_items(num_tokens, num_seqs, q_block))
     # The bucket's shape says little about the step: a lone prefill and a batch of decodes share a (T, S) bucket, so
     # each sequence's own length picks its block size, and each loop below runs only over the items that exist.
     is_long = q_lens >= _LONG_QUERY  # bool[S]
-    out = attend(out, jnp.where(is_long, 0, q_lens), 1, max_items=min(num_tokens, num_seqs * (_LONG_QUERY - 1)))
+    out = attend(out, jnp.where(is_long, 0, q_lens), 1, min(num_tokens, num_seqs * (_LONG_QUERY - 1)))
     num_long = min(num_seqs, num_tokens // _LONG_QUERY)  # static bound on long sequences
     if num_long:
         bq = min(_MAX_Q_BLOCK, 1 << (num_tokens - 1).bit_length())
-        out = attend(out, jnp.where(is_long, q_lens, 0), bq, max_items=max_items(num_tokens, num_long, bq))
+        out = attend(out, jnp.where(is_long, q_lens, 0), bq, max_items(num_tokens, num_long, bq))
     return out
+
+
+def run_items(
+    out: jax.Array,  # [T, ...], the rows written so far
+    q_lens: jax.Array,  # i32[S], the sequences' new tokens, 0 for those another call handles
+    query_start_loc: jax.Array,  # i32[S + 1]
+    kv_lens: jax.Array,  # i32[S]
+    bq: int,
+    per_batch: int,
+    items: ItemsFn,  # (rows i32[B, bq], seq i32[B], last_col i32[B, bq]) -> [B, bq, ...]
+) -> jax.Array:  # ``out`` with these sequences' rows written
+    """The rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows, ``per_batch`` items a call of
+    ``items``: given each item's rows (in range; a spare row repeats the last), sequence, and the last key column
+    each row sees (-1 for a spare row), it returns their results.
+
+    Items run ``per_batch`` at a time in a loop, so no batch's intermediates outgrow the budget, and the loop stops
+    after the last real item: a step pays for the items it has, not for the static bound that sized a batch.
+    """
+    num_tokens = out.shape[0]
+    # Work items: sequence s's rows split into ceil(q_len / bq) blocks (query_blocks).
+    num_batches = (jnp.sum((q_lens + bq - 1) // bq) + per_batch - 1) // per_batch  # i32[], dynamic
+
+    def run_batch(b: jax.Array, out: jax.Array) -> jax.Array:
+        item = b * per_batch + jnp.arange(per_batch, dtype=jnp.int32)  # i32[B]
+        seq, first, item_valid = query_blocks(q_lens, item, bq)  # i32[B] x 2, bool[B]
+        row_in_seq = first[:, None] + jnp.arange(bq, dtype=jnp.int32)  # i32[B, bq], query index i within seq
+        item_q_len = q_lens[seq][:, None]  # i32[B, 1]
+        row_valid = item_valid[:, None] & (row_in_seq < item_q_len)  # bool[B, bq]
+        row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[B, bq], T = dropped
+        # Last key column each row sees; -1 (none) for spare rows, so they add no trips to the page loop.
+        last_col = jnp.where(row_valid, kv_lens[seq][:, None] - item_q_len + row_in_seq, -1)  # i32[B, bq]
+        res = items(jnp.minimum(row, num_tokens - 1), seq, last_col)  # [B, bq, ...]
+        return out.at[row.reshape(-1)].set(res.reshape(-1, *out.shape[1:]), mode="drop")
+
+    # A dynamic trip count, like the page loop's: on a GPU each trip waits for the device (the reference is the
+    # oracle and CI's path there, not the engine's GPU path).
+    return jax.lax.fori_loop(0, num_batches, run_batch, out)
 
 
 def _attend_blocks(
@@ -159,8 +213,8 @@ def _attend_blocks(
     out: jax.Array,  # [T, Hq, Dv], the rows written so far (Dv < D: a latent pool's values)
     q_lens: jax.Array,  # i32[S], the sequences' new tokens, 0 for those another call handles
     bq: int,
-    *,
     max_items: int,
+    *,
     sm_scale: float,
     soft_cap: float | None,
     sliding_window: int | None,
@@ -168,42 +222,23 @@ def _attend_blocks(
     sinks: jax.Array | None,  # [Hq]
     alibi_slopes: jax.Array | None,  # [Hq]
 ) -> jax.Array:  # [T, Hq, Dv], ``out`` with these sequences' rows written
-    """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows.
-
-    Items run ``per_batch`` at a time in a loop, so no batch's intermediates outgrow the budget, and the loop stops
-    after the last real item: a step pays for the items it has, not for ``max_items`` (which only sizes a batch).
-    """
-    num_tokens, num_q_heads, head_dim = q.shape
+    """Attention of the rows of sequences with ``q_lens > 0``, cut into work items of ``bq`` rows (``run_items``),
+    as many a batch as the budget holds (``max_items``: the static bound on items, which only sizes a batch)."""
+    num_q_heads, head_dim = q.shape[1:]
     planes, num_kv_heads, _, page_size, _ = kv_pages.shape
-    num_seqs, pages_per_seq = block_tables.shape
-    chunk_pages = _chunk_pages(pages_per_seq, page_size, bq)
+    chunk_pages = page_chunk(block_tables.shape[1], page_size, bq)
     chunk_len = chunk_pages * page_size  # keys per iteration of the page loop
     item_elems = 2 * num_q_heads * bq * chunk_len + planes * num_kv_heads * chunk_len * head_dim
     per_batch = max(1, min(max_items, _BATCH_ELEMS // item_elems))
 
-    # Work items: sequence s's rows split into ceil(q_len / bq) blocks (query_blocks).
-    num_batches = (jnp.sum((q_lens + bq - 1) // bq) + per_batch - 1) // per_batch  # i32[], dynamic
-
-    def attend_batch(b: jax.Array, out: jax.Array) -> jax.Array:
-        item = b * per_batch + jnp.arange(per_batch, dtype=jnp.int32)  # i32[B]
-        seq, first, item_valid = query_blocks(q_lens, item, bq)  # i32[B] x 2, bool[B]
-        row_in_seq = first[:, None] + jnp.arange(bq, dtype=jnp.int32)  # i32[B, bq], query index i within seq
-        item_q_len = q_lens[seq][:, None]  # i32[B, 1]
-        row_valid = item_valid[:, None] & (row_in_seq < item_q_len)  # bool[B, bq]
-        row = jnp.where(row_valid, query_start_loc[seq][:, None] + row_in_seq, num_tokens)  # i32[B, bq], T = dropped
-        # Last key column each row sees; -1 (none) for spare rows, so they add no trips to the page loop.
-        last_col = jnp.where(row_valid, kv_lens[seq][:, None] - item_q_len + row_in_seq, -1)  # i32[B, bq]
-        q_items = q[jnp.minimum(row, num_tokens - 1)]  # [B, bq, Hq, D]
-        res = _attend_items(
-            q_items, block_tables[seq], last_col, kv_pages, chunk_pages,
+    def items(rows: jax.Array, seq: jax.Array, last_col: jax.Array) -> jax.Array:  # [B, bq, Hq, Dv]
+        return _attend_items(
+            q[rows], block_tables[seq], last_col, kv_pages, chunk_pages,
             sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, kv_scales=kv_scales, sinks=sinks,
             value_dim=out.shape[2], alibi_slopes=alibi_slopes,
         )  # fmt: skip
-        return out.at[row.reshape(-1)].set(res.reshape(-1, num_q_heads, out.shape[2]), mode="drop")
 
-    # A dynamic trip count, like the page loop's: on a GPU each trip waits for the device (the reference is the
-    # oracle and CI's path there, not the engine's GPU path).
-    return jax.lax.fori_loop(0, num_batches, attend_batch, out)
+    return run_items(out, q_lens, query_start_loc, kv_lens, bq, per_batch, items)
 
 
 def _attend_items(
@@ -320,7 +355,7 @@ def query_blocks(q_lens: jax.Array, item: jax.Array, bq: int) -> tuple[jax.Array
     return seq, first, valid
 
 
-def _chunk_pages(pages_per_seq: int, page_size: int, bq: int) -> int:
+def page_chunk(pages_per_seq: int, page_size: int, bq: int) -> int:
     """Pages per loop iteration: about _CHUNK_TOKENS keys for one-row items, fewer for blocks of rows (whose
     sequences are often as short as the block), never more than a sequence's block table holds."""
     keys = max(_MIN_CHUNK_TOKENS, min(_CHUNK_TOKENS, _CHUNK_ELEMS // bq))
@@ -343,7 +378,7 @@ def _validate(
     """Shape and dtype checks at trace time, so a wrong runner input fails with a message instead of a bad gather.
     The kernels share them without ``value_dim``, so they refuse a latent pool."""
     _validate_q_and_kv(q, kv_pages, value_dim)
-    _validate_metadata(kv_lens, block_tables, query_start_loc)
+    validate_metadata(kv_lens, block_tables, query_start_loc)
     _validate_options(soft_cap, sliding_window, q_block)
     _validate_per_head("sinks", sinks, q)
 
@@ -381,7 +416,7 @@ def _validate_q_and_kv(q: jax.Array, kv_pages: jax.Array, value_dim: int | None 
             raise ValueError(f"{name} must be floating point, got {x.dtype}")
 
 
-def _validate_metadata(kv_lens: jax.Array, block_tables: jax.Array, query_start_loc: jax.Array) -> None:
+def validate_metadata(kv_lens: jax.Array, block_tables: jax.Array, query_start_loc: jax.Array) -> None:
     """The per-sequence int32 arrays, all sized by block_tables' S."""
     if block_tables.ndim != 2 or block_tables.shape[0] == 0:
         raise ValueError(f"block_tables must be i32[S, pages_per_seq] with S >= 1, got shape {block_tables.shape}")

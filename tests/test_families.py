@@ -53,11 +53,12 @@ HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_image_text"}
 # MiniMax: transformers' float32 forward is itself 1.8e-5 from its float64 one on the 70-token prompt, jllm's 2.1e-5
 # (its lightning state's sums unnormed, residuals scaled up by the alphas; 2026-12-05)
 HYBRIDS |= {"minimax"}
-# Hybrids whose logits are checked over their prompt prefilled in chunks too, the state carried between steps: LFM2's
-# conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state (Qwen3-Next's and so OLMo-Hybrid's
-# mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state alone (Mamba; its mixer's in
-# tests/test_mamba.py)
-CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax", "mamba"}
+# Families whose logits are checked over their prompt prefilled in chunks too, what a chunk reads of the earlier ones
+# carried between steps: LFM2's conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state
+# (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state
+# alone (Mamba; its mixer's in tests/test_mamba.py), DeepSeek-V3.2's indexer keys (each later chunk's rows select
+# among them)
+CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "deepseek_v32"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -157,6 +158,9 @@ GEMMA4 = dict(
     tie_word_embeddings=False,
     hidden_size_per_layer_input=0,
 )
+# DeepSeek Sparse Attention's indexer (DeepSeek-V3.2, GLM-5): each query's top 8 tokens, by 16 heads of 16 channels
+# (enough heads that no two keys' scores tie at zero, where every head's ReLU is: the choice among ties is arbitrary)
+DSA_KEYS = dict(q_lora_rank=24, index_topk=8, index_head_dim=16, index_n_heads=16)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
@@ -1151,6 +1155,34 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # DeepSeek-V3.2: V3 with DeepSeek Sparse Attention, each query over its indexer's top 8 tokens (the rotary
+    # half-split on the indexer's first 8 channels; YaRN with both mscales, its attention factor on the indexer's
+    # rotary too): the prompts past 8 tokens select. TP 2: the indexer and its key pool replicated as the latent
+    # ones are, the query heads split. tests/test_sparse_attention.py checks the rest (chunks, prefix hits).
+    "deepseek_v32": (
+        "DeepseekV32ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK,
+            **DSA_KEYS,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1e4,
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+        [2],
+    ),
+    # GLM-5: DeepSeek-V3.2's layers, the indexer's rotary pairs interleaved
+    "glm_moe_dsa": (
+        "GlmMoeDsaForCausalLM",
+        None,
+        dict(DEEPSEEK, **DSA_KEYS, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -1194,6 +1226,8 @@ MIXTURES = (
     "nemotron_h_moe",
     "minimax",
     "jamba",
+    "deepseek_v32",
+    "glm_moe_dsa",
 )
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision tower's included
 PIXTRAL = dict(
@@ -1395,7 +1429,7 @@ def test_logits_match_transformers(family_dirs, name):
     rtol = HYBRID_LOGITS_RTOL if name in HYBRIDS else LOGITS_RTOL
     assert relative_error(got, expected) < rtol
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
-    if name in CHUNKED_HYBRIDS:  # the prompt again, 32 tokens a step, each continuing the recurrent state
+    if name in CHUNKED:  # the prompt again, 32 tokens a step, each continuing from the pool the last left
         assert relative_error(jllm_chunked_logits(loaded, ids, chunk=32), expected) < rtol
 
 
@@ -1705,6 +1739,9 @@ LOGITS_ONLY |= {"olmo_hybrid"}
 # Kimi Linear (its KDA state across steps is its chunked-prefill row's) and Nemotron 3 (its plain experts checked
 # against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
 LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
+# DeepSeek-V3.2's greedy batch is tests/test_sparse_attention.py's (prefix hits, chunks beside decodes); GLM-5's
+# layers are its own with the indexer's rotary interleaved (its logits row)
+LOGITS_ONLY |= {"deepseek_v32", "glm_moe_dsa"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weightless norms in the mixer
 # Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'

@@ -10,8 +10,12 @@ channels, and the attention output's first ``kv_lora_rank`` channels (a weighted
 head's slice of the V half. The pool stores that row once (a latent pool, ``jllm.kv_cache``): the attention reads
 its first ``kv_lora_rank`` channels as the values.
 
+DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5) adds a lightning indexer (``jllm.models.dsa``): the layer's cache
+entry is then the pair (latent pool, indexer key pool), and each query attends over the latent rows of the tokens
+its indexer selects alone.
+
 Tensor parallelism splits the query heads; the one latent head is replicated on every device (``jllm.parallel``'s
-KV-head replication: the model holds ``num_kv_heads`` copies of it).
+KV-head replication: the model holds ``num_kv_heads`` copies of it), and so is the indexer.
 
 Where this module sits: docs/architecture.md.
 """
@@ -19,13 +23,14 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.attention import AttentionMetadata, paged_attention
+from jllm.attention import AttentionMetadata, paged_attention, sparse_latent_attention
+from jllm.models.dsa import Indexer, IndexerSpec
 from jllm.models.layers import Linear, RMSNorm
 
 if TYPE_CHECKING:
@@ -44,6 +49,11 @@ class MLASpec:
     qk_rope_head_dim: int
     v_head_dim: int
     q_lora_rank: int | None = None  # None: queries from one projection (V2-Lite); else through a normed low rank
+    indexer: IndexerSpec | None = None  # DeepSeek Sparse Attention's lightning indexer (needs q_lora_rank)
+
+    def __post_init__(self) -> None:
+        if self.indexer is not None and self.q_lora_rank is None:
+            raise ValueError("DeepSeek Sparse Attention's indexer reads the low-rank query: q_lora_rank must be set")
 
     @property
     def latent_dim(self) -> int:
@@ -71,16 +81,22 @@ class MLAttention(nnx.Module):
         # read as a matrix, not called: each head's K and V halves absorbed into the query and the output
         self.kv_b_proj = Linear(m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim), (None, "q_heads"), dt)
         self.o_proj = Linear(h * m.v_head_dim, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=quant)
+        self.indexer = None if m.indexer is None else Indexer(args, m.indexer)
         self.args, self.spec = args, spec
 
     def __call__(
-        self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
-    ) -> tuple[jax.Array, jax.Array]:
-        """Attention over ``norm(x)``; ``kv_pages [1, num_kv_heads, num_pages, page_size, latent_dim]``."""
+        self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: Any, meta: AttentionMetadata
+    ) -> tuple[jax.Array, Any]:
+        """Attention over ``norm(x)``; ``kv_pages [1, num_kv_heads, num_pages, page_size, latent_dim]``, or with an
+        indexer the pair (those, its key pool ``[1, num_kv_heads, num_pages, page_size, index_head_dim]``)."""
         a, m = self.args, self.args.mla
         t, h, r, nope = x.shape[0], a.num_heads, m.kv_lora_rank, m.qk_nope_head_dim
         x = x if norm is None else norm(x)
-        q = self.q_proj(x) if self.q_proj is not None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        if self.q_proj is not None:
+            q = self.q_proj(x)
+        else:
+            q_resid = self.q_a_layernorm(self.q_a_proj(x))  # [T, q_lora_rank], the indexer's query input too
+            q = self.q_b_proj(q_resid)
         q = self.spec.scale_queries(q.reshape(t, h, nope + m.qk_rope_head_dim), positions)  # Mistral 4's scaling
         latent = self.kv_a_proj_with_mqa(x)  # [T, kv_lora_rank + rope]
         c_kv = self.kv_a_layernorm(latent[:, :r])
@@ -92,6 +108,14 @@ class MLAttention(nnx.Module):
         q = jnp.concatenate([q_latent, q_pe], axis=-1)  # [T, H, latent_dim]
         kv = jnp.concatenate([c_kv[:, None], k_pe], axis=-1)  # [T, 1, latent_dim]
         kv = jnp.broadcast_to(kv, (t, a.num_kv_heads, m.latent_dim))  # the copies tensor parallelism keeps
-        out, kv_pages = paged_attention(q, kv, None, kv_pages, meta, sm_scale=a.sm_scale, value_dim=r)  # [T, H, r]
+        if self.indexer is None:
+            out, kv_pages = paged_attention(q, kv, None, kv_pages, meta, sm_scale=a.sm_scale, value_dim=r)  # [T, H, r]
+        else:
+            latent_pages, index_pages = kv_pages
+            selected, index_pages = self.indexer(x, q_resid, positions, index_pages, meta)  # i32[T, index_topk]
+            out, latent_pages = sparse_latent_attention(
+                q, kv, latent_pages, selected, meta, sm_scale=a.sm_scale, value_dim=r
+            )  # [T, H, r]
+            kv_pages = (latent_pages, index_pages)
         out = jnp.einsum("thr,rhv->thv", out, w_kv[..., nope:])  # [T, H, v_head_dim]
         return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages

@@ -322,10 +322,11 @@ class ModelArgs:
         return spec.num_kv_heads or self.num_kv_heads, spec.head_dim or self.head_dim
 
     def pool_dims(self, spec: LayerSpec) -> tuple[int, int] | None:
-        """An attention layer's pages' (KV heads, head width); None where it reads another layer's (``kv_source``)."""
+        """An attention layer's pages' (KV heads, head width); None where it reads another layer's (``kv_source``). A
+        latent pool's one head counts its copies under tensor parallelism (one a device), as ``num_kv_heads`` does."""
         if spec.kv_source is not None:
             return None
-        return (1, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
+        return (self.num_kv_heads, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
 
     def _check_quantizable(self) -> None:
         """Refuses ``quant`` for the layers with no quantized form yet."""
