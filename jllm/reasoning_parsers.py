@@ -7,8 +7,8 @@ closing marker, and the answer is what follows. Formats whose chat template open
 (``implicit``: DeepSeek-R1's distills, Qwen3's thinking models) read reasoning from the first character even without
 the opening marker. Output that never closes its reasoning (cut short by ``max_tokens``) is all reasoning, as vLLM
 returns it. A request whose template switch turns thinking off (``chat_template_kwargs``: Qwen3's and GLM-4.5's
-``enable_thinking: false``, DeepSeek-V3's ``thinking`` left unset, Granite's ``thinking`` left unset) reads no
-reasoning at all: its reply is parsed as without a reasoning parser.
+``enable_thinking: false``, DeepSeek-V3's ``thinking``, Granite's ``thinking`` and Gemma 4's ``enable_thinking`` left
+unset) reads no reasoning at all: its reply is parsed as without a reasoning parser.
 
 ``ReasoningGate`` holds a structured-output grammar back until the reasoning ends (vLLM constrains only the answer).
 
@@ -33,7 +33,7 @@ class ReasoningFormat:
     """One family's markers, and how its chat template switches thinking on (``switch``: the template variable)."""
 
     name: str
-    starts: tuple[str, ...]  # markers that open the reasoning, at the output's start
+    starts: tuple[str, ...]  # markers that open the reasoning, at the output's start (the longest that matches first)
     ends: tuple[str, ...]  # markers that close it
     implicit: bool  # reasoning from the first character even without an opening marker (the template opened it)
     switch: str | None = None  # the chat_template_kwargs key that turns thinking on or off, if the family has one
@@ -102,11 +102,11 @@ class ReasoningStream:
         fmt, reasoning = self.format, ""
         if self._state == "start":
             body = self._rest.lstrip()
+            if not final and any(len(m) > len(body) and m.startswith(body) for m in fmt.starts):
+                return "", ""  # whitespace, or the start of a marker (perhaps a longer one): not yet known
             start = next((m for m in fmt.starts if body.startswith(m)), None)
             if start is not None:
                 self._rest, self._state = body[len(start) :], "reasoning"
-            elif not final and any(m.startswith(body) for m in fmt.starts):
-                return "", ""  # whitespace, or the start of a marker: not yet known
             else:
                 self._state = "reasoning" if fmt.implicit else "content"
         if self._state == "reasoning":
@@ -255,6 +255,10 @@ _GRANITE = ReasoningFormat(
 )
 _MISTRAL = ReasoningFormat("mistral", ("[THINK]",), ("[/THINK]",), implicit=False, keep_special_tokens=True)
 _SEED_OSS = ReasoningFormat("seed_oss", ("<seed:think>",), ("</seed:think>",), implicit=True)
+# Gemma 4 opens a channel and names it ("thought\n", left out of the reasoning, as vLLM leaves it out)
+_GEMMA4 = ReasoningFormat(
+    "gemma4", ("<|channel>thought\n", "<|channel>"), ("<channel|>",), False, "enable_thinking", keep_special_tokens=True
+)
 # the template opens every reply's first header: a grammar can wait for the final message (``implicit``)
 _GPT_OSS = HarmonyFormat("openai_gptoss", (), (), implicit=True, keep_special_tokens=True)
 
@@ -274,6 +278,12 @@ _FORMATS: dict[str, Callable[[dict[str, Any]], ReasoningFormat | None]] = {
     "granite": lambda kwargs: _GRANITE if kwargs.get("thinking") else None,
     "mistral": lambda kwargs: _MISTRAL,
     "seed_oss": lambda kwargs: _SEED_OSS,
+    # Gemma 4 thinks only with enable_thinking true (its template's default is off, the prompt then closes the channel)
+    "gemma4": lambda kwargs: _GEMMA4 if kwargs.get("enable_thinking") else None,
+    # MiniMax-M2's template opens <think> in the prompt: all before </think> is reasoning
+    "minimax_m2": _think("minimax_m2", implicit=True),
+    # OLMo 3 writes <think> as text, or its template opened it
+    "olmo3": _think("olmo3", implicit=True),
     "openai_gptoss": lambda kwargs: _GPT_OSS,
 }
 REASONING_PARSERS = tuple(_FORMATS)
