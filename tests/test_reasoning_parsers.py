@@ -59,6 +59,12 @@ CASES = [
     ("olmo3", None, "<think>Plan.</think>Answer", ("Plan.", "Answer")),
     ("olmo3", None, "Plan</think>A", ("Plan", "A")),
     ("olmo3", None, "Still thinking", ("Still thinking", None)),
+    ("ernie45", None, "abc\n</think>\n\n<response>\ndef\n</response>\n", ("abc\n", "\ndef\n")),  # vLLM's
+    ("ernie45", None, "abc\n</think>\ndef", ("abc\n", "\ndef")),
+    ("ernie45", None, "<think>abc</think> <response>cut sh", ("abc", "cut sh")),
+    ("ernie45", None, "abc</think>\n\n<tool_call>\n{}", ("abc", "\n\n<tool_call>\n{}")),
+    ("ernie45", None, "abc</think><response></response>", ("abc", None)),
+    ("ernie45", None, "abc</think>The <response> tag", ("abc", "The <response> tag")),
 ]
 
 
@@ -130,6 +136,7 @@ def test_random_texts_stream_to_their_whole_split() -> None:
     rng = random.Random(0)
     pieces = ["<think>", "</think>", "<th", "</", "ink>", "a", " ", "\n", "Here is my response:", "[THINK]", "[/THINK]"]
     pieces += ["<tool_call>", "<function=", "<|channel>", "thought\n", "thought", "<channel|>", "<|chan"]
+    pieces += ["<response>", "</response>", "</resp", "<resp"]
     formats = [reasoning_format(n, {"enable_thinking": True, "thinking": True}) for n in REASONING_PARSERS]
     for _ in range(300):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
