@@ -157,9 +157,9 @@ class Llama4PythonicParser(PythonicParser):
 
 
 class Olmo3Parser(PythonicParser):
-    """OLMo 3's calls, one per line inside ``<function_calls>``: read as the list of those lines."""
+    """OLMo 3's calls, one per line inside ``<function_calls>`` (text in its vocabulary): read as the list of those
+    lines."""
 
-    keep_special_tokens = True
     _start, _end = "<function_calls>", "</function_calls>"
 
     def starts_calls(self, text: str) -> int | None:
