@@ -6,9 +6,10 @@ special token): the reasoning runs from an opening marker at the output's start 
 closing marker, and the answer is what follows. Formats whose chat template opens the reasoning in the prompt
 (``implicit``: DeepSeek-R1's distills, Qwen3's thinking models) read reasoning from the first character even without
 the opening marker. Output that never closes its reasoning (cut short by ``max_tokens``) is all reasoning, as vLLM
-returns it. A request whose template switch turns thinking off (``chat_template_kwargs``: Qwen3's and GLM-4.5's
-``enable_thinking: false``, DeepSeek-V3's ``thinking`` left unset, Granite's ``thinking`` left unset) reads no
-reasoning at all: its reply is parsed as without a reasoning parser.
+returns it. A family that wraps its answer in tags (ERNIE 4.5's ``<response>``) has them left out (``wraps``). A
+request whose template switch turns thinking off (``chat_template_kwargs``: Qwen3's and GLM-4.5's
+``enable_thinking: false``, DeepSeek-V3's ``thinking``, Granite's ``thinking`` and Gemma 4's ``enable_thinking`` left
+unset) reads no reasoning at all: its reply is parsed as without a reasoning parser.
 
 ``ReasoningGate`` holds a structured-output grammar back until the reasoning ends (vLLM constrains only the answer).
 
@@ -33,12 +34,13 @@ class ReasoningFormat:
     """One family's markers, and how its chat template switches thinking on (``switch``: the template variable)."""
 
     name: str
-    starts: tuple[str, ...]  # markers that open the reasoning, at the output's start
+    starts: tuple[str, ...]  # markers that open the reasoning, at the output's start (the longest that matches first)
     ends: tuple[str, ...]  # markers that close it
     implicit: bool  # reasoning from the first character even without an opening marker (the template opened it)
     switch: str | None = None  # the chat_template_kwargs key that turns thinking on or off, if the family has one
     keep_special_tokens: bool = False  # the markers are special tokens, which decoding would otherwise drop
     answers: tuple[str, ...] = ()  # markers that end the reasoning unclosed and begin the answer (kept in it)
+    wraps: tuple[str, str] | None = None  # tags the family may put around its answer (left out; after them, nothing)
 
     def close(self, text: str) -> tuple[int, int] | None:
         """Where the first closing marker (or answer marker) in ``text`` begins, and where the answer after it does."""
@@ -62,7 +64,7 @@ class ReasoningFormat:
         if found is None:
             return body or None, None
         at, answer = found
-        return body[:at] or None, body[answer:] or None
+        return body[:at] or None, unwrap(body[answer:], self.wraps) or None
 
     def stream(self) -> ReasoningStream | HarmonyStream:
         """A stream of one choice's output in this format."""
@@ -77,6 +79,7 @@ class ReasoningStream:
         self.format = fmt
         self._rest = ""  # the text not sent yet (held back): a stream keeps no more, however long the reply
         self._state = "start"  # then "reasoning", then "content"
+        self._answer = AnswerStream(fmt.wraps) if fmt.wraps is not None else None
 
     @property
     def ended(self) -> bool:
@@ -102,11 +105,11 @@ class ReasoningStream:
         fmt, reasoning = self.format, ""
         if self._state == "start":
             body = self._rest.lstrip()
+            if not final and any(len(m) > len(body) and m.startswith(body) for m in fmt.starts):
+                return "", ""  # whitespace, or the start of a marker (perhaps a longer one): not yet known
             start = next((m for m in fmt.starts if body.startswith(m)), None)
             if start is not None:
                 self._rest, self._state = body[len(start) :], "reasoning"
-            elif not final and any(m.startswith(body) for m in fmt.starts):
-                return "", ""  # whitespace, or the start of a marker: not yet known
             else:
                 self._state = "reasoning" if fmt.implicit else "content"
         if self._state == "reasoning":
@@ -118,7 +121,45 @@ class ReasoningStream:
             at, answer = found
             reasoning, self._rest, self._state = self._rest[:at], self._rest[answer:], "content"
         content, self._rest = self._rest, ""
-        return reasoning, content
+        return reasoning, content if self._answer is None else self._answer.feed(content, final)
+
+
+def unwrap(answer: str, wraps: tuple[str, str] | None) -> str:
+    """The answer inside ``wraps`` where it opens with the first (after whitespace); else the answer as it is."""
+    body = answer.lstrip()
+    if wraps is None or not body.startswith(wraps[0]):
+        return answer
+    return body[len(wraps[0]) :].partition(wraps[1])[0]
+
+
+class AnswerStream:
+    """An answer as it streams, read as ``unwrap`` reads it whole: whitespace and what may begin the opening tag held
+    until they tell, then the text inside, what may begin the closing tag held back, and nothing after it."""
+
+    def __init__(self, wraps: tuple[str, str]) -> None:
+        self.wraps = wraps
+        self._rest = ""
+        self._state = "start"  # then "inside" or "plain"; "after" once the closing tag has come
+
+    def feed(self, delta: str, final: bool) -> str:
+        """The content ``delta`` settles (``final``: the reply has ended)."""
+        opening, closing = self.wraps
+        self._rest += delta
+        if self._state == "start":
+            body = self._rest.lstrip()
+            if not final and opening.startswith(body):
+                return ""
+            self._state = "inside" if body.startswith(opening) else "plain"
+            self._rest = body[len(opening) :] if self._state == "inside" else self._rest
+        out, self._rest = ("", "") if self._state == "after" else (self._rest, "")
+        if self._state == "inside":
+            at = out.find(closing)
+            if at >= 0:
+                out, self._state = out[:at], "after"
+            elif not final:
+                keep = held_back(out, (closing,))
+                out, self._rest = out[: len(out) - keep], out[len(out) - keep :]
+        return out
 
 
 @dataclass(frozen=True)
@@ -255,6 +296,13 @@ _GRANITE = ReasoningFormat(
 )
 _MISTRAL = ReasoningFormat("mistral", ("[THINK]",), ("[/THINK]",), implicit=False, keep_special_tokens=True)
 _SEED_OSS = ReasoningFormat("seed_oss", ("<seed:think>",), ("</seed:think>",), implicit=True)
+_ERNIE45 = ReasoningFormat(
+    "ernie45", ("<think>",), ("</think>",), True, keep_special_tokens=True, wraps=("<response>", "</response>")
+)
+# Gemma 4 opens a channel and names it ("thought\n", left out of the reasoning, as vLLM leaves it out)
+_GEMMA4 = ReasoningFormat(
+    "gemma4", ("<|channel>thought\n", "<|channel>"), ("<channel|>",), False, "enable_thinking", keep_special_tokens=True
+)
 # the template opens every reply's first header: a grammar can wait for the final message (``implicit``)
 _GPT_OSS = HarmonyFormat("openai_gptoss", (), (), implicit=True, keep_special_tokens=True)
 
@@ -274,6 +322,14 @@ _FORMATS: dict[str, Callable[[dict[str, Any]], ReasoningFormat | None]] = {
     "granite": lambda kwargs: _GRANITE if kwargs.get("thinking") else None,
     "mistral": lambda kwargs: _MISTRAL,
     "seed_oss": lambda kwargs: _SEED_OSS,
+    # Gemma 4 thinks only with enable_thinking true (its template's default is off, the prompt then closes the channel)
+    "gemma4": lambda kwargs: _GEMMA4 if kwargs.get("enable_thinking") else None,
+    # MiniMax-M2's template opens <think> in the prompt: all before </think> is reasoning
+    "minimax_m2": _think("minimax_m2", implicit=True),
+    # OLMo 3 writes <think> as text, or its template opened it
+    "olmo3": _think("olmo3", implicit=True),
+    # ERNIE 4.5's template opens <think>; its answer may come as <response>...</response>
+    "ernie45": lambda kwargs: _ERNIE45,
     "openai_gptoss": lambda kwargs: _GPT_OSS,
 }
 REASONING_PARSERS = tuple(_FORMATS)

@@ -48,6 +48,23 @@ CASES = [
     ("mistral", None, "y", (None, "y")),
     ("seed_oss", None, "<seed:think>x</seed:think>y", ("x", "y")),
     ("seed_oss", None, "x</seed:think>y", ("x", "y")),
+    ("gemma4", {"enable_thinking": True}, "<|channel>thought\nPlan it.<channel|>Answer.", ("Plan it.", "Answer.")),
+    ("gemma4", {"enable_thinking": True}, "<|channel>Plan<channel|>A", ("Plan", "A")),  # no channel name
+    ("gemma4", {"enable_thinking": True}, "<|channel>thoughtful<channel|>A", ("thoughtful", "A")),
+    ("gemma4", {"enable_thinking": True}, "<|channel>thought\nStill", ("Still", None)),  # cut short
+    ("gemma4", {"enable_thinking": True}, "Answer only", (None, "Answer only")),
+    ("gemma4", None, "<|channel>thought\nx<channel|>y", (None, "<|channel>thought\nx<channel|>y")),  # off
+    ("minimax_m2", None, "Plan.</think>\n\nAnswer", ("Plan.", "\n\nAnswer")),  # the template opened <think>
+    ("minimax_m2", None, "<think>Plan.</think>A", ("Plan.", "A")),
+    ("olmo3", None, "<think>Plan.</think>Answer", ("Plan.", "Answer")),
+    ("olmo3", None, "Plan</think>A", ("Plan", "A")),
+    ("olmo3", None, "Still thinking", ("Still thinking", None)),
+    ("ernie45", None, "abc\n</think>\n\n<response>\ndef\n</response>\n", ("abc\n", "\ndef\n")),  # vLLM's
+    ("ernie45", None, "abc\n</think>\ndef", ("abc\n", "\ndef")),
+    ("ernie45", None, "<think>abc</think> <response>cut sh", ("abc", "cut sh")),
+    ("ernie45", None, "abc</think>\n\n<tool_call>\n{}", ("abc", "\n\n<tool_call>\n{}")),
+    ("ernie45", None, "abc</think><response></response>", ("abc", None)),
+    ("ernie45", None, "abc</think>The <response> tag", ("abc", "The <response> tag")),
 ]
 
 
@@ -87,6 +104,23 @@ def test_a_partial_end_marker_is_held_back_until_it_tells() -> None:
     assert other.feed("em") == ("</them", "")  # not the marker after all: reasoning
 
 
+def test_gemma4s_channel_name_split_across_tokens_is_held_until_it_tells() -> None:
+    """Gemma 4 opens ``<|channel>`` and names it ``thought``: the name stays out of the reasoning however the
+    tokens cut it, and a word that only begins like it is reasoning."""
+    gemma = reasoning_format("gemma4", {"enable_thinking": True})
+    assert gemma is not None
+    stream = gemma.stream()
+    assert [stream.feed(t) for t in ["<|channel>", "thought", "\nPlan", " it<chan", "nel|>Hi"]] == [
+        ("", ""),
+        ("", ""),
+        ("Plan", ""),
+        (" it", ""),
+        ("", "Hi"),
+    ]
+    other = gemma.stream()
+    assert other.feed("<|channel>thou") == ("", "") and other.feed("ghtful") == ("thoughtful", "")
+
+
 def test_an_opening_marker_and_leading_whitespace_are_held_until_known() -> None:
     assert GRANITE is not None
     stream = ReasoningStream(GRANITE)
@@ -101,7 +135,8 @@ def test_an_opening_marker_and_leading_whitespace_are_held_until_known() -> None
 def test_random_texts_stream_to_their_whole_split() -> None:
     rng = random.Random(0)
     pieces = ["<think>", "</think>", "<th", "</", "ink>", "a", " ", "\n", "Here is my response:", "[THINK]", "[/THINK]"]
-    pieces += ["<tool_call>", "<function="]
+    pieces += ["<tool_call>", "<function=", "<|channel>", "thought\n", "thought", "<channel|>", "<|chan"]
+    pieces += ["<response>", "</response>", "</resp", "<resp"]
     formats = [reasoning_format(n, {"enable_thinking": True, "thinking": True}) for n in REASONING_PARSERS]
     for _ in range(300):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))

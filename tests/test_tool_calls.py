@@ -135,6 +135,18 @@ QWEN_TOOLS = [
 ]  # fmt: skip
 DS_CALL = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{}\n```json\n{}\n```<｜tool▁call▁end｜>"
 KIMI_CALL = "<|tool_call_begin|>{} <|tool_call_argument_begin|>{}<|tool_call_end|>"
+Q = '<|"|>'  # Gemma 4's string delimiter
+GEMMA_CALL = "<|tool_call>call:{}{{{}}}<tool_call|>"
+V31_CALL = "<｜tool▁call▁begin｜>{}<｜tool▁sep｜>{}<｜tool▁call▁end｜>"
+DSML_CALL = '<｜DSML｜invoke name="{}">\n{}</｜DSML｜invoke>\n'
+DSML_PARAM = '<｜DSML｜parameter name="{}" string="{}">{}</｜DSML｜parameter>\n'
+DSML_TOOLS = [
+    {"type": "function", "function": {"name": "toggle", "parameters": {"type": "object", "properties": {
+        "enabled": {"type": "boolean"}, "count": {"type": "integer"}, "note": {"type": "string"}}}}},
+]  # fmt: skip
+MINIMAX_CALL = '<invoke name="{}">\n{}</invoke>\n'
+MINIMAX_PARAM = '<parameter name="{}">{}</parameter>\n'
+USER_JSON = USER.replace("None", "null").replace("True", "true")  # OLMo 3 writes JSON's literals too
 GLM_DALLAS = (
     "<tool_call>get_current_weather\n<arg_key>city</arg_key>\n<arg_value>Dallas</arg_value>\n<arg_key>state</arg_key>"
     "\n<arg_value>TX</arg_value>\n<arg_key>unit</arg_key>\n<arg_value>fahrenheit</arg_value>\n</tool_call>"
@@ -242,6 +254,66 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, Any]]]]] = {
          '<|start|>assistant<|channel|>commentary to=functions.g<|message|>{}<|end|>',
          None, [("f", {"a": [1, "}"]}), ("g", {})]),  # the recipient in the role's section or the channel's
     ],
+    "gemma4": [
+        (GEMMA_CALL.format("get_weather", f"location:{Q}London{Q}"), None, [("get_weather", {"location": "London"})]),
+        ("Let me check the weather for you. " + GEMMA_CALL.format("get_weather", f"location:{Q}San Francisco{Q},"
+         f"unit:{Q}celsius{Q}") + GEMMA_CALL.format("get_time", ""), "Let me check the weather for you.",
+         [("get_weather", {"location": "San Francisco", "unit": "celsius"}), ("get_time", {})]),
+        (GEMMA_CALL.format("complex_function", f"nested:{{inner:{Q}value{Q},{Q}3{Q}:{Q}new text{Q}}},"
+         f"list:[{Q}a{Q},{Q}b{Q},[1,true]],count:42,score:-3.14,e:1e3,flag:false,gone:null,word:hello"), None,
+         [("complex_function", {"nested": {"inner": "value", "3": "new text"}, "list": ["a", "b", [1, True]],
+                                "count": 42, "score": -3.14, "e": 1000.0, "flag": False, "gone": None,
+                                "word": "hello"})]),  # Gemma 4's syntax typed into JSON
+        (GEMMA_CALL.format("weather.get-now", f"text:{Q}a}}, b: [c] <|x{Q}, text:{Q}again{Q}"), None,
+         [("weather.get-now", {"text": "a}, b: [c] <|x"})]),  # delimiters in a string; a key twice keeps its first
+    ],
+    "deepseek_v31": [
+        ("normal text<｜tool▁calls▁begin｜>" + V31_CALL.format("foo", '{"x":1}') + "<｜tool▁calls▁end｜>",
+         "normal text", [("foo", {"x": 1})]),
+        ("some prefix text<｜tool▁calls▁begin｜>" + V31_CALL.format("foo", '{\n  "x": 1\n}')
+         + V31_CALL.format("bar", '{"y": "<b>"}') + "<｜tool▁calls▁end｜> some suffix text", "some prefix text",
+         [("foo", {"x": 1}), ("bar", {"y": "<b>"})]),
+    ],
+    "deepseek_v32": [
+        ("<｜DSML｜function_calls>\n" + DSML_CALL.format("get_weather", DSML_PARAM.format("location", "true", "杭州")
+         + DSML_PARAM.format("date", "true", "2024-01-16")) + "</｜DSML｜function_calls>", None,
+         [("get_weather", {"location": "杭州", "date": "2024-01-16"})]),
+        ("Sure, let me check! <｜DSML｜function_calls>\n" + DSML_CALL.format("get_time", "")
+         + DSML_CALL.format("toggle", DSML_PARAM.format("enabled", "false", "true") + DSML_PARAM.format("count", "true",
+         "42") + DSML_PARAM.format("note", "false", "null") + DSML_PARAM.format("meta", "false", '{"k": [1]}')
+         + DSML_PARAM.format("raw", "true", "[1]")) + "</｜DSML｜function_calls>", "Sure, let me check!",
+         [("get_time", {}), ("toggle", {"enabled": True, "count": 42, "note": "null", "meta": {"k": [1]},
+                                        "raw": "[1]"})]),  # typed by the schema, else by string="..."
+    ],
+    "minimax_m2": [
+        ("<minimax:tool_call>\n" + MINIMAX_CALL.format("get_weather", MINIMAX_PARAM.format("city", "Seattle")
+         + MINIMAX_PARAM.format("days", "5")) + "</minimax:tool_call>", None,
+         [("get_weather", {"city": "Seattle", "days": "5"})]),  # no schema: text
+        ("Let me check. <minimax:tool_call>\n" + MINIMAX_CALL.format("calculate_area", MINIMAX_PARAM.format("shape",
+         "circle") + MINIMAX_PARAM.format("dimensions", '\n{"radius": 15.5}\n') + MINIMAX_PARAM.format("precision",
+         "3")) + "<invoke name='get_current_weather'><parameter name='city'>Dallas</parameter></invoke>"
+         "</minimax:tool_call>", "Let me check.",
+         [("calculate_area", {"shape": "circle", "dimensions": {"radius": 15.5}, "precision": 3}),
+          ("get_current_weather", {"city": "Dallas"})]),
+    ],
+    "olmo3": [
+        (f"<function_calls>{SF}</function_calls>", None, [SF_CALL]),
+        (f"<function_calls>{SF}\n{USER_JSON}\nget_weather()</function_calls>", None,
+         [SF_CALL, USER_CALL, ("get_weather", {})]),
+        (r"""<function_calls>get_weather(city='Martha\'s Vineyard', metric='\"cool units\"')</function_calls>""",
+         None, [("get_weather", {"city": "Martha's Vineyard", "metric": '"cool units"'})]),
+    ],
+    "ernie45": [
+        ('<tool_call>\n{"name": "get_current_weather", "arguments": {"location": "Beijing"}}\n</tool_call>\n', None,
+         [("get_current_weather", {"location": "Beijing"})]),
+        ('Let me check.\n\n<tool_call>\n{"name": "a", "arguments": {"x": [1]}}\n</tool_call>\n<tool_call>\n'
+         '{"name": "b", "arguments": {}}\n</tool_call>\n', "Let me check.", [("a", {"x": [1]}), ("b", {})]),
+    ],
+    "qwen3_xml": [
+        (QWEN_DALLAS, None, [("get_current_weather", DALLAS)]),
+        ("Sure! " + QWEN_DALLAS + "\n" + QWEN_DALLAS.replace("Dallas", "Orlando").replace("TX", "FL"), "Sure!",
+         [("get_current_weather", DALLAS), ("get_current_weather", ORLANDO)]),
+    ],
 }  # fmt: skip
 MALFORMED = {  # stays content whole and streamed, as vLLM leaves it
     "pythonic": ["How can I help you today?", "[f(a='x 'y' 'z), g(b='p 'q' 'r)]", "[1, 2]", "[get_weather(", "[x]()"],
@@ -258,8 +330,41 @@ MALFORMED = {  # stays content whole and streamed, as vLLM leaves it
     "kimi_k2": ["<|tool_calls_section_begin|><|tool_call_begin|>no id<|tool_call_argument_begin|>{}"],
     "glm45": ["<tool_call>f\n<arg_key>a</arg_key>"],
     "jamba": ['<tool_calls>[{"name": "f", "arguments": {', "<tool_calls>[]</tool_calls>", "<tool_calls>[1]"],
+    "gemma4": [
+        f"<|tool_call>call:get_weather{{location:{Q}London",  # unfinished (vLLM's example)
+        "<|tool_call>call:f{a:1}",  # no end marker
+        "<|tool_call>call:f{a:}<tool_call|>",  # no value
+        "<|tool_call>call:f{a:1}junk<tool_call|>",
+        "<|tool_call>call:f{a b:1}<tool_call|>",
+        "<|tool_call>no call here<tool_call|>",
+    ],
+    "deepseek_v31": [
+        "Let me look that up.<｜tool▁calls▁begin｜>get_weather",  # vLLM's examples
+        '<｜tool▁calls▁begin｜>foo<｜tool▁sep｜>{"x":1}<｜tool▁calls▁end｜>',
+        '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>foo<｜tool▁sep｜>{"x": 1}',
+    ],
+    "deepseek_v32": [
+        '<｜DSML｜function_calls>\n<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="a" string="true">x',
+        "<｜DSML｜function_calls>\n</｜DSML｜function_calls>",
+        '<｜DSML｜function_calls><｜DSML｜invoke name="">\n</｜DSML｜invoke>',
+    ],
+    "minimax_m2": [
+        '<minimax:tool_call>\n<invoke name="f">\n<parameter name="a">1</parameter>\n',
+        "<minimax:tool_call>no invoke</minimax:tool_call>",
+    ],
+    "olmo3": [
+        "<function_calls>foo(x=1])</function_calls>",
+        "<function_calls>get_weather(city='Paris')",  # no end tag (vLLM's: no calls)
+        "<function_calls>hello</function_calls>",
+    ],
 }
-TOOLS_OF = {"qwen3_coder": QWEN_TOOLS, "glm45": QWEN_TOOLS}
+TOOLS_OF = {
+    "qwen3_coder": QWEN_TOOLS,
+    "qwen3_xml": QWEN_TOOLS,
+    "glm45": QWEN_TOOLS,
+    "minimax_m2": QWEN_TOOLS,
+    "deepseek_v32": DSML_TOOLS,
+}
 FORMAT_CASES = [(f, *case) for f, cases in CASES.items() for case in cases] + [(f, *OUTPUTS[f]) for f in OUTPUTS]
 
 
@@ -643,6 +748,39 @@ def test_a_qwen3_coder_server_types_arguments_by_the_requests_tools() -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Let me calculate that area for you."
 
 
+def test_a_gemma4_server_reads_the_thought_channel_then_the_calls() -> None:
+    """Gemma 4 with ``enable_thinking``: its thought channel is the reasoning (its name left out), the calls after it
+    come typed from Gemma 4's syntax, whole and streamed (a string argument as written)."""
+    text = (
+        "<|channel>thought\nThe user wants weather.<channel|>On it."
+        + GEMMA_CALL.format("get_weather", f"city:{Q}Paris{Q},days:3")
+        + GEMMA_CALL.format("get_time", "")
+    )
+    engine = fake_engine(max_model_len=512, num_pages=256)
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    engine.runner.script = lambda prompt, position: (ids + [2])[min(position - len(prompt), len(ids))]
+    gemma4 = {"reasoning_parser": "gemma4", "tool_call_parser": "gemma4", "enable_auto_tool_choice": True}
+    config = load_config(None, served_model_name=MODEL, **gemma4)
+    expected = [("get_weather", {"city": "Paris", "days": 3}), ("get_time", {})]
+    with RunningServer(engine, config) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
+        ask = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=400)
+        thinking = {"chat_template_kwargs": {"enable_thinking": True}}
+        whole = client.chat.completions.create(**ask, extra_body=thinking).choices[0]
+        chunks = list(client.chat.completions.create(**ask, extra_body=thinking, stream=True))
+        plain = client.chat.completions.create(**ask).choices[0]  # thinking off: no reasoning read
+    calls = [(c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls]
+    assert whole.message.model_extra["reasoning_content"] == "The user wants weather."
+    assert (whole.message.content, calls, whole.finish_reason) == ("On it.", expected, "tool_calls")
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "The user wants weather."
+    assert "".join(d.content or "" for d in deltas) == "On it." and _assembled(chunks) == expected
+    fragments = [d.function.arguments for d in deltas for d in d.tool_calls or [] if d.function.arguments]
+    assert fragments[:4] == ["{", '"city": "', "P", "a"]  # Paris as written
+    assert plain.message.content == "<|channel>thought\nThe user wants weather.<channel|>On it."
+    assert "reasoning_content" not in (plain.message.model_extra or {}) and len(plain.message.tool_calls) == 2
+
+
 def test_an_auto_call_cut_short_ends_as_the_whole_reply_does(client: openai.OpenAI) -> None:
     """A call begun in the stream (its name and part of its arguments sent) but cut off by max_tokens is no call:
     the stream ends with the whole reply's finish reason ("length", not "tool_calls") and carries its content."""
@@ -657,15 +795,97 @@ def test_an_auto_call_cut_short_ends_as_the_whole_reply_does(client: openai.Open
     assert began  # some began a call the whole reply does not have
 
 
-def test_deepseek_v3_streams_arguments_as_written() -> None:
-    text, _, expected = CASES["deepseek_v3"][1]
-    stream, parts = ToolCallStream(make_parser("deepseek_v3")), []
+@pytest.mark.parametrize(
+    "family, first", [("deepseek_v3", '{\n  "city": "Tokyo"\n}'), ("deepseek_v31", '{\n  "x": 1\n}')]
+)
+def test_deepseek_streams_arguments_as_written(family: str, first: str) -> None:
+    text, _, expected = CASES[family][1]
+    stream, parts = ToolCallStream(make_parser(family)), []
     for ch in text:
         parts += stream.feed(ch)[1]
     parts += stream.finish()[1]
-    assert "".join(f for i, call, f in parts if i == 0 and call is None) == '{\n  "city": "Tokyo"\n}'
+    assert "".join(f for i, call, f in parts if i == 0 and call is None) == first
     assert len([f for i, call, f in parts if i == 0 and call is None]) > 10
     assert _pairs(_assemble(parts)) == expected
+
+
+@pytest.mark.parametrize(
+    "family, text, fragments",
+    [
+        ("minimax_m2", CASES["minimax_m2"][1][0],
+         ["{", '"shape": "circle"', ', "dimensions": {"radius": 15.5}', ', "precision": 3', "}"]),
+        ("deepseek_v32", CASES["deepseek_v32"][0][0], ["{", '"location": "杭州"', ', "date": "2024-01-16"', "}"]),
+        ("gemma4", CASES["gemma4"][2][0],
+         ["{", '"nested": {"inner": "value", "3": "new text"}', ', "list": ["a", "b", [1, true]]', ', "count": 42',
+          ', "score": -3.14', ', "e": 1000.0', ', "flag": false', ', "gone": null', ', "word": "hello"', "}"]),
+    ],
+)  # fmt: skip
+def test_tagged_arguments_stream_each_once_closed(family: str, text: str, fragments: list[str]) -> None:
+    """Char by char, a parameter (a Gemma 4 pair that is not a string) goes out once closed, so a number or a
+    boolean split across tokens never goes out as a different value."""
+    stream, parts = ToolCallStream(make_parser(family, TOOLS_OF.get(family))), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    assert [f for i, call, f in parts if i == 0 and call is None] == fragments
+
+
+def test_gemma4_streams_a_string_argument_as_written_holding_back_its_delimiter() -> None:
+    """vLLM's bug #38946: a token boundary inside ``<|"|>`` leaked ``<|`` into the arguments; here the text of a
+    string goes out as written, less what may begin its closing delimiter, and a number split across tokens waits."""
+    pieces = ["<|tool", "_call>call:todo{", "content:", "<|", '"|>Buy', " milk<|", '"|>', ",n:4", "2}", "<tool_call|>"]
+    stream, steps = ToolCallStream(make_parser("gemma4")), []
+    for piece in pieces:
+        content, parts = stream.feed(piece)
+        assert content == ""
+        steps.append([f for _, call, f in parts if call is None])
+    assert stream.finish() == ("", [])
+    assert steps == [[], ["{"], [], [], ['"content": "Buy'], [" milk"], ['"'], [], [', "n": 42'], ["}"]]
+
+
+def test_a_gemma4_call_that_turns_out_malformed_stays_unfinished_and_its_sibling_comes_whole() -> None:
+    text = GEMMA_CALL.format("bad", "a:1,b:") + GEMMA_CALL.format("ok", f"x:{Q}y{Q}")
+    assert _pairs(parse_tool_calls(make_parser("gemma4"), text)[1]) == [("ok", {"x": "y"})]
+    stream, parts = ToolCallStream(make_parser("gemma4")), []
+    for ch in text:
+        parts += stream.feed(ch)[1]
+    parts += stream.finish()[1]
+    bad, ok = _assemble(parts)
+    assert (bad.name, bad.arguments) == ("bad", '{"a": 1') and _pairs([ok]) == [("ok", {"x": "y"})]
+
+
+FUZZ_PIECES = {  # each format's markup in pieces: random texts of them must neither crash a parser nor stream apart
+    "gemma4": ["<|tool_call>", "<tool_call|>", "call:", "f", "{", "}", "[", "]", ":", ",", Q, "<|", "1", "true", "x"],
+    "deepseek_v31": ["<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>",
+                     "f", "{}"],
+    "deepseek_v32": ["<｜DSML｜function_calls>", '<｜DSML｜invoke name="f">', "</｜DSML｜invoke>",
+                     "</｜DSML｜parameter>", '<｜DSML｜parameter name="a" string="false">', "1", '"', "<"],
+    "minimax_m2": ["<minimax:tool_call>", '<invoke name="f">', "</invoke>", '<parameter name="a">', "</parameter>",
+                   "x", "<"],
+    "olmo3": ["<function_calls>", "</function_calls>", "f(", ")", "a=", "1", "null", "'", "\n", ", ", "["],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(FUZZ_PIECES))
+def test_random_markup_never_crashes_a_parser(family: str) -> None:
+    """Malformed and unfinished markup in any order: the whole reply's calls carry JSON objects, and the stream
+    (random chunks) assembles into calls a client can read, its content the whole reply's when no call is made."""
+    rng, as_written = random.Random(family), family == "deepseek_v31"  # whose arguments pass on as written
+    for _ in range(300):
+        text = "".join(rng.choice(FUZZ_PIECES[family]) for _ in range(rng.randint(1, 14)))
+        content, calls = parse_tool_calls(make_parser(family), text)
+        assert as_written or all(isinstance(json.loads(c.arguments), dict) for c in calls)
+        cuts = sorted(rng.sample(range(1, len(text)), min(4, len(text) - 1)))
+        streamed, parts = _stream(family, [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)])
+        if not calls:
+            assert streamed == (content or "")
+
+
+def test_gemma4_arguments_nested_past_pythons_recursion_limit_are_no_call() -> None:
+    text = GEMMA_CALL.format("f", "a:" + "[" * 2000 + "]" * 2000)
+    assert parse_tool_calls(make_parser("gemma4"), text) == (text, [])
+    stream = ToolCallStream(make_parser("gemma4"))
+    assert stream.feed(text) == ("", []) and stream.finish() == (text, [])
 
 
 def test_pythonic_streams_keyword_arguments_as_they_settle() -> None:

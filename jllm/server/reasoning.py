@@ -6,10 +6,10 @@ The reasoning comes back as ``reasoning`` and ``reasoning_content`` (``chat_sche
 ``include_reasoning: false``. A structured-output constraint (``response_format``, ``structured_outputs``,
 ``guided_*``, a forced ``tool_choice``) holds the answer only, as in vLLM: its grammar waits behind a
 ``ReasoningGate`` until the reasoning ends. That needs a format whose reasoning opens with the reply (``implicit``:
-deepseek_r1, deepseek_v3, qwen3, seed_oss; openai_gptoss, whose grammar holds the final message's body alone); where
-the model may or may not open reasoning (glm45, granite, mistral) the grammar would have to know before the first
-token, so the request is refused (thinking switched off through ``chat_template_kwargs`` leaves no format in force,
-and the constraint applies from the first token as usual).
+deepseek_r1, deepseek_v3, qwen3, seed_oss, minimax_m2, olmo3, ernie45; openai_gptoss, whose grammar holds the final
+message's body alone); where the model may or may not open reasoning (glm45, granite, mistral, gemma4) the grammar
+would have to know before the first token, so the request is refused (thinking switched off through
+``chat_template_kwargs`` leaves no format in force, and the constraint applies from the first token as usual).
 
 gpt-oss's harmony format (``openai_gptoss``) keeps its calls as harmony messages in the answer when the ``openai``
 tool parser reads them (``HarmonyFormat.calls``), else it gives their arguments as content, as vLLM does.

@@ -108,7 +108,8 @@ def _out(call: ToolCall) -> ToolCallOut:
 class ToolDeltas:
     """One choice's stream: its text deltas in, content and ``tool_calls`` deltas out, each call's id and name
     first. Forced calls stream their arguments as they come; "auto" sends them as the format settles them (the
-    JSON formats' and deepseek_v3's as written, qwen3_coder's, glm45's and pythonic's argument by argument, kimi_k2's
+    JSON formats' and deepseek_v3's / deepseek_v31's as written, the tagged formats' (qwen3_coder, glm45, minimax_m2,
+    deepseek_v32), pythonic's / olmo3's and gemma4's argument by argument (a gemma4 string as written), kimi_k2's
     once complete)."""
 
     def __init__(self, plan: ToolPlan) -> None:

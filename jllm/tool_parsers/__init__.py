@@ -1,7 +1,7 @@
 """Tool-call formats, one module per family of formats, chosen by vLLM's ``--tool-call-parser`` names: JSON
 objects behind a marker (``json_formats``), Python calls (``pythonic``), tagged arguments typed by the tool's
-schema (``xml_formats``), the model's special tokens (``special_tokens``), gpt-oss's harmony messages
-(``harmony``). ``jllm.tool_calls`` streams them.
+schema (``xml_formats``), the model's special tokens (``special_tokens``), Gemma 4's own argument syntax
+(``gemma4``), gpt-oss's harmony messages (``harmony``). ``jllm.tool_calls`` streams them.
 
 Where this package sits: docs/architecture.md.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jllm.tool_parsers.base import ToolCall, ToolParser
+from jllm.tool_parsers.gemma4 import Gemma4Parser
 from jllm.tool_parsers.harmony import OpenAIParser
 from jllm.tool_parsers.json_formats import (
     GraniteParser,
@@ -21,9 +22,9 @@ from jllm.tool_parsers.json_formats import (
     MistralParser,
     Phi4MiniJsonParser,
 )
-from jllm.tool_parsers.pythonic import Llama4PythonicParser, PythonicParser
-from jllm.tool_parsers.special_tokens import DeepSeekV3Parser, KimiK2Parser
-from jllm.tool_parsers.xml_formats import Glm45Parser, Qwen3CoderParser
+from jllm.tool_parsers.pythonic import Llama4PythonicParser, Olmo3Parser, PythonicParser
+from jllm.tool_parsers.special_tokens import DeepSeekV3Parser, DeepSeekV31Parser, KimiK2Parser
+from jllm.tool_parsers.xml_formats import DeepSeekV32Parser, Glm45Parser, MinimaxM2Parser, Qwen3CoderParser
 
 _PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesParser,
@@ -40,6 +41,13 @@ _PARSERS: dict[str, type[ToolParser]] = {
     "glm45": Glm45Parser,
     "jamba": JambaParser,
     "openai": OpenAIParser,
+    "gemma4": Gemma4Parser,
+    "deepseek_v31": DeepSeekV31Parser,
+    "deepseek_v32": DeepSeekV32Parser,
+    "minimax_m2": MinimaxM2Parser,
+    "olmo3": Olmo3Parser,
+    "ernie45": HermesParser,  # ERNIE 4.5 writes hermes' <tool_call>{...}</tool_call>
+    "qwen3_xml": Qwen3CoderParser,  # vLLM's second reader of qwen3_coder's format (streamed by an XML parser)
 }
 PARSERS = tuple(_PARSERS)
 

@@ -1,8 +1,9 @@
 """The formats whose calls are JSON objects ``{"name": ..., "arguments": {...}}`` behind a marker, as vLLM's parsers
 of the same names read them (``vllm/tool_parsers/``):
 
-- ``hermes`` (Hermes, Qwen 2.5/3): ``<tool_call>{...}</tool_call>``, one block per call, text before the first
-  block the message's content (special tokens kept: some models mark the tags special);
+- ``hermes`` (Hermes, Qwen 2.5/3; ``ernie45``, ERNIE 4.5, writes the same): ``<tool_call>{...}</tool_call>``, one
+  block per call, text before the first block the message's content (special tokens kept: some models mark the tags
+  special);
 - ``llama3_json`` (Llama 3.1-3.3): the whole output is ``{"name": ..., "parameters": {...}}`` (``<|python_tag|>``
   first, which decoding drops as a special token), several separated by ``;``;
 - ``mistral``: ``[TOOL_CALLS][{...}, ...]`` (a special token);

@@ -1,6 +1,8 @@
 """``pythonic`` (Llama 3.2, Llama 4, ToolACE): the whole output is a Python list of calls,
 ``[get_weather(city='Paris', days=[1, 2]), get_time()]``, as vLLM's parser reads it: keyword arguments only, their
 values literals (strings, numbers, True / False / None, lists and dicts of them). Read with ``ast``, never run.
+``olmo3`` (OLMo 3): the calls one per line between ``<function_calls>`` and ``</function_calls>``, JSON's ``null``,
+``true`` and ``false`` read as Python's (the model saw the tools as JSON; read so in every pythonic format here).
 
 A call whose arguments are not JSON values (bytes, ``1e999``) is dropped and its siblings kept; a list where no call
 is left stays content. While streaming, a call's arguments go out one keyword argument at a time, each once the
@@ -22,9 +24,14 @@ _HEAD = re.compile(r"\s*([A-Za-z_]\w*)\(")
 _OPENING = re.compile(r"\[\s*(?:[A-Za-z_]\w*(?:\(|\Z)|\Z)")  # what a list of calls can begin with
 
 
+_JSON_NAMES = {"null": None, "true": True, "false": False}
+
+
 def _value(node: ast.expr) -> Any:
     if isinstance(node, ast.Constant) and not isinstance(node.value, bytes | complex):
         return node.value
+    if isinstance(node, ast.Name) and node.id in _JSON_NAMES:  # OLMo 3's; a name is no value in Python's calls
+        return _JSON_NAMES[node.id]
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
         return -node.operand.value  # -1 is an operator on a constant in Python's grammar
     if isinstance(node, ast.Dict) and all(isinstance(k, ast.Constant) for k in node.keys):
@@ -147,3 +154,29 @@ class Llama4PythonicParser(PythonicParser):
     @staticmethod
     def _body(text: str) -> str:
         return text.replace("<|python_start|>", "", 1).replace("<|python_end|>", "", 1)
+
+
+class Olmo3Parser(PythonicParser):
+    """OLMo 3's calls, one per line inside ``<function_calls>`` (text in its vocabulary): read as the list of those
+    lines."""
+
+    _start, _end = "<function_calls>", "</function_calls>"
+
+    def starts_calls(self, text: str) -> int | None:
+        return 0 if text.lstrip().startswith(self._start) else None
+
+    def may_start(self, text: str) -> int:
+        return len(text) if self._start.startswith(text.lstrip()) else 0
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        if final and self._end not in text:
+            return None  # cut short: no calls, as vLLM reads it
+        return super().calls(self._as_list(text), final)
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        return super().partial(self._as_list(text))
+
+    def _as_list(self, text: str) -> str:
+        """The calls inside the tags as a Python list (closed once the end tag has come)."""
+        body, closed, _ = text.lstrip()[len(self._start) :].partition(self._end)
+        return "[" + ", ".join(line.strip() for line in body.splitlines() if line.strip()) + ("]" if closed else "")

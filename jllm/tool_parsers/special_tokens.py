@@ -3,11 +3,14 @@
 
 - ``deepseek_v3`` (DeepSeek-V3, R1-0528): ``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME
   \\n```json\\nARGUMENTS\\n```<｜tool▁call▁end｜>...<｜tool▁calls▁end｜>``;
+- ``deepseek_v31`` (DeepSeek-V3.1): the same markers, without the call's type and the ``json`` block:
+  ``<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGUMENTS<｜tool▁call▁end｜>``;
 - ``kimi_k2`` (Kimi K2): ``<|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:0
   <|tool_call_argument_begin|>ARGUMENTS<|tool_call_end|>...<|tool_calls_section_end|>``, the call's id
   (``functions.NAME:0``) kept as its OpenAI id, as vLLM keeps it.
-The arguments are passed on as the model wrote them (vLLM's rule): deepseek_v3's stream as written, a kimi_k2 call
-goes out once its end token arrives (with the model's id, which its chat template reads back).
+The arguments are passed on as the model wrote them (vLLM's rule): deepseek_v3's and deepseek_v31's stream as
+written, a kimi_k2 call goes out once its end token arrives (with the model's id, which its chat template reads
+back).
 
 Where this module sits: docs/architecture.md.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from jllm.markers import held_back
 from jllm.tool_parsers.base import ToolCall, ToolParser
 
 
@@ -23,26 +27,31 @@ class DeepSeekV3Parser(ToolParser):
     starts = ("<｜tool▁calls▁begin｜>",)
     keep_special_tokens = True
     _call = re.compile(
-        r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)\n```json\n(.*?)\n```<｜tool▁call▁end｜>", re.DOTALL
+        r"<｜tool▁call▁begin｜>[^<]*<｜tool▁sep｜>(?P<name>[^<]*?)\n```json\n(?P<args>.*?)\n```<｜tool▁call▁end｜>",
+        re.DOTALL,
     )
-
-    _open = re.compile(r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)\n```json\n(.*)", re.DOTALL)
-    _end = "\n```<｜tool▁call▁end｜>"
+    _open = re.compile(r"<｜tool▁call▁begin｜>[^<]*<｜tool▁sep｜>(?P<name>[^<]*?)\n```json\n(?P<args>.*)", re.DOTALL)
+    _end = "\n```<｜tool▁call▁end｜>"  # what ends a call's arguments
 
     def calls(self, text: str, final: bool) -> list[ToolCall] | None:
-        calls = [ToolCall(name.strip(), arguments) for _, name, arguments in self._call.findall(text)]
+        calls = [ToolCall(m["name"].strip(), m["args"]) for m in self._call.finditer(text) if m["name"].strip()]
         return calls if calls or not final else None
 
     def partial(self, text: str) -> tuple[str, str] | None:
-        """The open call's arguments as written so far, less what may begin the end of its ``json`` block."""
+        """The open call's arguments as written so far, less what may begin their end marker."""
         done = text.rfind("<｜tool▁call▁end｜>")
         tail = text[done + len("<｜tool▁call▁end｜>") :] if done >= 0 else text
         match = self._open.search(tail)
-        if match is None or not match.group(2).strip():
+        if match is None or not match["name"].strip():
             return None
-        arguments = match.group(3)
-        held = max((k for k in range(1, len(self._end)) if arguments.endswith(self._end[:k])), default=0)
-        return match.group(2).strip(), arguments[: len(arguments) - held]
+        arguments = match["args"]
+        return match["name"].strip(), arguments[: len(arguments) - held_back(arguments, (self._end,))]
+
+
+class DeepSeekV31Parser(DeepSeekV3Parser):
+    _call = re.compile(r"<｜tool▁call▁begin｜>(?P<name>[^<]*)<｜tool▁sep｜>(?P<args>.*?)<｜tool▁call▁end｜>", re.DOTALL)
+    _open = re.compile(r"<｜tool▁call▁begin｜>(?P<name>[^<]*)<｜tool▁sep｜>(?P<args>.*)", re.DOTALL)
+    _end = "<｜tool▁call▁end｜>"
 
 
 class KimiK2Parser(ToolParser):

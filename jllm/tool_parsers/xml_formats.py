@@ -1,14 +1,21 @@
 """The formats whose calls are tags around each argument's text, typed by the tool's JSON schema as vLLM's parsers
 of the same names type them (``vllm/tool_parsers/``):
 
-- ``qwen3_coder`` (Qwen3-Coder, Qwen3.5): ``<tool_call>\\n<function=NAME>\\n<parameter=P>\\nVALUE\\n</parameter>\\n
-  </function>\\n</tool_call>`` (a bare ``<function=...>`` too); a value is text, converted by its schema type
-  (integer, number, boolean, object / array as JSON or a Python literal, null for "null"), a parameter the schema
-  does not name stays text;
+- ``qwen3_coder`` (Qwen3-Coder, Qwen3.5; ``qwen3_xml``, vLLM's second reader of it, the same):
+  ``<tool_call>\\n<function=NAME>\\n<parameter=P>\\nVALUE\\n</parameter>\\n</function>\\n</tool_call>`` (a bare
+  ``<function=...>`` too); a value is text, converted by its schema type (integer, number, boolean, object / array as
+  JSON or a Python literal, null for "null"), a parameter the schema does not name stays text;
 - ``glm45`` (GLM-4.5 / 4.6): ``<tool_call>NAME\\n<arg_key>K</arg_key>\\n<arg_value>V</arg_value>...</tool_call>``;
-  a value stays text where the schema says string, else it is read as JSON or a Python literal if it is one.
-Calls stream argument by argument (``partial``: a qwen3_coder parameter once a tag after it has come, a glm45 value
-once closed; an argument given twice keeps its first value, so what was sent stays a prefix of the call).
+  a value stays text where the schema says string, else it is read as JSON or a Python literal if it is one;
+- ``minimax_m2`` (MiniMax-M2): ``<minimax:tool_call>\\n<invoke name="NAME">\\n<parameter name="P">VALUE</parameter>
+  ...</invoke>...</minimax:tool_call>``, several invokes per block; a value (stripped) is typed as qwen3_coder's;
+- ``deepseek_v32`` (DeepSeek-V3.2): ``<｜DSML｜function_calls>\\n<｜DSML｜invoke name="NAME">\\n<｜DSML｜parameter
+  name="P" string="true|false">VALUE</｜DSML｜parameter>...</｜DSML｜invoke>...</｜DSML｜function_calls>``; a parameter
+  the schema names is typed as qwen3_coder's, another stays text where ``string="true"``, else is read as JSON if it
+  is JSON.
+An invoke counts once closed (its block's end need not come, as vLLM streams them). Calls stream argument by argument
+(``partial``: a qwen3_coder parameter once a tag after it has come, a glm45 value or an invoke's parameter once
+closed; an argument given twice keeps its first value, so what was sent stays a prefix of the call).
 
 Where this module sits: docs/architecture.md.
 """
@@ -19,6 +26,7 @@ import ast
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from jllm.tool_parsers.base import ToolCall, ToolParser, arguments_json
@@ -182,3 +190,83 @@ class Glm45Parser(ToolParser):
             return json.loads(value)
         except json.JSONDecodeError:
             return _literal(value)
+
+
+class _InvokeParser(ToolParser):
+    """Calls as ``invoke`` tags holding ``parameter`` tags (MiniMax-M2's and DeepSeek-V3.2's markup)."""
+
+    keep_special_tokens = True
+    _head: re.Pattern[str]  # an invoke's opening tag: group "name"
+    _end: str  # an invoke's closing tag
+    _parameter: re.Pattern[str]  # a whole parameter: groups "key" and "value"
+
+    def calls(self, text: str, final: bool) -> list[ToolCall] | None:
+        calls = []
+        for name, body, closed in self._invokes(text):
+            arguments = arguments_json(self._arguments(name, body)) if closed else None
+            if arguments is not None:
+                calls.append(ToolCall(name, arguments))
+        return calls if calls or not final else None
+
+    def partial(self, text: str) -> tuple[str, str] | None:
+        """The open invoke once its opening tag is whole: its arguments up to its last closed parameter."""
+        name, body, closed = next(reversed(list(self._invokes(text))), ("", "", True))
+        arguments = None if closed else arguments_json(self._arguments(name, body))
+        return None if arguments is None else (name, arguments[:-1])
+
+    def _invokes(self, text: str) -> Iterator[tuple[str, str, bool]]:
+        """Each invoke with a name: (name, body, whether it has closed); only the last may be open."""
+        pos = 0
+        while (head := self._head.search(text, pos)) is not None:
+            end = text.find(self._end, head.end())
+            body = text[head.end() : end] if end >= 0 else text[head.end() :]
+            if head["name"].strip():
+                yield head["name"].strip(), body, end >= 0
+            if end < 0:
+                return
+            pos = end + len(self._end)
+
+    def _arguments(self, name: str, body: str) -> dict[str, Any]:
+        """Each closed parameter, typed (a parameter given twice keeps its first value)."""
+        properties, args = self.properties(name), {}
+        for match in self._parameter.finditer(body):
+            key = match["key"].strip()
+            if key not in args:
+                args[key] = self._value(match, properties.get(key))
+        return args
+
+    def _value(self, match: re.Match[str], schema: Any) -> Any:
+        raise NotImplementedError
+
+
+class MinimaxM2Parser(_InvokeParser):
+    starts = ("<minimax:tool_call>",)
+    _head = re.compile(r"<invoke name=[\"']?(?P<name>[^\"'>]*)[\"']?\s*>")
+    _end = "</invoke>"
+    _parameter = re.compile(r"<parameter name=[\"']?(?P<key>[^\"'>]*)[\"']?\s*>(?P<value>.*?)</parameter>", re.DOTALL)
+
+    def _value(self, match: re.Match[str], schema: Any) -> Any:
+        value = match["value"].strip()
+        return value if schema is None else typed_value(value, schema)
+
+
+class DeepSeekV32Parser(_InvokeParser):
+    starts = ("<｜DSML｜function_calls>",)
+    _head = re.compile(r'<｜DSML｜invoke\s+name="(?P<name>[^"]*)"\s*>')
+    _end = "</｜DSML｜invoke>"
+    _parameter = re.compile(
+        r'<｜DSML｜parameter\s+name="(?P<key>[^"]*)"\s+string="(?P<string>true|false)"\s*>(?P<value>.*?)'
+        r"</｜DSML｜parameter>",
+        re.DOTALL,
+    )
+
+    def _value(self, match: re.Match[str], schema: Any) -> Any:
+        value = match["value"]
+        if schema is not None:
+            return typed_value(value, schema)
+        if match["string"] == "true":
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
