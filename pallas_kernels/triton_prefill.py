@@ -66,7 +66,7 @@ class PrefillConfig:
                 raise ValueError(f"PrefillConfig.{name}={value} must be a power of two >= 16 (Triton's dot needs it)")
 
 
-def default_prefill_config(num_tokens: int, num_seqs: int) -> PrefillConfig:
+def default_prefill_config(num_tokens: int, num_seqs: int, head_dim: int = 128) -> PrefillConfig:
     """Tiling by the step's token count, not its mean query length: the runner's buckets pad sequences (a lone
     2000-token prefill runs in the (2048 tokens, 256 sequences) bucket), and a decode row in a big tile costs about
     what it costs in a small one (its program streams the same K/V; the tensor cores are idle either way). Unused
@@ -75,10 +75,23 @@ def default_prefill_config(num_tokens: int, num_seqs: int) -> PrefillConfig:
     and 297 for 128 x 64 / 8 / 3); 64 x 64 / 4 / 3 was within 1-4 % and gives short chunks twice the programs."""
     del num_seqs  # see above: the bucket's sequence count says little about the rows a tile will hold
     if num_tokens > 512:
-        return PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2)
-    if num_tokens >= 64:
-        return PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
-    return PrefillConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
+        config = PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2)
+    elif num_tokens >= 64:
+        config = PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
+    else:
+        config = PrefillConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
+    return config if head_dim <= 128 else _narrowed(config, head_dim // 128)
+
+
+def _narrowed(config: PrefillConfig, shrink: int) -> PrefillConfig:
+    """Tiles for heads ``shrink`` times wider than 128 (Gemma 2 / 3's 256, Gemma 4's full layers' 512): a program
+    holds a ``[block_m, head_dim]`` float32 accumulator and ``[block_n, head_dim]`` K/V tiles, so its rows shrink as
+    the heads widen. Compiled for sm_90 by Triton's ptxas (2026-12-05, bf16, 2048-token step): the 128 x 128 / 8-warp
+    tiles spill 1,080 bytes a thread at D=256 and 6,408 at D=512; these (64 x 64 and 32 x 32 on 8 warps) spill none
+    (220 and 200 registers; 246 at D=128). Not yet timed; check_kernels' D=256 / 512 cases check their numerics."""
+    return dataclasses.replace(
+        config, block_m=max(16, config.block_m // shrink), block_n=max(16, config.block_n // shrink)
+    )
 
 
 def kernel_params(
@@ -176,7 +189,7 @@ def prefill_attention(
     check_scales(kv_pages.dtype, k_scale, v_scale)
     num_tokens, num_q_heads, _ = q.shape
     num_seqs, table_width = block_tables.shape
-    cfg = config or default_prefill_config(num_tokens, num_seqs)
+    cfg = config or default_prefill_config(num_tokens, num_seqs, q.shape[-1])
     group = num_q_heads // kv_pages.shape[1]
     item_seq, item_first = work_items(query_start_loc, num_tokens, item_rows(cfg, group))
     params = kernel_params(

@@ -134,6 +134,23 @@ def cases(quick: bool) -> list[Case]:
         Case("prefill 512 over 8k prefix", [512], [8192 + 512]),
         Case("prefill 2048 over 4k prefix", [2048], [4096 + 2048], page_size=32),
         Case("prefill 2048 fresh G=1 D=64", [2048], [2048], group=1, head_dim=64),
+        # wide heads: Gemma 2 / 3's 256 (soft-capped, windowed), Gemma 4's full layers' 512 (2 KV heads of 16 queries)
+        Case(
+            "prefill 1024 fresh D=256 G=2 softcap+window",
+            [1024],
+            [1024],
+            head_dim=256,
+            group=2,
+            soft_cap=50.0,
+            sliding_window=512,
+        ),
+        Case("mixed D=256 G=2", mixed_q, [16, 17, 48, 118, 0, 128, 300], head_dim=256, group=2),
+        decode("decode b8 ctx<=4k D=256 G=2", boundary_lengths(rng, 8, 4096, 16), head_dim=256, group=2),
+        Case("prefill 1024 fresh D=512 G=8", [1024], [1024], head_dim=512, group=8, num_kv_heads=2),
+        Case("mixed D=512 G=8", mixed_q, [16, 17, 48, 118, 0, 128, 300], head_dim=512, group=8, num_kv_heads=2),
+        decode(
+            "decode b8 ctx<=4k D=512 G=8", boundary_lengths(rng, 8, 4096, 16), head_dim=512, group=8, num_kv_heads=2
+        ),
         Case("mixed 31 decodes + 512 chunk", [1] * 31 + [512], boundary_lengths(rng, 31, 4096, 16) + [1024]),
         Case("mixed b128: 120 decodes + 8 chunks", [1] * 120 + [64] * 8, boundary_lengths(rng, 128, 3000, 16)),
         Case(
@@ -256,7 +273,7 @@ def case_facts(case: Case, inputs: tuple[jax.Array, ...]) -> dict[str, object]:
     """The case's shape and the tiling that ran (the default for the shape unless the case names one)."""
     q, tables = inputs[0], inputs[3]
     if case.kernel == "triton-prefill":
-        cfg = case.config or default_prefill_config(q.shape[0], len(case.q_lens))
+        cfg = case.config or default_prefill_config(q.shape[0], len(case.q_lens), case.head_dim)
     else:
         cfg = case.config or default_config(
             q.shape[0], len(case.q_lens), q.shape[1], case.num_kv_heads, case.page_size, tables.shape[1],

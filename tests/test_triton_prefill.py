@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -122,6 +125,21 @@ def test_default_config_follows_the_bucket_token_count() -> None:
     assert default_prefill_config(32, 32).block_m == 16
 
 
+def test_wider_heads_take_tiles_of_the_same_footprint() -> None:
+    """A 512-wide head (Gemma 4's full layers) in a 2048-token step: 32 x 32 tiles, the accumulator and K/V tiles of
+    128-wide heads' 128 x 128 (which spill registers at 512, ptxas says); 256-wide heads half the rows; never under
+    Triton's 16 rows; the warps and stages as for 128."""
+    wide = default_prefill_config(2048, 1, head_dim=512)
+    assert (wide.block_m, wide.block_n, wide.num_warps) == (32, 32, 8)
+    assert wide.block_m * 512 == 128 * 128 and wide.block_n * 512 == 128 * 128
+    assert (default_prefill_config(2048, 1, head_dim=256).block_m, default_prefill_config(512, 1, 256).block_n) == (
+        64,
+        32,
+    )
+    assert default_prefill_config(32, 32, head_dim=512).block_m == 16
+    assert default_prefill_config(2048, 1, head_dim=64) == default_prefill_config(2048, 1)
+
+
 def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="power of two"):
         PrefillConfig(block_m=48)
@@ -137,7 +155,7 @@ def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
         prefill_attention(q, pool, *meta, sm_scale=1.0, k_scale=0.5)
 
 
-def hopper_ptx(cfg: PrefillConfig, kv_type: str, has_sinks: bool = False) -> str:
+def hopper_ptx(cfg: PrefillConfig, kv_type: str, has_sinks: bool = False, head_dim: int = 128) -> str:
     """The kernel of a bf16 2048-token chunk over an 8-KV-head pool (``kv_type``: Triton's name of its dtype)
     compiled for an H100/H200 (sm_90, Triton's own ptxas) with jax-triton's argument types (16-byte aligned
     pointers); its PTX."""
@@ -145,8 +163,8 @@ def hopper_ptx(cfg: PrefillConfig, kv_type: str, has_sinks: bool = False) -> str
     from triton.compiler import ASTSource
 
     params = kernel_params(
-        (2048, 32, 128), (2, 8, 1024, 16, 128), 512, 4, sm_scale=128**-0.5, soft_cap=None, sliding_window=None,
-        dot_precision="tf32", config=cfg, has_sinks=has_sinks,
+        (2048, 32, head_dim), (2, 8, 1024, 16, head_dim), 512, 4, sm_scale=head_dim**-0.5, soft_cap=None,
+        sliding_window=None, dot_precision="tf32", config=cfg, has_sinks=has_sinks,
     )  # fmt: skip
     pointers = ("*bf16", kv_type, "*i32", "*i32", "*i32", "*i32", "*i32", "*fp32", "*bf16")
     names = _prefill_kernel.arg_names[: len(pointers)]
@@ -155,6 +173,26 @@ def hopper_ptx(cfg: PrefillConfig, kv_type: str, has_sinks: bool = False) -> str
     source = ASTSource(fn=_prefill_kernel, signature=signature, constexprs=params, attrs=aligned)
     options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+
+
+def ptxas_spills(ptx: str) -> list[int]:
+    """The spill stores and loads (bytes a thread) Triton's ptxas reports for ``ptx`` built for sm_90a."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        args = [str(ptxas), "-arch=sm_90a", "-v", "k.ptx", "-o", "k.cubin"]
+        report = subprocess.run(args, cwd=tmp, capture_output=True, text=True, check=True)
+    return [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report.stdout + report.stderr)]
+
+
+@pytest.mark.slow  # two compiles for sm_90 (~5 s)
+@pytest.mark.parametrize("head_dim", [256, 512])
+def test_wide_heads_default_tiles_keep_the_accumulator_in_registers_on_hopper(head_dim: int) -> None:
+    """The default tiles of a 2048-token step at Gemma's head widths compile for sm_90 without spilling (the
+    128-wide heads' 128 x 128 tiles spilled 1,080 bytes a thread at 256 and 6,408 at 512)."""
+    ptx = hopper_ptx(default_prefill_config(2048, 4, head_dim), "*bf16", head_dim=head_dim)
+    spills = ptxas_spills(ptx)
+    assert spills and not any(spills), spills
 
 
 def bf16_mmas(ptx: str) -> set[str]:
