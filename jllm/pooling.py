@@ -145,6 +145,11 @@ class Encoder:
                 "hidden states and embeddings are not supported for hybrid models with recurrent layers (Qwen3-Next, "
                 "Qwen3.5, the Mamba2 hybrids): the encoder's scratch pool holds no recurrent state; use generation"
             )
+        if runner.loaded.args.altup_streams:
+            raise InputError(
+                "hidden states and embeddings are not supported for Gemma 3n: its layers' states are AltUp's streams, "
+                "not one hidden state; use generation"
+            )
         self.runner = runner
         self.num_layers = runner.loaded.args.num_layers
         largest = runner.buckets[-1]

@@ -57,8 +57,8 @@ HYBRIDS |= {"minimax"}
 # carried between steps: LFM2's conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state
 # (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state
 # alone (Mamba; its mixer's in tests/test_mamba.py), DeepSeek-V3.2's indexer keys (each later chunk's rows select
-# among them)
-CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "deepseek_v32"}
+# among them), Gemma 3n's KV-shared layers (they read the pages their source layers wrote in earlier chunks)
+CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "deepseek_v32", "gemma3n"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -161,6 +161,23 @@ GEMMA4 = dict(
 # DeepSeek Sparse Attention's indexer (DeepSeek-V3.2, GLM-5): each query's top 8 tokens, by 16 heads of 16 channels
 # (enough heads that no two keys' scores tie at zero, where every head's ReLU is: the choice among ties is arbitrary)
 DSA_KEYS = dict(q_lora_rank=24, index_topk=8, index_head_dim=16, index_n_heads=16)
+# gemma-3n-E2B's layout in small: sliding and full layers, the last two reading the first two's K/V, per-layer inputs
+# (from a table shorter than the vocabulary: ids past it read row 0), 4 AltUp streams, LAuReL blocks, the first two
+# layers' MLPs sparse and wider than the last two's, soft-capped logits; untied (tied, a random model repeats)
+GEMMA3N = dict(
+    sliding_window=WINDOW,
+    num_hidden_layers=4,
+    layer_types=["sliding_attention", "full_attention"] * 2,
+    num_kv_shared_layers=2,
+    intermediate_size=[96, 96, 80, 80],
+    activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0],
+    hidden_size_per_layer_input=8,
+    vocab_size_per_layer_input=40_000,
+    altup_num_inputs=4,
+    laurel_rank=8,
+    final_logit_softcapping=30.0,
+    tie_word_embeddings=False,
+)
 # name -> (architecture, config class or None for the architecture's, config overrides (None drops a BASE key), TP
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
@@ -238,6 +255,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # TP 2: the heads and MLPs split, AltUp's streams replicated, the sparse MLP's row statistics across devices
+    "gemma3n": ("Gemma3nForCausalLM", "Gemma3nTextConfig", GEMMA3N, [2]),
     "phi3": (
         "Phi3ForCausalLM",
         None,
@@ -1835,6 +1854,21 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "use_bidirectional_attention='all'.*supported",
         ),
         ("Gemma4ForCausalLM", {"num_kv_shared_layers": 2}, "num_kv_shared_layers=2 leaves no earlier layer"),
+        ("Gemma3nForCausalLM", {"num_kv_shared_layers": 2}, "Gemma 3n num_kv_shared_layers=2 leaves no earlier layer"),
+        ("Gemma3nForCausalLM", {"altup_active_idx": 1}, r"altup_active_idx=1 is not supported \(supported: 0\)"),
+        ("Gemma3nForCausalLM", {"altup_num_inputs": 1}, "Gemma 3n altup_num_inputs=1 is not supported"),
+        ("Gemma3nForCausalLM", {"laurel_rank": 0}, "Gemma 3n laurel_rank=0 is not supported"),
+        ("Gemma3nForCausalLM", {"hidden_activation": "relu"}, "Gemma 3n hidden_activation 'relu' is not supported"),
+        (
+            "Gemma3nForCausalLM",
+            {"intermediate_size": [96, 96, 96]},
+            r"Gemma 3n intermediate_size lists 3 values; it needs one per layer \(num_hidden_layers=2\)",
+        ),
+        (
+            "Gemma3nForConditionalGeneration",
+            {"text_config": {"model_type": "gemma3n_text", "laurel_rank": 0}},
+            "Gemma 3n laurel_rank=0 is not supported",
+        ),
         (
             "Gemma4ForCausalLM",
             {"per_layer_config": {"1": {"intermediate_size": 8}}},

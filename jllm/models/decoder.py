@@ -12,6 +12,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -20,7 +21,8 @@ from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
 from jllm.kv_scales import pool_scales, scale_params
-from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param, sinusoidal_positions
+from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
+from jllm.models.layers import MLP, Embedding, Laurel, Linear, normed_linear, param, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
@@ -143,7 +145,8 @@ class DecoderLayer(nnx.Module):
     lay its norms out its own way (``LayerSpec.norms``: OLMo-Hybrid's). A layer may hold one block alone
     (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer (``LayerSpec.mixer``
     "none", its cache entry an empty state). MiniMax's blocks add to their normed inputs, scaled
-    (``LayerSpec.normed_residual``)."""
+    (``LayerSpec.normed_residual``). Gemma 3n's layer reads and writes AltUp's streams: its blocks run on the active
+    stream's prediction, a LAuReL block beside the attention, and the streams are corrected from their output."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -168,7 +171,10 @@ class DecoderLayer(nnx.Module):
         moe_out = args.moe_out_norm and args.num_experts and spec.dense_mlp_size is None
         self.mlp_out_norm = args.make_norm() if post or moe_out else None
         self.moe = args.make_moe_beside()  # Gemma 4's mixture beside the dense MLP, or None
-        self.per_layer = LayerInput(args) if args.per_layer_input_size else None  # Gemma 4's per-layer input
+        self.per_layer = LayerInput(args) if args.per_layer_input_size else None  # Gemma 4's and 3n's per-layer input
+        self.altup = AltUp(args) if args.altup_streams else None  # Gemma 3n's streams
+        rank = args.laurel_rank
+        self.laurel = Laurel(args.hidden_size, rank, args.dtype, args.make_norm()) if rank else None  # Gemma 3n's
         self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
@@ -185,9 +191,28 @@ class DecoderLayer(nnx.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
         ``jllm.lora.peft_files`` lets a family's adapters target only those); ``per_layer_input [T, width]``: this
-        layer's own input (Gemma 4's PLE), added after its blocks, before its ``layer_scalar``."""
+        layer's own input (Gemma 4's PLE), added after its blocks, before its ``layer_scalar``. With AltUp (Gemma 3n)
+        ``x`` is the streams ``[streams, T, hidden]``."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return self._from_normed(x, positions, kv_pages, meta)
+        if self.altup is not None:  # Gemma 3n: the blocks on the active stream's prediction, every stream corrected
+            predictions = self.altup.predict(x)
+            h, kv_pages = self._blocks(predictions[ACTIVE], positions, kv_pages, meta, lora)
+            corrected = self.altup.correct(predictions, h)
+            if self.per_layer is not None:  # added to every stream but the active one
+                delta = self.per_layer.delta(self.altup.active_output(corrected), per_layer_input)
+                corrected = corrected.at[1:].add(delta[None])
+            return corrected, kv_pages
+        x, kv_pages = self._blocks(x, positions, kv_pages, meta, lora)
+        if self.per_layer is not None:
+            x = self.per_layer(x, per_layer_input)
+        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages
+
+    def _blocks(
+        self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata, lora: LayerLoRA | None
+    ) -> tuple[jax.Array, jax.Array]:
+        """The token mixer and the MLP over ``x [T, hidden]`` with their residuals (a LAuReL block's beside the
+        attention: the two averaged, ``(x + attn + laurel(norm(x))) / sqrt(2)``)."""
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
             h, kv_pages = self.mixer(*attn_args)
@@ -200,11 +225,12 @@ class DecoderLayer(nnx.Module):
             shared = self.post_attention_layernorm is None
             mlp_norm = self.input_layernorm if shared else self.post_attention_layernorm
             return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages
-        x = x + h
-        x = x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)
-        if self.per_layer is not None:
-            x = self.per_layer(x, per_layer_input)
-        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages
+        if self.laurel is not None:
+            laurel = self.laurel(self.input_layernorm(x))
+            x = (x + h + laurel) / jnp.asarray(math.sqrt(2), x.dtype)
+        else:
+            x = x + h
+        return (x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)), kv_pages
 
     def _from_normed(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
@@ -266,7 +292,8 @@ class CausalLM(nnx.Module):
             else None
         )
         self.embed_norm = args.make_norm() if args.embed_norm else None
-        self.per_layer_inputs = PerLayerInputs(args) if args.per_layer_input_size else None  # Gemma 4's PLE
+        self.per_layer_inputs = PerLayerInputs(args) if args.per_layer_input_size else None  # Gemma 4's and 3n's PLE
+        self.altup_streams = AltUpStreams(args) if args.altup_streams else None  # Gemma 3n's
         self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
         self.norm = args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
@@ -298,7 +325,7 @@ class CausalLM(nnx.Module):
     ) -> tuple[jax.Array, list[Any]]:
         """Final hidden states ``[T, hidden]`` (normed) and the updated pool; ``lora``: each token's adapter."""
         states, new_caches = self._residual_stream(input_ids, positions, kv_caches, meta, lora)
-        return self.norm(states[-1]), new_caches
+        return self._final(states[-1]), new_caches
 
     def hidden_states(
         self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[jax.Array], meta: AttentionMetadata
@@ -306,7 +333,11 @@ class CausalLM(nnx.Module):
         """transformers' ``output_hidden_states``: ``num_layers + 1`` arrays ``[T, hidden]``, the embeddings, then
         each layer's output, the last one after the final norm (``jllm.pooling`` reads them; the pool is scratch)."""
         states, _ = self._residual_stream(input_ids, positions, kv_caches, meta)
-        return [*states[:-1], self.norm(states[-1])]
+        return [*states[:-1], self._final(states[-1])]
+
+    def _final(self, x: jax.Array) -> jax.Array:
+        """The last layer's output normed (AltUp's streams collapsed to one first: Gemma 3n)."""
+        return self.norm(x if self.altup_streams is None else self.altup_streams.collapse(x))
 
     def _residual_stream(
         self,
@@ -316,9 +347,9 @@ class CausalLM(nnx.Module):
         meta: AttentionMetadata,
         lora: LoRABatch | None = None,
     ) -> tuple[list[jax.Array], list[jax.Array]]:
-        """The residual stream before the first layer and after each (not normed), and the updated pool. A layer
-        reading another's K/V (``LayerSpec.kv_source``) is given that layer's updated pages; its own entry (empty)
-        passes through."""
+        """The residual stream before the first layer and after each (not normed; AltUp's ``[streams, T, hidden]``
+        with Gemma 3n), and the updated pool. A layer reading another's K/V (``LayerSpec.kv_source``) is given that
+        layer's updated pages; its own entry (empty) passes through."""
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
@@ -327,7 +358,7 @@ class CausalLM(nnx.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
-        states = [x]
+        states = [x if self.altup_streams is None else self.altup_streams.expand(x)]
         new_caches = []
         for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)

@@ -1,6 +1,7 @@
 """Layers the decoder families share: linear (float, or quantized per ``jllm.quantization``), embedding, RMSNorm
-(Llama's and Gemma's ``1 + w``), LayerNorm and the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
-Apertus' learned xIELU); the mixture of experts lives in ``jllm.models.moe``.
+(Llama's and Gemma's ``1 + w``), LayerNorm, the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
+Apertus' learned xIELU; Gemma 3n's Gaussian top-k sparsity on the gate) and Gemma 3n's low-rank residual block
+(``Laurel``); the mixture of experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -270,7 +272,10 @@ class MLP(nnx.Module):
         gated: bool = True,
         bias: bool = False,
         quant: QuantScheme | None = None,
+        sparsity: float = 0.0,
     ):
+        if sparsity and not (gated and 0.0 < sparsity < 1.0):
+            raise ValueError(f"activation sparsity {sparsity} needs a gated MLP and a fraction in (0, 1)")
         if gated:
             self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias, quant=quant)
         else:
@@ -278,6 +283,9 @@ class MLP(nnx.Module):
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
         self.act_fn = XIELU(dtype) if act == "xielu" else None  # an activation with parameters of its own
         self.act, self.gated = act, gated
+        # Gemma 3n's sparse layers keep only the gate values above mean + std * this (the normal quantile of
+        # ``sparsity``): about the top 1 - sparsity of each row, if the row is Gaussian
+        self.sparsity_cutoff = statistics.NormalDist().inv_cdf(sparsity) if sparsity else None
 
     def __call__(self, x: jax.Array, norm: nnx.Module | None = None, lora: LayerLoRA | None = None) -> jax.Array:
         """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``; ``lora``: each
@@ -287,9 +295,31 @@ class MLP(nnx.Module):
             gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
             if lora is not None:
                 gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
-            h = act(gate_up[:, 0]) * gate_up[:, 1]
+            gate = gate_up[:, 0] if self.sparsity_cutoff is None else self._sparse(gate_up[:, 0])
+            h = act(gate) * gate_up[:, 1]
         else:
             up = normed_linear(norm, self.up_proj, x)  # [T, hidden]
             h = act(up if lora is None else up + lora.delta("up", x if norm is None else norm(x)))
         y = self.down_proj(h)
         return y if lora is None else y + lora.delta("down", h)
+
+    def _sparse(self, gate: jax.Array) -> jax.Array:
+        """``relu(gate - (mean + std * cutoff))`` over each row's channels (transformers' ``_gaussian_topk``: the
+        population std, statistics in float32); under tensor parallelism the row's statistics span the devices."""
+        g32 = gate.astype(jnp.float32)
+        mean, std = jnp.mean(g32, axis=-1, keepdims=True), jnp.std(g32, axis=-1, keepdims=True)
+        return jax.nn.relu(g32 - (mean + std * self.sparsity_cutoff)).astype(gate.dtype)
+
+
+class Laurel(nnx.Module):
+    """Gemma 3n's learned augmented residual (LAuReL): ``x + norm(right(left(x)))``, a rank-``rank`` map beside the
+    attention, over the attention's normed input. Tensors named as the checkpoint's (``laurel.linear_left``, ...);
+    small, so replicated under tensor parallelism."""
+
+    def __init__(self, dim: int, rank: int, dtype: jnp.dtype, norm: nnx.Module):
+        self.linear_left = Linear(dim, rank, ("embed", None), dtype)
+        self.linear_right = Linear(rank, dim, (None, "embed"), dtype)
+        self.post_laurel_norm = norm
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.post_laurel_norm(self.linear_right(self.linear_left(x)))

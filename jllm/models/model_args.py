@@ -18,7 +18,7 @@ FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemo
 ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
 (``LayerSpec.normed_residual``); and Gemma 4's layers of their own KV heads and head width, keys reused as values,
 layers reading an earlier layer's K/V (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside
-the dense MLP.
+the dense MLP; and Gemma 3n's AltUp streams (``jllm.models.altup``), LAuReL blocks and sparse MLP activations.
 
 Where this module sits: docs/architecture.md.
 """
@@ -149,8 +149,11 @@ class LayerSpec:
     head_dim: int | None = None
     k_eq_v: bool = False  # the values are the key projection's output, before the k norm (Gemma 4's attention_k_eq_v)
     # the layer attends over layer ``kv_source``'s K/V (its pages), with no K/V projection of its own, and writes none
-    # (Gemma 4's num_kv_shared_layers)
+    # (Gemma 4's and Gemma 3n's num_kv_shared_layers)
     kv_source: int | None = None
+    # > 0: the dense MLP keeps about the top (1 - this) of each token's gate values (Gemma 3n's
+    # activation_sparsity_pattern: ``layers.MLP``'s Gaussian cutoff)
+    activation_sparsity: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -274,6 +277,12 @@ class ModelArgs:
     # the mixture of experts runs beside each layer's dense MLP (its ``dense_mlp_size``), its router reading the
     # residual stream, each output normed, their sum normed (Gemma 4's enable_moe_block; ``moe.MoEBesideMLP``)
     moe_beside_mlp: bool = False
+    # Gemma 3n: > 1, the residual stream is this many AltUp streams (``jllm.models.altup``; its altup_num_inputs), the
+    # layers' blocks run on the first; altup_correct_scale: the corrected first stream scaled before the per-layer
+    # input's gate reads it
+    altup_streams: int = 0
+    altup_correct_scale: bool = True
+    laurel_rank: int = 0  # > 0: Gemma 3n's LAuReL block of this rank beside each attention (``layers.Laurel``)
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -304,6 +313,8 @@ class ModelArgs:
     def _check_layer_options(self) -> None:
         """A mixture beside the MLP has an MLP on every layer; a layer reading another's K/V (``kv_source``) reads an
         earlier one with K/V of its own, of its shape."""
+        if self.altup_streams == 1:
+            raise ValueError("altup_streams=1 is not supported: AltUp needs at least 2 streams (0: no AltUp)")
         if self.moe_beside_mlp and (not self.num_experts or any(s.dense_mlp_size is None for s in self.layers)):
             raise ValueError("moe_beside_mlp needs num_experts and every layer's dense_mlp_size (the MLP beside it)")
         for i, spec in enumerate(self.layers):
@@ -351,8 +362,9 @@ class ModelArgs:
                 "against float's logits); leave quantization unset"
             )
         if self.v_norm:
+            family = "Gemma 3n" if self.altup_streams else "Gemma 4"
             raise ValueError(
-                f"quantization={self.quant.name!r} is not supported for Gemma 4 (not yet checked against float's "
+                f"quantization={self.quant.name!r} is not supported for {family} (not yet checked against float's "
                 "logits); leave quantization unset"
             )
 
@@ -379,7 +391,8 @@ class ModelArgs:
                 router_float32=self.router_float32,
                 gated=self.mlp_gated,
             )
-        return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
+        width, sparsity = spec.dense_mlp_size or hidden, spec.activation_sparsity
+        return MLP(d, width, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant, sparsity)
 
     def make_moe_beside(self) -> MoEBesideMLP | None:
         """Gemma 4's mixture beside the dense MLP (``moe_beside_mlp``), or None."""

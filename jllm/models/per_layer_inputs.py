@@ -1,7 +1,8 @@
-"""Gemma 4's per-layer inputs (PLE): besides the residual stream, each decoder layer reads a small vector of its own
-per token, made once before the first layer from a second embedding table (one slice per layer) and a projection of
-the token's input embedding; each layer adds a gated projection of its slice to its output. As transformers'
-``Gemma4TextModel.get_per_layer_inputs`` / ``project_per_layer_inputs`` and ``Gemma4TextDecoderLayer``.
+"""Gemma 4's and Gemma 3n's per-layer inputs (PLE): besides the residual stream, each decoder layer reads a small
+vector of its own per token, made once before the first layer from a second embedding table (one slice per layer) and
+a projection of the token's input embedding; each layer adds a gated projection of its slice to its output. As
+transformers' ``Gemma4TextModel.get_per_layer_inputs`` / ``project_per_layer_inputs`` and ``Gemma4TextDecoderLayer``
+(Gemma 3n's alike).
 
 Where this module sits: docs/architecture.md.
 """
@@ -43,7 +44,8 @@ class PerLayerInputs(nnx.Module):
 
 
 class LayerInput(nnx.Module):
-    """One layer's use of its input: ``x + norm(up(act(gate(x)) * input))`` after the layer's blocks."""
+    """One layer's use of its input: ``x + norm(up(act(gate(x)) * input))`` after the layer's blocks (Gemma 4); Gemma
+    3n adds the ``delta`` to its AltUp streams but the active one, gated by the active one."""
 
     def __init__(self, args: Any):
         d, width, dt = args.hidden_size, args.per_layer_input_size, args.dtype
@@ -54,5 +56,9 @@ class LayerInput(nnx.Module):
 
     def __call__(self, x: jax.Array, per_layer_input: jax.Array) -> jax.Array:
         """``x [T, hidden]``, this layer's ``per_layer_input [T, width]``."""
+        return x + self.delta(x, per_layer_input)
+
+    def delta(self, x: jax.Array, per_layer_input: jax.Array) -> jax.Array:
+        """``norm(up(act(gate(x)) * input))``, ``[T, hidden]``."""
         h = ACTIVATIONS[self.act](self.per_layer_input_gate(x)) * per_layer_input
-        return x + self.post_per_layer_input_norm(self.per_layer_projection(h))
+        return self.post_per_layer_input_norm(self.per_layer_projection(h))

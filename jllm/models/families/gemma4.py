@@ -80,7 +80,7 @@ def gemma4_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     base["tie_word_embeddings"] = bool(cfg["tie_word_embeddings"])
     heads = _layer_heads(cfg, types)
     ropes = {kind: read_rope(cfg, heads[types.index(kind)][1], cfg["rope_parameters"][kind]) for kind in set(types)}
-    sources = _kv_sources(types, cfg.get("num_kv_shared_layers") or 0)
+    sources = kv_sources(types, cfg.get("num_kv_shared_layers") or 0)
     double = bool(cfg.get("use_double_wide_mlp"))
     moe = _mixture(cfg)
     layers = tuple(
@@ -140,14 +140,14 @@ def _layer_heads(cfg: dict[str, Any], types: list[str]) -> list[tuple[int, int]]
     ]
 
 
-def _kv_sources(types: list[str], shared: int) -> list[int | None]:
+def kv_sources(types: list[str], shared: int, family: str = "Gemma 4") -> list[int | None]:
     """Each layer's K/V source: for the last ``shared`` layers, the last earlier layer of its kind (transformers'
-    ``kv_sharing_modes``); None for a layer with K/V of its own."""
+    ``kv_sharing_modes``, Gemma 4's and Gemma 3n's); None for a layer with K/V of its own."""
     first = len(types) - shared
     if shared and (first <= 0 or set(types[:first]) != set(types)):
         raise ValueError(
-            f"Gemma 4 num_kv_shared_layers={shared} leaves no earlier layer of each kind to read K/V from (layer_types "
-            f"{types}); it must leave at least one layer of every kind before the shared ones"
+            f"{family} num_kv_shared_layers={shared} leaves no earlier layer of each kind to read K/V from "
+            f"(layer_types {types}); it must leave at least one layer of every kind before the shared ones"
         )
     return [None if i < first else first - 1 - types[:first][::-1].index(kind) for i, kind in enumerate(types)]
 

@@ -1,8 +1,8 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Gemma 4, Mistral 3 and Ministral 3, Llama 4, LLaVA and
-LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V): the
+"""Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Mistral 3 and Ministral 3, Llama 4, LLaVA
+and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V): the
 language model's ``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Idefics3's
-under ``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower and projector (and Gemma 4's audio
-tower) are never read, and prompts are text (the server refuses image parts by name).
+under ``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower and projector (and Gemma 3n's and
+Gemma 4's audio tower) are never read, and prompts are text (the server refuses image and audio parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures, qwen3_next
+from jllm.models.families.gemma3n import gemma3n_text
 from jllm.models.families.gemma4 import gemma4_text
 from jllm.models.model_args import ModelArgs
 
@@ -61,6 +62,16 @@ def gemma4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     4 soft-caps its logits as the text model does)."""
     text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **(cfg.get("text_config") or {})}
     return _text_only({**cfg, "text_config": text}, dtype, "Gemma 4", {"gemma4_text": gemma4_text})
+
+
+def gemma3n(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 3n image-text-audio (gemma-3n-E2B/E4B(-it)): its Gemma 3n language model, tensors under
+    ``model.language_model.``, the head tied as the text config says (transformers' image-text Gemma 3n soft-caps
+    its logits as the text model does). Its ``embed_vision`` / ``embed_audio`` tables are not read: transformers embeds
+    ids from ``vision_config.vocab_offset`` on (image and audio tokens, none in a text prompt) through them, jllm
+    through ``embed_tokens``."""
+    text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **(cfg.get("text_config") or {})}
+    return _text_only({**cfg, "text_config": text}, dtype, "Gemma 3n", {"gemma3n_text": gemma3n_text})
 
 
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
