@@ -56,8 +56,8 @@ HYBRIDS |= {"minimax"}
 # Hybrids whose logits are checked over their prompt prefilled in chunks too, the state carried between steps: LFM2's
 # conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state (Qwen3-Next's and so OLMo-Hybrid's
 # mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state alone (Mamba; its mixer's in
-# tests/test_mamba.py)
-CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax", "mamba"}
+# tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk
+CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -108,6 +108,9 @@ MAMBA_KEYS = dict(
     max_position_embeddings=None,
     tie_word_embeddings=False,
 )
+# What a pure Mamba2 config.json holds besides MAMBA_KEYS (Mamba2Config's names): 8 heads of 16 channels (expand 2),
+# B and C in 2 groups, a state of 16, biased projections, chunks of 32
+PURE_MAMBA2_KEYS = dict(num_heads=8, head_dim=16, n_groups=2, state_size=16, chunk_size=32, use_bias=True)
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
@@ -1073,6 +1076,10 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Mamba (v1): two blocks of a norm and a mixer alone (64 channels, a state of 16, a time step of rank 4, biased
     # projections), no attention and no position limit (the reader's default context); its LM head tied, as released
     "mamba": ("MambaForCausalLM", None, dict(MAMBA_KEYS, use_bias=True, tie_word_embeddings=True), []),
+    # pure Mamba2: two blocks of a norm and a Mamba2 mixer alone (8 heads of 16 channels, B and C in 2 groups, a
+    # state of 16, biased projections, chunks of 32: the 70-token prompt crosses two), no attention, its LM head
+    # untied (Mamba2Config's default)
+    "mamba2": ("Mamba2ForCausalLM", None, dict(MAMBA_KEYS, **PURE_MAMBA2_KEYS), []),
     # FalconMamba: Mamba with weightless RMSNorms on the time step's input, B and C
     "falcon_mamba": ("FalconMambaForCausalLM", None, dict(MAMBA_KEYS, mixer_rms_eps=1e-5), []),
     # Jamba: attention (no rotary) at layers 1 and 3, Mamba mixers (their dt, B, C RMSNorms weighted) at 0 and 2;
@@ -1220,6 +1227,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
+    # pure Mamba2 whose time step limit clamps both ways: transformers clamps a prefill's time steps (its chunked
+    # scan) but not a decode's, where jllm clamps every step's, so its logits row checks the clamp
+    "mamba2_time_step_limit": (
+        "Mamba2ForCausalLM",
+        dict(MAMBA_KEYS, **PURE_MAMBA2_KEYS, time_step_limit=(0.05, 2.0)),
+    ),
     # Granite-4.0-H with the shared MLP alone (no experts) and rotary attention, attention first
     "granite_moe_hybrid_dense_rope": (
         "GraniteMoeHybridForCausalLM",
@@ -1386,6 +1399,26 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     ids = PROMPTS[2]
     expected = jllm_logits(load_model(saved, mesh=make_mesh(1), dtype="float32"), ids)
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
+
+
+def test_mamba2_embedding_under_its_older_name_reads_the_same(tmp_path):
+    """Older Mamba2 checkpoints name the embedding ``backbone.embedding`` (transformers' load hook renames it): the
+    embedding reads from it."""
+    from contextlib import ExitStack
+
+    from safetensors.numpy import save_file
+
+    from jllm.models.families.mamba import mamba2
+    from jllm.safetensors_index import SafetensorsIndex
+
+    config = dict(vocab_size=6, hidden_size=4, num_hidden_layers=1, num_heads=2, head_dim=4, n_groups=1)
+    weights = mamba2(config, np.float32).weights
+    table = np.arange(24, dtype=np.float32).reshape(6, 4)
+    save_file({"backbone.embedding.weight": table}, tmp_path / "model.safetensors")
+    with ExitStack() as stack:
+        index = SafetensorsIndex(tmp_path, stack, weights)
+        read = index.param_reader(("embed_tokens", "embedding"), (6, 4), np.float32, 1)
+        np.testing.assert_array_equal(read((slice(None), slice(None))), table)
 
 
 @pytest.mark.slow
@@ -1731,7 +1764,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Nemotron-H sliding_window=8 is not supported",
         ),
         ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
-        ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: no family reader reads pure Mamba2"),
+        (
+            "Mamba2ForCausalLM",
+            {"num_heads": 8, "head_dim": 16, "norm_before_gate": True},
+            "Mamba2 norm_before_gate=True is not supported",
+        ),
+        (
+            "Mamba2ForCausalLM",
+            {"num_heads": 8, "head_dim": 8},
+            r"Mamba2 expand=2 x hidden_size=64 must equal num_heads=8 x head_dim=8",
+        ),
         (
             "JambaForCausalLM",
             {"attn_layer_offset": 9, "attn_layer_period": 8},

@@ -150,6 +150,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "NemotronHForCausalLM": mamba_hybrids.nemotron_h,
     "MambaForCausalLM": mamba.mamba,
     "FalconMambaForCausalLM": mamba.falcon_mamba,
+    "Mamba2ForCausalLM": mamba.mamba2,
     "JambaForCausalLM": mamba.jamba,
     "Lfm2ForCausalLM": lfm2.lfm2,
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,
