@@ -6,7 +6,8 @@ one head of its latent's width written once per token, its values the row's firs
 budget holds twice the pages a K/V pair of those rows would. A hybrid model's recurrent layers (gated DeltaNet,
 Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a
 fixed state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
-sized; an attention-free model (Mamba, FalconMamba) has state pools alone, and pages that store nothing
+sized (Zamba2's hybrid layers keep pages beside theirs: ``(pages, state pool)``); an attention-free model (Mamba,
+FalconMamba, pure Mamba2) has state pools alone, and pages that store nothing
 (``attention_free_pages``). The pool is allocated once, zero-filled and donated to every step. Which request owns
 which page is the block manager's business; this module only decides how many pages fit and creates them where the
 sharding says, without staging a host copy.
@@ -60,6 +61,9 @@ class KVCacheSpec:
     latent: bool = False  # one row a token, no V plane: latent attention's values are its keys' first channels
     # per model layer, a recurrent layer's state (None: an attention layer, with pages); () where every layer attends
     states: tuple[StateSpec | None, ...] = ()
+    # the recurrent layers that keep pages too, their entry ``(pages, state pool)``: Zamba2's hybrid layers, whose
+    # shared attention block runs before the mixer (counted in ``num_layers``)
+    with_pages: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
@@ -79,8 +83,9 @@ class KVCacheSpec:
         latent = args.mla is not None
         states = tuple(args.state_spec(spec) for spec in args.layers)
         states = states if any(s is not None for s in states) else ()
-        num_layers = sum(s is None for s in states) if states else args.num_layers
-        return cls(num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype, latent, states)
+        num_layers = sum(map(args.has_pages, args.layers))
+        with_pages = tuple(i for i, s in enumerate(states) if s is not None and args.has_pages(args.layers[i]))
+        return cls(num_layers, args.num_kv_heads, args.kv_pool_head_dim, page_size, dtype, latent, states, with_pages)
 
     @property
     def layer_states(self) -> tuple[StateSpec | None, ...]:
@@ -208,7 +213,7 @@ def allocate_kv_pool(
 ) -> list[Any]:
     """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); a
     recurrent layer's state pool instead, ``num_state_slots`` slots of it, split over the same mesh by its heads
-    (``StateSpec.axes``).
+    (``StateSpec.axes``); both, ``(pages, state pool)``, for a layer that keeps pages too (``with_pages``).
 
     Zeros are made on the devices (``parallel.device_zeros``), so no full-size host copy ever exists.
     """
@@ -218,7 +223,11 @@ def allocate_kv_pool(
         raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
     shape = spec.layer_shape(num_pages)  # [planes, num_kv_heads, num_pages, page_size, head_dim]
     mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
-    return [
-        device_zeros(shape, spec.dtype, sharding) if state is None else state.zeros(num_state_slots, mesh)
-        for state in spec.layer_states
-    ]
+
+    def layer_pool(i: int, state: StateSpec | None) -> Any:
+        if state is None:
+            return device_zeros(shape, spec.dtype, sharding)
+        pool = state.zeros(num_state_slots, mesh)
+        return (device_zeros(shape, spec.dtype, sharding), pool) if i in spec.with_pages else pool
+
+    return [layer_pool(i, state) for i, state in enumerate(spec.layer_states)]

@@ -56,8 +56,8 @@ HYBRIDS |= {"minimax"}
 # Hybrids whose logits are checked over their prompt prefilled in chunks too, the state carried between steps: LFM2's
 # conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state (Qwen3-Next's and so OLMo-Hybrid's
 # mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state alone (Mamba; its mixer's in
-# tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk
-CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2"}
+# tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk, Zamba2's hybrid layers' pages and state
+CHUNKED_HYBRIDS = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -108,9 +108,23 @@ MAMBA_KEYS = dict(
     max_position_embeddings=None,
     tie_word_embeddings=False,
 )
-# What a pure Mamba2 config.json holds besides MAMBA_KEYS (Mamba2Config's names): 8 heads of 16 channels (expand 2),
-# B and C in 2 groups, a state of 16, biased projections, chunks of 32
-PURE_MAMBA2_KEYS = dict(num_heads=8, head_dim=16, n_groups=2, state_size=16, chunk_size=32, use_bias=True)
+# What a Zamba2 config.json holds besides BASE (Zamba2Config's names; its attention heads' width is its own)
+ZAMBA2_KEYS = dict(
+    head_dim=None,
+    num_key_value_heads=None,
+    num_hidden_layers=3,
+    layers_block_type=["mamba", "hybrid", "hybrid"],
+    n_mamba_heads=8,
+    mamba_ngroups=2,
+    mamba_d_state=16,
+    chunk_size=32,
+    num_mem_blocks=1,
+    use_shared_attention_adapter=True,
+    adapter_rank=8,
+    use_mem_rope=True,
+    add_bias_linear=True,
+    initializer_range=0.15,
+)
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
@@ -1078,8 +1092,45 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "mamba": ("MambaForCausalLM", None, dict(MAMBA_KEYS, use_bias=True, tie_word_embeddings=True), []),
     # pure Mamba2: two blocks of a norm and a Mamba2 mixer alone (8 heads of 16 channels, B and C in 2 groups, a
     # state of 16, biased projections, chunks of 32: the 70-token prompt crosses two), no attention, its LM head
-    # untied (Mamba2Config's default)
-    "mamba2": ("Mamba2ForCausalLM", None, dict(MAMBA_KEYS, **PURE_MAMBA2_KEYS), []),
+    # untied (Mamba2Config's default); a time step limit that clamps both ways (transformers clamps a prefill's time
+    # steps, its chunked scan's, but not a decode's, where jllm clamps every step's: its row is logits only)
+    "mamba2": (
+        "Mamba2ForCausalLM",
+        None,
+        dict(
+            MAMBA_KEYS,
+            num_heads=8,
+            head_dim=16,
+            n_groups=2,
+            state_size=16,
+            chunk_size=32,
+            use_bias=True,
+            time_step_limit=(0.05, 2.0),
+        ),
+        [],
+    ),
+    # Zamba2: Mamba2 layers (8 heads of 16 channels, 2 groups, chunks of 32), layers 1 and 2 invoking the one shared
+    # block (each invocation its own adapters and pages): attention over 128 channels in 4 heads of 32 with adapters
+    # on q, k, v and rotary, a GeGLU MLP with its adapter, biased linears; a milder initialisation than BASE's (at
+    # 0.3 transformers' own float32 logits are 8.7e-5 from its float64 ones, at 0.15 6.9e-7)
+    "zamba2": ("Zamba2ForCausalLM", None, ZAMBA2_KEYS, []),
+    # Zamba2 with two shared blocks invoked in turn (layers 0, 2, 3: blocks 0, 1, 0, the third invocation's adapters
+    # stored in the first's lists), grouped KV heads (4 / 2), no adapters on the attention, no rotary, SiLU's MLP
+    "zamba2_blocks": (
+        "Zamba2ForCausalLM",
+        None,
+        dict(
+            ZAMBA2_KEYS,
+            num_hidden_layers=4,
+            layers_block_type=["hybrid", "mamba", "hybrid", "hybrid"],
+            num_mem_blocks=2,
+            num_key_value_heads=2,
+            use_shared_attention_adapter=False,
+            use_mem_rope=False,
+            hidden_act="silu",
+        ),
+        [],
+    ),
     # FalconMamba: Mamba with weightless RMSNorms on the time step's input, B and C
     "falcon_mamba": ("FalconMambaForCausalLM", None, dict(MAMBA_KEYS, mixer_rms_eps=1e-5), []),
     # Jamba: attention (no rotary) at layers 1 and 3, Mamba mixers (their dt, B, C RMSNorms weighted) at 0 and 2;
@@ -1227,12 +1278,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
-    # pure Mamba2 whose time step limit clamps both ways: transformers clamps a prefill's time steps (its chunked
-    # scan) but not a decode's, where jllm clamps every step's, so its logits row checks the clamp
-    "mamba2_time_step_limit": (
-        "Mamba2ForCausalLM",
-        dict(MAMBA_KEYS, **PURE_MAMBA2_KEYS, time_step_limit=(0.05, 2.0)),
-    ),
     # Granite-4.0-H with the shared MLP alone (no experts) and rotary attention, attention first
     "granite_moe_hybrid_dense_rope": (
         "GraniteMoeHybridForCausalLM",
@@ -1673,6 +1718,9 @@ LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weight
 # Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'
 # by hand (2026-12-05, 12 s a row here), its engine's tokens at TP 2 equal TP 1's (tests/test_hybrid_tp.py)
 LOGITS_ONLY |= {"jamba"}
+# pure Mamba2: Zamba2's and Bamba's greedy rows run its mixer (unclamped), Mamba's the attention-free engine; Zamba2's
+# two blocks invoked in turn: its one block's greedy row runs the same layers
+LOGITS_ONLY |= {"mamba2", "zamba2_blocks"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1768,6 +1816,22 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Mamba2ForCausalLM",
             {"num_heads": 8, "head_dim": 16, "norm_before_gate": True},
             "Mamba2 norm_before_gate=True is not supported",
+        ),
+        ("Zamba2ForCausalLM", {}, r"Zamba2 layers_block_type=None is not supported \(supported: one of"),
+        (
+            "Zamba2ForCausalLM",
+            {"layers_block_type": ["hybrid", "mamba"], "use_long_context": True},
+            "Zamba2 use_long_context=True is not supported",
+        ),
+        (
+            "Zamba2ForCausalLM",
+            {"layers_block_type": ["hybrid", "mamba"], "use_shared_mlp_adapter": False},
+            "Zamba2 use_shared_mlp_adapter=False is not supported",
+        ),
+        (
+            "Zamba2ForCausalLM",
+            {"layers_block_type": ["hybrid", "mamba"], "use_shared_attention_adapter": True},
+            "Zamba2 num_key_value_heads=2 with use_shared_attention_adapter is not supported",
         ),
         (
             "Mamba2ForCausalLM",

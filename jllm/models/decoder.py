@@ -25,6 +25,7 @@ from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
+from jllm.models.zamba2 import SharedBlockCall, SharedTransformer
 from jllm.parallel import KV_HEADS
 
 
@@ -34,12 +35,14 @@ class Attention(nnx.Module):
     (XLA turns the small K and V matmuls of a one-token step into slow reductions), and splitting the KV-head axis
     gives every device whole query groups with their K/V head."""
 
-    def __init__(self, args: ModelArgs, spec: LayerSpec):
+    def __init__(self, args: ModelArgs, spec: LayerSpec, in_dim: int | None = None):
+        """``in_dim``: the input's width where it is not ``hidden_size`` (Zamba2's shared blocks read the residual
+        stream beside the embeddings)."""
         d, hd, dt = args.hidden_size, args.head_dim, args.dtype
         self.group = args.num_heads // args.num_kv_heads
         heads = (args.num_kv_heads, self.group + 2, hd)
         axes = ("embed", KV_HEADS, None, None)
-        self.qkv_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
+        self.qkv_proj = Linear(in_dim or d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms()
         self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
@@ -127,9 +130,10 @@ class DecoderLayer(nnx.Module):
     lay its norms out its own way (``LayerSpec.norms``: OLMo-Hybrid's). A layer may hold one block alone
     (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer (``LayerSpec.mixer``
     "none", its cache entry an empty state). MiniMax's blocks add to their normed inputs, scaled
-    (``LayerSpec.normed_residual``)."""
+    (``LayerSpec.normed_residual``). Zamba2's hybrid layers invoke a shared transformer block first, its output added
+    to the mixer's input (``LayerSpec.shared_block``: ``jllm.models.zamba2``)."""
 
-    def __init__(self, args: ModelArgs, spec: LayerSpec):
+    def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
         pre, post = args.pre_norms, args.sandwich_norms
         if spec.norms is not None:  # the layer's own layout (OLMo-Hybrid's recurrent layers)
@@ -154,6 +158,8 @@ class DecoderLayer(nnx.Module):
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
+        index = spec.shared_block
+        self.shared_block = None if index is None else SharedBlockCall(args, shared_blocks[index])
 
     def __call__(
         self,
@@ -162,11 +168,18 @@ class DecoderLayer(nnx.Module):
         kv_pages: jax.Array,
         meta: AttentionMetadata,
         lora: LayerLoRA | None = None,
+        embeddings: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
-        ``jllm.lora.peft_files`` lets a family's adapters target only those)."""
+        ``jllm.lora.peft_files`` lets a family's adapters target only those); ``embeddings``: the model's, which a
+        Zamba2 hybrid layer's shared block reads."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return self._from_normed(x, positions, kv_pages, meta)
+        if self.shared_block is not None:  # Zamba2's hybrid layer: its entry the block's pages and the mixer's state
+            pages, states = kv_pages
+            added, pages = self.shared_block(x, embeddings, positions, pages, meta)
+            h, states = self.mixer(x + added, self.input_layernorm, positions, states, meta)
+            return x + h, (pages, states)
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
             h, kv_pages = self.mixer(*attn_args)
@@ -222,11 +235,12 @@ def _decoder_layer(
     kv_pages: jax.Array,
     meta: Any,
     lora: LayerLoRA | None = None,
+    embeddings: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
     once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
     2026-11-26)."""
-    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora)
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, embeddings)
 
 
 class CausalLM(nnx.Module):
@@ -240,7 +254,8 @@ class CausalLM(nnx.Module):
             else None
         )
         self.embed_norm = args.make_norm() if args.embed_norm else None
-        self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
+        blocks = _shared_blocks(args)
+        self.layers = nnx.List([DecoderLayer(args, spec, blocks) for spec in args.layers])
         self.norm = args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
@@ -301,7 +316,10 @@ class CausalLM(nnx.Module):
         new_caches = []
         for i, (layer, kv_pages) in enumerate(zip(self.layers, kv_caches, strict=True)):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)
-            x, kv_pages = _decoder_layer(*nnx.split(layer), states[-1], positions, kv_pages, meta, layer_lora)
+            embeddings = None if layer.shared_block is None else states[0]  # Zamba2's shared blocks read them
+            x, kv_pages = _decoder_layer(
+                *nnx.split(layer), states[-1], positions, kv_pages, meta, layer_lora, embeddings
+            )
             states.append(x)
             new_caches.append(kv_pages)
         return states, new_caches
@@ -314,6 +332,16 @@ class CausalLM(nnx.Module):
         """A view of the parameters logits need (shared, not copied)."""
         a = self.args
         return LogitsHead(self.embed_tokens, self.lm_head, a.logits_divisor, a.final_softcap, a.vocab_size)
+
+
+def _shared_blocks(args: ModelArgs) -> list[SharedTransformer]:
+    """Zamba2's shared transformer blocks (none for other models), each built once; the hybrid layers invoking one
+    hold the same module, so its weights exist once. Their attention rotates as the first hybrid layer says."""
+    if args.shared_blocks is None:
+        return []
+    spec = next(spec for spec in args.layers if spec.shared_block is not None)
+    width = 2 * args.hidden_size
+    return [SharedTransformer(args, Attention(args, spec, width)) for _ in range(args.shared_blocks.num_blocks)]
 
 
 class LogitsHead(nnx.Module):
