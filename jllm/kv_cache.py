@@ -9,12 +9,12 @@ index_head_dim]`` on the same pages: such a layer's entry is the pair ``(latent 
 page's bytes count both (``KVCacheSpec.index_head_dim``). A hybrid model's recurrent layers (gated DeltaNet,
 Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a
 fixed state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
-sized; an attention-free model (Mamba, FalconMamba) has state pools alone, and pages that store nothing
-(``attention_free_pages``). Gemma 4's layers differ in their KV heads and head width (``KVCacheSpec.layer_dims``: each
-layer's pool its own shape), and its KV-shared layers keep no pages (they read an earlier layer's; their entry is an
-empty tuple). The pool is allocated once, zero-filled and donated to every step. Which request owns which page is the
-block manager's business; this module only decides how many pages fit and creates them where the sharding says,
-without staging a host copy.
+sized (Zamba2's hybrid layers keep pages beside theirs: ``(pages, state pool)``); an attention-free model (Mamba,
+FalconMamba, pure Mamba2) has state pools alone, and pages that store nothing (``attention_free_pages``). Gemma 4's
+layers differ in their KV heads and head width (``KVCacheSpec.layer_dims``: each layer's pool its own shape), and its
+KV-shared layers keep no pages (they read an earlier layer's; their entry is an empty tuple). The pool is allocated
+once, zero-filled and donated to every step. Which request owns which page is the block manager's business; this
+module only decides how many pages fit and creates them where the sharding says, without staging a host copy.
 
 Where this module sits: docs/architecture.md.
 """
@@ -71,6 +71,9 @@ class KVCacheSpec:
     # state, or a layer reading another's K/V: Gemma 4's KV-shared layers); () where every layer with pages has
     # (num_kv_heads, head_dim)
     layer_dims: tuple[tuple[int, int] | None, ...] = ()
+    # the recurrent layers that keep pages too, their entry ``(pages, state pool)``: Zamba2's hybrid layers, whose
+    # shared attention block runs before the mixer (counted in ``num_layers``)
+    with_pages: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
@@ -99,19 +102,20 @@ class KVCacheSpec:
         latent = args.mla is not None
         indexer = args.mla.indexer if latent else None
         states = tuple(args.state_spec(spec) for spec in args.layers)
-        dims = tuple(
-            None if s is not None else args.pool_dims(spec) for s, spec in zip(states, args.layers, strict=True)
-        )
+        # a layer's pages (None: a recurrent layer, or one reading another layer's: Gemma 4's KV-shared layers)
+        dims = tuple(args.pool_dims(spec) if args.has_pages(spec) else None for spec in args.layers)
         paged = [d for d in dims if d is not None]
-        # every layer with pages of the model's heads and width, every other one a recurrent state: no layer_dims
+        with_pages = tuple(i for i, (s, d) in enumerate(zip(states, dims, strict=True)) if s is not None and d)
+        # every layer with pages of the model's heads and width, each attention layer with pages of its own: the
+        # states and ``with_pages`` say which layers have pages, no layer_dims needed
         uniform = all(d == (args.num_kv_heads, args.kv_pool_head_dim) for d in paged) and len(paged) == sum(
             s is None for s in states
-        )
+        ) + len(with_pages)
         states = states if any(s is not None for s in states) else ()
         heads, width = args.num_kv_heads, args.kv_pool_head_dim
         index_head_dim = 0 if indexer is None else indexer.head_dim
         layer_dims = () if uniform else dims
-        return cls(len(paged), heads, width, page_size, dtype, latent, index_head_dim, states, layer_dims)
+        return cls(len(paged), heads, width, page_size, dtype, latent, index_head_dim, states, layer_dims, with_pages)
 
     @property
     def layer_states(self) -> tuple[StateSpec | None, ...]:
@@ -124,7 +128,8 @@ class KVCacheSpec:
         if self.layer_dims:
             return self.layer_dims
         if self.states:
-            return tuple(None if state is not None else (self.num_kv_heads, self.head_dim) for state in self.states)
+            dims = (self.num_kv_heads, self.head_dim)
+            return tuple(dims if s is None or i in self.with_pages else None for i, s in enumerate(self.states))
         return ((self.num_kv_heads, self.head_dim),) * self.num_layers
 
     @property
@@ -270,7 +275,8 @@ def allocate_kv_pool(
 ) -> list[Any]:
     """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); with
     DeepSeek Sparse Attention's indexer keys the pair (latent pool, indexer key pool); a recurrent layer's state pool
-    instead, ``num_state_slots`` slots of it, split over the same mesh by its heads (``StateSpec.axes``).
+    instead, ``num_state_slots`` slots of it, split over the same mesh by its heads (``StateSpec.axes``); both,
+    ``(pages, state pool)``, for a layer that keeps pages too (``with_pages``).
 
     Zeros are made on the devices (``parallel.device_zeros``), so no full-size host copy ever exists.
     """
@@ -288,8 +294,9 @@ def allocate_kv_pool(
 
     pool: list[Any] = []
     for state, dims in zip(spec.layer_states, spec.pool_dims, strict=True):
-        if state is not None:
-            pool.append(state.zeros(num_state_slots, mesh))
+        if state is not None:  # a recurrent layer's state pool, and its pages where it keeps some (Zamba2's)
+            states = state.zeros(num_state_slots, mesh)
+            pool.append(states if dims is None else (pages(dims), states))
         elif dims is None:  # a layer reading another layer's pages (Gemma 4's KV-shared layers): nothing of its own
             pool.append(())
         else:  # [planes, num_kv_heads, num_pages, page_size, head_dim] (and the indexer's keys)

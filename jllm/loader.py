@@ -140,7 +140,9 @@ def _recurrent_sizes(args: Any) -> tuple[tuple[str, int], ...]:
     if args.deltanet is not None:
         sizes.append(("gated DeltaNet key heads (linear_num_key_heads)", args.deltanet.num_k_heads))
     if args.mamba2 is not None:
-        sizes.append(("Mamba2 heads (mamba_n_heads)", args.mamba2.num_heads))
+        sizes.append(
+            ("Mamba2 heads (mamba_n_heads; pure Mamba2's num_heads, Zamba2's n_mamba_heads)", args.mamba2.num_heads)
+        )
     if args.short_conv is not None:
         sizes.append(("short conv's channels (hidden_size)", args.hidden_size))
     if args.mamba is not None:

@@ -56,9 +56,10 @@ HYBRIDS |= {"minimax"}
 # Families whose logits are checked over their prompt prefilled in chunks too, what a chunk reads of the earlier ones
 # carried between steps: LFM2's conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state
 # (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state
-# alone (Mamba; its mixer's in tests/test_mamba.py), DeepSeek-V3.2's indexer keys (each later chunk's rows select
-# among them), Gemma 3n's KV-shared layers (they read the pages their source layers wrote in earlier chunks)
-CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "deepseek_v32", "gemma3n"}
+# alone (Mamba; its mixer's in tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk, Zamba2's
+# hybrid layers' pages and state, DeepSeek-V3.2's indexer keys (each later chunk's rows select among them), Gemma 3n's
+# KV-shared layers (they read the pages their source layers wrote in earlier chunks)
+CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -108,6 +109,23 @@ MAMBA_KEYS = dict(
     intermediate_size=None,
     max_position_embeddings=None,
     tie_word_embeddings=False,
+)
+# What a Zamba2 config.json holds besides BASE (Zamba2Config's names; its attention heads' width is its own)
+ZAMBA2_KEYS = dict(
+    head_dim=None,
+    num_key_value_heads=None,
+    num_hidden_layers=3,
+    layers_block_type=["mamba", "hybrid", "hybrid"],
+    n_mamba_heads=8,
+    mamba_ngroups=2,
+    mamba_d_state=16,
+    chunk_size=32,
+    num_mem_blocks=1,
+    use_shared_attention_adapter=True,
+    adapter_rank=8,
+    use_mem_rope=True,
+    add_bias_linear=True,
+    initializer_range=0.15,
 )
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
@@ -1153,6 +1171,47 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Mamba (v1): two blocks of a norm and a mixer alone (64 channels, a state of 16, a time step of rank 4, biased
     # projections), no attention and no position limit (the reader's default context); its LM head tied, as released
     "mamba": ("MambaForCausalLM", None, dict(MAMBA_KEYS, use_bias=True, tie_word_embeddings=True), []),
+    # pure Mamba2: two blocks of a norm and a Mamba2 mixer alone (8 heads of 16 channels, B and C in 2 groups, a
+    # state of 16, biased projections, chunks of 32: the 70-token prompt crosses two), no attention, its LM head
+    # untied (Mamba2Config's default); a time step limit that clamps both ways (transformers clamps a prefill's time
+    # steps, its chunked scan's, but not a decode's, where jllm clamps every step's: its row is logits only)
+    "mamba2": (
+        "Mamba2ForCausalLM",
+        None,
+        dict(
+            MAMBA_KEYS,
+            num_heads=8,
+            head_dim=16,
+            n_groups=2,
+            state_size=16,
+            chunk_size=32,
+            use_bias=True,
+            time_step_limit=(0.05, 2.0),
+        ),
+        [],
+    ),
+    # Zamba2: Mamba2 layers (8 heads of 16 channels, 2 groups, chunks of 32), layers 1 and 2 invoking the one shared
+    # block (each invocation its own adapters and pages): attention over 128 channels in 4 heads of 32 with adapters
+    # on q, k, v and rotary, a GeGLU MLP with its adapter, biased linears; a milder initialisation than BASE's (at
+    # 0.3 transformers' own float32 logits are 8.7e-5 from its float64 ones, at 0.15 6.9e-7)
+    "zamba2": ("Zamba2ForCausalLM", None, ZAMBA2_KEYS, []),
+    # Zamba2 with two shared blocks invoked in turn (layers 0, 2, 3: blocks 0, 1, 0, the third invocation's adapters
+    # stored in the first's lists), grouped KV heads (4 / 2), no adapters on the attention, no rotary, SiLU's MLP
+    "zamba2_blocks": (
+        "Zamba2ForCausalLM",
+        None,
+        dict(
+            ZAMBA2_KEYS,
+            num_hidden_layers=4,
+            layers_block_type=["hybrid", "mamba", "hybrid", "hybrid"],
+            num_mem_blocks=2,
+            num_key_value_heads=2,
+            use_shared_attention_adapter=False,
+            use_mem_rope=False,
+            hidden_act="silu",
+        ),
+        [],
+    ),
     # FalconMamba: Mamba with weightless RMSNorms on the time step's input, B and C
     "falcon_mamba": ("FalconMambaForCausalLM", None, dict(MAMBA_KEYS, mixer_rms_eps=1e-5), []),
     # Jamba: attention (no rotary) at layers 1 and 3, Mamba mixers (their dt, B, C RMSNorms weighted) at 0 and 2;
@@ -1511,6 +1570,26 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
 
 
+def test_mamba2_embedding_under_its_older_name_reads_the_same(tmp_path):
+    """Older Mamba2 checkpoints name the embedding ``backbone.embedding`` (transformers' load hook renames it): the
+    embedding reads from it."""
+    from contextlib import ExitStack
+
+    from safetensors.numpy import save_file
+
+    from jllm.models.families.mamba import mamba2
+    from jllm.safetensors_index import SafetensorsIndex
+
+    config = dict(vocab_size=6, hidden_size=4, num_hidden_layers=1, num_heads=2, head_dim=4, n_groups=1)
+    weights = mamba2(config, np.float32).weights
+    table = np.arange(24, dtype=np.float32).reshape(6, 4)
+    save_file({"backbone.embedding.weight": table}, tmp_path / "model.safetensors")
+    with ExitStack() as stack:
+        index = SafetensorsIndex(tmp_path, stack, weights)
+        read = index.param_reader(("embed_tokens", "embedding"), (6, 4), np.float32, 1)
+        np.testing.assert_array_equal(read((slice(None), slice(None))), table)
+
+
 @pytest.mark.slow
 def test_olmo_hybrid_saved_with_in_memory_names_loads_the_same(family_dirs, tmp_path):
     """transformers saves OLMo-Hybrid as released (``attention_layer_norm``, ``feedforward_layer_norm``, the convs of
@@ -1769,6 +1848,9 @@ LOGITS_ONLY |= {"jamba"}
 # Gemma 4's sliding and full layers with pages of their own shapes and k_eq_v: greedy through the engine at TP 2 (its
 # TP row, against transformers' tokens); gemma4_e2b's and gemma4_moe's greedy rows run its decoder at TP 1
 LOGITS_ONLY |= {"gemma4"}
+# pure Mamba2: Zamba2's and Bamba's greedy rows run its mixer (unclamped), Mamba's the attention-free engine; Zamba2's
+# two blocks invoked in turn: its one block's greedy row runs the same layers
+LOGITS_ONLY |= {"mamba2", "zamba2_blocks"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -1887,7 +1969,32 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Nemotron-H sliding_window=8 is not supported",
         ),
         ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
-        ("Mamba2ForCausalLM", {}, "'Mamba2ForCausalLM' is not supported: no family reader reads pure Mamba2"),
+        (
+            "Mamba2ForCausalLM",
+            {"num_heads": 8, "head_dim": 16, "norm_before_gate": True},
+            "Mamba2 norm_before_gate=True is not supported",
+        ),
+        ("Zamba2ForCausalLM", {}, r"Zamba2 layers_block_type=None is not supported \(supported: one of"),
+        (
+            "Zamba2ForCausalLM",
+            {"layers_block_type": ["hybrid", "mamba"], "use_long_context": True},
+            "Zamba2 use_long_context=True is not supported",
+        ),
+        (
+            "Zamba2ForCausalLM",
+            {"layers_block_type": ["hybrid", "mamba"], "use_shared_mlp_adapter": False},
+            "Zamba2 use_shared_mlp_adapter=False is not supported",
+        ),
+        (
+            "Zamba2ForCausalLM",
+            {"layers_block_type": ["hybrid", "mamba"], "use_shared_attention_adapter": True},
+            "Zamba2 num_key_value_heads=2 with use_shared_attention_adapter is not supported",
+        ),
+        (
+            "Mamba2ForCausalLM",
+            {"num_heads": 8, "head_dim": 8},
+            r"Mamba2 expand=2 x hidden_size=64 must equal num_heads=8 x head_dim=8",
+        ),
         (
             "JambaForCausalLM",
             {"attn_layer_offset": 9, "attn_layer_period": 8},

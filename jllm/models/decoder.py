@@ -28,6 +28,7 @@ from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
 from jllm.models.per_layer_inputs import LayerInput, PerLayerInputs
+from jllm.models.zamba2 import SharedBlockCall, SharedTransformer
 from jllm.parallel import KV_HEADS
 
 
@@ -37,16 +38,19 @@ class Attention(nnx.Module):
     (XLA turns the small K and V matmuls of a one-token step into slow reductions), and splitting the KV-head axis
     gives every device whole query groups with their K/V head."""
 
-    def __init__(self, args: ModelArgs, spec: LayerSpec):
+    def __init__(self, args: ModelArgs, spec: LayerSpec, in_dim: int | None = None):
+        """``in_dim``: the input's width where it is not ``hidden_size`` (Zamba2's shared blocks read the residual
+        stream beside the embeddings)."""
         d, dt = args.hidden_size, args.dtype
         kv_heads, hd = args.layer_heads(spec)  # the model's, or this layer's own (Gemma 4's full-attention layers)
         self.group = args.num_heads // kv_heads
         if spec.kv_source is None:  # K, and V unless it is K's projection (k_eq_v), beside each group's queries
             heads = (kv_heads, self.group + (1 if spec.k_eq_v else 2), hd)
             axes = ("embed", KV_HEADS, None, None)
-            self.qkv_proj, self.q_proj = Linear(d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant), None
+            qkv = Linear(in_dim or d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
+            self.qkv_proj, self.q_proj = qkv, None
         else:  # the queries alone: K/V are another layer's, read from its pages
-            q = Linear(d, args.num_heads * hd, ("embed", "q_heads"), dt, bias=args.qkv_bias, quant=args.quant)
+            q = Linear(in_dim or d, args.num_heads * hd, ("embed", "q_heads"), dt, bias=args.qkv_bias, quant=args.quant)
             self.qkv_proj, self.q_proj = None, q
         self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms(spec)
@@ -146,9 +150,11 @@ class DecoderLayer(nnx.Module):
     (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer (``LayerSpec.mixer``
     "none", its cache entry an empty state). MiniMax's blocks add to their normed inputs, scaled
     (``LayerSpec.normed_residual``). Gemma 3n's layer reads and writes AltUp's streams: its blocks run on the active
-    stream's prediction, a LAuReL block beside the attention, and the streams are corrected from their output."""
+    stream's prediction, a LAuReL block beside the attention, and the streams are corrected from their output.
+    Zamba2's hybrid layers invoke a shared transformer block first, its output added to the mixer's input
+    (``LayerSpec.shared_block``: ``jllm.models.zamba2``)."""
 
-    def __init__(self, args: ModelArgs, spec: LayerSpec):
+    def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
         pre, post = args.pre_norms, args.sandwich_norms
         if spec.norms is not None:  # the layer's own layout (OLMo-Hybrid's recurrent layers)
@@ -179,6 +185,8 @@ class DecoderLayer(nnx.Module):
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
+        index = spec.shared_block
+        self.shared_block = None if index is None else SharedBlockCall(args, shared_blocks[index])
 
     def __call__(
         self,
@@ -188,13 +196,20 @@ class DecoderLayer(nnx.Module):
         meta: AttentionMetadata,
         lora: LayerLoRA | None = None,
         per_layer_input: jax.Array | None = None,
+        embeddings: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
         ``jllm.lora.peft_files`` lets a family's adapters target only those); ``per_layer_input [T, width]``: this
         layer's own input (Gemma 4's PLE), added after its blocks, before its ``layer_scalar``. With AltUp (Gemma 3n)
-        ``x`` is the streams ``[streams, T, hidden]``."""
+        ``x`` is the streams ``[streams, T, hidden]``. ``embeddings``: the model's, which a Zamba2 hybrid layer's
+        shared block reads."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return self._from_normed(x, positions, kv_pages, meta)
+        if self.shared_block is not None:  # Zamba2's hybrid layer: its entry the block's pages and the mixer's state
+            pages, states = kv_pages
+            added, pages = self.shared_block(x, embeddings, positions, pages, meta)
+            h, states = self.mixer(x + added, self.input_layernorm, positions, states, meta)
+            return x + h, (pages, states)
         if self.altup is not None:  # Gemma 3n: the blocks on the active stream's prediction, every stream corrected
             predictions = self.altup.predict(x)
             h, kv_pages = self._blocks(predictions[ACTIVE], positions, kv_pages, meta, lora)
@@ -274,11 +289,12 @@ def _decoder_layer(
     meta: Any,
     lora: LayerLoRA | None = None,
     per_layer_input: jax.Array | None = None,
+    embeddings: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
     once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
     2026-11-26)."""
-    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input)
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input, embeddings)
 
 
 class CausalLM(nnx.Module):
@@ -294,7 +310,8 @@ class CausalLM(nnx.Module):
         self.embed_norm = args.make_norm() if args.embed_norm else None
         self.per_layer_inputs = PerLayerInputs(args) if args.per_layer_input_size else None  # Gemma 4's and 3n's PLE
         self.altup_streams = AltUpStreams(args) if args.altup_streams else None  # Gemma 3n's
-        self.layers = nnx.List([DecoderLayer(args, spec) for spec in args.layers])
+        blocks = _shared_blocks(args)  # Zamba2's shared transformer blocks
+        self.layers = nnx.List([DecoderLayer(args, spec, blocks) for spec in args.layers])
         self.norm = args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
@@ -364,7 +381,10 @@ class CausalLM(nnx.Module):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)
             pages = kv_pages if spec.kv_source is None else new_caches[spec.kv_source]
             extra = None if per_layer is None else per_layer[:, i]
-            x, pages = _decoder_layer(*nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra)
+            embeddings = None if layer.shared_block is None else states[0]  # Zamba2's shared blocks read them
+            x, pages = _decoder_layer(
+                *nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra, embeddings
+            )
             states.append(x)
             new_caches.append(pages if spec.kv_source is None else kv_pages)
         return states, new_caches
@@ -377,6 +397,16 @@ class CausalLM(nnx.Module):
         """A view of the parameters logits need (shared, not copied)."""
         a = self.args
         return LogitsHead(self.embed_tokens, self.lm_head, a.logits_divisor, a.final_softcap, a.vocab_size)
+
+
+def _shared_blocks(args: ModelArgs) -> list[SharedTransformer]:
+    """Zamba2's shared transformer blocks (none for other models), each built once; the hybrid layers invoking one
+    hold the same module, so its weights exist once. Their attention rotates as the first hybrid layer says."""
+    if args.shared_blocks is None:
+        return []
+    spec = next(spec for spec in args.layers if spec.shared_block is not None)
+    width = 2 * args.hidden_size
+    return [SharedTransformer(args, Attention(args, spec, width)) for _ in range(args.shared_blocks.num_blocks)]
 
 
 class LogitsHead(nnx.Module):

@@ -1,5 +1,5 @@
-"""The Mamba2 mixer (Bamba, Granite-4.0-H, Nemotron-H): a selective state-space layer in place of attention, its
-per-sequence state in a state pool (``jllm.models.recurrent_state``) instead of KV pages.
+"""The Mamba2 mixer (pure Mamba2, Bamba, Granite-4.0-H, Nemotron-H, Zamba2): a selective state-space layer in place
+of attention, its per-sequence state in a state pool (``jllm.models.recurrent_state``) instead of KV pages.
 
 One projection gives the gate ``z``, the conv input ``xBC`` and the time step ``dt`` per head; ``xBC`` runs through a
 causal depthwise conv1d (kernel K: each row keeps its last K - 1 inputs as its conv state) and SiLU, then splits into

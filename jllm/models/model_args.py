@@ -16,9 +16,11 @@ Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_co
 ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``) among its attention ones, or alone (Mamba,
 FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
 ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
-(``LayerSpec.normed_residual``); and Gemma 4's layers of their own KV heads and head width, keys reused as values,
-layers reading an earlier layer's K/V (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside
-the dense MLP; and Gemma 3n's AltUp streams (``jllm.models.altup``), LAuReL blocks and sparse MLP activations.
+(``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers before their mixer
+(``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Gemma 4's layers of their own KV
+heads and head width, keys reused as values, layers reading an earlier layer's K/V (``LayerSpec.kv_source``),
+per-layer inputs, layer scalars and a mixture beside the dense MLP; and Gemma 3n's AltUp streams
+(``jllm.models.altup``), LAuReL blocks and sparse MLP activations.
 
 Where this module sits: docs/architecture.md.
 """
@@ -43,6 +45,7 @@ from jllm.models.moe import ClampedSwiGLU, GroupedRouting, MoEBesideMLP, SparseM
 from jllm.models.recurrent_state import StateSpec
 from jllm.models.rope import Rope
 from jllm.models.short_conv import ShortConv, ShortConvSpec
+from jllm.models.zamba2 import SharedBlockSpec
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
 
@@ -154,6 +157,9 @@ class LayerSpec:
     # > 0: the dense MLP keeps about the top (1 - this) of each token's gate values (Gemma 3n's
     # activation_sparsity_pattern: ``layers.MLP``'s Gaussian cutoff)
     activation_sparsity: float = 0.0
+    # Zamba2's hybrid layers: the shared transformer block (``ModelArgs.shared_blocks``) this layer invokes before its
+    # mixer, its output added to the mixer's input; the layer keeps KV pages beside its state (``jllm.models.zamba2``)
+    shared_block: int | None = None
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -223,6 +229,9 @@ class ModelArgs:
     short_conv: ShortConvSpec | None = None  # the settings of the layers whose ``LayerSpec.mixer`` is "short_conv"
     lightning: LightningSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "lightning"
     mamba: MambaSpec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba" (Mamba v1)
+    # Zamba2's shared transformer blocks, which its hybrid layers (``LayerSpec.shared_block``) invoke; the attention's
+    # heads and widths are theirs, reading ``2 hidden_size`` channels
+    shared_blocks: SharedBlockSpec | None = None
     # > 0: JetMoE's mixture of attention heads (``jllm.models.moa``) in place of Attention: each token's queries from
     # its top experts_per_token of this many query experts; num_heads is num_kv_heads * experts_per_token
     attention_experts: int = 0
@@ -439,7 +448,12 @@ class ModelArgs:
     def attends(self) -> bool:
         """Some layer attends over the paged pool; an attention-free model (Mamba) keeps no token's K/V: its pages
         are bookkeeping only (``kv_cache.attention_free_pages``) and its heads count nothing."""
-        return any(spec.mixer == "attention" for spec in self.layers)
+        return any(self.has_pages(spec) for spec in self.layers)
+
+    @staticmethod
+    def has_pages(spec: LayerSpec) -> bool:
+        """The layer keeps KV pages: an attention layer, or a Zamba2 hybrid layer (beside its mixer's state)."""
+        return spec.mixer == "attention" or spec.shared_block is not None
 
     def make_norm(
         self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None

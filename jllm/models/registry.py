@@ -42,6 +42,7 @@ from jllm.models.families import (
     relu_mlp,
     routed_moe,
     sliding_moe,
+    zamba2,
 )
 from jllm.models.model_args import ModelArgs
 
@@ -159,6 +160,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "NemotronHForCausalLM": mamba_hybrids.nemotron_h,
     "MambaForCausalLM": mamba.mamba,
     "FalconMambaForCausalLM": mamba.falcon_mamba,
+    "Mamba2ForCausalLM": mamba.mamba2,
+    "Zamba2ForCausalLM": zamba2.zamba2,
     "JambaForCausalLM": mamba.jamba,
     "Lfm2ForCausalLM": lfm2.lfm2,
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,

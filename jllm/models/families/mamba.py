@@ -1,5 +1,6 @@
-"""The Mamba (v1) families: Mamba and FalconMamba, every layer a Mamba mixer (``jllm.models.mamba``) alone after its
-RMSNorm, no attention and no MLP; Jamba, Mamba mixers with attention every ``attn_layer_period`` layers, each
+"""The Mamba families: Mamba and FalconMamba, every layer a Mamba (v1) mixer (``jllm.models.mamba``) alone after its
+RMSNorm, no attention and no MLP; pure Mamba2 (state-spaces' mamba2, Mamba-Codestral), the same blocks around a
+Mamba2 mixer (``jllm.models.mamba2``); Jamba, Mamba mixers with attention every ``attn_layer_period`` layers, each
 followed by a SwiGLU or a mixture of experts every ``expert_layer_period`` layers.
 
 An attention-free model has no heads: its ``ModelArgs`` carry one placeholder head, which nothing builds or checks
@@ -14,6 +15,7 @@ import math
 from typing import Any
 
 from jllm.models.families.common import activation, base_args
+from jllm.models.families.mamba_hybrids import mamba2_spec
 from jllm.models.mamba import MambaSpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
@@ -22,6 +24,18 @@ from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 DEFAULT_CONTEXT = 2048
 # our names -> Mamba's and FalconMamba's: the embedding, each layer's one norm, the final norm
 BACKBONE_NAMES = (("embed_tokens", "embeddings"), ("input_layernorm", "norm"), ("norm", "norm_f"))
+# Mamba2Config's keys as ``mamba_hybrids.mamba2_spec`` reads them (the hybrids' ``mamba_*`` names)
+MAMBA2_KEYS = {
+    "num_heads": "mamba_n_heads",
+    "head_dim": "mamba_d_head",
+    "n_groups": "mamba_n_groups",
+    "state_size": "mamba_d_state",
+    "conv_kernel": "mamba_d_conv",
+    "use_conv_bias": "mamba_conv_bias",
+    "use_bias": "mamba_proj_bias",
+    "chunk_size": "mamba_chunk_size",
+    "layer_norm_epsilon": "rms_norm_eps",
+}
 
 
 def _dt_rank(value: Any, hidden: int, key: str, family: str) -> int:
@@ -78,6 +92,51 @@ def mamba(cfg: dict[str, Any], dtype: Any, family: str = "Mamba", ssm_norm: str 
         layers=(LayerSpec(None, mixer="mamba", mlp=False),) * n,
         mamba=spec,
         weights=WeightMap(prefix="backbone.", rename=BACKBONE_NAMES),
+        dtype=dtype,
+    )
+
+
+def mamba2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Pure Mamba2 (``Mamba2ForCausalLM``): Mamba's blocks and names around a Mamba2 mixer of ``num_heads`` heads of
+    ``head_dim`` (``expand * hidden_size`` channels in all), ``n_groups`` groups of B and C, its gated norm grouped
+    by them and gated before it norms (transformers' only form: ``norm_before_gate`` true refused), the LM head
+    untied unless ``tie_word_embeddings``. ``rescale_prenorm_residual`` and the ``time_step_min`` / ``_max`` /
+    ``_floor`` keys only shape an initialisation, so a checkpoint's weights are all they leave; ``residual_in_fp32``
+    is not followed (the residual stays in the model's dtype, as vLLM keeps it)."""
+    cfg = {"num_heads": 128, "head_dim": 64, "n_groups": 8, "state_size": 128, "layer_norm_epsilon": 1e-5, **cfg}
+    hidden, expand = cfg["hidden_size"], cfg.get("expand", 2)
+    if expand * hidden != cfg["num_heads"] * cfg["head_dim"]:
+        raise ValueError(
+            f"Mamba2 expand={expand} x hidden_size={hidden} must equal num_heads={cfg['num_heads']} x "
+            f"head_dim={cfg['head_dim']} (transformers refuses such a config too)"
+        )
+    if cfg.get("norm_before_gate"):
+        raise ValueError(
+            "Mamba2 norm_before_gate=True is not supported (supported: false, the gate applied before the norm, the "
+            "only form transformers' and vLLM's Mamba2 run)"
+        )
+    spec = mamba2_spec({MAMBA2_KEYS.get(k, k): v for k, v in cfg.items()}, "Mamba2")
+    n = cfg["num_hidden_layers"]
+    return ModelArgs(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=spec.inner,  # no MLP: the mixer's width
+        num_layers=n,
+        num_heads=1,  # no attention: a placeholder head (``ModelArgs.attends``)
+        num_kv_heads=1,
+        head_dim=hidden,
+        norm_eps=cfg["layer_norm_epsilon"],
+        max_position_embeddings=cfg.get("max_position_embeddings", DEFAULT_CONTEXT),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        layers=(LayerSpec(None, mixer="mamba2", mlp=False),) * n,
+        mamba2=spec,
+        # the mixer's gated norm is its ``norm``; older checkpoints name the embedding ``embedding`` (transformers'
+        # load hook renames it)
+        weights=WeightMap(
+            prefix="backbone.",
+            rename=(*BACKBONE_NAMES, ("gated_norm", "norm")),
+            aliases=(("backbone.embedding.", "backbone.embeddings."),),
+        ),
         dtype=dtype,
     )
 

@@ -1,6 +1,7 @@
 """The Mamba2 hybrids: some layers attention over the paged pool, the others a Mamba2 mixer (``jllm.models.mamba2``)
 with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H), or each block one of them alone
-(Nemotron-H). Falcon-H1 and pure Mamba2 are refused at load by name (``REFUSED``: why).
+(Nemotron-H). Falcon-H1 is refused at load by name (``REFUSED``: why); pure Mamba2 is read with the Mamba
+families (``families.mamba``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -27,10 +28,6 @@ REFUSED = {
     "FalconH1ForCausalLM": (
         "each layer runs attention and a Mamba2 mixer side by side (two caches a layer, KV pages and a recurrent "
         "state, and muP multipliers of its own on the mixer's projections), where a jllm decoder layer has one"
-    ),
-    "Mamba2ForCausalLM": (
-        "no family reader reads pure Mamba2 yet (Mamba2Config's own keys and tensor names; attention-free models, "
-        "Mamba (v1), are served)"
     ),
 }
 
