@@ -386,6 +386,20 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
         [],
     ),
+    # Qwen3-MoE's layers, the router always renormalised; the experts stacked per projection (saved as transformers 5
+    # holds them, [experts, out, in]; the hub's [experts, in, out]: test_qwen3_vl_moe_hub_expert_layout_loads_the_same),
+    # the text config's tie_word_embeddings (True by default) overruled by the outer one
+    "qwen3_vl_moe_image_text": (
+        "Qwen3VLMoeForConditionalGeneration",
+        "Qwen3VLMoeConfig",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        ),
+        [2],  # each device's slice of the experts read from one bare [experts, out, in] tensor
+    ),
     # HunYuan dense's attention with top-2 of 4 experts beside an ungated shared SwiGLU
     "hunyuan_moe": (
         "HunYuanMoEV1ForCausalLM",
@@ -1316,6 +1330,9 @@ IMAGE_TEXT = {
     "qwen3_vl_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
     ),
+    "qwen3_vl_moe_image_text": dict(
+        vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
+    ),
     "ministral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
     "qwen3_5_image_text": dict(vision_config=dict(QWEN_VISION, patch_size=16, num_position_embeddings=16)),
 }
@@ -1520,6 +1537,33 @@ def test_olmo_hybrid_saved_with_in_memory_names_loads_the_same(family_dirs, tmp_
     )
     save_file(moved, renamed / "model.safetensors")
     expected, got = (jax.tree.leaves(nnx.state(load_model(d, mesh=make_mesh(1)).model)) for d in (saved, renamed))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_qwen3_vl_moe_hub_expert_layout_loads_the_same(family_dirs, tmp_path):
+    """transformers 5 holds and saves Qwen3-VL-MoE's stacked experts ``[experts, out, in]``; the hub keeps them
+    ``[experts, in, out]`` (``gate_up_proj [experts, hidden, 2 * moe]``, ``down_proj [experts, moe, hidden]``), which
+    transformers transposes on load. Both read to the same parameters."""
+    from safetensors.numpy import load_file, save_file
+
+    saved = family_dirs["qwen3_vl_moe_image_text"]
+    hub = tmp_path / "hub"
+    shutil.copytree(saved, hub)
+    tensors = {}
+    for shard in sorted(hub.glob("*.safetensors")):
+        tensors |= load_file(shard)
+        shard.unlink()
+    (hub / "model.safetensors.index.json").unlink()
+    experts = [name for name in tensors if name.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert len(experts) == 4 and tensors[experts[0]].shape[1] != tensors[experts[0]].shape[2]
+    save_file(
+        {k: np.ascontiguousarray(v.swapaxes(1, 2)) if k in experts else v for k, v in tensors.items()},
+        hub / "model.safetensors",
+    )
+    expected, got = (jax.tree.leaves(nnx.state(load_model(d, mesh=make_mesh(1)).model)) for d in (saved, hub))
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -1986,6 +2030,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "Qwen2MoeForCausalLM",
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]},
             r"mlp_only_layers=\[1\] is not supported.*mlp_only_layers=\[\]",
+        ),
+        (
+            "Qwen3VLMoeForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [0]}},
+            r"Qwen3-MoE decoder_sparse_step=1, mlp_only_layers=\[0\] is not supported",
         ),
         ("GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         ("PhimoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 3}, "num_experts_per_tok=3.*picks two"),

@@ -82,6 +82,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen2VLForConditionalGeneration": multimodal.qwen2_5_vl,
     "Qwen2_5_VLForConditionalGeneration": multimodal.qwen2_5_vl,
     "Qwen3VLForConditionalGeneration": multimodal.qwen3_vl,
+    "Qwen3VLMoeForConditionalGeneration": multimodal.qwen3_vl_moe,
     "Glm4vForConditionalGeneration": multimodal.glm4v,
     "Glm4vMoeForConditionalGeneration": multimodal.glm4v_moe,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
