@@ -145,6 +145,11 @@ class Encoder:
                 "hidden states and embeddings are not supported for hybrid models with recurrent layers (Qwen3-Next, "
                 "Qwen3.5, the Mamba2 hybrids): the encoder's scratch pool holds no recurrent state; use generation"
             )
+        if any(spec.moe_shortcut for spec in runner.loaded.args.layers):
+            raise InputError(
+                "hidden states and embeddings are not supported for LongCat-Flash: jllm runs each of its layers as "
+                "two, so transformers' layer indices name none of them; use generation"
+            )
         self.runner = runner
         self.num_layers = runner.loaded.args.num_layers
         largest = runner.buckets[-1]

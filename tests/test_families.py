@@ -595,6 +595,30 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],
     ),
+    # LongCat-Flash: two layers, each two blocks of latent attention and a dense SwiGLU with the mixture on a shortcut
+    # between them; 3 of 4 experts and 2 zero-computation ones, the router's (random) choice bias on softmax scores.
+    # TP 2: the query heads, MLPs and experts split, the router and its zero experts replicated
+    "longcat_flash": (
+        "LongcatFlashForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=None,  # LongcatFlashConfig derives it: twice num_layers
+            num_layers=2,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            num_key_value_heads=None,
+            head_dim=8,  # transformers' rotary width: qk_rope_head_dim's
+            q_lora_rank=24,
+            n_routed_experts=4,
+            zero_expert_num=2,
+            moe_topk=3,
+            expert_ffn_hidden_size=24,
+            routed_scaling_factor=2.0,
+        ),
+        [2],
+    ),
     # gpt-oss: attention sinks, sliding and full layers, YaRN unrounded (truncate false), biased router and experts
     # (gate and up interleaved in one stored tensor), its clamped SwiGLU (a limit of 3 clamps some of these), 3 of 8
     # experts per token. TP 2: the sinks split with the query heads
@@ -1200,6 +1224,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
 }
 MIXTURES = (
     "dbrx",
+    "longcat_flash",
     "gemma4_moe",
     "glm4v_moe_image_text",
     "flex_olmo",
@@ -2036,6 +2061,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"text_config": {**TINY_CONFIG, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [0]}},
             r"Qwen3-MoE decoder_sparse_step=1, mlp_only_layers=\[0\] is not supported",
         ),
+        ("LongcatFlashForCausalLM", {"zero_expert_type": "zero"}, "LongCat-Flash zero_expert_type='zero' is not"),
+        ("LongcatFlashForCausalLM", {"router_bias": True}, "LongCat-Flash router_bias=True is not supported"),
+        ("LongcatFlashForCausalLM", {"mla_scale_q_lora": False}, "LongCat-Flash mla_scale_q_lora=False is not"),
+        ("LongcatFlashForCausalLM", {"head_dim": 16}, "LongCat-Flash head_dim=16.*head_dim=qk_rope_head_dim=64"),
+        ("LongcatFlashForCausalLM", {"moe_topk": 0}, "LongCat-Flash moe_topk=0 must be between 1 and"),
         ("GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         ("PhimoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 3}, "num_experts_per_tok=3.*picks two"),
         ("Ernie4_5_MoeForCausalLM", {"use_bias": True}, "use_bias=True is not supported.*use_bias=False"),
@@ -2125,6 +2155,23 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
 
 
 @pytest.mark.slow  # two engines on dummy weights: ~10 s
+def test_longcat_flash_hidden_states_are_refused_naming_the_family():
+    """jllm runs each LongCat-Flash layer as two, so a layer index of transformers' ``output_hidden_states`` names
+    none of its layers: the encoder refuses the model rather than return another layer's states."""
+    from types import SimpleNamespace
+
+    from jllm.errors import InputError
+    from jllm.models.registry import build_args
+    from jllm.pooling import Encoder
+
+    arch, _, overrides, _ = FAMILIES["longcat_flash"]
+    config = {k: v for k, v in {**BASE, **overrides, "architectures": [arch]}.items() if v is not None}
+    args = build_args(config, np.float32)[1]
+    assert [spec.moe_shortcut for spec in args.layers] == ["out", "in"] * 2
+    with pytest.raises(InputError, match="not supported for LongCat-Flash"):
+        Encoder(SimpleNamespace(loaded=SimpleNamespace(args=args)), max_model_len=64)
+
+
 def test_llama4_context_is_one_attention_chunk_and_longer_is_refused(default_model_dir, tmp_path):
     """jllm has no chunked attention: a Llama 4 is served with at most ``attention_chunk_size`` tokens of context
     (there chunked attention is causal attention), by default exactly that, and a longer ``max_model_len`` is

@@ -20,7 +20,7 @@ from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention
 from jllm.kv_scales import pool_scales, scale_params
-from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param, sinusoidal_positions
+from jllm.models.layers import MLP, Embedding, Linear, normed_linear, param, scaled, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
@@ -143,7 +143,8 @@ class DecoderLayer(nnx.Module):
     lay its norms out its own way (``LayerSpec.norms``: OLMo-Hybrid's). A layer may hold one block alone
     (Nemotron-H's): a token mixer with no MLP (``LayerSpec.mlp`` False), or an MLP with no mixer (``LayerSpec.mixer``
     "none", its cache entry an empty state). MiniMax's blocks add to their normed inputs, scaled
-    (``LayerSpec.normed_residual``)."""
+    (``LayerSpec.normed_residual``). LongCat-Flash's layer pairs pass a mixture's output from the first to the second
+    (``LayerSpec.moe_shortcut``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -168,6 +169,9 @@ class DecoderLayer(nnx.Module):
         moe_out = args.moe_out_norm and args.num_experts and spec.dense_mlp_size is None
         self.mlp_out_norm = args.make_norm() if post or moe_out else None
         self.moe = args.make_moe_beside()  # Gemma 4's mixture beside the dense MLP, or None
+        # LongCat-Flash's mixture, run here on the MLP's normed input, its output added by the next layer
+        self.shortcut_moe = args.make_moe() if spec.moe_shortcut == "out" else None
+        self.adds_shortcut = spec.moe_shortcut == "in"
         self.per_layer = LayerInput(args) if args.per_layer_input_size else None  # Gemma 4's per-layer input
         self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None
         self.parallel_residual = args.parallel_residual
@@ -182,29 +186,36 @@ class DecoderLayer(nnx.Module):
         meta: AttentionMetadata,
         lora: LayerLoRA | None = None,
         per_layer_input: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
-        ``jllm.lora.peft_files`` lets a family's adapters target only those); ``per_layer_input [T, width]``: this
-        layer's own input (Gemma 4's PLE), added after its blocks, before its ``layer_scalar``."""
+        shortcut: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """The layer's output, its cache entry, and the mixture's output it passes to the next layer (LongCat-Flash's
+        ``shortcut [T, hidden]``, added by the layer after; None elsewhere). ``lora``: the step's adapters (on the
+        attention and a dense MLP, not a mixture of experts: ``jllm.lora.peft_files`` lets a family's adapters target
+        only those); ``per_layer_input [T, width]``: this layer's own input (Gemma 4's PLE), added after its blocks,
+        before its ``layer_scalar``."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
-            return self._from_normed(x, positions, kv_pages, meta)
+            return *self._from_normed(x, positions, kv_pages, meta), None
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
             h, kv_pages = self.mixer(*attn_args)
         elif self.self_attn is not None:
             h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         else:  # an MLP alone: its cache entry is an empty state
-            return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages
+            return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages, None
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
             mlp_norm = self.input_layernorm if shared else self.post_attention_layernorm
-            return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages
+            return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages, None
         x = x + h
+        if self.shortcut_moe is not None:
+            shortcut = self.shortcut_moe(self.post_attention_layernorm(x))
         x = x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)
+        if self.adds_shortcut:
+            x, shortcut = x + shortcut, None
         if self.per_layer is not None:
             x = self.per_layer(x, per_layer_input)
-        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages
+        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages, shortcut
 
     def _from_normed(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
@@ -215,9 +226,9 @@ class DecoderLayer(nnx.Module):
         h = self.input_layernorm(x)
         mixer = self.self_attn if self.mixer is None else self.mixer
         out, kv_pages = mixer(h, None, positions, kv_pages, meta)
-        x = _scaled(h, attn_alpha) + _scaled(out, attn_beta)
+        x = scaled(h, attn_alpha) + scaled(out, attn_beta)
         h = self.post_attention_layernorm(x)
-        return _scaled(h, mlp_alpha) + _scaled(self._mlp(h, None), mlp_beta), kv_pages
+        return scaled(h, mlp_alpha) + scaled(self._mlp(h, None), mlp_beta), kv_pages
 
     def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
@@ -229,13 +240,7 @@ class DecoderLayer(nnx.Module):
     def _scaled(self, h: jax.Array) -> jax.Array:
         """A block's output as the residual adds it: times ``residual_scale`` where the family has one (in float32,
         as torch multiplies a tensor by a Python float, the scale not rounded to a bfloat16)."""
-        return h if self.residual_scale is None else _scaled(h, self.residual_scale)
-
-
-def _scaled(x: jax.Array, factor: float) -> jax.Array:
-    """``x * factor`` in float32, rounded to ``x``'s dtype (torch's product of a tensor and a Python float: the
-    factor not rounded to a bfloat16 first)."""
-    return x if factor == 1 else (x.astype(jnp.float32) * factor).astype(x.dtype)
+        return h if self.residual_scale is None else scaled(h, self.residual_scale)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -248,11 +253,12 @@ def _decoder_layer(
     meta: Any,
     lora: LayerLoRA | None = None,
     per_layer_input: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
+    shortcut: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
     once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
     2026-11-26)."""
-    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input)
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input, shortcut)
 
 
 class CausalLM(nnx.Module):
@@ -329,11 +335,14 @@ class CausalLM(nnx.Module):
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
         states = [x]
         new_caches = []
+        shortcut = None  # LongCat-Flash's mixture output, from the first layer of a pair to the second
         for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)
             pages = kv_pages if spec.kv_source is None else new_caches[spec.kv_source]
             extra = None if per_layer is None else per_layer[:, i]
-            x, pages = _decoder_layer(*nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra)
+            x, pages, shortcut = _decoder_layer(
+                *nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra, shortcut
+            )
             states.append(x)
             new_caches.append(pages if spec.kv_source is None else kv_pages)
         return states, new_caches

@@ -18,7 +18,8 @@ FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemo
 ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
 (``LayerSpec.normed_residual``); and Gemma 4's layers of their own KV heads and head width, keys reused as values,
 layers reading an earlier layer's K/V (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside
-the dense MLP.
+the dense MLP; LongCat-Flash's mixture on a shortcut from one layer to the next (``LayerSpec.moe_shortcut``) with
+zero-computation experts.
 
 Where this module sits: docs/architecture.md.
 """
@@ -151,8 +152,14 @@ class LayerSpec:
     # the layer attends over layer ``kv_source``'s K/V (its pages), with no K/V projection of its own, and writes none
     # (Gemma 4's num_kv_shared_layers)
     kv_source: int | None = None
+    # LongCat-Flash's shortcut-connected mixture: "out", the layer runs the model's mixture on its MLP's normed input
+    # beside its dense MLP and passes the output on; "in", the layer adds the output passed on to its own (its
+    # transformers layer is the two, each of an attention and a dense MLP); None: neither
+    moe_shortcut: str | None = None
 
     def __post_init__(self) -> None:
+        if self.moe_shortcut not in (None, "out", "in"):
+            raise ValueError(f"moe_shortcut {self.moe_shortcut!r} is not one of 'out', 'in' (or None)")
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer {self.mixer!r} is not one of {', '.join(MIXERS)}")
         if self.norms not in (None, "pre", "post"):
@@ -274,6 +281,9 @@ class ModelArgs:
     # the mixture of experts runs beside each layer's dense MLP (its ``dense_mlp_size``), its router reading the
     # residual stream, each output normed, their sum normed (Gemma 4's enable_moe_block; ``moe.MoEBesideMLP``)
     moe_beside_mlp: bool = False
+    # the mixture's router also chooses among so many experts that compute nothing, each adding its weight times the
+    # token's input (LongCat-Flash's zero-computation experts, the identity)
+    zero_experts: int = 0
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -306,6 +316,9 @@ class ModelArgs:
         earlier one with K/V of its own, of its shape."""
         if self.moe_beside_mlp and (not self.num_experts or any(s.dense_mlp_size is None for s in self.layers)):
             raise ValueError("moe_beside_mlp needs num_experts and every layer's dense_mlp_size (the MLP beside it)")
+        shortcuts = [spec.moe_shortcut for spec in self.layers]
+        if any(shortcuts) and (not self.num_experts or shortcuts != ["out", "in"] * (len(shortcuts) // 2)):
+            raise ValueError(f"moe_shortcut needs num_experts and layers paired 'out', 'in' (got {shortcuts})")
         for i, spec in enumerate(self.layers):
             if spec.kv_source is None:
                 continue
@@ -357,29 +370,34 @@ class ModelArgs:
             )
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
-        d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts and spec.dense_mlp_size is None:  # (a mixture beside the MLP: ``make_moe_beside``)
-            return SparseMoE(
-                d,
-                hidden,
-                self.num_experts,
-                self.experts_per_token,
-                dt,
-                self.mlp_act,
-                self.experts_renormalize,
-                self.shared_expert_size,
-                self.expert_routing,
-                self.shared_expert_gated,
-                self.router_eps,
-                self.moe_routing,
-                bias=self.experts_bias,
-                glu=self.experts_glu,
-                out_bias=self.moe_out_bias,
-                shared_mean=self.shared_expert_mean,
-                router_float32=self.router_float32,
-                gated=self.mlp_gated,
-            )
-        return MLP(d, spec.dense_mlp_size or hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
+            return self.make_moe()
+        d, hidden, dt = self.hidden_size, spec.dense_mlp_size or self.intermediate_size, self.dtype
+        return MLP(d, hidden, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant)
+
+    def make_moe(self) -> SparseMoE:
+        """The routed mixture of experts: in place of a layer's MLP, or on LongCat-Flash's shortcut."""
+        return SparseMoE(
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_experts,
+            self.experts_per_token,
+            self.dtype,
+            self.mlp_act,
+            self.experts_renormalize,
+            self.shared_expert_size,
+            self.expert_routing,
+            self.shared_expert_gated,
+            self.router_eps,
+            self.moe_routing,
+            bias=self.experts_bias,
+            glu=self.experts_glu,
+            out_bias=self.moe_out_bias,
+            shared_mean=self.shared_expert_mean,
+            router_float32=self.router_float32,
+            gated=self.mlp_gated,
+            zero_experts=self.zero_experts,
+        )
 
     def make_moe_beside(self) -> MoEBesideMLP | None:
         """Gemma 4's mixture beside the dense MLP (``moe_beside_mlp``), or None."""

@@ -31,6 +31,7 @@ from jllm.models.families import (
     lfm2,
     llama,
     llama_variants,
+    longcat,
     mamba,
     mamba_hybrids,
     minimax,
@@ -136,6 +137,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
     "YoutuForCausalLM": deepseek.youtu,
     "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
+    "LongcatFlashForCausalLM": longcat.longcat_flash,
     "MiniMaxForCausalLM": minimax.minimax,
     "MiniMaxText01ForCausalLM": minimax.minimax_text01,  # the remote code's config keys
     "Glm4MoeLiteForCausalLM": deepseek.glm4_moe_lite,
