@@ -619,6 +619,23 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],
     ),
+    # MiMo-V2-Flash: a full attention layer (2 KV heads) with a dense SwiGLU, then a sliding one (4 KV heads, attention
+    # sinks) with V3's router (a random choice bias) over 4 experts; values 16 wide beside 24-wide queries and keys,
+    # scaled; each layer type its rotary base on 8 of the 24 channels. TP 2: each layer's KV heads split, its sinks with
+    # the query heads, the padded values read per device
+    "mimo_v2_flash": (
+        "MiMoV2FlashForCausalLM",
+        None,
+        dict(
+            head_dim=24,
+            v_head_dim=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            sliding_window=WINDOW,
+        ),
+        [2],
+    ),
     # gpt-oss: attention sinks, sliding and full layers, YaRN unrounded (truncate false), biased router and experts
     # (gate and up interleaved in one stored tensor), its clamped SwiGLU (a limit of 3 clamps some of these), 3 of 8
     # experts per token. TP 2: the sinks split with the query heads
@@ -1224,6 +1241,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
 }
 MIXTURES = (
     "dbrx",
+    "mimo_v2_flash",
     "longcat_flash",
     "gemma4_moe",
     "glm4v_moe_image_text",
@@ -1819,6 +1837,9 @@ LOGITS_ONLY |= {"jamba"}
 # Gemma 4's sliding and full layers with pages of their own shapes and k_eq_v: greedy through the engine at TP 2 (its
 # TP row, against transformers' tokens); gemma4_e2b's and gemma4_moe's greedy rows run its decoder at TP 1
 LOGITS_ONLY |= {"gemma4"}
+# MiMo-V2-Flash's padded values and per-layer sinks and KV heads: greedy through the engine at TP 2 (its TP row,
+# against transformers' tokens, a prompt prefilled in chunks beside decodes)
+LOGITS_ONLY |= {"mimo_v2_flash"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -2066,6 +2087,13 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("LongcatFlashForCausalLM", {"mla_scale_q_lora": False}, "LongCat-Flash mla_scale_q_lora=False is not"),
         ("LongcatFlashForCausalLM", {"head_dim": 16}, "LongCat-Flash head_dim=16.*head_dim=qk_rope_head_dim=64"),
         ("LongcatFlashForCausalLM", {"moe_topk": 0}, "LongCat-Flash moe_topk=0 must be between 1 and"),
+        ("MiMoV2FlashForCausalLM", {"swa_num_key_value_heads": 2}, "MiMo-V2-Flash swa_num_key_value_heads=2 is not"),
+        ("MiMoV2FlashForCausalLM", {"add_full_attention_sink_bias": True}, "add_full_attention_sink_bias=True is not"),
+        (
+            "MiMoV2FlashForCausalLM",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}},
+            "MiMo-V2-Flash rope_parameters=.* is not supported.*one default rope per layer type",
+        ),
         ("GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         ("PhimoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 3}, "num_experts_per_tok=3.*picks two"),
         ("Ernie4_5_MoeForCausalLM", {"use_bias": True}, "use_bias=True is not supported.*use_bias=False"),
@@ -2154,7 +2182,6 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
 
 
-@pytest.mark.slow  # two engines on dummy weights: ~10 s
 def test_longcat_flash_hidden_states_are_refused_naming_the_family():
     """jllm runs each LongCat-Flash layer as two, so a layer index of transformers' ``output_hidden_states`` names
     none of its layers: the encoder refuses the model rather than return another layer's states."""
@@ -2172,6 +2199,32 @@ def test_longcat_flash_hidden_states_are_refused_naming_the_family():
         Encoder(SimpleNamespace(loaded=SimpleNamespace(args=args)), max_model_len=64)
 
 
+@pytest.mark.slow  # transformers' import: ~2.7 s, none in the fast tier
+def test_mimo_v2_flash_hub_config_reads_as_transformers_reads_it():
+    """The hub's config leaves the layer kinds and ropes to MiMoV2FlashConfig's defaults, stores a null
+    ``routed_scaling_factor`` and the SGLang code's ``sliding_window_size``: read as transformers reads them."""
+    from transformers import MiMoV2FlashConfig
+
+    from jllm.models.families.sliding_moe import mimo_v2_flash
+
+    config = dict(TINY_CONFIG, num_hidden_layers=12, routed_scaling_factor=None, sliding_window_size=128)
+    hf = MiMoV2FlashConfig(**config)
+    args = mimo_v2_flash(config, np.float32)
+    sliding = [kind == "sliding_attention" for kind in hf.layer_types]
+    assert sliding == [False] + [True] * 4 + [False] + [True] * 5 + [False]  # full: the first and every sixth
+    assert [spec.sliding_window for spec in args.layers] == [hf.sliding_window if s else None for s in sliding]
+    assert hf.sliding_window == 129
+    sinks_and_kv_heads = [(spec.sinks, spec.num_kv_heads) for spec in args.layers]
+    assert sinks_and_kv_heads == [(s, 2 * TINY_CONFIG["num_key_value_heads"] if s else None) for s in sliding]
+    assert [spec.dense_mlp_size is None for spec in args.layers] == [k == "sparse" for k in hf.mlp_layer_types]
+    for spec, s in zip(args.layers, sliding, strict=True):
+        params = hf.rope_parameters["sliding_attention" if s else "full_attention"]
+        assert (spec.rope.rotary_dim, spec.rope.theta) == (int(192 * 0.334), params["rope_theta"])
+    assert args.moe_routing.scale == hf.routed_scaling_factor == 1.0
+    assert (args.head_dim, args.v_head_dim, args.value_scale) == (192, 128, hf.attention_value_scale)
+
+
+@pytest.mark.slow  # two engines on dummy weights: ~10 s
 def test_llama4_context_is_one_attention_chunk_and_longer_is_refused(default_model_dir, tmp_path):
     """jllm has no chunked attention: a Llama 4 is served with at most ``attention_chunk_size`` tokens of context
     (there chunked attention is causal attention), by default exactly that, and a longer ``max_model_len`` is

@@ -46,9 +46,11 @@ class Attention(nnx.Module):
         else:  # the queries alone: K/V are another layer's, read from its pages
             q = Linear(d, args.num_heads * hd, ("embed", "q_heads"), dt, bias=args.qkv_bias, quant=args.quant)
             self.qkv_proj, self.q_proj = None, q
-        self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
+        self.value_dim = args.v_head_dim or hd  # the values' channels: the rest of a padded value head is zeros
+        o_in = args.num_heads * self.value_dim
+        self.o_proj = Linear(o_in, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms(spec)
-        self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
+        self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks or spec.sinks else None
         self.k_scale, self.v_scale = scale_params() if args.kv_scales else (None, None)  # FP8 pools' scales
         # [hidden, heads, head_dim or 1]: the output gate by head, so tensor parallelism splits it with the heads and
         # the "gated" layout's rows (each query head's, then its gate's, in q_proj) read per head; stored in q_proj,
@@ -95,8 +97,8 @@ class Attention(nnx.Module):
             q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
-        if a.v_norm and v is not None:
-            v = _unit_rms(v, a.norm_eps)
+        if v is not None:  # Gemma 4's values normed, MiMo's scaled
+            v = scaled(_unit_rms(v, a.norm_eps) if a.v_norm else v, a.value_scale)
         q = self.spec.scale_queries(q, positions)
         out, kv_pages = paged_attention(
             q,
@@ -114,7 +116,7 @@ class Attention(nnx.Module):
         if self.attn_gate is not None:  # [T, heads, head_dim or 1], its activation taken in float32 (Laguna's is)
             act = jax.nn.sigmoid if a.attn_output_gate == "sigmoid" else jax.nn.softplus
             out = out * act(normed_linear(norm, self.attn_gate, x).astype(jnp.float32)).astype(out.dtype)
-        out = out.reshape(t, a.num_heads * hd)
+        out = out[..., : self.value_dim].reshape(t, a.num_heads * self.value_dim)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
 

@@ -19,7 +19,7 @@ FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemo
 (``LayerSpec.normed_residual``); and Gemma 4's layers of their own KV heads and head width, keys reused as values,
 layers reading an earlier layer's K/V (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside
 the dense MLP; LongCat-Flash's mixture on a shortcut from one layer to the next (``LayerSpec.moe_shortcut``) with
-zero-computation experts.
+zero-computation experts; MiMo-V2-Flash's values narrower than its heads, scaled, and sinks on some layers only.
 
 Where this module sits: docs/architecture.md.
 """
@@ -118,6 +118,9 @@ class WeightMap:
     # None: not so
     expert_params: str | None = None
     reader: Callable[..., Any] | None = None
+    # the stored ``v_proj``'s heads this wide, each zero-padded to the head width in our fused QKV (MiMo-V2-Flash's
+    # values are narrower than its queries and keys: ``ModelArgs.v_head_dim``); None: the head width
+    v_head_dim: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,7 @@ class LayerSpec:
     # beside its dense MLP and passes the output on; "in", the layer adds the output passed on to its own (its
     # transformers layer is the two, each of an attention and a dense MLP); None: neither
     moe_shortcut: str | None = None
+    sinks: bool = False  # this layer's attention has sinks where the model's (``attn_sinks``) are off (MiMo's sliding)
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -284,6 +288,10 @@ class ModelArgs:
     # the mixture's router also chooses among so many experts that compute nothing, each adding its weight times the
     # token's input (LongCat-Flash's zero-computation experts, the identity)
     zero_experts: int = 0
+    # values narrower than the queries and keys (MiMo-V2-Flash's 128 against 192): V is zero-padded to head_dim in the
+    # fused QKV and the pool, and the attention output cut back to it before ``o_proj``; None: head_dim
+    v_head_dim: int | None = None
+    value_scale: float = 1.0  # the values times this before they are written (MiMo's attention_value_scale)
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -314,6 +322,13 @@ class ModelArgs:
     def _check_layer_options(self) -> None:
         """A mixture beside the MLP has an MLP on every layer; a layer reading another's K/V (``kv_source``) reads an
         earlier one with K/V of its own, of its shape."""
+        narrowest = min(self.layer_heads(s)[1] for s in self.layers)
+        stored = self.weights.v_head_dim is not None and self.weights.qkv_layout == "separate"
+        if self.v_head_dim is not None and not (self.v_head_dim <= narrowest and stored):
+            raise ValueError(
+                f"v_head_dim={self.v_head_dim} needs every layer's head_dim at least as wide and WeightMap.v_head_dim "
+                "(the stored values' width) with qkv_layout 'separate'"
+            )
         if self.moe_beside_mlp and (not self.num_experts or any(s.dense_mlp_size is None for s in self.layers)):
             raise ValueError("moe_beside_mlp needs num_experts and every layer's dense_mlp_size (the MLP beside it)")
         shortcuts = [spec.moe_shortcut for spec in self.layers]

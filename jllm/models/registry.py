@@ -151,6 +151,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Kolibri1ForCausalLM": sliding_moe.kolibri1,
     "MellumForCausalLM": sliding_moe.mellum,
     "FlintForCausalLM": sliding_moe.flint,
+    "MiMoV2FlashForCausalLM": sliding_moe.mimo_v2_flash,
     "HYV3ForCausalLM": mixtures.hy_v3,
     "AXK1ForCausalLM": deepseek.axk1,
     "JetMoeForCausalLM": jetmoe.jetmoe,
