@@ -150,6 +150,11 @@ class Encoder:
                 "hidden states and embeddings are not supported for Gemma 3n: its layers' states are AltUp's streams, "
                 "not one hidden state; use generation"
             )
+        if any(spec.moe_shortcut for spec in runner.loaded.args.layers):
+            raise InputError(
+                "hidden states and embeddings are not supported for LongCat-Flash: jllm runs each of its layers as "
+                "two, so transformers' layer indices name none of them; use generation"
+            )
         self.runner = runner
         self.num_layers = runner.loaded.args.num_layers
         largest = runner.buckets[-1]

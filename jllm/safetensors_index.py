@@ -328,6 +328,18 @@ class SafetensorsIndex:
 
         return read
 
+    def _kv_readers(
+        self, names: list[str], lead: tuple[int, ...], transpose: bool, dtype: Any, kv: int, hd: int
+    ) -> list[Reader]:
+        """K's (and V's) ``[*lead, kv * hd]`` readers from their own tensors; values stored narrower
+        (``WeightMap.v_head_dim``, MiMo-V2-Flash's) zero-padded to ``hd`` a head."""
+        vd = self.weights.v_head_dim or hd
+        readers = [
+            self.slice_reader(name, (*lead, kv * w), transpose, dtype)
+            for name, w in zip(names, (hd, vd)[: len(names)], strict=True)
+        ]
+        return [readers[0], *(r if vd == hd else _padded_heads(r, vd, hd) for r in readers[1:])]
+
     def _qkv_rows(
         self,
         names: list[str],
@@ -343,8 +355,7 @@ class SafetensorsIndex:
         (``keys_only``: no v stored)."""
         layout = self.weights.qkv_layout
         if layout in ("separate", "gated"):
-            kv_names = names[1:2] if keys_only else names[1:]
-            readers = [self.slice_reader(n, (*lead, kv * hd), transpose, dtype) for n in kv_names]
+            readers = self._kv_readers(names[1:2] if keys_only else names[1:], lead, transpose, dtype, kv, hd)
             if layout == "gated":  # the queries are each head's first half of the query tensor's rows
                 q = _flat_heads(self._head_rows_reader(names[0], (*lead, q_heads, hd), transpose, dtype, 0, 2), hd)
             else:
@@ -380,6 +391,20 @@ class SafetensorsIndex:
             return readers[tensor]((*lead_index, slice(at * hd, (at + n) * hd)))
 
         return rows
+
+
+def _padded_heads(read: Reader, width: int, hd: int) -> Reader:
+    """A ``[*lead, heads * width]`` reader read as ``[*lead, heads * hd]``, by whole heads, each head's ``width``
+    channels followed by zeros (MiMo-V2-Flash's values in heads as wide as its keys')."""
+
+    def padded(index: tuple[slice, ...]) -> np.ndarray:
+        *lead_index, rows = index
+        first, last = rows.start // hd, rows.stop // hd
+        part = read((*lead_index, slice(first * width, last * width)))
+        part = part.reshape(*part.shape[:-1], last - first, width)
+        return np.pad(part, [(0, 0)] * (part.ndim - 1) + [(0, hd - width)]).reshape(*part.shape[:-2], -1)
+
+    return padded
 
 
 def _flat_heads(read: Reader, hd: int) -> Reader:

@@ -423,6 +423,20 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
         [],
     ),
+    # Qwen3-MoE's layers, the router always renormalised; the experts stacked per projection (saved as transformers 5
+    # holds them, [experts, out, in]; the hub's [experts, in, out]: test_qwen3_vl_moe_hub_expert_layout_loads_the_same),
+    # the text config's tie_word_embeddings (True by default) overruled by the outer one
+    "qwen3_vl_moe_image_text": (
+        "Qwen3VLMoeForConditionalGeneration",
+        "Qwen3VLMoeConfig",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        ),
+        [2],  # each device's slice of the experts read from one bare [experts, out, in] tensor
+    ),
     # HunYuan dense's attention with top-2 of 4 experts beside an ungated shared SwiGLU
     "hunyuan_moe": (
         "HunYuanMoEV1ForCausalLM",
@@ -615,6 +629,47 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
                 "mscale": 1.0,
                 "mscale_all_dim": 0.8,
             },
+        ),
+        [2],
+    ),
+    # LongCat-Flash: two layers, each two blocks of latent attention and a dense SwiGLU with the mixture on a shortcut
+    # between them; 3 of 4 experts and 2 zero-computation ones, the router's (random) choice bias on softmax scores.
+    # TP 2: the query heads, MLPs and experts split, the router and its zero experts replicated
+    "longcat_flash": (
+        "LongcatFlashForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=None,  # LongcatFlashConfig derives it: twice num_layers
+            num_layers=2,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            num_key_value_heads=None,
+            head_dim=8,  # transformers' rotary width: qk_rope_head_dim's
+            q_lora_rank=24,
+            n_routed_experts=4,
+            zero_expert_num=2,
+            moe_topk=3,
+            expert_ffn_hidden_size=24,
+            routed_scaling_factor=2.0,
+        ),
+        [2],
+    ),
+    # MiMo-V2-Flash: a full attention layer (2 KV heads) with a dense SwiGLU, then a sliding one (4 KV heads, attention
+    # sinks) with V3's router (a random choice bias) over 4 experts; values 16 wide beside 24-wide queries and keys,
+    # scaled; each layer type its rotary base on 8 of the 24 channels. TP 2: each layer's KV heads split, its sinks with
+    # the query heads, the padded values read per device
+    "mimo_v2_flash": (
+        "MiMoV2FlashForCausalLM",
+        None,
+        dict(
+            head_dim=24,
+            v_head_dim=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            sliding_window=WINDOW,
         ),
         [2],
     ),
@@ -1264,6 +1319,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
 }
 MIXTURES = (
     "dbrx",
+    "mimo_v2_flash",
+    "longcat_flash",
     "gemma4_moe",
     "glm4v_moe_image_text",
     "flex_olmo",
@@ -1392,6 +1449,9 @@ IMAGE_TEXT = {
     "idefics3_image_text": dict(vision_config=SIGLIP, scale_factor=1, tie_word_embeddings=False),
     "smolvlm_image_text": dict(vision_config=SIGLIP, scale_factor=1, tie_word_embeddings=False),
     "qwen3_vl_image_text": dict(
+        vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
+    ),
+    "qwen3_vl_moe_image_text": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16)
     ),
     "ministral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
@@ -1618,6 +1678,33 @@ def test_olmo_hybrid_saved_with_in_memory_names_loads_the_same(family_dirs, tmp_
     )
     save_file(moved, renamed / "model.safetensors")
     expected, got = (jax.tree.leaves(nnx.state(load_model(d, mesh=make_mesh(1)).model)) for d in (saved, renamed))
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_qwen3_vl_moe_hub_expert_layout_loads_the_same(family_dirs, tmp_path):
+    """transformers 5 holds and saves Qwen3-VL-MoE's stacked experts ``[experts, out, in]``; the hub keeps them
+    ``[experts, in, out]`` (``gate_up_proj [experts, hidden, 2 * moe]``, ``down_proj [experts, moe, hidden]``), which
+    transformers transposes on load. Both read to the same parameters."""
+    from safetensors.numpy import load_file, save_file
+
+    saved = family_dirs["qwen3_vl_moe_image_text"]
+    hub = tmp_path / "hub"
+    shutil.copytree(saved, hub)
+    tensors = {}
+    for shard in sorted(hub.glob("*.safetensors")):
+        tensors |= load_file(shard)
+        shard.unlink()
+    (hub / "model.safetensors.index.json").unlink()
+    experts = [name for name in tensors if name.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert len(experts) == 4 and tensors[experts[0]].shape[1] != tensors[experts[0]].shape[2]
+    save_file(
+        {k: np.ascontiguousarray(v.swapaxes(1, 2)) if k in experts else v for k, v in tensors.items()},
+        hub / "model.safetensors",
+    )
+    expected, got = (jax.tree.leaves(nnx.state(load_model(d, mesh=make_mesh(1)).model)) for d in (saved, hub))
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -1851,6 +1938,9 @@ LOGITS_ONLY |= {"gemma4"}
 # pure Mamba2: Zamba2's and Bamba's greedy rows run its mixer (unclamped), Mamba's the attention-free engine; Zamba2's
 # two blocks invoked in turn: its one block's greedy row runs the same layers
 LOGITS_ONLY |= {"mamba2", "zamba2_blocks"}
+# MiMo-V2-Flash's padded values and per-layer sinks and KV heads: greedy through the engine at TP 2 (its TP row,
+# against transformers' tokens, a prompt prefilled in chunks beside decodes)
+LOGITS_ONLY |= {"mimo_v2_flash"}
 # An image-text checkpoint's text model runs a decoder that has its own row here; its logits row checks the reading.
 GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name not in LOGITS_ONLY]
 
@@ -2128,6 +2218,23 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]},
             r"mlp_only_layers=\[1\] is not supported.*mlp_only_layers=\[\]",
         ),
+        (
+            "Qwen3VLMoeForConditionalGeneration",
+            {"text_config": {**TINY_CONFIG, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [0]}},
+            r"Qwen3-MoE decoder_sparse_step=1, mlp_only_layers=\[0\] is not supported",
+        ),
+        ("LongcatFlashForCausalLM", {"zero_expert_type": "zero"}, "LongCat-Flash zero_expert_type='zero' is not"),
+        ("LongcatFlashForCausalLM", {"router_bias": True}, "LongCat-Flash router_bias=True is not supported"),
+        ("LongcatFlashForCausalLM", {"mla_scale_q_lora": False}, "LongCat-Flash mla_scale_q_lora=False is not"),
+        ("LongcatFlashForCausalLM", {"head_dim": 16}, "LongCat-Flash head_dim=16.*head_dim=qk_rope_head_dim=64"),
+        ("LongcatFlashForCausalLM", {"moe_topk": 0}, "LongCat-Flash moe_topk=0 must be between 1 and"),
+        ("MiMoV2FlashForCausalLM", {"swa_num_key_value_heads": 2}, "MiMo-V2-Flash swa_num_key_value_heads=2 is not"),
+        ("MiMoV2FlashForCausalLM", {"add_full_attention_sink_bias": True}, "add_full_attention_sink_bias=True is not"),
+        (
+            "MiMoV2FlashForCausalLM",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}},
+            "MiMo-V2-Flash rope_parameters=.* is not supported.*one default rope per layer type",
+        ),
         ("GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         ("PhimoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 3}, "num_experts_per_tok=3.*picks two"),
         ("Ernie4_5_MoeForCausalLM", {"use_bias": True}, "use_bias=True is not supported.*use_bias=False"),
@@ -2214,6 +2321,48 @@ def test_unsupported_architecture_or_option_is_refused_at_load_naming_it(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
+
+
+def test_longcat_flash_hidden_states_are_refused_naming_the_family():
+    """jllm runs each LongCat-Flash layer as two, so a layer index of transformers' ``output_hidden_states`` names
+    none of its layers: the encoder refuses the model rather than return another layer's states."""
+    from types import SimpleNamespace
+
+    from jllm.errors import InputError
+    from jllm.models.registry import build_args
+    from jllm.pooling import Encoder
+
+    arch, _, overrides, _ = FAMILIES["longcat_flash"]
+    config = {k: v for k, v in {**BASE, **overrides, "architectures": [arch]}.items() if v is not None}
+    args = build_args(config, np.float32)[1]
+    assert [spec.moe_shortcut for spec in args.layers] == ["out", "in"] * 2
+    with pytest.raises(InputError, match="not supported for LongCat-Flash"):
+        Encoder(SimpleNamespace(loaded=SimpleNamespace(args=args)), max_model_len=64)
+
+
+@pytest.mark.slow  # transformers' import: ~2.7 s, none in the fast tier
+def test_mimo_v2_flash_hub_config_reads_as_transformers_reads_it():
+    """The hub's config leaves the layer kinds and ropes to MiMoV2FlashConfig's defaults, stores a null
+    ``routed_scaling_factor`` and the SGLang code's ``sliding_window_size``: read as transformers reads them."""
+    from transformers import MiMoV2FlashConfig
+
+    from jllm.models.families.sliding_moe import mimo_v2_flash
+
+    config = dict(TINY_CONFIG, num_hidden_layers=12, routed_scaling_factor=None, sliding_window_size=128)
+    hf = MiMoV2FlashConfig(**config)
+    args = mimo_v2_flash(config, np.float32)
+    sliding = [kind == "sliding_attention" for kind in hf.layer_types]
+    assert sliding == [False] + [True] * 4 + [False] + [True] * 5 + [False]  # full: the first and every sixth
+    assert [spec.sliding_window for spec in args.layers] == [hf.sliding_window if s else None for s in sliding]
+    assert hf.sliding_window == 129
+    sinks_and_kv_heads = [(spec.sinks, spec.num_kv_heads) for spec in args.layers]
+    assert sinks_and_kv_heads == [(s, 2 * TINY_CONFIG["num_key_value_heads"] if s else None) for s in sliding]
+    assert [spec.dense_mlp_size is None for spec in args.layers] == [k == "sparse" for k in hf.mlp_layer_types]
+    for spec, s in zip(args.layers, sliding, strict=True):
+        params = hf.rope_parameters["sliding_attention" if s else "full_attention"]
+        assert (spec.rope.rotary_dim, spec.rope.theta) == (int(192 * 0.334), params["rope_theta"])
+    assert args.moe_routing.scale == hf.routed_scaling_factor == 1.0
+    assert (args.head_dim, args.v_head_dim, args.value_scale) == (192, 128, hf.attention_value_scale)
 
 
 @pytest.mark.slow  # two engines on dummy weights: ~10 s

@@ -22,7 +22,7 @@ from flax import nnx
 from jllm.attention import AttentionMetadata, paged_attention
 from jllm.kv_scales import pool_scales, scale_params
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
-from jllm.models.layers import MLP, Embedding, Laurel, Linear, normed_linear, param, sinusoidal_positions
+from jllm.models.layers import MLP, Embedding, Laurel, Linear, normed_linear, param, scaled, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
@@ -52,9 +52,11 @@ class Attention(nnx.Module):
         else:  # the queries alone: K/V are another layer's, read from its pages
             q = Linear(in_dim or d, args.num_heads * hd, ("embed", "q_heads"), dt, bias=args.qkv_bias, quant=args.quant)
             self.qkv_proj, self.q_proj = None, q
-        self.o_proj = Linear(args.num_heads * hd, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
+        self.value_dim = args.v_head_dim or hd  # the values' channels: the rest of a padded value head is zeros
+        o_in = args.num_heads * self.value_dim
+        self.o_proj = Linear(o_in, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
         self.q_norm, self.k_norm = args.make_qk_norms(spec)
-        self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks else None
+        self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks or spec.sinks else None
         self.k_scale, self.v_scale = scale_params() if args.kv_scales else (None, None)  # FP8 pools' scales
         # [hidden, heads, head_dim or 1]: the output gate by head, so tensor parallelism splits it with the heads and
         # the "gated" layout's rows (each query head's, then its gate's, in q_proj) read per head; stored in q_proj,
@@ -101,8 +103,8 @@ class Attention(nnx.Module):
             q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
-        if a.v_norm and v is not None:
-            v = _unit_rms(v, a.norm_eps)
+        if v is not None:  # Gemma 4's values normed, MiMo's scaled
+            v = scaled(_unit_rms(v, a.norm_eps) if a.v_norm else v, a.value_scale)
         q = self.spec.scale_queries(q, positions)
         out, kv_pages = paged_attention(
             q,
@@ -120,7 +122,7 @@ class Attention(nnx.Module):
         if self.attn_gate is not None:  # [T, heads, head_dim or 1], its activation taken in float32 (Laguna's is)
             act = jax.nn.sigmoid if a.attn_output_gate == "sigmoid" else jax.nn.softplus
             out = out * act(normed_linear(norm, self.attn_gate, x).astype(jnp.float32)).astype(out.dtype)
-        out = out.reshape(t, a.num_heads * hd)
+        out = out[..., : self.value_dim].reshape(t, a.num_heads * self.value_dim)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
 
@@ -152,7 +154,8 @@ class DecoderLayer(nnx.Module):
     (``LayerSpec.normed_residual``). Gemma 3n's layer reads and writes AltUp's streams: its blocks run on the active
     stream's prediction, a LAuReL block beside the attention, and the streams are corrected from their output.
     Zamba2's hybrid layers invoke a shared transformer block first, its output added to the mixer's input
-    (``LayerSpec.shared_block``: ``jllm.models.zamba2``)."""
+    (``LayerSpec.shared_block``: ``jllm.models.zamba2``). LongCat-Flash's layer pairs pass a mixture's output from the
+    first to the second (``LayerSpec.moe_shortcut``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -181,6 +184,9 @@ class DecoderLayer(nnx.Module):
         self.altup = AltUp(args) if args.altup_streams else None  # Gemma 3n's streams
         rank = args.laurel_rank
         self.laurel = Laurel(args.hidden_size, rank, args.dtype, args.make_norm()) if rank else None  # Gemma 3n's
+        # LongCat-Flash's mixture, run here on the MLP's normed input, its output added by the next layer
+        self.shortcut_moe = args.make_moe() if spec.moe_shortcut == "out" else None
+        self.adds_shortcut = spec.moe_shortcut == "in"
         self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
@@ -197,55 +203,69 @@ class DecoderLayer(nnx.Module):
         lora: LayerLoRA | None = None,
         per_layer_input: jax.Array | None = None,
         embeddings: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """``lora``: the step's adapters (on the attention and a dense MLP, not a mixture of experts:
-        ``jllm.lora.peft_files`` lets a family's adapters target only those); ``per_layer_input [T, width]``: this
-        layer's own input (Gemma 4's PLE), added after its blocks, before its ``layer_scalar``. With AltUp (Gemma 3n)
-        ``x`` is the streams ``[streams, T, hidden]``. ``embeddings``: the model's, which a Zamba2 hybrid layer's
-        shared block reads."""
+        shortcut: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """The layer's output, its cache entry, and the mixture's output it passes to the next layer (LongCat-Flash's
+        ``shortcut [T, hidden]``, added by the layer after; None elsewhere). ``lora``: the step's adapters (on the
+        attention and a dense MLP, not a mixture of experts: ``jllm.lora.peft_files`` lets a family's adapters target
+        only those); ``per_layer_input [T, width]``: this layer's own input (Gemma 4's PLE), added after its blocks,
+        before its ``layer_scalar``. With AltUp (Gemma 3n) ``x`` is the streams ``[streams, T, hidden]``.
+        ``embeddings``: the model's, which a Zamba2 hybrid layer's shared block reads."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
-            return self._from_normed(x, positions, kv_pages, meta)
+            return *self._from_normed(x, positions, kv_pages, meta), None
         if self.shared_block is not None:  # Zamba2's hybrid layer: its entry the block's pages and the mixer's state
             pages, states = kv_pages
             added, pages = self.shared_block(x, embeddings, positions, pages, meta)
             h, states = self.mixer(x + added, self.input_layernorm, positions, states, meta)
-            return x + h, (pages, states)
+            return x + h, (pages, states), None
         if self.altup is not None:  # Gemma 3n: the blocks on the active stream's prediction, every stream corrected
             predictions = self.altup.predict(x)
-            h, kv_pages = self._blocks(predictions[ACTIVE], positions, kv_pages, meta, lora)
+            h, kv_pages, _ = self._blocks(predictions[ACTIVE], positions, kv_pages, meta, lora)
             corrected = self.altup.correct(predictions, h)
             if self.per_layer is not None:  # added to every stream but the active one
                 delta = self.per_layer.delta(self.altup.active_output(corrected), per_layer_input)
                 corrected = corrected.at[1:].add(delta[None])
-            return corrected, kv_pages
-        x, kv_pages = self._blocks(x, positions, kv_pages, meta, lora)
+            return corrected, kv_pages, None
+        x, kv_pages, shortcut = self._blocks(x, positions, kv_pages, meta, lora, shortcut)
         if self.per_layer is not None:
             x = self.per_layer(x, per_layer_input)
-        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages
+        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages, shortcut
 
     def _blocks(
-        self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata, lora: LayerLoRA | None
-    ) -> tuple[jax.Array, jax.Array]:
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        kv_pages: jax.Array,
+        meta: AttentionMetadata,
+        lora: LayerLoRA | None,
+        shortcut: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         """The token mixer and the MLP over ``x [T, hidden]`` with their residuals (a LAuReL block's beside the
-        attention: the two averaged, ``(x + attn + laurel(norm(x))) / sqrt(2)``)."""
+        attention: the two averaged, ``(x + attn + laurel(norm(x))) / sqrt(2)``), and LongCat-Flash's shortcut
+        mixture's output passed on or added."""
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
             h, kv_pages = self.mixer(*attn_args)
         elif self.self_attn is not None:
             h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         else:  # an MLP alone: its cache entry is an empty state
-            return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages
+            return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages, None
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
             mlp_norm = self.input_layernorm if shared else self.post_attention_layernorm
-            return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages
+            return x + (self._mlp(x, mlp_norm, lora) + h), kv_pages, None
         if self.laurel is not None:
             laurel = self.laurel(self.input_layernorm(x))
             x = (x + h + laurel) / jnp.asarray(math.sqrt(2), x.dtype)
         else:
             x = x + h
-        return (x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)), kv_pages
+        if self.shortcut_moe is not None:
+            shortcut = self.shortcut_moe(self.post_attention_layernorm(x))
+        x = x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)
+        if self.adds_shortcut:
+            x, shortcut = x + shortcut, None
+        return x, kv_pages, shortcut
 
     def _from_normed(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
@@ -256,9 +276,9 @@ class DecoderLayer(nnx.Module):
         h = self.input_layernorm(x)
         mixer = self.self_attn if self.mixer is None else self.mixer
         out, kv_pages = mixer(h, None, positions, kv_pages, meta)
-        x = _scaled(h, attn_alpha) + _scaled(out, attn_beta)
+        x = scaled(h, attn_alpha) + scaled(out, attn_beta)
         h = self.post_attention_layernorm(x)
-        return _scaled(h, mlp_alpha) + _scaled(self._mlp(h, None), mlp_beta), kv_pages
+        return scaled(h, mlp_alpha) + scaled(self._mlp(h, None), mlp_beta), kv_pages
 
     def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
@@ -270,13 +290,7 @@ class DecoderLayer(nnx.Module):
     def _scaled(self, h: jax.Array) -> jax.Array:
         """A block's output as the residual adds it: times ``residual_scale`` where the family has one (in float32,
         as torch multiplies a tensor by a Python float, the scale not rounded to a bfloat16)."""
-        return h if self.residual_scale is None else _scaled(h, self.residual_scale)
-
-
-def _scaled(x: jax.Array, factor: float) -> jax.Array:
-    """``x * factor`` in float32, rounded to ``x``'s dtype (torch's product of a tensor and a Python float: the
-    factor not rounded to a bfloat16 first)."""
-    return x if factor == 1 else (x.astype(jnp.float32) * factor).astype(x.dtype)
+        return h if self.residual_scale is None else scaled(h, self.residual_scale)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -290,11 +304,12 @@ def _decoder_layer(
     lora: LayerLoRA | None = None,
     per_layer_input: jax.Array | None = None,
     embeddings: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
+    shortcut: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
     once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
     2026-11-26)."""
-    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input, embeddings)
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input, embeddings, shortcut)
 
 
 class CausalLM(nnx.Module):
@@ -377,13 +392,14 @@ class CausalLM(nnx.Module):
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
         states = [x if self.altup_streams is None else self.altup_streams.expand(x)]
         new_caches = []
+        shortcut = None  # LongCat-Flash's mixture output, from the first layer of a pair to the second
         for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)
             pages = kv_pages if spec.kv_source is None else new_caches[spec.kv_source]
             extra = None if per_layer is None else per_layer[:, i]
             embeddings = None if layer.shared_block is None else states[0]  # Zamba2's shared blocks read them
-            x, pages = _decoder_layer(
-                *nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra, embeddings
+            x, pages, shortcut = _decoder_layer(
+                *nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra, embeddings, shortcut
             )
             states.append(x)
             new_caches.append(pages if spec.kv_source is None else kv_pages)

@@ -188,10 +188,16 @@ def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.
         return linear(x)
     if not isinstance(norm, RMSNorm) or linear.bias is not None:  # a bias must not be scaled
         return linear(norm(x))
-    scaled, factor = norm.factored(x)
-    y = linear(scaled)
+    weighted, factor = norm.factored(x)
+    y = linear(weighted)
     factor = factor.reshape(factor.shape + (1,) * (y.ndim - factor.ndim))  # [T, 1, ...] against y [T, *out]
     return (y.astype(jnp.float32) * factor).astype(y.dtype)
+
+
+def scaled(x: jax.Array, factor: float) -> jax.Array:
+    """``x * factor`` in float32, rounded to ``x``'s dtype (torch's product of a tensor and a Python float: the
+    factor not rounded to a bfloat16 first)."""
+    return x if factor == 1 else (x.astype(jnp.float32) * factor).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):

@@ -31,7 +31,7 @@ from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention, sparse_latent_attention
 from jllm.models.dsa import Indexer, IndexerSpec
-from jllm.models.layers import Linear, RMSNorm
+from jllm.models.layers import Linear, RMSNorm, scaled
 
 if TYPE_CHECKING:
     from jllm.models.model_args import LayerSpec, ModelArgs
@@ -50,6 +50,10 @@ class MLASpec:
     v_head_dim: int
     q_lora_rank: int | None = None  # None: queries from one projection (V2-Lite); else through a normed low rank
     indexer: IndexerSpec | None = None  # DeepSeek Sparse Attention's lightning indexer (needs q_lora_rank)
+    # the queries and the normed latent c_kv (so keys and values) times these (LongCat-Flash's LoRA scales:
+    # sqrt(hidden / q_lora_rank) and sqrt(hidden / kv_lora_rank)); the pool keeps the scaled latent
+    q_scale: float = 1.0
+    latent_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.indexer is not None and self.q_lora_rank is None:
@@ -100,6 +104,7 @@ class MLAttention(nnx.Module):
         q = self.spec.scale_queries(q.reshape(t, h, nope + m.qk_rope_head_dim), positions)  # Mistral 4's scaling
         latent = self.kv_a_proj_with_mqa(x)  # [T, kv_lora_rank + rope]
         c_kv = self.kv_a_layernorm(latent[:, :r])
+        q, c_kv = scaled(q, m.q_scale), scaled(c_kv, m.latent_scale)
         q_pe, k_pe = q[..., nope:], latent[:, None, r:]
         if self.spec.rope is not None:  # None: the "rope" channels unrotated (Kimi Linear's NoPE attention)
             q_pe, k_pe = self.spec.rope.apply(q_pe, positions), self.spec.rope.apply(k_pe, positions)

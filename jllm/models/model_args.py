@@ -19,8 +19,10 @@ FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemo
 (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers before their mixer
 (``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Gemma 4's layers of their own KV
 heads and head width, keys reused as values, layers reading an earlier layer's K/V (``LayerSpec.kv_source``),
-per-layer inputs, layer scalars and a mixture beside the dense MLP; and Gemma 3n's AltUp streams
-(``jllm.models.altup``), LAuReL blocks and sparse MLP activations.
+per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's AltUp streams
+(``jllm.models.altup``), LAuReL blocks and sparse MLP activations; LongCat-Flash's mixture on a shortcut from one layer
+to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
+scaled, and sinks on some layers only.
 
 Where this module sits: docs/architecture.md.
 """
@@ -120,6 +122,9 @@ class WeightMap:
     # None: not so
     expert_params: str | None = None
     reader: Callable[..., Any] | None = None
+    # the stored ``v_proj``'s heads this wide, each zero-padded to the head width in our fused QKV (MiMo-V2-Flash's
+    # values are narrower than its queries and keys: ``ModelArgs.v_head_dim``); None: the head width
+    v_head_dim: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +165,15 @@ class LayerSpec:
     # Zamba2's hybrid layers: the shared transformer block (``ModelArgs.shared_blocks``) this layer invokes before its
     # mixer, its output added to the mixer's input; the layer keeps KV pages beside its state (``jllm.models.zamba2``)
     shared_block: int | None = None
+    # LongCat-Flash's shortcut-connected mixture: "out", the layer runs the model's mixture on its MLP's normed input
+    # beside its dense MLP and passes the output on; "in", the layer adds the output passed on to its own (its
+    # transformers layer is the two, each of an attention and a dense MLP); None: neither
+    moe_shortcut: str | None = None
+    sinks: bool = False  # this layer's attention has sinks where the model's (``attn_sinks``) are off (MiMo's sliding)
 
     def __post_init__(self) -> None:
+        if self.moe_shortcut not in (None, "out", "in"):
+            raise ValueError(f"moe_shortcut {self.moe_shortcut!r} is not one of 'out', 'in' (or None)")
         if self.mixer not in MIXERS:
             raise ValueError(f"mixer {self.mixer!r} is not one of {', '.join(MIXERS)}")
         if self.norms not in (None, "pre", "post"):
@@ -292,6 +304,13 @@ class ModelArgs:
     altup_streams: int = 0
     altup_correct_scale: bool = True
     laurel_rank: int = 0  # > 0: Gemma 3n's LAuReL block of this rank beside each attention (``layers.Laurel``)
+    # the mixture's router also chooses among so many experts that compute nothing, each adding its weight times the
+    # token's input (LongCat-Flash's zero-computation experts, the identity)
+    zero_experts: int = 0
+    # values narrower than the queries and keys (MiMo-V2-Flash's 128 against 192): V is zero-padded to head_dim in the
+    # fused QKV and the pool, and the attention output cut back to it before ``o_proj``; None: head_dim
+    v_head_dim: int | None = None
+    value_scale: float = 1.0  # the values times this before they are written (MiMo's attention_value_scale)
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -324,8 +343,18 @@ class ModelArgs:
         earlier one with K/V of its own, of its shape."""
         if self.altup_streams == 1:
             raise ValueError("altup_streams=1 is not supported: AltUp needs at least 2 streams (0: no AltUp)")
+        narrowest = min(self.layer_heads(s)[1] for s in self.layers)
+        stored = self.weights.v_head_dim is not None and self.weights.qkv_layout == "separate"
+        if self.v_head_dim is not None and not (self.v_head_dim <= narrowest and stored):
+            raise ValueError(
+                f"v_head_dim={self.v_head_dim} needs every layer's head_dim at least as wide and WeightMap.v_head_dim "
+                "(the stored values' width) with qkv_layout 'separate'"
+            )
         if self.moe_beside_mlp and (not self.num_experts or any(s.dense_mlp_size is None for s in self.layers)):
             raise ValueError("moe_beside_mlp needs num_experts and every layer's dense_mlp_size (the MLP beside it)")
+        shortcuts = [spec.moe_shortcut for spec in self.layers]
+        if any(shortcuts) and (not self.num_experts or shortcuts != ["out", "in"] * (len(shortcuts) // 2)):
+            raise ValueError(f"moe_shortcut needs num_experts and layers paired 'out', 'in' (got {shortcuts})")
         for i, spec in enumerate(self.layers):
             if spec.kv_source is None:
                 continue
@@ -378,30 +407,36 @@ class ModelArgs:
             )
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
-        d, hidden, dt = self.hidden_size, self.intermediate_size, self.dtype
         if self.num_experts and spec.dense_mlp_size is None:  # (a mixture beside the MLP: ``make_moe_beside``)
-            return SparseMoE(
-                d,
-                hidden,
-                self.num_experts,
-                self.experts_per_token,
-                dt,
-                self.mlp_act,
-                self.experts_renormalize,
-                self.shared_expert_size,
-                self.expert_routing,
-                self.shared_expert_gated,
-                self.router_eps,
-                self.moe_routing,
-                bias=self.experts_bias,
-                glu=self.experts_glu,
-                out_bias=self.moe_out_bias,
-                shared_mean=self.shared_expert_mean,
-                router_float32=self.router_float32,
-                gated=self.mlp_gated,
-            )
-        width, sparsity = spec.dense_mlp_size or hidden, spec.activation_sparsity
-        return MLP(d, width, dt, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant, sparsity)
+            return self.make_moe()
+        width, sparsity = spec.dense_mlp_size or self.intermediate_size, spec.activation_sparsity
+        return MLP(
+            self.hidden_size, width, self.dtype, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant, sparsity
+        )
+
+    def make_moe(self) -> SparseMoE:
+        """The routed mixture of experts: in place of a layer's MLP, or on LongCat-Flash's shortcut."""
+        return SparseMoE(
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_experts,
+            self.experts_per_token,
+            self.dtype,
+            self.mlp_act,
+            self.experts_renormalize,
+            self.shared_expert_size,
+            self.expert_routing,
+            self.shared_expert_gated,
+            self.router_eps,
+            self.moe_routing,
+            bias=self.experts_bias,
+            glu=self.experts_glu,
+            out_bias=self.moe_out_bias,
+            shared_mean=self.shared_expert_mean,
+            router_float32=self.router_float32,
+            gated=self.mlp_gated,
+            zero_experts=self.zero_experts,
+        )
 
     def make_moe_beside(self) -> MoEBesideMLP | None:
         """Gemma 4's mixture beside the dense MLP (``moe_beside_mlp``), or None."""

@@ -1,7 +1,7 @@
 """Mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, Phi-3.5-MoE, ERNIE 4.5 MoE, Llama 4, DeepSeek,
-GLM-4-MoE, gpt-oss, Nemotron 3's plain experts; Gemma 4's beside a dense MLP, ``MoEBesideMLP``): a router picks each
-token's experts, and every expert's tokens go through one grouped matmul (``jax.lax.ragged_dot_general``) instead of
-a loop over experts.
+GLM-4-MoE, gpt-oss, Nemotron 3's plain experts, LongCat-Flash's zero-computation experts; Gemma 4's beside a dense MLP,
+``MoEBesideMLP``): a router picks each token's experts, and every expert's tokens go through one grouped matmul
+(``jax.lax.ragged_dot_general``) instead of a loop over experts.
 
 Each token is copied once per chosen expert; the copies are sorted by expert, so each expert's rows are contiguous
 and ``group_sizes`` (tokens per expert) tells the grouped matmul where each expert's rows start. Expert kernels are
@@ -92,6 +92,12 @@ class GroupedRouting:
     top_groups: int = 1
     scale: float = 1.0
     logit_bias: bool = False  # the choice bias added to the logits, not to the sigmoid scores (Kolibri-1)
+    softmax_bias: bool = False  # a choice bias on softmax scores too (LongCat-Flash's); sigmoid scores always have one
+
+    @property
+    def choice_bias(self) -> bool:
+        """The router holds a learned choice bias (``e_score_correction_bias``)."""
+        return self.scoring == "sigmoid" or self.softmax_bias
 
     def __post_init__(self) -> None:
         if self.scoring not in ("softmax", "sigmoid"):
@@ -105,7 +111,7 @@ def grouped_top_k(
     top_k: int,
     routing: GroupedRouting,
     renormalize: bool,
-    choice_bias: jax.Array | None = None,  # [experts] float32, added to the scores only to choose (V3)
+    choice_bias: jax.Array | None = None,  # [experts] float32, added to the scores only to choose (V3, LongCat)
 ) -> tuple[jax.Array, jax.Array]:
     """transformers' ``DeepseekV2TopkRouter`` / ``DeepseekV3TopkRouter``: each token's experts ``[T, k]`` int32 and
     their float32 weights ``[T, k]``."""
@@ -211,20 +217,24 @@ def mix_experts(
     weights: jax.Array,  # [T, k] float32
     num_experts: int,
     weigh_inputs: bool = False,
+    skips: bool = False,
 ) -> jax.Array:
     """Each token's weighted sum of its chosen experts' outputs ``[T, dim]`` (with ``weigh_inputs`` the sum of their
     outputs on its weighted input: Llama 4's): each token copied once per choice, the copies sorted by expert, one
-    grouped matmul per projection."""
+    grouped matmul per projection. With ``skips`` a choice of ``num_experts`` or more runs no expert (LongCat-Flash's
+    zero-computation experts): its rows sort last, outside every group, and add nothing."""
     t, k = chosen.shape
     flat = chosen.reshape(t * k)  # [T * k] expert of each (token, choice)
     order = jnp.argsort(flat, stable=True)  # rows sorted by expert
     token = order // k  # [T * k] the token each sorted row copies
-    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)  # [experts]
+    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)  # [experts] (skipped choices dropped)
     row_weights = weights.reshape(t * k)[order][:, None].astype(x.dtype)  # [T * k, 1]
     if weigh_inputs:
         out = experts(x[token] * row_weights, group_sizes)  # [T * k, dim]
     else:
         out = experts(x[token], group_sizes) * row_weights
+    if skips:  # rows past every group: whatever the grouped matmul left there, nothing
+        out = jnp.where((flat[order] < num_experts)[:, None], out, 0)
     return jnp.zeros_like(x).at[token].add(out)
 
 
@@ -240,8 +250,10 @@ class SparseMoE(nnx.Module):
     jitter epsilon or the corrected softmax's floor on the weights' sum. gpt-oss's: ``bias`` on the router and each
     expert's projections, its ``glu``, and softmax over its k chosen logits (what renormalising the k of a softmax
     over all of them is). ``out_bias``: a bias on the sum of the experts' outputs (JetMoE's). ``router_float32``: the
-    router's weight in float32 whatever ``dtype`` (Flint's; ERNIE's corrected softmax always). Without ``gated`` the
-    experts and the shared expert are plain MLPs, ``down(act(up(x)))`` (Nemotron 3's)."""
+    router's weight in float32 whatever ``dtype`` (Flint's, LongCat-Flash's; ERNIE's corrected softmax always).
+    Without ``gated`` the experts and the shared expert are plain MLPs, ``down(act(up(x)))`` (Nemotron 3's).
+    ``zero_experts``: so many more experts the router may choose that compute nothing, each adding its weight times
+    the token's input (LongCat-Flash's zero-computation experts: the identity)."""
 
     def __init__(
         self,
@@ -263,15 +275,20 @@ class SparseMoE(nnx.Module):
         shared_mean: bool = False,
         router_float32: bool = False,
         gated: bool = True,
+        zero_experts: int = 0,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
+        if zero_experts and (grouped is None or bias):
+            raise ValueError(
+                "zero-computation experts are implemented behind the grouped router only (LongCat-Flash's)"
+            )
+        # ERNIE, Flint and LongCat keep their routers (ERNIE's correction bias too) in float32 (transformers'
+        # _keep_in_fp32_modules)
+        router_dtype = jnp.float32 if router_float32 or routing == "softmax_corrected" else dtype
         if grouped is not None:
-            self.gate = Router(dim, experts, dtype, choice_bias=grouped.scoring == "sigmoid")
+            self.gate = Router(dim, experts + zero_experts, router_dtype, choice_bias=grouped.choice_bias)
         else:
-            # ERNIE and Flint keep their routers (ERNIE's correction bias too) in float32 (transformers'
-            # _keep_in_fp32_modules)
-            router_dtype = jnp.float32 if router_float32 or routing == "softmax_corrected" else dtype
             self.gate = Linear(dim, experts, ("embed", None), router_dtype, bias=bias)  # the router
         self.e_score_correction_bias = (
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
@@ -283,7 +300,7 @@ class SparseMoE(nnx.Module):
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_gate else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
         self.routing, self.router_eps, self.grouped = routing, router_eps, grouped
-        self.shared_mean = shared_mean
+        self.shared_mean, self.zero_experts = shared_mean, zero_experts
 
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
@@ -305,7 +322,13 @@ class SparseMoE(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         chosen, weights = self.route(x)
-        y = mix_experts(self.experts, x, chosen, weights, self.num_experts, self.routing == "sigmoid_input")
+        zero = chosen >= self.num_experts  # [T, k] a zero-computation expert's choice (none without them)
+        y = mix_experts(
+            self.experts, x, chosen, weights, self.num_experts, self.routing == "sigmoid_input", self.zero_experts > 0
+        )
+        if self.zero_experts:  # each chosen zero-computation expert adds its weight times the input
+            identity = jnp.sum(jnp.where(zero, weights, 0), axis=-1, keepdims=True)  # [T, 1] float32
+            y = y + (x.astype(jnp.float32) * identity).astype(x.dtype)
         if self.output_bias is not None:
             y = y + self.output_bias[...]
         if self.shared_expert is None:

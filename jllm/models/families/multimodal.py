@@ -1,5 +1,6 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Mistral 3 and Ministral 3, Llama 4, LLaVA
-and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V): the
+and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, GLM-4.1V,
+GLM-4.5V): the
 language model's ``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Idefics3's
 under ``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower and projector (and Gemma 3n's and
 Gemma 4's audio tower) are never read, and prompts are text (the server refuses image and audio parts by name).
@@ -9,7 +10,9 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures, q
 from jllm.models.families.gemma3n import gemma3n_text
 from jllm.models.families.gemma4 import gemma4_text
 from jllm.models.model_args import ModelArgs
+from jllm.safetensors_index import hf_names
 
 # transformers saves the language model as ``language_model.model.*`` and ``language_model.lm_head.weight`` (as the
 # hub's gemma-3-4b-it and Mistral-Small-3.1 keep them); its in-memory names, which other tools may save, are read too
@@ -120,6 +124,36 @@ def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def qwen3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``."""
     return _mrope_language_model(cfg, dtype, llama.qwen3, "model.language_model.")
+
+
+def qwen3_vl_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3-VL-MoE (Qwen3-VL-30B-A3B, 235B-A22B): its Qwen3-MoE language model under ``model.language_model.``, with
+    transformers' ``Qwen3VLMoeTextTopKRouter``: the top-k of the softmax always renormalised (its config has no
+    ``norm_topk_prob``). The head is tied as the outer ``tie_word_embeddings`` says (transformers 5 reads that one;
+    the text config's defaults to True). Each projection's experts are one stacked tensor, read in either layout
+    (``_hub_experts``)."""
+    text = dict(cfg.get("text_config") or {}, norm_topk_prob=True)
+    text["tie_word_embeddings"] = cfg.get("tie_word_embeddings", False)
+    args = _mrope_language_model({**cfg, "text_config": text}, dtype, mixtures.qwen3_moe, "model.language_model.")
+    weights = dataclasses.replace(args.weights, rename=(), expert_params="out_in", reader=_hub_experts)
+    return dataclasses.replace(args, weights=weights)
+
+
+def _hub_experts(index: Any, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> Any:
+    """A Qwen3-VL-MoE expert kernel stored as the hub keeps it, ``[experts, in, out]`` (``gate_up_proj [experts,
+    hidden, 2 * moe]``, ``down_proj [experts, moe, hidden]``); None where it is stored as transformers 5 holds and
+    saves it, ``[experts, out, in]`` (the ``WeightMap``'s ``expert_params``). transformers reads both so
+    (``Transpose(check_dims=True)``): a tensor of its own layout's shape as it is, any other transposed."""
+    if len(path) < 3 or str(path[-3]) != "experts" or str(path[-1]) != "kernel":
+        return None
+    stored = index.tensors.get(hf_names(path, index.weights)[0][0])
+    experts, d_in, d_out = shape[0], shape[1], math.prod(shape[2:])  # gate and up side by side
+    found = None if stored is None else tuple(stored.slice().get_shape())
+    if found != (experts, d_in, d_out) or found == (experts, d_out, d_in):  # where both fit, transformers' own
+        return None
+    hub = copy.copy(index)
+    hub.weights = dataclasses.replace(index.weights, expert_params="in_out", reader=None)
+    return hub.param_reader(path, shape, dtype, 1)
 
 
 def qwen3_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

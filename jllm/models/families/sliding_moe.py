@@ -1,14 +1,16 @@
 """Mixtures of experts whose sliding and global layers differ in their rotary: Kolibri-1 (Aleph Alpha: EXAONE 4's
 attention, the global layers without rotary, GLM-4's norms around both blocks, a router whose choice bias is added to
 its logits), Mellum (JetBrains: Qwen3-MoE's attention and mixture, each layer type its own rotary base, dense
-layers where ``mlp_layer_types`` says) and Flint (Qwen3-MoE's attention with attention sinks, rotary on the sliding
-layers only, a sigmoid router).
+layers where ``mlp_layer_types`` says), Flint (Qwen3-MoE's attention with attention sinks, rotary on the sliding
+layers only, a sigmoid router) and MiMo-V2-Flash (Xiaomi: sliding layers with twice the KV heads and attention sinks,
+values narrower than the heads, DeepSeek-V3's router without shared experts).
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from jllm.models.families.common import (
@@ -21,6 +23,7 @@ from jllm.models.families.common import (
     read_rope,
     typed_layers,
 )
+from jllm.models.families.deepseek import v3_mixture
 from jllm.models.families.mixtures import _check_top_k
 from jllm.models.model_args import ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
@@ -139,4 +142,85 @@ def flint(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         shared_expert_size=cfg.get("shared_expert_intermediate_size", 1024),
         shared_expert_gated=False,
         weights=WeightMap(rename=(("experts", "experts.{e}"), ("sinks", "softmax_offset"))),
+    )
+
+
+# MiMoV2FlashConfig's defaults for the keys a config leaves out (its rope per layer type below)
+MIMO_DEFAULTS = dict(
+    head_dim=192,
+    v_head_dim=128,
+    num_key_value_heads=4,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=131072,
+    sliding_window=129,
+    n_routed_experts=256,
+    num_experts_per_tok=8,
+    moe_intermediate_size=2048,
+    n_group=1,
+    topk_group=1,
+)
+MIMO_ROPE = {FULL: 5_000_000.0, SLIDING: 10_000.0}  # each type's default theta, on 0.334 of each head
+
+
+def mimo_v2_flash(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """MiMo-V2-Flash: sliding and full attention layers (``layer_types``; by default full for the first and every
+    sixth), queries and keys ``head_dim`` wide, values ``v_head_dim`` (padded to the heads' width in the fused QKV and
+    the pool) times ``attention_value_scale``; the sliding layers with twice ``num_key_value_heads`` KV heads and
+    attention sinks (``attention_sink_bias``); each type its own rotary (``rope_parameters`` per type, half-split on
+    ``partial_rotary_factor`` of each head, 0.334 by default). Dense SwiGLUs where ``mlp_layer_types`` says (the first
+    by default), elsewhere DeepSeek-V3's router (float32 sigmoid scores choosing with ``e_score_correction_bias`` among
+    ``topk_group`` of ``n_group`` groups, renormalised where ``norm_topk_prob``, times ``routed_scaling_factor``) over
+    ``n_routed_experts`` SwiGLUs, no shared expert. The remote code's per-kind keys are checked against the structure
+    transformers builds; the multi-token prediction layers (``model.mtp``) are not read."""
+    cfg = {**MIMO_DEFAULTS, **cfg}
+    if cfg.get("sliding_window_size") is not None:  # the reference SGLang code attends to this many plus the query
+        cfg["sliding_window"] = cfg["sliding_window_size"] + 1
+    kv, hd, vd = cfg["num_key_value_heads"], cfg["head_dim"], cfg["v_head_dim"]
+    for key, supported in (
+        ("swa_num_attention_heads", cfg["num_attention_heads"]),
+        ("swa_num_key_value_heads", 2 * kv),
+        ("swa_head_dim", hd),
+        ("swa_v_head_dim", vd),
+        ("add_swa_attention_sink_bias", True),
+        ("add_full_attention_sink_bias", False),
+    ):
+        if cfg.get(key, supported) != supported:
+            raise ValueError(f"MiMo-V2-Flash {key}={cfg[key]!r} is not supported (supported: {supported!r})")
+    params = cfg.get("rope_parameters") or {
+        kind: {"rope_type": "default", "rope_theta": t} for kind, t in MIMO_ROPE.items()
+    }
+    if set(params) != {FULL, SLIDING} or any(p.get("rope_type", "default") != "default" for p in params.values()):
+        raise ValueError(
+            f"MiMo-V2-Flash rope_parameters={params!r} is not supported (supported: one default rope per layer type, "
+            f"keyed {FULL!r} and {SLIDING!r})"
+        )
+    params = {kind: {"partial_rotary_factor": 0.334, **p} for kind, p in params.items()}
+    n = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types") or [FULL if i == 0 or (i + 1) % 6 == 0 else SLIDING for i in range(n)]
+    cfg = {**cfg, "layer_types": types, "rope_parameters": params, "n_shared_experts": 0}
+    scale = cfg.get("routed_scaling_factor")
+    cfg["routed_scaling_factor"] = 1.0 if scale is None else scale  # the hub's config stores null
+    groups = (cfg["n_group"], cfg["topk_group"])
+    mlp_types = cfg.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
+    renormalize = bool(cfg.get("norm_topk_prob", True))
+    mixture, dense = v3_mixture(cfg, n, "MiMo-V2-Flash", "sigmoid", groups, renormalize, mlp_types)
+    base = base_args(cfg, dtype)
+    ropes = per_type_ropes(cfg, hd, params)
+    sliding = dict(num_kv_heads=2 * kv, sinks=True)
+    layers = tuple(
+        dataclasses.replace(spec, dense_mlp_size=size, **(sliding if kind == SLIDING else {}))
+        for spec, size, kind in zip(typed_layers(cfg, ropes, types), dense, types, strict=True)
+    )
+    bias = bool(cfg.get("attention_bias", False))
+    value_scale = cfg.get("attention_value_scale", 0.707)
+    rename = (*mixture.pop("weights").rename, ("sinks", "attention_sink_bias"))
+    return ModelArgs(
+        **{**base, "intermediate_size": cfg["moe_intermediate_size"]},
+        layers=layers,
+        qkv_bias=bias,
+        v_head_dim=vd,
+        value_scale=1.0 if value_scale is None else float(value_scale),
+        router_float32=True,
+        weights=WeightMap(rename=rename, v_head_dim=vd),
+        **mixture,
     )
