@@ -161,14 +161,19 @@ class SafetensorsIndex:
 
         return read
 
+    def _stored_name(self, name: str) -> str | None:
+        """``name`` as the checkpoint stores it (an FP8 weight's ``weight_scale`` may be transformers'
+        ``weight_scale_inv``, the same multiplier); None where it is not stored."""
+        return next((n for n in (name, name + "_inv") if n in self.tensors), None)
+
     def _scale_reader(self, name: str, shape: tuple[int, ...]) -> Reader:
         """An FP8 weight's scale as one value per output channel: a per-tensor scale repeated over the weight's rows
         (exact), or a per-channel ``[out]`` / ``[out, 1]`` column. transformers' ``weight_scale_inv`` is the same
         multiplier under another name."""
-        if name not in self.tensors and name + "_inv" in self.tensors:
-            name += "_inv"
-        if name not in self.tensors:
+        stored_name = self._stored_name(name)
+        if stored_name is None:
             raise KeyError(f"checkpoint is missing tensor {name!r} (the scale of an FP8 weight)")
+        name = stored_name
         with jax.default_device(jax.local_devices(backend="cpu")[0]):
             stored = self.tensors[name]
             values = np.asarray(stored.handle.get_tensor(stored.name), np.float32)
@@ -303,7 +308,7 @@ class SafetensorsIndex:
         keys' projection (Gemma 4's ``attention_k_eq_v``: its checkpoint stores no ``v_proj``) is ``group + 1``
         wide, q and k alone."""
         *lead, heads, width, head_dim = shape
-        keys_only = self.weights.qkv_layout == "separate" and names[2] not in self.tensors
+        keys_only = self.weights.qkv_layout == "separate" and self._stored_name(names[2]) is None
         group = width - (1 if keys_only else 2)  # query heads per model KV head
         kv = heads // replicas  # the checkpoint's KV heads
         try:
