@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -275,3 +276,36 @@ def assert_only_warmup_programs(runner: ModelRunner) -> None:
         "sampler_0_random": rows,
         "sampler_20_truncated": widths * rows,
     }, names
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _mixer_forward(
+    graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, pool: tuple, meta: AttentionMetadata
+) -> tuple:
+    return nnx.merge(graphdef, state)(x, None, None, pool, meta)
+
+
+def mixer_step(
+    mixer: nnx.Module, pool: tuple, rows: list[tuple[np.ndarray, int, int]], num_tokens: int, num_rows: int
+) -> tuple[list[np.ndarray], tuple]:
+    """One step of a recurrent mixer (Mamba's, Mamba2's) over ``rows`` (each: its new tokens' inputs ``[n, hidden]``,
+    its tokens computed before, its state slot), packed into ``num_tokens`` tokens and ``num_rows`` rows (the rest
+    padding). Returns each row's outputs and the updated state pool."""
+    x = np.zeros((num_tokens, rows[0][0].shape[-1]), np.float32)
+    qsl, kv_lens, slots = [0], [], []
+    for inputs, before, slot in rows:
+        x[qsl[-1] : qsl[-1] + len(inputs)] = inputs
+        qsl.append(qsl[-1] + len(inputs))
+        kv_lens.append(before + len(inputs))
+        slots.append(slot)
+    pad = num_rows - len(rows)
+    meta = AttentionMetadata(
+        slot_mapping=jnp.zeros(num_tokens, jnp.int32),
+        query_start_loc=jnp.asarray(qsl + [qsl[-1]] * pad, jnp.int32),
+        kv_lens=jnp.asarray(kv_lens + [0] * pad, jnp.int32),
+        block_tables=jnp.zeros((num_rows, 1), jnp.int32),
+        state_slots=jnp.asarray(slots + [0] * pad, jnp.int32),
+    )
+    y, pool = _mixer_forward(*nnx.split(mixer), jnp.asarray(x), pool, meta)
+    y = np.asarray(y)
+    return [y[qsl[i] : qsl[i + 1]] for i in range(len(rows))], pool

@@ -6,16 +6,11 @@ through their models' logits, whole and in chunks (tests/test_families.py), with
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-from model_utils import relative_error
+from model_utils import mixer_step, relative_error
 
-from jllm.attention import AttentionMetadata
 from jllm.models.families.mamba import jamba
 from jllm.models.mamba import MambaMixer
 
@@ -78,36 +73,6 @@ def reference(ref: object, x: np.ndarray) -> np.ndarray:
         return ref(torch.from_numpy(x)[None]).numpy()[0]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def forward(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, pool: tuple, meta: AttentionMetadata) -> tuple:
-    return nnx.merge(graphdef, state)(x, None, None, pool, meta)
-
-
-def run_step(
-    mixer: MambaMixer, pool: tuple, rows: list[tuple[np.ndarray, int, int]], num_tokens: int, num_rows: int
-) -> tuple[list[np.ndarray], tuple]:
-    """One step of ``rows`` (each: its new tokens' inputs ``[n, hidden]``, its tokens computed before, its slot),
-    packed into ``num_tokens`` tokens and ``num_rows`` rows (the rest padding). Returns each row's outputs."""
-    x = np.zeros((num_tokens, HIDDEN), np.float32)
-    qsl, kv_lens, slots = [0], [], []
-    for inputs, before, slot in rows:
-        x[qsl[-1] : qsl[-1] + len(inputs)] = inputs
-        qsl.append(qsl[-1] + len(inputs))
-        kv_lens.append(before + len(inputs))
-        slots.append(slot)
-    pad = num_rows - len(rows)
-    meta = AttentionMetadata(
-        slot_mapping=jnp.zeros(num_tokens, jnp.int32),
-        query_start_loc=jnp.asarray(qsl + [qsl[-1]] * pad, jnp.int32),
-        kv_lens=jnp.asarray(kv_lens + [0] * pad, jnp.int32),
-        block_tables=jnp.zeros((num_rows, 1), jnp.int32),
-        state_slots=jnp.asarray(slots + [0] * pad, jnp.int32),
-    )
-    y, pool = forward(*nnx.split(mixer), jnp.asarray(x), pool, meta)
-    y = np.asarray(y)
-    return [y[qsl[i] : qsl[i + 1]] for i in range(len(rows))], pool
-
-
 def empty_pool(mixer: MambaMixer, slots: int = 4) -> tuple:
     return mixer.mamba.state_spec(jnp.float32).zeros(slots)
 
@@ -115,7 +80,7 @@ def empty_pool(mixer: MambaMixer, slots: int = 4) -> tuple:
 def test_mixer_over_a_whole_sequence_matches_transformers(mixers):
     ref, ours = mixers
     x = np.random.default_rng(1).standard_normal((21, HIDDEN)).astype(np.float32)
-    (got,), _ = run_step(ours, empty_pool(ours), [(x, 0, 2)], num_tokens=24, num_rows=2)
+    (got,), _ = mixer_step(ours, empty_pool(ours), [(x, 0, 2)], num_tokens=24, num_rows=2)
     assert relative_error(got, reference(ref, x)) < MIXER_RTOL
 
 
@@ -124,10 +89,10 @@ def test_mixer_continues_a_prefill_chunk_through_decode_steps_from_its_slot(mixe
     whole sequence's."""
     ref, ours = mixers
     x = np.random.default_rng(2).standard_normal((21, HIDDEN)).astype(np.float32)
-    (first,), pool = run_step(ours, empty_pool(ours), [(x[:13], 0, 3)], num_tokens=16, num_rows=1)
+    (first,), pool = mixer_step(ours, empty_pool(ours), [(x[:13], 0, 3)], num_tokens=16, num_rows=1)
     outs = [first]
     for i in range(13, 21):
-        (y,), pool = run_step(ours, pool, [(x[i : i + 1], i, 3)], num_tokens=2, num_rows=2)
+        (y,), pool = mixer_step(ours, pool, [(x[i : i + 1], i, 3)], num_tokens=2, num_rows=2)
         outs.append(y)
     assert relative_error(np.concatenate(outs), reference(ref, x)) < MIXER_RTOL
 
@@ -139,8 +104,8 @@ def test_mixer_steps_packed_rows_each_from_its_own_state(mixers):
     rng = np.random.default_rng(3)
     a, b, c = (rng.standard_normal((n, HIDDEN)).astype(np.float32) for n in (11, 6, 1))
     pool = empty_pool(ours)
-    (a_first, _), pool = run_step(ours, pool, [(a[:7], 0, 1), (b[:2], 0, 2)], num_tokens=9, num_rows=2)
-    (a_rest, b_all, c_all), _ = run_step(ours, pool, [(a[7:], 7, 1), (b, 0, 2), (c, 0, 3)], num_tokens=12, num_rows=4)
+    (a_first, _), pool = mixer_step(ours, pool, [(a[:7], 0, 1), (b[:2], 0, 2)], num_tokens=9, num_rows=2)
+    (a_rest, b_all, c_all), _ = mixer_step(ours, pool, [(a[7:], 7, 1), (b, 0, 2), (c, 0, 3)], num_tokens=12, num_rows=4)
     assert relative_error(np.concatenate([a_first, a_rest]), reference(ref, a)) < MIXER_RTOL
     assert relative_error(b_all, reference(ref, b)) < MIXER_RTOL
     assert relative_error(c_all, reference(ref, c)) < MIXER_RTOL
