@@ -29,6 +29,10 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
+# Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
+# 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows.
+step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
+    --json "$QOUT/bf16_lat.json"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
 # 12.45 on 2026-12-05, ITL p90 56 ms): 32 decodes beside a 1,024-token prompt ran as a 2,048-token step. Now the
 # scheduler ends such a step's prefill chunk on 1,024 (prefill_alignment_min_tokens, default 256); against it off, and
@@ -40,29 +44,6 @@ for run in "align256:" "align0:--prefill-alignment-min-tokens 0" "cap256:--long-
         --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_${run%%:*}.json"
     kill "$server"; wait "$server"
 done
-# What a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
-# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
-for prefill in 224 480; do
-    step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
-        --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
-        --json "$QOUT/mixed_step_$prefill.json"
-done
-# Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
-# 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows.
-step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
-    --json "$QOUT/bf16_lat.json"
-# The H100's TPOT fell from 5.58 / 5.72 / 6.35 (482c56a) to 6.31 / 6.26 / 6.64 (a2059d1, another machine): the same
-# steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
-step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
-    --set compile_at_start=false --json "$QOUT/bf16_lat_lazy.json"
-# Issue 19: the jax-triton prefill kernel's packed-GQA tiles against the float32 reference (new, never run on a GPU),
-# then its tilings on chunks and on a serving step's shape (32 decodes at 1k beside a 480-token chunk): heads first
-# against items first, and a KV head's query heads packed into one tile (pack_gqa: each K/V tile loaded once a group;
-# off by default until this times it). Every triton case (items-first among them) later.
-step check_packed 300 python scripts/check_kernels.py --kernel triton-prefill --match packed-gqa \
-    --json "$QOUT/check_packed.json"
-step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefill,mixed --tune-kernels triton --tune-only \
-    --out "$QOUT/tune_prefill"
 # Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
 # concurrency and request rate, 1024 in / 128 out, on one server.
 serve sweep
@@ -71,6 +52,50 @@ step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0
     --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes, one H200" \
     --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
 kill "$server"; wait "$server"
+# Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
+# widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
+# fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
+step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
+for kv in fp8 auto; do
+    step "kv_$kv" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
+        --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
+done
+step check_triton 300 python scripts/check_kernels.py --kernel triton-prefill --json "$QOUT/check_triton.json"
+# Issue 19: the jax-triton prefill kernel's packed-GQA tiles against the float32 reference (new, never run on a GPU),
+# then its tilings on chunks and on a serving step's shape (32 decodes at 1k beside a 480-token chunk): heads first
+# against items first, and a KV head's query heads packed into one tile (pack_gqa: each K/V tile loaded once a group;
+# off by default until this times it). Every triton case (items-first among them) later.
+step check_packed 300 python scripts/check_kernels.py --kernel triton-prefill --match packed-gqa \
+    --json "$QOUT/check_packed.json"
+step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefill,mixed --tune-kernels triton --tune-only \
+    --out "$QOUT/tune_prefill"
+# Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the step programs alone at
+# batch 1 (bf16 and FP8), then FP8 offline throughput: 128 in / 2048 out x 1000 with an FP8 KV pool, 128 / 128 x 3000
+# (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
+step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
+for quant in null fp8; do
+    step "step_b1_$quant" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 --set quantization=$quant \
+        --json "$QOUT/step_b1_$quant.json"
+done
+step fp8_tput_128 300 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
+    --input-len 128 --output-len 128 --num-prompts 3000 --json "$QOUT/fp8_tput_128.json"
+step fp8_tput_kv_fp8 480 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
+    --input-len 128 --output-len 2048 --num-prompts 1000 --set kv_cache_dtype=fp8 --json "$QOUT/fp8_tput_fp8.json"
+step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
+    --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
+# What a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
+# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
+for prefill in 224 480; do
+    step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
+        --json "$QOUT/mixed_step_$prefill.json"
+done
+# The H100's TPOT fell from 5.58 / 5.72 / 6.35 (482c56a) to 6.31 / 6.26 / 6.64 (a2059d1, another machine): the same
+# steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
+step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
+    --set compile_at_start=false --json "$QOUT/bf16_lat_lazy.json"
 # A 512-token budget (the H100's best TTFT, 102 ms p50, 2026-12-05; TPOT 13.7 then, its mixed steps ~2x their matmul
 # time): now with the prefill grid heads first. Its programs are the 2,048 budget's first 10 (JAX's cache has them).
 serve b512 --max-num-batched-tokens 512
@@ -92,31 +117,6 @@ ls /tmp/autotune_cache | wc -l > "$QOUT/autotune_cache_files.txt"; du -sh /tmp/a
 # What autotuning buys a decode step (H100 2026-12-05: TPOT 6.31 / 6.26 / 6.64 with it, 6.14 / 5.96 / 6.98 without).
 step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_noautotune.json"
-# Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
-# widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
-# fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
-step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
-for kv in fp8 auto; do
-    step "kv_$kv" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
-        --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
-        --set quantization=fp8 --set kv_cache_dtype=$kv --json "$QOUT/kv_$kv.json"
-done
-step check_triton 300 python scripts/check_kernels.py --kernel triton-prefill --json "$QOUT/check_triton.json"
-# Issue 21: FP8-weight TPOT at batch 1 / 8 (goal 2.5 ms at batch 1; 3.14 at best so far), the step programs alone at
-# batch 1 (bf16 and FP8), then FP8 offline throughput: 128 in / 2048 out x 1000 with an FP8 KV pool, 128 / 128 x 3000
-# (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
-step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
-for quant in null fp8; do
-    step "step_b1_$quant" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
-        --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 --set quantization=$quant \
-        --json "$QOUT/step_b1_$quant.json"
-done
-step fp8_tput_kv_fp8 480 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
-    --input-len 128 --output-len 2048 --num-prompts 1000 --set kv_cache_dtype=fp8 --json "$QOUT/fp8_tput_fp8.json"
-step fp8_tput_128 300 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
-    --input-len 128 --output-len 128 --num-prompts 3000 --json "$QOUT/fp8_tput_128.json"
-step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
-    --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
 # Issue 19: the engine's own attention calls replayed alone (what the 8B step's kernels see), batch 1 and 32.
 step dump_attention 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
     --dtype bfloat16 --batch-sizes 1,32 --max-num-batched-tokens 32 --steps 100 --dump-attention "$QOUT/step.npz"
