@@ -40,6 +40,10 @@ _LOG2E = math.log2(math.e)
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # Most tile rows (q_block * group) per program: the f32 accumulator [rows, head_dim] must stay in registers.
 _MAX_TILE_ROWS = 128
+# Most float32 accumulator elements (rows x head_dim) per program: a split's partial output is stored through shared
+# memory at its full size, and 128 rows at D=512 asked 256 KiB of the H100's 227 (check_kernels' mixed D=512 case,
+# 2026-12-06); 128 x 128 keeps D <= 128 at 128 rows, 64 at D=256 (which passed) and 32 at 512.
+_MAX_TILE_ELEMENTS = 128 * 128
 # Fewest tile rows: Triton's tensor-core dot needs M >= 16, so small groups are padded up to it (with zeros).
 _MIN_TILE_ROWS = 16
 # Bytes of one K tile in a decode-shaped program (x2 for V, x num_stages when pipelined: must fit shared memory).
@@ -91,7 +95,8 @@ def default_config(
     """Tiling from the step's static shape: q_block near the mean query length, split-K when programs are few."""
     group = num_q_heads // num_kv_heads
     mean_q_len = -(-num_tokens // num_seqs)
-    q_block = min(_pow2_ceil(mean_q_len), max(1, _pow2_floor(_MAX_TILE_ROWS // group)))
+    max_rows = min(_MAX_TILE_ROWS, _MAX_TILE_ELEMENTS // head_dim)
+    q_block = min(_pow2_ceil(mean_q_len), max(1, _pow2_floor(max_rows // group)))
     rows = _tile_rows(q_block, group)
     # One K tile of 32 KiB for decode tiles (memory-bound: long loads), 16 KiB next to a big query tile.
     tile_bytes = _DECODE_TILE_BYTES if rows < 64 else _DECODE_TILE_BYTES // 2

@@ -80,15 +80,21 @@ def default_prefill_config(num_tokens: int, num_seqs: int, head_dim: int = 128) 
         config = PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
     else:
         config = PrefillConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
-    return config if head_dim <= 128 else _narrowed(config, head_dim // 128)
+    return for_head_dim(config, head_dim)
 
 
-def _narrowed(config: PrefillConfig, shrink: int) -> PrefillConfig:
-    """Tiles for heads ``shrink`` times wider than 128 (Gemma 2 / 3's 256, Gemma 4's full layers' 512): a program
-    holds a ``[block_m, head_dim]`` float32 accumulator and ``[block_n, head_dim]`` K/V tiles, so its rows shrink as
-    the heads widen. Compiled for sm_90 by Triton's ptxas (2026-12-05, bf16, 2048-token step): the 128 x 128 / 8-warp
-    tiles spill 1,080 bytes a thread at D=256 and 6,408 at D=512; these (64 x 64 and 32 x 32 on 8 warps) spill none
-    (220 and 200 registers; 246 at D=128). Not yet timed; check_kernels' D=256 / 512 cases check their numerics."""
+def for_head_dim(config: PrefillConfig, head_dim: int) -> PrefillConfig:
+    """``config``'s tiles for heads ``head_dim`` wide: unchanged up to 128; for wider heads (Gemma 2 / 3's 256,
+    Gemma 4's full layers' 512) rows and keys shrink as the heads widen, since a program holds a ``[block_m,
+    head_dim]`` float32 accumulator in registers and ``num_stages`` pairs of ``[block_n, head_dim]`` K/V tiles in
+    shared memory. Compiled for sm_90 by Triton (2026-12-05, bf16, 2048-token step): the 128 x 128 / 8-warp tiles
+    spill 1,080 bytes a thread at D=256 and 6,408 at D=512, and ask 320 / 640 KiB of shared memory (an H100 / H200
+    block has 227: the launch fails, as check_kernels' fixed 128 x 128 tiles did on an H100, 2026-12-06); these
+    (64 x 64 and 32 x 32 on 8 warps) spill none and ask 100-160 KiB. check_kernels' D=256 / 512 cases passed on an
+    H100 with them (2026-12-06)."""
+    if head_dim <= 128:
+        return config
+    shrink = head_dim // 128
     return dataclasses.replace(
         config, block_m=max(16, config.block_m // shrink), block_n=max(16, config.block_n // shrink)
     )

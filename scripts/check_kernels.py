@@ -30,7 +30,7 @@ import numpy as np
 
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
 from pallas_kernels.kv_quant import FP8_DTYPE, is_fp8, quantize
-from pallas_kernels.triton_prefill import PrefillConfig, default_prefill_config, prefill_attention
+from pallas_kernels.triton_prefill import PrefillConfig, default_prefill_config, for_head_dim, prefill_attention
 
 # A tiling no default picks: ragged query blocks, several pages per KV block, split-K.
 ODD_TILING = KernelConfig(q_block=8, kv_block=64, num_splits=2, num_warps=4, num_stages=2)
@@ -186,10 +186,16 @@ def triton_cases(pallas_cases: list[Case]) -> list[Case]:
     mixed = [c for c in out if c.name.startswith("triton mixed leak")]
     out += [dataclasses.replace(c, name=f"{c.name} m64/n32", config=ODD_PREFILL_TILING) for c in mixed]
     prefills = [c for c in out if c.name.startswith("triton prefill") and c.config is None]
-    out += [dataclasses.replace(c, name=f"{c.name} items-first", config=ITEMS_FIRST_PREFILL) for c in prefills]
+    out += [dataclasses.replace(c, name=f"{c.name} items-first", config=wide(ITEMS_FIRST_PREFILL, c)) for c in prefills]
     plain = [c for c in out if c.config is None]
-    out += [dataclasses.replace(c, name=f"{c.name} packed-gqa", config=PACKED_PREFILL) for c in plain]
+    out += [dataclasses.replace(c, name=f"{c.name} packed-gqa", config=wide(PACKED_PREFILL, c)) for c in plain]
     return out
+
+
+def wide(config: PrefillConfig, case: Case) -> PrefillConfig:
+    """A fixed tiling of the checks fitted to the case's head width as the engine fits its own (``for_head_dim``):
+    128 x 128 tiles at D=512 ask 640 KiB of shared memory, and such a launch fails (H100, 2026-12-06)."""
+    return for_head_dim(config, case.head_dim)
 
 
 def build(case: Case, seed: int) -> tuple[jax.Array, ...]:

@@ -28,6 +28,7 @@ from pallas_kernels.triton_prefill import (
     _prefill_kernel,
     check_shapes,
     default_prefill_config,
+    for_head_dim,
     grid,
     item_rows,
     kernel_params,
@@ -156,14 +157,21 @@ def test_bad_shapes_and_tilings_raise_clear_errors() -> None:
 
 
 def hopper_ptx(cfg: PrefillConfig, kv_type: str, has_sinks: bool = False, head_dim: int = 128) -> str:
+    """``hopper_kernel``'s PTX."""
+    return hopper_kernel(cfg, kv_type, has_sinks, head_dim).asm["ptx"]
+
+
+def hopper_kernel(
+    cfg: PrefillConfig, kv_type: str, has_sinks: bool = False, head_dim: int = 128, group: int = 4
+) -> triton.compiler.CompiledKernel:
     """The kernel of a bf16 2048-token chunk over an 8-KV-head pool (``kv_type``: Triton's name of its dtype)
     compiled for an H100/H200 (sm_90, Triton's own ptxas) with jax-triton's argument types (16-byte aligned
-    pointers); its PTX."""
+    pointers)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     params = kernel_params(
-        (2048, 32, head_dim), (2, 8, 1024, 16, head_dim), 512, 4, sm_scale=head_dim**-0.5, soft_cap=None,
+        (2048, 8 * group, head_dim), (2, 8, 1024, 16, head_dim), 512, 4, sm_scale=head_dim**-0.5, soft_cap=None,
         sliding_window=None, dot_precision="tf32", config=cfg, has_sinks=has_sinks,
     )  # fmt: skip
     pointers = ("*bf16", kv_type, "*i32", "*i32", "*i32", "*i32", "*i32", "*fp32", "*bf16")
@@ -172,7 +180,7 @@ def hopper_ptx(cfg: PrefillConfig, kv_type: str, has_sinks: bool = False, head_d
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(pointers))}
     source = ASTSource(fn=_prefill_kernel, signature=signature, constexprs=params, attrs=aligned)
     options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def ptxas_spills(ptx: str) -> list[int]:
@@ -193,6 +201,25 @@ def test_wide_heads_default_tiles_keep_the_accumulator_in_registers_on_hopper(he
     ptx = hopper_ptx(default_prefill_config(2048, 4, head_dim), "*bf16", head_dim=head_dim)
     spills = ptxas_spills(ptx)
     assert spills and not any(spills), spills
+
+
+# Shared memory one block may take on an H100 / H200 (227 KiB): a launch asking more fails.
+HOPPER_SHARED_BYTES = 232448
+
+
+@pytest.mark.slow  # five compiles for sm_90 each (~10 s)
+@pytest.mark.parametrize("head_dim,group", [(256, 2), (512, 8)])
+def test_wide_heads_tiles_fit_hopper_shared_memory(head_dim: int, group: int) -> None:
+    """The default tiles of short, medium and long steps, and check_kernels' fixed ones fitted by ``for_head_dim``,
+    ask no more shared memory than a Hopper block has. Triton's compile here reports what the GPU then asks (H100,
+    2026-12-06: unfitted 128 x 128 tiles at D=512 655,360 bytes here and there, a failed launch)."""
+    configs = [default_prefill_config(n, 4, head_dim) for n in (32, 256, 2048)] + [
+        for_head_dim(PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2, heads_first=False), head_dim),
+        for_head_dim(PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3, pack_gqa=True), head_dim),
+    ]
+    for cfg in configs:
+        shared = hopper_kernel(cfg, "*bf16", head_dim=head_dim, group=group).metadata.shared
+        assert 0 < shared <= HOPPER_SHARED_BYTES, (cfg, shared)
 
 
 def bf16_mmas(ptx: str) -> set[str]:

@@ -49,7 +49,7 @@ done
 serve sweep
 mkdir -p "$QOUT/img"
 step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0.1:8100 --concurrencies 1,8,32,64 \
-    --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes, one H200" \
+    --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes (dummy weights)" \
     --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
 kill "$server"; wait "$server"
 # Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
