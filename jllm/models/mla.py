@@ -124,9 +124,7 @@ class MLAttention(nnx.Module):
         kv = jnp.broadcast_to(kv, (t, a.num_kv_heads, m.latent_dim))  # the copies tensor parallelism keeps
         if m.indexer is None:
             out, kv_pages = paged_attention(q, kv, None, kv_pages, meta, sm_scale=a.sm_scale, value_dim=r)  # [T, H, r]
-        elif self.indexer is None:  # the selection of the last layer that ran an indexer (GLM-5's shared layers)
-            if selected is None:
-                raise ValueError("a layer reusing another's selection needs an earlier layer's (reuses_selection)")
+        elif self.indexer is None:  # the last indexer's selection (GLM-5's shared layers; never the first layer)
             out, kv_pages = sparse_latent_attention(q, kv, kv_pages, selected, meta, sm_scale=a.sm_scale, value_dim=r)
         else:
             latent_pages, index_pages = kv_pages
