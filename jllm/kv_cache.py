@@ -6,7 +6,8 @@ one head of its latent's width written once per token, its values the row's firs
 budget holds twice the pages a K/V pair of those rows would. DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5) keeps
 its indexer's key per token too, in a pool of its own laid out as a latent pool ``[1, num_kv_heads, ...,
 index_head_dim]`` on the same pages: such a layer's entry is the pair ``(latent pool, indexer key pool)``, and a
-page's bytes count both (``KVCacheSpec.index_head_dim``). A hybrid model's recurrent layers (gated DeltaNet,
+page's bytes count both (``KVCacheSpec.index_head_dim``); GLM-5's layers without an indexer (they reuse another's
+selection) keep the latent pool alone (``KVCacheSpec.unindexed``). A hybrid model's recurrent layers (gated DeltaNet,
 Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a
 fixed state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
 sized (Zamba2's hybrid layers keep pages beside theirs: ``(pages, state pool)``); an attention-free model (Mamba,
@@ -74,6 +75,9 @@ class KVCacheSpec:
     # the recurrent layers that keep pages too, their entry ``(pages, state pool)``: Zamba2's hybrid layers, whose
     # shared attention block runs before the mixer (counted in ``num_layers``)
     with_pages: tuple[int, ...] = ()
+    # with ``index_head_dim``, the layers that keep no indexer keys, their entry the latent pool alone: GLM-5's layers
+    # that reuse another layer's selection (``LayerSpec.reuses_selection``)
+    unindexed: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_size"):
@@ -93,6 +97,11 @@ class KVCacheSpec:
         paged = sum(d is not None for d in self.layer_dims)
         if self.layer_dims and paged != self.num_layers:
             raise ValueError(f"KVCacheSpec.layer_dims names {paged} layers with pages, num_layers={self.num_layers}")
+        paged_layers = {i for i, d in enumerate(self.pool_dims) if d is not None}
+        if self.unindexed and (not self.index_head_dim or not set(self.unindexed) <= paged_layers):
+            raise ValueError(
+                f"KVCacheSpec.unindexed={self.unindexed} must name layers with pages, beside an index_head_dim > 0"
+            )
 
     @classmethod
     def for_model(cls, args: Any, page_size: int, dtype: DTypeLike) -> KVCacheSpec:
@@ -115,7 +124,20 @@ class KVCacheSpec:
         heads, width = args.num_kv_heads, args.kv_pool_head_dim
         index_head_dim = 0 if indexer is None else indexer.head_dim
         layer_dims = () if uniform else dims
-        return cls(len(paged), heads, width, page_size, dtype, latent, index_head_dim, states, layer_dims, with_pages)
+        unindexed = tuple(i for i, spec in enumerate(args.layers) if spec.reuses_selection)
+        return cls(
+            len(paged),
+            heads,
+            width,
+            page_size,
+            dtype,
+            latent,
+            index_head_dim,
+            states,
+            layer_dims,
+            with_pages,
+            unindexed,
+        )
 
     @property
     def layer_states(self) -> tuple[StateSpec | None, ...]:
@@ -165,12 +187,19 @@ class KVCacheSpec:
         pool's layout, so the latent pool's writes, sharding and page maths serve it)."""
         return (1, self.num_kv_heads, num_pages, self.page_size, self.index_head_dim)
 
+    def indexed(self, layer: int) -> bool:
+        """The layer keeps DeepSeek Sparse Attention's indexer keys beside its pages."""
+        return self.index_head_dim > 0 and layer not in self.unindexed
+
     @property
     def bytes_per_page(self) -> int:
         """Bytes one page costs across all layers, K and V together (the latent row once), the indexer's keys
         too."""
         row = sum(
-            kv * (self.planes * hd + self.index_head_dim) for d in self.pool_dims if d is not None for kv, hd in [d]
+            kv * (self.planes * hd + self.index_head_dim * self.indexed(i))
+            for i, d in enumerate(self.pool_dims)
+            if d is not None
+            for kv, hd in [d]
         )
         return self.page_size * row * jnp.dtype(self.dtype).itemsize
 
@@ -276,7 +305,8 @@ def allocate_kv_pool(
     """One zero-filled array per layer, created on the devices ``sharding`` names (default device when None); with
     DeepSeek Sparse Attention's indexer keys the pair (latent pool, indexer key pool); a recurrent layer's state pool
     instead, ``num_state_slots`` slots of it, split over the same mesh by its heads (``StateSpec.axes``); both,
-    ``(pages, state pool)``, for a layer that keeps pages too (``with_pages``).
+    ``(pages, state pool)``, for a layer that keeps pages too (``with_pages``); a layer of ``unindexed`` its latent
+    pool alone.
 
     Zeros are made on the devices (``parallel.device_zeros``), so no full-size host copy ever exists.
     """
@@ -286,19 +316,19 @@ def allocate_kv_pool(
         raise ValueError(f"num_state_slots={num_state_slots} is too small: slot 0 is reserved, so at least 2")
     mesh = sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
 
-    def pages(dims: tuple[int, int]) -> Any:  # an attention layer's entry
+    def pages(layer: int, dims: tuple[int, int]) -> Any:  # an attention layer's entry
         kv = device_zeros(spec.layer_shape(num_pages, dims), spec.dtype, sharding)
-        if not spec.index_head_dim:
+        if not spec.indexed(layer):
             return kv
         return kv, device_zeros(spec.index_shape(num_pages), spec.dtype, sharding)  # and its indexer keys
 
     pool: list[Any] = []
-    for state, dims in zip(spec.layer_states, spec.pool_dims, strict=True):
+    for i, (state, dims) in enumerate(zip(spec.layer_states, spec.pool_dims, strict=True)):
         if state is not None:  # a recurrent layer's state pool, and its pages where it keeps some (Zamba2's)
             states = state.zeros(num_state_slots, mesh)
-            pool.append(states if dims is None else (pages(dims), states))
+            pool.append(states if dims is None else (pages(i, dims), states))
         elif dims is None:  # a layer reading another layer's pages (Gemma 4's KV-shared layers): nothing of its own
             pool.append(())
         else:  # [planes, num_kv_heads, num_pages, page_size, head_dim] (and the indexer's keys)
-            pool.append(pages(dims))
+            pool.append(pages(i, dims))
     return pool

@@ -1309,12 +1309,21 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],
     ),
-    # GLM-5: DeepSeek-V3.2's layers, the indexer's rotary pairs interleaved
+    # GLM-5: DeepSeek-V3.2's layers, the indexer's rotary pairs interleaved, in layers 0 and 1 alone (index_topk_freq
+    # 3 from index_skip_topk_offset 2: full, full, shared, shared), layers 2 and 3 attending over layer 1's selection
+    # and keeping no indexer keys. TP 2: the selection handed on replicated. tests/test_sparse_attention.py checks the
+    # rest (chunks beside decodes, prefix hits).
     "glm_moe_dsa": (
         "GlmMoeDsaForCausalLM",
         None,
-        dict(DEEPSEEK, **DSA_KEYS, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
-        [],
+        dict(
+            DEEPSEEK,
+            **DSA_KEYS,
+            num_hidden_layers=4,
+            index_topk_freq=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [2],
     ),
 }
 MIXTURES = (
@@ -1924,8 +1933,7 @@ LOGITS_ONLY |= {"olmo_hybrid"}
 # Kimi Linear (its KDA state across steps is its chunked-prefill row's) and Nemotron 3 (its plain experts checked
 # against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
 LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
-# DeepSeek-V3.2's greedy batch is tests/test_sparse_attention.py's (prefix hits, chunks beside decodes); GLM-5's
-# layers are its own with the indexer's rotary interleaved (its logits row)
+# DeepSeek-V3.2's and GLM-5's greedy batches are tests/test_sparse_attention.py's (prefix hits, chunks beside decodes)
 LOGITS_ONLY |= {"deepseek_v32", "glm_moe_dsa"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weightless norms in the mixer

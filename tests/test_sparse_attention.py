@@ -1,18 +1,21 @@
 """DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5): the indexer's top-k selection and the attention over the
 selected latent rows against NumPy oracles (and, selecting every key, the dense latent attention); the indexer key pool
-beside the latent one (its shapes and bytes); the refusals at load; and DeepSeek-V3.2's tiny checkpoint
-(tests/test_families.py's, each query over its top 8 tokens) served with prefix-cache hits and a chunked prefill beside
-decodes, its greedy tokens transformers'. Its logits (whole and in chunks) and TP 2 rows, and GLM-5's logits row, are
-tests/test_families.py's."""
+beside the latent one (its shapes and bytes; none beside GLM-5's layers that reuse another's selection); GLM-5's
+indexer layers as transformers' config lays them; the refusals at load; and DeepSeek-V3.2's and GLM-5's tiny
+checkpoints (tests/test_families.py's, each query over its top 8 tokens; GLM-5's with shared layers) served with
+prefix-cache hits and a chunked prefill beside decodes, their greedy tokens transformers'. Their logits (whole and in
+chunks) and TP 2 rows are tests/test_families.py's."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from model_utils import TINY_CONFIG, relative_error
 from test_families import DEEPSEEK, DSA_KEYS, ENGINE_ARGS, LOGITS_RTOL, FamilyDirs, hf_greedy
 from test_pooling import hf_hidden_states
@@ -32,12 +35,15 @@ NUM_TOKENS, NUM_PAGES, PAGES_PER_SEQ = 32, 40, 10
 TOPK = 8
 NEW_TOKENS = 12  # the 7-token prompt's last 11 steps select
 V32_CONFIG = {**TINY_CONFIG, "architectures": ["DeepseekV32ForCausalLM"], **DEEPSEEK, **DSA_KEYS}
+# GLM-5 with the indexer in layers 0 and 3 of 5; layers 1, 2 and 4 reuse the last one's selection
+GLM5_SHARED = {**V32_CONFIG, "architectures": ["GlmMoeDsaForCausalLM"], "num_hidden_layers": 5}
+GLM5_SHARED |= {"index_topk_freq": 3, "index_skip_topk_offset": 1}
 
 
 @pytest.fixture(scope="module")
-def v32_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/test_families.py's DeepSeek-V3.2 checkpoint (the same weights: its seed is the family's)."""
-    return FamilyDirs(tmp_path_factory.mktemp("sparse_attention"), default_model_dir)["deepseek_v32"]
+def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FamilyDirs:
+    """tests/test_families.py's checkpoints (the same weights: each seed is its family's)."""
+    return FamilyDirs(tmp_path_factory.mktemp("sparse_attention"), default_model_dir)
 
 
 def ragged_step(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,15 +155,50 @@ def test_indexer_keys_have_a_pool_beside_each_layers_latent_one():
     assert KVCacheSpec.for_model(v3, 16, np.float32).index_head_dim == 0  # V3's pool: the latent rows alone
 
 
+def test_glm5_shared_layers_keep_no_indexer_keys():
+    """GLM-5's layers that reuse another's selection have no indexer (as transformers builds them) and keep their
+    latent pool alone: a page's bytes count the indexer keys of layers 0 and 3 only."""
+    _, state, args, _ = abstract_model(GLM5_SHARED, np.float32)
+    assert sorted({path[1] for path, _ in nnx.to_flat_state(state) if "indexer" in path}) == [0, 3]
+    spec = KVCacheSpec.for_model(args, 16, np.float32)
+    assert spec.unindexed == (1, 2, 4) and spec.bytes_per_page == 16 * (5 * 40 + 2 * 16) * 4
+    entries = [tuple(x.shape for x in jax.tree.leaves(layer)) for layer in allocate_kv_pool(spec, 3)]
+    latent, keys = (1, 1, 3, 16, 40), (1, 1, 3, 16, 16)
+    assert entries == [(latent, keys), (latent,), (latent,), (latent, keys), (latent,)]
+    with pytest.raises(ValueError, match=r"unindexed=\(5,\) must name layers with pages, beside an index_head_dim"):
+        dataclasses.replace(spec, unindexed=(5,))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(num_hidden_layers=78, index_topk_freq=4, index_skip_topk_offset=3),  # the released GLM-5's
+        dict(num_hidden_layers=6, index_topk_freq=2),  # offset 2 by default
+        dict(num_hidden_layers=4, index_topk_pattern="FSFS"),
+        dict(num_hidden_layers=3, index_topk_pattern=["full", "full", "shared"]),
+        dict(num_hidden_layers=3),  # every layer full
+    ],
+)
+def test_glm5_layers_reuse_a_selection_where_transformers_config_says(settings):
+    """Which GLM-5 layers run an indexer and which reuse the last one's selection, from ``index_topk_freq`` /
+    ``index_skip_topk_offset`` or ``index_topk_pattern``, as transformers' GlmMoeDsaConfig lays them out."""
+    from transformers import GlmMoeDsaConfig
+
+    expected = [kind == "shared" for kind in GlmMoeDsaConfig(**settings).indexer_types]
+    _, args = build_args({**V32_CONFIG, "architectures": ["GlmMoeDsaForCausalLM"], **settings}, np.float32)
+    assert [spec.reuses_selection for spec in args.layers] == expected
+
+
 @pytest.mark.parametrize(
     "arch, change, message",
     [
         (
             "GlmMoeDsaForCausalLM",
-            {"index_topk_freq": 2, "index_skip_topk_offset": 1},
-            "GLM-5 indexer_types=.*'shared'.*not supported",
+            {"indexer_types": ["shared", "full"]},
+            r"GLM-5 indexer_types\[0\]='shared' is not supported.*first layer must be 'full'",
         ),
-        ("GlmMoeDsaForCausalLM", {"indexer_types": ["full", "shared"]}, "indexer_types"),
+        ("GlmMoeDsaForCausalLM", {"index_topk_pattern": "FX"}, r"GLM-5 indexer_types=\['full', 'X'\] is not supported"),
+        ("GlmMoeDsaForCausalLM", {"indexer_types": ["full"]}, "GLM-5 indexer_types=.*num_hidden_layers=2"),
         ("DeepseekV32ForCausalLM", {"q_lora_rank": None}, "DeepSeek-V3.2 q_lora_rank=None is not supported"),
         ("DeepseekV32ForCausalLM", {"index_head_dim": 4}, "index_head_dim=4 must hold the qk_rope_head_dim=8"),
         ("DeepseekV32ForCausalLM", {"index_topk": 0}, "index_topk=0 must be a positive int"),
@@ -179,12 +220,14 @@ def test_kernel_backends_are_refused_for_sparse_attention():
 
 
 @pytest.mark.slow
-def test_v32_serves_prefix_hits_chunks_and_hidden_states_as_transformers(v32_dir):
-    """DeepSeek-V3.2 served with prefix caching: a first prompt leaves two full pages cached (latent rows and indexer
-    keys); then two prompts sharing them, a 7-token one (dense latent attention until it holds more than 8 tokens)
-    and a fresh 40-token one prefilled in chunks beside the others' decodes. Every prompt gets transformers' greedy
-    tokens; the 40-token prompt's final hidden states (``LLM.encode``: a scratch pool of the same pairs of pools)
-    are transformers' within LOGITS_RTOL."""
+@pytest.mark.parametrize("name", ["deepseek_v32", "glm_moe_dsa"])
+def test_serves_prefix_hits_chunks_and_hidden_states_as_transformers(family_dirs, name):
+    """DeepSeek-V3.2, and GLM-5 with layers reusing another's selection, served with prefix caching: a first prompt
+    leaves two full pages cached (latent rows and indexer keys); then two prompts sharing them, a 7-token one (dense
+    latent attention until it holds more than 8 tokens) and a fresh 40-token one prefilled in chunks beside the
+    others' decodes. Every prompt gets transformers' greedy tokens; the 40-token prompt's final hidden states
+    (``LLM.encode``: a scratch pool of the same pools) are transformers' within LOGITS_RTOL."""
+    model_dir = family_dirs[name]
     shared = list(range(200, 232))  # two pages of 16
     prompts = [
         shared + [9000, 12],
@@ -192,13 +235,13 @@ def test_v32_serves_prefix_hits_chunks_and_hidden_states_as_transformers(v32_dir
         [1, 5, 77, 300, 9000, 12, 40],
         list(range(100, 140)),
     ]
-    llm = LLM(str(v32_dir), **ENGINE_ARGS)  # max_num_batched_tokens 16: the 40-token prompt is chunked
+    llm = LLM(str(model_dir), **ENGINE_ARGS)  # max_num_batched_tokens 16: the 40-token prompt is chunked
     llm.generate([shared + [5, 6, 7]], SamplingParams(temperature=0, max_tokens=1), use_tqdm=False)
     greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     outputs = llm.generate(prompts, greedy, use_tqdm=False)
     assert [o.num_cached_tokens for o in outputs] == [32, 32, 0, 0]
     got = [o.outputs[0].token_ids for o in outputs]
-    assert got == hf_greedy(v32_dir, prompts, NEW_TOKENS)
+    assert got == hf_greedy(model_dir, prompts, NEW_TOKENS)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
     states = llm.encode([prompts[3]], layers=[-1], use_tqdm=False)[0].outputs.data[0]
-    assert relative_error(states, hf_hidden_states(v32_dir, [prompts[3]])[0][-1]) < LOGITS_RTOL
+    assert relative_error(states, hf_hidden_states(model_dir, [prompts[3]])[0][-1]) < LOGITS_RTOL

@@ -41,8 +41,10 @@ class DecoderLayer(nnx.Module):
     (``LayerSpec.normed_residual``). Gemma 3n's layer reads and writes AltUp's streams: its blocks run on the active
     stream's prediction, a LAuReL block beside the attention, and the streams are corrected from their output.
     Zamba2's hybrid layers invoke a shared transformer block first, its output added to the mixer's input
-    (``LayerSpec.shared_block``: ``jllm.models.zamba2``). LongCat-Flash's layer pairs pass a mixture's output from the
-    first to the second (``LayerSpec.moe_shortcut``)."""
+    (``LayerSpec.shared_block``: ``jllm.models.zamba2``). A layer may hand an array on to the next (the ``carry``):
+    LongCat-Flash's layer pairs pass a mixture's output from the first to the second (``LayerSpec.moe_shortcut``);
+    DeepSeek Sparse Attention's layers pass the selection they attended over, which GLM-5's layers without an
+    indexer reuse (``LayerSpec.reuses_selection``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -74,6 +76,7 @@ class DecoderLayer(nnx.Module):
         # LongCat-Flash's mixture, run here on the MLP's normed input, its output added by the next layer
         self.shortcut_moe = args.make_moe() if spec.moe_shortcut == "out" else None
         self.adds_shortcut = spec.moe_shortcut == "in"
+        self.sparse = args.mla is not None and args.mla.indexer is not None  # DeepSeek Sparse Attention's selection
         self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
@@ -90,13 +93,14 @@ class DecoderLayer(nnx.Module):
         lora: LayerLoRA | None = None,
         per_layer_input: jax.Array | None = None,
         embeddings: jax.Array | None = None,
-        shortcut: jax.Array | None = None,
+        carry: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        """The layer's output, its cache entry, and the mixture's output it passes to the next layer (LongCat-Flash's
-        ``shortcut [T, hidden]``, added by the layer after; None elsewhere). ``lora``: the step's adapters (on the
-        attention and a dense MLP, not a mixture of experts: ``jllm.lora.peft_files`` lets a family's adapters target
-        only those); ``per_layer_input [T, width]``: this layer's own input (Gemma 4's PLE), added after its blocks,
-        before its ``layer_scalar``. With AltUp (Gemma 3n) ``x`` is the streams ``[streams, T, hidden]``.
+        """The layer's output, its cache entry, and what it hands the next layer: LongCat-Flash's mixture output
+        ``[T, hidden]`` (added by the layer after), DeepSeek Sparse Attention's selection ``i32[T, index_topk]``
+        (reused by a layer without an indexer), else None; ``carry``: the last layer's. ``lora``: the step's adapters
+        (on the attention and a dense MLP, not a mixture of experts: ``jllm.lora.peft_files`` lets a family's adapters
+        target only those); ``per_layer_input [T, width]``: this layer's own input (Gemma 4's PLE), added after its
+        blocks, before its ``layer_scalar``. With AltUp (Gemma 3n) ``x`` is the streams ``[streams, T, hidden]``.
         ``embeddings``: the model's, which a Zamba2 hybrid layer's shared block reads."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return *self._from_normed(x, positions, kv_pages, meta), None
@@ -113,10 +117,10 @@ class DecoderLayer(nnx.Module):
                 delta = self.per_layer.delta(self.altup.active_output(corrected), per_layer_input)
                 corrected = corrected.at[1:].add(delta[None])
             return corrected, kv_pages, None
-        x, kv_pages, shortcut = self._blocks(x, positions, kv_pages, meta, lora, shortcut)
+        x, kv_pages, carry = self._blocks(x, positions, kv_pages, meta, lora, carry)
         if self.per_layer is not None:
             x = self.per_layer(x, per_layer_input)
-        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages, shortcut
+        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages, carry
 
     def _blocks(
         self,
@@ -125,14 +129,18 @@ class DecoderLayer(nnx.Module):
         kv_pages: jax.Array,
         meta: AttentionMetadata,
         lora: LayerLoRA | None,
-        shortcut: jax.Array | None = None,
+        carry: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         """The token mixer and the MLP over ``x [T, hidden]`` with their residuals (a LAuReL block's beside the
-        attention: the two averaged, ``(x + attn + laurel(norm(x))) / sqrt(2)``), and LongCat-Flash's shortcut
-        mixture's output passed on or added."""
+        attention: the two averaged, ``(x + attn + laurel(norm(x))) / sqrt(2)``), and the carry handed on:
+        LongCat-Flash's shortcut mixture's output passed on or added, DeepSeek Sparse Attention's selection."""
         attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
         if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
             h, kv_pages = self.mixer(*attn_args)
+        elif self.sparse:  # its selection, or the one it reuses, handed on
+            h, kv_pages, carry = self.self_attn(*attn_args, carry)
+        elif isinstance(self.self_attn, MLAttention):
+            h, kv_pages, _ = self.self_attn(*attn_args)
         elif self.self_attn is not None:
             h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         else:  # an MLP alone: its cache entry is an empty state
@@ -148,11 +156,11 @@ class DecoderLayer(nnx.Module):
         else:
             x = x + h
         if self.shortcut_moe is not None:
-            shortcut = self.shortcut_moe(self.post_attention_layernorm(x))
+            carry = self.shortcut_moe(self.post_attention_layernorm(x))
         x = x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)
         if self.adds_shortcut:
-            x, shortcut = x + shortcut, None
-        return x, kv_pages, shortcut
+            x, carry = x + carry, None
+        return x, kv_pages, carry
 
     def _from_normed(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
@@ -191,12 +199,12 @@ def _decoder_layer(
     lora: LayerLoRA | None = None,
     per_layer_input: jax.Array | None = None,
     embeddings: jax.Array | None = None,
-    shortcut: jax.Array | None = None,
+    carry: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """One layer as a pure function: layers of one kind share their graphdef and shapes, so JAX traces each kind
     once per step program. Tracing each of 30 layers (and its attention) anew took most of a warm start (CPU,
     2026-11-26)."""
-    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input, embeddings, shortcut)
+    return nnx.merge(graphdef, state)(x, positions, kv_pages, meta, lora, per_layer_input, embeddings, carry)
 
 
 class CausalLM(nnx.Module):
@@ -279,14 +287,14 @@ class CausalLM(nnx.Module):
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
         states = [x if self.altup_streams is None else self.altup_streams.expand(x)]
         new_caches = []
-        shortcut = None  # LongCat-Flash's mixture output, from the first layer of a pair to the second
+        carry = None  # a layer's to the next: LongCat-Flash's mixture output, DeepSeek Sparse Attention's selection
         for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)
             pages = kv_pages if spec.kv_source is None else new_caches[spec.kv_source]
             extra = None if per_layer is None else per_layer[:, i]
             embeddings = None if layer.shared_block is None else states[0]  # Zamba2's shared blocks read them
-            x, pages, shortcut = _decoder_layer(
-                *nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra, embeddings, shortcut
+            x, pages, carry = _decoder_layer(
+                *nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra, embeddings, carry
             )
             states.append(x)
             new_caches.append(pages if spec.kv_source is None else kv_pages)

@@ -12,7 +12,9 @@ its first ``kv_lora_rank`` channels as the values.
 
 DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5) adds a lightning indexer (``jllm.models.dsa``): the layer's cache
 entry is then the pair (latent pool, indexer key pool), and each query attends over the latent rows of the tokens
-its indexer selects alone.
+its indexer selects alone. GLM-5's "shared" layers (``LayerSpec.reuses_selection``) have no indexer, as in
+transformers: they attend over the selection the last layer with one made in the same step, handed on by the decoder,
+and their entry is the latent pool alone.
 
 Tensor parallelism splits the query heads; the one latent head is replicated on every device (``jllm.parallel``'s
 KV-head replication: the model holds ``num_kv_heads`` copies of it), and so is the indexer.
@@ -85,13 +87,20 @@ class MLAttention(nnx.Module):
         # read as a matrix, not called: each head's K and V halves absorbed into the query and the output
         self.kv_b_proj = Linear(m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim), (None, "q_heads"), dt)
         self.o_proj = Linear(h * m.v_head_dim, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=quant)
-        self.indexer = None if m.indexer is None else Indexer(args, m.indexer)
+        self.indexer = None if m.indexer is None or spec.reuses_selection else Indexer(args, m.indexer)
         self.args, self.spec = args, spec
 
     def __call__(
-        self, x: jax.Array, norm: nnx.Module, positions: jax.Array, kv_pages: Any, meta: AttentionMetadata
-    ) -> tuple[jax.Array, Any]:
-        """Attention over ``norm(x)``; ``kv_pages [1, num_kv_heads, num_pages, page_size, latent_dim]``, or with an
+        self,
+        x: jax.Array,
+        norm: nnx.Module,
+        positions: jax.Array,
+        kv_pages: Any,
+        meta: AttentionMetadata,
+        selected: jax.Array | None = None,  # i32[T, index_topk]: an earlier layer's selection, for one reusing it
+    ) -> tuple[jax.Array, Any, jax.Array | None]:
+        """Attention over ``norm(x)``, the updated cache entry and the selection attended over (None without
+        DeepSeek Sparse Attention). ``kv_pages [1, num_kv_heads, num_pages, page_size, latent_dim]``, or with an
         indexer the pair (those, its key pool ``[1, num_kv_heads, num_pages, page_size, index_head_dim]``)."""
         a, m = self.args, self.args.mla
         t, h, r, nope = x.shape[0], a.num_heads, m.kv_lora_rank, m.qk_nope_head_dim
@@ -113,8 +122,10 @@ class MLAttention(nnx.Module):
         q = jnp.concatenate([q_latent, q_pe], axis=-1)  # [T, H, latent_dim]
         kv = jnp.concatenate([c_kv[:, None], k_pe], axis=-1)  # [T, 1, latent_dim]
         kv = jnp.broadcast_to(kv, (t, a.num_kv_heads, m.latent_dim))  # the copies tensor parallelism keeps
-        if self.indexer is None:
+        if m.indexer is None:
             out, kv_pages = paged_attention(q, kv, None, kv_pages, meta, sm_scale=a.sm_scale, value_dim=r)  # [T, H, r]
+        elif self.indexer is None:  # the last indexer's selection (GLM-5's shared layers; never the first layer)
+            out, kv_pages = sparse_latent_attention(q, kv, kv_pages, selected, meta, sm_scale=a.sm_scale, value_dim=r)
         else:
             latent_pages, index_pages = kv_pages
             selected, index_pages = self.indexer(x, q_resid, positions, index_pages, meta)  # i32[T, index_topk]
@@ -123,4 +134,4 @@ class MLAttention(nnx.Module):
             )  # [T, H, r]
             kv_pages = (latent_pages, index_pages)
         out = jnp.einsum("thr,rhv->thv", out, w_kv[..., nope:])  # [T, H, v_head_dim]
-        return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages
+        return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages, selected

@@ -22,7 +22,8 @@ heads and head width, keys reused as values, layers reading an earlier layer's K
 per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's AltUp streams
 (``jllm.models.altup``), LAuReL blocks and sparse MLP activations; LongCat-Flash's mixture on a shortcut from one layer
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
-scaled, and sinks on some layers only.
+scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
+selection (``LayerSpec.reuses_selection``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -170,6 +171,9 @@ class LayerSpec:
     # transformers layer is the two, each of an attention and a dense MLP); None: neither
     moe_shortcut: str | None = None
     sinks: bool = False  # this layer's attention has sinks where the model's (``attn_sinks``) are off (MiMo's sliding)
+    # DeepSeek Sparse Attention: the layer has no indexer and attends over the tokens the last layer that ran one
+    # selected, in the same step (GLM-5's indexer_types "shared"); its pool entry is the latent pool alone
+    reuses_selection: bool = False
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -355,6 +359,12 @@ class ModelArgs:
         shortcuts = [spec.moe_shortcut for spec in self.layers]
         if any(shortcuts) and (not self.num_experts or shortcuts != ["out", "in"] * (len(shortcuts) // 2)):
             raise ValueError(f"moe_shortcut needs num_experts and layers paired 'out', 'in' (got {shortcuts})")
+        reusing = [i for i, spec in enumerate(self.layers) if spec.reuses_selection]
+        if reusing and (self.mla is None or self.mla.indexer is None or reusing[0] == 0):
+            raise ValueError(
+                f"layers {reusing} reuse another layer's selection (reuses_selection): that needs DeepSeek Sparse "
+                "Attention's indexer (mla.indexer) and an earlier layer that runs it"
+            )
         for i, spec in enumerate(self.layers):
             if spec.kv_source is None:
                 continue

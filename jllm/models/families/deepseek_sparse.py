@@ -1,8 +1,10 @@
 """DeepSeek-V3.2 (``DeepseekV32ForCausalLM``) and GLM-5 (``GlmMoeDsaForCausalLM``): DeepSeek-V3's latent attention,
-router and mixture (``jllm.models.families.deepseek``) with DeepSeek Sparse Attention, a lightning indexer in every
-layer choosing the ``index_topk`` tokens each query attends to (``jllm.models.dsa``). The two differ in the indexer's
-rotary (DeepSeek-V3.2's half-split pairs, GLM-5's interleaved) and in their configs' defaults; the latent attention's
-rotary pairs are interleaved in both, whatever ``rope_interleave`` says (transformers reads none).
+router and mixture (``jllm.models.families.deepseek``) with DeepSeek Sparse Attention, a lightning indexer choosing
+the ``index_topk`` tokens each query attends to (``jllm.models.dsa``). The two differ in the indexer's rotary
+(DeepSeek-V3.2's half-split pairs, GLM-5's interleaved), in their configs' defaults, and in where the indexers are:
+in every DeepSeek-V3.2 layer; in GLM-5's "full" layers of ``indexer_types``, its "shared" ones having none and
+reusing the last full layer's selection (``LayerSpec.reuses_selection``; DeepseekV32Config has no such keys). The
+latent attention's rotary pairs are interleaved in both, whatever ``rope_interleave`` says (transformers reads none).
 
 Where this module sits: docs/architecture.md.
 """
@@ -43,17 +45,24 @@ def deepseek_v32(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def glm_moe_dsa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """GLM-5: the indexer's rotary on interleaved pairs. Its layers that reuse an earlier layer's selection
-    (``indexer_types`` "shared", from ``index_topk_freq`` / ``index_topk_pattern``) are refused: every layer here
-    runs its own indexer."""
+    """GLM-5: the indexer's rotary on interleaved pairs; its "shared" layers (``indexer_types``, from
+    ``index_topk_freq`` / ``index_skip_topk_offset`` or ``index_topk_pattern``) reuse the last full layer's
+    selection."""
     cfg = {**GLM5_DEFAULTS, **cfg}
     kinds = _indexer_types(cfg)
-    if any(kind != "full" for kind in kinds):
+    if len(kinds) != cfg["num_hidden_layers"] or any(kind not in ("full", "shared") for kind in kinds):
         raise ValueError(
-            f"GLM-5 indexer_types={kinds!r} is not supported (supported: every layer 'full'; layers that reuse "
-            "another's top-k selection, 'shared', from index_topk_freq / index_topk_pattern, are not served yet)"
+            f"GLM-5 indexer_types={kinds!r} is not supported (supported: one of 'full', 'shared' per layer, "
+            f"num_hidden_layers={cfg['num_hidden_layers']})"
         )
-    return _sparse(cfg, dtype, "GLM-5", interleaved_index=True)
+    if kinds[0] == "shared":
+        raise ValueError(
+            "GLM-5 indexer_types[0]='shared' is not supported: no earlier layer selects for it (transformers' "
+            "forward raises too); the first layer must be 'full'"
+        )
+    args = _sparse(cfg, dtype, "GLM-5", interleaved_index=True)
+    layers = [dataclasses.replace(s, reuses_selection=k == "shared") for s, k in zip(args.layers, kinds, strict=True)]
+    return dataclasses.replace(args, layers=tuple(layers))
 
 
 def _indexer_types(cfg: dict[str, Any]) -> list[str]:
