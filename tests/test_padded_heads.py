@@ -133,8 +133,8 @@ def test_a_head_dim_80_llama_on_the_pallas_kernel_gives_transformers_greedy_toke
 ) -> None:
     """Served with ``attention_backend: pallas`` (interpreted on the CPU) over a pool padded to 128: a 40-token
     prompt prefilled in chunks beside two decodes, then decode steps, give transformers' greedy tokens, and the
-    reference backend's over the unpadded pool. The memory plan sizes the padded pool the engine allocates (the
-    start-up line says what it costs)."""
+    reference backend's over the unpadded pool; the long prompt again reads its cached pages (a prefix hit). The
+    memory plan sizes the padded pool the engine allocates (the start-up line says what it costs)."""
     budget = 1 << 20
     engine_args = {k: v for k, v in ENGINE_ARGS.items() if k != "num_pages"} | {"kv_cache_memory_bytes": budget}
     with caplog.at_level(logging.INFO, logger="jllm.build"):
@@ -151,6 +151,8 @@ def test_a_head_dim_80_llama_on_the_pallas_kernel_gives_transformers_greedy_toke
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     assert got == hf_greedy(llama_80, PROMPTS, NEW_TOKENS)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+    (again,) = llm.generate(PROMPTS[2:], greedy, use_tqdm=False)  # its first 32 tokens' K/V from the padded pages
+    assert again.num_cached_tokens == 32 and again.outputs[0].token_ids == got[2]
     reference = LLM(str(llama_80), **engine_args)  # "auto" on the CPU: the reference, over the model's widths
     assert reference.engine.runner.kv_caches[0].shape[-1] == 80
     assert [o.outputs[0].token_ids for o in reference.generate(PROMPTS, greedy, use_tqdm=False)] == got
