@@ -19,15 +19,17 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_utils import random_llama
-from test_families import ENGINE_ARGS, NEW_TOKENS, PROMPTS, hf_greedy
+from model_utils import hf_logits, jllm_logits, random_llama, relative_error
+from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, FamilyDirs, hf_greedy
 from test_kernels import MIXED, assert_matches, make_inputs, step_rows
 
 from jllm.attention import AttentionMetadata, kernel_head_dim, paged_attention, resolve_pool
 from jllm.config import EngineConfig
 from jllm.kv_cache import KVCacheSpec, describe_padding
 from jllm.llm import LLM
+from jllm.loader import load_model
 from jllm.memory_plan import plan_model
+from jllm.parallel import make_mesh
 from jllm.sampling import SamplingParams
 from pallas_kernels.kv_quant import FP8_DTYPE, quantize
 
@@ -156,3 +158,19 @@ def test_a_head_dim_80_llama_on_the_pallas_kernel_gives_transformers_greedy_toke
     reference = LLM(str(llama_80), **engine_args)  # "auto" on the CPU: the reference, over the model's widths
     assert reference.engine.runner.kv_caches[0].shape[-1] == 80
     assert [o.outputs[0].token_ids for o in reference.generate(PROMPTS, greedy, use_tqdm=False)] == got
+
+
+@pytest.mark.slow
+def test_mimo_v2_flash_values_padded_into_a_padded_pool_give_transformers_logits(
+    default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """MiMo-V2-Flash's values (16 channels here) are padded to its keys' 24 in the fused QKV, and the pool's heads to
+    32 for the kernel; the output is cut back to 24 by ``paged_attention``, then to the values' 16. Its sliding
+    layers (a window shorter than the prompt) and per-layer sinks ride along. Within ``LOGITS_RTOL`` of
+    transformers' float32 forward, as the reference is (tests/test_families.py)."""
+    model_dir = FamilyDirs(tmp_path_factory.mktemp("mimo"), default_model_dir)["mimo_v2_flash"]
+    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 40).tolist()
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    assert resolve_pool("pallas", KVCacheSpec.for_model(loaded.args, 16, np.float32), alibi=False)[1].head_dim == 32
+    got = jllm_logits(loaded, ids, backend="pallas")
+    assert relative_error(got, hf_logits(model_dir, ids)) < LOGITS_RTOL
