@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from jllm.parallel import TP_AXIS
@@ -23,11 +25,25 @@ from pallas_kernels import has_jax_triton, ragged_paged_attention, ref_ragged_pa
 from pallas_kernels.kv_quant import Scale
 from pallas_kernels.sparse_reference import ref_index_topk, ref_sparse_latent_attention
 
+if TYPE_CHECKING:
+    from jllm.kv_cache import KVCacheSpec
+
 # "reference": pure jnp for every step (any platform). "pallas": the Pallas ragged kernel for every step.
 # "triton-prefill": steps with prefill rows run the jax-triton FlashAttention kernel, decode-only steps the Pallas one.
 BACKENDS = ("reference", "pallas", "triton-prefill")
 # JAX platform names on which the kernels compile; elsewhere Pallas can only run interpreted, jax-triton not at all.
 _KERNEL_PLATFORMS = ("gpu", "cuda")
+# The widest pool head the kernels take (after padding): Gemma 4's full layers' 512, the widest scripts/check_kernels.py
+# checks on a GPU; a wider head takes the reference.
+KERNEL_MAX_HEAD_DIM = 512
+
+
+def kernel_head_dim(head_dim: int) -> int:
+    """The pool head width the kernels read for a model's heads of ``head_dim``: the next power of two, at least 16.
+    Both kernels tile a head's channels in one power-of-two block (Triton's dot needs M, N, K >= 16), so a head of
+    another width (Phi-3's 96, Phi-2's 80, MiMo-V2-Flash's 192) is zero-padded to it in the pool and in q
+    (``paged_attention``): a zero channel adds nothing to ``q . k`` and makes a zero output channel."""
+    return max(16, 1 << (head_dim - 1).bit_length())
 
 
 def resolve_backend(
@@ -39,22 +55,24 @@ def resolve_backend(
     alibi: bool = False,
     sparse: bool = False,
 ) -> str:
-    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a KV pool's head width
-    and layout, and whether the model's attention adds ALiBi's position bias.
+    """The backend a configured name means on a JAX platform (``jax.default_backend()``) for a model's KV pool head
+    width and layout, and whether the model's attention adds ALiBi's position bias.
 
     "auto" takes the kernels where they compile (NVIDIA GPUs: "triton-prefill" when jax-triton is installed, else
     "pallas") and the reference everywhere else. Every backend reads a pool in the model's dtype or FP8 (the kernels
     widen e4m3 tiles as they load them; ``scripts/check_kernels.py`` passed both on an FP8 pool in bf16 on an H200,
-    2026-12-05), so "auto" picks the same kernel whatever the pool's dtype. Both kernels tile a
-    head's channels in one power-of-two block and read K and V planes, so a pool head of another width or a
-    ``latent`` pool (DeepSeek's, one row of 512 + 64 a token) takes the reference, and the kernels are refused for
-    it. Only the reference adds ALiBi's bias (Bloom, MPT, Falcon-RW) and attends over an indexer's selected tokens
-    alone (``sparse``: DeepSeek Sparse Attention, DeepSeek-V3.2 and GLM-5): such a model takes it, and the kernels
-    are refused for it. ``head_dim``: a tuple of every layer's where they differ (Gemma 4's); one backend reads them
-    all.
+    2026-12-05), so "auto" picks the same kernel whatever the pool's dtype. Both kernels tile a head's channels in one
+    power-of-two block: a head of another width (Phi-3's 96, Phi-2's and Pythia's 80) is read from a pool zero-padded to
+    the next power of two (``kernel_head_dim``, ``resolve_pool``): more pool bytes (+33 % at 96, +60 % at 80), but the
+    kernels instead of the reference's page gathers, far slower on a GPU (the padded widths are not yet timed on one). A
+    head padded past ``KERNEL_MAX_HEAD_DIM`` and a ``latent`` pool (DeepSeek's, one row of 512 + 64 a token, no V plane)
+    take the reference, and the kernels are refused for them. Only the reference adds ALiBi's bias (Bloom, MPT,
+    Falcon-RW) and attends over an indexer's selected tokens alone (``sparse``: DeepSeek Sparse Attention, DeepSeek-V3.2
+    and GLM-5): such a model takes it, and the kernels are refused for it. ``head_dim``: the model's, or a tuple of
+    every layer's where they differ (Gemma 4's); one backend reads them all.
     """
     widths = head_dim if isinstance(head_dim, tuple) else (head_dim,)
-    kernel_width = all(hd is None or (hd >= 16 and hd & (hd - 1) == 0) for hd in widths)
+    kernel_width = all(hd is None or kernel_head_dim(hd) <= KERNEL_MAX_HEAD_DIM for hd in widths)
     if name == "auto":
         if platform not in _KERNEL_PLATFORMS or not kernel_width or latent or alibi or sparse:
             return "reference"
@@ -62,10 +80,10 @@ def resolve_backend(
     if name not in BACKENDS:
         raise ValueError(f"attention backend {name!r} is unknown; choose 'auto' or one of {BACKENDS}")
     if name != "reference" and (latent or not kernel_width):
-        pool = "a latent pool (DeepSeek's latent attention)" if latent else head_dim
+        pool = "a latent pool (DeepSeek's latent attention)" if latent else f"head_dim {head_dim}"
         raise ValueError(
-            f"attention_backend={name!r} needs K and V pools of a head width that is a power of two >= 16, not "
-            f"{pool}; use attention_backend 'auto' or 'reference'"
+            f"attention_backend={name!r} needs K and V pools of heads at most {KERNEL_MAX_HEAD_DIM} wide once padded "
+            f"to a power of two, not {pool}; use attention_backend 'auto' or 'reference'"
         )
     if name != "reference" and alibi:
         raise ValueError(
@@ -81,6 +99,21 @@ def resolve_backend(
     if name == "triton-prefill" and platform not in _KERNEL_PLATFORMS:
         raise ValueError(f"attention backend 'triton-prefill' needs a CUDA GPU (jax-triton), not {platform!r}")
     return name
+
+
+def resolve_pool(name: str, model: KVCacheSpec, *, alibi: bool) -> tuple[str, KVCacheSpec]:
+    """The backend a configured name means on this platform for a model's pool (``KVCacheSpec.for_model``), and the
+    pool that backend reads: the model's for the reference (no padding's bytes on a CPU), every head zero-padded to
+    ``kernel_head_dim`` for the kernels. What ``jllm.build`` sizes and allocates and ``jllm.memory_plan`` plans."""
+    backend = resolve_backend(
+        name,
+        jax.default_backend(),
+        model.head_dims if len(model.head_dims) > 1 else model.head_dim,
+        latent=model.latent,
+        alibi=alibi,
+        sparse=model.index_head_dim > 0,
+    )
+    return backend, model if backend == "reference" else model.with_head_dims(kernel_head_dim)
 
 
 def describe_backend(backend: str) -> str:
@@ -123,6 +156,10 @@ def paged_attention(
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (attention output ``[T, num_q_heads, value_dim or head_dim]``, the updated pool).
 
+    A pool whose heads are wider than the model's (``kv_pages``' last axis: the kernels' power-of-two width,
+    ``resolve_pool``) gets q, k and v zero-padded to it here, the one place that pads, and the output cut back to q's
+    width; ``sm_scale`` is the caller's, of the model's real width, so the padding changes no score.
+
     Backend "pallas" off a GPU runs the kernel in interpret mode: correct but slow, for tests only. A step has
     prefill rows when it has more query rows than sequences (static shapes: a decode bucket has T <= S). ``sinks``:
     gpt-oss's per-head logits that join each row's softmax denominator (every backend takes them; under tensor
@@ -137,6 +174,10 @@ def paged_attention(
             f"attention backend {meta.backend!r} does not add ALiBi's position bias; ALiBi models need 'reference'"
         )
     scales = {"k_scale": k_scale, "v_scale": v_scale}
+    model_width = q.shape[-1]
+    padded = kv_pages.shape[-1] != model_width  # a latent pool's q is as wide as its row
+    if padded:
+        q, k, v = (None if x is None else _padded(x, kv_pages.shape[-1]) for x in (q, k, v))
     if k is not None:  # a layer reading another layer's K/V (Gemma 4's KV-shared layers) writes none
         kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping, **scales)
     if value_dim is not None and meta.backend != "reference":
@@ -184,7 +225,13 @@ def paged_attention(
             out_specs=heads,
             check_vma=False,  # neither the kernel's out_shape nor the reference's loop carry names varying axes
         )
-    return attend(*inputs), kv_pages
+    out = attend(*inputs)
+    return (out[..., :model_width] if padded else out), kv_pages
+
+
+def _padded(x: jax.Array, width: int) -> jax.Array:
+    """``x [..., channels]`` with zero channels appended up to ``width``, a pool head's."""
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
 
 
 def _per_head_positional(attend: Callable[..., jax.Array], names: tuple[str, ...]) -> Callable[..., jax.Array]:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm import distributed, kv_cache, parallel
-from jllm.attention import describe_backend, resolve_backend
+from jllm.attention import describe_backend, resolve_pool
 from jllm.block_manager import BlockManager
 from jllm.buckets import StepBucket
 from jllm.classify import ClassifierHead
@@ -174,16 +174,9 @@ def _worker(
         )
     page_size = config.cache.page_size
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
-    spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
-    # before any allocation
-    backend = resolve_backend(
-        config.model.attention_backend,
-        jax.default_backend(),
-        spec.head_dims if len(spec.head_dims) > 1 else spec.head_dim,
-        latent=spec.latent,
-        alibi=args.alibi_slopes is not None,
-        sparse=spec.index_head_dim > 0,
-    )
+    model_spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
+    # before any sizing: the kernels read a pool whose heads are padded to their width
+    backend, spec = resolve_pool(config.model.attention_backend, model_spec, alibi=args.alibi_slopes is not None)
     lora = _lora_manager(config, loaded, publisher)  # before the pool: sized from what the adapters' slots leave
     sched = config.scheduler
     num_slots = kv_cache.num_state_slots(args, sched.max_num_seqs)
@@ -198,6 +191,9 @@ def _worker(
         pages += f" with {num_slots} recurrent state slots"
     log_phase(logger, "KV pool allocated", elapsed.seconds, pages)
     logger.info(describe_backend(backend))
+    padding = kv_cache.describe_padding(model_spec, spec)
+    if padding:
+        logger.info(padding)
     if args.kv_scales:
         logger.info(describe_scales(dtype))
     executable_cache = open_cache(sched.executable_cache, lambda: _cache_settings(config, loaded), prefetch)

@@ -1,28 +1,31 @@
 """The paged KV pool: its shape, dtype and size (see docs/architecture.md, "The KV pool").
 
 One array per layer, ``[2, num_kv_heads, num_pages, page_size, head_dim]`` (K at 0, V at 1); a model's heads and
-width are ``KVCacheSpec.for_model``'s. DeepSeek's latent attention keeps a *latent* pool, ``[1, num_kv_heads, ...]``:
-one head of its latent's width written once per token, its values the row's first channels (vLLM's MLA cache), so a
-budget holds twice the pages a K/V pair of those rows would. DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5) keeps
-its indexer's key per token too, in a pool of its own laid out as a latent pool ``[1, num_kv_heads, ...,
-index_head_dim]`` on the same pages: such a layer's entry is the pair ``(latent pool, indexer key pool)``, and a
-page's bytes count both (``KVCacheSpec.index_head_dim``); GLM-5's layers without an indexer (they reuse another's
-selection) keep the latent pool alone (``KVCacheSpec.unindexed``). A hybrid model's recurrent layers (gated DeltaNet,
-Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``, ``jllm.models.recurrent_state``): a
-fixed state per state slot, one slot per running sequence, whose bytes are taken from the budget before the pages are
-sized (Zamba2's hybrid layers keep pages beside theirs: ``(pages, state pool)``); an attention-free model (Mamba,
-FalconMamba, pure Mamba2) has state pools alone, and pages that store nothing (``attention_free_pages``). Gemma 4's
-layers differ in their KV heads and head width (``KVCacheSpec.layer_dims``: each layer's pool its own shape), and its
-KV-shared layers keep no pages (they read an earlier layer's; their entry is an empty tuple). The pool is allocated
-once, zero-filled and donated to every step. Which request owns which page is the block manager's business; this
-module only decides how many pages fit and creates them where the sharding says, without staging a host copy.
+width are ``KVCacheSpec.for_model``'s, each head zero-padded to a power-of-two width where the GPU kernels read the
+pool (``KVCacheSpec.with_head_dims``, ``jllm.attention.resolve_pool``). DeepSeek's latent attention keeps a *latent*
+pool, ``[1, num_kv_heads, ...]``: one head of its latent's width written once per token, its values the row's first
+channels (vLLM's MLA cache), so a budget holds twice the pages a K/V pair of those rows would. DeepSeek Sparse
+Attention (DeepSeek-V3.2, GLM-5) keeps its indexer's key per token too, in a pool of its own laid out as a latent
+pool ``[1, num_kv_heads, ..., index_head_dim]`` on the same pages: such a layer's entry is the pair ``(latent pool,
+indexer key pool)``, and a page's bytes count both (``KVCacheSpec.index_head_dim``); GLM-5's layers without an
+indexer (they reuse another's selection) keep the latent pool alone (``KVCacheSpec.unindexed``). A hybrid model's
+recurrent layers (gated DeltaNet, Mamba2, Mamba) keep a state pool in their place instead (``KVCacheSpec.states``,
+``jllm.models.recurrent_state``): a fixed state per state slot, one slot per running sequence, whose bytes are taken
+from the budget before the pages are sized (Zamba2's hybrid layers keep pages beside theirs: ``(pages, state
+pool)``); an attention-free model (Mamba, FalconMamba, pure Mamba2) has state pools alone, and pages that store
+nothing (``attention_free_pages``). Gemma 4's layers differ in their KV heads and head width
+(``KVCacheSpec.layer_dims``: each layer's pool its own shape), and its KV-shared layers keep no pages (they read an
+earlier layer's; their entry is an empty tuple). The pool is allocated once, zero-filled and donated to every step.
+Which request owns which page is the block manager's business; this module only decides how many pages fit and
+creates them where the sharding says, without staging a host copy.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +142,12 @@ class KVCacheSpec:
             unindexed,
         )
 
+    def with_head_dims(self, width: Callable[[int], int]) -> KVCacheSpec:
+        """This pool with each layer's heads ``width(head_dim)`` wide: the kernels' zero-padded widths
+        (``jllm.attention.resolve_pool``)."""
+        dims = tuple(None if d is None else (d[0], width(d[1])) for d in self.layer_dims)
+        return dataclasses.replace(self, head_dim=width(self.head_dim), layer_dims=dims)
+
     @property
     def layer_states(self) -> tuple[StateSpec | None, ...]:
         """Per model layer, its recurrent state (None for a layer without one)."""
@@ -202,6 +211,18 @@ class KVCacheSpec:
             for kv, hd in [d]
         )
         return self.page_size * row * jnp.dtype(self.dtype).itemsize
+
+
+def describe_padding(model: KVCacheSpec, pool: KVCacheSpec) -> str | None:
+    """The start-up line on a pool whose heads are wider than the model's (``with_head_dims``) and what the padding
+    costs; None where no head is padded."""
+    pairs = zip(model.pool_dims, pool.pool_dims, strict=True)
+    widths = sorted({(m[1], p[1]) for m, p in pairs if m is not None and m[1] != p[1]})
+    if not widths:
+        return None
+    padded = ", ".join(f"head_dim {m} padded to {p}" for m, p in widths)
+    cost = pool.bytes_per_page / model.bytes_per_page - 1
+    return f"{padded} in the KV pool (the attention kernels' power-of-two width): +{cost:.0%} pool bytes a page"
 
 
 def num_state_slots(args: Any, max_num_seqs: int) -> int:

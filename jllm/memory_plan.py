@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from jllm import kv_cache
+from jllm.attention import resolve_pool
 from jllm.config import EngineConfig, ServerConfig
 from jllm.loader import abstract_model, read_json, resolve_dtype
 from jllm.lora.peft_files import slots_bytes
@@ -75,7 +76,9 @@ def plan_model(config: EngineConfig, capacity: int, name: str) -> ModelMemory:
         weights += slots_bytes(args, config.lora.max_loras, config.lora.max_lora_rank)
     cache = config.cache
     dtype = kv_cache.pool_dtype(cache.kv_cache_dtype, args.dtype)
-    spec = kv_cache.KVCacheSpec.for_model(args, cache.page_size, dtype)
+    model_spec = kv_cache.KVCacheSpec.for_model(args, cache.page_size, dtype)
+    # the pool the engine will allocate: its heads padded where a kernel reads them (as ``build`` resolves it)
+    _, spec = resolve_pool(config.model.attention_backend, model_spec, alibi=args.alibi_slopes is not None)
     # a hybrid model's recurrent state pools, one slot per running sequence and one for padding, before the pages
     slots = kv_cache.num_state_slots(args, config.scheduler.max_num_seqs)
     states, device_states = spec.state_bytes(slots), spec.state_bytes(slots, shards=tp)  # the pools split by heads

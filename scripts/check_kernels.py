@@ -1,13 +1,15 @@
 """Correctness sweep of the paged attention kernels against the float32 reference, on the GPU: the Pallas ragged
 kernel on every case, and the jax-triton prefill kernel (``triton-prefill``) on every case with prefill rows.
 
-Cases cover decode batches of 1 to 256 over contexts of 1 to 32k tokens, page sizes 16/32/64, head_dim 64/128,
-GQA 1/4/8, KV lengths on and just past page boundaries, prefill chunks with and without a cached prefix, mixed
-prefill+decode batches, empty padding sequences, soft-cap and sliding window, attention sinks (gpt-oss), bf16 and
-f32 queries, FP8 (float8_e4m3fn) pools with K/V scales, read by the reference as they are (so quantization error is
-not the kernel's). Before each kernel call the allocator is filled with NaN (an unwritten output element would
-show); leak cases then rewrite every slot no sequence has written with huge values (+-448 in an FP8 pool) and
-require a bit-identical output.
+Cases cover decode batches of 1 to 256 over contexts of 1 to 32k tokens, page sizes 16/32/64, head_dim 64/128 (and
+256/512, and 80/96/192: heads of no power-of-two width, run as the engine runs them, q and the pool zero-padded to
+the next power of two and the output cut back, against the reference over the unpadded pool), GQA 1/4/8, KV lengths
+on and just past page boundaries, prefill chunks with and without a cached prefix, mixed prefill+decode batches,
+empty padding sequences, soft-cap and sliding window, attention sinks (gpt-oss), bf16 and f32 queries, FP8
+(float8_e4m3fn) pools with K/V scales, read by the reference as they are (so quantization error is not the
+kernel's). Before each kernel call the allocator is filled with NaN (an unwritten output element would show); leak
+cases then rewrite every slot no sequence has written with huge values (+-448 in an FP8 pool) and require a
+bit-identical output.
 
     python scripts/check_kernels.py                 # GPU, full sweep; logs to $OUT when set
     python scripts/check_kernels.py --quick --interpret   # CPU dry run of the script on small cases
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jllm.attention import kernel_head_dim
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
 from pallas_kernels.kv_quant import FP8_DTYPE, is_fp8, quantize
 from pallas_kernels.triton_prefill import PrefillConfig, default_prefill_config, for_head_dim, prefill_attention
@@ -118,6 +121,8 @@ def cases(quick: bool) -> list[Case]:
             sliding_window=128,
             kv_scales=FP8_SCALES,
         ),
+        # heads of no power-of-two width, padded: Phi-2's 80 (multi-head attention)
+        Case("mixed D=80 G=1 leak", mixed_q, [16, 17, 48, 118, 0, 128, 300], head_dim=80, group=1, leak=True),
     ]
     if quick:
         return out + triton_cases(out)
@@ -167,6 +172,26 @@ def cases(quick: bool) -> list[Case]:
             "prefill 512 over 8k prefix fp8 window=1024", [512], [8192 + 512], sliding_window=1024, kv_scales=FP8_SCALES
         ),
         decode("decode b64 ctx<=2k fp8", boundary_lengths(rng, 64, 2048, 16), kv_scales=FP8_SCALES),
+        # heads of no power-of-two width over pools padded to 128 / 256: Phi-3-mini's 96 and Phi-2's 80 (multi-head
+        # attention), MiMo-V2-Flash's 192 (8 query heads a KV head, windowed layers with sinks)
+        decode("decode b32 ctx<=4k D=96 G=1", boundary_lengths(rng, 32, 4096, 16), head_dim=96, group=1),
+        Case("prefill 1024 fresh D=96 G=1", [1024], [1024], head_dim=96, group=1),
+        Case(
+            "prefill 512 over 4k prefix D=80 G=1 fp8", [512], [4096 + 512], head_dim=80, group=1, kv_scales=FP8_SCALES
+        ),
+        Case(
+            "mixed D=192 G=8 sinks+window",
+            mixed_q,
+            [16, 17, 48, 118, 0, 128, 300],
+            head_dim=192,
+            group=8,
+            num_kv_heads=4,
+            sinks=True,
+            sliding_window=128,
+        ),
+        decode(
+            "decode b8 ctx<=4k D=192 G=8", boundary_lengths(rng, 8, 4096, 16), head_dim=192, group=8, num_kv_heads=4
+        ),
     ]
     return out + triton_cases(out)
 
@@ -193,9 +218,9 @@ def triton_cases(pallas_cases: list[Case]) -> list[Case]:
 
 
 def wide(config: PrefillConfig, case: Case) -> PrefillConfig:
-    """A fixed tiling of the checks fitted to the case's head width as the engine fits its own (``for_head_dim``):
-    128 x 128 tiles at D=512 ask 640 KiB of shared memory, and such a launch fails (H100, 2026-12-06)."""
-    return for_head_dim(config, case.head_dim)
+    """A fixed tiling of the checks fitted to the case's head width once padded, as the engine fits its own
+    (``for_head_dim``): 128 x 128 tiles at D=512 ask 640 KiB of shared memory, a failed launch (H100, 2026-12-06)."""
+    return for_head_dim(config, kernel_head_dim(case.head_dim))
 
 
 def build(case: Case, seed: int) -> tuple[jax.Array, ...]:
@@ -218,6 +243,15 @@ def build(case: Case, seed: int) -> tuple[jax.Array, ...]:
         pool = jnp.stack([quantize(pool[half], FP8_DTYPE, scale) for half, scale in enumerate(case.kv_scales)])
     qsl = np.concatenate([[0], np.cumsum(case.q_lens)]).astype(np.int32)
     return q, pool, jnp.asarray(kv_lens, jnp.int32), jnp.asarray(tables), jnp.asarray(qsl)
+
+
+def padded_heads(inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """q and the pool zero-padded to the kernels' head width (``jllm.attention.kernel_head_dim``), as the engine's
+    ``paged_attention`` pads them for heads of no power-of-two width; unchanged for a power of two."""
+    q, pool, *rest = inputs
+    width = kernel_head_dim(q.shape[-1])
+    q, pool = (jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])]) for x in (q, pool))
+    return (q, pool, *rest)
 
 
 def with_stale_slots(inputs: tuple[jax.Array, ...], seed: int) -> tuple[jax.Array, ...]:
@@ -253,7 +287,8 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
     reference = jax.jit(lambda q, pool, *rest: ref_ragged_paged_attention(q, pool, *rest, **kw))
     start = time.perf_counter()
     poison(4 * q.size * 4)
-    out = np.asarray(kernel(*inputs).astype(jnp.float32))
+    # the kernel over padded heads, its output cut back; the reference over the model's
+    out = np.asarray(kernel(*padded_heads(inputs))[..., : case.head_dim].astype(jnp.float32))
     pool = inputs[1] if is_fp8(inputs[1].dtype) else inputs[1].astype(jnp.float32)  # the reference dequantizes FP8
     ref = np.asarray(reference(q.astype(jnp.float32), pool, *inputs[2:]))
     err = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
@@ -268,7 +303,8 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
         problems.append("padding rows not zero")
     if case.leak:
         poison(4 * q.size * 4)
-        stale_out = np.asarray(kernel(*with_stale_slots(inputs, seed + 1)).astype(jnp.float32))
+        stale_inputs = padded_heads(with_stale_slots(inputs, seed + 1))
+        stale_out = np.asarray(kernel(*stale_inputs)[..., : case.head_dim].astype(jnp.float32))
         if not np.array_equal(stale_out, out):
             problems.append(f"stale slots leak (max change {np.abs(stale_out - out).max():.2e})")
     return {"case": case.name, **case_facts(case, inputs), "rel_err": err, "ok": not problems, "problems": problems,
@@ -278,12 +314,13 @@ def run_case(case: Case, seed: int, interpret: bool) -> dict[str, object]:
 def case_facts(case: Case, inputs: tuple[jax.Array, ...]) -> dict[str, object]:
     """The case's shape and the tiling that ran (the default for the shape unless the case names one)."""
     q, tables = inputs[0], inputs[3]
+    width = kernel_head_dim(case.head_dim)  # the padded pool's
     if case.kernel == "triton-prefill":
-        cfg = case.config or default_prefill_config(q.shape[0], len(case.q_lens), case.head_dim)
+        cfg = case.config or default_prefill_config(q.shape[0], len(case.q_lens), width)
     else:
         cfg = case.config or default_config(
-            q.shape[0], len(case.q_lens), q.shape[1], case.num_kv_heads, case.page_size, tables.shape[1],
-            case.head_dim, q.dtype.itemsize,
+            q.shape[0], len(case.q_lens), q.shape[1], case.num_kv_heads, case.page_size, tables.shape[1], width,
+            q.dtype.itemsize,
         )  # fmt: skip
     return {
         "kernel": case.kernel,

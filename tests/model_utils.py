@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jllm.attention import AttentionMetadata
+from jllm.attention import AttentionMetadata, resolve_pool
 from jllm.kv_cache import KVCacheSpec, allocate_kv_pool
 from jllm.loader import LoadedModel
 from jllm.parallel import kv_pool_sharding
@@ -116,14 +116,21 @@ def hf_logits(model_dir: Path, token_ids: list[int]) -> np.ndarray:
         return model(torch.tensor([token_ids])).logits[0].numpy()
 
 
-def jllm_logits(loaded: LoadedModel, token_ids: list[int], page_size: int = 16, pool_dtype: Any = None) -> np.ndarray:
+def jllm_logits(
+    loaded: LoadedModel, token_ids: list[int], page_size: int = 16, pool_dtype: Any = None, backend: str = "reference"
+) -> np.ndarray:
     """jllm's logits ``[T, vocab]`` for one sequence prefilled in one step through the paged pool (in the model's
-    dtype, or ``pool_dtype``: an FP8 pool)."""
-    return jllm_batch_logits(loaded, [token_ids], page_size, pool_dtype)[0]
+    dtype, or ``pool_dtype``: an FP8 pool), on the attention ``backend`` ("pallas": interpreted, over the pool it
+    reads, heads padded to the kernels' width)."""
+    return jllm_batch_logits(loaded, [token_ids], page_size, pool_dtype, backend)[0]
 
 
 def jllm_batch_logits(
-    loaded: LoadedModel, sequences: list[list[int]], page_size: int = 16, pool_dtype: Any = None
+    loaded: LoadedModel,
+    sequences: list[list[int]],
+    page_size: int = 16,
+    pool_dtype: Any = None,
+    backend: str = "reference",
 ) -> list[np.ndarray]:
     """jllm's logits ``[T_s, vocab]`` of each sequence, all prefilled in one ragged step (one compile)."""
     args = loaded.args
@@ -135,7 +142,8 @@ def jllm_batch_logits(
         block_tables[s, : pages[s]] = np.arange(first[s], first[s] + pages[s])
         positions = np.arange(len(seq))
         slots.append(block_tables[s, positions // page_size] * page_size + positions % page_size)
-    spec = KVCacheSpec.for_model(args, page_size, pool_dtype or args.dtype)
+    model_spec = KVCacheSpec.for_model(args, page_size, pool_dtype or args.dtype)
+    _, spec = resolve_pool(backend, model_spec, alibi=args.alibi_slopes is not None)
     # a hybrid model's recurrent layers: sequence s in state slot s + 1; on the model's mesh (tensor parallelism)
     slots_needed = len(sequences) + 1 if spec.states else 0
     pool = allocate_kv_pool(spec, int(first[-1]), kv_pool_sharding(loaded.mesh), num_state_slots=slots_needed)
@@ -145,6 +153,7 @@ def jllm_batch_logits(
         kv_lens=jnp.asarray([len(seq) for seq in sequences], jnp.int32),
         block_tables=jnp.asarray(block_tables),
         state_slots=jnp.arange(1, len(sequences) + 1, dtype=jnp.int32),
+        backend=backend,
     )
     ids = jnp.asarray(np.concatenate(sequences), jnp.int32)
     positions = jnp.asarray(np.concatenate([np.arange(len(seq)) for seq in sequences]), jnp.int32)

@@ -62,6 +62,28 @@ def make_inputs(
     )
 
 
+def step_rows(
+    kv_pages: jax.Array,  # [2, Hkv, P, page_size, D]
+    kv_lens: jax.Array,  # i32[S]
+    block_tables: jax.Array,  # i32[S, pages_per_seq]
+    query_start_loc: jax.Array,  # i32[S + 1]
+    num_tokens: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(slot mapping i32[T], k [T, Hkv, D], v [T, Hkv, D]): each query row's own K/V as the pool holds them, so the
+    step's write leaves the pool as it was; padding rows write zeros to page 0 (reserved)."""
+    page_size = kv_pages.shape[3]
+    slots = np.zeros(num_tokens, np.int32)
+    qsl, lens, tables = (np.asarray(x) for x in (query_start_loc, kv_lens, block_tables))
+    for s in range(len(lens)):
+        q_len = qsl[s + 1] - qsl[s]
+        pos = lens[s] - q_len + np.arange(q_len)
+        slots[qsl[s] : qsl[s + 1]] = tables[s, pos // page_size] * page_size + pos % page_size
+    flat = kv_pages.reshape(2, kv_pages.shape[1], -1, kv_pages.shape[-1])  # [2, Hkv, P * page_size, D]
+    owned = (np.arange(num_tokens) < qsl[-1])[:, None, None]
+    k, v = (jnp.where(owned, flat[half][:, slots].transpose(1, 0, 2), 0) for half in (0, 1))
+    return jnp.asarray(slots), k, v
+
+
 def mixed_inputs(seed: int, page_size: int, **kw: object) -> tuple[jax.Array, ...]:
     q_lens = [q_len for q_len, _ in MIXED]
     kv_lens = [kv_len(page_size) for _, kv_len in MIXED]
@@ -328,18 +350,23 @@ def test_invalid_inputs_raise_clear_errors() -> None:
         KernelConfig(q_block=1, kv_block=16, num_splits=0, num_warps=4, num_stages=2)
 
 
-def test_a_latent_pool_or_a_head_of_no_power_of_two_width_takes_the_reference() -> None:
-    """DeepSeek's latent pool (one row of kv_lora_rank 512 + rope 64 a token): both kernels tile a head's channels in
-    one power-of-two block and read K and V planes, so "auto" takes the reference for it (whatever its width) and the
-    kernels are refused by name."""
+def test_a_latent_pool_or_a_head_wider_than_512_once_padded_takes_the_reference() -> None:
+    """DeepSeek's latent pool (one row of kv_lora_rank 512 + rope 64 a token) has no V plane for the kernels, and a
+    576-wide head would pad to 1024, past the widest the kernels were checked at: "auto" takes the reference for both
+    and the kernels are refused by name. Heads of other widths take the kernels over a padded pool
+    (``tests/test_padded_heads.py``)."""
     assert resolve_backend("auto", "gpu", head_dim=576) == "reference"
     assert resolve_backend("auto", "gpu", head_dim=64, latent=True) == "reference"
-    assert resolve_backend("auto", "gpu", head_dim=128) in ("pallas", "triton-prefill")
+    for width in (128, 96, 80, (80, 512)):
+        assert resolve_backend("auto", "gpu", head_dim=width) in ("pallas", "triton-prefill")
     for name in ("pallas", "triton-prefill"):
-        with pytest.raises(ValueError, match=f"attention_backend='{name}' needs .* power of two >= 16, not 576"):
+        with pytest.raises(
+            ValueError, match=f"attention_backend='{name}' needs .* at most 512 wide .*, not head_dim 576"
+        ):
             resolve_backend(name, "gpu", head_dim=576)
         with pytest.raises(ValueError, match=f"attention_backend='{name}' needs .*, not a latent pool"):
             resolve_backend(name, "gpu", head_dim=64, latent=True)
+        assert resolve_backend(name, "gpu", head_dim=96) == name
     assert resolve_backend("reference", "gpu", head_dim=576, latent=True) == "reference"
 
 

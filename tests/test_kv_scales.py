@@ -4,20 +4,17 @@ in the model's dtype, greedy generation through ``LLM``, refusals."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
 from pathlib import Path
 
 import jax.numpy as jnp
-import model_utils
 import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, jllm_logits, run_tp_worker
 from test_quantization import save_fp8_checkpoint
 
-from jllm.attention import AttentionMetadata
 from jllm.kv_scales import stores_kv_scales
 from jllm.loader import abstract_model, load_model, save_model
 from jllm.parallel import make_mesh
@@ -154,13 +151,10 @@ def test_fp8_pool_logits_match_k_and_v_rounded_with_the_checkpoints_scales(fp8_d
 
 
 @pytest.mark.slow  # the Pallas kernel in Pallas' interpreter (3-10 s)
-def test_the_pallas_kernel_reads_the_scaled_pages_as_the_reference(
-    scaled_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_pallas_kernel_reads_the_scaled_pages_as_the_reference(scaled_dir: Path) -> None:
     loaded = load_model(scaled_dir, mesh=make_mesh(1), dtype="float32")
     want = jllm_logits(loaded, IDS, pool_dtype=FP8_DTYPE)
-    monkeypatch.setattr(model_utils, "AttentionMetadata", functools.partial(AttentionMetadata, backend="pallas"))
-    got = jllm_logits(loaded, IDS, pool_dtype=FP8_DTYPE)
+    got = jllm_logits(loaded, IDS, pool_dtype=FP8_DTYPE, backend="pallas")
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()  # measured 1.6e-7 of 0.65
 
 

@@ -77,6 +77,23 @@ CASES = [
     case(15, [45, 2, 1], [30, 9, 40], window=21, block_n=32, sinks=True, soft_cap=20.0, pack_gqa=True),
     case(16, [50, 17, 1], [13, 64, 33], page_size=16, block_m=32, group=4, kv_scales=[0.6, 1.7], pack_gqa=True),
 ]
+# Heads of no power-of-two width (Phi-2's 80, Phi-3's 96, MiMo-V2-Flash's 192) through ``paged_attention`` whole,
+# over a pool padded to 128 / 256 with the default tiling: chunks over a prefix beside a decode, a window with sinks
+CASES += [
+    dict(seed=17, q_lens=[37, 1, 0], kv_lens=[42, 31, 0], page_size=16, head_dim=80, group=2, padded=True),
+    dict(seed=18, q_lens=[20, 1], kv_lens=[20, 40], page_size=16, head_dim=96, group=4, padded=True),
+    dict(
+        seed=19,
+        q_lens=[25, 1],
+        kv_lens=[45, 9],
+        page_size=16,
+        head_dim=192,
+        group=2,
+        padded=True,
+        window=21,
+        sinks=True,
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ sys.path[:0] = [str(Path(__file__).parents[1]), str(Path(__file__).parent)]  # t
 from test_kernels import make_inputs  # noqa: E402
 
 from jllm import LLM, SamplingParams, kv_cache, parallel  # noqa: E402
-from jllm.attention import AttentionMetadata, paged_attention  # noqa: E402
+from jllm.attention import AttentionMetadata, kernel_head_dim, paged_attention  # noqa: E402
 from jllm.loader import LoadedModel, load_model, save_model  # noqa: E402
 from jllm.safetensors_index import SafetensorsIndex  # noqa: E402
 
@@ -220,13 +220,16 @@ def orbax_round_trip(model_dir: str, save_tp: int, restore_tps: list[int], out: 
     return results
 
 
-def pallas_under_shard_map(sizes: list[int], num_kv_heads: int = 4) -> dict[str, float]:
+def pallas_under_shard_map(sizes: list[int], num_kv_heads: int = 4, head_dim: int = 16) -> dict[str, float]:
     """The Pallas kernel (interpreted) per device under shard_map vs the reference on one device, with attention
-    sinks (gpt-oss's), which split with the query heads."""
+    sinks (gpt-oss's), which split with the query heads. A ``head_dim`` of no power-of-two width is read by the
+    kernel from a pool padded to the next (``resolve_pool``), the reference from the model's: the outputs and the
+    written pool's model channels compared, its padding channels required zero."""
     q, pool, kv_lens, block_tables, qsl = make_inputs(
-        0, [1, 5, 3], [17, 21, 3], page_size=16, head_dim=16, group=2, dtype=jnp.float32, num_kv_heads=num_kv_heads
-    )
-    k = jnp.asarray(np.random.default_rng(1).standard_normal((q.shape[0], num_kv_heads, 16)), jnp.float32)
+        0, [1, 5, 3], [17, 21, 3], page_size=16, head_dim=head_dim, group=2, dtype=jnp.float32,
+        num_kv_heads=num_kv_heads,
+    )  # fmt: skip
+    k = jnp.asarray(np.random.default_rng(1).standard_normal((q.shape[0], num_kv_heads, head_dim)), jnp.float32)
     sinks = jnp.asarray(np.random.default_rng(2).normal(size=q.shape[1]), jnp.float32)
     slots = jnp.arange(q.shape[0], dtype=jnp.int32) + 16  # this step's K/V go to page 1
 
@@ -235,6 +238,7 @@ def pallas_under_shard_map(sizes: list[int], num_kv_heads: int = 4) -> dict[str,
         return paged_attention(q, k, -k, pool, meta, sm_scale=0.25, sinks=sinks)
 
     ref_out, ref_pool = attend(q, k, pool, AttentionMetadata(slots, qsl, kv_lens, block_tables))
+    padded_pool = jnp.pad(pool, [(0, 0)] * 4 + [(0, kernel_head_dim(head_dim) - head_dim)])
     results = {}
     for tp in sizes:
         mesh = parallel.make_mesh(tp)
@@ -243,12 +247,13 @@ def pallas_under_shard_map(sizes: list[int], num_kv_heads: int = 4) -> dict[str,
         out, new_pool = attend(
             jax.device_put(q, heads),
             jax.device_put(k, heads),
-            jax.device_put(pool, parallel.kv_pool_sharding(mesh)),
+            jax.device_put(padded_pool, parallel.kv_pool_sharding(mesh)),
             meta,
         )
         results[str(tp)] = max(
             float(np.abs(np.asarray(out) - np.asarray(ref_out)).max()),
-            float(np.abs(np.asarray(new_pool) - np.asarray(ref_pool)).max()),
+            float(np.abs(np.asarray(new_pool[..., :head_dim]) - np.asarray(ref_pool)).max()),
+            float(np.abs(np.asarray(new_pool[..., head_dim:])).max(initial=0.0)),
         )
     return results
 
@@ -277,6 +282,7 @@ def main() -> None:
             "16q_2kv_saved_tp8": orbax_round_trip(replicated, 8, [1, 4], tmp / "saved_16q_2kv"),
         },
         "pallas_shard_map": pallas_under_shard_map([2, 4]),
+        "pallas_shard_map_padded_24": pallas_under_shard_map([2], head_dim=24),
         "generate": {
             "9q_3kv": generate_case(odd, [3]),
             "32q_8kv": generate_case(gqa, [2, 8]),

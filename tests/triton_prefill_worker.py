@@ -4,7 +4,10 @@ A subprocess of tests/test_triton_prefill.py: ``TRITON_INTERPRET`` must be set b
 the rest of the suite must not see it. A case launches ``_prefill_kernel`` itself, its owned rows poisoned with NaN;
 an FP8-pool case (``kv_scales``: K's and V's) runs ``prefill_attention`` whole under jit instead, with
 ``tests/fake_jax_triton.py`` standing in for jax-triton, so that the scales' folding around the launch is checked
-too. The reference reads the same pool (an FP8 one dequantized with the same scales). Prints one JSON line per case:
+too. A ``padded`` case (a head of no power-of-two width: 80, 96, 192) runs ``jllm.attention.paged_attention`` whole
+on backend "triton-prefill" over the pool zero-padded to the kernels' width, its step's K/V written, with the kernel's
+default tiling. The reference reads the same pool (an FP8 one dequantized with the same scales; a padded case's the
+model's unpadded one). Prints one JSON line per case:
 its relative error against the float32 reference and the largest magnitude in the rows no sequence owns (must be 0).
 """
 
@@ -25,8 +28,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from test_kernels import make_inputs  # noqa: E402
+from test_kernels import make_inputs, step_rows  # noqa: E402
 
+from jllm.attention import AttentionMetadata, kernel_head_dim, paged_attention  # noqa: E402
 from pallas_kernels import ref_ragged_paged_attention  # noqa: E402
 from pallas_kernels import triton_prefill as tp  # noqa: E402
 from pallas_kernels.kv_quant import FP8_DTYPE, quantize  # noqa: E402
@@ -47,6 +51,9 @@ def run(case: dict) -> dict:
     ref = np.asarray(
         ref_ragged_paged_attention(q, kv, kv_lens, tables, qsl, sinks=sinks if has_sinks else None, **opts, **scales)
     )
+    if case.get("padded"):
+        got = padded_step(q, kv, kv_lens, tables, qsl, sinks if has_sinks else None, opts)
+        return result(case, got, ref, int(qsl[-1]))
     cfg = tp.PrefillConfig(
         block_m=case["block_m"], block_n=case["block_n"], heads_first=case.get("heads_first", False),
         pack_gqa=case.get("pack_gqa", False),
@@ -58,7 +65,28 @@ def run(case: dict) -> dict:
         got = np.asarray(jax.jit(attend)(q, kv, kv_lens, tables, qsl))
     else:
         got = launch_kernel(q, kv, kv_lens, tables, qsl, sinks, has_sinks, cfg, opts)
-    owned = int(qsl[-1])
+    return result(case, got, ref, int(qsl[-1]))
+
+
+def padded_step(
+    q: jax.Array,
+    kv: jax.Array,
+    kv_lens: jax.Array,
+    tables: jax.Array,
+    qsl: jax.Array,
+    sinks: jax.Array | None,
+    opts: dict,
+) -> np.ndarray:
+    """The step through ``paged_attention`` on "triton-prefill" over ``kv`` zero-padded to the kernels' head width,
+    each query row writing its own K/V (as ``kv`` holds them, so the pool read is ``kv`` padded)."""
+    slots, k, v = step_rows(kv, kv_lens, tables, qsl, q.shape[0])
+    pool = jnp.pad(kv, [(0, 0)] * 4 + [(0, kernel_head_dim(kv.shape[-1]) - kv.shape[-1])])
+    meta = AttentionMetadata(slots, qsl, kv_lens, tables, backend="triton-prefill")
+    attend = jax.jit(functools.partial(paged_attention, sinks=sinks, **opts))
+    return np.asarray(attend(q, k, v, pool, meta)[0])
+
+
+def result(case: dict, got: np.ndarray, ref: np.ndarray, owned: int) -> dict:
     return {
         "case": case,
         "rel_err": float(np.linalg.norm(got[:owned] - ref[:owned]) / np.linalg.norm(ref[:owned])),

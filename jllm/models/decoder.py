@@ -245,7 +245,8 @@ class CausalLM(nnx.Module):
         self,
         input_ids: jax.Array,  # [T] int32
         positions: jax.Array,  # [T] int32
-        # per layer [planes, num_kv_heads, num_pages, page_size, kv_pool_head_dim], or a recurrent layer's state pool
+        # per layer [planes, num_kv_heads, num_pages, page_size, kv_pool_head_dim (zero-padded to the kernels' width:
+        # attention.resolve_pool)], or a recurrent layer's state pool
         kv_caches: list[Any],
         meta: AttentionMetadata,
         lora: LoRABatch | None = None,
