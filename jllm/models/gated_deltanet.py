@@ -71,7 +71,8 @@ class DeltaNetSpec:
     model's (OLMo-Hybrid's 1e-5). ``channel_decay``: Kimi Delta Attention (Kimi Linear), Qwen3.5's layout with a
     decay per key channel from a low-rank forget gate (``f_a_proj``, ``f_b_proj``, ``dt_bias [v_heads * dk]``) in
     place of ``in_proj_a``, and its output gate a sigmoid of a low-rank projection (``g_a_proj``, ``g_b_proj``) in
-    place of SiLU of ``in_proj_z``."""
+    place of SiLU of ``in_proj_z``. ``sigmoid_gate``: the output gate a sigmoid of ``in_proj_z`` (Qwen4-Exp's
+    ``output_gate_type``)."""
 
     num_k_heads: int
     num_v_heads: int
@@ -82,6 +83,7 @@ class DeltaNetSpec:
     beta_scale: float = 1.0
     norm_eps: float | None = None
     channel_decay: bool = False
+    sigmoid_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.num_v_heads % self.num_k_heads:
@@ -181,7 +183,7 @@ class GatedDeltaNet(nnx.Module):
             out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
             core, recurrent = scan_rows(_delta_step, recurrent, (q, k, v, jnp.exp(decay), beta), out_like, meta)
         core = core.astype(x.dtype)  # [T, v_heads, dv]
-        gate = jax.nn.sigmoid if s.channel_decay else jax.nn.silu
+        gate = jax.nn.sigmoid if s.channel_decay or s.sigmoid_gate else jax.nn.silu
         gated = self.norm(core) * gate(z.astype(jnp.float32))
         y = self.out_proj(gated.astype(x.dtype).reshape(t, nv * dv))
         return y, scatter_states(cache, (conv_state, recurrent), meta)

@@ -174,6 +174,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen3NextForCausalLM": qwen3_next.qwen3_next,
     "Qwen3_5ForCausalLM": qwen3_next.qwen3_5,
     "Qwen3_5MoeForCausalLM": qwen3_next.qwen3_5_moe,
+    "Qwen4ExpForCausalLM": qwen3_next.qwen4_exp,
     "Qwen3_5ForConditionalGeneration": multimodal.qwen3_5,
     "Qwen3_5MoeForConditionalGeneration": multimodal.qwen3_5_moe,
 }
