@@ -557,7 +557,7 @@ class ModelArgs:
         """The longest context the model is served with: its positions, or a shorter attention chunk or QSA
         budget."""
         limits = (n for n in (self.attention_chunk_size, self.indexer_budget) if n)
-        return min(self.max_position_embeddings, *limits)
+        return min(self.max_position_embeddings, *limits, self.max_position_embeddings)
 
     @property
     def context_limit(self) -> str:
