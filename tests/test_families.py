@@ -60,7 +60,7 @@ HYBRIDS |= {"qwen4_exp"}  # Qwen3.5-MoE's mixer (its bound), 1.4e-5 here (2026-1
 # alone (Mamba; its mixer's in tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk, Zamba2's
 # hybrid layers' pages and state, DeepSeek-V3.2's indexer keys (each later chunk's rows select among them), Gemma 3n's
 # KV-shared layers (they read the pages their source layers wrote in earlier chunks)
-CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n"}
+CHUNKED = {"lfm2", "kimi_linear", "bailing_hybrid", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -1181,6 +1181,24 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # BailingHybrid (Ling 3): Kimi Delta Attention layers 0 and 2 (4 heads of 16, its bounded forget gate and output
+    # gate one projection each), latent attention 1 and 3 with a sigmoid gate per head; a dense first layer, then
+    # V3's mixture (4 groups of 2 experts, the best 2 groups) with a shared expert
+    "bailing_hybrid": (
+        "BailingHybridForCausalLM",
+        None,
+        dict(
+            {k: v for k, v in DEEPSEEK_KEYS.items() if k != "n_routed_experts"},
+            num_experts=8,  # BailingHybridConfig's name (it refuses n_routed_experts)
+            num_key_value_heads=4,
+            num_hidden_layers=4,
+            layer_group_size=2,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+        ),
+        [],
+    ),
     # MiniMax: lightning attention layers 0 and 2 (4 heads of 16), Mixtral's attention 1 and 3, Mixtral's mixture, the
     # residuals from the normed inputs, scaled
     "minimax": ("MiniMaxForCausalLM", None, MINIMAX_KEYS, []),
@@ -1377,6 +1395,7 @@ MIXTURES = (
     "qwen4_exp",
     "lfm2_moe",
     "kimi_linear",
+    "bailing_hybrid",
     "nemotron_h_moe",
     "minimax",
     "jamba",
@@ -1943,6 +1962,10 @@ LOGITS_ONLY |= {"olmo_hybrid"}
 # Kimi Linear (its KDA state across steps is its chunked-prefill row's) and Nemotron 3 (its plain experts checked
 # against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
 LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
+# BailingHybrid: Kimi Linear's mixer (its bounded forget gate across steps: its chunked-prefill row) and latent
+# attention, gated per head; its greedy batch equals transformers' (by hand, 2026-12: 41 s a row on a loaded 2-core
+# machine)
+LOGITS_ONLY |= {"bailing_hybrid"}
 # Qwen4-Exp: Qwen3.5-MoE's layers (their state across steps: tests/test_hybrid.py) in hyper-connection streams, which
 # keep nothing across steps; its greedy batch and its 32-token chunked prefill's logits equal transformers' (by hand,
 # 2026-12: 47 s and 44 s a row on a loaded 2-core machine)
@@ -2331,6 +2354,12 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "MiniMax with no attention layer .* is not supported",
         ),
         ("MiniMaxText01ForCausalLM", {"postnorm": False}, "MiniMaxText01 postnorm=False is not supported"),
+        (
+            "BailingHybridForCausalLM",
+            {"expert_swiglu_limit_list": [0, 7.0]},
+            r"BailingHybrid expert_swiglu_limit_list=\[0, 7.0\] is not supported",
+        ),
+        ("BailingHybridForCausalLM", {"hidden_act": "gelu"}, "BailingHybrid hidden_act='gelu' is not supported"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "ple_layer_ids": [1]}, r"ple_layer_ids=\[1\] is not supported"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "indexer_budget": None}, "Qwen4-Exp needs .* indexer_budget unset"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "output_gate_type": "gelu"}, "output_gate_type='gelu' is not supported"),
@@ -2417,6 +2446,8 @@ def test_qwen4_exp_context_is_its_qsa_budget_and_longer_is_refused_naming_it():
     args = build_args({**config, "architectures": ["Qwen4ExpForCausalLM"]}, np.float32)[1]
     assert args.max_context == 32
     assert args.context_limit.startswith("the model's indexer_budget=32: jllm has no QSA block-sparse attention")
+    llama = build_args({**BASE, "architectures": ["LlamaForCausalLM"]}, np.float32)[1]
+    assert llama.max_context == BASE["max_position_embeddings"]  # neither limit: the positions
 
 
 @pytest.mark.parametrize("start, end, interval", [(1, -1, 1), (0, 4, 2), (2, 3, 1)])
