@@ -168,9 +168,7 @@ def _worker(
         )
     if max_model_len > args.max_context:
         raise ValueError(
-            f"max_model_len={max_model_len} exceeds the model's attention_chunk_size={args.attention_chunk_size}: "
-            "jllm has no chunked attention, so it serves contexts up to one chunk, where chunked attention is causal "
-            f"attention; set max_model_len <= {args.max_context}"
+            f"max_model_len={max_model_len} exceeds {args.context_limit}; set max_model_len <= {args.max_context}"
         )
     page_size = config.cache.page_size
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)

@@ -145,10 +145,11 @@ class Encoder:
                 "hidden states and embeddings are not supported for hybrid models with recurrent layers (Qwen3-Next, "
                 "Qwen3.5, the Mamba2 hybrids): the encoder's scratch pool holds no recurrent state; use generation"
             )
-        if runner.loaded.args.altup_streams:
+        if runner.loaded.args.altup_streams or runner.loaded.args.hyper_streams:
+            family, streams = ("Gemma 3n", "AltUp's") if runner.loaded.args.altup_streams else ("Qwen4-Exp", "hyper")
             raise InputError(
-                "hidden states and embeddings are not supported for Gemma 3n: its layers' states are AltUp's streams, "
-                "not one hidden state; use generation"
+                f"hidden states and embeddings are not supported for {family}: its layers' states are {streams} "
+                "streams, not one hidden state; use generation"
             )
         if any(spec.moe_shortcut for spec in runner.loaded.args.layers):
             raise InputError(

@@ -53,13 +53,14 @@ HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_image_text"}
 # MiniMax: transformers' float32 forward is itself 1.8e-5 from its float64 one on the 70-token prompt, jllm's 2.1e-5
 # (its lightning state's sums unnormed, residuals scaled up by the alphas; 2026-12-05)
 HYBRIDS |= {"minimax"}
+HYBRIDS |= {"qwen4_exp"}  # Qwen3.5-MoE's mixer (its bound), 1.4e-5 here (2026-12, its sigmoid gate)
 # Families whose logits are checked over their prompt prefilled in chunks too, what a chunk reads of the earlier ones
 # carried between steps: LFM2's conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state
 # (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state
 # alone (Mamba; its mixer's in tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk, Zamba2's
 # hybrid layers' pages and state, DeepSeek-V3.2's indexer keys (each later chunk's rows select among them), Gemma 3n's
 # KV-shared layers (they read the pages their source layers wrote in earlier chunks)
-CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n"}
+CHUNKED = {"lfm2", "kimi_linear", "bailing_hybrid", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -130,6 +131,19 @@ ZAMBA2_KEYS = dict(
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
+# What Qwen4-Exp's config.json holds besides those: its hyper-connections, its QSA indexer (a budget of 72 tokens in
+# blocks of 4: past the tests' 70-token prompt and the engine's 64-token context), its DeltaNet's sigmoid gate
+QWEN4_KEYS = dict(
+    layer_types=["linear_attention", "indexed_attention"] * 2,
+    hc_count=3,
+    hc_lowrank=8,
+    indexer_n_heads=4,
+    indexer_kv_heads=1,
+    indexer_head_dim=16,
+    indexer_budget=72,
+    indexer_compress_ratio=4,
+    output_gate_type="sigmoid",
+)
 # What a MiniMax config.json holds besides TINY_CONFIG: lightning layers 0 and 2, attention 1 and 3, 4 experts (top 2)
 # in every layer, each block kind's residual factors apart from one (transformers' blocks of 16, so its reference
 # prefill crosses several)
@@ -1114,6 +1128,10 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3_5": ("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", DELTANET_KEYS, []),
     "qwen3_5_moe": ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", dict(DELTANET_KEYS, **QWEN_NEXT_MOE), []),
     "qwen3_5_image_text": ("Qwen3_5ForConditionalGeneration", "Qwen3_5Config", DELTANET_KEYS, []),
+    # Qwen4-Exp: Qwen3.5-MoE's layers in 3 hyper-connection streams (mixers of rank 8), the DeltaNet's output gate a
+    # sigmoid, the rotary over whole heads (its default); its QSA indexer's budget (72 tokens) past every context
+    # here, where QSA keeps every token
+    "qwen4_exp": ("Qwen4ExpForCausalLM", "Qwen4ExpTextConfig", dict(DELTANET_KEYS, **QWEN_NEXT_MOE, **QWEN4_KEYS), []),
     # a mixture of attention heads (each token's queries from 2 of 4 query experts over 2 shared KV heads) and of
     # SwiGLU experts, each with an output bias; untied (tied, the random model repeats)
     "jetmoe": (
@@ -1160,6 +1178,24 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             topk_group=2,
             linear_num_heads=4,
             linear_head_dim=16,
+        ),
+        [],
+    ),
+    # BailingHybrid (Ling 3): Kimi Delta Attention layers 0 and 2 (4 heads of 16, its bounded forget gate and output
+    # gate one projection each), latent attention 1 and 3 with a sigmoid gate per head; a dense first layer, then
+    # V3's mixture (4 groups of 2 experts, the best 2 groups) with a shared expert
+    "bailing_hybrid": (
+        "BailingHybridForCausalLM",
+        None,
+        dict(
+            {k: v for k, v in DEEPSEEK_KEYS.items() if k != "n_routed_experts"},
+            num_experts=8,  # BailingHybridConfig's name (it refuses n_routed_experts)
+            num_key_value_heads=4,
+            num_hidden_layers=4,
+            layer_group_size=2,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
         ),
         [],
     ),
@@ -1365,8 +1401,10 @@ MIXTURES = (
     "jetmoe",
     "qwen3_next",
     "qwen3_5_moe",
+    "qwen4_exp",
     "lfm2_moe",
     "kimi_linear",
+    "bailing_hybrid",
     "nemotron_h_moe",
     "minimax",
     "jamba",
@@ -1933,6 +1971,14 @@ LOGITS_ONLY |= {"olmo_hybrid"}
 # Kimi Linear (its KDA state across steps is its chunked-prefill row's) and Nemotron 3 (its plain experts checked
 # against a loop too): their greedy batches equal transformers' by hand (2026-12-05), 38 s and 12 s a row here
 LOGITS_ONLY |= {"kimi_linear", "nemotron_h_moe"}
+# BailingHybrid: Kimi Linear's mixer (its bounded forget gate across steps: its chunked-prefill row) and latent
+# attention, gated per head; its greedy batch equals transformers' (by hand, 2026-12: 41 s a row on a loaded 2-core
+# machine)
+LOGITS_ONLY |= {"bailing_hybrid"}
+# Qwen4-Exp: Qwen3.5-MoE's layers (their state across steps: tests/test_hybrid.py) in hyper-connection streams, which
+# keep nothing across steps; its greedy batch and its 32-token chunked prefill's logits equal transformers' (by hand,
+# 2026-12: 47 s and 44 s a row on a loaded 2-core machine)
+LOGITS_ONLY |= {"qwen4_exp"}
 # DeepSeek-V3.2's and GLM-5's greedy batches are tests/test_sparse_attention.py's (prefix hits, chunks beside decodes)
 LOGITS_ONLY |= {"deepseek_v32", "glm_moe_dsa"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
@@ -2316,6 +2362,16 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "MiniMax with no attention layer .* is not supported",
         ),
         ("MiniMaxText01ForCausalLM", {"postnorm": False}, "MiniMaxText01 postnorm=False is not supported"),
+        (
+            "BailingHybridForCausalLM",
+            {"expert_swiglu_limit_list": [0, 7.0]},
+            r"BailingHybrid expert_swiglu_limit_list=\[0, 7.0\] is not supported",
+        ),
+        ("BailingHybridForCausalLM", {"hidden_act": "gelu"}, "BailingHybrid hidden_act='gelu' is not supported"),
+        ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "ple_layer_ids": [1]}, r"ple_layer_ids=\[1\] is not supported"),
+        ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "indexer_budget": None}, "Qwen4-Exp needs .* indexer_budget unset"),
+        ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "output_gate_type": "gelu"}, "output_gate_type='gelu' is not supported"),
+        ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "hc_count": 1}, "Qwen4-Exp hc_count=1 is not supported"),
         ("MiniMaxText01ForCausalLM", {"shared_intermediate_size": 32}, "shared_intermediate_size=32 is not supported"),
         (
             "MiniMaxText01ForCausalLM",
@@ -2386,6 +2442,20 @@ def test_llama4_context_is_one_attention_chunk_and_longer_is_refused(default_mod
     assert LLM(str(tmp_path), **args).engine.max_model_len == 32
     with pytest.raises(ValueError, match="max_model_len=64 exceeds the model's attention_chunk_size=32.*<= 32"):
         LLM(str(tmp_path), **dict(args, max_model_len=64))
+
+
+def test_qwen4_exp_context_is_its_qsa_budget_and_longer_is_refused_naming_it():
+    """jllm has no QSA block-sparse attention: a Qwen4-Exp is served with at most ``indexer_budget`` tokens of context
+    (there every query keeps every token, so QSA is causal attention), and the error ``build`` raises for a longer
+    ``max_model_len`` (Llama 4's test runs it) names the budget."""
+    from jllm.models.registry import build_args
+
+    config = {**BASE, **DELTANET_KEYS, **QWEN_NEXT_MOE, **QWEN4_KEYS, "indexer_budget": 32}
+    args = build_args({**config, "architectures": ["Qwen4ExpForCausalLM"]}, np.float32)[1]
+    assert args.max_context == 32
+    assert args.context_limit.startswith("the model's indexer_budget=32: jllm has no QSA block-sparse attention")
+    llama = build_args({**BASE, "architectures": ["LlamaForCausalLM"]}, np.float32)[1]
+    assert llama.max_context == BASE["max_position_embeddings"]  # neither limit: the positions
 
 
 @pytest.mark.parametrize("start, end, interval", [(1, -1, 1), (0, 4, 2), (2, 3, 1)])

@@ -22,6 +22,7 @@ from flax import nnx
 from jllm.attention import AttentionMetadata
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
+from jllm.models.hyper_connections import HyperConnection
 from jllm.models.layers import MLP, Embedding, Laurel, Linear, param, scaled, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
@@ -44,7 +45,9 @@ class DecoderLayer(nnx.Module):
     (``LayerSpec.shared_block``: ``jllm.models.zamba2``). A layer may hand an array on to the next (the ``carry``):
     LongCat-Flash's layer pairs pass a mixture's output from the first to the second (``LayerSpec.moe_shortcut``);
     DeepSeek Sparse Attention's layers pass the selection they attended over, which GLM-5's layers without an
-    indexer reuse (``LayerSpec.reuses_selection``)."""
+    indexer reuse (``LayerSpec.reuses_selection``). Qwen4-Exp's layers read and write hyper-connection streams: each
+    block's input a learned mix of them, its output added to each by a learned weight
+    (``jllm.models.hyper_connections``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -83,6 +86,9 @@ class DecoderLayer(nnx.Module):
         self.normed_residual = spec.normed_residual
         index = spec.shared_block
         self.shared_block = None if index is None else SharedBlockCall(args, shared_blocks[index])
+        hyper = args.hyper_streams > 0  # Qwen4-Exp's hyper-connections, around the mixer and around the MLP
+        self.attn_hyper_connection = HyperConnection(args) if hyper else None
+        self.mlp_hyper_connection = HyperConnection(args) if hyper else None
 
     def __call__(
         self,
@@ -104,6 +110,8 @@ class DecoderLayer(nnx.Module):
         ``embeddings``: the model's, which a Zamba2 hybrid layer's shared block reads."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return *self._from_normed(x, positions, kv_pages, meta), None
+        if self.attn_hyper_connection is not None:  # Qwen4-Exp's (no LoRA: hybrid models refuse it)
+            return *self._hyper(x, positions, kv_pages, meta), None
         if self.shared_block is not None:  # Zamba2's hybrid layer: its entry the block's pages and the mixer's state
             pages, states = kv_pages
             added, pages = self.shared_block(x, embeddings, positions, pages, meta)
@@ -175,6 +183,18 @@ class DecoderLayer(nnx.Module):
         h = self.post_attention_layernorm(x)
         return scaled(h, mlp_alpha) + scaled(self._mlp(h, None), mlp_beta), kv_pages
 
+    def _hyper(
+        self, x: jax.Array, positions: jax.Array, kv_pages: Any, meta: AttentionMetadata
+    ) -> tuple[jax.Array, Any]:
+        """Qwen4-Exp's layer over the streams ``x [T, streams, hidden]``: the mixer, then the MLP, each on its
+        hyper-connection's mix and added back into every stream."""
+        mixer = self.self_attn if self.mixer is None else self.mixer
+        h, weights = self.attn_hyper_connection(x)
+        out, kv_pages = mixer(h, None, positions, kv_pages, meta)
+        x = HyperConnection.add(x, out, weights)
+        h, weights = self.mlp_hyper_connection(x)
+        return HyperConnection.add(x, self._mlp(h, None), weights), kv_pages
+
     def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture
         of experts reads the normed states; a mixture beside the MLP (Gemma 4's) reads ``x`` itself."""
@@ -222,7 +242,10 @@ class CausalLM(nnx.Module):
         self.altup_streams = AltUpStreams(args) if args.altup_streams else None  # Gemma 3n's
         blocks = _shared_blocks(args)  # Zamba2's shared transformer blocks
         self.layers = nnx.List([DecoderLayer(args, spec, blocks) for spec in args.layers])
-        self.norm = args.make_norm()
+        # Qwen4-Exp's streams mixed into one state in place of the final norm
+        hyper = args.hyper_streams > 0
+        self.hyper_connection_mixer = HyperConnection(args, inject=False) if hyper else None
+        self.norm = None if hyper else args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
         self.lm_head = (
@@ -264,7 +287,10 @@ class CausalLM(nnx.Module):
         return [*states[:-1], self._final(states[-1])]
 
     def _final(self, x: jax.Array) -> jax.Array:
-        """The last layer's output normed (AltUp's streams collapsed to one first: Gemma 3n)."""
+        """The last layer's output normed (AltUp's streams collapsed to one first: Gemma 3n), or Qwen4-Exp's
+        hyper-connection streams mixed into one."""
+        if self.hyper_connection_mixer is not None:
+            return self.hyper_connection_mixer(x)[0]
         return self.norm(x if self.altup_streams is None else self.altup_streams.collapse(x))
 
     def _residual_stream(
@@ -276,8 +302,9 @@ class CausalLM(nnx.Module):
         lora: LoRABatch | None = None,
     ) -> tuple[list[jax.Array], list[jax.Array]]:
         """The residual stream before the first layer and after each (not normed; AltUp's ``[streams, T, hidden]``
-        with Gemma 3n), and the updated pool. A layer reading another's K/V (``LayerSpec.kv_source``) is given that
-        layer's updated pages; its own entry (empty) passes through."""
+        with Gemma 3n; the hyper-connections' ``[T, streams, hidden]`` with Qwen4-Exp), and the updated pool. A layer
+        reading another's K/V (``LayerSpec.kv_source``) is given that layer's updated pages; its own entry (empty)
+        passes through."""
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
@@ -287,6 +314,8 @@ class CausalLM(nnx.Module):
             x = self.embed_norm(x)
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
         states = [x if self.altup_streams is None else self.altup_streams.expand(x)]
+        if self.args.hyper_streams:  # Qwen4-Exp: every hyper-connection stream starts as the embedding
+            states = [jnp.broadcast_to(x[:, None], (x.shape[0], self.args.hyper_streams, x.shape[1]))]
         new_caches = []
         carry = None  # a layer's to the next: LongCat-Flash's mixture output, DeepSeek Sparse Attention's selection
         for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):

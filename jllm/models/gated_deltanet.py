@@ -71,7 +71,11 @@ class DeltaNetSpec:
     model's (OLMo-Hybrid's 1e-5). ``channel_decay``: Kimi Delta Attention (Kimi Linear), Qwen3.5's layout with a
     decay per key channel from a low-rank forget gate (``f_a_proj``, ``f_b_proj``, ``dt_bias [v_heads * dk]``) in
     place of ``in_proj_a``, and its output gate a sigmoid of a low-rank projection (``g_a_proj``, ``g_b_proj``) in
-    place of SiLU of ``in_proj_z``."""
+    place of SiLU of ``in_proj_z``. ``sigmoid_gate``: the output gate a sigmoid of ``in_proj_z`` (Qwen4-Exp's
+    ``output_gate_type``). ``full_rank_gates``: Kimi Delta Attention's forget and output gates each one projection
+    (``f_proj``, ``g_proj``: BailingHybrid's); ``safe_gate_bound``: its log decay ``bound * sigmoid(exp(A_log) * (f +
+    dt_bias))`` (BailingHybrid's ``kda_safe_gate`` with ``kda_lower_bound``), in place of ``-exp(A_log) * softplus(f
+    + dt_bias)``."""
 
     num_k_heads: int
     num_v_heads: int
@@ -82,6 +86,9 @@ class DeltaNetSpec:
     beta_scale: float = 1.0
     norm_eps: float | None = None
     channel_decay: bool = False
+    sigmoid_gate: bool = False
+    full_rank_gates: bool = False
+    safe_gate_bound: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_v_heads % self.num_k_heads:
@@ -93,6 +100,8 @@ class DeltaNetSpec:
             raise ValueError(f"linear_conv_kernel_dim={self.conv_kernel} must be >= 2")
         if self.channel_decay and self.fused_qkvz:
             raise ValueError("channel_decay (Kimi Delta Attention) has Qwen3.5's separate projections, not fused_qkvz")
+        if (self.full_rank_gates or self.safe_gate_bound is not None) and not self.channel_decay:
+            raise ValueError("full_rank_gates and safe_gate_bound are Kimi Delta Attention's: they need channel_decay")
 
     @property
     def conv_dim(self) -> int:
@@ -132,7 +141,10 @@ class GatedDeltaNet(nnx.Module):
         else:  # every q head, every k head, every v head: read grouped per key head
             self.in_proj_qkv = Linear(d, (nk, s.group_width), grouped, dt, stored=s.conv_parts())
             self.in_proj_b = Linear(d, nv, heads, dt)
-            if s.channel_decay:  # Kimi Delta Attention's low-rank forget gate and output gate
+            if s.full_rank_gates:  # BailingHybrid's forget gate and output gate, one projection each
+                self.f_proj = Linear(d, nv * dk, ("embed", RECURRENT_HEADS), dt)
+                self.g_proj = Linear(d, nv * dv, ("embed", RECURRENT_HEADS), dt)
+            elif s.channel_decay:  # Kimi Delta Attention's low-rank forget gate and output gate
                 self.f_a_proj = Linear(d, dk, ("embed", None), dt)
                 self.f_b_proj = Linear(dk, nv * dk, (None, RECURRENT_HEADS), dt)
                 self.g_a_proj = Linear(d, dv, ("embed", None), dt)
@@ -170,18 +182,20 @@ class GatedDeltaNet(nnx.Module):
         q, k = (jnp.repeat(_l2_normed(y), nv // nk, axis=1) for y in (q, k))  # [T, v_heads, dk]
         q = q * dk**-0.5
         beta = jax.nn.sigmoid(b.astype(jnp.float32)) * s.beta_scale  # [T, v_heads]
-        rate = jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])  # [T, v_heads] or [T, v_heads * dk]
-        if s.channel_decay:  # [T, v_heads, dk]: each key channel decays at its own rate
-            decay = -jnp.exp(self.A_log[...])[:, None] * rate.reshape(t, nv, dk)
+        gate_in = a.astype(jnp.float32) + self.dt_bias[...]  # [T, v_heads] or [T, v_heads * dk]
+        if s.safe_gate_bound is not None:  # [T, v_heads, dk]: bounded in [bound, 0]
+            decay = s.safe_gate_bound * jax.nn.sigmoid(jnp.exp(self.A_log[...])[:, None] * gate_in.reshape(t, nv, dk))
+        elif s.channel_decay:  # [T, v_heads, dk]: each key channel decays at its own rate
+            decay = -jnp.exp(self.A_log[...])[:, None] * jax.nn.softplus(gate_in).reshape(t, nv, dk)
         else:
-            decay = -jnp.exp(self.A_log[...]) * rate
+            decay = -jnp.exp(self.A_log[...]) * jax.nn.softplus(gate_in)
         if use_chunks(t, meta.query_start_loc.shape[0] - 1):
             core, recurrent = chunked_delta_rule(q, k, v, decay, beta, recurrent, meta)
         else:
             out_like = jax.ShapeDtypeStruct((nv, dv), jnp.float32)
             core, recurrent = scan_rows(_delta_step, recurrent, (q, k, v, jnp.exp(decay), beta), out_like, meta)
         core = core.astype(x.dtype)  # [T, v_heads, dv]
-        gate = jax.nn.sigmoid if s.channel_decay else jax.nn.silu
+        gate = jax.nn.sigmoid if s.channel_decay or s.sigmoid_gate else jax.nn.silu
         gated = self.norm(core) * gate(z.astype(jnp.float32))
         y = self.out_proj(gated.astype(x.dtype).reshape(t, nv * dv))
         return y, scatter_states(cache, (conv_state, recurrent), meta)
@@ -191,7 +205,9 @@ class GatedDeltaNet(nnx.Module):
         v_heads, dv]``; b and a ``[T, v_heads]``) from either checkpoint layout."""
         s = self.spec
         t, nk, nv, dv = h.shape[0], s.num_k_heads, s.num_v_heads, s.head_v_dim
-        if s.channel_decay:  # a: the forget gate per key channel, [T, v_heads * dk]
+        if s.full_rank_gates:  # a: the forget gate per key channel, [T, v_heads * dk]
+            return self.in_proj_qkv(h), self.g_proj(h).reshape(t, nv, dv), self.in_proj_b(h), self.f_proj(h)
+        if s.channel_decay:
             z = self.g_b_proj(self.g_a_proj(h)).reshape(t, nv, dv)
             return self.in_proj_qkv(h), z, self.in_proj_b(h), self.f_b_proj(self.f_a_proj(h))
         if not s.fused_qkvz:

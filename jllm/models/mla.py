@@ -16,6 +16,9 @@ its indexer selects alone. GLM-5's "shared" layers (``LayerSpec.reuses_selection
 transformers: they attend over the selection the last layer with one made in the same step, handed on by the decoder,
 and their entry is the latent pool alone.
 
+BailingHybrid's (Ling 3's) latent attention gates each head's output by a sigmoid of its own projection of the
+layer's input (``g_proj``, ``ModelArgs.attn_output_gate`` per head) before ``o_proj``.
+
 Tensor parallelism splits the query heads; the one latent head is replicated on every device (``jllm.parallel``'s
 KV-head replication: the model holds ``num_kv_heads`` copies of it), and so is the indexer.
 
@@ -88,6 +91,8 @@ class MLAttention(nnx.Module):
         self.kv_b_proj = Linear(m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim), (None, "q_heads"), dt)
         self.o_proj = Linear(h * m.v_head_dim, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=quant)
         self.indexer = None if m.indexer is None or spec.reuses_selection else Indexer(args, m.indexer)
+        gated = args.attn_output_gate is not None  # BailingHybrid's sigmoid gate per head
+        self.g_proj = Linear(d, h, ("embed", "q_heads"), dt, quant=quant) if gated else None
         self.args, self.spec = args, spec
 
     def __call__(
@@ -134,4 +139,6 @@ class MLAttention(nnx.Module):
             )  # [T, H, r]
             kv_pages = (latent_pages, index_pages)
         out = jnp.einsum("thr,rhv->thv", out, w_kv[..., nope:])  # [T, H, v_head_dim]
+        if self.g_proj is not None:  # [T, H, 1], its sigmoid taken in float32 (BailingHybrid's)
+            out = out * jax.nn.sigmoid(self.g_proj(x).astype(jnp.float32)).astype(out.dtype)[..., None]
         return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages, selected

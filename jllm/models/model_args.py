@@ -23,7 +23,8 @@ per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's A
 (``jllm.models.altup``), LAuReL blocks and sparse MLP activations; LongCat-Flash's mixture on a shortcut from one layer
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
-selection (``LayerSpec.reuses_selection``).
+selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``)
+and its QSA budget as a context limit.
 
 Where this module sits: docs/architecture.md.
 """
@@ -315,6 +316,15 @@ class ModelArgs:
     # fused QKV and the pool, and the attention output cut back to it before ``o_proj``; None: head_dim
     v_head_dim: int | None = None
     value_scale: float = 1.0  # the values times this before they are written (MiMo's attention_value_scale)
+    # Qwen4-Exp's hyper-connections (``jllm.models.hyper_connections``): > 1, the residual stream is this many streams
+    # ``[T, streams, hidden]``, each block's input a learned mix of them (rank ``hyper_rank``) in place of its norm,
+    # its output added to each by a learned weight; the final mix in place of the final norm
+    hyper_streams: int = 0
+    hyper_rank: int = 0
+    # Qwen4-Exp's QSA indexer keeps, per query, the tokens of its best indexer_budget / compress_ratio whole blocks
+    # and its last, incomplete block: jllm has no block-sparse attention, so it serves contexts up to the budget,
+    # where every token is kept and QSA is causal attention (``max_context``)
+    indexer_budget: int | None = None
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -347,6 +357,11 @@ class ModelArgs:
         earlier one with K/V of its own, of its shape."""
         if self.altup_streams == 1:
             raise ValueError("altup_streams=1 is not supported: AltUp needs at least 2 streams (0: no AltUp)")
+        if self.hyper_streams and (self.hyper_streams < 2 or self.hyper_rank < 1 or self.pre_norms):
+            raise ValueError(
+                f"hyper_streams={self.hyper_streams} needs at least 2 streams, hyper_rank >= 1 (got "
+                f"{self.hyper_rank}) and pre_norms False (the hyper-connections norm each block's input)"
+            )
         narrowest = min(self.layer_heads(s)[1] for s in self.layers)
         stored = self.weights.v_head_dim is not None and self.weights.qkv_layout == "separate"
         if self.v_head_dim is not None and not (self.v_head_dim <= narrowest and stored):
@@ -549,8 +564,23 @@ class ModelArgs:
 
     @property
     def max_context(self) -> int:
-        """The longest context the model is served with: its positions, or a shorter attention chunk."""
-        return min(self.max_position_embeddings, self.attention_chunk_size or self.max_position_embeddings)
+        """The longest context the model is served with: its positions, or a shorter attention chunk or QSA
+        budget."""
+        limits = (n for n in (self.attention_chunk_size, self.indexer_budget) if n)
+        return min(self.max_position_embeddings, *limits, self.max_position_embeddings)
+
+    @property
+    def context_limit(self) -> str:
+        """Why ``max_context`` is below the positions (``build``'s error for a longer ``max_model_len``)."""
+        if self.indexer_budget and self.indexer_budget == self.max_context:
+            return (
+                f"the model's indexer_budget={self.indexer_budget}: jllm has no QSA block-sparse attention, so it "
+                "serves contexts up to the budget, where every query keeps every token and QSA is causal attention"
+            )
+        return (
+            f"the model's attention_chunk_size={self.attention_chunk_size}: jllm has no chunked attention, so it "
+            "serves contexts up to one chunk, where chunked attention is causal attention"
+        )
 
     @property
     def dense_mlp_sizes(self) -> set[int]:

@@ -15,6 +15,7 @@ from flax import nnx
 from jllm.models.decoder import CausalLM
 from jllm.models.families import (
     alibi,
+    bailing_hybrid,
     cohere_moe,
     dbrx,
     deepseek,
@@ -171,9 +172,11 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,
     "OlmoHybridForCausalLM": olmo_hybrid.olmo_hybrid,
     "KimiLinearForCausalLM": kimi_linear.kimi_linear,
+    "BailingHybridForCausalLM": bailing_hybrid.bailing_hybrid,
     "Qwen3NextForCausalLM": qwen3_next.qwen3_next,
     "Qwen3_5ForCausalLM": qwen3_next.qwen3_5,
     "Qwen3_5MoeForCausalLM": qwen3_next.qwen3_5_moe,
+    "Qwen4ExpForCausalLM": qwen3_next.qwen4_exp,
     "Qwen3_5ForConditionalGeneration": multimodal.qwen3_5,
     "Qwen3_5MoeForConditionalGeneration": multimodal.qwen3_5_moe,
 }

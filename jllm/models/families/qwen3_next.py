@@ -4,6 +4,8 @@
 rows stored per head after the head's query rows in ``q_proj``. Norms are zero-centred (``1 + w``). Qwen3-Next's and
 Qwen3.5-MoE's MLPs are a softmax top-k mixture with a shared expert scaled by a sigmoid gate (Qwen2-MoE's); Qwen3.5's
 a dense SwiGLU. Qwen3.5's M-RoPE sections rotate a text token's channels by its one position, the plain rotary.
+Qwen4-Exp is Qwen3.5-MoE's layers in hyper-connection streams (``jllm.models.hyper_connections``), its attention
+layers QSA's ("indexed_attention"), served up to the indexer's budget, where QSA keeps every token.
 
 Where this module sits: docs/architecture.md.
 """
@@ -20,6 +22,8 @@ from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.safetensors_index import hf_names
 
 LINEAR = "linear_attention"
+QSA = "indexed_attention"  # Qwen4-Exp's attention layers, with their QSA indexer
+QSA_KEYS = ("indexer_n_heads", "indexer_head_dim", "indexer_budget", "indexer_compress_ratio")
 MROPE_KEYS = ("mrope_section", "mrope_interleaved")  # M-RoPE's settings: for text, the plain rotary
 # the attention's output gate stored per head after its query rows; the recurrent mixer under transformers' name
 WEIGHTS = WeightMap(qkv_layout="gated", rename=(("attn_gate", "q_proj"), ("mixer", "linear_attn")))
@@ -55,11 +59,42 @@ def qwen3_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _with_mixture(cfg, base, layers, "Qwen3.5-MoE", True)
 
 
+def qwen4_exp(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen4-Exp (``Qwen4ExpForCausalLM``, the ``qwen4_exp_text`` config): Qwen3.5-MoE's layers without their
+    norms, in ``hc_count`` hyper-connection streams (mixers of rank ``hc_lowrank``), the streams' final mix in place
+    of the final norm; the mixer's output gate by ``output_gate_type`` (else ``hidden_act``); the rotary over the
+    whole head unless ``partial_rotary_factor`` says otherwise. Its attention layers' QSA indexer (required) is not
+    run: the model is served up to ``indexer_budget`` tokens (``ModelArgs.indexer_budget``), where it keeps every
+    token. Per-layer n-gram embeddings (``ple_layer_ids``) are refused."""
+    if cfg.get("ple_layer_ids"):
+        raise ValueError(
+            f"Qwen4-Exp ple_layer_ids={cfg['ple_layer_ids']} is not supported (PLE, the hashed n-gram per-layer "
+            "embeddings); supported: none"
+        )
+    missing = [key for key in QSA_KEYS if not cfg.get(key)]
+    if missing:
+        raise ValueError(f"Qwen4-Exp needs its QSA indexer's settings: {', '.join(missing)} unset")
+    gate = cfg.get("output_gate_type") or cfg.get("hidden_act", "silu")
+    if gate not in ("silu", "sigmoid"):
+        raise ValueError(f"Qwen4-Exp output_gate_type={gate!r} is not supported (supported: 'silu', 'sigmoid')")
+    streams, rank = cfg.get("hc_count", 4), cfg.get("hc_lowrank", 320)
+    if streams < 2:
+        raise ValueError(f"Qwen4-Exp hc_count={streams} is not supported: hyper-connections need at least 2 streams")
+    if types := cfg.get("layer_types"):  # its attention layers are QSA's (the hub's config names them full)
+        cfg = {**cfg, "layer_types": [FULL if kind == QSA else kind for kind in types]}
+    base, layers = _hybrid(cfg, dtype, "Qwen4-Exp", fused_qkvz=False, rotary_fraction=1.0)
+    deltanet = dataclasses.replace(base["deltanet"], sigmoid_gate=gate == "sigmoid")
+    hyper = dict(hyper_streams=streams, hyper_rank=rank, pre_norms=False, indexer_budget=cfg["indexer_budget"])
+    base = {**base, "deltanet": deltanet, **hyper}
+    return _with_mixture(cfg, base, layers, "Qwen4-Exp", bool(cfg.get("norm_topk_prob", True)))
+
+
 def _hybrid(
-    cfg: dict[str, Any], dtype: Any, family: str, *, fused_qkvz: bool
+    cfg: dict[str, Any], dtype: Any, family: str, *, fused_qkvz: bool, rotary_fraction: float = 0.25
 ) -> tuple[dict[str, Any], tuple[LayerSpec, ...]]:
-    """The settings the three share and each layer's mixer from ``layer_types`` (default: every
-    ``full_attention_interval``-th layer, 4, full attention)."""
+    """The settings the four share and each layer's mixer from ``layer_types`` (default: every
+    ``full_attention_interval``-th layer, 4, full attention); ``rotary_fraction``: the rotary's share of a head
+    where the config names none."""
     cfg = {"head_dim": 256, **cfg}
     base = base_args(cfg, dtype)
     n = base["num_layers"]
@@ -70,7 +105,7 @@ def _hybrid(
     if cfg.get("attention_bias"):
         raise ValueError(f"{family} attention_bias=True is not supported (supported: False, as the released models)")
     params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    params = {"partial_rotary_factor": 0.25, **{k: v for k, v in params.items() if k not in MROPE_KEYS}}
+    params = {"partial_rotary_factor": rotary_fraction, **{k: v for k, v in params.items() if k not in MROPE_KEYS}}
     if params.get("rope_type") == "mrope":
         params["rope_type"] = "default"
     rope = read_rope(cfg, base["head_dim"], params)

@@ -1,7 +1,7 @@
 """Readers for checkpoints that keep a parameter otherwise than transformers holds it in memory (OLMo-Hybrid, Kimi
-Linear): the gated DeltaNet's fused ``in_proj_qkv`` and ``conv1d`` stored as q's, k's and v's tensors apart, and
-tensors under the names transformers' ``conversion_mapping`` renames on load (and ``save_pretrained`` writes back).
-A family's ``WeightMap.reader`` calls them.
+Linear, BailingHybrid): the gated DeltaNet's fused ``in_proj_qkv`` and ``conv1d`` stored as q's, k's and v's tensors
+apart, and tensors under the names transformers' ``conversion_mapping`` renames on load (and ``save_pretrained`` writes
+back). A family's ``WeightMap.reader`` calls them.
 
 Where this module sits: docs/architecture.md.
 """
