@@ -59,7 +59,7 @@ HYBRIDS |= {"minimax"}
 # alone (Mamba; its mixer's in tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk, Zamba2's
 # hybrid layers' pages and state, DeepSeek-V3.2's indexer keys (each later chunk's rows select among them), Gemma 3n's
 # KV-shared layers (they read the pages their source layers wrote in earlier chunks)
-CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n"}
+CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n", "falcon_h1"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -126,6 +126,21 @@ ZAMBA2_KEYS = dict(
     use_mem_rope=True,
     add_bias_linear=True,
     initializer_range=0.15,
+)
+# What a Falcon-H1 config.json holds besides BASE: MAMBA2_KEYS' mixer (its width mamba_d_ssm) and each multiplier
+FALCON_H1_KEYS = dict(
+    MAMBA2_KEYS,
+    mamba_d_ssm=128,
+    mamba_rms_norm=True,
+    embedding_multiplier=1.5,
+    lm_head_multiplier=0.5,
+    key_multiplier=0.7,
+    attention_in_multiplier=1.3,
+    attention_out_multiplier=0.8,
+    ssm_in_multiplier=0.9,
+    ssm_out_multiplier=1.2,
+    ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 0.7],
+    mlp_multipliers=[1.4, 0.6],
 )
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
@@ -1316,6 +1331,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(DEEPSEEK, **DSA_KEYS, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
         [],
     ),
+    # Falcon-H1: attention beside a Mamba2 mixer in both layers (Bamba's mixer sizes, 128 channels from mamba_d_ssm),
+    # every muP multiplier away from 1, the mixer's gated norm applied before the gate (FalconH1Config's default)
+    "falcon_h1": ("FalconH1ForCausalLM", None, FALCON_H1_KEYS, []),
 }
 MIXTURES = (
     "dbrx",
@@ -1462,6 +1480,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
+    # Falcon-H1 without the mixer's norm (SiLU(z) gates its output alone: FalconH1Config's default), every linear
+    # biased
+    "falcon_h1_gate_only_biased": (
+        "FalconH1ForCausalLM",
+        dict(
+            FALCON_H1_KEYS,
+            mamba_rms_norm=False,
+            mamba_proj_bias=True,
+            projectors_bias=True,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
+    ),
     # Granite-4.0-H with the shared MLP alone (no experts) and rotary attention, attention first
     "granite_moe_hybrid_dense_rope": (
         "GraniteMoeHybridForCausalLM",
@@ -1628,6 +1659,18 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     ids = PROMPTS[2]
     expected = jllm_logits(load_model(saved, mesh=make_mesh(1), dtype="float32"), ids)
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
+
+
+def test_falcon_h1_layers_keep_pages_beside_their_mamba2_state_both_split_by_heads():
+    """Every Falcon-H1 layer runs attention beside its mixer: its cache entry is its own pages beside its Mamba2
+    state, and tensor parallelism splits the attention by KV heads and the mixer by its heads."""
+    config = {**BASE, **FALCON_H1_KEYS, "architectures": ["FalconH1ForCausalLM"]}
+    _, state, args, _ = abstract_model(config, jax.numpy.float32, tensor_parallel_size=2)
+    spec = KVCacheSpec.for_model(args, page_size=4, dtype=jax.numpy.float32)
+    assert (spec.num_layers, spec.with_pages, spec.num_kv_heads, spec.head_dim) == (2, (0, 1), 2, 16)
+    axes = {"/".join(map(str, p)): v.axes for p, v in nnx.to_flat_state(state)}
+    assert axes["layers/1/self_attn/qkv_proj/kernel"][1] == "kv_heads"
+    assert axes["layers/1/mixer/in_proj/kernel"][1] == axes["layers/1/mixer/out_proj/kernel"][0] == "recurrent_heads"
 
 
 def test_mamba2_embedding_under_its_older_name_reads_the_same(tmp_path):
@@ -2058,7 +2101,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"hybrid_override_pattern": "M-*", "sliding_window": 8},
             "Nemotron-H sliding_window=8 is not supported",
         ),
-        ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
+        (
+            "FalconH1ForCausalLM",
+            {**FALCON_H1_KEYS, "projectors_bias": True},
+            "Falcon-H1 mamba_proj_bias=False with projectors_bias=True is not supported",
+        ),
         (
             "Mamba2ForCausalLM",
             {"num_heads": 8, "head_dim": 16, "norm_before_gate": True},

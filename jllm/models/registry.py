@@ -162,6 +162,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "BambaForCausalLM": mamba_hybrids.bamba,
     "GraniteMoeHybridForCausalLM": mamba_hybrids.granite_moe_hybrid,
     "NemotronHForCausalLM": mamba_hybrids.nemotron_h,
+    "FalconH1ForCausalLM": mamba_hybrids.falcon_h1,
     "MambaForCausalLM": mamba.mamba,
     "FalconMambaForCausalLM": mamba.falcon_mamba,
     "Mamba2ForCausalLM": mamba.mamba2,
@@ -193,8 +194,6 @@ def resolve_architecture(hf_config: dict[str, Any]) -> Callable[[dict[str, Any],
             return ARCHITECTURES[name]
         if name in CLASSIFIERS:
             return functools.partial(_classifier, ARCHITECTURES[CLASSIFIERS[name]])
-        if name in mamba_hybrids.REFUSED:
-            raise ValueError(f"architecture {name!r} is not supported: {mamba_hybrids.REFUSED[name]}")
     supported = sorted([*ARCHITECTURES, *CLASSIFIERS])
     raise ValueError(f"unsupported architecture {names!r} in config.json; supported: {', '.join(supported)}")
 
