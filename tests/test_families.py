@@ -1334,6 +1334,22 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Falcon-H1: attention beside a Mamba2 mixer in both layers (Bamba's mixer sizes, 128 channels from mamba_d_ssm),
     # every muP multiplier away from 1, the mixer's gated norm applied before the gate (FalconH1Config's default)
     "falcon_h1": ("FalconH1ForCausalLM", None, FALCON_H1_KEYS, []),
+    # Granite MoE SWA: Granite MoE Shared's mixture and shared MLP (transformers 5's tensor names) under Granite SWA's
+    # sinks, a sliding layer with rotary at its own base, then a global one without
+    "granite_moe_swa": (
+        "GraniteMoeSWAForCausalLM",
+        None,
+        dict(
+            **GRANITE_MULTIPLIERS,
+            num_local_experts=4,
+            shared_intermediate_size=48,
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            layer_rope_theta=[5e4, 0],
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -1351,6 +1367,7 @@ MIXTURES = (
     "granite_moe",
     "granite_moe_shared",
     "granite_moe_hybrid",
+    "granite_moe_swa",
     "phimoe",
     "ernie4_5_moe",
     "llama4",
@@ -2336,6 +2353,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "GraniteSWAForCausalLM",
             {"layer_rope_theta": [1e4]},
             r"Granite SWA layer_rope_theta=\[10000.0\] is not supported.*num_hidden_layers=2 entries",
+        ),
+        (
+            "GraniteMoeSWAForCausalLM",
+            {"layer_types": ["full_attention"]},
+            r"Granite MoE SWA layer_types=\['full_attention'\] is not supported.*num_hidden_layers=2 entries",
         ),
         (
             "Apertus1p5TextForCausalLM",

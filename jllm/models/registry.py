@@ -138,6 +138,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "HyperCLOVAXForCausalLM": llama_variants.hyperclovax,
     "SolarOpenForCausalLM": deepseek.solar_open,
     "GraniteSWAForCausalLM": llama_variants.granite_swa,
+    "GraniteMoeSWAForCausalLM": llama_variants.granite_moe_swa,
     "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
     "YoutuForCausalLM": deepseek.youtu,
     "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
