@@ -1350,6 +1350,22 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # LFM3: LFM2's short convs (kernel 3, biased) beside sliding and full attention, each type its own rotary
+    # (Lfm3Config's: the full layers' proportional over half the channel pairs), per-head output gates, norms on both
+    # blocks' outputs; untied (tied, the random model repeats)
+    "lfm3": (
+        "Lfm3ForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=4,
+            layer_types=["conv", "sliding_attention", "conv", "full_attention"],
+            sliding_window=WINDOW,
+            conv_L_cache=3,
+            conv_bias=True,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -2179,6 +2195,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             r"Bamba time_step_limit=\[0.0\] is not supported.*two numbers",
         ),
         ("Lfm2ForCausalLM", {"layer_types": ["conv", "conv"]}, "LFM2 with no attention layer .* is not supported"),
+        (
+            "Lfm3ForCausalLM",
+            {"layer_types": ["conv", "linear_attention"]},
+            "LFM3 layer_types=.* must name each of the 2 layers as one of 'full_attention', 'sliding_attention'",
+        ),
         ("OlmoHybridForCausalLM", {"attention_bias": True}, "OLMo-Hybrid attention_bias=True is not supported"),
         ("KimiLinearForCausalLM", {"hidden_act": "gelu"}, "Kimi Linear hidden_act='gelu' is not supported.*'silu'"),
         (

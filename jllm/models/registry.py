@@ -171,6 +171,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "JambaForCausalLM": mamba.jamba,
     "Lfm2ForCausalLM": lfm2.lfm2,
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,
+    "Lfm3ForCausalLM": lfm2.lfm3,
     "OlmoHybridForCausalLM": olmo_hybrid.olmo_hybrid,
     "KimiLinearForCausalLM": kimi_linear.kimi_linear,
     "Qwen3NextForCausalLM": qwen3_next.qwen3_next,
