@@ -59,7 +59,7 @@ HYBRIDS |= {"minimax"}
 # alone (Mamba; its mixer's in tests/test_mamba.py), pure Mamba2's SSD state carried from chunk to chunk, Zamba2's
 # hybrid layers' pages and state, DeepSeek-V3.2's indexer keys (each later chunk's rows select among them), Gemma 3n's
 # KV-shared layers (they read the pages their source layers wrote in earlier chunks)
-CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n", "falcon_h1"}
+CHUNKED = {"lfm2", "kimi_linear", "minimax", "mamba", "mamba2", "zamba2", "deepseek_v32", "gemma3n"}
 WINDOW = 16
 # Ministral 3's YaRN and query scaling, the scaling's period (original_max_position_embeddings) short enough that the
 # tests' prompts cross several
@@ -2124,6 +2124,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("HYV4ForCausalLM", {}, "'HYV4ForCausalLM' is not supported: Hy4 .* keeps hc_mult residual streams"),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},

@@ -181,6 +181,16 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen3_5MoeForConditionalGeneration": multimodal.qwen3_5_moe,
 }
 
+# architectures transformers has that jllm refuses at load, and why (what the one decoder lacks for them)
+REFUSED = {
+    "HYV4ForCausalLM": (
+        "Hy4 (HYV4) keeps hc_mult residual streams mixed by hyper-connections in every layer (DeepSeek-V4's form), "
+        "its DeepSeek Sparse Attention layers reuse an earlier layer's selection (indexer_types 'shared', refused "
+        "for GLM-5 too), and its latent attention has sinks and a sigmoid output gate; jllm's decoder has none of "
+        "these yet"
+    ),
+}
+
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
 # tensor names) with a bias-free ``score`` head read at the last token in place of the LM head (``jllm.classify``)
 CLASSIFIERS: dict[str, str] = {
@@ -196,6 +206,8 @@ def resolve_architecture(hf_config: dict[str, Any]) -> Callable[[dict[str, Any],
             return ARCHITECTURES[name]
         if name in CLASSIFIERS:
             return functools.partial(_classifier, ARCHITECTURES[CLASSIFIERS[name]])
+        if name in REFUSED:
+            raise ValueError(f"architecture {name!r} is not supported: {REFUSED[name]}")
     supported = sorted([*ARCHITECTURES, *CLASSIFIERS])
     raise ValueError(f"unsupported architecture {names!r} in config.json; supported: {', '.join(supported)}")
 
