@@ -128,6 +128,21 @@ ZAMBA2_KEYS = dict(
     add_bias_linear=True,
     initializer_range=0.15,
 )
+# What a Falcon-H1 config.json holds besides BASE: MAMBA2_KEYS' mixer (its width mamba_d_ssm) and each multiplier
+FALCON_H1_KEYS = dict(
+    MAMBA2_KEYS,
+    mamba_d_ssm=128,
+    mamba_rms_norm=True,
+    embedding_multiplier=1.5,
+    lm_head_multiplier=0.5,
+    key_multiplier=0.7,
+    attention_in_multiplier=1.3,
+    attention_out_multiplier=0.8,
+    ssm_in_multiplier=0.9,
+    ssm_out_multiplier=1.2,
+    ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 0.7],
+    mlp_multipliers=[1.4, 0.6],
+)
 # What an LFM2 config.json holds besides TINY_CONFIG: which layers attend, the conv's kernel (transformers' names)
 LFM2_KEYS = dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2, conv_L_cache=3)
 QWEN_NEXT_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48)
@@ -1361,6 +1376,41 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],
     ),
+    # Falcon-H1: attention beside a Mamba2 mixer in both layers (Bamba's mixer sizes, 128 channels from mamba_d_ssm),
+    # every muP multiplier away from 1, the mixer's gated norm applied before the gate (FalconH1Config's default)
+    "falcon_h1": ("FalconH1ForCausalLM", None, FALCON_H1_KEYS, []),
+    # Granite MoE SWA: Granite MoE Shared's mixture and shared MLP (transformers 5's tensor names) under Granite SWA's
+    # sinks, a sliding layer with rotary at its own base, then a global one without
+    "granite_moe_swa": (
+        "GraniteMoeSWAForCausalLM",
+        None,
+        dict(
+            **GRANITE_MULTIPLIERS,
+            num_local_experts=4,
+            shared_intermediate_size=48,
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            layer_rope_theta=[5e4, 0],
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    # LFM3: LFM2's short convs (kernel 3, biased) beside sliding and full attention, each type its own rotary
+    # (Lfm3Config's: the full layers' proportional over half the channel pairs), per-head output gates, norms on both
+    # blocks' outputs; untied (tied, the random model repeats)
+    "lfm3": (
+        "Lfm3ForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=4,
+            layer_types=["conv", "sliding_attention", "conv", "full_attention"],
+            sliding_window=WINDOW,
+            conv_L_cache=3,
+            conv_bias=True,
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -1378,6 +1428,7 @@ MIXTURES = (
     "granite_moe",
     "granite_moe_shared",
     "granite_moe_hybrid",
+    "granite_moe_swa",
     "phimoe",
     "ernie4_5_moe",
     "llama4",
@@ -1509,6 +1560,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
+    # Falcon-H1 without the mixer's norm (SiLU(z) gates its output alone: FalconH1Config's default), every linear
+    # biased
+    "falcon_h1_gate_only_biased": (
+        "FalconH1ForCausalLM",
+        dict(
+            FALCON_H1_KEYS,
+            mamba_rms_norm=False,
+            mamba_proj_bias=True,
+            projectors_bias=True,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
+    ),
     # Granite-4.0-H with the shared MLP alone (no experts) and rotary attention, attention first
     "granite_moe_hybrid_dense_rope": (
         "GraniteMoeHybridForCausalLM",
@@ -1675,6 +1739,18 @@ def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(fa
     ids = PROMPTS[2]
     expected = jllm_logits(load_model(saved, mesh=make_mesh(1), dtype="float32"), ids)
     np.testing.assert_array_equal(jllm_logits(load_model(renamed, mesh=make_mesh(1), dtype="float32"), ids), expected)
+
+
+def test_falcon_h1_layers_keep_pages_beside_their_mamba2_state_both_split_by_heads():
+    """Every Falcon-H1 layer runs attention beside its mixer: its cache entry is its own pages beside its Mamba2
+    state, and tensor parallelism splits the attention by KV heads and the mixer by its heads."""
+    config = {**BASE, **FALCON_H1_KEYS, "architectures": ["FalconH1ForCausalLM"]}
+    _, state, args, _ = abstract_model(config, jax.numpy.float32, tensor_parallel_size=2)
+    spec = KVCacheSpec.for_model(args, page_size=4, dtype=jax.numpy.float32)
+    assert (spec.num_layers, spec.with_pages, spec.num_kv_heads, spec.head_dim) == (2, (0, 1), 2, 16)
+    axes = {"/".join(map(str, p)): v.axes for p, v in nnx.to_flat_state(state)}
+    assert axes["layers/1/self_attn/qkv_proj/kernel"][1] == "kv_heads"
+    assert axes["layers/1/mixer/in_proj/kernel"][1] == axes["layers/1/mixer/out_proj/kernel"][0] == "recurrent_heads"
 
 
 def test_mamba2_embedding_under_its_older_name_reads_the_same(tmp_path):
@@ -2102,6 +2178,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
+        ("HYV4ForCausalLM", {}, "'HYV4ForCausalLM' is not supported: Hy4 .* keeps hc_mult residual streams"),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},
@@ -2112,7 +2189,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"hybrid_override_pattern": "M-*", "sliding_window": 8},
             "Nemotron-H sliding_window=8 is not supported",
         ),
-        ("FalconH1ForCausalLM", {}, "'FalconH1ForCausalLM' is not supported: each layer runs attention and a Mamba2"),
+        (
+            "FalconH1ForCausalLM",
+            {**FALCON_H1_KEYS, "projectors_bias": True},
+            "Falcon-H1 mamba_proj_bias=False with projectors_bias=True is not supported",
+        ),
         (
             "Mamba2ForCausalLM",
             {"num_heads": 8, "head_dim": 16, "norm_before_gate": True},
@@ -2169,6 +2250,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             r"Bamba time_step_limit=\[0.0\] is not supported.*two numbers",
         ),
         ("Lfm2ForCausalLM", {"layer_types": ["conv", "conv"]}, "LFM2 with no attention layer .* is not supported"),
+        (
+            "Lfm3ForCausalLM",
+            {"layer_types": ["conv", "linear_attention"]},
+            "LFM3 layer_types=.* must name each of the 2 layers as one of 'full_attention', 'sliding_attention'",
+        ),
         ("OlmoHybridForCausalLM", {"attention_bias": True}, "OLMo-Hybrid attention_bias=True is not supported"),
         ("KimiLinearForCausalLM", {"hidden_act": "gelu"}, "Kimi Linear hidden_act='gelu' is not supported.*'silu'"),
         (
@@ -2343,6 +2429,11 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "GraniteSWAForCausalLM",
             {"layer_rope_theta": [1e4]},
             r"Granite SWA layer_rope_theta=\[10000.0\] is not supported.*num_hidden_layers=2 entries",
+        ),
+        (
+            "GraniteMoeSWAForCausalLM",
+            {"layer_types": ["full_attention"]},
+            r"Granite MoE SWA layer_types=\['full_attention'\] is not supported.*num_hidden_layers=2 entries",
         ),
         (
             "Apertus1p5TextForCausalLM",

@@ -47,7 +47,8 @@ class DecoderLayer(nnx.Module):
     DeepSeek Sparse Attention's layers pass the selection they attended over, which GLM-5's layers without an
     indexer reuse (``LayerSpec.reuses_selection``). Qwen4-Exp's layers read and write hyper-connection streams: each
     block's input a learned mix of them, its output added to each by a learned weight
-    (``jllm.models.hyper_connections``)."""
+    (``jllm.models.hyper_connections``). Falcon-H1's layers run attention beside their Mamba2 mixer
+    (``LayerSpec.attention_beside``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -58,7 +59,7 @@ class DecoderLayer(nnx.Module):
         # a recurrent layer's mixer (gated DeltaNet, Mamba2, short conv) in place of the attention, its cache entry a
         # state pool
         self.mixer = None if spec.mixer in ("attention", "none") else args.make_mixer(spec)
-        if self.mixer is not None or not mixes:
+        if (self.mixer is not None and spec.attention_beside is None) or not mixes:
             self.self_attn = None
         elif args.attention_experts:
             self.self_attn = MixtureOfAttention(args, spec)
@@ -84,6 +85,7 @@ class DecoderLayer(nnx.Module):
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
+        self.attention_beside = spec.attention_beside
         index = spec.shared_block
         self.shared_block = None if index is None else SharedBlockCall(args, shared_blocks[index])
         hyper = args.hyper_streams > 0  # Qwen4-Exp's hyper-connections, around the mixer and around the MLP
@@ -110,6 +112,8 @@ class DecoderLayer(nnx.Module):
         ``embeddings``: the model's, which a Zamba2 hybrid layer's shared block reads."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return *self._from_normed(x, positions, kv_pages, meta), None
+        if self.attention_beside is not None:  # Falcon-H1's
+            return *self._side_by_side(x, positions, kv_pages, meta), None
         if self.attn_hyper_connection is not None:  # Qwen4-Exp's (no LoRA: hybrid models refuse it)
             return *self._hyper(x, positions, kv_pages, meta), None
         if self.shared_block is not None:  # Zamba2's hybrid layer: its entry the block's pages and the mixer's state
@@ -194,6 +198,19 @@ class DecoderLayer(nnx.Module):
         x = HyperConnection.add(x, out, weights)
         h, weights = self.mlp_hyper_connection(x)
         return HyperConnection.add(x, self._mlp(h, None), weights), kv_pages
+
+    def _side_by_side(
+        self, x: jax.Array, positions: jax.Array, kv_pages: tuple[jax.Array, Any], meta: AttentionMetadata
+    ) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        """Falcon-H1's layer: attention and the mixer over the same normed input, each's input and output times its
+        multipliers, their sum into the residual, then the MLP; its entry ``(pages, state pool)``."""
+        attn_in, attn_out, mixer_in, mixer_out = self.attention_beside
+        pages, states = kv_pages
+        h = self.input_layernorm(x)
+        mixed, states = self.mixer(scaled(h, mixer_in), None, positions, states, meta)
+        attended, pages = self.self_attn(scaled(h, attn_in), None, positions, pages, meta)
+        x = x + (scaled(mixed, mixer_out) + scaled(attended, attn_out))
+        return x + self._mlp(x, self.post_attention_layernorm), (pages, states)
 
     def _mlp(self, x: jax.Array, norm: nnx.Module, lora: LayerLoRA | None = None) -> jax.Array:
         """The MLP over ``norm(x)``: the dense one takes the norm itself (``normed_linear``), the router of a mixture

@@ -279,9 +279,13 @@ class MLP(nnx.Module):
         bias: bool = False,
         quant: QuantScheme | None = None,
         sparsity: float = 0.0,
+        multipliers: tuple[float, float] | None = None,
     ):
+        """``multipliers``: (gate, down), the gate's pre-activation and the output times these (Falcon-H1's muP)."""
         if sparsity and not (gated and 0.0 < sparsity < 1.0):
             raise ValueError(f"activation sparsity {sparsity} needs a gated MLP and a fraction in (0, 1)")
+        if multipliers is not None and not gated:
+            raise ValueError(f"MLP multipliers {multipliers} need a gated MLP (they scale its gate)")
         if gated:
             self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias, quant=quant)
         else:
@@ -292,6 +296,7 @@ class MLP(nnx.Module):
         # Gemma 3n's sparse layers keep only the gate values above mean + std * this (the normal quantile of
         # ``sparsity``): about the top 1 - sparsity of each row, if the row is Gaussian
         self.sparsity_cutoff = statistics.NormalDist().inv_cdf(sparsity) if sparsity else None
+        self.gate_scale, self.down_scale = multipliers or (1.0, 1.0)
 
     def __call__(self, x: jax.Array, norm: nnx.Module | None = None, lora: LayerLoRA | None = None) -> jax.Array:
         """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``; ``lora``: each
@@ -301,13 +306,14 @@ class MLP(nnx.Module):
             gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
             if lora is not None:
                 gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
-            gate = gate_up[:, 0] if self.sparsity_cutoff is None else self._sparse(gate_up[:, 0])
+            gate = scaled(gate_up[:, 0], self.gate_scale)
+            gate = gate if self.sparsity_cutoff is None else self._sparse(gate)
             h = act(gate) * gate_up[:, 1]
         else:
             up = normed_linear(norm, self.up_proj, x)  # [T, hidden]
             h = act(up if lora is None else up + lora.delta("up", x if norm is None else norm(x)))
         y = self.down_proj(h)
-        return y if lora is None else y + lora.delta("down", h)
+        return scaled(y if lora is None else y + lora.delta("down", h), self.down_scale)
 
     def _sparse(self, gate: jax.Array) -> jax.Array:
         """``relu(gate - (mean + std * cutoff))`` over each row's channels (transformers' ``_gaussian_topk``: the

@@ -11,7 +11,9 @@ dt_bias)`` clamped to ``time_step_limit``:
     y = state C + D x
 
 then a gated RMSNorm (times SiLU(z), then RMS-normed over each group's channels: transformers' ``RMSNormGated``
-with ``norm_before_gate`` off, as Bamba, Granite-4.0-H and Nemotron-H have it) and ``out_proj``.
+with ``norm_before_gate`` off, as Bamba, Granite-4.0-H and Nemotron-H have it; Falcon-H1's may norm first, or gate
+alone: ``Mamba2Spec.gate_norm``) and ``out_proj``. Falcon-H1 scales the projection's z, x, B, C and dt by its muP
+multipliers (``Mamba2Spec.in_multipliers``).
 
 A bucket that can hold a prefill (``recurrent_state.use_chunks``) runs the chunked SSD algorithm (``ssd_chunked``:
 transformers' ``mamba2_chunk_scan``, in chunks of the config's ``mamba_chunk_size`` or ``MAX_CHUNK`` if smaller),
@@ -38,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.models.layers import ACTIVATIONS, Linear, StoredParts, normed_linear, param
+from jllm.models.layers import ACTIVATIONS, Linear, StoredParts, normed_linear, param, scaled
 from jllm.models.recurrent_state import (
     DepthwiseConv1d,
     StatePool,
@@ -65,6 +67,9 @@ if TYPE_CHECKING:
 # bucket meant ~18k padded positions and ~2.4 GB float32 tensors per layer; 64 (the delta rule's chunk) is 12x less.
 # Unmeasured on a GPU (scripts/bench_recurrent.py times the layer).
 MAX_CHUNK = 64
+# how SiLU(z) gates the output: before the group RMSNorm (transformers' ``RMSNormGated``), after it (Falcon-H1's
+# ``mamba_norm_before_gate``), or alone with no norm (Falcon-H1's ``mamba_rms_norm`` false)
+GATE_NORMS = ("gate_then_norm", "norm_then_gate", "gate_only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +87,9 @@ class Mamba2Spec:
     norm_eps: float = 1e-5  # the gated norm's
     act: str = "silu"  # after the conv (one of layers.ACTIVATIONS)
     chunk_size: int = 256  # the chunked scan's (prefill buckets)
+    gate_norm: str = "gate_then_norm"  # one of GATE_NORMS
+    # the projection's z, x, B, C and dt times these (Falcon-H1's muP ``ssm_multipliers``); None: not scaled
+    in_multipliers: tuple[float, float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.n_groups:
@@ -92,6 +100,10 @@ class Mamba2Spec:
             raise ValueError(f"Mamba2 activation {self.act!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.chunk_size < 1:
             raise ValueError(f"Mamba2 chunk size {self.chunk_size} is not supported (supported: 1 or more)")
+        if self.gate_norm not in GATE_NORMS:
+            raise ValueError(f"Mamba2 gate_norm {self.gate_norm!r} is not one of {', '.join(GATE_NORMS)}")
+        if self.in_multipliers is not None and len(self.in_multipliers) != 5:
+            raise ValueError(f"Mamba2 in_multipliers={self.in_multipliers} must be 5 numbers: z, x, B, C, dt")
 
     @property
     def inner(self) -> int:
@@ -137,17 +149,21 @@ class Mamba2Spec:
 
 class GatedRMSNorm(nnx.Module):
     """transformers' ``RMSNormGated`` (Bamba's): ``x`` times SiLU(gate), then RMS-normed over each of ``groups``
-    equal slices of the channels, in float32; the weight multiplies in the input dtype."""
+    equal slices of the channels, in float32; the weight multiplies in the input dtype. With ``norm_first``
+    (Falcon-H1's ``mamba_norm_before_gate``) normed, weighted, then gated, all in float32 as its torch norm does."""
 
-    def __init__(self, dim: int, groups: int, eps: float, dtype: jnp.dtype):
+    def __init__(self, dim: int, groups: int, eps: float, dtype: jnp.dtype, norm_first: bool = False):
         self.weight = param((dim,), dtype, (RECURRENT_HEADS,))
-        self.groups, self.eps = groups, eps
+        self.groups, self.eps, self.norm_first = groups, eps, norm_first
 
     def __call__(self, x: jax.Array, gate: jax.Array) -> jax.Array:
         """``x``, ``gate`` ``[T, dim]``."""
-        y = x.astype(jnp.float32) * jax.nn.silu(gate.astype(jnp.float32))
+        gate = jax.nn.silu(gate.astype(jnp.float32))
+        y = x.astype(jnp.float32) if self.norm_first else x.astype(jnp.float32) * gate
         grouped = y.reshape(*y.shape[:-1], self.groups, -1)
         grouped = grouped * jax.lax.rsqrt(jnp.mean(grouped * grouped, axis=-1, keepdims=True) + self.eps)
+        if self.norm_first:
+            return (self.weight[...] * grouped.reshape(y.shape) * gate).astype(x.dtype)
         return self.weight[...] * grouped.reshape(y.shape).astype(x.dtype)
 
 
@@ -243,7 +259,9 @@ class Mamba2Mixer(nnx.Module):
         self.dt_bias = param((m.num_heads,), jnp.float32, (RECURRENT_HEADS,))
         self.A_log = param((m.num_heads,), jnp.float32, (RECURRENT_HEADS,))
         self.D = param((m.num_heads,), jnp.float32, (RECURRENT_HEADS,))
-        self.gated_norm = GatedRMSNorm(m.inner, m.n_groups, m.norm_eps, dt)
+        norm_first = m.gate_norm == "norm_then_gate"
+        gated = m.gate_norm != "gate_only"
+        self.gated_norm = GatedRMSNorm(m.inner, m.n_groups, m.norm_eps, dt, norm_first) if gated else None
         self.out_proj = Linear(m.inner, d, (RECURRENT_HEADS, "embed"), dt, bias=m.proj_bias)
         self.mamba = m
 
@@ -258,6 +276,11 @@ class Mamba2Mixer(nnx.Module):
         proj = normed_linear(norm, self.in_proj, x)  # [T, heads, 2 head_dim + 1]
         z, xs, dt = proj[..., :hd].reshape(t, inner), proj[..., hd : 2 * hd].reshape(t, inner), proj[..., 2 * hd]
         bc = normed_linear(norm, self.bc_proj, x).reshape(t, -1)  # [T, n_groups * 2 state]
+        if m.in_multipliers is not None:  # Falcon-H1's muP: z, x, B, C, dt each times its own
+            mz, mx, mb, mc, mdt = m.in_multipliers
+            z, xs, dt = scaled(z, mz), scaled(xs, mx), scaled(dt, mdt)
+            bc = bc.reshape(t, m.n_groups, 2, n)
+            bc = jnp.concatenate([scaled(bc[:, :, :1], mb), scaled(bc[:, :, 1:], mc)], axis=2).reshape(t, -1)
         conv_x, conv_bc, ssm_state = gather_states(states, meta)
         # the conv's channels: x's (the checkpoint's first), then B's and C's taken grouped per group
         channels = jnp.asarray(m.group_parts(inner, m.conv_dim).indices().reshape(-1))
@@ -289,7 +312,8 @@ class Mamba2Mixer(nnx.Module):
 
             out_like = jax.ShapeDtypeStruct((m.num_heads, m.head_dim), jnp.float32)
             y, ssm_state = scan_rows(step, ssm_state, (xs, dt, b, c), out_like, meta)  # [T, heads, head_dim] float32
-        y = self.gated_norm(y.reshape(t, inner), z)
+        y = y.reshape(t, inner)
+        y = y * jax.nn.silu(z.astype(jnp.float32)) if self.gated_norm is None else self.gated_norm(y, z)
         return self.out_proj(y.astype(x.dtype)), scatter_states(states, (conv_x, conv_bc, ssm_state), meta)
 
 

@@ -17,9 +17,10 @@ Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_co
 FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
 ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
 (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers before their mixer
-(``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Gemma 4's layers of their own KV
-heads and head width, keys reused as values, layers reading an earlier layer's K/V (``LayerSpec.kv_source``),
-per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's AltUp streams
+(``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Falcon-H1's attention beside its
+Mamba2 mixer in one layer, with muP multipliers (``LayerSpec.attention_beside``, ``mlp_multipliers``); Gemma 4's layers
+of their own KV heads and head width, keys reused as values, layers reading an earlier layer's K/V
+(``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's AltUp streams
 (``jllm.models.altup``), LAuReL blocks and sparse MLP activations; LongCat-Flash's mixture on a shortcut from one layer
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
@@ -175,6 +176,10 @@ class LayerSpec:
     # DeepSeek Sparse Attention: the layer has no indexer and attends over the tokens the last layer that ran one
     # selected, in the same step (GLM-5's indexer_types "shared"); its pool entry is the latent pool alone
     reuses_selection: bool = False
+    # Falcon-H1's layers: attention beside the recurrent mixer over the same normed input, their outputs summed into
+    # the residual; (attention in, attention out, mixer in, mixer out): each one's input and output multipliers (its
+    # muP ``attention_in_multiplier``, ...). The layer keeps pages beside its state. None: the mixer alone
+    attention_beside: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -185,6 +190,8 @@ class LayerSpec:
             raise ValueError(f"norms {self.norms!r} is not one of 'pre', 'post' (or None: the model's)")
         if self.mixer == "none" and not self.mlp:
             raise ValueError("a layer with mixer 'none' needs its MLP (mlp=True): it would do nothing")
+        if self.attention_beside is not None and self.mixer in ("attention", "none"):
+            raise ValueError(f"attention_beside needs a recurrent mixer beside the attention, not mixer {self.mixer!r}")
         if self.kv_source is not None and (self.mixer != "attention" or self.k_eq_v):
             raise ValueError("kv_source (K/V read from another layer) needs an attention layer without k_eq_v")
 
@@ -226,6 +233,8 @@ class ModelArgs:
     mlp_bias: bool = False
     mlp_act: str = "silu"
     mlp_gated: bool = True  # False: GPT-NeoX / Falcon's plain down(act(up(x))) (Nemotron 3's experts too)
+    # a dense gated MLP's gate (before its activation) and output times these (Falcon-H1's muP ``mlp_multipliers``)
+    mlp_multipliers: tuple[float, float] | None = None
     # attention and MLP both read the layer's input and add to it together (GPT-NeoX, Falcon)
     parallel_residual: bool = False
     shared_input_norm: bool = False  # with parallel_residual, the MLP reads the attention's input norm (Falcon-7B)
@@ -436,7 +445,15 @@ class ModelArgs:
             return self.make_moe()
         width, sparsity = spec.dense_mlp_size or self.intermediate_size, spec.activation_sparsity
         return MLP(
-            self.hidden_size, width, self.dtype, self.mlp_act, self.mlp_gated, self.mlp_bias, self.quant, sparsity
+            self.hidden_size,
+            width,
+            self.dtype,
+            self.mlp_act,
+            self.mlp_gated,
+            self.mlp_bias,
+            self.quant,
+            sparsity,
+            self.mlp_multipliers,
         )
 
     def make_moe(self) -> SparseMoE:
@@ -512,8 +529,9 @@ class ModelArgs:
 
     @staticmethod
     def has_pages(spec: LayerSpec) -> bool:
-        """The layer keeps KV pages: an attention layer, or a Zamba2 hybrid layer (beside its mixer's state)."""
-        return spec.mixer == "attention" or spec.shared_block is not None
+        """The layer keeps KV pages: an attention layer, or a Zamba2 or Falcon-H1 hybrid layer (beside its mixer's
+        state)."""
+        return spec.mixer == "attention" or spec.shared_block is not None or spec.attention_beside is not None
 
     def make_norm(
         self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None

@@ -139,6 +139,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "HyperCLOVAXForCausalLM": llama_variants.hyperclovax,
     "SolarOpenForCausalLM": deepseek.solar_open,
     "GraniteSWAForCausalLM": llama_variants.granite_swa,
+    "GraniteMoeSWAForCausalLM": llama_variants.granite_moe_swa,
     "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
     "YoutuForCausalLM": deepseek.youtu,
     "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
@@ -163,6 +164,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "BambaForCausalLM": mamba_hybrids.bamba,
     "GraniteMoeHybridForCausalLM": mamba_hybrids.granite_moe_hybrid,
     "NemotronHForCausalLM": mamba_hybrids.nemotron_h,
+    "FalconH1ForCausalLM": mamba_hybrids.falcon_h1,
     "MambaForCausalLM": mamba.mamba,
     "FalconMambaForCausalLM": mamba.falcon_mamba,
     "Mamba2ForCausalLM": mamba.mamba2,
@@ -170,6 +172,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "JambaForCausalLM": mamba.jamba,
     "Lfm2ForCausalLM": lfm2.lfm2,
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,
+    "Lfm3ForCausalLM": lfm2.lfm3,
     "OlmoHybridForCausalLM": olmo_hybrid.olmo_hybrid,
     "KimiLinearForCausalLM": kimi_linear.kimi_linear,
     "BailingHybridForCausalLM": bailing_hybrid.bailing_hybrid,
@@ -179,6 +182,15 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen4ExpForCausalLM": qwen3_next.qwen4_exp,
     "Qwen3_5ForConditionalGeneration": multimodal.qwen3_5,
     "Qwen3_5MoeForConditionalGeneration": multimodal.qwen3_5_moe,
+}
+
+# architectures transformers has that jllm refuses at load, and why (what the one decoder lacks for them)
+REFUSED = {
+    "HYV4ForCausalLM": (
+        "Hy4 (HYV4) keeps hc_mult residual streams mixed by DeepSeek-V4's form of hyper-connections in every "
+        "layer, its own sparse-attention indexer (HYV4Indexer), attention sinks on its "
+        "sparse latent attention and clamped SwiGLU experts (swiglu_limit); jllm's decoder has none of these yet"
+    ),
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
@@ -196,8 +208,8 @@ def resolve_architecture(hf_config: dict[str, Any]) -> Callable[[dict[str, Any],
             return ARCHITECTURES[name]
         if name in CLASSIFIERS:
             return functools.partial(_classifier, ARCHITECTURES[CLASSIFIERS[name]])
-        if name in mamba_hybrids.REFUSED:
-            raise ValueError(f"architecture {name!r} is not supported: {mamba_hybrids.REFUSED[name]}")
+        if name in REFUSED:
+            raise ValueError(f"architecture {name!r} is not supported: {REFUSED[name]}")
     supported = sorted([*ARCHITECTURES, *CLASSIFIERS])
     raise ValueError(f"unsupported architecture {names!r} in config.json; supported: {', '.join(supported)}")
 

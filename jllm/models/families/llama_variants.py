@@ -1,7 +1,8 @@
 """Llama's layout under newer names, each with a twist the decoder runs: CWM (sliding layers, three of four), Jais 2
 (LayerNorms, a plain squared-ReLU MLP), NanoChat (weightless RMSNorms, the rotary turned the other way, q/k norms after
 it, a soft-capped head), HyperCLOVA X (Granite's multipliers with norms on the blocks' outputs, logits multiplied),
-Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none),
+Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none) and Granite MoE SWA
+(its layers around Granite MoE Shared's mixture),
 Apertus 1.5's text model (Apertus).
 
 Where this module sits: docs/architecture.md.
@@ -14,6 +15,7 @@ from typing import Any
 
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, typed_layers, uniform
 from jllm.models.families.llama import apertus, granite
+from jllm.models.families.mixtures import granite_moe_shared
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 # CwmConfig's rotary where a config names none
@@ -24,6 +26,21 @@ CWM_ROPE = dict(
     high_freq_factor=4.0,
     low_freq_factor=1.0,
     original_max_position_embeddings=8192,
+)
+
+
+# Granite MoE SWA's tensor names: transformers 5's stacked experts ``[experts, out, in]`` (gate rows, then up rows)
+# and router, where Granite MoE's checkpoints keep ``input_linear`` / ``output_linear`` / ``router.layer``; the shared
+# MLP's as Granite MoE Shared's
+GRANITE_MOE_SWA_NAMES = WeightMap(
+    gate_up=("input_linear",),
+    rename=(
+        ("mlp", "block_sparse_moe"),
+        ("gate", "router"),
+        ("mlp.shared_expert", "shared_mlp"),
+        ("down_proj", "output_linear"),
+    ),
+    expert_params="out_in",
 )
 
 
@@ -110,18 +127,31 @@ def granite_swa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Granite SWA (granite-swash): Granite with a learned sink logit per query head (``sinks``), ``layer_types``
     sliding (by default all but every fourth layer from the first) over ``sliding_window`` (128 by default), and
     each layer its own rope base (``layer_rope_theta``; 0: no rotary), the global one's where there is no list."""
-    n = cfg["num_hidden_layers"]
     cfg = {"sliding_window": 128, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, **cfg}
-    args = granite(cfg, dtype)
+    return _sliding_with_sinks(granite(cfg, dtype), cfg, "Granite SWA")
+
+
+def granite_moe_swa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Granite MoE SWA: Granite MoE Shared's layers (the shared MLP where ``shared_intermediate_size`` is above 0,
+    none by default) with Granite SWA's sinks, sliding layers and rope base per layer; its experts stored as
+    transformers 5 holds them (``GRANITE_MOE_SWA_NAMES``: no older names to convert from)."""
+    cfg = {"sliding_window": 128, "rms_norm_eps": 1e-6, "max_position_embeddings": 2048, **cfg}
+    args = _sliding_with_sinks(granite_moe_shared(cfg, dtype), cfg, "Granite MoE SWA")
+    return dataclasses.replace(args, weights=GRANITE_MOE_SWA_NAMES)
+
+
+def _sliding_with_sinks(args: ModelArgs, cfg: dict[str, Any], family: str) -> ModelArgs:
+    """``args`` with a sink per query head and Granite SWA's layers: sliding where ``layer_types`` says (all but
+    every fourth from the first without it), each with its ``layer_rope_theta`` (0: no rotary; the global base
+    without a list)."""
+    n = cfg["num_hidden_layers"]
     params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
     default_theta = params.get("rope_theta") or cfg.get("rope_theta") or 10000.0
     thetas = cfg.get("layer_rope_theta") or [default_theta] * n
     kinds = cfg.get("layer_types") or [FULL if i % 4 == 0 else SLIDING for i in range(n)]
     for key, values in (("layer_rope_theta", thetas), ("layer_types", kinds)):
         if len(values) != n:
-            raise ValueError(
-                f"Granite SWA {key}={values!r} is not supported (supported: num_hidden_layers={n} entries)"
-            )
+            raise ValueError(f"{family} {key}={values!r} is not supported (supported: num_hidden_layers={n} entries)")
     window = cfg["sliding_window"]
     layers = tuple(
         LayerSpec(

@@ -1,7 +1,7 @@
 """The Mamba2 hybrids: some layers attention over the paged pool, the others a Mamba2 mixer (``jllm.models.mamba2``)
 with a per-sequence state, each followed by the layer's MLP (Bamba, Granite-4.0-H), or each block one of them alone
-(Nemotron-H). Falcon-H1 is refused at load by name (``REFUSED``: why); pure Mamba2 is read with the Mamba
-families (``families.mamba``).
+(Nemotron-H), or attention beside the mixer in every layer (Falcon-H1); pure Mamba2 is read with the Mamba families
+(``families.mamba``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -23,13 +23,6 @@ from jllm.models.moe import GroupedRouting
 LAYER_KINDS = {"linear_attention": "mamba2", "mamba": "mamba2", "full_attention": "attention", "attention": "attention"}
 # our mixer's names -> the checkpoint's: the layer's ``mamba``, its gated norm ``norm``
 MAMBA_NAMES = (("mixer", "mamba"), ("gated_norm", "norm"))
-# Mamba2 models whose layers the one decoder layer (a token mixer and / or an MLP, one cache entry) cannot hold: why
-REFUSED = {
-    "FalconH1ForCausalLM": (
-        "each layer runs attention and a Mamba2 mixer side by side (two caches a layer, KV pages and a recurrent "
-        "state, and muP multipliers of its own on the mixer's projections), where a jllm decoder layer has one"
-    ),
-}
 
 
 def mamba2_spec(cfg: dict[str, Any], family: str) -> Mamba2Spec:
@@ -242,4 +235,86 @@ def _nemotron_mixture(args: ModelArgs, cfg: dict[str, Any], kinds: list[str]) ->
         shared_expert_gated=False,
         moe_routing=GroupedRouting("sigmoid", *groups, scale=float(cfg.get("routed_scaling_factor", 1.0))),
         weights=dataclasses.replace(args.weights, rename=rename),
+    )
+
+
+# FalconH1Config's defaults for the keys read here
+FALCON_H1_DEFAULTS = {
+    "vocab_size": 128_000,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 8192,
+    "num_key_value_heads": 8,
+    "mamba_d_ssm": 1024,
+    "mamba_n_heads": 128,
+    "mamba_expand": 2,
+    "mamba_norm_before_gate": True,
+}
+
+
+# a Falcon-H1 layer's block multipliers, in ``LayerSpec.attention_beside``'s order
+FALCON_H1_BLOCK_MULTIPLIERS = (
+    "attention_in_multiplier",
+    "attention_out_multiplier",
+    "ssm_in_multiplier",
+    "ssm_out_multiplier",
+)
+
+
+def falcon_h1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Falcon-H1: in every layer Llama's attention and a Mamba2 mixer side by side over the same RMS-normed input,
+    their outputs summed into the residual, then a SwiGLU (``feed_forward``, its norm ``pre_ff_layernorm``); muP
+    multipliers throughout: the embeddings (``embedding_multiplier``), the logits (``lm_head_multiplier``), the keys
+    (``key_multiplier``, folded into the attention's scale: the keys meet nothing but the queries), each block's
+    input and output (``attention_in_`` / ``attention_out_`` / ``ssm_in_`` / ``ssm_out_multiplier``), the mixer's z,
+    x, B, C and dt (``ssm_multipliers``) and the MLP's gate and output (``mlp_multipliers``). The mixer is
+    ``mamba_d_ssm`` channels wide (``mamba_expand * hidden_size`` where null), its gated norm optional
+    (``mamba_rms_norm``) and before or after the gate (``mamba_norm_before_gate``); ``in_proj``'s bias is
+    ``mamba_proj_bias``, ``out_proj``'s ``projectors_bias``, refused where they differ."""
+    cfg = {**FALCON_H1_DEFAULTS, **cfg}
+    in_bias, out_bias = bool(cfg.get("mamba_proj_bias", False)), bool(cfg.get("projectors_bias", False))
+    if in_bias != out_bias:
+        raise ValueError(
+            f"Falcon-H1 mamba_proj_bias={in_bias} with projectors_bias={out_bias} is not supported (supported: the "
+            "two equal, the mixer's in_proj and out_proj both biased or neither)"
+        )
+    inner = cfg["mamba_d_ssm"] or cfg["mamba_expand"] * cfg["hidden_size"]
+    heads = cfg["mamba_n_heads"]
+    head_dim = cfg.get("mamba_d_head", "auto")
+    head_dim = inner // heads if head_dim == "auto" else head_dim
+    if heads * head_dim != inner:
+        raise ValueError(
+            f"Falcon-H1 mamba_n_heads={heads} x mamba_d_head={head_dim} must equal the mixer's {inner} channels "
+            "(mamba_d_ssm, or mamba_expand x hidden_size; transformers refuses such a config too)"
+        )
+    base = base_args(cfg, dtype)
+    multipliers = tuple(float(cfg.get(k, 1.0)) for k in FALCON_H1_BLOCK_MULTIPLIERS)
+    ssm = tuple(float(m) for m in cfg.get("ssm_multipliers") or (1.0,) * 5)
+    mlp = tuple(float(m) for m in cfg.get("mlp_multipliers") or (1.0, 1.0))
+    if len(ssm) != 5 or len(mlp) != 2:
+        raise ValueError(
+            f"Falcon-H1 ssm_multipliers={cfg.get('ssm_multipliers')!r}, mlp_multipliers={cfg.get('mlp_multipliers')!r}"
+            " are not supported (supported: 5 numbers for z, x, B, C, dt; 2 for the MLP's gate and output)"
+        )
+    gate_norm = "gate_only"
+    if cfg.get("mamba_rms_norm", False):
+        gate_norm = "norm_then_gate" if cfg["mamba_norm_before_gate"] else "gate_then_norm"
+    mamba = dataclasses.replace(
+        mamba2_spec({**cfg, "mamba_d_head": head_dim}, "Falcon-H1"), gate_norm=gate_norm, in_multipliers=ssm
+    )
+    layer = LayerSpec(read_rope(cfg, base["head_dim"]), mixer="mamba2", attention_beside=multipliers)
+    bias = bool(cfg.get("attention_bias", False))
+    rename = (("mlp", "feed_forward"), ("post_attention_layernorm", "pre_ff_layernorm"), ("norm", "final_layernorm"))
+    return ModelArgs(
+        **base,
+        layers=(layer,) * base["num_layers"],
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp_act=activation(cfg, "hidden_act", "silu", "Falcon-H1"),
+        mlp_multipliers=mlp,
+        embed_scale=float(cfg.get("embedding_multiplier", 1.0)),
+        sm_scale=float(cfg.get("key_multiplier", 1.0)) * base["head_dim"] ** -0.5,
+        logits_divisor=1.0 / float(cfg.get("lm_head_multiplier", 1.0)),
+        mamba2=mamba,
+        weights=WeightMap(rename=(*MAMBA_NAMES, *rename)),
     )
