@@ -1376,6 +1376,25 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [2],
     ),
+    # A.X-K2: DeepSeek-V3.2's layers (the prompts past index_topk 8 select) with each head's query and output gate
+    # from q_gate_proj, gated input norms (rank 4) and the mixture layer's gated MLP norm (the dense layer's plain),
+    # routed without expert groups (A.X-K2-Light's); attention biases on
+    "axk2": (
+        "AXK2ForCausalLM",
+        None,
+        dict(
+            DEEPSEEK_KEYS,
+            **DSA_KEYS,
+            head_dim=None,
+            num_key_value_heads=None,
+            n_shared_experts=2,
+            gated_norm_rank=4,
+            attention_bias=True,
+            mlp_layer_types=["dense", "sparse"],
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+        ),
+        [],
+    ),
     # Falcon-H1: attention beside a Mamba2 mixer in both layers (Bamba's mixer sizes, 128 channels from mamba_d_ssm),
     # every muP multiplier away from 1, the mixer's gated norm applied before the gate (FalconH1Config's default)
     "falcon_h1": ("FalconH1ForCausalLM", None, FALCON_H1_KEYS, []),
@@ -2057,6 +2076,7 @@ LOGITS_ONLY |= {"bailing_hybrid"}
 LOGITS_ONLY |= {"qwen4_exp"}
 # DeepSeek-V3.2's and GLM-5's greedy batches are tests/test_sparse_attention.py's (prefix hits, chunks beside decodes)
 LOGITS_ONLY |= {"deepseek_v32", "glm_moe_dsa"}
+LOGITS_ONLY |= {"axk2"}  # DeepSeek-V3.2's layers (their greedy rows) with gates that keep nothing across steps
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weightless norms in the mixer
 # Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'

@@ -55,7 +55,8 @@ class DecoderLayer(nnx.Module):
         pre, post = args.pre_norms, args.sandwich_norms
         if spec.norms is not None:  # the layer's own layout (OLMo-Hybrid's recurrent layers)
             pre, post = spec.norms == "pre", spec.norms == "post"
-        self.input_layernorm = args.make_norm() if pre and mixes else None
+        moe_layer = bool(args.num_experts) and spec.dense_mlp_size is None
+        self.input_layernorm = args.make_norm(gated=True) if pre and mixes else None  # gated: A.X-K2's, every layer
         # a recurrent layer's mixer (gated DeltaNet, Mamba2, short conv) in place of the attention, its cache entry a
         # state pool
         self.mixer = None if spec.mixer in ("attention", "none") else args.make_mixer(spec)
@@ -67,11 +68,10 @@ class DecoderLayer(nnx.Module):
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
         mlp_norm = spec.mlp and pre and not args.shared_input_norm
-        self.post_attention_layernorm = args.make_norm() if mlp_norm else None
+        self.post_attention_layernorm = args.make_norm(gated=moe_layer) if mlp_norm else None
         self.mlp = args.make_mlp(spec) if spec.mlp else None  # None: a token mixer alone (Nemotron-H's blocks)
         self.attn_out_norm = args.make_norm() if post else None
-        moe_out = args.moe_out_norm and args.num_experts and spec.dense_mlp_size is None
-        self.mlp_out_norm = args.make_norm() if post or moe_out else None
+        self.mlp_out_norm = args.make_norm() if post or (args.moe_out_norm and moe_layer) else None
         self.moe = args.make_moe_beside()  # Gemma 4's mixture beside the dense MLP, or None
         self.per_layer = LayerInput(args) if args.per_layer_input_size else None  # Gemma 4's and 3n's per-layer input
         self.altup = AltUp(args) if args.altup_streams else None  # Gemma 3n's streams

@@ -1,7 +1,8 @@
 """Layers the decoder families share: linear (float, or quantized per ``jllm.quantization``), embedding, RMSNorm
 (Llama's and Gemma's ``1 + w``), LayerNorm, the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
 Apertus' learned xIELU; Gemma 3n's Gaussian top-k sparsity on the gate) and Gemma 3n's low-rank residual block
-(``Laurel``); the mixture of experts lives in ``jllm.models.moe``.
+(``Laurel``), A.X-K2's RMSNorm gated by a low-rank projection of its output (``GatedRMSNorm``); the mixture of
+experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -198,6 +199,22 @@ def scaled(x: jax.Array, factor: float) -> jax.Array:
     """``x * factor`` in float32, rounded to ``x``'s dtype (torch's product of a tensor and a Python float: the
     factor not rounded to a bfloat16 first)."""
     return x if factor == 1 else (x.astype(jnp.float32) * factor).astype(x.dtype)
+
+
+class GatedRMSNorm(nnx.Module):
+    """RMSNorm, then its output times an input-dependent gate of its own (A.X-K2's ``AXK2GatedRMSNorm``, Megatron's
+    ``GatedNormWrapper``): ``y * sigmoid(gate_up(silu(gate_down(y))))`` with ``y = norm(x)``, the gate of a low
+    ``rank`` (the checkpoint's ``W_down`` / ``W_up``)."""
+
+    def __init__(self, dim: int, eps: float, rank: int, dtype: jnp.dtype):
+        self.norm = RMSNorm(dim, eps, dtype)
+        self.gate_down = Linear(dim, rank, ("embed", None), dtype)
+        self.gate_up = Linear(rank, dim, (None, "embed"), dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.norm(x)
+        gate = jax.nn.sigmoid(self.gate_up(jax.nn.silu(self.gate_down(y))).astype(jnp.float32))
+        return (y * gate).astype(y.dtype)  # the product in float32, as transformers'
 
 
 class LayerNorm(nnx.Module):

@@ -17,7 +17,9 @@ transformers: they attend over the selection the last layer with one made in the
 and their entry is the latent pool alone.
 
 BailingHybrid's (Ling 3's) latent attention gates each head's output by a sigmoid of its own projection of the
-layer's input (``g_proj``, ``ModelArgs.attn_output_gate`` per head) before ``o_proj``.
+layer's input (``g_proj``, ``ModelArgs.attn_output_gate`` per head) before ``o_proj``; A.X-K2's gates each output
+channel by a sigmoid of a part of its query projection, ``q_gate_proj``, which reads the normed low-rank query beside
+the unnormed one (``MLASpec.q_gate``).
 
 Tensor parallelism splits the query heads; the one latent head is replicated on every device (``jllm.parallel``'s
 KV-head replication: the model holds ``num_kv_heads`` copies of it), and so is the indexer.
@@ -59,10 +61,14 @@ class MLASpec:
     # sqrt(hidden / q_lora_rank) and sqrt(hidden / kv_lora_rank)); the pool keeps the scaled latent
     q_scale: float = 1.0
     latent_scale: float = 1.0
+    # the queries and a sigmoid gate on each head's output channels from one projection, ``q_gate_proj``, of the normed
+    # low-rank query beside the unnormed one (A.X-K2's, in place of ``q_b_proj``)
+    q_gate: bool = False
 
     def __post_init__(self) -> None:
-        if self.indexer is not None and self.q_lora_rank is None:
-            raise ValueError("DeepSeek Sparse Attention's indexer reads the low-rank query: q_lora_rank must be set")
+        for name, needs in (("DeepSeek Sparse Attention's indexer", self.indexer), ("q_gate", self.q_gate)):
+            if needs and self.q_lora_rank is None:
+                raise ValueError(f"{name} reads the low-rank query: q_lora_rank must be set")
 
     @property
     def latent_dim(self) -> int:
@@ -84,7 +90,10 @@ class MLAttention(nnx.Module):
             self.q_proj = None
             self.q_a_proj = Linear(d, m.q_lora_rank, ("embed", None), dt, bias=args.qkv_bias, quant=quant)
             self.q_a_layernorm = RMSNorm(m.q_lora_rank, LATENT_NORM_EPS, dt)
-            self.q_b_proj = Linear(m.q_lora_rank, h * qk, (None, "q_heads"), dt, quant=quant)
+            self.q_b_proj = None if m.q_gate else Linear(m.q_lora_rank, h * qk, (None, "q_heads"), dt, quant=quant)
+        # per head its query's qk channels, then its output gate's v_head_dim (A.X-K2's), so heads split whole
+        gate_width = h * (qk + m.v_head_dim)
+        self.q_gate_proj = Linear(2 * m.q_lora_rank, gate_width, (None, "q_heads"), dt) if m.q_gate else None
         self.kv_a_proj_with_mqa = Linear(d, m.latent_dim, ("embed", None), dt, bias=args.qkv_bias, quant=quant)
         self.kv_a_layernorm = RMSNorm(m.kv_lora_rank, LATENT_NORM_EPS, dt)
         # read as a matrix, not called: each head's K and V halves absorbed into the query and the output
@@ -110,12 +119,18 @@ class MLAttention(nnx.Module):
         a, m = self.args, self.args.mla
         t, h, r, nope = x.shape[0], a.num_heads, m.kv_lora_rank, m.qk_nope_head_dim
         x = x if norm is None else norm(x)
+        qk, gate = nope + m.qk_rope_head_dim, None
         if self.q_proj is not None:
             q = self.q_proj(x)
         else:
-            q_resid = self.q_a_layernorm(self.q_a_proj(x))  # [T, q_lora_rank], the indexer's query input too
-            q = self.q_b_proj(q_resid)
-        q = self.spec.scale_queries(q.reshape(t, h, nope + m.qk_rope_head_dim), positions)  # Mistral 4's scaling
+            q_a = self.q_a_proj(x)
+            q_resid = self.q_a_layernorm(q_a)  # [T, q_lora_rank], the indexer's query input too
+            if self.q_gate_proj is None:
+                q = self.q_b_proj(q_resid)
+            else:  # A.X-K2's: [T, H, qk + v_head_dim], each head's query then its gate
+                q_gate = self.q_gate_proj(jnp.concatenate([q_resid, q_a], axis=-1)).reshape(t, h, qk + m.v_head_dim)
+                q, gate = q_gate[..., :qk], q_gate[..., qk:]
+        q = self.spec.scale_queries(q.reshape(t, h, qk), positions)  # Mistral 4's scaling
         latent = self.kv_a_proj_with_mqa(x)  # [T, kv_lora_rank + rope]
         c_kv = self.kv_a_layernorm(latent[:, :r])
         q, c_kv = scaled(q, m.q_scale), scaled(c_kv, m.latent_scale)
@@ -139,6 +154,8 @@ class MLAttention(nnx.Module):
             )  # [T, H, r]
             kv_pages = (latent_pages, index_pages)
         out = jnp.einsum("thr,rhv->thv", out, w_kv[..., nope:])  # [T, H, v_head_dim]
+        if gate is not None:  # [T, H, v_head_dim], the product in float32 (A.X-K2's)
+            out = (out.astype(jnp.float32) * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(out.dtype)
         if self.g_proj is not None:  # [T, H, 1], its sigmoid taken in float32 (BailingHybrid's)
             out = out * jax.nn.sigmoid(self.g_proj(x).astype(jnp.float32)).astype(out.dtype)[..., None]
         return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages, selected

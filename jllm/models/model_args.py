@@ -5,16 +5,16 @@ config.json; nothing here holds a weight.
 A family is only what differs: attention kind (grouped-query, or DeepSeek's multi-head latent attention,
 ``jllm.models.mla``), norm kind, where the norms are (q/k per head, with one weight or a weight per head, or over all
 heads, Gemma's sandwich, OLMo 2's outputs-only), multipliers (Granite's residual and logits scales), learned positions
-(OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP),
-MLP kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's
-too), q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the
-embeddings, per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query
-temperature, an LM head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention
-heads (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output; and a hybrid's recurrent
-layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2 hybrids'
-Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning attention,
-``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``) among its attention ones, or alone (Mamba,
-FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
+(OPT's two rows on) or rotary, residual layout (sequential, or GPT-NeoX / Falcon / Phi's parallel attention + MLP), MLP
+kind (gated, plain, or a mixture of experts, with dense layers among them), activation, biases (the LM head's too),
+q/k/v clipping, rotary fraction, layout and scaling, soft-caps, attention sinks, ALiBi slopes, a norm on the embeddings,
+per-layer sliding windows, a gate on the attention's output, Llama 4's per-layer q/k norms and query temperature, an LM
+head over the first ids only, and the checkpoint's tensor names; and JetMoE's mixture of attention heads
+(``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output, A.X-K2's gated norms; and a
+hybrid's recurrent layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2
+hybrids' Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning
+attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``) among its attention ones, or alone
+(Mamba, FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
 ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
 (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers before their mixer
 (``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Falcon-H1's attention beside its
@@ -24,8 +24,8 @@ of their own KV heads and head width, keys reused as values, layers reading an e
 (``jllm.models.altup``), LAuReL blocks and sparse MLP activations; LongCat-Flash's mixture on a shortcut from one layer
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
-selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``)
-and its QSA budget as a context limit.
+selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
+its QSA budget as a context limit.
 
 Where this module sits: docs/architecture.md.
 """
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
-from jllm.models.layers import MLP, LayerNorm, RMSNorm
+from jllm.models.layers import MLP, GatedRMSNorm, LayerNorm, RMSNorm
 from jllm.models.lightning_attention import LightningAttention, LightningSpec
 from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
@@ -228,6 +228,9 @@ class ModelArgs:
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
     moe_out_norm: bool = False  # a norm on the mixture's output in its layers, none on a dense MLP's (A.X-K1)
+    # > 0: each layer's input norm, and a mixture layer's MLP norm, an RMSNorm gated by a low-rank projection of its
+    # output of this rank (A.X-K2's gated_norm_rank, ``layers.GatedRMSNorm``); a dense MLP's norm stays plain
+    gated_norm_rank: int = 0
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
@@ -338,6 +341,8 @@ class ModelArgs:
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
         kinds_named = (("norm", self.norm, NORMS), ("norm", self.qk_norm_kind or self.norm, NORMS))
+        gated = ("norm (gated by gated_norm_rank)", self.norm if self.gated_norm_rank else "rms", ("rms",))
+        kinds_named = (*kinds_named, gated)
         for name, kind, kinds in (*kinds_named, ("attn_output_gate", gate, ATTN_OUTPUT_GATES)):
             if kind not in kinds:
                 raise ValueError(f"{name} {kind!r} is not one of {', '.join(kinds)}")
@@ -534,11 +539,18 @@ class ModelArgs:
         return spec.mixer == "attention" or spec.shared_block is not None or spec.attention_beside is not None
 
     def make_norm(
-        self, dim: int | None = None, kind: str | None = None, heads: tuple[int, str] | None = None
+        self,
+        dim: int | None = None,
+        kind: str | None = None,
+        heads: tuple[int, str] | None = None,
+        gated: bool = False,
     ) -> nnx.Module:
         """A norm of ``kind`` (the model's ``norm`` by default) over ``dim`` channels (``hidden_size`` by default);
-        ``heads``: (count, logical axis) for one weight per head (``LayerNorm``'s)."""
+        ``heads``: (count, logical axis) for one weight per head (``LayerNorm``'s); ``gated``: a norm the family gates
+        where it has ``gated_norm_rank`` (A.X-K2's)."""
         dim, kind = dim or self.hidden_size, kind or self.norm
+        if gated and self.gated_norm_rank:
+            return GatedRMSNorm(dim, self.norm_eps, self.gated_norm_rank, self.dtype)
         if kind.startswith("layer"):
             affine, offset = kind != "layer_no_affine", kind == "layer_unit_offset"
             bias = kind in ("layer", "layer_unit_offset")

@@ -160,6 +160,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MiMoV2FlashForCausalLM": sliding_moe.mimo_v2_flash,
     "HYV3ForCausalLM": mixtures.hy_v3,
     "AXK1ForCausalLM": deepseek.axk1,
+    "AXK2ForCausalLM": deepseek_sparse.axk2,
     "JetMoeForCausalLM": jetmoe.jetmoe,
     "BambaForCausalLM": mamba_hybrids.bamba,
     "GraniteMoeHybridForCausalLM": mamba_hybrids.granite_moe_hybrid,

@@ -1,10 +1,13 @@
-"""DeepSeek-V3.2 (``DeepseekV32ForCausalLM``) and GLM-5 (``GlmMoeDsaForCausalLM``): DeepSeek-V3's latent attention,
+"""DeepSeek-V3.2 (``DeepseekV32ForCausalLM``), GLM-5 (``GlmMoeDsaForCausalLM``) and A.X-K2 (``AXK2ForCausalLM``):
+DeepSeek-V3's latent attention,
 router and mixture (``jllm.models.families.deepseek``) with DeepSeek Sparse Attention, a lightning indexer choosing
 the ``index_topk`` tokens each query attends to (``jllm.models.dsa``). The two differ in the indexer's rotary
 (DeepSeek-V3.2's half-split pairs, GLM-5's interleaved), in their configs' defaults, and in where the indexers are:
 in every DeepSeek-V3.2 layer; in GLM-5's "full" layers of ``indexer_types``, its "shared" ones having none and
 reusing the last full layer's selection (``LayerSpec.reuses_selection``; DeepseekV32Config has no such keys). The
-latent attention's rotary pairs are interleaved in both, whatever ``rope_interleave`` says (transformers reads none).
+latent attention's rotary pairs are interleaved in all, whatever ``rope_interleave`` says (transformers reads none).
+A.X-K2 is DeepSeek-V3.2 with its queries and an output gate from one projection (``MLASpec.q_gate``), gated input
+norms (``ModelArgs.gated_norm_rank``) and, by default, a router without expert groups.
 
 Where this module sits: docs/architecture.md.
 """
@@ -36,6 +39,17 @@ V32_DEFAULTS = dict(
 GLM5_DEFAULTS = dict(
     V32_DEFAULTS, n_group=1, topk_group=1, rms_norm_eps=1e-5, max_position_embeddings=202752, index_n_heads=32
 )
+# AXK2Config's (its light release's: no expert groups, so n_group None)
+AXK2_DEFAULTS = dict(
+    V32_DEFAULTS,
+    n_group=None,
+    topk_group=None,
+    max_position_embeddings=131072,
+    q_lora_rank=384,
+    first_k_dense_replace=1,
+    index_n_heads=16,
+    gated_norm_rank=16,
+)
 INDEXED = "indexed_attention"  # transformers' only layer type here: every layer runs DSA
 
 
@@ -63,6 +77,28 @@ def glm_moe_dsa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     args = _sparse(cfg, dtype, "GLM-5", interleaved_index=True)
     layers = [dataclasses.replace(s, reuses_selection=k == "shared") for s, k in zip(args.layers, kinds, strict=True)]
     return dataclasses.replace(args, layers=tuple(layers))
+
+
+def axk2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """A.X-K2 (SK Telecom): DeepSeek-V3.2's layers (the indexer's rotary half-split) with ``q_gate_proj`` in place of
+    ``q_b_proj`` (each head's query and its output's sigmoid gate from the normed low-rank query beside the unnormed
+    one), every input norm and a mixture layer's MLP norm gated (``gated_norm_rank``), each layer dense or a mixture
+    as ``mlp_layer_types`` says (else AXK2Config's rule from ``first_k_dense_replace`` and ``moe_layer_freq``)."""
+    cfg = {**AXK2_DEFAULTS, **cfg}
+    if cfg.get("mlp_layer_types") is None:
+        first, freq = cfg["first_k_dense_replace"], cfg.get("moe_layer_freq", 1)
+        cfg["mlp_layer_types"] = [
+            "sparse" if i >= first and i % freq == 0 else "dense" for i in range(cfg["num_hidden_layers"])
+        ]
+    args = _sparse(cfg, dtype, "A.X-K2", interleaved_index=False)
+    # the hub's names (transformers renames them on load): the fused query and gate stored as q_b_proj
+    rename = (("q_gate_proj", "q_b_proj"), ("gate_down", "W_down"), ("gate_up", "W_up"))
+    return dataclasses.replace(
+        args,
+        mla=dataclasses.replace(args.mla, q_gate=True),
+        gated_norm_rank=cfg["gated_norm_rank"],
+        weights=dataclasses.replace(args.weights, rename=(*args.weights.rename, *rename)),
+    )
 
 
 def _indexer_types(cfg: dict[str, Any]) -> list[str]:
