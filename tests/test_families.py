@@ -2199,6 +2199,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
         ("HYV4ForCausalLM", {}, "'HYV4ForCausalLM' is not supported: Hy4 .* keeps hc_mult residual streams"),
+        ("Kolibri1_1ForCausalLM", {}, "'Kolibri1_1ForCausalLM' is not supported: .* not DeepSeek Sparse Attention"),
+        ("AXK2ForCausalLM", {**DEEPSEEK_KEYS, "q_lora_rank": None}, "A.X-K2 q_lora_rank=None is not supported"),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},

@@ -192,6 +192,14 @@ REFUSED = {
         "layer, its own sparse-attention indexer (HYV4Indexer), attention sinks on its "
         "sparse latent attention and clamped SwiGLU experts (swiglu_limit); jllm's decoder has none of these yet"
     ),
+    "Kolibri1_1ForCausalLM": (
+        "Kolibri-1.1's indexed_attention layers run its own sparse attention, not DeepSeek Sparse Attention's: a "
+        "weightless indexer (Kolibri1_1Indexer) scoring keys by the ReLU of the first index_num_heads query heads "
+        "against key head 0, both rounded to NVFP4, choosing a pool of index_pool_size keys by blocks of "
+        "index_compression, then index_topk of them beside index_num_sink_tokens sinks and index_num_local_tokens "
+        "local tokens; those layers also attend to NVFP4-rounded keys and values at every length, and some read "
+        "another layer's (kv_source_layers); jllm's decoder has neither the indexer nor the NVFP4 rounding yet"
+    ),
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
