@@ -1198,7 +1198,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
     # BailingHybrid (Ling 3): Kimi Delta Attention layers 0 and 2 (4 heads of 16, its bounded forget gate and output
     # gate one projection each), latent attention 1 and 3 with a sigmoid gate per head; a dense first layer, then
-    # V3's mixture (4 groups of 2 experts, the best 2 groups) with a shared expert
+    # V3's mixture (4 groups of 2 experts, the best 2 groups) with a shared expert, their SwiGLUs clipped per layer
+    # where the limit is not 0 (half the silu(gate) values reach 3 here: a limit of 3 or 4 clips many); the dense
+    # layer's never (its limit of 1 ignored)
     "bailing_hybrid": (
         "BailingHybridForCausalLM",
         None,
@@ -1211,6 +1213,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             first_k_dense_replace=1,
             n_group=4,
             topk_group=2,
+            expert_swiglu_limit_list=[1.0, 4.0, 0, 3.0],
+            share_expert_swiglu_limit_list=[1.0, 3.0, 4.0, 0],
         ),
         [],
     ),
@@ -1843,7 +1847,7 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing, gpt_
     (Llama 4) each expert's input scaled by the sigmoid of its logit; gpt-oss's with biases on the router and each
     expert's projections and its clamped SwiGLU (a limit of 1 clamps many)."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    glu = ClampedSwiGLU(1.702, 1.0) if gpt_oss else None
+    glu = ClampedSwiGLU(1.0, alpha=1.702) if gpt_oss else None
     moe = SparseMoE(
         dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing, bias=gpt_oss, glu=glu
     )
@@ -2455,8 +2459,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("MiniMaxText01ForCausalLM", {"postnorm": False}, "MiniMaxText01 postnorm=False is not supported"),
         (
             "BailingHybridForCausalLM",
-            {"expert_swiglu_limit_list": [0, 7.0]},
-            r"BailingHybrid expert_swiglu_limit_list=\[0, 7.0\] is not supported",
+            {"expert_swiglu_limit_list": [0, 7.0, 7.0]},
+            r"BailingHybrid expert_swiglu_limit_list has 3 limits; it needs one per layer \(2\)",
         ),
         ("BailingHybridForCausalLM", {"hidden_act": "gelu"}, "BailingHybrid hidden_act='gelu' is not supported"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "ple_layer_ids": [1]}, r"ple_layer_ids=\[1\] is not supported"),
