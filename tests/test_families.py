@@ -575,6 +575,14 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "idefics3_image_text": ("Idefics3ForConditionalGeneration", "Idefics3Config", dict(model_type="llama"), []),
     "smolvlm_image_text": ("SmolVLMForConditionalGeneration", "SmolVLMConfig", dict(model_type="llama"), []),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
+    # Aria's text model: Llama's layers, top 2 of 4 experts (a softmax over the chosen logits) beside an ungated shared
+    # SwiGLU twice as wide; the experts stored as transformers saves them (fc1 / fc2)
+    "aria_text": (
+        "AriaTextForCausalLM",
+        None,
+        dict(moe_num_experts=4, moe_topk=2, moe_num_shared_experts=2, tie_word_embeddings=False),
+        [],
+    ),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
         "GraniteMoeSharedForCausalLM",
@@ -1429,6 +1437,7 @@ MIXTURES = (
     "qwen3_moe",
     "qwen2_moe",
     "olmoe",
+    "aria_text",
     "granite_moe",
     "granite_moe_shared",
     "granite_moe_hybrid",
@@ -2061,6 +2070,9 @@ LOGITS_ONLY |= {"bailing_hybrid"}
 LOGITS_ONLY |= {"qwen4_exp"}
 # DeepSeek-V3.2's and GLM-5's greedy batches are tests/test_sparse_attention.py's (prefix hits, chunks beside decodes)
 LOGITS_ONLY |= {"deepseek_v32", "glm_moe_dsa"}
+# Aria's text model: Llama's layers and a softmax mixture beside an ungated shared expert (Llama 4's greedy row runs
+# one); its greedy batch equals transformers' by hand (2026-12)
+LOGITS_ONLY |= {"aria_text"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weightless norms in the mixer
 # Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'
@@ -2463,6 +2475,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             r"BailingHybrid expert_swiglu_limit_list has 3 limits; it needs one per layer \(2\)",
         ),
         ("BailingHybridForCausalLM", {"hidden_act": "gelu"}, "BailingHybrid hidden_act='gelu' is not supported"),
+        ("AriaTextForCausalLM", {"mlp_bias": True}, "Aria mlp_bias=True is not supported"),
+        ("AriaTextForCausalLM", {"hidden_act": "gelu"}, "Aria hidden_act='gelu' is not supported"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "ple_layer_ids": [1]}, r"ple_layer_ids=\[1\] is not supported"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "indexer_budget": None}, "Qwen4-Exp needs .* indexer_budget unset"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "output_gate_type": "gelu"}, "output_gate_type='gelu' is not supported"),

@@ -110,6 +110,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MixtralForCausalLM": mixtures.mixtral,
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
+    "AriaTextForCausalLM": mixtures.aria_text,
     "OlmoeForCausalLM": mixtures.olmoe,
     "FlexOlmoForCausalLM": mixtures.flex_olmo,
     "GraniteMoeForCausalLM": mixtures.granite_moe,
