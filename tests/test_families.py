@@ -2195,6 +2195,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
         ("RwkvForCausalLM", {}, "RwkvForCausalLM.*supported.*Gemma2ForCausalLM"),
         ("HYV4ForCausalLM", {}, "'HYV4ForCausalLM' is not supported: Hy4 .* keeps hc_mult residual streams"),
+        ("BeamForCausalLM", {}, "'BeamForCausalLM' is not supported: Beam .* by their depth"),
+        ("ZayaForCausalLM", {}, "'ZayaForCausalLM' is not supported: ZAYA .* Compressed Convolutional Attention"),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},

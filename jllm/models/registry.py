@@ -192,6 +192,18 @@ REFUSED = {
         "layer, its own sparse-attention indexer (HYV4Indexer), attention sinks on its "
         "sparse latent attention and clamped SwiGLU experts (swiglu_limit); jllm's decoder has none of these yet"
     ),
+    "BeamForCausalLM": (
+        "Beam (Reflection) scales each block's output and the residual by their depth (1/sqrt(i) and "
+        "sqrt((i - 1)/i) at the i-th residual add), adds a learned bias per head to its attention's sigmoid output "
+        "gate, and scales its full (NoPE) layers' queries by (1 + (position + 1)/2048) ** 0.1; jllm's decoder has "
+        "none of these yet"
+    ),
+    "ZayaForCausalLM": (
+        "ZAYA (Zyphra) projects q and k through Compressed Convolutional Attention (causal convolutions over q and k "
+        "kept as a state across steps, half of each value head from the previous token), routes by an MLP over a "
+        "state carried from the previous layer's router with a skip expert, and scales both sides of every residual "
+        "add by learned per-channel weights and biases; jllm's decoder has none of these yet"
+    ),
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
