@@ -575,6 +575,14 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "idefics3_image_text": ("Idefics3ForConditionalGeneration", "Idefics3Config", dict(model_type="llama"), []),
     "smolvlm_image_text": ("SmolVLMForConditionalGeneration", "SmolVLMConfig", dict(model_type="llama"), []),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
+    # Aria's text model: Llama's layers, top 2 of 4 experts (a softmax over the chosen logits) beside an ungated shared
+    # SwiGLU twice as wide; the experts stored as transformers saves them (fc1 / fc2)
+    "aria_text": (
+        "AriaTextForCausalLM",
+        None,
+        dict(moe_num_experts=4, moe_topk=2, moe_num_shared_experts=2, tie_word_embeddings=False),
+        [],
+    ),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
         "GraniteMoeSharedForCausalLM",
@@ -1198,7 +1206,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     ),
     # BailingHybrid (Ling 3): Kimi Delta Attention layers 0 and 2 (4 heads of 16, its bounded forget gate and output
     # gate one projection each), latent attention 1 and 3 with a sigmoid gate per head; a dense first layer, then
-    # V3's mixture (4 groups of 2 experts, the best 2 groups) with a shared expert
+    # V3's mixture (4 groups of 2 experts, the best 2 groups) with a shared expert, their SwiGLUs clipped per layer
+    # where the limit is not 0 (half the silu(gate) values reach 3 here: a limit of 3 or 4 clips many); the dense
+    # layer's never (its limit of 1 ignored)
     "bailing_hybrid": (
         "BailingHybridForCausalLM",
         None,
@@ -1211,6 +1221,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             first_k_dense_replace=1,
             n_group=4,
             topk_group=2,
+            expert_swiglu_limit_list=[1.0, 4.0, 0, 3.0],
+            share_expert_swiglu_limit_list=[1.0, 3.0, 4.0, 0],
         ),
         [],
     ),
@@ -1444,6 +1456,7 @@ MIXTURES = (
     "qwen3_moe",
     "qwen2_moe",
     "olmoe",
+    "aria_text",
     "granite_moe",
     "granite_moe_shared",
     "granite_moe_hybrid",
@@ -1862,7 +1875,7 @@ def test_mixture_of_experts_equals_a_loop_over_tokens(renormalize, routing, gpt_
     (Llama 4) each expert's input scaled by the sigmoid of its logit; gpt-oss's with biases on the router and each
     expert's projections and its clamped SwiGLU (a limit of 1 clamps many)."""
     dim, hidden, experts, t = 16, 24, 6, 40
-    glu = ClampedSwiGLU(1.702, 1.0) if gpt_oss else None
+    glu = ClampedSwiGLU(1.0, alpha=1.702) if gpt_oss else None
     moe = SparseMoE(
         dim, hidden, experts, 2, np.float32, renormalize=renormalize, routing=routing, bias=gpt_oss, glu=glu
     )
@@ -2077,6 +2090,9 @@ LOGITS_ONLY |= {"qwen4_exp"}
 # DeepSeek-V3.2's and GLM-5's greedy batches are tests/test_sparse_attention.py's (prefix hits, chunks beside decodes)
 LOGITS_ONLY |= {"deepseek_v32", "glm_moe_dsa"}
 LOGITS_ONLY |= {"axk2"}  # DeepSeek-V3.2's layers (their greedy rows) with gates that keep nothing across steps
+# Aria's text model: Llama's layers and a softmax mixture beside an ungated shared expert (Llama 4's greedy row runs
+# one); its greedy batch equals transformers' by hand (2026-12)
+LOGITS_ONLY |= {"aria_text"}
 LOGITS_ONLY |= {"lfm2_moe"}  # LFM2's layers (their greedy row) with DeepSeek-V3's biased sigmoid router
 LOGITS_ONLY |= {"falcon_mamba"}  # Mamba's blocks (their greedy row) with weightless norms in the mixer
 # Jamba: Mamba's mixer (its greedy row), plain attention and a softmax mixture; its greedy batch equals transformers'
@@ -2201,6 +2217,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("HYV4ForCausalLM", {}, "'HYV4ForCausalLM' is not supported: Hy4 .* keeps hc_mult residual streams"),
         ("Kolibri1_1ForCausalLM", {}, "'Kolibri1_1ForCausalLM' is not supported: .* not DeepSeek Sparse Attention"),
         ("AXK2ForCausalLM", {**DEEPSEEK_KEYS, "q_lora_rank": None}, "A.X-K2 q_lora_rank=None is not supported"),
+        ("BeamForCausalLM", {}, "'BeamForCausalLM' is not supported: Beam .* by their depth"),
+        ("ZayaForCausalLM", {}, "'ZayaForCausalLM' is not supported: ZAYA .* Compressed Convolutional Attention"),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},
@@ -2477,10 +2495,12 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("MiniMaxText01ForCausalLM", {"postnorm": False}, "MiniMaxText01 postnorm=False is not supported"),
         (
             "BailingHybridForCausalLM",
-            {"expert_swiglu_limit_list": [0, 7.0]},
-            r"BailingHybrid expert_swiglu_limit_list=\[0, 7.0\] is not supported",
+            {"expert_swiglu_limit_list": [0, 7.0, 7.0]},
+            r"BailingHybrid expert_swiglu_limit_list has 3 limits; it needs one per layer \(2\)",
         ),
         ("BailingHybridForCausalLM", {"hidden_act": "gelu"}, "BailingHybrid hidden_act='gelu' is not supported"),
+        ("AriaTextForCausalLM", {"mlp_bias": True}, "Aria mlp_bias=True is not supported"),
+        ("AriaTextForCausalLM", {"hidden_act": "gelu"}, "Aria hidden_act='gelu' is not supported"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "ple_layer_ids": [1]}, r"ple_layer_ids=\[1\] is not supported"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "indexer_budget": None}, "Qwen4-Exp needs .* indexer_budget unset"),
         ("Qwen4ExpForCausalLM", {**QWEN4_KEYS, "output_gate_type": "gelu"}, "output_gate_type='gelu' is not supported"),

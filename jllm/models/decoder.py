@@ -78,7 +78,7 @@ class DecoderLayer(nnx.Module):
         rank = args.laurel_rank
         self.laurel = Laurel(args.hidden_size, rank, args.dtype, args.make_norm()) if rank else None  # Gemma 3n's
         # LongCat-Flash's mixture, run here on the MLP's normed input, its output added by the next layer
-        self.shortcut_moe = args.make_moe() if spec.moe_shortcut == "out" else None
+        self.shortcut_moe = args.make_moe(spec) if spec.moe_shortcut == "out" else None
         self.adds_shortcut = spec.moe_shortcut == "in"
         self.sparse = args.mla is not None and args.mla.indexer is not None  # DeepSeek Sparse Attention's selection
         self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None

@@ -260,6 +260,24 @@ ACTIVATIONS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ClampedSwiGLU:
+    """A SwiGLU whose gate is clipped above and up projection on both sides at ``limit``, in place of
+    ``silu(gate) * up``, so that rare huge activations stay bounded: gpt-oss's experts (``alpha`` set) clip before the
+    activation and take ``(up + 1) * gate * sigmoid(alpha * gate)``; Ling 3's (BailingHybrid's, ``alpha`` None) clip
+    the gate after its silu and take ``silu(gate) * up``."""
+
+    limit: float
+    alpha: float | None = None
+
+    def __call__(self, gate: jax.Array, up: jax.Array) -> jax.Array:
+        up = jnp.clip(up, -self.limit, self.limit)
+        if self.alpha is None:
+            return jnp.minimum(jax.nn.silu(gate), self.limit) * up
+        gate = jnp.minimum(gate, self.limit)
+        return (up + 1) * (gate * jax.nn.sigmoid(gate * self.alpha))
+
+
 class XIELU(nnx.Module):
     """xIELU (Apertus): ``alpha_p x^2 + beta x`` for ``x > 0``, else ``alpha_n (expm1(min(x, eps)) - x) + beta x``,
     with ``alpha_p = softplus(a_p)`` and ``alpha_n = beta + softplus(a_n)`` learned per layer; transformers'
@@ -297,19 +315,23 @@ class MLP(nnx.Module):
         quant: QuantScheme | None = None,
         sparsity: float = 0.0,
         multipliers: tuple[float, float] | None = None,
+        glu: ClampedSwiGLU | None = None,
     ):
-        """``multipliers``: (gate, down), the gate's pre-activation and the output times these (Falcon-H1's muP)."""
+        """``multipliers``: (gate, down), the gate's pre-activation and the output times these (Falcon-H1's muP);
+        ``glu``: the gated activation in place of ``act(gate) * up`` (Ling 3's clipped shared expert)."""
         if sparsity and not (gated and 0.0 < sparsity < 1.0):
             raise ValueError(f"activation sparsity {sparsity} needs a gated MLP and a fraction in (0, 1)")
         if multipliers is not None and not gated:
             raise ValueError(f"MLP multipliers {multipliers} need a gated MLP (they scale its gate)")
+        if glu is not None and not (gated and act == "silu"):
+            raise ValueError(f"MLP glu {glu} needs a gated silu MLP, not act={act!r} gated={gated}")
         if gated:
             self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias, quant=quant)
         else:
             self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias, quant=quant)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
         self.act_fn = XIELU(dtype) if act == "xielu" else None  # an activation with parameters of its own
-        self.act, self.gated = act, gated
+        self.act, self.gated, self.glu = act, gated, glu
         # Gemma 3n's sparse layers keep only the gate values above mean + std * this (the normal quantile of
         # ``sparsity``): about the top 1 - sparsity of each row, if the row is Gaussian
         self.sparsity_cutoff = statistics.NormalDist().inv_cdf(sparsity) if sparsity else None
@@ -325,7 +347,7 @@ class MLP(nnx.Module):
                 gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
             gate = scaled(gate_up[:, 0], self.gate_scale)
             gate = gate if self.sparsity_cutoff is None else self._sparse(gate)
-            h = act(gate) * gate_up[:, 1]
+            h = act(gate) * gate_up[:, 1] if self.glu is None else self.glu(gate, gate_up[:, 1])
         else:
             up = normed_linear(norm, self.up_proj, x)  # [T, hidden]
             h = act(up if lora is None else up + lora.delta("up", x if norm is None else norm(x)))

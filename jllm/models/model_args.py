@@ -180,6 +180,10 @@ class LayerSpec:
     # the residual; (attention in, attention out, mixer in, mixer out): each one's input and output multipliers (its
     # muP ``attention_in_multiplier``, ...). The layer keeps pages beside its state. None: the mixer alone
     attention_beside: tuple[float, float, float, float] | None = None
+    # the mixture's routed experts' and shared expert's activation in place of act(gate) * up: gpt-oss's clamped
+    # SwiGLU on every layer's experts, Ling 3's per-layer limits (``expert_swiglu_limit_list`` and the shared one's)
+    experts_glu: ClampedSwiGLU | None = None
+    shared_expert_glu: ClampedSwiGLU | None = None
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -266,7 +270,6 @@ class ModelArgs:
     attention_experts: int = 0
     moe_out_bias: bool = False  # a bias added to the mixture's output (JetMoE's)
     experts_bias: bool = False  # biases on the router and on each expert's projections (gpt-oss)
-    experts_glu: ClampedSwiGLU | None = None  # the experts' activation in place of act(gate) * up (gpt-oss)
     attn_sinks: bool = False  # a learned logit per query head joins each row's softmax, with no value (gpt-oss)
     # the attention's output, before o_proj, times act(attn_gate(normed input)), act one of ATTN_OUTPUT_GATES: per
     # channel (AFMoE's and MiniCPM5-MoE's sigmoid) or, with attn_output_gate_per_head, one factor per head (Laguna's
@@ -447,7 +450,7 @@ class ModelArgs:
 
     def make_mlp(self, spec: LayerSpec) -> nnx.Module:
         if self.num_experts and spec.dense_mlp_size is None:  # (a mixture beside the MLP: ``make_moe_beside``)
-            return self.make_moe()
+            return self.make_moe(spec)
         width, sparsity = spec.dense_mlp_size or self.intermediate_size, spec.activation_sparsity
         return MLP(
             self.hidden_size,
@@ -461,8 +464,8 @@ class ModelArgs:
             self.mlp_multipliers,
         )
 
-    def make_moe(self) -> SparseMoE:
-        """The routed mixture of experts: in place of a layer's MLP, or on LongCat-Flash's shortcut."""
+    def make_moe(self, spec: LayerSpec) -> SparseMoE:
+        """Layer ``spec``'s routed mixture of experts: in place of its MLP, or on LongCat-Flash's shortcut."""
         return SparseMoE(
             self.hidden_size,
             self.intermediate_size,
@@ -477,12 +480,13 @@ class ModelArgs:
             self.router_eps,
             self.moe_routing,
             bias=self.experts_bias,
-            glu=self.experts_glu,
+            glu=spec.experts_glu,
             out_bias=self.moe_out_bias,
             shared_mean=self.shared_expert_mean,
             router_float32=self.router_float32,
             gated=self.mlp_gated,
             zero_experts=self.zero_experts,
+            shared_glu=spec.shared_expert_glu,
         )
 
     def make_moe_beside(self) -> MoEBesideMLP | None:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.models.layers import ACTIVATIONS, MLP, Linear, RMSNorm, param
+from jllm.models.layers import ACTIVATIONS, MLP, ClampedSwiGLU, Linear, RMSNorm, param
 
 # x [rows, in] @ kernel [experts, in, *out] with rows grouped by expert -> [rows, *out]
 GROUPED = jax.lax.RaggedDotDimensionNumbers(
@@ -146,20 +146,6 @@ class Router(nnx.Module):
         return x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)  # [T, experts]
 
 
-@dataclasses.dataclass(frozen=True)
-class ClampedSwiGLU:
-    """gpt-oss's expert activation in place of ``silu(gate) * up``: the gate clipped above and the up projection on
-    both sides at ``limit``, then ``(up + 1) * gate * sigmoid(alpha * gate)``."""
-
-    alpha: float
-    limit: float
-
-    def __call__(self, gate: jax.Array, up: jax.Array) -> jax.Array:
-        gate = jnp.minimum(gate, self.limit)
-        up = jnp.clip(up, -self.limit, self.limit)
-        return (up + 1) * (gate * jax.nn.sigmoid(gate * self.alpha))
-
-
 class ExpertLinear(nnx.Module):
     """One linear map per expert, stacked: ``kernel [experts, in, *out]`` (and ``bias [experts, *out]``); rows of
     ``x`` sorted by expert."""
@@ -276,6 +262,7 @@ class SparseMoE(nnx.Module):
         router_float32: bool = False,
         gated: bool = True,
         zero_experts: int = 0,
+        shared_glu: ClampedSwiGLU | None = None,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -295,7 +282,7 @@ class SparseMoE(nnx.Module):
         )
         self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu, gated)
         self.output_bias = param((dim,), dtype, ("embed",)) if out_bias else None
-        self.shared_expert = MLP(dim, shared_hidden, dtype, act, gated) if shared_hidden else None
+        self.shared_expert = MLP(dim, shared_hidden, dtype, act, gated, glu=shared_glu) if shared_hidden else None
         shared_gate = shared_hidden and shared_gated
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_gate else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize

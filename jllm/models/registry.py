@@ -110,6 +110,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MixtralForCausalLM": mixtures.mixtral,
     "Qwen2MoeForCausalLM": mixtures.qwen2_moe,
     "Qwen3MoeForCausalLM": mixtures.qwen3_moe,
+    "AriaTextForCausalLM": mixtures.aria_text,
     "OlmoeForCausalLM": mixtures.olmoe,
     "FlexOlmoForCausalLM": mixtures.flex_olmo,
     "GraniteMoeForCausalLM": mixtures.granite_moe,
@@ -189,8 +190,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
 REFUSED = {
     "HYV4ForCausalLM": (
         "Hy4 (HYV4) keeps hc_mult residual streams mixed by DeepSeek-V4's form of hyper-connections in every "
-        "layer, its own sparse-attention indexer (HYV4Indexer), attention sinks on its "
-        "sparse latent attention and clamped SwiGLU experts (swiglu_limit); jllm's decoder has none of these yet"
+        "layer, its own sparse-attention indexer (HYV4Indexer) and attention sinks on its sparse latent attention; "
+        "jllm's decoder has none of these yet"
     ),
     "Kolibri1_1ForCausalLM": (
         "Kolibri-1.1's indexed_attention layers run its own sparse attention, not DeepSeek Sparse Attention's: a "
@@ -199,6 +200,18 @@ REFUSED = {
         "index_compression, then index_topk of them beside index_num_sink_tokens sinks and index_num_local_tokens "
         "local tokens; those layers also attend to NVFP4-rounded keys and values at every length, and some read "
         "another layer's (kv_source_layers); jllm's decoder has neither the indexer nor the NVFP4 rounding yet"
+    ),
+    "BeamForCausalLM": (
+        "Beam (Reflection) scales each block's output and the residual by their depth (1/sqrt(i) and "
+        "sqrt((i - 1)/i) at the i-th residual add), adds a learned bias per head to its attention's sigmoid output "
+        "gate, and scales its full (NoPE) layers' queries by (1 + (position + 1)/2048) ** 0.1; jllm's decoder has "
+        "none of these yet"
+    ),
+    "ZayaForCausalLM": (
+        "ZAYA (Zyphra) projects q and k through Compressed Convolutional Attention (causal convolutions over q and k "
+        "kept as a state across steps, half of each value head from the previous token), routes by an MLP over a "
+        "state carried from the previous layer's router with a skip expert, and scales both sides of every residual "
+        "add by learned per-channel weights and biases; jllm's decoder has none of these yet"
     ),
 }
 

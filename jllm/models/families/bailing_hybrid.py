@@ -4,8 +4,9 @@ gate bounded where ``kda_safe_gate``) beside DeepSeek's latent attention (interl
 head (``g_proj``), the last layer of every ``layer_group_size`` attending; DeepSeek-V3's mixture (a biased sigmoid
 router over expert groups, plain shared experts) or a dense SwiGLU by ``mlp_layer_types``. Its checkpoint keeps the
 hub's names (``word_embeddings``, ``attention``, ``dense``, ``expert_bias``), q, k, v and their convs apart
-(``stored_apart.read_qkv_apart``). The experts' SwiGLU clipping (``expert_swiglu_limit_list``,
-``share_expert_swiglu_limit_list``) is refused where a limit is set.
+(``stored_apart.read_qkv_apart``). Per layer, its routed experts' and shared expert's SwiGLUs are clipped after the
+silu (``layers.ClampedSwiGLU``) at ``expert_swiglu_limit_list`` / ``share_expert_swiglu_limit_list`` (0: not clipped);
+the dense layers' never are.
 
 Where this module sits: docs/architecture.md.
 """
@@ -19,6 +20,7 @@ from jllm.models.families.deepseek import latent_attention, v3_mixture
 from jllm.models.families.kimi_linear import ALIASES, LINEAR
 from jllm.models.families.stored_apart import read_qkv_apart
 from jllm.models.gated_deltanet import DeltaNetSpec
+from jllm.models.layers import ClampedSwiGLU
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
 # our module names -> the hub checkpoint's (transformers renames them on load and back on save)
@@ -33,7 +35,8 @@ RENAME = (
     ("e_score_correction_bias", "expert_bias"),
 )
 DELTA = "gated_deltanet"  # Kimi Delta Attention runs as the gated DeltaNet with a decay per key channel
-LIMITS = ("expert_swiglu_limit_list", "share_expert_swiglu_limit_list", "swiglu_limits", "swiglu_limits_shared")
+# the per-layer SwiGLU limits of the routed experts and of the shared expert: the saved key, then transformers' alias
+LIMITS = (("expert_swiglu_limit_list", "swiglu_limits"), ("share_expert_swiglu_limit_list", "swiglu_limits_shared"))
 
 
 def bailing_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -42,12 +45,6 @@ def bailing_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     ``linear_num_heads`` heads of ``linear_head_dim`` (transformers derives them from ``num_attention_heads`` and
     ``head_dim``)."""
     cfg = {ALIASES.get(k, k): v for k, v in cfg.items()}
-    for key in LIMITS:
-        if any(cfg.get(key) or []):
-            raise ValueError(
-                f"BailingHybrid {key}={cfg[key]} is not supported (the experts' SwiGLU clipping); supported: no "
-                "limits (all 0)"
-            )
     defaults = dict(
         n_routed_experts=512,
         num_experts_per_tok=8,
@@ -63,6 +60,7 @@ def bailing_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
     cfg = {**defaults, **cfg}
     n, group = cfg["num_hidden_layers"], cfg.get("layer_group_size", 6)
+    experts_glus, shared_glus = (swiglu_limits(cfg, keys, n) for keys in LIMITS)
     types = cfg.get("layer_types") or [FULL if (i + 1) % group == 0 else LINEAR for i in range(n)]
     if len(types) != n or any(kind not in (FULL, LINEAR) for kind in types):
         raise ValueError(
@@ -79,8 +77,14 @@ def bailing_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     renormalize = bool(cfg.get("norm_topk_prob", True))
     mixture, dense = v3_mixture(cfg, n, "BailingHybrid", "sigmoid", groups, renormalize, mlp_types)
     layers = tuple(
-        LayerSpec(rope if kind == FULL else None, dense_mlp_size=size, mixer="attention" if kind == FULL else DELTA)
-        for kind, size in zip(types, dense, strict=True)
+        LayerSpec(
+            rope if kind == FULL else None,
+            dense_mlp_size=size,
+            mixer="attention" if kind == FULL else DELTA,
+            experts_glu=experts_glu,
+            shared_expert_glu=shared_glu,
+        )
+        for kind, size, experts_glu, shared_glu in zip(types, dense, experts_glus, shared_glus, strict=True)
     )
     check_attends(layers, "BailingHybrid")
     heads = cfg.get("linear_num_heads") or cfg["num_attention_heads"]
@@ -106,3 +110,13 @@ def bailing_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         **mixture,
         weights=WeightMap(rename=rename, reader=read_qkv_apart),
     )
+
+
+def swiglu_limits(cfg: dict[str, Any], keys: tuple[str, str], n: int) -> list[ClampedSwiGLU | None]:
+    """Each layer's clipped SwiGLU from the per-layer list under ``keys`` (either name), None where its limit is 0 or
+    there is no list."""
+    key = next((k for k in keys if cfg.get(k) is not None), keys[0])
+    limits = cfg.get(key) or [0] * n
+    if len(limits) != n:
+        raise ValueError(f"BailingHybrid {key} has {len(limits)} limits; it needs one per layer ({n}), 0 for none")
+    return [ClampedSwiGLU(float(limit)) if limit else None for limit in limits]

@@ -14,8 +14,8 @@ import numpy as np
 from jllm import mxfp4
 from jllm.models.families.common import FULL, SLIDING, base_args, layer_windows, read_rope
 from jllm.models.families.mixtures import _check_top_k
+from jllm.models.layers import ClampedSwiGLU
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
-from jllm.models.moe import ClampedSwiGLU
 
 if TYPE_CHECKING:
     from jllm.safetensors_index import Reader, SafetensorsIndex
@@ -44,16 +44,16 @@ def gpt_oss(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     rope = read_rope(cfg, base["head_dim"], rope_params)
     default = [SLIDING if i % 2 == 0 else FULL for i in range(base["num_layers"])]
     bias = bool(cfg.get("attention_bias", True))
+    glu = ClampedSwiGLU(float(cfg.get("swiglu_limit", 7.0)), alpha=float(cfg.get("swiglu_alpha", 1.702)))
     return ModelArgs(
         **base,
-        layers=tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default)),
+        layers=tuple(LayerSpec(rope, w, experts_glu=glu) for w in layer_windows(cfg, default)),
         qkv_bias=bias,
         o_bias=bias,
         attn_sinks=True,
         num_experts=experts,
         experts_per_token=top_k,
         experts_bias=True,
-        experts_glu=ClampedSwiGLU(float(cfg.get("swiglu_alpha", 1.702)), float(cfg.get("swiglu_limit", 7.0))),
         weights=WeightMap(rename=(("gate", "router"),), reader=read_experts),
     )
 

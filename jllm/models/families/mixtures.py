@@ -85,6 +85,40 @@ def qwen3_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+def aria_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Aria's text model (``AriaTextForCausalLM``): Llama's layers with, in every layer, a mixture of
+    ``moe_num_experts`` SwiGLU experts of width ``intermediate_size`` (the top ``moe_topk`` by the router's logits,
+    weighted by a softmax over those) beside an ungated shared SwiGLU ``moe_num_shared_experts`` times as wide. The
+    routed experts stored as transformers saves them, ``experts.fc1`` ``[experts, in, gate and up]`` and ``fc2``."""
+    experts, top_k = cfg.get("moe_num_experts", 8), cfg.get("moe_topk", 2)
+    _check_top_k("Aria", top_k, experts, "moe_num_experts")
+    # the routed experts are always SiLU-gated, the shared ones by hidden_act: one activation serves both here
+    if (act := activation(cfg, "hidden_act", "silu", "Aria")) != "silu":
+        raise ValueError(f"Aria hidden_act={act!r} is not supported (supported: 'silu', its routed experts')")
+    if cfg.get("mlp_bias"):
+        raise ValueError("Aria mlp_bias=True is not supported (its shared experts' biases); supported: false")
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    rename = (
+        ("gate", "router"),
+        ("shared_expert", "shared_experts"),
+        ("experts.gate_up_proj.kernel", "experts.fc1.weight"),
+        ("experts.down_proj.kernel", "experts.fc2.weight"),
+    )
+    return ModelArgs(
+        **base,
+        layers=layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        num_experts=experts,
+        experts_per_token=top_k,
+        experts_renormalize=True,
+        shared_expert_size=base["intermediate_size"] * cfg.get("moe_num_shared_experts", 2),
+        shared_expert_gated=False,
+        weights=WeightMap(rename=rename),
+    )
+
+
 def qwen2_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen2's attention (qkv bias) with routed SwiGLU experts and a
     shared expert every token takes, scaled by a sigmoid gate."""
