@@ -229,7 +229,10 @@ GEMMA3N = dict(
 # sizes to check). TP 4 (devices outnumber the 2 KV heads: replicated KV heads) where the checkpoint stores K and V
 # its own way (Phi-3's fused qkv, Falcon's grouped fused tensor) and for the experts' split; replicated heads read from
 # separate k/v projections tests/test_tensor_parallel.py shows (Llama at 4 and 8): each TP 4 engine here costs ~12 s.
-# A None override of a key BASE lacks stays None (DeepSeek-V2-Lite's q_lora_rank).
+# A None override of a key BASE lacks stays None (DeepSeek-V2-Lite's q_lora_rank). A row's random weights are seeded by
+# its place here, so new rows go at the end: a row inserted earlier reseeds every row after it, and a greedy row's
+# random model may then meet a near-tie (Zamba2's seed after one inserted row: transformers' top two logits 6e-4
+# apart at the 23rd token, which jllm's float32 path ranks the other way; 2026-12-06).
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "qwen3": ("Qwen3ForCausalLM", None, {}, [2]),
     "gemma": ("GemmaForCausalLM", None, dict(tie_word_embeddings=False), []),
@@ -575,14 +578,6 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "idefics3_image_text": ("Idefics3ForConditionalGeneration", "Idefics3Config", dict(model_type="llama"), []),
     "smolvlm_image_text": ("SmolVLMForConditionalGeneration", "SmolVLMConfig", dict(model_type="llama"), []),
     "olmoe": ("OlmoeForCausalLM", None, dict(num_experts=4, num_experts_per_tok=2, clip_qkv=3.0), []),
-    # Aria's text model: Llama's layers, top 2 of 4 experts (a softmax over the chosen logits) beside an ungated shared
-    # SwiGLU twice as wide; the experts stored as transformers saves them (fc1 / fc2)
-    "aria_text": (
-        "AriaTextForCausalLM",
-        None,
-        dict(moe_num_experts=4, moe_topk=2, moe_num_shared_experts=2, tie_word_embeddings=False),
-        [],
-    ),
     "granite_moe": ("GraniteMoeForCausalLM", None, dict(num_local_experts=4, **GRANITE_MULTIPLIERS), []),
     "granite_moe_shared": (  # TP 2: each device's slice of the experts read from one stacked [experts, out, in]
         "GraniteMoeSharedForCausalLM",
@@ -1440,6 +1435,14 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
             conv_bias=True,
             tie_word_embeddings=False,
         ),
+        [],
+    ),
+    # Aria's text model: Llama's layers, top 2 of 4 experts (a softmax over the chosen logits) beside an ungated shared
+    # SwiGLU twice as wide; the experts stored as transformers saves them (fc1 / fc2)
+    "aria_text": (
+        "AriaTextForCausalLM",
+        None,
+        dict(moe_num_experts=4, moe_topk=2, moe_num_shared_experts=2, tie_word_embeddings=False),
         [],
     ),
 }
