@@ -53,7 +53,10 @@ HYBRIDS = {"qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_image_text"}
 # MiniMax: transformers' float32 forward is itself 1.8e-5 from its float64 one on the 70-token prompt, jllm's 2.1e-5
 # (its lightning state's sums unnormed, residuals scaled up by the alphas; 2026-12-05)
 HYBRIDS |= {"minimax"}
-HYBRIDS |= {"qwen4_exp"}  # Qwen3.5-MoE's mixer (its bound), 1.4e-5 here (2026-12, its sigmoid gate)
+HYBRIDS |= {
+    "qwen4_exp",
+    "qwen4_exp_image_text",
+}  # Qwen3.5-MoE's mixer (its bound), 1.4e-5 here (2026-12, its sigmoid gate)
 # Families whose logits are checked over their prompt prefilled in chunks too, what a chunk reads of the earlier ones
 # carried between steps: LFM2's conv state, Kimi Delta Attention's per-channel decay, MiniMax's lightning state
 # (Qwen3-Next's and so OLMo-Hybrid's mixer: tests/test_hybrid.py), an attention-free model's conv window and SSM state
@@ -1445,6 +1448,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(moe_num_experts=4, moe_topk=2, moe_num_shared_experts=2, tie_word_embeddings=False),
         [],
     ),
+    # Qwen4-Exp as the hub keeps it: the image-text wrapper, its language model under model.language_model.
+    "qwen4_exp_image_text": (
+        "Qwen4ExpForConditionalGeneration",
+        "Qwen4ExpConfig",
+        dict(DELTANET_KEYS, **QWEN_NEXT_MOE, **QWEN4_KEYS),
+        [],
+    ),
 }
 MIXTURES = (
     "dbrx",
@@ -1589,6 +1599,7 @@ IMAGE_TEXT = {
     ),
     "ministral3_image_text": dict(vision_config=PIXTRAL, tie_word_embeddings=False),
     "qwen3_5_image_text": dict(vision_config=dict(QWEN_VISION, patch_size=16, num_position_embeddings=16)),
+    "qwen4_exp_image_text": dict(vision_config=dict(QWEN_VISION, patch_size=16, num_position_embeddings=16)),
 }
 # Other layouts within a family, logits only: name -> (architecture, config overrides on TINY_CONFIG)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -2089,7 +2100,7 @@ LOGITS_ONLY |= {"bailing_hybrid"}
 # Qwen4-Exp: Qwen3.5-MoE's layers (their state across steps: tests/test_hybrid.py) in hyper-connection streams, which
 # keep nothing across steps; its greedy batch and its 32-token chunked prefill's logits equal transformers' (by hand,
 # 2026-12: 47 s and 44 s a row on a loaded 2-core machine)
-LOGITS_ONLY |= {"qwen4_exp"}
+LOGITS_ONLY |= {"qwen4_exp", "qwen4_exp_image_text"}
 # DeepSeek-V3.2's and GLM-5's greedy batches are tests/test_sparse_attention.py's (prefix hits, chunks beside decodes)
 LOGITS_ONLY |= {"deepseek_v32", "glm_moe_dsa"}
 LOGITS_ONLY |= {"axk2"}  # DeepSeek-V3.2's layers (their greedy rows) with gates that keep nothing across steps

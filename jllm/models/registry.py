@@ -184,6 +184,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen4ExpForCausalLM": qwen3_next.qwen4_exp,
     "Qwen3_5ForConditionalGeneration": multimodal.qwen3_5,
     "Qwen3_5MoeForConditionalGeneration": multimodal.qwen3_5_moe,
+    "Qwen4ExpForConditionalGeneration": multimodal.qwen4_exp,
 }
 
 # architectures transformers has that jllm refuses at load, and why (what the one decoder lacks for them)

@@ -188,6 +188,12 @@ def glm4v_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _mrope_language_model(cfg, dtype, deepseek.glm4_moe, "model.language_model.")
 
 
+def qwen4_exp(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen4-Exp image-text (``Qwen4ExpForConditionalGeneration``, the hub's "Qwen/Qwen4-Exp"): its hybrid
+    language model in hyper-connection streams under ``model.language_model.``."""
+    return _mrope_language_model(cfg, dtype, qwen3_next.qwen4_exp, "model.language_model.")
+
+
 def _mrope_language_model(
     cfg: dict[str, Any],
     dtype: Any,
