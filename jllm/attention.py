@@ -177,7 +177,7 @@ def paged_attention(
     model_width = q.shape[-1]
     padded = kv_pages.shape[-1] != model_width  # a latent pool's q is as wide as its row
     if padded:
-        q, k, v = (None if x is None else _padded(x, kv_pages.shape[-1]) for x in (q, k, v))
+        q, k, v = (None if x is None else pad_heads(x, kv_pages.shape[-1]) for x in (q, k, v))
     if k is not None:  # a layer reading another layer's K/V (Gemma 4's KV-shared layers) writes none
         kv_pages = write_kv(kv_pages, k, v, meta.slot_mapping, **scales)
     if value_dim is not None and meta.backend != "reference":
@@ -229,8 +229,9 @@ def paged_attention(
     return (out[..., :model_width] if padded else out), kv_pages
 
 
-def _padded(x: jax.Array, width: int) -> jax.Array:
-    """``x [..., channels]`` with zero channels appended up to ``width``, a pool head's."""
+def pad_heads(x: jax.Array, width: int) -> jax.Array:
+    """``x [..., channels]`` with zero channels appended up to ``width``, a pool head's (``paged_attention``'s, and
+    scripts/check_kernels.py's, which runs the kernels as the engine does)."""
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
 
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jllm.attention import kernel_head_dim
+from jllm.attention import kernel_head_dim, pad_heads
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
 from pallas_kernels.kv_quant import FP8_DTYPE, is_fp8, quantize
 from pallas_kernels.triton_prefill import PrefillConfig, default_prefill_config, for_head_dim, prefill_attention
@@ -250,7 +250,7 @@ def padded_heads(inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     ``paged_attention`` pads them for heads of no power-of-two width; unchanged for a power of two."""
     q, pool, *rest = inputs
     width = kernel_head_dim(q.shape[-1])
-    q, pool = (jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])]) for x in (q, pool))
+    q, pool = pad_heads(q, width), pad_heads(pool, width)
     return (q, pool, *rest)
 
 
