@@ -3,20 +3,30 @@
 # date and commit. Llama-3-8B shapes, dummy weights. The reply's device may be an H100 under this kind: check
 # card.csv, and compare only within one call.
 set -u
+# SKIP: names of steps (and of servers, serve_NAME) to leave out, e.g. what an earlier call on this kind of card
+# already measured: SKIP="startup_cold bf16_latency serve_sweep sweep_serving" bash scripts/device_queue.sh start ...
+SKIP=" ${SKIP:-} "
+skipped() { [[ $SKIP == *" $1 "* ]] && echo "== skip $1"; }
 step() {  # step NAME SECONDS COMMAND...: one measurement, its log in $QOUT/NAME.log
     local name=$1 limit=$2
     shift 2
+    skipped "$name" && return
     echo "== $(date +%T) $name"
     timeout -k 10 "$limit" "$@" > "$QOUT/$name.log" 2>&1
     echo "== $(date +%T) $name exit $?"
     tail -n 12 "$QOUT/$name.log"
 }
-serve() {  # serve NAME ARGS...: a fresh `jllm serve` on port 8100 for the steps after it (stop with `kill $server`)
+serve() {  # serve NAME ARGS...: a fresh `jllm serve` on port 8100 for the steps after it (`stop` ends it)
     local name=$1
     shift
+    server=
+    skipped "serve_$name" && return
     python -m jllm serve --config $BF16 --port 8100 "$@" > "$QOUT/serve_$name.log" 2>&1 &
     server=$!
     for _ in $(seq 150); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
+}
+stop() {  # stops the server serve started (if it did)
+    [[ -n $server ]] && kill "$server" && wait "$server"
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$QOUT/card.csv"
 git log -1 --format='%H %s' > "$QOUT/commit.txt" 2>/dev/null
@@ -42,7 +52,7 @@ for run in "align256:" "align0:--prefill-alignment-min-tokens 0" "cap256:--long-
     serve "${run%%:*}" ${run#*:}
     step "serving_${run%%:*}" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
         --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_${run%%:*}.json"
-    kill "$server"; wait "$server"
+    stop
 done
 # Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
 # concurrency and request rate, 1024 in / 128 out, on one server.
@@ -51,7 +61,7 @@ mkdir -p "$QOUT/img"
 step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0.1:8100 --concurrencies 1,8,32,64 \
     --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes (dummy weights)" \
     --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
-kill "$server"; wait "$server"
+stop
 # Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
 # widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
 # fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
@@ -101,7 +111,7 @@ step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip
 serve b512 --max-num-batched-tokens 512
 step serving_b512 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
     --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_b512.json"
-kill "$server"; wait "$server"
+stop
 # Cold start again: its main thread sampled (was torch's import gone?), and with autotuning off.
 step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --main-thread-profile 60 \
     --json "$QOUT/startup_profile.json"
