@@ -73,6 +73,13 @@ stop
 # widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
 # fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
 step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
+# Issue 20's serving TPOT: what a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
+# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
+for prefill in 224 480; do
+    step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
+        --json "$QOUT/mixed_step_$prefill.json"
+done
 for kv in fp8 auto; do
     step "kv_$kv" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
@@ -102,13 +109,6 @@ step fp8_tput_kv_fp8 480 python scripts/bench_throughput.py --config $FP8 --skip
     --input-len 128 --output-len 2048 --num-prompts 1000 --set kv_cache_dtype=fp8 --json "$QOUT/fp8_tput_fp8.json"
 step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
     --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
-# What a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
-# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
-for prefill in 224 480; do
-    step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
-        --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
-        --json "$QOUT/mixed_step_$prefill.json"
-done
 # The H100's TPOT fell from 5.58 / 5.72 / 6.35 (482c56a) to 6.31 / 6.26 / 6.64 (a2059d1, another machine): the same
 # steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
 step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
