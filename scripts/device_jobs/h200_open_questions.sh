@@ -69,9 +69,7 @@ step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0
     --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes (dummy weights)" \
     --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
 stop
-# Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
-# widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
-# fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
+# Every Pallas case against the float32 reference (49/49 on the H100 2026-12-05; wide heads and padded widths since).
 step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
 # Issue 20's serving TPOT: what a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
 # 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
@@ -80,6 +78,9 @@ for prefill in 224 480; do
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
         --json "$QOUT/mixed_step_$prefill.json"
 done
+# Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
+# widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
+# fit there).
 for kv in fp8 auto; do
     step "kv_$kv" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
