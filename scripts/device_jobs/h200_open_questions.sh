@@ -29,6 +29,8 @@ stop() {  # stops the server serve started (if it did)
     [[ -n $server ]] && kill "$server" && wait "$server"
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$QOUT/card.csv"
+# SKIP_H100: what to leave out as well when the card that came is an H100 (a call for an H200 may get one)
+grep -q H100 "$QOUT/card.csv" && SKIP="$SKIP ${SKIP_H100:-} "
 git log -1 --format='%H %s' > "$QOUT/commit.txt" 2>/dev/null
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
