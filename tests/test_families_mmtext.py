@@ -9,12 +9,80 @@ greedy row does, greedy ``LLM.generate`` equal to transformers' ``generate``. Ro
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-from model_utils import TINY_CONFIG
+from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error
+from test_families import BASE, ENGINE_ARGS, GEMMA4, LOGITS_RTOL, NEW_TOKENS, PROMPTS, FamilyDirs, hf_greedy
 
+from jllm import LLM, SamplingParams
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
+
+# name -> (architecture, config class (None: the architecture's), overrides on test_families.BASE, TP sizes)
+FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
+    # Gemma 4 unified's text model: gemma-4-31B's full layers (their own head width, keys reused as values) and
+    # e2b's last layers reading the first two's K/V with double-wide MLPs; no per-layer inputs, no mixture
+    "gemma4_unified": (
+        "Gemma4UnifiedForCausalLM",
+        "Gemma4UnifiedTextConfig",
+        dict(
+            {k: v for k, v in GEMMA4.items() if k != "hidden_size_per_layer_input"},
+            num_hidden_layers=4,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+            global_head_dim=32,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            num_kv_shared_layers=2,
+            use_double_wide_mlp=True,
+        ),
+        [],
+    ),
+    "gemma4_unified_image_text": (
+        "Gemma4UnifiedForConditionalGeneration",
+        "Gemma4UnifiedConfig",
+        dict({k: v for k, v in GEMMA4.items() if k != "hidden_size_per_layer_input"}, global_head_dim=32),
+        [],
+    ),
+}
+# image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision embedder's included
+IMAGE_TEXT: dict[str, dict[str, Any]] = {
+    "gemma4_unified_image_text": dict(
+        vision_config=dict(patch_size=2, pooling_kernel_size=2, mm_embed_dim=32, mm_posemb_size=8, output_proj_dims=32),
+        tie_word_embeddings=False,
+    ),
+}
+# Rows whose decoder runs only what another greedy row runs (test_families' or this file's): their logits row checks
+# the reading
+LOGITS_ONLY = {"gemma4_unified_image_text"}
+
+
+@pytest.fixture(scope="module")
+def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FamilyDirs:
+    return FamilyDirs(tmp_path_factory.mktemp("families_mmtext"), default_model_dir, FAMILIES, IMAGE_TEXT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_logits_match_transformers(family_dirs, name):
+    model_dir = family_dirs[name]
+    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < LOGITS_RTOL
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name in FAMILIES if name not in LOGITS_ONLY])
+def test_greedy_batch_equals_transformers_generate(family_dirs, name):
+    llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
+    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
+    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Gemma3nForConditionalGeneration": multimodal.gemma3n,
     "Gemma4ForCausalLM": gemma4.gemma4_text,
     "Gemma4ForConditionalGeneration": multimodal.gemma4,
+    "Gemma4UnifiedForCausalLM": gemma4.gemma4_unified_text,
+    "Gemma4UnifiedForConditionalGeneration": multimodal.gemma4_unified,
     "Mistral3ForConditionalGeneration": multimodal.mistral3,
     "Llama4ForConditionalGeneration": multimodal.llama4,
     "LlavaForConditionalGeneration": multimodal.llava,
@@ -187,6 +189,13 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen4ExpForConditionalGeneration": multimodal.qwen4_exp,
 }
 
+_GEMMA4_ASSISTANT = (
+    "Gemma 4's assistant (and Gemma 4 unified's) is a drafter for speculative decoding, not a standalone language "
+    "model: each step it takes the target model's last hidden state beside the token's embedding (pre_projection of "
+    "2 * backbone_hidden_size channels), attends over the target's shared K/V states (shared_kv_states) instead of a "
+    "cache of its own, and hands a projected state back to the target; jllm has no speculative decoding path to run "
+    "it in (serve the target checkpoint instead)"
+)
 _DOTS3_NOTE = (
     "dots3-note's text model runs multi-head latent attention whose widths differ by layer type (per_layer_config: "
     "the sliding_attention layers' own heads, q/kv LoRA ranks and head widths), its normed q and kv latents scaled "
@@ -249,13 +258,8 @@ REFUSED = {
         "Knopp iterations), and hash routing in its hash_moe layers (mlp_layer_types: experts chosen by a frozen "
         "tid2eid[token id] table); jllm's decoder and KV pool have none of these yet"
     ),
-    "Gemma4AssistantForCausalLM": (
-        "Gemma 4's assistant is a drafter for speculative decoding, not a standalone language model: each step it "
-        "takes the target Gemma 4's last hidden state beside the token's embedding (pre_projection of "
-        "2 * backbone_hidden_size channels), attends over the target's shared K/V states (shared_kv_states) instead "
-        "of a cache of its own, and hands a projected state back to the target; jllm has no speculative decoding path "
-        "to run it in (serve the target Gemma 4 checkpoint instead)"
-    ),
+    "Gemma4AssistantForCausalLM": _GEMMA4_ASSISTANT,
+    "Gemma4UnifiedAssistantForCausalLM": _GEMMA4_ASSISTANT,
     "Dots3NoteForCausalLM": _DOTS3_NOTE,
     "Dots3NoteForConditionalGeneration": _DOTS3_NOTE,
     "InklingForCausalLM": _INKLING,

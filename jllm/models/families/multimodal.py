@@ -1,9 +1,9 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Mistral 3 and Ministral 3, Llama 4, LLaVA
-and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, GLM-4.1V,
-GLM-4.5V): the
-language model's ``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Idefics3's
-under ``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower and projector (and Gemma 3n's and
-Gemma 4's audio tower) are never read, and prompts are text (the server refuses image and audio parts by name).
+"""Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Gemma 4 unified, Mistral 3 and Ministral 3,
+Llama 4, LLaVA and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V): the language model's ``text_config`` read by its own family's reader, its tensors
+under ``language_model.`` (Idefics3's under ``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower
+and projector (and Gemma 3n's and Gemma 4's audio tower) are never read, and prompts are text (the server refuses
+image and audio parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures, qwen3_next
 from jllm.models.families.gemma3n import gemma3n_text
-from jllm.models.families.gemma4 import gemma4_text
+from jllm.models.families.gemma4 import gemma4_text, gemma4_unified_text
 from jllm.models.model_args import ModelArgs
 from jllm.safetensors_index import hf_names
 
@@ -66,6 +66,16 @@ def gemma4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     4 soft-caps its logits as the text model does)."""
     text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **(cfg.get("text_config") or {})}
     return _text_only({**cfg, "text_config": text}, dtype, "Gemma 4", {"gemma4_text": gemma4_text})
+
+
+def gemma4_unified(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 4 unified image-text(-audio) (``Gemma4UnifiedForConditionalGeneration``, encoder-free: its patches and
+    audio frames are embedded straight into the language model): its text model under ``model.language_model.``,
+    read as ``gemma4`` reads Gemma 4's."""
+    text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **(cfg.get("text_config") or {})}
+    return _text_only(
+        {**cfg, "text_config": text}, dtype, "Gemma 4 unified", {"gemma4_unified_text": gemma4_unified_text}
+    )
 
 
 def gemma3n(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
