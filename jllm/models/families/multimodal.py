@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures, qwen3_next
+from jllm.models.families.common import MROPE_KEYS
 from jllm.models.families.gemma3n import gemma3n_text
 from jllm.models.families.gemma4 import gemma4_text, gemma4_unified_text
 from jllm.models.model_args import ModelArgs
@@ -119,10 +120,6 @@ def idefics3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     args = _text_only(cfg, dtype, "Idefics3", {"llama": llama.llama})
     weights = dataclasses.replace(args.weights, prefix="model.text_model.", head_prefix="", aliases=())
     return dataclasses.replace(args, weights=weights)
-
-
-# M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text)
-MROPE_KEYS = ("mrope_section", "mrope_interleaved")
 
 
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
