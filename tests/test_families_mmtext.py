@@ -15,7 +15,17 @@ from typing import Any
 import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error
-from test_families import BASE, ENGINE_ARGS, GEMMA4, LOGITS_RTOL, NEW_TOKENS, PROMPTS, FamilyDirs, hf_greedy
+from test_families import (
+    BASE,
+    ENGINE_ARGS,
+    GEMMA4,
+    LOGITS_RTOL,
+    NEW_TOKENS,
+    PROMPTS,
+    WINDOW,
+    FamilyDirs,
+    hf_greedy,
+)
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
@@ -46,6 +56,38 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict({k: v for k, v in GEMMA4.items() if k != "hidden_size_per_layer_input"}, global_head_dim=32),
         [],
     ),
+    # Cohere2's layers with the half-split rotary, the sliding layer's own theta and the full one's none (null
+    # rope_parameters entry); no logit_scale (1.0)
+    "cohere_compass": (
+        "CohereCompassForCausalLM",
+        "CohereCompassTextConfig",
+        dict(
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 5000.0},
+                "full_attention": None,
+            },
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    # North's vision checkpoints' language model: both layer types roped, M-RoPE sections, a logit_scale
+    "cohere_compass_image_text": (
+        "CohereCompassForConditionalGeneration",
+        "CohereCompassConfig",
+        dict(
+            model_type="cohere_compass_text",
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                kind: {"rope_type": "default", "rope_theta": theta, "mrope_section": [2, 3, 3]}
+                for kind, theta in (("sliding_attention", 5000.0), ("full_attention", 1e6))
+            },
+            logit_scale=0.25,
+        ),
+        [],
+    ),
 }
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision embedder's included
 IMAGE_TEXT: dict[str, dict[str, Any]] = {
@@ -53,10 +95,23 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
         vision_config=dict(patch_size=2, pooling_kernel_size=2, mm_embed_dim=32, mm_posemb_size=8, output_proj_dims=32),
         tie_word_embeddings=False,
     ),
+    "cohere_compass_image_text": dict(
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=48,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=16,
+            deepstack_visual_indexes=[0],
+            num_position_embeddings=16,
+        ),
+        tie_word_embeddings=False,
+    ),
 }
 # Rows whose decoder runs only what another greedy row runs (test_families' or this file's): their logits row checks
 # the reading
-LOGITS_ONLY = {"gemma4_unified_image_text"}
+LOGITS_ONLY = {"gemma4_unified_image_text", "cohere_compass_image_text"}
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +141,35 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
 
 
 @pytest.mark.parametrize(
-    "arch, message",
+    "arch, change, message",
     [
-        ("DeepseekV4ForCausalLM", "'DeepseekV4ForCausalLM' is not supported: DeepSeek-V4 keeps compressed KV caches"),
-        ("Gemma4AssistantForCausalLM", "'Gemma4AssistantForCausalLM' is not supported: .* drafter for speculative"),
-        ("Dots3NoteForCausalLM", "'Dots3NoteForCausalLM' is not supported: dots3-note's .*per_layer_config"),
-        ("Dots3NoteForConditionalGeneration", "'Dots3NoteForConditionalGeneration' is not supported: dots3-note"),
-        ("InklingForCausalLM", "'InklingForCausalLM' is not supported: Inkling's attention has no rotary"),
-        ("InklingForConditionalGeneration", "'InklingForConditionalGeneration' is not supported: Inkling's"),
-        ("Inkling2ForCausalLM", "'Inkling2ForCausalLM' is not supported: Inkling 2 keeps .* block attention"),
-        ("Inkling2ForConditionalGeneration", "'Inkling2ForConditionalGeneration' is not supported: Inkling 2 "),
-        ("Inkling2LoopForCausalLM", "'Inkling2LoopForCausalLM' is not supported: .* loop_num_passes times"),
-        ("Inkling2LoopForConditionalGeneration", "'Inkling2LoopForConditionalGeneration' is not supported: Inkling"),
+        (
+            "DeepseekV4ForCausalLM",
+            {},
+            "'DeepseekV4ForCausalLM' is not supported: DeepSeek-V4 keeps compressed KV caches",
+        ),
+        ("Gemma4UnifiedAssistantForCausalLM", {}, "'Gemma4UnifiedAssistantForCausalLM' is not supported: .* drafter"),
+        ("Gemma4AssistantForCausalLM", {}, "'Gemma4AssistantForCausalLM' is not supported: .* drafter for speculative"),
+        ("Dots3NoteForCausalLM", {}, "'Dots3NoteForCausalLM' is not supported: dots3-note's .*per_layer_config"),
+        ("Dots3NoteForConditionalGeneration", {}, "'Dots3NoteForConditionalGeneration' is not supported: dots3-note"),
+        ("InklingForCausalLM", {}, "'InklingForCausalLM' is not supported: Inkling's attention has no rotary"),
+        ("InklingForConditionalGeneration", {}, "'InklingForConditionalGeneration' is not supported: Inkling's"),
+        ("Inkling2ForCausalLM", {}, "'Inkling2ForCausalLM' is not supported: Inkling 2 keeps .* block attention"),
+        ("Inkling2ForConditionalGeneration", {}, "'Inkling2ForConditionalGeneration' is not supported: Inkling 2 "),
+        ("Inkling2LoopForCausalLM", {}, "'Inkling2LoopForCausalLM' is not supported: .* loop_num_passes times"),
+        (
+            "CohereCompassForCausalLM",
+            {"layer_types": ["sliding_attention", "full_attention"], "rope_parameters": {"rope_theta": 1e4}},
+            r"Cohere Compass rope_parameters=.* name no rotary for layer type\(s\) \['full_attention', 'sliding",
+        ),
+        (
+            "Inkling2LoopForConditionalGeneration",
+            {},
+            "'Inkling2LoopForConditionalGeneration' is not supported: Inkling",
+        ),
     ],
 )
-def test_architecture_jllm_cannot_serve_is_refused_at_load_naming_what_it_needs(tmp_path, arch, message):
-    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": [arch]}))
+def test_architecture_or_option_jllm_cannot_serve_is_refused_at_load_naming_it(tmp_path, arch, change, message):
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": [arch], **change}))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")

@@ -105,6 +105,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Starcoder2ForCausalLM": layer_norm.starcoder2,
     "CohereForCausalLM": layer_norm.cohere,
     "Cohere2ForCausalLM": layer_norm.cohere2,
+    "CohereCompassForCausalLM": layer_norm.cohere_compass,
+    "CohereCompassForConditionalGeneration": multimodal.cohere_compass,
     "OlmoForCausalLM": layer_norm.olmo,
     "NemotronForCausalLM": relu_mlp.nemotron,
     "PersimmonForCausalLM": relu_mlp.persimmon,

@@ -1,9 +1,9 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Gemma 4 unified, Mistral 3 and Ministral 3,
 Llama 4, LLaVA and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V): the language model's ``text_config`` read by its own family's reader, its tensors
-under ``language_model.`` (Idefics3's under ``model.text_model.``, Qwen's and GLM's under ``model.``); the vision tower
-and projector (and Gemma 3n's and Gemma 4's audio tower) are never read, and prompts are text (the server refuses
-image and audio parts by name).
+Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V, Cohere Compass): the language model's ``text_config`` read by its own family's
+reader, its tensors under ``language_model.`` (Idefics3's under ``model.text_model.``, Qwen's, GLM's and Cohere
+Compass's under ``model.``); the vision tower and projector (and Gemma 3n's and Gemma 4's audio tower) are never read,
+and prompts are text (the server refuses image and audio parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -222,6 +222,17 @@ def _mrope_language_model(
         rope["rope_type"] = "default"
     args = reader({**text, "rope_scaling": None, "rope_parameters": rope}, dtype)
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, prefix=prefix))
+
+
+def cohere_compass(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Cohere Compass image-text (``CohereCompassForConditionalGeneration``, North's vision models): its Cohere Compass
+    language model under ``model.language_model.`` (Qwen3-VL's layout; deepstack adds only to image tokens), the head
+    tied as the outer ``tie_word_embeddings`` says (transformers reads that one, False by default, not the text
+    config's)."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", False)}
+    return _mrope_language_model(
+        {**cfg, "text_config": text}, dtype, layer_norm.cohere_compass, "model.language_model."
+    )
 
 
 def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
