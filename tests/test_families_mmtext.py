@@ -24,6 +24,7 @@ from test_families import (
     PROMPTS,
     WINDOW,
     FamilyDirs,
+    hf_experts_used,
     hf_greedy,
 )
 
@@ -31,6 +32,22 @@ from jllm import LLM, SamplingParams
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 
+MINIMAX_M3 = dict(
+    layer_types=["full_attention", "minimax_m3_sparse"],
+    mlp_layer_types=["dense", "sparse"],
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    intermediate_size=32,
+    dense_intermediate_size=96,
+    shared_intermediate_size=48,
+    swiglu_limit=2.0,
+    rope_parameters={"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.5},
+    index_n_heads=2,
+    index_head_dim=16,
+    index_block_size=16,
+    index_topk_blocks=8,
+    tie_word_embeddings=False,
+)
 # name -> (architecture, config class (None: the architecture's), overrides on test_families.BASE, TP sizes)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Gemma 4 unified's text model: gemma-4-31B's full layers (their own head width, keys reused as values) and
@@ -88,6 +105,15 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # a dense layer, then a sparse-attention mixture layer (served within its blocks' budget: 8 x 16 tokens), half of
+    # each head rotated, Gemma's norms, every SwiGLU clamped (a small limit, so the clamps bite)
+    "minimax_m3": ("MiniMaxM3VLForCausalLM", "MiniMaxM3VLTextConfig", MINIMAX_M3, []),
+    "minimax_m3_image_text": (
+        "MiniMaxM3SparseForConditionalGeneration",
+        "MiniMaxM3VLConfig",
+        dict(MINIMAX_M3, model_type="minimax_m3_vl_text"),
+        [],
+    ),
 }
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision embedder's included
 IMAGE_TEXT: dict[str, dict[str, Any]] = {
@@ -108,10 +134,18 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
         ),
         tie_word_embeddings=False,
     ),
+    "minimax_m3_image_text": dict(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=56
+        ),
+        projector_hidden_size=32,
+        tie_word_embeddings=False,
+    ),
 }
+MIXTURES = {"minimax_m3"}
 # Rows whose decoder runs only what another greedy row runs (test_families' or this file's): their logits row checks
 # the reading
-LOGITS_ONLY = {"gemma4_unified_image_text", "cohere_compass_image_text"}
+LOGITS_ONLY = {"gemma4_unified_image_text", "cohere_compass_image_text", "minimax_m3_image_text"}
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +172,8 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+    if name in MIXTURES:  # the batch's tokens go to different experts in every layer
+        assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))
 
 
 @pytest.mark.parametrize(
@@ -163,6 +199,11 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
             r"Cohere Compass rope_parameters=.* name no rotary for layer type\(s\) \['full_attention', 'sliding",
         ),
         (
+            "MiniMaxM3VLForCausalLM",
+            {"layer_types": ["full_attention", "sliding_attention"]},
+            r"MiniMax-M3 layer_types \['sliding_attention'\] are not supported",
+        ),
+        (
             "Inkling2LoopForConditionalGeneration",
             {},
             "'Inkling2LoopForConditionalGeneration' is not supported: Inkling",
@@ -173,3 +214,18 @@ def test_architecture_or_option_jllm_cannot_serve_is_refused_at_load_naming_it(t
     (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": [arch], **change}))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
+
+
+def test_minimax_m3_context_is_its_sparse_layers_block_budget_and_longer_is_refused_naming_it():
+    """jllm has no block-sparse attention: a MiniMax-M3 with sparse layers is served with at most
+    ``index_topk_blocks * index_block_size`` tokens of context (there each query keeps every key block, so its sparse
+    attention is causal attention), and ``build``'s error for a longer ``max_model_len`` names the keys; without
+    sparse layers, its positions."""
+    from jllm.models.registry import build_args
+
+    config = {**BASE, **MINIMAX_M3, "architectures": ["MiniMaxM3VLForCausalLM"]}
+    args = build_args(config, np.float32)[1]
+    assert args.max_context == 8 * 16
+    assert args.context_limit.startswith("the model's index_topk_blocks * index_block_size=128: jllm has no MiniMax")
+    dense = build_args({**config, "layer_types": ["full_attention"] * 2}, np.float32)[1]
+    assert dense.max_context == BASE["max_position_embeddings"]

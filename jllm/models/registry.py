@@ -148,6 +148,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Apertus1p5TextForCausalLM": llama_variants.apertus1p5_text,
     "YoutuForCausalLM": deepseek.youtu,
     "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
+    "MiniMaxM3VLForCausalLM": routed_moe.minimax_m3,
+    "MiniMaxM3SparseForConditionalGeneration": multimodal.minimax_m3,
     "LongcatFlashForCausalLM": longcat.longcat_flash,
     "MiniMaxForCausalLM": minimax.minimax,
     "MiniMaxText01ForCausalLM": minimax.minimax_text01,  # the remote code's config keys
