@@ -64,20 +64,20 @@ MINIMAX_M3_DEFAULTS = dict(
     swiglu_limit=7.0,
     index_block_size=128,
     index_topk_blocks=16,
-    rope_parameters={"rope_type": "default", "rope_theta": 5e6},
+    rope_theta=5e6,
 )
 M3_SPARSE = "minimax_m3_sparse"  # a layer whose attention keeps its indexer's best key blocks
 
 
 def minimax_m3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """MiniMax-M3's text model (``MiniMaxM3VLForCausalLM``): M2's attention with Gemma's ``1 + w`` RMSNorms (per-head
-    q/k norms) and the rotary on ``rope_parameters``' ``partial_rotary_factor`` of each head (transformers reads no
-    ``rotary_dim``); each layer a mixture (``mlp_layer_types`` "sparse": top ``num_experts_per_tok`` by sigmoid score
-    plus a choice bias, the renormalised scores times ``routed_scaling_factor``, beside an ungated shared expert) or
-    a dense MLP of ``dense_intermediate_size``, every one a gpt-oss clamped SwiGLU (``swiglu_alpha``,
-    ``swiglu_limit``) over one fused ``gate_up_proj``. Its ``minimax_m3_sparse`` layers' indexer keeps each query's
-    best ``index_topk_blocks`` key blocks of ``index_block_size``: served up to that many tokens, where it keeps
-    every block and is causal attention (``ModelArgs.indexer_budget``); their indexer is not read."""
+    q/k norms) and the rotary on ``partial_rotary_factor`` of each head (transformers reads no ``rotary_dim``); each
+    layer a mixture (``mlp_layer_types`` "sparse": top ``num_experts_per_tok`` by sigmoid score plus a choice bias,
+    the renormalised scores times ``routed_scaling_factor``, beside an ungated shared expert) or a dense MLP of
+    ``dense_intermediate_size``, every one a gpt-oss clamped SwiGLU (``swiglu_alpha``, ``swiglu_limit``) over one
+    fused ``gate_up_proj``. Its ``minimax_m3_sparse`` layers' indexer keeps each query's best ``index_topk_blocks``
+    key blocks of ``index_block_size``: served up to that many tokens, where it keeps every block and is causal
+    attention (``ModelArgs.indexer_budget``); their indexer is not read."""
     cfg = {**MINIMAX_M3_DEFAULTS, **cfg}
     experts, top_k, n = cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["num_hidden_layers"]
     if not 0 < top_k <= experts:
@@ -86,7 +86,7 @@ def minimax_m3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     if unknown := sorted(set(types) - {FULL, M3_SPARSE}):
         raise ValueError(f"MiniMax-M3 layer_types {unknown} are not supported (supported: {FULL!r}, {M3_SPARSE!r})")
     base = base_args(cfg, dtype)
-    rope = read_rope({**cfg, "partial_rotary_factor": None}, base["head_dim"], cfg["rope_parameters"])
+    rope = read_rope(cfg, base["head_dim"])  # its partial_rotary_factor, never the legacy rotary_dim
     glu = ClampedSwiGLU(float(cfg["swiglu_limit"]), float(cfg["swiglu_alpha"]))
     layer = LayerSpec(rope, experts_glu=glu, shared_expert_glu=glu, mlp_glu=glu)
     kinds = cfg.get("mlp_layer_types") or ["sparse"] * n
