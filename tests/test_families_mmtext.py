@@ -9,12 +9,15 @@ greedy row does, greedy ``LLM.generate`` equal to transformers' ``generate``. Ro
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
-from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error
+from flax import nnx
+from model_utils import TINY_CONFIG, hf_logits, hf_model, jllm_logits, relative_error
 from test_families import (
     BASE,
     ENGINE_ARGS,
@@ -229,3 +232,22 @@ def test_minimax_m3_context_is_its_sparse_layers_block_budget_and_longer_is_refu
     assert args.context_limit.startswith("the model's index_topk_blocks * index_block_size=128: jllm has no MiniMax")
     dense = build_args({**config, "layer_types": ["full_attention"] * 2}, np.float32)[1]
     assert dense.max_context == BASE["max_position_embeddings"]
+
+
+@pytest.mark.slow
+def test_minimax_m3_image_text_saved_with_in_memory_names_loads_the_same(family_dirs, tmp_path):
+    """transformers saves MiniMax-M3's image-text model in the hub's names (its mixture under ``block_sparse_moe``,
+    experts per expert, gate and up apart); its in-memory names (``model.language_model.*``, stacked experts, fused
+    gate/up), which other tools save, read to the same parameters."""
+    from safetensors.torch import save_file
+
+    saved = family_dirs["minimax_m3_image_text"]
+    in_memory = tmp_path / "in_memory"
+    in_memory.mkdir()
+    shutil.copy(saved / "config.json", in_memory / "config.json")
+    state = {k: v.contiguous() for k, v in hf_model(saved).state_dict().items()}
+    assert "model.language_model.layers.1.mlp.experts.gate_up_proj" in state
+    save_file(state, str(in_memory / "model.safetensors"))
+    hub, renamed = (nnx.state(load_model(d, mesh=make_mesh(1), dtype="float32").model) for d in (saved, in_memory))
+    for (path, want), (_, got) in zip(jax.tree.leaves_with_path(hub), jax.tree.leaves_with_path(renamed), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
