@@ -251,3 +251,25 @@ def test_minimax_m3_image_text_saved_with_in_memory_names_loads_the_same(family_
     hub, renamed = (nnx.state(load_model(d, mesh=make_mesh(1), dtype="float32").model) for d in (saved, in_memory))
     for (path, want), (_, got) in zip(jax.tree.leaves_with_path(hub), jax.tree.leaves_with_path(renamed), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize(
+    "arch, text, outer, tied",
+    [  # transformers ties by the outer config's tie_word_embeddings (its default where unset) (5.25, by hand)
+        ("Gemma4UnifiedForConditionalGeneration", {"model_type": "gemma4_unified_text"}, None, True),
+        ("Gemma4UnifiedForConditionalGeneration", {"model_type": "gemma4_unified_text"}, False, False),
+        ("CohereCompassForConditionalGeneration", {"rope_parameters": {"full_attention": None}}, None, False),
+        ("CohereCompassForConditionalGeneration", {"rope_parameters": {"full_attention": None}}, True, True),
+        # MiniMaxM3VLConfig takes the text config's tie where its own is off
+        ("MiniMaxM3SparseForConditionalGeneration", {"model_type": "minimax_m3_vl_text"}, None, False),
+        ("MiniMaxM3SparseForConditionalGeneration", {"model_type": "minimax_m3_vl_text"}, True, True),
+    ],
+)
+@pytest.mark.parametrize("text_tie", [False, True])
+def test_image_text_head_is_tied_as_transformers_ties_it(arch, text, outer, tied, text_tie):
+    from jllm.models.registry import build_args
+
+    text = {**TINY_CONFIG, **text, "tie_word_embeddings": text_tie}
+    config = {"architectures": [arch], "text_config": text, **({} if outer is None else {"tie_word_embeddings": outer})}
+    expected = tied or (text_tie and arch.startswith("MiniMaxM3"))
+    assert build_args(config, np.float32)[1].tie_word_embeddings == expected

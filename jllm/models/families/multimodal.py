@@ -72,8 +72,9 @@ def gemma4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def gemma4_unified(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 4 unified image-text(-audio) (``Gemma4UnifiedForConditionalGeneration``, encoder-free: its patches and
     audio frames are embedded straight into the language model): its text model under ``model.language_model.``,
-    read as ``gemma4`` reads Gemma 4's."""
-    text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **(cfg.get("text_config") or {})}
+    the head tied as the outer ``tie_word_embeddings`` says (transformers reads that one, True by default, not the
+    text config's)."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
     return _text_only(
         {**cfg, "text_config": text}, dtype, "Gemma 4 unified", {"gemma4_unified_text": gemma4_unified_text}
     )
