@@ -46,12 +46,18 @@ step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-ru
 # decode step keep its TPOT (below)?
 step startup_cold_autotune1 240 env XLA_FLAGS=--xla_gpu_autotune_level=1 python scripts/profile_startup.py \
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_autotune1.json"
+# Each sampler program (the LM head's GEMM, 12-21 s on the H100) and forward autotunes XLA's Triton GEMM configs, each
+# a Triton compile: with cuBLAS alone the autotuner picks among its algorithms only. Cold start and TPOT both.
+step startup_cold_cublas 240 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_cublas.json"
 # Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
 # 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows.
 step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
     --json "$QOUT/bf16_lat.json"
 step bf16_latency_autotune1 360 env XLA_FLAGS=--xla_gpu_autotune_level=1 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_autotune1.json"
+step bf16_latency_cublas 360 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_cublas.json"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
 # 12.45 on 2026-12-05, ITL p90 56 ms): 32 decodes beside a 1,024-token prompt ran as a 2,048-token step. Now the
 # scheduler ends such a step's prefill chunk on 1,024 (prefill_alignment_min_tokens, default 256); against it off, and
