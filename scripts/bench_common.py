@@ -612,6 +612,14 @@ class ModelShape:
         return 4 * self.layers * self.q_heads * self.head_dim
 
 
+def _rates(shape: ModelShape, ceilings: dict[str, Any], tensor_parallel_size: int) -> tuple[float, float, float]:
+    """(bytes/s, FLOP/s, the linears' FLOP/s: FP8 x FP8 with fp8 matmuls) of ``tensor_parallel_size`` devices."""
+    bw = ceilings["copy_gbps_dev0"] * 1e9 * tensor_parallel_size
+    rate = ceilings["matmul_tflops_dev0"] * 1e12 * tensor_parallel_size
+    fp8_rate = ceilings.get("matmul_fp8_tflops_dev0") if shape.fp8_matmuls else None
+    return bw, rate, fp8_rate * 1e12 * tensor_parallel_size if fp8_rate else rate
+
+
 def generation_roofline(
     shape: ModelShape,
     input_lens: list[int],
@@ -629,10 +637,7 @@ def generation_roofline(
     first token is the TTFT. Decode needs at least ``max(output) - 1`` steps, and at least ``sum(output - 1) /
     max_num_seqs``; each step reads the weights once, and every sequence reads its whole KV so far.
     """
-    bw = ceilings["copy_gbps_dev0"] * 1e9 * tensor_parallel_size
-    rate = ceilings["matmul_tflops_dev0"] * 1e12 * tensor_parallel_size
-    fp8_rate = ceilings.get("matmul_fp8_tflops_dev0") if shape.fp8_matmuls else None
-    linear_rate = fp8_rate * 1e12 * tensor_parallel_size if fp8_rate else rate
+    bw, rate, linear_rate = _rates(shape, ceilings, tensor_parallel_size)
     weights, kv, params = shape.streamed_bytes, shape.kv_bytes_per_token, shape.streamed_params
     prompt = sum(input_lens)
     prefill_bytes = math.ceil(prompt / max_num_batched_tokens) * weights + prompt * kv
@@ -658,3 +663,45 @@ def generation_roofline(
         "decode_bound": "compute" if decode_flops / rate > decode_bytes / bw else "memory",
         "streamed_weight_bytes": weights, "kv_bytes_per_token": kv,
     }  # fmt: skip
+
+
+def serving_roofline(
+    shape: ModelShape,
+    concurrency: int,
+    input_len: int,
+    output_len: int,
+    ceilings: dict[str, Any],
+    tensor_parallel_size: int = 1,
+) -> dict[str, Any]:
+    """The least TPOT a server can hold with ``concurrency`` requests of ``input_len`` in / ``output_len`` out always
+    in flight (a closed loop: ``bench_serving --max-concurrency``), and the output rate that gives.
+
+    In steady state each step decodes one token of every request (each, on average, ``output_len / 2`` tokens into
+    its output) and carries the prompt tokens of the requests that replace finished ones, ``concurrency * input_len /
+    output_len`` of them on average, however the scheduler chunks them: however prefill is spread, a step cannot be
+    lighter than that. The step reads the weights and the decodes' KV and writes the new tokens' KV (chunks reading
+    their own prompt's earlier KV left out: under 1 % at 1024 / 128), computes the linears over all its tokens, the
+    LM head over the sampled rows and attention over each token's context; it takes the longer of bytes / copy
+    bandwidth and FLOPs / matmul rate, as ``generation_roofline``'s steps. TTFT's floor: one prompt prefilled alone.
+    """
+    bw, rate, linear_rate = _rates(shape, ceilings, tensor_parallel_size)
+    linear_flops = 2 * shape.linear_params * rate / linear_rate  # a token's, at the model dtype's rate (as above)
+    head_flops = 2 * shape.vocab * shape.hidden
+    prefill_tokens = concurrency * input_len / output_len
+    decode_context = concurrency * (input_len + output_len / 2)
+    step_bytes = shape.streamed_bytes + shape.kv_bytes_per_token * (decode_context + prefill_tokens)
+    step_flops = linear_flops * (concurrency + prefill_tokens) + head_flops * concurrency
+    step_flops += shape.attention_flops_per_pair * (decode_context + prefill_tokens * input_len / 2)
+    tpot_s = max(step_bytes / bw, step_flops / rate)
+    prompt_flops = linear_flops * input_len + head_flops
+    prompt_flops += shape.attention_flops_per_pair * input_len * (input_len + 1) / 2
+    ttft_s = max((shape.streamed_bytes + shape.kv_bytes_per_token * input_len) / bw, prompt_flops / rate)
+    return {
+        "tpot_ms": 1e3 * tpot_s,
+        "ttft_ms": 1e3 * ttft_s,
+        "output_tokens_per_s": concurrency / tpot_s,
+        "step_tokens": concurrency + prefill_tokens,
+        "step_bound": "compute" if step_flops / rate > step_bytes / bw else "memory",
+        "step_gb": step_bytes / 1e9,
+        "step_tflop": step_flops / 1e12,
+    }

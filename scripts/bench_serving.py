@@ -12,7 +12,10 @@ Sends ``--num-prompts`` random token-id prompts of ``--input-len`` tokens to ``/
 Output tokens are counted from the stream's usage chunk (``stream_options.include_usage``). Arrivals: all at once
 with ``--request-rate inf``, else a gamma process (Poisson when ``--burstiness 1``) whose arrival times are rescaled
 so the last request arrives at ``num_prompts / request_rate`` seconds, as in vLLM; ``--max-concurrency`` caps the
-requests in flight. One test request goes first (not counted), as vLLM's initial test run.
+requests in flight. One test request goes first (not counted), as vLLM's initial test run. With
+``--roofline-config`` (the server's engine YAML) and ``--ceilings`` (the card's, as bench_latency measured them), a
+closed-loop run (``--max-concurrency``) is also reported against its steady-state roofline
+(``bench_common.serving_roofline``): the least TPOT that concurrency of these lengths allows.
 
     jllm serve --config configs/llama3-8b-h200.yaml &
     python scripts/bench_serving.py --num-prompts 200 --request-rate 8 --input-len 1024 --output-len 128 --json out.json
@@ -364,19 +367,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip-initial-test", action="store_true", help="skip the uncounted first test request")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the result (with per-request data) here")
+    parser.add_argument(
+        "--roofline-config",
+        type=Path,
+        metavar="YAML",
+        help="the engine config the server runs: with --ceilings and --max-concurrency, the steady-state serving "
+        "roofline (bench_common.serving_roofline) beside the measured TPOT and output rate",
+    )
+    parser.add_argument(
+        "--ceilings",
+        type=Path,
+        metavar="JSON",
+        help="the card's measured ceilings: a JSON with a 'ceilings' key (bench_latency's or bench_throughput's "
+        "--json on the same card) or the ceilings themselves",
+    )
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+def add_roofline(result: dict[str, Any], config: Path, ceilings_json: Path) -> str:
+    """Puts the serving roofline of ``config``'s model at the run's concurrency and lengths into ``result``; returns
+    its report lines, with the measured median TPOT and output rate as fractions of it."""
+    import bench_common
+
+    facts = json.loads(ceilings_json.read_text())
+    ceilings = facts.get("ceilings", facts)
+    bench = bench_common.load_bench_model(config)
+    roof = bench_common.serving_roofline(
+        bench.shape,
+        result["max_concurrency"],
+        result["input_len"],
+        result["output_len"],
+        ceilings,
+        bench.engine.parallel.tensor_parallel_size,
+    )
+    result["roofline"] = {**roof, "ceilings": ceilings, "config": str(config)}
+    tpot_share = roof["tpot_ms"] / result["median_tpot_ms"] if result["median_tpot_ms"] else 0.0
+    rate_share = result["output_throughput"] / roof["output_tokens_per_s"]
+    return (
+        f"serving roofline ({bench_common.describe_ceilings(ceilings)}): a steady-state step of "
+        f"{roof['step_tokens']:.0f} tokens ({roof['step_gb']:.1f} GB, {roof['step_tflop']:.2f} TFLOP, "
+        f"{roof['step_bound']}-bound): TPOT >= {roof['tpot_ms']:.2f} ms, output <= "
+        f"{roof['output_tokens_per_s']:,.0f} tok/s, TTFT >= {roof['ttft_ms']:.1f} ms; measured: median TPOT at "
+        f"{100 * tpot_share:.0f} % of the roofline, output rate at {100 * rate_share:.0f} %"
+    )
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuses, naming the option, what the run could not do."""
     if args.num_prompts < 1 or args.input_len < 1 or args.output_len < 1:
         raise SystemExit("--num-prompts, --input-len and --output-len must be >= 1")
     if args.request_rate <= 0 or args.burstiness <= 0:
         raise SystemExit("--request-rate and --burstiness must be > 0")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise SystemExit("--max-concurrency must be >= 1")
+    if (args.roofline_config is None) != (args.ceilings is None):
+        raise SystemExit("--roofline-config and --ceilings go together")
+    if args.roofline_config is not None and args.max_concurrency is None:
+        raise SystemExit("--roofline-config needs --max-concurrency (the roofline is a closed loop's steady state)")
+    for path in (args.roofline_config, args.ceilings):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"no such file: {path}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    check_args(args)
     result = asyncio.run(benchmark(args))
     print(format_table(result))
+    if args.roofline_config is not None:
+        print(add_roofline(result, args.roofline_config, args.ceilings))
     for error in sorted(set(result["errors"]))[:5]:
         print(f"error: {error}", file=sys.stderr)
     if args.json:

@@ -243,3 +243,32 @@ def test_bench_host_transfer_times_every_way_at_every_size(tmp_path: Path) -> No
     rows = json.loads(out.read_text())["rows"]
     assert [(r["words"], r["way"]) for r in rows] == [(w, way) for w in (64, 256) for way in bench.ways(w)]
     assert_positive(*(r["host_us"] for r in rows))
+
+
+def test_serving_roofline_is_a_steady_state_step_of_decodes_and_their_share_of_prompts() -> None:
+    """32 requests of 1024 in / 128 out in flight: each step decodes 32 tokens (each ~64 tokens into its output) and
+    carries 32 * 1024 / 128 = 256 prompt tokens; Llama-3-8B's step reads the weights and ~4.6 GB of KV (memory-bound at
+    3 TB/s / 800 TFLOP/s, compute-bound when the bandwidth doubles). TTFT's floor: one prompt alone."""
+    cfg = json.loads((ROOT / "configs" / "models" / "llama3-8b" / "config.json").read_text())
+    shape = bench_common.ModelShape.from_hf_config(cfg, "bfloat16")
+    ceilings = {"copy_gbps_dev0": 3000.0, "matmul_tflops_dev0": 800.0}
+    roof = bench_common.serving_roofline(shape, 32, 1024, 128, ceilings)
+    kv = shape.kv_bytes_per_token * (32 * (1024 + 64) + 256)
+    assert roof["step_tokens"] == 288 and roof["step_bound"] == "memory"
+    assert roof["tpot_ms"] == pytest.approx(1e3 * (shape.streamed_bytes + kv) / 3e12)
+    assert roof["output_tokens_per_s"] == pytest.approx(32e3 / roof["tpot_ms"])
+    pairs = 32 * (1024 + 64) + 256 * 512
+    flops = 2 * shape.linear_params * 288 + 2 * shape.vocab * shape.hidden * 32 + shape.attention_flops_per_pair * pairs
+    fast_memory = bench_common.serving_roofline(shape, 32, 1024, 128, {**ceilings, "copy_gbps_dev0": 6000.0})
+    assert fast_memory["step_bound"] == "compute" and fast_memory["tpot_ms"] == pytest.approx(1e3 * flops / 800e12)
+    one_prompt = 2 * shape.linear_params * 1024 + 2 * shape.vocab * shape.hidden
+    one_prompt += shape.attention_flops_per_pair * 1024 * 1025 / 2
+    assert roof["ttft_ms"] == pytest.approx(1e3 * one_prompt / 800e12)
+
+
+def test_bench_serving_refuses_a_roofline_it_cannot_compute() -> None:
+    bench_serving = importlib.import_module("bench_serving")
+    with pytest.raises(SystemExit, match="go together"):
+        bench_serving.main(["--roofline-config", "configs/llama3-8b-h200.yaml"])
+    with pytest.raises(SystemExit, match="needs --max-concurrency"):
+        bench_serving.main(["--roofline-config", "x.yaml", "--ceilings", "c.json"])

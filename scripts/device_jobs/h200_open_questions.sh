@@ -63,10 +63,13 @@ step bf16_latency_cublas 360 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false py
 # scheduler ends such a step's prefill chunk on 1,024 (prefill_alignment_min_tokens, default 256); against it off, and
 # with each prompt's chunks capped at 256 (288-token steps were padded to 512 before; now cut to 256: every step near
 # the H200's compute / bandwidth ridge). A warm start each (the executable cache's key leaves these keys out).
+# Each beside the steady-state serving roofline on bf16_latency's ceilings (bench_common.serving_roofline).
+ROOF=()
+[[ -e $QOUT/bf16_lat.json ]] && ROOF=(--roofline-config $BF16 --ceilings "$QOUT/bf16_lat.json")
 for run in "align256:" "align0:--prefill-alignment-min-tokens 0" "cap256:--long-prefill-token-threshold 256"; do
     serve "${run%%:*}" ${run#*:}
     step "serving_${run%%:*}" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
-        --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_${run%%:*}.json"
+        --input-len 1024 --output-len 128 --max-concurrency 32 "${ROOF[@]}" --json "$QOUT/serving_${run%%:*}.json"
     stop
 done
 # Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
@@ -126,7 +129,7 @@ step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip
 # time): now with the prefill grid heads first. Its programs are the 2,048 budget's first 10 (JAX's cache has them).
 serve b512 --max-num-batched-tokens 512
 step serving_b512 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
-    --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_b512.json"
+    --input-len 1024 --output-len 128 --max-concurrency 32 "${ROOF[@]}" --json "$QOUT/serving_b512.json"
 stop
 # Cold start again: its main thread sampled (was torch's import gone?), and with autotuning off.
 step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --main-thread-profile 60 \
