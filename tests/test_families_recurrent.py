@@ -1,5 +1,5 @@
-"""The recurrent families without a Mamba mixer against transformers: RWKV (v4) and RecurrentGemma (Griffin), tiny
-random-weight checkpoints built from a config (norms and biases random too).
+"""The recurrent families without a Mamba mixer against transformers: RWKV (v4), RecurrentGemma (Griffin) and xLSTM,
+tiny random-weight checkpoints built from a config (norms and biases random too).
 
 For each: float32 logits of a 70-token prompt within ``LOGITS_RTOL`` of transformers' PyTorch forward, prefilled 32
 tokens a step (each chunk continuing from the recurrent state and pages the last left), and whole at TP 2; greedy
@@ -43,7 +43,8 @@ TOKENS = dict(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 # name -> (architecture, config): RWKV's two blocks with rescale_every 1, so the second block's outputs are halved and
 # both blocks' residuals halved after them; RecurrentGemma's recurrent and attention layers, multi-query attention
 # in a window shorter than the prompts, half of each 12-wide head rotated, an LRU wider than the hidden size, and a
-# hidden size whose sqrt a bfloat16 rounds (6.9375 for 6.93)
+# hidden size whose sqrt a bfloat16 rounds (6.9375 for 6.93); xLSTM's two mLSTM blocks of 4 heads (q and k 16 wide, v
+# 32), gates soft-capped at 3 so the cap bends them, transformers' prefill in chunks of 16 (its chunkwise sums)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "rwkv": (
         "RwkvForCausalLM",
@@ -64,6 +65,10 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
             w_init_variance_scale=1.0,
         ),
     ),
+    "xlstm": (
+        "xLSTMForCausalLM",
+        dict(TOKENS, hidden_size=128, num_hidden_layers=2, num_heads=4, chunk_size=16, gate_soft_cap=3.0),
+    ),
 }
 # each mixer's modules split over TP 2 (True) or replicated: RWKV's time mixing by channel, its channel mixing's
 # projections by width but its receptance, its mixes and ln2 whole; RecurrentGemma's by LRU head, the conv's weight
@@ -71,10 +76,12 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 SPLIT = {
     "rwkv": dict(attention=True, ln2=False, feed_forward=True),
     "recurrent_gemma": dict(linear_x=True, linear_y=True, conv_1d=False, rg_lru=True, linear_out=True),
+    "xlstm": dict.fromkeys(("q", "k", "v", "ogate_preact", "igate_preact", "fgate_preact", "multihead_norm"), True)
+    | dict(out_proj=True),
 }
 # which arrays of the first recurrent layer's state pool are split (on the axis after the slot's): RWKV's two token
 # shifts whole, its WKV triple by channel; RecurrentGemma's conv window and LRU state by head
-POOL_SPLIT = {"rwkv": [None, 1, 1, 1, None], "recurrent_gemma": [1, 1]}
+POOL_SPLIT = {"rwkv": [None, 1, 1, 1, None], "recurrent_gemma": [1, 1], "xlstm": [1, 1, 1]}
 
 
 def widen_rwkv_embeddings(model: Any) -> None:
@@ -158,6 +165,9 @@ def test_tp_2_logits_match_transformers_with_the_recurrent_layers_split(tp_runs,
         ("recurrent_gemma", dict(block_types=["recurrent", "mlp"]), r"RecurrentGemma block_types=.*'mlp'.* supported"),
         ("recurrent_gemma", dict(block_types=["recurrent"]), "RecurrentGemma with no attention layer"),
         ("recurrent_gemma", dict(lru_width=66), "RecurrentGemma lru_width=66 must divide into num_attention_heads=4"),
+        ("xlstm", dict(weight_mode="fused"), "xLSTM weight_mode='fused' is not supported"),
+        ("xlstm", dict(use_bias=True), "xLSTM use_bias=True is not supported"),
+        ("xlstm", dict(qk_dim_factor=0.25), r"xLSTM hidden_size=128 x qk_dim_factor=0.25 = 32 is not supported"),
     ],
 )
 def test_unsupported_option_is_refused_at_load_naming_it(tmp_path, name, change, message):
@@ -179,7 +189,7 @@ def test_tp_size_rwkv_channels_do_not_divide_is_refused_naming_them():
 
 
 def test_quantization_is_refused_naming_the_family():
-    for name, family in (("rwkv", "RWKV"), ("recurrent_gemma", "RecurrentGemma")):
+    for name, family in (("rwkv", "RWKV"), ("recurrent_gemma", "RecurrentGemma"), ("xlstm", "xLSTM")):
         arch, config = MODELS[name]
         config = {**config, "architectures": [arch]}
         with pytest.raises(ValueError, match=f"quantization='int8' is not supported for {family}"):

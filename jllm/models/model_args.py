@@ -15,7 +15,8 @@ hybrid's recurrent layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``j
 hybrids' Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning
 attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``; RecurrentGemma's RG-LRU blocks,
 ``jllm.models.rg_lru``) among its attention ones, or alone (Mamba, FalconMamba; RWKV's blocks, ``jllm.models.rwkv``,
-with its eval-mode rescaling, ``LayerSpec.block_scale`` / ``output_scale``: no layer attends, ``attends``), and
+with its eval-mode rescaling, ``LayerSpec.block_scale`` / ``output_scale``; xLSTM's mLSTM layers,
+``jllm.models.mlstm``: no layer attends, ``attends``), and
 layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's
 residuals from the normed inputs, scaled (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked
 by its hybrid layers before their mixer (``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``:
@@ -48,6 +49,7 @@ from jllm.models.lightning_attention import LightningAttention, LightningSpec
 from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
+from jllm.models.mlstm import MLSTMLayer, MLSTMSpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, MoEBesideMLP, SparseMoE
 from jllm.models.recurrent_state import StateSpec
 from jllm.models.rg_lru import RecurrentBlock, RGLRUSpec
@@ -77,8 +79,20 @@ ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
 # (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2, LFM2's
 # short convolution, MiniMax's lightning attention, Mamba's, FalconMamba's and Jamba's Mamba (v1), RWKV's whole block
-# (time and channel mixing), RecurrentGemma's RG-LRU block; or none (a layer of an MLP alone: Nemotron-H's MLP blocks)
-MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "lightning", "mamba", "rwkv", "rg_lru", "none")
+# (time and channel mixing), RecurrentGemma's RG-LRU block, xLSTM's mLSTM layer; or none (a layer of an MLP alone:
+# Nemotron-H's MLP blocks)
+MIXERS = (
+    "attention",
+    "gated_deltanet",
+    "mamba2",
+    "short_conv",
+    "lightning",
+    "mamba",
+    "rwkv",
+    "rg_lru",
+    "mlstm",
+    "none",
+)
 # a recurrent mixer's module, and the ModelArgs field that sizes it (with what it holds, for the error without it)
 _MIXER_MODULES: dict[str, tuple[str, type[nnx.Module], str]] = {
     "gated_deltanet": ("deltanet", GatedDeltaNet, "its widths"),
@@ -88,6 +102,7 @@ _MIXER_MODULES: dict[str, tuple[str, type[nnx.Module], str]] = {
     "mamba": ("mamba", MambaMixer, "its sizes"),
     "rwkv": ("rwkv", RwkvBlock, "its widths"),
     "rg_lru": ("rg_lru", RecurrentBlock, "its widths"),
+    "mlstm": ("mlstm", MLSTMLayer, "its heads and widths"),
 }
 RECURRENT_MIXERS = MIXERS[1:-1]
 
@@ -275,6 +290,7 @@ class ModelArgs:
     mamba: MambaSpec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba" (Mamba v1)
     rwkv: RwkvSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "rwkv" (RWKV v4's blocks)
     rg_lru: RGLRUSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "rg_lru" (RecurrentGemma)
+    mlstm: MLSTMSpec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mlstm" (xLSTM)
     # Zamba2's shared transformer blocks, which its hybrid layers (``LayerSpec.shared_block``) invoke; the attention's
     # heads and widths are theirs, reading ``2 hidden_size`` channels
     shared_blocks: SharedBlockSpec | None = None
@@ -449,8 +465,8 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for Mamba models and Mamba2 hybrids (the mixers' "
                 "projections have no quantized form yet); leave quantization unset"
             )
-        if self.rwkv is not None or self.rg_lru is not None:
-            family = "RWKV" if self.rwkv is not None else "RecurrentGemma"
+        if self.rwkv is not None or self.rg_lru is not None or self.mlstm is not None:
+            family = "RWKV" if self.rwkv is not None else "RecurrentGemma" if self.rg_lru is not None else "xLSTM"
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for {family} (its recurrent blocks' projections "
                 "have no quantized form yet); leave quantization unset"
@@ -544,6 +560,8 @@ class ModelArgs:
             return self.rwkv.state_spec(self.hidden_size, self.dtype)
         if spec.mixer == "rg_lru":
             return self.rg_lru.state_spec(self.dtype)
+        if spec.mixer == "mlstm":
+            return self.mlstm.state_spec()
         if spec.mixer == "none":  # nothing kept per sequence, and no pages
             return StateSpec((), ())
         return None

@@ -46,6 +46,7 @@ from jllm.models.families import (
     routed_moe,
     rwkv,
     sliding_moe,
+    xlstm,
     zamba2,
 )
 from jllm.models.model_args import ModelArgs
@@ -176,6 +177,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "JambaForCausalLM": mamba.jamba,
     "RwkvForCausalLM": rwkv.rwkv,
     "RecurrentGemmaForCausalLM": recurrent_gemma.recurrent_gemma,
+    "xLSTMForCausalLM": xlstm.xlstm,
     "Lfm2ForCausalLM": lfm2.lfm2,
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,
     "Lfm3ForCausalLM": lfm2.lfm3,
