@@ -219,3 +219,41 @@ def test_linear_scan_steps_each_row_from_its_state_and_keeps_a_row_without_token
             expected[t] = final[s]
     np.testing.assert_allclose(np.asarray(h)[:9], expected[:9], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(last), final, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_chunked_mlstm_equals_its_token_steps_across_chunks_from_any_state() -> None:
+    """Two rows (100 tokens, crossing a chunk boundary, and 30) from random states with stabilizers far apart, gates
+    wide enough that the stabilizer switches between the state's and a token's: the chunked form's outputs and new
+    states are the token-by-token recurrence's."""
+    from jllm.attention import AttentionMetadata
+    from jllm.models.mlstm import chunked_mlstm, mlstm_step
+    from jllm.models.recurrent_state import scan_rows
+
+    rng = np.random.default_rng(0)
+    heads, dk, dv, lens = 2, 4, 8, [100, 30]
+    t = sum(lens)
+    q, k = (jnp.asarray(rng.normal(size=(t, heads, dk)), jnp.float32) for _ in range(2))
+    v = jnp.asarray(rng.normal(size=(t, heads, dv)), jnp.float32)
+    i, f = (jnp.asarray(rng.uniform(-10, 10, (t, heads)), jnp.float32) for _ in range(2))
+    state = (
+        jnp.asarray(rng.normal(size=(2, heads, dk, dv)), jnp.float32),
+        jnp.asarray(rng.normal(size=(2, heads, dk)), jnp.float32),
+        jnp.asarray([[5.0, -3.0], [0.0, 12.0]], jnp.float32),
+    )
+    meta = AttentionMetadata(
+        slot_mapping=jnp.zeros(t, jnp.int32),
+        query_start_loc=jnp.asarray([0, lens[0], t], jnp.int32),
+        kv_lens=jnp.asarray([lens[0] + 7, lens[1] + 3], jnp.int32),
+        block_tables=jnp.zeros((2, 1), jnp.int32),
+    )
+    out_like = jax.ShapeDtypeStruct((heads, dv), jnp.float32)
+
+    def steps(*args: Any) -> Any:
+        return scan_rows(lambda s, x: mlstm_step(s, x, 1e-6), args[5], args[:5], out_like, meta)
+
+    expected, expected_state = jax.jit(steps)(q, k, v, i, f, state)
+    got, got_state = jax.jit(lambda *a: chunked_mlstm(*a, meta, 1e-6))(q, k, v, i, f, state)
+    assert relative_error(np.asarray(got), np.asarray(expected)) < 1e-5
+    for a, b in zip(got_state, expected_state, strict=True):
+        assert relative_error(np.asarray(a), np.asarray(b)) < 1e-5
