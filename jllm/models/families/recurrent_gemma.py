@@ -34,7 +34,9 @@ def recurrent_gemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     each "recurrent" an RG-LRU block ``lru_width`` wide (the hidden size by default) with a conv of
     ``conv1d_width``, each "attention" a sliding window of ``attention_window_size`` over ``num_key_value_heads``
     (the query heads by default); the MLP ``intermediate_size // 2`` wide with biases, as transformers builds it;
-    heads ``hidden_size // num_attention_heads`` wide whatever ``head_dim`` says (transformers sets it so)."""
+    heads ``hidden_size // num_attention_heads`` wide whatever ``head_dim`` says (transformers sets it so). Its
+    config names no context (the attention is local, the recurrence unbounded): served up to 8192 tokens, Griffin's
+    training length, unless ``max_position_embeddings`` says otherwise."""
     cfg = {
         "hidden_size": 2560,
         "num_attention_heads": 10,
