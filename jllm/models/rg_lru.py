@@ -84,12 +84,12 @@ class RGLRU(nnx.Module):
         self.input_gate_bias = param((spec.heads, block), dtype, (RECURRENT_HEADS, None))
         self.recurrent_gate_weight = param((spec.heads, block, block), dtype, (RECURRENT_HEADS, None, None))
         self.recurrent_gate_bias = param((spec.heads, block), dtype, (RECURRENT_HEADS, None))
+        self.heads = spec.heads
 
     def gates(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Over ``x [T, lru_width]``: the recurrence's decay ``a`` and its input, ``[T, lru_width]`` float32 each; at
         position 0 (a sequence's reset) no decay and the input ungated by ``sqrt(1 - a^2)``."""
-        t, heads = x.shape[0], self.recurrent_param.shape[0] // self.input_gate_weight.shape[-1]
-        blocks = x.reshape(t, heads, -1)
+        blocks = x.reshape(x.shape[0], self.heads, -1)
 
         def gate(weight: nnx.Param, bias: nnx.Param) -> jax.Array:
             return jax.nn.sigmoid(jnp.einsum("thi,hij->thj", blocks, weight[...]) + bias[...]).reshape(x.shape)
