@@ -5,8 +5,9 @@ Megatron-style tensor parallelism: QKV and gate/up split by columns (heads), O a
 LM head by vocabulary, the KV pool on its KV-head axis; a mixture of experts' kernels like a dense MLP's, along each
 expert's inner axis, with the router replicated. XLA inserts the collectives from these shardings.
 
-A hybrid model's recurrent layers (gated DeltaNet, Mamba2, LFM2's short conv) split the same way over their heads
-(``recurrent_heads``: DeltaNet's key-head groups with their value heads, Mamba2's heads, the short conv's channels),
+A hybrid model's recurrent layers (gated DeltaNet, Mamba2, LFM2's short conv, RWKV, RG-LRU, mLSTM) split the same
+way over their heads (``recurrent_heads``: DeltaNet's key-head groups with their value heads, Mamba2's heads, the
+short conv's and RWKV's channels, the RG-LRU's and mLSTM's heads),
 as vLLM does: each projection's parts column-parallel per head (``layers.StoredParts`` groups a fused projection's
 parts by head), the conv channels and the state pools' head axis with them (``StateSpec.axes``), ``out_proj``
 row-parallel; Mamba2's B and C (its ``n_groups``) stay replicated.

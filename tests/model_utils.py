@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ def save_tiny_checkpoint(
     seed: int = 0,
     config_cls_name: str | None = None,
     perturb_constants: bool = False,
+    prepare: Callable[[Any], None] | None = None,
 ) -> Path:
     """Builds a random-weight transformers model and saves it as sharded safetensors with an index.
 
@@ -53,7 +55,8 @@ def save_tiny_checkpoint(
     LFM2-MoE's router correction biases and stacked experts' biases (gpt-oss's ``[experts, out]``), Gemma 4's layer
     scalars, and any parameter
     that is all zeros (AFMoE's router), which transformers initialises to constants (so a ``1 + w`` norm read as
-    ``w``, or a bias not read at all, would otherwise go unnoticed)."""
+    ``w``, or a bias not read at all, would otherwise go unnoticed). ``prepare``: run on the model (under
+    ``no_grad``) before it is saved, for weights a family's initialisation leaves too small to tell tokens apart."""
     import torch
     import transformers
 
@@ -68,6 +71,9 @@ def save_tiny_checkpoint(
             for name, b in model.named_buffers():  # DeepSeek-V3's, LFM2-MoE's choice biases, Gemma 4's scalars
                 if name.endswith(("e_score_correction_bias", "expert_bias", "layer_scalar")):
                     b.add_(0.3 * torch.randn_like(b))
+    if prepare is not None:
+        with torch.no_grad():
+            prepare(model)
     model.save_pretrained(out_dir, max_shard_size="100KB", safe_serialization=True)
     return out_dir
 

@@ -48,7 +48,8 @@ class DecoderLayer(nnx.Module):
     indexer reuse (``LayerSpec.reuses_selection``). Qwen4-Exp's layers read and write hyper-connection streams: each
     block's input a learned mix of them, its output added to each by a learned weight
     (``jllm.models.hyper_connections``). Falcon-H1's layers run attention beside their Mamba2 mixer
-    (``LayerSpec.attention_beside``)."""
+    (``LayerSpec.attention_beside``). RWKV's layers scale their output (``LayerSpec.output_scale``: its eval-mode
+    halving every ``rescale_every`` blocks)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -86,6 +87,7 @@ class DecoderLayer(nnx.Module):
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
         self.attention_beside = spec.attention_beside
+        self.output_scale = spec.output_scale
         index = spec.shared_block
         self.shared_block = None if index is None else SharedBlockCall(args, shared_blocks[index])
         hyper = args.hyper_streams > 0  # Qwen4-Exp's hyper-connections, around the mixer and around the MLP
@@ -132,7 +134,8 @@ class DecoderLayer(nnx.Module):
         x, kv_pages, carry = self._blocks(x, positions, kv_pages, meta, lora, carry)
         if self.per_layer is not None:
             x = self.per_layer(x, per_layer_input)
-        return (x if self.layer_scalar is None else x * self.layer_scalar[...]), kv_pages, carry
+        x = x if self.layer_scalar is None else x * self.layer_scalar[...]
+        return scaled(x, self.output_scale), kv_pages, carry  # RWKV's halving every rescale_every layers
 
     def _blocks(
         self,

@@ -212,7 +212,7 @@ def ssd_chunked(
     x, dt, b, c = (to_chunks(y.astype(jnp.float32), chunks) for y in (x, dt, b, c))  # [N, C, heads or groups, ...]
     xdt, adt = x * dt[..., None], dt * a
     cum = jnp.cumsum(adt, axis=1)  # [N, C, heads]: the log decay from the chunk's start
-    decay = jnp.exp(_segment_sum(adt.transpose(0, 2, 1)))  # [N, heads, C, C]
+    decay = jnp.exp(segment_sum(adt.transpose(0, 2, 1)))  # [N, heads, C, C]
     scores = jnp.einsum("nlgk,nsgk->ngls", c, b, precision=HIGHEST)  # [N, groups, C, C]: a group's heads share it
     scores = jnp.repeat(scores, heads // groups, axis=1) * decay
     b, c = (jnp.repeat(y, heads // groups, axis=2) for y in (b, c))  # [N, C, heads, state]
@@ -231,7 +231,7 @@ def ssd_chunked(
     return from_chunks(y, chunks, meta, num_tokens), state
 
 
-def _segment_sum(x: jax.Array) -> jax.Array:
+def segment_sum(x: jax.Array) -> jax.Array:
     """``[..., C] -> [..., C, C]``: entry ``[i, j]`` the sum of ``x[j + 1 : i + 1]`` where ``i >= j``, else -inf
     (transformers' ``segment_sum``: a masked cumulative sum, no differences of large sums)."""
     size = x.shape[-1]

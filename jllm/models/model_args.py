@@ -13,11 +13,14 @@ head over the first ids only, and the checkpoint's tensor names; and JetMoE's mi
 (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output, A.X-K2's gated norms; and a
 hybrid's recurrent layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2
 hybrids' Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning
-attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``) among its attention ones, or alone
-(Mamba, FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
-``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
-(``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers before their mixer
-(``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Falcon-H1's attention beside its
+attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``; RecurrentGemma's RG-LRU blocks,
+``jllm.models.rg_lru``) among its attention ones, or alone (Mamba, FalconMamba; RWKV's blocks, ``jllm.models.rwkv``,
+with its eval-mode rescaling, ``LayerSpec.block_scale`` / ``output_scale``; xLSTM's mLSTM layers,
+``jllm.models.mlstm``: no layer attends, ``attends``), and
+layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's
+residuals from the normed inputs, scaled (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked
+by its hybrid layers before their mixer (``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``:
+``jllm.models.zamba2``); Falcon-H1's attention beside its
 Mamba2 mixer in one layer, with muP multipliers (``LayerSpec.attention_beside``, ``mlp_multipliers``); Gemma 4's layers
 of their own KV heads and head width, keys reused as values, layers reading an earlier layer's K/V
 (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's AltUp streams
@@ -46,9 +49,12 @@ from jllm.models.lightning_attention import LightningAttention, LightningSpec
 from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
+from jllm.models.mlstm import MLSTMLayer, MLSTMSpec
 from jllm.models.moe import ClampedSwiGLU, GroupedRouting, MoEBesideMLP, SparseMoE
 from jllm.models.recurrent_state import StateSpec
+from jllm.models.rg_lru import RecurrentBlock, RGLRUSpec
 from jllm.models.rope import Rope
+from jllm.models.rwkv import RwkvBlock, RwkvSpec
 from jllm.models.short_conv import ShortConv, ShortConvSpec
 from jllm.models.zamba2 import SharedBlockSpec
 from jllm.parallel import KV_HEADS
@@ -72,9 +78,21 @@ CODEGEN_SHARDS = 4
 ATTN_OUTPUT_GATES = ("sigmoid", "softplus")
 # a layer's token mixer: attention over the paged pool, or a recurrent mixer with a per-sequence state
 # (``jllm.models.recurrent_state``): Qwen3-Next's and Qwen3.5's gated DeltaNet, the Mamba2 hybrids' Mamba2, LFM2's
-# short convolution, MiniMax's lightning attention, Mamba's, FalconMamba's and Jamba's Mamba (v1); or none (a layer of
-# an MLP alone: Nemotron-H's MLP blocks)
-MIXERS = ("attention", "gated_deltanet", "mamba2", "short_conv", "lightning", "mamba", "none")
+# short convolution, MiniMax's lightning attention, Mamba's, FalconMamba's and Jamba's Mamba (v1), RWKV's whole block
+# (time and channel mixing), RecurrentGemma's RG-LRU block, xLSTM's mLSTM layer; or none (a layer of an MLP alone:
+# Nemotron-H's MLP blocks)
+MIXERS = (
+    "attention",
+    "gated_deltanet",
+    "mamba2",
+    "short_conv",
+    "lightning",
+    "mamba",
+    "rwkv",
+    "rg_lru",
+    "mlstm",
+    "none",
+)
 # a recurrent mixer's module, and the ModelArgs field that sizes it (with what it holds, for the error without it)
 _MIXER_MODULES: dict[str, tuple[str, type[nnx.Module], str]] = {
     "gated_deltanet": ("deltanet", GatedDeltaNet, "its widths"),
@@ -82,6 +100,9 @@ _MIXER_MODULES: dict[str, tuple[str, type[nnx.Module], str]] = {
     "short_conv": ("short_conv", ShortConv, "its kernel"),
     "lightning": ("lightning", LightningAttention, "its widths"),
     "mamba": ("mamba", MambaMixer, "its sizes"),
+    "rwkv": ("rwkv", RwkvBlock, "its widths"),
+    "rg_lru": ("rg_lru", RecurrentBlock, "its widths"),
+    "mlstm": ("mlstm", MLSTMLayer, "its heads and widths"),
 }
 RECURRENT_MIXERS = MIXERS[1:-1]
 
@@ -185,6 +206,11 @@ class LayerSpec:
     experts_glu: ClampedSwiGLU | None = None
     shared_expert_glu: ClampedSwiGLU | None = None
     mlp_glu: ClampedSwiGLU | None = None  # the dense MLP's, likewise (MiniMax-M3's clamped SwiGLU on its dense layers)
+    # RWKV's eval-mode rescaling (its ``rescale_every``): each block's output times ``block_scale`` (its output
+    # weights divided by 2 ** (i // rescale_every)), the layer's output times ``output_scale`` (halved after every
+    # ``rescale_every`` blocks); powers of two, so the products are transformers' floats
+    block_scale: float = 1.0
+    output_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -263,6 +289,9 @@ class ModelArgs:
     short_conv: ShortConvSpec | None = None  # the settings of the layers whose ``LayerSpec.mixer`` is "short_conv"
     lightning: LightningSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "lightning"
     mamba: MambaSpec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mamba" (Mamba v1)
+    rwkv: RwkvSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "rwkv" (RWKV v4's blocks)
+    rg_lru: RGLRUSpec | None = None  # the widths of the layers whose ``LayerSpec.mixer`` is "rg_lru" (RecurrentGemma)
+    mlstm: MLSTMSpec | None = None  # the sizes of the layers whose ``LayerSpec.mixer`` is "mlstm" (xLSTM)
     # Zamba2's shared transformer blocks, which its hybrid layers (``LayerSpec.shared_block``) invoke; the attention's
     # heads and widths are theirs, reading ``2 hidden_size`` channels
     shared_blocks: SharedBlockSpec | None = None
@@ -441,6 +470,12 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for Mamba models and Mamba2 hybrids (the mixers' "
                 "projections have no quantized form yet); leave quantization unset"
             )
+        if self.rwkv is not None or self.rg_lru is not None or self.mlstm is not None:
+            family = "RWKV" if self.rwkv is not None else "RecurrentGemma" if self.rg_lru is not None else "xLSTM"
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for {family} (its recurrent blocks' projections "
+                "have no quantized form yet); leave quantization unset"
+            )
         if self.short_conv is not None:
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for LFM2's short-conv hybrids (not yet checked "
@@ -527,6 +562,12 @@ class ModelArgs:
             return self.lightning.state_spec()
         if spec.mixer == "mamba":
             return self.mamba.state_spec(self.dtype)
+        if spec.mixer == "rwkv":
+            return self.rwkv.state_spec(self.hidden_size, self.dtype)
+        if spec.mixer == "rg_lru":
+            return self.rg_lru.state_spec(self.dtype)
+        if spec.mixer == "mlstm":
+            return self.mlstm.state_spec()
         if spec.mixer == "none":  # nothing kept per sequence, and no pages
             return StateSpec((), ())
         return None

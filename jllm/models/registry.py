@@ -41,9 +41,12 @@ from jllm.models.families import (
     multimodal,
     olmo_hybrid,
     qwen3_next,
+    recurrent_gemma,
     relu_mlp,
     routed_moe,
+    rwkv,
     sliding_moe,
+    xlstm,
     zamba2,
 )
 from jllm.models.model_args import ModelArgs
@@ -178,6 +181,9 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Mamba2ForCausalLM": mamba.mamba2,
     "Zamba2ForCausalLM": zamba2.zamba2,
     "JambaForCausalLM": mamba.jamba,
+    "RwkvForCausalLM": rwkv.rwkv,
+    "RecurrentGemmaForCausalLM": recurrent_gemma.recurrent_gemma,
+    "xLSTMForCausalLM": xlstm.xlstm,
     "Lfm2ForCausalLM": lfm2.lfm2,
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,
     "Lfm3ForCausalLM": lfm2.lfm3,
