@@ -1,8 +1,8 @@
 """Layers the decoder families share: linear (float, or quantized per ``jllm.quantization``), embedding, RMSNorm
 (Llama's and Gemma's ``1 + w``), LayerNorm, the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
-Apertus' learned xIELU; Gemma 3n's Gaussian top-k sparsity on the gate) and Gemma 3n's low-rank residual block
-(``Laurel``), A.X-K2's RMSNorm gated by a low-rank projection of its output (``GatedRMSNorm``); the mixture of
-experts lives in ``jllm.models.moe``.
+Apertus' learned xIELU; Gemma 3n's Gaussian top-k sparsity on the gate; BitNet's norm before ``down_proj``) and
+Gemma 3n's low-rank residual block (``Laurel``), A.X-K2's RMSNorm gated by a low-rank projection of its output
+(``GatedRMSNorm``); the mixture of experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -316,9 +316,11 @@ class MLP(nnx.Module):
         sparsity: float = 0.0,
         multipliers: tuple[float, float] | None = None,
         glu: ClampedSwiGLU | None = None,
+        sub_norm: nnx.Module | None = None,
     ):
         """``multipliers``: (gate, down), the gate's pre-activation and the output times these (Falcon-H1's muP);
-        ``glu``: the gated activation in place of ``act(gate) * up`` (Ling 3's clipped shared expert)."""
+        ``glu``: the gated activation in place of ``act(gate) * up`` (Ling 3's clipped shared expert); ``sub_norm``: a
+        norm over the ``hidden`` activations before ``down_proj`` (BitNet's ``ffn_sub_norm``)."""
         if sparsity and not (gated and 0.0 < sparsity < 1.0):
             raise ValueError(f"activation sparsity {sparsity} needs a gated MLP and a fraction in (0, 1)")
         if multipliers is not None and not gated:
@@ -330,6 +332,7 @@ class MLP(nnx.Module):
         else:
             self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias, quant=quant)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
+        self.ffn_sub_norm = sub_norm
         self.act_fn = XIELU(dtype) if act == "xielu" else None  # an activation with parameters of its own
         self.act, self.gated, self.glu = act, gated, glu
         # Gemma 3n's sparse layers keep only the gate values above mean + std * this (the normal quantile of
@@ -351,6 +354,7 @@ class MLP(nnx.Module):
         else:
             up = normed_linear(norm, self.up_proj, x)  # [T, hidden]
             h = act(up if lora is None else up + lora.delta("up", x if norm is None else norm(x)))
+        h = h if self.ffn_sub_norm is None else self.ffn_sub_norm(h)
         y = self.down_proj(h)
         return scaled(y if lora is None else y + lora.delta("down", h), self.down_scale)
 

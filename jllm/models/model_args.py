@@ -25,7 +25,7 @@ of their own KV heads and head width, keys reused as values, layers reading an e
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
 selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
-its QSA budget as a context limit.
+its QSA budget as a context limit; BitNet's norms inside the attention and the MLP (``sub_norms``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -232,6 +232,9 @@ class ModelArgs:
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
     moe_out_norm: bool = False  # a norm on the mixture's output in its layers, none on a dense MLP's (A.X-K1)
+    # BitNet's norms inside the blocks: on the attention's heads before o_proj (attn_sub_norm) and on a dense MLP's
+    # activations before down_proj (ffn_sub_norm)
+    sub_norms: bool = False
     # > 0: each layer's input norm, and a mixture layer's MLP norm, an RMSNorm gated by a low-rank projection of its
     # output of this rank (A.X-K2's gated_norm_rank, ``layers.GatedRMSNorm``); a dense MLP's norm stays plain
     gated_norm_rank: int = 0
@@ -462,6 +465,7 @@ class ModelArgs:
             self.quant,
             sparsity,
             self.mlp_multipliers,
+            sub_norm=self.make_norm(width) if self.sub_norms else None,
         )
 
     def make_moe(self, spec: LayerSpec) -> SparseMoE:

