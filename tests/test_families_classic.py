@@ -11,21 +11,29 @@ from typing import Any
 
 import numpy as np
 import pytest
-from model_utils import hf_logits, jllm_logits, relative_error, save_tiny_checkpoint
-from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, FamilyDirs, hf_greedy
+import test_families
+from model_utils import hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
+from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, TP_NEW_TOKENS, FamilyDirs
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 from jllm.quantization import resolve_scheme
 
-# name -> (architecture, config class or None, config.json keys over test_families' BASE, TP sizes (unused here))
+# name -> (architecture, config class or None, config.json keys over test_families' BASE, TP sizes)
 CLASSIC: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     "bitnet": ("BitNetForCausalLM", None, {}, []),
     "emu3": ("Emu3ForCausalLM", "Emu3TextConfig", dict(attention_bias=True, mlp_bias=True), []),
+    # 8 query heads over 4 KV heads: each KV head's value pair crosses the halves, maps i and i + 4 subtracted
+    # TP 2 splits the heads: each value pair and each subtracted map reads the other device's
+    "diffllama": ("DiffLlamaForCausalLM", None, dict(num_attention_heads=8, num_key_value_heads=4), [2]),
 }
 # Families whose decoder runs nothing another family's greedy row does not: their logits rows check them
 LOGITS_ONLY = {"emu3"}  # Llama's layers with biases (Llama's greedy rows), its defaults read as Emu3's
+
+
+# test_families' fixture (transformers' greedy tokens of each family, computed once), over this file's family_dirs
+hf_tokens = test_families.hf_tokens
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +54,27 @@ def test_logits_match_transformers(family_dirs, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [name for name in CLASSIC if name not in LOGITS_ONLY])
-def test_greedy_batch_equals_transformers_generate(family_dirs, name):
+def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
     greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
-    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    assert got == hf_tokens(name)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name, (*_, sizes) in CLASSIC.items() if sizes])
+def test_tensor_parallel_matches_transformers(family_dirs, hf_tokens, tmp_path, name):
+    """Greedy tokens and prefill logits at each TP size on fake CPU devices (tests/tp_worker.py) against
+    transformers'."""
+    sizes = CLASSIC[name][3]
+    spec = {"families": {name: [str(family_dirs[name]), sizes]}, "cache_dir": str(tmp_path / "jllm_cache")}
+    runs = run_tp_worker(spec, tmp_path, timeout=900)["generate"][name]
+    expected_tokens = [tokens[:TP_NEW_TOKENS] for tokens in hf_tokens(name)]
+    expected_logits = hf_logits(family_dirs[name], PROMPTS[2])
+    for tp in map(str, sizes):
+        assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"
+        assert relative_error(np.load(runs[tp]["logits_file"]), expected_logits) < LOGITS_RTOL, f"{name} TP={tp}"
 
 
 def test_bitnet_packed_ternary_checkpoint_is_refused_naming_its_quantization_config():

@@ -22,6 +22,7 @@ from flax import nnx
 from jllm.attention import AttentionMetadata
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
+from jllm.models.diff_attention import DiffAttention
 from jllm.models.hyper_connections import HyperConnection
 from jllm.models.layers import MLP, Embedding, Laurel, Linear, param, scaled, sinusoidal_positions
 from jllm.models.lora import LayerLoRA, LoRABatch
@@ -64,6 +65,8 @@ class DecoderLayer(nnx.Module):
             self.self_attn = None
         elif args.attention_experts:
             self.self_attn = MixtureOfAttention(args, spec)
+        elif spec.diff_lambda_init is not None:  # DiffLlama's
+            self.self_attn = DiffAttention(args, spec)
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms

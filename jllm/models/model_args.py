@@ -25,7 +25,8 @@ of their own KV heads and head width, keys reused as values, layers reading an e
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
 selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
-its QSA budget as a context limit; BitNet's norms inside the attention and the MLP (``sub_norms``).
+its QSA budget as a context limit; BitNet's norms inside the attention and the MLP (``sub_norms``); DiffLlama's
+differential attention (``LayerSpec.diff_lambda_init``, ``jllm.models.diff_attention``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -184,6 +185,9 @@ class LayerSpec:
     # SwiGLU on every layer's experts, Ling 3's per-layer limits (``expert_swiglu_limit_list`` and the shared one's)
     experts_glu: ClampedSwiGLU | None = None
     shared_expert_glu: ClampedSwiGLU | None = None
+    # DiffLlama's differential attention in this layer (``jllm.models.diff_attention``), its lambda_init (transformers'
+    # 0.8 - 0.6 exp(-0.3 layer)); its pages hold value pairs, 2 head_dim wide (``ModelArgs.kv_pool_head_dim``)
+    diff_lambda_init: float | None = None
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -420,7 +424,10 @@ class ModelArgs:
         latent pool's one head counts its copies under tensor parallelism (one a device), as ``num_kv_heads`` does."""
         if spec.kv_source is not None:
             return None
-        return (self.num_kv_heads, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
+        if self.mla is not None:
+            return self.num_kv_heads, self.mla.latent_dim
+        kv_heads, head_dim = self.layer_heads(spec)
+        return kv_heads, head_dim * (2 if spec.diff_lambda_init is not None else 1)
 
     def _check_quantizable(self) -> None:
         """Refuses ``quant`` for the layers with no quantized form yet."""
@@ -593,8 +600,11 @@ class ModelArgs:
 
     @property
     def kv_pool_head_dim(self) -> int:
-        """The width of a KV pool head: ``head_dim``, or the latent's (``MLASpec.latent_dim``)."""
-        return self.head_dim if self.mla is None else self.mla.latent_dim
+        """The width of a KV pool head: ``head_dim``, twice it for differential attention (its value pairs), or the
+        latent's (``MLASpec.latent_dim``)."""
+        if self.mla is not None:
+            return self.mla.latent_dim
+        return self.head_dim * (2 if any(spec.diff_lambda_init is not None for spec in self.layers) else 1)
 
     @property
     def sliding_windows(self) -> list[int | None]:

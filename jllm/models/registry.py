@@ -145,6 +145,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "BitNetForCausalLM": llama_variants.bitnet,
     "Emu3ForCausalLM": llama_variants.emu3_text,
     "Emu3ForConditionalGeneration": multimodal.emu3,
+    "DiffLlamaForCausalLM": llama_variants.diffllama,
     "YoutuForCausalLM": deepseek.youtu,
     "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
     "LongcatFlashForCausalLM": longcat.longcat_flash,

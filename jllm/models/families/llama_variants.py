@@ -4,7 +4,7 @@ it, a soft-capped head), HyperCLOVA X (Granite's multipliers with norms on the b
 Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none) and Granite MoE SWA
 (its layers around Granite MoE Shared's mixture),
 Apertus 1.5's text model (Apertus), BitNet (norms inside both blocks, a gated squared-ReLU MLP), Emu3's text model
-(Llama with rope base 1e6).
+(Llama with rope base 1e6), DiffLlama (differential attention).
 
 Where this module sits: docs/architecture.md.
 """
@@ -12,6 +12,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, typed_layers, uniform
@@ -196,3 +197,23 @@ def emu3_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     Emu3TextConfig's rope base 1e6 and eps 1e-5 where a config leaves them out."""
     cfg = {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 9216, **cfg}
     return llama(cfg, dtype)
+
+
+def diffllama(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """DiffLlama: Llama's layers around differential attention (``jllm.models.diff_attention``), each layer's
+    ``lambda_init`` transformers' ``0.8 - 0.6 exp(-0.3 layer)``; biases on q, k, v and o where ``attention_bias``. Its
+    values split in two halves along the KV heads, so an odd ``num_key_value_heads`` is refused, as transformers
+    refuses it."""
+    base, layers = uniform(cfg, dtype, FULL)
+    kv_heads = base["num_kv_heads"]
+    if kv_heads % 2:
+        raise ValueError(
+            f"DiffLlama num_key_value_heads={kv_heads} is not supported (supported: an even count: its values split "
+            "in two halves along the KV heads)"
+        )
+    layers = tuple(
+        dataclasses.replace(spec, diff_lambda_init=0.8 - 0.6 * math.exp(-0.3 * i)) for i, spec in enumerate(layers)
+    )
+    bias = bool(cfg.get("attention_bias", False))
+    act = activation(cfg, "hidden_act", "silu", "DiffLlama")
+    return ModelArgs(**base, layers=layers, qkv_bias=bias, o_bias=bias, mlp_act=act)
