@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import test_families
 from model_utils import hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
-from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, TP_NEW_TOKENS, FamilyDirs
+from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, TP_NEW_TOKENS, WINDOW, FamilyDirs
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
@@ -27,6 +27,23 @@ CLASSIC: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # 8 query heads over 4 KV heads: each KV head's value pair crosses the halves, maps i and i + 4 subtracted
     # TP 2 splits the heads: each value pair and each subtracted map reads the other device's
     "diffllama": ("DiffLlamaForCausalLM", None, dict(num_attention_heads=8, num_key_value_heads=4), [2]),
+    # a global layer, then two sliding ones over 16 tokens; biases everywhere (norms, attention, MLP, the prediction
+    # head, the tied LM head)
+    "modernbert_decoder": (
+        "ModernBertDecoderForCausalLM",
+        None,
+        dict(
+            num_hidden_layers=3,
+            num_key_value_heads=None,
+            head_dim=None,
+            local_attention=2 * WINDOW,
+            norm_bias=True,
+            attention_bias=True,
+            mlp_bias=True,
+            classifier_bias=True,
+        ),
+        [],  # TP 2 = transformers' tokens and logits by hand (2026-12-06): its head's bias splits as the embedding
+    ),
 }
 # Families whose decoder runs nothing another family's greedy row does not: their logits rows check them
 LOGITS_ONLY = {"emu3"}  # Llama's layers with biases (Llama's greedy rows), its defaults read as Emu3's

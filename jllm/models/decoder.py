@@ -24,7 +24,17 @@ from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
 from jllm.models.diff_attention import DiffAttention
 from jllm.models.hyper_connections import HyperConnection
-from jllm.models.layers import MLP, Embedding, Laurel, Linear, param, scaled, sinusoidal_positions
+from jllm.models.layers import (
+    MLP,
+    Embedding,
+    HeadBias,
+    HeadTransform,
+    Laurel,
+    Linear,
+    param,
+    scaled,
+    sinusoidal_positions,
+)
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
@@ -57,7 +67,8 @@ class DecoderLayer(nnx.Module):
         if spec.norms is not None:  # the layer's own layout (OLMo-Hybrid's recurrent layers)
             pre, post = spec.norms == "pre", spec.norms == "post"
         moe_layer = bool(args.num_experts) and spec.dense_mlp_size is None
-        self.input_layernorm = args.make_norm(gated=True) if pre and mixes else None  # gated: A.X-K2's, every layer
+        # gated: A.X-K2's, every layer; none on ModernBERT's first layer (``spec.input_norm``)
+        self.input_layernorm = args.make_norm(gated=True) if pre and mixes and spec.input_norm else None
         # a recurrent layer's mixer (gated DeltaNet, Mamba2, short conv) in place of the attention, its cache entry a
         # state pool
         self.mixer = None if spec.mixer in ("attention", "none") else args.make_mixer(spec)
@@ -282,6 +293,11 @@ class CausalLM(nnx.Module):
         self.score = (
             None if args.num_labels is None else Linear(args.hidden_size, args.num_labels, (None, None), args.dtype)
         )
+        # ModernBERT's prediction head before the LM head, and its tied head's bias
+        act, bias, dt = args.head_transform, args.head_transform_bias, args.dtype
+        self.head_transform = None if act is None else HeadTransform(args.hidden_size, act, bias, args.make_norm(), dt)
+        tied_bias = args.lm_head_bias and self.lm_head is None and args.num_labels is None
+        self.head_bias = HeadBias(args.vocab_size, dt) if tied_bias else None
         self.args = args
 
     def __call__(
@@ -357,7 +373,15 @@ class CausalLM(nnx.Module):
     def logits_head(self) -> LogitsHead:
         """A view of the parameters logits need (shared, not copied)."""
         a = self.args
-        return LogitsHead(self.embed_tokens, self.lm_head, a.logits_divisor, a.final_softcap, a.vocab_size)
+        return LogitsHead(
+            self.embed_tokens,
+            self.lm_head,
+            a.logits_divisor,
+            a.final_softcap,
+            a.vocab_size,
+            self.head_transform,
+            self.head_bias,
+        )
 
 
 def _shared_blocks(args: ModelArgs) -> list[SharedTransformer]:
@@ -383,7 +407,13 @@ class LogitsHead(nnx.Module):
         logits_divisor: float | None = None,
         final_softcap: float | None = None,
         vocab_size: int | None = None,
+        transform: HeadTransform | None = None,
+        tied_bias: HeadBias | None = None,
     ):
+        """``transform``: what the final states go through first (ModernBERT's prediction head); ``tied_bias``: the
+        bias on a tied head's logits."""
+        self.transform = transform
+        self.tied_bias = tied_bias
         self.embed_tokens = embed_tokens if lm_head is None else None
         self.lm_head = lm_head
         self.logits_divisor = logits_divisor
@@ -392,7 +422,9 @@ class LogitsHead(nnx.Module):
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits."""
+        hidden = hidden if self.transform is None else self.transform(hidden)
         logits = self.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        logits = logits if self.tied_bias is None else logits + self.tied_bias.bias[...]
         logits = logits.astype(jnp.float32)
         if self.logits_divisor is not None:
             logits = logits / self.logits_divisor

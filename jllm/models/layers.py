@@ -2,7 +2,8 @@
 (Llama's and Gemma's ``1 + w``), LayerNorm, the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
 Apertus' learned xIELU; Gemma 3n's Gaussian top-k sparsity on the gate; BitNet's norm before ``down_proj``) and
 Gemma 3n's low-rank residual block (``Laurel``), A.X-K2's RMSNorm gated by a low-rank projection of its output
-(``GatedRMSNorm``); the mixture of experts lives in ``jllm.models.moe``.
+(``GatedRMSNorm``), ModernBERT's prediction head and tied head's bias (``HeadTransform``, ``HeadBias``); the mixture
+of experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -378,3 +379,24 @@ class Laurel(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.post_laurel_norm(self.linear_right(self.linear_left(x)))
+
+
+class HeadTransform(nnx.Module):
+    """ModernBERT's prediction head: ``norm(act(dense(x)))`` over the final states, before the LM head reads them
+    (``ModelArgs.head_transform``). Small, so replicated under tensor parallelism."""
+
+    def __init__(self, dim: int, act: str, bias: bool, norm: nnx.Module, dtype: jnp.dtype):
+        self.dense = Linear(dim, dim, ("embed", None), dtype, bias=bias)
+        self.act = act
+        self.norm = norm
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.norm(ACTIVATIONS[self.act](self.dense(x)))
+
+
+class HeadBias(nnx.Module):
+    """A bias on a tied LM head's logits ``[vocab]`` (ModernBERT's ``decoder.bias``), split by vocabulary as the
+    embedding it is added beside."""
+
+    def __init__(self, vocab_size: int, dtype: jnp.dtype):
+        self.bias = param((vocab_size,), dtype, ("vocab",))

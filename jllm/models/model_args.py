@@ -26,7 +26,8 @@ to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
 selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
 its QSA budget as a context limit; BitNet's norms inside the attention and the MLP (``sub_norms``); DiffLlama's
-differential attention (``LayerSpec.diff_lambda_init``, ``jllm.models.diff_attention``).
+differential attention (``LayerSpec.diff_lambda_init``, ``jllm.models.diff_attention``); ModernBERT's decoder: its
+first layer without an input norm (``LayerSpec.input_norm``), a prediction head before its tied, biased LM head.
 
 Where this module sits: docs/architecture.md.
 """
@@ -188,6 +189,9 @@ class LayerSpec:
     # DiffLlama's differential attention in this layer (``jllm.models.diff_attention``), its lambda_init (transformers'
     # 0.8 - 0.6 exp(-0.3 layer)); its pages hold value pairs, 2 head_dim wide (``ModelArgs.kv_pool_head_dim``)
     diff_lambda_init: float | None = None
+    # False: the mixer reads the layer's input as it is, no norm before it (ModernBERT's first layer, whose embeddings
+    # are normed)
+    input_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -297,7 +301,11 @@ class ModelArgs:
     # chunked attention is causal attention (``max_context``)
     attention_chunk_size: int | None = None
     final_softcap: float | None = None
-    lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
+    lm_head_bias: bool = False  # a bias on the LM head's logits (Phi, GPT-J; ModernBERT's on its tied head)
+    # the final states through ``dense``, this activation (one of ``layers.ACTIVATIONS``) and a norm before the LM head
+    # reads them (ModernBERT's prediction head, ``layers.HeadTransform``); None: none
+    head_transform: str | None = None
+    head_transform_bias: bool = False  # with head_transform, a bias on its dense map (ModernBERT's classifier_bias)
     # an untied LM head over the first this many ids only (Apertus 1.5's pruned ``output_vocab_size``): the other ids'
     # logits are -inf, tokens the model never produces; None: the whole vocabulary
     head_vocab_size: int | None = None
@@ -362,8 +370,6 @@ class ModelArgs:
             raise ValueError("qk_norm_all_heads and qk_norm_per_head exclude each other")
         if self.qk_norm_per_head and not (self.qk_norm_kind or self.norm).startswith("layer"):
             raise ValueError("qk_norm_per_head is implemented for LayerNorms only (StableLM's and Cohere's q/k norms)")
-        if self.lm_head_bias and self.tie_word_embeddings:
-            raise ValueError("lm_head_bias needs an untied LM head (tie_word_embeddings=False)")
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
         self._check_layer_options()
