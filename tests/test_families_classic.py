@@ -1,7 +1,7 @@
 """The Llama-like and classic families added beside tests/test_families.py's (their rows here, so rows added there
-move none of these seeds): BitNet, Emu3, DiffLlama, ModernBERT's decoder, against transformers on tiny random-weight
-checkpoints: float32 logits within ``LOGITS_RTOL`` of transformers' forward, greedy ``LLM.generate`` of a batch equal
-to transformers' ``generate``.
+move none of these seeds): BitNet, Emu3, DiffLlama, ModernBERT's decoder, GPT-1, CTRL, GPT-NeoX-Japanese, against
+transformers on tiny random-weight checkpoints: float32 logits within ``LOGITS_RTOL`` of transformers' forward, greedy
+``LLM.generate`` of a batch equal to transformers' ``generate``, DiffLlama's at tensor parallel 2 too.
 """
 
 from __future__ import annotations
@@ -44,9 +44,22 @@ CLASSIC: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],  # TP 2 = transformers' tokens and logits by hand (2026-12-06): its head's bias splits as the embedding
     ),
+    "openai_gpt": ("OpenAIGPTLMHeadModel", "OpenAIGPTConfig", dict(num_key_value_heads=None, afn="gelu"), []),
+    "ctrl": ("CTRLLMHeadModel", "CTRLConfig", dict(num_key_value_heads=None, dff=96), []),
+    # half of each head rotated
+    "gpt_neox_japanese": (
+        "GPTNeoXJapaneseForCausalLM",
+        None,
+        dict(num_key_value_heads=None, rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+        [],
+    ),
 }
-# Families whose decoder runs nothing another family's greedy row does not: their logits rows check them
+# Families whose decoder runs nothing another family's greedy row does not (the suite's time budget): their logits
+# rows check them; each one's greedy batch equals transformers' by hand (2026-12-06)
 LOGITS_ONLY = {"emu3"}  # Llama's layers with biases (Llama's greedy rows), its defaults read as Emu3's
+# GPT-1's post-LN layers (position-free: its logits row checks them) over GPT-2's learned positions; CTRL's sinusoids
+# (XGLM's greedy row) and tied head's bias (ModernBERT's); GPT-NeoX-Japanese's GPT-NeoX layers (GPT-NeoX's rows)
+LOGITS_ONLY |= {"openai_gpt", "ctrl", "gpt_neox_japanese"}
 
 
 # test_families' fixture (transformers' greedy tokens of each family, computed once), over this file's family_dirs

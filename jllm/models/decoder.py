@@ -59,7 +59,8 @@ class DecoderLayer(nnx.Module):
     indexer reuse (``LayerSpec.reuses_selection``). Qwen4-Exp's layers read and write hyper-connection streams: each
     block's input a learned mix of them, its output added to each by a learned weight
     (``jllm.models.hyper_connections``). Falcon-H1's layers run attention beside their Mamba2 mixer
-    (``LayerSpec.attention_beside``)."""
+    (``LayerSpec.attention_beside``). GPT-1's layers norm the residual stream after each add instead
+    (``ModelArgs.residual_norms``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -84,6 +85,9 @@ class DecoderLayer(nnx.Module):
         mlp_norm = spec.mlp and pre and not args.shared_input_norm
         self.post_attention_layernorm = args.make_norm(gated=moe_layer) if mlp_norm else None
         self.mlp = args.make_mlp(spec) if spec.mlp else None  # None: a token mixer alone (Nemotron-H's blocks)
+        # GPT-1's norms of the residual stream after each add
+        self.attn_residual_norm = args.make_norm() if args.residual_norms else None
+        self.mlp_residual_norm = args.make_norm() if args.residual_norms else None
         self.attn_out_norm = args.make_norm() if post else None
         self.mlp_out_norm = args.make_norm() if post or (args.moe_out_norm and moe_layer) else None
         self.moe = args.make_moe_beside()  # Gemma 4's mixture beside the dense MLP, or None
@@ -171,6 +175,9 @@ class DecoderLayer(nnx.Module):
             h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         else:  # an MLP alone: its cache entry is an empty state
             return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages, None
+        if self.attn_residual_norm is not None:  # GPT-1's post-LN
+            x = self.attn_residual_norm(x + h)
+            return self.mlp_residual_norm(x + self._mlp(x, None, lora)), kv_pages, None
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
@@ -276,7 +283,7 @@ class CausalLM(nnx.Module):
         # Qwen4-Exp's streams mixed into one state in place of the final norm
         hyper = args.hyper_streams > 0
         self.hyper_connection_mixer = HyperConnection(args, inject=False) if hyper else None
-        self.norm = None if hyper else args.make_norm()
+        self.norm = None if hyper or args.residual_norms else args.make_norm()  # GPT-1's last layer ends normed
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
         self.lm_head = (
@@ -327,6 +334,8 @@ class CausalLM(nnx.Module):
         hyper-connection streams mixed into one."""
         if self.hyper_connection_mixer is not None:
             return self.hyper_connection_mixer(x)[0]
+        if self.norm is None:
+            return x
         return self.norm(x if self.altup_streams is None else self.altup_streams.collapse(x))
 
     def _residual_stream(
@@ -345,7 +354,8 @@ class CausalLM(nnx.Module):
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
         if self.args.sinusoidal_positions:
-            x = x + sinusoidal_positions(positions + self.args.position_offset, x.shape[-1]).astype(x.dtype)
+            table = sinusoidal_positions(positions + self.args.position_offset, x.shape[-1], self.args.sinusoid_shift)
+            x = x + table.astype(x.dtype)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]

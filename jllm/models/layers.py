@@ -126,11 +126,12 @@ class Embedding(nnx.Module):
         return x @ self.embedding[...].T
 
 
-def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
+def sinusoidal_positions(positions: jax.Array, dim: int, shift: int = 1) -> jax.Array:
     """Fairseq's fixed position embeddings (XGLM), ``[T] -> [T, dim]`` float32: ``sin`` then ``cos`` of each
-    position times ``dim // 2`` frequencies from 1 down to 1 / 10000 (a zero column more where ``dim`` is odd)."""
+    position times ``dim // 2`` frequencies ``10000^(-i / (dim // 2 - shift))``, from 1 down to 1 / 10000 (``shift``
+    1; CTRL's 0 stops one step short), a zero column more where ``dim`` is odd."""
     half = dim // 2
-    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - 1)))  # [half]
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - shift)))  # [half]
     angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, half]
     emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))

@@ -27,7 +27,8 @@ scaled, and sinks on some layers only; GLM-5's layers attending over an earlier 
 selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
 its QSA budget as a context limit; BitNet's norms inside the attention and the MLP (``sub_norms``); DiffLlama's
 differential attention (``LayerSpec.diff_lambda_init``, ``jllm.models.diff_attention``); ModernBERT's decoder: its
-first layer without an input norm (``LayerSpec.input_norm``), a prediction head before its tied, biased LM head.
+first layer without an input norm (``LayerSpec.input_norm``), a prediction head before its tied, biased LM head;
+GPT-1's norms after each residual add (``residual_norms``); CTRL's sinusoids (``sinusoid_shift``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -239,6 +240,8 @@ class ModelArgs:
     qkv_clip: float | None = None  # q, k and v clipped to [-clip, clip] after the q/k norms (OLMo's clip_qkv)
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
+    # norms on the residual stream after each add, ``x = norm(x + block(x))``, and no final norm (GPT-1's post-LN)
+    residual_norms: bool = False
     moe_out_norm: bool = False  # a norm on the mixture's output in its layers, none on a dense MLP's (A.X-K1)
     # BitNet's norms inside the blocks: on the attention's heads before o_proj (attn_sub_norm) and on a dense MLP's
     # activations before down_proj (ffn_sub_norm)
@@ -316,6 +319,8 @@ class ModelArgs:
     learned_positions: bool = False
     # fairseq's fixed sin / cos position embeddings added to the token's (XGLM), computed, not read
     sinusoidal_positions: bool = False
+    # their i-th of half frequencies 10000^(-i / (half - shift)): fairseq's 1; CTRL's 0
+    sinusoid_shift: int = 1
     # learned or sinusoidal positions: position p reads row p + offset (of a table that much longer: OPT's, XGLM's 2)
     position_offset: int = 0
     weights: WeightMap = WeightMap()
@@ -370,6 +375,10 @@ class ModelArgs:
             raise ValueError("qk_norm_all_heads and qk_norm_per_head exclude each other")
         if self.qk_norm_per_head and not (self.qk_norm_kind or self.norm).startswith("layer"):
             raise ValueError("qk_norm_per_head is implemented for LayerNorms only (StableLM's and Cohere's q/k norms)")
+        if self.residual_norms and (self.pre_norms or self.sandwich_norms or self.parallel_residual):
+            raise ValueError(
+                "residual_norms (GPT-1's post-LN) needs pre_norms, sandwich_norms and parallel_residual off"
+            )
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
         self._check_layer_options()
