@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import test_families
-from model_utils import hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
+from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run_tp_worker, save_tiny_checkpoint
 from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, TP_NEW_TOKENS, WINDOW, FamilyDirs
 
 from jllm import LLM, SamplingParams
 from jllm.loader import load_model
+from jllm.models.registry import build_args
 from jllm.parallel import make_mesh
 from jllm.quantization import resolve_scheme
 
@@ -139,3 +140,18 @@ def test_emu3_image_text_checkpoint_reads_its_text_model(tmp_path):
     ids = np.random.default_rng(7).integers(0, 512, 40).tolist()
     got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
     assert relative_error(got, hf_logits(model_dir, ids)) < LOGITS_RTOL
+
+
+@pytest.mark.parametrize(
+    "arch, change, message",
+    [
+        ("ZambaForCausalLM", {}, "'ZambaForCausalLM' is not supported: Zamba \\(v1\\) runs a multi-head Mamba"),
+        ("DiffLlamaForCausalLM", {"num_key_value_heads": 3}, "DiffLlama num_key_value_heads=3 is not supported"),
+        ("CTRLLMHeadModel", {"n_head": 4, "layer_norm_epsilon": 1e-5}, "CTRL layer_norm_epsilon=1e-05 is not supp"),
+        ("OpenAIGPTLMHeadModel", {"n_head": 4, "afn": "gelu_new"}, "GPT-1 afn 'gelu_new' is not supported"),
+    ],
+)
+def test_unsupported_family_or_option_is_refused_naming_it(arch, change, message):
+    config = {**TINY_CONFIG, "n_embd": 64, "n_layer": 2, "num_attention_heads": 6, "architectures": [arch], **change}
+    with pytest.raises(ValueError, match=message):
+        build_args(config, np.float32)

@@ -218,6 +218,12 @@ REFUSED = {
         "gate, and scales its full (NoPE) layers' queries by (1 + (position + 1)/2048) ** 0.1; jllm's decoder has "
         "none of these yet"
     ),
+    "ZambaForCausalLM": (
+        "Zamba (v1) runs a multi-head Mamba (v1) mixer (x_proj and dt_proj per head of n_mamba_heads, B and C per "
+        "head, in_proj's x and gate rows interleaved) and one shared attention block without adapters; jllm's "
+        "Mamba mixer has one head and its shared blocks (Zamba2's) take adapters, so Zamba v1 is not served yet "
+        "(Zamba2ForCausalLM is)"
+    ),
     "ZayaForCausalLM": (
         "ZAYA (Zyphra) projects q and k through Compressed Convolutional Attention (causal convolutions over q and k "
         "kept as a state across steps, half of each value head from the previous token), routes by an MLP over a "
