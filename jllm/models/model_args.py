@@ -53,6 +53,7 @@ from jllm.models.moe import ClampedSwiGLU, GroupedRouting, MoEBesideMLP, SparseM
 from jllm.models.recurrent_state import StateSpec
 from jllm.models.rope import Rope
 from jllm.models.short_conv import ShortConv, ShortConvSpec
+from jllm.models.zamba import MultiHeadMambaMixer
 from jllm.models.zamba2 import SharedBlockSpec
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
@@ -533,6 +534,8 @@ class ModelArgs:
         field, module, sizes = _MIXER_MODULES[spec.mixer]
         if getattr(self, field) is None:
             raise ValueError(f"a {spec.mixer} layer needs ModelArgs.{field} ({sizes})")
+        if spec.mixer == "mamba" and self.mamba.heads > 1:  # Zamba v1's, its parameters per head
+            return MultiHeadMambaMixer(self, spec)
         return module(self, spec)
 
     def state_spec(self, spec: LayerSpec) -> StateSpec | None:

@@ -181,6 +181,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "FalconMambaForCausalLM": mamba.falcon_mamba,
     "Mamba2ForCausalLM": mamba.mamba2,
     "Zamba2ForCausalLM": zamba2.zamba2,
+    "ZambaForCausalLM": zamba2.zamba,
     "JambaForCausalLM": mamba.jamba,
     "Lfm2ForCausalLM": lfm2.lfm2,
     "Lfm2MoeForCausalLM": lfm2.lfm2_moe,
@@ -217,12 +218,6 @@ REFUSED = {
         "sqrt((i - 1)/i) at the i-th residual add), adds a learned bias per head to its attention's sigmoid output "
         "gate, and scales its full (NoPE) layers' queries by (1 + (position + 1)/2048) ** 0.1; jllm's decoder has "
         "none of these yet"
-    ),
-    "ZambaForCausalLM": (
-        "Zamba (v1) runs a multi-head Mamba (v1) mixer (x_proj and dt_proj per head of n_mamba_heads, B and C per "
-        "head, in_proj's x and gate rows interleaved) and one shared attention block without adapters; jllm's "
-        "Mamba mixer has one head and its shared blocks (Zamba2's) take adapters, so Zamba v1 is not served yet "
-        "(Zamba2ForCausalLM is)"
     ),
     "ZayaForCausalLM": (
         "ZAYA (Zyphra) projects q and k through Compressed Convolutional Attention (causal convolutions over q and k "
