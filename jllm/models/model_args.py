@@ -13,7 +13,8 @@ head over the first ids only, and the checkpoint's tensor names; and JetMoE's mi
 (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output, A.X-K2's gated norms; and a
 hybrid's recurrent layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2
 hybrids' Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning
-attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``) among its attention ones, or alone
+attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``, Zamba v1's in heads,
+``jllm.models.zamba``) among its attention ones, or alone
 (Mamba, FalconMamba: no layer attends, ``attends``), and layers of one block alone (Nemotron-H's: a mixer with no MLP,
 ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the normed inputs, scaled
 (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers before their mixer
