@@ -42,7 +42,7 @@ HEAD_MODULES = ("lm_head", "score", "head_transform", "head_bias")
 def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool]:
     """NNX parameter path -> (the HF tensor names it is made of, whether each HF tensor is the transpose of ours)."""
     *module_path, leaf = (str(p) for p in path)
-    rename = dict(weights.rename)
+    rename = {"head_bias": "lm_head", **dict(weights.rename)}  # a tied head's bias: its nn.Linear's, by default
     prefix = weights.head_prefix if module_path[0] in HEAD_MODULES else weights.prefix  # the heads: top level
     suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]

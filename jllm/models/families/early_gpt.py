@@ -64,7 +64,7 @@ def ctrl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         {"n_positions": 256, "tie_word_embeddings": True, "n_inner": cfg.get("dff", 8192), **cfg}, cfg["n_head"]
     )
     rename = (("embed_tokens", "w"), ("layers", "h"), ("norm", "layernorm"))
-    attention = (("self_attn", "multi_head_attention"), ("o_proj", "dense"), ("head_bias", "lm_head"))
+    attention = (("self_attn", "multi_head_attention"), ("o_proj", "dense"))
     names = (("input_layernorm", "layernorm1"), ("post_attention_layernorm", "layernorm2"), ("mlp", "ffn"))
     return gpt_decoder(
         cfg,
