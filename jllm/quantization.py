@@ -172,8 +172,9 @@ def stored_scheme(hf_config: dict[str, Any]) -> str | None:
         _check_hf_fp8(qc)
     elif method == "bitnet":  # BitLinear: unpacked weights alone would not reproduce its int8 activations
         _refuse(
-            "quant_method 'bitnet': BitNet's packed ternary weights, multiplied with activations rounded to int8 per "
-            "token; jllm serves BitNet's float layout, a checkpoint without quantization_config"
+            "quant_method 'bitnet': BitNet's ternary weights (packed, or ternarized online from float ones: "
+            f"quantization_mode {qc.get('quantization_mode', 'offline')!r}), multiplied with activations rounded to "
+            "int8 per token; jllm serves BitNet's float layout, a checkpoint without quantization_config"
         )
     elif method == "compressed-tensors":
         if not qc.get("config_groups"):
