@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import test_families
@@ -16,7 +17,9 @@ from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, run
 from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, TP_NEW_TOKENS, WINDOW, FamilyDirs
 
 from jllm import LLM, SamplingParams
+from jllm.kv_cache import KVCacheSpec
 from jllm.loader import load_model
+from jllm.models.layers import sinusoidal_positions
 from jllm.models.registry import build_args
 from jllm.parallel import make_mesh
 from jllm.quantization import resolve_scheme
@@ -169,3 +172,20 @@ def test_unsupported_family_or_option_is_refused_naming_it(arch, change, message
     config = {**TINY_CONFIG, "n_embd": 64, "n_layer": 2, "num_attention_heads": 6, "architectures": [arch], **change}
     with pytest.raises(ValueError, match=message):
         build_args(config, np.float32)
+
+
+def test_diffllama_pool_heads_hold_value_pairs_twice_the_head_width():
+    config = {**TINY_CONFIG, "architectures": ["DiffLlamaForCausalLM"], "head_dim": 16}
+    args = build_args(config, np.float32)[1]
+    spec = KVCacheSpec.for_model(args, 16, np.float32)
+    assert (spec.num_kv_heads, spec.head_dim, spec.layer_dims) == (2, 32, ())
+
+
+def test_ctrl_sinusoids_are_its_positional_encoding():
+    """CTRL's table (transformers' ``positional_encoding``: angle rates ``10000^(-2 (i // 2) / d)``, the even columns'
+    sines then the odd columns' cosines) from ``sinusoidal_positions`` with shift 0."""
+    positions, d = np.arange(300), 64
+    angles = positions[:, None] / np.power(10000.0, 2 * (np.arange(d) // 2) / d)[None, :]
+    expected = np.concatenate([np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])], axis=-1)
+    got = np.asarray(sinusoidal_positions(jnp.asarray(positions), d, shift=0))
+    np.testing.assert_allclose(got, expected, atol=3e-5)  # float32 angles up to 300 radians (measured 1e-5)
