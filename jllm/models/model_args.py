@@ -189,6 +189,7 @@ class LayerSpec:
     # SwiGLU on every layer's experts, Ling 3's per-layer limits (``expert_swiglu_limit_list`` and the shared one's)
     experts_glu: ClampedSwiGLU | None = None
     shared_expert_glu: ClampedSwiGLU | None = None
+    mlp_glu: ClampedSwiGLU | None = None  # the dense MLP's, likewise (MiniMax-M3's clamped SwiGLU on its dense layers)
     # DiffLlama's differential attention in this layer (``jllm.models.diff_attention``), its lambda_init (transformers'
     # 0.8 - 0.6 exp(-0.3 layer)); its pages hold value pairs, 2 head_dim wide (``ModelArgs.kv_pool_head_dim``)
     diff_lambda_init: float | None = None
@@ -359,9 +360,13 @@ class ModelArgs:
     hyper_streams: int = 0
     hyper_rank: int = 0
     # Qwen4-Exp's QSA indexer keeps, per query, the tokens of its best indexer_budget / compress_ratio whole blocks
-    # and its last, incomplete block: jllm has no block-sparse attention, so it serves contexts up to the budget,
-    # where every token is kept and QSA is causal attention (``max_context``)
+    # and its last, incomplete block (MiniMax-M3's sparse layers its best index_topk_blocks blocks of
+    # index_block_size): jllm has no block-sparse attention, so it serves contexts up to the budget, where every
+    # token is kept and the sparse attention is causal attention (``max_context``)
     indexer_budget: int | None = None
+    # the block-sparse attention the budget stands in for and the config keys it is read from (``build``'s error
+    # past it)
+    sparse_attention: tuple[str, str] = ("QSA", "indexer_budget")
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -489,6 +494,7 @@ class ModelArgs:
             self.quant,
             sparsity,
             self.mlp_multipliers,
+            spec.mlp_glu,
             sub_norm=self.make_norm(width) if self.sub_norms else None,
         )
 
@@ -631,8 +637,8 @@ class ModelArgs:
 
     @property
     def max_context(self) -> int:
-        """The longest context the model is served with: its positions, or a shorter attention chunk or QSA
-        budget."""
+        """The longest context the model is served with: its positions, or a shorter attention chunk or sparse
+        attention's budget."""
         limits = (n for n in (self.attention_chunk_size, self.indexer_budget) if n)
         return min(self.max_position_embeddings, *limits, self.max_position_embeddings)
 
@@ -640,9 +646,10 @@ class ModelArgs:
     def context_limit(self) -> str:
         """Why ``max_context`` is below the positions (``build``'s error for a longer ``max_model_len``)."""
         if self.indexer_budget and self.indexer_budget == self.max_context:
+            kind, keys = self.sparse_attention
             return (
-                f"the model's indexer_budget={self.indexer_budget}: jllm has no QSA block-sparse attention, so it "
-                "serves contexts up to the budget, where every query keeps every token and QSA is causal attention"
+                f"the model's {keys}={self.indexer_budget}: jllm has no {kind} block-sparse attention, so it serves "
+                f"contexts up to the budget, where every query keeps every token and {kind} is causal attention"
             )
         return (
             f"the model's attention_chunk_size={self.attention_chunk_size}: jllm has no chunked attention, so it "

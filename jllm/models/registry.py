@@ -79,6 +79,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Gemma3nForConditionalGeneration": multimodal.gemma3n,
     "Gemma4ForCausalLM": gemma4.gemma4_text,
     "Gemma4ForConditionalGeneration": multimodal.gemma4,
+    "Gemma4UnifiedForCausalLM": gemma4.gemma4_unified_text,
+    "Gemma4UnifiedForConditionalGeneration": multimodal.gemma4_unified,
     "Mistral3ForConditionalGeneration": multimodal.mistral3,
     "Llama4ForConditionalGeneration": multimodal.llama4,
     "LlavaForConditionalGeneration": multimodal.llava,
@@ -105,6 +107,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Starcoder2ForCausalLM": layer_norm.starcoder2,
     "CohereForCausalLM": layer_norm.cohere,
     "Cohere2ForCausalLM": layer_norm.cohere2,
+    "CohereCompassForCausalLM": layer_norm.cohere_compass,
+    "CohereCompassForConditionalGeneration": multimodal.cohere_compass,
     "OlmoForCausalLM": layer_norm.olmo,
     "NemotronForCausalLM": relu_mlp.nemotron,
     "PersimmonForCausalLM": relu_mlp.persimmon,
@@ -154,6 +158,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GPTNeoXJapaneseForCausalLM": early_gpt.gpt_neox_japanese,
     "YoutuForCausalLM": deepseek.youtu,
     "MiniMaxM2ForCausalLM": routed_moe.minimax_m2,
+    "MiniMaxM3VLForCausalLM": routed_moe.minimax_m3,
+    "MiniMaxM3SparseForConditionalGeneration": multimodal.minimax_m3,
     "LongcatFlashForCausalLM": longcat.longcat_flash,
     "MiniMaxForCausalLM": minimax.minimax,
     "MiniMaxText01ForCausalLM": minimax.minimax_text01,  # the remote code's config keys
@@ -198,6 +204,44 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen4ExpForConditionalGeneration": multimodal.qwen4_exp,
 }
 
+_GEMMA4_ASSISTANT = (
+    "Gemma 4's assistant (and Gemma 4 unified's) is a drafter for speculative decoding, not a standalone language "
+    "model: each step it takes the target model's last hidden state beside the token's embedding (pre_projection of "
+    "2 * backbone_hidden_size channels), attends over the target's shared K/V states (shared_kv_states) instead of a "
+    "cache of its own, and hands a projected state back to the target; jllm has no speculative decoding path to run "
+    "it in (serve the target checkpoint instead)"
+)
+_DOTS3_NOTE = (
+    "dots3-note's text model runs multi-head latent attention whose widths differ by layer type (per_layer_config: "
+    "the sliding_attention layers' own heads, q/kv LoRA ranks and head widths), its normed q and kv latents scaled "
+    "by sqrt(hidden_size / rank), an RMSNorm on the shared rope key (k_rope_only_layernorm), a per-head sigmoid "
+    "output gate (g_proj), and GLM-5's sparse-attention indexer on its indexed_attention layers; jllm's latent "
+    "attention has one shape for every layer and none of these yet"
+)
+_INKLING = (
+    "Inkling's attention has no rotary: it adds a relative position bias made per token and head from the hidden "
+    "state (r_proj's d_rel states times a learned bias-vs-distance bank over rel_extent tokens), scales scores by "
+    "1/head_dim, runs causal short convolutions (conv_kernel_size) on its keys and values before they are cached and "
+    "on the attention's and the MLP's outputs (four conv states per layer), routes its shared experts in the router's "
+    "softmax beside the routed ones (shared_expert_sink) and norms its embeddings; jllm's attention takes no bias per "
+    "query and distance and its decoder has none of these convolutions yet"
+)
+_INKLING2 = (
+    "Inkling 2 keeps Inkling's relative position bias made from the hidden state (no rotary) and short convolutions "
+    "on keys and values (dynamic ones, with per-token taps, in its full-attention layers), and adds L2-clipped "
+    "queries and keys (qk_l2_clip_threshold), a logarithmic query scale by position (log_scaling_n_floor), a sigmoid "
+    "gate on the attention output, softcapped SwiGLU experts (mlp_gate_softcap, mlp_up_softcap) and block attention "
+    "residuals (each layer's input an attention over the sums of earlier blocks of n_layers_per_attn_res_block "
+    "layers); jllm's decoder has none of these yet"
+)
+_INKLING2_LOOP = (
+    "Inkling 2 Loop runs Inkling 2's layers (relative position bias from the hidden state, short convolutions on keys "
+    "and values, block attention residuals; none in jllm's decoder yet) and loops layers loop_layer_index_start.."
+    "loop_layer_index_end loop_num_passes times, mixing the previous pass's blocks in through message gates; each "
+    "pass of a looped layer would need its own K/V pages and conv states, which jllm's KV pool (one entry per layer) "
+    "does not keep"
+)
+
 # architectures transformers has that jllm refuses at load, and why (what the one decoder lacks for them)
 REFUSED = {
     "HYV4ForCausalLM": (
@@ -219,6 +263,26 @@ REFUSED = {
         "gate, and scales its full (NoPE) layers' queries by (1 + (position + 1)/2048) ** 0.1; jllm's decoder has "
         "none of these yet"
     ),
+    "DeepseekV4ForCausalLM": (
+        "DeepSeek-V4 keeps compressed KV caches beside its sliding-window one (layer_types: compressed_sparse_"
+        "attention layers pool every compress_rates[...] = 4 tokens into one softmax-gated entry from two overlapping "
+        "series and pick index_topk of them by its lightning indexer; heavily_compressed_attention layers pool every "
+        "128 tokens), a single K=V head with per-head attention sinks, the output's rope slice rotated back and a "
+        "grouped low-rank output projection (o_groups, o_lora_rank), hc_mult residual streams mixed by "
+        "manifold-constrained hyper-connections (a comb matrix made doubly stochastic by hc_sinkhorn_iters Sinkhorn-"
+        "Knopp iterations), and hash routing in its hash_moe layers (mlp_layer_types: experts chosen by a frozen "
+        "tid2eid[token id] table); jllm's decoder and KV pool have none of these yet"
+    ),
+    "Gemma4AssistantForCausalLM": _GEMMA4_ASSISTANT,
+    "Gemma4UnifiedAssistantForCausalLM": _GEMMA4_ASSISTANT,
+    "Dots3NoteForCausalLM": _DOTS3_NOTE,
+    "Dots3NoteForConditionalGeneration": _DOTS3_NOTE,
+    "InklingForCausalLM": _INKLING,
+    "InklingForConditionalGeneration": _INKLING,
+    "Inkling2ForCausalLM": _INKLING2,
+    "Inkling2ForConditionalGeneration": _INKLING2,
+    "Inkling2LoopForCausalLM": _INKLING2_LOOP,
+    "Inkling2LoopForConditionalGeneration": _INKLING2_LOOP,
     "ZayaForCausalLM": (
         "ZAYA (Zyphra) projects q and k through Compressed Convolutional Attention (causal convolutions over q and k "
         "kept as a state across steps, half of each value head from the previous token), routes by an MLP over a "

@@ -3,22 +3,34 @@
 # date and commit. Llama-3-8B shapes, dummy weights. The reply's device may be an H100 under this kind: check
 # card.csv, and compare only within one call.
 set -u
+# SKIP: names of steps (and of servers, serve_NAME) to leave out, e.g. what an earlier call on this kind of card
+# already measured: SKIP="startup_cold bf16_latency serve_sweep sweep_serving" bash scripts/device_queue.sh start ...
+SKIP=" ${SKIP:-} "
+skipped() { [[ $SKIP == *" $1 "* ]] && echo "== skip $1"; }
 step() {  # step NAME SECONDS COMMAND...: one measurement, its log in $QOUT/NAME.log
     local name=$1 limit=$2
     shift 2
+    skipped "$name" && return
     echo "== $(date +%T) $name"
     timeout -k 10 "$limit" "$@" > "$QOUT/$name.log" 2>&1
     echo "== $(date +%T) $name exit $?"
     tail -n 12 "$QOUT/$name.log"
 }
-serve() {  # serve NAME ARGS...: a fresh `jllm serve` on port 8100 for the steps after it (stop with `kill $server`)
+serve() {  # serve NAME ARGS...: a fresh `jllm serve` on port 8100 for the steps after it (`stop` ends it)
     local name=$1
     shift
+    server=
+    skipped "serve_$name" && return
     python -m jllm serve --config $BF16 --port 8100 "$@" > "$QOUT/serve_$name.log" 2>&1 &
     server=$!
     for _ in $(seq 150); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
 }
+stop() {  # stops the server serve started (if it did)
+    [[ -n $server ]] && kill "$server" && wait "$server"
+}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$QOUT/card.csv"
+# SKIP_H100: what to leave out as well when the card that came is an H100 (a call for an H200 may get one)
+grep -q H100 "$QOUT/card.csv" && SKIP="$SKIP ${SKIP_H100:-} "
 git log -1 --format='%H %s' > "$QOUT/commit.txt" 2>/dev/null
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
@@ -29,10 +41,23 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
+# XLA's default autotuning (level 4) fills every candidate's buffers, re-initialises them and checks each result
+# against the reference GEMM; level 1 only times the candidates. Does that shorten the cold compiles, and does the
+# decode step keep its TPOT (below)?
+step startup_cold_autotune1 240 env XLA_FLAGS=--xla_gpu_autotune_level=1 python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_autotune1.json"
+# Each sampler program (the LM head's GEMM, 12-21 s on the H100) and forward autotunes XLA's Triton GEMM configs, each
+# a Triton compile: with cuBLAS alone the autotuner picks among its algorithms only. Cold start and TPOT both.
+step startup_cold_cublas 240 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_cublas.json"
 # Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
 # 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows.
 step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
     --json "$QOUT/bf16_lat.json"
+step bf16_latency_autotune1 360 env XLA_FLAGS=--xla_gpu_autotune_level=1 python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_autotune1.json"
+step bf16_latency_cublas 360 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_cublas.json"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
 # 12.45 on 2026-12-05, ITL p90 56 ms): 32 decodes beside a 1,024-token prompt ran as a 2,048-token step. Now the
 # scheduler ends such a step's prefill chunk on 1,024 (prefill_alignment_min_tokens, default 256); against it off, and
@@ -42,7 +67,7 @@ for run in "align256:" "align0:--prefill-alignment-min-tokens 0" "cap256:--long-
     serve "${run%%:*}" ${run#*:}
     step "serving_${run%%:*}" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
         --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_${run%%:*}.json"
-    kill "$server"; wait "$server"
+    stop
 done
 # Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
 # concurrency and request rate, 1024 in / 128 out, on one server.
@@ -51,11 +76,19 @@ mkdir -p "$QOUT/img"
 step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0.1:8100 --concurrencies 1,8,32,64 \
     --request-rates 2,4,8,16 --num-prompts 64 --input-len 1024 --output-len 128 --title "Llama-3-8B shapes (dummy weights)" \
     --out-dir "$QOUT/img" --json "$QOUT/sweep_serving.json"
-kill "$server"; wait "$server"
+stop
+# Every Pallas case against the float32 reference (49/49 on the H100 2026-12-05; wide heads and padded widths since).
+step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
+# Issue 20's serving TPOT: what a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
+# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
+for prefill in 224 480; do
+    step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
+        --json "$QOUT/mixed_step_$prefill.json"
+done
 # Issue 21: FP8 KV against the model-dtype pool at long context, batch 64 x 8k, the decode step alone; FP8 tiles now
 # widened to float16 (H100 2026-12-05: 0.279 ms of attention a sequence against bf16's 0.361; 42 and 34 sequences
-# fit there). Every Pallas case against the float32 reference first (49/49 on the H100).
-step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
+# fit there).
 for kv in fp8 auto; do
     step "kv_$kv" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 64 --prompt 8000 --max-model-len 8192 --max-num-batched-tokens 2048 --steps 20 \
@@ -85,13 +118,6 @@ step fp8_tput_kv_fp8 480 python scripts/bench_throughput.py --config $FP8 --skip
     --input-len 128 --output-len 2048 --num-prompts 1000 --set kv_cache_dtype=fp8 --json "$QOUT/fp8_tput_fp8.json"
 step fp8_latency_nocap 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
     --set fp8_kernel_max_tokens=null --json "$QOUT/fp8_lat_nocap.json"
-# What a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
-# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
-for prefill in 224 480; do
-    step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
-        --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
-        --json "$QOUT/mixed_step_$prefill.json"
-done
 # The H100's TPOT fell from 5.58 / 5.72 / 6.35 (482c56a) to 6.31 / 6.26 / 6.64 (a2059d1, another machine): the same
 # steps compiled on first use, with the pool in place (the warm-up now compiles with it freed), in the same call.
 step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
@@ -101,7 +127,7 @@ step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip
 serve b512 --max-num-batched-tokens 512
 step serving_b512 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
     --input-len 1024 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_b512.json"
-kill "$server"; wait "$server"
+stop
 # Cold start again: its main thread sampled (was torch's import gone?), and with autotuning off.
 step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --main-thread-profile 60 \
     --json "$QOUT/startup_profile.json"

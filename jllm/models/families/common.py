@@ -17,6 +17,9 @@ from jllm.models.model_args import LayerSpec, ModelArgs
 from jllm.models.rope import Rope
 
 SLIDING, FULL = "sliding_attention", "full_attention"
+# M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text, so for
+# text it is the plain rotary)
+MROPE_KEYS = ("mrope_section", "mrope_interleaved")
 # transformers' activation names -> ours (``jllm.models.layers.ACTIVATIONS``)
 HF_ACTIVATIONS = {
     "silu": "silu",

@@ -1,5 +1,6 @@
 """Gemma 4's text model (``Gemma4ForCausalLM``; the language model of ``Gemma4ForConditionalGeneration`` is read by
-``multimodal.gemma4``): Gemma 3's sandwich-normed layers with sliding and full attention, and what Gemma 4 changes:
+``multimodal.gemma4``) and Gemma 4 unified's (``Gemma4UnifiedForCausalLM``: the same layers without per-layer inputs
+or a mixture): Gemma 3's sandwich-normed layers with sliding and full attention, and what Gemma 4 changes:
 
 - the full-attention layers' own head width and KV heads (``global_head_dim``, ``num_global_key_value_heads``, or
   a saved config's ``per_layer_config``), their "proportional" rotary (a fraction of the pairs turns);
@@ -116,6 +117,18 @@ def gemma4_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         weights=GEMMA4_WEIGHTS,
         **moe,
     )
+
+
+# Gemma4UnifiedTextConfig's defaults where Gemma4TextConfig's differ; it has neither per-layer inputs nor a mixture
+GEMMA4_UNIFIED_TEXT = dict(sliding_window=1024, max_position_embeddings=262_144)
+
+
+def gemma4_unified_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 4 unified's text model (``Gemma4UnifiedForCausalLM``): Gemma 4's layers without per-layer inputs and
+    without the mixture (transformers' ``Gemma4UnifiedTextDecoderLayer`` has neither, whatever the config says), with
+    its own config's defaults."""
+    cfg = {**GEMMA4_UNIFIED_TEXT, **cfg, "hidden_size_per_layer_input": 0, "enable_moe_block": False}
+    return gemma4_text(cfg, dtype)
 
 
 def _layer_heads(cfg: dict[str, Any], types: list[str]) -> list[tuple[int, int]]:

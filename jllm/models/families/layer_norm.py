@@ -1,6 +1,6 @@
 """The families whose norms are LayerNorms (with or without weight and bias): GPT-NeoX, Falcon, Phi, GPT-J, GPT-2,
-GPT-BigCode, StableLM, StarCoder2, Cohere (Command-R, Command R7B) and OLMo 1; most of them run attention and MLP
-side by side off one norm.
+GPT-BigCode, StableLM, StarCoder2, Cohere (Command-R, Command R7B, Cohere Compass's text model) and OLMo 1; most of
+them run attention and MLP side by side off one norm.
 
 Where this module sits: docs/architecture.md.
 """
@@ -13,6 +13,7 @@ from typing import Any
 
 from jllm.models.families.common import (
     FULL,
+    MROPE_KEYS,
     SLIDING,
     activation,
     base_args,
@@ -20,6 +21,7 @@ from jllm.models.families.common import (
     gpt_decoder,
     layer_windows,
     read_rope,
+    typed_layers,
     uniform,
 )
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
@@ -390,6 +392,36 @@ def cohere2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     windows = layer_windows(cfg, [SLIDING if (i + 1) % pattern else FULL for i in range(n)])
     # transformers rotates exactly in the layers that have a window
     return cohere_decoder(cfg, dtype, "Cohere2", lambda rope: tuple(LayerSpec(rope if w else None, w) for w in windows))
+
+
+def cohere_compass(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Cohere Compass's text model (``CohereCompassForCausalLM``; North's language model): Cohere2's layers with
+    Qwen3-VL's rotary, half-split pairs, each layer type's own ``rope_parameters`` (None: that type has no rotary),
+    every layer full attention unless ``layer_types`` say otherwise; the logits scaled by ``logit_scale`` where it is
+    set (1.0 where null); heads ``hidden_size / num_attention_heads`` wide and a 4096-token window by default, as
+    Cohere2's. Its M-RoPE sections read as the plain rotary, which they are for text."""
+    n = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types") or [FULL] * n
+    params = cfg.get("rope_parameters") or {}
+    if missing := sorted(set(types) - set(params)):
+        raise ValueError(
+            f"Cohere Compass rope_parameters={params!r} name no rotary for layer type(s) {missing} (supported: an "
+            "entry per layer type, null for no rotary, as transformers' CohereCompassRotaryEmbedding reads it)"
+        )
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    ropes = {
+        kind: None if params[kind] is None else read_rope(cfg, head_dim, _without_mrope(params[kind]))
+        for kind in set(types)
+    }
+    cfg = {**cfg, "head_dim": head_dim, "sliding_window": cfg.get("sliding_window", 4096), "layer_types": types}
+    layers = typed_layers(cfg, ropes, types)
+    scale = 1.0 if cfg.get("logit_scale") is None else cfg["logit_scale"]
+    plain = {**cfg, "rope_parameters": None, "rope_scaling": None, "logit_scale": scale}
+    return cohere_decoder(plain, dtype, "Cohere Compass", lambda _: layers)
+
+
+def _without_mrope(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k not in MROPE_KEYS}
 
 
 def olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

@@ -1,9 +1,10 @@
-"""Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Mistral 3 and Ministral 3, Llama 4, LLaVA
-and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Emu3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE,
-GLM-4.1V, GLM-4.5V): the language model's ``text_config`` read by its own family's reader, its tensors under
-``language_model.`` (Idefics3's under ``model.text_model.``, Emu3's under ``text_model.``, Qwen's and GLM's under
-``model.``); the vision tower and projector (and Gemma 3n's and Gemma 4's audio tower, Emu3's VQ-VAE) are never read,
-and prompts are text (the server refuses image and audio parts by name).
+"""Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Gemma 4 unified, Mistral 3 and Ministral 3,
+Llama 4, LLaVA and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Emu3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V, Cohere Compass, MiniMax-M3): the language model's ``text_config`` read by its own
+family's reader, its tensors under ``language_model.`` (Idefics3's under ``model.text_model.``, Emu3's under
+``text_model.``, Qwen's, GLM's and Cohere Compass's under ``model.``); the vision tower and projector (and Gemma 3n's
+and Gemma 4's audio tower, Emu3's VQ-VAE) are never read, and prompts are text (the server refuses image and audio
+parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -16,9 +17,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import deepseek, gemma, layer_norm, llama, llama_variants, mixtures, qwen3_next
+from jllm.models.families import deepseek, gemma, layer_norm, llama, llama_variants, mixtures, qwen3_next, routed_moe
+from jllm.models.families.common import MROPE_KEYS
 from jllm.models.families.gemma3n import gemma3n_text
-from jllm.models.families.gemma4 import gemma4_text
+from jllm.models.families.gemma4 import gemma4_text, gemma4_unified_text
 from jllm.models.model_args import ModelArgs
 from jllm.safetensors_index import hf_names
 
@@ -66,6 +68,17 @@ def gemma4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     4 soft-caps its logits as the text model does)."""
     text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **(cfg.get("text_config") or {})}
     return _text_only({**cfg, "text_config": text}, dtype, "Gemma 4", {"gemma4_text": gemma4_text})
+
+
+def gemma4_unified(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Gemma 4 unified image-text(-audio) (``Gemma4UnifiedForConditionalGeneration``, encoder-free: its patches and
+    audio frames are embedded straight into the language model): its text model under ``model.language_model.``,
+    the head tied as the outer ``tie_word_embeddings`` says (transformers reads that one, True by default, not the
+    text config's)."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
+    return _text_only(
+        {**cfg, "text_config": text}, dtype, "Gemma 4 unified", {"gemma4_unified_text": gemma4_unified_text}
+    )
 
 
 def gemma3n(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -124,10 +137,6 @@ def emu3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     tokenizer is never read (image tokens are ids of the text vocabulary, which a text prompt does not hold)."""
     args = _text_only(cfg, dtype, "Emu3", {"emu3_text_model": llama_variants.emu3_text})
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **EMU3_TEXT_MODEL))
-
-
-# M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text)
-MROPE_KEYS = ("mrope_section", "mrope_interleaved")
 
 
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -230,6 +239,56 @@ def _mrope_language_model(
         rope["rope_type"] = "default"
     args = reader({**text, "rope_scaling": None, "rope_parameters": rope}, dtype)
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, prefix=prefix))
+
+
+def cohere_compass(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Cohere Compass image-text (``CohereCompassForConditionalGeneration``, North's vision models): its Cohere Compass
+    language model under ``model.language_model.`` (Qwen3-VL's layout; deepstack adds only to image tokens), the head
+    tied as the outer ``tie_word_embeddings`` says (transformers reads that one, False by default, not the text
+    config's)."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", False)}
+    return _mrope_language_model(
+        {**cfg, "text_config": text}, dtype, layer_norm.cohere_compass, "model.language_model."
+    )
+
+
+def minimax_m3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """MiniMax-M3 image-text (``MiniMaxM3SparseForConditionalGeneration``, LLaVA's layout): its MiniMax-M3 language
+    model, tensors under ``language_model.``, the head tied where either config ties it (transformers' config takes
+    the text config's tie when the outer one's is off)."""
+    text = cfg.get("text_config") or {}
+    tie = bool(cfg.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
+    readers = {"minimax_m3_vl_text": routed_moe.minimax_m3}
+    args = _text_only({**cfg, "text_config": {**text, "tie_word_embeddings": tie}}, dtype, "MiniMax-M3", readers)
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, reader=_minimax_m3_hub))
+
+
+# MiniMax-M3's hub names for a mixture layer's modules (transformers' conversion mapping for minimax_m3_vl, which a
+# save writes back): under ``block_sparse_moe``, its choice bias on the block, the experts one tensor per expert
+M3_HUB_MIXTURE = (
+    ("mlp", "block_sparse_moe"),
+    ("gate.e_score_correction_bias", "e_score_correction_bias"),
+    ("shared_expert", "shared_experts"),
+    ("experts", "experts.{e}"),
+)
+
+
+def _minimax_m3_hub(index: Any, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> Any:
+    """A MiniMax-M3 image-text parameter stored as the hub keeps it: a mixture's modules under ``block_sparse_moe``,
+    the experts' ``w1`` / ``w3`` / ``w2`` per expert, every other gated MLP's ``gate_proj`` / ``up_proj`` apart; None
+    where it is stored under transformers 5's in-memory names (the text model's: read as named)."""
+    keys = set(map(str, path))
+    experts, mixture = "experts" in keys, bool(keys & {"gate", "experts", "shared_expert"})
+    hub = copy.copy(index)
+    hub.weights = dataclasses.replace(
+        index.weights,
+        rename=(*(M3_HUB_MIXTURE if mixture else ()), *((("down_proj", "w2"),) if experts else ())),
+        gate_up=("w1", "w3") if experts else ("gate_proj", "up_proj"),
+        expert_params=None,
+        reader=None,
+    )
+    stored = hf_names(path, hub.weights)[0][0].replace("{e}", "0")
+    return hub.param_reader(path, shape, dtype, 1) if stored in index.tensors else None
 
 
 def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, activation, base_args, read_rope
+from jllm.models.families.common import FULL, MROPE_KEYS, activation, base_args, read_rope
 from jllm.models.gated_deltanet import DeltaNetSpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.safetensors_index import hf_names
@@ -24,7 +24,6 @@ from jllm.safetensors_index import hf_names
 LINEAR = "linear_attention"
 QSA = "indexed_attention"  # Qwen4-Exp's attention layers, with their QSA indexer
 QSA_KEYS = ("indexer_n_heads", "indexer_head_dim", "indexer_budget", "indexer_compress_ratio")
-MROPE_KEYS = ("mrope_section", "mrope_interleaved")  # M-RoPE's settings: for text, the plain rotary
 # the attention's output gate stored per head after its query rows; the recurrent mixer under transformers' name
 WEIGHTS = WeightMap(qkv_layout="gated", rename=(("attn_gate", "q_proj"), ("mixer", "linear_attn")))
 

@@ -1,6 +1,8 @@
 """Mixtures of experts on grouped-query attention behind a sigmoid router with a choice bias (DeepSeek-V3's rule,
-``jllm.models.moe.grouped_top_k``): MiniMax-M2 (Mixtral's layout and names), K-EXAONE (EXAONE 4's attention with
-V3's mixture) and MiniCPM5-MoE (Llama's attention with an output gate, V3's mixture).
+``jllm.models.moe.grouped_top_k``): MiniMax-M2 (Mixtral's layout and names), MiniMax-M3's text model (M2's successor:
+Gemma's norms, clamped SwiGLUs, a shared expert, dense layers, block-sparse layers served within their budget),
+K-EXAONE (EXAONE 4's attention with V3's mixture) and MiniCPM5-MoE (Llama's attention with an output gate, V3's
+mixture).
 
 Where this module sits: docs/architecture.md.
 """
@@ -10,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import base_args, read_rope
+from jllm.models.families.common import FULL, base_args, dense_mlps, read_rope
 from jllm.models.families.deepseek import v3_mixture
 from jllm.models.families.llama import exaone4
+from jllm.models.layers import ClampedSwiGLU
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
 
@@ -45,6 +48,63 @@ def minimax_m2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         experts_per_token=top_k,
         moe_routing=GroupedRouting("sigmoid"),
         weights=WeightMap(gate_up=("w1", "w3"), rename=rename),
+    )
+
+
+# MiniMaxM3VLTextConfig's defaults for the keys the reader takes
+MINIMAX_M3_DEFAULTS = dict(
+    head_dim=128,
+    max_position_embeddings=524_288,
+    num_local_experts=128,
+    num_experts_per_tok=4,
+    dense_intermediate_size=12_288,
+    shared_intermediate_size=3072,
+    routed_scaling_factor=2.0,
+    swiglu_alpha=1.702,
+    swiglu_limit=7.0,
+    index_block_size=128,
+    index_topk_blocks=16,
+    rope_theta=5e6,
+)
+M3_SPARSE = "minimax_m3_sparse"  # a layer whose attention keeps its indexer's best key blocks
+
+
+def minimax_m3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """MiniMax-M3's text model (``MiniMaxM3VLForCausalLM``): M2's attention with Gemma's ``1 + w`` RMSNorms (per-head
+    q/k norms) and the rotary on ``partial_rotary_factor`` of each head (transformers reads no ``rotary_dim``); each
+    layer a mixture (``mlp_layer_types`` "sparse": top ``num_experts_per_tok`` by sigmoid score plus a choice bias,
+    the renormalised scores times ``routed_scaling_factor``, beside an ungated shared expert) or a dense MLP of
+    ``dense_intermediate_size``, every one a gpt-oss clamped SwiGLU (``swiglu_alpha``, ``swiglu_limit``) over one
+    fused ``gate_up_proj``. Its ``minimax_m3_sparse`` layers' indexer keeps each query's best ``index_topk_blocks``
+    key blocks of ``index_block_size``: served up to that many tokens, where it keeps every block and is causal
+    attention (``ModelArgs.indexer_budget``); their indexer is not read."""
+    cfg = {**MINIMAX_M3_DEFAULTS, **cfg}
+    experts, top_k, n = cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["num_hidden_layers"]
+    if not 0 < top_k <= experts:
+        raise ValueError(f"MiniMax-M3 num_experts_per_tok={top_k} must be between 1 and num_local_experts={experts}")
+    types = cfg.get("layer_types") or [FULL] * n
+    if unknown := sorted(set(types) - {FULL, M3_SPARSE}):
+        raise ValueError(f"MiniMax-M3 layer_types {unknown} are not supported (supported: {FULL!r}, {M3_SPARSE!r})")
+    base = base_args(cfg, dtype)
+    rope = read_rope(cfg, base["head_dim"])  # its partial_rotary_factor, never the legacy rotary_dim
+    glu = ClampedSwiGLU(float(cfg["swiglu_limit"]), float(cfg["swiglu_alpha"]))
+    layer = LayerSpec(rope, experts_glu=glu, shared_expert_glu=glu, mlp_glu=glu)
+    kinds = cfg.get("mlp_layer_types") or ["sparse"] * n
+    budget = cfg["index_topk_blocks"] * cfg["index_block_size"] if M3_SPARSE in types else None
+    rename = (("shared_expert", "shared_experts"),)
+    return ModelArgs(
+        **base,
+        layers=dense_mlps((layer,) * n, kinds, cfg["dense_intermediate_size"], "MiniMax-M3"),
+        norm="rms_unit_offset",
+        qk_norm=True,
+        num_experts=experts,
+        experts_per_token=top_k,
+        shared_expert_size=cfg["shared_intermediate_size"],
+        shared_expert_gated=False,
+        moe_routing=GroupedRouting("sigmoid", scale=float(cfg["routed_scaling_factor"])),
+        indexer_budget=budget,
+        sparse_attention=("MiniMax-M3 sparse", "index_topk_blocks * index_block_size"),
+        weights=WeightMap(gate_up=("gate_up_proj",), rename=rename, expert_params="out_in"),
     )
 
 
