@@ -147,6 +147,8 @@ def _recurrent_sizes(args: Any) -> tuple[tuple[str, int], ...]:
         sizes.append(("short conv's channels (hidden_size)", args.hidden_size))
     if args.mamba is not None:
         sizes.append(("Mamba channels (intermediate_size, or mamba_expand x hidden_size)", args.mamba.inner))
+        if args.mamba.heads > 1:  # Zamba v1's: each head's x_proj and dt_proj on one device
+            sizes.append(("Mamba heads (n_mamba_heads)", args.mamba.heads))
     if args.rwkv is not None:
         sizes.append(("RWKV time mixing's channels (attention_hidden_size)", args.rwkv.attention_size))
     if args.mlstm is not None:

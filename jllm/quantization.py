@@ -170,6 +170,12 @@ def stored_scheme(hf_config: dict[str, Any]) -> str | None:
         return None  # its experts dequantized at load (jllm.models.families.gpt_oss): a float model
     if method == "fp8":
         _check_hf_fp8(qc)
+    elif method == "bitnet":  # BitLinear: unpacked weights alone would not reproduce its int8 activations
+        _refuse(
+            "quant_method 'bitnet': BitNet's ternary weights (packed, or ternarized online from float ones: "
+            f"quantization_mode {qc.get('quantization_mode', 'offline')!r}), multiplied with activations rounded to "
+            "int8 per token; jllm serves BitNet's float layout, a checkpoint without quantization_config"
+        )
     elif method == "compressed-tensors":
         if not qc.get("config_groups"):
             return None  # the KV cache's scales alone (a ``kv_cache_scheme``, ``jllm.kv_scales``): float weights

@@ -34,13 +34,16 @@ Reader = Callable[[tuple[slice, ...]], np.ndarray]  # a slice of a parameter (ou
 # our parameters' leaf names -> the checkpoint's; other leaves (a norm's ``weight``, ``bias``, a router's
 # ``e_score_correction_bias``) keep theirs, unless the family's ``rename`` names them
 SUFFIXES = {"kernel": "weight", "embedding": "weight", "scale": "weight_scale"}
+# our modules outside the base model, named without its ``WeightMap.prefix``: the LM head, a classifier's, and
+# ModernBERT's prediction head and tied head's bias
+HEAD_MODULES = ("lm_head", "score", "head_transform", "head_bias")
 
 
 def hf_names(path: tuple[Any, ...], weights: WeightMap) -> tuple[list[str], bool]:
     """NNX parameter path -> (the HF tensor names it is made of, whether each HF tensor is the transpose of ours)."""
     *module_path, leaf = (str(p) for p in path)
-    rename = dict(weights.rename)
-    prefix = weights.head_prefix if module_path[0] in ("lm_head", "score") else weights.prefix  # the heads: top level
+    rename = {"head_bias": "lm_head", **dict(weights.rename)}  # a tied head's bias: its nn.Linear's, by default
+    prefix = weights.head_prefix if module_path[0] in HEAD_MODULES else weights.prefix  # the heads: top level
     suffix = rename.get(leaf, SUFFIXES.get(leaf, leaf))
     module = module_path[-1]
     parents = _renamed(module_path[:-1], rename)

@@ -180,9 +180,9 @@ def test_unknown_architecture_is_named(tiny_dirs, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_dirs["mistral"], bad)
     config = json.loads((bad / "config.json").read_text())
-    config["architectures"] = ["CTRLLMHeadModel"]
+    config["architectures"] = ["XLNetLMHeadModel"]
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="CTRLLMHeadModel"):
+    with pytest.raises(ValueError, match="XLNetLMHeadModel"):
         load_model(bad, mesh=make_mesh(1))
 
 

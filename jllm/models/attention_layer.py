@@ -42,6 +42,7 @@ class Attention(nnx.Module):
         self.value_dim = args.v_head_dim or hd  # the values' channels: the rest of a padded value head is zeros
         o_in = args.num_heads * self.value_dim
         self.o_proj = Linear(o_in, d, ("q_heads", "embed"), dt, bias=args.o_bias, quant=args.quant)
+        self.attn_sub_norm = args.make_norm(o_in) if args.sub_norms else None  # BitNet's, over all heads
         self.q_norm, self.k_norm = args.make_qk_norms(spec)
         self.sinks = param((args.num_heads,), dt, ("q_heads",)) if args.attn_sinks or spec.sinks else None
         self.k_scale, self.v_scale = scale_params() if args.kv_scales else (None, None)  # FP8 pools' scales
@@ -110,6 +111,7 @@ class Attention(nnx.Module):
             act = jax.nn.sigmoid if a.attn_output_gate == "sigmoid" else jax.nn.softplus
             out = out * act(normed_linear(norm, self.attn_gate, x).astype(jnp.float32)).astype(out.dtype)
         out = out[..., : self.value_dim].reshape(t, a.num_heads * self.value_dim)
+        out = out if self.attn_sub_norm is None else self.attn_sub_norm(out)
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
 

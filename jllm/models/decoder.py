@@ -22,8 +22,19 @@ from flax import nnx
 from jllm.attention import AttentionMetadata
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
+from jllm.models.diff_attention import DiffAttention
 from jllm.models.hyper_connections import HyperConnection
-from jllm.models.layers import MLP, Embedding, Laurel, Linear, param, scaled, sinusoidal_positions
+from jllm.models.layers import (
+    MLP,
+    Embedding,
+    HeadBias,
+    HeadTransform,
+    Laurel,
+    Linear,
+    param,
+    scaled,
+    sinusoidal_positions,
+)
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
@@ -49,7 +60,8 @@ class DecoderLayer(nnx.Module):
     block's input a learned mix of them, its output added to each by a learned weight
     (``jllm.models.hyper_connections``). Falcon-H1's layers run attention beside their Mamba2 mixer
     (``LayerSpec.attention_beside``). RWKV's layers scale their output (``LayerSpec.output_scale``: its eval-mode
-    halving every ``rescale_every`` blocks)."""
+    halving every ``rescale_every`` blocks). GPT-1's layers norm the residual stream after each add instead
+    (``ModelArgs.residual_norms``)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -57,7 +69,8 @@ class DecoderLayer(nnx.Module):
         if spec.norms is not None:  # the layer's own layout (OLMo-Hybrid's recurrent layers)
             pre, post = spec.norms == "pre", spec.norms == "post"
         moe_layer = bool(args.num_experts) and spec.dense_mlp_size is None
-        self.input_layernorm = args.make_norm(gated=True) if pre and mixes else None  # gated: A.X-K2's, every layer
+        # gated: A.X-K2's, every layer; none on ModernBERT's first layer (``spec.input_norm``)
+        self.input_layernorm = args.make_norm(gated=True) if pre and mixes and spec.input_norm else None
         # a recurrent layer's mixer (gated DeltaNet, Mamba2, short conv) in place of the attention, its cache entry a
         # state pool
         self.mixer = None if spec.mixer in ("attention", "none") else args.make_mixer(spec)
@@ -65,12 +78,17 @@ class DecoderLayer(nnx.Module):
             self.self_attn = None
         elif args.attention_experts:
             self.self_attn = MixtureOfAttention(args, spec)
+        elif spec.diff_lambda_init is not None:  # DiffLlama's
+            self.self_attn = DiffAttention(args, spec)
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
         mlp_norm = spec.mlp and pre and not args.shared_input_norm
         self.post_attention_layernorm = args.make_norm(gated=moe_layer) if mlp_norm else None
         self.mlp = args.make_mlp(spec) if spec.mlp else None  # None: a token mixer alone (Nemotron-H's blocks)
+        # GPT-1's norms of the residual stream after each add
+        self.attn_residual_norm = args.make_norm() if args.residual_norms else None
+        self.mlp_residual_norm = args.make_norm() if args.residual_norms else None
         self.attn_out_norm = args.make_norm() if post else None
         self.mlp_out_norm = args.make_norm() if post or (args.moe_out_norm and moe_layer) else None
         self.moe = args.make_moe_beside()  # Gemma 4's mixture beside the dense MLP, or None
@@ -160,6 +178,9 @@ class DecoderLayer(nnx.Module):
             h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
         else:  # an MLP alone: its cache entry is an empty state
             return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages, None
+        if self.attn_residual_norm is not None:  # GPT-1's post-LN
+            x = self.attn_residual_norm(x + h)
+            return self.mlp_residual_norm(x + self._mlp(x, None, lora)), kv_pages, None
         h = self._scaled(h if self.attn_out_norm is None else self.attn_out_norm(h))
         if self.parallel_residual:
             shared = self.post_attention_layernorm is None
@@ -265,7 +286,7 @@ class CausalLM(nnx.Module):
         # Qwen4-Exp's streams mixed into one state in place of the final norm
         hyper = args.hyper_streams > 0
         self.hyper_connection_mixer = HyperConnection(args, inject=False) if hyper else None
-        self.norm = None if hyper else args.make_norm()
+        self.norm = None if hyper or args.residual_norms else args.make_norm()  # GPT-1's last layer ends normed
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
         self.lm_head = (
@@ -282,6 +303,11 @@ class CausalLM(nnx.Module):
         self.score = (
             None if args.num_labels is None else Linear(args.hidden_size, args.num_labels, (None, None), args.dtype)
         )
+        # ModernBERT's prediction head before the LM head, and its tied head's bias
+        act, bias, dt = args.head_transform, args.head_transform_bias, args.dtype
+        self.head_transform = None if act is None else HeadTransform(args.hidden_size, act, bias, args.make_norm(), dt)
+        tied_bias = args.lm_head_bias and self.lm_head is None and args.num_labels is None
+        self.head_bias = HeadBias(args.vocab_size, dt) if tied_bias else None
         self.args = args
 
     def __call__(
@@ -311,6 +337,8 @@ class CausalLM(nnx.Module):
         hyper-connection streams mixed into one."""
         if self.hyper_connection_mixer is not None:
             return self.hyper_connection_mixer(x)[0]
+        if self.norm is None:
+            return x
         return self.norm(x if self.altup_streams is None else self.altup_streams.collapse(x))
 
     def _residual_stream(
@@ -329,7 +357,8 @@ class CausalLM(nnx.Module):
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)
         if self.args.sinusoidal_positions:
-            x = x + sinusoidal_positions(positions + self.args.position_offset, x.shape[-1]).astype(x.dtype)
+            table = sinusoidal_positions(positions + self.args.position_offset, x.shape[-1], self.args.sinusoid_shift)
+            x = x + table.astype(x.dtype)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
@@ -357,7 +386,15 @@ class CausalLM(nnx.Module):
     def logits_head(self) -> LogitsHead:
         """A view of the parameters logits need (shared, not copied)."""
         a = self.args
-        return LogitsHead(self.embed_tokens, self.lm_head, a.logits_divisor, a.final_softcap, a.vocab_size)
+        return LogitsHead(
+            self.embed_tokens,
+            self.lm_head,
+            a.logits_divisor,
+            a.final_softcap,
+            a.vocab_size,
+            self.head_transform,
+            self.head_bias,
+        )
 
 
 def _shared_blocks(args: ModelArgs) -> list[SharedTransformer]:
@@ -383,7 +420,13 @@ class LogitsHead(nnx.Module):
         logits_divisor: float | None = None,
         final_softcap: float | None = None,
         vocab_size: int | None = None,
+        transform: HeadTransform | None = None,
+        tied_bias: HeadBias | None = None,
     ):
+        """``transform``: what the final states go through first (ModernBERT's prediction head); ``tied_bias``: the
+        bias on a tied head's logits."""
+        self.transform = transform
+        self.tied_bias = tied_bias
         self.embed_tokens = embed_tokens if lm_head is None else None
         self.lm_head = lm_head
         self.logits_divisor = logits_divisor
@@ -392,7 +435,9 @@ class LogitsHead(nnx.Module):
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits."""
+        hidden = hidden if self.transform is None else self.transform(hidden)
         logits = self.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        logits = logits if self.tied_bias is None else logits + self.tied_bias.bias[...]
         logits = logits.astype(jnp.float32)
         if self.logits_divisor is not None:
             logits = logits / self.logits_divisor

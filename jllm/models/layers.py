@@ -1,8 +1,9 @@
 """Layers the decoder families share: linear (float, or quantized per ``jllm.quantization``), embedding, RMSNorm
 (Llama's and Gemma's ``1 + w``), LayerNorm, the MLP (gated SwiGLU / GeGLU or plain; its activation stateless or
-Apertus' learned xIELU; Gemma 3n's Gaussian top-k sparsity on the gate) and Gemma 3n's low-rank residual block
-(``Laurel``), A.X-K2's RMSNorm gated by a low-rank projection of its output (``GatedRMSNorm``); the mixture of
-experts lives in ``jllm.models.moe``.
+Apertus' learned xIELU; Gemma 3n's Gaussian top-k sparsity on the gate; BitNet's norm before ``down_proj``) and
+Gemma 3n's low-rank residual block (``Laurel``), A.X-K2's RMSNorm gated by a low-rank projection of its output
+(``GatedRMSNorm``), ModernBERT's prediction head and tied head's bias (``HeadTransform``, ``HeadBias``); the mixture
+of experts lives in ``jllm.models.moe``.
 
 Parameters are created as zeros with their logical axis names (``axes``); the loader builds models under
 ``nnx.eval_shape`` and fills in real, sharded values, so construction never allocates device memory.
@@ -125,11 +126,12 @@ class Embedding(nnx.Module):
         return x @ self.embedding[...].T
 
 
-def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
+def sinusoidal_positions(positions: jax.Array, dim: int, shift: int = 1) -> jax.Array:
     """Fairseq's fixed position embeddings (XGLM), ``[T] -> [T, dim]`` float32: ``sin`` then ``cos`` of each
-    position times ``dim // 2`` frequencies from 1 down to 1 / 10000 (a zero column more where ``dim`` is odd)."""
+    position times ``dim // 2`` frequencies ``10000^(-i / (dim // 2 - shift))``, from 1 down to 1 / 10000 (``shift``
+    1; CTRL's 0 stops one step short), a zero column more where ``dim`` is odd."""
     half = dim // 2
-    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - 1)))  # [half]
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000) / (half - shift)))  # [half]
     angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, half]
     emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))
@@ -316,9 +318,11 @@ class MLP(nnx.Module):
         sparsity: float = 0.0,
         multipliers: tuple[float, float] | None = None,
         glu: ClampedSwiGLU | None = None,
+        sub_norm: nnx.Module | None = None,
     ):
         """``multipliers``: (gate, down), the gate's pre-activation and the output times these (Falcon-H1's muP);
-        ``glu``: the gated activation in place of ``act(gate) * up`` (Ling 3's clipped shared expert)."""
+        ``glu``: the gated activation in place of ``act(gate) * up`` (Ling 3's clipped shared expert); ``sub_norm``: a
+        norm over the ``hidden`` activations before ``down_proj`` (BitNet's ``ffn_sub_norm``)."""
         if sparsity and not (gated and 0.0 < sparsity < 1.0):
             raise ValueError(f"activation sparsity {sparsity} needs a gated MLP and a fraction in (0, 1)")
         if multipliers is not None and not gated:
@@ -330,6 +334,7 @@ class MLP(nnx.Module):
         else:
             self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias, quant=quant)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
+        self.ffn_sub_norm = sub_norm
         self.act_fn = XIELU(dtype) if act == "xielu" else None  # an activation with parameters of its own
         self.act, self.gated, self.glu = act, gated, glu
         # Gemma 3n's sparse layers keep only the gate values above mean + std * this (the normal quantile of
@@ -351,6 +356,7 @@ class MLP(nnx.Module):
         else:
             up = normed_linear(norm, self.up_proj, x)  # [T, hidden]
             h = act(up if lora is None else up + lora.delta("up", x if norm is None else norm(x)))
+        h = h if self.ffn_sub_norm is None else self.ffn_sub_norm(h)
         y = self.down_proj(h)
         return scaled(y if lora is None else y + lora.delta("down", h), self.down_scale)
 
@@ -374,3 +380,24 @@ class Laurel(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.post_laurel_norm(self.linear_right(self.linear_left(x)))
+
+
+class HeadTransform(nnx.Module):
+    """ModernBERT's prediction head: ``norm(act(dense(x)))`` over the final states, before the LM head reads them
+    (``ModelArgs.head_transform``). Small, so replicated under tensor parallelism."""
+
+    def __init__(self, dim: int, act: str, bias: bool, norm: nnx.Module, dtype: jnp.dtype):
+        self.dense = Linear(dim, dim, ("embed", None), dtype, bias=bias)
+        self.act = act
+        self.norm = norm
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.norm(ACTIVATIONS[self.act](self.dense(x)))
+
+
+class HeadBias(nnx.Module):
+    """A bias on a tied LM head's logits ``[vocab]`` (ModernBERT's ``decoder.bias``), split by vocabulary as the
+    embedding it is added beside."""
+
+    def __init__(self, vocab_size: int, dtype: jnp.dtype):
+        self.bias = param((vocab_size,), dtype, ("vocab",))

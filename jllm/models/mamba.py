@@ -69,6 +69,9 @@ class MambaSpec:
     act: str = "silu"  # after the conv (one of layers.ACTIVATIONS)
     ssm_norm: str | None = None  # one of SSM_NORMS
     ssm_norm_eps: float = 1e-6
+    # > 1: Zamba v1's multi-head mixer (``jllm.models.zamba``): the channels in this many heads, each its own x_proj,
+    # dt_proj, B and C
+    heads: int = 1
 
     def __post_init__(self) -> None:
         if self.conv_kernel < 2:
@@ -77,9 +80,13 @@ class MambaSpec:
             raise ValueError(f"Mamba activation {self.act!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.ssm_norm not in SSM_NORMS:
             raise ValueError(f"Mamba ssm_norm {self.ssm_norm!r} is not one of {SSM_NORMS}")
-        for name in ("inner", "state_size", "dt_rank"):
+        for name in ("inner", "state_size", "dt_rank", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Mamba {name}={getattr(self, name)} must be at least 1")
+        if self.inner % self.heads or (self.heads > 1 and self.ssm_norm is not None):
+            raise ValueError(
+                f"Mamba heads={self.heads} must divide inner={self.inner}, without ssm_norm (got {self.ssm_norm!r})"
+            )
 
     def state_spec(self, dtype: jnp.dtype) -> StateSpec:
         """A sequence's state in this layer: its last K - 1 conv inputs ``[inner, K - 1]`` in ``dtype`` (the
@@ -94,13 +101,14 @@ def selective_step(
     x: jax.Array,  # [R, inner] float32
     dt: jax.Array,  # [R, inner] float32, after softplus
     a: jax.Array,  # [inner, state] float32, -exp(A_log)
-    b: jax.Array,  # [R, state] float32
-    c: jax.Array,  # [R, state] float32
+    b: jax.Array,  # [R, state] float32, or [R, inner, state]: each channel its own (Zamba v1's per head)
+    c: jax.Array,  # as b
 ) -> tuple[jax.Array, jax.Array]:
     """One token of each of R rows through the recurrence: (the new state, ``y [R, inner]`` float32 without D's
     skip). The read-out is an elementwise product and sum, exact float32 on every backend (no TF32 matmul)."""
-    state = state * jnp.exp(dt[..., None] * a) + (dt * x)[..., None] * b[:, None, :]
-    return state, jnp.sum(state * c[:, None, :], axis=-1)
+    b, c = (y if y.ndim == 3 else y[:, None, :] for y in (b, c))
+    state = state * jnp.exp(dt[..., None] * a) + (dt * x)[..., None] * b
+    return state, jnp.sum(state * c, axis=-1)
 
 
 class MambaMixer(nnx.Module):

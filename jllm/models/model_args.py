@@ -13,14 +13,14 @@ head over the first ids only, and the checkpoint's tensor names; and JetMoE's mi
 (``jllm.models.moa``) in place of the attention, A.X-K1's norm on a mixture's output, A.X-K2's gated norms; and a
 hybrid's recurrent layers (``LayerSpec.mixer``: Qwen3-Next's gated DeltaNet, ``jllm.models.gated_deltanet``; the Mamba2
 hybrids' Mamba2, ``jllm.models.mamba2``; LFM2's short convolution, ``jllm.models.short_conv``; MiniMax's lightning
-attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``; RecurrentGemma's RG-LRU blocks,
-``jllm.models.rg_lru``) among its attention ones, or alone (Mamba, FalconMamba; RWKV's blocks, ``jllm.models.rwkv``,
-with its eval-mode rescaling, ``LayerSpec.block_scale`` / ``output_scale``; xLSTM's mLSTM layers,
-``jllm.models.mlstm``: no layer attends, ``attends``), and
-layers of one block alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's
-residuals from the normed inputs, scaled (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked
-by its hybrid layers before their mixer (``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``:
-``jllm.models.zamba2``); Falcon-H1's attention beside its
+attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mamba``, Zamba v1's in heads,
+``jllm.models.zamba``; RecurrentGemma's RG-LRU blocks, ``jllm.models.rg_lru``) among its attention ones, or alone
+(Mamba, FalconMamba; RWKV's blocks, ``jllm.models.rwkv``, with its eval-mode rescaling, ``LayerSpec.block_scale`` /
+``output_scale``; xLSTM's mLSTM layers, ``jllm.models.mlstm``: no layer attends, ``attends``), and layers of one block
+alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the
+normed inputs, scaled (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers
+before their mixer (``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Falcon-H1's
+attention beside its
 Mamba2 mixer in one layer, with muP multipliers (``LayerSpec.attention_beside``, ``mlp_multipliers``); Gemma 4's layers
 of their own KV heads and head width, keys reused as values, layers reading an earlier layer's K/V
 (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's AltUp streams
@@ -28,7 +28,10 @@ of their own KV heads and head width, keys reused as values, layers reading an e
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
 selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
-its QSA budget as a context limit.
+its QSA budget as a context limit; BitNet's norms inside the attention and the MLP (``sub_norms``); DiffLlama's
+differential attention (``LayerSpec.diff_lambda_init``, ``jllm.models.diff_attention``); ModernBERT's decoder: its
+first layer without an input norm (``LayerSpec.input_norm``), a prediction head before its tied, biased LM head;
+GPT-1's norms after each residual add (``residual_norms``); CTRL's sinusoids (``sinusoid_shift``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -56,6 +59,7 @@ from jllm.models.rg_lru import RecurrentBlock, RGLRUSpec
 from jllm.models.rope import Rope
 from jllm.models.rwkv import RwkvBlock, RwkvSpec
 from jllm.models.short_conv import ShortConv, ShortConvSpec
+from jllm.models.zamba import MultiHeadMambaMixer
 from jllm.models.zamba2 import SharedBlockSpec
 from jllm.parallel import KV_HEADS
 from jllm.quantization import QuantScheme
@@ -211,6 +215,12 @@ class LayerSpec:
     # ``rescale_every`` blocks); powers of two, so the products are transformers' floats
     block_scale: float = 1.0
     output_scale: float = 1.0
+    # DiffLlama's differential attention in this layer (``jllm.models.diff_attention``), its lambda_init (transformers'
+    # 0.8 - 0.6 exp(-0.3 layer)); its pages hold value pairs, 2 head_dim wide (``ModelArgs.kv_pool_head_dim``)
+    diff_lambda_init: float | None = None
+    # False: the mixer reads the layer's input as it is, no norm before it (ModernBERT's first layer, whose embeddings
+    # are normed)
+    input_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -258,7 +268,12 @@ class ModelArgs:
     qkv_clip: float | None = None  # q, k and v clipped to [-clip, clip] after the q/k norms (OLMo's clip_qkv)
     pre_norms: bool = True  # norms on the attention's and MLP's inputs; False: none there (OLMo 2)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs, before the residual adds (Gemma, OLMo 2)
+    # norms on the residual stream after each add, ``x = norm(x + block(x))``, and no final norm (GPT-1's post-LN)
+    residual_norms: bool = False
     moe_out_norm: bool = False  # a norm on the mixture's output in its layers, none on a dense MLP's (A.X-K1)
+    # BitNet's norms inside the blocks: on the attention's heads before o_proj (attn_sub_norm) and on a dense MLP's
+    # activations before down_proj (ffn_sub_norm)
+    sub_norms: bool = False
     # > 0: each layer's input norm, and a mixture layer's MLP norm, an RMSNorm gated by a low-rank projection of its
     # output of this rank (A.X-K2's gated_norm_rank, ``layers.GatedRMSNorm``); a dense MLP's norm stays plain
     gated_norm_rank: int = 0
@@ -320,7 +335,11 @@ class ModelArgs:
     # chunked attention is causal attention (``max_context``)
     attention_chunk_size: int | None = None
     final_softcap: float | None = None
-    lm_head_bias: bool = False  # an untied LM head with a bias (Phi, GPT-J)
+    lm_head_bias: bool = False  # a bias on the LM head's logits (Phi, GPT-J; ModernBERT's on its tied head)
+    # the final states through ``dense``, this activation (one of ``layers.ACTIVATIONS``) and a norm before the LM head
+    # reads them (ModernBERT's prediction head, ``layers.HeadTransform``); None: none
+    head_transform: str | None = None
+    head_transform_bias: bool = False  # with head_transform, a bias on its dense map (ModernBERT's classifier_bias)
     # an untied LM head over the first this many ids only (Apertus 1.5's pruned ``output_vocab_size``): the other ids'
     # logits are -inf, tokens the model never produces; None: the whole vocabulary
     head_vocab_size: int | None = None
@@ -331,6 +350,8 @@ class ModelArgs:
     learned_positions: bool = False
     # fairseq's fixed sin / cos position embeddings added to the token's (XGLM), computed, not read
     sinusoidal_positions: bool = False
+    # their i-th of half frequencies 10000^(-i / (half - shift)): fairseq's 1; CTRL's 0
+    sinusoid_shift: int = 1
     # learned or sinusoidal positions: position p reads row p + offset (of a table that much longer: OPT's, XGLM's 2)
     position_offset: int = 0
     weights: WeightMap = WeightMap()
@@ -389,8 +410,10 @@ class ModelArgs:
             raise ValueError("qk_norm_all_heads and qk_norm_per_head exclude each other")
         if self.qk_norm_per_head and not (self.qk_norm_kind or self.norm).startswith("layer"):
             raise ValueError("qk_norm_per_head is implemented for LayerNorms only (StableLM's and Cohere's q/k norms)")
-        if self.lm_head_bias and self.tie_word_embeddings:
-            raise ValueError("lm_head_bias needs an untied LM head (tie_word_embeddings=False)")
+        if self.residual_norms and (self.pre_norms or self.sandwich_norms or self.parallel_residual):
+            raise ValueError(
+                "residual_norms (GPT-1's post-LN) needs pre_norms, sandwich_norms and parallel_residual off"
+            )
         if self.shared_input_norm and not self.parallel_residual:
             raise ValueError("shared_input_norm needs parallel_residual: a sequential MLP reads its own norm")
         self._check_layer_options()
@@ -451,7 +474,10 @@ class ModelArgs:
         latent pool's one head counts its copies under tensor parallelism (one a device), as ``num_kv_heads`` does."""
         if spec.kv_source is not None:
             return None
-        return (self.num_kv_heads, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
+        if self.mla is not None:
+            return self.num_kv_heads, self.mla.latent_dim
+        kv_heads, head_dim = self.layer_heads(spec)
+        return kv_heads, head_dim * (2 if spec.diff_lambda_init is not None else 1)
 
     def _check_quantizable(self) -> None:
         """Refuses ``quant`` for the layers with no quantized form yet."""
@@ -503,6 +529,7 @@ class ModelArgs:
             sparsity,
             self.mlp_multipliers,
             spec.mlp_glu,
+            sub_norm=self.make_norm(width) if self.sub_norms else None,
         )
 
     def make_moe(self, spec: LayerSpec) -> SparseMoE:
@@ -548,6 +575,8 @@ class ModelArgs:
         field, module, sizes = _MIXER_MODULES[spec.mixer]
         if getattr(self, field) is None:
             raise ValueError(f"a {spec.mixer} layer needs ModelArgs.{field} ({sizes})")
+        if spec.mixer == "mamba" and self.mamba.heads > 1:  # Zamba v1's, its parameters per head
+            return MultiHeadMambaMixer(self, spec)
         return module(self, spec)
 
     def state_spec(self, spec: LayerSpec) -> StateSpec | None:
@@ -636,8 +665,11 @@ class ModelArgs:
 
     @property
     def kv_pool_head_dim(self) -> int:
-        """The width of a KV pool head: ``head_dim``, or the latent's (``MLASpec.latent_dim``)."""
-        return self.head_dim if self.mla is None else self.mla.latent_dim
+        """The width of a KV pool head: ``head_dim``, twice it for differential attention (its value pairs), or the
+        latent's (``MLASpec.latent_dim``)."""
+        if self.mla is not None:
+            return self.mla.latent_dim
+        return self.head_dim * (2 if any(spec.diff_lambda_init is not None for spec in self.layers) else 1)
 
     @property
     def sliding_windows(self) -> list[int | None]:

@@ -1,5 +1,6 @@
 """Zamba2's shared transformer blocks (Zyphra): ``num_mem_blocks`` attention + MLP blocks whose weights every hybrid
-layer of the model reuses, the ``i``-th hybrid layer invoking block ``i % num_mem_blocks``.
+layer of the model reuses, the ``i``-th hybrid layer invoking block ``i % num_mem_blocks`` (Zamba v1: one block, no
+adapters).
 
 A hybrid layer (``LayerSpec.shared_block``) runs its block over the residual stream beside the model's embeddings,
 ``concat(x, embeddings)`` (``2 hidden`` wide), through an RMSNorm, attention whose heads are ``2 hidden / heads``
@@ -40,13 +41,14 @@ class SharedBlockSpec:
     """Zamba2Config's shared-block settings."""
 
     num_blocks: int  # num_mem_blocks
-    adapter_rank: int
-    attention_adapters: bool  # use_shared_attention_adapter: adapters on q, k and v too (always on gate/up)
+    adapter_rank: int  # 0: no adapters (Zamba v1's one block)
+    attention_adapters: bool  # use_shared_attention_adapter: adapters on q, k and v too (on gate/up with a rank)
 
     def __post_init__(self) -> None:
-        if self.num_blocks < 1 or self.adapter_rank < 1:
+        if self.num_blocks < 1 or self.adapter_rank < 0 or (self.attention_adapters and not self.adapter_rank):
             raise ValueError(
-                f"Zamba2 num_mem_blocks={self.num_blocks} and adapter_rank={self.adapter_rank} must be at least 1"
+                f"Zamba2 num_mem_blocks={self.num_blocks} must be at least 1 and adapter_rank={self.adapter_rank} at "
+                "least 1 with adapters (0: none, Zamba v1's)"
             )
 
 
@@ -112,7 +114,7 @@ class SharedBlockCall(nnx.Module):
             self.v_adapter = LowRank(2 * d, rank, args.num_kv_heads * hd, (KV_HEADS,), dt)
         else:
             self.q_adapter = self.k_adapter = self.v_adapter = None
-        self.gate_up_adapter = GateUpAdapter(d, rank, args.intermediate_size, dt)
+        self.gate_up_adapter = GateUpAdapter(d, rank, args.intermediate_size, dt) if rank else None
         self.linear = Linear(d, d, ("embed", None), dt)
         self.group, self.head_dim = args.num_heads // args.num_kv_heads, hd
 
@@ -127,7 +129,7 @@ class SharedBlockCall(nnx.Module):
         ``qkv`` ``[T, kv_heads, group + 2, head_dim]``, ``gate_up`` ``[T, 2, mlp]``; nothing on ``o`` or
         ``down``."""
         if target == "gate_up":
-            return self.gate_up_adapter(x)
+            return 0 if self.gate_up_adapter is None else self.gate_up_adapter(x)
         if target != "qkv" or self.q_adapter is None:
             return 0
         t, hd = x.shape[0], self.head_dim

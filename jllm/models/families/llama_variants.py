@@ -3,7 +3,8 @@
 it, a soft-capped head), HyperCLOVA X (Granite's multipliers with norms on the blocks' outputs, logits multiplied),
 Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none) and Granite MoE SWA
 (its layers around Granite MoE Shared's mixture),
-Apertus 1.5's text model (Apertus).
+Apertus 1.5's text model (Apertus), BitNet (norms inside both blocks, a gated squared-ReLU MLP), Emu3's text model
+(Llama with rope base 1e6), DiffLlama (differential attention).
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,10 +12,11 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, typed_layers, uniform
-from jllm.models.families.llama import apertus, granite
+from jllm.models.families.llama import apertus, granite, llama
 from jllm.models.families.mixtures import granite_moe_shared
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
@@ -176,3 +178,42 @@ def apertus1p5_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             "untied head)"
         )
     return dataclasses.replace(apertus(cfg, dtype), head_vocab_size=rows if rows != cfg["vocab_size"] else None)
+
+
+def bitnet(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """BitNet b1.58 in the float layout transformers builds from a config: Llama's attention with an RMSNorm over its
+    heads before ``o_proj`` (``attn_sub_norm``), a gated MLP, ``relu(gate)^2 * up`` by default, with an RMSNorm before
+    ``down_proj`` (``ffn_sub_norm``); rope base 5e5 by default. The hub's packed ternary checkpoints
+    (``quantization_config`` quant_method "bitnet") are refused at load (``jllm.quantization``)."""
+    cfg = {"rope_theta": 5e5, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, **cfg}
+    base, layers = uniform(cfg, dtype, FULL)
+    bias = bool(cfg.get("attention_bias", False))
+    act = activation(cfg, "hidden_act", "relu2", "BitNet")
+    return ModelArgs(**base, layers=layers, qkv_bias=bias, o_bias=bias, mlp_act=act, sub_norms=True)
+
+
+def emu3_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Emu3's text model (``Emu3ForCausalLM``): Llama, its biases where ``attention_bias`` / ``mlp_bias``, with
+    Emu3TextConfig's rope base 1e6 and eps 1e-5 where a config leaves them out."""
+    cfg = {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 9216, **cfg}
+    return llama(cfg, dtype)
+
+
+def diffllama(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """DiffLlama: Llama's layers around differential attention (``jllm.models.diff_attention``), each layer's
+    ``lambda_init`` transformers' ``0.8 - 0.6 exp(-0.3 layer)``; biases on q, k, v and o where ``attention_bias``. Its
+    values split in two halves along the KV heads, so an odd ``num_key_value_heads`` is refused, as transformers
+    refuses it."""
+    base, layers = uniform(cfg, dtype, FULL)
+    kv_heads = base["num_kv_heads"]
+    if kv_heads % 2:
+        raise ValueError(
+            f"DiffLlama num_key_value_heads={kv_heads} is not supported (supported: an even count: its values split "
+            "in two halves along the KV heads)"
+        )
+    layers = tuple(
+        dataclasses.replace(spec, diff_lambda_init=0.8 - 0.6 * math.exp(-0.3 * i)) for i, spec in enumerate(layers)
+    )
+    bias = bool(cfg.get("attention_bias", False))
+    act = activation(cfg, "hidden_act", "silu", "DiffLlama")
+    return ModelArgs(**base, layers=layers, qkv_bias=bias, o_bias=bias, mlp_act=act)

@@ -1,9 +1,10 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Gemma 4 unified, Mistral 3 and Ministral 3,
-Llama 4, LLaVA and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+Llama 4, LLaVA and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Emu3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
 Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V, Cohere Compass, MiniMax-M3): the language model's ``text_config`` read by its own
-family's reader, its tensors under ``language_model.`` (Idefics3's under ``model.text_model.``, Qwen's, GLM's and
-Cohere Compass's under ``model.``); the vision tower and projector (and Gemma 3n's and Gemma 4's audio tower) are
-never read, and prompts are text (the server refuses image and audio parts by name).
+family's reader, its tensors under ``language_model.`` (Idefics3's under ``model.text_model.``, Emu3's under
+``text_model.``, Qwen's, GLM's and Cohere Compass's under ``model.``); the vision tower and projector (and Gemma 3n's
+and Gemma 4's audio tower, Emu3's VQ-VAE) are never read, and prompts are text (the server refuses image and audio
+parts by name).
 
 Where this module sits: docs/architecture.md.
 """
@@ -16,7 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import deepseek, gemma, layer_norm, llama, mixtures, qwen3_next, routed_moe
+from jllm.models.families import deepseek, gemma, layer_norm, llama, llama_variants, mixtures, qwen3_next, routed_moe
 from jllm.models.families.common import MROPE_KEYS
 from jllm.models.families.gemma3n import gemma3n_text
 from jllm.models.families.gemma4 import gemma4_text, gemma4_unified_text
@@ -121,6 +122,21 @@ def idefics3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     args = _text_only(cfg, dtype, "Idefics3", {"llama": llama.llama})
     weights = dataclasses.replace(args.weights, prefix="model.text_model.", head_prefix="", aliases=())
     return dataclasses.replace(args, weights=weights)
+
+
+# Emu3's text model as transformers saves it (``text_model.model.*``, ``text_model.lm_head``), or in-memory names
+EMU3_TEXT_MODEL = dict(
+    prefix="text_model.model.",
+    head_prefix="text_model.",
+    aliases=(("model.text_model.", "text_model.model."), ("lm_head.", "text_model.lm_head.")),
+)
+
+
+def emu3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Emu3 (Emu3-Chat / Emu3-Gen): its Llama-like text model, tensors under ``text_model.``; the VQ-VAE image
+    tokenizer is never read (image tokens are ids of the text vocabulary, which a text prompt does not hold)."""
+    args = _text_only(cfg, dtype, "Emu3", {"emu3_text_model": llama_variants.emu3_text})
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **EMU3_TEXT_MODEL))
 
 
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

@@ -4,7 +4,8 @@ of them (``hybrid`` in ``layers_block_type``) invoking one of ``num_mem_blocks``
 
 The checkpoint keeps a shared block's weights under the first hybrid layer that invokes it, every invocation's
 adapters there too (``..._adapter_list.{i}``, ``i`` counting hybrid layers), and a hybrid layer's Mamba2 layer one
-level down (``mamba_decoder.``): ``WeightMap.aliases`` read those names as our layer's own.
+level down (``mamba_decoder.``): ``WeightMap.aliases`` read those names as our layer's own. Zamba (v1) is the same
+layout around one block without adapters and a multi-head Mamba (v1) mixer (``jllm.models.zamba``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from jllm.models.families.common import activation, read_rope
+from jllm.models.mamba import MambaSpec
 from jllm.models.mamba2 import Mamba2Spec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.zamba2 import SharedBlockSpec
@@ -115,3 +117,73 @@ def _aliases(hybrid_ids: list[int], num_blocks: int) -> tuple[tuple[str, str], .
             (f"{adapters}1.", f"{ours}gate_up_adapter.gate_up_proj."),
         ]
     return tuple(aliases)
+
+
+def zamba(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Zamba (v1): ``num_hidden_layers`` Mamba (v1) layers of ``n_mamba_heads`` heads (``mamba_expand *
+    hidden_size`` channels, ``mamba_dt_rank``, ``mamba_d_state``, ``mamba_d_conv``, ``hidden_mamba_act``), each an
+    RMSNorm and the mixer into the residual; the ``hybrid`` ones of ``layers_block_type`` (by default the third and
+    every ``attn_layer_period``-th from ``attn_layer_offset`` after it) invoke the one shared block first: attention
+    without rotary over ``2 hidden_size`` channels in ``num_attention_heads`` heads of ``attention_head_dim``, scores
+    scaled by ``(head_dim / 2) ** -0.5``, a gated bias-free ``hidden_act`` MLP; no adapters. Its block is stored under
+    the first hybrid layer (``shared_transf``)."""
+    hidden, n = cfg["hidden_size"], cfg["num_hidden_layers"]
+    period, offset = cfg.get("attn_layer_period", 6), cfg.get("attn_layer_offset", 4)
+    default = ["mamba", "mamba", "hybrid"] + ["hybrid" if i % period == offset else "mamba" for i in range(n - 3)]
+    kinds = cfg.get("layers_block_type") or cfg.get("layer_types") or default
+    if len(kinds) != n or any(kind not in BLOCK_KINDS for kind in kinds) or not any(map(BLOCK_KINDS.get, kinds)):
+        raise ValueError(
+            f"Zamba layers_block_type={kinds!r} is not supported (supported: one of {', '.join(BLOCK_KINDS)} for "
+            f"each of the {n} layers, at least one hybrid)"
+        )
+    width = cfg.get("attention_hidden_size") or 2 * hidden
+    if width != 2 * hidden:
+        raise ValueError(
+            f"Zamba attention_hidden_size={width} is not supported (supported: 2 x hidden_size = {2 * hidden}, the "
+            "residual stream beside the embeddings)"
+        )
+    heads = cfg.get("num_attention_heads", 16)
+    head_dim = cfg.get("attention_head_dim") or 2 * hidden // heads
+    inner = cfg.get("mamba_expand", 2) * hidden
+    dt_rank = cfg.get("mamba_dt_rank", "auto")
+    mamba = MambaSpec(
+        inner=inner,
+        state_size=cfg.get("mamba_d_state", 16),
+        conv_kernel=cfg.get("mamba_d_conv", 4),
+        dt_rank=-(-hidden // 16) if dt_rank == "auto" else dt_rank,
+        conv_bias=bool(cfg.get("mamba_conv_bias", True)),
+        proj_bias=bool(cfg.get("mamba_proj_bias", False)),
+        act=activation(cfg, "hidden_mamba_act", "silu", "Zamba"),
+        heads=cfg.get("n_mamba_heads", 2),
+    )
+    layers = tuple(
+        LayerSpec(None, mixer="mamba", mlp=False, shared_block=0 if BLOCK_KINDS[kind] else None) for kind in kinds
+    )
+    hybrid_ids = [i for i, kind in enumerate(kinds) if BLOCK_KINDS[kind]]
+    rename = (
+        ("mixer", "mamba"),
+        ("norm", "final_layernorm"),
+        ("shared_block", ""),
+        ("shared_transformer", "shared_transf"),
+    )
+    return ModelArgs(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=cfg.get("intermediate_size", 14848),  # the shared block's MLP
+        num_layers=n,
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        norm_eps=cfg.get("rms_norm_eps", 1e-5),
+        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        layers=layers,
+        mlp_act=activation(cfg, "hidden_act", "gelu", "Zamba"),
+        sm_scale=(head_dim / 2) ** -0.5,
+        mamba=mamba,
+        shared_blocks=SharedBlockSpec(num_blocks=1, adapter_rank=0, attention_adapters=False),
+        weights=WeightMap(
+            rename=rename, aliases=tuple((f"model.layers.{i}.mamba_decoder.", f"model.layers.{i}.") for i in hybrid_ids)
+        ),
+        dtype=dtype,
+    )
