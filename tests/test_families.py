@@ -1686,16 +1686,17 @@ ENGINE_ARGS = dict(
 class FamilyDirs(dict[str, Path]):
     """Each family's tiny checkpoint, written on first use: ``-k`` on one family writes only its own."""
 
-    def __init__(self, root: Path, tokenizer_dir: Path) -> None:
+    def __init__(self, root: Path, tokenizer_dir: Path, families: dict[str, tuple] | None = None) -> None:
         super().__init__()
         self.root, self.tokenizer_dir = root, tokenizer_dir
+        self.families = FAMILIES if families is None else families  # another test file's rows (seeded by their place)
 
     def __missing__(self, name: str) -> Path:
-        arch, config_cls, overrides, _ = FAMILIES[name]
+        arch, config_cls, overrides, _ = self.families[name]
         config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None or k not in BASE}
         if name in IMAGE_TEXT:  # the text model's config nested in the image-text one's
             config = dict(IMAGE_TEXT[name], text_config=config)
-        seed = list(FAMILIES).index(name)
+        seed = list(self.families).index(name)
         out = save_tiny_checkpoint(
             arch, config, self.root / name, seed=seed, config_cls_name=config_cls, perturb_constants=True
         )

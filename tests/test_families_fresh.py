@@ -1,0 +1,82 @@
+"""The newer text families of transformers 5.25 (LaraMini, HRM-Text, Dory, Doge, Ergo) against transformers: tiny
+random-weight checkpoints built from a config, as ``tests/test_families.py`` checks every other family (its rows are
+seeded by their place, so these live here): float32 logits within the stated tolerance of transformers' forward, a
+greedy batch through the engine equal to transformers' ``generate``, and what each family brings of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from model_utils import hf_logits, jllm_chunked_logits, jllm_logits, relative_error
+from test_families import (
+    DELTANET_KEYS,
+    ENGINE_ARGS,
+    HYBRID_LOGITS_RTOL,
+    NEW_TOKENS,
+    PROMPTS,
+    FamilyDirs,
+    hf_greedy,
+)
+
+from jllm import LLM, SamplingParams
+from jllm.loader import load_model
+from jllm.parallel import make_mesh
+
+# LaraMini: DeltaNet, sliding (rotary), DeltaNet, full (no position) and sliding layers; a mixture of 4 experts (top 2)
+# beside an ungated shared expert in every layer
+LARA_MINI_KEYS = dict(
+    {k: v for k, v in DELTANET_KEYS.items() if k != "layer_types"},
+    num_hidden_layers=5,
+    sliding_window=16,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=48,
+)
+
+# name -> (architecture, config class (None: the architecture's), config.json keys besides BASE, logits tolerance)
+FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
+    "lara_mini": ("LaraMiniForCausalLM", None, LARA_MINI_KEYS, HYBRID_LOGITS_RTOL),
+}
+# families with a per-sequence state or pages a later chunk reads in a way of their own: their logits again over the
+# prompt prefilled 32 tokens a step (LaraMini's mixer is Qwen3.5's, its state across steps tests/test_hybrid.py's)
+CHUNKED: set[str] = set()
+# families whose engine runs nothing another family's greedy row does not: LaraMini's layers are Qwen3.5's mixer
+# (tests/test_hybrid.py's greedy batch) and Qwen3's attention; its greedy batch equals transformers' by hand
+# (2026-12-06, 59 s a row on a loaded 2-core machine)
+LOGITS_ONLY = {"lara_mini"}
+
+
+@pytest.fixture(scope="module")
+def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FamilyDirs:
+    rows = {name: (arch, config_cls, keys, []) for name, (arch, config_cls, keys, _) in FAMILIES.items()}
+    return FamilyDirs(tmp_path_factory.mktemp("fresh_families"), default_model_dir, rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_logits_match_transformers(family_dirs, name):
+    model_dir = family_dirs[name]
+    ids = np.random.default_rng(7).integers(0, 49152, 70).tolist()
+    expected = hf_logits(model_dir, ids)
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    rtol = FAMILIES[name][3]
+    got = jllm_logits(loaded, ids, page_size=16)
+    assert relative_error(got, expected) < rtol
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    if name in CHUNKED:
+        assert relative_error(jllm_chunked_logits(loaded, ids, chunk=32), expected) < rtol
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name in FAMILIES if name not in LOGITS_ONLY])
+def test_greedy_batch_equals_transformers_generate(family_dirs, name):
+    llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
+    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
+    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
