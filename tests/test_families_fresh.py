@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from model_utils import hf_logits, jllm_chunked_logits, jllm_logits, relative_error
 from test_families import (
+    BASE,
     DELTANET_KEYS,
     ENGINE_ARGS,
     HYBRID_LOGITS_RTOL,
+    LOGITS_RTOL,
     NEW_TOKENS,
     PROMPTS,
     FamilyDirs,
@@ -41,6 +43,10 @@ LARA_MINI_KEYS = dict(
 # name -> (architecture, config class (None: the architecture's), config.json keys besides BASE, logits tolerance)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     "lara_mini": ("LaraMiniForCausalLM", None, LARA_MINI_KEYS, HYBRID_LOGITS_RTOL),
+    # two layers a stack, 2 H cycles of 2 L cycles: 12 invocations, each with pages of its own; a narrower initializer
+    # than BASE's, as 12 invocations of 0.3's amplify float32's rounding (transformers' float32 logits 9.6e-4 from its
+    # float64's there, jllm's 9.4e-4; 1.0e-6 from transformers' float32 at 0.15)
+    "hrm_text": ("HrmTextForCausalLM", None, dict(H_cycles=2, L_cycles=2, initializer_range=0.15), LOGITS_RTOL),
 }
 # families with a per-sequence state or pages a later chunk reads in a way of their own: their logits again over the
 # prompt prefilled 32 tokens a step (LaraMini's mixer is Qwen3.5's, its state across steps tests/test_hybrid.py's)
@@ -80,3 +86,36 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
     got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
     assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
+
+
+def test_hrm_text_runs_each_stack_layer_in_every_cycle_with_pages_of_its_own_and_refuses_hidden_states():
+    """HRM-Text's 2 H cycles of 2 L cycles over stacks of 2 layers are 12 invocations (12 layers' pages), each running
+    the first invocation's module of its stored layer (the L stack's at 0 and 1, the H stack's at 4 and 5), read under
+    those names; hidden states are refused, transformers' layer indices naming none of the invocations."""
+    from types import SimpleNamespace
+
+    from jllm.errors import InputError
+    from jllm.models.registry import build_args
+    from jllm.pooling import Encoder
+
+    config = {**BASE, "architectures": ["HrmTextForCausalLM"], "H_cycles": 2, "L_cycles": 2}
+    args = build_args(config, np.float32)[1]
+    assert len(args.layers) == args.num_layers == 12
+    assert [args.loop.owner(u) for u in range(12)] == [0, 1, 0, 1, 4, 5] * 2
+    assert ("model.H_module.layers.1.", "model.layers.5.") in args.weights.aliases
+    with pytest.raises(InputError, match="not supported for looped models"):
+        Encoder(SimpleNamespace(loaded=SimpleNamespace(args=args)), max_model_len=64)
+
+
+@pytest.mark.parametrize(
+    "arch, change, message",
+    [
+        ("HrmTextForCausalLM", {"attention_bias": True}, "HRM-Text attention_bias=True is not supported"),
+        ("HrmTextForCausalLM", {"mlp_bias": True}, "HRM-Text mlp_bias=True is not supported"),
+    ],
+)
+def test_unsupported_option_is_refused_at_load_naming_it(arch, change, message):
+    from jllm.models.registry import build_args
+
+    with pytest.raises(ValueError, match=message):
+        build_args({**BASE, "architectures": [arch], **change}, np.float32)

@@ -24,6 +24,7 @@ from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
 from jllm.models.hyper_connections import HyperConnection
 from jllm.models.layers import MLP, Embedding, Laurel, Linear, param, scaled, sinusoidal_positions
+from jllm.models.looped import Looped
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
@@ -258,7 +259,12 @@ class CausalLM(nnx.Module):
         self.per_layer_inputs = PerLayerInputs(args) if args.per_layer_input_size else None  # Gemma 4's and 3n's PLE
         self.altup_streams = AltUpStreams(args) if args.altup_streams else None  # Gemma 3n's
         blocks = _shared_blocks(args)  # Zamba2's shared transformer blocks
-        self.layers = nnx.List([DecoderLayer(args, spec, blocks) for spec in args.layers])
+        layers: list[DecoderLayer] = []
+        for u, spec in enumerate(args.layers):  # a looped model's later invocations of a layer reuse its module
+            owner = u if args.loop is None else args.loop.owner(u)
+            layers.append(DecoderLayer(args, spec, blocks) if owner == u else layers[owner])
+        self.layers = nnx.List(layers)
+        self.looped = None if args.loop is None else Looped(args.loop, args.hidden_size, args.dtype)
         # Qwen4-Exp's streams mixed into one state in place of the final norm
         hyper = args.hyper_streams > 0
         self.hyper_connection_mixer = HyperConnection(args, inject=False) if hyper else None
@@ -333,6 +339,8 @@ class CausalLM(nnx.Module):
         states = [x if self.altup_streams is None else self.altup_streams.expand(x)]
         if self.args.hyper_streams:  # Qwen4-Exp: every hyper-connection stream starts as the embedding
             states = [jnp.broadcast_to(x[:, None], (x.shape[0], self.args.hyper_streams, x.shape[1]))]
+        if self.looped is not None:  # the invocations in the family's order, the streams mixed between them
+            return self._looped(states[0], positions, kv_caches, meta)
         new_caches = []
         carry = None  # a layer's to the next: LongCat-Flash's mixture output, DeepSeek Sparse Attention's selection
         for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):
@@ -346,6 +354,19 @@ class CausalLM(nnx.Module):
             states.append(x)
             new_caches.append(pages if spec.kv_source is None else kv_pages)
         return states, new_caches
+
+    def _looped(
+        self, x: jax.Array, positions: jax.Array, kv_caches: list[Any], meta: AttentionMetadata
+    ) -> tuple[list[jax.Array], list[Any]]:
+        """A looped model's stream: the embeddings and the last invocation's output (no per-layer states: the
+        encoder refuses looped models), and every invocation's updated pages."""
+        new_caches = list(kv_caches)
+
+        def run(u: int, h: jax.Array) -> jax.Array:
+            h, new_caches[u], _ = _decoder_layer(*nnx.split(self.layers[u]), h, positions, kv_caches[u], meta)
+            return h
+
+        return [x, self.looped(run, x)], new_caches
 
     def compute_logits(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits (divided and soft-capped where the family says so)."""

@@ -43,6 +43,7 @@ from flax import nnx
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, GatedRMSNorm, LayerNorm, RMSNorm
 from jllm.models.lightning_attention import LightningAttention, LightningSpec
+from jllm.models.looped import Loop
 from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
@@ -340,6 +341,9 @@ class ModelArgs:
     # and its last, incomplete block: jllm has no block-sparse attention, so it serves contexts up to the budget,
     # where every token is kept and QSA is causal attention (``max_context``)
     indexer_budget: int | None = None
+    # a looped model's schedule (``jllm.models.looped``: Dory's recurrent section, HRM-Text's stacks): ``layers`` are
+    # its invocations, each with pages of its own, the invocations of one stored layer sharing its module
+    loop: Loop | None = None
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
