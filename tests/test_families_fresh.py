@@ -40,6 +40,8 @@ LARA_MINI_KEYS = dict(
     shared_expert_intermediate_size=48,
 )
 
+DORY_KEYS = dict(num_hidden_layers=4, n_input_layers=1, n_output_layers=1, n_recurrent_loops=2, sliding_window=16)
+
 # name -> (architecture, config class (None: the architecture's), config.json keys besides BASE, logits tolerance)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     "lara_mini": ("LaraMiniForCausalLM", None, LARA_MINI_KEYS, HYBRID_LOGITS_RTOL),
@@ -47,6 +49,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     # than BASE's, as 12 invocations of 0.3's amplify float32's rounding (transformers' float32 logits 9.6e-4 from its
     # float64's there, jllm's 9.4e-4; 1.0e-6 from transformers' float32 at 0.15)
     "hrm_text": ("HrmTextForCausalLM", None, dict(H_cycles=2, L_cycles=2, initializer_range=0.15), LOGITS_RTOL),
+    # four layers (sliding, sliding, sliding, full): one input layer, two recurrent ones looped twice, one output
+    # layer (6 invocations); transformers' to_dict saves them as the released layout of attention and mlp blocks
+    "dory": ("DoryForCausalLM", None, DORY_KEYS, LOGITS_RTOL),
 }
 # families with a per-sequence state or pages a later chunk reads in a way of their own: their logits again over the
 # prompt prefilled 32 tokens a step (LaraMini's mixer is Qwen3.5's, its state across steps tests/test_hybrid.py's)
@@ -119,3 +124,71 @@ def test_unsupported_option_is_refused_at_load_naming_it(arch, change, message):
 
     with pytest.raises(ValueError, match=message):
         build_args({**BASE, "architectures": [arch], **change}, np.float32)
+
+
+@pytest.mark.slow  # transformers builds the checkpoint
+def test_dory_hub_layout_reads_the_same_tensors_as_transformers_saved_one(family_dirs, tmp_path):
+    """The hub keeps each Dory layer as two blocks (``layers.{2i}.mixer.`` attention with ``attn_alpha``,
+    ``layers.{2i+1}.mixer.`` MLP with ``mlp_alpha``); read through the aliases, every tensor lands on the name the
+    saved layout's does, with the same values."""
+    import contextlib
+    import json
+    import re
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from jllm.models.registry import build_args
+    from jllm.safetensors_index import SafetensorsIndex
+
+    saved = family_dirs["dory"]
+    blocks = {
+        "self_attn": (0, "mixer."),
+        "mlp": (1, "mixer."),
+        "lambda_1": (0, "attn_alpha"),
+        "lambda_2": (1, "mlp_alpha"),
+    }
+
+    def hub_name(name: str) -> str:
+        match = re.match(r"backbone\.layers\.(\d+)\.(self_attn\.|mlp\.|lambda_1|lambda_2)(.*)", name)
+        if match is None:
+            return name
+        k, block, rest = int(match[1]), match[2].rstrip("."), match[3]
+        odd, stored = blocks[block]
+        return f"backbone.layers.{2 * k + odd}.{stored}{rest}"
+
+    weights = build_args(json.loads((saved / "config.json").read_text()), np.float32)[1].weights
+    with contextlib.ExitStack() as stack:
+        ours = SafetensorsIndex(saved, stack, weights)
+        stored = {s.name: s.handle.get_tensor(s.name) for s in ours.tensors.values()}
+        save_file({hub_name(name): np.asarray(value) for name, value in stored.items()}, tmp_path / "model.safetensors")
+        shutil.copy(saved / "config.json", tmp_path / "config.json")
+        hub = SafetensorsIndex(tmp_path, stack, weights)
+        assert sorted(hub.tensors) == sorted(ours.tensors)
+        for name, kept in ours.tensors.items():
+            np.testing.assert_array_equal(
+                hub.tensors[name].handle.get_tensor(hub.tensors[name].name), stored[kept.name]
+            )
+
+
+def test_dory_reads_the_released_layout_and_refuses_last_loop_caches():
+    """A released config lists attention and mlp blocks in turn, every count doubled: read as transformers pairs them
+    (4 layers: one input, two recurrent looped twice, one output: 6 invocations, the output layer's first run at 5).
+    ``recurrent_kv_cache_mode`` "last_loop" is refused naming the key."""
+    from jllm.models.registry import build_args
+
+    released = dict(
+        BASE,
+        architectures=["DoryForCausalLM"],
+        num_hidden_layers=8,
+        n_input_layers=2,
+        n_output_layers=2,
+        n_recurrent_loops=2,
+        layer_types=["sliding_attention", "mlp"] * 3 + ["full_attention", "mlp"],
+    )
+    args = build_args(released, np.float32)[1]
+    assert len(args.layers) == 6 and [args.loop.owner(u) for u in range(6)] == [0, 1, 2, 1, 2, 5]
+    assert [spec.sliding_window for spec in args.layers] == [1024] * 5 + [None]  # DoryConfig's window
+    assert ("backbone.layers.3.", "model.layers.5.") in args.weights.aliases
+    with pytest.raises(ValueError, match="recurrent_kv_cache_mode='last_loop' is not supported"):
+        build_args({**released, "recurrent_kv_cache_mode": "last_loop"}, np.float32)

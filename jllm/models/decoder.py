@@ -29,6 +29,7 @@ from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
+from jllm.models.ngpt import L2Norm, NGPTLayer, ScaledLMHead
 from jllm.models.per_layer_inputs import LayerInput, PerLayerInputs
 from jllm.models.zamba2 import SharedBlockCall, SharedTransformer
 
@@ -259,21 +260,26 @@ class CausalLM(nnx.Module):
         self.per_layer_inputs = PerLayerInputs(args) if args.per_layer_input_size else None  # Gemma 4's and 3n's PLE
         self.altup_streams = AltUpStreams(args) if args.altup_streams else None  # Gemma 3n's
         blocks = _shared_blocks(args)  # Zamba2's shared transformer blocks
-        layers: list[DecoderLayer] = []
+        layers: list[DecoderLayer | NGPTLayer] = []
         for u, spec in enumerate(args.layers):  # a looped model's later invocations of a layer reuse its module
             owner = u if args.loop is None else args.loop.owner(u)
-            layers.append(DecoderLayer(args, spec, blocks) if owner == u else layers[owner])
+            if owner != u:
+                layers.append(layers[owner])
+            else:  # Dory's nGPT layers, or the decoder's
+                layers.append(NGPTLayer(args, spec) if args.ngpt else DecoderLayer(args, spec, blocks))
         self.layers = nnx.List(layers)
         self.looped = None if args.loop is None else Looped(args.loop, args.hidden_size, args.dtype)
         # Qwen4-Exp's streams mixed into one state in place of the final norm
         hyper = args.hyper_streams > 0
         self.hyper_connection_mixer = HyperConnection(args, inject=False) if hyper else None
-        self.norm = None if hyper else args.make_norm()
+        self.norm = None if hyper else L2Norm() if args.ngpt else args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
         self.lm_head = (
             None
             if args.tie_word_embeddings or args.num_labels is not None
+            else ScaledLMHead(args.hidden_size, args.vocab_size, args.dtype, args.ngpt)
+            if args.ngpt
             else Linear(
                 args.hidden_size,
                 args.head_vocab_size or args.vocab_size,

@@ -195,6 +195,14 @@ def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.
     return (y.astype(jnp.float32) * factor).astype(y.dtype)
 
 
+def l2_normed(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``x * rsqrt(sum(x^2) + eps)`` over the last axis, in float32, rounded to ``x``'s dtype: transformers'
+    ``l2norm`` (FLA's: the gated DeltaNet's q and k) and nGPT's projection onto the unit sphere (Dory's
+    ``DoryL2Norm``), both eps 1e-6."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
 def scaled(x: jax.Array, factor: float) -> jax.Array:
     """``x * factor`` in float32, rounded to ``x``'s dtype (torch's product of a tensor and a Python float: the
     factor not rounded to a bfloat16 first)."""

@@ -21,9 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.models.layers import param
-
-L2_EPS = 1e-6  # Dory's DoryL2Norm (Llama 4's weightless norm's default eps)
+from jllm.models.layers import l2_normed, param
 
 Run = Callable[[int, jax.Array], jax.Array]  # (invocation, its input [T, hidden]) -> its output
 
@@ -137,10 +135,3 @@ class Looped(nnx.Module):
         """The last invocation's output ``[T, hidden]`` (before the model's final norm) from the embeddings ``x``;
         ``run`` runs one invocation over its pages."""
         return self.loop.run(self, run, x)
-
-
-def l2_normed(x: jax.Array, eps: float = L2_EPS) -> jax.Array:
-    """nGPT's projection onto the unit sphere, ``x * rsqrt(sum(x^2) + eps)`` over the last axis, in float32 (Dory's
-    ``DoryL2Norm``)."""
-    x32 = x.astype(jnp.float32)
-    return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)

@@ -132,6 +132,16 @@ class WeightMap:
 
 
 @dataclasses.dataclass(frozen=True)
+class NGPTSpec:
+    """nGPT's layers (Dory's, ``jllm.models.ngpt``) in place of the decoder's, and the scales their stored
+    parameters are read with: ``initializer_range`` (every ``s_init / initializer_range`` divides by it) and
+    ``alpha_init`` (the residual rates', Dory's ``ngpt_alpha_init``)."""
+
+    initializer_range: float
+    alpha_init: float
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerSpec:
     """What may differ between the layers of one model (Gemma alternates sliding and global layers)."""
 
@@ -344,6 +354,7 @@ class ModelArgs:
     # a looped model's schedule (``jllm.models.looped``: Dory's recurrent section, HRM-Text's stacks): ``layers`` are
     # its invocations, each with pages of its own, the invocations of one stored layer sharing its module
     loop: Loop | None = None
+    ngpt: NGPTSpec | None = None  # nGPT's normalized layers, final norm and scaled LM head (Dory's)
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]

@@ -182,6 +182,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "BailingHybridForCausalLM": bailing_hybrid.bailing_hybrid,
     "LaraMiniForCausalLM": lara_mini.lara_mini,
     "HrmTextForCausalLM": looped.hrm_text,
+    "DoryForCausalLM": looped.dory,
     "Qwen3NextForCausalLM": qwen3_next.qwen3_next,
     "Qwen3_5ForCausalLM": qwen3_next.qwen3_5,
     "Qwen3_5MoeForCausalLM": qwen3_next.qwen3_5_moe,
