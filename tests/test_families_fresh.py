@@ -52,6 +52,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     # four layers (sliding, sliding, sliding, full): one input layer, two recurrent ones looped twice, one output
     # layer (6 invocations); transformers' to_dict saves them as the released layout of attention and mlp blocks
     "dory": ("DoryForCausalLM", None, DORY_KEYS, LOGITS_RTOL),
+    # a sliding window shorter than the prompts; keep_window_size 2048 past them (jllm serves up to it)
+    "doge": ("DogeForCausalLM", None, dict(sliding_window=16), LOGITS_RTOL),
 }
 # families with a per-sequence state or pages a later chunk reads in a way of their own: their logits again over the
 # prompt prefilled 32 tokens a step (LaraMini's mixer is Qwen3.5's, its state across steps tests/test_hybrid.py's)
@@ -117,6 +119,12 @@ def test_hrm_text_runs_each_stack_layer_in_every_cycle_with_pages_of_its_own_and
     [
         ("HrmTextForCausalLM", {"attention_bias": True}, "HRM-Text attention_bias=True is not supported"),
         ("HrmTextForCausalLM", {"mlp_bias": True}, "HRM-Text mlp_bias=True is not supported"),
+        (
+            "DoryForCausalLM",
+            {**DORY_KEYS, "tie_word_embeddings": True},
+            "Dory tie_word_embeddings=True is not supported",
+        ),
+        ("DogeForCausalLM", {"is_moe": True}, "Doge is_moe=True is not supported"),
     ],
 )
 def test_unsupported_option_is_refused_at_load_naming_it(arch, change, message):
@@ -192,3 +200,16 @@ def test_dory_reads_the_released_layout_and_refuses_last_loop_caches():
     assert ("backbone.layers.3.", "model.layers.5.") in args.weights.aliases
     with pytest.raises(ValueError, match="recurrent_kv_cache_mode='last_loop' is not supported"):
         build_args({**released, "recurrent_kv_cache_mode": "last_loop"}, np.float32)
+
+
+def test_doge_context_is_its_keep_window_and_its_pool_keeps_each_keys_bias():
+    """Doge keeps the ``keep_window_size`` keys of largest bias for a query that sees more: jllm serves up to the
+    window (every key kept, the mask the bias alone), and the error ``build`` raises for a longer ``max_model_len``
+    names it. Each pool head is one channel wider than the heads: the key's bias beside it."""
+    from jllm.kv_cache import KVCacheSpec
+    from jllm.models.registry import build_args
+
+    args = build_args({**BASE, "architectures": ["DogeForCausalLM"], "keep_window_size": 48}, np.float32)[1]
+    assert args.max_context == 48
+    assert args.context_limit.startswith("the model's keep_window_size=48: jllm keeps no top keep_window_size keys")
+    assert KVCacheSpec.for_model(args, 16, np.float32).head_dim == BASE["head_dim"] + 1

@@ -22,6 +22,7 @@ from flax import nnx
 from jllm.attention import AttentionMetadata
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
+from jllm.models.dynamic_mask import DynamicMaskAttention
 from jllm.models.hyper_connections import HyperConnection
 from jllm.models.layers import MLP, Embedding, Laurel, Linear, param, scaled, sinusoidal_positions
 from jllm.models.looped import Looped
@@ -66,6 +67,8 @@ class DecoderLayer(nnx.Module):
             self.self_attn = None
         elif args.attention_experts:
             self.self_attn = MixtureOfAttention(args, spec)
+        elif args.dynamic_mask_window:  # Doge's
+            self.self_attn = DynamicMaskAttention(args, spec)
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
@@ -84,6 +87,9 @@ class DecoderLayer(nnx.Module):
         self.adds_shortcut = spec.moe_shortcut == "in"
         self.sparse = args.mla is not None and args.mla.indexer is not None  # DeepSeek Sparse Attention's selection
         self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None
+        residual = args.residual_weights  # Doge's weights on each block's residual
+        self.input_residual = param((args.hidden_size,), args.dtype, ("embed",)) if residual else None
+        self.post_attention_residual = param((args.hidden_size,), args.dtype, ("embed",)) if residual else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
@@ -168,10 +174,11 @@ class DecoderLayer(nnx.Module):
             laurel = self.laurel(self.input_layernorm(x))
             x = (x + h + laurel) / jnp.asarray(math.sqrt(2), x.dtype)
         else:
-            x = x + h
+            x = _weighted(x, self.input_residual) + h
         if self.shortcut_moe is not None:
             carry = self.shortcut_moe(self.post_attention_layernorm(x))
-        x = x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)
+        if self.mlp is not None:
+            x = _weighted(x, self.post_attention_residual) + self._mlp(x, self.post_attention_layernorm, lora)
         if self.adds_shortcut:
             x, carry = x + carry, None
         return x, kv_pages, carry
@@ -225,6 +232,11 @@ class DecoderLayer(nnx.Module):
         """A block's output as the residual adds it: times ``residual_scale`` where the family has one (in float32,
         as torch multiplies a tensor by a Python float, the scale not rounded to a bfloat16)."""
         return h if self.residual_scale is None else scaled(h, self.residual_scale)
+
+
+def _weighted(x: jax.Array, weight: nnx.Param | None) -> jax.Array:
+    """A residual times its learned weight per channel (Doge's), or as it is."""
+    return x if weight is None else x * weight[...]
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -355,6 +355,12 @@ class ModelArgs:
     # its invocations, each with pages of its own, the invocations of one stored layer sharing its module
     loop: Loop | None = None
     ngpt: NGPTSpec | None = None  # nGPT's normalized layers, final norm and scaled LM head (Dory's)
+    # Doge's dynamic mask attention (``jllm.models.dynamic_mask``): a bias per key and KV head, kept as one more
+    # channel of the pool's key heads; its keep_window_size, the longest context served (where every key is kept)
+    dynamic_mask_window: int | None = None
+    # each block's residual times a learned weight per channel before the add, ``x * w + block(x)`` (Doge's
+    # input_residual and post_attention_residual)
+    residual_weights: bool = False
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -432,7 +438,10 @@ class ModelArgs:
         latent pool's one head counts its copies under tensor parallelism (one a device), as ``num_kv_heads`` does."""
         if spec.kv_source is not None:
             return None
-        return (self.num_kv_heads, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
+        if self.mla is not None:
+            return self.num_kv_heads, self.mla.latent_dim
+        kv_heads, head_dim = self.layer_heads(spec)
+        return kv_heads, head_dim + bool(self.dynamic_mask_window)  # Doge's key bias beside each key
 
     def _check_quantizable(self) -> None:
         """Refuses ``quant`` for the layers with no quantized form yet."""
@@ -604,8 +613,9 @@ class ModelArgs:
 
     @property
     def kv_pool_head_dim(self) -> int:
-        """The width of a KV pool head: ``head_dim``, or the latent's (``MLASpec.latent_dim``)."""
-        return self.head_dim if self.mla is None else self.mla.latent_dim
+        """The width of a KV pool head: ``head_dim`` (one more with Doge's key bias), or the latent's
+        (``MLASpec.latent_dim``)."""
+        return self.head_dim + bool(self.dynamic_mask_window) if self.mla is None else self.mla.latent_dim
 
     @property
     def sliding_windows(self) -> list[int | None]:
@@ -615,12 +625,17 @@ class ModelArgs:
     def max_context(self) -> int:
         """The longest context the model is served with: its positions, or a shorter attention chunk or QSA
         budget."""
-        limits = (n for n in (self.attention_chunk_size, self.indexer_budget) if n)
+        limits = (n for n in (self.attention_chunk_size, self.indexer_budget, self.dynamic_mask_window) if n)
         return min(self.max_position_embeddings, *limits, self.max_position_embeddings)
 
     @property
     def context_limit(self) -> str:
         """Why ``max_context`` is below the positions (``build``'s error for a longer ``max_model_len``)."""
+        if self.dynamic_mask_window and self.dynamic_mask_window == self.max_context:
+            return (
+                f"the model's keep_window_size={self.dynamic_mask_window}: jllm keeps no top keep_window_size keys of "
+                "Doge's dynamic mask, so it serves contexts up to the window, where every key is kept"
+            )
         if self.indexer_budget and self.indexer_budget == self.max_context:
             return (
                 f"the model's indexer_budget={self.indexer_budget}: jllm has no QSA block-sparse attention, so it "
