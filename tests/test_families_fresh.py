@@ -42,6 +42,21 @@ LARA_MINI_KEYS = dict(
 
 DORY_KEYS = dict(num_hidden_layers=4, n_input_layers=1, n_output_layers=1, n_recurrent_loops=2, sliding_window=16)
 
+# Ergo: a dense first layer, then two mixture layers of 4 experts (top 2) beside a shared expert; every second layer
+# global (no positions, its scores scaled), the others sliding
+ERGO_KEYS = dict(
+    num_hidden_layers=3,
+    num_dense_blocks=1,
+    first_dense_intermediate_size=80,
+    moe_intermediate_size=32,
+    shared_intermediate_size=48,
+    num_experts=4,
+    num_experts_per_tok=2,
+    sliding_window=16,
+    global_attention_every_n_layers=2,
+    global_attention_scale=1.3,
+)
+
 # name -> (architecture, config class (None: the architecture's), config.json keys besides BASE, logits tolerance)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     "lara_mini": ("LaraMiniForCausalLM", None, LARA_MINI_KEYS, HYBRID_LOGITS_RTOL),
@@ -54,6 +69,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     "dory": ("DoryForCausalLM", None, DORY_KEYS, LOGITS_RTOL),
     # a sliding window shorter than the prompts; keep_window_size 2048 past them (jllm serves up to it)
     "doge": ("DogeForCausalLM", None, dict(sliding_window=16), LOGITS_RTOL),
+    "ergo": ("ErgoForCausalLM", None, ERGO_KEYS, LOGITS_RTOL),
 }
 # families with a per-sequence state or pages a later chunk reads in a way of their own: their logits again over the
 # prompt prefilled 32 tokens a step (LaraMini's mixer is Qwen3.5's, its state across steps tests/test_hybrid.py's)

@@ -24,7 +24,7 @@ from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
 from jllm.models.dynamic_mask import DynamicMaskAttention
 from jllm.models.hyper_connections import HyperConnection
-from jllm.models.layers import MLP, Embedding, Laurel, Linear, param, scaled, sinusoidal_positions
+from jllm.models.layers import MLP, Embedding, Laurel, Linear, ResidualGate, param, scaled, sinusoidal_positions
 from jllm.models.looped import Looped
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
@@ -90,6 +90,9 @@ class DecoderLayer(nnx.Module):
         residual = args.residual_weights  # Doge's weights on each block's residual
         self.input_residual = param((args.hidden_size,), args.dtype, ("embed",)) if residual else None
         self.post_attention_residual = param((args.hidden_size,), args.dtype, ("embed",)) if residual else None
+        gates = args.residual_gates  # Ergo's gates on each block's residual add
+        self.attention_residual_gate = ResidualGate(args.hidden_size) if gates else None
+        self.feedforward_residual_gate = ResidualGate(args.hidden_size) if gates else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
@@ -174,11 +177,12 @@ class DecoderLayer(nnx.Module):
             laurel = self.laurel(self.input_layernorm(x))
             x = (x + h + laurel) / jnp.asarray(math.sqrt(2), x.dtype)
         else:
-            x = _weighted(x, self.input_residual) + h
+            x = _residual_add(x, h, self.input_residual, self.attention_residual_gate)
         if self.shortcut_moe is not None:
             carry = self.shortcut_moe(self.post_attention_layernorm(x))
         if self.mlp is not None:
-            x = _weighted(x, self.post_attention_residual) + self._mlp(x, self.post_attention_layernorm, lora)
+            h = self._mlp(x, self.post_attention_layernorm, lora)
+            x = _residual_add(x, h, self.post_attention_residual, self.feedforward_residual_gate)
         if self.adds_shortcut:
             x, carry = x + carry, None
         return x, kv_pages, carry
@@ -234,9 +238,12 @@ class DecoderLayer(nnx.Module):
         return h if self.residual_scale is None else scaled(h, self.residual_scale)
 
 
-def _weighted(x: jax.Array, weight: nnx.Param | None) -> jax.Array:
-    """A residual times its learned weight per channel (Doge's), or as it is."""
-    return x if weight is None else x * weight[...]
+def _residual_add(x: jax.Array, h: jax.Array, weight: nnx.Param | None, gate: ResidualGate | None) -> jax.Array:
+    """A block's output ``h`` added to the residual ``x``: ``x + h``, the residual times its learned weight per
+    channel first (Doge's), or the two mixed by a learned gate (Ergo's)."""
+    if gate is not None:
+        return gate(h, x)
+    return (x if weight is None else x * weight[...]) + h
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -370,6 +370,21 @@ class MLP(nnx.Module):
         return jax.nn.relu(g32 - (mean + std * self.sparsity_cutoff)).astype(gate.dtype)
 
 
+class ResidualGate(nnx.Module):
+    """Ergo's residual add: a block's output and the residual mixed by a learned weight per channel, ``sigmoid(w) *
+    h + sqrt(1 + sigmoid(w)) * exp(-softplus(w) / 2) * x``, in float32 (its ``ErgoResidualGate``, whose weight
+    transformers keeps in float32)."""
+
+    def __init__(self, dim: int):
+        self.weight = param((dim,), jnp.float32, ("embed",))
+
+    def __call__(self, h: jax.Array, residual: jax.Array) -> jax.Array:
+        w = self.weight[...]
+        branch = jax.nn.sigmoid(w)
+        kept = jnp.sqrt(1.0 + branch) * jnp.exp(-0.5 * jax.nn.softplus(w))
+        return (branch * h.astype(jnp.float32) + kept * residual.astype(jnp.float32)).astype(residual.dtype)
+
+
 class Laurel(nnx.Module):
     """Gemma 3n's learned augmented residual (LAuReL): ``x + norm(right(left(x)))``, a rank-``rank`` map beside the
     attention, over the attention's normed input. Tensors named as the checkpoint's (``laurel.linear_left``, ...);

@@ -195,6 +195,7 @@ class LayerSpec:
     # SwiGLU on every layer's experts, Ling 3's per-layer limits (``expert_swiglu_limit_list`` and the shared one's)
     experts_glu: ClampedSwiGLU | None = None
     shared_expert_glu: ClampedSwiGLU | None = None
+    score_scale: float = 1.0  # this layer's attention scores times this (Ergo's global layers' global_attention_scale)
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -361,6 +362,10 @@ class ModelArgs:
     # each block's residual times a learned weight per channel before the add, ``x * w + block(x)`` (Doge's
     # input_residual and post_attention_residual)
     residual_weights: bool = False
+    # each block's output and residual mixed by a learned gate per channel (Ergo's, ``layers.ResidualGate``)
+    residual_gates: bool = False
+    # each expert's output RMS-normed with a weight of its own, the shared expert's with one (Ergo's)
+    expert_out_norms: bool = False
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -511,6 +516,7 @@ class ModelArgs:
             gated=self.mlp_gated,
             zero_experts=self.zero_experts,
             shared_glu=spec.shared_expert_glu,
+            out_norm_eps=self.norm_eps if self.expert_out_norms else None,
         )
 
     def make_moe_beside(self) -> MoEBesideMLP | None:
