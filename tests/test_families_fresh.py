@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from model_utils import hf_logits, jllm_chunked_logits, jllm_logits, relative_error
+from model_utils import hf_logits, jllm_chunked_logits, jllm_logits, relative_error, run_tp_worker
 from test_families import (
     BASE,
     DELTANET_KEYS,
@@ -20,6 +20,7 @@ from test_families import (
     LOGITS_RTOL,
     NEW_TOKENS,
     PROMPTS,
+    TP_NEW_TOKENS,
     FamilyDirs,
     hf_greedy,
 )
@@ -78,6 +79,12 @@ CHUNKED: set[str] = set()
 # (tests/test_hybrid.py's greedy batch) and Qwen3's attention; its greedy batch equals transformers' by hand
 # (2026-12-06, 59 s a row on a loaded 2-core machine)
 LOGITS_ONLY = {"lara_mini"}
+# Tensor parallelism where a family brings something new to shard: Doge's key bias (its pool heads one channel
+# wider, split with the KV heads; dt_proj reading every head's values). Dory's unit norms over all heads (reduced
+# across devices, as OLMo 2's q/k norms) and Ergo's per-expert output norms beside experts split by their MLP columns
+# matched transformers' tokens and logits at TP 2 by hand (2026-12-06, ~13 s of CPU a family); LaraMini's DeltaNet
+# at TP 2 and 4 is tests/test_hybrid_tp.py's.
+TP_SIZES = {"doge": [2]}
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +236,23 @@ def test_doge_context_is_its_keep_window_and_its_pool_keeps_each_keys_bias():
     assert args.max_context == 48
     assert args.context_limit.startswith("the model's keep_window_size=48: jllm keeps no top keep_window_size keys")
     assert KVCacheSpec.for_model(args, 16, np.float32).head_dim == BASE["head_dim"] + 1
+
+
+@pytest.fixture(scope="module")
+def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tests/tp_worker.py's greedy runs and prefill logits of ``TP_SIZES``' families on 8 fake CPU devices, in one
+    subprocess (JAX starts once)."""
+    tmp = tmp_path_factory.mktemp("fresh_families_tp")
+    families = {name: [str(family_dirs[name]), sizes] for name, sizes in TP_SIZES.items()}
+    return run_tp_worker({"families": families, "cache_dir": str(tmp / "jllm_cache")}, tmp, timeout=900)["generate"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TP_SIZES))
+def test_tensor_parallel_matches_transformers(tp_found, family_dirs, name):
+    runs = tp_found[name]
+    expected_tokens = [tokens[:TP_NEW_TOKENS] for tokens in hf_greedy(family_dirs[name], PROMPTS, TP_NEW_TOKENS)]
+    expected_logits = hf_logits(family_dirs[name], PROMPTS[2])
+    for tp in map(str, TP_SIZES[name]):
+        assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"
+        assert relative_error(np.load(runs[tp]["logits_file"]), expected_logits) < FAMILIES[name][3], f"TP={tp}"
