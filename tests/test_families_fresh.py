@@ -256,3 +256,22 @@ def test_tensor_parallel_matches_transformers(tp_found, family_dirs, name):
     for tp in map(str, TP_SIZES[name]):
         assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"
         assert relative_error(np.load(runs[tp]["logits_file"]), expected_logits) < FAMILIES[name][3], f"TP={tp}"
+
+
+@pytest.mark.parametrize(
+    "arch, keys, family",
+    [("DogeForCausalLM", {}, "Doge"), ("DoryForCausalLM", DORY_KEYS, "Dory"), ("HrmTextForCausalLM", {}, "HRM-Text")],
+)
+def test_quantization_is_refused_by_name(arch, keys, family):
+    from jllm.loader import abstract_model
+    from jllm.quantization import QuantScheme
+
+    config = {**BASE, **keys, "architectures": [arch]}
+    with pytest.raises(ValueError, match=f"quantization='int8' is not supported for {family}"):
+        abstract_model(config, np.float32, 1, QuantScheme("int8"))
+
+
+@pytest.mark.slow  # transformers builds the checkpoint
+def test_doge_refuses_an_fp8_pool_naming_the_key(family_dirs):
+    with pytest.raises(ValueError, match="kv_cache_dtype='fp8' is not supported for Doge"):
+        LLM(str(family_dirs["doge"]), **{**ENGINE_ARGS, "kv_cache_dtype": "fp8"})

@@ -470,6 +470,12 @@ class ModelArgs:
                 f"quantization={self.quant.name!r} is not supported for LFM2's short-conv hybrids (not yet checked "
                 "against float's logits); leave quantization unset"
             )
+        if self.loop is not None or self.ngpt is not None or self.dynamic_mask_window:
+            family = "Doge" if self.dynamic_mask_window else "Dory" if self.ngpt is not None else "HRM-Text"
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for {family} (not yet checked against float's "
+                "logits); leave quantization unset"
+            )
         if self.v_norm:
             family = "Gemma 3n" if self.altup_streams else "Gemma 4"
             raise ValueError(
