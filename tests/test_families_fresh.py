@@ -75,10 +75,11 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
 # families with a per-sequence state or pages a later chunk reads in a way of their own: their logits again over the
 # prompt prefilled 32 tokens a step (LaraMini's mixer is Qwen3.5's, its state across steps tests/test_hybrid.py's)
 CHUNKED: set[str] = set()
-# families whose engine runs nothing another family's greedy row does not: LaraMini's layers are Qwen3.5's mixer
-# (tests/test_hybrid.py's greedy batch) and Qwen3's attention; its greedy batch equals transformers' by hand
-# (2026-12-06, 59 s a row on a loaded 2-core machine)
-LOGITS_ONLY = {"lara_mini"}
+# families whose engine runs nothing another family's greedy row does not, each's greedy batch equal to transformers'
+# by hand (2026-12-06): LaraMini's layers are Qwen3.5's mixer (tests/test_hybrid.py's greedy batch) and Qwen3's
+# attention (59 s a row on a loaded 2-core machine); HRM-Text's invocations keep their pages as Dory's do (its greedy
+# row runs the looped engine); Ergo's layers keep plain pages, what is new in them is in their logits row
+LOGITS_ONLY = {"lara_mini", "hrm_text", "ergo"}
 # Tensor parallelism where a family brings something new to shard: Doge's key bias (its pool heads one channel
 # wider, split with the KV heads; dt_proj reading every head's values). Dory's unit norms over all heads (reduced
 # across devices, as OLMo 2's q/k norms) and Ergo's per-expert output norms beside experts split by their MLP columns
