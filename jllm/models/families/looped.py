@@ -80,16 +80,19 @@ def dory(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Dory: nGPT's layers (``jllm.models.ngpt``) by ``layer_types`` (sliding or full, each its rotary), the input,
     recurrent and output sections (``n_*_layers``, ``n_recurrent_loops``); a released config's layers, listed as
     attention and MLP blocks in turn (``"mlp"`` entries, every count doubled), read as transformers pairs them. Only
-    ``recurrent_kv_cache_mode`` "per_loop" is served (each loop's own pages); "last_loop", whose earlier loops attend
-    over pages they do not write, is refused. The checkpoint is read under transformers' saved names
+    ``recurrent_kv_cache_mode`` "per_loop" is served (each loop's own pages); "last_loop", whose earlier loops read
+    the last loop's K/V for earlier steps' tokens and their own for the step's, depends on where steps split a prompt
+    and is refused. The checkpoint is read under transformers' saved names
     (``backbone.``, ``embeddings``, ``g_proj``) or the hub's (each layer's attention and MLP blocks as two,
     ``mixer.``, ``attn_alpha`` / ``mlp_alpha``)."""
     cfg = {**DORY_DEFAULTS, **cfg}
     if (mode := cfg.get("recurrent_kv_cache_mode", "per_loop")) != "per_loop":
         raise ValueError(
             f"Dory recurrent_kv_cache_mode={mode!r} is not supported (supported: 'per_loop'): its earlier loops "
-            "attend over the last loop's cached K/V and their own tokens without writing them, which jllm's pages "
-            "cannot hold apart; serve the checkpoint with recurrent_kv_cache_mode 'per_loop' (a page set per loop)"
+            "attend over the last loop's cached K/V for the tokens of earlier steps and their own for the step's, "
+            "so its outputs depend on where steps split a prompt (a chunked prefill, a prefix-cache hit, a "
+            "preempted prompt computed again) and transformers' one-pass prefill cannot be reproduced; serve the "
+            "checkpoint with recurrent_kv_cache_mode 'per_loop' (a page set per loop)"
         )
     types, counts = cfg.get("layer_types"), ("num_hidden_layers", "n_input_layers", "n_output_layers")
     if types and "mlp" in types:  # the released layout: each layer an attention block, then an mlp block
