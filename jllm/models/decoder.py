@@ -51,7 +51,8 @@ class DecoderLayer(nnx.Module):
     indexer reuse (``LayerSpec.reuses_selection``). Qwen4-Exp's layers read and write hyper-connection streams: each
     block's input a learned mix of them, its output added to each by a learned weight
     (``jllm.models.hyper_connections``). Falcon-H1's layers run attention beside their Mamba2 mixer
-    (``LayerSpec.attention_beside``)."""
+    (``LayerSpec.attention_beside``). Each residual add may weigh the residual per channel (Doge's) or mix it with the
+    block's output by a learned gate (Ergo's)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -266,6 +267,9 @@ def _decoder_layer(
 
 
 class CausalLM(nnx.Module):
+    """The decoder's layers over the embeddings, then the final norm; a looped model's runs of a stored layer share
+    its module (``jllm.models.looped``), Dory's layers are nGPT's (``jllm.models.ngpt``)."""
+
     def __init__(self, args: ModelArgs):
         self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.dtype, args.embed_scale)
         self.embed_positions = (

@@ -25,7 +25,10 @@ of their own KV heads and head width, keys reused as values, layers reading an e
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
 selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
-its QSA budget as a context limit.
+its QSA budget as a context limit; looped models, each run of a stored layer a layer of its own (``loop``: Dory's and
+HRM-Text's, ``jllm.models.looped``); Dory's nGPT layers (``ngpt``, ``jllm.models.ngpt``); Doge's dynamic mask
+attention (``dynamic_mask_window``, ``jllm.models.dynamic_mask``) and weighted residuals; Ergo's gated residual adds,
+normed experts and scaled global layers.
 
 Where this module sits: docs/architecture.md.
 """
