@@ -149,6 +149,7 @@ def test_hrm_text_runs_each_stack_layer_in_every_cycle_with_pages_of_its_own_and
             "Dory tie_word_embeddings=True is not supported",
         ),
         ("DogeForCausalLM", {"is_moe": True}, "Doge is_moe=True is not supported"),
+        ("LaraMiniForCausalLM", {"hidden_act": "gelu"}, "LaraMini hidden_act='gelu' is not supported"),
     ],
 )
 def test_unsupported_option_is_refused_at_load_naming_it(arch, change, message):

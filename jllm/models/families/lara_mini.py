@@ -38,7 +38,8 @@ FUSED_PARTS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")
 
 def lara_mini(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """LaraMini: ``layer_types`` (by default the released period of five), the DeltaNet's widths (``linear_*``), the
-    mixture's sizes; ``attention_bias`` read onto q, k, v and o as Qwen3's attention has it."""
+    mixture's sizes; ``attention_bias`` read onto q, k, v and o as Qwen3's attention has it; a ``hidden_act`` other than
+    SiLU refused (transformers' DeltaNet convolution takes it too, jllm's is SiLU's)."""
     cfg = {**DEFAULTS, **cfg}
     n = cfg["num_hidden_layers"]
     types = cfg.get("layer_types") or [PATTERN[i % len(PATTERN)] for i in range(n)]
@@ -61,6 +62,8 @@ def lara_mini(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     if not 0 < top_k <= experts:
         raise ValueError(f"LaraMini num_experts_per_tok={top_k} must be between 1 and num_experts={experts}")
     bias = bool(cfg.get("attention_bias", False))
+    if (act := activation(cfg, "hidden_act", "silu", "LaraMini")) != "silu":
+        raise ValueError(f"LaraMini hidden_act={act!r} is not supported (supported: 'silu', the DeltaNet conv's)")
     deltanet = DeltaNetSpec(
         num_k_heads=cfg.get("linear_num_key_heads", 8),
         num_v_heads=cfg.get("linear_num_value_heads", 16),
@@ -77,7 +80,7 @@ def lara_mini(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         qk_norm=True,
         qkv_bias=bias,
         o_bias=bias,
-        mlp_act=activation(cfg, "hidden_act", "silu", "LaraMini"),
+        mlp_act=act,
         deltanet=deltanet,
         num_experts=experts,
         experts_per_token=top_k,
