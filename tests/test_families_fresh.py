@@ -29,11 +29,12 @@ from jllm import LLM, SamplingParams
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 
-# LaraMini: DeltaNet, sliding (rotary), DeltaNet, full (no position) and sliding layers; a mixture of 4 experts (top 2)
-# beside an ungated shared expert in every layer
+# LaraMini: a DeltaNet, a sliding (rotary) and a full (no position) layer; a mixture of 4 experts (top 2) beside an
+# ungated shared expert in every layer
 LARA_MINI_KEYS = dict(
-    {k: v for k, v in DELTANET_KEYS.items() if k != "layer_types"},
-    num_hidden_layers=5,
+    DELTANET_KEYS,
+    num_hidden_layers=3,
+    layer_types=["linear_attention", "sliding_attention", "full_attention"],
     sliding_window=16,
     num_experts=4,
     num_experts_per_tok=2,
