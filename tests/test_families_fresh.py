@@ -123,17 +123,21 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
 def test_hrm_text_runs_each_stack_layer_in_every_cycle_with_pages_of_its_own_and_refuses_hidden_states():
     """HRM-Text's 2 H cycles of 2 L cycles over stacks of 2 layers are 12 invocations (12 layers' pages), each running
     the first invocation's module of its stored layer (the L stack's at 0 and 1, the H stack's at 4 and 5), read under
-    those names; hidden states are refused, transformers' layer indices naming none of the invocations."""
+    those names: the weights exist once (what the loader reads and the memory plan counts); hidden states are
+    refused, transformers' layer indices naming none of the invocations."""
     from types import SimpleNamespace
 
+    from flax import nnx
+
     from jllm.errors import InputError
-    from jllm.models.registry import build_args
+    from jllm.loader import abstract_model
     from jllm.pooling import Encoder
 
     config = {**BASE, "architectures": ["HrmTextForCausalLM"], "H_cycles": 2, "L_cycles": 2}
-    args = build_args(config, np.float32)[1]
+    _, state, args, _ = abstract_model(config, np.float32, 1, None)
     assert len(args.layers) == args.num_layers == 12
     assert [args.loop.owner(u) for u in range(12)] == [0, 1, 0, 1, 4, 5] * 2
+    assert {path[1] for path, _ in nnx.to_flat_state(state) if path[0] == "layers"} == {0, 1, 4, 5}
     assert ("model.H_module.layers.1.", "model.layers.5.") in args.weights.aliases
     with pytest.raises(InputError, match="not supported for looped models"):
         Encoder(SimpleNamespace(loaded=SimpleNamespace(args=args)), max_model_len=64)
