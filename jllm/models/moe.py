@@ -146,6 +146,12 @@ class Router(nnx.Module):
         return x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)  # [T, experts]
 
 
+def row_experts(group_sizes: jax.Array, rows: int) -> jax.Array:
+    """``[rows]`` int32: the expert of each row of a grouped matmul's rows, sorted by expert."""
+    experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
+    return jnp.repeat(experts, group_sizes, total_repeat_length=rows)
+
+
 class ExpertLinear(nnx.Module):
     """One linear map per expert, stacked: ``kernel [experts, in, *out]`` (and ``bias [experts, *out]``); rows of
     ``x`` sorted by expert."""
@@ -160,9 +166,7 @@ class ExpertLinear(nnx.Module):
         y = jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
         if self.bias is None:
             return y
-        experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
-        expert = jnp.repeat(experts, group_sizes, total_repeat_length=x.shape[0])  # [rows] each row's expert
-        return y + jnp.take(self.bias[...], expert, axis=0)
+        return y + jnp.take(self.bias[...], row_experts(group_sizes, x.shape[0]), axis=0)
 
 
 class Experts(nnx.Module):
@@ -206,11 +210,11 @@ class Experts(nnx.Module):
         """Each row's output through its expert's RMSNorm (float32), where the experts have them."""
         if self.post_expert_norm is None:
             return y
-        experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
-        expert = jnp.repeat(experts, group_sizes, total_repeat_length=y.shape[0])  # [rows] each row's expert
         y32 = y.astype(jnp.float32)
         y32 = y32 * jax.lax.rsqrt(jnp.mean(y32 * y32, axis=-1, keepdims=True) + self.out_norm_eps)
-        return (y32 * jnp.take(self.post_expert_norm[...], expert, axis=0)).astype(y.dtype)
+        return (y32 * jnp.take(self.post_expert_norm[...], row_experts(group_sizes, y.shape[0]), axis=0)).astype(
+            y.dtype
+        )
 
 
 def mix_experts(
