@@ -1,6 +1,10 @@
 """The looped families (``jllm.models.looped``): each run of a stored layer is a jllm layer with pages of its own,
 the runs of one stored layer sharing its module, read under the first run's name (``WeightMap.aliases``).
 
+Dory (NVIDIA's looped nGPT, ``DoryForCausalLM``): nGPT's layers (``jllm.models.ngpt``), its input layers once, its
+recurrent layers ``n_recurrent_loops`` times (``DoryLoop``), its output layers once; each loop's runs keep pages of
+their own ("per_loop" caches).
+
 HRM-Text (Sapient's hierarchical reasoning model, ``HrmTextForCausalLM``): two stacks of Llama layers (multi-head
 attention whose output is gated per channel by a sigmoid of its own projection, weightless RMSNorms, a SwiGLU), run
 ``H_cycles * (L_cycles + 1)`` times per token as ``HrmLoop`` says, its embeddings scaled by ``embedding_scale``. The
