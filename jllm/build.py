@@ -171,6 +171,12 @@ def _worker(
             f"max_model_len={max_model_len} exceeds {args.context_limit}; set max_model_len <= {args.max_context}"
         )
     page_size = config.cache.page_size
+    if args.dynamic_mask_window and config.cache.kv_cache_dtype != "auto":
+        raise ValueError(
+            f"kv_cache_dtype={config.cache.kv_cache_dtype!r} is not supported for Doge: its pool keeps each key's "
+            "dynamic-mask bias beside the key, which e4m3 with the keys' scale would round or clip; use "
+            "kv_cache_dtype auto"
+        )
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
     model_spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
     # before any sizing: the kernels read a pool whose heads are padded to their width

@@ -156,6 +156,12 @@ class Encoder:
                 "hidden states and embeddings are not supported for LongCat-Flash: jllm runs each of its layers as "
                 "two, so transformers' layer indices name none of them; use generation"
             )
+        if runner.loaded.args.loop is not None:
+            raise InputError(
+                "hidden states and embeddings are not supported for looped models (Dory, HRM-Text): jllm runs each "
+                "run of a stored layer as a layer of its own, so transformers' layer indices name none of them; use "
+                "generation"
+            )
         self.runner = runner
         self.num_layers = runner.loaded.args.num_layers
         largest = runner.buckets[-1]

@@ -19,7 +19,8 @@ import pytest
 from model_utils import relative_error
 
 from jllm.attention import AttentionMetadata
-from jllm.models.gated_deltanet import _delta_step, _l2_normed, chunked_delta_rule
+from jllm.models.gated_deltanet import _delta_step, chunked_delta_rule
+from jllm.models.layers import l2_normed
 from jllm.models.lightning_attention import chunked_lightning, lightning_step
 from jllm.models.mamba2 import ssd_chunked, ssd_step
 from jllm.models.recurrent_state import scan_segments
@@ -84,7 +85,7 @@ def token_scan(step: Callable, state: jax.Array, xs: tuple, out_like: Any, meta:
 def delta_inputs(rng: np.random.Generator, num_tokens: int, per_channel: bool = False) -> tuple[jax.Array, ...]:
     """q (L2-normed, scaled), k (L2-normed), v, the log decay (``[T, heads]``, or ``[T, heads, DK]`` with
     ``per_channel``: Kimi Delta Attention's) and beta ``[T, heads, ...]``, as the layer feeds them."""
-    q, k = (_l2_normed(jnp.asarray(rng.standard_normal((num_tokens, HEADS, DK)), jnp.float32)) for _ in range(2))
+    q, k = (l2_normed(jnp.asarray(rng.standard_normal((num_tokens, HEADS, DK)), jnp.float32)) for _ in range(2))
     v = rng.standard_normal((num_tokens, HEADS, DV))
     scale = np.exp(rng.standard_normal((HEADS, *[1] * per_channel)))
     log_decay = -scale * np.logaddexp(0, rng.standard_normal((num_tokens, HEADS, *[DK] * per_channel)))
@@ -152,7 +153,7 @@ def test_chunked_delta_rule_matches_transformers_chunked_torch_function(per_chan
     _, _, v, log_decay, beta = delta_inputs(rng, n, per_channel)
     state = initial_states(rng, (HEADS, DK, DV), [True])
     meta = packed_meta([n], [True], n)
-    normed_q, normed_k = _l2_normed(jnp.asarray(q)) * DK**-0.5, _l2_normed(jnp.asarray(k))
+    normed_q, normed_k = l2_normed(jnp.asarray(q)) * DK**-0.5, l2_normed(jnp.asarray(k))
     got = jax.jit(chunked_delta_rule)(normed_q, normed_k, v, log_decay, beta, state, meta)
     torch_in = [torch.from_numpy(np.array(y))[None] for y in (q, k, v, log_decay, beta)]
     chunk_rule = chunk_kimi_delta_attention if per_channel else torch_chunk_gated_delta_rule

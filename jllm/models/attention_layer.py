@@ -100,7 +100,7 @@ class Attention(nnx.Module):
             v,
             kv_pages,
             meta,
-            sm_scale=a.sm_scale or hd**-0.5,
+            sm_scale=(a.sm_scale or hd**-0.5) * self.spec.score_scale,
             soft_cap=a.attn_softcap,
             sliding_window=self.spec.sliding_window,
             sinks=None if self.sinks is None else self.sinks[...],

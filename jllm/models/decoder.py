@@ -23,6 +23,7 @@ from jllm.attention import AttentionMetadata
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
 from jllm.models.diff_attention import DiffAttention
+from jllm.models.dynamic_mask import DynamicMaskAttention
 from jllm.models.hyper_connections import HyperConnection
 from jllm.models.layers import (
     MLP,
@@ -31,14 +32,17 @@ from jllm.models.layers import (
     HeadTransform,
     Laurel,
     Linear,
+    ResidualGate,
     param,
     scaled,
     sinusoidal_positions,
 )
+from jllm.models.looped import Looped
 from jllm.models.lora import LayerLoRA, LoRABatch
 from jllm.models.mla import MLAttention
 from jllm.models.moa import MixtureOfAttention
 from jllm.models.model_args import LayerSpec, ModelArgs
+from jllm.models.ngpt import L2Norm, NGPTLayer, ScaledLMHead
 from jllm.models.per_layer_inputs import LayerInput, PerLayerInputs
 from jllm.models.zamba2 import SharedBlockCall, SharedTransformer
 
@@ -61,7 +65,8 @@ class DecoderLayer(nnx.Module):
     (``jllm.models.hyper_connections``). Falcon-H1's layers run attention beside their Mamba2 mixer
     (``LayerSpec.attention_beside``). RWKV's layers scale their output (``LayerSpec.output_scale``: its eval-mode
     halving every ``rescale_every`` blocks). GPT-1's layers norm the residual stream after each add instead
-    (``ModelArgs.residual_norms``)."""
+    (``ModelArgs.residual_norms``). Each residual add may weigh the residual per channel (Doge's) or mix it with the
+    block's output by a learned gate (Ergo's)."""
 
     def __init__(self, args: ModelArgs, spec: LayerSpec, shared_blocks: list[SharedTransformer] | None = None):
         mixes = spec.mixer != "none"  # a layer of an MLP alone has none (Nemotron-H's MLP blocks)
@@ -80,6 +85,8 @@ class DecoderLayer(nnx.Module):
             self.self_attn = MixtureOfAttention(args, spec)
         elif spec.diff_lambda_init is not None:  # DiffLlama's
             self.self_attn = DiffAttention(args, spec)
+        elif args.dynamic_mask_window:  # Doge's
+            self.self_attn = DynamicMaskAttention(args, spec)
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
@@ -101,6 +108,12 @@ class DecoderLayer(nnx.Module):
         self.adds_shortcut = spec.moe_shortcut == "in"
         self.sparse = args.mla is not None and args.mla.indexer is not None  # DeepSeek Sparse Attention's selection
         self.layer_scalar = param((1,), args.dtype, (None,)) if args.layer_scalar else None
+        residual = args.residual_weights  # Doge's weights on each block's residual
+        self.input_residual = param((args.hidden_size,), args.dtype, ("embed",)) if residual else None
+        self.post_attention_residual = param((args.hidden_size,), args.dtype, ("embed",)) if residual else None
+        gates = args.residual_gates  # Ergo's gates on each block's residual add
+        self.attention_residual_gate = ResidualGate(args.hidden_size) if gates else None
+        self.feedforward_residual_gate = ResidualGate(args.hidden_size) if gates else None
         self.parallel_residual = args.parallel_residual
         self.residual_scale = args.residual_scale
         self.normed_residual = spec.normed_residual
@@ -167,17 +180,9 @@ class DecoderLayer(nnx.Module):
         """The token mixer and the MLP over ``x [T, hidden]`` with their residuals (a LAuReL block's beside the
         attention: the two averaged, ``(x + attn + laurel(norm(x))) / sqrt(2)``), and the carry handed on:
         LongCat-Flash's shortcut mixture's output passed on or added, DeepSeek Sparse Attention's selection."""
-        attn_args = (x, self.input_layernorm, positions, kv_pages, meta)  # MLA's attention takes no LoRA
-        if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
-            h, kv_pages = self.mixer(*attn_args)
-        elif self.sparse:  # its selection, or the one it reuses, handed on
-            h, kv_pages, carry = self.self_attn(*attn_args, carry)
-        elif isinstance(self.self_attn, MLAttention):
-            h, kv_pages, _ = self.self_attn(*attn_args)
-        elif self.self_attn is not None:
-            h, kv_pages = self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)
-        else:  # an MLP alone: its cache entry is an empty state
+        if self.mixer is None and self.self_attn is None:  # an MLP alone: its cache entry is an empty state
             return x + self._mlp(x, self.post_attention_layernorm, lora), kv_pages, None
+        h, kv_pages, carry = self._mix((x, self.input_layernorm, positions, kv_pages, meta), lora, carry)
         if self.attn_residual_norm is not None:  # GPT-1's post-LN
             x = self.attn_residual_norm(x + h)
             return self.mlp_residual_norm(x + self._mlp(x, None, lora)), kv_pages, None
@@ -190,13 +195,28 @@ class DecoderLayer(nnx.Module):
             laurel = self.laurel(self.input_layernorm(x))
             x = (x + h + laurel) / jnp.asarray(math.sqrt(2), x.dtype)
         else:
-            x = x + h
+            x = _residual_add(x, h, self.input_residual, self.attention_residual_gate)
         if self.shortcut_moe is not None:
             carry = self.shortcut_moe(self.post_attention_layernorm(x))
-        x = x if self.mlp is None else x + self._mlp(x, self.post_attention_layernorm, lora)
+        if self.mlp is not None:
+            h = self._mlp(x, self.post_attention_layernorm, lora)
+            x = _residual_add(x, h, self.post_attention_residual, self.feedforward_residual_gate)
         if self.adds_shortcut:
             x, carry = x + carry, None
         return x, kv_pages, carry
+
+    def _mix(
+        self, attn_args: tuple[Any, ...], lora: LayerLoRA | None, carry: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """The token mixer's output, its cache entry and the carry handed on (DeepSeek Sparse Attention's selection,
+        or the one it reuses; else ``carry`` as it came)."""
+        if self.mixer is not None:  # a recurrent layer (hybrid models take no LoRA: ``build`` refuses it)
+            return *self.mixer(*attn_args), carry
+        if self.sparse:
+            return self.self_attn(*attn_args, carry)
+        if isinstance(self.self_attn, MLAttention):  # MLA's attention takes no LoRA
+            return *self.self_attn(*attn_args)[:2], carry
+        return *(self.self_attn(*attn_args) if lora is None else self.self_attn(*attn_args, lora)), carry
 
     def _from_normed(
         self, x: jax.Array, positions: jax.Array, kv_pages: jax.Array, meta: AttentionMetadata
@@ -249,6 +269,14 @@ class DecoderLayer(nnx.Module):
         return h if self.residual_scale is None else scaled(h, self.residual_scale)
 
 
+def _residual_add(x: jax.Array, h: jax.Array, weight: nnx.Param | None, gate: ResidualGate | None) -> jax.Array:
+    """A block's output ``h`` added to the residual ``x``: ``x + h``, the residual times its learned weight per
+    channel first (Doge's), or the two mixed by a learned gate (Ergo's)."""
+    if gate is not None:
+        return gate(h, x)
+    return (x if weight is None else x * weight[...]) + h
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _decoder_layer(
     graphdef: nnx.GraphDef,
@@ -269,6 +297,9 @@ def _decoder_layer(
 
 
 class CausalLM(nnx.Module):
+    """The decoder's layers over the embeddings, then the final norm; a looped model's runs of a stored layer share
+    its module (``jllm.models.looped``), Dory's layers are nGPT's (``jllm.models.ngpt``)."""
+
     def __init__(self, args: ModelArgs):
         self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.dtype, args.embed_scale)
         self.embed_positions = (
@@ -282,16 +313,27 @@ class CausalLM(nnx.Module):
         self.per_layer_inputs = PerLayerInputs(args) if args.per_layer_input_size else None  # Gemma 4's and 3n's PLE
         self.altup_streams = AltUpStreams(args) if args.altup_streams else None  # Gemma 3n's
         blocks = _shared_blocks(args)  # Zamba2's shared transformer blocks
-        self.layers = nnx.List([DecoderLayer(args, spec, blocks) for spec in args.layers])
+        layers: list[DecoderLayer | NGPTLayer] = []
+        for u, spec in enumerate(args.layers):  # a looped model's later invocations of a layer reuse its module
+            owner = u if args.loop is None else args.loop.owner(u)
+            if owner != u:
+                layers.append(layers[owner])
+            else:  # Dory's nGPT layers, or the decoder's
+                layers.append(NGPTLayer(args, spec) if args.ngpt else DecoderLayer(args, spec, blocks))
+        self.layers = nnx.List(layers)
+        self.looped = None if args.loop is None else Looped(args.loop, args.hidden_size, args.dtype)
         # Qwen4-Exp's streams mixed into one state in place of the final norm
         hyper = args.hyper_streams > 0
         self.hyper_connection_mixer = HyperConnection(args, inject=False) if hyper else None
-        self.norm = None if hyper or args.residual_norms else args.make_norm()  # GPT-1's last layer ends normed
+        # GPT-1's last layer ends normed; nGPT's final norm is an L2 norm
+        self.norm = None if hyper or args.residual_norms else L2Norm() if args.ngpt else args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
         self.lm_head = (
             None
             if args.tie_word_embeddings or args.num_labels is not None
+            else ScaledLMHead(args.hidden_size, args.vocab_size, args.dtype, args.ngpt)
+            if args.ngpt
             else Linear(
                 args.hidden_size,
                 args.head_vocab_size or args.vocab_size,
@@ -365,6 +407,8 @@ class CausalLM(nnx.Module):
         states = [x if self.altup_streams is None else self.altup_streams.expand(x)]
         if self.args.hyper_streams:  # Qwen4-Exp: every hyper-connection stream starts as the embedding
             states = [jnp.broadcast_to(x[:, None], (x.shape[0], self.args.hyper_streams, x.shape[1]))]
+        if self.looped is not None:  # the invocations in the family's order, the streams mixed between them
+            return self._looped(states[0], positions, kv_caches, meta)
         new_caches = []
         carry = None  # a layer's to the next: LongCat-Flash's mixture output, DeepSeek Sparse Attention's selection
         for i, (layer, spec, kv_pages) in enumerate(zip(self.layers, self.args.layers, kv_caches, strict=True)):
@@ -378,6 +422,19 @@ class CausalLM(nnx.Module):
             states.append(x)
             new_caches.append(pages if spec.kv_source is None else kv_pages)
         return states, new_caches
+
+    def _looped(
+        self, x: jax.Array, positions: jax.Array, kv_caches: list[Any], meta: AttentionMetadata
+    ) -> tuple[list[jax.Array], list[Any]]:
+        """A looped model's stream: the embeddings and the last invocation's output (no per-layer states: the
+        encoder refuses looped models), and every invocation's updated pages."""
+        new_caches = list(kv_caches)
+
+        def run(u: int, h: jax.Array) -> jax.Array:
+            h, new_caches[u], _ = _decoder_layer(*nnx.split(self.layers[u]), h, positions, kv_caches[u], meta)
+            return h
+
+        return [x, self.looped(run, x)], new_caches
 
     def compute_logits(self, hidden: jax.Array) -> jax.Array:
         """``[N, hidden] -> [N, vocab]`` float32 logits (divided and soft-capped where the family says so)."""

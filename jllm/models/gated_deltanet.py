@@ -36,7 +36,7 @@ from flax import nnx
 from jax.scipy.linalg import solve_triangular
 
 from jllm.attention import AttentionMetadata
-from jllm.models.layers import Linear, RMSNorm, StoredParts, param
+from jllm.models.layers import Linear, RMSNorm, StoredParts, l2_normed, param
 from jllm.models.recurrent_state import (
     DepthwiseConv1d,
     StatePool,
@@ -56,7 +56,6 @@ from jllm.parallel import RECURRENT_HEADS
 if TYPE_CHECKING:
     from jllm.models.model_args import LayerSpec, ModelArgs
 
-L2_NORM_EPS = 1e-6  # transformers' l2norm (FLA's), fixed
 CHUNK = 64  # the chunked delta rule's chunk (transformers' and FLA's)
 QUARTERS = 4  # a decay per key channel: a chunk's decayed scores by quarters (FLA's chunk_kda: 16 of 64)
 HIGHEST = jax.lax.Precision.HIGHEST  # the chunks' matmuls in full float32, as the token scan's sums (no TF32)
@@ -179,7 +178,7 @@ class GatedDeltaNet(nnx.Module):
         mixed = mixed.reshape(t, nk, s.group_width)  # per key head: q, k, its value heads' v
         q, k = mixed[..., :dk], mixed[..., dk : 2 * dk]
         v = mixed[..., 2 * dk :].reshape(t, nv, dv)
-        q, k = (jnp.repeat(_l2_normed(y), nv // nk, axis=1) for y in (q, k))  # [T, v_heads, dk]
+        q, k = (jnp.repeat(l2_normed(y), nv // nk, axis=1) for y in (q, k))  # [T, v_heads, dk]
         q = q * dk**-0.5
         beta = jax.nn.sigmoid(b.astype(jnp.float32)) * s.beta_scale  # [T, v_heads]
         gate_in = a.astype(jnp.float32) + self.dt_bias[...]  # [T, v_heads] or [T, v_heads * dk]
@@ -218,11 +217,6 @@ class GatedDeltaNet(nnx.Module):
         ba = self.in_proj_ba(h)  # [T, k_heads, 2 r]
         mixed, z = qkvz[..., : s.group_width], qkvz[..., s.group_width :]
         return mixed, z.reshape(t, nv, dv), ba[..., :r].reshape(t, nv), ba[..., r:].reshape(t, nv)
-
-
-def _l2_normed(x: jax.Array) -> jax.Array:
-    """transformers' ``l2norm``: ``x * rsqrt(sum(x^2) + eps)`` over the last axis (float32)."""
-    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + L2_NORM_EPS)
 
 
 def _delta_step(state: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:

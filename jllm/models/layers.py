@@ -197,6 +197,14 @@ def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.
     return (y.astype(jnp.float32) * factor).astype(y.dtype)
 
 
+def l2_normed(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``x * rsqrt(sum(x^2) + eps)`` over the last axis, in float32, rounded to ``x``'s dtype: transformers'
+    ``l2norm`` (FLA's: the gated DeltaNet's q and k) and nGPT's projection onto the unit sphere (Dory's
+    ``DoryL2Norm``), both eps 1e-6."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
 def scaled(x: jax.Array, factor: float) -> jax.Array:
     """``x * factor`` in float32, rounded to ``x``'s dtype (torch's product of a tensor and a Python float: the
     factor not rounded to a bfloat16 first)."""
@@ -366,6 +374,21 @@ class MLP(nnx.Module):
         g32 = gate.astype(jnp.float32)
         mean, std = jnp.mean(g32, axis=-1, keepdims=True), jnp.std(g32, axis=-1, keepdims=True)
         return jax.nn.relu(g32 - (mean + std * self.sparsity_cutoff)).astype(gate.dtype)
+
+
+class ResidualGate(nnx.Module):
+    """Ergo's residual add: a block's output and the residual mixed by a learned weight per channel, ``sigmoid(w) *
+    h + sqrt(1 + sigmoid(w)) * exp(-softplus(w) / 2) * x``, in float32 (its ``ErgoResidualGate``, whose weight
+    transformers keeps in float32)."""
+
+    def __init__(self, dim: int):
+        self.weight = param((dim,), jnp.float32, ("embed",))
+
+    def __call__(self, h: jax.Array, residual: jax.Array) -> jax.Array:
+        w = self.weight[...]
+        branch = jax.nn.sigmoid(w)
+        kept = jnp.sqrt(1.0 + branch) * jnp.exp(-0.5 * jax.nn.softplus(w))
+        return (branch * h.astype(jnp.float32) + kept * residual.astype(jnp.float32)).astype(residual.dtype)
 
 
 class Laurel(nnx.Module):

@@ -20,18 +20,21 @@ attention, ``jllm.models.lightning_attention``; Jamba's Mamba, ``jllm.models.mam
 alone (Nemotron-H's: a mixer with no MLP, ``LayerSpec.mlp``, or an MLP with no mixer); MiniMax's residuals from the
 normed inputs, scaled (``LayerSpec.normed_residual``); Zamba2's shared transformer blocks, invoked by its hybrid layers
 before their mixer (``ModelArgs.shared_blocks``, ``LayerSpec.shared_block``: ``jllm.models.zamba2``); Falcon-H1's
-attention beside its
-Mamba2 mixer in one layer, with muP multipliers (``LayerSpec.attention_beside``, ``mlp_multipliers``); Gemma 4's layers
-of their own KV heads and head width, keys reused as values, layers reading an earlier layer's K/V
-(``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma 3n's AltUp streams
-(``jllm.models.altup``), LAuReL blocks and sparse MLP activations; LongCat-Flash's mixture on a shortcut from one layer
-to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
-scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
-selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
-its QSA budget as a context limit; BitNet's norms inside the attention and the MLP (``sub_norms``); DiffLlama's
-differential attention (``LayerSpec.diff_lambda_init``, ``jllm.models.diff_attention``); ModernBERT's decoder: its
-first layer without an input norm (``LayerSpec.input_norm``), a prediction head before its tied, biased LM head;
-GPT-1's norms after each residual add (``residual_norms``); CTRL's sinusoids (``sinusoid_shift``).
+attention beside its Mamba2 mixer in one layer, with muP multipliers (``LayerSpec.attention_beside``,
+``mlp_multipliers``); Gemma 4's layers of their own KV heads and head width, keys reused as values, layers reading an
+earlier layer's K/V (``LayerSpec.kv_source``), per-layer inputs, layer scalars and a mixture beside the dense MLP; Gemma
+3n's AltUp streams (``jllm.models.altup``), LAuReL blocks and sparse MLP activations; LongCat-Flash's mixture on a
+shortcut from one layer to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values
+narrower than its heads, scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's
+DeepSeek Sparse Attention selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams
+(``jllm.models.hyper_connections``) and its QSA budget as a context limit; BitNet's norms inside the attention and the
+MLP (``sub_norms``); DiffLlama's differential attention (``LayerSpec.diff_lambda_init``,
+``jllm.models.diff_attention``); ModernBERT's decoder: its first layer without an input norm (``LayerSpec.input_norm``),
+a prediction head before its tied, biased LM head; GPT-1's norms after each residual add (``residual_norms``); CTRL's
+sinusoids (``sinusoid_shift``); looped models, each run of a stored layer a layer of its own (``loop``: Dory's and
+HRM-Text's, ``jllm.models.looped``); Dory's nGPT layers (``ngpt``, ``jllm.models.ngpt``); Doge's dynamic mask attention
+(``dynamic_mask_window``, ``jllm.models.dynamic_mask``) and weighted residuals; Ergo's gated residual adds, normed
+experts and scaled global layers.
 
 Where this module sits: docs/architecture.md.
 """
@@ -49,6 +52,7 @@ from flax import nnx
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
 from jllm.models.layers import MLP, GatedRMSNorm, LayerNorm, RMSNorm
 from jllm.models.lightning_attention import LightningAttention, LightningSpec
+from jllm.models.looped import Loop
 from jllm.models.mamba import MambaMixer, MambaSpec
 from jllm.models.mamba2 import Mamba2Mixer, Mamba2Spec
 from jllm.models.mla import MLASpec
@@ -156,6 +160,16 @@ class WeightMap:
 
 
 @dataclasses.dataclass(frozen=True)
+class NGPTSpec:
+    """nGPT's layers (Dory's, ``jllm.models.ngpt``) in place of the decoder's, and the scales their stored
+    parameters are read with: ``initializer_range`` (every ``s_init / initializer_range`` divides by it) and
+    ``alpha_init`` (the residual rates', Dory's ``ngpt_alpha_init``)."""
+
+    initializer_range: float
+    alpha_init: float
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerSpec:
     """What may differ between the layers of one model (Gemma alternates sliding and global layers)."""
 
@@ -221,6 +235,7 @@ class LayerSpec:
     # False: the mixer reads the layer's input as it is, no norm before it (ModernBERT's first layer, whose embeddings
     # are normed)
     input_norm: bool = True
+    score_scale: float = 1.0  # this layer's attention scores times this (Ergo's global layers' global_attention_scale)
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -395,6 +410,20 @@ class ModelArgs:
     # the block-sparse attention the budget stands in for and the config keys it is read from (``build``'s error
     # past it)
     sparse_attention: tuple[str, str] = ("QSA", "indexer_budget")
+    # a looped model's schedule (``jllm.models.looped``: Dory's recurrent section, HRM-Text's stacks): ``layers`` are
+    # its invocations, each with pages of its own, the invocations of one stored layer sharing its module
+    loop: Loop | None = None
+    ngpt: NGPTSpec | None = None  # nGPT's normalized layers, final norm and scaled LM head (Dory's)
+    # Doge's dynamic mask attention (``jllm.models.dynamic_mask``): a bias per key and KV head, kept as one more
+    # channel of the pool's key heads; its keep_window_size, the longest context served (where every key is kept)
+    dynamic_mask_window: int | None = None
+    # each block's residual times a learned weight per channel before the add, ``x * w + block(x)`` (Doge's
+    # input_residual and post_attention_residual)
+    residual_weights: bool = False
+    # each block's output and residual mixed by a learned gate per channel (Ergo's, ``layers.ResidualGate``)
+    residual_gates: bool = False
+    # each expert's output RMS-normed with a weight of its own, the shared expert's with one (Ergo's)
+    expert_out_norms: bool = False
 
     def __post_init__(self) -> None:
         gate = self.attn_output_gate or ATTN_OUTPUT_GATES[0]
@@ -477,7 +506,7 @@ class ModelArgs:
         if self.mla is not None:
             return self.num_kv_heads, self.mla.latent_dim
         kv_heads, head_dim = self.layer_heads(spec)
-        return kv_heads, head_dim * (2 if spec.diff_lambda_init is not None else 1)
+        return kv_heads, head_dim * (2 if spec.diff_lambda_init is not None else 1) + bool(self.dynamic_mask_window)
 
     def _check_quantizable(self) -> None:
         """Refuses ``quant`` for the layers with no quantized form yet."""
@@ -506,6 +535,12 @@ class ModelArgs:
             raise ValueError(
                 f"quantization={self.quant.name!r} is not supported for LFM2's short-conv hybrids (not yet checked "
                 "against float's logits); leave quantization unset"
+            )
+        if self.loop is not None or self.ngpt is not None or self.dynamic_mask_window:
+            family = "Doge" if self.dynamic_mask_window else "Dory" if self.ngpt is not None else "HRM-Text"
+            raise ValueError(
+                f"quantization={self.quant.name!r} is not supported for {family} (not yet checked against float's "
+                "logits); leave quantization unset"
             )
         if self.v_norm:
             family = "Gemma 3n" if self.altup_streams else "Gemma 4"
@@ -555,6 +590,7 @@ class ModelArgs:
             gated=self.mlp_gated,
             zero_experts=self.zero_experts,
             shared_glu=spec.shared_expert_glu,
+            out_norm_eps=self.norm_eps if self.expert_out_norms else None,
         )
 
     def make_moe_beside(self) -> MoEBesideMLP | None:
@@ -665,11 +701,12 @@ class ModelArgs:
 
     @property
     def kv_pool_head_dim(self) -> int:
-        """The width of a KV pool head: ``head_dim``, twice it for differential attention (its value pairs), or the
-        latent's (``MLASpec.latent_dim``)."""
+        """The width of a KV pool head: ``head_dim``, twice it for differential attention (its value pairs), one more
+        with Doge's key bias, or the latent's (``MLASpec.latent_dim``)."""
         if self.mla is not None:
             return self.mla.latent_dim
-        return self.head_dim * (2 if any(spec.diff_lambda_init is not None for spec in self.layers) else 1)
+        pairs = 2 if any(spec.diff_lambda_init is not None for spec in self.layers) else 1
+        return self.head_dim * pairs + bool(self.dynamic_mask_window)
 
     @property
     def sliding_windows(self) -> list[int | None]:
@@ -677,14 +714,19 @@ class ModelArgs:
 
     @property
     def max_context(self) -> int:
-        """The longest context the model is served with: its positions, or a shorter attention chunk or sparse
-        attention's budget."""
-        limits = (n for n in (self.attention_chunk_size, self.indexer_budget) if n)
+        """The longest context the model is served with: its positions, or a shorter attention chunk, sparse
+        attention's budget or Doge's mask window."""
+        limits = (n for n in (self.attention_chunk_size, self.indexer_budget, self.dynamic_mask_window) if n)
         return min(self.max_position_embeddings, *limits, self.max_position_embeddings)
 
     @property
     def context_limit(self) -> str:
         """Why ``max_context`` is below the positions (``build``'s error for a longer ``max_model_len``)."""
+        if self.dynamic_mask_window and self.dynamic_mask_window == self.max_context:
+            return (
+                f"the model's keep_window_size={self.dynamic_mask_window}: jllm keeps no top keep_window_size keys of "
+                "Doge's dynamic mask, so it serves contexts up to the window, where every key is kept"
+            )
         if self.indexer_budget and self.indexer_budget == self.max_context:
             kind, keys = self.sparse_attention
             return (

@@ -146,6 +146,12 @@ class Router(nnx.Module):
         return x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)  # [T, experts]
 
 
+def row_experts(group_sizes: jax.Array, rows: int) -> jax.Array:
+    """``[rows]`` int32: the expert of each row of a grouped matmul's rows, sorted by expert."""
+    experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
+    return jnp.repeat(experts, group_sizes, total_repeat_length=rows)
+
+
 class ExpertLinear(nnx.Module):
     """One linear map per expert, stacked: ``kernel [experts, in, *out]`` (and ``bias [experts, *out]``); rows of
     ``x`` sorted by expert."""
@@ -160,9 +166,7 @@ class ExpertLinear(nnx.Module):
         y = jax.lax.ragged_dot_general(x, self.kernel[...], group_sizes, GROUPED)
         if self.bias is None:
             return y
-        experts = jnp.arange(group_sizes.shape[0], dtype=jnp.int32)
-        expert = jnp.repeat(experts, group_sizes, total_repeat_length=x.shape[0])  # [rows] each row's expert
-        return y + jnp.take(self.bias[...], expert, axis=0)
+        return y + jnp.take(self.bias[...], row_experts(group_sizes, x.shape[0]), axis=0)
 
 
 class Experts(nnx.Module):
@@ -179,21 +183,38 @@ class Experts(nnx.Module):
         bias: bool = False,
         glu: ClampedSwiGLU | None = None,
         gated: bool = True,
+        out_norm_eps: float | None = None,
     ):
+        """``out_norm_eps``: each expert's output RMS-normed (this eps) with a weight of its own, ``post_expert_norm
+        [experts, dim]`` float32 (Ergo's)."""
         if gated:
             self.gate_up_proj = ExpertLinear(experts, dim, (2, hidden), ("embed", None, "mlp"), dtype, bias)
         else:
             self.up_proj = ExpertLinear(experts, dim, (hidden,), ("embed", "mlp"), dtype, bias)
         self.down_proj = ExpertLinear(experts, hidden, (dim,), ("mlp", "embed"), dtype, bias)
-        self.act, self.glu, self.gated = act, glu, gated
+        self.post_expert_norm = None if out_norm_eps is None else param((experts, dim), jnp.float32, (None, "embed"))
+        self.act, self.glu, self.gated, self.out_norm_eps = act, glu, gated, out_norm_eps
 
     def __call__(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
         """``x [rows, dim]`` sorted by expert, ``group_sizes [experts]`` -> ``[rows, dim]``."""
         if not self.gated:
-            return self.down_proj(ACTIVATIONS[self.act](self.up_proj(x, group_sizes)), group_sizes)
+            return self._normed(
+                self.down_proj(ACTIVATIONS[self.act](self.up_proj(x, group_sizes)), group_sizes), group_sizes
+            )
         gate_up = self.gate_up_proj(x, group_sizes)  # [rows, 2, hidden]
         gate, up = gate_up[:, 0], gate_up[:, 1]
-        return self.down_proj(ACTIVATIONS[self.act](gate) * up if self.glu is None else self.glu(gate, up), group_sizes)
+        h = ACTIVATIONS[self.act](gate) * up if self.glu is None else self.glu(gate, up)
+        return self._normed(self.down_proj(h, group_sizes), group_sizes)
+
+    def _normed(self, y: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        """Each row's output through its expert's RMSNorm (float32), where the experts have them."""
+        if self.post_expert_norm is None:
+            return y
+        y32 = y.astype(jnp.float32)
+        y32 = y32 * jax.lax.rsqrt(jnp.mean(y32 * y32, axis=-1, keepdims=True) + self.out_norm_eps)
+        return (y32 * jnp.take(self.post_expert_norm[...], row_experts(group_sizes, y.shape[0]), axis=0)).astype(
+            y.dtype
+        )
 
 
 def mix_experts(
@@ -239,7 +260,8 @@ class SparseMoE(nnx.Module):
     router's weight in float32 whatever ``dtype`` (Flint's, LongCat-Flash's; ERNIE's corrected softmax always).
     Without ``gated`` the experts and the shared expert are plain MLPs, ``down(act(up(x)))`` (Nemotron 3's).
     ``zero_experts``: so many more experts the router may choose that compute nothing, each adding its weight times
-    the token's input (LongCat-Flash's zero-computation experts: the identity)."""
+    the token's input (LongCat-Flash's zero-computation experts: the identity). ``out_norm_eps``: each expert's output
+    RMS-normed with a weight of its own, and the shared expert's with one (Ergo's)."""
 
     def __init__(
         self,
@@ -263,6 +285,7 @@ class SparseMoE(nnx.Module):
         gated: bool = True,
         zero_experts: int = 0,
         shared_glu: ClampedSwiGLU | None = None,
+        out_norm_eps: float | None = None,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -280,9 +303,11 @@ class SparseMoE(nnx.Module):
         self.e_score_correction_bias = (
             param((1, experts), jnp.float32, (None, None)) if routing == "softmax_corrected" else None
         )
-        self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu, gated)
+        self.experts = Experts(experts, dim, hidden, dtype, act, bias, glu, gated, out_norm_eps)
         self.output_bias = param((dim,), dtype, ("embed",)) if out_bias else None
         self.shared_expert = MLP(dim, shared_hidden, dtype, act, gated, glu=shared_glu) if shared_hidden else None
+        normed = shared_hidden and out_norm_eps is not None  # Ergo's: the shared expert's output normed as well
+        self.shared_expert_norm = RMSNorm(dim, out_norm_eps, jnp.float32, float32_weight=True) if normed else None
         shared_gate = shared_hidden and shared_gated
         self.shared_expert_gate = Linear(dim, 1, ("embed", None), dtype) if shared_gate else None
         self.num_experts, self.top_k, self.renormalize = experts, top_k, renormalize
@@ -320,9 +345,12 @@ class SparseMoE(nnx.Module):
             y = y + self.output_bias[...]
         if self.shared_expert is None:
             return y
+        shared = self.shared_expert(x)
+        if self.shared_expert_norm is not None:
+            shared = self.shared_expert_norm(shared).astype(y.dtype)
         if self.shared_expert_gate is None:
-            return (y + self.shared_expert(x)) / 2 if self.shared_mean else y + self.shared_expert(x)
-        return y + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+            return (y + shared) / 2 if self.shared_mean else y + shared
+        return y + jax.nn.sigmoid(self.shared_expert_gate(x)) * shared
 
 
 class ScaledRouter(nnx.Module):
