@@ -25,7 +25,9 @@ of their own KV heads and head width, keys reused as values, layers reading an e
 to the next (``LayerSpec.moe_shortcut``) with zero-computation experts; MiMo-V2-Flash's values narrower than its heads,
 scaled, and sinks on some layers only; GLM-5's layers attending over an earlier layer's DeepSeek Sparse Attention
 selection (``LayerSpec.reuses_selection``); Qwen4-Exp's hyper-connection streams (``jllm.models.hyper_connections``) and
-its QSA budget as a context limit.
+its QSA budget as a context limit; DeepSeek-V4's attention (``v4_attention``), its compressed layers
+(``LayerSpec.compress``), Sinkhorn hyper-connections (``hyper_sinkhorn``) and hash-routed mixtures
+(``LayerSpec.hash_routed``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -40,7 +42,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jllm.models.compressed_kv import CompressSpec
+from jllm.models.deepseek_v4 import V4AttentionSpec
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
+from jllm.models.hyper_connections import SinkhornSpec
 from jllm.models.layers import MLP, GatedRMSNorm, LayerNorm, RMSNorm
 from jllm.models.lightning_attention import LightningAttention, LightningSpec
 from jllm.models.mamba import MambaMixer, MambaSpec
@@ -185,6 +190,11 @@ class LayerSpec:
     experts_glu: ClampedSwiGLU | None = None
     shared_expert_glu: ClampedSwiGLU | None = None
     mlp_glu: ClampedSwiGLU | None = None  # the dense MLP's, likewise (MiniMax-M3's clamped SwiGLU on its dense layers)
+    # the mixture picks each token's experts by its id from a frozen table, ``tid2eid`` (DeepSeek-V4's hash_moe layers)
+    hash_routed: bool = False
+    # DeepSeek-V4's compressed layers: the attention also reads one entry per ``compress.rate`` tokens
+    # (``jllm.models.compressed_kv``), each token's compressor features kept in its pool row beside its head
+    compress: CompressSpec | None = None
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -337,6 +347,11 @@ class ModelArgs:
     # its output added to each by a learned weight; the final mix in place of the final norm
     hyper_streams: int = 0
     hyper_rank: int = 0
+    # DeepSeek-V4's form of them instead (``hyper_connections.SinkhornHyperConnection``): each block's input normed as
+    # usual (``pre_norms``), the streams mixed by a doubly stochastic matrix; the final mix before the final norm
+    hyper_sinkhorn: SinkhornSpec | None = None
+    # DeepSeek-V4's attention (``jllm.models.deepseek_v4``) in place of Attention; num_kv_heads is 1
+    v4_attention: V4AttentionSpec | None = None
     # Qwen4-Exp's QSA indexer keeps, per query, the tokens of its best indexer_budget / compress_ratio whole blocks
     # and its last, incomplete block (MiniMax-M3's sparse layers its best index_topk_blocks blocks of
     # index_block_size): jllm has no block-sparse attention, so it serves contexts up to the budget, where every
@@ -379,10 +394,12 @@ class ModelArgs:
         earlier one with K/V of its own, of its shape."""
         if self.altup_streams == 1:
             raise ValueError("altup_streams=1 is not supported: AltUp needs at least 2 streams (0: no AltUp)")
-        if self.hyper_streams and (self.hyper_streams < 2 or self.hyper_rank < 1 or self.pre_norms):
+        gated = self.hyper_sinkhorn is None  # Qwen4-Exp's: they norm each block's input themselves
+        if self.hyper_streams and (self.hyper_streams < 2 or (gated and (self.hyper_rank < 1 or self.pre_norms))):
             raise ValueError(
-                f"hyper_streams={self.hyper_streams} needs at least 2 streams, hyper_rank >= 1 (got "
-                f"{self.hyper_rank}) and pre_norms False (the hyper-connections norm each block's input)"
+                f"hyper_streams={self.hyper_streams} needs at least 2 streams and, without hyper_sinkhorn, "
+                f"hyper_rank >= 1 (got {self.hyper_rank}) and pre_norms False (the hyper-connections norm each block's "
+                "input)"
             )
         narrowest = min(self.layer_heads(s)[1] for s in self.layers)
         stored = self.weights.v_head_dim is not None and self.weights.qkv_layout == "separate"
@@ -422,6 +439,8 @@ class ModelArgs:
         latent pool's one head counts its copies under tensor parallelism (one a device), as ``num_kv_heads`` does."""
         if spec.kv_source is not None:
             return None
+        if spec.compress is not None:  # DeepSeek-V4's: the head, then the token's compressor features
+            return self.num_kv_heads, self.head_dim + spec.compress.feature_width(self.head_dim)
         return (self.num_kv_heads, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
 
     def _check_quantizable(self) -> None:
@@ -493,6 +512,7 @@ class ModelArgs:
             gated=self.mlp_gated,
             zero_experts=self.zero_experts,
             shared_glu=spec.shared_expert_glu,
+            hash_vocab=self.vocab_size if spec.hash_routed else 0,
         )
 
     def make_moe_beside(self) -> MoEBesideMLP | None:
