@@ -171,6 +171,11 @@ def _worker(
             f"max_model_len={max_model_len} exceeds {args.context_limit}; set max_model_len <= {args.max_context}"
         )
     page_size = config.cache.page_size
+    if config.cache.kv_cache_dtype != "auto" and any(spec.compress is not None for spec in args.layers):
+        raise ValueError(
+            f"kv_cache_dtype={config.cache.kv_cache_dtype!r} is not supported for DeepSeek-V4's compressed layers: "
+            "their pool rows keep each token's compressor projections, which FP8 would clip; leave kv_cache_dtype auto"
+        )
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
     model_spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
     # before any sizing: the kernels read a pool whose heads are padded to their width

@@ -89,6 +89,12 @@ def test_deepseek_v4_chunked_greedy_batch_equals_transformers_generate_and_again
     assert [o.outputs[0].token_ids for o in again] == got
 
 
+@pytest.mark.slow
+def test_deepseek_v4_fp8_kv_cache_is_refused_naming_it(model_dir):
+    with pytest.raises(ValueError, match="kv_cache_dtype='fp8' is not supported for DeepSeek-V4's compressed layers"):
+        LLM(str(model_dir), **ENGINE_ARGS, kv_cache_dtype="fp8")
+
+
 def test_deepseek_v4_compressed_layers_keep_their_compressor_features_in_their_pool_rows():
     """A sliding layer's row is its K=V head; a heavily compressed layer's adds kv and gate (a head each); a
     compressed sparse layer's two series of both, and its indexer's."""

@@ -67,7 +67,7 @@ class V4Attention(nnx.Module):
         self.kv_norm = args.make_norm(hd)
         self.o_a_proj = GroupedLinear(heads * hd // v4.o_groups, v4.o_lora_rank, v4.o_groups, dt)
         self.o_b_proj = Linear(v4.o_groups * v4.o_lora_rank, d, (None, "embed"), dt)
-        self.sinks = param((heads,), dt, ("q_heads",))
+        self.sinks = param((heads,), jnp.float32, ("q_heads",))  # float32, as transformers keeps them
         self.compressor = None if compress is None else Compressor(args, hd, compress)
         self.indexer = None if compress is None or not compress.index_heads else Indexer(args, compress, v4.q_lora_rank)
         self.heads, self.head_dim, self.groups = heads, hd, v4.o_groups
