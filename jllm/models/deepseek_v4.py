@@ -85,6 +85,7 @@ class V4Attention(nnx.Module):
         kv = rope.apply_last(self.kv_norm(self.kv_proj(h))[:, None, :], positions)  # [T, 1, head_dim]
         if self.compressor is None:
             scale, window, sinks = self.head_dim**-0.5, self.spec.sliding_window, self.sinks[...]
+            kv = jnp.broadcast_to(kv, (t, kv_pages.shape[1], self.head_dim))  # the copies tensor parallelism keeps
             out, kv_pages = paged_attention(
                 q, kv, kv, kv_pages, meta, sm_scale=scale, sliding_window=window, sinks=sinks
             )
