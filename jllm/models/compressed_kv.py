@@ -9,8 +9,8 @@ row beside its K=V head (``CompressSpec.feature_width``: the layer's pool is tha
 window's tokens alone (and the previous window's), so this is what transformers' cache computes as each window
 completes, for prefill chunks and decodes alike; no state outside the pages, so prefix caching, preemption and
 chunked prefill need nothing more. The cost is the width (a compressed sparse layer's row is ``5 head_dim + 4
-index_head_dim`` channels, as K and as V) and a pass over every sequence's rows each step: an exact reference, not a
-fast path.
+index_head_dim`` channels, in a latent pool's one plane) and a pass over every sequence's rows each step: an exact
+reference, not a fast path.
 
 A query at position ``p`` sees entry ``w`` once ``w < (p + 1) // rate`` (its window complete), and the sliding
 window's tokens beside them, in one softmax with the head's sink.

@@ -52,9 +52,9 @@ class GroupedLinear(nnx.Module):
 
 
 class V4Attention(nnx.Module):
-    """One DeepSeek-V4 layer's attention (tensors named as the checkpoint's); its pool entry a K/V pool of one head,
-    the same row written as K and V: the head alone, or in a compressed layer the head and its token's compressor
-    features (``CompressSpec.feature_width``)."""
+    """One DeepSeek-V4 layer's attention (tensors named as the checkpoint's); its pool entry a latent pool (one row a
+    token, read as key and value, by the reference attention): the head alone, or in a compressed layer the head and
+    its token's compressor features (``CompressSpec.feature_width``)."""
 
     def __init__(self, args: Any, spec: Any):
         d, hd, dt, v4 = args.hidden_size, args.head_dim, args.dtype, args.v4_attention
@@ -87,7 +87,7 @@ class V4Attention(nnx.Module):
             scale, window, sinks = self.head_dim**-0.5, self.spec.sliding_window, self.sinks[...]
             kv = jnp.broadcast_to(kv, (t, kv_pages.shape[1], self.head_dim))  # the copies tensor parallelism keeps
             out, kv_pages = paged_attention(
-                q, kv, kv, kv_pages, meta, sm_scale=scale, sliding_window=window, sinks=sinks
+                q, kv, None, kv_pages, meta, sm_scale=scale, sliding_window=window, sinks=sinks, value_dim=self.head_dim
             )
         else:
             out, kv_pages = self._compressed(h, q_resid, q, kv, positions, kv_pages, meta)
@@ -101,7 +101,7 @@ class V4Attention(nnx.Module):
         q: jax.Array,  # [T, heads, head_dim], rotated
         kv: jax.Array,  # [T, 1, head_dim], rotated
         positions: jax.Array,  # [T]
-        kv_pages: jax.Array,  # [2, kv copies, num_pages, page_size, pool width]
+        kv_pages: jax.Array,  # [1, kv copies, num_pages, page_size, pool width]: a latent pool's layout
         meta: AttentionMetadata,
     ) -> tuple[jax.Array, jax.Array]:
         """A compressed layer: each token's row (its K=V head, then its compressor's and indexer's features) written,
@@ -112,7 +112,7 @@ class V4Attention(nnx.Module):
             parts.append(self.indexer.compressor.features(h))
         row = pad_heads(jnp.concatenate(parts, axis=-1).astype(kv_pages.dtype), kv_pages.shape[-1])[:, None]
         row = jnp.broadcast_to(row, (t, kv_pages.shape[1], row.shape[-1]))  # the copies tensor parallelism keeps
-        kv_pages = write_kv(kv_pages, row, row, meta.slot_mapping)
+        kv_pages = write_kv(kv_pages, row, None, meta.slot_mapping)
         tables = meta.block_tables  # [S, pages_per_seq]
         rows = kv_pages[0, 0][tables].reshape(tables.shape[0], -1, kv_pages.shape[-1])  # [S, L, pool width]
         seq = jnp.minimum(sequence_of(meta.query_start_loc[1:], jnp.arange(t)), tables.shape[0] - 1)  # i32[T]
