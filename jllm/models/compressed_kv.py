@@ -70,6 +70,7 @@ class Compressor(nnx.Module):
         self.position_bias = param((spec.rate, c), jnp.float32, (None, None))
         self.kv_norm = args.make_norm(width)
         self.width, self.spec = width, spec
+        self.feature_width = 2 * c  # a token's channels in its pool row: kv, then gate
 
     def features(self, h: jax.Array) -> jax.Array:
         """``h [T, hidden]`` (the attention's normed input) -> ``[T, 2 * series * width]``: kv, then gate."""

@@ -116,13 +116,12 @@ class V4Attention(nnx.Module):
         tables = meta.block_tables  # [S, pages_per_seq]
         rows = kv_pages[0, 0][tables].reshape(tables.shape[0], -1, kv_pages.shape[-1])  # [S, L, pool width]
         seq = jnp.minimum(sequence_of(meta.query_start_loc[1:], jnp.arange(t)), tables.shape[0] - 1)  # i32[T]
-        own = 2 * self.compressor.spec.series * hd
+        own = self.compressor.feature_width
         entries = self.compressor.entries(rows[..., hd : hd + own], spec.rope)  # [S, n, head_dim]
         n = entries.shape[1]
         seen = jnp.arange(n)[None, :] < ((positions + 1) // spec.compress.rate)[:, None]  # bool[T, n]: complete
         if self.indexer is not None:
-            width = self.indexer.compressor.spec.series * 2 * spec.compress.index_head_dim
-            features = rows[..., hd + own : hd + own + width]
+            features = rows[..., hd + own : hd + own + self.indexer.compressor.feature_width]
             seen = self.indexer.chosen(h, q_resid, positions, features, seq, seen, spec.rope)
         ahead = positions[:, None] - jnp.arange(rows.shape[1])[None, :]  # [T, L] how far back each row is
         near = (ahead >= 0) & (ahead < (spec.sliding_window or rows.shape[1]))
