@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from model_utils import hf_logits, jllm_logits, relative_error
+from model_utils import hf_logits, jllm_chunked_logits, jllm_logits, relative_error
 from test_families import (
     BASE,
     ENGINE_ARGS,
@@ -68,12 +68,15 @@ def model_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.mark.slow
-def test_deepseek_v4_logits_match_transformers_across_the_window(model_dir):
+def test_deepseek_v4_logits_match_transformers_across_the_window_whole_and_in_chunks(model_dir):
     ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 90).tolist()  # 5 windows of 16, 22 entries
     expected = hf_logits(model_dir, ids)
-    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    loaded = load_model(model_dir, mesh=make_mesh(1), dtype="float32")
+    got = jllm_logits(loaded, ids, page_size=16)
     assert relative_error(got, expected) < LOGITS_RTOL
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    # 7 tokens a step: windows of 4 and 8 tokens completed across steps, from rows earlier steps wrote
+    assert relative_error(jllm_chunked_logits(loaded, ids, chunk=7), expected) < LOGITS_RTOL
 
 
 @pytest.mark.slow
@@ -96,12 +99,12 @@ def test_deepseek_v4_fp8_kv_cache_is_refused_naming_it(model_dir):
 
 
 def test_deepseek_v4_compressed_layers_keep_their_compressor_features_in_their_pool_rows():
-    """A sliding layer's row is its K=V head; a heavily compressed layer's adds kv and gate (a head each); a
-    compressed sparse layer's two series of both, and its indexer's."""
+    """A sliding layer's row is its K=V head; a heavily compressed layer's adds kv and gate (a head each) and the
+    entry of the window it completes; a compressed sparse layer's two series of both, and its indexer's likewise."""
     config = {**DSV4, "architectures": ["DeepseekV4ForCausalLM"], "rope_parameters": _ropes()}
     spec = KVCacheSpec.for_model(build_args(config, np.float32)[1], 16, np.float32)
     hd, index = DSV4["head_dim"], DSV4["index_head_dim"]
-    assert spec.pool_dims == ((1, hd), (1, hd + 2 * hd), (1, hd + 4 * hd + 4 * index))
+    assert spec.pool_dims == ((1, hd), (1, hd + 3 * hd), (1, hd + 5 * hd + 5 * index))
 
 
 def _ropes() -> dict[str, dict[str, Any]]:

@@ -3,14 +3,15 @@ softmax-gated sum of the window's projected tokens (transformers' ``DeepseekV4HC
 layers' ``DeepseekV4CSACompressor`` sums two overlapping series, the window's and the previous one's, and its
 lightning indexer, ``DeepseekV4Indexer``, keeps each query's ``index_topk`` best entries).
 
-jllm keeps no entry: each token's compressor projections (kv and gate, and the indexer's) are kept in its own pool
-row beside its K=V head (``CompressSpec.feature_width``: the layer's pool is that much wider,
-``ModelArgs.pool_dims``), and every step recomputes its sequences' entries from their rows. An entry depends on its
-window's tokens alone (and the previous window's), so this is what transformers' cache computes as each window
-completes, for prefill chunks and decodes alike; no state outside the pages, so prefix caching, preemption and
-chunked prefill need nothing more. The cost is the width (a compressed sparse layer's row is ``5 head_dim + 4
-index_head_dim`` channels, in a latent pool's one plane) and a pass over every sequence's rows each step: an exact
-reference, not a fast path.
+Everything lives in the layer's pool rows (a latent pool: one plane), so nothing is kept beside the pages: each
+token's row holds its K=V head, its compressor's (and indexer's) kv and gate projections, and, where the token
+completes a window, that window's entry (and the indexer's; ``CompressSpec.feature_width``,
+``ModelArgs.pool_dims``). A step writes its tokens' rows, then computes the entry of every window one of them
+completes from the window's rows (earlier chunks' and cached pages' among them) and writes it into that token's row;
+the queries then read their sliding window's rows and their sequence's entries. An entry depends on its window's
+tokens alone (and the previous window's), so this is what transformers' cache computes as each window completes,
+whatever the chunking, and prefix caching and preemption need nothing more. The width is the cost: a compressed
+sparse layer's row is ``6 head_dim + 5 index_head_dim`` channels.
 
 A query at position ``p`` sees entry ``w`` once ``w < (p + 1) // rate`` (its window complete), and the sliding
 window's tokens beside them, in one softmax with the head's sink.
@@ -54,8 +55,9 @@ class CompressSpec:
         return 2 if self.index_heads else 1
 
     def feature_width(self, head_dim: int) -> int:
-        """Channels a token's pool row keeps beside its K=V head: kv and gate per series, the indexer's likewise."""
-        return 2 * self.series * (head_dim + self.index_head_dim)
+        """Channels a token's row keeps beside its K=V head: kv and gate per series (the indexer's likewise), then
+        the entry of the window it completes (and the indexer's)."""
+        return (2 * self.series + 1) * (head_dim + self.index_head_dim)
 
 
 class Compressor(nnx.Module):
@@ -76,22 +78,26 @@ class Compressor(nnx.Module):
         """``h [T, hidden]`` (the attention's normed input) -> ``[T, 2 * series * width]``: kv, then gate."""
         return jnp.concatenate([self.kv_proj(h), self.gate_proj(h)], axis=-1)
 
-    def entries(self, features: jax.Array, rope: Rope) -> jax.Array:
-        """``features [S, L, 2 * series * width]`` (each sequence's rows) -> ``[S, L // rate, width]``: every window's
-        entry, normed, its last channels rotated to the window's first position (incomplete windows too: the
-        caller masks them)."""
-        s, r, w = features.shape[0], self.spec.rate, self.width
-        n, c = features.shape[1] // r, self.spec.series * w
-        kv = features[:, : n * r, :c].reshape(s, n, r, c)
-        gate = features[:, : n * r, c:].reshape(s, n, r, c).astype(jnp.float32) + self.position_bias[...]
-        if self.spec.series == 2:  # the previous window's first series beside this one's second (none before 0)
-            before = ((0, 0), (1, 0), (0, 0), (0, 0))
-            kv = jnp.concatenate([jnp.pad(kv[:, :-1, :, :w], before), kv[..., w:]], axis=2)  # [S, n, 2r, width]
-            prev_gate = jnp.pad(gate[:, :-1, :, :w], before, constant_values=-jnp.inf)
-            gate = jnp.concatenate([prev_gate, gate[..., w:]], axis=2)
-        pooled = jnp.sum(kv * jax.nn.softmax(gate, axis=2).astype(kv.dtype), axis=2)  # [S, n, width]
-        starts = jnp.tile(jnp.arange(n, dtype=jnp.int32) * r, s)  # each entry's rotary position: its window's first
-        return rope.apply_last(self.kv_norm(pooled).reshape(s * n, 1, w), starts).reshape(s, n, w)
+    def window_entries(self, rows: jax.Array, starts: jax.Array, first: jax.Array, rope: Rope) -> jax.Array:
+        """Completed windows' entries ``[M, width]`` from their tokens' features ``rows [M, series * rate, 2 * series
+        * width]`` (with two series, the previous window's rows, then its own); ``starts [M]``: each window's first
+        position, the entry's rotary position; ``first bool[M]``: the sequence's first window, whose previous rows
+        (read at position 0) count for nothing."""
+        r, w, c = self.spec.rate, self.width, self.spec.series * self.width
+        kv, gate = rows[..., :c], rows[..., c:].astype(jnp.float32)
+        if self.spec.series == 2:  # the previous window's first series beside this one's second
+            bias = self.position_bias[...]
+            gone = first[:, None, None]
+            prev_kv, prev_gate = (
+                jnp.where(gone, 0, kv[:, :r, :w]),
+                jnp.where(gone, -jnp.inf, gate[:, :r, :w] + bias[:, :w]),
+            )
+            kv = jnp.concatenate([prev_kv, kv[:, r:, w:]], axis=1)  # [M, 2 rate, width]
+            gate = jnp.concatenate([prev_gate, gate[:, r:, w:] + bias[:, w:]], axis=1)
+        else:
+            gate = gate + self.position_bias[...]
+        pooled = jnp.sum(kv * jax.nn.softmax(gate, axis=1).astype(kv.dtype), axis=1)  # [M, width]
+        return rope.apply_last(self.kv_norm(pooled)[:, None], starts)[:, 0]
 
 
 class Indexer(nnx.Module):
@@ -106,33 +112,30 @@ class Indexer(nnx.Module):
         self.weights_proj = Linear(d, spec.index_heads, ("embed", None), dt)
         self.spec = spec
 
-    def chosen(
+    def best(
         self,
         h: jax.Array,  # [T, hidden], the attention's normed input
         q_resid: jax.Array,  # [T, q_lora_rank]
         positions: jax.Array,  # [T]
-        features: jax.Array,  # [S, L, indexer features], each sequence's rows
-        seq: jax.Array,  # i32[T] each query's sequence
+        keys: jax.Array,  # [T, n, index_head_dim]: each query's sequence's indexer entries
         visible: jax.Array,  # bool[T, n] the entries each query may see
         rope: Rope,
-    ) -> jax.Array:
-        """bool ``[T, n]``: the visible entries among each query's ``index_topk`` best."""
+    ) -> tuple[jax.Array, jax.Array]:
+        """Each query's ``index_topk`` best entries ``i32[T, k]`` and which of them it may see ``bool[T, k]``."""
         s, t = self.spec, h.shape[0]
-        keys = self.compressor.entries(features, rope)[seq].astype(jnp.float32)  # [T, n, Di]
         q = rope.apply_last(self.q_b_proj(q_resid).reshape(t, s.index_heads, s.index_head_dim), positions)
-        scores = jax.nn.relu(jnp.einsum("thd,tnd->thn", q.astype(jnp.float32), keys)) * s.index_head_dim**-0.5
+        dots = jnp.einsum("thd,tnd->thn", q.astype(jnp.float32), keys.astype(jnp.float32))
         weights = self.weights_proj(h).astype(jnp.float32) * s.index_heads**-0.5  # [T, Hi]
-        scores = jnp.where(visible, jnp.einsum("thn,th->tn", scores, weights), -jnp.inf)
-        _, best = jax.lax.top_k(scores, min(s.index_topk, scores.shape[-1]))  # [T, k]
-        picked = jnp.zeros(scores.shape, bool).at[jnp.arange(t)[:, None], best].set(True)
-        return picked & visible
+        scores = jnp.einsum("thn,th->tn", jax.nn.relu(dots) * s.index_head_dim**-0.5, weights)
+        _, best = jax.lax.top_k(jnp.where(visible, scores, -jnp.inf), min(s.index_topk, scores.shape[-1]))
+        return best, jnp.take_along_axis(visible, best, axis=-1)
 
 
 def attend(
     q: jax.Array,  # [T, heads, head_dim]
-    keys: jax.Array,  # [T, L, head_dim]: each query's sequence's K=V rows
-    entries: jax.Array,  # [T, n, head_dim]: each query's sequence's compressed entries
-    near: jax.Array,  # bool[T, L]: the rows in the query's sliding window (and not past it)
+    keys: jax.Array,  # [T, window, head_dim]: the K=V rows of each query's sliding window
+    entries: jax.Array,  # [T, n, head_dim]: the compressed entries each query may attend to
+    near: jax.Array,  # bool[T, window]: the window's rows that exist (none before position 0)
     seen: jax.Array,  # bool[T, n]: the entries the query attends to
     sinks: jax.Array,  # [heads]
     sm_scale: float,

@@ -54,7 +54,7 @@ class GroupedLinear(nnx.Module):
 class V4Attention(nnx.Module):
     """One DeepSeek-V4 layer's attention (tensors named as the checkpoint's); its pool entry a latent pool (one row a
     token, read as key and value, by the reference attention): the head alone, or in a compressed layer the head and
-    its token's compressor features (``CompressSpec.feature_width``)."""
+    its token's compressor projections and window entry (``CompressSpec.feature_width``)."""
 
     def __init__(self, args: Any, spec: Any):
         d, hd, dt, v4 = args.hidden_size, args.head_dim, args.dtype, args.v4_attention
@@ -104,26 +104,55 @@ class V4Attention(nnx.Module):
         kv_pages: jax.Array,  # [1, kv copies, num_pages, page_size, pool width]: a latent pool's layout
         meta: AttentionMetadata,
     ) -> tuple[jax.Array, jax.Array]:
-        """A compressed layer: each token's row (its K=V head, then its compressor's and indexer's features) written,
-        then every sequence's rows read back (``block_tables``) for its window and its entries."""
-        hd, t, spec = self.head_dim, h.shape[0], self.spec
-        parts = [kv[:, 0], self.compressor.features(h)]
-        if self.indexer is not None:
-            parts.append(self.indexer.compressor.features(h))
-        row = pad_heads(jnp.concatenate(parts, axis=-1).astype(kv_pages.dtype), kv_pages.shape[-1])[:, None]
-        row = jnp.broadcast_to(row, (t, kv_pages.shape[1], row.shape[-1]))  # the copies tensor parallelism keeps
-        kv_pages = write_kv(kv_pages, row, None, meta.slot_mapping)
-        tables = meta.block_tables  # [S, pages_per_seq]
-        rows = kv_pages[0, 0][tables].reshape(tables.shape[0], -1, kv_pages.shape[-1])  # [S, L, pool width]
+        """A compressed layer (``jllm.models.compressed_kv``): each token's row written (its K=V head, its
+        compressor's and indexer's projections, no entry), then the entries of the windows this step completes, then
+        each query's window and entries read back through its sequence's pages."""
+        hd, t, spec, rate = self.head_dim, h.shape[0], self.spec, self.spec.compress.rate
+        compressors = [self.compressor] + ([] if self.indexer is None else [self.indexer.compressor])
+        entry_start = hd + sum(c.feature_width for c in compressors)  # a row: head, projections, entries
+        entry_width = sum(c.width for c in compressors)
+        row = jnp.concatenate([kv[:, 0], *(c.features(h) for c in compressors)], axis=-1)
+        row = jnp.pad(row, ((0, 0), (0, entry_width))).astype(kv_pages.dtype)  # [T, row]: no entry yet
+        kv_pages = _write(kv_pages, row, meta.slot_mapping)
+        tables, page_size = meta.block_tables, kv_pages.shape[3]  # [S, pages_per_seq]
         seq = jnp.minimum(sequence_of(meta.query_start_loc[1:], jnp.arange(t)), tables.shape[0] - 1)  # i32[T]
-        own = self.compressor.feature_width
-        entries = self.compressor.entries(rows[..., hd : hd + own], spec.rope)  # [S, n, head_dim]
-        n = entries.shape[1]
-        seen = jnp.arange(n)[None, :] < ((positions + 1) // spec.compress.rate)[:, None]  # bool[T, n]: complete
+
+        def slots(seqs: jax.Array, pos: jax.Array) -> jax.Array:  # i32[...] pool slots of the sequences' positions
+            pos = jnp.maximum(pos, 0)
+            return tables[seqs, pos // page_size] * page_size + pos % page_size
+
+        # the windows this step's tokens complete: at most one per `rate` tokens and one more per sequence
+        done = ((positions + 1) % rate == 0) & (jnp.arange(t) < meta.query_start_loc[-1])
+        (closing,) = jnp.nonzero(done, size=min(t, t // rate + tables.shape[0]), fill_value=0)  # i32[M]
+        last = positions[closing]  # [M] each window's last position
+        span = self.compressor.spec.series * rate  # the rows an entry reads: its window's (and the one before)
+        flat = kv_pages[0, 0].reshape(-1, kv_pages.shape[-1])  # [num_pages * page_size, pool width]
+        windows = flat[slots(seq[closing][:, None], last[:, None] - span + 1 + jnp.arange(span))]  # [M, span, width]
+        starts, first, made, at = last + 1 - rate, last + 1 == rate, [], hd
+        for c in compressors:
+            made.append(c.window_entries(windows[..., at : at + c.feature_width], starts, first, spec.rope))
+            at += c.feature_width
+        closed = row[closing].at[:, entry_start:].set(jnp.concatenate(made, axis=-1).astype(row.dtype))
+        real = jnp.arange(closing.shape[0]) < jnp.sum(done)
+        kv_pages = _write(kv_pages, closed, jnp.where(real, meta.slot_mapping[closing], 0))  # padding: page 0
+
+        flat = kv_pages[0, 0].reshape(-1, kv_pages.shape[-1])
+        n = tables.shape[1] * page_size // rate  # entries a sequence may hold
+        ends = jnp.arange(n) * rate + rate - 1  # each entry's row: its window's last token's
+        seen = jnp.arange(n)[None, :] < ((positions + 1) // rate)[:, None]  # bool[T, n]: windows complete
+        chosen = jnp.broadcast_to(jnp.arange(n), (t, n))  # [T, n] the entries each query reads: all, or the best
         if self.indexer is not None:
-            features = rows[..., hd + own : hd + own + self.indexer.compressor.feature_width]
-            seen = self.indexer.chosen(h, q_resid, positions, features, seq, seen, spec.rope)
-        ahead = positions[:, None] - jnp.arange(rows.shape[1])[None, :]  # [T, L] how far back each row is
-        near = (ahead >= 0) & (ahead < (spec.sliding_window or rows.shape[1]))
-        out = attend(q, rows[..., :hd][seq], entries[seq], near, seen, self.sinks[...], hd**-0.5)
-        return out, kv_pages
+            index_keys = flat[slots(seq[:, None], ends[None, :]), entry_start + hd : entry_start + entry_width]
+            chosen, seen = self.indexer.best(h, q_resid, positions, index_keys, seen, spec.rope)  # [T, k]
+        entries = flat[slots(seq[:, None], ends[chosen]), entry_start : entry_start + hd]  # [T, k or n, head_dim]
+        window = spec.sliding_window or tables.shape[1] * page_size
+        back = positions[:, None] - window + 1 + jnp.arange(window)[None, :]  # [T, window] the window's positions
+        keys = flat[slots(seq[:, None], back), :hd]  # [T, window, head_dim]
+        return attend(q, keys, entries, back >= 0, seen, self.sinks[...], hd**-0.5), kv_pages
+
+
+def _write(kv_pages: jax.Array, rows: jax.Array, slots: jax.Array) -> jax.Array:
+    """``rows [N, row]`` written at ``slots`` into every KV copy (tensor parallelism keeps one per device), zero-padded
+    to the pool's width."""
+    rows = pad_heads(rows, kv_pages.shape[-1])[:, None]
+    return write_kv(kv_pages, jnp.broadcast_to(rows, (rows.shape[0], kv_pages.shape[1], rows.shape[-1])), None, slots)

@@ -193,7 +193,8 @@ class LayerSpec:
     # the mixture picks each token's experts by its id from a frozen table, ``tid2eid`` (DeepSeek-V4's hash_moe layers)
     hash_routed: bool = False
     # DeepSeek-V4's compressed layers: the attention also reads one entry per ``compress.rate`` tokens
-    # (``jllm.models.compressed_kv``), each token's compressor features kept in its pool row beside its head
+    # (``jllm.models.compressed_kv``): each token's pool row keeps its compressor projections beside its head, and the
+    # entry of the window it completes
     compress: CompressSpec | None = None
 
     def __post_init__(self) -> None:
@@ -439,7 +440,7 @@ class ModelArgs:
         latent pool's one head counts its copies under tensor parallelism (one a device), as ``num_kv_heads`` does."""
         if spec.kv_source is not None:
             return None
-        if spec.compress is not None:  # DeepSeek-V4's: the head, then the token's compressor features
+        if spec.compress is not None:  # DeepSeek-V4's: the head, then its compressor projections, entries
             return self.num_kv_heads, self.head_dim + spec.compress.feature_width(self.head_dim)
         return (self.num_kv_heads, self.mla.latent_dim) if self.mla is not None else self.layer_heads(spec)
 
