@@ -87,11 +87,9 @@ class Compressor(nnx.Module):
         kv, gate = rows[..., :c], rows[..., c:].astype(jnp.float32)
         if self.spec.series == 2:  # the previous window's first series beside this one's second
             bias = self.position_bias[...]
-            gone = first[:, None, None]
-            prev_kv, prev_gate = (
-                jnp.where(gone, 0, kv[:, :r, :w]),
-                jnp.where(gone, -jnp.inf, gate[:, :r, :w] + bias[:, :w]),
-            )
+            gone = first[:, None, None]  # no window before the sequence's first
+            prev_kv = jnp.where(gone, 0, kv[:, :r, :w])
+            prev_gate = jnp.where(gone, -jnp.inf, gate[:, :r, :w] + bias[:, :w])
             kv = jnp.concatenate([prev_kv, kv[:, r:, w:]], axis=1)  # [M, 2 rate, width]
             gate = jnp.concatenate([prev_gate, gate[:, r:, w:] + bias[:, w:]], axis=1)
         else:
