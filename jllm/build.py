@@ -37,6 +37,7 @@ from jllm.lora.manager import LoRAManager
 from jllm.lora.request import LoRARequest
 from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
+from jllm.models.model_args import ModelArgs
 from jllm.models.registry import build_args
 from jllm.runner import ModelRunner, compile_threads
 from jllm.sampling import generation_defaults
@@ -171,11 +172,11 @@ def _worker(
             f"max_model_len={max_model_len} exceeds {args.context_limit}; set max_model_len <= {args.max_context}"
         )
     page_size = config.cache.page_size
-    if args.dynamic_mask_window and config.cache.kv_cache_dtype != "auto":
+    unheld = _what_an_fp8_pool_cannot_hold(args)
+    if unheld and config.cache.kv_cache_dtype != "auto":
         raise ValueError(
-            f"kv_cache_dtype={config.cache.kv_cache_dtype!r} is not supported for Doge: its pool keeps each key's "
-            "dynamic-mask bias beside the key, which e4m3 with the keys' scale would round or clip; use "
-            "kv_cache_dtype auto"
+            f"kv_cache_dtype={config.cache.kv_cache_dtype!r} is not supported for {unheld}, which e4m3 with the keys' "
+            "scale would round or clip; leave kv_cache_dtype auto"
         )
     dtype = kv_cache.pool_dtype(config.cache.kv_cache_dtype, args.dtype)
     model_spec = kv_cache.KVCacheSpec.for_model(args, page_size, dtype)
@@ -221,6 +222,15 @@ def _worker(
         if executable_cache is not None:
             executable_cache.write_manifest()
     return Worker(loaded, tokenizer, runner, num_pages, max_model_len, publisher)
+
+
+def _what_an_fp8_pool_cannot_hold(args: ModelArgs) -> str | None:
+    """What a model keeps in its pool rows beside K/V that an FP8 pool would round or clip, or None."""
+    if args.dynamic_mask_window:
+        return "Doge: its pool keeps each key's dynamic-mask bias beside the key"
+    if any(spec.compress is not None for spec in args.layers):
+        return "DeepSeek-V4's compressed layers: their pool rows keep each token's compressor projections"
+    return None
 
 
 def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:

@@ -66,7 +66,8 @@ class KVCacheSpec:
     head_dim: int
     page_size: int  # tokens per page
     dtype: DTypeLike = jnp.bfloat16  # the model's, or float8_e4m3fn (``pool_dtype``)
-    latent: bool = False  # one row a token, no V plane: latent attention's values are its keys' first channels
+    # one row a token, no V plane: latent attention's values are its keys' first channels, DeepSeek-V4's its K=V head
+    latent: bool = False
     # > 0: each layer also keeps DeepSeek Sparse Attention's indexer key (this wide) per token, in a pool of its own
     index_head_dim: int = 0
     # per model layer, a recurrent layer's state (None: an attention layer, with pages); () where every layer attends
@@ -110,9 +111,10 @@ class KVCacheSpec:
     def for_model(cls, args: Any, page_size: int, dtype: DTypeLike) -> KVCacheSpec:
         """The pool a model's ``ModelArgs`` needs: its KV heads (copies included), each ``kv_pool_head_dim`` wide;
         latent for multi-head latent attention (``args.mla``), with its indexer's keys where it is sparse
-        (``args.mla.indexer``); a hybrid model's recurrent layers' states."""
-        latent = args.mla is not None
-        indexer = args.mla.indexer if latent else None
+        (``args.mla.indexer``), and for DeepSeek-V4's one K=V head (``args.v4_attention``); a hybrid model's recurrent
+        layers' states."""
+        latent = args.mla is not None or args.v4_attention is not None
+        indexer = None if args.mla is None else args.mla.indexer
         states = tuple(args.state_spec(spec) for spec in args.layers)
         # a layer's pages (None: a recurrent layer, or one reading another layer's: Gemma 4's KV-shared layers)
         dims = tuple(args.pool_dims(spec) if args.has_pages(spec) else None for spec in args.layers)

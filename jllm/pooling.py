@@ -145,8 +145,10 @@ class Encoder:
                 "hidden states and embeddings are not supported for hybrid models with recurrent layers (Qwen3-Next, "
                 "Qwen3.5, the Mamba2 hybrids): the encoder's scratch pool holds no recurrent state; use generation"
             )
-        if runner.loaded.args.altup_streams or runner.loaded.args.hyper_streams:
-            family, streams = ("Gemma 3n", "AltUp's") if runner.loaded.args.altup_streams else ("Qwen4-Exp", "hyper")
+        args = runner.loaded.args
+        if args.altup_streams or args.hyper_streams:
+            hyper = "DeepSeek-V4" if args.hyper_sinkhorn else "Qwen4-Exp"
+            family, streams = ("Gemma 3n", "AltUp's") if args.altup_streams else (hyper, "hyper")
             raise InputError(
                 f"hidden states and embeddings are not supported for {family}: its layers' states are {streams} "
                 "streams, not one hidden state; use generation"

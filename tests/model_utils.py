@@ -53,7 +53,7 @@ def save_tiny_checkpoint(
     ``perturb_constants`` adds noise to every one-dimensional parameter (norms' weights and biases, linear biases) and
     every norm's weight (Cohere's per-head q/k norms' are ``[heads, head_dim]``) and ERNIE's, DeepSeek-V3's and
     LFM2-MoE's router correction biases and stacked experts' biases (gpt-oss's ``[experts, out]``), Gemma 4's layer
-    scalars, and any parameter
+    scalars, DeepSeek-V4's hash-routing table (random experts), and any parameter
     that is all zeros (AFMoE's router), which transformers initialises to constants (so a ``1 + w`` norm read as
     ``w``, or a bias not read at all, would otherwise go unnoticed). ``prepare``: run on the model (under
     ``no_grad``) before it is saved, for weights a family's initialisation leaves too small to tell tokens apart."""
@@ -71,6 +71,8 @@ def save_tiny_checkpoint(
             for name, b in model.named_buffers():  # DeepSeek-V3's, LFM2-MoE's choice biases, Gemma 4's scalars
                 if name.endswith(("e_score_correction_bias", "expert_bias", "layer_scalar")):
                     b.add_(0.3 * torch.randn_like(b))
+                if name.endswith("tid2eid"):  # DeepSeek-V4's hash routing: zeros would send every token to expert 0
+                    b.copy_(torch.randint(0, model.config.n_routed_experts, b.shape))
     if prepare is not None:
         with torch.no_grad():
             prepare(model)

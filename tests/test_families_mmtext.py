@@ -182,11 +182,6 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
 @pytest.mark.parametrize(
     "arch, change, message",
     [
-        (
-            "DeepseekV4ForCausalLM",
-            {},
-            "'DeepseekV4ForCausalLM' is not supported: DeepSeek-V4 keeps compressed KV caches",
-        ),
         ("Gemma4UnifiedAssistantForCausalLM", {}, "'Gemma4UnifiedAssistantForCausalLM' is not supported: .* drafter"),
         ("Gemma4AssistantForCausalLM", {}, "'Gemma4AssistantForCausalLM' is not supported: .* drafter for speculative"),
         ("Dots3NoteForCausalLM", {}, "'Dots3NoteForCausalLM' is not supported: dots3-note's .*per_layer_config"),

@@ -22,9 +22,10 @@ from flax import nnx
 from jllm.attention import AttentionMetadata
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
+from jllm.models.deepseek_v4 import V4Attention
 from jllm.models.diff_attention import DiffAttention
 from jllm.models.dynamic_mask import DynamicMaskAttention
-from jllm.models.hyper_connections import HyperConnection
+from jllm.models.hyper_connections import make_hyper_connection
 from jllm.models.layers import (
     MLP,
     Embedding,
@@ -60,9 +61,10 @@ class DecoderLayer(nnx.Module):
     (``LayerSpec.shared_block``: ``jllm.models.zamba2``). A layer may hand an array on to the next (the ``carry``):
     LongCat-Flash's layer pairs pass a mixture's output from the first to the second (``LayerSpec.moe_shortcut``);
     DeepSeek Sparse Attention's layers pass the selection they attended over, which GLM-5's layers without an
-    indexer reuse (``LayerSpec.reuses_selection``). Qwen4-Exp's layers read and write hyper-connection streams: each
-    block's input a learned mix of them, its output added to each by a learned weight
-    (``jllm.models.hyper_connections``). Falcon-H1's layers run attention beside their Mamba2 mixer
+    indexer reuse (``LayerSpec.reuses_selection``). Qwen4-Exp's and DeepSeek-V4's layers read and write
+    hyper-connection streams: each block's input a learned mix of them, its output added to each by a learned weight
+    (``jllm.models.hyper_connections``); DeepSeek-V4's hash-routed mixtures read the token ids
+    (``LayerSpec.hash_routed``). Falcon-H1's layers run attention beside their Mamba2 mixer
     (``LayerSpec.attention_beside``). RWKV's layers scale their output (``LayerSpec.output_scale``: its eval-mode
     halving every ``rescale_every`` blocks). GPT-1's layers norm the residual stream after each add instead
     (``ModelArgs.residual_norms``). Each residual add may weigh the residual per channel (Doge's) or mix it with the
@@ -87,6 +89,8 @@ class DecoderLayer(nnx.Module):
             self.self_attn = DiffAttention(args, spec)
         elif args.dynamic_mask_window:  # Doge's
             self.self_attn = DynamicMaskAttention(args, spec)
+        elif args.v4_attention is not None:
+            self.self_attn = V4Attention(args, spec)
         else:
             self.self_attn = Attention(args, spec) if args.mla is None else MLAttention(args, spec)
         # the MLP's input norm (Llama's name); none where it shares the attention's or the family has no input norms
@@ -121,9 +125,9 @@ class DecoderLayer(nnx.Module):
         self.output_scale = spec.output_scale
         index = spec.shared_block
         self.shared_block = None if index is None else SharedBlockCall(args, shared_blocks[index])
-        hyper = args.hyper_streams > 0  # Qwen4-Exp's hyper-connections, around the mixer and around the MLP
-        self.attn_hyper_connection = HyperConnection(args) if hyper else None
-        self.mlp_hyper_connection = HyperConnection(args) if hyper else None
+        hyper = args.hyper_streams > 0  # Qwen4-Exp's or DeepSeek-V4's, around the mixer and around the MLP
+        self.attn_hyper_connection = make_hyper_connection(args) if hyper else None
+        self.mlp_hyper_connection = make_hyper_connection(args) if hyper else None
 
     def __call__(
         self,
@@ -141,14 +145,15 @@ class DecoderLayer(nnx.Module):
         (reused by a layer without an indexer), else None; ``carry``: the last layer's. ``lora``: the step's adapters
         (on the attention and a dense MLP, not a mixture of experts: ``jllm.lora.peft_files`` lets a family's adapters
         target only those); ``per_layer_input [T, width]``: this layer's own input (Gemma 4's PLE), added after its
-        blocks, before its ``layer_scalar``. With AltUp (Gemma 3n) ``x`` is the streams ``[streams, T, hidden]``.
-        ``embeddings``: the model's, which a Zamba2 hybrid layer's shared block reads."""
+        blocks, before its ``layer_scalar`` (a hash-routed layer's: the token ids ``[T]``). With AltUp (Gemma 3n)
+        ``x`` is the streams ``[streams, T, hidden]``. ``embeddings``: the model's, which a Zamba2 hybrid layer's
+        shared block reads."""
         if self.normed_residual is not None:  # MiniMax's (no LoRA: hybrid models refuse it)
             return *self._from_normed(x, positions, kv_pages, meta), None
         if self.attention_beside is not None:  # Falcon-H1's
             return *self._side_by_side(x, positions, kv_pages, meta), None
-        if self.attn_hyper_connection is not None:  # Qwen4-Exp's (no LoRA: hybrid models refuse it)
-            return *self._hyper(x, positions, kv_pages, meta), None
+        if self.attn_hyper_connection is not None:  # Qwen4-Exp's, DeepSeek-V4's (no LoRA: peft_files serves neither)
+            return *self._hyper(x, positions, kv_pages, meta, per_layer_input), None
         if self.shared_block is not None:  # Zamba2's hybrid layer: its entry the block's pages and the mixer's state
             pages, states = kv_pages
             added, pages = self.shared_block(x, embeddings, positions, pages, meta)
@@ -232,16 +237,24 @@ class DecoderLayer(nnx.Module):
         return scaled(h, mlp_alpha) + scaled(self._mlp(h, None), mlp_beta), kv_pages
 
     def _hyper(
-        self, x: jax.Array, positions: jax.Array, kv_pages: Any, meta: AttentionMetadata
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        kv_pages: Any,
+        meta: AttentionMetadata,
+        token_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
-        """Qwen4-Exp's layer over the streams ``x [T, streams, hidden]``: the mixer, then the MLP, each on its
-        hyper-connection's mix and added back into every stream."""
+        """Qwen4-Exp's and DeepSeek-V4's layer over the streams ``x [T, streams, hidden]``: the mixer, then the MLP,
+        each on its hyper-connection's mix (through the block's norm, where the family has one: DeepSeek-V4) and
+        added back into the streams; ``token_ids [T]``: a hash-routed mixture's."""
         mixer = self.self_attn if self.mixer is None else self.mixer
         h, weights = self.attn_hyper_connection(x)
-        out, kv_pages = mixer(h, None, positions, kv_pages, meta)
-        x = HyperConnection.add(x, out, weights)
+        out, kv_pages = mixer(h, self.input_layernorm, positions, kv_pages, meta)
+        x = self.attn_hyper_connection.add(x, out, weights)
         h, weights = self.mlp_hyper_connection(x)
-        return HyperConnection.add(x, self._mlp(h, None), weights), kv_pages
+        norm = self.post_attention_layernorm
+        out = self._mlp(h, norm) if token_ids is None else self.mlp(norm(h), token_ids)
+        return self.mlp_hyper_connection.add(x, out, weights), kv_pages
 
     def _side_by_side(
         self, x: jax.Array, positions: jax.Array, kv_pages: tuple[jax.Array, Any], meta: AttentionMetadata
@@ -322,11 +335,13 @@ class CausalLM(nnx.Module):
                 layers.append(NGPTLayer(args, spec) if args.ngpt else DecoderLayer(args, spec, blocks))
         self.layers = nnx.List(layers)
         self.looped = None if args.loop is None else Looped(args.loop, args.hidden_size, args.dtype)
-        # Qwen4-Exp's streams mixed into one state in place of the final norm
+        # the hyper-connection streams mixed into one state: in place of the final norm (Qwen4-Exp), or before it
+        # (DeepSeek-V4)
         hyper = args.hyper_streams > 0
-        self.hyper_connection_mixer = HyperConnection(args, inject=False) if hyper else None
+        self.hyper_connection_mixer = make_hyper_connection(args, final=True) if hyper else None
         # GPT-1's last layer ends normed; nGPT's final norm is an L2 norm
-        self.norm = None if hyper or args.residual_norms else L2Norm() if args.ngpt else args.make_norm()
+        no_norm = (hyper and args.hyper_sinkhorn is None) or args.residual_norms
+        self.norm = None if no_norm else L2Norm() if args.ngpt else args.make_norm()
         # A classifier has no LM head: its logits programs (never run, jllm.classify refuses generation) read the
         # embedding; its ``score`` head, replicated, is read on the host.
         self.lm_head = (
@@ -375,11 +390,12 @@ class CausalLM(nnx.Module):
         return [*states[:-1], self._final(states[-1])]
 
     def _final(self, x: jax.Array) -> jax.Array:
-        """The last layer's output normed (AltUp's streams collapsed to one first: Gemma 3n), or Qwen4-Exp's
-        hyper-connection streams mixed into one."""
+        """The last layer's output normed (AltUp's streams collapsed to one first: Gemma 3n; the hyper-connection
+        streams mixed into one: DeepSeek-V4), or Qwen4-Exp's streams mixed into one."""
         if self.hyper_connection_mixer is not None:
-            return self.hyper_connection_mixer(x)[0]
-        if self.norm is None:
+            mixed = self.hyper_connection_mixer(x)[0]
+            return mixed if self.norm is None else self.norm(mixed)
+        if self.norm is None:  # GPT-1's: its last layer ends normed
             return x
         return self.norm(x if self.altup_streams is None else self.altup_streams.collapse(x))
 
@@ -405,7 +421,7 @@ class CausalLM(nnx.Module):
             x = self.embed_norm(x)
         per_layer = None if self.per_layer_inputs is None else self.per_layer_inputs(input_ids, x)  # [T, layers, w]
         states = [x if self.altup_streams is None else self.altup_streams.expand(x)]
-        if self.args.hyper_streams:  # Qwen4-Exp: every hyper-connection stream starts as the embedding
+        if self.args.hyper_streams:  # every hyper-connection stream starts as the embedding
             states = [jnp.broadcast_to(x[:, None], (x.shape[0], self.args.hyper_streams, x.shape[1]))]
         if self.looped is not None:  # the invocations in the family's order, the streams mixed between them
             return self._looped(states[0], positions, kv_caches, meta)
@@ -415,6 +431,7 @@ class CausalLM(nnx.Module):
             layer_lora = None if lora is None else lora.layer(i, x.dtype)
             pages = kv_pages if spec.kv_source is None else new_caches[spec.kv_source]
             extra = None if per_layer is None else per_layer[:, i]
+            extra = input_ids if spec.hash_routed else extra  # DeepSeek-V4's hash-routed mixture reads the ids
             embeddings = None if layer.shared_block is None else states[0]  # Zamba2's shared blocks read them
             x, pages, carry = _decoder_layer(
                 *nnx.split(layer), states[-1], positions, pages, meta, layer_lora, extra, embeddings, carry

@@ -275,13 +275,16 @@ class ClampedSwiGLU:
     """A SwiGLU whose gate is clipped above and up projection on both sides at ``limit``, in place of
     ``silu(gate) * up``, so that rare huge activations stay bounded: gpt-oss's experts (``alpha`` set) clip before the
     activation and take ``(up + 1) * gate * sigmoid(alpha * gate)``; Ling 3's (BailingHybrid's, ``alpha`` None) clip
-    the gate after its silu and take ``silu(gate) * up``."""
+    the gate after its silu and take ``silu(gate) * up``; DeepSeek-V4's (``gate_first``) clip it before."""
 
     limit: float
     alpha: float | None = None
+    gate_first: bool = False
 
     def __call__(self, gate: jax.Array, up: jax.Array) -> jax.Array:
         up = jnp.clip(up, -self.limit, self.limit)
+        if self.gate_first and self.alpha is None:
+            return jax.nn.silu(jnp.minimum(gate, self.limit)) * up
         if self.alpha is None:
             return jnp.minimum(jax.nn.silu(gate), self.limit) * up
         gate = jnp.minimum(gate, self.limit)

@@ -34,7 +34,9 @@ a prediction head before its tied, biased LM head; GPT-1's norms after each resi
 sinusoids (``sinusoid_shift``); looped models, each run of a stored layer a layer of its own (``loop``: Dory's and
 HRM-Text's, ``jllm.models.looped``); Dory's nGPT layers (``ngpt``, ``jllm.models.ngpt``); Doge's dynamic mask attention
 (``dynamic_mask_window``, ``jllm.models.dynamic_mask``) and weighted residuals; Ergo's gated residual adds, normed
-experts and scaled global layers.
+experts and scaled global layers; DeepSeek-V4's attention (``v4_attention``), its compressed layers
+(``LayerSpec.compress``), Sinkhorn hyper-connections (``hyper_sinkhorn``) and hash-routed mixtures
+(``LayerSpec.hash_routed``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -49,7 +51,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jllm.models.compressed_kv import CompressSpec
+from jllm.models.deepseek_v4 import V4AttentionSpec
 from jllm.models.gated_deltanet import DeltaNetSpec, GatedDeltaNet
+from jllm.models.hyper_connections import SinkhornSpec
 from jllm.models.layers import MLP, GatedRMSNorm, LayerNorm, RMSNorm
 from jllm.models.lightning_attention import LightningAttention, LightningSpec
 from jllm.models.looped import Loop
@@ -236,6 +241,12 @@ class LayerSpec:
     # are normed)
     input_norm: bool = True
     score_scale: float = 1.0  # this layer's attention scores times this (Ergo's global layers' global_attention_scale)
+    # the mixture picks each token's experts by its id from a frozen table, ``tid2eid`` (DeepSeek-V4's hash_moe layers)
+    hash_routed: bool = False
+    # DeepSeek-V4's compressed layers: the attention also reads one entry per ``compress.rate`` tokens
+    # (``jllm.models.compressed_kv``): each token's pool row keeps its compressor projections beside its head, and the
+    # entry of the window it completes
+    compress: CompressSpec | None = None
 
     def __post_init__(self) -> None:
         if self.moe_shortcut not in (None, "out", "in"):
@@ -402,6 +413,11 @@ class ModelArgs:
     # its output added to each by a learned weight; the final mix in place of the final norm
     hyper_streams: int = 0
     hyper_rank: int = 0
+    # DeepSeek-V4's form of them instead (``hyper_connections.SinkhornHyperConnection``): each block's input normed as
+    # usual (``pre_norms``), the streams mixed by a doubly stochastic matrix; the final mix before the final norm
+    hyper_sinkhorn: SinkhornSpec | None = None
+    # DeepSeek-V4's attention (``jllm.models.deepseek_v4``) in place of Attention; num_kv_heads is 1
+    v4_attention: V4AttentionSpec | None = None
     # Qwen4-Exp's QSA indexer keeps, per query, the tokens of its best indexer_budget / compress_ratio whole blocks
     # and its last, incomplete block (MiniMax-M3's sparse layers its best index_topk_blocks blocks of
     # index_block_size): jllm has no block-sparse attention, so it serves contexts up to the budget, where every
@@ -460,10 +476,12 @@ class ModelArgs:
         earlier one with K/V of its own, of its shape."""
         if self.altup_streams == 1:
             raise ValueError("altup_streams=1 is not supported: AltUp needs at least 2 streams (0: no AltUp)")
-        if self.hyper_streams and (self.hyper_streams < 2 or self.hyper_rank < 1 or self.pre_norms):
+        gated = self.hyper_sinkhorn is None  # Qwen4-Exp's: they norm each block's input themselves
+        if self.hyper_streams and (self.hyper_streams < 2 or (gated and (self.hyper_rank < 1 or self.pre_norms))):
             raise ValueError(
-                f"hyper_streams={self.hyper_streams} needs at least 2 streams, hyper_rank >= 1 (got "
-                f"{self.hyper_rank}) and pre_norms False (the hyper-connections norm each block's input)"
+                f"hyper_streams={self.hyper_streams} needs at least 2 streams and, without hyper_sinkhorn, "
+                f"hyper_rank >= 1 (got {self.hyper_rank}) and pre_norms False (the hyper-connections norm each block's "
+                "input)"
             )
         narrowest = min(self.layer_heads(s)[1] for s in self.layers)
         stored = self.weights.v_head_dim is not None and self.weights.qkv_layout == "separate"
@@ -503,6 +521,8 @@ class ModelArgs:
         latent pool's one head counts its copies under tensor parallelism (one a device), as ``num_kv_heads`` does."""
         if spec.kv_source is not None:
             return None
+        if spec.compress is not None:  # DeepSeek-V4's: the head, then its compressor projections, entries
+            return self.num_kv_heads, self.head_dim + spec.compress.feature_width(self.head_dim)
         if self.mla is not None:
             return self.num_kv_heads, self.mla.latent_dim
         kv_heads, head_dim = self.layer_heads(spec)
@@ -591,6 +611,7 @@ class ModelArgs:
             zero_experts=self.zero_experts,
             shared_glu=spec.shared_expert_glu,
             out_norm_eps=self.norm_eps if self.expert_out_norms else None,
+            hash_vocab=self.vocab_size if spec.hash_routed else 0,
         )
 
     def make_moe_beside(self) -> MoEBesideMLP | None:

@@ -80,12 +80,21 @@ def route_sigmoid(logits: jax.Array, top_k: int, renormalize: bool) -> tuple[jax
 ROUTINGS = ("softmax", "sparsemixer", "softmax_corrected", "sigmoid_input", "sigmoid")
 
 
+# the grouped router's expert scores, by name
+SCORINGS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "softmax": lambda logits: jax.nn.softmax(logits, axis=-1),
+    "sigmoid": jax.nn.sigmoid,
+    "sqrtsoftplus": lambda logits: jnp.sqrt(jax.nn.softplus(logits)),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class GroupedRouting:
     """DeepSeek's router: experts in ``num_groups`` groups, a token's experts chosen from its ``top_groups`` best
     groups only, the chosen weights times ``scale`` (``routed_scaling_factor``). "softmax" scores (V2) rank a group by
     its best expert; "sigmoid" scores (V3's ``noaux_tc``) are chosen with a learned bias added
-    (``e_score_correction_bias``), a group ranked by the sum of its two best biased scores, and weighted unbiased."""
+    (``e_score_correction_bias``), a group ranked by the sum of its two best biased scores, and weighted unbiased;
+    "sqrtsoftplus" scores (DeepSeek-V4's ``sqrt(softplus(logit))``) likewise, in one group."""
 
     scoring: str = "softmax"
     num_groups: int = 1
@@ -97,11 +106,13 @@ class GroupedRouting:
     @property
     def choice_bias(self) -> bool:
         """The router holds a learned choice bias (``e_score_correction_bias``)."""
-        return self.scoring == "sigmoid" or self.softmax_bias
+        return self.scoring != "softmax" or self.softmax_bias
 
     def __post_init__(self) -> None:
-        if self.scoring not in ("softmax", "sigmoid"):
-            raise ValueError(f"routing scoring {self.scoring!r} is not supported (supported: softmax, sigmoid)")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"routing scoring {self.scoring!r} is not supported (supported: {', '.join(SCORINGS)})")
+        if self.scoring == "sqrtsoftplus" and self.num_groups > 1:
+            raise ValueError(f"sqrtsoftplus scoring is implemented in one group (DeepSeek-V4's), not {self.num_groups}")
         if not 0 < self.top_groups <= self.num_groups:
             raise ValueError(f"top_groups={self.top_groups} must be between 1 and num_groups={self.num_groups}")
 
@@ -112,11 +123,15 @@ def grouped_top_k(
     routing: GroupedRouting,
     renormalize: bool,
     choice_bias: jax.Array | None = None,  # [experts] float32, added to the scores only to choose (V3, LongCat)
+    fixed: jax.Array | None = None,  # [T, k] int32: the experts, chosen already (DeepSeek-V4's hash routing)
 ) -> tuple[jax.Array, jax.Array]:
-    """transformers' ``DeepseekV2TopkRouter`` / ``DeepseekV3TopkRouter``: each token's experts ``[T, k]`` int32 and
-    their float32 weights ``[T, k]``."""
+    """transformers' ``DeepseekV2TopkRouter`` / ``DeepseekV3TopkRouter`` / ``DeepseekV4TopKRouter``: each token's
+    experts ``[T, k]`` int32 and their float32 weights ``[T, k]``; with ``fixed`` (``DeepseekV4HashRouter``) only the
+    weights of those experts."""
     t, experts = logits.shape
-    scores = jax.nn.softmax(logits, axis=-1) if routing.scoring == "softmax" else jax.nn.sigmoid(logits)
+    scores = SCORINGS[routing.scoring](logits)
+    if fixed is not None:
+        return fixed, _weighed(scores, fixed, routing, renormalize)
     choice = scores if choice_bias is None else (logits if routing.logit_bias else scores) + choice_bias
     if routing.num_groups > 1:
         grouped = choice.reshape(t, routing.num_groups, experts // routing.num_groups)
@@ -128,19 +143,27 @@ def grouped_top_k(
         kept = jnp.any(best[:, :, None] == jnp.arange(routing.num_groups), axis=1)  # [T, groups]
         choice = jnp.where(jnp.repeat(kept, experts // routing.num_groups, axis=1), choice, -jnp.inf)
     _, chosen = jax.lax.top_k(choice, top_k)
+    return chosen, _weighed(scores, chosen, routing, renormalize)
+
+
+def _weighed(scores: jax.Array, chosen: jax.Array, routing: GroupedRouting, renormalize: bool) -> jax.Array:
+    """The chosen experts' unbiased scores ``[T, k]``, renormalised where asked, times the routing's scale."""
     weights = jnp.take_along_axis(scores, chosen, axis=-1)
     if renormalize:
         weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
-    return chosen, weights * routing.scale
+    return weights * routing.scale
 
 
 class Router(nnx.Module):
     """DeepSeek's gate: logits in float32 whatever the model's dtype (transformers keeps ``gate.weight`` in float32),
-    and with sigmoid scoring the choice bias, stored beside the weight as ``e_score_correction_bias``."""
+    and with sigmoid scoring the choice bias, stored beside the weight as ``e_score_correction_bias``; in
+    DeepSeek-V4's hash-routed layers (``hash_vocab``: the vocabulary) no bias but ``tid2eid``, each token id's
+    ``top_k`` experts, a frozen table."""
 
-    def __init__(self, dim: int, experts: int, dtype, choice_bias: bool):
+    def __init__(self, dim: int, experts: int, dtype, choice_bias: bool, hash_vocab: int = 0, top_k: int = 0):
         self.kernel = param((dim, experts), dtype, ("embed", None))
         self.e_score_correction_bias = param((experts,), jnp.float32, (None,)) if choice_bias else None
+        self.tid2eid = param((hash_vocab, top_k), jnp.int32, (None, None)) if hash_vocab else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)  # [T, experts]
@@ -286,6 +309,7 @@ class SparseMoE(nnx.Module):
         zero_experts: int = 0,
         shared_glu: ClampedSwiGLU | None = None,
         out_norm_eps: float | None = None,
+        hash_vocab: int = 0,
     ):
         if routing not in ROUTINGS:
             raise ValueError(f"expert routing {routing!r} is not one of {', '.join(ROUTINGS)}")
@@ -296,8 +320,11 @@ class SparseMoE(nnx.Module):
         # ERNIE, Flint and LongCat keep their routers (ERNIE's correction bias too) in float32 (transformers'
         # _keep_in_fp32_modules)
         router_dtype = jnp.float32 if router_float32 or routing == "softmax_corrected" else dtype
+        if hash_vocab and grouped is None:
+            raise ValueError("hash routing (tid2eid) is implemented behind the grouped router only (DeepSeek-V4's)")
         if grouped is not None:
-            self.gate = Router(dim, experts + zero_experts, router_dtype, choice_bias=grouped.choice_bias)
+            choice_bias = grouped.choice_bias and not hash_vocab
+            self.gate = Router(dim, experts + zero_experts, router_dtype, choice_bias, hash_vocab, top_k)
         else:
             self.gate = Linear(dim, experts, ("embed", None), router_dtype, bias=bias)  # the router
         self.e_score_correction_bias = (
@@ -314,12 +341,14 @@ class SparseMoE(nnx.Module):
         self.routing, self.router_eps, self.grouped = routing, router_eps, grouped
         self.shared_mean, self.zero_experts = shared_mean, zero_experts
 
-    def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``."""
+    def route(self, x: jax.Array, token_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Each token's ``top_k`` experts ``[T, k]`` int32 and their float32 weights ``[T, k]``; ``token_ids [T]``:
+        a hash-routed layer's tokens."""
         if self.grouped is not None:
-            bias = self.gate.e_score_correction_bias
+            bias, table = self.gate.e_score_correction_bias, self.gate.tid2eid
             bias = None if bias is None else bias[...]
-            return grouped_top_k(self.gate(x), self.top_k, self.grouped, self.renormalize, bias)
+            fixed = None if table is None else jnp.take(table[...], token_ids, axis=0)  # [T, k]
+            return grouped_top_k(self.gate(x), self.top_k, self.grouped, self.renormalize, bias, fixed)
         if self.routing == "softmax_corrected":
             logits = self.gate(x.astype(jnp.float32))  # [T, experts]
             return route_softmax_corrected(logits, self.e_score_correction_bias[0], self.top_k, self.router_eps)
@@ -332,8 +361,8 @@ class SparseMoE(nnx.Module):
             return route_sigmoid(logits, self.top_k, self.renormalize)
         return route_softmax(logits, self.top_k, self.renormalize)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        chosen, weights = self.route(x)
+    def __call__(self, x: jax.Array, token_ids: jax.Array | None = None) -> jax.Array:
+        chosen, weights = self.route(x, token_ids)
         zero = chosen >= self.num_experts  # [T, k] a zero-computation expert's choice (none without them)
         y = mix_experts(
             self.experts, x, chosen, weights, self.num_experts, self.routing == "sigmoid_input", self.zero_experts > 0

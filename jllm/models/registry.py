@@ -20,6 +20,7 @@ from jllm.models.families import (
     dbrx,
     deepseek,
     deepseek_sparse,
+    deepseek_v4,
     doge,
     early_gpt,
     ergo,
@@ -135,6 +136,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "DeepseekV2ForCausalLM": deepseek.deepseek_v2,
     "DeepseekV3ForCausalLM": deepseek.deepseek_v3,
     "DeepseekV32ForCausalLM": deepseek_sparse.deepseek_v32,
+    "DeepseekV4ForCausalLM": deepseek_v4.deepseek_v4,
     "GlmMoeDsaForCausalLM": deepseek_sparse.glm_moe_dsa,
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
     "Dots1ForCausalLM": deepseek.dots1,
@@ -277,16 +279,6 @@ REFUSED = {
         "sqrt((i - 1)/i) at the i-th residual add), adds a learned bias per head to its attention's sigmoid output "
         "gate, and scales its full (NoPE) layers' queries by (1 + (position + 1)/2048) ** 0.1; jllm's decoder has "
         "none of these yet"
-    ),
-    "DeepseekV4ForCausalLM": (
-        "DeepSeek-V4 keeps compressed KV caches beside its sliding-window one (layer_types: compressed_sparse_"
-        "attention layers pool every compress_rates[...] = 4 tokens into one softmax-gated entry from two overlapping "
-        "series and pick index_topk of them by its lightning indexer; heavily_compressed_attention layers pool every "
-        "128 tokens), a single K=V head with per-head attention sinks, the output's rope slice rotated back and a "
-        "grouped low-rank output projection (o_groups, o_lora_rank), hc_mult residual streams mixed by "
-        "manifold-constrained hyper-connections (a comb matrix made doubly stochastic by hc_sinkhorn_iters Sinkhorn-"
-        "Knopp iterations), and hash routing in its hash_moe layers (mlp_layer_types: experts chosen by a frozen "
-        "tid2eid[token id] table); jllm's decoder and KV pool have none of these yet"
     ),
     "Gemma4AssistantForCausalLM": _GEMMA4_ASSISTANT,
     "Gemma4UnifiedAssistantForCausalLM": _GEMMA4_ASSISTANT,

@@ -83,6 +83,13 @@ class Rope:
         inv_freq = -self.inv_freq() if self.negated else self.inv_freq()
         return apply_rotary(x, positions, inv_freq, self.rotary_dim, self.attention_scaling(), self.interleaved)
 
+    def apply_last(self, x: jax.Array, positions: jax.Array, back: bool = False) -> jax.Array:
+        """Rotates the last ``rotary_dim`` channels of ``x [T, heads, head_dim]`` by ``positions [T]`` (DeepSeek-V4
+        lays each head out ``[nope | rope]``); ``back``: by minus the angle."""
+        rope = dataclasses.replace(self, negated=not self.negated) if back else self
+        rest, turned = x[..., : -self.rotary_dim], x[..., -self.rotary_dim :]
+        return jnp.concatenate([rest, rope.apply(turned, positions)], axis=-1)
+
 
 def _llama3(inv_freq: np.ndarray, s: dict[str, Any]) -> np.ndarray:
     """Llama 3's piecewise rescaling of the low frequencies."""
