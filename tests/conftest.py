@@ -1,5 +1,6 @@
 """Shared fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,11 +8,16 @@ import pytest
 
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled default model (SmolLM2-135M-Instruct), converted once per test session into a temporary cache."""
+    """The bundled default model (SmolLM2-135M-Instruct), converted once per test run into a temporary cache. Under
+    pytest-xdist the workers share that cache (their temporary directories' parent): the conversion (~12 s, 517 MB)
+    holds a file lock and renames its directory into place when done, so the second worker waits and reuses it."""
     from jllm.model_source import resolve_model
 
+    root = tmp_path_factory.getbasetemp()
+    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "jllm_cache"
+    cache.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JLLM_CACHE", str(tmp_path_factory.mktemp("jllm_cache")))
+        mp.setenv("JLLM_CACHE", str(cache))
         return resolve_model(None)
 
 

@@ -222,7 +222,9 @@ def test_bench_grpc_vs_sse_streams_every_token_over_both_and_reports_both(tmp_pa
 
 @pytest.mark.slow  # a server process and two load levels (~15 s)
 def test_bench_stream_overhead_streams_every_token_and_never_beats_the_step(tmp_path: Path) -> None:
-    """Every asked token arrives, and no stream's inter-token time is shorter than the scripted step it waits on."""
+    """Every asked token arrives, and no stream's time per output token is shorter than the scripted step it waits on.
+    Its single inter-token times can be: when the client reads late (a busy machine, as under ``pytest -n 2``), the
+    tokens sent meanwhile arrive back to back, which put the median ITL at 4.2 ms against a 5 ms step."""
     bench = importlib.import_module("bench_stream_overhead")
     out = tmp_path / "overhead.json"
     step_ms = 5.0
@@ -232,7 +234,7 @@ def test_bench_stream_overhead_streams_every_token_and_never_beats_the_step(tmp_
     assert [r["concurrency"] for r in rows] == [1, 2]
     for row in rows:
         assert row["failed"] == 0 and row["tokens"] == row["requests"] * 8
-        assert row["itl_p50_ms"] >= step_ms * 0.95 and row["tpot_p50_ms"] >= step_ms * 0.95
+        assert row["tpot_p50_ms"] >= step_ms * 0.95 and row["itl_p50_ms"] > 0
         assert_positive(row["server_cpu_us_per_token"])
 
 
