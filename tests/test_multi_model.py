@@ -13,6 +13,7 @@ import os
 import re
 import statistics
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,12 +431,25 @@ class TwoModels:
 
 
 def live_bytes() -> int:
+    """Bytes of the process's live arrays once no step is in flight: a step running holds its input pool beside its
+    output until it ends (one smol pool, 70.8 MB, seen under ``pytest -n 2`` just after the streams closed), so two
+    readings 0.1 s apart must agree (3 s at most)."""
     import gc
 
     import jax
 
-    gc.collect()
-    return sum(a.nbytes for a in jax.live_arrays())
+    def reading() -> int:
+        gc.collect()
+        return sum(a.nbytes for a in jax.live_arrays())
+
+    last = reading()
+    for _ in range(30):
+        time.sleep(0.1)
+        now = reading()
+        if now == last:
+            break
+        last = now
+    return last
 
 
 @pytest.fixture(scope="module")
