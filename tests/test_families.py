@@ -1722,6 +1722,16 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return FamilyDirs(tmp_path_factory.mktemp("families"), default_model_dir)
 
 
+def assert_logits_match_transformers(model_dir: Path, rtol: float = LOGITS_RTOL) -> None:
+    """A 70-token prompt's float32 logits, prefilled in one step, within ``rtol`` of transformers' and with its
+    argmax: the logits row of the family files that keep their own rows (``FamilyDirs``' ``families``)."""
+    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
+    expected = hf_logits(model_dir, ids)
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < rtol
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers(family_dirs, name):

@@ -23,7 +23,17 @@ from model_utils import (
     run_tp_worker,
     save_tiny_checkpoint,
 )
-from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, TP_NEW_TOKENS, WINDOW, FamilyDirs
+from test_families import (
+    BASE,
+    ENGINE_ARGS,
+    LOGITS_RTOL,
+    NEW_TOKENS,
+    PROMPTS,
+    TP_NEW_TOKENS,
+    WINDOW,
+    FamilyDirs,
+    assert_logits_match_transformers,
+)
 
 from jllm import LLM, SamplingParams
 from jllm.kv_cache import KVCacheSpec
@@ -102,12 +112,7 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CLASSIC))
 def test_logits_match_transformers(family_dirs, name):
-    model_dir = family_dirs[name]
-    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
-    expected = hf_logits(model_dir, ids)
-    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
-    assert relative_error(got, expected) < LOGITS_RTOL
-    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    assert_logits_match_transformers(family_dirs[name])
 
 
 @pytest.mark.slow

@@ -17,16 +17,16 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from model_utils import TINY_CONFIG, assert_greedy_equal, hf_logits, hf_model, jllm_logits, relative_error
+from model_utils import TINY_CONFIG, assert_greedy_equal, hf_model
 from test_families import (
     BASE,
     ENGINE_ARGS,
     GEMMA4,
-    LOGITS_RTOL,
     NEW_TOKENS,
     PROMPTS,
     WINDOW,
     FamilyDirs,
+    assert_logits_match_transformers,
     hf_experts_used,
     hf_greedy,
 )
@@ -159,12 +159,7 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers(family_dirs, name):
-    model_dir = family_dirs[name]
-    ids = np.random.default_rng(7).integers(0, BASE["vocab_size"], 70).tolist()
-    expected = hf_logits(model_dir, ids)
-    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
-    assert relative_error(got, expected) < LOGITS_RTOL
-    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    assert_logits_match_transformers(family_dirs[name])
 
 
 @pytest.mark.slow
