@@ -66,13 +66,17 @@ class PrefillConfig:
                 raise ValueError(f"PrefillConfig.{name}={value} must be a power of two >= 16 (Triton's dot needs it)")
 
 
-def default_prefill_config(num_tokens: int, num_seqs: int, head_dim: int = 128) -> PrefillConfig:
+def default_prefill_config(num_tokens: int, num_seqs: int, head_dim: int = 128, group: int = 1) -> PrefillConfig:
     """Tiling by the step's token count, not its mean query length: the runner's buckets pad sequences (a lone
-    2000-token prefill runs in the (2048 tokens, 256 sequences) bucket), and a decode row in a big tile costs about
-    what it costs in a small one (its program streams the same K/V; the tensor cores are idle either way). Unused
-    items exit at once. H200, 32 q / 8 KV heads, d 128, bf16, 2026-12-03 (bench_kernels --tune): 128 x 128 tiles,
-    8 warps, 2 stages were fastest for a 2048 chunk fresh and over a 4k prefix (234 and 341 TFLOP/s against 208
-    and 297 for 128 x 64 / 8 / 3); 64 x 64 / 4 / 3 was within 1-4 % and gives short chunks twice the programs."""
+    2000-token prefill runs in the (2048 tokens, 256 sequences) bucket). Unused items exit at once. H200, 32 q / 8 KV
+    heads, d 128, bf16, 2026-12-03 (bench_kernels --tune): 128 x 128 tiles, 8 warps, 2 stages were fastest for a 2048
+    chunk fresh and over a 4k prefix (234 and 341 TFLOP/s against 208 and 297 for 128 x 64 / 8 / 3); 64 x 64 / 4 / 3
+    was within 1-4 % and gives short chunks twice the programs.
+
+    A KV head's ``group`` query heads share a tile (``pack_gqa``) wherever the group divides its rows: a serving
+    step's decode rows (one query each) then fill ``group`` rows of a tile, not one. H100, 2026-12-06: 32 decodes at
+    1k context beside a 480-token chunk 136.7 -> 68.5 us a layer (64 x 64) and 227.0 -> 86.2 (128 x 128); a lone
+    2048-token chunk within 1-3 % either way (H100, 2026-12-06)."""
     del num_seqs  # see above: the bucket's sequence count says little about the rows a tile will hold
     if num_tokens > 512:
         config = PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2)
@@ -80,7 +84,8 @@ def default_prefill_config(num_tokens: int, num_seqs: int, head_dim: int = 128) 
         config = PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
     else:
         config = PrefillConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
-    return for_head_dim(config, head_dim)
+    config = for_head_dim(config, head_dim)
+    return dataclasses.replace(config, pack_gqa=group > 1 and config.block_m % group == 0)
 
 
 def for_head_dim(config: PrefillConfig, head_dim: int) -> PrefillConfig:
@@ -195,8 +200,8 @@ def prefill_attention(
     check_scales(kv_pages.dtype, k_scale, v_scale)
     num_tokens, num_q_heads, _ = q.shape
     num_seqs, table_width = block_tables.shape
-    cfg = config or default_prefill_config(num_tokens, num_seqs, q.shape[-1])
     group = num_q_heads // kv_pages.shape[1]
+    cfg = config or default_prefill_config(num_tokens, num_seqs, q.shape[-1], group)
     item_seq, item_first = work_items(query_start_loc, num_tokens, item_rows(cfg, group))
     params = kernel_params(
         q.shape, kv_pages.shape, table_width, num_seqs, sm_scale=sm_scale, soft_cap=soft_cap,

@@ -316,7 +316,8 @@ def case_facts(case: Case, inputs: tuple[jax.Array, ...]) -> dict[str, object]:
     q, tables = inputs[0], inputs[3]
     width = kernel_head_dim(case.head_dim)  # the padded pool's
     if case.kernel == "triton-prefill":
-        cfg = case.config or default_prefill_config(q.shape[0], len(case.q_lens), width)
+        group = q.shape[1] // case.num_kv_heads
+        cfg = case.config or default_prefill_config(q.shape[0], len(case.q_lens), width, group)
     else:
         cfg = case.config or default_config(
             q.shape[0], len(case.q_lens), q.shape[1], case.num_kv_heads, case.page_size, tables.shape[1], width,

@@ -143,6 +143,15 @@ def test_default_config_follows_the_bucket_token_count() -> None:
     assert default_prefill_config(32, 32).block_m == 16
 
 
+def test_default_config_packs_the_gqa_group_where_it_divides_the_rows() -> None:
+    """Decode rows beside a chunk fill a tile's rows for each of a KV head's query heads, not one row in 64."""
+    assert default_prefill_config(256, 33, group=4).pack_gqa
+    assert item_rows(default_prefill_config(2048, 1, group=8), 8) == 16
+    assert not default_prefill_config(256, 33).pack_gqa  # MHA: one query head a KV head
+    assert not default_prefill_config(256, 33, group=7).pack_gqa  # 64 rows do not split into 7 heads
+    assert not default_prefill_config(32, 32, group=32).pack_gqa  # 16-row tiles hold at most 16 heads
+
+
 def test_wider_heads_take_tiles_of_the_same_footprint() -> None:
     """A 512-wide head (Gemma 4's full layers) in a 2048-token step: 32 x 32 tiles, the accumulator and K/V tiles of
     128-wide heads' 128 x 128 (which spill registers at 512, ptxas says); 256-wide heads half the rows; never under
