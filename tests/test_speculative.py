@@ -11,6 +11,8 @@ import itertools
 import jax
 import numpy as np
 import pytest
+from fake_runner import fake_engine
+from server_utils import RunningServer, http
 
 from jllm.block_manager import BlockManager
 from jllm.cli import add_engine_options
@@ -100,6 +102,19 @@ def test_requests_the_verifier_cannot_make_exact_are_refused_by_field(field):
     with pytest.raises(InputError, match="not supported with speculative decoding: .* may use temperature") as error:
         check_request(SamplingParams(**field))
     assert error.value.param == next(iter(field))
+
+
+def test_the_server_answers_a_refused_request_with_a_400_naming_the_field():
+    engine = fake_engine()
+    engine.inputs.speculative = True  # the input door of an engine built with speculative_config
+    body = {"model": "scripted", "prompt": "hi", "max_tokens": 4, "logprobs": 2}
+    with RunningServer(engine, load_config(None, served_model_name="scripted")) as server:
+        reply = http("POST", f"{server.url}/v1/completions", json_body=body)
+        plain = http("POST", f"{server.url}/v1/completions", json_body={**body, "logprobs": None})
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == "logprobs"
+    assert "logprobs is not supported with speculative decoding" in error["message"]
+    assert plain.status == 200
 
 
 def test_plain_sampling_passes_the_request_check():
