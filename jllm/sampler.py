@@ -91,7 +91,7 @@ class TokenConstraints:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class SamplerOutput:
-    token_ids: jax.Array  # [S] i32
+    token_ids: jax.Array  # [S] i32; verifying K drafts a row: [S, K + 1], -1 after its tokens (jllm.spec_verify)
     logprobs: jax.Array  # [S] f32; log_softmax(raw logits) at token_ids
     top_ids: jax.Array  # [S, K] i32; the K most likely tokens under the raw logits, best first
     top_logprobs: jax.Array  # [S, K] f32
