@@ -182,7 +182,7 @@ class Scheduler:
             return
         for k, cut in cuts.items():
             s = out.scheduled[k]
-            out.scheduled[k] = ScheduledSequence(s.seq, s.num_new_tokens - cut)
+            out.scheduled[k] = ScheduledSequence(s.seq, s.num_new_tokens - cut, s.draft_token_ids)
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         """Gives each running sequence the tokens it has not computed, in admission order; returns the budget left."""

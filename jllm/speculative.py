@@ -63,7 +63,9 @@ class NgramSpec:
             raise ValueError(f"speculative_config has unknown keys {unknown}: {SUPPORTED}")
         k = config.get("num_speculative_tokens")
         low, high = config.get("prompt_lookup_min"), config.get("prompt_lookup_max")
-        low, high = (NGRAM_DEFAULT, NGRAM_DEFAULT) if low is None and high is None else (low or high, high or low)
+        if low is None and high is None:
+            low = high = NGRAM_DEFAULT
+        low, high = (high if low is None else low), (low if high is None else high)
         for name, value in [("num_speculative_tokens", k), ("prompt_lookup_min", low), ("prompt_lookup_max", high)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"speculative_config {name}={value!r} must be an integer >= 1")

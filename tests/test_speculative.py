@@ -21,7 +21,7 @@ from jllm.errors import InputError
 from jllm.sampler import SamplingMode
 from jllm.sampling import SamplingParams
 from jllm.scheduler import Scheduler
-from jllm.sequence import Sequence, SequenceStatus
+from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
 from jllm.spec_verify import verify
 from jllm.speculative import NgramSpec, check_request, propose
 
@@ -73,6 +73,7 @@ def test_speculative_config_takes_vllm_keys_and_defaults():
         ({"method": "ngram", "model": "x", "num_speculative_tokens": 2}, "model='x' is not served"),
         ({"method": "ngram"}, "num_speculative_tokens=None must be an integer >= 1"),
         ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens=0 must be"),
+        ({"method": "ngram", "num_speculative_tokens": 1, "prompt_lookup_min": 0}, "prompt_lookup_min=0 must be"),
         ({"method": "ngram", "num_speculative_tokens": 1, "prompt_lookup_min": 4, "prompt_lookup_max": 2}, "<="),
         ({"method": "ngram", "num_speculative_tokens": 1, "lookahead": 2}, r"unknown keys \['lookahead'\]"),
         ("ngram", "expected dict"),
@@ -205,6 +206,17 @@ def test_a_stop_string_inside_a_run_keeps_the_tokens_up_to_it():
     sched.update_from_output(out, [[5, 3, 4]])
     sched.finish(seq, SequenceStatus.FINISHED_STOPPED, num_output_tokens=2)
     assert seq.output_token_ids == [4, 5] and sched.num_generation_tokens == 2
+
+
+def test_a_step_ending_on_a_step_size_cuts_prefill_chunks_never_drafts():
+    sched = Scheduler(
+        BlockManager(64, 4), max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64, step_sizes=(8, 16)
+    )
+    prefill, decode = _seq(list(range(10, 16))), _seq([3, 4, 5, 3])
+    decode.output_token_ids = [4]
+    out = SchedulerOutput([ScheduledSequence(prefill, 6), ScheduledSequence(decode, 4, [5, 3, 4])])
+    sched._end_on_step_size(out)  # 10 tokens, 2 past the size 8: the prefill gives up 2, the drafts none
+    assert [(s.num_new_tokens, s.draft_token_ids) for s in out.scheduled] == [(4, []), (4, [5, 3, 4])]
 
 
 def test_drafts_never_pass_the_context():
