@@ -96,6 +96,14 @@ def propose(token_ids: list[int] | np.ndarray, spec: NgramSpec, k: int | None = 
     return []
 
 
+def refuse_beam_search() -> InputError:
+    """Beam search's steps ask for top logprobs, which verification does not give."""
+    return InputError(
+        f"beam search is not supported with speculative decoding (its steps need top logprobs): {REQUEST_SUPPORT}",
+        param="use_beam_search",
+    )
+
+
 def check_request(params: SamplingParams) -> None:
     """Refuses (``InputError``, a 400) what the verifier cannot make exact: it samples every position with
     temperature, top-k, top-p and min-p alone."""

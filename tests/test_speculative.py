@@ -112,10 +112,17 @@ def test_the_server_answers_a_refused_request_with_a_400_naming_the_field():
     with RunningServer(engine, load_config(None, served_model_name="scripted")) as server:
         reply = http("POST", f"{server.url}/v1/completions", json_body=body)
         plain = http("POST", f"{server.url}/v1/completions", json_body={**body, "logprobs": None})
+        beam = http("POST", f"{server.url}/v1/completions", json_body={**plain_body(body), "use_beam_search": True})
     error = reply.json()["error"]
     assert reply.status == 400 and error["param"] == "logprobs"
     assert "logprobs is not supported with speculative decoding" in error["message"]
     assert plain.status == 200
+    assert beam.status == 400 and beam.json()["error"]["param"] == "use_beam_search"
+    assert "beam search is not supported with speculative decoding" in beam.json()["error"]["message"]
+
+
+def plain_body(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k != "logprobs"}
 
 
 def test_plain_sampling_passes_the_request_check():

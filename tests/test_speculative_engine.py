@@ -10,6 +10,7 @@ import pytest
 from model_utils import TINY_CONFIG, assert_only_warmup_programs, save_char_tokenizer, save_tiny_checkpoint
 
 from jllm import LLM, SamplingParams
+from jllm.beam_search import BeamSearchParams
 from jllm.config import ConfigError
 from jllm.errors import InputError
 
@@ -75,6 +76,8 @@ def test_requests_it_cannot_verify_exactly_are_refused_by_field(engines):
         spec.generate(PROMPTS[0], SamplingParams(logprobs=2), use_tqdm=False)
     with pytest.raises(InputError, match="repetition_penalty is not supported with speculative decoding"):
         spec.generate(PROMPTS[0], SamplingParams(repetition_penalty=1.2), use_tqdm=False)
+    with pytest.raises(InputError, match="beam search is not supported with speculative decoding"):
+        spec.beam_search([PROMPTS[0]], BeamSearchParams(beam_width=2, max_tokens=4))
 
 
 @pytest.mark.parametrize(
