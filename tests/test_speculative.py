@@ -105,20 +105,24 @@ def test_requests_the_verifier_cannot_make_exact_are_refused_by_field(field):
     assert error.value.param == next(iter(field))
 
 
-def test_the_server_answers_a_refused_request_with_a_400_naming_the_field():
+def test_the_server_refuses_what_it_cannot_verify_with_a_400_and_reports_the_drafts():
     engine = fake_engine()
     engine.inputs.speculative = True  # the input door of an engine built with speculative_config
+    engine.scheduler.num_draft_tokens, engine.scheduler.num_accepted_tokens = 7, 5  # the scheduler's counters
     body = {"model": "scripted", "prompt": "hi", "max_tokens": 4, "logprobs": 2}
     with RunningServer(engine, load_config(None, served_model_name="scripted")) as server:
         reply = http("POST", f"{server.url}/v1/completions", json_body=body)
         plain = http("POST", f"{server.url}/v1/completions", json_body={**body, "logprobs": None})
         beam = http("POST", f"{server.url}/v1/completions", json_body={**plain_body(body), "use_beam_search": True})
+        metrics = http("GET", f"{server.url}/metrics").body.decode()
     error = reply.json()["error"]
     assert reply.status == 400 and error["param"] == "logprobs"
     assert "logprobs is not supported with speculative decoding" in error["message"]
     assert plain.status == 200
     assert beam.status == 400 and beam.json()["error"]["param"] == "use_beam_search"
     assert "beam search is not supported with speculative decoding" in beam.json()["error"]["message"]
+    assert 'jllm:spec_decode_num_draft_tokens_total{model_name="scripted"} 7.0' in metrics
+    assert 'jllm:spec_decode_num_accepted_tokens_total{model_name="scripted"} 5.0' in metrics
 
 
 def plain_body(body: dict) -> dict:
