@@ -18,14 +18,15 @@ from jllm.block_manager import BlockManager
 from jllm.cli import add_engine_options
 from jllm.config import ConfigError, load_config
 from jllm.errors import InputError
-from jllm.sampler import SamplingMode
+from jllm.sampler import SamplingMode, sample
 from jllm.sampling import SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
-from jllm.spec_verify import verify
+from jllm.spec_verify import verify as verify_eagerly
 from jllm.speculative import NgramSpec, check_request, propose
 
 EOS = 2
+verify = jax.jit(verify_eagerly, static_argnames="mode")  # one compile, not one per operation
 SPEC = NgramSpec(num_speculative_tokens=3, prompt_lookup_min=1, prompt_lookup_max=3)
 _ids = itertools.count()
 
@@ -266,6 +267,28 @@ def test_greedy_verification_accepts_while_drafts_match_the_argmax():
     logp = jax.nn.log_softmax(logits, axis=-1)
     expected = np.take_along_axis(logp[0], best[0][:, None], 1)[:, 0]
     np.testing.assert_allclose(np.asarray(out.logprobs)[0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mode", "settings"),
+    [
+        (SamplingMode.RANDOM, dict(temperature=0.9, min_p=0.05)),
+        (SamplingMode.TRUNCATED, dict(temperature=0.7, top_k=20, top_p=0.8)),
+    ],
+)
+def test_a_row_without_drafts_draws_the_token_the_plain_sampler_draws(mode, settings):
+    """The same uniform on the same processed distribution: speculation changes nothing for prefills' first tokens
+    or sequences whose text never repeats."""
+    rows, vocab = 64, 300
+    logits = jax.numpy.asarray(np.random.default_rng(2).standard_normal((rows, vocab)).astype(np.float32) * 3)
+    steps = np.arange(rows) % 5
+    meta = _meta(rows, np.full((rows, 0), -1), step=steps, **settings)
+    meta = dataclasses.replace(meta, banned_ids=np.full((rows, 8), -1, np.int32))  # a base sampler's ban width
+    plain = jax.jit(sample, static_argnames=("num_top_logprobs", "mode"))(logits, meta, num_top_logprobs=0, mode=mode)
+    two_drafts_none_given = _meta(rows, np.full((rows, 2), -1), step=steps, **settings)
+    verified = verify(jax.numpy.repeat(logits[:, None], 3, axis=1), two_drafts_none_given, mode=mode)
+    np.testing.assert_array_equal(np.asarray(verified.token_ids)[:, 0], np.asarray(plain.token_ids))
+    assert (np.asarray(verified.token_ids)[:, 1:] == -1).all()
 
 
 def _target(logits: np.ndarray, temperature: float, top_k: int) -> np.ndarray:
