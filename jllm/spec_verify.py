@@ -53,14 +53,13 @@ def _rejection_sample(
     else a draw from p without the draft (p itself past the drafts: the bonus token)."""
     num_rows, num_drafts = drafts.shape
     width, vocab = num_drafts + 1, flat.shape[1]
-    per_position = jax.tree.map(lambda a: jnp.repeat(a, width, axis=0), meta)  # each row's settings, [N]
-    x = flat / jnp.maximum(per_position.temperature, SAMPLING_EPS)[:, None]
-    e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))  # [N, V] p / p_max
-    threshold = (
-        truncation_threshold(e, per_position.top_k, per_position.top_p, per_position.min_p)
-        if truncate
-        else per_position.min_p
+    # each row's settings at each of its positions, [N]
+    temperature, top_k, top_p, min_p = (
+        jnp.repeat(a, width) for a in (meta.temperature, meta.top_k, meta.top_p, meta.min_p)
     )
+    x = flat / jnp.maximum(temperature, SAMPLING_EPS)[:, None]
+    e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))  # [N, V] p / p_max
+    threshold = truncation_threshold(e, top_k, top_p, min_p) if truncate else min_p
     w = jnp.where(e >= threshold[:, None], e, 0.0).reshape(num_rows, width, vocab)  # unnormalised kept p
     draft_col = jnp.concatenate([drafts, jnp.full((num_rows, 1), -1, drafts.dtype)], axis=1)  # [S, K + 1]
     p_draft = jnp.take_along_axis(w, jnp.maximum(draft_col, 0)[..., None], axis=-1)[..., 0] / jnp.sum(w, axis=-1)
