@@ -67,6 +67,8 @@ class EngineSnapshot:
     prefix_cache_hits: int = 0  # of those, tokens found
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    spec_decode_num_draft_tokens: int = 0  # speculative decoding: drafts verified
+    spec_decode_num_accepted_tokens: int = 0  # of those, accepted
     compilations_after_startup: int = 0  # programs the engine compiled since this AsyncEngine started (steps, pooling)
 
 
@@ -441,6 +443,8 @@ class AsyncEngine:
             prefix_cache_hits=pages.prefix_cache_hits,
             prompt_tokens=scheduler.num_prompt_tokens,
             generation_tokens=scheduler.num_generation_tokens,
+            spec_decode_num_draft_tokens=scheduler.num_draft_tokens,
+            spec_decode_num_accepted_tokens=scheduler.num_accepted_tokens,
             compilations_after_startup=self.engine.num_compilations - self._compilations_at_start,
         )
 

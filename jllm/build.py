@@ -131,6 +131,7 @@ def load_weights(config: EngineConfig, model_dir: Path) -> LoadedModel:
     setting (each is described whole by its shape, dtype, sharding and kind)."""
     m = config.model
     _check_hybrid(config, model_dir)
+    _check_speculative(config, model_dir)
     with timed() as elapsed:
         initializers = open_cache(config.scheduler.executable_cache, dict) if m.load_format == "dummy" else None
         loaded = load_model(
@@ -214,6 +215,7 @@ def _worker(
         attention_backend=backend,
         executable_cache=executable_cache,
         lora=lora,
+        num_speculative_tokens=0 if sched.ngram is None else sched.ngram.num_speculative_tokens,
     )
     if sched.compile_at_start and args.num_labels is None:  # a classifier never runs the step programs
         with timed() as elapsed:
@@ -243,6 +245,32 @@ def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
             "enable_lora is not supported for hybrid models with recurrent layers (Qwen3-Next, Qwen3.5, the Mamba2 "
             "hybrids, Mamba, Jamba): no adapter targets their recurrent mixers; leave enable_lora off",
             key="enable_lora",
+        )
+
+
+def _check_speculative(config: EngineConfig, model_dir: Path) -> None:
+    """What speculative decoding is not served with, refused by name before the weights are read: a recurrent
+    layer's state cannot roll back a rejected draft, and the rest is unverified (a published plan, sharded logits,
+    adapters' slots)."""
+    if config.scheduler.ngram is None:
+        return
+    refused = {
+        "enable_lora": config.lora.enable_lora,
+        "tensor_parallel_size": config.parallel.tensor_parallel_size > 1,
+        "distributed_coordinator": config.parallel.distributed_coordinator is not None,
+    }
+    for key, used in refused.items():
+        if used:
+            raise ConfigError(
+                f"speculative_config is not supported with {key}={config.to_flat()[key]!r}: speculative decoding runs "
+                "on one process and one device, without LoRA; leave one of them out",
+                key="speculative_config",
+            )
+    if build_args(read_json(model_dir / "config.json"), jnp.float32)[1].is_hybrid:
+        raise ConfigError(
+            "speculative_config is not supported for hybrid models with recurrent layers: their per-sequence state "
+            "cannot roll back a rejected draft; speculative decoding serves attention-only models",
+            key="speculative_config",
         )
 
 
@@ -319,12 +347,14 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         step_sizes=_aligned_step_sizes(worker.runner.buckets, sched.prefill_alignment_min_tokens),
         lora_slots=None if worker.runner.lora is None else worker.runner.lora.slots,
         state_slots=StateSlots(num_slots) if num_slots else None,
+        speculative=sched.ngram,
     )
     inputs = InputProcessor(
         worker.tokenizer,
         vocab_size=worker.loaded.args.vocab_size,
         max_model_len=worker.max_model_len,
         limits=config.limits,
+        speculative=sched.ngram is not None,
     )
     engine = LLMEngine(
         scheduler,

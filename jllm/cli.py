@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,8 @@ def add_engine_options(
         help_text = f"default: {(defaults or {}).get(key, f.default)}"
         if kind is bool:
             group.add_argument(option, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is dict:  # vLLM's --speculative-config '{"method": "ngram", ...}'
+            group.add_argument(option, dest=key, type=json.loads, default=None, metavar="JSON", help=help_text)
         elif kind is list:  # vLLM's --served-model-name takes the name and its aliases
             group.add_argument(option, dest=key, nargs="+", default=None, metavar=key.upper(), help=help_text)
         else:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from jllm.config_base import ConfigError, Section, allowed_values, load_yaml, unknown_key_error
 from jllm.reasoning_parsers import REASONING_PARSERS
+from jllm.speculative import NgramSpec
 from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -115,12 +116,24 @@ class SchedulerConfig(Section):
     # compilation cache) instead of tracing them; null = on wherever that cache is, except on a CPU (XLA:CPU's stored
     # programs can miss kernels: jllm.executable_cache says when true is safe there); false = off
     executable_cache: bool | None = None
+    # vLLM's speculative decoding settings: {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": m,
+    # "prompt_lookup_max": M} (prompt lookup, the one method served: jllm.speculative); null = off
+    speculative_config: dict[str, Any] | None = None
 
     def validate(self) -> None:
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
         self._require(self.max_num_batched_tokens >= 8, "max_num_batched_tokens", "must be >= 8")
         self._require(self.long_prefill_token_threshold >= 0, "long_prefill_token_threshold", "must be >= 0 (0 = off)")
         self._require(self.prefill_alignment_min_tokens >= 0, "prefill_alignment_min_tokens", "must be >= 0 (0 = off)")
+        try:
+            self.ngram  # noqa: B018 (parsed for its checks)
+        except ValueError as e:
+            raise ConfigError(str(e), key="speculative_config") from e
+
+    @property
+    def ngram(self) -> NgramSpec | None:
+        """``speculative_config`` read (vLLM's defaults filled in), or None when off."""
+        return None if self.speculative_config is None else NgramSpec.parse(self.speculative_config)
 
 
 @dataclass

@@ -43,8 +43,8 @@ def allowed_values(tp: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None, b
         allow_none = type(None) in args
         inner = [allowed_values(a) for a in args if a is not type(None)]
         return tuple(k for kinds, _, _ in inner for k in kinds), inner[0][1], allow_none
-    if typing.get_origin(tp) is list:  # the elements are the section's own check
-        return (list,), None, False
+    if typing.get_origin(tp) in (list, dict):  # the elements are the section's own check
+        return (typing.get_origin(tp),), None, False
     if typing.get_origin(tp) is Literal:
         return (type(args[0]),), args, False
     if tp is float:

@@ -310,7 +310,10 @@ class LLMEngine:
 
     def _needs_tokens_first(self, launched: LaunchedStep) -> bool:
         """Penalties count every output token, so the next step's inputs need the tokens this one samples; so does
-        a grammar's mask when the plan is published (followers get the mask in the plan)."""
+        a grammar's mask when the plan is published (followers get the mask in the plan), and speculative decoding's
+        next proposal."""
+        if self.scheduler.speculative is not None:  # the next drafts are proposed from this step's tokens
+            return True
         seqs = [s.seq for s in launched.output.scheduled]
         return sampler.needs_penalties(seqs) or (self.publish is not None and self._masks_wait_for(launched))
 
@@ -324,9 +327,9 @@ class LLMEngine:
         """Waits for a launched step; the scheduler appends its tokens, the output processor turns them into text.
         Returns the requests it changed."""
         result = self.runner.collect(launched)
-        sampled = [None if token is None else token.token_id for token in result.tokens]
+        sampled = [[token.token_id for token in result.row_tokens(row)] for row in range(len(result.tokens))]
         appended = self.scheduler.update_from_output(launched.output, sampled)
         touched, stopped = self.outputs.process(launched.output, result, appended)
-        for seq in stopped:
-            self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
+        for seq, num_output_tokens in stopped:
+            self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED, num_output_tokens)
         return touched

@@ -18,6 +18,7 @@ from typing import Any
 from jllm.config import LimitsConfig
 from jllm.errors import ContextLengthError, InputError
 from jllm.sampling import SamplingParams
+from jllm.speculative import check_request
 from jllm.tokenizer import Tokenizer
 
 
@@ -55,12 +56,19 @@ class InputProcessor:
     """Encodes and checks prompts for one engine: its tokenizer, the model's vocabulary and its context length."""
 
     def __init__(
-        self, tokenizer: Tokenizer, *, vocab_size: int, max_model_len: int, limits: LimitsConfig | None = None
+        self,
+        tokenizer: Tokenizer,
+        *,
+        vocab_size: int,
+        max_model_len: int,
+        limits: LimitsConfig | None = None,
+        speculative: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size  # the model's embedding rows: every id the engine can run
         self.max_model_len = max_model_len
         self.limits = limits or LimitsConfig()
+        self.speculative = speculative  # the engine verifies drafts: requests it cannot verify exactly are refused
 
     def encode(
         self, prompt: PromptInput, *, with_text: bool = False, add_special_tokens: bool = True, param: str = "prompt"
@@ -154,8 +162,11 @@ class InputProcessor:
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:
         """A prompt the engine can run with ``params``: at least one token (the first step needs one to start
         from), room in the context for the prompt plus ``max_tokens`` (one, when it is None), and the ids of
-        ``allowed_token_ids`` / ``logit_bias`` in the vocabulary, and the request's bounded work (``limits``)."""
+        ``allowed_token_ids`` / ``logit_bias`` in the vocabulary, the request's bounded work (``limits``), and with
+        speculative decoding the sampling it serves (``jllm.speculative.check_request``)."""
         self.check_limits(params)
+        if self.speculative:
+            check_request(params)
         if params.allowed_token_ids is not None:
             check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
         if params.logit_bias:

@@ -39,6 +39,7 @@ from jllm.outputs import (
 )
 from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
+from jllm.speculative import refuse_beam_search
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -105,6 +106,8 @@ class LLM:
         serves. A prompt too long to grow by ``max_tokens`` raises before any runs."""
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
+        if self.engine.inputs.speculative:
+            raise refuse_beam_search()
         whole = SamplingParams(max_tokens=params.max_tokens)  # the longest beam checked against the context
         checked = [self._checked(i, prompt, whole) for i, prompt in enumerate(_prompt_list(prompts))]
         tokenizer = self.engine.inputs.tokenizer

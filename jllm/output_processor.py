@@ -12,6 +12,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -113,10 +114,11 @@ class OutputProcessor:
 
     def process(
         self, output: SchedulerOutput, result: StepResult, appended: Iterable[int]
-    ) -> tuple[dict[str, None], list[Sequence]]:
-        """Takes a step's results: prompt logprobs, then for each row whose token the scheduler appended its
-        logprobs, text and finish. Returns the requests that changed (in step order) and the sequences a stop
-        string ended (the scheduler must finish those)."""
+    ) -> tuple[dict[str, None], list[tuple[Sequence, int]]]:
+        """Takes a step's results: prompt logprobs, then for each token the scheduler appended (``appended`` names
+        its row once per token: a speculative row may append several) its logprobs, text and finish. Returns the
+        requests that changed (in step order) and the sequences a stop string ended, each with the output tokens
+        it keeps (the scheduler must finish those, dropping any token of the same step after the stop)."""
         touched: dict[str, None] = {}
         for sched, chunk in zip(output.scheduled, result.prompt_logprobs, strict=True):
             state = self.requests.get(sched.seq.request_id)
@@ -124,29 +126,43 @@ class OutputProcessor:
                 self._append_prompt_logprobs(state, chunk)
         now = time.monotonic()
         stopped = []
+        appended = list(appended)
+        total, left = Counter(appended), Counter(appended)  # each row's appended tokens, and those not yet processed
         for row in appended:
             seq = output.scheduled[row].seq
             state = self.requests[seq.request_id]
-            token = result.tokens[row]
-            assert token is not None, "the scheduler appended a token the step did not sample"
+            tokens = result.row_tokens(row)
+            index = total[row] - left[row]
+            left[row] -= 1
+            assert index < len(tokens), "the scheduler appended a token the step did not sample"
+            token = tokens[index]
+            sample = state.samples[seq.sample_index]
+            if sample.finish_reason is not None:  # a stop string earlier in this row's verified run ended it
+                continue
             state.first_token_time = state.first_token_time or now
             state.last_token_time = now
             touched[state.request_id] = None
-            sample = state.samples[seq.sample_index]
             sample.cumulative_logprob += token.logprob
             if sample.logprobs is not None:
                 sample.logprobs.append(
                     self._logprob_entry(token.token_id, token.logprob, token.top_ids, token.top_logprobs)
                 )
-            if self._update_text(sample, token.token_id):
-                stopped.append(seq)
+            if self._update_text(sample, token.token_id, last=not left[row]):
+                stopped.append((seq, seq.num_output_tokens - left[row]))
         return touched, stopped
 
-    def _update_text(self, sample: SampleState, token_id: int) -> bool:
+    def _update_text(self, sample: SampleState, token_id: int, last: bool = True) -> bool:
         """Detokenizes the new token and settles the finish reason; True when a stop string ended a sequence the
         scheduler still runs. A stop token's text (EOS or a stop id) is shown only with include_stop_str_in_output
         (vLLM's rule; a special token's text stays hidden unless skip_special_tokens is false); the token that completes
-        a grammar is output, the one that breaks it is not; a stop string wins over the length limit."""
+        a grammar is output, the one that breaks it is not; a stop string wins over the length limit. A token before
+        the last of a verified run (``last`` false) is text alone: the sequence's status is its last token's; a
+        stop string there returns True even where the scheduler has ended the sequence, which must drop the rest."""
+        if not last:
+            sample.detokenizer.add_tokens([token_id])
+            if sample.detokenizer.finished:
+                sample.finish_reason, sample.stop_reason = "stop", sample.detokenizer.stop_reason
+            return sample.detokenizer.finished
         seq = sample.seq
         if seq.status is SequenceStatus.FINISHED_ERROR:  # its grammar broke on this token: the token is not output
             assert seq.grammar is not None

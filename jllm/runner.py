@@ -118,6 +118,7 @@ class ModelRunner:
         attention_backend: str = "reference",
         executable_cache: ExecutableCache | None = None,
         lora: LoRAManager | None = None,
+        num_speculative_tokens: int = 0,
     ):
         self.loaded = loaded  # the model it runs: its settings, HF config and mesh
         self.lora = lora  # with enable_lora: the adapters' slots, written to the device before each forward
@@ -145,6 +146,9 @@ class ModelRunner:
         self.general_banned = sampler.banned_cap(max_stop_token_ids, eos_token_ids)
         self.long_penalty_width = sampler.long_penalty_width(self.pages_per_seq * page_size)
         self.attention_backend = attention_backend
+        # K, the drafts a row may carry (speculative decoding; 0: off): every forward gathers K + 1 rows a sequence
+        # and every sampler verifies (``jllm.spec_verify``), so warm-up's programs are the ones steps run
+        self.num_speculative_tokens = num_speculative_tokens
         self.executable_cache = executable_cache  # warm-up loads the programs it holds instead of tracing them
         # While asleep (``sleep``): the weights' (shape, dtype, sharding), the pool's specs (``_delete_pool``), the
         # weights' host copies
@@ -491,6 +495,7 @@ class ModelRunner:
             last_rows=self._last_rows,
             eos_token_ids=self.eos_token_ids,
             widths=(penalty_width or widths[0], widths[1]),
+            num_speculative_tokens=self.num_speculative_tokens,
             attention_backend=self.attention_backend,
             mesh=self.mesh,
         )

@@ -74,6 +74,7 @@ class SamplingMetadata:
     banned_ids: Array  # [S, B] i32, -1 padded; EOS + stop_token_ids while output < min_tokens
     prompt_ids: Array  # [S, Lp] i32, -1 padded; Lp = 0 when the batch has no penalties
     output_ids: Array  # [S, Lo] i32, -1 padded; Lo = 0 when the batch has no penalties
+    draft_ids: Array  # [S, K] i32, -1 padded: the drafts to verify (jllm.spec_verify); K = 0 without speculation
 
 
 @jax.tree_util.register_dataclass
@@ -90,7 +91,7 @@ class TokenConstraints:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class SamplerOutput:
-    token_ids: jax.Array  # [S] i32
+    token_ids: jax.Array  # [S] i32; verifying K drafts a row: [S, K + 1], -1 after its tokens (jllm.spec_verify)
     logprobs: jax.Array  # [S] f32; log_softmax(raw logits) at token_ids
     top_ids: jax.Array  # [S, K] i32; the K most likely tokens under the raw logits, best first
     top_logprobs: jax.Array  # [S, K] f32
@@ -339,8 +340,11 @@ def build_sampling_metadata(
     penalty_width: int,
     max_banned: int,
     eos_token_ids: set[int],
+    drafts: Seq[Seq[int]] = (),
+    draft_width: int = 0,
 ) -> SamplingMetadata:
-    """Row i samples for ``seqs[i]``; rows past ``len(seqs)`` are greedy padding. Returns NumPy arrays."""
+    """Row i samples for ``seqs[i]`` (verifying ``drafts[i]``, if given, in ``draft_width`` columns); rows past
+    ``len(seqs)`` are greedy padding. Returns NumPy arrays."""
     if len(seqs) > num_rows:
         raise ValueError(f"{len(seqs)} sequences do not fit num_rows={num_rows}")
     width = penalty_width if with_penalties else 0
@@ -357,6 +361,9 @@ def build_sampling_metadata(
     banned_ids = np.full((num_rows, max_banned), -1, np.int32)
     prompt_ids = np.full((num_rows, width), -1, np.int32)
     output_ids = np.full((num_rows, width), -1, np.int32)
+    draft_ids = np.full((num_rows, draft_width), -1, np.int32)
+    for i, row in enumerate(drafts):
+        draft_ids[i, : len(row)] = row
     for i, s in enumerate(seqs):
         p = s.sampling_params
         temperature[i], top_k[i], top_p[i], min_p[i] = p.temperature, p.top_k, p.top_p, p.min_p
@@ -396,6 +403,7 @@ def build_sampling_metadata(
         banned_ids=banned_ids,
         prompt_ids=prompt_ids,
         output_ids=output_ids,
+        draft_ids=draft_ids,
     )
 
 

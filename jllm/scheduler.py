@@ -28,6 +28,13 @@ every slot held by others' running sequences waits, and the queue behind it is a
 running sequence holds a recurrent state slot (``state_slots``) from admission to finish or preemption; there each
 of a request's ``n`` samples prefills its own prompt (no fork: a forked page holds no recurrent state).
 
+Speculative decoding (``speculative``: ``jllm.speculative``'s n-gram proposer): a running sequence with one token to
+compute also gets the drafts proposed from its tokens, within the budget, max_tokens and the context, with pages for
+them. The step's verified tokens come back together; the computed count then covers the accepted drafts alone (the
+rejected drafts' K/V rows are overwritten later, and no page holding them is hashed for the prefix cache), and an
+accepted run is cut at the first stop token or the length limit. The engine runs such steps one at a time (no async
+scheduling): the next proposal needs this step's tokens.
+
 Where this module sits: docs/architecture.md.
 """
 
@@ -41,6 +48,7 @@ from collections.abc import Sequence as Seq
 from jllm.block_manager import BlockManager
 from jllm.lora.slots import LoRASlots
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
+from jllm.speculative import NgramSpec, propose
 from jllm.state_slots import StateSlots
 
 
@@ -57,6 +65,7 @@ class Scheduler:
         step_sizes: Seq[int] = (),
         lora_slots: LoRASlots | None = None,
         state_slots: StateSlots | None = None,
+        speculative: NgramSpec | None = None,
     ) -> None:
         for name, value in [
             ("max_num_seqs", max_num_seqs),
@@ -70,6 +79,7 @@ class Scheduler:
         self.block_manager = block_manager
         self.lora_slots = lora_slots
         self.state_slots = state_slots
+        self.speculative = speculative
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -85,6 +95,8 @@ class Scheduler:
         self._num_preemptions = 0
         self.num_prompt_tokens = 0  # prompt tokens of sequences that produced their first token (vLLM's metric)
         self.num_generation_tokens = 0  # sampled tokens appended
+        self.num_draft_tokens = 0  # drafts verified (vLLM's spec_decode_num_draft_tokens)
+        self.num_accepted_tokens = 0  # of those, accepted (vLLM's spec_decode_num_accepted_tokens)
 
     @property
     def num_running(self) -> int:
@@ -161,7 +173,8 @@ class Scheduler:
             return
         cuts = {}
         for k in reversed(range(len(out.scheduled))):
-            cuts[k] = min(excess, out.scheduled[k].num_new_tokens - 1)
+            s = out.scheduled[k]
+            cuts[k] = 0 if s.draft_token_ids else min(excess, s.num_new_tokens - 1)  # drafts ride whole or not at all
             excess -= cuts[k]
             if not excess:
                 break
@@ -169,7 +182,7 @@ class Scheduler:
             return
         for k, cut in cuts.items():
             s = out.scheduled[k]
-            out.scheduled[k] = ScheduledSequence(s.seq, s.num_new_tokens - cut)
+            out.scheduled[k] = ScheduledSequence(s.seq, s.num_new_tokens - cut, s.draft_token_ids)
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
         """Gives each running sequence the tokens it has not computed, in admission order; returns the budget left."""
@@ -181,6 +194,10 @@ class Scheduler:
             if num_new <= 0 or self._ends_with_pending(seq):  # nothing to compute until the engine appends a token
                 i += 1
                 continue
+            drafts = self._drafts(seq, budget) if num_new == 1 else []
+            if drafts and not bm.allocate(seq, 1 + len(drafts)):  # drafts only where pages are free: none preempted
+                drafts = []
+            num_new += len(drafts)
             while not bm.allocate(seq, num_new):
                 victim = self.running[-1]  # the newest; never one already scheduled this step (those sit before i)
                 if victim is seq and i == 0:  # alone and still short: admission promised it fits, so a bug
@@ -194,10 +211,24 @@ class Scheduler:
                 if victim is seq:
                     break
             else:  # allocated
-                out.scheduled.append(ScheduledSequence(seq, num_new))
+                out.scheduled.append(ScheduledSequence(seq, num_new, drafts))
                 budget -= num_new
                 i += 1
         return budget
+
+    def _drafts(self, seq: Sequence, budget: int) -> list[int]:
+        """The n-gram drafts for a decode of ``seq``: as many as the budget, the per-sequence cap, max_tokens and the
+        context leave room for beside its one token (each accepted draft is one more output token, and the step
+        emits one more after them)."""
+        spec = self.speculative
+        if spec is None or seq.num_pending_tokens or not seq.num_output_tokens:
+            return []
+        room = [spec.num_speculative_tokens, budget - 1, self.max_tokens_per_sequence - 1]
+        room.append(self.max_model_len - seq.num_tokens - 1)
+        if seq.sampling_params.max_tokens is not None:
+            room.append(seq.sampling_params.max_tokens - seq.num_output_tokens - 1)
+        k = min(room)
+        return propose(seq.token_ids, spec, k) if k > 0 else []
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         """Admits waiting sequences in FIFO order while budget, slots and pages last; the first that does not fit
@@ -303,30 +334,41 @@ class Scheduler:
             s.seq.num_computed_tokens += s.num_new_tokens
             s.seq.num_pending_tokens += s.samples_token
 
-    def update_from_output(self, output: SchedulerOutput, sampled: Seq[int | None]) -> list[int]:
+    def update_from_output(self, output: SchedulerOutput, sampled: Seq[int | Seq[int] | None]) -> list[int]:
         """A launched step's sampled token ids are back (``sampled[i]`` for ``output.scheduled[i]``, None where it
-        sampled nothing): append each to its sequence and end the sequences a token ends. Returns the rows whose
-        token was appended; a sequence that stopped or was aborted since the step was scheduled drops its token.
+        sampled nothing; a row with drafts: its accepted drafts, then the token after them): append each to its
+        sequence and end the sequences a token ends. Returns the row of each token appended, in order (a row with
+        accepted drafts once per token); a sequence that stopped or was aborted since the step was scheduled drops
+        its tokens, and one a token ends drops the tokens after it.
 
-        Newly full pages are made findable first, so a sequence its token finishes still leaves them cached.
+        A row's rejected drafts leave its computed count first, so no page is hashed over them; then newly full
+        pages are made findable, so a sequence its token finishes still leaves them cached.
         """
-        for s in output.scheduled:
+        rows = [[] if t is None else [t] if isinstance(t, int) else list(t) for t in sampled]
+        for s, tokens in zip(output.scheduled, rows, strict=True):
+            if s.draft_token_ids:
+                accepted = len(tokens) - 1
+                self.num_draft_tokens += len(s.draft_token_ids)
+                self.num_accepted_tokens += accepted
+                if not s.seq.is_finished:
+                    s.seq.num_computed_tokens -= len(s.draft_token_ids) - accepted
             if not s.seq.is_finished:  # a finished one (stopped, aborted) has its pages freed already
                 self.block_manager.cache_full_pages(s.seq)
         appended = []
-        for row, (s, token_id) in enumerate(zip(output.scheduled, sampled, strict=True)):
+        for row, (s, tokens) in enumerate(zip(output.scheduled, rows, strict=True)):
             seq = s.seq
             seq.num_pending_tokens -= s.samples_token
-            if token_id is None or seq.is_finished:
-                continue
-            seq.output_token_ids.append(token_id)
-            self.num_generation_tokens += 1
-            if seq.num_output_tokens == 1:
-                self.num_prompt_tokens += seq.num_prompt_tokens
-            status = self._stop_status(seq, token_id)
-            if status is not None:
-                self.finish(seq, status)
-            appended.append(row)
+            for token_id in tokens:
+                if seq.is_finished:
+                    break
+                seq.output_token_ids.append(token_id)
+                self.num_generation_tokens += 1
+                if seq.num_output_tokens == 1:
+                    self.num_prompt_tokens += seq.num_prompt_tokens
+                status = self._stop_status(seq, token_id)
+                if status is not None:
+                    self.finish(seq, status)
+                appended.append(row)
         return appended
 
     def _stop_status(self, seq: Sequence, token_id: int) -> SequenceStatus | None:
@@ -349,9 +391,14 @@ class Scheduler:
             return SequenceStatus.FINISHED_LENGTH
         return None
 
-    def finish(self, seq: Sequence, status: SequenceStatus) -> None:
+    def finish(self, seq: Sequence, status: SequenceStatus, num_output_tokens: int | None = None) -> None:
+        """``num_output_tokens``: where a stop string ended the text, the tokens kept (a verified run of drafts may
+        have appended more after it, which decoding one token a step would never have produced)."""
         if not status.is_finished:
             raise ValueError(f"finish() needs a finished status, got {status}")
+        if num_output_tokens is not None and num_output_tokens < seq.num_output_tokens:  # ended or not
+            self.num_generation_tokens -= seq.num_output_tokens - num_output_tokens
+            del seq.output_token_ids[num_output_tokens:]
         if seq.is_finished:
             return
         if seq.status is SequenceStatus.RUNNING:

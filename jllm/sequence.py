@@ -99,10 +99,13 @@ class Sequence:
 
 @dataclass
 class ScheduledSequence:
-    """``num_new_tokens`` of ``seq`` run this step, starting at ``seq.num_computed_tokens``."""
+    """``num_new_tokens`` of ``seq`` run this step, starting at ``seq.num_computed_tokens``; with speculative
+    decoding the last ``len(draft_token_ids)`` of them are drafts (``jllm.speculative``), never part of ``seq``'s
+    tokens: the step verifies them, and only those it accepts become output."""
 
     seq: Sequence
     num_new_tokens: int
+    draft_token_ids: list[int] = field(default_factory=list)
     # Frozen at scheduling time: on_step_launched advances seq.num_computed_tokens and the engine later appends the
     # sampled token, so recomputing these from ``seq`` after the step would give the wrong answer.
     start: int = field(init=False)  # first position computed this step: seq.num_computed_tokens when scheduled
@@ -111,7 +114,7 @@ class ScheduledSequence:
 
     def __post_init__(self) -> None:
         self.start = self.seq.num_computed_tokens
-        end = self.start + self.num_new_tokens
+        end = self.start + self.num_new_tokens - len(self.draft_token_ids)  # the sequence's own tokens end here
         self.samples_token = end == self.seq.num_tokens_with_pending
         self.pending_input = end > self.seq.num_tokens
 

@@ -47,7 +47,9 @@ class StepInputs:
     pending_rows: jax.Array
     positions: jax.Array  # [T] int32: each token's position in its sequence
     attn: AttentionMetadata  # slot mapping, query starts [S+1], KV lengths [S], block tables [S, P], state slots [S]
-    logits_indices: jax.Array  # [R] int32: row of each sequence's last new token (0 for padding); R = sampler rows
+    # [R * (K + 1)] int32: per sequence the row of its last token, then of each of its K draft slots (the last row
+    # again past its drafts; 0 for padding); R = sampler rows, K = the engine's num_speculative_tokens (0: off)
+    logits_indices: jax.Array
     sampling: SamplingMetadata  # per-row sampling settings [R, ...]
     prompt_targets: jax.Array  # [T] int32: the next prompt token where prompt logprobs are wanted, else -1
     lora_slots: jax.Array  # [T] int32: each token's LoRA adapter slot (jllm.lora.slots), 0 = none (and padding)
@@ -121,6 +123,7 @@ def host_inputs(
     last_rows: Mapping[int, int],
     eos_token_ids: set[int],
     widths: tuple[int, int],
+    num_speculative_tokens: int = 0,
     attention_backend: str = "reference",
     mesh: Mesh | None = None,
 ) -> StepInputs:
@@ -128,6 +131,8 @@ def host_inputs(
 
     ``last_rows``: seq_id -> the row each sequence sampled in the previous step, where a pending input is read from.
     ``widths``: the penalty and banned-id widths of the step's sampler variant (``sampler_widths``).
+    ``num_speculative_tokens``: K, the drafts a row may carry (``ScheduledSequence.draft_token_ids``, fed after its
+    own tokens): the sampler reads K + 1 rows per sequence to verify them.
     With no sequences it is a bucket's all-padding batch, alike on every process: what warm-up compiles.
     """
     t, s, p = bucket.num_tokens, bucket.num_seqs, pages_per_seq
@@ -140,14 +145,17 @@ def host_inputs(
     lora_slots = np.zeros(t, np.int32)
     state_slots = np.zeros(s, np.int32)
     starts = np.zeros(len(scheduled), np.int32)
+    num_drafts = np.zeros(len(scheduled), np.int32)
     offset = 0
     for i, sched in enumerate(scheduled):  # per sequence only what needs its Python lists
         seq = sched.seq
-        start, n = sched.start, sched.num_new_tokens
-        known = n - sched.pending_input  # the pending token, always the last input, is read on the device
+        start, n, d = sched.start, sched.num_new_tokens, len(sched.draft_token_ids)
+        known = n - d - sched.pending_input  # the pending token, always the last own input, is read on the device
         input_ids[offset : offset + known] = seq.token_slice(start, start + known)
+        input_ids[offset + n - d : offset + n] = sched.draft_token_ids
+        num_drafts[i] = d
         if sched.pending_input:
-            pending_rows[offset + n - 1] = last_rows[seq.seq_id]
+            pending_rows[offset + n - d - 1] = last_rows[seq.seq_id]
         block_tables[i, : len(seq.block_table)] = seq.block_table
         starts[i], kv_lens[i] = start, start + n
         if seq.sampling_params.prompt_logprobs is not None:
@@ -165,8 +173,11 @@ def host_inputs(
     slot_mapping = np.arange(t, dtype=np.int32) % page_size
     pages = block_tables[row, positions[:offset] // page_size]
     slot_mapping[:offset] = pages * page_size + positions[:offset] % page_size
-    logits_indices = np.zeros(bucket.sampler_rows, np.int32)
-    logits_indices[: len(scheduled)] = query_start_loc[1 : len(scheduled) + 1] - 1
+    k = num_speculative_tokens
+    ends = query_start_loc[1 : len(scheduled) + 1] - 1  # each sequence's last input row
+    rows = np.minimum(ends[:, None] - num_drafts[:, None] + np.arange(k + 1)[None, :], ends[:, None])
+    logits_indices = np.zeros(bucket.sampler_rows * (k + 1), np.int32)
+    logits_indices[: len(scheduled) * (k + 1)] = rows.ravel()
     penalty_width, banned_width = widths
     sampling = sampler.build_sampling_metadata(
         [sched.seq for sched in scheduled],
@@ -175,6 +186,8 @@ def host_inputs(
         penalty_width=penalty_width,
         max_banned=banned_width,
         eos_token_ids=eos_token_ids,
+        drafts=[sched.draft_token_ids for sched in scheduled],
+        draft_width=k,
     )
     attn = AttentionMetadata(
         slot_mapping=slot_mapping,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm import parallel, sampler
+from jllm import parallel, sampler, spec_verify
 from jllm.models.lora import LoRABatch, LoRAWeights
 from jllm.sampler import PromptLogprobsOutput, SamplerOutput, SamplingMode
 from jllm.sampling import MAX_LOGPROBS
@@ -65,7 +65,8 @@ def sample(
     sampler_buffer: jax.Array,
     num_rows: int,
 ) -> tuple[SamplerOutput, jax.Array]:
-    """Logits of the sampling rows ``rows`` [R, hidden], then the sampler: a program of its own, so a sampling
+    """Logits of the sampling rows ``rows`` [R * (K + 1), hidden], then the sampler (or, with K drafts a row,
+    ``jllm.spec_verify``): a program of its own, so a sampling
     variant compiles in a fraction of the model's time, once per row count R (not per bucket). It takes only the LM
     head's parameters (``decoder.LogitsHead``). ``variant``: (num_top_logprobs, mode), static.
 
@@ -75,10 +76,16 @@ def sample(
     step's bucket.
     """
     num_top_logprobs, mode = variant
-    logits = nnx.merge(head_graphdef, head_state)(rows)  # [R, vocab] f32
+    logits = nnx.merge(head_graphdef, head_state)(rows)  # [R * (K + 1), vocab] f32
     sampling, constraints = unpack_inputs(sampler_layout, sampler_buffer)
-    out = sampler.sample(logits, sampling, constraints, num_top_logprobs=num_top_logprobs, mode=mode)
-    return out, jnp.zeros(num_rows, jnp.int32).at[: out.token_ids.shape[0]].set(out.token_ids)
+    width = sampling.draft_ids.shape[1] + 1  # K + 1 positions a row (1 without speculation)
+    if width > 1:  # speculative decoding: the requests' checks leave no mask, bias, penalty or ban to apply
+        out = spec_verify.verify(logits.reshape(-1, width, logits.shape[-1]), sampling, mode=mode)
+        last = out.token_ids[:, 0]  # the next step never reads it: speculative steps run one at a time
+    else:
+        out = sampler.sample(logits, sampling, constraints, num_top_logprobs=num_top_logprobs, mode=mode)
+        last = out.token_ids
+    return out, jnp.zeros(num_rows, jnp.int32).at[: last.shape[0]].set(last)
 
 
 def prompt_logprobs(

@@ -37,13 +37,30 @@ class PromptTokenLogprob:
 class StepResult:
     tokens: list[SampledToken | None]  # per scheduled sequence; None mid-prefill
     prompt_logprobs: list[list[PromptTokenLogprob]]  # per scheduled sequence; empty unless it asked for them
+    # per scheduled sequence, with speculative decoding: the tokens after ``tokens[i]`` its verified drafts gave
+    more_tokens: list[list[SampledToken]] = dataclasses.field(default_factory=list)
+
+    def row_tokens(self, row: int) -> list[SampledToken]:
+        """Every token row ``row`` sampled this step, in order."""
+        first = self.tokens[row]
+        return ([] if first is None else [first]) + (self.more_tokens[row] if self.more_tokens else [])
 
 
 def step_result(
     scheduled: Seq[ScheduledSequence], result: SamplerOutput, prompt: PromptLogprobsOutput | None
 ) -> StepResult:
     """Entry i of each list belongs to ``scheduled[i]``; ``result`` and ``prompt`` hold host arrays."""
+    if result.token_ids.ndim == 2:  # speculative decoding: [S, K + 1], -1 after each row's tokens
+        runs = [_verified(result, i) if s.samples_token else [] for i, s in enumerate(scheduled)]
+        tokens = [run[0] if run else None for run in runs]
+        return StepResult(tokens, _prompt_logprobs(scheduled, prompt), [run[1:] for run in runs])
     return StepResult(_tokens(scheduled, result), _prompt_logprobs(scheduled, prompt))
+
+
+def _verified(result: SamplerOutput, row: int) -> list[SampledToken]:
+    """Row ``row``'s accepted drafts and the token after them (no top logprobs: refused with speculation)."""
+    ids = result.token_ids[row]
+    return [SampledToken(int(t), float(result.logprobs[row, j]), [], []) for j, t in enumerate(ids) if t >= 0]
 
 
 def _tokens(scheduled: Seq[ScheduledSequence], result: SamplerOutput) -> list[SampledToken | None]:

@@ -72,7 +72,7 @@ def fail(argv: list[str], capsys: pytest.CaptureFixture) -> str:
 def test_every_engine_key_is_an_option_of_its_type(command: str, required: list[str]) -> None:
     parser = cli.build_parser()
     sections = cli.ALL_SECTIONS if command == "serve" else cli.OFFLINE_SECTIONS
-    samples = {int: ("8", 8), float: ("0.5", 0.5), str: ("x", "x"), list: ("x", ["x"])}
+    samples = {int: ("8", 8), float: ("0.5", 0.5), str: ("x", "x"), list: ("x", ["x"]), dict: ('{"a": 1}', {"a": 1})}
     for key in engine_keys(*sections):
         option = "--" + key.replace("_", "-")
         kind, choices = key_type(key)

@@ -79,6 +79,7 @@ def _raw_metadata(num_rows: int, **fields: object) -> SamplingMetadata:
         banned_ids=np.full((num_rows, 0), -1, np.int32),
         prompt_ids=np.full((num_rows, 0), -1, np.int32),
         output_ids=np.full((num_rows, 0), -1, np.int32),
+        draft_ids=np.full((num_rows, 0), -1, np.int32),
     )
     for name, value in fields.items():
         base[name] = np.broadcast_to(np.asarray(value, base[name].dtype), base[name].shape).copy()

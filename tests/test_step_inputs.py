@@ -121,6 +121,33 @@ def test_ragged_batch_of_prefills_and_a_decode_is_flattened_and_padded() -> None
     assert inputs.sampling.temperature.shape == (4,) and inputs.sampling.banned_ids.shape == (4, 8)
 
 
+def test_a_decode_with_drafts_feeds_them_after_its_token_and_samples_k_plus_1_rows_each() -> None:
+    """Speculative decoding, K = 2: a decode carrying one draft and a prefill chunk beside it; each sequence gets
+    K + 1 logits rows (its last own token's, then its drafts' slots, the last row repeated past its drafts)."""
+    decode = scheduled(0, [11, 12, 13], 2, pages=[3], output=(14,), computed=3)
+    decode = ScheduledSequence(decode.seq, 2, [15])
+    batch = [decode, scheduled(1, [21, 22, 23], 3, pages=[5])]
+    inputs = host_inputs(
+        batch,
+        StepBucket(8, 2, 2),
+        page_size=PAGE_SIZE,
+        pages_per_seq=PAGES_PER_SEQ,
+        last_rows={},
+        eos_token_ids={EOS},
+        widths=(0, 8),
+        num_speculative_tokens=2,
+    )
+    assert decode.samples_token and not decode.pending_input
+    assert_arrays(
+        inputs,
+        input_ids=[14, 15, 21, 22, 23, 0, 0, 0],
+        positions=[3, 4, 0, 1, 2, 0, 0, 0],
+        kv_lens=[5, 3],
+        logits_indices=[0, 1, 1, 4, 4, 4],
+    )
+    np.testing.assert_array_equal(inputs.sampling.draft_ids, [[15, -1], [-1, -1]])
+
+
 def test_prefix_hit_starts_at_the_cached_length() -> None:
     prompt = [41, 42, 43, 44, 45, 46, 47, 48, 49, 50]
     inputs = build([scheduled(0, prompt, 2, pages=[4, 6, 8], computed=8)], StepBucket(4, 2, 2))

@@ -20,6 +20,7 @@ from jllm.server.errors import bad_request
 from jllm.server.generation import Delta, Generation
 from jllm.server.metrics import ModelMetrics
 from jllm.server.schemas import UsageInfo
+from jllm.speculative import refuse_beam_search
 
 
 class BeamGeneration:
@@ -57,6 +58,8 @@ class BeamGeneration:
     ) -> BeamGeneration:
         """Checks the search fits the queue (a step holds every prompt's beams at once); the search itself runs
         as its deltas are read."""
+        if engine.inputs.speculative:
+            raise refuse_beam_search()
         beams = len(prompts) * beam.beam_width
         if beams > engine.max_queued_requests:
             raise bad_request(

@@ -52,6 +52,16 @@ class _EngineCollector(Collector):
             ("jllm:prompt_tokens", "Prompt tokens processed.", "prompt_tokens"),
             ("jllm:generation_tokens", "Tokens generated.", "generation_tokens"),
             (
+                "jllm:spec_decode_num_draft_tokens",
+                "Speculative decoding's draft tokens verified.",
+                "spec_decode_num_draft_tokens",
+            ),
+            (
+                "jllm:spec_decode_num_accepted_tokens",
+                "Speculative decoding's draft tokens accepted.",
+                "spec_decode_num_accepted_tokens",
+            ),
+            (
                 "jllm:programs_compiled_after_startup",
                 "Step and pooling programs compiled after warm-up (each stalls every stream while it compiles; 0 is "
                 "the goal).",
