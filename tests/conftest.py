@@ -1,9 +1,23 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the threads of a pytest-xdist worker."""
 
 import os
 from pathlib import Path
 
 import pytest
+
+
+def _one_thread_per_worker() -> None:
+    """With as many xdist workers as cores, each worker's torch and XLA:CPU run on one thread: two workers each
+    spreading every matmul over both cores only contend for them (a 4-file slice on CI's 2-core machine: 215 -> 197 s,
+    2026-12-06). Set before torch or JAX is imported (conftest loads first); subprocesses inherit it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or workers < (os.cpu_count() or 1):
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
+_one_thread_per_worker()
 
 
 @pytest.fixture(scope="session")
