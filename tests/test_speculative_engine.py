@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from model_utils import TINY_CONFIG, assert_only_warmup_programs, save_char_tokenizer, save_tiny_checkpoint
+from test_hybrid import CONFIG as HYBRID_CONFIG
 
 from jllm import LLM, SamplingParams
 from jllm.beam_search import BeamSearchParams
@@ -92,21 +93,8 @@ def test_engine_settings_it_cannot_serve_are_refused_before_loading(engines, key
 
 
 def test_a_hybrid_model_is_refused(tmp_path: Path):
-    config = dict(
-        TINY_CONFIG,
-        head_dim=16,
-        layer_types=["linear_attention", "full_attention"],
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        linear_key_head_dim=8,
-        linear_value_head_dim=8,
-        num_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=32,
-        shared_expert_intermediate_size=48,
-    )
-    out = save_tiny_checkpoint("Qwen3NextForCausalLM", config, tmp_path / "hybrid")
-    save_char_tokenizer(out, TINY_CONFIG["vocab_size"])
+    out = save_tiny_checkpoint("Qwen3NextForCausalLM", HYBRID_CONFIG, tmp_path / "hybrid")  # tests/test_hybrid.py's
+    save_char_tokenizer(out, HYBRID_CONFIG["vocab_size"])
     with pytest.raises(ConfigError, match="not supported for hybrid models .* cannot roll back a rejected draft"):
         LLM(str(out), speculative_config=NGRAM, **KEYS)
 
