@@ -130,8 +130,9 @@ def load_weights(config: EngineConfig, model_dir: Path) -> LoadedModel:
     """The weights; dummy ones' initializers through the executable cache, whose key for them needs no engine
     setting (each is described whole by its shape, dtype, sharding and kind)."""
     m = config.model
-    _check_hybrid(config, model_dir)
-    _check_speculative(config, model_dir)
+    is_hybrid = build_args(read_json(model_dir / "config.json"), jnp.float32)[1].is_hybrid
+    _check_hybrid(config, is_hybrid)
+    _check_speculative(config, is_hybrid)
     with timed() as elapsed:
         initializers = open_cache(config.scheduler.executable_cache, dict) if m.load_format == "dummy" else None
         loaded = load_model(
@@ -235,10 +236,10 @@ def _what_an_fp8_pool_cannot_hold(args: ModelArgs) -> str | None:
     return None
 
 
-def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
+def _check_hybrid(config: EngineConfig, is_hybrid: bool) -> None:
     """What a hybrid model (recurrent layers with a per-sequence state) is not served with yet, refused by name
     before its weights are read."""
-    if not build_args(read_json(model_dir / "config.json"), jnp.float32)[1].is_hybrid:
+    if not is_hybrid:
         return
     if config.lora.enable_lora:
         raise ConfigError(
@@ -248,7 +249,7 @@ def _check_hybrid(config: EngineConfig, model_dir: Path) -> None:
         )
 
 
-def _check_speculative(config: EngineConfig, model_dir: Path) -> None:
+def _check_speculative(config: EngineConfig, is_hybrid: bool) -> None:
     """What speculative decoding is not served with, refused by name before the weights are read: a recurrent
     layer's state cannot roll back a rejected draft, and the rest is unverified (a published plan, sharded logits,
     adapters' slots)."""
@@ -266,7 +267,7 @@ def _check_speculative(config: EngineConfig, model_dir: Path) -> None:
                 "on one process and one device, without LoRA; leave one of them out",
                 key="speculative_config",
             )
-    if build_args(read_json(model_dir / "config.json"), jnp.float32)[1].is_hybrid:
+    if is_hybrid:
         raise ConfigError(
             "speculative_config is not supported for hybrid models with recurrent layers: their per-sequence state "
             "cannot roll back a rejected draft; speculative decoding serves attention-only models",
