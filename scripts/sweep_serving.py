@@ -8,6 +8,8 @@ then two plots (matplotlib PNGs) of how the server behaves under load.
 
 Every point is one ``bench_serving.py`` run, so its definitions (vLLM's ``bench serve``) hold; every option this
 script does not know (``--base-url``, ``--num-prompts``, ``--input-len`` ...) goes to each of those runs as it is.
+Point ``i`` draws its prompts with seed ``--seed + i``: with one seed for all, every point after the first would find
+its prompts in the server's prefix cache and time cached prefills.
 The JSON keeps each point's summary (no per-request lists). Needs matplotlib (the ``bench`` extra).
 
     jllm serve --config configs/llama3-8b-h200.yaml &
@@ -45,11 +47,14 @@ def run_point(common: list[str], extra: list[str]) -> dict[str, Any]:
 
 
 def sweep(args: argparse.Namespace, common: list[str]) -> dict[str, Any]:
-    """``common``: the bench_serving.py options every point shares."""
+    """``common``: the bench_serving.py options every point shares; each point its own seed (fresh prompts)."""
+    points = [["--max-concurrency", str(c)] for c in args.concurrencies]
+    points += [["--request-rate", str(r)] for r in args.request_rates]
+    results = [run_point(common, extra + ["--seed", str(args.seed + i)]) for i, extra in enumerate(points)]
     return {
         "title": args.title,
-        "concurrency": [run_point(common, ["--max-concurrency", str(c)]) for c in args.concurrencies],
-        "request_rate": [run_point(common, ["--request-rate", str(r)]) for r in args.request_rates],
+        "concurrency": results[: len(args.concurrencies)],
+        "request_rate": results[len(args.concurrencies) :],
     }
 
 
@@ -123,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated --max-concurrency values (default 1,8,32,64,128)")  # fmt: skip
     parser.add_argument("--request-rates", type=lambda s: numbers(s, float), default=[4.0, 8.0, 16.0, 32.0],
                         help="comma-separated requests/s (default 4,8,16,32)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the first point's prompt seed; point i uses seed + i (default 0)")  # fmt: skip
     parser.add_argument("--title", default="", help="the plots' title (default: the served model's name)")
     parser.add_argument("--out-dir", type=Path, default=Path("."), help="where the PNGs go (default: here)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every point's summary here")

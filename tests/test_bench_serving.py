@@ -142,10 +142,26 @@ def test_sweep_runs_each_point_and_plots_both_figures(
         assert (p["completed"], p["num_errors"], p["total_output_tokens"]) == (4, 0, 16)
         assert 0 < p["median_ttft_ms"] <= p["p99_ttft_ms"] and p["output_throughput"] > 0
         assert "ttfts" not in p  # summaries only
+    assert [p["seed"] for p in result["concurrency"] + result["request_rate"]] == [0, 1, 2, 3]
     assert json.loads((tmp_path / "sweep.json").read_text())["concurrency"][1]["max_concurrency"] == 3
     for name in ("serving_vs_concurrency.png", "serving_vs_request_rate.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
+
+
+def test_sweep_gives_each_point_fresh_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One seed for all points would let every point after the first hit the server's prefix cache."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(sweep.bench_serving, "main", lambda argv: calls.append(argv) or {"errors": []})
+    args, common = sweep.build_parser().parse_known_args(
+        ["--concurrencies", "1,8", "--request-rates", "4", "--seed", "5", "--num-prompts", "3"]
+    )
+    result = sweep.sweep(args, common)
+    seeds = [int(argv[argv.index("--seed") + 1]) for argv in calls]
+    assert seeds == [5, 6, 7] and all(argv.count("--seed") == 1 for argv in calls)
+    assert [argv[-4:-2] for argv in calls] == [["--max-concurrency", "1"], ["--max-concurrency", "8"],
+                                               ["--request-rate", "4.0"]]  # fmt: skip
+    assert (len(result["concurrency"]), len(result["request_rate"])) == (2, 1)
 
 
 def test_sweep_refuses_a_bad_list() -> None:
