@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,9 @@ TUNE_KV_BLOCKS = (32, 64, 128)
 TUNE_WARPS_STAGES = ((2, 2), (4, 1), (4, 2), (4, 3), (8, 2), (8, 3))
 TUNE_SPLITS = (1, 2, 4, 8)
 TUNE_MIN_DECODE_KV_BLOCK = 64  # smaller decode tiles lost on every H200 shape tuned (2026-12-03)
+# An FP8 pool's 128-key tile is 16 KiB, half a bf16 tile's bytes in flight (H200 2026-12-06: 2.06 TB/s of e4m3 at
+# 64 x 8k where the bf16 pool's kernel moved 4.26): its decode grid also tries 256-key tiles (32 KiB)
+TUNE_FP8_DECODE_KV_BLOCKS = (64, 128, 256)
 TUNE_MAX_DECODE_PROGRAMS = 1024  # decode splits past this many programs (8 per SM on an H200) are not tried
 TUNE_Q_BLOCKS = (16, 32)
 # The jax-triton prefill kernel's tilings: (block_m, block_n, num_warps, num_stages, heads_first, pack_gqa).
@@ -262,6 +266,7 @@ class TuneCase(NamedTuple):
     work: int  # per call: KV bytes read (decode) or attention FLOPs (prefill); 0: no one rate (mixed), the time alone
     unit: str  # the rate's unit, for work / seconds
     configs: list[KernelConfig]
+    fp8: bool = False  # over the pool's float8_e4m3fn copy
 
 
 def decode_shapes(text: str) -> tuple[tuple[int, int], ...]:
@@ -313,8 +318,9 @@ def parse_args() -> argparse.Namespace:
         default="32x2048,64x2048,32x4096",
         help="decode shapes --tune times, as BATCHxCONTEXT,...",
     )
-    parser.add_argument("--tune-kinds", type=comma_choices(("decode", "prefill", "mixed")), default="decode,prefill",
-                        help="which shapes --tune times (decode, prefill, mixed)")  # fmt: skip
+    parser.add_argument("--tune-kinds", type=comma_choices(("decode", "decode-fp8", "prefill", "mixed")),
+                        default="decode,prefill",
+                        help="which shapes --tune times (decode, decode-fp8: FP8 pool, prefill, mixed)")  # fmt: skip
     parser.add_argument("--tune-kernels", type=comma_choices(("pallas", "triton")), default="pallas,triton",
                         help="whose tilings --tune times on chunks (pallas, triton)")  # fmt: skip
     parser.add_argument("--tune-only", action="store_true", help="only the tilings (no decode / prefill tables)")
@@ -476,18 +482,25 @@ def tune_cases(
     chunks and mixed steps also the jax-triton kernel's tilings. ``with_pallas`` False: the Pallas kernel's default
     tiling alone beside them (its grid takes minutes a shape)."""
     grid = [(kb, w, st) for kb in TUNE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES]
-    decode_grid = [(kb, w, st) for kb, w, st in grid if kb >= TUNE_MIN_DECODE_KV_BLOCK]
+    decode_grids = {
+        False: [(kb, w, st) for kb, w, st in grid if kb >= TUNE_MIN_DECODE_KV_BLOCK],
+        True: [(kb, w, st) for kb in TUNE_FP8_DECODE_KV_BLOCKS for w, st in TUNE_WARPS_STAGES],
+    }
     cases = []
-    for batch, ctx in shapes.tune_shapes if "decode" in kinds else ():  # decode: the KV read is the work
+    decode_pools = [fp8 for fp8, kind in ((False, "decode"), (True, "decode-fp8")) if kind in kinds]
+    for fp8, (batch, ctx) in itertools.product(decode_pools, shapes.tune_shapes):  # decode: the KV read is the work
         step = pool.step([1] * batch, [ctx] * batch)
+        step = (step[0], pool.kv_fp8, *step[2:]) if fp8 else step
         default = config_of(step)  # first, so the best is read against it
         splits = [n for n in TUNE_SPLITS if n == 1 or batch * NUM_KV_HEADS * n <= TUNE_MAX_DECODE_PROGRAMS]
         configs = [
             default,
-            *(c for kb, w, st in decode_grid for n in splits if (c := KernelConfig(1, kb, n, w, st)) != default),
+            *(c for kb, w, st in decode_grids[fp8] for n in splits if (c := KernelConfig(1, kb, n, w, st)) != default),
         ]
         lens = ([1] * batch, [ctx] * batch)
-        cases.append(TuneCase(f"decode {batch}x{ctx}", step, lens, decode_bytes(batch, ctx), "TB/s", configs))
+        name, kv_bytes = (f"decode {batch}x{ctx} fp8", decode_bytes(batch, ctx) // 2) if fp8 else (
+            f"decode {batch}x{ctx}", decode_bytes(batch, ctx))  # fmt: skip
+        cases.append(TuneCase(name, step, lens, kv_bytes, "TB/s", configs, fp8))
     triton = [PrefillConfig(*tiling) for tiling in TUNE_PREFILL] if with_triton else []
     for chunk, prefix in shapes.tune_chunks if "prefill" in kinds else ():  # prefill: the attention FLOPs are the work
         lens = ([chunk], [prefix + chunk])
@@ -544,7 +557,7 @@ def tiling_fn(
     """Tilings are timed as the step runs them: one call alone is mostly launch time (40-80 us on an H200 where 32
     decode calls in one program take 6-25 us each); --smoke keeps to one call (interpret mode is slow)."""
     if not args.smoke:
-        return in_step_fn(pool, *case.lens, config=cfg)
+        return in_step_fn(pool, *case.lens, fp8=case.fp8, config=cfg)
     if isinstance(cfg, PrefillConfig):
         return triton_fn(case.step, cfg)
     return kernel_fn(case.step, cfg, args.smoke)
@@ -674,7 +687,8 @@ def main() -> None:
     say(decode_header())
     tokens = max(shapes.batches) * max(shapes.contexts) + max(c + p for c, p in shapes.chunks)
     tokens = max(tokens, int(args.pool_gb * 1e9) // (2 * NUM_KV_HEADS * HEAD_DIM * jnp.dtype(DTYPE).itemsize))
-    pool = Pool(tokens, args.page_size, args.kv_fp8, scattered=args.page_order == "random")
+    fp8 = args.kv_fp8 or ((args.tune or args.tune_only) and "decode-fp8" in args.tune_kinds)
+    pool = Pool(tokens, args.page_size, fp8, scattered=args.page_order == "random")
     rows = bench_decode(args, shapes, pool, copy_bw, say)
     say("prefill chunks (one sequence; TFLOP/s counts causal QK^T and PV)")
     prefill = bench_prefill(args, shapes, pool, mm, say)

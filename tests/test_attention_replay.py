@@ -122,3 +122,14 @@ def test_every_variant_gives_each_sequence_distinct_real_pages(recorded: tuple[A
         pages = np.concatenate([row[:n] for row, n in zip(v.block_tables, used, strict=True)])
         assert (pages > 0).all() and len(set(pages.tolist())) == len(pages), v.name
         assert (pages < rec.num_pages).all() and v.query_start_loc[-1] <= v.num_tokens, v.name
+
+
+def test_fp8_decode_tuning_reads_the_fp8_pool_with_wider_tiles() -> None:
+    """``--tune-kinds decode-fp8``: the decode shapes again over the pool's e4m3 copy, half the bytes, 256-key tiles."""
+    shapes = bench_kernels.Shapes([1], [256], (), ((2, 256),), (), ())
+    pool = bench_kernels.Pool(1024, 16, fp8=True)
+    bf16, fp8 = bench_kernels.tune_cases(shapes, pool, ("decode", "decode-fp8"), with_triton=False)
+    assert (bf16.name, fp8.name) == ("decode 2x256", "decode 2x256 fp8") and (bf16.fp8, fp8.fp8) == (False, True)
+    assert bf16.step[1] is pool.kv and fp8.step[1] is pool.kv_fp8 and fp8.work * 2 == bf16.work
+    assert max(c.kv_block for c in fp8.configs) == 256 and max(c.kv_block for c in bf16.configs) == 128
+    assert fp8.configs[0] == bench_kernels.config_of(fp8.step)  # the default first: the best is read against it

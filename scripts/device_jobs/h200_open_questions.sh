@@ -46,6 +46,16 @@ step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-ru
 # do level 1's choices keep the step's time? H100 2026-12-06: yes (5.55 / 5.70 / 6.33 ms against 5.56 / 5.77 / 6.51).
 step startup_cold_autotune4 240 env XLA_FLAGS=--xla_gpu_autotune_level=4 python scripts/profile_startup.py \
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_autotune4.json"
+# Issue 21, asked by the twenty-first session's H200 (2026-12-06): the FP8 pool's decode kernel read e4m3 at 2.06 TB/s
+# at 64 x 8k where the bf16 pool's moved 4.26: its 128-key tiles are 16 KiB (sized by the queries' itemsize). Its
+# tilings (256-key tiles among them) beside the bf16 pool's, one shape.
+step tune_decode_fp8 420 python scripts/bench_kernels.py --tune --tune-only --tune-kinds decode,decode-fp8 \
+    --tune-kernels pallas --tune-shapes 32x8192 --deadline-s 380 --out "$QOUT/tune_decode_fp8"
+# FP8 batch-1 TPOT through generate was 3.73 ms against the step's 3.215 there; the FP8 config's max_model_len is 4096
+# (profile_step's 2048): a 256-page table gives batch 1 32 KV splits against 16. The step at 4096.
+step step_b1_fp8_len4096 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+    --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --max-model-len 4096 --steps 100 \
+    --set quantization=fp8 --json "$QOUT/step_b1_fp8_len4096.json"
 # Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
 # 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows.
 step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
@@ -66,8 +76,9 @@ for run in "align256:" "align0:--prefill-alignment-min-tokens 0" "cap256:--long-
         --input-len 1024 --output-len 128 --max-concurrency 32 "${ROOF[@]}" --json "$QOUT/serving_${run%%:*}.json"
     stop
 done
-# Issue 20 asks for the GPU's serving plots (docs/img has only the CPU's): throughput and TTFT / TPOT against
-# concurrency and request rate, 1024 in / 128 out, on one server.
+# Issue 20 asks for the GPU's serving plots: throughput and TTFT / TPOT against concurrency and request rate, 1024 in
+# / 128 out, on one server. Until 2026-12-06 every point drew the same prompts (prefix-cache hits past the first
+# point); now each point its own seed.
 serve sweep
 mkdir -p "$QOUT/img"
 step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0.1:8100 --concurrencies 1,8,32,64 \
