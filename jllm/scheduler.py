@@ -48,7 +48,7 @@ from collections.abc import Sequence as Seq
 from jllm.block_manager import BlockManager
 from jllm.lora.slots import LoRASlots
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
-from jllm.speculative import NgramSpec, propose
+from jllm.speculative import NgramProposer, NgramSpec
 from jllm.state_slots import StateSlots
 
 
@@ -80,6 +80,7 @@ class Scheduler:
         self.lora_slots = lora_slots
         self.state_slots = state_slots
         self.speculative = speculative
+        self.proposer = NgramProposer(speculative) if speculative else None
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -228,7 +229,7 @@ class Scheduler:
         if seq.sampling_params.max_tokens is not None:
             room.append(seq.sampling_params.max_tokens - seq.num_output_tokens - 1)
         k = min(room)
-        return propose(seq.token_ids, spec, k) if k > 0 else []
+        return self.proposer.propose(seq, k) if k > 0 else []
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         """Admits waiting sequences in FIFO order while budget, slots and pages last; the first that does not fit
@@ -408,6 +409,8 @@ class Scheduler:
             self.waiting.remove(seq)
         seq.status = status
         self.block_manager.free(seq)
+        if self.proposer is not None:
+            self.proposer.forget(seq)
         samples = self._requests.get(seq.request_id)
         if samples is not None and all(s.is_finished for s in samples):
             del self._requests[seq.request_id]

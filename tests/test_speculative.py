@@ -23,7 +23,7 @@ from jllm.sampling import SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
 from jllm.spec_verify import verify as verify_eagerly
-from jllm.speculative import NgramSpec, check_request, propose
+from jllm.speculative import NgramProposer, NgramSpec, check_request, propose
 
 EOS = 2
 verify = jax.jit(verify_eagerly, static_argnames="mode")  # one compile, not one per operation
@@ -51,6 +51,49 @@ def test_propose_gives_fewer_drafts_near_the_end_and_none_without_a_match():
 
 
 # ---------------------------------------------------------------- settings and requests
+
+
+def _propose_by_windows(tokens: list[int], spec: NgramSpec, k: int) -> list[int]:
+    """The proposer's rule read literally: every window of n tokens before the last token, n from max down to min."""
+    for n in range(min(spec.prompt_lookup_max, len(tokens) - 1), spec.prompt_lookup_min - 1, -1):
+        for start in range(len(tokens) - n):
+            if tokens[start : start + n] == tokens[len(tokens) - n :]:
+                return tokens[start + n : start + n + k]
+    return []
+
+
+@pytest.mark.parametrize("vocab", [2, 3, 8])
+def test_propose_matches_the_window_by_window_rule_on_random_tokens(vocab):
+    rng = np.random.default_rng(vocab)
+    for _ in range(300):
+        tokens = rng.integers(0, vocab, rng.integers(1, 40)).tolist()
+        low = int(rng.integers(1, 4))
+        spec, k = NgramSpec(4, low, low + int(rng.integers(0, 4))), int(rng.integers(0, 6))
+        assert propose(tokens, spec, k) == _propose_by_windows(tokens, spec, k), (tokens, spec, k)
+
+
+def test_the_scheduler_proposer_keeps_each_sequence_s_tokens_between_steps_and_drops_finished_ones():
+    rng = np.random.default_rng(7)
+    proposer, seqs = NgramProposer(NgramSpec(3, 1, 4)), [_seq(rng.integers(0, 4, 20).tolist()) for _ in range(3)]
+    for _ in range(40):  # tokens arrive one or several at a time (accepted drafts), 64-token buffers grow
+        for seq in seqs:
+            seq.output_token_ids += rng.integers(0, 4, rng.integers(1, 4)).tolist()
+            assert proposer.propose(seq, 3) == propose(seq.token_ids, proposer.spec, 3)
+    del seqs[0].output_token_ids[5:]  # tokens taken back (a stop string's cut): the array is rebuilt
+    assert proposer.propose(seqs[0], 3) == propose(seqs[0].token_ids, proposer.spec, 3)
+    proposer.forget(seqs[1])
+    assert len(proposer) == 2
+
+    sched = _scheduler()
+    done = [_seq([3, 4, 5, 3], max_tokens=3), _seq([6, 7, 6], max_tokens=3)]
+    for seq in done:
+        sched.add([seq])
+    _step(sched, [4, 7])
+    out = sched.schedule()
+    assert len(sched.proposer) == 2  # both decodes proposed
+    sched.on_step_launched(out)
+    sched.update_from_output(out, [[5, 3], [6, 7]])
+    assert all(seq.is_finished for seq in done) and len(sched.proposer) == 0
 
 
 def test_speculative_config_takes_vllm_keys_and_defaults():
