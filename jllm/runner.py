@@ -421,13 +421,18 @@ class ModelRunner:
 
     def warmup_plans(self, bucket: StepBucket) -> list[StepPlan]:
         """All-padding plans (alike on every process) that run every program a step of ``bucket`` can pick: the base
-        samplers, the general one with penalty lists 128 wide and the whole context's, and the prompt logprobs."""
+        samplers, the general one with penalty lists 128 wide and the whole context's, and the prompt logprobs. With
+        speculative decoding, which refuses penalties and prompt logprobs (``jllm.speculative``), the general sampler
+        at the short width alone (top-k / top-p draws take it)."""
         plans = [
             StepPlan(self._host_inputs([], bucket, (top, None, mode)), (top, None, mode)) for top, mode in BASE_SAMPLERS
         ]
         top, mode = GENERAL_SAMPLER
         constraints = host_constraints([], (top, None, mode), bucket.sampler_rows, self.vocab_size)
-        for penalty, prompt in [(sampler.SHORT_PENALTY_WIDTH, None), (self.long_penalty_width, MAX_LOGPROBS)]:
+        general = [(sampler.SHORT_PENALTY_WIDTH, None)]
+        if not self.num_speculative_tokens:
+            general.append((self.long_penalty_width, MAX_LOGPROBS))
+        for penalty, prompt in general:
             variant = (top, prompt, mode)
             plans.append(StepPlan(self._host_inputs([], bucket, variant, penalty), variant, constraints))
         return plans
