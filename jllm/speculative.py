@@ -87,7 +87,7 @@ def propose(token_ids: list[int] | np.ndarray, spec: NgramSpec, k: int | None = 
     k = spec.num_speculative_tokens if k is None else k
     tokens = np.asarray(token_ids)
     total = tokens.shape[0]
-    if k < 1:
+    if k < 1 or total < 2:  # no earlier token to match
         return []
     ends = np.flatnonzero(tokens[: total - 1] == tokens[total - 1])  # where an earlier match would end, ascending
     found = None

@@ -46,6 +46,7 @@ def test_propose_gives_fewer_drafts_near_the_end_and_none_without_a_match():
     assert propose([1, 2, 3, 1, 2], SPEC) == [3, 1, 2]
     assert propose([4, 4], SPEC) == [4]  # the suffix itself is never a match: the earlier 4 is followed by one token
     assert propose([1, 2, 3, 4], SPEC) == []
+    assert propose([], SPEC) == [] and propose([7], SPEC) == []
     assert propose([1, 2, 3, 1], SPEC, k=1) == [2]
     assert propose([1, 2, 3, 1], NgramSpec(3, 2, 3)) == []  # only a 1-gram matches, under prompt_lookup_min=2
 
