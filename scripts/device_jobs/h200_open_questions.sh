@@ -41,6 +41,11 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
+# H200 2026-12-06: cold 41.6 s (goal 30), warm-up 29.1 s of it, whose critical path is the slowest compile (forward
+# 1024 x 256: 23 s on one thread) while 16 threads share 40 programs. XLA can split one program's LLVM module over
+# several threads (xla_gpu_force_compilation_parallelism): does the slowest compile shorten?
+step startup_cold_parallel4 240 env XLA_FLAGS=--xla_gpu_force_compilation_parallelism=4 python \
+    scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_parallel4.json"
 # jllm now compiles with XLA's autotuning at level 1 (timing only; jllm.runner.autotune_options): H100 2026-12-06, one
 # call: cold 35.0 s at XLA's default level 4, 23.2 s at level 1. Level 4 again as the baseline, and its TPOT below:
 # do level 1's choices keep the step's time? H100 2026-12-06: yes (5.55 / 5.70 / 6.33 ms against 5.56 / 5.77 / 6.51).
