@@ -4,9 +4,10 @@ Every engine step packs its host inputs into one uint32 buffer per tree (the for
 device array of each (``runner.DeviceStep``); on an H200 that part of a step ("device_inputs" in
 ``profile_step.py``) took 0.5-0.7 ms of host time (2026-12-04), a fifth of the host's budget where an FP8 decode
 step is host-bound. This times the host's side only — calls queued back to back, one wait at the end — for buffers of
-a decode step's sizes, each way: ``jax.make_array_from_process_local_data`` (what the runner calls: it also works
-when a mesh spans processes), ``jax.device_put`` onto the replicated sharding, and onto the one device; and two
-buffers against the two concatenated (one transfer a step). Prints the card and a table of microseconds per call.
+a decode step's sizes, each way: ``jax.make_array_from_process_local_data`` (what the runner calls when a mesh spans
+processes), ``jax.device_put`` onto the replicated sharding, and onto the one device; the two buffers in one
+``device_put`` call (what the runner calls on one process); and the two concatenated (one transfer a step). Prints
+the card and a table of microseconds per call.
 
     python scripts/bench_host_transfer.py --words 1024,4096,16384 --calls 2000
 """
@@ -52,6 +53,7 @@ def ways(words: int) -> dict[str, Callable[[], Any]]:
             jax.make_array_from_process_local_data(replicated, sampler),
         ),
         "device_put(sharding) x2": lambda: (jax.device_put(forward, replicated), jax.device_put(sampler, replicated)),
+        "device_put(sharding) of both, one call (the runner's)": lambda: jax.device_put([forward, sampler], replicated),
         "device_put(device) x2": lambda: (jax.device_put(forward, device), jax.device_put(sampler, device)),
         "device_put(sharding) x1, concatenated": lambda: jax.device_put(both, replicated),
     }
