@@ -116,12 +116,12 @@ class NgramProposer:
         return len(self._tokens)
 
     def propose(self, seq: Sequence, k: int) -> list[int]:
-        buffer, held = self._tokens.get(seq.seq_id, (np.empty(0, np.int64), 0))
+        buffer, held = self._tokens.get(seq.seq_id, (np.empty(0, np.int32), 0))
         total = seq.num_tokens
         if held > total:  # tokens taken back: start over
             held = 0
         if total > buffer.shape[0]:
-            grown = np.empty(max(2 * total, 64), np.int64)
+            grown = np.empty(max(2 * total, 64), np.int32)
             grown[:held] = buffer[:held]
             buffer = grown
         buffer[held:total] = seq.token_slice(held, total)
