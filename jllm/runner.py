@@ -520,9 +520,10 @@ class ModelRunner:
 
     def _put_trees(self, *trees: Any) -> list[tuple[InputLayout, jax.Array]]:
         """Each tree packed into one buffer; the buffers transferred replicated over the mesh, in one batched call
-        where this process holds every device (``scripts/bench_host_transfer.py`` times the ways: one call took a
-        step's two buffers in 82 us of host time against two calls' 111 on a quiet CPU host, 2026-12-06). A mesh
-        across processes takes each process's whole array for its own devices."""
+        where this process holds every device, not two (``scripts/bench_host_transfer.py`` times the ways; on the
+        CPU host, with another job beside it, one call took 82 us where two took 111, 2026-12-06: the GPU host's
+        figure is still to be measured). A mesh across processes takes each process's whole array for its own
+        devices."""
         layouts, buffers = zip(*(pack_inputs(tree) for tree in trees), strict=True)
         sharding = parallel.replicated(self.mesh)
         if jax.process_count() == 1:

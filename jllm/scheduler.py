@@ -80,7 +80,7 @@ class Scheduler:
         self.lora_slots = lora_slots
         self.state_slots = state_slots
         self.speculative = speculative
-        self.proposer = NgramProposer(speculative) if speculative else None
+        self.proposer = NgramProposer(speculative) if speculative is not None else None
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
