@@ -51,8 +51,8 @@ TUNE_KV_BLOCKS = (32, 64, 128)
 TUNE_WARPS_STAGES = ((2, 2), (4, 1), (4, 2), (4, 3), (8, 2), (8, 3))
 TUNE_SPLITS = (1, 2, 4, 8)
 TUNE_MIN_DECODE_KV_BLOCK = 64  # smaller decode tiles lost on every H200 shape tuned (2026-12-03)
-# An FP8 pool's 128-key tile is 16 KiB, half a bf16 tile's bytes in flight (H200 2026-12-06: 2.06 TB/s of e4m3 at
-# 64 x 8k where the bf16 pool's kernel moved 4.26): its decode grid also tries 256-key tiles (32 KiB)
+# An FP8 pool's 128-key tile is 16 KiB, half a bf16 tile's bytes (H200 2026-12-06: its kernel read 2.06 TB/s of e4m3
+# at 64 x 8k where the bf16 pool's moved 4.26): its decode grid also tries 256-key tiles (32 KiB)
 TUNE_FP8_DECODE_KV_BLOCKS = (64, 128, 256)
 TUNE_MAX_DECODE_PROGRAMS = 1024  # decode splits past this many programs (8 per SM on an H200) are not tried
 TUNE_Q_BLOCKS = (16, 32)
@@ -498,8 +498,7 @@ def tune_cases(
             *(c for kb, w, st in decode_grids[fp8] for n in splits if (c := KernelConfig(1, kb, n, w, st)) != default),
         ]
         lens = ([1] * batch, [ctx] * batch)
-        name, kv_bytes = (f"decode {batch}x{ctx} fp8", decode_bytes(batch, ctx) // 2) if fp8 else (
-            f"decode {batch}x{ctx}", decode_bytes(batch, ctx))  # fmt: skip
+        name, kv_bytes = f"decode {batch}x{ctx}" + " fp8" * fp8, decode_bytes(batch, ctx) // (1 + fp8)  # e4m3: 1 byte
         cases.append(TuneCase(name, step, lens, kv_bytes, "TB/s", configs, fp8))
     triton = [PrefillConfig(*tiling) for tiling in TUNE_PREFILL] if with_triton else []
     for chunk, prefix in shapes.tune_chunks if "prefill" in kinds else ():  # prefill: the attention FLOPs are the work
