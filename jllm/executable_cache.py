@@ -70,12 +70,13 @@ ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 @dataclasses.dataclass(frozen=True)
 class ProgramCall:
     """A program as jit will trace it: ``jax.jit(fn on treedef's leaves, donate_argnums=donate)(*args)``, or with
-    ``treedef`` None, ``jax.jit(fn, donate_argnums=donate)(*args)``."""
+    ``treedef`` None, ``jax.jit(fn, donate_argnums=donate)(*args)``; and the options XLA compiles it with."""
 
     fn: functools.partial  # the pure function with its statics bound
     treedef: Any  # the state's tree, whose leaves come first in ``args``; None: no state
     donate: tuple[int, ...]
     args: tuple[Any, ...]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``Lowered.compile``'s compiler options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Entry:
     format: int = FORMAT
 
 
-def describe_program(call: ProgramCall, compiler_options: Mapping[str, Any]) -> str:
+def describe_program(call: ProgramCall) -> str:
     """The program's part of the key: its function, statics, arguments and options, as text."""
     fn = call.fn
     lines = [
@@ -101,7 +102,7 @@ def describe_program(call: ProgramCall, compiler_options: Mapping[str, Any]) -> 
         *(f"static {k}: {_describe(v)}" for k, v in sorted(fn.keywords.items())),
         f"state tree: {call.treedef}",
         f"donate: {call.donate}",
-        f"compiler options: {sorted(compiler_options.items())}",
+        f"compiler options: {sorted(call.options.items())}",
         f"argument tree: {jax.tree.structure(call.args)}",
         *(f"argument {i}: {_describe_leaf(x)}" for i, x in enumerate(jax.tree.leaves(call.args))),
     ]
@@ -319,16 +320,16 @@ class Prefetch:
 
 
 def load_or_compile(cache: ExecutableCache | None, call: ProgramCall, out_sharding: Any = None) -> jax.stages.Compiled:
-    """A stateless program (``call.treedef`` None, default compiler options; its output on ``out_sharding``) from
+    """A stateless program (``call.treedef`` None; its output on ``out_sharding``) from
     ``cache``, or else traced and compiled here (through JAX's cache) and stored in ``cache``: the loader's
     dummy-weight initializers, whose tracing a warm start would otherwise pay for each of them."""
-    program = f"{describe_program(call, {})}\nout sharding: {_describe(out_sharding)}"
+    program = f"{describe_program(call)}\nout sharding: {_describe(out_sharding)}"
     key = None if cache is None else cache.key(program)
     entry = None if key is None else cache.read(key)
     compiled = None if entry is None else cache.load(entry)
     if compiled is None:
         jitted = jax.jit(call.fn, donate_argnums=call.donate, out_shardings=out_sharding)
-        compiled = jitted.lower(*call.args).compile()
+        compiled = jitted.lower(*call.args).compile(call.options)
         if key is not None:
             cache.store(key, compiled)
     return compiled

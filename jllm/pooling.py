@@ -193,13 +193,15 @@ class Encoder:
                     future = pool.submit(runner.load, entry, KIND, report)
                 else:
                     lowered = runner.lower(call, KIND, report)[1]
-                    future = pool.submit(runner.compile, lowered, KIND, cache_key, report, name)
+                    future = pool.submit(runner.compile, lowered, call.options, KIND, cache_key, report, name)
                 pending[bucket] = (future, call, cache_key, name)
             progress = tqdm(pending.items(), desc="compiling pooling programs", disable=not show_progress)
             for bucket, (future, call, cache_key, name) in progress:
                 compiled = future.result()
                 if compiled is None:  # a cached entry that did not load (logged): compiled as before
-                    compiled = runner.compile(runner.lower(call, KIND, report)[1], KIND, cache_key, report, name)
+                    compiled = runner.compile(
+                        runner.lower(call, KIND, report)[1], call.options, KIND, cache_key, report, name
+                    )
                 self._programs[(bucket, layers)] = compiled
         return report
 
@@ -256,8 +258,9 @@ class Encoder:
         a = batch.attn
         inputs = (batch.input_ids, batch.positions, (a.slot_mapping, a.query_start_loc, a.kv_lens, a.block_tables))
         inputs = jax.device_put(inputs, parallel.replicated(runner.mesh))
+        fn = functools.partial(hidden_states_program, *statics)
         return ProgramCall(
-            functools.partial(hidden_states_program, *statics), runner.state_def, (), (runner.params, *inputs)
+            fn, runner.state_def, (), (runner.params, *inputs), runner.compiler_options(bucket.num_tokens)
         )
 
 

@@ -78,6 +78,25 @@ def autotune_options(xla_flags: str) -> dict[str, int]:
 
 
 COMPILER_OPTIONS |= autotune_options(os.environ.get("XLA_FLAGS", ""))
+
+# XLA's Triton GEMMs (each tiling candidate compiled and timed at start-up) only in programs whose matmuls have at
+# most this many rows; cuBLAS alone above. H100, Llama-3-8B (2026-12-06, nineteenth session, one call): with cuBLAS
+# alone decode was 3.9-4.0 % slower at batch 1 and 8 but as fast at 32 (TPOT 6.39 against 6.42 ms) and prefill as
+# fast (TTFT of 32 x 128 tokens 101.2 against 103.1 ms), while the Triton candidates were most of a cold start's
+# compiling (the forwards 105 against 28 thread-s, the slowest compile 13.0 against 2.8 s).
+TRITON_GEMM_MAX_ROWS = 16
+
+
+def gemm_options(rows: int, quantized: bool, xla_flags: str) -> dict[str, bool]:
+    """Compile options choosing the GEMM kernels of a program whose matmuls have ``rows`` rows: XLA's Triton GEMMs
+    off above ``TRITON_GEMM_MAX_ROWS``. Quantized weights keep them at every size (a Triton GEMM widens the stored
+    weights as it loads them; cuBLAS would read a widened copy written first), and so does an ``XLA_FLAGS`` that
+    sets ``xla_gpu_enable_triton_gemm`` (the user's choice, which a compile option would override)."""
+    if quantized or rows <= TRITON_GEMM_MAX_ROWS or "xla_gpu_enable_triton_gemm" in xla_flags:
+        return {}
+    return {"xla_gpu_enable_triton_gemm": False}
+
+
 ProgramKey = tuple[str, tuple[int, SamplingMode] | None, InputLayout]  # (kind, static variant, input layout)
 
 
@@ -88,6 +107,7 @@ class DeviceStep:
     layout: InputLayout
     buffer: jax.Array  # the packed inputs (uint32 words), replicated over the mesh
     variant: Variant
+    bucket: StepBucket  # the step's shape: its matmuls' rows choose their compile options (``gemm_options``)
     # The sampler's own per-row inputs, packed apart: (SamplingMetadata, TokenConstraints) — penalty lists, stop-id
     # bans, token mask and logit bias have request-chosen widths, which must never change the forward's program.
     sampler_layout: InputLayout
@@ -183,24 +203,29 @@ class ModelRunner:
         if kind == "forward":
             fn = functools.partial(step_programs.forward, self.graphdef, self.pool_shardings, step.layout)
             args = (self.params, self.kv_caches, step.buffer, self._last_tokens, self._lora_weights)
-            return ProgramCall(fn, self.state_def, (1,), args)
+            return ProgramCall(fn, self.state_def, (1,), args, self.compiler_options(step.bucket.num_tokens))
         hidden, rows = outputs
         if kind == "sampler":
             num_rows = self._last_tokens.shape[0]
             head = self.head_graphdef
             fn = functools.partial(step_programs.sample, head, variant, step.sampler_layout, num_rows=num_rows)
-            return ProgramCall(fn, self.head_def, (), (self.head_params, rows, step.sampler_buffer))
+            options = self.compiler_options(step.bucket.sampler_rows)
+            return ProgramCall(fn, self.head_def, (), (self.head_params, rows, step.sampler_buffer), options)
         fn = functools.partial(step_programs.prompt_logprobs, self.head_graphdef, step.layout)
-        return ProgramCall(fn, self.head_def, (), (self.head_params, hidden, step.buffer))
+        options = self.compiler_options(step.bucket.num_tokens)
+        return ProgramCall(fn, self.head_def, (), (self.head_params, hidden, step.buffer), options)
 
-    def _trace(self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None) -> jax.stages.Traced:
-        return trace(self._call(key, step, outputs))
+    def compiler_options(self, gemm_rows: int) -> dict[str, Any]:
+        """What a program of this model whose matmuls have ``gemm_rows`` rows is compiled with."""
+        quantized = self.loaded.args.quant is not None
+        return COMPILER_OPTIONS | gemm_options(gemm_rows, quantized, os.environ.get("XLA_FLAGS", ""))
 
     def _program(
         self, key: ProgramKey, step: DeviceStep, outputs: tuple[Any, Any] | None = None
     ) -> jax.stages.Compiled:
         if key not in self._programs:  # a shape warm-up missed: compiled here, while the step waits
-            self._programs[key] = self._trace(key, step, outputs).lower().compile(COMPILER_OPTIONS)
+            call = self._call(key, step, outputs)
+            self._programs[key] = trace(call).lower().compile(call.options)
         return self._programs[key]
 
     @property
@@ -307,7 +332,9 @@ class ModelRunner:
                 compiled = future.result()
                 if compiled is None:  # a cached entry that did not load (logged): compiled as before
                     call, cache_key, name = loading[key]
-                    compiled = self.compile(self.lower(call, key[0], report)[1], key[0], cache_key, report, name)
+                    compiled = self.compile(
+                        self.lower(call, key[0], report)[1], call.options, key[0], cache_key, report, name
+                    )
                 self._programs[key] = compiled
         if run is None:
             run = self.mesh.devices.flat[0].platform != "cpu"
@@ -362,7 +389,7 @@ class ModelRunner:
                     avals = entry.out_avals
                 else:
                     traced, lowered = self.lower(call, kind, report)
-                    pending[key] = pool.submit(self.compile, lowered, kind, cache_key, report, name)
+                    pending[key] = pool.submit(self.compile, lowered, call.options, kind, cache_key, report, name)
                     avals = tuple((o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info))
                 if key[0] == "forward":  # the others are traced on its outputs' (hidden, rows) shapes
                     replicated = parallel.replicated(self.mesh)
@@ -375,7 +402,7 @@ class ModelRunner:
         """The program's executable-cache key (None: no cache, or not cacheable) and its entry (None: a miss)."""
         if self.executable_cache is None:
             return None, None
-        cache_key = self.executable_cache.key(describe_program(call, COMPILER_OPTIONS))
+        cache_key = self.executable_cache.key(describe_program(call))
         return cache_key, None if cache_key is None else self.executable_cache.read(cache_key)
 
     def lower(self, call: ProgramCall, kind: str, report: WarmupReport) -> tuple[jax.stages.Traced, jax.stages.Lowered]:
@@ -391,12 +418,18 @@ class ModelRunner:
         return traced, lowered
 
     def compile(
-        self, lowered: jax.stages.Lowered, kind: str, cache_key: str | None, report: WarmupReport, name: str
+        self,
+        lowered: jax.stages.Lowered,
+        options: dict[str, Any],
+        kind: str,
+        cache_key: str | None,
+        report: WarmupReport,
+        name: str,
     ) -> jax.stages.Compiled:
         """On a worker thread: XLA's compile, timed into ``report`` (as ``name``: kind, variant, bucket), then stored
         under ``cache_key`` (if any)."""
         with timed() as elapsed:
-            compiled = lowered.compile(COMPILER_OPTIONS)
+            compiled = lowered.compile(options)
         report.add_compile(kind, elapsed.seconds, name)
         if cache_key is not None:
             self.executable_cache.store(cache_key, compiled)
@@ -408,7 +441,7 @@ class ModelRunner:
         cache_key, entry = self.cache_entry(call)
         compiled = None if entry is None else self.load(entry, kind, report)
         if compiled is None:
-            compiled = self.compile(self.lower(call, kind, report)[1], kind, cache_key, report, name)
+            compiled = self.compile(self.lower(call, kind, report)[1], call.options, kind, cache_key, report, name)
         return compiled
 
     def load(self, entry: Entry, kind: str, report: WarmupReport) -> jax.stages.Compiled | None:
@@ -516,7 +549,7 @@ class ModelRunner:
         """Packs the plan's host inputs and transfers them, replicated over the mesh."""
         forward_inputs = dataclasses.replace(plan.inputs, sampling=None)
         forward, sampler = self._put_trees(forward_inputs, _sampler_tree(plan, plan.constraints))
-        return DeviceStep(*forward, plan.variant, *sampler)
+        return DeviceStep(*forward, plan.variant, plan.bucket, *sampler)
 
     def _put_trees(self, *trees: Any) -> list[tuple[InputLayout, jax.Array]]:
         """Each tree packed into one buffer; the buffers transferred replicated over the mesh, in one batched call

@@ -20,7 +20,7 @@ def run(case: dict) -> dict:
     cache = ExecutableCache(Path(case["cache"]), "context")
     x = jnp.asarray(np.random.default_rng(case["seed"]).normal(size=(4, 2)), jnp.float32)
     call = program(2.5, x)
-    key = cache.key(describe_program(call, {}))
+    key = cache.key(describe_program(call))
     cache.store(key, compiled_program(call))
     entry = cache.read(key)
     loaded = cache.load(entry)

@@ -41,6 +41,20 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
+# Twenty-second session: XLA's Triton GEMMs only in programs of at most 16 matmul rows (jllm.runner.gemm_options;
+# cuBLAS alone above, where it was as fast on an H100 and its start 7.6 s sooner). Against Triton GEMMs everywhere
+# (the flag the runner leaves to XLA_FLAGS): the cold start, the TPOT (batch 32's bucket now cuBLAS) and a mixed step.
+step startup_cold_triton_all 240 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=true python scripts/profile_startup.py \
+    --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_triton_all.json"
+step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
+    --json "$QOUT/bf16_lat.json"
+step bf16_latency_triton_all 360 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=true python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_triton_all.json"
+for flags in ":" "_triton_all:--xla_gpu_enable_triton_gemm=true"; do
+    step "mixed_step_224${flags%%:*}" 300 env XLA_FLAGS="${flags#*:}" python scripts/profile_step.py \
+        --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 --batch-sizes 32 --prompt 1024 \
+        --prefill-tokens 224 --steps 30 --json "$QOUT/mixed_step_224${flags%%:*}.json"
+done
 # H200 2026-12-06: cold 41.6 s (goal 30), warm-up 29.1 s of it, whose critical path is the slowest compile (forward
 # 1024 x 256: 23 s on one thread) while 16 threads share 40 programs. XLA can split one program's LLVM module over
 # several threads (xla_gpu_force_compilation_parallelism): does the slowest compile shorten?
@@ -67,8 +81,6 @@ step step_b1_fp8_len4096 300 python scripts/profile_step.py --model configs/mode
     --set quantization=fp8 --json "$QOUT/step_b1_fp8_len4096.json"
 # Issue 20: bf16 TPOT at batch 1 / 8 / 32 (goals 3.9 / 4.1 / 4.6 ms; 4.16 / 4.28 / 4.81 at best, 4.41 / 4.54 / 4.97 on
 # 2026-12-05 12:00), batch 8 and 32 now sampling 8 and 64 rows.
-step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
-    --json "$QOUT/bf16_lat.json"
 step bf16_latency_autotune4 360 env XLA_FLAGS=--xla_gpu_autotune_level=4 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_autotune4.json"
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
@@ -98,7 +110,7 @@ stop
 step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
 # Issue 20's serving TPOT: what a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
 # 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
-for prefill in 224 480; do
+for prefill in 480; do
     step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
         --json "$QOUT/mixed_step_$prefill.json"
