@@ -53,6 +53,7 @@ from bench_common import PartTimer, engine_overrides, write_dummy_model  # noqa:
 
 import jllm.runner  # noqa: E402
 from jllm import LLM, SamplingParams  # noqa: E402
+from jllm.buckets import pick_bucket  # noqa: E402
 from jllm.runner import DeviceStep  # noqa: E402
 from jllm.sampling import RequestOutputKind  # noqa: E402
 
@@ -315,9 +316,11 @@ def main() -> None:
             row["kernels"] = trace or {"skipped": "--trace-steps 0"}
             if args.dump_hlo:
                 args.dump_hlo.mkdir(parents=True, exist_ok=True)
-                for name, layout, exe in llm.engine.runner.compiled_programs():
+                runner = llm.engine.runner
+                stepped = pick_bucket(runner.buckets, batch + args.prefill_tokens, batch + bool(args.prefill_tokens))
+                for name, layout, exe in runner.compiled_programs():
                     tokens = layout.slots[0][1][0]  # the first leaf: input_ids [T], or a sampler's temperature [S]
-                    if tokens == batch:
+                    if tokens in (batch, stepped.num_tokens):
                         (args.dump_hlo / f"{name}_t{tokens}.hlo.txt").write_text(exe.as_text())
             report["batches"][batch] = row
             if args.dump_attention:  # after the timings (it clears JAX's trace caches), at the traced steps' contexts
