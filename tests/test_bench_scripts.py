@@ -247,6 +247,15 @@ def test_bench_host_transfer_times_every_way_at_every_size(tmp_path: Path) -> No
     assert_positive(*(r["host_us"] for r in rows))
 
 
+def test_bench_dispatch_times_each_argument_count_of_a_program_it_checked(tmp_path: Path) -> None:
+    bench = importlib.import_module("bench_dispatch")
+    out = tmp_path / "dispatch.json"
+    bench.main(["--args", "1,3", "--calls", "5", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["args"] for r in rows] == [1, 3]
+    assert_positive(*(r["host_us"] for r in rows))
+
+
 def test_serving_roofline_is_a_steady_state_step_of_decodes_and_their_share_of_prompts() -> None:
     """32 requests of 1024 in / 128 out in flight: each step decodes 32 tokens (each ~64 tokens into its output) and
     carries 32 * 1024 / 128 = 256 prompt tokens; Llama-3-8B's step reads the weights and ~4.6 GB of KV (memory-bound at

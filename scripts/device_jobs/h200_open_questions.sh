@@ -69,6 +69,8 @@ step startup_cold_parallel4 240 env XLA_FLAGS=--xla_gpu_force_compilation_parall
 # twice before; the eighth session's H200 host: 189-268 us for those two calls): the ways side by side on this host.
 step host_transfer 120 python scripts/bench_host_transfer.py --words 1024,4096,16384 --calls 2000 \
     --json "$QOUT/host_transfer.json"
+# The FP8 step's dispatch (1.46 ms against bf16's 0.81; 323 arguments against 195): what an argument costs the host.
+step dispatch_args 120 python scripts/bench_dispatch.py --args 1,64,195,323,512 --calls 2000 --json "$QOUT/dispatch.json"
 # jllm now compiles with XLA's autotuning at level 1 (timing only; jllm.runner.autotune_options): H100 2026-12-06, one
 # call: cold 35.0 s at XLA's default level 4, 23.2 s at level 1. Level 4 again as the baseline, and its TPOT below:
 # do level 1's choices keep the step's time? H100 2026-12-06: yes (5.55 / 5.70 / 6.33 ms against 5.56 / 5.77 / 6.51).
