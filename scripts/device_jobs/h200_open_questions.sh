@@ -79,8 +79,8 @@ step startup_cold_autotune4 240 env XLA_FLAGS=--xla_gpu_autotune_level=4 python 
 # Issue 21, asked by the twenty-first session's H200 (2026-12-06): the FP8 pool's decode kernel read e4m3 at 2.06 TB/s
 # at 64 x 8k where the bf16 pool's moved 4.26: its 128-key tiles are 16 KiB (sized by the queries' itemsize). Its
 # tilings (256-key tiles among them) beside the bf16 pool's, one shape.
-step tune_decode_fp8 420 python scripts/bench_kernels.py --tune --tune-only --tune-kinds decode,decode-fp8 \
-    --tune-kernels pallas --tune-shapes 32x8192 --deadline-s 380 --out "$QOUT/tune_decode_fp8"
+step tune_decode_fp8 280 python scripts/bench_kernels.py --tune --tune-only --tune-kinds decode,decode-fp8 \
+    --tune-kernels pallas --tune-shapes 32x8192 --deadline-s 240 --out "$QOUT/tune_decode_fp8"
 # FP8 batch-1 TPOT through generate was 3.73 ms against the step's 3.215 there; the FP8 config's max_model_len is 4096
 # (profile_step's 2048): a 256-page table gives batch 1 32 KV splits against 16. The step at 4096.
 step step_b1_fp8_len4096 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
