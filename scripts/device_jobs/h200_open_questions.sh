@@ -58,7 +58,8 @@ for flags in ":" "_triton_all:--xla_gpu_enable_triton_gemm=true"; do
 done
 # Issue 20's batch-1 TPOT (3.9 ms; the step 4.174 ms on 2026-12-06, ~260 small fusions 0.41 ms beside the GEMMs'
 # 3.69): the step's optimized HLO, to read which elementwise work XLA leaves outside the GEMM fusions.
-step hlo_b1 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
+# Its autotuning results too, for the deviceless GPU compiles on a CPU host (--xla_gpu_load_autotune_results_from).
+step hlo_b1 300 env XLA_FLAGS=--xla_gpu_dump_autotune_results_to=$QOUT/autotune_b1.textproto python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
     --batch-sizes 1 --max-num-batched-tokens 32 --steps 30 --json "$QOUT/step_b1_hlo.json" --dump-hlo "$QOUT/hlo_b1"
 # H200 2026-12-06: cold 41.6 s (goal 30), warm-up 29.1 s of it, whose critical path is the slowest compile (forward
 # 1024 x 256: 23 s on one thread) while 16 threads share 40 programs. XLA can split one program's LLVM module over
