@@ -116,6 +116,7 @@ def traced_calls(runner: Any, step: Any) -> list[dict[str, Any]]:
     kind share one trace), with every argument's shape and dtype and the keyword arguments, as the kernel gets
     them (inside ``shard_map`` under tensor parallelism: one device's heads)."""
     import jllm.attention as attention
+    from jllm.runner import trace
 
     calls: list[dict[str, Any]] = []
     modules = {name: attention for name in WATCHED}
@@ -143,7 +144,7 @@ def traced_calls(runner: Any, step: Any) -> list[dict[str, Any]]:
         for name, fn in originals.items():
             setattr(modules[name], name, watch(name, fn))
         jax.clear_caches()  # else the layers' nested jit serves its cached trace and never calls the watched names
-        runner._trace(("forward", None, step.layout), step, None)
+        trace(runner._call(("forward", None, step.layout), step, None))
     finally:
         for name, fn in originals.items():
             setattr(modules[name], name, fn)
