@@ -63,6 +63,31 @@ def test_metrics_of_a_hand_made_trace() -> None:
     assert m["mean_e2el_ms"] == pytest.approx(500) and m["p99_e2el_ms"] == pytest.approx(598)
 
 
+def test_the_steady_state_figures_leave_out_the_requests_sent_before_the_first_finished() -> None:
+    a, b, failed = _trace()  # both sent at 0; A finishes at 0.6, B at 0.4
+    late = bench.RequestResult(prompt_len=10, success=True, start=0.5, ttft=0.03, latency=0.33, output_tokens=4)
+    just_before = bench.RequestResult(prompt_len=10, success=True, start=0.39, ttft=0.5, latency=0.9, output_tokens=2)
+    m = bench.compute_metrics([a, b, failed, late, just_before], duration=2.0)
+    steady = m["steady_state"]
+    assert steady["completed"] == 1
+    assert steady["median_ttft_ms"] == pytest.approx(30) and steady["p99_ttft_ms"] == pytest.approx(30)
+    assert steady["median_tpot_ms"] == pytest.approx(100)  # (0.33 - 0.03) / 3
+    assert m["completed"] == 4 and m["p99_ttft_ms"] > 400  # the whole run's figures keep every request
+    table = bench.format_table(
+        {
+            **m,
+            "date": "d",
+            "machine": "m",
+            "model_id": "x",
+            "input_len": 10,
+            "output_len": 4,
+            "request_rate": "inf",
+            "max_concurrency": 2,
+        }
+    )
+    assert "Sent after the first request finished" in table
+
+
 def test_one_token_requests_have_no_tpot_and_no_successes_give_zeros() -> None:
     r = bench.RequestResult(prompt_len=4, success=True, ttft=0.1, latency=0.1, output_tokens=1)
     assert bench.tpot(r) is None
@@ -70,6 +95,7 @@ def test_one_token_requests_have_no_tpot_and_no_successes_give_zeros() -> None:
     assert m["mean_tpot_ms"] == 0 and m["mean_ttft_ms"] == pytest.approx(100)
     empty = bench.compute_metrics([bench.RequestResult(prompt_len=4, error="x")], duration=1.0)
     assert (empty["completed"], empty["failed"], empty["p99_ttft_ms"]) == (0, 1, 0)
+    assert empty["steady_state"]["completed"] == 0 and empty["steady_state"]["p99_ttft_ms"] == 0
 
 
 def test_sse_parser_splits_events_across_arbitrary_chunk_boundaries() -> None:
