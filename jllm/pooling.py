@@ -37,6 +37,7 @@ from jllm.errors import InputError
 from jllm.executable_cache import ProgramCall
 from jllm.runner import MAX_COMPILE_THREADS, ModelRunner
 from jllm.timing import WarmupReport
+from pallas_kernels import PADDING_SLOT
 
 POOLING: tuple[str, ...] = get_args(Pooling)
 KIND = "pooling"  # these programs' kind in a warm-up report
@@ -92,7 +93,7 @@ def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> 
     row = np.repeat(np.arange(len(prompts)), lengths)
     positions = np.zeros(t, np.int32)
     positions[:total] = np.arange(total, dtype=np.int32) - query_start_loc[row]
-    slot_mapping = np.arange(t, dtype=np.int32) % page_size  # padding writes land in page 0
+    slot_mapping = np.full(t, PADDING_SLOT, np.int32)  # padding writes nowhere
     slot_mapping[:total] = block_tables[row, positions[:total] // page_size] * page_size + positions[:total] % page_size
     input_ids = np.zeros(t, np.int32)
     input_ids[:total] = [token for p in prompts for token in p]

@@ -25,6 +25,7 @@ from jllm.buckets import StepBucket
 from jllm.sampler import SamplingMetadata, SamplingMode, TokenConstraints
 from jllm.sampling import MAX_LOGPROBS
 from jllm.sequence import ScheduledSequence, Sequence
+from pallas_kernels import PADDING_SLOT
 
 MIN_BANNED_WIDTH = 8  # the common min_tokens ban (EOS + a few stop ids) fits the base variants
 
@@ -166,11 +167,11 @@ def host_inputs(
         offset += n
         query_start_loc[i + 1] = offset
     query_start_loc[len(scheduled) + 1 :] = offset
-    # Per token, vectorised: its sequence, position and pool slot; padding writes land in reserved page 0.
+    # Per token, vectorised: its sequence, position and pool slot; padding writes nowhere (PADDING_SLOT).
     row = np.repeat(np.arange(len(scheduled)), np.diff(query_start_loc[: len(scheduled) + 1]))
     positions = np.zeros(t, np.int32)
     positions[:offset] = starts[row] + np.arange(offset, dtype=np.int32) - query_start_loc[row]
-    slot_mapping = np.arange(t, dtype=np.int32) % page_size
+    slot_mapping = np.full(t, PADDING_SLOT, np.int32)
     pages = block_tables[row, positions[:offset] // page_size]
     slot_mapping[:offset] = pages * page_size + positions[:offset] % page_size
     k = num_speculative_tokens

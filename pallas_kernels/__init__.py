@@ -4,11 +4,11 @@ Where this module sits: docs/architecture.md.
 """
 
 from pallas_kernels.ragged_paged_attention import KernelConfig, default_config, ragged_paged_attention
-from pallas_kernels.reference import ref_ragged_paged_attention, write_kv
+from pallas_kernels.reference import PADDING_SLOT, ref_ragged_paged_attention, write_kv
 
 __all__ = [
-    "KernelConfig", "default_config", "has_jax_triton", "ragged_paged_attention", "ref_ragged_paged_attention",
-    "write_kv",
+    "PADDING_SLOT", "KernelConfig", "default_config", "has_jax_triton", "ragged_paged_attention",
+    "ref_ragged_paged_attention", "write_kv",
 ]  # fmt: skip
 
 

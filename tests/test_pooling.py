@@ -18,6 +18,7 @@ from jllm.errors import ContextLengthError, InputError
 from jllm.llm import LLM
 from jllm.pooling import encode_batch, resolve_layers, scratch_pages
 from jllm.sampling import SamplingParams
+from pallas_kernels import PADDING_SLOT
 
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
 LENGTHS = [7, 1, 23, 40, 5]  # 40 > the token budget of 16: the pass is not chunked
@@ -68,7 +69,7 @@ def test_layer_indices_follow_output_hidden_states_and_bad_ones_name_layers() ->
         assert e.value.param == "layers"
 
 
-def test_prompts_get_contiguous_pages_and_padding_writes_page_zero() -> None:
+def test_prompts_get_contiguous_pages_and_padding_writes_nowhere() -> None:
     bucket, page_size = StepBucket(32, 4, 4), 8
     batch = encode_batch([[5] * 9, [6] * 3, [7] * 8], bucket, page_size)
     assert batch.input_ids[:20].tolist() == [5] * 9 + [6] * 3 + [7] * 8 and not batch.input_ids[20:].any()
@@ -78,7 +79,7 @@ def test_prompts_get_contiguous_pages_and_padding_writes_page_zero() -> None:
     assert batch.attn.block_tables.tolist() == [[1, 2, 0, 0], [3, 0, 0, 0], [4, 0, 0, 0], [0, 0, 0, 0]]
     slots = batch.attn.slot_mapping
     assert slots[:9].tolist() == list(range(8, 17)) and slots[9:12].tolist() == [24, 25, 26]
-    assert slots[12:20].tolist() == list(range(32, 40)) and (slots[20:] < page_size).all()
+    assert slots[12:20].tolist() == list(range(32, 40)) and (slots[20:] == PADDING_SLOT).all()
     assert batch.attn.block_tables.max() < scratch_pages(bucket, page_size)
 
 

@@ -21,6 +21,7 @@ from jllm.step_inputs import (
     sampler_widths,
     unpack_inputs,
 )
+from pallas_kernels import PADDING_SLOT
 
 PAGE_SIZE = 4
 PAGES_PER_SEQ = 4
@@ -109,8 +110,8 @@ def test_ragged_batch_of_prefills_and_a_decode_is_flattened_and_padded() -> None
         inputs,
         input_ids=[11, 12, 13, 14, 15, 21, 22, 23, 35, 0, 0, 0, 0, 0, 0, 0],
         positions=[0, 1, 2, 3, 4, 0, 1, 2, 4, 0, 0, 0, 0, 0, 0, 0],
-        # page 3 holds positions 0-3 (slots 12-15), page 7 position 4; padding writes cycle through page 0's slots
-        slot_mapping=[12, 13, 14, 15, 28, 20, 21, 22, 36, 1, 2, 3, 0, 1, 2, 3],
+        # page 3 holds positions 0-3 (slots 12-15), page 7 position 4; padding writes nowhere
+        slot_mapping=[12, 13, 14, 15, 28, 20, 21, 22, 36] + [PADDING_SLOT] * 7,
         query_start_loc=[0, 5, 8, 9, 9],  # the padding row starts and ends where the tokens end
         kv_lens=[5, 3, 5, 0],
         block_tables=[[3, 7, 0, 0], [5, 0, 0, 0], [2, 9, 0, 0], [0, 0, 0, 0]],
@@ -155,7 +156,7 @@ def test_prefix_hit_starts_at_the_cached_length() -> None:
         inputs,
         input_ids=[49, 50, 0, 0],
         positions=[8, 9, 0, 0],
-        slot_mapping=[32, 33, 2, 3],  # positions 8 and 9 sit in the third page, page 8
+        slot_mapping=[32, 33] + [PADDING_SLOT] * 2,  # positions 8 and 9 sit in the third page, page 8
         query_start_loc=[0, 2, 2],
         kv_lens=[10, 0],
         block_tables=[[4, 6, 8, 0], [0, 0, 0, 0]],
@@ -202,7 +203,7 @@ def test_pending_inputs_are_read_from_the_previous_steps_rows() -> None:
         input_ids=[0, 93, 0, 101, 102, 0, 0, 0],  # only the known tokens
         pending_rows=[3, -1, 0, -1, -1, -1, -1, -1],
         positions=[3, 2, 3, 0, 1, 0, 0, 0],
-        slot_mapping=[27, 30, 31, 32, 33, 1, 2, 3],
+        slot_mapping=[27, 30, 31, 32, 33] + [PADDING_SLOT] * 3,
         query_start_loc=[0, 1, 3, 5, 5],
         kv_lens=[4, 4, 2, 0],
         logits_indices=[0, 2, 4, 0],
@@ -216,7 +217,7 @@ def test_a_bucket_with_no_sequences_is_all_padding() -> None:
         inputs,
         input_ids=[0, 0, 0, 0],
         positions=[0, 0, 0, 0],
-        slot_mapping=[0, 1, 2, 3],
+        slot_mapping=[PADDING_SLOT] * 4,
         query_start_loc=[0, 0, 0],
         kv_lens=[0, 0],
         block_tables=[[0] * 4, [0] * 4],

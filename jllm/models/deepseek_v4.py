@@ -23,7 +23,7 @@ from flax import nnx
 from jllm.attention import AttentionMetadata, pad_heads, paged_attention
 from jllm.models.compressed_kv import Compressor, Indexer, attend
 from jllm.models.layers import Linear, param
-from pallas_kernels import write_kv
+from pallas_kernels import PADDING_SLOT, write_kv
 from pallas_kernels.reference import sequence_of
 
 
@@ -134,7 +134,7 @@ class V4Attention(nnx.Module):
             at += c.feature_width
         closed = row[closing].at[:, entry_start:].set(jnp.concatenate(made, axis=-1).astype(row.dtype))
         real = jnp.arange(closing.shape[0]) < jnp.sum(done)
-        kv_pages = _write(kv_pages, closed, jnp.where(real, meta.slot_mapping[closing], 0))  # padding: page 0
+        kv_pages = _write(kv_pages, closed, jnp.where(real, meta.slot_mapping[closing], PADDING_SLOT))
 
         flat = kv_pages[0, 0].reshape(-1, kv_pages.shape[-1])
         n = tables.shape[1] * page_size // rate  # entries a sequence may hold
