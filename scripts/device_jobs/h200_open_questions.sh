@@ -61,17 +61,6 @@ done
 # Its autotuning results too, for the deviceless GPU compiles on a CPU host (--xla_gpu_load_autotune_results_from).
 step hlo_b1 300 env XLA_FLAGS=--xla_gpu_dump_autotune_results_to=$QOUT/autotune_b1.textproto python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
     --batch-sizes 1 --max-num-batched-tokens 32 --steps 30 --json "$QOUT/step_b1_hlo.json" --dump-hlo "$QOUT/hlo_b1"
-# The batch-1 step's host dispatch (bf16 0.81 ms, FP8 1.46 ms on 2026-12-06; FP8's device step 3.2 ms is host-bound):
-# XLA updates a command buffer's nodes whenever an address they use changes; SKIP_TEMP gives the temporaries stable
-# addresses (VMM allocator). Each quantization with XLA's default (ALWAYS_UPDATE) and with SKIP_TEMP, one after the other.
-for quant in null fp8; do
-    for mode in ALWAYS_UPDATE SKIP_TEMP; do
-        step "step_b1_${quant}_$mode" 240 env XLA_FLAGS=--xla_gpu_command_buffer_update_mode=$mode python \
-            scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
-            --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 --set quantization=$quant \
-            --json "$QOUT/step_b1_${quant}_$mode.json"
-    done
-done
 # H200 2026-12-06: cold 41.6 s (goal 30), warm-up 29.1 s of it, whose critical path is the slowest compile (forward
 # 1024 x 256: 23 s on one thread) while 16 threads share 40 programs. XLA can split one program's LLVM module over
 # several threads (xla_gpu_force_compilation_parallelism): does the slowest compile shorten?
@@ -161,6 +150,11 @@ step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefil
 # batch 1 (bf16 and FP8), then FP8 offline throughput: 128 in / 2048 out x 1000 with an FP8 KV pool, 128 / 128 x 3000
 # (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
 step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
+for quant in null fp8; do
+    step "step_b1_$quant" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 --set quantization=$quant \
+        --json "$QOUT/step_b1_$quant.json"
+done
 step fp8_tput_128 300 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
     --input-len 128 --output-len 128 --num-prompts 3000 --json "$QOUT/fp8_tput_128.json"
 step fp8_tput_kv_fp8 480 python scripts/bench_throughput.py --config $FP8 --skip-hf --dataset random \
