@@ -5,8 +5,10 @@
 set -u
 # SKIP: names of steps (and of servers, serve_NAME) to leave out, e.g. what an earlier call on this kind of card
 # already measured: SKIP="startup_cold bf16_latency serve_sweep sweep_serving" bash scripts/device_queue.sh start ...
+# ONLY: the names to run, every other step and server left out (a short call's few measurements).
 SKIP=" ${SKIP:-} "
-skipped() { [[ $SKIP == *" $1 "* ]] && echo "== skip $1"; }
+ONLY=" ${ONLY:-} "
+skipped() { [[ $SKIP == *" $1 "* || ( $ONLY != "  " && $ONLY != *" $1 "* ) ]] && echo "== skip $1"; }
 step() {  # step NAME SECONDS COMMAND...: one measurement, its log in $QOUT/NAME.log
     local name=$1 limit=$2
     shift 2
