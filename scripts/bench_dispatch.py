@@ -12,14 +12,12 @@ end) of an ahead-of-time compiled program, as the runner calls it, that reads on
 
 from __future__ import annotations
 
-import argparse
 import functools
-from pathlib import Path
 
 import bench_common as common
 import jax
 import jax.numpy as jnp
-from bench_host_transfer import host_us_per_call
+from bench_host_transfer import host_bench_args, host_us_per_call
 
 
 def program(num_args: int) -> tuple[jax.stages.Compiled, list[jax.Array]]:
@@ -33,14 +31,7 @@ def program(num_args: int) -> tuple[jax.stages.Compiled, list[jax.Array]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--args", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 195, 323, 512],
-                        help="argument counts to time")  # fmt: skip
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    env = common.environment()
-    print(f"card: {env['card']}; CPU {env['cpu']}; jax {jax.__version__}; {env['date']}")
+    args, env = host_bench_args(argv, __doc__, "args", [1, 64, 195, 323, 512], "argument counts to time")
     rows = []
     for num_args in args.args:
         compiled, arrays = program(num_args)

@@ -40,6 +40,21 @@ def host_us_per_call(fn: Callable[[], Any], calls: int) -> float:
     return best * 1e6
 
 
+def host_bench_args(
+    argv: list[str] | None, doc: str, sizes: str, default: list[int], help: str
+) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The host benchmarks' command line (``--SIZES`` as a comma list, ``--calls``, ``--json``), parsed, and the
+    environment, printed as their first line."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(f"--{sizes}", type=lambda s: [int(x) for x in s.split(",")], default=default, help=help)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    env = common.environment()
+    print(f"card: {env['card']}; CPU {env['cpu']}; jax {jax.__version__}; {env['date']}")
+    return args, env
+
+
 def ways(words: int) -> dict[str, Callable[[], Any]]:
     device = jax.devices()[0]
     replicated = NamedSharding(Mesh(np.array([device]), ("tp",)), PartitionSpec())
@@ -60,14 +75,9 @@ def ways(words: int) -> dict[str, Callable[[], Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--words", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096, 16384],
-                        help="uint32 words of the forward's buffer (the sampler's: an eighth)")  # fmt: skip
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    env = common.environment()
-    print(f"card: {env['card']}; CPU {env['cpu']}; jax {jax.__version__}; {env['date']}")
+    args, env = host_bench_args(
+        argv, __doc__, "words", [1024, 4096, 16384], "uint32 words of the forward's buffer (the sampler's: an eighth)"
+    )
     rows = []
     for words in args.words:
         for name, fn in ways(words).items():
