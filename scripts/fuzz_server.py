@@ -241,6 +241,7 @@ EXTRA_FIELDS: list[tuple[str, Any]] = [
     ("tool_choice", {"type": "function", "function": {"name": "g"}}),
     ("tool_choice", {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}),
     ("stream_options", {"include_usage": True, "continuous_usage_stats": True}),
+    ("stream_options", {"continuous_usage_stats": True}),
     ("allowed_token_ids", [10**9]),
     ("allowed_token_ids", []),
     ("prompt_logprobs", 5),

@@ -218,6 +218,46 @@ def test_include_usage_sends_one_usage_chunk_last(client: openai.OpenAI) -> None
     assert chat[-1].usage.prompt_tokens == whole_chat.usage.prompt_tokens
 
 
+def test_continuous_usage_stats_puts_each_choices_running_count_in_every_chunk(client: openai.OpenAI) -> None:
+    """vLLM's ``stream_options.continuous_usage_stats``: every chunk's usage is the prompt's tokens and its choice's
+    tokens so far (a chat's role chunk: none yet); the last chunk keeps the whole request's."""
+    options, full = {"include_usage": True, "continuous_usage_stats": True}, {"ignore_eos": True}
+    chat = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=5,
+            n=2,
+            stream=True,
+            stream_options=options,
+            extra_body=full,
+            **SAMPLED,
+        )
+    )
+    completion = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=[PROMPT, "Two"],
+            max_tokens=5,
+            stream=True,
+            stream_options=options,
+            extra_body=full,
+            **SAMPLED,
+        )
+    )
+    for chunks in (chat, completion):
+        *streamed, last = chunks
+        assert last.choices == [] and last.usage.completion_tokens == 10
+        prompt_tokens = {c.choices[0].index: c.usage.prompt_tokens for c in streamed}
+        assert sum(set(prompt_tokens.values())) == last.usage.prompt_tokens  # the chat's one prompt, or two
+        for index in (0, 1):
+            counts = [c.usage.completion_tokens for c in streamed if c.choices[0].index == index]
+            assert counts == sorted(counts) and counts[-1] == 5
+            assert all(c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens for c in streamed)
+    roles = [c for c in chat if c.choices and c.choices[0].delta.role == "assistant"]
+    assert len(roles) == 2 and all(c.usage.completion_tokens == 0 for c in roles)
+
+
 def test_stop_strings_cut_the_text(client: openai.OpenAI) -> None:
     full = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16, **SAMPLED).choices[0].text
     words = full.split()

@@ -29,7 +29,7 @@ from jllm.server.chat_schemas import (
     TokenLogprob,
     TopLogprob,
 )
-from jllm.server.generation import Delta, Generation
+from jllm.server.generation import Delta, Generation, RunningUsage
 from jllm.server.info_schemas import TokenizeRequest
 from jllm.server.middleware import public_id, request_id
 from jllm.server.reasoning import ReplyDeltas, ReplyPlan
@@ -149,24 +149,32 @@ async def _chunks(
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
-    def chunk(choice: ChatChunkChoice) -> str:
-        return ChatCompletionChunk(id=response_id, created=created, model=model, choices=[choice]).model_dump_json(
-            exclude=exclude
-        )
+    running = RunningUsage() if body.continuous_usage else None
+
+    def chunk(choice: ChatChunkChoice, usage: UsageInfo | None = None) -> str:
+        return ChatCompletionChunk(
+            id=response_id, created=created, model=model, choices=[choice], usage=usage
+        ).model_dump_json(exclude=exclude)
 
     streams: dict[int, ReplyDeltas] = {}
+    prompt_tokens = 0
     async for d in generation.deltas():
         if not streams:
+            prompt_tokens = generation.usage().prompt_tokens  # the one prompt's, booked with its first output
+            start = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
             for index in range(body.n):
-                yield chunk(ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
+                role = DeltaMessage(role="assistant", content="")
+                yield chunk(ChatChunkChoice(index=index, delta=role), start if running is not None else None)
         stream = streams.setdefault(d.index, reply.stream(tokenizer))
         reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
         logprobs = token_logprobs(d, top, tokenizer)
+        usage = None if running is None else running.after(d, prompt_tokens)
         if not (reasoning or content or calls or finish_reason or logprobs):
             continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM
         delta = DeltaMessage(content=content, reasoning=reasoning, tool_calls=calls or None)
-        yield chunk(ChatChunkChoice(index=d.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason))
+        choice = ChatChunkChoice(index=d.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        yield chunk(choice, usage)
     if body.include_usage:
         usage = _usage(generation, [s.reasoning_tokens for s in streams.values()])
         yield ChatCompletionChunk(

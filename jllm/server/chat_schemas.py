@@ -338,4 +338,4 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    usage: UsageInfo | None = None  # sent (null until the last chunk) only with stream_options.include_usage
+    usage: UsageInfo | None = None  # with stream_options.include_usage: null until the last (continuous: each)

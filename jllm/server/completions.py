@@ -17,7 +17,7 @@ from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.beam_generation import BeamGeneration
 from jllm.server.completions_schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from jllm.server.generation import Delta, Generation
+from jllm.server.generation import Delta, Generation, RunningUsage
 from jllm.server.middleware import public_id, request_id
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, prompt_logprobs_json
@@ -100,8 +100,11 @@ class _CompletionView:
         exclude: dict = {"choices": {"__all__": {"prompt_logprobs"}}}  # vLLM streams no prompt_logprobs
         if not self.body.include_usage:
             exclude["usage"] = True
+        running = RunningUsage() if self.body.continuous_usage else None
         async for delta in generation.deltas():
             chunk = CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[self.choice(delta)])
+            if running is not None:
+                chunk.usage = running.after(delta, len(self.prompts[delta.prompt_index].token_ids))
             yield chunk.model_dump_json(exclude=exclude)
         if self.body.include_usage:
             last = CompletionResponse(

@@ -49,6 +49,19 @@ class Delta:
         self.finish_reason, self.stop_reason = later.finish_reason, later.stop_reason
 
 
+class RunningUsage:
+    """vLLM's ``stream_options.continuous_usage_stats``: each chunk's usage is its prompt's tokens and its choice's
+    tokens so far (the usage chunk after the last stays the whole request's)."""
+
+    def __init__(self) -> None:
+        self._completion: dict[int, int] = {}
+
+    def after(self, delta: Delta, prompt_tokens: int) -> UsageInfo:
+        """The usage once ``delta`` is counted (a delta of no tokens: as it was)."""
+        done = self._completion[delta.index] = self._completion.get(delta.index, 0) + len(delta.token_ids)
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
+
+
 class Generation:
     """The engine requests behind one API request; the engine sends each step's new part (``DELTA`` outputs)."""
 

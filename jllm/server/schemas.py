@@ -145,11 +145,13 @@ def _refused_when_set(field: str, why: str) -> Any:
 
 class StreamOptions(_Request):
     include_usage: bool = False
-    continuous_usage_stats: bool = False  # vLLM's: usage in every chunk
+    continuous_usage_stats: bool = False  # vLLM's: every chunk's usage too, its choice's tokens so far
 
-    _usage_once = _refused_when_set(
-        "continuous_usage_stats", "is not supported: usage comes once, in the last chunk (include_usage)"
-    )
+    @model_validator(mode="after")
+    def _continuous_with_usage(self) -> StreamOptions:
+        if self.continuous_usage_stats and not self.include_usage:
+            raise ValueError("continuous_usage_stats needs include_usage: true (vLLM's rule: usage in every chunk)")
+        return self
 
 
 class JsonSchemaFormat(_Request):
@@ -258,6 +260,10 @@ class _GenerationRequest(_Request):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
     def _sampling_params(
         self,
