@@ -142,6 +142,37 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
     assert [(e.token, e.logprob) for e in streamed_entries] == [(e.token, e.logprob) for e in content]
 
 
+def test_return_tokens_as_token_ids_names_each_logprob_token_by_its_id(client: openai.OpenAI, llm: LLM) -> None:
+    """vLLM's ``return_tokens_as_token_ids``: every token of the logprobs (chosen and top) as ``"token_id:<id>"``,
+    the chosen ones the reply's tokens; the same reply's logprobs otherwise."""
+    ids_please = {"return_tokens_as_token_ids": True}
+    tokenizer = llm.get_tokenizer()
+
+    def ids(tokens: list[str]) -> list[int]:
+        assert all(t.startswith("token_id:") for t in tokens), tokens
+        return [int(t.removeprefix("token_id:")) for t in tokens]
+
+    chat = dict(model=MODEL, messages=CHAT, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+    named = client.chat.completions.create(**chat, extra_body=ids_please).choices[0]
+    plain = client.chat.completions.create(**chat).choices[0]
+    content = named.logprobs.content
+    assert tokenizer.decode(ids([e.token for e in content])) == named.message.content == plain.message.content
+    assert [e.logprob for e in content] == [e.logprob for e in plain.logprobs.content]
+    for entry in content:
+        assert ids([t.token for t in entry.top_logprobs])[0] == ids([entry.token])[0]  # greedy: the top one
+        assert bytes(entry.bytes).decode() == entry.token
+    streamed = client.chat.completions.create(**chat, stream=True, extra_body=ids_please)
+    assert [e.token for c in streamed if c.choices[0].logprobs for e in c.choices[0].logprobs.content] == [
+        e.token for e in content
+    ]
+
+    completion = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=2, extra_body=ids_please
+    ).choices[0]
+    assert tokenizer.decode(ids(completion.logprobs.tokens)) == completion.text
+    assert all(len(ids(list(top))) == len(top) for top in completion.logprobs.top_logprobs)
+
+
 def test_chat_logprob_bytes_of_multi_byte_characters_on_the_default_tokenizer(client: openai.OpenAI) -> None:
     """The default model's byte-level BPE splits "😺" and CJK characters over tokens: each token's ``bytes`` are its
     own, so they concatenate to the reply's UTF-8 (they were the U+FFFD of its decoded text)."""

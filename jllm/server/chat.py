@@ -34,7 +34,7 @@ from jllm.server.info_schemas import TokenizeRequest
 from jllm.server.middleware import public_id, request_id
 from jllm.server.reasoning import ReplyDeltas, ReplyPlan
 from jllm.server.registry import ServedModel
-from jllm.server.schemas import MIN_LOGPROB, CompletionTokensDetails, UsageInfo, prompt_logprobs_json
+from jllm.server.schemas import MIN_LOGPROB, CompletionTokensDetails, TokenNames, UsageInfo, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.tokenizer import Tokenizer
@@ -51,7 +51,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             chunks = _chunks(body, reply, generation, response_id, created, body.model or served.name, tokenizer)
             return await send_events(request, chunks)
         deltas = await generation.wait()
-        choices = [_choice(d, reply.message(d.text), top, tokenizer) for d in deltas]
+        names = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids))
+        choices = [_choice(d, reply.message(d.text), top, names) for d in deltas]
         counts = [reply.reasoning_tokens(d.token_ids, tokenizer) for d in deltas]
         response = ChatCompletionResponse(
             id=response_id,
@@ -100,12 +101,12 @@ async def start_chat(
     return served, reply, generation
 
 
-def _choice(delta: Delta, message: AssistantMessage, top: int, tokenizer: Tokenizer) -> ChatChoice:
+def _choice(delta: Delta, message: AssistantMessage, top: int, names: TokenNames) -> ChatChoice:
     finish_reason = "tool_calls" if message.tool_calls else delta.finish_reason
     return ChatChoice(
         index=delta.index,
         message=message,
-        logprobs=token_logprobs(delta, top, tokenizer),
+        logprobs=token_logprobs(delta, top, names),
         finish_reason=finish_reason,
         stop_reason=delta.stop_reason,
     )
@@ -150,6 +151,7 @@ async def _chunks(
     top = body.top_logprobs or 0
 
     running = RunningUsage() if body.continuous_usage else None
+    names = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids))
 
     def chunk(choice: ChatChunkChoice, usage: UsageInfo | None = None) -> str:
         return ChatCompletionChunk(
@@ -168,7 +170,7 @@ async def _chunks(
         stream = streams.setdefault(d.index, reply.stream(tokenizer))
         reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
-        logprobs = token_logprobs(d, top, tokenizer)
+        logprobs = token_logprobs(d, top, names)
         usage = None if running is None else running.after(d, prompt_tokens)
         if not (reasoning or content or calls or finish_reason or logprobs):
             continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM
@@ -191,29 +193,29 @@ def _usage(generation: Generation | BeamGeneration, reasoning_tokens: list[int |
     return usage
 
 
-def token_logprobs(delta: Delta, top: int, tokenizer: Tokenizer) -> ChatLogprobs | None:
+def token_logprobs(delta: Delta, top: int, names: TokenNames) -> ChatLogprobs | None:
     """OpenAI's per-token entries of ``delta`` (the Responses API's ``output_text.logprobs`` are the same)."""
     if delta.logprobs is None:
         return None
     return ChatLogprobs(
         content=[
-            _token_logprob(entry, token_id, top, tokenizer)
+            _token_logprob(entry, token_id, top, names)
             for token_id, entry in zip(delta.token_ids, delta.logprobs, strict=True)
         ]
     )
 
 
-def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int, tokenizer: Tokenizer) -> TokenLogprob:
+def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int, names: TokenNames) -> TokenLogprob:
     ranked = sorted(((tid, lp) for tid, lp in entry.items() if lp.rank is not None), key=lambda x: x[1].rank or 0)
     return TokenLogprob(
-        **_top(token_id, entry[token_id], tokenizer).model_dump(),
-        top_logprobs=[_top(tid, lp, tokenizer) for tid, lp in ranked[:top]],
+        **_top(token_id, entry[token_id], names).model_dump(),
+        top_logprobs=[_top(tid, lp, names) for tid, lp in ranked[:top]],
     )
 
 
-def _top(token_id: int, lp: Logprob, tokenizer: Tokenizer) -> TopLogprob:
+def _top(token_id: int, lp: Logprob, names: TokenNames) -> TopLogprob:
     """OpenAI's token entry: ``bytes`` are the token's own bytes, so a sequence's concatenate to its text's UTF-8
     even where a token holds part of a character; ``token`` is their text, with OpenAI's ``\\xNN`` escapes for
     bytes of an incomplete character (vLLM's U+FFFD there loses them)."""
-    token = tokenizer.token_text(token_id)
-    return TopLogprob(token=token, logprob=max(lp.logprob, MIN_LOGPROB), bytes=list(tokenizer.token_bytes(token_id)))
+    logprob = max(lp.logprob, MIN_LOGPROB)
+    return TopLogprob(token=names.text(token_id), logprob=logprob, bytes=list(names.bytes(token_id)))

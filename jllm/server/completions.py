@@ -20,7 +20,7 @@ from jllm.server.completions_schemas import CompletionChoice, CompletionLogprobs
 from jllm.server.generation import Delta, Generation, RunningUsage
 from jllm.server.middleware import public_id, request_id
 from jllm.server.registry import ServedModel
-from jllm.server.schemas import MIN_LOGPROB, prompt_logprobs_json
+from jllm.server.schemas import MIN_LOGPROB, TokenNames, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.tokenizer import Tokenizer
@@ -145,7 +145,7 @@ class _CompletionView:
         ``\\xNN`` escapes for the bytes of a character it holds part of (so two such tokens stay two keys of
         ``top_logprobs``; both were U+FFFD, one key); ``text_offset`` is the character its first byte is in."""
         out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
-        text = self.tokenizer.token_text
+        text = TokenNames(self.tokenizer, bool(self.body.return_tokens_as_token_ids)).text
         decoder, chars = self._texts[index]
         for token_id, entry in zip(token_ids, entries, strict=True):
             logprob, top = None, None

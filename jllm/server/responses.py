@@ -40,6 +40,7 @@ from jllm.server.responses_output import (
     ResponseUsage,
 )
 from jllm.server.responses_schemas import CHAT_TO_RESPONSES, LOGPROBS, ResponsesRequest
+from jllm.server.schemas import TokenNames
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
 from jllm.tokenizer import Tokenizer
@@ -167,7 +168,7 @@ class _ResponseView:
 
     def logprobs(self, delta: Delta) -> list[TokenLogprob]:
         """The entries of ``delta``'s tokens, with ``include`` asking for them."""
-        entries = token_logprobs(delta, self.body.top_logprobs or 0, self.tokenizer)
+        entries = token_logprobs(delta, self.body.top_logprobs or 0, TokenNames(self.tokenizer))
         return [] if entries is None else entries.content
 
     def response(self, status: str, items: list[OutputItem] | None = None) -> ResponseObject:

@@ -19,6 +19,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from jllm.beam_search import BeamSearchParams
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.errors import bad_request
+from jllm.tokenizer import Tokenizer
 
 MAX_N = 128  # OpenAI's limit on choices per request; also bounds the sequences one request can create
 MIN_LOGPROB = -9999.0  # what -inf becomes in JSON (OpenAI's and vLLM's clamp)
@@ -51,7 +53,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
     "repetition_detection": ((None,), "is not supported yet"),
     "thinking_token_budget": ((None, -1), "is not supported: reasoning runs until the model ends it or max_tokens"),
-    "return_tokens_as_token_ids": (_NOTHING, "is not supported yet; logprob tokens come as text"),
     "return_token_ids": (_NOTHING, "is not supported yet; use /tokenize for the prompt's ids"),
     "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
@@ -212,6 +213,7 @@ class _GenerationRequest(_Request):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
+    return_tokens_as_token_ids: bool | None = None  # vLLM's: logprobs name each token "token_id:<id>" (TokenNames)
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
@@ -402,6 +404,22 @@ class UsageInfo(BaseModel):
         if data.get("completion_tokens_details") is None:
             data.pop("completion_tokens_details", None)
         return data
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenNames:
+    """How logprobs name a token: its text and bytes (``Tokenizer.token_text``), or with vLLM's
+    ``return_tokens_as_token_ids`` ``"token_id:<id>"``, which tells every token apart, those whose bytes are not a
+    whole character and those whose text another token shares among them."""
+
+    tokenizer: Tokenizer
+    as_ids: bool = False
+
+    def text(self, token_id: int) -> str:
+        return f"token_id:{token_id}" if self.as_ids else self.tokenizer.token_text(token_id)
+
+    def bytes(self, token_id: int) -> bytes:
+        return self.text(token_id).encode() if self.as_ids else self.tokenizer.token_bytes(token_id)
 
 
 class PromptLogprob(BaseModel):
