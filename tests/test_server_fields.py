@@ -186,6 +186,8 @@ HONOURED = [
     Honoured("request_id", {"request_id": "mine"}, lambda seen, _: seen.reply["id"] == "cmpl-mine"),
     Honoured("return_tokens_as_token_ids", {"return_tokens_as_token_ids": True, "logprobs": 1, "prompt": [7]},
              lambda seen, _: _choice(seen)["logprobs"]["tokens"] == ["token_id:108", "token_id:109", "token_id:110"]),
+    Honoured("return_token_ids", {"return_token_ids": True, "prompt": [7]},
+             lambda seen, _: (_choice(seen)["token_ids"], _choice(seen)["prompt_token_ids"]) == ([108, 109, 110], [7])),
     Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
              lambda seen, _: "token_offsets" not in _choice(seen)),
     # the token mask: the scripted runner samples the lowest allowed id where the mask forbids the script's token
@@ -271,7 +273,8 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1, "cache_salt": "salt",
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},
-    "repetition_detection": {"max_pattern_size": 4}, "thinking_token_budget": 10, "return_token_ids": True, "spaces_between_special_tokens": False, "truncation_side": "right",
+    "repetition_detection": {"max_pattern_size": 4},
+    "thinking_token_budget": 10, "spaces_between_special_tokens": False, "truncation_side": "right",
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
     "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
     "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True, "verbosity": "low",

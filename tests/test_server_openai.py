@@ -173,6 +173,44 @@ def test_return_tokens_as_token_ids_names_each_logprob_token_by_its_id(client: o
     assert all(len(ids(list(top))) == len(top) for top in completion.logprobs.top_logprobs)
 
 
+def test_return_token_ids_gives_the_prompts_and_each_choices_token_ids(client: openai.OpenAI, llm: LLM) -> None:
+    """vLLM's ``return_token_ids``: the prompt's ids (a chat response's, each completion choice's) and each choice's
+    generated ids, which decode to its text; streamed, a chunk's new ids (the chat's role chunks: the prompt's)."""
+    ids_please = {"return_token_ids": True, "ignore_eos": True}
+    tokenizer = llm.get_tokenizer()
+    prompt_ids = tokenizer.encode(PROMPT)
+
+    completion = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, n=2, extra_body=ids_please
+    ).model_dump()
+    for choice in completion["choices"]:
+        assert choice["prompt_token_ids"] == prompt_ids and len(choice["token_ids"]) == 6
+        assert tokenizer.decode(choice["token_ids"]) == choice["text"]
+    chunks = [
+        c.model_dump()
+        for c in client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0, stream=True, extra_body=ids_please
+        )
+    ]
+    assert chunks[0]["choices"][0]["prompt_token_ids"] == prompt_ids
+    assert all(c["choices"][0].get("prompt_token_ids") is None for c in chunks[1:])
+    assert [t for c in chunks for t in c["choices"][0]["token_ids"]] == completion["choices"][0]["token_ids"]
+
+    chat = dict(model=MODEL, messages=CHAT, max_tokens=6, temperature=0)
+    whole = client.chat.completions.create(**chat, extra_body=ids_please).model_dump()
+    rendered = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert whole["prompt_token_ids"] == list(rendered) and len(rendered) == whole["usage"]["prompt_tokens"]
+    assert tokenizer.decode(whole["choices"][0]["token_ids"]) == whole["choices"][0]["message"]["content"]
+    streamed = [c.model_dump() for c in client.chat.completions.create(**chat, stream=True, extra_body=ids_please)]
+    assert (
+        streamed[0]["prompt_token_ids"] == whole["prompt_token_ids"]
+        and streamed[0]["choices"][0].get("token_ids") is None
+    )
+    assert [t for c in streamed[1:] for t in c["choices"][0]["token_ids"]] == whole["choices"][0]["token_ids"]
+    plain = client.chat.completions.create(**chat).model_dump()  # not asked: no such keys
+    assert "prompt_token_ids" not in plain and "token_ids" not in plain["choices"][0]
+
+
 def test_chat_logprob_bytes_of_multi_byte_characters_on_the_default_tokenizer(client: openai.OpenAI) -> None:
     """The default model's byte-level BPE splits "😺" and CJK characters over tokens: each token's ``bytes`` are its
     own, so they concatenate to the reply's UTF-8 (they were the U+FFFD of its decoded text)."""

@@ -51,8 +51,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             chunks = _chunks(body, reply, generation, response_id, created, body.model or served.name, tokenizer)
             return await send_events(request, chunks)
         deltas = await generation.wait()
-        names = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids))
-        choices = [_choice(d, reply.message(d.text), top, names) for d in deltas]
+        names, ids = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids)), body.return_token_ids
+        choices = [_choice(d, reply.message(d.text), top, names, ids) for d in deltas]
         counts = [reply.reasoning_tokens(d.token_ids, tokenizer) for d in deltas]
         response = ChatCompletionResponse(
             id=response_id,
@@ -61,6 +61,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             choices=choices,
             usage=_usage(generation, counts),
             prompt_logprobs=prompt_logprobs_json(deltas[0].prompt_logprobs) if deltas else None,
+            prompt_token_ids=generation.prompts[0].token_ids if ids else None,
         )
         return web.json_response(text=response.model_dump_json())
     finally:
@@ -101,7 +102,7 @@ async def start_chat(
     return served, reply, generation
 
 
-def _choice(delta: Delta, message: AssistantMessage, top: int, names: TokenNames) -> ChatChoice:
+def _choice(delta: Delta, message: AssistantMessage, top: int, names: TokenNames, ids: bool | None) -> ChatChoice:
     finish_reason = "tool_calls" if message.tool_calls else delta.finish_reason
     return ChatChoice(
         index=delta.index,
@@ -109,6 +110,7 @@ def _choice(delta: Delta, message: AssistantMessage, top: int, names: TokenNames
         logprobs=token_logprobs(delta, top, names),
         finish_reason=finish_reason,
         stop_reason=delta.stop_reason,
+        token_ids=delta.token_ids if ids else None,
     )
 
 
@@ -146,36 +148,47 @@ async def _chunks(
     last with the finish reason), then, with ``include_usage``, one chunk of usage and no choices. The role chunks
     wait for the first output, as OpenAI's and vLLM's do: benchmark clients (vLLM's among them) take the first
     chunk with a choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0. A step that
-    adds nothing to send (text held back by a reasoning or tool parser) sends no chunk."""
+    adds nothing to send (text held back by a reasoning or tool parser) sends no chunk; with ``return_token_ids``
+    its tokens go with the choice's next chunk, and the role chunks carry the prompt's."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
     running = RunningUsage() if body.continuous_usage else None
     names = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids))
 
-    def chunk(choice: ChatChunkChoice, usage: UsageInfo | None = None) -> str:
+    def chunk(choice: ChatChunkChoice, usage: UsageInfo | None = None, prompt_ids: list[int] | None = None) -> str:
         return ChatCompletionChunk(
-            id=response_id, created=created, model=model, choices=[choice], usage=usage
+            id=response_id, created=created, model=model, choices=[choice], usage=usage, prompt_token_ids=prompt_ids
         ).model_dump_json(exclude=exclude)
 
     streams: dict[int, ReplyDeltas] = {}
+    unsent: dict[int, list[int]] = {}  # return_token_ids: each choice's tokens since its last chunk
     prompt_tokens = 0
     async for d in generation.deltas():
         if not streams:
             prompt_tokens = generation.usage().prompt_tokens  # the one prompt's, booked with its first output
             start = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
+            prompt_ids = generation.prompts[0].token_ids if body.return_token_ids else None
             for index in range(body.n):
-                role = DeltaMessage(role="assistant", content="")
-                yield chunk(ChatChunkChoice(index=index, delta=role), start if running is not None else None)
+                role = ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))
+                yield chunk(role, start if running is not None else None, prompt_ids)
         stream = streams.setdefault(d.index, reply.stream(tokenizer))
         reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
         logprobs = token_logprobs(d, top, names)
         usage = None if running is None else running.after(d, prompt_tokens)
+        if body.return_token_ids:
+            unsent.setdefault(d.index, []).extend(d.token_ids)
         if not (reasoning or content or calls or finish_reason or logprobs):
             continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM
         delta = DeltaMessage(content=content, reasoning=reasoning, tool_calls=calls or None)
-        choice = ChatChunkChoice(index=d.index, delta=delta, logprobs=logprobs, finish_reason=finish_reason)
+        choice = ChatChunkChoice(
+            index=d.index,
+            delta=delta,
+            logprobs=logprobs,
+            finish_reason=finish_reason,
+            token_ids=unsent.pop(d.index, []) if body.return_token_ids else None,
+        )
         yield chunk(choice, usage)
     if body.include_usage:
         usage = _usage(generation, [s.reasoning_tokens for s in streams.values()])

@@ -18,6 +18,7 @@ from jllm.server.schemas import (
     UNSUPPORTED_FIELDS,
     PromptLogprobs,
     UsageInfo,
+    WithTokenIds,
     _GenerationRequest,
     _refused_when_set,
     _Request,
@@ -270,15 +271,16 @@ def _with_reasoning(data: dict[str, Any], reasoning: str | None) -> dict[str, An
     return data if reasoning is None else {**data, "reasoning": reasoning, "reasoning_content": reasoning}
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(WithTokenIds):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None
     finish_reason: str | None
     stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
+    token_ids: list[int] | None = None  # vLLM's, with return_token_ids: the generated tokens
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(WithTokenIds):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -286,6 +288,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo
     prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs asked for
+    prompt_token_ids: list[int] | None = None  # vLLM's, with return_token_ids
 
 
 class DeltaFunction(BaseModel):
@@ -325,17 +328,19 @@ class DeltaMessage(BaseModel):
         return _with_reasoning({k: v for k, v in fields if v is not None}, self.reasoning)
 
 
-class ChatChunkChoice(BaseModel):
+class ChatChunkChoice(WithTokenIds):
     index: int
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # vLLM's, with return_token_ids: the tokens since the choice's last chunk
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(WithTokenIds):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
     choices: list[ChatChunkChoice]
+    prompt_token_ids: list[int] | None = None  # vLLM's, with return_token_ids: in the first chunk
     usage: UsageInfo | None = None  # with stream_options.include_usage: null until the last (continuous: each)

@@ -122,12 +122,14 @@ class _CompletionView:
         text, token_ids, entries = delta.text, delta.token_ids, delta.logprobs
         if self.body.echo and self.body.max_tokens == 0:
             text, token_ids, entries = "", [], [] if entries is not None else None
+        generated = token_ids
         if first and self.body.echo:
             prompt = self.prompts[delta.prompt_index]
             text = (prompt.text or "") + text
             token_ids = prompt.token_ids + token_ids
             if entries is not None:
                 entries = (delta.prompt_logprobs or [None] * len(prompt.token_ids)) + entries
+        ids = self.body.return_token_ids
         return CompletionChoice(
             index=delta.index,
             text=text,
@@ -135,6 +137,8 @@ class _CompletionView:
             finish_reason=delta.finish_reason,
             stop_reason=delta.stop_reason,
             prompt_logprobs=prompt_logprobs_json(delta.prompt_logprobs) if first else None,
+            prompt_token_ids=self.prompts[delta.prompt_index].token_ids if ids and first else None,
+            token_ids=generated if ids else None,
         )
 
     def _logprobs(

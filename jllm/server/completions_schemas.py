@@ -11,7 +11,14 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from jllm.sampling import SamplingParams
-from jllm.server.schemas import PromptLogprobs, UsageInfo, _GenerationRequest, _refused_when_set, prompt_list
+from jllm.server.schemas import (
+    PromptLogprobs,
+    UsageInfo,
+    WithTokenIds,
+    _GenerationRequest,
+    _refused_when_set,
+    prompt_list,
+)
 
 
 class CompletionRequest(_GenerationRequest):
@@ -47,13 +54,15 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(WithTokenIds):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it
     prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs or echo with logprobs; not streamed
+    prompt_token_ids: list[int] | None = None  # vLLM's, with return_token_ids (streamed: a choice's first chunk)
+    token_ids: list[int] | None = None  # vLLM's, with return_token_ids: the generated tokens (streamed: the new)
 
 
 class CompletionResponse(BaseModel):

@@ -68,12 +68,14 @@ class Generation:
     def __init__(
         self,
         engine: AsyncEngine,
+        prompts: list[Prompt],
         streams: list[RequestStream],
         params: SamplingParams,
         metrics: ModelMetrics,
         public_id: str,
     ) -> None:
         self.engine = engine
+        self.prompts = prompts  # as admitted (checked, truncated): one engine request each
         self.streams = streams
         self.params = params
         names = [public_id] if len(streams) == 1 else [f"{public_id}-{i}" for i in range(len(streams))]
@@ -125,7 +127,7 @@ class Generation:
             for stream in streams:
                 engine.abort(stream.request_id)
             raise
-        return cls(engine, streams, params, metrics, public_id)
+        return cls(engine, prompts, streams, params, metrics, public_id)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """Each choice's new text and tokens as they arrive, across all prompts, until every one has finished;

@@ -53,7 +53,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
     "repetition_detection": ((None,), "is not supported yet"),
     "thinking_token_budget": ((None, -1), "is not supported: reasoning runs until the model ends it or max_tokens"),
-    "return_token_ids": (_NOTHING, "is not supported yet; use /tokenize for the prompt's ids"),
     "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
@@ -214,6 +213,7 @@ class _GenerationRequest(_Request):
     guided_grammar: str | None = None
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
     return_tokens_as_token_ids: bool | None = None  # vLLM's: logprobs name each token "token_id:<id>" (TokenNames)
+    return_token_ids: bool | None = None  # vLLM's: token_ids (and prompt_token_ids) beside the text (WithTokenIds)
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
@@ -420,6 +420,19 @@ class TokenNames:
 
     def bytes(self, token_id: int) -> bytes:
         return self.text(token_id).encode() if self.as_ids else self.tokenizer.token_bytes(token_id)
+
+
+class WithTokenIds(BaseModel):
+    """A response part that carries vLLM's ``token_ids`` / ``prompt_token_ids`` when ``return_token_ids`` asks for
+    them, and leaves the keys out otherwise (a response asked without them is as it was)."""
+
+    @model_serializer(mode="wrap")
+    def _ids_when_asked(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("token_ids", "prompt_token_ids"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 class PromptLogprob(BaseModel):
