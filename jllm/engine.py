@@ -192,6 +192,7 @@ class LLMEngine:
                 sampling_seed=seed,
                 grammar=grammar if grammar is None or i == 0 else grammar.fork(),
                 lora_request=lora_request,
+                cache_salt=prompt.cache_salt,
             )
             for i in range(params.n)
         ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jllm.config import LimitsConfig
@@ -29,11 +29,13 @@ class Prompt:
 
     token_ids: list[int]
     text: str | None = None
+    cache_salt: str | None = None  # vLLM's: prefix-cache pages are shared only among prompts of the same salt
 
 
 # What the offline API takes: text, token ids, vLLM's {"prompt": text} / {"prompt_token_ids": ids}, or a checked prompt.
 PromptInput = str | list[int] | dict[str, Any] | Prompt
 PROMPT_KEYS = ("prompt", "prompt_token_ids")
+PROMPT_OPTIONS = ("cache_salt",)  # what else a prompt dict may carry (vLLM's TextPrompt / TokensPrompt)
 PROMPT_CHARS_PER_TOKEN = 32  # max_prompt_chars's default per token of context: far above any tokenizer's average
 # apply_chat_template's own arguments: chat_template_kwargs may not set them (the rest reach the template as variables)
 RESERVED_TEMPLATE_KWARGS = frozenset(
@@ -77,10 +79,11 @@ class InputProcessor:
         token ids are checked against the vocabulary, and decoded only ``with_text`` (echo needs it)."""
         if isinstance(prompt, Prompt):
             return prompt
+        salt = None
         if isinstance(prompt, dict):
-            prompt = _unwrap(prompt, param)
+            prompt, salt = _unwrap(prompt, param), checked_cache_salt(prompt.get("cache_salt"), param)
         if isinstance(prompt, str):
-            return Prompt(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens), prompt)
+            return Prompt(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens), prompt, salt)
         if not isinstance(prompt, list | tuple):
             raise InputError(
                 f"{param} must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids', "
@@ -89,7 +92,7 @@ class InputProcessor:
             )
         token_ids = list(prompt)
         check_token_ids(token_ids, self.vocab_size, param)
-        return Prompt(token_ids, self.tokenizer.decode(token_ids) if with_text else None)
+        return Prompt(token_ids, self.tokenizer.decode(token_ids) if with_text else None, salt)
 
     def truncate(self, prompt: Prompt, keep: int | None) -> Prompt:
         """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: the model's context length); the
@@ -99,7 +102,8 @@ class InputProcessor:
         if keep is None or len(prompt.token_ids) <= keep:
             return prompt
         token_ids = prompt.token_ids[-keep:]
-        return Prompt(token_ids, None if prompt.text is None else self.tokenizer.decode(token_ids))
+        text = None if prompt.text is None else self.tokenizer.decode(token_ids)
+        return replace(prompt, token_ids=token_ids, text=text)
 
     def decode(self, token_ids: list[int], *, param: str = "tokens") -> str:
         check_token_ids(token_ids, self.vocab_size, param)
@@ -281,12 +285,21 @@ def text_chars(value: object) -> int:
     return 0
 
 
+def checked_cache_salt(salt: Any, param: str = "cache_salt") -> str | None:
+    """vLLM's ``cache_salt``: None, or a non-empty string."""
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise InputError(f"{param}: cache_salt must be a non-empty string, got {salt!r}", param=param)
+    return salt
+
+
 def _unwrap(prompt: dict[str, Any], param: str) -> Any:
-    """vLLM's ``TextPrompt`` / ``TokensPrompt``: exactly one of ``prompt`` and ``prompt_token_ids``."""
-    unknown = [key for key in prompt if key not in PROMPT_KEYS]
+    """vLLM's ``TextPrompt`` / ``TokensPrompt``: exactly one of ``prompt`` and ``prompt_token_ids`` (and
+    optionally ``cache_salt``)."""
+    unknown = [key for key in prompt if key not in PROMPT_KEYS + PROMPT_OPTIONS]
     if unknown:
         raise InputError(
-            f"{param}: {unknown[0]!r} is not supported (a prompt dict takes 'prompt' or 'prompt_token_ids')",
+            f"{param}: {unknown[0]!r} is not supported (a prompt dict takes 'prompt' or 'prompt_token_ids', and "
+            "'cache_salt')",
             param=param,
         )
     given = [key for key in PROMPT_KEYS if key in prompt]

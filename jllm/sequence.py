@@ -52,6 +52,7 @@ class Sequence:
     num_preemptions: int = 0
     grammar: GrammarMatcher | None = None  # structured output: consumes each appended token, masks the next
     lora_request: LoRARequest | None = None  # the adapter it runs with (None: the base model)
+    cache_salt: str | None = None  # its prompt's (vLLM's): its pages' hashes chain from the salt
     lora_slot: int = 0  # its adapter's device slot while running (jllm.lora.slots; 0: none)
     state_slot: int = 0  # a hybrid model's recurrent state slot while running (jllm.state_slots; 0: none)
 

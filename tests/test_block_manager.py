@@ -136,6 +136,28 @@ def test_second_request_hits_shared_prefix() -> None:
     assert_pool_whole(bm)
 
 
+def test_a_cache_salt_shares_pages_only_with_prompts_of_the_same_salt() -> None:
+    """vLLM's ``cache_salt``: the salt starts the chain of page hashes, so a prompt finds only its salt's pages."""
+    bm = BlockManager(num_pages=32, page_size=4, enable_prefix_caching=True)
+    system = list(range(100, 112))  # 3 full pages
+    owner = make_seq(system + [1])
+    owner.cache_salt = "tenant-a"
+    compute(bm, owner)
+    for salt, hit in ((None, 0), ("tenant-b", 0), ("tenant-a", 12)):
+        seq = make_seq(system + [2])
+        seq.cache_salt = salt
+        assert bm.match_prefix(seq) == hit, salt
+        bm.free(seq)
+    unsalted = make_seq(system + [3])
+    compute(bm, unsalted)
+    salted = make_seq(system + [4])
+    salted.cache_salt = "tenant-b"
+    assert bm.match_prefix(salted) == 0  # nor does a salted prompt find an unsalted one's
+    for seq in (owner, unsalted, salted):
+        bm.free(seq)
+    assert_pool_whole(bm)
+
+
 def test_freed_cached_pages_are_found_again_until_evicted() -> None:
     bm = BlockManager(num_pages=5, page_size=2, enable_prefix_caching=True)
     a = make_seq([1, 2, 3, 4, 5])

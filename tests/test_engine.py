@@ -162,6 +162,22 @@ def test_shared_prefix_hits_the_cache(llm):
     assert c.outputs[0].token_ids == b.outputs[0].token_ids
 
 
+def test_a_cache_salt_keeps_a_prompt_off_other_salts_pages(llm):
+    """vLLM's ``cache_salt`` in a prompt dict: the same prompt hits the cache under its own salt only."""
+    llm.engine.block_manager.reset_prefix_cache()
+    prompt = "You are a careful assistant. Answer every question with one short sentence. " * 3 + "Why?"
+    page = ENGINE_ARGS["page_size"]
+    full_pages = len(llm.engine.tokenizer.encode(prompt)) // page * page
+    outputs = [
+        llm.generate([{"prompt": prompt, "cache_salt": salt}], GREEDY, use_tqdm=False)[0] for salt in ("a", "b", "a")
+    ]
+    assert [o.num_cached_tokens for o in outputs[:2]] == [0, 0] and outputs[
+        2
+    ].num_cached_tokens >= full_pages - page > 0
+    assert len({tuple(o.outputs[0].token_ids) for o in outputs}) == 1  # the salt changes no token
+    assert_pool_whole(llm)
+
+
 def test_abort_mid_generation_frees_every_page(llm, prompt_ids):
     engine = llm.engine
     for i, ids in enumerate(prompt_ids):

@@ -105,6 +105,8 @@ def test_vllm_prompt_dicts_are_read_and_bad_ones_named(inputs: InputProcessor) -
     ids = inputs.tokenizer.encode("hello")
     assert inputs.encode({"prompt": "hello"}) == inputs.encode("hello")
     assert inputs.encode({"prompt_token_ids": ids}) == Prompt(ids)
+    salted = inputs.truncate(inputs.encode({"prompt": "hello", "cache_salt": "s"}), 1)  # the salt stays
+    assert (salted.token_ids, salted.cache_salt) == (ids[-1:], "s")
     bad = [
         ({"prompt": "a", "prompt_token_ids": [1]}, "exactly one of"),
         ({}, "exactly one of"),
@@ -112,6 +114,7 @@ def test_vllm_prompt_dicts_are_read_and_bad_ones_named(inputs: InputProcessor) -
         ({"prompt": 5}, "'prompt' must be a string"),
         ({"prompt_token_ids": "abc"}, "'prompt_token_ids' must be a list"),
         ({"prompt_token_ids": [1, "2"]}, "token ids must be integers"),
+        ({"prompt": "a", "cache_salt": ""}, "cache_salt must be a non-empty string"),
         (3.5, "must be a string, a list of token ids, or a dict"),
     ]
     for prompt, message in bad:

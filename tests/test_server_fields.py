@@ -188,6 +188,9 @@ HONOURED = [
              lambda seen, _: _choice(seen)["logprobs"]["tokens"] == ["token_id:108", "token_id:109", "token_id:110"]),
     Honoured("return_token_ids", {"return_token_ids": True, "prompt": [7]},
              lambda seen, _: (_choice(seen)["token_ids"], _choice(seen)["prompt_token_ids"]) == ([108, 109, 110], [7])),
+    Honoured("cache_salt", {"cache_salt": "tenant-a"}, lambda seen, _: seen.prompt.cache_salt == "tenant-a"),
+    Honoured("chat cache_salt", {"cache_salt": "tenant-a"}, lambda seen, _: seen.prompt.cache_salt == "tenant-a",
+             chat=True),
     Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
              lambda seen, _: "token_offsets" not in _choice(seen)),
     # the token mask: the scripted runner samples the lowest allowed id where the mask forbids the script's token
@@ -267,11 +270,12 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "echo": (True, True),  # chat echo
     "best_of": (2, False),  # above n
     "length_penalty": (0.5, True),  # without use_beam_search
+    "cache_salt": ("", False),  # empty
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "bad_words": ["x"], "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
     "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
-    "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1, "cache_salt": "salt",
+    "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1,
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},
     "repetition_detection": {"max_pattern_size": 4},
     "thinking_token_budget": 10, "spaces_between_special_tokens": False, "truncation_side": "right",

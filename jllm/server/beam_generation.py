@@ -75,7 +75,8 @@ class BeamGeneration:
         search = BeamSearch([p.token_ids for p in self.prompts], self.beam, set(tokenizer.eos_token_ids))
         step_params = self.beam.step_params()
         while not search.finished:
-            beams = [Prompt(tokens) for tokens in search.step_prompts()]
+            salt = self.prompts[0].cache_salt  # the request's, on every prompt
+            beams = [Prompt(tokens, cache_salt=salt) for tokens in search.step_prompts()]
             step_id = f"{self.request_id}-beam{search.steps}"
             self._step = await Generation.start(
                 self.engine, step_id, beams, step_params, self.metrics, self.public_id, None, self.lora_request

@@ -132,7 +132,8 @@ def _checked_prompt(
     inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams, tools: list[dict] | None
 ) -> Prompt:
     """Rendered, then truncated and checked by the input door like any prompt."""
-    return inputs.process(render_chat(inputs, body, tools), params, param="messages")
+    prompt = inputs.process(render_chat(inputs, body, tools), params, param="messages")
+    return dataclasses.replace(prompt, cache_salt=body.cache_salt)
 
 
 async def _chunks(

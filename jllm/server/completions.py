@@ -7,6 +7,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -71,7 +72,10 @@ def _to_prompts(inputs: InputProcessor, body: CompletionRequest, params: Samplin
     """Through the input door off the event loop (a long prompt takes a while to encode); token-id prompts are
     decoded only for ``echo``."""
     return [
-        inputs.process(prompt, params, with_text=body.echo, add_special_tokens=body.add_special_tokens)
+        dataclasses.replace(
+            inputs.process(prompt, params, with_text=body.echo, add_special_tokens=body.add_special_tokens),
+            cache_salt=body.cache_salt,
+        )
         for prompt in body.prompts()
     ]
 

@@ -26,28 +26,29 @@ from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_u
 
 _NOT_STORED = "is not supported: this server stores no responses; send the whole conversation in input"
 # OpenAI's and vLLM's Responses fields this server cannot honour: (the values asking for nothing, why)
-RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "store": ((None, False), "true is not supported: this server stores no responses (false is fine)"),
-    "previous_response_id": ((None,), _NOT_STORED),
-    "conversation": ((None,), _NOT_STORED),
-    "background": ((None, False), "is not supported: responses run while the request waits (none is stored)"),
-    "background_options": (_NOTHING, "is not supported: responses run while the request waits (none is stored)"),
-    "prompt": ((None,), "is not supported: reusable prompts are stored on OpenAI's platform; send input"),
-    "truncation": ((None, "disabled"), "'auto' is not supported: an input longer than the context is a 400"),
-    "context_management": (_NOTHING, "is not supported: this server does not compact conversations"),
-    "moderation": (_NOTHING, "is not supported: this server does not moderate"),
-    "prompt_cache_retention": ((None, "in_memory"), "must be 'in_memory': the prefix cache lives in memory"),
-    "prompt_cache_options": (_NOTHING, "is not supported: the prefix cache has no options per request"),
-    "access_programs": (_NOTHING, "is not supported by this server"),
-    "image": (_NOTHING, "is not supported: the served models generate text only"),
-    # vLLM's extras for stateless multi-turn with its harmony models
-    "previous_response": (_NOTHING, _NOT_STORED),
-    "previous_input_messages": (_NOTHING, "is not supported: send the conversation in input"),
-    "enable_response_messages": ((None, False), "is not supported: the output items are the response's messages"),
-} | {
-    name: UNSUPPORTED_FIELDS[name]
-    for name in ("priority", "cache_salt", "mm_processor_kwargs", "vllm_xargs", "structural_tag")
-}
+RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
+    {
+        "store": ((None, False), "true is not supported: this server stores no responses (false is fine)"),
+        "previous_response_id": ((None,), _NOT_STORED),
+        "conversation": ((None,), _NOT_STORED),
+        "background": ((None, False), "is not supported: responses run while the request waits (none is stored)"),
+        "background_options": (_NOTHING, "is not supported: responses run while the request waits (none is stored)"),
+        "prompt": ((None,), "is not supported: reusable prompts are stored on OpenAI's platform; send input"),
+        "truncation": ((None, "disabled"), "'auto' is not supported: an input longer than the context is a 400"),
+        "context_management": (_NOTHING, "is not supported: this server does not compact conversations"),
+        "moderation": (_NOTHING, "is not supported: this server does not moderate"),
+        "prompt_cache_retention": ((None, "in_memory"), "must be 'in_memory': the prefix cache lives in memory"),
+        "prompt_cache_options": (_NOTHING, "is not supported: the prefix cache has no options per request"),
+        "access_programs": (_NOTHING, "is not supported by this server"),
+        "image": (_NOTHING, "is not supported: the served models generate text only"),
+        # vLLM's extras for stateless multi-turn with its harmony models
+        "previous_response": (_NOTHING, _NOT_STORED),
+        "previous_input_messages": (_NOTHING, "is not supported: send the conversation in input"),
+        "enable_response_messages": ((None, False), "is not supported: the output items are the response's messages"),
+    }
+    | {name: UNSUPPORTED_FIELDS[name] for name in ("priority", "mm_processor_kwargs", "vllm_xargs", "structural_tag")}
+    | {"cache_salt": ((None,), "is not supported on this route yet: send it to /v1/chat/completions")}
+)
 LOGPROBS = "message.output_text.logprobs"
 # include values honoured: the output text's logprobs; reasoning items carry their text in the clear (``content``),
 # so there is no encrypted reasoning to add

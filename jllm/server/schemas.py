@@ -47,7 +47,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
     "media_io_kwargs": (_NOTHING, "is not supported: the served models take text only"),
     "priority": ((None, 0), "is not supported: this server schedules first come, first served"),
-    "cache_salt": ((None,), "is not supported yet: the prefix cache has no per-request salt"),
     "kv_transfer_params": (_NOTHING, "is not supported: this server does not disaggregate prefill and decode"),
     "ec_transfer_params": (_NOTHING, "is not supported: this server has no encoder cache"),
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
@@ -214,6 +213,7 @@ class _GenerationRequest(_Request):
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
     return_tokens_as_token_ids: bool | None = None  # vLLM's: logprobs name each token "token_id:<id>" (TokenNames)
     return_token_ids: bool | None = None  # vLLM's: token_ids (and prompt_token_ids) beside the text (WithTokenIds)
+    cache_salt: str | None = None  # vLLM's: the prompt's prefix-cache pages shared only with the same salt's
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
@@ -229,6 +229,13 @@ class _GenerationRequest(_Request):
         if isinstance(data, dict) and data.get("use_beam_search") is True:
             refuse_unsupported(data, BEAM_SEARCH_REFUSED)
         return data
+
+    @field_validator("cache_salt")
+    @classmethod
+    def _salt(cls, value: str | None) -> str | None:
+        if value is not None and not value:
+            raise ValueError("must be a non-empty string (or left out)")
+        return value
 
     @field_validator("length_penalty")
     @classmethod
