@@ -286,9 +286,10 @@ def text_chars(value: object) -> int:
 
 
 def checked_cache_salt(salt: Any, param: str = "cache_salt") -> str | None:
-    """vLLM's ``cache_salt``: None, or a non-empty string."""
+    """vLLM's ``cache_salt`` (a request's, or a prompt dict's: ``param`` names where): None, or a non-empty string."""
     if salt is not None and (not isinstance(salt, str) or not salt):
-        raise InputError(f"{param}: cache_salt must be a non-empty string, got {salt!r}", param=param)
+        where = "" if param == "cache_salt" else f"{param}: "
+        raise InputError(f"{where}cache_salt must be a non-empty string, got {salt!r}", param=param)
     return salt
 
 

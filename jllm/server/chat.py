@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from jllm.inputs import InputProcessor, Prompt
+from jllm.inputs import InputProcessor, Prompt, checked_cache_salt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.beam_generation import BeamGeneration
@@ -133,7 +133,7 @@ def _checked_prompt(
 ) -> Prompt:
     """Rendered, then truncated and checked by the input door like any prompt."""
     prompt = inputs.process(render_chat(inputs, body, tools), params, param="messages")
-    return dataclasses.replace(prompt, cache_salt=body.cache_salt)
+    return dataclasses.replace(prompt, cache_salt=checked_cache_salt(body.cache_salt))
 
 
 async def _chunks(
@@ -167,7 +167,7 @@ async def _chunks(
     prompt_tokens = 0
     async for d in generation.deltas():
         if not streams:
-            prompt_tokens = generation.usage().prompt_tokens  # the one prompt's, booked with its first output
+            prompt_tokens = len(generation.prompts[0].token_ids)
             start = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
             prompt_ids = generation.prompts[0].token_ids if body.return_token_ids else None
             for index in range(body.n):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from jllm.inputs import InputProcessor, Prompt
+from jllm.inputs import InputProcessor, Prompt, checked_cache_salt
 from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.beam_generation import BeamGeneration
@@ -74,7 +74,7 @@ def _to_prompts(inputs: InputProcessor, body: CompletionRequest, params: Samplin
     return [
         dataclasses.replace(
             inputs.process(prompt, params, with_text=body.echo, add_special_tokens=body.add_special_tokens),
-            cache_salt=body.cache_salt,
+            cache_salt=checked_cache_salt(body.cache_salt),
         )
         for prompt in body.prompts()
     ]
@@ -96,6 +96,7 @@ class _CompletionView:
         self.id = response_id
         self.model = model
         self.tokenizer = tokenizer
+        self.names = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids))  # how logprobs name tokens
         self.created = int(time.time())
         # choice index -> its tokens' bytes so far as text: a UTF-8 decoder and the characters it has given
         self._texts: dict[int, tuple[codecs.IncrementalDecoder, int]] = {}
@@ -153,7 +154,7 @@ class _CompletionView:
         ``\\xNN`` escapes for the bytes of a character it holds part of (so two such tokens stay two keys of
         ``top_logprobs``; both were U+FFFD, one key); ``text_offset`` is the character its first byte is in."""
         out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
-        text = TokenNames(self.tokenizer, bool(self.body.return_tokens_as_token_ids)).text
+        text = self.names.text
         decoder, chars = self._texts[index]
         for token_id, entry in zip(token_ids, entries, strict=True):
             logprob, top = None, None

@@ -230,13 +230,6 @@ class _GenerationRequest(_Request):
             refuse_unsupported(data, BEAM_SEARCH_REFUSED)
         return data
 
-    @field_validator("cache_salt")
-    @classmethod
-    def _salt(cls, value: str | None) -> str | None:
-        if value is not None and not value:
-            raise ValueError("must be a non-empty string (or left out)")
-        return value
-
     @field_validator("length_penalty")
     @classmethod
     def _beam_search_only(cls, value: float, info: ValidationInfo) -> float:
