@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jllm import sampler
+from jllm.bad_words import bad_word_ids
 from jllm.block_manager import BlockManager
 from jllm.classify import ClassifierHead
 from jllm.inputs import InputProcessor, Prompt
@@ -181,6 +182,7 @@ class LLMEngine:
         now = time.monotonic()
         if grammar is None and params.structured_outputs is not None:
             grammar = self.grammars.matcher(params.structured_outputs)
+        banned_words = bad_word_ids(params.bad_words, self.tokenizer) if params.bad_words else ()
         seqs = [
             Sequence(
                 seq_id=next(self._seq_ids),
@@ -191,6 +193,7 @@ class LLMEngine:
                 arrival_time=now,
                 sampling_seed=seed,
                 grammar=grammar if grammar is None or i == 0 else grammar.fork(),
+                bad_word_ids=banned_words,
                 lora_request=lora_request,
                 cache_salt=prompt.cache_salt,
             )
@@ -320,9 +323,9 @@ class LLMEngine:
 
     @staticmethod
     def _masks_wait_for(launched: LaunchedStep) -> bool:
-        """A grammar's next mask follows from the token this step samples: the next step's sampler waits for it,
-        its forward does not (``ModelRunner.launch``'s ``before_sampling``)."""
-        return any(s.seq.grammar is not None for s in launched.output.scheduled)
+        """A grammar's (or a bad word's) next mask follows from the token this step samples: the next step's sampler
+        waits for it, its forward does not (``ModelRunner.launch``'s ``before_sampling``)."""
+        return any(sampler.mask_follows_tokens(s.seq) for s in launched.output.scheduled)
 
     def _process(self, launched: LaunchedStep) -> dict[str, None]:
         """Waits for a launched step; the scheduler appends its tokens, the output processor turns them into text.

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from jllm.bad_words import bad_word_ids
 from jllm.config import LimitsConfig
 from jllm.errors import ContextLengthError, InputError
 from jllm.sampling import SamplingParams
@@ -175,6 +176,8 @@ class InputProcessor:
             check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
         if params.logit_bias:
             check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
+        if params.bad_words:
+            self._check_bad_words(params.bad_words)
         num_prompt = len(prompt.token_ids)
         if not num_prompt:
             raise InputError(f"{param} is empty: give at least one token", param=param)
@@ -187,6 +190,15 @@ class InputProcessor:
                 "Please reduce the length of the prompt or the completion.",
                 param=param,
             )
+
+    def _check_bad_words(self, words: list[str]) -> None:
+        """Words whose tokens the sampler can ban: within vLLM's token limit, every id in the model's vocabulary
+        (a tokenizer may know more ids than the model's embedding)."""
+        try:
+            ids = bad_word_ids(words, self.tokenizer)
+        except ValueError as e:
+            raise InputError(str(e), param="bad_words") from e
+        check_token_ids([t for word in ids for t in word], self.vocab_size, "bad_words")
 
     def check_limits(self, params: SamplingParams) -> None:
         """The ``limits`` section: refused by name, since each would cost every other stream time."""

@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jllm import bad_words
 from jllm.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, SAMPLING_EPS
-from jllm.structured_output import fill_bitmask
+from jllm.structured_output import allowed_bitmask, fill_bitmask
 
 if TYPE_CHECKING:
     from jllm.sequence import ScheduledSequence, Sequence
@@ -310,7 +311,7 @@ def needs_general(seqs: Iterable[Sequence], vocab_size: int, eos_token_ids: set[
     for s in seqs:
         p = s.sampling_params
         truncates = not p.is_greedy and (0 < p.top_k < vocab_size or p.top_p < 1.0)
-        constrained = s.grammar is not None or p.allowed_token_ids is not None or bool(p.logit_bias)
+        constrained = s.grammar is not None or p.allowed_token_ids is not None or bool(p.logit_bias or s.bad_word_ids)
         if truncates or constrained or p.logprobs or p.uses_penalties or len(_banned(s, eos_token_ids)) > base_banned:
             return True
     return False
@@ -410,16 +411,20 @@ def build_sampling_metadata(
 def build_constraints(seqs: Seq[Sequence], num_rows: int, vocab_size: int) -> TokenConstraints:
     """Row i's mask and logit bias for ``seqs[i]``, always full widths (a mask word per 32 tokens, ``MAX_LOGIT_BIAS``
     biases), so which rows have them never changes a shape; a row without either allows every token. A row with a
-    grammar must have its last token appended (the engine processes a step with grammars before planning the next)."""
+    grammar or bad words of several tokens must have its last token appended (the engine processes such a step
+    before it fills the next one's mask)."""
     masked = [
         (i, s.grammar if _follows_grammar(s) else None, s.sampling_params.allowed_token_ids)
         for i, s in enumerate(seqs)
         if _is_masked(s)
     ]
     for s in seqs:
-        if _follows_grammar(s) and s.num_pending_tokens:
-            raise ValueError(f"seq {s.seq_id} follows a grammar, whose mask needs its pending token: finish that step")
+        if mask_follows_tokens(s) and s.num_pending_tokens:
+            raise ValueError(f"seq {s.seq_id}'s mask needs its pending token (a grammar, bad words): finish that step")
     bitmask = fill_bitmask(masked, num_rows, vocab_size)
+    for i, s in enumerate(seqs):
+        if banned := bad_words.banned_next(s.bad_word_ids, s.output_token_ids):
+            bitmask[i] &= ~allowed_bitmask(banned, vocab_size)
     biases = [s.sampling_params.logit_bias or {} for s in seqs]
     bias_ids = np.full((num_rows, MAX_LOGIT_BIAS), -1, np.int32)
     bias_values = np.zeros((num_rows, MAX_LOGIT_BIAS), np.float32)
@@ -438,6 +443,11 @@ def no_constraints(num_rows: int) -> TokenConstraints:
 
 def _is_masked(seq: Sequence) -> bool:
     return _follows_grammar(seq) or seq.sampling_params.allowed_token_ids is not None
+
+
+def mask_follows_tokens(seq: Sequence) -> bool:
+    """Whether the row's next mask depends on its last token: a grammar's, or a bad word of several tokens'."""
+    return _follows_grammar(seq) or bad_words.waits_for_tokens(seq.bad_word_ids)
 
 
 def _follows_grammar(seq: Sequence) -> bool:

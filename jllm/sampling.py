@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from jllm.bad_words import check_bad_words
 from jllm.structured_output import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ MAX_LOGIT_BIAS = (
 )
 LOGIT_BIAS_RANGE = 100.0  # OpenAI's: each bias in [-100, 100]
 UNSUPPORTED = {  # vLLM SamplingParams fields jllm refuses when set, and why
-    "bad_words": "the sampler cannot ban word sequences",
     "guided_decoding": "it is vLLM's earlier name: use structured_outputs",
     "logits_processors": "custom logits processors cannot run inside the compiled sampler",
     "logprob_token_ids": "logprobs come for the top tokens only",
@@ -92,8 +92,8 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None  # vLLM's: only these ids may be sampled
     # a grammar the output must follow: a StructuredOutputsParams or a dict of its fields (vLLM's names)
     structured_outputs: StructuredOutputsParams | dict[str, Any] | None = None
+    bad_words: list[str] | None = None  # vLLM's: words never to generate (jllm.bad_words)
     # vLLM's names for what jllm cannot do yet: accepted as arguments only to be refused by name when set.
-    bad_words: list[str] | None = None
     guided_decoding: object | None = None  # vLLM's earlier name for structured_outputs
     logits_processors: list | None = None
     logprob_token_ids: list[int] | None = None
@@ -203,6 +203,8 @@ class SamplingParams:
             self.allowed_token_ids = sorted(set(ids))
         if self.logit_bias is not None:
             self.logit_bias = _logit_bias(self.logit_bias)
+        if self.bad_words is not None:
+            self.bad_words = check_bad_words(self.bad_words)
 
     def _refuse_unsupported(self) -> None:
         """vLLM's arguments for what jllm cannot do yet: set to anything but "nothing", they are refused by name

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from jllm.bad_words import BadWordIds
     from jllm.lora.request import LoRARequest
     from jllm.sampling import SamplingParams
     from jllm.structured_output import GrammarMatcher
@@ -51,6 +52,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_preemptions: int = 0
     grammar: GrammarMatcher | None = None  # structured output: consumes each appended token, masks the next
+    bad_word_ids: BadWordIds = ()  # its request's bad_words as token sequences (jllm.bad_words)
     lora_request: LoRARequest | None = None  # the adapter it runs with (None: the base model)
     cache_salt: str | None = None  # its prompt's (vLLM's): its pages' hashes chain from the salt
     lora_slot: int = 0  # its adapter's device slot while running (jllm.lora.slots; 0: none)

@@ -154,6 +154,7 @@ def check_request(params: SamplingParams) -> None:
         "logit_bias": bool(params.logit_bias),
         "allowed_token_ids": params.allowed_token_ids is not None,
         "structured_outputs": params.structured_outputs is not None,
+        "bad_words": bool(params.bad_words),
     }
     for name, used in refused.items():
         if used:

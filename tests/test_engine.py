@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from model_utils import assert_only_warmup_programs
 
+from jllm.bad_words import bad_word_ids
 from jllm.inputs import Prompt
 from jllm.llm import LLM
 from jllm.sampling import RequestOutputKind, SamplingParams
@@ -306,6 +307,22 @@ def test_min_tokens_bans_the_stop_token_and_defers_stop_strings(llm, prompt_ids,
     params = SamplingParams(temperature=0.0, max_tokens=8, min_tokens=4, stop=[first_word])
     (out,) = llm.generate([ids], params, use_tqdm=False)
     assert out.outputs[0].token_ids[:4] == ref[:4]  # a stop string inside the first min_tokens does not count
+
+
+def test_bad_words_turn_greedy_output_off_the_word_at_its_last_token(llm, prompt_ids, reference):
+    """A two-token word from transformers' greedy output: jllm follows the reference up to the word's last token,
+    which the compiled sampler's mask bans (async scheduling: that mask waits for the token before it)."""
+    tok = llm.engine.tokenizer
+    ids, ref = prompt_ids[0], reference[0]
+    k, word = next(
+        (k, tok.decode(ref[k : k + 2]))
+        for k in range(1, len(ref) - 1)
+        if tuple(ref[k : k + 2]) in bad_word_ids([tok.decode(ref[k : k + 2])], tok) and ref[k + 1] not in ref[:k]
+    )
+    (out,) = llm.generate([ids], SamplingParams(temperature=0.0, max_tokens=k + 4, bad_words=[word]), use_tqdm=False)
+    tokens = out.outputs[0].token_ids
+    assert tokens[: k + 1] == ref[: k + 1] and tokens[k + 1] != ref[k + 1]
+    assert all(tuple(tokens[i : i + 2]) != tuple(ref[k : k + 2]) for i in range(len(tokens) - 1))
 
 
 def test_eos_ignore_eos_and_max_tokens(llm, prompt_ids, reference):

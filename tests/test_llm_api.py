@@ -102,8 +102,8 @@ def test_get_tokenizer_has_the_transformers_surface(llm: LLM) -> None:
 
 
 def test_sampling_params_refuse_vllm_arguments_by_name(llm: LLM) -> None:
-    with pytest.raises(ValueError, match="^bad_words is not supported by jllm yet"):
-        llm.generate("hello", SamplingParams(bad_words=["x"]), use_tqdm=False)
+    with pytest.raises(ValueError, match="^logprob_token_ids is not supported by jllm yet"):
+        llm.generate("hello", SamplingParams(logprob_token_ids=[3]), use_tqdm=False)
     with pytest.raises(InputError, match=r"allowed_token_ids: token id 600 is outside the vocabulary \[0, 512\)"):
         llm.generate("hello", SamplingParams(allowed_token_ids=[5, 600]), use_tqdm=False)
 

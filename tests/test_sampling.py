@@ -156,7 +156,6 @@ def test_min_tokens_above_max_tokens_is_rejected_and_greedy_n_accepted():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("bad_words", ["bad"]),
         ("guided_decoding", {"regex": "a+"}),
         ("logits_processors", [lambda ids, logits: logits]),
         ("logprob_token_ids", [3]),

@@ -191,6 +191,10 @@ HONOURED = [
     Honoured("cache_salt", {"cache_salt": "tenant-a"}, lambda seen, _: seen.prompt.cache_salt == "tenant-a"),
     Honoured("chat cache_salt", {"cache_salt": "tenant-a"}, lambda seen, _: seen.prompt.cache_salt == "tenant-a",
              chat=True),
+    # after [7] the script samples 108, 109, 110: the word "«¬" (109, 110) bans 110 once 109 is out
+    Honoured("bad_words", {"bad_words": ["\u00ab\u00ac"], "prompt": [7], "return_token_ids": True},
+             lambda seen, _: _choice(seen)["token_ids"][:2] == [108, 109] and _choice(seen)["token_ids"][2] != 110),
+    Honoured("chat bad_words", {"bad_words": ["zz"]}, lambda seen, _: seen.params.bad_words == ["zz"], chat=True),
     Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
              lambda seen, _: "token_offsets" not in _choice(seen)),
     # the token mask: the scripted runner samples the lowest allowed id where the mask forbids the script's token
@@ -271,9 +275,10 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "best_of": (2, False),  # above n
     "length_penalty": (0.5, True),  # without use_beam_search
     "cache_salt": ("", False),  # empty
+    "bad_words": (["  "], False),  # a blank word
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
-    "bad_words": ["x"], "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
+    "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
     "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1,
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},

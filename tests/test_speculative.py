@@ -142,6 +142,7 @@ def test_speculative_config_refuses_other_methods_and_bad_values(value, message)
         dict(logit_bias={5: 1.0}),
         dict(allowed_token_ids=[1, 2]),
         dict(structured_outputs={"regex": "a+"}),
+        dict(bad_words=["word"]),
     ],
 )
 def test_requests_the_verifier_cannot_make_exact_are_refused_by_field(field):

@@ -37,7 +37,6 @@ MIN_LOGPROB = -9999.0  # what -inf becomes in JSON (OpenAI's and vLLM's clamp)
 _NOTHING = (None, False, {}, [])
 # vLLM request fields this server cannot honour: (the values that ask for nothing, why a request asking more is refused)
 UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "bad_words": (_NOTHING, "is not supported by this server: the sampler cannot ban word sequences"),
     "logprob_token_ids": (_NOTHING, "is not supported: logprobs come for the top tokens only"),
     "logits_processors": (_NOTHING, "are not supported: custom code cannot run inside the compiled sampler"),
     "structural_tag": ((None,), "is not supported: structured output takes json, regex, choice and grammar"),
@@ -73,6 +72,7 @@ BEAM_SEARCH_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     **{name: ((None,), _BEAM) for name in ("guided_choice", "guided_grammar")},
     "response_format": ((None, {"type": "text"}), _BEAM),
     **{name: (_NOTHING, _BEAM) for name in ("stop", "stop_token_ids", "logit_bias", "structured_outputs", "tools")},
+    "bad_words": (_NOTHING, _BEAM),
     "top_p": ((None, 1, 1.0), _BEAM),
     "top_k": ((None, -1, 0), _BEAM),
     "min_p": ((None, 0, 0.0), _BEAM),
@@ -204,6 +204,7 @@ class _GenerationRequest(_Request):
     response_format: ResponseFormat | None = None
     logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias in [-100, 100]
     allowed_token_ids: list[int] | None = None  # vLLM's: only these ids may be sampled
+    bad_words: list[str] | None = None  # vLLM's: words never to generate (jllm.bad_words)
     # vLLM's structured output (its StructuredOutputsParams' keys), and its older guided_* names
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None
@@ -302,6 +303,7 @@ class _GenerationRequest(_Request):
                 "include_stop_str_in_output",
                 "logit_bias",
                 "allowed_token_ids",
+                "bad_words",
             )
             if getattr(self, name) is not None
         }
