@@ -50,6 +50,11 @@ step startup_cold_triton_all 240 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=true
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_triton_all.json"
 step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8,32 \
     --json "$QOUT/bf16_lat.json"
+# Twenty-fourth session: XLA's split-K at batch 1 writes f32 partials that a second kernel sums, so the residual add
+# and the next norm cannot fuse with the GEMM; compiled for an H200 without a GPU, forcing split-K 1 takes a layer's
+# kernels 14 -> 11 (the residual add joins the next norm's reduction). Is the GEMMs' streaming worth that?
+step bf16_latency_splitk1 300 env XLA_FLAGS=--xla_gpu_experimental_force_split_k=1 python scripts/bench_latency.py \
+    --config $BF16 --skip-hf --batch-sizes 1,8 --json "$QOUT/bf16_lat_splitk1.json"
 step bf16_latency_triton_all 360 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=true python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,8,32 --json "$QOUT/bf16_lat_triton_all.json"
 for flags in ":" "_triton_all:--xla_gpu_enable_triton_gemm=true"; do
