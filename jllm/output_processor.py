@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from jllm import repetition
 from jllm.inputs import Prompt
 from jllm.outputs import CompletionOutput, Logprob, RequestOutput
 from jllm.sampling import RequestOutputKind, SamplingParams
@@ -184,6 +185,8 @@ class OutputProcessor:
             sample.finish("stop")
         elif seq.status is SequenceStatus.FINISHED_LENGTH:
             sample.finish("length")
+        elif seq.status is SequenceStatus.FINISHED_REPETITION:
+            sample.finish("repetition", repetition.STOP_REASON)
         return False
 
     def _append_prompt_logprobs(self, state: RequestState, chunk: list[PromptTokenLogprob]) -> None:

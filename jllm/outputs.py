@@ -27,7 +27,7 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None
     logprobs: SampleLogprobs | None
-    finish_reason: str | None = None  # "stop", "length", "abort" or "error"; None while running
+    finish_reason: str | None = None  # "stop", "length", "abort", "error" or "repetition"; None while running
     stop_reason: int | str | None = None  # the stop string or stop token id that ended it
     error: str | None = None  # with finish_reason "error": what failed (its grammar broke mid-generation)
 

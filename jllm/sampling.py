@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from jllm.bad_words import check_bad_words
+from jllm.repetition import RepetitionDetectionParams
 from jllm.structured_output import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class SamplingParams:
     # a grammar the output must follow: a StructuredOutputsParams or a dict of its fields (vLLM's names)
     structured_outputs: StructuredOutputsParams | dict[str, Any] | None = None
     bad_words: list[str] | None = None  # vLLM's: words never to generate (jllm.bad_words)
+    # vLLM's: end a sample caught in a loop (jllm.repetition); a dict of its keys is taken too
+    repetition_detection: RepetitionDetectionParams | dict[str, Any] | None = None
     # vLLM's names for what jllm cannot do yet: accepted as arguments only to be refused by name when set.
     guided_decoding: object | None = None  # vLLM's earlier name for structured_outputs
     logits_processors: list | None = None
@@ -205,6 +208,8 @@ class SamplingParams:
             self.logit_bias = _logit_bias(self.logit_bias)
         if self.bad_words is not None:
             self.bad_words = check_bad_words(self.bad_words)
+        if self.repetition_detection is not None:
+            self.repetition_detection = RepetitionDetectionParams.of(self.repetition_detection)
 
     def _refuse_unsupported(self) -> None:
         """vLLM's arguments for what jllm cannot do yet: set to anything but "nothing", they are refused by name

@@ -47,6 +47,7 @@ from collections.abc import Sequence as Seq
 
 from jllm.block_manager import BlockManager
 from jllm.lora.slots import LoRASlots
+from jllm.repetition import ends_in_repetition
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
 from jllm.speculative import NgramProposer, NgramSpec
 from jllm.state_slots import StateSlots
@@ -375,7 +376,8 @@ class Scheduler:
     def _stop_status(self, seq: Sequence, token_id: int) -> SequenceStatus | None:
         """Token-level stops in vLLM's order: a broken grammar first (the sequence ends with an error), a stop token
         (EOS unless ignored, or a stop id; only once min_tokens are out), a complete grammar (its matcher consumes
-        every token), then the length limit. Stop strings need the text: the engine checks those."""
+        every token), the length limit, then a loop at the output's end (``repetition_detection``, once min_tokens are
+        out). Stop strings need the text: the engine checks those."""
         params = seq.sampling_params
         # The matcher consumes stop tokens too: a grammar that broke while filling its mask allows only EOS, which
         # must end the sequence with the error, not as a "stop".
@@ -390,6 +392,10 @@ class Scheduler:
             return SequenceStatus.FINISHED_STOPPED
         if seq.reaches_length_limit(self.max_model_len):
             return SequenceStatus.FINISHED_LENGTH
+        loops = params.repetition_detection
+        if loops is not None and seq.num_output_tokens >= params.min_tokens:
+            if ends_in_repetition(seq.output_token_ids, loops):
+                return SequenceStatus.FINISHED_REPETITION
         return None
 
     def finish(self, seq: Sequence, status: SequenceStatus, num_output_tokens: int | None = None) -> None:

@@ -27,6 +27,7 @@ class SequenceStatus(enum.Enum):
     FINISHED_LENGTH = "length"
     FINISHED_ABORTED = "abort"
     FINISHED_ERROR = "error"  # its grammar failed mid-generation (vLLM's FinishReason.ERROR)
+    FINISHED_REPETITION = "repetition"  # its output ended in a loop (repetition_detection; vLLM's REPETITION)
 
     @property
     def is_finished(self) -> bool:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import random
-from types import SimpleNamespace
 
 import pytest
 
 from jllm.block_manager import BlockManager
 from jllm.buckets import step_buckets
+from jllm.sampling import SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 
@@ -18,9 +18,7 @@ _ids = itertools.count()
 
 def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, request_id: str | None = None):
     request_id = request_id or f"req{next(_ids)}"
-    params = SimpleNamespace(
-        max_tokens=max_tokens, n=n, prompt_logprobs=None, min_tokens=0, stop_token_ids=[], ignore_eos=False
-    )
+    params = SamplingParams(max_tokens=max_tokens, n=n)
     return [
         Sequence(
             seq_id=next(_ids),

@@ -194,6 +194,10 @@ HONOURED = [
     # after [7] the script samples 108, 109, 110: the word "«¬" (109, 110) bans 110 once 109 is out
     Honoured("bad_words", {"bad_words": ["\u00ab\u00ac"], "prompt": [7], "return_token_ids": True},
              lambda seen, _: _choice(seen)["token_ids"][:2] == [108, 109] and _choice(seen)["token_ids"][2] != 110),
+    Honoured("repetition_detection", {"repetition_detection": {"max_pattern_size": 2, "min_count": 2}},
+             lambda seen, _: seen.params.repetition_detection.max_pattern_size == 2),  # the loop: test_repetition.py
+    Honoured("chat repetition_detection", {"repetition_detection": {"max_pattern_size": 2, "min_count": 2}},
+             lambda seen, _: seen.params.repetition_detection.min_count == 2, chat=True),
     Honoured("chat bad_words", {"bad_words": ["zz"]}, lambda seen, _: seen.params.bad_words == ["zz"], chat=True),
     Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
              lambda seen, _: "token_offsets" not in _choice(seen)),
@@ -276,13 +280,13 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "length_penalty": (0.5, True),  # without use_beam_search
     "cache_salt": ("", False),  # empty
     "bad_words": (["  "], False),  # a blank word
+    "repetition_detection": ({"max_pattern_size": 4, "min_count": 1}, True),  # a "repeat" of one
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
     "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1,
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},
-    "repetition_detection": {"max_pattern_size": 4},
     "thinking_token_budget": 10, "spaces_between_special_tokens": False, "truncation_side": "right",
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
     "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],

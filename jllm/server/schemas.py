@@ -49,7 +49,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "kv_transfer_params": (_NOTHING, "is not supported: this server does not disaggregate prefill and decode"),
     "ec_transfer_params": (_NOTHING, "is not supported: this server has no encoder cache"),
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
-    "repetition_detection": ((None,), "is not supported yet"),
     "thinking_token_budget": ((None, -1), "is not supported: reasoning runs until the model ends it or max_tokens"),
     "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
@@ -73,6 +72,7 @@ BEAM_SEARCH_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "response_format": ((None, {"type": "text"}), _BEAM),
     **{name: (_NOTHING, _BEAM) for name in ("stop", "stop_token_ids", "logit_bias", "structured_outputs", "tools")},
     "bad_words": (_NOTHING, _BEAM),
+    "repetition_detection": ((None,), _BEAM),
     "top_p": ((None, 1, 1.0), _BEAM),
     "top_k": ((None, -1, 0), _BEAM),
     "min_p": ((None, 0, 0.0), _BEAM),
@@ -205,6 +205,7 @@ class _GenerationRequest(_Request):
     logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias in [-100, 100]
     allowed_token_ids: list[int] | None = None  # vLLM's: only these ids may be sampled
     bad_words: list[str] | None = None  # vLLM's: words never to generate (jllm.bad_words)
+    repetition_detection: dict[str, Any] | None = None  # vLLM's: end a sample caught in a loop (jllm.repetition)
     # vLLM's structured output (its StructuredOutputsParams' keys), and its older guided_* names
     structured_outputs: dict[str, Any] | None = None
     guided_json: str | dict[str, Any] | None = None
@@ -304,6 +305,7 @@ class _GenerationRequest(_Request):
                 "logit_bias",
                 "allowed_token_ids",
                 "bad_words",
+                "repetition_detection",
             )
             if getattr(self, name) is not None
         }
@@ -319,10 +321,11 @@ class _GenerationRequest(_Request):
                 structured_outputs=structured,
                 **optional,
             )
-        except ValueError as e:  # SamplingParams' messages start with the field's name (structured_outputs.<kind>)
+        except ValueError as e:  # SamplingParams' messages start with the field's name (repetition_detection.<key>)
             field, _, rest = str(e).partition(" ")
-            name = sent_as.get(field.split(".")[0], field)
-            field = field if name == "structured_outputs" else name
+            base, dot, key = field.partition(".")
+            name = sent_as.get(base, base)
+            field = name + dot + key if name == base else name  # a field sent under another name: that name
             raise bad_request(f"{field} {rest}", param=name if name in type(self).model_fields else None) from e
 
     def constraint_chars(self, forced_call: dict[str, Any] | None = None) -> int:
