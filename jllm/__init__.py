@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         PoolingRequestOutput,
         RequestOutput,
     )
+    from jllm.repetition import RepetitionDetectionParams
     from jllm.sampling import SamplingParams
     from jllm.structured_output import StructuredOutputsParams
 
@@ -32,6 +33,7 @@ _EXPORTS = {
     "LLM": "jllm.llm",
     "SamplingParams": "jllm.sampling",
     "StructuredOutputsParams": "jllm.structured_output",
+    "RepetitionDetectionParams": "jllm.repetition",
     "RequestOutput": "jllm.outputs",
     "CompletionOutput": "jllm.outputs",
     "PoolingRequestOutput": "jllm.outputs",
@@ -43,6 +45,7 @@ __all__ = [
     "LLM",
     "SamplingParams",
     "StructuredOutputsParams",
+    "RepetitionDetectionParams",
     "RequestOutput",
     "CompletionOutput",
     "PoolingRequestOutput",

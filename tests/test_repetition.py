@@ -61,7 +61,10 @@ def test_bad_parameters_are_refused_naming_the_key(value: object, message: str) 
         SamplingParams(repetition_detection=value)
 
 
-def test_detection_off_asks_for_nothing() -> None:
+def test_detection_off_asks_for_nothing_and_vllms_class_is_exported() -> None:
+    from jllm import RepetitionDetectionParams as Exported
+
+    assert Exported is RepetitionDetectionParams
     assert SamplingParams(repetition_detection={"max_pattern_size": 0}).repetition_detection is None
     params = SamplingParams(repetition_detection={"max_pattern_size": 4, "min_count": 3})
     assert params.repetition_detection == RepetitionDetectionParams(4, 0, 3)
