@@ -29,6 +29,7 @@ from jllm.lora.request import LoRARequest
 from jllm.outputs import RequestOutput
 from jllm.sampling import SamplingParams
 from jllm.structured_output import GrammarMatcher
+from jllm.thinking_budget import ThinkingBudget
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class AsyncEngine:
         params: SamplingParams,
         grammar: GrammarMatcher | None = None,
         lora_request: LoRARequest | None = None,
+        thinking: ThinkingBudget | None = None,
     ) -> RequestStream:
         """Admits a prompt checked by ``inputs``; raises here (not in the stream) on a full queue, while draining,
         on a request id in use, or on a grammar llguidance cannot build for the tokenizer. A grammar's matcher is
@@ -225,7 +227,7 @@ class AsyncEngine:
 
         def add() -> None:
             try:
-                given = {"grammar": grammar, "lora_request": lora_request}
+                given = {"grammar": grammar, "lora_request": lora_request, "thinking": thinking}
                 self.engine.add_request(request_id, prompt, params, **{k: v for k, v in given.items() if v is not None})
             except Exception as e:  # handed to the caller, who maps it to a status
                 loop.call_soon_threadsafe(self._settle_add, request_id, e)

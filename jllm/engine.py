@@ -40,6 +40,7 @@ from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 from jllm.step_inputs import StepPlan
 from jllm.step_results import StepResult
 from jllm.structured_output import GrammarCompiler, GrammarMatcher
+from jllm.thinking_budget import ThinkingBudget
 from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -169,10 +170,13 @@ class LLMEngine:
         params: SamplingParams,
         grammar: GrammarMatcher | None = None,
         lora_request: LoRARequest | None = None,
+        thinking: ThinkingBudget | None = None,
     ) -> None:
         """Queues a prompt that ``jllm.inputs`` has checked; ``params.n`` samples, each its own sequence.
         ``grammar``: the constraint's matcher, built beforehand off this thread (``GrammarCompiler.matcher``: a
-        large grammar takes a second or more); else built here. ``lora_request``: its adapter (read here if new)."""
+        large grammar takes a second or more); else built here. ``lora_request``: its adapter (read here if new).
+        ``thinking``: the reply's thinking budget (``jllm.thinking_budget``; the chat route builds it from the served
+        model's reasoning format), forked for each further sample as the grammar is."""
         self._check_awake()
         if request_id in self.outputs.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -194,6 +198,7 @@ class LLMEngine:
                 sampling_seed=seed,
                 grammar=grammar if grammar is None or i == 0 else grammar.fork(),
                 bad_word_ids=banned_words,
+                thinking=thinking if thinking is None or i == 0 else thinking.fork(),
                 lora_request=lora_request,
                 cache_salt=prompt.cache_salt,
             )

@@ -259,6 +259,11 @@ class ReasoningGate:
         self._token_bytes = token_bytes
         self._stream = fmt.stream()
 
+    @property
+    def ended(self) -> bool:
+        """Whether the reasoning is over (a grammar's gate opens, a thinking budget has nothing left to force)."""
+        return self._stream.ended
+
     def opens_after(self, token_id: int) -> bool:
         if not self._stream.ended:  # markers are whole characters
             self.tokens += self._stream.count_token(self._token_bytes(token_id).decode(errors="replace"))

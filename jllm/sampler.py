@@ -311,7 +311,12 @@ def needs_general(seqs: Iterable[Sequence], vocab_size: int, eos_token_ids: set[
     for s in seqs:
         p = s.sampling_params
         truncates = not p.is_greedy and (0 < p.top_k < vocab_size or p.top_p < 1.0)
-        constrained = s.grammar is not None or p.allowed_token_ids is not None or bool(p.logit_bias or s.bad_word_ids)
+        constrained = (
+            s.grammar is not None
+            or p.allowed_token_ids is not None
+            or bool(p.logit_bias or s.bad_word_ids)
+            or _budgets_thinking(s)
+        )
         if truncates or constrained or p.logprobs or p.uses_penalties or len(_banned(s, eos_token_ids)) > base_banned:
             return True
     return False
@@ -411,8 +416,8 @@ def build_sampling_metadata(
 def build_constraints(seqs: Seq[Sequence], num_rows: int, vocab_size: int) -> TokenConstraints:
     """Row i's mask and logit bias for ``seqs[i]``, always full widths (a mask word per 32 tokens, ``MAX_LOGIT_BIAS``
     biases), so which rows have them never changes a shape; a row without either allows every token. A row with a
-    grammar or bad words of several tokens must have its last token appended (the engine processes such a step
-    before it fills the next one's mask)."""
+    grammar, bad words of several tokens or a thinking budget must have its last token appended (the engine
+    processes such a step before it fills the next one's mask)."""
     masked = [
         (i, s.grammar if _follows_grammar(s) else None, s.sampling_params.allowed_token_ids)
         for i, s in enumerate(seqs)
@@ -425,6 +430,8 @@ def build_constraints(seqs: Seq[Sequence], num_rows: int, vocab_size: int) -> To
     for i, s in enumerate(seqs):
         if banned := bad_words.banned_next(s.bad_word_ids, s.output_token_ids):
             bitmask[i] &= ~allowed_bitmask(banned, vocab_size)
+        if _budgets_thinking(s) and (forced := s.thinking.forced()) is not None:
+            bitmask[i] = allowed_bitmask([forced], vocab_size)  # the reasoning's end wins over every other mask
     biases = [s.sampling_params.logit_bias or {} for s in seqs]
     bias_ids = np.full((num_rows, MAX_LOGIT_BIAS), -1, np.int32)
     bias_values = np.zeros((num_rows, MAX_LOGIT_BIAS), np.float32)
@@ -446,8 +453,13 @@ def _is_masked(seq: Sequence) -> bool:
 
 
 def mask_follows_tokens(seq: Sequence) -> bool:
-    """Whether the row's next mask depends on its last token: a grammar's, or a bad word of several tokens'."""
-    return _follows_grammar(seq) or bad_words.waits_for_tokens(seq.bad_word_ids)
+    """Whether the row's next mask depends on its last token: a grammar's, a bad word of several tokens', or an
+    open reasoning's under a thinking budget."""
+    return _follows_grammar(seq) or bad_words.waits_for_tokens(seq.bad_word_ids) or _budgets_thinking(seq)
+
+
+def _budgets_thinking(seq: Sequence) -> bool:
+    return seq.thinking is not None and seq.thinking.holds and not seq.is_finished
 
 
 def _follows_grammar(seq: Sequence) -> bool:

@@ -379,6 +379,8 @@ class Scheduler:
         every token), the length limit, then a loop at the output's end (``repetition_detection``, once min_tokens are
         out). Stop strings need the text: the engine checks those."""
         params = seq.sampling_params
+        if seq.thinking is not None:
+            seq.thinking.accept(token_id)
         # The matcher consumes stop tokens too: a grammar that broke while filling its mask allows only EOS, which
         # must end the sequence with the error, not as a "stop".
         complete = seq.grammar is not None and seq.grammar.accept(token_id)

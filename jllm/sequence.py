@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from jllm.lora.request import LoRARequest
     from jllm.sampling import SamplingParams
     from jllm.structured_output import GrammarMatcher
+    from jllm.thinking_budget import ThinkingBudget
 
 
 class SequenceStatus(enum.Enum):
@@ -54,6 +55,7 @@ class Sequence:
     num_preemptions: int = 0
     grammar: GrammarMatcher | None = None  # structured output: consumes each appended token, masks the next
     bad_word_ids: BadWordIds = ()  # its request's bad_words as token sequences (jllm.bad_words)
+    thinking: ThinkingBudget | None = None  # thinking_token_budget: consumes each appended token, may force the next
     lora_request: LoRARequest | None = None  # the adapter it runs with (None: the base model)
     cache_salt: str | None = None  # its prompt's (vLLM's): its pages' hashes chain from the salt
     lora_slot: int = 0  # its adapter's device slot while running (jllm.lora.slots; 0: none)

@@ -298,3 +298,54 @@ def test_usage_counts_the_reasoning_tokens(client: openai.OpenAI, engine: LLMEng
         extra_body={"chat_template_kwargs": {"enable_thinking": False}},
     )
     assert off.usage.completion_tokens_details is None  # no format in force: nothing told apart
+
+
+def test_a_thinking_budget_forces_the_reasoning_to_close_and_the_reply_answers(
+    client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """vLLM's thinking_token_budget: the "long" reply never closes its reasoning; with a budget of 5 the sixth token
+    on is Qwen3's ``</think>`` (forced a token at a time through the mask), and the script's own tokens follow it
+    as the answer. Each of n samples is forced on its own."""
+    tok = engine.tokenizer
+    ids = tok.encode(REPLIES["long"], add_special_tokens=False)
+    end = tok.encode("</think>", add_special_tokens=False)
+    budget = {"thinking_token_budget": 5}
+    reply = client.chat.completions.create(model=MODEL, messages=_messages("long"), max_tokens=400, extra_body=budget)
+    message = reply.choices[0].message
+    assert message.model_extra["reasoning_content"] == tok.decode(ids[:5])
+    assert message.content == tok.decode(ids[5 + len(end) :])  # the script goes on from its own position, to EOS
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 5 + len(end)
+    reasoning, content, _ = _streamed(client, messages=_messages("long"), extra_body=budget)
+    assert (reasoning, content) == (message.model_extra["reasoning_content"], message.content)
+    several = client.chat.completions.create(
+        model=MODEL, messages=_messages("long"), max_tokens=400, n=2, extra_body=budget
+    )
+    assert [c.message.content for c in several.choices] == [message.content] * 2
+    closed = client.chat.completions.create(  # a reasoning that closes within its budget is left alone
+        model=MODEL, messages=_messages("sum"), max_tokens=400, extra_body={"thinking_token_budget": 100}
+    )
+    assert (closed.choices[0].message.model_extra["reasoning_content"], closed.choices[0].message.content) == (
+        "Two and two.",
+        "\n\nFour.",
+    )
+    unlimited = client.chat.completions.create(
+        model=MODEL, messages=_messages("long"), max_tokens=5, extra_body={"thinking_token_budget": -1}
+    )
+    assert unlimited.choices[0].message.content is None  # -1: no budget
+
+
+@pytest.mark.parametrize(
+    "parser, kwargs, message",
+    [
+        (None, {}, "served without a reasoning_parser"),
+        ("qwen3", {"enable_thinking": False}, "has its thinking switched off"),
+        ("openai_gptoss", {}, "ends reasoning by opening a final message"),
+    ],
+)
+def test_a_thinking_budget_without_a_reasoning_to_budget_is_refused(parser, kwargs, message: str) -> None:
+    body = ChatCompletionRequest.model_validate(
+        {"messages": _messages("sum"), "thinking_token_budget": 5, "chat_template_kwargs": kwargs}
+    )
+    with pytest.raises(APIError) as refused:
+        ReplyPlan.of(body, ServerConfig(), parser)
+    assert refused.value.param == "thinking_token_budget" and message in refused.value.message

@@ -29,6 +29,7 @@ from jllm.server.chat_schemas import (
     TokenLogprob,
     TopLogprob,
 )
+from jllm.server.errors import bad_request
 from jllm.server.generation import Delta, Generation, RunningUsage
 from jllm.server.info_schemas import TokenizeRequest
 from jllm.server.middleware import public_id, request_id
@@ -37,6 +38,7 @@ from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, CompletionTokensDetails, TokenNames, UsageInfo, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
+from jllm.speculative import REQUEST_SUPPORT
 from jllm.tokenizer import Tokenizer
 
 
@@ -98,7 +100,15 @@ async def start_chat(
             reply,
             BeamGeneration.start(served.engine, engine_id, [prompt], params, beam, served.metrics, public, lora),
         )
-    generation = await Generation.start(served.engine, engine_id, [prompt], params, served.metrics, public, gate, lora)
+    thinking = reply.thinking(inputs.tokenizer)
+    if thinking is not None and inputs.speculative:
+        raise bad_request(
+            f"thinking_token_budget is not supported with speculative decoding: {REQUEST_SUPPORT}",
+            param="thinking_token_budget",
+        )
+    generation = await Generation.start(
+        served.engine, engine_id, [prompt], params, served.metrics, public, gate, lora, thinking
+    )
     return served, reply, generation
 
 

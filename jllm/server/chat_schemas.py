@@ -25,8 +25,10 @@ from jllm.server.schemas import (
     refuse_unsupported,
 )
 
-# reasoning_effort reaches the chat template (``InputProcessor.render_chat``)
-CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items() if name != "reasoning_effort"}
+# reasoning_effort reaches the chat template (``InputProcessor.render_chat``); thinking_token_budget the reply's
+# reasoning (``jllm.server.reasoning``)
+CHAT_FIELDS = ("reasoning_effort", "thinking_token_budget")
+CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items() if name not in CHAT_FIELDS}
 
 
 class TextPart(_Request):
@@ -175,6 +177,8 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     include_reasoning: bool = True  # false leaves the reasoning out (with a reasoning parser; else there is none)
     # the template variable of that name (gpt-oss's); refused where the model's template does not read it
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    # vLLM's: the reasoning cut at this many tokens by forcing its closing marker (-1: no limit; jllm.thinking_budget)
+    thinking_token_budget: int | None = Field(None, ge=-1)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")

@@ -23,6 +23,7 @@ from jllm.server.errors import bad_request
 from jllm.server.metrics import ModelMetrics, RequestTimer
 from jllm.server.schemas import UsageInfo
 from jllm.structured_output import GrammarGate
+from jllm.thinking_budget import ThinkingBudget
 
 
 @dataclass
@@ -97,10 +98,12 @@ class Generation:
         public_id: str,
         gate: GrammarGate | None = None,
         lora_request: LoRARequest | None = None,
+        thinking: ThinkingBudget | None = None,
     ) -> Generation:
         """Admits every prompt (checked by the engine's input door) or none: if one fails, the ones already
         admitted are aborted. ``gate``: what the request's grammar waits for (a thinking model's reasoning);
-        ``lora_request``: the LoRA adapter the request's ``model`` names.
+        ``lora_request``: the LoRA adapter the request's ``model`` names; ``thinking``: the reply's thinking budget
+        (forked for each further prompt).
 
         More sequences (prompts x n) than the queue can ever hold is a 400, not a 429: retrying would fail the same
         way."""
@@ -118,11 +121,12 @@ class Generation:
         if grammar is not None and gate is not None:
             grammar = grammar.gated(gate)
         grammars = [grammar] + [None if grammar is None else grammar.fork() for _ in prompts[1:]]
+        budgets = [thinking] + [None if thinking is None else thinking.fork() for _ in prompts[1:]]
         streams: list[RequestStream] = []
         try:
-            for i, (prompt, own) in enumerate(zip(prompts, grammars, strict=True)):
+            for i, (prompt, own, budget) in enumerate(zip(prompts, grammars, budgets, strict=True)):
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await engine.add_request(rid, prompt, params, own, lora_request))
+                streams.append(await engine.add_request(rid, prompt, params, own, lora_request, budget))
         except BaseException:
             for stream in streams:
                 engine.abort(stream.request_id)

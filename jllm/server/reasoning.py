@@ -27,6 +27,7 @@ from jllm.reasoning_parsers import HarmonyFormat, ReasoningFormat, ReasoningGate
 from jllm.server.chat_schemas import AssistantMessage, ChatCompletionRequest, DeltaToolCall
 from jllm.server.errors import bad_request
 from jllm.server.tools import ToolDeltas, ToolPlan
+from jllm.thinking_budget import ThinkingBudget
 from jllm.tokenizer import Tokenizer
 from jllm.tool_parsers.harmony import OpenAIParser
 
@@ -38,12 +39,20 @@ class ReplyPlan:
     tools: ToolPlan
     reasoning: ReasoningFormat | None
     include_reasoning: bool
+    thinking_budget: int | None = None  # thinking_token_budget: the reasoning's tokens before its end is forced
 
     @classmethod
     def of(cls, body: ChatCompletionRequest, server: ServerConfig, parser: str | None) -> ReplyPlan:
         """``parser``: the served model's ``reasoning_parser``. Refuses what this server cannot do beside it."""
         tools = ToolPlan.of(body, server)
         fmt = None if parser is None else reasoning_format(parser, body.chat_template_kwargs)
+        budget = None if body.thinking_token_budget in (None, -1) else body.thinking_token_budget
+        if budget is not None and fmt is None:
+            why = "is served without a reasoning_parser" if parser is None else "has its thinking switched off"
+            raise bad_request(
+                f"thinking_token_budget: the model {why}, so no reasoning is read to budget; leave it out",
+                param="thinking_token_budget",
+            )
         if isinstance(fmt, HarmonyFormat):  # calls kept as harmony messages for the openai parser, else content
             fmt = dataclasses.replace(fmt, calls=isinstance(tools.parser, OpenAIParser))
         if fmt is not None:
@@ -56,13 +65,19 @@ class ReplyPlan:
                     f"answer); {switch if fmt.switch else ''}leave {field} out",
                     param=field,
                 )
+            if isinstance(fmt, HarmonyFormat) and budget is not None:
+                raise bad_request(
+                    f"thinking_token_budget: the reasoning_parser {parser!r} ends reasoning by opening a final "
+                    "message, which a forced marker cannot write; leave thinking_token_budget out",
+                    param="thinking_token_budget",
+                )
             if body.logprobs and not body.include_reasoning:
                 raise bad_request(
                     "logprobs: with include_reasoning false the reasoning's tokens would still show in logprobs; "
                     "ask for one or the other",
                     param="logprobs",
                 )
-        return cls(tools, fmt, body.include_reasoning)
+        return cls(tools, fmt, body.include_reasoning, budget)
 
     @property
     def keep_special_tokens(self) -> bool:
@@ -73,6 +88,14 @@ class ReplyPlan:
         """What the request's grammar waits for, and what counts a reply's reasoning tokens: the reasoning's end
         (None: no reasoning format in force)."""
         return None if self.reasoning is None else ReasoningGate(self.reasoning, tokenizer.token_bytes)
+
+    def thinking(self, tokenizer: Tokenizer) -> ThinkingBudget | None:
+        """The reply's thinking budget (None: none asked for): its reasoning format's first closing marker forced
+        once the reasoning has taken ``thinking_budget`` tokens."""
+        if self.thinking_budget is None or self.reasoning is None:
+            return None
+        end_ids = tokenizer.encode(self.reasoning.ends[0], add_special_tokens=False)
+        return ThinkingBudget(ReasoningGate(self.reasoning, tokenizer.token_bytes), self.thinking_budget, end_ids)
 
     def reasoning_tokens(self, token_ids: list[int], tokenizer: Tokenizer) -> int | None:
         """A whole reply's reasoning tokens (None: no reasoning format in force)."""
