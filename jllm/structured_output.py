@@ -42,6 +42,7 @@ KINDS = ("json", "regex", "choice", "grammar", "json_object")  # vLLM's Structur
 # Compact JSON: no optional whitespace between tokens. A small model let free to emit whitespace tends to loop on
 # newlines until max_tokens, leaving the JSON unfinished; vLLM's ``disable_any_whitespace`` switches it back.
 JSON_OPTIONS = {"whitespace_flexible": False}
+JSON_KINDS = ("json", "json_object")  # the constraints whose whitespace JSON_OPTIONS or a whitespace_pattern shape
 # llguidance's parser limits for every grammar. Its default initial lexer fuel (1,000,000) lets one request's regex hold
 # the engine thread for its first mask: 0.26 s for `a{1000000}`, 0.56-0.97 s for `(a{1000}){1000}` on the default
 # model's tokenizer (2026-12-04, this repository's CPU machine). The fuel bounds an eager precomputation, past which the
@@ -61,6 +62,7 @@ class StructuredOutputsParams:
     grammar: str | None = None
     json_object: bool | None = None
     disable_any_whitespace: bool = True  # jllm's default is compact JSON (see JSON_OPTIONS); false allows whitespace
+    whitespace_pattern: str | None = None  # JSON's whitespace as this regex (vLLM's; over disable_any_whitespace)
 
     def __post_init__(self) -> None:
         given = [kind for kind in KINDS if getattr(self, kind) not in (None, False)]
@@ -91,8 +93,17 @@ class StructuredOutputsParams:
     def _compile(self) -> str:
         """The grammar, checked (without a tokenizer); ValueError names the key."""
         kind = self.kind
+        pattern = self.whitespace_pattern
+        if pattern is not None and (not isinstance(pattern, str) or not pattern or kind not in JSON_KINDS):
+            raise ValueError(
+                f"structured_outputs.whitespace_pattern must be a non-empty regex beside json or json_object, got "
+                f"{pattern!r} beside {kind}"
+            )
+        if pattern and (error := llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("regex", pattern))):
+            raise ValueError(f"structured_outputs.whitespace_pattern is invalid: {_brief(error)}")
+        options = {"whitespace_pattern": pattern} if pattern else JSON_OPTIONS if self.disable_any_whitespace else None
         try:
-            text = _grammar(kind, getattr(self, kind), self.disable_any_whitespace)
+            text = _grammar(kind, getattr(self, kind), options)
         except (ValueError, TypeError) as e:
             raise ValueError(f"structured_outputs.{kind} is invalid: {e}") from e
         error = llguidance.LLMatcher.validate_grammar(text, limits=GRAMMAR_LIMITS)
@@ -101,8 +112,8 @@ class StructuredOutputsParams:
         return text
 
 
-def _grammar(kind: str, value: Any, compact: bool) -> str:
-    options = JSON_OPTIONS if compact else None
+def _grammar(kind: str, value: Any, options: dict[str, Any] | None) -> str:
+    """``options``: llguidance's JSON compile options (whitespace), for the JSON kinds."""
     if kind == "json":
         schema = json.loads(value) if isinstance(value, str) else value
         if not isinstance(schema, dict):

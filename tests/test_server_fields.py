@@ -198,6 +198,8 @@ HONOURED = [
              lambda seen, _: seen.params.repetition_detection.max_pattern_size == 2),  # the loop: test_repetition.py
     Honoured("chat repetition_detection", {"repetition_detection": {"max_pattern_size": 2, "min_count": 2}},
              lambda seen, _: seen.params.repetition_detection.min_count == 2, chat=True),
+    Honoured("guided_whitespace_pattern", {"guided_json": {"type": "object"}, "guided_whitespace_pattern": "[ ]?"},
+             lambda seen, _: seen.params.structured_outputs.whitespace_pattern == "[ ]?"),  # masks: structured_output
     Honoured("chat bad_words", {"bad_words": ["zz"]}, lambda seen, _: seen.params.bad_words == ["zz"], chat=True),
     Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
              lambda seen, _: "token_offsets" not in _choice(seen)),
@@ -281,10 +283,11 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "cache_salt": ("", False),  # empty
     "bad_words": (["  "], False),  # a blank word
     "repetition_detection": ({"max_pattern_size": 4, "min_count": 1}, True),  # a "repeat" of one
+    "guided_whitespace_pattern": (" ", False),  # no JSON constraint to shape
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
-    "guided_decoding_backend": "xgrammar", "guided_whitespace_pattern": " ", "prompt_embeds": ["AAAA"],
+    "guided_decoding_backend": "xgrammar", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1,
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},
     "thinking_token_budget": 10, "spaces_between_special_tokens": False, "truncation_side": "right",

@@ -48,6 +48,29 @@ def test_choice_mask_allows_exactly_the_tokens_that_start_a_choice(compiler: Gra
     assert expected.sum() >= 2
 
 
+def _allowed_after(compiler: GrammarCompiler, engine, params: StructuredOutputsParams, text: str) -> set[str]:
+    """The texts of the tokens the grammar allows after ``text``."""
+    matcher = compiler.matcher(params)
+    for token in engine.tokenizer.encode(text, add_special_tokens=False):
+        assert not matcher.accept(token) and matcher.error is None
+    mask = fill_bitmask([(0, matcher, None)], 1, VOCAB_SIZE)
+    return {engine.tokenizer.decode([t]) for t in np.flatnonzero(_bits(mask[0], VOCAB_SIZE))}
+
+
+def test_a_whitespace_pattern_is_json_s_only_whitespace(compiler: GrammarCompiler, engine) -> None:
+    """vLLM's whitespace_pattern: compact JSON allows no whitespace after "{"; a pattern allows what it matches."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert _allowed_after(compiler, engine, StructuredOutputsParams(json=schema), "{") == {'"'}
+    newline = StructuredOutputsParams(json=schema, whitespace_pattern=r"\n")
+    assert _allowed_after(compiler, engine, newline, "{") == {'"', "\n"}
+    spaces = StructuredOutputsParams(json_object=True, whitespace_pattern="[ ]*")
+    assert " " in _allowed_after(compiler, engine, spaces, "{") - {"\n"}
+    with pytest.raises(ValueError, match=r"structured_outputs.whitespace_pattern is invalid: .*invalid regex \"\(\""):
+        StructuredOutputsParams(json=schema, whitespace_pattern="(")
+    with pytest.raises(ValueError, match="whitespace_pattern must be a non-empty regex beside json or json_object"):
+        StructuredOutputsParams(regex="a+", whitespace_pattern=" ")
+
+
 def test_allowed_token_ids_pack_into_their_bits() -> None:
     rng = np.random.default_rng(0)
     ids = rng.choice(1000, size=37, replace=False)

@@ -41,7 +41,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "logits_processors": (_NOTHING, "are not supported: custom code cannot run inside the compiled sampler"),
     "structural_tag": ((None,), "is not supported: structured output takes json, regex, choice and grammar"),
     "guided_decoding_backend": ((None, "auto", "guidance"), "names the grammar engine: this server has 'guidance'"),
-    "guided_whitespace_pattern": ((None,), "is not supported: structured JSON is compact (no optional whitespace)"),
     "prompt_embeds": (_NOTHING, "are not supported: prompts are text or token ids"),
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
     "media_io_kwargs": (_NOTHING, "is not supported: the served models take text only"),
@@ -71,7 +70,7 @@ _BEAM = "is not supported with use_beam_search: beams are ranked by their logpro
 # Fields a beam search cannot honour: (the values that ask for nothing, why a request asking more is refused)
 BEAM_SEARCH_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     **{name: ((None,), _BEAM) for name in ("seed", "allowed_token_ids", "guided_json", "guided_regex")},
-    **{name: ((None,), _BEAM) for name in ("guided_choice", "guided_grammar")},
+    **{name: ((None,), _BEAM) for name in ("guided_choice", "guided_grammar", "guided_whitespace_pattern")},
     "response_format": ((None, {"type": "text"}), _BEAM),
     **{name: (_NOTHING, _BEAM) for name in ("stop", "stop_token_ids", "logit_bias", "structured_outputs", "tools")},
     "bad_words": (_NOTHING, _BEAM),
@@ -216,6 +215,7 @@ class _GenerationRequest(_Request):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None  # vLLM's older name for structured_outputs.whitespace_pattern
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
     return_tokens_as_token_ids: bool | None = None  # vLLM's: logprobs name each token "token_id:<id>" (TokenNames)
     return_token_ids: bool | None = None  # vLLM's: token_ids (and prompt_token_ids) beside the text (WithTokenIds)
@@ -382,7 +382,16 @@ class _GenerationRequest(_Request):
             raise bad_request(
                 f"{names[1]}: give one structured-output constraint, got {', '.join(names)}", param=names[1]
             )
-        return next(iter(given.items()), ("structured_outputs", None))
+        source, constraint = next(iter(given.items()), ("structured_outputs", None))
+        if self.guided_whitespace_pattern is None:
+            return source, constraint
+        if constraint is None:
+            raise bad_request(
+                "guided_whitespace_pattern shapes a JSON constraint's whitespace: send one (guided_json, "
+                "response_format, structured_outputs), or leave it out",
+                param="guided_whitespace_pattern",
+            )
+        return source, {**constraint, "whitespace_pattern": self.guided_whitespace_pattern}
 
 
 def prompt_list(value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str | list[int]]:
