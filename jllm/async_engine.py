@@ -213,6 +213,7 @@ class AsyncEngine:
         grammar: GrammarMatcher | None = None,
         lora_request: LoRARequest | None = None,
         thinking: ThinkingBudget | None = None,
+        priority: int = 0,
     ) -> RequestStream:
         """Admits a prompt checked by ``inputs``; raises here (not in the stream) on a full queue, while draining,
         on a request id in use, or on a grammar llguidance cannot build for the tokenizer. A grammar's matcher is
@@ -220,6 +221,7 @@ class AsyncEngine:
         the first structured request, which builds llguidance's tokenizer, 5 s). ``grammar``: one built by
         ``grammar`` already, this request's own."""
         self._check_admission(request_id, params.n)
+        self.engine.check_priority(priority)
         if grammar is None and params.structured_outputs is not None:
             grammar = await self.grammar(params)
             self._check_admission(request_id, params.n)  # again: the queue may have filled meanwhile
@@ -227,7 +229,7 @@ class AsyncEngine:
 
         def add() -> None:
             try:
-                given = {"grammar": grammar, "lora_request": lora_request, "thinking": thinking}
+                given = {"grammar": grammar, "lora_request": lora_request, "thinking": thinking, "priority": priority}
                 self.engine.add_request(request_id, prompt, params, **{k: v for k, v in given.items() if v is not None})
             except Exception as e:  # handed to the caller, who maps it to a status
                 loop.call_soon_threadsafe(self._settle_add, request_id, e)

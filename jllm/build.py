@@ -303,7 +303,9 @@ def _lora_manager(
 
 # Scheduler keys that steer which tokens a step takes, never a program's shapes: a server started with another value
 # of them loads the same stored programs.
-_SCHEDULING_POLICY_KEYS = frozenset({"long_prefill_token_threshold", "prefill_alignment_min_tokens"})
+_SCHEDULING_POLICY_KEYS = frozenset(
+    {"long_prefill_token_threshold", "prefill_alignment_min_tokens", "scheduling_policy"}
+)
 
 
 def _engine_settings(config: EngineConfig) -> dict[str, object]:
@@ -349,6 +351,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         lora_slots=None if worker.runner.lora is None else worker.runner.lora.slots,
         state_slots=StateSlots(num_slots) if num_slots else None,
         speculative=sched.ngram,
+        policy=sched.scheduling_policy,
     )
     inputs = InputProcessor(
         worker.tokenizer,

@@ -25,6 +25,7 @@ LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3"]  # vLLM's names: auto = the model's dtype, fp8 = fp8_e4m3
 Pooling = Literal["last", "mean"]
+SchedulingPolicy = Literal["fcfs", "priority"]  # vLLM's --scheduling-policy (jllm.scheduler.SCHEDULING_POLICIES)
 Quantization = Literal["int8", "fp8"]  # vLLM's names (jllm.quantization)
 Fp8KernelCompute = Literal["fma", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_gemv_spec.COMPUTE (tested equal)
 Fp8KernelBackend = Literal["triton", "pallas"]  # jllm.quantization.QuantScheme.fp8_kernel_backend
@@ -107,6 +108,9 @@ class SchedulerConfig(Section):
     # at most half the way to the next has its newest prefill chunks shortened to end on it, rather than padded: once a
     # step is compute-bound a padded token costs what a real one does (jllm.scheduler); 0 = off
     prefill_alignment_min_tokens: int = 256
+    # vLLM's --scheduling-policy: fcfs (first come, first served) or priority (a request's priority, lower first, then
+    # its arrival; the least urgent running sequence is preempted first); requests may send a priority only with this
+    scheduling_policy: SchedulingPolicy = "fcfs"
     # Schedule and launch each step while the device still runs the one before (vLLM's --async-scheduling)
     async_scheduling: bool = True
     # Compile every step program a request can pick at start-up (warm-up), so no request waits on the compiler;

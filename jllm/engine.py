@@ -26,6 +26,7 @@ from jllm import sampler
 from jllm.bad_words import bad_word_ids
 from jllm.block_manager import BlockManager
 from jllm.classify import ClassifierHead
+from jllm.errors import InputError
 from jllm.inputs import InputProcessor, Prompt
 from jllm.loader import LoadedModel
 from jllm.lora.manager import LoRAManager
@@ -171,15 +172,18 @@ class LLMEngine:
         grammar: GrammarMatcher | None = None,
         lora_request: LoRARequest | None = None,
         thinking: ThinkingBudget | None = None,
+        priority: int = 0,
     ) -> None:
         """Queues a prompt that ``jllm.inputs`` has checked; ``params.n`` samples, each its own sequence.
         ``grammar``: the constraint's matcher, built beforehand off this thread (``GrammarCompiler.matcher``: a
         large grammar takes a second or more); else built here. ``lora_request``: its adapter (read here if new).
         ``thinking``: the reply's thinking budget (``jllm.thinking_budget``; the chat route builds it from the served
-        model's reasoning format), forked for each further sample as the grammar is."""
+        model's reasoning format), forked for each further sample as the grammar is. ``priority``: vLLM's (lower runs
+        first), only under the priority scheduling policy (``check_priority``)."""
         self._check_awake()
         if request_id in self.outputs.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        self.check_priority(priority)
         if lora_request is not None:
             self.add_lora(lora_request)
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**32))
@@ -201,11 +205,24 @@ class LLMEngine:
                 thinking=thinking if thinking is None or i == 0 else thinking.fork(),
                 lora_request=lora_request,
                 cache_salt=prompt.cache_salt,
+                priority=priority,
             )
             for i in range(params.n)
         ]
         self.outputs.add_request(request_id, prompt, params, seqs, arrival_time=now)
         self.scheduler.add(seqs)
+
+    def check_priority(self, priority: object) -> None:
+        """A request's ``priority``: an integer, and other than 0 only under the priority scheduling policy (vLLM's
+        rule: a priority the scheduler would ignore is refused)."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise InputError(f"priority must be an integer, got {priority!r}", param="priority")
+        if priority and self.scheduler.policy != "priority":
+            raise InputError(
+                f"priority={priority}: the engine schedules first come, first served; start it with "
+                "scheduling_policy: priority (--scheduling-policy priority) to order requests by priority",
+                param="priority",
+            )
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Frees the request's pages at once; returns its final output (finish_reason "abort")."""

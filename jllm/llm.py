@@ -77,21 +77,28 @@ class LLM:
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = True,
         lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
+        priority: Seq[int] | None = None,
     ) -> list[RequestOutput]:
         """Completes every prompt; outputs come back in input order. A bad prompt raises a ValueError naming its
         index before any runs. ``lora_request``: the LoRA adapter every prompt runs with, or one per prompt (None:
-        the base model), as vLLM's (needs ``enable_lora``)."""
+        the base model), as vLLM's (needs ``enable_lora``). ``priority``: one per prompt, lower first, as vLLM's
+        (needs ``scheduling_policy: priority``)."""
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
         prompts = _prompt_list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
         loras = _per_prompt_loras(lora_request, len(prompts))
+        priorities = [0] * len(prompts) if priority is None else list(priority)
+        if len(priorities) != len(prompts):
+            raise ValueError(f"priority has {len(priorities)} entries for {len(prompts)} prompts: give one per prompt")
+        for value in priorities:
+            self.engine.check_priority(value)
         checked = [self._checked(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
         request_ids = [f"req-{next(self._ids)}" for _ in prompts]
         for lora in dict.fromkeys(lora for lora in loras if lora is not None):  # every adapter read before any runs
             self.engine.add_lora(lora)
-        for rid, prompt, p, lora in zip(request_ids, checked, params, loras, strict=True):
-            self.engine.add_request(rid, prompt, p, lora_request=lora)
+        for rid, prompt, p, lora, urgency in zip(request_ids, checked, params, loras, priorities, strict=True):
+            self.engine.add_request(rid, prompt, p, lora_request=lora, priority=urgency)
         return self._run(request_ids, use_tqdm)
 
     def beam_search(

@@ -8,6 +8,11 @@ pool runs out, the newest running sequence is preempted by recompute: it drops i
 of the queue (its full pages stay in the prefix cache, so the recompute is often cheap). The oldest running sequence
 is never preempted for a newer one, so a sequence that fits the pool by itself always makes progress.
 
+vLLM's ``--scheduling-policy priority`` (``policy="priority"``): each request carries a ``priority`` (lower runs
+first; 0 by default), and both queues are kept in (priority, arrival) order instead: admission takes the most urgent
+waiting sequence first, and preemption takes the least urgent running one (the newest among equals). A preempted
+sequence goes back by its own priority and arrival, so it still runs before later arrivals of its priority.
+
 The device runs a step padded up to the next compiled step size (``step_sizes``: the runner's buckets, 256, 512,
 1024, 2048 tokens ...), and once a step is compute-bound a padded token costs as much as a real one: 32 decodes
 beside a 1,024-token prompt would run as 2,048. So a step that passes a step size by at most half the way to the
@@ -40,7 +45,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Collection
 from collections.abc import Sequence as Seq
@@ -51,6 +56,13 @@ from jllm.repetition import ends_in_repetition
 from jllm.sequence import ScheduledSequence, SchedulerOutput, Sequence, SequenceStatus
 from jllm.speculative import NgramProposer, NgramSpec
 from jllm.state_slots import StateSlots
+
+SCHEDULING_POLICIES = ("fcfs", "priority")  # vLLM's --scheduling-policy values
+
+
+def _urgency(seq: Sequence) -> tuple[int, float, int]:
+    """The priority policy's order: lower priority values first, then earlier arrivals, then sample order."""
+    return seq.priority, seq.arrival_time, seq.seq_id
 
 
 class Scheduler:
@@ -67,6 +79,7 @@ class Scheduler:
         lora_slots: LoRASlots | None = None,
         state_slots: StateSlots | None = None,
         speculative: NgramSpec | None = None,
+        policy: str = "fcfs",
     ) -> None:
         for name, value in [
             ("max_num_seqs", max_num_seqs),
@@ -77,6 +90,9 @@ class Scheduler:
                 raise ValueError(f"{name}={value} must be at least 1")
         if long_prefill_token_threshold < 0:
             raise ValueError(f"long_prefill_token_threshold={long_prefill_token_threshold} must be >= 0 (0 = off)")
+        if policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling policy {policy!r} is not one of {', '.join(SCHEDULING_POLICIES)}")
+        self.policy = policy
         self.block_manager = block_manager
         self.lora_slots = lora_slots
         self.state_slots = state_slots
@@ -91,7 +107,8 @@ class Scheduler:
         # the step token counts prefill chunks are shortened to end on (``_end_on_step_size``); () = never
         self.step_sizes = sorted(step_sizes)
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order: the last is the newest, preempted first
+        # in admission order ("priority": in (priority, arrival) order): the last is preempted first
+        self.running: list[Sequence] = []
         self._requests: dict[str, list[Sequence]] = {}  # unfinished requests' samples, by sample_index
         self._rejected: list[tuple[Sequence, str]] = []  # reported by the next schedule()
         self._num_preemptions = 0
@@ -134,7 +151,18 @@ class Scheduler:
                 self._rejected.append((seq, reason))
             return
         self._requests[request_id] = seqs
-        self.waiting.extend(seqs)
+        for seq in seqs:
+            self._enqueue(seq, front=False)
+
+    def _enqueue(self, seq: Sequence, *, front: bool) -> None:
+        """Into the waiting queue: at its end (or, preempted, its ``front``), or by (priority, arrival) under the
+        priority policy."""
+        if self.policy == "priority":
+            self.waiting.insert(bisect_right(self.waiting, _urgency(seq), key=_urgency), seq)
+        elif front:
+            self.waiting.appendleft(seq)
+        else:
+            self.waiting.append(seq)
 
     def _rejection_reason(self, seq: Sequence) -> str | None:
         """Why a request can never run: admitting it anyway could deadlock the pool."""
@@ -261,7 +289,10 @@ class Scheduler:
                 return
             del self.waiting[i]
             seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            if self.policy == "priority":  # its place among the running, so the least urgent is preempted first
+                self.running.insert(bisect_right(self.running, _urgency(seq), key=_urgency), seq)
+            else:
+                self.running.append(seq)
             out.scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
 
@@ -321,7 +352,7 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self._num_preemptions += 1
-        self.waiting.appendleft(seq)
+        self._enqueue(seq, front=True)
 
     def _ends_with_pending(self, seq: Sequence) -> bool:
         """The token a launched step is sampling ends ``seq`` by length: computing past it would be waste, and could

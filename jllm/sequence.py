@@ -58,6 +58,7 @@ class Sequence:
     thinking: ThinkingBudget | None = None  # thinking_token_budget: consumes each appended token, may force the next
     lora_request: LoRARequest | None = None  # the adapter it runs with (None: the base model)
     cache_salt: str | None = None  # its prompt's (vLLM's): its pages' hashes chain from the salt
+    priority: int = 0  # its request's (vLLM's): lower runs first under the priority scheduling policy
     lora_slot: int = 0  # its adapter's device slot while running (jllm.lora.slots; 0: none)
     state_slot: int = 0  # a hybrid model's recurrent state slot while running (jllm.state_slots; 0: none)
 

@@ -125,6 +125,7 @@ def fake_engine(
     step_seconds: float = 0.0,
     limits: LimitsConfig | None = None,
     tokenizer_dir: Path = TINY_TOKENIZER,
+    scheduling_policy: str = "fcfs",
 ) -> LLMEngine:
     """An ``LLMEngine`` over the scripted runner, the tiny tokenizer (or another of at most 512 ids) and a real
     scheduler and block manager."""
@@ -135,6 +136,7 @@ def fake_engine(
         max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=max_model_len,
         eos_token_ids=tokenizer.eos_token_ids,
+        policy=scheduling_policy,
     )
     inputs = InputProcessor(tokenizer, vocab_size=VOCAB_SIZE, max_model_len=max_model_len, limits=limits)
     runner = ScriptedRunner(script, step_seconds)

@@ -16,7 +16,9 @@ from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 _ids = itertools.count()
 
 
-def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, request_id: str | None = None):
+def make_request(
+    prompt: list[int], n: int = 1, max_tokens: int | None = 8, request_id: str | None = None, priority: int = 0
+):
     request_id = request_id or f"req{next(_ids)}"
     params = SamplingParams(max_tokens=max_tokens, n=n)
     return [
@@ -28,6 +30,7 @@ def make_request(prompt: list[int], n: int = 1, max_tokens: int | None = 8, requ
             sampling_params=params,
             arrival_time=0.0,
             sampling_seed=i,
+            priority=priority,
         )
         for i in range(n)
     ]
@@ -42,6 +45,7 @@ def make_scheduler(
     max_model_len=128,
     long_prefill=0,
     step_sizes=(),
+    policy="fcfs",
 ):
     bm = BlockManager(num_pages, page_size, caching)
     return Scheduler(
@@ -51,6 +55,7 @@ def make_scheduler(
         max_model_len=max_model_len,
         long_prefill_token_threshold=long_prefill,
         step_sizes=step_sizes,
+        policy=policy,
     )
 
 
@@ -314,6 +319,44 @@ def test_preemption_takes_newest_first_and_resumes_to_same_state() -> None:
     assert engine.bm.num_allocated_pages == 0
 
 
+def test_the_priority_policy_admits_the_most_urgent_waiting_request_first() -> None:
+    engine = FakeEngine(make_scheduler(max_num_seqs=1, policy="priority"))
+    for rid, priority in [("late", 5), ("urgent", 0), ("later", 5), ("soon", 1)]:
+        engine.add(make_request([1, 2, 3], max_tokens=2, request_id=rid, priority=priority))
+    order = []
+    while engine.sched.has_unfinished():
+        order += [s.seq.request_id for s in engine.step().scheduled if s.seq.request_id not in order]
+    assert order == ["urgent", "soon", "late", "later"]  # equal priorities keep their arrival order
+
+
+def test_the_priority_policy_preempts_the_least_urgent_running_sequence_even_the_oldest() -> None:
+    sched = make_scheduler(num_pages=7, page_size=4, max_num_seqs=3, policy="priority")  # 6 usable pages
+    engine = FakeEngine(sched)
+    x, y, z = (
+        make_request([i] * 8, max_tokens=12, request_id=r, priority=p)[0]
+        for i, r, p in [(0, "x", 9), (1, "y", 0), (2, "z", 1)]
+    )
+    for seq in (x, y, z):
+        engine.add([seq])
+    assert chunks(engine.step()) == [("y", 8), ("z", 8), ("x", 8)]  # admitted most urgent first
+    out = engine.step()  # y's 9th token needs a page: x, the least urgent (and the oldest), goes
+    assert out.preempted == [x] and chunks(out) == [("y", 1), ("z", 1)]
+    assert sched.waiting[0] is x
+    engine.run_until_done()
+    assert y.num_preemptions == 0 and all(s.status is SequenceStatus.FINISHED_LENGTH for s in (x, y, z))
+    fcfs = FakeEngine(make_scheduler(num_pages=7, page_size=4, max_num_seqs=3))  # the default: the newest goes
+    seqs = [make_request([i] * 8, max_tokens=12, request_id=r)[0] for i, r in enumerate("xyz")]
+    for seq in seqs:
+        fcfs.add([seq])
+    fcfs.step()
+    assert fcfs.step().preempted == [seqs[2]]
+
+
+def test_an_unknown_scheduling_policy_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="scheduling policy 'lifo' is not one of fcfs, priority"):
+        make_scheduler(policy="lifo")
+
+
 def test_sequence_filling_the_pool_alone_always_progresses() -> None:
     sched = make_scheduler(num_pages=5, page_size=4, budget=8, max_model_len=64)  # 16 tokens of KV
     engine = FakeEngine(sched)
@@ -393,17 +436,23 @@ CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_le
 ]
 
 
-# pipelined (the engine's async scheduling) with and without the step-size alignment; unpipelined without
-@pytest.mark.parametrize(("pipelined", "aligned"), [(False, False), (True, False), (True, True)])
+# pipelined (the engine's async scheduling) with and without the step-size alignment; unpipelined without; the
+# priority policy (random priorities) pipelined
+@pytest.mark.parametrize(
+    ("pipelined", "aligned", "policy"),
+    [(False, False, "fcfs"), (True, False, "fcfs"), (True, True, "fcfs"), (True, False, "priority")],
+)
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("config", CONFIGS)
 def test_random_workload_keeps_invariants_and_finishes(
-    config: tuple, seed: int, pipelined: bool, aligned: bool
+    config: tuple, seed: int, pipelined: bool, aligned: bool, policy: str
 ) -> None:
     num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill = config
     rng = random.Random(seed)
     sizes = [b.num_tokens for b in step_buckets(budget, max_num_seqs)] if aligned else []
-    sched = make_scheduler(num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill, sizes)
+    sched = make_scheduler(
+        num_pages, page_size, caching, max_num_seqs, budget, max_model_len, long_prefill, sizes, policy
+    )
     engine = FakeEngine(sched, rng, stop_prob=0.05, pipelined=pipelined)
     prefixes = [[rng.randrange(5) for _ in range(rng.randrange(1, 3 * page_size))] for _ in range(3)]
     requests: list[list[Sequence]] = []
@@ -412,7 +461,8 @@ def test_random_workload_keeps_invariants_and_finishes(
             prompt = rng.choice(prefixes) + [rng.randrange(5) for _ in range(rng.randrange(max_model_len // 2))]
             prompt = prompt[: rng.randrange(1, max_model_len + 2)]
             max_tokens = rng.choice([None, rng.randrange(1, max_model_len // 2), rng.randrange(1, 2 * max_model_len)])
-            seqs = make_request(prompt, n=rng.randrange(1, 4), max_tokens=max_tokens)
+            priority = rng.randrange(3) if policy == "priority" else 0
+            seqs = make_request(prompt, n=rng.randrange(1, 4), max_tokens=max_tokens, priority=priority)
             requests.append(seqs)
             engine.add(seqs)
         if requests and rng.random() < 0.03:

@@ -284,11 +284,12 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "bad_words": (["  "], False),  # a blank word
     "repetition_detection": ({"max_pattern_size": 4, "min_count": 1}, True),  # a "repeat" of one
     "guided_whitespace_pattern": (" ", False),  # no JSON constraint to shape
+    "priority": (1, False),  # this server schedules first come, first served (test_priority_scheduling.py)
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
     "guided_decoding_backend": "xgrammar", "prompt_embeds": ["AAAA"],
-    "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}}, "priority": 1,
+    "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}},
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},
     "thinking_token_budget": 10, "spaces_between_special_tokens": False, "truncation_side": "right",
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
@@ -323,9 +324,9 @@ def _send(server: RunningServer, engine: LLMEngine, body: dict, chat: bool, monk
     added: list[tuple[Prompt, SamplingParams]] = []
     add_request = engine.add_request
 
-    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None) -> None:
+    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None, **options: Any) -> None:
         added.append((prompt, params))
-        add_request(request_id, prompt, params, grammar)
+        add_request(request_id, prompt, params, grammar, **options)
 
     monkeypatch.setattr(engine, "add_request", spy)
     path = "/v1/chat/completions" if chat else "/v1/completions"

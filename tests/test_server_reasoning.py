@@ -253,9 +253,9 @@ def prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     add = engine.add_request
 
-    def spy(request_id: str, prompt: Prompt, *args: object) -> None:
+    def spy(request_id: str, prompt: Prompt, *args: object, **options: object) -> None:
         seen.append(prompt.text or "")
-        add(request_id, prompt, *args)
+        add(request_id, prompt, *args, **options)
 
     monkeypatch.setattr(engine, "add_request", spy)
     return seen

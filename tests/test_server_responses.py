@@ -88,9 +88,9 @@ def prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     add_request = engine.add_request
 
-    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None) -> None:
+    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None, **options: Any) -> None:
         seen.append(prompt.text or "")
-        add_request(request_id, prompt, params, grammar)
+        add_request(request_id, prompt, params, grammar, **options)
 
     monkeypatch.setattr(engine, "add_request", spy)
     return seen

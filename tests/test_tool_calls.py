@@ -572,9 +572,9 @@ def test_tools_and_tool_history_reach_the_template(
     seen: list[Prompt] = []
     add = engine.add_request
 
-    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None) -> None:
+    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None, **options: Any) -> None:
         seen.append(prompt)
-        add(request_id, prompt, params, grammar)
+        add(request_id, prompt, params, grammar, **options)
 
     monkeypatch.setattr(engine, "add_request", spy)
     call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}

@@ -107,7 +107,7 @@ async def start_chat(
             param="thinking_token_budget",
         )
     generation = await Generation.start(
-        served.engine, engine_id, [prompt], params, served.metrics, public, gate, lora, thinking
+        served.engine, engine_id, [prompt], params, served.metrics, public, gate, lora, thinking, priority=body.priority
     )
     return served, reply, generation
 

@@ -64,7 +64,9 @@ async def start_completion(
             prompts,
             BeamGeneration.start(served.engine, engine_id, prompts, params, beam, served.metrics, public, lora),
         )
-    generation = await Generation.start(served.engine, engine_id, prompts, params, served.metrics, public, None, lora)
+    generation = await Generation.start(
+        served.engine, engine_id, prompts, params, served.metrics, public, None, lora, priority=body.priority
+    )
     return served, prompts, generation
 
 

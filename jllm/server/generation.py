@@ -99,11 +99,13 @@ class Generation:
         gate: GrammarGate | None = None,
         lora_request: LoRARequest | None = None,
         thinking: ThinkingBudget | None = None,
+        *,
+        priority: int = 0,
     ) -> Generation:
         """Admits every prompt (checked by the engine's input door) or none: if one fails, the ones already
         admitted are aborted. ``gate``: what the request's grammar waits for (a thinking model's reasoning);
         ``lora_request``: the LoRA adapter the request's ``model`` names; ``thinking``: the reply's thinking budget
-        (forked for each further prompt).
+        (forked for each further prompt); ``priority``: vLLM's, for the priority scheduling policy.
 
         More sequences (prompts x n) than the queue can ever hold is a 400, not a 429: retrying would fail the same
         way."""
@@ -126,7 +128,7 @@ class Generation:
         try:
             for i, (prompt, own, budget) in enumerate(zip(prompts, grammars, budgets, strict=True)):
                 rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-                streams.append(await engine.add_request(rid, prompt, params, own, lora_request, budget))
+                streams.append(await engine.add_request(rid, prompt, params, own, lora_request, budget, priority))
         except BaseException:
             for stream in streams:
                 engine.abort(stream.request_id)

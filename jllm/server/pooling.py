@@ -23,7 +23,7 @@ from jllm.server.state import ServerState
 
 # Fields of vLLM's pooling requests this server cannot honour: (the values that ask for nothing, why more is refused)
 UNSUPPORTED_POOLING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "priority": ((None, 0), "is not supported: this server schedules first come, first served"),
+    "priority": ((None, 0), "is not supported on this route: chat and completions requests take it"),
     "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "padding": ((None, "do_not_pad"), "is not supported: inputs are run unpadded"),
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),

@@ -44,7 +44,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "prompt_embeds": (_NOTHING, "are not supported: prompts are text or token ids"),
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
     "media_io_kwargs": (_NOTHING, "is not supported: the served models take text only"),
-    "priority": ((None, 0), "is not supported: this server schedules first come, first served"),
     "kv_transfer_params": (_NOTHING, "is not supported: this server does not disaggregate prefill and decode"),
     "ec_transfer_params": (_NOTHING, "is not supported: this server has no encoder cache"),
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
@@ -76,6 +75,7 @@ BEAM_SEARCH_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "bad_words": (_NOTHING, _BEAM),
     "repetition_detection": ((None,), _BEAM),
     "thinking_token_budget": ((None, -1), _BEAM),
+    "priority": ((None, 0), _BEAM),
     "top_p": ((None, 1, 1.0), _BEAM),
     "top_k": ((None, -1, 0), _BEAM),
     "min_p": ((None, 0, 0.0), _BEAM),
@@ -221,6 +221,7 @@ class _GenerationRequest(_Request):
     return_token_ids: bool | None = None  # vLLM's: token_ids (and prompt_token_ids) beside the text (WithTokenIds)
     cache_salt: str | None = None  # vLLM's: the prompt's prefix-cache pages shared only with the same salt's
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
+    priority: int = 0  # vLLM's: lower runs first, under the priority scheduling policy only (LLMEngine.check_priority)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
     # vLLM's beam search (jllm.beam_search): n beams, the n best returned, each ranked by its cumulative logprob over
