@@ -345,8 +345,9 @@ class LLMEngine:
 
     @staticmethod
     def _masks_wait_for(launched: LaunchedStep) -> bool:
-        """A grammar's (or a bad word's) next mask follows from the token this step samples: the next step's sampler
-        waits for it, its forward does not (``ModelRunner.launch``'s ``before_sampling``)."""
+        """A grammar's next mask (a multi-token bad word's, a thinking budget's) follows from the token this step
+        samples: the next step's sampler waits for it, its forward does not (``ModelRunner.launch``'s
+        ``before_sampling``)."""
         return any(sampler.mask_follows_tokens(s.seq) for s in launched.output.scheduled)
 
     def _process(self, launched: LaunchedStep) -> dict[str, None]:

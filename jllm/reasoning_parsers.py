@@ -86,6 +86,11 @@ class ReasoningStream:
         """Whether the reasoning is over (its closing marker seen, or the reply had none)."""
         return self._state == "content"
 
+    @property
+    def reasoning(self) -> bool:
+        """Whether the reply is inside its reasoning: opened by its marker, or by the template (``implicit``)."""
+        return self._state == "reasoning" or (self._state == "start" and self.format.implicit)
+
     def count_token(self, text: str) -> int:
         """Feeds one token's text: 1 if it is the reasoning's (a token that ends the reasoning counts too), else 0."""
         reasoning = self._state == "reasoning"
@@ -263,6 +268,12 @@ class ReasoningGate:
     def ended(self) -> bool:
         """Whether the reasoning is over (a grammar's gate opens, a thinking budget has nothing left to force)."""
         return self._stream.ended
+
+    @property
+    def reasoning(self) -> bool:
+        """Whether the reply is inside its reasoning now (a thinking budget forces its end only there); harmony's
+        messages are never budgeted."""
+        return isinstance(self._stream, ReasoningStream) and self._stream.reasoning
 
     def opens_after(self, token_id: int) -> bool:
         if not self._stream.ended:  # markers are whole characters

@@ -3,7 +3,8 @@ marker, so the reply goes on to its answer instead of reasoning until ``max_toke
 
 A sample's ``ThinkingBudget`` reads each token it generates through a ``ReasoningGate`` (the served model's reasoning
 format: where the reasoning ends, and how many tokens it took, its markers included, as usage's reasoning_tokens
-counts them). Once the reasoning has taken ``budget`` tokens and not closed, the sampler's mask allows only the
+counts them). Once an open reasoning (opened by its marker, or by the chat template where the format says so) has
+taken ``budget`` tokens and not closed, the sampler's mask allows only the
 closing marker's tokens, one a step (vLLM's ``ThinkingTokenBudgetLogitsProcessor`` sets the same tokens). The model
 then reads its own ``</think>`` and answers. Which token is forced follows from the last one, so under async
 scheduling the mask waits for it as a grammar's does (``jllm.sampler.mask_follows_tokens``).
@@ -38,8 +39,8 @@ class ThinkingBudget:
         return not self.gate.ended
 
     def forced(self) -> int | None:
-        """The only token the next step may sample, or None (the reasoning is over or within its budget)."""
-        if self.gate.ended or self._forced == len(self.end_ids):
+        """The only token the next step may sample, or None (no reasoning open, or within its budget)."""
+        if not self.gate.reasoning or self._forced == len(self.end_ids):
             return None
         if self._forced or self.gate.tokens >= self.budget:
             return self.end_ids[self._forced]

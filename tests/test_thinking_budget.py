@@ -48,6 +48,22 @@ def test_a_budget_of_zero_closes_at_once_and_a_closed_reasoning_is_left_alone(to
     assert not roomy.holds
 
 
+def test_where_the_reply_may_not_reason_nothing_is_forced_until_its_reasoning_opens(tokenizer) -> None:
+    """GLM-4.5's format: the reasoning opens only with a written <think>; a reply that answers at once is free."""
+    fmt = reasoning_format("glm45")
+    end = tokenizer.encode("</think>", add_special_tokens=False)
+    answer = ThinkingBudget(ReasoningGate(fmt, tokenizer.token_bytes), 0, end)
+    assert answer.forced() is None  # nothing read: it may or may not open
+    for token in tokenizer.encode("Four.", add_special_tokens=False):
+        answer.accept(token)
+        assert answer.forced() is None
+    thinks = ThinkingBudget(ReasoningGate(fmt, tokenizer.token_bytes), 0, end)
+    for token in tokenizer.encode("<think>", add_special_tokens=False):
+        assert thinks.forced() is None
+        thinks.accept(token)
+    assert thinks.forced() == end[0]  # opened, with no budget: its end at once
+
+
 def test_forks_go_on_alone(tokenizer) -> None:
     budget = _budget(tokenizer, 2)
     a = tokenizer.encode("a", add_special_tokens=False)[0]
