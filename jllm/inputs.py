@@ -18,7 +18,7 @@ from typing import Any
 from jllm.bad_words import bad_word_ids
 from jllm.config import LimitsConfig
 from jllm.errors import ContextLengthError, InputError
-from jllm.sampling import SamplingParams
+from jllm.sampling import TRUNCATION_SIDES, SamplingParams
 from jllm.speculative import check_request
 from jllm.tokenizer import Tokenizer
 
@@ -95,14 +95,16 @@ class InputProcessor:
         check_token_ids(token_ids, self.vocab_size, param)
         return Prompt(token_ids, self.tokenizer.decode(token_ids) if with_text else None, salt)
 
-    def truncate(self, prompt: Prompt, keep: int | None) -> Prompt:
-        """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: the model's context length); the
-        text of a truncated prompt is what its kept tokens decode to."""
+    def truncate(self, prompt: Prompt, keep: int | None, side: str = "left") -> Prompt:
+        """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: the model's context length), or with
+        ``truncation_side`` "right" the first; the text of a truncated prompt is what its kept tokens decode to."""
+        if side not in TRUNCATION_SIDES:
+            raise InputError(f"truncation_side must be 'left' or 'right', got {side!r}", param="truncation_side")
         if keep == -1:
             keep = self.max_model_len
         if keep is None or len(prompt.token_ids) <= keep:
             return prompt
-        token_ids = prompt.token_ids[-keep:]
+        token_ids = prompt.token_ids[-keep:] if side == "left" else prompt.token_ids[:keep]
         text = None if prompt.text is None else self.tokenizer.decode(token_ids)
         return replace(prompt, token_ids=token_ids, text=text)
 
@@ -250,7 +252,7 @@ class InputProcessor:
         """``encode``, ``truncate`` then ``check``: what a front end calls for each prompt before handing it to the
         engine (a rendered chat ``Prompt`` goes through the same truncation and checks)."""
         encoded = self.encode(prompt, with_text=with_text, add_special_tokens=add_special_tokens, param=param)
-        truncated = self.truncate(encoded, params.truncate_prompt_tokens)
+        truncated = self.truncate(encoded, params.truncate_prompt_tokens, params.truncation_side)
         self.check(truncated, params, param=param)
         return truncated
 
@@ -260,17 +262,20 @@ class InputProcessor:
         *,
         add_special_tokens: bool = True,
         truncate_prompt_tokens: int | None = None,
+        truncation_side: str = "left",
         param: str = "prompt",
     ) -> Prompt:
-        """A prompt run once over, nothing generated (hidden states, embeddings): encoded, truncated as asked, then
-        at least one token and at most the model's context length."""
+        """A prompt run once over, nothing generated (hidden states, embeddings): encoded, truncated as asked (its
+        last tokens kept, or its first with ``truncation_side`` "right"), then at least one token and at most the
+        model's context length."""
         keep = truncate_prompt_tokens
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or (keep < 1 and keep != -1)):
             raise InputError(
                 f"truncate_prompt_tokens must be at least 1, or -1 (the context length), got {keep!r}",
                 param="truncate_prompt_tokens",
             )
-        encoded = self.truncate(self.encode(prompt, add_special_tokens=add_special_tokens, param=param), keep)
+        encoded = self.encode(prompt, add_special_tokens=add_special_tokens, param=param)
+        encoded = self.truncate(encoded, keep, truncation_side)
         num_prompt = len(encoded.token_ids)
         if not num_prompt:
             raise InputError(f"{param} is empty: give at least one token", param=param)

@@ -27,6 +27,7 @@ SAMPLING_EPS = 1e-5  # temperatures below this mean greedy (vLLM's _SAMPLING_EPS
 MIN_TEMPERATURE = 1e-2  # smaller positive temperatures are raised to this: logits / 1e-5 overflow to inf/NaN
 MAX_LOGPROBS = 20  # the most top logprobs one token may ask for (OpenAI's limit)
 MAX_INT32 = 2**31 - 1  # top_k and token ids go to the device as int32: a larger one would kill the step loop
+TRUNCATION_SIDES = ("left", "right")  # vLLM's truncation_side: "left" keeps a prompt's last tokens, "right" its first
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as vLLM and OpenAI accept
 MAX_LOGIT_BIAS = (
     1024  # entries per request: the general sampler's logit-bias width (one shape, whatever a request sends)
@@ -88,6 +89,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False  # also shows the text of a stop token (EOS or a stop id), as vLLM
     spaces_between_special_tokens: bool = True  # vLLM's; only the default is supported
     truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: the model's context length)
+    truncation_side: str = "left"  # vLLM's: "right" keeps the first truncate_prompt_tokens tokens instead
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE  # LLM.generate asks for FINAL_ONLY
     logit_bias: dict[int, float] | None = None  # OpenAI's: token id -> bias in [-100, 100] added to its logit
     allowed_token_ids: list[int] | None = None  # vLLM's: only these ids may be sampled
@@ -158,6 +160,8 @@ class SamplingParams:
             _check_int("seed", self.seed, *SEED_RANGE)
 
     def _validate_lengths(self) -> None:
+        if self.truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation_side must be 'left' or 'right', got {self.truncation_side!r}")
         if self.truncate_prompt_tokens is not None and self.truncate_prompt_tokens != -1:
             _check_int(
                 "truncate_prompt_tokens", self.truncate_prompt_tokens, low=1, hint="at least 1, or -1 (the context)"

@@ -59,6 +59,7 @@ def pair_prompts(
     seconds: Seq[str],
     truncate_prompt_tokens: int | None = None,
     names: tuple[str, str] = ("text_1", "text_2"),
+    truncation_side: str = "left",
 ) -> list[Prompt]:
     """One prompt per pair (a single first text paired with every second one), checked by the input door."""
     firsts = list(firsts) * len(seconds) if len(firsts) == 1 else list(firsts)
@@ -67,7 +68,12 @@ def pair_prompts(
     for i, (first, second) in enumerate(zip(firsts, seconds, strict=True)):
         ids = tokenizer.encode_pair(first, second) if head.separate_pair else tokenizer.encode(first + second)
         param = names[1] if len(seconds) == 1 else f"{names[1]}[{i}]"
-        prompts.append(inputs.process_whole(Prompt(ids), truncate_prompt_tokens=truncate_prompt_tokens, param=param))
+        prompt = Prompt(ids)
+        prompts.append(
+            inputs.process_whole(
+                prompt, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side, param=param
+            )
+        )
     return prompts
 
 
@@ -76,11 +82,15 @@ def text_prompts(
     texts: Seq[str],
     name: str,
     truncate_prompt_tokens: int | None = None,
+    truncation_side: str = "left",
 ) -> list[Prompt]:
     """A bi-encoder's prompts: each text alone, checked by the input door."""
     return [
         inputs.process_whole(
-            text, truncate_prompt_tokens=truncate_prompt_tokens, param=name if len(texts) == 1 else f"{name}[{i}]"
+            text,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            truncation_side=truncation_side,
+            param=name if len(texts) == 1 else f"{name}[{i}]",
         )
         for i, text in enumerate(texts)
     ]

@@ -88,6 +88,18 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(inputs: InputProcessor) ->
         inputs.process(text, SamplingParams(max_tokens=None, truncate_prompt_tokens=-1))
 
 
+def test_truncation_side_right_keeps_the_first_tokens(inputs: InputProcessor) -> None:
+    ids = list(range(10, 40))
+    right = SamplingParams(max_tokens=4, truncate_prompt_tokens=5, truncation_side="right")
+    assert inputs.process(ids, right, with_text=True) == Prompt(ids[:5], inputs.tokenizer.decode(ids[:5]))
+    whole = inputs.process_whole(ids, truncate_prompt_tokens=3, truncation_side="right")
+    assert whole.token_ids == ids[:3]
+    with pytest.raises(ValueError, match="truncation_side must be 'left' or 'right', got 'middle'"):
+        SamplingParams(truncation_side="middle")
+    with pytest.raises(InputError, match="truncation_side must be 'left' or 'right'"):
+        inputs.process_whole(ids, truncate_prompt_tokens=3, truncation_side="up")
+
+
 def test_add_special_tokens_false_leaves_out_what_the_tokenizer_adds() -> None:
     from tokenizers.processors import TemplateProcessing
 

@@ -145,6 +145,7 @@ def test_vllms_extra_fields_are_honoured(server, engines) -> None:
         ({"normalize": False}, ids, False),
         ({"use_activation": False}, ids, False),
         ({"truncate_prompt_tokens": 2}, ids[-2:], True),
+        ({"truncate_prompt_tokens": 2, "truncation_side": "right"}, ids[:2], True),
         (
             {"add_special_tokens": False},
             engines["a"].inputs.encode("hello there", add_special_tokens=False).token_ids,
@@ -173,8 +174,8 @@ def test_vllms_extra_fields_are_honoured(server, engines) -> None:
         ({"add_generation_prompt": True}, "add_generation_prompt", "not supported for embeddings"),
         ({"continue_final_message": True}, "continue_final_message", "not supported for embeddings"),
         ({"embed_dtype": "float16"}, "embed_dtype", "must be float32"),
-        ({"priority": 1}, "priority", "first come, first served"),
-        ({"truncation_side": "right"}, "truncation_side", "must be 'left'"),
+        ({"priority": 1}, "priority", "chat and completions requests take it"),
+        ({"truncation_side": "middle"}, "truncation_side", "'left' or 'right'"),
         ({"padding": "max_length"}, "padding", "unpadded"),
         ({"encoding_format": "bytes"}, "encoding_format", "'float' or 'base64'"),
         ({"input": []}, "input", "input is empty"),

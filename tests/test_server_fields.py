@@ -178,6 +178,8 @@ HONOURED = [
              lambda seen, _: seen.prompt.token_ids == [26, 27, 28, 29]),
     Honoured("truncation_side", {"prompt": [5, 6, 7], "truncate_prompt_tokens": 2, "truncation_side": "left"},
              lambda seen, _: seen.prompt.token_ids == [6, 7]),
+    Honoured("truncation_side right", {"prompt": [5, 6, 7], "truncate_prompt_tokens": 2, "truncation_side": "right"},
+             lambda seen, _: seen.prompt.token_ids == [5, 6]),
     Honoured("prompt_logprobs", {"prompt_logprobs": 1},
              lambda seen, _: _prompt_logprobs_follow_the_script(_choice(seen)["prompt_logprobs"], seen.prompt)),
     Honoured("add_special_tokens", {"add_special_tokens": False},  # the test tokenizer adds BOS (1) by default
@@ -291,7 +293,7 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "guided_decoding_backend": "xgrammar", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}},
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},
-    "thinking_token_budget": 10, "spaces_between_special_tokens": False, "truncation_side": "right",
+    "thinking_token_budget": 10, "spaces_between_special_tokens": False,
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
     "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
     "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True, "verbosity": "low",

@@ -98,6 +98,11 @@ def test_classify_gives_each_inputs_probabilities_label_and_usage(server, engine
         np.testing.assert_allclose(raw["data"][0]["probs"], logits(CLASSES, prompt), rtol=1e-6)
     cut = post(server, "/classify", {"model": "cls", "input": "good movie", "truncate_prompt_tokens": 2}).json()
     assert cut["usage"]["prompt_tokens"] == 2
+    first = {"model": "cls", "input": prompt, "truncate_prompt_tokens": 2, "truncation_side": "right"}
+    head = post(server, "/classify", first).json()  # the first two tokens kept
+    row = logits(CLASSES, prompt[:2])
+    expected = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+    np.testing.assert_allclose(head["data"][0]["probs"], expected, rtol=1e-5)
     assert set(engines["cls"].encoder.threads) == {"jllm-engine"}
     assert post(server, "/classify", {"model": "nope", "input": "hi"}).status == 404
 
@@ -192,9 +197,9 @@ GOOD = {
     "/rerank": {"model": "ce", "query": "q", "documents": ["a", "b"]},
 }
 POOLING_FIELDS = [
-    ({"priority": 1}, "priority", "first come, first served"),
+    ({"priority": 1}, "priority", "chat and completions requests take it"),
     ({"padding": "max_length"}, "padding", "unpadded"),
-    ({"truncation_side": "right"}, "truncation_side", "must be 'left'"),
+    ({"truncation_side": "middle"}, "truncation_side", "'left' or 'right'"),
     ({"mm_processor_kwargs": {"a": 1}}, "mm_processor_kwargs", "text only"),
     ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens", "at least 1"),
     ({"use_activation": "yes"}, "use_activation", "valid boolean"),

@@ -56,7 +56,7 @@ async def create_classification(request: web.Request) -> web.Response:
     head = require_classifier(served.engine.classifier, body.model or served.name)
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size(body.input, "input")
-    args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens)
+    args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens, body.truncation_side)
     prompts = await state.host_work.run(chars, input_prompts, *args)
     token_ids = [p.token_ids for p in prompts]
     logits = await in_groups(served, token_ids, lambda engine, chunk: list(head.logits(engine.encoder, chunk)))

@@ -92,7 +92,7 @@ async def create_embedding(request: web.Request) -> web.Response:
         raise served.engine.classifier.cannot("embed text", body.model or served.name, offline=False)
     inputs = served.engine.inputs
     chars = inputs.check_prompt_size(body.input, "input")
-    args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens)
+    args = (inputs, body.input, body.add_special_tokens, body.truncate_prompt_tokens, body.truncation_side)
     prompts = await state.host_work.run(chars, input_prompts, *args)
     token_ids = [p.token_ids for p in prompts]
     how, unit_norm = served.entry.config.model.pooling, body.unit_norm

@@ -10,7 +10,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -24,7 +24,6 @@ from jllm.server.state import ServerState
 # Fields of vLLM's pooling requests this server cannot honour: (the values that ask for nothing, why more is refused)
 UNSUPPORTED_POOLING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "priority": ((None, 0), "is not supported on this route: chat and completions requests take it"),
-    "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "padding": ((None, "do_not_pad"), "is not supported: inputs are run unpadded"),
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
 }
@@ -51,6 +50,7 @@ class PoolingRequest(_Request):
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     request_id: str | None = None  # the response's id when no X-Request-Id header names one
     truncate_prompt_tokens: int | None = None  # keep the last k tokens of each prompt (-1: the context length)
+    truncation_side: Literal["left", "right"] = "left"  # vLLM's: "right" keeps each prompt's first k instead
     use_activation: bool | None = None  # None: true
     cache_salt: str | None = Field(None, min_length=1, max_length=1024)  # these never read the prefix cache
 
@@ -96,6 +96,7 @@ def input_prompts(
     value: str | list[str] | list[int] | list[list[int]],
     add_special_tokens: bool,
     truncate_prompt_tokens: int | None,
+    truncation_side: str = "left",
 ) -> list[Prompt]:
     """An ``input`` field's prompts through the input door (run on ``HostWork``: long inputs take a while to
     encode); a bad one is a 400 naming ``input`` or its index."""
@@ -105,6 +106,7 @@ def input_prompts(
             entry,
             add_special_tokens=add_special_tokens,
             truncate_prompt_tokens=truncate_prompt_tokens,
+            truncation_side=truncation_side,
             param="input" if len(entries) == 1 else f"input[{i}]",
         )
         for i, entry in enumerate(entries)

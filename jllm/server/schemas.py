@@ -52,7 +52,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
         "applies to chat completions, where the model's reasoning_parser reads the reply",
     ),
     "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
-    "truncation_side": ((None, "left"), "must be 'left' (keep the last truncate_prompt_tokens tokens)"),
     "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
     "reasoning_effort": ((None,), "reaches a chat template, so chat completions alone take it"),
     # OpenAI's fields that ask for what this server does not do (ignoring them would answer something else)
@@ -221,6 +220,7 @@ class _GenerationRequest(_Request):
     return_token_ids: bool | None = None  # vLLM's: token_ids (and prompt_token_ids) beside the text (WithTokenIds)
     cache_salt: str | None = None  # vLLM's: the prompt's prefix-cache pages shared only with the same salt's
     truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
+    truncation_side: Literal["left", "right"] | None = None  # vLLM's: "right" keeps the first k instead
     priority: int = 0  # vLLM's: lower runs first, under the priority scheduling policy only (LLMEngine.check_priority)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
@@ -293,6 +293,7 @@ class _GenerationRequest(_Request):
             name: getattr(self, name)
             for name in (
                 "truncate_prompt_tokens",
+                "truncation_side",
                 "temperature",
                 "top_p",
                 "seed",

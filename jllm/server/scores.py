@@ -158,7 +158,7 @@ async def _scores(
     longer = names[int(text_chars(seconds) > text_chars(firsts))]  # the side a refusal of the whole size names
     chars = inputs.check_prompt_size([firsts, seconds], longer)
     if head is not None:
-        args = (inputs, head, firsts, seconds, body.truncate_prompt_tokens, names)
+        args = (inputs, head, firsts, seconds, body.truncate_prompt_tokens, names, body.truncation_side)
         prompts = await state.host_work.run(chars, scoring.pair_prompts, *args)
         token_ids = [p.token_ids for p in prompts]
         logits = await in_groups(served, token_ids, lambda engine, chunk: list(head.logits(engine.encoder, chunk)))
@@ -176,8 +176,8 @@ def _texts(
     inputs: InputProcessor, firsts: list[str], seconds: list[str], body: ScoringRequest, names: tuple[str, str]
 ) -> tuple[list[Prompt], list[Prompt]]:
     """A bi-encoder's prompts, each side's texts alone."""
-    truncate = body.truncate_prompt_tokens
+    truncate, side = body.truncate_prompt_tokens, body.truncation_side
     return (
-        scoring.text_prompts(inputs, firsts, names[0], truncate),
-        scoring.text_prompts(inputs, seconds, names[1], truncate),
+        scoring.text_prompts(inputs, firsts, names[0], truncate, side),
+        scoring.text_prompts(inputs, seconds, names[1], truncate, side),
     )
