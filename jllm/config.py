@@ -266,6 +266,8 @@ class ServerConfig(Section):
     enable_auto_tool_choice: bool = False  # tool_choice "auto": parse calls from free text (needs tool_call_parser)
     # the served family's reasoning format (vLLM's names: jllm.reasoning_parsers); a models: entry may set its own
     reasoning_parser: str | None = None
+    # a request's own chat_template renders its messages (vLLM's --trust-request-chat-template); false: a 400
+    trust_request_chat_template: bool = False
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")

@@ -435,3 +435,23 @@ def test_the_model_s_generation_config_fills_only_the_fields_a_request_leaves_un
     assert params.max_tokens == (3 if chat else 16)
     explicit = _send(server, engine, {**body, "max_tokens": 5}, chat, monkeypatch).params
     assert explicit.max_tokens == 5
+
+
+def test_a_requests_chat_template_renders_only_where_the_server_trusts_it(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's --trust-request-chat-template: off, a request's template is a 400 naming it (chat and /tokenize);
+    on, it renders the messages in place of the model's."""
+    template = "{% for m in messages %}<<{{ m.content }}>>{% endfor %}"
+    messages = [{"role": "user", "content": "hi"}]
+    refused = http("POST", f"{server.url}/tokenize", json_body={"model": MODEL, "messages": messages,
+                                                                "chat_template": template})  # fmt: skip
+    assert refused.status == 400 and refused.json()["error"]["param"] == "chat_template"
+    assert "--trust-request-chat-template" in refused.json()["error"]["message"]
+    config = load_config(None, served_model_name=MODEL, trust_request_chat_template=True)
+    with RunningServer(engine, config) as trusting:
+        seen = _send(trusting, engine, {**CHAT, "chat_template": template}, True, monkeypatch)
+        assert seen.prompt.text == "<<hi>>"
+        counted = http("POST", f"{trusting.url}/tokenize", json_body={"model": MODEL, "messages": messages,
+                                                                      "chat_template": template})  # fmt: skip
+        assert counted.json()["tokens"] == engine.tokenizer.encode("<<hi>>", add_special_tokens=False)

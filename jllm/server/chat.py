@@ -89,6 +89,7 @@ async def start_chat(
     if reply.keep_special_tokens:
         params = dataclasses.replace(params, skip_special_tokens=False)
     inputs = served.engine.inputs
+    body.check_template_trusted(state.config.server.trust_request_chat_template)
     chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
     prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
     gate = reply.reasoning_gate(inputs.tokenizer)

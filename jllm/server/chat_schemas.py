@@ -25,9 +25,9 @@ from jllm.server.schemas import (
     refuse_unsupported,
 )
 
-# reasoning_effort reaches the chat template (``InputProcessor.render_chat``); thinking_token_budget the reply's
-# reasoning (``jllm.server.reasoning``)
-CHAT_FIELDS = ("reasoning_effort", "thinking_token_budget")
+# reasoning_effort and chat_template reach the chat template (``InputProcessor.render_chat``); thinking_token_budget
+# the reply's reasoning (``jllm.server.reasoning``)
+CHAT_FIELDS = ("reasoning_effort", "thinking_token_budget", "chat_template")
 CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items() if name not in CHAT_FIELDS}
 
 
@@ -144,6 +144,8 @@ class _ChatTemplateOptions(_Request):
     continue_final_message: bool = False  # the reply continues the last message, left open
     chat_template_kwargs: dict[str, Any] | None = None  # variables for the template (may override the two above)
     documents: list[dict[str, str]] | None = None  # for templates that render retrieved documents (RAG)
+    # the request's own Jinja template, in place of the model's: only where the server trusts it
+    chat_template: str | None = None
 
     def template_options(self) -> dict[str, Any]:
         """The arguments of ``InputProcessor.render_chat`` these fields ask for."""
@@ -154,7 +156,19 @@ class _ChatTemplateOptions(_Request):
         }
         if self.documents is not None:
             options["documents"] = self.documents
+        if self.chat_template is not None:
+            options["chat_template"] = self.chat_template
         return options
+
+    def check_template_trusted(self, trusted: bool) -> None:
+        """vLLM's rule: a request's ``chat_template`` is refused unless the server was started trusting them
+        (a template is code the server runs, in transformers' sandbox)."""
+        if self.chat_template is not None and not trusted:
+            raise bad_request(
+                "chat_template: this server renders with the model's own chat template; start it with "
+                "--trust-request-chat-template (trust_request_chat_template: true) to take a request's",
+                param="chat_template",
+            )
 
     @field_validator("continue_final_message")
     @classmethod

@@ -87,6 +87,7 @@ async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeRe
         raise bad_request("give exactly one of prompt or messages", param="prompt")
     work = state.host_work
     if body.messages is not None:
+        body.check_template_trusted(state.config.server.trust_request_chat_template)
         tools = tools_for_template(body.tools)
         chars = engine.inputs.check_prompt_size([[m.for_template() for m in body.messages], tools], "messages")
         tokens = (await work.run(chars, render_chat, engine.inputs, body, tools)).token_ids

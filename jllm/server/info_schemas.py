@@ -28,7 +28,7 @@ class TokenizeRequest(_ChatTemplateOptions):
 
 
 # vLLM's /tokenize fields this server cannot honour
-TOKENIZE_UNSUPPORTED_FIELDS = {name: UNSUPPORTED_FIELDS[name] for name in ("chat_template", "mm_processor_kwargs")} | {
+TOKENIZE_UNSUPPORTED_FIELDS = {name: UNSUPPORTED_FIELDS[name] for name in ("mm_processor_kwargs",)} | {
     "return_token_strs": (_NOTHING, "is not supported yet; /detokenize gives the ids' text")
 }
 

@@ -52,7 +52,7 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
         "applies to chat completions, where the model's reasoning_parser reads the reply",
     ),
     "spaces_between_special_tokens": ((None, True), "must be true: the only spacing this server decodes with"),
-    "chat_template": ((None,), "is not supported: this server renders with the model's own chat template"),
+    "chat_template": ((None,), "renders chat messages, so chat completions (and /tokenize of messages) alone take it"),
     "reasoning_effort": ((None,), "reaches a chat template, so chat completions alone take it"),
     # OpenAI's fields that ask for what this server does not do (ignoring them would answer something else)
     "functions": (_NOTHING, "is OpenAI's deprecated function calling: send tools instead"),
