@@ -23,8 +23,10 @@ from tokenizers import decoders, models, pre_tokenizers
 from jllm.block_manager import BlockManager
 from jllm.config import LimitsConfig
 from jllm.engine import LLMEngine
-from jllm.inputs import InputProcessor
+from jllm.inputs import InputProcessor, Prompt
+from jllm.outputs import RequestOutput
 from jllm.sampler import build_constraints
+from jllm.sampling import SamplingParams
 from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput
 from jllm.step_results import PromptTokenLogprob, SampledToken, StepResult
@@ -141,6 +143,16 @@ def fake_engine(
     inputs = InputProcessor(tokenizer, vocab_size=VOCAB_SIZE, max_model_len=max_model_len, limits=limits)
     runner = ScriptedRunner(script, step_seconds)
     return LLMEngine(scheduler, runner, inputs, async_scheduling=async_scheduling, seed=0)
+
+
+def run_requests(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict[str, RequestOutput]:
+    """Adds each request (id -> prompt ids, params) and steps the engine until all finish; their final outputs."""
+    for request_id, (prompt, params) in requests.items():
+        engine.add_request(request_id, Prompt(prompt), params)
+    done = {}
+    while engine.has_unfinished_requests():
+        done |= {o.request_id: o for o in engine.step() if o.finished}
+    return done
 
 
 def repeating_text_engine(text: str, tokenizer_dir: Path, **engine_args: Any) -> LLMEngine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_runner import VOCAB_SIZE, fake_engine
+from fake_runner import VOCAB_SIZE, fake_engine, run_requests
 
 from jllm.bad_words import MAX_BAD_WORD_TOKENS, MAX_BAD_WORDS, bad_word_ids, banned_next, waits_for_tokens
 from jllm.errors import InputError
@@ -78,15 +78,6 @@ def test_the_steps_mask_clears_exactly_the_banned_ids_beside_allowed_token_ids()
         build_constraints([banned], 4, VOCAB_SIZE)
 
 
-def _run(engine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict:
-    for request_id, (ids, params) in requests.items():
-        engine.add_request(request_id, Prompt(ids), params)
-    done = {}
-    while engine.has_unfinished_requests():
-        done |= {o.request_id: o for o in engine.step() if o.finished}
-    return done
-
-
 @pytest.mark.parametrize("async_scheduling", [True, False])
 def test_the_engine_never_emits_a_bad_word(async_scheduling: bool) -> None:
     """The scripted runner counts up from the prompt's last id (after [7]: 108, 109, 110, ...) and samples the lowest
@@ -96,7 +87,7 @@ def test_the_engine_never_emits_a_bad_word(async_scheduling: bool) -> None:
     assert engine.tokenizer.encode(word, add_special_tokens=False) == [109, 110]
     params = SamplingParams(n=2, max_tokens=6, temperature=0.0, bad_words=[word])
     free = SamplingParams(max_tokens=6, temperature=0.0)
-    done = _run(engine, {"banned": ([7], params), "free": ([7], free)})
+    done = run_requests(engine, {"banned": ([7], params), "free": ([7], free)})
     assert done["free"].outputs[0].token_ids == [108, 109, 110, 111, 112, 113]
     for sample in done["banned"].outputs:
         assert sample.token_ids[:2] == [108, 109] and sample.token_ids[2] != 110  # the word's last token banned

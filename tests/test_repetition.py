@@ -6,9 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from fake_runner import fake_engine
+from fake_runner import fake_engine, run_requests
 
-from jllm.inputs import Prompt
 from jllm.repetition import MAX_PATTERN_SIZE, MAX_SCAN_TOKENS, RepetitionDetectionParams, ends_in_repetition
 from jllm.sampling import SamplingParams
 
@@ -76,19 +75,10 @@ def looping(prompt, position: int) -> int:  # noqa: ANN001 - the runner's script
     return 100 + k if k < 2 else 7 + k % 2
 
 
-def _run(engine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict:
-    for request_id, (ids, params) in requests.items():
-        engine.add_request(request_id, Prompt(ids), params)
-    done = {}
-    while engine.has_unfinished_requests():
-        done |= {o.request_id: o for o in engine.step() if o.finished}
-    return done
-
-
 def test_a_looping_sample_ends_with_finish_reason_repetition_and_others_run_on() -> None:
     engine = fake_engine(script=looping)
     loops = {"max_pattern_size": 3, "min_count": 3}
-    done = _run(engine, {
+    done = run_requests(engine, {
         "detected": ([5], SamplingParams(max_tokens=40, repetition_detection=loops)),
         "late": ([5], SamplingParams(max_tokens=40, min_tokens=12, repetition_detection=loops)),
         "free": ([5], SamplingParams(max_tokens=12)),

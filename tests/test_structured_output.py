@@ -8,9 +8,8 @@ import re
 import jax
 import numpy as np
 import pytest
-from fake_runner import VOCAB_SIZE, fake_engine
+from fake_runner import VOCAB_SIZE, fake_engine, run_requests
 
-from jllm.inputs import Prompt
 from jllm.sampler import SamplingMode, TokenConstraints, build_sampling_metadata, no_constraints, sample
 from jllm.sampling import SamplingParams
 from jllm.sequence import Sequence
@@ -170,15 +169,6 @@ def test_bad_constraints_are_refused_naming_the_key() -> None:
     assert SamplingParams(structured_outputs={"grammar": 'root ::= "a" | "b"'}).structured_outputs.kind == "grammar"
 
 
-def _run(engine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict:
-    for rid, (prompt, params) in requests.items():
-        engine.add_request(rid, Prompt(prompt), params)
-    done = {}
-    while engine.has_unfinished_requests():
-        done |= {o.request_id: o for o in engine.step() if o.finished}
-    return done
-
-
 def test_engine_follows_grammars_beside_free_rows_and_ends_when_a_grammar_is_complete(engine) -> None:
     free = SamplingParams(max_tokens=6)
     requests = {
@@ -187,12 +177,14 @@ def test_engine_follows_grammars_beside_free_rows_and_ends_when_a_grammar_is_com
         "free": ([5, 6, 7], free),
         "allowed": ([8], SamplingParams(max_tokens=4, allowed_token_ids=[40, 41])),
     }
-    done = _run(engine, requests)
+    done = run_requests(engine, requests)
     for c in done["choice"].outputs:
         assert c.text in CHOICES and c.finish_reason == "stop" and c.stop_reason is None
     regex = done["regex"].outputs[0]
     assert regex.finish_reason == "stop" and len(regex.text) == 4 and regex.text[:3].isdigit()
-    alone = _run(engine, {"free-alone": ([5, 6, 7], free)})  # the script's tokens, untouched by the others' masks
+    alone = run_requests(
+        engine, {"free-alone": ([5, 6, 7], free)}
+    )  # the script's tokens, untouched by the others' masks
     assert done["free"].outputs[0].token_ids == alone["free-alone"].outputs[0].token_ids
     assert set(done["allowed"].outputs[0].token_ids) <= {40, 41}
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
@@ -214,7 +206,7 @@ def test_a_grammar_steps_mask_waits_for_the_last_token_but_its_forward_does_not(
         return launch(output, plan, before_sampling)
 
     engine.runner.launch = spy
-    done = _run(engine, {"r": ([9], SamplingParams(max_tokens=30, structured_outputs={"regex": "[0-9]{5}"}))})
+    done = run_requests(engine, {"r": ([9], SamplingParams(max_tokens=30, structured_outputs={"regex": "[0-9]{5}"}))})
     assert len(done["r"].outputs[0].text) == 5 and done["r"].outputs[0].text.isdigit()
     assert deferred[0] is False  # the prefill: nothing in flight
     assert all(d is not published for d in deferred[1:]) and len(deferred) >= 5
@@ -226,7 +218,7 @@ def test_grammars_survive_preemption() -> None:
     engine = fake_engine(num_pages=12, page_size=4, max_model_len=48)
     requests = {f"r{i}": ([9, i + 3], SamplingParams(max_tokens=30, structured_outputs={"regex": "[0-9]{20}"}))
                 for i in range(4)}  # fmt: skip
-    done = _run(engine, requests)
+    done = run_requests(engine, requests)
     assert engine.scheduler.num_preemptions > 0
     for output in done.values():
         assert output.outputs[0].finish_reason == "stop" and re.fullmatch("[0-9]{20}", output.outputs[0].text)
@@ -238,7 +230,7 @@ def test_a_grammar_past_llguidance_limits_ends_its_own_request_alone(engine, reg
     scripts/bench_structured_output.py); here its request ends with an error inside the grammar and its neighbour
     runs on."""
     free = SamplingParams(max_tokens=6)
-    done = _run(
+    done = run_requests(
         engine,
         {
             "hostile": ([9], SamplingParams(max_tokens=8, structured_outputs={"regex": regex})),
@@ -247,7 +239,7 @@ def test_a_grammar_past_llguidance_limits_ends_its_own_request_alone(engine, reg
     )
     hostile = done["hostile"].outputs[0]
     assert hostile.text == "" and hostile.finish_reason == "error" and "too many expressions" in (hostile.error or "")
-    alone = _run(engine, {"free-alone": ([5, 6, 7], free)})
+    alone = run_requests(engine, {"free-alone": ([5, 6, 7], free)})
     assert done["free"].outputs[0].token_ids == alone["free-alone"].outputs[0].token_ids
     assert not engine.requests and engine.block_manager.num_allocated_pages == 0
 
@@ -276,7 +268,7 @@ def test_a_grammar_that_breaks_mid_generation_ends_every_sample_with_an_error(en
     that breaks the constraint (and a sibling, whose forked matcher broke with it, on the EOS its mask then
     allowed). Each sample now ends with finish reason "error" and the reason; the broken token is not output."""
     params = SamplingParams(n=2, temperature=1.0, max_tokens=8, structured_outputs={"regex": "[0-9]{3}a{1000000}"})
-    done = _run(engine, {"broken": ([9], params)})
+    done = run_requests(engine, {"broken": ([9], params)})
     for c in done["broken"].outputs:
         assert c.finish_reason == "error" and c.stop_reason is None, c
         assert "too many expressions constructed" in (c.error or "") and c.text.isdigit()
