@@ -33,6 +33,10 @@ an H200, and for an H100 the CUB sort's compile fails without a GPU, so ``DEFAUL
 samplers' sorts are XLA's own sort kernels, where a GPU's compile may take CUB's. jax-triton's PTX is assembled only
 at run time on a GPU, so that step is not exercised. ``compiled.cost_analysis()`` is empty for such executables. The
 pool's pages assume a GPU client's default memory fraction (``MEM_FRACTION``): they change the pool's shape only.
+A GPU's own tuning can be replayed: ``scripts/gpu_specs/autotune_b1_h100.textproto`` holds an H100's autotuning
+results for the batch-1 Llama-3-8B forward (dumped with ``--xla_gpu_dump_autotune_results_to``, 2026-12-06); loaded
+with ``--xla_gpu_load_autotune_results_from`` (last example) the layer's GEMMs take that card's tilings (the same
+split-K factors as XLA's defaults, other tile sizes). A program whose fingerprint differs falls back to the defaults.
 
 Needs ``bash scripts/gpu_aot_setup.sh`` once (the plugin, ptxas and libdevice in ``.gpu_aot/site``). From the
 repository root:
@@ -41,6 +45,8 @@ repository root:
     .venv/bin/python scripts/compile_for_gpu.py --forward-buckets 1 --sampler-rows "" --layers 2 --out-dir /tmp/aot
     .venv/bin/python scripts/compile_for_gpu.py --config configs/llama3-8b-fp8-h200.yaml --target h100 \\
         --xla-flags=--xla_gpu_enable_triton_gemm=false
+    .venv/bin/python scripts/compile_for_gpu.py --target h100 --forward-buckets 1 --sampler-rows "" --layers 3 \\
+        --xla-flags=--xla_gpu_load_autotune_results_from=scripts/gpu_specs/autotune_b1_h100.textproto
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ step bf16_latency 360 python scripts/bench_latency.py --config $BF16 --skip-hf -
     --json "$QOUT/bf16_lat.json"
 # Twenty-fourth session: XLA's split-K at batch 1 writes f32 partials that a second kernel sums, so the residual add
 # and the next norm cannot fuse with the GEMM; compiled for an H200 without a GPU, forcing split-K 1 takes a layer's
-# kernels 14 -> 11 (the residual add joins the next norm's reduction). Is the GEMMs' streaming worth that?
+# kernels 14 -> 11 (the residual add joins the next norm's reduction). Is the GEMMs' streaming worth that? H100
+# 2026-12-06: no (TPOT 5.82 / 7.25 ms at batch 1 / 8 against 5.57 / 5.63): XLA's split-K stays.
 step bf16_latency_splitk1 300 env XLA_FLAGS=--xla_gpu_experimental_force_split_k=1 python scripts/bench_latency.py \
     --config $BF16 --skip-hf --batch-sizes 1,8 --json "$QOUT/bf16_lat_splitk1.json"
 step bf16_latency_triton_all 360 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=true python scripts/bench_latency.py \
