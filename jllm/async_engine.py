@@ -221,7 +221,6 @@ class AsyncEngine:
         the first structured request, which builds llguidance's tokenizer, 5 s). ``grammar``: one built by
         ``grammar`` already, this request's own."""
         self._check_admission(request_id, params.n)
-        self.engine.check_priority(priority)
         if grammar is None and params.structured_outputs is not None:
             grammar = await self.grammar(params)
             self._check_admission(request_id, params.n)  # again: the queue may have filled meanwhile
