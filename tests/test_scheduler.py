@@ -437,10 +437,15 @@ CONFIGS = [  # num_pages, page_size, caching, max_num_seqs, budget, max_model_le
 
 
 # pipelined (the engine's async scheduling) with and without the step-size alignment; unpipelined without; the
-# priority policy (random priorities) pipelined
+# priority policy (random priorities) pipelined, in the full suite only (the fast subset keeps under two minutes)
 @pytest.mark.parametrize(
     ("pipelined", "aligned", "policy"),
-    [(False, False, "fcfs"), (True, False, "fcfs"), (True, True, "fcfs"), (True, False, "priority")],
+    [
+        (False, False, "fcfs"),
+        (True, False, "fcfs"),
+        (True, True, "fcfs"),
+        pytest.param(True, False, "priority", marks=pytest.mark.slow),
+    ],
 )
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("config", CONFIGS)
