@@ -21,6 +21,8 @@ bench_common = importlib.import_module("bench_common")
 bench_kernels = importlib.import_module("bench_kernels")
 profile_step = importlib.import_module("profile_step")
 
+pytestmark = pytest.mark.slow  # a tiny engine's warm-up and every kernel variant's replay: ~17 s cold on 2 cores
+
 PROMPTS = (20, 37, 50)  # three sequences of different lengths: a decode bucket of 4 sequences, one padding row
 BATCH = len(PROMPTS)
 MAX_MODEL_LEN, PAGE_SIZE = 256, 16
