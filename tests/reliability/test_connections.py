@@ -49,12 +49,16 @@ def _connect(url: str) -> socket.socket:
 
 
 def _closed_by_server(sock: socket.socket) -> bool:
-    """True when the server closed the connection (EOF), having sent at most a response."""
+    """True when the server closed the connection: EOF after at most a response, or a reset, which is how the kernel
+    closes a connection whose last bytes the server had not read yet (a slowloris line landing as the header timeout
+    fires; CI saw it once)."""
     try:
         while chunk := sock.recv(65536):
             del chunk
         return True
-    except (TimeoutError, ConnectionResetError):
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
         return False
 
 
@@ -66,7 +70,10 @@ def test_idle_and_slowloris_connections_are_closed_by_the_header_timeout(server:
     start = time.monotonic()
     for sock in slow:
         time.sleep(0.1)
-        sock.sendall(b"X-Slow: 1\r\n")
+        try:
+            sock.sendall(b"X-Slow: 1\r\n")
+        except ConnectionError:  # the server closed it already
+            pass
     assert all(_closed_by_server(s) for s in idle + slow)
     assert time.monotonic() - start < HEADER_TIMEOUT + 5
     for sock in idle + slow:
