@@ -4,7 +4,8 @@ each step the matchers fill a packed token bitmask the device sampler applies.
 The grammar engine is llguidance (what vLLM uses by default for many cases): a Rust library with no torch
 dependency, a NumPy bitmask API (``[rows, ceil(vocab / 32)]`` int32, bit ``t % 32`` of word ``t // 32`` set when
 token ``t`` is allowed) and a thread pool that fills a batch's rows in parallel. It takes JSON schemas, regular
-expressions, Lark grammars (GBNF converted) and choices; ``StructuredOutputsParams`` carries vLLM's names for them.
+expressions, Lark grammars (GBNF converted), choices and structural tags (``jllm.structural_tag``);
+``StructuredOutputsParams`` carries vLLM's names for them.
 A matcher may wait behind a ``GrammarGate`` (a thinking model's reasoning, ``jllm.reasoning_parsers``): until the
 gate opens its sequence samples freely and the grammar sees none of those tokens, as vLLM constrains only the answer.
 
@@ -26,23 +27,29 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import llguidance
 import llguidance.numpy
 import numpy as np
 
+from jllm.structural_tag import read_structural_tag, structural_tag_grammar
+
 if TYPE_CHECKING:
     from jllm.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("json", "regex", "choice", "grammar", "json_object")  # vLLM's StructuredOutputsParams constraints
+KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")  # vLLM's StructuredOutputsParams
 # Compact JSON: no optional whitespace between tokens. A small model let free to emit whitespace tends to loop on
 # newlines until max_tokens, leaving the JSON unfinished; vLLM's ``disable_any_whitespace`` switches it back.
 JSON_OPTIONS = {"whitespace_flexible": False}
-JSON_KINDS = ("json", "json_object")  # the constraints whose whitespace JSON_OPTIONS or a whitespace_pattern shape
+JSON_KINDS = (
+    "json",
+    "json_object",
+    "structural_tag",
+)  # whose JSON's whitespace JSON_OPTIONS or whitespace_pattern shape
 # llguidance's parser limits for every grammar. Its default initial lexer fuel (1,000,000) lets one request's regex hold
 # the engine thread for its first mask: 0.26 s for `a{1000000}`, 0.56-0.97 s for `(a{1000}){1000}` on the default
 # model's tokenizer (2026-12-04, this repository's CPU machine). The fuel bounds an eager precomputation, past which the
@@ -54,13 +61,15 @@ GRAMMAR_LIMITS = llguidance.LLParserLimits(initial_lexer_fuel=50_000)
 @dataclasses.dataclass
 class StructuredOutputsParams:
     """vLLM's ``StructuredOutputsParams``: exactly one constraint. ``json`` is a JSON schema (a dict or its JSON
-    text); ``grammar`` is Lark or GBNF/EBNF (llguidance's grammar syntax); ``json_object`` any JSON object."""
+    text); ``grammar`` is Lark or GBNF/EBNF (llguidance's grammar syntax); ``json_object`` any JSON object;
+    ``structural_tag`` free text with JSON structures after triggers (a dict or its JSON text, jllm.structural_tag)."""
 
     json: str | dict[str, Any] | None = None
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool | None = None
+    structural_tag: str | dict[str, Any] | None = None
     disable_any_whitespace: bool = True  # jllm's default is compact JSON (see JSON_OPTIONS); false allows whitespace
     whitespace_pattern: str | None = None  # JSON's whitespace as this regex (vLLM's; over disable_any_whitespace)
 
@@ -86,9 +95,12 @@ class StructuredOutputsParams:
             raise ValueError(f"structured_outputs: {unknown[0]!r} is not supported; the keys are {', '.join(KINDS)}")
         return cls(**value)
 
-    def grammar_text(self) -> str:
-        """The llguidance grammar for the constraint."""
-        return self._grammar
+    def grammar_text(self, is_special: Callable[[str], bool] | None = None) -> str:
+        """The llguidance grammar for the constraint. ``is_special`` says whether a text is one special token of the
+        tokenizer: a structural tag's ``<...>`` triggers that are match as those tokens (checked without it)."""
+        if self.kind != "structural_tag" or is_special is None:
+            return self._grammar
+        return structural_tag_grammar(read_structural_tag(self.structural_tag), self._schema_of, is_special)
 
     def _compile(self) -> str:
         """The grammar, checked (without a tokenizer); ValueError names the key."""
@@ -96,20 +108,34 @@ class StructuredOutputsParams:
         pattern = self.whitespace_pattern
         if pattern is not None and (not isinstance(pattern, str) or not pattern or kind not in JSON_KINDS):
             raise ValueError(
-                f"structured_outputs.whitespace_pattern must be a non-empty regex beside json or json_object, got "
+                f"structured_outputs.whitespace_pattern must be a non-empty regex beside {', '.join(JSON_KINDS)}, got "
                 f"{pattern!r} beside {kind}"
             )
         if pattern and (error := llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("regex", pattern))):
             raise ValueError(f"structured_outputs.whitespace_pattern is invalid: {_brief(error)}")
-        options = {"whitespace_pattern": pattern} if pattern else JSON_OPTIONS if self.disable_any_whitespace else None
         try:
-            text = _grammar(kind, getattr(self, kind), options)
+            if kind == "structural_tag":
+                text = structural_tag_grammar(read_structural_tag(self.structural_tag), self._schema_of)
+            else:
+                text = _grammar(kind, getattr(self, kind), self._json_options())
         except (ValueError, TypeError) as e:
             raise ValueError(f"structured_outputs.{kind} is invalid: {e}") from e
         error = llguidance.LLMatcher.validate_grammar(text, limits=GRAMMAR_LIMITS)
         if error:
             raise ValueError(f"structured_outputs.{kind} is invalid: {_brief(error)}")
         return text
+
+    def _json_options(self) -> dict[str, Any] | None:
+        """llguidance's JSON compile options: the whitespace between JSON's tokens."""
+        if self.whitespace_pattern:
+            return {"whitespace_pattern": self.whitespace_pattern}
+        return JSON_OPTIONS if self.disable_any_whitespace else None
+
+    def _schema_of(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """A structural tag's schema as llguidance reads it inside a grammar: options in its ``x-guidance`` key."""
+        options = self._json_options()
+        schema = nullable_as_union(schema)
+        return {**schema, "x-guidance": {**schema.get("x-guidance", {}), **options}} if options else schema
 
 
 def _grammar(kind: str, value: Any, options: dict[str, Any] | None) -> str:
@@ -242,10 +268,16 @@ class GrammarCompiler:
             return llguidance.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=self.eos_token_ids)
 
     def matcher(self, params: StructuredOutputsParams) -> GrammarMatcher:
-        matcher = llguidance.LLMatcher(self.tokenizer, params.grammar_text(), limits=GRAMMAR_LIMITS)
+        text = params.grammar_text(self.is_special_token)
+        matcher = llguidance.LLMatcher(self.tokenizer, text, limits=GRAMMAR_LIMITS)
         if matcher.is_error():
             raise ValueError(f"structured_outputs.{params.kind} is invalid: {_brief(matcher.get_error())}")
         return GrammarMatcher(matcher)
+
+    def is_special_token(self, text: str) -> bool:
+        """Whether ``text`` is one token that llguidance counts as special (its grammars name it ``<...>``)."""
+        ids = self.source.encode(text, add_special_tokens=False)
+        return len(ids) == 1 and self.tokenizer.is_special_token(ids[0])
 
 
 class _TokenTexts:

@@ -267,6 +267,22 @@ EXTRA_FIELDS: list[tuple[str, Any]] = [
     ("guided_whitespace_pattern", "("),
     ("structured_outputs", {"json_object": True, "whitespace_pattern": "\\s{0,2}"}),
     ("structured_outputs", {"regex": "a+", "whitespace_pattern": " "}),
+    ("structural_tag", '{"structures": [{"begin": "<f>", "schema": {}, "end": "</f>"}], "triggers": ["<f>"]}'),
+    ("structural_tag", {"structures": [{"begin": "x", "schema": {}, "end": ""}], "triggers": ["<"]}),
+    ("structural_tag", "{"),
+    ("structural_tag", {"structures": [{"begin": "<|", "schema": {"type": 5}, "end": "|>"}], "triggers": ["<|"]}),
+    ("response_format", {"type": "structural_tag", "structures": "a", "triggers": []}),
+    ("response_format", {"type": "structural_tag", "format": {"type": "any_text"}}),
+    ("response_format", {"type": "text", "triggers": ["<"]}),
+    (
+        "structured_outputs",
+        {
+            "structural_tag": {
+                "structures": [{"begin": "<a>", "schema": {}, "end": "</a>"}] * 50,
+                "triggers": ["<a>"] * 50,
+            }
+        },
+    ),
     ("prompt_logprobs", 5),
     ("truncate_prompt_tokens", 0),
     ("truncate_prompt_tokens", 10**9),

@@ -46,6 +46,8 @@ TEMPLATE = (
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
 
+TAG = {"structures": [{"begin": "<f>", "schema": {"type": "object"}, "end": "</f>"}], "triggers": ["<f>"]}
+
 VLLM_COMPLETION_FIELDS = """
     model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n presence_penalty seed
     stop stream stream_options suffix temperature top_p user use_beam_search top_k min_p
@@ -218,6 +220,10 @@ HONOURED = [
              lambda seen, _: _choice(seen)["text"] in ("ab", "cd")),
     Honoured("guided_json", {"guided_json": {"type": "object"}, "max_tokens": 2},
              lambda seen, _: seen.params.structured_outputs.json == {"type": "object"}),
+    Honoured("structural_tag", {"structural_tag": json.dumps(TAG), "max_tokens": 8},  # masks: structured_output
+             lambda seen, _: seen.params.structured_outputs.structural_tag == json.dumps(TAG)),
+    Honoured("chat structural_tag", {"structural_tag": TAG, "max_tokens": 8},
+             lambda seen, _: seen.params.structured_outputs.structural_tag == TAG, chat=True),
     Honoured("structured_outputs", {"structured_outputs": {"choice": ["left", "right"]}, "max_tokens": 8},
              lambda seen, _: _choice(seen)["text"] in ("left", "right")),
     # beam search (the script's two candidates a step: distinct beams); tests/test_server_beam_search.py has more
@@ -286,10 +292,11 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "bad_words": (["  "], False),  # a blank word
     "repetition_detection": ({"max_pattern_size": 4, "min_count": 1}, True),  # a "repeat" of one
     "guided_whitespace_pattern": (" ", False),  # no JSON constraint to shape
+    "structural_tag": ('{"triggers": ["<f"]}', True),  # no structures
     "priority": (1, False),  # this server schedules first come, first served (test_priority_scheduling.py)
 }
 REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
-    "logprob_token_ids": [3], "logits_processors": ["my.Processor"], "structural_tag": "{}",
+    "logprob_token_ids": [3], "logits_processors": ["my.Processor"],
     "guided_decoding_backend": "xgrammar", "prompt_embeds": ["AAAA"],
     "mm_processor_kwargs": {"x": 1}, "media_io_kwargs": {"image": {}},
     "kv_transfer_params": {"x": 1}, "ec_transfer_params": {"x": 1}, "vllm_xargs": {"x": 1},

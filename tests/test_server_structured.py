@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 from model_utils import assert_only_warmup_programs
 from server_utils import ENGINE_ARGS, RunningServer, engine_config
 
 from jllm.llm import LLM
+from jllm.structured_output import StructuredOutputsParams, fill_bitmask
 
 pytestmark = pytest.mark.slow  # the default model on the CPU
 
@@ -163,6 +165,63 @@ def test_tool_call_round_trip(client: openai.OpenAI, stream: bool) -> None:
         reply = client.chat.completions.create(messages=messages, tool_choice="none", **ask)
         answer, finish = reply.choices[0].message.content, reply.choices[0].finish_reason
     assert answer.strip() and finish in ("stop", "length")
+
+
+FEW_SHOT_CALLS = (
+    "Tool calls, one per line.\n"
+    'Weather in Paris: <function=get_weather>{"town":"Paris","when":"today"}</function>\n'
+    'Weather in Rome: <function=get_weather>{"town":"Rome","when":"today"}</function>\n'
+    "Weather in Oslo:"
+)
+FORECAST = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+CALL_TAG = {"structures": [{"begin": "<function=get_weather>", "schema": FORECAST, "end": "</function>"}]}
+CALL_TAG["triggers"] = ["<function="]
+
+
+def test_a_structural_tag_holds_each_call_to_its_schema(client: openai.OpenAI) -> None:
+    """The few-shot prompt's calls say "town"; greedy, the model copies them, unless the structural tag (vLLM's, sent
+    as response_format and as the older structural_tag field) holds the call to FORECAST."""
+    ask = {"model": MODEL, "prompt": FEW_SHOT_CALLS, "max_tokens": 40, "temperature": 0, "stop": ["\n"]}
+    free = client.completions.create(**ask).choices[0].text
+    assert '<function=get_weather>{"town":"Oslo"' in free
+    tag_format = {"type": "structural_tag", **CALL_TAG}
+    for extra in ({"response_format": tag_format}, {"structural_tag": json.dumps(CALL_TAG)}):
+        text = client.completions.create(**ask, extra_body=extra).choices[0].text
+        call = re.fullmatch(r" ?<function=get_weather>(.*)</function>", text)
+        assert call, text
+        arguments = json.loads(call[1])
+        assert set(arguments) == {"city", "days"} and type(arguments["days"]) is int and arguments["days"] >= 1
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(**ask, extra_body={"response_format": {"type": "structural_tag", "format": {}}})
+    assert refused.value.body["param"] == "response_format" and "'format' form" in refused.value.body["message"]
+
+
+def test_a_trigger_that_is_a_special_token_is_sampled_as_that_token(llm: LLM) -> None:
+    """SmolLM2's "<repo_name>" is a special token: as a trigger, the mask lets the model write that token (not its
+    characters), after which the structure's begin follows."""
+    compiler = llm.engine.grammars
+    tokenizer = llm.engine.tokenizer
+    (special,) = tokenizer.encode("<repo_name>", add_special_tokens=False)
+    assert compiler.is_special_token("<repo_name>") and not compiler.is_special_token("<function=")
+    tag = {"structures": [{"begin": "<repo_name>call", "schema": FORECAST, "end": "."}], "triggers": ["<repo_name>"]}
+    matcher = compiler.matcher(StructuredOutputsParams(structural_tag=tag))
+    vocab = compiler.vocab_size
+
+    def allowed() -> np.ndarray:
+        mask = fill_bitmask([(0, matcher, None)], 1, vocab)
+        return np.flatnonzero(np.unpackbits(mask[0].view(np.uint8), bitorder="little")[:vocab])
+
+    for token in tokenizer.encode("Hi there", add_special_tokens=False):
+        assert not matcher.accept(token)
+    assert special in allowed()
+    assert not matcher.accept(special) and matcher.error is None
+    after = {tokenizer.decode([t]) for t in allowed()}
+    assert after and all("call".startswith(text) for text in after), after
 
 
 def test_constrained_steps_compiled_no_forward_program(llm: LLM, client: openai.OpenAI) -> None:

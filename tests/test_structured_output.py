@@ -3,7 +3,9 @@ logit bias against NumPy on fresh random logits, and the engine loop (scripted r
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 import jax
 import numpy as np
@@ -66,8 +68,59 @@ def test_a_whitespace_pattern_is_json_s_only_whitespace(compiler: GrammarCompile
     assert " " in _allowed_after(compiler, engine, spaces, "{") - {"\n"}
     with pytest.raises(ValueError, match=r"structured_outputs.whitespace_pattern is invalid: .*invalid regex \"\(\""):
         StructuredOutputsParams(json=schema, whitespace_pattern="(")
-    with pytest.raises(ValueError, match="whitespace_pattern must be a non-empty regex beside json or json_object"):
+    with pytest.raises(ValueError, match="whitespace_pattern must be a non-empty regex beside json, json_object"):
         StructuredOutputsParams(regex="a+", whitespace_pattern=" ")
+
+
+CALL = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+TAG = {"structures": [{"begin": "<f=a>", "schema": CALL, "end": "</f>"}], "triggers": ["<f="]}
+
+
+def test_a_structural_tag_frees_text_and_holds_json_after_its_trigger(compiler: GrammarCompiler, engine) -> None:
+    """vLLM's structural tag: any text until the trigger; then the structure's begin, JSON of its schema (compact
+    unless a whitespace pattern says otherwise) and its end; then free text again."""
+    params = StructuredOutputsParams(structural_tag=TAG)
+    free = _allowed_after(compiler, engine, params, "hi")
+    assert {"<", "x", "{", " ", "\n"} <= free
+    assert _allowed_after(compiler, engine, params, "hi <f=") == {"a"}
+    assert _allowed_after(compiler, engine, params, "hi <f=a>") == {"{"}
+    assert _allowed_after(compiler, engine, params, 'hi <f=a>{"n":12') == set("0123456789}")
+    assert _allowed_after(compiler, engine, params, 'hi <f=a>{"n":12}') == {"<"}
+    assert _allowed_after(compiler, engine, params, 'hi <f=a>{"n":12}</f> and') == free
+    spaced = StructuredOutputsParams(structural_tag=json.dumps(TAG), whitespace_pattern="[ ]?")
+    assert _allowed_after(compiler, engine, spaced, "<f=a>{") == {'"', " "}
+    nullable = {**TAG, "structures": [{**TAG["structures"][0], "schema": {"type": "string", "nullable": True}}]}
+    assert "n" in _allowed_after(compiler, engine, StructuredOutputsParams(structural_tag=nullable), "<f=a>")
+
+
+def test_a_structural_tag_s_special_token_trigger_is_matched_as_that_token() -> None:
+    """A trigger written <...> that is one special token of the tokenizer is that token in the grammar (what the
+    model writes); any other trigger is text. The check asks the compiler."""
+    tag = {**TAG, "triggers": ["<s>"], "structures": [{**TAG["structures"][0], "begin": "<s>call"}]}
+    params = StructuredOutputsParams(structural_tag=tag)
+    assert params.grammar_text() == params.grammar_text(lambda text: False)
+    assert 'TAG_TEXT "<s>"' in params.grammar_text()
+    assert 'TAG_TEXT <s> "call"' in params.grammar_text(lambda text: text == "<s>")
+
+
+@pytest.mark.parametrize(
+    "tag, message",
+    [
+        ({"type": "structural_tag", "format": {"type": "triggered_tags"}}, "the 'format' form .* is not supported"),
+        ({"structures": TAG["structures"]}, "triggers must be a non-empty list"),
+        ({**TAG, "structures": []}, "structures must be a non-empty list"),
+        ({**TAG, "triggers": ["<g"]}, r"structures\[0\].begin '<f=a>' starts with none of the triggers"),
+        ({**TAG, "structures": [{"begin": "<f=a>", "schema": "{}", "end": ""}]}, r"structures\[0\].schema must be"),
+        ({**TAG, "structures": [{"begin": "<f=a>", "schema": {}}]}, r"structures\[0\] takes exactly .* \['end'\]"),
+        ({**TAG, "tags": []}, "'tags' is not a structural tag key"),
+        ("[1]", "a structural tag is an object"),
+        ("{oops", "Expecting property name"),
+        ({**TAG, "structures": [{"begin": "<f=a>", "schema": {"type": "nonsense"}, "end": ""}]}, "nonsense"),
+    ],
+)
+def test_a_bad_structural_tag_is_refused_naming_the_key(tag: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=r"^structured_outputs\.structural_tag is invalid: .*" + message):
+        SamplingParams(structured_outputs={"structural_tag": tag})
 
 
 def test_allowed_token_ids_pack_into_their_bits() -> None:

@@ -46,7 +46,8 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
         "previous_input_messages": (_NOTHING, "is not supported: send the conversation in input"),
         "enable_response_messages": ((None, False), "is not supported: the output items are the response's messages"),
     }
-    | {name: UNSUPPORTED_FIELDS[name] for name in ("mm_processor_kwargs", "vllm_xargs", "structural_tag")}
+    | {name: UNSUPPORTED_FIELDS[name] for name in ("mm_processor_kwargs", "vllm_xargs")}
+    | {"structural_tag": ((None,), "is not a field of this route: send structured_outputs.structural_tag")}
     | {"priority": ((None, 0), "is not supported on this route: chat and completions requests take it")}
     | {"cache_salt": ((None,), "is not supported on this route yet: send it to /v1/chat/completions")}
 )

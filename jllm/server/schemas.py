@@ -5,14 +5,14 @@ take, and usage and prompt logprobs. Each endpoint's own bodies live beside its 
 
 Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. No field of vLLM's
 ``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what
-this server cannot do (``UNSUPPORTED_FIELDS``: beam search, bad words, logits processors ...), a 400 naming it
+this server cannot do (``UNSUPPORTED_FIELDS``: logits processors, prompt embeddings ...), a 400 naming it
 unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field keep
 working; so are OpenAI's fields asking for what this server does not do (``functions``, ``audio``, ``store`` ...).
 Other fields are ignored, as vLLM does, so clients sending newer OpenAI fields keep working (``metadata``,
 ``service_tier``, ``prediction``: ignoring them changes nothing in the answer).
 Range checks stay in ``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming
 the field. Structured output comes under several names (``response_format``, ``structured_outputs``, the older
-``guided_*``): one of them per request becomes ``SamplingParams.structured_outputs``.
+``guided_*`` and ``structural_tag``): one of them per request becomes ``SamplingParams.structured_outputs``.
 
 Where this module sits: docs/architecture.md.
 """
@@ -39,7 +39,6 @@ _NOTHING = (None, False, {}, [])
 UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "logprob_token_ids": (_NOTHING, "is not supported: logprobs come for the top tokens only"),
     "logits_processors": (_NOTHING, "are not supported: custom code cannot run inside the compiled sampler"),
-    "structural_tag": ((None,), "is not supported: structured output takes json, regex, choice and grammar"),
     "guided_decoding_backend": ((None, "auto", "guidance"), "names the grammar engine: this server has 'guidance'"),
     "prompt_embeds": (_NOTHING, "are not supported: prompts are text or token ids"),
     "mm_processor_kwargs": (_NOTHING, "is not supported: the served models take text only"),
@@ -69,6 +68,7 @@ _BEAM = "is not supported with use_beam_search: beams are ranked by their logpro
 BEAM_SEARCH_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     **{name: ((None,), _BEAM) for name in ("seed", "allowed_token_ids", "guided_json", "guided_regex")},
     **{name: ((None,), _BEAM) for name in ("guided_choice", "guided_grammar", "guided_whitespace_pattern")},
+    "structural_tag": ((None,), _BEAM),
     "response_format": ((None, {"type": "text"}), _BEAM),
     **{name: (_NOTHING, _BEAM) for name in ("stop", "stop_token_ids", "logit_bias", "structured_outputs", "tools")},
     "bad_words": (_NOTHING, _BEAM),
@@ -162,14 +162,23 @@ class JsonSchemaFormat(_Request):
     strict: bool | None = None  # the output always follows the schema: strict or not, it is enforced
 
 
+STRUCTURAL_TAG_KEYS = ("structures", "triggers", "format")  # vLLM's structural_tag response format ("format": refused)
+
+
 class ResponseFormat(_Request):
-    type: Literal["text", "json_object", "json_schema"]
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
     json_schema: JsonSchemaFormat | None = None
+    structures: list[Any] | None = None  # these three: checked by jllm.structural_tag, which names what is wrong
+    triggers: list[Any] | None = None
+    format: Any = None
 
     @model_validator(mode="after")
     def _schema_with_its_type(self) -> ResponseFormat:
         if (self.json_schema is None) == (self.type == "json_schema"):
             raise ValueError("json_schema is required with type 'json_schema', and only with it")
+        tag_keys = [key for key in STRUCTURAL_TAG_KEYS if getattr(self, key) is not None]
+        if tag_keys and self.type != "structural_tag":
+            raise ValueError(f"{tag_keys[0]} comes only with type 'structural_tag'")
         return self
 
     def structured_outputs(self) -> dict[str, Any] | None:
@@ -177,6 +186,12 @@ class ResponseFormat(_Request):
             return {"json_object": True}
         if self.json_schema is not None:
             return {"json": self.json_schema.json_schema}
+        if self.type == "structural_tag":
+            return {
+                "structural_tag": {
+                    key: getattr(self, key) for key in STRUCTURAL_TAG_KEYS if getattr(self, key) is not None
+                }
+            }
         return None
 
 
@@ -215,6 +230,7 @@ class _GenerationRequest(_Request):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     guided_whitespace_pattern: str | None = None  # vLLM's older name for structured_outputs.whitespace_pattern
+    structural_tag: str | dict[str, Any] | None = None  # vLLM's older name for structured_outputs.structural_tag
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs, in the response's prompt_logprobs
     return_tokens_as_token_ids: bool | None = None  # vLLM's: logprobs name each token "token_id:<id>" (TokenNames)
     return_token_ids: bool | None = None  # vLLM's: token_ids (and prompt_token_ids) beside the text (WithTokenIds)
@@ -376,6 +392,7 @@ class _GenerationRequest(_Request):
                 ("guided_regex", None if self.guided_regex is None else {"regex": self.guided_regex}),
                 ("guided_choice", None if self.guided_choice is None else {"choice": self.guided_choice}),
                 ("guided_grammar", None if self.guided_grammar is None else {"grammar": self.guided_grammar}),
+                ("structural_tag", None if self.structural_tag is None else {"structural_tag": self.structural_tag}),
             ]
             if value is not None
         }
