@@ -268,6 +268,9 @@ class ServerConfig(Section):
     reasoning_parser: str | None = None
     # a request's own chat_template renders its messages (vLLM's --trust-request-chat-template); false: a 400
     trust_request_chat_template: bool = False
+    # the Responses API's stored responses (previous_response_id, GET /v1/responses/{id}): at most this many MiB of
+    # request bodies and responses in memory, least recently used dropped first; 0: none stored (store: true a 400)
+    responses_store_mb: int = 256
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -291,6 +294,7 @@ class ServerConfig(Section):
         self._require(self.max_connections >= 1, "max_connections", "must be >= 1")
         self._require(self.stream_buffer_outputs >= 1, "stream_buffer_outputs", "must be >= 1")
         self._require(self.stream_stall_timeout_s > 0, "stream_stall_timeout_s", "must be > 0")
+        self._require(self.responses_store_mb >= 0, "responses_store_mb", "must be >= 0 (0: no response is stored)")
         budget = self.host_memory_budget_bytes
         self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
         self._require(

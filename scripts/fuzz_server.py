@@ -86,6 +86,7 @@ SEEDS: dict[str, dict[str, Any]] = {
         "text": {"format": {"type": "text"}},
         "include": [],
         "store": False,
+        "previous_response_id": None,  # a stored response's id continues it; weird ones must be a 4xx
         "stream": False,
         "user": "u",
         "metadata": {"a": "b"},

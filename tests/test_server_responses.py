@@ -28,9 +28,12 @@ from jllm.config import load_config
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
 from jllm.sampling import SamplingParams
+from jllm.server.errors import APIError
 from jllm.server.generation import Delta
 from jllm.server.reasoning import ReplyPlan
-from jllm.server.responses import _ResponseView
+from jllm.server.response_store import ResponseStore
+from jllm.server.responses import _ResponseView, _stores
+from jllm.server.responses_output import OutputMessage, OutputText, ResponseObject
 from jllm.server.responses_schemas import RESPONSES_UNSUPPORTED_FIELDS, ResponsesRequest
 from jllm.server.tools import ToolPlan
 
@@ -105,7 +108,7 @@ def test_string_input_with_instructions(client: openai.OpenAI, prompts: list[str
     assert (message.type, message.role, message.status, message.id[:4]) == ("message", "assistant", "completed", "msg_")
     assert [part.type for part in message.content] == ["output_text"]
     assert (response.instructions, response.metadata, response.store, response.incomplete_details) == (
-        "be brief", {"k": "v"}, False, None,
+        "be brief", {"k": "v"}, True, None,
     )  # fmt: skip
     usage = response.usage
     assert usage.output_tokens == len(STOPPED.encode()) + 1  # the stop string's token too
@@ -267,7 +270,7 @@ VLLM_RESPONSES_FIELDS = """
     previous_response structured_outputs repetition_penalty seed stop ignore_eos vllm_xargs
 """.split()
 REFUSED_VALUES = {  # a value asking for something, per RESPONSES_UNSUPPORTED_FIELDS entry
-    "store": True, "previous_response_id": "resp_1", "conversation": "conv_1", "background": True,
+    "conversation": "conv_1", "background": True,
     "background_options": {"x": 1}, "prompt": {"id": "pmpt_1"}, "truncation": "auto",
     "context_management": [{"type": "compaction"}], "moderation": {"x": 1}, "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "explicit"}, "access_programs": {"cyber": "standard"}, "image": {"x": 1},
@@ -315,16 +318,105 @@ def test_fields_at_their_nothing_values_are_accepted(server: RunningServer) -> N
     assert reply.status == 200 and reply.json()["usage"]["output_tokens"] == 2, reply.body
 
 
-def test_stored_responses_are_a_404_saying_none_are_kept(client: openai.OpenAI) -> None:
-    for call in (
-        lambda: client.responses.retrieve("resp_1"),
-        lambda: client.responses.delete("resp_1"),
-        lambda: client.responses.cancel("resp_1"),
-        lambda: client.responses.input_items.list("resp_1"),
-    ):
+def test_previous_response_id_continues_a_stored_conversation(client: openai.OpenAI, prompts: list[str]) -> None:
+    """Each response is stored; a continuation follows its predecessor's conversation (its input and output, a call
+    and the call's output included), its instructions not carried over (OpenAI's rule); whole or streamed."""
+    first = client.responses.create(model=MODEL, input="hi", instructions="be brief", **STOP)
+    args = dict(model=MODEL, tools=[PICK], tool_choice={"type": "function", "name": "pick"}, parallel_tool_calls=False)
+    with client.responses.stream(**args, input="call", previous_response_id=first.id, max_output_tokens=40) as stream:
+        second = stream.get_final_response()
+    (call,) = second.output
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "42"}
+    third = client.responses.create(
+        model=MODEL, input=[output], previous_response_id=second.id, tools=[PICK], tool_choice="none", **STOP
+    )
+    assert (first.store, second.store, third.store) == (True, True, True)
+    assert (second.previous_response_id, third.previous_response_id) == (first.id, second.id)
+    assert prompts[-1] == (
+        f'user: hi\nassistant: {STOPPED}\nuser: call\nassistant: [{call.call_id} pick({{"x": 1}})]\n'
+        f"tool: 42 <- {call.call_id}\nassistant:"
+    )
+    assert client.responses.retrieve(third.id).model_dump() == third.model_dump()
+    assert client.responses.retrieve(second.id).output[0].call_id == call.call_id  # the streamed one, stored
+
+
+def test_a_response_made_with_store_false_or_deleted_is_not_found(client: openai.OpenAI) -> None:
+    unstored = client.responses.create(model=MODEL, input="hi", store=False, **STOP)
+    stored = client.responses.create(model=MODEL, input="hi", **STOP)
+    assert (unstored.store, stored.store) == (False, True)
+    deleted = client.responses.delete(stored.id)
+    assert deleted is None  # the SDK returns nothing for a 200 (its body: {"id", "object", "deleted": true})
+    calls = (
+        client.responses.retrieve,
+        client.responses.delete,
+        client.responses.cancel,
+        client.responses.input_items.list,
+    )
+    for response_id in (unstored.id, stored.id):
+        for call in calls:
+            with pytest.raises(openai.NotFoundError) as missing:
+                call(response_id)
+            assert missing.value.code == "not_found" and response_id in missing.value.message
         with pytest.raises(openai.NotFoundError) as missing:
-            call()
-        assert "stores no responses" in missing.value.message and missing.value.code == "not_found"
+            client.responses.create(model=MODEL, input="hi", previous_response_id=response_id)
+        assert (missing.value.code, missing.value.body["param"]) == (
+            "previous_response_not_found",
+            "previous_response_id",
+        )
+
+
+def test_input_items_list_a_responses_own_input_in_pages(client: openai.OpenAI, server: RunningServer) -> None:
+    first = client.responses.create(model=MODEL, input="hi", **STOP)
+    items = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    response = client.responses.create(model=MODEL, input=items, previous_response_id=first.id, **STOP)
+    newest_first = client.responses.input_items.list(response.id)
+    assert [item.content[0].text for item in newest_first.data] == ["c", "b", "a"]  # not the first response's "hi"
+    assert [item.content[0].type for item in newest_first.data] == ["input_text", "output_text", "input_text"]
+    page = client.responses.input_items.list(response.id, order="asc", limit=2)
+    assert [item.content[0].text for item in page.data] == ["a", "b"] and page.has_more
+    rest = client.responses.input_items.list(response.id, order="asc", after=page.last_id)
+    assert [item.content[0].text for item in rest.data] == ["c"] and not rest.has_more
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.cancel(response.id)
+    assert "background" in refused.value.message
+    for query, param in (("limit=0", "limit"), ("after=nope", "after"), ("before=x", "before")):
+        reply = http("GET", f"{server.url}/v1/responses/{response.id}/input_items?{query}")
+        assert reply.status == 400 and reply.json()["error"]["param"] == param, reply.body
+    reply = http("GET", f"{server.url}/v1/responses/{response.id}?stream=true")
+    assert reply.status == 400 and reply.json()["error"]["param"] == "stream"
+    deleted = http("DELETE", f"{server.url}/v1/responses/{response.id}")
+    assert deleted.json() == {"id": response.id, "object": "response", "deleted": True}
+
+
+def test_the_store_drops_the_least_recently_used_and_keeps_nothing_over_its_bound() -> None:
+    """Sizes count a response's whole conversation (earlier turns included); reading a response makes it recent."""
+    store = ResponseStore(capacity_bytes=7_000)
+    made = {}
+    for name in ("a", "b", "c"):
+        made[name] = _response(name)
+        assert store.put(made[name], [], None, body_bytes=1_000)
+    size = store.get("a").size
+    assert 1_000 < size < 2_000 and store.get("a").conversation[-1].content[0].text == "a"
+    assert store.put(_response("d"), [], store.get("b"), body_bytes=1_000)  # b's conversation and its own: ~2 sizes
+    assert store.get("c") is None and store.get("b") is not None  # c was the least recently used
+    assert [item.content[0].text for item in store.get("d").conversation] == ["b", "d"]
+    assert not store.put(_response("e"), [], None, body_bytes=7_000)  # alone over the bound: not kept
+    assert store.get("e") is None and store.get("a") is not None
+
+
+def _response(text: str) -> ResponseObject:
+    message = OutputMessage(id=f"msg_{text}", status="completed", content=[OutputText(text=text)])
+    common = dict(instructions=None, max_output_tokens=None, max_tool_calls=None, metadata={}, temperature=None)
+    common |= dict(parallel_tool_calls=True, text={}, tool_choice="auto", tools=[], top_p=None, top_logprobs=0)
+    return ResponseObject(id=text, created_at=0, status="completed", model=MODEL, output=[message], user=None, **common)
+
+
+def test_store_true_without_a_store_is_refused_by_name() -> None:
+    body = ResponsesRequest.model_validate({"input": "hi", "store": True})
+    with pytest.raises(APIError) as refused:
+        _stores(ResponseStore(capacity_bytes=0), body)
+    assert refused.value.param == "store" and "responses_store_mb" in refused.value.message
+    assert not _stores(ResponseStore(capacity_bytes=0), ResponsesRequest.model_validate({"input": "hi"}))
 
 
 class _Scripted:
@@ -347,7 +439,7 @@ class _Scripted:
 
 
 def _events(generation: _Scripted) -> list[dict]:
-    view = _ResponseView(ResponsesRequest.model_validate({"input": "hi"}), "resp_x", MODEL, generation, None)  # type: ignore[arg-type]
+    view = _ResponseView(ResponsesRequest.model_validate({"input": "hi"}), "resp_x", MODEL, generation, None, None)  # type: ignore[arg-type]
 
     async def collect() -> list[dict]:
         plan = ReplyPlan(ToolPlan(None, None, False, None, True), None, True)

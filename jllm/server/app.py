@@ -31,7 +31,14 @@ from jllm.server.grpc_server import GrpcServer
 from jllm.server.host_work import HostWork
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
-from jllm.server.responses import create_response, stored_response
+from jllm.server.response_store import ResponseStore
+from jllm.server.responses import (
+    cancel_response,
+    create_response,
+    delete_response,
+    list_input_items,
+    retrieve_response,
+)
 from jllm.server.scores import create_rerank, create_score
 from jllm.server.state import STATE, ServerState
 from jllm.timing import show_info_logs
@@ -63,15 +70,16 @@ def build_app(
     registry = ModelRegistry(factory, max_queued_requests=server.max_queued_requests, stream_limits=limits)
     if engine is not None:
         registry.add(entry_of(config), engine)
-    app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard)
+    responses = ResponseStore(server.responses_store_mb * 2**20)
+    app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard, responses)
     app.on_response_prepare.append(echo_request_id)
     app.router.add_post("/v1/completions", create_completion, expect_handler=expect_handler)
     app.router.add_post("/v1/chat/completions", create_chat_completion, expect_handler=expect_handler)
     app.router.add_post("/v1/responses", create_response, expect_handler=expect_handler)
-    for path in ("/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items"):
-        app.router.add_get(path, stored_response)
-    app.router.add_delete("/v1/responses/{response_id}", stored_response)
-    app.router.add_post("/v1/responses/{response_id}/cancel", stored_response)
+    app.router.add_get("/v1/responses/{response_id}", retrieve_response)
+    app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)
+    app.router.add_delete("/v1/responses/{response_id}", delete_response)
+    app.router.add_post("/v1/responses/{response_id}/cancel", cancel_response)
     app.router.add_post("/v1/embeddings", create_embedding, expect_handler=expect_handler)
     app.router.add_post("/classify", create_classification, expect_handler=expect_handler)
     for path in ("/score", "/v1/score"):

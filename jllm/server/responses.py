@@ -2,13 +2,16 @@
 it stands for (``responses_schemas``) and takes chat's start (routing, tools, sampling fields, the chat template,
 admission) and ``Generation``; the reply's reasoning (with the model's ``reasoning_parser``), text and calls come
 back as output items (``responses_output``: a ``reasoning`` item with ``reasoning_text``, a ``message`` with
-``output_text``, ``function_call`` items), whole or as the Responses API's typed events.
+``output_text``, ``function_call`` items), whole or as the Responses API's typed events. A finished response is
+stored unless asked not to (``response_store``): ``previous_response_id`` continues it, and ``GET`` / ``DELETE
+/v1/responses/{id}`` and its ``input_items`` read or drop it.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -25,6 +28,7 @@ from jllm.server.generation import Delta, Generation
 from jllm.server.middleware import public_id, request_id
 from jllm.server.reasoning import ReplyPlan
 from jllm.server.registry import ServedModel
+from jllm.server.response_store import ResponseStore, StoredResponse, input_item_page
 from jllm.server.responses_output import (
     IncompleteDetails,
     InputTokensDetails,
@@ -39,7 +43,7 @@ from jllm.server.responses_output import (
     ResponseObject,
     ResponseUsage,
 )
-from jllm.server.responses_schemas import CHAT_TO_RESPONSES, LOGPROBS, ResponsesRequest
+from jllm.server.responses_schemas import CHAT_TO_RESPONSES, LOGPROBS, InputItem, ResponsesRequest
 from jllm.server.schemas import TokenNames
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
@@ -51,31 +55,128 @@ Event = tuple[str, str]  # (the event's type, its JSON)
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    body = ResponsesRequest.model_validate_json(await request.read())
+    raw = await request.read()
+    body = ResponsesRequest.model_validate_json(raw)
+    state = server_state(request)
+    previous = _previous(state.responses, body.previous_response_id)
+    keeping = _Keeping(state.responses, body.input, previous, len(raw)) if _stores(state.responses, body) else None
+    if previous is not None:
+        body = body.continuing(previous.conversation)
     public = public_id(request, body.request_id)
-    served, reply, generation = await _start(server_state(request), body, request_id(request), public)
-    view = _ResponseView(body, f"resp_{public}", body.model or served.name, generation, served.engine.inputs.tokenizer)
+    served, reply, generation = await _start(state, body, request_id(request), public)
+    tokenizer = served.engine.inputs.tokenizer
+    view = _ResponseView(body, f"resp_{public}", body.model or served.name, generation, tokenizer, keeping)
     try:
         if body.stream:
             return await send_events(request, view.events(reply), done=False)
         (delta,) = await generation.wait()
         view.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, view.tokenizer) or 0
         status = _status(delta.finish_reason)
-        response = view.response(status, _items(reply.message(delta.text), status, view.logprobs(delta)))
+        response = view.finished(status, _items(reply.message(delta.text), status, view.logprobs(delta)))
         return web.json_response(text=response.model_dump_json())
     finally:
         generation.close()
 
 
-async def stored_response(request: web.Request) -> web.StreamResponse:
-    """``GET`` / ``DELETE /v1/responses/{id}``, its ``cancel`` and ``input_items``: a 404 saying why (nothing is
-    stored), where the router's own would only say there is no such route."""
-    raise APIError(
+@dataclasses.dataclass(frozen=True)
+class _Keeping:
+    """Where a response goes once finished: the store, with what it was made from."""
+
+    store: ResponseStore
+    own_input: list[InputItem]
+    previous: StoredResponse | None  # the response it continues
+    body_bytes: int
+
+    def keep(self, response: ResponseObject) -> bool:
+        return self.store.put(response, self.own_input, self.previous, self.body_bytes)
+
+
+def _previous(store: ResponseStore, response_id: str | None) -> StoredResponse | None:
+    """The stored response ``previous_response_id`` names (a 404 if it names none)."""
+    if response_id is None:
+        return None
+    previous = store.get(response_id)
+    if previous is None:
+        raise _not_found(response_id, "previous_response_id", "previous_response_not_found")
+    return previous
+
+
+def _stores(store: ResponseStore, body: ResponsesRequest) -> bool:
+    """Whether the response is to be stored: unless ``store: false`` (or the store is off: then ``true`` is a 400)."""
+    if body.store and not store.enabled:
+        raise bad_request("store: true needs the response store, which responses_store_mb: 0 turns off", param="store")
+    return store.enabled and body.store is not False
+
+
+def _not_found(response_id: str, param: str, code: str = "not_found") -> APIError:
+    return APIError(
         404,
-        f"no response {request.match_info['response_id']!r}: this server stores no responses (each is returned "
-        "whole, or streamed, by the POST that made it)",
-        param="response_id",
-        code="not_found",
+        f"{param} {response_id!r} names no stored response (never stored, made with store: false, deleted, "
+        "dropped as the store filled, or made before the server restarted)",
+        param=param,
+        code=code,
+    )
+
+
+def _stored(request: web.Request) -> StoredResponse:
+    response_id = request.match_info["response_id"]
+    stored = server_state(request).responses.get(response_id)
+    if stored is None:
+        raise _not_found(response_id, "response_id")
+    return stored
+
+
+def _check_query(request: web.Request, allowed: dict[str, tuple[str, ...] | None]) -> None:
+    """A 400 naming a query parameter this route does not honour (``allowed``: each name's accepted values, None
+    for any)."""
+    for name, value in request.query.items():
+        if name not in allowed or (allowed[name] is not None and value not in allowed[name]):
+            raise bad_request(f"query parameter {name}={value!r} is not supported here", param=name)
+
+
+async def retrieve_response(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/responses/{id}``: the stored response as it finished (a stored response cannot be streamed again)."""
+    _check_query(request, {"stream": ("false",), "include_obfuscation": None})
+    return web.json_response(text=_stored(request).response.model_dump_json())
+
+
+async def delete_response(request: web.Request) -> web.StreamResponse:
+    response_id = _stored(request).response.id
+    server_state(request).responses.delete(response_id)
+    return web.json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def cancel_response(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses/{id}/cancel``: only background responses can be cancelled, and this server runs none."""
+    _stored(request)
+    raise bad_request("only background responses can be cancelled; this server runs none", param="response_id")
+
+
+async def list_input_items(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/responses/{id}/input_items``: the items its request sent (not those of the responses it continued),
+    OpenAI's list page: ``order`` desc by default, ``limit`` 1-100 (20), ``after`` an item id."""
+    _check_query(request, {"order": ("asc", "desc"), "limit": None, "after": None})
+    stored = _stored(request)
+    limit = request.query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise bad_request(f"limit must be an integer in 1..100, got {limit!r}", param="limit")
+    items = input_item_page(stored.response.id, stored.input)
+    if request.query.get("order", "desc") == "desc":
+        items.reverse()
+    ids = [item["id"] for item in items]
+    after = request.query.get("after")
+    if after is not None and after not in ids:
+        raise bad_request(f"after {after!r} is not an item of this response's input", param="after")
+    start = 0 if after is None else ids.index(after) + 1
+    page = items[start : start + int(limit)]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": start + int(limit) < len(items),
+        }
     )
 
 
@@ -153,9 +254,16 @@ class _ResponseView:
     """One request's response object, and its stream of events (each numbered in ``sequence_number``)."""
 
     def __init__(
-        self, body: ResponsesRequest, response_id: str, model: str, generation: Generation, tokenizer: Tokenizer
+        self,
+        body: ResponsesRequest,
+        response_id: str,
+        model: str,
+        generation: Generation,
+        tokenizer: Tokenizer,
+        keeping: _Keeping | None,
     ) -> None:
         self.body = body
+        self.keeping = keeping
         self.tokenizer = tokenizer
         self.id = response_id
         self.model = model
@@ -170,6 +278,13 @@ class _ResponseView:
         """The entries of ``delta``'s tokens, with ``include`` asking for them."""
         entries = token_logprobs(delta, self.body.top_logprobs or 0, TokenNames(self.tokenizer))
         return [] if entries is None else entries.content
+
+    def finished(self, status: Status, items: list[OutputItem]) -> ResponseObject:
+        """The finished response, stored if asked (``store`` false in it when it alone is over the store's bound)."""
+        response = self.response(status, items)
+        if self.keeping is not None:
+            response.store = self.keeping.keep(response)
+        return response
 
     def response(self, status: str, items: list[OutputItem] | None = None) -> ResponseObject:
         body, params = self.body, self.generation.params
@@ -198,6 +313,8 @@ class _ResponseView:
             max_tool_calls=body.max_tool_calls,
             metadata=body.metadata or {},
             parallel_tool_calls=body.parallel_tool_calls,
+            previous_response_id=body.previous_response_id,
+            store=self.keeping is not None,
             reasoning={"effort": body.effort, "summary": None},
             temperature=params.temperature,
             text=body.text_echo(),
@@ -245,7 +362,7 @@ class _ResponseView:
         if self._open and isinstance(self.items[-1], OutputMessage):
             self.items[-1].content[0].logprobs += logprobs
         yield from self._close(status)
-        yield self._event(f"response.{status}", response=self.response(status, self.items).model_dump())
+        yield self._event(f"response.{status}", response=self.finished(status, self.items).model_dump())
 
     def _event(self, kind: str, **fields: Any) -> Event:
         payload = {"type": kind, "sequence_number": self._sequence, **fields}

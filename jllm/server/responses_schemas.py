@@ -7,14 +7,15 @@ items tool messages), flat function tools nested as chat's, ``text.format`` a ``
 checks, template, tools and structured output serve both, and every field is checked once.
 
 As on the other routes, no field is silently ignored: each is honoured, or refused with a 400 naming it unless it
-holds its "nothing" value (``RESPONSES_UNSUPPORTED_FIELDS``). Nothing is stored, so ``store: true``,
-``previous_response_id``, ``conversation`` and ``background`` are refused: a client sends the whole conversation.
+holds its "nothing" value (``RESPONSES_UNSUPPORTED_FIELDS``). Responses are stored (``response_store``) and
+``previous_response_id`` continues one; OpenAI's conversations and background responses are refused.
 
 Where this module sits: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -24,12 +25,10 @@ from jllm.server.errors import bad_request
 from jllm.server.responses_output import ReasoningText
 from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
 
-_NOT_STORED = "is not supported: this server stores no responses; send the whole conversation in input"
+_NOT_STORED = "is not supported: send previous_response_id, or the whole conversation in input"
 # OpenAI's and vLLM's Responses fields this server cannot honour: (the values asking for nothing, why)
 RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
     {
-        "store": ((None, False), "true is not supported: this server stores no responses (false is fine)"),
-        "previous_response_id": ((None,), _NOT_STORED),
         "conversation": ((None,), _NOT_STORED),
         "background": ((None, False), "is not supported: responses run while the request waits (none is stored)"),
         "background_options": (_NOTHING, "is not supported: responses run while the request waits (none is stored)"),
@@ -227,6 +226,8 @@ class ResponsesRequest(_Request):
     prompt_cache_key: str | None = None  # OpenAI's cache-routing hint: one server's prefix cache needs none
     max_tool_calls: int | None = None  # counts calls of built-in tools, which this server has none of
     service_tier: str | None = None  # latency and price, not the answer (ignored on chat too)
+    store: bool | None = None  # omitted: stored, as OpenAI does (jllm.server.response_store)
+    previous_response_id: str | None = None  # a stored response this one continues
     stream_options: dict[str, Any] | None = None  # include_obfuscation: no obfuscation padding is sent either way
     # vLLM's extras
     seed: int | None = None
@@ -355,6 +356,10 @@ class ResponsesRequest(_Request):
             else:
                 messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _joined(item.output)})
         return messages
+
+    def continuing(self, conversation: Sequence[InputItem]) -> ResponsesRequest:
+        """This request with a stored response's ``conversation`` before its input (``previous_response_id``)."""
+        return self.model_copy(update={"input": [*conversation, *self.input]})
 
     def as_chat(self) -> dict[str, Any]:
         """The chat request this one stands for (validated by ``ChatCompletionRequest`` at the route)."""

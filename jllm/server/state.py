@@ -14,6 +14,7 @@ from jllm.server.connections import ConnectionGuard
 from jllm.server.host_work import HostWork
 from jllm.server.metrics import ServerMetrics
 from jllm.server.registry import ModelRegistry, ServedModel
+from jllm.server.response_store import ResponseStore
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ServerState:
     registry: ModelRegistry
     host_work: HostWork  # tokenization and chat rendering of long prompts
     connections: ConnectionGuard
+    responses: ResponseStore  # the Responses API's stored responses
 
     @property
     def metrics(self) -> ServerMetrics:
