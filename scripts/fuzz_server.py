@@ -1,17 +1,17 @@
 """Fuzz a running ``jllm serve``: mutated bodies to every POST route, each answer checked against the rule.
 
-The rule: bad input gets a 4xx with OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``),
-never a 5xx, a dropped connection or a hang; and the server still answers ``/health`` and an ordinary request
-afterwards. Bodies come from valid seeds per route, mutated at one field at a time (wrong types, negative and huge
-numbers, NaN / Infinity, deep nesting, lone surrogates, giant strings, unknown fields, arrays for strings, nulls) and
-as raw bytes (empty, non-UTF-8, truncated, wrong Content-Type), and written byte for byte on a socket (bodies cut off
-or stalled, half-closed, framed two ways), which must be answered within ``--stall-timeout`` (the server's
-``body_timeout_s`` and then some). A 200 stream may end with an error event only for the request's own fault found
-after the headers (a grammar that broke mid-generation). The pooling routes (embeddings, classify, score, rerank)
-get their own mutations (empty, huge and mixed lists, token ids out of the vocabulary, texts past the context, vLLM's
-fields this server refuses, every served model's name: a model of the wrong kind among them), and each 200 must hold
-one finite result per input (rerank: the ``top_n`` best, best first). Prints each failure (status, body, the request
-that caused it) and a summary; exits 1 if any request broke the rule.
+The rule: bad input gets a 4xx with OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``;
+Anthropic's ``{"type": "error", "error": {"type", "message"}}`` on ``/v1/messages``), never a 5xx, a dropped connection
+or a hang; and the server still answers ``/health`` and an ordinary request afterwards. Bodies come from valid seeds per
+route, mutated at one field at a time (wrong types, negative and huge numbers, NaN / Infinity, deep nesting, lone
+surrogates, giant strings, unknown fields, arrays for strings, nulls) and as raw bytes (empty, non-UTF-8, truncated,
+wrong Content-Type), and written byte for byte on a socket (bodies cut off or stalled, half-closed, framed two ways),
+which must be answered within ``--stall-timeout`` (the server's ``body_timeout_s`` and then some). A 200 stream may end
+with an error event only for the request's own fault found after the headers (a grammar that broke mid-generation). The
+pooling routes (embeddings, classify, score, rerank) get their own mutations (empty, huge and mixed lists, token ids out
+of the vocabulary, texts past the context, vLLM's fields this server refuses, every served model's name: a model of the
+wrong kind among them), and each 200 must hold one finite result per input (rerank: the ``top_n`` best, best first).
+Prints each failure (status, body, the request that caused it) and a summary; exits 1 if any request broke the rule.
 
     jllm serve --port 8000 &
     python scripts/fuzz_server.py --url http://127.0.0.1:8000 --rounds 3
@@ -100,6 +100,20 @@ SEEDS: dict[str, dict[str, Any]] = {
         "endianness": "little",
         **POOLING,
     },
+    "/v1/messages": {  # Anthropic's Messages API
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "max_tokens": 2,
+        "system": "be brief",
+        "stop_sequences": ["zz"],
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": 5,
+        "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}}],
+        "tool_choice": {"type": "none"},
+        "metadata": {"user_id": "u"},
+        "stream": False,
+    },
+    "/v1/messages/count_tokens": {"messages": [{"role": "user", "content": "hi"}], "system": "be brief"},
     "/tokenize": {"prompt": "hi", "add_special_tokens": True},
     "/detokenize": {"tokens": [1, 2, 3]},
     # vLLM's pooling routes; /classify wants a classifier, /score and /rerank a cross-encoder or any causal LM
@@ -183,6 +197,23 @@ MESSAGE_MUTATIONS: list[Any] = [
     [{"role": "user", "content": "x"}] * 2000,
     [{"role": "user", "content": "\x00\x01\x02"}],
 ]
+ANTHROPIC_MESSAGE_MUTATIONS: list[Any] = [  # /v1/messages conversations
+    [],
+    [{"role": "system", "content": "x"}],
+    [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "AAAA"}}]}],
+    [{"role": "user", "content": [{"type": "document", "source": {}}]}],
+    [{"role": "user", "content": [{"type": "text"}]}],
+    [{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}],
+    [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image"}]}]}],
+    [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "is_error": "yes"}]}],
+    [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": [1]}]}],
+    [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}] * 2,
+    [{"role": "assistant", "content": [{"type": "thinking"}]}],
+    [{"role": "assistant", "content": [{"type": "redacted_thinking", "data": "x"}]}],
+    [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}],
+    [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}],
+    [{"role": "user", "content": "x"}] * 2000,
+]
 INPUT_MUTATIONS: list[Any] = [  # /v1/responses items
     [],
     [{"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "x"}]}],
@@ -203,6 +234,19 @@ INPUT_MUTATIONS: list[Any] = [  # /v1/responses items
     [5],
 ]
 EXTRA_FIELDS: list[tuple[str, Any]] = [
+    # Anthropic's Messages API fields (sent to every route: elsewhere ignored or refused)
+    ("thinking", {"type": "enabled", "budget_tokens": 8}),
+    ("thinking", {"type": "disabled"}),
+    ("thinking", {"type": "adaptive", "budget_tokens": -1}),
+    ("output_config", {"effort": "max", "format": {"type": "json_schema", "schema": {"type": "object"}}}),
+    ("output_config", {"format": {"type": "json_schema"}}),
+    ("tool_choice", {"type": "any", "disable_parallel_tool_use": True}),
+    ("tool_choice", {"type": "tool", "name": "absent"}),
+    ("tools", [{"type": "bash_20250124", "name": "bash"}]),
+    ("tools", [{"name": "f"}]),
+    ("container", "c"),
+    ("mcp_servers", [{"type": "url", "url": "http://x"}]),
+    ("system", [{"type": "image"}]),
     ("chat_template_kwargs", {"messages": 1}),
     ("chat_template_kwargs", {"add_generation_prompt": "x"}),
     ("chat_template_kwargs", {"tools": 5}),
@@ -469,6 +513,10 @@ def mutated_bodies(route: str, rng: random.Random, models: list[str] = ()) -> li
         for items in INPUT_MUTATIONS:
             bodies.append((f"input={items!r:.100}", {**seed, "input": items}))
             bodies.append((f"stream input={items!r:.100}", {**seed, "input": items, "stream": True}))
+    if route.startswith("/v1/messages"):
+        for messages in ANTHROPIC_MESSAGE_MUTATIONS:
+            bodies.append((f"messages={messages!r:.100}", {**seed, "messages": messages}))
+            bodies.append((f"stream messages={messages!r:.100}", {**seed, "messages": messages, "stream": True}))
     if route == "/tokenize":
         bodies += [(f"tokenize messages={messages!r:.100}", {"messages": messages}) for messages in MESSAGE_MUTATIONS]
     json_headers = {"Content-Type": "application/json"}
@@ -550,24 +598,29 @@ RAW_CASES: list[tuple[str, bytes, float | None]] = [
 ]
 
 
-def error_shape_problem(status: int, body: bytes) -> str | None:
-    """Why ``body`` is not OpenAI's error JSON, or None."""
+def error_shape_problem(status: int, body: bytes, route: str = "") -> str | None:
+    """Why ``body`` is not OpenAI's error JSON (Anthropic's on its routes), or None."""
     try:
         data = json.loads(body)
     except ValueError:
         return "not JSON"
     error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"}:
+    if route.startswith("/v1/messages"):
+        if data.get("type") != "error" or not isinstance(error, dict) or set(error) != {"type", "message"}:
+            return "not {'type': 'error', 'error': {type, message}}"
+    elif not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"}:
         return "not {'error': {message, type, param, code}}"
     if not isinstance(error["message"], str) or not error["message"]:
         return "no message"
     return None
 
 
-def stream_problem(body: bytes) -> str | None:
+def stream_problem(body: bytes, route: str = "") -> str | None:
     """A 200 stream must be SSE events of JSON ending in [DONE] (the Responses API's: named events ending in its
     final one); an error event is allowed only for the request's own fault found after the headers (a grammar that
     broke mid-generation: ``invalid_request_error``), in OpenAI's shape."""
+    if route.startswith("/v1/messages"):
+        return messages_stream_problem(body)
     if body.startswith(b"event: "):
         return responses_stream_problem(body)
     events = body.decode("utf-8", "replace").split("\n\n")
@@ -604,6 +657,27 @@ def responses_stream_problem(body: bytes) -> str | None:
         return None
     if types[-1] not in ("response.completed", "response.incomplete", "response.failed"):
         return f"stream ends with {types[-1]}: {events[-1][:300]!r}"
+    return None
+
+
+def messages_stream_problem(body: bytes) -> str | None:
+    """Anthropic's stream: each event named after its JSON's type, message_start first and message_stop last, or an
+    error event (Anthropic's shape) for the request's own fault found after the headers."""
+    events = body.decode("utf-8", "replace").removesuffix("\n\n").split("\n\n")
+    types = []
+    for i, event in enumerate(events):
+        name, _, payload = event.partition("\ndata: ")
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return f"event is not JSON: {payload[:200]!r}"
+        if name != f"event: {data.get('type')}":
+            return f"event {i} is not named as its JSON: {event[:300]!r}"
+        types.append(data["type"])
+    if types[-1] == "error" and data["error"]["type"] == "invalid_request_error":
+        return None
+    if types[0] != "message_start" or types[-1] != "message_stop":
+        return f"stream runs {types[0]} .. {types[-1]}: {events[-1][:300]!r}"
     return None
 
 
@@ -660,9 +734,9 @@ class Fuzzer:
         if status >= 500:
             problem = f"{status}: {body[:300]!r}"
         elif status >= 400:
-            problem = error_shape_problem(status, body)
+            problem = error_shape_problem(status, body, route)
         elif response.content_type == "text/event-stream":
-            problem = stream_problem(body)
+            problem = stream_problem(body, route)
         elif not body.startswith(b"{"):
             problem = f"200 without JSON: {body[:200]!r}"
         else:
@@ -707,8 +781,10 @@ class Fuzzer:
         body = rest_of_answer.partition(b"\r\n\r\n")[2]
         if status >= 500:
             self.failures.append(f"{route} [raw: {what}] -> {status}: {body[:300]!r}")
-        elif status >= 400 and (problem := error_shape_problem(status, body)):
-            self.failures.append(f"{route} [raw: {what}] -> {problem}")
+        elif status >= 400 and (problem := error_shape_problem(status, body, route)):
+            # a message HTTP cannot parse is answered before its path is known: OpenAI's shape on every route
+            if error_shape_problem(status, body) is not None:
+                self.failures.append(f"{route} [raw: {what}] -> {problem}")
 
     async def still_serving(self, session: aiohttp.ClientSession, route: str) -> str | None:
         """Whether ``/health`` and an ordinary request to ``route`` (its seed) answer 200."""

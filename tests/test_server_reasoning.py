@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 from fake_runner import fake_engine
@@ -277,6 +278,31 @@ def test_a_reasoning_item_passed_back_reaches_the_template(client: openai.OpenAI
     client.responses.create(
         model=MODEL, input=turn + [item.model_dump() for item in first.output] + turn, max_output_tokens=1
     )
+    assert prompts[-1] == "user: sum|assistant: \n\nFour.[Two and two.]|user: sum|assistant:"
+
+
+def test_anthropic_messages_carry_thinking_text_and_tool_use_blocks(server: RunningServer, prompts: list[str]) -> None:
+    """The Messages API: the reasoning a ``thinking`` block, then the text, then each call a ``tool_use`` block
+    (stop reason ``tool_use``), whole and streamed; a thinking block passed back reaches the template."""
+    client = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0)
+    tools = [{"name": "weather", "input_schema": {"type": "object"}}]
+    args = dict(model=MODEL, max_tokens=400, messages=_messages("call"), tools=tools)
+    whole = client.messages.create(**args)
+    with client.messages.stream(**args) as stream:
+        streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        thinking, text, call = message.content
+        assert (thinking.type, thinking.thinking) == ("thinking", "I could write <tool_call> here.")
+        assert (text.type, text.text.rstrip("\n")) == ("text", "Let me check.")  # a stream keeps the newline
+        assert (call.type, call.name, call.input, message.stop_reason) == (
+            "tool_use",
+            "weather",
+            {"city": "Oslo"},
+            "tool_use",
+        )
+    first = client.messages.create(model=MODEL, max_tokens=400, messages=_messages("sum"))
+    history = [*_messages("sum"), {"role": "assistant", "content": [b.model_dump() for b in first.content]}]
+    client.messages.create(model=MODEL, max_tokens=1, messages=[*history, *_messages("sum")])
     assert prompts[-1] == "user: sum|assistant: \n\nFour.[Two and two.]|user: sum|assistant:"
 
 

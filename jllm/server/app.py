@@ -29,6 +29,7 @@ from jllm.server.embeddings import create_embedding
 from jllm.server.errors import error_middleware, expect_handler
 from jllm.server.grpc_server import GrpcServer
 from jllm.server.host_work import HostWork
+from jllm.server.messages import count_tokens, create_message
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
 from jllm.server.registry import EngineFactory, ModelRegistry
 from jllm.server.response_store import ResponseStore
@@ -80,6 +81,8 @@ def build_app(
     app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)
     app.router.add_post("/v1/responses/{response_id}/cancel", cancel_response)
+    app.router.add_post("/v1/messages", create_message, expect_handler=expect_handler)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens, expect_handler=expect_handler)
     app.router.add_post("/v1/embeddings", create_embedding, expect_handler=expect_handler)
     app.router.add_post("/classify", create_classification, expect_handler=expect_handler)
     for path in ("/score", "/v1/score"):

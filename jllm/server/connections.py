@@ -60,7 +60,8 @@ class _Refusal(asyncio.Protocol):
 
 class JsonErrorHandler(RequestHandler):
     """aiohttp's connection handler, answering what fails before routing (a malformed request line or header, an
-    oversize header or URL, a bad Content-Length) in OpenAI's error JSON, with one log line and no traceback."""
+    oversize header or URL, a bad Content-Length) in OpenAI's error JSON (Anthropic's on its routes), with one log
+    line and no traceback."""
 
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
@@ -70,7 +71,8 @@ class JsonErrorHandler(RequestHandler):
             raise ConnectionError("a response is already partly sent; the connection is broken")
         phrase = HTTPStatus(status).phrase
         kind = "server_error" if status >= 500 else "invalid_request_error"
-        response = APIError(status, f"{phrase}: {message or exc or 'malformed request'}", type=kind).response()
+        error = APIError(status, f"{phrase}: {message or exc or 'malformed request'}", type=kind)
+        response = error.response_for(request)
         response.force_close()
         return response
 
@@ -189,7 +191,7 @@ def body_timeout_middleware(timeout: float) -> Middleware:
             except TimeoutError:
                 logger.info("request body from %s not whole within %g s; closing", request.remote, timeout)
                 message = f"the request body did not arrive whole within {timeout:g} s (body_timeout_s)"
-                response = APIError(408, message, code="request_timeout").response()
+                response = APIError(408, message, code="request_timeout").response_for(request)
                 response.force_close()
                 await response.prepare(request)  # sent now: aiohttp would otherwise linger 10 s reading the body
                 await response.write_eof()

@@ -1,7 +1,8 @@
-"""OpenAI's error body for every non-2xx answer, and the mapping from what went wrong to a status.
+"""OpenAI's error body for every non-2xx answer (Anthropic's on its Messages routes), and the mapping from what went
+wrong to a status.
 
-Clients (the ``openai`` package among them) read ``error.message`` and branch on the status, so every failure,
-from a router 404 to an engine that died mid-stream, must come back in the same shape.
+Clients (the ``openai`` and ``anthropic`` packages among them) read the error's message and branch on the status, so
+every failure, from a router 404 to an engine that died mid-stream, must come back in its API's shape.
 
 Where this module sits: docs/architecture.md.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -49,6 +51,33 @@ class APIError(Exception):
     def response(self) -> web.Response:
         return web.json_response(self.body(), status=self.status, headers=self.headers)
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """Anthropic's error JSON (its Messages routes): the error's type by status; the field it names leads the
+        message, as this server's messages mostly say already."""
+        kind = ANTHROPIC_ERROR_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        named = self.param is not None and not self.message.startswith(self.param)
+        message = f"{self.param}: {self.message}" if named else self.message
+        return {"type": "error", "error": {"type": kind, "message": message}}
+
+    def response_for(self, request: web.BaseRequest) -> web.Response:
+        """The error as the route's API writes it: Anthropic's JSON under ``/v1/messages``, else OpenAI's."""
+        if not request.path.startswith(ANTHROPIC_PATH):
+            return self.response()
+        return web.json_response(self.anthropic_body(), status=self.status, headers=self.headers)
+
+
+ANTHROPIC_PATH = "/v1/messages"
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     """HTTP's ``Expect`` on the POST routes: ``100-continue`` as aiohttp answers it; anything else a 417 in OpenAI's
@@ -59,7 +88,8 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the response proper has not started
         return None
-    response = APIError(417, f"Expect: {expect!r} is not supported (only 100-continue)", param="Expect").response()
+    error = APIError(417, f"Expect: {expect!r} is not supported (only 100-continue)", param="Expect")
+    response = error.response_for(request)
     response.force_close()  # the client may be sending the body it asked about: the connection cannot go on
     return response
 
@@ -123,10 +153,11 @@ def _from_http_exception(error: web.HTTPException, request: web.Request) -> APIE
     return APIError(error.status, error.reason, code=None)
 
 
-def _unreadable_body(error: web.RequestPayloadError) -> web.Response:
+def _unreadable_body(error: web.RequestPayloadError, request: web.Request) -> web.Response:
     """A body aiohttp could not read (bytes not in the ``Content-Encoding`` they claim, a broken chunked body) is a
     400; the connection's later bytes are unusable, so it closes after the answer."""
-    response = APIError(400, f"the request body could not be read: {str(error.__cause__ or error).strip()}").response()
+    message = f"the request body could not be read: {str(error.__cause__ or error).strip()}"
+    response = APIError(400, message).response_for(request)
     response.force_close()
     return response
 
@@ -136,14 +167,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Whatever a handler, the auth check or the router raises leaves as OpenAI error JSON."""
+    """Whatever a handler, the auth check or the router raises leaves as OpenAI error JSON (Anthropic's on its
+    routes)."""
     try:
         return await handler(request)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return _from_http_exception(e, request).response()
+        return _from_http_exception(e, request).response_for(request)
     except web.RequestPayloadError as e:
-        return _unreadable_body(e)
+        return _unreadable_body(e, request)
     except Exception as e:
-        return as_api_error(e).response()
+        return as_api_error(e).response_for(request)

@@ -52,7 +52,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         client_id = request.headers["X-Request-Id"]
         if not _is_valid_client_id(client_id):
             message = f"X-Request-Id must be {_CLIENT_ID_RULE}"
-            return APIError(400, message, param="X-Request-Id").response()
+            return APIError(400, message, param="X-Request-Id").response_for(request)
         request[CLIENT_REQUEST_ID] = client_id
     return await handler(request)
 
@@ -69,17 +69,22 @@ def check_api_key(given: str, api_key: str) -> None:
     undecodable header bytes as surrogates: encoded back, they simply do not match."""
     if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {api_key}".encode()):
         raise APIError(
-            401, "missing or incorrect API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
+            401,
+            "missing or incorrect API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
+            code="invalid_api_key",
         )
 
 
 def auth_middleware(api_key: str) -> Middleware:
-    """Bearer-key check on every route but ``OPEN_PATHS``."""
+    """Bearer-key check on every route but ``OPEN_PATHS``; Anthropic's clients send the key as ``x-api-key``."""
 
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
-            check_api_key(request.headers.get("Authorization", ""), api_key)
+            given = request.headers.get("Authorization")
+            if given is None and "x-api-key" in request.headers:
+                given = f"Bearer {request.headers['x-api-key']}"
+            check_api_key(given or "", api_key)
         return await handler(request)
 
     return check_key

@@ -1,0 +1,216 @@
+"""``POST /v1/messages`` (Anthropic's Messages API) through the ``anthropic`` SDK over the scripted engine: text with a
+system prompt and stop sequences, the stop reasons, the event stream (and the SDK's stream helper assembling it), a
+tool round-trip, ``output_config.format``, ``count_tokens``, the ``x-api-key`` header, and Anthropic's error JSON
+naming this route's fields.
+
+The engine generates ``TEXT`` again and again over a byte-level tokenizer (as in tests/test_server_responses.py);
+its chat template shows the calls and call ids that reach it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+from fake_runner import byte_level_tokenizer, repeating_text_engine
+from server_utils import RunningServer, assert_engine_left_empty, http
+
+from jllm.config import load_config
+from jllm.engine import LLMEngine
+from jllm.inputs import Prompt
+from jllm.sampling import SamplingParams
+
+MODEL = "scripted"
+KEY = "sk-test"
+TEXT = "猫 😺, é!"
+STOPPED = TEXT[:-1]  # with stop "!"
+TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+    "{% for c in m.tool_calls or [] %}[{{ c.id }} {{ c.function.name }}({{ c.function.arguments | tojson }})]"
+    "{% endfor %}{% if m.tool_call_id %} <- {{ m.tool_call_id }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+PICK = {
+    "name": "pick",
+    "description": "picks",
+    "input_schema": {
+        "type": "object",
+        "properties": {"x": {"enum": [1]}},
+        "required": ["x"],
+        "additionalProperties": False,
+    },
+}
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> LLMEngine:
+    tokenizer_dir = byte_level_tokenizer(tmp_path_factory.mktemp("byte_level"))
+    engine = repeating_text_engine(TEXT, tokenizer_dir, step_seconds=0.002, max_model_len=256, num_pages=80)
+    engine.tokenizer.hf.chat_template = TEMPLATE
+    return engine
+
+
+@pytest.fixture(scope="module")
+def server(engine: LLMEngine) -> Iterator[RunningServer]:
+    with RunningServer(engine, load_config(None, served_model_name=MODEL, api_key=KEY)) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def engine_is_left_empty(engine: LLMEngine) -> Iterator[None]:
+    yield
+    assert_engine_left_empty(engine, wait=5)
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0)  # the key goes as x-api-key
+
+
+@pytest.fixture
+def prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The text of each prompt the engine is handed."""
+    seen: list[str] = []
+    add_request = engine.add_request
+
+    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None, **options: Any) -> None:
+        seen.append(prompt.text or "")
+        add_request(request_id, prompt, params, grammar, **options)
+
+    monkeypatch.setattr(engine, "add_request", spy)
+    return seen
+
+
+def test_text_with_a_system_prompt_and_its_stop_reasons(client: anthropic.Anthropic, prompts: list[str]) -> None:
+    message = client.messages.create(
+        model=MODEL, max_tokens=50, system="be brief", messages=HI, stop_sequences=["!"], metadata={"user_id": "u"}
+    )
+    assert prompts == ["system: be brief\nuser: hi\nassistant:"]
+    assert (message.type, message.role, message.model, message.id[:4]) == ("message", "assistant", MODEL, "msg_")
+    assert [(b.type, b.text) for b in message.content] == [("text", STOPPED)]
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "!")
+    usage = message.usage
+    assert usage.output_tokens == len(STOPPED.encode()) + 1  # the stop sequence's token too
+    assert usage.input_tokens + usage.cache_read_input_tokens == len(prompts[0].encode())
+    cut = client.messages.create(model=MODEL, max_tokens=3, messages=HI, system=[{"type": "text", "text": "x"}])
+    assert (cut.stop_reason, cut.stop_sequence, cut.usage.output_tokens) == ("max_tokens", None, 3)
+    assert prompts[-1] == "system: x\nuser: hi\nassistant:"
+
+
+def test_the_stream_is_anthropics_events_and_assembles_to_the_whole_message(client: anthropic.Anthropic) -> None:
+    args = dict(model=MODEL, max_tokens=50, messages=HI, stop_sequences=["!"])
+    whole = client.messages.create(**args)
+    with client.messages.stream(**args) as stream:
+        text = "".join(stream.text_stream)
+        streamed = stream.get_final_message()
+    assert text == STOPPED and [(b.type, b.text) for b in streamed.content] == [(b.type, b.text) for b in whole.content]
+    assert (streamed.stop_reason, streamed.stop_sequence, streamed.usage.output_tokens) == (
+        "stop_sequence",
+        "!",
+        whole.usage.output_tokens,
+    )
+    kinds = [event.type for event in client.messages.create(**args, stream=True)]
+    assert kinds[:2] == ["message_start", "content_block_start"] and kinds[-3:] == [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert set(kinds[2:-3]) == {"content_block_delta"}
+
+
+def test_a_tool_round_trip(client: anthropic.Anthropic, prompts: list[str]) -> None:
+    """A named tool is called (its input under the tool's schema), whole and streamed; the call and its result go
+    back as blocks, reach the template as chat's ``tool_calls`` and tool message, and the reply is text."""
+    args = dict(model=MODEL, max_tokens=40, messages=HI, tools=[PICK], tool_choice={"type": "tool", "name": "pick"})
+    whole = client.messages.create(**args)
+    with client.messages.stream(**args) as stream:
+        streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        (call,) = message.content
+        assert (call.type, call.name, call.input, message.stop_reason) == ("tool_use", "pick", {"x": 1}, "tool_use")
+    call = whole.content[0]
+    history = [
+        *HI,
+        {"role": "assistant", "content": [call.model_dump()]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "42"}, "ok?"]},
+    ]
+    history[2]["content"][1] = {"type": "text", "text": "ok?"}
+    reply = client.messages.create(
+        model=MODEL, max_tokens=40, messages=history, tools=[PICK], tool_choice={"type": "none"}, stop_sequences=["!"]
+    )
+    assert [(b.type, b.text) for b in reply.content] == [("text", STOPPED)] and reply.stop_reason == "stop_sequence"
+    assert prompts[-1] == (
+        f'user: hi\nassistant: [{call.id} pick({{"x": 1}})]\ntool: 42 <- {call.id}\nuser: ok?\nassistant:'
+    )
+    failed = [
+        {"type": "tool_result", "tool_use_id": call.id, "content": [{"type": "text", "text": "no"}], "is_error": True}
+    ]
+    history[2] = {"role": "user", "content": failed}
+    client.messages.create(model=MODEL, max_tokens=2, messages=history)
+    assert prompts[-1].endswith(f"tool: Error: no <- {call.id}\nassistant:")
+
+
+def test_output_config_format_holds_the_reply_to_its_schema(client: anthropic.Anthropic) -> None:
+    config = {"format": {"type": "json_schema", "schema": PICK["input_schema"]}}
+    message = client.messages.create(model=MODEL, max_tokens=20, messages=HI, output_config=config)
+    assert json.loads(message.content[0].text) == {"x": 1} and message.stop_reason == "end_turn"
+
+
+def test_count_tokens_is_the_prompt_a_message_request_would_have(client: anthropic.Anthropic) -> None:
+    args = dict(model=MODEL, messages=HI, system="be brief", tools=[PICK], tool_choice={"type": "none"})
+    counted = client.messages.count_tokens(**args)
+    usage = client.messages.create(**args, max_tokens=1).usage
+    assert counted.input_tokens == usage.input_tokens + usage.cache_read_input_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"max_tokens": None}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "messages"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "f", "input": {}}]}]},
+            "messages",
+        ),
+        ({"messages": []}, "messages"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools"),
+        ({"tools": [PICK]}, "tool_choice"),  # "auto" needs --enable-auto-tool-choice, as on chat
+        ({"tool_choice": {"type": "tool"}}, "tool_choice"),
+        ({"container": "c1"}, "container"),
+        ({"mcp_servers": [{"url": "x"}]}, "mcp_servers"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 64}}, "thinking"),  # no reasoning parser in force
+        ({"thinking": {"type": "enabled"}}, "thinking"),
+        ({"stop_sequences": [""]}, "stop_sequences"),
+        ({"output_config": {"format": {"type": "json_schema", "schema": {"type": "nonsense"}}}}, "output_config"),
+        ({"messages": [{"role": "user", "content": "x" * 300}]}, "messages"),  # longer than the 256-token context
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_a_bad_request_is_anthropics_error_naming_the_field(server: RunningServer, changes: dict, field: str) -> None:
+    body = {k: v for k, v in {"model": MODEL, "max_tokens": 5, "messages": HI, **changes}.items() if v is not None}
+    reply = http("POST", f"{server.url}/v1/messages", json_body=body, headers={"x-api-key": KEY})
+    error = reply.json()
+    assert reply.status == 400 and error["type"] == "error", reply.body
+    assert error["error"]["type"] == "invalid_request_error" and field in error["error"]["message"], error
+
+
+def test_keys_models_and_routes_fail_in_anthropics_shape(server: RunningServer, client: anthropic.Anthropic) -> None:
+    wrong = anthropic.Anthropic(base_url=server.url, api_key="nope", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        wrong.messages.create(model=MODEL, max_tokens=5, messages=HI)
+    assert refused.value.body["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="absent", max_tokens=5, messages=HI)
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    bearer = http("POST", f"{server.url}/v1/messages", json_body={"model": MODEL, "max_tokens": 2, "messages": HI},
+                  headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert bearer.status == 200 and bearer.json()["usage"]["output_tokens"] == 2
+    openai_route = http(
+        "POST", f"{server.url}/v1/completions", json_body={"prompt": "hi", "n": 0}, headers={"x-api-key": KEY}
+    )
+    assert openai_route.status == 400 and "error" in openai_route.json() and "type" not in openai_route.json()
