@@ -154,6 +154,18 @@ def test_a_tool_round_trip(client: anthropic.Anthropic, prompts: list[str]) -> N
     assert prompts[-1].endswith(f"tool: Error: no <- {call.id}\nassistant:")
 
 
+def test_a_last_assistant_message_is_the_start_the_reply_continues(
+    client: anthropic.Anthropic, prompts: list[str]
+) -> None:
+    """Anthropic's prefill: the reply continues the assistant's text, which the response leaves out, as Anthropic
+    does; the token count renders the same open prompt."""
+    messages = [*HI, {"role": "assistant", "content": [{"type": "text", "text": "Sure:"}]}]
+    message = client.messages.create(model=MODEL, max_tokens=50, messages=messages, stop_sequences=["!"])
+    assert prompts[-1] == "user: hi\nassistant: Sure:" and message.content[0].text == STOPPED
+    counted = client.messages.count_tokens(model=MODEL, messages=messages)
+    assert counted.input_tokens == message.usage.input_tokens + message.usage.cache_read_input_tokens
+
+
 def test_output_config_format_holds_the_reply_to_its_schema(client: anthropic.Anthropic) -> None:
     config = {"format": {"type": "json_schema", "schema": PICK["input_schema"]}}
     message = client.messages.create(model=MODEL, max_tokens=20, messages=HI, output_config=config)

@@ -3,7 +3,8 @@ serves it), as pydantic models.
 
 A request becomes the chat request it stands for (``MessagesRequest.as_chat``), as the Responses API's does:
 ``system`` a system message first; a user's ``tool_result`` blocks tool messages (before the user's text), an
-assistant's ``tool_use`` blocks its ``tool_calls`` and its ``thinking`` its reasoning; ``tools`` chat's function
+assistant's ``tool_use`` blocks its ``tool_calls`` and its ``thinking`` its reasoning, a last assistant message the
+start of the reply (Anthropic's prefill: chat's ``continue_final_message``); ``tools`` chat's function
 tools; ``tool_choice`` ``any`` chat's ``required``; ``thinking`` with a budget vLLM's ``thinking_token_budget`` (so
 the model needs a reasoning parser), ``disabled`` the template's ``enable_thinking: false``; ``output_config``'s
 ``effort`` chat's ``reasoning_effort`` and its ``format`` a JSON-schema ``response_format``. So the chat route's
@@ -231,11 +232,13 @@ class _MessagesBody(_Request):
         return messages + [m for message in self.messages for m in message.chat_messages()]
 
     def chat_fields(self) -> dict[str, Any]:
-        """The chat request's fields for the conversation, tools and thinking."""
+        """The chat request's fields for the conversation, tools and thinking. A last message of the assistant's is
+        Anthropic's prefill: the reply continues it (chat's ``continue_final_message``)."""
         choice = self.tool_choice
         kwargs = self.chat_template_kwargs
         if self.thinking is not None and self.thinking.type == "disabled":
             kwargs = {"enable_thinking": False, **(kwargs or {})}
+        prefill = self.messages[-1].role == "assistant"
         return {
             "model": self.model,
             "messages": self.chat_messages(),
@@ -243,6 +246,8 @@ class _MessagesBody(_Request):
             "tool_choice": choice.for_chat() if choice else ("auto" if self.tools else None),
             "parallel_tool_calls": False if choice and choice.disable_parallel_tool_use else None,
             "chat_template_kwargs": kwargs,
+            "add_generation_prompt": False if prefill else None,
+            "continue_final_message": True if prefill else None,
         }
 
 
@@ -288,6 +293,5 @@ class CountTokensRequest(_MessagesBody):
     def as_tokenize(self) -> dict[str, Any]:
         """The ``/tokenize`` request of the same rendered prompt."""
         fields = self.chat_fields()
-        body = {"model": fields["model"], "messages": fields["messages"], "tools": fields["tools"]}
-        body["chat_template_kwargs"] = fields["chat_template_kwargs"]
-        return {k: v for k, v in body.items() if v is not None}
+        kept = ("model", "messages", "tools", "chat_template_kwargs", "add_generation_prompt", "continue_final_message")
+        return {k: fields[k] for k in kept if fields[k] is not None}
