@@ -271,6 +271,11 @@ class ServerConfig(Section):
     # the Responses API's stored responses (previous_response_id, GET /v1/responses/{id}): at most this many MiB of
     # request bodies and responses in memory, least recently used dropped first; 0: none stored (store: true a 400)
     responses_store_mb: int = 256
+    # Cross-origin requests from browsers (vLLM's flags and defaults: any origin, method and header; no credentials)
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -295,6 +300,14 @@ class ServerConfig(Section):
         self._require(self.stream_buffer_outputs >= 1, "stream_buffer_outputs", "must be >= 1")
         self._require(self.stream_stall_timeout_s > 0, "stream_stall_timeout_s", "must be > 0")
         self._require(self.responses_store_mb >= 0, "responses_store_mb", "must be >= 0 (0: no response is stored)")
+        for key in ("allowed_origins", "allowed_methods", "allowed_headers"):
+            values = getattr(self, key)
+            self._require(
+                all(isinstance(v, str) and v.strip() and not v.startswith("[") for v in values),
+                key,
+                "must be non-empty strings, one per argument (--allowed-origins https://a.example https://b.example), "
+                "not a JSON list",
+            )
         budget = self.host_memory_budget_bytes
         self._require(budget is None or budget > 0, "host_memory_budget_bytes", "must be > 0")
         self._require(

@@ -25,6 +25,7 @@ from jllm.server.chat import create_chat_completion
 from jllm.server.classify import create_classification
 from jllm.server.completions import create_completion
 from jllm.server.connections import ConnectionGuard, GuardedSite, body_timeout_middleware, fit_descriptor_limit
+from jllm.server.cors import CorsPolicy
 from jllm.server.embeddings import create_embedding
 from jllm.server.errors import error_middleware, expect_handler
 from jllm.server.grpc_server import GrpcServer
@@ -58,10 +59,17 @@ def build_app(
     engines to ``app[STATE].registry`` directly."""
     server = config.server
     guard = ConnectionGuard(fit_descriptor_limit(server.max_connections), server.header_timeout_s)
+    cors = CorsPolicy(
+        tuple(server.allowed_origins),
+        tuple(server.allowed_methods),
+        tuple(server.allowed_headers),
+        server.allow_credentials,
+    )
     middlewares = [
         guard.middleware,
         request_id_middleware,
         error_middleware,
+        cors.middleware(),  # preflights carry no API key
         body_timeout_middleware(server.body_timeout_s),
     ]
     if config.server.api_key:
@@ -74,6 +82,7 @@ def build_app(
     responses = ResponseStore(server.responses_store_mb * 2**20)
     app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard, responses)
     app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(cors.on_prepare)
     app.router.add_post("/v1/completions", create_completion, expect_handler=expect_handler)
     app.router.add_post("/v1/chat/completions", create_chat_completion, expect_handler=expect_handler)
     app.router.add_post("/v1/responses", create_response, expect_handler=expect_handler)
