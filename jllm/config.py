@@ -276,6 +276,12 @@ class ServerConfig(Section):
     allowed_methods: list[str] = field(default_factory=lambda: ["*"])
     allowed_headers: list[str] = field(default_factory=lambda: ["*"])
     allow_credentials: bool = False
+    # TLS (vLLM's flags): the server's certificate and key; ssl_ca_certs with ssl_cert_reqs 1 (optional) or 2
+    # (required) asks clients for certificates those CAs signed
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: int = 0
 
     def validate(self) -> None:
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
@@ -300,6 +306,17 @@ class ServerConfig(Section):
         self._require(self.stream_buffer_outputs >= 1, "stream_buffer_outputs", "must be >= 1")
         self._require(self.stream_stall_timeout_s > 0, "stream_stall_timeout_s", "must be > 0")
         self._require(self.responses_store_mb >= 0, "responses_store_mb", "must be >= 0 (0: no response is stored)")
+        self._require(
+            (self.ssl_certfile is None) == (self.ssl_keyfile is None), "ssl_keyfile", "comes with ssl_certfile"
+        )
+        self._require(
+            self.ssl_cert_reqs in (0, 1, 2), "ssl_cert_reqs", "must be 0 (none), 1 (optional) or 2 (required)"
+        )
+        self._require(
+            self.ssl_cert_reqs == 0 or (self.ssl_ca_certs is not None and self.ssl_certfile is not None),
+            "ssl_cert_reqs",
+            "needs ssl_ca_certs and ssl_certfile (the CAs client certificates are checked against, over TLS)",
+        )
         for key in ("allowed_origins", "allowed_methods", "allowed_headers"):
             values = getattr(self, key)
             self._require(

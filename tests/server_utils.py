@@ -110,7 +110,8 @@ class RunningServer:
         for entry, engine, memory in self.models:
             self.app[STATE].registry.add(entry, self._started(engine), memory)
         self.runner = await start_app(self.app, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{bound_port(self.runner)}"
+        scheme = "https" if self.config.server.ssl_certfile else "http"
+        self.url = f"{scheme}://127.0.0.1:{bound_port(self.runner)}"
         if self.grpc:  # started as `jllm serve --grpc-port` does, with its models already loaded
             self.grpc_server = await start_grpc(self.app, "127.0.0.1", 0)
             await self.grpc_server.set_serving(True)

@@ -24,7 +24,13 @@ from jllm.server import admin, info, lora_adapters
 from jllm.server.chat import create_chat_completion
 from jllm.server.classify import create_classification
 from jllm.server.completions import create_completion
-from jllm.server.connections import ConnectionGuard, GuardedSite, body_timeout_middleware, fit_descriptor_limit
+from jllm.server.connections import (
+    ConnectionGuard,
+    GuardedSite,
+    body_timeout_middleware,
+    fit_descriptor_limit,
+    tls_context,
+)
 from jllm.server.cors import CorsPolicy
 from jllm.server.embeddings import create_embedding
 from jllm.server.errors import error_middleware, expect_handler
@@ -126,7 +132,7 @@ async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner
         keepalive_timeout=state.config.server.keepalive_timeout_s,
     )
     await runner.setup()
-    await GuardedSite(runner, host, port, state.connections).start()
+    await GuardedSite(runner, host, port, state.connections, tls_context(state.config.server)).start()
     return runner
 
 
@@ -183,7 +189,11 @@ async def _serve(serve: ServeConfig) -> None:
         grpc_server = await start_grpc(app, server.host, server.grpc_port)
         logger.info("jllm gRPC listening on %s:%d", server.host, grpc_server.port)
     logger.info(
-        "jllm listening on http://%s:%d; loading %d model(s)", server.host, bound_port(runner), len(serve.models)
+        "jllm listening on %s://%s:%d; loading %d model(s)",
+        "https" if server.ssl_certfile else "http",
+        server.host,
+        bound_port(runner),
+        len(serve.models),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

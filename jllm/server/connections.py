@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import resource
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
@@ -27,6 +28,8 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from jllm.config import ServerConfig
+from jllm.config_base import ConfigError
 from jllm.server.errors import APIError, Handler
 
 logger = logging.getLogger(__name__)
@@ -161,10 +164,17 @@ class ConnectionGuard:
 
 
 class GuardedSite(web.TCPSite):
-    """``web.TCPSite`` listening through a ``ConnectionGuard``."""
+    """``web.TCPSite`` listening through a ``ConnectionGuard`` (over TLS with an ``ssl_context``)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard) -> None:
-        super().__init__(runner, host, port)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self._guard = guard
 
     async def start(self) -> None:
@@ -172,9 +182,25 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.factory(server), self._host, self._port, backlog=self._backlog
+            self._guard.factory(server), self._host, self._port, backlog=self._backlog, ssl=self._ssl_context
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from vLLM's flags (``ssl_certfile`` and ``ssl_keyfile``; ``ssl_ca_certs`` with
+    ``ssl_cert_reqs`` 1 or 2 asks clients for certificates signed by those CAs); None: plain HTTP."""
+    if server.ssl_certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(server.ssl_certfile, server.ssl_keyfile)
+        if server.ssl_ca_certs is not None:
+            context.load_verify_locations(server.ssl_ca_certs)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"ssl_certfile / ssl_keyfile / ssl_ca_certs: cannot be loaded: {e}") from e
+    context.verify_mode = ssl.VerifyMode(server.ssl_cert_reqs)
+    return context
 
 
 def body_timeout_middleware(timeout: float) -> Middleware:
