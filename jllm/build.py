@@ -27,7 +27,7 @@ from jllm.attention import describe_backend, resolve_pool
 from jllm.block_manager import BlockManager
 from jllm.buckets import StepBucket
 from jllm.classify import ClassifierHead
-from jllm.config import ConfigError, EngineConfig, ServerConfig
+from jllm.config import ConfigError, EngineConfig, ServerConfig, chat_template_text
 from jllm.engine import LLMEngine
 from jllm.executable_cache import Prefetch, open_cache, start_prefetch
 from jllm.inputs import InputProcessor
@@ -91,7 +91,7 @@ def build_worker(config: EngineConfig, *, show_progress: bool = True) -> Worker:
             ThreadPoolExecutor(1, thread_name_prefix="jllm-tokenizer") as pool,
             ThreadPoolExecutor(compile_threads(), thread_name_prefix="jllm-prefetch") as loads,
         ):
-            tokenizer = pool.submit(_load_tokenizer, model_dir)
+            tokenizer = pool.submit(_load_tokenizer, model_dir, chat_template_text(config.model.chat_template))
             prefetch = start_prefetch(config.scheduler.executable_cache, _prefetch_settings(config, model_dir), loads)
             loaded = load_weights(config, model_dir)
             worker = _worker(config, loaded, tokenizer.result(), publisher, prefetch, show_progress=show_progress)
@@ -119,9 +119,12 @@ def reload_weights(engine: LLMEngine, config: EngineConfig, model: str | None) -
     return config
 
 
-def _load_tokenizer(model_dir: Path) -> Tokenizer:
+def _load_tokenizer(model_dir: Path, chat_template: str | None) -> Tokenizer:
+    """The model's tokenizer, rendering chats with ``chat_template`` where one is given."""
     with timed() as elapsed:
         tokenizer = Tokenizer.from_pretrained(model_dir)
+        if chat_template is not None:
+            tokenizer.use_chat_template(chat_template)
     log_phase(logger, "tokenizer loaded", elapsed.seconds)
     return tokenizer
 

@@ -66,9 +66,16 @@ class ModelConfig(Section):
     # repetition_penalty and max_new_tokens of the model's generation_config.json where it sets them; "vllm" = the
     # neutral defaults; or a folder holding a generation_config.json. A request's own fields always win.
     generation_config: str = "auto"
+    # The chat template in place of the model's (vLLM's --chat-template): a Jinja file's path, or the template itself
+    chat_template: str | None = None
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")
+        self._require(
+            self.chat_template is None or Path(self.chat_template).is_file() or looks_like_template(self.chat_template),
+            "chat_template",
+            "is neither a file nor a Jinja template ({{ ... }} or {% ... %})",
+        )
         self._require(
             self.fp8_dot_min_tokens is None or self.fp8_dot_min_tokens >= 1, "fp8_dot_min_tokens", "must be >= 1"
         )
@@ -421,6 +428,17 @@ def engine_keys(*sections: str) -> dict[str, dataclasses.Field]:
             raise unknown_key_error(name, _SECTIONS, where="section")
     chosen = sections or tuple(_SECTIONS)
     return {f.name: f for name in chosen for f in fields(_SECTIONS[name])}
+
+
+def looks_like_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def chat_template_text(value: str | None) -> str | None:
+    """``chat_template``'s template: the file's text where it names one, else the value itself."""
+    if value is None or looks_like_template(value):
+        return value
+    return Path(value).read_text()
 
 
 def key_type(key: str) -> tuple[type, tuple[Any, ...] | None]:

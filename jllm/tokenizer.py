@@ -56,6 +56,7 @@ class Tokenizer:
         self.eos_token_ids: set[int] = {i for i in eos if i is not None}
         self._hf = hf_tokenizer
         self._hf_lock = threading.Lock()  # the first chat requests may race to load it
+        self._template_in_place: str | None = None  # use_chat_template's
         self._added = {i: tok.content for i, tok in backend.get_added_tokens_decoder().items()}
         decoders = _decoders(backend)
         self._byte_level = any(d["type"] == "ByteLevel" for d in decoders)
@@ -88,6 +89,8 @@ class Tokenizer:
         with self._hf_lock:
             if self._hf is None:
                 self._hf = _load_transformers(self.path)
+                if self._template_in_place is not None:
+                    self._hf.chat_template = self._template_in_place
             return self._hf
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -141,6 +144,13 @@ class Tokenizer:
                 piece = piece.replace(mark, text)
             return piece.encode()
         return self.decode([token_id], skip_special_tokens=False).encode()
+
+    def use_chat_template(self, template: str) -> None:
+        """Renders with ``template`` in place of the model's (vLLM's ``--chat-template``)."""
+        self.chat_template = self._template_in_place = template
+        with self._hf_lock:
+            if self._hf is not None:
+                self._hf.chat_template = template
 
     def load_chat_renderer_in_background(self) -> None:
         """Loads ``hf`` on a daemon thread if the model has a chat template (a server, once its model is up): its
