@@ -310,13 +310,14 @@ class LLM:
         lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Applies the model's chat template (or ``chat_template``) to one conversation or a list of them, then
-        generates. ``chat_template_kwargs`` reach the template as variables and ``tools`` (OpenAI's tool objects)
+        generates. ``chat_template_kwargs`` (over ``default_chat_template_kwargs``) reach the template as variables
+        and ``tools`` (OpenAI's tool objects)
         reach it as ``tools``, as in vLLM; calls in the output are not parsed offline (vLLM's ``chat`` neither)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options: dict[str, Any] = {
             "add_generation_prompt": add_generation_prompt,
             "continue_final_message": continue_final_message,
-            "chat_template_kwargs": chat_template_kwargs,
+            "chat_template_kwargs": self.config.model.template_kwargs(chat_template_kwargs),
         }
         if chat_template is not None:
             options["chat_template"] = chat_template

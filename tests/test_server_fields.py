@@ -462,3 +462,17 @@ def test_a_requests_chat_template_renders_only_where_the_server_trusts_it(
         counted = http("POST", f"{trusting.url}/tokenize", json_body={"model": MODEL, "messages": messages,
                                                                       "chat_template": template})  # fmt: skip
         assert counted.json()["tokens"] == engine.tokenizer.encode("<<hi>>", add_special_tokens=False)
+
+
+def test_default_chat_template_kwargs_render_unless_the_request_sets_them(
+    engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's --default-chat-template-kwargs: the template's variables for chat and /tokenize alike; a request's own
+    chat_template_kwargs win key by key."""
+    config = load_config(None, served_model_name=MODEL, default_chat_template_kwargs={"greeting": "hey "})
+    with RunningServer(engine, config) as serving:
+        assert _send(serving, engine, CHAT, True, monkeypatch).prompt.text == "hey user: hi\nassistant:"
+        own = {**CHAT, "chat_template_kwargs": {"greeting": "yo "}}
+        assert _send(serving, engine, own, True, monkeypatch).prompt.text == "yo user: hi\nassistant:"
+        counted = http("POST", f"{serving.url}/tokenize", json_body={"model": MODEL, "messages": CHAT["messages"]})
+        assert counted.json()["tokens"] == engine.tokenizer.encode("hey user: hi\nassistant:", add_special_tokens=False)

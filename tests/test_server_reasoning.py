@@ -46,6 +46,11 @@ def _messages(key: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def engine() -> LLMEngine:
+    return _thinker()
+
+
+def _thinker() -> LLMEngine:
+    """An engine whose reply follows the user's message (REPLIES)."""
     engine = fake_engine(max_model_len=512, num_pages=192)
     replies = {key: engine.tokenizer.encode(text, add_special_tokens=False) + [2] for key, text in REPLIES.items()}
     chosen: dict[tuple[int, ...], list[int]] = {}
@@ -135,6 +140,20 @@ def test_thinking_switched_off_in_the_template_reads_no_reasoning(client: openai
     )
     message = reply.choices[0].message
     assert message.content == REPLIES["sum"] and "reasoning_content" not in (message.model_extra or {})
+
+
+def test_default_chat_template_kwargs_apply_unless_the_request_sets_them() -> None:
+    """vLLM's --default-chat-template-kwargs: thinking off for every request that does not switch it on itself."""
+    config = load_config(
+        None, served_model_name=MODEL, reasoning_parser="qwen3", default_chat_template_kwargs={"enable_thinking": False}
+    )
+    with RunningServer(_thinker(), config) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
+        off = client.chat.completions.create(model=MODEL, messages=_messages("sum"), max_tokens=400).choices[0]
+        assert off.message.content == REPLIES["sum"] and "reasoning_content" not in (off.message.model_extra or {})
+        on = {"chat_template_kwargs": {"enable_thinking": True}}
+        asked = client.chat.completions.create(model=MODEL, messages=_messages("sum"), max_tokens=400, extra_body=on)
+        assert asked.choices[0].message.model_extra["reasoning_content"] == "Two and two."
 
 
 def test_structured_output_holds_the_answer_after_the_reasoning(client: openai.OpenAI) -> None:

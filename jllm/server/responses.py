@@ -187,8 +187,10 @@ async def _start(
     logprobs are refused beside a reasoning format: a reply's tokens are not told apart."""
     try:
         chat = ChatCompletionRequest.model_validate(body.as_chat())
-        parser = state.route(chat.model).entry.config.server.reasoning_parser
-        if body.logprobs and parser is not None and reasoning_format(parser, chat.chat_template_kwargs) is not None:
+        entry = state.route(chat.model).entry
+        parser = entry.config.server.reasoning_parser
+        kwargs = entry.config.model.template_kwargs(chat.chat_template_kwargs)
+        if body.logprobs and parser is not None and reasoning_format(parser, kwargs) is not None:
             raise bad_request(
                 f"include: {LOGPROBS!r} is not supported with the model's reasoning_parser {parser!r} (the "
                 "reasoning's tokens are not told apart from the text's)",
