@@ -41,7 +41,6 @@ CHAT_TO_MESSAGES = {
     "reasoning_effort": "output_config",
     "thinking_token_budget": "thinking",
 }
-_TEXT_ONLY = "the served models read text: send text blocks"
 
 
 class TextBlock(_Request):
@@ -94,7 +93,10 @@ def _text_blocks(value: Any, what: str) -> Any:
     for i, block in enumerate(value if isinstance(value, list) else []):
         kind = block.get("type") if isinstance(block, dict) else None
         if isinstance(kind, str) and kind not in _KNOWN_BLOCKS:
-            raise ValueError(f"{what}[{i}] is a {kind!r} block: {_TEXT_ONLY}, tool_use, tool_result and thinking")
+            raise ValueError(
+                f"{what}[{i}] is a {kind!r} block, which this server cannot read (the served models read text): "
+                "send text, tool_use, tool_result or thinking blocks"
+            )
     return value
 
 
