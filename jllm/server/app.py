@@ -47,6 +47,7 @@ from jllm.server.responses import (
     list_input_items,
     retrieve_response,
 )
+from jllm.server.sagemaker import invocations
 from jllm.server.scores import create_rerank, create_score
 from jllm.server.state import STATE, ServerState
 from jllm.timing import show_info_logs
@@ -110,6 +111,9 @@ def build_app(
     app.router.add_post("/tokenize", info.tokenize, expect_handler=expect_handler)
     app.router.add_post("/detokenize", info.detokenize, expect_handler=expect_handler)
     app.router.add_get("/health", info.health)
+    app.router.add_get("/ping", info.health)  # SageMaker's health check, GET or POST
+    app.router.add_post("/ping", info.health)
+    app.router.add_post("/invocations", invocations, expect_handler=expect_handler)
     app.router.add_get("/ready", info.ready)
     app.router.add_get("/metrics", info.metrics)
     app.router.add_post("/v1/load_lora_adapter", lora_adapters.load_lora_adapter, expect_handler=expect_handler)

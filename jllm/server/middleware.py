@@ -13,7 +13,8 @@ from aiohttp.typedefs import Middleware
 
 from jllm.server.errors import APIError, Handler
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/version"})  # probes, scrapers and /version: no key (vLLM)
+# probes (SageMaker's /ping too), scrapers and /version: no key (vLLM)
+OPEN_PATHS = frozenset({"/health", "/ping", "/ready", "/metrics", "/version"})
 REQUEST_ID = web.RequestKey("request_id", str)  # the engine's id: always ours, so clients can never collide
 CLIENT_REQUEST_ID = web.RequestKey("client_request_id", str)  # the client's X-Request-Id, echoed and logged only
 MAX_CLIENT_ID_LEN = 256
