@@ -639,32 +639,11 @@ def stream_problem(body: bytes, route: str = "") -> str | None:
     return None
 
 
-def responses_stream_problem(body: bytes) -> str | None:
-    """Each event named after its JSON's type and numbered in order, the last one the response's end, or an error
-    event for the request's own fault found after the headers (a grammar that broke: ``structured_output_failed``)."""
+def named_events(body: bytes) -> list[dict[str, Any]] | str:
+    """A stream of named events (``event: TYPE`` then ``data: JSON``): each JSON, or why the stream is not one
+    (a payload that is not JSON, an event not named as its JSON's type)."""
     events = body.decode("utf-8", "replace").removesuffix("\n\n").split("\n\n")
-    types = []
-    for i, event in enumerate(events):
-        name, _, payload = event.partition("\ndata: ")
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            return f"event is not JSON: {payload[:200]!r}"
-        if name != f"event: {data.get('type')}" or data.get("sequence_number") != i:
-            return f"event {i} is not named or numbered as its JSON: {event[:300]!r}"
-        types.append(data["type"])
-    if types[-1] == "error" and data.get("code") == "structured_output_failed":
-        return None
-    if types[-1] not in ("response.completed", "response.incomplete", "response.failed"):
-        return f"stream ends with {types[-1]}: {events[-1][:300]!r}"
-    return None
-
-
-def messages_stream_problem(body: bytes) -> str | None:
-    """Anthropic's stream: each event named after its JSON's type, message_start first and message_stop last, or an
-    error event (Anthropic's shape) for the request's own fault found after the headers."""
-    events = body.decode("utf-8", "replace").removesuffix("\n\n").split("\n\n")
-    types = []
+    payloads = []
     for i, event in enumerate(events):
         name, _, payload = event.partition("\ndata: ")
         try:
@@ -673,11 +652,37 @@ def messages_stream_problem(body: bytes) -> str | None:
             return f"event is not JSON: {payload[:200]!r}"
         if name != f"event: {data.get('type')}":
             return f"event {i} is not named as its JSON: {event[:300]!r}"
-        types.append(data["type"])
-    if types[-1] == "error" and data["error"]["type"] == "invalid_request_error":
+        payloads.append(data)
+    return payloads
+
+
+def responses_stream_problem(body: bytes) -> str | None:
+    """Each event named after its JSON's type and numbered in order, the last one the response's end, or an error
+    event for the request's own fault found after the headers (a grammar that broke: ``structured_output_failed``)."""
+    events = named_events(body)
+    if isinstance(events, str):
+        return events
+    if [e.get("sequence_number") for e in events] != list(range(len(events))):
+        return f"events not numbered in order: {[e.get('sequence_number') for e in events][:50]}"
+    last = events[-1]
+    if last["type"] == "error" and last.get("code") == "structured_output_failed":
         return None
-    if types[0] != "message_start" or types[-1] != "message_stop":
-        return f"stream runs {types[0]} .. {types[-1]}: {events[-1][:300]!r}"
+    if last["type"] not in ("response.completed", "response.incomplete", "response.failed"):
+        return f"stream ends with {last['type']}: {json.dumps(last)[:300]}"
+    return None
+
+
+def messages_stream_problem(body: bytes) -> str | None:
+    """Anthropic's stream: each event named after its JSON's type, message_start first and message_stop last, or an
+    error event (Anthropic's shape) for the request's own fault found after the headers."""
+    events = named_events(body)
+    if isinstance(events, str):
+        return events
+    first, last = events[0]["type"], events[-1]
+    if last["type"] == "error" and last["error"]["type"] == "invalid_request_error":
+        return None
+    if first != "message_start" or last["type"] != "message_stop":
+        return f"stream runs {first} .. {last['type']}: {json.dumps(last)[:300]}"
     return None
 
 

@@ -165,6 +165,26 @@ def repeating_text_engine(text: str, tokenizer_dir: Path, **engine_args: Any) ->
     return fake_engine(script=script, tokenizer_dir=tokenizer_dir, **engine_args)
 
 
+# A chat template that shows what reaches it: each message, an assistant's calls with their ids, a tool message's id
+CALLS_TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+    "{% for c in m.tool_calls or [] %}[{{ c.id }} {{ c.function.name }}({{ c.function.arguments | tojson }})]"
+    "{% endfor %}{% if m.tool_call_id %} <- {{ m.tool_call_id }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+REPEATED_TEXT = "猫 😺, é!"  # multi-byte characters, a stop string's "!" at its end
+
+
+def repeating_calls_engine(tokenizer_root: Path) -> LLMEngine:
+    """REPEATED_TEXT again and again over a byte-level tokenizer, chats rendered by CALLS_TEMPLATE: what the routes
+    that stand for a chat request (Responses, Messages) are tested on."""
+    engine = repeating_text_engine(
+        REPEATED_TEXT, byte_level_tokenizer(tokenizer_root), step_seconds=0.002, max_model_len=256, num_pages=80
+    )
+    engine.tokenizer.hf.chat_template = CALLS_TEMPLATE
+    return engine
+
+
 def byte_level_tokenizer(out: Path) -> Path:
     """The tiny tokenizer's specials and chat template over GPT-2's byte-level alphabet, no merges (259 ids)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 from aiohttp import web
 from model_utils import TINY_CONFIG, save_tiny_checkpoint
 from prometheus_client.parser import text_string_to_metric_families
@@ -170,3 +171,16 @@ def metrics(url: str) -> dict[str, float]:
             extra = [v for k, v in sample.labels.items() if k not in ("model_name", "le")]
             out[f"{sample.name}{{{','.join(extra)}}}" if extra else sample.name] = sample.value
     return out
+
+
+def spy_prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The text of each prompt ``engine`` is handed from now on (the routes' rendering, as the engine sees it)."""
+    seen: list[str] = []
+    add = engine.add_request
+
+    def spy(request_id: str, prompt: Any, *args: object, **options: object) -> None:
+        seen.append(prompt.text or "")
+        add(request_id, prompt, *args, **options)
+
+    monkeypatch.setattr(engine, "add_request", spy)
+    return seen

@@ -11,28 +11,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import anthropic
 import pytest
-from fake_runner import byte_level_tokenizer, repeating_text_engine
-from server_utils import RunningServer, assert_engine_left_empty, http
+from fake_runner import REPEATED_TEXT, repeating_calls_engine
+from server_utils import RunningServer, assert_engine_left_empty, http, spy_prompts
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
-from jllm.inputs import Prompt
-from jllm.sampling import SamplingParams
 
 MODEL = "scripted"
 KEY = "sk-test"
-TEXT = "猫 😺, é!"
+TEXT = REPEATED_TEXT
 STOPPED = TEXT[:-1]  # with stop "!"
-TEMPLATE = (
-    "{% for m in messages %}{{ m.role }}: {{ m.content }}"
-    "{% for c in m.tool_calls or [] %}[{{ c.id }} {{ c.function.name }}({{ c.function.arguments | tojson }})]"
-    "{% endfor %}{% if m.tool_call_id %} <- {{ m.tool_call_id }}{% endif %}{{ '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 PICK = {
     "name": "pick",
     "description": "picks",
@@ -48,10 +39,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> LLMEngine:
-    tokenizer_dir = byte_level_tokenizer(tmp_path_factory.mktemp("byte_level"))
-    engine = repeating_text_engine(TEXT, tokenizer_dir, step_seconds=0.002, max_model_len=256, num_pages=80)
-    engine.tokenizer.hf.chat_template = TEMPLATE
-    return engine
+    return repeating_calls_engine(tmp_path_factory.mktemp("byte_level"))
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +61,7 @@ def client(server: RunningServer) -> anthropic.Anthropic:
 
 @pytest.fixture
 def prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The text of each prompt the engine is handed."""
-    seen: list[str] = []
-    add_request = engine.add_request
-
-    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None, **options: Any) -> None:
-        seen.append(prompt.text or "")
-        add_request(request_id, prompt, params, grammar, **options)
-
-    monkeypatch.setattr(engine, "add_request", spy)
-    return seen
+    return spy_prompts(engine, monkeypatch)
 
 
 def test_text_with_a_system_prompt_and_its_stop_reasons(client: anthropic.Anthropic, prompts: list[str]) -> None:

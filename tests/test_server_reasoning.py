@@ -13,12 +13,11 @@ import anthropic
 import openai
 import pytest
 from fake_runner import fake_engine
-from server_utils import RunningServer, http
+from server_utils import RunningServer, http, spy_prompts
 
 from jllm import cli
 from jllm.config import ConfigError, ServerConfig, load_config
 from jllm.engine import LLMEngine
-from jllm.inputs import Prompt
 from jllm.serve_config import load_serve_config
 from jllm.server.chat_schemas import ChatCompletionRequest
 from jllm.server.errors import APIError
@@ -269,16 +268,7 @@ def test_each_model_entry_may_name_its_own_reasoning_parser(tmp_path: Path) -> N
 
 @pytest.fixture
 def prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The text of each prompt the engine is given from now on."""
-    seen: list[str] = []
-    add = engine.add_request
-
-    def spy(request_id: str, prompt: Prompt, *args: object, **options: object) -> None:
-        seen.append(prompt.text or "")
-        add(request_id, prompt, *args, **options)
-
-    monkeypatch.setattr(engine, "add_request", spy)
-    return seen
+    return spy_prompts(engine, monkeypatch)
 
 
 def test_an_earlier_turns_reasoning_reaches_the_template(client: openai.OpenAI, prompts: list[str]) -> None:

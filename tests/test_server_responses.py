@@ -17,16 +17,15 @@ from typing import Any, Literal, get_type_hints
 
 import openai
 import pytest
-from fake_runner import byte_level_tokenizer, fake_engine, repeating_text_engine
+from fake_runner import REPEATED_TEXT, byte_level_tokenizer, fake_engine, repeating_calls_engine
 from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import BaseModel, TypeAdapter
-from server_utils import RunningServer, assert_engine_left_empty, http, metrics, wait_until
+from server_utils import RunningServer, assert_engine_left_empty, http, metrics, spy_prompts, wait_until
 from tokenizers import Tokenizer as BackendTokenizer
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
-from jllm.inputs import Prompt
 from jllm.sampling import SamplingParams
 from jllm.server.errors import APIError
 from jllm.server.generation import Delta
@@ -38,14 +37,8 @@ from jllm.server.responses_schemas import RESPONSES_UNSUPPORTED_FIELDS, Response
 from jllm.server.tools import ToolPlan
 
 MODEL = "scripted"
-TEXT = "猫 😺, é!"
+TEXT = REPEATED_TEXT
 STOPPED = TEXT[:-1]  # with stop "!": a completed response
-TEMPLATE = (
-    "{% for m in messages %}{{ m.role }}: {{ m.content }}"
-    "{% for c in m.tool_calls or [] %}[{{ c.id }} {{ c.function.name }}({{ c.function.arguments | tojson }})]"
-    "{% endfor %}{% if m.tool_call_id %} <- {{ m.tool_call_id }}{% endif %}{{ '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 PICK = {
     "type": "function",
     "name": "pick",
@@ -62,10 +55,7 @@ STOP = {"extra_body": {"stop": ["!"]}}
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> LLMEngine:
-    tokenizer_dir = byte_level_tokenizer(tmp_path_factory.mktemp("byte_level"))
-    engine = repeating_text_engine(TEXT, tokenizer_dir, step_seconds=0.002, max_model_len=256, num_pages=80)
-    engine.tokenizer.hf.chat_template = TEMPLATE
-    return engine
+    return repeating_calls_engine(tmp_path_factory.mktemp("byte_level"))
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +77,7 @@ def client(server: RunningServer) -> openai.OpenAI:
 
 @pytest.fixture
 def prompts(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The text of each prompt the engine is handed."""
-    seen: list[str] = []
-    add_request = engine.add_request
-
-    def spy(request_id: str, prompt: Prompt, params: SamplingParams, grammar: object = None, **options: Any) -> None:
-        seen.append(prompt.text or "")
-        add_request(request_id, prompt, params, grammar, **options)
-
-    monkeypatch.setattr(engine, "add_request", spy)
-    return seen
+    return spy_prompts(engine, monkeypatch)
 
 
 def test_string_input_with_instructions(client: openai.OpenAI, prompts: list[str]) -> None:

@@ -51,6 +51,16 @@ class APIError(Exception):
     def response(self) -> web.Response:
         return web.json_response(self.body(), status=self.status, headers=self.headers)
 
+    def renamed(self, names: dict[str, str]) -> APIError:
+        """This error with the field it names renamed (``names``: chat's field -> the route's), in ``param`` and at
+        the message's start: the routes that stand for a chat request name their own fields."""
+        name = names.get(self.param or "")
+        if name is not None and self.param is not None:
+            if self.message.startswith(self.param):
+                self.message = name + self.message[len(self.param) :]
+            self.param = name
+        return self
+
     def anthropic_body(self) -> dict[str, Any]:
         """Anthropic's error JSON (its Messages routes): the error's type by status; the field it names leads the
         message, as this server's messages mostly say already."""

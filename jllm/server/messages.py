@@ -54,7 +54,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         tokenize = TokenizeRequest.model_validate(body.as_tokenize())
         counted = await tokenize_body(server_state(request), tokenize)
     except Exception as e:
-        raise _renamed(as_api_error(e)) from e
+        raise as_api_error(e).renamed(CHAT_TO_MESSAGES) from e
     return web.json_response({"input_tokens": counted.count})
 
 
@@ -66,19 +66,9 @@ async def _start(
         chat = ChatCompletionRequest.model_validate(body.as_chat())
         served, reply, generation = await start_chat(state, chat, engine_id, public)
     except Exception as e:
-        raise _renamed(as_api_error(e)) from e
+        raise as_api_error(e).renamed(CHAT_TO_MESSAGES) from e
     assert isinstance(generation, Generation)  # no beam search on this route
     return served, reply, generation
-
-
-def _renamed(error: APIError) -> APIError:
-    """A chat field in an error (``max_completion_tokens``, ``stop`` ...) as the field the client sent."""
-    name = CHAT_TO_MESSAGES.get(error.param or "")
-    if name is not None and error.param is not None:
-        if error.message.startswith(error.param):
-            error.message = name + error.message[len(error.param) :]
-        error.param = name
-    return error
 
 
 def _stop(delta: Delta, called: bool) -> tuple[str, str | None]:

@@ -198,17 +198,7 @@ async def _start(
             )
         return await start_chat(state, chat, engine_id, public)
     except Exception as e:
-        raise _renamed(as_api_error(e)) from e
-
-
-def _renamed(error: APIError) -> APIError:
-    """A chat field in an error (``messages``, ``max_completion_tokens`` ...) as the field the client sent."""
-    name = CHAT_TO_RESPONSES.get(error.param or "")
-    if name is not None and error.param is not None:
-        if error.message.startswith(error.param):
-            error.message = name + error.message[len(error.param) :]
-        error.param = name
-    return error
+        raise as_api_error(e).renamed(CHAT_TO_RESPONSES) from e
 
 
 def _status(finish_reason: str | None) -> Status:
