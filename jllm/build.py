@@ -362,6 +362,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         max_model_len=worker.max_model_len,
         limits=config.limits,
         speculative=sched.ngram is not None,
+        default_template_kwargs=config.model.default_chat_template_kwargs,
     )
     engine = LLMEngine(
         scheduler,

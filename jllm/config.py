@@ -72,12 +72,6 @@ class ModelConfig(Section):
     # e.g. {"enable_thinking": false})
     default_chat_template_kwargs: dict[str, Any] | None = None
 
-    def template_kwargs(self, asked: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A request's ``chat_template_kwargs`` over ``default_chat_template_kwargs``."""
-        if not self.default_chat_template_kwargs:
-            return asked
-        return {**self.default_chat_template_kwargs, **(asked or {})}
-
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")
         self._require(

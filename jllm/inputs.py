@@ -66,12 +66,21 @@ class InputProcessor:
         max_model_len: int,
         limits: LimitsConfig | None = None,
         speculative: bool = False,
+        default_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.default_template_kwargs = default_template_kwargs  # default_chat_template_kwargs
         self.vocab_size = vocab_size  # the model's embedding rows: every id the engine can run
         self.max_model_len = max_model_len
         self.limits = limits or LimitsConfig()
         self.speculative = speculative  # the engine verifies drafts: requests it cannot verify exactly are refused
+
+    def template_kwargs(self, asked: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A request's ``chat_template_kwargs`` over the model's ``default_chat_template_kwargs``: what its chat
+        renders with, and what its reasoning format reads."""
+        if not self.default_template_kwargs:
+            return asked
+        return {**self.default_template_kwargs, **(asked or {})}
 
     def encode(
         self, prompt: PromptInput, *, with_text: bool = False, add_special_tokens: bool = True, param: str = "prompt"

@@ -317,7 +317,7 @@ class LLM:
         options: dict[str, Any] = {
             "add_generation_prompt": add_generation_prompt,
             "continue_final_message": continue_final_message,
-            "chat_template_kwargs": self.config.model.template_kwargs(chat_template_kwargs),
+            "chat_template_kwargs": self.engine.inputs.template_kwargs(chat_template_kwargs),
         }
         if chat_template is not None:
             options["chat_template"] = chat_template

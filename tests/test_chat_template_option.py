@@ -34,14 +34,20 @@ def test_a_template_in_place_of_the_models_renders_before_and_after_transformers
 
 
 @pytest.mark.slow
-def test_the_engine_renders_with_the_configured_template_file(tiny_model: Path, tmp_path: Path) -> None:
+def test_the_engine_renders_with_the_configured_template_file_and_default_variables(
+    tiny_model: Path, tmp_path: Path
+) -> None:
     from jllm.llm import LLM
+    from jllm.sampling import SamplingParams
 
     path = tmp_path / "template.jinja"
-    path.write_text(TEMPLATE)
-    llm = LLM(str(tiny_model), chat_template=str(path), **ENGINE_ARGS)
-    assert llm.engine.inputs.render_chat(MESSAGES).text == "<user>hi<bot>"
-    assert llm.get_tokenizer().chat_template == TEMPLATE
+    path.write_text(TEMPLATE.replace("<bot>", "{{ opening or '<bot>' }}"))
+    llm = LLM(str(tiny_model), chat_template=str(path), default_chat_template_kwargs={"opening": "<me>"}, **ENGINE_ARGS)
+    assert llm.get_tokenizer().chat_template == path.read_text()
+    params = SamplingParams(max_tokens=1)
+    (default,) = llm.chat(MESSAGES, params, use_tqdm=False)
+    (asked,) = llm.chat(MESSAGES, params, use_tqdm=False, chat_template_kwargs={"opening": "<you>"})
+    assert (default.prompt, asked.prompt) == ("<user>hi<me>", "<user>hi<you>")
 
 
 def test_a_value_that_is_neither_file_nor_template_is_refused_naming_it(tmp_path: Path) -> None:

@@ -469,8 +469,8 @@ def test_default_chat_template_kwargs_render_unless_the_request_sets_them(
 ) -> None:
     """vLLM's --default-chat-template-kwargs: the template's variables for chat and /tokenize alike; a request's own
     chat_template_kwargs win key by key."""
-    config = load_config(None, served_model_name=MODEL, default_chat_template_kwargs={"greeting": "hey "})
-    with RunningServer(engine, config) as serving:
+    monkeypatch.setattr(engine.inputs, "default_template_kwargs", {"greeting": "hey "})  # as built from the key
+    with RunningServer(engine, load_config(None, served_model_name=MODEL)) as serving:
         assert _send(serving, engine, CHAT, True, monkeypatch).prompt.text == "hey user: hi\nassistant:"
         own = {**CHAT, "chat_template_kwargs": {"greeting": "yo "}}
         assert _send(serving, engine, own, True, monkeypatch).prompt.text == "yo user: hi\nassistant:"

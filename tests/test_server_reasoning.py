@@ -143,10 +143,9 @@ def test_thinking_switched_off_in_the_template_reads_no_reasoning(client: openai
 
 def test_default_chat_template_kwargs_apply_unless_the_request_sets_them() -> None:
     """vLLM's --default-chat-template-kwargs: thinking off for every request that does not switch it on itself."""
-    config = load_config(
-        None, served_model_name=MODEL, reasoning_parser="qwen3", default_chat_template_kwargs={"enable_thinking": False}
-    )
-    with RunningServer(_thinker(), config) as running:
+    engine = _thinker()
+    engine.inputs.default_template_kwargs = {"enable_thinking": False}  # default_chat_template_kwargs, as built
+    with RunningServer(engine, load_config(None, served_model_name=MODEL, reasoning_parser="qwen3")) as running:
         client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
         off = client.chat.completions.create(model=MODEL, messages=_messages("sum"), max_tokens=400).choices[0]
         assert off.message.content == REPLIES["sum"] and "reasoning_content" not in (off.message.model_extra or {})

@@ -82,14 +82,13 @@ async def tokenize(request: web.Request) -> web.Response:
 async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeResponse:
     """vLLM's ``/tokenize`` (and the gRPC ``Tokenize``): a prompt, or chat messages (with their tools) through the
     chat template."""
-    served = state.route(body.model)
-    engine = served.engine
+    engine = state.route(body.model).engine
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
     work = state.host_work
     if body.messages is not None:
         body.check_template_trusted(state.config.server.trust_request_chat_template)
-        kwargs = served.entry.config.model.template_kwargs(body.chat_template_kwargs)
+        kwargs = engine.inputs.template_kwargs(body.chat_template_kwargs)
         body = body.model_copy(update={"chat_template_kwargs": kwargs})
         tools = tools_for_template(body.tools)
         chars = engine.inputs.check_prompt_size([[m.for_template() for m in body.messages], tools], "messages")

@@ -187,9 +187,9 @@ async def _start(
     logprobs are refused beside a reasoning format: a reply's tokens are not told apart."""
     try:
         chat = ChatCompletionRequest.model_validate(body.as_chat())
-        entry = state.route(chat.model).entry
-        parser = entry.config.server.reasoning_parser
-        kwargs = entry.config.model.template_kwargs(chat.chat_template_kwargs)
+        served = state.route(chat.model)
+        parser = served.entry.config.server.reasoning_parser
+        kwargs = served.engine.inputs.template_kwargs(chat.chat_template_kwargs)
         if body.logprobs and parser is not None and reasoning_format(parser, kwargs) is not None:
             raise bad_request(
                 f"include: {LOGPROBS!r} is not supported with the model's reasoning_parser {parser!r} (the "
