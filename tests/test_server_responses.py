@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, Literal, get_type_hints
@@ -251,7 +252,7 @@ VLLM_RESPONSES_FIELDS = """
     previous_response structured_outputs repetition_penalty seed stop ignore_eos vllm_xargs
 """.split()
 REFUSED_VALUES = {  # a value asking for something, per RESPONSES_UNSUPPORTED_FIELDS entry
-    "conversation": "conv_1", "background": True,
+    "conversation": "conv_1",
     "background_options": {"x": 1}, "prompt": {"id": "pmpt_1"}, "truncation": "auto",
     "context_management": [{"type": "compaction"}], "moderation": {"x": 1}, "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "explicit"}, "access_programs": {"cyber": "standard"}, "image": {"x": 1},
@@ -359,7 +360,7 @@ def test_input_items_list_a_responses_own_input_in_pages(client: openai.OpenAI, 
     assert [item.content[0].text for item in rest.data] == ["c"] and not rest.has_more
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.cancel(response.id)
-    assert "background" in refused.value.message
+    assert "only background responses can be cancelled" in refused.value.message
     for query, param in (("limit=0", "limit"), ("after=nope", "after"), ("before=x", "before")):
         reply = http("GET", f"{server.url}/v1/responses/{response.id}/input_items?{query}")
         assert reply.status == 400 and reply.json()["error"]["param"] == param, reply.body
@@ -367,6 +368,28 @@ def test_input_items_list_a_responses_own_input_in_pages(client: openai.OpenAI, 
     assert reply.status == 400 and reply.json()["error"]["param"] == "stream"
     deleted = http("DELETE", f"{server.url}/v1/responses/{response.id}")
     assert deleted.json() == {"id": response.id, "object": "response", "deleted": True}
+
+
+def test_a_background_response_is_polled_to_its_end_or_cancelled(client: openai.OpenAI, server: RunningServer) -> None:
+    """``background``: the POST answers at once, in progress; GET polls it to the end; cancel stops one still
+    generating (its request aborted: the engine is left empty) and stores it cancelled."""
+    started = client.responses.create(model=MODEL, input="hi", background=True, **STOP)
+    assert (started.status, started.background, started.output) == ("in_progress", True, [])
+    polled = started
+    for _ in range(500):
+        polled = client.responses.retrieve(started.id)
+        if polled.status != "in_progress":
+            break
+        time.sleep(0.01)
+    assert (polled.status, polled.output_text, polled.background) == ("completed", STOPPED, True)
+    long = client.responses.create(model=MODEL, input="hi", background=True, max_output_tokens=200)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled" and client.responses.retrieve(long.id).status == "cancelled"
+    assert client.responses.cancel(long.id).status == "cancelled"  # one that has ended: answered as it is
+    for refused_body in ({"stream": True}, {"store": False}):
+        body = {"model": MODEL, "input": "hi", "background": True, **refused_body}
+        reply = http("POST", f"{server.url}/v1/responses", json_body=body)
+        assert reply.status == 400 and reply.json()["error"]["param"] == "background", reply.body
 
 
 def test_the_store_drops_the_least_recently_used_and_keeps_nothing_over_its_bound() -> None:

@@ -90,6 +90,7 @@ def build_app(
     app[STATE] = ServerState(config, registry, HostWork(server.tokenizer_workers), guard, responses)
     app.on_response_prepare.append(echo_request_id)
     app.on_response_prepare.append(cors.on_prepare)
+    app.on_cleanup.append(lambda _: responses.stop())  # background responses still generating are cancelled
     app.router.add_post("/v1/completions", create_completion, expect_handler=expect_handler)
     app.router.add_post("/v1/chat/completions", create_chat_completion, expect_handler=expect_handler)
     app.router.add_post("/v1/responses", create_response, expect_handler=expect_handler)

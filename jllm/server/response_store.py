@@ -15,9 +15,11 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -66,6 +68,27 @@ class ResponseStore:
         self.capacity_bytes = capacity_bytes
         self._responses: OrderedDict[str, StoredResponse] = OrderedDict()
         self._bytes = 0
+        self.running: dict[str, asyncio.Task[None]] = {}  # background responses still generating, by id
+
+    def run(self, response_id: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Runs a background response's ``work`` until it ends or is cancelled (``cancel``)."""
+        task = asyncio.ensure_future(work)
+        self.running[response_id] = task
+        task.add_done_callback(lambda _: self.running.pop(response_id, None))
+        return task
+
+    async def cancel(self, response_id: str) -> None:
+        """Stops a background response still generating (its work stores it cancelled) and waits for it."""
+        task = self.running.get(response_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop(self) -> None:
+        """Cancels every background response still generating (the server is stopping)."""
+        for response_id in list(self.running):
+            await self.cancel(response_id)
 
     @property
     def enabled(self) -> bool:

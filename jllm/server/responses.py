@@ -11,6 +11,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -66,6 +67,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     served, reply, generation = await _start(state, body, request_id(request), public)
     tokenizer = served.engine.inputs.tokenizer
     view = _ResponseView(body, f"resp_{public}", body.model or served.name, generation, tokenizer, keeping)
+    if body.background:
+        response = view.finished("in_progress", [])  # stored now, in progress: GET polls it
+        task = state.responses.run(view.id, _generate_in_background(view, reply))
+        task.add_done_callback(view.ended_in_background)
+        return web.json_response(text=response.model_dump_json())
     try:
         if body.stream:
             return await send_events(request, view.events(reply), done=False)
@@ -76,6 +82,19 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         return web.json_response(text=response.model_dump_json())
     finally:
         generation.close()
+
+
+async def _generate_in_background(view: _ResponseView, reply: ReplyPlan) -> None:
+    """A background response's generation, stored once it ends: finished, or cancelled (its request aborted)."""
+    try:
+        (delta,) = await view.generation.wait()
+        view.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, view.tokenizer) or 0
+        status = _status(delta.finish_reason)
+        view.finished(status, _items(reply.message(delta.text), status, view.logprobs(delta)))
+    except asyncio.CancelledError:
+        view.finished("cancelled", [])
+    except Exception as e:  # the client is gone: the failure goes into the stored response
+        view.finished("failed", [], as_api_error(e).message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,15 +160,21 @@ async def retrieve_response(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_response(request: web.Request) -> web.StreamResponse:
+    """Drops a stored response (a background one still generating is cancelled first)."""
+    store = server_state(request).responses
     response_id = _stored(request).response.id
-    server_state(request).responses.delete(response_id)
+    await store.cancel(response_id)
+    store.delete(response_id)
     return web.json_response({"id": response_id, "object": "response", "deleted": True})
 
 
 async def cancel_response(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/responses/{id}/cancel``: only background responses can be cancelled, and this server runs none."""
-    _stored(request)
-    raise bad_request("only background responses can be cancelled; this server runs none", param="response_id")
+    """``POST /v1/responses/{id}/cancel``: stops a background response still generating (it is then stored
+    ``cancelled``); one that has ended is answered as it is. Only background responses can be cancelled."""
+    if not _stored(request).response.background:
+        raise bad_request("only background responses can be cancelled", param="response_id")
+    await server_state(request).responses.cancel(request.match_info["response_id"])
+    return web.json_response(text=_stored(request).response.model_dump_json())
 
 
 async def list_input_items(request: web.Request) -> web.StreamResponse:
@@ -271,17 +296,25 @@ class _ResponseView:
         entries = token_logprobs(delta, self.body.top_logprobs or 0, TokenNames(self.tokenizer))
         return [] if entries is None else entries.content
 
-    def finished(self, status: Status, items: list[OutputItem]) -> ResponseObject:
-        """The finished response, stored if asked (``store`` false in it when it alone is over the store's bound)."""
-        response = self.response(status, items)
+    def ended_in_background(self, task: asyncio.Task[None]) -> None:
+        """A background generation's end: its request closed (aborted if unfinished); one cancelled before it began
+        is stored cancelled here."""
+        self.generation.close()
+        if task.cancelled():
+            self.finished("cancelled", [])
+
+    def finished(self, status: str, items: list[OutputItem], error: str = ABORTED) -> ResponseObject:
+        """The response as it stands (finished, or a background one in progress), stored if asked (``store`` false
+        in it when it alone is over the store's bound); ``error``: a failed one's message."""
+        response = self.response(status, items, error)
         if self.keeping is not None:
             response.store = self.keeping.keep(response)
         return response
 
-    def response(self, status: str, items: list[OutputItem] | None = None) -> ResponseObject:
+    def response(self, status: str, items: list[OutputItem] | None = None, error: str = ABORTED) -> ResponseObject:
         body, params = self.body, self.generation.params
         usage = None
-        if status != "in_progress":
+        if status not in ("in_progress", "cancelled"):
             u = self.generation.usage()
             usage = ResponseUsage(
                 input_tokens=u.prompt_tokens,
@@ -296,7 +329,7 @@ class _ResponseView:
             created_at=self.created_at,
             status=status,
             incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
-            error=ResponseError(code="server_error", message=ABORTED) if status == "failed" else None,
+            error=ResponseError(code="server_error", message=error) if status == "failed" else None,
             model=self.model,
             output=items or [],
             usage=usage,
@@ -307,6 +340,7 @@ class _ResponseView:
             parallel_tool_calls=body.parallel_tool_calls,
             previous_response_id=body.previous_response_id,
             store=self.keeping is not None,
+            background=body.background,
             reasoning={"effort": body.effort, "summary": None},
             temperature=params.temperature,
             text=body.text_echo(),

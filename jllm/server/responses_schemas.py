@@ -8,7 +8,8 @@ checks, template, tools and structured output serve both, and every field is che
 
 As on the other routes, no field is silently ignored: each is honoured, or refused with a 400 naming it unless it
 holds its "nothing" value (``RESPONSES_UNSUPPORTED_FIELDS``). Responses are stored (``response_store``) and
-``previous_response_id`` continues one; OpenAI's conversations and background responses are refused.
+``previous_response_id`` continues one; ``background`` runs one after the POST has answered. OpenAI's conversations
+are refused.
 
 Where this module sits: docs/architecture.md.
 """
@@ -30,8 +31,7 @@ _NOT_STORED = "is not supported: send previous_response_id, or the whole convers
 RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
     {
         "conversation": ((None,), _NOT_STORED),
-        "background": ((None, False), "is not supported: responses run while the request waits (none is stored)"),
-        "background_options": (_NOTHING, "is not supported: responses run while the request waits (none is stored)"),
+        "background_options": (_NOTHING, "is not supported: a background response runs as it is"),
         "prompt": ((None,), "is not supported: reusable prompts are stored on OpenAI's platform; send input"),
         "truncation": ((None, "disabled"), "'auto' is not supported: an input longer than the context is a 400"),
         "context_management": (_NOTHING, "is not supported: this server does not compact conversations"),
@@ -228,6 +228,17 @@ class ResponsesRequest(_Request):
     service_tier: str | None = None  # latency and price, not the answer (ignored on chat too)
     store: bool | None = None  # omitted: stored, as OpenAI does (jllm.server.response_store)
     previous_response_id: str | None = None  # a stored response this one continues
+    background: bool = False  # answered at once, in progress; GET /v1/responses/{id} polls it, cancel stops it
+
+    @model_validator(mode="after")
+    def _background_stored_not_streamed(self) -> ResponsesRequest:
+        if self.background and (self.stream or self.store is False):
+            raise bad_request(
+                "background needs store (not false) and no stream: poll GET /v1/responses/{id} for the result",
+                param="background",
+            )
+        return self
+
     stream_options: dict[str, Any] | None = None  # include_obfuscation: no obfuscation padding is sent either way
     # vLLM's extras
     seed: int | None = None
