@@ -8,8 +8,9 @@
 
 Engine options (``--max-model-len``, ``--dtype``, ``--num-pages`` ...) are made from ``jllm.config``'s keys, so every
 key a config file takes is also an option, spelt with dashes. They default to "not given", which keeps vLLM's
-precedence: command line > ``--config`` file > defaults. ``--seed`` is the engine's seed, from which every request
-without its own seed draws one, so a run is reproducible. Bad input exits with status 2 and ``jllm: error:``.
+precedence: command line > ``--config`` file > defaults. ``serve`` also takes vLLM's own spellings of a few
+(``jllm.vllm_flags``), so a ``vllm serve`` command line runs as it is. ``--seed`` is the engine's seed, from which every
+request without its own seed draws one, so a run is reproducible. Bad input exits with status 2 and ``jllm: error:``.
 
 Where this module sits: docs/architecture.md.
 """
@@ -36,6 +37,7 @@ from jllm.config import (
 )
 from jllm.sampling import SamplingParams
 from jllm.timing import show_info_logs
+from jllm.vllm_flags import add_vllm_options, apply_vllm_options
 
 if TYPE_CHECKING:
     from jllm.llm import LLM
@@ -167,6 +169,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    show_info_logs()  # the server's address and request lines, and what vLLM's spellings became
+    apply_vllm_options(args)
     if args.model_arg is not None and args.model is not None and args.model_arg != args.model:
         raise ConfigError(f"the model is given twice: {args.model_arg!r} and --model {args.model!r}; give one")
     if args.model_arg is not None:
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", cmd_serve, "Serve the OpenAI-compatible HTTP API.")
     serve.add_argument("model_arg", nargs="?", metavar="MODEL", help="model directory, .gguf file or alias")
     add_engine_options(serve, ALL_SECTIONS)
+    add_vllm_options(serve)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -311,3 +312,25 @@ def test_run_writes_one_json_line_per_prompt(tiny_model: Path, expected, tmp_pat
         [out] = record["outputs"]
         assert (out["text"], out["token_ids"], out["finish_reason"]) == (c.text, c.token_ids, c.finish_reason)
         assert len(out["logprobs"]) == len(c.token_ids) and all(lp <= 0 for lp in out["logprobs"])
+
+
+def test_a_vllm_serve_command_line_runs_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """vLLM's spellings: --block-size is --page-size; options asking for what jllm does anyway are accepted (and
+    say so); those it cannot honour are refused naming why."""
+    caplog.set_level(logging.INFO, logger="jllm.vllm_flags")
+    seen = []
+    monkeypatch.setitem(sys.modules, "jllm.server.app", types.SimpleNamespace(run_server=seen.append))
+    vllm_line = ["serve", "/models/x", "--block-size", "8", "--trust-remote-code", "--enable-chunked-prefill"]
+    assert cli.main([*vllm_line, "--disable-log-requests", "--disable-log-stats"]) == 0
+    [serve] = seen
+    assert serve.models[0].config.cache.page_size == 8
+    assert "there is none to trust" in caplog.text and "no request's prompt" in caplog.text
+    for refused, why in (
+        (["--no-enable-chunked-prefill"], "always prefills long prompts in chunks"),
+        (["--enforce-eager"], "there is no eager mode"),
+        (["--swap-space", "4"], "recomputes a preempted request's KV"),
+        (["--block-size", "8", "--page-size", "16"], "give one"),
+    ):
+        assert why in fail(["serve", "/models/x", *refused], capsys)
