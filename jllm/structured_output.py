@@ -34,7 +34,7 @@ import llguidance
 import llguidance.numpy
 import numpy as np
 
-from jllm.structural_tag import read_structural_tag, structural_tag_grammar
+from jllm.structural_tag import structural_tag_grammar
 
 if TYPE_CHECKING:
     from jllm.tokenizer import Tokenizer
@@ -100,7 +100,7 @@ class StructuredOutputsParams:
         tokenizer: a structural tag's ``<...>`` triggers that are match as those tokens (checked without it)."""
         if self.kind != "structural_tag" or is_special is None:
             return self._grammar
-        return structural_tag_grammar(read_structural_tag(self.structural_tag), self._schema_of, is_special)
+        return structural_tag_grammar(self.structural_tag, self._schema_of, is_special)
 
     def _compile(self) -> str:
         """The grammar, checked (without a tokenizer); ValueError names the key."""
@@ -115,7 +115,7 @@ class StructuredOutputsParams:
             raise ValueError(f"structured_outputs.whitespace_pattern is invalid: {_brief(error)}")
         try:
             if kind == "structural_tag":
-                text = structural_tag_grammar(read_structural_tag(self.structural_tag), self._schema_of)
+                text = structural_tag_grammar(self.structural_tag, self._schema_of)
             else:
                 text = _grammar(kind, getattr(self, kind), self._json_options())
         except (ValueError, TypeError) as e:

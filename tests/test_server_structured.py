@@ -190,15 +190,24 @@ def test_a_structural_tag_holds_each_call_to_its_schema(client: openai.OpenAI) -
     free = client.completions.create(**ask).choices[0].text
     assert '<function=get_weather>{"town":"Oslo"' in free
     tag_format = {"type": "structural_tag", **CALL_TAG}
-    for extra in ({"response_format": tag_format}, {"structural_tag": json.dumps(CALL_TAG)}):
+    call = {"type": "tag", "begin": "<function=get_weather>", "end": "</function>"}
+    call["content"] = {"type": "json_schema", "json_schema": FORECAST}
+    xgrammar_form = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<function="]}}
+    xgrammar_form["format"]["tags"] = [call]
+    for extra in (
+        {"response_format": tag_format},
+        {"structural_tag": json.dumps(CALL_TAG)},
+        {"response_format": xgrammar_form},
+    ):
         text = client.completions.create(**ask, extra_body=extra).choices[0].text
         call = re.fullmatch(r" ?<function=get_weather>(.*)</function>", text)
         assert call, text
         arguments = json.loads(call[1])
         assert set(arguments) == {"city", "days"} and type(arguments["days"]) is int and arguments["days"] >= 1
     with pytest.raises(openai.BadRequestError) as refused:
-        client.completions.create(**ask, extra_body={"response_format": {"type": "structural_tag", "format": {}}})
-    assert refused.value.body["param"] == "response_format" and "'format' form" in refused.value.body["message"]
+        token_level = {"type": "structural_tag", "format": {"type": "token", "token": "<x>"}}
+        client.completions.create(**ask, extra_body={"response_format": token_level})
+    assert refused.value.body["param"] == "response_format" and "'token' formats" in refused.value.body["message"]
 
 
 def test_a_trigger_that_is_a_special_token_is_sampled_as_that_token(llm: LLM) -> None:

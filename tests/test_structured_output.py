@@ -93,6 +93,34 @@ def test_a_structural_tag_frees_text_and_holds_json_after_its_trigger(compiler: 
     assert "n" in _allowed_after(compiler, engine, StructuredOutputsParams(structural_tag=nullable), "<f=a>")
 
 
+FORMAT_CALL = {"type": "tag", "begin": "<f=a>", "content": {"type": "json_schema", "json_schema": CALL}, "end": "</f>"}
+
+
+def test_xgrammars_format_tree_compiles_to_one_grammar(compiler: GrammarCompiler, engine) -> None:
+    """xgrammar's format form: a sequence of a string and JSON; alternatives; a tag around free text that ends at
+    its end string; triggered tags (free text, then a tag after its trigger) and separated tags; a grammar inside."""
+
+    def allowed(fmt: dict[str, Any], text: str) -> set[str]:
+        return _allowed_after(compiler, engine, StructuredOutputsParams(structural_tag={"format": fmt}), text)
+
+    answer = {"type": "sequence", "elements": [{"type": "const_string", "value": "A:"}, FORMAT_CALL["content"]]}
+    assert allowed(answer, "") == {"A"} and allowed(answer, "A:") == {"{"}
+    either = {"type": "or", "elements": [{"type": "const_string", "value": "yes"}, {"type": "regex", "pattern": "n/o"}]}
+    assert allowed(either, "") == {"y", "n"} and allowed(either, "n") == {"/"}
+    think = {"type": "tag", "begin": "<t>", "content": {"type": "any_text", "excludes": ["zz"]}, "end": "</t>"}
+    thought = {"type": "sequence", "elements": [think, {"type": "const_string", "value": "ok"}]}
+    assert {"a", "<", "z"} <= allowed(thought, "<t>x") and allowed(thought, "<t>xz") == allowed(thought, "<t>x") - {"z"}
+    assert allowed(thought, "<t>x</t>") == {"o"}  # the free text ended at its end string
+    triggered = {"type": "triggered_tags", "triggers": ["<f="], "tags": [FORMAT_CALL]}
+    assert {"h", "<", " "} <= allowed(triggered, "hi") and allowed(triggered, "hi <f=") == {"a"}
+    assert allowed(triggered, 'hi <f=a>{"n":1') == set("0123456789}") and allowed(triggered, 'hi <f=a>{"n":1}') == {"<"}
+    assert allowed({**triggered, "at_least_one": True, "stop_after_first": True}, "") == {"<"}
+    listed = {"type": "tags_with_separator", "tags": [FORMAT_CALL], "separator": ",", "at_least_one": True}  # "": EOS
+    assert allowed(listed, '<f=a>{"n":1}</f>') == {",", ""} and allowed(listed, '<f=a>{"n":1}</f>,') == {"<"}
+    grammar = {"type": "sequence", "elements": [{"type": "grammar", "grammar": 'root ::= "ab" | "cd"'}, answer]}
+    assert allowed(grammar, "") == {"a", "c"} and allowed(grammar, "cd") == {"A"}
+
+
 def test_a_structural_tag_s_special_token_trigger_is_matched_as_that_token() -> None:
     """A trigger written <...> that is one special token of the tokenizer is that token in the grammar (what the
     model writes); any other trigger is text. The check asks the compiler."""
@@ -106,7 +134,11 @@ def test_a_structural_tag_s_special_token_trigger_is_matched_as_that_token() -> 
 @pytest.mark.parametrize(
     "tag, message",
     [
-        ({"type": "structural_tag", "format": {"type": "triggered_tags"}}, "the 'format' form .* is not supported"),
+        ({"format": {"type": "token", "token": "<x>"}}, "'token' formats are not supported"),
+        ({"format": {"type": "triggered_tags", "triggers": ["<f"]}}, r"format \(triggered_tags\) misses \['tags'\]"),
+        ({"format": {"type": "any_text", "max_tokens": 5}}, "max_tokens and max_chars are not supported"),
+        ({"format": {"type": "json_schema", "json_schema": {}, "style": "qwen_xml"}}, "only style 'json'"),
+        ({"format": {"type": "sequence", "elements": [{"type": "nope"}]}}, r"format.elements\[0\].type must be one of"),
         ({"structures": TAG["structures"]}, "triggers must be a non-empty list"),
         ({**TAG, "structures": []}, "structures must be a non-empty list"),
         ({**TAG, "triggers": ["<g"]}, r"structures\[0\].begin '<f=a>' starts with none of the triggers"),
