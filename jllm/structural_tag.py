@@ -233,7 +233,7 @@ class _FormatGrammar:
         """``begin content end`` (``skip``: the part of begin already matched, a trigger); free text inside ends at
         the first end string."""
         begin = _text(fmt["begin"], f"{where}.begin")[len(skip) :]
-        ends = fmt["end"] if isinstance(fmt["end"], list) else [fmt["end"]]
+        ends = _texts(fmt["end"], f"{where}.end", nonempty=True) if isinstance(fmt["end"], list) else [fmt["end"]]
         end = "(" + " | ".join(json.dumps(_text(e, f"{where}.end")) for e in ends) + ")"
         content = fmt["content"]
         opening = json.dumps(begin) if begin else ""
@@ -269,7 +269,9 @@ class _FormatGrammar:
         return self.new(f"({any_led})* {text}" if again else f"({any_led}) | {text}")
 
     def _tags_with_separator(self, fmt: dict[str, Any], where: str) -> str:
-        one = " | ".join(self._tag(t, f"{where}.tags[{i}]") for i, t in enumerate(self._tags(fmt["tags"], where)))
+        one = " | ".join(
+            self._tag(t, f"{where}.tags[{i}]") for i, t in enumerate(self._tags(fmt["tags"], f"{where}.tags"))
+        )
         separator = json.dumps(_text(fmt["separator"], f"{where}.separator"))
         first, again = fmt.get("at_least_one", False), not fmt.get("stop_after_first", False)
         listed = f"({one}) ({separator} ({one}))*" if again else f"({one})"

@@ -318,6 +318,11 @@ EXTRA_FIELDS: list[tuple[str, Any]] = [
     ("structural_tag", {"structures": [{"begin": "<|", "schema": {"type": 5}, "end": "|>"}], "triggers": ["<|"]}),
     ("response_format", {"type": "structural_tag", "structures": "a", "triggers": []}),
     ("response_format", {"type": "structural_tag", "format": {"type": "any_text"}}),
+    ("response_format", {"type": "structural_tag", "format": {"type": "repeat", "min": 5, "max": 2, "content": {}}}),
+    ("response_format", {"type": "structural_tag", "format": {"type": "regex", "pattern": "(/"}}),
+    ("response_format", {"type": "structural_tag", "format": {"type": "grammar", "grammar": "root ::= ("}}),
+    ("structured_outputs", {"structural_tag": {"format": {"type": "sequence", "elements": [{"type": "or"}] * 3}}}),
+    ("structured_outputs", {"structural_tag": {"format": {"type": "triggered_tags", "triggers": [""], "tags": []}}}),
     ("response_format", {"type": "text", "triggers": ["<"]}),
     (
         "structured_outputs",
