@@ -421,6 +421,10 @@ def test_store_true_without_a_store_is_refused_by_name() -> None:
         _stores(ResponseStore(capacity_bytes=0), body)
     assert refused.value.param == "store" and "responses_store_mb" in refused.value.message
     assert not _stores(ResponseStore(capacity_bytes=0), ResponsesRequest.model_validate({"input": "hi"}))
+    background = ResponsesRequest.model_validate({"input": "hi", "background": True})
+    with pytest.raises(APIError) as refused:
+        _stores(ResponseStore(capacity_bytes=0), background)  # its result could never be read
+    assert refused.value.param == "background"
 
 
 class _Scripted:

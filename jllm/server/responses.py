@@ -76,10 +76,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if body.stream:
             return await send_events(request, view.events(reply), done=False)
         (delta,) = await generation.wait()
-        view.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, view.tokenizer) or 0
-        status = _status(delta.finish_reason)
-        response = view.finished(status, _items(reply.message(delta.text), status, view.logprobs(delta)))
-        return web.json_response(text=response.model_dump_json())
+        return web.json_response(text=view.whole(reply, delta).model_dump_json())
     finally:
         generation.close()
 
@@ -88,9 +85,7 @@ async def _generate_in_background(view: _ResponseView, reply: ReplyPlan) -> None
     """A background response's generation, stored once it ends: finished, or cancelled (its request aborted)."""
     try:
         (delta,) = await view.generation.wait()
-        view.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, view.tokenizer) or 0
-        status = _status(delta.finish_reason)
-        view.finished(status, _items(reply.message(delta.text), status, view.logprobs(delta)))
+        view.whole(reply, delta)
     except asyncio.CancelledError:
         view.finished("cancelled", [])
     except Exception as e:  # the client is gone: the failure goes into the stored response
@@ -121,9 +116,11 @@ def _previous(store: ResponseStore, response_id: str | None) -> StoredResponse |
 
 
 def _stores(store: ResponseStore, body: ResponsesRequest) -> bool:
-    """Whether the response is to be stored: unless ``store: false`` (or the store is off: then ``true`` is a 400)."""
-    if body.store and not store.enabled:
-        raise bad_request("store: true needs the response store, which responses_store_mb: 0 turns off", param="store")
+    """Whether the response is to be stored: unless ``store: false`` (or the store is off: then ``store: true`` and
+    ``background``, which only the store can answer, are a 400)."""
+    for asked, name in ((body.store, "store"), (body.background, "background")):
+        if asked and not store.enabled:
+            raise bad_request(f"{name}: true needs the response store, which responses_store_mb: 0 turns off", name)
     return store.enabled and body.store is not False
 
 
@@ -295,6 +292,12 @@ class _ResponseView:
         """The entries of ``delta``'s tokens, with ``include`` asking for them."""
         entries = token_logprobs(delta, self.body.top_logprobs or 0, TokenNames(self.tokenizer))
         return [] if entries is None else entries.content
+
+    def whole(self, reply: ReplyPlan, delta: Delta) -> ResponseObject:
+        """The finished response of a whole reply (``delta``: its one choice, whole), stored if asked."""
+        self.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, self.tokenizer) or 0
+        status = _status(delta.finish_reason)
+        return self.finished(status, _items(reply.message(delta.text), status, self.logprobs(delta)))
 
     def ended_in_background(self, task: asyncio.Task[None]) -> None:
         """A background generation's end: its request closed (aborted if unfinished); one cancelled before it began
