@@ -63,9 +63,7 @@ def _structures(spec: dict[str, Any]) -> list[Structure]:
         raise ValueError(f"{unknown[0]!r} is not a structural tag key; the keys are {', '.join(_KEYS)}")
     if spec.get("type", "structural_tag") != "structural_tag":
         raise ValueError(f"type must be 'structural_tag', got {spec['type']!r}")
-    triggers = spec.get("triggers")
-    if not isinstance(triggers, list) or not triggers or not all(isinstance(t, str) and t for t in triggers):
-        raise ValueError(f"triggers must be a non-empty list of non-empty strings, got {triggers!r}")
+    triggers = _texts(spec.get("triggers"), "triggers", nonempty=True)
     structures = spec.get("structures")
     if not isinstance(structures, list) or not structures:
         raise ValueError(f"structures must be a non-empty list, got {structures!r}")
@@ -100,10 +98,19 @@ def _structures_grammar(
         llguidance.StructTag(trigger=s.trigger, begin=s.begin, grammar=schema_of(s.schema), end=s.end)
         for s in structures
     ]
-    bracketed = [s.trigger for s in structures if s.trigger.startswith("<") and s.trigger.endswith(">")]
-    # llguidance takes every <...> trigger as a special token or none: as tokens only where all of them are
-    special = bool(bracketed) and all(map(is_special, bracketed))
+    special = _bracketed_are_tokens([s.trigger for s in structures], is_special)
     return llguidance.StructTag.to_grammar(tags, assume_special=special)
+
+
+def _bracketed(trigger: str) -> bool:
+    return trigger.startswith("<") and trigger.endswith(">")
+
+
+def _bracketed_are_tokens(triggers: list[str], is_special: Callable[[str], bool]) -> bool:
+    """Whether the ``<...>`` triggers are matched as special tokens: where each is one of the tokenizer's (llguidance
+    takes every ``<...>`` trigger as a special token or none)."""
+    bracketed = [t for t in triggers if _bracketed(t)]
+    return bool(bracketed) and all(map(is_special, bracketed))
 
 
 # xgrammar's structural-tag format language: each format's keys (the first ones required)
@@ -247,14 +254,14 @@ class _FormatGrammar:
         ``at_least_one``: a tag first, no text before it)."""
         triggers = _texts(fmt["triggers"], f"{where}.triggers", nonempty=True)
         text = self.token(self._free_text({"excludes": fmt.get("excludes", [])}, where))
-        special = all(self.is_special(t) for t in triggers if t.startswith("<") and t.endswith(">"))
+        special = _bracketed_are_tokens(triggers, self.is_special)
         led, bare = [], []
         for i, tag in enumerate(self._tags(fmt["tags"], f"{where}.tags")):
             trigger = next((t for t in triggers if tag["begin"].startswith(t)), None)
             if trigger is None:
                 raise ValueError(f"{where}.tags[{i}].begin {tag['begin']!r} starts with none of the triggers")
             body = self._tag(tag, f"{where}.tags[{i}]", skip=trigger)
-            as_token = special and trigger.startswith("<") and trigger.endswith(">")
+            as_token = special and _bracketed(trigger)
             mark = trigger if as_token else json.dumps(trigger)
             led.append(
                 self.new(f"{text} {mark} {body}")
@@ -303,5 +310,7 @@ def _text(value: Any, where: str) -> str:
 
 def _texts(value: Any, where: str, nonempty: bool = False) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or (nonempty and not value):
-        raise ValueError(f"{where} must be a list of non-empty strings, got {value!r}")
+        raise ValueError(
+            f"{where} must be a {'non-empty ' if nonempty else ''}list of non-empty strings, got {value!r}"
+        )
     return value

@@ -245,7 +245,7 @@ class _MessagesBody(_Request):
             "model": self.model,
             "messages": self.chat_messages(),
             "tools": [t.for_chat() for t in self.tools] or None,
-            "tool_choice": choice.for_chat() if choice else ("auto" if self.tools else None),
+            "tool_choice": choice.for_chat() if choice else None,  # chat's default: "auto" with tools
             "parallel_tool_calls": False if choice and choice.disable_parallel_tool_use else None,
             "chat_template_kwargs": kwargs,
             "add_generation_prompt": False if prefill else None,
