@@ -5,7 +5,7 @@ Layout (see docs/architecture.md, "The KV pool"): one pool per layer
 latent attention), one row a token whose first ``value_dim`` channels are its value (only this path reads it). Token
 t of a sequence lives in slot ``block_table[t // page_size] * page_size + t % page_size``. Page 0 is reserved:
 padded block-table entries point there, so it holds garbage that the length mask must hide. Padded tokens write
-nowhere (``PADDING_SLOT``).
+nowhere (``PADDING_SLOT``), or into page 0 where a step writes one token (``write_kv``).
 
 A step's queries are ragged: sequence s owns rows ``[query_start_loc[s], query_start_loc[s + 1])`` of ``q``, and any
 mix of prefill chunks and single-token decodes shares one call. To stay efficient under jit without a static bound on
@@ -65,6 +65,11 @@ def write_kv(
     sequence's page), or which of the repeated rows lands is unspecified: the scatter is declared to have unique
     indices, so a GPU stores each row; a scatter that may repeat an index compiles to an atomic compare-and-swap loop
     per element (a 256-token step's write, 1 MB a layer, took 7.3 us a layer on an H200, 2026-12-06).
+
+    One token is written with a dynamic-update-slice whose slot past the pool goes to reserved page 0 instead: XLA
+    made the one-row scatter such an update anyway, but one that kept the old entry for a dropped slot, and reading
+    the pool where it then writes in place kept the new row's rotary in a kernel of its own. Compiled for an H200
+    (``scripts/compile_for_gpu.py``), a batch-1 decode layer runs 13 kernels instead of 14.
     """
     planes = 1 if v is None else 2
     if v is None:
@@ -86,8 +91,14 @@ def write_kv(
     new_kv = jnp.stack(stored).transpose(0, 2, 1, 3)  # [planes, num_kv_heads, T, head_dim]
     # Index (page, offset) in the 5-D pool rather than reshaping it to slots: with one KV head per device, XLA
     # copied the whole pool shard around that reshape twice a step. A slot past the pool is dropped, never clamped.
-    page, offset = slot_mapping // page_size, slot_mapping % page_size
-    kv_pages = kv_pages.at[:, :, page, offset].set(new_kv, mode="drop", unique_indices=True)
+    if k.shape[0] == 1:
+        slot = slot_mapping[0]
+        slot = jnp.where((slot >= 0) & (slot < num_pages * page_size), slot, 0)  # padding: page 0's first slot
+        start = (0, 0, slot // page_size, slot % page_size, 0)
+        kv_pages = jax.lax.dynamic_update_slice(kv_pages, new_kv[:, :, :, None].astype(kv_pages.dtype), start)
+    else:
+        page, offset = slot_mapping // page_size, slot_mapping % page_size
+        kv_pages = kv_pages.at[:, :, page, offset].set(new_kv, mode="drop", unique_indices=True)
     # With one token XLA turns the scatter into a dynamic-update-slice and fuses a duplicate of it into each reader
     # (the returned pool, the attention's reshape to rows); each duplicate must own its buffer, so a step copied the
     # whole pool four times (~70 ms for 96 MB on the CPU). The barrier leaves the update one reader: in place.

@@ -339,6 +339,21 @@ def test_write_kv_puts_each_token_at_its_slot_and_padding_nowhere() -> None:
     np.testing.assert_array_equal(after, expected)  # every other slot, page 0's included, as it was
 
 
+@pytest.mark.parametrize("slot", [5 * 16 + 3, PADDING_SLOT, -1], ids=["real", "padding", "negative"])
+def test_one_token_write_lands_at_its_slot_or_in_reserved_page_0(slot: int) -> None:
+    """A one-token step writes with a dynamic-update-slice: its slot past the pool goes to page 0's first slot."""
+    rng = np.random.default_rng(8)
+    pool = rng.standard_normal((2, 2, 9, 16, 64)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 2, 64)).astype(np.float32) for _ in range(2))
+    before = jnp.asarray(pool)
+    after = np.asarray(jax.jit(write_kv, donate_argnums=0)(before, k, v, jnp.asarray([slot], jnp.int32)))
+    assert before.is_deleted(), "the donated pool should be updated in place"
+    target = slot if 0 <= slot < 9 * 16 else 0
+    expected = pool.copy()
+    expected[0, :, target // 16, target % 16], expected[1, :, target // 16, target % 16] = k[0], v[0]
+    np.testing.assert_array_equal(after, expected)
+
+
 def test_the_write_is_declared_a_scatter_of_distinct_slots() -> None:
     """What lets a GPU store each row instead of looping compare-and-swap per element (docs/benchmarks.md)."""
     pool = jax.ShapeDtypeStruct((2, 2, 4, 16, 64), jnp.bfloat16)

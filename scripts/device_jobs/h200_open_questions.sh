@@ -69,6 +69,25 @@ done
 # Its autotuning results too, for the deviceless GPU compiles on a CPU host (--xla_gpu_load_autotune_results_from).
 step hlo_b1 300 env XLA_FLAGS=--xla_gpu_dump_autotune_results_to=$QOUT/autotune_b1.textproto python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
     --batch-sizes 1 --max-num-batched-tokens 32 --steps 30 --json "$QOUT/step_b1_hlo.json" --dump-hlo "$QOUT/hlo_b1"
+# Issue 20's batch-1 step launches ~455 kernels in one CUDA graph, ~260 of them small fusions at ~1.6 us each, most of
+# that latency. XLA 0.11.2 turns programmatic dependent launch on by default (compiled without a GPU, the dumped
+# debug options list xla_gpu_enable_pdl only when set false): what does it buy, and do the graph's concurrent regions
+# (independent kernels side by side: the attention's metadata, the KV write beside the queries' rotary) buy more?
+for flags in "base:" "concurrent:--xla_gpu_graph_enable_concurrent_region=true" "nopdl:--xla_gpu_enable_pdl=false"; do
+    step "b1_flags_${flags%%:*}" 240 env XLA_FLAGS="${flags#*:}" python scripts/profile_step.py \
+        --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 --batch-sizes 1 \
+        --max-num-batched-tokens 32 --steps 100 --trace-steps 3 --json "$QOUT/b1_flags_${flags%%:*}.json"
+done
+# Twenty-sixth session: a one-token step writes its K/V with a dynamic-update-slice into reserved page 0 for padding
+# (XLA's own form of the one-row scatter kept the old entry, which held the new row's rotary in a kernel of its own:
+# 14 -> 13 kernels a batch-1 layer, compiled without a GPU). The step against the scatter, in the same call: the
+# baseline is this tree with the one-token branch turned off.
+rm -rf /tmp/ab_scatter && mkdir -p /tmp/ab_scatter && cp -r jllm pallas_kernels scripts configs /tmp/ab_scatter/ && \
+    sed -i 's/^    if k.shape\[0\] == 1:$/    if False:/' /tmp/ab_scatter/pallas_kernels/reference.py
+grep -c "if False:" /tmp/ab_scatter/pallas_kernels/reference.py > "$QOUT/ab_scatter_patched.txt"
+step b1_write_scatter 240 env PYTHONPATH=/tmp/ab_scatter:/tmp/ab_scatter/scripts:/tmp/site python \
+    /tmp/ab_scatter/scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
+    --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 --trace-steps 3 --json "$QOUT/b1_write_scatter.json"
 # H200 2026-12-06: cold 41.6 s (goal 30), warm-up 29.1 s of it, whose critical path is the slowest compile (forward
 # 1024 x 256: 23 s on one thread) while 16 threads share 40 programs. XLA can split one program's LLVM module over
 # several threads (xla_gpu_force_compilation_parallelism): does the slowest compile shorten?
