@@ -18,9 +18,8 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence as Seq
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import NamedTuple, get_args
 
 import jax
@@ -32,10 +31,11 @@ from tqdm.auto import tqdm
 from jllm import parallel
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
+from jllm.compile_pool import compile_pool, compile_threads
 from jllm.config import Pooling
 from jllm.errors import InputError
 from jllm.executable_cache import ProgramCall
-from jllm.runner import MAX_COMPILE_THREADS, ModelRunner
+from jllm.runner import ModelRunner
 from jllm.timing import WarmupReport
 from pallas_kernels import PADDING_SLOT
 
@@ -183,9 +183,9 @@ class Encoder:
         now, or loaded from the executable cache, so no request of that kind waits on the compiler. As the runner's
         warm-up: traced and lowered here, compiled (or loaded) on worker threads."""
         runner, layers = self.runner, (self.num_layers,)
-        report = WarmupReport(threads=min(MAX_COMPILE_THREADS, os.cpu_count() or 1))
+        report = WarmupReport(threads=compile_threads())
         pending: dict[StepBucket, tuple[Future[jax.stages.Compiled | None], ProgramCall, str | None, str]] = {}
-        with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
+        with report.counting_cache_hits(), compile_pool(report.threads) as pool:
             for bucket in self.buckets:
                 call = self._call(encode_batch([], bucket, runner.page_size), bucket, layers)
                 name = _program_name(bucket)
