@@ -27,7 +27,6 @@ from jllm.attention import describe_backend, resolve_pool
 from jllm.block_manager import BlockManager
 from jllm.buckets import StepBucket
 from jllm.classify import ClassifierHead
-from jllm.compile_pool import compile_threads
 from jllm.config import ConfigError, EngineConfig, ServerConfig, chat_template_text
 from jllm.engine import LLMEngine
 from jllm.executable_cache import Prefetch, open_cache, start_prefetch
@@ -40,7 +39,7 @@ from jllm.memory_plan import ModelMemory, device_capacity, plan_model
 from jllm.model_source import cache_dir, resolve_model
 from jllm.models.model_args import ModelArgs
 from jllm.models.registry import build_args
-from jllm.runner import ModelRunner
+from jllm.runner import ModelRunner, compile_threads
 from jllm.sampling import generation_defaults
 from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry

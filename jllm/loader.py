@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,6 @@ from jax.sharding import Mesh
 
 from jllm import parallel
 from jllm.checkpoint import restore_params, save_params
-from jllm.compile_pool import compile_pool, compile_threads
 from jllm.executable_cache import ExecutableCache, ProgramCall, load_or_compile
 from jllm.kv_scales import declares_kv_scales, is_scale_param, stores_kv_scales
 from jllm.models.registry import build_args
@@ -301,7 +302,7 @@ def init_dummy_params(
     # of what a cold Llama-3-8B start's weights phase spent over a warm one's (5.7 against 2.7 s, H200 2026-12-06).
     placements = _placements(dict(nnx.to_flat_state(state)), mesh, args.quant, args.dtype, lambda path: False)
     kinds = list(dict.fromkeys(kind(p.path, p.target) for p in placements if not is_scale_param(p.path)))
-    with compile_pool(max(1, min(len(kinds), compile_threads()))) as pool:
+    with ThreadPoolExecutor(max(1, min(len(kinds), os.cpu_count() or 1))) as pool:
         initializers = dict(zip(kinds, pool.map(lambda k: initializer(*k), kinds), strict=True))
 
     def make(path: tuple, target: jax.ShapeDtypeStruct) -> jax.Array:

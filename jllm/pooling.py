@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence as Seq
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, get_args
 
 import jax
@@ -31,11 +31,10 @@ from tqdm.auto import tqdm
 from jllm import parallel
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
-from jllm.compile_pool import compile_pool, compile_threads
 from jllm.config import Pooling
 from jllm.errors import InputError
 from jllm.executable_cache import ProgramCall
-from jllm.runner import ModelRunner
+from jllm.runner import ModelRunner, compile_threads
 from jllm.timing import WarmupReport
 from pallas_kernels import PADDING_SLOT
 
@@ -185,7 +184,7 @@ class Encoder:
         runner, layers = self.runner, (self.num_layers,)
         report = WarmupReport(threads=compile_threads())
         pending: dict[StepBucket, tuple[Future[jax.stages.Compiled | None], ProgramCall, str | None, str]] = {}
-        with report.counting_cache_hits(), compile_pool(report.threads) as pool:
+        with report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
             for bucket in self.buckets:
                 call = self._call(encode_batch([], bucket, runner.page_size), bucket, layers)
                 name = _program_name(bucket)

@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from jllm import parallel, sampler, step_programs
 from jllm.buckets import StepBucket, pick_bucket, step_buckets
-from jllm.compile_pool import compile_pool, compile_threads
 from jllm.executable_cache import Entry, ExecutableCache, ProgramCall, describe_program
 from jllm.loader import LoadedModel
 from jllm.lora.manager import LoRAManager
@@ -51,6 +50,16 @@ from jllm.step_inputs import (
 from jllm.step_results import StepResult, step_result
 from jllm.timing import WarmupReport, timed
 from jllm.weight_swap import swap_into
+
+# Each program compiles on one worker thread, using about one core: a cold Llama-3-8B start on a 16-core H200 host
+# (2026-12-04) spent 276 s compiling 60 programs over 8 threads in a 43 s warm-up, 7 of its 16 cores busy.
+MAX_COMPILE_THREADS = 16
+
+
+def compile_threads() -> int:
+    """Threads that compile or load programs at start: one a core, at most ``MAX_COMPILE_THREADS``."""
+    return min(MAX_COMPILE_THREADS, os.cpu_count() or 1)
+
 
 # XLA's CUDA-graph command buffers, re-pointed at each call's buffers by remapping virtual addresses instead of
 # re-recording the graph. H100, Llama-3-8B decode step (scripts/profile_step.py, 2026-11-26): 5.71 ms of device time
@@ -302,7 +311,7 @@ class ModelRunner:
         pending: dict[ProgramKey, Future[jax.stages.Compiled | None]] = {}
         # what a cached program is traced as if it fails to load: (call, cache key, name)
         loading: dict[ProgramKey, tuple[ProgramCall, str, str]] = {}
-        with self._pool_freed(), report.counting_cache_hits(), compile_pool(report.threads) as pool:
+        with self._pool_freed(), report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
             runs = [[self.put(plan) for plan in self.warmup_plans(bucket)] for bucket in self.buckets]
             # Every forward first: they take the longest to compile (15-23 s each against ~5 for a sampler on an
             # H200, 2026-12-05), so they start while the main thread still lowers the small programs.

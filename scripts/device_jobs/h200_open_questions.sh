@@ -48,12 +48,6 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
-# Twenty-sixth session: the compile workers run at nice +10 (jllm/compile_pool.py): an H100's cold warm-up spent 17.4 s
-# of 21.9 on the main thread's tracing and lowering, samplers lowering ~7x slower than compiled alone. Against the
-# workers at the main thread's priority, each cold (the executable cache's key holds the source's hash).
-baseline nice0 jllm/compile_pool.py 's/^WORKER_NICENESS = 10$/WORKER_NICENESS = 0/'
-step startup_cold_nice0 240 env PYTHONPATH=/tmp/ab_nice0:/tmp/ab_nice0/scripts:/tmp/site python \
-    /tmp/ab_nice0/scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_nice0.json"
 # Twenty-second session: XLA's Triton GEMMs only in programs of at most 16 matmul rows (jllm.runner.gemm_options;
 # cuBLAS alone above, where it was as fast on an H100 and its start 7.6 s sooner). Against Triton GEMMs everywhere
 # (the flag the runner leaves to XLA_FLAGS): the cold start, the TPOT (batch 32's bucket now cuBLAS) and a mixed step.
