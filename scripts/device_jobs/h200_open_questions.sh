@@ -208,10 +208,12 @@ step startup_cold_noautotune 240 env XLA_FLAGS=--xla_gpu_autotune_level=0 python
     --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_noautotune.json"
 # Autotuning is most of the cold compiles (394 against 148 thread-s without, H100): would autotuning results a fresh
 # machine brought along (XLA's per-fusion autotune cache, filled by the first run) give the untuned start's time?
+mkdir -p /tmp/autotune_cache
 for run in fill reuse; do
     step "startup_autotune_cache_$run" 240 env XLA_FLAGS=--xla_gpu_per_fusion_autotune_cache_dir=/tmp/autotune_cache \
         python scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_autotune_cache_$run.json"
 done
+# H100 2026-12-06: no file was written, and the directory did not exist (XLA may not make it): now made first.
 ls /tmp/autotune_cache | wc -l > "$QOUT/autotune_cache_files.txt"; du -sh /tmp/autotune_cache >> "$QOUT/autotune_cache_files.txt"
 # What autotuning buys a decode step (H100 2026-12-05: TPOT 6.31 / 6.26 / 6.64 with it, 6.14 / 5.96 / 6.98 without).
 step bf16_latency_noautotune 300 env XLA_FLAGS=--xla_gpu_autotune_level=0 python scripts/bench_latency.py \
