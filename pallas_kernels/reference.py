@@ -29,8 +29,8 @@ import jax.numpy as jnp
 
 from pallas_kernels.kv_quant import Scale, check_latent_scales, dequantize, quantize
 
-# The slot of a padded token: past any pool, so ``write_kv`` drops its row. Every slot inside the pool a step writes
-# is then distinct, which lets the write be a plain store (see ``write_kv``).
+# The slot of a padded token: past any pool, so ``write_kv`` drops its row (a one-token step's goes into reserved page
+# 0). Every slot inside the pool a step writes is then distinct, which lets the write be a plain store (``write_kv``).
 PADDING_SLOT = int(jnp.iinfo(jnp.int32).max)
 # Scores outside the mask. Finite so that a fully masked row computes exp(0) rather than NaN (-inf - -inf).
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -69,7 +69,8 @@ def write_kv(
     One token is written with a dynamic-update-slice whose slot past the pool goes to reserved page 0 instead: XLA
     made the one-row scatter such an update anyway, but one that kept the old entry for a dropped slot, and reading
     the pool where it then writes in place kept the new row's rotary in a kernel of its own. Compiled for an H200
-    (``scripts/compile_for_gpu.py``), a batch-1 decode layer runs 13 kernels instead of 14.
+    (``scripts/compile_for_gpu.py``), a batch-1 decode layer runs 13 kernels instead of 14; an H100's batch-1
+    Llama-3-8B step took 5.521 ms against 5.56 (2026-12-06).
     """
     planes = 1 if v is None else 2
     if v is None:
@@ -90,7 +91,8 @@ def write_kv(
     stored = [quantize(x, kv_pages.dtype, s) for x, s in zip(rows, (k_scale, v_scale), strict=False)]
     new_kv = jnp.stack(stored).transpose(0, 2, 1, 3)  # [planes, num_kv_heads, T, head_dim]
     # Index (page, offset) in the 5-D pool rather than reshaping it to slots: with one KV head per device, XLA
-    # copied the whole pool shard around that reshape twice a step. A slot past the pool is dropped, never clamped.
+    # copied the whole pool shard around that reshape twice a step. A slot past the pool is dropped (one token's: sent
+    # to page 0), never clamped onto a live slot.
     if k.shape[0] == 1:
         slot = slot_mapping[0]
         slot = jnp.where((slot >= 0) & (slot < num_pages * page_size), slot, 0)  # padding: page 0's first slot
