@@ -97,7 +97,7 @@ def write_kv(
         slot = slot_mapping[0]
         slot = jnp.where((slot >= 0) & (slot < num_pages * page_size), slot, 0)  # padding: page 0's first slot
         start = (0, 0, slot // page_size, slot % page_size, 0)
-        kv_pages = jax.lax.dynamic_update_slice(kv_pages, new_kv[:, :, :, None].astype(kv_pages.dtype), start)
+        kv_pages = jax.lax.dynamic_update_slice(kv_pages, new_kv[:, :, :, None], start)  # stored in the pool dtype
     else:
         page, offset = slot_mapping // page_size, slot_mapping % page_size
         kv_pages = kv_pages.at[:, :, page, offset].set(new_kv, mode="drop", unique_indices=True)
