@@ -8,12 +8,13 @@
 #     export PYTHONPATH=$PWD:$PWD/scripts:/tmp/site
 #
 # jax-triton 0.3.1 is the release that runs with the image's triton 3.6; the rest are jllm's own dependencies (and
-# pydantic's) at the versions this checkout's .venv runs (scripts/setup.sh), so the device runs what the tests ran.
+# pydantic's) at the versions this checkout's .venv runs (scripts/setup.sh), so the device runs what the tests ran;
+# py-spy (its binary in /tmp/site/bin) samples where a start-up's threads spend their time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(
     jax-triton llguidance pydantic pydantic-core annotated-types typing-inspection typing-extensions grpcio
-    grpcio-health-checking protobuf prometheus-client
+    grpcio-health-checking protobuf prometheus-client py-spy
 )
 if [[ "${1:-download}" == install ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -24,7 +25,8 @@ import sys
 from importlib.metadata import version
 
 for name in sys.argv[1:]:
-    print(f"{name}=={version(name)}" if name != "jax-triton" else "jax-triton==0.3.1")
+    pinned = {"jax-triton": "0.3.1", "py-spy": "0.4.3"}  # not in .venv: jax-triton's GPU release, the profiler
+    print(f"{name}=={pinned.get(name) or version(name)}")
 ' "${PACKAGES[@]}")
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
 PLATFORMS=()

@@ -48,6 +48,12 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
+# Why is the main thread's tracing and lowering (the cold warm-up's critical path: 12.6 s of 17.3 on the twenty-sixth
+# session's H100) slower in a GPU host's warm-up than alone? Which threads hold the GIL, doing what: py-spy samples
+# only GIL holders (--gil). On the CPU the compile workers held it in JAX's cache write (executable.serialize()).
+step startup_gil 300 /tmp/site/bin/py-spy record --gil --threads --subprocesses --format raw -r 200 \
+    -o "$QOUT/startup_gil.txt" -- python scripts/profile_startup.py --config $BF16 --warm-runs 0 \
+    --json "$QOUT/startup_gil.json"
 # Twenty-second session: XLA's Triton GEMMs only in programs of at most 16 matmul rows (jllm.runner.gemm_options;
 # cuBLAS alone above, where it was as fast on an H100 and its start 7.6 s sooner). Against Triton GEMMs everywhere
 # (the flag the runner leaves to XLA_FLAGS): the cold start, the TPOT (batch 32's bucket now cuBLAS) and a mixed step.
