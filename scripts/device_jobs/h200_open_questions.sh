@@ -48,20 +48,20 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
-# Twenty-seventh session: a program jllm's executable cache stores is no longer written to JAX's cache too
-# (executable_cache.compile_for_store): each write serializes the executable holding the GIL. The cold start with
-# both writes, as before, in the same call (this tree, the runner's compile back to a plain one), twice, alternating.
-baseline jaxwrite jllm/runner.py 's/ else compile_for_store(lowered, options)/ else lowered.compile(options)/'
+# Twenty-seventh session: the warm-up traces the forwards largest bucket first (the twenty-sixth session's H100 warm-up
+# ended when the 512- to 2048-token forwards, traced last, left the compiler), against this tree traced smallest
+# first, alternating, twice.
+baseline ascending jllm/runner.py 's/key=lambda i: -self.buckets\[i\].num_tokens/key=lambda i: i/'
 for run in 1 2; do
-    step "startup_cold_jaxwrite$run" 240 env PYTHONPATH=/tmp/ab_jaxwrite:/tmp/ab_jaxwrite/scripts:/tmp/site python \
-        /tmp/ab_jaxwrite/scripts/profile_startup.py --config $BF16 --warm-runs 0 \
-        --json "$QOUT/startup_cold_jaxwrite$run.json"
     step "startup_cold_once$run" 240 python scripts/profile_startup.py --config $BF16 --warm-runs 0 \
         --json "$QOUT/startup_cold_once$run.json"
+    step "startup_cold_ascending$run" 240 env PYTHONPATH=/tmp/ab_ascending:/tmp/ab_ascending/scripts:/tmp/site \
+        python /tmp/ab_ascending/scripts/profile_startup.py --config $BF16 --warm-runs 0 \
+        --json "$QOUT/startup_cold_ascending$run.json"
 done
-# Why is the main thread's tracing and lowering (the cold warm-up's critical path: 12.6 s of 17.3 on the twenty-sixth
-# session's H100) slower in a GPU host's warm-up than alone? Which threads hold the GIL, doing what: py-spy samples
-# only GIL holders (--gil). On the CPU the compile workers held it in JAX's cache write (executable.serialize()).
+# Which threads hold the GIL during a cold start, doing what (py-spy samples only GIL holders with --gil). Compiled
+# without a GPU (2026-12-07) the main thread traces and lowers every program in 8.5 s, the H100's warm-up took 7.7 s:
+# it is not slowed there; on the CPU the compile workers held the GIL in JAX's cache write (executable.serialize()).
 step startup_gil 300 /tmp/site/bin/py-spy record --gil --threads --subprocesses --format raw -r 200 \
     -o "$QOUT/startup_gil.txt" -- python scripts/profile_startup.py --config $BF16 --warm-runs 0 \
     --json "$QOUT/startup_gil.json"
