@@ -100,18 +100,22 @@ def gemm_options(rows: int, quantized: bool, xla_flags: str) -> dict[str, bool]:
 ProgramKey = tuple[str, tuple[int, SamplingMode] | None, InputLayout]  # (kind, static variant, input layout)
 
 
+StepBuffer = jax.Array | np.ndarray  # a step's packed inputs: NumPy on one process (``ModelRunner.put``)
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceStep:
-    """A plan on the devices: its inputs packed and transferred, ready for the step's programs (``dispatch``)."""
+    """A plan ready for the step's programs (``dispatch``): its inputs packed, and where a mesh spans processes,
+    transferred."""
 
     layout: InputLayout
-    buffer: jax.Array  # the packed inputs (uint32 words), replicated over the mesh
+    buffer: StepBuffer  # the packed inputs (uint32 words), replicated over the mesh
     variant: Variant
     bucket: StepBucket  # the step's shape: its matmuls' rows choose their compile options (``gemm_options``)
     # The sampler's own per-row inputs, packed apart: (SamplingMetadata, TokenConstraints) — penalty lists, stop-id
     # bans, token mask and logit bias have request-chosen widths, which must never change the forward's program.
     sampler_layout: InputLayout
-    sampler_buffer: jax.Array
+    sampler_buffer: StepBuffer
 
 
 @dataclasses.dataclass
@@ -200,9 +204,10 @@ class ModelRunner:
         """The program ``key`` as jit traces it. ``outputs``: the forward's (hidden, rows), or their
         ``ShapeDtypeStruct``s (warm-up traces before anything runs); unused for the forward itself."""
         kind, variant, _ = key
+        buffer, sampler_buffer = self._traced_buffer(step.buffer), self._traced_buffer(step.sampler_buffer)
         if kind == "forward":
             fn = functools.partial(step_programs.forward, self.graphdef, self.pool_shardings, step.layout)
-            args = (self.params, self.kv_caches, step.buffer, self._last_tokens, self._lora_weights)
+            args = (self.params, self.kv_caches, buffer, self._last_tokens, self._lora_weights)
             return ProgramCall(fn, self.state_def, (1,), args, self.compiler_options(step.bucket.num_tokens))
         hidden, rows = outputs
         if kind == "sampler":
@@ -210,10 +215,14 @@ class ModelRunner:
             head = self.head_graphdef
             fn = functools.partial(step_programs.sample, head, variant, step.sampler_layout, num_rows=num_rows)
             options = self.compiler_options(step.bucket.sampler_rows)
-            return ProgramCall(fn, self.head_def, (), (self.head_params, rows, step.sampler_buffer), options)
+            return ProgramCall(fn, self.head_def, (), (self.head_params, rows, sampler_buffer), options)
         fn = functools.partial(step_programs.prompt_logprobs, self.head_graphdef, step.layout)
         options = self.compiler_options(step.bucket.num_tokens)
-        return ProgramCall(fn, self.head_def, (), (self.head_params, hidden, step.buffer), options)
+        return ProgramCall(fn, self.head_def, (), (self.head_params, hidden, buffer), options)
+
+    def _traced_buffer(self, buffer: StepBuffer) -> jax.ShapeDtypeStruct:
+        """What a step's packed inputs are traced as, NumPy or transferred: replicated over the mesh."""
+        return jax.ShapeDtypeStruct(buffer.shape, buffer.dtype, sharding=parallel.replicated(self.mesh))
 
     def compiler_options(self, gemm_rows: int) -> dict[str, Any]:
         """What a program of this model whose matmuls have ``gemm_rows`` rows is compiled with."""
@@ -550,24 +559,21 @@ class ModelRunner:
         return self.dispatch(self.put(plan))
 
     def put(self, plan: StepPlan) -> DeviceStep:
-        """Packs the plan's host inputs and transfers them, replicated over the mesh."""
+        """Packs the plan's host inputs, one buffer for the forward's and one for the sampler's."""
         forward_inputs = dataclasses.replace(plan.inputs, sampling=None)
         forward, sampler = self._put_trees(forward_inputs, _sampler_tree(plan, plan.constraints))
         return DeviceStep(*forward, plan.variant, plan.bucket, *sampler)
 
-    def _put_trees(self, *trees: Any) -> list[tuple[InputLayout, jax.Array]]:
-        """Each tree packed into one buffer; the buffers transferred replicated over the mesh, in one batched call
-        where this process holds every device, not two (``scripts/bench_host_transfer.py`` times the ways; on the
-        CPU host, with another job beside it, one call took 82 us where two took 111, 2026-12-06: the GPU host's
-        figure is still to be measured). A mesh across processes takes each process's whole array for its own
-        devices."""
+    def _put_trees(self, *trees: Any) -> list[tuple[InputLayout, StepBuffer]]:
+        """Each tree packed into one buffer. Where this process holds every device the buffers stay NumPy arrays:
+        the programs' dispatch moves its arguments to their devices itself, which cost the 2-core CPU host 20 us
+        a step where a ``jax.device_put`` of both before the call cost 191 (``scripts/bench_host_transfer.py``,
+        2026-12-07). A mesh across processes takes each process's whole array for its own devices."""
         layouts, buffers = zip(*(pack_inputs(tree) for tree in trees), strict=True)
-        sharding = parallel.replicated(self.mesh)
-        if jax.process_count() == 1:
-            arrays = jax.device_put(list(buffers), sharding)
-        else:
-            arrays = [jax.make_array_from_process_local_data(sharding, buffer) for buffer in buffers]
-        return list(zip(layouts, arrays, strict=True))
+        if jax.process_count() > 1:
+            sharding = parallel.replicated(self.mesh)
+            buffers = tuple(jax.make_array_from_process_local_data(sharding, buffer) for buffer in buffers)
+        return list(zip(layouts, buffers, strict=True))
 
     def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
         """Queues the step's programs (compiling any warm-up missed) on inputs already on the devices; scripts call
