@@ -59,6 +59,20 @@ for run in 1 2; do
         python /tmp/ab_ascending/scripts/profile_startup.py --config $BF16 --warm-runs 0 \
         --json "$QOUT/startup_cold_ascending$run.json"
 done
+# Twenty-seventh session: on one process a step's packed inputs stay NumPy arrays and the programs' dispatch moves
+# them (a CPU batch-1 step's host time 0.848 -> 0.610 ms). FP8's batch-1 decode is host-bound (TPOT 3.73 ms against
+# a 3.215 ms step, H200 2026-12-06): its TPOT and host phases against this tree moving them first (device_put of
+# both, the way before), in the same call.
+baseline put jllm/runner.py 's/        if jax.process_count() > 1:/        if True:/; s/buffers = tuple(jax.make_array_from_process_local_data(sharding, buffer) for buffer in buffers)/buffers = tuple(jax.device_put(list(buffers), sharding))/'
+for tree in "now:" "put:env PYTHONPATH=/tmp/ab_put:/tmp/ab_put/scripts:/tmp/site"; do
+    root=.
+    [[ ${tree%%:*} == put ]] && root=/tmp/ab_put
+    step "fp8_latency_${tree%%:*}" 300 ${tree#*:} python $root/scripts/bench_latency.py --config $FP8 --skip-hf \
+        --batch-sizes 1,8 --json "$QOUT/fp8_lat_${tree%%:*}.json"
+    step "step_b1_fp8_${tree%%:*}" 300 ${tree#*:} python $root/scripts/profile_step.py --model configs/models/llama3-8b \
+        --load-format dummy --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 \
+        --set quantization=fp8 --json "$QOUT/step_b1_fp8_${tree%%:*}.json"
+done
 # Which threads hold the GIL during a cold start, doing what (py-spy samples only GIL holders with --gil). Compiled
 # without a GPU (2026-12-07) the main thread traces and lowers every program in 8.5 s, the H100's warm-up took 7.7 s:
 # it is not slowed there; on the CPU the compile workers held the GIL in JAX's cache write (executable.serialize()).
