@@ -576,8 +576,8 @@ class ModelRunner:
         return list(zip(layouts, buffers, strict=True))
 
     def dispatch(self, step: DeviceStep) -> tuple[SamplerOutput, PromptLogprobsOutput | None]:
-        """Queues the step's programs (compiling any warm-up missed) on inputs already on the devices; scripts call
-        it back to back to time the compiled step alone."""
+        """Queues the step's programs (compiling any warm-up missed) on its packed inputs; scripts call it back to
+        back to time the compiled step alone (their inputs then moved by each call, as in a step)."""
         return self._sample(step, self._forward(step))
 
     def _forward(self, step: DeviceStep) -> tuple[jax.Array, jax.Array]:
