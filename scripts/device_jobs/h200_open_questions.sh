@@ -42,6 +42,26 @@ git log -1 --format='%H %s' > "$QOUT/commit.txt" 2>/dev/null
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
 
+# Twenty-seventh session: on one process a step's packed inputs stay NumPy arrays and the programs' dispatch moves
+# them (a CPU batch-1 step's host time 0.848 -> 0.610 ms). FP8's batch-1 decode is host-bound (TPOT 3.73 ms against
+# a 3.215 ms step, H200 2026-12-06): its TPOT and host phases against this tree moving them first (device_put of
+# both, the way before), in the same call.
+baseline put jllm/runner.py 's/        if jax.process_count() > 1:/        if True:/; s/buffers = tuple(jax.make_array_from_process_local_data(sharding, buffer) for buffer in buffers)/buffers = tuple(jax.device_put(list(buffers), sharding))/'
+for tree in "now:" "put:env PYTHONPATH=/tmp/ab_put:/tmp/ab_put/scripts:/tmp/site"; do
+    root=.
+    [[ ${tree%%:*} == put ]] && root=/tmp/ab_put
+    step "fp8_latency_${tree%%:*}" 300 ${tree#*:} python $root/scripts/bench_latency.py --config $FP8 --skip-hf \
+        --batch-sizes 1,8 --json "$QOUT/fp8_lat_${tree%%:*}.json"
+    step "step_b1_fp8_${tree%%:*}" 300 ${tree#*:} python $root/scripts/profile_step.py --model configs/models/llama3-8b \
+        --load-format dummy --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 \
+        --set quantization=fp8 --json "$QOUT/step_b1_fp8_${tree%%:*}.json"
+done
+# The ways of moving a step's two input buffers side by side on this host (the runner's now: NumPy into the calls; the
+# eighth session's H200 host: 189-268 us for two make_array_from_process_local_data calls).
+step host_transfer 120 python scripts/bench_host_transfer.py --words 1024,4096,16384 --calls 2000 \
+    --json "$QOUT/host_transfer.json"
+# The FP8 step's dispatch (1.46 ms against bf16's 0.81; 323 arguments against 195): what an argument costs the host.
+step dispatch_args 120 python scripts/bench_dispatch.py --args 1,64,195,323,512 --calls 2000 --json "$QOUT/dispatch.json"
 # Issue 20: cold start-up (goal 30 s; H200 51.8 s on 2026-12-05 11:00; H100 52.7 s at 15:25 with autotuning, 41.8
 # without). Since then: compiles with the pool's memory free (the H100's cold warm-up ran out of device memory in
 # XLA's autotuner twice), samplers for 4 row counts instead of 9, every forward queued first, Triton's driver pinned
@@ -58,20 +78,6 @@ for run in 1 2; do
     step "startup_cold_ascending$run" 240 env PYTHONPATH=/tmp/ab_ascending:/tmp/ab_ascending/scripts:/tmp/site \
         python /tmp/ab_ascending/scripts/profile_startup.py --config $BF16 --warm-runs 0 \
         --json "$QOUT/startup_cold_ascending$run.json"
-done
-# Twenty-seventh session: on one process a step's packed inputs stay NumPy arrays and the programs' dispatch moves
-# them (a CPU batch-1 step's host time 0.848 -> 0.610 ms). FP8's batch-1 decode is host-bound (TPOT 3.73 ms against
-# a 3.215 ms step, H200 2026-12-06): its TPOT and host phases against this tree moving them first (device_put of
-# both, the way before), in the same call.
-baseline put jllm/runner.py 's/        if jax.process_count() > 1:/        if True:/; s/buffers = tuple(jax.make_array_from_process_local_data(sharding, buffer) for buffer in buffers)/buffers = tuple(jax.device_put(list(buffers), sharding))/'
-for tree in "now:" "put:env PYTHONPATH=/tmp/ab_put:/tmp/ab_put/scripts:/tmp/site"; do
-    root=.
-    [[ ${tree%%:*} == put ]] && root=/tmp/ab_put
-    step "fp8_latency_${tree%%:*}" 300 ${tree#*:} python $root/scripts/bench_latency.py --config $FP8 --skip-hf \
-        --batch-sizes 1,8 --json "$QOUT/fp8_lat_${tree%%:*}.json"
-    step "step_b1_fp8_${tree%%:*}" 300 ${tree#*:} python $root/scripts/profile_step.py --model configs/models/llama3-8b \
-        --load-format dummy --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 \
-        --set quantization=fp8 --json "$QOUT/step_b1_fp8_${tree%%:*}.json"
 done
 # Which threads hold the GIL during a cold start, doing what (py-spy samples only GIL holders with --gil). Compiled
 # without a GPU (2026-12-07) the main thread traces and lowers every program in 8.5 s, the H100's warm-up took 7.7 s:
@@ -127,12 +133,6 @@ step b1_write_scatter 240 env PYTHONPATH=/tmp/ab_scatter:/tmp/ab_scatter/scripts
 # several threads (xla_gpu_force_compilation_parallelism): does the slowest compile shorten?
 step startup_cold_parallel4 240 env XLA_FLAGS=--xla_gpu_force_compilation_parallelism=4 python \
     scripts/profile_startup.py --config $BF16 --warm-runs 0 --json "$QOUT/startup_cold_parallel4.json"
-# The runner now transfers a step's two input buffers in one device_put call (make_array_from_process_local_data
-# twice before; the eighth session's H200 host: 189-268 us for those two calls): the ways side by side on this host.
-step host_transfer 120 python scripts/bench_host_transfer.py --words 1024,4096,16384 --calls 2000 \
-    --json "$QOUT/host_transfer.json"
-# The FP8 step's dispatch (1.46 ms against bf16's 0.81; 323 arguments against 195): what an argument costs the host.
-step dispatch_args 120 python scripts/bench_dispatch.py --args 1,64,195,323,512 --calls 2000 --json "$QOUT/dispatch.json"
 # jllm now compiles with XLA's autotuning at level 1 (timing only; jllm.runner.autotune_options): H100 2026-12-06, one
 # call: cold 35.0 s at XLA's default level 4, 23.2 s at level 1. Level 4 again as the baseline, and its TPOT below:
 # do level 1's choices keep the step's time? H100 2026-12-06: yes (5.55 / 5.70 / 6.33 ms against 5.56 / 5.77 / 6.51).
