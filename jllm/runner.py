@@ -323,15 +323,13 @@ class ModelRunner:
         with self._pool_freed(), report.counting_cache_hits(), ThreadPoolExecutor(report.threads) as pool:
             runs = [[self.put(plan) for plan in self.warmup_plans(bucket)] for bucket in self.buckets]
             # Every forward first: they take the longest to compile (15-23 s each against ~5 for a sampler on an
-            # H200, 2026-12-05), so they start while the main thread still lowers the small programs. The largest
-            # buckets' first: a cold H100 start traced and lowered the forwards smallest first for ~4 s, and its
-            # warm-up ended when the last of them, the 512- to 2048-token forwards (11.6-12.8 s each), came out of
-            # the compiler (2026-12-06: 17.1 s of warm-up, 7.7 s of the main thread's tracing and lowering).
-            outputs: list[tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct] | None] = [None] * len(self.buckets)
-            for i in sorted(range(len(self.buckets)), key=lambda i: -self.buckets[i].num_tokens):
-                outputs[i] = self._submit_compiles(
-                    self.buckets[i], runs[i], ("forward",), None, pending, loading, pool, report
-                )
+            # H200, 2026-12-05), so they start while the main thread still lowers the small programs. Smallest bucket
+            # first: the largest first was slower on an H100 (cold starts 28.3 / 30.6 s against 25.8 / 24.2,
+            # alternating, 2026-12-07), the few-row forwards (XLA's Triton GEMMs, autotuned) then ending last.
+            outputs = [
+                self._submit_compiles(b, s, ("forward",), None, pending, loading, pool, report)
+                for b, s in zip(self.buckets, runs, strict=True)
+            ]
             # Then one sampler variant at a time over the buckets: a variant's programs differ in their GEMM shapes
             # (the LM head's rows) and the variants of one row count share them, so a shape's autotuning (which XLA
             # keeps per process) can be done before its next program compiles rather than beside it (unmeasured).

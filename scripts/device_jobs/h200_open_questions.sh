@@ -68,20 +68,10 @@ step dispatch_args 120 python scripts/bench_dispatch.py --args 1,64,195,323,512 
 # to CUDA. H100 2026-12-05 18:05: 50.4 s, 45.6 sampled, 41.6 without autotuning; the main thread imported torch for
 # 6.8 s inside jax-triton's compile (Triton 3.6's argument specializer), now refused it. Then sampled, then no autotuning.
 step startup_cold 240 python scripts/profile_startup.py --config $BF16 --warm-runs 1 --json "$QOUT/startup_cold.json"
-# Twenty-seventh session: the warm-up traces the forwards largest bucket first (the twenty-sixth session's H100 warm-up
-# ended when the 512- to 2048-token forwards, traced last, left the compiler), against this tree traced smallest
-# first, alternating, twice.
-baseline ascending jllm/runner.py 's/key=lambda i: -self.buckets\[i\].num_tokens/key=lambda i: i/'
-for run in 1 2; do
-    step "startup_cold_once$run" 240 python scripts/profile_startup.py --config $BF16 --warm-runs 0 \
-        --json "$QOUT/startup_cold_once$run.json"
-    step "startup_cold_ascending$run" 240 env PYTHONPATH=/tmp/ab_ascending:/tmp/ab_ascending/scripts:/tmp/site \
-        python /tmp/ab_ascending/scripts/profile_startup.py --config $BF16 --warm-runs 0 \
-        --json "$QOUT/startup_cold_ascending$run.json"
-done
 # Which threads hold the GIL during a cold start, doing what (py-spy samples only GIL holders with --gil). Compiled
-# without a GPU (2026-12-07) the main thread traces and lowers every program in 8.5 s, the H100's warm-up took 7.7 s:
-# it is not slowed there; on the CPU the compile workers held the GIL in JAX's cache write (executable.serialize()).
+# without a GPU on the 2-core CPU host (2026-12-07) the main thread traces and lowers every program in 8.5 s; cold
+# H100 warm-ups took 11.4-12.9 s for it the same day (7.7 s on 2026-12-06). On the CPU the compile workers held the
+# GIL in JAX's cache write (executable.serialize()).
 step startup_gil 300 /tmp/site/bin/py-spy record --gil --threads --subprocesses --format raw -r 200 \
     -o "$QOUT/startup_gil.txt" -- python scripts/profile_startup.py --config $BF16 --warm-runs 0 \
     --json "$QOUT/startup_gil.json"
