@@ -565,7 +565,7 @@ class ModelRunner:
     def _put_trees(self, *trees: Any) -> list[tuple[InputLayout, StepBuffer]]:
         """Each tree packed into one buffer. Where this process holds every device the buffers stay NumPy arrays:
         the programs' dispatch moves its arguments to their devices itself, which cost an H100's host 119 us a step
-        where a ``jax.device_put`` of both before the call cost 363 (``scripts/bench_host_transfer.py``, 2026-12-07;
+        where a ``jax.device_put`` of both before the call cost 302 (``scripts/bench_host_transfer.py``, 2026-12-07;
         an FP8 batch-1 step 4.222 -> 4.033 ms there). A mesh across processes takes each process's whole array for
         its own devices."""
         layouts, buffers = zip(*(pack_inputs(tree) for tree in trees), strict=True)

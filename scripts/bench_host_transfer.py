@@ -9,7 +9,7 @@ processes), ``jax.device_put`` onto the replicated sharding, and onto the one de
 ``device_put`` call (what the runner calls on one process); and the two concatenated (one transfer a step). And with
 a compiled program that reads them: called on resident arrays (the base), after one ``device_put`` of both, and on
 the NumPy arrays themselves (the dispatch moves them; 2026-12-07, a 1k-word step: 20 us against 191 with the
-``device_put`` on the 2-core CPU host, 119 against 363 on an H100's). Prints the card and a table of microseconds per
+``device_put`` on the 2-core CPU host, 119 against 302 on an H100's). Prints the card and a table of microseconds per
 call.
 
     python scripts/bench_host_transfer.py --words 1024,4096,16384 --calls 2000
