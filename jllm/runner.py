@@ -204,9 +204,9 @@ class ModelRunner:
         """The program ``key`` as jit traces it. ``outputs``: the forward's (hidden, rows), or their
         ``ShapeDtypeStruct``s (warm-up traces before anything runs); unused for the forward itself."""
         kind, variant, _ = key
-        buffer, sampler_buffer = self._traced_buffer(step.buffer), self._traced_buffer(step.sampler_buffer)
         if kind == "forward":
             fn = functools.partial(step_programs.forward, self.graphdef, self.pool_shardings, step.layout)
+            buffer = self._traced_buffer(step.buffer)
             args = (self.params, self.kv_caches, buffer, self._last_tokens, self._lora_weights)
             return ProgramCall(fn, self.state_def, (1,), args, self.compiler_options(step.bucket.num_tokens))
         hidden, rows = outputs
@@ -215,10 +215,12 @@ class ModelRunner:
             head = self.head_graphdef
             fn = functools.partial(step_programs.sample, head, variant, step.sampler_layout, num_rows=num_rows)
             options = self.compiler_options(step.bucket.sampler_rows)
-            return ProgramCall(fn, self.head_def, (), (self.head_params, rows, sampler_buffer), options)
+            args = (self.head_params, rows, self._traced_buffer(step.sampler_buffer))
+            return ProgramCall(fn, self.head_def, (), args, options)
         fn = functools.partial(step_programs.prompt_logprobs, self.head_graphdef, step.layout)
         options = self.compiler_options(step.bucket.num_tokens)
-        return ProgramCall(fn, self.head_def, (), (self.head_params, hidden, buffer), options)
+        args = (self.head_params, hidden, self._traced_buffer(step.buffer))
+        return ProgramCall(fn, self.head_def, (), args, options)
 
     def _traced_buffer(self, buffer: StepBuffer) -> jax.ShapeDtypeStruct:
         """What a step's packed inputs are traced as, NumPy or transferred: replicated over the mesh."""

@@ -24,8 +24,8 @@ mapfile -t WHEELS < <(.venv/bin/python -c '
 import sys
 from importlib.metadata import version
 
+pinned = {"jax-triton": "0.3.1", "py-spy": "0.4.3"}  # not in .venv: the GPU release of jax-triton, the profiler
 for name in sys.argv[1:]:
-    pinned = {"jax-triton": "0.3.1", "py-spy": "0.4.3"}  # not in .venv: jax-triton's GPU release, the profiler
     print(f"{name}=={pinned.get(name) or version(name)}")
 ' "${PACKAGES[@]}")
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
