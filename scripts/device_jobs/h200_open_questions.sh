@@ -42,6 +42,10 @@ git log -1 --format='%H %s' > "$QOUT/commit.txt" 2>/dev/null
 BF16=configs/llama3-8b-h200.yaml
 FP8=configs/llama3-8b-fp8-h200.yaml
 
+# Twenty-eighth session: a decode layer's matmuls as Pallas kernels that own the norm before them and the SwiGLU or
+# residual add after (pallas_kernels/decode_gemv.py), against XLA's GEMMs and the ~5 small fusions a layer around them
+# (batch-1 bf16 step on the H200: GEMMs 3.69 of 4.17 ms, ~260 small fusions 0.41 ms). 32 attention-less layers.
+step decode_gemv 300 python scripts/bench_decode_gemv.py --rows 1,8 --tune --tune-budget-s 20 --json "$QOUT/decode_gemv.json"
 # Twenty-seventh session: on one process a step's packed inputs stay NumPy arrays and the programs' dispatch moves
 # them (a CPU batch-1 step's host time 0.848 -> 0.610 ms). FP8's batch-1 decode is host-bound (TPOT 3.73 ms against
 # a 3.215 ms step, H200 2026-12-06): its TPOT and host phases against this tree moving them first (device_put of

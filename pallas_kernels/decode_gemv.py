@@ -1,0 +1,226 @@
+"""A decode step's bf16 matmuls of a few rows as one Pallas kernel (Triton backend) each, with the work XLA launches
+around them folded in: the RMSNorm of the input before, the SwiGLU or the residual add after.
+
+Why: a batch-1 Llama-3-8B step on an H200 spends 3.69 of its 4.17 ms in XLA's GEMMs, which stream the weights at
+~4.1 TB/s, and ~0.41 ms in ~260 small fusions at ~1.6 us each, 8 a layer (docs/benchmarks.md, 2026-12-06): the
+norm's reduction before QKV and before gate-up, the split-K sums with the residual adds after o_proj and down, the
+SwiGLU between gate-up and down. A matmul that owns its epilogue and prologue removes those launches, if it streams
+the weights as fast as XLA's.
+
+One program owns ``block_n`` output columns and walks the whole input dimension (no split-K: every epilogue sees
+finished sums), ``block_k`` inputs a step: it loads the rows of ``x`` (masked to ``M``, the tile padded to 16 rows for
+Triton's tensor-core dot), multiplies them by the norm's weight, and accumulates ``x_w @ w`` in float32 beside each
+row's sum of squares; the norm's factor ``rsqrt(mean(x^2) + eps)`` scales the sums at the end, as
+``jllm.models.layers.normed_linear`` does (``(x * w) @ W * factor``: the GEMM reads ``x * w`` rounded to the weights'
+dtype). With ``swiglu`` the weight is gate-up's ``[K, 2, F]`` and a program accumulates both halves of its columns,
+returning ``silu(gate) * up`` ``[M, F]``; with ``residual`` ``[M, N]`` it returns ``residual + x @ w``. Each product
+is rounded to the output dtype once, where XLA's path rounds between steps: results agree to bf16 rounding.
+
+Weights stay ``[K, N]`` (``Linear``'s layout), read in place; the output is ``[M, N]``, written with masked rows.
+``interpret=True`` runs the kernel on any backend (the CPU tests); ``ref_decode_matmul`` is the float32 oracle.
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+# Rows of a program's tile: Triton's tensor-core dot needs M >= 16; a step's rows past M are masked (never read).
+TILE_ROWS = 16
+# Programs to aim for: ~2 per SM of an H100 / H200 (132 SMs), each streaming its own columns.
+_TARGET_PROGRAMS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeGemvConfig:
+    """Static tiling of one call (hashable: a jit static argument)."""
+
+    block_n: int = 32  # output columns per program (with swiglu: of each half)
+    block_k: int = 128  # input rows per loop step
+    num_warps: int = 4
+    num_stages: int = 4  # Triton software-pipelining depth of the weight loads
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "block_k"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"DecodeGemvConfig.{name}={value} must be a power of two >= 16 (Triton's dot)")
+        for name in ("num_warps", "num_stages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DecodeGemvConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def default_config(k: int, n: int) -> DecodeGemvConfig:
+    """The widest column block (up to 128) that still gives ``_TARGET_PROGRAMS`` programs, at least 16; the longest
+    input step up to 128 that divides ``k``. A first guess: ``scripts/bench_decode_gemv.py --tune`` times the others
+    on a GPU."""
+    block_n = 128
+    while block_n > 16 and n // block_n < _TARGET_PROGRAMS:
+        block_n //= 2
+    block_k = 128
+    while block_k > 16 and k % block_k:
+        block_k //= 2
+    return DecodeGemvConfig(block_n=block_n, block_k=block_k)
+
+
+def supports(m: int, k: int, n: int, config: DecodeGemvConfig | None = None) -> bool:
+    """Whether ``decode_matmul`` takes these shapes (the caller keeps XLA's matmul otherwise)."""
+    cfg = config or default_config(k, n)
+    return 1 <= m <= TILE_ROWS and k % cfg.block_k == 0 and n % cfg.block_n == 0
+
+
+def decode_matmul(
+    x: jax.Array,  # [M, K], M <= 16
+    w: jax.Array,  # [K, N], or [K, 2, F] with swiglu (gate, up)
+    *,
+    norm_weight: jax.Array | None = None,  # [K]: RMSNorm of x first, with this weight
+    eps: float = 1e-6,
+    residual: jax.Array | None = None,  # [M, N]: added to the product
+    swiglu: bool = False,
+    config: DecodeGemvConfig | None = None,
+    interpret: bool = False,
+) -> jax.Array:  # [M, N] (swiglu: [M, F]) in w's dtype
+    """``x @ w`` with the optional norm before and SwiGLU or residual after (module docstring); ``ref_decode_matmul``
+    computes the same in float32."""
+    m, k = x.shape
+    out_width = _check(x, w, norm_weight, residual, swiglu)
+    cfg = config or default_config(k, out_width)
+    if not supports(m, k, out_width, cfg):
+        raise ValueError(
+            f"decode_matmul takes 1..{TILE_ROWS} rows and widths that are multiples of the tiling: got M={m}, K={k}, "
+            f"N={out_width} with block_k={cfg.block_k}, block_n={cfg.block_n}"
+        )
+    bn = cfg.block_n
+    in_specs = [pl.BlockSpec((m, k), lambda j: (0, 0))]  # x: every row, all of K
+    inputs = [x]
+    if swiglu:  # the program's columns of gate, then of up
+        in_specs += [pl.BlockSpec((k, None, bn), lambda j: (0, 0, j)), pl.BlockSpec((k, None, bn), lambda j: (0, 1, j))]
+        inputs += [w, w]
+    else:
+        in_specs.append(pl.BlockSpec((k, bn), lambda j: (0, j)))
+        inputs.append(w)
+    if norm_weight is not None:
+        in_specs.append(pl.BlockSpec((k,), lambda j: (0,)))
+        inputs.append(norm_weight)
+    if residual is not None:
+        in_specs.append(pl.BlockSpec((m, bn), lambda j: (0, j)))
+        inputs.append(residual)
+    kernel = functools.partial(
+        _kernel,
+        block_k=cfg.block_k,
+        eps=eps,
+        swiglu=swiglu,
+        has_norm=norm_weight is not None,
+        has_residual=residual is not None,
+    )
+    folded = (("_norm", norm_weight is not None), ("_swiglu", swiglu), ("_res", residual is not None))
+    parts = "".join(part for part, on in folded if on)
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((m, out_width), w.dtype),
+        grid=(out_width // bn,),
+        in_specs=in_specs,
+        out_specs=pl.BlockSpec((m, bn), lambda j: (0, j)),
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+        name=f"decode_gemv{parts}_n{bn}_k{cfg.block_k}",
+    )(*inputs)
+
+
+def ref_decode_matmul(
+    x: jax.Array,
+    w: jax.Array,
+    *,
+    norm_weight: jax.Array | None = None,
+    eps: float = 1e-6,
+    residual: jax.Array | None = None,
+    swiglu: bool = False,
+) -> jax.Array:  # float32
+    """``decode_matmul`` in float32 throughout: the oracle of its tests."""
+    _check(x, w, norm_weight, residual, swiglu)
+    x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+    if norm_weight is not None:
+        x32 = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps) * norm_weight.astype(jnp.float32)
+    if swiglu:
+        gate, up = (jnp.dot(x32, w32[:, i], precision=lax.Precision.HIGHEST) for i in (0, 1))
+        return jax.nn.silu(gate) * up
+    y = jnp.dot(x32, w32, precision=lax.Precision.HIGHEST)
+    return y if residual is None else y + residual.astype(jnp.float32)
+
+
+def _check(x: jax.Array, w: jax.Array, norm_weight: jax.Array | None, residual: jax.Array | None, swiglu: bool) -> int:
+    """The output width, after the shapes are checked against each other."""
+    if x.ndim != 2:
+        raise ValueError(f"x must be [M, K], got shape {x.shape}")
+    m, k = x.shape
+    if swiglu:
+        if w.ndim != 3 or w.shape[:2] != (k, 2):
+            raise ValueError(f"with swiglu, w must be gate-up's [K={k}, 2, F], got shape {w.shape}")
+        if residual is not None:
+            raise ValueError("swiglu and residual do not combine: the residual is added after the down projection")
+    elif w.ndim != 2 or w.shape[0] != k:
+        raise ValueError(f"w must be [K={k}, N], got shape {w.shape}")
+    out_width = w.shape[-1]
+    if norm_weight is not None and norm_weight.shape != (k,):
+        raise ValueError(f"norm_weight must be [K={k}], got shape {norm_weight.shape}")
+    if residual is not None and residual.shape != (m, out_width):
+        raise ValueError(f"residual must be [M={m}, N={out_width}], got shape {residual.shape}")
+    return out_width
+
+
+def _kernel(
+    x_ref: Any,  # [M, K]
+    *refs: Any,  # w [K, block_n] (swiglu: gate's, up's), norm weight [K]?, residual [M, block_n]?, out [M, block_n]
+    block_k: int,
+    eps: float,
+    swiglu: bool,
+    has_norm: bool,
+    has_residual: bool,
+) -> None:
+    refs = list(refs)
+    w_refs = [refs.pop(0) for _ in range(2 if swiglu else 1)]
+    norm_ref = refs.pop(0) if has_norm else None
+    res_ref = refs.pop(0) if has_residual else None
+    (o_ref,) = refs
+    m, k = x_ref.shape
+    block_n = o_ref.shape[1]
+    rows = pl.ds(0, TILE_ROWS)
+    row_ok = lax.broadcasted_iota(jnp.int32, (TILE_ROWS, 1), 0) < m  # bool[16, 1]
+    dtype = w_refs[0].dtype
+    precision = lax.Precision.HIGHEST  # float32 weights: IEEE dots, not TF32; no effect on bf16
+
+    def body(step: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        *accs, sum_sq = carry  # f32[16, block_n] each, f32[16]
+        start = pl.multiple_of(step * block_k, block_k)
+        x = plgpu.load(x_ref.at[rows, pl.ds(start, block_k)], mask=row_ok, other=0.0).astype(jnp.float32)
+        if norm_ref is not None:
+            sum_sq = sum_sq + jnp.sum(x * x, axis=1)
+            x = x * norm_ref[pl.ds(start, block_k)].astype(jnp.float32)[None, :]
+        x = x.astype(dtype)  # [16, block_k], the GEMM's input rounded as XLA's path rounds it
+        tiles = (w_ref[pl.ds(start, block_k), :] for w_ref in w_refs)  # [block_k, block_n] each
+        accs = [acc + plgpu.dot(x, w, precision=precision) for acc, w in zip(accs, tiles, strict=True)]
+        return (*accs, sum_sq)
+
+    zeros = jnp.zeros((TILE_ROWS, block_n), jnp.float32)
+    init = (*[zeros] * len(w_refs), jnp.zeros((TILE_ROWS,), jnp.float32))
+    *accs, sum_sq = lax.fori_loop(0, k // block_k, body, init)
+    if norm_ref is not None:
+        factor = lax.rsqrt(sum_sq / k + eps)[:, None]  # f32[16, 1]
+        accs = [acc * factor for acc in accs]
+    if swiglu:
+        gate, up = accs
+        out = gate * jax.nn.sigmoid(gate) * up
+    else:
+        (out,) = accs
+    if res_ref is not None:
+        out = out + plgpu.load(res_ref.at[rows, :], mask=row_ok, other=0.0).astype(jnp.float32)
+    plgpu.store(o_ref.at[rows, :], out.astype(o_ref.dtype), mask=row_ok)

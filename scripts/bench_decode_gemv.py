@@ -1,0 +1,228 @@
+"""Decode layers' matmuls with their norms, SwiGLU and residual adds: XLA's fusions against
+``pallas_kernels.decode_gemv`` (one Pallas kernel per matmul, the work around it folded in), on one GPU.
+
+A layer here is a Llama-3-8B layer without its attention: ``qkv = norm1(h) @ Wqkv``; ``h += qkv @ Wo`` (Wo reads the
+whole QKV output, ``[6144, 4096]``, standing in for the attention between them so that no slice differs between the
+two paths); ``h += silu(gate) * up @ Wd`` with ``gate, up = norm2(h) @ Wgu``. ``--layers`` distinct layers run in one
+jitted function, as a step runs them (no weight found in L2, no launch from the host between them), so the time per
+step is what the matmuls and the kernels around them cost: XLA's path launches the norms' reductions, split-K sums,
+residual adds and the SwiGLU as ~5 small fusions a layer beside its 4 GEMMs, the kernel path 4 kernels. Each figure
+is beside the roofline (the weights' bytes over the measured copy bandwidth) and each path's output against a float32
+reference of the first two layers. ``--tune`` times tilings per matmul (``--layers`` independent calls) and runs
+the layers again with the fastest.
+
+    python scripts/bench_decode_gemv.py --rows 1,8 --tune --json $OUT/decode_gemv.json
+    python scripts/bench_decode_gemv.py --hidden 128 --qkv 192 --intermediate 256 --layers 2 --rows 1  # CPU dry run
+
+On a CPU the kernels run in Pallas' interpreter: a check of the script, not a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from bench_common import back_to_back, describe_ceilings, device_ceilings, environment
+
+from pallas_kernels.decode_gemv import DecodeGemvConfig, decode_matmul, default_config, ref_decode_matmul
+
+EPS = 1e-5
+KINDS = ("qkv_norm", "o_residual", "gate_up_swiglu", "down_residual")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default="1,8", help="activation rows (the decode batch), each <= 16")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--qkv", type=int, default=6144, help="QKV's output width (Llama-3-8B: 32 + 2 x 8 heads of 128)")
+    p.add_argument("--intermediate", type=int, default=14336)
+    p.add_argument("--tune", action="store_true", help="time tilings per matmul, then the layers with the fastest")
+    p.add_argument("--tune-budget-s", type=float, default=60.0, help="seconds of tilings per matmul and row count")
+    p.add_argument("--json", type=Path)
+    return p.parse_args(argv)
+
+
+def make_layers(args: argparse.Namespace) -> list[dict[str, jax.Array]]:
+    """``--layers`` layers of random bf16 weights (scaled so activations stay O(1) through the layers)."""
+    d, q, f = args.hidden, args.qkv, args.intermediate
+
+    def layer(key: jax.Array) -> dict[str, jax.Array]:
+        k = jax.random.split(key, 6)
+
+        def normal(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+            return (jax.random.normal(key, shape, jnp.float32) / fan_in**0.5).astype(jnp.bfloat16)
+
+        return {
+            "norm1": (1.0 + 0.1 * jax.random.normal(k[0], (d,))).astype(jnp.bfloat16),
+            "qkv": normal(k[1], (d, q), d),
+            "o": normal(k[2], (q, d), q) * 0.5,
+            "norm2": (1.0 + 0.1 * jax.random.normal(k[3], (d,))).astype(jnp.bfloat16),
+            "gate_up": normal(k[4], (d, 2, f), d),
+            "down": normal(k[5], (f, d), f) * 0.5,
+        }
+
+    return [jax.jit(layer)(key) for key in jax.random.split(jax.random.key(0), args.layers)]
+
+
+def xla_layer(h: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+    """The layer as jllm's model writes it for XLA (``normed_linear``: ``(x * w) @ W * rsqrt(mean(x^2) + eps)``)."""
+
+    def normed(x: jax.Array, weight: jax.Array, w: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        factor = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + EPS)
+        y = jnp.einsum("mk,k...->m...", (x32 * weight.astype(jnp.float32)).astype(x.dtype), w)
+        return (y.astype(jnp.float32) * factor.reshape(factor.shape + (1,) * (y.ndim - 2))).astype(y.dtype)
+
+    h = h + normed(h, p["norm1"], p["qkv"]) @ p["o"]
+    gate_up = normed(h, p["norm2"], p["gate_up"])
+    return h + (jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1]) @ p["down"]
+
+
+def kernel_layer(h: jax.Array, p: dict[str, jax.Array], configs: dict[str, DecodeGemvConfig | None]) -> jax.Array:
+    interpret = jax.default_backend() != "gpu"
+    qkv = decode_matmul(h, p["qkv"], norm_weight=p["norm1"], eps=EPS, config=configs["qkv_norm"], interpret=interpret)
+    h = decode_matmul(qkv, p["o"], residual=h, config=configs["o_residual"], interpret=interpret)
+    act = decode_matmul(
+        h, p["gate_up"], norm_weight=p["norm2"], eps=EPS, swiglu=True, config=configs["gate_up_swiglu"],
+        interpret=interpret,
+    )  # fmt: skip
+    return decode_matmul(act, p["down"], residual=h, config=configs["down_residual"], interpret=interpret)
+
+
+def ref_layer(h: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+    """float32 throughout (``ref_decode_matmul``): the oracle both paths are measured against."""
+    qkv = ref_decode_matmul(h, p["qkv"], norm_weight=p["norm1"], eps=EPS)
+    h = ref_decode_matmul(qkv, p["o"], residual=h)
+    act = ref_decode_matmul(h, p["gate_up"], norm_weight=p["norm2"], eps=EPS, swiglu=True)
+    return ref_decode_matmul(act, p["down"], residual=h)
+
+
+def stacked(layer: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """All layers in one jitted function, each feeding the next, unrolled as jllm's step runs them."""
+
+    def run(h: jax.Array, layers: list[dict[str, jax.Array]]) -> jax.Array:
+        for p in layers:
+            h = layer(h, p)
+        return h
+
+    return jax.jit(run)
+
+
+def relative_error(got: jax.Array, ref: jax.Array) -> float:
+    got = got.astype(jnp.float32)
+    return float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+
+
+def kind_call(kind: str, p: dict[str, jax.Array], x: dict[str, jax.Array], cfg: DecodeGemvConfig) -> jax.Array:
+    """One matmul of ``kind`` on layer ``p``'s weights, inputs from ``x`` (fixed activations of each width)."""
+    interpret = jax.default_backend() != "gpu"
+    if kind == "qkv_norm":
+        return decode_matmul(x["d"], p["qkv"], norm_weight=p["norm1"], eps=EPS, config=cfg, interpret=interpret)
+    if kind == "o_residual":
+        return decode_matmul(x["q"], p["o"], residual=x["d"], config=cfg, interpret=interpret)
+    if kind == "gate_up_swiglu":
+        return decode_matmul(
+            x["d"], p["gate_up"], norm_weight=p["norm2"], eps=EPS, swiglu=True, config=cfg, interpret=interpret
+        )
+    return decode_matmul(x["f"], p["down"], residual=x["d"], config=cfg, interpret=interpret)
+
+
+def kind_shape(kind: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(K, N) of a kind's matmul (gate-up: N per half)."""
+    d, q, f = args.hidden, args.qkv, args.intermediate
+    return {"qkv_norm": (d, q), "o_residual": (q, d), "gate_up_swiglu": (d, f), "down_residual": (f, d)}[kind]
+
+
+def tilings(k: int, n: int) -> list[DecodeGemvConfig]:
+    """The default first, then its neighbours: column blocks 16-128, input steps 64-256, 4 or 8 warps, 3-5 stages."""
+    first = default_config(k, n)
+    grid = [
+        DecodeGemvConfig(bn, bk, warps, stages)
+        for bn, bk, warps, stages in itertools.product((16, 32, 64, 128), (64, 128, 256), (4, 8), (3, 4, 5))
+        if n % bn == 0 and k % bk == 0
+    ]
+
+    def distance(c: DecodeGemvConfig) -> int:
+        return sum(getattr(c, f) != getattr(first, f) for f in ("block_n", "block_k", "num_warps", "num_stages"))
+
+    return [first] + sorted((c for c in grid if c != first), key=distance)
+
+
+def tune(kind: str, m: int, layers: list[dict[str, jax.Array]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Microseconds per call of each tiling (``--layers`` independent calls in one program), the default's first,
+    then others until the budget."""
+    k, n = kind_shape(kind, args)
+    key = jax.random.key(m)
+    x = {name: jax.random.normal(key, (m, width), jnp.bfloat16) for name, width in
+         (("d", args.hidden), ("q", args.qkv), ("f", args.intermediate))}  # fmt: skip
+    rows, deadline = [], time.monotonic() + args.tune_budget_s
+    for i, cfg in enumerate(tilings(k, n)):
+        if i and time.monotonic() > deadline:
+            break
+        run = jax.jit(lambda x, layers, cfg=cfg: [kind_call(kind, p, x, cfg) for p in layers])
+        row = {"kind": kind, "rows": m, "config": cfg.__dict__}
+        try:
+            row["us"] = back_to_back(lambda run=run: run(x, layers), calls=10, rounds=3) / len(layers) * 1e6
+        except Exception as e:  # noqa: BLE001 - a tiling Triton cannot compile is a row with its error
+            row["error"] = str(e)[:200]
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = environment()
+    ceilings = device_ceilings()
+    bw = ceilings["copy_gbps_dev0"] * 1e9
+    print(f"# card: {env['card']}; {env['date']}; jax {env['versions']['jax']}; {describe_ceilings(ceilings)}")
+    layers = make_layers(args)
+    weight_bytes = sum(w.nbytes for p in layers for name, w in p.items() if not name.startswith("norm"))
+    roofline_ms = weight_bytes / bw * 1e3
+    print(f"# {args.layers} layers (hidden {args.hidden}, QKV {args.qkv}, MLP {args.intermediate}, no attention): "
+          f"{weight_bytes / 1e9:.2f} GB of bf16 weights, roofline {roofline_ms:.3f} ms")  # fmt: skip
+    results: dict[str, Any] = {
+        "env": env, "ceilings": ceilings, "args": vars(args) | {"json": str(args.json)}, "weight_bytes": weight_bytes,
+        "roofline_ms": roofline_ms, "steps": [], "tuning": [],
+    }  # fmt: skip
+    defaults = dict.fromkeys(KINDS)
+    print(f"\n{'rows':>4}  {'path':16} {'ms / step':>9}  {'TB/s':>5}  {'% roofline':>10}  {'err vs f32':>10}")
+    for m in (int(r) for r in args.rows.split(",")):
+        h = jax.random.normal(jax.random.key(m), (m, args.hidden), jnp.bfloat16)
+        ref = stacked(ref_layer)(h, layers[:2])
+        paths = {"xla": xla_layer, "pallas default": lambda h, p: kernel_layer(h, p, defaults)}
+        if args.tune:
+            best = {}
+            for kind in KINDS:
+                rows = tune(kind, m, layers, args)
+                results["tuning"] += rows
+                timed = [r for r in rows if "us" in r]
+                fastest = min(timed, key=lambda r: r["us"]) if timed else None
+                best[kind] = DecodeGemvConfig(**fastest["config"]) if fastest else None
+                if fastest:
+                    print(f"  tuned {kind:15} M={m}: {len(timed)} tilings, default {timed[0]['us']:.2f} us, "
+                          f"best {fastest['us']:.2f} us {best[kind]}")  # fmt: skip
+            paths["pallas tuned"] = lambda h, p, best=best: kernel_layer(h, p, best)
+        for name, layer in paths.items():
+            run = stacked(layer)
+            seconds = back_to_back(lambda run=run, h=h: run(h, layers), calls=10, rounds=5)
+            err = relative_error(stacked(layer)(h, layers[:2]), ref)
+            row = {"rows": m, "path": name, "ms": seconds * 1e3, "tbps": weight_bytes / seconds / 1e12,
+                   "pct_roofline": 100 * roofline_ms / (seconds * 1e3), "rel_err": err}  # fmt: skip
+            results["steps"].append(row)
+            print(f"{m:>4}  {name:16} {row['ms']:9.3f}  {row['tbps']:5.2f}  {row['pct_roofline']:10.1f}  {err:10.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""A decode step's matmul with its norm, SwiGLU or residual folded in, ``pallas_kernels.decode_gemv``, on the CPU.
+
+The kernel runs in Pallas' interpreter (``interpret=True``) against ``ref_decode_matmul`` (float32 throughout) on
+fresh random inputs, each activation row at its own magnitude (so the norm's per-row factor matters). Tolerances, as
+relative Frobenius errors over the output: bf16 inputs and output leave the GEMM input's rounding to bf16 (``x * w``,
+as XLA's path rounds it) and the output's (2^-9 an element): < 1e-2; float32 inputs leave accumulation order: < 1e-5.
+Its lowering for an H200 runs here too (an abstract GPU device); its speed is ``scripts/bench_decode_gemv.py``'s.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.decode_gemv import DecodeGemvConfig, decode_matmul, default_config, ref_decode_matmul, supports
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # as `python scripts/bench_...py`
+
+RTOL_BF16 = 1e-2
+RTOL_F32 = 1e-5
+
+
+def random_case(seed: int, m: int, k: int, n: int, mode: str, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, dict]:
+    """x [M, K] with each row at its own scale, w [K, N] (swiglu: [K, 2, N]), and the mode's keyword inputs."""
+    kx, kr, kw, kn, kres = jax.random.split(jax.random.key(seed), 5)
+    x = jax.random.normal(kx, (m, k)) * jnp.exp(jax.random.normal(kr, (m, 1)))
+    w = jax.random.normal(kw, (k, 2, n) if mode == "swiglu" else (k, n)) / k**0.5
+    extra: dict = {}
+    if mode in ("norm", "swiglu"):
+        extra["norm_weight"] = (1.0 + 0.2 * jax.random.normal(kn, (k,))).astype(dtype)
+        extra["eps"] = 1e-5
+    if mode == "swiglu":
+        extra["swiglu"] = True
+    if mode == "residual":
+        extra["residual"] = jax.random.normal(kres, (m, n)).astype(dtype)
+    return x.astype(dtype), w.astype(dtype), extra
+
+
+def rel_err(got: jax.Array, ref: jax.Array) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+@pytest.mark.parametrize("mode", ["plain", "norm", "swiglu", "residual"])
+@pytest.mark.parametrize(("m", "k", "n", "config"), [
+    (1, 256, 128, DecodeGemvConfig(block_n=32, block_k=64)),
+    (5, 384, 64, DecodeGemvConfig(block_n=16, block_k=128)),
+    (16, 128, 256, None),
+])  # fmt: skip
+def test_the_kernel_matches_the_float32_reference(mode: str, m: int, k: int, n: int, config) -> None:
+    x, w, extra = random_case(m * k + n, m, k, n, mode, jnp.bfloat16)
+    got = decode_matmul(x, w, config=config, interpret=True, **extra)
+    assert got.shape == (m, n) and got.dtype == jnp.bfloat16
+    assert rel_err(got, ref_decode_matmul(x, w, **extra)) < RTOL_BF16
+
+
+@pytest.mark.parametrize("mode", ["norm", "swiglu", "residual"])
+def test_float32_inputs_leave_only_accumulation_order(mode: str) -> None:
+    x, w, extra = random_case(7, 3, 256, 64, mode, jnp.float32)
+    got = decode_matmul(x, w, config=DecodeGemvConfig(block_n=32, block_k=64), interpret=True, **extra)
+    assert got.dtype == jnp.float32
+    assert rel_err(got, ref_decode_matmul(x, w, **extra)) < RTOL_F32
+
+
+def test_rows_past_m_are_neither_read_nor_written() -> None:
+    """A one-row call reads row 0 alone: the same row inside a larger x gives the same output row."""
+    x, w, extra = random_case(3, 4, 128, 64, "norm", jnp.bfloat16)
+    one = decode_matmul(x[:1], w, interpret=True, **extra)
+    four = decode_matmul(x, w, interpret=True, **extra)
+    np.testing.assert_array_equal(np.asarray(one[0], np.float32), np.asarray(four[0], np.float32))
+
+
+def test_the_kernel_refuses_what_it_cannot_take_by_name() -> None:
+    x, w, _ = random_case(1, 2, 128, 64, "plain", jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"w must be \[K=64, N\], got shape \(128, 64\)"):
+        decode_matmul(x[:, :64], w, interpret=True)
+    with pytest.raises(ValueError, match=r"with swiglu, w must be gate-up's \[K=128, 2, F\]"):
+        decode_matmul(x, w, swiglu=True, interpret=True)
+    with pytest.raises(ValueError, match=r"residual must be \[M=2, N=64\], got shape \(1, 64\)"):
+        decode_matmul(x, w, residual=x[:1, :64], interpret=True)
+    with pytest.raises(ValueError, match=r"norm_weight must be \[K=128\]"):
+        decode_matmul(x, w, norm_weight=w[0], interpret=True)
+    with pytest.raises(ValueError, match=r"takes 1..16 rows .* got M=17"):
+        decode_matmul(jnp.zeros((17, 128), jnp.bfloat16), w, interpret=True)
+    with pytest.raises(ValueError, match=r"block_n=48 must be a power of two"):
+        DecodeGemvConfig(block_n=48)
+
+
+def test_the_default_tiling_keeps_programs_for_every_sm_and_divides_the_shapes() -> None:
+    """Llama-3-8B's four shapes: column blocks narrow until there are ~256 programs (132 SMs), never below 16."""
+    for k, n in [(4096, 6144), (6144, 4096), (4096, 14336), (14336, 4096), (4096, 4096)]:
+        cfg = default_config(k, n)
+        assert supports(1, k, n, cfg) and supports(16, k, n, cfg) and not supports(17, k, n, cfg)
+        assert n // cfg.block_n >= 128 or cfg.block_n == 16
+    assert default_config(4096, 4096).block_n == 16 and default_config(4096, 14336).block_n == 32
+
+
+@pytest.mark.parametrize("mode", ["norm", "swiglu", "residual"])
+def test_the_kernel_lowers_to_xla_native_triton_for_an_h200(mode: str) -> None:
+    """With no GPU: an abstract H200 makes Pallas lower the kernel to Triton IR under XLA's own Triton target (a
+    kernel XLA emits itself, inside its command buffers), one program per column block."""
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
+    x, w, extra = random_case(0, 1, 4096, 1024, mode, jnp.bfloat16)
+    static = {key: value for key, value in extra.items() if not isinstance(value, jax.Array)}
+    arrays, abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), ((x, w), {
+        key: value for key, value in extra.items() if isinstance(value, jax.Array)
+    }))  # fmt: skip
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
+        program = jax.jit(lambda x, w, kw: decode_matmul(x, w, **kw, **static)).trace(*arrays, abstract)
+        text = program.lower(lowering_platforms=("cuda",)).as_text()
+    assert re.findall(r"custom_call @(\S+)\(", text) == ["__gpu$xla.gpu.triton"]
+    grid = tuple(int(g) for g in re.findall(r"grid_[xyz] = (\d+)", text))
+    assert grid[0] == 1024 // default_config(4096, 1024).block_n
+
+
+def test_the_bench_runs_both_paths_and_tunes_on_the_cpu(tmp_path: Path) -> None:
+    """The benchmark's dry run (interpreted kernels): both paths agree with the float32 layers, tilings are timed."""
+    bench = importlib.import_module("bench_decode_gemv")
+    out = tmp_path / "gemv.json"
+    bench.main(["--hidden", "64", "--qkv", "96", "--intermediate", "128", "--layers", "2", "--rows", "1",
+                "--tune", "--tune-budget-s", "0", "--json", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert [s["path"] for s in result["steps"]] == ["xla", "pallas default", "pallas tuned"]
+    assert all(s["ms"] > 0 and s["rel_err"] < RTOL_BF16 for s in result["steps"])
+    assert {r["kind"] for r in result["tuning"]} == set(bench.KINDS) and all("us" in r for r in result["tuning"])
