@@ -74,6 +74,12 @@ class StructuredOutputsParams:
     whitespace_pattern: str | None = None  # JSON's whitespace as this regex (vLLM's; over disable_any_whitespace)
 
     def __post_init__(self) -> None:
+        if self.disable_any_whitespace is None:  # null: the default, as for a request's top-level fields
+            self.disable_any_whitespace = True
+        for switch in ("json_object", "disable_any_whitespace"):  # "false" or 0 would read as its truth value
+            value = getattr(self, switch)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"structured_outputs.{switch} must be true or false, got {value!r}")
         given = [kind for kind in KINDS if getattr(self, kind) not in (None, False)]
         if len(given) != 1:
             raise ValueError(f"structured_outputs must set exactly one of {', '.join(KINDS)}, got {given or 'none'}")

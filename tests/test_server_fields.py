@@ -476,3 +476,26 @@ def test_default_chat_template_kwargs_render_unless_the_request_sets_them(
         assert _send(serving, engine, own, True, monkeypatch).prompt.text == "yo user: hi\nassistant:"
         counted = http("POST", f"{serving.url}/tokenize", json_body={"model": MODEL, "messages": CHAT["messages"]})
         assert counted.json()["tokens"] == engine.tokenizer.encode("hey user: hi\nassistant:", add_special_tokens=False)
+
+
+@pytest.mark.parametrize(
+    "switches", [{"disable_any_whitespace": "false"}, {"disable_any_whitespace": 0}, {"json_object": "yes"}], ids=str
+)
+def test_a_structured_outputs_switch_that_is_not_a_boolean_is_a_400(server: RunningServer, switches: dict) -> None:
+    """They were read by their truth value: "false" asked for whitespace and got compact JSON, 200."""
+    body = {**COMPLETION, "structured_outputs": {"json": {"type": "object"}, **switches}}
+    if "json_object" in switches:
+        body["structured_outputs"] = switches
+    reply = http("POST", f"{server.url}/v1/completions", json_body=body)
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == "structured_outputs", error
+    assert f"structured_outputs.{next(iter(switches))} must be true or false" in error["message"], error
+
+
+def test_a_null_structured_outputs_switch_is_its_default(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """null read as false, the opposite of the default: JSON with free whitespace."""
+    body = {**COMPLETION, "structured_outputs": {"json": {"type": "object"}, "disable_any_whitespace": None}}
+    seen = _send(server, engine, body, False, monkeypatch)
+    assert seen.params.structured_outputs.disable_any_whitespace is True
