@@ -138,10 +138,25 @@ class InputProcessor:
         ``template_options`` are further arguments of the template call (``documents``, ``chat_template``).
         The template adds the special tokens it wants; ``add_special_tokens`` adds the tokenizer's on top.
         ``reasoning_effort`` (OpenAI's request field) is the template variable of that name, as gpt-oss's template
-        reads it (``chat_template_kwargs`` may still set it); refused where the template does not read it, since it
-        would change nothing."""
+        reads it (``chat_template_kwargs`` may still set it); it and ``documents`` are refused where the template
+        (the request's own, else the model's) does not read them, since they would change nothing."""
+        chat_template = template_options.get("chat_template")
+        if reasoning_effort is not None:
+            self._check_template_reads(
+                "reasoning_effort",
+                chat_template,
+                f"reasoning_effort {reasoning_effort!r}: the chat template does not read reasoning_effort, so it would "
+                "change nothing; leave it out (a template's thinking switch goes in chat_template_kwargs)",
+            )
+        if template_options.get("documents"):
+            self._check_template_reads(
+                "documents",
+                chat_template,
+                "documents: the chat template does not read documents, so they would not reach the model; leave "
+                "them out (or put their text in the messages)",
+            )
         kwargs = {
-            **({} if reasoning_effort is None else {"reasoning_effort": self._template_variable(reasoning_effort)}),
+            **({} if reasoning_effort is None else {"reasoning_effort": reasoning_effort}),
             "add_generation_prompt": add_generation_prompt,
             "continue_final_message": continue_final_message,
             **template_options,
@@ -164,16 +179,18 @@ class InputProcessor:
             raise InputError(f"the chat template rejected these messages: {e}", param="messages") from e
         return Prompt(self.tokenizer.encode(text, add_special_tokens=add_special_tokens), text)
 
-    def _template_variable(self, effort: str) -> str:
+    def _check_template_reads(self, variable: str, chat_template: str | None, refusal: str) -> None:
+        """An ``InputError`` (``refusal``, on the field ``variable``) unless the template a render uses reads
+        ``variable``: the request's own ``chat_template`` (or one of the model's named templates it names), else any
+        of the model's."""
         template = self.tokenizer.hf.chat_template  # a model's named templates: a mapping of them
-        sources = template.values() if isinstance(template, dict) else [template or ""]
-        if not any(_reads_variable(source, "reasoning_effort") for source in sources):
-            raise InputError(
-                f"reasoning_effort {effort!r}: the model's chat template does not read reasoning_effort, so it would "
-                "change nothing; leave it out (a template's thinking switch goes in chat_template_kwargs)",
-                param="reasoning_effort",
-            )
-        return effort
+        named = template if isinstance(template, dict) else {}
+        if chat_template is not None:
+            sources = [named.get(chat_template, chat_template)]
+        else:
+            sources = list(named.values()) if named else [template or ""]
+        if not any(_reads_variable(source, variable) for source in sources):
+            raise InputError(refusal, param=variable)
 
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:
         """A prompt the engine can run with ``params``: at least one token (the first step needs one to start

@@ -499,3 +499,22 @@ def test_a_null_structured_outputs_switch_is_its_default(
     body = {**COMPLETION, "structured_outputs": {"json": {"type": "object"}, "disable_any_whitespace": None}}
     seen = _send(server, engine, body, False, monkeypatch)
     assert seen.params.structured_outputs.disable_any_whitespace is True
+
+
+def test_documents_a_template_does_not_read_are_a_400_not_dropped(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RAG request's documents reached a template without a word about them and the answer came without them, a
+    200 (as reasoning_effort is refused there); the template that reads them is the one the render uses: a trusted
+    request's own."""
+    documents = [{"title": "doc", "text": "x"}]
+    monkeypatch.setattr(engine.tokenizer.hf, "chat_template", "{% for m in messages %}{{ m.content }}{% endfor %}")
+    for path in ("/v1/chat/completions", "/tokenize"):
+        reply = http("POST", f"{server.url}{path}", json_body={**CHAT, "documents": documents})
+        error = reply.json()["error"]
+        assert reply.status == 400 and error["param"] == "documents" and "does not read documents" in error["message"]
+    assert http("POST", f"{server.url}/v1/chat/completions", json_body={**CHAT, "documents": []}).status == 200
+    config = load_config(None, served_model_name=MODEL, trust_request_chat_template=True)
+    with RunningServer(engine, config) as trusting:
+        own = {**CHAT, "documents": documents, "chat_template": TEMPLATE}
+        assert _send(trusting, engine, own, True, monkeypatch).prompt.text == "[doc]user: hi\nassistant:"
