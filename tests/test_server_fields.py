@@ -518,3 +518,22 @@ def test_documents_a_template_does_not_read_are_a_400_not_dropped(
     with RunningServer(engine, config) as trusting:
         own = {**CHAT, "documents": documents, "chat_template": TEMPLATE}
         assert _send(trusting, engine, own, True, monkeypatch).prompt.text == "[doc]user: hi\nassistant:"
+
+
+def test_tokenize_renders_reasoning_effort_as_chat_does_and_refuses_template_fields_beside_a_prompt(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/tokenize of messages with reasoning_effort counted them without it, a 200 (chat renders it, or refuses it
+    where the template does not read it); a prompt is encoded as it is, so a template field beside it was dropped."""
+    monkeypatch.setattr(engine.tokenizer.hf, "chat_template", "{{ reasoning_effort }}:{{ messages[0].content }}")
+    counted = http("POST", f"{server.url}/tokenize", json_body={**CHAT, "reasoning_effort": "high"})
+    assert counted.json()["tokens"] == engine.tokenizer.encode("high:hi", add_special_tokens=False)
+    monkeypatch.setattr(engine.tokenizer.hf, "chat_template", TEMPLATE)
+    refused = http("POST", f"{server.url}/tokenize", json_body={**CHAT, "reasoning_effort": "high"})
+    assert refused.status == 400 and refused.json()["error"]["param"] == "reasoning_effort", refused.body
+    for field, value in [("reasoning_effort", "low"), ("documents", [{"title": "d"}]), ("tools", [TOOL])]:
+        reply = http("POST", f"{server.url}/tokenize", json_body={"model": MODEL, "prompt": "hi", field: value})
+        error = reply.json()["error"]
+        assert reply.status == 400 and error["param"] == field and "comes with messages" in error["message"], error
+    plain = {"model": MODEL, "prompt": "hi", "add_generation_prompt": True, "documents": None}  # their defaults
+    assert http("POST", f"{server.url}/tokenize", json_body=plain).status == 200

@@ -146,6 +146,8 @@ class _ChatTemplateOptions(_Request):
     documents: list[dict[str, str]] | None = None  # for templates that render retrieved documents (RAG)
     # the request's own Jinja template, in place of the model's: only where the server trusts it
     chat_template: str | None = None
+    # the template variable of that name (gpt-oss's); refused where the template does not read it
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
     def template_options(self) -> dict[str, Any]:
         """The arguments of ``InputProcessor.render_chat`` these fields ask for."""
@@ -153,6 +155,7 @@ class _ChatTemplateOptions(_Request):
             "add_generation_prompt": self.add_generation_prompt,
             "continue_final_message": self.continue_final_message,
             "chat_template_kwargs": self.chat_template_kwargs,
+            "reasoning_effort": self.reasoning_effort,
         }
         if self.documents is not None:
             options["documents"] = self.documents
@@ -189,8 +192,6 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None  # None or true: several calls in one reply may come
     include_reasoning: bool = True  # false leaves the reasoning out (with a reasoning parser; else there is none)
-    # the template variable of that name (gpt-oss's); refused where the model's template does not read it
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
     # vLLM's: the reasoning cut at this many tokens by forcing its closing marker (-1: no limit; jllm.thinking_budget)
     thinking_token_budget: int | None = Field(None, ge=-1)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
@@ -201,9 +202,6 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         return refuse_unsupported(data, CHAT_UNSUPPORTED_FIELDS)
-
-    def template_options(self) -> dict[str, Any]:
-        return {**super().template_options(), "reasoning_effort": self.reasoning_effort}
 
     @field_validator("tool_choice")
     @classmethod

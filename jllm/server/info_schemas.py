@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, model_validator
 
 from jllm.server.chat_schemas import ChatMessage, ToolDefinition, _ChatTemplateOptions
+from jllm.server.errors import bad_request
 from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
 
 
@@ -25,6 +26,17 @@ class TokenizeRequest(_ChatTemplateOptions):
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         return refuse_unsupported(data, TOKENIZE_UNSUPPORTED_FIELDS)
+
+    @model_validator(mode="after")
+    def _template_fields_with_messages(self) -> TokenizeRequest:
+        """A prompt is encoded as it is: a chat template's field beside it (``reasoning_effort``, ``documents``,
+        ``tools`` ...) would change nothing, so one asking for something is a 400 naming it."""
+        if self.prompt is None or self.messages is not None:  # messages, or both: a 400 of its own
+            return self
+        for name in [*_ChatTemplateOptions.model_fields, "tools"]:
+            if getattr(self, name) != type(self).model_fields[name].default:
+                raise bad_request(f"{name} reaches the chat template, so it comes with messages, not a prompt", name)
+        return self
 
 
 # vLLM's /tokenize fields this server cannot honour
