@@ -383,6 +383,11 @@ def test_a_background_response_is_polled_to_its_end_or_cancelled(client: openai.
         time.sleep(0.01)
     assert (polled.status, polled.output_text, polled.background) == ("completed", STOPPED, True)
     long = client.responses.create(model=MODEL, input="hi", background=True, max_output_tokens=200)
+    # continued while generating, it was answered (200) as if it had said nothing: its stored output was still empty
+    early = http("POST", f"{server.url}/v1/responses", json_body={"model": MODEL, "input": "and?",
+                                                                    "previous_response_id": long.id})  # fmt: skip
+    assert early.status == 400 and early.json()["error"]["param"] == "previous_response_id", early.body
+    assert "still in progress" in early.json()["error"]["message"]
     cancelled = client.responses.cancel(long.id)
     assert cancelled.status == "cancelled" and client.responses.retrieve(long.id).status == "cancelled"
     assert client.responses.cancel(long.id).status == "cancelled"  # one that has ended: answered as it is

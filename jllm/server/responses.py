@@ -106,12 +106,19 @@ class _Keeping:
 
 
 def _previous(store: ResponseStore, response_id: str | None) -> StoredResponse | None:
-    """The stored response ``previous_response_id`` names (a 404 if it names none)."""
+    """The stored response ``previous_response_id`` names (a 404 if it names none; a 400 while it is a background
+    response still generating: its conversation has no output yet, so a continuation would follow the input alone)."""
     if response_id is None:
         return None
     previous = store.get(response_id)
     if previous is None:
         raise _not_found(response_id, "previous_response_id", "previous_response_not_found")
+    if previous.response.status == "in_progress":
+        raise bad_request(
+            f"previous_response_id {response_id!r} names a background response still in progress: poll GET "
+            f"/v1/responses/{response_id} until its status is no longer in_progress, then continue it",
+            "previous_response_id",
+        )
     return previous
 
 
