@@ -294,6 +294,13 @@ def test_refused_field_is_a_400_naming_it(server: RunningServer, field: str, val
     assert reply.status == 400 and error["param"] == field and field in error["message"], error
 
 
+def test_a_truncation_that_is_neither_value_is_refused_for_what_it_is(server: RunningServer) -> None:
+    """A truncation of "bogus" was refused as "truncation 'auto' is not supported", naming a value never sent."""
+    body = {"model": MODEL, "input": "hi", "truncation": "bogus"}
+    error = http("POST", f"{server.url}/v1/responses", json_body=body).json()["error"]
+    assert error["param"] == "truncation" and error["message"].startswith("truncation must be 'disabled'"), error
+
+
 def test_fields_at_their_nothing_values_are_accepted(server: RunningServer) -> None:
     body = {"model": MODEL, "input": "hi", "max_output_tokens": 2, **NOTHING}
     reply = http("POST", f"{server.url}/v1/responses", json_body=body)

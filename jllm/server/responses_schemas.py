@@ -33,7 +33,10 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
         "conversation": ((None,), _NOT_STORED),
         "background_options": (_NOTHING, "is not supported: a background response runs as it is"),
         "prompt": ((None,), "is not supported: reusable prompts are stored on OpenAI's platform; send input"),
-        "truncation": ((None, "disabled"), "'auto' is not supported: an input longer than the context is a 400"),
+        "truncation": (
+            (None, "disabled"),
+            "must be 'disabled': 'auto' is not supported, an input longer than the context is a 400",
+        ),
         "context_management": (_NOTHING, "is not supported: this server does not compact conversations"),
         "moderation": (_NOTHING, "is not supported: this server does not moderate"),
         "prompt_cache_retention": ((None, "in_memory"), "must be 'in_memory': the prefix cache lives in memory"),
