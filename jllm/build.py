@@ -149,6 +149,7 @@ def load_weights(config: EngineConfig, model_dir: Path) -> LoadedModel:
             fp8_kernel_max_tokens=m.fp8_kernel_max_tokens,
             fp8_kernel_compute=m.fp8_kernel_compute,
             fp8_kernel_backend=m.fp8_kernel_backend,
+            decode_gemv_max_tokens=m.decode_gemv_max_tokens,
             executable_cache=initializers,
         )
     gigabytes = sum(x.nbytes for x in jax.tree.leaves(loaded.model)) / 1e9

@@ -20,6 +20,10 @@ from jllm.reasoning_parsers import REASONING_PARSERS
 from jllm.speculative import NgramSpec
 from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 
+# The most rows decode_gemv_max_tokens may ask for: pallas_kernels.decode_gemv.TILE_ROWS (a test keeps them equal;
+# importing the kernel here would bring Pallas into every config load)
+DECODE_GEMV_MAX_ROWS = 16
+
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
@@ -62,6 +66,11 @@ class ModelConfig(Section):
     # "dot_f16" / "dot_fp8" stay jax-triton. H200, Llama-3-8B batch-1 FP8 step (2026-12-04): 3.11 ms with Triton,
     # 3.39 with Pallas (its kernels 6 % slower; the host's launch cost the same)
     fp8_kernel_backend: Fp8KernelBackend = "triton"
+    # Steps of at most this many tokens (the shape bucket's; <= 16) multiply QKV and a gated MLP's gate-up in
+    # pallas_kernels.decode_gemv, each with the RMS norm before it folded in, gate-up with its SwiGLU: three small
+    # XLA kernels a Llama layer fewer. Unquantized weights on one device (a GPU, or Pallas' interpreter elsewhere);
+    # None = XLA's matmuls always (the default until the GPU measures it faster: scripts/bench_decode_gemv.py)
+    decode_gemv_max_tokens: int | None = None
     # Requests' default sampling (vLLM's --generation-config): "auto" = the temperature, top_p, top_k, min_p,
     # repetition_penalty and max_new_tokens of the model's generation_config.json where it sets them; "vllm" = the
     # neutral defaults; or a folder holding a generation_config.json. A request's own fields always win.
@@ -86,6 +95,16 @@ class ModelConfig(Section):
             self.fp8_kernel_max_tokens is None or self.fp8_kernel_max_tokens >= 1,
             "fp8_kernel_max_tokens",
             "must be >= 1",
+        )
+        self._require(
+            self.decode_gemv_max_tokens is None or 1 <= self.decode_gemv_max_tokens <= DECODE_GEMV_MAX_ROWS,
+            "decode_gemv_max_tokens",
+            f"must be between 1 and {DECODE_GEMV_MAX_ROWS} (the kernel's tile rows)",
+        )
+        self._require(
+            self.decode_gemv_max_tokens is None or self.quantization is None,
+            "decode_gemv_max_tokens",
+            "multiplies unquantized weights only; with quantization: fp8 the FP8 kernel is fp8_kernel_max_tokens",
         )
 
 

@@ -89,9 +89,11 @@ def abstract_model(
     tensor_parallel_size: int = 1,
     quant: QuantScheme | None = None,
     kv_scales: bool = False,
+    decode_gemv_max_tokens: int | None = None,
 ) -> tuple[nnx.GraphDef, nnx.State, Any, int]:
     """The model's structure without memory, and how many copies of each KV head ``tensor_parallel_size`` needs;
-    ``kv_scales``: its attention layers hold FP8 KV-cache scales (``jllm.kv_scales``).
+    ``kv_scales``: its attention layers hold FP8 KV-cache scales (``jllm.kv_scales``); ``decode_gemv_max_tokens``:
+    ``ModelArgs``'.
 
     With replicated KV heads the model is built with ``num_kv_heads * kv_replicas`` heads, so that every device owns
     whole KV heads and the attention maths stays the plain GQA of one device.
@@ -118,7 +120,10 @@ def abstract_model(
             f"which its k norm's weights {layout} do not support; use a tensor_parallel_size that divides "
             f"num_key_value_heads={args.num_kv_heads}"
         )
-    args = dataclasses.replace(args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant, kv_scales=kv_scales)
+    args = dataclasses.replace(
+        args, num_kv_heads=args.num_kv_heads * kv_replicas, quant=quant, kv_scales=kv_scales,
+        decode_gemv_max_tokens=decode_gemv_max_tokens,
+    )  # fmt: skip
     graphdef, state = nnx.split(nnx.eval_shape(lambda: model_cls(args)))
     return graphdef, state, args, kv_replicas
 
@@ -336,12 +341,15 @@ def load_model(
     fp8_kernel_max_tokens: int | None = 1,
     fp8_kernel_compute: str | None = None,
     fp8_kernel_backend: str = "triton",
+    decode_gemv_max_tokens: int | None = None,
     executable_cache: ExecutableCache | None = None,
 ) -> LoadedModel:
     """Reads config.json and the weights (or makes dummy ones) straight onto ``mesh``, quantizing the decoder's
     linears when ``quantization`` asks (or the checkpoint is stored in FP8). The FP8-weight kernels run on one CUDA
     device only (neither kernel call has a sharding rule; under tensor parallelism XLA's dot runs): the jax-triton
-    one where jax-triton is installed, the Pallas one (``fp8_kernel_backend: pallas``) without it too. Dummy weights'
+    one where jax-triton is installed, the Pallas one (``fp8_kernel_backend: pallas``) without it too.
+    ``decode_gemv_max_tokens`` (``jllm.models.decode_matmuls``) is refused under tensor parallelism and with
+    quantized weights, for the same reason and because its kernel multiplies the model's dtype. Dummy weights'
     initializers come from ``executable_cache`` where it holds them."""
     model_dir = Path(model_dir)
     hf_config = read_json(model_dir / "config.json")
@@ -352,11 +360,19 @@ def load_model(
     quant = resolve_scheme(
         quantization, hf_config, fp8_dot_min_tokens, max_tokens, fp8_kernel_compute, fp8_kernel_backend
     )
+    if decode_gemv_max_tokens is not None and (mesh.size > 1 or quant is not None):
+        why = f"tensor_parallel_size={mesh.size}" if mesh.size > 1 else f"quantized weights ({quant.name})"
+        raise ValueError(
+            f"decode_gemv_max_tokens={decode_gemv_max_tokens} runs on one device over unquantized weights, not with "
+            f"{why}; leave it unset"
+        )
     float_dtype = resolve_dtype(dtype, hf_config)
     if load_format == "auto":
         load_format = "orbax" if (model_dir / "params").is_dir() else "safetensors"
     kv_scales = _has_kv_scales(model_dir, hf_config, load_format)
-    graphdef, state, args, kv_replicas = abstract_model(hf_config, float_dtype, mesh.size, quant, kv_scales)
+    graphdef, state, args, kv_replicas = abstract_model(
+        hf_config, float_dtype, mesh.size, quant, kv_scales, decode_gemv_max_tokens
+    )
     if load_format == "dummy":
         init_dummy_params(state, mesh, seed, args, executable_cache)
     elif load_format == "safetensors":

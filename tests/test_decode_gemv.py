@@ -14,13 +14,26 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_utils import TINY_CONFIG, jllm_logits, relative_error
 
-from pallas_kernels.decode_gemv import DecodeGemvConfig, decode_matmul, default_config, ref_decode_matmul, supports
+from jllm.config import DECODE_GEMV_MAX_ROWS, ConfigError, load_config
+from jllm.loader import load_model
+from jllm.models import decode_matmuls
+from jllm.parallel import make_mesh
+from pallas_kernels.decode_gemv import (
+    TILE_ROWS,
+    DecodeGemvConfig,
+    decode_matmul,
+    default_config,
+    ref_decode_matmul,
+    supports,
+)  # fmt: skip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # as `python scripts/bench_...py`
 
@@ -131,3 +144,44 @@ def test_the_bench_runs_both_paths_and_tunes_on_the_cpu(tmp_path: Path) -> None:
     assert [s["path"] for s in result["steps"]] == ["xla", "pallas default", "pallas tuned"]
     assert all(s["ms"] > 0 and s["rel_err"] < RTOL_BF16 for s in result["steps"])
     assert {r["kind"] for r in result["tuning"]} == set(bench.KINDS) and all("us" in r for r in result["tuning"])
+
+
+def tiny_model(tmp_path: Path, **kwargs: Any) -> Any:
+    """The tests' tiny Llama with dummy weights (float32; seed 0, so every call loads the same weights)."""
+    model = tmp_path / "tiny"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": ["LlamaForCausalLM"]}))
+    return load_model(model, mesh=make_mesh(1), load_format="dummy", **kwargs)
+
+
+def test_a_small_step_runs_qkv_and_gate_up_in_the_kernel_with_the_same_logits(tmp_path: Path, monkeypatch) -> None:
+    """``decode_gemv_max_tokens``: a step of at most that many tokens calls the kernel for each layer's QKV (its
+    norm folded in) and gate-up (norm and SwiGLU folded in), and gives XLA's path's logits (float32: accumulation
+    order apart); a longer step keeps XLA's matmuls."""
+    calls = []
+    kernel = decode_matmuls.decode_matmul
+    monkeypatch.setattr(
+        decode_matmuls, "decode_matmul", lambda *a, **kw: calls.append(kw.get("swiglu", False)) or kernel(*a, **kw)
+    )
+    tokens = [3, 17, 101, 5, 9, 44, 12, 150]
+    want = jllm_logits(tiny_model(tmp_path), tokens)
+    assert calls == []
+    loaded = tiny_model(tmp_path, decode_gemv_max_tokens=8)
+    assert loaded.args.decode_gemv_max_tokens == 8
+    got = jllm_logits(loaded, tokens)
+    assert calls == [False, True]  # traced once: the layers share one trace (decoder._decoder_layer)
+    assert relative_error(got, want) < RTOL_F32
+    calls.clear()
+    jllm_logits(loaded, [*tokens, 7])  # 9 tokens: XLA's path
+    assert calls == []
+
+
+def test_the_setting_is_refused_where_the_kernel_cannot_run(tmp_path: Path) -> None:
+    assert DECODE_GEMV_MAX_ROWS == TILE_ROWS
+    assert load_config().model.decode_gemv_max_tokens is None  # until a GPU has timed it
+    with pytest.raises(ConfigError, match=r"decode_gemv_max_tokens.*between 1 and 16"):
+        load_config(decode_gemv_max_tokens=32)
+    with pytest.raises(ConfigError, match=r"decode_gemv_max_tokens.*unquantized weights only"):
+        load_config(decode_gemv_max_tokens=1, quantization="fp8")
+    with pytest.raises(ValueError, match=r"decode_gemv_max_tokens=1 runs on one device over unquantized weights"):
+        tiny_model(tmp_path, decode_gemv_max_tokens=1, quantization="int8")

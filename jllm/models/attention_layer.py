@@ -34,7 +34,10 @@ class Attention(nnx.Module):
         if spec.kv_source is None:  # K, and V unless it is K's projection (k_eq_v), beside each group's queries
             heads = (kv_heads, self.group + (1 if spec.k_eq_v else 2), hd)
             axes = ("embed", KV_HEADS, None, None)
-            qkv = Linear(in_dim or d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant)
+            qkv = Linear(
+                in_dim or d, heads, axes, dt, bias=args.qkv_bias, quant=args.quant,
+                decode_kernel_rows=args.decode_gemv_max_tokens,
+            )  # fmt: skip
             self.qkv_proj, self.q_proj = qkv, None
         else:  # the queries alone: K/V are another layer's, read from its pages
             q = Linear(in_dim or d, args.num_heads * hd, ("embed", "q_heads"), dt, bias=args.qkv_bias, quant=args.quant)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jllm.models import decode_matmuls
 from jllm.models.lora import LayerLoRA
 from jllm.quantization import QuantScheme
 
@@ -72,7 +73,9 @@ class Linear(nnx.Module):
     Quantized (``quant``), the kernel holds int8 or e4m3 values input dimension last, ``[*out, in]`` (the layout FP8
     GEMMs want, ``jllm.quantization``), and ``scale [*out]`` (float32) one scale per output channel, on the output
     axes' logical names, so tensor parallelism splits it with its columns. ``stored``: the checkpoint keeps the
-    output axes ``[groups, width]`` as parts apart (``StoredParts``)."""
+    output axes ``[groups, width]`` as parts apart (``StoredParts``). ``decode_kernel_rows``: steps of at most that
+    many rows may multiply in ``pallas_kernels.decode_gemv`` with the input's norm folded in
+    (``jllm.models.decode_matmuls``; unquantized, bias-free kernels only)."""
 
     def __init__(
         self,
@@ -83,6 +86,7 @@ class Linear(nnx.Module):
         bias: bool = False,
         quant: QuantScheme | None = None,
         stored: StoredParts | None = None,
+        decode_kernel_rows: int | None = None,
     ):
         out = (d_out,) if isinstance(d_out, int) else d_out
         if quant is None:
@@ -93,6 +97,7 @@ class Linear(nnx.Module):
         self.scale = None if quant is None else param(out, jnp.float32, axes[1:])
         self.bias = param(out, dtype, axes[1:], stored) if bias else None
         self.quant = quant
+        self.decode_kernel_rows = decode_kernel_rows if quant is None and not bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.quant is None:
@@ -191,6 +196,8 @@ def normed_linear(norm: nnx.Module | None, linear: Linear, x: jax.Array) -> jax.
         return linear(x)
     if not isinstance(norm, RMSNorm) or linear.bias is not None:  # a bias must not be scaled
         return linear(norm(x))
+    if decode_matmuls.takes(linear, norm, x):  # a few rows: the norm inside the matmul's kernel
+        return decode_matmuls.normed_matmul(linear, norm, x)
     weighted, factor = norm.factored(x)
     y = linear(weighted)
     factor = factor.reshape(factor.shape + (1,) * (y.ndim - factor.ndim))  # [T, 1, ...] against y [T, *out]
@@ -330,10 +337,13 @@ class MLP(nnx.Module):
         multipliers: tuple[float, float] | None = None,
         glu: ClampedSwiGLU | None = None,
         sub_norm: nnx.Module | None = None,
+        decode_kernel_rows: int | None = None,
     ):
         """``multipliers``: (gate, down), the gate's pre-activation and the output times these (Falcon-H1's muP);
         ``glu``: the gated activation in place of ``act(gate) * up`` (Ling 3's clipped shared expert); ``sub_norm``: a
-        norm over the ``hidden`` activations before ``down_proj`` (BitNet's ``ffn_sub_norm``)."""
+        norm over the ``hidden`` activations before ``down_proj`` (BitNet's ``ffn_sub_norm``);
+        ``decode_kernel_rows``: gate-up's (``Linear``), so that small steps run the norm, gate-up and SwiGLU in one
+        kernel."""
         if sparsity and not (gated and 0.0 < sparsity < 1.0):
             raise ValueError(f"activation sparsity {sparsity} needs a gated MLP and a fraction in (0, 1)")
         if multipliers is not None and not gated:
@@ -341,7 +351,10 @@ class MLP(nnx.Module):
         if glu is not None and not (gated and act == "silu"):
             raise ValueError(f"MLP glu {glu} needs a gated silu MLP, not act={act!r} gated={gated}")
         if gated:
-            self.gate_up_proj = Linear(dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias, quant=quant)
+            self.gate_up_proj = Linear(
+                dim, (2, hidden), ("embed", None, "mlp"), dtype, bias=bias, quant=quant,
+                decode_kernel_rows=decode_kernel_rows,
+            )  # fmt: skip
         else:
             self.up_proj = Linear(dim, hidden, ("embed", "mlp"), dtype, bias=bias, quant=quant)
         self.down_proj = Linear(hidden, dim, ("mlp", "embed"), dtype, bias=bias, quant=quant)
@@ -357,7 +370,9 @@ class MLP(nnx.Module):
         """The block over ``norm(x)`` (``x`` itself without a norm), through ``normed_linear``; ``lora``: each
         token's adapter deltas."""
         act = ACTIVATIONS[self.act] if self.act_fn is None else self.act_fn
-        if self.gated:
+        if self._swiglu_kernel(x, norm, lora):
+            h = decode_matmuls.normed_matmul(self.gate_up_proj, norm, x, swiglu=True)  # [T, hidden]
+        elif self.gated:
             gate_up = normed_linear(norm, self.gate_up_proj, x)  # [T, 2, hidden]
             if lora is not None:
                 gate_up = gate_up + lora.delta("gate_up", x if norm is None else norm(x))
@@ -370,6 +385,14 @@ class MLP(nnx.Module):
         h = h if self.ffn_sub_norm is None else self.ffn_sub_norm(h)
         y = self.down_proj(h)
         return scaled(y if lora is None else y + lora.delta("down", h), self.down_scale)
+
+    def _swiglu_kernel(self, x: jax.Array, norm: nnx.Module | None, lora: LayerLoRA | None) -> bool:
+        """Whether gate-up and its SwiGLU (after the input's RMS norm, if any) run as one decode kernel: plain
+        ``silu(gate) * up`` with no LoRA, sparsity or multiplier, a step the kernel takes."""
+        plain = self.gated and self.act == "silu" and self.glu is None and self.sparsity_cutoff is None
+        plain &= self.gate_scale == 1.0 and self.act_fn is None and lora is None
+        rms = norm is None or isinstance(norm, RMSNorm)
+        return plain and rms and decode_matmuls.takes(self.gate_up_proj, norm, x, swiglu=True)
 
     def _sparse(self, gate: jax.Array) -> jax.Array:
         """``relu(gate - (mean + std * cutoff))`` over each row's channels (transformers' ``_gaussian_topk``: the

@@ -383,6 +383,9 @@ class ModelArgs:
     weights: WeightMap = WeightMap()
     dtype: Any = jnp.float32
     quant: QuantScheme | None = None  # the decoder layers' linear weights (embeddings, norms, LM head stay dtype)
+    # steps of at most this many rows run QKV and gate-up (with SwiGLU) in pallas_kernels.decode_gemv, their RMS norms
+    # folded in (``jllm.models.decode_matmuls``); None: XLA's matmuls always
+    decode_gemv_max_tokens: int | None = None
     # each attention layer holds the checkpoint's FP8 KV-cache scales, k_scale and v_scale (``jllm.kv_scales``)
     kv_scales: bool = False
     v_norm: bool = False  # each value head RMS-normed without a weight (Gemma 4)
@@ -585,6 +588,7 @@ class ModelArgs:
             self.mlp_multipliers,
             spec.mlp_glu,
             sub_norm=self.make_norm(width) if self.sub_norms else None,
+            decode_kernel_rows=self.decode_gemv_max_tokens,
         )
 
     def make_moe(self, spec: LayerSpec) -> SparseMoE:

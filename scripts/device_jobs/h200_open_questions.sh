@@ -46,6 +46,15 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # residual add after (pallas_kernels/decode_gemv.py), against XLA's GEMMs and the ~5 small fusions a layer around them
 # (batch-1 bf16 step on the H200: GEMMs 3.69 of 4.17 ms, ~260 small fusions 0.41 ms). 32 attention-less layers.
 step decode_gemv 300 python scripts/bench_decode_gemv.py --rows 1,8 --tune --tune-budget-s 20 --json "$QOUT/decode_gemv.json"
+# The engine with it (decode_gemv_max_tokens: QKV and gate-up in the kernel, their norms and the SwiGLU folded in;
+# compiled for an H200 without a GPU, a batch-1 layer launches 10 kernels against 14), the same step against XLA's.
+for gemv in "off:" "on:--set decode_gemv_max_tokens=16"; do
+    step "step_gemv_${gemv%%:*}" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
+        --dtype bfloat16 --batch-sizes 1,8 --max-num-batched-tokens 32 --steps 100 --trace-steps 3 ${gemv#*:} \
+        --json "$QOUT/step_gemv_${gemv%%:*}.json"
+done
+step bf16_latency_gemv 300 python scripts/bench_latency.py --config $BF16 --skip-hf --batch-sizes 1,8 \
+    --set decode_gemv_max_tokens=16 --json "$QOUT/bf16_lat_gemv.json"
 # Twenty-seventh session: on one process a step's packed inputs stay NumPy arrays and the programs' dispatch moves
 # them (a CPU batch-1 step's host time 0.848 -> 0.610 ms). FP8's batch-1 decode is host-bound (TPOT 3.73 ms against
 # a 3.215 ms step, H200 2026-12-06): its TPOT and host phases against this tree moving them first (device_put of
