@@ -19,6 +19,8 @@ from jllm.outputs import Logprob
 from jllm.sampling import MAX_LOGPROBS, SamplingParams
 
 MAX_BEAM_WIDTH = MAX_LOGPROBS // 2  # a step asks for the top 2 x beam_width logprobs of each beam
+# |length_penalty| bound: up to 2^30 tokens, length ** 32 and length ** -32 stay inside float64 (1e308, 1e-308)
+MAX_LENGTH_PENALTY = 32
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,16 @@ class BeamSearchParams:
                 f"beam_width must be an integer in [1, {MAX_BEAM_WIDTH}] (each step asks for the top "
                 f"2 x beam_width <= {MAX_LOGPROBS} logprobs), got {self.beam_width!r}"
             )
-        if not isinstance(self.length_penalty, int | float):
-            raise ValueError(f"length_penalty must be a number, got {self.length_penalty!r}")
+        penalty = self.length_penalty
+        if (
+            not isinstance(penalty, int | float)
+            or isinstance(penalty, bool)
+            or not -MAX_LENGTH_PENALTY <= penalty <= MAX_LENGTH_PENALTY
+        ):
+            raise ValueError(
+                f"length_penalty must be a number in [-{MAX_LENGTH_PENALTY}, {MAX_LENGTH_PENALTY}] (a beam's length to "
+                f"that power stays a finite, non-zero float), got {penalty!r}"
+            )
         if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         self.step_params()  # temperature and the flags checked as SamplingParams checks them

@@ -94,6 +94,12 @@ def test_streamed_chat_sends_each_beam_whole(server: RunningServer) -> None:
         ({"stop": ["x"]}, "stop", "not supported with use_beam_search"),
         ({"n": 11}, "n", r"n must be an integer in \[1, 10\]"),
         ({"max_tokens": 0}, "max_tokens", "max_tokens must be at least 1"),
+        # a beam's score divides by its length to this power: -Infinity or 1e6 were a 500 (division by zero,
+        # overflow) once the search ranked its first candidates, NaN a 200 of beams in no order
+        *[
+            ({"length_penalty": v}, "length_penalty", r"length_penalty must be a number in \[-32, 32\]")
+            for v in (float("-inf"), float("nan"), 1e6)
+        ],
     ],
 )
 def test_what_a_search_cannot_honour_is_a_400_naming_it(
