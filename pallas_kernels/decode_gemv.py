@@ -48,13 +48,16 @@ class DecodeGemvConfig:
     block_k: int = 128  # input rows per loop step
     num_warps: int = 4
     num_stages: int = 4  # Triton software-pipelining depth of the weight loads
+    # programs sharing one column block's inputs, each writing float32 partial sums that XLA adds where it reads the
+    # output (as its own split-K GEMMs do); no SwiGLU then (it needs whole sums), the residual in split 0's
+    split_k: int = 1
 
     def __post_init__(self) -> None:
         for name in ("block_n", "block_k"):
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"DecodeGemvConfig.{name}={value} must be a power of two >= 16 (Triton's dot)")
-        for name in ("num_warps", "num_stages"):
+        for name in ("num_warps", "num_stages", "split_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecodeGemvConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -75,7 +78,7 @@ def default_config(k: int, n: int) -> DecodeGemvConfig:
 def supports(m: int, k: int, n: int, config: DecodeGemvConfig | None = None) -> bool:
     """Whether ``decode_matmul`` takes these shapes (the caller keeps XLA's matmul otherwise)."""
     cfg = config or default_config(k, n)
-    return 1 <= m <= TILE_ROWS and k % cfg.block_k == 0 and n % cfg.block_n == 0
+    return 1 <= m <= TILE_ROWS and k % (cfg.block_k * cfg.split_k) == 0 and n % cfg.block_n == 0
 
 
 def decode_matmul(
@@ -97,26 +100,33 @@ def decode_matmul(
     if not supports(m, k, out_width, cfg):
         raise ValueError(
             f"decode_matmul takes 1..{TILE_ROWS} rows and widths that are multiples of the tiling: got M={m}, K={k}, "
-            f"N={out_width} with block_k={cfg.block_k}, block_n={cfg.block_n}"
+            f"N={out_width} with block_k={cfg.block_k}, block_n={cfg.block_n}, split_k={cfg.split_k}"
         )
+    split = cfg.split_k
+    if swiglu and split > 1:
+        raise ValueError(f"swiglu needs whole sums: split_k={split} must be 1")
     bn = cfg.block_n
-    in_specs = [pl.BlockSpec((m, k), lambda j: (0, 0))]  # x: every row, all of K
+    in_specs = [pl.BlockSpec((m, k), lambda j, s: (0, 0))]  # x: every row, all of K
     inputs = [x]
     if swiglu:  # the program's columns of gate, then of up
-        in_specs += [pl.BlockSpec((k, None, bn), lambda j: (0, 0, j)), pl.BlockSpec((k, None, bn), lambda j: (0, 1, j))]
+        in_specs += [
+            pl.BlockSpec((k, None, bn), lambda j, s: (0, 0, j)),
+            pl.BlockSpec((k, None, bn), lambda j, s: (0, 1, j)),
+        ]
         inputs += [w, w]
     else:
-        in_specs.append(pl.BlockSpec((k, bn), lambda j: (0, j)))
+        in_specs.append(pl.BlockSpec((k, bn), lambda j, s: (0, j)))
         inputs.append(w)
     if norm_weight is not None:
-        in_specs.append(pl.BlockSpec((k,), lambda j: (0,)))
+        in_specs.append(pl.BlockSpec((k,), lambda j, s: (0,)))
         inputs.append(norm_weight)
     if residual is not None:
-        in_specs.append(pl.BlockSpec((m, bn), lambda j: (0, j)))
+        in_specs.append(pl.BlockSpec((m, bn), lambda j, s: (0, j)))
         inputs.append(residual)
     kernel = functools.partial(
         _kernel,
         block_k=cfg.block_k,
+        k_per_split=k // split,
         eps=eps,
         swiglu=swiglu,
         has_norm=norm_weight is not None,
@@ -124,16 +134,23 @@ def decode_matmul(
     )
     folded = (("_norm", norm_weight is not None), ("_swiglu", swiglu), ("_res", residual is not None))
     parts = "".join(part for part, on in folded if on)
-    return pl.pallas_call(
+    if split == 1:
+        out_shape = jax.ShapeDtypeStruct((m, out_width), w.dtype)
+        out_spec = pl.BlockSpec((m, bn), lambda j, s: (0, j))
+    else:  # float32 partial sums [split, M, N]
+        out_shape = jax.ShapeDtypeStruct((split, m, out_width), jnp.float32)
+        out_spec = pl.BlockSpec((None, m, bn), lambda j, s: (s, 0, j))
+    y = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((m, out_width), w.dtype),
-        grid=(out_width // bn,),
+        out_shape=out_shape,
+        grid=(out_width // bn, split),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((m, bn), lambda j: (0, j)),
+        out_specs=out_spec,
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
-        name=f"decode_gemv{parts}_n{bn}_k{cfg.block_k}",
+        name=f"decode_gemv{parts}_n{bn}_k{cfg.block_k}_s{split}",
     )(*inputs)
+    return y if split == 1 else y.sum(axis=0).astype(w.dtype)
 
 
 def ref_decode_matmul(
@@ -181,6 +198,7 @@ def _kernel(
     x_ref: Any,  # [M, K]
     *refs: Any,  # w [K, block_n] (swiglu: gate's, up's), norm weight [K]?, residual [M, block_n]?, out [M, block_n]
     block_k: int,
+    k_per_split: int,
     eps: float,
     swiglu: bool,
     has_norm: bool,
@@ -197,13 +215,18 @@ def _kernel(
     row_ok = lax.broadcasted_iota(jnp.int32, (TILE_ROWS, 1), 0) < m  # bool[16, 1]
     dtype = w_refs[0].dtype
     precision = lax.Precision.HIGHEST  # float32 weights: IEEE dots, not TF32; no effect on bf16
+    split = pl.program_id(1)
+    whole = k_per_split == k  # one split: the norm's sum of squares gathers in the matmul's loop
+
+    def x_block(start: jax.Array) -> jax.Array:  # f32[16, block_k]
+        return plgpu.load(x_ref.at[rows, pl.ds(start, block_k)], mask=row_ok, other=0.0).astype(jnp.float32)
 
     def body(step: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         *accs, sum_sq = carry  # f32[16, block_n] each, f32[16]
-        start = pl.multiple_of(step * block_k, block_k)
-        x = plgpu.load(x_ref.at[rows, pl.ds(start, block_k)], mask=row_ok, other=0.0).astype(jnp.float32)
+        start = pl.multiple_of(split * k_per_split + step * block_k, block_k)
+        x = x_block(start)
         if norm_ref is not None:
-            sum_sq = sum_sq + jnp.sum(x * x, axis=1)
+            sum_sq = sum_sq + jnp.sum(x * x, axis=1) if whole else sum_sq
             x = x * norm_ref[pl.ds(start, block_k)].astype(jnp.float32)[None, :]
         x = x.astype(dtype)  # [16, block_k], the GEMM's input rounded as XLA's path rounds it
         tiles = (w_ref[pl.ds(start, block_k), :] for w_ref in w_refs)  # [block_k, block_n] each
@@ -212,7 +235,14 @@ def _kernel(
 
     zeros = jnp.zeros((TILE_ROWS, block_n), jnp.float32)
     init = (*[zeros] * len(w_refs), jnp.zeros((TILE_ROWS,), jnp.float32))
-    *accs, sum_sq = lax.fori_loop(0, k // block_k, body, init)
+    *accs, sum_sq = lax.fori_loop(0, k_per_split // block_k, body, init)
+    if norm_ref is not None and not whole:  # a split's rows are normed by all of their inputs: read x once more
+
+        def squares(step: jax.Array, total: jax.Array) -> jax.Array:
+            x = x_block(pl.multiple_of(step * block_k, block_k))
+            return total + jnp.sum(x * x, axis=1)
+
+        sum_sq = lax.fori_loop(0, k // block_k, squares, sum_sq)
     if norm_ref is not None:
         factor = lax.rsqrt(sum_sq / k + eps)[:, None]  # f32[16, 1]
         accs = [acc * factor for acc in accs]
@@ -221,6 +251,7 @@ def _kernel(
         out = gate * jax.nn.sigmoid(gate) * up
     else:
         (out,) = accs
-    if res_ref is not None:
-        out = out + plgpu.load(res_ref.at[rows, :], mask=row_ok, other=0.0).astype(jnp.float32)
+    if res_ref is not None:  # in split 0's partial sums alone
+        residual = plgpu.load(res_ref.at[rows, :], mask=row_ok, other=0.0).astype(jnp.float32)
+        out = out + jnp.where(split == 0, residual, 0.0)
     plgpu.store(o_ref.at[rows, :], out.astype(o_ref.dtype), mask=row_ok)

@@ -20,6 +20,7 @@ On a CPU the kernels run in Pallas' interpreter: a check of the script, not a ti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -73,18 +74,33 @@ def make_layers(args: argparse.Namespace) -> list[dict[str, jax.Array]]:
     return [jax.jit(layer)(key) for key in jax.random.split(jax.random.key(0), args.layers)]
 
 
+def _normed(x: jax.Array, weight: jax.Array, w: jax.Array) -> jax.Array:
+    """``normed_linear``'s arithmetic for XLA: ``(x * w) @ W * rsqrt(mean(x^2) + eps)``."""
+    x32 = x.astype(jnp.float32)
+    factor = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + EPS)
+    y = jnp.einsum("mk,k...->m...", (x32 * weight.astype(jnp.float32)).astype(x.dtype), w)
+    return (y.astype(jnp.float32) * factor.reshape(factor.shape + (1,) * (y.ndim - 2))).astype(y.dtype)
+
+
+def _swiglu(gate_up: jax.Array) -> jax.Array:
+    return jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1]
+
+
 def xla_layer(h: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
-    """The layer as jllm's model writes it for XLA (``normed_linear``: ``(x * w) @ W * rsqrt(mean(x^2) + eps)``)."""
+    """The layer as jllm's model writes it for XLA."""
+    h = h + _normed(h, p["norm1"], p["qkv"]) @ p["o"]
+    return h + _swiglu(_normed(h, p["norm2"], p["gate_up"])) @ p["down"]
 
-    def normed(x: jax.Array, weight: jax.Array, w: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        factor = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + EPS)
-        y = jnp.einsum("mk,k...->m...", (x32 * weight.astype(jnp.float32)).astype(x.dtype), w)
-        return (y.astype(jnp.float32) * factor.reshape(factor.shape + (1,) * (y.ndim - 2))).astype(y.dtype)
 
-    h = h + normed(h, p["norm1"], p["qkv"]) @ p["o"]
-    gate_up = normed(h, p["norm2"], p["gate_up"])
-    return h + (jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1]) @ p["down"]
+def xla_kind(kind: str, p: dict[str, jax.Array], x: dict[str, jax.Array]) -> jax.Array:
+    """One matmul of ``kind`` with the work around it, as XLA's path computes it (``kind_call``'s inputs)."""
+    if kind == "qkv_norm":
+        return _normed(x["d"], p["norm1"], p["qkv"])
+    if kind == "o_residual":
+        return x["q"] @ p["o"] + x["d"]
+    if kind == "gate_up_swiglu":
+        return _swiglu(_normed(x["d"], p["norm2"], p["gate_up"]))
+    return x["f"] @ p["down"] + x["d"]
 
 
 def kernel_layer(h: jax.Array, p: dict[str, jax.Array], configs: dict[str, DecodeGemvConfig | None]) -> jax.Array:
@@ -142,17 +158,27 @@ def kind_shape(kind: str, args: argparse.Namespace) -> tuple[int, int]:
     return {"qkv_norm": (d, q), "o_residual": (q, d), "gate_up_swiglu": (d, f), "down_residual": (f, d)}[kind]
 
 
-def tilings(k: int, n: int) -> list[DecodeGemvConfig]:
-    """The default first, then its neighbours: column blocks 16-128, input steps 64-256, 4 or 8 warps, 3-5 stages."""
+# XLA's own one-row GEMMs on an H200 (compiled without a GPU, 2026-12-07): 16 columns a program, split-K 4-8, 2
+# warps, ~1,500-2,000 programs; the sweep starts there.
+_XLA_LIKE = DecodeGemvConfig(block_n=16, block_k=256, num_warps=2, num_stages=4, split_k=4)
+
+
+def tilings(k: int, n: int, swiglu: bool) -> list[DecodeGemvConfig]:
+    """The default first, then XLA's kind of tiling and its neighbours: column blocks 16-128, input steps 64-512, 1-8
+    warps, 3-5 stages, split-K 1-8 (1 with SwiGLU)."""
     first = default_config(k, n)
+    anchor = dataclasses.replace(_XLA_LIKE, split_k=1) if swiglu else _XLA_LIKE
     grid = [
-        DecodeGemvConfig(bn, bk, warps, stages)
-        for bn, bk, warps, stages in itertools.product((16, 32, 64, 128), (64, 128, 256), (4, 8), (3, 4, 5))
-        if n % bn == 0 and k % bk == 0
+        DecodeGemvConfig(bn, bk, warps, stages, split)
+        for bn, bk, warps, stages, split in itertools.product(
+            (16, 32, 64, 128), (64, 128, 256, 512), (1, 2, 4, 8), (3, 4, 5), (1,) if swiglu else (1, 2, 4, 8)
+        )
+        if n % bn == 0 and k % (bk * split) == 0
     ]
+    fields = ("block_n", "block_k", "num_warps", "num_stages", "split_k")
 
     def distance(c: DecodeGemvConfig) -> int:
-        return sum(getattr(c, f) != getattr(first, f) for f in ("block_n", "block_k", "num_warps", "num_stages"))
+        return sum(getattr(c, f) != getattr(anchor, f) for f in fields)
 
     return [first] + sorted((c for c in grid if c != first), key=distance)
 
@@ -164,18 +190,27 @@ def tune(kind: str, m: int, layers: list[dict[str, jax.Array]], args: argparse.N
     key = jax.random.key(m)
     x = {name: jax.random.normal(key, (m, width), jnp.bfloat16) for name, width in
          (("d", args.hidden), ("q", args.qkv), ("f", args.intermediate))}  # fmt: skip
+    programs = {"xla": jax.jit(lambda x, layers: [xla_kind(kind, p, x) for p in layers])}
+    for cfg in tilings(k, n, kind == "gate_up_swiglu"):
+        programs[cfg] = jax.jit(lambda x, layers, cfg=cfg: [kind_call(kind, p, x, cfg) for p in layers])
     rows, deadline = [], time.monotonic() + args.tune_budget_s
-    for i, cfg in enumerate(tilings(k, n)):
-        if i and time.monotonic() > deadline:
+    for i, (cfg, run) in enumerate(programs.items()):
+        if i > 1 and time.monotonic() > deadline:  # XLA's and the default tiling always
             break
-        run = jax.jit(lambda x, layers, cfg=cfg: [kind_call(kind, p, x, cfg) for p in layers])
-        row = {"kind": kind, "rows": m, "config": cfg.__dict__}
+        row = {"kind": kind, "rows": m, "config": "xla" if cfg == "xla" else cfg.__dict__}
         try:
             row["us"] = back_to_back(lambda run=run: run(x, layers), calls=10, rounds=3) / len(layers) * 1e6
         except Exception as e:  # noqa: BLE001 - a tiling Triton cannot compile is a row with its error
             row["error"] = str(e)[:200]
+        if "us" in row:
+            row["gbps"] = sum(w.nbytes for w in kind_weights(kind, layers)) / len(layers) / row["us"] / 1e3
         rows.append(row)
     return rows
+
+
+def kind_weights(kind: str, layers: list[dict[str, jax.Array]]) -> list[jax.Array]:
+    name = {"qkv_norm": "qkv", "o_residual": "o", "gate_up_swiglu": "gate_up", "down_residual": "down"}[kind]
+    return [p[name] for p in layers]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             for kind in KINDS:
                 rows = tune(kind, m, layers, args)
                 results["tuning"] += rows
-                timed = [r for r in rows if "us" in r]
+                xla = next(r for r in rows if r["config"] == "xla")
+                timed = [r for r in rows if "us" in r and r["config"] != "xla"]
                 fastest = min(timed, key=lambda r: r["us"]) if timed else None
                 best[kind] = DecodeGemvConfig(**fastest["config"]) if fastest else None
                 if fastest:
-                    print(f"  tuned {kind:15} M={m}: {len(timed)} tilings, default {timed[0]['us']:.2f} us, "
-                          f"best {fastest['us']:.2f} us {best[kind]}")  # fmt: skip
+                    print(f"  {kind:15} M={m}: XLA {xla['us']:.2f} us ({xla['gbps']:.0f} GB/s); Pallas default "
+                          f"{timed[0]['us']:.2f} us, best of {len(timed)} {fastest['us']:.2f} us "
+                          f"({fastest['gbps']:.0f} GB/s) {best[kind]}")  # fmt: skip
             paths["pallas tuned"] = lambda h, p, best=best: kernel_layer(h, p, best)
         for name, layer in paths.items():
             run = stacked(layer)

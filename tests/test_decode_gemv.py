@@ -9,6 +9,7 @@ Its lowering for an H200 runs here too (an abstract GPU device); its speed is ``
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -67,8 +68,11 @@ def rel_err(got: jax.Array, ref: jax.Array) -> float:
     (1, 256, 128, DecodeGemvConfig(block_n=32, block_k=64)),
     (5, 384, 64, DecodeGemvConfig(block_n=16, block_k=128)),
     (16, 128, 256, None),
+    (3, 512, 64, DecodeGemvConfig(block_n=16, block_k=64, split_k=4)),  # float32 partials, summed after
 ])  # fmt: skip
 def test_the_kernel_matches_the_float32_reference(mode: str, m: int, k: int, n: int, config) -> None:
+    if mode == "swiglu" and config is not None and config.split_k > 1:
+        config = dataclasses.replace(config, split_k=1)  # SwiGLU needs whole sums
     x, w, extra = random_case(m * k + n, m, k, n, mode, jnp.bfloat16)
     got = decode_matmul(x, w, config=config, interpret=True, **extra)
     assert got.shape == (m, n) and got.dtype == jnp.bfloat16
@@ -105,6 +109,8 @@ def test_the_kernel_refuses_what_it_cannot_take_by_name() -> None:
         decode_matmul(jnp.zeros((17, 128), jnp.bfloat16), w, interpret=True)
     with pytest.raises(ValueError, match=r"block_n=48 must be a power of two"):
         DecodeGemvConfig(block_n=48)
+    with pytest.raises(ValueError, match=r"swiglu needs whole sums: split_k=2 must be 1"):
+        decode_matmul(x, w.reshape(128, 2, 32), swiglu=True, config=DecodeGemvConfig(16, 16, split_k=2), interpret=True)
 
 
 def test_the_default_tiling_keeps_programs_for_every_sm_and_divides_the_shapes() -> None:
@@ -144,6 +150,7 @@ def test_the_bench_runs_both_paths_and_tunes_on_the_cpu(tmp_path: Path) -> None:
     assert [s["path"] for s in result["steps"]] == ["xla", "pallas default", "pallas tuned"]
     assert all(s["ms"] > 0 and s["rel_err"] < RTOL_BF16 for s in result["steps"])
     assert {r["kind"] for r in result["tuning"]} == set(bench.KINDS) and all("us" in r for r in result["tuning"])
+    assert [r["config"] for r in result["tuning"]][:2] == ["xla", dataclasses.asdict(default_config(64, 96))]
 
 
 def tiny_model(tmp_path: Path, **kwargs: Any) -> Any:
