@@ -140,6 +140,7 @@ def test_the_kernel_lowers_to_xla_native_triton_for_an_h200(mode: str) -> None:
     assert grid[0] == 1024 // default_config(4096, 1024).block_n
 
 
+@pytest.mark.slow  # interpreted kernels over two layers and the tilings (~11 s)
 def test_the_bench_runs_both_paths_and_tunes_on_the_cpu(tmp_path: Path) -> None:
     """The benchmark's dry run (interpreted kernels): both paths agree with the float32 layers, tilings are timed."""
     bench = importlib.import_module("bench_decode_gemv")
@@ -161,6 +162,7 @@ def tiny_model(tmp_path: Path, **kwargs: Any) -> Any:
     return load_model(model, mesh=make_mesh(1), load_format="dummy", **kwargs)
 
 
+@pytest.mark.slow  # a tiny model traced three times, the kernels interpreted (~8 s)
 def test_a_small_step_runs_qkv_and_gate_up_in_the_kernel_with_the_same_logits(tmp_path: Path, monkeypatch) -> None:
     """``decode_gemv_max_tokens``: a step of at most that many tokens calls the kernel for each layer's QKV (its
     norm folded in) and gate-up (norm and SwiGLU folded in), and gives XLA's path's logits (float32: accumulation
