@@ -51,6 +51,9 @@ class DecodeGemvConfig:
     # programs sharing one column block's inputs, each writing float32 partial sums that XLA adds where it reads the
     # output (as its own split-K GEMMs do); no SwiGLU then (it needs whole sums), the residual in split 0's
     split_k: int = 1
+    # the weight tile as the MMA's A side (``out^T = w^T x^T``), as XLA's autotuned one-row GEMMs lay it (64-128
+    # columns of M, the rows as N = 16): a column block of 64 or more runs Hopper's wgmma, not mma.sync's 16 rows
+    swap_ab: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_n", "block_k"):
@@ -127,6 +130,7 @@ def decode_matmul(
         _kernel,
         block_k=cfg.block_k,
         k_per_split=k // split,
+        swap_ab=cfg.swap_ab,
         eps=eps,
         swiglu=swiglu,
         has_norm=norm_weight is not None,
@@ -148,7 +152,7 @@ def decode_matmul(
         out_specs=out_spec,
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
-        name=f"decode_gemv{parts}_n{bn}_k{cfg.block_k}_s{split}",
+        name=f"decode_gemv{parts}_n{bn}_k{cfg.block_k}_s{split}{'_swap' if cfg.swap_ab else ''}",
     )(*inputs)
     return y if split == 1 else y.sum(axis=0).astype(w.dtype)
 
@@ -199,6 +203,7 @@ def _kernel(
     *refs: Any,  # w [K, block_n] (swiglu: gate's, up's), norm weight [K]?, residual [M, block_n]?, out [M, block_n]
     block_k: int,
     k_per_split: int,
+    swap_ab: bool,
     eps: float,
     swiglu: bool,
     has_norm: bool,
@@ -230,10 +235,14 @@ def _kernel(
             x = x * norm_ref[pl.ds(start, block_k)].astype(jnp.float32)[None, :]
         x = x.astype(dtype)  # [16, block_k], the GEMM's input rounded as XLA's path rounds it
         tiles = (w_ref[pl.ds(start, block_k), :] for w_ref in w_refs)  # [block_k, block_n] each
-        accs = [acc + plgpu.dot(x, w, precision=precision) for acc, w in zip(accs, tiles, strict=True)]
+        if swap_ab:  # acc^T [block_n, 16] += w^T [block_n, block_k] @ x^T [block_k, 16]
+            products = (plgpu.dot(w, x, trans_a=True, trans_b=True, precision=precision) for w in tiles)
+        else:
+            products = (plgpu.dot(x, w, precision=precision) for w in tiles)
+        accs = [acc + p for acc, p in zip(accs, products, strict=True)]
         return (*accs, sum_sq)
 
-    zeros = jnp.zeros((TILE_ROWS, block_n), jnp.float32)
+    zeros = jnp.zeros((block_n, TILE_ROWS) if swap_ab else (TILE_ROWS, block_n), jnp.float32)
     init = (*[zeros] * len(w_refs), jnp.zeros((TILE_ROWS,), jnp.float32))
     *accs, sum_sq = lax.fori_loop(0, k_per_split // block_k, body, init)
     if norm_ref is not None and not whole:  # a split's rows are normed by all of their inputs: read x once more
@@ -243,15 +252,29 @@ def _kernel(
             return total + jnp.sum(x * x, axis=1)
 
         sum_sq = lax.fori_loop(0, k // block_k, squares, sum_sq)
-    if norm_ref is not None:
-        factor = lax.rsqrt(sum_sq / k + eps)[:, None]  # f32[16, 1]
+    if swap_ab:
+        accs = [acc.T for acc in accs]  # [16, block_n]
+    factor = None if norm_ref is None else lax.rsqrt(sum_sq / k + eps)[:, None]  # f32[16, 1]
+    out = _epilogue(accs, factor, res_ref, rows, row_ok, split)
+    plgpu.store(o_ref.at[rows, :], out.astype(o_ref.dtype), mask=row_ok)
+
+
+def _epilogue(
+    accs: list[jax.Array],  # f32[16, block_n]: the product (with SwiGLU: gate's, up's)
+    factor: jax.Array | None,  # f32[16, 1]: the norm's per-row factor
+    res_ref: Any,  # [M, block_n] or None
+    rows: pl.Slice,
+    row_ok: jax.Array,  # bool[16, 1]
+    split: jax.Array,
+) -> jax.Array:  # f32[16, block_n]
+    """The finished sums through the norm's factor, then SwiGLU or the residual (in split 0's partial sums alone)."""
+    if factor is not None:
         accs = [acc * factor for acc in accs]
-    if swiglu:
+    if len(accs) == 2:
         gate, up = accs
-        out = gate * jax.nn.sigmoid(gate) * up
-    else:
-        (out,) = accs
-    if res_ref is not None:  # in split 0's partial sums alone
+        return gate * jax.nn.sigmoid(gate) * up
+    (out,) = accs
+    if res_ref is not None:
         residual = plgpu.load(res_ref.at[rows, :], mask=row_ok, other=0.0).astype(jnp.float32)
         out = out + jnp.where(split == 0, residual, 0.0)
-    plgpu.store(o_ref.at[rows, :], out.astype(o_ref.dtype), mask=row_ok)
+    return out

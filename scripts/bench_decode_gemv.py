@@ -20,7 +20,6 @@ On a CPU the kernels run in Pallas' interpreter: a check of the script, not a ti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
@@ -158,27 +157,27 @@ def kind_shape(kind: str, args: argparse.Namespace) -> tuple[int, int]:
     return {"qkv_norm": (d, q), "o_residual": (q, d), "gate_up_swiglu": (d, f), "down_residual": (f, d)}[kind]
 
 
-# XLA's own one-row GEMMs on an H200 (compiled without a GPU, 2026-12-07): 16 columns a program, split-K 4-8, 2
-# warps, ~1,500-2,000 programs; the sweep starts there.
-_XLA_LIKE = DecodeGemvConfig(block_n=16, block_k=256, num_warps=2, num_stages=4, split_k=4)
+# XLA's one-row GEMMs as its autotuner tiles them on an H100 (scripts/gpu_specs/autotune_b1_h100.textproto): the
+# weights as the MMA's A side, 64-128 columns by 16-64 inputs a step, the row padded to 8, 3-4 stages, 2-4 warps.
+# The sweep starts there.
+_XLA_LIKE = DecodeGemvConfig(block_n=128, block_k=64, num_warps=4, num_stages=3, swap_ab=True)
 
 
 def tilings(k: int, n: int, swiglu: bool) -> list[DecodeGemvConfig]:
-    """The default first, then XLA's kind of tiling and its neighbours: column blocks 16-128, input steps 64-512, 1-8
-    warps, 3-5 stages, split-K 1-8 (1 with SwiGLU)."""
+    """The default first, then XLA's kind of tiling and its neighbours: column blocks 16-128, input steps 32-256,
+    2-8 warps, 3-5 stages, split-K 1-4 (1 with SwiGLU), the weights as the MMA's A side or B side."""
     first = default_config(k, n)
-    anchor = dataclasses.replace(_XLA_LIKE, split_k=1) if swiglu else _XLA_LIKE
     grid = [
-        DecodeGemvConfig(bn, bk, warps, stages, split)
-        for bn, bk, warps, stages, split in itertools.product(
-            (16, 32, 64, 128), (64, 128, 256, 512), (1, 2, 4, 8), (3, 4, 5), (1,) if swiglu else (1, 2, 4, 8)
+        DecodeGemvConfig(bn, bk, warps, stages, split, swap)
+        for bn, bk, warps, stages, split, swap in itertools.product(
+            (16, 32, 64, 128), (32, 64, 128, 256), (2, 4, 8), (3, 4, 5), (1,) if swiglu else (1, 2, 4), (True, False)
         )
-        if n % bn == 0 and k % (bk * split) == 0
+        if n % bn == 0 and k % (bk * split) == 0 and (bn >= 64 or not swap)
     ]
-    fields = ("block_n", "block_k", "num_warps", "num_stages", "split_k")
+    fields = ("block_n", "block_k", "num_warps", "num_stages", "split_k", "swap_ab")
 
     def distance(c: DecodeGemvConfig) -> int:
-        return sum(getattr(c, f) != getattr(anchor, f) for f in fields)
+        return sum(getattr(c, f) != getattr(_XLA_LIKE, f) for f in fields)
 
     return [first] + sorted((c for c in grid if c != first), key=distance)
 

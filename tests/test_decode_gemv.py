@@ -69,6 +69,7 @@ def rel_err(got: jax.Array, ref: jax.Array) -> float:
     (5, 384, 64, DecodeGemvConfig(block_n=16, block_k=128)),
     (16, 128, 256, None),
     (3, 512, 64, DecodeGemvConfig(block_n=16, block_k=64, split_k=4)),  # float32 partials, summed after
+    (2, 256, 128, DecodeGemvConfig(block_n=64, block_k=64, split_k=2, swap_ab=True)),  # the weights as the MMA's A
 ])  # fmt: skip
 def test_the_kernel_matches_the_float32_reference(mode: str, m: int, k: int, n: int, config) -> None:
     if mode == "swiglu" and config is not None and config.split_k > 1:
