@@ -45,7 +45,7 @@ FP8=configs/llama3-8b-fp8-h200.yaml
 # Twenty-eighth session: a decode layer's matmuls as Pallas kernels that own the norm before them and the SwiGLU or
 # residual add after (pallas_kernels/decode_gemv.py), against XLA's GEMMs and the ~5 small fusions a layer around them
 # (batch-1 bf16 step on the H200: GEMMs 3.69 of 4.17 ms, ~260 small fusions 0.41 ms). 32 attention-less layers.
-step decode_gemv 330 python scripts/bench_decode_gemv.py --rows 1 --tune --tune-budget-s 35 --json "$QOUT/decode_gemv.json"
+step decode_gemv 330 python scripts/bench_decode_gemv.py --rows 1 --tune --tune-budget-s 25 --json "$QOUT/decode_gemv.json"
 # The engine with it (decode_gemv_max_tokens: QKV and gate-up in the kernel, their norms and the SwiGLU folded in;
 # compiled for an H200 without a GPU, a batch-1 layer launches 10 kernels against 14), the same step against XLA's.
 for gemv in "off:" "on:--set decode_gemv_max_tokens=16"; do
