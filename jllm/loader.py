@@ -93,7 +93,7 @@ def abstract_model(
 ) -> tuple[nnx.GraphDef, nnx.State, Any, int]:
     """The model's structure without memory, and how many copies of each KV head ``tensor_parallel_size`` needs;
     ``kv_scales``: its attention layers hold FP8 KV-cache scales (``jllm.kv_scales``); ``decode_gemv_max_tokens``:
-    ``ModelArgs``'.
+    set on ``ModelArgs`` (``jllm.models.decode_matmuls``).
 
     With replicated KV heads the model is built with ``num_kv_heads * kv_replicas`` heads, so that every device owns
     whole KV heads and the attention maths stays the plain GQA of one device.
