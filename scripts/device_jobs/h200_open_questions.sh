@@ -164,6 +164,16 @@ for run in "sharegpt:" "1024_128:--dataset random --input-len 1024 --output-len 
     step "bf16_tput_${run%%:*}" 300 python scripts/bench_throughput.py --config $BF16 --skip-hf ${run#*:} \
         --json "$QOUT/bf16_tput_${run%%:*}.json"
 done
+# Issue 20 asks max_num_seqs and max_num_batched_tokens chosen by measurement: at the defaults (256 / 2048) the H200
+# ran 59.6-70.9 % of the roofline (2026-12-07). The two runs furthest below it, at more sequences and larger steps.
+for limits in "s512_t4096:512:4096" "s512_t8192:512:8192" "s1024_t8192:1024:8192"; do
+    IFS=: read -r name seqs tokens <<< "$limits"
+    for run in "128_128:--dataset random --input-len 128 --output-len 128 --num-prompts 3000" \
+        "128_1024:--dataset random --input-len 128 --output-len 1024"; do
+        step "bf16_tput_${run%%:*}_$name" 300 python scripts/bench_throughput.py --config $BF16 --skip-hf ${run#*:} \
+            --set max_num_seqs=$seqs --set max_num_batched_tokens=$tokens --json "$QOUT/bf16_tput_${run%%:*}_$name.json"
+    done
+done
 # Issue 20: serving at 32 concurrent, 1024 in / 128 out (goal TTFT p50 100 ms, p99 250, TPOT p50 8 ms; H200 184 ms /
 # 12.45 on 2026-12-05, ITL p90 56 ms): 32 decodes beside a 1,024-token prompt ran as a 2,048-token step. Now the
 # scheduler ends such a step's prefill chunk on 1,024 (prefill_alignment_min_tokens, default 256); against it off, and
