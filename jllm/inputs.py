@@ -111,6 +111,12 @@ class InputProcessor:
             raise InputError(f"truncation_side must be 'left' or 'right', got {side!r}", param="truncation_side")
         if keep == -1:
             keep = self.max_model_len
+        if keep is not None and keep > self.max_model_len:  # vLLM's 400 too: no prompt may keep more than that
+            raise InputError(
+                f"truncate_prompt_tokens={keep} is greater than the model's context length max_model_len="
+                f"{self.max_model_len}: select a smaller truncation size, or -1 for the context length",
+                param="truncate_prompt_tokens",
+            )
         if keep is None or len(prompt.token_ids) <= keep:
             return prompt
         token_ids = prompt.token_ids[-keep:] if side == "left" else prompt.token_ids[:keep]

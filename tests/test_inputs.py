@@ -86,6 +86,12 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(inputs: InputProcessor) ->
     assert truncated.text == inputs.tokenizer.decode(truncated.token_ids)
     with pytest.raises(ContextLengthError):  # -1 keeps the context's worth: no room left for the completion
         inputs.process(text, SamplingParams(max_tokens=None, truncate_prompt_tokens=-1))
+    for keep in (65, 10**9):  # more than the context of 64 could ever keep: refused as vLLM refuses it
+        with pytest.raises(InputError, match=rf"truncate_prompt_tokens={keep} is greater than .* max_model_len=64"):
+            inputs.process(ids, SamplingParams(max_tokens=4, truncate_prompt_tokens=keep))
+        with pytest.raises(InputError, match="truncate_prompt_tokens") as caught:
+            inputs.process_whole(ids, truncate_prompt_tokens=keep)
+        assert caught.value.param == "truncate_prompt_tokens"
 
 
 def test_truncation_side_right_keeps_the_first_tokens(inputs: InputProcessor) -> None:
