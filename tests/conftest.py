@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,25 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = save_tiny_checkpoint("LlamaForCausalLM", TINY_CONFIG, tmp_path_factory.mktemp("tiny_char") / "tiny")
     save_char_tokenizer(out, TINY_CONFIG["vocab_size"])
     return out
+
+
+@pytest.fixture
+def h200_lowering(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pallas lowers for an H200 here, on the CPU (jit(...).trace(...).lower(lowering_platforms=("cuda",))); the
+    Triton IR of each kernel it lowers is appended to the list returned."""
+    from jax._src.pallas.triton import gpu_info  # private: the GPU Pallas asks for, and the IR it makes
+    from jax._src.pallas.triton import pallas_call_registration as triton_call
+
+    monkeypatch.setattr(
+        triton_call.gpu_info_lib, "get_gpu_info", lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
+    )
+    modules: list[str] = []
+    lower = triton_call.lowering.lower_jaxpr_to_triton_module
+
+    def keep(*args: Any, **kw: Any) -> Any:
+        result = lower(*args, **kw)
+        modules.append(result.module.operation.get_asm())
+        return result
+
+    monkeypatch.setattr(triton_call.lowering, "lower_jaxpr_to_triton_module", keep)
+    return modules

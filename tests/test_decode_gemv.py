@@ -196,44 +196,33 @@ def test_the_setting_is_refused_where_the_kernel_cannot_run(tmp_path: Path) -> N
         tiny_model(tmp_path, decode_gemv_max_tokens=1, quantization="int8")
 
 
-def kernel_ptx(cfg: DecodeGemvConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def kernel_ptx(cfg: DecodeGemvConfig, tmp_path: Path, h200_lowering: list[str]) -> str:
     """The PTX this machine's Triton makes of the IR Pallas emits for QKV with its norm, for an H200 (sm_90); XLA
     compiles that IR with the Triton it bundles."""
     import triton
-    from jax._src.pallas.triton import (
-        pallas_call_registration as registration,
-    )  # a private hook, as test_fp8_gemv_pallas
     from triton.backends.compiler import GPUTarget
 
-    modules = []
-    lower = registration.lowering.lower_jaxpr_to_triton_module
-
-    def keep(*args: Any, **kwargs: Any) -> Any:
-        result = lower(*args, **kwargs)
-        modules.append(result.module.operation.get_asm())
-        return result
-
-    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", keep)
     device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="cuda")
     shapes = [jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in ((1, 4096), (4096, 6144), (4096,))]
+    h200_lowering.clear()
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
         program = jax.jit(lambda x, w, g: decode_matmul(x, w, norm_weight=g, config=cfg)).trace(*shapes)
         program.lower(lowering_platforms=("cuda",))
     path = tmp_path / "decode_gemv.ttir"
-    (module,) = modules
+    (module,) = h200_lowering
     path.write_text(module)
     options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return triton.compile(str(path), target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
 
 
 @pytest.mark.slow  # two compiles for sm_90 (~5 s)
-def test_the_swapped_tiling_runs_hoppers_wgmma_and_both_pipeline_the_weights(tmp_path: Path, monkeypatch) -> None:
+def test_the_swapped_tiling_runs_hoppers_wgmma_and_both_pipeline_the_weights(tmp_path: Path, h200_lowering) -> None:
     """``swap_ab`` (the weight tile as the MMA's A side, as XLA's autotuned one-row GEMMs) compiles to wgmma; the
     row-side tiling to mma.sync; both load the weights with asynchronous copies (Triton's software pipelining)."""
     patterns = {"wgmma": r"wgmma\.mma_async", "mma": r"\bmma\.sync", "cp_async": r"cp\.async\.c[ag]"}
     counts = {}
     for swap in (False, True):
-        ptx = kernel_ptx(DecodeGemvConfig(64, 64, 4, 3, swap_ab=swap), tmp_path, monkeypatch)
+        ptx = kernel_ptx(DecodeGemvConfig(64, 64, 4, 3, swap_ab=swap), tmp_path, h200_lowering)
         counts[swap] = {op: len(re.findall(pattern, ptx)) for op, pattern in patterns.items()}
     assert counts[True]["wgmma"] and not counts[True]["mma"] and counts[True]["cp_async"], counts
     assert counts[False]["mma"] and not counts[False]["wgmma"] and counts[False]["cp_async"], counts

@@ -244,27 +244,8 @@ def lower_for_h200(k: int, n: int, config: GemvConfig) -> str:
         return program.lower(lowering_platforms=("cuda",)).as_text()
 
 
-def pallas_ttir(k: int, n: int, config: GemvConfig, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The Triton IR Pallas emits for the one-row kernel for an H200, caught from its lowering (a private hook:
-    the lowered HLO holds it as bytecode of jaxlib's own MLIR)."""
-    from jax._src.pallas.triton import pallas_call_registration as registration
-
-    modules = []
-    lower = registration.lowering.lower_jaxpr_to_triton_module
-
-    def keep(*args, **kwargs):
-        result = lower(*args, **kwargs)
-        modules.append(result.module.operation.get_asm())
-        return result
-
-    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", keep)
-    lower_for_h200(k, n, config)
-    (module,) = modules
-    return module
-
-
 @pytest.mark.slow  # two compiles for sm_90 (~5 s)
-def test_the_pallas_kernel_compiles_to_the_jax_triton_kernels_instructions(tmp_path, monkeypatch) -> None:
+def test_the_pallas_kernel_compiles_to_the_jax_triton_kernels_instructions(tmp_path, h200_lowering) -> None:
     """With this machine's Triton (3.8; XLA compiles with the Triton it bundles) and no GPU: the IR Pallas emits
     compiles for sm_90 to the jax-triton "fma" kernel's arithmetic on the same [N, K] weights and tiling, instruction
     for instruction: 16-byte weight loads, paired e4m3 -> f16 converts, float32 FMAs, the warp-shuffle sum; only the
@@ -275,7 +256,9 @@ def test_the_pallas_kernel_compiles_to_the_jax_triton_kernels_instructions(tmp_p
     k, n = bench_shapes()["qkv"]
     cfg = default_gemv_config(1, k, n)
     path = tmp_path / "fp8_gemv_pallas.ttir"
-    path.write_text(pallas_ttir(k, n, cfg, monkeypatch))
+    lower_for_h200(k, n, cfg)
+    (module,) = h200_lowering  # the Triton IR Pallas emitted (conftest's fixture)
+    path.write_text(module)
     options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     pallas = triton.compile(str(path), target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
     jax_triton = fp8_gemv.compile_for_cuda(1, k, n, cfg, w_kmajor=True).asm["ptx"]

@@ -17,8 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src.pallas.triton import gpu_info
-from jax._src.pallas.triton import pallas_call_registration as triton_call
 
 from jllm.attention import AttentionMetadata, paged_attention, resolve_backend
 from pallas_kernels import KernelConfig, default_config, ragged_paged_attention, ref_ragged_paged_attention
@@ -197,25 +195,6 @@ def test_decode_step_matches_reference(case: Decode) -> None:
         config = KernelConfig(q_block=1, kv_block=32, num_splits=case.splits, num_warps=4, num_stages=2)
     out = run_kernel(inputs, config=config, **kw)
     assert_matches(out, f32_reference(ref_inputs, **ref_kw), case.dtype, padded=0 in case.kv_lens)
-
-
-@pytest.fixture
-def h200_lowering(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Pallas lowers for an H200 here, on the CPU (jit(...).trace(...).lower(lowering_platforms=("cuda",))); the
-    Triton IR of each kernel it lowers is appended to the list returned."""
-    monkeypatch.setattr(
-        triton_call.gpu_info_lib, "get_gpu_info", lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
-    )
-    modules: list[str] = []
-    lower = triton_call.lowering.lower_jaxpr_to_triton_module
-
-    def keep(*args: Any, **kw: Any) -> Any:
-        result = lower(*args, **kw)
-        modules.append(result.module.operation.get_asm())
-        return result
-
-    monkeypatch.setattr(triton_call.lowering, "lower_jaxpr_to_triton_module", keep)
-    return modules
 
 
 def test_decode_kernel_lowers_to_triton_with_masked_rows_and_no_copies(h200_lowering: list[str]) -> None:
