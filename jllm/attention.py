@@ -38,6 +38,11 @@ _KERNEL_PLATFORMS = ("gpu", "cuda")
 KERNEL_MAX_HEAD_DIM = 512
 
 
+def kernels_interpreted() -> bool:
+    """Whether a Pallas kernel called here runs in Pallas' interpreter: off a GPU (CI's CPU), correct but slow."""
+    return jax.default_backend() not in _KERNEL_PLATFORMS
+
+
 def kernel_head_dim(head_dim: int) -> int:
     """The pool head width the kernels read for a model's heads of ``head_dim``: the next power of two, at least 16.
     Both kernels tile a head's channels in one power-of-two block (Triton's dot needs M, N, K >= 16), so a head of
@@ -199,7 +204,7 @@ def paged_attention(
             prefill_attention, sm_scale=sm_scale, soft_cap=soft_cap, sliding_window=sliding_window, **scales
         )
     elif meta.backend in ("pallas", "triton-prefill"):
-        interpret = jax.default_backend() not in _KERNEL_PLATFORMS
+        interpret = kernels_interpreted()
         attend = functools.partial(
             ragged_paged_attention,
             sm_scale=sm_scale,

@@ -15,9 +15,9 @@ start-up; the forwards of ``--summary-buckets`` are compiled again, untimed, wit
 launch (grid, block, shared memory, the compiled kernel after deduplication).
 
 Patched at run time, nothing in the checkout:
-  * ``jax.default_backend()`` as ``jllm.attention`` and ``jllm.models.decode_matmuls`` see it answers "gpu": the
-    backend choice and the pool's padding are a GPU's, and the Pallas kernels are lowered for Triton instead of
-    traced in interpret mode on this CPU;
+  * ``jax.default_backend()`` as ``jllm.attention`` sees it answers "gpu": the backend choice and the pool's padding
+    are a GPU's, and the Pallas kernels (attention's, and ``jllm.models.decode_matmuls``', which asks
+    ``attention.kernels_interpreted``) are lowered for Triton instead of traced in interpret mode on this CPU;
   * tracing and lowering run under ``jax.default_device(<the compile-only GPU>)``, which Pallas' Triton lowering asks
     for the GPU's kind;
   * jax-triton compiles its kernels (the prefill attention, the FP8 GEMV) for the target's compute capability, which
@@ -95,7 +95,7 @@ from jllm.config import EngineConfig, load_config  # noqa: E402
 from jllm.executable_cache import ProgramCall  # noqa: E402
 from jllm.loader import LoadedModel, _has_kv_scales, _target, abstract_model, read_json, resolve_dtype  # noqa: E402
 from jllm.model_source import resolve_model  # noqa: E402
-from jllm.models import decode_matmuls, decoder  # noqa: E402
+from jllm.models import decoder  # noqa: E402
 from jllm.quantization import resolve_scheme  # noqa: E402
 from jllm.tokenizer import Tokenizer  # noqa: E402
 from pallas_kernels import has_jax_triton  # noqa: E402
@@ -133,7 +133,7 @@ def check_site() -> None:
 
 
 class _GpuJax(types.ModuleType):
-    """``jax`` as jllm.attention and jllm.models.decode_matmuls see it: on a GPU."""
+    """``jax`` as jllm.attention sees it: on a GPU."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(jax, name)
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     check_site()
     os.environ["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {args.xla_flags}".strip()  # read when the plugin starts
     target = Target.load(args.target)
-    attention.jax = decode_matmuls.jax = _GpuJax("jax")
+    attention.jax = _GpuJax("jax")
     patch_jax_triton(target.capability)
     print(f"XLA_FLAGS={os.environ['XLA_FLAGS']} target={target.name} ({target.device.device_kind}, "
           f"sm_{target.capability})", file=sys.stderr)  # fmt: skip

@@ -16,9 +16,8 @@ from typing import Any
 
 import jax
 
+from jllm.attention import kernels_interpreted
 from pallas_kernels.decode_gemv import decode_matmul, supports
-
-_KERNEL_PLATFORMS = ("gpu", "cuda")
 
 
 def takes(linear: Any, norm: Any, x: jax.Array, *, swiglu: bool = False) -> bool:
@@ -39,7 +38,7 @@ def normed_matmul(linear: Any, norm: Any, x: jax.Array, *, swiglu: bool = False)
     """``linear(norm(x))`` ``[T, *out]`` (with ``swiglu``: ``silu(gate) * up`` ``[T, F]`` of gate-up's ``[K, 2, F]``)
     in one kernel; ``takes`` must have said yes."""
     w = linear.kernel[...]
-    interpret = jax.default_backend() not in _KERNEL_PLATFORMS
+    interpret = kernels_interpreted()
     normed = {} if norm is None else {"norm_weight": norm.weight[...], "eps": norm.eps}
     if swiglu:
         return decode_matmul(x, w, swiglu=True, interpret=interpret, **normed)
