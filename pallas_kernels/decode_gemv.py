@@ -7,13 +7,15 @@ norm's reduction before QKV and before gate-up, the split-K sums with the residu
 SwiGLU between gate-up and down. A matmul that owns its epilogue and prologue removes those launches, if it streams
 the weights as fast as XLA's.
 
-One program owns ``block_n`` output columns and walks the whole input dimension (no split-K: every epilogue sees
-finished sums), ``block_k`` inputs a step: it loads the rows of ``x`` (masked to ``M``, the tile padded to 16 rows for
-Triton's tensor-core dot), multiplies them by the norm's weight, and accumulates ``x_w @ w`` in float32 beside each
-row's sum of squares; the norm's factor ``rsqrt(mean(x^2) + eps)`` scales the sums at the end, as
+One program owns ``block_n`` output columns and walks the input dimension (all of it, or with ``split_k`` its share,
+writing float32 partial sums that XLA adds where it reads them), ``block_k`` inputs a step: it loads the rows of ``x``
+(masked to ``M``, the tile padded to 16 rows for Triton's tensor-core dot), multiplies them by the norm's weight, and
+accumulates ``x_w @ w`` in float32 (``swap_ab``: as ``w^T x^T``, the weight tile the MMA's A side) beside each row's
+sum of squares (a split reads all of its rows' inputs once more for those); the norm's factor ``rsqrt(mean(x^2) + eps)`` scales the sums at the end, as
 ``jllm.models.layers.normed_linear`` does (``(x * w) @ W * factor``: the GEMM reads ``x * w`` rounded to the weights'
 dtype). With ``swiglu`` the weight is gate-up's ``[K, 2, F]`` and a program accumulates both halves of its columns,
-returning ``silu(gate) * up`` ``[M, F]``; with ``residual`` ``[M, N]`` it returns ``residual + x @ w``. Each product
+returning ``silu(gate) * up`` ``[M, F]`` (whole sums only: no split-K); with ``residual`` ``[M, N]`` it returns
+``residual + x @ w`` (added in split 0's partial sums). Each product
 is rounded to the output dtype once, where XLA's path rounds between steps: results agree to bf16 rounding.
 
 Weights stay ``[K, N]`` (``Linear``'s layout), read in place; the output is ``[M, N]``, written with masked rows.

@@ -20,6 +20,7 @@ On a CPU the kernels run in Pallas' interpreter: a check of the script, not a ti
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from bench_common import back_to_back, describe_ceilings, device_ceilings, environment
 
+from jllm.attention import kernels_interpreted
 from pallas_kernels.decode_gemv import DecodeGemvConfig, decode_matmul, default_config, ref_decode_matmul
 
 EPS = 1e-5
@@ -85,14 +87,8 @@ def _swiglu(gate_up: jax.Array) -> jax.Array:
     return jax.nn.silu(gate_up[:, 0]) * gate_up[:, 1]
 
 
-def xla_layer(h: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
-    """The layer as jllm's model writes it for XLA."""
-    h = h + _normed(h, p["norm1"], p["qkv"]) @ p["o"]
-    return h + _swiglu(_normed(h, p["norm2"], p["gate_up"])) @ p["down"]
-
-
 def xla_kind(kind: str, p: dict[str, jax.Array], x: dict[str, jax.Array]) -> jax.Array:
-    """One matmul of ``kind`` with the work around it, as XLA's path computes it (``kind_call``'s inputs)."""
+    """One matmul of ``kind`` with the work around it, as jllm's model writes it for XLA (``kind_call``'s inputs)."""
     if kind == "qkv_norm":
         return _normed(x["d"], p["norm1"], p["qkv"])
     if kind == "o_residual":
@@ -102,23 +98,41 @@ def xla_kind(kind: str, p: dict[str, jax.Array], x: dict[str, jax.Array]) -> jax
     return x["f"] @ p["down"] + x["d"]
 
 
-def kernel_layer(h: jax.Array, p: dict[str, jax.Array], configs: dict[str, DecodeGemvConfig | None]) -> jax.Array:
-    interpret = jax.default_backend() != "gpu"
-    qkv = decode_matmul(h, p["qkv"], norm_weight=p["norm1"], eps=EPS, config=configs["qkv_norm"], interpret=interpret)
-    h = decode_matmul(qkv, p["o"], residual=h, config=configs["o_residual"], interpret=interpret)
-    act = decode_matmul(
-        h, p["gate_up"], norm_weight=p["norm2"], eps=EPS, swiglu=True, config=configs["gate_up_swiglu"],
-        interpret=interpret,
-    )  # fmt: skip
-    return decode_matmul(act, p["down"], residual=h, config=configs["down_residual"], interpret=interpret)
+def kind_call(
+    kind: str, p: dict[str, jax.Array], x: dict[str, jax.Array], matmul: Callable[..., jax.Array] = ref_decode_matmul
+) -> jax.Array:
+    """One matmul of ``kind`` on layer ``p``'s weights, its inputs from ``x`` ("d": hidden-wide, "q": QKV-wide, "f":
+    MLP-wide), through ``matmul``: ``decode_matmul`` (``kernel``) or, by default, its float32 reference."""
+    if kind == "qkv_norm":
+        return matmul(x["d"], p["qkv"], norm_weight=p["norm1"], eps=EPS)
+    if kind == "o_residual":
+        return matmul(x["q"], p["o"], residual=x["d"])
+    if kind == "gate_up_swiglu":
+        return matmul(x["d"], p["gate_up"], norm_weight=p["norm2"], eps=EPS, swiglu=True)
+    return matmul(x["f"], p["down"], residual=x["d"])
 
 
-def ref_layer(h: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
-    """float32 throughout (``ref_decode_matmul``): the oracle both paths are measured against."""
-    qkv = ref_decode_matmul(h, p["qkv"], norm_weight=p["norm1"], eps=EPS)
-    h = ref_decode_matmul(qkv, p["o"], residual=h)
-    act = ref_decode_matmul(h, p["gate_up"], norm_weight=p["norm2"], eps=EPS, swiglu=True)
-    return ref_decode_matmul(act, p["down"], residual=h)
+def kernel(cfg: DecodeGemvConfig | None) -> Callable[..., jax.Array]:
+    """``decode_matmul`` at tiling ``cfg`` (None: its default), interpreted off a GPU."""
+    return functools.partial(decode_matmul, config=cfg, interpret=kernels_interpreted())
+
+
+def chained(call: Callable[[str, dict[str, jax.Array], dict[str, jax.Array]], jax.Array]) -> Callable[..., jax.Array]:
+    """A layer from its four matmuls (``call(kind, p, inputs)``), each feeding the next: QKV on ``h``, ``h`` plus the
+    output projection of QKV's output, gate-up on that, ``h`` plus the down projection of its activation."""
+
+    def layer(h: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+        qkv = call("qkv_norm", p, {"d": h})
+        h = call("o_residual", p, {"q": qkv, "d": h})
+        act = call("gate_up_swiglu", p, {"d": h})
+        return call("down_residual", p, {"f": act, "d": h})
+
+    return layer
+
+
+def kernel_layer(configs: dict[str, DecodeGemvConfig | None]) -> Callable[..., jax.Array]:
+    """The layer in ``decode_matmul``'s kernels, each kind at its tiling."""
+    return chained(lambda kind, p, x: kind_call(kind, p, x, kernel(configs[kind])))
 
 
 def stacked(layer: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
@@ -135,20 +149,6 @@ def stacked(layer: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 def relative_error(got: jax.Array, ref: jax.Array) -> float:
     got = got.astype(jnp.float32)
     return float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
-
-
-def kind_call(kind: str, p: dict[str, jax.Array], x: dict[str, jax.Array], cfg: DecodeGemvConfig) -> jax.Array:
-    """One matmul of ``kind`` on layer ``p``'s weights, inputs from ``x`` (fixed activations of each width)."""
-    interpret = jax.default_backend() != "gpu"
-    if kind == "qkv_norm":
-        return decode_matmul(x["d"], p["qkv"], norm_weight=p["norm1"], eps=EPS, config=cfg, interpret=interpret)
-    if kind == "o_residual":
-        return decode_matmul(x["q"], p["o"], residual=x["d"], config=cfg, interpret=interpret)
-    if kind == "gate_up_swiglu":
-        return decode_matmul(
-            x["d"], p["gate_up"], norm_weight=p["norm2"], eps=EPS, swiglu=True, config=cfg, interpret=interpret
-        )
-    return decode_matmul(x["f"], p["down"], residual=x["d"], config=cfg, interpret=interpret)
 
 
 def kind_shape(kind: str, args: argparse.Namespace) -> tuple[int, int]:
@@ -191,7 +191,7 @@ def tune(kind: str, m: int, layers: list[dict[str, jax.Array]], args: argparse.N
          (("d", args.hidden), ("q", args.qkv), ("f", args.intermediate))}  # fmt: skip
     programs = {"xla": jax.jit(lambda x, layers: [xla_kind(kind, p, x) for p in layers])}
     for cfg in tilings(k, n, kind == "gate_up_swiglu"):
-        programs[cfg] = jax.jit(lambda x, layers, cfg=cfg: [kind_call(kind, p, x, cfg) for p in layers])
+        programs[cfg] = jax.jit(lambda x, layers, cfg=cfg: [kind_call(kind, p, x, kernel(cfg)) for p in layers])
     rows, deadline = [], time.monotonic() + args.tune_budget_s
     for i, (cfg, run) in enumerate(programs.items()):
         if i > 1 and time.monotonic() > deadline:  # XLA's and the default tiling always
@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'rows':>4}  {'path':16} {'ms / step':>9}  {'TB/s':>5}  {'% roofline':>10}  {'err vs f32':>10}")
     for m in (int(r) for r in args.rows.split(",")):
         h = jax.random.normal(jax.random.key(m), (m, args.hidden), jnp.bfloat16)
-        ref = stacked(ref_layer)(h, layers[:2])
-        paths = {"xla": xla_layer, "pallas default": lambda h, p: kernel_layer(h, p, defaults)}
+        ref = stacked(chained(kind_call))(h, layers[:2])
+        paths = {"xla": chained(xla_kind), "pallas default": kernel_layer(defaults)}
         if args.tune:
             best = {}
             for kind in KINDS:
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {kind:15} M={m}: XLA {xla['us']:.2f} us ({xla['gbps']:.0f} GB/s); Pallas default "
                           f"{timed[0]['us']:.2f} us, best of {len(timed)} {fastest['us']:.2f} us "
                           f"({fastest['gbps']:.0f} GB/s) {best[kind]}")  # fmt: skip
-            paths["pallas tuned"] = lambda h, p, best=best: kernel_layer(h, p, best)
+            paths["pallas tuned"] = kernel_layer(best)
         for name, layer in paths.items():
             run = stacked(layer)
             seconds = back_to_back(lambda run=run, h=h: run(h, layers), calls=10, rounds=5)
