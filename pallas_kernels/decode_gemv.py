@@ -11,12 +11,12 @@ One program owns ``block_n`` output columns and walks the input dimension (all o
 writing float32 partial sums that XLA adds where it reads them), ``block_k`` inputs a step: it loads the rows of ``x``
 (masked to ``M``, the tile padded to 16 rows for Triton's tensor-core dot), multiplies them by the norm's weight, and
 accumulates ``x_w @ w`` in float32 (``swap_ab``: as ``w^T x^T``, the weight tile the MMA's A side) beside each row's
-sum of squares (a split reads all of its rows' inputs once more for those); the norm's factor ``rsqrt(mean(x^2) + eps)`` scales the sums at the end, as
-``jllm.models.layers.normed_linear`` does (``(x * w) @ W * factor``: the GEMM reads ``x * w`` rounded to the weights'
-dtype). With ``swiglu`` the weight is gate-up's ``[K, 2, F]`` and a program accumulates both halves of its columns,
-returning ``silu(gate) * up`` ``[M, F]`` (whole sums only: no split-K); with ``residual`` ``[M, N]`` it returns
-``residual + x @ w`` (added in split 0's partial sums). Each product
-is rounded to the output dtype once, where XLA's path rounds between steps: results agree to bf16 rounding.
+sum of squares (a split reads all of its rows' inputs once more for those); the norm's factor
+``rsqrt(mean(x^2) + eps)`` scales the sums at the end, as ``jllm.models.layers.normed_linear`` does (``(x * w) @ W *
+factor``: the GEMM reads ``x * w`` rounded to the weights' dtype). With ``swiglu`` the weight is gate-up's ``[K, 2,
+F]`` and a program accumulates both halves of its columns, returning ``silu(gate) * up`` ``[M, F]`` (whole sums only:
+no split-K); with ``residual`` ``[M, N]`` it returns ``residual + x @ w`` (added in split 0's partial sums). Each
+product is rounded to the output dtype once, where XLA's path rounds between steps: results agree to bf16 rounding.
 
 Weights stay ``[K, N]`` (``Linear``'s layout), read in place; the output is ``[M, N]``, written with masked rows.
 ``interpret=True`` runs the kernel on any backend (the CPU tests); ``ref_decode_matmul`` is the float32 oracle.
