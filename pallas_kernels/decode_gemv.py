@@ -38,8 +38,10 @@ from jax.experimental.pallas import triton as plgpu
 
 # Rows of a program's tile: Triton's tensor-core dot needs M >= 16; a step's rows past M are masked (never read).
 TILE_ROWS = 16
-# Programs to aim for: ~2 per SM of an H100 / H200 (132 SMs), each streaming its own columns.
-_TARGET_PROGRAMS = 256
+# Programs to aim for with split-K (~1 per SM of an H100 / H200, 132 SMs), and the fewest column blocks that need none
+# (H100 2026-12-07: o_proj and down fastest with 4 splits of 32 blocks, QKV with 96 blocks, gate-up with 112).
+_TARGET_PROGRAMS = 128
+_WIDE_PROGRAMS = 96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +69,32 @@ class DecodeGemvConfig:
                 raise ValueError(f"DecodeGemvConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def default_config(k: int, n: int) -> DecodeGemvConfig:
-    """The widest column block (up to 128) that still gives ``_TARGET_PROGRAMS`` programs, at least 16; the longest
-    input step up to 128 that divides ``k``. A first guess: ``scripts/bench_decode_gemv.py --tune`` times the others
-    on a GPU."""
-    block_n = 128
-    while block_n > 16 and n // block_n < _TARGET_PROGRAMS:
-        block_n //= 2
-    block_k = 128
+def default_config(k: int, n: int, *, swiglu: bool = False) -> DecodeGemvConfig:
+    """The tiling the H100 sweep found fastest for each of Llama-3-8B's one-row matmuls (``bench_decode_gemv.py
+    --tune``, 2026-12-07; each within 1.08x of XLA's GEMM or faster, the QKV one 0.91x), as a rule of the output
+    width: the weight tile as the MMA's A side, 3 stages, 4 warps; 128-column blocks where they give
+    ``_WIDE_PROGRAMS`` programs (gate-up), else 64-column blocks stepping 256 inputs where those do (QKV), else
+    128-column blocks with split-K up to ``_TARGET_PROGRAMS`` programs (o_proj, down: 4 splits; never with
+    ``swiglu``, which needs whole sums)."""
+    if n // 128 >= _WIDE_PROGRAMS:
+        block_n, block_k, split = 128, 64, 1
+    elif n // 64 >= _WIDE_PROGRAMS:
+        block_n, block_k, split = 64, 256, 1
+    else:
+        block_n, block_k = 128, 64
+        while block_n > 16 and n % block_n:
+            block_n //= 2
+        split = 1 if swiglu else 1 << (max(1, _TARGET_PROGRAMS // max(1, n // block_n)).bit_length() - 1)
     while block_k > 16 and k % block_k:
         block_k //= 2
-    return DecodeGemvConfig(block_n=block_n, block_k=block_k)
+    while split > 1 and k % (block_k * split):
+        split //= 2
+    return DecodeGemvConfig(block_n, block_k, num_warps=4, num_stages=3, split_k=split, swap_ab=block_n >= 64)
 
 
-def supports(m: int, k: int, n: int, config: DecodeGemvConfig | None = None) -> bool:
+def supports(m: int, k: int, n: int, config: DecodeGemvConfig | None = None, *, swiglu: bool = False) -> bool:
     """Whether ``decode_matmul`` takes these shapes (the caller keeps XLA's matmul otherwise)."""
-    cfg = config or default_config(k, n)
+    cfg = config or default_config(k, n, swiglu=swiglu)
     return 1 <= m <= TILE_ROWS and k % (cfg.block_k * cfg.split_k) == 0 and n % cfg.block_n == 0
 
 
@@ -101,7 +113,7 @@ def decode_matmul(
     computes the same in float32."""
     m, k = x.shape
     out_width = _check(x, w, norm_weight, residual, swiglu)
-    cfg = config or default_config(k, out_width)
+    cfg = config or default_config(k, out_width, swiglu=swiglu)
     if not supports(m, k, out_width, cfg):
         raise ValueError(
             f"decode_matmul takes 1..{TILE_ROWS} rows and widths that are multiples of the tiling: got M={m}, K={k}, "

@@ -166,7 +166,7 @@ _XLA_LIKE = DecodeGemvConfig(block_n=128, block_k=64, num_warps=4, num_stages=3,
 def tilings(k: int, n: int, swiglu: bool) -> list[DecodeGemvConfig]:
     """The default first, then XLA's kind of tiling and its neighbours: column blocks 16-128, input steps 32-256,
     2-8 warps, 3-5 stages, split-K 1-4 (1 with SwiGLU), the weights as the MMA's A side or B side."""
-    first = default_config(k, n)
+    first = default_config(k, n, swiglu=swiglu)
     grid = [
         DecodeGemvConfig(bn, bk, warps, stages, split, swap)
         for bn, bk, warps, stages, split, swap in itertools.product(

@@ -31,7 +31,7 @@ def takes(linear: Any, norm: Any, x: jax.Array, *, swiglu: bool = False) -> bool
         return False
     w = linear.kernel
     width = w.shape[-1] if swiglu else w.size // w.shape[0]
-    return (not swiglu or w.shape[1:2] == (2,)) and supports(x.shape[0], w.shape[0], width)
+    return (not swiglu or w.shape[1:2] == (2,)) and supports(x.shape[0], w.shape[0], width, swiglu=swiglu)
 
 
 def normed_matmul(linear: Any, norm: Any, x: jax.Array, *, swiglu: bool = False) -> jax.Array:
