@@ -11,6 +11,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -378,7 +379,25 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
     )
     if sched.compile_at_start and engine.classifier is not None:
         _warm_up_pooling(engine, worker.runner, show_progress)
+    freeze_heap()
     return engine
+
+
+def freeze_heap() -> None:
+    """Takes every object alive once a start is done (imported modules, the model, traced and compiled programs:
+    ~300,000 for a tiny model on the CPU) out of the cyclic collector's scans, as vLLM does after its start. Each of
+    Python's full collections scanned them all: on this CPU host, a 165 ms pause every ~300 steps of 256 decodes
+    (0.55 ms a step, and a stall of one step in a stream; 2026-12-07). An unload thaws the heap first
+    (``jllm.server.registry``), so that the unloaded engine's cycles can still be collected."""
+    gc.collect()
+    gc.freeze()
+
+
+def collect_unfrozen() -> None:
+    """A full collection that reaches the objects ``freeze_heap`` froze too (an unloaded engine's cycles: threads,
+    closures), the survivors frozen again."""
+    gc.unfreeze()
+    freeze_heap()
 
 
 def _warm_up_pooling(engine: LLMEngine, runner: ModelRunner, show_progress: bool) -> None:

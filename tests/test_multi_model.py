@@ -8,12 +8,14 @@ shows which model answered. The slow tests (at the end) serve the default model 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
 import statistics
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from fake_runner import TINY_TOKENIZER, Script, counting_script, fake_engine
 from server_utils import API_KEY, RunningServer, http
 
 from jllm import cli
+from jllm.build import collect_unfrozen, freeze_heap
 from jllm.config import ConfigError, load_config
 from jllm.loader import read_json
 from jllm.memory_plan import MemoryPlanError, ModelMemory, check_fits, plan_model
@@ -373,6 +376,28 @@ def test_unload_fails_streams_still_running_after_the_drain_timeout_and_others_k
     assert b_engine.runner.released and not b_engine.requests
     assert complete(server, "b").status == 404
     assert http("GET", f"{server.url}/health").json() == {"models": {"a": "ok"}}
+
+
+def test_an_unload_collects_the_cycles_a_start_froze() -> None:
+    """Every start ends in ``freeze_heap`` (its objects out of the collector's scans); an unload's
+    ``collect_unfrozen`` reaches them again, so an unloaded engine's reference cycles are freed."""
+
+    class Node:
+        pass
+
+    node = Node()
+    node.cycle = node
+    probe = weakref.ref(node)
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        del node
+        gc.collect()
+        assert probe() is not None  # frozen: a plain collection leaves it
+        collect_unfrozen()
+        assert probe() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_unload_waits_for_running_requests_within_the_drain_timeout(server: RunningServer) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import gc
 import logging
 import sys
 import threading
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from jllm.async_engine import AsyncEngine, EngineSnapshot, StreamLimits
-from jllm.build import reload_weights
+from jllm.build import collect_unfrozen, reload_weights
 from jllm.config import ConfigError
 from jllm.engine import LLMEngine
 from jllm.errors import EngineUnavailableError
@@ -253,7 +252,7 @@ class ModelRegistry:
             del self._models[served.name]
             for alias in [*served.entry.names, *served.adapters]:
                 del self._by_name[alias]
-            gc.collect()  # the engine's cycles (threads, closures) go now, not at some later collection
+            collect_unfrozen()  # the engine's cycles go now, though its start froze them (build.freeze_heap)
             logger.info("unloaded model %r (%s freed)", served.name, served.memory)
             return served
 
