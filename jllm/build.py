@@ -379,7 +379,9 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
     )
     if sched.compile_at_start and engine.classifier is not None:
         _warm_up_pooling(engine, worker.runner, show_progress)
-    freeze_heap()
+    with timed() as elapsed:
+        freeze_heap()
+    log_phase(logger, "heap frozen", elapsed.seconds, f"{gc.get_freeze_count():,} objects")
     return engine
 
 

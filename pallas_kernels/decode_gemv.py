@@ -81,9 +81,10 @@ def default_config(k: int, n: int, *, swiglu: bool = False) -> DecodeGemvConfig:
     elif n // 64 >= _WIDE_PROGRAMS:
         block_n, block_k, split = 64, 256, 1
     else:
-        block_n, block_k = 128, 64
-        while block_n > 16 and n % block_n:
-            block_n //= 2
+        block_n, block_k, split = 128, 64, 0  # split-K from the column blocks, below
+    while block_n > 16 and n % block_n:
+        block_n //= 2
+    if not split:
         split = 1 if swiglu else 1 << (max(1, _TARGET_PROGRAMS // max(1, n // block_n)).bit_length() - 1)
     while block_k > 16 and k % block_k:
         block_k //= 2
