@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jllm.config import (
+    OFFLINE_SECTIONS,
     ConfigError,
     EngineConfig,
     engine_keys,
@@ -42,9 +43,7 @@ from jllm.vllm_flags import add_vllm_options, apply_vllm_options
 if TYPE_CHECKING:
     from jllm.llm import LLM
 
-# Sections whose keys each command takes as options (the server's only matter to `serve`).
-OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel", "limits")
-ALL_SECTIONS = (*OFFLINE_SECTIONS, "lora", "server")
+ALL_SECTIONS = (*OFFLINE_SECTIONS, "lora", "server")  # serve's options
 DEFAULT_MAX_TOKENS = 256  # SamplingParams' own 16 is an API default, too short for a person reading the reply
 # The one-shot commands' (generate, chat) own engine defaults, under a config file's keys and the options given: their
 # few prompts pick a few step programs, so each compiles on its first use instead of all of them at start-up (a warm

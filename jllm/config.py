@@ -443,6 +443,11 @@ _SECTIONS: dict[str, type[Section]] = {
 }
 
 
+# The sections an offline engine's settings come from (``jllm generate`` / ``chat``'s options, a ``jllm run`` job file's
+# keys); lora and server are ``serve``'s alone.
+OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel", "limits")
+
+
 def engine_keys(*sections: str) -> dict[str, dataclasses.Field]:
     """Every flat key (or those of the named sections) with its field, for building command-line options."""
     for name in sections:

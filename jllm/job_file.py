@@ -21,13 +21,12 @@ from typing import Any
 
 import yaml
 
-from jllm.config import ConfigError, EngineConfig, engine_keys, unknown_key_error
+from jllm.config import OFFLINE_SECTIONS, ConfigError, EngineConfig, engine_keys, unknown_key_error
 from jllm.config_base import UniqueKeyLoader
 from jllm.run_spec import RUN_SCHEMA, SAMPLING_KEYS, RunSpec, parse_run
 from jllm.sweep import SweepPoint, expand_sweep
 
 KeyPath = tuple[str, ...]
-OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel")  # the keys a job's engine takes
 SECTIONS = ("run", "sweep")
 
 

@@ -399,3 +399,10 @@ def test_cli_run_with_set_and_engine_option(job: Path, tmp_path: Path, monkeypat
         "score",
     ]
     assert out.splitlines()[1].split()[:4] == ["o2", "5/5", "90", "15"]
+
+
+def test_every_engine_option_of_jllm_run_is_a_job_key(job: Path) -> None:
+    """``jllm run`` offers the limits section's options (``--max-stop-strings``): a job file and --set take them."""
+    [point] = plan(job, "max_stop_strings=3", max_prompt_chars=100)
+    assert (point.engine.limits.max_stop_strings, point.engine.limits.max_prompt_chars) == (3, 100)
+    assert point.resolved()["max_stop_strings"] == 3
