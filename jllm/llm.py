@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,6 +263,11 @@ class LLM:
         token ids to control the split (lm-evaluation-harness style). Prompt and continuation together must leave one
         token of the context free: the engine samples one token after them, which is dropped."""
         prompts = _prompt_list(prompts)
+        if not isinstance(continuations, str | list | tuple):
+            raise InputError(
+                f"continuations must be a text, token ids or a list of them, got {type(continuations).__name__}",
+                param="continuations",
+            )
         if isinstance(continuations, str) or (continuations and isinstance(continuations[0], int)):
             continuations = [continuations]  # type: ignore[list-item]
         if len(continuations) != len(prompts):
@@ -313,6 +319,11 @@ class LLM:
         generates. ``chat_template_kwargs`` (over ``default_chat_template_kwargs``) reach the template as variables
         and ``tools`` (OpenAI's tool objects)
         reach it as ``tools``, as in vLLM; calls in the output are not parsed offline (vLLM's ``chat`` neither)."""
+        if not isinstance(messages, list | tuple):
+            raise InputError(
+                f"messages must be a list of messages or a list of conversations, got {type(messages).__name__}",
+                param="messages",
+            )
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options: dict[str, Any] = {
             "add_generation_prompt": add_generation_prompt,
@@ -325,6 +336,12 @@ class LLM:
             options["tools"] = tools
         prompts = []
         for i, conversation in enumerate(conversations):
+            if not isinstance(conversation, list | tuple):
+                raise InputError(
+                    f"messages[{i}] must be a message (a dict) or a conversation (a list of them), got "
+                    f"{type(conversation).__name__}",
+                    param="messages",
+                )
             try:
                 prompts.append(self.engine.inputs.render_chat(conversation, **options))
             except InputError as e:
@@ -380,6 +397,11 @@ def _prompt_list(prompts: PromptInput | Seq[PromptInput]) -> list[PromptInput]:
         isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
     ):
         return [prompts]
+    if not isinstance(prompts, Iterable) or isinstance(prompts, bytes):
+        raise InputError(
+            f"prompts must be a prompt (text, token ids, a dict) or a list of them, got {type(prompts).__name__}",
+            param="prompts",
+        )
     return list(prompts)
 
 

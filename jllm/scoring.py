@@ -25,6 +25,9 @@ def pair_lists(
 ) -> tuple[list[str], list[str]]:
     """Both sides as lists of texts, the first one long or as long as the second (vLLM's 1:1, 1:N and N:N); any
     other shape an InputError naming the side at fault."""
+    for name, value in zip(names, (first, second), strict=True):
+        if not isinstance(value, str | list | tuple):
+            raise InputError(f"{name} must be a text or a list of texts, got {type(value).__name__}", param=name)
     lists = [[value] if isinstance(value, str) else list(value) for value in (first, second)]
     for name, texts in zip(names, lists, strict=True):
         if not texts:

@@ -99,6 +99,8 @@ def test_pairs_are_one_to_one_one_to_many_or_many_to_many() -> None:
         ([], ["a"], "text_1", "text_1 is empty"),
         ("q", [], "text_2", "text_2 is empty"),
         ("q", ["a", 5], "text_2", r"text_2\[1\] must be a text, got int"),
+        (1, "a", "text_1", "text_1 must be a text or a list of texts, got int"),
+        ("q", None, "text_2", "text_2 must be a text or a list of texts, got NoneType"),
     ]:
         with pytest.raises(InputError, match=message) as e:
             pair_lists(first, second)

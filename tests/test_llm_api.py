@@ -7,6 +7,7 @@ real-model runs are in tests/test_engine.py.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from fake_runner import counting_script, fake_engine
@@ -56,6 +57,24 @@ def test_generate_takes_every_vllm_prompt_form(llm: LLM) -> None:
 def test_a_bad_prompt_is_named_by_its_index_and_nothing_runs(llm: LLM, bad: object, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         llm.generate(["fine", bad], GREEDY, use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda llm: llm.generate(5, GREEDY), "^prompts must be a prompt .* got int"),
+        (lambda llm: llm.generate(None, GREEDY), "^prompts must be a prompt .* got NoneType"),
+        (lambda llm: llm.encode(7), "^prompts must be a prompt .* got int"),
+        (lambda llm: llm.chat(None, GREEDY), "^messages must be a list of messages .* got NoneType"),
+        (lambda llm: llm.chat("hi", GREEDY), "^messages must be a list of messages .* got str"),
+        (lambda llm: llm.chat([None], GREEDY), r"^messages\[0\] must be a message .* got NoneType"),
+        (lambda llm: llm.score("hello", None), "^continuations must be a text, token ids or a list of them"),
+    ],
+)
+def test_arguments_that_are_no_prompts_raise_input_errors_naming_them(llm: LLM, call: Any, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        call(llm)
     assert not llm.engine.has_unfinished_requests()
 
 
