@@ -25,21 +25,34 @@ from jllm.run_spec import RecordSpec
 
 RESULTS, SUMMARY, CONFIG, HIDDEN = "results.jsonl", "summary.json", "config.yaml", "hidden_states"
 Record = dict[str, Any]
+RECORD_KEYS = ("id", "prompt_tokens", "completion_tokens")  # what resuming and summarize read of every line
+START_AGAIN = "give another output_dir, or delete the folder to start again"
 
 
 def check_output_dir(output_dir: Path, resolved: dict[str, Any]) -> None:
-    """A folder with a config.yaml of another config cannot be resumed into: say which key differs."""
+    """Before any engine starts: the folder can be made, and what it holds is this config's results (a folder of
+    another config cannot be resumed into: say which key differs)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"run.output_dir={str(output_dir)!r} cannot be created: {e.strerror} ({e.filename})", key="run.output_dir"
+        ) from e
+    read_results(output_dir)
     path = output_dir / CONFIG
     if not path.is_file():
         return
-    before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path} is not readable YAML ({e}); {START_AGAIN}", key="run.output_dir") from e
     if before == resolved:
         return
     flat_before, flat_now = _flatten(before), _flatten(resolved)
     changed = sorted(k for k in flat_before.keys() | flat_now.keys() if flat_before.get(k) != flat_now.get(k))
     raise ConfigError(
         f"run.output_dir={str(output_dir)!r} holds results of another config ({', '.join(changed[:5])} differ); "
-        "give another output_dir, or delete the folder to start again",
+        + START_AGAIN,
         key="run.output_dir",
     )
 
@@ -57,7 +70,8 @@ def write_config(output_dir: Path, resolved: dict[str, Any]) -> None:
 
 
 def read_results(output_dir: Path) -> list[Record]:
-    """The complete lines of results.jsonl; a line cut by a kill is removed from the file."""
+    """The complete lines of results.jsonl; a line cut by a kill is removed from the file, any other line that is not
+    a run's record is refused naming it."""
     path = output_dir / RESULTS
     if not path.is_file():
         return []
@@ -66,7 +80,22 @@ def read_results(output_dir: Path) -> list[Record]:
     if len(whole) != len(data):
         with path.open("r+b") as f:
             f.truncate(len(whole))
-    return [json.loads(line) for line in whole.decode("utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(whole.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)  # UTF-8 bytes
+        except ValueError as e:  # not JSON, or not UTF-8
+            raise ConfigError(f"{path} line {number} is not JSON ({e}); {START_AGAIN}", key="run.output_dir") from e
+        if not isinstance(record, dict) or not all(k in record for k in RECORD_KEYS):
+            raise ConfigError(
+                f"{path} line {number} is not a result of jllm run (an object with {', '.join(RECORD_KEYS)}); "
+                + START_AGAIN,
+                key="run.output_dir",
+            )
+        records.append(record)
+    return records
 
 
 def append_results(output_dir: Path, records: list[Record]) -> None:

@@ -406,3 +406,39 @@ def test_every_engine_option_of_jllm_run_is_a_job_key(job: Path) -> None:
     [point] = plan(job, "max_stop_strings=3", max_prompt_chars=100)
     assert (point.engine.limits.max_stop_strings, point.engine.limits.max_prompt_chars) == (3, 100)
     assert point.resolved()["max_stop_strings"] == 3
+
+
+@pytest.mark.parametrize(
+    ("folder", "results", "config", "message"),
+    [
+        ("job.yaml/out", None, None, r"run.output_dir='job.yaml/out' cannot be created: Not a directory"),
+        ("out", b"not json\n", None, r"results.jsonl line 1 is not JSON .*; give another output_dir, or delete"),
+        ("out", b'{"id": "\xff"}\n', None, r"results.jsonl line 1 is not JSON \('utf-8' codec"),
+        ("out", b'{"x": 1}\n', None, r"results.jsonl line 1 is not a result of jllm run \(an object with id, prompt"),
+        ("out", None, "run: [\n", r"(?s)config.yaml is not readable YAML \(.*\); give another output_dir"),
+    ],
+)
+def test_output_dir_that_cannot_be_written_or_resumed_fails_before_any_engine(
+    job: Path, tmp_path: Path, folder: str, results: bytes | None, config: str | None, message: str
+) -> None:
+    if results is not None or config is not None:
+        (tmp_path / folder).mkdir()
+    if results is not None:
+        (tmp_path / folder / "results.jsonl").write_bytes(results)
+    if config is not None:
+        (tmp_path / folder / "config.yaml").write_text(config)
+    builds = Builds()
+    with pytest.raises(ConfigError, match=message):
+        run_job(plan(job, f"run.output_dir={folder}"), builds, out=io.StringIO())
+    assert builds.configs == []
+
+
+def test_results_whose_text_holds_unicode_line_separators_resume(job: Path, tmp_path: Path) -> None:
+    """JSON keeps U+2028 and U+0085 unescaped in a string (results are written with ensure_ascii off): a line is
+    a newline's, not whatever str.splitlines splits at."""
+    run(job)
+    path = tmp_path / "out" / "results.jsonl"
+    records = read_results(tmp_path / "out")
+    records[0]["outputs"][0]["text"] = "a\u2028b\x85c"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert read_results(tmp_path / "out") == records
