@@ -89,6 +89,8 @@ class LLM:
         prompts = _prompt_list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
         loras = _per_prompt_loras(lora_request, len(prompts))
+        if priority is not None and not isinstance(priority, list | tuple):
+            raise TypeError(f"priority must be a list of integers, one per prompt, got {priority!r:.200}")
         priorities = [0] * len(prompts) if priority is None else list(priority)
         if len(priorities) != len(prompts):
             raise ValueError(f"priority has {len(priorities)} entries for {len(prompts)} prompts: give one per prompt")
@@ -116,6 +118,8 @@ class LLM:
             raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
         if self.engine.inputs.speculative:
             raise refuse_beam_search()
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be a BeamSearchParams, got {params!r:.200}")
         whole = SamplingParams(max_tokens=params.max_tokens)  # the longest beam checked against the context
         checked = [self._checked(i, prompt, whole) for i, prompt in enumerate(_prompt_list(prompts))]
         tokenizer = self.engine.inputs.tokenizer
@@ -363,6 +367,13 @@ class LLM:
             sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * count
+        if not isinstance(sampling_params, list | tuple) or not all(
+            isinstance(p, SamplingParams) for p in sampling_params
+        ):
+            raise TypeError(
+                "sampling_params must be a SamplingParams or a list of them, one per prompt, got "
+                f"{sampling_params!r:.200}"
+            )
         if len(sampling_params) != count:
             raise ValueError(f"got {len(sampling_params)} sampling_params for {count} prompts; give one or one each")
         final = {id(p): dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in sampling_params}
@@ -385,6 +396,12 @@ def _per_prompt_loras(
 ) -> list[LoRARequest | None]:
     if lora_request is None or isinstance(lora_request, LoRARequest):
         return [lora_request] * count
+    if not isinstance(lora_request, list | tuple) or not all(
+        lora is None or isinstance(lora, LoRARequest) for lora in lora_request
+    ):
+        raise TypeError(
+            f"lora_request must be a LoRARequest, None, or a list of them, one per prompt, got {lora_request!r:.200}"
+        )
     loras = list(lora_request)
     if len(loras) != count:
         raise ValueError(f"got {len(loras)} lora_request for {count} prompts; give one or one each")

@@ -78,6 +78,25 @@ def test_arguments_that_are_no_prompts_raise_input_errors_naming_them(llm: LLM, 
     assert not llm.engine.has_unfinished_requests()
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sampling_params": {"temperature": 0}}, "^sampling_params must be a SamplingParams or a list of them"),
+        ({"sampling_params": "greedy"}, "^sampling_params must be a SamplingParams or a list of them"),
+        ({"sampling_params": [GREEDY, {"temperature": 0}]}, "^sampling_params must be a SamplingParams or a list"),
+        ({"lora_request": "adapter"}, "^lora_request must be a LoRARequest, None, or a list of them"),
+        ({"lora_request": [None, "adapter"]}, "^lora_request must be a LoRARequest, None, or a list of them"),
+        ({"priority": 0}, "^priority must be a list of integers, one per prompt, got 0"),
+    ],
+)
+def test_options_of_the_wrong_type_raise_type_errors_naming_them(llm: LLM, kwargs: dict, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        llm.generate(["a", "b"], **{"sampling_params": GREEDY, **kwargs}, use_tqdm=False)
+    with pytest.raises(TypeError, match="^params must be a BeamSearchParams"):
+        llm.beam_search(["a"], {"beam_width": 2, "max_tokens": 3})  # type: ignore[arg-type]
+    assert not llm.engine.has_unfinished_requests()
+
+
 def test_chat_takes_text_parts_template_switches_and_variables(llm: LLM) -> None:
     inputs = llm.engine.inputs
     plain = [{"role": "user", "content": "hi there"}]
