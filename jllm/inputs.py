@@ -208,6 +208,7 @@ class InputProcessor:
             check_request(params)
         if params.allowed_token_ids is not None:
             check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
+            self._check_min_tokens_leave_a_token(params)
         if params.logit_bias:
             check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
         if params.bad_words:
@@ -223,6 +224,18 @@ class InputProcessor:
                 f"{requested} tokens ({num_prompt} in the prompt, {completion} for the completion). "
                 "Please reduce the length of the prompt or the completion.",
                 param=param,
+            )
+
+    def _check_min_tokens_leave_a_token(self, params: SamplingParams) -> None:
+        """``min_tokens`` bans EOS and ``stop_token_ids`` (``jllm.sampler``): with only those allowed, no token is
+        left to sample, and the sampler's pick of an all-banned row would be token 0, outside the allowed set."""
+        banned = self.tokenizer.eos_token_ids | set(params.stop_token_ids or ())
+        if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= banned:
+            raise InputError(
+                f"allowed_token_ids {params.allowed_token_ids} are all EOS or stop_token_ids, which "
+                f"min_tokens={params.min_tokens} bans until that many tokens are out: no token could be sampled; "
+                "allow another token, or drop min_tokens",
+                param="allowed_token_ids",
             )
 
     def _check_bad_words(self, words: list[str]) -> None:

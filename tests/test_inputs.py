@@ -52,6 +52,16 @@ def test_prompt_and_max_tokens_must_fit_the_context(inputs: InputProcessor) -> N
     inputs.check(Prompt([1] * 63), SamplingParams(max_tokens=None))  # None: up to the context, one at least
 
 
+def test_allowed_token_ids_that_min_tokens_bans_entirely_are_refused(inputs: InputProcessor) -> None:
+    """EOS (2) and stop ids are banned before min_tokens: with nothing else allowed the sampler would emit token 0."""
+    for allowed, stops in (([2], []), ([2, 9], [9])):
+        with pytest.raises(InputError, match=r"are all EOS or stop_token_ids, which min_tokens=3 bans") as caught:
+            inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=allowed, stop_token_ids=stops, min_tokens=3))
+        assert caught.value.param == "allowed_token_ids"
+    inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=[2]))  # EOS alone, no min_tokens: it ends at once
+    inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=[2, 9], min_tokens=3))
+
+
 def test_chat_renders_through_the_template(inputs: InputProcessor) -> None:
     messages = [{"role": "user", "content": "hi"}]
     prompt = inputs.render_chat(messages)
