@@ -83,9 +83,15 @@ def _inline_rows(items: list[Any]) -> list[Row]:
     return rows
 
 
+def _lines(path: Path) -> list[str]:
+    """The file's lines, split at newlines alone: str.splitlines also splits at U+2028, U+0085 or a form feed, which
+    a JSON string or a prompt may hold."""
+    return path.read_text(encoding="utf-8").split("\n")  # read_text turns \r\n and \r into \n
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         try:
@@ -110,7 +116,7 @@ def _read_parquet(path: Path) -> list[Row]:
 
 
 def _read_text(path: Path) -> list[Row]:
-    return [{"prompt": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [{"prompt": line} for line in _lines(path) if line.strip()]
 
 
 _READERS = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet, ".txt": _read_text}

@@ -442,3 +442,17 @@ def test_results_whose_text_holds_unicode_line_separators_resume(job: Path, tmp_
     records[0]["outputs"][0]["text"] = "a\u2028b\x85c"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     assert read_results(tmp_path / "out") == records
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "txt"])
+def test_dataset_lines_end_at_newlines_alone(suffix: str, job: Path, tmp_path: Path) -> None:
+    """JSON keeps U+2028 unescaped in a string, and a prompt may hold a form feed: neither ends a line."""
+    prompts = ["a\u2028b", "c\x0cd\x85e"]
+    if suffix == "jsonl":
+        text = "".join(json.dumps({"question": p}, ensure_ascii=False) + "\r\n" for p in prompts)
+    else:
+        text = "\n".join(prompts) + "\n"
+    (tmp_path / f"data.{suffix}").write_text(text, encoding="utf-8")
+    sets = [f"run.dataset=data.{suffix}", "run.id_field=null"] + (["run.prompt_field=null"] if suffix == "txt" else [])
+    [point] = plan(job, *sets)
+    assert [item.prompt for item in point.run.inputs] == prompts
