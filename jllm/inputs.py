@@ -148,14 +148,14 @@ class InputProcessor:
         (the request's own, else the model's) does not read them, since they would change nothing."""
         chat_template = template_options.get("chat_template")
         if reasoning_effort is not None:
-            self._check_template_reads(
+            self.check_template_reads(
                 "reasoning_effort",
                 chat_template,
                 f"reasoning_effort {reasoning_effort!r}: the chat template does not read reasoning_effort, so it would "
                 "change nothing; leave it out (a template's thinking switch goes in chat_template_kwargs)",
             )
         if template_options.get("documents"):
-            self._check_template_reads(
+            self.check_template_reads(
                 "documents",
                 chat_template,
                 "documents: the chat template does not read documents, so they would not reach the model; leave "
@@ -185,7 +185,7 @@ class InputProcessor:
             raise InputError(f"the chat template rejected these messages: {e}", param="messages") from e
         return Prompt(self.tokenizer.encode(text, add_special_tokens=add_special_tokens), text)
 
-    def _check_template_reads(self, variable: str, chat_template: str | None, refusal: str) -> None:
+    def check_template_reads(self, variable: str, chat_template: str | None, refusal: str) -> None:
         """An ``InputError`` (``refusal``, on the field ``variable``) unless the template a render uses reads
         ``variable``: the request's own ``chat_template`` (or one of the model's named templates it names), else any
         of the model's."""

@@ -322,7 +322,8 @@ class LLM:
         """Applies the model's chat template (or ``chat_template``) to one conversation or a list of them, then
         generates. ``chat_template_kwargs`` (over ``default_chat_template_kwargs``) reach the template as variables
         and ``tools`` (OpenAI's tool objects)
-        reach it as ``tools``, as in vLLM; calls in the output are not parsed offline (vLLM's ``chat`` neither)."""
+        reach it as ``tools``, as in vLLM (refused where the template does not read them: offline they would change
+        nothing); calls in the output are not parsed offline (vLLM's ``chat`` neither)."""
         if not isinstance(messages, list | tuple):
             raise InputError(
                 f"messages must be a list of messages or a list of conversations, got {type(messages).__name__}",
@@ -337,6 +338,12 @@ class LLM:
         if chat_template is not None:
             options["chat_template"] = chat_template
         if tools:
+            self.engine.inputs.check_template_reads(
+                "tools",
+                chat_template,
+                "tools: the chat template does not read tools, so they would not reach the model; leave them out, or "
+                "give a chat_template that renders them",
+            )
             options["tools"] = tools
         prompts = []
         for i, conversation in enumerate(conversations):

@@ -159,6 +159,9 @@ def test_structured_outputs_offline_as_vllm_and_tools_reach_the_template(llm: LL
     tools = [{"type": "function", "function": {"name": "lookup"}}]
     [chat] = llm.chat([{"role": "user", "content": "hi"}], GREEDY, use_tqdm=False, chat_template=template, tools=tools)
     assert chat.prompt == "lookup;hi"
+    with pytest.raises(InputError, match="^tools: the chat template does not read tools") as caught:
+        llm.chat([{"role": "user", "content": "hi"}], GREEDY, use_tqdm=False, tools=tools)  # the model's template
+    assert caught.value.param == "tools"
 
 
 def test_generate_without_params_samples_as_the_model_s_generation_config_says(llm: LLM) -> None:
