@@ -120,10 +120,10 @@ def resolve_key(dotted: str) -> KeyPath:
             parts = ("run", "sampling", parts[0])
     tree: Any = schema
     for i, part in enumerate(parts):
-        if not isinstance(tree, dict) or part not in tree:
-            allowed = tree if isinstance(tree, dict) else {}
-            where = ".".join(parts[:i]) + " key" if i else "key"
-            raise unknown_key_error(part, allowed, where=where)
+        if tree is None:
+            raise ConfigError(f"{'.'.join(parts[:i])} takes a value, not keys", key=".".join(parts[:i]))
+        if part not in tree:
+            raise unknown_key_error(part, tree, where=".".join(parts[:i]) + " key" if i else "key")
         tree = tree[part]
     return parts
 
