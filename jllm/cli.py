@@ -69,7 +69,7 @@ def add_engine_options(
         if kind is bool:
             group.add_argument(option, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind is dict:  # vLLM's --speculative-config '{"method": "ngram", ...}'
-            group.add_argument(option, dest=key, type=json.loads, default=None, metavar="JSON", help=help_text)
+            group.add_argument(option, dest=key, type=json_option, default=None, metavar="JSON", help=help_text)
         elif kind is list:  # vLLM's --served-model-name takes the name and its aliases
             group.add_argument(option, dest=key, nargs="+", default=None, metavar=key.upper(), help=help_text)
         else:
@@ -77,6 +77,14 @@ def add_engine_options(
             group.add_argument(
                 option, dest=key, type=kind, choices=choices, default=None, metavar=metavar, help=help_text
             )
+
+
+def json_option(text: str) -> object:
+    """A JSON option's value; argparse's own message would name the parser function ("invalid loads value")."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({e})") from e
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:

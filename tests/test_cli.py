@@ -164,6 +164,9 @@ def test_badly_typed_option_is_an_argparse_error(capsys: pytest.CaptureFixture) 
         ["generate", "--max-num-seqs", "many", "x"], capsys
     )
     assert "argument --dtype: invalid choice: 'bf16'" in fail(["generate", "--dtype", "bf16", "x"], capsys)
+    assert "argument --speculative-config: '{method: ngram}' is not JSON (Expecting property name" in fail(
+        ["generate", "--speculative-config", "{method: ngram}", "x"], capsys
+    )
 
 
 def test_bad_sampling_value_names_the_field(capsys: pytest.CaptureFixture) -> None:
