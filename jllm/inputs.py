@@ -11,6 +11,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -406,7 +407,8 @@ def _template_kwargs(chat_template_kwargs: dict[str, Any] | None) -> dict[str, A
 
 
 def _message_for_template(message: Any, index: int) -> dict[str, Any]:
-    """A message as chat templates expect it: string content (OpenAI's text parts joined; null as empty)."""
+    """A message as chat templates expect it: string content (OpenAI's text parts joined; null as empty), and tool
+    calls' arguments as mappings (``_tool_calls_for_template``)."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise InputError(f"messages[{index}] must be a mapping with a string 'role'", param="messages")
     content = message.get("content")
@@ -422,4 +424,30 @@ def _message_for_template(message: Any, index: int) -> dict[str, Any]:
         content = ""
     elif not isinstance(content, str):
         raise InputError(f"messages[{index}].content must be a string or a list of text parts", param="messages")
+    if message.get("tool_calls"):
+        return {**message, "content": content, "tool_calls": _tool_calls_for_template(message["tool_calls"], index)}
     return {**message, "content": content}
+
+
+def _tool_calls_for_template(calls: Any, index: int) -> list[dict[str, Any]]:
+    """OpenAI's tool calls carry their arguments as JSON text; templates read them as a mapping (``| tojson`` would
+    quote the text a second time), so the text is parsed, as vLLM and the chat route parse it (none or empty: {})."""
+    if not isinstance(calls, list | tuple) or not all(
+        isinstance(call, dict) and isinstance(call.get("function"), dict) for call in calls
+    ):
+        raise InputError(
+            f"messages[{index}].tool_calls must be a list of {{'function': {{'name': ..., 'arguments': ...}}}}",
+            param="messages",
+        )
+    parsed = []
+    for call in calls:
+        arguments = call["function"].get("arguments") or {}
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as e:
+                raise InputError(
+                    f"messages[{index}].tool_calls: arguments {arguments!r:.100} are not JSON: {e}", param="messages"
+                ) from e
+        parsed.append({**call, "function": {**call["function"], "arguments": arguments}})
+    return parsed

@@ -171,3 +171,26 @@ def test_chat_content_parts_template_variables_and_documents(inputs: InputProces
     with pytest.raises(InputError, match="chat_template_kwargs may not set 'tokenize'") as caught:
         inputs.render_chat([{"role": "user", "content": "hi"}], chat_template_kwargs={"tokenize": True})
     assert caught.value.param == "chat_template_kwargs"
+
+
+def test_tool_call_arguments_reach_the_template_as_a_mapping(inputs: InputProcessor) -> None:
+    """OpenAI's messages carry a call's arguments as JSON text; templates ``| tojson`` them (Llama 3.1, Qwen2.5), which
+    quoted the text a second time offline (the chat route parsed them already)."""
+    template = (
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.name }}"
+        "({{ c.function.arguments | tojson }}){% endfor %}{% endfor %}"
+    )
+
+    def call(arguments: object) -> dict:
+        return {"id": "1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+
+    def rendered(*calls: dict) -> str | None:
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": calls}]
+        return inputs.render_chat(list(messages), chat_template=template).text
+
+    assert rendered(call('{"city": "Paris"}'), call({"n": 1}), call("")) == 'f({"city": "Paris"})f({"n": 1})f({})'
+    with pytest.raises(InputError, match=r"^messages\[1\].tool_calls: arguments '\{city' are not JSON") as caught:
+        rendered(call("{city"))
+    assert caught.value.param == "messages"
+    with pytest.raises(InputError, match=r"^messages\[1\].tool_calls must be a list of"):
+        rendered({"name": "f"})
