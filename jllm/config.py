@@ -88,6 +88,7 @@ class ModelConfig(Section):
             "chat_template",
             "is neither a file nor a Jinja template ({{ ... }} or {% ... %})",
         )
+        chat_template_text(self.chat_template)  # a file that cannot be read is refused with the config
         self._require(
             self.fp8_dot_min_tokens is None or self.fp8_dot_min_tokens >= 1, "fp8_dot_min_tokens", "must be >= 1"
         )
@@ -465,7 +466,10 @@ def chat_template_text(value: str | None) -> str | None:
     """``chat_template``'s template: the file's text where it names one, else the value itself."""
     if value is None or looks_like_template(value):
         return value
-    return Path(value).read_text()
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"chat_template={value!r} cannot be read: {e}", key="chat_template") from e
 
 
 def key_type(key: str) -> tuple[type, tuple[Any, ...] | None]:

@@ -54,3 +54,10 @@ def test_a_value_that_is_neither_file_nor_template_is_refused_naming_it(tmp_path
     with pytest.raises(ConfigError, match="chat_template=.* is neither a file nor a Jinja template"):
         load_config(None, chat_template=str(tmp_path / "absent.jinja"))
     assert load_config(None, chat_template=TEMPLATE).model.chat_template == TEMPLATE
+
+
+def test_a_template_file_that_cannot_be_read_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jinja"
+    path.write_bytes("{{ 'caf\xe9' }}".encode("latin-1"))
+    with pytest.raises(ConfigError, match="chat_template=.*latin1.jinja' cannot be read: 'utf-8' codec can't decode"):
+        load_config(None, chat_template=str(path))
