@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from jllm.bad_words import bad_word_ids
+from jllm.bad_words import BadWordIds, bad_word_ids
 from jllm.config import LimitsConfig
 from jllm.errors import ContextLengthError, InputError
 from jllm.sampling import TRUNCATION_SIDES, SamplingParams
@@ -207,13 +207,12 @@ class InputProcessor:
         self.check_limits(params)
         if self.speculative:
             check_request(params)
-        if params.allowed_token_ids is not None:
-            check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
-            self._check_min_tokens_leave_a_token(params)
         if params.logit_bias:
             check_token_ids(list(params.logit_bias), self.vocab_size, "logit_bias")
-        if params.bad_words:
-            self._check_bad_words(params.bad_words)
+        bad_words = self._check_bad_words(params.bad_words) if params.bad_words else ()
+        if params.allowed_token_ids is not None:
+            check_token_ids(params.allowed_token_ids, self.vocab_size, "allowed_token_ids")
+            self._check_a_token_is_left(params, bad_words)
         num_prompt = len(prompt.token_ids)
         if not num_prompt:
             raise InputError(f"{param} is empty: give at least one token", param=param)
@@ -227,26 +226,35 @@ class InputProcessor:
                 param=param,
             )
 
-    def _check_min_tokens_leave_a_token(self, params: SamplingParams) -> None:
-        """``min_tokens`` bans EOS and ``stop_token_ids`` (``jllm.sampler``): with only those allowed, no token is
-        left to sample, and the sampler's pick of an all-banned row would be token 0, outside the allowed set."""
-        banned = self.tokenizer.eos_token_ids | set(params.stop_token_ids or ())
-        if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= banned:
+    def _check_a_token_is_left(self, params: SamplingParams, bad_words: BadWordIds) -> None:
+        """``allowed_token_ids`` not all banned: the sampler bans one-token ``bad_words`` at every step, and EOS and
+        ``stop_token_ids`` until ``min_tokens`` are out (``jllm.sampler``); its pick of a row with every token banned
+        would be token 0, outside the allowed set."""
+        allowed = set(params.allowed_token_ids or ())
+        always = {word[0] for word in bad_words if len(word) == 1}
+        if allowed <= always:
             raise InputError(
-                f"allowed_token_ids {params.allowed_token_ids} are all EOS or stop_token_ids, which "
+                f"allowed_token_ids {sorted(allowed)} are all one-token bad_words: no token could be sampled; allow "
+                "another token, or leave those words out of bad_words",
+                param="allowed_token_ids",
+            )
+        if params.min_tokens and allowed <= always | self.tokenizer.eos_token_ids | set(params.stop_token_ids or ()):
+            raise InputError(
+                f"allowed_token_ids {sorted(allowed)} are all EOS, stop_token_ids or bad_words, which "
                 f"min_tokens={params.min_tokens} bans until that many tokens are out: no token could be sampled; "
                 "allow another token, or drop min_tokens",
                 param="allowed_token_ids",
             )
 
-    def _check_bad_words(self, words: list[str]) -> None:
+    def _check_bad_words(self, words: list[str]) -> BadWordIds:
         """Words whose tokens the sampler can ban: within vLLM's token limit, every id in the model's vocabulary
-        (a tokenizer may know more ids than the model's embedding)."""
+        (a tokenizer may know more ids than the model's embedding). Returns their token ids."""
         try:
             ids = bad_word_ids(words, self.tokenizer)
         except ValueError as e:
             raise InputError(str(e), param="bad_words") from e
         check_token_ids([t for word in ids for t in word], self.vocab_size, "bad_words")
+        return ids
 
     def check_limits(self, params: SamplingParams) -> None:
         """The ``limits`` section: refused by name, since each would cost every other stream time."""

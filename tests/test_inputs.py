@@ -52,14 +52,20 @@ def test_prompt_and_max_tokens_must_fit_the_context(inputs: InputProcessor) -> N
     inputs.check(Prompt([1] * 63), SamplingParams(max_tokens=None))  # None: up to the context, one at least
 
 
-def test_allowed_token_ids_that_min_tokens_bans_entirely_are_refused(inputs: InputProcessor) -> None:
-    """EOS (2) and stop ids are banned before min_tokens: with nothing else allowed the sampler would emit token 0."""
-    for allowed, stops in (([2], []), ([2, 9], [9])):
-        with pytest.raises(InputError, match=r"are all EOS or stop_token_ids, which min_tokens=3 bans") as caught:
-            inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=allowed, stop_token_ids=stops, min_tokens=3))
-        assert caught.value.param == "allowed_token_ids"
+def test_allowed_token_ids_that_are_all_banned_are_refused(inputs: InputProcessor) -> None:
+    """One-token bad words are banned at every step, EOS (2) and stop ids before min_tokens: with nothing else
+    allowed the sampler would emit token 0."""
+    [a] = inputs.tokenizer.encode("a", add_special_tokens=False)
+    for allowed, stops, bad in (([2], [], None), ([2, 9], [9], None), ([2, a], [], ["a"])):
+        params = SamplingParams(allowed_token_ids=allowed, stop_token_ids=stops, bad_words=bad, min_tokens=3)
+        with pytest.raises(InputError, match=r"are all EOS, stop_token_ids or bad_words, which min_tokens=3 ban"):
+            inputs.check(Prompt([5]), params)
+    with pytest.raises(InputError, match=rf"allowed_token_ids \[{a}\] are all one-token bad_words") as caught:
+        inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=[a], bad_words=["a"]))
+    assert caught.value.param == "allowed_token_ids"
     inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=[2]))  # EOS alone, no min_tokens: it ends at once
     inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=[2, 9], min_tokens=3))
+    inputs.check(Prompt([5]), SamplingParams(allowed_token_ids=[2, a], bad_words=["a"]))
 
 
 def test_chat_renders_through_the_template(inputs: InputProcessor) -> None:
