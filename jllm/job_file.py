@@ -15,7 +15,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class JobFile:
     path: Path
     values: dict[str, Any]
     origins: dict[KeyPath, str]
+    given: dict[KeyPath, str] = field(default_factory=dict)  # the keys set on the command line, and where
 
     def where(self, key: str | None) -> str:
         """Where the key (or the closest enclosing key) was written; the file itself when nowhere."""
@@ -156,7 +157,7 @@ def apply_sets(job: JobFile, sets: list[str]) -> None:
         if key == ("run", "dataset") and isinstance(value, str):
             value = str(Path(value).expanduser().absolute())  # given on the command line: from the working directory
         set_value(job.values, key, value)
-        job.origins[key] = f"--set {item}"
+        job.origins[key] = job.given[key] = f"--set {item}"
 
 
 @dataclass
@@ -186,13 +187,29 @@ def plan_job(job: JobFile, **engine_overrides: Any) -> list[JobPoint]:
     sweep = values.pop("sweep", None)
     for key, value in engine_overrides.items():
         if value is not None:
-            set_value(values, resolve_key(key), value)
-            job.origins[(_norm(key),)] = f"command-line option --{key.replace('_', '-')}"
+            path = resolve_key(key)
+            set_value(values, path, value)
+            job.origins[path] = job.given[path] = f"command-line option --{key.replace('_', '-')}"
     try:
         points = expand_sweep(sweep, resolve_key, job.origins)
     except ConfigError as e:
         raise job.located(e) from e
+    _check_not_swept(job, points[0])
     return [_point(job, values, point) for point in points]
+
+
+def _check_not_swept(job: JobFile, point: SweepPoint) -> None:
+    """A key set on the command line that the sweep sets too (or a section holding it) would be replaced by every
+    point's value without a word."""
+    for given, origin in job.given.items():
+        for swept in point.values:
+            common = min(len(given), len(swept))
+            if given[:common] == swept[:common]:
+                raise ConfigError(
+                    f"{origin}: {'.'.join(given)} is swept ({point.origins[swept]}), and each point's value would "
+                    "replace it; change the sweep instead",
+                    key=".".join(given),
+                )
 
 
 def _point(job: JobFile, values: dict[str, Any], point: SweepPoint) -> JobPoint:

@@ -296,6 +296,21 @@ def test_bad_sweep_names_its_key_and_line(job: Path) -> None:
         plan(job)
 
 
+def test_a_command_line_value_of_a_swept_key_is_refused_not_replaced(job: Path) -> None:
+    write(job, job.read_text() + "sweep:\n  temperature: [0, 1]\n  max_num_seqs: [1, 2]\n")
+    with pytest.raises(
+        ConfigError, match=r"--set temperature=0.5: run.sampling.temperature is swept \(job.yaml line 16\)"
+    ):
+        plan(job, "temperature=0.5")
+    with pytest.raises(
+        ConfigError, match=r"command-line option --max-num-seqs: max_num_seqs is swept \(job.yaml line 17"
+    ):
+        plan(job, max_num_seqs=3)
+    with pytest.raises(ConfigError, match=r"--set run.sampling={top_p: 0.5}: run.sampling is swept"):
+        plan(job, "run.sampling={top_p: 0.5}")
+    assert len(plan(job, "top_p=0.5", max_model_len=64)) == 4  # keys the sweep leaves alone
+
+
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
