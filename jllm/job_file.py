@@ -147,6 +147,8 @@ def apply_sets(job: JobFile, sets: list[str]) -> None:
         dotted, eq, text = item.partition("=")
         if not eq or not dotted:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set run.sampling.temperature=0.7")
+        if _norm(dotted.split(".")[0]) == "sweep":
+            raise ConfigError(f"--set {item}: the sweep: section is the job file's alone; edit it there", key="sweep")
         try:
             key = resolve_key(dotted)
             value = yaml.safe_load(text)

@@ -267,6 +267,7 @@ def test_sweeping_only_run_keys_builds_one_engine(job: Path) -> None:
         ((), ("nosuchkey=1",), "--set nosuchkey=1: unknown key 'nosuchkey'"),
         (("max_tokens: 5", "seed: 3"), (), "job.yaml line 8: run.sampling.seed: give it as run.seed in a run"),
         ((), ("temperature",), "expected KEY=VALUE"),
+        ((), ("sweep.temperature=[0, 1]",), "--set sweep.temperature=[0, 1]: the sweep: section is the job file's"),
         ((), ("run.dataset.x=1",), "--set run.dataset.x=1: run.dataset takes a value, not keys"),
         ((), ("max_num_seqs.x=1",), "--set max_num_seqs.x=1: max_num_seqs takes a value, not keys"),
         ((), ("run.id_field=extra",), "--set run.id_field=extra: run.id_field='extra': row 0 holds 0.5, expected"),
