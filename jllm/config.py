@@ -83,6 +83,8 @@ class ModelConfig(Section):
 
     def validate(self) -> None:
         self._require(self.max_model_len is None or self.max_model_len >= 1, "max_model_len", "must be >= 1")
+        # NumPy's generator (each request's seed) takes no negative seed, JAX's keys (dummy weights) none past int64
+        self._require(0 <= self.seed < 2**63, "seed", "must be in 0..2**63 - 1")
         self._require(
             self.chat_template is None or Path(self.chat_template).is_file() or looks_like_template(self.chat_template),
             "chat_template",

@@ -142,6 +142,8 @@ def test_bad_type_names_key_value_and_allowed(key: str, value: object, allowed: 
         ("grpc_port", 8000, "must differ from port=8000"),
         ("max_queued_requests", 0, "must be >= 1"),
         ("shutdown_timeout", -1.0, "must be >= 0"),
+        ("seed", -1, "must be in 0..2**63 - 1"),
+        ("seed", 2**63, "must be in 0..2**63 - 1"),
     ],
 )
 def test_out_of_range_names_key_value_and_allowed(key: str, value: object, allowed: str) -> None:
