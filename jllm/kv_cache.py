@@ -346,12 +346,22 @@ def allocate_kv_pool(
         return kv, device_zeros(spec.index_shape(num_pages), spec.dtype, sharding)  # and its indexer keys
 
     pool: list[Any] = []
-    for i, (state, dims) in enumerate(zip(spec.layer_states, spec.pool_dims, strict=True)):
-        if state is not None:  # a recurrent layer's state pool, and its pages where it keeps some (Zamba2's)
-            states = state.zeros(num_state_slots, mesh)
-            pool.append(states if dims is None else (pages(i, dims), states))
-        elif dims is None:  # a layer reading another layer's pages (Gemma 4's KV-shared layers): nothing of its own
-            pool.append(())
-        else:  # [planes, num_kv_heads, num_pages, page_size, head_dim] (and the indexer's keys)
-            pool.append(pages(i, dims))
+    try:
+        for i, (state, dims) in enumerate(zip(spec.layer_states, spec.pool_dims, strict=True)):
+            if state is not None:  # a recurrent layer's state pool, and its pages where it keeps some (Zamba2's)
+                states = state.zeros(num_state_slots, mesh)
+                pool.append(states if dims is None else (pages(i, dims), states))
+            elif dims is None:  # a layer reading another layer's pages (Gemma 4's KV-shared layers): none of its own
+                pool.append(())
+            else:  # [planes, num_kv_heads, num_pages, page_size, head_dim] (and the indexer's keys)
+                pool.append(pages(i, dims))
+        jax.block_until_ready(pool)  # dispatch is asynchronous: a failed allocation shows here, not in a later step
+    except jax.errors.JaxRuntimeError as e:  # a num_pages or memory budget past the device's memory
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        gigabytes = (num_pages * spec.bytes_per_page + spec.state_bytes(num_state_slots)) / 1e9
+        raise ValueError(
+            f"a KV pool of {num_pages} pages ({gigabytes:.3g} GB) does not fit in the device's memory: lower "
+            f"num_pages, kv_cache_memory_bytes or gpu_memory_utilization ({str(e).splitlines()[0]})"
+        ) from e
     return pool

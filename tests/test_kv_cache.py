@@ -177,6 +177,13 @@ def test_pool_needs_page_0_and_one_more() -> None:
         allocate_kv_pool(SPEC, num_pages=1)
 
 
+def test_pool_past_the_device_memory_is_refused_naming_the_settings() -> None:
+    with pytest.raises(
+        ValueError, match=r"KV pool of 10000000000 pages \(3\.28e\+05 GB\) does not fit .* lower num_pages"
+    ):
+        allocate_kv_pool(SPEC, num_pages=10**10)
+
+
 def test_pool_shards_heads_across_devices() -> None:
     # Needs several CPU devices, which must be configured before JAX starts: run in a fresh interpreter.
     script = textwrap.dedent(
