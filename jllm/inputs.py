@@ -226,6 +226,18 @@ class InputProcessor:
                 param=param,
             )
 
+    def with_default_max_tokens(
+        self, params: SamplingParams, default: int | None, prompts: Sequence[Prompt]
+    ) -> SamplingParams:
+        """``params`` of a request that left ``max_tokens`` unset (None) with the model's default (generation_config
+        .json's ``max_new_tokens``) up to the room its longest checked prompt leaves, as vLLM's ``get_max_tokens``
+        caps it: a default is no request for more than the context holds (one larger than it had refused every
+        such request with a context-length error). A set ``max_tokens``, or no default: ``params`` unchanged."""
+        if params.max_tokens is not None or default is None:
+            return params
+        room = self.max_model_len - max(len(prompt.token_ids) for prompt in prompts)
+        return replace(params, max_tokens=min(default, room))
+
     def _check_a_token_is_left(self, params: SamplingParams, bad_words: BadWordIds) -> None:
         """``allowed_token_ids`` not all banned: the sampler bans one-token ``bad_words`` at every step, and EOS and
         ``stop_token_ids`` until ``min_tokens`` are out (``jllm.sampler``); its pick of a row with every token banned

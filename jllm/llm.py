@@ -97,6 +97,9 @@ class LLM:
         for value in priorities:
             self.engine.check_priority(value)
         checked = [self._checked(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
+        if sampling_params is None:  # the model's max_new_tokens, up to the room each prompt leaves
+            default, door = self.engine.sampling_defaults.get("max_tokens"), self.engine.inputs
+            params = [door.with_default_max_tokens(p, default, [c]) for p, c in zip(params, checked, strict=True)]
         request_ids = [f"req-{next(self._ids)}" for _ in prompts]
         for lora in dict.fromkeys(lora for lora in loras if lora is not None):  # every adapter read before any runs
             self.engine.add_lora(lora)
@@ -372,6 +375,8 @@ class LLM:
         """One SamplingParams per prompt, each asking for its final output only (nothing here streams)."""
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
+            if "max_tokens" in self.engine.sampling_defaults:  # capped by each prompt in ``generate``
+                sampling_params = dataclasses.replace(sampling_params, max_tokens=None)
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * count
         if not isinstance(sampling_params, list | tuple) or not all(

@@ -171,3 +171,7 @@ def test_generate_without_params_samples_as_the_model_s_generation_config_says(l
     assert len(out.outputs[0].token_ids) == 2
     [out] = llm.generate("hello", SamplingParams(temperature=0, max_tokens=3))  # given params are taken whole
     assert len(out.outputs[0].token_ids) == 3
+    llm.engine.sampling_defaults = {"temperature": 0.0, "max_tokens": 100_000}  # past the context: capped (vLLM's)
+    [out] = llm.generate("hello")
+    assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) == llm.engine.inputs.max_model_len
+    assert llm.get_default_sampling_params().max_tokens == 100_000  # vLLM's method still says the model's value

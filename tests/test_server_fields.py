@@ -444,6 +444,20 @@ def test_the_model_s_generation_config_fills_only_the_fields_a_request_leaves_un
     assert explicit.max_tokens == 5
 
 
+def test_a_default_max_tokens_past_the_context_is_capped_by_the_prompt(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generation_config.json's max_new_tokens larger than the context (vLLM caps it in get_max_tokens): a chat
+    request that leaves max_tokens unset generates up to the room its prompt leaves; one that asks for more is still
+    a 400. (A completion's unset max_tokens is OpenAI's 16, never the model's.)"""
+    monkeypatch.setattr(engine, "sampling_defaults", {"max_tokens": 100_000})
+    body = {"model": MODEL, "max_tokens": None, "messages": [{"role": "user", "content": "hi"}]}
+    seen = _send(server, engine, body, True, monkeypatch)
+    assert seen.params.max_tokens == engine.inputs.max_model_len - len(seen.prompt.token_ids)
+    refused = http("POST", f"{server.url}/v1/chat/completions", json_body={**body, "max_tokens": 100_000})
+    assert refused.status == 400 and "maximum context length" in refused.json()["error"]["message"]
+
+
 def test_a_requests_chat_template_renders_only_where_the_server_trusts_it(
     server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -94,6 +94,7 @@ async def start_chat(
     body.check_template_trusted(state.config.server.trust_request_chat_template)
     chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
     prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
+    params = inputs.with_default_max_tokens(params, served.engine.sampling_defaults.get("max_tokens"), [prompt])
     gate = reply.reasoning_gate(inputs.tokenizer)
     lora = state.registry.lora_for(body.model)
     if body.use_beam_search:

@@ -301,10 +301,9 @@ class _GenerationRequest(_Request):
         defaults: dict[str, Any] | None = None,
     ) -> SamplingParams:
         """``sent_as`` renames a SamplingParams field in errors to the request field it came from; ``defaults``
-        (the served model's generation_config.json's) fill the fields the request leaves unset."""
+        (the served model's generation_config.json's) fill the fields the request leaves unset, but for
+        ``max_tokens``: the route caps its default by the prompt (``InputProcessor.with_default_max_tokens``)."""
         defaults = defaults or {}
-        if max_tokens is None:
-            max_tokens = defaults.get("max_tokens")
         given = {
             name: getattr(self, name)
             for name in (
