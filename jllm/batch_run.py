@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from jllm.config import EngineConfig
 from jllm.datasets import RunInput
+from jllm.errors import InputError
 from jllm.job_file import JobPoint
 from jllm.outputs import RequestOutput
 from jllm.run_results import (
@@ -98,7 +100,10 @@ def run_point(llm: LLM, spec: RunSpec, resolved: dict[str, Any]) -> dict[str, An
     with tqdm(total=len(spec.inputs), initial=len(spec.inputs) - len(pending), desc=str(spec.output_dir)) as bar:
         for first in range(0, len(pending), spec.batch_size):
             batch = pending[first : first + spec.batch_size]
-            outputs = _generate(llm, spec, batch)
+            try:
+                outputs = _generate(llm, spec, batch)
+            except InputError as e:
+                raise _at_input(batch, e) from e
             records = [make_record(item, o, spec.record) for item, o in zip(batch, outputs, strict=True)]
             _add_pooled(llm, spec, batch, outputs, records)
             append_results(spec.output_dir, records)
@@ -107,6 +112,18 @@ def run_point(llm: LLM, spec: RunSpec, resolved: dict[str, Any]) -> dict[str, An
     summary = summarize(read_results(spec.output_dir), len(spec.inputs), new_records, time.monotonic() - start)
     write_summary(spec.output_dir, summary)
     return summary
+
+
+def _at_input(batch: list[RunInput], error: InputError) -> InputError:
+    """The engine's refusal of an input (a prompt past the context ...) naming its dataset row and id: LLM's
+    ``prompts[i]`` counts within the batch."""
+    index = re.fullmatch(r"prompts\[(\d+)\]", error.param or "")
+    if index is None and len(batch) > 1:
+        where = f"one of run.dataset rows {', '.join(str(item.row) for item in batch)}"
+    else:
+        item = batch[0 if index is None else int(index.group(1))]
+        where = f"run.dataset row {item.row} (id {item.id!r})"
+    return type(error)(f"{where}: {str(error).removeprefix(f'{error.param}: ')}", param=error.param)
 
 
 def _add_pooled(

@@ -19,6 +19,7 @@ from fake_runner import fake_engine
 from jllm import cli
 from jllm.batch_run import input_seed, run_job
 from jllm.config import ConfigError, EngineConfig
+from jllm.errors import InputError
 from jllm.job_file import apply_sets, load_job_file, plan_job
 from jllm.llm import LLM
 from jllm.outputs import PoolingOutput, PoolingRequestOutput
@@ -154,6 +155,24 @@ def test_rerun_skips_done_inputs_and_drops_a_cut_line(job: Path, tmp_path: Path,
     assert without_timing(lines(tmp_path / "out")) == without_timing([json.loads(line) for line in whole.splitlines()])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["completed"], summary["resumed"]) == (5, 3)
+
+
+def test_an_input_the_engine_refuses_is_named_by_its_row_and_id(job: Path, tmp_path: Path) -> None:
+    """LLM names a prompt by its place in the batch; the run names the dataset row, after the batches before it."""
+    rows = [{"qid": f"q{i}", "question": "x" * (200 if i == 3 else 5)} for i in range(5)]
+    write(tmp_path / "data.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"^run.dataset row 3 \(id 'q3'\): This model's maximum context length is 128"):
+        run(job)
+    assert [r["id"] for r in lines(tmp_path / "out")] == ["q0", "q1"]
+
+
+def test_an_input_error_of_no_known_prompt_names_the_batch_rows(job: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self, prompts, params, use_tqdm=True):
+        raise InputError("conversation 1: messages[0].content: no", param="messages[0].content")
+
+    monkeypatch.setattr(LLM, "generate", refuse)
+    with pytest.raises(InputError, match=r"^one of run.dataset rows 0, 1: conversation 1: messages\[0\]"):
+        run(job)
 
 
 def test_output_dir_of_another_config_is_refused(job: Path) -> None:
