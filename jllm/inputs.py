@@ -56,6 +56,20 @@ def check_token_ids(token_ids: Sequence[int], vocab_size: int, param: str) -> No
         raise InputError(f"{param}: token id {bad[0]} is outside the vocabulary [0, {vocab_size})", param=param)
 
 
+def check_text(text: str, param: str) -> str:
+    """A lone surrogate (JSON's or YAML's ``"\\udcff"``, a byte of argv or stdin that is not UTF-8) is no text the
+    tokenizer can encode: refused naming it rather than failing inside the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{param} holds a lone surrogate {text[e.start]!r} at character {e.start}, which is not text: send UTF-8 "
+            "text",
+            param=param,
+        ) from e
+    return text
+
+
 class InputProcessor:
     """Encodes and checks prompts for one engine: its tokenizer, the model's vocabulary and its context length."""
 
@@ -94,7 +108,8 @@ class InputProcessor:
         if isinstance(prompt, dict):
             prompt, salt = _unwrap(prompt, param), checked_cache_salt(prompt.get("cache_salt"), param)
         if isinstance(prompt, str):
-            return Prompt(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens), prompt, salt)
+            token_ids = self.tokenizer.encode(check_text(prompt, param), add_special_tokens=add_special_tokens)
+            return Prompt(token_ids, prompt, salt)
         if not isinstance(prompt, list | tuple):
             raise InputError(
                 f"{param} must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids', "
@@ -184,7 +199,7 @@ class InputProcessor:
         # not lists of mappings (chat_template_kwargs may set them)
         except (jinja2.TemplateError, TypeError, ValueError) as e:
             raise InputError(f"the chat template rejected these messages: {e}", param="messages") from e
-        return Prompt(self.tokenizer.encode(text, add_special_tokens=add_special_tokens), text)
+        return Prompt(self.tokenizer.encode(check_text(text, "messages"), add_special_tokens=add_special_tokens), text)
 
     def check_template_reads(self, variable: str, chat_template: str | None, refusal: str) -> None:
         """An ``InputError`` (``refusal``, on the field ``variable``) unless the template a render uses reads

@@ -42,6 +42,16 @@ def test_an_empty_prompt_is_refused(inputs: InputProcessor) -> None:
         assert caught.value.param == "prompt"
 
 
+def test_text_holding_a_lone_surrogate_is_refused_naming_it(inputs: InputProcessor) -> None:
+    """json.loads and YAML read "\\udcff" as one, Python's argv and stdin hold a byte that is not UTF-8 so."""
+    with pytest.raises(InputError, match=r"prompt holds a lone surrogate '\\udcff' at character 1") as caught:
+        inputs.process("a\udcff", SamplingParams())
+    assert caught.value.param == "prompt"
+    with pytest.raises(InputError, match="messages holds a lone surrogate") as caught:
+        inputs.render_chat([{"role": "user", "content": "\ud800"}])
+    assert caught.value.param == "messages"
+
+
 def test_prompt_and_max_tokens_must_fit_the_context(inputs: InputProcessor) -> None:
     inputs.check(Prompt([1] * 60), SamplingParams(max_tokens=4))  # exactly 64
     with pytest.raises(ContextLengthError, match="60 in the prompt, 5 for the completion"):
