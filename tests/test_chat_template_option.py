@@ -61,3 +61,15 @@ def test_a_template_file_that_cannot_be_read_is_refused_naming_it(tmp_path: Path
     path.write_bytes("{{ 'caf\xe9' }}".encode("latin-1"))
     with pytest.raises(ConfigError, match="chat_template=.*latin1.jinja' cannot be read: 'utf-8' codec can't decode"):
         load_config(None, chat_template=str(path))
+
+
+def test_a_template_jinja_cannot_parse_is_refused_naming_it(tmp_path: Path) -> None:
+    """At start-up, not at every chat request (whose error would blame the messages); transformers' own tags parse."""
+    with pytest.raises(ConfigError, match=r"chat_template=.* Jinja can parse: unexpected end of template.*\(line 1\)"):
+        load_config(None, chat_template="{{ messages[0].content ")
+    path = tmp_path / "broken.jinja"
+    path.write_text("{% for m in messages %}{{ m.content }}")
+    with pytest.raises(ConfigError, match=r"Jinja can parse: Unexpected end of template.*'endfor'"):
+        load_config(None, chat_template=str(path))
+    tags = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% break %}{% endfor %}"
+    assert load_config(None, chat_template=tags).model.chat_template == tags
