@@ -193,6 +193,7 @@ class LLM:
         ``normalize``. A sequence classifier gives none (vLLM's neither): an InputError naming what it does."""
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("embed text", self._model_name, offline=True)
+        _check_switch(normalize, "normalize")
         checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         how = pooling or self.config.model.pooling
         vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize, use_tqdm)
@@ -212,6 +213,7 @@ class LLM:
         score head on the last token's final normed state, through the head's activation (softmax over two or more
         labels, a sigmoid over one, or as config.json says; the logits without ``use_activation``)."""
         head = require_classifier(self.engine.classifier, self._model_name)
+        _check_switch(use_activation, "use_activation")
         checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         logits = head.logits(self.engine.encoder, [p.token_ids for p in checked], use_tqdm)
         return [
@@ -232,6 +234,7 @@ class LLM:
         classifier of one label) scores the pair encoded as its tokenizer encodes a text pair, through its activation
         (a sigmoid by default; the logit without ``use_activation``); another model the cosine similarity of the
         two texts' embeddings (``jllm.scoring``)."""
+        _check_switch(use_activation, "use_activation")
         firsts, seconds = scoring.pair_lists(text_1, text_2)
         head = scoring.cross_encoder(self.engine.classifier, self._model_name)
         inputs, encoder = self.engine.inputs, self.engine.encoder
@@ -401,6 +404,12 @@ class LLM:
                         finished[output.request_id] = output
                         bar.update(1)
         return [finished[rid] for rid in request_ids]
+
+
+def _check_switch(value: object, name: str) -> None:
+    """A switch is true or false: "no" or 0 would be read by their truth value, the opposite of what was meant."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r:.200}")
 
 
 def _per_prompt_loras(

@@ -175,3 +175,11 @@ def test_generate_without_params_samples_as_the_model_s_generation_config_says(l
     [out] = llm.generate("hello")
     assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) == llm.engine.inputs.max_model_len
     assert llm.get_default_sampling_params().max_tokens == 100_000  # vLLM's method still says the model's value
+
+
+def test_a_switch_that_is_not_a_bool_is_a_type_error_naming_it(llm: LLM) -> None:
+    """``normalize`` and ``use_activation`` read as their truth value would turn "no" or "false" into True."""
+    with pytest.raises(TypeError, match="^normalize must be True or False, got 'no'"):
+        llm.embed("hello", normalize="no")
+    with pytest.raises(TypeError, match="^use_activation must be True or False, got 0"):
+        llm.score_pairs("a", "b", use_activation=0)
