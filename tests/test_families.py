@@ -2674,6 +2674,20 @@ def test_gemma_config_defaults_read_as_transformers_reads_them():
     assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings
 
 
+@pytest.mark.slow
+def test_gemma3_attn_logit_softcapping_is_not_applied_as_in_transformers(tmp_path):
+    """transformers' Gemma 3 keeps ``attn_logit_softcapping`` in its config but never passes it to its attention (Gemma
+    2 does); capping the scores had put a tiny checkpoint's logits 2.6e-4 off. Float32 logits within
+    ``LOGITS_RTOL``."""
+    config = dict(TINY_CONFIG, head_dim=16, sliding_window=8, attn_logit_softcapping=6.0, initializer_range=0.3)
+    model_dir = save_tiny_checkpoint(
+        "Gemma3ForCausalLM", config, tmp_path, config_cls_name="Gemma3TextConfig", perturb_constants=True
+    )
+    ids = np.random.default_rng(8).integers(0, TINY_CONFIG["vocab_size"], 24).tolist()
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids)
+    assert relative_error(got, hf_logits(model_dir, ids)) < LOGITS_RTOL
+
+
 @pytest.mark.parametrize(
     "arch, change, layout",
     [

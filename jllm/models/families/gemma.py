@@ -99,8 +99,9 @@ GEMMA3_TEXT_DEFAULTS = dict(
 
 def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base; keys a
-    config leaves out take Gemma3TextConfig's defaults."""
-    cfg = {**GEMMA3_TEXT_DEFAULTS, **cfg}
+    config leaves out take Gemma3TextConfig's defaults. transformers' Gemma 3 keeps ``attn_logit_softcapping`` in its
+    config but never caps its scores (Gemma 2 does), so a value set there is read as none."""
+    cfg = {**GEMMA3_TEXT_DEFAULTS, **cfg, "attn_logit_softcapping": None}
     head_dim = cfg["head_dim"]
     pattern = cfg.get("sliding_window_pattern", 6)
     default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
