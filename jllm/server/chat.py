@@ -26,6 +26,7 @@ from jllm.server.chat_schemas import (
     ChatCompletionResponse,
     ChatLogprobs,
     DeltaMessage,
+    DeltaToolCall,
     TokenLogprob,
     TopLogprob,
 )
@@ -196,6 +197,9 @@ async def _chunks(
             unsent.setdefault(d.index, []).extend(d.token_ids)
         if not (reasoning or content or calls or finish_reason or logprobs):
             continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM
+        *naming, calls = _by_call(calls)
+        for named in naming:  # a call's naming entry in a chunk of its own, before its arguments' first fragment
+            yield chunk(ChatChunkChoice(index=d.index, delta=DeltaMessage(tool_calls=named)))
         delta = DeltaMessage(content=content, reasoning=reasoning, tool_calls=calls or None)
         choice = ChatChunkChoice(
             index=d.index,
@@ -210,6 +214,19 @@ async def _chunks(
         yield ChatCompletionChunk(
             id=response_id, created=created, model=model, choices=[], usage=usage
         ).model_dump_json()
+
+
+def _by_call(calls: list[DeltaToolCall]) -> list[list[DeltaToolCall]]:
+    """A step's call deltas as runs that name each call index at most once (a new run where one comes again, as a
+    call's naming entry and its first arguments do): OpenAI's chunks never hold two entries of one call, and clients
+    that read ``delta.tool_calls[0]``, or take an entry with an id for the call's start, lost the arguments sent
+    with its name. Always at least one run (maybe empty)."""
+    runs: list[list[DeltaToolCall]] = [[]]
+    for call in calls:
+        if any(c.index == call.index for c in runs[-1]):
+            runs.append([])
+        runs[-1].append(call)
+    return runs
 
 
 def _usage(generation: Generation | BeamGeneration, reasoning_tokens: list[int | None]) -> UsageInfo:
