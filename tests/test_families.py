@@ -1608,6 +1608,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
+    # a tied head keeps its own bias (transformers ties lm_head.weight alone); had been refused
+    "phi_tied_head_with_bias": ("PhiForCausalLM", dict(tie_word_embeddings=True)),
+    "gptj_tied_head_with_bias": (
+        "GPTJForCausalLM",
+        dict(rotary_dim=8, num_key_value_heads=None, tie_word_embeddings=True),
+    ),
     # Falcon-H1 without the mixer's norm (SiLU(z) gates its output alone: FalconH1Config's default), every linear
     # biased
     "falcon_h1_gate_only_biased": (
@@ -2391,7 +2397,6 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"d_model": 64, "n_heads": 4, "n_layers": 2, "ffn_config": {"moe_normalize_expert_weights": 2.0}},
             "DBRX ffn_config.moe_normalize_expert_weights=2.0 is not supported",
         ),
-        ("PhiForCausalLM", {"tie_word_embeddings": True}, "Phi tie_word_embeddings=True is not supported.*False"),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
         ("Cohere2ForCausalLM", {"partial_rotary_factor": 0.5}, "Cohere2 partial_rotary_factor=0.5 is not supported"),

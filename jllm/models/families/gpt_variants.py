@@ -71,4 +71,4 @@ def codegen(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             "shards its fused qkv_proj is stored in, so that no head straddles two)"
         )
     attention = WeightMap(qkv=("qkv_proj",), qkv_layout="codegen", rename=(("o_proj", "out_proj"),))
-    return gptj_layout(cfg, dtype, "CodeGen", "CodeGen's checkpoints", attention)
+    return gptj_layout(cfg, dtype, "CodeGen", attention)

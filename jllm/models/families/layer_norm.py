@@ -117,20 +117,10 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
-def _refuse_tied_biased_head(cfg: dict[str, Any], family: str, models: str) -> None:
-    """Phi's and GPT-J's LM heads have a bias of their own: a tied head is refused, not read as the embedding alone."""
-    if cfg.get("tie_word_embeddings"):
-        raise ValueError(
-            f"{family} tie_word_embeddings=True is not supported (supported: False, an LM head of its own with a bias, "
-            f"as {models} have)"
-        )
-
-
 def phi(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Phi-1 / 1.5 / 2: attention and a plain gelu MLP (``fc1`` / ``fc2``) side by side off one LayerNorm, partial
-    rotary (``partial_rotary_factor``, 0.5 by default), biases on every linear and on the LM head; optional
-    LayerNorms on each query and key head, one weight for all heads (``qk_layernorm``)."""
-    _refuse_tied_biased_head(cfg, "Phi", "Phi-1, Phi-1.5 and Phi-2")
+    rotary (``partial_rotary_factor``, 0.5 by default), biases on every linear and on the LM head (a tied head keeps
+    its bias); optional LayerNorms on each query and key head, one weight for all heads (``qk_layernorm``)."""
     cfg = {"partial_rotary_factor": 0.5, **cfg, "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5)}
     base, layers = uniform(cfg, dtype, FULL)
     return ModelArgs(
@@ -180,13 +170,12 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GPT-J: attention (no biases) and a plain gelu MLP (``fc_in`` / ``fc_out``, biased) side by side off one
     LayerNorm, the rotary on the first ``rotary_dim`` channels of each head in neighbouring pairs (theta 10000), an LM
     head with a bias. GPT-2's config names (``n_embd``, ``n_head``, ``n_layer``, ``n_inner``, ``n_positions``)."""
-    return gptj_layout(cfg, dtype, "GPT-J", "GPT-J-6B and its fine-tunes", WeightMap(rename=(("o_proj", "out_proj"),)))
+    return gptj_layout(cfg, dtype, "GPT-J", WeightMap(rename=(("o_proj", "out_proj"),)))
 
 
-def gptj_layout(cfg: dict[str, Any], dtype: Any, family: str, models: str, attention: WeightMap) -> ModelArgs:
+def gptj_layout(cfg: dict[str, Any], dtype: Any, family: str, attention: WeightMap) -> ModelArgs:
     """GPT-J's decoder, which CodeGen keeps; ``attention``: where the checkpoint keeps q/k/v and the output
     projection (``qkv``, ``qkv_layout`` and its renames), the rest named as GPT-J's."""
-    _refuse_tied_biased_head(cfg, family, models)
     heads, hidden, rotary = cfg["n_head"], cfg["n_embd"], cfg.get("rotary_dim")
     if not rotary or rotary % 2 or rotary > hidden // heads:
         raise ValueError(
