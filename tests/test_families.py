@@ -1608,6 +1608,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Ministral 3's text model saved on its own
     "ministral3_causal_lm": ("Ministral3ForCausalLM", dict(head_dim=16, rope_parameters=MINISTRAL3_ROPE)),
     "llama_attention_and_mlp_bias": ("LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),  # o_proj's too
+    # dynamic NTK: the plain rotary up to max_position_embeddings, the context's limit (had been refused)
+    "llama_dynamic_rope": (
+        "LlamaForCausalLM",
+        dict(rope_parameters=dict(rope_type="dynamic", factor=4.0, rope_theta=10000.0), max_position_embeddings=48),
+    ),
     # a tied head keeps its own bias (transformers ties lm_head.weight alone); had been refused
     "phi_tied_head_with_bias": ("PhiForCausalLM", dict(tie_word_embeddings=True)),
     "gptj_tied_head_with_bias": (
@@ -2264,7 +2269,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             {"per_layer_config": {"1": {"intermediate_size": 8}}},
             r"per_layer_config layer 1 key\(s\) \['intermediate_size'\] are not supported",
         ),
-        ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "'dynamic'.*supported.*yarn"),
+        ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "ntk", "factor": 2.0}}, "'ntk'.*supported.*yarn"),
         ("XLNetLMHeadModel", {}, "XLNetLMHeadModel.*supported.*Gemma2ForCausalLM"),
         ("HYV4ForCausalLM", {}, "'HYV4ForCausalLM' is not supported: Hy4 .* keeps hc_mult residual streams"),
         ("Kolibri1_1ForCausalLM", {}, "'Kolibri1_1ForCausalLM' is not supported: .* not DeepSeek Sparse Attention"),
@@ -2432,7 +2437,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("GPTNeoXForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*gelu"),
         ("LlamaForCausalLM", {"hidden_act": "relu6"}, "hidden_act 'relu6'.*supported.*silu"),
-        ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "dynamic"}}, "'dynamic'.*"),
+        ("MixtralForCausalLM", {"num_local_experts": 4, "rope_scaling": {"rope_type": "ntk"}}, "'ntk'.*"),
         ("MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 5}, "num_experts_per_tok=5"),
         (
             "GptOssForCausalLM",

@@ -51,6 +51,8 @@ CASES: dict[str, dict[str, Any]] = {
     "yarn_attention_factor": dict(
         rope_type="yarn", rope_theta=10000.0, factor=8.0, attention_factor=1.5, original_max_position_embeddings=512
     ),
+    # dynamic NTK: its base stretches only past max_position_embeddings (a context jllm never runs)
+    "dynamic": dict(rope_type="dynamic", rope_theta=10000.0, factor=4.0),
     # Gemma 4's full-attention layers: a quarter of the pairs turn, the whole head's frequencies; and with a factor
     "proportional": dict(rope_type="proportional", rope_theta=1e6, partial_rotary_factor=0.25),
     "proportional_factor": dict(rope_type="proportional", rope_theta=1e4, partial_rotary_factor=0.5, factor=2.0),
@@ -76,6 +78,6 @@ def test_inverse_frequencies_and_attention_factor_equal_transformers(name):
 
 
 def test_unknown_scaling_kind_is_refused_naming_the_supported_ones():
-    supported = r"'dynamic' is not supported \(supported: default, linear, .*yarn, proportional\)"
+    supported = r"'ntk' is not supported \(supported: default, linear, dynamic, .*yarn, proportional\)"
     with pytest.raises(ValueError, match=supported):
-        read_rope({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}, HEAD_DIM)
+        read_rope({"rope_parameters": {"rope_type": "ntk", "factor": 2.0}}, HEAD_DIM)

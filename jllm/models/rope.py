@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCALING_KINDS = ("default", "linear", "llama3", "longrope", "yarn", "proportional")
+SCALING_KINDS = ("default", "linear", "dynamic", "llama3", "longrope", "yarn", "proportional")
 # rope settings the caller has already turned into `theta` and `rotary_dim`
 APPLIED = ("rope_theta", "partial_rotary_factor")
 
@@ -51,6 +51,8 @@ class Rope:
         base = 1.0 / (self.theta ** (np.arange(0, self.rotary_dim, 2, dtype=np.float64) / self.rotary_dim))
         s = dict(self.scaling)
         kind = s.get("rope_type", "default")
+        # "dynamic" (NTK): transformers stretches the base only once a forward's positions pass
+        # max_position_embeddings, which a jllm context never does (max_model_len is capped there): the plain rotary
         if kind == "linear":
             base = base / s["factor"]
         elif kind == "llama3":
