@@ -310,7 +310,7 @@ def test_a_chat_streams_role_chunk_comes_with_the_first_token(server: RunningSer
 def test_a_streamed_calls_chunk_names_each_call_once(client: openai.OpenAI, tool_choice: object) -> None:
     """A chunk held a call's first entry (id and name) and its first arguments as two entries of index 0, which
     OpenAI never sends: clients reading ``delta.tool_calls[0]`` per chunk (a common hand-written loop) lost the
-    arguments' first fragment. Each chunk now has one entry per call, the first with the id, name and arguments."""
+    arguments' first fragment. Each chunk now has one entry per call: the naming one goes alone, then the arguments."""
     args = dict(model=MODEL, messages=CHAT, tools=[TOOL], tool_choice=tool_choice, max_tokens=40)
     arguments = ""
     for chunk in client.chat.completions.create(**args, parallel_tool_calls=False, stream=True):
