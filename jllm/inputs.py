@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from jllm.bad_words import BadWordIds, bad_word_ids
-from jllm.config import LimitsConfig
+from jllm.config import LimitsConfig, parse_chat_template
 from jllm.errors import ContextLengthError, InputError
 from jllm.sampling import TRUNCATION_SIDES, SamplingParams
 from jllm.speculative import check_request
@@ -419,9 +419,8 @@ def _reads_variable(template: str, name: str) -> bool:
     import jinja2
     from jinja2 import meta
 
-    env = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"])
     try:
-        return name in meta.find_undeclared_variables(env.parse(template))
+        return name in meta.find_undeclared_variables(parse_chat_template(template))
     except jinja2.TemplateSyntaxError:  # a tag transformers adds ({% generation %}): read the text
         return name in template
 
