@@ -7,7 +7,6 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_serializer, model_validator
@@ -49,14 +48,12 @@ class ToolCallIn(_Request):
     function: FunctionCall
 
     def for_template(self) -> dict[str, Any]:
-        """Templates read the arguments as a mapping (vLLM parses them the same way)."""
-        try:
-            arguments = json.loads(self.function.arguments)
-        except json.JSONDecodeError as e:
-            raise bad_request(
-                f"messages: tool call {self.id!r} has arguments that are not JSON: {e}", "messages"
-            ) from e
-        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+        """The call as sent: the input door parses its arguments for the template (``inputs.render_chat``)."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.function.name, "arguments": self.function.arguments},
+        }
 
 
 class ChatMessage(_Request):
