@@ -2,9 +2,9 @@
 
 The scheduler owns a sequence's tokens; this module owns everything derived from them for the client: incremental
 detokenization and stop strings (a stop string ends a sequence: the engine passes that back to the scheduler),
-logprob entries with decoded tokens, request timings, and the ``RequestOutput`` objects. A request asks for its
-outputs as vLLM's ``RequestOutputKind`` says: every step's new part (``DELTA``, what a stream sends), the whole so far
-(``CUMULATIVE``), or one output when it ends (``FINAL_ONLY``). Plain Python, no JAX.
+logprob entries with decoded tokens and ranks, request timings, and the ``RequestOutput`` objects. A request asks for
+its outputs as vLLM's ``RequestOutputKind`` says: every step's new part (``DELTA``, what a stream sends), the whole so
+far (``CUMULATIVE``), or one output when it ends (``FINAL_ONLY``). Plain Python, no JAX.
 
 Where this module sits: docs/architecture.md.
 """
@@ -25,7 +25,7 @@ from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 from jllm.tokenizer import IncrementalDetokenizer, Tokenizer
 
 if TYPE_CHECKING:  # the runner's host-side result types; importing them would load JAX
-    from jllm.step_results import PromptTokenLogprob, StepResult
+    from jllm.step_results import PromptTokenLogprob, SampledToken, StepResult
 
 
 @dataclass
@@ -145,9 +145,7 @@ class OutputProcessor:
             touched[state.request_id] = None
             sample.cumulative_logprob += token.logprob
             if sample.logprobs is not None:
-                sample.logprobs.append(
-                    self._logprob_entry(token.token_id, token.logprob, token.top_ids, token.top_logprobs)
-                )
+                sample.logprobs.append(self._logprob_entry(token))
             if self._update_text(sample, token.token_id, last=not left[row]):
                 stopped.append((seq, seq.num_output_tokens - left[row]))
         return touched, stopped
@@ -194,21 +192,20 @@ class OutputProcessor:
         assert state.prompt_logprobs is not None
         for entry in chunk:
             if entry.position == len(state.prompt_logprobs):
-                state.prompt_logprobs.append(
-                    self._logprob_entry(entry.token_id, entry.logprob, entry.top_ids, entry.top_logprobs)
-                )
+                state.prompt_logprobs.append(self._logprob_entry(entry))
 
-    def _logprob_entry(
-        self, token_id: int, logprob: float, top_ids: list[int], top_logprobs: list[float]
-    ) -> dict[int, Logprob]:
-        """The top tokens by rank, then the chosen one if it is not among them (rank unknown)."""
+    def _logprob_entry(self, token: SampledToken | PromptTokenLogprob) -> dict[int, Logprob]:
+        """The top tokens, ranked 1 to k by their place, then the chosen one if it is not among them, with its rank
+        over the whole vocabulary from the device (past k: vLLM's rank counts every token at least as likely). A
+        chosen token among the top keeps its place's rank, as vLLM's entry does."""
         decode = self.tokenizer.decode
         entry = {
             tid: Logprob(lp, rank=i + 1, decoded_token=decode([tid], skip_special_tokens=False))
-            for i, (tid, lp) in enumerate(zip(top_ids, top_logprobs, strict=True))
+            for i, (tid, lp) in enumerate(zip(token.top_ids, token.top_logprobs, strict=True))
         }
-        if token_id not in entry:
-            entry[token_id] = Logprob(logprob, None, decode([token_id], skip_special_tokens=False))
+        chosen = token.token_id
+        if chosen not in entry:
+            entry[chosen] = Logprob(token.logprob, token.rank, decode([chosen], skip_special_tokens=False))
         return entry
 
     def outputs(self, request_ids: Iterable[str]) -> list[RequestOutput]:

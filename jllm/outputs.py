@@ -12,12 +12,21 @@ from typing import Any
 @dataclass
 class Logprob:
     logprob: float
-    rank: int | None = None  # 1 = most likely under the raw logits
+    # 1 = most likely under the raw logits: a top token's place, a chosen token past the top its rank over the whole
+    # vocabulary (vLLM's: the tokens at least as likely, itself included); set on every engine entry
+    rank: int | None = None
     decoded_token: str | None = None
 
 
 # One entry per generated token: token id -> its Logprob (the sampled token plus the requested top ones).
 SampleLogprobs = list[dict[int, Logprob]]
+
+
+def top_logprobs(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
+    """An entry's top ``k`` tokens, most likely first: those ranked 1 to k. A chosen token outside them is left out
+    (its rank, vLLM's count of the tokens at least as likely, is past k)."""
+    ranked = [(tid, lp) for tid, lp in entry.items() if lp.rank is not None and lp.rank <= k]
+    return sorted(ranked, key=lambda item: item[1].rank or 0)
 
 
 @dataclass

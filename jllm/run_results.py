@@ -20,7 +20,14 @@ import yaml
 
 from jllm.config import ConfigError
 from jllm.datasets import RunInput
-from jllm.outputs import CompletionOutput, ContinuationScore, Logprob, PoolingRequestOutput, RequestOutput
+from jllm.outputs import (
+    CompletionOutput,
+    ContinuationScore,
+    Logprob,
+    PoolingRequestOutput,
+    RequestOutput,
+    top_logprobs,
+)
 from jllm.run_spec import RecordSpec
 
 RESULTS, SUMMARY, CONFIG, HIDDEN = "results.jsonl", "summary.json", "config.yaml", "hidden_states"
@@ -117,7 +124,8 @@ def make_record(item: RunInput, output: RequestOutput, record: RecordSpec) -> Re
         if record.prompt_logprobs is not None:
             line["prompt_logprobs"] = chosen
             if record.prompt_logprobs > 0:
-                line["prompt_top_logprobs"] = [None if e is None else _top(e) for e in output.prompt_logprobs]
+                k = record.prompt_logprobs
+                line["prompt_top_logprobs"] = [None if e is None else _top(e, k) for e in output.prompt_logprobs]
         if record.perplexity:
             line["perplexity"] = perplexity(chosen)
     metrics = output.metrics
@@ -172,7 +180,7 @@ def _completion(c: CompletionOutput, record: RecordSpec) -> Record:
     if record.logprobs is not None and c.logprobs is not None:
         out["logprobs"] = _chosen(c.token_ids, c.logprobs)
         if record.logprobs > 0:
-            out["top_logprobs"] = [_top(e) for e in c.logprobs]
+            out["top_logprobs"] = [_top(e, record.logprobs) for e in c.logprobs]
     out |= {"finish_reason": c.finish_reason, "completion_tokens": len(c.token_ids)}
     return out
 
@@ -182,9 +190,8 @@ def _chosen(token_ids: list[int], entries: list[dict[int, Logprob] | None]) -> l
     return [None if e is None else e[t].logprob for t, e in zip(token_ids, entries, strict=True)]
 
 
-def _top(entry: dict[int, Logprob]) -> list[Record]:
-    ranked = sorted((lp.rank, tid, lp) for tid, lp in entry.items() if lp.rank is not None)
-    return [{"token_id": tid, "token": lp.decoded_token, "logprob": lp.logprob} for _, tid, lp in ranked]
+def _top(entry: dict[int, Logprob], k: int) -> list[Record]:
+    return [{"token_id": tid, "token": lp.decoded_token, "logprob": lp.logprob} for tid, lp in top_logprobs(entry, k)]
 
 
 def perplexity(logprobs: list[float | None]) -> float | None:

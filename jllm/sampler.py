@@ -2,7 +2,8 @@
 
 vLLM V1's order: the token mask (structured output, ``allowed_token_ids``) -> min-tokens ban -> logit bias ->
 penalties -> argmax for greedy rows; for random rows temperature -> min-p -> top-k -> top-p -> draw. Logprobs come
-from the logits after the mask (vLLM applies the grammar's bitmask before its sampler and returns ``raw_logprobs``).
+from the logits after the mask (vLLM applies the grammar's bitmask before its sampler and returns ``raw_logprobs``),
+and so does the chosen token's rank over the whole vocabulary (``token_ranks``: one int32 a row, vLLM's).
 
 Three choices keep it cheap on a GPU:
 - The host knows every row's settings, so it picks the program: ``SamplingMode.GREEDY`` (argmax only), ``RANDOM``
@@ -94,6 +95,7 @@ class TokenConstraints:
 class SamplerOutput:
     token_ids: jax.Array  # [S] i32; verifying K drafts a row: [S, K + 1], -1 after its tokens (jllm.spec_verify)
     logprobs: jax.Array  # [S] f32; log_softmax(raw logits) at token_ids
+    ranks: jax.Array  # [S] i32 (as token_ids); token_ids' rank under those logprobs, 1 = best (token_ranks)
     top_ids: jax.Array  # [S, K] i32; the K most likely tokens under the raw logits, best first
     top_logprobs: jax.Array  # [S, K] f32
 
@@ -129,13 +131,15 @@ def sample(
         drawn = _sample_random(x, meta, is_greedy, token_ids, truncate=mode is SamplingMode.TRUNCATED)
         token_ids = jnp.where(is_greedy, token_ids, drawn)
     logprobs = jnp.take_along_axis(logits, token_ids[:, None], axis=-1)[:, 0] - lse
-    return SamplerOutput(token_ids, logprobs, top_ids.astype(jnp.int32), top_logprobs)
+    ranks = token_ranks(logits - lse[:, None], logprobs)
+    return SamplerOutput(token_ids, logprobs, ranks, top_ids.astype(jnp.int32), top_logprobs)
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class PromptLogprobsOutput:
     target_logprobs: jax.Array  # [T] f32; log_softmax at each row's target (the next prompt token)
+    target_ranks: jax.Array  # [T] i32; the target's rank under those logprobs, 1 = best (token_ranks)
     top_ids: jax.Array  # [T, K] i32
     top_logprobs: jax.Array  # [T, K] f32
 
@@ -145,8 +149,17 @@ def prompt_logprobs(logits: jax.Array, targets: jax.Array, *, num_top_logprobs: 
     logits = logits.astype(jnp.float32)  # [T, V]
     lse = jax.nn.logsumexp(logits, axis=-1)  # [T]
     target = jnp.take_along_axis(logits, jnp.maximum(targets, 0)[:, None], axis=-1)[:, 0] - lse
+    ranks = token_ranks(logits - lse[:, None], target)
     top_values, top_ids = _top_k(logits, num_top_logprobs)  # [T, K]
-    return PromptLogprobsOutput(target, top_ids.astype(jnp.int32), top_values - lse[:, None])
+    return PromptLogprobsOutput(target, ranks, top_ids.astype(jnp.int32), top_values - lse[:, None])
+
+
+def token_ranks(logprobs: jax.Array, chosen: jax.Array) -> jax.Array:
+    """vLLM's rank of each row's chosen token over the whole vocabulary (its ``batched_count_greater_than``): how
+    many tokens have a logprob at least the chosen one's, itself included, so 1 = the most likely and a tie counts
+    against it. A chosen token outside the top k therefore ranks past k. ``logprobs`` [N, V] (the logits less their
+    logsumexp, for XLA to fuse into the count) and ``chosen`` [N] must be the same floats the reported values are."""
+    return jnp.sum(logprobs >= chosen[:, None], axis=-1, dtype=jnp.int32)  # [N]
 
 
 def num_prompt_logprobs(scheduled: Iterable[ScheduledSequence]) -> int | None:

@@ -17,14 +17,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jllm.sampler import SamplerOutput, SamplingMetadata, SamplingMode, truncation_threshold
+from jllm.sampler import SamplerOutput, SamplingMetadata, SamplingMode, token_ranks, truncation_threshold
 from jllm.sampling import SAMPLING_EPS
 
 
 def verify(logits: jax.Array, meta: SamplingMetadata, *, mode: SamplingMode) -> SamplerOutput:
     """``logits`` [S, K + 1, V] at each row's last token and its K draft slots; ``meta.draft_ids`` [S, K] (-1 past a
     row's drafts). Returns ``token_ids`` [S, K + 1]: the accepted drafts, then the token after them, -1 after that;
-    ``logprobs`` [S, K + 1] of those tokens under the raw logits; no top logprobs (refused with speculation)."""
+    ``logprobs`` [S, K + 1] of those tokens under the raw logits and their ``ranks``; no top logprobs (refused with
+    speculation)."""
     num_rows, width, vocab = logits.shape
     drafts = meta.draft_ids  # [S, K]
     has_draft = drafts >= 0
@@ -42,8 +43,10 @@ def verify(logits: jax.Array, meta: SamplingMetadata, *, mode: SamplingMode) -> 
     tokens = jnp.where(position <= num_accepted[:, None], tokens, -1)  # drafts before it, then its own token
     lse = jax.nn.logsumexp(flat, axis=-1).reshape(num_rows, width)
     picked = jnp.take_along_axis(flat, jnp.maximum(tokens, 0).reshape(-1, 1), axis=-1).reshape(num_rows, width)
+    logprobs = picked - lse
+    ranks = token_ranks(flat - lse.reshape(-1, 1), logprobs.reshape(-1)).reshape(num_rows, width)
     empty = jnp.zeros((num_rows, 0), jnp.int32)
-    return SamplerOutput(tokens, picked - lse, empty, empty.astype(jnp.float32))
+    return SamplerOutput(tokens, logprobs, ranks, empty, empty.astype(jnp.float32))
 
 
 def _rejection_sample(

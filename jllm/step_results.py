@@ -18,6 +18,7 @@ from jllm.sequence import ScheduledSequence
 class SampledToken:
     token_id: int
     logprob: float
+    rank: int  # over the whole vocabulary, vLLM's (``sampler.token_ranks``): 1 = the most likely
     top_ids: list[int]
     top_logprobs: list[float]
 
@@ -29,6 +30,7 @@ class PromptTokenLogprob:
     position: int
     token_id: int
     logprob: float
+    rank: int  # as ``SampledToken.rank``
     top_ids: list[int]
     top_logprobs: list[float]
 
@@ -60,7 +62,8 @@ def step_result(
 def _verified(result: SamplerOutput, row: int) -> list[SampledToken]:
     """Row ``row``'s accepted drafts and the token after them (no top logprobs: refused with speculation)."""
     ids = result.token_ids[row]
-    return [SampledToken(int(t), float(result.logprobs[row, j]), [], []) for j, t in enumerate(ids) if t >= 0]
+    logprobs, ranks = result.logprobs[row], result.ranks[row]
+    return [SampledToken(int(t), float(logprobs[j]), int(ranks[j]), [], []) for j, t in enumerate(ids) if t >= 0]
 
 
 def _tokens(scheduled: Seq[ScheduledSequence], result: SamplerOutput) -> list[SampledToken | None]:
@@ -74,6 +77,7 @@ def _tokens(scheduled: Seq[ScheduledSequence], result: SamplerOutput) -> list[Sa
             SampledToken(
                 token_id=int(result.token_ids[i]),
                 logprob=float(result.logprobs[i]),
+                rank=int(result.ranks[i]),
                 top_ids=result.top_ids[i, :n].tolist(),
                 top_logprobs=result.top_logprobs[i, :n].tolist(),
             )
@@ -99,6 +103,7 @@ def _prompt_logprobs(
                         position=pos + 1,
                         token_id=seq.prompt_token_ids[pos + 1],
                         logprob=float(prompt.target_logprobs[row]),
+                        rank=int(prompt.target_ranks[row]),
                         top_ids=prompt.top_ids[row, :k].tolist(),
                         top_logprobs=prompt.top_logprobs[row, :k].tolist(),
                     )

@@ -43,14 +43,14 @@ def counting_script(prompt: Sequence[int], position: int) -> int:
 
 
 def scripted_prompt_logprobs(start: int, end: int, prompt: Sequence[int], k: int | None) -> list[PromptTokenLogprob]:
-    """Prompt token p+1 given the tokens before it: logprob -1.0, ranked second behind id ``(t + 1) % 512`` at -0.5
-    (so a top 1 leaves the prompt's own token out, as a real model often does)."""
+    """Prompt token p+1 given the tokens before it: logprob -1.0, rank 2 behind id ``(t + 1) % 512`` at -0.5 (so a
+    top 1 leaves the prompt's own token out, as a real model often does)."""
     if k is None:
         return []
     entries = []
     for pos in range(start, min(end, len(prompt) - 1)):
         token = prompt[pos + 1]
-        entries.append(PromptTokenLogprob(pos + 1, token, -1.0, [(token + 1) % 512, token][:k], [-0.5, -1.0][:k]))
+        entries.append(PromptTokenLogprob(pos + 1, token, -1.0, 2, [(token + 1) % 512, token][:k], [-0.5, -1.0][:k]))
     return entries
 
 
@@ -95,7 +95,7 @@ class ScriptedRunner:
                 token_id = self.script(prompt, end)
                 token_id = _allowed(constraints.bitmask[row], token_id)
                 top = [token_id, (token_id + 1) % 512][: seq.sampling_params.logprobs or 0]
-                token = SampledToken(token_id, -0.5, top, [-0.5, -1.5][: len(top)])
+                token = SampledToken(token_id, -0.5, 1, top, [-0.5, -1.5][: len(top)])
             tokens.append(token)
             prompt_logprobs.append(scripted_prompt_logprobs(s.start, end, prompt, seq.sampling_params.prompt_logprobs))
         self.device_free_at = max(time.monotonic(), self.device_free_at) + self.step_seconds

@@ -262,6 +262,32 @@ def test_logprobs_and_prompt_logprobs_equal_transformers(llm, hf_model):
     assert_pool_whole(llm)
 
 
+def test_ranks_outside_the_top_k_equal_transformers(llm, hf_model):
+    """Drawn tokens and prompt tokens outside the requested top 1 carry their rank over the whole vocabulary: the
+    tokens at least as likely under transformers' float32 log-softmax (vLLM's count), within twice the logprobs'
+    tolerance of 1e-4 (two logprobs compared)."""
+    tok = llm.engine.tokenizer
+    prompt = tok.encode(PROMPTS[4])
+    params = SamplingParams(temperature=1.5, seed=7, max_tokens=16, ignore_eos=True, logprobs=1, prompt_logprobs=1)
+    (out,) = llm.generate([prompt], params, use_tqdm=False)
+    completion = out.outputs[0]
+    ref = hf_log_softmax(hf_model, prompt + completion.token_ids)  # ref[i] predicts token i + 1
+    chosen = [(ref[i - 1], prompt[i], out.prompt_logprobs[i]) for i in range(1, len(prompt))]
+    chosen += [
+        (ref[len(prompt) + j - 1], token, entry)
+        for j, (token, entry) in enumerate(zip(completion.token_ids, completion.logprobs, strict=True))
+    ]
+    ranks, exact = [], 0
+    for row, token, entry in chosen:
+        rank = entry[token].rank
+        lowest, highest = (row >= row[token] + 2e-4).sum() + 1, (row >= row[token] - 2e-4).sum()
+        assert lowest <= rank <= highest, (token, rank, lowest, highest)
+        ranks.append(rank)
+        exact += lowest == highest
+    assert sum(r > 1 for r in ranks) >= len(ranks) // 2  # most are outside the top 1: their rank is the device's
+    assert exact >= len(ranks) - 2  # and near-ties within the tolerance are rare, so the check is tight
+
+
 def test_stop_string_across_a_token_boundary_is_cut(llm, prompt_ids, reference):
     tok = llm.engine.tokenizer
     ids, ref = prompt_ids[1], reference[1]

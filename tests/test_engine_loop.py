@@ -14,7 +14,7 @@ from fake_runner import ScriptedRunner, counting_script, fake_engine
 
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
-from jllm.outputs import RequestOutput
+from jllm.outputs import RequestOutput, top_logprobs
 from jllm.sampling import RequestOutputKind, SamplingParams
 
 EOS = 2
@@ -152,6 +152,23 @@ def test_prompt_logprobs_arrive_once_per_position_across_chunks_and_preemption()
     [output] = run(engine, {"a": (prompt, params), "b": ([7] * 30, FINAL)})["a"]
     assert output.prompt_logprobs is not None and output.prompt_logprobs[0] is None
     assert [next(iter(entry)) for entry in output.prompt_logprobs[1:]] == prompt[1:]
+
+
+def test_every_logprob_entry_carries_the_chosen_token_s_rank() -> None:
+    """The scripted prompt token sits second behind another: with a top 1 it is outside the top, and keeps the rank
+    the device counted; a top entry has its place; ``top_logprobs`` (what the routes show) leaves the chosen one out.
+    With ``logprobs=0`` a sampled token's entry is itself alone, with its rank."""
+    engine = fake_engine()
+    prompt = list(range(20, 30))
+    params = dataclasses.replace(FINAL, max_tokens=3, logprobs=0, prompt_logprobs=1)
+    [output] = run(engine, {"a": (prompt, params)})["a"]
+    assert output.prompt_logprobs is not None
+    for token, entry in zip(prompt[1:], output.prompt_logprobs[1:], strict=True):
+        assert entry is not None and {t: lp.rank for t, lp in entry.items()} == {(token + 1) % 512: 1, token: 2}
+        assert [t for t, _ in top_logprobs(entry, 1)] == [(token + 1) % 512]
+    [completion] = output.outputs
+    assert completion.logprobs is not None
+    assert [{t: lp.rank for t, lp in e.items()} for e in completion.logprobs] == [{t: 1} for t in completion.token_ids]
 
 
 def test_the_runner_sees_pending_inputs_only_under_async_scheduling() -> None:

@@ -159,7 +159,7 @@ def test_streamed_deltas_carry_the_scripted_text_ids_logprobs_then_usage(
         assert list(c.token_ids) == ids and c.text == engine.tokenizer.decode(ids) != ""
         assert c.finish_reason == "length"
         # The scripted sampler: the token at -0.5, the next id at -1.5 (fake_runner.ScriptedRunner.launch).
-        assert [(lp.token_id, lp.logprob) for lp in c.logprobs] == [(t, -0.5) for t in ids]
+        assert [(lp.token_id, lp.logprob, lp.rank) for lp in c.logprobs] == [(t, -0.5, 1) for t in ids]
         assert [[(t.token_id, t.logprob, t.rank) for t in lp.top_logprobs] for lp in c.logprobs] == [
             [(t, -0.5, 1)] for t in ids
         ]

@@ -15,10 +15,12 @@ from jllm.sampler import (
     _top_k,
     apply_penalties,
     banned_width,
+    build_constraints,
     build_sampling_metadata,
     needs_penalties,
     num_top_logprobs,
     penalty_width,
+    prompt_logprobs,
     sample,
     sampling_mode,
     truncation_threshold,
@@ -338,6 +340,79 @@ def test_two_stage_top_k_matches_lax_top_k_with_ties(vocab):
     ref_values, ref_ids = jax.lax.top_k(x, 20)
     np.testing.assert_array_equal(np.asarray(values), np.asarray(ref_values))
     np.testing.assert_array_equal(np.asarray(ids), np.asarray(ref_ids))
+
+
+def _ref_ranks(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """vLLM's rank of ``chosen`` [N] in each row of ``logits`` [N, V] by a float32 log-softmax: the tokens whose
+    logprob is at least the chosen one's, itself included (its ``batched_count_greater_than``, ``>=``)."""
+    x = logits.astype(np.float32)
+    top = x.max(axis=1, keepdims=True)
+    logprobs = x - (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True, dtype=np.float32)))
+    return (logprobs >= logprobs[np.arange(len(x)), chosen][:, None]).sum(axis=1)
+
+
+def test_the_sampled_token_s_rank_is_over_the_whole_vocabulary_under_the_reported_logprobs():
+    """Drawn tokens land far outside the top k; a logit bias or a penalty moves the token the raw logprobs rank
+    low, and the rank stays the raw one, as the logprob reported beside it; a mask's -inf tokens rank nowhere."""
+    rng = np.random.default_rng(12)
+    vocab, k = 5000, 5
+    drawing = [SamplingParams(temperature=2.0, logprobs=k) for _ in range(8)]
+    params = drawing + [
+        SamplingParams(temperature=0.0, logprobs=k),
+        SamplingParams(temperature=0.0, logprobs=k, logit_bias={77: 100.0}),
+        SamplingParams(temperature=0.0, logprobs=0, repetition_penalty=3.0),
+        SamplingParams(temperature=1.0, top_k=50, logprobs=k),
+        SamplingParams(temperature=0.0, logprobs=k, allowed_token_ids=[11, 12, 13]),
+    ]
+    logits = _logits(rng, len(params), vocab)
+    penalised = int(logits[10].argmax())
+    seqs = [_seq(p, output=[penalised] if i == 10 else [], seed=i, seq_id=i) for i, p in enumerate(params)]
+    constraints = build_constraints(seqs, len(seqs), vocab)
+    meta = _metadata(seqs)
+    out = _SAMPLE_IN_MODE(logits, meta, constraints, num_top_logprobs=k, mode=sampling_mode(meta, vocab))
+    tokens, ranks = np.asarray(out.token_ids), np.asarray(out.ranks)
+    masked = logits.copy()
+    masked[-1, [t for t in range(vocab) if t not in (11, 12, 13)]] = -np.inf
+    assert ranks.dtype == np.int32 and ranks.shape == (len(params),)
+    np.testing.assert_array_equal(ranks, _ref_ranks(masked, tokens))
+    assert (ranks[:8] > k).sum() >= 4  # most drawn tokens are past the top 5 at this temperature
+    assert tokens[9] == 77 and ranks[9] > 100  # the bias picked it; its raw rank is far down
+    assert tokens[10] != penalised and ranks[10] >= 2  # the penalty moved the argmax off the raw best
+    assert ranks[-1] <= 3  # three tokens allowed
+    np.testing.assert_allclose(
+        np.asarray(out.logprobs), log_softmax(masked, axis=1)[np.arange(len(params)), tokens], atol=1e-5
+    )
+
+
+def test_a_tie_counts_against_the_sampled_token_s_rank_as_vllm_s():
+    """vLLM counts the tokens at least as likely (``>=``): an argmax tied with two others ranks 3, not 1."""
+    rng = np.random.default_rng(13)
+    logits = np.round(_logits(rng, 6, 3000) * 2) / 2  # a grid of 0.5: many ties
+    logits[0, [10, 20, 30]] = logits[0].max() + 1.0
+    meta = _raw_metadata(6, temperature=[0.0, 1.5, 1.5, 0.0, 1.5, 1.5])
+    out = SAMPLE(logits, meta, num_top_logprobs=3)
+    tokens, ranks = np.asarray(out.token_ids), np.asarray(out.ranks)
+    assert tokens[0] == 10 and ranks[0] == 3 and np.asarray(out.top_ids)[0].tolist() == [10, 20, 30]
+    np.testing.assert_array_equal(ranks, _ref_ranks(logits, tokens))
+
+
+def test_prompt_tokens_rank_over_the_whole_vocabulary_ties_included():
+    rng = np.random.default_rng(14)
+    rows, vocab, k = 12, 5000, MAX_LOGPROBS
+    logits = _logits(rng, rows, vocab)
+    logits[:4] = np.round(logits[:4] * 2) / 2  # ties
+    targets = rng.integers(0, vocab, rows).astype(np.int32)
+    targets[0] = int(logits[0].argmax())  # the best, maybe tied
+    targets[-1] = -1  # a padding row: computed, never read
+    out = jax.jit(prompt_logprobs, static_argnames="num_top_logprobs")(logits, targets, num_top_logprobs=k)
+    ranks = np.asarray(out.target_ranks)
+    assert ranks.dtype == np.int32 and ranks.shape == (rows,)
+    np.testing.assert_array_equal(ranks[:-1], _ref_ranks(logits[:-1], targets[:-1]))
+    assert (ranks[4:-1] > k).all()  # random targets in 5000 tokens: past the top 20
+    assert ranks[0] == (logits[0] == logits[0].max()).sum()
+    np.testing.assert_allclose(
+        np.asarray(out.target_logprobs)[:-1], log_softmax(logits, axis=1)[np.arange(rows - 1), targets[:-1]], atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- reproducibility

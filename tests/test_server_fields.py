@@ -115,7 +115,7 @@ def _params(field: str, value: Any, **changes: Any) -> Honoured:
 
 def _prompt_logprobs_follow_the_script(entries: list, prompt: Prompt) -> bool:
     expected = [None] + [
-        {str((t + 1) % 512): {"logprob": -0.5, "rank": 1}, str(t): {"logprob": -1.0, "rank": None}}
+        {str((t + 1) % 512): {"logprob": -0.5, "rank": 1}, str(t): {"logprob": -1.0, "rank": 2}}
         for t in prompt.token_ids[1:]
     ]
     got = [

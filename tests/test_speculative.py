@@ -333,6 +333,7 @@ def test_a_row_without_drafts_draws_the_token_the_plain_sampler_draws(mode, sett
     two_drafts_none_given = _meta(rows, np.full((rows, 2), -1), step=steps, **settings)
     verified = verify(jax.numpy.repeat(logits[:, None], 3, axis=1), two_drafts_none_given, mode=mode)
     np.testing.assert_array_equal(np.asarray(verified.token_ids)[:, 0], np.asarray(plain.token_ids))
+    np.testing.assert_array_equal(np.asarray(verified.ranks)[:, 0], np.asarray(plain.ranks))  # over the vocabulary
     assert (np.asarray(verified.token_ids)[:, 1:] == -1).all()
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from jllm.inputs import InputProcessor, Prompt, checked_cache_salt
-from jllm.outputs import Logprob
+from jllm.outputs import Logprob, top_logprobs
 from jllm.sampling import SamplingParams
 from jllm.server.beam_generation import BeamGeneration
 from jllm.server.chat_schemas import (
@@ -251,10 +251,9 @@ def token_logprobs(delta: Delta, top: int, names: TokenNames) -> ChatLogprobs | 
 
 
 def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int, names: TokenNames) -> TokenLogprob:
-    ranked = sorted(((tid, lp) for tid, lp in entry.items() if lp.rank is not None), key=lambda x: x[1].rank or 0)
     return TokenLogprob(
         **_top(token_id, entry[token_id], names).model_dump(),
-        top_logprobs=[_top(tid, lp, names) for tid, lp in ranked[:top]],
+        top_logprobs=[_top(tid, lp, names) for tid, lp in top_logprobs(entry, top)],
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from jllm.outputs import Logprob
+from jllm.outputs import Logprob, top_logprobs
 from jllm.server.chat_schemas import ChatCompletionRequest
 from jllm.server.completions_schemas import CompletionRequest
 from jllm.server.generation import Delta
@@ -101,9 +101,8 @@ def delta_message(delta: Delta, top: int) -> pb.GenerateResponse:
 
 
 def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int) -> pb.TokenLogprob:
-    """The chosen token's logprob and the ``top`` most likely tokens (the entry holds those and the chosen one)."""
-    ranked = sorted(((i, lp) for i, lp in entry.items() if lp.rank is not None), key=lambda item: item[1].rank or 0)
-    ranked = ranked[:top]
+    """The chosen token's logprob and rank (over the whole vocabulary) and the ``top`` most likely tokens (the entry
+    holds those and the chosen one)."""
     chosen = entry[token_id]
     return pb.TokenLogprob(
         token_id=token_id,
@@ -112,7 +111,7 @@ def _token_logprob(entry: dict[int, Logprob], token_id: int, top: int) -> pb.Tok
         rank=chosen.rank or 0,
         top_logprobs=[
             pb.TopLogprob(token_id=i, token=lp.decoded_token or "", logprob=lp.logprob, rank=lp.rank or 0)
-            for i, lp in ranked
+            for i, lp in top_logprobs(entry, top)
         ],
     )
 
