@@ -17,6 +17,13 @@ from jllm.bytecode_cache import prefix_needed
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_prefix_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prefix_needed`` runs where no prefix is set (``enable`` keeps one), so ``cache_from_source`` names the file
+    beside the source; tests/conftest.py may have set one for the suite's own bytecode."""
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+
+
 def _probe_package(root: Path) -> Path:
     """A package with no bytecode beside its source, standing for an image's ``site-packages``."""
     package = root / "site" / "probe_pkg"
