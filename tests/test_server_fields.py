@@ -428,6 +428,31 @@ def test_usage_in_every_chunk_without_the_usage_chunk_is_refused_not_ignored(ser
     assert reply.status == 400 and error["param"] == "stream_options" and "continuous_usage_stats" in error["message"]
 
 
+def _sse(body: bytes) -> list[dict]:
+    return [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize("ended_by", ["stop", "stop_token_ids", "length"])
+def test_a_streamed_chat_choice_names_its_stop_reason_as_the_whole_reply_does(
+    server: RunningServer, engine: LLMEngine, ended_by: str
+) -> None:
+    """vLLM sends ``stop_reason`` in a streamed choice's finishing chunk (the chunks before leave it out); the
+    stream had none, though the unstreamed reply named the stop string or token id that ended it."""
+    url = f"{server.url}/v1/chat/completions"
+    chat = {**CHAT, "add_special_tokens": True}  # BOS first: the script's tokens are characters of the tokenizer's
+    second = http("POST", url, json_body={**chat, "return_token_ids": True}).json()["choices"][0]["token_ids"][1]
+    text = engine.tokenizer.decode([second])
+    asked, reason = {"stop": ({"stop": text}, text), "stop_token_ids": ({"stop_token_ids": [second]}, second)}.get(
+        ended_by, ({}, None)
+    )
+    body = {**chat, **asked}
+    whole = http("POST", url, json_body=body).json()["choices"][0]
+    *before, last = [chunk["choices"][0] for chunk in _sse(http("POST", url, json_body={**body, "stream": True}).body)]
+    assert text and (whole["finish_reason"], whole["stop_reason"]) == ("length" if reason is None else "stop", reason)
+    assert (last["finish_reason"], last["stop_reason"]) == (whole["finish_reason"], reason)
+    assert not any("stop_reason" in chunk for chunk in before)
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_the_model_s_generation_config_fills_only_the_fields_a_request_leaves_unset(
     server: RunningServer, engine: LLMEngine, chat: bool, monkeypatch: pytest.MonkeyPatch

@@ -206,6 +206,7 @@ async def _chunks(
             delta=delta,
             logprobs=logprobs,
             finish_reason=finish_reason,
+            stop_reason=d.stop_reason,
             token_ids=unsent.pop(d.index, []) if body.return_token_ids else None,
         )
         yield chunk(choice, usage)

@@ -346,7 +346,17 @@ class ChatChunkChoice(WithTokenIds):
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # vLLM's: the stop string or stop token id that ended it (last chunk)
     token_ids: list[int] | None = None  # vLLM's, with return_token_ids: the tokens since the choice's last chunk
+
+    @model_serializer(mode="wrap")
+    def _ids_when_asked(self, handler: Any) -> dict[str, Any]:
+        """``stop_reason`` in a choice's finishing chunk alone (null there when no stop string or id ended it), as
+        vLLM streams it; the chunks before it leave the key out."""
+        data = super()._ids_when_asked(handler)
+        if self.finish_reason is None:
+            del data["stop_reason"]
+        return data
 
 
 class ChatCompletionChunk(WithTokenIds):
