@@ -118,7 +118,7 @@ class InputProcessor:
             )
         token_ids = list(prompt)
         check_token_ids(token_ids, self.vocab_size, param)
-        return Prompt(token_ids, self.tokenizer.decode(token_ids) if with_text else None, salt)
+        return Prompt(token_ids, self._text(token_ids) if with_text else None, salt)
 
     def truncate(self, prompt: Prompt, keep: int | None, side: str = "left") -> Prompt:
         """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: the model's context length), or with
@@ -136,12 +136,18 @@ class InputProcessor:
         if keep is None or len(prompt.token_ids) <= keep:
             return prompt
         token_ids = prompt.token_ids[-keep:] if side == "left" else prompt.token_ids[:keep]
-        text = None if prompt.text is None else self.tokenizer.decode(token_ids)
+        text = None if prompt.text is None else self._text(token_ids)
         return replace(prompt, token_ids=token_ids, text=text)
 
     def decode(self, token_ids: list[int], *, param: str = "tokens") -> str:
+        """``/detokenize``: the inverse of ``/tokenize``, special tokens included (vLLM's decode)."""
         check_token_ids(token_ids, self.vocab_size, param)
-        return self.tokenizer.decode(token_ids)
+        return self._text(token_ids)
+
+    def _text(self, token_ids: list[int]) -> str:
+        """A prompt's text as the model reads it: its special tokens kept (a text prompt's own text holds them), so
+        echo's text and its logprobs' tokens and ``text_offset`` agree whether the prompt came as text or ids."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False)
 
     def render_chat(
         self,

@@ -453,6 +453,22 @@ def test_a_streamed_chat_choice_names_its_stop_reason_as_the_whole_reply_does(
     assert not any("stop_reason" in chunk for chunk in before)
 
 
+def test_a_prompt_of_token_ids_keeps_its_special_tokens_in_echo_and_detokenize(server: RunningServer) -> None:
+    """Echo of ``[1, 7]`` (BOS, "#") gave "#" while its logprobs named "<s>" and "#" at offsets 0 and 3, past the
+    text; the same prompt as text echoed "<s>#". ``/detokenize`` dropped them too, so it did not invert
+    ``/tokenize`` (vLLM's keeps them)."""
+    url = f"{server.url}/v1/completions"
+    echo = {**COMPLETION, "echo": True, "logprobs": 0, "max_tokens": 1, "add_special_tokens": False}  # no 2nd BOS
+    replies = [http("POST", url, json_body={**echo, "prompt": prompt}) for prompt in ([1, 7], "<s>#")]
+    by_ids, by_text = (reply.json()["choices"][0] for reply in replies)
+    assert by_ids["text"] == by_text["text"] and by_ids["text"].startswith("<s>#")
+    assert by_ids["logprobs"] == by_text["logprobs"] and by_ids["logprobs"]["text_offset"][:3] == [0, 3, 4]
+    truncated = {**COMPLETION, "prompt": [1, 7, 1, 7], "truncate_prompt_tokens": 2, "echo": True}
+    assert http("POST", url, json_body=truncated).json()["choices"][0]["text"].startswith("<s>#")
+    tokens = http("POST", f"{server.url}/tokenize", json_body={"prompt": "#"}).json()["tokens"]
+    assert http("POST", f"{server.url}/detokenize", json_body={"tokens": tokens}).json()["prompt"] == "<s>#"
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_the_model_s_generation_config_fills_only_the_fields_a_request_leaves_unset(
     server: RunningServer, engine: LLMEngine, chat: bool, monkeypatch: pytest.MonkeyPatch
