@@ -218,26 +218,26 @@ class BlockManager:
             self._check_holders(seqs)
 
     def _check_pool(self) -> None:
-        """The pool on its own: page 0 never handed out, free exactly when unheld, cached hashes still current."""
+        """The pool on its own: page 0 never handed out, free exactly when unheld, cached hashes still current. Each
+        message is built for a page that fails alone (built for every page, they were most of a fake engine's step
+        in tests/test_scheduler.py, which checks at every step)."""
         _check(self._ref_counts[0] == 0 and 0 not in self._free, "reserved page 0 was handed out")
         for page in range(1, self.num_pages):
             rc = self._ref_counts[page]
-            _check(rc >= 0, f"page {page} has refcount {rc}")
-            _check(
-                (rc == 0) == (page in self._free), f"page {page}: refcount {rc} but in free queue={page in self._free}"
-            )
+            if rc < 0 or (rc == 0) != (page in self._free):
+                _check(rc >= 0, f"page {page} has refcount {rc}")
+                _check(False, f"page {page}: refcount {rc} but in free queue={page in self._free}")
         for h, page in self._cached.items():
-            _check(self._page_hashes[page] == h, f"cached hash points at page {page} that no longer holds it")
+            if self._page_hashes[page] != h:
+                _check(False, f"cached hash points at page {page} that no longer holds it")
 
     def _check_holders(self, seqs: Iterable[Sequence]) -> None:
         """The pool against the block tables: refcounts count holders, and a shared page is read-only in each."""
         holders = _holders(seqs)
         for page in range(1, self.num_pages):
             held = holders.get(page, [])
-            _check(
-                len(held) == self._ref_counts[page],
-                f"page {page}: refcount {self._ref_counts[page]}, {len(held)} holders",
-            )
+            if len(held) != self._ref_counts[page]:
+                _check(False, f"page {page}: refcount {self._ref_counts[page]}, {len(held)} holders")
             if len(held) > 1:
                 for seq, i in held:
                     full = (i + 1) * self.page_size <= seq.num_computed_tokens
