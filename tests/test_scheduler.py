@@ -59,13 +59,18 @@ def make_scheduler(
     )
 
 
-def fingerprints(tokens: list[int]) -> list[int]:
-    """What a token's K/V depends on: the token, its position and everything before it."""
-    out, h = [], 0
+def fingerprints(tokens: list[int], h: int = 0) -> list[int]:
+    """What a token's K/V depends on: the token, its position and everything before it (``h``: the fingerprint of
+    the token before the first, 0 for none)."""
+    out = []
     for t in tokens:
         h = hash((h, t))
         out.append(h)
     return out
+
+
+def first_difference(got: list, want: list) -> int:
+    return next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
 
 
 class FakeEngine:
@@ -80,7 +85,8 @@ class FakeEngine:
     ) -> None:
         self.sched, self.bm = sched, sched.block_manager
         self.rng, self.stop_prob, self.pipelined = rng or random.Random(0), stop_prob, pipelined
-        self.pool: dict[tuple[int, int], int] = {}  # (page, offset) -> fingerprint
+        self.pool: dict[int, list[int | None]] = {}  # page -> the fingerprint at each offset (None: never written)
+        self.known: dict[int, tuple[list[int], list[int]]] = {}  # seq_id -> (device tokens, fingerprints) last seen
         self.seqs: list[Sequence] = []
         # The launched step whose tokens the host has not appended yet, and those tokens by seq_id.
         self.in_flight: SchedulerOutput | None = None
@@ -90,12 +96,29 @@ class FakeEngine:
         self.seqs.extend(seqs)
         self.sched.add(seqs)
 
-    def slot(self, seq: Sequence, t: int) -> tuple[int, int]:
-        return seq.block_table[t // self.bm.page_size], t % self.bm.page_size
-
     def device_tokens(self, seq: Sequence) -> list[int]:
         """Every token the device knows: the host's, plus the one it sampled and the host has not appended yet."""
         return seq.token_ids + ([self.in_flight_tokens[seq.seq_id]] if seq.num_pending_tokens else [])
+
+    def device_fingerprints(self, seq: Sequence, end: int) -> list[int]:
+        """``fingerprints(self.device_tokens(seq)[:end])``, from the ones last computed for ``seq`` where its tokens
+        still begin with theirs (recomputed from the first token at every step they were a sixth of the random
+        workloads' time)."""
+        tokens = self.device_tokens(seq)[:end]
+        known, fps = self.known.get(seq.seq_id, ([], []))
+        if known[: len(tokens)] == tokens:  # no token past those (a recomputation after preemption too)
+            return fps[: len(tokens)]
+        if tokens[: len(known)] != known:  # other tokens than last time: from the first
+            known, fps = [], []
+        fps = fps + fingerprints(tokens[len(known) :], fps[-1] if fps else 0)
+        self.known[seq.seq_id] = (tokens, fps)
+        return fps
+
+    def read(self, seq: Sequence, n: int) -> list[int | None]:
+        """What attention reads for the first ``n`` tokens of ``seq``: each one's slot in the pool, in order."""
+        size = self.bm.page_size
+        pages = [self.pool.get(page) or [None] * size for page in seq.block_table[: -(-n // size)]]
+        return list(itertools.chain.from_iterable(pages))[:n]
 
     def step(self) -> SchedulerOutput:
         sched = self.sched
@@ -110,12 +133,14 @@ class FakeEngine:
             end = seq.num_computed_tokens + s.num_new_tokens
             assert end <= seq.num_tokens_with_pending and len(seq.block_table) >= self.bm.num_pages_needed(end)
             assert end <= sched.max_model_len
-            fps = fingerprints(self.device_tokens(seq)[:end])
-            for t in range(seq.num_computed_tokens):  # attention reads the cached/shared/earlier K/V
-                assert self.pool.get(self.slot(seq, t)) == fps[t], f"seq {seq.seq_id} reads wrong K/V at {t}"
-            for t in range(seq.num_computed_tokens, end):
-                assert self.bm.ref_count(self.slot(seq, t)[0]) == 1, "write into a shared page"
-                self.pool[self.slot(seq, t)] = fps[t]
+            fps = self.device_fingerprints(seq, end)
+            computed = seq.num_computed_tokens
+            read = self.read(seq, computed)  # attention reads the cached/shared/earlier K/V
+            assert read == fps[:computed], f"seq {seq.seq_id} reads wrong K/V at {first_difference(read, fps)}"
+            for t in range(computed, end):
+                page, offset = seq.block_table[t // self.bm.page_size], t % self.bm.page_size
+                assert self.bm.ref_count(page) == 1, "write into a shared page"
+                self.pool.setdefault(page, [None] * self.bm.page_size)[offset] = fps[t]
             if s.samples_token:  # what the device samples from this step's logits
                 sampled[seq.seq_id] = (seq.sampling_seed * 31 + end * 17 + seq.seq_id) % 7
         sched.on_step_launched(out)

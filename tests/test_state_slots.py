@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_scheduler import CONFIGS, FakeEngine, chunks, fingerprints, make_request
+from test_scheduler import CONFIGS, FakeEngine, chunks, make_request
 
 from jllm.block_manager import BlockManager
 from jllm.scheduler import Scheduler
@@ -56,7 +56,7 @@ class StateCheckingEngine(FakeEngine):
         assert 0 not in held and len(set(held)) == len(held), held
         for s in out.scheduled:
             seq = s.seq
-            fps = fingerprints(self.device_tokens(seq)[: s.start + s.num_new_tokens])
+            fps = self.device_fingerprints(seq, s.start + s.num_new_tokens)
             if s.start == 0:
                 self.fresh_starts += 1
             else:
