@@ -330,6 +330,14 @@ def test_bad_admin_loads_get_a_clear_4xx_or_507(
     ]
 
 
+@pytest.mark.parametrize("path", ["", "/a/weights"])
+def test_an_admin_body_nested_too_deep_is_a_400_not_a_500(server: RunningServer, path: str) -> None:
+    """The standard library's parser raised RecursionError past ~1,000 levels: a 500."""
+    headers = {**AUTH, "Content-Type": "application/json"}
+    reply = http("POST", f"{server.url}/v1/admin/models{path}", data=b"[" * 5000 + b"]" * 5000, headers=headers)
+    assert reply.status == 400 and "not valid JSON" in reply.json()["error"]["message"], reply.body
+
+
 def test_admin_unload_of_an_unknown_model_or_with_a_bad_timeout_is_refused(server: RunningServer) -> None:
     unknown = http("DELETE", f"{server.url}/v1/admin/models/zz", headers=AUTH)
     assert unknown.status == 404 and "serves `a`, `a-alias`, `b`" in unknown.json()["error"]["message"]

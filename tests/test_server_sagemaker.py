@@ -46,3 +46,12 @@ def test_invocations_answer_on_the_route_of_the_bodys_shape(server: RunningServe
     assert bad_field.status == 400 and bad_field.json()["error"]["param"] == "max_tokens"
     keyless = http("POST", f"{server.url}/invocations", json_body={"model": MODEL, "prompt": "hi"})
     assert keyless.status == 401
+
+
+@pytest.mark.parametrize("body", [b"[" * 5000 + b"]" * 5000, b'{"prompt": ' + b'{"a": ' * 2000 + b"1" + b"}" * 2001])
+def test_a_body_nested_too_deep_is_a_400_not_a_500(server: RunningServer, body: bytes) -> None:
+    """The standard library's parser raised RecursionError (a 500) past ~1,000 levels; the routes' own parser
+    refuses them as the other routes do."""
+    reply = http("POST", f"{server.url}/invocations", data=body, headers={**KEY, "Content-Type": "application/json"})
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["message"].startswith("the request body is not valid JSON"), reply.body

@@ -15,14 +15,13 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
 
 from jllm.config import ConfigError
 from jllm.serve_config import parse_entry
-from jllm.server.errors import APIError, bad_request
+from jllm.server.errors import APIError, bad_request, json_body
 from jllm.server.registry import ServedModel
 from jllm.server.state import ServerState, server_state
 
@@ -68,10 +67,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def load_model(request: web.Request) -> web.Response:
     state = _admin_state(request)
-    try:
-        raw = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}") from e
+    raw = json_body(await request.read())
     try:
         entry = parse_entry(raw, state.config)
     except ConfigError as e:
@@ -82,10 +78,7 @@ async def load_model(request: web.Request) -> web.Response:
 
 async def swap_weights(request: web.Request) -> web.Response:
     state = _admin_state(request)
-    try:
-        body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}") from e
+    body = json_body(await request.read())
     if not isinstance(body, dict) or not isinstance(body.get("model"), str) or set(body) != {"model"}:
         raise bad_request('send {"model": "<a checkpoint of the served model>"} and nothing else', param="model")
     served = await asyncio.shield(state.registry.swap_weights(request.match_info["name"], body["model"]))

@@ -7,14 +7,12 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from jllm.server.chat import create_chat_completion
 from jllm.server.completions import create_completion
 from jllm.server.embeddings import create_embedding
-from jllm.server.errors import Handler, bad_request
+from jllm.server.errors import Handler, bad_request, json_body
 
 # the key whose presence names a body's route, in this order
 ROUTES: tuple[tuple[str, Handler], ...] = (
@@ -25,10 +23,7 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
 
 
 async def invocations(request: web.Request) -> web.StreamResponse:
-    try:
-        body = json.loads(await request.read())
-    except ValueError as e:
-        raise bad_request(f"the request body is not valid JSON: {e}") from e
+    body = json_body(await request.read())
     for key, handler in ROUTES:
         if isinstance(body, dict) and key in body:
             return await handler(request)  # aiohttp keeps the body read: the route reads it again
