@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import llguidance
+import pydantic_core
 
 _KEYS = ("type", "structures", "triggers")
 _STRUCTURE_KEYS = ("begin", "schema", "end")
@@ -45,7 +46,8 @@ def structural_tag_grammar(
     """The llguidance grammar of a structural tag (a dict or its JSON text), in either form; ``schema_of`` readies
     each schema (jllm's nullable rule, whitespace options); ``is_special`` says whether a text is one special token
     of the tokenizer. ValueError names the key at fault."""
-    spec = json.loads(value) if isinstance(value, str) else value
+    # JSON text parsed as a request's body is (its nesting limit; json.loads raised RecursionError ~1,000 deep)
+    spec = pydantic_core.from_json(value) if isinstance(value, str) else value
     if not isinstance(spec, dict):
         raise ValueError(f"a structural tag is an object (structures and triggers, or a format), got {spec!r:.80}")
     if "format" not in spec:

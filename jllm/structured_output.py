@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
-import json
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterable
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import llguidance
 import llguidance.numpy
 import numpy as np
+import pydantic_core
 
 from jllm.structural_tag import structural_tag_grammar
 
@@ -147,7 +147,8 @@ class StructuredOutputsParams:
 def _grammar(kind: str, value: Any, options: dict[str, Any] | None) -> str:
     """``options``: llguidance's JSON compile options (whitespace), for the JSON kinds."""
     if kind == "json":
-        schema = json.loads(value) if isinstance(value, str) else value
+        # JSON text parsed as a request's body is (its nesting limit; json.loads raised RecursionError ~1,000 deep)
+        schema = pydantic_core.from_json(value) if isinstance(value, str) else value
         if not isinstance(schema, dict):
             raise ValueError(f"a JSON schema is an object, got {type(schema).__name__}")
         return llguidance.LLMatcher.grammar_from_json_schema(nullable_as_union(schema), overrides=options)

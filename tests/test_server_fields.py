@@ -469,6 +469,21 @@ def test_a_prompt_of_token_ids_keeps_its_special_tokens_in_echo_and_detokenize(s
     assert http("POST", f"{server.url}/detokenize", json_body={"tokens": tokens}).json()["prompt"] == "<s>#"
 
 
+DEEP_JSON = "[" * 3000 + "]" * 3000  # past the standard library parser's recursion limit, inside max_prompt_chars
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("guided_json", DEEP_JSON), ("structural_tag", DEEP_JSON), ("structured_outputs", {"json": DEEP_JSON})],
+)
+def test_a_schema_sent_as_json_text_nested_too_deep_is_a_400(server: RunningServer, field: str, value: Any) -> None:
+    """JSON text inside a request parses as the body does (its nesting limit): json.loads had raised RecursionError
+    past ~1,000 levels, a 500."""
+    reply = http("POST", f"{server.url}/v1/completions", json_body={**COMPLETION, field: value})
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == field and "recursion limit" in error["message"], reply.body
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_the_model_s_generation_config_fills_only_the_fields_a_request_leaves_unset(
     server: RunningServer, engine: LLMEngine, chat: bool, monkeypatch: pytest.MonkeyPatch

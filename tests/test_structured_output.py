@@ -146,7 +146,7 @@ def test_a_structural_tag_s_special_token_trigger_is_matched_as_that_token() -> 
         ({**TAG, "structures": [{"begin": "<f=a>", "schema": {}}]}, r"structures\[0\] takes exactly .* \['end'\]"),
         ({**TAG, "tags": []}, "'tags' is not a structural tag key"),
         ("[1]", "a structural tag is an object"),
-        ("{oops", "Expecting property name"),
+        ("{oops", "key must be a string"),
         ({**TAG, "structures": [{"begin": "<f=a>", "schema": {"type": "nonsense"}, "end": ""}]}, "nonsense"),
     ],
 )
