@@ -11,10 +11,11 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+import pydantic_core
 
 from jllm.bad_words import BadWordIds, bad_word_ids
 from jllm.config import LimitsConfig, parse_chat_template
@@ -471,7 +472,8 @@ def _message_for_template(message: Any, index: int) -> dict[str, Any]:
 
 def _tool_calls_for_template(calls: Any, index: int) -> list[dict[str, Any]]:
     """OpenAI's tool calls carry their arguments as JSON text; templates read them as a mapping (``| tojson`` would
-    quote the text a second time), so the text is parsed, as vLLM and the chat route parse it (none or empty: {})."""
+    quote the text a second time), so the text is parsed, as vLLM and the chat route parse it (none or empty: {}),
+    by the parser a request body gets (its nesting limit: json.loads raised RecursionError ~1,000 levels deep)."""
     if not isinstance(calls, list | tuple) or not all(
         isinstance(call, dict) and isinstance(call.get("function"), dict) for call in calls
     ):
@@ -484,8 +486,8 @@ def _tool_calls_for_template(calls: Any, index: int) -> list[dict[str, Any]]:
         arguments = call["function"].get("arguments") or {}
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError as e:
+                arguments = pydantic_core.from_json(arguments)
+            except ValueError as e:
                 raise InputError(
                     f"messages[{index}].tool_calls: arguments {arguments!r:.100} are not JSON: {e}", param="messages"
                 ) from e

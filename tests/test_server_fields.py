@@ -484,6 +484,29 @@ def test_a_schema_sent_as_json_text_nested_too_deep_is_a_400(server: RunningServ
     assert reply.status == 400 and error["param"] == field and "recursion limit" in error["message"], reply.body
 
 
+def test_a_past_calls_arguments_nested_too_deep_are_a_400(server: RunningServer) -> None:
+    """The chat template reads a past call's arguments parsed: json.loads raised RecursionError past ~1,000
+    levels, a 500 (on the Responses API too, whose function_call items become those calls)."""
+    arguments = "[" * 1500 + "]" * 1500  # inside the test model's max_prompt_chars
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c", "content": "x"},
+    ]
+    items = [
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": arguments},
+        {"type": "function_call_output", "call_id": "c", "output": "x"},
+    ]
+    for path, body, param in [
+        ("/v1/chat/completions", {**CHAT, "messages": messages}, "messages"),
+        ("/v1/responses", {"model": MODEL, "input": items, "max_output_tokens": 3}, "input"),
+    ]:
+        reply = http("POST", f"{server.url}{path}", json_body=body)
+        error = reply.json()["error"]
+        assert reply.status == 400 and error["param"] == param and "are not JSON" in error["message"], reply.body
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_the_model_s_generation_config_fills_only_the_fields_a_request_leaves_unset(
     server: RunningServer, engine: LLMEngine, chat: bool, monkeypatch: pytest.MonkeyPatch
