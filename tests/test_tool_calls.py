@@ -12,7 +12,7 @@ from typing import Any
 
 import openai
 import pytest
-from fake_runner import fake_engine
+from fake_runner import TINY_TOKENIZER, fake_engine, repeating_text_engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_utils import RunningServer, http
@@ -886,6 +886,58 @@ def test_gemma4_arguments_nested_past_pythons_recursion_limit_are_no_call() -> N
     assert parse_tool_calls(make_parser("gemma4"), text) == (text, [])
     stream = ToolCallStream(make_parser("gemma4"))
     assert stream.feed(text) == ("", []) and stream.finish() == (text, [])
+
+
+DEEP = "[" * 2000 + "]" * 2000  # past CPython 3.12's ~1,500 levels: a logit_bias on "[[" gets a model there
+
+
+XML_DEEP = "<tool_call>\n<function=calculate_area>\n<parameter=dimensions>\n" + DEEP + "\n</parameter>\n</function>\n"
+
+
+@pytest.mark.parametrize(
+    ("family", "text"),
+    [
+        ("hermes", '<tool_call>{"name": "f", "arguments": {"a": ' + DEEP + "}}</tool_call>"),
+        ("llama3_json", '{"name": "f", "parameters": {"a": ' + DEEP + "}}"),
+        ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"a": ' + DEEP + "}}]"),
+        ("qwen3_coder", XML_DEEP + "</tool_call>"),  # an "object" parameter: read as JSON
+        ("qwen3_xml", XML_DEEP + "</tool_call>"),
+    ],
+)
+def test_json_arguments_nested_past_pythons_recursion_limit_are_no_call(family: str, text: str) -> None:
+    """json's RecursionError had escaped the JSON formats' readers and the XML ones' typed values: a 500 for the
+    reply (the gemma4 one above)."""
+    tools = QWEN_TOOLS if family.startswith("qwen3") else None
+    content, calls = parse_tool_calls(make_parser(family, tools), text)
+    assert all(isinstance(json.loads(c.arguments), dict) for c in calls)
+    stream = ToolCallStream(make_parser(family, tools))
+    stream.feed(text)
+    stream.finish()
+
+
+def test_a_forced_list_nested_past_pythons_recursion_limit_is_no_call() -> None:
+    """``tool_choice`` "required" with a ``logit_bias`` on "[[": the whole reply's reading raised RecursionError, a
+    500, cut short or closed alike."""
+    opened = '[{"name": "a", "parameters": {"k": ' + "[" * 2000
+    assert forced_calls(opened, None) is None and forced_calls(opened + "]" * 2000 + "}}]", None) is None
+    assert forced_calls("[" * 2000, "a") is None
+    stream = ForcedCallStream()
+    stream.feed(opened)
+    assert stream.finish()[1] == []
+
+
+def test_a_forced_call_held_to_brackets_past_the_recursion_limit_is_answered_not_a_500() -> None:
+    """What a client's ``logit_bias`` on "[[" did to the default model: ~1,800 brackets opened in a forced call's
+    arguments, and the reply's reading raised RecursionError (a 500). Here the script writes "[" at every step."""
+    engine = repeating_text_engine("[", TINY_TOKENIZER, max_model_len=2048, num_pages=520, max_num_batched_tokens=64)
+    array = {"type": "object", "properties": {"a": {"type": "array"}}, "required": ["a"]}
+    body = {"model": MODEL, "messages": MESSAGES, "tool_choice": "required", "max_tokens": 1600}
+    body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": array}}]
+    with RunningServer(engine, load_config(None, served_model_name=MODEL)) as running:
+        for stream in (False, True):
+            reply = http("POST", f"{running.url}/v1/chat/completions", json_body={**body, "stream": stream})
+            assert reply.status == 200 and reply.body.count(b"[") > 1500, reply.body[-300:]
+            assert b'"finish_reason":"length"' in reply.body and b'"error"' not in reply.body
 
 
 def test_pythonic_streams_keyword_arguments_as_they_settle() -> None:

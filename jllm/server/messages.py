@@ -28,6 +28,7 @@ from jllm.server.reasoning import ReplyPlan
 from jllm.server.registry import ServedModel
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, server_state
+from jllm.tool_parsers.base import NOT_JSON
 
 ABORTED = "the server stopped the request before it finished (it is draining or unloading the model)"
 Event = tuple[str, str]  # (the event's type, its JSON)
@@ -89,7 +90,7 @@ def _arguments(text: str) -> dict[str, Any]:
     """A call's arguments as the ``input`` object (arguments that are not a JSON object stay whole under "value")."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except NOT_JSON:
         return {"value": text}
     return value if isinstance(value, dict) else {"value": value}
 

@@ -14,6 +14,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+# What reading generated text as JSON may raise: not JSON, or JSON nested past the parser's recursion limit (~1,500
+# levels in CPython 3.12; output held to "[[" by a logit_bias gets there): either way the text holds no value here
+NOT_JSON = (json.JSONDecodeError, RecursionError)
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -27,11 +31,11 @@ def arguments_json(args: Any) -> str | None:
     if isinstance(args, str):  # some models send the arguments already as JSON text: an object's, or no call
         try:
             return args if isinstance(json.loads(args), dict) else None
-        except json.JSONDecodeError:
+        except NOT_JSON:
             return None
     try:
         return json.dumps(args, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
 
 
@@ -61,7 +65,7 @@ def json_spans(text: str, separator: str = "") -> tuple[list[tuple[Any, str]], b
             return spans, True, pos
         try:
             value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
+        except NOT_JSON:
             return spans, False, pos
         spans.append((value, text[pos:end]))
         pos = end
@@ -113,7 +117,7 @@ def _list_items(body: str) -> tuple[list[tuple[Any, str]], int | None, int | Non
             pos = _skip_space(body, pos + 1)
         try:
             value, end = decoder.raw_decode(body, pos)
-        except json.JSONDecodeError:
+        except NOT_JSON:
             return items, None, pos
         items.append((value, body[pos:end]))
         pos = end

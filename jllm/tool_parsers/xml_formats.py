@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from jllm.tool_parsers.base import ToolCall, ToolParser, arguments_json
+from jllm.tool_parsers.base import NOT_JSON, ToolCall, ToolParser, arguments_json
 
 _STRING_TYPES = ("string", "str", "text", "varchar", "char", "enum")
 
@@ -81,7 +81,7 @@ def typed_value(value: str, schema: Any) -> Any:
     if kind in ("object", "array", "arr") or kind.startswith(("dict", "list")):
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except NOT_JSON:
             pass
     return _literal(value)
 
@@ -188,7 +188,7 @@ class Glm45Parser(ToolParser):
     def _value(value: str) -> Any:
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except NOT_JSON:
             return _literal(value)
 
 
@@ -268,5 +268,5 @@ class DeepSeekV32Parser(_InvokeParser):
             return value
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except NOT_JSON:
             return value
