@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jllm.config import (
+    GIVEN_NULL,
     OFFLINE_SECTIONS,
     ConfigError,
     EngineConfig,
@@ -80,11 +81,13 @@ def add_engine_options(
 
 
 def json_option(text: str) -> object:
-    """A JSON option's value; argparse's own message would name the parser function ("invalid loads value")."""
+    """A JSON option's value (``null``: ``GIVEN_NULL``, over a config file's value); argparse's own message would
+    name the parser function ("invalid loads value")."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({e})") from e
+    return GIVEN_NULL if value is None else value
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:

@@ -515,9 +515,17 @@ def merge_config(file_values: dict[str, Any], **overrides: Any) -> EngineConfig:
     return EngineConfig.from_flat({**kept, **given})
 
 
+class GivenNull:
+    """A command-line option given as JSON ``null`` (``--speculative-config null``): argparse's None means "not
+    given", so this stands for a None that overrides the config file's value."""
+
+
+GIVEN_NULL = GivenNull()
+
+
 def given_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The command-line options given: argparse leaves the others None."""
-    return {key: value for key, value in options.items() if value is not None}
+    """The command-line options given: argparse leaves the others None; ``GIVEN_NULL`` is a given None."""
+    return {key: None if value is GIVEN_NULL else value for key, value in options.items() if value is not None}
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> EngineConfig:

@@ -88,6 +88,17 @@ def test_every_engine_key_is_an_option_of_its_type(command: str, required: list[
     assert hasattr(parser.parse_args([command, *required]), "port") == (command == "serve")
 
 
+def test_a_json_option_given_as_null_turns_the_file_value_off(tmp_path: Path) -> None:
+    """``--speculative-config null`` overrides a config file's speculative decoding (argparse's None means "not
+    given", which had kept the file's value)."""
+    spec = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
+    config = write_yaml(tmp_path / "c.yaml", {"speculative_config": spec})
+    parse = cli.build_parser().parse_args
+    assert cli.engine_config(parse(["generate", "--config", str(config), "hi"])).scheduler.speculative_config == spec
+    args = parse(["generate", "--config", str(config), "--speculative-config", "null", "hi"])
+    assert cli.engine_config(args).scheduler.speculative_config is None
+
+
 def test_command_line_beats_config_file_beats_defaults(tmp_path: Path) -> None:
     config = write_yaml(tmp_path / "c.yaml", {"max_num_seqs": 8, "max_model_len": 1024, "enable_prefix_caching": False})
     args = cli.build_parser().parse_args(["generate", "--config", str(config), "--max-num-seqs", "4", "hi"])
