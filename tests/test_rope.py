@@ -7,9 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from transformers import LlamaConfig
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from jllm.models.families.common import read_rope
 
@@ -61,6 +58,11 @@ CASES: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_inverse_frequencies_and_attention_factor_equal_transformers(name):
+    # imported here: with torch, transformers' Llama took 5 CPU s of every xdist worker's collection
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
     params = CASES[name]
     hf = LlamaConfig(
         hidden_size=HEAD_DIM * 4,

@@ -9,7 +9,6 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import anthropic
 import openai
 import pytest
 from fake_runner import fake_engine
@@ -292,6 +291,8 @@ def test_a_reasoning_item_passed_back_reaches_the_template(client: openai.OpenAI
 def test_anthropic_messages_carry_thinking_text_and_tool_use_blocks(server: RunningServer, prompts: list[str]) -> None:
     """The Messages API: the reasoning a ``thinking`` block, then the text, then each call a ``tool_use`` block
     (stop reason ``tool_use``), whole and streamed; a thinking block passed back reaches the template."""
+    import anthropic  # here: its import took 1.7 CPU s of every xdist worker's collection
+
     client = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0)
     tools = [{"name": "weather", "input_schema": {"type": "object"}}]
     args = dict(model=MODEL, max_tokens=400, messages=_messages("call"), tools=tools)
