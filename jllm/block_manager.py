@@ -20,6 +20,7 @@ import hashlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import NoReturn
 
 from jllm.sequence import Sequence
 
@@ -224,12 +225,13 @@ class BlockManager:
         _check(self._ref_counts[0] == 0 and 0 not in self._free, "reserved page 0 was handed out")
         for page in range(1, self.num_pages):
             rc = self._ref_counts[page]
-            if rc < 0 or (rc == 0) != (page in self._free):
-                _check(rc >= 0, f"page {page} has refcount {rc}")
-                _check(False, f"page {page}: refcount {rc} but in free queue={page in self._free}")
+            if rc < 0:
+                _fail(f"page {page} has refcount {rc}")
+            if (rc == 0) != (page in self._free):
+                _fail(f"page {page}: refcount {rc} but in free queue={page in self._free}")
         for h, page in self._cached.items():
             if self._page_hashes[page] != h:
-                _check(False, f"cached hash points at page {page} that no longer holds it")
+                _fail(f"cached hash points at page {page} that no longer holds it")
 
     def _check_holders(self, seqs: Iterable[Sequence]) -> None:
         """The pool against the block tables: refcounts count holders, and a shared page is read-only in each."""
@@ -237,7 +239,7 @@ class BlockManager:
         for page in range(1, self.num_pages):
             held = holders.get(page, [])
             if len(held) != self._ref_counts[page]:
-                _check(False, f"page {page}: refcount {self._ref_counts[page]}, {len(held)} holders")
+                _fail(f"page {page}: refcount {self._ref_counts[page]}, {len(held)} holders")
             if len(held) > 1:
                 for seq, i in held:
                     full = (i + 1) * self.page_size <= seq.num_computed_tokens
@@ -258,4 +260,9 @@ def _holders(seqs: Iterable[Sequence]) -> dict[int, list[tuple[Sequence, int]]]:
 def _check(ok: bool, msg: str) -> None:
     """An ``assert`` that ``python -O`` keeps."""
     if not ok:
-        raise AssertionError(msg)
+        _fail(msg)
+
+
+def _fail(msg: str) -> NoReturn:
+    """A failed check, for the loops over every page that test first and build the message only on failure."""
+    raise AssertionError(msg)
