@@ -211,9 +211,10 @@ step sweep_serving 420 python scripts/sweep_serving.py --base-url http://127.0.0
 stop
 # Every Pallas case against the float32 reference (49/49 on the H100 2026-12-05; wide heads and padded widths since).
 step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$QOUT/check_pallas.json"
-# Issue 20's serving TPOT: what a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224 and 32 + 480 fill the 256 and
-# 512 buckets). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
-for prefill in 480; do
+# Issue 20's serving TPOT: what a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224, 32 + 480
+# and 32 + 992 fill the 256, 512 and 1,024 buckets; the last is the serving run's step with a whole prompt: ITL p90
+# 29.5 ms on the H200 2026-12-07, against 19 ms for its FLOPs at the matmul rate). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
+for prefill in 480 992; do
     step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
         --json "$QOUT/mixed_step_$prefill.json"
