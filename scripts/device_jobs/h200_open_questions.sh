@@ -214,6 +214,10 @@ step check_pallas 300 python scripts/check_kernels.py --kernel pallas --json "$Q
 # Issue 20's serving TPOT: what a step carrying a prefill chunk beside 32 decodes spends its time on (32 + 224, 32 + 480
 # and 32 + 992 fill the 256, 512 and 1,024 buckets; the last is the serving run's step with a whole prompt: ITL p90
 # 29.5 ms on the H200 2026-12-07, against 19 ms for its FLOPs at the matmul rate). Until 2026-12-05 18:30 profile_step ran no prefill here: max_num_seqs was the batch, so none was admitted.
+# Issue 20's serving TPOT is about a 32-sequence decode step at ~1.1k context (ITL p50 6.05 ms on the H200
+# 2026-12-07, its roofline 4.62 ms) plus the prompts' FLOPs: that step's kernels.
+step step_b32 240 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
+    --batch-sizes 32 --prompt 1024 --steps 50 --trace-steps 3 --json "$QOUT/step_b32.json"
 for prefill in 480 992; do
     step "mixed_step_$prefill" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
