@@ -99,15 +99,27 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line, placed by line and column: PyYAML's own message spans several lines, quoting the
+    text with a caret under it and calling the file "<unicode string>"."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return where + " ".join(" ".join(str(part).split()) for part in (error.context, error.problem) if part)
+    return " ".join(str(error).split())
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping; every way of failing is a ConfigError naming the file."""
+    """A YAML file's top-level mapping; every way of failing is a one-line ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"config file {str(path)!r} {what}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not readable YAML: {yaml_problem(e)}") from e
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} is not readable YAML: {e}") from e
     if data is None:
         return {}

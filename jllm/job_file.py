@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from jllm.config import OFFLINE_SECTIONS, ConfigError, EngineConfig, engine_keys, unknown_key_error
-from jllm.config_base import UniqueKeyLoader
+from jllm.config_base import UniqueKeyLoader, yaml_problem
 from jllm.run_spec import RUN_SCHEMA, SAMPLING_KEYS, RunSpec, parse_run
 from jllm.sweep import SweepPoint, expand_sweep
 
@@ -73,7 +73,9 @@ def load_job_file(path: str | Path) -> JobFile:
             values = loader.construct_document(node) if node is not None else {}
         finally:
             loader.dispose()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:
+        raise ConfigError(f"job file {str(path)!r} is not readable YAML: {yaml_problem(e)}") from e
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"job file {str(path)!r} is not readable YAML: {e}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"job file {str(path)!r} must hold a mapping of keys to values, got {type(values).__name__}")
@@ -155,7 +157,7 @@ def apply_sets(job: JobFile, sets: list[str]) -> None:
         except ConfigError as e:
             raise ConfigError(f"--set {item}: {e}", key=e.key) from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item}: the value is not YAML: {e}", key=dotted) from e
+            raise ConfigError(f"--set {item}: the value is not YAML: {yaml_problem(e)}", key=dotted) from e
         if key == ("run", "dataset") and isinstance(value, str):
             value = str(Path(value).expanduser().absolute())  # given on the command line: from the working directory
         set_value(job.values, key, value)

@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from jllm.config import ConfigError
+from jllm.config_base import yaml_problem
 from jllm.datasets import RunInput
 from jllm.outputs import (
     CompletionOutput,
@@ -52,7 +53,8 @@ def check_output_dir(output_dir: Path, resolved: dict[str, Any]) -> None:
     try:
         before = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} is not readable YAML ({e}); {START_AGAIN}", key="run.output_dir") from e
+        problem = yaml_problem(e) if isinstance(e, yaml.YAMLError) else str(e)
+        raise ConfigError(f"{path} is not readable YAML ({problem}); {START_AGAIN}", key="run.output_dir") from e
     if before == resolved:
         return
     flat_before, flat_now = _flatten(before), _flatten(resolved)

@@ -210,6 +210,23 @@ def test_malformed_yaml_is_a_config_error_naming_the_file(tmp_path: Path, text: 
     assert str(path) in str(err.value) and expected in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_num_seqs: 4\nmax_num_seqs: 8\n", "line 2, column 1: key 'max_num_seqs' is given twice"),
+        ("a:\n\tb: 1\n", "line 2, column 1: while scanning for the next token found character '\\t'"),
+        ("max_model_len: [1, 2\n", "line 2, column 1: while parsing a flow sequence expected ',' or ']'"),
+    ],
+)
+def test_yaml_errors_are_one_line_placed_in_the_file(tmp_path: Path, text: str, expected: str) -> None:
+    """PyYAML's messages span several lines, quote the text under a caret and call the file "<unicode string>"."""
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"config file '{path}' is not readable YAML: {expected}")
+    assert "\n" not in str(err.value) and "<unicode string>" not in str(err.value)
+
+
 def test_non_utf8_yaml_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("model: caf\xe9\n".encode("latin-1"))

@@ -286,6 +286,11 @@ def test_sweeping_only_run_keys_builds_one_engine(job: Path) -> None:
         ((), ("nosuchkey=1",), "--set nosuchkey=1: unknown key 'nosuchkey'"),
         (("max_tokens: 5", "seed: 3"), (), "job.yaml line 8: run.sampling.seed: give it as run.seed in a run"),
         ((), ("temperature",), "expected KEY=VALUE"),
+        (
+            (),
+            ("temperature=[1",),
+            "--set temperature=[1: the value is not YAML: line 1, column 3: while parsing a flow",
+        ),
         ((), ("sweep.temperature=[0, 1]",), "--set sweep.temperature=[0, 1]: the sweep: section is the job file's"),
         ((), ("run.dataset.x=1",), "--set run.dataset.x=1: run.dataset takes a value, not keys"),
         ((), ("max_num_seqs.x=1",), "--set max_num_seqs.x=1: max_num_seqs takes a value, not keys"),
@@ -298,6 +303,15 @@ def test_bad_job_names_key_line_and_what_is_allowed(job: Path, edit: tuple, sets
     with pytest.raises(ConfigError) as error:
         plan(job, *sets)
     assert message in str(error.value)
+
+
+def test_a_job_file_that_is_not_yaml_is_named_on_one_line(job: Path) -> None:
+    job.write_text(job.read_text() + "  batch_size: 3\n")  # the run section's batch_size a second time
+    with pytest.raises(ConfigError) as error:
+        plan(job)
+    assert str(error.value).startswith(f"job file '{job}' is not readable YAML: line ")
+    assert str(error.value).endswith("key 'batch_size' is given twice")
+    assert "<unicode string>" not in str(error.value)
 
 
 def test_bad_sweep_names_its_key_and_line(job: Path) -> None:
@@ -452,7 +466,12 @@ def test_every_engine_option_of_jllm_run_is_a_job_key(job: Path) -> None:
         ("out", b"not json\n", None, r"results.jsonl line 1 is not JSON .*; give another output_dir, or delete"),
         ("out", b'{"id": "\xff"}\n', None, r"results.jsonl line 1 is not JSON \('utf-8' codec"),
         ("out", b'{"x": 1}\n', None, r"results.jsonl line 1 is not a result of jllm run \(an object with id, prompt"),
-        ("out", None, "run: [\n", r"(?s)config.yaml is not readable YAML \(.*\); give another output_dir"),
+        (
+            "out",
+            None,
+            "run: [\n",
+            r"config.yaml is not readable YAML \(line 2, column 1: while parsing .*\); give another output_dir",
+        ),
     ],
 )
 def test_output_dir_that_cannot_be_written_or_resumed_fails_before_any_engine(
