@@ -121,6 +121,8 @@ def resolve_key(dotted: str) -> KeyPath:
             parts = ("run", parts[0])
         elif parts[0] in SAMPLING_KEYS:
             parts = ("run", "sampling", parts[0])
+        else:  # a misspelt short name is most likely a run or sampling key's: suggest among every name taken here
+            raise unknown_key_error(parts[0], {*schema, *RUN_SCHEMA, *SAMPLING_KEYS})
     tree: Any = schema
     for i, part in enumerate(parts):
         if tree is None:

@@ -284,6 +284,9 @@ def test_sweeping_only_run_keys_builds_one_engine(job: Path) -> None:
         ),
         ((), ("run.sampling.temprature=1",), "--set run.sampling.temprature=1: unknown run.sampling key 'temprature'"),
         ((), ("nosuchkey=1",), "--set nosuchkey=1: unknown key 'nosuchkey'"),
+        # a misspelt short name is matched against the run and sampling keys too, not only the engine's
+        ((), ("temprature=1",), "--set temprature=1: unknown key 'temprature' (did you mean 'temperature'?)"),
+        ((), ("batch_sise=1",), "--set batch_sise=1: unknown key 'batch_sise' (did you mean 'batch_size'?)"),
         (("max_tokens: 5", "seed: 3"), (), "job.yaml line 8: run.sampling.seed: give it as run.seed in a run"),
         ((), ("temperature",), "expected KEY=VALUE"),
         (
@@ -317,7 +320,10 @@ def test_a_job_file_that_is_not_yaml_is_named_on_one_line(job: Path) -> None:
 def test_bad_sweep_names_its_key_and_line(job: Path) -> None:
     text = job.read_text()
     write(job, text + "sweep:\n  temperature: [0, 1]\n  tempreature: [0, 1]\n")
-    with pytest.raises(ConfigError, match=r"job.yaml line 17: sweep.tempreature: unknown key 'tempreature'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"job.yaml line 17: sweep.tempreature: unknown key 'tempreature' \(did you mean 'temperature'\?\)",
+    ):
         plan(job)
     write(job, text + "sweep:\n  temperature: [0, -1]\n")
     with pytest.raises(
