@@ -330,6 +330,8 @@ class LLM:
         and ``tools`` (OpenAI's tool objects)
         reach it as ``tools``, as in vLLM (refused where the template does not read them: offline they would change
         nothing); calls in the output are not parsed offline (vLLM's ``chat`` neither)."""
+        _check_switch(add_generation_prompt, "add_generation_prompt")
+        _check_switch(continue_final_message, "continue_final_message")
         if not isinstance(messages, list | tuple):
             raise InputError(
                 f"messages must be a list of messages or a list of conversations, got {type(messages).__name__}",

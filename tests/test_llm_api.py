@@ -60,6 +60,17 @@ def test_a_bad_prompt_is_named_by_its_index_and_nothing_runs(llm: LLM, bad: obje
     assert not llm.engine.has_unfinished_requests()
 
 
+@pytest.mark.parametrize("switch", ["add_generation_prompt", "continue_final_message"])
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_chat_switches_must_be_booleans(llm: LLM, switch: str, value: object) -> None:
+    """ "no" or 0 would be read by its truth value, the opposite of what was meant (``embed``'s normalize too)."""
+    with pytest.raises(TypeError, match=f"^{switch} must be True or False, got {value!r}"):
+        llm.chat([{"role": "user", "content": "hi"}], GREEDY, use_tqdm=False, **{switch: value})
+    assert not llm.engine.has_unfinished_requests()
+    [output] = llm.chat([{"role": "user", "content": "hi"}], GREEDY, use_tqdm=False)
+    assert len(output.outputs[0].token_ids) == 3
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
