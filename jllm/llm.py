@@ -80,10 +80,10 @@ class LLM:
         lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
         priority: Seq[int] | None = None,
     ) -> list[RequestOutput]:
-        """Completes every prompt; outputs come back in input order. A bad prompt raises a ValueError naming its
-        index before any runs. ``lora_request``: the LoRA adapter every prompt runs with, or one per prompt (None:
-        the base model), as vLLM's (needs ``enable_lora``). ``priority``: one per prompt, lower first, as vLLM's
-        (needs ``scheduling_policy: priority``)."""
+        """Completes every prompt; outputs come back in input order. A bad prompt (one the KV pool cannot hold
+        included) raises a ValueError naming its index before any runs. ``lora_request``: the LoRA adapter every
+        prompt runs with, or one per prompt (None: the base model), as vLLM's (needs ``enable_lora``). ``priority``:
+        one per prompt, lower first, as vLLM's (needs ``scheduling_policy: priority``)."""
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
         prompts = _prompt_list(prompts)
@@ -100,6 +100,9 @@ class LLM:
         if sampling_params is None:  # the model's max_new_tokens, up to the room each prompt leaves
             default, door = self.engine.sampling_defaults.get("max_tokens"), self.engine.inputs
             params = [door.with_default_max_tokens(p, default, [c]) for p, c in zip(params, checked, strict=True)]
+        for i, (prompt, p) in enumerate(zip(checked, params, strict=True)):
+            if (reason := self.engine.scheduler.rejection_reason(len(prompt.token_ids), p.max_tokens)) is not None:
+                raise InputError(f"prompts[{i}]: {reason}", param=f"prompts[{i}]")
         request_ids = [f"req-{next(self._ids)}" for _ in prompts]
         for lora in dict.fromkeys(lora for lora in loras if lora is not None):  # every adapter read before any runs
             self.engine.add_lora(lora)

@@ -144,7 +144,7 @@ class Scheduler:
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} is already scheduled")
         seqs = sorted(seqs, key=lambda s: s.sample_index)
-        reason = self._rejection_reason(seqs[0])
+        reason = self.rejection_reason(seqs[0].num_prompt_tokens, seqs[0].sampling_params.max_tokens)
         if reason is not None:
             for seq in seqs:
                 seq.status = SequenceStatus.FINISHED_ABORTED
@@ -164,10 +164,10 @@ class Scheduler:
         else:
             self.waiting.append(seq)
 
-    def _rejection_reason(self, seq: Sequence) -> str | None:
-        """Why a request can never run: admitting it anyway could deadlock the pool."""
-        num_prompt, limit = seq.num_prompt_tokens, self.max_model_len
-        max_tokens = seq.sampling_params.max_tokens
+    def rejection_reason(self, num_prompt: int, max_tokens: int | None) -> str | None:
+        """Why a request can never run (its tokens need more pages than the pool holds): admitting it anyway could
+        deadlock the pool. ``LLM.generate`` asks before adding any request: a batch fails whole, naming the prompt."""
+        limit = self.max_model_len
         plus = "" if max_tokens is None else f" plus max_tokens={max_tokens}"
         total = limit if max_tokens is None else min(num_prompt + max_tokens, limit)
         bm = self.block_manager

@@ -60,10 +60,26 @@ def test_a_bad_prompt_is_named_by_its_index_and_nothing_runs(llm: LLM, bad: obje
     assert not llm.engine.has_unfinished_requests()
 
 
+def test_a_prompt_the_kv_pool_cannot_hold_raises_before_any_runs() -> None:
+    """The scheduler rejects such a request (it could never be admitted); offline that had come back as an empty
+    output finished by "abort", with only a log line, and the other prompts of the batch ran."""
+    llm = LLM.__new__(LLM)
+    llm.engine = fake_engine(num_pages=4, page_size=4)  # 3 usable pages: 12 tokens
+    llm._ids = itertools.count()
+    with pytest.raises(
+        InputError, match=r"^prompts\[1\]: prompt of 10 tokens plus max_tokens=3 needs KV cache for 13 "
+    ) as e:
+        llm.generate([[5] * 4, [5] * 10], GREEDY, use_tqdm=False)
+    assert e.value.param == "prompts[1]" and "the pool holds 3 pages (12 tokens)" in str(e.value)
+    assert not llm.engine.has_unfinished_requests()
+    [output] = llm.generate([[5] * 4], GREEDY, use_tqdm=False)
+    assert output.outputs[0].finish_reason == "length" and len(output.outputs[0].token_ids) == 3
+
+
 @pytest.mark.parametrize("switch", ["add_generation_prompt", "continue_final_message"])
 @pytest.mark.parametrize("value", ["no", 0, None])
 def test_chat_switches_must_be_booleans(llm: LLM, switch: str, value: object) -> None:
-    """ "no" or 0 would be read by its truth value, the opposite of what was meant (``embed``'s normalize too)."""
+    """A string or 0 would be read by its truth value: "no" the opposite of what was meant (as embed's normalize)."""
     with pytest.raises(TypeError, match=f"^{switch} must be True or False, got {value!r}"):
         llm.chat([{"role": "user", "content": "hi"}], GREEDY, use_tqdm=False, **{switch: value})
     assert not llm.engine.has_unfinished_requests()
