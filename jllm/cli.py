@@ -92,7 +92,9 @@ def json_option(text: str) -> object:
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="default: %(default)s")
+    group.add_argument(
+        "--max-tokens", type=int, help=f"default: {DEFAULT_MAX_TOKENS}, or what the context leaves after the prompt"
+    )
     group.add_argument("--temperature", type=float, help="0 = greedy; default: 1.0")
     group.add_argument("--top-p", type=float, help="default: 1.0 (off)")
 
@@ -112,8 +114,25 @@ def sampling_params(args: argparse.Namespace, defaults: SamplingParams | None = 
     generation_config.json's, once it is loaded); called before loading too, so a bad option is named before the
     wait."""
     given = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = {"max_tokens": DEFAULT_MAX_TOKENS} | {k: v for k, v in given.items() if v is not None}
     return SamplingParams(**given) if defaults is None else dataclasses.replace(defaults, **given)
+
+
+def request_params(llm: LLM, args: argparse.Namespace) -> SamplingParams | None:
+    """What the command's requests are sent with. ``--max-tokens`` given: exactly that (a prompt it leaves no room
+    for is an error). Else the options become the engine's request defaults and the requests go without
+    SamplingParams, so ``DEFAULT_MAX_TOKENS`` is capped by the room each prompt leaves, as a model's own default is
+    (``--max-model-len 64`` had refused every prompt: 256 tokens asked that nobody asked for)."""
+    if args.max_tokens is not None:
+        return sampling_params(args, llm.get_default_sampling_params())
+    given = {"temperature": args.temperature, "top_p": args.top_p}
+    defaults = llm.engine.sampling_defaults
+    llm.engine.sampling_defaults = {
+        **defaults,
+        **{k: v for k, v in given.items() if v is not None},
+        "max_tokens": DEFAULT_MAX_TOKENS,
+    }
+    return None
 
 
 def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
@@ -131,7 +150,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     config = engine_config(args)
     sampling_params(args)  # a bad sampling option is named before the model loads
     llm = make_llm(config, len(args.prompts))
-    outputs = llm.generate(args.prompts, sampling_params(args, llm.get_default_sampling_params()))
+    outputs = llm.generate(args.prompts, request_params(llm, args))
     for i, out in enumerate(outputs, 1):
         print(f"=== prompt {i} ===\n{out.prompt}")
         for c in out.outputs:
@@ -144,7 +163,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     config = engine_config(args)
     sampling_params(args)  # a bad sampling option is named before the model loads
     llm = make_llm(config, 1)
-    params = sampling_params(args, llm.get_default_sampling_params())
+    params = request_params(llm, args)
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     if interactive:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -137,6 +138,47 @@ def test_sampling_options_default_to_sampling_params() -> None:
     assert (params.temperature, params.top_p, params.max_tokens) == (1.0, 0.5, 3)
 
 
+def fake_llm(monkeypatch: pytest.MonkeyPatch, **engine: object) -> list[RequestOutput]:
+    """The one-shot commands build an LLM over the scripted engine (tests/fake_runner.py) instead of a model; the
+    list returned collects what its generate returns."""
+    from fake_runner import fake_engine
+
+    from jllm.llm import LLM
+
+    outputs: list[RequestOutput] = []
+
+    class Recording(LLM):
+        def generate(self, *args: object, **kwargs: object) -> list[RequestOutput]:
+            outputs.extend(done := super().generate(*args, **kwargs))
+            return done
+
+    def make(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
+        llm = Recording.__new__(Recording)
+        llm.engine, llm._ids, llm.config = fake_engine(**engine), itertools.count(), config
+        return llm
+
+    monkeypatch.setattr(cli, "make_llm", make)
+    return outputs
+
+
+def test_default_max_tokens_is_capped_by_the_room_the_prompt_leaves(monkeypatch, capsys) -> None:
+    """256 tokens in a context of 64 had refused every prompt with a context-length error the user never asked for;
+    an explicit --max-tokens is still taken as asked."""
+    outputs = fake_llm(monkeypatch, max_model_len=64)
+    assert cli.main(["generate", "--temperature", "0", "hi"]) == 0
+    assert "=== completion 1 (length) ===" in capsys.readouterr().out
+    [done] = outputs
+    assert len(done.prompt_token_ids) + len(done.outputs[0].token_ids) == 64
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--temperature", "0", "--max-tokens", "100", "hi"])
+    assert exit_info.value.code == 2
+    assert "maximum context length is 64 tokens" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    assert cli.main(["chat", "--temperature", "0"]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert len(outputs[-1].prompt_token_ids) + len(outputs[-1].outputs[0].token_ids) == 64
+
+
 # ------------------------------------------------------------------ errors: exit 2, the field named, no traceback
 
 
@@ -256,13 +298,15 @@ class FakeLLM:
 
     def __init__(self) -> None:
         self.conversations: list[list[dict]] = []
+        # as a model's generation_config.json might say
+        self.engine = types.SimpleNamespace(sampling_defaults={"repetition_penalty": 1.1})
 
     def get_default_sampling_params(self) -> SamplingParams:
-        return SamplingParams(repetition_penalty=1.1)  # as a model's generation_config.json might say
+        return SamplingParams(**self.engine.sampling_defaults)
 
     def chat(self, messages, sampling_params, use_tqdm=True):
         self.conversations.append([dict(m) for m in messages])
-        self.sampling_params = sampling_params
+        self.sampling_params = sampling_params or self.get_default_sampling_params()  # None: as LLM.chat
         if messages[-1]["content"] == "too long":
             raise ValueError("This model's maximum context length is 64 tokens")
         reply = CompletionOutput(0, f"reply to {len(messages)}", [5], None, None, "stop")
