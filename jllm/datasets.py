@@ -105,8 +105,19 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 
 def _read_csv(path: Path) -> list[Row]:
+    """A row with more fields than the header (most often a prompt's comma outside quotes) is refused: csv keeps the
+    extra fields under the key None, so the prompt would be cut at the comma without a word."""
     with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = []
+        for row in reader:
+            if None in row:
+                raise ValueError(
+                    f"line {reader.line_num} has {len(reader.fieldnames or ()) + len(row[None])} fields, the header "
+                    f"{len(reader.fieldnames or ())} (quote a field that holds a comma)"
+                )
+            rows.append(row)
+        return rows
 
 
 def _read_parquet(path: Path) -> list[Row]:

@@ -184,6 +184,18 @@ def test_output_dir_of_another_config_is_refused(job: Path) -> None:
 # ------------------------------------------------------------------ datasets
 
 
+def test_a_csv_row_with_more_fields_than_the_header_is_refused(job: Path, tmp_path: Path) -> None:
+    """csv keeps the extra fields under the key None: the prompt had been cut at its comma without a word."""
+    write(tmp_path / "data.csv", 'qid,question\nq0,"Hello, world?"\nq1,Hello, world?\n')
+    with pytest.raises(ConfigError) as error:
+        plan(job, "run.dataset=data.csv")
+    assert "run.dataset=" in str(error.value)
+    assert "cannot be read: line 3 has 3 fields, the header 2 (quote a field that holds a comma)" in str(error.value)
+    write(tmp_path / "data.csv", 'qid,question\nq0,"Hello, world?"\n')
+    [point] = plan(job, "run.dataset=data.csv")
+    assert point.run.inputs[0].prompt == "Hello, world?"
+
+
 @pytest.mark.parametrize("kind", ["csv", "parquet", "inline"])
 def test_csv_parquet_and_inline_datasets_give_the_same_inputs(kind: str, job: Path, tmp_path: Path) -> None:
     rows = [{"qid": f"q{i}", "question": f"Question number {i}?"} for i in range(5)]
