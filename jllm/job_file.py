@@ -162,7 +162,10 @@ def apply_sets(job: JobFile, sets: list[str]) -> None:
             raise ConfigError(f"--set {item}: the value is not YAML: {yaml_problem(e)}", key=dotted) from e
         if key == ("run", "dataset") and isinstance(value, str):
             value = str(Path(value).expanduser().absolute())  # given on the command line: from the working directory
-        set_value(job.values, key, value)
+        try:
+            set_value(job.values, key, value)
+        except ConfigError as e:  # a section of the file that is no mapping: where the file wrote it
+            raise ConfigError(f"{job.where(e.key)}: {e} (--set {item})", key=e.key) from e
         job.origins[key] = job.given[key] = f"--set {item}"
 
 

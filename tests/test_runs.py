@@ -302,6 +302,11 @@ def test_sweeping_only_run_keys_builds_one_engine(job: Path) -> None:
         (("max_tokens: 5", "seed: 3"), (), "job.yaml line 8: run.sampling.seed: give it as run.seed in a run"),
         ((), ("temperature",), "expected KEY=VALUE"),
         (
+            ("    temperature: 0.8\n    max_tokens: 5", "    - 0.8"),
+            ("temperature=0",),
+            "job.yaml line 6: run.sampling must be a mapping to set run.sampling.temperature (--set temperature=0)",
+        ),
+        (
             (),
             ("temperature=[1",),
             "--set temperature=[1: the value is not YAML: line 1, column 3: while parsing a flow",
