@@ -172,7 +172,9 @@ def _input(index: int, row: Row, fields: FieldMap) -> RunInput:
     def is_id(v: Any) -> bool:
         return isinstance(v, str | int) and not isinstance(v, bool)
 
-    messages = value("messages_field", _is_conversation, "a list of {role, content} messages")
+    messages = value(
+        "messages_field", _is_conversation, "a list of {role, content} messages (content: text or text parts)"
+    )
     return RunInput(
         row=index,
         id=index if fields.id_field is None else value("id_field", is_id, "a string or an integer"),
@@ -183,8 +185,17 @@ def _input(index: int, row: Row, fields: FieldMap) -> RunInput:
 
 
 def _is_conversation(value: Any) -> bool:
+    """Messages the chat door takes (``inputs``: a content is text, text parts or null), so a row it would refuse
+    fails with the job file, before the engine starts, not mid-run."""
     return (
         isinstance(value, list)
         and value != []
         and all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value)
+        and all(_is_content(m["content"]) for m in value)
     )
+
+
+def _is_content(content: Any) -> bool:
+    if isinstance(content, list):
+        return all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content)
+    return content is None or isinstance(content, str)

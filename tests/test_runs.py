@@ -230,6 +230,20 @@ def test_chat_dataset_goes_through_the_chat_template(tmp_path: Path, monkeypatch
         )
 
 
+@pytest.mark.parametrize(
+    "content", [5, {"text": "hi"}, [{"type": "image_url", "image_url": "x"}], [{"type": "text", "text": 5}]]
+)
+def test_a_chat_row_the_chat_door_would_refuse_fails_with_the_job(content: object, tmp_path: Path, monkeypatch) -> None:
+    """It had passed the job's checks and failed only once the engine was up, mid-run."""
+    monkeypatch.chdir(tmp_path)
+    good = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    bad = {"messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": content}]}
+    write(tmp_path / "chats.jsonl", json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    path = write(tmp_path / "job.yaml", "run:\n  dataset: chats.jsonl\n  messages_field: messages\n  output_dir: o\n")
+    with pytest.raises(ConfigError, match=r"job.yaml line 3: run.messages_field='messages': row 1 holds .*, expected"):
+        plan(path)
+
+
 # ------------------------------------------------------------------ sweeps
 
 
