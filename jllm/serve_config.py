@@ -83,15 +83,17 @@ def load_serve_config(path: str | Path | None = None, **overrides: Any) -> Serve
     """The file's models (or the one model of a flat config) with the command line's options; every bad key or
     value is a ConfigError naming it (and the entry, for a key of ``models:``)."""
     values = load_yaml(path) if path is not None else {}
-    raw_models = values.pop("models", None)
-    if raw_models is None:
+    if "models" not in values:  # a models: key left empty is a list to refuse below, not the default model
         config = merge_config(values, **overrides)
         return ServeConfig(config, (entry_of(config),))
+    raw_models = values.pop("models")
     for key in ("model", "served_model_name"):
         if values.get(key) is not None or overrides.get(key) is not None:
             raise ConfigError(f"{key!r} cannot be given beside a models: list; give it in each entry of models:")
     if not isinstance(raw_models, list) or not raw_models:
-        raise ConfigError("models must be a non-empty list of model entries (each a mapping of engine keys)")
+        raise ConfigError(
+            f"models must be a non-empty list of model entries (each a mapping of engine keys), got {raw_models!r:.80}"
+        )
     defaults = merge_config(values, **overrides)
     if defaults.parallel.distributed_coordinator is not None and len(raw_models) > 1:
         raise ConfigError("distributed_coordinator: a multi-process server (jax.distributed) serves one model")

@@ -102,6 +102,7 @@ def test_a_single_model_config_is_a_list_of_one() -> None:
         ({"models": [{"dtype": "float32"}]}, "models[0]: 'model' is required"),
         ({"models": [{"model": "a", "served_model_name": []}]}, "served_model_name=[] is not allowed"),
         ({"models": []}, "models must be a non-empty list"),
+        ({"models": None}, "models must be a non-empty list of model entries"),  # had served the default model
         ({"models": ["a"]}, "models[0] must be a mapping"),
         ({"model": "x", "models": [{"model": "a"}]}, "'model' cannot be given beside a models: list"),
     ],
