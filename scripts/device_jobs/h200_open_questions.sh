@@ -223,6 +223,13 @@ for prefill in 480 992; do
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
         --json "$QOUT/mixed_step_$prefill.json"
 done
+# H100 2026-12-07: the 32 + 992 step's device time (27.19 ms) had 1.7 ms with no kernel running (busy 25.53); the
+# decode-only step has none. Its one kernel outside the command buffer is the jax-triton prefill kernel (a custom
+# call): the same step with custom calls recorded into the command buffer (the eighth session's FP8 GEMV found its
+# host dispatch slower that way: 3.4 against 1.5 ms; here the device's idle time is the question).
+step mixed_step_992_cmdbuf 300 env XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN \
+    python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
+    --batch-sizes 32 --prompt 1024 --prefill-tokens 992 --steps 30 --json "$QOUT/mixed_step_992_cmdbuf.json"
 # H100 2026-12-06: the 32 + 224 step took 12.0 ms, 4.27 of it in the Triton prefill kernel (133 us a layer against ~50
 # for its K/V bytes and FLOPs): a decode row fills 1 of a 64-row tile per query head. Packed GQA puts a KV head's 4
 # query heads' rows in one tile (a quarter of the programs): the mixed tilings, packed against not. H100 2026-12-06:
@@ -269,6 +276,7 @@ step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip
 # time): now with the prefill grid heads first. Its programs are the 2,048 budget's first 10 (JAX's cache has them).
 # And 4,096 (vLLM's default for its API server on large-memory GPUs is 8,192): a wave of arrivals prefilled in fewer,
 # larger steps. H200 2026-12-07 at 2,048: TTFT p50 / p99 154.5 / 670.1 ms, TPOT p50 10.75 (after the first wave).
+# H100 the same day, one call: 2,048 156.0 / 489.1 ms, 11.87; 512 82.3 / 117.5 ms, 11.82; 4,096 290.2 / 397.3, 11.87.
 for budget in 512 4096; do
     serve "b$budget" --max-num-batched-tokens $budget
     step "serving_b$budget" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
