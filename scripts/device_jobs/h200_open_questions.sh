@@ -224,12 +224,12 @@ for prefill in 480 992; do
         --json "$QOUT/mixed_step_$prefill.json"
 done
 # H100 2026-12-07: the 32 + 992 step's device time (27.19 ms) had 1.7 ms with no kernel running (busy 25.53); the
-# decode-only step has none. Its one kernel outside the command buffer is the jax-triton prefill kernel (a custom
-# call): the same step with custom calls recorded into the command buffer (the eighth session's FP8 GEMV found its
-# host dispatch slower that way: 3.4 against 1.5 ms; here the device's idle time is the question).
-step mixed_step_992_cmdbuf 300 env XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN \
+# decode-only step has none. Its one kernel the decode step lacks is the jax-triton prefill kernel, an FFI call that
+# command buffers record by tracing it again whenever its buffers move (pallas_kernels/triton_call.py). The same step
+# with custom calls left out of the command buffers (launched from the host between graph pieces instead).
+step mixed_step_992_nocustom 300 env XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN \
     python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
-    --batch-sizes 32 --prompt 1024 --prefill-tokens 992 --steps 30 --json "$QOUT/mixed_step_992_cmdbuf.json"
+    --batch-sizes 32 --prompt 1024 --prefill-tokens 992 --steps 30 --json "$QOUT/mixed_step_992_nocustom.json"
 # H100 2026-12-06: the 32 + 224 step took 12.0 ms, 4.27 of it in the Triton prefill kernel (133 us a layer against ~50
 # for its K/V bytes and FLOPs): a decode row fills 1 of a 64-row tile per query head. Packed GQA puts a KV head's 4
 # query heads' rows in one tile (a quarter of the programs): the mixed tilings, packed against not. H100 2026-12-06:
