@@ -39,8 +39,11 @@ def _hash_root(seq: Sequence) -> PageHash | None:
     """Where a sequence's chain of page hashes starts: K/V computed under a LoRA adapter differ from the base
     model's, so its pages chain from the adapter's own root and never serve another adapter's prompt; a prompt's
     ``cache_salt`` (vLLM's) chains them from the salt too, so only prompts of the same salt share pages (no tenant
-    learns from its time to first token what another one asked)."""
+    learns from its time to first token what another one asked). A longrope model's sequence past its original
+    context turns its tokens by the long factors (``Sequence.long_rope``): its pages chain apart from the short's."""
     root = None if seq.lora_request is None else seq.lora_request.prefix_hash_root
+    if seq.long_rope:
+        root = hashlib.sha256((root or b"") + b"long_rope").digest()
     if seq.cache_salt is None:
         return root
     return hashlib.sha256((root or b"") + b"cache_salt:" + seq.cache_salt.encode()).digest()

@@ -352,6 +352,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         max_model_len=worker.max_model_len,
         eos_token_ids=worker.tokenizer.eos_token_ids,
         long_prefill_token_threshold=sched.long_prefill_token_threshold,
+        long_rope_from=worker.loaded.args.long_rope_from,
         step_sizes=_aligned_step_sizes(worker.runner.buckets, sched.prefill_alignment_min_tokens),
         lora_slots=None if worker.runner.lora is None else worker.runner.lora.slots,
         state_slots=StateSlots(num_slots) if num_slots else None,

@@ -34,6 +34,7 @@ from jllm.buckets import StepBucket, pick_bucket, step_buckets
 from jllm.config import Pooling
 from jllm.errors import InputError
 from jllm.executable_cache import ProgramCall
+from jllm.models.rope import long_rope_positions
 from jllm.runner import ModelRunner, compile_threads
 from jllm.timing import WarmupReport
 from pallas_kernels import PADDING_SLOT
@@ -73,8 +74,11 @@ def scratch_pages(bucket: StepBucket, page_size: int) -> int:
     return 1 + -(-bucket.num_tokens // page_size) + bucket.num_seqs
 
 
-def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> EncodeBatch:
-    """Host inputs for ``prompts`` (at most the bucket's tokens and sequences) padded to ``bucket``."""
+def encode_batch(
+    prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int, long_rope_from: int | None = None
+) -> EncodeBatch:
+    """Host inputs for ``prompts`` (at most the bucket's tokens and sequences) padded to ``bucket``; a longrope
+    model's (``long_rope_from``) positions marked where its long factors turn them, as a step's are."""
     t, s = bucket.num_tokens, bucket.num_seqs
     pages_per_seq = -(-t // page_size)
     lengths = np.array([len(p) for p in prompts], np.int32)
@@ -94,6 +98,8 @@ def encode_batch(prompts: Seq[Seq[int]], bucket: StepBucket, page_size: int) -> 
     positions[:total] = np.arange(total, dtype=np.int32) - query_start_loc[row]
     slot_mapping = np.full(t, PADDING_SLOT, np.int32)  # padding writes nowhere
     slot_mapping[:total] = block_tables[row, positions[:total] // page_size] * page_size + positions[:total] % page_size
+    if long_rope_from is not None:
+        positions[:total] = long_rope_positions(positions[:total], lengths[row] > long_rope_from)
     input_ids = np.zeros(t, np.int32)
     input_ids[:total] = [token for p in prompts for token in p]
     attn = AttentionMetadata(slot_mapping, query_start_loc, kv_lens, block_tables)
@@ -240,7 +246,8 @@ class Encoder:
 
     def _run(self, prompts: list[Seq[int]], layers: tuple[int, ...]) -> np.ndarray:
         bucket = pick_bucket(self.buckets, sum(len(p) for p in prompts), len(prompts))
-        call = self._call(encode_batch(prompts, bucket, self.runner.page_size), bucket, layers)
+        batch = encode_batch(prompts, bucket, self.runner.page_size, self.runner.loaded.args.long_rope_from)
+        call = self._call(batch, bucket, layers)
         key = (bucket, layers)
         if key not in self._programs:  # not warmed up: loaded or compiled here, while the caller waits
             self._programs[key] = self.runner.load_or_compile(call, KIND, _program_name(bucket), WarmupReport())

@@ -549,6 +549,7 @@ class ModelRunner:
             num_speculative_tokens=self.num_speculative_tokens,
             attention_backend=self.attention_backend,
             mesh=self.mesh,
+            long_rope=self.loaded.args.long_rope_from is not None,
         )
 
     # ---------------------------------------------------------------- every process

@@ -80,6 +80,7 @@ class Scheduler:
         state_slots: StateSlots | None = None,
         speculative: NgramSpec | None = None,
         policy: str = "fcfs",
+        long_rope_from: int | None = None,
     ) -> None:
         for name, value in [
             ("max_num_seqs", max_num_seqs),
@@ -101,6 +102,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
+        self.long_rope_from = long_rope_from  # a longrope model's original context (see _to_long_rope)
         # a step's tokens for one sequence: the step's budget, and a long prefill's cap where one is set
         self.max_tokens_per_sequence = long_prefill_token_threshold or max_num_batched_tokens
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -152,6 +154,7 @@ class Scheduler:
             return
         self._requests[request_id] = seqs
         for seq in seqs:
+            seq.long_rope = self.long_rope_from is not None and seq.num_prompt_tokens > self.long_rope_from
             self._enqueue(seq, front=False)
 
     def _enqueue(self, seq: Sequence, *, front: bool) -> None:
@@ -224,6 +227,8 @@ class Scheduler:
             if num_new <= 0 or self._ends_with_pending(seq):  # nothing to compute until the engine appends a token
                 i += 1
                 continue
+            if self._to_long_rope(seq, num_new):
+                num_new = min(seq.num_tokens_with_pending, budget, self.max_tokens_per_sequence)
             drafts = self._drafts(seq, budget) if num_new == 1 else []
             if drafts and not bm.allocate(seq, 1 + len(drafts)):  # drafts only where pages are free: none preempted
                 drafts = []
@@ -246,6 +251,18 @@ class Scheduler:
                 i += 1
         return budget
 
+    def _to_long_rope(self, seq: Sequence, num_new: int) -> bool:
+        """A longrope model's sequence about to compute past the original context: from now on it takes the long
+        factors, and its K/V so far are computed again with them (Phi-3's ``generate`` in transformers drops its
+        cache there and runs the whole sequence again). Its pages go back (their short-factor K/V stay cached for
+        other short sequences), and it starts over from its first token, as a preempted one would, still running."""
+        if self.long_rope_from is None or seq.long_rope or seq.num_computed_tokens + num_new <= self.long_rope_from:
+            return False
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.long_rope = True
+        return True
+
     def _drafts(self, seq: Sequence, budget: int) -> list[int]:
         """The n-gram drafts for a decode of ``seq``: as many as the budget, the per-sequence cap, max_tokens and the
         context leave room for beside its one token (each accepted draft is one more output token, and the step
@@ -255,6 +272,8 @@ class Scheduler:
             return []
         room = [spec.num_speculative_tokens, budget - 1, self.max_tokens_per_sequence - 1]
         room.append(self.max_model_len - seq.num_tokens - 1)
+        if self.long_rope_from is not None and not seq.long_rope:  # no draft past the original context (see above)
+            room.append(self.long_rope_from - seq.num_computed_tokens - 1)
         if seq.sampling_params.max_tokens is not None:
             room.append(seq.sampling_params.max_tokens - seq.num_output_tokens - 1)
         k = min(room)

@@ -61,6 +61,8 @@ class Sequence:
     priority: int = 0  # its request's (vLLM's): lower runs first under the priority scheduling policy
     lora_slot: int = 0  # its adapter's device slot while running (jllm.lora.slots; 0: none)
     state_slot: int = 0  # a hybrid model's recurrent state slot while running (jllm.state_slots; 0: none)
+    # a longrope model's sequence past its original context: every token turned by the long factors (jllm.scheduler)
+    long_rope: bool = False
 
     @property
     def token_ids(self) -> list[int]:

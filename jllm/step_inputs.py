@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from jllm import sampler
 from jllm.attention import AttentionMetadata
 from jllm.buckets import StepBucket
+from jllm.models.rope import long_rope_positions
 from jllm.sampler import SamplingMetadata, SamplingMode, TokenConstraints
 from jllm.sampling import MAX_LOGPROBS
 from jllm.sequence import ScheduledSequence, Sequence
@@ -127,6 +128,7 @@ def host_inputs(
     num_speculative_tokens: int = 0,
     attention_backend: str = "reference",
     mesh: Mesh | None = None,
+    long_rope: bool = False,
 ) -> StepInputs:
     """Flattens the scheduled sequences into one ragged batch padded to ``bucket``: what the lead publishes.
 
@@ -134,6 +136,8 @@ def host_inputs(
     ``widths``: the penalty and banned-id widths of the step's sampler variant (``sampler_widths``).
     ``num_speculative_tokens``: K, the drafts a row may carry (``ScheduledSequence.draft_token_ids``, fed after its
     own tokens): the sampler reads K + 1 rows per sequence to verify them.
+    ``long_rope``: a longrope model's: the positions of the sequences that take its long factors
+    (``Sequence.long_rope``) carry ``rope.LONG_FACTORS_BIT``, set after the pool slots are found.
     With no sequences it is a bucket's all-padding batch, alike on every process: what warm-up compiles.
     """
     t, s, p = bucket.num_tokens, bucket.num_seqs, pages_per_seq
@@ -174,6 +178,9 @@ def host_inputs(
     slot_mapping = np.full(t, PADDING_SLOT, np.int32)
     pages = block_tables[row, positions[:offset] // page_size]
     slot_mapping[:offset] = pages * page_size + positions[:offset] % page_size
+    if long_rope:
+        long = np.array([sched.seq.long_rope for sched in scheduled], bool)
+        positions[:offset] = long_rope_positions(positions[:offset], long[row])
     k = num_speculative_tokens
     ends = query_start_loc[1 : len(scheduled) + 1] - 1  # each sequence's last input row
     rows = np.minimum(ends[:, None] - num_drafts[:, None] + np.arange(k + 1)[None, :], ends[:, None])

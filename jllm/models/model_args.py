@@ -663,6 +663,15 @@ class ModelArgs:
         return None
 
     @property
+    def long_rope_from(self) -> int | None:
+        """Longrope's original context, past which tokens take its long factors (``Rope.long_factors_from``): the host
+        marks them (``rope.long_rope_positions``) and the prefix cache keeps long prompts' pages apart."""
+        found = {spec.rope.long_factors_from() for spec in self.layers if spec.rope is not None} - {None}
+        if len(found) > 1:
+            raise ValueError(f"longrope layers with different original contexts {sorted(found)} are not supported")
+        return found.pop() if found else None
+
+    @property
     def is_hybrid(self) -> bool:
         """Some layers are recurrent: the engine keeps a state slot per running sequence."""
         return any(spec.mixer != "attention" for spec in self.layers)

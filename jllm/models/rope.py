@@ -19,6 +19,8 @@ import numpy as np
 SCALING_KINDS = ("default", "linear", "dynamic", "llama3", "longrope", "yarn", "proportional")
 # rope settings the caller has already turned into `theta` and `rotary_dim`
 APPLIED = ("rope_theta", "partial_rotary_factor")
+# A position with this bit set turns by longrope's long factors (``long_rope_positions`` sets it for a step's tokens).
+LONG_FACTORS_BIT = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +48,15 @@ class Rope:
             scaling.setdefault("original_max_position_embeddings", max_positions)
         return cls(float(theta), rotary_dim, tuple(sorted(scaling.items())))
 
-    def inv_freq(self) -> np.ndarray:
-        """``[rotary_dim // 2]`` float32 inverse frequencies after scaling."""
+    def long_factors_from(self) -> int | None:
+        """Longrope's original context (None for every other kind): transformers turns a forward by the long
+        factors once its length passes it, and Phi-3's ``generate`` computes a sequence's cache again when it does;
+        so a sequence longer than this takes them for every token (``Sequence.long_rope``)."""
+        s = dict(self.scaling)
+        return int(s["original_max_position_embeddings"]) if s.get("rope_type") == "longrope" else None
+
+    def inv_freq(self, long: bool = False) -> np.ndarray:
+        """``[rotary_dim // 2]`` float32 inverse frequencies after scaling (``long``: longrope's long factors)."""
         base = 1.0 / (self.theta ** (np.arange(0, self.rotary_dim, 2, dtype=np.float64) / self.rotary_dim))
         s = dict(self.scaling)
         kind = s.get("rope_type", "default")
@@ -58,22 +67,23 @@ class Rope:
         elif kind == "llama3":
             base = _llama3(base, s)
         elif kind == "longrope":
-            # transformers switches to long_factor once a forward's length passes the original context; jllm keeps
-            # short_factor, exact up to original_max_position_embeddings (vLLM switches per batch).
-            base = base / np.asarray(s["short_factor"], np.float64)
+            base = base / np.asarray(s["long_factor" if long else "short_factor"], np.float64)
         elif kind == "yarn":
             base = _yarn(base, s, self.theta, self.rotary_dim)
         elif kind == "proportional":  # the first ``rope_angles`` pairs turn as the whole head's would, the rest not
             base = np.where(np.arange(base.size) < s["rope_angles"], base, 0.0) / s.get("factor", 1.0)
         return base.astype(np.float32)
 
-    def attention_scaling(self) -> float:
-        """The factor on cos and sin (longrope's and YaRN's attention factor), 1 otherwise."""
+    def attention_scaling(self, long: bool = False) -> float:
+        """The factor on cos and sin (longrope's and YaRN's attention factor), 1 otherwise; ``long``: longrope's
+        with the long factors (Phi-MoE's ``long_mscale``, where its family sets one)."""
         s = dict(self.scaling)
         if s.get("rope_type") == "yarn":
             return _yarn_attention_factor(s)
         if s.get("rope_type") != "longrope":
             return 1.0
+        if long and s.get("long_attention_factor") is not None:
+            return float(s["long_attention_factor"])
         original = s["original_max_position_embeddings"]
         factor = s.get("factor") or s["max_position_embeddings"] / original
         if s.get("attention_factor") is not None:
@@ -81,9 +91,17 @@ class Rope:
         return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
     def apply(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        """Rotates ``x [T, heads, head_dim]`` by ``positions [T]``."""
-        inv_freq = -self.inv_freq() if self.negated else self.inv_freq()
-        return apply_rotary(x, positions, inv_freq, self.rotary_dim, self.attention_scaling(), self.interleaved)
+        """Rotates ``x [T, heads, head_dim]`` by ``positions [T]`` (longrope: those with ``LONG_FACTORS_BIT`` set
+        by the long factors)."""
+        sign = -1.0 if self.negated else 1.0
+        inv_freq: np.ndarray | jax.Array = sign * self.inv_freq()
+        scale: float | jax.Array = self.attention_scaling()
+        if self.long_factors_from() is not None:
+            long = positions >= LONG_FACTORS_BIT
+            positions = jnp.where(long, positions - LONG_FACTORS_BIT, positions)
+            inv_freq = jnp.where(long[:, None], sign * self.inv_freq(long=True), inv_freq)  # [T, rotary_dim / 2]
+            scale = jnp.where(long, self.attention_scaling(long=True), scale)[:, None, None]
+        return apply_rotary(x, positions, inv_freq, self.rotary_dim, scale, self.interleaved)
 
     def apply_last(self, x: jax.Array, positions: jax.Array, back: bool = False) -> jax.Array:
         """Rotates the last ``rotary_dim`` channels of ``x [T, heads, head_dim]`` by ``positions [T]`` (DeepSeek-V4
@@ -151,18 +169,19 @@ def _yarn(inv_freq: np.ndarray, s: dict[str, Any], theta: float, dim: int) -> np
 def apply_rotary(
     x: jax.Array,
     positions: jax.Array,
-    inv_freq: np.ndarray,
+    inv_freq: np.ndarray | jax.Array,
     rotary_dim: int | None = None,
-    scale: float = 1.0,
+    scale: float | jax.Array = 1.0,
     interleaved: bool = False,
 ) -> jax.Array:
     """Rotates the first ``rotary_dim`` channels of ``x [T, heads, head_dim]`` by ``positions [T]``: pair i is
-    channels (i, i + rotary_dim / 2), or with ``interleaved`` (2i, 2i + 1)."""
+    channels (i, i + rotary_dim / 2), or with ``interleaved`` (2i, 2i + 1). ``inv_freq``: ``[rotary_dim / 2]``, or
+    ``[T, rotary_dim / 2]`` per token; ``scale``: on cos and sin, a number or ``[T, 1, 1]`` per token."""
     rotary_dim = rotary_dim or x.shape[-1]
-    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]  # [T, rotary_dim/2]
+    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)  # [T, rotary_dim/2]
     cos = jnp.cos(freqs)[:, None, :]  # [T, 1, rotary_dim/2]
     sin = jnp.sin(freqs)[:, None, :]
-    if scale != 1.0:
+    if not isinstance(scale, float | int) or scale != 1.0:
         cos, sin = cos * scale, sin * scale
     rot, rest = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
     if interleaved:
@@ -172,3 +191,10 @@ def apply_rotary(
         x1, x2 = jnp.split(rot, 2, axis=-1)
         out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
     return out if rotary_dim == x.shape[-1] else jnp.concatenate([out, rest], axis=-1)
+
+
+def long_rope_positions(positions: np.ndarray, long: np.ndarray) -> np.ndarray:
+    """``positions`` with ``LONG_FACTORS_BIT`` set where ``long``: the tokens of sequences longer than longrope's
+    original context (``Sequence.long_rope``), which transformers turns by the long factors, all of them: Phi-3's
+    ``generate`` computes its cache again once a sequence passes that context."""
+    return np.where(long, positions | LONG_FACTORS_BIT, positions).astype(positions.dtype)

@@ -203,8 +203,8 @@ def granite_moe_shared(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def phimoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Phi-3.5-MoE: LayerNorms (weight and bias), attention and LM-head biases where ``attention_bias`` /
-    ``lm_head_bias``, longrope scaled by ``short_mscale`` (jllm keeps the short factors, exact up to
-    ``original_max_position_embeddings``, ``jllm.models.rope``), and in every layer ``num_local_experts`` SwiGLU
+    ``lm_head_bias``, longrope scaled by ``short_mscale``, by ``long_mscale`` past the original context (as transformers
+    5 does, with the short factors throughout), and in every layer ``num_local_experts`` SwiGLU
     experts of which sparsemixer picks two, with ``router_jitter_noise`` as its epsilon."""
     cfg = {"rms_norm_eps": 1e-5, "max_position_embeddings": 4096 * 32, "num_key_value_heads": 8, **cfg}
     experts, top_k = cfg.get("num_local_experts", 16), cfg.get("num_experts_per_tok", 2)
@@ -219,6 +219,10 @@ def phimoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         if "short_mscale" not in params:
             raise ValueError(f"Phi-MoE rope scaling {params} has no short_mscale (transformers requires it)")
         params["attention_factor"] = params["short_mscale"]  # transformers' cos/sin factor up to the original context
+        if "short_factor" in params:  # longrope: past the original context transformers 5 scales by long_mscale,
+            # keeping the short factors (its forward recomputes them without the length)
+            params["long_attention_factor"] = params.get("long_mscale", params["short_mscale"])
+            params["long_factor"] = params["short_factor"]
     rope = read_rope(cfg, base["head_dim"], params)
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
