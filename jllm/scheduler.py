@@ -91,6 +91,8 @@ class Scheduler:
                 raise ValueError(f"{name}={value} must be at least 1")
         if long_prefill_token_threshold < 0:
             raise ValueError(f"long_prefill_token_threshold={long_prefill_token_threshold} must be >= 0 (0 = off)")
+        if long_rope_from is not None and state_slots is not None:  # a recompute would start from a stale state
+            raise ValueError("longrope with recurrent state slots (a hybrid model) is not supported")
         if policy not in SCHEDULING_POLICIES:
             raise ValueError(f"scheduling policy {policy!r} is not one of {', '.join(SCHEDULING_POLICIES)}")
         self.policy = policy

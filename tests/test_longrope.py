@@ -15,7 +15,10 @@ import pytest
 from model_utils import TINY_CONFIG, hf_model, save_tiny_checkpoint
 
 from jllm import LLM, SamplingParams
+from jllm.block_manager import BlockManager
 from jllm.models.rope import LONG_FACTORS_BIT, long_rope_positions
+from jllm.scheduler import Scheduler
+from jllm.state_slots import StateSlots
 
 ORIGINAL = 32  # original_max_position_embeddings: prompts of 40 tokens are long, of 20 short until they pass it
 PHI3 = dict(
@@ -61,6 +64,16 @@ def test_long_factors_mark_the_long_sequences_tokens_and_keep_their_positions() 
     marked = long_rope_positions(positions, long)
     assert (marked >= LONG_FACTORS_BIT).tolist() == long.tolist()
     np.testing.assert_array_equal(marked & (LONG_FACTORS_BIT - 1), positions)
+
+
+def test_a_hybrid_models_longrope_is_refused() -> None:
+    """A sequence passing the original context computes its K/V again from its first token, which a recurrent
+    state slot would carry stale."""
+    with pytest.raises(ValueError, match="longrope with recurrent state slots"):
+        Scheduler(
+            BlockManager(8, 16), max_num_seqs=2, max_num_batched_tokens=16, max_model_len=64,
+            state_slots=StateSlots(2), long_rope_from=ORIGINAL,
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=list(CHECKPOINTS))
