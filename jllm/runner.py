@@ -154,6 +154,7 @@ class ModelRunner:
         self.head_graphdef, head_state = nnx.split(loaded.model.logits_head())
         self.head_params, self.head_def = jax.tree.flatten(head_state)
         self.vocab_size = loaded.args.vocab_size
+        self.long_rope = loaded.args.long_rope_from is not None  # steps mark longrope sequences' positions
         self.kv_caches = kv_caches
         # as allocated: the tensor-parallel layout of the pages (an attention layer's pool; with DeepSeek Sparse
         # Attention's indexer the pair of pools, laid out alike), and of every layer's pool (a hybrid model's state
@@ -549,7 +550,7 @@ class ModelRunner:
             num_speculative_tokens=self.num_speculative_tokens,
             attention_backend=self.attention_backend,
             mesh=self.mesh,
-            long_rope=self.loaded.args.long_rope_from is not None,
+            long_rope=self.long_rope,
         )
 
     # ---------------------------------------------------------------- every process
