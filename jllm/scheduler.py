@@ -225,12 +225,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens_with_pending - seq.num_computed_tokens, budget, self.max_tokens_per_sequence)
+            num_new = self._tokens_to_compute(seq, budget)
             if num_new <= 0 or self._ends_with_pending(seq):  # nothing to compute until the engine appends a token
                 i += 1
                 continue
             if self._to_long_rope(seq, num_new):
-                num_new = min(seq.num_tokens_with_pending, budget, self.max_tokens_per_sequence)
+                num_new = self._tokens_to_compute(seq, budget)  # from its first token again
             drafts = self._drafts(seq, budget) if num_new == 1 else []
             if drafts and not bm.allocate(seq, 1 + len(drafts)):  # drafts only where pages are free: none preempted
                 drafts = []
@@ -252,6 +252,10 @@ class Scheduler:
                 budget -= num_new
                 i += 1
         return budget
+
+    def _tokens_to_compute(self, seq: Sequence, budget: int) -> int:
+        """A running sequence's tokens this step: those not computed yet, within the budget and the per-sequence cap."""
+        return min(seq.num_tokens_with_pending - seq.num_computed_tokens, budget, self.max_tokens_per_sequence)
 
     def _to_long_rope(self, seq: Sequence, num_new: int) -> bool:
         """A longrope model's sequence about to compute past the original context: from now on it takes the long
