@@ -2935,3 +2935,25 @@ def test_moe_layer_kinds_without_their_lists_read_as_transformers_lays_them(arch
     if hasattr(hf, "layer_types") and hf.layer_types:
         window = config.get("sliding_window", hf.sliding_window)
         assert args.sliding_windows == [window if t == "sliding_attention" else None for t in hf.layer_types]
+
+
+@pytest.mark.parametrize("arch", ["Qwen2ForCausalLM", "Qwen3ForCausalLM"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(use_sliding_window=True, max_window_layers=2),
+        dict(use_sliding_window=True),  # max_window_layers 28 by default: no layer slides
+        dict(use_sliding_window=False, layer_types=["sliding_attention"] * 5),
+    ],
+)
+def test_qwen_sliding_layers_without_layer_types_read_as_transformers_lays_them(arch, settings):
+    """Hub Qwen2 / Qwen3 configs carry no ``layer_types``: under ``use_sliding_window`` only the layers from
+    ``max_window_layers`` on slide (every layer had slid), and without it none does (its window dropped)."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    config = dict(TINY_CONFIG, num_hidden_layers=5, sliding_window=16, **settings)
+    hf = getattr(transformers, arch.replace("ForCausalLM", "Config"))(**config)
+    args = build_args({**config, "architectures": [arch]}, np.float32)[1]
+    assert args.sliding_windows == [hf.sliding_window if t == "sliding_attention" else None for t in hf.layer_types]

@@ -27,8 +27,7 @@ def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelAr
     """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder. Biases as transformers builds
     them: Llama's ``attention_bias`` on q, k, v and o, ``mlp_bias`` on the MLP; Qwen2's on q, k, v always; Mistral's
     none."""
-    all_sliding = model_type == "mistral" or cfg.get("use_sliding_window")
-    base, layers = uniform(cfg, dtype, SLIDING if all_sliding else FULL)
+    base, layers = uniform(cfg, dtype, SLIDING if model_type == "mistral" else FULL)
     llama_bias = model_type == "llama" and bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "silu", model_type)
     return ModelArgs(
@@ -83,7 +82,18 @@ def ministral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    return llama(cfg, dtype, "qwen2")
+    return llama(qwen_sliding_layers(cfg), dtype, "qwen2")
+
+
+def qwen_sliding_layers(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Qwen2's and Qwen3's sliding layers as their transformers configs set them: a window only under
+    ``use_sliding_window`` (else ``sliding_window`` is dropped, whatever ``layer_types`` says), and without
+    ``layer_types`` the layers from ``max_window_layers`` (28 by default) on slide, not every layer."""
+    if not cfg.get("use_sliding_window"):
+        return {**cfg, "sliding_window": None}
+    first = cfg.get("max_window_layers", 28)
+    kinds = cfg.get("layer_types") or [SLIDING if i >= first else FULL for i in range(cfg["num_hidden_layers"])]
+    return {**cfg, "layer_types": kinds}
 
 
 def smollm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -112,8 +122,8 @@ def smollm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Qwen3 (dense): Llama plus an RMSNorm on each query and key head."""
-    base, layers = uniform(cfg, dtype, FULL)
+    """Qwen3 (dense): Llama plus an RMSNorm on each query and key head; sliding layers as Qwen2's."""
+    base, layers = uniform(qwen_sliding_layers(cfg), dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "silu", "Qwen3")
     return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=bias, o_bias=bias, mlp_act=act)
