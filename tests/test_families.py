@@ -2242,6 +2242,9 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     "arch, change, message",
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
+        # EmbeddingGemma's encoder attends both ways in transformers' Gemma and Gemma 3 (had been read as causal)
+        ("GemmaForCausalLM", {"use_bidirectional_attention": True}, "Gemma use_bidirectional_attention=True"),
+        ("Gemma3ForCausalLM", {"use_bidirectional_attention": True}, "Gemma 3 use_bidirectional_attention=True"),
         ("Gemma4ForCausalLM", {"use_bidirectional_attention": "all"}, "use_bidirectional_attention='all'.*supported"),
         (
             "Gemma4ForConditionalGeneration",

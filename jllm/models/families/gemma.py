@@ -48,9 +48,21 @@ def _gemmabase_args(cfg: dict[str, Any], dtype: Any, key: str, act: str, accepte
     )
 
 
+def _refuse_bidirectional(cfg: dict[str, Any], family: str) -> None:
+    """``use_bidirectional_attention`` (EmbeddingGemma's encoders) lets every token attend to the ones after it in
+    transformers' Gemma and Gemma 3, which a generating engine's causal attention cannot do: refused, not ignored.
+    (transformers' Gemma 2 keeps the flag but still masks causally, so its reader takes it.)"""
+    if cfg.get("use_bidirectional_attention"):
+        raise ValueError(
+            f"{family} use_bidirectional_attention={cfg['use_bidirectional_attention']!r} is not supported "
+            "(supported: false or null; jllm's attention is causal)"
+        )
+
+
 def gemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 1: Llama's layout with Gemma's ``1 + w`` RMSNorm, GeGLU and scaled embeddings. transformers' Gemma
     reads ``hidden_act`` (not ``hidden_activation``), a legacy ``"gelu"`` there meaning the tanh approximation."""
+    _refuse_bidirectional(cfg, "Gemma")
     act = cfg.get("hidden_act") or "gelu_pytorch_tanh"
     base = _gemmabase_args(cfg, dtype, "hidden_act", act, ("gelu_pytorch_tanh", "gelu"))
     layers = (LayerSpec(read_rope(cfg, base["head_dim"])),) * base["num_layers"]
@@ -101,6 +113,7 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 3 (text): Gemma 2 with q/k norms, five sliding layers per global one, and a local rope base; keys a
     config leaves out take Gemma3TextConfig's defaults. transformers' Gemma 3 keeps ``attn_logit_softcapping`` in its
     config but never caps its scores (Gemma 2 does), so a value set there is read as none."""
+    _refuse_bidirectional(cfg, "Gemma 3")
     cfg = {**GEMMA3_TEXT_DEFAULTS, **cfg, "attn_logit_softcapping": None}
     head_dim = cfg["head_dim"]
     pattern = cfg.get("sliding_window_pattern", 6)
