@@ -1678,6 +1678,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             tie_word_embeddings=False,
         ),
     ),
+    # Qwen3-MoE's and Qwen2-MoE's dense layers (a SwiGLU of intermediate_size; had been refused): every second layer
+    # sparse (layer 0 dense), or the layers mlp_only_layers names dense
+    "qwen3_moe_sparse_step_2": (
+        "Qwen3MoeForCausalLM",
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=2),
+    ),
+    "qwen2_moe_mlp_only_layers": (
+        "Qwen2MoeForCausalLM",
+        dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=48, mlp_only_layers=[1]),
+    ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
     # Laguna's default gate: one softplus factor per head
@@ -2446,21 +2456,6 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
             "GptOssForCausalLM",
             {"num_local_experts": 4, "quantization_config": {"quant_method": "awq"}},
             "quant_method 'awq'.*not supported.*'mxfp4' for gpt-oss",
-        ),
-        (
-            "Qwen3MoeForCausalLM",
-            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 2},
-            "decoder_sparse_step=2.*not supported.*decoder_sparse_step=1",
-        ),
-        (
-            "Qwen2MoeForCausalLM",
-            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_only_layers": [1]},
-            r"mlp_only_layers=\[1\] is not supported.*mlp_only_layers=\[\]",
-        ),
-        (
-            "Qwen3VLMoeForConditionalGeneration",
-            {"text_config": {**TINY_CONFIG, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [0]}},
-            r"Qwen3-MoE decoder_sparse_step=1, mlp_only_layers=\[0\] is not supported",
         ),
         ("LongcatFlashForCausalLM", {"zero_expert_type": "zero"}, "LongCat-Flash zero_expert_type='zero' is not"),
         ("LongcatFlashForCausalLM", {"router_bias": True}, "LongCat-Flash router_bias=True is not supported"),

@@ -49,21 +49,18 @@ def mixtral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
-def _qwen_moe(cfg: dict[str, Any], dtype: Any, family: str) -> dict[str, Any]:
+def _qwen_moe(cfg: dict[str, Any], layers: tuple[LayerSpec, ...], family: str) -> dict[str, Any]:
     """Qwen2/3-MoE's mixture: top ``num_experts_per_tok`` of ``num_experts`` SwiGLU experts of width
-    ``moe_intermediate_size`` in every layer, renormalised where ``norm_topk_prob``. Layouts with dense layers
-    between the sparse ones are refused."""
+    ``moe_intermediate_size``, renormalised where ``norm_topk_prob``, in the layers transformers makes sparse (every
+    ``decoder_sparse_step``-th, none of ``mlp_only_layers``); the others a dense SwiGLU of ``intermediate_size``."""
     experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
     top_k = cfg.get("num_experts_per_tok", 0)
     _check_top_k(family, top_k, experts, "num_experts")
-    step, dense = cfg.get("decoder_sparse_step", 1), cfg.get("mlp_only_layers") or []
-    if step != 1 or dense:
-        raise ValueError(
-            f"{family} decoder_sparse_step={step}, mlp_only_layers={dense} is not supported (supported: a mixture of "
-            "experts in every layer, decoder_sparse_step=1 and mlp_only_layers=[])"
-        )
+    step, dense = cfg.get("decoder_sparse_step") or 1, cfg.get("mlp_only_layers") or []
+    kinds = ["dense" if i in dense or (i + 1) % step else "sparse" for i in range(len(layers))]
     return dict(
         intermediate_size=cfg["moe_intermediate_size"],
+        layers=dense_mlps(layers, kinds, cfg["intermediate_size"], family),
         mlp_act=activation(cfg, "hidden_act", "silu", family),
         num_experts=experts,
         experts_per_token=top_k,
@@ -72,12 +69,11 @@ def _qwen_moe(cfg: dict[str, Any], dtype: Any, family: str) -> dict[str, Any]:
 
 
 def qwen3_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Qwen3-MoE: Qwen3's attention (q/k norms) with a routed mixture of SwiGLU experts in every layer."""
+    """Qwen3-MoE: Qwen3's attention (q/k norms) with a routed mixture of SwiGLU experts (``_qwen_moe``)."""
     base, layers = uniform(cfg, dtype, SLIDING if cfg.get("use_sliding_window") else FULL)
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
-        **{**base, **_qwen_moe(cfg, dtype, "Qwen3-MoE")},
-        layers=layers,
+        **{**base, **_qwen_moe(cfg, layers, "Qwen3-MoE")},
         qk_norm=True,
         qkv_bias=bias,
         o_bias=bias,
@@ -128,8 +124,7 @@ def qwen2_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     default = [SLIDING if i % 2 == 0 and i < below else FULL for i in range(base["num_layers"])]
     layers = tuple(LayerSpec(read_rope(cfg, base["head_dim"]), w) for w in layer_windows(cfg, default))
     return ModelArgs(
-        **{**base, **_qwen_moe(cfg, dtype, "Qwen2-MoE")},
-        layers=layers,
+        **{**base, **_qwen_moe(cfg, layers, "Qwen2-MoE")},
         qkv_bias=bool(cfg.get("qkv_bias", True)),
         shared_expert_size=cfg["shared_expert_intermediate_size"],
         weights=WeightMap(rename=(("experts", "experts.{e}"),)),
