@@ -1688,6 +1688,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "Qwen2MoeForCausalLM",
         dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=48, mlp_only_layers=[1]),
     ),
+    # transformers' DeepSeek-V2 never reads moe_layer_freq: experts in every layer from first_k_dense_replace on (the
+    # reader had skipped every other one, DeepSeek's own rule, and missed their tensors)
+    "deepseek_v2_moe_layer_freq": (
+        "DeepseekV2ForCausalLM",
+        dict(
+            DEEPSEEK_KEYS,
+            num_key_value_heads=None,
+            q_lora_rank=None,
+            n_shared_experts=1,
+            num_hidden_layers=3,
+            moe_layer_freq=2,
+        ),
+    ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
     # Laguna's default gate: one softplus factor per head
@@ -2911,6 +2924,7 @@ def test_mpt_hub_architecture_name_reads_as_transformers_name():
             dict(num_experts=8, num_experts_per_tok=2, first_k_dense_replace=2),
         ),
         ("MiniCPM5MoeForCausalLM", "MiniCPM5MoeConfig", dict(DEEPSEEK_KEYS, first_k_dense_replace=2)),
+        ("AXK1ForCausalLM", "AXK1Config", dict(DEEPSEEK_KEYS, first_k_dense_replace=1, moe_layer_freq=2)),
         (
             "Cohere2MoeForCausalLM",
             "Cohere2MoeConfig",

@@ -203,9 +203,13 @@ def mistral4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def axk1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """A.X-K1 (SK Telecom): DeepSeek-V3 (low-rank queries, V3's router: ``n_group`` 8, ``topk_group`` 4 and
     ``routed_scaling_factor`` 2.5 by default) with a norm on each mixture's output (``post_mlp_layernorm``), each
-    layer dense or a mixture as ``mlp_layer_types`` says (else from ``first_k_dense_replace``, 1 by default)."""
+    layer dense or a mixture as ``mlp_layer_types`` says (else AXK1Config's rule: from ``first_k_dense_replace``, 1 by
+    default, every ``moe_layer_freq``-th layer)."""
     cfg = {"n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, **cfg}
-    v3 = deepseek_v3(cfg, dtype, "A.X-K1", cfg.get("mlp_layer_types"))
+    first, freq = cfg["first_k_dense_replace"], cfg.get("moe_layer_freq") or 1
+    n = cfg["num_hidden_layers"]
+    kinds = cfg.get("mlp_layer_types") or ["sparse" if i >= first and i % freq == 0 else "dense" for i in range(n)]
+    v3 = deepseek_v3(cfg, dtype, "A.X-K1", kinds)
     return dataclasses.replace(
         v3,
         moe_out_norm=True,
@@ -307,11 +311,12 @@ def v3_mixture(
         raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and n_routed_experts={experts}")
     if experts % groups[0]:
         raise ValueError(f"{family} n_group={groups[0]} does not divide n_routed_experts={experts}")
-    # DeepSeek's own rule (vLLM's): a mixture from first_k_dense_replace on, every moe_layer_freq-th layer;
-    # transformers reads first_k_dense_replace only (every released checkpoint's moe_layer_freq is 1: they agree).
-    # The later families name each layer's kind instead (``mlp_types``: their mlp_layer_types).
-    first_moe, freq = cfg.get("first_k_dense_replace") or 0, cfg.get("moe_layer_freq") or 1
-    sparse = [i >= first_moe and i % freq == 0 for i in range(num_layers)]
+    # transformers' rule: a mixture from first_k_dense_replace on. Its DeepSeek-V2/V3 (and GLM-4-MoE, dots.llm1, ...)
+    # never read moe_layer_freq, so a checkpoint it saves with one other than 1 holds experts in every later layer
+    # (DeepSeek's own code, vLLM's, skipped layers there; every released checkpoint's is 1). The later families name
+    # each layer's kind instead (``mlp_types``: their mlp_layer_types, A.X-K1's derived with moe_layer_freq).
+    first_moe = cfg.get("first_k_dense_replace") or 0
+    sparse = [i >= first_moe for i in range(num_layers)]
     if mlp_types is not None:
         sparse = mixture_layers(mlp_types, num_layers, family)
     dense = [None if moe else cfg["intermediate_size"] for moe in sparse]
