@@ -31,6 +31,20 @@ _REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 sequence decodes to
 GIL_FREE_ENCODE_CHARS = 4096  # longer texts are encoded with the GIL released
 
 
+def _generation_eos(path: Path) -> int | list[int] | None:
+    """The ids a model directory's generation config adds to the tokenizer's EOS: generation_config.json's, or
+    without that file config.json's (its top level's, else its ``text_config``'s), as transformers' ``generate``
+    (``GenerationConfig.from_model_config``) and vLLM read them; a directory without either adds none."""
+    gen_config, config = path / "generation_config.json", path / "config.json"
+    if gen_config.is_file():
+        return json.loads(gen_config.read_text()).get("eos_token_id")
+    if not config.is_file():
+        return None
+    model = json.loads(config.read_text())
+    eos = model.get("eos_token_id")
+    return eos if eos is not None else (model.get("text_config") or {}).get("eos_token_id")
+
+
 class Tokenizer:
     """A model directory's tokenizer: ids in, ids out, chat prompts, and the ids that end a sequence."""
 
@@ -68,8 +82,7 @@ class Tokenizer:
     def from_pretrained(cls, path: str | Path) -> Tokenizer:
         """Load the tokenizer of the HF-style model directory `path`; transformers only where the files need it."""
         path = Path(path)
-        gen_config = path / "generation_config.json"
-        eos = json.loads(gen_config.read_text()).get("eos_token_id") if gen_config.is_file() else None
+        eos = _generation_eos(path)
         if (path / "tokenizer.json").is_file():
             try:
                 return cls(path, *read_tokenizer_files(path), eos)

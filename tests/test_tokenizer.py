@@ -73,6 +73,19 @@ def test_generation_config_eos_list_joins_eos_ids(default_model_dir: Path, tmp_p
     assert Tokenizer.from_pretrained(tmp_path).eos_token_ids == {0, 2}
 
 
+def test_config_eos_list_joins_eos_ids_where_no_generation_config(default_model_dir: Path, tmp_path: Path) -> None:
+    """Without generation_config.json, transformers' ``generate`` and vLLM stop at config.json's eos ids (its
+    ``text_config``'s in an image-text config); they had been ignored, so generation ran on past them."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_dir / name, tmp_path / name)
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [0, 7]}))
+    assert Tokenizer.from_pretrained(tmp_path).eos_token_ids == {0, 2, 7}
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"eos_token_id": 7}}))
+    assert Tokenizer.from_pretrained(tmp_path).eos_token_ids == {2, 7}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 0}))
+    assert Tokenizer.from_pretrained(tmp_path).eos_token_ids == {0, 2}  # generation_config.json's alone
+
+
 @pytest.mark.parametrize("text", STREAM_TEXTS)
 def test_streamed_deltas_equal_full_decode(tok: Tokenizer, text: str) -> None:
     ids = tok.encode(text)
