@@ -2969,3 +2969,40 @@ def test_qwen_sliding_layers_without_layer_types_read_as_transformers_lays_them(
     hf = getattr(transformers, arch.replace("ForCausalLM", "Config"))(**config)
     args = build_args({**config, "architectures": [arch]}, np.float32)[1]
     assert args.sliding_windows == [hf.sliding_window if t == "sliding_attention" else None for t in hf.layer_types]
+
+
+@pytest.mark.parametrize(
+    "arch, settings",
+    [
+        ("LlamaForCausalLM", {}),
+        ("MistralForCausalLM", {}),
+        ("Qwen2ForCausalLM", {}),
+        ("Qwen3ForCausalLM", {}),
+        ("GraniteForCausalLM", {}),
+        ("Olmo2ForCausalLM", {}),
+        ("MixtralForCausalLM", dict(num_local_experts=4)),
+        ("Qwen3MoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
+        ("Gemma2ForCausalLM", dict(head_dim=16)),
+        ("Starcoder2ForCausalLM", {}),
+        ("Phi3ForCausalLM", dict(pad_token_id=0)),  # these two read the factor
+        ("StableLmForCausalLM", {}),
+    ],
+)
+@pytest.mark.parametrize("where", ["top level", "rope_parameters"])
+def test_partial_rotary_factor_turns_the_channels_transformers_rotary_turns(arch, settings, where):
+    """transformers' Llama-like rotary embeddings never read ``partial_rotary_factor``, so their default rope turns
+    the whole head whatever a config says; jllm had turned only the factor's share there (logits ~1.2 off). Phi-3's
+    and StableLM's read it. Each layer's rotary width and frequencies against transformers' ``rotary_emb``."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    rope = {"partial_rotary_factor": 0.5}
+    if where == "rope_parameters":
+        rope = {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}}
+    config = getattr(transformers, arch.replace("ForCausalLM", "Config"))(**TINY_CONFIG, **settings, **rope)
+    model = getattr(transformers, arch)(config)
+    inv_freq = next(m.inv_freq for name, m in model.named_modules() if name.endswith("rotary_emb")).numpy()
+    args = build_args({**config.to_dict(), "architectures": [arch]}, np.float32)[1]  # as config.json holds it
+    for spec in args.layers:
+        np.testing.assert_allclose(spec.rope.inv_freq(), inv_freq, rtol=1e-6)

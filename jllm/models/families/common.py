@@ -84,6 +84,23 @@ def read_rope(
     return dataclasses.replace(rope, interleaved=True) if interleaved else rope
 
 
+def whole_head_rotary(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without ``partial_rotary_factor`` (at its top level, in its rope settings, and in each layer type's):
+    for the families whose transformers rotary embedding never reads it (Llama's, Mistral's, Qwen's, Gemma's,
+    Mixtral's, Granite's, OLMo 2's, Falcon's, StarCoder2's), so their default rope turns every channel of a head
+    whatever a config says there; their scaled ropes do read it, and then transformers' forward fails on the width."""
+
+    def strip(d: dict[str, Any], depth: int) -> dict[str, Any]:
+        nested = ("rope_scaling", "rope_parameters") if depth == 0 else (FULL, SLIDING)
+        return {
+            k: strip(v, depth + 1) if k in nested and isinstance(v, dict) else v
+            for k, v in d.items()
+            if k != "partial_rotary_factor"
+        }
+
+    return strip(cfg, 0)
+
+
 def layer_windows(cfg: dict[str, Any], default: list[str]) -> list[int | None]:
     """Each layer's sliding window: ``layer_types`` where the config has them, else the family's ``default``."""
     window = cfg.get("sliding_window")

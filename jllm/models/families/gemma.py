@@ -18,6 +18,7 @@ from jllm.models.families.common import (
     layer_windows,
     read_rope,
     typed_layers,
+    whole_head_rotary,
 )
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
@@ -65,7 +66,7 @@ def gemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     _refuse_bidirectional(cfg, "Gemma")
     act = cfg.get("hidden_act") or "gelu_pytorch_tanh"
     base = _gemmabase_args(cfg, dtype, "hidden_act", act, ("gelu_pytorch_tanh", "gelu"))
-    layers = (LayerSpec(read_rope(cfg, base["head_dim"])),) * base["num_layers"]
+    layers = (LayerSpec(read_rope(whole_head_rotary(cfg), base["head_dim"])),) * base["num_layers"]
     return ModelArgs(**base, layers=layers)
 
 
@@ -88,7 +89,7 @@ def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **ext
 def gemma2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 2: sliding (even) and global (odd) layers, soft-capped attention and logits, sandwich norms, GeGLU."""
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    rope = read_rope(cfg, head_dim)
+    rope = read_rope(whole_head_rotary(cfg), head_dim)
     default = [SLIDING if i % 2 == 0 else FULL for i in range(cfg["num_hidden_layers"])]
     return _gemma(cfg, dtype, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default)))
 
@@ -118,7 +119,7 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     head_dim = cfg["head_dim"]
     pattern = cfg.get("sliding_window_pattern", 6)
     default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
-    ropes = layer_type_ropes(cfg, head_dim, cfg.get("rope_local_base_freq", 10000.0), 1e6)
+    ropes = layer_type_ropes(whole_head_rotary(cfg), head_dim, cfg.get("rope_local_base_freq", 10000.0), 1e6)
     return _gemma(cfg, dtype, typed_layers(cfg, ropes, default), qk_norm=True)
 
 

@@ -23,6 +23,7 @@ from jllm.models.families.common import (
     read_rope,
     typed_layers,
     uniform,
+    whole_head_rotary,
 )
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.rope import Rope
@@ -87,7 +88,7 @@ def falcon(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "max_position_embeddings": cfg.get("max_position_embeddings", 2048),
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     alibi = bool(cfg.get("alibi"))
     if alibi:
         layers = (LayerSpec(None),) * base["num_layers"]
@@ -304,7 +305,7 @@ def starcoder2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "rms_norm_eps": cfg.get("norm_epsilon", 1e-5),
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
-    base, layers = uniform(cfg, dtype, SLIDING)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, SLIDING)
     bias = bool(cfg.get("use_bias", True))
     return ModelArgs(
         **base,

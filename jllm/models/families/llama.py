@@ -19,6 +19,7 @@ from jllm.models.families.common import (
     read_rope,
     typed_layers,
     uniform,
+    whole_head_rotary,
 )
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
@@ -27,6 +28,7 @@ def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelAr
     """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder. Biases as transformers builds
     them: Llama's ``attention_bias`` on q, k, v and o, ``mlp_bias`` on the MLP; Qwen2's on q, k, v always; Mistral's
     none."""
+    cfg = whole_head_rotary(cfg)
     base, layers = uniform(cfg, dtype, SLIDING if model_type == "mistral" else FULL)
     llama_bias = model_type == "llama" and bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "silu", model_type)
@@ -123,7 +125,7 @@ def smollm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3 (dense): Llama plus an RMSNorm on each query and key head; sliding layers as Qwen2's."""
-    base, layers = uniform(qwen_sliding_layers(cfg), dtype, FULL)
+    base, layers = uniform(whole_head_rotary(qwen_sliding_layers(cfg)), dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "silu", "Qwen3")
     return ModelArgs(**base, layers=layers, qk_norm=True, qkv_bias=bias, o_bias=bias, mlp_act=act)
@@ -160,6 +162,7 @@ def granite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Granite (3.x): Llama with four multipliers: ``embedding_multiplier`` on the embeddings,
     ``attention_multiplier`` as the attention scale (in place of 1/sqrt(head_dim)), ``residual_multiplier`` on each
     block's output before its residual add, and logits divided by ``logits_scaling``."""
+    cfg = whole_head_rotary(cfg)
     base, layers = uniform(cfg, dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
@@ -185,7 +188,7 @@ OUTPUT_NORMS = WeightMap(
 def olmo2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """OLMo 2: norms on the attention's and MLP's outputs only (none on their inputs), and q/k RMSNorms over the whole
     projection (all heads' channels at once) before the rotary."""
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     return _olmo2(cfg, base, layers, "OLMo 2")
 
 
@@ -194,7 +197,7 @@ def olmo3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     to one global), each type its own rope: an older config's ``rope_theta`` and ``rope_scaling`` are the global
     layers', the sliding ones keep base 5e5 (as transformers reads them)."""
     n = cfg["num_hidden_layers"]
-    cfg = {"sliding_window": 4096, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, **cfg}
+    cfg = whole_head_rotary({"sliding_window": 4096, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, **cfg})
     base = base_args(cfg, dtype)
     ropes = layer_type_ropes(cfg, base["head_dim"], 5e5, 5e5)
     layers = typed_layers(cfg, ropes, [SLIDING if (i + 1) % 4 else FULL for i in range(n)])

@@ -19,6 +19,7 @@ from jllm.models.families.common import (
     layer_windows,
     read_rope,
     uniform,
+    whole_head_rotary,
 )
 from jllm.models.families.llama import granite, hunyuan_dense, olmo2
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
@@ -36,7 +37,7 @@ def mixtral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     ``num_local_experts``) in place of the MLP."""
     experts, top_k = cfg["num_local_experts"], cfg.get("num_experts_per_tok", 2)
     _check_top_k("Mixtral", top_k, experts, "num_local_experts")
-    base, layers = uniform(cfg, dtype, SLIDING)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, SLIDING)
     return ModelArgs(
         **base,
         layers=layers,
@@ -70,7 +71,7 @@ def _qwen_moe(cfg: dict[str, Any], layers: tuple[LayerSpec, ...], family: str) -
 
 def qwen3_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3-MoE: Qwen3's attention (q/k norms) with a routed mixture of SwiGLU experts (``_qwen_moe``)."""
-    base, layers = uniform(cfg, dtype, SLIDING if cfg.get("use_sliding_window") else FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, SLIDING if cfg.get("use_sliding_window") else FULL)
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **{**base, **_qwen_moe(cfg, layers, "Qwen3-MoE")},
@@ -122,7 +123,8 @@ def qwen2_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     # transformers' layer kinds without ``layer_types``: sliding on even layers below max_window_layers
     below = cfg.get("max_window_layers", 28) if cfg.get("use_sliding_window") else 0
     default = [SLIDING if i % 2 == 0 and i < below else FULL for i in range(base["num_layers"])]
-    layers = tuple(LayerSpec(read_rope(cfg, base["head_dim"]), w) for w in layer_windows(cfg, default))
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
+    layers = tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default))
     return ModelArgs(
         **{**base, **_qwen_moe(cfg, layers, "Qwen2-MoE")},
         qkv_bias=bool(cfg.get("qkv_bias", True)),
