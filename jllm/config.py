@@ -131,10 +131,17 @@ class CacheConfig(Section):
         )
 
 
+OFFLINE_MAX_NUM_BATCHED_TOKENS = 2048  # max_num_batched_tokens: null outside a server (vLLM's default)
+
+
 @dataclass
 class SchedulerConfig(Section):
     max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
+    # Tokens in one step (prefill chunks and decodes), also the largest compiled step size. None = 2048 here (offline
+    # runs: LLM, jllm generate / run) and 512 under `jllm serve` (jllm.serve_config): a server's new prompts wait
+    # behind the chunks of the step running, and smaller steps kept TTFT p50 at 82 against 156 ms, TPOT and tok/s
+    # no worse, with 32 streams of 1,024-token prompts (H100, 2026-12-07; docs/benchmarks.md)
+    max_num_batched_tokens: int | None = None
     # A prefill takes at most this many tokens a step (vLLM's --long-prefill-token-threshold): a long prompt's chunks
     # then leave room in every step for the decodes and the other prompts beside it; 0 = only the step's budget caps
     long_prefill_token_threshold: int = 0
@@ -157,6 +164,11 @@ class SchedulerConfig(Section):
     # vLLM's speculative decoding settings: {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": m,
     # "prompt_lookup_max": M} (prompt lookup, the one method served: jllm.speculative); null = off
     speculative_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens is None:
+            self.max_num_batched_tokens = OFFLINE_MAX_NUM_BATCHED_TOKENS
+        super().__post_init__()
 
     def validate(self) -> None:
         self._require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")

@@ -32,7 +32,7 @@ from jllm.config import ConfigError, load_config
 from jllm.loader import read_json
 from jllm.memory_plan import MemoryPlanError, ModelMemory, check_fits, plan_model
 from jllm.model_source import resolve_model
-from jllm.serve_config import ModelEntry, load_serve_config, parse_entry
+from jllm.serve_config import SERVING_MAX_NUM_BATCHED_TOKENS, ModelEntry, load_serve_config, parse_entry
 from jllm.server.registry import ModelRegistry
 from jllm.server.state import STATE
 
@@ -87,6 +87,27 @@ def test_a_single_model_config_is_a_list_of_one() -> None:
     [entry] = serve.models
     assert (entry.names, entry.config.model.model, serve.server.port) == (("pub", "alias"), "/m", 1)
     assert load_serve_config(None).models[0].names == ("smollm2-135m-instruct",)
+
+
+def budgets(serve: Any) -> list[int]:
+    return [e.config.scheduler.max_num_batched_tokens for e in serve.models]
+
+
+def test_a_server_steps_512_tokens_unless_the_file_or_command_line_sets_a_budget(tmp_path: Path) -> None:
+    assert load_config(None).scheduler.max_num_batched_tokens == 2048  # offline runs
+    assert budgets(load_serve_config(None)) == [SERVING_MAX_NUM_BATCHED_TOKENS] == [512]
+    assert budgets(load_serve_config(REPO / "configs" / "default.yaml")) == [512]  # its null is unset
+    assert budgets(load_serve_config(write_yaml(tmp_path / "a.yaml", {"max-num-batched-tokens": 1024}))) == [1024]
+    file = write_yaml(tmp_path / "b.yaml", {"max_num_batched_tokens": 1024})
+    assert budgets(load_serve_config(file, max_num_batched_tokens=256)) == [256]  # the command line wins
+    entries = [
+        {"model": "a"},
+        {"model": "b", "max_num_batched_tokens": 64},
+        {"model": "c", "max_num_batched_tokens": None},
+    ]
+    assert budgets(load_serve_config(write_yaml(tmp_path / "m.yaml", {"models": entries}))) == [512, 64, 512]
+    top = {"max_num_batched_tokens": 128, "models": entries}
+    assert budgets(load_serve_config(write_yaml(tmp_path / "t.yaml", top))) == [128, 64, 128]
 
 
 @pytest.mark.parametrize(

@@ -277,7 +277,11 @@ step bf16_latency_lazy 360 python scripts/bench_latency.py --config $BF16 --skip
 # And 4,096 (vLLM's default for its API server on large-memory GPUs is 8,192): a wave of arrivals prefilled in fewer,
 # larger steps. H200 2026-12-07 at 2,048: TTFT p50 / p99 154.5 / 670.1 ms, TPOT p50 10.75 (after the first wave).
 # H100 the same day, one call: 2,048 156.0 / 489.1 ms, 11.87; 512 82.3 / 117.5 ms, 11.82; 4,096 290.2 / 397.3, 11.87.
-for budget in 512 4096; do
+# H100 2026-12-07 (thirty-second session), one machine: 1,024 116 / 123 ms, 12.21; 384 67.5 / 120, 11.62; 256 198 /
+# 201, 11.56: TPOT stays within 11.6-12.2 ms at every budget (each prompt token costs its FLOPs whatever step carries
+# it), so `jllm serve` now defaults to 512 (jllm.serve_config) and the align256 server above runs it; 2,048 (the
+# offline default) is the comparison. BUDGETS: the budgets to serve (default "2048 4096").
+for budget in ${BUDGETS:-2048 4096}; do
     serve "b$budget" --max-num-batched-tokens $budget
     step "serving_b$budget" 300 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 320 \
         --input-len 1024 --output-len 128 --max-concurrency 32 "${ROOF[@]}" --json "$QOUT/serving_b$budget.json"
