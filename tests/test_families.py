@@ -2984,6 +2984,11 @@ def test_qwen_sliding_layers_without_layer_types_read_as_transformers_lays_them(
         ("Qwen3MoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
         ("Gemma2ForCausalLM", dict(head_dim=16)),
         ("Starcoder2ForCausalLM", {}),
+        ("OlmoeForCausalLM", dict(num_experts=4, num_experts_per_tok=2)),
+        ("OlmoForCausalLM", {}),
+        ("SmolLM3ForCausalLM", dict(pad_token_id=0)),
+        ("HunYuanDenseV1ForCausalLM", dict(head_dim=16)),
+        ("Ernie4_5ForCausalLM", dict(head_dim=16)),
         ("Phi3ForCausalLM", dict(pad_token_id=0)),  # these two read the factor
         ("StableLmForCausalLM", {}),
     ],

@@ -87,8 +87,9 @@ def read_rope(
 def whole_head_rotary(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` without ``partial_rotary_factor`` (at its top level, in its rope settings, and in each layer type's):
     for the families whose transformers rotary embedding never reads it (Llama's, Mistral's, Qwen's, Gemma's,
-    Mixtral's, Granite's, OLMo 2's, Falcon's, StarCoder2's), so their default rope turns every channel of a head
-    whatever a config says there; their scaled ropes do read it, and then transformers' forward fails on the width."""
+    Mixtral's, Granite's, OLMo's, OLMoE's, Falcon's, StarCoder2's, SmolLM3's, EXAONE 4's, HunYuan's, ERNIE's, ...), so
+    their default rope turns every channel of a head whatever a config says there; their scaled ropes do read it, and
+    then transformers' forward fails on the width."""
 
     def strip(d: dict[str, Any], depth: int) -> dict[str, Any]:
         nested = ("rope_scaling", "rope_parameters") if depth == 0 else (FULL, SLIDING)

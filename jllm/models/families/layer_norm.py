@@ -417,6 +417,7 @@ def _without_mrope(params: dict[str, Any]) -> dict[str, Any]:
 def olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """OLMo 1 (OLMo-1B/7B-hf, -0424, -0724): Llama's layout with LayerNorms that have neither weight nor bias (eps
     1e-5, fixed in transformers), q, k and v clipped to ``clip_qkv`` where set."""
+    cfg = whole_head_rotary(cfg)
     base, layers = uniform(cfg, dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(

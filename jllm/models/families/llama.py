@@ -102,6 +102,7 @@ def smollm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """SmolLM3: Llama with no rotary (NoPE) in the layers ``no_rope_layers`` marks 0 (by default every
     ``no_rope_layer_interval``-th, 4), rope base 2e6 and a tied head by default; with ``use_sliding_window`` the NoPE
     layers slide (transformers' ``layer_types`` default)."""
+    cfg = whole_head_rotary(cfg)
     n = cfg["num_hidden_layers"]
     cfg = {"rope_theta": 2e6, "tie_word_embeddings": True, **cfg}
     interval = cfg.get("no_rope_layer_interval", 4)
@@ -136,6 +137,7 @@ def hunyuan_dense(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     ``key_layernorm``) after the rotary; its NTK rotary with a fixed ``alpha`` (labelled "dynamic") is the plain one
     with base ``rope_theta * alpha ** (head_dim / (head_dim - 2))``. Cross-layer KV sharing (``use_cla``) is
     refused."""
+    cfg = whole_head_rotary(cfg)
     if cfg.get("use_cla"):
         raise ValueError("HunYuan use_cla=True is not supported (supported: False, as the released dense models)")
     params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
@@ -224,6 +226,7 @@ def exaone4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """EXAONE 4.0: OLMo 2's output-only norms with Qwen3's per-head q/k RMSNorms; sliding layers (by default three
     of every ``sliding_window_pattern``, 4) with the rotary, global ones with none, every layer global and rotated
     where ``sliding_window`` is null. A string ``sliding_window_pattern`` ("LLLG") needs ``layer_types``."""
+    cfg = whole_head_rotary(cfg)
     n = cfg["num_hidden_layers"]
     cfg = {
         "sliding_window": 4096,
@@ -306,6 +309,7 @@ def _glm(cfg: dict[str, Any], dtype: Any, family: str, sandwich: bool) -> ModelA
 def helium(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Helium (Kyutai): Llama with the rotary on neighbouring channel pairs, rope base 1e5 and eps 1e-8 by default,
     q/k/v biases where ``attention_bias``; its o_proj maps ``hidden_size`` channels, so heads must fill it."""
+    cfg = whole_head_rotary(cfg)
     cfg = {"rope_theta": 1e5, "head_dim": 128, "num_key_value_heads": 20, "rms_norm_eps": 1e-8, **cfg}
     base, layers = uniform(cfg, dtype, FULL, interleaved=True)
     if base["num_heads"] * base["head_dim"] != base["hidden_size"]:
@@ -325,6 +329,7 @@ def helium(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def ernie4_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """ERNIE 4.5 (dense: ERNIE-4.5-0.3B): Llama with the rotary on neighbouring channel pairs, rope base 5e5, a tied
     head and ``use_bias`` on every linear (q, k, v, o and the MLP's) by default."""
+    cfg = whole_head_rotary(cfg)
     cfg = {
         "rope_theta": 5e5,
         "head_dim": 128,
@@ -343,6 +348,7 @@ def ernie4_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def seed_oss(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Seed-OSS (ByteDance): Llama with q/k/v biases (``attention_bias``, on by default) and o_proj's own
     (``attention_out_bias``)."""
+    cfg = whole_head_rotary(cfg)
     cfg = {"head_dim": 128, "num_key_value_heads": 8, "max_position_embeddings": 524_288, **cfg}
     base, layers = uniform(cfg, dtype, FULL)
     return ModelArgs(
@@ -357,6 +363,7 @@ def seed_oss(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def arcee(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Arcee (AFM-4.5B): Llama with a plain (not gated) MLP, ``down(relu(up(x))^2)`` by default."""
+    cfg = whole_head_rotary(cfg)
     cfg = {"rms_norm_eps": 1e-5, **cfg}
     base, layers = uniform(cfg, dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
@@ -385,6 +392,7 @@ APERTUS_ROPE = dict(
 def apertus(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Apertus (Swiss AI): Llama's pre-norm layout (``attention_layernorm``, ``feedforward_layernorm``) with Qwen3's
     per-head q/k RMSNorms and a plain MLP whose xIELU activation learns its two slopes per layer (``act_fn``)."""
+    cfg = whole_head_rotary(cfg)
     if not cfg.get("rope_parameters") and not cfg.get("rope_scaling"):
         cfg = {**cfg, "rope_parameters": APERTUS_ROPE}
     cfg = {"rope_theta": 12e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 65_536, **cfg}

@@ -137,6 +137,7 @@ def olmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """OLMoE: OLMo 2's q/k RMSNorms over the whole projection, then q, k and v clipped to ``clip_qkv`` where set,
     pre-norm RMSNorms, and in every layer a routed mixture of ``num_experts`` SwiGLU experts of width
     ``intermediate_size`` (top ``num_experts_per_tok``, renormalised where ``norm_topk_prob``)."""
+    cfg = whole_head_rotary(cfg)
     experts, top_k = cfg.get("num_experts", 64), cfg.get("num_experts_per_tok", 8)
     _check_top_k("OLMoE", top_k, experts, "num_experts")
     base, layers = uniform(cfg, dtype, FULL)
