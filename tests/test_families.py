@@ -3011,3 +3011,20 @@ def test_partial_rotary_factor_turns_the_channels_transformers_rotary_turns(arch
     args = build_args({**config.to_dict(), "architectures": [arch]}, np.float32)[1]  # as config.json holds it
     for spec in args.layers:
         np.testing.assert_allclose(spec.rope.inv_freq(), inv_freq, rtol=1e-6)
+
+
+def test_hf_activation_names_compute_transformers_act2fn():
+    """Every ``hidden_act`` name the readers take computes what transformers' ``ACT2FN`` does under it (its aliases
+    ``swish``, ``gelu_fast`` and ``gelu_python`` had been refused by name)."""
+    import torch
+    from transformers.activations import ACT2FN
+
+    from jllm.models.families.common import HF_ACTIVATIONS
+    from jllm.models.layers import ACTIVATIONS
+
+    x = np.linspace(-6.0, 6.0, 101, dtype=np.float32)
+    for name, ours in HF_ACTIVATIONS.items():
+        if ours == "xielu":  # learned per layer: its module's own test
+            continue
+        expected = ACT2FN[name](torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(np.asarray(ACTIVATIONS[ours](x)), expected, rtol=1e-5, atol=1e-6, err_msg=name)

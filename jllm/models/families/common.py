@@ -20,11 +20,15 @@ SLIDING, FULL = "sliding_attention", "full_attention"
 # M-RoPE's settings: which channels read the temporal, height and width positions (all one position in text, so for
 # text it is the plain rotary)
 MROPE_KEYS = ("mrope_section", "mrope_interleaved")
-# transformers' activation names -> ours (``jllm.models.layers.ACTIVATIONS``)
+# transformers' activation names -> ours (``jllm.models.layers.ACTIVATIONS``); its ACT2FN's aliases of the same
+# functions too (``swish``, ``gelu_fast``: the tanh gelu written out, ``gelu_python``)
 HF_ACTIVATIONS = {
     "silu": "silu",
+    "swish": "silu",
     "gelu": "gelu",
+    "gelu_python": "gelu",
     "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
     "relu": "relu",
     "relu2": "relu2",
