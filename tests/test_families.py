@@ -1701,6 +1701,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
             moe_layer_freq=2,
         ),
     ),
+    # transformers' Gemma 2 (and 3) runs ACT2FN[hidden_activation]: "gelu" is the exact gelu there (had been refused)
+    "gemma2_exact_gelu": (
+        "Gemma2ForCausalLM",
+        dict(head_dim=16, sliding_window=16, hidden_activation="gelu", tie_word_embeddings=False),
+    ),
     # StableLM 2 1.6B's layout: sequential, q/k/v biases, no q/k norms
     "stablelm_sequential_qkv_bias": ("StableLmForCausalLM", dict(use_qkv_bias=True)),
     # Laguna's default gate: one softplus factor per head
@@ -2693,6 +2698,25 @@ def test_gemma_config_defaults_read_as_transformers_reads_them():
 
     args = gemma(dict(TINY_CONFIG, hidden_act="gelu"), np.float32)
     assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings
+
+
+@pytest.mark.parametrize("arch", ["Gemma2ForCausalLM", "Gemma3ForCausalLM", "VaultGemmaForCausalLM"])
+@pytest.mark.parametrize(
+    "keys, act",
+    [
+        ({"hidden_activation": "gelu"}, "gelu"),
+        ({"hidden_activation": "gelu_pytorch_tanh"}, "gelu_tanh"),
+        ({"hidden_act": "gelu"}, "gelu_tanh"),  # a key transformers' Gemma 2 and 3 never read
+        ({}, "gelu_tanh"),
+    ],
+)
+def test_gemma2_and_3_activation_is_transformers_act2fn_of_hidden_activation(arch, keys, act):
+    """Gemma 2's and 3's MLP runs ``ACT2FN[hidden_activation]``: the exact gelu under ``"gelu"`` (it had been
+    refused), and ``hidden_act`` is not read (Gemma 1's key, whose ``"gelu"`` means the tanh approximation)."""
+    from jllm.models.registry import build_args
+
+    args = build_args({**TINY_CONFIG, "head_dim": 16, **keys, "architectures": [arch]}, np.float32)[1]
+    assert args.mlp_act == act
 
 
 @pytest.mark.slow

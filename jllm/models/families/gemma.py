@@ -12,6 +12,7 @@ from typing import Any
 
 from jllm.models.families.common import (
     FULL,
+    HF_ACTIVATIONS,
     SLIDING,
     base_args,
     layer_type_ropes,
@@ -32,21 +33,31 @@ GEMMA_WEIGHTS = WeightMap(
 )
 
 
-def _gemmabase_args(cfg: dict[str, Any], dtype: Any, key: str, act: str, accepted: tuple[str, ...]) -> dict[str, Any]:
-    """What every Gemma shares: a tied head by default, the ``1 + w`` RMSNorm, GeGLU (``act``, the config's ``key``,
-    one of the tanh gelu's ``accepted`` names), embeddings times sqrt(hidden)."""
-    if act not in accepted:
-        raise ValueError(f"Gemma {key} {act!r} is not supported (supported: {', '.join(map(repr, accepted))})")
+def _gemmabase_args(cfg: dict[str, Any], dtype: Any, act: str) -> dict[str, Any]:
+    """What every Gemma shares: a tied head by default, the ``1 + w`` RMSNorm, GeGLU (``act``: the gelu, exact or
+    tanh), embeddings times sqrt(hidden)."""
     base = base_args(cfg, dtype)
     base["tie_word_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
     return dict(
         base,
         norm="rms_unit_offset",
-        mlp_act="gelu_tanh",
+        mlp_act=act,
         embed_scale=math.sqrt(base["hidden_size"]),
         qkv_bias=bool(cfg.get("attention_bias", False)),
         o_bias=bool(cfg.get("attention_bias", False)),
     )
+
+
+def _gemma_activation(cfg: dict[str, Any], family: str) -> str:
+    """Gemma 2's and 3's GeGLU activation: transformers runs ``ACT2FN[hidden_activation]`` (never ``hidden_act``,
+    unlike Gemma 1), so the exact gelu under ``"gelu"`` and the tanh approximation under its names; another function
+    is refused by name."""
+    name = cfg.get("hidden_activation") or "gelu_pytorch_tanh"
+    act = "gelu_tanh" if name == "gelu_tanh" else HF_ACTIVATIONS.get(name)
+    if act not in ("gelu", "gelu_tanh"):
+        gelus = [k for k, v in HF_ACTIVATIONS.items() if v in ("gelu", "gelu_tanh")]
+        raise ValueError(f"{family} hidden_activation {name!r} is not supported (supported: {', '.join(gelus)})")
+    return act
 
 
 def _refuse_bidirectional(cfg: dict[str, Any], family: str) -> None:
@@ -65,15 +76,16 @@ def gemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     reads ``hidden_act`` (not ``hidden_activation``), a legacy ``"gelu"`` there meaning the tanh approximation."""
     _refuse_bidirectional(cfg, "Gemma")
     act = cfg.get("hidden_act") or "gelu_pytorch_tanh"
-    base = _gemmabase_args(cfg, dtype, "hidden_act", act, ("gelu_pytorch_tanh", "gelu"))
+    if act not in ("gelu_pytorch_tanh", "gelu"):
+        raise ValueError(f"Gemma hidden_act {act!r} is not supported (supported: 'gelu_pytorch_tanh', 'gelu')")
+    base = _gemmabase_args(cfg, dtype, "gelu_tanh")
     layers = (LayerSpec(read_rope(whole_head_rotary(cfg), base["head_dim"])),) * base["num_layers"]
     return ModelArgs(**base, layers=layers)
 
 
-def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], **extra: Any) -> ModelArgs:
+def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], family: str, **extra: Any) -> ModelArgs:
     """Gemma 2 and 3's shared description."""
-    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
-    base = _gemmabase_args(cfg, dtype, "hidden_activation", act, ("gelu_pytorch_tanh", "gelu_tanh"))
+    base = _gemmabase_args(cfg, dtype, _gemma_activation(cfg, family))
     return ModelArgs(
         **base,
         layers=layers,
@@ -91,7 +103,7 @@ def gemma2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     rope = read_rope(whole_head_rotary(cfg), head_dim)
     default = [SLIDING if i % 2 == 0 else FULL for i in range(cfg["num_hidden_layers"])]
-    return _gemma(cfg, dtype, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default)))
+    return _gemma(cfg, dtype, tuple(LayerSpec(rope, w) for w in layer_windows(cfg, default)), "Gemma 2")
 
 
 # transformers' Gemma3TextConfig defaults for the keys the readers take: hub image-text configs (gemma-3-4b-it's
@@ -120,7 +132,7 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     pattern = cfg.get("sliding_window_pattern", 6)
     default = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(cfg["num_hidden_layers"])]
     ropes = layer_type_ropes(whole_head_rotary(cfg), head_dim, cfg.get("rope_local_base_freq", 10000.0), 1e6)
-    return _gemma(cfg, dtype, typed_layers(cfg, ropes, default), qk_norm=True)
+    return _gemma(cfg, dtype, typed_layers(cfg, ropes, default), "Gemma 3", qk_norm=True)
 
 
 # VaultGemmaConfig's defaults for the keys the Gemma 2 reader takes where a config leaves them out
