@@ -31,7 +31,7 @@ KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3"]  # vLLM's names: auto = the mo
 Pooling = Literal["last", "mean"]
 SchedulingPolicy = Literal["fcfs", "priority"]  # vLLM's --scheduling-policy (jllm.scheduler.SCHEDULING_POLICIES)
 Quantization = Literal["int8", "fp8"]  # vLLM's names (jllm.quantization)
-Fp8KernelCompute = Literal["fma", "fma16", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_gemv_spec.COMPUTE (tested equal)
+Fp8KernelCompute = Literal["fma", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_gemv_spec.COMPUTE (tested equal)
 Fp8KernelBackend = Literal["triton", "pallas"]  # jllm.quantization.QuantScheme.fp8_kernel_backend
 
 

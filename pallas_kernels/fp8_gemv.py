@@ -1,20 +1,19 @@
 """FP8-weight matmul for few rows (decode steps): a hand-written Triton kernel, called from JAX by jax-triton.
 
-A decode step multiplies a handful of activation rows by every weight of the model, so its time is the weights' bytes
-over the memory bandwidth; FP8 weights halve those bytes only if nothing widens them on the way. XLA's ``x @
-w.astype(bf16)`` fuses the convert into a Triton GEMM tuned for big tiles, which streams e4m3 weights slower than cuBLAS
-streams bf16 ones (H200, 2026-12-03: 4.77 ms a Llama-3-8B step against 4.28). Here a program owns ``block_n`` output
-columns of one ``block_m``-row tile and a ``1 / split_k`` share of the input dimension, loads ``[block_k, block_n]``
-e4m3 weight tiles and multiplies them in one of ``COMPUTE``'s ways: widened in registers (one row: float32
-multiply-adds, or float16 pairs in "fma16"; more: float16 ``tl.dot``; the widening, not the bytes, bounds "fma" and
-"dot_f16" on an H200: 2.9 TB/s of e4m3 at best, docs/benchmarks.md), or never widened ("dot_fp8", W8A8): the activation
-rows are quantized to e4m3 per row in the kernel (``absmax / 448`` over the whole row, as
-``jllm.quantization.quantize_rows`` and vLLM's FP8 path do) and multiplied e4m3 x e4m3 on the FP8 tensor cores into
-float32. Rows past ``M`` load as zeros (a zero row's scale is 1). The weights are ``[K, N]`` (columns contiguous, as
-stored) or, with ``w_kmajor``, ``[N, K]``: the layout Hopper's FP8 MMAs want for both operands. With ``split_k == 1``
-the program applies the scales and writes the result; otherwise it writes float32 partial sums ``[split_k, M, N]`` (the
-activation scale applied) that ``fp8_matmul`` adds and scales per column in one XLA fusion (deterministic, unlike
-atomics).
+A decode step multiplies a handful of activation rows by every weight of the model, so its time is the weights'
+bytes over the memory bandwidth; FP8 weights halve those bytes only if nothing widens them on the way. XLA's
+``x @ w.astype(bf16)`` fuses the convert into a Triton GEMM tuned for big tiles, which streams e4m3 weights slower
+than cuBLAS streams bf16 ones (H200, 2026-12-03: 4.77 ms a Llama-3-8B step against 4.28). Here a program owns
+``block_n`` output columns of one ``block_m``-row tile and a ``1 / split_k`` share of the input dimension, loads
+``[block_k, block_n]`` e4m3 weight tiles and multiplies them in one of ``COMPUTE``'s ways: widened in registers (one
+row: float32 multiply-adds; more: float16 ``tl.dot``; the widening, not the bytes, bounds both on an H200: 2.9 TB/s
+of e4m3 at best, docs/benchmarks.md), or never widened ("dot_fp8", W8A8): the activation rows are quantized to e4m3
+per row in the kernel (``absmax / 448`` over the whole row, as ``jllm.quantization.quantize_rows`` and vLLM's FP8 path
+do) and multiplied e4m3 x e4m3 on the FP8 tensor cores into float32. Rows past ``M`` load as zeros (a zero row's
+scale is 1). The weights are ``[K, N]`` (columns contiguous, as stored) or, with ``w_kmajor``, ``[N, K]``: the layout
+Hopper's FP8 MMAs want for both operands. With ``split_k == 1`` the program applies the scales and writes the
+result; otherwise it writes float32 partial sums ``[split_k, M, N]`` (the activation scale applied) that
+``fp8_matmul`` adds and scales per column in one XLA fusion (deterministic, unlike atomics).
 
 ``fp8_matmul`` is the JAX entry (GPU only: jax-triton launches compiled Triton); its tiling (``GemvConfig``,
 ``default_gemv_config``, ``check_shapes``) and reference (``ref_fp8_matmul``) live in ``pallas_kernels.fp8_gemv_spec``,
@@ -74,8 +73,6 @@ def fp8_matmul(
     m = rows.shape[0]
     cfg = config or default_gemv_config(m, k, n)
     check_shapes(m, k, n, cfg)
-    if cfg.compute == "fma16" and not w_kmajor:
-        raise ValueError("compute='fma16' reads [N, K] weights (w_kmajor=True)")
     grid = (n // cfg.block_n, cfg.split_k, -(-m // cfg.block_m))
     out_dtype = x.dtype if cfg.split_k == 1 else jnp.float32
     out_shape = (m, n) if cfg.split_k == 1 else (cfg.split_k, m, n)
@@ -161,12 +158,6 @@ def _gemv_kernel(
             SWAP_AB,
         )  # fmt: skip
         acc *= x_scale[:, None]
-    elif COMPUTE == "fma16":  # one row, [N, K] weights (fp8_matmul checks)
-        x_absmax = _split_absmax(x_ptrs, K_PER_SPLIT, BLOCK_K)
-        acc = _fma16_partial(
-            x_ptrs, w_ptr, offs_n, offs_k, K, K_PER_SPLIT, BLOCK_N, BLOCK_K, tl.math.div_rn(1.0, x_absmax)
-        )
-        acc *= x_absmax
     else:
         acc = _widened_partial(x_ptrs, w_ptrs, w_step, row_ok, K_PER_SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, COMPUTE)
     out_rows = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
@@ -175,35 +166,6 @@ def _gemv_kernel(
         tl.store(out_ptr + out_rows, y.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
     else:
         tl.store(out_ptr + pid_k * M * N + out_rows, acc, mask=row_ok[:, None])
-
-
-@triton.jit
-def _split_absmax(x_ptrs, K_PER_SPLIT: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The largest magnitude of the one row's inputs in this program's split (1 for zeros), read in the main loop's
-    ``[1, BLOCK_K]`` steps: a few KB that the loop then reads again from L1."""
-    absmax = tl.zeros([1], dtype=tl.float32)
-    for _ in range(0, K_PER_SPLIT, BLOCK_K):
-        absmax = tl.maximum(absmax, tl.max(tl.abs(tl.load(x_ptrs).to(tl.float32)), axis=1))
-        x_ptrs += BLOCK_K
-    return tl.where(absmax > 0, absmax, 1.0)
-
-
-@triton.jit
-def _fma16_partial(
-    x_ptrs, w_ptr, offs_n, offs_k, K: tl.constexpr, K_PER_SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, x_inv_scale,
-):  # fmt: skip
-    """f32[1, BLOCK_N]: this split's ``(x * x_inv_scale) @ w`` for one row (``x_ptrs`` its ``[1, BLOCK_K]`` inputs) on
-    ``[N, K]`` weights read as ``[BLOCK_N, BLOCK_K]`` tiles: widened to f16 and multiplied-added in f16 pairs (the
-    inputs run along each thread's registers, so an HFMA2 takes two neighbours), summed in float32 once at the end."""
-    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * K + offs_k[None, :]
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float16)
-    for _ in range(0, K_PER_SPLIT, BLOCK_K):
-        x16 = (tl.load(x_ptrs).to(tl.float32) * x_inv_scale[:, None]).to(tl.float16)
-        acc += x16 * tl.load(w_ptrs).to(tl.float16)
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-    return tl.reshape(tl.sum(acc.to(tl.float32), axis=1), [1, BLOCK_N])
 
 
 @triton.jit

@@ -21,25 +21,13 @@ _TARGET_PROGRAMS = 512  # about four programs per SM of an H200 (132 SMs)
 # (e4m3 -> f16 is one instruction per pair on Hopper, -> bf16 goes on through f32; activations saturate at f16's
 # 65504). Widening e4m3 to bf16 for tl.dot streamed 10-30 % slower than "dot_f16" on an H200 (2026-12-03).
 # "dot_fp8": activations quantized to e4m3 per row, tl.dot of e4m3 x e4m3 into float32, the weights never widened.
-# "fma16" (one row, [N, K] weights): "fma" in float16 pairs. The row's share of a split is scaled by its absmax
-# (|x| <= 1), each weight widened to f16 and multiplied-added in f16x2 into a [block_n, block_k] f16 accumulator (at
-# most FMA16_MAX_STEPS terms, each <= 448: no overflow), summed in float32 at the end and scaled back. Triton 3.6
-# compiles "fma"'s loop for sm_90 to ~2.8-3.0 SASS instructions a weight (the f16 -> f32 widening and the FFMA one a
-# weight each, the activations passed through shared memory between two barriers every step), this one to ~1.3 (an
-# HFMA2 takes two weights; 64 x 256 tiles, 4 warps, no exchange in the loop), counted from the cubin (2026-12-07).
-# Whether that moves the one-row GEMV past "fma"'s ~3 TB/s is the GPU's to say. Its error is float16's rounding of
-# short sums (3.4-8.4e-4 of a product in Triton's interpreter), below e4m3's own.
-COMPUTE = ("fma", "fma16", "dot_f16", "dot_fp8")
-# A split's steps summed in float16: 32 x 448 = 14,336, far from f16's 65,504; the rounding of such sums grows with
-# their length (of a product: 3.4e-4 at 2 steps, 8.4e-4 at 32, 1.9e-3 at 128, in Triton's interpreter), and the
-# default tilings take 2-8 steps on Llama-3-8B's weights.
-FMA16_MAX_STEPS = 32
+COMPUTE = ("fma", "dot_f16", "dot_fp8")
 # Weights smaller than this many elements multiply in XLA. Widened weights: o_proj-sized ones (4096 x 4096) took
 # 19.7 us in the kernel against 14.9 in XLA's fused-convert dot (H200, one row), QKV-sized ones (4096 x 6144) 18.5
 # against 20.8. "dot_fp8" is not measured yet: every weight takes it, so an end-to-end run shows all of it.
 # (Measured on the jax-triton kernel; the Pallas "fma" kernel takes the same sizes: on an H200 it timed within 10 %
 # of it at each of these weights, 2026-12-04.)
-MIN_WEIGHT_ELEMENTS = {"fma": 20_000_000, "fma16": 20_000_000, "dot_f16": 20_000_000, "dot_fp8": 0}
+MIN_WEIGHT_ELEMENTS = {"fma": 20_000_000, "dot_f16": 20_000_000, "dot_fp8": 0}
 F16_MAX = 65504.0
 E4M3_MAX = float(jnp.finfo(jnp.float8_e4m3fn).max)  # 448
 
@@ -60,9 +48,9 @@ class GemvConfig:
     def __post_init__(self) -> None:
         if self.compute not in COMPUTE:
             raise ValueError(f"GemvConfig.compute={self.compute!r} is not one of {COMPUTE}")
-        if self.compute in ("fma", "fma16") and self.block_m != 1:
+        if self.compute == "fma" and self.block_m != 1:
             raise ValueError(f"GemvConfig.block_m={self.block_m} must be 1 with compute='fma'")
-        for name in ("block_m", "block_n", "block_k")[self.compute in ("fma", "fma16") :]:
+        for name in ("block_m", "block_n", "block_k")[self.compute == "fma" :]:
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
                 raise ValueError(f"GemvConfig.{name}={value} must be a power of two >= 16 (Triton's dot needs it)")
@@ -85,8 +73,6 @@ def default_gemv_config(m: int, k: int, n: int, compute: str | None = None) -> G
     compute = compute or ("fma" if m == 1 else "dot_f16")
     if compute == "fma":
         cfg = GemvConfig()
-    elif compute == "fma16":  # 256 inputs a step: the fewest SASS instructions a weight (inspect_fp8_gemv.py)
-        cfg = GemvConfig(block_k=256, compute=compute)
     else:
         block_m = max(16, min(64, 1 << (m - 1).bit_length()))
         block_n, block_k = (256, 64) if compute == "dot_f16" else (64, 128)
@@ -106,9 +92,6 @@ def check_shapes(m: int, k: int, n: int, config: GemvConfig) -> None:
         raise ValueError(f"output width {n} is not a multiple of block_n={config.block_n}")
     if k % (config.block_k * config.split_k):
         raise ValueError(f"input width {k} is not a multiple of block_k * split_k = {config.block_k * config.split_k}")
-    steps = k // (config.block_k * config.split_k)
-    if config.compute == "fma16" and steps > FMA16_MAX_STEPS:
-        raise ValueError(f"compute='fma16' sums {steps} steps of a split in float16; at most {FMA16_MAX_STEPS}")
 
 
 def sum_splits(partials: jax.Array, scale: jax.Array, dtype: Any) -> jax.Array:
@@ -154,8 +137,7 @@ def ref_fp8_matmul(
 ) -> jax.Array:  # f32[..., *out]
     """What ``fp8_matmul`` computes in ``compute``, in pure jnp at float32's full precision (the oracle of the tests
     and of ``bench_fp8_gemv --check``): the activations as the kernel rounds them (float16 for "dot_f16", e4m3 rows
-    for "dot_fp8"; "fma16"'s float16 rounding, of scaled splits and of its sums, is left to a tolerance), times the
-    e4m3 weights, then the scales."""
+    for "dot_fp8"), times the e4m3 weights, then the scales."""
     if compute not in COMPUTE:
         raise ValueError(f"compute={compute!r} is not one of {COMPUTE}")
     if w_kmajor:

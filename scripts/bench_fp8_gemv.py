@@ -2,17 +2,17 @@
 port (``pallas_kernels.fp8_gemv_pallas``) against XLA.
 
 For each Llama-3-8B linear shape (QKV, o_proj, gate-up, down) and a few row counts it times, per matmul, as the step
-runs them (``--layers`` distinct weights called inside one jitted function, so no call finds its weights in L2 and no
-call pays a launch from the host): bf16 weights through XLA (the model-dtype baseline), e4m3 weights widened in XLA's
-dot (``QuantScheme`` weight-only), FP8 x FP8 through XLA (per-token activation scales), the Triton kernel with its
-default widening tiling ("triton default": "fma" at one row, "dot_f16" above) and W8A8 ("triton dot_fp8": activations
-quantized per row in the kernel, e4m3 x e4m3 MMAs) on ``[K, N]`` and on ``[N, K]`` ("kmajor") weights, the Pallas "fma"
-kernel at one row ("pallas fma": the jax-triton "triton default kmajor"'s arithmetic and tiling, lowered by XLA itself),
-the kernel's float16-pair widening at one row ("triton fma16 kmajor"), and with ``--tune`` a grid of tilings (the
-default's one-field neighbours first, then farther ones, until ``--tune-budget-s``). Each figure is weight bytes over
-time beside the device's measured copy bandwidth, and each output's relative Frobenius error against ``ref_fp8_matmul``
-(float32, the activations rounded as that mode must: bf16 activations, bf16 output). The last table sums the four shapes
-over 32 layers: the GEMM time of a decode step without the LM head.
+runs them (``--layers`` distinct weights called inside one jitted function, so no call finds its weights in L2 and
+no call pays a launch from the host): bf16 weights through XLA (the model-dtype baseline), e4m3 weights widened in
+XLA's dot (``QuantScheme`` weight-only), FP8 x FP8 through XLA (per-token activation scales), the Triton kernel with
+its default widening tiling ("triton default": "fma" at one row, "dot_f16" above) and W8A8 ("triton dot_fp8":
+activations quantized per row in the kernel, e4m3 x e4m3 MMAs) on ``[K, N]`` and on ``[N, K]`` ("kmajor") weights,
+the Pallas "fma" kernel at one row ("pallas fma": the jax-triton "triton default kmajor"'s arithmetic and tiling,
+lowered by XLA itself), and with ``--tune`` a grid of tilings (the default's one-field neighbours first, then farther
+ones, until ``--tune-budget-s``). Each figure is weight bytes over time beside the device's measured copy bandwidth,
+and each output's relative Frobenius error against ``ref_fp8_matmul`` (float32, the activations rounded as that mode
+must: bf16 activations, bf16 output). The last table sums the four shapes over 32 layers: the GEMM time of a decode
+step without the LM head.
 
 ``--check`` times nothing: every default variant, the W8A8 kernel's layouts, swapped or not and 64-row tiles, and the
 Pallas kernel at every row count (one program row per activation row), on one weight per shape, against the
@@ -21,7 +21,6 @@ float32 reference; exit status 1 if any error exceeds ``CHECK_BOUND``.
     python scripts/bench_fp8_gemv.py --check --rows 1,33
     python scripts/bench_fp8_gemv.py --rows 1,8,32,64 --tune --tune-compute dot_fp8 --json $OUT/fp8_gemv.json
     python scripts/bench_fp8_gemv.py --rows 1 --tune --tune-rows 1 --tune-compute fma,pallas  # jax-triton vs Pallas
-    python scripts/bench_fp8_gemv.py --rows 1 --tune --tune-rows 1 --tune-compute fma,fma16   # f32 vs f16 pairs
 
 On a CPU (the tests' dry run) the Pallas kernel runs in Pallas' interpreter.
 """
@@ -54,13 +53,11 @@ TUNE_SPLITS = (1, 2, 4, 8, 16)
 # the one their defaults were picked from (docs/benchmarks.md), "dot_fp8"'s is new
 TUNE_TILES = {
     "fma": ((64, 128), (128, 128), (128, 256), (256, 64)),
-    "fma16": ((64, 256), (128, 128), (32, 256), (64, 512), (32, 512)),
     "dot_f16": ((64, 128), (128, 128), (128, 256), (256, 64)),
     "dot_fp8": tuple(itertools.product((64, 128, 256), (64, 128, 256))),
 }
 TUNE_WARPS_STAGES = {
     "fma": ((4, 4), (8, 3)),
-    "fma16": ((4, 4), (8, 3), (2, 4)),
     "dot_f16": ((4, 4), (8, 3)),
     "dot_fp8": tuple(itertools.product((4, 8), (3, 4, 5))),
 }
@@ -124,15 +121,13 @@ def default_variants(m: int, k: int, n: int) -> list[Variant]:
     "fma" kernel (which at more rows streams the weights once per row)."""
     xla = [Variant(label, ref, weights) for label, (_, ref, weights) in XLA.items()]
     w8a8 = default_gemv_config(m, k, n, "dot_fp8")
-    one_row = [pallas_kernel(default_gemv_config(m, k, n, "fma"))] if m == 1 else []
-    if m == 1 and supports(m, k, n, fma16 := default_gemv_config(m, k, n, "fma16")):
-        one_row.append(kernel("triton fma16", fma16, kmajor=True))
+    pallas = [pallas_kernel(default_gemv_config(m, k, n, "fma"))] if m == 1 else []
     return xla + [
         kernel("triton default", default_gemv_config(m, k, n)),
         kernel("triton default", default_gemv_config(m, k, n), kmajor=True),
         kernel("triton dot_fp8", w8a8),
         kernel("triton dot_fp8", w8a8, kmajor=True),
-        *one_row,
+        *pallas,
     ]
 
 
@@ -171,12 +166,10 @@ def tune_grid(m: int, k: int, n: int, computes: list[str], timed: Sequence[Varia
 
 def _grid(m: int, k: int, n: int, compute: str) -> list[tuple[GemvConfig, bool]]:
     w8a8 = compute == "dot_fp8"
-    one_row = compute in ("fma", "fma16")
-    block_ms = {1} if one_row else {max(16, default_gemv_config(m, k, n, "dot_f16").block_m)}
+    block_ms = {1} if compute == "fma" else {max(16, default_gemv_config(m, k, n, "dot_f16").block_m)}
     if w8a8:  # beside the default's: 16 rows (a swapped wgmma's N) and 64 (an unswapped one's M)
         block_ms |= {16, 64}
-    swaps = (False, True) if w8a8 else (False,)
-    layouts = (True,) if compute == "fma16" else swaps  # "fma16" reads [N, K] weights only
+    layouts = swaps = (False, True) if w8a8 else (False,)
     grid = []
     product = itertools.product(
         sorted(block_ms), TUNE_TILES[compute], TUNE_SPLITS, TUNE_WARPS_STAGES[compute], swaps, layouts

@@ -257,13 +257,6 @@ step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefil
 # batch 1 (bf16 and FP8), then FP8 offline throughput: 128 in / 2048 out x 1000 with an FP8 KV pool, 128 / 128 x 3000
 # (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
 step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
-# Thirty-second session: the one-row kernel multiplying in float16 pairs ("fma16": ~1.3 SASS instructions a weight
-# against "fma"'s ~2.9, no activation exchange through shared memory in its loop), its matmuls beside "fma"'s (defaults
-# and a short tune on [N, K] weights) and its TPOT beside fp8_latency's in the same call.
-step fp8_gemv_fma16 300 python scripts/bench_fp8_gemv.py --rows 1 --tune --tune-rows 1 --tune-compute fma,fma16 \
-    --tune-budget-s 25 --json "$QOUT/fp8_gemv_fma16.json"
-step fp8_latency_fma16 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 \
-    --set fp8_kernel_compute=fma16 --json "$QOUT/fp8_lat_fma16.json"
 for quant in null fp8; do
     step "step_b1_$quant" 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
         --dtype bfloat16 --batch-sizes 1 --max-num-batched-tokens 32 --steps 100 --set quantization=$quant \
