@@ -2435,7 +2435,6 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("Starcoder2ForCausalLM", {"hidden_act": "relu6"}, "StarCoder2 hidden_act 'relu6'.*supported.*gelu"),
         ("CohereForCausalLM", {"logit_scale": None}, "Cohere logit_scale=None is not supported"),
-        ("Cohere2ForCausalLM", {"partial_rotary_factor": 0.5}, "Cohere2 partial_rotary_factor=0.5 is not supported"),
         (
             "GPTJForCausalLM",
             {"n_embd": 64, "n_head": 4, "n_layer": 2, "rotary_dim": None},
@@ -3052,3 +3051,49 @@ def test_hf_activation_names_compute_transformers_act2fn():
             continue
         expected = ACT2FN[name](torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(np.asarray(ACTIVATIONS[ours](x)), expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# Families whose transformers rotary never reads partial_rotary_factor (their default rope turns the whole head), and
+# three that do (the last row)
+PARTIAL_ROTARY_ROWS = [
+    *("cohere", "cohere2", "cohere2_moe", "aya_vision_image_text", "gemma3n", "gemma4", "dots1", "dbrx"),
+    *("ernie4_5_moe", "deepseek_v2", "longcat_flash", "llama4_image_text", "nanochat", "jais2", "granite_swa"),
+    *("minicpm5_moe", "afmoe", "kolibri1", "flint", "hy_v3", "axk1", "axk2", "jetmoe", "lfm2", "zamba2"),
+    *("falcon_h1", "aria_text", "mellum"),
+    *("phi3", "stablelm", "glm"),
+]
+
+
+@pytest.mark.parametrize("name", PARTIAL_ROTARY_ROWS)
+def test_partial_rotary_factor_is_read_only_where_transformers_rotary_reads_it(name):
+    """A ``partial_rotary_factor`` of 0.5 beside a family's config: each layer's rope turns the channels
+    transformers' text rotary embedding turns (its inverse frequencies). Most of these families' rotaries never read
+    the factor; jllm had turned half the head there (logits 0.07-1.2 off), and refused it for Cohere's."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    arch, config_cls, overrides, _ = FAMILIES[name]
+    config = {k: v for k, v in {**BASE, **overrides}.items() if v is not None or k not in BASE}
+    config["partial_rotary_factor"] = 0.5
+    if name in IMAGE_TEXT:
+        config = dict(IMAGE_TEXT[name], text_config=config)
+    hf_config = getattr(transformers, config_cls or arch.replace("ForCausalLM", "Config"))(**config)
+    if name in IMAGE_TEXT:  # the config class of the image-text model
+        hf_config = getattr(transformers, arch.replace("ForConditionalGeneration", "Config"))(**config)
+    model = getattr(transformers, arch)(hf_config)
+    theirs = [
+        buffer.numpy()
+        for module_name, module in model.named_modules()
+        if module_name.endswith("rotary_emb") and "vision" not in module_name
+        for buffer_name, buffer in module.named_buffers()
+        if buffer_name.endswith("inv_freq") and not buffer_name.startswith("original")
+    ]
+    args = build_args({**hf_config.to_dict(), "architectures": [arch]}, np.float32)[1]
+    ours = [spec.rope.inv_freq() for spec in args.layers if spec.rope is not None]
+    assert theirs and ours
+    for inv_freq in ours:
+        assert any(f.shape == inv_freq.shape and np.allclose(f, inv_freq, rtol=1e-6) for f in theirs), (
+            inv_freq.shape,
+            [f.shape for f in theirs],
+        )

@@ -124,11 +124,26 @@ def layer_type_ropes(cfg: dict[str, Any], head_dim: int, local_theta: float, glo
     return {FULL: read_rope(cfg, head_dim, scaled), SLIDING: read_rope(cfg, head_dim, {"rope_theta": local_theta})}
 
 
-def per_type_ropes(cfg: dict[str, Any], head_dim: int, default: dict[str, dict[str, Any]]) -> dict[str, Rope]:
+def per_type_ropes(
+    cfg: dict[str, Any], head_dim: int, default: dict[str, dict[str, Any]], factor_in_default: bool = True
+) -> dict[str, Rope]:
     """Each layer type's rope from a ``rope_parameters`` keyed by layer type (Laguna's, Mellum's: a partial rotary
-    factor each), the family's ``default`` where the config has none."""
+    factor each), the family's ``default`` where the config has none. A top-level ``partial_rotary_factor`` is not
+    read: transformers' rotary embeddings read each type's own (a config loaded with the factor beside such
+    ``rope_parameters`` turns the whole head there). ``factor_in_default`` False: the family's default rotary never
+    reads the factor, its proportional one does (``proportional_rope``)."""
     params = cfg.get("rope_parameters") or default
-    return {kind: read_rope(cfg, head_dim, params[kind]) for kind in (FULL, SLIDING) if kind in params}
+    top = {k: v for k, v in cfg.items() if k != "partial_rotary_factor"}
+    read = read_rope if factor_in_default else proportional_rope
+    return {kind: read(top, head_dim, params[kind]) for kind in (FULL, SLIDING) if kind in params}
+
+
+def proportional_rope(cfg: dict[str, Any], head_dim: int, params: dict[str, Any]) -> Rope:
+    """A layer type's rope where, as in Gemma 4's and LFM3's transformers rotary, the proportional rope reads
+    ``partial_rotary_factor`` and the default one never does (it turns the whole head)."""
+    if params.get("rope_type") == "proportional":
+        return read_rope(cfg, head_dim, params)
+    return read_rope(whole_head_rotary(cfg), head_dim, whole_head_rotary(params))
 
 
 def mixture_layers(kinds: list[str], num_layers: int, family: str) -> list[bool]:

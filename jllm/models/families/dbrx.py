@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jllm.models.families.common import activation, base_args, read_rope
+from jllm.models.families.common import activation, base_args, read_rope, whole_head_rotary
 from jllm.models.families.mixtures import _check_top_k
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
@@ -63,7 +63,7 @@ def dbrx(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     base = base_args(cfg, dtype)
     return ModelArgs(
         **base,
-        layers=(LayerSpec(read_rope(cfg, base["head_dim"])),) * base["num_layers"],
+        layers=(LayerSpec(read_rope(whole_head_rotary(cfg), base["head_dim"])),) * base["num_layers"],
         norm="layer_no_bias",
         qkv_clip=attn.get("clip_qkv"),
         mlp_act=activation(cfg, "hidden_act", "silu", "DBRX"),

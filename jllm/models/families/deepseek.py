@@ -14,7 +14,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, mixture_layers, read_rope, typed_layers
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    mixture_layers,
+    read_rope,
+    typed_layers,
+    whole_head_rotary,
+)
 from jllm.models.mla import MLASpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
@@ -90,7 +99,7 @@ def dots1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     base = base_args(cfg, dtype)
     window, first_sliding = cfg["sliding_window"], cfg["max_window_layers"]
     default = [SLIDING if window and i >= first_sliding else FULL for i in range(base["num_layers"])]
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     layers = typed_layers(cfg, {FULL: rope, SLIDING: rope}, default)
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
     renormalize = bool(cfg.get("norm_topk_prob", False))
@@ -278,7 +287,7 @@ def latent_attention(cfg: dict[str, Any], dtype: Any, interleaved: bool) -> tupl
         v_head_dim=cfg["v_head_dim"],
         q_lora_rank=cfg.get("q_lora_rank"),
     )
-    rope = dataclasses.replace(read_rope(cfg, mla.qk_rope_head_dim), interleaved=interleaved)
+    rope = dataclasses.replace(read_rope(whole_head_rotary(cfg), mla.qk_rope_head_dim), interleaved=interleaved)
     qk_head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
     attention_bias = bool(cfg.get("attention_bias", False))
     settings = dict(

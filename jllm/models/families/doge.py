@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, uniform
+from jllm.models.families.common import FULL, SLIDING, activation, uniform, whole_head_rotary
 from jllm.models.model_args import ModelArgs
 
 # DogeConfig's defaults for the keys a config leaves out
@@ -40,7 +40,7 @@ def doge(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     window = cfg.get("keep_window_size", 2048)
     if window < 1:
         raise ValueError(f"Doge keep_window_size={window} must be at least 1")
-    base, layers = uniform(cfg, dtype, SLIDING if cfg.get("sliding_window") else FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, SLIDING if cfg.get("sliding_window") else FULL)
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **base,

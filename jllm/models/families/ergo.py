@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, dense_mlps, read_rope
+from jllm.models.families.common import FULL, SLIDING, dense_mlps, read_rope, whole_head_rotary
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.moe import GroupedRouting
 
@@ -71,7 +71,9 @@ def ergo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     head_dim = cfg["hidden_size"] // heads
     params = cfg.get("rope_parameters") or {}
     params = params.get(SLIDING) or ({} if FULL in params else params)
-    rope = dataclasses.replace(read_rope(cfg, head_dim, {"rope_theta": 1e6, **params}), interleaved=True)
+    rope = dataclasses.replace(
+        read_rope(whole_head_rotary(cfg), head_dim, whole_head_rotary({"rope_theta": 1e6, **params})), interleaved=True
+    )
     scale = cfg.get("global_attention_scale") or 1.0
     by_kind = {SLIDING: LayerSpec(rope, cfg["sliding_window"]), FULL: LayerSpec(None, score_scale=scale)}
     layers = dense_mlps(

@@ -18,6 +18,7 @@ from jllm.models.families.common import (
     per_type_ropes,
     read_rope,
     typed_layers,
+    whole_head_rotary,
 )
 from jllm.models.families.mixtures import ROUTER_EXPERT_BIAS, _check_top_k
 from jllm.models.model_args import ModelArgs, WeightMap
@@ -43,7 +44,7 @@ def afmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     experts, top_k = cfg.get("num_experts", 64), cfg.get("num_experts_per_tok", 6)
     _check_top_k("AFMoE", top_k, experts, "num_experts")
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     layers = typed_layers(cfg, {SLIDING: rope, FULL: None}, [SLIDING if (i + 1) % every else FULL for i in range(n)])
     kinds = ["dense" if i < cfg.get("num_dense_layers", 1) else "sparse" for i in range(n)]
     moe_width = cfg.get("moe_intermediate_size", 1408)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, base_args, layer_type_ropes
+from jllm.models.families.common import FULL, SLIDING, base_args, layer_type_ropes, whole_head_rotary
 from jllm.models.families.gemma4 import GEMMA4_WEIGHTS, kv_sources
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
@@ -74,7 +74,9 @@ def gemma3n_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     default_sparsity = [DEFAULT_SPARSITY if n > DENSE_AFTER and i < DENSE_AFTER else 0.0 for i in range(n)]
     sparsity = cfg.get("activation_sparsity_pattern")
     sparsity = default_sparsity if sparsity is None else _per_layer("activation_sparsity_pattern", sparsity, n)
-    ropes = layer_type_ropes(cfg, base["head_dim"], cfg.get("rope_local_base_freq", 10_000.0), 1_000_000.0)
+    ropes = layer_type_ropes(
+        whole_head_rotary(cfg), base["head_dim"], cfg.get("rope_local_base_freq", 10_000.0), 1_000_000.0
+    )
     sources = kv_sources(types, cfg["num_kv_shared_layers"] or 0, "Gemma 3n")
     layers = tuple(
         LayerSpec(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, base_args, read_rope
+from jllm.models.families.common import FULL, SLIDING, base_args, proportional_rope
 from jllm.models.families.gemma import GEMMA_WEIGHTS
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
@@ -80,7 +80,9 @@ def gemma4_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     base = base_args(cfg, dtype)
     base["tie_word_embeddings"] = bool(cfg["tie_word_embeddings"])
     heads = _layer_heads(cfg, types)
-    ropes = {kind: read_rope(cfg, heads[types.index(kind)][1], cfg["rope_parameters"][kind]) for kind in set(types)}
+    ropes = {
+        kind: proportional_rope(cfg, heads[types.index(kind)][1], cfg["rope_parameters"][kind]) for kind in set(types)
+    }
     sources = kv_sources(types, cfg.get("num_kv_shared_layers") or 0)
     double = bool(cfg.get("use_double_wide_mlp"))
     moe = _mixture(cfg)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jllm import mxfp4
-from jllm.models.families.common import FULL, SLIDING, base_args, layer_windows, read_rope
+from jllm.models.families.common import FULL, SLIDING, base_args, layer_windows, read_rope, whole_head_rotary
 from jllm.models.families.mixtures import _check_top_k
 from jllm.models.layers import ClampedSwiGLU
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
@@ -41,7 +41,7 @@ def gpt_oss(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     base = base_args(cfg, dtype)
     rope_params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or DEFAULT_ROPE)
     rope_params.setdefault("rope_theta", cfg.get("rope_theta") or DEFAULT_THETA)
-    rope = read_rope(cfg, base["head_dim"], rope_params)
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"], whole_head_rotary(rope_params))
     default = [SLIDING if i % 2 == 0 else FULL for i in range(base["num_layers"])]
     bias = bool(cfg.get("attention_bias", True))
     glu = ClampedSwiGLU(float(cfg.get("swiglu_limit", 7.0)), alpha=float(cfg.get("swiglu_alpha", 1.702)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import FULL, activation, uniform
+from jllm.models.families.common import FULL, activation, uniform, whole_head_rotary
 from jllm.models.families.mixtures import _check_top_k
 from jllm.models.model_args import ModelArgs, WeightMap
 
@@ -38,7 +38,7 @@ def jetmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "num_attention_heads": kv * top_k,
         "head_dim": cfg.get("kv_channels", 128),
     }
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     rename = (
         ("self_attn", "self_attention"),
         ("gate", "router.layer"),

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, check_attends, read_rope
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    check_attends,
+    read_rope,
+    whole_head_rotary,
+)
 from jllm.models.gated_deltanet import DeltaNetSpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.safetensors_index import hf_names
@@ -49,7 +57,7 @@ def lara_mini(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             f"{SLIDING!r}, {LINEAR!r}"
         )
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     window = cfg["sliding_window"]
     by_kind = {
         LINEAR: LayerSpec(None, mixer="gated_deltanet"),

@@ -324,7 +324,8 @@ def cohere_decoder(
     cfg: dict[str, Any], dtype: Any, family: str, layers: Callable[[Rope], tuple[LayerSpec, ...]], **extra: Any
 ) -> ModelArgs:
     """Cohere's and Cohere2's shared description: bias-free LayerNorms, attention and SwiGLU side by side off one
-    norm, the rotary on neighbouring channel pairs (transformers' Cohere interleaves its frequencies), logits times
+    norm, the rotary on neighbouring channel pairs of the whole head (transformers' Cohere interleaves its
+    frequencies and never reads ``partial_rotary_factor``), logits times
     ``logit_scale`` (divided by its inverse here: exact for the 1/16 of the released checkpoints), a tied head by
     default. ``layers``: each layer's spec from the rotary."""
     scale = cfg.get("logit_scale", 0.0625)
@@ -336,12 +337,7 @@ def cohere_decoder(
         "tie_word_embeddings": cfg.get("tie_word_embeddings", True),
     }
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
-    if rope.rotary_dim != base["head_dim"]:  # transformers' Cohere rope ignores the fraction, its scalings do not
-        raise ValueError(
-            f"{family} partial_rotary_factor={rope.rotary_dim / base['head_dim']} is not supported (supported: 1.0, "
-            "every channel of each head rotated)"
-        )
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **base,
@@ -399,8 +395,8 @@ def cohere_compass(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             "entry per layer type, null for no rotary, as transformers' CohereCompassRotaryEmbedding reads it)"
         )
     head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
-    ropes = {
-        kind: None if params[kind] is None else read_rope(cfg, head_dim, _without_mrope(params[kind]))
+    ropes = {  # its rotary turns the whole head, whatever partial_rotary_factor says (Cohere's)
+        kind: None if params[kind] is None else read_rope(whole_head_rotary(cfg), head_dim, _rope_type(params[kind]))
         for kind in set(types)
     }
     cfg = {**cfg, "head_dim": head_dim, "sliding_window": cfg.get("sliding_window", 4096), "layer_types": types}
@@ -410,8 +406,9 @@ def cohere_compass(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return cohere_decoder(plain, dtype, "Cohere Compass", lambda _: layers)
 
 
-def _without_mrope(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k not in MROPE_KEYS}
+def _rope_type(params: dict[str, Any]) -> dict[str, Any]:
+    """A Cohere Compass layer type's rope settings without its M-RoPE sections and rotary fraction."""
+    return {k: v for k, v in params.items() if k not in (*MROPE_KEYS, "partial_rotary_factor")}
 
 
 def olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:

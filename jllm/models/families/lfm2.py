@@ -13,7 +13,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, base_args, check_attends, per_type_ropes, read_rope
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    base_args,
+    check_attends,
+    per_type_ropes,
+    read_rope,
+    whole_head_rotary,
+)
 from jllm.models.families.deepseek import v3_mixture
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 from jllm.models.short_conv import ShortConvSpec
@@ -139,9 +147,9 @@ def _settings(
     defaults = dict(num_key_value_heads=8, max_position_embeddings=128_000, rope_theta=1e6)
     cfg = {**defaults, **cfg, "rms_norm_eps": cfg.get("norm_eps", 1e-5), "tie_word_embeddings": tied}
     base = base_args(cfg, dtype)
-    ropes = {FULL: read_rope(cfg, base["head_dim"])}
+    ropes = {FULL: read_rope(whole_head_rotary(cfg), base["head_dim"])}
     if rope_types is not None:
-        ropes = per_type_ropes(cfg, base["head_dim"], rope_types)
+        ropes = per_type_ropes(cfg, base["head_dim"], rope_types, factor_in_default=False)
         if missing := sorted(set(types) - {CONV, *ropes}):
             raise ValueError(f"{family} rope_parameters={cfg['rope_parameters']!r} names no rotary for {missing}")
     window = cfg.get("sliding_window")

@@ -74,7 +74,7 @@ def ministral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             f"Ministral 3 rope llama_4_scaling_beta={beta!r}, original_max_position_embeddings={original!r} is not "
             "supported (supported: both set, as transformers' Ministral 3 scales its queries by them)"
         )
-    base, layers = uniform(cfg, dtype, SLIDING)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, SLIDING)
     temperature = dict(attn_temperature=(float(original), float(beta)), attn_temperature_shift=0.0)
     return ModelArgs(
         **base,

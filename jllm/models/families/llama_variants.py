@@ -15,7 +15,16 @@ import dataclasses
 import math
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, read_rope, typed_layers, uniform
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    read_rope,
+    typed_layers,
+    uniform,
+    whole_head_rotary,
+)
 from jllm.models.families.llama import apertus, granite, llama
 from jllm.models.families.mixtures import granite_moe_shared
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
@@ -56,7 +65,7 @@ def cwm(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     if not cfg.get("rope_parameters") and not cfg.get("rope_scaling"):
         cfg["rope_parameters"] = CWM_ROPE
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     layers = typed_layers(cfg, {FULL: rope, SLIDING: rope}, [SLIDING if i % 4 else FULL for i in range(n)])
     return ModelArgs(
         **base,
@@ -71,7 +80,7 @@ def jais2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     LayerNorms with weight and bias (``layer_norm_eps``), and a plain MLP, ``down(relu(up(x))^2)``, biased where
     ``mlp_bias`` (on by default)."""
     cfg = {"max_position_embeddings": 8192, **cfg, "rms_norm_eps": cfg.get("layer_norm_eps", 1e-5)}
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     bias = bool(cfg.get("attention_bias", True))
     return ModelArgs(
         **base,
@@ -91,7 +100,7 @@ def nanochat(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     squared-ReLU MLP (``fc1``, ``fc2``); logits soft-capped at ``final_logit_softcapping`` (15 by default)."""
     cfg = {"max_position_embeddings": 2048, **cfg}
     base = base_args(cfg, dtype)
-    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), negated=True)
+    rope = dataclasses.replace(read_rope(whole_head_rotary(cfg), base["head_dim"]), negated=True)
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **base,
@@ -157,7 +166,9 @@ def _sliding_with_sinks(args: ModelArgs, cfg: dict[str, Any], family: str) -> Mo
     window = cfg["sliding_window"]
     layers = tuple(
         LayerSpec(
-            read_rope(cfg, args.head_dim, {**params, "rope_theta": theta}) if theta else None,
+            read_rope(whole_head_rotary(cfg), args.head_dim, whole_head_rotary({**params, "rope_theta": theta}))
+            if theta
+            else None,
             window if window and kind == SLIDING else None,
         )
         for theta, kind in zip(thetas, kinds, strict=True)
@@ -186,7 +197,7 @@ def bitnet(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     ``down_proj`` (``ffn_sub_norm``); rope base 5e5 by default. The hub's packed ternary checkpoints
     (``quantization_config`` quant_method "bitnet") are refused at load (``jllm.quantization``)."""
     cfg = {"rope_theta": 5e5, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, **cfg}
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "relu2", "BitNet")
     return ModelArgs(**base, layers=layers, qkv_bias=bias, o_bias=bias, mlp_act=act, sub_norms=True)
@@ -204,7 +215,7 @@ def diffllama(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     ``lambda_init`` transformers' ``0.8 - 0.6 exp(-0.3 layer)``; biases on q, k, v and o where ``attention_bias``. Its
     values split in two halves along the KV heads, so an odd ``num_key_value_heads`` is refused, as transformers
     refuses it."""
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     kv_heads = base["num_kv_heads"]
     if kv_heads % 2:
         raise ValueError(

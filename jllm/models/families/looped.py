@@ -21,7 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, per_type_ropes, read_rope, typed_layers
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    per_type_ropes,
+    read_rope,
+    typed_layers,
+    whole_head_rotary,
+)
 from jllm.models.looped import DoryLoop, HrmLoop
 from jllm.models.model_args import LayerSpec, ModelArgs, NGPTSpec, WeightMap
 from jllm.safetensors_index import hf_names
@@ -55,7 +64,7 @@ def hrm_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     if min(loop.h_cycles, loop.l_cycles, per_stack) < 1:
         raise ValueError(f"HRM-Text needs at least one layer and cycle, got {loop}")
     base = base_args({**cfg, "num_key_value_heads": cfg["num_attention_heads"]}, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     scale = cfg.get("embedding_scale") or 1.0 / cfg.get("initializer_range", 0.02)
     aliases = tuple(
         (f"model.{stack}.layers.{layer}.", f"model.layers.{loop.first_invocation(stack, layer)}.")
@@ -110,7 +119,7 @@ def dory(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         raise ValueError(f"Dory's sections {loop} must add up to num_hidden_layers={n} with at least one loop")
     base = base_args(cfg, dtype)
     default_types = [FULL if (i + 1) % 4 == 0 else SLIDING for i in range(n)]
-    stored = typed_layers(cfg, per_type_ropes(cfg, base["head_dim"], DORY_ROPE), default_types)
+    stored = typed_layers(cfg, per_type_ropes(whole_head_rotary(cfg), base["head_dim"], DORY_ROPE), default_types)
     if bias := bool(cfg.get("attention_bias", False)):
         raise ValueError(f"Dory attention_bias={bias} is not supported (supported: False, as released)")
     if tied := bool(cfg.get("tie_word_embeddings", False)):

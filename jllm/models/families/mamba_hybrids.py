@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from jllm.models.families.common import activation, base_args, check_attends, read_rope
+from jllm.models.families.common import activation, base_args, check_attends, read_rope, whole_head_rotary
 from jllm.models.families.llama import granite
 from jllm.models.families.mixtures import granite_moe_shared
 from jllm.models.mamba2 import Mamba2Spec
@@ -301,7 +301,7 @@ def falcon_h1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     mamba = dataclasses.replace(
         mamba2_spec({**cfg, "mamba_d_head": head_dim}, "Falcon-H1"), gate_norm=gate_norm, in_multipliers=ssm
     )
-    layer = LayerSpec(read_rope(cfg, base["head_dim"]), mixer="mamba2", attention_beside=multipliers)
+    layer = LayerSpec(read_rope(whole_head_rotary(cfg), base["head_dim"]), mixer="mamba2", attention_beside=multipliers)
     bias = bool(cfg.get("attention_bias", False))
     rename = (("mlp", "feed_forward"), ("post_attention_layernorm", "pre_ff_layernorm"), ("norm", "final_layernorm"))
     return ModelArgs(

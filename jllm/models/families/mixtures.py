@@ -94,7 +94,7 @@ def aria_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         raise ValueError(f"Aria hidden_act={act!r} is not supported (supported: 'silu', its routed experts')")
     if cfg.get("mlp_bias"):
         raise ValueError("Aria mlp_bias=True is not supported (its shared experts' biases); supported: false")
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
     rename = (
         ("gate", "router"),
@@ -221,7 +221,7 @@ def phimoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             # keeping the short factors (its forward recomputes them without the length)
             params["long_attention_factor"] = params.get("long_mscale", params["short_mscale"])
             params["long_factor"] = params["short_factor"]
-    rope = read_rope(cfg, base["head_dim"], params)
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"], whole_head_rotary(params))
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **base,
@@ -258,7 +258,7 @@ def ernie4_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     n = base["num_layers"]
     start, end = cfg.get("moe_layer_start_index", 1), cfg.get("moe_layer_end_index", -1)
     end, interval = n - 1 if end == -1 else end, cfg.get("moe_layer_interval", 1)
-    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)
+    rope = dataclasses.replace(read_rope(whole_head_rotary(cfg), base["head_dim"]), interleaved=True)
     dense = [not ((i + 1) % interval == 0 and start <= i <= end) for i in range(n)]
     moe_width = cfg.get("moe_intermediate_size", 1536)
     return ModelArgs(
@@ -321,7 +321,7 @@ def hy_v3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     cfg = {"head_dim": 128, "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 11_158_840.0, **cfg}
     experts, top_k = cfg.get("num_experts") or cfg.get("num_local_experts") or 192, cfg.get("num_experts_per_tok", 8)
     _check_top_k("Hy3", top_k, experts, "num_experts")
-    base, layers = uniform(cfg, dtype, FULL)
+    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     kinds = cfg.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
     moe_width = cfg.get("moe_intermediate_size", 1536)
     bias = bool(cfg.get("attention_bias", False))
@@ -379,7 +379,7 @@ def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     uses_rope = cfg.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
     chunk = cfg.get("attention_chunk_size", 8192)
     types = cfg.get("layer_types") or ["chunked_attention" if r and chunk else FULL for r in uses_rope]
-    rope = dataclasses.replace(read_rope(cfg, base["head_dim"]), interleaved=True)
+    rope = dataclasses.replace(read_rope(whole_head_rotary(cfg), base["head_dim"]), interleaved=True)
     tuning = cfg.get("attn_temperature_tuning", True)
     temperature = (float(cfg.get("floor_scale", 8192)), float(cfg.get("attn_scale", 0.1))) if tuning else None
     layers = tuple(

@@ -11,7 +11,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, SLIDING, activation, base_args, layer_type_ropes, typed_layers
+from jllm.models.families.common import (
+    FULL,
+    SLIDING,
+    activation,
+    base_args,
+    layer_type_ropes,
+    typed_layers,
+    whole_head_rotary,
+)
 from jllm.models.model_args import ModelArgs, WeightMap
 
 # our module names -> ModernBERT's (its attention's ``Wo`` and its MLP's share a name, each under its own block)
@@ -52,7 +60,9 @@ def modernbert_decoder(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         "sliding_window": window if window and window > 0 else None,
     }
     base = base_args(cfg, dtype)
-    ropes = layer_type_ropes(cfg, base["head_dim"], cfg.get("local_rope_theta", 10_000.0), rope_theta)
+    ropes = layer_type_ropes(
+        whole_head_rotary(cfg), base["head_dim"], cfg.get("local_rope_theta", 10_000.0), rope_theta
+    )
     layers = typed_layers(cfg, ropes, [FULL if i % every == 0 else SLIDING for i in range(n)])
     layers = (dataclasses.replace(layers[0], input_norm=False), *layers[1:])
     attention_bias = bool(cfg.get("attention_bias", False))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import FULL, activation, base_args, check_attends, read_rope
+from jllm.models.families.common import FULL, activation, base_args, check_attends, read_rope, whole_head_rotary
 from jllm.models.families.stored_apart import read_qkv_apart, read_renamed
 from jllm.models.gated_deltanet import DeltaNetSpec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
@@ -55,7 +55,7 @@ def olmo_hybrid(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         raise ValueError(f"OLMo-Hybrid hidden_act={act!r} is not supported (supported: 'silu', the DeltaNet conv's)")
     cfg = {"max_position_embeddings": 65536, **cfg}
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     layers = tuple(
         LayerSpec(rope) if k == FULL else LayerSpec(None, mixer="gated_deltanet", norms="pre") for k in types
     )

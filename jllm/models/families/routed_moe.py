@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jllm.models.families.common import FULL, base_args, dense_mlps, read_rope
+from jllm.models.families.common import FULL, base_args, dense_mlps, read_rope, whole_head_rotary
 from jllm.models.families.deepseek import v3_mixture
 from jllm.models.families.llama import exaone4
 from jllm.models.layers import ClampedSwiGLU
@@ -149,7 +149,7 @@ def minicpm5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     renormalize, mlp_types = bool(cfg.get("norm_topk_prob", True)), cfg.get("mlp_layer_types")
     mixture, dense = v3_mixture(cfg, base["num_layers"], "MiniCPM5-MoE", "sigmoid", groups, renormalize, mlp_types)
     weights = mixture.pop("weights")
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     bias = bool(cfg.get("attention_bias", False))
     return ModelArgs(
         **{**base, "intermediate_size": cfg["moe_intermediate_size"]},

@@ -22,6 +22,7 @@ from jllm.models.families.common import (
     per_type_ropes,
     read_rope,
     typed_layers,
+    whole_head_rotary,
 )
 from jllm.models.families.deepseek import v3_mixture
 from jllm.models.families.mixtures import _check_top_k
@@ -40,7 +41,7 @@ def kolibri1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     cfg = {**defaults, "sliding_window": 513, **cfg}
     experts, top_k = _experts(cfg, "Kolibri-1", 384, 6)
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     ropes = {SLIDING: rope, FULL: None if cfg["sliding_window"] else rope}
     layers = typed_layers(cfg, ropes, [FULL if (i + 1) % 5 == 0 else SLIDING for i in range(n)])
     rename = (
@@ -122,7 +123,7 @@ def flint(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     dense = [0, 1] if dense is None else dense
     kinds = ["dense" if i in dense or (i + 1) % step else "sparse" for i in range(n)]
     base = base_args(cfg, dtype)
-    rope = read_rope(cfg, base["head_dim"])
+    rope = read_rope(whole_head_rotary(cfg), base["head_dim"])
     default = [FULL if i < 2 or i % 4 == 1 or i == n - 1 else SLIDING for i in range(n)]
     layers = typed_layers(cfg, {SLIDING: rope, FULL: None}, default)
     bias = bool(cfg.get("attention_bias", False))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jllm.models.families.common import activation, read_rope
+from jllm.models.families.common import activation, read_rope, whole_head_rotary
 from jllm.models.mamba import MambaSpec
 from jllm.models.mamba2 import Mamba2Spec
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
@@ -71,7 +71,7 @@ def zamba2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         time_step_limit=(float(cfg.get("time_step_min", 0.001)), float("inf")),
         chunk_size=cfg.get("chunk_size", 256),
     )
-    rope = read_rope(cfg, head_dim) if cfg.get("use_mem_rope") else None
+    rope = read_rope(whole_head_rotary(cfg), head_dim) if cfg.get("use_mem_rope") else None
     layers, hybrid_ids = [], []
     for i, kind in enumerate(kinds):
         block = len(hybrid_ids) % blocks.num_blocks if BLOCK_KINDS[kind] else None
