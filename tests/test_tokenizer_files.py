@@ -128,6 +128,18 @@ CASES: dict[str, Callable[[Path], object]] = {
 }
 
 
+def transformers_generation_eos(directory: Path) -> int | list[int] | None:
+    """The EOS ids transformers' ``generate`` adds: generation_config.json's, else those it derives from config.json
+    (``GenerationConfig.from_model_config``; the bundled Llama-3 directories have only config.json)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    if (directory / "generation_config.json").is_file():
+        return GenerationConfig.from_pretrained(directory).eos_token_id
+    if (directory / "config.json").is_file():
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(directory)).eos_token_id
+    return None
+
+
 def assert_same_as_transformers(directory: Path) -> None:
     """Every field against transformers' loader (what ``Tokenizer.from_pretrained`` read before it read the files
     itself), the backends alike to their last flag, and the chat prompts rendered the same."""
@@ -138,8 +150,7 @@ def assert_same_as_transformers(directory: Path) -> None:
     hf = PreTrainedTokenizerFast.from_pretrained(str(directory))
     backend = hf.backend_tokenizer
     special = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
-    generation = json.loads(gen.read_text()) if (gen := directory / "generation_config.json").is_file() else {}
-    generation_eos = generation.get("eos_token_id")
+    generation_eos = transformers_generation_eos(directory)
     expected_eos = {hf.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos])}
     assert ours.vocab_size == len(hf)
     assert ours.all_special_ids == sorted(special | set(hf.all_special_ids))
