@@ -57,3 +57,18 @@ def test_the_report_says_how_many_sequences_a_small_pool_lets_decode(tmp_path: P
     seen = profile_step.decode_batch(llm)
     assert seen["running"] in (1, 2) and seen["preemptions"] >= 1, seen
     assert 40 < seen["mean_context"] <= 128 / seen["running"], seen
+
+
+def test_idle_gaps_are_put_down_to_the_kernels_either_side_across_streams() -> None:
+    us = 1000  # ns
+    spans = [  # (start, end, name) over two steps; two streams overlap from 250 to 300 us
+        (0, 100, "gemm_fusion_1"), (150, 300, "_prefill_kernel"), (250, 400, "loop_add_fusion_3"),
+        (1000, 1100, "gemm_fusion_7"), (1150, 1200, "_prefill_kernel"), (1400, 1500, "loop_add_fusion_9"),
+    ]  # fmt: skip
+    gaps = profile_step.idle_gaps([(a * us, b * us, name) for a, b, name in spans], steps=2)
+    assert gaps["pairs"] == {
+        "loop_add_fusion -> gemm_fusion": {"ms": 0.3, "gaps": 0.5},  # 600 us between the steps
+        "gemm_fusion -> _prefill_kernel": {"ms": 0.05, "gaps": 1.0},  # 50 + 50 us
+        "_prefill_kernel -> loop_add_fusion": {"ms": 0.1, "gaps": 0.5},  # 200 us; the overlap is no gap
+    }
+    assert gaps["idle_ms_per_step"] == 0.45
