@@ -1824,6 +1824,25 @@ def test_gpt2_saved_as_the_hub_keeps_it_loads_without_the_transformer_prefix(tmp
 
 
 @pytest.mark.slow
+def test_gpt2_reorder_and_upcast_attn_is_the_plain_attention_in_float32(tmp_path):
+    """``reorder_and_upcast_attn`` (Stanford CRFM's Mistral GPT-2 runs) only moves the score scale into the product and
+    upcasts the softmax; transformers' eager path, the only one that reads it, gives the plain attention's logits."""
+    import torch
+    import transformers
+
+    config = dict(TINY_CONFIG, n_inner=96, initializer_range=0.3, tie_word_embeddings=False)
+    config["reorder_and_upcast_attn"] = True
+    model_dir = save_tiny_checkpoint("GPT2LMHeadModel", config, tmp_path / "gpt2", config_cls_name="GPT2Config")
+    ids = np.random.default_rng(9).integers(0, TINY_CONFIG["vocab_size"], 40).tolist()
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        expected = model.eval()(torch.tensor([ids])).logits[0].numpy()
+    got = jllm_logits(load_model(model_dir, mesh=make_mesh(1), dtype="float32"), ids, page_size=16)
+    assert relative_error(got, expected) < LOGITS_RTOL
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.slow
 def test_image_text_checkpoint_saved_with_transformers_5_names_loads_the_same(family_dirs, tmp_path):
     """transformers saves an image-text model's language model as ``language_model.model.*`` (as the hub keeps
     them); its in-memory names (``model.language_model.*``, ``lm_head.weight``), which other tools save, read alike."""

@@ -231,10 +231,13 @@ def gpt_bigcode(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def gpt2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GPT-2 (and DistilGPT-2, DialoGPT, ...): ``learned_positions_decoder`` with ``Conv1D`` weights (stored ``[in,
     out]``), multi-head ``c_attn`` all queries then K then V, gelu_new by default. Its per-layer score scaling
-    (``scale_attn_by_inverse_layer_idx``) and the reordered upcast attention are refused."""
-    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
-        if cfg.get(key):
-            raise ValueError(f"GPT-2 {key}=True is not supported (supported: False, as GPT-2's own checkpoints)")
+    (``scale_attn_by_inverse_layer_idx``) is refused. ``reorder_and_upcast_attn`` is read as the plain attention: it
+    only scales the queries inside the product and takes the scores' softmax in float32, which every attention path
+    here does anyway (transformers' own SDPA path ignores the flag)."""
+    if cfg.get("scale_attn_by_inverse_layer_idx"):
+        raise ValueError(
+            "GPT-2 scale_attn_by_inverse_layer_idx=True is not supported (supported: False, as GPT-2's own checkpoints)"
+        )
     return learned_positions_decoder(
         cfg, dtype, "GPT-2", kv_heads=cfg["n_head"], qkv_layout="concat", act="gelu_new", conv1d=True
     )
