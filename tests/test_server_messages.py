@@ -101,6 +101,16 @@ def test_the_stream_is_anthropics_events_and_assembles_to_the_whole_message(clie
     assert set(kinds[2:-3]) == {"content_block_delta"}
 
 
+def test_message_start_counts_the_prompts_input_tokens(client: anthropic.Anthropic) -> None:
+    """Anthropic's message_start carries the prompt's input_tokens (Claude Code reads its context size there; vLLM
+    sends them too): it had said 0, the prompt being counted only once its first token came."""
+    counted = client.messages.count_tokens(model=MODEL, messages=HI).input_tokens
+    events = list(client.messages.create(model=MODEL, max_tokens=3, messages=HI, stream=True))
+    start, end = events[0], [e for e in events if e.type == "message_delta"][0]
+    assert start.type == "message_start" and start.message.usage.input_tokens == counted > 0
+    assert end.usage.input_tokens + end.usage.cache_read_input_tokens == counted
+
+
 def test_a_tool_round_trip(client: anthropic.Anthropic, prompts: list[str]) -> None:
     """A named tool is called (its input under the tool's schema), whole and streamed; the call and its result go
     back as blocks, reach the template as chat's ``tool_calls`` and tool message, and the reply is text."""

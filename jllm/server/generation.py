@@ -81,7 +81,7 @@ class Generation:
         self.params = params
         names = [public_id] if len(streams) == 1 else [f"{public_id}-{i}" for i in range(len(streams))]
         self.timers = [RequestTimer(metrics, name) for name in names]  # logged under the id the client knows
-        self._prompt_tokens = [0] * len(streams)  # per prompt, once its first output arrived
+        self._prompt_tokens = [len(p.token_ids) for p in prompts]  # per prompt: known once admitted
         self._completion_tokens = 0
         self._cached_tokens = [0] * len(streams)  # per prompt: its tokens the prefix cache served
         self._prompt_logprobs: list[list[dict[int, Logprob] | None] | None] = [None] * len(streams)  # per prompt
