@@ -138,9 +138,7 @@ OFFLINE_MAX_NUM_BATCHED_TOKENS = 2048  # max_num_batched_tokens: null outside a 
 class SchedulerConfig(Section):
     max_num_seqs: int = 64
     # Tokens in one step (prefill chunks and decodes), also the largest compiled step size. None = 2048 here (offline
-    # runs: LLM, jllm generate / run) and 512 under `jllm serve` (jllm.serve_config): a server's new prompts wait
-    # behind the chunks of the step running, and smaller steps kept TTFT p50 at 82 against 156 ms, TPOT and tok/s
-    # no worse, with 32 streams of 1,024-token prompts (H100, 2026-12-07; docs/benchmarks.md)
+    # runs: LLM, jllm generate / run) and 512 under `jllm serve` (jllm.serve_config says why)
     max_num_batched_tokens: int | None = None
     # A prefill takes at most this many tokens a step (vLLM's --long-prefill-token-threshold): a long prompt's chunks
     # then leave room in every step for the decodes and the other prompts beside it; 0 = only the step's budget caps

@@ -116,8 +116,8 @@ def with_serving_budget(values: dict[str, Any], overrides: dict[str, Any]) -> di
     """The file's ``values`` with ``SERVING_MAX_NUM_BATCHED_TOKENS`` where neither they nor the command line's
     ``overrides`` set max_num_batched_tokens (a null is unset)."""
     key = "max_num_batched_tokens"
-    own = {str(k).replace("-", "_"): v for k, v in values.items()}
-    if own.get(key) is not None or {k.replace("-", "_"): v for k, v in overrides.items()}.get(key) is not None:
+    given = [v for k, v in (*values.items(), *overrides.items()) if str(k).replace("-", "_") == key]
+    if any(v is not None for v in given):
         return values
     return {**{k: v for k, v in values.items() if str(k).replace("-", "_") != key}, key: SERVING_MAX_NUM_BATCHED_TOKENS}
 
