@@ -287,6 +287,19 @@ for budget in ${BUDGETS:-2048 4096}; do
         --input-len 1024 --output-len 128 --max-concurrency 32 "${ROOF[@]}" --json "$QOUT/serving_b$budget.json"
     stop
 done
+# Issue 20: the server's streamed TPOT within 3 % of the engine's at batch 32 (H200 2026-12-04: ITL 6.0 ms against
+# bench_latency's 4.79; the server's per-token work and the engine's host work share one GIL). 32 streams of 128 /
+# 128 on `jllm serve`'s defaults, beside bf16_latency's batch-32 TPOT in the same call, while py-spy samples which
+# thread holds the GIL doing what (CPU, scripted 5 ms steps, 2026-12-07: the event loop ~40 us a token, the engine
+# thread ~15, no stream slower than the step).
+serve stream32
+if [[ -n $server ]]; then
+    (sleep 8; timeout 30 /tmp/site/bin/py-spy record --pid "$server" --duration 12 --rate 250 --gil --threads \
+        --format raw -o "$QOUT/serving_stream32_gil.txt" > "$QOUT/spy_stream32.log" 2>&1) &
+fi
+step serving_stream32 240 python scripts/bench_serving.py --base-url http://127.0.0.1:8100 --num-prompts 640 \
+    --input-len 128 --output-len 128 --max-concurrency 32 --json "$QOUT/serving_stream32.json"
+stop
 # Cold start again: its main thread sampled (was torch's import gone?), and with autotuning off.
 step startup_profile 300 python scripts/profile_startup.py --config $BF16 --warm-runs 0 --main-thread-profile 60 \
     --json "$QOUT/startup_profile.json"
