@@ -56,6 +56,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # vLLM's ``vllm.__version__``: the installed distribution's, read on first use
+        from importlib.metadata import version
+
+        return version("jllm")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'jllm' has no attribute {name!r}")
     import importlib

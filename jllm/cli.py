@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import jllm
 from jllm.config import (
     GIVEN_NULL,
     OFFLINE_SECTIONS,
@@ -217,6 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Options are never abbreviated: a prefix that is unique today could name two keys tomorrow."""
     parser = argparse.ArgumentParser(prog="jllm", description="JAX/XLA LLM inference engine.", allow_abbrev=False)
+    parser.add_argument("-v", "--version", action="version", version=f"%(prog)s {jllm.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:

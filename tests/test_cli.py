@@ -198,6 +198,19 @@ def test_python_dash_m_jllm_is_the_cli(tmp_path: Path) -> None:
     assert "--max-num-seqs" in done.stdout
 
 
+def test_version_prints_the_installed_version_as_vllm_does(capsys: pytest.CaptureFixture) -> None:
+    import importlib.metadata
+
+    import jllm
+
+    for flag in ("--version", "-v"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([flag])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out == f"jllm {importlib.metadata.version('jllm')}\n"
+    assert jllm.__version__ == importlib.metadata.version("jllm")
+
+
 def test_unknown_option_suggests_the_close_one(capsys: pytest.CaptureFixture) -> None:
     err = fail(["generate", "--max-num-seq", "4", "hi"], capsys)
     assert "jllm: error: unknown option '--max-num-seq' (did you mean '--max-num-seqs'?)" in err
