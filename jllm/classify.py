@@ -14,6 +14,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -64,9 +65,12 @@ class ClassifierHead:
         architecture = (hf_config.get("architectures") or ["?"])[0]
         return cls(weight, labels, _activation(hf_config, weight.shape[1]), bool(separate), architecture)
 
-    def logits(self, encoder: Encoder, prompts: Seq[Seq[int]], show_progress: bool = False) -> np.ndarray:
-        """``[len(prompts), num_labels]`` float32: each prompt's last final-normed state through the head."""
-        states = encoder.embed(prompts, "last", normalize=False, show_progress=show_progress)
+    def logits(
+        self, encoder: Encoder, prompts: Seq[Seq[int]], progress: Callable[..., Any] | None = None
+    ) -> np.ndarray:
+        """``[len(prompts), num_labels]`` float32: each prompt's last final-normed state through the head
+        (``progress``: ``Encoder.hidden_states``')."""
+        states = encoder.embed(prompts, "last", normalize=False, progress=progress)
         return np.stack(states).astype(np.float32) @ self.weight
 
     def activate(self, logits: np.ndarray, use_activation: bool = True) -> np.ndarray:

@@ -10,8 +10,9 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, Any]  # {"role": ..., "content": a string or OpenAI text parts}
+UseTqdm = bool | Callable[..., tqdm]  # vLLM's: show a bar or not, or what makes it (functools.partial(tqdm, ...))
 
 
 class LLM:
@@ -76,7 +78,7 @@ class LLM:
         self,
         prompts: PromptInput | Seq[PromptInput],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: UseTqdm = True,
         lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
         priority: Seq[int] | None = None,
     ) -> list[RequestOutput]:
@@ -86,6 +88,7 @@ class LLM:
         one per prompt, lower first, as vLLM's (needs ``scheduling_policy: priority``)."""
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
+        bar = progress_bar(use_tqdm)  # every argument checked before any request is added
         prompts = _prompt_list(prompts)
         params = self._per_prompt_params(sampling_params, len(prompts))
         loras = _per_prompt_loras(lora_request, len(prompts))
@@ -108,14 +111,14 @@ class LLM:
             self.engine.add_lora(lora)
         for rid, prompt, p, lora, urgency in zip(request_ids, checked, params, loras, priorities, strict=True):
             self.engine.add_request(rid, prompt, p, lora_request=lora, priority=urgency)
-        return self._run(request_ids, use_tqdm)
+        return self._run(request_ids, bar)
 
     def beam_search(
         self,
         prompts: PromptInput | Seq[PromptInput],
         params: BeamSearchParams,
         lora_request: LoRARequest | None = None,
-        use_tqdm: bool = False,
+        use_tqdm: UseTqdm = False,
     ) -> list[BeamSearchOutput]:
         """vLLM's ``LLM.beam_search``: each prompt's ``params.beam_width`` best sequences (``jllm.beam_search``),
         each step one ``generate`` call of one-token requests, a beam each, whose earlier tokens the prefix cache
@@ -126,17 +129,18 @@ class LLM:
             raise refuse_beam_search()
         if not isinstance(params, BeamSearchParams):
             raise TypeError(f"params must be a BeamSearchParams, got {params!r:.200}")
+        bar = progress_bar(use_tqdm)
         whole = SamplingParams(max_tokens=params.max_tokens)  # the longest beam checked against the context
         checked = [self._checked(i, prompt, whole) for i, prompt in enumerate(_prompt_list(prompts))]
         tokenizer = self.engine.inputs.tokenizer
         search = BeamSearch([p.token_ids for p in checked], params, set(tokenizer.eos_token_ids))
         step = params.step_params()
-        with tqdm(total=params.max_tokens, desc="beam search", disable=not use_tqdm) as bar:
+        with bar(total=params.max_tokens, desc="beam search") as steps:
             while not search.finished:
                 beams = [Prompt(tokens) for tokens in search.step_prompts()]
                 outputs = self.generate(beams, step, use_tqdm=False, lora_request=lora_request)
                 search.advance([output.outputs[0].logprobs[0] for output in outputs])
-                bar.update(1)
+                steps.update(1)
         return search.results(tokenizer.decode)
 
     def load_weights(self, model: str | Path | None) -> None:
@@ -165,7 +169,7 @@ class LLM:
         self,
         prompts: PromptInput | Seq[PromptInput],
         layers: Seq[int] = (-1,),
-        use_tqdm: bool = True,
+        use_tqdm: UseTqdm = True,
         truncate_prompt_tokens: int | None = None,
     ) -> list[PoolingRequestOutput]:
         """Hidden states of ``layers`` for every prompt, gathered to the host whatever the tensor-parallel size:
@@ -175,9 +179,10 @@ class LLM:
         ``num_layers`` (or -1) the last layer's after the final norm. ``truncate_prompt_tokens`` keeps each
         prompt's last k tokens (-1: the context length). A bad prompt or index raises before any runs.
         """
+        bar = progress_bar(use_tqdm)
         checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         resolved = resolve_layers(layers, self.engine.encoder.num_layers)
-        states = self.engine.encoder.hidden_states([p.token_ids for p in checked], resolved, use_tqdm)
+        states = self.engine.encoder.hidden_states([p.token_ids for p in checked], resolved, bar)
         return [
             PoolingRequestOutput(f"encode-{next(self._ids)}", p.token_ids, PoolingOutput(data), list(layers))
             for p, data in zip(checked, states, strict=True)
@@ -188,7 +193,7 @@ class LLM:
         prompts: PromptInput | Seq[PromptInput],
         pooling: Pooling | None = None,
         normalize: bool = True,
-        use_tqdm: bool = True,
+        use_tqdm: UseTqdm = True,
         truncate_prompt_tokens: int | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One vector per prompt (``outputs.embedding``), vLLM's ``LLM.embed``: the final normed hidden states
@@ -197,9 +202,10 @@ class LLM:
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("embed text", self._model_name, offline=True)
         _check_switch(normalize, "normalize")
+        bar = progress_bar(use_tqdm)
         checked = self._whole_prompts(prompts, truncate_prompt_tokens)
         how = pooling or self.config.model.pooling
-        vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize, use_tqdm)
+        vectors = self.engine.encoder.embed([p.token_ids for p in checked], how, normalize, bar)
         return [
             EmbeddingRequestOutput(f"embd-{next(self._ids)}", p.token_ids, EmbeddingOutput(vector.tolist()))
             for p, vector in zip(checked, vectors, strict=True)
@@ -209,7 +215,7 @@ class LLM:
         self,
         prompts: PromptInput | Seq[PromptInput],
         use_activation: bool = True,
-        use_tqdm: bool = True,
+        use_tqdm: UseTqdm = True,
         truncate_prompt_tokens: int | None = None,
     ) -> list[ClassificationRequestOutput]:
         """A sequence classifier's label probabilities per prompt (``outputs.probs``), vLLM's ``LLM.classify``: the
@@ -217,8 +223,9 @@ class LLM:
         labels, a sigmoid over one, or as config.json says; the logits without ``use_activation``)."""
         head = require_classifier(self.engine.classifier, self._model_name)
         _check_switch(use_activation, "use_activation")
+        bar = progress_bar(use_tqdm)
         checked = self._whole_prompts(prompts, truncate_prompt_tokens)
-        logits = head.logits(self.engine.encoder, [p.token_ids for p in checked], use_tqdm)
+        logits = head.logits(self.engine.encoder, [p.token_ids for p in checked], bar)
         return [
             ClassificationRequestOutput(f"classify-{next(self._ids)}", p.token_ids, ClassificationOutput(row.tolist()))
             for p, row in zip(checked, head.activate(logits, use_activation), strict=True)
@@ -229,7 +236,7 @@ class LLM:
         text_1: str | Seq[str],
         text_2: str | Seq[str],
         use_activation: bool = True,
-        use_tqdm: bool = True,
+        use_tqdm: UseTqdm = True,
         truncate_prompt_tokens: int | None = None,
     ) -> list[ScoringRequestOutput]:
         """Each pair's score (``outputs.score``), vLLM's ``LLM.score`` (jllm's ``score`` is a continuation's
@@ -238,19 +245,20 @@ class LLM:
         (a sigmoid by default; the logit without ``use_activation``); another model the cosine similarity of the
         two texts' embeddings (``jllm.scoring``)."""
         _check_switch(use_activation, "use_activation")
+        bar = progress_bar(use_tqdm)
         firsts, seconds = scoring.pair_lists(text_1, text_2)
         head = scoring.cross_encoder(self.engine.classifier, self._model_name)
         inputs, encoder = self.engine.inputs, self.engine.encoder
         if head is not None:
             prompts = scoring.pair_prompts(inputs, head, firsts, seconds, truncate_prompt_tokens)
-            logits = head.logits(encoder, [p.token_ids for p in prompts], use_tqdm)
+            logits = head.logits(encoder, [p.token_ids for p in prompts], bar)
             scores = head.activate(logits, use_activation)[:, 0].tolist()
             token_ids = [p.token_ids for p in prompts]
         else:
             left = scoring.text_prompts(inputs, firsts, "text_1", truncate_prompt_tokens)
             right = scoring.text_prompts(inputs, seconds, "text_2", truncate_prompt_tokens)
             how = self.config.model.pooling
-            vectors = encoder.embed([p.token_ids for p in left + right], how, use_activation, use_tqdm)
+            vectors = encoder.embed([p.token_ids for p in left + right], how, use_activation, bar)
             scores = scoring.cosine_scores(vectors[: len(left)], vectors[len(left) :])
             left = left * len(right) if len(left) == 1 else left
             token_ids = [a.token_ids + b.token_ids for a, b in zip(left, right, strict=True)]
@@ -267,7 +275,7 @@ class LLM:
         self,
         prompts: PromptInput | Seq[PromptInput],
         continuations: str | list[int] | Seq[str | list[int]],
-        use_tqdm: bool = True,
+        use_tqdm: UseTqdm = True,
     ) -> list[ContinuationScore]:
         """Log-probabilities of each continuation's tokens given its prompt (one continuation per prompt): exact
         float32 values of the raw logits, from the engine's prompt-logprobs path (no prefix cache there).
@@ -320,7 +328,7 @@ class LLM:
         self,
         messages: list[Message] | list[list[Message]],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-        use_tqdm: bool = True,
+        use_tqdm: UseTqdm = True,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
@@ -399,16 +407,26 @@ class LLM:
         final = {id(p): dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in sampling_params}
         return [final[id(p)] for p in sampling_params]
 
-    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, request_ids: list[str], progress: Callable[..., tqdm]) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         wanted = set(request_ids)
-        with tqdm(total=len(request_ids), desc="generating", disable=not use_tqdm) as bar:
+        with progress(total=len(request_ids), desc="generating") as bar:
             while len(finished) < len(request_ids):
                 for output in self.engine.step():
                     if output.finished and output.request_id in wanted:
                         finished[output.request_id] = output
                         bar.update(1)
         return [finished[rid] for rid in request_ids]
+
+
+def progress_bar(use_tqdm: UseTqdm) -> Callable[..., tqdm]:
+    """What makes a call's progress bar from vLLM's ``use_tqdm``: True a tqdm bar, False none, a callable itself
+    (vLLM calls it with ``total`` and ``desc``). Anything else is refused: "no" would show a bar by its truth value."""
+    if callable(use_tqdm):
+        return use_tqdm
+    if not isinstance(use_tqdm, bool):
+        raise TypeError(f"use_tqdm must be True, False or a callable that makes a tqdm bar, got {use_tqdm!r:.200}")
+    return functools.partial(tqdm, disable=not use_tqdm)
 
 
 def _check_switch(value: object, name: str) -> None:

@@ -18,6 +18,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, get_args
@@ -212,23 +213,27 @@ class Encoder:
         return report
 
     def hidden_states(
-        self, prompts: Seq[Seq[int]], layers: tuple[int, ...], show_progress: bool = False
+        self, prompts: Seq[Seq[int]], layers: tuple[int, ...], progress: Callable[..., tqdm] | None = None
     ) -> list[np.ndarray]:
-        """Per prompt, its hidden states at ``layers`` (resolved, 0..num_layers): ``[len(layers), T_i, hidden]``."""
+        """Per prompt, its hidden states at ``layers`` (resolved, 0..num_layers): ``[len(layers), T_i, hidden]``.
+        ``progress`` makes the bar over the batches, as vLLM calls its ``use_tqdm`` (None: no bar)."""
         results: list[np.ndarray] = []
-        for batch in tqdm(self._batches(prompts), desc="encoding batches", disable=not show_progress):
-            states = self._run(batch, layers)  # [len(layers), T, hidden]
-            starts = np.cumsum([0] + [len(p) for p in batch])
-            results += [states[:, a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        batches = self._batches(prompts)
+        with (progress or functools.partial(tqdm, disable=True))(total=len(batches), desc="encoding batches") as bar:
+            for batch in batches:
+                states = self._run(batch, layers)  # [len(layers), T, hidden]
+                starts = np.cumsum([0] + [len(p) for p in batch])
+                results += [states[:, a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+                bar.update(1)
         return results
 
     def embed(
-        self, prompts: Seq[Seq[int]], how: Pooling, normalize: bool, show_progress: bool = False
+        self, prompts: Seq[Seq[int]], how: Pooling, normalize: bool, progress: Callable[..., tqdm] | None = None
     ) -> list[np.ndarray]:
         """One float32 vector per prompt, pooled from its final normed states (``pool``)."""
         if how not in POOLING:
             raise InputError(f"pooling={how!r} is unknown; choose one of {', '.join(POOLING)}", param="pooling")
-        final = self.hidden_states(prompts, (self.num_layers,), show_progress)
+        final = self.hidden_states(prompts, (self.num_layers,), progress)
         return [pool(states[0], how, normalize) for states in final]
 
     def _batches(self, prompts: Seq[Seq[int]]) -> list[list[Seq[int]]]:

@@ -210,3 +210,25 @@ def test_a_switch_that_is_not_a_bool_is_a_type_error_naming_it(llm: LLM) -> None
         llm.embed("hello", normalize="no")
     with pytest.raises(TypeError, match="^use_activation must be True or False, got 0"):
         llm.score_pairs("a", "b", use_activation=0)
+
+
+def test_use_tqdm_takes_a_bool_or_the_callable_that_makes_the_bar(llm: LLM) -> None:
+    """vLLM's ``use_tqdm``: a callable (``functools.partial(tqdm, leave=False)``) makes the bar; it had been read by
+    its truth value (a default bar), as "no" was. A bad value is refused before any request is added."""
+    from tqdm import tqdm
+
+    made: list[dict[str, Any]] = []
+
+    def bar(**kwargs: Any) -> tqdm:
+        made.append(kwargs)
+        return tqdm(disable=True, **kwargs)
+
+    [out] = llm.generate("hello", GREEDY, use_tqdm=bar)
+    assert len(out.outputs[0].token_ids) == 3
+    assert made == [{"total": 1, "desc": "generating"}]
+    for bad in ("no", 0, None):
+        with pytest.raises(TypeError, match="^use_tqdm must be True, False or a callable that makes a tqdm bar"):
+            llm.generate(["a", "b"], GREEDY, use_tqdm=bad)  # type: ignore[arg-type]
+        assert not llm.engine.has_unfinished_requests()
+    with pytest.raises(TypeError, match="^use_tqdm must be True, False or a callable"):
+        llm.embed("hello", use_tqdm="no")  # type: ignore[arg-type]
