@@ -21,7 +21,7 @@ import aiohttp
 import openai
 import pytest
 from fake_runner import byte_level_tokenizer, repeating_text_engine
-from server_utils import RunningServer, assert_engine_left_empty, http, metrics, wait_until
+from server_utils import RunningServer, assert_engine_left_empty, http, metrics, spy_prompts, wait_until
 
 from jllm.config import load_config
 from jllm.engine import LLMEngine
@@ -229,6 +229,27 @@ def test_langchain_request_shapes(server: RunningServer) -> None:
     assert reply.status == 400 and reply.json()["error"]["message"] == (
         "messages.0.content: part 1 has type 'image_url': the served models take text parts only"
     )
+
+
+def test_responses_style_and_refusal_parts_read_as_text(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chat content parts of type ``input_text`` / ``output_text`` (what clients moving between the Responses and
+    Chat APIs send) and an assistant's ``refusal`` part are text, as vLLM reads them: they had been a 400 saying
+    "part 0 has type 'input_text': the served models take text parts only". The prompt is the plain strings'."""
+    prompts = spy_prompts(engine, monkeypatch)
+    as_parts = [
+        {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "no"}, {"type": "refusal", "refusal": "!"}]},
+        {"role": "user", "content": [{"type": "text", "text": "again"}]},
+    ]
+    as_strings = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no!"}]
+    as_strings.append({"role": "user", "content": "again"})
+    for messages in (as_parts, as_strings):
+        body = {"model": MODEL, "messages": messages, "max_tokens": 1}
+        reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
+        assert reply.status == 200, reply.body
+    assert prompts[0] == prompts[1] and "no!" in prompts[0]
 
 
 def test_vllm_benchmark_client_shape(server: RunningServer) -> None:

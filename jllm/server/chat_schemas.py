@@ -7,7 +7,7 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
@@ -31,8 +31,25 @@ CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items()
 
 
 class TextPart(_Request):
-    type: Literal["text"]
+    """A text part; the Responses API's ``input_text`` and ``output_text`` parts are text too (as vLLM reads them)."""
+
+    type: Literal["text", "input_text", "output_text"]
     text: str
+
+
+class RefusalPart(_Request):
+    """An assistant's earlier refusal, passed back (OpenAI's assistant content part): read as its text, as vLLM
+    reads it."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+    @property
+    def text(self) -> str:
+        return self.refusal
+
+
+TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal")
 
 
 class FunctionCall(_Request):
@@ -58,7 +75,8 @@ class ToolCallIn(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None  # None only for the assistant (OpenAI's, beside tool calls)
+    # None only for the assistant (OpenAI's, beside tool calls)
+    content: str | list[Annotated[TextPart | RefusalPart, Field(discriminator="type")]] | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
@@ -74,7 +92,7 @@ class ChatMessage(_Request):
         images and files) is refused by name; pydantic's own message listed every member of the union."""
         for i, part in enumerate(value if isinstance(value, list) else []):
             kind = part.get("type") if isinstance(part, dict) else None
-            if isinstance(kind, str) and kind != "text":
+            if isinstance(kind, str) and kind not in TEXT_PART_TYPES:
                 raise ValueError(f"part {i} has type {kind!r}: the served models take text parts only")
         return value
 
