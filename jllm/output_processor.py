@@ -87,6 +87,7 @@ class OutputProcessor:
                     include_stop_str_in_output=params.include_stop_str_in_output,
                     min_tokens=params.min_tokens,
                     final_only=params.output_kind is RequestOutputKind.FINAL_ONLY,
+                    detokenize=params.detokenize,
                 ),
                 [] if params.logprobs is not None else None,
             )
@@ -145,7 +146,7 @@ class OutputProcessor:
             touched[state.request_id] = None
             sample.cumulative_logprob += token.logprob
             if sample.logprobs is not None:
-                sample.logprobs.append(self._logprob_entry(token))
+                sample.logprobs.append(self._logprob_entry(token, state.params.detokenize))
             if self._update_text(sample, token.token_id, last=not left[row]):
                 stopped.append((seq, seq.num_output_tokens - left[row]))
         return touched, stopped
@@ -192,20 +193,24 @@ class OutputProcessor:
         assert state.prompt_logprobs is not None
         for entry in chunk:
             if entry.position == len(state.prompt_logprobs):
-                state.prompt_logprobs.append(self._logprob_entry(entry))
+                state.prompt_logprobs.append(self._logprob_entry(entry, state.params.detokenize))
 
-    def _logprob_entry(self, token: SampledToken | PromptTokenLogprob) -> dict[int, Logprob]:
+    def _logprob_entry(self, token: SampledToken | PromptTokenLogprob, detokenize: bool) -> dict[int, Logprob]:
         """The top tokens, ranked 1 to k by their place, then the chosen one if it is not among them, with its rank
         over the whole vocabulary from the device (past k: vLLM's rank counts every token at least as likely). A
-        chosen token among the top keeps its place's rank, as vLLM's entry does."""
-        decode = self.tokenizer.decode
+        chosen token among the top keeps its place's rank, as vLLM's entry does. Without ``detokenize`` no token's
+        text (vLLM's None)."""
+
+        def decode(tid: int) -> str | None:
+            return self.tokenizer.decode([tid], skip_special_tokens=False) if detokenize else None
+
         entry = {
-            tid: Logprob(lp, rank=i + 1, decoded_token=decode([tid], skip_special_tokens=False))
+            tid: Logprob(lp, rank=i + 1, decoded_token=decode(tid))
             for i, (tid, lp) in enumerate(zip(token.top_ids, token.top_logprobs, strict=True))
         }
         chosen = token.token_id
         if chosen not in entry:
-            entry[chosen] = Logprob(token.logprob, token.rank, decode([chosen], skip_special_tokens=False))
+            entry[chosen] = Logprob(token.logprob, token.rank, decode(chosen))
         return entry
 
     def outputs(self, request_ids: Iterable[str]) -> list[RequestOutput]:

@@ -85,6 +85,7 @@ class SamplingParams:
     min_tokens: int = 0  # EOS and stop_token_ids are banned until this many tokens are out
     logprobs: int | None = None  # how many top logprobs to return per output token (the sampled one always comes)
     prompt_logprobs: int | None = None  # how many top logprobs to return per prompt token
+    detokenize: bool = True  # vLLM's: False leaves every text empty (token ids and logprobs without decoded tokens)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False  # also shows the text of a stop token (EOS or a stop id), as vLLM
     spaces_between_special_tokens: bool = True  # vLLM's; only the default is supported
@@ -188,9 +189,13 @@ class SamplingParams:
             )
 
     def _validate_flags(self) -> None:
-        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+        for name in ("ignore_eos", "detokenize", "skip_special_tokens", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not self.detokenize and self.stop:  # vLLM's rule: stop strings are matched in the decoded text
+            raise ValueError(
+                f"stop strings need the text: stop={self.stop!r} with detokenize=False; use stop_token_ids"
+            )
         if not isinstance(self.output_kind, RequestOutputKind):
             raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
         if self.spaces_between_special_tokens is not True:

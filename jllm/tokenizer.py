@@ -267,6 +267,7 @@ class IncrementalDetokenizer:
         include_stop_str_in_output: bool = False,
         min_tokens: int = 0,
         final_only: bool = False,
+        detokenize: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.prompt_len = len(prompt_ids)
@@ -275,8 +276,9 @@ class IncrementalDetokenizer:
         self._stops = StopStrings(self.stop)
         self.include_stop_str_in_output = include_stop_str_in_output
         self.min_tokens = min_tokens  # stop strings count only once this many ids were generated (vLLM)
-        # Nobody reads deltas and no stop string needs the text: decode once, in flush.
-        self.defer = final_only and not self.stop
+        self.detokenize = detokenize  # False (vLLM's SamplingParams.detokenize): no text at all, no stop strings
+        # Nobody reads deltas and no stop string needs the text: decode once, in flush (or never).
+        self.defer = (final_only or not detokenize) and not self.stop
         self.output_ids: list[int] = []
         self.finished = False  # a stop string matched; later tokens are ignored
         self.stop_reason: str | None = None
@@ -306,7 +308,7 @@ class IncrementalDetokenizer:
 
         Call once when the sequence ends for a reason other than a stop string (EOS, max_tokens, abort).
         """
-        if self.finished:
+        if self.finished or not self.detokenize:
             return ""
         checked = len(self._decoded)
         self._decode_window(final=True)

@@ -232,3 +232,24 @@ def test_use_tqdm_takes_a_bool_or_the_callable_that_makes_the_bar(llm: LLM) -> N
         assert not llm.engine.has_unfinished_requests()
     with pytest.raises(TypeError, match="^use_tqdm must be True, False or a callable"):
         llm.embed("hello", use_tqdm="no")  # type: ignore[arg-type]
+
+
+def test_detokenize_false_returns_token_ids_without_text_as_vllm(llm: LLM) -> None:
+    """vLLM's ``detokenize=False``: the same tokens, no text and no decoded tokens in the logprobs; stop strings,
+    matched in the text, are refused. It had been an unexpected keyword argument."""
+    params = dict(temperature=0, max_tokens=3, logprobs=1, prompt_logprobs=1)
+    prompt = {"prompt_token_ids": [1, 2]}  # its scripted continuation decodes to text
+    [text] = llm.generate(prompt, SamplingParams(**params), use_tqdm=False)
+    [ids] = llm.generate(prompt, SamplingParams(**params, detokenize=False), use_tqdm=False)
+    assert text.outputs[0].text and ids.outputs[0].text == ""
+    assert ids.outputs[0].token_ids == text.outputs[0].token_ids
+    assert ids.outputs[0].logprobs is not None and ids.prompt_logprobs is not None
+    assert [{t: lp.logprob for t, lp in e.items()} for e in ids.outputs[0].logprobs] == [
+        {t: lp.logprob for t, lp in e.items()} for e in text.outputs[0].logprobs
+    ]
+    entries = [*ids.outputs[0].logprobs, *ids.prompt_logprobs[1:]]
+    assert entries and all(lp.decoded_token is None for e in entries for lp in e.values())
+    with pytest.raises(ValueError, match=r"^stop strings need the text: stop=\['x'\] with detokenize=False"):
+        SamplingParams(stop="x", detokenize=False)
+    with pytest.raises(ValueError, match="^detokenize must be true or false, got 'no'"):
+        SamplingParams(detokenize="no")
