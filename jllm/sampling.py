@@ -37,6 +37,8 @@ UNSUPPORTED = {  # vLLM SamplingParams fields jllm refuses when set, and why
     "guided_decoding": "it is vLLM's earlier name: use structured_outputs",
     "logits_processors": "custom logits processors cannot run inside the compiled sampler",
     "logprob_token_ids": "logprobs come for the top tokens only",
+    "extra_args": "they are read by custom sampling implementations and plugins, which jllm does not load",
+    "flat_logprobs": "logprobs come as vLLM's default list of dicts",
 }
 
 
@@ -103,6 +105,9 @@ class SamplingParams:
     guided_decoding: object | None = None  # vLLM's earlier name for structured_outputs
     logits_processors: list | None = None
     logprob_token_ids: list[int] | None = None
+    extra_args: dict[str, Any] | None = None
+    flat_logprobs: bool = False
+    best_of: int | None = None  # vLLM's: samples drawn, the n most likely returned; only n itself (no ranking)
 
     def __post_init__(self) -> None:
         if self.seed == -1:  # vLLM and OpenAI clients send -1 for "no seed"
@@ -159,6 +164,12 @@ class SamplingParams:
         )
         if self.seed is not None:
             _check_int("seed", self.seed, *SEED_RANGE)
+        if self.best_of is not None and self.best_of != self.n:
+            _check_int("best_of", self.best_of, low=self.n, hint=f"an integer >= n={self.n}")
+            raise ValueError(
+                f"best_of={self.best_of} is not supported: it must equal n={self.n} or be left out (jllm returns every "
+                "sample it draws; ranking more samples than are returned is not supported)"
+            )
 
     def _validate_lengths(self) -> None:
         if self.truncation_side not in TRUNCATION_SIDES:
@@ -224,7 +235,8 @@ class SamplingParams:
         """vLLM's arguments for what jllm cannot do yet: set to anything but "nothing", they are refused by name
         rather than ignored, since ignoring them would return something else than asked for."""
         for name, why in UNSUPPORTED.items():
-            if getattr(self, name) not in (None, {}, []):
+            value = getattr(self, name)
+            if value not in (None, {}, []) and value is not False:  # False: a switch left off
                 raise ValueError(f"{name} is not supported by jllm yet ({why}); leave it out")
 
     @property

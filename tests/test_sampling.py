@@ -161,12 +161,26 @@ def test_min_tokens_above_max_tokens_is_rejected_and_greedy_n_accepted():
         ("guided_decoding", {"regex": "a+"}),
         ("logits_processors", [lambda ids, logits: logits]),
         ("logprob_token_ids", [3]),
+        ("extra_args", {"plugin_key": 1}),
+        ("flat_logprobs", True),
     ],
 )
 def test_vllm_arguments_jllm_cannot_honour_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"^{field} is not supported by jllm yet"):
         SamplingParams(**{field: value})
     SamplingParams(**{field: None})  # asking for nothing is fine
+
+
+def test_best_of_is_vllm_s_and_only_n_itself_is_taken():
+    """vLLM's best_of had been an unexpected keyword argument; the server takes it equal to n, so does this."""
+    assert SamplingParams(n=2, best_of=2).n == 2
+    assert SamplingParams(best_of=None).best_of is None
+    with pytest.raises(ValueError, match=r"^best_of=3 is not supported: it must equal n=2 or be left out"):
+        SamplingParams(n=2, best_of=3)
+    with pytest.raises(ValueError, match=r"^best_of must be an integer >= n=2, got 1"):
+        SamplingParams(n=2, best_of=1)
+    with pytest.raises(ValueError, match=r"^best_of must be an integer >= n=1, got '2'"):
+        SamplingParams(best_of="2")
 
 
 def test_truncate_prompt_tokens_and_special_token_spacing_are_checked():
