@@ -80,6 +80,19 @@ def test_text_with_a_system_prompt_and_its_stop_reasons(client: anthropic.Anthro
     assert prompts[-1] == "system: x\nuser: hi\nassistant:"
 
 
+@pytest.mark.parametrize("system", ["", [], [{"type": "text", "text": ""}]])
+def test_an_empty_system_prompt_is_no_system_message(
+    client: anthropic.Anthropic, prompts: list[str], system: object
+) -> None:
+    """Clients that always send ``system`` send it empty when there is none: it had become an empty system message,
+    which replaces a template's default system prompt (SmolLM2's); vLLM renders no system message, nor does this."""
+    client.messages.create(model=MODEL, max_tokens=1, messages=HI, system=system)  # type: ignore[arg-type]
+    client.messages.create(model=MODEL, max_tokens=1, messages=HI)
+    assert prompts == ["user: hi\nassistant:"] * 2
+    counted = client.messages.count_tokens(model=MODEL, messages=HI, system=system)  # type: ignore[arg-type]
+    assert counted.input_tokens == client.messages.count_tokens(model=MODEL, messages=HI).input_tokens
+
+
 def test_the_stream_is_anthropics_events_and_assembles_to_the_whole_message(client: anthropic.Anthropic) -> None:
     args = dict(model=MODEL, max_tokens=50, messages=HI, stop_sequences=["!"])
     whole = client.messages.create(**args)

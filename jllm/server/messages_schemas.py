@@ -229,8 +229,12 @@ class _MessagesBody(_Request):
         return _text_blocks(value, "system")
 
     def chat_messages(self) -> list[dict[str, Any]]:
-        system = self.system if isinstance(self.system, str | None) else "\n".join(b.text for b in self.system)
-        messages = [] if system is None else [{"role": "system", "content": system}]
+        """The system prompt (none where it is empty, as vLLM reads it: the template's default system prompt, if it
+        has one, stays) and each message's chat messages."""
+        system = (
+            self.system if isinstance(self.system, str | None) else "\n".join(b.text for b in self.system if b.text)
+        )
+        messages = [{"role": "system", "content": system}] if system else []
         return messages + [m for message in self.messages for m in message.chat_messages()]
 
     def chat_fields(self) -> dict[str, Any]:
