@@ -42,6 +42,7 @@ from jllm.outputs import (
 from jllm.pooling import resolve_layers
 from jllm.sampling import RequestOutputKind, SamplingParams
 from jllm.speculative import refuse_beam_search
+from jllm.vllm_flags import apply_vllm_keywords
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -61,6 +62,7 @@ class LLM:
     """
 
     def __init__(self, model: str | None = None, config: str | Path | None = None, **overrides: Any):
+        overrides = apply_vllm_keywords(overrides)  # vLLM's block_size, trust_remote_code ... (jllm.vllm_flags)
         self.config = load_config(config, **({} if model is None else {"model": model}), **overrides)
         distributed.initialize(self.config.parallel)
         if not distributed.is_lead():

@@ -1,8 +1,8 @@
-"""vLLM's ``vllm serve`` options that jllm spells differently or has no key for, so that a vLLM command line runs
-as ``jllm serve``: each is honoured (``--block-size`` is ``--page-size``; ``--trust-remote-code``,
-``--disable-log-requests`` and ``--disable-log-stats`` ask for what jllm does anyway), or refused naming why
-(``--no-enable-chunked-prefill``, ``--enforce-eager``, ``--swap-space``). Options vLLM and jllm share keep their
-one spelling (``jllm.config``'s keys).
+"""vLLM's engine options that jllm spells differently or has no key for, so that a vLLM command line runs as
+``jllm serve`` and a vLLM script's ``LLM(...)`` keywords run as they are: each is honoured (``block_size`` is
+``page_size``; ``trust_remote_code``, ``disable_log_requests`` and ``disable_log_stats`` ask for what jllm does anyway,
+as ``swap_space`` 0 does), or refused naming why (chunked prefill off, ``enforce_eager``, a swap space). Options vLLM
+and jllm share keep their one spelling (``jllm.config``'s keys).
 
 Where this module sits: docs/architecture.md.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from jllm.config import ConfigError
 
@@ -22,6 +23,7 @@ ALREADY_SO = {
     "disable_log_requests": "jllm logs no request's prompt or parameters",
     "disable_log_stats": "jllm logs no periodic engine statistics (they are at /metrics)",
 }
+VLLM_KEYS = ("block_size", *ALREADY_SO, "enable_chunked_prefill", "enforce_eager", "swap_space")
 
 
 def add_vllm_options(parser: argparse.ArgumentParser) -> None:
@@ -37,30 +39,81 @@ def add_vllm_options(parser: argparse.ArgumentParser) -> None:
         help="always on: long prompts are prefilled in chunks under --max-num-batched-tokens",
     )
     group.add_argument("--enforce-eager", action="store_true", help="refused: every step is a compiled program")
-    group.add_argument("--swap-space", type=float, default=None, metavar="GIB", help="refused: see --num-pages")
+    group.add_argument(
+        "--swap-space", type=float, default=None, metavar="GIB", help="refused but for 0: see --num-pages"
+    )
 
 
 def apply_vllm_options(args: argparse.Namespace) -> None:
     """Folds vLLM's spellings into jllm's keys on ``args``; ConfigError names an option that cannot be honoured."""
-    if args.block_size is not None:
-        if args.page_size is not None and args.page_size != args.block_size:
-            raise ConfigError(f"--block-size {args.block_size} and --page-size {args.page_size}: give one (the same)")
-        args.page_size = args.block_size
-    for key, why in ALREADY_SO.items():
-        if getattr(args, key):
-            logger.info("--%s: %s", key.replace("_", "-"), why)
-    if args.enable_chunked_prefill is False:
+    given = {key: getattr(args, key) for key in VLLM_KEYS if getattr(args, key) is not None}
+    folded = _fold(given, args.page_size, cli=True)
+    if "page_size" in folded:
+        args.page_size = folded["page_size"]
+
+
+def apply_vllm_keywords(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``LLM(...)``'s keywords with vLLM's spellings folded into jllm's keys (``block_size=16`` is ``page_size``,
+    ``trust_remote_code=True`` accepted); ConfigError names one that cannot be honoured (``enforce_eager=True``)."""
+    given = {key: overrides[key] for key in VLLM_KEYS if key in overrides}
+    rest = {key: value for key, value in overrides.items() if key not in given}
+    return rest | _fold(given, overrides.get("page_size"), cli=False)
+
+
+def _fold(given: dict[str, Any], page_size: Any, cli: bool) -> dict[str, Any]:
+    """jllm's keys for the vLLM options ``given`` (each with its value); ``cli``: named as options, else keywords."""
+    for name in ("enforce_eager", "enable_chunked_prefill", *ALREADY_SO):
+        if name in given and not isinstance(given[name], bool):
+            raise ConfigError(f"{name} must be true or false, got {given[name]!r}", key=name)
+    _refuse(given, cli)
+    for name, why in ALREADY_SO.items():
+        if given.get(name):
+            logger.info("%s: %s", _key(name, cli), why)
+    block = given.get("block_size")
+    if block is None:
+        return {}
+    if page_size is not None and page_size != block:
         raise ConfigError(
-            "--no-enable-chunked-prefill cannot be honoured: jllm always prefills long prompts in chunks of at most "
-            "--max-num-batched-tokens beside the running decodes (raise that to prefill a prompt in one step)"
+            f"{_asked('block_size', block, cli)} and {_asked('page_size', page_size, cli)}: give one (the same)",
+            key="block_size",
         )
-    if args.enforce_eager:
+    return {"page_size": block}
+
+
+def _refuse(given: dict[str, Any], cli: bool) -> None:
+    """A ConfigError naming the first option of ``given`` that asks for what jllm cannot do, and why."""
+    if given.get("enable_chunked_prefill") is False:
         raise ConfigError(
-            "--enforce-eager cannot be honoured: every jllm step is a compiled XLA program (there is no eager mode); "
-            "--no-compile-at-start compiles each on its first use instead of at start-up"
+            f"{_asked('enable_chunked_prefill', False, cli)} cannot be honoured: jllm always prefills long prompts in "
+            f"chunks of at most {_key('max_num_batched_tokens', cli)} beside the running decodes (raise that to "
+            "prefill a prompt in one step)",
+            key="enable_chunked_prefill",
         )
-    if args.swap_space is not None:
+    if given.get("enforce_eager"):
         raise ConfigError(
-            "--swap-space cannot be honoured: jllm recomputes a preempted request's KV instead of swapping it to the "
-            "host; size the pool with --num-pages or --gpu-memory-utilization"
+            f"{_asked('enforce_eager', True, cli)} cannot be honoured: every jllm step is a compiled XLA program "
+            f"(there is no eager mode); {_asked('compile_at_start', False, cli)} compiles each on its first use "
+            "instead of at start-up",
+            key="enforce_eager",
         )
+    swap = given.get("swap_space")
+    if swap is not None and swap != 0:
+        raise ConfigError(
+            f"{_asked('swap_space', swap, cli)} cannot be honoured: jllm recomputes a preempted request's KV instead "
+            f"of swapping it to the host (a swap space of 0); size the pool with {_key('num_pages', cli)} or "
+            f"{_key('gpu_memory_utilization', cli)}",
+            key="swap_space",
+        )
+
+
+def _key(name: str, cli: bool) -> str:
+    return "--" + name.replace("_", "-") if cli else name
+
+
+def _asked(name: str, value: object, cli: bool) -> str:
+    """How the user wrote ``name`` with ``value``: ``--no-enforce-eager``, ``--block-size 8``, ``block_size=8``."""
+    if not cli:
+        return f"{name}={value!r}"
+    if isinstance(value, bool):
+        return _key(name, cli) if value else "--no-" + name.replace("_", "-")
+    return f"{_key(name, cli)} {value}"

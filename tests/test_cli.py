@@ -398,6 +398,7 @@ def test_a_vllm_serve_command_line_runs_as_it_is(
     [serve] = seen
     assert serve.models[0].config.cache.page_size == 8
     assert "there is none to trust" in caplog.text and "no request's prompt" in caplog.text
+    assert cli.main(["serve", "/models/x", "--swap-space", "0"]) == 0  # no swap space: what jllm does
     for refused, why in (
         (["--no-enable-chunked-prefill"], "always prefills long prompts in chunks"),
         (["--enforce-eager"], "there is no eager mode"),

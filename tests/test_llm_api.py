@@ -253,3 +253,29 @@ def test_detokenize_false_returns_token_ids_without_text_as_vllm(llm: LLM) -> No
         SamplingParams(stop="x", detokenize=False)
     with pytest.raises(ValueError, match="^detokenize must be true or false, got 'no'"):
         SamplingParams(detokenize="no")
+
+
+def test_vllm_s_engine_keywords_fold_into_jllm_s_or_are_refused_naming_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LLM(model, trust_remote_code=True, block_size=16)`` as a vLLM script writes it: they had been unknown keys,
+    while ``jllm serve`` took the same options (``jllm.vllm_flags``)."""
+    import jllm.llm
+
+    class Loaded(Exception):
+        pass
+
+    def load_config(path: object, **overrides: Any) -> None:
+        raise Loaded(overrides)
+
+    monkeypatch.setattr(jllm.llm, "load_config", load_config)
+    with pytest.raises(Loaded) as loaded:
+        LLM("m", block_size=8, trust_remote_code=True, enable_chunked_prefill=True, swap_space=0, max_model_len=64)
+    assert loaded.value.args[0] == {"model": "m", "page_size": 8, "max_model_len": 64}
+    for keywords, message in (
+        ({"enforce_eager": True}, r"^enforce_eager=True cannot be honoured: .*compile_at_start=False compiles each"),
+        ({"enable_chunked_prefill": False}, r"^enable_chunked_prefill=False cannot be honoured: jllm always prefills"),
+        ({"swap_space": 4}, r"^swap_space=4 cannot be honoured: jllm recomputes a preempted request's KV"),
+        ({"block_size": 8, "page_size": 16}, r"^block_size=8 and page_size=16: give one \(the same\)"),
+        ({"trust_remote_code": "yes"}, r"^trust_remote_code must be true or false, got 'yes'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            LLM("m", **keywords)
