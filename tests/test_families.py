@@ -2718,6 +2718,25 @@ def test_gemma_config_defaults_read_as_transformers_reads_them():
     assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings
 
 
+# Families whose readers take transformers' config defaults for the keys a config.json leaves out (beyond the sizes)
+CONFIG_DEFAULTS = ["Gemma2ForCausalLM", "VaultGemmaForCausalLM"]
+
+
+@pytest.mark.slow  # transformers' import: ~2.7 s
+@pytest.mark.parametrize("arch", CONFIG_DEFAULTS)
+def test_keys_a_config_leaves_out_read_as_transformers_defaults(arch):
+    """A config.json with only the sizes reads as the config transformers builds from it, every default written out
+    (a Gemma 2 config without its soft-caps, query scalar and window had run with none of them: a tiny checkpoint's
+    logits 0.31 off transformers')."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    written = getattr(transformers, arch).config_class(**TINY_CONFIG).to_dict()
+    left_out = build_args({**TINY_CONFIG, "architectures": [arch]}, np.float32)[1]
+    assert left_out == build_args({**written, "architectures": [arch]}, np.float32)[1]
+
+
 @pytest.mark.parametrize("arch", ["Gemma2ForCausalLM", "Gemma3ForCausalLM", "VaultGemmaForCausalLM"])
 @pytest.mark.parametrize(
     "keys, act",

@@ -98,8 +98,23 @@ def _gemma(cfg: dict[str, Any], dtype: Any, layers: tuple[LayerSpec, ...], famil
     )
 
 
+# transformers' Gemma2Config defaults (VaultGemmaConfig's too) for the keys the reader takes: a config that leaves out
+# its soft-caps, query scalar or window runs with these there
+GEMMA2_DEFAULTS = dict(
+    head_dim=256,
+    num_key_value_heads=4,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=8192,
+)
+
+
 def gemma2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Gemma 2: sliding (even) and global (odd) layers, soft-capped attention and logits, sandwich norms, GeGLU."""
+    """Gemma 2: sliding (even) and global (odd) layers, soft-capped attention and logits, sandwich norms, GeGLU; keys
+    a config leaves out take Gemma2Config's defaults (``GEMMA2_DEFAULTS``)."""
+    cfg = {**GEMMA2_DEFAULTS, **cfg}
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     rope = read_rope(whole_head_rotary(cfg), head_dim)
     default = [SLIDING if i % 2 == 0 else FULL for i in range(cfg["num_hidden_layers"])]
@@ -135,20 +150,9 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _gemma(cfg, dtype, typed_layers(cfg, ropes, default), "Gemma 3", qk_norm=True)
 
 
-# VaultGemmaConfig's defaults for the keys the Gemma 2 reader takes where a config leaves them out
-VAULTGEMMA_DEFAULTS = dict(
-    head_dim=256,
-    query_pre_attn_scalar=256,
-    sliding_window=4096,
-    attn_logit_softcapping=50.0,
-    final_logit_softcapping=30.0,
-    max_position_embeddings=8192,
-)
-
-
 def vaultgemma(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """VaultGemma (Google's differentially private Gemma): Gemma 2 without the norms on the attention's and MLP's
-    outputs, the MLP's input norm named ``pre_feedforward_layernorm``."""
-    args = gemma2({**VAULTGEMMA_DEFAULTS, **cfg}, dtype)
+    outputs, the MLP's input norm named ``pre_feedforward_layernorm``; VaultGemmaConfig's defaults are Gemma 2's."""
+    args = gemma2(cfg, dtype)
     rename = (("post_attention_layernorm", "pre_feedforward_layernorm"),)
     return dataclasses.replace(args, sandwich_norms=False, weights=WeightMap(rename=rename))
