@@ -106,7 +106,7 @@ class SamplingParams:
     logits_processors: list | None = None
     logprob_token_ids: list[int] | None = None
     extra_args: dict[str, Any] | None = None
-    flat_logprobs: bool = False
+    flat_logprobs: bool | None = None  # False (vLLM's default) is taken too
     best_of: int | None = None  # vLLM's: samples drawn, the n most likely returned; only n itself (no ranking)
 
     def __post_init__(self) -> None:

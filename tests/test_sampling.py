@@ -169,6 +169,7 @@ def test_vllm_arguments_jllm_cannot_honour_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"^{field} is not supported by jllm yet"):
         SamplingParams(**{field: value})
     SamplingParams(**{field: None})  # asking for nothing is fine
+    assert SamplingParams(flat_logprobs=False).flat_logprobs is False  # vLLM's default: nothing asked
 
 
 def test_best_of_is_vllm_s_and_only_n_itself_is_taken():
