@@ -70,7 +70,7 @@ VLLM_CHAT_FIELDS = """
     documents chat_template chat_template_kwargs media_io_kwargs mm_processor_kwargs structured_outputs
     guided_json guided_regex guided_choice guided_grammar structural_tag guided_decoding_backend
     guided_whitespace_pattern priority request_id logits_processors return_tokens_as_token_ids
-    return_token_ids cache_salt kv_transfer_params vllm_xargs repetition_detection
+    return_token_ids cache_salt kv_transfer_params vllm_xargs repetition_detection return_prompt_text
 """.split()
 
 
@@ -272,6 +272,10 @@ HONOURED = [
              lambda seen, _: seen.prompt.token_ids[0] == 1 and seen.prompt.token_ids[1] != 1, chat=True),
     Honoured("chat truncate_prompt_tokens", {"truncate_prompt_tokens": 3},
              lambda seen, _: len(seen.prompt.token_ids) == 3, chat=True),
+    Honoured("return_prompt_text", {"return_prompt_text": True},
+             lambda seen, _: seen.reply["prompt_text"] == seen.prompt.text == "user: hi\nassistant:", chat=True),
+    Honoured("chat return_prompt_text streamed", {"return_prompt_text": True, "stream": True, "n": 2},
+             lambda seen, _: seen.raw.count(b'"prompt_text":"user: hi\\nassistant:"') == 2, chat=True),
 ]  # fmt: skip
 
 REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value that is refused, and where

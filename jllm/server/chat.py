@@ -65,6 +65,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             usage=_usage(generation, counts),
             prompt_logprobs=prompt_logprobs_json(deltas[0].prompt_logprobs) if deltas else None,
             prompt_token_ids=generation.prompts[0].token_ids if ids else None,
+            prompt_text=generation.prompts[0].text if body.return_prompt_text else None,
         )
         return web.json_response(text=response.model_dump_json())
     finally:
@@ -165,16 +166,28 @@ async def _chunks(
     wait for the first output, as OpenAI's and vLLM's do: benchmark clients (vLLM's among them) take the first
     chunk with a choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0. A step that
     adds nothing to send (text held back by a reasoning or tool parser) sends no chunk; with ``return_token_ids``
-    its tokens go with the choice's next chunk, and the role chunks carry the prompt's."""
+    its tokens go with the choice's next chunk, and the role chunks carry the prompt's (its text with
+    ``return_prompt_text``)."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
     running = RunningUsage() if body.continuous_usage else None
     names = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids))
 
-    def chunk(choice: ChatChunkChoice, usage: UsageInfo | None = None, prompt_ids: list[int] | None = None) -> str:
+    def chunk(
+        choice: ChatChunkChoice,
+        usage: UsageInfo | None = None,
+        prompt_ids: list[int] | None = None,
+        prompt_text: str | None = None,
+    ) -> str:
         return ChatCompletionChunk(
-            id=response_id, created=created, model=model, choices=[choice], usage=usage, prompt_token_ids=prompt_ids
+            id=response_id,
+            created=created,
+            model=model,
+            choices=[choice],
+            usage=usage,
+            prompt_token_ids=prompt_ids,
+            prompt_text=prompt_text,
         ).model_dump_json(exclude=exclude)
 
     streams: dict[int, ReplyDeltas] = {}
@@ -185,9 +198,10 @@ async def _chunks(
             prompt_tokens = len(generation.prompts[0].token_ids)
             start = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
             prompt_ids = generation.prompts[0].token_ids if body.return_token_ids else None
+            prompt_text = generation.prompts[0].text if body.return_prompt_text else None
             for index in range(body.n):
                 role = ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))
-                yield chunk(role, start if running is not None else None, prompt_ids)
+                yield chunk(role, start if running is not None else None, prompt_ids, prompt_text)
         stream = streams.setdefault(d.index, reply.stream(tokenizer))
         reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason

@@ -210,6 +210,7 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     # vLLM's: the reasoning cut at this many tokens by forcing its closing marker (-1: no limit; jllm.thinking_budget)
     thinking_token_budget: int | None = Field(None, ge=-1)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
+    return_prompt_text: bool | None = None  # vLLM's: the rendered prompt in prompt_text (a stream's role chunks)
 
     _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
 
@@ -320,6 +321,7 @@ class ChatCompletionResponse(WithTokenIds):
     usage: UsageInfo
     prompt_logprobs: PromptLogprobs | None = None  # vLLM's, with prompt_logprobs asked for
     prompt_token_ids: list[int] | None = None  # vLLM's, with return_token_ids
+    prompt_text: str | None = None  # vLLM's, with return_prompt_text: the prompt the template rendered
 
 
 class DeltaFunction(BaseModel):
@@ -384,4 +386,5 @@ class ChatCompletionChunk(WithTokenIds):
     model: str
     choices: list[ChatChunkChoice]
     prompt_token_ids: list[int] | None = None  # vLLM's, with return_token_ids: in the first chunk
+    prompt_text: str | None = None  # vLLM's, with return_prompt_text: in the first chunk
     usage: UsageInfo | None = None  # with stream_options.include_usage: null until the last (continuous: each)

@@ -460,12 +460,13 @@ class TokenNames:
 
 class WithTokenIds(BaseModel):
     """A response part that carries vLLM's ``token_ids`` / ``prompt_token_ids`` when ``return_token_ids`` asks for
-    them, and leaves the keys out otherwise (a response asked without them is as it was)."""
+    them (and ``prompt_text`` when ``return_prompt_text`` does), and leaves the keys out otherwise (a response asked
+    without them is as it was)."""
 
     @model_serializer(mode="wrap")
     def _ids_when_asked(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        for key in ("token_ids", "prompt_token_ids"):
+        for key in ("token_ids", "prompt_token_ids", "prompt_text"):
             if key in data and data[key] is None:
                 del data[key]
         return data
