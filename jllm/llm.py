@@ -294,7 +294,10 @@ class LLM:
         if isinstance(continuations, str) or (continuations and isinstance(continuations[0], int)):
             continuations = [continuations]  # type: ignore[list-item]
         if len(continuations) != len(prompts):
-            raise ValueError(f"got {len(continuations)} continuations for {len(prompts)} prompts; give one each")
+            raise ValueError(
+                f"got {len(continuations)} continuations for {len(prompts)} prompts; give one each (to score text "
+                "pairs, one text against many as vLLM's LLM.score does, call LLM.score_pairs)"
+            )
         pairs = [self._score_pair(i, p, c) for i, (p, c) in enumerate(zip(prompts, continuations, strict=True))]
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
         outputs = self.generate([Prompt(p + c) for p, c in pairs], params, use_tqdm)

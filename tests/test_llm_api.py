@@ -279,3 +279,10 @@ def test_vllm_s_engine_keywords_fold_into_jllm_s_or_are_refused_naming_why(monke
     ):
         with pytest.raises(ValueError, match=message):
             LLM("m", **keywords)
+
+
+def test_a_vllm_style_score_call_points_at_score_pairs(llm: LLM) -> None:
+    """vLLM's ``LLM.score(text_1, [texts])`` scores pairs; jllm's ``score`` is a continuation's logprob, so the same
+    call must say where vLLM's is (it had said only "give one each")."""
+    with pytest.raises(ValueError, match=r"^got 2 continuations for 1 prompts; give one each \(.*LLM\.score_pairs\)$"):
+        llm.score("what is a cat?", ["a small feline", "the tax code"], use_tqdm=False)
