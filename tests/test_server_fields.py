@@ -57,7 +57,8 @@ VLLM_COMPLETION_FIELDS = """
     response_format structured_outputs guided_json guided_regex guided_choice guided_grammar
     guided_decoding_backend guided_whitespace_pattern priority request_id logits_processors
     return_tokens_as_token_ids return_token_ids return_token_offsets cache_salt kv_transfer_params
-    ec_transfer_params vllm_xargs repetition_detection thinking_token_budget
+    ec_transfer_params vllm_xargs repetition_detection thinking_token_budget watermarking session_id
+    routed_experts_prompt_start
 """.split()
 
 VLLM_CHAT_FIELDS = """
@@ -71,6 +72,8 @@ VLLM_CHAT_FIELDS = """
     guided_json guided_regex guided_choice guided_grammar structural_tag guided_decoding_backend
     guided_whitespace_pattern priority request_id logits_processors return_tokens_as_token_ids
     return_token_ids cache_salt kv_transfer_params vllm_xargs repetition_detection return_prompt_text
+    truncation_side logprob_token_ids ec_transfer_params thinking_token_budget return_token_offsets watermarking
+    session_id routed_experts_prompt_start
 """.split()
 
 
@@ -187,6 +190,7 @@ HONOURED = [
     Honoured("add_special_tokens", {"add_special_tokens": False},  # the test tokenizer adds BOS (1) by default
              lambda seen, engine: seen.prompt.token_ids == engine.tokenizer.encode("hello", add_special_tokens=False)),
     Honoured("user", {"user": "someone"}, lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3),
+    Honoured("session_id", {"session_id": "s1"}, lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3),
     Honoured("request_id", {"request_id": "mine"}, lambda seen, _: seen.reply["id"] == "cmpl-mine"),
     Honoured("return_tokens_as_token_ids", {"return_tokens_as_token_ids": True, "logprobs": 1, "prompt": [7]},
              lambda seen, _: _choice(seen)["logprobs"]["tokens"] == ["token_id:108", "token_id:109", "token_id:110"]),
@@ -308,6 +312,7 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
     "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
     "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True, "verbosity": "low",
+    "watermarking": True, "routed_experts_prompt_start": 2,
 }  # fmt: skip
 
 

@@ -46,6 +46,8 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "kv_transfer_params": (_NOTHING, "is not supported: this server does not disaggregate prefill and decode"),
     "ec_transfer_params": (_NOTHING, "is not supported: this server has no encoder cache"),
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
+    "watermarking": ((None, False), "is not supported: this server's sampler does not watermark its tokens"),
+    "routed_experts_prompt_start": ((None, 0), "applies to routed-expert data, which this server does not return"),
     "thinking_token_budget": (
         (None, -1),
         "applies to chat completions, where the model's reasoning_parser reads the reply",
@@ -239,6 +241,7 @@ class _GenerationRequest(_Request):
     truncation_side: Literal["left", "right"] | None = None  # vLLM's: "right" keeps the first k instead
     priority: int = 0  # vLLM's: lower runs first, under the priority scheduling policy only (LLMEngine.check_priority)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
+    session_id: str | None = None  # vLLM's: a conversation's stable id, for routing: changes nothing in the answer
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
     # vLLM's beam search (jllm.beam_search): n beams, the n best returned, each ranked by its cumulative logprob over
     # its length to the power length_penalty
