@@ -58,7 +58,7 @@ VLLM_COMPLETION_FIELDS = """
     guided_decoding_backend guided_whitespace_pattern priority request_id logits_processors
     return_tokens_as_token_ids return_token_ids return_token_offsets cache_salt kv_transfer_params
     ec_transfer_params vllm_xargs repetition_detection thinking_token_budget watermarking session_id
-    routed_experts_prompt_start
+    routed_experts_prompt_start stream_interval
 """.split()
 
 VLLM_CHAT_FIELDS = """
@@ -73,7 +73,7 @@ VLLM_CHAT_FIELDS = """
     guided_whitespace_pattern priority request_id logits_processors return_tokens_as_token_ids
     return_token_ids cache_salt kv_transfer_params vllm_xargs repetition_detection return_prompt_text
     truncation_side logprob_token_ids ec_transfer_params thinking_token_budget return_token_offsets watermarking
-    session_id routed_experts_prompt_start
+    session_id routed_experts_prompt_start stream_interval
 """.split()
 
 
@@ -146,6 +146,12 @@ def _calls(seen: Seen) -> list[tuple[str, Any]]:
     ]
 
 
+def _streamed_token_counts(raw: bytes) -> list[int]:
+    """The tokens each streamed chunk with a choice carried (``return_token_ids``)."""
+    chunks = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
+    return [len(c["choices"][0].get("token_ids", [])) for c in chunks if c["choices"]]
+
+
 def _document_and_variable(seen: Seen, _: LLMEngine) -> bool:
     return seen.prompt.text == "[doc]hey user: hi\nassistant:"
 
@@ -191,6 +197,12 @@ HONOURED = [
              lambda seen, engine: seen.prompt.token_ids == engine.tokenizer.encode("hello", add_special_tokens=False)),
     Honoured("user", {"user": "someone"}, lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3),
     Honoured("session_id", {"session_id": "s1"}, lambda seen, _: seen.reply["usage"]["completion_tokens"] == 3),
+    # a chunk per two tokens of the five: the first at once, then two and two (a token a step here)
+    Honoured("stream_interval", {"stream": True, "stream_interval": 2, "max_tokens": 5, "return_token_ids": True},
+             lambda seen, _: _streamed_token_counts(seen.raw) == [1, 2, 2]),
+    Honoured("chat stream_interval",  # logprobs: a chunk even where the tokens decode to no text yet
+             {"stream": True, "stream_interval": 2, "max_tokens": 5, "return_token_ids": True, "logprobs": True},
+             lambda seen, _: _streamed_token_counts(seen.raw) == [0, 1, 2, 2], chat=True),  # the role chunk first
     Honoured("request_id", {"request_id": "mine"}, lambda seen, _: seen.reply["id"] == "cmpl-mine"),
     Honoured("return_tokens_as_token_ids", {"return_tokens_as_token_ids": True, "logprobs": 1, "prompt": [7]},
              lambda seen, _: _choice(seen)["logprobs"]["tokens"] == ["token_id:108", "token_id:109", "token_id:110"]),

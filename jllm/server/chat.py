@@ -31,7 +31,7 @@ from jllm.server.chat_schemas import (
     TopLogprob,
 )
 from jllm.server.errors import bad_request
-from jllm.server.generation import Delta, Generation, RunningUsage
+from jllm.server.generation import Delta, Generation, RunningUsage, batched
 from jllm.server.info_schemas import TokenizeRequest
 from jllm.server.middleware import public_id, request_id
 from jllm.server.reasoning import ReplyDeltas, ReplyPlan
@@ -193,7 +193,7 @@ async def _chunks(
     streams: dict[int, ReplyDeltas] = {}
     unsent: dict[int, list[int]] = {}  # return_token_ids: each choice's tokens since its last chunk
     prompt_tokens = 0
-    async for d in generation.deltas():
+    async for d in batched(generation.deltas(), body.stream_interval or 1):
         if not streams:
             prompt_tokens = len(generation.prompts[0].token_ids)
             start = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)

@@ -18,7 +18,7 @@ from jllm.outputs import Logprob
 from jllm.sampling import SamplingParams
 from jllm.server.beam_generation import BeamGeneration
 from jllm.server.completions_schemas import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse
-from jllm.server.generation import Delta, Generation, RunningUsage
+from jllm.server.generation import Delta, Generation, RunningUsage, batched
 from jllm.server.middleware import public_id, request_id
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, TokenNames, prompt_logprobs_json
@@ -108,7 +108,7 @@ class _CompletionView:
         if not self.body.include_usage:
             exclude["usage"] = True
         running = RunningUsage() if self.body.continuous_usage else None
-        async for delta in generation.deltas():
+        async for delta in batched(generation.deltas(), self.body.stream_interval or 1):
             chunk = CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[self.choice(delta)])
             if running is not None:
                 chunk.usage = running.after(delta, len(self.prompts[delta.prompt_index].token_ids))

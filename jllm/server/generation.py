@@ -63,6 +63,33 @@ class RunningUsage:
         return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
 
 
+async def batched(deltas: AsyncIterator[Delta], interval: int) -> AsyncIterator[Delta]:
+    """vLLM's ``stream_interval``: each choice's deltas joined until they hold ``interval`` tokens, so a stream
+    sends a chunk per ``interval`` tokens; a choice's first delta and its last go at once, as vLLM sends them."""
+    if interval <= 1:
+        async for delta in deltas:
+            yield delta
+        return
+    held: dict[int, Delta] = {}  # choice index -> its tokens not yet sent
+    started: set[int] = set()
+    async for delta in deltas:
+        if delta.index in held:
+            delta = _joined(held.pop(delta.index), delta)
+        if delta.finish_reason is not None or delta.index not in started or len(delta.token_ids) >= interval:
+            started.add(delta.index)
+            yield delta
+        else:
+            held[delta.index] = delta
+
+
+def _joined(first: Delta, later: Delta) -> Delta:
+    """``later`` appended to a copy of ``first`` (the engine's lists are left as they came)."""
+    logprobs = None if first.logprobs is None else list(first.logprobs)
+    joined = dataclasses.replace(first, token_ids=list(first.token_ids), logprobs=logprobs)
+    joined.extend(later)
+    return joined
+
+
 class Generation:
     """The engine requests behind one API request; the engine sends each step's new part (``DELTA`` outputs)."""
 

@@ -242,6 +242,7 @@ class _GenerationRequest(_Request):
     priority: int = 0  # vLLM's: lower runs first, under the priority scheduling policy only (LLMEngine.check_priority)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     session_id: str | None = None  # vLLM's: a conversation's stable id, for routing: changes nothing in the answer
+    stream_interval: int | None = Field(None, ge=1)  # vLLM's: a streamed chunk per this many tokens (1: each token)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
     # vLLM's beam search (jllm.beam_search): n beams, the n best returned, each ranked by its cumulative logprob over
     # its length to the power length_penalty
