@@ -80,6 +80,14 @@ def test_text_with_a_system_prompt_and_its_stop_reasons(client: anthropic.Anthro
     assert prompts[-1] == "system: x\nuser: hi\nassistant:"
 
 
+def test_claude_codes_ctx_and_msg_roles_are_the_users(client: anthropic.Anthropic, prompts: list[str]) -> None:
+    """Claude Code (2.1.154 on) sends messages of role "ctx" and "msg"; vLLM reads them as the user's. They had been
+    a 400 (role: Input should be 'user' or 'assistant')."""
+    messages = [{"role": "ctx", "content": "a"}, {"role": "msg", "content": [{"type": "text", "text": "b"}]}]
+    client.messages.create(model=MODEL, max_tokens=1, messages=messages)  # type: ignore[arg-type]
+    assert prompts == ["user: a\nuser: b\nassistant:"]
+
+
 @pytest.mark.parametrize("system", ["", [], [{"type": "text", "text": ""}]])
 def test_an_empty_system_prompt_is_no_system_message(
     client: anthropic.Anthropic, prompts: list[str], system: object

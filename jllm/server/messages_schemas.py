@@ -100,9 +100,18 @@ def _text_blocks(value: Any, what: str) -> Any:
     return value
 
 
+# Roles Claude Code (2.1.154 on) sends beside Anthropic's two, read as the user's, as vLLM reads them
+USER_ROLE_ALIASES = ("ctx", "msg")
+
+
 class Message(_Request):
     role: Literal["user", "assistant"]
     content: str | list[ContentBlock]
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _claude_code_roles(cls, value: Any) -> Any:
+        return "user" if value in USER_ROLE_ALIASES else value
 
     @field_validator("content", mode="before")
     @classmethod
