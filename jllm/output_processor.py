@@ -250,6 +250,7 @@ class OutputProcessor:
             finished=state.finished,
             num_cached_tokens=state.samples[0].seq.num_cached_tokens,
             metrics=_metrics(state),
+            lora_request=state.samples[0].seq.lora_request,
         )
 
 

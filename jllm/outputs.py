@@ -6,7 +6,10 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jllm.lora.request import LoRARequest
 
 
 @dataclass
@@ -56,6 +59,7 @@ class RequestOutput:
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
     # arrival_time, first_token_time, last_token_time (time.monotonic() seconds) and time_to_first_token
     metrics: dict[str, float] = field(default_factory=dict)
+    lora_request: LoRARequest | None = None  # the adapter it ran with (None: the base model), as vLLM's
 
 
 @dataclass

@@ -145,6 +145,7 @@ def test_chat_takes_text_parts_template_switches_and_variables(llm: LLM) -> None
 def test_completion_output_finished_is_a_method_and_greedy_n_samples_are_equal(llm: LLM) -> None:
     [output] = llm.generate([7, 8], SamplingParams(n=2, temperature=0, max_tokens=3), use_tqdm=False)
     assert output.finished is True  # RequestOutput: an attribute, as vLLM's
+    assert output.lora_request is None  # the base model ran it (vLLM's field; it had been missing)
     assert all(c.finished() for c in output.outputs)
     assert output.outputs[0].token_ids == output.outputs[1].token_ids == scripted([7, 8], 3)
 

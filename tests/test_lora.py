@@ -94,7 +94,9 @@ def test_a_batch_mixing_adapters_gives_each_prompt_its_tokens_alone(lora_llm, ll
         _texts(lora_llm.generate([p], GREEDY, use_tqdm=False, lora_request=a))[0]
         for p, a in zip(prompts, adapters, strict=True)
     ]
-    mixed = _texts(lora_llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=adapters))
+    outputs = lora_llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=adapters)
+    assert [o.lora_request for o in outputs] == adapters  # vLLM's RequestOutput.lora_request
+    mixed = _texts(outputs)
     assert mixed == alone
     base = _texts(lora_llm.generate(prompts, GREEDY, use_tqdm=False))
     assert base[0] == alone[0] and base[1] != alone[1] and base[2] != alone[2]
