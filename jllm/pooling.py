@@ -55,10 +55,17 @@ class EncodeBatch(NamedTuple):
 
 def resolve_layers(layers: Seq[int], num_layers: int) -> tuple[int, ...]:
     """Asked indices (negative from the end) as 0..num_layers; a bad one is an InputError naming ``layers``."""
-    if isinstance(layers, int) or not layers:
-        raise InputError("layers must be a non-empty list of layer indices", param="layers")
+    try:
+        asked = None if isinstance(layers, str) else list(layers)
+    except TypeError:  # an int, or vLLM's pooling_params in encode's second place
+        asked = None
+    if not asked:
+        raise InputError(
+            f"layers must be a non-empty list of layer indices (LLM.encode's second argument), got {layers!r:.100}",
+            param="layers",
+        )
     resolved = []
-    for layer in layers:
+    for layer in asked:
         is_int = isinstance(layer, int | np.integer) and not isinstance(layer, bool)
         if not is_int or not -num_layers - 1 <= layer <= num_layers:
             raise InputError(

@@ -67,6 +67,10 @@ def test_layer_indices_follow_output_hidden_states_and_bad_ones_name_layers() ->
         with pytest.raises(InputError, match="layers") as e:
             resolve_layers(bad, num_layers=2)
         assert e.value.param == "layers"
+    assert resolve_layers((0, -1), num_layers=2) == resolve_layers(np.array([0, -1]), num_layers=2) == (0, 2)
+    for bad in (object(), "0", None):  # vLLM's encode takes pooling_params there: it had failed inside iteration
+        with pytest.raises(InputError, match=r"^layers must be a non-empty list of layer indices \(LLM.encode's"):
+            resolve_layers(bad, num_layers=2)  # type: ignore[arg-type]
 
 
 def test_prompts_get_contiguous_pages_and_padding_writes_nowhere() -> None:
