@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -426,7 +425,7 @@ def _given_generation_config(setting: str) -> dict[str, Any] | None:
             f"generation_config={setting!r}: no {path}; give 'auto', 'vllm' or a folder holding one",
             key="generation_config",
         )
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _sampling_defaults(setting: str, given: dict[str, Any] | None, loaded: LoadedModel) -> dict[str, Any]:

@@ -67,11 +67,19 @@ class LoadedModel:
 
 
 def read_json(path: Path, required: bool = True) -> dict[str, Any]:
+    """A model directory's JSON object (config.json, generation_config.json); a file that is not one is a ValueError
+    naming it (the engine's doors print it, where a bare JSON or attribute error named no file)."""
     if not path.is_file():
         if required:
             raise FileNotFoundError(f"{path.name} not found in model directory {str(path.parent)!r}")
         return {}
-    return json.loads(path.read_text())
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def resolve_dtype(dtype: str, hf_config: dict[str, Any]) -> Any:

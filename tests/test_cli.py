@@ -247,6 +247,18 @@ def test_unknown_key_in_config_file_names_it(tmp_path: Path, capsys: pytest.Capt
     assert "jllm: error: unknown key 'max_num_seq' (did you mean 'max_num_seqs'?)" in err
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [("{bad", "config.json is not valid JSON: Expecting property name"), ("[]", "config.json must hold a JSON object")],
+)
+def test_a_model_directory_s_unreadable_config_json_is_named(
+    text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It had been a traceback (a list's AttributeError) or a bare JSON error that named no file."""
+    (tmp_path / "config.json").write_text(text)
+    assert f"jllm: error: {tmp_path}/{message}" in fail(["generate", "--model", str(tmp_path), "hi"], capsys)
+
+
 def test_missing_and_malformed_config_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "does not exist" in fail(["generate", "--config", str(tmp_path / "nope.yaml"), "hi"], capsys)
     (tmp_path / "bad.yaml").write_text("max_num_seqs: [4\n")
