@@ -38,13 +38,13 @@ from jllm.server.reasoning import ReplyDeltas, ReplyPlan
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, CompletionTokensDetails, TokenNames, UsageInfo, prompt_logprobs_json
 from jllm.server.sse import send_events
-from jllm.server.state import ServerState, server_state
+from jllm.server.state import ServerState, request_body, server_state
 from jllm.speculative import REQUEST_SUPPORT
 from jllm.tokenizer import Tokenizer
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    body = ChatCompletionRequest.model_validate_json(await request.read())
+    body = await request_body(request, ChatCompletionRequest)
     public = public_id(request, body.request_id)
     served, reply, generation = await start_chat(server_state(request), body, request_id(request), public)
     response_id, created = f"chatcmpl-{public}", int(time.time())

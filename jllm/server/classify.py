@@ -18,7 +18,7 @@ from jllm.classify import require_classifier
 from jllm.server.middleware import public_id
 from jllm.server.pooling import ActivatedRequest, chat_form_fields, in_groups, input_prompts, pooling_model
 from jllm.server.schemas import UsageInfo, refuse_unsupported
-from jllm.server.state import server_state
+from jllm.server.state import request_body, server_state
 
 UNSUPPORTED_CLASSIFY_FIELDS = chat_form_fields("classification")
 
@@ -51,7 +51,7 @@ class ClassificationResponse(BaseModel):
 
 async def create_classification(request: web.Request) -> web.Response:
     state = server_state(request)
-    body = ClassificationRequest.model_validate_json(await request.read())
+    body = await request_body(request, ClassificationRequest)
     served = pooling_model(state, body.model)
     head = require_classifier(served.engine.classifier, body.model or served.name)
     inputs = served.engine.inputs

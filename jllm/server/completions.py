@@ -23,12 +23,12 @@ from jllm.server.middleware import public_id, request_id
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, TokenNames, prompt_logprobs_json
 from jllm.server.sse import send_events
-from jllm.server.state import ServerState, server_state
+from jllm.server.state import ServerState, request_body, server_state
 from jllm.tokenizer import Tokenizer
 
 
 async def create_completion(request: web.Request) -> web.StreamResponse:
-    body = CompletionRequest.model_validate_json(await request.read())
+    body = await request_body(request, CompletionRequest)
     public = public_id(request, body.request_id)
     served, prompts, generation = await start_completion(server_state(request), body, request_id(request), public)
     view = _CompletionView(body, prompts, f"cmpl-{public}", body.model or served.name, served.engine.inputs.tokenizer)

@@ -24,7 +24,7 @@ from jllm.server.errors import bad_request
 from jllm.server.middleware import public_id
 from jllm.server.pooling import PoolingRequest, chat_form_fields, in_groups, input_prompts, pooling_model
 from jllm.server.schemas import refuse_unsupported
-from jllm.server.state import server_state
+from jllm.server.state import request_body, server_state
 
 # Fields of vLLM's embedding request this server cannot honour, beyond every pooling request's (``server.pooling``):
 # (the values that ask for nothing, why more is refused)
@@ -85,7 +85,7 @@ class EmbeddingResponse(BaseModel):
 
 async def create_embedding(request: web.Request) -> web.Response:
     state = server_state(request)
-    body = EmbeddingRequest.model_validate_json(await request.read())
+    body = await request_body(request, EmbeddingRequest)
     response_id = f"embd-{public_id(request, body.request_id)}"
     served = pooling_model(state, body.model)
     if served.engine.classifier is not None:  # vLLM's 400 too: a classifier's task is classify, not embed

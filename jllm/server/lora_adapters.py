@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from jllm.server.errors import APIError
 from jllm.server.registry import ServedModel
-from jllm.server.state import server_state
+from jllm.server.state import request_body, server_state
 
 
 class LoadLoRAAdapterRequest(BaseModel):
@@ -43,7 +43,7 @@ def _check_allowed(served: ServedModel) -> None:
 
 
 async def load_lora_adapter(request: web.Request) -> web.Response:
-    body = LoadLoRAAdapterRequest.model_validate_json(await request.read())
+    body = await request_body(request, LoadLoRAAdapterRequest)
     registry = server_state(request).registry
     _check_allowed(registry.route(body.model))
     await registry.load_adapter(body.lora_name, body.lora_path, body.model)
@@ -51,7 +51,7 @@ async def load_lora_adapter(request: web.Request) -> web.Response:
 
 
 async def unload_lora_adapter(request: web.Request) -> web.Response:
-    body = UnloadLoRAAdapterRequest.model_validate_json(await request.read())
+    body = await request_body(request, UnloadLoRAAdapterRequest)
     registry = server_state(request).registry
     if registry.lora_for(body.lora_name) is not None:  # else unload_adapter's 404
         _check_allowed(registry.route(body.lora_name))

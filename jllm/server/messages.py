@@ -27,7 +27,7 @@ from jllm.server.middleware import public_id, request_id
 from jllm.server.reasoning import ReplyPlan
 from jllm.server.registry import ServedModel
 from jllm.server.sse import send_events
-from jllm.server.state import ServerState, server_state
+from jllm.server.state import ServerState, request_body, server_state
 from jllm.tool_parsers.base import NOT_JSON
 
 ABORTED = "the server stopped the request before it finished (it is draining or unloading the model)"
@@ -35,7 +35,7 @@ Event = tuple[str, str]  # (the event's type, its JSON)
 
 
 async def create_message(request: web.Request) -> web.StreamResponse:
-    body = MessagesRequest.model_validate_json(await request.read())
+    body = await request_body(request, MessagesRequest)
     public = public_id(request, None)
     served, reply, generation = await _start(server_state(request), body, request_id(request), public)
     view = _MessageView(f"msg_{public}", body.model or served.name, generation)
@@ -50,7 +50,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     """The prompt's tokens a message request with this conversation and these tools would have."""
-    body = CountTokensRequest.model_validate_json(await request.read())
+    body = await request_body(request, CountTokensRequest)
     try:
         tokenize = TokenizeRequest.model_validate(body.as_tokenize())
         counted = await tokenize_body(server_state(request), tokenize)

@@ -57,8 +57,8 @@ Event = tuple[str, str]  # (the event's type, its JSON)
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
-    body = ResponsesRequest.model_validate_json(raw)
     state = server_state(request)
+    body = await state.host_work.parse(ResponsesRequest, raw)
     previous = _previous(state.responses, body.previous_response_id)
     keeping = _Keeping(state.responses, body.input, previous, len(raw)) if _stores(state.responses, body) else None
     if previous is not None:

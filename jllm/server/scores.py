@@ -25,7 +25,7 @@ from jllm.server.middleware import public_id
 from jllm.server.pooling import ActivatedRequest, in_groups, pooling_model
 from jllm.server.registry import ServedModel
 from jllm.server.schemas import _NOTHING, UsageInfo, refuse_unsupported
-from jllm.server.state import server_state
+from jllm.server.state import request_body, server_state
 
 # vLLM's scoring fields this server cannot honour: (the values that ask for nothing, why more is refused)
 UNSUPPORTED_SCORING_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -117,7 +117,7 @@ class RerankResponse(BaseModel):
 
 
 async def create_score(request: web.Request) -> web.Response:
-    body = ScoreRequest.model_validate_json(await request.read())
+    body = await request_body(request, ScoreRequest)
     names, first, second = body.pair
     served, scores, num_tokens = await _scores(request, body, first, second, names)
     response = ScoreResponse(
@@ -131,7 +131,7 @@ async def create_score(request: web.Request) -> web.Response:
 
 
 async def create_rerank(request: web.Request) -> web.Response:
-    body = RerankRequest.model_validate_json(await request.read())
+    body = await request_body(request, RerankRequest)
     documents = [body.documents] if isinstance(body.documents, str) else body.documents
     served, scores, num_tokens = await _scores(request, body, body.query, documents, ("query", "documents"))
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.top_n or None]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from jllm.config import EngineConfig
 from jllm.server.connections import ConnectionGuard
@@ -21,7 +22,7 @@ from jllm.server.response_store import ResponseStore
 class ServerState:
     config: EngineConfig  # the server section; the other sections are every model's defaults
     registry: ModelRegistry
-    host_work: HostWork  # tokenization and chat rendering of long prompts
+    host_work: HostWork  # tokenization and chat rendering of long prompts, validation of large bodies
     connections: ConnectionGuard
     responses: ResponseStore  # the Responses API's stored responses
 
@@ -46,3 +47,8 @@ STATE = web.AppKey("state", ServerState)
 
 def server_state(request: web.Request) -> ServerState:
     return request.app[STATE]
+
+
+async def request_body[M: BaseModel](request: web.Request, model: type[M]) -> M:
+    """The request's JSON body validated as ``model`` (a large one off the event loop: ``HostWork.parse``)."""
+    return await server_state(request).host_work.parse(model, await request.read())
