@@ -80,6 +80,24 @@ def test_text_with_a_system_prompt_and_its_stop_reasons(client: anthropic.Anthro
     assert prompts[-1] == "system: x\nuser: hi\nassistant:"
 
 
+def test_text_blocks_join_on_a_newline_as_vllm_joins_them(client: anthropic.Anthropic, prompts: list[str]) -> None:
+    """Claude Code sends a turn as several text blocks (a reminder, then the prompt) and a tool result as several;
+    they had been glued together ("ab"), words of one block running into the next's; vLLM joins them on a newline."""
+    call = {"type": "tool_use", "id": "c1", "name": "pick", "input": {"x": 1}}
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "c1",
+        "content": [{"type": "text", "text": "r1"}, {"type": "text", "text": "r2"}],
+    }
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [result]},
+    ]
+    client.messages.create(model=MODEL, max_tokens=1, messages=messages, tools=[PICK], tool_choice={"type": "none"})  # type: ignore[arg-type]
+    assert prompts == ['user: a\nb\nassistant: [c1 pick({"x": 1})]\ntool: r1\nr2 <- c1\nassistant:']
+
+
 def test_claude_codes_ctx_and_msg_roles_are_the_users(client: anthropic.Anthropic, prompts: list[str]) -> None:
     """Claude Code (2.1.154 on) sends messages of role "ctx" and "msg"; vLLM reads them as the user's. They had been
     a 400 (role: Input should be 'user' or 'assistant')."""

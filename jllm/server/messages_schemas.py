@@ -72,7 +72,7 @@ class ToolResultBlock(_Request):
 
     @property
     def text(self) -> str:
-        text = self.content if isinstance(self.content, str) else "".join(block.text for block in self.content)
+        text = self.content if isinstance(self.content, str) else "\n".join(block.text for block in self.content)
         return f"Error: {text}" if self.is_error else text
 
 
@@ -120,11 +120,12 @@ class Message(_Request):
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """This message as chat messages: a user's tool results become tool messages before its text; an
-        assistant's text, calls and reasoning one assistant message."""
+        assistant's text, calls and reasoning one assistant message. Text blocks join on a newline, as vLLM joins
+        them (and a tool result's)."""
         if isinstance(self.content, str):
             return [{"role": self.role, "content": self.content}]
         blocks = self.content
-        text = "".join(b.text for b in blocks if isinstance(b, TextBlock))
+        text = "\n".join(b.text for b in blocks if isinstance(b, TextBlock))
         if self.role == "user":
             results = [
                 {"role": "tool", "tool_call_id": b.tool_use_id, "content": b.text}
