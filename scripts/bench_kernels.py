@@ -49,7 +49,7 @@ IN_STEP_LAYERS = 32  # kernel calls per timed function "as the step runs them" (
 # --tune's grids. Decode: kv_block x (num_warps, num_stages) x num_splits. Prefill: q_block x kv_block x the same.
 TUNE_KV_BLOCKS = (32, 64, 128)
 TUNE_WARPS_STAGES = ((2, 2), (4, 1), (4, 2), (4, 3), (8, 2), (8, 3))
-TUNE_SPLITS = (1, 2, 4, 8)
+TUNE_SPLITS = (1, 2, 4, 8, 16, 32, 64)  # past TUNE_MAX_DECODE_PROGRAMS only small batches try the larger ones
 TUNE_MIN_DECODE_KV_BLOCK = 64  # smaller decode tiles lost on every H200 shape tuned (2026-12-03)
 # An FP8 pool's 128-key tile is 16 KiB, half a bf16 tile's bytes (H200 2026-12-06: its kernel read 2.06 TB/s of e4m3
 # at 64 x 8k where the bf16 pool's moved 4.26): its decode grid also tries 256-key tiles (32 KiB)

@@ -148,6 +148,13 @@ step startup_cold_autotune4 240 env XLA_FLAGS=--xla_gpu_autotune_level=4 python 
 # tilings (256-key tiles among them) beside the bf16 pool's, one shape.
 step tune_decode_fp8 280 python scripts/bench_kernels.py --tune --tune-only --tune-kinds decode,decode-fp8 \
     --tune-kernels pallas --tune-shapes 32x8192 --deadline-s 240 --out "$QOUT/tune_decode_fp8"
+# Issue 19: decode at batch 1, 8k-32k context, within 2x of its KV bytes' time as the step runs it (H200 2026-12-03:
+# 19.7 us in-step at 8k against 7.9, 44.5 at 32k against 31.5): every split count up to 64 (the default is 32 at 8k:
+# 256 programs of two 128-key tiles each) and the tile grid. Then the decode table at page size 64 (the rest is 16).
+step tune_decode_b1 300 python scripts/bench_kernels.py --tune --tune-only --tune-kinds decode --tune-kernels pallas \
+    --tune-shapes 1x8192,1x32768 --deadline-s 270 --out "$QOUT/tune_decode_b1"
+step kernels_page64 300 python scripts/bench_kernels.py --batches 1,8,32,128 --contexts 2048,8192,32768 --page-size 64 \
+    --no-reference --no-stock --out "$QOUT/kernels_page64"
 # FP8 batch-1 TPOT through generate was 3.73 ms against the step's 3.215 there; the FP8 config's max_model_len is 4096
 # (profile_step's 2048): a 256-page table gives batch 1 32 KV splits against 16. The step at 4096.
 step step_b1_fp8_len4096 300 python scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy \
