@@ -241,7 +241,13 @@ def _load_transformers(path: Path) -> Any:
             from transformers import PreTrainedTokenizerFast as loader
         else:
             from transformers import AutoTokenizer as loader
-    hf = loader.from_pretrained(str(path))
+    try:
+        hf = loader.from_pretrained(str(path))
+    except (OSError, ValueError) as e:  # a directory without tokenizer files: transformers' message names none
+        raise ValueError(
+            f"{path}: no tokenizer could be loaded from the model directory; it needs a tokenizer.json (or the files "
+            f"transformers' AutoTokenizer reads). transformers said: {e}"
+        ) from e
     if getattr(hf, "backend_tokenizer", None) is None:
         raise ValueError(f"{path}: the tokenizer has no fast (Rust) backend; add a tokenizer.json to the directory")
     return hf

@@ -86,6 +86,14 @@ def test_config_eos_list_joins_eos_ids_where_no_generation_config(default_model_
     assert Tokenizer.from_pretrained(tmp_path).eos_token_ids == {0, 2}  # generation_config.json's alone
 
 
+@pytest.mark.slow  # AutoTokenizer's import: 4 s
+def test_a_model_directory_without_tokenizer_files_is_named(tmp_path: Path) -> None:
+    """transformers' own message ("Couldn't instantiate the backend tokenizer ...") had named no directory."""
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: no tokenizer could be loaded from the model directory"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("text", STREAM_TEXTS)
 def test_streamed_deltas_equal_full_decode(tok: Tokenizer, text: str) -> None:
     ids = tok.encode(text)
