@@ -2718,22 +2718,52 @@ def test_gemma_config_defaults_read_as_transformers_reads_them():
     assert args.mlp_act == "gelu_tanh" and args.tie_word_embeddings
 
 
-# Families whose readers take transformers' config defaults for the keys a config.json leaves out (beyond the sizes)
-CONFIG_DEFAULTS = ["Gemma2ForCausalLM", "VaultGemmaForCausalLM"]
+# Families whose readers take transformers' config defaults for the keys a config.json leaves out (beyond the sizes):
+# architecture -> keys both configs name besides TINY_CONFIG (sizes of experts and dense layers; Phi-3's original
+# context, which its default rope keeps unread; CTRL's own names for the sizes)
+CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Gemma2ForCausalLM": {},
+    "VaultGemmaForCausalLM": {},
+    "MistralForCausalLM": {},
+    "MinistralForCausalLM": {},
+    "Olmo2ForCausalLM": {},
+    "Phi3ForCausalLM": {"original_max_position_embeddings": 4096},
+    "HunYuanDenseV1ForCausalLM": {},
+    "HunYuanMoEV1ForCausalLM": {},
+    "CohereForCausalLM": {},
+    "MixtralForCausalLM": {},
+    "OlmoeForCausalLM": {},
+    "FlexOlmoForCausalLM": {},
+    "PhimoeForCausalLM": {},
+    "DiffLlamaForCausalLM": {},
+    "Glm4MoeForCausalLM": dict(
+        head_dim=16,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+    ),
+    "GptOssForCausalLM": {"num_local_experts": 4, "head_dim": 16},
+    "GraniteSWAForCausalLM": {},
+    "CTRLLMHeadModel": {"n_embd": 64, "n_head": 4, "n_layer": 2, "dff": 96, "n_positions": 512},
+}
 
 
 @pytest.mark.slow  # transformers' import: ~2.7 s
-@pytest.mark.parametrize("arch", CONFIG_DEFAULTS)
+@pytest.mark.parametrize("arch", list(CONFIG_DEFAULTS))
 def test_keys_a_config_leaves_out_read_as_transformers_defaults(arch):
-    """A config.json with only the sizes reads as the config transformers builds from it, every default written out
-    (a Gemma 2 config without its soft-caps, query scalar and window had run with none of them: a tiny checkpoint's
-    logits 0.31 off transformers')."""
+    """A config.json with only the sizes reads as the config transformers builds from it, every default written out.
+    Leaving such keys out of a tiny checkpoint's config.json had put its logits off transformers': a Gemma 2's
+    soft-caps, query scalar and window 0.31, Phi-MoE's and Cohere's rope base 0.99 and 0.46, an RMSNorm's eps 1.7e-5
+    (OLMo 2) to 1.7e-4 (gpt-oss); Mixtral's expert count a KeyError, Granite SWA's tied head a missing tensor."""
     import transformers
 
     from jllm.models.registry import build_args
 
-    written = getattr(transformers, arch).config_class(**TINY_CONFIG).to_dict()
-    left_out = build_args({**TINY_CONFIG, "architectures": [arch]}, np.float32)[1]
+    config = {**TINY_CONFIG, **CONFIG_DEFAULTS[arch]}
+    written = getattr(transformers, arch).config_class(**config).to_dict()
+    left_out = build_args({**config, "architectures": [arch]}, np.float32)[1]
     assert left_out == build_args({**written, "architectures": [arch]}, np.float32)[1]
 
 

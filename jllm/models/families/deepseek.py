@@ -75,7 +75,8 @@ def deepseek_v3(
 def glm4_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GLM-4.5 / 4.6: grouped-query attention with q/k/v biases (``attention_bias``), per-head q/k RMSNorms where
     ``use_qk_norm``, the rotary on the first half of each head (``partial_rotary_factor``, 0.5 where the config
-    has none), and V3's mixture and router."""
+    has none), and V3's mixture and router; eps 1e-5 by default (Glm4MoeConfig's)."""
+    cfg = {"rms_norm_eps": 1e-5, **cfg}
     base = base_args(cfg, dtype)
     fraction = (cfg.get("rope_parameters") or {}).get("partial_rotary_factor") or cfg.get("partial_rotary_factor")
     rope = read_rope({**cfg, "partial_rotary_factor": fraction or 0.5}, base["head_dim"])

@@ -61,7 +61,14 @@ def ctrl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
             "transformers fixes)"
         )
     cfg = gpt2_names(
-        {"n_positions": 256, "tie_word_embeddings": True, "n_inner": cfg.get("dff", 8192), **cfg}, cfg["n_head"]
+        {
+            "n_positions": 256,
+            "tie_word_embeddings": True,
+            "n_inner": cfg.get("dff", 8192),
+            **cfg,
+            "layer_norm_epsilon": eps,
+        },
+        cfg["n_head"],
     )
     rename = (("embed_tokens", "w"), ("layers", "h"), ("norm", "layernorm"))
     attention = (("self_attn", "multi_head_attention"), ("o_proj", "dense"))

@@ -35,7 +35,9 @@ DEFAULT_THETA = 150000.0
 def gpt_oss(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Top ``num_experts_per_tok`` of ``num_local_experts`` by the router's logits, their weights a softmax over the
     chosen logits; layers by ``layer_types`` (sliding on even layers without them, as transformers). An MXFP4
-    ``quantization_config`` is the experts' storage only (``jllm.quantization.stored_scheme`` lets it through)."""
+    ``quantization_config`` is the experts' storage only (``jllm.quantization.stored_scheme`` lets it through).
+    GptOssConfig's window (128) and eps (1e-5) where a config leaves them out."""
+    cfg = {"sliding_window": 128, "rms_norm_eps": 1e-5, **cfg}
     experts, top_k = cfg["num_local_experts"], cfg.get("num_experts_per_tok") or cfg.get("experts_per_token", 4)
     _check_top_k("gpt-oss", top_k, experts, "num_local_experts")
     base = base_args(cfg, dtype)

@@ -358,11 +358,17 @@ def cohere_decoder(
 
 def cohere(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Command-R (Cohere): every layer global with the rotary; where ``use_qk_norm`` (Command R+) a bias-free
-    LayerNorm on each query and key head with a weight of its own."""
+    LayerNorm on each query and key head with a weight of its own. Rope base 5e5 where a config names none
+    (CohereConfig's; Cohere2's is 1e4)."""
     qk_norm = bool(cfg.get("use_qk_norm", False))
     n = cfg["num_hidden_layers"]
     return cohere_decoder(
-        cfg, dtype, "Cohere", lambda rope: (LayerSpec(rope),) * n, qk_norm=qk_norm, qk_norm_per_head=qk_norm
+        {"rope_theta": 5e5, **cfg},
+        dtype,
+        "Cohere",
+        lambda rope: (LayerSpec(rope),) * n,
+        qk_norm=qk_norm,
+        qk_norm_per_head=qk_norm,
     )
 
 

@@ -43,7 +43,9 @@ def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelAr
 
 
 def mistral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    return llama(cfg, dtype, "mistral")
+    """Mistral (and Ministral-8B): every layer slides over ``sliding_window``, 4096 where a config leaves it out
+    (MistralConfig's and MinistralConfig's default; null: no window)."""
+    return llama({"sliding_window": 4096, **cfg}, dtype, "mistral")
 
 
 # Ministral3Config's rotary where a config names none
@@ -136,8 +138,8 @@ def hunyuan_dense(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """HunYuan dense V1 (Hunyuan-0.5B ... 7B): Qwen3's layout with the q/k RMSNorms (``query_layernorm`` /
     ``key_layernorm``) after the rotary; its NTK rotary with a fixed ``alpha`` (labelled "dynamic") is the plain one
     with base ``rope_theta * alpha ** (head_dim / (head_dim - 2))``. Cross-layer KV sharing (``use_cla``) is
-    refused."""
-    cfg = whole_head_rotary(cfg)
+    refused. Eps 1e-5 by default (HunYuanDenseV1Config's and HunYuanMoEV1Config's)."""
+    cfg = whole_head_rotary({"rms_norm_eps": 1e-5, **cfg})
     if cfg.get("use_cla"):
         raise ValueError("HunYuan use_cla=True is not supported (supported: False, as the released dense models)")
     params = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
@@ -189,7 +191,8 @@ OUTPUT_NORMS = WeightMap(
 
 def olmo2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """OLMo 2: norms on the attention's and MLP's outputs only (none on their inputs), and q/k RMSNorms over the whole
-    projection (all heads' channels at once) before the rotary."""
+    projection (all heads' channels at once) before the rotary; eps 1e-5 by default (Olmo2Config's)."""
+    cfg = {"rms_norm_eps": 1e-5, **cfg}
     base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
     return _olmo2(cfg, base, layers, "OLMo 2")
 
@@ -262,7 +265,9 @@ def exaone4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def phi3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv and gate_up tensors, longrope scaling, partial rotary (Phi-4-mini)."""
+    """Phi-3 / Phi-3.5 / Phi-4-mini: fused qkv and gate_up tensors, longrope scaling, partial rotary (Phi-4-mini);
+    eps 1e-5 by default (Phi3Config's)."""
+    cfg = {"rms_norm_eps": 1e-5, **cfg}
     base, layers = uniform(cfg, dtype, SLIDING)
     return ModelArgs(
         **base,

@@ -137,8 +137,15 @@ def hyperclovax(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def granite_swa(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Granite SWA (granite-swash): Granite with a learned sink logit per query head (``sinks``), ``layer_types``
     sliding (by default all but every fourth layer from the first) over ``sliding_window`` (128 by default), and
-    each layer its own rope base (``layer_rope_theta``; 0: no rotary), the global one's where there is no list."""
-    cfg = {"sliding_window": 128, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, **cfg}
+    each layer its own rope base (``layer_rope_theta``; 0: no rotary), the global one's where there is no list; a
+    tied head by default (GraniteSWAConfig's)."""
+    cfg = {
+        "sliding_window": 128,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": True,
+        **cfg,
+    }
     return _sliding_with_sinks(granite(cfg, dtype), cfg, "Granite SWA")
 
 
@@ -214,8 +221,8 @@ def diffllama(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """DiffLlama: Llama's layers around differential attention (``jllm.models.diff_attention``), each layer's
     ``lambda_init`` transformers' ``0.8 - 0.6 exp(-0.3 layer)``; biases on q, k, v and o where ``attention_bias``. Its
     values split in two halves along the KV heads, so an odd ``num_key_value_heads`` is refused, as transformers
-    refuses it."""
-    base, layers = uniform(whole_head_rotary(cfg), dtype, FULL)
+    refuses it. Eps 1e-5 by default (DiffLlamaConfig's)."""
+    base, layers = uniform(whole_head_rotary({"rms_norm_eps": 1e-5, **cfg}), dtype, FULL)
     kv_heads = base["num_kv_heads"]
     if kv_heads % 2:
         raise ValueError(

@@ -34,7 +34,9 @@ def _check_top_k(family: str, top_k: int, experts: int, experts_key: str) -> Non
 
 def mixtral(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mixtral: Mistral's attention with a routed mixture of SwiGLU experts (top ``num_experts_per_tok`` of
-    ``num_local_experts``) in place of the MLP."""
+    ``num_local_experts``) in place of the MLP; MixtralConfig's defaults where a config leaves them out (8 experts,
+    rope base 1e6, eps 1e-5)."""
+    cfg = {"num_local_experts": 8, "rope_theta": 1e6, "rms_norm_eps": 1e-5, **cfg}
     experts, top_k = cfg["num_local_experts"], cfg.get("num_experts_per_tok", 2)
     _check_top_k("Mixtral", top_k, experts, "num_local_experts")
     base, layers = uniform(whole_head_rotary(cfg), dtype, SLIDING)
@@ -136,8 +138,9 @@ def qwen2_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def olmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """OLMoE: OLMo 2's q/k RMSNorms over the whole projection, then q, k and v clipped to ``clip_qkv`` where set,
     pre-norm RMSNorms, and in every layer a routed mixture of ``num_experts`` SwiGLU experts of width
-    ``intermediate_size`` (top ``num_experts_per_tok``, renormalised where ``norm_topk_prob``)."""
-    cfg = whole_head_rotary(cfg)
+    ``intermediate_size`` (top ``num_experts_per_tok``, renormalised where ``norm_topk_prob``); eps 1e-5 by default
+    (OlmoeConfig's)."""
+    cfg = whole_head_rotary({"rms_norm_eps": 1e-5, **cfg})
     experts, top_k = cfg.get("num_experts", 64), cfg.get("num_experts_per_tok", 8)
     _check_top_k("OLMoE", top_k, experts, "num_experts")
     base, layers = uniform(cfg, dtype, FULL)
@@ -161,10 +164,11 @@ def olmoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 def flex_olmo(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """FlexOlmo: OLMo 2's layers (norms on the blocks' outputs only, q/k RMSNorms over all heads) with OLMoE's
     mixture in every layer: the top ``num_experts_per_tok`` of ``num_experts`` SwiGLU experts of width
-    ``intermediate_size``, renormalised where ``norm_topk_prob``."""
+    ``intermediate_size``, renormalised where ``norm_topk_prob``; rope base 5e5 and eps 1e-6 by default
+    (FlexOlmoConfig's)."""
     experts, top_k = cfg.get("num_experts", 7), cfg.get("num_experts_per_tok", 5)
     _check_top_k("FlexOlmo", top_k, experts, "num_experts")
-    dense = olmo2(cfg, dtype)
+    dense = olmo2({"rope_theta": 5e5, "rms_norm_eps": 1e-6, **cfg}, dtype)
     rename = (*dense.weights.rename, ("experts", "experts.{e}"))
     return dataclasses.replace(
         dense,
@@ -203,8 +207,15 @@ def phimoe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Phi-3.5-MoE: LayerNorms (weight and bias), attention and LM-head biases where ``attention_bias`` /
     ``lm_head_bias``, longrope scaled by ``short_mscale``, by ``long_mscale`` past the original context (as transformers
     5 does, with the short factors throughout), and in every layer ``num_local_experts`` SwiGLU
-    experts of which sparsemixer picks two, with ``router_jitter_noise`` as its epsilon."""
-    cfg = {"rms_norm_eps": 1e-5, "max_position_embeddings": 4096 * 32, "num_key_value_heads": 8, **cfg}
+    experts of which sparsemixer picks two, with ``router_jitter_noise`` as its epsilon; PhimoeConfig's defaults
+    where a config leaves them out (rope base 1e6, eps 1e-5)."""
+    cfg = {
+        "rope_theta": 1e6,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 4096 * 32,
+        "num_key_value_heads": 8,
+        **cfg,
+    }
     experts, top_k = cfg.get("num_local_experts", 16), cfg.get("num_experts_per_tok", 2)
     if top_k != 2:
         raise ValueError(
