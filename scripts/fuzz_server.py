@@ -5,13 +5,15 @@ Anthropic's ``{"type": "error", "error": {"type", "message"}}`` on ``/v1/message
 or a hang; and the server still answers ``/health`` and an ordinary request afterwards. Bodies come from valid seeds per
 route, mutated at one field at a time (wrong types, negative and huge numbers, NaN / Infinity, deep nesting, lone
 surrogates, giant strings, unknown fields, arrays for strings, nulls) and as raw bytes (empty, non-UTF-8, truncated,
-wrong Content-Type), and written byte for byte on a socket (bodies cut off or stalled, half-closed, framed two ways),
-which must be answered within ``--stall-timeout`` (the server's ``body_timeout_s`` and then some). A 200 stream may end
-with an error event only for the request's own fault found after the headers (a grammar that broke mid-generation). The
-pooling routes (embeddings, classify, score, rerank) get their own mutations (empty, huge and mixed lists, token ids out
-of the vocabulary, texts past the context, vLLM's fields this server refuses, every served model's name: a model of the
-wrong kind among them), and each 200 must hold one finite result per input (rerank: the ``top_n`` best, best first).
-Prints each failure (status, body, the request that caused it) and a summary; exits 1 if any request broke the rule.
+wrong Content-Type, 1.4 million small values), and written byte for byte on a socket (bodies cut off or stalled,
+half-closed, framed two ways, header bytes that are not UTF-8), which must be answered within ``--stall-timeout`` (the
+server's ``body_timeout_s`` and then some); ordinary, broken and streamed requests pipelined on one connection must each
+be answered, in order. A 200 stream may end with an error event only for the request's own fault found after the headers
+(a grammar that broke mid-generation). The pooling routes (embeddings, classify, score, rerank) get their own mutations
+(empty, huge and mixed lists, token ids out of the vocabulary, texts past the context, vLLM's fields this server
+refuses, every served model's name: a model of the wrong kind among them), and each 200 must hold one finite result per
+input (rerank: the ``top_n`` best, best first). Prints each failure (status, body, the request that caused it) and a
+summary; exits 1 if any request broke the rule.
 
     jllm serve --port 8000 &
     python scripts/fuzz_server.py --url http://127.0.0.1:8000 --rounds 3
@@ -25,6 +27,7 @@ import asyncio
 import json
 import math
 import random
+import re
 import sys
 from collections import Counter
 from typing import Any
@@ -126,6 +129,7 @@ SEEDS: dict[str, dict[str, Any]] = {
 }
 ORDINARY = {"/v1/completions": {"prompt": "hi", "max_tokens": 2}}  # the request after each round, where not the seed
 POOLING_ROUTES = ("/v1/embeddings", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
+STREAMING_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages")
 WEIRD_VALUES: list[Any] = [
     None,
     True,
@@ -581,6 +585,9 @@ def raw_bodies(seed: dict[str, Any], rng: random.Random) -> list[tuple[str, byte
         ("huge negative exponent", raw[:-1] + b', "top_p": 1e-99999}', json_headers),
         ("long number", raw[:-1] + b', "temperature": 0.' + b"1" * 100_000 + b"}", json_headers),
         ("JSON content type with params", raw, {"Content-Type": "application/json; boundary=x; charset=utf-8"}),
+        # 1.4 million values, each a little work for the parser and the validators (off the event loop, or every
+        # stream waits); 4 MiB a route, as the cases of every route are held at once
+        ("4 MiB of empty objects", raw[:-1] + b', "zzz": [' + b"{}," * (1400 << 10) + b"{}]}", json_headers),
     ]
 
 
@@ -600,7 +607,22 @@ RAW_CASES: list[tuple[str, bytes, float | None]] = [
     ("negative Content-Length", b"Content-Length: -5\r\n\r\n{}", None),
     ("Content-Length past the body limit", b"Content-Length: 99999999999\r\n\r\n{", None),
     ("two Content-Lengths", b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", None),
+    ("non-UTF-8 X-Request-Id", b"Connection: close\r\nX-Request-Id: \xff\xfe\r\nContent-Length: 2\r\n\r\n{}", None),
+    ("non-UTF-8 header name", b"Connection: close\r\nX-\xff: 1\r\nContent-Length: 2\r\n\r\n{}", None),
+    ("NUL in a header", b"Connection: close\r\nX-Request-Id: a\x00b\r\nContent-Length: 2\r\n\r\n{}", None),
+    ("bare LF line ends", b"Connection: close\nContent-Length: 2\n\n{}", None),
 ]
+
+
+def pipelined(route: str, host: str, bodies: list[bytes], auth: bytes) -> bytes:
+    """``bodies`` as requests to ``route`` written back to back on one connection (HTTP/1.1 pipelining), the last
+    asking the server to close it once answered."""
+    out = b""
+    for i, body in enumerate(bodies):
+        close = b"Connection: close\r\n" if i == len(bodies) - 1 else b""
+        out += f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n".encode() + auth + close
+        out += f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    return out
 
 
 def error_shape_problem(status: int, body: bytes, route: str = "") -> str | None:
@@ -796,6 +818,29 @@ class Fuzzer:
             if error_shape_problem(status, body) is not None:
                 self.failures.append(f"{route} [raw: {what}] -> {problem}")
 
+    async def send_pipelined(self, route: str, timeout: float) -> None:
+        """Ordinary, broken and streamed requests to ``route`` in one write: every one must be answered, in order,
+        none with a 5xx, within ``timeout`` seconds."""
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        seed = ORDINARY.get(route, SEEDS[route]) | ({"model": self.model} if self.model else {})
+        bodies = [json.dumps(seed).encode(), b"{not json", json.dumps(seed | {"stream": True}).encode()] * 2
+        if route not in STREAMING_ROUTES:
+            bodies = bodies[:2] * 3
+        auth = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()).encode()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(pipelined(route, host, bodies, auth))
+            answer = await asyncio.wait_for(reader.read(), timeout)
+        except (TimeoutError, OSError) as e:
+            self.failures.append(f"{route} [pipelined]: {type(e).__name__} {e}")
+            return
+        finally:
+            writer.close()
+        statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+        self.statuses.update(statuses)
+        if len(statuses) != len(bodies) or any(s >= 500 for s in statuses):
+            self.failures.append(f"{route} [pipelined]: {len(bodies)} requests answered {statuses}")
+
     async def still_serving(self, session: aiohttp.ClientSession, route: str) -> str | None:
         """Whether ``/health`` and an ordinary request to ``route`` (its seed) answer 200."""
         async with session.get(f"{self.url}/health") as response:
@@ -832,6 +877,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.gather(*(one(case) for case in cases))
             raw = [(route, *case) for route in args.routes for case in RAW_CASES]
             await asyncio.gather(*(fuzzer.send_raw(*case, args.stall_timeout) for case in raw))
+            await asyncio.gather(*(fuzzer.send_pipelined(route, args.timeout) for route in args.routes))
             alive = await fuzzer.still_serving(session, args.routes[0])
             print(f"round {round_index + 1}: {len(cases)} requests, statuses {dict(sorted(fuzzer.statuses.items()))}")
             if alive:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from server_utils import API_KEY
+from server_utils import API_KEY, RunningServer
 from test_server_scores import scripted_engines, scripted_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # as when run as a script
@@ -52,3 +52,24 @@ def test_the_fuzzer_finds_no_failure_on_the_pooling_routes(capsys: pytest.Captur
     printed = capsys.readouterr().out
     assert status == 0 and printed.endswith("0 failures\n"), printed[-3000:]
     assert "200: " in printed and "400: " in printed and "408: " in printed, printed  # answered and refused alike
+
+
+def test_pipelined_requests_and_header_bytes_that_are_not_utf8_are_each_answered() -> None:
+    """Six requests (ordinary, not JSON, streamed) written at once on one connection get six answers in order; each
+    raw case with header bytes that are not UTF-8 gets a 4xx in OpenAI's JSON."""
+    from fake_runner import fake_engine
+
+    from jllm.config import load_config
+
+    with RunningServer(fake_engine(), load_config(None, served_model_name="scripted")) as running:
+        fuzzer = fuzz_server.Fuzzer(running.url, "scripted", 30.0, {})
+
+        async def go() -> None:
+            for route in ("/v1/completions", "/v1/chat/completions", "/tokenize"):
+                await fuzzer.send_pipelined(route, 10.0)
+            for what, rest, half_close in fuzz_server.RAW_CASES[-4:]:
+                await fuzzer.send_raw("/v1/completions", what, rest, half_close, 10.0)
+
+        asyncio.run(go())
+    assert fuzzer.failures == []
+    assert fuzzer.statuses == {200: 4 + 4 + 3, 400: 2 + 2 + 3 + 4}, fuzzer.statuses
