@@ -448,8 +448,8 @@ def _template_kwargs(chat_template_kwargs: dict[str, Any] | None) -> dict[str, A
 
 
 def _message_for_template(message: Any, index: int) -> dict[str, Any]:
-    """A message as chat templates expect it: string content (OpenAI's text parts joined; null as empty), and tool
-    calls' arguments as mappings (``_tool_calls_for_template``)."""
+    """A message as chat templates expect it: string content (OpenAI's text parts joined on a newline, as vLLM
+    joins them; null as empty), and tool calls' arguments as mappings (``_tool_calls_for_template``)."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise InputError(f"messages[{index}] must be a mapping with a string 'role'", param="messages")
     content = message.get("content")
@@ -460,7 +460,7 @@ def _message_for_template(message: Any, index: int) -> dict[str, Any]:
                 f"messages[{index}].content: only text parts ({{'type': 'text', 'text': ...}}) are supported",
                 param="messages",
             )
-        content = "".join(texts)
+        content = "\n".join(texts)
     elif content is None:
         content = ""
     elif not isinstance(content, str):

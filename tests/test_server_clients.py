@@ -243,13 +243,13 @@ def test_responses_style_and_refusal_parts_read_as_text(
         {"role": "assistant", "content": [{"type": "output_text", "text": "no"}, {"type": "refusal", "refusal": "!"}]},
         {"role": "user", "content": [{"type": "text", "text": "again"}]},
     ]
-    as_strings = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no!"}]
+    as_strings = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no\n!"}]
     as_strings.append({"role": "user", "content": "again"})
     for messages in (as_parts, as_strings):
         body = {"model": MODEL, "messages": messages, "max_tokens": 1}
         reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
         assert reply.status == 200, reply.body
-    assert prompts[0] == prompts[1] and "no!" in prompts[0]
+    assert prompts[0] == prompts[1] and "no\n!" in prompts[0]
 
 
 def test_vllm_benchmark_client_shape(server: RunningServer) -> None:

@@ -415,11 +415,14 @@ def test_an_assistant_message_may_have_null_content(client: openai.OpenAI) -> No
 
 
 def test_text_parts_read_like_one_string(client: openai.OpenAI) -> None:
-    parts = [{"type": "text", "text": "Say hi "}, {"type": "text", "text": "in French."}]
+    """Text parts join on a newline, as vLLM gives them to a template that reads content as one string (they had
+    been glued together, a part's last word running into the next's first)."""
+    parts = [{"type": "text", "text": "Say hi"}, {"type": "text", "text": "in French."}]
     as_parts = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": parts}], max_tokens=6, temperature=0
     )
-    as_string = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, temperature=0)
+    one_string = [{"role": "user", "content": "Say hi\nin French."}]
+    as_string = client.chat.completions.create(model=MODEL, messages=one_string, max_tokens=6, temperature=0)
     assert as_parts.choices[0].message.content == as_string.choices[0].message.content
 
 

@@ -110,7 +110,7 @@ def test_message_items_with_text_parts_render_in_order(client: openai.OpenAI, pr
         {"role": "user", "content": "again"},
     ]
     response = client.responses.create(model=MODEL, input=items, max_output_tokens=3)
-    assert prompts[1] == f"system: rules\nuser: ab\nassistant: {STOPPED}\nuser: again\nassistant:"
+    assert prompts[1] == f"system: rules\nuser: a\nb\nassistant: {STOPPED}\nuser: again\nassistant:"
     assert response.output_text == "猫"
 
 

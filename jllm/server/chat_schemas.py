@@ -109,11 +109,12 @@ class ChatMessage(_Request):
         return self
 
     def for_template(self) -> dict[str, Any]:
-        """What a chat template expects: {role, content} ("developer" is OpenAI's newer name for "system"), plus
+        """What a chat template expects: {role, content} (text parts joined on a newline, as vLLM gives templates
+        that read a message's content as one string; "developer" is OpenAI's newer name for "system"), plus
         the assistant's tool calls and reasoning (as ``reasoning_content``, ``reasoning`` and ``thinking``) or the
         tool result's call id when present."""
         content = self.content or ""
-        text = content if isinstance(content, str) else "".join(part.text for part in content)
+        text = content if isinstance(content, str) else "\n".join(part.text for part in content)
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
         if self.tool_calls:
             message["tool_calls"] = [call.for_template() for call in self.tool_calls]

@@ -82,7 +82,8 @@ def _text_parts(value: Any, what: str) -> Any:
 
 
 def _joined(content: str | list[InputText]) -> str:
-    return content if isinstance(content, str) else "".join(part.text for part in content)
+    """Text parts joined on a newline, as chat's are (``ChatMessage.for_template``)."""
+    return content if isinstance(content, str) else "\n".join(part.text for part in content)
 
 
 class InputMessage(_Request):
