@@ -23,7 +23,12 @@ ALREADY_SO = {
     "disable_log_requests": "jllm logs no request's prompt or parameters",
     "disable_log_stats": "jllm logs no periodic engine statistics (they are at /metrics)",
 }
-VLLM_KEYS = ("block_size", *ALREADY_SO, "enable_chunked_prefill", "enforce_eager", "swap_space")
+# vLLM's parallel sizes jllm has no such parallelism for: 1 (vLLM's default) asks for what jllm does
+UNPARALLEL = {
+    "pipeline_parallel_size": "jllm splits a model over devices by tensor parallelism alone: use tensor_parallel_size",
+    "data_parallel_size": "one jllm engine runs per process: start one server per replica behind a load balancer",
+}
+VLLM_KEYS = ("block_size", *ALREADY_SO, "enable_chunked_prefill", "enforce_eager", "swap_space", *UNPARALLEL)
 
 
 def add_vllm_options(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +47,10 @@ def add_vllm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--swap-space", type=float, default=None, metavar="GIB", help="refused but for 0: see --num-pages"
     )
+    for key, why in UNPARALLEL.items():
+        group.add_argument(
+            "--" + key.replace("_", "-"), type=int, default=None, metavar="N", help=f"1, or refused: {why}"
+        )
 
 
 def apply_vllm_options(args: argparse.Namespace) -> None:
@@ -96,6 +105,9 @@ def _refuse(given: dict[str, Any], cli: bool) -> None:
             "instead of at start-up",
             key="enforce_eager",
         )
+    for name, why in UNPARALLEL.items():
+        if given.get(name, 1) != 1:
+            raise ConfigError(f"{_asked(name, given[name], cli)} cannot be honoured: {why}", key=name)
     swap = given.get("swap_space")
     if swap is not None and swap != 0:
         raise ConfigError(

@@ -397,6 +397,14 @@ def test_run_writes_one_json_line_per_prompt(tiny_model: Path, expected, tmp_pat
         assert len(out["logprobs"]) == len(c.token_ids) and all(lp <= 0 for lp in out["logprobs"])
 
 
+def test_vllm_s_llm_keywords_for_parallelism_jllm_lacks_take_1_alone() -> None:
+    from jllm.vllm_flags import apply_vllm_keywords
+
+    assert apply_vllm_keywords({"pipeline_parallel_size": 1, "data_parallel_size": 1, "seed": 3}) == {"seed": 3}
+    with pytest.raises(ValueError, match=r"^pipeline_parallel_size=4 cannot be honoured: .* use tensor_parallel_size"):
+        apply_vllm_keywords({"pipeline_parallel_size": 4})
+
+
 def test_a_vllm_serve_command_line_runs_as_it_is(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -411,10 +419,13 @@ def test_a_vllm_serve_command_line_runs_as_it_is(
     assert serve.models[0].config.cache.page_size == 8
     assert "there is none to trust" in caplog.text and "no request's prompt" in caplog.text
     assert cli.main(["serve", "/models/x", "--swap-space", "0"]) == 0  # no swap space: what jllm does
+    assert cli.main(["serve", "/models/x", "--pipeline-parallel-size", "1", "--data-parallel-size", "1"]) == 0
     for refused, why in (
         (["--no-enable-chunked-prefill"], "always prefills long prompts in chunks"),
         (["--enforce-eager"], "there is no eager mode"),
         (["--swap-space", "4"], "recomputes a preempted request's KV"),
         (["--block-size", "8", "--page-size", "16"], "give one"),
+        (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size 2 cannot be honoured: jllm splits a model"),
+        (["--data-parallel-size", "2"], "--data-parallel-size 2 cannot be honoured: one jllm engine runs per"),
     ):
         assert why in fail(["serve", "/models/x", *refused], capsys)
