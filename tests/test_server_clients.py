@@ -252,6 +252,21 @@ def test_responses_style_and_refusal_parts_read_as_text(
     assert prompts[0] == prompts[1] and "no\n!" in prompts[0]
 
 
+def test_tokenize_returns_each_ids_vocabulary_string_when_asked(server: RunningServer) -> None:
+    """vLLM's ``return_token_strs``: the ids' vocabulary strings (transformers' convert_ids_to_tokens: GPT-2's
+    byte alphabet here, a space as "Ġ"), for a prompt and for messages; it had been a 400 ("not supported yet")."""
+    body = {"model": MODEL, "prompt": "a é", "return_token_strs": True}
+    reply = http("POST", f"{server.url}/tokenize", json_body=body).json()
+    assert reply["token_strs"] == ["a", "Ġ", "Ã", "©"] and len(reply["tokens"]) == 4
+    chat = {"model": MODEL, "messages": CHAT, "return_token_strs": True}
+    reply = http("POST", f"{server.url}/tokenize", json_body=chat).json()
+    assert len(reply["token_strs"]) == reply["count"] > 0
+    assert (
+        "token_strs"
+        not in http("POST", f"{server.url}/tokenize", json_body={**body, "return_token_strs": False}).json()
+    )
+
+
 def test_vllm_benchmark_client_shape(server: RunningServer) -> None:
     """vLLM's benchmark client (``backend_request_func.async_request_openai_completions``): raw aiohttp, ignore_eos,
     logprobs null, a Bearer "None" header on a server without a key, ``data:`` lines read until ``[DONE]``; a

@@ -655,7 +655,7 @@ def test_tokenize_renders_the_tools_as_the_chat_route_does(server: RunningServer
     usage = http("POST", f"{server.url}/v1/chat/completions", json_body=chat).json()["usage"]
     without = http("POST", f"{server.url}/tokenize", json_body={**body, "tools": None}).json()["count"]
     assert len(tokens) == usage["prompt_tokens"] > without
-    for field, value in [("return_token_strs", True), ("chat_template", "{{ messages }}")]:
+    for field, value in [("mm_processor_kwargs", {"x": 1}), ("chat_template", "{{ messages }}")]:
         refused = http("POST", f"{server.url}/tokenize", json_body={**body, field: value})
         assert refused.status == 400 and refused.json()["error"]["param"] == field
 

@@ -97,7 +97,8 @@ async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeRe
         add_special_tokens = body.add_special_tokens is not False  # a prompt's default: true
         chars = engine.inputs.check_prompt_size(body.prompt, "prompt")
         tokens = await work.run(chars, engine.inputs.tokenizer.encode, body.prompt, add_special_tokens)
-    return TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens)
+    strs = [engine.inputs.tokenizer.backend.id_to_token(t) for t in tokens] if body.return_token_strs else None
+    return TokenizeResponse(count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens, token_strs=strs)
 
 
 async def detokenize(request: web.Request) -> web.Response:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, model_serializer, model_validator
 
 from jllm.server.chat_schemas import ChatMessage, ToolDefinition, _ChatTemplateOptions
 from jllm.server.errors import bad_request
-from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
+from jllm.server.schemas import UNSUPPORTED_FIELDS, _Request, refuse_unsupported
 
 
 class TokenizeRequest(_ChatTemplateOptions):
@@ -21,6 +21,7 @@ class TokenizeRequest(_ChatTemplateOptions):
     messages: list[ChatMessage] | None = None
     tools: list[ToolDefinition] | None = None  # rendered with the messages, as a chat request's are
     add_special_tokens: bool | None = None  # None: true for a prompt, false for messages (vLLM's two defaults)
+    return_token_strs: bool = False  # vLLM's: each id's vocabulary string too (transformers' convert_ids_to_tokens)
 
     @model_validator(mode="before")
     @classmethod
@@ -40,9 +41,7 @@ class TokenizeRequest(_ChatTemplateOptions):
 
 
 # vLLM's /tokenize fields this server cannot honour
-TOKENIZE_UNSUPPORTED_FIELDS = {name: UNSUPPORTED_FIELDS[name] for name in ("mm_processor_kwargs",)} | {
-    "return_token_strs": (_NOTHING, "is not supported yet; /detokenize gives the ids' text")
-}
+TOKENIZE_UNSUPPORTED_FIELDS = {name: UNSUPPORTED_FIELDS[name] for name in ("mm_processor_kwargs",)}
 
 
 class DetokenizeRequest(_Request):
@@ -69,6 +68,14 @@ class TokenizeResponse(BaseModel):
     count: int
     max_model_len: int
     tokens: list[int]
+    token_strs: list[str] | None = None  # with return_token_strs (left out otherwise)
+
+    @model_serializer(mode="wrap")
+    def _strs_when_asked(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("token_strs") is None:
+            data.pop("token_strs", None)
+        return data
 
 
 class DetokenizeResponse(BaseModel):
