@@ -66,7 +66,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     leaves either no directory or a complete one, never half of one.
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    reader = GGUFReader(gguf_path)
+    try:
+        reader = GGUFReader(gguf_path)
+    except (ValueError, OSError, IndexError) as e:  # gguf's own words ("GGUF magic invalid") name no file
+        raise ValueError(f"{gguf_path} is not a readable GGUF file: {e}") from e
     meta = {name: field.contents() for name, field in reader.fields.items()}
     arch_name, arch = architecture(gguf_path, meta)
     _check_tensors(gguf_path, reader, arch)

