@@ -11,6 +11,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -49,7 +50,7 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 
 def check_token_ids(token_ids: Sequence[int], vocab_size: int, param: str) -> None:
     """Client ids must be in the vocabulary before anything embeds or decodes them (the decoder overflows on -1)."""
-    not_int = [t for t in token_ids if not isinstance(t, int) or isinstance(t, bool)]
+    not_int = [t for t in token_ids if not isinstance(t, numbers.Integral) or isinstance(t, bool)]  # NumPy's too
     if not_int:
         raise InputError(f"{param}: token ids must be integers, got {not_int[0]!r}", param=param)
     bad = [t for t in token_ids if not 0 <= t < vocab_size]
@@ -117,8 +118,8 @@ class InputProcessor:
                 f"got {type(prompt).__name__}",
                 param=param,
             )
-        token_ids = list(prompt)
-        check_token_ids(token_ids, self.vocab_size, param)
+        check_token_ids(prompt, self.vocab_size, param)
+        token_ids = [int(t) for t in prompt]  # NumPy integers as Python's
         return Prompt(token_ids, self._text(token_ids) if with_text else None, salt)
 
     def truncate(self, prompt: Prompt, keep: int | None, side: str = "left") -> Prompt:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import numbers
 from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -460,7 +461,7 @@ def _per_prompt_loras(
 def _prompt_list(prompts: PromptInput | Seq[PromptInput]) -> list[PromptInput]:
     """One prompt (text, token ids, a dict, a ``Prompt``) or a list of them, as a list."""
     if isinstance(prompts, str | dict | Prompt) or (
-        isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        isinstance(prompts, list) and prompts and isinstance(prompts[0], numbers.Integral)
     ):
         return [prompts]
     if not isinstance(prompts, Iterable) or isinstance(prompts, bytes):

@@ -288,3 +288,18 @@ def test_a_vllm_style_score_call_points_at_score_pairs(llm: LLM) -> None:
     call must say where vLLM's is (it had said only "give one each")."""
     with pytest.raises(ValueError, match=r"^got 2 continuations for 1 prompts; give one each \(.*LLM\.score_pairs\)$"):
         llm.score("what is a cat?", ["a small feline", "the tax code"], use_tqdm=False)
+
+
+def test_numpy_token_ids_are_token_ids(llm: LLM) -> None:
+    """Ids from NumPy (``np.int64``) had been refused ("token ids must be integers, got np.int64(70)")."""
+    import numpy as np
+
+    ids = [70, 71]
+    as_numpy = [np.int64(i) for i in ids]
+    outputs = llm.generate([as_numpy, {"prompt_token_ids": as_numpy}, ids], GREEDY, use_tqdm=False)
+    [single] = llm.generate(as_numpy, GREEDY, use_tqdm=False)  # one prompt of ids, as a list of Python ints is
+    for out in [*outputs, single]:
+        assert out.prompt_token_ids == ids and all(type(t) is int for t in out.prompt_token_ids)
+        assert out.outputs[0].token_ids == scripted(ids, 3)
+    with pytest.raises(InputError, match=r"^prompts\[0\]: token ids must be integers, got np.True_"):
+        llm.generate([[np.True_, 71]], GREEDY, use_tqdm=False)
