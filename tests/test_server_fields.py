@@ -146,6 +146,9 @@ def _calls(seen: Seen) -> list[tuple[str, Any]]:
     ]
 
 
+BON = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Bon"}]
+
+
 def _streamed_token_counts(raw: bytes) -> list[int]:
     """The tokens each streamed chunk with a choice carried (``return_token_ids``)."""
     chunks = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
@@ -288,6 +291,15 @@ HONOURED = [
              lambda seen, _: seen.prompt.token_ids[0] == 1 and seen.prompt.token_ids[1] != 1, chat=True),
     Honoured("chat truncate_prompt_tokens", {"truncate_prompt_tokens": 3},
              lambda seen, _: len(seen.prompt.token_ids) == 3, chat=True),
+    Honoured("chat echo", {"echo": True, "messages": BON, "add_generation_prompt": False,
+                           "continue_final_message": True},  # the reply starts with the message it continues
+             lambda seen, _: _choice(seen)["message"]["content"].startswith("Bon") and seen.prompt.text.endswith("Bon"),
+             chat=True),
+    Honoured("chat echo streamed", {"echo": True, "messages": BON, "add_generation_prompt": False,
+                                    "continue_final_message": True, "stream": True, "n": 2},
+             lambda seen, _: seen.raw.count(b'"delta":{"content":"Bon"}') == 2, chat=True),
+    Honoured("chat echo of a user's message", {"echo": True},  # vLLM: only a message of the reply's role
+             lambda seen, _: not _choice(seen)["message"]["content"].startswith("hi"), chat=True),
     Honoured("return_prompt_text", {"return_prompt_text": True},
              lambda seen, _: seen.reply["prompt_text"] == seen.prompt.text == "user: hi\nassistant:", chat=True),
     Honoured("chat return_prompt_text streamed", {"return_prompt_text": True, "stream": True, "n": 2},
@@ -305,7 +317,6 @@ REFUSED_ELSEWHERE = {  # today's refusals outside UNSUPPORTED_FIELDS: the value 
     "structured_outputs": ({"regex": "a", "choice": ["a"]}, True),  # two constraints in one
     "tools": ([{"type": "function"}], True),  # no function
     "tool_choice": ({"type": "function", "function": {"name": "absent"}}, True),  # not among the tools
-    "echo": (True, True),  # chat echo
     "best_of": (2, False),  # above n
     "length_penalty": (0.5, True),  # without use_beam_search
     "cache_salt": ("", False),  # empty

@@ -162,7 +162,7 @@ BAD_INPUTS = [
     Case("tools with auto but no parser", _with(CHAT, tools=[{"type": "function", "function": {"name": "f"}}]), 400,
          "tool_choice", path=CHAT_PATH),
     Case("user content is null", _message(content=None), 400, "messages", path=CHAT_PATH),
-    Case("chat echo", _with(CHAT, echo=True), 400, "echo", path=CHAT_PATH),
+    Case("chat echo not a boolean", _with(CHAT, echo="yes"), 400, "echo", path=CHAT_PATH),
     Case("continue_final_message beside a generation prompt", _with(CHAT, continue_final_message=True), 400,
          "continue_final_message", path=CHAT_PATH),
     Case("more prompts than the queue can hold", _with(COMPLETION, prompt=["hi"] * 1025), 400, "prompt"),

@@ -56,6 +56,9 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         deltas = await generation.wait()
         names, ids = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids)), body.return_token_ids
         choices = [_choice(d, reply.message(d.text), top, names, ids) for d in deltas]
+        if echoed := body.echoed:
+            for c in choices:
+                c.message.content = echoed + (c.message.content or "")
         counts = [reply.reasoning_tokens(d.token_ids, tokenizer) for d in deltas]
         response = ChatCompletionResponse(
             id=response_id,
@@ -167,7 +170,7 @@ async def _chunks(
     chunk with a choice for the first token, so role chunks sent at once made a chat's TTFT read as ~0. A step that
     adds nothing to send (text held back by a reasoning or tool parser) sends no chunk; with ``return_token_ids``
     its tokens go with the choice's next chunk, and the role chunks carry the prompt's (its text with
-    ``return_prompt_text``)."""
+    ``return_prompt_text``); with ``echo``, the echoed message follows them."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
 
@@ -202,6 +205,8 @@ async def _chunks(
             for index in range(body.n):
                 role = ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))
                 yield chunk(role, start if running is not None else None, prompt_ids, prompt_text)
+            for echo in _echo_choices(body):
+                yield chunk(echo)
         stream = streams.setdefault(d.index, reply.stream(tokenizer))
         reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
@@ -229,6 +234,12 @@ async def _chunks(
         yield ChatCompletionChunk(
             id=response_id, created=created, model=model, choices=[], usage=usage
         ).model_dump_json()
+
+
+def _echo_choices(body: ChatCompletionRequest) -> list[ChatChunkChoice]:
+    """vLLM's chat ``echo`` streamed: the echoed message's text as each choice's first content (none without it)."""
+    echoed = body.echoed
+    return [ChatChunkChoice(index=i, delta=DeltaMessage(content=echoed)) for i in range(body.n)] if echoed else []
 
 
 def _by_call(calls: list[DeltaToolCall]) -> list[list[DeltaToolCall]]:

@@ -19,7 +19,6 @@ from jllm.server.schemas import (
     UsageInfo,
     WithTokenIds,
     _GenerationRequest,
-    _refused_when_set,
     _Request,
     refuse_unsupported,
 )
@@ -202,7 +201,7 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens; wins when both are given
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: bool = False  # vLLM's chat echo (the last message before the reply): not supported
+    echo: bool = False  # vLLM's chat echo: an assistant's last message repeated before the reply (``echoed``)
     tools: list[ToolDefinition] | None = None
     # None: "auto" with tools, else "none" (OpenAI's default)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -212,8 +211,6 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     thinking_token_budget: int | None = Field(None, ge=-1)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
     return_prompt_text: bool | None = None  # vLLM's: the rendered prompt in prompt_text (a stream's role chunks)
-
-    _no_chat_echo = _refused_when_set("echo", "is not supported for chat completions; leave it out")
 
     @model_validator(mode="before")
     @classmethod
@@ -229,6 +226,14 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
         if value == "required" and not names:
             raise ValueError("'required' needs at least one tool in tools")
         return value
+
+    @property
+    def echoed(self) -> str:
+        """vLLM's chat ``echo``: the last message's text, which each reply starts with, where that message is the
+        assistant's (the reply's role: a start it continues); else nothing."""
+        if not self.echo or self.messages[-1].role != "assistant":
+            return ""
+        return self.messages[-1].for_template()["content"]
 
     @property
     def effective_tool_choice(self) -> str | NamedToolChoice:
