@@ -2747,6 +2747,21 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "GptOssForCausalLM": {"num_local_experts": 4, "head_dim": 16},
     "GraniteSWAForCausalLM": {},
     "CTRLLMHeadModel": {"n_embd": 64, "n_head": 4, "n_layer": 2, "dff": 96, "n_positions": 512},
+    # image-text configs: these are their text configs' keys
+    "Qwen2VLForConditionalGeneration": {},
+    "Qwen2_5_VLForConditionalGeneration": {},
+    "Qwen3VLForConditionalGeneration": {"head_dim": 16},
+    "Qwen3VLMoeForConditionalGeneration": dict(
+        head_dim=16, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
+    ),
+    "Glm4vMoeForConditionalGeneration": dict(
+        head_dim=16,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        first_k_dense_replace=1,
+    ),
 }
 
 
@@ -2756,13 +2771,18 @@ def test_keys_a_config_leaves_out_read_as_transformers_defaults(arch):
     """A config.json with only the sizes reads as the config transformers builds from it, every default written out.
     Leaving such keys out of a tiny checkpoint's config.json had put its logits off transformers': a Gemma 2's
     soft-caps, query scalar and window 0.31, Phi-MoE's and Cohere's rope base 0.99 and 0.46, an RMSNorm's eps 1.7e-5
-    (OLMo 2) to 1.7e-4 (gpt-oss); Mixtral's expert count a KeyError, Granite SWA's tied head a missing tensor."""
+    (OLMo 2) to 1.7e-4 (gpt-oss); Mixtral's expert count a KeyError, Granite SWA's tied head a missing tensor; the
+    Qwen2-VL and Qwen3-VL text configs' rope bases 0.95 and 0.58, GLM-4.5V's q/k/v biases (left unread) 0.63."""
     import transformers
 
     from jllm.models.registry import build_args
 
+    config_cls = getattr(transformers, arch).config_class
     config = {**TINY_CONFIG, **CONFIG_DEFAULTS[arch]}
-    written = getattr(transformers, arch).config_class(**config).to_dict()
+    if "text_config" in config_cls.sub_configs:  # an image-text config: the sizes are its text model's
+        written, config = config_cls(text_config=config).to_dict(), {"text_config": config}
+    else:
+        written = config_cls(**config).to_dict()
     left_out = build_args({**config, "architectures": [arch]}, np.float32)[1]
     assert left_out == build_args({**written, "architectures": [arch]}, np.float32)[1]
 

@@ -139,15 +139,22 @@ def emu3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **EMU3_TEXT_MODEL))
 
 
+# Qwen2VLTextConfig's and Qwen2_5_VLTextConfig's defaults where Qwen2's differ; Qwen3VLTextConfig's (and
+# Qwen3VLMoeTextConfig's) where Qwen3's do
+QWEN2_VL_TEXT = dict(rope_theta=1e6, rms_norm_eps=1e-5, max_window_layers=80)
+QWEN3_VL_TEXT = dict(rope_theta=5e5)
+
+
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen2-VL and Qwen2.5-VL: their Qwen2 language model, tensors under ``model.`` as the hub keeps them (and
-    transformers saves them)."""
-    return _mrope_language_model(cfg, dtype, llama.qwen2, "model.")
+    transformers saves them), with their text configs' defaults (``QWEN2_VL_TEXT``)."""
+    return _mrope_language_model(cfg, dtype, llama.qwen2, "model.", QWEN2_VL_TEXT)
 
 
 def qwen3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``."""
-    return _mrope_language_model(cfg, dtype, llama.qwen3, "model.language_model.")
+    """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``, with its text config's
+    defaults (``QWEN3_VL_TEXT``)."""
+    return _mrope_language_model(cfg, dtype, llama.qwen3, "model.language_model.", QWEN3_VL_TEXT)
 
 
 def qwen3_vl_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -158,7 +165,9 @@ def qwen3_vl_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     (``_hub_experts``)."""
     text = dict(cfg.get("text_config") or {}, norm_topk_prob=True)
     text["tie_word_embeddings"] = cfg.get("tie_word_embeddings", False)
-    args = _mrope_language_model({**cfg, "text_config": text}, dtype, mixtures.qwen3_moe, "model.language_model.")
+    args = _mrope_language_model(
+        {**cfg, "text_config": text}, dtype, mixtures.qwen3_moe, "model.language_model.", QWEN3_VL_TEXT
+    )
     weights = dataclasses.replace(args.weights, rename=(), expert_params="out_in", reader=_hub_experts)
     return dataclasses.replace(args, weights=weights)
 
@@ -208,8 +217,9 @@ def glm4v(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def glm4v_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GLM-4.5V (``Glm4vMoeForConditionalGeneration``): its GLM-4.5 language model (``deepseek.glm4_moe``: V3's
-    mixture on grouped-query attention, half-split partial rotary) under ``model.language_model.``."""
-    return _mrope_language_model(cfg, dtype, deepseek.glm4_moe, "model.language_model.")
+    mixture on grouped-query attention, half-split partial rotary) under ``model.language_model.``; q/k/v biases
+    unless ``attention_bias`` says otherwise (Glm4vMoeTextConfig's default, where GLM-4.5's is none)."""
+    return _mrope_language_model(cfg, dtype, deepseek.glm4_moe, "model.language_model.", {"attention_bias": True})
 
 
 def qwen4_exp(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -223,13 +233,14 @@ def _mrope_language_model(
     dtype: Any,
     reader: Callable[[dict[str, Any], Any], ModelArgs],
     prefix: str,
+    defaults: dict[str, Any] | None = None,
 ) -> ModelArgs:
     """A Qwen-VL or GLM-V language model: the ``text_config`` (or, in the hub's older configs, the top level), the head
     tied as the top level says where the text config does not, and its M-RoPE read as the plain rotary: a text token's
     temporal, height and width positions are one position, so every channel rotates by it, whichever section it is
-    in."""
+    in. ``defaults``: the text config class's where they differ from the language model family's."""
     text = cfg.get("text_config") or {k: v for k, v in cfg.items() if k != "vision_config"}
-    text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", False), **text}
+    text = {"tie_word_embeddings": cfg.get("tie_word_embeddings", False), **(defaults or {}), **text}
     rope = {
         k: v for k, v in (text.get("rope_parameters") or text.get("rope_scaling") or {}).items() if k not in MROPE_KEYS
     }
