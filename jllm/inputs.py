@@ -40,6 +40,8 @@ class Prompt:
 PromptInput = str | list[int] | dict[str, Any] | Prompt
 PROMPT_KEYS = ("prompt", "prompt_token_ids")
 PROMPT_OPTIONS = ("cache_salt",)  # what else a prompt dict may carry (vLLM's TextPrompt / TokensPrompt)
+# vLLM's prompt-dict keys for inputs jllm has no use for: taken when they ask for nothing (None)
+PROMPT_UNUSED = ("multi_modal_data", "mm_processor_kwargs", "multi_modal_uuids", "token_type_ids")
 PROMPT_CHARS_PER_TOKEN = 32  # max_prompt_chars's default per token of context: far above any tokenizer's average
 # apply_chat_template's own arguments: chat_template_kwargs may not set them (the rest reach the template as variables)
 RESERVED_TEMPLATE_KWARGS = frozenset(
@@ -106,9 +108,9 @@ class InputProcessor:
         token ids are checked against the vocabulary, and decoded only ``with_text`` (echo needs it)."""
         if isinstance(prompt, Prompt):
             return prompt
-        salt = None
+        salt = text = None
         if isinstance(prompt, dict):
-            prompt, salt = _unwrap(prompt, param), checked_cache_salt(prompt.get("cache_salt"), param)
+            (prompt, text), salt = _unwrap(prompt, param), checked_cache_salt(prompt.get("cache_salt"), param)
         if isinstance(prompt, str):
             token_ids = self.tokenizer.encode(check_text(prompt, param), add_special_tokens=add_special_tokens)
             return Prompt(token_ids, prompt, salt)
@@ -120,7 +122,9 @@ class InputProcessor:
             )
         check_token_ids(prompt, self.vocab_size, param)
         token_ids = [int(t) for t in prompt]  # NumPy integers as Python's
-        return Prompt(token_ids, self._text(token_ids) if with_text else None, salt)
+        if text is None and with_text:
+            text = self._text(token_ids)
+        return Prompt(token_ids, text, salt)
 
     def truncate(self, prompt: Prompt, keep: int | None, side: str = "left") -> Prompt:
         """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: the model's context length), or with
@@ -399,25 +403,31 @@ def checked_cache_salt(salt: Any, param: str = "cache_salt") -> str | None:
     return salt
 
 
-def _unwrap(prompt: dict[str, Any], param: str) -> Any:
-    """vLLM's ``TextPrompt`` / ``TokensPrompt``: exactly one of ``prompt`` and ``prompt_token_ids`` (and
-    optionally ``cache_salt``)."""
-    unknown = [key for key in prompt if key not in PROMPT_KEYS + PROMPT_OPTIONS]
+def _unwrap(prompt: dict[str, Any], param: str) -> tuple[Any, str | None]:
+    """vLLM's ``TextPrompt`` / ``TokensPrompt``: ``prompt`` or ``prompt_token_ids`` (with both, as a
+    ``TokensPrompt`` carries its text: the ids run and the text is the output's ``prompt``), optionally
+    ``cache_salt``; vLLM's multimodal keys only as None. Returns the text or ids, and a ``TokensPrompt``'s text."""
+    unknown = [
+        key
+        for key in prompt
+        if key not in PROMPT_KEYS + PROMPT_OPTIONS and not (key in PROMPT_UNUSED and prompt[key] is None)
+    ]
     if unknown:
         raise InputError(
             f"{param}: {unknown[0]!r} is not supported (a prompt dict takes 'prompt' or 'prompt_token_ids', and "
             "'cache_salt')",
             param=param,
         )
-    given = [key for key in PROMPT_KEYS if key in prompt]
-    if len(given) != 1:
-        raise InputError(f"{param}: give exactly one of 'prompt' or 'prompt_token_ids', got {given}", param=param)
-    value = prompt[given[0]]
-    if given[0] == "prompt" and not isinstance(value, str):
-        raise InputError(f"{param}: 'prompt' must be a string, got {type(value).__name__}", param=param)
-    if given[0] == "prompt_token_ids" and not isinstance(value, list | tuple):
+    if not any(key in prompt for key in PROMPT_KEYS):
+        raise InputError(f"{param}: give 'prompt' or 'prompt_token_ids', got {sorted(prompt)}", param=param)
+    if "prompt" in prompt and not isinstance(prompt["prompt"], str):
+        raise InputError(f"{param}: 'prompt' must be a string, got {type(prompt['prompt']).__name__}", param=param)
+    if "prompt_token_ids" not in prompt:
+        return prompt["prompt"], None
+    value = prompt["prompt_token_ids"]
+    if not isinstance(value, list | tuple):
         raise InputError(f"{param}: 'prompt_token_ids' must be a list of ints, got {type(value).__name__}", param=param)
-    return value
+    return value, prompt.get("prompt")
 
 
 @functools.lru_cache(maxsize=8)

@@ -151,9 +151,16 @@ def test_vllm_prompt_dicts_are_read_and_bad_ones_named(inputs: InputProcessor) -
     assert inputs.encode({"prompt_token_ids": ids}) == Prompt(ids)
     salted = inputs.truncate(inputs.encode({"prompt": "hello", "cache_salt": "s"}), 1)  # the salt stays
     assert (salted.token_ids, salted.cache_salt) == (ids[-1:], "s")
+    # vLLM's TokensPrompt with its text: the ids run, the text is the prompt's (it had been refused); vLLM's
+    # multimodal keys asking for nothing are taken
+    assert inputs.encode({"prompt_token_ids": ids, "prompt": "hi!"}) == Prompt(ids, "hi!")
+    assert inputs.encode({"prompt": "hello", "multi_modal_data": None, "mm_processor_kwargs": None}) == Prompt(
+        ids, "hello"
+    )
     bad = [
-        ({"prompt": "a", "prompt_token_ids": [1]}, "exactly one of"),
-        ({}, "exactly one of"),
+        ({}, r"give 'prompt' or 'prompt_token_ids', got \[\]"),
+        ({"prompt_token_ids": [1], "prompt": 5}, "'prompt' must be a string"),
+        ({"prompt": "a", "multi_modal_data": {"image": 1}}, "'multi_modal_data' is not supported"),
         ({"prompt": "a", "multi_modal_data": {}}, "'multi_modal_data' is not supported"),
         ({"prompt": 5}, "'prompt' must be a string"),
         ({"prompt_token_ids": "abc"}, "'prompt_token_ids' must be a list"),
