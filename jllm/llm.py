@@ -168,6 +168,12 @@ class LLM:
     def is_sleeping(self) -> bool:
         return self.engine.sleep_level is not None
 
+    def reset_prefix_cache(self) -> bool:
+        """vLLM's: the prefix cache forgets its pages (between calls no request holds one), so the next prompts
+        compute every token (a benchmark's cold runs); True, as vLLM's when it was reset."""
+        self.engine.block_manager.reset_prefix_cache()
+        return True
+
     def encode(
         self,
         prompts: PromptInput | Seq[PromptInput],

@@ -303,3 +303,14 @@ def test_numpy_token_ids_are_token_ids(llm: LLM) -> None:
         assert out.outputs[0].token_ids == scripted(ids, 3)
     with pytest.raises(InputError, match=r"^prompts\[0\]: token ids must be integers, got np.True_"):
         llm.generate([[np.True_, 71]], GREEDY, use_tqdm=False)
+
+
+def test_reset_prefix_cache_is_vllm_s(llm: LLM) -> None:
+    """vLLM's ``LLM.reset_prefix_cache`` (benchmarks' cold runs) had been an AttributeError."""
+    prompt = {"prompt_token_ids": list(range(70, 82))}
+    llm.generate(prompt, GREEDY, use_tqdm=False)
+    [warm] = llm.generate(prompt, GREEDY, use_tqdm=False)
+    assert warm.num_cached_tokens > 0
+    assert llm.reset_prefix_cache() is True
+    [cold] = llm.generate(prompt, GREEDY, use_tqdm=False)
+    assert cold.num_cached_tokens == 0 and cold.outputs[0].token_ids == warm.outputs[0].token_ids
