@@ -24,7 +24,7 @@ from jllm.tool_calls import PARSERS as TOOL_CALL_PARSERS
 # importing the kernel here would bring Pallas into every config load)
 DECODE_GEMV_MAX_ROWS = 16
 
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32", "half", "float"]  # vLLM's names too: half, float
 LoadFormat = Literal["auto", "safetensors", "dummy", "orbax"]
 AttentionBackend = Literal["auto", "reference", "pallas", "triton-prefill"]
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3"]  # vLLM's names: auto = the model's dtype, fp8 = fp8_e4m3

@@ -44,6 +44,7 @@ from jllm.safetensors_index import SafetensorsIndex, stored_names
 from pallas_kernels import has_jax_triton
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES |= {"half": jnp.float16, "float": jnp.float32}  # vLLM's --dtype aliases
 # Files copied beside the saved parameters so the saved directory is a complete model directory.
 SIDE_FILES = (
     "config.json",

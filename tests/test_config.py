@@ -295,3 +295,13 @@ def test_generation_config_setting_reads_the_model_s_a_folder_s_or_none(tmp_path
     assert _sampling_defaults(str(tmp_path), folder, loaded) == {"top_p": 0.8}
     with pytest.raises(ValueError, match=r"generation_config='/nowhere': no /nowhere/generation_config.json"):
         _given_generation_config("/nowhere")
+
+
+def test_vllm_s_dtype_aliases_half_and_float_are_taken() -> None:
+    """vLLM's --dtype half / float (T4 tutorials' habit) had been 'invalid choice'."""
+    import jax.numpy as jnp
+
+    from jllm.loader import resolve_dtype
+
+    assert EngineConfig.from_flat({"dtype": "half"}).model.dtype == "half"
+    assert resolve_dtype("half", {}) == jnp.float16 and resolve_dtype("float", {}) == jnp.float32
