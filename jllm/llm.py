@@ -422,12 +422,17 @@ class LLM:
     def _run(self, request_ids: list[str], progress: Callable[..., tqdm]) -> list[RequestOutput]:
         finished: dict[str, RequestOutput] = {}
         wanted = set(request_ids)
-        with progress(total=len(request_ids), desc="generating") as bar:
-            while len(finished) < len(request_ids):
-                for output in self.engine.step():
-                    if output.finished and output.request_id in wanted:
-                        finished[output.request_id] = output
-                        bar.update(1)
+        try:
+            with progress(total=len(request_ids), desc="generating") as bar:
+                while len(finished) < len(request_ids):
+                    for output in self.engine.step():
+                        if output.finished and output.request_id in wanted:
+                            finished[output.request_id] = output
+                            bar.update(1)
+        except BaseException:  # Ctrl-C in a notebook, an error: nothing of this call keeps running behind it
+            for rid in wanted - finished.keys():
+                self.engine.abort_request(rid)
+            raise
         return [finished[rid] for rid in request_ids]
 
 

@@ -314,3 +314,20 @@ def test_reset_prefix_cache_is_vllm_s(llm: LLM) -> None:
     assert llm.reset_prefix_cache() is True
     [cold] = llm.generate(prompt, GREEDY, use_tqdm=False)
     assert cold.num_cached_tokens == 0 and cold.outputs[0].token_ids == warm.outputs[0].token_ids
+
+
+def test_an_interrupted_generate_leaves_no_request_running(llm: LLM) -> None:
+    """Ctrl-C (here: the progress bar's) had left the call's requests in the engine: the next call stepped them to
+    their end, and load_weights or sleep refused the busy engine."""
+    from tqdm import tqdm
+
+    class Interrupting(tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            raise KeyboardInterrupt
+
+    long = SamplingParams(temperature=0, max_tokens=20)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate([{"prompt_token_ids": [70]}, "hello there"], [GREEDY, long], use_tqdm=Interrupting)
+    assert not llm.engine.has_unfinished_requests()
+    [out] = llm.generate("hello", GREEDY, use_tqdm=False)
+    assert out.outputs[0].token_ids == scripted(llm.engine.inputs.encode("hello").token_ids, 3)
