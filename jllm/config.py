@@ -10,6 +10,7 @@ Where this module sits: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -261,22 +262,39 @@ class LoRAConfig(Section):
             "allow_runtime_lora_updating",
             "needs enable_lora: true",
         )
-        pairs = [str(m).partition("=") for m in modules]
+        pairs = [_lora_module(m) for m in modules]
         self._require(
-            all(
-                isinstance(m, str) and name.strip() and path.strip()
-                for m, (name, _, path) in zip(modules, pairs, strict=True)
-            ),
+            all(pair is not None for pair in pairs),
             "lora_modules",
-            'each entry must be "name=path" (a PEFT adapter folder)',
+            'each entry must be "name=path" (a PEFT adapter folder) or vLLM\'s JSON {"name": ..., "path": ...}',
         )
-        names = [name.strip() for name, _, _ in pairs]
+        names = [pair[0] for pair in pairs if pair is not None]
         self._require(len(set(names)) == len(names), "lora_modules", "names must be distinct")
 
     @property
     def modules(self) -> dict[str, str]:
         """``lora_modules`` as name -> path."""
-        return {name.strip(): path.strip() for name, _, path in (m.partition("=") for m in self.lora_modules or [])}
+        return dict(pair for pair in map(_lora_module, self.lora_modules or []) if pair is not None)
+
+
+def _lora_module(entry: object) -> tuple[str, str] | None:
+    """A ``lora_modules`` entry as (name, path): "name=path", or vLLM's JSON form with those two keys alone (its
+    ``base_model_name`` names a parent in /v1/models that jllm does not report: refused, as any other key)."""
+    if not isinstance(entry, str):
+        return None
+    if entry.lstrip().startswith("{"):
+        try:
+            value = json.loads(entry)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(value, dict) or set(value) != {"name", "path"}:
+            return None
+        name, path = value["name"], value["path"]
+    else:
+        name, _, path = entry.partition("=")
+    if not isinstance(name, str) or not isinstance(path, str) or not name.strip() or not path.strip():
+        return None
+    return name.strip(), path.strip()
 
 
 @dataclass

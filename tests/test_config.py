@@ -305,3 +305,15 @@ def test_vllm_s_dtype_aliases_half_and_float_are_taken() -> None:
 
     assert EngineConfig.from_flat({"dtype": "half"}).model.dtype == "half"
     assert resolve_dtype("half", {}) == jnp.float16 and resolve_dtype("float", {}) == jnp.float32
+
+
+def test_lora_modules_take_vllm_s_json_form_beside_name_equals_path() -> None:
+    """vLLM's --lora-modules '{"name": "a", "path": "/p"}' had been refused ('each entry must be "name=path"')."""
+    modules = ["a=/adapters/a", '{"name": "b", "path": "/adapters/b=2"}']
+    config = EngineConfig.from_flat({"enable_lora": True, "lora_modules": modules})
+    assert config.lora.modules == {"a": "/adapters/a", "b": "/adapters/b=2"}
+    for bad in ('{"name": "b", "path": "/p", "base_model_name": "m"}', '{"name": "b"}', "{not json", "noequals"):
+        with pytest.raises(ConfigError, match='each entry must be "name=path" .* or vLLM\'s JSON'):
+            EngineConfig.from_flat({"enable_lora": True, "lora_modules": [bad]})
+    with pytest.raises(ConfigError, match="names must be distinct"):
+        EngineConfig.from_flat({"enable_lora": True, "lora_modules": ["a=/x", '{"name": "a", "path": "/y"}']})
