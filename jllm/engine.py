@@ -330,8 +330,12 @@ class LLMEngine:
         return outputs
 
     def _drop_moot_step(self) -> None:
-        """Once every request has ended, the step in flight only computes tokens nobody will read."""
-        if not self.outputs.requests:
+        """Once every request has ended, the step in flight only computes tokens nobody will read: they are dropped
+        once the device has run it (it runs anyway). Dropped unwaited, a step was left running with no owner, and a
+        server stopping right after (SIGTERM past its drain) exited from under it: SIGABRT ("terminate called
+        without an active exception")."""
+        if not self.outputs.requests and self._in_flight is not None:
+            self.runner.collect(self._in_flight)
             self._in_flight = None
 
     def _needs_tokens_first(self, launched: LaunchedStep) -> bool:

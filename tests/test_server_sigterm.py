@@ -139,3 +139,54 @@ async def _grpc_generate(target: str) -> grpc.aio.AioRpcError:
 async def _status(session: aiohttp.ClientSession, url: str) -> int:
     async with session.get(url) as response:
         return response.status
+
+
+def test_sigterm_past_the_drain_timeout_aborts_the_streams_and_exits_zero(
+    default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Streams still running when ``shutdown_timeout`` ends are aborted (each ends with finish_reason abort and
+    ``[DONE]``) and the process still exits 0."""
+    model_dir = tiny_chat_model(tmp_path_factory.getbasetemp(), default_model_dir)
+    args = {**SERVER_ARGS, "grpc_port": None, "max_num_seqs": 4, "shutdown_timeout": 0.5}
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, str(model_dir), json.dumps(args)], stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_pump, args=(process, lines), daemon=True).start()
+    try:
+        url = "http://127.0.0.1:" + _wait_for_line(lines, r"listening on http://[\d.]+:(\d+)").group(1)
+        _wait_for_line(lines, "jllm ready")
+
+        async def streams() -> list[list[bytes]]:
+            body = {"prompt": "hi", "max_tokens": 250, "ignore_eos": True, "stream": True}
+            async with aiohttp.ClientSession() as session:
+
+                async def one() -> list[bytes]:
+                    async with session.post(f"{url}/v1/completions", json=body) as stream:
+                        return (await stream.read()).split(b"\n\n")
+
+                running = [asyncio.ensure_future(one()) for _ in range(6)]
+                await asyncio.sleep(1.0)
+                process.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*running)
+
+        finishes = []
+        for events in asyncio.run(streams()):
+            assert events[-2:] == [b"data: [DONE]", b""]
+            finishes.append(json.loads(events[-3].removeprefix(b"data: "))["choices"][0]["finish_reason"])
+        assert "abort" in finishes and set(finishes) <= {"abort", "length"}, finishes
+        code = process.wait(timeout=60)
+        log = "".join(iter_lines(lines))
+        assert code == 0 and "terminate called" not in log, log[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def iter_lines(lines: queue.Queue[str]) -> Iterator[str]:
+    while True:
+        try:
+            yield lines.get(timeout=0.5)
+        except queue.Empty:
+            return

@@ -10,6 +10,7 @@ bookkeeping is checked after every step. At the end no request, sequence or page
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from fake_runner import fake_engine
@@ -57,4 +58,17 @@ def test_random_adds_and_aborts_under_preemption_leave_nothing_behind(seed: int)
     assert not missing, f"requests that never ended: {missing}"
     assert engine.scheduler.num_preemptions > 0
     assert not engine.requests and engine.scheduler.num_running == engine.scheduler.num_waiting == 0
+    assert engine.block_manager.num_allocated_pages == 0
+
+
+def test_aborting_the_last_request_waits_out_the_step_in_flight() -> None:
+    """The step the device still runs when the last request is aborted is waited for, not dropped from under it:
+    a server stopping right after a drain's aborts had exited beside a running XLA step (SIGABRT)."""
+    engine = fake_engine(step_seconds=0.3)
+    engine.add_request("a", Prompt([5, 6, 7]), SamplingParams(max_tokens=50))
+    engine.step()  # launches the prefill; the scripted device runs it for 0.3 s
+    device_done = engine.runner.device_free_at
+    assert time.monotonic() < device_done
+    engine.abort_request("a")
+    assert time.monotonic() >= device_done and not engine.has_unfinished_requests()
     assert engine.block_manager.num_allocated_pages == 0
