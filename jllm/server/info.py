@@ -25,7 +25,7 @@ from jllm.server.info_schemas import (
     TokenizeResponse,
 )
 from jllm.server.registry import ModelRegistry
-from jllm.server.state import ServerState, server_state
+from jllm.server.state import ServerState, request_body, server_state
 
 _CREATED = int(time.time())
 
@@ -74,7 +74,7 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    body = TokenizeRequest.model_validate_json(await request.read())
+    body = await request_body(request, TokenizeRequest)
     response = await tokenize_body(server_state(request), body)
     return web.json_response(text=response.model_dump_json())
 
@@ -102,7 +102,7 @@ async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeRe
 
 
 async def detokenize(request: web.Request) -> web.Response:
-    body = DetokenizeRequest.model_validate_json(await request.read())
+    body = await request_body(request, DetokenizeRequest)
     response = await detokenize_body(server_state(request), body)
     return web.json_response(text=response.model_dump_json())
 
