@@ -63,7 +63,7 @@ class LLM:
     """
 
     def __init__(self, model: str | None = None, config: str | Path | None = None, **overrides: Any):
-        overrides = apply_vllm_keywords(overrides)  # vLLM's block_size, trust_remote_code ... (jllm.vllm_flags)
+        overrides = apply_vllm_keywords(overrides, model)  # vLLM's block_size, trust_remote_code ... (vllm_flags)
         self.config = load_config(config, **({} if model is None else {"model": model}), **overrides)
         distributed.initialize(self.config.parallel)
         if not distributed.is_lead():

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from jllm.config import ConfigError
+from jllm.sampling import MAX_LOGPROBS
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,22 @@ UNPARALLEL = {
     "pipeline_parallel_size": "jllm splits a model over devices by tensor parallelism alone: use tensor_parallel_size",
     "data_parallel_size": "one jllm engine runs per process: start one server per replica behind a load balancer",
 }
-VLLM_KEYS = ("block_size", *ALREADY_SO, "enable_chunked_prefill", "enforce_eager", "swap_space", *UNPARALLEL)
+# option -> why jllm cannot honour it (the tokenizer is taken where it is the model's own path)
+ELSEWHERE = {
+    "tokenizer": "jllm reads the tokenizer from the model's own directory (its tokenizer.json)",
+    "revision": "jllm loads local directories and .gguf files: there is no Hub revision to pick",
+    "download_dir": "jllm downloads nothing: fetch the model first and give its directory",
+}
+VLLM_KEYS = (
+    "block_size",
+    *ALREADY_SO,
+    "enable_chunked_prefill",
+    "enforce_eager",
+    "swap_space",
+    *UNPARALLEL,
+    *ELSEWHERE,
+    "max_logprobs",
+)
 
 
 def add_vllm_options(parser: argparse.ArgumentParser) -> None:
@@ -51,30 +67,41 @@ def add_vllm_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             "--" + key.replace("_", "-"), type=int, default=None, metavar="N", help=f"1, or refused: {why}"
         )
+    for key, why in ELSEWHERE.items():
+        group.add_argument("--" + key.replace("_", "-"), default=None, metavar=key.upper(), help=f"refused: {why}")
+    group.add_argument(
+        "--max-logprobs", type=int, default=None, metavar="N", help=f"{MAX_LOGPROBS} (jllm's fixed limit), or refused"
+    )
 
 
 def apply_vllm_options(args: argparse.Namespace) -> None:
     """Folds vLLM's spellings into jllm's keys on ``args``; ConfigError names an option that cannot be honoured."""
     given = {key: getattr(args, key) for key in VLLM_KEYS if getattr(args, key) is not None}
-    folded = _fold(given, args.page_size, cli=True)
+    folded = _fold(given, args.page_size, args.model_arg or args.model, cli=True)
     if "page_size" in folded:
         args.page_size = folded["page_size"]
 
 
-def apply_vllm_keywords(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``LLM(...)``'s keywords with vLLM's spellings folded into jllm's keys (``block_size=16`` is ``page_size``,
-    ``trust_remote_code=True`` accepted); ConfigError names one that cannot be honoured (``enforce_eager=True``)."""
+def apply_vllm_keywords(overrides: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+    """``LLM(model, ...)``'s keywords with vLLM's spellings folded into jllm's keys (``block_size=16`` is
+    ``page_size``, ``trust_remote_code=True`` accepted); ConfigError names one that cannot be honoured
+    (``enforce_eager=True``)."""
     given = {key: overrides[key] for key in VLLM_KEYS if key in overrides}
     rest = {key: value for key, value in overrides.items() if key not in given}
-    return rest | _fold(given, overrides.get("page_size"), cli=False)
+    return rest | _fold(given, overrides.get("page_size"), model, cli=False)
 
 
-def _fold(given: dict[str, Any], page_size: Any, cli: bool) -> dict[str, Any]:
+def _fold(given: dict[str, Any], page_size: Any, model: str | None, cli: bool) -> dict[str, Any]:
     """jllm's keys for the vLLM options ``given`` (each with its value); ``cli``: named as options, else keywords."""
     for name in ("enforce_eager", "enable_chunked_prefill", *ALREADY_SO):
         if name in given and not isinstance(given[name], bool):
             raise ConfigError(f"{name} must be true or false, got {given[name]!r}", key=name)
     _refuse(given, cli)
+    if given.get("tokenizer") is not None and given["tokenizer"] != model:
+        raise ConfigError(
+            f"{_asked('tokenizer', given['tokenizer'], cli)} cannot be honoured: {ELSEWHERE['tokenizer']}",
+            key="tokenizer",
+        )
     for name, why in ALREADY_SO.items():
         if given.get(name):
             logger.info("%s: %s", _key(name, cli), why)
@@ -108,6 +135,15 @@ def _refuse(given: dict[str, Any], cli: bool) -> None:
     for name, why in UNPARALLEL.items():
         if given.get(name, 1) != 1:
             raise ConfigError(f"{_asked(name, given[name], cli)} cannot be honoured: {why}", key=name)
+    for name in ("revision", "download_dir"):
+        if given.get(name) is not None:
+            raise ConfigError(f"{_asked(name, given[name], cli)} cannot be honoured: {ELSEWHERE[name]}", key=name)
+    if given.get("max_logprobs", MAX_LOGPROBS) != MAX_LOGPROBS:
+        raise ConfigError(
+            f"{_asked('max_logprobs', given['max_logprobs'], cli)} cannot be honoured: jllm returns at most "
+            f"{MAX_LOGPROBS} top logprobs a token (OpenAI's limit), a limit fixed in its sampler",
+            key="max_logprobs",
+        )
     swap = given.get("swap_space")
     if swap is not None and swap != 0:
         raise ConfigError(

@@ -397,10 +397,13 @@ def test_run_writes_one_json_line_per_prompt(tiny_model: Path, expected, tmp_pat
         assert len(out["logprobs"]) == len(c.token_ids) and all(lp <= 0 for lp in out["logprobs"])
 
 
-def test_vllm_s_llm_keywords_for_parallelism_jllm_lacks_take_1_alone() -> None:
+def test_vllm_s_llm_keywords_jllm_cannot_honour_take_what_it_does_alone() -> None:
     from jllm.vllm_flags import apply_vllm_keywords
 
     assert apply_vllm_keywords({"pipeline_parallel_size": 1, "data_parallel_size": 1, "seed": 3}) == {"seed": 3}
+    assert apply_vllm_keywords({"tokenizer": "/m", "revision": None, "max_logprobs": 20}, model="/m") == {}
+    with pytest.raises(ValueError, match=r"^tokenizer='/t' cannot be honoured: jllm reads the tokenizer from"):
+        apply_vllm_keywords({"tokenizer": "/t"}, model="/m")
     with pytest.raises(ValueError, match=r"^pipeline_parallel_size=4 cannot be honoured: .* use tensor_parallel_size"):
         apply_vllm_keywords({"pipeline_parallel_size": 4})
 
@@ -420,6 +423,7 @@ def test_a_vllm_serve_command_line_runs_as_it_is(
     assert "there is none to trust" in caplog.text and "no request's prompt" in caplog.text
     assert cli.main(["serve", "/models/x", "--swap-space", "0"]) == 0  # no swap space: what jllm does
     assert cli.main(["serve", "/models/x", "--pipeline-parallel-size", "1", "--data-parallel-size", "1"]) == 0
+    assert cli.main(["serve", "/models/x", "--tokenizer", "/models/x", "--max-logprobs", "20"]) == 0
     for refused, why in (
         (["--no-enable-chunked-prefill"], "always prefills long prompts in chunks"),
         (["--enforce-eager"], "there is no eager mode"),
@@ -427,5 +431,9 @@ def test_a_vllm_serve_command_line_runs_as_it_is(
         (["--block-size", "8", "--page-size", "16"], "give one"),
         (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size 2 cannot be honoured: jllm splits a model"),
         (["--data-parallel-size", "2"], "--data-parallel-size 2 cannot be honoured: one jllm engine runs per"),
+        (["--tokenizer", "/models/t"], "--tokenizer /models/t cannot be honoured: jllm reads the tokenizer from"),
+        (["--revision", "main"], "--revision main cannot be honoured: jllm loads local directories"),
+        (["--download-dir", "/d"], "--download-dir /d cannot be honoured: jllm downloads nothing"),
+        (["--max-logprobs", "5"], "--max-logprobs 5 cannot be honoured: jllm returns at most 20 top logprobs"),
     ):
         assert why in fail(["serve", "/models/x", *refused], capsys)
