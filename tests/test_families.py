@@ -2289,6 +2289,8 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     "arch, change, message",
     [
         ("Gemma2ForCausalLM", {"hidden_activation": "relu"}, "'relu'.*supported"),
+        # DeepseekV2Config's default top-k is None (transformers' router fails on it): named, not a TypeError
+        ("DeepseekV2ForCausalLM", {}, "DeepSeek-V2 num_experts_per_tok=None must be between 1 and"),
         # EmbeddingGemma's encoder attends both ways in transformers' Gemma and Gemma 3 (had been read as causal)
         ("GemmaForCausalLM", {"use_bidirectional_attention": True}, "Gemma use_bidirectional_attention=True"),
         ("Gemma3ForCausalLM", {"use_bidirectional_attention": True}, "Gemma 3 use_bidirectional_attention=True"),
@@ -2747,6 +2749,8 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "GptOssForCausalLM": {"num_local_experts": 4, "head_dim": 16},
     "GraniteSWAForCausalLM": {},
     "CTRLLMHeadModel": {"n_embd": 64, "n_head": 4, "n_layer": 2, "dff": 96, "n_positions": 512},
+    "DeepseekV2ForCausalLM": {"num_experts_per_tok": 2},
+    "DeepseekV3ForCausalLM": {},
     # image-text configs: these are their text configs' keys
     "Qwen2VLForConditionalGeneration": {},
     "Qwen2_5_VLForConditionalGeneration": {},
@@ -2772,7 +2776,8 @@ def test_keys_a_config_leaves_out_read_as_transformers_defaults(arch):
     Leaving such keys out of a tiny checkpoint's config.json had put its logits off transformers': a Gemma 2's
     soft-caps, query scalar and window 0.31, Phi-MoE's and Cohere's rope base 0.99 and 0.46, an RMSNorm's eps 1.7e-5
     (OLMo 2) to 1.7e-4 (gpt-oss); Mixtral's expert count a KeyError, Granite SWA's tied head a missing tensor; the
-    Qwen2-VL and Qwen3-VL text configs' rope bases 0.95 and 0.58, GLM-4.5V's q/k/v biases (left unread) 0.63."""
+    Qwen2-VL and Qwen3-VL text configs' rope bases 0.95 and 0.58, GLM-4.5V's q/k/v biases (left unread) 0.63,
+    DeepSeek-V3's expert groups, weight scale and shared expert 0.55, DeepSeek-V2's two shared experts (unread) 0.56."""
     import transformers
 
     from jllm.models.registry import build_args

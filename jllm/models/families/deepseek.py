@@ -43,9 +43,38 @@ MISTRAL4_ROPE = dict(
 )
 
 
+# DeepseekV2Config's and DeepseekV3Config's defaults for the keys their readers take (the shared experts, the low-rank
+# queries, V3's expert groups and weight scale, the latent and expert sizes): a config that leaves them out runs with
+# these in transformers
+V2_DEFAULTS = dict(
+    n_shared_experts=2,
+    q_lora_rank=1536,
+    kv_lora_rank=512,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    n_routed_experts=64,
+    moe_intermediate_size=1407,
+)
+V3_DEFAULTS = dict(
+    V2_DEFAULTS,
+    n_shared_experts=1,
+    first_k_dense_replace=3,
+    n_group=8,
+    topk_group=4,
+    routed_scaling_factor=2.5,
+    norm_topk_prob=True,
+    n_routed_experts=256,
+    num_experts_per_tok=8,
+    moe_intermediate_size=2048,
+)
+
+
 def deepseek_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """DeepSeek-V2: softmax router, greedy or group-limited (``group_limited_greedy``: the ``topk_group`` groups
-    holding the best experts), weights times ``routed_scaling_factor``, never renormalised (transformers' V2)."""
+    holding the best experts), weights times ``routed_scaling_factor``, never renormalised (transformers' V2);
+    ``V2_DEFAULTS`` where a config leaves keys out."""
+    cfg = {**V2_DEFAULTS, **cfg}
     method = cfg.get("topk_method") or "greedy"
     if method not in ("greedy", "group_limited_greedy"):
         raise ValueError(
@@ -64,7 +93,10 @@ def deepseek_v3(
     """DeepSeek-V3: sigmoid router choosing with ``e_score_correction_bias`` (``noaux_tc``) among the ``topk_group``
     groups of best top-2 sums, weights from the unbiased scores, renormalised where ``norm_topk_prob``, times
     ``routed_scaling_factor``; rotary pairs interleaved where ``rope_interleave`` (the default). ``family`` and
-    ``mlp_types`` (its ``mlp_layer_types``): a family that is V3 with its own layer kinds (A.X-K1)."""
+    ``mlp_types`` (its ``mlp_layer_types``): a family that is V3 with its own layer kinds (A.X-K1), whose reader
+    gives its own config's defaults; DeepSeek-V3's own checkpoints take ``V3_DEFAULTS`` where they leave keys out."""
+    if family == "DeepSeek-V3":
+        cfg = {**V3_DEFAULTS, **cfg}
     _require(cfg, family, "topk_method", "noaux_tc")
     _require(cfg, family, "scoring_func", "sigmoid")
     groups = (cfg.get("n_group") or 1, cfg.get("topk_group") or 1)
@@ -316,8 +348,8 @@ def v3_mixture(
     router, ``n_shared_experts`` plain shared experts as one) and each layer's dense MLP width (None: the mixture)."""
     if cfg.get("mlp_bias"):
         raise ValueError(f"{family} mlp_bias=True is not supported (supported: False)")
-    experts, top_k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
-    if not 0 < top_k <= experts:
+    experts, top_k = cfg["n_routed_experts"], cfg.get("num_experts_per_tok")
+    if not isinstance(top_k, int) or not 0 < top_k <= experts:
         raise ValueError(f"{family} num_experts_per_tok={top_k} must be between 1 and n_routed_experts={experts}")
     if experts % groups[0]:
         raise ValueError(f"{family} n_group={groups[0]} does not divide n_routed_experts={experts}")
