@@ -35,7 +35,11 @@ ELSEWHERE = {
     "revision": "jllm loads local directories and .gguf files: there is no Hub revision to pick",
     "download_dir": "jllm downloads nothing: fetch the model first and give its directory",
 }
+# vLLM's model-runner choices that jllm makes from the checkpoint's architecture instead: the values taken ask for
+# what every decoder does here (generate, and encode / embed through LLM and /v1/embeddings)
+RUNNER_CHOICES = {"task": ("auto", "generate", "embed", "embedding"), "runner": ("auto", "generate", "pooling")}
 VLLM_KEYS = (
+    *RUNNER_CHOICES,
     "block_size",
     *ALREADY_SO,
     "enable_chunked_prefill",
@@ -72,6 +76,8 @@ def add_vllm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-logprobs", type=int, default=None, metavar="N", help=f"{MAX_LOGPROBS} (jllm's fixed limit), or refused"
     )
+    for key, values in RUNNER_CHOICES.items():
+        group.add_argument("--" + key, default=None, metavar=key.upper(), help=f"{' | '.join(values)}, or refused")
 
 
 def apply_vllm_options(args: argparse.Namespace) -> None:
@@ -97,11 +103,7 @@ def _fold(given: dict[str, Any], page_size: Any, model: str | None, cli: bool) -
         if name in given and not isinstance(given[name], bool):
             raise ConfigError(f"{name} must be true or false, got {given[name]!r}", key=name)
     _refuse(given, cli)
-    if given.get("tokenizer") is not None and given["tokenizer"] != model:
-        raise ConfigError(
-            f"{_asked('tokenizer', given['tokenizer'], cli)} cannot be honoured: {ELSEWHERE['tokenizer']}",
-            key="tokenizer",
-        )
+    _refuse_choices(given, model, cli)
     for name, why in ALREADY_SO.items():
         if given.get(name):
             logger.info("%s: %s", _key(name, cli), why)
@@ -132,12 +134,6 @@ def _refuse(given: dict[str, Any], cli: bool) -> None:
             "instead of at start-up",
             key="enforce_eager",
         )
-    for name, why in UNPARALLEL.items():
-        if given.get(name, 1) != 1:
-            raise ConfigError(f"{_asked(name, given[name], cli)} cannot be honoured: {why}", key=name)
-    for name in ("revision", "download_dir"):
-        if given.get(name) is not None:
-            raise ConfigError(f"{_asked(name, given[name], cli)} cannot be honoured: {ELSEWHERE[name]}", key=name)
     if given.get("max_logprobs", MAX_LOGPROBS) != MAX_LOGPROBS:
         raise ConfigError(
             f"{_asked('max_logprobs', given['max_logprobs'], cli)} cannot be honoured: jllm returns at most "
@@ -151,6 +147,30 @@ def _refuse(given: dict[str, Any], cli: bool) -> None:
             f"of swapping it to the host (a swap space of 0); size the pool with {_key('num_pages', cli)} or "
             f"{_key('gpu_memory_utilization', cli)}",
             key="swap_space",
+        )
+
+
+def _refuse_choices(given: dict[str, Any], model: str | None, cli: bool) -> None:
+    """The same for the options whose values jllm takes only where they ask for what it does: the runner, one
+    replica and stage, the model's own tokenizer, no Hub revision or download folder."""
+    for name, values in RUNNER_CHOICES.items():
+        if given.get(name) is not None and given[name] not in values:
+            raise ConfigError(
+                f"{_asked(name, given[name], cli)} cannot be honoured: jllm runs a checkpoint as its architecture "
+                "says (a decoder generates, encodes and embeds; a *ForSequenceClassification classifies and scores); "
+                f"{_key(name, cli)} takes {', '.join(values)}",
+                key=name,
+            )
+    for name, why in UNPARALLEL.items():
+        if given.get(name, 1) != 1:
+            raise ConfigError(f"{_asked(name, given[name], cli)} cannot be honoured: {why}", key=name)
+    for name in ("revision", "download_dir"):
+        if given.get(name) is not None:
+            raise ConfigError(f"{_asked(name, given[name], cli)} cannot be honoured: {ELSEWHERE[name]}", key=name)
+    if given.get("tokenizer") is not None and given["tokenizer"] != model:
+        raise ConfigError(
+            f"{_asked('tokenizer', given['tokenizer'], cli)} cannot be honoured: {ELSEWHERE['tokenizer']}",
+            key="tokenizer",
         )
 
 

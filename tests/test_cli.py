@@ -402,6 +402,9 @@ def test_vllm_s_llm_keywords_jllm_cannot_honour_take_what_it_does_alone() -> Non
 
     assert apply_vllm_keywords({"pipeline_parallel_size": 1, "data_parallel_size": 1, "seed": 3}) == {"seed": 3}
     assert apply_vllm_keywords({"tokenizer": "/m", "revision": None, "max_logprobs": 20}, model="/m") == {}
+    assert apply_vllm_keywords({"task": "embed", "runner": "pooling"}) == {}  # vLLM's embedding scripts
+    with pytest.raises(ValueError, match=r"^task='classify' cannot be honoured: jllm runs a checkpoint as its arch"):
+        apply_vllm_keywords({"task": "classify"})
     with pytest.raises(ValueError, match=r"^tokenizer='/t' cannot be honoured: jllm reads the tokenizer from"):
         apply_vllm_keywords({"tokenizer": "/t"}, model="/m")
     with pytest.raises(ValueError, match=r"^pipeline_parallel_size=4 cannot be honoured: .* use tensor_parallel_size"):
@@ -435,5 +438,6 @@ def test_a_vllm_serve_command_line_runs_as_it_is(
         (["--revision", "main"], "--revision main cannot be honoured: jllm loads local directories"),
         (["--download-dir", "/d"], "--download-dir /d cannot be honoured: jllm downloads nothing"),
         (["--max-logprobs", "5"], "--max-logprobs 5 cannot be honoured: jllm returns at most 20 top logprobs"),
+        (["--runner", "draft"], "--runner draft cannot be honoured: jllm runs a checkpoint as its architecture"),
     ):
         assert why in fail(["serve", "/models/x", *refused], capsys)
