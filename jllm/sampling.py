@@ -39,6 +39,7 @@ UNSUPPORTED = {  # vLLM SamplingParams fields jllm refuses when set, and why
     "logprob_token_ids": "logprobs come for the top tokens only",
     "extra_args": "they are read by custom sampling implementations and plugins, which jllm does not load",
     "flat_logprobs": "logprobs come as vLLM's default list of dicts",
+    "skip_reading_prefix_cache": "a request reads the prefix cache as every other does (prompt_logprobs ones never)",
 }
 
 
@@ -107,6 +108,7 @@ class SamplingParams:
     logprob_token_ids: list[int] | None = None
     extra_args: dict[str, Any] | None = None
     flat_logprobs: bool | None = None  # False (vLLM's default) is taken too
+    skip_reading_prefix_cache: bool | None = None  # False is taken too
     best_of: int | None = None  # vLLM's: samples drawn, the n most likely returned; only n itself (no ranking)
 
     def __post_init__(self) -> None:

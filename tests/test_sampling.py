@@ -163,6 +163,7 @@ def test_min_tokens_above_max_tokens_is_rejected_and_greedy_n_accepted():
         ("logprob_token_ids", [3]),
         ("extra_args", {"plugin_key": 1}),
         ("flat_logprobs", True),
+        ("skip_reading_prefix_cache", True),
     ],
 )
 def test_vllm_arguments_jllm_cannot_honour_are_refused_by_name(field, value):
