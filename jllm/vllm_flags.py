@@ -1,8 +1,10 @@
 """vLLM's engine options that jllm spells differently or has no key for, so that a vLLM command line runs as
 ``jllm serve`` and a vLLM script's ``LLM(...)`` keywords run as they are: each is honoured (``block_size`` is
 ``page_size``; ``trust_remote_code``, ``disable_log_requests`` and ``disable_log_stats`` ask for what jllm does anyway,
-as ``swap_space`` 0 does), or refused naming why (chunked prefill off, ``enforce_eager``, a swap space). Options vLLM
-and jllm share keep their one spelling (``jllm.config``'s keys).
+as ``swap_space`` 0, parallel sizes of 1, the model's own ``tokenizer``, ``max_logprobs`` 20 and a ``task`` / ``runner``
+of generation or embedding do), or refused naming why (chunked prefill off, ``enforce_eager``, a swap space, pipeline
+or data parallelism, another tokenizer, a Hub ``revision`` or ``download_dir``). Options vLLM and jllm share keep their
+one spelling (``jllm.config``'s keys).
 
 Where this module sits: docs/architecture.md.
 """
