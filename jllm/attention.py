@@ -197,7 +197,7 @@ def paged_attention(
             **latent,
             **scales,
         )
-    elif meta.backend == "triton-prefill" and q.shape[0] > meta.block_tables.shape[0]:  # more rows than sequences
+    elif runs_triton_prefill(meta, q.shape[0]):
         from pallas_kernels.triton_prefill import prefill_attention
 
         attend = functools.partial(
@@ -232,6 +232,26 @@ def paged_attention(
         )
     out = attend(*inputs)
     return (out[..., :model_width] if padded else out), kv_pages
+
+
+def runs_triton_prefill(meta: AttentionMetadata, num_rows: int) -> bool:
+    """Whether a step of ``num_rows`` query rows runs the jax-triton prefill kernel: under "triton-prefill", a step
+    with more rows than sequences (static shapes: a decode bucket has T <= S)."""
+    return meta.backend == "triton-prefill" and num_rows > meta.block_tables.shape[0]
+
+
+def with_kernel_buffers(meta: AttentionMetadata, num_rows: int) -> AttentionMetadata:
+    """``meta`` with the arrays the jax-triton prefill kernel reads in buffers of their own, once a step, where a step
+    of ``num_rows`` query rows runs it. Unpacked from the step's one input buffer (``jllm.step_inputs``) they are
+    slices of it, which XLA hands a custom call through a dynamic-slice fusion, a thunk no CUDA graph holds: each
+    layer's call cut the step's graph (a 512-token Llama-3-8B step compiled for an H200: a command buffer per layer,
+    the kernels between launched from the host). The Pallas kernels read the slices inside the graph."""
+    if not runs_triton_prefill(meta, num_rows):
+        return meta
+    kv_lens, block_tables, query_start_loc = jax.lax.optimization_barrier(
+        (meta.kv_lens, meta.block_tables, meta.query_start_loc)
+    )
+    return dataclasses.replace(meta, kv_lens=kv_lens, block_tables=block_tables, query_start_loc=query_start_loc)
 
 
 def pad_heads(x: jax.Array, width: int) -> jax.Array:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jllm.attention import AttentionMetadata
+from jllm.attention import AttentionMetadata, with_kernel_buffers
 from jllm.models.altup import ACTIVE, AltUp, AltUpStreams
 from jllm.models.attention_layer import Attention
 from jllm.models.deepseek_v4 import V4Attention
@@ -411,6 +411,7 @@ class CausalLM(nnx.Module):
         with Gemma 3n; the hyper-connections' ``[T, streams, hidden]`` with Qwen4-Exp), and the updated pool. A layer
         reading another's K/V (``LayerSpec.kv_source``) is given that layer's updated pages; its own entry (empty)
         passes through."""
+        meta = with_kernel_buffers(meta, input_ids.shape[0])
         x = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.args.position_offset)

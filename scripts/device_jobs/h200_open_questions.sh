@@ -230,6 +230,14 @@ for prefill in 480 992; do
         --dtype bfloat16 --batch-sizes 32 --prompt 1024 --prefill-tokens $prefill --steps 30 \
         --json "$QOUT/mixed_step_$prefill.json"
 done
+# Since 2026-12-07 (thirty-third session) a step that runs the jax-triton kernel copies its KV lengths, block tables and
+# query starts out of the packed inputs once (jllm.attention.with_kernel_buffers): read as slices, each layer's call
+# was a dynamic-slice fusion outside the CUDA graph (compiled for an H200: 33 command buffers in a 1,024-token step,
+# now 1). The 32 + 992 step as before it, in the same call.
+baseline slices jllm/attention.py 's/^    if not runs_triton_prefill(meta, num_rows):$/    if True:/'
+step mixed_step_992_slices 300 env PYTHONPATH=/tmp/ab_slices:/tmp/ab_slices/scripts:/tmp/site python \
+    /tmp/ab_slices/scripts/profile_step.py --model configs/models/llama3-8b --load-format dummy --dtype bfloat16 \
+    --batch-sizes 32 --prompt 1024 --prefill-tokens 992 --steps 30 --json "$QOUT/mixed_step_992_slices.json"
 # H100 2026-12-07: the 32 + 992 step's device time (27.19 ms) had 1.7 ms with no kernel running (busy 25.53); the
 # decode-only step has none. Its one kernel the decode step lacks is the jax-triton prefill kernel, an FFI call that
 # command buffers record by tracing it again whenever its buffers move (pallas_kernels/triton_call.py). The same step
