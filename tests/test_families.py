@@ -2751,6 +2751,11 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "CTRLLMHeadModel": {"n_embd": 64, "n_head": 4, "n_layer": 2, "dff": 96, "n_positions": 512},
     "DeepseekV2ForCausalLM": {"num_experts_per_tok": 2},
     "DeepseekV3ForCausalLM": {},
+    # the families built on V3's latent attention: their latent and expert sizes named
+    "AXK1ForCausalLM": dict(DEEPSEEK_KEYS),
+    "GlmMoeDsaForCausalLM": dict(DEEPSEEK_KEYS),
+    "Glm4MoeLiteForCausalLM": dict(DEEPSEEK_KEYS),
+    "YoutuForCausalLM": dict(DEEPSEEK_KEYS),
     # image-text configs: these are their text configs' keys
     "Qwen2VLForConditionalGeneration": {},
     "Qwen2_5_VLForConditionalGeneration": {},
@@ -2777,7 +2782,8 @@ def test_keys_a_config_leaves_out_read_as_transformers_defaults(arch):
     soft-caps, query scalar and window 0.31, Phi-MoE's and Cohere's rope base 0.99 and 0.46, an RMSNorm's eps 1.7e-5
     (OLMo 2) to 1.7e-4 (gpt-oss); Mixtral's expert count a KeyError, Granite SWA's tied head a missing tensor; the
     Qwen2-VL and Qwen3-VL text configs' rope bases 0.95 and 0.58, GLM-4.5V's q/k/v biases (left unread) 0.63,
-    DeepSeek-V3's expert groups, weight scale and shared expert 0.55, DeepSeek-V2's two shared experts (unread) 0.56."""
+    DeepSeek-V3's expert groups, weight scale and shared expert 0.55, DeepSeek-V2's two shared experts (unread) 0.56,
+    A.X-K1's shared expert (unread) 0.053."""
     import transformers
 
     from jllm.models.registry import build_args

@@ -177,8 +177,8 @@ def solar_open(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def youtu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Youtu-LLM (Tencent): V3's latent attention (rotary pairs interleaved where ``rope_interleave``, the default)
-    with a dense SwiGLU in every layer and a tied head by default."""
-    cfg = {"tie_word_embeddings": True, "max_position_embeddings": 131_072, **cfg}
+    with a dense SwiGLU in every layer, a tied head and low-rank queries of 1536 by default (YoutuConfig's)."""
+    cfg = {"tie_word_embeddings": True, "max_position_embeddings": 131_072, "q_lora_rank": 1536, **cfg}
     settings, rope = latent_attention(cfg, dtype, bool(cfg.get("rope_interleave", True)))
     return ModelArgs(
         **settings,
@@ -191,7 +191,13 @@ def glm4_moe_lite(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GLM-4.7-Flash (``Glm4MoeLiteForCausalLM``): V3's latent attention, router and mixture, each layer's MLP dense
     or a mixture as ``mlp_layer_types`` says (by default the first dense: transformers reads no
     ``first_k_dense_replace`` here)."""
-    defaults = dict(routed_scaling_factor=1.8, n_shared_experts=1, rms_norm_eps=1e-5, max_position_embeddings=202752)
+    defaults = dict(
+        routed_scaling_factor=1.8,
+        n_shared_experts=1,
+        q_lora_rank=768,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=202752,
+    )
     cfg = {**defaults, **cfg}
     _require(cfg, "GLM-4.7-Flash", "topk_method", "noaux_tc")
     mlp_types = cfg.get("mlp_layer_types") or ["dense"] + ["sparse"] * (cfg["num_hidden_layers"] - 1)
@@ -246,8 +252,10 @@ def axk1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """A.X-K1 (SK Telecom): DeepSeek-V3 (low-rank queries, V3's router: ``n_group`` 8, ``topk_group`` 4 and
     ``routed_scaling_factor`` 2.5 by default) with a norm on each mixture's output (``post_mlp_layernorm``), each
     layer dense or a mixture as ``mlp_layer_types`` says (else AXK1Config's rule: from ``first_k_dense_replace``, 1 by
-    default, every ``moe_layer_freq``-th layer)."""
-    cfg = {"n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1, **cfg}
+    default, every ``moe_layer_freq``-th layer); one shared expert and low-rank queries of 1536 by default
+    (AXK1Config's)."""
+    defaults = dict(n_group=8, topk_group=4, routed_scaling_factor=2.5, first_k_dense_replace=1, n_shared_experts=1)
+    cfg = {**defaults, "q_lora_rank": 1536, **cfg}
     first, freq = cfg["first_k_dense_replace"], cfg.get("moe_layer_freq") or 1
     n = cfg["num_hidden_layers"]
     kinds = cfg.get("mlp_layer_types") or ["sparse" if i >= first and i % freq == 0 else "dense" for i in range(n)]

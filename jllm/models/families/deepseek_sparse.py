@@ -37,7 +37,13 @@ V32_DEFAULTS = dict(
     index_n_heads=64,
 )
 GLM5_DEFAULTS = dict(
-    V32_DEFAULTS, n_group=1, topk_group=1, rms_norm_eps=1e-5, max_position_embeddings=202752, index_n_heads=32
+    V32_DEFAULTS,
+    n_group=1,
+    topk_group=1,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=202752,
+    q_lora_rank=2048,
+    index_n_heads=32,
 )
 # AXK2Config's (its light release's: no expert groups, so n_group None)
 AXK2_DEFAULTS = dict(
