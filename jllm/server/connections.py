@@ -99,7 +99,6 @@ class ConnectionGuard:
         # aiohttp's handlers take no weak references: these are pruned to the live connections as they grow.
         self._opened: dict[RequestHandler, float] = {}  # when each connection opened
         self._active: dict[RequestHandler, int] = {}  # requests in progress on a connection
-        self._seen: set[RequestHandler] = set()  # connections that sent a request's headers at least once
         self._events: Counter[str] = Counter()
         self._last_log = 0.0
 
@@ -125,7 +124,6 @@ class ConnectionGuard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         protocol = request.protocol
-        self._seen.add(protocol)
         self._active[protocol] = self._active.get(protocol, 0) + 1
         try:
             return await handler(request)
@@ -137,7 +135,6 @@ class ConnectionGuard:
     def _prune(self, connections: list[RequestHandler]) -> None:
         live = set(connections)
         self._opened = {h: t for h, t in self._opened.items() if h in live}
-        self._seen &= live
 
     def _make_room(self, connections: list[RequestHandler]) -> bool:
         idle = [h for h in connections if not self._active.get(h)]
@@ -149,7 +146,9 @@ class ConnectionGuard:
         return True
 
     def _check_headers(self, handler: RequestHandler) -> None:
-        if handler not in self._seen and handler.transport is not None:
+        # aiohttp counts a request as it parses its headers, before its handler runs: one the event loop has not
+        # got to yet (held up past the timeout) arrived in time, and had been closed unanswered.
+        if not handler._request_count and handler.transport is not None:
             handler.force_close()
             self._note(f"closed (no request headers within {self.header_timeout:g} s)")
 

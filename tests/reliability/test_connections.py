@@ -80,6 +80,23 @@ def test_idle_and_slowloris_connections_are_closed_by_the_header_timeout(server:
         sock.close()
 
 
+def test_headers_that_arrive_in_time_while_the_loop_is_busy_are_answered(server: RunningServer) -> None:
+    """A request whose headers came within the header timeout, but while the event loop was held up past it: the
+    timeout's check ran before the request's handler had, and closed the connection unanswered."""
+    sock = _connect(server.url)
+    time.sleep(0.1)  # accepted: the header timeout is armed
+    server.loop.call_soon_threadsafe(time.sleep, HEADER_TIMEOUT + 0.3)  # the loop held up past the timeout
+    time.sleep(0.05)
+    body = json.dumps({"model": "scripted", "prompt": "hi", "max_tokens": 2}).encode()
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
 STALLED_BODIES = {
     "chunked body that stalls": b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"pro\r\n',
     "body cut short of its Content-Length": b'Content-Length: 100\r\n\r\n{"prompt": "hi", ',
