@@ -16,6 +16,7 @@ from jllm import bytecode_cache
 bytecode_cache.enable()
 
 if TYPE_CHECKING:
+    from jllm.inputs import TextPrompt, TokensPrompt
     from jllm.llm import LLM
     from jllm.lora.request import LoRARequest
     from jllm.outputs import (
@@ -40,6 +41,8 @@ _EXPORTS = {
     "EmbeddingRequestOutput": "jllm.outputs",
     "ContinuationScore": "jllm.outputs",
     "LoRARequest": "jllm.lora.request",
+    "TextPrompt": "jllm.inputs",
+    "TokensPrompt": "jllm.inputs",
 }
 __all__ = [
     "LLM",
@@ -52,6 +55,8 @@ __all__ = [
     "EmbeddingRequestOutput",
     "ContinuationScore",
     "LoRARequest",
+    "TextPrompt",
+    "TokensPrompt",
 ]
 
 

@@ -14,7 +14,7 @@ import functools
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import pydantic_core
 
@@ -36,8 +36,23 @@ class Prompt:
     cache_salt: str | None = None  # vLLM's: prefix-cache pages are shared only among prompts of the same salt
 
 
+class TextPrompt(TypedDict):
+    """vLLM's ``TextPrompt``: ``LLM.generate(TextPrompt(prompt="..."))`` (a plain dict of these keys does the same)."""
+
+    prompt: str
+    cache_salt: NotRequired[str]
+
+
+class TokensPrompt(TypedDict):
+    """vLLM's ``TokensPrompt``: token ids, with the text they stand for if known (the output's ``prompt``)."""
+
+    prompt_token_ids: list[int]
+    prompt: NotRequired[str]
+    cache_salt: NotRequired[str]
+
+
 # What the offline API takes: text, token ids, vLLM's {"prompt": text} / {"prompt_token_ids": ids}, or a checked prompt.
-PromptInput = str | list[int] | dict[str, Any] | Prompt
+PromptInput = str | list[int] | TextPrompt | TokensPrompt | dict[str, Any] | Prompt
 PROMPT_KEYS = ("prompt", "prompt_token_ids")
 PROMPT_OPTIONS = ("cache_salt",)  # what else a prompt dict may carry (vLLM's TextPrompt / TokensPrompt)
 # vLLM's prompt-dict keys for inputs jllm has no use for: taken when they ask for nothing (None)

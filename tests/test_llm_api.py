@@ -331,3 +331,12 @@ def test_an_interrupted_generate_leaves_no_request_running(llm: LLM) -> None:
     assert not llm.engine.has_unfinished_requests()
     [out] = llm.generate("hello", GREEDY, use_tqdm=False)
     assert out.outputs[0].token_ids == scripted(llm.engine.inputs.encode("hello").token_ids, 3)
+
+
+def test_vllm_s_prompt_types_are_importable_and_taken(llm: LLM) -> None:
+    """``from vllm import TokensPrompt, TextPrompt`` had no jllm counterpart (ImportError)."""
+    from jllm import TextPrompt, TokensPrompt
+
+    ids = llm.engine.inputs.encode("hello").token_ids
+    outputs = llm.generate([TextPrompt(prompt="hello"), TokensPrompt(prompt_token_ids=ids)], GREEDY, use_tqdm=False)
+    assert [o.prompt_token_ids for o in outputs] == [ids, ids] and [o.prompt for o in outputs] == ["hello", None]
