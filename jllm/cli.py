@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -212,7 +213,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
     from jllm.server.app import run_server  # the server (aiohttp) loads only for `serve`
 
-    run_server(serve)
+    try:
+        run_server(serve)
+    except OSError as e:  # the address is taken or not this host's: a usage error, not a traceback
+        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        where = f"--host {serve.server.host} --port {serve.server.port}"
+        raise ConfigError(f"{where}: cannot listen there: {e.strerror or e}") from e
+    except RuntimeError as e:  # grpc's bind failure has no errno, only these words
+        if serve.server.grpc_port is None or not str(e).startswith("Failed to bind to address"):
+            raise
+        where = f"--host {serve.server.host} --grpc-port {serve.server.grpc_port}"
+        raise ConfigError(f"{where}: cannot listen there: {str(e).split(';')[0]}") from e
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -286,6 +286,31 @@ def test_unknown_engine_key_in_job_file(tmp_path: Path, capsys: pytest.CaptureFi
 # ------------------------------------------------------------------ serve and chat, without an engine
 
 
+def test_serve_on_a_taken_port_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """aiohttp's bind error had ended `jllm serve --port P` (P in use) in a Python traceback."""
+    import errno
+
+    def taken(serve: object) -> None:
+        raise OSError(errno.EADDRINUSE, "error while attempting to bind on address ('127.0.0.1', 9001): in use")
+
+    monkeypatch.setitem(sys.modules, "jllm.server.app", types.SimpleNamespace(run_server=taken))
+    err = fail(["serve", "/models/x", "--port", "9001"], capsys)
+    assert err == (
+        "jllm: error: --host 127.0.0.1 --port 9001: cannot listen there: error while attempting to bind on address "
+        "('127.0.0.1', 9001): in use\n"
+    )
+
+    def grpc_taken(serve: object) -> None:
+        raise RuntimeError("Failed to bind to address 127.0.0.1:9002; set GRPC_VERBOSITY=debug environment variable")
+
+    monkeypatch.setitem(sys.modules, "jllm.server.app", types.SimpleNamespace(run_server=grpc_taken))
+    err = fail(["serve", "/models/x", "--grpc-port", "9002"], capsys)
+    assert (
+        err == "jllm: error: --host 127.0.0.1 --grpc-port 9002: cannot listen there: Failed to bind to address "
+        "127.0.0.1:9002\n"
+    )
+
+
 def test_serve_builds_the_config_and_calls_run_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
     monkeypatch.setitem(sys.modules, "jllm.server.app", types.SimpleNamespace(run_server=seen.append))
