@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -215,8 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     try:
         run_server(serve)
-    except OSError as e:  # the address is taken or not this host's: a usage error, not a traceback
-        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+    except OSError as e:  # the address is taken, not this host's or no name: a usage error, not a traceback
+        if not isinstance(e, socket.gaierror) and e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
             raise
         where = f"--host {serve.server.host} --port {serve.server.port}"
         raise ConfigError(f"{where}: cannot listen there: {e.strerror or e}") from e

@@ -300,6 +300,15 @@ def test_serve_on_a_taken_port_is_a_usage_error(monkeypatch: pytest.MonkeyPatch,
         "('127.0.0.1', 9001): in use\n"
     )
 
+    def no_such_host(serve: object) -> None:
+        import socket
+
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setitem(sys.modules, "jllm.server.app", types.SimpleNamespace(run_server=no_such_host))
+    err = fail(["serve", "/models/x", "--host", "nowhere.invalid"], capsys)
+    assert err == "jllm: error: --host nowhere.invalid --port 8000: cannot listen there: Name or service not known\n"
+
     def grpc_taken(serve: object) -> None:
         raise RuntimeError("Failed to bind to address 127.0.0.1:9002; set GRPC_VERBOSITY=debug environment variable")
 
