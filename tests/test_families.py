@@ -2711,6 +2711,18 @@ def test_pythia_config_names_read_as_transformers_5_writes_them():
     assert gpt_neox(common, np.float32).layers[0].rope.rotary_dim == 4  # rotary_pct defaults to 0.25
 
 
+@pytest.mark.parametrize("arch", ["GPTJForCausalLM", "CodeGenForCausalLM"])
+def test_gptj_rotary_dim_left_out_is_64_as_transformers_defaults_it(arch):
+    """GPTJConfig's and CodeGenConfig's ``rotary_dim`` is 64 where config.json has none (it had been refused as
+    None); a null one is still refused (transformers would rotate ``n_embd`` channels of each head)."""
+    from jllm.models.registry import build_args
+
+    config = dict(architectures=[arch], vocab_size=160, n_embd=256, n_head=4, n_layer=2)
+    assert build_args(config, np.float32)[1].layers[0].rope.rotary_dim == 64
+    with pytest.raises(ValueError, match="rotary_dim=None is not supported"):
+        build_args({**config, "rotary_dim": None}, np.float32)
+
+
 def test_gemma_config_defaults_read_as_transformers_reads_them():
     """Gemma 1's hub configs say ``hidden_act: gelu``, which transformers runs as the tanh approximation; a config
     without ``tie_word_embeddings`` ties the head (the tests' checkpoints untie it: tied, a random model repeats)."""

@@ -176,8 +176,10 @@ def gptj(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def gptj_layout(cfg: dict[str, Any], dtype: Any, family: str, attention: WeightMap) -> ModelArgs:
     """GPT-J's decoder, which CodeGen keeps; ``attention``: where the checkpoint keeps q/k/v and the output
-    projection (``qkv``, ``qkv_layout`` and its renames), the rest named as GPT-J's."""
-    heads, hidden, rotary = cfg["n_head"], cfg["n_embd"], cfg.get("rotary_dim")
+    projection (``qkv``, ``qkv_layout`` and its renames), the rest named as GPT-J's. ``rotary_dim`` 64 where a config
+    leaves it out (GPTJConfig's and CodeGenConfig's default); null, which transformers turns into a rotary as wide as
+    ``n_embd`` that no head has, is refused."""
+    heads, hidden, rotary = cfg["n_head"], cfg["n_embd"], cfg.get("rotary_dim", 64)
     if not rotary or rotary % 2 or rotary > hidden // heads:
         raise ValueError(
             f"{family} rotary_dim={rotary!r} is not supported (supported: the rotated channels of each "
