@@ -537,7 +537,14 @@ def key_type(key: str) -> tuple[type, tuple[Any, ...] | None]:
 
 def merge_config(file_values: dict[str, Any], **overrides: Any) -> EngineConfig:
     """File values, then the overrides, None included (``fp8_kernel_max_tokens=None`` turns the kernel off); the
-    command line drops the options it was not given first (``given_options``)."""
+    command line drops the options it was not given first (``given_options``). A file's vLLM spellings (a ``vllm
+    serve --config`` file's ``block-size``, ``trust-remote-code`` ...) fold into jllm's keys as the flags do."""
+    from jllm.vllm_flags import VLLM_KEYS, apply_vllm_keywords  # here: vllm_flags reads this module's ConfigError
+
+    spelt = {str(k).replace("-", "_"): k for k in file_values}
+    if spelt.keys() & set(VLLM_KEYS):
+        model = overrides.get("model", file_values.get(spelt.get("model", "model")))
+        file_values = apply_vllm_keywords({k: file_values[key] for k, key in spelt.items()}, model)
     given = {k.replace("-", "_"): v for k, v in overrides.items()}
     kept = {k: v for k, v in file_values.items() if str(k).replace("-", "_") not in given}
     return EngineConfig.from_flat({**kept, **given})

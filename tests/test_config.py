@@ -317,3 +317,15 @@ def test_lora_modules_take_vllm_s_json_form_beside_name_equals_path() -> None:
             EngineConfig.from_flat({"enable_lora": True, "lora_modules": [bad]})
     with pytest.raises(ConfigError, match="names must be distinct"):
         EngineConfig.from_flat({"enable_lora": True, "lora_modules": ["a=/x", '{"name": "a", "path": "/y"}']})
+
+
+def test_a_config_file_s_vllm_spellings_fold_as_the_flags_do(tmp_path: Path) -> None:
+    """A ``vllm serve --config`` file's keys (block-size, trust-remote-code) had been unknown keys."""
+    path = tmp_path / "vllm.yaml"
+    path.write_text("block-size: 8\ntrust-remote-code: true\nmax-model-len: 64\n")
+    config = load_config(path)
+    assert (config.cache.page_size, config.model.max_model_len) == (8, 64)
+    assert load_config(path, page_size=32).cache.page_size == 32  # the command line still wins
+    path.write_text("enforce-eager: true\n")
+    with pytest.raises(ConfigError, match=r"^enforce_eager=True cannot be honoured"):
+        load_config(path)
