@@ -75,7 +75,9 @@ def add_vllm_options(parser: argparse.ArgumentParser) -> None:
         )
     for key, why in ELSEWHERE.items():
         taken = "the model's own path, or " if key == "tokenizer" else ""
-        group.add_argument("--" + key.replace("_", "-"), default=None, metavar=key.upper(), help=f"{taken}refused: {why}")
+        group.add_argument(
+            "--" + key.replace("_", "-"), default=None, metavar=key.upper(), help=f"{taken}refused: {why}"
+        )
     group.add_argument(
         "--max-logprobs", type=int, default=None, metavar="N", help=f"{MAX_LOGPROBS} (jllm's fixed limit), or refused"
     )
