@@ -146,7 +146,8 @@ def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
     show_info_logs("jllm")  # the start-up phases' lines (other libraries' INFO stays quiet), as vLLM's command shows
     if max_concurrent is not None:
         config = config.replace(max_num_seqs=min(config.scheduler.max_num_seqs, max_concurrent))
-    return LLM(**config.to_flat())
+    serving = engine_keys("server")  # a config file shared with `serve` may set them: nothing offline reads them
+    return LLM(**{key: value for key, value in config.to_flat().items() if key not in serving})
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

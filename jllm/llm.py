@@ -24,7 +24,7 @@ from jllm import distributed, scoring
 from jllm.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from jllm.build import build_engine, build_worker, reload_weights
 from jllm.classify import require_classifier
-from jllm.config import Pooling, load_config
+from jllm.config import ConfigError, Pooling, engine_keys, load_config
 from jllm.errors import InputError
 from jllm.inputs import Prompt, PromptInput
 from jllm.lora.request import LoRARequest
@@ -63,6 +63,11 @@ class LLM:
     """
 
     def __init__(self, model: str | None = None, config: str | Path | None = None, **overrides: Any):
+        server = engine_keys("server")  # a server setting would change nothing here (a flat config's defaults do not)
+        if served := sorted(k for k in overrides.keys() & server.keys() if overrides[k] != _default(server[k])):
+            raise ConfigError(
+                f"{', '.join(served)}: a server setting (jllm serve); the offline LLM serves nothing: leave it out"
+            )
         overrides = apply_vllm_keywords(overrides, model)  # vLLM's block_size, trust_remote_code ... (vllm_flags)
         self.config = load_config(config, **({} if model is None else {"model": model}), **overrides)
         distributed.initialize(self.config.parallel)
@@ -434,6 +439,10 @@ class LLM:
                 self.engine.abort_request(rid)
             raise
         return [finished[rid] for rid in request_ids]
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def progress_bar(use_tqdm: UseTqdm) -> Callable[..., tqdm]:

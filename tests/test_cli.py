@@ -286,6 +286,18 @@ def test_unknown_engine_key_in_job_file(tmp_path: Path, capsys: pytest.CaptureFi
 # ------------------------------------------------------------------ serve and chat, without an engine
 
 
+def test_one_shot_commands_leave_a_shared_config_s_server_keys_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLM refuses server settings (they change nothing offline); a config file shared with serve may set them."""
+    import jllm.llm
+    from jllm.config import merge_config
+
+    made = []
+    monkeypatch.setattr(jllm.llm, "LLM", lambda **kwargs: made.append(kwargs))
+    cli.make_llm(merge_config({"port": 7000, "api_key": "k", "max_model_len": 64}))
+    [kwargs] = made
+    assert kwargs["max_model_len"] == 64 and not {"port", "api_key", "host"} & kwargs.keys()
+
+
 def test_serve_on_a_taken_port_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """aiohttp's bind error had ended `jllm serve --port P` (P in use) in a Python traceback."""
     import errno

@@ -281,6 +281,8 @@ def test_vllm_s_engine_keywords_fold_into_jllm_s_or_are_refused_naming_why(monke
     ):
         with pytest.raises(ValueError, match=message):
             LLM("m", **keywords)
+    with pytest.raises(ValueError, match=r"^api_key, port: a server setting \(jllm serve\); the offline LLM serves"):
+        LLM("m", port=8001, api_key="k")  # they had been taken and changed nothing
 
 
 def test_a_vllm_style_score_call_points_at_score_pairs(llm: LLM) -> None:
