@@ -263,6 +263,8 @@ def test_latent_attention_with_scales_is_refused_by_name() -> None:
         "v_head_dim": 16,
         "n_routed_experts": 4,
         "num_experts_per_tok": 2,
+        "n_group": 1,  # DeepseekV3Config's default groups (8) need at least 8 experts
+        "topk_group": 1,
         "moe_intermediate_size": 32,
         "first_k_dense_replace": 2,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class ScriptedEncoder:
         self.num_compilations = 0  # the counter the server's metrics read
 
     def embed(
-        self, prompts: Sequence[Sequence[int]], how: str, normalize: bool, show_progress: bool = False
+        self, prompts: Sequence[Sequence[int]], how: str, normalize: bool, progress: Callable[..., Any] | None = None
     ) -> list[np.ndarray]:
         self.threads.append(threading.current_thread().name)
         vectors = [np.array([len(p), sum(p), 1.0 if how == "mean" else 2.0], np.float32) for p in prompts]
