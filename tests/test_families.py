@@ -2711,6 +2711,54 @@ def test_pythia_config_names_read_as_transformers_5_writes_them():
     assert gpt_neox(common, np.float32).layers[0].rope.rotary_dim == 4  # rotary_pct defaults to 0.25
 
 
+# llava-1.5-7b-hf's text_config: transformers 4.x saved an image-text config's text config as its differences from
+# the text config class's defaults, so the sizes are LlamaConfig's (4096 wide, 32 layers)
+LLAVA_15_TEXT = {"model_type": "llama", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "vocab_size": 32064}
+LLAVA_NEXT_MISTRAL_TEXT = {
+    "model_type": "mistral",
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1e6,
+    "sliding_window": None,
+    "vocab_size": 32064,
+}
+
+
+@pytest.mark.slow  # transformers' import: ~2.7 s
+@pytest.mark.parametrize(
+    "arch, text",
+    [
+        ("LlavaForConditionalGeneration", LLAVA_15_TEXT),
+        ("LlavaNextForConditionalGeneration", LLAVA_NEXT_MISTRAL_TEXT),
+        ("Idefics3ForConditionalGeneration", {"model_type": "llama"}),
+        ("InternVLForConditionalGeneration", {"model_type": "qwen2"}),
+        ("InternVLForConditionalGeneration", {"model_type": "qwen3"}),
+        ("AyaVisionForConditionalGeneration", {"model_type": "cohere2"}),
+        ("Qwen2VLForConditionalGeneration", {}),
+        ("Qwen3VLForConditionalGeneration", {}),
+        ("LlamaForCausalLM", None),
+        ("MistralForCausalLM", None),
+        ("Qwen2ForCausalLM", None),
+        ("Qwen3ForCausalLM", None),
+        ("Cohere2ForCausalLM", None),
+    ],
+)
+def test_sizes_a_config_leaves_out_read_as_transformers_defaults(arch, text):
+    """A config naming no sizes (an image-text one's ``text_config``; None: a causal LM's config.json) reads as the
+    config transformers builds from it: llava-1.5-7b-hf's had failed to load (a KeyError on num_attention_heads)."""
+    import transformers
+
+    from jllm.models.registry import build_args
+
+    config_cls = getattr(transformers, arch).config_class
+    written = (config_cls() if text is None else config_cls(text_config=dict(text))).to_dict()
+    left_out = {} if text is None else {"text_config": text}
+    expected = build_args({**written, "architectures": [arch]}, np.float32)[1]
+    assert build_args({**left_out, "architectures": [arch]}, np.float32)[1] == expected
+
+
 @pytest.mark.parametrize("arch", ["GPTJForCausalLM", "CodeGenForCausalLM"])
 def test_gptj_rotary_dim_left_out_is_64_as_transformers_defaults_it(arch):
     """GPTJConfig's and CodeGenConfig's ``rotary_dim`` is 64 where config.json has none (it had been refused as

@@ -374,11 +374,24 @@ def cohere(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+# Cohere2Config's sizes and context
+COHERE2_SIZES = dict(
+    vocab_size=256_000,
+    hidden_size=8192,
+    intermediate_size=22528,
+    num_hidden_layers=40,
+    num_attention_heads=64,
+    max_position_embeddings=8192,
+)
+
+
 def cohere2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Command R7B / Command A (Cohere2): Cohere's layers, sliding ones (``sliding_window``, 4096 by default) with
     the rotary and global ones with no position encoding at all, per ``layer_types`` (or every
     ``sliding_window_pattern``-th layer global, 4 by default); heads always ``hidden_size / num_attention_heads``
-    wide."""
+    wide; Cohere2Config's sizes where a config leaves them out (Aya Vision's text configs, saved as their differences
+    from these)."""
+    cfg = {**COHERE2_SIZES, **cfg}
     n = cfg["num_hidden_layers"]
     cfg = {
         **cfg,

@@ -23,12 +23,45 @@ from jllm.models.families.common import (
 )
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
 
+# transformers' LlamaConfig, MistralConfig, Qwen2Config and Qwen3Config defaults for the sizes and context a config
+# leaves out: hub image-text checkpoints that transformers 4.x saved keep only the text config's keys that differ from
+# these (llava-1.5-7b-hf's Vicuna names its vocabulary, context and eps alone, and runs 32 layers of 4096)
+SIZE_DEFAULTS = {
+    "llama": dict(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        max_position_embeddings=2048,
+    ),
+    "mistral": dict(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131_072,
+    ),
+    "qwen2": dict(
+        vocab_size=151_936,
+        hidden_size=4096,
+        intermediate_size=22016,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=32768,
+    ),
+}
+SIZE_DEFAULTS["qwen3"] = dict(SIZE_DEFAULTS["qwen2"], head_dim=128)
+
 
 def llama(cfg: dict[str, Any], dtype: Any, model_type: str = "llama") -> ModelArgs:
     """Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM2: the plain pre-norm SwiGLU decoder. Biases as transformers builds
     them: Llama's ``attention_bias`` on q, k, v and o, ``mlp_bias`` on the MLP; Qwen2's on q, k, v always; Mistral's
-    none."""
-    cfg = whole_head_rotary(cfg)
+    none. Sizes a config leaves out are its config class's (``SIZE_DEFAULTS``)."""
+    cfg = whole_head_rotary({**SIZE_DEFAULTS[model_type], **cfg})
     base, layers = uniform(cfg, dtype, SLIDING if model_type == "mistral" else FULL)
     llama_bias = model_type == "llama" and bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "silu", model_type)
@@ -86,7 +119,7 @@ def ministral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 
 def qwen2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    return llama(qwen_sliding_layers(cfg), dtype, "qwen2")
+    return llama(qwen_sliding_layers({**SIZE_DEFAULTS["qwen2"], **cfg}), dtype, "qwen2")
 
 
 def qwen_sliding_layers(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +161,7 @@ def smollm3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def qwen3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3 (dense): Llama plus an RMSNorm on each query and key head; sliding layers as Qwen2's."""
+    cfg = {**SIZE_DEFAULTS["qwen3"], **cfg}
     base, layers = uniform(whole_head_rotary(qwen_sliding_layers(cfg)), dtype, FULL)
     bias = bool(cfg.get("attention_bias", False))
     act = activation(cfg, "hidden_act", "silu", "Qwen3")

@@ -141,8 +141,18 @@ def emu3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 # Qwen2VLTextConfig's and Qwen2_5_VLTextConfig's defaults where Qwen2's differ; Qwen3VLTextConfig's (and
 # Qwen3VLMoeTextConfig's) where Qwen3's do
-QWEN2_VL_TEXT = dict(rope_theta=1e6, rms_norm_eps=1e-5, max_window_layers=80)
-QWEN3_VL_TEXT = dict(rope_theta=5e5)
+QWEN2_VL_TEXT = dict(
+    rope_theta=1e6,
+    rms_norm_eps=1e-5,
+    max_window_layers=80,
+    vocab_size=152_064,
+    hidden_size=8192,
+    intermediate_size=29568,
+    num_hidden_layers=80,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+)
+QWEN3_VL_TEXT = dict(rope_theta=5e5, max_position_embeddings=128_000)
 
 
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
