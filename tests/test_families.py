@@ -2738,11 +2738,14 @@ LLAVA_NEXT_MISTRAL_TEXT = {
         ("AyaVisionForConditionalGeneration", {"model_type": "cohere2"}),
         ("Qwen2VLForConditionalGeneration", {}),
         ("Qwen3VLForConditionalGeneration", {}),
+        ("Glm4vForConditionalGeneration", {}),
+        ("Llama4ForConditionalGeneration", {"model_type": "llama4_text"}),
         ("LlamaForCausalLM", None),
         ("MistralForCausalLM", None),
         ("Qwen2ForCausalLM", None),
         ("Qwen3ForCausalLM", None),
         ("Cohere2ForCausalLM", None),
+        ("Llama4ForCausalLM", None),
     ],
 )
 def test_sizes_a_config_leaves_out_read_as_transformers_defaults(arch, text):

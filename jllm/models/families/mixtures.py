@@ -378,7 +378,9 @@ def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     ``attention_chunk_size`` tokens, which jllm has no kernel for: it serves contexts up to one chunk
     (``ModelArgs.max_context``), where that is causal attention."""
     defaults = dict(rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=4096 * 32, head_dim=128)
-    cfg = {**defaults, "num_key_value_heads": 8, **cfg}
+    # Llama4TextConfig's sizes (an image-text config saved by transformers 4.x keeps only those that differ)
+    sizes = dict(vocab_size=202_048, hidden_size=5120, intermediate_size=8192, num_hidden_layers=48)
+    cfg = {**defaults, **sizes, "num_attention_heads": 40, "num_key_value_heads": 8, **cfg}
     experts, top_k = cfg.get("num_local_experts", 16), cfg.get("num_experts_per_tok", 1)
     _check_top_k("Llama 4", top_k, experts, "num_local_experts")
     base = base_args(cfg, dtype)

@@ -211,8 +211,17 @@ def qwen3_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _mrope_language_model(cfg, dtype, qwen3_next.qwen3_5_moe, "model.language_model.")
 
 
-# Glm4vTextConfig's defaults where GLM-4's (``llama.glm4``) differ
-GLM4V_TEXT = dict(partial_rotary_factor=1.0, rms_norm_eps=1e-5, max_position_embeddings=32768)
+# Glm4vTextConfig's defaults where GLM-4's (``llama.glm4``) differ, and its sizes
+GLM4V_TEXT = dict(
+    partial_rotary_factor=1.0,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=32768,
+    vocab_size=151_552,
+    hidden_size=4096,
+    intermediate_size=13696,
+    num_hidden_layers=40,
+    num_attention_heads=32,
+)
 
 
 def glm4v(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
