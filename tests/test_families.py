@@ -2740,6 +2740,7 @@ LLAVA_NEXT_MISTRAL_TEXT = {
         ("Qwen3VLForConditionalGeneration", {}),
         ("Glm4vForConditionalGeneration", {}),
         ("Llama4ForConditionalGeneration", {"model_type": "llama4_text"}),
+        ("Emu3ForConditionalGeneration", {"model_type": "emu3_text_model"}),
         ("LlamaForCausalLM", None),
         ("MistralForCausalLM", None),
         ("Qwen2ForCausalLM", None),

@@ -212,8 +212,9 @@ def bitnet(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 
 def emu3_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Emu3's text model (``Emu3ForCausalLM``): Llama, its biases where ``attention_bias`` / ``mlp_bias``, with
-    Emu3TextConfig's rope base 1e6 and eps 1e-5 where a config leaves them out."""
-    cfg = {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 9216, **cfg}
+    Emu3TextConfig's rope base 1e6, eps 1e-5 and sizes where a config leaves them out."""
+    sizes = dict(vocab_size=184_622, intermediate_size=14336, num_key_value_heads=8)  # where Llama's differ
+    cfg = {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 9216, **sizes, **cfg}
     return llama(cfg, dtype)
 
 
