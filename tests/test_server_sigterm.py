@@ -190,3 +190,18 @@ def iter_lines(lines: queue.Queue[str]) -> Iterator[str]:
             yield lines.get(timeout=0.5)
         except queue.Empty:
             return
+
+
+def test_sigterm_while_the_model_loads_exits_zero_at_once(
+    server_process: tuple[subprocess.Popen[str], queue.Queue[str]],
+) -> None:
+    """The load goes on in a daemon thread inside JAX; the interpreter finalizing beside it had aborted the process
+    (SIGABRT, jaxlib's "Check failed: PyGILState_Check()")."""
+    process, lines = server_process
+    url = "http://127.0.0.1:" + _wait_for_line(lines, r"listening on http://[\d.]+:(\d+)").group(1)
+    _wait_for_line(lines, "attention")  # the weights are in; the step programs compile next
+    assert http("GET", f"{url}/ready").status == 503
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=30)
+    log = "".join(iter_lines(lines))
+    assert code == 0 and "Check failed" not in log and "terminate called" not in log, log[-2000:]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
+import threading
 
 from aiohttp import web
 
@@ -54,6 +57,8 @@ from jllm.timing import show_info_logs
 
 logger = logging.getLogger(__name__)
 
+# the threads that run JAX work: a model's load (``registry.in_daemon_thread``) and each engine's loop (``AsyncEngine``)
+DEVICE_THREADS = ("jllm-load", "jllm-engine")
 MAX_BODY_BYTES = 16 << 20  # room for a long context as JSON token ids; larger bodies get a 413
 HANDLER_GRACE_SECONDS = 5.0  # after draining, how long handlers get to flush their last bytes
 
@@ -183,6 +188,22 @@ def run_server(config: EngineConfig | ServeConfig) -> None:
         distributed.run_follower(build_worker(serve.models[0].config).runner)
         return
     asyncio.run(_serve(serve))
+    _leave_unfinished_device_work()
+
+
+def _leave_unfinished_device_work() -> None:
+    """After the drain: a model still loading when the signal came (its load runs on a daemon thread, so stopping
+    need not wait for it), or an engine thread stuck in a step past its grace, is still inside JAX, and an
+    interpreter finalizing beside it aborts: a SIGINT 4-7 s into the default model's start had exited with SIGABRT
+    (jaxlib's "Check failed: PyGILState_Check()" and a C++ stack). The listeners are closed and every request has
+    its answer by now, so the process leaves without finalizing, as it would have without the thread."""
+    busy = sorted({t.name for t in threading.enumerate() if t.name in DEVICE_THREADS and t.is_alive()})
+    if busy:
+        logger.info("exiting while %s still runs", " and ".join(busy))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _serve(serve: ServeConfig) -> None:
