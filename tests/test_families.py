@@ -181,6 +181,14 @@ MINIMAX_KEYS = dict(
     mlp_beta_factor=1.2,
 )
 # What a DeepSeek config.json must hold besides TINY_CONFIG
+GLM4_MOE_KEYS = dict(
+    head_dim=16,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    n_shared_experts=1,
+    first_k_dense_replace=1,
+)  # GLM-4.5 MoE's and GLM-4.5V's text model's expert sizes, small
 DEEPSEEK_KEYS = dict(
     kv_lora_rank=32,
     qk_nope_head_dim=16,
@@ -2802,14 +2810,7 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "FlexOlmoForCausalLM": {},
     "PhimoeForCausalLM": {},
     "DiffLlamaForCausalLM": {},
-    "Glm4MoeForCausalLM": dict(
-        head_dim=16,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=32,
-        n_shared_experts=1,
-        first_k_dense_replace=1,
-    ),
+    "Glm4MoeForCausalLM": dict(GLM4_MOE_KEYS),
     "GptOssForCausalLM": {"num_local_experts": 4, "head_dim": 16},
     "GraniteSWAForCausalLM": {},
     "CTRLLMHeadModel": {"n_embd": 64, "n_head": 4, "n_layer": 2, "dff": 96, "n_positions": 512},
@@ -2827,14 +2828,7 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "Qwen3VLMoeForConditionalGeneration": dict(
         head_dim=16, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
     ),
-    "Glm4vMoeForConditionalGeneration": dict(
-        head_dim=16,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=32,
-        n_shared_experts=1,
-        first_k_dense_replace=1,
-    ),
+    "Glm4vMoeForConditionalGeneration": dict(GLM4_MOE_KEYS),
 }
 
 
