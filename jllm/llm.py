@@ -9,11 +9,12 @@ Where this module sits: docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +92,9 @@ class LLM:
         priority: Seq[int] | None = None,
     ) -> list[RequestOutput]:
         """Completes every prompt; outputs come back in input order. A bad prompt (one the KV pool cannot hold
-        included) raises a ValueError naming its index before any runs. ``lora_request``: the LoRA adapter every
+        included, or one as long as the context) raises a ValueError naming its index before any runs; a
+        ``max_tokens`` past the room a prompt leaves does not (vLLM's offline ``LLM``): that request stops when the
+        context is full, finish_reason "length". ``lora_request``: the LoRA adapter every
         prompt runs with, or one per prompt (None: the base model), as vLLM's (needs ``enable_lora``). ``priority``:
         one per prompt, lower first, as vLLM's (needs ``scheduling_policy: priority``)."""
         if self.engine.classifier is not None:
@@ -107,10 +110,9 @@ class LLM:
             raise ValueError(f"priority has {len(priorities)} entries for {len(prompts)} prompts: give one per prompt")
         for value in priorities:
             self.engine.check_priority(value)
-        checked = [self._checked(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
-        if sampling_params is None:  # the model's max_new_tokens, up to the room each prompt leaves
-            default, door = self.engine.sampling_defaults.get("max_tokens"), self.engine.inputs
-            params = [door.with_default_max_tokens(p, default, [c]) for p, c in zip(params, checked, strict=True)]
+        # each max_tokens (as asked, or the model's default) capped by the room its prompt leaves
+        ready = [self._to_run(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
+        checked, params = [prompt for prompt, _ in ready], [p for _, p in ready]
         for i, (prompt, p) in enumerate(zip(checked, params, strict=True)):
             if (reason := self.engine.scheduler.rejection_reason(len(prompt.token_ids), p.max_tokens)) is not None:
                 raise InputError(f"prompts[{i}]: {reason}", param=f"prompts[{i}]")
@@ -333,13 +335,17 @@ class LLM:
         """The prompt through the input door: for generation with ``params``, else to be run over whole (its
         last ``truncate`` tokens kept, if given)."""
         param = f"prompts[{index}]"
-        try:
+        with _named(param):
             if params is None:
                 return self.engine.inputs.process_whole(prompt, truncate_prompt_tokens=truncate, param=param)
             return self.engine.inputs.process(prompt, params, param=param)
-        except InputError as e:
-            message = str(e) if str(e).startswith(param) else f"{param}: {e}"
-            raise type(e)(message, param=param) from e
+
+    def _to_run(self, index: int, prompt: PromptInput, params: SamplingParams) -> tuple[Prompt, SamplingParams]:
+        """The prompt through the input door as vLLM's offline ``LLM`` takes it, with ``params`` whose
+        ``max_tokens`` it caps by the room the prompt leaves (``InputProcessor.process_offline``)."""
+        param = f"prompts[{index}]"
+        with _named(param):
+            return self.engine.inputs.process_offline(prompt, params, param=param)
 
     def chat(
         self,
@@ -407,9 +413,7 @@ class LLM:
     ) -> list[SamplingParams]:
         """One SamplingParams per prompt, each asking for its final output only (nothing here streams)."""
         if sampling_params is None:
-            sampling_params = self.get_default_sampling_params()
-            if "max_tokens" in self.engine.sampling_defaults:  # capped by each prompt in ``generate``
-                sampling_params = dataclasses.replace(sampling_params, max_tokens=None)
+            sampling_params = self.get_default_sampling_params()  # its max_tokens capped by each prompt's room
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * count
         if not isinstance(sampling_params, list | tuple) or not all(
@@ -476,6 +480,16 @@ def _per_prompt_loras(
     if len(loras) != count:
         raise ValueError(f"got {len(loras)} lora_request for {count} prompts; give one or one each")
     return loras
+
+
+@contextlib.contextmanager
+def _named(param: str) -> Iterator[None]:
+    """An input error raised inside, with the prompt's place in the batch leading its message."""
+    try:
+        yield
+    except InputError as e:
+        message = str(e) if str(e).startswith(param) else f"{param}: {e}"
+        raise type(e)(message, param=param) from e
 
 
 def _prompt_list(prompts: PromptInput | Seq[PromptInput]) -> list[PromptInput]:

@@ -62,6 +62,18 @@ def test_prompt_and_max_tokens_must_fit_the_context(inputs: InputProcessor) -> N
     inputs.check(Prompt([1] * 63), SamplingParams(max_tokens=None))  # None: up to the context, one at least
 
 
+def test_the_offline_door_caps_max_tokens_by_the_room_the_prompt_leaves(inputs: InputProcessor) -> None:
+    """vLLM's offline LLM runs such a request until the context is full; its server (``process``) refuses it."""
+    prompt, params = inputs.process_offline([1] * 60, SamplingParams(max_tokens=100, min_tokens=10))
+    assert (len(prompt.token_ids), params.max_tokens, params.min_tokens) == (60, 4, 4)
+    asked = SamplingParams(max_tokens=4, min_tokens=2)
+    assert inputs.process_offline([1] * 60, asked)[1] is asked  # room enough: taken as asked
+    with pytest.raises(ContextLengthError, match="60 in the prompt, 100 for the completion"):
+        inputs.process([1] * 60, SamplingParams(max_tokens=100))
+    with pytest.raises(ContextLengthError, match="64 in the prompt"):  # a prompt leaving no room: still refused
+        inputs.process_offline([1] * 64, SamplingParams(max_tokens=100))
+
+
 def test_allowed_token_ids_that_are_all_banned_are_refused(inputs: InputProcessor) -> None:
     """One-token bad words are banned at every step, EOS (2) and stop ids before min_tokens: with nothing else
     allowed the sampler would emit token 0."""

@@ -60,6 +60,17 @@ def test_a_bad_prompt_is_named_by_its_index_and_nothing_runs(llm: LLM, bad: obje
     assert not llm.engine.has_unfinished_requests()
 
 
+def test_max_tokens_past_the_context_runs_until_the_context_is_full(llm: LLM) -> None:
+    """vLLM's offline LLM.generate lets such a request run and stops it at max_model_len (finish_reason "length");
+    jllm had raised a context-length error for the whole batch."""
+    ids = llm.engine.inputs.encode("hello").token_ids
+    room = llm.engine.inputs.max_model_len - len(ids)
+    params = [SamplingParams(temperature=0, max_tokens=10_000, min_tokens=500), GREEDY]
+    long, short = llm.generate(["hello", "hello"], params, use_tqdm=False)
+    assert long.outputs[0].token_ids == scripted(ids, room) and long.outputs[0].finish_reason == "length"
+    assert short.outputs[0].token_ids == scripted(ids, 3)
+
+
 def test_a_prompt_the_kv_pool_cannot_hold_raises_before_any_runs() -> None:
     """The scheduler rejects such a request (it could never be admitted); offline that had come back as an empty
     output finished by "abort", with only a log line, and the other prompts of the batch ran."""
