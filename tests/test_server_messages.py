@@ -221,6 +221,7 @@ def test_count_tokens_is_the_prompt_a_message_request_would_have(client: anthrop
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools"),
         ({"tools": [PICK]}, "tool_choice"),  # "auto" needs --enable-auto-tool-choice, as on chat
         ({"tool_choice": {"type": "tool"}}, "tool_choice"),
+        ({"tool_choice": {"type": "any"}}, "tool_choice"),  # no tools to call: chat's rule (vLLM's)
         ({"container": "c1"}, "container"),
         ({"mcp_servers": [{"url": "x"}]}, "mcp_servers"),
         ({"thinking": {"type": "enabled", "budget_tokens": 64}}, "thinking"),  # no reasoning parser in force
@@ -237,6 +238,14 @@ def test_a_bad_request_is_anthropics_error_naming_the_field(server: RunningServe
     error = reply.json()
     assert reply.status == 400 and error["type"] == "error", reply.body
     assert error["error"]["type"] == "invalid_request_error" and field in error["error"]["message"], error
+
+
+def test_tool_choice_auto_without_tools_is_answered(server: RunningServer) -> None:
+    """Anthropic's default choice with no tools asks for nothing: not passed on as chat's "auto", which chat now
+    refuses without tools (vLLM's Messages route leaves it out too)."""
+    body = {"model": MODEL, "max_tokens": 2, "messages": HI, "tool_choice": {"type": "auto"}}
+    reply = http("POST", f"{server.url}/v1/messages", json_body=body, headers={"x-api-key": KEY})
+    assert reply.status == 200 and reply.json()["stop_reason"] == "max_tokens", reply.body
 
 
 def test_keys_models_and_routes_fail_in_anthropics_shape(server: RunningServer, client: anthropic.Anthropic) -> None:

@@ -596,6 +596,10 @@ def test_tools_and_tool_history_reach_the_template(
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages", "tool_call_id"),
         ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages", "assistant"),
         ({"tool_choice": "required", "tools": None}, "tool_choice", "needs at least one tool"),
+        ({"tool_choice": "auto", "tools": None}, "tool_choice", "'auto' needs at least one tool"),  # was a 200
+        ({"tool_choice": {"type": "function", "function": {"name": "weather"}}, "tools": None}, "tool_choice",
+         "needs at least one tool"),
+        ({"tools": [], "tool_choice": "auto"}, "tool_choice", "'auto' needs at least one tool"),
         ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice", "one structured"),
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
@@ -609,6 +613,13 @@ def test_bad_tool_requests_are_400s_naming_the_field(
     reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
     error = reply.json()["error"]
     assert reply.status == 400 and error["param"] == param and words in error["message"], error
+
+
+def test_tool_choice_none_without_tools_is_answered(server: RunningServer) -> None:
+    """vLLM's rule: "none" is the one tool_choice that needs no tools."""
+    body = {"model": MODEL, "messages": MESSAGES, "tool_choice": "none", "max_tokens": 2}
+    reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
+    assert reply.status == 200 and reply.json()["choices"][0]["message"]["tool_calls"] == [], reply.body
 
 
 def test_auto_without_a_parser_is_a_400_naming_the_flag(engine: LLMEngine) -> None:

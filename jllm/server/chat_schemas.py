@@ -220,11 +220,20 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     @field_validator("tool_choice")
     @classmethod
     def _choice_among_tools(cls, value: Any, info: ValidationInfo) -> Any:
-        names = [t.function.name for t in info.data.get("tools") or []]
+        """vLLM's rule: every tool_choice but "none" needs tools ("auto" without them had been read as "none");
+        a named one must be among them. (An empty ``tools`` list beside "none" stays accepted, as a neutral value
+        clients send; vLLM refuses any empty list.)"""
+        if value is None or value == "none" or "tools" not in info.data:  # tools refused already: one error
+            return value
+        names = [t.function.name for t in info.data["tools"] or []]
+        if not names:
+            shown = f"the function {value.function.name!r}" if isinstance(value, NamedToolChoice) else repr(value)
+            raise ValueError(
+                f"{shown} needs at least one tool in tools (only 'none' may come without them): send the functions "
+                "the model may call, or leave tool_choice out"
+            )
         if isinstance(value, NamedToolChoice) and value.function.name not in names:
             raise ValueError(f"names the function {value.function.name!r}, which is not among tools {names}")
-        if value == "required" and not names:
-            raise ValueError("'required' needs at least one tool in tools")
         return value
 
     @property

@@ -251,6 +251,8 @@ class _MessagesBody(_Request):
         """The chat request's fields for the conversation, tools and thinking. A last message of the assistant's is
         Anthropic's prefill: the reply continues it (chat's ``continue_final_message``)."""
         choice = self.tool_choice
+        if choice is not None and choice.type == "auto" and not self.tools:
+            choice = None  # nothing to call: chat refuses a tool_choice but "none" without tools (vLLM's rule)
         kwargs = self.chat_template_kwargs
         if self.thinking is not None and self.thinking.type == "disabled":
             kwargs = {"enable_thinking": False, **(kwargs or {})}

@@ -1,11 +1,11 @@
 """Tool calling on ``/v1/chat/completions``: what a request's ``tools`` / ``tool_choice`` ask of generation, and the
 calls its output holds, as OpenAI's ``message.tool_calls`` or streamed ``tool_calls`` deltas.
 
-``tool_choice`` (vLLM's rules): "none" generates text (the template still sees the tools); "auto" (the default with
-tools) generates freely and parses calls with the server's ``--tool-call-parser``, which needs
-``--enable-auto-tool-choice``; "required" and a named function are forced: the output is generated under a JSON
-schema (``jllm.tool_calls.forced_call_schema``), so it always parses. A reply with calls ends with finish reason
-"tool_calls".
+``tool_choice`` (vLLM's rules): every choice but "none" needs ``tools`` (a 400 without them: the request's check);
+"none" generates text (the template still sees the tools); "auto" (the default with tools) generates freely and
+parses calls with the server's ``--tool-call-parser``, which needs ``--enable-auto-tool-choice``; "required" and a
+named function are forced: the output is generated under a JSON schema (``jllm.tool_calls.forced_call_schema``), so
+it always parses. A reply with calls ends with finish reason "tool_calls".
 
 Where this module sits: docs/architecture.md.
 """
@@ -63,7 +63,7 @@ class ToolPlan:
                     param="tool_choice",
                 )
             return cls(tools, make_parser(server.tool_call_parser, tools), False, None, parallel)
-        if choice in ("none", "auto"):  # "auto" without tools: nothing to call
+        if choice == "none":  # any other choice comes with tools (the request's check)
             return cls(tools, None, False, None, parallel)
         name = choice.function.name if isinstance(choice, NamedToolChoice) else None
         return cls(tools, None, True, name, parallel)
