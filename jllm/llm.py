@@ -352,20 +352,30 @@ class LLM:
         messages: list[Message] | list[list[Message]],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: UseTqdm = True,
+        lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
         chat_template: str | None = None,
+        chat_template_content_format: str = "auto",
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
-        chat_template_kwargs: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
-        lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Applies the model's chat template (or ``chat_template``) to one conversation or a list of them, then
-        generates. ``chat_template_kwargs`` (over ``default_chat_template_kwargs``) reach the template as variables
-        and ``tools`` (OpenAI's tool objects)
-        reach it as ``tools``, as in vLLM (refused where the template does not read them: offline they would change
-        nothing); calls in the output are not parsed offline (vLLM's ``chat`` neither)."""
+        generates; the arguments in vLLM's order. ``chat_template_kwargs`` (over ``default_chat_template_kwargs``)
+        reach the template as variables and ``tools`` (OpenAI's tool objects) reach it as ``tools``, as in vLLM
+        (refused where the template does not read them: offline they would change nothing); calls in the output are
+        not parsed offline (vLLM's ``chat`` neither). Message content reaches the template as a string (text parts
+        joined): vLLM's ``chat_template_content_format`` "string", which "auto" is taken as; "openai" (content as a
+        list of parts) is refused, and so is ``mm_processor_kwargs`` (text only)."""
         _check_switch(add_generation_prompt, "add_generation_prompt")
         _check_switch(continue_final_message, "continue_final_message")
+        _check_content_format(chat_template_content_format)
+        if mm_processor_kwargs:
+            raise InputError(
+                "mm_processor_kwargs is not supported: jllm's models take text only; leave it out",
+                param="mm_processor_kwargs",
+            )
         if not isinstance(messages, list | tuple):
             raise InputError(
                 f"messages must be a list of messages or a list of conversations, got {type(messages).__name__}",
@@ -490,6 +500,22 @@ def _named(param: str) -> Iterator[None]:
     except InputError as e:
         message = str(e) if str(e).startswith(param) else f"{param}: {e}"
         raise type(e)(message, param=param) from e
+
+
+def _check_content_format(value: object) -> None:
+    """vLLM's ``chat_template_content_format``: jllm renders message content as a string, its "string" format."""
+    if value in ("auto", "string"):
+        return
+    if value == "openai":
+        raise InputError(
+            "chat_template_content_format 'openai' is not supported: jllm gives the template each message's content "
+            "as a string (text parts joined), vLLM's 'string' format; leave it 'auto' or give 'string'",
+            param="chat_template_content_format",
+        )
+    raise InputError(
+        f"chat_template_content_format must be 'auto', 'string' or 'openai', got {value!r:.100}",
+        param="chat_template_content_format",
+    )
 
 
 def _prompt_list(prompts: PromptInput | Seq[PromptInput]) -> list[PromptInput]:

@@ -6,6 +6,7 @@ real-model runs are in tests/test_engine.py.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Any
 
@@ -85,6 +86,29 @@ def test_a_prompt_the_kv_pool_cannot_hold_raises_before_any_runs() -> None:
     assert not llm.engine.has_unfinished_requests()
     [output] = llm.generate([[5] * 4], GREEDY, use_tqdm=False)
     assert output.outputs[0].finish_reason == "length" and len(output.outputs[0].token_ids) == 3
+
+
+def test_chat_takes_vllm_s_arguments_in_vllm_s_order(llm: LLM) -> None:
+    """vLLM's LLM.chat(messages, sampling_params, use_tqdm, lora_request, chat_template, ...): a positional call had
+    bound lora_request to chat_template; the content format and mm_processor_kwargs had been a TypeError."""
+    vllm_order = [
+        "messages", "sampling_params", "use_tqdm", "lora_request", "chat_template", "chat_template_content_format",
+        "add_generation_prompt", "continue_final_message", "tools", "chat_template_kwargs", "mm_processor_kwargs",
+    ]  # fmt: skip
+    assert list(inspect.signature(LLM.chat).parameters)[1:] == vllm_order
+    hi = [{"role": "user", "content": "hi"}]
+    [plain] = llm.chat(hi, GREEDY, False, None)
+    for taken in ("auto", "string"):
+        [out] = llm.chat(hi, GREEDY, False, None, None, taken, mm_processor_kwargs={})
+        assert out.prompt_token_ids == plain.prompt_token_ids
+    with pytest.raises(InputError, match="^chat_template_content_format 'openai' is not supported") as e:
+        llm.chat(hi, GREEDY, use_tqdm=False, chat_template_content_format="openai")
+    assert e.value.param == "chat_template_content_format"
+    with pytest.raises(InputError, match="^chat_template_content_format must be 'auto', 'string' or 'openai'"):
+        llm.chat(hi, GREEDY, use_tqdm=False, chat_template_content_format="text")
+    with pytest.raises(InputError, match="^mm_processor_kwargs is not supported"):
+        llm.chat(hi, GREEDY, use_tqdm=False, mm_processor_kwargs={"num_crops": 4})
+    assert not llm.engine.has_unfinished_requests()
 
 
 @pytest.mark.parametrize("switch", ["add_generation_prompt", "continue_final_message"])
