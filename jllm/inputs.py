@@ -365,13 +365,13 @@ class InputProcessor:
         return truncated
 
     def process_offline(
-        self, prompt: PromptInput, params: SamplingParams, *, param: str = "prompt"
+        self, prompt: PromptInput, params: SamplingParams, *, add_special_tokens: bool = True, param: str = "prompt"
     ) -> tuple[Prompt, SamplingParams]:
         """``process`` as vLLM's offline ``LLM.generate`` takes a prompt: a ``max_tokens`` past the room the prompt
         leaves in the context is no error there (vLLM's server refuses it, and so does ``process``); the request
         runs until the context is full and finishes by "length". The prompt, and ``params`` with ``max_tokens`` and
         ``min_tokens`` capped by that room; a prompt that leaves no room is still refused."""
-        encoded = self.encode(prompt, param=param)
+        encoded = self.encode(prompt, add_special_tokens=add_special_tokens, param=param)
         truncated = self.truncate(encoded, params.truncate_prompt_tokens, params.truncation_side)
         room = self.max_model_len - len(truncated.token_ids)
         if params.max_tokens is not None and params.max_tokens > room >= 1:

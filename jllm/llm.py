@@ -90,18 +90,21 @@ class LLM:
         use_tqdm: UseTqdm = True,
         lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
         priority: Seq[int] | None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Completes every prompt; outputs come back in input order. A bad prompt (one the KV pool cannot hold
         included, or one as long as the context) raises a ValueError naming its index before any runs; a
         ``max_tokens`` past the room a prompt leaves does not (vLLM's offline ``LLM``): that request stops when the
         context is full, finish_reason "length". ``lora_request``: the LoRA adapter every
         prompt runs with, or one per prompt (None: the base model), as vLLM's (needs ``enable_lora``). ``priority``:
-        one per prompt, lower first, as vLLM's (needs ``scheduling_policy: priority``)."""
+        one per prompt, lower first, as vLLM's (needs ``scheduling_policy: priority``). ``tokenization_kwargs``:
+        vLLM's overrides of how text prompts are encoded (``Tokenization``)."""
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
         bar = progress_bar(use_tqdm)  # every argument checked before any request is added
+        tokenization = Tokenization.of(tokenization_kwargs)
         prompts = _prompt_list(prompts)
-        params = self._per_prompt_params(sampling_params, len(prompts))
+        params = [tokenization.truncating(p) for p in self._per_prompt_params(sampling_params, len(prompts))]
         loras = _per_prompt_loras(lora_request, len(prompts))
         if priority is not None and not isinstance(priority, list | tuple):
             raise TypeError(f"priority must be a list of integers, one per prompt, got {priority!r:.200}")
@@ -111,7 +114,10 @@ class LLM:
         for value in priorities:
             self.engine.check_priority(value)
         # each max_tokens (as asked, or the model's default) capped by the room its prompt leaves
-        ready = [self._to_run(i, prompt, p) for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
+        ready = [
+            self._to_run(i, prompt, p, tokenization.add_special_tokens)
+            for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))
+        ]
         checked, params = [prompt for prompt, _ in ready], [p for _, p in ready]
         for i, (prompt, p) in enumerate(zip(checked, params, strict=True)):
             if (reason := self.engine.scheduler.rejection_reason(len(prompt.token_ids), p.max_tokens)) is not None:
@@ -340,12 +346,15 @@ class LLM:
                 return self.engine.inputs.process_whole(prompt, truncate_prompt_tokens=truncate, param=param)
             return self.engine.inputs.process(prompt, params, param=param)
 
-    def _to_run(self, index: int, prompt: PromptInput, params: SamplingParams) -> tuple[Prompt, SamplingParams]:
+    def _to_run(
+        self, index: int, prompt: PromptInput, params: SamplingParams, add_special_tokens: bool
+    ) -> tuple[Prompt, SamplingParams]:
         """The prompt through the input door as vLLM's offline ``LLM`` takes it, with ``params`` whose
         ``max_tokens`` it caps by the room the prompt leaves (``InputProcessor.process_offline``)."""
         param = f"prompts[{index}]"
         with _named(param):
-            return self.engine.inputs.process_offline(prompt, params, param=param)
+            door = self.engine.inputs
+            return door.process_offline(prompt, params, add_special_tokens=add_special_tokens, param=param)
 
     def chat(
         self,
@@ -359,6 +368,7 @@ class LLM:
         continue_final_message: bool = False,
         tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
         mm_processor_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
         """Applies the model's chat template (or ``chat_template``) to one conversation or a list of them, then
@@ -367,10 +377,12 @@ class LLM:
         (refused where the template does not read them: offline they would change nothing); calls in the output are
         not parsed offline (vLLM's ``chat`` neither). Message content reaches the template as a string (text parts
         joined): vLLM's ``chat_template_content_format`` "string", which "auto" is taken as; "openai" (content as a
-        list of parts) is refused, and so is ``mm_processor_kwargs`` (text only)."""
+        list of parts) is refused, and so is ``mm_processor_kwargs`` (text only). ``tokenization_kwargs`` as
+        ``generate``'s (``add_special_tokens``: the tokenizer's on top of the template's, off by default)."""
         _check_switch(add_generation_prompt, "add_generation_prompt")
         _check_switch(continue_final_message, "continue_final_message")
         _check_content_format(chat_template_content_format)
+        tokenization = Tokenization.of(tokenization_kwargs)
         if mm_processor_kwargs:
             raise InputError(
                 "mm_processor_kwargs is not supported: jllm's models take text only; leave it out",
@@ -386,6 +398,7 @@ class LLM:
             "add_generation_prompt": add_generation_prompt,
             "continue_final_message": continue_final_message,
             "chat_template_kwargs": self.engine.inputs.template_kwargs(chat_template_kwargs),
+            "add_special_tokens": tokenization.add_special_tokens_in_chat,
         }
         if chat_template is not None:
             options["chat_template"] = chat_template
@@ -410,7 +423,7 @@ class LLM:
             except InputError as e:
                 where = f"conversation {i}: " if len(conversations) > 1 else ""
                 raise type(e)(f"{where}{e}", param=e.param) from e
-        return self.generate(prompts, sampling_params, use_tqdm, lora_request)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request, tokenization_kwargs=tokenization_kwargs)
 
     def get_default_sampling_params(self) -> SamplingParams:
         """What ``generate`` and ``chat`` sample with when given no SamplingParams (vLLM's method): the model's
@@ -500,6 +513,58 @@ def _named(param: str) -> Iterator[None]:
     except InputError as e:
         message = str(e) if str(e).startswith(param) else f"{param}: {e}"
         raise type(e)(message, param=param) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenization:
+    """vLLM's ``tokenization_kwargs`` of ``LLM.generate`` / ``chat``, the keys jllm honours: ``add_special_tokens``,
+    ``truncate_prompt_tokens`` (-1: the context), and transformers' ``truncation`` (True: to ``max_length``, else
+    the context). A SamplingParams' own ``truncate_prompt_tokens`` wins, as in vLLM. Other keys (``padding``,
+    ``do_lower_case``, ``max_length`` without truncation ...) are refused by name, where vLLM warns and drops some."""
+
+    special_tokens: bool | None = None  # add_special_tokens as given (None: each door's default)
+    truncate_prompt_tokens: int | None = None
+
+    @classmethod
+    def of(cls, kwargs: dict[str, Any] | None) -> Tokenization:
+        if kwargs is None:
+            return cls()
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"tokenization_kwargs must be a dict, got {kwargs!r:.200}")
+        rest = dict(kwargs)
+        add = rest.pop("add_special_tokens", None)
+        if add is not None:
+            _check_switch(add, "tokenization_kwargs['add_special_tokens']")
+        keep = rest.pop("truncate_prompt_tokens", None)
+        truncation, max_length = rest.pop("truncation", None), rest.pop("max_length", None)
+        if truncation in (True, "longest_first"):
+            keep = -1 if max_length is None else max_length
+        elif truncation not in (None, False, "do_not_truncate"):
+            raise ValueError(f"tokenization_kwargs['truncation'] must be True or False, got {truncation!r:.100}")
+        elif max_length is not None:
+            rest["max_length"] = max_length  # a length limit without truncation: not taken
+        if rest:
+            raise ValueError(
+                f"tokenization_kwargs {sorted(rest)} not supported: jllm takes add_special_tokens, "
+                "truncate_prompt_tokens, and truncation (with max_length); leave the others out"
+            )
+        return cls(add, keep)
+
+    def truncating(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with this truncation, unless they ask for their own (validated as the field is)."""
+        if self.truncate_prompt_tokens is None or params.truncate_prompt_tokens is not None:
+            return params
+        return dataclasses.replace(params, truncate_prompt_tokens=self.truncate_prompt_tokens)
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """A text prompt's: the tokenizer's special tokens unless asked not to (vLLM's default)."""
+        return self.special_tokens is not False
+
+    @property
+    def add_special_tokens_in_chat(self) -> bool:
+        """A rendered chat's: the template's own alone unless asked for the tokenizer's too (vLLM's default)."""
+        return self.special_tokens is True
 
 
 def _check_content_format(value: object) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fake_runner import counting_script, fake_engine
+from tokenizers.processors import TemplateProcessing
 
 from jllm import StructuredOutputsParams
 from jllm.errors import ContextLengthError, InputError
@@ -93,7 +94,8 @@ def test_chat_takes_vllm_s_arguments_in_vllm_s_order(llm: LLM) -> None:
     bound lora_request to chat_template; the content format and mm_processor_kwargs had been a TypeError."""
     vllm_order = [
         "messages", "sampling_params", "use_tqdm", "lora_request", "chat_template", "chat_template_content_format",
-        "add_generation_prompt", "continue_final_message", "tools", "chat_template_kwargs", "mm_processor_kwargs",
+        "add_generation_prompt", "continue_final_message", "tools", "chat_template_kwargs", "tokenization_kwargs",
+        "mm_processor_kwargs",
     ]  # fmt: skip
     assert list(inspect.signature(LLM.chat).parameters)[1:] == vllm_order
     hi = [{"role": "user", "content": "hi"}]
@@ -108,6 +110,41 @@ def test_chat_takes_vllm_s_arguments_in_vllm_s_order(llm: LLM) -> None:
         llm.chat(hi, GREEDY, use_tqdm=False, chat_template_content_format="text")
     with pytest.raises(InputError, match="^mm_processor_kwargs is not supported"):
         llm.chat(hi, GREEDY, use_tqdm=False, mm_processor_kwargs={"num_crops": 4})
+    assert not llm.engine.has_unfinished_requests()
+
+
+def test_tokenization_kwargs_are_taken_or_refused_by_name(llm: LLM) -> None:
+    """vLLM's generate / chat(tokenization_kwargs=...) had been a TypeError: add_special_tokens and truncation are
+    taken as vLLM takes them, the keys jllm does not do are refused by name, never dropped."""
+    door = llm.engine.inputs
+    door.tokenizer.backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    text = "hello there, how are you"
+    ids, plain = door.encode(text).token_ids, door.encode(text, add_special_tokens=False).token_ids
+    assert ids == [1, *plain]
+    [out] = llm.generate(text, GREEDY, use_tqdm=False, tokenization_kwargs={"add_special_tokens": False})
+    assert out.prompt_token_ids == plain
+    [out] = llm.generate(text, GREEDY, use_tqdm=False, tokenization_kwargs={"truncation": True, "max_length": 4})
+    assert out.prompt_token_ids == ids[-4:]
+    [out] = llm.generate(text, GREEDY, use_tqdm=False, tokenization_kwargs={"truncate_prompt_tokens": 5})
+    assert out.prompt_token_ids == ids[-5:]
+    own = SamplingParams(temperature=0, max_tokens=3, truncate_prompt_tokens=3)  # the params' own wins, as vLLM's
+    [out] = llm.generate(text, own, use_tqdm=False, tokenization_kwargs={"truncate_prompt_tokens": 5})
+    assert out.prompt_token_ids == ids[-3:]
+    hi = [{"role": "user", "content": "hi"}]
+    [chat] = llm.chat(hi, GREEDY, use_tqdm=False)
+    [special] = llm.chat(hi, GREEDY, use_tqdm=False, tokenization_kwargs={"add_special_tokens": True})
+    assert special.prompt_token_ids == [1, *chat.prompt_token_ids]
+    [cut] = llm.chat(hi, GREEDY, use_tqdm=False, tokenization_kwargs={"truncate_prompt_tokens": 2})
+    assert cut.prompt_token_ids == chat.prompt_token_ids[-2:]
+    for bad, message in (
+        ({"padding": "max_length"}, r"tokenization_kwargs \['padding'\] not supported"),
+        ({"max_length": 4}, r"tokenization_kwargs \['max_length'\] not supported"),
+        ({"truncation": "only_second"}, r"tokenization_kwargs\['truncation'\] must be True or False"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            llm.generate(text, GREEDY, use_tqdm=False, tokenization_kwargs=bad)
+    with pytest.raises(TypeError, match=r"tokenization_kwargs\['add_special_tokens'\] must be True or False"):
+        llm.chat(hi, GREEDY, use_tqdm=False, tokenization_kwargs={"add_special_tokens": "no"})
     assert not llm.engine.has_unfinished_requests()
 
 
