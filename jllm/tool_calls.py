@@ -4,8 +4,9 @@ call through structured output.
 
 A forced call (``tool_choice`` "required" or a named function) is generated under a JSON schema instead
 (``forced_call_schema``): vLLM's layout, the named function's arguments alone, or a list of ``{"name",
-"parameters"}`` objects, whose arguments ``ForcedCallStream`` streams as they are generated. Output that does not
-parse as the family's calls stays the message's content.
+"parameters"}`` objects, whose arguments ``ForcedCallStream`` streams as they are generated; cut short by
+``max_tokens``, the whole reply has the calls its stream sent (``cut_short_calls``). Output that does not parse as
+the family's calls stays the message's content.
 
 Plain Python: the server renders what this finds.
 
@@ -152,6 +153,21 @@ def forced_calls(text: str, name: str | None) -> list[ToolCall] | None:
         return None
     calls = [json_call(v, "parameters") for v in values[0]]
     return None if any(c is None for c in calls) else calls  # type: ignore[return-value]
+
+
+def cut_short_calls(text: str, name: str | None) -> tuple[str | None, list[ToolCall]]:
+    """A forced call's output cut short by ``max_tokens`` (``forced_calls`` found none), read as its stream sent it:
+    (content, calls). The named function's call with the arguments generated so far, as vLLM returns it whole and
+    streamed; for "required" the calls ``ForcedCallStream`` had begun, the last with its partial arguments, or the
+    text as content where none had begun."""
+    if name is not None:
+        return None, [ToolCall(name, text)]
+    stream = ForcedCallStream()
+    parts = stream.feed(text)
+    content, _ = stream.finish()
+    begun = [call for _, call, _ in parts if call is not None]
+    arguments = ["".join(more for i, call, more in parts if i == index and call is None) for index in range(len(begun))]
+    return content, [ToolCall(call.name, args, call.id) for call, args in zip(begun, arguments, strict=True)]
 
 
 _FORCED_ITEM = re.compile(r'\s*[\[,]\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"parameters"\s*:\s*(?=\S)')

@@ -240,6 +240,17 @@ def test_a_bad_request_is_anthropics_error_naming_the_field(server: RunningServe
     assert error["error"]["type"] == "invalid_request_error" and field in error["error"]["message"], error
 
 
+def test_a_forced_tool_cut_short_stops_at_max_tokens_whole_and_streamed(client: anthropic.Anthropic) -> None:
+    """A named tool's call cut short by max_tokens: its tool_use block and stop reason "max_tokens", whole as
+    streamed (the whole reply's block had been a text block of the partial JSON; the stream's a tool_use)."""
+    args = dict(model=MODEL, max_tokens=3, messages=HI, tools=[PICK], tool_choice={"type": "tool", "name": "pick"})
+    whole = client.messages.create(**args)
+    with client.messages.stream(**args) as stream:
+        streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        assert ([b.type for b in message.content], message.stop_reason) == (["tool_use"], "max_tokens"), message
+
+
 def test_tool_choice_auto_without_tools_is_answered(server: RunningServer) -> None:
     """Anthropic's default choice with no tools asks for nothing: not passed on as chat's "auto", which chat now
     refuses without tools (vLLM's Messages route leaves it out too)."""

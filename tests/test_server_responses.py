@@ -167,6 +167,19 @@ def test_a_client_that_leaves_mid_stream_aborts_the_request(
     assert metrics(server.url)["jllm:request_success_total{abort}"] == aborted + 1
 
 
+def test_a_function_call_cut_short_is_an_incomplete_call_whole_and_streamed(client: openai.OpenAI) -> None:
+    """A named function's call cut short by max_output_tokens: an incomplete function_call item with the arguments
+    generated so far, whole as streamed (the whole response's item had been a message of the partial JSON)."""
+    args = dict(model=MODEL, input="hi", tools=[PICK], tool_choice={"type": "function", "name": "pick"})
+    whole = client.responses.create(**args, max_output_tokens=3)
+    events = list(client.responses.create(**args, max_output_tokens=3, stream=True))
+    streamed = events[-1].response  # response.incomplete's
+    for response in (whole, streamed):
+        (call,) = response.output
+        assert (call.type, call.status, response.status) == ("function_call", "incomplete", "incomplete"), response
+    assert whole.output[0].arguments == streamed.output[0].arguments != ""
+
+
 def test_a_function_call_round_trip(client: openai.OpenAI, prompts: list[str]) -> None:
     """A named function is called (its arguments under the tool's schema), whole and streamed; the call and its
     output go back as items, reach the template as chat's ``tool_calls`` and tool message, and the reply is text."""

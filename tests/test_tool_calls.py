@@ -719,18 +719,32 @@ def test_forced_list_streams_each_calls_arguments_as_generated() -> None:
 
 
 @pytest.mark.parametrize(
-    "choice, cuts", [("required", (4, 24, 34)), ({"type": "function", "function": {"name": "pick"}}, (2, 4))]
+    "choice, cuts", [("required", (4, 30, 34)), ({"type": "function", "function": {"name": "pick"}}, (2, 4))]
 )
 def test_a_forced_stream_cut_short_ends_as_the_whole_reply_does(
     client: openai.OpenAI, choice: Any, cuts: tuple[int, ...]
 ) -> None:
-    """A call cut off by max_tokens is no call: the stream's finish reason is "length" as the whole reply's is, even
-    once its name has gone out (it said "tool_calls")."""
+    """A call cut off by max_tokens finishes by "length" whole and streamed, even once its name has gone out (the
+    stream said "tool_calls"); and the whole reply has the call the stream sent, with the arguments generated so far,
+    as vLLM returns a named call cut short (it had been the partial JSON as content, and no call)."""
+    began = 0
     for max_tokens in cuts:
         ask = dict(model=MODEL, messages=MESSAGES, tools=[PICK], tool_choice=choice, max_tokens=max_tokens)
-        whole = client.chat.completions.create(**ask, parallel_tool_calls=False)
+        whole = client.chat.completions.create(**ask, parallel_tool_calls=False).choices[0]
         chunks = list(client.chat.completions.create(**ask, parallel_tool_calls=False, stream=True))
-        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+        assert chunks[-1].choices[0].finish_reason == whole.finish_reason == "length"
+        deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+        names = {d.index: d.function.name for d in deltas if d.id is not None}
+        streamed = [(names[i], "".join(d.function.arguments or "" for d in deltas if d.index == i)) for i in names]
+        calls = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls]
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert streamed == calls and content == (whole.message.content or ""), (max_tokens, calls, chunks)
+        if calls:  # else cut before a call began: the text is the content, whole and streamed
+            assert whole.message.content is None
+            with pytest.raises(json.JSONDecodeError):  # partial
+                json.loads(calls[-1][1])
+        began += bool(calls)
+    assert began >= len(cuts) - 1
 
 
 def test_a_qwen3_coder_server_types_arguments_by_the_requests_tools() -> None:

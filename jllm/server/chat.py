@@ -122,7 +122,7 @@ async def start_chat(
 
 
 def _choice(delta: Delta, message: AssistantMessage, top: int, names: TokenNames, ids: bool | None) -> ChatChoice:
-    finish_reason = "tool_calls" if message.tool_calls else delta.finish_reason
+    finish_reason = "tool_calls" if message.called else delta.finish_reason
     return ChatChoice(
         index=delta.index,
         message=message,

@@ -305,6 +305,13 @@ class AssistantMessage(BaseModel):
     content: str | None
     tool_calls: list[ToolCallOut] = Field(default_factory=list)  # vLLM's: always a list, empty without calls
     reasoning: str | None = None  # with a reasoning parser: the reasoning before the content
+    # a forced call cut short by max_tokens: its calls are partial, so the reply did not call (not sent)
+    calls_cut_short: bool = Field(False, exclude=True)
+
+    @property
+    def called(self) -> bool:
+        """Whether the reply made calls: its finish reason is then "tool_calls" (Anthropic's "tool_use")."""
+        return bool(self.tool_calls) and not self.calls_cut_short
 
     @model_serializer(mode="wrap")
     def _reasoning_when_present(self, handler: Any) -> dict[str, Any]:

@@ -143,7 +143,7 @@ class _MessageView:
                     "input": _arguments(call.function.arguments),
                 }
             )
-        return self.message(content, _stop(delta, bool(reply.tool_calls)))
+        return self.message(content, _stop(delta, reply.called))
 
     async def events(self, reply: ReplyPlan, served: ServedModel) -> AsyncIterator[Event]:
         """Anthropic's event sequence; a failure after the headers is an ``error`` event."""

@@ -267,7 +267,11 @@ def _items(message: AssistantMessage, status: Status, logprobs: list[TokenLogpro
     if message.content or not message.tool_calls:
         text = OutputText(text=message.content or "", logprobs=logprobs)
         items.append(OutputMessage(id=_message_id(), status=_item_status(status), content=[text]))
-    items += [_call_item(c.id, c.function.name, c.function.arguments, "completed") for c in message.tool_calls]
+    for i, c in enumerate(message.tool_calls):  # a forced call cut short: the last is unfinished, as streamed
+        cut = message.calls_cut_short and i == len(message.tool_calls) - 1
+        items.append(
+            _call_item(c.id, c.function.name, c.function.arguments, _item_status(status) if cut else "completed")
+        )
     return items
 
 

@@ -33,6 +33,7 @@ from jllm.tool_calls import (
     ToolCall,
     ToolCallStream,
     ToolParser,
+    cut_short_calls,
     forced_call_schema,
     forced_calls,
     make_parser,
@@ -84,18 +85,20 @@ class ToolPlan:
         return forced_call_schema(self.tools, self.forced_name, self.parallel)
 
     def message(self, text: str) -> AssistantMessage:
-        """A whole reply as OpenAI's assistant message: its content and its calls."""
-        content, calls = self._parse(text)
-        return AssistantMessage(content=content, tool_calls=[_out(c) for c in calls])
+        """A whole reply as OpenAI's assistant message: its content and its calls. A forced call cut short by
+        max_tokens comes with the arguments generated so far, as its stream sent them and as vLLM returns a named
+        call (its finish reason stays "length": ``calls_cut_short``)."""
+        content, calls, cut_short = self._parse(text)
+        return AssistantMessage(content=content, tool_calls=[_out(c) for c in calls], calls_cut_short=cut_short)
 
-    def _parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
+    def _parse(self, text: str) -> tuple[str | None, list[ToolCall], bool]:
         if self.forced:
             calls = forced_calls(text, self.forced_name)  # None only when cut short by max_tokens
-            return (text, []) if calls is None else (None, calls)
+            return (*cut_short_calls(text, self.forced_name), True) if calls is None else (None, calls, False)
         if self.parser is None:
-            return text, []
+            return text, [], False
         content, calls = parse_tool_calls(self.parser, text)
-        return content, calls if self.parallel else calls[:1]
+        return content, calls if self.parallel else calls[:1], False
 
     def stream(self) -> ToolDeltas:
         return ToolDeltas(self)
@@ -115,7 +118,7 @@ class ToolDeltas:
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self.num_calls = 0
-        self.cut_short = False  # a forced call's output ended before its JSON did (max_tokens): not a call
+        self.cut_short = False  # a forced call's output ended before its JSON did (max_tokens): finish "length"
         self._text = ""
         self._auto = ToolCallStream(plan.parser) if plan.parser is not None else None
         self._required = ForcedCallStream() if plan.forced and plan.forced_name is None else None
