@@ -27,7 +27,7 @@ from jllm.attention import describe_backend, resolve_pool
 from jllm.block_manager import BlockManager
 from jllm.buckets import StepBucket
 from jllm.classify import ClassifierHead
-from jllm.config import ConfigError, EngineConfig, ServerConfig, chat_template_text
+from jllm.config import ENGINE_SECTIONS, ConfigError, EngineConfig, ServerConfig, chat_template_text
 from jllm.engine import LLMEngine
 from jllm.executable_cache import Prefetch, open_cache, start_prefetch
 from jllm.inputs import InputProcessor
@@ -314,8 +314,7 @@ _SCHEDULING_POLICY_KEYS = frozenset(
 
 def _engine_settings(config: EngineConfig) -> dict[str, object]:
     """Every engine key but the server's and the scheduling policy's: what the compiled programs can depend on."""
-    skipped = {f.name for f in dataclasses.fields(config.server)} | _SCHEDULING_POLICY_KEYS
-    return {k: v for k, v in config.to_flat().items() if k not in skipped}
+    return {k: v for k, v in config.to_flat(*ENGINE_SECTIONS).items() if k not in _SCHEDULING_POLICY_KEYS}
 
 
 def _cache_settings(config: EngineConfig, loaded: LoadedModel) -> dict[str, object]:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import jllm
 from jllm.config import (
+    ENGINE_SECTIONS,
     GIVEN_NULL,
     OFFLINE_SECTIONS,
     ConfigError,
@@ -47,7 +48,7 @@ from jllm.vllm_flags import add_vllm_options, apply_vllm_options
 if TYPE_CHECKING:
     from jllm.llm import LLM
 
-ALL_SECTIONS = (*OFFLINE_SECTIONS, "lora", "server")  # serve's options
+ALL_SECTIONS = (*ENGINE_SECTIONS, "server")  # serve's options
 DEFAULT_MAX_TOKENS = 256  # SamplingParams' own 16 is an API default, too short for a person reading the reply
 # The one-shot commands' (generate, chat) own engine defaults, under a config file's keys and the options given: their
 # few prompts pick a few step programs, so each compiles on its first use instead of all of them at start-up (a warm
@@ -146,8 +147,7 @@ def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
     show_info_logs("jllm")  # the start-up phases' lines (other libraries' INFO stays quiet), as vLLM's command shows
     if max_concurrent is not None:
         config = config.replace(max_num_seqs=min(config.scheduler.max_num_seqs, max_concurrent))
-    serving = engine_keys("server")  # a config file shared with `serve` may set them: nothing offline reads them
-    return LLM(**{key: value for key, value in config.to_flat().items() if key not in serving})
+    return LLM(**config.llm_kwargs())
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

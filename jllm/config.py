@@ -457,8 +457,18 @@ class EngineConfig:
             per_section[owner[key]][key] = value
         return cls(**{name: _SECTIONS[name](**kw) for name, kw in per_section.items()})
 
-    def to_flat(self) -> dict[str, Any]:
-        return {k: v for s in fields(self) for k, v in dataclasses.asdict(getattr(self, s.name)).items()}
+    def to_flat(self, *sections: str) -> dict[str, Any]:
+        """The flat keys of the named sections (all of them by default) with their values, in the sections' order."""
+        chosen = _chosen_sections(sections)
+        return {
+            k: v for s in fields(self) if s.name in chosen for k, v in dataclasses.asdict(getattr(self, s.name)).items()
+        }
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """What ``LLM(**config.llm_kwargs())`` builds this engine from: every flat key but the server section's,
+        which the offline LLM refuses (a config file shared with ``jllm serve`` may set them; nothing offline
+        reads them)."""
+        return self.to_flat(*ENGINE_SECTIONS)
 
     def replace(self, **overrides: Any) -> EngineConfig:
         """A copy with some flat keys changed (validated like any other value)."""
@@ -479,15 +489,20 @@ _SECTIONS: dict[str, type[Section]] = {
 # The sections an offline engine's settings come from (``jllm generate`` / ``chat``'s options, a ``jllm run`` job file's
 # keys); lora and server are ``serve``'s alone.
 OFFLINE_SECTIONS = ("model", "cache", "scheduler", "parallel", "limits")
+ENGINE_SECTIONS = (*OFFLINE_SECTIONS, "lora")  # every section but the server's: what an engine is built from
 
 
 def engine_keys(*sections: str) -> dict[str, dataclasses.Field]:
     """Every flat key (or those of the named sections) with its field, for building command-line options."""
+    return {f.name: f for name in _chosen_sections(sections) for f in fields(_SECTIONS[name])}
+
+
+def _chosen_sections(sections: tuple[str, ...]) -> tuple[str, ...]:
+    """The named sections, checked (none named: every section)."""
     for name in sections:
         if name not in _SECTIONS:
             raise unknown_key_error(name, _SECTIONS, where="section")
-    chosen = sections or tuple(_SECTIONS)
-    return {f.name: f for name in chosen for f in fields(_SECTIONS[name])}
+    return sections or tuple(_SECTIONS)
 
 
 def looks_like_template(text: str) -> bool:

@@ -179,8 +179,7 @@ class JobPoint:
 
     def resolved(self) -> dict[str, Any]:
         """The whole config this run used, for its config.yaml."""
-        flat = {k: v for k, v in self.engine.to_flat().items() if k in engine_keys(*OFFLINE_SECTIONS)}
-        return {**flat, "run": self.run.resolved}
+        return {**self.engine.to_flat(*OFFLINE_SECTIONS), "run": self.run.resolved}
 
 
 def plan_job(job: JobFile, **engine_overrides: Any) -> list[JobPoint]:

@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from jllm.config import (
+    ENGINE_SECTIONS,
+    OFFLINE_SECTIONS,
     CacheConfig,
     ConfigError,
     EngineConfig,
@@ -246,6 +248,18 @@ def test_replace_validates_and_round_trips_to_flat() -> None:
     assert config.replace(**{"max-num-seqs": 2}).scheduler.max_num_seqs == 2
     with pytest.raises(ConfigError, match="port=-1"):
         config.replace(port=-1)
+
+
+def test_llm_kwargs_are_every_key_but_the_server_s() -> None:
+    """The one place jllm generate / run and the tests build LLM(...)'s keywords from a config (LLM refuses a server
+    setting); ``to_flat`` of named sections keeps the sections' order (a run's config.yaml)."""
+    config = load_config(max_model_len=64, port=7000, api_key="k")
+    kwargs = config.llm_kwargs()
+    assert kwargs["max_model_len"] == 64 and "enable_lora" in kwargs and not {"port", "api_key"} & kwargs.keys()
+    assert list(kwargs) == list(engine_keys(*ENGINE_SECTIONS))
+    assert list(config.to_flat(*OFFLINE_SECTIONS)) == list(engine_keys(*OFFLINE_SECTIONS))
+    with pytest.raises(ConfigError, match="servr"):
+        config.to_flat("servr")
 
 
 def test_engine_keys_cover_every_section_field() -> None:

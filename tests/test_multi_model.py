@@ -28,7 +28,7 @@ from server_utils import API_KEY, RunningServer, http
 
 from jllm import cli
 from jllm.build import collect_unfrozen, freeze_heap
-from jllm.config import ConfigError, engine_keys, load_config
+from jllm.config import ConfigError, load_config
 from jllm.loader import read_json
 from jllm.memory_plan import MemoryPlanError, ModelMemory, check_fits, plan_model
 from jllm.model_source import resolve_model
@@ -523,8 +523,7 @@ def two_models(default_model_dir: Path) -> Iterator[TwoModels]:
     builder = ModelBuilder(4 * GIB)
     models, expected, plans = [], {}, {}
     for name, entry in entries.items():
-        serving = engine_keys("server")  # the entry's server settings (its name, the API key): nothing offline reads
-        llm = LLM(**{k: v for k, v in entry.config.to_flat().items() if k not in serving})
+        llm = LLM(**entry.config.llm_kwargs())  # the entry's server settings (its name, the API key) left out
         outputs = llm.generate(PROMPTS, SamplingParams(**GREEDY), use_tqdm=False)
         expected[name] = [o.outputs[0].text for o in outputs]
         plans[name] = builder.plan(entry)
