@@ -133,30 +133,53 @@ class LLM:
         self,
         prompts: PromptInput | Seq[PromptInput],
         params: BeamSearchParams,
-        lora_request: LoRARequest | None = None,
+        lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
         use_tqdm: UseTqdm = False,
+        concurrency_limit: int | None = None,
     ) -> list[BeamSearchOutput]:
         """vLLM's ``LLM.beam_search``: each prompt's ``params.beam_width`` best sequences (``jllm.beam_search``),
         each step one ``generate`` call of one-token requests, a beam each, whose earlier tokens the prefix cache
-        serves. A prompt too long to grow by ``max_tokens`` raises before any runs."""
+        serves. ``lora_request``: one adapter for every prompt or one per prompt, as vLLM's; ``concurrency_limit``:
+        how many prompts are searched at once (None: all), the next ones after them, as vLLM's. A prompt too long
+        to grow by ``max_tokens`` raises before any runs."""
         if self.engine.classifier is not None:
             raise self.engine.classifier.cannot("generate text", self._model_name, offline=True)
         if self.engine.inputs.speculative:
             raise refuse_beam_search()
         if not isinstance(params, BeamSearchParams):
             raise TypeError(f"params must be a BeamSearchParams, got {params!r:.200}")
+        if concurrency_limit is not None and (
+            isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int) or concurrency_limit < 1
+        ):
+            raise ValueError(f"concurrency_limit must be a positive integer or None, got {concurrency_limit!r:.100}")
         bar = progress_bar(use_tqdm)
+        prompts = _prompt_list(prompts)
+        loras = _per_prompt_loras(lora_request, len(prompts))
         whole = SamplingParams(max_tokens=params.max_tokens)  # the longest beam checked against the context
-        checked = [self._checked(i, prompt, whole) for i, prompt in enumerate(_prompt_list(prompts))]
+        checked = [self._checked(i, prompt, whole).token_ids for i, prompt in enumerate(prompts)]
+        limit = concurrency_limit or max(len(prompts), 1)
+        starts = range(0, len(prompts), limit)
+        results = []
+        with bar(total=params.max_tokens * len(starts), desc="beam search") as steps:
+            for start in starts:
+                results += self._beam_search(
+                    checked[start : start + limit], params, loras[start : start + limit], steps
+                )
+        return results
+
+    def _beam_search(
+        self, prompts: list[list[int]], params: BeamSearchParams, loras: list[LoRARequest | None], steps: tqdm
+    ) -> list[BeamSearchOutput]:
+        """One batch of prompts searched together, each beam with its prompt's adapter."""
         tokenizer = self.engine.inputs.tokenizer
-        search = BeamSearch([p.token_ids for p in checked], params, set(tokenizer.eos_token_ids))
+        search = BeamSearch(prompts, params, set(tokenizer.eos_token_ids))
         step = params.step_params()
-        with bar(total=params.max_tokens, desc="beam search") as steps:
-            while not search.finished:
-                beams = [Prompt(tokens) for tokens in search.step_prompts()]
-                outputs = self.generate(beams, step, use_tqdm=False, lora_request=lora_request)
-                search.advance([output.outputs[0].logprobs[0] for output in outputs])
-                steps.update(1)
+        while not search.finished:
+            beams = [Prompt(tokens) for tokens in search.step_prompts()]
+            per_beam = [lora for lora, live in zip(loras, search.beams, strict=True) for _ in live]
+            outputs = self.generate(beams, step, use_tqdm=False, lora_request=per_beam)
+            search.advance([output.outputs[0].logprobs[0] for output in outputs])
+            steps.update(1)
         return search.results(tokenizer.decode)
 
     def load_weights(self, model: str | Path | None) -> None:

@@ -15,8 +15,10 @@ from fake_runner import counting_script, fake_engine
 from tokenizers.processors import TemplateProcessing
 
 from jllm import StructuredOutputsParams
+from jllm.beam_search import BeamSearchParams
 from jllm.errors import ContextLengthError, InputError
 from jllm.llm import LLM
+from jllm.lora.request import LoRARequest
 from jllm.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=3)
@@ -111,6 +113,30 @@ def test_chat_takes_vllm_s_arguments_in_vllm_s_order(llm: LLM) -> None:
     with pytest.raises(InputError, match="^mm_processor_kwargs is not supported"):
         llm.chat(hi, GREEDY, use_tqdm=False, mm_processor_kwargs={"num_crops": 4})
     assert not llm.engine.has_unfinished_requests()
+
+
+def test_beam_search_takes_vllm_s_concurrency_limit_and_an_adapter_per_prompt(
+    llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both had been a TypeError (a list of adapters a ValueError two steps in, once the beams outnumbered them)."""
+    params, prompts = BeamSearchParams(beam_width=2, max_tokens=3), ["a", "b c", "d e f"]
+    together = [[b.tokens for b in out.sequences] for out in llm.beam_search(prompts, params)]
+    for limit in (1, 2):
+        batched = llm.beam_search(prompts, params, concurrency_limit=limit)
+        assert [[b.tokens for b in out.sequences] for out in batched] == together
+    with pytest.raises(ValueError, match="^concurrency_limit must be a positive integer or None, got 0"):
+        llm.beam_search(prompts, params, concurrency_limit=0)
+    first, second = LoRARequest("first", 1, "/first"), LoRARequest("second", 2, "/second")
+    asked, real = [], LLM.generate
+
+    def generate(self: LLM, beams: list, step: SamplingParams, use_tqdm: bool, lora_request: list) -> list:
+        asked.append(lora_request)
+        return real(self, beams, step, use_tqdm=use_tqdm)  # the scripted engine serves no adapter
+
+    monkeypatch.setattr(LLM, "generate", generate)
+    llm.beam_search(prompts[:2], params, lora_request=[first, second])
+    assert asked[0] == [first, second] and len(asked) == 3
+    assert all(loras == [first] * (len(loras) // 2) + [second] * (len(loras) // 2) for loras in asked[1:])
 
 
 def test_tokenization_kwargs_are_taken_or_refused_by_name(llm: LLM) -> None:
