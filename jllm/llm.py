@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, Any]  # {"role": ..., "content": a string or OpenAI text parts}
+WAKE_UP_TAGS = ("weights", "kv_cache")  # vLLM's wake_up tags
 UseTqdm = bool | Callable[..., tqdm]  # vLLM's: show a bar or not, or what makes it (functools.partial(tqdm, ...))
 
 
@@ -197,16 +198,28 @@ class LLM:
         ones: an RL loop's update). Requests are refused while asleep."""
         self.engine.sleep(level)
 
-    def wake_up(self) -> None:
-        """Back from ``sleep``: the weights (level 1) and an empty KV pool on the devices again."""
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Back from ``sleep``: the weights (level 1) and an empty KV pool on the devices again. vLLM's ``tags``
+        (None: all) may name both, "weights" and "kv_cache"; waking one without the other is refused."""
+        if tags is not None:
+            if not isinstance(tags, list | tuple | set) or not set(tags) <= set(WAKE_UP_TAGS):
+                raise ValueError(f"tags must be a list of {WAKE_UP_TAGS} or None, got {tags!r:.100}")
+            if set(tags) != set(WAKE_UP_TAGS):
+                raise ValueError(
+                    f"wake_up(tags={list(tags)}) is not supported: jllm wakes the weights and the KV cache together; "
+                    "leave tags out"
+                )
         self.engine.wake_up()
 
     def is_sleeping(self) -> bool:
         return self.engine.sleep_level is not None
 
-    def reset_prefix_cache(self) -> bool:
-        """vLLM's: the prefix cache forgets its pages (between calls no request holds one), so the next prompts
-        compute every token (a benchmark's cold runs); True, as vLLM's when it was reset."""
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        """vLLM's: the prefix cache forgets its pages (between calls no request holds one, so vLLM's
+        ``reset_running_requests`` has none to preempt; jllm has no KV connector for ``reset_connector`` to reset),
+        so the next prompts compute every token (a benchmark's cold runs); True, as vLLM's when it was reset."""
+        _check_switch(reset_running_requests, "reset_running_requests")
+        _check_switch(reset_connector, "reset_connector")
         self.engine.block_manager.reset_prefix_cache()
         return True
 

@@ -414,6 +414,20 @@ def test_reset_prefix_cache_is_vllm_s(llm: LLM) -> None:
     assert llm.reset_prefix_cache() is True
     [cold] = llm.generate(prompt, GREEDY, use_tqdm=False)
     assert cold.num_cached_tokens == 0 and cold.outputs[0].token_ids == warm.outputs[0].token_ids
+    llm.generate(prompt, GREEDY, use_tqdm=False)  # vLLM's arguments (a TypeError before): nothing runs, no connector
+    assert llm.reset_prefix_cache(reset_running_requests=True, reset_connector=True) is True
+    assert llm.generate(prompt, GREEDY, use_tqdm=False)[0].num_cached_tokens == 0
+    with pytest.raises(TypeError, match="^reset_running_requests must be True or False"):
+        llm.reset_prefix_cache("yes")
+
+
+def test_wake_up_takes_vllm_s_tags_for_the_whole_engine_only(llm: LLM) -> None:
+    """vLLM's wake_up(tags) had been a TypeError; jllm wakes weights and KV cache together, so one alone is refused."""
+    llm.wake_up(tags=["kv_cache", "weights"])  # awake already: nothing to do, as vLLM's
+    with pytest.raises(ValueError, match=r"^wake_up\(tags=\['weights'\]\) is not supported"):
+        llm.wake_up(["weights"])
+    with pytest.raises(ValueError, match="^tags must be a list of"):
+        llm.wake_up(["kv"])
 
 
 def test_an_interrupted_generate_leaves_no_request_running(llm: LLM) -> None:
