@@ -122,21 +122,11 @@ def sampling_params(args: argparse.Namespace, defaults: SamplingParams | None = 
     return SamplingParams(**given) if defaults is None else dataclasses.replace(defaults, **given)
 
 
-def request_params(llm: LLM, args: argparse.Namespace) -> SamplingParams | None:
-    """What the command's requests are sent with. ``--max-tokens`` given: exactly that (a prompt it leaves no room
-    for is an error). Else the options become the engine's request defaults and the requests go without
-    SamplingParams, so ``DEFAULT_MAX_TOKENS`` is capped by the room each prompt leaves, as a model's own default is
+def request_params(llm: LLM, args: argparse.Namespace) -> SamplingParams:
+    """What the command's requests are sent with: the options over the model's defaults, ``--max-tokens`` (else
+    ``DEFAULT_MAX_TOKENS``) capped by the room each prompt leaves, as vLLM's offline ``LLM`` runs it
     (``--max-model-len 64`` had refused every prompt: 256 tokens asked that nobody asked for)."""
-    if args.max_tokens is not None:
-        return sampling_params(args, llm.get_default_sampling_params())
-    given = {"temperature": args.temperature, "top_p": args.top_p}
-    defaults = llm.engine.sampling_defaults
-    llm.engine.sampling_defaults = {
-        **defaults,
-        **{k: v for k, v in given.items() if v is not None},
-        "max_tokens": DEFAULT_MAX_TOKENS,
-    }
-    return None
+    return sampling_params(args, llm.get_default_sampling_params())
 
 
 def make_llm(config: EngineConfig, max_concurrent: int | None = None) -> LLM:
