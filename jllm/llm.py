@@ -79,6 +79,15 @@ class LLM:
         self.engine = build_engine(self.config)
         self._ids = itertools.count()
 
+    def get_world_size(self, include_dp: bool = True) -> int:
+        """vLLM's: the devices the model runs on, ``tensor_parallel_size`` (jllm has no pipeline or data parallelism
+        inside one LLM, so ``include_dp`` changes nothing)."""
+        _check_switch(include_dp, "include_dp")
+        return self.config.parallel.tensor_parallel_size
+
+    def reset_mm_cache(self) -> None:
+        """vLLM's: clears the multimodal inputs' caches; jllm's models take text only, so none holds anything."""
+
     def get_tokenizer(self) -> PreTrainedTokenizerBase:
         """The model's transformers tokenizer (``encode``, ``decode``, ``apply_chat_template`` ...), as vLLM's
         ``LLM.get_tokenizer``; the engine decodes with its Rust backend (``self.engine.tokenizer``)."""

@@ -16,6 +16,7 @@ from tokenizers.processors import TemplateProcessing
 
 from jllm import StructuredOutputsParams
 from jllm.beam_search import BeamSearchParams
+from jllm.config import EngineConfig
 from jllm.errors import ContextLengthError, InputError
 from jllm.llm import LLM
 from jllm.lora.request import LoRARequest
@@ -419,6 +420,13 @@ def test_reset_prefix_cache_is_vllm_s(llm: LLM) -> None:
     assert llm.generate(prompt, GREEDY, use_tqdm=False)[0].num_cached_tokens == 0
     with pytest.raises(TypeError, match="^reset_running_requests must be True or False"):
         llm.reset_prefix_cache("yes")
+
+
+def test_world_size_and_mm_cache_reset_are_vllm_s(llm: LLM) -> None:
+    """vLLM's LLM.get_world_size and reset_mm_cache had been AttributeErrors."""
+    llm.config = EngineConfig.from_flat({"tensor_parallel_size": 2})
+    assert llm.get_world_size() == llm.get_world_size(include_dp=False) == 2
+    assert llm.reset_mm_cache() is None  # text only: nothing cached
 
 
 def test_wake_up_takes_vllm_s_tags_for_the_whole_engine_only(llm: LLM) -> None:
