@@ -34,6 +34,7 @@ SchedulingPolicy = Literal["fcfs", "priority"]  # vLLM's --scheduling-policy (jl
 Quantization = Literal["int8", "fp8"]  # vLLM's names (jllm.quantization)
 Fp8KernelCompute = Literal["fma", "dot_f16", "dot_fp8"]  # pallas_kernels.fp8_gemv_spec.COMPUTE (tested equal)
 Fp8KernelBackend = Literal["triton", "pallas"]  # jllm.quantization.QuantScheme.fp8_kernel_backend
+ChatTemplateContentFormat = Literal["auto", "string", "openai"]  # vLLM's (jllm.chat_content)
 
 
 @dataclass
@@ -330,6 +331,9 @@ class ServerConfig(Section):
     reasoning_parser: str | None = None
     # a request's own chat_template renders its messages (vLLM's --trust-request-chat-template); false: a 400
     trust_request_chat_template: bool = False
+    # how a message's content reaches the chat template (vLLM's --chat-template-content-format): "string" (text
+    # parts joined), "openai" (a list of text parts), "auto": the one the template reads (jllm.chat_content)
+    chat_template_content_format: ChatTemplateContentFormat = "auto"
     # the Responses API's stored responses (previous_response_id, GET /v1/responses/{id}): at most this many MiB of
     # request bodies and responses in memory, least recently used dropped first; 0: none stored (store: true a 400)
     responses_store_mb: int = 256

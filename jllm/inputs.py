@@ -19,6 +19,7 @@ from typing import Any, NotRequired, TypedDict
 import pydantic_core
 
 from jllm.bad_words import BadWordIds, bad_word_ids
+from jllm.chat_content import check_content_format, content_for_template, resolve_content_format
 from jllm.config import LimitsConfig, parse_chat_template
 from jllm.errors import ContextLengthError, InputError
 from jllm.sampling import TRUNCATION_SIDES, SamplingParams
@@ -179,10 +180,13 @@ class InputProcessor:
         chat_template_kwargs: dict[str, Any] | None = None,
         add_special_tokens: bool = False,
         reasoning_effort: str | None = None,
+        content_format: str = "auto",
         **template_options: Any,
     ) -> Prompt:
         """The conversation through the model's chat template; a template that rejects the messages (or a model
-        without one) is the client's error. Content given as OpenAI's text parts reads as one string;
+        without one) is the client's error. Message content reaches the template in ``content_format`` (vLLM's
+        ``chat_template_content_format``, ``jllm.chat_content``): one string, OpenAI's text parts, or "auto" the one
+        the template in use reads;
         ``chat_template_kwargs`` reach the template as variables (and may override the two switches, as in vLLM);
         ``template_options`` are further arguments of the template call (``documents``, ``chat_template``).
         The template adds the special tokens it wants; ``add_special_tokens`` adds the tokenizer's on top.
@@ -217,7 +221,12 @@ class InputProcessor:
                 "message)",
                 param="continue_final_message",
             )
-        conversation = [_message_for_template(m, i) for i, m in enumerate(messages)]
+        try:
+            content_format = check_content_format(content_format)
+        except ValueError as e:
+            raise InputError(str(e), param="chat_template_content_format") from e
+        content_format = resolve_content_format(content_format, self._template_in_use(kwargs))
+        conversation = [_message_for_template(m, i, content_format) for i, m in enumerate(messages)]
         import jinja2  # here, not at the top: 0.17 s of every start-up for what only chat requests use
 
         try:
@@ -227,6 +236,16 @@ class InputProcessor:
         except (jinja2.TemplateError, TypeError, ValueError) as e:
             raise InputError(f"the chat template rejected these messages: {e}", param="messages") from e
         return Prompt(self.tokenizer.encode(check_text(text, "messages"), add_special_tokens=add_special_tokens), text)
+
+    def _template_in_use(self, kwargs: dict[str, Any]) -> str | None:
+        """The template a render with these arguments uses, as transformers picks it (the request's own or one of
+        the model's named templates it names, else the model's, its ``tool_use`` one with tools); None: none."""
+        if not self.tokenizer.chat_template and kwargs.get("chat_template") is None:
+            return None
+        try:
+            return self.tokenizer.hf.get_chat_template(kwargs.get("chat_template"), kwargs.get("tools"))
+        except (ValueError, TypeError):  # no such template: the render names it
+            return None
 
     def check_template_reads(self, variable: str, chat_template: str | None, refusal: str) -> None:
         """An ``InputError`` (``refusal``, on the field ``variable``) unless the template a render uses reads
@@ -488,24 +507,21 @@ def _template_kwargs(chat_template_kwargs: dict[str, Any] | None) -> dict[str, A
     return chat_template_kwargs
 
 
-def _message_for_template(message: Any, index: int) -> dict[str, Any]:
-    """A message as chat templates expect it: string content (OpenAI's text parts joined on a newline, as vLLM
-    joins them; null as empty), and tool calls' arguments as mappings (``_tool_calls_for_template``)."""
+def _message_for_template(message: Any, index: int, content_format: str) -> dict[str, Any]:
+    """A message as chat templates expect it: its content in ``content_format`` ("string": OpenAI's text parts
+    joined on a newline, as vLLM joins them, null as empty; "openai": a list of text parts), and tool calls'
+    arguments as mappings (``_tool_calls_for_template``)."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise InputError(f"messages[{index}] must be a mapping with a string 'role'", param="messages")
-    content = message.get("content")
-    if isinstance(content, list):
-        texts = [p.get("text") if isinstance(p, dict) and p.get("type") == "text" else None for p in content]
-        if any(not isinstance(t, str) for t in texts):
+    try:
+        content = content_for_template(message["role"], message.get("content"), content_format)
+    except ValueError as e:
+        if isinstance(message.get("content"), list):
             raise InputError(
                 f"messages[{index}].content: only text parts ({{'type': 'text', 'text': ...}}) are supported",
                 param="messages",
-            )
-        content = "\n".join(texts)
-    elif content is None:
-        content = ""
-    elif not isinstance(content, str):
-        raise InputError(f"messages[{index}].content must be a string or a list of text parts", param="messages")
+            ) from e
+        raise InputError(f"messages[{index}].content must be a string or a list of text parts", param="messages") from e
     if message.get("tool_calls"):
         return {**message, "content": content, "tool_calls": _tool_calls_for_template(message["tool_calls"], index)}
     return {**message, "content": content}

@@ -420,13 +420,13 @@ class LLM:
         generates; the arguments in vLLM's order. ``chat_template_kwargs`` (over ``default_chat_template_kwargs``)
         reach the template as variables and ``tools`` (OpenAI's tool objects) reach it as ``tools``, as in vLLM
         (refused where the template does not read them: offline they would change nothing); calls in the output are
-        not parsed offline (vLLM's ``chat`` neither). Message content reaches the template as a string (text parts
-        joined): vLLM's ``chat_template_content_format`` "string", which "auto" is taken as; "openai" (content as a
-        list of parts) is refused, and so is ``mm_processor_kwargs`` (text only). ``tokenization_kwargs`` as
+        not parsed offline (vLLM's ``chat`` neither). Message content reaches the template in vLLM's
+        ``chat_template_content_format``: "string" (text parts joined), "openai" (a list of text parts), "auto" the
+        one the template reads (``jllm.chat_content``). ``mm_processor_kwargs`` is refused (text only).
+        ``tokenization_kwargs`` as
         ``generate``'s (``add_special_tokens``: the tokenizer's on top of the template's, off by default)."""
         _check_switch(add_generation_prompt, "add_generation_prompt")
         _check_switch(continue_final_message, "continue_final_message")
-        _check_content_format(chat_template_content_format)
         tokenization = Tokenization.of(tokenization_kwargs)
         if mm_processor_kwargs:
             raise InputError(
@@ -444,6 +444,7 @@ class LLM:
             "continue_final_message": continue_final_message,
             "chat_template_kwargs": self.engine.inputs.template_kwargs(chat_template_kwargs),
             "add_special_tokens": tokenization.add_special_tokens_in_chat,
+            "content_format": chat_template_content_format,
         }
         if chat_template is not None:
             options["chat_template"] = chat_template
@@ -610,22 +611,6 @@ class Tokenization:
     def add_special_tokens_in_chat(self) -> bool:
         """A rendered chat's: the template's own alone unless asked for the tokenizer's too (vLLM's default)."""
         return self.special_tokens is True
-
-
-def _check_content_format(value: object) -> None:
-    """vLLM's ``chat_template_content_format``: jllm renders message content as a string, its "string" format."""
-    if value in ("auto", "string"):
-        return
-    if value == "openai":
-        raise InputError(
-            "chat_template_content_format 'openai' is not supported: jllm gives the template each message's content "
-            "as a string (text parts joined), vLLM's 'string' format; leave it 'auto' or give 'string'",
-            param="chat_template_content_format",
-        )
-    raise InputError(
-        f"chat_template_content_format must be 'auto', 'string' or 'openai', got {value!r:.100}",
-        param="chat_template_content_format",
-    )
 
 
 def _prompt_list(prompts: PromptInput | Seq[PromptInput]) -> list[PromptInput]:

@@ -94,7 +94,8 @@ def test_a_prompt_the_kv_pool_cannot_hold_raises_before_any_runs() -> None:
 
 def test_chat_takes_vllm_s_arguments_in_vllm_s_order(llm: LLM) -> None:
     """vLLM's LLM.chat(messages, sampling_params, use_tqdm, lora_request, chat_template, ...): a positional call had
-    bound lora_request to chat_template; the content format and mm_processor_kwargs had been a TypeError."""
+    bound lora_request to chat_template; the content format and mm_processor_kwargs had been a TypeError. The content
+    format is vLLM's: "openai", and "auto" for a template that loops over a message's parts, give it the parts."""
     vllm_order = [
         "messages", "sampling_params", "use_tqdm", "lora_request", "chat_template", "chat_template_content_format",
         "add_generation_prompt", "continue_final_message", "tools", "chat_template_kwargs", "tokenization_kwargs",
@@ -106,11 +107,13 @@ def test_chat_takes_vllm_s_arguments_in_vllm_s_order(llm: LLM) -> None:
     for taken in ("auto", "string"):
         [out] = llm.chat(hi, GREEDY, False, None, None, taken, mm_processor_kwargs={})
         assert out.prompt_token_ids == plain.prompt_token_ids
-    with pytest.raises(InputError, match="^chat_template_content_format 'openai' is not supported") as e:
-        llm.chat(hi, GREEDY, use_tqdm=False, chat_template_content_format="openai")
-    assert e.value.param == "chat_template_content_format"
-    with pytest.raises(InputError, match="^chat_template_content_format must be 'auto', 'string' or 'openai'"):
+    parts = "<{% for m in messages %}{% for p in m.content %}{{ p.text }}{% endfor %}{% endfor %}>"
+    for given, prompt in [("auto", "<hi>"), ("openai", "<hi>"), ("string", "<>")]:  # a string's characters: no text
+        [out] = llm.chat(hi, GREEDY, False, None, parts, given)
+        assert out.prompt == prompt, given
+    with pytest.raises(InputError, match="^chat_template_content_format must be 'auto', 'string' or 'openai'") as e:
         llm.chat(hi, GREEDY, use_tqdm=False, chat_template_content_format="text")
+    assert e.value.param == "chat_template_content_format"
     with pytest.raises(InputError, match="^mm_processor_kwargs is not supported"):
         llm.chat(hi, GREEDY, use_tqdm=False, mm_processor_kwargs={"num_crops": 4})
     assert not llm.engine.has_unfinished_requests()

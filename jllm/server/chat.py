@@ -98,7 +98,8 @@ async def start_chat(
     inputs = served.engine.inputs
     body.check_template_trusted(state.config.server.trust_request_chat_template)
     chars = inputs.check_prompt_size([[m.for_template() for m in body.messages], tools.tools], "messages")
-    prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools)
+    content_format = state.config.server.chat_template_content_format
+    prompt = await state.host_work.run(chars, _checked_prompt, inputs, body, params, tools.tools, content_format)
     params = inputs.with_default_max_tokens(params, served.engine.sampling_defaults.get("max_tokens"), [prompt])
     gate = reply.reasoning_gate(inputs.tokenizer)
     lora = state.registry.lora_for(body.model)
@@ -134,24 +135,32 @@ def _choice(delta: Delta, message: AssistantMessage, top: int, names: TokenNames
 
 
 def render_chat(
-    inputs: InputProcessor, body: ChatCompletionRequest | TokenizeRequest, tools: list[dict] | None = None
+    inputs: InputProcessor,
+    body: ChatCompletionRequest | TokenizeRequest,
+    tools: list[dict] | None = None,
+    content_format: str = "auto",
 ) -> Prompt:
     """The request's messages through the model's chat template, with its template switches and variables, and the
-    tools (transformers' ``apply_chat_template(tools=...)``)."""
+    tools (transformers' ``apply_chat_template(tools=...)``); their content in the server's
+    ``chat_template_content_format``."""
     assert body.messages is not None
     options = body.template_options()
     if tools:
         options["tools"] = tools
-    return inputs.render_chat(
-        [m.for_template() for m in body.messages], add_special_tokens=bool(body.add_special_tokens), **options
-    )
+    messages = [m.for_template() for m in body.messages]
+    add_special_tokens = bool(body.add_special_tokens)
+    return inputs.render_chat(messages, add_special_tokens=add_special_tokens, content_format=content_format, **options)
 
 
 def _checked_prompt(
-    inputs: InputProcessor, body: ChatCompletionRequest, params: SamplingParams, tools: list[dict] | None
+    inputs: InputProcessor,
+    body: ChatCompletionRequest,
+    params: SamplingParams,
+    tools: list[dict] | None,
+    content_format: str,
 ) -> Prompt:
     """Rendered, then truncated and checked by the input door like any prompt."""
-    prompt = inputs.process(render_chat(inputs, body, tools), params, param="messages")
+    prompt = inputs.process(render_chat(inputs, body, tools, content_format), params, param="messages")
     return dataclasses.replace(prompt, cache_salt=checked_cache_salt(body.cache_salt))
 
 

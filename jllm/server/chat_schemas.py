@@ -107,14 +107,21 @@ class ChatMessage(_Request):
             raise ValueError("tool_call_id is required in a tool message, and only there")
         return self
 
-    def for_template(self) -> dict[str, Any]:
-        """What a chat template expects: {role, content} (text parts joined on a newline, as vLLM gives templates
-        that read a message's content as one string; "developer" is OpenAI's newer name for "system"), plus
-        the assistant's tool calls and reasoning (as ``reasoning_content``, ``reasoning`` and ``thinking``) or the
-        tool result's call id when present."""
+    @property
+    def text(self) -> str:
+        """The content as one string: text parts joined on a newline, null as empty (vLLM's "string" format)."""
         content = self.content or ""
-        text = content if isinstance(content, str) else "\n".join(part.text for part in content)
-        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        return content if isinstance(content, str) else "\n".join(part.text for part in content)
+
+    def for_template(self) -> dict[str, Any]:
+        """What a chat template expects: {role, content} (content as sent, its parts as text parts: the input door
+        gives it to the template as one string or as parts, ``jllm.chat_content``; "developer" is OpenAI's newer
+        name for "system"), plus the assistant's tool calls and reasoning (as ``reasoning_content``,
+        ``reasoning`` and ``thinking``) or the tool result's call id when present."""
+        content = self.content
+        if isinstance(content, list):
+            content = [{"type": "text", "text": part.text} for part in content]
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content}
         if self.tool_calls:
             message["tool_calls"] = [call.for_template() for call in self.tool_calls]
         reasoning = self.reasoning if self.reasoning is not None else self.reasoning_content
@@ -242,7 +249,7 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
         assistant's (the reply's role: a start it continues); else nothing."""
         if not self.echo or self.messages[-1].role != "assistant":
             return ""
-        return self.messages[-1].for_template()["content"]
+        return self.messages[-1].text
 
     @property
     def effective_tool_choice(self) -> str | NamedToolChoice:

@@ -92,7 +92,8 @@ async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeRe
         body = body.model_copy(update={"chat_template_kwargs": kwargs})
         tools = tools_for_template(body.tools)
         chars = engine.inputs.check_prompt_size([[m.for_template() for m in body.messages], tools], "messages")
-        tokens = (await work.run(chars, render_chat, engine.inputs, body, tools)).token_ids
+        content_format = state.config.server.chat_template_content_format
+        tokens = (await work.run(chars, render_chat, engine.inputs, body, tools, content_format)).token_ids
     else:
         add_special_tokens = body.add_special_tokens is not False  # a prompt's default: true
         chars = engine.inputs.check_prompt_size(body.prompt, "prompt")
