@@ -190,7 +190,8 @@ class LLM:
             outputs = self.generate(beams, step, use_tqdm=False, lora_request=per_beam)
             search.advance([output.outputs[0].logprobs[0] for output in outputs])
             steps.update(1)
-        return search.results(tokenizer.decode)
+        # vLLM's text: its tokenizer's decode of every token, special ones kept (a prompt's BOS, an ending EOS)
+        return search.results(functools.partial(tokenizer.decode, skip_special_tokens=False))
 
     def load_weights(self, model: str | Path | None) -> None:
         """Runs another checkpoint of the same model from now on, without a new start (``jllm.weight_swap``: the

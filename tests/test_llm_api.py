@@ -143,6 +143,15 @@ def test_beam_search_takes_vllm_s_concurrency_limit_and_an_adapter_per_prompt(
     assert all(loras == [first] * (len(loras) // 2) + [second] * (len(loras) // 2) for loras in asked[1:])
 
 
+def test_beam_search_text_keeps_special_tokens_as_vllm_s(llm: LLM) -> None:
+    """vLLM's LLM.beam_search decodes each beam's tokens with its tokenizer's decode, special tokens kept (a
+    prompt's BOS, an ending EOS); jllm's text had left them out."""
+    [out] = llm.beam_search([{"prompt_token_ids": [1, 70, 71]}], BeamSearchParams(beam_width=2, max_tokens=2))
+    decode = llm.engine.inputs.tokenizer.decode
+    assert all(b.text == decode(b.tokens, skip_special_tokens=False) for b in out.sequences)
+    assert all(b.text.startswith("<s>") for b in out.sequences)
+
+
 def test_tokenization_kwargs_are_taken_or_refused_by_name(llm: LLM) -> None:
     """vLLM's generate / chat(tokenization_kwargs=...) had been a TypeError: add_special_tokens and truncation are
     taken as vLLM takes them, the keys jllm does not do are refused by name, never dropped."""
