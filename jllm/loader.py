@@ -41,6 +41,7 @@ from jllm.kv_scales import declares_kv_scales, is_scale_param, stores_kv_scales
 from jllm.models.registry import build_args
 from jllm.quantization import QuantScheme, resolve_scheme
 from jllm.safetensors_index import SafetensorsIndex, stored_names
+from jllm.unread_tensors import check_all_read
 from pallas_kernels import has_jax_triton
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -262,7 +263,11 @@ def _place(
         var.set_value(q)
 
 
-def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int, args: Any) -> None:
+def load_safetensors_params(
+    state: nnx.State, model_dir: Path, mesh: Mesh, kv_replicas: int, args: Any, hf_config: dict[str, Any]
+) -> None:
+    """Every parameter read from the checkpoint; then every checkpoint tensor must have been read, or be one the
+    family skips on purpose (``jllm.unread_tensors``: an unread one usually means a misread config key)."""
     with ExitStack() as stack:
         index = SafetensorsIndex(model_dir, stack, args.weights)
 
@@ -273,6 +278,7 @@ def load_safetensors_params(state: nnx.State, model_dir: Path, mesh: Mesh, kv_re
             return jax.make_array_from_callback(target.shape, target.sharding, read)
 
         _place(state, mesh, make, args.quant, args.dtype, index.stores_fp8)
+        check_all_read(index.unread(), args.weights.skipped, hf_config, args.num_layers, args.tie_word_embeddings)
 
 
 def dummy_keys(seed: int, count: int) -> jax.Array:
@@ -385,7 +391,7 @@ def load_model(
     if load_format == "dummy":
         init_dummy_params(state, mesh, seed, args, executable_cache)
     elif load_format == "safetensors":
-        load_safetensors_params(state, model_dir, mesh, kv_replicas, args)
+        load_safetensors_params(state, model_dir, mesh, kv_replicas, args, hf_config)
     elif load_format == "orbax" and quant is not None:
         restore_quantized(state, model_dir, mesh, kv_replicas, hf_config, args)
     elif load_format == "orbax":

@@ -119,22 +119,48 @@ class StoredTensor(NamedTuple):
         return self.handle.get_slice(self.name)
 
 
+class ReadTensors(dict):
+    """Our name for a tensor -> where it lies, recording each one looked up (``read``: stored names), so the loader
+    can name those nothing read (``jllm.unread_tensors``). A membership test is not a read."""
+
+    def __init__(self, items: Any = ()):
+        super().__init__(items)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> StoredTensor:
+        stored = super().__getitem__(key)
+        self.read.add(stored.name)
+        return stored
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
 class SafetensorsIndex:
     """Tensor name -> open safetensors file, over one file or a sharded index."""
 
     def __init__(self, model_dir: Path, stack: ExitStack, weights: WeightMap):
         self.weights = weights
-        self.tensors: dict[str, StoredTensor] = {}  # by our name for the tensor
+        self.tensors = ReadTensors()  # by our name for the tensor
+        self.spelled: dict[str, str] = {}  # every tensor name the files hold -> ours
         for file in shard_files(model_dir):
             if not (model_dir / file).is_file():
                 raise FileNotFoundError(f"checkpoint shard {file!r} listed in the index is missing from {model_dir}")
             handle = stack.enter_context(safe_open(model_dir / file, framework="flax"))
-            self.tensors |= {_alias(key, weights): StoredTensor(handle, model_dir / file, key) for key in handle.keys()}
+            spelled = {key: _alias(key, weights) for key in handle.keys()}
+            self.spelled |= spelled
+            self.tensors.update({ours: StoredTensor(handle, model_dir / file, key) for key, ours in spelled.items()})
         prefix = weights.prefix
         if prefix and not any(key.startswith(prefix) for key in self.tensors):
             # saved from the base model (GPT-2's hub files: ``h.0.attn...``, no ``transformer.``), as transformers
             # reads it through ``base_model_prefix``
-            self.tensors = {prefix + key: stored for key, stored in self.tensors.items()}
+            self.tensors = ReadTensors({prefix + key: stored for key, stored in self.tensors.items()})
+            self.spelled = {name: prefix + ours for name, ours in self.spelled.items()}
+
+    def unread(self) -> dict[str, str]:
+        """The stored tensors that no reader has looked up: stored name -> ours (``hf_names``' spelling, after
+        ``WeightMap.aliases`` and a base model's missing prefix)."""
+        return {name: ours for name, ours in self.spelled.items() if name not in self.tensors.read}
 
     def stores_fp8(self, path: tuple[Any, ...]) -> bool:
         """Whether a kernel's (first) checkpoint tensor is stored in e4m3, to be read as stored."""

@@ -161,6 +161,85 @@ def _load_without(model_dir: Path, tensor: str):
     return load_model(model_dir, mesh=make_mesh(1))
 
 
+def _add_tensors(model_dir: Path, tensors: dict[str, np.ndarray], config: dict | None = None) -> Path:
+    """Adds ``tensors`` to the checkpoint's first shard (and its index), and ``config`` keys to config.json."""
+    from safetensors.numpy import load_file, save_file
+
+    shard = sorted(model_dir.glob("*.safetensors"))[0]
+    save_file({**load_file(shard), **tensors}, shard)
+    index_file = model_dir / "model.safetensors.index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        index["weight_map"] |= dict.fromkeys(tensors, shard.name)
+        index_file.write_text(json.dumps(index))
+    if config:
+        (model_dir / "config.json").write_text(json.dumps(json.loads((model_dir / "config.json").read_text()) | config))
+    return model_dir
+
+
+def _one_file(model_dir: Path) -> Path:
+    """The sharded checkpoint rewritten as one ``model.safetensors`` without an index."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {}
+    for shard in model_dir.glob("*.safetensors"):
+        tensors |= load_file(shard)
+        shard.unlink()
+    (model_dir / "model.safetensors.index.json").unlink()
+    save_file(tensors, model_dir / "model.safetensors")
+    return model_dir
+
+
+@pytest.mark.parametrize("sharded", [True, False])
+def test_a_tensor_nothing_reads_is_refused_naming_it_and_the_architecture(tiny_dirs, tmp_path, sharded):
+    from jllm.unread_tensors import UnreadTensorsError
+
+    model_dir = shutil.copytree(tiny_dirs["mistral"], tmp_path / "extra")
+    if not sharded:
+        _one_file(model_dir)
+    # a Mistral with q/k/v biases whose config.json said nothing of them: attention_bias misread, say
+    biases = {f"model.layers.{i}.self_attn.{p}_proj.bias": np.ones(32, np.float32) for i in range(2) for p in "kv"}
+    _add_tensors(model_dir, biases)
+    message = r"4 checkpoint tensor\(s\) of MistralForCausalLM .*model.layers.0.self_attn.k_proj.bias.*config key"
+    with pytest.raises(UnreadTensorsError, match=message):
+        load_model(model_dir, mesh=make_mesh(1))
+
+
+def test_unread_tensors_named_are_the_first_ten_and_a_count():
+    from jllm.unread_tensors import UnreadTensorsError, check_all_read
+
+    names = [f"model.layers.{i:02}.mlp.shared_expert.up_proj.weight" for i in range(25)]
+    with pytest.raises(
+        UnreadTensorsError, match=r"^25 .*layers.09.mlp.shared_expert.up_proj.weight, \.\.\. \(15 more\)"
+    ):
+        check_all_read({n: n for n in names}, (), {"architectures": ["Qwen2MoeForCausalLM"]}, 25)
+    check_all_read({n: n for n in names}, ((r"\.shared_expert\.", "why"),), {}, 25)  # a family's declared extra
+
+
+def test_declared_extras_load_the_same_weights(tiny_dirs, tmp_path):
+    """Rotary buffers, a tied head's copy and, where the config declares next-n layers, multi-token prediction layers
+    past the decoder's are skipped; the same layer without the config key is refused."""
+    from jllm.unread_tensors import UnreadTensorsError
+
+    src = tiny_dirs["mistral"]
+    plain = load_model(src, mesh=make_mesh(1), dtype="float32")
+    extras = {
+        "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(8, np.float32),
+        "model.layers.2.mlp.up_proj.weight": np.ones((96, 64), np.float32),  # an MTP layer
+        "model.mtp.norm.weight": np.ones(64, np.float32),
+    }
+    undeclared = _add_tensors(shutil.copytree(src, tmp_path / "undeclared"), extras)
+    with pytest.raises(UnreadTensorsError, match=r"^2 .*model.layers.2.mlp.up_proj.weight, model.mtp.norm.weight\."):
+        load_model(undeclared, mesh=make_mesh(1))
+    declared = _add_tensors(shutil.copytree(src, tmp_path / "declared"), extras, {"num_nextn_predict_layers": 1})
+    loaded = load_model(declared, mesh=make_mesh(1), dtype="float32")
+    ours, theirs = nnx.to_flat_state(nnx.state(loaded.model)), nnx.to_flat_state(nnx.state(plain.model))
+    assert all(np.array_equal(a.get_value(), b.get_value()) for (_, a), (_, b) in zip(ours, theirs, strict=True))
+    # a tied head's stored copy (vLLM's loaders skip it too)
+    tied = shutil.copytree(tiny_dirs["qwen2"], tmp_path / "tied")
+    load_model(_add_tensors(tied, {"lm_head.weight": np.ones((160, 64), np.float32)}), mesh=make_mesh(1))
+
+
 def test_wrong_shape_is_named(tiny_dirs, tmp_path):
     from safetensors.numpy import load_file, save_file
 

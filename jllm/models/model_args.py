@@ -139,7 +139,9 @@ class WeightMap:
     parameter's leading axis; without it, each expert kernel is one stacked tensor (Granite MoE's ``input_linear``).
     ``reader``: the family's own for parameters its checkpoint lays out its own way, ``reader(index, path, shape,
     dtype)`` -> a slice reader (``jllm.safetensors_index.Reader``), or None where the names above say it (gpt-oss's
-    stacked experts, gate and up interleaved, maybe in MXFP4).
+    stacked experts, gate and up interleaved, maybe in MXFP4). ``skipped``: the checkpoint tensors the family leaves
+    unread on purpose, (a pattern searched in the stored name, the reason); any other unread tensor is an error at
+    load (``jllm.unread_tensors``).
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -162,6 +164,7 @@ class WeightMap:
     # the stored ``v_proj``'s heads this wide, each zero-padded to the head width in our fused QKV (MiMo-V2-Flash's
     # values are narrower than its queries and keys: ``ModelArgs.v_head_dim``); None: the head width
     v_head_dim: int | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,6 +48,12 @@ WEIGHTS = WeightMap(
         ("mixer", "self_attn"),  # the lightning layers' modules under the attention's name
         ("qkv", "qkv_proj"),  # the lightning layer's fused projection (``qkv_proj`` names the attention's, fused here)
     ),
+    skipped=(
+        (
+            r"\.self_attn\.(slope_rate|query_decay|key_decay|diagonal_decay)$",
+            "lightning attention's decay buffers: recomputed from the layer's slope (transformers' get_slope_rate)",
+        ),
+    ),
 )
 
 

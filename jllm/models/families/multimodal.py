@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,25 @@ LANGUAGE_MODEL = dict(
 )
 
 
+def text_model_only(reader: Callable[[dict[str, Any], Any], ModelArgs]) -> Callable[[dict[str, Any], Any], ModelArgs]:
+    """An image-text family's reader whose checkpoint tensors outside its text model (``WeightMap.prefix`` and the
+    LM head: as our names spell them, after ``aliases``) are skipped on purpose: only the text model is loaded, so the
+    other modalities' towers, projectors and tokenizers are never read (``jllm.unread_tensors``). An unread tensor
+    inside the text model is still an error."""
+
+    @functools.wraps(reader)
+    def read(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+        args = reader(cfg, dtype)
+        weights = args.weights
+        text = "|".join(map(re.escape, (weights.prefix, f"{weights.head_prefix}lm_head.")))
+        why = "another modality's tower, projector or tokenizer: only the text model is loaded"
+        return dataclasses.replace(
+            args, weights=dataclasses.replace(weights, skipped=(*weights.skipped, (f"^(?!{text})", why)))
+        )
+
+    return read
+
+
 def _text_only(
     cfg: dict[str, Any], dtype: Any, family: str, readers: dict[str, Callable[[dict[str, Any], Any], ModelArgs]]
 ) -> ModelArgs:
@@ -49,6 +70,7 @@ def _text_only(
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **LANGUAGE_MODEL))
 
 
+@text_model_only
 def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 3 image-text (gemma-3-4b/12b/27b): its Gemma 3 language model. transformers'
     Gemma3ForConditionalGeneration never soft-caps its logits, so a ``final_logit_softcapping`` is refused (every
@@ -62,6 +84,7 @@ def gemma3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _text_only(cfg, dtype, "Gemma 3", {"gemma3_text": gemma.gemma3})
 
 
+@text_model_only
 def gemma4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 4 image-text(-audio) (gemma-4-e2b/e4b/26B-A4B/31B): its Gemma 4 language model, tensors under
     ``model.language_model.``, the head tied to its embeddings as the text config says (transformers' image-text Gemma
@@ -70,6 +93,7 @@ def gemma4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _text_only({**cfg, "text_config": text}, dtype, "Gemma 4", {"gemma4_text": gemma4_text})
 
 
+@text_model_only
 def gemma4_unified(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 4 unified image-text(-audio) (``Gemma4UnifiedForConditionalGeneration``, encoder-free: its patches and
     audio frames are embedded straight into the language model): its text model under ``model.language_model.``,
@@ -81,6 +105,7 @@ def gemma4_unified(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+@text_model_only
 def gemma3n(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Gemma 3n image-text-audio (gemma-3n-E2B/E4B(-it)): its Gemma 3n language model, tensors under
     ``model.language_model.``, the head tied as the text config says (transformers' image-text Gemma 3n soft-caps
@@ -91,6 +116,7 @@ def gemma3n(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _text_only({**cfg, "text_config": text}, dtype, "Gemma 3n", {"gemma3n_text": gemma3n_text})
 
 
+@text_model_only
 def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Mistral 3 image-text: its Mistral (Mistral-Small-3.1/3.2) or Ministral 3 (Ministral-3) language model."""
     return _text_only(cfg, dtype, "Mistral 3", {"mistral": llama.mistral, "ministral3": llama.ministral3})
@@ -100,22 +126,26 @@ def mistral3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
 LLAVA_TEXT = {"llama": llama.llama, "mistral": llama.mistral, "qwen2": llama.qwen2}
 
 
+@text_model_only
 def llava(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """LLaVA-1.5 and LLaVA-NeXT (llava-hf's ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``):
     its Llama, Mistral or Qwen2 language model (LlavaConfig's default text model is Llama's)."""
     return _text_only(cfg, dtype, "LLaVA", LLAVA_TEXT)
 
 
+@text_model_only
 def aya_vision(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Aya Vision 8B / 32B: its Cohere2 (Command R7B / A) language model."""
     return _text_only(cfg, dtype, "Aya Vision", {"cohere2": layer_norm.cohere2})
 
 
+@text_model_only
 def internvl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """InternVL3 / 3.5 as transformers keeps them (the ``-hf`` checkpoints): its Qwen2 or Qwen3 language model."""
     return _text_only(cfg, dtype, "InternVL", {"qwen2": llama.qwen2, "qwen3": llama.qwen3})
 
 
+@text_model_only
 def idefics3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Idefics3 and SmolVLM: its Llama language model, tensors under ``model.text_model.``, the LM head
     ``lm_head``."""
@@ -132,6 +162,7 @@ EMU3_TEXT_MODEL = dict(
 )
 
 
+@text_model_only
 def emu3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Emu3 (Emu3-Chat / Emu3-Gen): its Llama-like text model, tensors under ``text_model.``; the VQ-VAE image
     tokenizer is never read (image tokens are ids of the text vocabulary, which a text prompt does not hold)."""
@@ -155,18 +186,21 @@ QWEN2_VL_TEXT = dict(
 QWEN3_VL_TEXT = dict(rope_theta=5e5, max_position_embeddings=128_000)
 
 
+@text_model_only
 def qwen2_5_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen2-VL and Qwen2.5-VL: their Qwen2 language model, tensors under ``model.`` as the hub keeps them (and
     transformers saves them), with their text configs' defaults (``QWEN2_VL_TEXT``)."""
     return _mrope_language_model(cfg, dtype, llama.qwen2, "model.", QWEN2_VL_TEXT)
 
 
+@text_model_only
 def qwen3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3-VL (dense): its Qwen3 language model, tensors under ``model.language_model.``, with its text config's
     defaults (``QWEN3_VL_TEXT``)."""
     return _mrope_language_model(cfg, dtype, llama.qwen3, "model.language_model.", QWEN3_VL_TEXT)
 
 
+@text_model_only
 def qwen3_vl_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3-VL-MoE (Qwen3-VL-30B-A3B, 235B-A22B): its Qwen3-MoE language model under ``model.language_model.``, with
     transformers' ``Qwen3VLMoeTextTopKRouter``: the top-k of the softmax always renormalised (its config has no
@@ -199,12 +233,14 @@ def _hub_experts(index: Any, path: tuple[Any, ...], shape: tuple[int, ...], dtyp
     return hub.param_reader(path, shape, dtype, 1)
 
 
+@text_model_only
 def qwen3_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3.5 image-text (``Qwen3_5ForConditionalGeneration``, as the hub's Qwen3.5 models are): its gated-DeltaNet
     hybrid language model under ``model.language_model.``."""
     return _mrope_language_model(cfg, dtype, qwen3_next.qwen3_5, "model.language_model.")
 
 
+@text_model_only
 def qwen3_5_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen3.5-MoE image-text (``Qwen3_5MoeForConditionalGeneration``): its hybrid mixture-of-experts language
     model under ``model.language_model.``."""
@@ -224,6 +260,7 @@ GLM4V_TEXT = dict(
 )
 
 
+@text_model_only
 def glm4v(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GLM-4.1V (``Glm4vForConditionalGeneration``): its GLM-4 language model (sandwich norms, interleaved partial
     rotary, q/k/v biases) under ``model.language_model.``, with Glm4vTextConfig's defaults."""
@@ -234,6 +271,7 @@ def glm4v(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+@text_model_only
 def glm4v_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """GLM-4.5V (``Glm4vMoeForConditionalGeneration``): its GLM-4.5 language model (``deepseek.glm4_moe``: V3's
     mixture on grouped-query attention, half-split partial rotary) under ``model.language_model.``; q/k/v biases
@@ -241,6 +279,7 @@ def glm4v_moe(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _mrope_language_model(cfg, dtype, deepseek.glm4_moe, "model.language_model.", {"attention_bias": True})
 
 
+@text_model_only
 def qwen4_exp(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Qwen4-Exp image-text (``Qwen4ExpForConditionalGeneration``, the hub's "Qwen/Qwen4-Exp"): its hybrid
     language model in hyper-connection streams under ``model.language_model.``."""
@@ -271,6 +310,7 @@ def _mrope_language_model(
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, prefix=prefix))
 
 
+@text_model_only
 def cohere_compass(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Cohere Compass image-text (``CohereCompassForConditionalGeneration``, North's vision models): its Cohere Compass
     language model under ``model.language_model.`` (Qwen3-VL's layout; deepstack adds only to image tokens), the head
@@ -282,6 +322,7 @@ def cohere_compass(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     )
 
 
+@text_model_only
 def minimax_m3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """MiniMax-M3 image-text (``MiniMaxM3SparseForConditionalGeneration``, LLaVA's layout): its MiniMax-M3 language
     model, tensors under ``language_model.``, the head tied where either config ties it (transformers' config takes
@@ -321,6 +362,7 @@ def _minimax_m3_hub(index: Any, path: tuple[Any, ...], shape: tuple[int, ...], d
     return hub.param_reader(path, shape, dtype, 1) if stored in index.tensors else None
 
 
+@text_model_only
 def llama4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Llama 4 Scout / Maverick as the hub keeps them (``Llama4ForConditionalGeneration``): its text model."""
     return _text_only(cfg, dtype, "Llama 4", {"llama4_text": mixtures.llama4})

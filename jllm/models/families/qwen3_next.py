@@ -23,6 +23,8 @@ from jllm.safetensors_index import hf_names
 
 LINEAR = "linear_attention"
 QSA = "indexed_attention"  # Qwen4-Exp's attention layers, with their QSA indexer
+# within indexer_budget QSA keeps every token: its indexer's selection is never run
+QSA_SKIPPED = ((r"\.self_attn\.indexer\.", "QSA indexer: within indexer_budget every token is kept, so it never runs"),)
 QSA_KEYS = ("indexer_n_heads", "indexer_head_dim", "indexer_budget", "indexer_compress_ratio")
 # the attention's output gate stored per head after its query rows; the recurrent mixer under transformers' name
 WEIGHTS = WeightMap(qkv_layout="gated", rename=(("attn_gate", "q_proj"), ("mixer", "linear_attn")))
@@ -85,7 +87,8 @@ def qwen4_exp(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     deltanet = dataclasses.replace(base["deltanet"], sigmoid_gate=gate == "sigmoid")
     hyper = dict(hyper_streams=streams, hyper_rank=rank, pre_norms=False, indexer_budget=cfg["indexer_budget"])
     base = {**base, "deltanet": deltanet, **hyper}
-    return _with_mixture(cfg, base, layers, "Qwen4-Exp", bool(cfg.get("norm_topk_prob", True)))
+    args = _with_mixture(cfg, base, layers, "Qwen4-Exp", bool(cfg.get("norm_topk_prob", True)))
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, skipped=QSA_SKIPPED))
 
 
 def _hybrid(

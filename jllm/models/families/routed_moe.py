@@ -66,7 +66,15 @@ MINIMAX_M3_DEFAULTS = dict(
     index_topk_blocks=16,
     rope_theta=5e6,
 )
-M3_SPARSE = "minimax_m3_sparse"  # a layer whose attention keeps its indexer's best key blocks
+M3_SPARSE = "minimax_m3_sparse"
+# the sparse layers' indexer (its transformers names, and the hub's in-memory ones): within its budget every key
+# block is kept, so it never runs
+M3_INDEXER_SKIPPED = (
+    (
+        r"\.self_attn\.(indexer\.|index_[qk]_(proj|norm)\.)",
+        "block-sparse indexer: within index_topk_blocks * index_block_size every key block is kept, so it never runs",
+    ),
+)  # a layer whose attention keeps its indexer's best key blocks
 
 
 def minimax_m3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
@@ -104,7 +112,7 @@ def minimax_m3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         moe_routing=GroupedRouting("sigmoid", scale=float(cfg["routed_scaling_factor"])),
         indexer_budget=budget,
         sparse_attention=("MiniMax-M3 sparse", "index_topk_blocks * index_block_size"),
-        weights=WeightMap(gate_up=("gate_up_proj",), rename=rename, expert_params="out_in"),
+        weights=WeightMap(gate_up=("gate_up_proj",), rename=rename, expert_params="out_in", skipped=M3_INDEXER_SKIPPED),
     )
 
 
