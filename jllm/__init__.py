@@ -62,11 +62,24 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # vLLM's ``vllm.__version__``: the installed distribution's, read on first use
-        from importlib.metadata import version
-
-        return version("jllm")
+        return _version()
     if name not in _EXPORTS:
         raise AttributeError(f"module 'jllm' has no attribute {name!r}")
     import importlib
 
     return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def _version() -> str:
+    """The installed distribution's version; run from a checkout that was never installed (the GPU image, with the
+    tree on PYTHONPATH), the version its pyproject.toml names: ``jllm serve`` builds ``--version`` at start-up."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jllm")
+    except PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]

@@ -210,6 +210,23 @@ def test_version_prints_the_installed_version_as_vllm_does(capsys: pytest.Captur
     assert jllm.__version__ == importlib.metadata.version("jllm")
 
 
+def test_version_from_a_checkout_never_installed_is_its_pyprojects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU image runs the tree from PYTHONPATH, uninstalled: ``jllm serve`` died there of PackageNotFoundError
+    while building ``--version`` (every serving step of the device job, 2026-12-07)."""
+    import importlib.metadata
+
+    import jllm
+
+    installed = importlib.metadata.version("jllm")
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert jllm.__version__ == installed  # the editable install's version is pyproject.toml's
+    assert cli.build_parser().parse_args(["serve"]).command == "serve"
+
+
 def test_unknown_option_suggests_the_close_one(capsys: pytest.CaptureFixture) -> None:
     err = fail(["generate", "--max-num-seq", "4", "hi"], capsys)
     assert "jllm: error: unknown option '--max-num-seq' (did you mean '--max-num-seqs'?)" in err
