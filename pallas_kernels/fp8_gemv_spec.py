@@ -22,12 +22,13 @@ _TARGET_PROGRAMS = 512  # about four programs per SM of an H200 (132 SMs)
 # 65504). Widening e4m3 to bf16 for tl.dot streamed 10-30 % slower than "dot_f16" on an H200 (2026-12-03).
 # "dot_fp8": activations quantized to e4m3 per row, tl.dot of e4m3 x e4m3 into float32, the weights never widened.
 COMPUTE = ("fma", "dot_f16", "dot_fp8")
-# Weights smaller than this many elements multiply in XLA. Widened weights: o_proj-sized ones (4096 x 4096) took
-# 19.7 us in the kernel against 14.9 in XLA's fused-convert dot (H200, one row), QKV-sized ones (4096 x 6144) 18.5
-# against 20.8. "dot_fp8" is not measured yet: every weight takes it, so an end-to-end run shows all of it.
-# (Measured on the jax-triton kernel; the Pallas "fma" kernel takes the same sizes: on an H200 it timed within 10 %
-# of it at each of these weights, 2026-12-04.)
-MIN_WEIGHT_ELEMENTS = {"fma": 20_000_000, "dot_f16": 20_000_000, "dot_fp8": 0}
+# Weights smaller than this many elements multiply in XLA. One row, "fma": o_proj-sized weights (4096 x 4096, 16.8 M)
+# took 10.52 us in the kernel against 12.21 in XLA's fused-convert dot (H100, 2026-12-07, the kernel reading [N, K]
+# weights), and putting them there took Llama-3-8B's FP8 batch-1 TPOT from 3.83 to 3.74 ms (H100, one call); before
+# the [N, K] layout they had taken 19.7 us against 14.9 (H200, 2026-12-03). QKV-sized ones (4096 x 6144) 18.5 against
+# 20.8 (H200). "dot_fp8" is not measured yet: every weight takes it, so an end-to-end run shows all of it. (The Pallas
+# "fma" kernel takes the same sizes: on an H200 it timed within 10 % of the jax-triton one at each, 2026-12-04.)
+MIN_WEIGHT_ELEMENTS = {"fma": 16_000_000, "dot_f16": 20_000_000, "dot_fp8": 0}
 F16_MAX = 65504.0
 E4M3_MAX = float(jnp.finfo(jnp.float8_e4m3fn).max)  # 448
 

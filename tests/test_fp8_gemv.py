@@ -155,8 +155,8 @@ def test_default_tiling_fits_llama3_8b_and_fills_the_sms(m: int, k: int, n: int)
 
 def test_shapes_the_kernel_cannot_take_are_refused_by_name() -> None:
     cfg = GemvConfig(block_n=128, block_k=128, split_k=2)
-    assert not pays_off(1, 4096, 4096) and pays_off(1, 4096, 6144)  # o_proj-sized weights stay in XLA
-    assert pays_off(1, 4096, 4096, "dot_fp8")  # ... unless the kernel is W8A8 (MIN_WEIGHT_ELEMENTS per mode)
+    assert not pays_off(1, 2048, 4096) and pays_off(1, 4096, 4096)  # weights under o_proj's size stay in XLA
+    assert pays_off(1, 2048, 4096, "dot_fp8")  # ... unless the kernel is W8A8 (MIN_WEIGHT_ELEMENTS per mode)
     with pytest.raises(ValueError, match="output width 100"):
         check_shapes(1, 512, 100, cfg)
     with pytest.raises(ValueError, match="input width 384"):
@@ -200,9 +200,10 @@ def test_the_config_key_names_every_compute_mode_and_checks_it() -> None:
         (1, (4096, 6144), 1, None, "fma"),  # batch-1 decode, QKV-sized: the kernel
         (1, (4096, 2, 14336), 1, None, "fma"),  # a fused [in, 2, mlp] gate-up kernel counts its whole width
         (2, (4096, 6144), 1, None, None),  # more rows than fp8_kernel_max_tokens: XLA
-        (1, (4096, 4096), 1, None, None),  # o_proj-sized: XLA was faster than widening in the kernel
+        (1, (4096, 4096), 1, None, "fma"),  # o_proj-sized: the kernel too (H100 2026-12-07)
+        (1, (2048, 4096), 1, None, None),  # smaller: XLA's fused-convert dot
         (1, (4096, 6144), None, "dot_fp8", None),  # not enabled (CPU, tensor parallel, or the key set to null)
-        (1, (4096, 4096), 1, "dot_fp8", "dot_fp8"),  # W8A8 takes every weight size, o_proj too
+        (1, (2048, 4096), 1, "dot_fp8", "dot_fp8"),  # W8A8 takes every weight size
         (32, (14336, 4096), 64, "dot_fp8", "dot_fp8"),  # a batch-32 decode
         (8, (4096, 6144), 8, "dot_f16", "dot_f16"),
     ],

@@ -272,10 +272,10 @@ step tune_prefill 300 python scripts/bench_kernels.py --tune --tune-kinds prefil
 # batch 1 (bf16 and FP8), then FP8 offline throughput: 128 in / 2048 out x 1000 with an FP8 KV pool, 128 / 128 x 3000
 # (NVIDIA's TensorRT-LLM table: 23,295 and 28,447 on an H200).
 step fp8_latency 300 python scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat.json"
-# Issue 21: o_proj (4096 x 4096, 16.8 M weights) in the one-row FP8 kernel too, not XLA's dot (H100 2026-12-07:
-# 10.52 against 12.21 us a call; the 20 M threshold came from the H200's 19.7 against 14.9 on 2026-12-03, before the
-# kernel read [N, K] weights). The same TPOT with the threshold under o_proj's size, this tree otherwise.
-baseline oproj pallas_kernels/fp8_gemv_spec.py 's/^MIN_WEIGHT_ELEMENTS = {"fma": 20_000_000/MIN_WEIGHT_ELEMENTS = {"fma": 16_000_000/'
+# Issue 21: o_proj (4096 x 4096, 16.8 M weights) in the one-row FP8 kernel too, not XLA's dot since the H100's
+# 3.74 against 3.83 ms batch-1 TPOT (2026-12-07, one call; 10.52 against 12.21 us a call). The 20 M threshold had come
+# from the H200's 19.7 against 14.9 us on 2026-12-03, before the kernel read [N, K] weights: the old threshold here.
+baseline oproj pallas_kernels/fp8_gemv_spec.py 's/^MIN_WEIGHT_ELEMENTS = {"fma": 16_000_000/MIN_WEIGHT_ELEMENTS = {"fma": 20_000_000/'
 step fp8_latency_oproj 300 env PYTHONPATH=/tmp/ab_oproj:/tmp/ab_oproj/scripts:/tmp/site python \
     /tmp/ab_oproj/scripts/bench_latency.py --config $FP8 --skip-hf --batch-sizes 1,8 --json "$QOUT/fp8_lat_oproj.json"
 for quant in null fp8; do
