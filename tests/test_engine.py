@@ -426,16 +426,22 @@ def test_async_scheduling_changes_no_output(default_model_dir, prompt_ids):
     """The same mixed workload with and without async scheduling, in a pool so small that sequences are preempted
     (with a token still pending, under async scheduling): identical tokens, text, finish reasons and logprobs. The
     token budget stays at 64. With a 16-token budget and max_num_seqs 8 the two modes' outputs differed (a seeded
-    n=2 request with logprobs, 2026-12-03); not yet explained — batch-dependent float32 sums are one suspect."""
+    n=2 request with logprobs, 2026-12-03); not yet explained — batch-dependent float32 sums are one suspect.
+    One engine runs both: built with async scheduling off, then switched on between the runs (the engine reads it
+    each step; the prefix cache emptied, so the second run computes what the first did): the same programs, built
+    and warmed up once."""
     longest = max(len(ids) for ids in prompt_ids) + 32
     args = dict(ENGINE_ARGS, max_model_len=longest + 16, num_pages=2 * -(-longest // ENGINE_ARGS["page_size"]) + 2)
     workload = _mixed_workload(prompt_ids)
     results = {}
+    llm = LLM(str(default_model_dir), async_scheduling=False, **args)
+    assert llm.engine.async_scheduling is False
     for async_scheduling in (False, True):
-        llm = LLM(str(default_model_dir), async_scheduling=async_scheduling, **args)
+        llm.engine.async_scheduling = async_scheduling
+        llm.reset_prefix_cache()
+        preemptions = llm.engine.scheduler.num_preemptions
         outputs = llm.generate([ids for ids, _ in workload], [p for _, p in workload], use_tqdm=False)
         results[async_scheduling] = _summary(outputs)
-        assert llm.engine.scheduler.num_preemptions > 0
+        assert llm.engine.scheduler.num_preemptions > preemptions
         assert_pool_whole(llm)
-        del llm
     assert results[True] == results[False]
