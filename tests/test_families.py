@@ -2810,6 +2810,7 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "FlexOlmoForCausalLM": {},
     "PhimoeForCausalLM": {},
     "DiffLlamaForCausalLM": {},
+    "MllamaForCausalLM": {},
     "Glm4MoeForCausalLM": dict(GLM4_MOE_KEYS),
     "GptOssForCausalLM": {"num_local_experts": 4, "head_dim": 16},
     "GraniteSWAForCausalLM": {},

@@ -117,6 +117,9 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(MINIMAX_M3, model_type="minimax_m3_vl_text"),
         [],
     ),
+    # Llama 3.2 Vision's text model: five layers, the fourth a cross-attention layer (MllamaTextConfig's default
+    # list), which transformers skips on text; heads hidden_size / heads wide
+    "mllama": ("MllamaForCausalLM", "MllamaTextConfig", dict(num_hidden_layers=5, head_dim=None), []),
 }
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision embedder's included
 IMAGE_TEXT: dict[str, dict[str, Any]] = {
@@ -147,8 +150,9 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
 }
 MIXTURES = {"minimax_m3"}
 # Rows whose decoder runs only what another greedy row runs (test_families' or this file's): their logits row checks
-# the reading
-LOGITS_ONLY = {"gemma4_unified_image_text", "cohere_compass_image_text", "minimax_m3_image_text"}
+# the reading. Mllama's engine runs Llama's layers: its greedy batch (the 40-token prompt prefilled in chunks) equals
+# transformers' generate, and again from the prefix cache, by hand (2026-12-07)
+LOGITS_ONLY = {"gemma4_unified_image_text", "cohere_compass_image_text", "minimax_m3_image_text", "mllama"}
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +190,12 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
         ("Inkling2ForCausalLM", {}, "'Inkling2ForCausalLM' is not supported: Inkling 2 keeps .* block attention"),
         ("Inkling2ForConditionalGeneration", {}, "'Inkling2ForConditionalGeneration' is not supported: Inkling 2 "),
         ("Inkling2LoopForCausalLM", {}, "'Inkling2LoopForCausalLM' is not supported: .* loop_num_passes times"),
+        ("MllamaForCausalLM", {"tie_word_embeddings": True}, "Mllama .* tie_word_embeddings=True is not supported"),
+        (
+            "MllamaForCausalLM",
+            {"cross_attention_layers": [0, 1]},
+            r"Mllama cross_attention_layers=\[0, 1\] of num_hidden_layers=2 .* not supported",
+        ),
         (
             "CohereCompassForCausalLM",
             {"layer_types": ["sliding_attention", "full_attention"], "rope_parameters": {"rope_theta": 1e4}},

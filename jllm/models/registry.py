@@ -161,6 +161,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Emu3ForCausalLM": llama_variants.emu3_text,
     "Emu3ForConditionalGeneration": multimodal.emu3,
     "DiffLlamaForCausalLM": llama_variants.diffllama,
+    "MllamaForCausalLM": llama_variants.mllama_text,
     "ModernBertDecoderForCausalLM": modernbert.modernbert_decoder,
     "OpenAIGPTLMHeadModel": early_gpt.openai_gpt,
     "CTRLLMHeadModel": early_gpt.ctrl,

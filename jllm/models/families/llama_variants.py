@@ -4,7 +4,8 @@ it, a soft-capped head), HyperCLOVA X (Granite's multipliers with norms on the b
 Granite SWA (Granite with attention sinks, sliding layers and a rope base per layer, 0 for none) and Granite MoE SWA
 (its layers around Granite MoE Shared's mixture),
 Apertus 1.5's text model (Apertus), BitNet (norms inside both blocks, a gated squared-ReLU MLP), Emu3's text model
-(Llama with rope base 1e6), DiffLlama (differential attention).
+(Llama with rope base 1e6), DiffLlama (differential attention), Mllama's text model (Llama 3.2 Vision's: its
+self-attention layers alone, as transformers runs text without an image).
 
 Where this module sits: docs/architecture.md.
 """
@@ -28,6 +29,7 @@ from jllm.models.families.common import (
 from jllm.models.families.llama import apertus, granite, llama
 from jllm.models.families.mixtures import granite_moe_shared
 from jllm.models.model_args import LayerSpec, ModelArgs, WeightMap
+from jllm.safetensors_index import hf_names
 
 # CwmConfig's rotary where a config names none
 CWM_ROPE = dict(
@@ -216,6 +218,66 @@ def emu3_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     sizes = dict(vocab_size=184_622, intermediate_size=14336, num_key_value_heads=8)  # where Llama's differ
     cfg = {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 9216, **sizes, **cfg}
     return llama(cfg, dtype)
+
+
+# MllamaTextConfig's sizes and settings where a config leaves them out
+MLLAMA_TEXT_DEFAULTS = dict(
+    vocab_size=128_256,
+    hidden_size=4096,
+    intermediate_size=14_336,
+    num_hidden_layers=40,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=131_072,
+    rope_theta=5e5,
+    cross_attention_layers=[3, 8, 13, 18, 23, 28, 33, 38],
+)
+MLLAMA_EXTRA_ROWS = 8  # MllamaTextModel's embed_tokens has vocab_size + 8 rows; its LM head vocab_size
+
+
+def mllama_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Mllama's text model (``MllamaForCausalLM``, Llama 3.2 Vision's): Llama's self-attention layers with cross-
+    attention layers to the image between them (``cross_attention_layers``). transformers' text model skips a
+    cross-attention layer entirely when there are no image states and none cached, which is every text-only input
+    (``MllamaTextModel.forward``), so jllm runs the self-attention layers alone, each read from its stored place
+    (``WeightMap.rename``: our ``layers.i`` the stored ``layers.j``), the cross-attention layers' tensors skipped. Heads
+    are ``hidden_size / num_attention_heads`` wide (no ``head_dim`` key), no biases; the embeddings' 8 rows past the
+    vocabulary (``vocab_size + 8``) are never looked up by a token the head can produce and are left unread."""
+    cfg = whole_head_rotary({**MLLAMA_TEXT_DEFAULTS, **cfg})
+    cfg.pop("head_dim", None)
+    cross = cfg["cross_attention_layers"]  # null: MllamaTextConfig's default list
+    cross = sorted(set(MLLAMA_TEXT_DEFAULTS["cross_attention_layers"] if cross is None else cross))
+    kept = [j for j in range(cfg["num_hidden_layers"]) if j not in cross]
+    if not kept or cfg.get("tie_word_embeddings"):
+        raise ValueError(
+            f"Mllama cross_attention_layers={cross} of num_hidden_layers={cfg['num_hidden_layers']} with "
+            f"tie_word_embeddings={cfg.get('tie_word_embeddings')} is not supported (supported: at least one "
+            "self-attention layer, an untied head: tied, transformers' head would have the embeddings' vocab_size + 8 "
+            "rows)"
+        )
+    act = activation(cfg, "hidden_act", "silu", "Mllama")
+    base, layers = uniform({**cfg, "num_hidden_layers": len(kept)}, dtype, FULL)
+    weights = WeightMap(
+        rename=tuple((f"layers.{i}", f"layers.{j}") for i, j in enumerate(kept) if i != j),
+        reader=_mllama_embeddings,
+        skipped=tuple(
+            (rf"(^|\.)layers\.{j}\.", "a cross-attention layer: transformers skips it for text without an image")
+            for j in cross
+        ),
+    )
+    return ModelArgs(**base, layers=layers, mlp_act=act, weights=weights)
+
+
+def _mllama_embeddings(index: Any, path: tuple[Any, ...], shape: tuple[int, ...], dtype: Any) -> Any:
+    """Mllama's embeddings: the first ``vocab_size`` of the stored ``vocab_size + 8`` rows; None for any other
+    parameter."""
+    if str(path[0]) != "embed_tokens":
+        return None
+    name = hf_names(path, index.weights)[0][0]
+    rows, width = shape
+    read = index.slice_reader(name, (rows + MLLAMA_EXTRA_ROWS, width), False, dtype)
+    return lambda where: read((slice(*where[0].indices(rows)), *where[1:]))
 
 
 def diffllama(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
