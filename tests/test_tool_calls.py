@@ -599,7 +599,9 @@ def test_tools_and_tool_history_reach_the_template(
         ({"tool_choice": "auto", "tools": None}, "tool_choice", "'auto' needs at least one tool"),  # was a 200
         ({"tool_choice": {"type": "function", "function": {"name": "weather"}}, "tools": None}, "tool_choice",
          "needs at least one tool"),
-        ({"tools": [], "tool_choice": "auto"}, "tool_choice", "'auto' needs at least one tool"),
+        ({"tools": [], "tool_choice": "auto"}, "tools", "must not be an empty array"),
+        ({"tools": [], "tool_choice": "none"}, "tools", "must not be an empty array"),  # vLLM's and OpenAI's 400
+        ({"tools": []}, "tools", "must not be an empty array"),
         ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice", "one structured"),
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},

@@ -224,12 +224,19 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     def _refuse_unsupported(cls, data: Any) -> Any:
         return refuse_unsupported(data, CHAT_UNSUPPORTED_FIELDS)
 
+    @field_validator("tools")
+    @classmethod
+    def _tools_not_empty(cls, value: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
+        """vLLM's check_tool_usage and OpenAI refuse an empty list whatever the tool_choice: no tools is no field."""
+        if value == []:
+            raise ValueError("must not be an empty array: give at least one tool or leave tools out")
+        return value
+
     @field_validator("tool_choice")
     @classmethod
     def _choice_among_tools(cls, value: Any, info: ValidationInfo) -> Any:
         """vLLM's rule: every tool_choice but "none" needs tools ("auto" without them had been read as "none");
-        a named one must be among them. (An empty ``tools`` list beside "none" stays accepted, as a neutral value
-        clients send; vLLM refuses any empty list.)"""
+        a named one must be among them."""
         if value is None or value == "none" or "tools" not in info.data:  # tools refused already: one error
             return value
         names = [t.function.name for t in info.data["tools"] or []]
