@@ -543,6 +543,19 @@ def test_auto_calls_follow_the_text_as_items_whole_and_streamed(auto_client: ope
     assert kinds.count("response.function_call_arguments.done") == calls and kinds[-1] == "response.completed"
 
 
+def test_a_message_before_calls_is_completed_whole_as_streamed(auto_client: openai.OpenAI) -> None:
+    """Cut short by max_output_tokens after text and a call: the message item is "completed" and only the last item
+    takes the response's "incomplete", whole as streamed (the whole response's message had been "incomplete")."""
+    cut = len(AUTO_REPLY) - len(CALL)  # after the first call (a token a character)
+    args = dict(model=MODEL, input="hi", tools=[PICK], parallel_tool_calls=False, max_output_tokens=cut)
+    whole = auto_client.responses.create(**args)
+    streamed = list(auto_client.responses.create(**args, stream=True))[-1].response  # response.incomplete's
+    for response in (whole, streamed):
+        statuses = [(item.type, item.status) for item in response.output]
+        assert statuses == [("message", "completed"), ("function_call", "incomplete")], response
+        assert response.status == "incomplete"
+
+
 def test_bodies_and_events_validate_against_the_sdks_types(server: RunningServer) -> None:
     """The SDK builds its objects without validating them; here each body and event is validated strictly against
     its pydantic types, so a missing or mistyped field fails (text, a named call, logprobs, incomplete)."""

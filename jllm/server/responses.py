@@ -257,21 +257,18 @@ def _reasoning_id() -> str:
 
 def _items(message: AssistantMessage, status: Status, logprobs: list[TokenLogprob]) -> list[OutputItem]:
     """A whole reply's items: its reasoning, its text as a message (also when empty, unless it made calls), then
-    each call."""
+    each call. Each item is "completed" but the last, which has the response's status, as the stream closes them: an
+    item ends when the next begins, the last when the reply does (a message before calls had taken the response's
+    "incomplete" where its stream said "completed")."""
     items: list[OutputItem] = []
     if message.reasoning:
-        reasoning = OutputReasoning(
-            id=_reasoning_id(), status=_item_status(status), content=[ReasoningText(text=message.reasoning)]
-        )
-        items.append(reasoning)
+        reasoning = [ReasoningText(text=message.reasoning)]
+        items.append(OutputReasoning(id=_reasoning_id(), status="completed", content=reasoning))
     if message.content or not message.tool_calls:
         text = OutputText(text=message.content or "", logprobs=logprobs)
-        items.append(OutputMessage(id=_message_id(), status=_item_status(status), content=[text]))
-    for i, c in enumerate(message.tool_calls):  # a forced call cut short: the last is unfinished, as streamed
-        cut = message.calls_cut_short and i == len(message.tool_calls) - 1
-        items.append(
-            _call_item(c.id, c.function.name, c.function.arguments, _item_status(status) if cut else "completed")
-        )
+        items.append(OutputMessage(id=_message_id(), status="completed", content=[text]))
+    items += [_call_item(c.id, c.function.name, c.function.arguments, "completed") for c in message.tool_calls]
+    items[-1].status = _item_status(status)
     return items
 
 
