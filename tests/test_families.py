@@ -2802,6 +2802,7 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "MinistralForCausalLM": {},
     "Olmo2ForCausalLM": {},
     "Phi3ForCausalLM": {"original_max_position_embeddings": 4096},
+    "Phi4MultimodalForCausalLM": {},
     "HunYuanDenseV1ForCausalLM": {},
     "HunYuanMoEV1ForCausalLM": {},
     "CohereForCausalLM": {},

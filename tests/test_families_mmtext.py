@@ -120,6 +120,28 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Llama 3.2 Vision's text model: five layers, the fourth a cross-attention layer (MllamaTextConfig's default
     # list), which transformers skips on text; heads hidden_size / heads wide
     "mllama": ("MllamaForCausalLM", "MllamaTextConfig", dict(num_hidden_layers=5, head_dim=None), []),
+    # Phi-4-multimodal on text: Phi-3's fused layers, three quarters of each head rotated; tiny image and audio
+    # encoders beside them, never read
+    "phi4_multimodal": (
+        "Phi4MultimodalForCausalLM",
+        None,
+        dict(
+            rope_parameters=dict(rope_type="default", rope_theta=1e4, partial_rotary_factor=0.75),
+            vision_config=dict(
+                hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=28
+            ),
+            audio_config=dict(
+                hidden_size=32,
+                intermediate_size=48,
+                num_blocks=1,
+                num_attention_heads=2,
+                ext_pw_out_channel=32,
+                depthwise_separable_out_channel=32,
+                nemo_conv_channels=32,
+            ),
+        ),
+        [],
+    ),
 }
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision embedder's included
 IMAGE_TEXT: dict[str, dict[str, Any]] = {
@@ -150,9 +172,16 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
 }
 MIXTURES = {"minimax_m3"}
 # Rows whose decoder runs only what another greedy row runs (test_families' or this file's): their logits row checks
-# the reading. Mllama's engine runs Llama's layers: its greedy batch (the 40-token prompt prefilled in chunks) equals
-# transformers' generate, and again from the prefix cache, by hand (2026-12-07)
-LOGITS_ONLY = {"gemma4_unified_image_text", "cohere_compass_image_text", "minimax_m3_image_text", "mllama"}
+# the reading. Mllama's and Phi-4-multimodal's engines run Llama's and Phi-3's layers: their greedy batches (the
+# 40-token prompt prefilled in chunks) equal transformers' generate, and again from the prefix cache, by hand
+# (2026-12-07)
+LOGITS_ONLY = {
+    "gemma4_unified_image_text",
+    "cohere_compass_image_text",
+    "minimax_m3_image_text",
+    "mllama",
+    "phi4_multimodal",
+}
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Olmo3ForCausalLM": llama.olmo3,
     "Exaone4ForCausalLM": llama.exaone4,
     "Phi3ForCausalLM": llama.phi3,
+    "Phi4MultimodalForCausalLM": multimodal.phi4_multimodal,
     "GemmaForCausalLM": gemma.gemma,
     "Gemma2ForCausalLM": gemma.gemma2,
     "Gemma3ForCausalLM": gemma.gemma3,

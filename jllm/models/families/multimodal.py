@@ -1,10 +1,11 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Gemma 4 unified, Mistral 3 and Ministral 3,
 Llama 4, LLaVA and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Emu3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V, Cohere Compass, MiniMax-M3): the language model's ``text_config`` read by its own
-family's reader, its tensors under ``language_model.`` (Idefics3's under ``model.text_model.``, Emu3's under
-``text_model.``, Qwen's, GLM's and Cohere Compass's under ``model.``); the vision tower and projector (and Gemma 3n's
-and Gemma 4's audio tower, Emu3's VQ-VAE) are never read, and prompts are text (the server refuses image and audio
-parts by name).
+Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V, Cohere Compass, MiniMax-M3, Phi-4-multimodal): the language model's ``text_config``
+read by its own family's reader, its tensors under ``language_model.`` (Idefics3's under ``model.text_model.``,
+Emu3's under ``text_model.``, Qwen's, GLM's and Cohere Compass's under ``model.``); the vision tower and projector (and
+Gemma 3n's and Gemma 4's audio tower, Emu3's VQ-VAE) are never read, and prompts are text (the server refuses image
+and audio parts by name). Phi-4-multimodal keeps its text settings at the config's top level and its image and audio
+encoders beside the text model's tensors (``model.embed_tokens_extend.``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -168,6 +169,35 @@ def emu3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     tokenizer is never read (image tokens are ids of the text vocabulary, which a text prompt does not hold)."""
     args = _text_only(cfg, dtype, "Emu3", {"emu3_text_model": llama_variants.emu3_text})
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **EMU3_TEXT_MODEL))
+
+
+# Phi4MultimodalConfig's text settings where a config leaves them out (Phi-4-multimodal-instruct's)
+PHI4_MULTIMODAL = dict(
+    vocab_size=200_064,
+    hidden_size=3072,
+    intermediate_size=8192,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=131_072,
+    original_max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    sliding_window=None,
+)
+
+
+def phi4_multimodal(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Phi-4-multimodal (``Phi4MultimodalForCausalLM``) on text: Phi-3's layers (fused qkv and gate_up, longrope,
+    a partial rotary from ``rope_parameters``), Phi4MultimodalConfig's defaults (``PHI4_MULTIMODAL``: no sliding
+    window). Without image or audio inputs transformers' feature embedding returns the token embeddings as they are, so
+    its image and audio encoders (``model.embed_tokens_extend.``) are never read; the vision and speech LoRA adapters
+    the hub ships beside the model are not part of this checkpoint."""
+    cfg = {**PHI4_MULTIMODAL, **{k: v for k, v in cfg.items() if k not in ("vision_config", "audio_config")}}
+    args = llama.phi3(cfg, dtype)
+    why = "the image and audio encoders: jllm serves Phi-4-multimodal's text alone"
+    return dataclasses.replace(
+        args, weights=dataclasses.replace(args.weights, skipped=((r"^model\.embed_tokens_extend\.", why),))
+    )
 
 
 # Qwen2VLTextConfig's and Qwen2_5_VLTextConfig's defaults where Qwen2's differ; Qwen3VLTextConfig's (and
