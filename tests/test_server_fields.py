@@ -138,8 +138,8 @@ def _stop_token(seen: Seen, engine: LLMEngine) -> bool:
 
 
 def _calls(seen: Seen) -> list[tuple[str, Any]]:
-    """The reply's calls as (name, arguments), when it ended for them."""
-    if _choice(seen)["finish_reason"] != "tool_calls":
+    """The reply's calls as (name, arguments), when it ended for them (a named function's by "stop", as OpenAI's)."""
+    if _choice(seen)["finish_reason"] not in ("tool_calls", "stop"):
         return []
     return [
         (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in _choice(seen)["message"]["tool_calls"]

@@ -146,7 +146,7 @@ def test_tool_call_round_trip(client: openai.OpenAI, stream: bool) -> None:
             {"id": c.id, "type": c.type, "name": c.function.name, "arguments": c.function.arguments}
             for c in reply.choices[0].message.tool_calls
         ]
-    assert finish == "tool_calls" and len(calls) >= 1
+    assert finish == ("tool_calls" if stream else "stop") and len(calls) >= 1  # named: "stop", as OpenAI ends it
     call = calls[0]
     assert call["type"] == "function" and call["name"] == "get_weather" and call["id"].startswith("call_")
     arguments = json.loads(call["arguments"])

@@ -39,6 +39,7 @@ from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, CompletionTokensDetails, TokenNames, UsageInfo, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, request_body, server_state
+from jllm.server.tools import ToolPlan
 from jllm.speculative import REQUEST_SUPPORT
 from jllm.tokenizer import Tokenizer
 
@@ -55,7 +56,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             return await send_events(request, chunks)
         deltas = await generation.wait()
         names, ids = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids)), body.return_token_ids
-        choices = [_choice(d, reply.message(d.text), top, names, ids) for d in deltas]
+        choices = [_choice(d, reply.message(d.text), reply.tools, top, names, ids) for d in deltas]
         if echoed := body.echoed:
             for c in choices:
                 c.message.content = echoed + (c.message.content or "")
@@ -122,8 +123,10 @@ async def start_chat(
     return served, reply, generation
 
 
-def _choice(delta: Delta, message: AssistantMessage, top: int, names: TokenNames, ids: bool | None) -> ChatChoice:
-    finish_reason = "tool_calls" if message.called else delta.finish_reason
+def _choice(
+    delta: Delta, message: AssistantMessage, tools: ToolPlan, top: int, names: TokenNames, ids: bool | None
+) -> ChatChoice:
+    finish_reason = tools.finish_reason(message.called, delta.finish_reason)
     return ChatChoice(
         index=delta.index,
         message=message,
@@ -218,7 +221,7 @@ async def _chunks(
                 yield chunk(echo)
         stream = streams.setdefault(d.index, reply.stream(tokenizer))
         reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
-        finish_reason = "tool_calls" if d.finish_reason and stream.called else d.finish_reason
+        finish_reason = reply.tools.finish_reason(stream.called, d.finish_reason)
         logprobs = token_logprobs(d, top, names)
         usage = None if running is None else running.after(d, prompt_tokens)
         if body.return_token_ids:

@@ -5,7 +5,8 @@ calls its output holds, as OpenAI's ``message.tool_calls`` or streamed ``tool_ca
 "none" generates text (the template still sees the tools); "auto" (the default with tools) generates freely and
 parses calls with the server's ``--tool-call-parser``, which needs ``--enable-auto-tool-choice``; "required" and a
 named function are forced: the output is generated under a JSON schema (``jllm.tool_calls.forced_call_schema``), so
-it always parses. A reply with calls ends with finish reason "tool_calls".
+it always parses. A reply with calls ends with finish reason "tool_calls", but a named function's with its
+output's ("stop"), and its content is "" beside forced calls, as OpenAI and vLLM answer.
 
 Where this module sits: docs/architecture.md.
 """
@@ -92,9 +93,12 @@ class ToolPlan:
         return AssistantMessage(content=content, tool_calls=[_out(c) for c in calls], calls_cut_short=cut_short)
 
     def _parse(self, text: str) -> tuple[str | None, list[ToolCall], bool]:
-        if self.forced:
+        if self.forced:  # content "" beside the calls, not null, as vLLM answers a forced choice
             calls = forced_calls(text, self.forced_name)  # None only when cut short by max_tokens
-            return (*cut_short_calls(text, self.forced_name), True) if calls is None else (None, calls, False)
+            if calls is None:
+                content, calls = cut_short_calls(text, self.forced_name)
+                return content or "", calls, True
+            return "", calls, False
         if self.parser is None:
             return text, [], False
         content, calls = parse_tool_calls(self.parser, text)
@@ -102,6 +106,11 @@ class ToolPlan:
 
     def stream(self) -> ToolDeltas:
         return ToolDeltas(self)
+
+    def finish_reason(self, called: bool, reason: str | None) -> str | None:
+        """OpenAI's finish reason for a choice that ended by ``reason``: "tool_calls" where it made calls, but a
+        named function's call ends as its output did ("stop"), as OpenAI and vLLM finish it."""
+        return "tool_calls" if reason is not None and called and self.forced_name is None else reason
 
 
 def _out(call: ToolCall) -> ToolCallOut:
