@@ -175,8 +175,8 @@ class InputProcessor:
         self,
         messages: list[dict[str, Any]],
         *,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
+        add_generation_prompt: bool | None = None,
+        continue_final_message: bool | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         add_special_tokens: bool = False,
         reasoning_effort: str | None = None,
@@ -187,8 +187,12 @@ class InputProcessor:
         without one) is the client's error. Message content reaches the template in ``content_format`` (vLLM's
         ``chat_template_content_format``, ``jllm.chat_content``): one string, OpenAI's text parts, or "auto" the one
         the template in use reads;
-        ``chat_template_kwargs`` reach the template as variables (and may override the two switches, as in vLLM);
-        ``template_options`` are further arguments of the template call (``documents``, ``chat_template``).
+        ``chat_template_kwargs`` reach the template as variables; ``template_options`` are further arguments of the
+        template call (``documents``, ``chat_template``, ``tools``). Where both give a key, vLLM's rule: the two
+        switches, ``reasoning_effort``, ``documents`` and ``chat_template`` given here win, and ``tools`` yield to a
+        ``tools`` variable (vLLM's server merges the request's tools under its chat_template_kwargs); a switch left
+        None takes ``chat_template_kwargs``' value, else its default (True / False), where vLLM would drop that value
+        for its field's default.
         The template adds the special tokens it wants; ``add_special_tokens`` adds the tokenizer's on top.
         ``reasoning_effort`` (OpenAI's request field) is the template variable of that name, as gpt-oss's template
         reads it (``chat_template_kwargs`` may still set it); it and ``documents`` are refused where the template
@@ -208,12 +212,19 @@ class InputProcessor:
                 "documents: the chat template does not read documents, so they would not reach the model; leave "
                 "them out (or put their text in the messages)",
             )
-        kwargs = {
-            **({} if reasoning_effort is None else {"reasoning_effort": reasoning_effort}),
+        given = {
             "add_generation_prompt": add_generation_prompt,
             "continue_final_message": continue_final_message,
+            "reasoning_effort": reasoning_effort,
             **template_options,
+        }
+        tools = given.pop("tools", None)
+        kwargs = {
+            "add_generation_prompt": True,
+            "continue_final_message": False,
+            **({} if tools is None else {"tools": tools}),
             **_template_kwargs(chat_template_kwargs),
+            **{key: value for key, value in given.items() if value is not None},
         }
         if kwargs["continue_final_message"] and kwargs["add_generation_prompt"]:
             raise InputError(

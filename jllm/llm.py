@@ -410,8 +410,8 @@ class LLM:
         lora_request: LoRARequest | Seq[LoRARequest | None] | None = None,
         chat_template: str | None = None,
         chat_template_content_format: str = "auto",
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
+        add_generation_prompt: bool | None = None,
+        continue_final_message: bool | None = None,
         tools: list[dict[str, Any]] | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         tokenization_kwargs: dict[str, Any] | None = None,
@@ -425,9 +425,12 @@ class LLM:
         ``chat_template_content_format``: "string" (text parts joined), "openai" (a list of text parts), "auto" the
         one the template reads (``jllm.chat_content``). ``mm_processor_kwargs`` is refused (text only).
         ``tokenization_kwargs`` as
-        ``generate``'s (``add_special_tokens``: the tokenizer's on top of the template's, off by default)."""
-        _check_switch(add_generation_prompt, "add_generation_prompt")
-        _check_switch(continue_final_message, "continue_final_message")
+        ``generate``'s (``add_special_tokens``: the tokenizer's on top of the template's, off by default).
+        ``add_generation_prompt``, ``continue_final_message`` and ``tools`` given win over the same keys in
+        ``chat_template_kwargs``, as vLLM's ``LLM.chat`` merges them; a switch left None takes
+        ``chat_template_kwargs``' key, else its default (True / False: vLLM's defaults, which there always win)."""
+        _check_optional_switch(add_generation_prompt, "add_generation_prompt")
+        _check_optional_switch(continue_final_message, "continue_final_message")
         tokenization = Tokenization.of(tokenization_kwargs)
         if mm_processor_kwargs:
             raise InputError(
@@ -440,10 +443,13 @@ class LLM:
                 param="messages",
             )
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        template_kwargs = self.engine.inputs.template_kwargs(chat_template_kwargs)
+        if tools is not None and template_kwargs:  # the argument wins over a tools variable (vLLM's)
+            template_kwargs = {k: v for k, v in template_kwargs.items() if k != "tools"}
         options: dict[str, Any] = {
             "add_generation_prompt": add_generation_prompt,
             "continue_final_message": continue_final_message,
-            "chat_template_kwargs": self.engine.inputs.template_kwargs(chat_template_kwargs),
+            "chat_template_kwargs": template_kwargs,
             "add_special_tokens": tokenization.add_special_tokens_in_chat,
             "content_format": chat_template_content_format,
         }
@@ -533,6 +539,12 @@ def _check_switch(value: object, name: str) -> None:
     """A switch is true or false: "no" or 0 would be read by their truth value, the opposite of what was meant."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r:.200}")
+
+
+def _check_optional_switch(value: object, name: str) -> None:
+    """None: left out (the template's kwargs or the default decide); else a switch."""
+    if value is not None:
+        _check_switch(value, name)
 
 
 def _per_prompt_loras(

@@ -199,10 +199,15 @@ def test_chat_content_parts_template_variables_and_documents(inputs: InputProces
         [{"role": "user", "content": "hi"}], chat_template_kwargs={"greeting": "hey "}, documents=[{"title": "doc"}]
     )
     assert prompt.text == "hey [doc]hi"
-    overridden = inputs.render_chat(
-        [{"role": "user", "content": "hi"}], chat_template_kwargs={"add_generation_prompt": False}
-    )
-    assert overridden == inputs.render_chat([{"role": "user", "content": "hi"}], add_generation_prompt=False)
+    hi = [{"role": "user", "content": "hi"}]
+    from_kwargs = inputs.render_chat(hi, chat_template_kwargs={"add_generation_prompt": False})
+    assert from_kwargs == inputs.render_chat(hi, add_generation_prompt=False)  # the switch left out: the kwargs'
+    # given, the switch wins over the same key in chat_template_kwargs, as vLLM merges them (they had won)
+    given = inputs.render_chat(hi, add_generation_prompt=True, chat_template_kwargs={"add_generation_prompt": False})
+    assert given == inputs.render_chat(hi) != from_kwargs
+    documents = {"documents": [{"title": "kwargs"}]}
+    assert custom.render_chat(hi, chat_template_kwargs=documents, documents=[{"title": "doc"}]).text == "[doc]hi"
+    assert custom.render_chat(hi, chat_template_kwargs=documents).text == "[kwargs]hi"
     with pytest.raises(InputError, match="chat_template_kwargs may not set 'tokenize'") as caught:
         inputs.render_chat([{"role": "user", "content": "hi"}], chat_template_kwargs={"tokenize": True})
     assert caught.value.param == "chat_template_kwargs"

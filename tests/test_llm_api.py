@@ -187,8 +187,25 @@ def test_tokenization_kwargs_are_taken_or_refused_by_name(llm: LLM) -> None:
     assert not llm.engine.has_unfinished_requests()
 
 
+def test_chat_arguments_win_over_chat_template_kwargs_as_vllm_s(llm: LLM) -> None:
+    """vLLM's LLM.chat merges add_generation_prompt, continue_final_message and tools over chat_template_kwargs (the
+    kwargs had won); a switch left out takes the kwargs' key."""
+    hi = [{"role": "user", "content": "hi"}]
+    [plain] = llm.chat(hi, GREEDY, use_tqdm=False)
+    [closed] = llm.chat(hi, GREEDY, use_tqdm=False, add_generation_prompt=False)
+    off = {"add_generation_prompt": False}
+    [given] = llm.chat(hi, GREEDY, use_tqdm=False, add_generation_prompt=True, chat_template_kwargs=off)
+    [left_out] = llm.chat(hi, GREEDY, use_tqdm=False, chat_template_kwargs=off)
+    assert given.prompt_token_ids == plain.prompt_token_ids != closed.prompt_token_ids == left_out.prompt_token_ids
+    names = "{% for t in tools %}{{ t.function.name }};{% endfor %}{{ messages[0].content }}"
+    tool = {"type": "function", "function": {"name": "argument", "parameters": {"type": "object"}}}
+    other = {"tools": [{"type": "function", "function": {"name": "kwargs", "parameters": {"type": "object"}}}]}
+    [out] = llm.chat(hi, GREEDY, use_tqdm=False, chat_template=names, tools=[tool], chat_template_kwargs=other)
+    assert out.prompt == "argument;hi"
+
+
 @pytest.mark.parametrize("switch", ["add_generation_prompt", "continue_final_message"])
-@pytest.mark.parametrize("value", ["no", 0, None])
+@pytest.mark.parametrize("value", ["no", 0])  # None: left out (chat_template_kwargs' key, else the default)
 def test_chat_switches_must_be_booleans(llm: LLM, switch: str, value: object) -> None:
     """A string or 0 would be read by its truth value: "no" the opposite of what was meant (as embed's normalize)."""
     with pytest.raises(TypeError, match=f"^{switch} must be True or False, got {value!r}"):

@@ -393,6 +393,20 @@ def test_chat_without_generation_prompt_renders_like_tokenize(client: openai.Ope
     assert usage.prompt_tokens == asyncio.run(tokenize(False)) < asyncio.run(tokenize(True))
 
 
+def test_request_switches_win_over_chat_template_kwargs_as_vllm_s(client: openai.OpenAI) -> None:
+    """vLLM's build_chat_params merges add_generation_prompt (and continue_final_message, documents,
+    reasoning_effort) over chat_template_kwargs (the kwargs had won); left out, the kwargs' key holds."""
+
+    def prompt_tokens(**extra: Any) -> int:
+        return client.chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=1, extra_body=extra
+        ).usage.prompt_tokens
+
+    off = {"add_generation_prompt": False}
+    given = prompt_tokens(add_generation_prompt=True, chat_template_kwargs=off)
+    assert given == prompt_tokens() > prompt_tokens(chat_template_kwargs=off) == prompt_tokens(**off)
+
+
 def test_continue_final_message_leaves_the_last_message_open(client: openai.OpenAI, server: RunningServer) -> None:
     opened = [*CHAT, {"role": "assistant", "content": "Bonjour"}]
 

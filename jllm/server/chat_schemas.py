@@ -162,9 +162,10 @@ class NamedToolChoice(_Request):
 class _ChatTemplateOptions(_Request):
     """vLLM's switches for how chat messages render through the template (chat completions and /tokenize)."""
 
-    add_generation_prompt: bool = True  # False renders the messages without the assistant's opening
-    continue_final_message: bool = False  # the reply continues the last message, left open
-    chat_template_kwargs: dict[str, Any] | None = None  # variables for the template (may override the two above)
+    # None (left out): chat_template_kwargs' key of that name, else True / False; given, they win over it (vLLM's)
+    add_generation_prompt: bool | None = None  # False renders the messages without the assistant's opening
+    continue_final_message: bool | None = None  # the reply continues the last message, left open
+    chat_template_kwargs: dict[str, Any] | None = None  # variables for the template
     documents: list[dict[str, str]] | None = None  # for templates that render retrieved documents (RAG)
     # the request's own Jinja template, in place of the model's: only where the server trusts it
     chat_template: str | None = None
@@ -197,8 +198,10 @@ class _ChatTemplateOptions(_Request):
 
     @field_validator("continue_final_message")
     @classmethod
-    def _continue_without_generation_prompt(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("add_generation_prompt", True):
+    def _continue_without_generation_prompt(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        """Both given true: vLLM's check_generation_prompt (left out, the switch may come from chat_template_kwargs:
+        the input door checks the two the template gets)."""
+        if value and info.data.get("add_generation_prompt") is True:
             raise ValueError("needs add_generation_prompt set to false (the reply continues the last message)")
         return value
 

@@ -34,8 +34,9 @@ class TokenizeRequest(_ChatTemplateOptions):
         ``tools`` ...) would change nothing, so one asking for something is a 400 naming it."""
         if self.prompt is None or self.messages is not None:  # messages, or both: a 400 of its own
             return self
+        switches = {"add_generation_prompt": True, "continue_final_message": False}  # their values left out
         for name in [*_ChatTemplateOptions.model_fields, "tools"]:
-            if getattr(self, name) != type(self).model_fields[name].default:
+            if getattr(self, name) not in (type(self).model_fields[name].default, switches.get(name)):
                 raise bad_request(f"{name} reaches the chat template, so it comes with messages, not a prompt", name)
         return self
 
