@@ -1,7 +1,8 @@
-"""The newer text families of transformers 5.25 (LaraMini, HRM-Text, Dory, Doge, Ergo) against transformers: tiny
-random-weight checkpoints built from a config, as ``tests/test_families.py`` checks every other family (its rows are
-seeded by their place, so these live here): float32 logits within the stated tolerance of transformers' forward, a
-greedy batch through the engine equal to transformers' ``generate``, and what each family brings of its own.
+"""The newer text families of transformers 5.25 (LaraMini, HRM-Text, Dory, Doge, Ergo, Kolibri-1.1) against
+transformers: tiny random-weight checkpoints built from a config, as ``tests/test_families.py`` checks every other
+family (its rows are seeded by their place, so these live here): float32 logits within the stated tolerance of
+transformers' forward, a greedy batch through the engine equal to transformers' ``generate``, and what each family
+brings of its own.
 """
 
 from __future__ import annotations
@@ -59,6 +60,26 @@ ERGO_KEYS = dict(
     global_attention_scale=1.3,
 )
 
+# Kolibri-1.1: a sliding dense layer, an indexed mixture layer with K/V of its own, a sliding mixture layer and an
+# indexed one reading the first's K/V; a budget (64 + 8 + 2) past the 70-token prompt, so every key is kept
+KOLIBRI1_1_KEYS = dict(
+    num_hidden_layers=4,
+    layer_types=["sliding_attention", "indexed_attention"] * 2,
+    kv_source_layers=[0, 1, 2, 1],
+    index_layers=[1],
+    mlp_only_layers=[0],
+    mlp_only_intermediate_size=80,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=48,
+    sliding_window=16,
+    index_topk=64,
+    index_num_local_tokens=8,
+    index_num_sink_tokens=2,
+    index_num_heads=2,
+)
+
 # name -> (architecture, config class (None: the architecture's), config.json keys besides BASE, logits tolerance)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     "lara_mini": ("LaraMiniForCausalLM", None, LARA_MINI_KEYS, HYBRID_LOGITS_RTOL),
@@ -72,6 +93,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     # a sliding window shorter than the prompts; keep_window_size 2048 past them (jllm serves up to it)
     "doge": ("DogeForCausalLM", None, dict(sliding_window=16), LOGITS_RTOL),
     "ergo": ("ErgoForCausalLM", None, ERGO_KEYS, LOGITS_RTOL),
+    # its indexed layers' K/V rounded to NVFP4 (unrounded, the logits are 6.8e-2 off)
+    "kolibri1_1": ("Kolibri1_1ForCausalLM", "Kolibri1_1Config", KOLIBRI1_1_KEYS, LOGITS_RTOL),
 }
 # A prompt prefilled in chunks: the greedy rows' 40-token prompt, 16 tokens a step beside the others' decodes (Doge's
 # key biases and Dory's per-loop pages read by later chunks); LaraMini's state across steps is Qwen3.5's mixer's
@@ -152,6 +175,11 @@ def test_hrm_text_runs_each_stack_layer_in_every_cycle_with_pages_of_its_own_and
         ),
         ("DogeForCausalLM", {"is_moe": True}, "Doge is_moe=True is not supported"),
         ("LaraMiniForCausalLM", {"hidden_act": "gelu"}, "LaraMini hidden_act='gelu' is not supported"),
+        (
+            "Kolibri1_1ForCausalLM",
+            {"layer_types": ["sliding_attention", "full_attention"]},
+            "Kolibri-1.1 layer_types=.* is not supported",
+        ),
     ],
 )
 def test_unsupported_option_is_refused_at_load_naming_it(arch, change, message):
@@ -240,6 +268,25 @@ def test_doge_context_is_its_keep_window_and_its_pool_keeps_each_keys_bias():
     assert args.max_context == 48
     assert args.context_limit.startswith("the model's keep_window_size=48: jllm keeps no top keep_window_size keys")
     assert KVCacheSpec.for_model(args, 16, np.float32).head_dim == BASE["head_dim"] + 1
+
+
+def test_kolibri1_1_context_is_its_indexed_budget_and_its_layers_read_as_transformers_builds_them():
+    """Kolibri-1.1's indexed layers keep every key a query sees up to ``index_topk + index_num_local_tokens +
+    index_num_sink_tokens``: jllm serves up to that budget, and ``build``'s error past it names the keys. Those layers
+    have no rotary and round their K/V to NVFP4; a layer whose ``kv_source_layers`` entry names another has no K/V of
+    its own; ``mlp_only_layers`` run a dense MLP of ``mlp_only_intermediate_size``."""
+    from jllm.models.registry import build_args
+
+    args = build_args({**BASE, **KOLIBRI1_1_KEYS, "architectures": ["Kolibri1_1ForCausalLM"]}, np.float32)[1]
+    assert args.max_context == 74
+    assert args.context_limit.startswith("the model's index_topk + index_num_local_tokens + index_num_sink_tokens=74")
+    assert [(spec.rope is None, spec.kv_nvfp4, spec.kv_source) for spec in args.layers] == [
+        (False, False, None),
+        (True, True, None),
+        (False, False, None),
+        (True, True, 1),
+    ]
+    assert [spec.dense_mlp_size for spec in args.layers] == [80, None, None, None]
 
 
 @pytest.fixture(scope="module")

@@ -94,8 +94,7 @@ class Attention(nnx.Module):
             q, k = self._qk_normed(q, k)
         if self.spec.qk_l2_norm:
             q, k = _unit_rms(q, a.norm_eps), _unit_rms(k, a.norm_eps)
-        if v is not None:  # Gemma 4's values normed, MiMo's scaled
-            v = scaled(_unit_rms(v, a.norm_eps) if a.v_norm else v, a.value_scale)
+        k, v = self._as_written(k, v)
         q = self.spec.scale_queries(q, positions)
         out, kv_pages = paged_attention(
             q,
@@ -118,6 +117,15 @@ class Attention(nnx.Module):
         y = self.o_proj(out)
         return (y if lora is None else y + lora.delta("o", out)), kv_pages
 
+    def _as_written(self, k: jax.Array | None, v: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+        """K and V as the pages keep them (None: another layer's): Gemma 4's values normed, MiMo's scaled; Kolibri-1.1's
+        indexed layers' both rounded to NVFP4, once as written, so later steps read them rounded."""
+        if v is None:
+            return k, v
+        a = self.args
+        v = scaled(_unit_rms(v, a.norm_eps) if a.v_norm else v, a.value_scale)
+        return (nvfp4_round(k), nvfp4_round(v)) if self.spec.kv_nvfp4 else (k, v)
+
     def _qk_normed(self, q: jax.Array, k: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
         """q ``[T, heads, head_dim]`` and k (None: another layer's) through their norms, if the family has them."""
         if self.q_norm is None:
@@ -126,6 +134,20 @@ class Attention(nnx.Module):
             t = q.shape[0]
             return self.q_norm(q.reshape(t, -1)).reshape(q.shape), self.k_norm(k.reshape(t, -1)).reshape(k.shape)
         return self.q_norm(q), None if k is None else self.k_norm(k)
+
+
+def nvfp4_round(x: jax.Array) -> jax.Array:
+    """``x`` rounded to NVFP4 and back, as transformers' ``nvfp4_fake_quantize`` (Kolibri-1.1): E2M1 values with one
+    E4M3 scale per 16 consecutive channels of the last axis (its amax / 6, clamped to [2^-9, 448]), magnitudes rounded
+    to nearest-even on E2M1's grid (steps of 0.5 below 2, 1 below 4, 2 up to 6), in float32."""
+    blocks = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 16)
+    scale = jnp.clip(jnp.max(jnp.abs(blocks), axis=-1, keepdims=True) / 6, 2.0**-9, 448.0)
+    scale = scale.astype(jnp.float8_e4m3fn).astype(jnp.float32)
+    scaled = blocks / scale
+    magnitude = jnp.minimum(jnp.abs(scaled), 6.0)
+    step = jnp.where(magnitude < 2, 0.5, jnp.where(magnitude < 4, 1.0, 2.0))
+    rounded = jnp.round(magnitude / step) * step  # jnp.round ties to even, as torch.round
+    return (jnp.copysign(rounded, scaled) * scale).reshape(x.shape).astype(x.dtype)
 
 
 def _unit_rms(x: jax.Array | None, eps: float) -> jax.Array | None:

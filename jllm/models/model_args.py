@@ -209,6 +209,9 @@ class LayerSpec:
     # the layer attends over layer ``kv_source``'s K/V (its pages), with no K/V projection of its own, and writes none
     # (Gemma 4's and Gemma 3n's num_kv_shared_layers)
     kv_source: int | None = None
+    # the layer's K and V rounded to NVFP4 and back before they are written (Kolibri-1.1's indexed layers attend so:
+    # ``attention_layer.nvfp4_round``); a layer reading its K/V (``kv_source``) reads them rounded
+    kv_nvfp4: bool = False
     # > 0: the dense MLP keeps about the top (1 - this) of each token's gate values (Gemma 3n's
     # activation_sparsity_pattern: ``layers.MLP``'s Gaussian cutoff)
     activation_sparsity: float = 0.0

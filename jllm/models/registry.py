@@ -183,6 +183,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "AfmoeForCausalLM": gated_attention.afmoe,
     "LagunaForCausalLM": gated_attention.laguna,
     "Kolibri1ForCausalLM": sliding_moe.kolibri1,
+    "Kolibri1_1ForCausalLM": sliding_moe.kolibri1_1,
     "MellumForCausalLM": sliding_moe.mellum,
     "FlintForCausalLM": sliding_moe.flint,
     "MiMoV2FlashForCausalLM": sliding_moe.mimo_v2_flash,
@@ -267,14 +268,6 @@ REFUSED = {
         "Hy4 (HYV4) keeps hc_mult residual streams mixed by DeepSeek-V4's form of hyper-connections in every "
         "layer, its own sparse-attention indexer (HYV4Indexer) and attention sinks on its sparse latent attention; "
         "jllm's decoder has none of these yet"
-    ),
-    "Kolibri1_1ForCausalLM": (
-        "Kolibri-1.1's indexed_attention layers run its own sparse attention, not DeepSeek Sparse Attention's: a "
-        "weightless indexer (Kolibri1_1Indexer) scoring keys by the ReLU of the first index_num_heads query heads "
-        "against key head 0, both rounded to NVFP4, choosing a pool of index_pool_size keys by blocks of "
-        "index_compression, then index_topk of them beside index_num_sink_tokens sinks and index_num_local_tokens "
-        "local tokens; those layers also attend to NVFP4-rounded keys and values at every length, and some read "
-        "another layer's (kv_source_layers); jllm's decoder has neither the indexer nor the NVFP4 rounding yet"
     ),
     "BeamForCausalLM": (
         "Beam (Reflection) scales each block's output and the residual by their depth (1/sqrt(i) and "

@@ -1,6 +1,7 @@
 """Mixtures of experts whose sliding and global layers differ in their rotary: Kolibri-1 (Aleph Alpha: EXAONE 4's
 attention, the global layers without rotary, GLM-4's norms around both blocks, a router whose choice bias is added to
-its logits), Mellum (JetBrains: Qwen3-MoE's attention and mixture, each layer type its own rotary base, dense
+its logits) and Kolibri-1.1 (its global layers sparse: served within their budget, where they attend to every key,
+rounded to NVFP4), Mellum (JetBrains: Qwen3-MoE's attention and mixture, each layer type its own rotary base, dense
 layers where ``mlp_layer_types`` says), Flint (Qwen3-MoE's attention with attention sinks, rotary on the sliding
 layers only, a sigmoid router) and MiMo-V2-Flash (Xiaomi: sliding layers with twice the KV heads and attention sinks,
 values narrower than the heads, DeepSeek-V3's router without shared experts).
@@ -64,6 +65,79 @@ def kolibri1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         shared_expert_gated=False,
         moe_routing=GroupedRouting("sigmoid", logit_bias=True),
         weights=WeightMap(rename=rename),
+    )
+
+
+INDEXED = "indexed_attention"
+# Kolibri1_1Config's defaults for what a config leaves out (besides Kolibri-1's)
+KOLIBRI1_1 = dict(
+    vocab_size=128_000,
+    hidden_size=2560,
+    num_hidden_layers=50,
+    num_attention_heads=48,
+    mlp_only_intermediate_size=3584,
+    index_topk=2048,
+    index_num_local_tokens=128,
+    index_num_sink_tokens=8,
+)
+KOLIBRI1_1_SOURCES = (0, 0, 0, 3, 4, 5, 5, 5, 5, 0)  # each indexed layer's source, by its place among them
+
+
+def kolibri1_1(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Kolibri-1.1: Kolibri-1 with sparse global layers (``indexed_attention``, by default every fifth) and dense
+    SwiGLUs of ``mlp_only_intermediate_size`` on ``mlp_only_layers`` (by default the first two). A query of an
+    indexed layer that sees no more than ``index_topk + index_num_local_tokens + index_num_sink_tokens`` keys attends
+    to all of them (transformers' ``Kolibri1_1Indexer`` selects only past that): jllm has no such indexer, so the
+    model is served up to that budget (``ModelArgs.indexer_budget``), where those layers are causal attention without
+    rotary over keys and values rounded to NVFP4 and back (``LayerSpec.kv_nvfp4``); a layer whose
+    ``kv_source_layers`` entry names an earlier one reads that layer's K/V, with no K/V projection of its own
+    (``LayerSpec.kv_source``). Kolibri1_1Config's defaults for what a config leaves out, its default K/V sources
+    included (more than 10 indexed layers need them named, as transformers says)."""
+    cfg = {**KOLIBRI1_1, **cfg}
+    n = cfg["num_hidden_layers"]
+    kinds = cfg.get("layer_types") or [INDEXED if (i + 1) % 5 == 0 else SLIDING for i in range(n)]
+    if len(kinds) != n or set(kinds) - {INDEXED, SLIDING}:
+        raise ValueError(
+            f"Kolibri-1.1 layer_types={kinds!r} is not supported (supported: one of {INDEXED!r}, {SLIDING!r} for each "
+            f"of the {n} layers)"
+        )
+    indexed = [i for i, kind in enumerate(kinds) if kind == INDEXED]
+    sources = cfg.get("kv_source_layers")
+    if sources is None:
+        if len(indexed) > len(KOLIBRI1_1_SOURCES):
+            raise ValueError(
+                f"Kolibri-1.1 with {len(indexed)} indexed layers and no kv_source_layers is not supported (the default "
+                f"covers {len(KOLIBRI1_1_SOURCES)}; name each layer's source, as transformers asks)"
+            )
+        sources = list(range(n))
+        for i, place in zip(indexed, KOLIBRI1_1_SOURCES, strict=False):
+            sources[i] = indexed[place]
+    mlp_only = cfg.get("mlp_only_layers")
+    mlp_only = [i for i in (0, 1) if i < n] if mlp_only is None else mlp_only
+    types = [FULL if kind == INDEXED else SLIDING for kind in kinds]
+    # no intermediate_size in Kolibri1_1Config: every MLP's width is named (the mixture's moe_intermediate_size)
+    args = kolibri1({**cfg, "layer_types": types, "intermediate_size": cfg.get("moe_intermediate_size", 512)}, dtype)
+    if indexed and args.head_dim % 16:
+        raise ValueError(
+            f"Kolibri-1.1 head_dim={args.head_dim} is not supported (supported: a multiple of 16, NVFP4's blocks)"
+        )
+    layers = tuple(
+        dataclasses.replace(
+            spec,
+            rope=None if kinds[i] == INDEXED else spec.rope,
+            kv_nvfp4=kinds[i] == INDEXED,
+            kv_source=None if sources[i] == i else sources[i],
+            dense_mlp_size=cfg["mlp_only_intermediate_size"] if i in mlp_only else None,
+        )
+        for i, spec in enumerate(args.layers)
+    )
+    budget = cfg["index_topk"] + cfg["index_num_local_tokens"] + cfg["index_num_sink_tokens"]
+    keys = "index_topk + index_num_local_tokens + index_num_sink_tokens"
+    return dataclasses.replace(
+        args,
+        layers=layers,
+        indexer_budget=budget if indexed else None,
+        sparse_attention=("Kolibri-1.1 indexed", keys),
     )
 
 
