@@ -71,9 +71,10 @@ def _texts(content: Any) -> list[str] | None:
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         text = part.get("refusal" if kind == "refusal" else kind if kind == "thinking" else "text") if kind else None
-        if kind not in TEXT_PARTS or not isinstance(text, str):
+        if kind not in TEXT_PARTS or not (text is None or isinstance(text, str)):
             return None
-        texts.append(text)
+        if text is not None:  # a null text: the part skipped, as vLLM's parser skips it
+            texts.append(text)
     return texts
 
 

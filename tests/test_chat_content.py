@@ -105,6 +105,19 @@ def test_a_template_looping_over_parts_gets_parts_and_a_string_template_a_string
     assert e.value.param == "chat_template_content_format"
 
 
+def test_null_text_parts_are_skipped_and_thinking_parts_are_text_at_the_door(inputs: InputProcessor) -> None:
+    """vLLM's chat parser (offline LLM.chat too): a text or refusal part with null text is skipped (jllm's door had
+    refused the whole content), a "thinking" part is its text, in either format."""
+    parts = [
+        {"type": "text", "text": None},
+        {"type": "thinking", "thinking": "hm"},
+        {"type": "refusal", "refusal": None},
+        {"type": "text", "text": "hi"},
+    ]
+    for template, expected in ((STRING, "<user>hm\nhi"), (PARTS_ONLY, "<user>hm|hi|")):
+        assert inputs.render_chat([{"role": "user", "content": parts}], chat_template=template).text == expected
+
+
 @pytest.fixture(scope="module")
 def engine() -> LLMEngine:
     engine = fake_engine(max_model_len=256, num_pages=96)

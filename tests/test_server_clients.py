@@ -252,6 +252,35 @@ def test_responses_style_and_refusal_parts_read_as_text(
     assert prompts[0] == prompts[1] and "no\n!" in prompts[0]
 
 
+def test_null_text_parts_are_skipped_and_thinking_parts_read_as_text(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's chat parser skips a text (or refusal) part whose text is null and reads a "thinking" part as its text;
+    both had been 400s. A media key without a type, and vLLM's tool_reference (a deferred tool jllm has none of),
+    are 400s naming the part."""
+    prompts = spy_prompts(engine, monkeypatch)
+    parts = [{"type": "text", "text": None}, {"type": "thinking", "thinking": "hm", "signature": "s"}]
+    as_parts = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": parts}]
+    as_parts.append(
+        {"role": "user", "content": [{"type": "text", "text": "again"}, {"type": "refusal", "refusal": None}]}
+    )
+    as_strings = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hm"}]
+    as_strings.append({"role": "user", "content": "again"})
+    for messages in (as_parts, as_strings):
+        body = {"model": MODEL, "messages": messages, "max_tokens": 1}
+        reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
+        assert reply.status == 200, reply.body
+    assert prompts[0] == prompts[1] and "hm" in prompts[0]
+    for part, words in (
+        ({"image_url": {"url": "data:image/png;base64,AAAA"}}, "part 0 has 'image_url': the served models take text"),
+        ({"type": "tool_reference", "name": "f"}, "part 0 has type 'tool_reference'"),
+        ({"text": "hi"}, "part 0 has no type"),
+    ):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": [part]}]}
+        error = http("POST", f"{server.url}/v1/chat/completions", json_body=body).json()["error"]
+        assert error["param"] == "messages" and words in error["message"], error
+
+
 def test_tokenize_returns_each_ids_vocabulary_string_when_asked(server: RunningServer) -> None:
     """vLLM's ``return_token_strs``: the ids' vocabulary strings (transformers' convert_ids_to_tokens: GPT-2's
     byte alphabet here, a space as "Ġ"), for a prompt and for messages; it had been a 400 ("not supported yet")."""

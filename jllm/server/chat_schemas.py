@@ -30,25 +30,43 @@ CHAT_UNSUPPORTED_FIELDS = {name: why for name, why in UNSUPPORTED_FIELDS.items()
 
 
 class TextPart(_Request):
-    """A text part; the Responses API's ``input_text`` and ``output_text`` parts are text too (as vLLM reads them)."""
+    """A text part; the Responses API's ``input_text`` and ``output_text`` parts are text too (as vLLM reads them).
+    A null text is a part skipped, as vLLM's chat parser skips it."""
 
     type: Literal["text", "input_text", "output_text"]
-    text: str
+    text: str | None = None
 
 
 class RefusalPart(_Request):
     """An assistant's earlier refusal, passed back (OpenAI's assistant content part): read as its text, as vLLM
-    reads it."""
+    reads it (null: skipped)."""
 
     type: Literal["refusal"]
-    refusal: str
+    refusal: str | None = None
 
     @property
-    def text(self) -> str:
+    def text(self) -> str | None:
         return self.refusal
 
 
-TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal")
+class ThinkingPart(_Request):
+    """Reasoning passed back as a content part (vLLM's "thinking" part, Anthropic's block; its ``signature`` or
+    ``closed`` ignored): read as its text, as vLLM's chat parser reads it (null: skipped)."""
+
+    type: Literal["thinking"]
+    thinking: str | None = None
+
+    @property
+    def text(self) -> str | None:
+        return self.thinking
+
+
+TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal", "thinking")  # vLLM's TEXT_PART_TYPES
+# keys that make a part without a type a media part in vLLM's parser (_parse_chat_message_content_mm_part)
+MEDIA_PART_KEYS = (
+    "image_url", "image_pil", "image_embeds", "audio_embeds", "video_embeds", "prompt_embeds", "audio_url",
+    "input_audio", "video_url",
+)  # fmt: skip
 
 
 class FunctionCall(_Request):
@@ -75,7 +93,7 @@ class ToolCallIn(_Request):
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     # None only for the assistant (OpenAI's, beside tool calls)
-    content: str | list[Annotated[TextPart | RefusalPart, Field(discriminator="type")]] | None = None
+    content: str | list[Annotated[TextPart | RefusalPart | ThinkingPart, Field(discriminator="type")]] | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None  # the assistant's calls
     tool_call_id: str | None = None  # a tool message: the call it answers
@@ -88,9 +106,23 @@ class ChatMessage(_Request):
     @classmethod
     def _text_parts_only(cls, value: Any) -> Any:
         """A part of another type (``image_url``, ``input_audio``, ``file``: what LangChain and the SDKs send for
-        images and files) is refused by name; pydantic's own message listed every member of the union."""
+        images and files; a media key without a type, as vLLM reads one) is refused by name, as vLLM refuses media
+        for a text-only model; pydantic's own message listed every member of the union. vLLM's ``tool_reference``
+        names a deferred tool (``defer_loading``), which jllm does not have."""
         for i, part in enumerate(value if isinstance(value, list) else []):
-            kind = part.get("type") if isinstance(part, dict) else None
+            if not isinstance(part, dict):
+                continue
+            kind = part.get("type")
+            if kind is None:
+                media = next((key for key in MEDIA_PART_KEYS if key in part), None)
+                if media is not None:
+                    raise ValueError(f"part {i} has {media!r}: the served models take text parts only")
+                raise ValueError(f"part {i} has no type: give each part one of {list(TEXT_PART_TYPES)}")
+            if kind == "tool_reference":
+                raise ValueError(
+                    f"part {i} has type 'tool_reference': this server has no deferred tools (defer_loading) for it to "
+                    "name; send the tool in tools"
+                )
             if isinstance(kind, str) and kind not in TEXT_PART_TYPES:
                 raise ValueError(f"part {i} has type {kind!r}: the served models take text parts only")
         return value
@@ -111,7 +143,9 @@ class ChatMessage(_Request):
     def text(self) -> str:
         """The content as one string: text parts joined on a newline, null as empty (vLLM's "string" format)."""
         content = self.content or ""
-        return content if isinstance(content, str) else "\n".join(part.text for part in content)
+        return (
+            content if isinstance(content, str) else "\n".join(part.text for part in content if part.text is not None)
+        )
 
     def for_template(self) -> dict[str, Any]:
         """What a chat template expects: {role, content} (content as sent, its parts as text parts: the input door
@@ -120,7 +154,7 @@ class ChatMessage(_Request):
         ``reasoning`` and ``thinking``) or the tool result's call id when present."""
         content = self.content
         if isinstance(content, list):
-            content = [{"type": "text", "text": part.text} for part in content]
+            content = [{"type": "text", "text": part.text} for part in content if part.text is not None]
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content}
         if self.tool_calls:
             message["tool_calls"] = [call.for_template() for call in self.tool_calls]
