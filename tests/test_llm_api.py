@@ -76,6 +76,18 @@ def test_max_tokens_past_the_context_runs_until_the_context_is_full(llm: LLM) ->
     assert short.outputs[0].token_ids == scripted(ids, 3)
 
 
+def test_a_prompt_as_long_as_the_context_is_refused_and_one_token_shorter_gets_one_token(llm: LLM) -> None:
+    """vLLM V1's input processor refuses a generation prompt of exactly max_model_len tokens ("plus the number of
+    requested output tokens (at least 1) is longer than the maximum model length"); one token shorter, the request
+    runs and stops at max_model_len after one token (finish_reason "length")."""
+    full = [5] * llm.engine.inputs.max_model_len
+    with pytest.raises(ContextLengthError, match="maximum context length"):
+        llm.generate([{"prompt_token_ids": full}], GREEDY, use_tqdm=False)
+    [out] = llm.generate([{"prompt_token_ids": full[1:]}], GREEDY, use_tqdm=False)
+    assert (len(out.outputs[0].token_ids), out.outputs[0].finish_reason) == (1, "length")
+    assert not llm.engine.has_unfinished_requests()
+
+
 def test_a_prompt_the_kv_pool_cannot_hold_raises_before_any_runs() -> None:
     """The scheduler rejects such a request (it could never be admitted); offline that had come back as an empty
     output finished by "abort", with only a log line, and the other prompts of the batch ran."""
