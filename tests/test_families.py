@@ -2335,6 +2335,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ("AXK2ForCausalLM", {**DEEPSEEK_KEYS, "q_lora_rank": None}, "A.X-K2 q_lora_rank=None is not supported"),
         ("BeamForCausalLM", {}, "'BeamForCausalLM' is not supported: Beam .* by their depth"),
         ("ZayaForCausalLM", {}, "'ZayaForCausalLM' is not supported: ZAYA .* Compressed Convolutional Attention"),
+        ("BltForCausalLM", {}, "'BltForCausalLM' is not supported: BLT .* entropy model"),
         (
             "NemotronHForCausalLM",
             {"hybrid_override_pattern": "M*E", "moe_latent_size": 16},

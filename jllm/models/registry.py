@@ -228,8 +228,8 @@ _GEMMA4_ASSISTANT = (
     "Gemma 4's assistant (and Gemma 4 unified's) is a drafter for speculative decoding, not a standalone language "
     "model: each step it takes the target model's last hidden state beside the token's embedding (pre_projection of "
     "2 * backbone_hidden_size channels), attends over the target's shared K/V states (shared_kv_states) instead of a "
-    "cache of its own, and hands a projected state back to the target; jllm has no speculative decoding path to run "
-    "it in (serve the target checkpoint instead)"
+    "cache of its own, and hands a projected state back to the target; jllm's speculative decoding has no draft "
+    "model to run it as, only n-gram lookup (serve the target checkpoint instead)"
 )
 _DOTS3_NOTE = (
     "dots3-note's text model runs multi-head latent attention whose widths differ by layer type (per_layer_config: "
@@ -285,6 +285,13 @@ REFUSED = {
     "Inkling2ForConditionalGeneration": _INKLING2,
     "Inkling2LoopForCausalLM": _INKLING2_LOOP,
     "Inkling2LoopForConditionalGeneration": _INKLING2_LOOP,
+    "BltForCausalLM": (
+        "BLT (Byte Latent Transformer) is not one decoder over tokens: a local encoder over bytes (with hash n-gram "
+        "embeddings) pools them by cross-attention into patches whose bounds an entropy model (BltPatcher) picks "
+        "from the bytes seen so far, a global transformer runs over the patches, and a local decoder cross-attends "
+        "back to bytes; jllm's one decoder and its KV pool (one entry per layer over the sequence's tokens) have none "
+        "of these"
+    ),
     "ZayaForCausalLM": (
         "ZAYA (Zyphra) projects q and k through Compressed Convolutional Attention (causal convolutions over q and k "
         "kept as a state across steps, half of each value head from the previous token), routes by an MLP over a "
