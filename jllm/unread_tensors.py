@@ -21,11 +21,13 @@ from jllm.kv_scales import KV_SCALE_NAMES
 
 # (pattern searched in a stored tensor's name, why it is not read), for every family
 SHARED_SKIPPED = (
-    (r"(^|\.)rotary_emb\.(inv_freq|cos_cached|sin_cached)$", "rotary buffers: recomputed from the config"),
+    (r"(^|\.)(inv_freq|rotary_emb\.(cos|sin)_cached)$", "rotary buffers: recomputed from the config"),
     (
-        r"(^|\.)(attn|attention)(\.attention)?\.(masked_)?bias$",
-        "causal-mask buffers older transformers saved (GPT-2, GPT-J, GPT-Neo, GPT-NeoX): the mask is built per step",
+        r"(^|\.)(attn|attention)(\.attention)?\.(masked_bias|bias|causal_mask)$",
+        "causal-mask buffers older transformers saved (GPT-2, GPT-J, GPT-Neo, GPT-NeoX, CodeGen): the mask is built "
+        "per step",
     ),
+    (r"(^|\.)mtp(_layers)?\.", "multi-token prediction layers: speculative heads, not served"),
     (
         rf"\.({'|'.join(sorted({re.escape(n) for names in KV_SCALE_NAMES.values() for n in names}))})$",
         "a KV-cache scale under a second of vLLM's names: the first one stored is read (jllm.kv_scales)",
@@ -34,10 +36,10 @@ SHARED_SKIPPED = (
 )
 # with a tied head, as vLLM's loaders skip it (some checkpoints store the embeddings' copy)
 TIED_HEAD_SKIPPED = ((r"(^|\.)lm_head\.weight$", "a tied LM head's stored copy: the embeddings are the head"),)
-# config keys that count multi-token prediction (next-n) layers stored past the decoder's
+# config keys that count multi-token prediction (next-n) layers stored past the decoder's: with one of them, the
+# layers numbered from num_hidden_layers on are skipped too (DeepSeek-V3's, GLM-4.5's next-n layers: speculative
+# heads, not served)
 MTP_KEYS = ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_layers", "n_mtp_layers", "mtp_num_layers")
-MTP_SKIPPED = ((r"(^|\.)mtp(_layers)?\.", "multi-token prediction layers: speculative heads, not served"),)
-# and, with those keys, the decoder layers numbered from num_hidden_layers on (DeepSeek-V3's, GLM-4.5's next-n layer)
 LAYER = re.compile(r"(^|\.)layers\.(\d+)\.")
 SHOWN = 10  # unread names an error shows
 
@@ -68,12 +70,11 @@ def unexpected(
 ) -> list[str]:
     """The unread tensors (stored name -> ours, ``SafetensorsIndex.unread``) that no shared or family pattern skips,
     each pattern searched in our spelling of the name (a text-only load's patterns name the text model's place);
-    with multi-token prediction layers declared (``MTP_KEYS``), ``mtp.`` tensors and layers numbered from the
-    config's ``num_hidden_layers`` (else ``num_layers``) on are skipped too."""
+    with multi-token prediction layers declared (``MTP_KEYS``), layers numbered from the config's
+    ``num_hidden_layers`` (else ``num_layers``) on are skipped too."""
     patterns = [*SHARED_SKIPPED, *family_skipped, *(TIED_HEAD_SKIPPED if tied_head else ())]
     extra_layer = None
     if mtp_layers(cfg) > 0:
-        patterns += MTP_SKIPPED
         extra_layer = int((cfg.get("text_config") or cfg).get("num_hidden_layers") or num_layers)
     return sorted(name for name, ours in unread.items() if not _skipped(ours, patterns, extra_layer))
 
