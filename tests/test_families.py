@@ -1724,7 +1724,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]  # the last > WINDOW
 NEW_TOKENS = 24
-TP_NEW_TOKENS = 12  # tests/tp_worker.py's GREEDY.max_tokens
+# Per prompt: the 40-token prompt samples its first token 3 steps after the short ones (its prefill chunks), so these
+# decode 3 more tokens and the three finish on one step. Had they stopped together, the 40-token prompt's last 3
+# decodes would have run alone, in a (1 token, 1 sequence) bucket whose forward and 1-row sampler compiled only for
+# them: two programs per LLM, ~1.5 CPU s a row here (2026-12-07)
+BATCH_NEW_TOKENS = [NEW_TOKENS + 3, NEW_TOKENS + 3, NEW_TOKENS]
+TP_NEW_TOKENS = [15, 15, 12]  # tests/tp_worker.py's GREEDY max_tokens, the same lead
+GREEDY_BATCH = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in BATCH_NEW_TOKENS]
 # Two step buckets (16 tokens x 1 / 4 sequences): the 40-token prompt is prefilled in chunks beside the decodes.
 # Programs compiled on first use: greedy decoding needs the forwards and one sampler, not warm-up's dozen programs.
 ENGINE_ARGS = dict(
@@ -2130,13 +2136,15 @@ def hf_experts_used(model_dir: Path, prompts: list[list[int]]) -> list[set[int]]
     return list(used.values())
 
 
-def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """transformers' greedy ``generate`` of each prompt alone (no padding), never stopping early."""
+def hf_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int | list[int]) -> list[list[int]]:
+    """transformers' greedy ``generate`` of each prompt alone (no padding), never stopping early; ``new_tokens`` for
+    every prompt or one count per prompt."""
     import torch
 
     model = hf_model(model_dir)
+    counts = [new_tokens] * len(prompts) if isinstance(new_tokens, int) else new_tokens
     out = []
-    for ids in prompts:
+    for ids, new_tokens in zip(prompts, counts, strict=True):
         seq = model.generate(
             torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0
         )
@@ -2151,7 +2159,7 @@ def hf_tokens(family_dirs) -> Callable[[str], list[list[int]]]:
 
     def get(name: str) -> list[list[int]]:
         if name not in found:
-            found[name] = hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+            found[name] = hf_greedy(family_dirs[name], PROMPTS, BATCH_NEW_TOKENS)
         return found[name]
 
     return get
@@ -2227,8 +2235,7 @@ GREEDY_FAMILIES = [name for name in FAMILIES if name not in IMAGE_TEXT and name 
 def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
     assert llm.engine.runner.num_compilations == 0  # compile_at_start=False: nothing compiled before the first step
-    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY_BATCH, use_tqdm=False)]
     assert_greedy_equal(family_dirs[name], PROMPTS, got, hf_tokens(name))
     # each bucket's forward and the greedy sampler, compiled on first use: none of warm-up's other programs
     assert {kind for kind, _, _ in llm.engine.runner.compiled_programs()} == {"forward", "sampler_0_greedy"}
@@ -2286,7 +2293,7 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
     runs = tp_found[name]
     sizes = FAMILIES[name][3]
     assert sorted(runs) == sorted(map(str, sizes))
-    expected_tokens = [tokens[:TP_NEW_TOKENS] for tokens in hf_tokens(name)]
+    expected_tokens = [tokens[:n] for tokens, n in zip(hf_tokens(name), TP_NEW_TOKENS, strict=True)]
     expected_logits = hf_logits(family_dirs[name], PROMPTS[2])
     for tp in map(str, sizes):
         assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"
@@ -2331,7 +2338,6 @@ def test_tensor_parallel_matches_transformers(tp_found, hf_tokens, family_dirs, 
         ),
         ("Phi3ForCausalLM", {"rope_scaling": {"rope_type": "ntk", "factor": 2.0}}, "'ntk'.*supported.*yarn"),
         ("XLNetLMHeadModel", {}, "XLNetLMHeadModel.*supported.*Gemma2ForCausalLM"),
-        ("HYV4ForCausalLM", {}, "'HYV4ForCausalLM' is not supported: Hy4 .* keeps hc_mult residual streams"),
         ("AXK2ForCausalLM", {**DEEPSEEK_KEYS, "q_lora_rank": None}, "A.X-K2 q_lora_rank=None is not supported"),
         ("BeamForCausalLM", {}, "'BeamForCausalLM' is not supported: Beam .* by their depth"),
         ("ZayaForCausalLM", {}, "'ZayaForCausalLM' is not supported: ZAYA .* Compressed Convolutional Attention"),
@@ -2823,6 +2829,7 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     # the families built on V3's latent attention: their latent and expert sizes named
     "AXK1ForCausalLM": dict(DEEPSEEK_KEYS),
     "GlmMoeDsaForCausalLM": dict(DEEPSEEK_KEYS),
+    "HYV4ForCausalLM": {},
     "Glm4MoeLiteForCausalLM": dict(DEEPSEEK_KEYS),
     "YoutuForCausalLM": dict(DEEPSEEK_KEYS),
     # image-text configs: these are their text configs' keys

@@ -26,8 +26,8 @@ from model_utils import (
 from test_families import (
     BASE,
     ENGINE_ARGS,
+    GREEDY_BATCH,
     LOGITS_RTOL,
-    NEW_TOKENS,
     PROMPTS,
     TP_NEW_TOKENS,
     WINDOW,
@@ -35,7 +35,7 @@ from test_families import (
     assert_logits_match_transformers,
 )
 
-from jllm import LLM, SamplingParams
+from jllm import LLM
 from jllm.kv_cache import KVCacheSpec
 from jllm.loader import load_model
 from jllm.models.layers import sinusoidal_positions
@@ -119,8 +119,7 @@ def test_logits_match_transformers(family_dirs, name):
 @pytest.mark.parametrize("name", [name for name in CLASSIC if name not in LOGITS_ONLY])
 def test_greedy_batch_equals_transformers_generate(family_dirs, hf_tokens, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
-    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY_BATCH, use_tqdm=False)]
     assert_greedy_equal(family_dirs[name], PROMPTS, got, hf_tokens(name))
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
 
@@ -133,7 +132,7 @@ def test_tensor_parallel_matches_transformers(family_dirs, hf_tokens, tmp_path, 
     sizes = CLASSIC[name][3]
     spec = {"families": {name: [str(family_dirs[name]), sizes]}, "cache_dir": str(tmp_path / "jllm_cache")}
     runs = run_tp_worker(spec, tmp_path, timeout=900)["generate"][name]
-    expected_tokens = [tokens[:TP_NEW_TOKENS] for tokens in hf_tokens(name)]
+    expected_tokens = [tokens[:n] for tokens, n in zip(hf_tokens(name), TP_NEW_TOKENS, strict=True)]
     expected_logits = hf_logits(family_dirs[name], PROMPTS[2])
     for tp in map(str, sizes):
         assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"

@@ -1,4 +1,4 @@
-"""The newer text families of transformers 5.25 (LaraMini, HRM-Text, Dory, Doge, Ergo, Kolibri-1.1) against
+"""The newer text families of transformers 5.25 (LaraMini, HRM-Text, Dory, Doge, Ergo, Kolibri-1.1, Hy4) against
 transformers: tiny random-weight checkpoints built from a config, as ``tests/test_families.py`` checks every other
 family (its rows are seeded by their place, so these live here): float32 logits within the stated tolerance of
 transformers' forward, a greedy batch through the engine equal to transformers' ``generate``, and what each family
@@ -15,18 +15,19 @@ import pytest
 from model_utils import hf_logits, jllm_logits, relative_error, run_tp_worker
 from test_families import (
     BASE,
+    BATCH_NEW_TOKENS,
     DELTANET_KEYS,
     ENGINE_ARGS,
+    GREEDY_BATCH,
     HYBRID_LOGITS_RTOL,
     LOGITS_RTOL,
-    NEW_TOKENS,
     PROMPTS,
     TP_NEW_TOKENS,
     FamilyDirs,
     hf_greedy,
 )
 
-from jllm import LLM, SamplingParams
+from jllm import LLM
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 
@@ -80,6 +81,27 @@ KOLIBRI1_1_KEYS = dict(
     index_num_heads=2,
 )
 
+# Hy4: a dense layer and two mixture layers (4 experts, top 2, clamped at 2) on latent attention with sinks and an
+# output gate, two hyper-connection streams; an index_topk (80) past the 70-token prompt, so every key is kept
+HYV4_KEYS = dict(
+    num_hidden_layers=3,
+    head_dim=None,
+    q_lora_rank=32,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    index_topk=80,
+    index_head_dim=16,
+    index_n_heads=2,
+    hc_mult=2,
+    swiglu_limit=2.0,
+    learnable_sink_init=0.5,
+)
+
 # name -> (architecture, config class (None: the architecture's), config.json keys besides BASE, logits tolerance)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     "lara_mini": ("LaraMiniForCausalLM", None, LARA_MINI_KEYS, HYBRID_LOGITS_RTOL),
@@ -95,6 +117,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], float]] = {
     "ergo": ("ErgoForCausalLM", None, ERGO_KEYS, LOGITS_RTOL),
     # its indexed layers' K/V rounded to NVFP4 (unrounded, the logits are 6.8e-2 off)
     "kolibri1_1": ("Kolibri1_1ForCausalLM", "Kolibri1_1Config", KOLIBRI1_1_KEYS, LOGITS_RTOL),
+    "hy_v4": ("HYV4ForCausalLM", "HYV4Config", HYV4_KEYS, LOGITS_RTOL),
 }
 # A prompt prefilled in chunks: the greedy rows' 40-token prompt, 16 tokens a step beside the others' decodes (Doge's
 # key biases and Dory's per-loop pages read by later chunks); LaraMini's state across steps is Qwen3.5's mixer's
@@ -134,9 +157,8 @@ def test_logits_match_transformers(family_dirs, name):
 @pytest.mark.parametrize("name", [name for name in FAMILIES if name not in LOGITS_ONLY])
 def test_greedy_batch_equals_transformers_generate(family_dirs, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
-    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
-    assert got == hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS)
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY_BATCH, use_tqdm=False)]
+    assert got == hf_greedy(family_dirs[name], PROMPTS, BATCH_NEW_TOKENS)
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
 
 
@@ -289,6 +311,16 @@ def test_kolibri1_1_context_is_its_indexed_budget_and_its_layers_read_as_transfo
     assert [spec.dense_mlp_size for spec in args.layers] == [80, None, None, None]
 
 
+def test_hy_v4_context_is_its_index_topk_and_longer_is_refused_naming_it():
+    """Hy4's DeepSeek Sparse Attention keeps each query's ``index_topk`` best keys: jllm serves up to that budget,
+    where every key is kept (its indexers never read), and ``build``'s error past it names the key."""
+    from jllm.models.registry import build_args
+
+    args = build_args({**BASE, **HYV4_KEYS, "architectures": ["HYV4ForCausalLM"]}, np.float32)[1]
+    assert args.max_context == 80 and args.weights.skipped[0][0] == r"\.self_attn\.indexer\."
+    assert args.context_limit.startswith("the model's index_topk=80: jllm has no Hy4 DeepSeek Sparse Attention")
+
+
 @pytest.fixture(scope="module")
 def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """tests/tp_worker.py's greedy runs and prefill logits of ``TP_SIZES``' families on 8 fake CPU devices, in one
@@ -302,7 +334,7 @@ def tp_found(family_dirs, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 @pytest.mark.parametrize("name", list(TP_SIZES))
 def test_tensor_parallel_matches_transformers(tp_found, family_dirs, name):
     runs = tp_found[name]
-    expected_tokens = [tokens[:TP_NEW_TOKENS] for tokens in hf_greedy(family_dirs[name], PROMPTS, TP_NEW_TOKENS)]
+    expected_tokens = hf_greedy(family_dirs[name], PROMPTS, TP_NEW_TOKENS)
     expected_logits = hf_logits(family_dirs[name], PROMPTS[2])
     for tp in map(str, TP_SIZES[name]):
         assert runs[tp]["tokens"] == expected_tokens, f"{name} at TP={tp}"

@@ -20,9 +20,10 @@ from flax import nnx
 from model_utils import TINY_CONFIG, assert_greedy_equal, hf_model
 from test_families import (
     BASE,
+    BATCH_NEW_TOKENS,
     ENGINE_ARGS,
     GEMMA4,
-    NEW_TOKENS,
+    GREEDY_BATCH,
     PROMPTS,
     WINDOW,
     FamilyDirs,
@@ -31,7 +32,7 @@ from test_families import (
     hf_greedy,
 )
 
-from jllm import LLM, SamplingParams
+from jllm import LLM
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 
@@ -199,9 +200,8 @@ def test_logits_match_transformers(family_dirs, name):
 @pytest.mark.parametrize("name", [name for name in FAMILIES if name not in LOGITS_ONLY])
 def test_greedy_batch_equals_transformers_generate(family_dirs, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
-    greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
-    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy, use_tqdm=False)]
-    assert_greedy_equal(family_dirs[name], PROMPTS, got, hf_greedy(family_dirs[name], PROMPTS, NEW_TOKENS))
+    got = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY_BATCH, use_tqdm=False)]
+    assert_greedy_equal(family_dirs[name], PROMPTS, got, hf_greedy(family_dirs[name], PROMPTS, BATCH_NEW_TOKENS))
     assert len({t for tokens in got for t in tokens}) > 3, "degenerate greedy output proves little"
     if name in MIXTURES:  # the batch's tokens go to different experts in every layer
         assert all(len(used) >= 3 for used in hf_experts_used(family_dirs[name], PROMPTS))

@@ -40,12 +40,15 @@ from jllm.safetensors_index import SafetensorsIndex  # noqa: E402
 ENGINE_ARGS = dict(dtype="float32", max_model_len=64, max_num_batched_tokens=16, max_num_seqs=4, num_pages=40)
 # Ragged on purpose: the 40-token prompt is prefilled in 16-token chunks beside the decodes of the others.
 PROMPTS = [[1, 5, 77, 300, 9000, 12, 40], [1, 2000, 3000, 4000], list(range(100, 140))]
-GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+# Per prompt: the 40-token prompt samples its first token 3 steps after the others, which decode 3 more so that the
+# three finish together: its last decodes alone would compile a 1-token bucket's forward and a 1-row sampler more
+GREEDY = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (15, 15, 12)]
 # Requests that compile, on first use, the step programs greedy decoding leaves out: the random base sampler, and the
-# general sampler (top-k, logprobs, a penalty) with the prompt-logprobs program.
+# general sampler (top-k, logprobs, a penalty) with the prompt-logprobs program. One token each: the prefill step
+# compiles them all (in greedy's 4-token bucket), a decode of the prompt alone would only add a 1-token bucket.
 OTHER_PROGRAMS = [
-    SamplingParams(temperature=1.0, seed=0, max_tokens=2),
-    SamplingParams(temperature=1.0, top_k=5, seed=0, max_tokens=2, logprobs=2, prompt_logprobs=2, presence_penalty=0.5),
+    SamplingParams(temperature=1.0, seed=0, max_tokens=1),
+    SamplingParams(temperature=1.0, top_k=5, seed=0, max_tokens=1, logprobs=2, prompt_logprobs=2, presence_penalty=0.5),
 ]
 # "%x = f32[16,576]{1,0} all-reduce(" -> ("f32", "16,576", "all-reduce")
 COLLECTIVE = re.compile(
