@@ -244,12 +244,12 @@ class DecoderLayer(nnx.Module):
         meta: AttentionMetadata,
         token_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
-        """Qwen4-Exp's and DeepSeek-V4's layer over the streams ``x [T, streams, hidden]``: the mixer, then the MLP,
-        each on its hyper-connection's mix (through the block's norm, where the family has one: DeepSeek-V4) and
-        added back into the streams; ``token_ids [T]``: a hash-routed mixture's."""
+        """Qwen4-Exp's, DeepSeek-V4's and Hy4's layer over the streams ``x [T, streams, hidden]``: the mixer, then the
+        MLP, each on its hyper-connection's mix (through the block's norm, where the family has one: DeepSeek-V4, Hy4)
+        and added back into the streams; ``token_ids [T]``: a hash-routed mixture's."""
         mixer = self.self_attn if self.mixer is None else self.mixer
         h, weights = self.attn_hyper_connection(x)
-        out, kv_pages = mixer(h, self.input_layernorm, positions, kv_pages, meta)
+        out, kv_pages = mixer(h, self.input_layernorm, positions, kv_pages, meta)[:2]  # MLA's: its selection too
         x = self.attn_hyper_connection.add(x, out, weights)
         h, weights = self.mlp_hyper_connection(x)
         norm = self.post_attention_layernorm

@@ -84,6 +84,11 @@ class SinkhornSpec:
 
     iters: int
     eps: float
+    # Hy4's form: no mixing matrix (each stream keeps itself, plus the block's output times its post weight), ``fn``
+    # and ``base`` of pre and post alone, two scales; post weights ``post_scale * sigmoid(.) + eps`` (DeepSeek-V4's:
+    # ``2 * sigmoid(.)``)
+    comb: bool = True
+    post_scale: float = 2.0
 
 
 def make_hyper_connection(args: Any, final: bool = False) -> nnx.Module:
@@ -105,12 +110,13 @@ class SinkhornHyperConnection(nnx.Module):
     them."""
 
     def __init__(self, args: Any):
-        n, d = args.hyper_streams, args.hidden_size
-        self.fn = param(((2 + n) * n, n * d), jnp.float32, (None, None))
-        self.base = param(((2 + n) * n,), jnp.float32, (None,))
-        self.mix_scale = param((3,), jnp.float32, (None,))
-        self.streams, self.eps, self.norm_eps = n, args.hyper_sinkhorn.eps, args.norm_eps
-        self.iters = args.hyper_sinkhorn.iters
+        n, d, spec = args.hyper_streams, args.hidden_size, args.hyper_sinkhorn
+        rows = (2 + n) * n if spec.comb else 2 * n
+        self.fn = param((rows, n * d), jnp.float32, (None, None))
+        self.base = param((rows,), jnp.float32, (None,))
+        self.mix_scale = param((3 if spec.comb else 2,), jnp.float32, (None,))
+        self.streams, self.eps, self.norm_eps = n, spec.eps, args.norm_eps
+        self.iters, self.comb, self.post_scale = spec.iters, spec.comb, spec.post_scale
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """``x [T, streams, hidden]`` -> (the block's input ``[T, hidden]``, (``post [T, streams]``, ``comb [T,
@@ -119,21 +125,25 @@ class SinkhornHyperConnection(nnx.Module):
         mixes = _unit_rms(x.reshape(t, n * d).astype(jnp.float32), self.norm_eps) @ self.fn[...].T
         base, scale = self.base[...], self.mix_scale[...]
         pre = jax.nn.sigmoid(mixes[:, :n] * scale[0] + base[:n]) + self.eps  # [T, streams]
-        post = 2 * jax.nn.sigmoid(mixes[:, n : 2 * n] * scale[1] + base[n : 2 * n])
+        post = self.post_scale * jax.nn.sigmoid(mixes[:, n : 2 * n] * scale[1] + base[n : 2 * n])
+        collapsed = jnp.sum(pre[..., None] * x, axis=1).astype(x.dtype)
+        if not self.comb:  # Hy4's: the streams kept as they are
+            return collapsed, (post + self.eps, None)
         comb = mixes[:, 2 * n :].reshape(t, n, n) * scale[2] + base[2 * n :].reshape(n, n)
         comb = jax.nn.softmax(comb, axis=-1) + self.eps
         comb = comb / (jnp.sum(comb, axis=-2, keepdims=True) + self.eps)
         for _ in range(self.iters - 1):  # Sinkhorn-Knopp: rows, then columns, each summing to one
             comb = comb / (jnp.sum(comb, axis=-1, keepdims=True) + self.eps)
             comb = comb / (jnp.sum(comb, axis=-2, keepdims=True) + self.eps)
-        collapsed = jnp.sum(pre[..., None] * x, axis=1).astype(x.dtype)
         return collapsed, (post, comb)
 
     @staticmethod
     def add(x: jax.Array, out: jax.Array, weights: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """The streams after the block: ``post_k * out + sum_j comb_jk x_j`` for each stream ``k``."""
-        post, comb = (w.astype(x.dtype) for w in weights)
-        return post[..., None] * out[:, None, :] + jnp.einsum("tjk,tjd->tkd", comb, x)
+        """The streams after the block: ``post_k * out + sum_j comb_jk x_j`` for each stream ``k`` (Hy4's, no
+        ``comb``: ``post_k * out + x_k``)."""
+        post, comb = weights
+        post = post.astype(x.dtype)[..., None] * out[:, None, :]
+        return post + (x if comb is None else jnp.einsum("tjk,tjd->tkd", comb.astype(x.dtype), x))
 
 
 class HyperHead(nnx.Module):

@@ -38,7 +38,7 @@ from flax import nnx
 
 from jllm.attention import AttentionMetadata, paged_attention, sparse_latent_attention
 from jllm.models.dsa import Indexer, IndexerSpec
-from jllm.models.layers import Linear, RMSNorm, scaled
+from jllm.models.layers import Linear, RMSNorm, param, scaled
 
 if TYPE_CHECKING:
     from jllm.models.model_args import LayerSpec, ModelArgs
@@ -64,6 +64,9 @@ class MLASpec:
     # the queries and a sigmoid gate on each head's output channels from one projection, ``q_gate_proj``, of the normed
     # low-rank query beside the unnormed one (A.X-K2's, in place of ``q_b_proj``)
     q_gate: bool = False
+    # a sigmoid gate on each head's output channels from a projection of its own of the layer's normed input
+    # (``out_gate``: Hy4's ``gate_proj``)
+    out_gate: bool = False
 
     def __post_init__(self) -> None:
         for name, needs in (("DeepSeek Sparse Attention's indexer", self.indexer), ("q_gate", self.q_gate)):
@@ -102,6 +105,8 @@ class MLAttention(nnx.Module):
         self.indexer = None if m.indexer is None or spec.reuses_selection else Indexer(args, m.indexer)
         gated = args.attn_output_gate is not None  # BailingHybrid's sigmoid gate per head
         self.g_proj = Linear(d, h, ("embed", "q_heads"), dt, quant=quant) if gated else None
+        self.out_gate = Linear(d, h * m.v_head_dim, ("embed", "q_heads"), dt, quant=quant) if m.out_gate else None
+        self.sinks = param((h,), dt, ("q_heads",)) if args.attn_sinks else None  # Hy4's, on every latent layer
         self.args, self.spec = args, spec
 
     def __call__(
@@ -143,7 +148,10 @@ class MLAttention(nnx.Module):
         kv = jnp.concatenate([c_kv[:, None], k_pe], axis=-1)  # [T, 1, latent_dim]
         kv = jnp.broadcast_to(kv, (t, a.num_kv_heads, m.latent_dim))  # the copies tensor parallelism keeps
         if m.indexer is None:
-            out, kv_pages = paged_attention(q, kv, None, kv_pages, meta, sm_scale=a.sm_scale, value_dim=r)  # [T, H, r]
+            sinks = None if self.sinks is None else self.sinks[...]
+            out, kv_pages = paged_attention(
+                q, kv, None, kv_pages, meta, sm_scale=a.sm_scale, value_dim=r, sinks=sinks
+            )  # [T, H, r]
         elif self.indexer is None:  # the last indexer's selection (GLM-5's shared layers; never the first layer)
             out, kv_pages = sparse_latent_attention(q, kv, kv_pages, selected, meta, sm_scale=a.sm_scale, value_dim=r)
         else:
@@ -156,6 +164,8 @@ class MLAttention(nnx.Module):
         out = jnp.einsum("thr,rhv->thv", out, w_kv[..., nope:])  # [T, H, v_head_dim]
         if gate is not None:  # [T, H, v_head_dim], the product in float32 (A.X-K2's)
             out = (out.astype(jnp.float32) * jax.nn.sigmoid(gate.astype(jnp.float32))).astype(out.dtype)
+        if self.out_gate is not None:  # [T, H, v_head_dim] (Hy4's)
+            out = out * jax.nn.sigmoid(self.out_gate(x).reshape(t, h, m.v_head_dim))
         if self.g_proj is not None:  # [T, H, 1], its sigmoid taken in float32 (BailingHybrid's)
             out = out * jax.nn.sigmoid(self.g_proj(x).astype(jnp.float32)).astype(out.dtype)[..., None]
         return self.o_proj(out.reshape(t, h * m.v_head_dim)), kv_pages, selected

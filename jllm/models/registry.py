@@ -139,6 +139,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "DeepseekV32ForCausalLM": deepseek_sparse.deepseek_v32,
     "DeepseekV4ForCausalLM": deepseek_v4.deepseek_v4,
     "GlmMoeDsaForCausalLM": deepseek_sparse.glm_moe_dsa,
+    "HYV4ForCausalLM": deepseek_sparse.hy_v4,
     "Glm4MoeForCausalLM": deepseek.glm4_moe,
     "Dots1ForCausalLM": deepseek.dots1,
     "GptOssForCausalLM": gpt_oss.gpt_oss,
@@ -264,11 +265,6 @@ _INKLING2_LOOP = (
 
 # architectures transformers has that jllm refuses at load, and why (what the one decoder lacks for them)
 REFUSED = {
-    "HYV4ForCausalLM": (
-        "Hy4 (HYV4) keeps hc_mult residual streams mixed by DeepSeek-V4's form of hyper-connections in every "
-        "layer, its own sparse-attention indexer (HYV4Indexer) and attention sinks on its sparse latent attention; "
-        "jllm's decoder has none of these yet"
-    ),
     "BeamForCausalLM": (
         "Beam (Reflection) scales each block's output and the residual by their depth (1/sqrt(i) and "
         "sqrt((i - 1)/i) at the i-th residual add), adds a learned bias per head to its attention's sigmoid output "

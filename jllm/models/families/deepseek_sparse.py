@@ -7,7 +7,8 @@ in every DeepSeek-V3.2 layer; in GLM-5's "full" layers of ``indexer_types``, its
 reusing the last full layer's selection (``LayerSpec.reuses_selection``; DeepseekV32Config has no such keys). The
 latent attention's rotary pairs are interleaved in all, whatever ``rope_interleave`` says (transformers reads none).
 A.X-K2 is DeepSeek-V3.2 with its queries and an output gate from one projection (``MLASpec.q_gate``), gated input
-norms (``ModelArgs.gated_norm_rank``) and, by default, a router without expert groups.
+norms (``ModelArgs.gated_norm_rank``) and, by default, a router without expert groups. Hy4 (``HYV4ForCausalLM``) is
+served within its indexer's budget, where DeepSeek Sparse Attention keeps every token (its indexer not read).
 
 Where this module sits: docs/architecture.md.
 """
@@ -19,7 +20,9 @@ from typing import Any
 
 from jllm.models.dsa import IndexerSpec
 from jllm.models.families.deepseek import deepseek_v3
-from jllm.models.model_args import ModelArgs
+from jllm.models.hyper_connections import SinkhornSpec
+from jllm.models.layers import ClampedSwiGLU
+from jllm.models.model_args import ModelArgs, WeightMap
 
 # DeepseekV32Config's and GlmMoeDsaConfig's defaults for the keys a config.json may leave out (the hub's do)
 V32_DEFAULTS = dict(
@@ -55,6 +58,47 @@ AXK2_DEFAULTS = dict(
     first_k_dense_replace=1,
     index_n_heads=16,
     gated_norm_rank=16,
+)
+# HYV4Config's
+HYV4_DEFAULTS = dict(
+    vocab_size=120_832,
+    hidden_size=2816,
+    intermediate_size=6912,
+    moe_intermediate_size=768,
+    num_hidden_layers=34,
+    num_attention_heads=32,
+    max_position_embeddings=262_144,
+    rms_norm_eps=1e-5,
+    n_routed_experts=256,
+    n_shared_experts=1,
+    num_experts_per_tok=8,
+    routed_scaling_factor=2.827,
+    norm_topk_prob=True,
+    n_group=1,
+    topk_group=1,
+    q_lora_rank=1536,
+    kv_lora_rank=512,
+    qk_nope_head_dim=192,
+    qk_rope_head_dim=64,
+    v_head_dim=256,
+    index_topk=2048,
+    hc_mult=4,
+    hc_magnitude=2.0,
+    hc_eps=1e-6,
+    swiglu_limit=10.0,
+)
+# Hy4's stored names (transformers saves them so): ours -> theirs
+HYV4_NAMES = (
+    ("shared_expert", "shared_experts"),
+    ("out_gate", "linear_gate"),
+    ("sinks", "learnable_sink_param"),
+    *(
+        (f"{ours}.{leaf}", f"hc_pre.{theirs}.hc_{leaf if leaf != 'mix_scale' else 'scale'}")
+        for ours, theirs in (("attn_hyper_connection", "hc_attn_layer"), ("mlp_hyper_connection", "hc_mlp_layer"))
+        for leaf in ("fn", "base", "mix_scale")
+    ),
+    ("hyper_connection_mixer", "hc_pre.hc_head"),
+    *((f"hc_{leaf}", f"hc_head_{leaf}") for leaf in ("fn", "base", "scale")),  # the final mix's own leaves
 )
 INDEXED = "indexed_attention"  # transformers' only layer type here: every layer runs DSA
 
@@ -104,6 +148,39 @@ def axk2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         mla=dataclasses.replace(args.mla, q_gate=True),
         gated_norm_rank=cfg["gated_norm_rank"],
         weights=dataclasses.replace(args.weights, rename=(*args.weights.rename, *rename)),
+    )
+
+
+def hy_v4(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Hy4 (Tencent's HYV4): DeepSeek-V3's latent attention and router with a per-channel sigmoid output gate from a
+    projection of the layer's input (``MLASpec.out_gate``) and attention sinks, ``hc_mult`` hyper-connection streams
+    in DeepSeek-V4's form without its mixing matrix (``SinkhornSpec.comb`` off, post weights ``hc_magnitude *
+    sigmoid + hc_eps``), routed experts' SwiGLU clamped at ``swiglu_limit`` (DeepSeek-V4's), dense layers where
+    ``mlp_layer_types`` says (by default the first). Its DeepSeek Sparse Attention keeps a query's ``index_topk``
+    best keys, every key it sees within that budget: jllm serves up to ``index_topk`` tokens
+    (``ModelArgs.indexer_budget``), where it is causal attention, its indexers (rotary on their last channels, and
+    cross-layer sharing: ``indexer_types``) never read. HYV4Config's defaults for what a config leaves out."""
+    cfg = {**HYV4_DEFAULTS, **cfg}
+    n = cfg["num_hidden_layers"]
+    layer_types = cfg.get("layer_types") or [INDEXED] * n
+    if any(kind != INDEXED for kind in layer_types):
+        raise ValueError(f"Hy4 layer_types={layer_types!r} is not supported (supported: every layer {INDEXED!r})")
+    mlp_types = cfg.get("mlp_layer_types") or ["dense"] * min(1, n) + ["sparse"] * max(n - 1, 0)
+    v3 = deepseek_v3({**cfg, "rope_interleave": True, "head_dim": None}, dtype, "Hy4", mlp_types)
+    glu = ClampedSwiGLU(float(cfg["swiglu_limit"]), gate_first=True)
+    skipped = ((r"\.self_attn\.indexer\.", "Hy4's indexer: within index_topk every token is kept, so it never runs"),)
+    return dataclasses.replace(
+        v3,
+        layers=tuple(dataclasses.replace(spec, experts_glu=glu) for spec in v3.layers),
+        mla=dataclasses.replace(v3.mla, out_gate=True),
+        attn_sinks=True,
+        hyper_streams=cfg["hc_mult"],
+        hyper_sinkhorn=SinkhornSpec(1, float(cfg["hc_eps"]), comb=False, post_scale=float(cfg["hc_magnitude"])),
+        indexer_budget=cfg["index_topk"],
+        sparse_attention=("Hy4 DeepSeek Sparse Attention", "index_topk"),
+        weights=WeightMap(
+            gate_up=("linear_gate", "up_proj"), rename=HYV4_NAMES, expert_params="out_in", skipped=skipped
+        ),
     )
 
 
