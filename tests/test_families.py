@@ -2755,6 +2755,7 @@ LLAVA_NEXT_MISTRAL_TEXT = {
         ("Glm4vForConditionalGeneration", {}),
         ("Llama4ForConditionalGeneration", {"model_type": "llama4_text"}),
         ("Emu3ForConditionalGeneration", {"model_type": "emu3_text_model"}),
+        ("MllamaForConditionalGeneration", {"model_type": "mllama_text_model"}),
         ("LlamaForCausalLM", None),
         ("MistralForCausalLM", None),
         ("Qwen2ForCausalLM", None),
@@ -2840,6 +2841,7 @@ CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
         head_dim=16, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32
     ),
     "Glm4vMoeForConditionalGeneration": dict(GLM4_MOE_KEYS),
+    "MllamaForConditionalGeneration": {},
 }
 
 

@@ -143,6 +143,12 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    "mllama_image_text": (
+        "MllamaForConditionalGeneration",
+        "MllamaConfig",
+        dict(num_hidden_layers=5, head_dim=None, model_type="mllama_text_model"),
+        [],
+    ),
 }
 # image-text checkpoints (loaded text-only): name -> the outer config, a tiny vision embedder's included
 IMAGE_TEXT: dict[str, dict[str, Any]] = {
@@ -170,6 +176,20 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
         projector_hidden_size=32,
         tie_word_embeddings=False,
     ),
+    "mllama_image_text": dict(
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            attention_heads=2,
+            intermediate_size=48,
+            vision_output_dim=64,
+            image_size=28,
+            max_num_tiles=2,
+            intermediate_layers_indices=[0],
+            supported_aspect_ratios=[[1, 1], [1, 2]],
+        ),
+    ),
 }
 MIXTURES = {"minimax_m3"}
 # Rows whose decoder runs only what another greedy row runs (test_families' or this file's): their logits row checks
@@ -181,6 +201,7 @@ LOGITS_ONLY = {
     "cohere_compass_image_text",
     "minimax_m3_image_text",
     "mllama",
+    "mllama_image_text",
     "phi4_multimodal",
 }
 

@@ -164,6 +164,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Emu3ForConditionalGeneration": multimodal.emu3,
     "DiffLlamaForCausalLM": llama_variants.diffllama,
     "MllamaForCausalLM": llama_variants.mllama_text,
+    "MllamaForConditionalGeneration": multimodal.mllama,
     "ModernBertDecoderForCausalLM": modernbert.modernbert_decoder,
     "OpenAIGPTLMHeadModel": early_gpt.openai_gpt,
     "CTRLLMHeadModel": early_gpt.ctrl,

@@ -1,11 +1,11 @@
 """Text-only loads of image-text checkpoints (Gemma 3, Gemma 3n, Gemma 4, Gemma 4 unified, Mistral 3 and Ministral 3,
 Llama 4, LLaVA and LLaVA-NeXT, Aya Vision, InternVL, Idefics3 and SmolVLM, Emu3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V, Cohere Compass, MiniMax-M3, Phi-4-multimodal): the language model's ``text_config``
-read by its own family's reader, its tensors under ``language_model.`` (Idefics3's under ``model.text_model.``,
-Emu3's under ``text_model.``, Qwen's, GLM's and Cohere Compass's under ``model.``); the vision tower and projector (and
-Gemma 3n's and Gemma 4's audio tower, Emu3's VQ-VAE) are never read, and prompts are text (the server refuses image
-and audio parts by name). Phi-4-multimodal keeps its text settings at the config's top level and its image and audio
-encoders beside the text model's tensors (``model.embed_tokens_extend.``).
+Qwen3-VL-MoE, GLM-4.1V, GLM-4.5V, Cohere Compass, MiniMax-M3, Mllama, Phi-4-multimodal): the language model's
+``text_config`` read by its own family's reader, its tensors under ``language_model.`` (Idefics3's under
+``model.text_model.``, Emu3's under ``text_model.``, Qwen's, GLM's and Cohere Compass's under ``model.``); the vision
+tower and projector (and Gemma 3n's and Gemma 4's audio tower, Emu3's VQ-VAE) are never read, and prompts are text
+(the server refuses image and audio parts by name). Phi-4-multimodal keeps its text settings at the config's top
+level and its image and audio encoders beside the text model's tensors (``model.embed_tokens_extend.``).
 
 Where this module sits: docs/architecture.md.
 """
@@ -169,6 +169,14 @@ def emu3(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     tokenizer is never read (image tokens are ids of the text vocabulary, which a text prompt does not hold)."""
     args = _text_only(cfg, dtype, "Emu3", {"emu3_text_model": llama_variants.emu3_text})
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **EMU3_TEXT_MODEL))
+
+
+@text_model_only
+def mllama(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Llama 3.2 Vision (``MllamaForConditionalGeneration``, as the hub keeps it) on text: its text model
+    (``llama_variants.mllama_text``: the self-attention layers alone, as transformers runs text without an image),
+    tensors under ``language_model.``; the vision model and projector are never read."""
+    return _text_only(cfg, dtype, "Mllama", {"mllama_text_model": llama_variants.mllama_text})
 
 
 # Phi4MultimodalConfig's text settings where a config leaves them out (Phi-4-multimodal-instruct's)
