@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1775,6 +1775,19 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return FamilyDirs(tmp_path_factory.mktemp("families"), default_model_dir)
 
 
+@pytest.fixture
+def little_machine_code_optimization() -> Iterator[None]:
+    """JAX's ``jax_disable_most_optimizations`` for a test: LLVM's passes at level 0 on the machine code XLA:CPU
+    emits, the HLO (its fusions, the ops it runs) optimized as before. A tiny model's logits program compiles once
+    and runs once, so compiling was most of a logits row's time: 30 rows' CPU seconds 97 -> 68 (Gemma 4's 3.9 -> 2.7,
+    2026-12-07, cold cache). Every row passes at its unchanged bound: LLVM's levels keep IEEE float semantics (no
+    reassociation without fast-math, which XLA:CPU leaves off)."""
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
 def assert_logits_match_transformers(model_dir: Path, rtol: float = LOGITS_RTOL) -> None:
     """A 70-token prompt's float32 logits, prefilled in one step, within ``rtol`` of transformers' and with its
     argmax: the logits row of the family files that keep their own rows (``FamilyDirs``' ``families``)."""
@@ -1786,6 +1799,7 @@ def assert_logits_match_transformers(model_dir: Path, rtol: float = LOGITS_RTOL)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers(family_dirs, name):
     model_dir = family_dirs[name]
