@@ -33,6 +33,7 @@ from test_families import (
     WINDOW,
     FamilyDirs,
     assert_logits_match_transformers,
+    little_machine_code_optimization,  # noqa: F401 (the logits rows' fixture)
 )
 
 from jllm import LLM
@@ -110,6 +111,7 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", list(CLASSIC))
 def test_logits_match_transformers(family_dirs, name):
     assert_logits_match_transformers(family_dirs[name])

@@ -25,6 +25,7 @@ from test_families import (
     TP_NEW_TOKENS,
     FamilyDirs,
     hf_greedy,
+    little_machine_code_optimization,  # noqa: F401 (the logits rows' fixture)
 )
 
 from jllm import LLM
@@ -142,6 +143,7 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers(family_dirs, name):
     model_dir = family_dirs[name]

@@ -30,6 +30,7 @@ from test_families import (
     assert_logits_match_transformers,
     hf_experts_used,
     hf_greedy,
+    little_machine_code_optimization,  # noqa: F401 (the logits rows' fixture)
 )
 
 from jllm import LLM
@@ -212,6 +213,7 @@ def family_dirs(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_logits_match_transformers(family_dirs, name):
     assert_logits_match_transformers(family_dirs[name])
