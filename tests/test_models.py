@@ -216,6 +216,26 @@ def test_unread_tensors_named_are_the_first_ten_and_a_count():
     check_all_read({n: n for n in names}, ((r"\.shared_expert\.", "why"),), {}, 25)  # a family's declared extra
 
 
+def test_an_image_text_load_skips_the_other_modalities_but_not_its_text_models_tensors():
+    from jllm.models.registry import build_args
+    from jllm.unread_tensors import unexpected
+
+    cfg = {"architectures": ["LlavaForConditionalGeneration"], "text_config": {"model_type": "llama", **COMMON}}
+    _, args = build_args(cfg, jnp.float32)
+    stored = [
+        "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+        "multi_modal_projector.linear_1.weight",
+        "language_model.model.layers.0.self_attn.q_proj.bias",  # a misread attention_bias, inside the text model
+        "language_model.lm_head.bias",
+    ]
+    unread = {name: name for name in stored} | {"model.language_model.norm.bias": "language_model.model.norm.bias"}
+    assert unexpected(unread, args.weights.skipped, cfg, args.num_layers) == [
+        "language_model.lm_head.bias",
+        "language_model.model.layers.0.self_attn.q_proj.bias",
+        "model.language_model.norm.bias",  # transformers 5's name, read as the text model's
+    ]
+
+
 def test_declared_extras_load_the_same_weights(tiny_dirs, tmp_path):
     """Rotary buffers, ``mtp.`` layers, a tied head's copy and, where the config declares next-n layers, the layers
     past the decoder's are skipped; such a layer without the config key is refused."""
