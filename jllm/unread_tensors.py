@@ -19,7 +19,8 @@ from typing import Any
 
 from jllm.kv_scales import KV_SCALE_NAMES
 
-# (pattern searched in a stored tensor's name, why it is not read), for every family
+# (pattern searched in a stored tensor's name as ours spell it, after WeightMap.aliases; why it is not read), for
+# every family
 SHARED_SKIPPED = (
     (r"(^|\.)(inv_freq|rotary_emb\.(cos|sin)_cached)$", "rotary buffers: recomputed from the config"),
     (
