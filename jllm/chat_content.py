@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
-CONTENT_FORMATS = ("auto", "string", "openai")
-TEXT_PARTS = ("text", "input_text", "output_text", "refusal", "thinking")  # vLLM's: each read as its text
+from jllm.config import ChatTemplateContentFormat
+
+CONTENT_FORMATS = get_args(ChatTemplateContentFormat)
+# vLLM's text part types, each read as its text: the key holding it
+TEXT_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal", "thinking": "thinking"}
+TEXT_PART_TYPES = tuple(TEXT_KEYS)
 
 
 def check_content_format(value: object, param: str = "chat_template_content_format") -> str:
@@ -70,8 +74,10 @@ def _texts(content: Any) -> list[str] | None:
     texts = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
-        text = part.get("refusal" if kind == "refusal" else kind if kind == "thinking" else "text") if kind else None
-        if kind not in TEXT_PARTS or not (text is None or isinstance(text, str)):
+        if not isinstance(kind, str) or kind not in TEXT_KEYS:
+            return None
+        text = part.get(TEXT_KEYS[kind])
+        if not (text is None or isinstance(text, str)):
             return None
         if text is not None:  # a null text: the part skipped, as vLLM's parser skips it
             texts.append(text)

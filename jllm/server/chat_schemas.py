@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
+from jllm.chat_content import TEXT_PART_TYPES
 from jllm.sampling import MAX_LOGPROBS, SamplingParams
 from jllm.server.errors import bad_request
 from jllm.server.schemas import (
@@ -61,7 +62,6 @@ class ThinkingPart(_Request):
         return self.thinking
 
 
-TEXT_PART_TYPES = ("text", "input_text", "output_text", "refusal", "thinking")  # vLLM's TEXT_PART_TYPES
 # keys that make a part without a type a media part in vLLM's parser (_parse_chat_message_content_mm_part)
 MEDIA_PART_KEYS = (
     "image_url", "image_pil", "image_embeds", "audio_embeds", "video_embeds", "prompt_embeds", "audio_url",
