@@ -34,6 +34,7 @@ from jllm.thinking_budget import ThinkingBudget
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 10.0  # how long stopping waits on a step before giving up on the engine thread
+ENGINE_THREAD = "jllm-engine"  # the engine loop's thread's name
 
 # A command runs on the engine thread; an output it returns (an abort's final one) goes to the request's stream.
 Command = Callable[[], RequestOutput | None]
@@ -164,7 +165,7 @@ class AsyncEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, name="jllm-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=ENGINE_THREAD, daemon=True)
 
     @property
     def inputs(self) -> InputProcessor:

@@ -19,7 +19,7 @@ import threading
 from aiohttp import web
 
 from jllm import distributed
-from jllm.async_engine import AsyncEngine, StreamLimits
+from jllm.async_engine import ENGINE_THREAD, AsyncEngine, StreamLimits
 from jllm.build import ModelBuilder, build_worker
 from jllm.config import EngineConfig
 from jllm.serve_config import ServeConfig, entry_of
@@ -41,7 +41,7 @@ from jllm.server.grpc_server import GrpcServer
 from jllm.server.host_work import HostWork
 from jllm.server.messages import count_tokens, create_message
 from jllm.server.middleware import auth_middleware, echo_request_id, request_id_middleware
-from jllm.server.registry import EngineFactory, ModelRegistry
+from jllm.server.registry import LOAD_THREAD, EngineFactory, ModelRegistry
 from jllm.server.response_store import ResponseStore
 from jllm.server.responses import (
     cancel_response,
@@ -58,7 +58,7 @@ from jllm.timing import show_info_logs
 logger = logging.getLogger(__name__)
 
 # the threads that run JAX work: a model's load (``registry.in_daemon_thread``) and each engine's loop (``AsyncEngine``)
-DEVICE_THREADS = ("jllm-load", "jllm-engine")
+DEVICE_THREADS = (LOAD_THREAD, ENGINE_THREAD)
 MAX_BODY_BYTES = 16 << 20  # room for a long context as JSON token ids; larger bodies get a 413
 HANDLER_GRACE_SECONDS = 5.0  # after draining, how long handlers get to flush their last bytes
 

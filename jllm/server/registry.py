@@ -37,6 +37,7 @@ from jllm.server.metrics import ModelMetrics, ServerMetrics
 
 logger = logging.getLogger(__name__)
 GIL_SWITCH_SECONDS = 0.001  # with several models served (see ModelRegistry.add)
+LOAD_THREAD = "jllm-load"  # the name of the thread a model loads on (in_daemon_thread)
 T = TypeVar("T")
 
 
@@ -288,7 +289,7 @@ def in_daemon_thread[T](fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         if not loop.is_closed():  # closed when a signal ended the server meanwhile
             loop.call_soon_threadsafe(outcome)
 
-    threading.Thread(target=run, name="jllm-load", daemon=True).start()
+    threading.Thread(target=run, name=LOAD_THREAD, daemon=True).start()
     return future
 
 
