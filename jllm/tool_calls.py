@@ -27,12 +27,32 @@ __all__ = ["PARSERS", "CallPart", "ForcedCallStream", "ToolCall", "ToolCallStrea
 
 def parse_tool_calls(parser: ToolParser, text: str) -> tuple[str | None, list[ToolCall]]:
     """The whole output: its content (text before the calls; None when empty) and its calls. Output that is not
-    the family's calls is all content, as vLLM returns it."""
+    the family's calls is all content, as vLLM returns it; but output that ends inside a call after calls began
+    (``cut_short_inside``) has the calls its stream sent: the complete ones and the one cut off, its arguments as
+    generated so far (vLLM's hermes parser returns such a reply as content, though its stream sent the calls)."""
     start = parser.starts_calls(text)
     calls = None if start is None else parser.calls(text[start:], final=True)
+    if not calls and start is not None and cut_short_inside(parser, text):
+        calls = _begun(parser, text[start:])
     if not calls:
         return text if start is None else (text[:start] + parser.as_content(text[start:])) or None, []
     return text[:start].strip() or None, calls
+
+
+def cut_short_inside(parser: ToolParser, text: str) -> bool:
+    """Whether the whole output ended inside a call after calls had begun (max_tokens, a stop string): its last
+    call is unfinished, so the reply keeps the finish reason it ended with rather than "tool_calls"."""
+    start = parser.starts_calls(text)
+    if start is None or parser.calls(text[start:], final=True) or not parser.cut_short(text[start:]):
+        return False
+    return bool(_begun(parser, text[start:]))
+
+
+def _begun(parser: ToolParser, text: str) -> list[ToolCall]:
+    """The calls a stream of ``text`` (from where the calls start) has begun: the complete ones and the one being
+    generated, its arguments as far as they are settled."""
+    partial = parser.partial(text)
+    return (parser.calls(text, final=False) or []) + ([] if partial is None else [ToolCall(*partial)])
 
 
 CallPart = tuple[int, ToolCall | None, str]  # (call index, the call when it begins here, more of its arguments)
@@ -53,6 +73,7 @@ class ToolCallStream:
         self._begun: ToolCall | None = None  # the unfinished call whose id and name are sent
         self._arguments = ""  # its arguments sent
         self.broken = False  # at the end: calls had begun, but the text was not the family's calls after all
+        self.cut_short = False  # at the end: calls had begun, and the text ended inside one (``cut_short_inside``)
         self.not_calls = False  # the parser said, mid-stream, that the text cannot be its calls (all content)
 
     def feed(self, delta: str) -> tuple[str, list[CallPart]]:
@@ -76,6 +97,9 @@ class ToolCallStream:
         """At the end: the call parts not sent yet, or, when the text is not the family's calls after all, the rest
         of the text as content."""
         calls = None if self._start is None or self.not_calls else self.parser.calls(self.text[self._start :], True)
+        if not calls and self.num_calls and self.parser.cut_short(self.text[self._start :]):
+            self.cut_short = True  # the calls sent are the reply's, the last unfinished, as the whole reply reads it
+            return self._release(self._start), []
         if not calls:  # all content, as the whole reply has it (calls begun stay unfinished: ``broken``)
             self.broken = self.num_calls > 0
             if self._start is None or self.not_calls:

@@ -27,6 +27,7 @@ from jllm.tool_calls import (
     ForcedCallStream,
     ToolCall,
     ToolCallStream,
+    cut_short_inside,
     forced_call_schema,
     forced_calls,
     make_parser,
@@ -408,7 +409,8 @@ def test_an_output_cut_anywhere_streams_as_it_reads_whole(
 ) -> None:
     """Cut short (max_tokens) anywhere: the stream's calls are the whole reply's (and perhaps the start of one
     more, cut off), or, where calls began but the whole reply holds none, the stream is marked broken (so it ends
-    with the reply's finish reason) and its content is the whole text, as the reply's."""
+    with the reply's finish reason) and its content is the whole text, as the reply's. Where the whole reply ended
+    inside a call (hermes), its calls are the stream's, the last with the arguments streamed so far."""
     cut = text[: data.draw(st.integers(1, len(text)))]
     points = sorted(data.draw(st.sets(st.integers(1, max(1, len(cut) - 1)), max_size=8)))
     pieces = [cut[a:b] for a, b in zip([0, *points], [*points, len(cut)], strict=True) if cut[a:b]]
@@ -422,6 +424,9 @@ def test_an_output_cut_anywhere_streams_as_it_reads_whole(
     sent, parts = sent + delta, parts + new
     if not whole_calls:  # the whole text (openai's markers left out: special tokens)
         assert sent == (whole_content or "") and (stream.broken or not parts)
+    elif cut_short_inside(parser, cut):
+        assert stream.cut_short and not stream.broken and sent.strip() == (whole_content or "")
+        assert [(c.name, c.arguments) for c in _assemble(parts)] == [(c.name, c.arguments) for c in whole_calls]
     else:
         streamed = _assemble(parts)
         assert not stream.broken and _pairs(streamed[: len(whole_calls)]) == _pairs(whole_calls)
@@ -557,6 +562,65 @@ def test_auto_calls_come_as_tool_calls_whole_and_streamed(client: openai.OpenAI)
     arguments = ["".join(d.function.arguments or "" for d in deltas if d.index == i) for i in (0, 1)]
     assert [json.loads(a) for a in arguments] == [WEATHER, {}]
     assert content.strip() == "Let me check." and chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+CUT_IN_SECOND = [  # (output cut inside the second call, the whole reply's calls as (name, arguments as written))
+    ('<tool_call>{"name": "a", "arguments": {"x": 1}}</tool_call>\n<tool_call>{"name": "b", "arguments": {"y": [2',
+     [("a", '{"x": 1}'), ("b", '{"y": [2')]),
+    ('<tool_call>{"name": "a", "arguments": {"x": 1}}</tool_call>\n<tool_call>{"name": "b", "argu',
+     [("a", '{"x": 1}')]),
+    ('<tool_call>{"name": "a", "arguments": {"x": 1}}</tool_call>\n<tool_call>\n', [("a", '{"x": 1}')]),
+    ('<tool_call>{"name": "a", "arguments": {"x": 1}}</tool_call><tool_call>{"name": "b", "arguments": {"s": "}',
+     [("a", '{"x": 1}'), ("b", '{"s": "}')]),  # a brace inside a string does not close the object
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, expected", CUT_IN_SECOND)
+def test_hermes_cut_inside_a_second_call_reads_the_same_whole_and_streamed(text: str, expected: list) -> None:
+    """The defect: the whole reply was all content (vLLM's hermes parser returns it so), while its stream had sent
+    the first call and the start of the second and then the whole text as content. Now both have the calls the
+    stream sent, the last unfinished, and end with the generation's finish reason (``cut_short``)."""
+    parser = make_parser("hermes")
+    text = "Let me check.\n" + text
+    content, calls = parse_tool_calls(parser, text)
+    assert (content, [(c.name, c.arguments) for c in calls]) == ("Let me check.", expected)
+    assert cut_short_inside(parser, text)
+    for pieces in (list(text), [text]):
+        stream, sent, parts = ToolCallStream(parser), "", []
+        for piece in pieces:
+            delta, new = stream.feed(piece)
+            sent, parts = sent + delta, parts + new
+        delta, new = stream.finish()
+        assert (sent + delta).strip() == "Let me check." and stream.cut_short and not stream.broken
+        assert [(c.name, c.arguments) for c in _assemble(parts + new)] == expected
+
+
+def test_hermes_closed_or_never_begun_calls_are_not_cut_short() -> None:
+    parser = make_parser("hermes")
+    assert not cut_short_inside(parser, OUTPUTS["hermes"][0])  # complete
+    unnamed = 'Hi <tool_call>{"arguments": {"x": 1'  # nothing streamed: all content
+    assert not cut_short_inside(parser, unnamed) and parse_tool_calls(parser, unnamed) == (unnamed, [])
+
+
+def test_a_reply_cut_inside_its_second_call_reads_the_same_whole_and_streamed(
+    client: openai.OpenAI, engine: LLMEngine
+) -> None:
+    """Through the server: max_tokens ends the scripted reply inside its second call; the whole reply and the
+    stream have the same content and calls, and both end "length", not "tool_calls"."""
+    ids = engine.tokenizer.encode(OUTPUTS["hermes"][0], add_special_tokens=False)
+    cut = next(k for k in range(len(ids)) if engine.tokenizer.decode(ids[:k]).endswith('"time", "arguments": {'))
+    ask = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=cut)
+    choice = client.chat.completions.create(**ask).choices[0]
+    whole = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    assert choice.finish_reason == "length" and choice.message.content == "Let me check."
+    assert [name for name, _ in whole] == ["weather", "time"] and json.loads(whole[0][1]) == WEATHER
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    names = {d.index: d.function.name for d in deltas if d.id is not None}
+    streamed = [(names[i], "".join(d.function.arguments or "" for d in deltas if d.index == i)) for i in sorted(names)]
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == whole and content.strip() == "Let me check."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
 
 
 def test_one_call_without_parallel_tool_calls(client: openai.OpenAI) -> None:

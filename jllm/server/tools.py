@@ -35,6 +35,7 @@ from jllm.tool_calls import (
     ToolCallStream,
     ToolParser,
     cut_short_calls,
+    cut_short_inside,
     forced_call_schema,
     forced_calls,
     make_parser,
@@ -88,7 +89,8 @@ class ToolPlan:
     def message(self, text: str) -> AssistantMessage:
         """A whole reply as OpenAI's assistant message: its content and its calls. A forced call cut short by
         max_tokens comes with the arguments generated so far, as its stream sent them and as vLLM returns a named
-        call (its finish reason stays "length": ``calls_cut_short``)."""
+        call (its finish reason stays "length": ``calls_cut_short``); so does an "auto" reply that ended inside a
+        call, with the calls its stream sent (``tool_calls.cut_short_inside``)."""
         content, calls, cut_short = self._parse(text)
         return AssistantMessage(content=content, tool_calls=[_out(c) for c in calls], calls_cut_short=cut_short)
 
@@ -102,7 +104,7 @@ class ToolPlan:
         if self.parser is None:
             return text, [], False
         content, calls = parse_tool_calls(self.parser, text)
-        return content, calls if self.parallel else calls[:1], False
+        return content, calls if self.parallel else calls[:1], cut_short_inside(self.parser, text)
 
     def stream(self) -> ToolDeltas:
         return ToolDeltas(self)
@@ -156,7 +158,8 @@ class ToolDeltas:
     @property
     def called(self) -> bool:
         """Whether the choice made calls (its finish reason is then "tool_calls")."""
-        return self.num_calls > 0 and not self.cut_short and not (self._auto is not None and self._auto.broken)
+        auto_unfinished = self._auto is not None and (self._auto.broken or self._auto.cut_short)
+        return self.num_calls > 0 and not self.cut_short and not auto_unfinished
 
     def _named(self, text: str) -> list[DeltaToolCall]:
         """The named function's arguments stream as generated: the first delta names the call."""

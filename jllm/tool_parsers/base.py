@@ -192,6 +192,12 @@ class ToolParser:
         vLLM returns it; a format of special tokens may leave its markers out."""
         return text
 
+    def cut_short(self, text: str) -> bool:
+        """Whether ``text`` (from where the calls start; not the family's calls whole) ends inside a call: the calls
+        complete before it and the one begun (``partial``) are then the reply's, as its stream sent them. False
+        (the default): such text is all content."""
+        return False
+
     def partial(self, text: str) -> tuple[str, str] | None:
         """The call being generated after the complete ones in ``text``: its name and the part of its arguments'
         JSON text that can no longer change (a prefix of the call's arguments once complete); None when not known

@@ -31,6 +31,7 @@ from jllm.tool_parsers.base import (
     json_spans,
     list_partial,
     name_first,
+    value_end,
 )
 
 
@@ -54,13 +55,22 @@ class HermesParser(ToolParser):
             out.append(call)
         return out
 
+    def cut_short(self, text: str) -> bool:
+        """The last block is open and empty, or its object has not closed (max_tokens or a stop string came inside
+        it)."""
+        body = self._open_block(text)
+        return body is not None and (not body or (body.startswith("{") and value_end(body, 0) is None))
+
+    def _open_block(self, text: str) -> str | None:
+        """The body of the block after the last closed one (stripped), when one opens right there."""
+        tail = text[text.rfind("</tool_call>") + len("</tool_call>") :].strip() if "</tool_call>" in text else text
+        return tail[len("<tool_call>") :].strip() if tail.startswith("<tool_call>") else None
+
     def partial(self, text: str) -> tuple[str, str] | None:
         """The open block's call once its name and the start of its arguments have come: the arguments as written
         so far (a prefix of the call's)."""
-        tail = text[text.rfind("</tool_call>") + len("</tool_call>") :].strip() if "</tool_call>" in text else text
-        if not tail.startswith("<tool_call>"):  # the end reads only a block right after the last as a call
-            return None
-        named = name_first(tail[len("<tool_call>") :])
+        body = self._open_block(text)  # the end reads only a block right after the last as a call
+        named = None if body is None else name_first(body)
         return None if named is None else (named[0], named[1])
 
 
