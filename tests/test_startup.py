@@ -146,6 +146,7 @@ def test_warmup_lowers_every_forward_before_any_smaller_program(warmed, monkeypa
     assert len(lowered) == report.programs == len(programs) and runner._programs.keys() == programs.keys()
 
 
+@pytest.mark.slow
 def test_a_steps_inputs_stay_on_the_host_and_run_the_warmed_programs(warmed):
     """On one process ``put`` leaves a step's packed inputs as NumPy arrays, which each program's call moves itself
     (cheaper on the host than a ``device_put`` first): the programs the warm-up traced on their shapes run them,
