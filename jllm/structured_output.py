@@ -27,7 +27,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import llguidance
 import llguidance.numpy
@@ -35,9 +35,7 @@ import numpy as np
 import pydantic_core
 
 from jllm.structural_tag import structural_tag_grammar
-
-if TYPE_CHECKING:
-    from jllm.tokenizer import Tokenizer
+from jllm.tokenizer import TRANSFORMERS_IMPORT, Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +261,8 @@ class GrammarCompiler:
             return self._tokenizer
 
     def _build_tokenizer(self) -> llguidance.LLTokenizer:
-        import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_startup.py)
+        with TRANSFORMERS_IMPORT:  # beside a chat renderer's load, whose import it broke (a 500 on either request)
+            import llguidance.hf  # imports transformers (~1 s): only here, never with jllm (tests/test_startup.py)
 
         hf_tokenizer = self.source.hf
         try:

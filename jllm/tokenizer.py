@@ -229,14 +229,15 @@ def _space_marks(decoders: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 # transformers' lazy top-level module is not thread-safe: two models' renderer threads importing from it at once
-# got ImportError ("cannot import name 'PreTrainedTokenizerFast'") in 3 of 4 threads.
-_TRANSFORMERS_IMPORT = threading.Lock()
+# got ImportError ("cannot import name 'PreTrainedTokenizerFast'") in 3 of 4 threads. Every import of transformers, or
+# of a module that imports it (llguidance.hf), takes this lock.
+TRANSFORMERS_IMPORT = threading.Lock()
 
 
 def _load_transformers(path: Path) -> Any:
     """With a tokenizer.json the generic fast class is enough; otherwise AutoTokenizer builds one from whatever the
     directory has. (transformers 5 imports torch either way where it is installed.)"""
-    with _TRANSFORMERS_IMPORT:
+    with TRANSFORMERS_IMPORT:
         if (path / "tokenizer.json").is_file():
             from transformers import PreTrainedTokenizerFast as loader
         else:
