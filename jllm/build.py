@@ -44,6 +44,7 @@ from jllm.sampling import generation_defaults
 from jllm.scheduler import Scheduler
 from jllm.serve_config import ModelEntry
 from jllm.state_slots import StateSlots
+from jllm.step_timeline import StepTimeline
 from jllm.timing import log_phase, timed
 from jllm.tokenizer import Tokenizer
 from jllm.weight_swap import check_side_files
@@ -375,6 +376,7 @@ def build_engine(config: EngineConfig, *, show_progress: bool = True) -> LLMEngi
         sampling_defaults=_sampling_defaults(config.model.generation_config, given_folder, worker.loaded),
         lora=worker.runner.lora,
         classifier=ClassifierHead.of(worker.loaded),
+        timeline=None if sched.step_timeline_path is None else StepTimeline(sched.step_timeline_path),
     )
     if sched.compile_at_start and engine.classifier is not None:
         _warm_up_pooling(engine, worker.runner, show_progress)

@@ -164,6 +164,9 @@ class SchedulerConfig(Section):
     # vLLM's speculative decoding settings: {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": m,
     # "prompt_lookup_max": M} (prompt lookup, the one method served: jllm.speculative); null = off
     speculative_config: dict[str, Any] | None = None
+    # A file to append a JSON line to per engine step: its wall time split into scheduling, launching, waiting for the
+    # device and processing tokens, beside its decode rows and prefill tokens (jllm.step_timeline); null = off
+    step_timeline_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens is None:

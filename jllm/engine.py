@@ -40,6 +40,7 @@ from jllm.scheduler import Scheduler
 from jllm.sequence import SchedulerOutput, Sequence, SequenceStatus
 from jllm.step_inputs import StepPlan
 from jllm.step_results import StepResult
+from jllm.step_timeline import StepTimeline, StepTimes
 from jllm.structured_output import GrammarCompiler, GrammarMatcher
 from jllm.thinking_budget import ThinkingBudget
 from jllm.tokenizer import Tokenizer
@@ -87,11 +88,13 @@ class LLMEngine:
         sampling_defaults: dict[str, Any] | None = None,
         lora: LoRAManager | None = None,
         classifier: ClassifierHead | None = None,
+        timeline: StepTimeline | None = None,
     ) -> None:
         """``sampling_defaults``: the fields a request that leaves them unset samples with (the model's
         generation_config.json's, ``jllm.sampling.generation_defaults``); the front ends apply them. ``lora``: the
         adapters (with ``enable_lora``; the runner's and the scheduler's slots too). ``classifier``: a sequence
-        classifier's head (the front ends refuse to generate with it)."""
+        classifier's head (the front ends refuse to generate with it). ``timeline``: where each launched step's
+        clock goes (``step_timeline_path``)."""
         self.scheduler = scheduler
         self.lora = lora
         self.classifier = classifier
@@ -103,6 +106,7 @@ class LLMEngine:
         self.outputs = OutputProcessor(inputs.tokenizer)
         self.async_scheduling = async_scheduling
         self.publish = publish
+        self.timeline = timeline
         self._in_flight: LaunchedStep | None = None  # launched, its tokens not yet processed
         self._seq_ids = itertools.count()
         self._rng = np.random.default_rng(seed)
@@ -239,6 +243,8 @@ class LLMEngine:
         self._in_flight = None
         self.__dict__.pop("_encoder", None)  # its compiled programs go with it
         self.runner.release()
+        if self.timeline is not None:
+            self.timeline.close()
 
     def check_weights_swappable(self) -> None:
         """Raises unless ``swap_weights`` may run now (checked before new weights are read, and again there)."""
@@ -296,16 +302,20 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Runs one step; returns the outputs due: every request that finished, and every streaming request
         (``DELTA`` or ``CUMULATIVE``) that got new tokens."""
+        times = StepTimes()
         touched: dict[str, None] = {}
         if self._in_flight is not None and self._needs_tokens_first(self._in_flight):
-            touched |= self._process(self._in_flight)
+            touched |= self._process(self._in_flight, times)
             self._in_flight = None
+        scheduled_at = time.perf_counter()
         out = self.scheduler.schedule()
         for seq, reason in out.rejected:
             logger.error("request %s rejected: %s", seq.request_id, reason)
             if (request_id := self.outputs.reject(seq)) is not None:
                 touched[request_id] = None
         launched = None
+        launched_at = time.perf_counter()
+        times.schedule_s = launched_at - scheduled_at
         if not out.is_empty:
             masks_wait = self._in_flight is not None and self._masks_wait_for(self._in_flight)
             plan = self.runner.plan(out, constraints_later=masks_wait)
@@ -314,19 +324,23 @@ class LLMEngine:
 
             def take_tokens() -> None:  # the grammars' next masks follow from the step in flight's tokens
                 assert self._in_flight is not None
-                touched.update(self._process(self._in_flight))
+                touched.update(self._process(self._in_flight, times))
                 self._in_flight = None
 
             launched = self.runner.launch(out, plan, take_tokens if masks_wait else None)
             self.scheduler.on_step_launched(out)
+            times.carried(out)
+        times.launch_s = time.perf_counter() - launched_at
         if self._in_flight is not None:  # the device ran it while this step was scheduled and launched
-            touched |= self._process(self._in_flight)
+            touched |= self._process(self._in_flight, times)
         self._in_flight = launched
         if launched is not None and not self.async_scheduling:
-            touched |= self._process(launched)
+            touched |= self._process(launched, times)
             self._in_flight = None
         outputs = self.outputs.outputs(touched)
         self._drop_moot_step()
+        if self.timeline is not None and launched is not None:
+            self.timeline.write(times)
         return outputs
 
     def _drop_moot_step(self) -> None:
@@ -354,13 +368,17 @@ class LLMEngine:
         ``before_sampling``)."""
         return any(sampler.mask_follows_tokens(s.seq) for s in launched.output.scheduled)
 
-    def _process(self, launched: LaunchedStep) -> dict[str, None]:
+    def _process(self, launched: LaunchedStep, times: StepTimes) -> dict[str, None]:
         """Waits for a launched step; the scheduler appends its tokens, the output processor turns them into text.
         Returns the requests it changed."""
+        waited_at = time.perf_counter()
         result = self.runner.collect(launched)
+        processed_at = time.perf_counter()
+        times.wait_s += processed_at - waited_at
         sampled = [[token.token_id for token in result.row_tokens(row)] for row in range(len(result.tokens))]
         appended = self.scheduler.update_from_output(launched.output, sampled)
         touched, stopped = self.outputs.process(launched.output, result, appended)
         for seq, num_output_tokens in stopped:
             self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED, num_output_tokens)
+        times.process_s += time.perf_counter() - processed_at
         return touched

@@ -31,6 +31,7 @@ from jllm.models.families import (
     gemma4,
     gpt_oss,
     gpt_variants,
+    image_text,
     jetmoe,
     kimi_linear,
     lara_mini,
@@ -104,6 +105,16 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Qwen3VLMoeForConditionalGeneration": multimodal.qwen3_vl_moe,
     "Glm4vForConditionalGeneration": multimodal.glm4v,
     "Glm4vMoeForConditionalGeneration": multimodal.glm4v_moe,
+    "Glm46VForConditionalGeneration": multimodal.glm4v,  # GLM-4.6V: GLM-4.1V's text config (glm4v_text) and layout
+    "LlavaOnevisionForConditionalGeneration": multimodal.llava,
+    "LlavaNextVideoForConditionalGeneration": multimodal.llava,
+    "Kimi_K25ForConditionalGeneration": image_text.kimi_k25,
+    "KimiK25ForConditionalGeneration": image_text.kimi_k25,  # the hub's config (moonshotai/Kimi-K2.5) spells it so
+    "Lfm2VlForConditionalGeneration": image_text.lfm2_vl,
+    "Cohere2VisionForConditionalGeneration": image_text.cohere2_vision,
+    "AriaForConditionalGeneration": image_text.aria,
+    "Idefics2ForConditionalGeneration": image_text.idefics2,
+    "FuyuForCausalLM": image_text.fuyu,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,
@@ -264,8 +275,23 @@ _INKLING2_LOOP = (
     "does not keep"
 )
 
+_BLIP2 = (
+    "BLIP-2 (and InstructBLIP) always conditions its language model on an image: the Q-Former's query outputs are "
+    "put before every prompt, and transformers' forward takes pixel_values as a required input; jllm loads no vision "
+    "tower, and its language model alone (OPT, or the encoder-decoder Flan-T5) is not that model (serve the language "
+    "model's own checkpoint instead)"
+)
+
 # architectures transformers has that jllm refuses at load, and why (what the one decoder lacks for them)
 REFUSED = {
+    "PaliGemmaForConditionalGeneration": (
+        "PaliGemma attends both ways over its prefix (the image and the prompt: token_type_ids 0) and causally over "
+        "the suffix alone; PaliGemmaConfig turns its Gemma's use_bidirectional_attention on, so even on text alone "
+        "transformers attends both ways over the whole input; jllm's attention is causal"
+    ),
+    "Blip2ForConditionalGeneration": _BLIP2,
+    "InstructBlipForConditionalGeneration": _BLIP2,
+    "InstructBlipVideoForConditionalGeneration": _BLIP2,
     "BeamForCausalLM": (
         "Beam (Reflection) scales each block's output and the residual by their depth (1/sqrt(i) and "
         "sqrt((i - 1)/i) at the i-th residual add), adds a learned bias per head to its attention's sigmoid output "

@@ -21,14 +21,17 @@ step() {  # step NAME SECONDS COMMAND...: one measurement, its log in $QOUT/NAME
 serve() {  # serve NAME ARGS...: a fresh `jllm serve` on port 8100 for the steps after it (`stop` ends it)
     local name=$1
     shift
-    server=
+    server= server_name=$name
     skipped "serve_$name" && return
-    python -m jllm serve --config $BF16 --port 8100 "$@" > "$QOUT/serve_$name.log" 2>&1 &
+    python -m jllm serve --config $BF16 --port 8100 --step-timeline-path "$QOUT/steps_$name.jsonl" "$@" \
+        > "$QOUT/serve_$name.log" 2>&1 &
     server=$!
     for _ in $(seq 150); do curl -sf localhost:8100/ready > /dev/null && break; sleep 1; done
 }
-stop() {  # stops the server serve started (if it did)
+stop() {  # stops the server serve started (if it did), its steps summarized (jllm.step_timeline)
     [[ -n $server ]] && kill "$server" && wait "$server"
+    [[ -n $server ]] && python scripts/summarize_step_timeline.py "$QOUT/steps_$server_name.jsonl" \
+        > "$QOUT/steps_$server_name.md" 2>&1
 }
 baseline() {  # baseline NAME FILE SED: /tmp/ab_NAME, this tree with one edit (SED on FILE), for a same-call A/B
     rm -rf "/tmp/ab_$1" && mkdir -p "/tmp/ab_$1" && cp -r jllm pallas_kernels scripts configs "/tmp/ab_$1/" && \

@@ -1,0 +1,97 @@
+"""Text-only loads of more image-text checkpoints whose language model a jllm family already reads: Kimi K2.5,
+LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu. As in ``multimodal`` (which also serves LLaVA-OneVision and
+LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's
+reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the
+head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its
+own default).
+
+Where this module sits: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from jllm.models.families import deepseek, layer_norm, lfm2, llama, mixtures, relu_mlp
+from jllm.models.families.multimodal import LANGUAGE_MODEL, _text_only, text_model_only
+from jllm.models.model_args import ModelArgs
+
+# transformers 5's own names, as it saves the image-text models it added without a conversion mapping
+IN_MEMORY = dict(prefix="model.language_model.", head_prefix="", aliases=())
+
+
+def _language_model(
+    cfg: dict[str, Any],
+    dtype: Any,
+    family: str,
+    readers: dict[str, Callable[[dict[str, Any], Any], ModelArgs]],
+    tied: bool,
+    layout: dict[str, Any],
+) -> ModelArgs:
+    """The ``text_config``'s model by its ``model_type``'s reader, its head tied where ``tied`` says (the outer
+    config's), its tensors where ``layout`` (``WeightMap`` fields) puts them."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": tied}
+    args = _text_only({**cfg, "text_config": text}, dtype, family, readers)
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, **layout))
+
+
+@text_model_only
+def kimi_k25(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Kimi K2.5 (``Kimi_K25ForConditionalGeneration``; the hub's ``KimiK25ForConditionalGeneration``): its Kimi K2
+    language model, DeepSeek-V3's (Kimi_K25Config reads a ``kimi_k2`` text config as ``deepseek_v3``), under
+    ``language_model.``; Kimi_K25Config ties the head by default. transformers saves its layers as ``blocks`` (the
+    vision tower's ``blocks`` -> ``layers`` rename, which it applies to every name and so reverses on save) and reads
+    either."""
+    readers = {"deepseek_v3": deepseek.deepseek_v3, "kimi_k2": deepseek.deepseek_v3}
+    blocks = ("language_model.model.blocks.", "language_model.model.layers.")
+    layout = dict(LANGUAGE_MODEL, aliases=(blocks, *LANGUAGE_MODEL["aliases"]))
+    return _language_model(cfg, dtype, "Kimi K2.5", readers, cfg.get("tie_word_embeddings", True), layout)
+
+
+@text_model_only
+def lfm2_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """LFM2-VL (``Lfm2VlForConditionalGeneration``): its LFM2 language model under ``model.language_model.``, the
+    head tied by default (``tie_embedding``, the older key, first, as Lfm2VlConfig reads it)."""
+    tied = cfg.get("tie_embedding", cfg.get("tie_word_embeddings", True))
+    text = {k: v for k, v in (cfg.get("text_config") or {}).items() if k != "tie_embedding"}
+    return _language_model({**cfg, "text_config": text}, dtype, "LFM2-VL", {"lfm2": lfm2.lfm2}, tied, IN_MEMORY)
+
+
+@text_model_only
+def cohere2_vision(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Command A Vision (``Cohere2VisionForConditionalGeneration``): its Cohere2 language model under
+    ``model.language_model.``, the head tied by default. transformers' Cohere2Vision applies its LM head alone, not the
+    text config's ``logit_scale`` (Aya Vision's and Cohere2's own heads do), so neither does jllm; vLLM's Cohere2
+    language model scales by it, so its logits differ by that factor (its greedy tokens do not)."""
+    tied = cfg.get("tie_word_embeddings", True)
+    text = {**(cfg.get("text_config") or {}), "logit_scale": 1.0}
+    readers = {"cohere2": layer_norm.cohere2}
+    return _language_model({**cfg, "text_config": text}, dtype, "Command A Vision", readers, tied, IN_MEMORY)
+
+
+@text_model_only
+def aria(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Aria (``AriaForConditionalGeneration``, rhymes-ai/Aria): its Aria text model (``mixtures.aria_text``) under
+    ``language_model.``, the head untied by default."""
+    tied = cfg.get("tie_word_embeddings", False)
+    return _language_model(cfg, dtype, "Aria", {"aria_text": mixtures.aria_text}, tied, LANGUAGE_MODEL)
+
+
+@text_model_only
+def idefics2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Idefics2 (``Idefics2ForConditionalGeneration``): its Mistral language model under ``model.text_model.``, the
+    LM head ``lm_head``, untied by default."""
+    layout = dict(prefix="model.text_model.", head_prefix="", aliases=())
+    tied = cfg.get("tie_word_embeddings", False)
+    return _language_model(cfg, dtype, "Idefics2", {"mistral": llama.mistral}, tied, layout)
+
+
+@text_model_only
+def fuyu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Fuyu (``FuyuForCausalLM``, adept/fuyu-8b): its Persimmon language model under ``language_model.``, the head
+    untied by default. Its image patches enter through ``vision_embed_tokens``, a linear map into the embeddings,
+    never read for a text prompt."""
+    tied = cfg.get("tie_word_embeddings", False)
+    return _language_model(cfg, dtype, "Fuyu", {"persimmon": relu_mlp.persimmon}, tied, LANGUAGE_MODEL)
