@@ -102,6 +102,8 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    "lighton_ocr": ("LightOnOcrForConditionalGeneration", "LightOnOcrConfig", dict(model_type="qwen3"), []),
+    "ovis2_5": ("Ovis2_5ForConditionalGeneration", "Ovis2_5Config", dict(model_type="qwen3"), []),
 }
 SIGLIP_MODEL = dict(SIGLIP, model_type="siglip_vision_model")
 # each row's outer config: a tiny vision tower (never read by jllm) and the head's tie
@@ -139,10 +141,22 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
     ),
     "fuyu": dict(patch_size=4, num_channels=3),
     "glm46v": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28)),
+    "lighton_ocr": dict(vision_config=dict(SIGLIP, model_type="pixtral", head_dim=16)),
+    "ovis2_5": dict(vision_config=dict(SIGLIP, window_size=28, vocab_size=64, max_position_embeddings=16)),
 }
-# Rows whose language model runs only what a greedy row of test_families runs (DeepSeek-V3, Qwen2, Llama, LFM2,
-# Cohere2, Mistral, Persimmon, GLM-4.1V's): their logits row checks the reading
-LOGITS_ONLY = {"llava_onevision", "llava_next_video", "lfm2_vl", "cohere2_vision", "idefics2", "fuyu", "glm46v"}
+# Rows whose language model runs only what a greedy row of test_families runs (Qwen2, Llama, LFM2, Cohere2, Mistral,
+# Persimmon, GLM-4.1V's, Qwen3): their logits row checks the reading
+LOGITS_ONLY = {
+    "llava_onevision",
+    "llava_next_video",
+    "lfm2_vl",
+    "cohere2_vision",
+    "idefics2",
+    "fuyu",
+    "glm46v",
+    "lighton_ocr",
+    "ovis2_5",
+}
 
 
 @pytest.fixture(scope="module")

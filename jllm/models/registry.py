@@ -115,6 +115,8 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "AriaForConditionalGeneration": image_text.aria,
     "Idefics2ForConditionalGeneration": image_text.idefics2,
     "FuyuForCausalLM": image_text.fuyu,
+    "LightOnOcrForConditionalGeneration": image_text.lighton_ocr,
+    "Ovis2_5ForConditionalGeneration": image_text.ovis2_5,
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,

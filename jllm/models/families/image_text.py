@@ -1,9 +1,9 @@
 """Text-only loads of more image-text checkpoints whose language model a jllm family already reads: Kimi K2.5,
-LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu. As in ``multimodal`` (which also serves LLaVA-OneVision and
-LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's
-reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the
-head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its
-own default).
+LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5. As in ``multimodal`` (which also serves
+LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config``
+read by its family's reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector
+never read, and the head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each
+config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -95,3 +95,20 @@ def fuyu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     never read for a text prompt."""
     tied = cfg.get("tie_word_embeddings", False)
     return _language_model(cfg, dtype, "Fuyu", {"persimmon": relu_mlp.persimmon}, tied, LANGUAGE_MODEL)
+
+
+@text_model_only
+def lighton_ocr(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """LightOnOCR (``LightOnOcrForConditionalGeneration``): its Qwen3 language model under ``model.language_model.``,
+    the head tied by default."""
+    tied = cfg.get("tie_word_embeddings", True)
+    return _language_model(cfg, dtype, "LightOnOCR", {"qwen3": llama.qwen3}, tied, IN_MEMORY)
+
+
+@text_model_only
+def ovis2_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Ovis2.5 (``Ovis2_5ForConditionalGeneration``): its Qwen3 language model under ``llm.``, the head untied by
+    default; the visual embedding table (``vte``) is the vision side's, never read for a text prompt."""
+    layout = dict(prefix="llm.model.", head_prefix="llm.", aliases=())
+    tied = cfg.get("tie_word_embeddings", False)
+    return _language_model(cfg, dtype, "Ovis2.5", {"qwen3": llama.qwen3}, tied, layout)
