@@ -142,13 +142,14 @@ class InputProcessor:
             text = self._text(token_ids)
         return Prompt(token_ids, text, salt)
 
-    def truncate(self, prompt: Prompt, keep: int | None, side: str = "left") -> Prompt:
-        """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: the model's context length), or with
-        ``truncation_side`` "right" the first; the text of a truncated prompt is what its kept tokens decode to."""
+    def truncate(self, prompt: Prompt, keep: int | None, side: str = "left", max_tokens: int | None = None) -> Prompt:
+        """vLLM's ``truncate_prompt_tokens``: keep the last ``keep`` tokens (-1: as many as the context leaves beside
+        ``max_tokens``, vLLM's ``max_input_tokens``; all of it when that is None), or with ``truncation_side``
+        "right" the first; the text of a truncated prompt is what its kept tokens decode to."""
         if side not in TRUNCATION_SIDES:
             raise InputError(f"truncation_side must be 'left' or 'right', got {side!r}", param="truncation_side")
-        if keep == -1:
-            keep = self.max_model_len
+        if keep == -1:  # at least one token: a max_tokens past the context is check's error, which names it
+            keep = max(self.max_model_len - (max_tokens or 0), 1)
         if keep is not None and keep > self.max_model_len:  # vLLM's 400 too: no prompt may keep more than that
             raise InputError(
                 f"truncate_prompt_tokens={keep} is greater than the model's context length max_model_len="
@@ -390,7 +391,7 @@ class InputProcessor:
         """``encode``, ``truncate`` then ``check``: what a front end calls for each prompt before handing it to the
         engine (a rendered chat ``Prompt`` goes through the same truncation and checks)."""
         encoded = self.encode(prompt, with_text=with_text, add_special_tokens=add_special_tokens, param=param)
-        truncated = self.truncate(encoded, params.truncate_prompt_tokens, params.truncation_side)
+        truncated = self.truncate(encoded, params.truncate_prompt_tokens, params.truncation_side, params.max_tokens)
         self.check(truncated, params, param=param)
         return truncated
 
@@ -402,7 +403,7 @@ class InputProcessor:
         runs until the context is full and finishes by "length". The prompt, and ``params`` with ``max_tokens`` and
         ``min_tokens`` capped by that room; a prompt that leaves no room is still refused."""
         encoded = self.encode(prompt, add_special_tokens=add_special_tokens, param=param)
-        truncated = self.truncate(encoded, params.truncate_prompt_tokens, params.truncation_side)
+        truncated = self.truncate(encoded, params.truncate_prompt_tokens, params.truncation_side, params.max_tokens)
         room = self.max_model_len - len(truncated.token_ids)
         if params.max_tokens is not None and params.max_tokens > room >= 1:
             params = replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))

@@ -92,7 +92,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False  # also shows the text of a stop token (EOS or a stop id), as vLLM
     spaces_between_special_tokens: bool = True  # vLLM's; only the default is supported
-    truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: the model's context length)
+    truncate_prompt_tokens: int | None = None  # keep the last k prompt tokens (-1: the context less max_tokens)
     truncation_side: str = "left"  # vLLM's: "right" keeps the first truncate_prompt_tokens tokens instead
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE  # LLM.generate asks for FINAL_ONLY
     logit_bias: dict[int, float] | None = None  # OpenAI's: token id -> bias in [-100, 100] added to its logit

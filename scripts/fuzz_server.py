@@ -73,7 +73,8 @@ SEEDS: dict[str, dict[str, Any]] = {
         "response_format": {"type": "text"},
         "stream": False,
         "user": "u",
-        "metadata": {"a": "b"},
+        "safety_identifier": "u",
+        "prompt_cache_key": "k",  # metadata is refused without store, as OpenAI refuses it
         "include_reasoning": True,  # vLLM's; read where the server has a reasoning parser
         "chat_template_kwargs": {"enable_thinking": True},
     },

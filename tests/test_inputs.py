@@ -124,6 +124,12 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(inputs: InputProcessor) ->
     assert truncated.text == inputs.tokenizer.decode(truncated.token_ids)
     with pytest.raises(ContextLengthError):  # -1 keeps the context's worth: no room left for the completion
         inputs.process(text, SamplingParams(max_tokens=None, truncate_prompt_tokens=-1))
+    # -1 beside max_tokens keeps what the context leaves for the prompt (vLLM's max_input_tokens): it was the whole
+    # context, so the request was refused for want of room
+    kept = inputs.process(text, SamplingParams(max_tokens=4, truncate_prompt_tokens=-1))
+    assert kept.token_ids == inputs.tokenizer.encode(text)[-60:]
+    with pytest.raises(ContextLengthError):  # a max_tokens of the whole context leaves no prompt to keep
+        inputs.process(text, SamplingParams(max_tokens=64, truncate_prompt_tokens=-1))
     for keep in (65, 10**9):  # more than the context of 64 could ever keep: refused as vLLM refuses it
         with pytest.raises(InputError, match=rf"truncate_prompt_tokens={keep} is greater than .* max_model_len=64"):
             inputs.process(ids, SamplingParams(max_tokens=4, truncate_prompt_tokens=keep))

@@ -11,10 +11,12 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 from fake_runner import counting_script, fake_engine
+from openai.types import completion_create_params
+from openai.types.chat import completion_create_params as chat_create_params
 from server_utils import RunningServer, assert_engine_left_empty, http
 from tokenizers.processors import TemplateProcessing
 
@@ -22,6 +24,8 @@ from jllm.config import load_config
 from jllm.engine import LLMEngine
 from jllm.inputs import Prompt
 from jllm.sampling import SamplingParams
+from jllm.server.chat_schemas import CHAT_UNSUPPORTED_FIELDS, ChatCompletionRequest
+from jllm.server.completions_schemas import CompletionRequest
 from jllm.server.schemas import UNSUPPORTED_FIELDS
 
 MODEL = "scripted"
@@ -73,7 +77,7 @@ VLLM_CHAT_FIELDS = """
     guided_whitespace_pattern priority request_id logits_processors return_tokens_as_token_ids
     return_token_ids cache_salt kv_transfer_params vllm_xargs repetition_detection return_prompt_text
     truncation_side logprob_token_ids ec_transfer_params thinking_token_budget return_token_offsets watermarking
-    session_id routed_experts_prompt_start stream_interval
+    session_id routed_experts_prompt_start stream_interval return_mm_kwargs
 """.split()
 
 
@@ -224,8 +228,6 @@ HONOURED = [
     Honoured("guided_whitespace_pattern", {"guided_json": {"type": "object"}, "guided_whitespace_pattern": "[ ]?"},
              lambda seen, _: seen.params.structured_outputs.whitespace_pattern == "[ ]?"),  # masks: structured_output
     Honoured("chat bad_words", {"bad_words": ["zz"]}, lambda seen, _: seen.params.bad_words == ["zz"], chat=True),
-    Honoured("return_token_offsets", {"return_token_offsets": True},  # vLLM: for /render only, ignored here
-             lambda seen, _: "token_offsets" not in _choice(seen)),
     # the token mask: the scripted runner samples the lowest allowed id where the mask forbids the script's token
     Honoured("allowed_token_ids", {"allowed_token_ids": [41, 40], "prompt": [7]},
              lambda seen, engine: _choice(seen)["text"] == engine.tokenizer.decode([40] * 3)),
@@ -335,7 +337,10 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
     "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
     "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True, "verbosity": "low",
-    "watermarking": True, "routed_experts_prompt_start": 2,
+    "watermarking": True, "routed_experts_prompt_start": 2, "metadata": {"k": "v"}, "service_tier": "flex",
+    "prediction": {"type": "content", "content": "x"}, "prompt_cache_retention": "24h",
+    "prompt_cache_options": {"mode": "explicit"}, "moderation": {"model": "omni-moderation-latest"},
+    "return_token_offsets": True, "return_mm_kwargs": False,
 }  # fmt: skip
 
 
@@ -383,6 +388,106 @@ def test_every_vllm_field_is_honoured_or_refused() -> None:
     assert set(REFUSED_VALUES) == set(UNSUPPORTED_FIELDS)
     for field in VLLM_COMPLETION_FIELDS + VLLM_CHAT_FIELDS:
         assert field in honoured | refused, f"{field}: neither honoured nor refused"
+
+
+def test_every_openai_create_parameter_is_a_field_or_refused() -> None:
+    """The SDK's create parameters (openai's typed params): each a field of the request, honoured (or met as sent:
+    ``user``, ``safety_identifier``, ``prompt_cache_key``, which ask nothing of the answer) or refused by name."""
+    for params, model, refused in [
+        (chat_create_params.CompletionCreateParamsBase, ChatCompletionRequest, CHAT_UNSUPPORTED_FIELDS),
+        (completion_create_params.CompletionCreateParamsBase, CompletionRequest, UNSUPPORTED_FIELDS),
+    ]:
+        sdk = set(get_type_hints(params, include_extras=False)) | {"stream"}
+        assert sdk <= set(model.model_fields) | set(refused), sorted(sdk - set(model.model_fields) - set(refused))
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize("field", ["repeat_penalty", "typical_p", "extra_body", "prompt_cache_key"])
+def test_a_field_the_route_does_not_know_is_a_400_naming_it(server: RunningServer, field: str, chat: bool) -> None:
+    """OpenAI's answer ("Unrecognized request argument supplied"); vLLM logs the field and answers as if it had not
+    been sent, as this server did. ``prompt_cache_key`` is chat's alone (OpenAI's completions do not take it)."""
+    path, body = ("/v1/chat/completions", CHAT) if chat else ("/v1/completions", COMPLETION)
+    reply = http("POST", f"{server.url}{path}", json_body={**body, field: 1.5 if field != "prompt_cache_key" else "k"})
+    if chat and field == "prompt_cache_key":
+        assert reply.status == 200, reply.body
+        return
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == field, error
+    assert error["message"].startswith(f"Unrecognized request argument supplied: {field}"), error
+
+
+def test_openai_fields_that_ask_nothing_of_the_answer_are_accepted_on_chat(server: RunningServer) -> None:
+    """An end-user id, a cache-routing hint (one server's prefix cache serves every request), the default tier, no
+    stored completion, no obfuscation: each met as sent."""
+    body = {
+        **CHAT, "safety_identifier": "u1", "prompt_cache_key": "k", "service_tier": "default", "store": False,
+        "metadata": {}, "prompt_cache_retention": "in_memory", "stream": True,
+        "stream_options": {"include_usage": True, "include_obfuscation": False},
+    }  # fmt: skip
+    reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
+    assert reply.status == 200 and _sse(reply.body)[-1]["usage"]["completion_tokens"] == 3, reply.body
+    for tier in ("auto", "default"):
+        assert (
+            http("POST", f"{server.url}/v1/completions", json_body={**COMPLETION, "service_tier": tier}).status == 200
+        )
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [({"include_obfuscation": True}, "obfuscation padding"), ({"include_usage": True, "usage": True}, "usage")],
+    ids=str,
+)
+def test_a_stream_option_not_honoured_is_a_400(server: RunningServer, options: dict, words: str) -> None:
+    """``include_obfuscation`` (OpenAI's padding, which this server does not send) and an unknown option were
+    ignored."""
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)):
+        reply = http("POST", f"{server.url}{path}", json_body={**body, "stream": True, "stream_options": options})
+        error = reply.json()["error"]
+        assert reply.status == 400 and error["param"] == "stream_options" and words in error["message"], error
+
+
+@pytest.mark.parametrize(
+    "field, value", [("seed", 3), ("tools", [TOOL]), ("logit_bias", {"5": 1}), ("stop", ["x"])], ids=str
+)
+def test_what_a_chat_beam_search_cannot_honour_is_a_400_as_on_completions(
+    server: RunningServer, field: str, value: Any
+) -> None:
+    """Chat's own refusal table had replaced the beam-search refusals (a validator of the same name), so a chat
+    search took these and dropped them."""
+    body = {**CHAT, "use_beam_search": True, field: value}
+    error = http("POST", f"{server.url}/v1/chat/completions", json_body=body).json()["error"]
+    assert error["param"] == field and "use_beam_search" in error["message"], error
+
+
+@pytest.mark.parametrize("effort", ["none", "minimal", "xhigh", "max"])
+def test_reasoning_efforts_beyond_low_medium_high_reach_the_template(
+    server: RunningServer, engine: LLMEngine, effort: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI's and vLLM's values (DeepSeek V4's "max" too) were a 400 from a three-value literal."""
+    template = TEMPLATE + "[{{ reasoning_effort }}]"
+    monkeypatch.setattr(engine.tokenizer.hf, "chat_template", template)
+    seen = _send(server, engine, {**CHAT, "reasoning_effort": effort}, True, monkeypatch)
+    assert seen.prompt.text.endswith(f"[{effort}]"), seen.prompt.text
+
+
+@pytest.mark.parametrize(
+    "bias, words",
+    [
+        ({"x": 1}, "logit_bias"),  # not a token id
+        ({"5": "1"}, "logit_bias"),  # not a number (strict: no cast)
+        ({"5": -100.5}, "[-100, 100]"),
+        ({"-1": 1}, "logit_bias"),
+        ({"1000000": 1}, "logit_bias"),  # past the vocabulary
+    ],
+    ids=str,
+)
+def test_a_logit_bias_that_is_not_an_id_to_a_bias_in_range_is_a_400(
+    server: RunningServer, bias: dict, words: str
+) -> None:
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)):
+        reply = http("POST", f"{server.url}{path}", json_body={**body, "logit_bias": bias})
+        error = reply.json()["error"]
+        assert reply.status == 400 and error["param"] == "logit_bias" and words in error["message"], error
 
 
 @pytest.mark.parametrize("case", HONOURED, ids=lambda case: case.field)

@@ -266,7 +266,7 @@ VLLM_RESPONSES_FIELDS = """
 """.split()
 REFUSED_VALUES = {  # a value asking for something, per RESPONSES_UNSUPPORTED_FIELDS entry
     "conversation": "conv_1",
-    "background_options": {"x": 1}, "prompt": {"id": "pmpt_1"}, "truncation": "auto",
+    "background_options": {"x": 1}, "prompt": {"id": "pmpt_1"}, "service_tier": "priority",
     "context_management": [{"type": "compaction"}], "moderation": {"x": 1}, "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "explicit"}, "access_programs": {"cyber": "standard"}, "image": {"x": 1},
     "previous_response": {"id": "resp_1"}, "previous_input_messages": [{"role": "user"}],
@@ -287,7 +287,7 @@ NOTHING = {  # the values of refused or partly honoured fields that ask for noth
     "include": ["reasoning.encrypted_content"], "reasoning": {"effort": None, "summary": None},
     "prompt_cache_retention": "in_memory", "text": {"format": {"type": "text"}, "verbosity": "medium"},
     "max_tool_calls": 3, "service_tier": "auto", "prompt_cache_key": "k", "safety_identifier": "u",
-    "user": "u", "stream_options": None, "parallel_tool_calls": None,
+    "user": "u", "stream_options": {"include_obfuscation": False}, "parallel_tool_calls": None,
 }  # fmt: skip
 
 
@@ -311,7 +311,33 @@ def test_a_truncation_that_is_neither_value_is_refused_for_what_it_is(server: Ru
     """A truncation of "bogus" was refused as "truncation 'auto' is not supported", naming a value never sent."""
     body = {"model": MODEL, "input": "hi", "truncation": "bogus"}
     error = http("POST", f"{server.url}/v1/responses", json_body=body).json()["error"]
-    assert error["param"] == "truncation" and error["message"].startswith("truncation must be 'disabled'"), error
+    assert error["param"] == "truncation" and "'auto' or 'disabled'" in error["message"], error
+
+
+def test_truncation_auto_keeps_the_inputs_last_tokens_as_vllm_does(server: RunningServer, engine: LLMEngine) -> None:
+    """vLLM's "auto": the rendered input loses its first tokens to fit the context (truncate_prompt_tokens -1),
+    where "disabled" (the default) refuses it; the response says which it ran with. It was refused."""
+    body = {"model": MODEL, "input": "hi " * engine.inputs.max_model_len, "max_output_tokens": 2}
+    refused = http("POST", f"{server.url}/v1/responses", json_body=body)
+    assert refused.status == 400 and refused.json()["error"]["param"] == "input", refused.body
+    reply = http("POST", f"{server.url}/v1/responses", json_body={**body, "truncation": "auto"})
+    assert reply.status == 200, reply.body
+    response = reply.json()
+    assert response["truncation"] == "auto" and response["usage"]["output_tokens"] == 2
+    assert response["usage"]["input_tokens"] == engine.inputs.max_model_len - 2
+
+
+def test_a_field_the_route_does_not_know_is_a_400_naming_it(server: RunningServer) -> None:
+    """OpenAI's answer; vLLM logs it and answers as if it had not been sent. ``stream_options`` holds OpenAI's one
+    option, obfuscation, which this server does not send."""
+    for changes, param, words in [
+        ({"max_tokens": 5}, "max_tokens", "Unrecognized request argument supplied: max_tokens"),
+        ({"stream": True, "stream_options": {"include_obfuscation": True}}, "stream_options", "obfuscation"),
+        ({"stream": True, "stream_options": {"include_usage": True}}, "stream_options", "include_usage"),
+    ]:
+        reply = http("POST", f"{server.url}/v1/responses", json_body={"model": MODEL, "input": "hi", **changes})
+        error = reply.json()["error"]
+        assert reply.status == 400 and error["param"] == param and words in error["message"], error
 
 
 def test_fields_at_their_nothing_values_are_accepted(server: RunningServer) -> None:

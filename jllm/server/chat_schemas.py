@@ -21,7 +21,6 @@ from jllm.server.schemas import (
     WithTokenIds,
     _GenerationRequest,
     _Request,
-    refuse_unsupported,
 )
 
 # reasoning_effort and chat_template reach the chat template (``InputProcessor.render_chat``); thinking_token_budget
@@ -203,8 +202,9 @@ class _ChatTemplateOptions(_Request):
     documents: list[dict[str, str]] | None = None  # for templates that render retrieved documents (RAG)
     # the request's own Jinja template, in place of the model's: only where the server trusts it
     chat_template: str | None = None
-    # the template variable of that name (gpt-oss's); refused where the template does not read it
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    # the template variable of that name (gpt-oss's); refused where the template does not read it. OpenAI's values
+    # and DeepSeek V4's "max", as vLLM takes them
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
 
     def template_options(self) -> dict[str, Any]:
         """The arguments of ``InputProcessor.render_chat`` these fields ask for."""
@@ -241,6 +241,8 @@ class _ChatTemplateOptions(_Request):
 
 
 class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
+    refused_fields = CHAT_UNSUPPORTED_FIELDS
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens; wins when both are given
     logprobs: bool = False
@@ -255,11 +257,11 @@ class ChatCompletionRequest(_GenerationRequest, _ChatTemplateOptions):
     thinking_token_budget: int | None = Field(None, ge=-1)
     add_special_tokens: bool = False  # vLLM's: the tokenizer's special tokens on top of the template's
     return_prompt_text: bool | None = None  # vLLM's: the rendered prompt in prompt_text (a stream's role chunks)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unsupported(cls, data: Any) -> Any:
-        return refuse_unsupported(data, CHAT_UNSUPPORTED_FIELDS)
+    # OpenAI's end-user id under its newer name, as user: for abuse monitoring, nothing in the answer (vLLM's user)
+    safety_identifier: str | None = None
+    # OpenAI's hint routing requests that share a prefix to one cache: here every request shares the one prefix
+    # cache (cache_salt keeps a request's pages apart), so the hint is met as sent
+    prompt_cache_key: str | None = None
 
     @field_validator("tools")
     @classmethod

@@ -347,6 +347,7 @@ class _ResponseView:
             instructions=body.instructions,
             max_output_tokens=body.max_output_tokens,
             max_tool_calls=body.max_tool_calls,
+            truncation=body.truncation,
             metadata=body.metadata or {},
             parallel_tool_calls=body.parallel_tool_calls,
             previous_response_id=body.previous_response_id,

@@ -109,6 +109,6 @@ class ResponseObject(BaseModel):
     tools: list[dict[str, Any]]
     top_p: float | None
     top_logprobs: int
-    truncation: Literal["disabled"] = "disabled"
+    truncation: Literal["auto", "disabled"] = "disabled"
     user: str | None
     background: bool = False

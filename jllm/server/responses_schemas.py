@@ -7,7 +7,9 @@ items tool messages), flat function tools nested as chat's, ``text.format`` a ``
 checks, template, tools and structured output serve both, and every field is checked once.
 
 As on the other routes, no field is silently ignored: each is honoured, or refused with a 400 naming it unless it
-holds its "nothing" value (``RESPONSES_UNSUPPORTED_FIELDS``). Responses are stored (``response_store``) and
+holds its "nothing" value (``RESPONSES_UNSUPPORTED_FIELDS``); a field the route does not know is a 400 too.
+``truncation`` "auto" is vLLM's: the input loses its first tokens to fit the context (``truncate_prompt_tokens``
+-1). Responses are stored (``response_store``) and
 ``previous_response_id`` continues one; ``background`` runs one after the POST has answered. OpenAI's conversations
 are refused.
 
@@ -24,8 +26,16 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from jllm.sampling import MAX_LOGPROBS
 from jllm.server.errors import bad_request
 from jllm.server.responses_output import ReasoningText
-from jllm.server.schemas import _NOTHING, UNSUPPORTED_FIELDS, _Request, refuse_unsupported
+from jllm.server.schemas import (
+    _NOTHING,
+    UNSUPPORTED_FIELDS,
+    ObfuscationOption,
+    _Request,
+    refuse_unknown,
+    refuse_unsupported,
+)
 
+_SHARED_REFUSALS = "mm_processor_kwargs vllm_xargs moderation prompt_cache_retention prompt_cache_options service_tier"
 _NOT_STORED = "is not supported: send previous_response_id, or the whole conversation in input"
 # OpenAI's and vLLM's Responses fields this server cannot honour: (the values asking for nothing, why)
 RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
@@ -33,14 +43,7 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
         "conversation": ((None,), _NOT_STORED),
         "background_options": (_NOTHING, "is not supported: a background response runs as it is"),
         "prompt": ((None,), "is not supported: reusable prompts are stored on OpenAI's platform; send input"),
-        "truncation": (
-            (None, "disabled"),
-            "must be 'disabled': 'auto' is not supported, an input longer than the context is a 400",
-        ),
         "context_management": (_NOTHING, "is not supported: this server does not compact conversations"),
-        "moderation": (_NOTHING, "is not supported: this server does not moderate"),
-        "prompt_cache_retention": ((None, "in_memory"), "must be 'in_memory': the prefix cache lives in memory"),
-        "prompt_cache_options": (_NOTHING, "is not supported: the prefix cache has no options per request"),
         "access_programs": (_NOTHING, "is not supported by this server"),
         "image": (_NOTHING, "is not supported: the served models generate text only"),
         # vLLM's extras for stateless multi-turn with its harmony models
@@ -48,7 +51,7 @@ RESPONSES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = (
         "previous_input_messages": (_NOTHING, "is not supported: send the conversation in input"),
         "enable_response_messages": ((None, False), "is not supported: the output items are the response's messages"),
     }
-    | {name: UNSUPPORTED_FIELDS[name] for name in ("mm_processor_kwargs", "vllm_xargs")}
+    | {name: UNSUPPORTED_FIELDS[name] for name in _SHARED_REFUSALS.split()}
     | {"structural_tag": ((None,), "is not a field of this route: send structured_outputs.structural_tag")}
     | {"priority": ((None, 0), "is not supported on this route: chat and completions requests take it")}
     | {"cache_salt": ((None,), "is not supported on this route yet: send it to /v1/chat/completions")}
@@ -229,7 +232,8 @@ class ResponsesRequest(_Request):
     safety_identifier: str | None = None  # OpenAI's newer name for user: unused
     prompt_cache_key: str | None = None  # OpenAI's cache-routing hint: one server's prefix cache needs none
     max_tool_calls: int | None = None  # counts calls of built-in tools, which this server has none of
-    service_tier: str | None = None  # latency and price, not the answer (ignored on chat too)
+    # "auto": an input past the context loses its first tokens (vLLM's truncate_prompt_tokens -1) rather than a 400
+    truncation: Literal["auto", "disabled"] = "disabled"
     store: bool | None = None  # omitted: stored, as OpenAI does (jllm.server.response_store)
     previous_response_id: str | None = None  # a stored response this one continues
     background: bool = False  # answered at once, in progress; GET /v1/responses/{id} polls it, cancel stops it
@@ -243,7 +247,7 @@ class ResponsesRequest(_Request):
             )
         return self
 
-    stream_options: dict[str, Any] | None = None  # include_obfuscation: no obfuscation padding is sent either way
+    stream_options: ObfuscationOption | None = None
     # vLLM's extras
     seed: int | None = None
     top_k: int | None = None
@@ -259,7 +263,8 @@ class ResponsesRequest(_Request):
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
-        return refuse_unsupported(data, RESPONSES_UNSUPPORTED_FIELDS)
+        data = refuse_unsupported(data, RESPONSES_UNSUPPORTED_FIELDS)
+        return refuse_unknown(cls, data, RESPONSES_UNSUPPORTED_FIELDS)
 
     @field_validator("input", mode="before")
     @classmethod
@@ -392,6 +397,7 @@ class ResponsesRequest(_Request):
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs if self.logprobs else None,
             "reasoning_effort": self.effort,
+            "truncate_prompt_tokens": -1 if self.truncation == "auto" else None,
         }
         passed = (
             "temperature top_p seed top_k repetition_penalty stop ignore_eos skip_special_tokens "

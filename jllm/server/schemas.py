@@ -4,12 +4,12 @@ take, and usage and prompt logprobs. Each endpoint's own bodies live beside its 
 ``completions_schemas``, ``info_schemas``, ``responses_schemas`` and ``responses_output``).
 
 Requests validate strictly, as OpenAI does: ``"max_tokens": "10"`` is a 400, not a silent cast. No field of vLLM's
-``CompletionRequest`` / ``ChatCompletionRequest`` is silently ignored: each is honoured, or, when it asks for what
-this server cannot do (``UNSUPPORTED_FIELDS``: logits processors, prompt embeddings ...), a 400 naming it
-unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field keep
-working; so are OpenAI's fields asking for what this server does not do (``functions``, ``audio``, ``store`` ...).
-Other fields are ignored, as vLLM does, so clients sending newer OpenAI fields keep working (``metadata``,
-``service_tier``, ``prediction``: ignoring them changes nothing in the answer).
+``CompletionRequest`` / ``ChatCompletionRequest`` or OpenAI's create parameters is silently ignored: each is
+honoured, or, when it asks for what this server cannot do (``UNSUPPORTED_FIELDS``: logits processors, prompt
+embeddings, ``functions``, ``audio``, ``store``, ``prediction``, a ``service_tier`` other than the default ...), a 400
+naming it unless it holds its "nothing" value (``false``, ``{}``, its default), so clients that always send a field
+keep working. A field the route does not know at all is a 400 naming it too, as OpenAI answers one
+(``refuse_unknown``; vLLM logs it and goes on, which answers as if it had not been sent).
 Range checks stay in ``SamplingParams`` (one definition of what is allowed); a violation there becomes a 400 naming
 the field. Structured output comes under several names (``response_format``, ``structured_outputs``, the older
 ``guided_*`` and ``structural_tag``): one of them per request becomes ``SamplingParams.structured_outputs``.
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Literal
+from collections.abc import Collection
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
@@ -48,6 +49,9 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "vllm_xargs": (_NOTHING, "is not supported: this server has no request extensions"),
     "watermarking": ((None, False), "is not supported: this server's sampler does not watermark its tokens"),
     "routed_experts_prompt_start": ((None, 0), "applies to routed-expert data, which this server does not return"),
+    # vLLM takes these two on its /render routes alone and ignores them on generation's
+    "return_token_offsets": ((None, False), "applies to vLLM's /render routes: this route returns no token offsets"),
+    "return_mm_kwargs": ((None, True), "applies to vLLM's /render routes: this route returns no multimodal data"),
     "thinking_token_budget": (
         (None, -1),
         "applies to chat completions, where the model's reasoning_parser reads the reply",
@@ -62,7 +66,20 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "audio": ((None,), "is not supported: the served models generate text only"),
     "web_search_options": ((None,), "is not supported: this server cannot search the web"),
     "store": ((None, False), "is not supported: this server stores no completions"),
+    "metadata": (_NOTHING, "tags a stored completion, and this server stores none (OpenAI's rule: only with store)"),
     "verbosity": ((None, "medium"), "is not supported: a reply's length follows the model and max_tokens"),
+    "service_tier": (
+        (None, "auto", "default"),
+        "asks for a processing tier this server does not have: every request runs at its one tier, 'default'",
+    ),
+    "prediction": (
+        (None,),
+        "is not supported: this server does not draft from a predicted output (its speculative decoding looks up "
+        "n-grams of the prompt and output)",
+    ),
+    "prompt_cache_retention": ((None, "in_memory"), "must be 'in_memory': the prefix cache lives in memory"),
+    "prompt_cache_options": (_NOTHING, "is not supported: the prefix cache has no options per request"),
+    "moderation": (_NOTHING, "is not supported: this server does not moderate"),
 }
 
 _BEAM = "is not supported with use_beam_search: beams are ranked by their logprobs alone"
@@ -134,6 +151,27 @@ def refuse_unsupported(data: Any, table: dict[str, tuple[tuple[Any, ...], str]] 
     return data
 
 
+def refuse_unknown(model: type[BaseModel], data: Any, refused: Collection[str] = ()) -> Any:
+    """OpenAI's answer to a field ``model`` does not know (nor ``refused`` names): a 400 naming it. vLLM logs such a
+    field and goes on, so a client's misspelt or newer field would be answered as if it had not been sent."""
+    if isinstance(data, dict):
+        known = _known_fields(model)
+        unknown = next((name for name in data if name not in known and name not in refused), None)
+        if unknown is not None:
+            raise bad_request(
+                f"Unrecognized request argument supplied: {unknown} (this route neither takes nor ignores it; leave "
+                "it out)",
+                param=str(unknown),
+            )
+    return data
+
+
+@functools.cache
+def _known_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The keys a body of ``model`` may hold: its fields' names and aliases."""
+    return frozenset(name for field, info in model.model_fields.items() for name in (field, info.alias) if name)
+
+
 def _refused_when_set(field: str, why: str) -> Any:
     """A validator for a known field this server cannot honour: any non-empty value is a 400 saying ``why``
     (ignoring it would return something else than asked for); an empty one (``{}``, ``""``, false) passes."""
@@ -146,7 +184,19 @@ def _refused_when_set(field: str, why: str) -> Any:
     return field_validator(field)(classmethod(refuse))
 
 
-class StreamOptions(_Request):
+class ObfuscationOption(_Request):
+    """OpenAI's ``stream_options`` as the Responses API takes them; an option not known is a 400, not ignored."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    include_obfuscation: bool = False  # OpenAI's: random padding in each chunk, which this server does not send
+
+    _no_obfuscation = _refused_when_set(
+        "include_obfuscation", "is not supported: this server sends no obfuscation padding; send false or leave it out"
+    )
+
+
+class StreamOptions(ObfuscationOption):
     include_usage: bool = False
     continuous_usage_stats: bool = False  # vLLM's: every chunk's usage too, its choice's tokens so far
 
@@ -200,6 +250,8 @@ class ResponseFormat(_Request):
 class _GenerationRequest(_Request):
     """The fields both generation endpoints share: OpenAI's, then vLLM's extras. None means "the default"."""
 
+    refused_fields: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = UNSUPPORTED_FIELDS  # the route's refusals
+
     model: str | None = None
     n: int = Field(1, le=MAX_N)
     temperature: float | None = None
@@ -237,7 +289,7 @@ class _GenerationRequest(_Request):
     return_tokens_as_token_ids: bool | None = None  # vLLM's: logprobs name each token "token_id:<id>" (TokenNames)
     return_token_ids: bool | None = None  # vLLM's: token_ids (and prompt_token_ids) beside the text (WithTokenIds)
     cache_salt: str | None = None  # vLLM's: the prompt's prefix-cache pages shared only with the same salt's
-    truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context length)
+    truncate_prompt_tokens: int | None = None  # vLLM's: keep the last k prompt tokens (-1: the context less max_tokens)
     truncation_side: Literal["left", "right"] | None = None  # vLLM's: "right" keeps the first k instead
     priority: int = 0  # vLLM's: lower runs first, under the priority scheduling policy only (LLMEngine.check_priority)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
@@ -252,7 +304,7 @@ class _GenerationRequest(_Request):
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
-        data = refuse_unsupported(data)
+        data = refuse_unknown(cls, refuse_unsupported(data, cls.refused_fields), cls.refused_fields)
         if isinstance(data, dict) and data.get("use_beam_search") is True:
             refuse_unsupported(data, BEAM_SEARCH_REFUSED)
         return data
