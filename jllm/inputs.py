@@ -110,12 +110,17 @@ class InputProcessor:
         self.limits = limits or LimitsConfig()
         self.speculative = speculative  # the engine verifies drafts: requests it cannot verify exactly are refused
 
-    def template_kwargs(self, asked: dict[str, Any] | None) -> dict[str, Any] | None:
+    def template_kwargs(
+        self, asked: dict[str, Any] | None, reasoning_effort: str | None = None
+    ) -> dict[str, Any] | None:
         """A request's ``chat_template_kwargs`` over the model's ``default_chat_template_kwargs``: what its chat
-        renders with, and what its reasoning format reads."""
-        if not self.default_template_kwargs:
-            return asked
-        return {**self.default_template_kwargs, **(asked or {})}
+        renders with, and what its reasoning format reads. With a ``reasoning_effort``, vLLM's rule: the thinking
+        switch ``enable_thinking`` on ("none": off) unless the request's kwargs set it, so an effort reaches the
+        templates that read only the switch (Qwen3's, Gemma 4's) and the reasoning format reads the same switch."""
+        kwargs = {**self.default_template_kwargs, **(asked or {})} if self.default_template_kwargs else asked
+        if reasoning_effort is None or "enable_thinking" in (asked or {}):
+            return kwargs
+        return {**(kwargs or {}), "enable_thinking": reasoning_effort != "none"}
 
     def encode(
         self, prompt: PromptInput, *, with_text: bool = False, add_special_tokens: bool = True, param: str = "prompt"
@@ -203,8 +208,10 @@ class InputProcessor:
             self.check_template_reads(
                 "reasoning_effort",
                 chat_template,
-                f"reasoning_effort {reasoning_effort!r}: the chat template does not read reasoning_effort, so it would "
-                "change nothing; leave it out (a template's thinking switch goes in chat_template_kwargs)",
+                f"reasoning_effort {reasoning_effort!r}: the chat template reads neither reasoning_effort nor "
+                "enable_thinking (which an effort switches, vLLM's rule), so it would change nothing; leave it out (a "
+                "template's thinking switch goes in chat_template_kwargs)",
+                or_reads=("enable_thinking",),
             )
         if template_options.get("documents"):
             self.check_template_reads(
@@ -259,17 +266,19 @@ class InputProcessor:
         except (ValueError, TypeError):  # no such template: the render names it
             return None
 
-    def check_template_reads(self, variable: str, chat_template: str | None, refusal: str) -> None:
+    def check_template_reads(
+        self, variable: str, chat_template: str | None, refusal: str, *, or_reads: tuple[str, ...] = ()
+    ) -> None:
         """An ``InputError`` (``refusal``, on the field ``variable``) unless the template a render uses reads
-        ``variable``: the request's own ``chat_template`` (or one of the model's named templates it names), else any
-        of the model's."""
+        ``variable`` (or one of ``or_reads``): the request's own ``chat_template`` (or one of the model's named
+        templates it names), else any of the model's."""
         template = self.tokenizer.hf.chat_template  # a model's named templates: a mapping of them
         named = template if isinstance(template, dict) else {}
         if chat_template is not None:
             sources = [named.get(chat_template, chat_template)]
         else:
             sources = list(named.values()) if named else [template or ""]
-        if not any(_reads_variable(source, variable) for source in sources):
+        if not any(_reads_variable(source, name) for source in sources for name in (variable, *or_reads)):
             raise InputError(refusal, param=variable)
 
     def check(self, prompt: Prompt, params: SamplingParams, *, param: str = "prompt") -> None:

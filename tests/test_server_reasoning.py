@@ -153,6 +153,36 @@ def test_default_chat_template_kwargs_apply_unless_the_request_sets_them() -> No
         assert asked.choices[0].message.model_extra["reasoning_content"] == "Two and two."
 
 
+def test_a_reasoning_effort_switches_a_templates_enable_thinking_as_vllm_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """vLLM's rule: an effort sets ``enable_thinking`` (off for "none") unless chat_template_kwargs set it, so it
+    reaches Qwen3's template, which reads only the switch, and the reasoning format reads the same switch. It was a
+    400 (the template does not read reasoning_effort); a template reading neither still refuses it."""
+    engine = _thinker()
+    engine.tokenizer.hf.chat_template = TEMPLATE + "{% if enable_thinking is false %}<think></think>{% endif %}"
+    seen = spy_prompts(engine, monkeypatch)
+    with RunningServer(engine, load_config(None, served_model_name=MODEL, reasoning_parser="qwen3")) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="none", max_retries=0)
+        ask = dict(model=MODEL, messages=_messages("sum"), max_tokens=400)
+        off = client.chat.completions.create(**ask, reasoning_effort="none").choices[0].message
+        assert seen[-1].endswith("assistant:<think></think>") and off.content == REPLIES["sum"]
+        assert "reasoning_content" not in (off.model_extra or {})
+        on = client.chat.completions.create(**ask, reasoning_effort="low").choices[0].message
+        assert not seen[-1].endswith("</think>") and on.model_extra["reasoning_content"] == "Two and two."
+        kwargs = {"chat_template_kwargs": {"enable_thinking": True}}  # the request's own switch wins
+        mine = client.chat.completions.create(**ask, reasoning_effort="none", extra_body=kwargs).choices[0].message
+        assert mine.model_extra["reasoning_content"] == "Two and two."
+        response = client.responses.create(model=MODEL, input="sum", reasoning={"effort": "none"})
+        assert seen[-1].endswith("<think></think>") and [item.type for item in response.output] == ["message"]
+        tokenized = http("POST", f"{running.url}/tokenize", json_body={**ask, "reasoning_effort": "none"}).json()
+        assert engine.tokenizer.decode(tokenized["tokens"]).endswith("<think></think>")
+    neither = {"model": MODEL, "messages": _messages("sum"), "reasoning_effort": "low"}
+    with RunningServer(_thinker(), load_config(None, served_model_name=MODEL, reasoning_parser="qwen3")) as running:
+        error = http("POST", f"{running.url}/v1/chat/completions", json_body=neither).json()["error"]
+        assert error["param"] == "reasoning_effort" and "enable_thinking" in error["message"], error
+
+
 def test_structured_output_holds_the_answer_after_the_reasoning(client: openai.OpenAI) -> None:
     schema = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "integer"}}}
     reply = client.chat.completions.create(

@@ -83,7 +83,7 @@ async def start_chat(
     prompt, and admits it; what this route and the gRPC ``Generate`` share, so both refuse a bad request with the
     same message."""
     served = state.route_generation(body.model)
-    kwargs = served.engine.inputs.template_kwargs(body.chat_template_kwargs)
+    kwargs = served.engine.inputs.template_kwargs(body.chat_template_kwargs, body.reasoning_effort)
     body = body.model_copy(update={"chat_template_kwargs": kwargs})  # the reasoning format reads them too
     reply = ReplyPlan.of(body, state.config.server, served.entry.config.server.reasoning_parser)
     tools = reply.tools

@@ -88,7 +88,7 @@ async def tokenize_body(state: ServerState, body: TokenizeRequest) -> TokenizeRe
     work = state.host_work
     if body.messages is not None:
         body.check_template_trusted(state.config.server.trust_request_chat_template)
-        kwargs = engine.inputs.template_kwargs(body.chat_template_kwargs)
+        kwargs = engine.inputs.template_kwargs(body.chat_template_kwargs, body.reasoning_effort)
         body = body.model_copy(update={"chat_template_kwargs": kwargs})
         tools = tools_for_template(body.tools)
         chars = engine.inputs.check_prompt_size([[m.for_template() for m in body.messages], tools], "messages")

@@ -218,7 +218,7 @@ async def _start(
         chat = ChatCompletionRequest.model_validate(body.as_chat())
         served = state.route(chat.model)
         parser = served.entry.config.server.reasoning_parser
-        kwargs = served.engine.inputs.template_kwargs(chat.chat_template_kwargs)
+        kwargs = served.engine.inputs.template_kwargs(chat.chat_template_kwargs, chat.reasoning_effort)
         if body.logprobs and parser is not None and reasoning_format(parser, kwargs) is not None:
             raise bad_request(
                 f"include: {LOGPROBS!r} is not supported with the model's reasoning_parser {parser!r} (the "
