@@ -459,6 +459,47 @@ def test_what_a_chat_beam_search_cannot_honour_is_a_400_as_on_completions(
     assert error["param"] == field and "use_beam_search" in error["message"], error
 
 
+def test_a_reply_message_passed_back_as_openai_returned_it_is_taken(
+    server: RunningServer, engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI's assistant message as the SDK dumps it (null refusal, audio and function_call, empty annotations)
+    is history as it stands; a refusal passed back without content is the assistant's text, as a refusal part."""
+    reply = {"role": "assistant", "content": "Bonjour", "refusal": None, "annotations": [], "audio": None,
+             "function_call": None, "tool_calls": None}  # fmt: skip
+    refused = {"role": "assistant", "content": None, "refusal": "I can't."}
+    messages = [CHAT["messages"][0], reply, CHAT["messages"][0], refused, CHAT["messages"][0]]
+    seen = _send(server, engine, {**CHAT, "messages": messages}, True, monkeypatch)
+    assert seen.prompt.text == "user: hi\nassistant: Bonjour\nuser: hi\nassistant: I can't.\nuser: hi\nassistant:"
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"messages": [{"role": "user", "content": "hi", "id": "m1"}]}, "messages.0.id"),
+        ({"messages": [{"role": "assistant", "content": "a", "audio": {"id": "audio_1"}}]}, "text only"),
+        ({"messages": [{"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}]},
+         "tool_calls"),
+        ({"messages": [{"role": "assistant", "content": "a", "annotations": [{"type": "url_citation"}]}]},
+         "citations"),
+        ({"messages": [{"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}", "extra": 1}}]}]},
+         "messages.0.tool_calls.0.function.extra"),
+        ({"tools": [{**TOOL, "defer_loading": True}]}, "tool search"),
+        ({"tools": [{**TOOL, "function": {**TOOL["function"], "stric": True}}]}, "tools.0.function.stric"),
+        ({"tool_choice": {"type": "function", "function": {"name": "pick"}, "x": 1}, "tools": [TOOL]},
+         "tool_choice.NamedToolChoice.x"),
+    ],
+    ids=str,
+)  # fmt: skip
+def test_a_key_openai_does_not_define_in_a_message_or_tool_is_a_400(
+    server: RunningServer, change: dict, words: str
+) -> None:
+    """They were dropped (vLLM drops them too); OpenAI refuses them. Deferred tools need vLLM's tool search."""
+    reply = http("POST", f"{server.url}/v1/chat/completions", json_body={**CHAT, **change})
+    error = reply.json()["error"]
+    assert reply.status == 400 and error["param"] == next(iter(change)) and words in error["message"], error
+
+
 @pytest.mark.parametrize("effort", ["none", "minimal", "xhigh", "max"])
 def test_reasoning_efforts_beyond_low_medium_high_reach_the_template(
     server: RunningServer, engine: LLMEngine, effort: str, monkeypatch: pytest.MonkeyPatch

@@ -20,7 +20,9 @@ from jllm.server.schemas import (
     UsageInfo,
     WithTokenIds,
     _GenerationRequest,
+    _refused_when_set,
     _Request,
+    _StrictRequest,
 )
 
 # reasoning_effort and chat_template reach the chat template (``InputProcessor.render_chat``); thinking_token_budget
@@ -68,12 +70,12 @@ MEDIA_PART_KEYS = (
 )  # fmt: skip
 
 
-class FunctionCall(_Request):
+class FunctionCall(_StrictRequest):
     name: str
     arguments: str  # JSON text, as OpenAI sends it
 
 
-class ToolCallIn(_Request):
+class ToolCallIn(_StrictRequest):
     """A call the assistant made earlier in the conversation."""
 
     id: str
@@ -89,7 +91,7 @@ class ToolCallIn(_Request):
         }
 
 
-class ChatMessage(_Request):
+class ChatMessage(_StrictRequest):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     # None only for the assistant (OpenAI's, beside tool calls)
     content: str | list[Annotated[TextPart | RefusalPart | ThinkingPart, Field(discriminator="type")]] | None = None
@@ -100,6 +102,21 @@ class ChatMessage(_Request):
     # that show earlier turns' reasoning
     reasoning: str | None = None
     reasoning_content: str | None = None
+    # an assistant's earlier refusal (OpenAI's message field): its text where the content is empty, as a refusal
+    # part is read
+    refusal: str | None = None
+    # what OpenAI's reply messages carry, passed back as they came: empty, they ask nothing
+    annotations: list[Any] | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
+
+    _no_annotations = _refused_when_set(
+        "annotations", "are a reply's citations, which no template reads; leave them out"
+    )
+    _no_audio = _refused_when_set("audio", "is an earlier spoken reply: the served models take text only")
+    _no_function_call = _refused_when_set(
+        "function_call", "is OpenAI's deprecated function calling: pass the call in tool_calls"
+    )
 
     @field_validator("content", mode="before")
     @classmethod
@@ -141,17 +158,22 @@ class ChatMessage(_Request):
     @property
     def text(self) -> str:
         """The content as one string: text parts joined on a newline, null as empty (vLLM's "string" format)."""
-        content = self.content or ""
+        content = self._content or ""
         return (
             content if isinstance(content, str) else "\n".join(part.text for part in content if part.text is not None)
         )
+
+    @property
+    def _content(self) -> str | list[TextPart | RefusalPart | ThinkingPart] | None:
+        """The content, or an assistant's ``refusal`` where it has none."""
+        return self.refusal if self.content in (None, "", []) and self.refusal is not None else self.content
 
     def for_template(self) -> dict[str, Any]:
         """What a chat template expects: {role, content} (content as sent, its parts as text parts: the input door
         gives it to the template as one string or as parts, ``jllm.chat_content``; "developer" is OpenAI's newer
         name for "system"), plus the assistant's tool calls and reasoning (as ``reasoning_content``,
         ``reasoning`` and ``thinking``) or the tool result's call id when present."""
-        content = self.content
+        content = self._content
         if isinstance(content, list):
             content = [{"type": "text", "text": part.text} for part in content if part.text is not None]
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content}
@@ -166,28 +188,33 @@ class ChatMessage(_Request):
         return message
 
 
-class FunctionDefinition(_Request):
+class FunctionDefinition(_StrictRequest):
     name: str = Field(min_length=1)
     description: str | None = None
     parameters: dict[str, Any] | None = None  # a JSON schema of the arguments
     strict: bool | None = None  # forced calls always follow the schema; auto calls are parsed as generated
 
 
-class ToolDefinition(_Request):
+class ToolDefinition(_StrictRequest):
     type: Literal["function"]
     function: FunctionDefinition
+    defer_loading: bool = False  # vLLM's: the tool found by a search tool, which this server does not have
+
+    _loaded = _refused_when_set(
+        "defer_loading", "is not supported: this server has no tool search to load a deferred tool; send it loaded"
+    )
 
 
 def tools_for_template(tools: list[ToolDefinition] | None) -> list[dict[str, Any]] | None:
     """A request's tools as chat templates take them: OpenAI's tool objects, unset keys left out."""
-    return [t.model_dump(exclude_none=True) for t in tools] if tools else None
+    return [t.model_dump(exclude_none=True, exclude={"defer_loading"}) for t in tools] if tools else None
 
 
-class NamedFunction(_Request):
+class NamedFunction(_StrictRequest):
     name: str
 
 
-class NamedToolChoice(_Request):
+class NamedToolChoice(_StrictRequest):
     type: Literal["function"]
     function: NamedFunction
 

@@ -184,10 +184,15 @@ def _refused_when_set(field: str, why: str) -> Any:
     return field_validator(field)(classmethod(refuse))
 
 
-class ObfuscationOption(_Request):
-    """OpenAI's ``stream_options`` as the Responses API takes them; an option not known is a 400, not ignored."""
+class _StrictRequest(_Request):
+    """A request part whose keys OpenAI defines: a key not known is a 400 naming its path, as OpenAI answers it
+    (vLLM drops it), rather than ignored."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ObfuscationOption(_StrictRequest):
+    """OpenAI's ``stream_options`` as the Responses API takes them."""
 
     include_obfuscation: bool = False  # OpenAI's: random padding in each chunk, which this server does not send
 
