@@ -10,10 +10,14 @@ seeded by their position).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 from model_utils import TINY_CONFIG, assert_greedy_equal
 from test_families import (
     BATCH_NEW_TOKENS,
@@ -35,7 +39,19 @@ from test_families import (
 from jllm import LLM
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
+from jllm.unread_tensors import UnreadTensorsError
 
+GLM4V_ROPE = {"rope_type": "default", "mrope_section": [1, 1, 2], "partial_rotary_factor": 0.5, "rope_theta": 1e4}
+# a tiny audio tower for the omni thinkers (never read by jllm)
+OMNI_AUDIO = dict(
+    d_model=32,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=48,
+    output_dim=64,
+    num_mel_bins=16,
+    downsample_hidden_size=8,
+)
 # name -> (architecture, config class, the text config's overrides on test_families.BASE, TP sizes)
 FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # Kimi K2.5's Kimi K2 (DeepSeek-V3: low-rank queries, the sigmoid router with its choice bias), the head tied as
@@ -93,17 +109,42 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(
             model_type="glm4v_text",
             head_dim=None,
-            rope_parameters={
-                "rope_type": "default",
-                "mrope_section": [1, 1, 2],
-                "partial_rotary_factor": 0.5,
-                "rope_theta": 10000.0,
-            },
+            rope_parameters=GLM4V_ROPE,
         ),
         [],
     ),
     "lighton_ocr": ("LightOnOcrForConditionalGeneration", "LightOnOcrConfig", dict(model_type="qwen3"), []),
     "ovis2_5": ("Ovis2_5ForConditionalGeneration", "Ovis2_5Config", dict(model_type="qwen3"), []),
+    # GLM-OCR: GLM-4.1V's GLM-4 with q/k/v unbiased
+    "glm_ocr": (
+        "GlmOcrForConditionalGeneration",
+        "GlmOcrConfig",
+        dict(model_type="glm_ocr_text", head_dim=None, rope_parameters=GLM4V_ROPE),
+        [],
+    ),
+    # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
+    "qwen3_omni_thinker": (
+        "Qwen3OmniMoeThinkerForConditionalGeneration",
+        "Qwen3OmniMoeThinkerConfig",
+        dict(
+            model_type="qwen3_omni_moe_text",
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6},
+        ),
+        [],
+    ),
+    # Qwen2.5-Omni's thinker: Qwen2 (q/k/v biases) with M-RoPE sections
+    "qwen2_5_omni_thinker": (
+        "Qwen2_5OmniThinkerForConditionalGeneration",
+        "Qwen2_5OmniThinkerConfig",
+        dict(
+            model_type="qwen2_5_omni_text",
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6},
+        ),
+        [],
+    ),
 }
 SIGLIP_MODEL = dict(SIGLIP, model_type="siglip_vision_model")
 # each row's outer config: a tiny vision tower (never read by jllm) and the head's tie
@@ -143,9 +184,15 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
     "glm46v": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28)),
     "lighton_ocr": dict(vision_config=dict(SIGLIP, model_type="pixtral", head_dim=16)),
     "ovis2_5": dict(vision_config=dict(SIGLIP, window_size=28, vocab_size=64, max_position_embeddings=16)),
+    "glm_ocr": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28)),
+    "qwen3_omni_thinker": dict(
+        vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
+        audio_config=OMNI_AUDIO,
+    ),
+    "qwen2_5_omni_thinker": dict(vision_config=dict(QWEN_VISION, patch_size=14), audio_config=OMNI_AUDIO),
 }
 # Rows whose language model runs only what a greedy row of test_families runs (Qwen2, Llama, LFM2, Cohere2, Mistral,
-# Persimmon, GLM-4.1V's, Qwen3): their logits row checks the reading
+# Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE): their logits row checks the reading
 LOGITS_ONLY = {
     "llava_onevision",
     "llava_next_video",
@@ -156,6 +203,9 @@ LOGITS_ONLY = {
     "glm46v",
     "lighton_ocr",
     "ovis2_5",
+    "glm_ocr",
+    "qwen2_5_omni_thinker",
+    "qwen3_omni_thinker",  # and transformers' generate stops on text alone (5.25: no vision_start_token_id)
 }
 
 
@@ -200,3 +250,57 @@ def test_image_text_architecture_or_option_jllm_cannot_serve_is_refused_at_load_
     (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": [arch], **change}))
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "thinker, arch",
+    [
+        ("qwen3_omni_thinker", "Qwen3OmniMoeForConditionalGeneration"),
+        ("qwen2_5_omni_thinker", "Qwen2_5OmniForConditionalGeneration"),
+        ("qwen2_5_omni_thinker", "Qwen2_5OmniModel"),
+    ],
+)
+def test_omni_checkpoint_reads_its_thinker_under_thinker(family_dirs, tmp_path, thinker, arch):
+    """The hub's Qwen3-Omni and Qwen2.5-Omni checkpoints hold the thinker (config ``thinker_config``, tensors under
+    ``thinker.``) beside the talker and the waveform decoder: the thinker's checkpoint so laid out, with a talker
+    tensor beside it, reads to the same parameters (the thinker's logits row checks those against transformers); the
+    talker's tensors are skipped as another modality's, a stray tensor in the thinker's text model is not."""
+    from safetensors.numpy import load_file, save_file
+
+    saved = family_dirs[thinker]
+    config = json.loads((saved / "config.json").read_text())
+    omni = {"architectures": [arch], "thinker_config": config, "enable_audio_output": True}
+    (tmp_path / "config.json").write_text(json.dumps(omni))
+    tensors = {
+        f"thinker.{name}": value for file in saved.glob("*.safetensors") for name, value in load_file(file).items()
+    }
+    save_file({**tensors, "talker.model.norm.weight": np.ones(8, np.float32)}, str(tmp_path / "model.safetensors"))
+    thinker_state, omni_state = (
+        nnx.state(load_model(d, mesh=make_mesh(1), dtype="float32").model) for d in (saved, tmp_path)
+    )
+    for (path, want), (_, got) in zip(
+        jax.tree.leaves_with_path(thinker_state), jax.tree.leaves_with_path(omni_state), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
+    stray = "thinker.model.layers.0.self_attn.o_proj.bias"  # inside the text model: still an error
+    save_file({**tensors, stray: np.ones(64, np.float32)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(UnreadTensorsError, match=re.escape(stray)):
+        load_model(tmp_path, mesh=make_mesh(1), dtype="float32")
+
+
+def test_glm_ocr_skips_the_layer_past_num_hidden_layers_as_transformers_ignores_it():
+    """GLM-OCR's checkpoint keeps a next-token prediction layer past ``num_hidden_layers``, which transformers ignores
+    on load (``_keys_to_ignore_on_load_unexpected``): skipped, with no next-n key in the config; a stray tensor in a
+    served layer is still an error."""
+    from jllm.models.registry import build_args
+    from jllm.unread_tensors import unexpected
+
+    cfg = {"architectures": ["GlmOcrForConditionalGeneration"], "text_config": {**TINY_CONFIG, "head_dim": 16}}
+    args = build_args(cfg, np.float32)[1]
+    stored = [
+        "model.language_model.layers.2.self_attn.q_proj.weight",  # the layer past the decoder's two
+        "model.language_model.layers.1.self_attn.q_proj.bias",  # GLM-OCR's q/k/v are unbiased
+        "model.visual.blocks.0.attn.qkv.weight",
+    ]
+    assert unexpected({name: name for name in stored}, args.weights.skipped, cfg, args.num_layers) == [stored[1]]

@@ -117,6 +117,12 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "FuyuForCausalLM": image_text.fuyu,
     "LightOnOcrForConditionalGeneration": image_text.lighton_ocr,
     "Ovis2_5ForConditionalGeneration": image_text.ovis2_5,
+    "GlmOcrForConditionalGeneration": image_text.glm_ocr,
+    "Qwen3OmniMoeThinkerForConditionalGeneration": image_text.qwen3_omni_thinker,
+    "Qwen3OmniMoeForConditionalGeneration": image_text.qwen3_omni,
+    "Qwen2_5OmniThinkerForConditionalGeneration": image_text.qwen2_5_omni_thinker,
+    "Qwen2_5OmniForConditionalGeneration": image_text.qwen2_5_omni,
+    "Qwen2_5OmniModel": image_text.qwen2_5_omni,  # the hub's Qwen2.5-Omni configs name it so
     "GPTNeoXForCausalLM": layer_norm.gpt_neox,
     "FalconForCausalLM": layer_norm.falcon,
     "PhiForCausalLM": layer_norm.phi,

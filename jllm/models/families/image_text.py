@@ -1,5 +1,6 @@
 """Text-only loads of more image-text checkpoints whose language model a jllm family already reads: Kimi K2.5,
-LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5. As in ``multimodal`` (which also serves
+LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5, GLM-OCR, Qwen3-Omni's and Qwen2.5-Omni's
+thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
 LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config``
 read by its family's reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector
 never read, and the head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each
@@ -15,7 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from jllm.models.families import deepseek, layer_norm, lfm2, llama, mixtures, relu_mlp
-from jllm.models.families.multimodal import LANGUAGE_MODEL, _text_only, text_model_only
+from jllm.models.families.multimodal import (
+    GLM4V_TEXT,
+    LANGUAGE_MODEL,
+    _mrope_language_model,
+    _text_only,
+    text_model_only,
+)
 from jllm.models.model_args import ModelArgs
 
 # transformers 5's own names, as it saves the image-text models it added without a conversion mapping
@@ -112,3 +119,100 @@ def ovis2_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     layout = dict(prefix="llm.model.", head_prefix="llm.", aliases=())
     tied = cfg.get("tie_word_embeddings", False)
     return _language_model(cfg, dtype, "Ovis2.5", {"qwen3": llama.qwen3}, tied, layout)
+
+
+# GlmOcrTextConfig's sizes where Glm4vTextConfig's differ
+GLM_OCR_TEXT = dict(
+    vocab_size=59392,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    max_position_embeddings=131_072,
+)
+
+
+@text_model_only
+def glm_ocr(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """GLM-OCR (``GlmOcrForConditionalGeneration``): GLM-4.1V's language model (``multimodal.glm4v``'s reading) with
+    q/k/v unbiased (GlmOcrTextAttention builds them so, whatever ``attention_bias`` says) and GlmOcrTextConfig's
+    sizes. transformers ignores the layer stored past ``num_hidden_layers`` (its next-token prediction layer), and so
+    does jllm."""
+    text = {**GLM4V_TEXT, **GLM_OCR_TEXT, **(cfg.get("text_config") or {}), "attention_bias": False}
+    text.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
+    args = _mrope_language_model({**cfg, "text_config": text}, dtype, llama.glm4, "model.language_model.")
+    layer = text["num_hidden_layers"]
+    why = "the next-token prediction layer past num_hidden_layers, which transformers' GLM-OCR ignores on load"
+    skipped = (*args.weights.skipped, (rf"^model\.language_model\.layers\.{layer}\.", why))
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, skipped=skipped))
+
+
+@text_model_only
+def qwen3_omni_thinker(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3-Omni's thinker (``Qwen3OmniMoeThinkerForConditionalGeneration``): its Qwen3-MoE language model under
+    ``model.`` (M-RoPE read as the plain rotary, as Qwen3-VL's), the head tied as the thinker config says; the vision
+    and audio towers never read."""
+    return _qwen3_omni_text(cfg, dtype)
+
+
+@text_model_only
+def qwen3_omni(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen3-Omni as the hub keeps it (``Qwen3OmniMoeForConditionalGeneration``: the thinker, the talker that speaks
+    and its code-to-waveform decoder): the thinker's text, as vLLM serves it; the talker and decoder (audio output)
+    never read."""
+    return _thinker(_qwen3_omni_text, cfg, dtype)
+
+
+def _qwen3_omni_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    return _mrope_language_model(_outer_tie(cfg), dtype, mixtures.qwen3_moe, "model.")
+
+
+# Qwen2_5OmniTextConfig's defaults where Qwen2's differ, and its sizes
+QWEN2_5_OMNI_TEXT = dict(
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    vocab_size=152_064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=32768,
+)
+
+
+@text_model_only
+def qwen2_5_omni_thinker(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen2.5-Omni's thinker (``Qwen2_5OmniThinkerForConditionalGeneration``): its Qwen2.5-VL language model (Qwen2,
+    M-RoPE read as the plain rotary) under ``model.``, the head tied as the thinker config says; the vision and audio
+    towers never read."""
+    return _qwen2_5_omni_text(cfg, dtype)
+
+
+@text_model_only
+def qwen2_5_omni(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """Qwen2.5-Omni as the hub keeps it (``Qwen2_5OmniForConditionalGeneration``, which the hub's configs name
+    ``Qwen2_5OmniModel``): the thinker's text, as vLLM serves it; the talker and token-to-waveform decoder never
+    read."""
+    return _thinker(_qwen2_5_omni_text, cfg, dtype)
+
+
+def _qwen2_5_omni_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    return _mrope_language_model(_outer_tie(cfg), dtype, llama.qwen2, "model.", QWEN2_5_OMNI_TEXT)
+
+
+def _outer_tie(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An omni thinker's config with its text config's head tie the thinker config's (transformers ties by that one,
+    False by default, where the text configs default to True)."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", False)}
+    return {**cfg, "text_config": text}
+
+
+def _thinker(text_model: Callable[[dict[str, Any], Any], ModelArgs], cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """An omni model's thinker (``thinker_config``) read by ``text_model``, its tensors under ``thinker.`` (the
+    caller's ``text_model_only`` skips the rest: the thinker's towers, the talker, the waveform decoder)."""
+    args = text_model(cfg.get("thinker_config") or {}, dtype)
+    weights = args.weights
+    layout = dict(prefix=f"thinker.{weights.prefix}", head_prefix=f"thinker.{weights.head_prefix}", aliases=())
+    return dataclasses.replace(args, weights=dataclasses.replace(weights, **layout))
