@@ -74,7 +74,8 @@ SEEDS: dict[str, dict[str, Any]] = {
         "stream": False,
         "user": "u",
         "safety_identifier": "u",
-        "prompt_cache_key": "k",  # metadata is refused without store, as OpenAI refuses it
+        "prompt_cache_key": "k",
+        "metadata": {"app": "fuzz"},
         "include_reasoning": True,  # vLLM's; read where the server has a reasoning parser
         "chat_template_kwargs": {"enable_thinking": True},
     },

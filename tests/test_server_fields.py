@@ -337,7 +337,7 @@ REFUSED_VALUES = {  # a value asking for something, per UNSUPPORTED_FIELDS entry
     "chat_template": "{{ messages }}", "reasoning_effort": "low",
     "functions": [{"name": "f", "parameters": {}}], "function_call": {"name": "f"}, "modalities": ["text", "audio"],
     "audio": {"voice": "alloy", "format": "wav"}, "web_search_options": {}, "store": True, "verbosity": "low",
-    "watermarking": True, "routed_experts_prompt_start": 2, "metadata": {"k": "v"}, "service_tier": "flex",
+    "watermarking": True, "routed_experts_prompt_start": 2, "service_tier": "flex",
     "prediction": {"type": "content", "content": "x"}, "prompt_cache_retention": "24h",
     "prompt_cache_options": {"mode": "explicit"}, "moderation": {"model": "omni-moderation-latest"},
     "return_token_offsets": True, "return_mm_kwargs": False,
@@ -418,10 +418,10 @@ def test_a_field_the_route_does_not_know_is_a_400_naming_it(server: RunningServe
 
 def test_openai_fields_that_ask_nothing_of_the_answer_are_accepted_on_chat(server: RunningServer) -> None:
     """An end-user id, a cache-routing hint (one server's prefix cache serves every request), the default tier, no
-    stored completion, no obfuscation: each met as sent."""
+    stored completion, dashboard tags, no obfuscation: each met as sent."""
     body = {
         **CHAT, "safety_identifier": "u1", "prompt_cache_key": "k", "service_tier": "default", "store": False,
-        "metadata": {}, "prompt_cache_retention": "in_memory", "stream": True,
+        "metadata": {"app": "litellm", "trace": "t1"}, "prompt_cache_retention": "in_memory", "stream": True,
         "stream_options": {"include_usage": True, "include_obfuscation": False},
     }  # fmt: skip
     reply = http("POST", f"{server.url}/v1/chat/completions", json_body=body)
@@ -430,6 +430,20 @@ def test_openai_fields_that_ask_nothing_of_the_answer_are_accepted_on_chat(serve
         assert (
             http("POST", f"{server.url}/v1/completions", json_body={**COMPLETION, "service_tier": tier}).status == 200
         )
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{f"k{i}": "v" for i in range(17)}, {"k" * 65: "v"}, {"k": "v" * 513}, {"k": 1}, ["k"]],
+    ids=["17 keys", "long key", "long value", "number", "list"],
+)
+def test_metadata_is_held_to_openais_limits_on_both_routes(server: RunningServer, metadata: object) -> None:
+    """Dashboard tags are accepted on chat and completions (as sent, nothing in the answer), within OpenAI's limits:
+    16 pairs, keys of 64 characters, string values of 512."""
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)):
+        assert http("POST", f"{server.url}{path}", json_body={**body, "metadata": {"k": "v"}}).status == 200
+        reply = http("POST", f"{server.url}{path}", json_body={**body, "metadata": metadata})
+        assert reply.status == 400 and "metadata" in reply.json()["error"]["message"], reply.body
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Collection
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
@@ -66,7 +66,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "audio": ((None,), "is not supported: the served models generate text only"),
     "web_search_options": ((None,), "is not supported: this server cannot search the web"),
     "store": ((None, False), "is not supported: this server stores no completions"),
-    "metadata": (_NOTHING, "tags a stored completion, and this server stores none (OpenAI's rule: only with store)"),
     "verbosity": ((None, "medium"), "is not supported: a reply's length follows the model and max_tokens"),
     "service_tier": (
         (None, "auto", "default"),
@@ -298,6 +297,11 @@ class _GenerationRequest(_Request):
     truncation_side: Literal["left", "right"] | None = None  # vLLM's: "right" keeps the first k instead
     priority: int = 0  # vLLM's: lower runs first, under the priority scheduling policy only (LLMEngine.check_priority)
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
+    # OpenAI's developer tags for finding a completion in its dashboard: nothing in the answer, so accepted as sent
+    # (vLLM ignores them; LiteLLM and other proxies send them without store), held to OpenAI's limits
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
+        None, max_length=16
+    )
     session_id: str | None = None  # vLLM's: a conversation's stable id, for routing: changes nothing in the answer
     stream_interval: int | None = Field(None, ge=1)  # vLLM's: a streamed chunk per this many tokens (1: each token)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
