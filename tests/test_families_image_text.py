@@ -122,6 +122,17 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(model_type="glm_ocr_text", head_dim=None, rope_parameters=GLM4V_ROPE),
         [],
     ),
+    # PaddleOCR-VL: ERNIE 4.5 with biases, its M-RoPE on half-split pairs (ERNIE's own rotary is interleaved)
+    "paddleocr_vl": (
+        "PaddleOCRVLForConditionalGeneration",
+        "PaddleOCRVLConfig",
+        dict(
+            model_type="paddleocr_vl_text",
+            use_bias=True,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 5e5},
+        ),
+        [],
+    ),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -185,6 +196,7 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
     "lighton_ocr": dict(vision_config=dict(SIGLIP, model_type="pixtral", head_dim=16)),
     "ovis2_5": dict(vision_config=dict(SIGLIP, window_size=28, vocab_size=64, max_position_embeddings=16)),
     "glm_ocr": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28)),
+    "paddleocr_vl": dict(vision_config=SIGLIP),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,

@@ -1,6 +1,6 @@
 """Text-only loads of more image-text checkpoints whose language model a jllm family already reads: Kimi K2.5,
-LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5, GLM-OCR, Qwen3-Omni's and Qwen2.5-Omni's
-thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
+LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, Qwen3-Omni's and
+Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
 LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config``
 read by its family's reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector
 never read, and the head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each
@@ -146,6 +146,33 @@ def glm_ocr(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     why = "the next-token prediction layer past num_hidden_layers, which transformers' GLM-OCR ignores on load"
     skipped = (*args.weights.skipped, (rf"^model\.language_model\.layers\.{layer}\.", why))
     return dataclasses.replace(args, weights=dataclasses.replace(args.weights, skipped=skipped))
+
+
+# PaddleOCRTextConfig's sizes (its other defaults are ERNIE 4.5's)
+PADDLEOCR_TEXT = dict(
+    vocab_size=103_424,
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=18,
+    num_attention_heads=16,
+)
+
+
+@text_model_only
+def paddleocr_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """PaddleOCR-VL (``PaddleOCRVLForConditionalGeneration``): ERNIE 4.5's layers (``llama.ernie4_5``: ``use_bias`` on
+    every linear) under ``model.`` as the hub keeps them, attending with Qwen2-VL's M-RoPE, which turns half-split
+    pairs (ERNIE 4.5's own turns neighbouring ones) and is the plain rotary for text; the head tied by default."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
+    return _mrope_language_model({**cfg, "text_config": text}, dtype, _half_split_ernie4_5, "model.", PADDLEOCR_TEXT)
+
+
+def _half_split_ernie4_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    args = llama.ernie4_5(cfg, dtype)
+    layers = tuple(
+        dataclasses.replace(spec, rope=dataclasses.replace(spec.rope, interleaved=False)) for spec in args.layers
+    )
+    return dataclasses.replace(args, layers=layers)
 
 
 @text_model_only
