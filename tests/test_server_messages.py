@@ -200,6 +200,16 @@ def test_output_config_format_holds_the_reply_to_its_schema(client: anthropic.An
     assert json.loads(message.content[0].text) == {"x": 1} and message.stop_reason == "end_turn"
 
 
+def test_output_format_the_older_name_of_output_config_format_holds_the_reply_too(client: anthropic.Anthropic) -> None:
+    """Anthropic's beta ``output_format`` (what ``client.beta.messages`` sends), now ``output_config.format``: it had
+    been ignored, so the reply broke the schema it asked for."""
+    output_format = {"type": "json_schema", "schema": PICK["input_schema"]}
+    message = client.messages.create(
+        model=MODEL, max_tokens=20, messages=HI, extra_body={"output_format": output_format}
+    )
+    assert json.loads(message.content[0].text) == {"x": 1} and message.stop_reason == "end_turn"
+
+
 def test_count_tokens_is_the_prompt_a_message_request_would_have(client: anthropic.Anthropic) -> None:
     args = dict(model=MODEL, messages=HI, system="be brief", tools=[PICK], tool_choice={"type": "none"})
     counted = client.messages.count_tokens(**args)
@@ -228,6 +238,15 @@ def test_count_tokens_is_the_prompt_a_message_request_would_have(client: anthrop
         ({"thinking": {"type": "enabled"}}, "thinking"),
         ({"stop_sequences": [""]}, "stop_sequences"),
         ({"output_config": {"format": {"type": "json_schema", "schema": {"type": "nonsense"}}}}, "output_config"),
+        ({"output_format": 5}, "output_format"),
+        ({"output_format": {"type": "json_schema", "schema": float("nan")}}, "output_format"),
+        (  # both names at once, as the SDK refuses them
+            {
+                "output_format": {"type": "json_schema", "schema": {}},
+                "output_config": {"format": {"type": "json_schema", "schema": {}}},
+            },
+            "output_format",
+        ),
         ({"messages": [{"role": "user", "content": "x" * 300}]}, "messages"),  # longer than the 256-token context
     ],
     ids=lambda x: x if isinstance(x, str) else None,

@@ -7,8 +7,8 @@ assistant's ``tool_use`` blocks its ``tool_calls`` and its ``thinking`` its reas
 start of the reply (Anthropic's prefill: chat's ``continue_final_message``); ``tools`` chat's function
 tools; ``tool_choice`` ``any`` chat's ``required``; ``thinking`` with a budget vLLM's ``thinking_token_budget`` (so
 the model needs a reasoning parser), ``disabled`` the template's ``enable_thinking: false``; ``output_config``'s
-``effort`` chat's ``reasoning_effort`` and its ``format`` a JSON-schema ``response_format``. So the chat route's
-checks, template, tools and structured output serve this route too.
+``effort`` chat's ``reasoning_effort`` and its ``format`` (or the beta's ``output_format``) a JSON-schema
+``response_format``. So the chat route's checks, template, tools and structured output serve this route too.
 
 No field is silently ignored: each is honoured, or refused with a 400 naming it (``MESSAGES_UNSUPPORTED_FIELDS``:
 Anthropic's server-side tools, containers and context management), or changes nothing in the answer
@@ -277,6 +277,7 @@ class MessagesRequest(_MessagesBody):
     top_p: float | None = None
     top_k: int | None = None
     output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None  # the beta's name of output_config.format (client.beta.messages's)
     metadata: dict[str, Any] | None = None  # user_id: for abuse monitoring, unused
     service_tier: str | None = None  # capacity and price, not the answer
     # Anthropic's routing and accounting hints: none changes the answer
@@ -285,9 +286,17 @@ class MessagesRequest(_MessagesBody):
     user_profile_id: str | None = None
     workspace_id: str | None = None
 
+    @model_validator(mode="after")
+    def _one_output_format(self) -> MessagesRequest:
+        if self.output_format is not None and self.output_config is not None and self.output_config.format is not None:
+            raise ValueError("output_format is output_config.format's older name: give one of them")
+        return self
+
     def as_chat(self) -> dict[str, Any]:
         """The chat request this one stands for (validated by ``ChatCompletionRequest`` at the route)."""
         config = self.output_config or OutputConfig()
+        if self.output_format is not None:
+            config = config.model_copy(update={"format": self.output_format})
         budget = self.thinking.budget_tokens if self.thinking else None
         body = self.chat_fields() | {
             "max_completion_tokens": self.max_tokens,
