@@ -133,6 +133,22 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # HunyuanOCR: HunYuan dense (q/k norms after the rotary) with the NTK alpha rotary and M-RoPE sections
+    "hunyuan_vl": (
+        "HunYuanVLForConditionalGeneration",
+        "HunYuanVLConfig",
+        dict(
+            model_type="hunyuan_vl_text",
+            rope_parameters={
+                "rope_type": "dynamic",
+                "alpha": 1000.0,
+                "factor": 1.0,
+                "rope_theta": 1e4,
+                "mrope_section": [2, 3, 3],
+            },
+        ),
+        [],
+    ),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -197,6 +213,11 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
     "ovis2_5": dict(vision_config=dict(SIGLIP, window_size=28, vocab_size=64, max_position_embeddings=16)),
     "glm_ocr": dict(vision_config=dict(QWEN_VISION, patch_size=14, image_size=28)),
     "paddleocr_vl": dict(vision_config=SIGLIP),
+    "hunyuan_vl": dict(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, out_hidden_size=64
+        )
+    ),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
@@ -204,7 +225,7 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
     "qwen2_5_omni_thinker": dict(vision_config=dict(QWEN_VISION, patch_size=14), audio_config=OMNI_AUDIO),
 }
 # Rows whose language model runs only what a greedy row of test_families runs (Qwen2, Llama, LFM2, Cohere2, Mistral,
-# Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE): their logits row checks the reading
+# Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE, HunYuan dense's): their logits row checks the reading
 LOGITS_ONLY = {
     "llava_onevision",
     "llava_next_video",
@@ -217,6 +238,7 @@ LOGITS_ONLY = {
     "ovis2_5",
     "glm_ocr",
     "qwen2_5_omni_thinker",
+    "hunyuan_vl",
     "qwen3_omni_thinker",  # and transformers' generate stops on text alone (5.25: no vision_start_token_id)
 }
 

@@ -119,6 +119,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Ovis2_5ForConditionalGeneration": image_text.ovis2_5,
     "GlmOcrForConditionalGeneration": image_text.glm_ocr,
     "PaddleOCRVLForConditionalGeneration": image_text.paddleocr_vl,
+    "HunYuanVLForConditionalGeneration": image_text.hunyuan_vl,
     "Qwen3OmniMoeThinkerForConditionalGeneration": image_text.qwen3_omni_thinker,
     "Qwen3OmniMoeForConditionalGeneration": image_text.qwen3_omni,
     "Qwen2_5OmniThinkerForConditionalGeneration": image_text.qwen2_5_omni_thinker,

@@ -1,6 +1,6 @@
 """Text-only loads of more image-text checkpoints whose language model a jllm family already reads: Kimi K2.5,
-LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, Qwen3-Omni's and
-Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
+LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, Qwen3-Omni's
+and Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
 LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config``
 read by its family's reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector
 never read, and the head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each
@@ -173,6 +173,15 @@ def _half_split_ernie4_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
         dataclasses.replace(spec, rope=dataclasses.replace(spec.rope, interleaved=False)) for spec in args.layers
     )
     return dataclasses.replace(args, layers=layers)
+
+
+@text_model_only
+def hunyuan_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """HunyuanOCR (``HunYuanVLForConditionalGeneration``): its HunYuan dense language model (``llama.hunyuan_dense``:
+    q/k norms after the rotary, its NTK ``alpha`` rotary) under ``model.``, its M-RoPE read as the plain rotary, the
+    head tied by default."""
+    text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
+    return _mrope_language_model({**cfg, "text_config": text}, dtype, llama.hunyuan_dense, "model.")
 
 
 @text_model_only
