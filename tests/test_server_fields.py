@@ -601,6 +601,18 @@ def test_null_for_a_field_with_a_default_means_the_default(server: RunningServer
     assert refused.status == 400 and refused.json()["error"]["param"] == "prompt"  # a required field stays required
 
 
+def test_empty_stream_options_without_a_stream_are_taken_as_left_out(server: RunningServer) -> None:
+    """vLLM refuses stream options without a stream only when the object is non-empty; an empty one (as clients
+    built on a shared request type send) was a 400 here. A non-empty one asks for a stream's options: still a 400."""
+    for path, body in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)):
+        reply = http("POST", f"{server.url}{path}", json_body={**body, "stream_options": {}})
+        assert reply.status == 200 and reply.json()["usage"]["completion_tokens"] == 3, reply.body
+        refused = http("POST", f"{server.url}{path}", json_body={**body, "stream_options": {"include_usage": False}})
+        error = refused.json()["error"]
+        assert refused.status == 400 and error["param"] == "stream_options", error
+        assert "only allowed when stream is true" in error["message"], error
+
+
 @pytest.mark.parametrize("variables", [{"tools": 5}, {"documents": 5}, {"documents": [5]}], ids=str)
 def test_template_variables_of_the_wrong_type_are_a_400(server: RunningServer, variables: dict) -> None:
     """transformers raises TypeError for tools or documents that are not lists of mappings: it was a 500."""

@@ -336,9 +336,13 @@ class _GenerationRequest(_Request):
     @field_validator("stream_options")
     @classmethod
     def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
-        if value is not None and not info.data.get("stream"):
-            raise ValueError("is only allowed when stream is true")
-        return value
+        """Options for a stream; without one, an empty object (or only nulls) asks for nothing and is taken as left
+        out, as vLLM takes it (it refuses only a non-empty one)."""
+        if value is None or info.data.get("stream"):
+            return value
+        if not value.model_fields_set:
+            return None
+        raise ValueError("is only allowed when stream is true")
 
     @field_validator("prompt_logprobs")
     @classmethod
