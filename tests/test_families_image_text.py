@@ -149,6 +149,27 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    # DeepSeek-OCR-2: Llama's multi-head attention over DeepSeek-V2's softmax mixture (group-limited: the top 2 of 4
+    # groups), a dense first layer, shared experts
+    "deepseek_ocr2": (
+        "DeepseekOcr2ForConditionalGeneration",
+        "DeepseekOcr2Config",
+        dict(
+            model_type="deepseek_ocr2_text",
+            head_dim=None,
+            num_key_value_heads=None,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=2,
+            routed_scaling_factor=1.5,
+            topk_method="group_limited_greedy",
+            n_group=4,
+            topk_group=2,
+            mlp_layer_types=["dense", "sparse"],
+        ),
+        [],
+    ),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -218,6 +239,24 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
             hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, out_hidden_size=64
         )
     ),
+    "deepseek_ocr2": dict(
+        vision_config=dict(
+            sam_config=dict(
+                hidden_size=32,
+                output_channels=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=64,
+                patch_size=16,
+                window_size=2,
+                global_attn_indexes=[0],
+                downsample_channels=[16, 32],
+            ),
+            encoder_config=dict(
+                hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2
+            ),
+        )
+    ),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
@@ -271,6 +310,11 @@ def test_greedy_batch_equals_transformers_generate(family_dirs, name):
         ("Blip2ForConditionalGeneration", {}, "'Blip2ForConditionalGeneration' is not supported: BLIP-2 .* image"),
         ("InstructBlipForConditionalGeneration", {}, "'InstructBlipForConditionalGeneration' is not supported: BLIP"),
         ("InstructBlipVideoForConditionalGeneration", {}, "'InstructBlipVideoForConditionalGeneration' is not sup"),
+        (
+            "DeepseekOcr2ForConditionalGeneration",
+            {"text_config": TINY_CONFIG},
+            "DeepSeek-OCR-2 text_config mlp_layer_types=None is not supported",
+        ),
         (
             "Kimi_K25ForConditionalGeneration",
             {"text_config": {**TINY_CONFIG, "model_type": "qwen2"}},

@@ -120,6 +120,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "GlmOcrForConditionalGeneration": image_text.glm_ocr,
     "PaddleOCRVLForConditionalGeneration": image_text.paddleocr_vl,
     "HunYuanVLForConditionalGeneration": image_text.hunyuan_vl,
+    "DeepseekOcr2ForConditionalGeneration": image_text.deepseek_ocr2,
     "Qwen3OmniMoeThinkerForConditionalGeneration": image_text.qwen3_omni_thinker,
     "Qwen3OmniMoeForConditionalGeneration": image_text.qwen3_omni,
     "Qwen2_5OmniThinkerForConditionalGeneration": image_text.qwen2_5_omni_thinker,

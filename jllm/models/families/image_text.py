@@ -1,10 +1,10 @@
-"""Text-only loads of more image-text checkpoints whose language model a jllm family already reads: Kimi K2.5,
-LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu, LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, Qwen3-Omni's
-and Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
-LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config``
-read by its family's reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector
-never read, and the head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each
-config class its own default).
+"""Text-only loads of more image-text checkpoints, their language models read by jllm's existing families (or, for
+DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu,
+LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, and Qwen3-Omni's and Qwen2.5-Omni's thinkers
+(their audio towers never read either). As in ``multimodal`` (which also serves LLaVA-OneVision and LLaVA-NeXT-Video
+through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's reader, the
+tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the head tied as
+the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jllm.models.families import deepseek, layer_norm, lfm2, llama, mixtures, relu_mlp
+from jllm.models.families.common import base_args, read_rope, whole_head_rotary
 from jllm.models.families.multimodal import (
     GLM4V_TEXT,
     LANGUAGE_MODEL,
@@ -23,7 +24,7 @@ from jllm.models.families.multimodal import (
     _text_only,
     text_model_only,
 )
-from jllm.models.model_args import ModelArgs
+from jllm.models.model_args import LayerSpec, ModelArgs
 
 # transformers 5's own names, as it saves the image-text models it added without a conversion mapping
 IN_MEMORY = dict(prefix="model.language_model.", head_prefix="", aliases=())
@@ -182,6 +183,63 @@ def hunyuan_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     head tied by default."""
     text = {**(cfg.get("text_config") or {}), "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
     return _mrope_language_model({**cfg, "text_config": text}, dtype, llama.hunyuan_dense, "model.")
+
+
+# DeepseekOcr2TextConfig's defaults where a config leaves them out
+DEEPSEEK_OCR2_TEXT = dict(
+    vocab_size=102_400,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    routed_scaling_factor=1.0,
+    topk_method="greedy",
+    moe_intermediate_size=1407,
+)
+
+
+@text_model_only
+def deepseek_ocr2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """DeepSeek-OCR-2 (``DeepseekOcr2ForConditionalGeneration``): its language model is Llama's multi-head attention
+    (heads ``hidden_size / num_attention_heads`` wide, the whole head rotated in half-split pairs) over DeepSeek-V2's
+    mixture (a softmax router, greedy or group-limited, weights times ``routed_scaling_factor``, never renormalised;
+    shared experts), each layer dense or a mixture as ``mlp_layer_types`` says, under ``model.`` beside its SAM and
+    Qwen2 vision encoders and projector (``model.sam_model`` and the rest, never read)."""
+    text = {**DEEPSEEK_OCR2_TEXT, **(cfg.get("text_config") or {})}
+    text["tie_word_embeddings"] = cfg.get("tie_word_embeddings", False)
+    text["head_dim"] = text["hidden_size"] // text["num_attention_heads"]
+    text["num_key_value_heads"] = text.get("num_key_value_heads") or text["num_attention_heads"]
+    if text.get("mlp_layer_types") is None:
+        raise ValueError(
+            "DeepSeek-OCR-2 text_config mlp_layer_types=None is not supported (transformers' decoder reads "
+            "each layer's kind, dense or sparse, from it)"
+        )
+    method = text["topk_method"]
+    if method not in ("greedy", "group_limited_greedy"):
+        raise ValueError(
+            f"DeepSeek-OCR-2 topk_method={method!r} is not supported (supported: greedy, group_limited_greedy)"
+        )
+    groups = (text.get("n_group") or 1, text.get("topk_group") or 1) if method == "group_limited_greedy" else (1, 1)
+    base = base_args(text, dtype)
+    mixture, dense = deepseek.v3_mixture(
+        text, base["num_layers"], "DeepSeek-OCR-2", "softmax", groups, False, text["mlp_layer_types"]
+    )
+    rope = read_rope(whole_head_rotary(text), base["head_dim"])
+    bias = bool(text.get("attention_bias", False))
+    args = ModelArgs(
+        **{**base, "intermediate_size": text["moe_intermediate_size"]},
+        layers=tuple(LayerSpec(rope, dense_mlp_size=size) for size in dense),
+        qkv_bias=bias,
+        o_bias=bias,
+        **mixture,
+    )
+    why = "the SAM and Qwen2 vision encoders and the projector beside the text model: only the text model is loaded"
+    skipped = ((r"^model\.(?!layers\.|embed_tokens\.|norm\.)", why),)
+    return dataclasses.replace(args, weights=dataclasses.replace(args.weights, skipped=skipped))
 
 
 @text_model_only
