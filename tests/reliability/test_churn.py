@@ -9,14 +9,18 @@ bookkeeping is checked after every step. At the end no request, sequence or page
 
 from __future__ import annotations
 
+import collections
 import random
 import time
+from dataclasses import dataclass, field
 
 import pytest
 from fake_runner import fake_engine
 
 from jllm.inputs import Prompt
-from jllm.sampling import SamplingParams
+from jllm.outputs import RequestOutput
+from jllm.sampling import RequestOutputKind, SamplingParams
+from jllm.sequence import Sequence
 
 GRAMMARS = [{"regex": "[0-9]{5}"}, {"choice": ["hello world", "bye"]}, {"regex": "[0-9]{2}a{1000000}"}]
 
@@ -72,3 +76,87 @@ def test_aborting_the_last_request_waits_out_the_step_in_flight() -> None:
     engine.abort_request("a")
     assert time.monotonic() >= device_done and not engine.has_unfinished_requests()
     assert engine.block_manager.num_allocated_pages == 0
+
+
+def _logprob_request(rng: random.Random, shared: list[int]) -> tuple[list[int], SamplingParams, str | None]:
+    """A prompt (a shared prefix or not), DELTA params asking for prompt logprobs or logprobs or neither, a salt."""
+    prompt = shared[: rng.choice([0, 4, 12])] + [rng.randrange(3, 500) for _ in range(rng.randint(1, 30))]
+    max_tokens = rng.randint(1, 15)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        min_tokens=rng.choice([0, max_tokens]),
+        n=rng.choice([1, 2]),
+        prompt_logprobs=rng.choice([None, 0, 2]),
+        logprobs=rng.choice([None, 1]),
+        output_kind=RequestOutputKind.DELTA,
+    )
+    return prompt, params, rng.choice([None, None, "a", "b"])
+
+
+@dataclass
+class _Received:
+    """What a request's DELTA outputs carried, summed: prompt logprob entries, and per sample tokens and logprobs."""
+
+    prompt_entries: int = 0
+    tokens: dict[int, int] = field(default_factory=dict)
+    logprobs: dict[int, int] = field(default_factory=dict)
+    finished: bool = False
+
+    def add(self, output: RequestOutput) -> None:
+        self.prompt_entries += len(output.prompt_logprobs or [])
+        for c in output.outputs:
+            self.tokens[c.index] = self.tokens.get(c.index, 0) + len(c.token_ids)
+            self.logprobs[c.index] = self.logprobs.get(c.index, 0) + len(c.logprobs or [])
+        self.finished |= output.finished
+
+    def check(self, prompt: list[int], params: SamplingParams) -> None:
+        assert self.finished
+        if params.prompt_logprobs is not None:  # vLLM's: None for the first token, then one entry each
+            assert self.prompt_entries == len(prompt)
+        assert self.tokens == dict.fromkeys(range(params.n), params.max_tokens)
+        assert self.logprobs == dict.fromkeys(range(params.n), params.max_tokens if params.logprobs is not None else 0)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_priority_preemption_mid_prefill_delivers_each_logprob_once(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the priority policy (the least urgent running sequence preempted first), with shared prefixes, cache
+    salts, n > 1, min_tokens and aborts: each finished request's DELTA outputs carry one prompt logprob entry per
+    prompt token and one logprob per sampled token, however often its prefill was preempted and computed again."""
+    rng = random.Random(seed)
+    engine = fake_engine(
+        num_pages=16,
+        page_size=4,
+        max_num_seqs=4,
+        max_num_batched_tokens=8,
+        max_model_len=64,
+        scheduling_policy="priority",
+    )
+    preempted_mid_prefill: set[str] = set()
+    preempt = engine.scheduler._preempt
+
+    def spy(seq: Sequence) -> None:
+        if seq.sampling_params.prompt_logprobs is not None and seq.num_computed_tokens < seq.num_prompt_tokens:
+            preempted_mid_prefill.add(seq.request_id)
+        preempt(seq)
+
+    monkeypatch.setattr(engine.scheduler, "_preempt", spy)
+    shared = [rng.randrange(3, 500) for _ in range(12)]
+    requests: dict[str, tuple[list[int], SamplingParams]] = {}  # the ones not aborted
+    received: dict[str, _Received] = collections.defaultdict(_Received)
+    for request_id in (f"r{i}" for i in range(60)):
+        prompt, params, salt = _logprob_request(rng, shared)
+        requests[request_id] = (prompt, params)
+        engine.add_request(request_id, Prompt(prompt, cache_salt=salt), params, priority=rng.randint(-2, 2))
+        for _ in range(rng.randint(0, 3)):
+            if rng.random() < 0.03 and (output := engine.abort_request(rng.choice(list(requests)))):
+                requests.pop(output.request_id)
+            for output in engine.step():
+                received[output.request_id].add(output)
+            engine.block_manager.check_invariants(engine.scheduler.running)
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            received[output.request_id].add(output)
+    assert preempted_mid_prefill & set(requests), "no prompt-logprobs request was preempted mid-prefill"
+    for request_id, (prompt, params) in requests.items():
+        received[request_id].check(prompt, params)
+    assert not engine.requests and engine.block_manager.num_allocated_pages == 0
