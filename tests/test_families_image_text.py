@@ -42,6 +42,8 @@ from jllm.parallel import make_mesh
 from jllm.unread_tensors import UnreadTensorsError
 
 GLM4V_ROPE = {"rope_type": "default", "mrope_section": [1, 1, 2], "partial_rotary_factor": 0.5, "rope_theta": 1e4}
+# Qwen2.5-VL's vision tower in small (EXAONE 4.5's and HyperCLOVA X Vision's)
+QWEN2_5_VISION = dict(QWEN_VISION, num_key_value_heads=2, patch_size=14, window_size=28, fullatt_block_indexes=[0])
 # a tiny audio tower for the omni thinkers (never read by jllm)
 OMNI_AUDIO = dict(
     d_model=32,
@@ -170,6 +172,39 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         ),
         [],
     ),
+    "exaone4_5": (
+        "Exaone4_5_ForConditionalGeneration",
+        "Exaone4_5_Config",
+        dict(model_type="exaone4", sliding_window=WINDOW, sliding_window_pattern=2),
+        [],
+    ),
+    # HyperCLOVA X: Granite's multipliers, norms on the blocks' outputs; tied as by default
+    "hyperclovax_vision_v2": (
+        "HyperCLOVAXVisionV2ForConditionalGeneration",
+        "HyperCLOVAXVisionV2Config",
+        dict(
+            model_type="hyperclovax",
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            logits_scaling=0.5,
+            attention_bias=True,
+        ),
+        [],
+    ),
+    # LFM3: short convs, a sliding and a full attention layer with their own rotaries and output gates
+    "lfm3_vl": (
+        "Lfm3VlForConditionalGeneration",
+        "Lfm3VlConfig",
+        dict(
+            model_type="lfm3",
+            num_hidden_layers=4,
+            layer_types=["conv", "sliding_attention", "conv", "full_attention"],
+            sliding_window=WINDOW,
+            conv_L_cache=3,
+            conv_bias=True,
+        ),
+        [],
+    ),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -257,14 +292,24 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
             ),
         )
     ),
+    "exaone4_5": dict(vision_config=QWEN2_5_VISION),
+    "hyperclovax_vision_v2": dict(vision_config=QWEN2_5_VISION),
+    "lfm3_vl": dict(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2
+        ),
+        projector_hidden_size=32,
+        tie_word_embeddings=False,
+    ),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
     ),
     "qwen2_5_omni_thinker": dict(vision_config=dict(QWEN_VISION, patch_size=14), audio_config=OMNI_AUDIO),
 }
-# Rows whose language model runs only what a greedy row of test_families runs (Qwen2, Llama, LFM2, Cohere2, Mistral,
-# Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE, HunYuan dense's): their logits row checks the reading
+# Rows whose language model runs only what a row of test_families runs (Qwen2, Llama, LFM2, Cohere2, Mistral,
+# Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE, HunYuan dense's, EXAONE 4's, HyperCLOVA X's, LFM3's; greedy there or, for
+# its logits-only rows, by the same decoder's greedy rows): their logits row checks the reading
 LOGITS_ONLY = {
     "llava_onevision",
     "llava_next_video",
@@ -278,6 +323,9 @@ LOGITS_ONLY = {
     "glm_ocr",
     "qwen2_5_omni_thinker",
     "hunyuan_vl",
+    "exaone4_5",
+    "hyperclovax_vision_v2",
+    "lfm3_vl",
     "qwen3_omni_thinker",  # and transformers' generate stops on text alone (5.25: no vision_start_token_id)
 }
 

@@ -1,10 +1,11 @@
 """Text-only loads of more image-text checkpoints, their language models read by jllm's existing families (or, for
 DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu,
-LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, and Qwen3-Omni's and Qwen2.5-Omni's thinkers
-(their audio towers never read either). As in ``multimodal`` (which also serves LLaVA-OneVision and LLaVA-NeXT-Video
-through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's reader, the
-tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the head tied as
-the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
+LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision, LFM3-VL,
+and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also
+serves LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the
+``text_config`` read by its family's reader, the tensors under the checkpoint's language-model prefix, the vision tower
+and projector never read, and the head tied as the outer config says (transformers 5 ties by the outer
+``tie_word_embeddings``, each config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -15,7 +16,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import deepseek, layer_norm, lfm2, llama, mixtures, relu_mlp
+from jllm.models.families import deepseek, layer_norm, lfm2, llama, llama_variants, mixtures, relu_mlp
 from jllm.models.families.common import base_args, read_rope, whole_head_rotary
 from jllm.models.families.multimodal import (
     GLM4V_TEXT,
@@ -120,6 +121,31 @@ def ovis2_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     layout = dict(prefix="llm.model.", head_prefix="llm.", aliases=())
     tied = cfg.get("tie_word_embeddings", False)
     return _language_model(cfg, dtype, "Ovis2.5", {"qwen3": llama.qwen3}, tied, layout)
+
+
+@text_model_only
+def exaone4_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """EXAONE 4.5 (``Exaone4_5_ForConditionalGeneration``): its EXAONE 4.0 language model under
+    ``model.language_model.``, the head untied by default."""
+    tied = cfg.get("tie_word_embeddings", False)
+    return _language_model(cfg, dtype, "EXAONE 4.5", {"exaone4": llama.exaone4}, tied, IN_MEMORY)
+
+
+@text_model_only
+def hyperclovax_vision_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """HyperCLOVA X SEED Vision (``HyperCLOVAXVisionV2ForConditionalGeneration``): its HyperCLOVA X language model
+    under ``model.language_model.``, the head tied by default."""
+    tied = cfg.get("tie_word_embeddings", True)
+    readers = {"hyperclovax": llama_variants.hyperclovax}
+    return _language_model(cfg, dtype, "HyperCLOVA X Vision", readers, tied, IN_MEMORY)
+
+
+@text_model_only
+def lfm3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    """LFM3-VL (``Lfm3VlForConditionalGeneration``): its LFM3 language model under ``model.language_model.``, the head
+    tied by default."""
+    tied = cfg.get("tie_word_embeddings", True)
+    return _language_model(cfg, dtype, "LFM3-VL", {"lfm3": lfm2.lfm3}, tied, IN_MEMORY)
 
 
 # GlmOcrTextConfig's sizes where Glm4vTextConfig's differ
