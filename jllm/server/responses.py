@@ -43,6 +43,7 @@ from jllm.server.responses_output import (
     ResponseError,
     ResponseObject,
     ResponseUsage,
+    SummaryText,
 )
 from jllm.server.responses_schemas import CHAT_TO_RESPONSES, LOGPROBS, InputItem, ResponsesRequest
 from jllm.server.schemas import TokenNames
@@ -255,15 +256,18 @@ def _reasoning_id() -> str:
     return f"rs_{uuid.uuid4().hex[:24]}"
 
 
-def _items(message: AssistantMessage, status: Status, logprobs: list[TokenLogprob]) -> list[OutputItem]:
-    """A whole reply's items: its reasoning, its text as a message (also when empty, unless it made calls), then
-    each call. Each item is "completed" but the last, which has the response's status, as the stream closes them: an
-    item ends when the next begins, the last when the reply does (a message before calls had taken the response's
-    "incomplete" where its stream said "completed")."""
+def _items(
+    message: AssistantMessage, status: Status, logprobs: list[TokenLogprob], summarized: bool
+) -> list[OutputItem]:
+    """A whole reply's items: its reasoning (``summarized``: its text its summary too), its text as a message (also
+    when empty, unless it made calls), then each call. Each item is "completed" but the last, which has the
+    response's status, as the stream closes them: an item ends when the next begins, the last when the reply does (a
+    message before calls had taken the response's "incomplete" where its stream said "completed")."""
     items: list[OutputItem] = []
     if message.reasoning:
         reasoning = [ReasoningText(text=message.reasoning)]
-        items.append(OutputReasoning(id=_reasoning_id(), status="completed", content=reasoning))
+        summary = [SummaryText(text=message.reasoning)] if summarized else []
+        items.append(OutputReasoning(id=_reasoning_id(), status="completed", content=reasoning, summary=summary))
     if message.content or not message.tool_calls:
         text = OutputText(text=message.content or "", logprobs=logprobs)
         items.append(OutputMessage(id=_message_id(), status="completed", content=[text]))
@@ -305,7 +309,8 @@ class _ResponseView:
         """The finished response of a whole reply (``delta``: its one choice, whole), stored if asked."""
         self.reasoning_tokens = reply.reasoning_tokens(delta.token_ids, self.tokenizer) or 0
         status = _status(delta.finish_reason)
-        return self.finished(status, _items(reply.message(delta.text), status, self.logprobs(delta)))
+        items = _items(reply.message(delta.text), status, self.logprobs(delta), self.body.summary is not None)
+        return self.finished(status, items)
 
     def ended_in_background(self, task: asyncio.Task[None]) -> None:
         """A background generation's end: its request closed (aborted if unfinished); one cancelled before it began
@@ -353,7 +358,7 @@ class _ResponseView:
             previous_response_id=body.previous_response_id,
             store=self.keeping is not None,
             background=body.background,
-            reasoning={"effort": body.effort, "summary": None},
+            reasoning={"effort": body.effort, "summary": body.summary},
             temperature=params.temperature,
             text=body.text_echo(),
             tool_choice=choice if isinstance(choice, str) else choice.model_dump(),
@@ -434,15 +439,26 @@ class _ResponseView:
             )
 
     def _reasoning(self, text: str) -> Iterator[Event]:
+        """The reasoning's text as ``content``, and with ``reasoning.summary`` asked for as its one summary part too
+        (OpenAI's summary events, which the Codex CLI shows)."""
         if not (self._open and isinstance(self.items[-1], OutputReasoning)):
             yield from self._add(OutputReasoning(id=_reasoning_id(), status="in_progress", content=[]))
             part = ReasoningText(text="")
             yield self._event("response.content_part.added", **self._place(), content_index=0, part=part.model_dump())
             self.items[-1].content.append(part)  # type: ignore[union-attr]
+            if self.body.summary is not None:
+                summary = SummaryText(text="")
+                yield self._event(
+                    "response.reasoning_summary_part.added", **self._place(), summary_index=0, part=summary.model_dump()
+                )
+                self.items[-1].summary.append(summary)  # type: ignore[union-attr]
         item = self.items[-1]
         assert isinstance(item, OutputReasoning)
         item.content[0].text += text
         yield self._event("response.reasoning_text.delta", **self._place(), content_index=0, delta=text)
+        if item.summary:
+            item.summary[0].text += text
+            yield self._event("response.reasoning_summary_text.delta", **self._place(), summary_index=0, delta=text)
 
     def _call(self, call: DeltaToolCall) -> Iterator[Event]:
         """A call's first delta (its id and name) opens its item; later ones add to its arguments."""
@@ -471,6 +487,10 @@ class _ResponseView:
             part = item.content[0]
             yield self._event("response.reasoning_text.done", **self._place(), content_index=0, text=part.text)
             yield self._event("response.content_part.done", **self._place(), content_index=0, part=part.model_dump())
+            if item.summary:
+                summary, place = item.summary[0], {**self._place(), "summary_index": 0}
+                yield self._event("response.reasoning_summary_text.done", **place, text=summary.text)
+                yield self._event("response.reasoning_summary_part.done", **place, part=summary.model_dump())
         else:
             yield self._event(
                 "response.function_call_arguments.done", **self._place(), name=item.name, arguments=item.arguments

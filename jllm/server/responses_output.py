@@ -19,6 +19,11 @@ class ReasoningText(BaseModel):
     text: str
 
 
+class SummaryText(BaseModel):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
 class OutputText(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
@@ -48,7 +53,8 @@ class OutputReasoning(BaseModel):
 
     id: str
     type: Literal["reasoning"] = "reasoning"
-    summary: list[Any] = Field(default_factory=list)  # no summaries are written
+    # with ``reasoning.summary`` asked for: the reasoning whole as its one summary (this server has no summarizer)
+    summary: list[SummaryText] = Field(default_factory=list)
     content: list[ReasoningText]
     encrypted_content: None = None
     status: Literal["in_progress", "completed", "incomplete"]

@@ -9,7 +9,8 @@ checks, template, tools and structured output serve both, and every field is che
 As on the other routes, no field is silently ignored: each is honoured, or refused with a 400 naming it unless it
 holds its "nothing" value (``RESPONSES_UNSUPPORTED_FIELDS``); a field the route does not know is a 400 too.
 ``truncation`` "auto" is vLLM's: the input loses its first tokens to fit the context (``truncate_prompt_tokens``
--1). Responses are stored (``response_store``) and
+-1). ``reasoning.summary`` "auto" / "detailed" is the reasoning whole (``ResponsesRequest._effort_and_summary``).
+Responses are stored (``response_store``) and
 ``previous_response_id`` continues one; ``background`` runs one after the POST has answered. OpenAI's conversations
 are refused.
 
@@ -29,6 +30,7 @@ from jllm.server.responses_output import ReasoningText
 from jllm.server.schemas import (
     _NOTHING,
     UNSUPPORTED_FIELDS,
+    Metadata,
     ObfuscationOption,
     _Request,
     refuse_unknown,
@@ -228,6 +230,9 @@ class ResponsesRequest(_Request):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # with include's LOGPROBS: the top k per token
     reasoning: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None  # echoed in the response, as OpenAI does
+    # the Codex CLI's tags for its own telemetry (its installation id), sent on every request: nothing in the answer,
+    # so accepted as sent (vLLM ignores it), held to metadata's limits on chat
+    client_metadata: Metadata | None = None
     user: str | None = None  # an end-user id for abuse monitoring: echoed, unused (as vLLM)
     safety_identifier: str | None = None  # OpenAI's newer name for user: unused
     prompt_cache_key: str | None = None  # OpenAI's cache-routing hint: one server's prefix cache needs none
@@ -293,10 +298,16 @@ class ResponsesRequest(_Request):
     @field_validator("tools", mode="before")
     @classmethod
     def _functions_only(cls, value: Any) -> Any:
+        """A hosted tool (``web_search``, ``file_search`` ...) or a client's tool of another shape (``custom``,
+        ``local_shell``) is refused by name: offered to the model, it could never be called here."""
         for i, tool in enumerate(value if isinstance(value, list) else []):
             kind = tool.get("type") if isinstance(tool, dict) else None
             if isinstance(kind, str) and kind != "function":
-                raise ValueError(f"tool {i} has type {kind!r}: this server calls functions only (no hosted tools)")
+                hint = ' (the Codex CLI sends web_search unless its config sets web_search = "disabled")'
+                raise ValueError(
+                    f"tool {i} has type {kind!r}: this server calls functions only (no hosted tools); leave it out"
+                    + (hint if kind == "web_search" else "")
+                )
         return value
 
     @field_validator("tool_choice", mode="before")
@@ -335,17 +346,34 @@ class ResponsesRequest(_Request):
 
     @field_validator("reasoning")
     @classmethod
-    def _effort_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """``effort`` is chat's ``reasoning_effort`` (for templates that read it, as gpt-oss's); the rest asks for
-        what this server does not do."""
-        asked = sorted(k for k, v in (value or {}).items() if v is not None and k != "effort")
-        if asked:
-            raise ValueError(f"{', '.join(asked)}: not supported (reasoning items carry the model's reasoning whole)")
+    def _effort_and_summary(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``effort`` is chat's ``reasoning_effort`` (for templates that read it, as gpt-oss's). ``summary`` asks for
+        the reasoning item's ``summary``: this server has no summarizer, so "auto" (the server's choice, as OpenAI
+        gives the most detailed it has) and "detailed" get the reasoning whole as the one summary, beside it in
+        ``content`` (where vLLM puts it, leaving the summary empty), streamed as OpenAI's summary events; "concise"
+        cannot be honoured. The Codex CLI sends "auto" by default. The rest asks for what this server does not do."""
+        asked = value or {}
+        summary = asked.get("summary")
+        if summary == "concise":
+            raise ValueError(
+                "summary 'concise' is not supported: this server writes no summaries of its own; 'auto' and "
+                "'detailed' give the reasoning whole as its summary"
+            )
+        if summary not in (None, "auto", "detailed"):
+            raise ValueError(f"summary must be 'auto', 'concise' or 'detailed', got {summary!r}")
+        others = sorted(k for k, v in asked.items() if v is not None and k not in ("effort", "summary"))
+        if others:
+            raise ValueError(f"{', '.join(others)}: not supported (reasoning items carry the model's reasoning whole)")
         return value
 
     @property
     def effort(self) -> str | None:
         return (self.reasoning or {}).get("effort")
+
+    @property
+    def summary(self) -> str | None:
+        """``reasoning.summary`` as asked ("auto" or "detailed": the reasoning item's summary is its text)."""
+        return (self.reasoning or {}).get("summary")
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """``instructions`` and ``input`` as chat messages; a reasoning item opens an assistant message (its

@@ -183,6 +183,12 @@ def _refused_when_set(field: str, why: str) -> Any:
     return field_validator(field)(classmethod(refuse))
 
 
+# OpenAI's tags on a request (16 pairs at most, keys of 64 characters, values of 512): nothing in the answer
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
+
+
 class _StrictRequest(_Request):
     """A request part whose keys OpenAI defines: a key not known is a 400 naming its path, as OpenAI answers it
     (vLLM drops it), rather than ignored."""
@@ -299,9 +305,7 @@ class _GenerationRequest(_Request):
     user: str | None = None  # OpenAI's end-user id for abuse monitoring: accepted, unused (as vLLM)
     # OpenAI's developer tags for finding a completion in its dashboard: nothing in the answer, so accepted as sent
     # (vLLM ignores them; LiteLLM and other proxies send them without store), held to OpenAI's limits
-    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
-        None, max_length=16
-    )
+    metadata: Metadata | None = None
     session_id: str | None = None  # vLLM's: a conversation's stable id, for routing: changes nothing in the answer
     stream_interval: int | None = Field(None, ge=1)  # vLLM's: a streamed chunk per this many tokens (1: each token)
     request_id: str | None = None  # vLLM's: the request's id when no X-Request-Id header names one
