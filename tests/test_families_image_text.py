@@ -1,5 +1,7 @@
 """More image-text checkpoints' text models against transformers (``jllm.models.families.image_text``, and the
-LLaVA and GLM-4.1V readers' other architectures), and the image-text architectures refused by name.
+LLaVA and GLM-4.1V readers' other architectures), and the architectures transformers generates text with that jllm
+refuses by name: image-conditioned or prefix-LM ones, encoder-decoders and their decoder halves, BERT-family encoders
+run causally, audio-code and other non-LM decoders.
 
 Each served checkpoint: a 70-token prompt's float32 logits within ``LOGITS_RTOL`` of transformers' image-text model
 on text, and, where its language model's decoder runs nothing another greedy row runs, greedy ``LLM.generate``
@@ -430,3 +432,30 @@ def test_glm_ocr_skips_the_layer_past_num_hidden_layers_as_transformers_ignores_
         "model.visual.blocks.0.attn.qkv.weight",
     ]
     assert unexpected({name: name for name in stored}, args.weights.skipped, cfg, args.num_layers) == [stored[1]]
+
+
+@pytest.mark.parametrize(
+    "arch, why",
+    [
+        ("BertLMHeadModel", "a BERT-family encoder run causally"),
+        ("RobertaForCausalLM", "masked-language-model encoders"),
+        ("XLMRobertaForCausalLM", "a BERT-family encoder"),
+        ("BartForCausalLM", "the decoder half of an encoder-decoder model"),
+        ("WhisperForCausalLM", "cross-attend to an encoder's output"),
+        ("MarianForCausalLM", "the decoder half"),
+        ("Florence2ForConditionalGeneration", "an encoder-decoder model"),
+        ("VisionEncoderDecoderModel", "an encoder-decoder model"),
+        ("BlipForConditionalGeneration", "BLIP's text decoder cross-attends"),
+        ("DiffusionGemmaForBlockDiffusion", "block diffusion"),
+        ("PI0ForConditionalGeneration", "vision-language-action"),
+        ("MusicgenForCausalLM", "audio codes"),
+        ("ReformerModelWithLMHead", "locality-sensitive hashing"),
+        ("XLNetLMHeadModel", "permutation language model"),
+        ("XLMWithLMHeadModel", "masked language model"),
+        ("CpmAntForCausalLM", "relative position bias"),
+    ],
+)
+def test_architecture_that_is_not_a_decoder_only_text_model_is_refused_naming_why(tmp_path, arch, why):
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "architectures": [arch]}))
+    with pytest.raises(ValueError, match=f"architecture '{arch}' is not supported: .*{why}"):
+        load_model(tmp_path, mesh=make_mesh(1), load_format="dummy")

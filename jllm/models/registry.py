@@ -335,6 +335,96 @@ REFUSED = {
         "state carried from the previous layer's router with a skip expert, and scales both sides of every residual "
         "add by learned per-channel weights and biases; jllm's decoder has none of these yet"
     ),
+    **dict.fromkeys(
+        (
+            "BertLMHeadModel",
+            "BertGenerationDecoder",
+            "BigBirdForCausalLM",
+            "CamembertForCausalLM",
+            "Data2VecTextForCausalLM",
+            "ElectraForCausalLM",
+            "ErnieForCausalLM",
+            "MegatronBertForCausalLM",
+            "RemBertForCausalLM",
+            "RoCBertForCausalLM",
+            "RoFormerForCausalLM",
+            "RobertaForCausalLM",
+            "RobertaPreLayerNormForCausalLM",
+            "XLMRobertaForCausalLM",
+            "XLMRobertaXLForCausalLM",
+            "XmodForCausalLM",
+        ),
+        "a BERT-family encoder run causally (is_decoder), as transformers builds the decoder half of an "
+        "EncoderDecoderModel that cross-attends to its encoder; its checkpoints are masked-language-model encoders "
+        "trained to attend both ways, and jllm serves decoder-only language models (serve the encoder-decoder's own "
+        "checkpoint with an engine that runs its encoder)",
+    ),
+    **dict.fromkeys(
+        (
+            "BartForCausalLM",
+            "BigBirdPegasusForCausalLM",
+            "BlenderbotForCausalLM",
+            "BlenderbotSmallForCausalLM",
+            "MarianForCausalLM",
+            "MBartForCausalLM",
+            "MvpForCausalLM",
+            "PegasusForCausalLM",
+            "PLBartForCausalLM",
+            "ProphetNetForCausalLM",
+            "TrOCRForCausalLM",
+            "WhisperForCausalLM",
+        ),
+        "the decoder half of an encoder-decoder model: its layers cross-attend to an encoder's output (text, an image "
+        "or audio), which jllm neither computes nor attends to (it has no encoder and no cross-attention)",
+    ),
+    **dict.fromkeys(
+        (
+            "Florence2ForConditionalGeneration",
+            "Pix2StructForConditionalGeneration",
+            "PPFormulaNetForConditionalGeneration",
+            "T5Gemma2ForConditionalGeneration",
+            "UdopForConditionalGeneration",
+            "VisionEncoderDecoderModel",
+        ),
+        "an encoder-decoder model: its text comes from a decoder cross-attending to an encoder's output (of the image "
+        "and the prompt); jllm has no encoder and no cross-attention",
+    ),
+    "BlipForConditionalGeneration": (
+        "BLIP's text decoder cross-attends to the image encoder's output in every layer, and transformers' forward "
+        "takes pixel_values as a required input; jllm has no cross-attention and loads no vision tower"
+    ),
+    "DiffusionGemmaForBlockDiffusion": (
+        "DiffusionGemma generates by block diffusion: it denoises a canvas of canvas_length tokens over several steps, "
+        "attending both ways within the canvas and conditioned on the prompt's cache; jllm's engine decodes causally, "
+        "one token a step"
+    ),
+    **dict.fromkeys(
+        ("PI0ForConditionalGeneration", "PI05ForConditionalGeneration"),
+        "a vision-language-action model: its action expert predicts continuous robot actions by flow matching "
+        "(attending both ways over the action tokens), not text",
+    ),
+    **dict.fromkeys(
+        ("MusicgenForCausalLM", "MusicgenMelodyForCausalLM"),
+        "MusicGen's decoder predicts num_codebooks streams of audio codes a step (one head each, the codebooks' "
+        "embeddings summed, a delay between them), conditioned on a text encoder's output; its tokens are audio "
+        "codes, not text, and jllm has one head and no text encoder",
+    ),
+    "ReformerModelWithLMHead": (
+        "Reformer attends through locality-sensitive hashing and local chunks, adds axial position embeddings and runs "
+        "reversible layers (two residual streams); jllm's attention is dense over the paged KV"
+    ),
+    "XLNetLMHeadModel": (
+        "XLNet is a permutation language model: two-stream attention (content and query streams) with relative "
+        "position and segment encodings; jllm's decoder has neither"
+    ),
+    "XLMWithLMHeadModel": (
+        "XLM is a masked language model attending both ways unless its config says causal, with a language embedding "
+        "per token and post-norm layers; jllm serves decoder-only language models"
+    ),
+    "CpmAntForCausalLM": (
+        "CPM-Ant adds a learned relative position bias by segment and distance bucket to every attention score "
+        "(SegmentPositionEmbedding) and prompt embeddings per task; jllm's attention takes no such bias"
+    ),
 }
 
 # transformers' ``GenericForSequenceClassification`` of these families: the causal LM's decoder (same config, same
