@@ -346,6 +346,15 @@ def test_fields_at_their_nothing_values_are_accepted(server: RunningServer) -> N
     assert reply.status == 200 and reply.json()["usage"]["output_tokens"] == 2, reply.body
 
 
+def test_the_openai_agents_sdks_default_body_is_accepted(server: RunningServer) -> None:
+    """openai-agents-python's ``OpenAIResponsesModel`` sends ``include`` and ``tools`` on every request, empty when
+    nothing is asked (src/agents/models/openai_responses.py, ``_build_response_create_kwargs``)."""
+    items = [{"role": "user", "content": "hi"}]
+    body = {"model": MODEL, "input": items, "include": [], "tools": [], "stream": True, "max_output_tokens": 2}
+    reply = http("POST", f"{server.url}/v1/responses", json_body=body)
+    assert reply.status == 200 and b"event: response.incomplete" in reply.body, reply.body
+
+
 def test_previous_response_id_continues_a_stored_conversation(client: openai.OpenAI, prompts: list[str]) -> None:
     """Each response is stored; a continuation follows its predecessor's conversation (its input and output, a call
     and the call's output included), its instructions not carried over (OpenAI's rule); whole or streamed."""
