@@ -270,13 +270,16 @@ def test_a_summary_is_the_reasoning_whole_and_its_events_are_openais(server: Run
         ({"reasoning": {"effort": "medium", "summary": "concise"}}, "reasoning", "summary 'concise'"),
         ({"reasoning": {"summary": "brief"}}, "reasoning", "'auto', 'concise' or 'detailed'"),
         ({"client_metadata": {"k": "v" * 513}}, "client_metadata", "512"),
+        ({"text": {"verbosity": "low"}}, "text", "verbosity"),  # for models Codex knows to take it
+        ({"service_tier": "priority"}, "service_tier", "service_tier"),  # Codex's "fast" mode
     ],
-    ids=["web_search", "concise", "unknown summary", "long client_metadata"],
+    ids=["web_search", "concise", "unknown summary", "long client_metadata", "verbosity", "priority tier"],
 )
 def test_what_cannot_be_honoured_is_a_400_naming_it(
     server: RunningServer, changes: dict[str, Any], param: str, words: str
 ) -> None:
-    """Codex's default web_search tool (a hosted tool: no search runs here) says how to turn it off in Codex."""
+    """Codex's default web_search tool (a hosted tool: no search runs here) says how to turn it off in Codex; the
+    fields Codex sends only for OpenAI's own models are refused as for any client."""
     reply = http("POST", f"{server.url}/v1/responses", json_body=_codex_request(FIRST_INPUT, **changes))
     error = reply.json()["error"]
     assert reply.status == 400 and error["param"] == param and words in error["message"], error
