@@ -1,8 +1,9 @@
 """``POST /v1/responses``: OpenAI's Responses API on the chat route's machinery. The request becomes the chat request
 it stands for (``responses_schemas``) and takes chat's start (routing, tools, sampling fields, the chat template,
 admission) and ``Generation``; the reply's reasoning (with the model's ``reasoning_parser``), text and calls come
-back as output items (``responses_output``: a ``reasoning`` item with ``reasoning_text``, a ``message`` with
-``output_text``, ``function_call`` items), whole or as the Responses API's typed events. A finished response is
+back as output items (``responses_output``: a ``reasoning`` item with ``reasoning_text``, and the same text as its
+``summary_text`` where ``reasoning.summary`` asks, a ``message`` with ``output_text``, ``function_call`` items), whole
+or as the Responses API's typed events. A finished response is
 stored unless asked not to (``response_store``): ``previous_response_id`` continues it, and ``GET`` / ``DELETE
 /v1/responses/{id}`` and its ``input_items`` read or drop it.
 
