@@ -124,6 +124,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Exaone4_5_ForConditionalGeneration": image_text.exaone4_5,
     "HyperCLOVAXVisionV2ForConditionalGeneration": image_text.hyperclovax_vision_v2,
     "Lfm3VlForConditionalGeneration": image_text.lfm3_vl,
+    "MiniCPMV4_6ForConditionalGeneration": multimodal.qwen3_5,  # MiniCPM-V 4.6: Qwen3.5 under model.language_model.
     "Qwen3OmniMoeThinkerForConditionalGeneration": image_text.qwen3_omni_thinker,
     "Qwen3OmniMoeForConditionalGeneration": image_text.qwen3_omni,
     "Qwen2_5OmniThinkerForConditionalGeneration": image_text.qwen2_5_omni_thinker,
