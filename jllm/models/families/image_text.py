@@ -3,9 +3,9 @@ DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A V
 LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision, LFM3-VL,
 and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also
 serves LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader, GLM-4.6V through GLM-4.1V's and MiniCPM-V 4.6
-through Qwen3.5's): the ``text_config`` read by its family's reader, the tensors under the checkpoint's language-model prefix, the vision tower
-and projector never read, and the head tied as the outer config says (transformers 5 ties by the outer
-``tie_word_embeddings``, each config class its own default).
+through Qwen3.5's): the ``text_config`` read by its family's reader, the tensors under the checkpoint's language-model
+prefix, the vision tower and projector never read, and the head tied as the outer config says (transformers 5 ties by
+the outer ``tie_word_embeddings``, each config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
