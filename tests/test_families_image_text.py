@@ -217,6 +217,20 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(DELTANET_KEYS, model_type="qwen3_5_text"),
         [],
     ),
+    "vipllava": ("VipLlavaForConditionalGeneration", "VipLlavaConfig", dict(model_type="llama"), []),
+    "video_llava": ("VideoLlavaForConditionalGeneration", "VideoLlavaConfig", dict(model_type="llama"), []),
+    "got_ocr2": ("GotOcr2ForConditionalGeneration", "GotOcr2Config", dict(model_type="qwen2"), []),
+    "ovis2": ("Ovis2ForConditionalGeneration", "Ovis2Config", dict(model_type="qwen2"), []),
+    "llava_onevision1_5": (
+        "LlavaOnevision15ForConditionalGeneration",
+        "LlavaOnevision15Config",
+        dict(model_type="qwen3"),
+        [],
+    ),
+    "video_llama3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Config", dict(model_type="qwen2"), []),
+    # saved with its layers under encoder.layers, as transformers saves them
+    "qianfan_ocr": ("QianfanOCRForConditionalGeneration", "QianfanOCRConfig", dict(model_type="qwen3"), []),
+    "deepseek_vl": ("DeepseekVLForConditionalGeneration", "DeepseekVLConfig", dict(model_type="llama"), []),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -326,6 +340,33 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
         insert_layer_id=1,
         image_size=28,
     ),
+    "vipllava": dict(vision_config=dict(CLIP, num_hidden_layers=2), vision_feature_layers=[-1, -2]),
+    "video_llava": dict(vision_config=CLIP),
+    "got_ocr2": dict(
+        vision_config=dict(
+            hidden_size=32,
+            output_channels=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+            window_size=2,
+            global_attn_indexes=[0],
+        )
+    ),
+    "ovis2": dict(vision_config=dict(SIGLIP, vocab_size=64)),
+    "llava_onevision1_5": dict(
+        vision_config=dict(
+            depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, patch_size=14
+        )
+    ),
+    "video_llama3": dict(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, patch_size=14
+        )
+    ),
+    "qianfan_ocr": dict(vision_config=dict(SIGLIP, image_size=[28, 28], patch_size=[14, 14])),
+    "deepseek_vl": dict(vision_config=SIGLIP_MODEL),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
@@ -354,6 +395,14 @@ LOGITS_ONLY = {
     "hyperclovax_vision_v2",
     "lfm3_vl",
     "minicpmv4_6",
+    "vipllava",
+    "video_llava",
+    "got_ocr2",
+    "ovis2",
+    "llava_onevision1_5",
+    "video_llama3",
+    "qianfan_ocr",
+    "deepseek_vl",
     "qwen3_omni_thinker",  # and transformers' generate stops on text alone (5.25: no vision_start_token_id)
 }
 

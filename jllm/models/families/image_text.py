@@ -1,11 +1,12 @@
 """Text-only loads of more image-text checkpoints, their language models read by jllm's existing families (or, for
 DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu,
-LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision, LFM3-VL,
-and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also
-serves LLaVA-OneVision and LLaVA-NeXT-Video through its LLaVA reader, GLM-4.6V through GLM-4.1V's and MiniCPM-V 4.6
-through Qwen3.5's): the ``text_config`` read by its family's reader, the tensors under the checkpoint's language-model
-prefix, the vision tower and projector never read, and the head tied as the outer config says (transformers 5 ties by
-the outer ``tie_word_embeddings``, each config class its own default).
+LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision,
+LFM3-VL, GOT-OCR 2.0, Ovis2, LLaVA-OneVision-1.5, VideoLLaMA3, Qianfan-OCR, DeepSeek-VL, and Qwen3-Omni's and
+Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
+LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and Video-LLaVA through its LLaVA reader, GLM-4.6V through GLM-4.1V's and
+MiniCPM-V 4.6 through Qwen3.5's): the ``text_config`` read by its family's reader, the tensors under the checkpoint's
+language-model prefix, the vision tower and projector never read, and the head tied as the outer config says
+(transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -80,72 +81,54 @@ def cohere2_vision(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     return _language_model({**cfg, "text_config": text}, dtype, "Command A Vision", readers, tied, IN_MEMORY)
 
 
-@text_model_only
-def aria(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Aria (``AriaForConditionalGeneration``, rhymes-ai/Aria): its Aria text model (``mixtures.aria_text``) under
-    ``language_model.``, the head untied by default."""
-    tied = cfg.get("tie_word_embeddings", False)
-    return _language_model(cfg, dtype, "Aria", {"aria_text": mixtures.aria_text}, tied, LANGUAGE_MODEL)
+def _reader(
+    family: str, readers: dict[str, Callable[[dict[str, Any], Any], ModelArgs]], tied: bool, layout: dict[str, Any]
+) -> Callable[[dict[str, Any], Any], ModelArgs]:
+    """An image-text family's reader that needs nothing of its own: the ``text_config`` by its ``model_type``'s reader
+    (``readers``), the head tied as the outer ``tie_word_embeddings`` says (``tied``, the config class's default, where
+    it is left out), the tensors where ``layout`` puts them; every other tensor skipped (``text_model_only``)."""
+
+    def read(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+        return _language_model(cfg, dtype, family, readers, cfg.get("tie_word_embeddings", tied), layout)
+
+    read.__doc__ = f"{family}: its {', '.join(readers)} language model, text only."
+    return text_model_only(read)
 
 
-@text_model_only
-def idefics2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Idefics2 (``Idefics2ForConditionalGeneration``): its Mistral language model under ``model.text_model.``, the
-    LM head ``lm_head``, untied by default."""
-    layout = dict(prefix="model.text_model.", head_prefix="", aliases=())
-    tied = cfg.get("tie_word_embeddings", False)
-    return _language_model(cfg, dtype, "Idefics2", {"mistral": llama.mistral}, tied, layout)
-
-
-@text_model_only
-def fuyu(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Fuyu (``FuyuForCausalLM``, adept/fuyu-8b): its Persimmon language model under ``language_model.``, the head
-    untied by default. Its image patches enter through ``vision_embed_tokens``, a linear map into the embeddings,
-    never read for a text prompt."""
-    tied = cfg.get("tie_word_embeddings", False)
-    return _language_model(cfg, dtype, "Fuyu", {"persimmon": relu_mlp.persimmon}, tied, LANGUAGE_MODEL)
-
-
-@text_model_only
-def lighton_ocr(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """LightOnOCR (``LightOnOcrForConditionalGeneration``): its Qwen3 language model under ``model.language_model.``,
-    the head tied by default."""
-    tied = cfg.get("tie_word_embeddings", True)
-    return _language_model(cfg, dtype, "LightOnOCR", {"qwen3": llama.qwen3}, tied, IN_MEMORY)
-
-
-@text_model_only
-def ovis2_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """Ovis2.5 (``Ovis2_5ForConditionalGeneration``): its Qwen3 language model under ``llm.``, the head untied by
-    default; the visual embedding table (``vte``) is the vision side's, never read for a text prompt."""
-    layout = dict(prefix="llm.model.", head_prefix="llm.", aliases=())
-    tied = cfg.get("tie_word_embeddings", False)
-    return _language_model(cfg, dtype, "Ovis2.5", {"qwen3": llama.qwen3}, tied, layout)
-
-
-@text_model_only
-def exaone4_5(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """EXAONE 4.5 (``Exaone4_5_ForConditionalGeneration``): its EXAONE 4.0 language model under
-    ``model.language_model.``, the head untied by default."""
-    tied = cfg.get("tie_word_embeddings", False)
-    return _language_model(cfg, dtype, "EXAONE 4.5", {"exaone4": llama.exaone4}, tied, IN_MEMORY)
-
-
-@text_model_only
-def hyperclovax_vision_v2(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """HyperCLOVA X SEED Vision (``HyperCLOVAXVisionV2ForConditionalGeneration``): its HyperCLOVA X language model
-    under ``model.language_model.``, the head tied by default."""
-    tied = cfg.get("tie_word_embeddings", True)
-    readers = {"hyperclovax": llama_variants.hyperclovax}
-    return _language_model(cfg, dtype, "HyperCLOVA X Vision", readers, tied, IN_MEMORY)
-
-
-@text_model_only
-def lfm3_vl(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
-    """LFM3-VL (``Lfm3VlForConditionalGeneration``): its LFM3 language model under ``model.language_model.``, the head
-    tied by default."""
-    tied = cfg.get("tie_word_embeddings", True)
-    return _language_model(cfg, dtype, "LFM3-VL", {"lfm3": lfm2.lfm3}, tied, IN_MEMORY)
+# the language model under model.text_model., the head lm_head (Idefics2)
+TEXT_MODEL = dict(prefix="model.text_model.", head_prefix="", aliases=())
+aria = _reader("Aria", {"aria_text": mixtures.aria_text}, False, LANGUAGE_MODEL)
+idefics2 = _reader("Idefics2", {"mistral": llama.mistral}, False, TEXT_MODEL)
+# Fuyu's image patches enter through vision_embed_tokens, a linear map into the embeddings
+fuyu = _reader("Fuyu", {"persimmon": relu_mlp.persimmon}, False, LANGUAGE_MODEL)
+lighton_ocr = _reader("LightOnOCR", {"qwen3": llama.qwen3}, True, IN_MEMORY)
+# Ovis2.5's language model under llm. (as the hub and transformers' save keep it); its visual embedding table vte
+ovis2_5 = _reader("Ovis2.5", {"qwen3": llama.qwen3}, False, dict(prefix="llm.model.", head_prefix="llm.", aliases=()))
+exaone4_5 = _reader("EXAONE 4.5", {"exaone4": llama.exaone4}, False, IN_MEMORY)
+hyperclovax_vision_v2 = _reader(
+    "HyperCLOVA X SEED Vision", {"hyperclovax": llama_variants.hyperclovax}, True, IN_MEMORY
+)
+lfm3_vl = _reader("LFM3-VL", {"lfm3": lfm2.lfm3}, True, IN_MEMORY)
+got_ocr2 = _reader("GOT-OCR 2.0", {"qwen2": llama.qwen2}, True, LANGUAGE_MODEL)
+# Ovis2's visual embedding table (model.visual_embeddings_table) is the vision side's
+ovis2 = _reader("Ovis2", {"qwen2": llama.qwen2}, True, IN_MEMORY)
+# LLaVA-OneVision-1.5's language model under model.model., as transformers saves and reads it
+llava_onevision1_5 = _reader(
+    "LLaVA-OneVision-1.5", {"qwen3": llama.qwen3}, False, dict(prefix="model.model.", head_prefix="", aliases=())
+)
+video_llama3 = _reader("VideoLLaMA3", {"qwen2": llama.qwen2}, False, IN_MEMORY)
+# Qianfan-OCR's language model under language_model. as the hub keeps it; transformers saves its layers under
+# encoder.layers (its vision tower's encoder.layers -> layers rename, applied to every name, reversed on save)
+qianfan_ocr = _reader(
+    "Qianfan-OCR",
+    {"qwen3": llama.qwen3},
+    False,
+    dict(
+        LANGUAGE_MODEL,
+        aliases=(("language_model.model.encoder.layers.", "language_model.model.layers."), *LANGUAGE_MODEL["aliases"]),
+    ),
+)
+deepseek_vl = _reader("DeepSeek-VL", {"llama": llama.llama}, True, IN_MEMORY)
 
 
 # GlmOcrTextConfig's sizes where Glm4vTextConfig's differ
