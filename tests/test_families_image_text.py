@@ -49,6 +49,16 @@ from jllm.unread_tensors import UnreadTensorsError
 GLM4V_ROPE = {"rope_type": "default", "mrope_section": [1, 1, 2], "partial_rotary_factor": 0.5, "rope_theta": 1e4}
 # Qwen2.5-VL's vision tower in small (EXAONE 4.5's and HyperCLOVA X Vision's)
 QWEN2_5_VISION = dict(QWEN_VISION, num_key_value_heads=2, patch_size=14, window_size=28, fullatt_block_indexes=[0])
+# the MiniCPM-V models' SigLIP with its merger after the first layer
+MINICPM_VISION = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+    insert_layer_id=1,
+)
 # a tiny audio tower for the omni thinkers (never read by jllm)
 OMNI_AUDIO = dict(
     d_model=32,
@@ -231,6 +241,25 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
     # saved with its layers under encoder.layers, as transformers saves them
     "qianfan_ocr": ("QianfanOCRForConditionalGeneration", "QianfanOCRConfig", dict(model_type="qwen3"), []),
     "deepseek_vl": ("DeepseekVLForConditionalGeneration", "DeepseekVLConfig", dict(model_type="llama"), []),
+    "minicpmv4_7": (
+        "MiniCPMV4_7ForConditionalGeneration",
+        "MiniCPMV4_7Config",
+        dict(DELTANET_KEYS, model_type="qwen3_5_text"),
+        [],
+    ),
+    # MiniCPM-OCR: tied as its config class ties by default (where the Qwen3.5 text config's default is untied)
+    "minicpm_ocr": (
+        "MiniCPMOcrForConditionalGeneration",
+        "MiniCPMOcrConfig",
+        dict(DELTANET_KEYS, model_type="qwen3_5_text"),
+        [],
+    ),
+    "deepseek_vl_hybrid": (
+        "DeepseekVLHybridForConditionalGeneration",
+        "DeepseekVLHybridConfig",
+        dict(model_type="llama"),
+        [],
+    ),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -327,19 +356,7 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
         projector_hidden_size=32,
         tie_word_embeddings=False,
     ),
-    "minicpmv4_6": dict(
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            insert_layer_id=1,
-        ),
-        insert_layer_id=1,
-        image_size=28,
-    ),
+    "minicpmv4_6": dict(vision_config=MINICPM_VISION, insert_layer_id=1, image_size=28),
     "vipllava": dict(vision_config=dict(CLIP, num_hidden_layers=2), vision_feature_layers=[-1, -2]),
     "video_llava": dict(vision_config=CLIP),
     "got_ocr2": dict(
@@ -367,6 +384,22 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
     ),
     "qianfan_ocr": dict(vision_config=dict(SIGLIP, image_size=[28, 28], patch_size=[14, 14])),
     "deepseek_vl": dict(vision_config=SIGLIP_MODEL),
+    "minicpmv4_7": dict(vision_config=MINICPM_VISION, insert_layer_id=1, image_size=28),
+    "minicpm_ocr": dict(vision_config=MINICPM_VISION, insert_layer_id=1),
+    "deepseek_vl_hybrid": dict(
+        vision_config=SIGLIP_MODEL,
+        high_res_vision_config=dict(
+            hidden_size=32,
+            output_channels=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+            window_size=2,
+            global_attn_indexes=[0],
+            mlp_dim=48,
+        ),
+    ),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
@@ -374,7 +407,7 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
     "qwen2_5_omni_thinker": dict(vision_config=dict(QWEN_VISION, patch_size=14), audio_config=OMNI_AUDIO),
 }
 # gated-DeltaNet hybrids: test_families' bound for them (its chunked float32 recurrence against transformers')
-HYBRIDS = {"minicpmv4_6"}
+HYBRIDS = {"minicpmv4_6", "minicpmv4_7", "minicpm_ocr"}
 # Rows whose language model runs only what a row of test_families runs (Qwen2, Llama, LFM2, Cohere2, Mistral,
 # Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE, HunYuan dense's, EXAONE 4's, HyperCLOVA X's, LFM3's, Qwen3.5's; greedy
 # there or, for its logits-only rows, by the same decoder's greedy rows): their logits row checks the reading
@@ -395,6 +428,9 @@ LOGITS_ONLY = {
     "hyperclovax_vision_v2",
     "lfm3_vl",
     "minicpmv4_6",
+    "minicpmv4_7",
+    "minicpm_ocr",
+    "deepseek_vl_hybrid",
     "vipllava",
     "video_llava",
     "got_ocr2",

@@ -124,7 +124,10 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "Exaone4_5_ForConditionalGeneration": image_text.exaone4_5,
     "HyperCLOVAXVisionV2ForConditionalGeneration": image_text.hyperclovax_vision_v2,
     "Lfm3VlForConditionalGeneration": image_text.lfm3_vl,
-    "MiniCPMV4_6ForConditionalGeneration": multimodal.qwen3_5,  # MiniCPM-V 4.6: Qwen3.5 under model.language_model.
+    "MiniCPMV4_6ForConditionalGeneration": image_text.minicpmv4_6,
+    "MiniCPMV4_7ForConditionalGeneration": image_text.minicpmv4_7,
+    "MiniCPMOcrForConditionalGeneration": image_text.minicpm_ocr,
+    "DeepseekVLHybridForConditionalGeneration": image_text.deepseek_vl_hybrid,
     "VipLlavaForConditionalGeneration": multimodal.llava,
     "VideoLlavaForConditionalGeneration": multimodal.llava,
     "GotOcr2ForConditionalGeneration": image_text.got_ocr2,

@@ -1,12 +1,12 @@
 """Text-only loads of more image-text checkpoints, their language models read by jllm's existing families (or, for
 DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu,
 LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision,
-LFM3-VL, GOT-OCR 2.0, Ovis2, LLaVA-OneVision-1.5, VideoLLaMA3, Qianfan-OCR, DeepSeek-VL, and Qwen3-Omni's and
-Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
-LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and Video-LLaVA through its LLaVA reader, GLM-4.6V through GLM-4.1V's and
-MiniCPM-V 4.6 through Qwen3.5's): the ``text_config`` read by its family's reader, the tensors under the checkpoint's
-language-model prefix, the vision tower and projector never read, and the head tied as the outer config says
-(transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
+LFM3-VL, GOT-OCR 2.0, Ovis2, LLaVA-OneVision-1.5, VideoLLaMA3, Qianfan-OCR, DeepSeek-VL (and its hybrid), MiniCPM-V
+4.6 / 4.7 and MiniCPM-OCR, and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio towers never read either). As in
+``multimodal`` (which also serves LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and Video-LLaVA through its LLaVA
+reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's reader, the tensors under the
+checkpoint's language-model prefix, the vision tower and projector never read, and the head tied as the outer config
+says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from jllm.models.families import deepseek, layer_norm, lfm2, llama, llama_variants, mixtures, relu_mlp
+from jllm.models.families import deepseek, layer_norm, lfm2, llama, llama_variants, mixtures, qwen3_next, relu_mlp
 from jllm.models.families.common import base_args, read_rope, whole_head_rotary
 from jllm.models.families.multimodal import (
     GLM4V_TEXT,
@@ -129,6 +129,12 @@ qianfan_ocr = _reader(
     ),
 )
 deepseek_vl = _reader("DeepSeek-VL", {"llama": llama.llama}, True, IN_MEMORY)
+# DeepSeek-VL hybrid's SigLIP and SAM towers, their necks and aligner under model. beside the language model
+deepseek_vl_hybrid = _reader("DeepSeek-VL hybrid", {"llama": llama.llama}, True, IN_MEMORY)
+# the MiniCPM-V models' Qwen3.5 hybrid language model (its reader reads M-RoPE as the plain rotary)
+minicpmv4_6 = _reader("MiniCPM-V 4.6", {"qwen3_5_text": qwen3_next.qwen3_5}, False, IN_MEMORY)
+minicpmv4_7 = _reader("MiniCPM-V 4.7", {"qwen3_5_text": qwen3_next.qwen3_5}, False, IN_MEMORY)
+minicpm_ocr = _reader("MiniCPM-OCR", {"qwen3_5_text": qwen3_next.qwen3_5}, True, IN_MEMORY)
 
 
 # GlmOcrTextConfig's sizes where Glm4vTextConfig's differ
