@@ -260,6 +260,13 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(model_type="llama"),
         [],
     ),
+    # Granite Docling: Granite's multipliers (GraniteDoclingTextConfig's), tied as by default
+    "granite_docling": (
+        "GraniteDoclingForConditionalGeneration",
+        "GraniteDoclingConfig",
+        dict(model_type="granite_docling_text"),
+        [],
+    ),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -400,6 +407,19 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
             mlp_dim=48,
         ),
     ),
+    "granite_docling": dict(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+            out_hidden_size=64,
+            scale_factor=2,
+            deepstack_visual_indexes=[0],
+        )
+    ),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
@@ -409,8 +429,9 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
 # gated-DeltaNet hybrids: test_families' bound for them (its chunked float32 recurrence against transformers')
 HYBRIDS = {"minicpmv4_6", "minicpmv4_7", "minicpm_ocr"}
 # Rows whose language model runs only what a row of test_families runs (Qwen2, Llama, LFM2, Cohere2, Mistral,
-# Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE, HunYuan dense's, EXAONE 4's, HyperCLOVA X's, LFM3's, Qwen3.5's; greedy
-# there or, for its logits-only rows, by the same decoder's greedy rows): their logits row checks the reading
+# Persimmon, GLM-4.1V's, Qwen3, Qwen3-MoE, HunYuan dense's, EXAONE 4's, HyperCLOVA X's, LFM3's, Qwen3.5's,
+# Granite's; greedy there or, for its logits-only rows, by the same decoder's greedy rows): their logits row checks
+# the reading
 LOGITS_ONLY = {
     "llava_onevision",
     "llava_next_video",
@@ -431,6 +452,7 @@ LOGITS_ONLY = {
     "minicpmv4_7",
     "minicpm_ocr",
     "deepseek_vl_hybrid",
+    "granite_docling",
     "vipllava",
     "video_llava",
     "got_ocr2",

@@ -128,6 +128,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MiniCPMV4_7ForConditionalGeneration": image_text.minicpmv4_7,
     "MiniCPMOcrForConditionalGeneration": image_text.minicpm_ocr,
     "DeepseekVLHybridForConditionalGeneration": image_text.deepseek_vl_hybrid,
+    "GraniteDoclingForConditionalGeneration": image_text.granite_docling,
     "VipLlavaForConditionalGeneration": multimodal.llava,
     "VideoLlavaForConditionalGeneration": multimodal.llava,
     "GotOcr2ForConditionalGeneration": image_text.got_ocr2,

@@ -2,11 +2,11 @@
 DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu,
 LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision,
 LFM3-VL, GOT-OCR 2.0, Ovis2, LLaVA-OneVision-1.5, VideoLLaMA3, Qianfan-OCR, DeepSeek-VL (and its hybrid), MiniCPM-V
-4.6 / 4.7 and MiniCPM-OCR, and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio towers never read either). As in
-``multimodal`` (which also serves LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and Video-LLaVA through its LLaVA
-reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's reader, the tensors under the
-checkpoint's language-model prefix, the vision tower and projector never read, and the head tied as the outer config
-says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
+4.6 / 4.7 and MiniCPM-OCR, Granite Docling, and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio towers never
+read either). As in ``multimodal`` (which also serves LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and Video-LLaVA
+through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's reader, the
+tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the head tied as
+the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -131,6 +131,22 @@ qianfan_ocr = _reader(
 deepseek_vl = _reader("DeepSeek-VL", {"llama": llama.llama}, True, IN_MEMORY)
 # DeepSeek-VL hybrid's SigLIP and SAM towers, their necks and aligner under model. beside the language model
 deepseek_vl_hybrid = _reader("DeepSeek-VL hybrid", {"llama": llama.llama}, True, IN_MEMORY)
+# GraniteDoclingTextConfig's multipliers and norm eps where GraniteConfig's differ
+GRANITE_DOCLING_TEXT = dict(
+    embedding_multiplier=12.0,
+    logits_scaling=4.0,
+    residual_multiplier=0.263,
+    attention_multiplier=0.015625,
+    rms_norm_eps=1e-5,
+)
+
+
+def _granite_docling_text(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
+    return llama.granite({**GRANITE_DOCLING_TEXT, **cfg}, dtype)
+
+
+# Granite Docling's Granite language model under model.text_model. (its DeepStack adds only to image tokens)
+granite_docling = _reader("Granite Docling", {"granite_docling_text": _granite_docling_text}, True, TEXT_MODEL)
 # the MiniCPM-V models' Qwen3.5 hybrid language model (its reader reads M-RoPE as the plain rotary)
 minicpmv4_6 = _reader("MiniCPM-V 4.6", {"qwen3_5_text": qwen3_next.qwen3_5}, False, IN_MEMORY)
 minicpmv4_7 = _reader("MiniCPM-V 4.7", {"qwen3_5_text": qwen3_next.qwen3_5}, False, IN_MEMORY)
