@@ -267,6 +267,7 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         dict(model_type="granite_docling_text"),
         [],
     ),
+    "janus": ("JanusForConditionalGeneration", "JanusConfig", dict(model_type="llama"), []),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -420,6 +421,22 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
             deepstack_visual_indexes=[0],
         )
     ),
+    # an untied head (JanusConfig ties by default)
+    "janus": dict(
+        vision_config=dict(SIGLIP, projection_dim=64),
+        vq_config=dict(
+            embed_dim=8,
+            num_embeddings=16,
+            base_channels=32,
+            channel_multiplier=[1, 1],
+            num_res_blocks=1,
+            latent_channels=32,
+            projection_dim=64,
+            image_token_embed_dim=64,
+            num_patches=4,
+        ),
+        tie_word_embeddings=False,
+    ),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
@@ -453,6 +470,7 @@ LOGITS_ONLY = {
     "minicpm_ocr",
     "deepseek_vl_hybrid",
     "granite_docling",
+    "janus",
     "vipllava",
     "video_llava",
     "got_ocr2",

@@ -129,6 +129,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "MiniCPMOcrForConditionalGeneration": image_text.minicpm_ocr,
     "DeepseekVLHybridForConditionalGeneration": image_text.deepseek_vl_hybrid,
     "GraniteDoclingForConditionalGeneration": image_text.granite_docling,
+    "JanusForConditionalGeneration": image_text.janus,
     "VipLlavaForConditionalGeneration": multimodal.llava,
     "VideoLlavaForConditionalGeneration": multimodal.llava,
     "GotOcr2ForConditionalGeneration": image_text.got_ocr2,

@@ -1,12 +1,13 @@
 """Text-only loads of more image-text checkpoints, their language models read by jllm's existing families (or, for
 DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu,
 LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision,
-LFM3-VL, GOT-OCR 2.0, Ovis2, LLaVA-OneVision-1.5, VideoLLaMA3, Qianfan-OCR, DeepSeek-VL (and its hybrid), MiniCPM-V
-4.6 / 4.7 and MiniCPM-OCR, Granite Docling, and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio towers never
-read either). As in ``multimodal`` (which also serves LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and Video-LLaVA
-through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's reader, the
-tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the head tied as
-the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its own default).
+LFM3-VL, GOT-OCR 2.0, Ovis2, LLaVA-OneVision-1.5, VideoLLaMA3, Qianfan-OCR, DeepSeek-VL (and its hybrid), Janus,
+MiniCPM-V 4.6 / 4.7 and MiniCPM-OCR, Granite Docling, and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio
+towers never read either). As in ``multimodal`` (which also serves LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and
+Video-LLaVA through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's
+reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the
+head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its
+own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -129,6 +130,9 @@ qianfan_ocr = _reader(
     ),
 )
 deepseek_vl = _reader("DeepSeek-VL", {"llama": llama.llama}, True, IN_MEMORY)
+# Janus' image generation side (its VQ-VAE, generation embeddings, aligner and head) beside its understanding side;
+# text comes from the language model's own head
+janus = _reader("Janus", {"llama": llama.llama}, True, IN_MEMORY)
 # DeepSeek-VL hybrid's SigLIP and SAM towers, their necks and aligner under model. beside the language model
 deepseek_vl_hybrid = _reader("DeepSeek-VL hybrid", {"llama": llama.llama}, True, IN_MEMORY)
 # GraniteDoclingTextConfig's multipliers and norm eps where GraniteConfig's differ
