@@ -217,6 +217,34 @@ def test_count_tokens_is_the_prompt_a_message_request_would_have(client: anthrop
     assert counted.input_tokens == usage.input_tokens + usage.cache_read_input_tokens > 0
 
 
+def test_every_field_the_sdk_sends_is_taken_and_an_unknown_one_refused_by_name(
+    server: RunningServer, client: anthropic.Anthropic
+) -> None:
+    """anthropic-sdk-python 2.17's request fields (``src/anthropic/types/message_create_params.py``,
+    ``message_count_tokens_params.py``) are each taken, on both routes; one it does not send (its beta's
+    ``compaction``, ``types/beta/message_create_params.py``, or a misspelling) is a 400 naming it, as Anthropic
+    answers an extra input. The route had dropped an unknown field and answered 200 as if it had not been sent."""
+    hints = dict(speed="standard", user_profile_id="u1", workspace_id="w1", cache_control={"type": "ephemeral"})
+    config = {"format": {"type": "json_schema", "schema": PICK["input_schema"]}}
+    message = client.messages.create(
+        model=MODEL, max_tokens=20, messages=HI, output_config=config, metadata={"user_id": "u1"},
+        service_tier="standard_only", inference_geo="us", diagnostics={"previous_message_id": None}, **hints,
+    )  # fmt: skip
+    assert json.loads(message.content[0].text) == {"x": 1}
+    counted = client.messages.count_tokens(model=MODEL, messages=HI, output_config=config, **hints)
+    assert counted.input_tokens == client.messages.count_tokens(model=MODEL, messages=HI).input_tokens > 0
+    for route, base in (("messages", {"max_tokens": 5}), ("messages/count_tokens", {})):
+        for field, value in (("compaction", {"type": "auto"}), ("systems", "be brief")):
+            body = {**base, "model": MODEL, "messages": HI, field: value}
+            reply = http("POST", f"{server.url}/v1/{route}", json_body=body, headers={"x-api-key": KEY})
+            error = reply.json()["error"]
+            assert reply.status == 400 and error["type"] == "invalid_request_error", reply.body
+            assert f"Unrecognized request argument supplied: {field}" in error["message"], error
+    body = {"model": MODEL, "messages": HI, "max_tokens": 5}  # count_tokens takes no max_tokens: refused too
+    reply = http("POST", f"{server.url}/v1/messages/count_tokens", json_body=body, headers={"x-api-key": KEY})
+    assert reply.status == 400 and "max_tokens" in reply.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "changes, field",
     [
@@ -248,6 +276,8 @@ def test_count_tokens_is_the_prompt_a_message_request_would_have(client: anthrop
             "output_format",
         ),
         ({"messages": [{"role": "user", "content": "x" * 300}]}, "messages"),  # longer than the 256-token context
+        ({"fallbacks": [{"model": "other"}]}, "fallbacks"),  # the beta's, not taken: no longer dropped
+        ({"stop_sequence": ["!"]}, "stop_sequence"),  # a misspelt stop_sequences: no longer dropped
     ],
     ids=lambda x: x if isinstance(x, str) else None,
 )

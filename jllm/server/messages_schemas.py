@@ -12,7 +12,8 @@ the model needs a reasoning parser), ``disabled`` the template's ``enable_thinki
 
 No field is silently ignored: each is honoured, or refused with a 400 naming it (``MESSAGES_UNSUPPORTED_FIELDS``:
 Anthropic's server-side tools, containers and context management), or changes nothing in the answer
-(``metadata``, ``service_tier``, ``cache_control``: the prefix cache needs no hint). Blocks other than text, tool use,
+(``metadata``, ``service_tier``, ``cache_control``: the prefix cache needs no hint; ``diagnostics``, the routing
+hints); a field the SDK does not send is a 400 naming it (``refuse_unknown``). Blocks other than text, tool use,
 tool results and thinking (images, documents, redacted thinking) are refused by name: the served models read text.
 
 Where this module sits: docs/architecture.md.
@@ -25,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jllm.server.schemas import _NOTHING, _Request, refuse_unsupported
+from jllm.server.schemas import _NOTHING, _Request, refuse_unknown, refuse_unsupported
 
 # Anthropic's request fields this server cannot honour: (the values that ask for nothing, why)
 MESSAGES_UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -227,11 +228,30 @@ class _MessagesBody(_Request):
     chat_template_kwargs: dict[str, Any] | None = None  # vLLM's
     thinking: Thinking | None = None
     cache_control: dict[str, Any] | None = None  # a prompt-caching hint: the prefix cache needs none
+    output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None  # the beta's name of output_config.format (client.beta.messages's)
+    # Anthropic's routing and accounting hints: none changes the answer
+    speed: str | None = None
+    user_profile_id: str | None = None
+    workspace_id: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
-        return refuse_unsupported(data, MESSAGES_UNSUPPORTED_FIELDS)
+        """A field Anthropic's SDK sends that this route cannot honour is a 400 saying why; one it does not know
+        (a beta's ``fallbacks``, ``compaction``, a misspelling) a 400 naming it, as Anthropic answers an extra
+        input, where it had been dropped and the request answered as if it had not been sent."""
+        return refuse_unknown(cls, refuse_unsupported(data, MESSAGES_UNSUPPORTED_FIELDS), MESSAGES_UNSUPPORTED_FIELDS)
+
+    @model_validator(mode="after")
+    def _one_output_format(self) -> _MessagesBody:
+        if self.output_format is not None and self.output_config is not None and self.output_config.format is not None:
+            raise ValueError("output_format is output_config.format's older name: give one of them")
+        return self
+
+    @property
+    def effort(self) -> str | None:
+        return self.output_config.effort if self.output_config is not None else None
 
     @field_validator("system", mode="before")
     @classmethod
@@ -276,21 +296,10 @@ class MessagesRequest(_MessagesBody):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    output_config: OutputConfig | None = None
-    output_format: OutputFormat | None = None  # the beta's name of output_config.format (client.beta.messages's)
     metadata: dict[str, Any] | None = None  # user_id: for abuse monitoring, unused
     service_tier: str | None = None  # capacity and price, not the answer
-    # Anthropic's routing and accounting hints: none changes the answer
-    inference_geo: str | None = None
-    speed: str | None = None
-    user_profile_id: str | None = None
-    workspace_id: str | None = None
-
-    @model_validator(mode="after")
-    def _one_output_format(self) -> MessagesRequest:
-        if self.output_format is not None and self.output_config is not None and self.output_config.format is not None:
-            raise ValueError("output_format is output_config.format's older name: give one of them")
-        return self
+    inference_geo: str | None = None  # where it runs, not the answer
+    diagnostics: dict[str, Any] | None = None  # asks for a prompt-cache miss report, which is optional in a reply
 
     def as_chat(self) -> dict[str, Any]:
         """The chat request this one stands for (validated by ``ChatCompletionRequest`` at the route)."""
@@ -304,7 +313,7 @@ class MessagesRequest(_MessagesBody):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
-            "reasoning_effort": config.effort,
+            "reasoning_effort": self.effort,
             "response_format": None
             if config.format is None
             else {"type": "json_schema", "json_schema": {"name": "output", "schema": config.format.json_schema}},
@@ -319,6 +328,6 @@ class CountTokensRequest(_MessagesBody):
 
     def as_tokenize(self) -> dict[str, Any]:
         """The ``/tokenize`` request of the same rendered prompt."""
-        fields = self.chat_fields()
+        fields = self.chat_fields() | {"reasoning_effort": self.effort}  # an effort may switch the template's thinking
         kept = ("model", "messages", "tools", "chat_template_kwargs", "add_generation_prompt", "continue_final_message")
-        return {k: fields[k] for k in kept if fields[k] is not None}
+        return {k: fields[k] for k in (*kept, "reasoning_effort") if fields[k] is not None}
