@@ -585,6 +585,20 @@ def test_glm_ocr_skips_the_layer_past_num_hidden_layers_as_transformers_ignores_
     assert unexpected({name: name for name in stored}, args.weights.skipped, cfg, args.num_layers) == [stored[1]]
 
 
+@pytest.mark.parametrize("outer, text, tied", [(True, False, True), (False, True, False), (None, False, False)])
+def test_kimi_k25_head_is_tied_by_the_outer_config_else_as_the_hubs_config_reads(outer, text, tied):
+    """transformers' saves hold Kimi_K25Config's outer tie (True by default); the hub's config, from Moonshot's code,
+    is read as vLLM reads it, by the text config's."""
+    from jllm.models.registry import build_args
+
+    config = {
+        "architectures": ["KimiK25ForConditionalGeneration"],
+        "text_config": {**TINY_CONFIG, **DEEPSEEK, "model_type": "kimi_k2", "tie_word_embeddings": text},
+        **({} if outer is None else {"tie_word_embeddings": outer}),
+    }
+    assert build_args(config, np.float32)[1].tie_word_embeddings == tied
+
+
 @pytest.mark.parametrize(
     "arch, why",
     [

@@ -52,13 +52,16 @@ def _language_model(
 def kimi_k25(cfg: dict[str, Any], dtype: Any) -> ModelArgs:
     """Kimi K2.5 (``Kimi_K25ForConditionalGeneration``; the hub's ``KimiK25ForConditionalGeneration``): its Kimi K2
     language model, DeepSeek-V3's (Kimi_K25Config reads a ``kimi_k2`` text config as ``deepseek_v3``), under
-    ``language_model.``; Kimi_K25Config ties the head by default. transformers saves its layers as ``blocks`` (the
-    vision tower's ``blocks`` -> ``layers`` rename, which it applies to every name and so reverses on save) and reads
-    either."""
+    ``language_model.``. The head is tied as the outer ``tie_word_embeddings`` says where a config has one (as
+    transformers' saves do); the hub's config, written by Moonshot's own code, is read as vLLM reads it, by the text
+    config's (untied: its checkpoint stores the head, which transformers then keeps apart too, its values differing
+    from the embeddings'). transformers saves the layers as ``blocks`` (the vision tower's ``blocks`` -> ``layers``
+    rename, which it applies to every name and so reverses on save) and reads either."""
     readers = {"deepseek_v3": deepseek.deepseek_v3, "kimi_k2": deepseek.deepseek_v3}
     blocks = ("language_model.model.blocks.", "language_model.model.layers.")
     layout = dict(LANGUAGE_MODEL, aliases=(blocks, *LANGUAGE_MODEL["aliases"]))
-    return _language_model(cfg, dtype, "Kimi K2.5", readers, cfg.get("tie_word_embeddings", True), layout)
+    text_tie = (cfg.get("text_config") or {}).get("tie_word_embeddings", False)
+    return _language_model(cfg, dtype, "Kimi K2.5", readers, cfg.get("tie_word_embeddings", text_tie), layout)
 
 
 @text_model_only
