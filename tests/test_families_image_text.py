@@ -268,6 +268,12 @@ FAMILIES: dict[str, tuple[str, str | None, dict[str, Any], list[int]]] = {
         [],
     ),
     "janus": ("JanusForConditionalGeneration", "JanusConfig", dict(model_type="llama"), []),
+    "moss_transcribe_diarize": (
+        "MossTranscribeDiarizeForConditionalGeneration",
+        "MossTranscribeDiarizeConfig",
+        dict(model_type="qwen3"),
+        [],
+    ),
     # Qwen3-Omni's thinker: Qwen3-MoE (q/k norms, top 2 of 4 experts, renormalised) with M-RoPE sections
     "qwen3_omni_thinker": (
         "Qwen3OmniMoeThinkerForConditionalGeneration",
@@ -437,6 +443,18 @@ IMAGE_TEXT: dict[str, dict[str, Any]] = {
         ),
         tie_word_embeddings=False,
     ),
+    # an untied head (its config class ties by default)
+    "moss_transcribe_diarize": dict(
+        audio_config=dict(
+            num_mel_bins=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=48,
+            hidden_size=32,
+            max_source_positions=16,
+        ),
+        tie_word_embeddings=False,
+    ),
     "qwen3_omni_thinker": dict(
         vision_config=dict(QWEN_VISION, patch_size=16, deepstack_visual_indexes=[0], num_position_embeddings=16),
         audio_config=OMNI_AUDIO,
@@ -471,6 +489,7 @@ LOGITS_ONLY = {
     "deepseek_vl_hybrid",
     "granite_docling",
     "janus",
+    "moss_transcribe_diarize",
     "vipllava",
     "video_llava",
     "got_ocr2",

@@ -130,6 +130,7 @@ ARCHITECTURES: dict[str, Callable[[dict[str, Any], Any], ModelArgs]] = {
     "DeepseekVLHybridForConditionalGeneration": image_text.deepseek_vl_hybrid,
     "GraniteDoclingForConditionalGeneration": image_text.granite_docling,
     "JanusForConditionalGeneration": image_text.janus,
+    "MossTranscribeDiarizeForConditionalGeneration": image_text.moss_transcribe_diarize,
     "VipLlavaForConditionalGeneration": multimodal.llava,
     "VideoLlavaForConditionalGeneration": multimodal.llava,
     "GotOcr2ForConditionalGeneration": image_text.got_ocr2,

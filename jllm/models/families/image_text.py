@@ -2,12 +2,12 @@
 DeepSeek-OCR-2, put together from their pieces): Kimi K2.5, LFM2-VL, Command A Vision, Aria, Idefics2, Fuyu,
 LightOnOCR, Ovis2.5, GLM-OCR, PaddleOCR-VL, HunyuanOCR, DeepSeek-OCR-2, EXAONE 4.5, HyperCLOVA X SEED Vision,
 LFM3-VL, GOT-OCR 2.0, Ovis2, LLaVA-OneVision-1.5, VideoLLaMA3, Qianfan-OCR, DeepSeek-VL (and its hybrid), Janus,
-MiniCPM-V 4.6 / 4.7 and MiniCPM-OCR, Granite Docling, and Qwen3-Omni's and Qwen2.5-Omni's thinkers (their audio
-towers never read either). As in ``multimodal`` (which also serves LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and
-Video-LLaVA through its LLaVA reader and GLM-4.6V through GLM-4.1V's): the ``text_config`` read by its family's
-reader, the tensors under the checkpoint's language-model prefix, the vision tower and projector never read, and the
-head tied as the outer config says (transformers 5 ties by the outer ``tie_word_embeddings``, each config class its
-own default).
+MiniCPM-V 4.6 / 4.7 and MiniCPM-OCR, Granite Docling, MOSS Transcribe-Diarize (a speech model's), and Qwen3-Omni's
+and Qwen2.5-Omni's thinkers (their audio towers never read either). As in ``multimodal`` (which also serves
+LLaVA-OneVision, LLaVA-NeXT-Video, VipLLaVA and Video-LLaVA through its LLaVA reader and GLM-4.6V through
+GLM-4.1V's): the ``text_config`` read by its family's reader, the tensors under the checkpoint's language-model
+prefix, the vision tower and projector never read, and the head tied as the outer config says (transformers 5 ties by
+the outer ``tie_word_embeddings``, each config class its own default).
 
 Where this module sits: docs/architecture.md.
 """
@@ -136,6 +136,8 @@ deepseek_vl = _reader("DeepSeek-VL", {"llama": llama.llama}, True, IN_MEMORY)
 # Janus' image generation side (its VQ-VAE, generation embeddings, aligner and head) beside its understanding side;
 # text comes from the language model's own head
 janus = _reader("Janus", {"llama": llama.llama}, True, IN_MEMORY)
+# MOSS Transcribe-Diarize's audio tower and projector beside its Qwen3 (a speech model, served on text prompts alone)
+moss_transcribe_diarize = _reader("MOSS Transcribe-Diarize", {"qwen3": llama.qwen3}, True, IN_MEMORY)
 # DeepSeek-VL hybrid's SigLIP and SAM towers, their necks and aligner under model. beside the language model
 deepseek_vl_hybrid = _reader("DeepSeek-VL hybrid", {"llama": llama.llama}, True, IN_MEMORY)
 # GraniteDoclingTextConfig's multipliers and norm eps where GraniteConfig's differ
