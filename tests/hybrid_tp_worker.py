@@ -75,9 +75,6 @@ def run(model_dir: str, tp: int) -> dict[str, Any]:
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     os.environ["JLLM_CACHE"] = spec["cache_dir"]  # keeps the persistent compilation cache out of the user's home
-    # LLVM's passes at level 0 on the tiny models' machine code (as tests/tp_worker.py's family runs): each program
-    # is compiled once for a few steps; the HLO, its partitioning and collectives, optimized as before
-    jax.config.update("jax_disable_most_optimizations", True)
     out: dict[str, Any] = {"devices": jax.device_count(), "models": {}}
     for name, (model_dir, sizes) in spec["models"].items():
         runs = {str(tp): run(model_dir, tp) for tp in [1, *sizes]}

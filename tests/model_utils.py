@@ -247,7 +247,10 @@ def assert_greedy_equal(
 
 def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float, worker: str = "tp_worker.py") -> dict[str, Any]:
     """tests/tp_worker.py (or another ``worker`` script beside it) on ``spec`` in a subprocess (the fake CPU devices
-    must be set before JAX starts)."""
+    must be set before JAX starts). The worker compiles with JAX's ``jax_disable_most_optimizations``, as
+    test_families' logits rows (its little_machine_code_optimization): LLVM's passes at level 0 on the tiny models'
+    machine code, each program compiled once for a few steps; the HLO (its SPMD partitioning and collectives)
+    optimized as before (``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` in the environment turns it off)."""
     (tmp / "spec.json").write_text(json.dumps(spec))
     worker = Path(__file__).with_name(worker)
     proc = subprocess.run(
@@ -255,6 +258,7 @@ def run_tp_worker(spec: dict[str, Any], tmp: Path, timeout: float, worker: str =
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **os.environ},
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads((tmp / "out.json").read_text())

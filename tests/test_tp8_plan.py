@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import re
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def found(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=300,
+        env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **os.environ},  # LLVM level 0, as model_utils.run_tp_worker's
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = json.loads((tmp / "out.json").read_text())
