@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def serve(step_ms: float, max_seqs: int) -> None:
     from fake_runner import fake_engine
 
     from jllm.async_engine import AsyncEngine
+    from jllm.build import freeze_heap
     from jllm.config import load_config
     from jllm.server.app import bound_port, build_app, start_app
 
@@ -43,9 +45,13 @@ def serve(step_ms: float, max_seqs: int) -> None:
             max_num_seqs=max_seqs, max_num_batched_tokens=2048, max_model_len=1024,
             num_pages=max_seqs * 1024 // 4 + 8, step_seconds=step_ms / 1000,
         )  # fmt: skip
+        # The scripted runner keeps every step it launched (for the tests); a server keeps none, and a heap that grew
+        # by each step would be scanned by each of the collector's full passes as no server's is.
+        engine.runner.launched = collections.deque(maxlen=1)  # type: ignore[attr-defined]
         async_engine = AsyncEngine(engine)
         async_engine.start()
         app = build_app(load_config(None, served_model_name="scripted"), async_engine)
+        freeze_heap()  # as a built engine's start does: the start's objects out of the collector's scans
         runner = await start_app(app, "127.0.0.1", 0)
         print(f"ready {bound_port(runner)}", flush=True)
         await asyncio.Event().wait()

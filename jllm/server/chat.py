@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -39,6 +39,7 @@ from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, CompletionTokensDetails, TokenNames, UsageInfo, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, request_body, server_state
+from jllm.server.stream_chunks import ChunkWriter
 from jllm.server.tools import ToolPlan
 from jllm.speculative import REQUEST_SUPPORT
 from jllm.tokenizer import Tokenizer
@@ -185,6 +186,7 @@ async def _chunks(
     ``return_prompt_text``); with ``echo``, the echoed message follows them."""
     exclude = None if body.include_usage else {"usage"}
     top = body.top_logprobs or 0
+    writer = ChunkWriter("chat.completion.chunk", response_id, created, model, body.include_usage)
 
     running = RunningUsage() if body.continuous_usage else None
     names = TokenNames(tokenizer, bool(body.return_tokens_as_token_ids))
@@ -211,14 +213,8 @@ async def _chunks(
     async for d in batched(generation.deltas(), body.stream_interval or 1):
         if not streams:
             prompt_tokens = len(generation.prompts[0].token_ids)
-            start = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=0, total_tokens=prompt_tokens)
-            prompt_ids = generation.prompts[0].token_ids if body.return_token_ids else None
-            prompt_text = generation.prompts[0].text if body.return_prompt_text else None
-            for index in range(body.n):
-                role = ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))
-                yield chunk(role, start if running is not None else None, prompt_ids, prompt_text)
-            for echo in _echo_choices(body):
-                yield chunk(echo)
+            for payload in _opening(body, generation.prompts[0], running is not None, chunk):
+                yield payload
         stream = streams.setdefault(d.index, reply.stream(tokenizer))
         reasoning, content, calls = stream.feed(d.text, d.token_ids, finished=d.finish_reason is not None)
         finish_reason = reply.tools.finish_reason(stream.called, d.finish_reason)
@@ -228,6 +224,9 @@ async def _chunks(
             unsent.setdefault(d.index, []).extend(d.token_ids)
         if not (reasoning or content or calls or finish_reason or logprobs):
             continue  # a step held back (a forced call's text, a marker not yet whole): nothing to send, as vLLM
+        if not (calls or logprobs or body.return_token_ids):  # the common chunk: written without pydantic
+            yield writer.chat(d.index, content, reasoning, finish_reason, d.stop_reason, usage)
+            continue
         *naming, calls = _by_call(calls)
         for named in naming:  # a call's naming entry in a chunk of its own, before its arguments' first fragment
             yield chunk(ChatChunkChoice(index=d.index, delta=DeltaMessage(tool_calls=named)))
@@ -246,6 +245,17 @@ async def _chunks(
         yield ChatCompletionChunk(
             id=response_id, created=created, model=model, choices=[], usage=usage
         ).model_dump_json()
+
+
+def _opening(body: ChatCompletionRequest, prompt: Prompt, running: bool, chunk: Callable[..., str]) -> list[str]:
+    """A stream's first chunks: each choice's role (with its usage so far where ``running``: the prompt's; the
+    prompt's tokens and text where asked for), then the echoed message."""
+    tokens = len(prompt.token_ids)
+    usage = UsageInfo(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens) if running else None
+    ids = prompt.token_ids if body.return_token_ids else None
+    text = prompt.text if body.return_prompt_text else None
+    roles = [ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(body.n)]
+    return [chunk(role, usage, ids, text) for role in roles] + [chunk(echo) for echo in _echo_choices(body)]
 
 
 def _echo_choices(body: ChatCompletionRequest) -> list[ChatChunkChoice]:

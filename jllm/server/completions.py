@@ -24,6 +24,7 @@ from jllm.server.registry import ServedModel
 from jllm.server.schemas import MIN_LOGPROB, TokenNames, prompt_logprobs_json
 from jllm.server.sse import send_events
 from jllm.server.state import ServerState, request_body, server_state
+from jllm.server.stream_chunks import ChunkWriter
 from jllm.tokenizer import Tokenizer
 
 
@@ -108,10 +109,16 @@ class _CompletionView:
         if not self.body.include_usage:
             exclude["usage"] = True
         running = RunningUsage() if self.body.continuous_usage else None
+        writer = ChunkWriter("text_completion", self.id, self.created, self.model, self.body.include_usage)
+        # the common chunk, written without pydantic: its text alone (no logprobs, echo or token ids)
+        plain = self.body.logprobs is None and not self.body.echo and not self.body.return_token_ids
         async for delta in batched(generation.deltas(), self.body.stream_interval or 1):
-            chunk = CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[self.choice(delta)])
-            if running is not None:
-                chunk.usage = running.after(delta, len(self.prompts[delta.prompt_index].token_ids))
+            usage = None if running is None else running.after(delta, len(self.prompts[delta.prompt_index].token_ids))
+            if plain and delta.logprobs is None:
+                yield writer.text(delta.index, delta.text, delta.finish_reason, delta.stop_reason, usage)
+                continue
+            choices = [self.choice(delta)]
+            chunk = CompletionResponse(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
             yield chunk.model_dump_json(exclude=exclude)
         if self.body.include_usage:
             last = CompletionResponse(

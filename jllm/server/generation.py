@@ -63,13 +63,14 @@ class RunningUsage:
         return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
 
 
-async def batched(deltas: AsyncIterator[Delta], interval: int) -> AsyncIterator[Delta]:
+def batched(deltas: AsyncIterator[Delta], interval: int) -> AsyncIterator[Delta]:
     """vLLM's ``stream_interval``: each choice's deltas joined until they hold ``interval`` tokens, so a stream
-    sends a chunk per ``interval`` tokens; a choice's first delta and its last go at once, as vLLM sends them."""
-    if interval <= 1:
-        async for delta in deltas:
-            yield delta
-        return
+    sends a chunk per ``interval`` tokens; a choice's first delta and its last go at once, as vLLM sends them.
+    An interval of 1 hands ``deltas`` on as they are (no generator in between, whose step each token would cost)."""
+    return deltas if interval <= 1 else _batched(deltas, interval)
+
+
+async def _batched(deltas: AsyncIterator[Delta], interval: int) -> AsyncIterator[Delta]:
     held: dict[int, Delta] = {}  # choice index -> its tokens not yet sent
     started: set[int] = set()
     async for delta in deltas:

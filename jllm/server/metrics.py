@@ -155,7 +155,11 @@ class RequestTimer:
     def observe(self, output: RequestOutput) -> None:
         """``output`` holds only what is new since the last one (``RequestOutputKind.DELTA``)."""
         now = time.monotonic()
-        num_new = sum(len(c.token_ids) for c in output.outputs)
+        num_new = 0
+        for c in output.outputs:  # a loop, not two generators: this runs for every output of every stream
+            num_new += len(c.token_ids)
+            if c.index == 0 and c.finish_reason:
+                self.reason = c.finish_reason  # the first sample's, once it has one
         self.num_prompt_tokens = len(output.prompt_token_ids)
         if num_new:
             if self.first_token is None:
@@ -165,7 +169,6 @@ class RequestTimer:
                 self.metrics.inter_token_latency.observe(now - self.last_token)
             self.last_token = now
             self.num_tokens += num_new
-        self.reason = next((c.finish_reason for c in output.outputs if c.index == 0), None) or self.reason
         if output.finished:
             self.finish(self.reason or "abort")
 
