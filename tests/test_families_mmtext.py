@@ -30,7 +30,7 @@ from test_families import (
     assert_logits_match_transformers,
     hf_experts_used,
     hf_greedy,
-    little_machine_code_optimization,  # noqa: F401 (the logits rows' fixture)
+    little_machine_code_optimization,  # noqa: F401 (the logits and greedy rows' fixture)
 )
 
 from jllm import LLM
@@ -220,6 +220,7 @@ def test_logits_match_transformers(family_dirs, name):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", [name for name in FAMILIES if name not in LOGITS_ONLY])
 def test_greedy_batch_equals_transformers_generate(family_dirs, name):
     llm = LLM(str(family_dirs[name]), **ENGINE_ARGS)
