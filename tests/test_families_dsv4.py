@@ -27,6 +27,7 @@ from test_families import (
     WINDOW,
     FamilyDirs,
     hf_greedy,
+    little_machine_code_optimization,  # noqa: F401 (the greedy row's fixture)
 )
 
 from jllm import LLM, SamplingParams
@@ -80,6 +81,7 @@ def test_deepseek_v4_logits_match_transformers_across_the_window_whole_and_in_ch
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_deepseek_v4_chunked_greedy_batch_equals_transformers_generate_and_again_from_the_prefix_cache(model_dir):
     llm = LLM(str(model_dir), **ENGINE_ARGS)
     greedy = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)

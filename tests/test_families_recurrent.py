@@ -27,7 +27,14 @@ from model_utils import (
     run_tp_worker,
     save_tiny_checkpoint,
 )
-from test_families import ENGINE_ARGS, NEW_TOKENS, PROMPTS, WINDOW, hf_greedy
+from test_families import (
+    ENGINE_ARGS,
+    NEW_TOKENS,
+    PROMPTS,
+    WINDOW,
+    hf_greedy,
+    little_machine_code_optimization,  # noqa: F401 (the greedy rows' fixture)
+)
 
 from jllm import LLM, SamplingParams
 from jllm.loader import abstract_model, load_model
@@ -125,6 +132,7 @@ def test_logits_prefilled_in_chunks_match_transformers(model_dirs, hf_prompt_log
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", MODELS)
 def test_greedy_batch_equals_transformers_generate(model_dirs, name):
     llm = LLM(str(model_dirs[name]), **ENGINE_ARGS)
