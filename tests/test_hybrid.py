@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from model_utils import hf_logits, hf_model, relative_error, save_tiny_checkpoint
+from test_families import little_machine_code_optimization  # noqa: F401 (every test's fixture)
 
 from jllm import LLM, SamplingParams
 from jllm.attention import AttentionMetadata
@@ -27,7 +28,8 @@ from jllm.kv_cache import KVCacheSpec, allocate_kv_pool
 from jllm.loader import load_model
 from jllm.parallel import make_mesh
 
-pytestmark = pytest.mark.slow
+# the tiny model's programs compile once for a few steps: LLVM level 0 on their machine code (test_families' fixture)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("little_machine_code_optimization")]
 
 CONFIG = dict(
     vocab_size=49152,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from model_utils import TINY_CONFIG, assert_only_warmup_programs, save_char_tokenizer, save_tiny_checkpoint
+from test_families import little_machine_code_optimization  # noqa: F401 (every test's fixture)
 from test_hybrid import CONFIG as HYBRID_CONFIG
 
 from jllm import LLM, SamplingParams
@@ -15,7 +16,8 @@ from jllm.beam_search import BeamSearchParams
 from jllm.config import ConfigError
 from jllm.errors import InputError
 
-pytestmark = pytest.mark.slow
+# the tiny model's programs compile once for a few steps: LLVM level 0 on their machine code (test_families' fixture)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("little_machine_code_optimization")]
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
 # 8 usable pages of 16 tokens: four sequences of up to ~80 tokens preempt each other
