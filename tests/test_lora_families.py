@@ -14,6 +14,7 @@ import pytest
 from lora_utils import ALL_TARGETS, ENGINE_KEYS, LLAMA_CONFIG, lora_logits, lora_manager, peft_logits, save_adapter
 from model_utils import relative_error, run_tp_worker, save_char_tokenizer, save_tiny_checkpoint
 from safetensors.numpy import save_file
+from test_families import little_machine_code_optimization  # noqa: F401 (the PEFT rows' fixture)
 
 from jllm import LLM, LoRARequest, SamplingParams
 from jllm.loader import load_model
@@ -127,6 +128,7 @@ def _save_family(family: str, root: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_familys_logits_with_an_adapter_match_peft(family, tmp_path):
     """Every target the family's adapters may have, at r=4 with B non-zero: float32 logits within 1e-5 (relative)
@@ -146,6 +148,7 @@ def test_each_familys_logits_with_an_adapter_match_peft(family, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_an_engine_serves_a_mixture_of_experts_attention_adapter_as_peft_generates(tmp_path):
     """Qwen3-MoE, whose slots have no MLP arrays: the engine's greedy tokens with the adapter are PEFT's
     ``generate``'s, and differ from the base model's."""

@@ -10,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from model_utils import mixer_step, relative_error
+from test_families import little_machine_code_optimization  # noqa: F401 (every test's fixture)
 
 from jllm.models.families.mamba import jamba
 from jllm.models.mamba import MambaMixer
 
-pytestmark = pytest.mark.slow  # transformers' modeling imported: ~5 s of CPU before the first test
+# transformers' modeling imported: ~5 s of CPU before the first test; the mixers' programs compile once for a few
+# steps: LLVM level 0 on their machine code (test_families' fixture)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("little_machine_code_optimization")]
 
 HIDDEN = 32
 # 64 channels (expand 2), a state of 8, kernel 4, a time step of rank 4

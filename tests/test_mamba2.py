@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 from model_utils import mixer_step, relative_error
+from test_families import little_machine_code_optimization  # noqa: F401 (every test's fixture)
 
 from jllm.models.families.mamba_hybrids import mamba2_spec
 from jllm.models.mamba2 import Mamba2Mixer
 from jllm.models.model_args import LayerSpec, ModelArgs
 
-pytestmark = pytest.mark.slow  # transformers' modeling imported: ~5 s of CPU before the first test
+# transformers' modeling imported: ~5 s of CPU before the first test; the mixers' programs compile once for a few
+# steps: LLVM level 0 on their machine code (test_families' fixture)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("little_machine_code_optimization")]
 
 HIDDEN = 32
 # 8 heads of 8 channels (expand 2), 2 groups of B and C, a state of 16, kernel 4; a chunk of 8 makes transformers'

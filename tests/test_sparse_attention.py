@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 from flax import nnx
 from model_utils import TINY_CONFIG, relative_error
-from test_families import DEEPSEEK, DSA_KEYS, ENGINE_ARGS, LOGITS_RTOL, FamilyDirs, hf_greedy
+from test_families import (
+    DEEPSEEK,
+    DSA_KEYS,
+    ENGINE_ARGS,
+    LOGITS_RTOL,
+    FamilyDirs,
+    hf_greedy,
+    little_machine_code_optimization,  # noqa: F401 (the slow tests' fixture)
+)
 from test_pooling import hf_hidden_states
 
 from jllm import LLM, SamplingParams
@@ -71,6 +79,7 @@ SPARSE_ATTENTION = jax.jit(ref_sparse_latent_attention, static_argnames=("sm_sca
 
 
 @pytest.mark.slow  # compiles its programs: ~1-2 s each
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("q_block", [None, 2])
 def test_indexer_keeps_each_rows_best_scoring_visible_keys(q_block):
     """Every row's selection: ``topk`` of the keys it sees (all where it sees fewer), none it does not, and no key
@@ -97,6 +106,7 @@ def test_indexer_keeps_each_rows_best_scoring_visible_keys(q_block):
 
 
 @pytest.mark.slow  # compiles its programs: ~1-2 s each
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
 def test_sparse_attention_is_a_softmax_over_the_selected_rows_alone(num_kv_heads):
     """Each query head's float32 output within 1e-5 of a float64 softmax over its selected latent rows (values
@@ -122,6 +132,7 @@ def test_sparse_attention_is_a_softmax_over_the_selected_rows_alone(num_kv_heads
 
 
 @pytest.mark.slow  # compiles its programs: ~1-2 s each
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_selecting_at_least_every_key_is_dense_latent_attention():
     """With ``topk`` past every row's keys the selection is the whole causal context, and the sparse attention is
     the reference's dense latent attention."""
@@ -220,6 +231,7 @@ def test_kernel_backends_are_refused_for_sparse_attention():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", ["deepseek_v32", "glm_moe_dsa"])
 def test_serves_prefix_hits_chunks_and_hidden_states_as_transformers(family_dirs, name):
     """DeepSeek-V3.2, and GLM-5 with layers reusing another's selection, served with prefix caching: a first prompt
