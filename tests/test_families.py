@@ -1820,6 +1820,7 @@ def test_logits_match_transformers(family_dirs, name):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_variant_logits_match_transformers(tmp_path, name):
     arch, overrides = VARIANTS[name]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from test_families import little_machine_code_optimization  # noqa: F401 (the slow tests' fixture)
 from test_kernels import make_inputs
 from test_kv_cache import FakeDevice
 
@@ -114,6 +115,7 @@ def test_scales_on_a_pool_that_is_not_fp8_are_refused() -> None:
 
 
 @pytest.mark.slow  # each case compiles the reference's loops: 9-18 s on the CPU
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize(
     ("kind", "dtype"), [*((k, jnp.float32) for k in BATCHES), ("mixed", jnp.bfloat16)], ids=[*BATCHES, "mixed-bf16"]
 )
@@ -128,6 +130,7 @@ def test_reference_attention_over_fp8_pages_is_within_e4m3_rounding(kind: str, d
 
 
 @pytest.mark.slow  # the reference's loops compile
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_reference_attention_over_an_fp8_latent_pool_is_within_e4m3_rounding() -> None:
     """A latent pool (DeepSeek's: one row a token, its first ``value_dim`` channels the values) stored in e4m3 with
     K's scale, read by the reference: within e4m3's rounding of the float32 latent pool's answer, and equal to float32
@@ -143,6 +146,7 @@ def test_reference_attention_over_an_fp8_latent_pool_is_within_e4m3_rounding() -
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("kind", list(BATCHES))
 def test_pallas_kernel_over_fp8_pages_matches_the_reference(kind: str) -> None:
     """Interpret mode, float32 q (the CPU engine's dtype): same numbers as the reference on the dequantized pool."""
@@ -153,6 +157,7 @@ def test_pallas_kernel_over_fp8_pages_matches_the_reference(kind: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_pallas_kernel_over_fp8_pages_with_bf16_queries() -> None:
     exact, fp8, scales = fp8_case(3, "mixed", jnp.bfloat16)
     out = np.asarray(ragged_paged_attention(*fp8, sm_scale=0.125, interpret=True, **scales).astype(jnp.float32))
@@ -161,6 +166,7 @@ def test_pallas_kernel_over_fp8_pages_with_bf16_queries() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_pallas_kernel_saturates_bf16_queries_past_float16_over_fp8_pages() -> None:
     """bf16 queries meet an FP8 pool's tiles in float16 (one widening instruction per pair on Hopper): a query entry
     past float16's range is taken as its largest finite value, never inf, so scores stay finite."""
@@ -175,6 +181,7 @@ def test_pallas_kernel_saturates_bf16_queries_past_float16_over_fp8_pages() -> N
 
 
 @pytest.mark.slow  # two compiles for sm_90 (~3 s)
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_fp8_tiles_widened_to_float16_take_one_convert_per_pair(monkeypatch: pytest.MonkeyPatch) -> None:
     """What ``FP8_COMPUTE_DTYPE`` rests on, with this machine's Triton and no GPU: e4m3 tiles widened to bf16 go
     through float16 (a second convert per element), widened to float16 they take the pair convert alone."""
@@ -216,6 +223,7 @@ def test_fp8_pool_arrays_take_half_the_bytes() -> None:
 
 
 @pytest.mark.slow  # the tiny checkpoint is built by transformers (~15 s)
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_memory_plan_gives_an_fp8_pool_twice_the_pages(tiny_model: Path) -> None:
     from jllm.memory_plan import plan_model
 
@@ -313,6 +321,7 @@ def figures(reference: list[list[int]], ref_logprobs: np.ndarray, fp8: list[list
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_tiny_llama_with_an_fp8_pool_mostly_agrees_with_the_model_dtype_pool(tiny_model: Path) -> None:
     """Random weights give flat distributions (near ties), so greedy tokens may part; teacher-forced logprobs of
     the model-dtype engine's tokens stay within 0.02 nats (measured 0.006; top-1 agreement 97 %)."""

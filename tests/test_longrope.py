@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, hf_model, save_tiny_checkpoint
+from test_families import little_machine_code_optimization  # noqa: F401 (the slow test's fixture)
 
 from jllm import LLM, SamplingParams
 from jllm.block_manager import BlockManager
@@ -111,6 +112,7 @@ def assert_generates_as_transformers(llm: LLM, model_dir: Path, prompts: list[li
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_prompts_past_and_within_the_original_context_generate_as_transformers(model_dir: Path) -> None:
     """A 40-token prompt (long factors throughout) beside a 20-token one decoding past position 32 (short factors
     until then, then its whole K/V again with the long ones), prefilled 16 tokens a step; then a prompt of the long

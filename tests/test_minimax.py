@@ -13,7 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 from model_utils import TINY_CONFIG, hf_logits, jllm_logits, relative_error, save_tiny_checkpoint
-from test_families import HYBRID_LOGITS_RTOL, MINIMAX_KEYS
+from test_families import (
+    HYBRID_LOGITS_RTOL,
+    MINIMAX_KEYS,
+    little_machine_code_optimization,  # noqa: F401 (the slow test's fixture)
+)
 
 from jllm.loader import load_model
 from jllm.models.families.minimax import REMOTE_KEYS
@@ -65,6 +69,7 @@ def hf_partial_rotary_logits(model_dir: Path, token_ids: list[int], rotary_dim: 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_remote_code_rotary_dim_turns_each_heads_first_channels(tmp_path):
     """A checkpoint under the remote code's config with ``rotary_dim`` 8 of 16 channels: its logits are transformers'
     with that partial rotary, and differ from the whole rotary's."""

@@ -20,7 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from model_utils import hf_logits, jllm_logits, random_llama, relative_error
-from test_families import BASE, ENGINE_ARGS, LOGITS_RTOL, NEW_TOKENS, PROMPTS, FamilyDirs, hf_greedy
+from test_families import (
+    BASE,
+    ENGINE_ARGS,
+    LOGITS_RTOL,
+    NEW_TOKENS,
+    PROMPTS,
+    FamilyDirs,
+    hf_greedy,
+    little_machine_code_optimization,  # noqa: F401 (the slow tests' fixture)
+)
 from test_kernels import MIXED, assert_matches, make_inputs, step_rows
 
 from jllm.attention import AttentionMetadata, kernel_head_dim, paged_attention, resolve_pool
@@ -85,6 +94,7 @@ STEPS = {
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 @pytest.mark.parametrize("step", STEPS.values(), ids=STEPS)
 def test_pallas_kernel_over_a_padded_pool_matches_the_reference_over_the_models(step: Step) -> None:
     """The softmax scale is the model's (``D**-0.5`` of the real width: one taken from the padded width would be
@@ -130,6 +140,7 @@ def llama_80(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_a_head_dim_80_llama_on_the_pallas_kernel_gives_transformers_greedy_tokens(
     llama_80: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -161,6 +172,7 @@ def test_a_head_dim_80_llama_on_the_pallas_kernel_gives_transformers_greedy_toke
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("little_machine_code_optimization")
 def test_mimo_v2_flash_values_padded_into_a_padded_pool_give_transformers_logits(
     default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
