@@ -329,7 +329,7 @@ class LLMEngine:
 
             launched = self.runner.launch(out, plan, take_tokens if masks_wait else None)
             self.scheduler.on_step_launched(out)
-            times.carried(out)
+            times.launched = out
         times.launch_s = time.perf_counter() - launched_at
         if self._in_flight is not None:  # the device ran it while this step was scheduled and launched
             touched |= self._process(self._in_flight, times)

@@ -26,16 +26,7 @@ class StepTimes:
     launch_s: float = 0.0
     wait_s: float = 0.0  # blocked on the device: the previous step's (or this one's, synchronous) tokens
     process_s: float = 0.0  # the scheduler's token bookkeeping and the detokenizer, after the wait
-    decode_rows: int = 0
-    prefill_tokens: int = 0
-
-    def carried(self, output: SchedulerOutput) -> None:
-        """What the launched step carried: rows computing one token each, and the other rows' tokens."""
-        for s in output.scheduled:
-            if s.num_new_tokens == 1 + len(s.draft_token_ids):
-                self.decode_rows += 1
-            else:
-                self.prefill_tokens += s.num_new_tokens
+    launched: SchedulerOutput | None = None  # what the step carried: counted only when a timeline writes it
 
 
 class StepTimeline:
@@ -46,9 +37,21 @@ class StepTimeline:
         self._origin = time.perf_counter()
 
     def write(self, times: StepTimes) -> None:
-        record = dataclasses.asdict(times)
-        record["t"] = round(record.pop("start") - self._origin, 6)
-        record["total_s"] = round(time.perf_counter() - times.start, 6)
+        """The step's clock beside what it carried: rows computing one token each, and the other rows' tokens."""
+        decode_rows = prefill_tokens = 0
+        for s in times.launched.scheduled if times.launched is not None else ():
+            if s.num_new_tokens == 1 + len(s.draft_token_ids):
+                decode_rows += 1
+            else:
+                prefill_tokens += s.num_new_tokens
+        seconds = {k: getattr(times, k) for k in ("schedule_s", "launch_s", "wait_s", "process_s")}
+        record = {
+            "t": times.start - self._origin,
+            **seconds,
+            "decode_rows": decode_rows,
+            "prefill_tokens": prefill_tokens,
+            "total_s": time.perf_counter() - times.start,
+        }
         self._file.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in record.items()}) + "\n")
 
     def close(self) -> None:
